@@ -1,0 +1,36 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both install what they need first.
+VENV := .venv
+PY := $(VENV)/bin/python
+AMBIT := $(VENV)/bin/ambit
+
+.PHONY: setup demo test unit lab lint bench bench-quick clean proto
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@$(AMBIT) lab demo
+
+test: setup
+	@$(PY) -m pytest tests $(PYTEST_ARGS)
+
+unit: setup
+	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lab: setup
+	@$(PY) -m pytest tests/lab tests/e2e $(PYTEST_ARGS)
+
+lint: setup
+	@$(VENV)/bin/ruff check .
+
+bench: setup
+	@$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: setup
+	@$(PY) -m bench --quick
+
+proto: setup
+	@$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. ambit/api/config.proto
+
+clean:
+	-@$(AMBIT) lab down 2>/dev/null || true

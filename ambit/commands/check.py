@@ -1,0 +1,28 @@
+"""`ambit check`: kernel and machine preflight."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ambit import check
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="preflight: kernel, BPF, cgroup v2, bcc, capabilities, netns")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_check)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    results = check.run_all()
+    doc = check.as_json(results)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for r in results:
+            mark = "\033[32mok\033[0m  " if r.ok else ("\033[31mFAIL\033[0m" if r.required else "\033[33mwarn\033[0m")
+            print(f"[{mark}] {r.name:<22} {r.detail}")
+            if not r.ok and r.hint:
+                print(f"       hint: {r.hint}")
+    return 0 if doc["ok"] else 1

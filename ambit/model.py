@@ -1,0 +1,461 @@
+"""The mesh model: typed resources that the controller computes and the data plane consumes.
+
+These are what travel over the config stream (as JSON bodies), so every type round-trips through
+`to_dict`/`from_dict`. They are deliberately flat and already resolved: ztunnel should never need
+to re-read Kubernetes objects or re-run selectors on its hot path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+T = TypeVar("T", bound="Resource")
+
+
+def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+
+
+class Resource:
+    """Base for stream resources: a type URL, a stable name, and JSON round-tripping."""
+
+    TYPE: ClassVar[str] = ""
+
+    @property
+    def resource_name(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[T], d: dict[str, Any]) -> T:
+        return _from_dict(cls, d)
+
+
+def _from_dict(cls: Any, d: Any) -> Any:
+    if not dataclasses.is_dataclass(cls) or not isinstance(d, dict):
+        return d
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, f in hints.items():
+        if name not in d:
+            continue
+        kwargs[name] = _convert(f.type, d[name])
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, v: Any) -> Any:
+    tp_s = tp if isinstance(tp, str) else getattr(tp, "__name__", "")
+    for name, klass in _NESTED.items():
+        if tp_s == f"list[{name}]":
+            return [_from_dict(klass, x) for x in v]
+        if tp_s in (name, f"{name} | None"):
+            return None if v is None else _from_dict(klass, v)
+    return v
+
+
+@dataclass
+class ServicePort:
+    port: int
+    target_port: int
+    name: str = ""
+    protocol: str = "TCP"       # TCP | HTTP | HTTP2 | GRPC (from appProtocol or name prefix)
+    target_port_name: str = ""  # set when the Service names its targetPort ("http"); see Endpoint.ports
+
+
+@dataclass
+class Endpoint:
+    workload_uid: str
+    ip: str
+    node: str = ""
+    ready: bool = True
+    # Only when the Service uses named targetPorts: this endpoint's own resolution of them (pods of
+    # one Service may map a name to different numbers). Empty means "use Service.ports".
+    ports: list[ServicePort] = field(default_factory=list)
+
+
+@dataclass
+class Service(Resource):
+    """A Kubernetes Service as the data plane needs it: VIPs, ports and resolved endpoints."""
+
+    TYPE: ClassVar[str] = "ambit.io/Service"
+    name: str
+    namespace: str
+    hostname: str                       # name.ns.svc.cluster.local
+    vips: list[str] = field(default_factory=list)
+    ports: list[ServicePort] = field(default_factory=list)
+    endpoints: list[Endpoint] = field(default_factory=list)
+    waypoint: str = ""                  # "ns/name" of the waypoint Gateway, or ""
+
+    @property
+    def resource_name(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass
+class Workload(Resource):
+    """A pod as the data plane needs it."""
+
+    TYPE: ClassVar[str] = "ambit.io/Workload"
+    uid: str
+    name: str
+    namespace: str
+    ips: list[str]
+    node: str
+    service_account: str
+    identity: str                       # SPIFFE id
+    labels: dict[str, str] = field(default_factory=dict)
+    enrolled: bool = False              # ambient capture applies (namespace label, no pod opt-out)
+    waypoint: str = ""
+    protocol: str = "HBONE"             # HBONE for enrolled pods, TCP otherwise
+    services: dict[str, list[int]] = field(default_factory=dict)  # "ns/name" -> service ports
+    annotations: dict[str, str] = field(default_factory=dict)
+    netns: str = ""                     # lab only: the pod's netns path
+    cgroup: str = ""                    # lab only: the pod's cgroup path
+
+    @property
+    def resource_name(self) -> str:
+        return self.uid
+
+
+@dataclass
+class Match:
+    """One L4 match set. Empty lists mean "any"; not_* lists exclude."""
+
+    principals: list[str] = field(default_factory=list)
+    not_principals: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    not_namespaces: list[str] = field(default_factory=list)
+    ip_blocks: list[str] = field(default_factory=list)
+    not_ip_blocks: list[str] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+    not_ports: list[int] = field(default_factory=list)
+    destination_ips: list[str] = field(default_factory=list)       # `when: destination.ip`
+    not_destination_ips: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Rule:
+    """A rule matches when every clause matches (AND); a clause is a list of alternatives (OR)."""
+
+    clauses: list[list[Match]] = field(default_factory=list)
+
+
+@dataclass
+class Authorization(Resource):
+    """An AuthorizationPolicy reduced to what ztunnel enforces at L4.
+
+    `has_l7` marks policies whose rules use HTTP attributes (methods, paths, headers, ...).
+    Without a waypoint ztunnel cannot evaluate those, so an ALLOW with L7 rules matches nothing and
+    a DENY with L7 rules matches everything (fail safe), and the log says why.
+    """
+
+    TYPE: ClassVar[str] = "ambit.io/Authorization"
+    name: str
+    namespace: str
+    action: str                         # ALLOW | DENY | AUDIT
+    scope: str = "namespace"            # global (root ns) | namespace | workload | waypoint (targetRefs)
+    selector: dict[str, str] = field(default_factory=dict)
+    rules: list[Rule] = field(default_factory=list)
+    has_l7: bool = False
+    l7_rules: list[dict[str, Any]] = field(default_factory=list)  # kept verbatim for waypoints
+    target_refs: list[dict[str, str]] = field(default_factory=list)  # scope "waypoint": Gateway/Service refs
+
+    @property
+    def resource_name(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass
+class PeerAuthn(Resource):
+    """PeerAuthentication: STRICT | PERMISSIVE | DISABLE (| UNSET), with port overrides."""
+
+    TYPE: ClassVar[str] = "ambit.io/PeerAuthn"
+    name: str
+    namespace: str
+    mode: str = "UNSET"
+    selector: dict[str, str] = field(default_factory=dict)
+    port_modes: dict[int, str] = field(default_factory=dict)
+    root: bool = False                  # in the mesh root namespace: applies mesh-wide
+
+    @property
+    def resource_name(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+# -- waypoint (L7) configuration ------------------------------------------------------------------
+# VirtualService, HTTPRoute, GRPCRoute and DestinationRule all normalise into these, so a waypoint
+# implements one routing model. Durations are seconds (float); 0 means "not set".
+
+
+@dataclass
+class StringMatch:
+    """kind: exact | prefix | path_prefix (Gateway API: whole path segments) | regex | present."""
+
+    kind: str
+    value: str = ""
+    ignore_case: bool = False
+
+
+@dataclass
+class HeaderMatch:
+    name: str
+    match: StringMatch | None = None    # None: the header (or query parameter) must be present
+    invert: bool = False                # VirtualService withoutHeaders: must NOT match
+
+
+@dataclass
+class HttpMatch:
+    """Everything set must match (AND). A route matches when any of its HttpMatch does (OR)."""
+
+    path: StringMatch | None = None
+    method: StringMatch | None = None
+    authority: StringMatch | None = None
+    scheme: StringMatch | None = None
+    headers: list[HeaderMatch] = field(default_factory=list)
+    query: list[HeaderMatch] = field(default_factory=list)
+    port: int = 0
+    source_labels: dict[str, str] = field(default_factory=dict)
+    source_namespace: str = ""
+
+
+@dataclass
+class HeaderRewrite:
+    request_set: dict[str, str] = field(default_factory=dict)
+    request_add: dict[str, str] = field(default_factory=dict)
+    request_remove: list[str] = field(default_factory=list)
+    response_set: dict[str, str] = field(default_factory=dict)
+    response_add: dict[str, str] = field(default_factory=dict)
+    response_remove: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RouteDestination:
+    host: str                           # FQDN (short names resolved against the route's namespace)
+    service: str = ""                   # "ns/name" when host is a known Service
+    subset: str = ""
+    port: int = 0                       # 0: the port the request arrived on
+    weight: int = 1                     # relative weight among the route's destinations
+    headers: HeaderRewrite | None = None
+
+
+@dataclass
+class Redirect:
+    scheme: str = ""
+    authority: str = ""
+    port: int = 0
+    path: str = ""
+    path_mode: str = "full"             # full | prefix (replace the matched prefix)
+    code: int = 301
+
+
+@dataclass
+class Rewrite:
+    path: str = ""
+    path_mode: str = "prefix"           # prefix: replace the matched prefix (whole path if none) | full
+    authority: str = ""
+    regex: str = ""                     # uriRegexRewrite
+    regex_substitution: str = ""
+
+
+@dataclass
+class Retry:
+    attempts: int = 0
+    per_try_timeout: float = 0.0
+    retry_on: list[str] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)
+    backoff: float = 0.0
+
+
+@dataclass
+class Fault:
+    delay: float = 0.0
+    delay_percent: float = 0.0
+    abort_status: int = 0
+    abort_grpc_status: str = ""
+    abort_percent: float = 0.0
+
+
+@dataclass
+class Mirror:
+    destination: RouteDestination
+    percent: float = 100.0
+
+
+@dataclass
+class DirectResponse:
+    status: int
+    body: str = ""
+
+
+@dataclass
+class HttpRoute:
+    """One route; the first route (in list order) whose matches match wins."""
+
+    name: str = ""
+    source: str = ""                    # Kind/namespace/name of the object it came from
+    matches: list[HttpMatch] = field(default_factory=list)   # empty: matches every request
+    destinations: list[RouteDestination] = field(default_factory=list)
+    redirect: Redirect | None = None
+    direct_response: DirectResponse | None = None
+    rewrite: Rewrite | None = None
+    timeout: float = 0.0
+    retries: Retry | None = None        # None: the data plane's default policy
+    fault: Fault | None = None
+    mirrors: list[Mirror] = field(default_factory=list)
+    headers: HeaderRewrite | None = None
+    cors: dict[str, Any] | None = None  # Istio corsPolicy, verbatim
+    grpc: bool = False
+
+
+@dataclass
+class TcpRoute:
+    source: str = ""
+    port: int = 0
+    destination_subnets: list[str] = field(default_factory=list)
+    destinations: list[RouteDestination] = field(default_factory=list)
+
+
+@dataclass
+class TrafficPolicy:
+    """A DestinationRule trafficPolicy, flattened. Zero means "no limit" / "not set"."""
+
+    lb: str = ""                        # ROUND_ROBIN | LEAST_REQUEST | RANDOM | PASSTHROUGH | CONSISTENT_HASH
+    hash_header: str = ""
+    hash_cookie: str = ""
+    hash_cookie_path: str = ""
+    hash_cookie_ttl: float = 0.0
+    hash_source_ip: bool = False
+    hash_query_param: str = ""
+    max_connections: int = 0
+    connect_timeout: float = 0.0
+    tcp_idle_timeout: float = 0.0
+    http1_max_pending_requests: int = 0
+    http2_max_requests: int = 0
+    max_requests_per_connection: int = 0
+    max_retries: int = 0
+    http_idle_timeout: float = 0.0
+    h2_upgrade: bool = False
+    outlier_detection: bool = False     # the outlier fields below apply only when this is true
+    consecutive_5xx_errors: int = 5
+    consecutive_gateway_errors: int = 0
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_percent: int = 10
+    min_health_percent: int = 0
+    tls_mode: str = ""                  # DISABLE | SIMPLE | MUTUAL | ISTIO_MUTUAL
+    sni: str = ""
+    subject_alt_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PortPolicy:
+    port: int
+    policy: TrafficPolicy
+
+
+@dataclass
+class Subset:
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    policy: TrafficPolicy | None = None             # already merged over the host-level policy
+    port_policies: list[PortPolicy] = field(default_factory=list)
+
+
+@dataclass
+class WaypointRoutes(Resource):
+    """The L7 configuration of one destination host (normally a Service), for its waypoint."""
+
+    TYPE: ClassVar[str] = "ambit.io/WaypointRoutes"
+    hostname: str
+    namespace: str = ""
+    service: str = ""                   # "ns/name", or "" for a host that is not a known Service
+    waypoint: str = ""                  # the Service's waypoint ("ns/name"), if any
+    http: list[HttpRoute] = field(default_factory=list)
+    tcp: list[TcpRoute] = field(default_factory=list)
+    policy: TrafficPolicy | None = None
+    port_policies: list[PortPolicy] = field(default_factory=list)
+    subsets: list[Subset] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)    # refs of the objects that contributed
+
+    @property
+    def resource_name(self) -> str:
+        return self.hostname
+
+
+@dataclass
+class TelemetryPolicy(Resource):
+    """A Telemetry resource: tracing sampling and providers, metrics and access-log switches."""
+
+    TYPE: ClassVar[str] = "ambit.io/Telemetry"
+    name: str
+    namespace: str
+    scope: str = "namespace"            # global | namespace | workload | waypoint
+    selector: dict[str, str] = field(default_factory=dict)
+    target_refs: list[dict[str, str]] = field(default_factory=list)
+    tracing_providers: list[str] = field(default_factory=list)
+    sampling_percent: float | None = None
+    custom_tags: dict[str, dict[str, Any]] = field(default_factory=dict)
+    disable_span_reporting: bool = False
+    metrics_providers: list[str] = field(default_factory=list)
+    metrics_overrides: list[dict[str, Any]] = field(default_factory=list)
+    access_log_providers: list[str] = field(default_factory=list)
+    access_log_disabled: bool = False
+    access_log_filter: str = ""
+
+    @property
+    def resource_name(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+_NESTED: dict[str, Any] = {
+    "ServicePort": ServicePort,
+    "Endpoint": Endpoint,
+    "Match": Match,
+    "Rule": Rule,
+    "StringMatch": StringMatch,
+    "HeaderMatch": HeaderMatch,
+    "HttpMatch": HttpMatch,
+    "HeaderRewrite": HeaderRewrite,
+    "RouteDestination": RouteDestination,
+    "Redirect": Redirect,
+    "Rewrite": Rewrite,
+    "Retry": Retry,
+    "Fault": Fault,
+    "Mirror": Mirror,
+    "DirectResponse": DirectResponse,
+    "HttpRoute": HttpRoute,
+    "TcpRoute": TcpRoute,
+    "TrafficPolicy": TrafficPolicy,
+    "PortPolicy": PortPolicy,
+    "Subset": Subset,
+}
+
+
+def _rule_from_dict(d: dict[str, Any]) -> Rule:
+    return Rule(clauses=[[_from_dict(Match, m) for m in clause] for clause in d.get("clauses", [])])
+
+
+def _authz_from_dict(cls: Any, d: dict[str, Any]) -> Authorization:
+    a = _from_dict(cls, {k: v for k, v in d.items() if k != "rules"})
+    a.rules = [_rule_from_dict(r) for r in d.get("rules", [])]
+    return a
+
+
+Authorization.from_dict = classmethod(_authz_from_dict)  # type: ignore[assignment]
+
+
+def _pa_from_dict(cls: Any, d: dict[str, Any]) -> PeerAuthn:
+    p = _from_dict(cls, d)
+    p.port_modes = {int(k): v for k, v in (d.get("port_modes") or {}).items()}
+    return p
+
+
+PeerAuthn.from_dict = classmethod(_pa_from_dict)  # type: ignore[assignment]
+
+RESOURCE_TYPES: dict[str, type[Resource]] = {
+    c.TYPE: c for c in (Service, Workload, Authorization, PeerAuthn, WaypointRoutes, TelemetryPolicy)
+}

@@ -1,0 +1,42 @@
+"""Lab fixtures: a real netns lab brought up through the CLI, and always torn down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.lab.labctl import Lab
+
+
+def _artifacts(name: str) -> Path:
+    d = Path(os.environ.get("AMBIT_TEST_ARTIFACTS", "/tmp/ambit-test-artifacts")) / name
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """The default lab, shared by tests that leave it as they found it."""
+    lab = Lab(tmp_path_factory.mktemp("lab") / "state", name="ambit-t")
+    lab.down()  # a previous run killed hard may have left one behind
+    lab.up()
+    try:
+        yield lab
+    finally:
+        lab.save_logs(_artifacts("session-lab"))
+        lab.down()
+
+
+@pytest.fixture
+def fresh_lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """A lab of the test's own (not yet up), for tests that change or break it."""
+    lab = Lab(tmp_path / "state", name="ambit-f")
+    lab.down()
+    try:
+        yield lab
+    finally:
+        lab.save_logs(_artifacts(request.node.name))
+        lab.down()

@@ -1,0 +1,73 @@
+"""Drive a real lab from tests through the real CLI, as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+AMBIT = [sys.executable, "-m", "ambit.cli"]
+
+
+class Lab:
+    def __init__(self, lab_dir: Path, name: str = "ambit-t"):
+        self.dir = lab_dir
+        self.name = name
+        self.env = {**os.environ, "AMBIT_LAB_DIR": str(lab_dir), "AMBIT_LAB_NAME": name}
+
+    def ambit(self, *args: str, check: bool = True, timeout: float = 120,
+              input: str | None = None) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run([*AMBIT, *args], env=self.env, capture_output=True, text=True,
+                           timeout=timeout, input=input, cwd=REPO)
+        if check and p.returncode != 0:
+            raise AssertionError(f"ambit {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+        return p
+
+    def up(self, *extra: str) -> None:
+        self.ambit("lab", "up", "--name", self.name, *extra)
+
+    def down(self) -> None:
+        self.ambit("lab", "down", check=False)
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.ambit("lab", "status", "--json").stdout)
+
+    def exec(self, pod: str, *argv: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.ambit("lab", "exec", pod, "--", *argv, check=check, timeout=timeout)
+
+    def curl(self, pod: str, url: str, *opts: str, timeout: float = 5) -> dict[str, Any]:
+        p = self.exec(pod, "curl", "-sS", "--fail", "-m", str(timeout), *opts, url, timeout=timeout + 30)
+        if p.returncode != 0:
+            raise AssertionError(f"curl from {pod} to {url} failed ({p.returncode}): {p.stderr.strip()}")
+        return json.loads(p.stdout.splitlines()[0])
+
+    def curl_rc(self, pod: str, url: str, timeout: float = 3) -> int:
+        return self.exec(pod, "curl", "-sS", "-o", "/dev/null", "-m", str(timeout), url, timeout=timeout + 30).returncode
+
+    def log(self, component: str, node: str | None = None) -> str:
+        args = ["lab", "logs", component] + (["--node", node] if node else [])
+        return self.ambit(*args, check=False).stdout
+
+    def wait_for(self, fn, timeout: float = 10.0, interval: float = 0.1, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                last = fn()
+                if last:
+                    return last
+            except AssertionError as e:
+                last = e
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+    def save_logs(self, dest: Path) -> None:
+        src = self.dir / "logs"
+        if src.exists():
+            shutil.copytree(src, dest, dirs_exist_ok=True)

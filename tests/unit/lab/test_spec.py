@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+
+from ambit.lab import spec
+
+
+def test_default_spec_has_the_demo_topology() -> None:
+    s = spec.default_spec()
+    assert [n.name for n in s.nodes] == ["node1", "node2"]
+    assert s.namespaces["demo"] == {"ambit.io/dataplane-mode": "ambient"}
+    assert s.namespaces["legacy"] == {}
+    v1, v2 = s.pod("demo/echo-v1"), s.pod("demo/echo-v2")
+    assert (v1.node, v2.node) == ("node1", "node2")
+    assert v1.labels == {"app": "echo", "version": "v1"}
+    assert s.pod("demo/client").node == "node1" and s.pod("legacy/client").node == "node2"
+    echo = next(x for x in s.services if x.name == "echo")
+    assert {p.name for p in s.endpoints(echo)} == {"echo-v1", "echo-v2"}
+    assert echo.vip.startswith("10.96.0.")
+
+
+def test_addresses_are_unique_and_inside_node_cidrs() -> None:
+    s = spec.default_spec(nodes=3)
+    ips = [p.ip for p in s.pods]
+    assert len(set(ips)) == len(ips)
+    for p in s.pods:
+        assert p.ip.startswith(s.node(p.node).pod_cidr.rsplit(".", 1)[0] + ".")
+    assert len({n.underlay_ip for n in s.nodes}) == 3
+
+
+def test_nodes_flag_folds_pods_onto_remaining_nodes() -> None:
+    s = spec.default_spec(nodes=1)
+    assert {p.node for p in s.pods} == {"node1"}
+
+
+@pytest.mark.parametrize("doc,needle", [
+    ({"pods": [{"name": "Web", "command": ["x"]}]}, "pods[0].name"),
+    ({"pods": [{"name": "web", "command": "x"}]}, "pods[0].command"),
+    ({"pods": [{"name": "web", "node": "node9", "command": ["x"]}]}, "pods[0].node"),
+    ({"pods": [{"name": "web", "command": ["x"], "ports": [{"containerPort": 70000}]}]}, "pods[0].ports[0].containerPort"),
+    ({"services": [{"name": "s", "ports": []}]}, "services[0].ports"),
+    ({"nodes": 0}, "nodes"),
+    ({"podz": []}, "podz"),
+    ({"pods": [{"name": "a", "command": ["x"]}, {"name": "a", "command": ["y"]}]}, "duplicate pod default/a"),
+])
+def test_bad_specs_name_the_field(doc: dict, needle: str) -> None:
+    with pytest.raises(spec.SpecError) as e:
+        spec.parse(doc, source="t.yaml")
+    assert needle in str(e.value) and "t.yaml" in str(e.value)
+
+
+def test_named_target_port_resolves_against_container_ports() -> None:
+    s = spec.default_spec()
+    echo = next(x for x in s.services if x.name == "echo")
+    assert spec.resolve_target_port(echo.ports[0], s.pod("demo/echo-v1")) == 8080
+    assert spec.resolve_target_port(echo.ports[0], s.pod("demo/client")) is None
