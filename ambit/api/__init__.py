@@ -1,0 +1,1 @@
+"""gRPC APIs between the controller and the data plane (generated code next to its .proto)."""

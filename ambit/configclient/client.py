@@ -1,0 +1,295 @@
+"""ConfigClient: the data plane's end of the config stream (agent, ztunnel, waypoint).
+
+It keeps the last good state per type, applies the server's deltas through the component's
+callback, ACKs what the component accepted and NACKs (with the exception text) what it rejected.
+When the controller is unreachable it keeps serving what it has and reconnects with jittered
+exponential backoff, telling the server which versions it holds so that only differences flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ambit.api import config_pb2, config_pb2_grpc
+from ambit.configclient import cache
+from ambit.configclient.backoff import Backoff
+from ambit.configclient.codec import DecodeError, Encoded, resource_class
+from ambit.configclient.node import NodeInfo
+from ambit.configclient.state import ConfigUpdate, TypeState
+from ambit.model import Resource
+
+log = logging.getLogger("ambit.configclient")
+
+ApplyCallback = Callable[[ConfigUpdate], "None | Awaitable[None]"]
+
+# Keepalive detects a controller that vanished without closing TCP (node lost, partition);
+# without it a client could wait on a dead stream for the kernel's TCP timeout (many minutes).
+DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # Channels otherwise share connections (and their reconnect backoff) process-wide; a
+    # fresh channel per attempt must really start afresh.
+    ("grpc.use_local_subchannel_pool", 1),
+)
+
+
+class StreamClosed(ConnectionError):
+    """The server ended the stream cleanly (e.g. it is shutting down)."""
+
+
+class ConfigClient:
+    """Subscribe to `types` as `node` at `target` ("host:port") and feed `on_change`.
+
+    `on_change(update)` may be a plain function or a coroutine function. Raising rejects the
+    update: the client NACKs with the exception text and keeps (and keeps reporting) its previous
+    state for that type. With `cache_path`, the last good state survives restarts and is applied
+    (update.from_cache = True) in `start()` before the controller answers.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        node: NodeInfo,
+        types: Sequence[str],
+        on_change: ApplyCallback,
+        *,
+        cache_path: str | Path | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        backoff: Backoff | None = None,
+        channel_options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
+    ):
+        self.target = target
+        self.node = node.validate()
+        if not types:
+            raise ValueError("ConfigClient.types: empty; subscribe to at least one type URL")
+        for t in types:
+            resource_class(t)  # raises naming the unknown type URL
+        self.types = list(dict.fromkeys(types))
+        self._on_change = on_change
+        self._cache_path = Path(cache_path) if cache_path else None
+        self._credentials = credentials
+        self._backoff = backoff or Backoff()
+        self._channel_options = list(channel_options)
+        self._states = {t: TypeState(t) for t in self.types}
+        self._synced: set[str] = set()
+        self._synced_event: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._connected = False
+        self.connected_since: float | None = None
+        self.last_error = ""
+        self.connects = 0
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Apply the file cache (if any), then connect in the background."""
+        if self._task is not None:
+            raise RuntimeError("ConfigClient.start: already started")
+        self._synced_event = asyncio.Event()
+        if self._cache_path and self._cache_path.exists():
+            await self._apply_cache()
+        self._task = asyncio.create_task(self._run(), name=f"configclient:{self.node.key}")
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+        self._connected = False
+
+    async def __aenter__(self) -> ConfigClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait_synced(self, timeout: float | None = None) -> None:
+        """Return once every subscribed type has accepted a response from the server.
+
+        Components use this for readiness: until then they serve only cached config (if any).
+        """
+        if self._synced_event is None:
+            raise RuntimeError("ConfigClient.wait_synced: call start() first")
+        await asyncio.wait_for(self._synced_event.wait(), timeout)
+
+    # ----- accessors for admin dumps --------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while a stream is up and the server has answered on it."""
+        return self._connected
+
+    def state(self, type_url: str) -> dict[str, Resource]:
+        """The last good state of one type (a copy: name -> resource)."""
+        return dict(self._type(type_url).resources)
+
+    def versions(self) -> dict[str, str]:
+        """type URL -> the controller's system version the current state of that type came from."""
+        return {t: s.system_version for t, s in self._states.items()}
+
+    def resource_versions(self, type_url: str) -> dict[str, str]:
+        return self._type(type_url).versions()
+
+    def dump(self) -> dict[str, Any]:
+        """Everything an admin endpoint shows: connection, versions and bodies, JSON-ready."""
+        return {
+            "target": self.target,
+            "node": self.node.key,
+            "connected": self._connected,
+            "connected_since": self.connected_since,
+            "last_error": self.last_error,
+            "types": {
+                t: {
+                    "system_version": s.system_version,
+                    "synced": t in self._synced,
+                    "resources": {n: {"version": s.encoded[n].version, "body": r.to_dict()}
+                                  for n, r in sorted(s.resources.items())},
+                }
+                for t, s in self._states.items()
+            },
+        }
+
+    def _type(self, type_url: str) -> TypeState:
+        try:
+            return self._states[type_url]
+        except KeyError:
+            raise KeyError(f"type_url {type_url!r}: not subscribed (subscribed: {', '.join(self.types)})") from None
+
+    # ----- the stream ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                self._note_failure(f"{e.code().name}: {e.details()}")
+            except StreamClosed as e:
+                self._note_failure(str(e))
+            except Exception as e:  # noqa: BLE001 - any failure means: keep old config, reconnect
+                log.exception("config stream to %s failed", self.target)
+                self._note_failure(f"{type(e).__name__}: {e}")
+            delay = self._backoff.next_delay()
+            log.info("config stream to %s: reconnecting in %.2fs", self.target, delay)
+            await asyncio.sleep(delay)
+
+    def _note_failure(self, why: str) -> None:
+        if self._connected:
+            log.warning("config stream to %s lost (%s); serving last good config", self.target, why)
+        self._connected = False
+        self.connected_since = None
+        self.last_error = why
+
+    def _channel(self) -> grpc.aio.Channel:
+        # A fresh channel per attempt keeps our backoff the only one in play (a long-lived channel
+        # applies its own reconnect backoff, up to two minutes, underneath ours).
+        if self._credentials is not None:
+            return grpc.aio.secure_channel(self.target, self._credentials, options=self._channel_options)
+        return grpc.aio.insecure_channel(self.target, options=self._channel_options)
+
+    async def _session(self) -> None:
+        async with self._channel() as channel:
+            call = config_pb2_grpc.ConfigServiceStub(channel).DeltaStream()
+            try:
+                for t in self.types:
+                    await call.write(config_pb2.DeltaRequest(
+                        node=self.node.to_proto(),
+                        type_url=t,
+                        subscribe=True,
+                        initial_resource_versions=self._states[t].versions(),
+                    ))
+                while True:
+                    resp = await call.read()
+                    if resp is grpc.aio.EOF:
+                        raise StreamClosed("the controller closed the config stream")
+                    if not self._connected:
+                        self._connected = True
+                        self.connected_since = time.time()
+                        self.connects += 1
+                        self.last_error = ""
+                        self._backoff.reset()
+                        log.info("config stream to %s up", self.target)
+                    await call.write(await self._handle(resp))
+            finally:
+                call.cancel()
+
+    async def _handle(self, resp: config_pb2.DeltaResponse) -> config_pb2.DeltaRequest:
+        """Apply one response; return the ACK or NACK to send."""
+        reply = config_pb2.DeltaRequest(type_url=resp.type_url, response_nonce=resp.nonce)
+        state = self._states.get(resp.type_url)
+        if state is None:
+            reply.error_detail.message = f"type_url {resp.type_url!r}: not subscribed"
+            return reply
+        try:
+            staged = state.stage(
+                resp.system_version_info,
+                [Encoded(r.name, r.version, r.body) for r in resp.resources],
+                resp.removed_resources,
+            )
+            await self._call(staged.update)
+        except Exception as e:  # noqa: BLE001 - the component's rejection becomes the NACK message
+            msg = str(e) if isinstance(e, DecodeError) else f"{type(e).__name__}: {e}"
+            log.warning("rejected %s version %s: %s", resp.type_url, resp.system_version_info, msg)
+            reply.error_detail.message = msg
+            return reply
+        state.commit(staged)
+        self._mark_synced(resp.type_url)
+        self._save_cache()
+        return reply
+
+    async def _call(self, update: ConfigUpdate) -> None:
+        result = self._on_change(update)
+        if inspect.isawaitable(result):
+            await result
+
+    def _mark_synced(self, type_url: str) -> None:
+        self._synced.add(type_url)
+        if self._synced_event is not None and self._synced.issuperset(self.types):
+            self._synced_event.set()
+
+    # ----- file cache ------------------------------------------------------------------------
+
+    def _save_cache(self) -> None:
+        if not self._cache_path:
+            return
+        try:
+            cache.save(self._cache_path, self.node.key,
+                       {t: (s.system_version, list(s.encoded.values())) for t, s in self._states.items()})
+        except OSError as e:
+            # Losing the cache only costs a cold start later; never reject config for it.
+            log.warning("cannot write config cache %s: %s", self._cache_path, e)
+
+    async def _apply_cache(self) -> None:
+        assert self._cache_path is not None
+        try:
+            cached = cache.load(self._cache_path, self.node.key)
+        except (OSError, ValueError) as e:
+            log.warning("ignoring config cache: %s", e)
+            return
+        for t, (system_version, resources) in cached.items():
+            state = self._states.get(t)
+            if state is None:
+                continue
+            try:
+                staged = state.stage(system_version, resources, (), from_cache=True)
+                await self._call(staged.update)
+            except Exception as e:  # noqa: BLE001 - a bad cache must not stop the component
+                log.warning("ignoring cached %s: %s", t, e)
+                continue
+            state.commit(staged)

@@ -1,0 +1,85 @@
+"""Per-subscriber scoping: which resources each subscriber receives (sans-IO, pure).
+
+The rules, and why:
+
+* agent (node N) -- Workloads whose node is N, nothing else is narrowed. The agent only captures
+  pods on its own node; a cluster-wide pod list would make every agent churn on every pod event.
+* ztunnel (node N) -- everything. Outbound routing needs every remote pod (its IPs, identity and
+  whether it speaks HBONE or must get plain passthrough), every Service, and authorization and
+  PeerAuthentication must never be missing for a pod that was just scheduled here (a missing
+  DENY is a hole). Sending remote pods in a slimmer form was considered and rejected: each
+  node's copy of a pod would get its own version, multiplying encoding work by the node count,
+  for savings of a few fields.
+* waypoint W ("ns/name") -- the Services whose waypoint is W, the Workloads whose waypoint is W
+  plus the Workloads backing those Services (it routes to them and checks their identities), the
+  Authorizations that can apply to them (mesh-wide ones and those in the namespaces of what it
+  fronts), and every PeerAuthn.
+* any type without a rule here -- everything (safe default for types added later; add a rule
+  when a type has a natural owner, e.g. routes attached to a waypoint's Services).
+
+Scoping only filters, it never copies or edits resources: a resource then has one version for all
+subscribers, computed once per snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import cast
+
+from ambit.configclient.node import NodeInfo
+from ambit.model import Authorization, PeerAuthn, Resource, Service, Workload
+
+Snapshot = Mapping[str, Sequence[Resource]]
+
+# The order in which one update's deltas go out on a stream. Policy comes before what it protects
+# and pods before the Services whose endpoints name them, so a client never applies a Service
+# whose endpoints it cannot resolve, nor a new pod without its policy.
+TYPE_ORDER: tuple[str, ...] = (PeerAuthn.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE)
+
+
+def type_rank(type_url: str) -> tuple[int, str]:
+    try:
+        return (TYPE_ORDER.index(type_url), "")
+    except ValueError:
+        return (len(TYPE_ORDER), type_url)
+
+
+def scope_key(node: NodeInfo) -> tuple[str, ...]:
+    """Subscribers with equal keys receive equal views, so the server computes a view once per key."""
+    if node.kind == "agent":
+        return ("agent", node.name)
+    if node.kind == "waypoint":
+        return ("waypoint", node.waypoint)
+    return (node.kind,)
+
+
+def scope(node: NodeInfo, type_url: str, snapshot: Snapshot) -> list[Resource]:
+    """The resources of `type_url` that `node` receives, given the whole `snapshot` (type -> list).
+
+    The whole snapshot is passed because some views depend on other types (a waypoint's
+    Workloads are the ones backing its Services).
+    """
+    resources = list(snapshot.get(type_url, ()))
+    if node.kind == "agent":
+        if type_url == Workload.TYPE:
+            return [w for w in resources if cast(Workload, w).node == node.name]
+        return resources
+    if node.kind == "waypoint":
+        return _waypoint_scope(node.waypoint, type_url, resources, snapshot)
+    return resources
+
+
+def _waypoint_scope(waypoint: str, type_url: str, resources: list[Resource], snapshot: Snapshot) -> list[Resource]:
+    if type_url == Service.TYPE:
+        return [s for s in resources if cast(Service, s).waypoint == waypoint]
+    if type_url not in (Workload.TYPE, Authorization.TYPE):
+        return resources
+    services = [cast(Service, s) for s in snapshot.get(Service.TYPE, ()) if cast(Service, s).waypoint == waypoint]
+    backing = {ep.workload_uid for s in services for ep in s.endpoints}
+    fronted_workloads = [cast(Workload, w) for w in snapshot.get(Workload.TYPE, ())
+                         if cast(Workload, w).waypoint == waypoint or cast(Workload, w).uid in backing]
+    if type_url == Workload.TYPE:
+        return list(fronted_workloads)
+    namespaces = {s.namespace for s in services} | {w.namespace for w in fronted_workloads}
+    return [a for a in resources
+            if cast(Authorization, a).scope == "global" or cast(Authorization, a).namespace in namespaces]

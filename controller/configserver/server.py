@@ -1,0 +1,333 @@
+"""ConfigServer: owns the desired state and streams per-subscriber deltas over gRPC (grpc.aio).
+
+The translation calls `update()` with full snapshots; the server works out, per subscriber, what
+changed in that subscriber's scoped view and pushes only that. Updates arriving in a burst are
+coalesced for at most `debounce` seconds (counted from the first update of the burst, so a steady
+stream of updates can never postpone a push indefinitely).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import CollectorRegistry
+
+from ambit.api import config_pb2, config_pb2_grpc
+from ambit.configclient.node import NodeInfo
+from ambit.model import RESOURCE_TYPES, Resource
+from controller.configserver.metrics import ConfigMetrics
+from controller.configserver.snapshot import Snapshot
+from controller.configserver.subscription import Nack, Planned, SubscriberStatus, Subscription
+
+log = logging.getLogger("ambit.controller.configserver")
+
+# Keepalive: find dead subscribers (node gone, partition) and accept the clients' own pings.
+SERVER_OPTIONS = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+)
+
+
+class BadRequest(Exception):
+    """A client request the protocol does not allow; ends the stream with INVALID_ARGUMENT."""
+
+
+@dataclass
+class _Stream:
+    sub: Subscription
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    dirty_since: float | None = None       # monotonic time of the oldest update not yet pushed
+    ended: bool = False
+    error: str = ""
+
+
+# Checks that a stream may claim `node` (e.g. that its client certificate or token belongs to that
+# node); raise PermissionError with the reason to refuse it.
+Authorizer = Callable[[NodeInfo, grpc.aio.ServicerContext], None]
+
+
+class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
+    """Serve the desired state to subscribers as per-subscriber deltas.
+
+    debounce: how long a burst of updates is coalesced, counted from its first update.
+    authorize: optional check of a stream's claimed identity (see Authorizer); without it the
+        server believes what the node says, which is only right on a trusted network (the lab).
+    """
+
+    def __init__(self, *, debounce: float = 0.03, registry: CollectorRegistry | None = None,
+                 keep_disconnected: float = 600.0, max_disconnected: int = 512,
+                 authorize: Authorizer | None = None):
+        if debounce < 0:
+            raise ValueError(f"ConfigServer.debounce: {debounce} is negative")
+        self.debounce = debounce
+        self._authorize = authorize
+        self.metrics = ConfigMetrics(registry)
+        self._keep_disconnected = keep_disconnected
+        self._gone: collections.deque[Subscription] = collections.deque(maxlen=max_disconnected)
+        self._streams: dict[int, _Stream] = {}
+        self._lock = threading.Lock()
+        self._generation = 0
+        # `_latest` is what update() last gave us; `_snapshot` is what streams are served from.
+        # Only a flush (after the debounce) moves the latter, so an ACK arriving mid-burst cannot
+        # pull a half-finished burst out early.
+        self._latest = Snapshot({}, "empty", 0)
+        self._snapshot = self._latest
+        self._pending_since: float | None = None
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: grpc.aio.Server | None = None
+        self.pushes = 0  # responses sent in total (also in the metrics; handy for tests and logs)
+
+    # ----- the desired state -----------------------------------------------------------------
+
+    @property
+    def version(self) -> str:
+        """The version being served (an update becomes visible here after the debounce)."""
+        return self._snapshot.version
+
+    def update(self, resources_by_type: Mapping[str, Sequence[Resource]], version: str) -> None:
+        """Replace the whole desired state. Types absent from `resources_by_type` become empty.
+
+        Safe to call from any thread; validation errors raise here (ValueError naming the entry).
+        """
+        with self._lock:
+            snap = Snapshot.build(resources_by_type, version, self._generation + 1)
+            self._generation = snap.generation
+            self._latest = snap
+            if self._pending_since is None:
+                self._pending_since = time.monotonic()
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                # Not serving yet: publish at once, subscribers connecting later start from it.
+                self._snapshot = snap
+                self._pending_since = None
+                return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._schedule_flush()
+        else:
+            loop.call_soon_threadsafe(self._schedule_flush)
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None:
+            assert self._loop is not None
+            self._flush_handle = self._loop.call_later(self.debounce, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        with self._lock:
+            since, self._pending_since = self._pending_since, None
+            self._snapshot = self._latest
+        for st in self._streams.values():
+            if st.dirty_since is None:
+                st.dirty_since = since
+            st.wake.set()
+
+    # ----- serving ---------------------------------------------------------------------------
+
+    async def start(self, address: str = "127.0.0.1:0",
+                    credentials: grpc.ServerCredentials | None = None) -> int:
+        """Serve on `address` on a server of our own; return the bound port."""
+        if self._server is not None:
+            raise RuntimeError("ConfigServer.start: already started")
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.add_to_server(server)
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
+        if port == 0:
+            raise OSError(f"ConfigServer.start: cannot bind {address}")
+        await server.start()
+        self._server = server
+        return port
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Register on an existing grpc.aio server (the controller shares one with the CA).
+
+        Must be called from the event loop that will run the server.
+        """
+        self._loop = asyncio.get_running_loop()
+        config_pb2_grpc.add_ConfigServiceServicer_to_server(self, server)
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    # ----- the stream ------------------------------------------------------------------------
+
+    async def DeltaStream(self, request_iterator, context):  # noqa: N802 - gRPC method name
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        first = await context.read()
+        if first is grpc.aio.EOF:
+            return
+        try:
+            node = self._node_of(first)
+        except BadRequest as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if self._authorize is not None:
+            try:
+                self._authorize(node, context)
+            except PermissionError as e:
+                log.warning("config stream refused for %s from %s: %s", node.key, context.peer(), e)
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{node.key}: {e}")
+        st = _Stream(Subscription(node, context.peer(), time.time()))
+        self._register(st)
+        reader = asyncio.create_task(self._read_loop(context, st, first))
+        try:
+            while True:
+                await st.wake.wait()
+                st.wake.clear()
+                if st.error:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, st.error)
+                if st.ended:
+                    return
+                await self._push(context, st)
+        finally:
+            reader.cancel()
+            self._unregister(st)
+
+    async def _read_loop(self, context, st: _Stream, first: config_pb2.DeltaRequest) -> None:
+        req = first
+        try:
+            while True:
+                self._handle_request(st, req)
+                st.wake.set()
+                req = await context.read()
+                if req is grpc.aio.EOF:
+                    break
+        except BadRequest as e:
+            st.error = str(e)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - transport error: the stream is over
+            log.debug("config stream from %s: read failed: %s", st.sub.node.key, e)
+        st.ended = True
+        st.wake.set()
+
+    def _node_of(self, req: config_pb2.DeltaRequest) -> NodeInfo:
+        if not req.HasField("node"):
+            raise BadRequest("DeltaRequest.node: required on the first message of a stream")
+        try:
+            return NodeInfo.from_proto(req.node).validate()
+        except ValueError as e:
+            raise BadRequest(f"DeltaRequest.{e}") from None
+
+    def _handle_request(self, st: _Stream, req: config_pb2.DeltaRequest) -> None:
+        sub = st.sub
+        if req.response_nonce:
+            if req.HasField("error_detail"):
+                nack = sub.on_nack(req.response_nonce, req.error_detail.message, time.time())
+                if nack is not None:
+                    self._record_nack(sub, req.type_url, nack)
+            else:
+                sub.on_ack(req.response_nonce)
+            return
+        if not req.subscribe:
+            raise BadRequest("DeltaRequest: neither subscribe nor response_nonce is set")
+        known = set(RESOURCE_TYPES) | set(self._snapshot.resources) | set(self._latest.resources)
+        if req.type_url not in known:
+            raise BadRequest(f"DeltaRequest.type_url: unknown type {req.type_url!r} (known: {', '.join(sorted(known))})")
+        sub.subscribe(req.type_url, dict(req.initial_resource_versions))
+
+    def _record_nack(self, sub: Subscription, type_url: str, nack: Nack) -> None:
+        self.metrics.nacks.labels(type_url, sub.node.kind).inc()
+        log.warning("%s rejected %s version %s: %s", sub.node.key, type_url, nack.version, nack.message)
+
+    async def _push(self, context, st: _Stream) -> None:
+        snap = self._snapshot
+        planned = st.sub.next_response(lambda t: snap.view(st.sub.node, t), snap.version, snap.generation)
+        if planned is None:
+            if not st.sub.waiting_for_answer:
+                st.dirty_since = None  # everything up to this snapshot is delivered
+            return
+        await context.write(_response(planned))
+        self.pushes += 1
+        self.metrics.pushes.labels(planned.type_url, st.sub.node.kind).inc()
+        if st.dirty_since is not None:
+            self.metrics.push_latency.observe(time.monotonic() - st.dirty_since)
+
+    # ----- registry of subscribers -----------------------------------------------------------
+
+    def _register(self, st: _Stream) -> None:
+        key = st.sub.node.key
+        # A subscriber that came back is no longer "recently disconnected".
+        kept = [s for s in self._gone if s.node.key != key]
+        self._gone.clear()
+        self._gone.extend(kept)
+        self._streams[id(st)] = st
+        self.metrics.subscribers.labels(st.sub.node.kind).inc()
+        log.info("config subscriber connected: %s from %s", key, st.sub.peer)
+
+    def _unregister(self, st: _Stream) -> None:
+        if self._streams.pop(id(st), None) is None:
+            return
+        st.sub.disconnected_at = time.time()
+        self._gone.append(st.sub)
+        self.metrics.subscribers.labels(st.sub.node.kind).dec()
+        log.info("config subscriber disconnected: %s", st.sub.node.key)
+
+    # ----- status ----------------------------------------------------------------------------
+
+    def status(self) -> list[SubscriberStatus]:
+        """Connected subscribers, then those that disconnected within `keep_disconnected`."""
+        snap = self._snapshot
+        cutoff = time.time() - self._keep_disconnected
+        subs = [st.sub for st in self._streams.values()]
+        subs += [s for s in self._gone if s.disconnected_at is not None and s.disconnected_at >= cutoff]
+        return [s.status(lambda t, s=s: snap.view(s.node, t)) for s in subs]
+
+    async def Status(self, request, context):  # noqa: N802 - gRPC method name
+        return status_response(self.version, self.status())
+
+
+def _response(p: Planned) -> config_pb2.DeltaResponse:
+    return config_pb2.DeltaResponse(
+        type_url=p.type_url,
+        system_version_info=p.system_version,
+        nonce=p.nonce,
+        resources=[config_pb2.Resource(name=e.name, version=e.version, body=e.body) for e in p.resources],
+        removed_resources=list(p.removed),
+    )
+
+
+def _ts(t: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(t * 1e9))
+    return ts
+
+
+def status_response(version: str, subscribers: list[SubscriberStatus]) -> config_pb2.StatusResponse:
+    out = config_pb2.StatusResponse(version=version)
+    for s in subscribers:
+        msg = out.subscribers.add(node=s.node.to_proto(), connected=s.connected, peer=s.peer)
+        msg.connected_since.CopyFrom(_ts(s.connected_since))
+        if s.disconnected_at is not None:
+            msg.disconnected_at.CopyFrom(_ts(s.disconnected_at))
+        for t in s.types:
+            tm = msg.types.add(type_url=t.type_url, acked_version=t.acked_version, sent_version=t.sent_version,
+                               in_sync=t.in_sync, resources=t.resources)
+            if t.last_nack is not None:
+                tm.last_nack.version = t.last_nack.version
+                tm.last_nack.nonce = t.last_nack.nonce
+                tm.last_nack.message = t.last_nack.message
+                tm.last_nack.time.CopyFrom(_ts(t.last_nack.time))
+    return out

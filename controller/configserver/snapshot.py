@@ -1,0 +1,66 @@
+"""A validated, encoded snapshot of the desired state, and the per-subscriber views of it.
+
+The translation hands the server full snapshots; everything per-resource that does not depend on
+the subscriber (the JSON body and its content-hash version) is computed once here, not once per
+subscriber.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+from ambit.configclient.codec import Encoded, encode
+from ambit.configclient.node import NodeInfo
+from ambit.model import Resource
+from controller.configserver.scope import scope, scope_key
+
+View = dict[str, Encoded]  # name -> encoded resource
+
+
+class Snapshot:
+    def __init__(self, resources: dict[str, list[Resource]], version: str, generation: int):
+        self.resources = resources
+        self.version = version
+        self.generation = generation
+        self.created = time.monotonic()
+        self._encoded: dict[int, Encoded] = {id(r): encode(r) for rs in resources.values() for r in rs}
+        self._views: dict[tuple[tuple[str, ...], str], View] = {}
+
+    @classmethod
+    def build(cls, resources_by_type: Mapping[str, Sequence[Resource]], version: str, generation: int) -> Snapshot:
+        """Validate the translation's output; raise ValueError naming the offending entry."""
+        if not isinstance(version, str) or not version:
+            raise ValueError(f"update: version must be a non-empty string, got {version!r}")
+        out: dict[str, list[Resource]] = {}
+        for type_url, items in resources_by_type.items():
+            seen: set[str] = set()
+            checked: list[Resource] = []
+            for i, r in enumerate(items):
+                where = f"update: resources_by_type[{type_url!r}][{i}]"
+                if not isinstance(r, Resource):
+                    raise ValueError(f"{where}: is a {type(r).__name__}, not an ambit.model resource")
+                if r.TYPE != type_url:
+                    raise ValueError(f"{where}: is a {type(r).__name__} ({r.TYPE}), not {type_url}")
+                name = r.resource_name
+                if name in seen:
+                    raise ValueError(f"{where}: name {name!r} appears more than once in {type_url}")
+                seen.add(name)
+                checked.append(r)
+            out[type_url] = checked
+        return cls(out, version, generation)
+
+    def view(self, node: NodeInfo, type_url: str) -> View:
+        """What `node` should hold of `type_url` now (memoized per scope key)."""
+        key = (scope_key(node), type_url)
+        v = self._views.get(key)
+        if v is None:
+            v = {}
+            for r in scope(node, type_url, self.resources):
+                e = self._encoded.get(id(r))
+                v[r.resource_name] = e if e is not None else encode(r)
+            self._views[key] = v
+        return v
+
+    def versions(self, node: NodeInfo, type_url: str) -> dict[str, str]:
+        return {n: e.version for n, e in self.view(node, type_url).items()}

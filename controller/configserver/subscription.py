@@ -1,0 +1,174 @@
+"""One subscriber's stream state: what it holds, what is in flight, ACKs and NACKs (sans-IO).
+
+Rules (docs/config-stream.md explains them):
+* The server's belief of what the client holds (`known`) changes only on an ACK, or on the
+  client's own statement at subscribe time (`initial_resource_versions`). So a NACK, or a stream
+  that dies with a response in flight, leaves it at the client's last good state.
+* At most one response is in flight per stream. The next one is computed, against the newest
+  snapshot, only after the client has answered. That orders one update's types on the wire
+  (policy before pods before Services) and coalesces updates that arrive meanwhile.
+* A NACKed state is not resent until the snapshot changes again (a new generation), so a client
+  that cannot apply something is not fed the same thing in a loop.
+* Every subscription is answered at least once, even with an empty delta, so the client knows
+  it is in sync.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from ambit.configclient.codec import Encoded
+from ambit.configclient.node import NodeInfo
+from controller.configserver.scope import type_rank
+
+ViewFn = Callable[[str], Mapping[str, Encoded]]  # type URL -> the subscriber's current view
+
+
+@dataclass(frozen=True)
+class Nack:
+    version: str
+    nonce: str
+    message: str
+    time: float
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A response to send (the caller turns it into a DeltaResponse)."""
+
+    type_url: str
+    system_version: str
+    nonce: str
+    resources: tuple[Encoded, ...]
+    removed: tuple[str, ...]
+
+
+@dataclass
+class _Inflight:
+    planned: Planned
+    generation: int
+    target: dict[str, str]  # name -> version the client will hold once it ACKs
+
+
+@dataclass
+class TypeSub:
+    type_url: str
+    known: dict[str, str]
+    acked_version: str = ""
+    sent_version: str = ""
+    last_nack: Nack | None = None
+    nacked_generation: int | None = None
+    needs_reply: bool = True
+
+
+@dataclass(frozen=True)
+class TypeStatus:
+    type_url: str
+    acked_version: str
+    sent_version: str
+    in_sync: bool
+    resources: int
+    last_nack: Nack | None
+
+
+@dataclass(frozen=True)
+class SubscriberStatus:
+    node: NodeInfo
+    connected: bool
+    connected_since: float
+    disconnected_at: float | None
+    peer: str
+    types: tuple[TypeStatus, ...]
+
+
+class Subscription:
+    def __init__(self, node: NodeInfo, peer: str = "", now: float = 0.0):
+        self.node = node
+        self.peer = peer
+        self.connected_since = now
+        self.disconnected_at: float | None = None
+        self.types: dict[str, TypeSub] = {}
+        self._inflight: _Inflight | None = None
+        self._nonces = itertools.count(1)
+
+    # ----- requests from the client ----------------------------------------------------------
+
+    def subscribe(self, type_url: str, initial_versions: Mapping[str, str]) -> None:
+        """(Re)subscribe; the client says which versions it already holds."""
+        self.types[type_url] = TypeSub(type_url, dict(initial_versions))
+        self.types = dict(sorted(self.types.items(), key=lambda kv: type_rank(kv[0])))
+
+    def on_ack(self, nonce: str) -> Planned | None:
+        """Record an ACK; return the response it acknowledges, or None for a stale nonce."""
+        inf = self._take(nonce)
+        if inf is None:
+            return None
+        ts = self.types.get(inf.planned.type_url)
+        if ts is not None:
+            ts.known = inf.target
+            ts.acked_version = inf.planned.system_version
+        return inf.planned
+
+    def on_nack(self, nonce: str, message: str, now: float) -> Nack | None:
+        """Record a NACK; the client keeps its previous state, so `known` stays as it was."""
+        inf = self._take(nonce)
+        if inf is None:
+            return None
+        nack = Nack(inf.planned.system_version, nonce, message, now)
+        ts = self.types.get(inf.planned.type_url)
+        if ts is not None:
+            ts.last_nack = nack
+            ts.nacked_generation = inf.generation
+        return nack
+
+    def _take(self, nonce: str) -> _Inflight | None:
+        if self._inflight is None or self._inflight.planned.nonce != nonce:
+            return None  # stale or unknown: the client answered something already superseded
+        inf, self._inflight = self._inflight, None
+        return inf
+
+    # ----- what to send next -----------------------------------------------------------------
+
+    @property
+    def waiting_for_answer(self) -> bool:
+        return self._inflight is not None
+
+    def next_response(self, view: ViewFn, version: str, generation: int) -> Planned | None:
+        """The next response to send, or None if nothing is due (or one is still in flight)."""
+        if self._inflight is not None:
+            return None
+        for ts in self.types.values():
+            if ts.nacked_generation == generation:
+                continue
+            current = view(ts.type_url)
+            changed = tuple(e for name, e in sorted(current.items()) if ts.known.get(name) != e.version)
+            removed = tuple(sorted(n for n in ts.known if n not in current))
+            if not changed and not removed and not ts.needs_reply:
+                ts.acked_version = version  # it already holds exactly this version's content
+                continue
+            planned = Planned(ts.type_url, version, str(next(self._nonces)), changed, removed)
+            ts.needs_reply = False
+            ts.sent_version = version
+            self._inflight = _Inflight(planned, generation, {n: e.version for n, e in current.items()})
+            return planned
+        return None
+
+    # ----- status ----------------------------------------------------------------------------
+
+    def status(self, view: ViewFn) -> SubscriberStatus:
+        types = []
+        for ts in self.types.values():
+            pending = self._inflight is not None and self._inflight.planned.type_url == ts.type_url
+            current = {n: e.version for n, e in view(ts.type_url).items()}
+            types.append(TypeStatus(
+                type_url=ts.type_url,
+                acked_version=ts.acked_version,
+                sent_version=ts.sent_version,
+                in_sync=not pending and not ts.needs_reply and ts.known == current,
+                resources=len(ts.known),
+                last_nack=ts.last_nack,
+            ))
+        return SubscriberStatus(self.node, self.disconnected_at is None, self.connected_since,
+                                self.disconnected_at, self.peer, tuple(types))

@@ -1,0 +1,94 @@
+"""Client-side pieces without sockets: delta staging, decoding, the file cache and backoff."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from ambit.configclient import Backoff, DecodeError, Encoded, NodeInfo, encode
+from ambit.configclient import cache as cfgcache
+from ambit.configclient.state import TypeState
+from ambit.model import PeerAuthn, Workload
+
+from .helpers import peerauthn, workload
+
+
+def test_stage_does_not_touch_state_until_commit():
+    ts = TypeState(Workload.TYPE)
+    a, b = workload("a", "n1"), workload("b", "n1")
+    ts.commit(ts.stage("v1", [encode(a), encode(b)], []))
+    staged = ts.stage("v2", [encode(workload("c", "n1"))], ["a"])
+    assert sorted(ts.resources) == ["a", "b"], "staging must not change the good state"
+    assert sorted(staged.update.state) == ["b", "c"]
+    assert staged.update.removed == {"a"} and list(staged.update.changed) == ["c"]
+    ts.commit(staged)
+    assert sorted(ts.resources) == ["b", "c"] and ts.system_version == "v2"
+    assert ts.resources["c"] == workload("c", "n1")
+
+
+def test_removing_unknown_names_is_harmless_and_not_reported():
+    ts = TypeState(Workload.TYPE)
+    staged = ts.stage("v1", [], ["never-had"])
+    assert staged.update.removed == frozenset()
+
+
+def test_round_trip_keeps_int_keys_of_peerauthn_port_modes():
+    ts = TypeState(PeerAuthn.TYPE)
+    p = peerauthn("p")
+    ts.commit(ts.stage("v1", [encode(p)], []))
+    assert ts.resources["default/p"].port_modes == {9000: "PERMISSIVE"}
+
+
+@pytest.mark.parametrize("entry, message", [
+    (Encoded("a", "x", b"{"), "does not match its body"),
+    (Encoded("a", encode(workload("b", "n")).version, encode(workload("b", "n")).body), "not the name"),
+])
+def test_bad_resources_are_rejected_with_their_name(entry, message):
+    with pytest.raises(DecodeError, match=message):
+        TypeState(Workload.TYPE).stage("v1", [entry], [])
+
+
+def test_body_that_is_not_json_is_rejected_naming_type_and_resource():
+    from ambit.configclient.codec import content_version
+    body = b"not json"
+    with pytest.raises(DecodeError, match=r"ambit.io/Workload 'a': body is not JSON"):
+        TypeState(Workload.TYPE).stage("v1", [Encoded("a", content_version(body), body)], [])
+
+
+def test_update_and_removal_of_one_name_in_a_response_is_rejected():
+    e = encode(workload("a", "n"))
+    with pytest.raises(DecodeError, match="both updated and removed"):
+        TypeState(Workload.TYPE).stage("v1", [e], ["a"])
+
+
+def test_cache_round_trip_and_refuses_another_nodes_cache(tmp_path):
+    path = tmp_path / "c.json"
+    entries = [encode(workload("a", "n1"))]
+    cfgcache.save(path, "agent/n1", {Workload.TYPE: ("v7", entries)})
+    assert cfgcache.load(path, "agent/n1") == {Workload.TYPE: ("v7", entries)}
+    with pytest.raises(ValueError, match="written for 'agent/n1', this is 'agent/n2'"):
+        cfgcache.load(path, "agent/n2")
+    path.write_text(json.dumps({"format": 99}))
+    with pytest.raises(ValueError, match="format is 99"):
+        cfgcache.load(path, "agent/n1")
+
+
+def test_backoff_grows_to_the_cap_with_jitter_and_resets():
+    b = Backoff(initial=0.1, cap=5.0, rng=random.Random(1))
+    delays = [b.next_delay() for _ in range(12)]
+    assert all(0.05 <= d <= 5.0 for d in delays)
+    assert max(delays[-4:]) > 2.5, "backoff must grow towards the cap"
+    assert len(set(delays)) == len(delays), "jittered delays differ"
+    b.reset()
+    assert b.next_delay() <= 0.1
+
+
+def test_node_info_validation_names_the_field():
+    with pytest.raises(ValueError, match="node.kind: 'proxy'"):
+        NodeInfo("proxy", "n").validate()
+    with pytest.raises(ValueError, match="node.waypoint: '' must be 'namespace/name'"):
+        NodeInfo("waypoint", "p").validate()
+    with pytest.raises(ValueError, match="node.name: empty"):
+        NodeInfo("agent", "").validate()
