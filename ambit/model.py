@@ -139,9 +139,15 @@ class Match:
 
 @dataclass
 class Rule:
-    """A rule matches when every clause matches (AND); a clause is a list of alternatives (OR)."""
+    """A rule matches when every clause matches (AND); a clause is a list of alternatives (OR).
+
+    `has_l7`: this is only the L4 part of a rule that also has HTTP attributes. ztunnel skips such
+    rules in ALLOW policies and applies them (L4 part only, i.e. more broadly) in DENY policies,
+    as Istio's ztunnel does.
+    """
 
     clauses: list[list[Match]] = field(default_factory=list)
+    has_l7: bool = False
 
 
 @dataclass
@@ -436,7 +442,8 @@ _NESTED: dict[str, Any] = {
 
 
 def _rule_from_dict(d: dict[str, Any]) -> Rule:
-    return Rule(clauses=[[_from_dict(Match, m) for m in clause] for clause in d.get("clauses", [])])
+    return Rule(clauses=[[_from_dict(Match, m) for m in clause] for clause in d.get("clauses", [])],
+                has_l7=bool(d.get("has_l7", False)))
 
 
 def _authz_from_dict(cls: Any, d: dict[str, Any]) -> Authorization:

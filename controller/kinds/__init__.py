@@ -1,0 +1,108 @@
+"""The configuration kinds Ambit accepts: which apiVersions, names and schemas.
+
+Every mesh kind is accepted verbatim under its upstream group (Istio, Gateway API) and under the
+matching Ambit group (`security.ambit.io`, ...), which serves the same schema for clusters that do
+not install istio.io CRDs. `KINDS` is the single registry the validator, the CLI, the Kubernetes
+source and the CRD generator all read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from controller.kinds import core, gateway, networking, security, telemetry
+from controller.kinds.schema import AnyValue, Obj, Schema
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    kind: str
+    plural: str
+    short_names: tuple[str, ...]
+    groups: tuple[tuple[str, tuple[str, ...]], ...]    # (group, versions); "" is the core group
+    namespaced: bool
+    body: Obj                                          # the object minus apiVersion/kind/metadata
+    ambit_group: str = ""                              # set when Ambit serves a CRD for this kind
+    mesh: bool = True                                  # configuration (vs. cluster state like Pods)
+    aliases: tuple[str, ...] = field(default=())
+
+    def api_versions(self) -> list[str]:
+        return [f"{g}/{v}" if g else v for g, vs in self.groups for v in vs]
+
+    def accepts(self, api_version: str) -> bool:
+        return api_version in self.api_versions()
+
+    @staticmethod
+    def group_of(api_version: str) -> str:
+        return api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+
+    def qualified(self, api_version: str) -> str:
+        """kubectl's display name: `virtualservice.networking.istio.io`, or `pod` for core kinds."""
+        group = self.group_of(api_version) or (self.groups[0][0] if self.groups else "")
+        return f"{self.kind.lower()}.{group}" if group else self.kind.lower()
+
+    @property
+    def spec_schema(self) -> Schema:
+        return self.body.fields["spec"]
+
+    def names(self) -> set[str]:
+        groups = {g for g, _ in self.groups}
+        base = {self.kind.lower(), self.plural, *self.short_names, *self.aliases}
+        return base | {f"{n}.{g}" for n in (self.kind.lower(), self.plural) for g in groups if g}
+
+
+def _mesh(spec: Schema) -> Obj:
+    return Obj({"spec": spec, "status": AnyValue()})
+
+
+def _with_ambit(upstream: str, versions: tuple[str, ...], ambit: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    ambit_versions = tuple(v for v in versions if v in ("v1", "v1beta1"))
+    return ((upstream, versions), (ambit, ambit_versions))
+
+
+_SEC = ("security.istio.io", ("v1", "v1beta1"), "security.ambit.io")
+_NET = ("networking.istio.io", ("v1", "v1beta1", "v1alpha3"), "networking.ambit.io")
+_TEL = ("telemetry.istio.io", ("v1", "v1alpha1"), "telemetry.ambit.io")
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+
+KINDS: list[KindSpec] = [
+    KindSpec("AuthorizationPolicy", "authorizationpolicies", ("ap",), _with_ambit(*_SEC), True,
+             _mesh(security.AuthorizationPolicySpec), ambit_group=_SEC[2]),
+    KindSpec("PeerAuthentication", "peerauthentications", ("pa",), _with_ambit(*_SEC), True,
+             _mesh(security.PeerAuthenticationSpec), ambit_group=_SEC[2]),
+    KindSpec("VirtualService", "virtualservices", ("vs",), _with_ambit(*_NET), True,
+             _mesh(networking.VirtualServiceSpec), ambit_group=_NET[2]),
+    KindSpec("DestinationRule", "destinationrules", ("dr",), _with_ambit(*_NET), True,
+             _mesh(networking.DestinationRuleSpec), ambit_group=_NET[2]),
+    KindSpec("Telemetry", "telemetries", ("telemetry",), _with_ambit(*_TEL), True,
+             _mesh(telemetry.TelemetrySpec), ambit_group=_TEL[2]),
+    KindSpec("HTTPRoute", "httproutes", (), ((GATEWAY_GROUP, ("v1", "v1beta1")),), True,
+             _mesh(gateway.HTTPRouteSpec)),
+    KindSpec("GRPCRoute", "grpcroutes", (), ((GATEWAY_GROUP, ("v1", "v1alpha2")),), True,
+             _mesh(gateway.GRPCRouteSpec)),
+    KindSpec("Gateway", "gateways", ("gtw",), ((GATEWAY_GROUP, ("v1", "v1beta1")),), True,
+             _mesh(gateway.GatewaySpec)),
+    KindSpec("Namespace", "namespaces", ("ns",), (("", ("v1",)),), False, core.NamespaceBody, mesh=False),
+    KindSpec("Pod", "pods", ("po",), (("", ("v1",)),), True, core.PodBody, mesh=False),
+    KindSpec("Service", "services", ("svc",), (("", ("v1",)),), True, core.ServiceBody, mesh=False),
+    KindSpec("EndpointSlice", "endpointslices", (), (("discovery.k8s.io", ("v1",)),), True,
+             core.EndpointSliceBody, mesh=False),
+    KindSpec("ServiceAccount", "serviceaccounts", ("sa",), (("", ("v1",)),), True,
+             core.ServiceAccountBody, mesh=False),
+    KindSpec("Node", "nodes", ("no",), (("", ("v1",)),), False, core.NodeBody, mesh=False),
+]
+
+BY_KIND: dict[str, KindSpec] = {k.kind: k for k in KINDS}
+
+
+def by_name(name: str) -> KindSpec | None:
+    """Resolve what a user types (`vs`, `virtualservices`, `VirtualService`, `dr.networking.istio.io`)."""
+    low = name.lower()
+    for k in KINDS:
+        if low in k.names():
+            return k
+    return None
+
+
+def all_names() -> list[str]:
+    return sorted({n for k in KINDS for n in (k.kind.lower(), k.plural, *k.short_names)})

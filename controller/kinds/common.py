@@ -1,0 +1,221 @@
+"""Value types shared by the kinds: durations, regexes, ports, CIDRs, selectors, names.
+
+Each is a schema node (see `schema.py`) plus, where translation needs it, a parser, so that the
+validator and the translator agree on what a value means.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import warnings
+from typing import Any
+
+from controller.kinds.schema import Arr, Int, Map, Num, Obj, Str
+
+# -- durations -------------------------------------------------------------------------------------
+
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+GO_DURATION_PATTERN = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$"
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go/Istio duration ("1.5s", "300ms", "1h30m") into seconds. Raises ValueError."""
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    if not text:
+        raise ValueError("empty duration")
+    while pos < len(text):
+        m = _GO_PART.match(text, pos)
+        if not m:
+            raise ValueError(text)
+        total += float(m.group(1)) * _GO_UNITS[m.group(2)]
+        pos = m.end()
+    return total
+
+
+def _check_duration(text: str) -> str | None:
+    try:
+        parse_duration(text)
+    except ValueError:
+        return f'must be a duration such as "1.5s", "300ms" or "2m", got "{text}"'
+    return None
+
+
+def _check_positive_duration(text: str) -> str | None:
+    reason = _check_duration(text)
+    if reason:
+        return reason
+    if parse_duration(text) < 0.001:
+        return f'must be a duration of at least 1ms, got "{text}"'
+    return None
+
+
+def Duration(description: str = "", positive: bool = False) -> Str:  # noqa: N802 - a schema constructor
+    return Str(valid=_check_positive_duration if positive else _check_duration,
+               pattern=GO_DURATION_PATTERN, description=description)
+
+
+# Gateway API durations (GEP-2257): up to four parts of 1-5 digits with h, m, s or ms; no fractions.
+GW_DURATION_PATTERN = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"
+_GW_DURATION = re.compile(GW_DURATION_PATTERN)
+
+
+def _check_gw_duration(text: str) -> str | None:
+    if not _GW_DURATION.match(text):
+        return f'must be a Gateway API duration such as "10s", "500ms" or "1h30m", got "{text}"'
+    return None
+
+
+GwDuration = Str(valid=_check_gw_duration, pattern=GW_DURATION_PATTERN)
+
+
+def parse_gw_duration(text: str) -> float:
+    return parse_duration(text)  # a strict subset of Go's syntax
+
+
+# -- regular expressions -----------------------------------------------------------------------
+
+# Constructs Python accepts but RE2 (Envoy/Istio) rejects. They would also let a pattern backtrack
+# exponentially in the waypoint, so Ambit rejects them too.
+_NOT_RE2 = {
+    "ASSERT": "lookaround assertions",
+    "ASSERT_NOT": "lookaround assertions",
+    "GROUPREF": "backreferences",
+    "GROUPREF_EXISTS": "conditional backreferences",
+    "GROUPREF_IGNORE": "backreferences",
+    "GROUPREF_LOC_IGNORE": "backreferences",
+    "GROUPREF_UNI_IGNORE": "backreferences",
+    "ATOMIC_GROUP": "atomic groups",
+    "POSSESSIVE_REPEAT": "possessive quantifiers",
+    "POSSESSIVE_REPEAT_ONE": "possessive quantifiers",
+}
+
+
+def _walk_non_re2(tree: Any) -> str | None:
+    from re import _parser  # CPython's own parser: the only way to see the parsed constructs
+
+    for op, av in tree:
+        name = str(op)
+        if name in _NOT_RE2:
+            return _NOT_RE2[name]
+        stack = [av]
+        while stack:
+            x = stack.pop()
+            if isinstance(x, _parser.SubPattern):
+                found = _walk_non_re2(x)
+                if found:
+                    return found
+            elif isinstance(x, list | tuple):
+                stack.extend(x)
+    return None
+
+
+def check_regex(text: str) -> str | None:
+    """Reason a pattern is unusable, or None. Patterns must compile with Python's `re` and stay
+    within the RE2 subset (no lookaround, backreferences, atomic groups or possessive quantifiers)."""
+    from re import _parser
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # "possible nested set" ([[:alpha:]]) means RE2 syntax
+        try:
+            re.compile(text)
+            tree = _parser.parse(text)
+        except (re.error, FutureWarning, DeprecationWarning) as e:
+            return f"must be a valid regular expression: {e}"
+    bad = _walk_non_re2(tree)
+    if bad:
+        return f"uses {bad}, which RE2 (and Ambit) do not support"
+    return None
+
+
+Regex = Str(valid=check_regex)
+
+
+# -- ports, addresses, names ---------------------------------------------------------------------
+
+Port = Int(minimum=1, maximum=65535)
+PortOrZero = Int(minimum=0, maximum=65535)
+
+
+def _check_port_string(text: str) -> str | None:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        return f'must be a port number "1".."65535", got "{text}"'
+    return None
+
+
+PortString = Str(valid=_check_port_string, pattern=r"^[0-9]+$")
+
+
+def port_key(k: Any) -> str | None:
+    """Map keys that are ports: YAML gives ints, JSON gives strings."""
+    s = str(k) if isinstance(k, int) and not isinstance(k, bool) else k
+    if not isinstance(s, str) or _check_port_string(s):
+        return f"must be a port number 1..65535, got {k!r}"
+    return None
+
+
+def _check_cidr(text: str) -> str | None:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return f'must be an IP address or CIDR such as "10.0.0.0/8", got "{text}"'
+    return None
+
+
+Cidr = Str(valid=_check_cidr)
+
+
+def _check_ip(text: str) -> str | None:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return f'must be an IP address, got "{text}"'
+    return None
+
+
+IP = Str(valid=_check_ip)
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _check_subdomain(text: str) -> str | None:
+    if len(text) > 253 or not _DNS1123_SUBDOMAIN.match(text):
+        return f'must be a lowercase RFC 1123 name (a-z, 0-9, "-", "."), got "{text}"'
+    return None
+
+
+def _check_label(text: str) -> str | None:
+    if len(text) > 63 or not _DNS1123_LABEL.match(text):
+        return f'must be a lowercase RFC 1123 label (a-z, 0-9, "-"), got "{text}"'
+    return None
+
+
+Name = Str(valid=_check_subdomain)
+NamespaceName = Str(valid=_check_label)
+Labels = Map(Str())
+NonEmpty = Str(min_len=1)
+Strings = Arr(Str())
+
+# -- Istio building blocks -----------------------------------------------------------------------
+
+WorkloadSelector = Obj({"matchLabels": Labels}, description="Selects pods by labels in the policy's namespace.")
+
+PolicyTargetReference = Obj(
+    {"group": Str(), "kind": Str(min_len=1), "name": Str(min_len=1), "namespace": Str()},
+    required=("kind", "name"),
+)
+
+PortSelector = Obj({"number": Port})
+
+Percentage = Num(minimum=0, maximum=100)
+Percent = Obj({"value": Percentage}, description="A percentage 0..100.")
+
+
+def StringMatch(allow_empty: bool = False) -> Obj:  # noqa: N802 - a schema constructor
+    """Istio StringMatch: exactly one of exact, prefix, regex (headers may be `{}` = present)."""
+    return Obj({"exact": Str(), "prefix": Str(), "regex": Regex},
+               one_of=(("exact", "prefix", "regex"),), exactly_one=not allow_empty)

@@ -1,0 +1,69 @@
+"""Core Kubernetes kinds the translation reads. Only the fields Ambit uses are checked; the rest of
+these large objects passes through (the API server has already validated them in a cluster)."""
+
+from __future__ import annotations
+
+from controller.kinds.common import IP, Labels, Port
+from controller.kinds.schema import Arr, Bool, Int, IntOrStr, Obj, Str
+
+
+def _check_cluster_ip(text: str) -> str | None:
+    if text in ("None", ""):
+        return None
+    reason = IP.valid(text) if IP.valid else None
+    return reason and f'must be an IP address or "None", got "{text}"'
+
+
+ClusterIP = Str(valid=_check_cluster_ip)
+
+ContainerPort = Obj({"name": Str(), "containerPort": Port, "protocol": Str(enum=("TCP", "UDP", "SCTP"))},
+                    open=True, required=("containerPort",))
+
+PodBody = Obj({
+    "spec": Obj({
+        "nodeName": Str(),
+        "serviceAccountName": Str(),
+        "hostNetwork": Bool(),
+        "containers": Arr(Obj({"name": Str(), "ports": Arr(ContainerPort)}, open=True)),
+    }, open=True),
+    "status": Obj({
+        "phase": Str(),
+        "podIP": IP,
+        "podIPs": Arr(Obj({"ip": IP}, open=True)),
+        "conditions": Arr(Obj({"type": Str(), "status": Str()}, open=True)),
+    }, open=True),
+}, open=True)
+
+ServiceBody = Obj({
+    "spec": Obj({
+        "type": Str(),
+        "clusterIP": ClusterIP,
+        "clusterIPs": Arr(ClusterIP),
+        "selector": Labels,
+        "ports": Arr(Obj({
+            "name": Str(), "port": Port, "protocol": Str(enum=("TCP", "UDP", "SCTP")),
+            "targetPort": IntOrStr(int_schema=Port, str_schema=Str(min_len=1)),
+            "appProtocol": Str(), "nodePort": Int(minimum=0, maximum=65535),
+        }, open=True, required=("port",))),
+    }, open=True),
+}, open=True)
+
+EndpointSliceBody = Obj({
+    "addressType": Str(enum=("IPv4", "IPv6", "FQDN")),
+    "endpoints": Arr(Obj({
+        "addresses": Arr(Str(min_len=1), min_items=1),
+        "conditions": Obj({"ready": Bool(), "serving": Bool(), "terminating": Bool()}, open=True),
+        "nodeName": Str(),
+        "targetRef": Obj({"kind": Str(), "name": Str(), "namespace": Str(), "uid": Str()}, open=True),
+    }, open=True, required=("addresses",))),
+    "ports": Arr(Obj({"name": Str(), "port": Port, "protocol": Str(), "appProtocol": Str()}, open=True)),
+}, open=True, required=("addressType",))
+
+NodeBody = Obj({
+    "status": Obj({"addresses": Arr(Obj({"type": Str(), "address": Str()}, open=True))}, open=True),
+}, open=True)
+
+NamespaceBody = Obj({}, open=True)
+ServiceAccountBody = Obj({}, open=True)
+
+__all__ = ["PodBody", "ServiceBody", "EndpointSliceBody", "NodeBody", "NamespaceBody", "ServiceAccountBody"]

@@ -1,0 +1,200 @@
+"""gateway.networking.k8s.io: HTTPRoute, GRPCRoute (GAMMA: attached to a Service) and waypoint Gateways."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.kinds.common import GwDuration, Labels, Port, Regex, Strings
+from controller.kinds.schema import AnyValue, Arr, Errors, Int, Map, Obj, Str, join
+
+WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
+
+ParentReference = Obj({
+    "group": Str(), "kind": Str(), "namespace": Str(), "name": Str(min_len=1),
+    "sectionName": Str(), "port": Port,
+}, required=("name",))
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+
+
+def _check_path_match(value: dict[str, Any], path: str, errs: Errors) -> None:
+    kind, v = value.get("type", "PathPrefix"), value.get("value", "/")
+    if kind == "RegularExpression":
+        Regex.check(v, join(path, "value"), errs)
+    elif not v.startswith("/"):
+        errs.append((join(path, "value"), f'must start with "/", got "{v}"'))
+
+
+def _check_regex_value(value: dict[str, Any], path: str, errs: Errors) -> None:
+    if value.get("type") == "RegularExpression":
+        Regex.check(value.get("value"), join(path, "value"), errs)
+
+
+HTTPPathMatch = Obj({"type": Str(enum=("Exact", "PathPrefix", "RegularExpression")), "value": Str()},
+                   checks=(_check_path_match,))
+HeaderMatch = Obj({"type": Str(enum=("Exact", "RegularExpression")), "name": Str(min_len=1), "value": Str()},
+                  required=("name", "value"), checks=(_check_regex_value,))
+
+HTTPRouteMatch = Obj({
+    "path": HTTPPathMatch,
+    "headers": Arr(HeaderMatch),
+    "queryParams": Arr(HeaderMatch),
+    "method": Str(enum=HTTP_METHODS),
+})
+
+HeaderValue = Obj({"name": Str(min_len=1), "value": Str()}, required=("name", "value"))
+HeaderFilter = Obj({"set": Arr(HeaderValue), "add": Arr(HeaderValue), "remove": Strings})
+
+BackendObjectRef = Obj({"group": Str(), "kind": Str(), "name": Str(min_len=1), "namespace": Str(), "port": Port},
+                       required=("name",))
+
+PathModifier = Obj({"type": Str(enum=("ReplaceFullPath", "ReplacePrefixMatch")),
+                    "replaceFullPath": Str(), "replacePrefixMatch": Str()}, required=("type",))
+
+FILTER_TYPES = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "RequestRedirect",
+                "URLRewrite", "ExtensionRef", "CORS")
+_FILTER_FIELD = {"RequestHeaderModifier": "requestHeaderModifier",
+                 "ResponseHeaderModifier": "responseHeaderModifier",
+                 "RequestMirror": "requestMirror", "RequestRedirect": "requestRedirect",
+                 "URLRewrite": "urlRewrite", "ExtensionRef": "extensionRef", "CORS": "cors"}
+_UNSUPPORTED_FILTERS = {"ExtensionRef": "ExtensionRef filters are not supported by Ambit",
+                        "CORS": "CORS filters are not supported by Ambit yet; use a VirtualService corsPolicy"}
+
+
+def _check_filter(value: dict[str, Any], path: str, errs: Errors) -> None:
+    kind = value["type"]
+    if kind in _UNSUPPORTED_FILTERS:
+        errs.append((join(path, "type"), _UNSUPPORTED_FILTERS[kind]))
+        return
+    want = _FILTER_FIELD[kind]
+    if value.get(want) is None:
+        errs.append((join(path, want), f"required when type is {kind}"))
+    for other in _FILTER_FIELD.values():
+        if other != want and value.get(other) is not None:
+            errs.append((join(path, other), f"must not be set when type is {kind}"))
+
+
+def Filter(types: tuple[str, ...]) -> Obj:  # noqa: N802 - a schema constructor
+    return Obj({
+        "type": Str(enum=types),
+        "requestHeaderModifier": HeaderFilter,
+        "responseHeaderModifier": HeaderFilter,
+        "requestMirror": Obj({"backendRef": BackendObjectRef, "percent": Int(minimum=0, maximum=100),
+                              "fraction": Obj({"numerator": Int(minimum=0), "denominator": Int(minimum=1)},
+                                              required=("numerator",))},
+                             required=("backendRef",), one_of=(("percent", "fraction"),)),
+        "requestRedirect": Obj({"scheme": Str(enum=("http", "https")), "hostname": Str(), "path": PathModifier,
+                                "port": Port, "statusCode": Int(minimum=301, maximum=308)}),
+        "urlRewrite": Obj({"hostname": Str(), "path": PathModifier}),
+        "extensionRef": Obj({"group": Str(), "kind": Str(), "name": Str()}),
+        "cors": AnyValue(),
+    }, required=("type",), checks=(_check_filter,))
+
+
+HTTPFilter = Filter(FILTER_TYPES)
+GRPCFilter = Filter(("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "ExtensionRef"))
+
+
+def _check_backend(value: dict[str, Any], path: str, errs: Errors) -> None:
+    if value.get("kind", "Service") == "Service" and value.get("group", "") in ("", "core"):
+        if value.get("port") is None:
+            errs.append((join(path, "port"), "required when the backend is a Service"))
+    else:
+        errs.append((join(path, "kind"), f"only Service backends are supported, got \"{value.get('kind')}\""))
+
+
+def BackendRef(filter_schema: Obj) -> Obj:  # noqa: N802 - a schema constructor
+    return BackendObjectRef.extend({"weight": Int(minimum=0, maximum=1000000), "filters": Arr(filter_schema)},
+                                   checks=(_check_backend,))
+
+
+def _check_parents(value: dict[str, Any], path: str, errs: Errors) -> None:
+    for i, p in enumerate(value.get("parentRefs") or []):
+        kind = p.get("kind", "Gateway")
+        group = p.get("group", "gateway.networking.k8s.io" if kind == "Gateway" else "")
+        if kind == "Service" and group in ("", "core"):
+            continue
+        if kind == "Gateway" and group == "gateway.networking.k8s.io":
+            continue
+        errs.append((f"{join(path, 'parentRefs')}[{i}]",
+                     f'must name a Service (group "") or a Gateway, got {group or "core"}/{kind}'))
+
+
+HTTPRouteRule = Obj({
+    "name": Str(),
+    "matches": Arr(HTTPRouteMatch),
+    "filters": Arr(HTTPFilter),
+    "backendRefs": Arr(BackendRef(HTTPFilter)),
+    "timeouts": Obj({"request": GwDuration, "backendRequest": GwDuration}),
+    "retry": Obj({"codes": Arr(Int(minimum=400, maximum=599)), "attempts": Int(minimum=0), "backoff": GwDuration}),
+    "sessionPersistence": AnyValue(),
+})
+
+HTTPRouteSpec = Obj({
+    "parentRefs": Arr(ParentReference),
+    "hostnames": Strings,
+    "rules": Arr(HTTPRouteRule),
+}, checks=(_check_parents,))
+
+GRPCMethodMatch = Obj({"type": Str(enum=("Exact", "RegularExpression")), "service": Str(), "method": Str()})
+
+
+def _check_grpc_method(value: dict[str, Any], path: str, errs: Errors) -> None:
+    if not value.get("service") and not value.get("method"):
+        errs.append((path, "one of service or method must be set"))
+    if value.get("type") == "RegularExpression":
+        for f in ("service", "method"):
+            if value.get(f):
+                Regex.check(value[f], join(path, f), errs)
+
+
+GRPCRouteRule = Obj({
+    "name": Str(),
+    "matches": Arr(Obj({"method": GRPCMethodMatch.extend(checks=(_check_grpc_method,)),
+                        "headers": Arr(HeaderMatch)})),
+    "filters": Arr(GRPCFilter),
+    "backendRefs": Arr(BackendRef(GRPCFilter)),
+    "sessionPersistence": AnyValue(),
+})
+
+GRPCRouteSpec = Obj({"parentRefs": Arr(ParentReference), "hostnames": Strings, "rules": Arr(GRPCRouteRule)},
+                    checks=(_check_parents,))
+
+LabelSelector = Obj({
+    "matchLabels": Labels,
+    "matchExpressions": Arr(Obj({"key": Str(min_len=1), "operator": Str(enum=("In", "NotIn", "Exists", "DoesNotExist")),
+                                 "values": Strings}, required=("key", "operator"))),
+})
+
+Listener = Obj({
+    "name": Str(min_len=1),
+    "hostname": Str(),
+    "port": Port,
+    "protocol": Str(min_len=1),
+    "tls": AnyValue(),
+    "allowedRoutes": Obj({
+        "namespaces": Obj({"from": Str(enum=("All", "Same", "Selector")), "selector": LabelSelector}),
+        "kinds": Arr(Obj({"group": Str(), "kind": Str(min_len=1)}, required=("kind",))),
+    }),
+}, required=("name", "port", "protocol"))
+
+
+def _check_gateway(value: dict[str, Any], path: str, errs: Errors) -> None:
+    names: set[str] = set()
+    for i, listener in enumerate(value.get("listeners") or []):
+        p = f"{join(path, 'listeners')}[{i}]"
+        if listener["name"] in names:
+            errs.append((join(p, "name"), f'duplicate listener name "{listener["name"]}"'))
+        names.add(listener["name"])
+        if value["gatewayClassName"] in WAYPOINT_CLASSES and listener["protocol"] not in ("HBONE", "HTTP"):
+            errs.append((join(p, "protocol"),
+                         f'a waypoint listener must use protocol HBONE or HTTP, got "{listener["protocol"]}"'))
+
+
+GatewaySpec = Obj({
+    "gatewayClassName": Str(min_len=1),
+    "listeners": Arr(Listener, min_items=1),
+    "addresses": Arr(Obj({"type": Str(), "value": Str(min_len=1)}, required=("value",))),
+    "infrastructure": Obj({"labels": Labels, "annotations": Map(Str()),
+                           "parametersRef": Obj({"group": Str(), "kind": Str(), "name": Str()})}),
+}, required=("gatewayClassName", "listeners"), checks=(_check_gateway,))

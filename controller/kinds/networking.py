@@ -1,0 +1,271 @@
+"""networking.istio.io (and networking.ambit.io): VirtualService and DestinationRule schemas.
+
+Field names and shapes follow Istio's API reference; durations are Go-style strings ("1.5s").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.kinds.common import (
+    Cidr,
+    Duration,
+    Labels,
+    Percent,
+    Port,
+    PortSelector,
+    Regex,
+    StringMatch,
+    Strings,
+    WorkloadSelector,
+)
+from controller.kinds.schema import AnyValue, Arr, Bool, Errors, Int, Map, Obj, Str, join
+
+# -- VirtualService --------------------------------------------------------------------------------
+
+Destination = Obj({"host": Str(min_len=1), "subset": Str(), "port": PortSelector}, required=("host",))
+
+HeaderOps = Obj({"set": Map(Str()), "add": Map(Str()), "remove": Strings})
+Headers = Obj({"request": HeaderOps, "response": HeaderOps})
+
+HTTPMatchRequest = Obj({
+    "name": Str(),
+    "uri": StringMatch(), "scheme": StringMatch(), "method": StringMatch(), "authority": StringMatch(),
+    "headers": Map(StringMatch(allow_empty=True)),
+    "queryParams": Map(StringMatch(allow_empty=True)),
+    "withoutHeaders": Map(StringMatch(allow_empty=True)),
+    "port": Port,
+    "sourceLabels": Labels,
+    "gateways": Strings,
+    "sourceNamespace": Str(),
+    "ignoreUriCase": Bool(),
+    "statPrefix": Str(),
+})
+
+HTTPRouteDestination = Obj({"destination": Destination, "weight": Int(minimum=0, maximum=100),
+                            "headers": Headers}, required=("destination",))
+
+HTTPRedirect = Obj({
+    "uri": Str(), "authority": Str(), "port": Port,
+    "derivePort": Str(enum=("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT")),
+    "scheme": Str(), "redirectCode": Int(minimum=300, maximum=399),
+}, one_of=(("port", "derivePort"),))
+
+HTTPDirectResponse = Obj({"status": Int(minimum=200, maximum=599),
+                          "body": Obj({"string": Str(), "bytes": Str()}, one_of=(("string", "bytes"),))},
+                         required=("status",))
+
+HTTPRewrite = Obj({"uri": Str(), "authority": Str(),
+                   "uriRegexRewrite": Obj({"match": Regex, "rewrite": Str()}, required=("match", "rewrite"))},
+                  one_of=(("uri", "uriRegexRewrite"),))
+
+HTTPRetry = Obj({"attempts": Int(minimum=0), "perTryTimeout": Duration(positive=True), "retryOn": Str(),
+                 "retryRemoteLocalities": Bool(), "backoff": Duration(positive=True)})
+
+HTTPFaultInjection = Obj({
+    "delay": Obj({"fixedDelay": Duration(positive=True), "exponentialDelay": Duration(positive=True),
+                  "percentage": Percent, "percent": Int(minimum=0, maximum=100)},
+                 one_of=(("fixedDelay", "exponentialDelay"),), exactly_one=True),
+    "abort": Obj({"httpStatus": Int(minimum=200, maximum=599), "grpcStatus": Str(), "http2Error": Str(),
+                  "percentage": Percent}, one_of=(("httpStatus", "grpcStatus", "http2Error"),), exactly_one=True),
+})
+
+CorsPolicy = Obj({
+    "allowOrigins": Arr(StringMatch()), "allowOrigin": Strings,
+    "allowMethods": Strings, "allowHeaders": Strings, "exposeHeaders": Strings,
+    "maxAge": Duration(), "allowCredentials": Bool(),
+    "unmatchedPreflights": Str(enum=("UNSPECIFIED", "FORWARD", "IGNORE")),
+})
+
+HTTPMirrorPolicy = Obj({"destination": Destination, "percentage": Percent}, required=("destination",))
+
+
+def _check_http_route(value: dict[str, Any], path: str, errs: Errors) -> None:
+    actions = [f for f in ("route", "redirect", "directResponse", "delegate") if value.get(f)]
+    if not actions:
+        errs.append((path, "one of route, redirect, directResponse or delegate must be set"))
+    elif len(actions) > 1 and not (set(actions) == {"redirect", "directResponse"}):
+        errs.append((path, f"only one of route, redirect, directResponse, delegate may be set, got {', '.join(actions)}"))
+    if value.get("rewrite") and (value.get("redirect") or value.get("directResponse")):
+        errs.append((join(path, "rewrite"), "cannot be combined with redirect or directResponse"))
+    if value.get("mirror") and value.get("mirrors"):
+        errs.append((path, "only one of mirror, mirrors may be set"))
+    check_weights(value.get("route") or [], join(path, "route"), errs)
+
+
+def check_weights(route: list[dict[str, Any]], path: str, errs: Errors) -> None:
+    """Istio: with more than one destination, the weights must add up to 100."""
+    if len(route) > 1:
+        total = sum(int(r.get("weight") or 0) for r in route)
+        if total != 100:
+            errs.append((path, f"weights of the destinations must add up to 100, got {total}"))
+
+
+HTTPRoute = Obj({
+    "name": Str(),
+    "match": Arr(HTTPMatchRequest),
+    "route": Arr(HTTPRouteDestination),
+    "redirect": HTTPRedirect,
+    "directResponse": HTTPDirectResponse,
+    "delegate": Obj({"name": Str(), "namespace": Str()}),
+    "rewrite": HTTPRewrite,
+    "timeout": Duration(),
+    "retries": HTTPRetry,
+    "fault": HTTPFaultInjection,
+    "mirror": Destination,
+    "mirrorPercent": Int(minimum=0, maximum=100),
+    "mirrorPercentage": Percent,
+    "mirrors": Arr(HTTPMirrorPolicy),
+    "corsPolicy": CorsPolicy,
+    "headers": Headers,
+}, checks=(_check_http_route,))
+
+L4MatchAttributes = Obj({"destinationSubnets": Arr(Cidr), "port": Port, "sourceLabels": Labels,
+                         "gateways": Strings, "sourceNamespace": Str()})
+RouteDestination = Obj({"destination": Destination, "weight": Int(minimum=0, maximum=100)}, required=("destination",))
+
+
+def _check_l4_route(value: dict[str, Any], path: str, errs: Errors) -> None:
+    check_weights(value.get("route") or [], join(path, "route"), errs)
+
+
+TCPRoute = Obj({"match": Arr(L4MatchAttributes), "route": Arr(RouteDestination, min_items=1)},
+               required=("route",), checks=(_check_l4_route,))
+TLSRoute = Obj({
+    "match": Arr(L4MatchAttributes.extend({"sniHosts": Arr(Str(min_len=1), min_items=1)}, required=("sniHosts",)),
+                 min_items=1),
+    "route": Arr(RouteDestination, min_items=1),
+}, required=("match", "route"), checks=(_check_l4_route,))
+
+
+def _check_vs(value: dict[str, Any], path: str, errs: Errors) -> None:
+    if not value.get("http") and not value.get("tcp") and not value.get("tls"):
+        errs.append((path, "at least one of http, tcp or tls must be set"))
+
+
+VirtualServiceSpec = Obj({
+    "hosts": Arr(Str(min_len=1)),
+    "gateways": Strings,
+    "http": Arr(HTTPRoute),
+    "tcp": Arr(TCPRoute),
+    "tls": Arr(TLSRoute),
+    "exportTo": Strings,
+}, checks=(_check_vs,))
+
+# -- DestinationRule --------------------------------------------------------------------------------
+
+ConsistentHash = Obj({
+    "httpHeaderName": Str(min_len=1),
+    "httpCookie": Obj({"name": Str(min_len=1), "path": Str(), "ttl": Duration(),
+                       "attributes": Arr(Obj({"name": Str(), "value": Str()}))}, required=("name",)),
+    "useSourceIp": Bool(),
+    "httpQueryParameterName": Str(min_len=1),
+    "ringHash": Obj({"minimumRingSize": Int(minimum=0)}),
+    "maglev": Obj({"tableSize": Int(minimum=0)}),
+    "minimumRingSize": Int(minimum=0),
+}, one_of=(("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName"), ("ringHash", "maglev")))
+
+LocalityLbSetting = Obj({
+    "enabled": Bool(),
+    "distribute": Arr(Obj({"from": Str(), "to": Map(Int(minimum=0, maximum=100))})),
+    "failover": Arr(Obj({"from": Str(), "to": Str()})),
+    "failoverPriority": Strings,
+})
+
+LoadBalancer = Obj({
+    # LEAST_CONN is Istio's deprecated spelling of LEAST_REQUEST; both are accepted.
+    "simple": Str(enum=("UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST")),
+    "consistentHash": ConsistentHash,
+    "localityLbSetting": LocalityLbSetting,
+    "warmupDurationSecs": Duration(),
+    "warmup": AnyValue(),
+}, one_of=(("simple", "consistentHash"),))
+
+ConnectionPool = Obj({
+    "tcp": Obj({
+        "maxConnections": Int(minimum=0),
+        "connectTimeout": Duration(positive=True),
+        "tcpKeepalive": Obj({"probes": Int(minimum=0), "time": Duration(), "interval": Duration()}),
+        "maxConnectionDuration": Duration(),
+        "idleTimeout": Duration(),
+    }),
+    "http": Obj({
+        "http1MaxPendingRequests": Int(minimum=0),
+        "http2MaxRequests": Int(minimum=0),
+        "maxRequestsPerConnection": Int(minimum=0),
+        "maxRetries": Int(minimum=0),
+        "idleTimeout": Duration(),
+        "h2UpgradePolicy": Str(enum=("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")),
+        "useClientProtocol": Bool(),
+        "maxConcurrentStreams": Int(minimum=0),
+    }),
+})
+
+OutlierDetection = Obj({
+    "splitExternalLocalOriginErrors": Bool(),
+    "consecutiveLocalOriginFailures": Int(minimum=0),
+    "consecutiveGatewayErrors": Int(minimum=0),
+    "consecutive5xxErrors": Int(minimum=0),
+    "consecutiveErrors": Int(minimum=0),
+    "interval": Duration(positive=True),
+    "baseEjectionTime": Duration(positive=True),
+    "maxEjectionPercent": Int(minimum=0, maximum=100),
+    "minHealthPercent": Int(minimum=0, maximum=100),
+})
+
+ClientTLSSettings = Obj({
+    "mode": Str(enum=("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL")),
+    "clientCertificate": Str(), "privateKey": Str(), "caCertificates": Str(), "credentialName": Str(),
+    "subjectAltNames": Strings, "sni": Str(), "insecureSkipVerify": Bool(), "caCrl": Str(),
+})
+
+_POLICY_FIELDS: dict[str, Any] = {
+    "loadBalancer": LoadBalancer,
+    "connectionPool": ConnectionPool,
+    "outlierDetection": OutlierDetection,
+    "tls": ClientTLSSettings,
+}
+
+PortTrafficPolicy = Obj({"port": PortSelector, **_POLICY_FIELDS})
+
+TrafficPolicy = Obj({
+    **_POLICY_FIELDS,
+    "portLevelSettings": Arr(PortTrafficPolicy),
+    "tunnel": Obj({"protocol": Str(), "targetHost": Str(min_len=1), "targetPort": Port},
+                  required=("targetHost", "targetPort")),
+    "proxyProtocol": Obj({"version": Str(enum=("V1", "V2"))}),
+})
+
+Subset = Obj({"name": Str(min_len=1), "labels": Labels, "trafficPolicy": TrafficPolicy}, required=("name",))
+
+
+def _check_dr(value: dict[str, Any], path: str, errs: Errors) -> None:
+    seen: dict[str, int] = {}
+    for i, s in enumerate(value.get("subsets") or []):
+        name = s.get("name")
+        if name in seen:
+            errs.append((f"{join(path, 'subsets')}[{i}].name", f'duplicate subset name "{name}" (also subsets[{seen[name]}])'))
+        else:
+            seen[name] = i
+    policies = [(join(path, "trafficPolicy"), value.get("trafficPolicy"))] + [
+        (f"{join(path, 'subsets')}[{i}].trafficPolicy", s.get("trafficPolicy"))
+        for i, s in enumerate(value.get("subsets") or [])]
+    for p, pol in policies:
+        ports: dict[int, int] = {}
+        for i, pls in enumerate((pol or {}).get("portLevelSettings") or []):
+            n = (pls.get("port") or {}).get("number")
+            if n is None:
+                errs.append((f"{p}.portLevelSettings[{i}].port", "required field is missing"))
+            elif n in ports:
+                errs.append((f"{p}.portLevelSettings[{i}].port.number", f"duplicate port {n}"))
+            else:
+                ports[n] = i
+
+
+DestinationRuleSpec = Obj({
+    "host": Str(min_len=1),
+    "trafficPolicy": TrafficPolicy,
+    "subsets": Arr(Subset),
+    "exportTo": Strings,
+    "workloadSelector": WorkloadSelector,
+}, required=("host",), checks=(_check_dr,))

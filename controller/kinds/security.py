@@ -1,0 +1,125 @@
+"""security.istio.io (and security.ambit.io): AuthorizationPolicy and PeerAuthentication schemas."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from controller.kinds.common import (
+    Cidr,
+    PolicyTargetReference,
+    PortString,
+    Strings,
+    WorkloadSelector,
+    port_key,
+)
+from controller.kinds.schema import Arr, Errors, Map, Obj, Str, join
+
+SOURCE_FIELDS = ("principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals",
+                 "namespaces", "notNamespaces", "ipBlocks", "notIpBlocks", "remoteIpBlocks",
+                 "notRemoteIpBlocks", "serviceAccounts", "notServiceAccounts")
+OPERATION_FIELDS = ("hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths")
+
+
+def _not_empty(fields: tuple[str, ...], what: str):
+    def check(value: dict[str, Any], path: str, errs: Errors) -> None:
+        if not any(value.get(f) for f in fields):
+            errs.append((path, f"{what} must set at least one of {', '.join(fields)}"))
+    return check
+
+
+def _principals_xor_service_accounts(value: dict[str, Any], path: str, errs: Errors) -> None:
+    if (value.get("principals") or value.get("notPrincipals")) and (
+            value.get("serviceAccounts") or value.get("notServiceAccounts")):
+        errs.append((path, "serviceAccounts cannot be combined with principals"))
+
+
+Source = Obj({
+    "principals": Strings, "notPrincipals": Strings,
+    "requestPrincipals": Strings, "notRequestPrincipals": Strings,
+    "namespaces": Strings, "notNamespaces": Strings,
+    "ipBlocks": Arr(Cidr), "notIpBlocks": Arr(Cidr),
+    "remoteIpBlocks": Arr(Cidr), "notRemoteIpBlocks": Arr(Cidr),
+    "serviceAccounts": Strings, "notServiceAccounts": Strings,
+}, checks=(_not_empty(SOURCE_FIELDS, "a source"), _principals_xor_service_accounts))
+
+Operation = Obj({
+    "hosts": Strings, "notHosts": Strings,
+    "ports": Arr(PortString), "notPorts": Arr(PortString),
+    "methods": Strings, "notMethods": Strings,
+    "paths": Strings, "notPaths": Strings,
+}, checks=(_not_empty(OPERATION_FIELDS, "an operation"),))
+
+# Condition keys Istio documents (https://istio.io/latest/docs/reference/config/security/conditions/).
+L4_CONDITION_KEYS = ("source.ip", "source.namespace", "source.principal", "destination.port", "destination.ip")
+_CONDITION_KEYS = re.compile(
+    r"^(source\.ip|source\.namespace|source\.principal|destination\.port|destination\.ip|remote\.ip"
+    r"|connection\.sni|request\.auth\.principal|request\.auth\.audiences|request\.auth\.presenter"
+    r"|request\.headers\[[^\]]+\]|request\.auth\.claims\[[^\]]+\](\[[^\]]+\])*"
+    r"|request\.experimental\.auth\.groups|experimental\.envoy\.filters\..+)$")
+
+
+def _check_condition(value: dict[str, Any], path: str, errs: Errors) -> None:
+    key = value["key"]
+    if not _CONDITION_KEYS.match(key):
+        errs.append((join(path, "key"), f'unknown condition key "{key}"'))
+        return
+    if not value.get("values") and not value.get("notValues"):
+        errs.append((path, "one of values or notValues must be set"))
+        return
+    per_value = {"source.ip": Cidr, "destination.ip": Cidr, "remote.ip": Cidr, "destination.port": PortString}
+    schema = per_value.get(key)
+    if schema is not None:
+        for f in ("values", "notValues"):
+            for i, v in enumerate(value.get(f) or []):
+                schema.check(v, f"{join(path, f)}[{i}]", errs)
+
+
+Condition = Obj({"key": Str(min_len=1), "values": Strings, "notValues": Strings},
+                required=("key",), checks=(_check_condition,))
+
+Rule = Obj({
+    "from": Arr(Obj({"source": Source}, required=("source",)), min_items=1),
+    "to": Arr(Obj({"operation": Operation}, required=("operation",)), min_items=1),
+    "when": Arr(Condition, min_items=1),
+})
+
+TARGET_KINDS = ("Gateway", "Service", "GatewayClass", "ServiceEntry")
+
+
+def _check_authz(value: dict[str, Any], path: str, errs: Errors) -> None:
+    action = value.get("action", "ALLOW")
+    if action == "CUSTOM":
+        errs.append((join(path, "action"),
+                     "CUSTOM (external authorization) is not supported by Ambit; use ALLOW, DENY or AUDIT"))
+    elif value.get("provider") is not None:
+        errs.append((join(path, "provider"), "provider is only valid with action CUSTOM"))
+    refs = ([(join(path, "targetRef"), value["targetRef"])] if value.get("targetRef") else []) + [
+        (f"{join(path, 'targetRefs')}[{i}]", r) for i, r in enumerate(value.get("targetRefs") or [])]
+    for p, r in refs:
+        if r.get("kind") not in TARGET_KINDS:
+            errs.append((join(p, "kind"), f"must be one of {', '.join(TARGET_KINDS)}, got \"{r.get('kind')}\""))
+
+
+AuthorizationPolicySpec = Obj({
+    "selector": WorkloadSelector,
+    "targetRef": PolicyTargetReference,
+    "targetRefs": Arr(PolicyTargetReference),
+    "action": Str(enum=("ALLOW", "DENY", "AUDIT", "CUSTOM")),
+    "provider": Obj({"name": Str()}),
+    "rules": Arr(Rule),
+}, one_of=(("selector", "targetRef", "targetRefs"),), checks=(_check_authz,))
+
+MtlsMode = Str(enum=("UNSET", "DISABLE", "PERMISSIVE", "STRICT"))
+
+
+def _check_peer_authn(value: dict[str, Any], path: str, errs: Errors) -> None:
+    if value.get("portLevelMtls") and not (value.get("selector") or {}).get("matchLabels"):
+        errs.append((join(path, "portLevelMtls"), "requires a selector with matchLabels (as in Istio)"))
+
+
+PeerAuthenticationSpec = Obj({
+    "selector": WorkloadSelector,
+    "mtls": Obj({"mode": MtlsMode}),
+    "portLevelMtls": Map(Obj({"mode": MtlsMode}), key=port_key),
+}, checks=(_check_peer_authn,))

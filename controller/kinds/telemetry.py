@@ -1,0 +1,54 @@
+"""telemetry.istio.io (and telemetry.ambit.io): the Telemetry schema."""
+
+from __future__ import annotations
+
+from controller.kinds.common import Duration, Percentage, PolicyTargetReference, WorkloadSelector
+from controller.kinds.schema import Arr, Bool, Map, Obj, Str
+
+ProviderRef = Obj({"name": Str(min_len=1)}, required=("name",))
+WorkloadMode = Str(enum=("CLIENT_AND_SERVER", "CLIENT", "SERVER"))
+
+CustomTag = Obj({
+    "literal": Obj({"value": Str()}, required=("value",)),
+    "environment": Obj({"name": Str(min_len=1), "defaultValue": Str()}, required=("name",)),
+    "header": Obj({"name": Str(min_len=1), "defaultValue": Str()}, required=("name",)),
+}, one_of=(("literal", "environment", "header"),), exactly_one=True)
+
+Tracing = Obj({
+    "match": Obj({"mode": WorkloadMode}),
+    "providers": Arr(ProviderRef),
+    "randomSamplingPercentage": Percentage,
+    "disableSpanReporting": Bool(),
+    "customTags": Map(CustomTag),
+    "useRequestIdForTraceSampling": Bool(),
+    "enableIstioTags": Bool(),
+})
+
+METRICS = ("ALL_METRICS", "REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE",
+           "TCP_OPENED_CONNECTIONS", "TCP_CLOSED_CONNECTIONS", "TCP_SENT_BYTES", "TCP_RECEIVED_BYTES",
+           "GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES")
+
+MetricsOverrides = Obj({
+    "match": Obj({"metric": Str(enum=METRICS), "customMetric": Str(), "mode": WorkloadMode},
+                 one_of=(("metric", "customMetric"),)),
+    "disabled": Bool(),
+    "tagOverrides": Map(Obj({"operation": Str(enum=("UPSERT", "REMOVE")), "value": Str()})),
+})
+
+Metrics = Obj({"providers": Arr(ProviderRef), "overrides": Arr(MetricsOverrides), "reportingInterval": Duration()})
+
+AccessLogging = Obj({
+    "match": Obj({"mode": WorkloadMode}),
+    "providers": Arr(ProviderRef),
+    "disabled": Bool(),
+    "filter": Obj({"expression": Str()}),
+})
+
+TelemetrySpec = Obj({
+    "selector": WorkloadSelector,
+    "targetRef": PolicyTargetReference,
+    "targetRefs": Arr(PolicyTargetReference),
+    "tracing": Arr(Tracing),
+    "metrics": Arr(Metrics),
+    "accessLogging": Arr(AccessLogging),
+}, one_of=(("selector", "targetRef", "targetRefs"),))

@@ -1,0 +1,85 @@
+"""The last good version of every object, and why newer versions were rejected.
+
+Both sources feed updates through this cache. When an update fails validation, the previous good
+version stays in force (so a typo in a VirtualService does not tear down routing that worked), and
+the error is kept until the object is fixed or deleted. An object whose first version is invalid
+has no good version: it is simply absent from snapshots, with its error visible.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from controller.kinds import BY_KIND
+from controller.validation import FieldError, validate_object
+
+Obj = dict[str, Any]
+CacheKey = tuple[str, str, str, str]   # (group, kind, namespace, name)
+
+
+def cache_key(obj: Obj) -> CacheKey:
+    api_version = obj.get("apiVersion") or ""
+    group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+    md = obj.get("metadata") or {}
+    spec = BY_KIND.get(obj.get("kind", ""))
+    ns = "" if spec is not None and not spec.namespaced else (md.get("namespace") or "default")
+    return (group, obj.get("kind", ""), ns, md.get("name", ""))
+
+
+class LastGoodCache:
+    def __init__(self, validate: Callable[[Obj], list[FieldError]] = validate_object):
+        self._validate = validate
+        self._lock = threading.Lock()
+        self._good: dict[CacheKey, Obj] = {}
+        self._errors: dict[CacheKey, list[FieldError]] = {}
+        self.version = 0      # bumped whenever the good set changes
+
+    def upsert(self, obj: Obj) -> list[FieldError]:
+        """Take a new version of an object; returns its validation errors (empty when accepted)."""
+        key = cache_key(obj)
+        errors = self._validate(obj)
+        with self._lock:
+            if errors:
+                self._errors[key] = errors
+            else:
+                self._errors.pop(key, None)
+                if self._good.get(key) != obj:
+                    self._good[key] = obj
+                    self.version += 1
+        return errors
+
+    def delete(self, key: CacheKey) -> None:
+        with self._lock:
+            self._errors.pop(key, None)
+            if self._good.pop(key, None) is not None:
+                self.version += 1
+
+    def replace(self, objs: Iterable[Obj], owns: Callable[[CacheKey], bool]) -> None:
+        """Make the cache hold exactly `objs` among the keys `owns` selects (a relist): objects
+        that are gone from the source are dropped, even if they disappeared while we were not looking."""
+        objs = list(objs)
+        fresh = {cache_key(o) for o in objs}
+        with self._lock:
+            stale = [k for k in set(self._good) | set(self._errors) if owns(k) and k not in fresh]
+        for k in stale:
+            self.delete(k)
+        for o in objs:
+            self.upsert(o)
+
+    def objects(self) -> list[Obj]:
+        with self._lock:
+            return [self._good[k] for k in sorted(self._good)]
+
+    def errors(self) -> list[FieldError]:
+        with self._lock:
+            return [e for k in sorted(self._errors) for e in self._errors[k]]
+
+    def rejected(self) -> dict[CacheKey, list[FieldError]]:
+        with self._lock:
+            return dict(self._errors)
+
+    def has_good(self, key: CacheKey) -> bool:
+        with self._lock:
+            return key in self._good

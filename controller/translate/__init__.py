@@ -1,0 +1,81 @@
+"""Translation: a snapshot of Kubernetes-shaped objects in, the typed mesh model out.
+
+Pure functions, no I/O: both sources (the Kubernetes API and the lab store) feed the same snapshot
+shape here, and tests call it directly. Each object is validated first; an invalid object is
+skipped and reported in `Translation.errors`, and everything else still translates. Keeping the
+last good version of an object that later turned bad is the source's job (see controller.sources).
+Objects of kinds Ambit does not know are ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ambit.model import (
+    RESOURCE_TYPES,
+    Authorization,
+    PeerAuthn,
+    Service,
+    TelemetryPolicy,
+    WaypointRoutes,
+    Workload,
+)
+from controller.kinds import BY_KIND
+from controller.translate.index import Index
+from controller.translate.policy import translate_authorization, translate_peer_authn, translate_telemetry
+from controller.translate.routes import translate_routes
+from controller.translate.workloads import translate_services, translate_workloads
+from controller.validation import FieldError, validate_object
+
+__all__ = ["Translation", "translate"]
+
+
+@dataclass
+class Translation:
+    workloads: list[Workload] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)
+    authorizations: list[Authorization] = field(default_factory=list)
+    peer_authns: list[PeerAuthn] = field(default_factory=list)
+    waypoint_routes: list[WaypointRoutes] = field(default_factory=list)
+    telemetry: list[TelemetryPolicy] = field(default_factory=list)
+    errors: list[FieldError] = field(default_factory=list)
+
+    def resources(self) -> list[Any]:
+        """Every model resource, in one list."""
+        return [*self.workloads, *self.services, *self.authorizations, *self.peer_authns,
+                *self.waypoint_routes, *self.telemetry]
+
+    def by_type(self) -> dict[str, list[Any]]:
+        """Resources keyed by type URL: what `ConfigServer.update(resources_by_type, version)` takes.
+        Every known type is present (possibly empty), so removals propagate."""
+        out: dict[str, list[Any]] = {t: [] for t in RESOURCE_TYPES}
+        for r in self.resources():
+            out[r.TYPE].append(r)
+        return out
+
+
+def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local",
+              root_namespace: str = "ambit-system", cluster_domain: str = "cluster.local") -> Translation:
+    out = Translation()
+    good = []
+    for obj in objects:
+        if not isinstance(obj, dict) or obj.get("kind") not in BY_KIND:
+            continue
+        errors = validate_object(obj)
+        if errors:
+            out.errors.extend(errors)
+        else:
+            good.append(obj)
+    idx = Index.build(good)
+    out.services = translate_services(idx, cluster_domain)
+    out.workloads = translate_workloads(idx, out.services, trust_domain)
+    out.authorizations = [translate_authorization(o, trust_domain, root_namespace)
+                          for o in idx.kind("AuthorizationPolicy")]
+    out.peer_authns = [translate_peer_authn(o, root_namespace) for o in idx.kind("PeerAuthentication")]
+    out.telemetry = [translate_telemetry(o, root_namespace) for o in idx.kind("Telemetry")]
+    out.waypoint_routes = translate_routes(idx, out.services, cluster_domain)
+    for lst in (out.services, out.authorizations, out.peer_authns, out.telemetry):
+        lst.sort(key=lambda r: r.resource_name)
+    out.workloads.sort(key=lambda w: (w.namespace, w.name))
+    return out

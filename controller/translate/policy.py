@@ -1,0 +1,153 @@
+"""AuthorizationPolicy, PeerAuthentication and Telemetry into their model resources.
+
+Istio semantics that matter and are easy to get wrong:
+- An ALLOW policy with no rules (`spec: {}`) matches nothing, so it denies every request to the
+  workloads it selects. A rule with no from/to/when (`rules: [{}]`) matches everything: allow-all.
+- Within a rule, `from`, `to` and `when` are ANDed; the entries of each list are ORed; the fields of
+  one source/operation are ANDed; the values of one field are ORed. That is exactly the model's
+  Rule(clauses=[[Match, ...], ...]): AND over clauses, OR within a clause, AND over a Match's fields.
+- Rules that need HTTP (methods, paths, hosts, request principals, remote IPs, L7 `when` keys)
+  cannot be enforced by ztunnel; they go verbatim to `l7_rules` for the waypoint, and `has_l7` is
+  set so ztunnel can fail safe. Their L4 part (the same rule without the HTTP attributes, so it
+  matches more broadly) is also in `rules`, marked `Rule.has_l7`: ztunnel skips those in ALLOW
+  policies and applies them in DENY policies, as Istio's ztunnel does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ambit.model import Authorization, Match, PeerAuthn, Rule, TelemetryPolicy
+from controller.kinds.security import L4_CONDITION_KEYS
+from controller.translate.index import name_of, ns_of
+
+Obj = dict[str, Any]
+
+_L7_SOURCE = ("requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks")
+_L7_OPERATION = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
+
+
+def rule_is_l7(rule: Obj) -> bool:
+    for f in rule.get("from") or []:
+        if any((f.get("source") or {}).get(k) for k in _L7_SOURCE):
+            return True
+    for t in rule.get("to") or []:
+        if any((t.get("operation") or {}).get(k) for k in _L7_OPERATION):
+            return True
+    return any(c.get("key") not in L4_CONDITION_KEYS for c in rule.get("when") or [])
+
+
+def principal(p: str) -> str:
+    """Istio principals are `<trust-domain>/ns/<ns>/sa/<sa>`; tolerate a spiffe:// prefix."""
+    return p.removeprefix("spiffe://")
+
+
+def _service_accounts(values: list[str], ns: str, trust_domain: str) -> list[str]:
+    out = []
+    for v in values:
+        sa_ns, _, sa = v.rpartition("/")
+        out.append(f"{trust_domain}/ns/{sa_ns or ns}/sa/{sa}")
+    return out
+
+
+def _source_match(src: Obj, ns: str, trust_domain: str) -> Match:
+    return Match(
+        principals=[principal(p) for p in src.get("principals") or []]
+        + _service_accounts(src.get("serviceAccounts") or [], ns, trust_domain),
+        not_principals=[principal(p) for p in src.get("notPrincipals") or []]
+        + _service_accounts(src.get("notServiceAccounts") or [], ns, trust_domain),
+        namespaces=list(src.get("namespaces") or []),
+        not_namespaces=list(src.get("notNamespaces") or []),
+        ip_blocks=list(src.get("ipBlocks") or []),
+        not_ip_blocks=list(src.get("notIpBlocks") or []),
+    )
+
+
+def _condition_match(cond: Obj) -> Match:
+    vals, nots = list(cond.get("values") or []), list(cond.get("notValues") or [])
+    key = cond["key"]
+    if key == "source.ip":
+        return Match(ip_blocks=vals, not_ip_blocks=nots)
+    if key == "source.namespace":
+        return Match(namespaces=vals, not_namespaces=nots)
+    if key == "source.principal":
+        return Match(principals=[principal(v) for v in vals], not_principals=[principal(v) for v in nots])
+    if key == "destination.port":
+        return Match(ports=[int(v) for v in vals], not_ports=[int(v) for v in nots])
+    if key == "destination.ip":
+        return Match(destination_ips=vals, not_destination_ips=nots)
+    raise ValueError(f"not an L4 condition key: {key}")  # pragma: no cover - guarded by the caller
+
+
+def l4_rule(rule: Obj, ns: str, trust_domain: str) -> Rule:
+    """The rule's L4 part. HTTP attributes are dropped, which only widens the match: a source or
+    operation left with no L4 field matches anything, and so does a clause containing it."""
+    clauses: list[list[Match]] = []
+    if rule.get("from"):
+        clauses.append([_source_match(f["source"], ns, trust_domain) for f in rule["from"]])
+    if rule.get("to"):
+        clauses.append([Match(ports=[int(p) for p in t["operation"].get("ports") or []],
+                              not_ports=[int(p) for p in t["operation"].get("notPorts") or []])
+                        for t in rule["to"]])
+    for cond in rule.get("when") or []:
+        if cond.get("key") in L4_CONDITION_KEYS:
+            clauses.append([_condition_match(cond)])
+    return Rule(clauses=[c for c in clauses if Match() not in c], has_l7=rule_is_l7(rule))
+
+
+def _scope(spec: Obj, ns: str, root_namespace: str) -> tuple[str, dict[str, str], list[dict[str, str]]]:
+    refs = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
+    if refs:
+        return "waypoint", {}, [{k: str(v) for k, v in r.items()} for r in refs]
+    selector = dict((spec.get("selector") or {}).get("matchLabels") or {})
+    if ns == root_namespace:
+        return "global", selector, []
+    return ("workload" if selector else "namespace"), selector, []
+
+
+def translate_authorization(obj: Obj, trust_domain: str, root_namespace: str) -> Authorization:
+    spec = obj.get("spec") or {}
+    ns = ns_of(obj)
+    scope, selector, refs = _scope(spec, ns, root_namespace)
+    rules, l7 = [], []
+    for r in spec.get("rules") or []:
+        rules.append(l4_rule(r, ns, trust_domain))
+        if rule_is_l7(r):
+            l7.append(r)
+    return Authorization(name=name_of(obj), namespace=ns, action=spec.get("action") or "ALLOW", scope=scope,
+                         selector=selector, rules=rules, has_l7=bool(l7), l7_rules=l7, target_refs=refs)
+
+
+def translate_peer_authn(obj: Obj, root_namespace: str) -> PeerAuthn:
+    spec = obj.get("spec") or {}
+    ns = ns_of(obj)
+    selector = dict((spec.get("selector") or {}).get("matchLabels") or {})
+    return PeerAuthn(
+        name=name_of(obj), namespace=ns,
+        mode=(spec.get("mtls") or {}).get("mode") or "UNSET",
+        selector=selector,
+        port_modes={int(p): (v or {}).get("mode") or "UNSET" for p, v in (spec.get("portLevelMtls") or {}).items()},
+        root=ns == root_namespace and not selector,
+    )
+
+
+def translate_telemetry(obj: Obj, root_namespace: str) -> TelemetryPolicy:
+    spec = obj.get("spec") or {}
+    ns = ns_of(obj)
+    scope, selector, refs = _scope(spec, ns, root_namespace)
+    t = TelemetryPolicy(name=name_of(obj), namespace=ns, scope=scope, selector=selector, target_refs=refs)
+    for tr in spec.get("tracing") or []:
+        t.tracing_providers += [p["name"] for p in tr.get("providers") or []]
+        if tr.get("randomSamplingPercentage") is not None:
+            t.sampling_percent = float(tr["randomSamplingPercentage"])
+        t.custom_tags.update(tr.get("customTags") or {})
+        t.disable_span_reporting = t.disable_span_reporting or bool(tr.get("disableSpanReporting"))
+    for m in spec.get("metrics") or []:
+        t.metrics_providers += [p["name"] for p in m.get("providers") or []]
+        t.metrics_overrides += list(m.get("overrides") or [])
+    for a in spec.get("accessLogging") or []:
+        t.access_log_providers += [p["name"] for p in a.get("providers") or []]
+        t.access_log_disabled = t.access_log_disabled or bool(a.get("disabled"))
+        if (a.get("filter") or {}).get("expression"):
+            t.access_log_filter = a["filter"]["expression"]
+    return t

@@ -1,0 +1,494 @@
+"""VirtualService, HTTPRoute, GRPCRoute and DestinationRule into per-host WaypointRoutes.
+
+One routing model for the waypoint, whatever API the user wrote:
+- Hosts are resolved to FQDNs the way Istio does: a short name ("reviews") is relative to the
+  object's namespace, "reviews.ns" and "reviews.ns.svc" are completed when such a Service exists,
+  anything else is taken as written; "*" and "*.suffix" select every known Service that matches.
+- VirtualService routes keep their order (first match wins). Gateway API rules are split into one
+  route per match and sorted by the Gateway API precedence (exact path, longest prefix, method,
+  most headers, most query params, oldest route), after any VirtualService routes for the host.
+- A VirtualService bound to `gateways` that do not include "mesh" is for ingress, not waypoints,
+  and is skipped.
+- The oldest DestinationRule for a host wins; subset and port-level policies are merged over the
+  host-level one per sub-message (loadBalancer, connectionPool, outlierDetection, tls), as Istio does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from ambit.model import (
+    DirectResponse,
+    Fault,
+    HeaderMatch,
+    HeaderRewrite,
+    HttpMatch,
+    HttpRoute,
+    Mirror,
+    PortPolicy,
+    Redirect,
+    Retry,
+    Rewrite,
+    RouteDestination,
+    Service,
+    StringMatch,
+    Subset,
+    TcpRoute,
+    TrafficPolicy,
+    WaypointRoutes,
+)
+from controller.kinds.common import parse_duration
+from controller.translate.index import Index, md, name_of, ns_of
+
+Obj = dict[str, Any]
+
+
+class Hosts:
+    """Resolves route hosts to FQDNs and to known Services."""
+
+    def __init__(self, services: list[Service], cluster_domain: str):
+        self.cd = cluster_domain
+        self.by_host = {s.hostname: s for s in services}
+
+    def fqdn(self, host: str, ns: str) -> str:
+        if "." not in host:
+            return f"{host}.{ns}.svc.{self.cd}"
+        if host.endswith(".svc"):
+            return f"{host}.{self.cd}"
+        if host.count(".") == 1 and f"{host}.svc.{self.cd}" in self.by_host:
+            return f"{host}.svc.{self.cd}"
+        return host
+
+    def expand(self, host: str, ns: str) -> list[str]:
+        """Every FQDN a (possibly wildcard) host selects."""
+        if host == "*":
+            return sorted(self.by_host)
+        if host.startswith("*."):
+            suffix = host[1:]
+            return sorted(h for h in self.by_host if h.endswith(suffix))
+        return [self.fqdn(host, ns)]
+
+    def service_ref(self, fqdn: str) -> str:
+        s = self.by_host.get(fqdn)
+        return f"{s.namespace}/{s.name}" if s else ""
+
+    def destination(self, host: str, ns: str, **kw: Any) -> RouteDestination:
+        fq = self.fqdn(host, ns)
+        return RouteDestination(host=fq, service=self.service_ref(fq), **kw)
+
+
+def _seconds(v: str | None) -> float:
+    return parse_duration(v) if v else 0.0
+
+
+def _ref(obj: Obj) -> str:
+    return f"{obj['kind']}/{ns_of(obj)}/{name_of(obj)}"
+
+
+# -- VirtualService ------------------------------------------------------------------------------
+
+def _string_match(m: Obj | None, ignore_case: bool = False) -> StringMatch | None:
+    if not m:
+        return None
+    for kind in ("exact", "prefix", "regex"):
+        if kind in m:
+            return StringMatch(kind=kind, value=m[kind], ignore_case=ignore_case)
+    return None
+
+
+def _header_matches(m: Obj | None, invert: bool = False) -> list[HeaderMatch]:
+    return [HeaderMatch(name=k.lower(), match=_string_match(v), invert=invert) for k, v in (m or {}).items()]
+
+
+def _query_matches(m: Obj | None) -> list[HeaderMatch]:
+    return [HeaderMatch(name=k, match=_string_match(v)) for k, v in (m or {}).items()]
+
+
+def _is_mesh(gateways: list[str] | None) -> bool:
+    return not gateways or "mesh" in gateways
+
+
+def _vs_match(m: Obj) -> HttpMatch:
+    return HttpMatch(
+        path=_string_match(m.get("uri"), bool(m.get("ignoreUriCase"))),
+        method=_string_match(m.get("method")),
+        authority=_string_match(m.get("authority")),
+        scheme=_string_match(m.get("scheme")),
+        headers=_header_matches(m.get("headers")) + _header_matches(m.get("withoutHeaders"), invert=True),
+        query=_query_matches(m.get("queryParams")),
+        port=int(m.get("port") or 0),
+        source_labels=dict(m.get("sourceLabels") or {}),
+        source_namespace=m.get("sourceNamespace", ""),
+    )
+
+
+def _vs_headers(h: Obj | None) -> HeaderRewrite | None:
+    if not h:
+        return None
+    req, resp = h.get("request") or {}, h.get("response") or {}
+    return HeaderRewrite(request_set=dict(req.get("set") or {}), request_add=dict(req.get("add") or {}),
+                         request_remove=list(req.get("remove") or []), response_set=dict(resp.get("set") or {}),
+                         response_add=dict(resp.get("add") or {}), response_remove=list(resp.get("remove") or []))
+
+
+def _vs_destinations(route: list[Obj], hosts: Hosts, ns: str) -> list[RouteDestination]:
+    out = []
+    for r in route:
+        d = r["destination"]
+        weight = r.get("weight")
+        if weight is None:
+            weight = 100 if len(route) == 1 else 0
+        out.append(hosts.destination(d["host"], ns, subset=d.get("subset", ""),
+                                     port=int((d.get("port") or {}).get("number") or 0), weight=int(weight),
+                                     headers=_vs_headers(r.get("headers"))))
+    return out
+
+
+def _percent(p: Obj | None, legacy: int | None, default: float = 100.0) -> float:
+    if p and p.get("value") is not None:
+        return float(p["value"])
+    if legacy is not None:
+        return float(legacy)
+    return default
+
+
+def _vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str) -> HttpRoute | None:
+    matches = [_vs_match(m) for m in h.get("match") or [] if _is_mesh(m.get("gateways"))]
+    if h.get("match") and not matches:
+        return None     # every match is bound to an ingress gateway
+    route = HttpRoute(name=h.get("name", ""), source=source, matches=matches,
+                      destinations=_vs_destinations(h.get("route") or [], hosts, ns),
+                      timeout=_seconds(h.get("timeout")), headers=_vs_headers(h.get("headers")),
+                      cors=h.get("corsPolicy"))
+    if h.get("redirect"):
+        r = h["redirect"]
+        route.redirect = Redirect(scheme=r.get("scheme", ""), authority=r.get("authority", ""),
+                                  port=int(r.get("port") or 0), path=r.get("uri", ""), path_mode="full",
+                                  code=int(r.get("redirectCode") or 301))
+    if h.get("directResponse"):
+        d = h["directResponse"]
+        body = (d.get("body") or {})
+        text = body.get("string", "")
+        if "bytes" in body:
+            try:
+                text = base64.b64decode(body["bytes"]).decode("utf-8", "replace")
+            except (binascii.Error, ValueError):
+                text = ""
+        route.direct_response = DirectResponse(status=int(d["status"]), body=text)
+    if h.get("rewrite"):
+        rw = h["rewrite"]
+        rr = rw.get("uriRegexRewrite") or {}
+        route.rewrite = Rewrite(path=rw.get("uri", ""), path_mode="prefix", authority=rw.get("authority", ""),
+                                regex=rr.get("match", ""), regex_substitution=rr.get("rewrite", ""))
+    if h.get("retries"):
+        r = h["retries"]
+        route.retries = Retry(attempts=int(r.get("attempts") or 0), per_try_timeout=_seconds(r.get("perTryTimeout")),
+                              retry_on=[x.strip() for x in (r.get("retryOn") or "").split(",") if x.strip()],
+                              backoff=_seconds(r.get("backoff")))
+    if h.get("fault"):
+        f, route.fault = h["fault"], Fault()
+        if f.get("delay"):
+            d = f["delay"]
+            route.fault.delay = _seconds(d.get("fixedDelay") or d.get("exponentialDelay"))
+            route.fault.delay_percent = _percent(d.get("percentage"), d.get("percent"))
+        if f.get("abort"):
+            a = f["abort"]
+            route.fault.abort_status = int(a.get("httpStatus") or 0)
+            route.fault.abort_grpc_status = a.get("grpcStatus", "")
+            route.fault.abort_percent = _percent(a.get("percentage"), None)
+    if h.get("mirror"):
+        route.mirrors.append(Mirror(_vs_destinations([{"destination": h["mirror"], "weight": 100}], hosts, ns)[0],
+                                    _percent(h.get("mirrorPercentage"), h.get("mirrorPercent"))))
+    for m in h.get("mirrors") or []:
+        route.mirrors.append(Mirror(_vs_destinations([{"destination": m["destination"], "weight": 100}], hosts, ns)[0],
+                                    _percent(m.get("percentage"), None)))
+    return route
+
+
+def _vs_routes(vs: Obj, hosts: Hosts) -> tuple[list[str], list[HttpRoute], list[TcpRoute]]:
+    spec, ns, source = vs.get("spec") or {}, ns_of(vs), _ref(vs)
+    targets = [fq for h in spec.get("hosts") or [] for fq in hosts.expand(h, ns)]
+    http = [r for r in (_vs_http_route(h, hosts, ns, source) for h in spec.get("http") or []) if r is not None]
+    tcp = []
+    for t in spec.get("tcp") or []:
+        dests = _vs_destinations(t.get("route") or [], hosts, ns)
+        for m in t.get("match") or [{}]:
+            if _is_mesh(m.get("gateways")):
+                tcp.append(TcpRoute(source=source, port=int(m.get("port") or 0),
+                                    destination_subnets=list(m.get("destinationSubnets") or []), destinations=dests))
+    return targets, http, tcp
+
+
+# -- Gateway API ---------------------------------------------------------------------------------
+
+def _gw_header_matches(ms: list[Obj] | None, lower: bool = True) -> list[HeaderMatch]:
+    out = []
+    for m in ms or []:
+        kind = "regex" if m.get("type") == "RegularExpression" else "exact"
+        out.append(HeaderMatch(name=m["name"].lower() if lower else m["name"], match=StringMatch(kind, m["value"])))
+    return out
+
+
+def _gw_path(p: Obj | None) -> StringMatch:
+    p = p or {}
+    kind = {"Exact": "exact", "PathPrefix": "path_prefix", "RegularExpression": "regex"}[p.get("type", "PathPrefix")]
+    return StringMatch(kind=kind, value=p.get("value", "/"))
+
+
+def _gw_header_filter(req: Obj | None, resp: Obj | None, base: HeaderRewrite | None = None) -> HeaderRewrite | None:
+    if not req and not resp:
+        return base
+    h = base or HeaderRewrite()
+    for f, prefix in ((req, "request"), (resp, "response")):
+        if not f:
+            continue
+        getattr(h, f"{prefix}_set").update({x["name"]: x["value"] for x in f.get("set") or []})
+        getattr(h, f"{prefix}_add").update({x["name"]: x["value"] for x in f.get("add") or []})
+        getattr(h, f"{prefix}_remove").extend(f.get("remove") or [])
+    return h
+
+
+def _gw_backend(b: Obj, ns: str, hosts: Hosts, weight_default: int = 1) -> RouteDestination:
+    host = f"{b['name']}.{b.get('namespace') or ns}.svc.{hosts.cd}"
+    headers = None
+    for f in b.get("filters") or []:
+        headers = _gw_header_filter(f.get("requestHeaderModifier"), f.get("responseHeaderModifier"), headers)
+    return RouteDestination(host=host, service=hosts.service_ref(host), port=int(b.get("port") or 0),
+                            weight=int(b["weight"]) if b.get("weight") is not None else weight_default,
+                            headers=headers)
+
+
+def _gw_filters(route: HttpRoute, filters: list[Obj], ns: str, hosts: Hosts) -> None:
+    for f in filters:
+        t = f["type"]
+        if t in ("RequestHeaderModifier", "ResponseHeaderModifier"):
+            route.headers = _gw_header_filter(f.get("requestHeaderModifier"), f.get("responseHeaderModifier"),
+                                              route.headers)
+        elif t == "RequestRedirect":
+            r = f["requestRedirect"]
+            path = r.get("path") or {}
+            full = path.get("type") == "ReplaceFullPath"
+            route.redirect = Redirect(scheme=r.get("scheme", ""), authority=r.get("hostname", ""),
+                                      port=int(r.get("port") or 0),
+                                      path=path.get("replaceFullPath" if full else "replacePrefixMatch", ""),
+                                      path_mode="full" if full or not path else "prefix",
+                                      code=int(r.get("statusCode") or 302))
+        elif t == "URLRewrite":
+            r = f["urlRewrite"]
+            path = r.get("path") or {}
+            full = path.get("type") == "ReplaceFullPath"
+            route.rewrite = Rewrite(path=path.get("replaceFullPath" if full else "replacePrefixMatch", ""),
+                                    path_mode="full" if full else "prefix", authority=r.get("hostname", ""))
+        elif t == "RequestMirror":
+            m = f["requestMirror"]
+            pct = 100.0
+            if m.get("percent") is not None:
+                pct = float(m["percent"])
+            elif m.get("fraction"):
+                pct = 100.0 * m["fraction"]["numerator"] / m["fraction"].get("denominator", 100)
+            route.mirrors.append(Mirror(_gw_backend(m["backendRef"], ns, hosts), pct))
+
+
+def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool) -> list[tuple[tuple[Any, ...], HttpRoute]]:
+    """(precedence key, route) for every match of every rule."""
+    spec, ns, source = obj.get("spec") or {}, ns_of(obj), _ref(obj)
+    out = []
+    for ri, rule in enumerate(spec.get("rules") or [{}]):
+        matches = rule.get("matches") or [{}]
+        for mi, m in enumerate(matches):
+            if grpc:
+                match = _grpc_match(m)
+            else:
+                match = HttpMatch(path=_gw_path(m.get("path")),
+                                  method=StringMatch("exact", m["method"]) if m.get("method") else None,
+                                  headers=_gw_header_matches(m.get("headers")),
+                                  query=_gw_header_matches(m.get("queryParams"), lower=False))
+            match.port = port
+            route = HttpRoute(name=rule.get("name", ""), source=source, matches=[match],
+                              destinations=[_gw_backend(b, ns, hosts) for b in rule.get("backendRefs") or []],
+                              grpc=grpc)
+            _gw_filters(route, rule.get("filters") or [], ns, hosts)
+            t = rule.get("timeouts") or {}
+            route.timeout = _seconds(t.get("request"))
+            if rule.get("retry"):
+                r = rule["retry"]
+                route.retries = Retry(attempts=int(r.get("attempts") or 0), codes=list(r.get("codes") or []),
+                                      backoff=_seconds(r.get("backoff")))
+            if not route.destinations and route.redirect is None:
+                # Gateway API: a rule with no backends and nothing that answers returns 404... and
+                # one whose backends all have weight 0 returns 500.
+                route.direct_response = DirectResponse(status=404)
+            elif route.destinations and all(d.weight == 0 for d in route.destinations):
+                route.direct_response = DirectResponse(status=500)
+            out.append((_precedence(match, obj, ri, mi), route))
+    return out
+
+
+def _grpc_match(m: Obj) -> HttpMatch:
+    method = m.get("method") or {}
+    svc, meth = method.get("service"), method.get("method")
+    path = None
+    if method:
+        if method.get("type") == "RegularExpression":
+            path = StringMatch("regex", f"/{svc or '[^/]+'}/{meth or '[^/]+'}")
+        elif svc and meth:
+            path = StringMatch("exact", f"/{svc}/{meth}")
+        elif svc:
+            path = StringMatch("prefix", f"/{svc}/")
+        else:
+            path = StringMatch("regex", f"/[^/]+/{meth}")
+    return HttpMatch(path=path, headers=_gw_header_matches(m.get("headers")))
+
+
+def _precedence(m: HttpMatch, obj: Obj, rule_index: int, match_index: int) -> tuple[Any, ...]:
+    p = m.path
+    if p is None:
+        path_rank = (3, 0)
+    elif p.kind == "exact":
+        path_rank = (0, -len(p.value))
+    elif p.kind in ("prefix", "path_prefix"):
+        path_rank = (1, -len(p.value))
+    else:
+        path_rank = (2, 0)
+    meta = md(obj)
+    return (path_rank, 0 if m.method else 1, -len(m.headers), -len(m.query),
+            meta.get("creationTimestamp") or "", ns_of(obj), name_of(obj), rule_index, match_index)
+
+
+def _gw_targets(obj: Obj, hosts: Hosts, services: list[Service]) -> list[tuple[str, int]]:
+    """(fqdn, port) for each parent: a Service (GAMMA) or a waypoint Gateway's services."""
+    spec, ns = obj.get("spec") or {}, ns_of(obj)
+    out = []
+    for p in spec.get("parentRefs") or []:
+        pns = p.get("namespace") or ns
+        port = int(p.get("port") or 0)
+        if p.get("kind", "Gateway") == "Service":
+            out.append((f"{p['name']}.{pns}.svc.{hosts.cd}", port))
+        else:
+            gw = f"{pns}/{p['name']}"
+            if spec.get("hostnames"):
+                out += [(fq, port) for h in spec["hostnames"] for fq in hosts.expand(h, ns)]
+            else:
+                out += [(s.hostname, port) for s in services if s.waypoint == gw]
+    return out
+
+
+# -- DestinationRule -----------------------------------------------------------------------------
+
+_POLICY_PARTS = ("loadBalancer", "connectionPool", "outlierDetection", "tls")
+
+
+def _merge(base: Obj | None, over: Obj | None) -> Obj:
+    out = dict(base or {})
+    for k in _POLICY_PARTS:
+        if (over or {}).get(k) is not None:
+            out[k] = over[k]    # type: ignore[index]
+    return out
+
+
+def flatten_policy(p: Obj) -> TrafficPolicy:
+    t = TrafficPolicy()
+    lb = p.get("loadBalancer") or {}
+    if lb.get("consistentHash"):
+        ch = lb["consistentHash"]
+        t.lb = "CONSISTENT_HASH"
+        t.hash_header = ch.get("httpHeaderName", "")
+        cookie = ch.get("httpCookie") or {}
+        t.hash_cookie, t.hash_cookie_path = cookie.get("name", ""), cookie.get("path", "")
+        t.hash_cookie_ttl = _seconds(cookie.get("ttl"))
+        t.hash_source_ip = bool(ch.get("useSourceIp"))
+        t.hash_query_param = ch.get("httpQueryParameterName", "")
+    elif lb.get("simple"):
+        t.lb = {"LEAST_CONN": "LEAST_REQUEST", "UNSPECIFIED": ""}.get(lb["simple"], lb["simple"])
+    cp = p.get("connectionPool") or {}
+    tcp, http = cp.get("tcp") or {}, cp.get("http") or {}
+    t.max_connections = int(tcp.get("maxConnections") or 0)
+    t.connect_timeout = _seconds(tcp.get("connectTimeout"))
+    t.tcp_idle_timeout = _seconds(tcp.get("idleTimeout"))
+    t.http1_max_pending_requests = int(http.get("http1MaxPendingRequests") or 0)
+    t.http2_max_requests = int(http.get("http2MaxRequests") or 0)
+    t.max_requests_per_connection = int(http.get("maxRequestsPerConnection") or 0)
+    t.max_retries = int(http.get("maxRetries") or 0)
+    t.http_idle_timeout = _seconds(http.get("idleTimeout"))
+    t.h2_upgrade = http.get("h2UpgradePolicy") == "UPGRADE"
+    od = p.get("outlierDetection")
+    if od is not None:
+        t.outlier_detection = True
+        c5 = od.get("consecutive5xxErrors", od.get("consecutiveErrors"))
+        if c5 is not None:
+            t.consecutive_5xx_errors = int(c5)
+        t.consecutive_gateway_errors = int(od.get("consecutiveGatewayErrors") or 0)
+        if od.get("interval"):
+            t.interval = _seconds(od["interval"])
+        if od.get("baseEjectionTime"):
+            t.base_ejection_time = _seconds(od["baseEjectionTime"])
+        if od.get("maxEjectionPercent") is not None:
+            t.max_ejection_percent = int(od["maxEjectionPercent"])
+        t.min_health_percent = int(od.get("minHealthPercent") or 0)
+    tls = p.get("tls") or {}
+    t.tls_mode, t.sni = tls.get("mode", ""), tls.get("sni", "")
+    t.subject_alt_names = list(tls.get("subjectAltNames") or [])
+    return t
+
+
+def _port_policies(base: Obj, settings: list[Obj]) -> list[PortPolicy]:
+    return [PortPolicy(port=int(s["port"]["number"]), policy=flatten_policy(_merge(base, s))) for s in settings]
+
+
+def _apply_dr(wr: WaypointRoutes, dr: Obj) -> None:
+    spec = dr.get("spec") or {}
+    top = spec.get("trafficPolicy") or {}
+    wr.policy = flatten_policy(top)
+    wr.port_policies = _port_policies(top, top.get("portLevelSettings") or [])
+    for s in spec.get("subsets") or []:
+        sp = s.get("trafficPolicy") or {}
+        merged = _merge(top, sp)
+        pls = sp.get("portLevelSettings") or top.get("portLevelSettings") or []
+        wr.subsets.append(Subset(name=s["name"], labels=dict(s.get("labels") or {}), policy=flatten_policy(merged),
+                                 port_policies=_port_policies(merged, pls)))
+    wr.sources.append(_ref(dr))
+
+
+# -- assembly ------------------------------------------------------------------------------------
+
+def translate_routes(idx: Index, services: list[Service], cluster_domain: str) -> list[WaypointRoutes]:
+    hosts = Hosts(services, cluster_domain)
+    out: dict[str, WaypointRoutes] = {}
+
+    def entry(fqdn: str) -> WaypointRoutes:
+        if fqdn not in out:
+            svc = hosts.by_host.get(fqdn)
+            out[fqdn] = WaypointRoutes(hostname=fqdn, namespace=svc.namespace if svc else "",
+                                       service=hosts.service_ref(fqdn), waypoint=svc.waypoint if svc else "")
+        return out[fqdn]
+
+    for vs in idx.kind("VirtualService"):
+        spec = vs.get("spec") or {}
+        if not _is_mesh(spec.get("gateways")):
+            continue
+        targets, http, tcp = _vs_routes(vs, hosts)
+        for fq in targets:
+            e = entry(fq)
+            e.http.extend(http)
+            e.tcp.extend(tcp)
+            e.sources.append(_ref(vs))
+
+    gw_routes: dict[str, list[tuple[tuple[Any, ...], HttpRoute]]] = {}
+    for kind, grpc in (("HTTPRoute", False), ("GRPCRoute", True)):
+        for obj in idx.kind(kind):
+            for fq, port in _gw_targets(obj, hosts, services):
+                gw_routes.setdefault(fq, []).extend(_gw_routes(obj, hosts, port, grpc))
+                if _ref(obj) not in entry(fq).sources:
+                    entry(fq).sources.append(_ref(obj))
+    for fq, routes in gw_routes.items():
+        entry(fq).http.extend(r for _, r in sorted(routes, key=lambda x: x[0]))
+
+    applied: set[str] = set()
+    for dr in idx.kind("DestinationRule"):     # oldest first: the first DR for a host wins
+        for fq in hosts.expand((dr.get("spec") or {})["host"], ns_of(dr)):
+            if fq not in applied:
+                applied.add(fq)
+                _apply_dr(entry(fq), dr)
+    return [out[k] for k in sorted(out)]

@@ -1,0 +1,214 @@
+"""Pods and Services into Workloads and Services: enrolment, identity, VIPs and endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ambit.model import Endpoint, Service, ServicePort, Workload, spiffe_id
+from controller.translate.index import (
+    CGROUP_ANNOTATION,
+    MODE_LABELS,
+    NETNS_ANNOTATION,
+    SERVICE_NAME_LABEL,
+    Index,
+    first_label,
+    labels_of,
+    md,
+    name_of,
+    namespace_waypoint,
+    ns_of,
+    selector_matches,
+    waypoint_ref,
+)
+
+Obj = dict[str, Any]
+
+
+def pod_ips(pod: Obj) -> list[str]:
+    status = pod.get("status") or {}
+    ips = [p["ip"] for p in status.get("podIPs") or [] if p.get("ip")]
+    if not ips and status.get("podIP"):
+        ips = [status["podIP"]]
+    return ips
+
+
+def is_running(pod: Obj) -> bool:
+    """Pods that can take traffic: Running with an address, and not being deleted."""
+    return ((pod.get("status") or {}).get("phase") == "Running" and bool(pod_ips(pod))
+            and not md(pod).get("deletionTimestamp"))
+
+
+def pod_ready(pod: Obj) -> bool:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return c.get("status") == "True"
+    return True     # the lab does not model readiness: a running pod is ready
+
+
+def is_enrolled(pod: Obj, ns_labels: dict[str, str]) -> bool:
+    """Ambient capture applies: the namespace (or the pod itself) says ambient, the pod does not
+    opt out with `dataplane-mode: none`, and it is not on the host network (nothing to capture)."""
+    if (pod.get("spec") or {}).get("hostNetwork"):
+        return False
+    pod_mode = first_label(labels_of(pod), MODE_LABELS)
+    if pod_mode == "none":
+        return False
+    return pod_mode == "ambient" or first_label(ns_labels, MODE_LABELS) == "ambient"
+
+
+def service_account(pod: Obj) -> str:
+    spec = pod.get("spec") or {}
+    return spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+
+
+def container_port(pod: Obj, name: str) -> int:
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        for p in c.get("ports") or []:
+            if p.get("name") == name:
+                return int(p["containerPort"])
+    return 0
+
+
+def port_protocol(port: Obj) -> str:
+    """HTTP, HTTP2, GRPC or TCP, from appProtocol or Istio's port-name convention (http-web, grpc)."""
+    app = (port.get("appProtocol") or "").lower()
+    table = {"http": "HTTP", "http2": "HTTP2", "kubernetes.io/h2c": "HTTP2", "h2c": "HTTP2", "grpc": "GRPC",
+             "grpc-web": "HTTP"}
+    if app:
+        return table.get(app, "TCP")
+    name = (port.get("name") or "").lower()
+    prefix = name.split("-", 1)[0]
+    return table.get(prefix, "TCP")
+
+
+def _service_ports(svc: Obj) -> list[ServicePort]:
+    out = []
+    for p in (svc.get("spec") or {}).get("ports") or []:
+        if (p.get("protocol") or "TCP") != "TCP":
+            continue
+        target = p.get("targetPort", p["port"])
+        named = isinstance(target, str) and not target.isdigit()
+        out.append(ServicePort(port=int(p["port"]), target_port=0 if named else int(target), name=p.get("name", ""),
+                               protocol=port_protocol(p), target_port_name=target if named else ""))
+    return out
+
+
+def _resolve_for_pod(ports: list[ServicePort], pod: Obj | None) -> list[ServicePort]:
+    out = []
+    for sp in ports:
+        tp = container_port(pod, sp.target_port_name) if (pod is not None and sp.target_port_name) else sp.target_port
+        out.append(ServicePort(sp.port, tp, sp.name, sp.protocol, sp.target_port_name))
+    return out
+
+
+def translate_services(idx: Index, cluster_domain: str) -> list[Service]:
+    pods_by_ns: dict[str, list[Obj]] = {}
+    for pod in idx.kind("Pod"):
+        if is_running(pod):
+            pods_by_ns.setdefault(ns_of(pod), []).append(pod)
+    pods_by_uid = {md(p).get("uid"): p for p in idx.kind("Pod") if md(p).get("uid")}
+    slices: dict[tuple[str, str], list[Obj]] = {}
+    for s in idx.kind("EndpointSlice"):
+        svc_name = labels_of(s).get(SERVICE_NAME_LABEL)
+        if svc_name:
+            slices.setdefault((ns_of(s), svc_name), []).append(s)
+
+    out = []
+    for svc in idx.kind("Service"):
+        spec = svc.get("spec") or {}
+        if spec.get("type") == "ExternalName":
+            continue
+        name, ns = name_of(svc), ns_of(svc)
+        vips = [ip for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip and ip != "None"]
+        ports = _service_ports(svc)
+        named = any(p.target_port_name for p in ports)
+        if (ns, name) in slices:
+            endpoints = _endpoints_from_slices(slices[(ns, name)], ports, named, pods_by_uid)
+        else:
+            endpoints = _endpoints_from_selector(spec.get("selector") or {}, pods_by_ns.get(ns, []), ports, named)
+        if named:   # the Service-level number: the first endpoint's resolution, for display and simple callers
+            for sp in ports:
+                for ep in endpoints:
+                    resolved = next((p.target_port for p in ep.ports if p.port == sp.port and p.target_port), 0)
+                    if resolved:
+                        sp.target_port = resolved
+                        break
+        out.append(Service(
+            name=name, namespace=ns, hostname=f"{name}.{ns}.svc.{cluster_domain}", vips=vips, ports=ports,
+            endpoints=endpoints,
+            waypoint=waypoint_ref(labels_of(svc), ns, fallback=namespace_waypoint(idx, ns)),
+        ))
+    return out
+
+
+def _endpoints_from_selector(selector: dict[str, str], pods: list[Obj], ports: list[ServicePort],
+                             named: bool) -> list[Endpoint]:
+    if not selector:
+        return []       # a Service without selector has endpoints only through EndpointSlices
+    out = []
+    for pod in pods:
+        if selector_matches(selector, labels_of(pod)):
+            out.append(Endpoint(workload_uid=md(pod).get("uid", ""), ip=pod_ips(pod)[0],
+                                node=(pod.get("spec") or {}).get("nodeName", ""), ready=pod_ready(pod),
+                                ports=_resolve_for_pod(ports, pod) if named else []))
+    return out
+
+
+def _endpoints_from_slices(slices: list[Obj], ports: list[ServicePort], named: bool,
+                           pods_by_uid: dict[str, Obj]) -> list[Endpoint]:
+    out: dict[str, Endpoint] = {}
+    for s in slices:
+        if s.get("addressType") == "FQDN":
+            continue
+        slice_ports = {p.get("name", ""): p.get("port") for p in s.get("ports") or []}
+        for e in s.get("endpoints") or []:
+            ref = e.get("targetRef") or {}
+            uid = ref.get("uid", "") if ref.get("kind", "Pod") == "Pod" else ""
+            ready = (e.get("conditions") or {}).get("ready") is not False
+            eports: list[ServicePort] = []
+            if named:
+                for sp in ports:
+                    tp = slice_ports.get(sp.name) or (container_port(pods_by_uid[uid], sp.target_port_name)
+                                                      if uid in pods_by_uid and sp.target_port_name else sp.target_port)
+                    eports.append(ServicePort(sp.port, int(tp or 0), sp.name, sp.protocol, sp.target_port_name))
+            for addr in e.get("addresses") or []:
+                out.setdefault(addr, Endpoint(workload_uid=uid, ip=addr, node=e.get("nodeName", ""), ready=ready,
+                                              ports=eports))
+    return list(out.values())
+
+
+def translate_workloads(idx: Index, services: list[Service], trust_domain: str) -> list[Workload]:
+    by_uid: dict[str, dict[str, list[int]]] = {}
+    by_ip: dict[tuple[str, str], dict[str, list[int]]] = {}
+    for svc in services:
+        key = f"{svc.namespace}/{svc.name}"
+        for ep in svc.endpoints:
+            target = by_uid.setdefault(ep.workload_uid, {}) if ep.workload_uid else by_ip.setdefault(
+                (svc.namespace, ep.ip), {})
+            target[key] = [p.port for p in svc.ports]
+    out = []
+    for pod in idx.kind("Pod"):
+        if not is_running(pod):
+            continue
+        meta, ns = md(pod), ns_of(pod)
+        sa = service_account(pod)
+        ns_labels = idx.ns_labels(ns)
+        ips = pod_ips(pod)
+        enrolled = is_enrolled(pod, ns_labels)
+        services_of = dict(by_ip.get((ns, ips[0]), {}))
+        services_of.update(by_uid.get(meta.get("uid", ""), {}))
+        annotations = dict(meta.get("annotations") or {})
+        out.append(Workload(
+            uid=meta.get("uid") or f"{ns}/{meta.get('name')}",
+            name=meta.get("name", ""), namespace=ns, ips=ips,
+            node=(pod.get("spec") or {}).get("nodeName", ""),
+            service_account=sa, identity=spiffe_id(trust_domain, ns, sa),
+            labels=labels_of(pod), enrolled=enrolled,
+            waypoint=waypoint_ref(labels_of(pod), ns, fallback=waypoint_ref(ns_labels, ns)),
+            protocol="HBONE" if enrolled else "TCP",
+            services=dict(sorted(services_of.items())),
+            annotations=annotations,
+            netns=annotations.get(NETNS_ANNOTATION, ""),
+            cgroup=annotations.get(CGROUP_ANNOTATION, ""),
+        ))
+    return out

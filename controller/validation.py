@@ -1,0 +1,129 @@
+"""Validation of configuration objects: one object, or a whole batch that is applied all-or-nothing.
+
+Errors name the object (`Kind/namespace/name`), the field path (`spec.http[0].route[0].weight`)
+and the reason, so a user can fix a file without guessing. Schemas live in `controller.kinds`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from controller.kinds import BY_KIND, KindSpec
+from controller.kinds.common import Labels, Name, NamespaceName
+from controller.kinds.schema import Errors, Map, Str, show
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FieldError:
+    ref: str        # Kind/namespace/name (Kind/name for cluster-scoped kinds)
+    path: str       # spec.http[0].match[0].uri.regex ("" for the object as a whole)
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.ref}: {self.path}: {self.reason}" if self.path else f"{self.ref}: {self.reason}"
+
+
+class ValidationError(ValueError):
+    """Raised for a rejected object or batch; `errors` lists every problem found."""
+
+    def __init__(self, errors: list[FieldError]):
+        self.errors = list(errors)
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+def object_ref(obj: Any) -> str:
+    """`Kind/namespace/name`, tolerant of malformed objects (used in messages about them)."""
+    if not isinstance(obj, dict):
+        return "<not an object>"
+    kind = obj.get("kind") if isinstance(obj.get("kind"), str) else "<no kind>"
+    md = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    name = md.get("name") if isinstance(md.get("name"), str) and md.get("name") else "<no name>"
+    spec = BY_KIND.get(kind)
+    if spec is not None and not spec.namespaced:
+        return f"{kind}/{name}"
+    ns = md.get("namespace") if isinstance(md.get("namespace"), str) and md.get("namespace") else "default"
+    return f"{kind}/{ns}/{name}"
+
+
+def object_key(obj: Obj) -> tuple[str, str, str]:
+    """(kind, namespace, name) as the lab store keys objects; namespace "" when cluster-scoped."""
+    md = obj.get("metadata") or {}
+    spec = BY_KIND.get(obj.get("kind", ""))
+    ns = "" if spec is not None and not spec.namespaced else (md.get("namespace") or "default")
+    return (obj.get("kind", ""), ns, md.get("name", ""))
+
+
+_METADATA_CHECKS: dict[str, Any] = {"labels": Labels, "annotations": Map(Str())}
+
+
+def kind_of(obj: Obj) -> KindSpec | None:
+    return BY_KIND.get(obj.get("kind", "")) if isinstance(obj, dict) else None
+
+
+def validate_object(obj: Any) -> list[FieldError]:
+    """Every problem with one object (empty when it is valid)."""
+    ref = object_ref(obj)
+    if not isinstance(obj, dict):
+        return [FieldError(ref, "", f"must be a Kubernetes object (a map), got {show(obj)}")]
+    errs: Errors = []
+    api_version, kind = obj.get("apiVersion"), obj.get("kind")
+    spec = BY_KIND.get(kind) if isinstance(kind, str) else None
+    if not isinstance(kind, str) or not kind:
+        errs.append(("kind", "required field is missing"))
+    elif spec is None:
+        errs.append(("kind", f'unknown kind "{kind}" (known: {", ".join(sorted(BY_KIND))})'))
+    if not isinstance(api_version, str) or not api_version:
+        errs.append(("apiVersion", "required field is missing"))
+    elif spec is not None and not spec.accepts(api_version):
+        errs.append(("apiVersion", f'{kind} is not served as "{api_version}"; use one of {", ".join(spec.api_versions())}'))
+    md = obj.get("metadata")
+    if not isinstance(md, dict):
+        errs.append(("metadata", "required field is missing"))
+    else:
+        name = md.get("name")
+        if not name:
+            errs.append(("metadata.name", "required field is missing"))
+        else:
+            Name.check(name, "metadata.name", errs)
+        if md.get("namespace") is not None and (spec is None or spec.namespaced):
+            NamespaceName.check(md["namespace"], "metadata.namespace", errs)
+        for f, schema in _METADATA_CHECKS.items():
+            if md.get(f) is not None:
+                schema.check(md[f], f"metadata.{f}", errs)
+    if spec is not None:
+        body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+        spec.body.check(body, "", errs)
+    return [FieldError(ref, p, r) for p, r in errs]
+
+
+def validate(obj: Any) -> None:
+    """Raise ValidationError if the object is invalid."""
+    errors = validate_object(obj)
+    if errors:
+        raise ValidationError(errors)
+
+
+def validate_all(objs: Iterable[Any]) -> None:
+    """Validate a batch as a whole: raise with every error of every object, or return None.
+
+    Callers apply the batch only when this returns, so nothing is ever half-applied. An object
+    that appears twice in one batch is an error too: which copy should win would be a guess.
+    """
+    errors: list[FieldError] = []
+    seen: dict[tuple[str, str, str], int] = {}
+    for i, obj in enumerate(objs):
+        found = validate_object(obj)
+        errors.extend(found)
+        if not found:
+            key = object_key(obj)
+            if key in seen:
+                errors.append(FieldError(object_ref(obj), "",
+                                         f"appears more than once in this batch (documents {seen[key] + 1} and {i + 1})"))
+            else:
+                seen[key] = i
+    if errors:
+        raise ValidationError(errors)

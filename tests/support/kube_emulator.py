@@ -1,0 +1,500 @@
+"""A small Kubernetes API server for tests: real HTTP, real list/watch semantics.
+
+It speaks the JSON the real API server speaks, so the official `kubernetes` client runs against it
+unmodified:
+- lists: `{"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "42"}, "items": [...]}`
+  (items of built-in kinds carry no apiVersion/kind, as on a real server; custom resources do),
+  with `limit`/`continue` paging;
+- watches: `?watch=1&resourceVersion=N&allowWatchBookmarks=true&timeoutSeconds=S`, a chunked stream
+  of newline-delimited `{"type": "ADDED|MODIFIED|DELETED|BOOKMARK|ERROR", "object": {...}}`;
+  a resourceVersion older than the compaction point gets an ERROR event carrying a 410 Status
+  ("too old resource version"), as etcd compaction causes on a real cluster;
+- custom resources under `/apis/<group>/<version>/...` only for installed groups (404 otherwise),
+  each group served at all its versions;
+- `GET` of one object and `PATCH`/`PUT` of `/status` (merge patch), for status conditions.
+
+Knobs for tests: `compact()`, `drop_watches()` (closes every open watch mid-stream, like a broken
+connection), `hold_watches()` (new watch requests wait: a window in which changes happen unseen),
+`bookmark()`, `install_group()`, and `requests` (a log of every request, to assert what a client did).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    group: str              # "" for the core group
+    versions: tuple[str, ...]
+    plural: str
+    kind: str
+    namespaced: bool
+
+    def api_version(self, version: str | None = None) -> str:
+        v = version or self.versions[0]
+        return f"{self.group}/{v}" if self.group else v
+
+
+_MESH_GROUPS = {
+    "security.istio.io": (("v1", "v1beta1"), [("authorizationpolicies", "AuthorizationPolicy"),
+                                              ("peerauthentications", "PeerAuthentication")]),
+    "networking.istio.io": (("v1", "v1beta1", "v1alpha3"), [("virtualservices", "VirtualService"),
+                                                            ("destinationrules", "DestinationRule")]),
+    "telemetry.istio.io": (("v1", "v1alpha1"), [("telemetries", "Telemetry")]),
+    "security.ambit.io": (("v1", "v1beta1"), [("authorizationpolicies", "AuthorizationPolicy"),
+                                              ("peerauthentications", "PeerAuthentication")]),
+    "networking.ambit.io": (("v1", "v1beta1"), [("virtualservices", "VirtualService"),
+                                                ("destinationrules", "DestinationRule")]),
+    "telemetry.ambit.io": (("v1",), [("telemetries", "Telemetry")]),
+    "gateway.networking.k8s.io": (("v1", "v1beta1"), [("httproutes", "HTTPRoute"), ("grpcroutes", "GRPCRoute"),
+                                                      ("gateways", "Gateway")]),
+}
+
+BUILTIN = [
+    ResourceType("", ("v1",), "namespaces", "Namespace", False),
+    ResourceType("", ("v1",), "nodes", "Node", False),
+    ResourceType("", ("v1",), "pods", "Pod", True),
+    ResourceType("", ("v1",), "services", "Service", True),
+    ResourceType("", ("v1",), "serviceaccounts", "ServiceAccount", True),
+    ResourceType("discovery.k8s.io", ("v1",), "endpointslices", "EndpointSlice", True),
+]
+
+
+BUILTIN_GROUPS = ("", "discovery.k8s.io")
+
+
+def crd_types(group: str) -> list[ResourceType]:
+    versions, kinds = _MESH_GROUPS[group]
+    return [ResourceType(group, versions, plural, kind, True) for plural, kind in kinds]
+
+
+def _status(code: int, reason: str, message: str) -> Obj:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "code": code}
+
+
+class _Dropped(Exception):
+    pass
+
+
+class KubeEmulator:
+    def __init__(self, groups: Iterable[str] = tuple(_MESH_GROUPS), bookmark_interval: float | None = None):
+        self._lock = threading.Condition()
+        self._types: dict[tuple[str, str], ResourceType] = {}
+        for t in BUILTIN:
+            self._types[(t.group, t.plural)] = t
+        for g in groups:
+            self.install_group(g)
+        self._objects: dict[tuple[str, str], dict[tuple[str, str], Obj]] = {}
+        self._events: list[tuple[int, tuple[str, str], str, Obj]] = []
+        self._rv = 100
+        self._compacted = 0
+        self._drop_gen = 0
+        self._bookmark_gen = 0
+        self._held = False
+        self._closing = False
+        self._bookmark_interval = bookmark_interval
+        self._sockets: set[socket.socket] = set()
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="kube-emulator", daemon=True)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> KubeEmulator:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        self._close_watch_sockets()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> KubeEmulator:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- test knobs -------------------------------------------------------------------------------
+    def install_group(self, group: str) -> None:
+        for t in crd_types(group):
+            self._types[(t.group, t.plural)] = t
+
+    @property
+    def resource_version(self) -> int:
+        with self._lock:
+            return self._rv
+
+    def compact(self) -> int:
+        """Forget the event history up to now: watches from an older resourceVersion get 410 Gone."""
+        with self._lock:
+            self._compacted = self._rv
+            self._events = []
+            return self._compacted
+
+    def drop_watches(self) -> None:
+        """Break every open watch connection mid-stream (no terminating chunk), as a network fault would."""
+        with self._lock:
+            self._drop_gen += 1
+            self._lock.notify_all()
+        self._close_watch_sockets()
+
+    def bookmark(self) -> None:
+        """Send a BOOKMARK with the current resourceVersion on every watch that allows bookmarks."""
+        with self._lock:
+            self._bookmark_gen += 1
+            self._lock.notify_all()
+
+    @contextmanager
+    def hold_watches(self) -> Iterator[None]:
+        """While held, new watch requests wait (the client sees nothing); on exit they proceed."""
+        with self._lock:
+            self._held = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held = False
+                self._lock.notify_all()
+
+    def watch_requests(self, plural: str) -> list[dict[str, str]]:
+        return [q for m, p, q in list(self.requests) if m == "GET" and p.endswith("/" + plural) and q.get("watch")]
+
+    def list_requests(self, plural: str) -> list[dict[str, str]]:
+        return [q for m, p, q in list(self.requests) if m == "GET" and p.endswith("/" + plural) and not q.get("watch")]
+
+    def open_watches(self) -> int:
+        with self._lock:
+            return len(self._sockets)
+
+    # -- object writes (the test's kubectl) -------------------------------------------------------
+    def _type_of(self, obj: Obj) -> ResourceType:
+        api_version, kind = obj["apiVersion"], obj["kind"]
+        group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+        for t in self._types.values():
+            if t.group == group and t.kind == kind:
+                return t
+        raise KeyError(f"no resource type for {api_version} {kind}")
+
+    def _key(self, t: ResourceType, obj: Obj) -> tuple[str, str]:
+        md = obj["metadata"]
+        return (md.get("namespace", "default") if t.namespaced else "", md["name"])
+
+    def _record(self, t: ResourceType, etype: str, obj: Obj) -> None:
+        self._events.append((self._rv, (t.group, t.plural), etype, copy.deepcopy(obj)))
+        self._lock.notify_all()
+
+    def create(self, obj: Obj) -> Obj:
+        with self._lock:
+            t = self._type_of(obj)
+            store = self._objects.setdefault((t.group, t.plural), {})
+            key = self._key(t, obj)
+            if key in store:
+                raise KeyError(f"{t.kind} {key} already exists")
+            self._rv += 1
+            o = copy.deepcopy(obj)
+            md = o.setdefault("metadata", {})
+            if t.namespaced:
+                md.setdefault("namespace", "default")
+            md.update(uid=str(uuid.uuid4()), resourceVersion=str(self._rv), generation=1,
+                      creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            store[key] = o
+            self._record(t, "ADDED", o)
+            return copy.deepcopy(o)
+
+    def update(self, obj: Obj) -> Obj:
+        with self._lock:
+            t = self._type_of(obj)
+            store = self._objects.setdefault((t.group, t.plural), {})
+            key = self._key(t, obj)
+            old = store[key]
+            self._rv += 1
+            o = copy.deepcopy(obj)
+            md = o.setdefault("metadata", {})
+            for f in ("uid", "creationTimestamp", "namespace"):
+                if f in old["metadata"]:
+                    md[f] = old["metadata"][f]
+            gen = old["metadata"].get("generation", 1)
+            md["generation"] = gen + 1 if o.get("spec") != old.get("spec") else gen
+            md["resourceVersion"] = str(self._rv)
+            if "status" not in o and "status" in old:
+                o["status"] = old["status"]
+            store[key] = o
+            self._record(t, "MODIFIED", o)
+            return copy.deepcopy(o)
+
+    def apply(self, obj: Obj) -> Obj:
+        with self._lock:
+            t = self._type_of(obj)
+            exists = self._key(t, obj) in self._objects.get((t.group, t.plural), {})
+        return self.update(obj) if exists else self.create(obj)
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str = "default") -> None:
+        with self._lock:
+            t = self._type_of({"apiVersion": api_version, "kind": kind})
+            store = self._objects.setdefault((t.group, t.plural), {})
+            o = store.pop((namespace if t.namespaced else "", name))
+            self._rv += 1
+            o["metadata"]["resourceVersion"] = str(self._rv)
+            self._record(t, "DELETED", o)
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str = "default") -> Obj | None:
+        with self._lock:
+            t = self._type_of({"apiVersion": api_version, "kind": kind})
+            o = self._objects.get((t.group, t.plural), {}).get((namespace if t.namespaced else "", name))
+            return copy.deepcopy(o) if o else None
+
+    # -- HTTP -------------------------------------------------------------------------------------
+    def _close_watch_sockets(self) -> None:
+        with self._lock:
+            socks = list(self._sockets)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        emu = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                return
+
+            def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+                emu._dispatch(self, "GET")
+
+            def do_PATCH(self) -> None:  # noqa: N802
+                emu._dispatch(self, "PATCH")
+
+            def do_PUT(self) -> None:  # noqa: N802
+                emu._dispatch(self, "PUT")
+
+        return Handler
+
+    def _send_json(self, h: BaseHTTPRequestHandler, code: int, body: Obj) -> None:
+        data = json.dumps(body).encode()
+        h.send_response(code)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _route(self, path: str) -> tuple[ResourceType | None, str, str | None, str | None, bool]:
+        """(type, version, namespace, name, is_status) for a request path."""
+        parts = [p for p in path.split("/") if p]
+        if parts[:2] == ["api", "v1"]:
+            group, version, rest = "", "v1", parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 3:
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            return None, "", None, None, False
+        ns = None
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            ns, rest = rest[1], rest[2:]
+        if not rest:
+            return None, "", None, None, False
+        t = self._types.get((group, rest[0]))
+        if t is None or version not in t.versions:
+            return None, "", None, None, False
+        name = rest[1] if len(rest) >= 2 else None
+        return t, version, ns, name, len(rest) >= 3 and rest[2] == "status"
+
+    def _dispatch(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        url = urlsplit(h.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        with self._lock:
+            self.requests.append((method, url.path, query))
+            t, version, ns, name, is_status = self._route(url.path)
+        if t is None:
+            self._send_json(h, 404, _status(404, "NotFound", "the server could not find the requested resource"))
+            return
+        if method == "GET" and name is None:
+            if query.get("watch") in ("1", "true"):
+                self._watch(h, t, version, ns, query)
+            else:
+                self._list(h, t, version, ns, query)
+            return
+        length = int(h.headers.get("Content-Length") or 0)
+        body = json.loads(h.rfile.read(length) or b"{}") if length else {}
+        with self._lock:
+            store = self._objects.setdefault((t.group, t.plural), {})
+            key = (ns or "default" if t.namespaced else "", name or "")
+            obj = store.get(key)
+            if obj is None:
+                self._send_json(h, 404, _status(404, "NotFound", f'{t.plural} "{name}" not found'))
+                return
+            if method == "GET":
+                self._send_json(h, 200, self._present(t, version, obj, with_type=True))
+                return
+            if not is_status:
+                self._send_json(h, 405, _status(405, "MethodNotAllowed", "only status can be written here"))
+                return
+            new_status = body.get("status") if method == "PUT" else _merge_patch(obj.get("status"), body.get("status"))
+            self._rv += 1
+            obj["status"] = new_status
+            obj["metadata"]["resourceVersion"] = str(self._rv)
+            self._record(t, "MODIFIED", obj)
+            self._send_json(h, 200, self._present(t, version, obj, with_type=True))
+
+    def _present(self, t: ResourceType, version: str, obj: Obj, with_type: bool) -> Obj:
+        o = copy.deepcopy(obj)
+        if with_type:
+            o["apiVersion"], o["kind"] = t.api_version(version), t.kind
+        else:   # list items of built-in kinds carry no type fields on a real API server
+            o.pop("apiVersion", None)
+            o.pop("kind", None)
+        return o
+
+    def _matches(self, t: ResourceType, ns: str | None, obj: Obj) -> bool:
+        return ns is None or not t.namespaced or obj["metadata"].get("namespace") == ns
+
+    def _list(self, h: BaseHTTPRequestHandler, t: ResourceType, version: str, ns: str | None,
+              query: dict[str, str]) -> None:
+        with self._lock:
+            items = [o for _, o in sorted(self._objects.get((t.group, t.plural), {}).items()) if self._matches(t, ns, o)]
+            rv = self._rv
+            start = 0
+            if query.get("continue"):
+                token = json.loads(base64.b64decode(query["continue"]))
+                if token["rv"] < self._compacted:
+                    self._send_json(h, 410, _status(410, "Expired", "The provided continue parameter is too old"))
+                    return
+                start, rv = token["start"], token["rv"]
+            limit = int(query.get("limit") or 0)
+            page = items[start:start + limit] if limit else items[start:]
+            more = bool(limit) and start + limit < len(items)
+            body = {
+                "kind": f"{t.kind}List",
+                "apiVersion": t.api_version(version),
+                "metadata": {"resourceVersion": str(rv)},
+                "items": [self._present(t, version, o, with_type=t.group not in BUILTIN_GROUPS) for o in page],
+            }
+            if more:
+                body["metadata"]["continue"] = base64.b64encode(
+                    json.dumps({"rv": rv, "start": start + limit}).encode()).decode()
+        self._send_json(h, 200, body)
+
+    def _watch(self, h: BaseHTTPRequestHandler, t: ResourceType, version: str, ns: str | None,
+               query: dict[str, str]) -> None:
+        sock = h.connection
+        timeout = float(query.get("timeoutSeconds") or 1800)
+        bookmarks = query.get("allowWatchBookmarks") in ("1", "true")
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._held and not self._closing:
+                self._lock.wait(0.1)
+            drop_gen, bm_gen = self._drop_gen, self._bookmark_gen
+            self._sockets.add(sock)
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+
+        def send(event: Obj) -> None:
+            line = json.dumps(event).encode() + b"\n"
+            h.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+            h.wfile.flush()
+
+        def present(o: Obj) -> Obj:
+            return self._present(t, version, o, with_type=True)
+
+        try:
+            rv_param = query.get("resourceVersion") or "0"
+            with self._lock:
+                since = int(rv_param)
+                if since == 0:      # "any": synthetic ADDED for the current state, then changes
+                    initial = [present(o) for _, o in sorted(self._objects.get((t.group, t.plural), {}).items())
+                               if self._matches(t, ns, o)]
+                    since = self._rv
+                elif since < self._compacted:
+                    initial = None
+                else:
+                    initial = []
+            if initial is None:
+                send({"type": "ERROR", "object": _status(
+                    410, "Expired", f"too old resource version: {since} ({self._compacted})")})
+                self._end(h)
+                return
+            for o in initial:
+                send({"type": "ADDED", "object": o})
+            last_bookmark = time.monotonic()
+            while True:
+                with self._lock:
+                    pending = [(rv, et, o) for rv, rt, et, o in self._events
+                               if rt == (t.group, t.plural) and rv > since and self._matches(t, ns, o)]
+                    if not pending:
+                        self._lock.wait(0.05)
+                    dropped = self._drop_gen != drop_gen or self._closing
+                    want_bookmark = bookmarks and (self._bookmark_gen != bm_gen or (
+                        self._bookmark_interval is not None
+                        and time.monotonic() - last_bookmark >= self._bookmark_interval))
+                    bm_gen = self._bookmark_gen
+                    current = self._rv
+                if dropped:
+                    raise _Dropped()
+                for rv, et, o in pending:
+                    send({"type": et, "object": present(o)})
+                    since = rv
+                if want_bookmark:
+                    since = max(since, current)
+                    send({"type": "BOOKMARK", "object": {
+                        "kind": t.kind, "apiVersion": t.api_version(version),
+                        "metadata": {"resourceVersion": str(current)}}})
+                    last_bookmark = time.monotonic()
+                if time.monotonic() >= deadline:
+                    self._end(h)
+                    return
+        except (_Dropped, OSError):
+            h.close_connection = True
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        finally:
+            with self._lock:
+                self._sockets.discard(sock)
+
+    def _end(self, h: BaseHTTPRequestHandler) -> None:
+        h.wfile.write(b"0\r\n\r\n")
+        h.wfile.flush()
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _merge_patch(out.get(k), v)
+    return out

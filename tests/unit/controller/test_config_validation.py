@@ -1,0 +1,378 @@
+"""Validation of every configuration kind: the examples verbatim, broken copies, and cross-field rules."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.kinds.common import check_regex, parse_duration
+from controller.validation import FieldError, ValidationError, validate_all, validate_object
+from tests.unit.controller.ctl_examples import example_docs, example_files
+
+DOCS = example_docs()
+
+
+def errors_of(obj: dict) -> list[str]:
+    return [str(e) for e in validate_object(obj)]
+
+
+def test_examples_are_present() -> None:
+    names = {f.name for f in example_files()}
+    assert {"virtual-service.yaml", "destination-rule.yaml", "authorization-policy.yaml",
+            "httproute-split.yaml", "waypoint.yaml"} <= names
+
+
+@pytest.mark.parametrize("doc", [d for _, d in DOCS], ids=[i for i, _ in DOCS])
+def test_every_example_validates_verbatim(doc: dict) -> None:
+    assert validate_object(doc) == []
+
+
+@pytest.mark.parametrize("doc", [d for _, d in DOCS if ".istio.io/" in d["apiVersion"]],
+                         ids=[i for i, d in DOCS if ".istio.io/" in d["apiVersion"]])
+def test_every_istio_example_validates_under_the_ambit_group(doc: dict) -> None:
+    group, version = doc["apiVersion"].split("/")
+    ambit = copy.deepcopy(doc)
+    ambit["apiVersion"] = f"{group.replace('istio.io', 'ambit.io')}/{version if version in ('v1', 'v1beta1') else 'v1'}"
+    assert validate_object(ambit) == []
+
+
+# -- broken copies: every leaf of every example is type-checked ----------------------------------
+
+def leaves(value: Any, path: str = "spec") -> Iterator[tuple[str, list[Any]]]:
+    """(display path, key path) of every scalar under spec."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _with(leaves(v, f"{path}.{k}"), k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _with(leaves(v, f"{path}[{i}]"), i)
+    else:
+        yield path, []
+
+
+def _with(it: Iterator[tuple[str, list[Any]]], key: Any) -> Iterator[tuple[str, list[Any]]]:
+    for p, keys in it:
+        yield p, [key, *keys]
+
+
+def _wrong(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "yes"
+    if isinstance(value, int | float):
+        return "ten"
+    return 12345
+
+
+def _normal(path: str) -> str:
+    return re.sub(r"\[([^\]0-9][^\]]*)\]", r".\1", path)
+
+
+LEAF_CASES = [(i, d, p, keys) for i, d in DOCS for p, keys in leaves(d.get("spec") or {})]
+
+
+@pytest.mark.parametrize("doc,path,keys", [(d, p, k) for _, d, p, k in LEAF_CASES],
+                         ids=[f"{i}:{p}" for i, _, p, _ in LEAF_CASES])
+def test_a_wrong_type_anywhere_is_rejected_with_its_path(doc: dict, path: str, keys: list[Any]) -> None:
+    bad = copy.deepcopy(doc)
+    target = bad["spec"]
+    for k in keys[:-1]:
+        target = target[k]
+    target[keys[-1]] = _wrong(target[keys[-1]])
+    errors = validate_object(bad)
+    assert len(errors) == 1, errors
+    assert _normal(errors[0].path) == _normal(path)
+    assert "must be" in errors[0].reason
+
+
+def _set(path: list[Any], value: Any) -> Callable[[dict], None]:
+    def mutate(doc: dict) -> None:
+        t = doc
+        for k in path[:-1]:
+            t = t.setdefault(k, {}) if isinstance(k, str) else t[k]
+        t[path[-1]] = value
+    return mutate
+
+
+# (example, mutation, expected path, expected reason fragment): an unknown enum value per file,
+# and a regex that does not compile wherever the kind has regex fields.
+BROKEN = [
+    ("authorization-policy.yaml", _set(["spec", "action"], "PERMIT"), "spec.action", "must be one of ALLOW, DENY"),
+    ("peer-authentication.yaml", _set(["spec", "mtls", "mode"], "STRICTEST"), "spec.mtls.mode", "must be one of"),
+    ("destination-rule.yaml", _set(["spec", "trafficPolicy", "loadBalancer", "simple"], "FASTEST"),
+     "spec.trafficPolicy.loadBalancer.simple", "must be one of"),
+    ("destination-rule-tls.yaml", _set(["spec", "trafficPolicy", "tls", "mode"], "MUTUALISH"),
+     "spec.trafficPolicy.tls.mode", "must be one of DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL"),
+    ("circuit-breaker.yaml", _set(["spec", "trafficPolicy", "connectionPool", "http", "h2UpgradePolicy"], "MAYBE"),
+     "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy", "must be one of"),
+    ("circuit-breaker.yaml", _set(["spec", "trafficPolicy", "outlierDetection", "interval"], "10 seconds"),
+     "spec.trafficPolicy.outlierDetection.interval", "must be a duration"),
+    ("telemetry.yaml", _set(["spec", "tracing", 0, "match"], {"mode": "BOTH"}), "spec.tracing[0].match.mode",
+     "must be one of CLIENT_AND_SERVER"),
+    ("telemetry.yaml", _set(["spec", "tracing", 0, "randomSamplingPercentage"], 150),
+     "spec.tracing[0].randomSamplingPercentage", "must be a number 0..100"),
+    ("virtual-service.yaml", _set(["spec", "http", 0, "corsPolicy"], {"unmatchedPreflights": "SOMETIMES"}),
+     "spec.http[0].corsPolicy.unmatchedPreflights", "must be one of"),
+    ("virtual-service.yaml", _set(["spec", "http", 0, "match", 0, "headers", "x-canary"], {"regex": "(unclosed"}),
+     "spec.http[0].match[0].headers[x-canary].regex", "must be a valid regular expression"),
+    ("canary-deployment.yaml", _set(["spec", "http", 0, "match", 0, "headers", "Cookie", "regex"], "^(user=[a-z"),
+     "spec.http[0].match[0].headers[Cookie].regex", "must be a valid regular expression"),
+    ("canary-deployment.yaml", _set(["spec", "http", 1, "route", 0, "weight"], 101),
+     "spec.http[1].route[0].weight", "must be an integer 0..100, got 101"),
+    ("httproute-split.yaml", _set(["spec", "rules", 0, "matches", 0, "path"], {"type": "Glob", "value": "/"}),
+     "spec.rules[0].matches[0].path.type", "must be one of Exact, PathPrefix, RegularExpression"),
+    ("httproute-split.yaml", _set(["spec", "rules", 0, "matches", 0, "headers", 0, "type"], "RegularExpression"),
+     None, None),   # "true" is a fine regex: still valid
+    ("httproute-split.yaml", _set(["spec", "rules", 0, "matches", 0, "headers", 0],
+                                  {"type": "RegularExpression", "name": "x-canary", "value": "*yes"}),
+     "spec.rules[0].matches[0].headers[0].value", "must be a valid regular expression"),
+    ("waypoint.yaml", _set(["spec", "listeners", 0, "protocol"], "UDP"), "spec.listeners[0].protocol",
+     "a waypoint listener must use protocol HBONE or HTTP"),
+]
+
+
+def _example(name: str) -> dict:
+    for f in example_files():
+        if f.name == name:
+            return yaml.safe_load(f.read_text())
+    raise AssertionError(f"no example {name}")
+
+
+@pytest.mark.parametrize("name,mutate,path,reason", BROKEN, ids=[f"{b[0]}:{b[2]}" for b in BROKEN])
+def test_broken_copies_of_examples_are_rejected(name: str, mutate: Callable[[dict], None], path: str | None,
+                                                reason: str | None) -> None:
+    doc = _example(name)
+    mutate(doc)
+    errors = validate_object(doc)
+    if path is None:
+        assert errors == []
+        return
+    assert [(e.path, reason in e.reason) for e in errors] == [(path, True)], errors
+
+
+def test_every_example_file_has_a_broken_copy() -> None:
+    assert {f.name for f in example_files()} <= {b[0] for b in BROKEN} | {"destination-rule.yaml"}
+
+
+# -- messages, paths and object references -------------------------------------------------------
+
+def vs(http: list[dict], **spec: Any) -> dict:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "reviews", "namespace": "demo"}, "spec": {"hosts": ["reviews"], "http": http, **spec}}
+
+
+def test_error_message_names_object_path_and_reason() -> None:
+    obj = vs([{"route": [{"destination": {"host": "reviews"}, "weight": "ten"}]}])
+    assert errors_of(obj) == [
+        'VirtualService/demo/reviews: spec.http[0].route[0].weight: must be an integer 0..100, got "ten"']
+
+
+def test_unknown_fields_are_rejected_with_their_path() -> None:
+    obj = vs([{"route": [{"destination": {"host": "reviews", "subnet": "v1"}}]}], hostz=["x"])
+    assert sorted(e.path for e in validate_object(obj)) == ["spec.hostz", "spec.http[0].route[0].destination.subnet"]
+    assert all(e.reason == "unknown field" for e in validate_object(obj))
+
+
+def test_api_version_must_be_served_for_the_kind() -> None:
+    obj = vs([{"route": [{"destination": {"host": "reviews"}}]}])
+    obj["apiVersion"] = "security.istio.io/v1"
+    [e] = validate_object(obj)
+    assert e.path == "apiVersion" and "networking.istio.io/v1alpha3" in e.reason
+    for ok in ("networking.istio.io/v1alpha3", "networking.istio.io/v1beta1", "networking.ambit.io/v1"):
+        obj["apiVersion"] = ok
+        assert validate_object(obj) == []
+    obj["apiVersion"] = "networking.ambit.io/v1alpha3"      # Ambit's groups serve v1 and v1beta1 only
+    assert [e.path for e in validate_object(obj)] == ["apiVersion"]
+
+
+def test_metadata_is_checked() -> None:
+    obj = vs([{"route": [{"destination": {"host": "reviews"}}]}])
+    obj["metadata"] = {"name": "Reviews_1", "labels": {"version": 2}}
+    assert {e.path for e in validate_object(obj)} == {"metadata.name", "metadata.labels[version]"}
+    assert errors_of({"kind": "VirtualService"})[0].startswith("VirtualService/default/<no name>: ")
+
+
+@pytest.mark.parametrize("value,seconds", [("1.5s", 1.5), ("300ms", 0.3), ("2m", 120), ("1h30m", 5400),
+                                           ("10us", 1e-5), ("0", 0.0), ("0.5s", 0.5)])
+def test_durations_parse(value: str, seconds: float) -> None:
+    assert parse_duration(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", ["10", "1.5", "-1s", "1 s", "s", "1d", "", "1.5.2s"])
+def test_bad_durations_are_rejected(value: str) -> None:
+    obj = vs([{"route": [{"destination": {"host": "reviews"}}], "timeout": value}])
+    [e] = validate_object(obj)
+    assert e.path == "spec.http[0].timeout" and "must be a duration" in e.reason
+
+
+def test_per_try_timeout_must_be_at_least_a_millisecond() -> None:
+    obj = vs([{"route": [{"destination": {"host": "reviews"}}], "retries": {"attempts": 3, "perTryTimeout": "0s"}}])
+    assert [e.path for e in validate_object(obj)] == ["spec.http[0].retries.perTryTimeout"]
+
+
+@pytest.mark.parametrize("pattern,fragment", [
+    ("(?=admin)", "lookaround"), ("(?<!x)y", "lookaround"), (r"(a)\1", "backreferences"),
+    ("(?>ab)", "atomic groups"), ("a++", "possessive"), ("[[:alpha:]]", "valid regular expression"),
+    (r"\pL", "valid regular expression"), ("(", "valid regular expression"),
+])
+def test_regexes_outside_re2_are_rejected(pattern: str, fragment: str) -> None:
+    reason = check_regex(pattern)
+    assert reason is not None and fragment in reason
+
+
+@pytest.mark.parametrize("pattern", [r"^/api/v[0-9]+/.*$", "^(.*?;)?(user=premium)(;.*)?$", r"(?i)chrome", r"\d{3}"])
+def test_re2_compatible_regexes_are_accepted(pattern: str) -> None:
+    assert check_regex(pattern) is None
+
+
+# -- cross-field rules ----------------------------------------------------------------------------
+
+def test_weights_of_a_split_must_add_up_to_100() -> None:
+    obj = vs([{"route": [{"destination": {"host": "a"}, "weight": 60}, {"destination": {"host": "b"}, "weight": 30}]}])
+    assert errors_of(obj) == ["VirtualService/demo/reviews: spec.http[0].route: weights of the destinations must add "
+                              "up to 100, got 90"]
+    single = vs([{"route": [{"destination": {"host": "a"}}]}])
+    assert errors_of(single) == []
+
+
+def test_http_route_needs_an_action_and_one_only() -> None:
+    assert [e.path for e in validate_object(vs([{"match": [{"uri": {"prefix": "/"}}]}]))] == ["spec.http[0]"]
+    both = vs([{"route": [{"destination": {"host": "a"}}], "redirect": {"uri": "/x"}}])
+    assert "only one of route, redirect" in validate_object(both)[0].reason
+
+
+def test_string_match_takes_exactly_one_kind() -> None:
+    obj = vs([{"match": [{"uri": {"exact": "/a", "prefix": "/b"}}], "route": [{"destination": {"host": "a"}}]}])
+    [e] = validate_object(obj)
+    assert e.path == "spec.http[0].match[0].uri" and "only one of exact, prefix, regex" in e.reason
+    presence = vs([{"match": [{"headers": {"x-user": {}}}], "route": [{"destination": {"host": "a"}}]}])
+    assert validate_object(presence) == []
+
+
+def dr(**spec: Any) -> dict:
+    return {"apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
+            "metadata": {"name": "reviews", "namespace": "demo"}, "spec": {"host": "reviews", **spec}}
+
+
+def test_duplicate_subset_names_are_rejected() -> None:
+    obj = dr(subsets=[{"name": "v1", "labels": {"version": "v1"}}, {"name": "v1", "labels": {"version": "v2"}}])
+    assert errors_of(obj) == ['DestinationRule/demo/reviews: spec.subsets[1].name: duplicate subset name "v1" '
+                              '(also subsets[0])']
+
+
+def test_consistent_hash_and_simple_are_exclusive() -> None:
+    obj = dr(trafficPolicy={"loadBalancer": {"simple": "RANDOM", "consistentHash": {"useSourceIp": True}}})
+    [e] = validate_object(obj)
+    assert e.path == "spec.trafficPolicy.loadBalancer" and "only one of simple, consistentHash" in e.reason
+
+
+def test_destination_rule_accepts_the_documented_fields() -> None:
+    obj = dr(trafficPolicy={
+        "connectionPool": {"tcp": {"maxConnections": 10, "connectTimeout": "300ms"},
+                           "http": {"http1MaxPendingRequests": 1, "http2MaxRequests": 2, "maxRequestsPerConnection": 3,
+                                    "maxRetries": 4, "idleTimeout": "1m"}},
+        "outlierDetection": {"consecutive5xxErrors": 5, "consecutiveGatewayErrors": 2, "interval": "1.5s",
+                             "baseEjectionTime": "30s", "maxEjectionPercent": 50, "minHealthPercent": 10},
+        "loadBalancer": {"consistentHash": {"httpCookie": {"name": "user", "ttl": "0s"}}},
+        "tls": {"mode": "SIMPLE", "sni": "reviews.example.com"},
+        "portLevelSettings": [{"port": {"number": 9080}, "loadBalancer": {"simple": "LEAST_REQUEST"}}],
+    }, subsets=[{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"loadBalancer": {"simple": "PASSTHROUGH"}}}])
+    assert validate_object(obj) == []
+
+
+def ap(spec: dict, ns: str = "demo") -> dict:
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "policy", "namespace": ns}, "spec": spec}
+
+
+def test_authorization_policy_fields_and_rules() -> None:
+    full = ap({"action": "DENY", "rules": [{
+        "from": [{"source": {"principals": ["cluster.local/ns/a/sa/b"], "notNamespaces": ["x"],
+                             "ipBlocks": ["10.0.0.0/8"], "notIpBlocks": ["10.1.0.0/16"], "remoteIpBlocks": ["1.2.3.4"],
+                             "requestPrincipals": ["*"], "notPrincipals": ["*/sa/bad"], "namespaces": ["a"]}}],
+        "to": [{"operation": {"ports": ["8080"], "notPorts": ["9090"], "methods": ["GET"], "notPaths": ["/admin*"],
+                              "hosts": ["a.example.com"]}}],
+        "when": [{"key": "request.headers[x-user]", "values": ["alice"]},
+                 {"key": "source.ip", "notValues": ["10.2.0.0/16"]}],
+    }]})
+    assert validate_object(full) == []
+
+
+@pytest.mark.parametrize("spec,path,fragment", [
+    ({"action": "CUSTOM", "provider": {"name": "ext"}}, "spec.action", "CUSTOM (external authorization) is not supported"),
+    ({"selector": {"matchLabels": {"app": "a"}}, "targetRefs": [{"kind": "Service", "name": "a"}]}, "spec",
+     "only one of selector, targetRef, targetRefs"),
+    ({"rules": [{"from": []}]}, "spec.rules[0].from", "at least 1"),
+    ({"rules": [{"from": [{"source": {}}]}]}, "spec.rules[0].from[0].source", "must set at least one of"),
+    ({"rules": [{"to": [{"operation": {"ports": ["http"]}}]}]}, "spec.rules[0].to[0].operation.ports[0]",
+     "must be a port number"),
+    ({"rules": [{"when": [{"key": "source.ip", "values": ["not-an-ip"]}]}]}, "spec.rules[0].when[0].values[0]",
+     "must be an IP address or CIDR"),
+    ({"rules": [{"when": [{"key": "request.colour", "values": ["red"]}]}]}, "spec.rules[0].when[0].key",
+     "unknown condition key"),
+    ({"rules": [{"when": [{"key": "source.namespace"}]}]}, "spec.rules[0].when[0]", "one of values or notValues"),
+    ({"rules": [{"from": [{"source": {"principals": ["a"], "serviceAccounts": ["ns/sa"]}}]}]},
+     "spec.rules[0].from[0].source", "serviceAccounts cannot be combined with principals"),
+    ({"targetRef": {"kind": "Pod", "name": "a"}}, "spec.targetRef.kind", "must be one of Gateway, Service"),
+])
+def test_authorization_policy_rejections(spec: dict, path: str, fragment: str) -> None:
+    errors = validate_object(ap(spec))
+    assert [(e.path, fragment in e.reason) for e in errors] == [(path, True)], errors
+
+
+def test_peer_authentication_port_level_needs_a_selector() -> None:
+    pa = {"apiVersion": "security.istio.io/v1beta1", "kind": "PeerAuthentication",
+          "metadata": {"name": "p", "namespace": "demo"},
+          "spec": {"mtls": {"mode": "STRICT"}, "portLevelMtls": {8080: {"mode": "DISABLE"}}}}
+    assert [e.path for e in validate_object(pa)] == ["spec.portLevelMtls"]
+    pa["spec"]["selector"] = {"matchLabels": {"app": "a"}}
+    assert validate_object(pa) == []
+    pa["spec"]["portLevelMtls"] = {"http": {"mode": "DISABLE"}}
+    [e] = validate_object(pa)
+    assert e.path == "spec.portLevelMtls[http]" and "port number" in e.reason
+
+
+def test_httproute_parent_must_be_a_service_or_gateway() -> None:
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "r", "namespace": "demo"},
+             "spec": {"parentRefs": [{"group": "apps", "kind": "Deployment", "name": "echo"}],
+                      "rules": [{"backendRefs": [{"name": "echo", "port": 8080}]}]}}
+    [e] = validate_object(route)
+    assert e.path == "spec.parentRefs[0]" and 'must name a Service (group "") or a Gateway' in e.reason
+    route["spec"]["parentRefs"] = [{"group": "", "kind": "Service", "name": "echo"}]
+    route["spec"]["rules"][0]["backendRefs"][0].pop("port")
+    assert [e.path for e in validate_object(route)] == ["spec.rules[0].backendRefs[0].port"]
+
+
+def test_grpcroute_and_core_kinds() -> None:
+    grpc = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute", "metadata": {"name": "g"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 9000}],
+                     "rules": [{"matches": [{"method": {"service": "echo.Echo", "method": "Say"}}],
+                                "backendRefs": [{"name": "echo-v2", "port": 9000}]}]}}
+    assert validate_object(grpc) == []
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+           "spec": {"containers": [{"name": "c", "image": "x", "ports": [{"containerPort": 70000}]}]},
+           "status": {"podIP": "10.0.0.300"}}
+    assert {e.path for e in validate_object(pod)} == {"spec.containers[0].ports[0].containerPort", "status.podIP"}
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+           "spec": {"clusterIP": "None", "ports": [{"port": 80, "targetPort": "http"}], "sessionAffinity": "None"}}
+    assert validate_object(svc) == []
+
+
+def test_validate_all_reports_every_error_and_duplicates() -> None:
+    good = vs([{"route": [{"destination": {"host": "a"}}]}])
+    bad = dr(subsets=[{"name": 7}])
+    with pytest.raises(ValidationError) as ei:
+        validate_all([good, bad, copy.deepcopy(good)])
+    errs = ei.value.errors
+    assert all(isinstance(e, FieldError) for e in errs)
+    assert [str(e) for e in errs] == [
+        "DestinationRule/demo/reviews: spec.subsets[0].name: must be a string, got 7",
+        "VirtualService/demo/reviews: appears more than once in this batch (documents 1 and 3)",
+    ]
+    assert str(ei.value).count("\n") == 1
+    assert validate_all([good]) is None

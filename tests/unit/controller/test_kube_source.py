@@ -1,0 +1,248 @@
+"""KubeSource against a real HTTP API-server emulator, through the official kubernetes client."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from controller.sources.kube import KubeSource, WatchedType, default_types, make_api_client
+from tests.support.kube_emulator import KubeEmulator
+
+PODS = WatchedType("", ("v1",), "pods", "Pod", True)
+NAMESPACES = WatchedType("", ("v1",), "namespaces", "Namespace", False)
+VS_ISTIO = WatchedType("networking.istio.io", ("v1", "v1beta1", "v1alpha3"), "virtualservices", "VirtualService", True)
+VS_AMBIT = WatchedType("networking.ambit.io", ("v1", "v1beta1"), "virtualservices", "VirtualService", True)
+
+
+def pod(name: str, ip: str, ns: str = "demo", **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "app"}]},
+            "status": {"phase": "Running", "podIP": ip}}
+
+
+def vs(name: str, weight: Any = 100, group: str = "networking.istio.io") -> dict[str, Any]:
+    return {"apiVersion": f"{group}/v1", "kind": "VirtualService", "metadata": {"name": name, "namespace": "demo"},
+            "spec": {"hosts": [name], "http": [{"route": [{"destination": {"host": name}, "weight": weight}]}]}}
+
+
+def wait_for(pred: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Running:
+    def __init__(self, source: KubeSource):
+        self.source = source
+        self.snapshots: list[list[dict[str, Any]]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=source.run, args=(self.snapshots.append, self.stop), daemon=True)
+
+    def names(self, kind: str) -> set[str]:
+        if not self.snapshots:
+            return set()
+        return {o["metadata"]["name"] for o in self.snapshots[-1] if o["kind"] == kind}
+
+    def latest(self, kind: str, name: str) -> dict[str, Any] | None:
+        for o in self.snapshots[-1] if self.snapshots else []:
+            if o["kind"] == kind and o["metadata"]["name"] == name:
+                return o
+        return None
+
+    def state(self, t: WatchedType):  # noqa: ANN201 - TypeState
+        return self.source.state[t]
+
+
+@pytest.fixture
+def emu() -> Iterator[KubeEmulator]:
+    e = KubeEmulator()
+    e.start()
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+@pytest.fixture
+def run(emu: KubeEmulator) -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def start(types: list[WatchedType], **kw: Any) -> Running:
+        kw.setdefault("backoff", (0.05, 0.3))
+        kw.setdefault("missing_retry", 0.2)
+        kw.setdefault("debounce", 0.01)
+        r = Running(KubeSource(make_api_client(emu.url), types, **kw))
+        r.thread.start()
+        started.append(r)
+        wait_for(lambda: r.snapshots, "the first snapshot")
+        return r
+
+    yield start
+    for r in started:
+        r.stop.set()
+        r.thread.join(timeout=10)
+        assert not r.thread.is_alive(), "KubeSource.run did not return after stop"
+        r.source.api.close()
+
+
+def test_initial_list_gives_typed_objects_of_every_kind(emu: KubeEmulator, run) -> None:
+    emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}})
+    emu.create(pod("a", "10.244.1.1"))
+    emu.create(vs("reviews"))
+    r = run([PODS, NAMESPACES, VS_ISTIO])
+    snap = r.snapshots[0]
+    assert {(o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in snap} == {
+        ("v1", "Namespace", "demo"), ("v1", "Pod", "a"), ("networking.istio.io/v1", "VirtualService", "reviews")}
+    assert r.state(VS_ISTIO).version == "v1"
+
+
+def test_watch_applies_add_modify_delete(emu: KubeEmulator, run) -> None:
+    r = run([PODS])
+    emu.create(pod("a", "10.244.1.1"))
+    emu.create(pod("b", "10.244.1.2"))
+    wait_for(lambda: r.names("Pod") == {"a", "b"}, "two pods")
+    changed = pod("a", "10.244.1.9")
+    emu.update(changed)
+    wait_for(lambda: (r.latest("Pod", "a") or {}).get("status", {}).get("podIP") == "10.244.1.9", "the modification")
+    emu.delete("v1", "Pod", "b", "demo")
+    wait_for(lambda: r.names("Pod") == {"a"}, "the deletion")
+    assert r.state(PODS).lists == 1 and r.state(PODS).relists == 0
+
+
+def test_gone_relists_and_forgets_objects_deleted_in_the_gap(emu: KubeEmulator, run) -> None:
+    emu.create(pod("a", "10.244.1.1"))
+    emu.create(pod("keep", "10.244.1.3"))
+    r = run([PODS])
+    assert r.names("Pod") == {"a", "keep"}
+    with emu.hold_watches():
+        emu.drop_watches()
+        wait_for(lambda: emu.open_watches() == 0, "the watch to drop")
+        emu.delete("v1", "Pod", "a", "demo")          # the DELETED event is compacted away below
+        emu.create(pod("c", "10.244.1.4"))
+        emu.compact()
+    wait_for(lambda: r.names("Pod") == {"keep", "c"}, "the relist after 410 Gone")
+    st = r.state(PODS)
+    assert st.relists == 1 and st.lists == 2
+    emu.create(pod("d", "10.244.1.5"))                # and it watches again after the relist
+    wait_for(lambda: "d" in r.names("Pod"), "an event after the relist")
+
+
+def test_dropped_connection_resumes_from_the_last_resource_version(emu: KubeEmulator, run) -> None:
+    emu.create(pod("a", "10.244.1.1"))
+    r = run([PODS])
+    emu.create(pod("b", "10.244.1.2"))
+    wait_for(lambda: "b" in r.names("Pod"), "pod b")
+    st = r.state(PODS)
+    rv_before = st.resource_version
+    events_before = st.events
+    with emu.hold_watches():
+        emu.drop_watches()
+        wait_for(lambda: emu.open_watches() == 0, "the watch to drop")
+        emu.create(pod("c", "10.244.1.3"))
+        emu.update(pod("a", "10.244.1.7"))
+        emu.delete("v1", "Pod", "b", "demo")
+    wait_for(lambda: r.names("Pod") == {"a", "c"}, "the missed events")
+    assert r.latest("Pod", "a")["status"]["podIP"] == "10.244.1.7"
+    assert st.lists == 1 and st.relists == 0, "a reconnect must not relist"
+    assert st.events == events_before + 3, "each missed event applied exactly once"
+    resumed = emu.watch_requests("pods")[-1]
+    assert resumed["resourceVersion"] == rv_before
+    assert st.reconnects >= 1
+
+
+def test_bookmarks_advance_the_resource_version(emu: KubeEmulator, run) -> None:
+    emu.create(pod("a", "10.244.1.1"))
+    r = run([PODS])
+    for i in range(5):                                 # other resources move the global resourceVersion
+        emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns{i}"}})
+    current = str(emu.resource_version)
+    assert r.state(PODS).resource_version != current
+    emu.bookmark()
+    wait_for(lambda: r.state(PODS).resource_version == current, "the bookmark's resourceVersion")
+    assert r.state(PODS).bookmarks >= 1
+    with emu.hold_watches():
+        emu.drop_watches()
+        wait_for(lambda: emu.open_watches() == 0, "the watch to drop")
+        emu.compact()                                  # history before `current` is gone
+    wait_for(lambda: len(emu.watch_requests("pods")) >= 2 and emu.open_watches() == 1, "the re-watch")
+    assert emu.watch_requests("pods")[-1]["resourceVersion"] == current
+    emu.create(pod("b", "10.244.1.2"))
+    wait_for(lambda: "b" in r.names("Pod"), "an event after the re-watch")
+    assert r.state(PODS).relists == 0, "thanks to the bookmark, no 410 and no relist"
+
+
+def test_missing_crd_group_is_skipped_then_picked_up(run, emu: KubeEmulator) -> None:
+    emu2 = KubeEmulator(groups=["networking.istio.io"]).start()
+    try:
+        emu2.create(vs("reviews"))
+        source = KubeSource(make_api_client(emu2.url), [VS_ISTIO, VS_AMBIT], backoff=(0.05, 0.3),
+                            missing_retry=0.1, debounce=0.01)
+        r = Running(source)
+        r.thread.start()
+        try:
+            wait_for(lambda: r.snapshots, "a snapshot despite the missing group")
+            assert r.names("VirtualService") == {"reviews"}
+            assert r.state(VS_AMBIT).missing
+            emu2.install_group("networking.ambit.io")
+            emu2.create(vs("ratings", group="networking.ambit.io"))
+            wait_for(lambda: r.names("VirtualService") == {"reviews", "ratings"}, "the newly installed group")
+            assert not r.state(VS_AMBIT).missing
+        finally:
+            r.stop.set()
+            r.thread.join(timeout=10)
+            source.api.close()
+    finally:
+        emu2.stop()
+
+
+def test_list_is_paged(emu: KubeEmulator, run) -> None:
+    for i in range(5):
+        emu.create(pod(f"p{i}", f"10.244.1.{i + 1}"))
+    r = run([PODS], page_size=2)
+    assert r.names("Pod") == {f"p{i}" for i in range(5)}
+    assert sum(1 for q in emu.list_requests("pods") if q.get("continue")) == 2
+
+
+def test_invalid_update_keeps_last_good_version_and_reports_it(emu: KubeEmulator, run) -> None:
+    emu.create(vs("reviews", weight=100))
+    r = run([VS_ISTIO], write_status=True)
+    wait_for(lambda: ((emu.get("networking.istio.io/v1", "VirtualService", "reviews", "demo") or {})
+                      .get("status", {}).get("conditions")), "the Accepted condition")
+    emu.update(vs("reviews", weight="ten"))
+
+    def rejected() -> Any:
+        got = emu.get("networking.istio.io/v1", "VirtualService", "reviews", "demo")
+        conds = {c["type"]: c for c in got.get("status", {}).get("conditions", [])}
+        return conds.get("Accepted", {}).get("status") == "False" and conds["Accepted"]
+
+    cond = wait_for(rejected, "the rejection in status")
+    assert "spec.http[0].route[0].weight" in cond["message"]
+    assert cond["observedGeneration"] == 2
+    errs = r.source.errors()
+    assert [str(e) for e in errs] == [
+        'VirtualService/demo/reviews: spec.http[0].route[0].weight: must be an integer 0..100, got "ten"']
+    # the last good version is what consumers see
+    assert r.latest("VirtualService", "reviews")["spec"]["http"][0]["route"][0]["weight"] == 100
+    emu.update(vs("reviews", weight=100))
+    wait_for(lambda: not r.source.errors(), "the error to clear once fixed")
+
+
+def test_default_types_cover_every_registered_kind(emu: KubeEmulator, run) -> None:
+    types = default_types()
+    assert {(t.group, t.kind) for t in types} >= {
+        ("", "Pod"), ("", "Namespace"), ("", "Service"), ("", "ServiceAccount"), ("", "Node"),
+        ("discovery.k8s.io", "EndpointSlice"), ("security.istio.io", "AuthorizationPolicy"),
+        ("security.ambit.io", "PeerAuthentication"), ("networking.istio.io", "DestinationRule"),
+        ("telemetry.istio.io", "Telemetry"), ("gateway.networking.k8s.io", "HTTPRoute")}
+    emu.create(pod("a", "10.244.1.1"))
+    r = run(types)
+    assert r.names("Pod") == {"a"}
+    assert all(s.synced for s in r.source.state.values())
