@@ -8,16 +8,63 @@ their own (ztunnel's cgroup is where the getsockopt program is attached).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+from ambit import cgroups
 from ambit.lab.spec import LabSpec
 from ambit.lab.state import LabState, ProcSpec
 from ambit.lab.topology import NETNS_RUN_DIR, LabNames
 
 
+def zds_socket(base: Path, node: str) -> Path:
+    return base / node / "zds.sock"
+
+
+def agent_status_file(base: Path, node: str) -> Path:
+    return base / f"agent-{node}.status.json"
+
+
+def controller_socket(base: Path) -> Path:
+    """The controller's gRPC socket (config stream + CA): a file, so that ztunnels in node netns
+    reach it without any route to the host."""
+    return base / "controller.sock"
+
+
+def ztunnel_admin_socket(base: Path, node: str) -> Path:
+    return base / node / "admin.sock"
+
+
+def controller_process(names: LabNames, base: Path) -> ProcSpec:
+    cg = cgroups.create(names.component_cgroup(None, "controller"))  # the topology makes only system/
+    return ProcSpec(
+        id="controller", component="controller", cgroup=str(cg),
+        argv=[sys.executable, "-m", "controller", "--lab-store", str(base / "store.json"),
+              "--listen", f"unix:{controller_socket(base)}", "--ca-dir", str(base / "ca"),
+              "--node-token-dir", str(base)])
+
+
 def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf") -> list[ProcSpec]:
-    procs: list[ProcSpec] = []
+    procs: list[ProcSpec] = [controller_process(names, base)]
+    py = sys.executable
+    store = str(base / "store.json")
+    for n in spec.nodes:
+        node_ns = str(NETNS_RUN_DIR / names.node_netns(n.name))
+        zt_cg = names.component_cgroup(n.name, "ztunnel")
+        procs.append(ProcSpec(
+            id=f"ztunnel/{n.name}", component="ztunnel", node=n.name, netns=node_ns, cgroup=str(zt_cg),
+            argv=[py, "-m", "ztunnel", "--node", n.name, "--zds-socket", str(zds_socket(base, n.name)),
+                  "--controller", f"unix:{controller_socket(base)}",
+                  "--config-cache", str(base / n.name / "config-cache.json"),
+                  "--admin-socket", str(ztunnel_admin_socket(base, n.name))]))
+        procs.append(ProcSpec(
+            id=f"agent/{n.name}", component="agent", node=n.name, netns=node_ns,
+            cgroup=str(names.component_cgroup(n.name, "agent")),
+            argv=[py, "-m", "agent", "--node", n.name, "--store", store,
+                  "--zds-socket", str(zds_socket(base, n.name)), "--ztunnel-cgroup", str(zt_cg),
+                  "--pin-base", str(names.bpf_pin_base), "--node-ip", n.gateway_ip, "--capture", capture,
+                  "--status-file", str(agent_status_file(base, n.name))]))
     for p in spec.pods:
         procs.append(ProcSpec(
             id=f"pod/{p.namespace}/{p.name}", component="app", node=p.node, argv=list(p.command),
@@ -49,12 +96,28 @@ def not_ready(st: LabState, base: Path) -> list[str]:
     from ambit.lab.state import runtime
     rt = runtime(base)
     waiting = []
+    if not controller_socket(base).exists():   # it binds only once its first config is translated
+        waiting.append("controller")
+    for n in st.spec["nodes"]:
+        if not zds_socket(base, n["name"]).exists() or not ztunnel_synced(base, n["name"]):
+            waiting.append(f"ztunnel/{n['name']}")
+        if not agent_status_file(base, n["name"]).exists():
+            waiting.append(f"agent/{n['name']}")
     for p in st.spec["pods"]:
         pid = rt.get(f"pod/{p['namespace']}/{p['name']}", {}).get("pid")
         want = {int(x["containerPort"]) for x in p.get("ports") or []}
         if pid and want and not want <= listening_ports(pid):
             waiting.append(f"pod/{p['namespace']}/{p['name']}")
     return waiting
+
+
+def ztunnel_synced(base: Path, node: str) -> bool:
+    """Has the node's ztunnel received the controller's config (its admin /healthz/ready)?"""
+    from ztunnel import admin
+    try:
+        return admin.get(ztunnel_admin_socket(base, node), "/healthz/ready", timeout=1.0)[0] == 200
+    except (OSError, ValueError):
+        return False
 
 
 def capture_status(st: LabState, base: Path) -> dict[str, Any]:

@@ -106,7 +106,7 @@ def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: st
         return st
     except BaseException:
         print("lab up failed or was interrupted; tearing down what was built", file=sys.stderr)
-        down(name, base, quiet=True, etc_netns_created=etc_created)
+        down(name, base, quiet=True, etc_netns_created=etc_created, keep_logs=True)
         raise
     finally:
         signal.signal(signal.SIGTERM, old_term)
@@ -144,7 +144,8 @@ def wait_ready(st: state.LabState, base: Path, timeout: float = 30.0) -> None:
 
 
 def down(name: str | None = None, base: Path | None = None, quiet: bool = False,
-         etc_netns_created: bool = False) -> list[str]:
+         etc_netns_created: bool = False, keep_logs: bool = False) -> list[str]:
+    """Remove the lab. `keep_logs` keeps the log directory (a failed `up` points the user at it)."""
     base = base or paths.lab_dir()
     st = state.load(base)
     name = name or (st.name if st else "ambit")
@@ -168,11 +169,12 @@ def down(name: str | None = None, base: Path | None = None, quiet: bool = False,
             (base / f).unlink()
         except FileNotFoundError:
             pass
-    shutil.rmtree(paths.log_dir(base), ignore_errors=True)
-    try:
-        base.rmdir()
-    except OSError:
-        pass
+    if not keep_logs:
+        shutil.rmtree(paths.log_dir(base), ignore_errors=True)
+        try:
+            base.rmdir()
+        except OSError:
+            pass
     if not quiet:
         progress(f"lab {name!r} removed ({len(removed)} objects)")
     return removed

@@ -209,7 +209,9 @@ def parse(data: Any, nodes: int | None = None, source: str = "<spec>") -> LabSpe
         cmd = pd.get("command")
         if not isinstance(cmd, list) or not cmd or not all(isinstance(c, (str, int)) for c in cmd):
             raise _err(source, p + ".command", "must be a non-empty list of strings")
-        command = [str(c) for c in cmd]
+        # "python" as the program, or "{python}" anywhere (e.g. in `sh -c` strings), is Ambit's
+        # own interpreter, so pods can run the lab's apps without a system-wide install.
+        command = [str(c).replace("{python}", sys.executable) for c in cmd]
         if command[0] in ("python", "python3"):
             command[0] = sys.executable
         ports = pd.get("ports") or []

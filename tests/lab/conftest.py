@@ -10,6 +10,8 @@ import pytest
 
 from tests.lab.labctl import Lab
 
+MESH_SPEC = Path(__file__).parent / "specs" / "mesh.yaml"
+
 
 def _artifacts(name: str) -> Path:
     d = Path(os.environ.get("AMBIT_TEST_ARTIFACTS", "/tmp/ambit-test-artifacts")) / name
@@ -22,7 +24,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """The default lab, shared by tests that leave it as they found it."""
     lab = Lab(tmp_path_factory.mktemp("lab") / "state", name="ambit-t")
     lab.down()  # a previous run killed hard may have left one behind
-    lab.up()
+    lab.up("--spec", str(MESH_SPEC))
     try:
         yield lab
     finally:

@@ -67,6 +67,21 @@ class Lab:
             time.sleep(interval)
         raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
+    def access_log(self, node: str) -> list[dict[str, Any]]:
+        """ztunnel's access-log records on a node, oldest first."""
+        out = []
+        for line in self.log("ztunnel", node).splitlines():
+            if line.startswith("access "):
+                out.append(json.loads(line[len("access "):]))
+        return out
+
+    def pod(self, key: str) -> dict[str, Any]:
+        ns, name = key.split("/")
+        return next(p for p in self.status()["pods"] if p["namespace"] == ns and p["name"] == name)
+
+    def proc_pid(self, proc_id: str) -> int | None:
+        return self.status()["processes"].get(proc_id, {}).get("pid")
+
     def save_logs(self, dest: Path) -> None:
         src = self.dir / "logs"
         if src.exists():

@@ -1,0 +1,225 @@
+"""The node agent: enrols this node's ambient pods and keeps their capture in place.
+
+For each pod that must be captured, in this order (so capture never points at a missing listener):
+  1. hand the pod to ztunnel (netns fd over the zds socket); ztunnel opens 15001/15006/15008 in it;
+  2. attach the eBPF programs (or install iptables rules in --capture=iptables) and fill the maps.
+To unenrol, the reverse: detach first (new connections are no longer captured), then tell ztunnel
+to drain. On start the engine adopts the links a previous agent pinned, so a restart has no gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent import enrolment
+from agent.enrolment import PodRef
+from agent.podsource import LabPodSource, NodeView, PodSource
+from agent.ztunnel_link import ZtunnelError, ZtunnelLink
+from ambit.zds import PodInfo
+
+log = logging.getLogger("ambit.agent")
+
+REQUIRED_CHECKS = ("kernel", "bpf-syscall", "cgroup-v2", "bcc-sched-cls", "bcc-cgroup-sock-addr", "capabilities")
+
+
+class Agent:
+    def __init__(self, node: str, source: PodSource, engine: Any, link: ZtunnelLink,
+                 node_ip: str, status_file: Path | None = None, drain: float = 5.0):
+        self.node = node
+        self.source = source
+        self.engine = engine
+        self.link = link
+        self.node_ip = node_ip
+        self.status_file = status_file
+        self.drain = drain
+        self.applied: dict[str, PodRef | None] = {}
+        self.errors: dict[str, str] = {}       # uid -> why the pod is not captured
+        self.refs: dict[str, PodRef] = {}      # uid -> last desired ref (for status)
+        self.excluded: dict[str, str] = {}     # pod key -> reason it is not enrolled
+
+    # -- capture ----------------------------------------------------------------------------
+    def _capture(self, ref: PodRef) -> Any:
+        from agent.capture import PodCapture, annotations_to_exclusions
+        ports, cidrs, in_ports = annotations_to_exclusions(dict(ref.annotations))
+        return PodCapture(uid=ref.uid, netns_path=ref.netns, cgroup_path=ref.cgroup, pod_ip=ref.ip,
+                          node_ip=self.node_ip, exclude_outbound_ports=ports,
+                          exclude_outbound_cidrs=cidrs, exclude_inbound_ports=in_ports)
+
+    def _info(self, ref: PodRef) -> PodInfo:
+        return PodInfo(uid=ref.uid, name=ref.name, namespace=ref.namespace, ip=ref.ip, node=self.node,
+                       service_account=ref.service_account, labels=dict(ref.labels), node_ip=self.node_ip)
+
+    def enrol(self, ref: PodRef) -> None:
+        try:
+            cap = self._capture(ref)            # validates annotations before touching anything
+            self.link.add(self._info(ref), ref.netns)
+            self.engine.enrol(cap)
+            self.applied[ref.uid] = ref
+            self.errors.pop(ref.uid, None)
+            log.info("enrolled %s (%s)", ref.key, ref.ip)
+        except ZtunnelError:
+            raise
+        except Exception as e:  # one bad pod must not stop the node
+            self.errors[ref.uid] = str(e)
+            log.error("cannot enrol %s: %s", ref.key, e)
+
+    def unenrol(self, uid: str) -> None:
+        self.engine.unenrol(uid)
+        self.applied.pop(uid, None)
+        self.errors.pop(uid, None)
+        try:
+            self.link.delete(uid, self.drain)
+        except ZtunnelError as e:
+            if not self.link.connected():
+                raise
+            log.warning("ztunnel: %s", e)
+        log.info("unenrolled %s", uid)
+
+    def reconcile(self, view: NodeView) -> None:
+        want = enrolment.desired(self.node, view.pods, view.namespaces)
+        self.refs = want
+        self.excluded = {}
+        for pod in view.pods:
+            md = pod["metadata"]
+            if (pod.get("spec") or {}).get("nodeName") != self.node:
+                continue
+            ns_labels = view.namespaces.get(md.get("namespace", "default"), {})
+            if enrolment.namespace_enrolled(ns_labels) and enrolment.pod_opted_out(md.get("labels") or {}):
+                self.excluded[f"{md.get('namespace')}/{md['name']}"] = "opted out by label"
+        # Retry pods that failed before (their ref may be unchanged).
+        current = {uid: r for uid, r in self.applied.items()}
+        p = enrolment.plan(current, want)
+        for uid in p.remove:
+            self.unenrol(uid)
+        for ref in p.add + p.update:
+            self.enrol(ref)
+        for uid in list(self.errors):
+            if uid not in want:
+                self.errors.pop(uid)
+        self.write_status()
+
+    def replay(self) -> None:
+        """After (re)connecting to ztunnel: make its pod set equal to ours."""
+        pods = [(self._info(r), r.netns) for uid, r in self.applied.items() if r is not None]
+        for uid, err in self.link.snapshot(pods):
+            self.errors[uid] = err
+
+    def write_status(self) -> None:
+        if self.status_file is None:
+            return
+        pods: dict[str, Any] = {}
+        for uid, ref in self.refs.items():
+            if uid in self.errors:
+                pods[ref.key] = {"state": "error", "reason": self.errors[uid], "uid": uid}
+            elif uid in self.applied:
+                pods[ref.key] = {"state": "captured", "uid": uid}
+        for key, why in self.excluded.items():
+            pods[key] = {"state": "opted-out", "reason": why}
+        try:
+            stats = self.engine.stats()
+        except Exception:
+            stats = {}
+        doc = {"node": self.node, "time": time.time(), "pods": pods, "stats": stats}
+        tmp = self.status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.status_file)
+
+    def run(self, stop: threading.Event, heartbeat: float = 0.5) -> None:
+        # Pods a previous agent enrolled are captured already (pinned links); we know their uids
+        # but not their refs until the first view arrives.
+        for uid in self.engine.enrolled():
+            self.applied[uid] = None
+        views: queue.Queue[NodeView] = queue.Queue()
+
+        def feed() -> None:
+            for v in self.source.views(stop):
+                views.put(v)
+        threading.Thread(target=feed, name="pod-source", daemon=True).start()
+        last: NodeView | None = None
+        while not stop.is_set():
+            try:
+                view: NodeView | None = views.get(timeout=heartbeat)
+                while not views.empty():        # only the newest view matters
+                    view = views.get_nowait()
+            except queue.Empty:
+                view = None
+            last = view or last
+            if last is None:
+                continue
+            try:
+                if not self.link.connected():
+                    self.link.connect(time.monotonic() + 30)
+                    self.reconcile(last)
+                    self.replay()
+                elif view is not None:
+                    self.reconcile(view)
+                else:
+                    self.link.ping()            # notices a restarted ztunnel within a heartbeat
+            except ZtunnelError as e:
+                log.warning("%s; reconnecting", e)
+                self.link.close()
+                stop.wait(0.2)
+
+
+def preflight() -> None:
+    from ambit import check
+    results = check.run_all()
+    for r in results:
+        if r.name in REQUIRED_CHECKS and not r.ok:
+            print(f"agent: refusing to start: `ambit check` item {r.name!r} failed: {r.detail}"
+                  + (f" (hint: {r.hint})" if r.hint else ""), file=sys.stderr)
+            sys.exit(3)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="agent")
+    ap.add_argument("--node", required=True)
+    ap.add_argument("--store", type=Path, help="lab store file (lab mode)")
+    ap.add_argument("--zds-socket", type=Path, required=True)
+    ap.add_argument("--ztunnel-cgroup", type=Path, required=True)
+    ap.add_argument("--pin-base", type=Path, default=Path("/sys/fs/bpf/ambit"))
+    ap.add_argument("--node-ip", required=True, help="the address pods see node traffic (probes) from")
+    ap.add_argument("--capture", choices=["ebpf", "iptables"], default="ebpf")
+    ap.add_argument("--status-file", type=Path)
+    ap.add_argument("--drain", type=float, default=5.0, help="seconds open connections get on unenrol")
+    ap.add_argument("--uninstall", action="store_true", help="remove every program, link and pin, then exit")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    preflight()
+    from agent.capture import CaptureEngine
+    engine = CaptureEngine(args.node, args.ztunnel_cgroup, pin_base=args.pin_base, mode=args.capture)
+    if args.uninstall:
+        engine.load()
+        engine.uninstall()
+        log.info("uninstalled: every Ambit program, link and pin of node %s is gone", args.node)
+        return
+    t0 = time.monotonic()
+    engine.load()
+    log.info("eBPF programs ready in %.2fs; adopted %d pods", time.monotonic() - t0, len(engine.enrolled()))
+    if args.store is None:
+        from agent.podsource import KubePodSource
+        source: PodSource = KubePodSource(args.node)
+    else:
+        source = LabPodSource(args.store)
+    agent = Agent(args.node, source, engine, ZtunnelLink(args.zds_socket), args.node_ip,
+                  args.status_file, args.drain)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    agent.run(stop)
+    # A normal stop keeps capture in place (pods stay protected while the agent restarts);
+    # `--uninstall` is what removes it.
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,472 @@
+"""CaptureEngine: the kernel side of the node agent.
+
+It compiles and loads the capture programs, attaches them per pod through pinned bpf_links, keeps
+the per-pod maps in step, and re-adopts what an earlier agent process left pinned:
+
+* load()      compile (bcc), load, attach ambit_origdst to ztunnel's cgroup, and swap every pinned
+              link to the fresh programs with bpf_link_update (no capture gap, no duplicates).
+* enrol()     idempotent; writes the pod's map entries, the netns delivery rule, and the links.
+* unenrol()   removes all of that for one pod. Works for pods enrolled by an earlier process: what
+              it needs is recorded in the pinned ambit_meta map.
+* uninstall() removes every link, program, map and pin of the node.
+
+All methods are blocking (netlink, bcc, iptables); call them from a worker thread, not from an
+asyncio loop. A lock serialises them, so concurrent CNI and watch calls are safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import ipaddress
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.capture import iptables, libbpf, maps, podnet, programs
+from agent.capture.constants import DEFAULT_PIN_BASE
+from agent.capture.pins import (
+    PinLayout,
+    check_name,
+    ensure_bpffs,
+    remove_link_pin,
+    remove_tree,
+    rmdir_if_empty,
+)
+from ambit.cgroups import find_cgroup2_mount
+from ambit.netns import entered, netns_cookie
+
+log = logging.getLogger(__name__)
+
+MODES = ("ebpf", "iptables")
+TC_ATTACH = ("auto", "tcx", "clsact")
+
+
+@dataclass
+class PodCapture:
+    """Everything the kernel side needs about one pod."""
+
+    uid: str
+    netns_path: str
+    cgroup_path: str
+    pod_ip: str
+    node_ip: str
+    exclude_outbound_ports: list[int] = field(default_factory=list)
+    exclude_outbound_cidrs: list[str] = field(default_factory=list)
+    exclude_inbound_ports: list[int] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the pod, the field and the reason."""
+        def bad(fld: str, why: str) -> ValueError:
+            return ValueError(f"pod {self.uid!r}: {fld}: {why}")
+
+        try:
+            check_name("pod uid", self.uid)
+        except ValueError as e:
+            raise bad("uid", str(e)) from None
+        for fld in ("pod_ip", "node_ip"):
+            try:
+                ipaddress.IPv4Address(getattr(self, fld))
+            except ValueError:
+                raise bad(fld, f"{getattr(self, fld)!r} is not an IPv4 address") from None
+        if not Path(self.netns_path).exists():
+            raise bad("netns_path", f"{self.netns_path} does not exist")
+        if not Path(self.cgroup_path).is_dir():
+            raise bad("cgroup_path", f"{self.cgroup_path} is not a cgroup directory")
+        for fld in ("exclude_outbound_ports", "exclude_inbound_ports"):
+            for p in getattr(self, fld):
+                if not isinstance(p, int) or not 1 <= p <= 65535:
+                    raise bad(fld, f"{p!r} is not a port in 1-65535")
+        for c in self.exclude_outbound_cidrs:
+            try:
+                ipaddress.IPv4Network(c, strict=False)
+            except ValueError:
+                raise bad("exclude_outbound_cidrs", f"{c!r} is not an IPv4 CIDR") from None
+
+
+class CaptureEngine:
+    def __init__(self, node: str, ztunnel_cgroup: Path, pin_base: Path = DEFAULT_PIN_BASE,
+                 mode: str = "ebpf", tc_attach: str = "auto", src_dir: Path | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"capture mode {mode!r}: expected one of {', '.join(MODES)}")
+        if tc_attach not in TC_ATTACH:
+            raise ValueError(f"tc_attach {tc_attach!r}: expected one of {', '.join(TC_ATTACH)}")
+        self.node = check_name("node name", node)
+        self.ztunnel_cgroup = Path(ztunnel_cgroup)
+        self.pin_base = Path(pin_base)
+        self.layout = PinLayout(self.pin_base / node)
+        self.mode = mode
+        self.tc_attach = tc_attach
+        self.src_dir = src_dir
+        self._lock = threading.RLock()
+        self._module = None
+        self._prog_fds: dict[str, int] = {}      # pin name -> fd
+        self._maps: dict[str, libbpf.RawMap] = {}
+        self._tcx_ok: bool | None = None if tc_attach == "auto" else tc_attach == "tcx"
+
+    # ---- loading and adoption ---------------------------------------------------------------
+
+    def load(self) -> None:
+        with self._lock:
+            if self._module is not None:
+                return
+            if not self.ztunnel_cgroup.is_dir():
+                raise ValueError(f"ztunnel cgroup {self.ztunnel_cgroup} is not a cgroup directory")
+            ensure_bpffs(self.pin_base)
+            for d in (self.layout.maps, self.layout.pods, self.layout.ztunnel):
+                d.mkdir(parents=True, exist_ok=True)
+            self._module = programs.compile_module(self.layout.maps, self.src_dir)
+            for name, spec in maps.MAPS.items():
+                fd = self._module.get_table(name.encode()).map_fd
+                vsize = spec.value_size * maps.possible_cpus() if spec.percpu else spec.value_size
+                self._maps[name] = libbpf.RawMap(fd, spec.key_size, vsize, name)
+            if self.mode == "ebpf":
+                for p in programs.PROGRAMS:
+                    self._prog_fds[p.pin] = programs.load(self._module, p)
+                self._attach_origdst()
+                self._adopt_pod_links()
+                self._adopt_clsact_filters()
+
+    def _require_loaded(self) -> None:
+        if self._module is None:
+            raise RuntimeError(f"capture engine for node {self.node}: call load() first")
+
+    def _attach_origdst(self) -> None:
+        """One getsockopt link on ztunnel's cgroup: adopt it if it is for the same cgroup."""
+        pin = self.layout.ztunnel / programs.ORIGDST_PROGRAM.pin
+        fd_prog = self._prog_fds[programs.ORIGDST_PROGRAM.pin]
+        cg_id = os.stat(self.ztunnel_cgroup).st_ino    # cgroup v2: the inode number is the cgroup id
+        if pin.exists():
+            fd = libbpf.obj_get(pin)
+            try:
+                info = libbpf.link_info(fd)
+                if info.cgroup_id == cg_id:
+                    libbpf.link_update(fd, fd_prog, str(pin))
+                    return
+            except libbpf.LibbpfError as e:
+                log.warning("replacing ztunnel getsockopt link %s: %s", pin, e)
+            finally:
+                os.close(fd)
+            remove_link_pin(pin)
+        self._create_cgroup_link(programs.ORIGDST_PROGRAM, self.ztunnel_cgroup, pin)
+
+    def _adopt_pod_links(self) -> None:
+        """Swap every pinned pod link to the programs this process just loaded."""
+        for uid in self.layout.pod_uids():
+            for pin in sorted(self.layout.pod(uid).iterdir()):
+                prog = programs.BY_PIN.get(pin.name)
+                if prog is None or prog.scope == programs.SCOPE_ZTUNNEL:
+                    log.warning("removing unknown capture link %s", pin)
+                    remove_link_pin(pin)
+                    continue
+                self._update_link(pin, prog)
+
+    def _adopt_clsact_filters(self) -> None:
+        """Pods attached through the clsact fallback hold the old TC program in their filter:
+        replace it (tc's replace is atomic too)."""
+        tc = programs.TC_PROGRAM
+        for k in self._maps["ambit_meta"].keys():
+            raw = self._maps["ambit_meta"].get(k)
+            if raw is None:
+                continue
+            meta = maps.Meta.unpack(k, raw)
+            if meta.mode == maps.MODE_EBPF and meta.tc_mode == maps.TC_CLSACT and _same_netns(meta):
+                podnet.clsact_attach(meta.netns_path, self._prog_fds[tc.pin], tc.func)
+
+    def _update_link(self, pin: Path, prog: programs.Program) -> bool:
+        """Point a pinned link at our program; a defunct link (its cgroup or device is gone) is
+        removed. Returns whether the link is live."""
+        new_fd = self._prog_fds[prog.pin]
+        fd = libbpf.obj_get(pin)
+        try:
+            if libbpf.link_info(fd).prog_id == libbpf.prog_id(new_fd):
+                return True
+            libbpf.link_update(fd, new_fd, str(pin))
+            return True
+        except libbpf.LibbpfError as e:
+            if e.errno not in (errno.ENOLINK, errno.ENOENT, errno.EINVAL):
+                raise
+            log.warning("capture link %s is defunct (%s): removing it", pin, e)
+        finally:
+            os.close(fd)
+        remove_link_pin(pin)
+        return False
+
+    def _create_cgroup_link(self, prog: programs.Program, cgroup: Path, pin: Path) -> None:
+        cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = libbpf.link_create(self._prog_fds[prog.pin], cg, prog.attach_type, f"{prog.func} on {cgroup}")
+        finally:
+            os.close(cg)
+        try:
+            libbpf.obj_pin(fd, pin)
+        finally:
+            os.close(fd)   # the pin keeps the link; closing our fd leaves the pin as the only owner
+
+    # ---- enrolment ----------------------------------------------------------------------------
+
+    def enrol(self, pod: PodCapture) -> None:
+        """Capture a pod's traffic. Idempotent: enrolling again refreshes its config."""
+        pod.validate()
+        with self._lock:
+            self._require_loaded()
+            cookie = netns_cookie(pod.netns_path)
+            old = self._meta(pod.uid)
+            if old and (old.netns != cookie or old.mode != self._mode_code()):
+                # Same pod uid, new sandbox (netns) or other capture mode: start clean.
+                self._unenrol_locked(pod.uid)
+            fresh = self._meta(pod.uid) is None
+            try:
+                self._enrol_locked(pod, cookie)
+            except BaseException:
+                if fresh:   # never leave a half-captured pod behind (e.g. outbound but not inbound)
+                    with contextlib.suppress(Exception):
+                        self._unenrol_locked(pod.uid)
+                raise
+
+    def _enrol_locked(self, pod: PodCapture, cookie: int) -> None:
+        tc_mode = maps.TC_NONE
+        if self.mode == "ebpf":
+            tc_mode = maps.TC_CLSACT if self._tcx_ok is False else maps.TC_TCX
+            old = self._meta(pod.uid)
+            if old is not None and old.tc_mode == maps.TC_CLSACT:
+                tc_mode = maps.TC_CLSACT   # keep an existing fallback attachment where it is
+        meta = maps.Meta(uid=pod.uid, netns=cookie, pod_ip=pod.pod_ip, node_ip=pod.node_ip,
+                         mode=self._mode_code(), tc_mode=tc_mode, netns_path=str(pod.netns_path),
+                         cgroup_path=str(pod.cgroup_path))
+        self._maps["ambit_meta"].put(meta.key(), meta.pack())
+        self._write_pod_maps(pod, cookie)
+        podnet.setup_delivery(pod.netns_path)
+        if self.mode == "ebpf":
+            self._attach_pod(pod, tc_mode)
+        else:
+            cg2 = find_cgroup2_mount()
+            iptables.apply(pod.netns_path, iptables.IptablesPlan(
+                pod_ip=pod.pod_ip, node_ip=pod.node_ip,
+                ztunnel_cgroup="/" + str(self.ztunnel_cgroup.relative_to(cg2)),
+                exclude_outbound_ports=tuple(pod.exclude_outbound_ports),
+                exclude_outbound_cidrs=tuple(pod.exclude_outbound_cidrs),
+                exclude_inbound_ports=tuple(pod.exclude_inbound_ports)))
+
+    def _mode_code(self) -> int:
+        return maps.MODE_EBPF if self.mode == "ebpf" else maps.MODE_IPTABLES
+
+    def _write_pod_maps(self, pod: PodCapture, cookie: int) -> None:
+        ebpf = self.mode == "ebpf"
+        flags = (maps.POD_OUTBOUND | maps.POD_INBOUND) if ebpf else 0
+        m = self._maps
+        # Exclusions first, so the programs never see the pod enabled without them.
+        want_ports = {maps.xport_key(cookie, p, maps.DIR_OUT) for p in pod.exclude_outbound_ports}
+        want_ports |= {maps.xport_key(cookie, p, maps.DIR_IN) for p in pod.exclude_inbound_ports}
+        want_cidrs = {maps.xcidr_key(cookie, c) for c in pod.exclude_outbound_cidrs}
+        for k in want_ports:
+            m["ambit_xports"].put(k, b"\x01")
+        for k in want_cidrs:
+            m["ambit_xcidr"].put(k, b"\x01")
+        for k in m["ambit_xports"].keys():
+            if maps.XPORT_KEY.unpack(k)[0] == cookie and k not in want_ports:
+                m["ambit_xports"].delete(k)
+        for k in m["ambit_xcidr"].keys():
+            if maps.xcidr_netns(k) == cookie and k not in want_cidrs:
+                m["ambit_xcidr"].delete(k)
+        # A pod IP can move to a new pod: drop any other mapping this netns still had.
+        for k in m["ambit_pod_ips"].keys():
+            v = m["ambit_pod_ips"].get(k)
+            if v is not None and maps.U64.unpack(v)[0] == cookie and k != maps.ip4(pod.pod_ip):
+                m["ambit_pod_ips"].delete(k)
+        m["ambit_pod_ips"].put(maps.ip4(pod.pod_ip), maps.U64.pack(cookie))
+        m["ambit_pods"].put(maps.U64.pack(cookie), maps.pod_value(pod.pod_ip, pod.node_ip, flags))
+
+    def _attach_pod(self, pod: PodCapture, tc_mode: int) -> None:
+        pin_dir = self.layout.pod(pod.uid)
+        pin_dir.mkdir(parents=True, exist_ok=True)
+        for prog in programs.POD_CGROUP_PROGRAMS:
+            pin = pin_dir / prog.pin
+            if pin.exists() and self._update_link(pin, prog):
+                continue
+            self._create_cgroup_link(prog, Path(pod.cgroup_path), pin)
+        tc = programs.TC_PROGRAM
+        pin = pin_dir / tc.pin
+        if tc_mode == maps.TC_TCX:
+            if pin.exists() and self._update_link(pin, tc):
+                return
+            if self._create_tcx_link(pod, pin):
+                return
+            # tcx unsupported here: record the fallback and use clsact.
+            meta = self._meta(pod.uid)
+            if meta is not None:
+                self._maps["ambit_meta"].put(meta.key(), dataclasses.replace(meta, tc_mode=maps.TC_CLSACT).pack())
+        podnet.clsact_attach(pod.netns_path, self._prog_fds[tc.pin], tc.func)
+
+    def _create_tcx_link(self, pod: PodCapture, pin: Path) -> bool:
+        """tcx link on the pod's eth0 (kernel 6.6+). False when the kernel has no tcx."""
+        tc = programs.TC_PROGRAM
+        with entered(pod.netns_path):
+            ifindex = podnet.eth0_ifindex_here(str(pod.netns_path))
+            try:
+                fd = libbpf.link_create(self._prog_fds[tc.pin], ifindex, tc.attach_type,
+                                        f"{tc.func} on eth0 of pod {pod.uid}")
+            except libbpf.LibbpfError as e:
+                if self._tcx_ok is None and e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                    log.warning("tcx links unavailable (%s): using clsact filters", e)
+                    self._tcx_ok = False
+                    return False
+                raise
+        self._tcx_ok = True
+        try:
+            libbpf.obj_pin(fd, pin)
+        finally:
+            os.close(fd)
+        return True
+
+    # ---- removal ------------------------------------------------------------------------------
+
+    def unenrol(self, uid: str) -> None:
+        """Stop capturing a pod; removes its links, netns rules and map entries. Idempotent."""
+        check_name("pod uid", uid)
+        with self._lock:
+            self._require_loaded()
+            self._unenrol_locked(uid)
+
+    def _unenrol_locked(self, uid: str) -> None:
+        meta = self._meta(uid)
+        pin_dir = self.layout.pod(uid)
+        if pin_dir.exists():
+            remove_tree(pin_dir)
+        if meta is not None:
+            cleanup_pod_netns(meta)
+            delete_pod_entries(self._maps, meta)
+
+    def _meta(self, uid: str) -> maps.Meta | None:
+        raw = self._maps["ambit_meta"].get(maps.meta_key(uid))
+        return maps.Meta.unpack(maps.meta_key(uid), raw) if raw else None
+
+    def enrolled(self) -> set[str]:
+        """Pods captured on this node, including those enrolled by an earlier agent process."""
+        with self._lock:
+            self._require_loaded()
+            uids = {k.rstrip(b"\0").decode() for k in self._maps["ambit_meta"].keys()}
+            return uids | set(self.layout.pod_uids())
+
+    def uninstall(self) -> None:
+        """Remove everything of this node: links, programs, maps, pins, and pod netns rules."""
+        with self._lock:
+            if self._module is None:
+                purge(self.layout.root)
+                return
+            for uid in sorted(self.enrolled()):
+                self._unenrol_locked(uid)
+            self._close()
+            purge(self.layout.root)
+
+    def close(self) -> None:
+        """Drop this process's references (programs stay alive only through their pinned links)."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._module is not None:
+            self._module.cleanup()
+            self._module = None
+        self._prog_fds.clear()
+        self._maps.clear()
+
+    # ---- introspection ------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """The ambit_stats counters summed over CPUs (node-wide, all pods)."""
+        with self._lock:
+            self._require_loaded()
+            out = {}
+            for i, name in enumerate(maps.stat_names()):
+                raw = self._maps["ambit_stats"].get(i.to_bytes(4, sys.byteorder))
+                out[name] = maps.sum_percpu_u64(raw) if raw else 0
+            return out
+
+    def program_ids(self) -> dict[str, int]:
+        """Kernel ids of this process's loaded programs, by pin name."""
+        with self._lock:
+            return {name: libbpf.prog_id(fd) for name, fd in self._prog_fds.items()}
+
+    def map_ids(self) -> dict[str, int]:
+        with self._lock:
+            return {name: libbpf.map_id(m.fd) for name, m in self._maps.items()}
+
+    def original_dst_entries(self) -> int:
+        """How many (netns, port) original-destination entries are live (for leak checks)."""
+        with self._lock:
+            return len(self._maps["ambit_port_dst"].keys())
+
+
+# ---- shared by unenrol and purge (no compiled module needed) ----------------------------------
+
+def _same_netns(meta: maps.Meta) -> bool:
+    """Touch a pod netns only if its path still names the netns we enrolled (paths like
+    /proc/<pid>/ns/net can be reused by another pod)."""
+    if not meta.netns_path or not Path(meta.netns_path).exists():
+        return False
+    try:
+        return netns_cookie(meta.netns_path) == meta.netns
+    except OSError:
+        return False
+
+
+def cleanup_pod_netns(meta: maps.Meta) -> None:
+    if not _same_netns(meta):
+        return
+    with contextlib.suppress(Exception):
+        if meta.tc_mode == maps.TC_CLSACT:
+            podnet.clsact_detach(meta.netns_path)
+    if meta.mode == maps.MODE_IPTABLES:
+        iptables.remove(meta.netns_path)
+    podnet.teardown_delivery(meta.netns_path)
+
+
+def delete_pod_entries(m: dict[str, libbpf.RawMap], meta: maps.Meta) -> None:
+    cookie = meta.netns
+    m["ambit_pods"].delete(maps.U64.pack(cookie))
+    ip_key = maps.ip4(meta.pod_ip)
+    v = m["ambit_pod_ips"].get(ip_key)
+    if v is not None and maps.U64.unpack(v)[0] == cookie:
+        m["ambit_pod_ips"].delete(ip_key)
+    for k in m["ambit_xports"].keys():
+        if maps.XPORT_KEY.unpack(k)[0] == cookie:
+            m["ambit_xports"].delete(k)
+    for k in m["ambit_xcidr"].keys():
+        if maps.xcidr_netns(k) == cookie:
+            m["ambit_xcidr"].delete(k)
+    for k in m["ambit_port_dst"].keys():
+        if maps.PORT_KEY.unpack(k)[0] == cookie:
+            m["ambit_port_dst"].delete(k)
+    m["ambit_meta"].delete(meta.key())
+
+
+def purge(node_pin_root: Path) -> None:
+    """Remove every trace of one node's capture, without compiling anything.
+
+    For `ambit lab down` and crash recovery: works after the agent was SIGKILLed. Pod netns
+    rules are removed for pods whose netns still exists (from the ambit_meta map), then all link
+    pins are detached and removed, then the map pins. Programs die with their last link.
+    """
+    root = Path(node_pin_root)
+    if not root.exists():
+        return
+    meta_pin = PinLayout(root).maps / "ambit_meta"
+    if meta_pin.exists():
+        spec = maps.MAPS["ambit_meta"]
+        try:
+            with libbpf.RawMap.open_pinned(meta_pin, spec.key_size, spec.value_size) as mm:
+                for k in mm.keys():
+                    raw = mm.get(k)
+                    if raw is None:
+                        continue
+                    with contextlib.suppress(Exception):
+                        cleanup_pod_netns(maps.Meta.unpack(k, raw))
+        except libbpf.LibbpfError as e:
+            log.warning("purge %s: cannot read %s: %s", root, meta_pin, e)
+    remove_tree(root)
+    rmdir_if_empty(root.parent)

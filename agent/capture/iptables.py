@@ -1,0 +1,110 @@
+"""The iptables capture mode: the way Istio's in-pod mode captures, kept as Ambit's comparison baseline.
+
+In the pod netns (nat table):
+
+    OUTPUT     -p tcp -j AMBIT_OUTPUT
+    AMBIT_OUTPUT      RETURN for ztunnel's sockets (its cgroup; or the delivery mark), loopback,
+                      the pod's own IP, excluded ports and ranges; else REDIRECT --to-ports 15001
+    PREROUTING -p tcp -j AMBIT_PREROUTING
+    AMBIT_PREROUTING  RETURN for lo, the node IP (kubelet probes), ztunnel's ports (15008 ...)
+                      and excluded inbound ports; else REDIRECT --to-ports 15006
+
+ztunnel then finds the original destination with getsockopt(SOL_IP, SO_ORIGINAL_DST), answered by
+conntrack: the same call the eBPF mode answers with ambit_origdst. Only chains named AMBIT_* and
+the two jumps into them are ours, so removal is exact. `rules()` is pure; `apply`/`remove` run
+iptables-restore / iptables inside the pod netns with nsenter.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.capture.constants import (
+    AMBIT_MARK,
+    AMBIT_MARK_MASK,
+    PORT_INBOUND,
+    PORT_OUTBOUND,
+    ZTUNNEL_PORTS,
+)
+
+CHAIN_OUT = "AMBIT_OUTPUT"
+CHAIN_IN = "AMBIT_PREROUTING"
+JUMPS = (("OUTPUT", CHAIN_OUT), ("PREROUTING", CHAIN_IN))
+
+
+@dataclass(frozen=True)
+class IptablesPlan:
+    pod_ip: str
+    node_ip: str
+    ztunnel_cgroup: str              # path relative to the cgroup2 root, for `-m cgroup --path`
+    exclude_outbound_ports: tuple[int, ...] = ()
+    exclude_outbound_cidrs: tuple[str, ...] = ()
+    exclude_inbound_ports: tuple[int, ...] = ()
+
+
+def rules(plan: IptablesPlan) -> str:
+    """iptables-restore input (nat table) that (re)defines both AMBIT_ chains.
+
+    Declaring a chain in `--noflush` mode flushes it first, so applying this again replaces the
+    old rules in one transaction: enrol refreshes never leave a window without capture.
+    """
+    mark = f"{AMBIT_MARK:#x}/{AMBIT_MARK_MASK:#x}"
+    out = [
+        "*nat",
+        f":{CHAIN_OUT} - [0:0]",
+        f":{CHAIN_IN} - [0:0]",
+        f"-A {CHAIN_OUT} -m mark --mark {mark} -j RETURN",
+    ]
+    if plan.ztunnel_cgroup:
+        out.append(f"-A {CHAIN_OUT} -m cgroup --path {plan.ztunnel_cgroup} -j RETURN")
+    out += [
+        f"-A {CHAIN_OUT} -d 127.0.0.0/8 -j RETURN",
+        f"-A {CHAIN_OUT} -d {plan.pod_ip}/32 -j RETURN",
+    ]
+    out += [f"-A {CHAIN_OUT} -p tcp --dport {p} -j RETURN" for p in plan.exclude_outbound_ports]
+    out += [f"-A {CHAIN_OUT} -d {c} -j RETURN" for c in plan.exclude_outbound_cidrs]
+    out.append(f"-A {CHAIN_OUT} -p tcp -j REDIRECT --to-ports {PORT_OUTBOUND}")
+    out += [
+        f"-A {CHAIN_IN} -i lo -j RETURN",
+        f"-A {CHAIN_IN} -s {plan.node_ip}/32 -j RETURN",
+    ]
+    out += [f"-A {CHAIN_IN} -p tcp --dport {p} -j RETURN" for p in ZTUNNEL_PORTS]
+    out += [f"-A {CHAIN_IN} -p tcp --dport {p} -j RETURN" for p in plan.exclude_inbound_ports]
+    out.append(f"-A {CHAIN_IN} -p tcp -d {plan.pod_ip}/32 -j REDIRECT --to-ports {PORT_INBOUND}")
+    out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def _run(netns_path: str | Path, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["nsenter", f"--net={netns_path}", *argv], input=stdin, capture_output=True, text=True)
+
+
+def apply(netns_path: str | Path, plan: IptablesPlan) -> None:
+    r = _run(netns_path, ["iptables-restore", "--noflush", "-w"], rules(plan))
+    if r.returncode != 0:
+        raise RuntimeError(f"iptables-restore in {netns_path} failed: {r.stderr.strip()}")
+    for parent, chain in JUMPS:
+        jump = [parent, "-p", "tcp", "-j", chain]
+        if _run(netns_path, ["iptables", "-w", "-t", "nat", "-C", *jump]).returncode != 0:
+            r = _run(netns_path, ["iptables", "-w", "-t", "nat", "-A", *jump])
+            if r.returncode != 0:
+                raise RuntimeError(f"iptables -A {parent} -j {chain} in {netns_path} failed: {r.stderr.strip()}")
+
+
+def remove(netns_path: str | Path) -> None:
+    """Remove our jumps and chains; absent ones are fine (idempotent)."""
+    for parent, chain in JUMPS:
+        for _ in range(16):   # duplicates, if something ever added the jump twice
+            if _run(netns_path, ["iptables", "-w", "-t", "nat", "-D", parent, "-p", "tcp", "-j", chain]).returncode:
+                break
+    for _, chain in JUMPS:
+        _run(netns_path, ["iptables", "-w", "-t", "nat", "-F", chain])
+        _run(netns_path, ["iptables", "-w", "-t", "nat", "-X", chain])
+
+
+def present(netns_path: str | Path) -> bool:
+    """Whether any AMBIT_ chain exists in the pod's nat table."""
+    r = _run(netns_path, ["iptables-save", "-t", "nat"])
+    return any(line.startswith(f":{c} ") for c in (CHAIN_OUT, CHAIN_IN) for line in r.stdout.splitlines())

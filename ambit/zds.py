@@ -1,0 +1,66 @@
+"""The agent ↔ ztunnel hand-off protocol ("zds", after Istio's ztunnel discovery service).
+
+The agent tells its node's ztunnel which pods to serve. Each `add` carries the pod's metadata and
+its network namespace as a file descriptor (SCM_RIGHTS), so ztunnel can open its listeners *inside*
+the pod netns without needing the netns path to exist in its own mount namespace. Messages are JSON
+over a SOCK_SEQPACKET unix socket, which keeps message boundaries and carries fds natively.
+
+Conversation:
+    agent -> ztunnel   {"type": "snapshot_start"}                 after every (re)connect
+    agent -> ztunnel   {"type": "add", "pod": {...}} + [netns fd] ztunnel opens 15001/15006/15008
+    agent -> ztunnel   {"type": "snapshot_end"}                   ztunnel drops pods not re-added
+    agent -> ztunnel   {"type": "del", "uid": ..., "drain": secs} stop accepting; finish within bound
+    ztunnel -> agent   {"type": "ack", "ref": ...} | {"type": "error", "ref": ..., "reason": ...}
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import socket
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MAX_MSG = 64 * 1024
+
+
+@dataclass
+class PodInfo:
+    uid: str
+    name: str
+    namespace: str
+    ip: str
+    node: str
+    service_account: str
+    labels: dict[str, str] = field(default_factory=dict)
+    node_ip: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PodInfo:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def send(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = json.dumps(msg).encode()
+    if len(data) > MAX_MSG:
+        raise ValueError(f"zds message too large ({len(data)} bytes)")
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+    sock.sendmsg([data], anc)
+
+
+def recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    """One message and the fds it carried; (None, []) on EOF. The caller owns (closes) the fds."""
+    fds = array.array("i")
+    data, anc, _flags, _addr = sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(16 * fds.itemsize))
+    for level, type_, cdata in anc:
+        if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
+            fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
+    if not data:
+        for fd in fds:
+            import os
+            os.close(fd)
+        return None, []
+    return json.loads(data), list(fds)

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from agent import enrolment
+from agent.enrolment import PodRef
+
+
+def pod(name: str, ns: str = "demo", node: str = "node1", ip: str | None = "10.0.0.1", labels=None,
+        annotations=None, phase: str = "Running") -> dict:
+    return {"metadata": {"name": name, "namespace": ns, "uid": f"uid-{ns}-{name}", "labels": labels or {},
+                         "annotations": {"lab.ambit.io/netns": f"/n/{name}", **(annotations or {})}},
+            "spec": {"nodeName": node, "serviceAccountName": "sa"},
+            "status": {"phase": phase, **({"podIP": ip} if ip else {})}}
+
+
+AMBIENT = {"demo": {"ambit.io/dataplane-mode": "ambient"}, "legacy": {}}
+
+
+def test_only_ambient_namespaces_on_this_node_are_enrolled() -> None:
+    pods = [pod("a"), pod("b", ns="legacy"), pod("c", node="node2")]
+    assert set(enrolment.desired("node1", pods, AMBIENT)) == {"uid-demo-a"}
+
+
+def test_istio_label_is_honoured_for_migration() -> None:
+    assert enrolment.desired("node1", [pod("a", ns="x")], {"x": {"istio.io/dataplane-mode": "ambient"}})
+
+
+def test_pod_opt_out_and_not_running_pods() -> None:
+    pods = [pod("a", labels={"ambit.io/dataplane-mode": "none"}), pod("b", ip=None), pod("c", phase="Pending")]
+    assert enrolment.desired("node1", pods, AMBIENT) == {}
+
+
+def test_plan_adds_removes_and_updates_on_annotation_change() -> None:
+    want = enrolment.desired("node1", [pod("a"), pod("b")], AMBIENT)
+    p = enrolment.plan({}, want)
+    assert [r.name for r in p.add] == ["a", "b"] and not p.remove and not p.update
+    current: dict[str, PodRef | None] = dict(want)
+    changed = enrolment.desired("node1", [pod("a", annotations={"ambit.io/exclude-outbound-ports": "53"})], AMBIENT)
+    p = enrolment.plan(current, changed)
+    assert [r.name for r in p.update] == ["a"] and p.remove == ["uid-demo-b"] and not p.add
+
+
+def test_adopted_pods_with_unknown_refs_are_refreshed() -> None:
+    want = enrolment.desired("node1", [pod("a")], AMBIENT)
+    p = enrolment.plan({"uid-demo-a": None, "uid-gone": None}, want)
+    assert [r.name for r in p.update] == ["a"] and p.remove == ["uid-gone"]
+
+
+def test_label_changes_alone_do_not_force_a_reattach() -> None:
+    a = enrolment.desired("node1", [pod("a", labels={"x": "1"})], AMBIENT)
+    b = enrolment.desired("node1", [pod("a", labels={"x": "2"})], AMBIENT)
+    assert enrolment.plan(dict(a), b).update == []

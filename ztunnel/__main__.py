@@ -1,0 +1,75 @@
+"""Run a node's ztunnel: `python -m ztunnel --node NAME --zds-socket PATH [--controller TARGET]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import uuid
+from pathlib import Path
+
+from ztunnel import admin
+from ztunnel.config import MeshConfig, config_client
+from ztunnel.proxy import Proxy
+from ztunnel.zdsserver import ZdsServer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="ztunnel")
+    ap.add_argument("--node", required=True)
+    ap.add_argument("--zds-socket", required=True, type=Path, help="unix socket the agent connects to")
+    ap.add_argument("--controller", help="config stream target: host:port or unix:PATH (none: no mesh config)")
+    ap.add_argument("--config-cache", type=Path,
+                    help="file keeping the last good config, so a restarted ztunnel serves before the controller answers")
+    ap.add_argument("--root-namespace", default="ambit-system", help="the mesh root namespace (mesh-wide policy)")
+    ap.add_argument("--admin-address", default="127.0.0.1:15000",
+                    help="admin endpoint HOST:PORT in ztunnel's netns ('' to disable)")
+    ap.add_argument("--admin-socket", type=Path, help="admin endpoint on a unix socket as well")
+    ap.add_argument("--log-level", default="INFO")
+    return ap.parse_args(argv)
+
+
+async def amain(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    log = logging.getLogger("ambit.ztunnel")
+    config = MeshConfig(root_namespace=args.root_namespace)
+    client = None
+    if args.controller:
+        # Start (and replay the file cache) before taking pods, so they meet a populated config.
+        client = config_client(config, args.controller, args.node, instance_id=uuid.uuid4().hex[:8],
+                               cache_path=args.config_cache)
+        await client.start()
+    proxy = Proxy(config=config)
+    adm = admin.AdminServer(admin.routes(config, client, proxy))
+    host, _, port = (args.admin_address or "").rpartition(":")
+    try:
+        await adm.start(host or None, int(port or 0), args.admin_socket)
+    except OSError as e:
+        log.warning("admin endpoint %s: %s", args.admin_address, e)
+    zds = ZdsServer(args.zds_socket, proxy.registry, loop)
+    zds.start()
+    log.info("ztunnel for %s ready; agent socket %s; controller %s; config version %s", args.node,
+             args.zds_socket, args.controller or "-", config.version or "-")
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await adm.close()
+    if client is not None:
+        await client.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(amain(args))
+
+
+if __name__ == "__main__":
+    main()

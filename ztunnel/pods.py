@@ -1,0 +1,150 @@
+"""The pods a ztunnel serves, and their listeners inside each pod's netns.
+
+The listeners are created by entering the pod's netns on the event-loop thread (setns is
+per-thread) and coming straight back: a socket keeps the netns it was born in. ztunnel itself stays
+in its own cgroup, so its sockets are never captured, and the getsockopt program attached to that
+cgroup answers SO_ORIGINAL_DST on the connections accepted here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from agent.capture.constants import AMBIT_MARK, PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND
+from ambit.netns import entered
+from ambit.zds import PodInfo
+
+log = logging.getLogger("ambit.ztunnel.pods")
+
+IP_TRANSPARENT = 19
+Handler = Callable[["PodProxy", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def _listener(host: str, port: int, transparent: bool = False) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if transparent:
+        s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+    s.bind((host, port))
+    s.listen(4096)
+    s.setblocking(False)
+    return s
+
+
+@dataclass
+class PodProxy:
+    pod: PodInfo
+    netns_fd: int
+    servers: list[asyncio.Server] = field(default_factory=list)
+    conns: set[asyncio.Task[None]] = field(default_factory=set)
+    draining: bool = False
+
+    def socket(self) -> socket.socket:
+        """A plain TCP socket in the pod's netns (for connections *from* the pod's address)."""
+        with entered(self.netns_fd):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        s.setblocking(False)
+        return s
+
+    def delivery_socket(self, src_ip: str) -> socket.socket:
+        """A socket in the pod's netns bound to the *client's* IP: the app sees the real peer.
+
+        IP_TRANSPARENT allows binding a non-local address; AMBIT_MARK makes the app's replies
+        route back over lo (the agent installs the rule at enrolment).
+        """
+        s = self.socket()
+        try:
+            s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, AMBIT_MARK)
+            s.bind((src_ip, 0))
+        except OSError:
+            s.close()
+            raise
+        return s
+
+    def track(self, coro: Awaitable[None]) -> None:
+        t = asyncio.ensure_future(coro)
+        self.conns.add(t)
+        t.add_done_callback(self.conns.discard)
+
+    def stop_accepting(self) -> None:
+        self.draining = True
+        for s in self.servers:
+            s.close()
+
+    async def close(self, drain: float) -> None:
+        """Stop accepting; let open connections finish for up to `drain` seconds, then cut them."""
+        self.stop_accepting()
+        if self.conns and drain > 0:
+            await asyncio.wait(set(self.conns), timeout=drain)
+        for t in list(self.conns):
+            t.cancel()
+        with contextlib.suppress(OSError):
+            os.close(self.netns_fd)
+
+
+class PodRegistry:
+    """All pods of this node that ztunnel serves, keyed by uid."""
+
+    def __init__(self, on_outbound: Handler, on_inbound: Handler, on_hbone: Handler | None = None):
+        self.pods: dict[str, PodProxy] = {}
+        self.by_ip: dict[str, PodProxy] = {}
+        self._draining: set[asyncio.Future[None]] = set()
+        self._handlers = {PORT_OUTBOUND: on_outbound, PORT_INBOUND: on_inbound}
+        if on_hbone is not None:
+            self._handlers[PORT_HBONE] = on_hbone
+
+    async def add(self, pod: PodInfo, netns_fd: int) -> None:
+        old = self.pods.get(pod.uid)
+        if old is not None:
+            if old.pod == pod:
+                os.close(netns_fd)  # same pod replayed after an agent reconnect: keep serving
+                return
+            await self.remove(pod.uid, drain=0)
+        proxy = PodProxy(pod, netns_fd)
+        with entered(netns_fd):
+            socks = {PORT_OUTBOUND: _listener("127.0.0.1", PORT_OUTBOUND),
+                     PORT_INBOUND: _listener("0.0.0.0", PORT_INBOUND, transparent=True)}
+            if PORT_HBONE in self._handlers:
+                socks[PORT_HBONE] = _listener("0.0.0.0", PORT_HBONE)
+        try:
+            for port, sock in socks.items():
+                handler = self._handlers[port]
+
+                def cb(r: asyncio.StreamReader, w: asyncio.StreamWriter, h: Handler = handler) -> None:
+                    proxy.track(h(proxy, r, w))
+                proxy.servers.append(await asyncio.start_server(cb, sock=sock, limit=256 * 1024))
+        except BaseException:
+            for s in socks.values():
+                s.close()
+            raise
+        self.pods[pod.uid] = proxy
+        self.by_ip[pod.ip] = proxy
+        log.info("serving pod %s/%s (%s) uid=%s", pod.namespace, pod.name, pod.ip, pod.uid)
+
+    async def remove(self, uid: str, drain: float, wait: bool = True) -> None:
+        """Stop serving a pod: no new connections at once; open ones get `drain` seconds.
+
+        With wait=False the drain continues in the background (the agent's unenrol must not block
+        on long-lived connections)."""
+        proxy = self.pods.pop(uid, None)
+        if proxy is None:
+            return
+        if self.by_ip.get(proxy.pod.ip) is proxy:
+            del self.by_ip[proxy.pod.ip]
+        log.info("draining pod %s/%s (%d open connections, bound %.1fs)", proxy.pod.namespace,
+                 proxy.pod.name, len(proxy.conns), drain)
+        proxy.stop_accepting()
+        if wait:
+            await proxy.close(drain)
+        else:
+            self._draining.add(asyncio.ensure_future(proxy.close(drain)))
+            for t in list(self._draining):
+                if t.done():
+                    self._draining.discard(t)
