@@ -1,0 +1,363 @@
+"""The mesh certificate authority: a signing key plus the rules for what it will sign.
+
+The CA is either a self-signed ECDSA P-256 root made here, or a root/intermediate the user brings
+(so mesh certificates chain to the organisation's PKI). It signs short-lived workload certificates
+whose only name is one SPIFFE URI; who may ask for which identity is decided before we get here
+(see `node_auth`), but the CSR itself is still checked so a compromised node cannot smuggle extra
+names or weak keys into a certificate the whole mesh trusts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ambit import identity as ident
+from controller.ca.bundle import TrustBundle
+
+DEFAULT_TTL = dt.timedelta(hours=24)
+DEFAULT_MAX_TTL = dt.timedelta(days=7)
+ROOT_LIFETIME = dt.timedelta(days=3650)
+# Clock-skew allowance: peers whose clocks lag a little must still accept a fresh certificate.
+MAX_BACKDATE = dt.timedelta(minutes=5)
+
+CAKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+class CSRRejected(ValueError):
+    """The CA refused a signing request; `reason` is safe to return to the caller."""
+
+    def __init__(self, identity: str, reason: str) -> None:
+        super().__init__(f"CSR for {identity!r} rejected: {reason}")
+        self.identity = identity
+        self.reason = reason
+
+
+class CAConfigError(ValueError):
+    """User-provided CA material is unusable; the message names the file/field and why."""
+
+
+@dataclass
+class CAMaterial:
+    """What a CA needs: its certificate and key, the chain above it, and extra trusted roots.
+
+    `chain` holds the certificates above `cert`, ending at the self-signed root (empty when `cert`
+    is the root). `extra_roots` are older roots still trusted during a root rotation.
+    """
+
+    cert: x509.Certificate
+    key: CAKey
+    chain: list[x509.Certificate] = field(default_factory=list)
+    extra_roots: list[x509.Certificate] = field(default_factory=list)
+
+    @property
+    def root(self) -> x509.Certificate:
+        return self.chain[-1] if self.chain else self.cert
+
+    @property
+    def intermediates(self) -> list[x509.Certificate]:
+        """Certificates to send after a leaf: the CA itself and parents, never the root."""
+        ordered = [self.cert, *self.chain]
+        return [c for c in ordered if not _self_signed(c)]
+
+    def trust_bundle(self) -> TrustBundle:
+        return TrustBundle([self.root, *self.extra_roots])
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _hash_for(key: CAKey) -> hashes.HashAlgorithm:
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def generate_root(
+    trust_domain: str,
+    *,
+    lifetime: dt.timedelta = ROOT_LIFETIME,
+    path_length: int = 0,
+    now: dt.datetime | None = None,
+) -> CAMaterial:
+    """A fresh self-signed ECDSA P-256 root for `trust_domain`.
+
+    pathlen 0 by default: this root signs workloads directly, and the constraint stops a leaked
+    workload key from ever acting as a CA even if some verifier ignored CA:false.
+    """
+    now = now or _now()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
+        x509.NameAttribute(NameOID.COMMON_NAME, f"Ambit root CA {now:%Y-%m-%d}"),
+    ])
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + lifetime)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return CAMaterial(cert=cert, key=key)
+
+
+def load_user_provided(cert_pem: bytes, key_pem: bytes, chain_pem: bytes = b"") -> CAMaterial:
+    """Validate a user-provided CA (root or intermediate) and its chain up to a self-signed root."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as e:
+        raise CAConfigError(f"CA certificate: not a PEM certificate ({e})") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise CAConfigError(f"CA key: not an unencrypted PEM private key ({e})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise CAConfigError(f"CA key: unsupported key type {type(key).__name__} (need EC or RSA)")
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size < 2048:
+        raise CAConfigError(f"CA key: RSA key of {key.key_size} bits is too small (need >= 2048)")
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if key.public_key().public_bytes(der, pub) != cert.public_key().public_bytes(der, pub):
+        raise CAConfigError("CA key: does not match the CA certificate's public key")
+    _require_ca(cert, "CA certificate")
+    chain = x509.load_pem_x509_certificates(chain_pem) if chain_pem.strip() else []
+    if _self_signed(cert):
+        chain = []  # a root needs no chain; tolerate a chain file that repeats it
+    else:
+        if not chain:
+            raise CAConfigError("CA chain: an intermediate CA needs its chain up to the root")
+        child = cert
+        for i, parent in enumerate(chain):
+            _require_ca(parent, f"CA chain[{i}]")
+            try:
+                child.verify_directly_issued_by(parent)
+            except (ValueError, TypeError, InvalidSignature):
+                raise CAConfigError(f"CA chain[{i}]: did not issue the certificate below it") from None
+            child = parent
+        if not _self_signed(chain[-1]):
+            raise CAConfigError("CA chain: must end with a self-signed root certificate")
+    return CAMaterial(cert=cert, key=key, chain=chain)
+
+
+def _require_ca(cert: x509.Certificate, what: str) -> None:
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        raise CAConfigError(f"{what}: has no basicConstraints extension") from None
+    if not bc.ca:
+        raise CAConfigError(f"{what}: basicConstraints says CA:false")
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not ku.key_cert_sign:
+            raise CAConfigError(f"{what}: keyUsage lacks keyCertSign")
+    except x509.ExtensionNotFound:
+        pass
+
+
+@dataclass
+class CertificateAuthority:
+    """Signs workload certificates for one trust domain."""
+
+    material: CAMaterial
+    trust_domain: str
+    default_ttl: dt.timedelta = DEFAULT_TTL
+    max_ttl: dt.timedelta = DEFAULT_MAX_TTL
+
+    def trust_bundle(self) -> TrustBundle:
+        return self.material.trust_bundle()
+
+    def sign_csr(
+        self,
+        csr_pem: bytes | str,
+        requested_identity: str,
+        ttl: dt.timedelta | None = None,
+        *,
+        now: dt.datetime | None = None,
+    ) -> list[str]:
+        """Check a CSR and sign it for `requested_identity`; returns PEMs, leaf first.
+
+        Raises `CSRRejected` naming the reason: malformed CSR, bad signature, key other than
+        ECDSA P-256, SANs other than exactly the requested identity, foreign trust domain, or a TTL
+        above the maximum.
+        """
+        try:
+            spiffe = ident.parse(requested_identity)
+        except ident.InvalidSpiffeId as e:
+            raise CSRRejected(requested_identity, e.reason) from None
+        if spiffe.trust_domain != self.trust_domain:
+            raise CSRRejected(
+                requested_identity,
+                f"trust domain {spiffe.trust_domain!r} is not this CA's {self.trust_domain!r}",
+            )
+        ttl = self.default_ttl if ttl is None or ttl <= dt.timedelta(0) else ttl
+        if ttl > self.max_ttl:
+            raise CSRRejected(requested_identity, f"requested TTL {ttl} exceeds the maximum {self.max_ttl}")
+        if isinstance(csr_pem, str):
+            csr_pem = csr_pem.encode()
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError as e:
+            raise CSRRejected(requested_identity, f"malformed CSR ({e})") from None
+        if not csr.is_signature_valid:
+            raise CSRRejected(requested_identity, "CSR signature does not verify")
+        pub = csr.public_key()
+        if not isinstance(pub, ec.EllipticCurvePublicKey) or not isinstance(pub.curve, ec.SECP256R1):
+            raise CSRRejected(requested_identity, f"key must be ECDSA P-256, got {_describe_key(pub)}")
+        self._check_csr_names(csr, requested_identity)
+        return self._issue_leaf(pub, spiffe, ttl, now or _now())
+
+    @staticmethod
+    def _check_csr_names(csr: x509.CertificateSigningRequest, requested: str) -> None:
+        try:
+            san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return  # the identity comes from the (authorized) request, not the CSR
+        names = list(san)
+        others = [n for n in names if not (isinstance(n, x509.UniformResourceIdentifier) and n.value == requested)]
+        if others:
+            shown = ", ".join(f"{type(n).__name__}:{n.value}" for n in others)
+            raise CSRRejected(requested, f"CSR asks for names other than the requested identity: {shown}")
+
+    def _issue_leaf(
+        self, pub: ec.EllipticCurvePublicKey, spiffe: ident.SpiffeId, ttl: dt.timedelta, now: dt.datetime
+    ) -> list[str]:
+        backdate = min(MAX_BACKDATE, ttl / 10)
+        not_after = min(now + ttl, self.material.cert.not_valid_after_utc)
+        builder = (
+            x509.CertificateBuilder()
+            # Empty subject: the SPIFFE URI is the identity, so the SAN must be critical (RFC 5280).
+            .subject_name(x509.Name([]))
+            .issuer_name(self.material.cert.subject)
+            .public_key(pub)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - backdate)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=True,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                    encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe))]), critical=True)
+        )
+        return self._finish(builder, pub)
+
+    def _finish(self, builder: x509.CertificateBuilder, pub: ec.EllipticCurvePublicKey) -> list[str]:
+        ca_ski = _ski_of(self.material.cert)
+        builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+        )
+        cert = builder.sign(self.material.key, _hash_for(self.material.key))
+        pem = serialization.Encoding.PEM
+        return [cert.public_bytes(pem).decode()] + [c.public_bytes(pem).decode() for c in self.material.intermediates]
+
+    def issue_serving_certificate(
+        self, hosts: list[str], ttl: dt.timedelta = dt.timedelta(days=365)
+    ) -> tuple[list[str], str]:
+        """A server certificate (DNS/IP SANs) for the controller's own gRPC endpoints.
+
+        Data-plane clients already trust this CA's roots, so this lets the CA/config server speak
+        TLS without a second PKI. Returns (chain PEMs leaf first, private key PEM).
+        """
+        if not hosts:
+            raise ValueError("issue_serving_certificate: hosts must not be empty")
+        key = ec.generate_private_key(ec.SECP256R1())
+        sans: list[x509.GeneralName] = []
+        for h in hosts:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+            except ValueError:
+                sans.append(x509.DNSName(h))
+        now = _now()
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+            .issuer_name(self.material.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - MAX_BACKDATE)
+            .not_valid_after(min(now + ttl, self.material.cert.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=True,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                    encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        )
+        chain = self._finish(builder, key.public_key())
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        return chain, key_pem
+
+
+def _ski_of(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key())  # type: ignore[arg-type]
+
+
+def _describe_key(pub: object) -> str:
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        return f"ECDSA {pub.curve.name}"
+    if isinstance(pub, rsa.RSAPublicKey):
+        return f"RSA {pub.key_size}"
+    return type(pub).__name__
+
+
+__all__ = [
+    "CAConfigError",
+    "CAMaterial",
+    "CSRRejected",
+    "CertificateAuthority",
+    "DEFAULT_TTL",
+    "generate_root",
+    "load_user_provided",
+]

@@ -1,0 +1,125 @@
+"""Node credentials for the CA: who is asking for certificates.
+
+Two implementations of one small interface:
+- `BootstrapTokens` for the lab: a random token per node, stored only as a SHA-256 digest (the
+  tokens are 256-bit random, so a fast hash is enough; a leaked token file reveals nothing usable)
+  and compared in constant time.
+- `TokenReviewVerifier` for clusters: ztunnel presents its projected, node-bound service-account
+  token; the API server vouches for it through a TokenReview, and the node name comes from the
+  token's `authentication.kubernetes.io/node-name` claim, so a ztunnel cannot claim another node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Protocol
+
+NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
+
+
+class Unauthenticated(Exception):
+    """The node credential is missing, unknown or does not belong to the claimed node."""
+
+
+class NodeCredentialVerifier(Protocol):
+    async def verify(self, token: str, claimed_node: str) -> str:
+        """Return the authenticated node name, or raise `Unauthenticated` with the reason."""
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class BootstrapTokens:
+    """Per-node lab bootstrap tokens, persisted (hashed) in a 0600 JSON file if a path is given."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._hashes: dict[str, str] = {}
+        if self.path is not None and self.path.exists():
+            data = json.loads(self.path.read_text())
+            if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+                raise ValueError(f"bootstrap token file {self.path}: expected a JSON object node -> sha256")
+            self._hashes = dict(data)
+
+    def issue(self, node: str) -> str:
+        """Create (or replace) the token of `node` and return it; only its digest is kept."""
+        if not node:
+            raise ValueError("bootstrap token: node name must not be empty")
+        token = secrets.token_urlsafe(32)
+        self._hashes[node] = _digest(token)
+        self._save()
+        return token
+
+    def revoke(self, node: str) -> None:
+        if self._hashes.pop(node, None) is not None:
+            self._save()
+
+    def nodes(self) -> list[str]:
+        return sorted(self._hashes)
+
+    def check(self, token: str, claimed_node: str) -> str:
+        # Compare against a dummy digest for unknown nodes so timing does not reveal node names.
+        expected = self._hashes.get(claimed_node, "0" * 64)
+        ok = hmac.compare_digest(_digest(token), expected)
+        if not ok or claimed_node not in self._hashes:
+            raise Unauthenticated(f"bootstrap token not valid for node {claimed_node!r}")
+        return claimed_node
+
+    async def verify(self, token: str, claimed_node: str) -> str:
+        return self.check(token, claimed_node)
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, json.dumps(self._hashes, sort_keys=True).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+
+
+class TokenReviewVerifier:
+    """Authenticate nodes with Kubernetes TokenReview (projected, node-bound SA tokens).
+
+    `allowed_users` are the service-account usernames of ztunnel, e.g.
+    `system:serviceaccount:ambit-system:ztunnel`; any other authenticated user is refused.
+    """
+
+    def __init__(self, api_client: Any, allowed_users: set[str], audiences: list[str] | None = None) -> None:
+        from kubernetes import client as k8s
+
+        self._api = k8s.AuthenticationV1Api(api_client)
+        self._k8s = k8s
+        self.allowed_users = set(allowed_users)
+        self.audiences = audiences or ["ambit-ca"]
+
+    def review(self, token: str, claimed_node: str) -> str:
+        body = self._k8s.V1TokenReview(spec=self._k8s.V1TokenReviewSpec(token=token, audiences=self.audiences))
+        status = self._api.create_token_review(body).status
+        if status is None or not status.authenticated:
+            err = getattr(status, "error", None) or "not authenticated"
+            raise Unauthenticated(f"TokenReview: {err}")
+        user = status.user
+        if user is None or user.username not in self.allowed_users:
+            raise Unauthenticated(f"TokenReview: user {getattr(user, 'username', None)!r} is not a ztunnel")
+        nodes = (user.extra or {}).get(NODE_NAME_EXTRA) or []
+        if not nodes:
+            raise Unauthenticated("TokenReview: token is not bound to a node (no node-name claim)")
+        if nodes[0] != claimed_node:
+            raise Unauthenticated(f"TokenReview: token belongs to node {nodes[0]!r}, not {claimed_node!r}")
+        return nodes[0]
+
+    async def verify(self, token: str, claimed_node: str) -> str:
+        # The kubernetes client is blocking; keep the CA's event loop free.
+        return await asyncio.to_thread(self.review, token, claimed_node)

@@ -1,0 +1,76 @@
+"""The CA's gRPC face: `ambit.ca.v1.CertificateService/CreateCertificate`.
+
+Order of checks matters: authenticate the node first (UNAUTHENTICATED), then node authorization
+(PERMISSION_DENIED), and only then parse and sign the CSR (INVALID_ARGUMENT), so an unauthenticated
+caller learns nothing about which identities exist. Every refusal is logged with the node, the
+requested identity and the reason, because these logs are how an operator spots a stolen credential.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import NoReturn
+
+import grpc
+
+from ambit.api import ca_pb2, ca_pb2_grpc
+from controller.ca.authority import CertificateAuthority, CSRRejected
+from controller.ca.credentials import NodeCredentialVerifier, Unauthenticated
+from controller.ca.node_auth import authorize
+
+log = logging.getLogger("ambit.ca")
+
+PodsOnNode = Callable[[str], Iterable[tuple[str, str]] | Awaitable[Iterable[tuple[str, str]]]]
+NODE_HEADER = "x-ambit-node"
+
+
+class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
+    """Signs CSRs for authenticated nodes, for identities of pods on those nodes only."""
+
+    def __init__(self, ca: CertificateAuthority, verifier: NodeCredentialVerifier, pods_on_node: PodsOnNode) -> None:
+        self.ca = ca
+        self.verifier = verifier
+        self.pods_on_node = pods_on_node
+
+    async def CreateCertificate(  # noqa: N802 - gRPC method name
+        self, request: ca_pb2.CSRRequest, context: grpc.aio.ServicerContext
+    ) -> ca_pb2.CSRResponse:
+        md = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        claimed = md.get(NODE_HEADER, "")
+        auth = md.get("authorization", "")
+        requested = request.identity
+        if not claimed or not auth.startswith("Bearer "):
+            await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, claimed, requested,
+                               "missing 'authorization: Bearer <token>' or 'x-ambit-node' metadata")
+        try:
+            node = await self.verifier.verify(auth[len("Bearer "):].strip(), claimed)
+        except Unauthenticated as e:
+            await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, claimed, requested, str(e))
+        pods = self.pods_on_node(node)
+        if inspect.isawaitable(pods):
+            pods = await pods
+        decision = authorize(node, requested, list(pods), trust_domain=self.ca.trust_domain)  # type: ignore[arg-type]
+        if not decision.allowed:
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, node, requested, decision.reason)
+        ttl = dt.timedelta(seconds=request.ttl_seconds) if request.ttl_seconds > 0 else None
+        try:
+            chain = self.ca.sign_csr(request.csr_pem, requested, ttl)
+        except CSRRejected as e:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, node, requested, e.reason)
+        log.info("issued certificate: node=%s identity=%s ttl=%s", node, requested, ttl or self.ca.default_ttl)
+        return ca_pb2.CSRResponse(cert_chain=chain, trust_bundle=self.ca.trust_bundle().pems())
+
+    @staticmethod
+    async def _refuse(
+        context: grpc.aio.ServicerContext, code: grpc.StatusCode, node: str, requested: str, reason: str
+    ) -> NoReturn:
+        log.warning("refused certificate: node=%s identity=%s code=%s reason=%s", node or "-", requested, code.name, reason)
+        await context.abort(code, reason)
+        raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+
+
+def add_to_server(server: grpc.aio.Server, servicer: CertificateServicer) -> None:
+    ca_pb2_grpc.add_CertificateServiceServicer_to_server(servicer, server)

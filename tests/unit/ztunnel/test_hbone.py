@@ -1,0 +1,423 @@
+"""HBONE over real TLS on 127.0.0.1 with certificates from the mesh CA, on asyncio and uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+
+import pytest
+import uvloop
+
+from tests.unit.ztunnel.conftest import issue, sid
+from ztunnel import tls
+from ztunnel.hbone import HBONEClientPool, HBONEConnectError, HBONEServer, HBONEStream, StreamResetError
+
+CLIENT = sid("demo", "client")
+SERVER = sid("demo", "server")
+MiB = 1024 * 1024
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+def run(loop_kind: str, coro_fn: Callable[[], Awaitable[None]]) -> None:
+    if loop_kind == "uvloop":
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+            r.run(coro_fn())
+    else:
+        asyncio.run(coro_fn())
+
+
+def listener() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen(128)
+    s.setblocking(False)
+    return s
+
+
+async def echo(stream: HBONEStream, peer: str, authority: str, headers: dict[str, str]) -> None:
+    stream.respond(200)
+    while True:
+        data = await stream.read_chunk()
+        if not data:
+            break
+        stream.write(bytes(data))
+        await stream.drain()
+    stream.write_eof()
+
+
+async def digest(stream: HBONEStream, peer: str, authority: str, headers: dict[str, str]) -> None:
+    """Reply with sha256(everything received) once the client half-closes."""
+    stream.respond(200)
+    h = hashlib.sha256()
+    n = 0
+    while chunk := await stream.read_chunk():
+        h.update(chunk)
+        n += len(chunk)
+    stream.write(h.digest() + n.to_bytes(8, "big"))
+    stream.write_eof()
+
+
+class Mesh:
+    """A CA-issued server identity on a listener, and a client pool with its own identity."""
+
+    def __init__(self, ca, on_connect, *, client_ca=None, server_identity: str = SERVER, **pool_kw) -> None:
+        self.ca = ca
+        self.cache = tls.ContextCache()
+        self.server_cert = issue(ca, server_identity)
+        self.client_cert = issue(client_ca or ca, CLIENT)
+        self.sock = listener()
+        self.port = self.sock.getsockname()[1]
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
+
+        async def record(st, peer, authority, headers):
+            self.seen.append((peer, authority, headers))
+            await on_connect(st, peer, authority, headers)
+
+        async def server_ctx() -> ssl.SSLContext:
+            return self.cache.server(self.server_cert)
+
+        async def client_ctx(identity: str) -> ssl.SSLContext:
+            assert identity == CLIENT
+            return self.cache.client(self.client_cert)
+
+        self.server = HBONEServer(self.sock, server_ctx, record)
+        self.pool = HBONEClientPool(client_ctx, port=self.port, **pool_kw)
+
+    async def __aenter__(self) -> Mesh:
+        await self.server.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.pool.close()
+        await self.server.close(grace=1)
+        self.sock.close()
+
+    async def open(self, authority: str = "10.0.0.2:8080", dst: str = SERVER, timeout: float = 10, **kw
+                   ) -> HBONEStream:
+        return await self.pool.connect(CLIENT, dst, "127.0.0.1", authority, timeout=timeout, **kw)
+
+
+async def roundtrip_digest(m: Mesh, payload: bytes) -> None:
+    st = await m.open()
+    view = memoryview(payload)
+    for i in range(0, len(payload), 256 * 1024):
+        st.write(view[i:i + 256 * 1024].tobytes())
+        await st.drain()
+    st.write_eof()
+    reply = await st.readexactly(40)
+    assert await st.read() == b""
+    assert reply[:32] == hashlib.sha256(payload).digest() and int.from_bytes(reply[32:], "big") == len(payload)
+    await st.wait_closed()
+
+
+# --- tests -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_echo_through_a_connect_stream(ca, loop_kind: str) -> None:
+    async def main() -> None:
+        async with Mesh(ca, echo) as m:
+            tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            st = await m.open("10.0.0.2:8080", forwarded_for="10.0.0.1", traceparent=tp)
+            assert st.peer_identity == SERVER
+            st.write(b"hello over hbone")
+            await st.drain()
+            assert await st.readexactly(16) == b"hello over hbone"
+            st.write_eof()
+            assert await st.read() == b""
+            await asyncio.wait_for(st.wait_closed(), 5)
+            [(peer, authority, headers)] = m.seen
+            assert peer == CLIENT and authority == "10.0.0.2:8080"
+            assert headers["forwarded"] == "for=10.0.0.1" and headers["traceparent"] == tp
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_tls13_aes_gcm_h2_is_negotiated_both_sides(ca, loop_kind: str) -> None:
+    async def main() -> None:
+        async with Mesh(ca, echo) as m:
+            st = await m.open()
+            client_ssl = st.get_extra_info("ssl_object")
+            [server_proto] = m.server.connections
+            server_ssl = server_proto.transport.get_extra_info("ssl_object")
+            for obj in (client_ssl, server_ssl):
+                assert obj.version() == "TLSv1.3"
+                assert obj.cipher()[0] in ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384")
+                assert obj.selected_alpn_protocol() == "h2"
+            assert tls.peer_identity(server_ssl).uri == CLIENT
+            st.close()
+
+    run(loop_kind, main)
+
+
+def test_contexts_offer_only_tls13_aes_gcm(ca) -> None:
+    cert = issue(ca, CLIENT)
+    for ctx in (tls.client_context(cert), tls.server_context(cert)):
+        assert ctx.minimum_version == ctx.maximum_version == ssl.TLSVersion.TLSv1_3
+        suites = {c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3"}
+        assert suites == {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384"}
+        assert ctx.verify_mode == ssl.CERT_REQUIRED
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_fifty_concurrent_streams_share_one_connection(ca, loop_kind: str) -> None:
+    async def main() -> None:
+        async with Mesh(ca, digest) as m:
+            payloads = [os.urandom(50_000 + i * 20_000) for i in range(50)]   # ~30 MB in total
+            await asyncio.gather(*(roundtrip_digest(m, p) for p in payloads))
+            assert list(m.pool.connections().values()) == [1]
+            assert len(m.seen) == 50
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_large_transfer_arrives_intact_both_ways(ca, loop_kind: str) -> None:
+    async def sender(stream: HBONEStream, peer, authority, headers) -> None:
+        stream.respond(200)
+        data = DOWN
+        for i in range(0, len(data), MiB):
+            stream.write(data[i:i + MiB])
+            await stream.drain()
+        stream.write_eof()
+        await stream.read()
+
+    DOWN = os.urandom(16 * MiB)
+
+    async def main() -> None:
+        async with Mesh(ca, digest) as m:
+            await roundtrip_digest(m, os.urandom(64 * MiB))
+        async with Mesh(ca, sender) as m:
+            st = await m.open()
+            got = bytearray()
+            while chunk := await st.read_chunk():
+                got += chunk
+            assert hashlib.sha256(got).digest() == hashlib.sha256(DOWN).digest()
+            st.write_eof()
+
+    run(loop_kind, main)
+
+
+def test_wrong_peer_identity_is_rejected(ca) -> None:
+    async def main() -> None:
+        async with Mesh(ca, echo) as m:
+            with pytest.raises(tls.PeerIdentityError, match="expected spiffe://cluster.local/ns/demo/sa/other"):
+                await m.open(dst=sid("demo", "other"))
+            assert m.pool.connections() == {}
+            assert m.seen == []
+
+    asyncio.run(main())
+
+
+def test_client_certificate_from_an_untrusted_ca_is_rejected(ca, other_ca) -> None:
+    async def main() -> None:
+        async with Mesh(ca, echo, client_ca=other_ca) as m:
+            with pytest.raises((ssl.SSLError, HBONEConnectError, ConnectionError)):
+                await m.open()
+            for _ in range(100):
+                if m.server.handshake_failures:
+                    break
+                await asyncio.sleep(0.01)
+            assert m.server.handshake_failures == 1
+            assert m.seen == []
+
+    asyncio.run(main())
+
+
+def test_server_certificate_from_an_untrusted_ca_is_rejected(ca, other_ca) -> None:
+    async def main() -> None:
+        async with Mesh(ca, echo) as m:
+            m.server_cert = issue(other_ca, SERVER)
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await m.open()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_reset_of_one_stream_leaves_the_others_working(ca, loop_kind: str) -> None:
+    async def main() -> None:
+        async with Mesh(ca, echo) as m:
+            a, b, c = [await m.open() for _ in range(3)]
+            a.write(b"x" * 100_000)
+            a.reset()
+            with pytest.raises(StreamResetError):
+                await a.read()
+            with pytest.raises(StreamResetError):
+                a.write(b"more")
+            for st in (b, c):
+                st.write(b"still here")
+                assert await st.readexactly(10) == b"still here"
+            # The server side of `a` saw the reset; a new stream still works on the same connection.
+            d = await m.open()
+            d.write(b"new")
+            assert await d.readexactly(3) == b"new"
+            assert list(m.pool.connections().values()) == [1]
+            for st in (b, c, d):
+                st.close()
+
+    run(loop_kind, main)
+
+
+def test_refusal_and_handler_errors_stay_on_their_stream(ca) -> None:
+    async def picky(stream: HBONEStream, peer, authority, headers) -> None:
+        if authority.endswith(":403"):
+            stream.respond(403, "denied by policy ns/deny-all")
+        elif authority.endswith(":500"):
+            raise RuntimeError("boom")
+        else:
+            await echo(stream, peer, authority, headers)
+
+    async def main() -> None:
+        async with Mesh(ca, picky) as m:
+            ok = await m.open("10.0.0.2:80")
+            with pytest.raises(HBONEConnectError) as ei:
+                await m.open("10.0.0.2:403")
+            assert ei.value.status == 403 and ei.value.reason == "denied by policy ns/deny-all"
+            with pytest.raises(HBONEConnectError) as ei:
+                await m.open("10.0.0.2:500")
+            assert ei.value.status == 500 and "RuntimeError" in ei.value.reason
+            ok.write(b"ping")
+            assert await ok.readexactly(4) == b"ping"
+            assert list(m.pool.connections().values()) == [1]
+            ok.close()
+
+    asyncio.run(main())
+
+
+def test_dead_connection_is_evicted_and_replaced(ca) -> None:
+    async def main() -> None:
+        async with Mesh(ca, echo) as m:
+            st = await m.open()
+            [server_proto] = m.server.connections
+            server_proto.abort()                         # the peer's connection dies
+            with pytest.raises(StreamResetError):
+                while await st.read():
+                    pass
+            assert m.pool.connections() == {}
+            st2 = await m.open()
+            st2.write(b"again")
+            assert await st2.readexactly(5) == b"again"
+            assert list(m.pool.connections().values()) == [1]
+            st2.close()
+
+    asyncio.run(main())
+
+
+def test_stream_limit_opens_a_second_connection(ca) -> None:
+    async def main() -> None:
+        async with Mesh(ca, echo, max_streams=2) as m:
+            streams = [await m.open() for _ in range(3)]
+            assert list(m.pool.connections().values()) == [2]
+            for st in streams:
+                st.close()
+
+    asyncio.run(main())
+
+
+def test_slow_reader_pushes_back_on_the_writer(ca) -> None:
+    state: dict[str, object] = {}
+
+    async def lazy(stream: HBONEStream, peer, authority, headers) -> None:
+        stream.respond(200)
+        state["server_stream"] = stream
+        await state["release"].wait()  # type: ignore[union-attr]
+        h = hashlib.sha256()
+        while chunk := await stream.read_chunk():
+            h.update(chunk)
+        stream.write(h.digest())
+        stream.write_eof()
+
+    async def main() -> None:
+        state["release"] = asyncio.Event()
+        async with Mesh(ca, lazy) as m:
+            st = await m.open()
+            payload = os.urandom(32 * MiB)
+            written = 0
+
+            async def writer() -> None:
+                nonlocal written
+                for i in range(0, len(payload), MiB):
+                    st.write(payload[i:i + MiB])
+                    await st.drain()
+                    written = i + MiB
+                st.write_eof()
+
+            task = asyncio.ensure_future(writer())
+            for _ in range(200):                         # let the writer run until it stalls
+                await asyncio.sleep(0.01)
+            assert not task.done()
+            server_stream = state["server_stream"]
+            # The receiver buffers at most one stream window; the sender stops at window + queue.
+            assert server_stream._rx_bytes <= 4 * MiB
+            assert written <= 4 * MiB + st.high_water + 4 * MiB   # + what sits in TLS/kernel buffers
+            state["release"].set()  # type: ignore[union-attr]
+            await asyncio.wait_for(task, 30)
+            assert await st.readexactly(32) == hashlib.sha256(payload).digest()
+
+    asyncio.run(main())
+
+
+def test_server_close_drains_open_tunnels_and_refuses_new_ones(ca) -> None:
+    async def main() -> None:
+        async with Mesh(ca, echo) as m:
+            st = await m.open()
+            closing = asyncio.ensure_future(m.server.close(grace=10))
+            await asyncio.sleep(0.1)
+            st.write(b"after goaway")                    # the in-flight tunnel keeps working
+            assert await st.readexactly(12) == b"after goaway"
+            st.write_eof()
+            assert await st.read() == b""
+            await asyncio.wait_for(closing, 10)
+            assert m.pool.connections() == {}           # GOAWAY evicted it from the pool
+            with pytest.raises((OSError, HBONEConnectError, ssl.SSLError)):
+                await m.open()
+
+    asyncio.run(main())
+
+
+def test_connect_to_a_closed_port_fails_cleanly(ca) -> None:
+    async def main() -> None:
+        async with Mesh(ca, echo) as m:
+            dead = listener()
+            m.pool.port = dead.getsockname()[1]
+            dead.close()
+            with pytest.raises(ConnectionRefusedError):
+                await m.open()
+            assert m.pool.connections() == {}
+
+    asyncio.run(main())
+
+
+def test_connect_timeout_resets_the_pending_tunnel_only(ca) -> None:
+    server_side: list[HBONEStream] = []
+
+    async def slow(stream: HBONEStream, peer, authority, headers) -> None:
+        if authority.endswith(":1"):
+            server_side.append(stream)
+            with pytest.raises(StreamResetError):   # the client gives up and resets
+                await stream.read()
+            return
+        await echo(stream, peer, authority, headers)
+
+    async def main() -> None:
+        async with Mesh(ca, slow) as m:
+            with pytest.raises(HBONEConnectError, match="timed out after 0.3s"):
+                await m.open("10.0.0.2:1", timeout=0.3)
+            ok = await m.open("10.0.0.2:2")
+            ok.write(b"fine")
+            assert await ok.readexactly(4) == b"fine"
+            for _ in range(100):
+                if server_side and server_side[0].is_closed:
+                    break
+                await asyncio.sleep(0.01)
+            assert server_side and server_side[0].is_closed
+            ok.close()
+
+    asyncio.run(main())

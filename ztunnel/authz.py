@@ -1,0 +1,257 @@
+"""L4 authorization and peer-authentication mode, with Istio's semantics. Pure functions.
+
+AuthorizationPolicy (`evaluate`):
+1. Select the policies that apply to the destination workload: in the root namespace without a
+   selector (mesh-wide), in the root namespace with a selector (matching workloads of every
+   namespace), in the workload's namespace without a selector, or with a matching selector there.
+   Policies bound to waypoints (`scope == "waypoint"`) and CUSTOM are not ztunnel's to enforce.
+2. AUDIT policies never decide; the ones that match are reported in `Verdict.audit`.
+3. Any matching DENY denies.
+4. If at least one ALLOW applies, the connection must match one; otherwise it is allowed.
+
+Matching: a policy matches if any rule matches; a rule if all its clauses match (a rule without
+clauses matches everything; a policy without rules matches nothing); a clause if any of its
+`Match`es does; a `Match` if every non-empty positive field matches and no `not_*` field does.
+Principals and namespaces use Istio's string match (exact, `prefix*`, `*suffix`, `*` = present)
+against the source identity without its `spiffe://` scheme; a connection without identity
+(plaintext) never matches a positive principal/namespace, and never trips a negative one.
+
+L7 rules: without a waypoint ztunnel cannot see HTTP. Rules carrying HTTP attributes are skipped
+in ALLOW policies (so an ALLOW made only of L7 rules allows nothing: fail closed) and are applied
+by their L4 part in DENY policies (so they deny more, never less). If a policy says `has_l7` but
+its L7 rules' L4 parts are not in the model, a DENY matches every connection.
+
+PeerAuthentication (`peer_authn_mode`): the workload-selector policy beats the namespace policy,
+which beats the mesh (root namespace) policy; UNSET inherits from the next level; a port-level
+mode of the workload policy overrides for that port; the default is PERMISSIVE.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ambit import identity as ident
+from ambit.model import Authorization, Match, PeerAuthn, Rule, Workload
+
+ALLOW, DENY, AUDIT = "ALLOW", "DENY", "AUDIT"
+STRICT, PERMISSIVE, DISABLE, UNSET = "STRICT", "PERMISSIVE", "DISABLE", "UNSET"
+L7_REASON = "policy has L7 rules and the destination has no waypoint; failing safe"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnInfo:
+    """What ztunnel knows about a connection at L4."""
+
+    src_ip: str
+    src_identity: str | None      # verified SPIFFE id (mTLS), None for plaintext
+    dst_ip: str
+    dst_port: int
+    src_namespace: str | None = None  # default: the namespace in src_identity
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool
+    policy: str | None            # "ns/name" of the deciding policy, if one decided
+    action: str                   # ALLOW | DENY: what decided (the default allow reports ALLOW)
+    reason: str
+    audit: tuple[str, ...] = field(default=())
+
+
+# --- selection -----------------------------------------------------------------------------------
+
+def applies(policy: Authorization, workload: Workload, root_namespace: str) -> bool:
+    """Does `policy` select `workload` (for ztunnel enforcement)?"""
+    if policy.scope == "waypoint":
+        return False
+    mesh_wide = policy.namespace == root_namespace or policy.scope == "global"
+    if not mesh_wide and policy.namespace != workload.namespace:
+        return False
+    return all(workload.labels.get(k) == v for k, v in policy.selector.items())
+
+
+# --- matching --------------------------------------------------------------------------------------
+
+def string_match(pattern: str, value: str) -> bool:
+    """Istio's StringMatch for principals/namespaces: exact, `prefix*`, `*suffix`, or `*`."""
+    if pattern == "*":
+        return bool(value)
+    if pattern.endswith("*"):
+        return value.startswith(pattern[:-1])
+    if pattern.startswith("*"):
+        return value.endswith(pattern[1:])
+    return value == pattern
+
+
+@functools.lru_cache(maxsize=4096)
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(cidr.strip(), strict=False)
+    except ValueError:
+        return None  # translation validates; an unparsable block simply never matches
+
+
+def _in_blocks(ip: str, blocks: list[str]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    for b in blocks:
+        net = _network(b)
+        if net is not None and addr.version == net.version and addr in net:
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    principal: str | None    # schemeless, e.g. cluster.local/ns/demo/sa/client
+    namespace: str | None
+
+
+def _source(conn: ConnInfo) -> _Source:
+    if not conn.src_identity:
+        return _Source(None, None)
+    principal = ident.to_principal(conn.src_identity)
+    ns = conn.src_namespace
+    if ns is None:
+        try:
+            ns = ident.parse(conn.src_identity, allow_schemeless=True).namespace
+        except ident.InvalidSpiffeId:
+            ns = None
+    return _Source(principal, ns)
+
+
+def _any_str(patterns: list[str], value: str | None, *, principal: bool = False) -> bool:
+    if value is None:
+        return False
+    return any(string_match(ident.to_principal(p) if principal else p, value) for p in patterns)
+
+
+def match_matches(m: Match, conn: ConnInfo, src: _Source) -> bool:
+    if m.principals and not _any_str(m.principals, src.principal, principal=True):
+        return False
+    if m.not_principals and _any_str(m.not_principals, src.principal, principal=True):
+        return False
+    if m.namespaces and not _any_str(m.namespaces, src.namespace):
+        return False
+    if m.not_namespaces and _any_str(m.not_namespaces, src.namespace):
+        return False
+    if m.ip_blocks and not _in_blocks(conn.src_ip, m.ip_blocks):
+        return False
+    if m.not_ip_blocks and _in_blocks(conn.src_ip, m.not_ip_blocks):
+        return False
+    if m.ports and conn.dst_port not in m.ports:
+        return False
+    if m.not_ports and conn.dst_port in m.not_ports:
+        return False
+    dst_ips = getattr(m, "destination_ips", None) or []
+    not_dst_ips = getattr(m, "not_destination_ips", None) or []
+    if dst_ips and not _in_blocks(conn.dst_ip, dst_ips):
+        return False
+    if not_dst_ips and _in_blocks(conn.dst_ip, not_dst_ips):
+        return False
+    return True
+
+
+def rule_matches(rule: Rule, conn: ConnInfo, src: _Source | None = None) -> bool:
+    src = src or _source(conn)
+    return all(any(match_matches(m, conn, src) for m in clause) for clause in rule.clauses)
+
+
+def _l7_unrepresented(p: Authorization) -> bool:
+    """has_l7 but none of the L7 rules' L4 parts made it into `rules`."""
+    return p.has_l7 and not any(getattr(r, "has_l7", False) for r in p.rules)
+
+
+# --- decision ------------------------------------------------------------------------------------------
+
+def evaluate(
+    policies: Iterable[Authorization], dest_workload: Workload, conn: ConnInfo, root_namespace: str
+) -> Verdict:
+    """Decide one connection to `dest_workload`; see the module docstring for the semantics."""
+    src = _source(conn)
+    applicable = sorted(
+        (p for p in policies if applies(p, dest_workload, root_namespace)),
+        key=lambda p: (p.namespace, p.name),
+    )
+    audit = tuple(
+        p.resource_name for p in applicable
+        if p.action == AUDIT and (_l7_unrepresented(p) or any(rule_matches(r, conn, src) for r in p.rules))
+    )
+
+    for p in applicable:
+        if p.action != DENY:
+            continue
+        if _l7_unrepresented(p):
+            return Verdict(False, p.resource_name, DENY, f"denied by {p.resource_name}: {L7_REASON}", audit)
+        for r in p.rules:
+            if rule_matches(r, conn, src):
+                why = L7_REASON if getattr(r, "has_l7", False) else "a rule matched"
+                return Verdict(False, p.resource_name, DENY, f"denied by {p.resource_name}: {why}", audit)
+
+    allows = [p for p in applicable if p.action == ALLOW]
+    if not allows:
+        return Verdict(True, None, ALLOW, "no ALLOW policy applies", audit)
+    for p in allows:
+        for r in p.rules:
+            if getattr(r, "has_l7", False):
+                continue  # an L7 rule can never be proven at L4
+            if rule_matches(r, conn, src):
+                return Verdict(True, p.resource_name, ALLOW, f"allowed by {p.resource_name}", audit)
+    l7 = [p for p in allows if p.has_l7]
+    if l7:
+        return Verdict(False, l7[0].resource_name, ALLOW,
+                       f"no ALLOW rule matched; {l7[0].resource_name}: {L7_REASON}", audit)
+    names = ", ".join(p.resource_name for p in allows)
+    return Verdict(False, None, ALLOW, f"no rule of the ALLOW policies ({names}) matched", audit)
+
+
+# --- PeerAuthentication ---------------------------------------------------------------------------------
+
+_MODES = {STRICT, PERMISSIVE, DISABLE, UNSET}
+
+
+def _mode(value: str) -> str:
+    v = (value or UNSET).upper()
+    return v if v in _MODES else UNSET
+
+
+def peer_authn_mode(pas: Iterable[PeerAuthn], workload: Workload, port: int, root_namespace: str) -> str:
+    """Effective mTLS mode for inbound traffic to `workload` on (container) `port`.
+
+    Several policies at one level: Istio takes the oldest; the model carries no creation time, so
+    we take the first by name, which is at least deterministic.
+    """
+    mesh: list[PeerAuthn] = []
+    namespace: list[PeerAuthn] = []
+    selected: list[PeerAuthn] = []
+    for p in pas:
+        if p.selector:
+            if p.namespace == workload.namespace and all(workload.labels.get(k) == v for k, v in p.selector.items()):
+                selected.append(p)
+        elif p.root or p.namespace == root_namespace:
+            mesh.append(p)
+            if p.namespace == workload.namespace:
+                namespace.append(p)
+        elif p.namespace == workload.namespace:
+            namespace.append(p)
+
+    def first(ps: list[PeerAuthn]) -> PeerAuthn | None:
+        return min(ps, key=lambda p: p.name) if ps else None
+
+    mode = PERMISSIVE
+    for level in (first(mesh), first(namespace)):
+        if level is not None and _mode(level.mode) != UNSET:
+            mode = _mode(level.mode)
+    wl = first(selected)
+    if wl is not None:
+        if _mode(wl.mode) != UNSET:
+            mode = _mode(wl.mode)
+        port_mode = _mode(wl.port_modes.get(port, UNSET))
+        if port_mode != UNSET:
+            mode = port_mode
+    return mode
