@@ -1,0 +1,301 @@
+"""The cluster manifests (`ambit install --dry-run`) checked against the code they run.
+
+No cluster: the manifests are parsed and their RBAC, arguments, ports, paths and volumes are checked
+against what the controller, the agent and ztunnel actually watch, accept and use.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.podsource import RESOURCES
+from ambit.commands import install
+from controller.sources.kube import _STATUS_GROUP_SUFFIXES, default_types
+
+REPO = Path(__file__).resolve().parents[3]
+Obj = dict[str, Any]
+
+EXPECTED_API_VERSIONS = {
+    "Namespace": "v1", "ServiceAccount": "v1", "Service": "v1",
+    "CustomResourceDefinition": "apiextensions.k8s.io/v1",
+    "ClusterRole": "rbac.authorization.k8s.io/v1", "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
+    "Deployment": "apps/v1", "DaemonSet": "apps/v1",
+}
+CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+
+
+def render(*argv: str) -> list[Obj]:
+    docs = [d for d in yaml.safe_load_all(install.render(install.parse(list(argv)))) if d is not None]
+    assert all(isinstance(d, dict) for d in docs)
+    return docs
+
+
+def one(docs: list[Obj], kind: str, name: str) -> Obj:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected exactly one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def container(docs: list[Obj], kind: str, name: str, cname: str) -> Obj:
+    pod = one(docs, kind, name)["spec"]["template"]["spec"]
+    return next(c for c in pod["containers"] if c["name"] == cname)
+
+
+def expand(args: list[str], c: Obj) -> list[str]:
+    """Kubernetes' $(VAR) expansion from the container's env; an undefined reference fails."""
+    env = {e["name"]: f"<{e['name']}>" for e in c.get("env") or []}
+
+    def sub(m: re.Match[str]) -> str:
+        assert m.group(1) in env, f"container {c['name']}: $({m.group(1)}) is not in its env"
+        return env[m.group(1)]
+    return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", sub, a) for a in args]
+
+
+def flag(args: list[str], name: str) -> str:
+    assert name in args, f"{name} missing from {args}"
+    return args[args.index(name) + 1]
+
+
+# -- shape ------------------------------------------------------------------------------------------
+
+def test_every_object_has_the_right_kind_api_version_and_namespace() -> None:
+    docs = render("--namespace", "mesh-ops")
+    kinds = {d["kind"] for d in docs}
+    assert kinds == set(EXPECTED_API_VERSIONS)
+    for d in docs:
+        assert d["apiVersion"] == EXPECTED_API_VERSIONS[d["kind"]], d["metadata"]["name"]
+        assert d["metadata"]["name"]
+        if d["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in d["metadata"], d["metadata"]["name"]
+        else:
+            assert d["metadata"]["namespace"] == "mesh-ops", f"{d['kind']}/{d['metadata']['name']}"
+    assert docs[0] == {"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": "mesh-ops", "labels": {"app.kubernetes.io/part-of": "ambit"}}}
+    # CRDs before anything; workloads last (kubectl apply order).
+    order = [d["kind"] for d in docs]
+    assert order.index("CustomResourceDefinition") < order.index("ClusterRole") < order.index("Deployment")
+
+
+def test_the_checked_in_yaml_is_the_default_rendering() -> None:
+    assert (REPO / "deploy" / "ambit.yaml").read_text() == install.render(install.parse([])), \
+        "deploy/ambit.yaml is stale: run `ambit install --dry-run > deploy/ambit.yaml`"
+
+
+def test_crds_are_the_generated_ones_in_deploy_crds() -> None:
+    rendered = [d for d in render() if d["kind"] == "CustomResourceDefinition"]
+    on_disk = [yaml.safe_load(p.read_text()) for p in sorted((REPO / "deploy" / "crds").glob("*.yaml"))]
+    key = lambda d: d["metadata"]["name"]  # noqa: E731
+    assert sorted(rendered, key=key) == sorted(on_disk, key=key)
+    assert {d["spec"]["group"] for d in rendered} == {"security.ambit.io", "networking.ambit.io", "telemetry.ambit.io"}
+
+
+# -- RBAC -------------------------------------------------------------------------------------------
+
+def allowed(docs: list[Obj], namespace: str, sa: str, group: str, resource: str, verb: str) -> bool:
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    for b in (d for d in docs if d["kind"] == "ClusterRoleBinding"):
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == sa and s["namespace"] == namespace
+                   for s in b["subjects"]):
+            continue
+        assert b["roleRef"]["kind"] == "ClusterRole" and b["roleRef"]["name"] in roles
+        for rule in roles[b["roleRef"]["name"]]["rules"]:
+            if group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]:
+                return True
+    return False
+
+
+def test_controller_may_list_and_watch_everything_its_kube_source_watches() -> None:
+    docs = render("--namespace", "mesh-ops")
+    sa = one(docs, "Deployment", "ambit-controller")["spec"]["template"]["spec"]["serviceAccountName"]
+    types = default_types()
+    assert {t.plural for t in types} >= {"pods", "services", "endpointslices", "namespaces", "nodes",
+                                         "serviceaccounts", "authorizationpolicies", "httproutes"}
+    for t in types:
+        for verb in ("list", "watch"):
+            assert allowed(docs, "mesh-ops", sa, t.group, t.plural, verb), f"{verb} {t.plural}.{t.group}"
+        writes_status = t.group.endswith(_STATUS_GROUP_SUFFIXES)
+        assert allowed(docs, "mesh-ops", sa, t.group, f"{t.plural}/status", "patch") == writes_status, t.plural
+    assert allowed(docs, "mesh-ops", sa, "authentication.k8s.io", "tokenreviews", "create")
+    assert not allowed(docs, "mesh-ops", sa, "", "secrets", "list")
+    assert not allowed(docs, "mesh-ops", sa, "", "pods", "patch")
+
+
+def test_node_pods_may_watch_what_the_agent_watches_and_nothing_more() -> None:
+    docs = render()
+    pod = one(docs, "DaemonSet", "ambit-node")["spec"]["template"]["spec"]
+    sa = pod["serviceAccountName"]
+    assert {r.plural for r in RESOURCES} == {"pods", "namespaces", "nodes"}
+    for r in RESOURCES:
+        for verb in ("list", "watch"):
+            assert allowed(docs, "ambit-system", sa, "", r.plural, verb), f"{verb} {r.plural}"
+    for verb in ("create", "update", "patch", "delete"):
+        assert not allowed(docs, "ambit-system", sa, "", "pods", verb)
+    assert not allowed(docs, "ambit-system", sa, "", "secrets", "get")
+    assert not allowed(docs, "ambit-system", sa, "authentication.k8s.io", "tokenreviews", "create")
+
+
+# -- arguments, ports, paths ------------------------------------------------------------------------
+
+def test_controller_arguments_parse_and_match_the_service_and_the_ca_admission() -> None:
+    from controller.__main__ import parse_args
+    docs = render("--namespace", "mesh-ops", "--trust-domain", "example.org")
+    c = container(docs, "Deployment", "ambit-controller", "controller")
+    assert c["command"][-2:] == ["-m", "controller"]
+    args = parse_args(expand(c["args"], c))
+    assert args.kube and args.ca_dir and args.root_namespace == "mesh-ops" and args.trust_domain == "example.org"
+    port = int(args.listen.rsplit(":", 1)[1])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["grpc"] == port and ports["http-metrics"] == args.metrics_port
+    assert c["readinessProbe"]["tcpSocket"]["port"] == port
+    svc = one(docs, "Service", "ambit-controller")
+    assert svc["spec"]["selector"] == one(docs, "Deployment", "ambit-controller")["spec"]["selector"]["matchLabels"]
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} <= set(ports)
+    # The CA admits exactly the node pods' service account.
+    ds_sa = one(docs, "DaemonSet", "ambit-node")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert args.ztunnel_service_account == f"system:serviceaccount:mesh-ops:{ds_sa}"
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert str(args.ca_dir) in mounts
+
+
+def test_ztunnel_arguments_parse_and_reach_the_controller_service() -> None:
+    from controller.__main__ import parse_args as controller_parse_args
+    from ztunnel.__main__ import parse_args
+    docs = render("--namespace", "mesh-ops", "--trust-domain", "example.org")
+    c = container(docs, "DaemonSet", "ambit-node", "ztunnel")
+    args = parse_args(expand(c["args"], c))
+    ctl = container(docs, "Deployment", "ambit-controller", "controller")
+    assert args.node == "<NODE_NAME>" and args.root_namespace == "mesh-ops"
+    assert args.trust_domain == controller_parse_args(expand(ctl["args"], ctl)).trust_domain == "example.org"
+    assert args.ca is None, "certificates come from the controller's address"
+    # The CA credential is the projected token, read from its mount (re-read: it rotates).
+    token_mounts = {m["mountPath"] for m in c["volumeMounts"] if m["name"] == "ca-token"}
+    assert str(args.node_token_file.parent) in token_mounts
+    metrics_port = int(args.metrics_address.rsplit(":", 1)[1])
+    assert {"name": "http-metrics", "containerPort": metrics_port} in c["ports"]
+    annotations = one(docs, "DaemonSet", "ambit-node")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(metrics_port)
+    host, port = args.controller.rsplit(":", 1)
+    svc = one(docs, "Service", "ambit-controller")
+    assert host == f"{svc['metadata']['name']}.mesh-ops.svc"
+    assert int(port) in {p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc"}
+    assert args.admin_address.startswith("127.0.0.1:"), "the admin endpoint must not face the network"
+    probe = c["readinessProbe"]["exec"]["command"]
+    assert flag(probe, "--unix-socket") == str(args.admin_socket) and probe[-1].endswith("/healthz/ready")
+
+
+def agent_usage() -> tuple[set[str], set[str]]:
+    """(all flags, required flags) of `python -m agent`, from its own --help."""
+    out = subprocess.run([sys.executable, "-m", "agent", "--help"], capture_output=True, text=True, cwd=REPO,
+                         check=True).stdout
+    usage = out.split("\n\n")[0]
+    flags = set(re.findall(r"(--[\w-]+)", usage))
+    optional = set(re.findall(r"\[(--[\w-]+)", usage))
+    return flags, flags - optional
+
+
+def test_agent_arguments_are_its_own_and_complete_with_the_entrypoints_cgroup() -> None:
+    docs = render("--capture", "iptables")
+    c = container(docs, "DaemonSet", "ambit-node", "agent")
+    z = container(docs, "DaemonSet", "ambit-node", "ztunnel")
+    assert c["command"][0] == install.ENTRYPOINT and c["command"][-2:] == ["-m", "agent"]
+    args = expand(c["args"], c)
+    flags, required = agent_usage()
+    given = {a for a in args if a.startswith("--")}
+    assert given <= flags, f"unknown agent flags: {given - flags}"
+    # The entrypoint appends --ztunnel-cgroup when told this pod's UID.
+    assert {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}["AMBIT_ZTUNNEL_POD_UID"] == "metadata.uid"
+    assert required <= given | {"--ztunnel-cgroup"}, f"missing: {required - given}"
+    assert "--store" not in given, "without --store the agent watches the Kubernetes API"
+    assert flag(args, "--capture") == "iptables"
+    assert flag(args, "--node-ip") == "<HOST_IP>"
+    # agent and ztunnel meet on the same socket, in the volume both mount.
+    zargs = expand(z["args"], z)
+    sock = flag(args, "--zds-socket")
+    assert sock == flag(zargs, "--zds-socket")
+    shared = {m["mountPath"] for m in c["volumeMounts"] if m["name"] == "run"}
+    assert shared == {m["mountPath"] for m in z["volumeMounts"] if m["name"] == "run"}
+    assert any(sock.startswith(p + "/") for p in shared)
+    assert c["readinessProbe"]["exec"]["command"][-1] == flag(args, "--status-file")
+    assert flag(args, "--pin-base").startswith("/sys/fs/bpf/")
+
+
+def test_node_pod_has_the_host_access_capture_needs() -> None:
+    docs = render("--host-cgroup", "/sys/fs/cgroup/unified")
+    pod = one(docs, "DaemonSet", "ambit-node")["spec"]["template"]["spec"]
+    assert pod["hostPID"] is True, "the agent opens /proc/<pid>/ns/net of other pods' processes"
+    assert not pod.get("hostNetwork"), "nothing of Ambit's sits in the node's netns"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    agent = next(c for c in pod["containers"] if c["name"] == "agent")
+    assert agent["securityContext"]["privileged"] is True
+    mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
+    host = {path: volumes[m["name"]].get("hostPath", {}).get("path") for path, m in mounts.items()}
+    assert host["/sys/fs/bpf"] == "/sys/fs/bpf" and mounts["/sys/fs/bpf"]["mountPropagation"] == "Bidirectional"
+    assert host["/sys/fs/cgroup"] == "/sys/fs/cgroup/unified"
+    assert host["/var/run/netns"] == "/var/run/netns"
+    assert mounts["/var/run/netns"]["mountPropagation"] == "HostToContainer"
+    assert host["/host/lib/modules"] == "/lib/modules" and host["/host/usr/src"] == "/usr/src"
+    assert mounts["/host/lib/modules"]["readOnly"] and mounts["/host/usr/src"]["readOnly"]
+    # Ambit's own pods opt out of capture.
+    labels = one(docs, "DaemonSet", "ambit-node")["spec"]["template"]["metadata"]["labels"]
+    from agent.enrolment import pod_opted_out
+    assert pod_opted_out(labels)
+
+
+def test_ztunnel_presents_a_projected_token_for_the_cas_audience() -> None:
+    from controller.ca import TokenReviewVerifier
+    docs = render()
+    pod = one(docs, "DaemonSet", "ambit-node")["spec"]["template"]["spec"]
+    z = next(c for c in pod["containers"] if c["name"] == "ztunnel")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    token_mount = next(m for m in z["volumeMounts"] if m["mountPath"] == install.TOKEN_DIR)
+    src = volumes[token_mount["name"]]["projected"]["sources"][0]["serviceAccountToken"]
+    assert src["audience"] in TokenReviewVerifier(None, set()).audiences
+    assert src["expirationSeconds"] <= 3600 * 24
+    caps = z["securityContext"]["capabilities"]
+    assert not z["securityContext"]["privileged"] and caps["drop"] == ["ALL"]
+    assert set(caps["add"]) == {"NET_ADMIN", "SYS_ADMIN", "NET_RAW"}
+
+
+def test_every_mount_has_a_volume_and_every_container_the_chosen_image() -> None:
+    docs = render("--image", "registry.example/ambit:1.2.3", "--pull-policy", "Always")
+    for d in docs:
+        if d["kind"] not in ("Deployment", "DaemonSet"):
+            continue
+        pod = d["spec"]["template"]["spec"]
+        names = {v["name"] for v in pod["volumes"]}
+        assert len(names) == len(pod["volumes"])
+        assert d["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        for c in pod["containers"]:
+            assert c["image"] == "registry.example/ambit:1.2.3" and c["imagePullPolicy"] == "Always"
+            for m in c.get("volumeMounts") or []:
+                assert m["name"] in names, f"{d['metadata']['name']}/{c['name']}: no volume {m['name']}"
+
+
+def test_ca_secret_replaces_the_generated_ca() -> None:
+    pod = one(render("--ca-secret", "my-ca"), "Deployment", "ambit-controller")["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["ca"]["secret"]["secretName"] == "my-ca"
+
+
+def test_the_header_says_how_to_reproduce_the_rendering() -> None:
+    text = install.render(install.parse(["--namespace", "x", "--capture", "iptables"]))
+    assert text.splitlines()[0] == "# Ambit: rendered by `ambit install --dry-run --namespace x --capture iptables`; do not edit."
+
+
+@pytest.mark.parametrize("argv", [["install", "--dry-run"], ["install", "--dry-run", "--namespace", "n2"]])
+def test_cli_command_prints_the_manifests(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers()
+    install.register(sub)
+    args = ap.parse_args(argv)
+    assert args.func(args) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    ns = argv[-1] if "--namespace" in argv else "ambit-system"
+    assert one(docs, "DaemonSet", "ambit-node")["metadata"]["namespace"] == ns

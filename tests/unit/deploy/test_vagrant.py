@@ -1,0 +1,84 @@
+"""The vagrant cluster runs what the e2e scenarios expect, with the image `ambit install` names.
+
+The VMs cannot run here; these checks keep vagrant/ in step with the code and the lab spec.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ambit.commands import install
+from ambit.lab.spec import load as load_spec
+
+REPO = Path(__file__).resolve().parents[3]
+VAGRANT = REPO / "vagrant"
+E2E_SPEC = REPO / "tests" / "e2e" / "specs" / "e2e.yaml"
+NODE_OF = {"node1": "ambit-w1", "node2": "ambit-w2"}
+
+
+def demo_apps() -> list[dict]:
+    return [d for d in yaml.safe_load_all((VAGRANT / "manifests" / "demo-apps.yaml").read_text()) if d]
+
+
+def test_demo_apps_are_the_e2e_labs_pods_services_and_namespaces() -> None:
+    spec = load_spec(E2E_SPEC)
+    docs = demo_apps()
+    by_kind: dict[str, list[dict]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    assert {d["metadata"]["name"]: d["metadata"].get("labels", {}) for d in by_kind["Namespace"]} == \
+        spec.namespaces
+    pods = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in by_kind["Pod"]}
+    assert set(pods) == {(p.namespace, p.name) for p in spec.pods}
+    for p in spec.pods:
+        kp = pods[(p.namespace, p.name)]
+        c = kp["spec"]["containers"][0]
+        assert kp["metadata"]["labels"] == p.labels, p.name
+        assert kp["spec"]["serviceAccountName"] == p.service_account
+        assert kp["spec"]["nodeSelector"] == {"kubernetes.io/hostname": NODE_OF[p.node]}
+        assert c["command"][1:] == p.command[1:], p.name
+        assert {x["containerPort"] for x in c.get("ports", [])} == {int(x["containerPort"]) for x in p.ports}
+        assert c["image"] == install.default_image()
+        env = {e["name"]: e for e in c["env"]}
+        assert json.loads(env["POD_LABELS"]["value"]) == p.labels, "the echo app reports its version from it"
+        assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    def ports(ps: list) -> set[tuple]:
+        return {(x["name"], x["port"], x["targetPort"]) if isinstance(x, dict) else (x.name, x.port, x.target_port)
+                for x in ps}
+    assert {(d["metadata"]["namespace"], d["metadata"]["name"]): (d["spec"]["selector"], ports(d["spec"]["ports"]))
+            for d in by_kind["Service"]} == \
+        {(s.namespace, s.name): (s.selector, ports(s.ports)) for s in spec.services}
+    sas = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in by_kind["ServiceAccount"]}
+    assert sas == {(p.namespace, p.service_account) for p in spec.pods}
+
+
+def test_provisioning_uses_the_image_ambit_install_renders_by_default() -> None:
+    image = install.default_image()
+    for script in ("image.sh", "install.sh"):
+        text = (VAGRANT / "provision" / script).read_text()
+        assert f"IMAGE=${{AMBIT_IMAGE:-{image}}}" in text, script
+    assert "ambit.cli install --dry-run" in (VAGRANT / "provision" / "install.sh").read_text()
+    assert "docker build -q -f deploy/Dockerfile" in (VAGRANT / "provision" / "image.sh").read_text()
+
+
+def test_vagrantfile_declares_one_server_and_two_workers_with_k3s_options() -> None:
+    text = (VAGRANT / "Vagrantfile").read_text()
+    nodes = re.findall(r'\{ name: "([\w-]+)", ip: [^,]+, role: "(\w+)"', text)
+    assert nodes == [("ambit-cp", "server"), ("ambit-w1", "agent"), ("ambit-w2", "agent")]
+    assert set(NODE_OF.values()) <= {n for n, _ in nodes}
+    server = (VAGRANT / "provision" / "k3s-server.sh").read_text()
+    for opt in ("--disable traefik", "--disable servicelb", "--flannel-backend vxlan", "--node-ip"):
+        assert opt in server
+    assert "debian/bookworm64" in text
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (VAGRANT / "provision").glob("*.sh")))
+def test_provisioning_scripts_are_valid_sh(script: str) -> None:
+    p = subprocess.run(["sh", "-n", str(VAGRANT / "provision" / script)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
