@@ -15,9 +15,19 @@ from agent.capture.constants import (
     PORT_OUTBOUND,
     ZTUNNEL_PORTS,
 )
-from agent.capture.engine import CaptureEngine, PodCapture, purge
 from agent.capture.exclusions import annotations_to_exclusions
 from agent.capture.origdst import original_dst
+
+_LAZY = {"CaptureEngine", "PodCapture", "purge"}
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    """The engine (bcc, pyroute2, cffi) loads only when asked for: ztunnel imports this package for
+    its constants and original_dst() and must not pay ~20 MB of RSS for the agent's kernel side."""
+    if name in _LAZY:
+        from agent.capture import engine
+        return getattr(engine, name)
+    raise AttributeError(name)
 
 __all__ = [
     "AMBIT_MARK", "AMBIT_MARK_MASK", "AMBIT_ROUTE_TABLE", "DEFAULT_PIN_BASE", "PORT_HBONE", "PORT_INBOUND",
