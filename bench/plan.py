@@ -1,0 +1,128 @@
+"""What a run does: scenarios, repetitions, durations (sans-IO).
+
+A scenario is a client pod, a way to reach the server (its pod IP, or a local tunnel port) and the
+lab phase it needs. Phase "ebpf" is the lab brought up normally; phase "iptables" is a second lab
+brought up with `--capture iptables` (same ztunnels, iptables REDIRECT capture).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bench.metrics import RATES
+
+# Namespaces and pods of the bench lab (bench.labenv builds the spec from these).
+PLAIN_NS = "bench-plain"        # not enrolled: direct, stunnel, haproxy
+MESH_NS = "bench-mesh"          # ambit.io/dataplane-mode=ambient
+HTTP_PORT = 80
+IPERF_PORT = 5201
+# Tunnel ports: client side on 127.0.0.1 in the client pod, server side on the server pod's IP.
+TUNNEL_PORTS = {
+    "stunnel": {"http": (2080, 9443), "iperf": (2201, 9444)},
+    "haproxy": {"http": (3080, 9543), "iperf": (3201, 9544)},
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    phase: str                  # "ebpf" | "iptables"
+    namespace: str
+    client: str                 # pod name in `namespace`
+    server: str = "server"
+    tunnel: str = ""            # "", "stunnel" or "haproxy"
+    mesh: bool = False          # ztunnel CPU/RSS apply
+
+    @property
+    def client_key(self) -> str:
+        return f"{self.namespace}/{self.client}"
+
+    @property
+    def server_key(self) -> str:
+        return f"{self.namespace}/{self.server}"
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("direct", "no mesh: client pod on node1 to server pod on node2, plain TCP", "ebpf", PLAIN_NS, "client"),
+    Scenario("ambit-l4-cross-node", "enrolled pods on node1 → node2: two ztunnels (eBPF capture)", "ebpf", MESH_NS,
+             "client", mesh=True),
+    Scenario("ambit-l4-same-node", "enrolled pods both on node2: one ztunnel, out and back in (eBPF capture)",
+             "ebpf", MESH_NS, "client-local", mesh=True),
+    Scenario("stunnel", "stunnel mTLS tunnel (TLS 1.3, P-256) client pod → server pod, node1 → node2", "ebpf",
+             PLAIN_NS, "client", tunnel="stunnel"),
+    Scenario("haproxy", "haproxy mTLS tunnel (TLS 1.3, P-256) client pod → server pod, node1 → node2", "ebpf",
+             PLAIN_NS, "client", tunnel="haproxy"),
+    Scenario("ambit-iptables-capture", "as ambit-l4-cross-node, lab brought up with --capture iptables",
+             "iptables", MESH_NS, "client", mesh=True),
+)}
+
+PHASES = ("ebpf", "iptables")
+
+
+@dataclass
+class Plan:
+    mode: str                       # "quick" | "full"
+    reps: int
+    seconds: float                  # length of each timed load run
+    warmup: float                   # h2load warm-up before each latency run (s)
+    iperf_seconds: int
+    rates: tuple[int, ...] = RATES
+    per_client_rps: int = 100       # h2load's timer is exact only up to 100 req/s per client
+    max_clients: int = 8            # connections for the max-rate run
+    conn_clients: int = 8           # concurrent connections for the new-connections run
+    hold_connections: int = 1000
+    hold_deadline: float = 30.0     # seconds to open them; a mesh that needs longer is reported
+    hold_reps: int = 0              # reps that also measure RSS with held connections (0 = every rep)
+    max_seconds: float = 0.0        # length of the max-rate run (0 = `seconds`)
+    push_pods: int = 1000
+    push_changes: int = 50
+    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+    profile: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def phase_scenarios(self, phase: str) -> list[Scenario]:
+        return [SCENARIOS[s] for s in self.scenarios if SCENARIOS[s].phase == phase]
+
+    def clients_for(self, rate: int) -> int:
+        """One h2load process per client; enough clients that each stays at <= per_client_rps."""
+        return max(1, -(-rate // self.per_client_rps))
+
+    def estimate_seconds(self) -> float:
+        """A rough wall-clock estimate, printed before the run starts."""
+        per_rep = (2 * (self.iperf_seconds + 0.2) + len(self.rates) * (self.seconds + self.warmup + 0.3)
+                   + (self.max_seconds or self.seconds) + self.warmup + 0.3 + max(1.0, self.seconds) + 0.2)
+        phases = {SCENARIOS[s].phase for s in self.scenarios}
+        lab = 10.0 * len(phases)
+        mesh = sum(1 for s in self.scenarios if SCENARIOS[s].mesh)
+        hold = 2.5 * mesh * (min(self.hold_reps, self.reps) if self.hold_reps else self.reps)
+        push = 2.0 * self.reps if self.push_pods else 0.0
+        return per_rep * self.reps * len(self.scenarios) + lab + hold + push
+
+
+def make_plan(quick: bool = False, reps: int | None = None, scenarios: list[str] | None = None,
+              seconds: float | None = None, profile: bool = False) -> Plan:
+    if quick:
+        plan = Plan(mode="quick", reps=3, seconds=1.0, warmup=0.2, iperf_seconds=1, push_changes=20, hold_deadline=10.0,
+                    hold_reps=1, max_seconds=0.5)
+    else:
+        plan = Plan(mode="full", reps=3, seconds=5.0, warmup=1.0, iperf_seconds=5)
+    if reps is not None:
+        if reps < 1:
+            raise ValueError(f"--reps: {reps} must be at least 1")
+        plan.reps = reps
+    if seconds is not None:
+        if seconds <= 0:
+            raise ValueError(f"--seconds: {seconds} must be positive")
+        plan.seconds = seconds
+        plan.iperf_seconds = max(1, round(seconds))
+    if scenarios:
+        unknown = [s for s in scenarios if s not in SCENARIOS]
+        if unknown:
+            raise ValueError(f"--scenario: unknown {', '.join(unknown)} (known: {', '.join(SCENARIOS)})")
+        plan.scenarios = [s for s in SCENARIOS if s in scenarios]
+    plan.profile = profile
+    return plan

@@ -1,0 +1,70 @@
+"""CPU time and memory of proxies: cgroup cpu.stat, /proc/<pid>/stat and status.
+
+ztunnel runs in a cgroup of its own (with any worker processes it forks), so its CPU time is that
+cgroup's `usage_usec` and its memory the sum of its processes' RSS. The tunnels (stunnel, haproxy)
+share their pods' cgroups, so they are measured by pid instead. The parsers are pure; the readers
+are one-liners around them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from ambit import cgroups
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def parse_cpu_stat(text: str) -> float:
+    """CPU seconds from a cgroup v2 cpu.stat."""
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        if k == "usage_usec":
+            return int(v) / 1e6
+    raise ValueError("cpu.stat: no usage_usec line")
+
+
+def parse_proc_stat_cpu(text: str, clk_tck: int = CLK_TCK) -> float:
+    """utime + stime (all threads) in seconds from /proc/<pid>/stat."""
+    # The command name (field 2) is in parentheses and may hold spaces: split after the last ')'.
+    rest = text[text.rindex(")") + 2:].split()
+    utime, stime = int(rest[11]), int(rest[12])      # fields 14 and 15 of proc(5)
+    return (utime + stime) / clk_tck
+
+
+def parse_vmrss_kb(text: str) -> int:
+    """VmRSS in kB from /proc/<pid>/status (0 for a kernel thread or a zombie, which have none)."""
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cgroup_cpu_seconds(cg: Path) -> float:
+    return parse_cpu_stat((cg / "cpu.stat").read_text())
+
+
+def pids_cpu_seconds(pids: Iterable[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += parse_proc_stat_cpu(Path(f"/proc/{pid}/stat").read_text())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def pids_rss_mb(pids: Iterable[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            total += parse_vmrss_kb(Path(f"/proc/{pid}/status").read_text())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total / 1024.0
+
+
+def cgroup_rss_mb(cg: Path) -> float:
+    return pids_rss_mb(cgroups.pids(cg))

@@ -1,0 +1,69 @@
+"""Ambit against its baselines, pair by pair within one run (sans-IO).
+
+For each (ambit scenario, baseline) and metric, rep i of the one is divided by rep i of the other
+and the median of those ratios is reported; for latencies the median added milliseconds too.
+Pairing by rep (reps are interleaved in time) removes the machine's slow drift from the ratio,
+which a ratio of two medians taken minutes apart would keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bench import stats
+from bench.metrics import LAT_PS, RATES, metric
+from bench.results import RunResults
+
+AMBIT_SCENARIOS = ("ambit-l4-cross-node", "ambit-l4-same-node", "ambit-iptables-capture")
+BASELINES = ("direct", "stunnel", "haproxy")
+RATIO_METRICS = (
+    ("tput_1s_gbps", "tput_4s_gbps")
+    + tuple(f"lat{r}_{p}_ms" for r in RATES for p in LAT_PS)
+    + ("max_rps", "conn_per_s", "proxy_cpu_per_1k")
+)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    scenario: str
+    baseline: str
+    metric: str
+    ratio: float              # median over paired reps of scenario / baseline
+    added: float | None       # median over paired reps of scenario - baseline (latencies only)
+    pairs: int
+
+
+def paired(a: Sequence[float | None], b: Sequence[float | None]) -> list[tuple[float, float]]:
+    """(a_i, b_i) for every rep where both produced a value (b_i must be non-zero to divide by)."""
+    return [(x, y) for x, y in zip(a, b, strict=False) if x is not None and y is not None and y != 0]
+
+
+def ratio(results: RunResults, scenario: str, baseline: str, key: str) -> Ratio | None:
+    pairs = paired(results.per_rep(scenario, key), results.per_rep(baseline, key))
+    if not pairs:
+        return None
+    is_latency = metric(key).unit == "ms"
+    return Ratio(scenario=scenario, baseline=baseline, metric=key,
+                 ratio=stats.median(x / y for x, y in pairs),
+                 added=stats.median(x - y for x, y in pairs) if is_latency else None,
+                 pairs=len(pairs))
+
+
+def all_ratios(results: RunResults, scenarios: Sequence[str] = AMBIT_SCENARIOS,
+               baselines: Sequence[str] = BASELINES, keys: Sequence[str] = RATIO_METRICS) -> list[Ratio]:
+    out = []
+    for sc in scenarios:
+        for base in baselines:
+            for key in keys:
+                r = ratio(results, sc, base, key)
+                if r is not None:
+                    out.append(r)
+    return out
+
+
+def find(ratios: Sequence[Ratio], scenario: str, baseline: str, key: str) -> Ratio | None:
+    for r in ratios:
+        if (r.scenario, r.baseline, r.metric) == (scenario, baseline, key):
+            return r
+    return None

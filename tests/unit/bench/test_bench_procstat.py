@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bench import procstat
+
+
+def test_cpu_stat_usage():
+    assert procstat.parse_cpu_stat("usage_usec 2500000\nuser_usec 1\nsystem_usec 2\n") == pytest.approx(2.5)
+    with pytest.raises(ValueError, match="no usage_usec"):
+        procstat.parse_cpu_stat("nr_periods 0\n")
+
+
+def test_proc_stat_with_spaces_and_parens_in_the_name():
+    fields = ["S"] + ["0"] * 10 + ["300", "200"] + ["0"] * 30     # utime=300, stime=200 ticks
+    text = "1234 (my (odd) proc) " + " ".join(fields)
+    assert procstat.parse_proc_stat_cpu(text, clk_tck=100) == pytest.approx(5.0)
+
+
+def test_reads_this_process_from_proc():
+    me = os.getpid()
+    assert procstat.parse_proc_stat_cpu(Path(f"/proc/{me}/stat").read_text()) >= 0.0
+    assert procstat.parse_vmrss_kb(Path(f"/proc/{me}/status").read_text()) > 1000
+    assert procstat.pids_rss_mb([me]) > 1.0
+    assert procstat.parse_vmrss_kb("Name:\tkthreadd\n") == 0

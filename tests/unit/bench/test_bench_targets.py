@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+
+from bench import targets
+
+from .helpers import results_with
+
+CROSS = "ambit-l4-cross-node"
+
+
+def by_id(verdicts):
+    return {v.target.id: v for v in verdicts}
+
+
+def test_targets_met_missed_and_not_measured():
+    res = results_with(3, {
+        CROSS: {"lat1000_p50_ms": [0.40, 0.42, 0.41], "lat1000_p99_ms": [1.2, 1.3, 1.1],
+                "conn_per_s": [2500.0, 2600.0, 2400.0], "zt_cpu_per_1k": [0.2, 0.3, 0.25]},
+        "direct": {"lat1000_p50_ms": [0.10, 0.12, 0.11], "lat1000_p99_ms": [0.5, 0.6, 0.4]},
+    })
+    v = by_id(targets.evaluate(res))
+    assert v["l4-added-p50"].status == "missed"
+    assert v["l4-added-p50"].value == pytest.approx(0.30)
+    assert v["l4-added-p50"].shortfall == "by 0.050 ms (1.20× the target)"
+    assert v["l4-added-p99"].status == "met" and v["l4-added-p99"].shortfall == ""
+    assert v["new-connections"].status == "met"
+    assert v["ztunnel-cpu"].status == "missed"
+    assert v["ztunnel-rss"].status == "not measured" and v["ztunnel-rss"].value is None
+    assert v["config-push-p99"].status == "not measured"
+
+
+def test_throughput_target_compares_with_the_faster_tunnel():
+    res = results_with(3, {
+        CROSS: {"tput_1s_gbps": [1.5, 1.5, 1.5]},
+        "stunnel": {"tput_1s_gbps": [1.0, 1.0, 1.0]},
+        "haproxy": {"tput_1s_gbps": [2.0, 2.0, 2.0]},
+    })
+    v = by_id(targets.evaluate(res))["hbone-throughput"]
+    assert v.value == pytest.approx(0.75)          # against haproxy, the faster one
+    assert v.status == "missed"
+    assert v.shortfall == "by 0.250 (75% of the target)"
+
+
+def test_higher_is_better_target_reports_shortfall_as_a_fraction():
+    t = next(t for t in targets.TARGETS if t.id == "new-connections")
+    v = targets.judge(t, 1000.0)
+    assert v.status == "missed" and v.shortfall == "by 1,000 conn/s (50% of the target)"
+    assert targets.judge(t, 2000.0).status == "met"
+
+
+def test_istio_references_use_the_same_run():
+    res = results_with(1, {CROSS: {"zt_cpu_per_1k": [0.12], "lat1000_p90_ms": [0.5]},
+                           "direct": {"lat1000_p90_ms": [0.3]}})
+    refs = {ref.what: ours for ref, ours in targets.references(res)}
+    assert refs["ztunnel vCPU per 1000 req/s"] == pytest.approx(0.12)
+    assert refs["two ztunnels add, p90 at 1000 req/s"] == pytest.approx(0.2)
+    assert refs["ztunnel memory at 1000 req/s"] is None
+    assert targets.ratio_to_istio(0.12, 0.06) == pytest.approx(2.0)
