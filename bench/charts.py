@@ -10,17 +10,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+from bench import stats
+from bench.metrics import RATES, fmt, metric
+from bench.report import ordered
+from bench.results import RunResults
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter, LogLocator  # noqa: E402
 
-from bench import stats  # noqa: E402
-from bench.metrics import RATES, fmt, metric  # noqa: E402
-from bench.report import ordered  # noqa: E402
-from bench.results import RunResults  # noqa: E402
+def _plt() -> Any:
+    """matplotlib loads on first use: `ambit` imports every command module at start, and half a
+    second of numpy/matplotlib import would tax every CLI call that is not a bench."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 LADDER_KEYS = [stats.pkey(p) for p in stats.LADDER if 0 < p < 100]
 
@@ -37,6 +41,7 @@ def latency_chart(results: RunResults, path: Path) -> bool:
     rates = [r for r in RATES if any(_ladder_median(results, s, r) for s in scs)]
     if not rates:
         return False
+    plt = _plt()
     fig, axes = plt.subplots(1, len(rates), figsize=(6.5 * len(rates), 4.5), squeeze=False)
     for ax, rate in zip(axes[0], rates, strict=True):
         for sc in scs:
@@ -46,6 +51,7 @@ def latency_chart(results: RunResults, path: Path) -> bool:
         ax.set_xticks(range(len(LADDER_KEYS)), LADDER_KEYS)
         ax.set_yscale("log")
         # Plain decimals (0.2, 0.5, 1, 2 ms) read better than powers of ten at these scales.
+        from matplotlib.ticker import FormatStrFormatter, LogLocator
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.yaxis.set_minor_formatter(FormatStrFormatter(""))
@@ -64,6 +70,7 @@ def bar_chart(results: RunResults, keys: list[str], title: str, path: Path) -> b
     scs = [s for s in ordered(results.scenarios()) if any(results.values(s, k) for k in keys)]
     if not scs:
         return False
+    plt = _plt()
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.5), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         m = metric(key)

@@ -9,8 +9,9 @@ import signal
 import uuid
 from pathlib import Path
 
-from ztunnel import admin
+from ztunnel import admin, identity_setup
 from ztunnel.config import MeshConfig, config_client
+from ztunnel.metrics import Metrics, MetricsServer
 from ztunnel.proxy import Proxy
 from ztunnel.zdsserver import ZdsServer
 
@@ -27,6 +28,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="admin endpoint HOST:PORT in ztunnel's netns ('' to disable)")
     ap.add_argument("--admin-socket", type=Path, help="admin endpoint on a unix socket as well")
     ap.add_argument("--log-level", default="INFO")
+    # mTLS identities (without --node-token-file: no certificates, no HBONE; plaintext passthrough only)
+    ap.add_argument("--ca", help="CA target: host:port or unix:PATH (default: the --controller target)")
+    ap.add_argument("--node-token-file", type=Path,
+                    help="this node's credential for the CA (lab: <labdir>/<node>/bootstrap-token)")
+    ap.add_argument("--cert-ttl", type=float, default=24 * 3600.0,
+                    help="lifetime (seconds) requested for workload certificates; rotated at half-life")
+    ap.add_argument("--cert-cache", type=Path,
+                    help="directory keeping current certificates (0600), so a restart serves during a CA outage")
+    ap.add_argument("--trust-domain", default="cluster.local")
+    ap.add_argument("--metrics-address", default="0.0.0.0:15020",
+                    help="Prometheus metrics HOST:PORT in ztunnel's netns ('' to disable)")
+    ap.add_argument("--metrics-socket", type=Path, help="metrics on a unix socket as well (the lab's host-side scrape)")
     return ap.parse_args(argv)
 
 
@@ -40,7 +53,22 @@ async def amain(args: argparse.Namespace) -> None:
         client = config_client(config, args.controller, args.node, instance_id=uuid.uuid4().hex[:8],
                                cache_path=args.config_cache)
         await client.start()
-    proxy = Proxy(config=config)
+    identities = ca_channel = None
+    ca_target = args.ca or args.controller
+    if args.node_token_file and ca_target:
+        identities, ca_channel = identity_setup.build(ca_target, args.node, args.node_token_file, args.cert_ttl,
+                                                         args.cert_cache)
+        identity_setup.retry_on_workload_updates(config, identities)
+    elif not args.node_token_file:
+        log.warning("no --node-token-file: no workload certificates; mesh destinations will be refused")
+    metrics = Metrics()
+    proxy = Proxy(config=config, identities=identities, metrics=metrics, trust_domain=args.trust_domain)
+    msrv = MetricsServer(metrics)
+    mhost, _, mport = (args.metrics_address or "").rpartition(":")
+    try:
+        await msrv.start(mhost or None, int(mport or 0), args.metrics_socket)
+    except OSError as e:
+        log.warning("metrics endpoint %s: %s", args.metrics_address, e)
     adm = admin.AdminServer(admin.routes(config, client, proxy))
     host, _, port = (args.admin_address or "").rpartition(":")
     try:
@@ -49,12 +77,19 @@ async def amain(args: argparse.Namespace) -> None:
         log.warning("admin endpoint %s: %s", args.admin_address, e)
     zds = ZdsServer(args.zds_socket, proxy.registry, loop)
     zds.start()
-    log.info("ztunnel for %s ready; agent socket %s; controller %s; config version %s", args.node,
-             args.zds_socket, args.controller or "-", config.version or "-")
+    log.info("ztunnel for %s ready; agent socket %s; controller %s; config version %s; CA %s", args.node,
+             args.zds_socket, args.controller or "-", config.version or "-",
+             ca_target if identities is not None else "-")
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    await proxy.close()
+    if identities is not None:
+        await identities.close()
+    if ca_channel is not None:
+        await ca_channel.close()
+    await msrv.close()
     await adm.close()
     if client is not None:
         await client.stop()

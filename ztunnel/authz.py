@@ -55,7 +55,8 @@ class ConnInfo:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     allowed: bool
-    policy: str | None            # "ns/name" of the deciding policy, if one decided
+    policy: str | None            # "ns/name" of the deciding policy (the applicable ALLOWs, comma-separated,
+                                  # when none matched); None for the default allow
     action: str                   # ALLOW | DENY: what decided (the default allow reports ALLOW)
     reason: str
     audit: tuple[str, ...] = field(default=())
@@ -207,7 +208,8 @@ def evaluate(
         return Verdict(False, l7[0].resource_name, ALLOW,
                        f"no ALLOW rule matched; {l7[0].resource_name}: {L7_REASON}", audit)
     names = ", ".join(p.resource_name for p in allows)
-    return Verdict(False, None, ALLOW, f"no rule of the ALLOW policies ({names}) matched", audit)
+    # No single policy decided: the ALLOW policies that apply did, together, by not matching.
+    return Verdict(False, names, ALLOW, f"no rule of the ALLOW policies ({names}) matched", audit)
 
 
 # --- PeerAuthentication ---------------------------------------------------------------------------------
@@ -220,8 +222,20 @@ def _mode(value: str) -> str:
     return v if v in _MODES else UNSET
 
 
+@dataclass(frozen=True, slots=True)
+class PeerAuthnDecision:
+    mode: str                     # STRICT | PERMISSIVE | DISABLE
+    policy: str | None            # "ns/name" of the PeerAuthentication that set it (None: the default)
+
+
 def peer_authn_mode(pas: Iterable[PeerAuthn], workload: Workload, port: int, root_namespace: str) -> str:
-    """Effective mTLS mode for inbound traffic to `workload` on (container) `port`.
+    """Effective mTLS mode for inbound traffic to `workload` on (container) `port`."""
+    return peer_authn(pas, workload, port, root_namespace).mode
+
+
+def peer_authn(pas: Iterable[PeerAuthn], workload: Workload, port: int, root_namespace: str) -> PeerAuthnDecision:
+    """Effective mTLS mode for inbound traffic to `workload` on (container) `port`, and the
+    PeerAuthentication that decided it (so a refusal can name it).
 
     Several policies at one level: Istio takes the oldest; the model carries no creation time, so
     we take the first by name, which is at least deterministic.
@@ -243,15 +257,16 @@ def peer_authn_mode(pas: Iterable[PeerAuthn], workload: Workload, port: int, roo
     def first(ps: list[PeerAuthn]) -> PeerAuthn | None:
         return min(ps, key=lambda p: p.name) if ps else None
 
-    mode = PERMISSIVE
+    mode, by = PERMISSIVE, None
     for level in (first(mesh), first(namespace)):
         if level is not None and _mode(level.mode) != UNSET:
-            mode = _mode(level.mode)
+            mode, by = _mode(level.mode), level.resource_name
     wl = first(selected)
     if wl is not None:
         if _mode(wl.mode) != UNSET:
-            mode = _mode(wl.mode)
-        port_mode = _mode(wl.port_modes.get(port, UNSET))
+            mode, by = _mode(wl.mode), wl.resource_name
+        # JSON (the config stream) turns the int keys into strings: accept both.
+        port_mode = _mode(wl.port_modes.get(port) or wl.port_modes.get(str(port), UNSET))  # type: ignore[call-overload]
         if port_mode != UNSET:
-            mode = port_mode
-    return mode
+            mode, by = port_mode, wl.resource_name
+    return PeerAuthnDecision(mode, by)

@@ -15,11 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
+import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -112,6 +116,57 @@ def make_key_and_csr(identity: str) -> tuple[bytes, bytes]:
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+
+
+# --- the on-disk store ----------------------------------------------------------------------------------
+
+class CertStore:
+    """Keeps each identity's current key and chain in `directory` (0700; files 0600), so that a
+    restarted ztunnel serves at once with still-valid certificates, even while the CA is down.
+
+    Trade-off: the keys are on the node's disk. They are the keys the node holds anyway (it is
+    authorized for exactly these identities), for at most one certificate lifetime; put the
+    directory on tmpfs (an emptyDir with medium Memory) to keep them off persistent storage.
+    Everything read back is re-verified (`WorkloadCertificate.from_pems`): a tampered or foreign
+    file is ignored, never used.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+
+    def _path(self, identity: str) -> Path:
+        return self.dir / (hashlib.sha256(identity.encode()).hexdigest()[:32] + ".json")
+
+    def save(self, cert: WorkloadCertificate) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        doc = {"identity": cert.identity, "key_pem": cert.key_pem.decode(), "chain_pem": list(cert.chain_pem),
+               "bundle_pems": cert.bundle.pems()}
+        path = self._path(cert.identity)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(doc).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def load(self, identity: str, now: float) -> WorkloadCertificate | None:
+        """The stored certificate for `identity` if it is still valid at `now` and verifies."""
+        path = self._path(identity)
+        try:
+            doc = json.loads(path.read_text())
+            cert = WorkloadCertificate.from_pems(identity, doc["key_pem"].encode(), doc["chain_pem"],
+                                                 doc["bundle_pems"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring stored certificate %s for %s: %s", path, identity, e)
+            return None
+        return cert if cert.valid_at(now) else None
+
+    def remove(self, identity: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(identity).unlink()
 
 
 # --- fetchers ----------------------------------------------------------------------------------------
@@ -226,6 +281,7 @@ class IdentityManager:
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
         on_update: Callable[[WorkloadCertificate], Any] | None = None,
+        store: CertStore | None = None,
     ) -> None:
         self.fetcher = fetcher
         self.ttl = ttl
@@ -233,6 +289,7 @@ class IdentityManager:
         self.backoff = backoff or Backoff()
         self.rng = rng or random.Random()
         self.on_update = on_update
+        self.store = store
         self._entries: dict[str, _Entry] = {}
         self._closed = False
 
@@ -248,9 +305,28 @@ class IdentityManager:
         e = self._entries.pop(identity, None)
         if e and e.task:
             e.task.cancel()
+        if self.store is not None:
+            self.store.remove(identity)
 
     def identities(self) -> list[str]:
         return sorted(self._entries)
+
+    def retry_failed(self) -> list[str]:
+        """Retry at once every identity that has no certificate and is waiting out a backoff.
+
+        For events that make success likely (the CA came up, the node's credential appeared, the
+        control plane learnt of a new pod), so a first certificate does not wait a whole backoff
+        interval. Returns the identities retried.
+        """
+        if self._closed:
+            return []
+        retried = []
+        for e in self._entries.values():
+            if e.cert is None and e.failures > 0 and e.task is not None:
+                e.task.cancel()
+                e.task = asyncio.get_running_loop().create_task(self._run(e), name=f"cert:{e.identity}")
+                retried.append(e.identity)
+        return retried
 
     def current(self, identity: str) -> WorkloadCertificate | None:
         """The valid certificate now, without waiting."""
@@ -314,6 +390,11 @@ class IdentityManager:
         if e is None:
             ident.parse(identity)  # refuse garbage early, with the reason
             e = _Entry(identity)
+            if self.store is not None:
+                e.cert = self.store.load(identity, self.clock.now())
+                if e.cert is not None:
+                    log.info("certificate for %s: serial %x from the store, valid until %s", identity,
+                             e.cert.serial, _iso(e.cert.not_after))
             self._entries[identity] = e
             e.task = asyncio.get_running_loop().create_task(self._run(e), name=f"cert:{identity}")
         return e
@@ -338,6 +419,10 @@ class IdentityManager:
         return WorkloadCertificate.from_pems(identity, key_pem, res.chain_pem, res.trust_bundle)
 
     async def _run(self, e: _Entry) -> None:
+        if e.cert is not None and e.failures == 0:   # loaded from the store: renew at its half-life
+            delay = next_delay(e.cert, 0, self.clock.now(), self.backoff, self.rng.random())
+            e.next_attempt = self.clock.now() + delay
+            await self.clock.sleep(delay)
         while True:
             try:
                 cert = await self._fetch_once(e.identity)
@@ -351,6 +436,11 @@ class IdentityManager:
                 e.cert, e.failures, e.last_error = cert, 0, ""
                 log.info("certificate for %s: serial %x valid until %s", e.identity, cert.serial,
                          _iso(cert.not_after))
+                if self.store is not None:
+                    try:
+                        self.store.save(cert)
+                    except OSError as exc:
+                        log.warning("cannot store the certificate for %s: %s", e.identity, exc)
                 if self.on_update is not None:
                     try:
                         self.on_update(cert)

@@ -15,6 +15,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from agent.capture.constants import AMBIT_MARK, PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND
 from ambit.netns import entered
@@ -24,6 +25,17 @@ log = logging.getLogger("ambit.ztunnel.pods")
 
 IP_TRANSPARENT = 19
 Handler = Callable[["PodProxy", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+# Serves a pod's HBONE listener (already bound and listening in the pod's netns) with a server of its
+# own (TLS is terminated per pod, with that pod's certificate); returns what stops it accepting.
+HBONEServe = Callable[["PodProxy", socket.socket], Awaitable[Closable]]
+# Told about pods coming ("add") and going ("remove"), e.g. to prefetch or forget certificates.
+PodListener = Callable[[str, "PodProxy"], None]
 
 
 def _listener(host: str, port: int, transparent: bool = False) -> socket.socket:
@@ -41,7 +53,7 @@ def _listener(host: str, port: int, transparent: bool = False) -> socket.socket:
 class PodProxy:
     pod: PodInfo
     netns_fd: int
-    servers: list[asyncio.Server] = field(default_factory=list)
+    servers: list[Closable] = field(default_factory=list)
     conns: set[asyncio.Task[None]] = field(default_factory=set)
     draining: bool = False
 
@@ -92,13 +104,23 @@ class PodProxy:
 class PodRegistry:
     """All pods of this node that ztunnel serves, keyed by uid."""
 
-    def __init__(self, on_outbound: Handler, on_inbound: Handler, on_hbone: Handler | None = None):
+    def __init__(self, on_outbound: Handler, on_inbound: Handler, on_hbone: Handler | None = None,
+                 serve_hbone: HBONEServe | None = None):
         self.pods: dict[str, PodProxy] = {}
         self.by_ip: dict[str, PodProxy] = {}
         self._draining: set[asyncio.Future[None]] = set()
         self._handlers = {PORT_OUTBOUND: on_outbound, PORT_INBOUND: on_inbound}
         if on_hbone is not None:
             self._handlers[PORT_HBONE] = on_hbone
+        self._serve_hbone = serve_hbone
+        self.listeners: list[PodListener] = []
+
+    def _notify(self, event: str, proxy: PodProxy) -> None:
+        for fn in list(self.listeners):
+            try:
+                fn(event, proxy)
+            except Exception:
+                log.exception("pod %s listener failed for %s/%s", event, proxy.pod.namespace, proxy.pod.name)
 
     async def add(self, pod: PodInfo, netns_fd: int) -> None:
         old = self.pods.get(pod.uid)
@@ -111,22 +133,28 @@ class PodRegistry:
         with entered(netns_fd):
             socks = {PORT_OUTBOUND: _listener("127.0.0.1", PORT_OUTBOUND),
                      PORT_INBOUND: _listener("0.0.0.0", PORT_INBOUND, transparent=True)}
-            if PORT_HBONE in self._handlers:
+            if PORT_HBONE in self._handlers or self._serve_hbone is not None:
                 socks[PORT_HBONE] = _listener("0.0.0.0", PORT_HBONE)
         try:
             for port, sock in socks.items():
+                if port == PORT_HBONE and self._serve_hbone is not None:
+                    proxy.servers.append(await self._serve_hbone(proxy, sock))
+                    continue
                 handler = self._handlers[port]
 
                 def cb(r: asyncio.StreamReader, w: asyncio.StreamWriter, h: Handler = handler) -> None:
                     proxy.track(h(proxy, r, w))
                 proxy.servers.append(await asyncio.start_server(cb, sock=sock, limit=256 * 1024))
         except BaseException:
+            for srv in proxy.servers:
+                srv.close()
             for s in socks.values():
                 s.close()
             raise
         self.pods[pod.uid] = proxy
         self.by_ip[pod.ip] = proxy
         log.info("serving pod %s/%s (%s) uid=%s", pod.namespace, pod.name, pod.ip, pod.uid)
+        self._notify("add", proxy)
 
     async def remove(self, uid: str, drain: float, wait: bool = True) -> None:
         """Stop serving a pod: no new connections at once; open ones get `drain` seconds.
@@ -141,6 +169,7 @@ class PodRegistry:
         log.info("draining pod %s/%s (%d open connections, bound %.1fs)", proxy.pod.namespace,
                  proxy.pod.name, len(proxy.conns), drain)
         proxy.stop_accepting()
+        self._notify("remove", proxy)
         if wait:
             await proxy.close(drain)
         else:

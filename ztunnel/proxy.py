@@ -1,9 +1,18 @@
-"""Connection handlers: what ztunnel does with a captured connection.
+"""Connection handlers: what ztunnel does with a captured connection. The asyncio edge.
 
-Outbound (15001): find the original destination, decide the route, connect, relay.
-Inbound plaintext (15006): the connection was steered here by the TC program; its local address
-*is* the original destination. Deliver it to the app from the client's own IP.
-The route decision itself is a pure function in ztunnel/routing.py.
+Outbound (15001): read the original destination, let `routing.decide` pick the route, then either
+open an HBONE tunnel (mTLS as the *source pod's* identity, dialled from inside the source pod's
+netns so it leaves with the pod's IP) or pass the bytes through as plain TCP.
+Inbound HBONE (15008): TLS is terminated with the *destination pod's* certificate (each listener
+belongs to one pod); `admission.admit_hbone` decides; the tunnel is delivered to the app from the
+client's own IP.
+Inbound plaintext (15006): the TC program steered it here; its local address *is* the original
+destination. `admission.admit_plaintext` applies PeerAuthentication and L4 policy, then delivery
+as above.
+
+Every connection ends in one access-log line (with `error` and `policy` when refused) and in the
+Istio TCP metrics; a refused connection is reset (RST), so the client fails at once, not at its
+timeout.
 """
 
 from __future__ import annotations
@@ -11,19 +20,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import ssl
+import struct
+from collections.abc import Callable
+from typing import Any
 
 from agent.capture.origdst import original_dst
-from ztunnel import accesslog
+from ambit.model import Workload
+from ambit.zds import PodInfo
+from ztunnel import accesslog, admission, routing, tls
 from ztunnel.accesslog import ConnRecord
+from ztunnel.certs import CertificateUnavailable, IdentityManager
 from ztunnel.config import MeshConfig
+from ztunnel.hbone import HBONEClientPool, HBONEConnectError, HBONEServer, HBONEStream, PoolKey
+from ztunnel.metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TLS, NONE, ConnLabels, Metrics
 from ztunnel.pods import PodProxy, PodRegistry
-from ztunnel.relay import relay
+from ztunnel.relay import relay, relay_tunnel
 
 log = logging.getLogger("ambit.ztunnel.proxy")
 CONNECT_TIMEOUT = 10.0
+CERT_WAIT = 5.0            # how long a connection waits for its pod's first certificate
+HBONE_DRAIN = 5.0
 
 
-async def open_from(sock_factory, dst: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:  # noqa: ANN001
+async def open_from(sock_factory: Callable[[], socket.socket], dst: tuple[str, int]
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = asyncio.get_running_loop()
     s = sock_factory()
     try:
@@ -34,43 +57,336 @@ async def open_from(sock_factory, dst: tuple[str, int]) -> tuple[asyncio.StreamR
     return await asyncio.open_connection(sock=s, limit=256 * 1024)
 
 
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with RST (SO_LINGER 0): the app sees "connection reset" at once, whatever it sent."""
+    sock = writer.get_extra_info("socket")
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(Exception):
+        writer.transport.abort()
+
+
+def traceparent() -> str:
+    """A new W3C trace context for the tunnel (not sampled: ztunnel starts no spans itself)."""
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-00"
+
+
+class _PodHBONE:
+    """A pod's HBONE server as PodRegistry sees it: `close()` stops accepting at once, then the
+    connections get a GOAWAY and a bounded drain in the background."""
+
+    def __init__(self, server: HBONEServer, background: set[asyncio.Task[None]]) -> None:
+        self.server = server
+        self._background = background
+
+    def close(self) -> None:
+        t = asyncio.ensure_future(self.server.close(grace=HBONE_DRAIN))
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+
 class Proxy:
-    def __init__(self, config: MeshConfig | None = None) -> None:
+    """ztunnel's data path for all pods of the node. Without `identities` there is no mTLS: every
+    connection passes through in plaintext (the capture-only mode of earlier milestones)."""
+
+    def __init__(self, config: MeshConfig | None = None, *, identities: IdentityManager | None = None,
+                 metrics: Metrics | None = None, trust_domain: str = "cluster.local",
+                 cert_wait: float = CERT_WAIT) -> None:
         # The mesh config (workloads, services, policies) from the controller; None without one.
         self.config = config
-        self.registry = PodRegistry(self.outbound, self.inbound_plaintext)
+        self.identities = identities
+        self.metrics = metrics or Metrics()
+        self.trust_domain = trust_domain
+        self.cert_wait = cert_wait
+        self.contexts = tls.ContextCache()
+        self.lb = routing.RoundRobin()
+        self._background: set[asyncio.Task[None]] = set()
+        self.pool: HBONEClientPool | None = None
+        if identities is not None:
+            self.pool = HBONEClientPool(self._client_context, dial=self._dial)
+        self.registry = PodRegistry(self.outbound, self.inbound_plaintext,
+                                    serve_hbone=self._serve_hbone if identities is not None else None)
+        self.registry.listeners.append(self._pod_event)
+
+    # --- identities ---------------------------------------------------------------------------------
+
+    def workload_of(self, pod: PodInfo) -> Workload:
+        return admission.pod_workload(self.config, pod, self.trust_domain)
+
+    def identity_of(self, pod: PodInfo) -> str:
+        return self.workload_of(pod).identity
+
+    def _pod_event(self, event: str, proxy: PodProxy) -> None:
+        """Prefetch a pod's certificate when it arrives; forget it (and close the pod's pooled
+        connections) when the last pod with that identity leaves."""
+        if self.identities is None:
+            return
+        ident = self.identity_of(proxy.pod)
+        if event == "add":
+            self.identities.prefetch([ident])
+            return
+        if self.pool is not None:
+            self.pool.close_where(lambda k: k.src_ip == proxy.pod.ip, "source pod left the node")
+        if not any(self.identity_of(p.pod) == ident for p in self.registry.pods.values()):
+            self.identities.forget(ident)
+            self.contexts.forget(ident)
+
+    async def _client_context(self, identity: str) -> ssl.SSLContext:
+        assert self.identities is not None
+        return self.contexts.client(await self.identities.get(identity, self.cert_wait))
+
+    async def _dial(self, key: PoolKey, port: int) -> socket.socket:
+        """TCP to the HBONE peer from inside the source pod's netns (the packets carry its IP)."""
+        pod = self.registry.by_ip.get(key.src_ip)
+        if pod is None:
+            raise ConnectionError(f"source pod {key.src_ip} is no longer served on this node")
+        s = pod.socket()
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(s, (key.dst_ip, port)), CONNECT_TIMEOUT)
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    # --- outbound ----------------------------------------------------------------------------------------
 
     async def outbound(self, pod: PodProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         peer = writer.get_extra_info("peername")
         rec = ConnRecord("outbound", src_addr=f"{pod.pod.ip}:{peer[1]}", dst_addr="",
-                         src_workload=pod.pod.name, src_namespace=pod.pod.namespace, route="passthrough")
+                         src_workload=pod.pod.name, src_namespace=pod.pod.namespace, route=routing.PASSTHROUGH)
+        labels: ConnLabels | None = None
+        opened = False      # counted as opened once the upstream is up; failures count at the end
+        sent = recv = 0
+        refused = False
         try:
             dst = original_dst(sock)
-            rec.dst_addr = f"{dst[0]}:{dst[1]}"
+            rec.dst_addr = routing.format_addr(*dst)
             if dst == sock.getsockname()[:2]:
                 raise OSError("original destination unknown (is ztunnel in its own cgroup?)")
-            up_r, up_w = await open_from(pod.socket, dst)
-            rec.bytes_sent, rec.bytes_recv = await relay(reader, writer, up_r, up_w)
-        except (TimeoutError, OSError) as e:
+            route = (routing.decide(self.config, dst[0], dst[1], self.lb) if self.config is not None
+                     else routing.Route(routing.PASSTHROUGH, dst, dst))
+            rec.route = route.kind
+            if route.workload is not None:
+                rec.dst_workload, rec.dst_namespace = route.workload.name, route.workload.namespace
+            if route.service is not None:
+                rec.dst_service = route.service.hostname
+            if route.kind == routing.REFUSE:
+                refused = True
+                rec.error = route.reason
+                return
+            if route.kind == routing.HBONE and self.pool is None:
+                raise ConnectionError(f"{rec.dst_addr} is a mesh workload, but this ztunnel has no identities "
+                                      "(no CA configured); refusing to send it plaintext")
+            src_wl = self.workload_of(pod.pod)
+            hbone = route.kind == routing.HBONE
+            if hbone:
+                rec.src_identity, rec.dst_identity = src_wl.identity, route.identity
+                rec.extra["upstream"] = routing.format_addr(*route.dial) if route.dial else ""
+            labels = ConnLabels(
+                "source", pod.pod.name, pod.pod.namespace, src_wl.identity if hbone else "",
+                route.workload.name if route.workload else "", route.workload.namespace if route.workload else "",
+                route.identity, route.service.hostname if route.service else "",
+                MUTUAL_TLS if hbone else NONE)
+            if hbone:
+                assert self.pool is not None and route.target is not None
+                tunnel = await self.pool.connect(
+                    src_wl.identity, route.identity, route.target[0], route.authority,
+                    forwarded_for=pod.pod.ip, traceparent=traceparent(), src_ip=pod.pod.ip,
+                    timeout=CONNECT_TIMEOUT + self.cert_wait)
+                self.metrics.conn_opened(labels)
+                opened = True
+                sent, recv = await relay_tunnel(reader, writer, tunnel)
+            else:
+                assert route.dial is not None
+                up_r, up_w = await open_from(pod.socket, route.dial)
+                self.metrics.conn_opened(labels)
+                opened = True
+                sent, recv = await relay(reader, writer, up_r, up_w)
+        except CertificateUnavailable as e:
+            refused = True
+            rec.error = f"no client certificate: {e}"
+            log.warning("outbound %s -> %s refused: %s", rec.src_addr, rec.dst_addr, rec.error)
+        except HBONEConnectError as e:
+            refused = True
+            rec.error = f"HBONE {e.status or 'connect'}: {e.reason}"
+            rec.policy = e.headers.get(admission.POLICY_HEADER, "")
+            if labels is not None and not opened:
+                labels.response_flags = FLAG_DENY if e.status in (401, 403) else FLAG_CONNECT
+        except (TimeoutError, OSError, ssl.SSLError) as e:
+            refused = True
             rec.error = f"{type(e).__name__}: {e}"
+            if labels is not None and not opened:
+                labels.response_flags = FLAG_CONNECT
         finally:
-            writer.close()
+            rec.bytes_sent, rec.bytes_recv = sent, recv
+            if refused:
+                reset(writer)
+            else:
+                with contextlib.suppress(Exception):
+                    writer.close()
+            if labels is not None:
+                if not opened:
+                    self.metrics.conn_opened(labels)
+                self.metrics.conn_closed(labels, sent, recv)
             accesslog.emit(rec)
+
+    # --- inbound HBONE ---------------------------------------------------------------------------------
+
+    async def _serve_hbone(self, pod: PodProxy, sock: socket.socket) -> _PodHBONE:
+        assert self.identities is not None
+        identities = self.identities
+
+        def server_context() -> ssl.SSLContext:
+            # Called per handshake, synchronously (OpenSSL's servername callback): no waiting here.
+            # The pod's certificate was prefetched when it arrived; until it is there, refuse.
+            ident = self.identity_of(pod.pod)
+            cert = identities.current(ident)
+            if cert is None:
+                raise CertificateUnavailable(ident, "no server certificate yet")
+            return self.contexts.server(cert)
+
+        async def on_connect(st: HBONEStream, peer_identity: str, authority: str, headers: dict[str, str]) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                pod.conns.add(task)     # so draining the pod waits for (then cuts) its tunnels
+            try:
+                await self.inbound_hbone(pod, st, peer_identity, authority, headers)
+            finally:
+                if task is not None:
+                    pod.conns.discard(task)
+
+        server = HBONEServer(sock, server_context, on_connect)
+        await server.start()
+        return _PodHBONE(server, self._background)
+
+    async def inbound_hbone(self, pod: PodProxy, st: HBONEStream, peer_identity: str, authority: str,
+                            headers: dict[str, str]) -> None:
+        dest = self.workload_of(pod.pod)
+        tls_peer = st.get_extra_info("peername") or ("", 0)
+        rec = ConnRecord("inbound", src_addr="", dst_addr=authority, src_identity=peer_identity,
+                         dst_workload=pod.pod.name, dst_namespace=pod.pod.namespace, dst_identity=dest.identity,
+                         route="inbound-hbone")
+        labels = ConnLabels("destination", source_principal=peer_identity, destination_workload=pod.pod.name,
+                            destination_workload_namespace=pod.pod.namespace, destination_principal=dest.identity,
+                            destination_service=self._service_of(dest), connection_security_policy=MUTUAL_TLS)
+        to_app = from_app = 0
+        opened = False
+        try:
+            adm = admission.admit_hbone(self.config, pod.pod, dest, peer_identity, authority, headers, tls_peer[0])
+            rec.src_addr = f"{adm.src_ip or tls_peer[0]}:0"
+            if adm.src_workload is not None:
+                rec.src_workload, rec.src_namespace = adm.src_workload.name, adm.src_workload.namespace
+                labels.source_workload = adm.src_workload.name
+                labels.source_workload_namespace = adm.src_workload.namespace
+            if adm.audit:
+                rec.extra["audit"] = list(adm.audit)
+            if not adm.allowed:
+                rec.error, rec.policy = f"{adm.status} {adm.reason}", adm.policy
+                labels.response_flags = FLAG_DENY
+                log.warning("denied HBONE %s (%s) -> %s/%s %s: %s%s", rec.src_addr, peer_identity, pod.pod.namespace,
+                            pod.pod.name, authority, adm.reason, f" [policy {adm.policy}]" if adm.policy else "")
+                st.respond(adm.status, adm.reason,
+                           [(admission.POLICY_HEADER, adm.policy)] if adm.policy else None)
+                return
+            try:
+                app_r, app_w = await open_from(lambda: pod.delivery_socket(adm.src_ip), (pod.pod.ip, adm.dst_port))
+            except (TimeoutError, OSError) as e:
+                rec.error = f"503 cannot reach the app: {type(e).__name__}: {e}"
+                labels.response_flags = FLAG_CONNECT
+                st.respond(503, f"cannot reach {authority}: {e}")
+                return
+            local = app_w.get_extra_info("sockname")
+            rec.src_addr = f"{local[0]}:{local[1]}"     # what the app sees as its peer
+            st.respond(200)
+            self.metrics.conn_opened(labels)
+            opened = True
+            from_app, to_app = await relay_tunnel(app_r, app_w, st)
+        except (TimeoutError, OSError) as e:
+            rec.error = rec.error or f"{type(e).__name__}: {e}"
+        finally:
+            rec.bytes_sent, rec.bytes_recv = to_app, from_app
+            if not opened:
+                self.metrics.conn_opened(labels)
+            self.metrics.conn_closed(labels, to_app, from_app)
+            accesslog.emit(rec)
+
+    # --- inbound plaintext -----------------------------------------------------------------------------
 
     async def inbound_plaintext(self, pod: PodProxy, reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         # eBPF (sk_assign): the local address is the original destination; iptables: conntrack.
         local = original_dst(writer.get_extra_info("socket"))
+        dest = self.workload_of(pod.pod)
         rec = ConnRecord("inbound", src_addr=f"{peer[0]}:{peer[1]}", dst_addr=f"{local[0]}:{local[1]}",
                          dst_workload=pod.pod.name, dst_namespace=pod.pod.namespace, route="inbound-plaintext")
+        labels = ConnLabels("destination", destination_workload=pod.pod.name,
+                            destination_workload_namespace=pod.pod.namespace, destination_principal=dest.identity,
+                            destination_service=self._service_of(dest), connection_security_policy=NONE)
+        to_app = from_app = 0
+        refused = False
+        opened = False
         try:
+            adm = admission.admit_plaintext(self.config, pod.pod, dest, peer[0], local[1])
+            if adm.src_workload is not None:
+                rec.src_workload, rec.src_namespace = adm.src_workload.name, adm.src_workload.namespace
+                labels.source_workload = adm.src_workload.name
+                labels.source_workload_namespace = adm.src_workload.namespace
+            if not adm.allowed:
+                refused = True
+                rec.error, rec.policy = adm.reason, adm.policy
+                labels.response_flags = FLAG_DENY
+                log.warning("denied plaintext %s -> %s/%s %s: %s%s", rec.src_addr, pod.pod.namespace, pod.pod.name,
+                            rec.dst_addr, adm.reason, f" [policy {adm.policy}]" if adm.policy else "")
+                return
             app_r, app_w = await open_from(lambda: pod.delivery_socket(peer[0]), (local[0], local[1]))
-            rec.bytes_sent, rec.bytes_recv = await relay(reader, writer, app_r, app_w)
+            self.metrics.conn_opened(labels)
+            opened = True
+            to_app, from_app = await relay(reader, writer, app_r, app_w)
         except (TimeoutError, OSError) as e:
+            refused = True
             rec.error = f"{type(e).__name__}: {e}"
+            if not opened:
+                labels.response_flags = FLAG_CONNECT
         finally:
-            with contextlib.suppress(Exception):
-                writer.close()
+            rec.bytes_sent, rec.bytes_recv = to_app, from_app
+            if refused:
+                reset(writer)
+            else:
+                with contextlib.suppress(Exception):
+                    writer.close()
+            if not opened:
+                self.metrics.conn_opened(labels)
+            self.metrics.conn_closed(labels, to_app, from_app)
             accesslog.emit(rec)
+
+    # --- helpers ---------------------------------------------------------------------------------------
+
+    def _service_of(self, wl: Workload) -> str:
+        """The hostname of the (first) Service a workload backs: Istio's destination_service."""
+        if self.config is None:
+            return ""
+        for name in sorted(wl.services):
+            svc = self.config.view.services.get(name)
+            if svc is not None:
+                return svc.hostname
+        return ""
+
+    def connections(self) -> dict[str, Any]:
+        """For the admin endpoint: pooled HBONE connections and their open tunnels."""
+        if self.pool is None:
+            return {"hbone_pool": []}
+        streams = self.pool.streams()
+        return {"hbone_pool": [
+            {"src_identity": k.src_identity, "dst_identity": k.dst_identity, "dst_ip": k.dst_ip,
+             "src_ip": k.src_ip, "connections": n, "streams": streams.get(k, 0)}
+            for k, n in sorted(self.pool.connections().items(), key=lambda kv: (kv[0].src_ip, kv[0].dst_ip))]}
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+        for t in list(self._background):
+            with contextlib.suppress(Exception):
+                await t

@@ -16,8 +16,10 @@ ChaCha20, and `check_negotiated` re-checks every session anyway.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,8 @@ from controller.ca.bundle import UntrustedCertificate, spiffe_id_of
 
 if TYPE_CHECKING:
     from ztunnel.certs import WorkloadCertificate
+
+log = logging.getLogger("ambit.ztunnel.tls")
 
 ALPN = "h2"
 TLS13_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384")
@@ -127,6 +131,38 @@ def server_context(cert: WorkloadCertificate) -> ssl.SSLContext:
     # Our clients pool connections instead of resuming sessions; tickets would only cost CPU.
     ctx.num_tickets = 0
     return ctx
+
+
+def selecting_server_context(select: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """A server context that takes its certificate, per handshake, from `select()`.
+
+    A listener keeps one SSLContext for its lifetime, but the certificate behind it rotates (and
+    may not exist yet when the listener opens). OpenSSL's servername callback runs after the
+    ClientHello of every handshake (with or without SNI); it swaps in the current context, whose
+    certificate, key and trust store then serve that handshake. The base context carries the
+    policy that OpenSSL copies into each connection at accept time (TLS 1.3 only, AES-GCM, peer
+    certificate required, ALPN h2), so it is enforced whatever `select()` returns. If `select()`
+    fails (no certificate yet) the handshake is refused with an alert.
+    """
+    base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    base.minimum_version = ssl.TLSVersion.TLSv1_3
+    base.maximum_version = ssl.TLSVersion.TLSv1_3
+    set_tls13_ciphersuites(base)
+    base.check_hostname = False
+    base.verify_mode = ssl.CERT_REQUIRED
+    base.set_alpn_protocols([ALPN])
+    base.num_tickets = 0
+
+    def pick(sslobj: ssl.SSLObject, _server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
+        try:
+            sslobj.context = select()
+        except Exception as e:  # noqa: BLE001 - an exception here would only be printed by ssl
+            log.warning("refusing a TLS handshake: no server certificate: %s", e)
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+        return None
+
+    base.sni_callback = pick
+    return base
 
 
 @dataclass

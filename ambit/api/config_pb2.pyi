@@ -122,10 +122,22 @@ class SubscriberStatus(_message.Message):
     types: _containers.RepeatedCompositeFieldContainer[TypeStatus]
     def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., connected: _Optional[bool] = ..., connected_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., disconnected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., peer: _Optional[str] = ..., types: _Optional[_Iterable[_Union[TypeStatus, _Mapping]]] = ...) -> None: ...
 
+class ConfigError(_message.Message):
+    __slots__ = ("ref", "path", "reason")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    path: str
+    reason: str
+    def __init__(self, ref: _Optional[str] = ..., path: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "subscribers")
+    __slots__ = ("version", "subscribers", "config_errors")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_ERRORS_FIELD_NUMBER: _ClassVar[int]
     version: str
     subscribers: _containers.RepeatedCompositeFieldContainer[SubscriberStatus]
-    def __init__(self, version: _Optional[str] = ..., subscribers: _Optional[_Iterable[_Union[SubscriberStatus, _Mapping]]] = ...) -> None: ...
+    config_errors: _containers.RepeatedCompositeFieldContainer[ConfigError]
+    def __init__(self, version: _Optional[str] = ..., subscribers: _Optional[_Iterable[_Union[SubscriberStatus, _Mapping]]] = ..., config_errors: _Optional[_Iterable[_Union[ConfigError, _Mapping]]] = ...) -> None: ...

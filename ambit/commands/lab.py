@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--name", default=os.environ.get("AMBIT_LAB_NAME", "ambit"), help="lab name prefix")
     up.add_argument("--capture", choices=["ebpf", "iptables"], default="ebpf",
                     help="how pod traffic reaches ztunnel (iptables is the comparison baseline)")
+    up.add_argument("--cert-ttl", type=float, metavar="SECONDS",
+                    help="lifetime of workload certificates (default 24h; rotated at half-life), "
+                         "e.g. 60 to watch rotation")
     up.set_defaults(func=cmd_up)
 
     down = ls.add_parser("down", help="remove the lab and everything it created")
@@ -61,7 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     spec = lab.load_spec(args.spec, args.nodes)
-    lab.up(spec, name=args.name, capture=args.capture)
+    if args.cert_ttl is not None and args.cert_ttl < 10:
+        raise lab.LabError(f"--cert-ttl {args.cert_ttl:g}: must be at least 10 seconds")
+    lab.up(spec, name=args.name, capture=args.capture, cert_ttl=args.cert_ttl)
     lab.progress(f"lab is up; state and logs in {paths.lab_dir()}")
     return 0
 

@@ -36,6 +36,17 @@ def ztunnel_admin_socket(base: Path, node: str) -> Path:
     return base / node / "admin.sock"
 
 
+def ztunnel_metrics_socket(base: Path, node: str) -> Path:
+    """The node's ztunnel metrics (Prometheus text) on a unix socket, scrapable from the host."""
+    return base / node / "metrics.sock"
+
+
+def node_token_file(base: Path, node: str) -> Path:
+    """The node's CA credential; the controller writes it (controller/ca_setup.py), ztunnel reads it."""
+    from controller.ca_setup import token_file
+    return token_file(base, node)
+
+
 def controller_process(names: LabNames, base: Path) -> ProcSpec:
     cg = cgroups.create(names.component_cgroup(None, "controller"))  # the topology makes only system/
     return ProcSpec(
@@ -45,7 +56,8 @@ def controller_process(names: LabNames, base: Path) -> ProcSpec:
               "--node-token-dir", str(base)])
 
 
-def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf") -> list[ProcSpec]:
+def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
+              cert_ttl: float | None = None) -> list[ProcSpec]:
     procs: list[ProcSpec] = [controller_process(names, base)]
     py = sys.executable
     store = str(base / "store.json")
@@ -57,7 +69,12 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf")
             argv=[py, "-m", "ztunnel", "--node", n.name, "--zds-socket", str(zds_socket(base, n.name)),
                   "--controller", f"unix:{controller_socket(base)}",
                   "--config-cache", str(base / n.name / "config-cache.json"),
-                  "--admin-socket", str(ztunnel_admin_socket(base, n.name))]))
+                  "--admin-socket", str(ztunnel_admin_socket(base, n.name)),
+                  "--node-token-file", str(node_token_file(base, n.name)),
+                  "--cert-cache", str(base / n.name / "certs"),
+                  "--trust-domain", spec.trust_domain,
+                  "--metrics-socket", str(ztunnel_metrics_socket(base, n.name)),
+                  *(["--cert-ttl", str(cert_ttl)] if cert_ttl else [])]))
         procs.append(ProcSpec(
             id=f"agent/{n.name}", component="agent", node=n.name, netns=node_ns,
             cgroup=str(names.component_cgroup(n.name, "agent")),
@@ -99,7 +116,8 @@ def not_ready(st: LabState, base: Path) -> list[str]:
     if not controller_socket(base).exists():   # it binds only once its first config is translated
         waiting.append("controller")
     for n in st.spec["nodes"]:
-        if not zds_socket(base, n["name"]).exists() or not ztunnel_synced(base, n["name"]):
+        if (not zds_socket(base, n["name"]).exists() or not ztunnel_synced(base, n["name"])
+                or not ztunnel_certs_ready(base, n["name"])):
             waiting.append(f"ztunnel/{n['name']}")
         if not agent_status_file(base, n["name"]).exists():
             waiting.append(f"agent/{n['name']}")
@@ -111,6 +129,17 @@ def not_ready(st: LabState, base: Path) -> list[str]:
     return waiting
 
 
+def remove_runtime_files(base: Path, nodes: list[str]) -> None:
+    """What the mesh components leave in the lab dir (sockets, node tokens, config caches, the CA,
+    agent status files); `lab down` calls this so a later lab never starts from a stale cache."""
+    import shutil
+    for n in nodes:
+        shutil.rmtree(base / n, ignore_errors=True)
+        agent_status_file(base, n).unlink(missing_ok=True)
+    shutil.rmtree(base / "ca", ignore_errors=True)
+    controller_socket(base).unlink(missing_ok=True)
+
+
 def ztunnel_synced(base: Path, node: str) -> bool:
     """Has the node's ztunnel received the controller's config (its admin /healthz/ready)?"""
     from ztunnel import admin
@@ -118,6 +147,17 @@ def ztunnel_synced(base: Path, node: str) -> bool:
         return admin.get(ztunnel_admin_socket(base, node), "/healthz/ready", timeout=1.0)[0] == 200
     except (OSError, ValueError):
         return False
+
+
+def ztunnel_certs_ready(base: Path, node: str) -> bool:
+    """Does the node's ztunnel hold a valid certificate for every identity it manages (admin /certs)?
+    Without this a lab would be "up" while its first mTLS connections still wait for the CA."""
+    from ztunnel import admin
+    try:
+        status, certs = admin.get(ztunnel_admin_socket(base, node), "/certs", timeout=1.0)
+    except (OSError, ValueError):
+        return False
+    return status == 200 and all(c.get("state") == "VALID" for c in certs or [])
 
 
 def capture_status(st: LabState, base: Path) -> dict[str, Any]:

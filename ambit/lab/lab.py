@@ -76,7 +76,7 @@ def is_up(base: Path | None = None) -> bool:
 
 
 def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: str = "ebpf",
-       wait: bool = True) -> state.LabState:
+       wait: bool = True, cert_ttl: float | None = None) -> state.LabState:
     base = base or paths.lab_dir()
     names = LabNames(name)
     if state.load(base) is not None:
@@ -96,8 +96,8 @@ def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: st
         store = LabStore(paths.store_path(base))
         store.apply(store_objects(spec, names))
         st = state.LabState(name=name, lab_dir=str(base), spec=asdict(spec),
-                            processes=components.processes(spec, names, base, capture), capture=capture,
-                            etc_netns_created=etc_created)
+                            processes=components.processes(spec, names, base, capture, cert_ttl=cert_ttl),
+                            capture=capture, etc_netns_created=etc_created)
         state.save(st, base)
         progress("starting the supervisor (controller, agents, ztunnels, app pods)")
         start_supervisor(names, base)
@@ -169,6 +169,11 @@ def down(name: str | None = None, base: Path | None = None, quiet: bool = False,
             (base / f).unlink()
         except FileNotFoundError:
             pass
+    # Sockets, node tokens, config and certificate caches (workload keys never outlive the lab),
+    # the CA and agent status: a later lab must never start from any of them.
+    nodes = [n["name"] for n in st.spec["nodes"]] if st is not None else []
+    nodes += [d.name for d in base.glob("node*") if d.is_dir() and d.name not in nodes]
+    components.remove_runtime_files(base, nodes)
     if not keep_logs:
         shutil.rmtree(paths.log_dir(base), ignore_errors=True)
         try:

@@ -3,7 +3,7 @@
     .venv/bin/python -m pytest tests/e2e -q                                  # a lab of its own, here
     AMBIT_E2E_DRIVER=kube KUBECONFIG=~/.kube/config pytest tests/e2e -q      # a cluster (vagrant/)
 
-The lab is named `ambit-e` and keeps its state in a temporary AMBIT_LAB_DIR, so it never collides
+The lab is named `ambit-e<pid>` and keeps its state in a temporary AMBIT_LAB_DIR, so it never collides
 with a developer's lab or other test labs; it is torn down even when a test fails.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.driver import Driver, KubeDriver, LabDriver
-from tests.lab.labctl import Lab
+from tests.lab.labctl import Lab, lab_name_for, sweep_stale
 
 SPEC = Path(__file__).parent / "specs" / "e2e.yaml"
-LAB_NAME = "ambit-e"
+LAB_NAME = lab_name_for("e")
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +35,7 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Driver]:
     if kind != "lab":
         pytest.fail(f"AMBIT_E2E_DRIVER={kind!r}: expected 'lab' or 'kube'")
     lab = Lab(tmp_path_factory.mktemp("e2e") / "state", name=LAB_NAME)
-    lab.down()                          # a run killed hard may have left one behind
+    sweep_stale()                       # labs of earlier runs that were killed hard
     try:
         lab.up("--spec", str(SPEC))
         d = LabDriver(lab)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.labctl import Lab
+from tests.lab.labctl import Lab, lab_name_for, sweep_stale
 
 MESH_SPEC = Path(__file__).parent / "specs" / "mesh.yaml"
 
@@ -22,8 +22,8 @@ def _artifacts(name: str) -> Path:
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """The default lab, shared by tests that leave it as they found it."""
-    lab = Lab(tmp_path_factory.mktemp("lab") / "state", name="ambit-t")
-    lab.down()  # a previous run killed hard may have left one behind
+    sweep_stale()  # labs of earlier runs that were killed hard
+    lab = Lab(tmp_path_factory.mktemp("lab") / "state", name=lab_name_for("t"))
     lab.up("--spec", str(MESH_SPEC))
     try:
         yield lab
@@ -35,8 +35,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 @pytest.fixture
 def fresh_lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
     """A lab of the test's own (not yet up), for tests that change or break it."""
-    lab = Lab(tmp_path / "state", name="ambit-f")
-    lab.down()
+    lab = Lab(tmp_path / "state", name=lab_name_for("f"))
     try:
         yield lab
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,33 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 AMBIT = [sys.executable, "-m", "ambit.cli"]
+# Test labs carry the pytest process id in their name, so two runs on one machine never tear down
+# each other's labs; `sweep_stale()` removes labs whose run died without cleaning up.
+RUN_ID = os.getpid()
+TEST_LAB_RE = re.compile(r"^(ambit-[a-z](\d+))[.-]")
+
+
+def lab_name_for(kind: str) -> str:
+    return f"ambit-{kind}{RUN_ID}"
+
+
+def sweep_stale() -> list[str]:
+    """Tear down test labs (netns, cgroups, pins) left by pytest runs that are no longer alive."""
+    from ambit import cgroups
+    from ambit.lab import lab as labmod
+    seen: set[tuple[str, int]] = set()
+    names = os.listdir("/var/run/netns") if os.path.isdir("/var/run/netns") else []
+    names += os.listdir(cgroups.find_cgroup2_mount())
+    for n in names:
+        m = TEST_LAB_RE.match(n)
+        if m:
+            seen.add((m.group(1), int(m.group(2))))
+    swept = []
+    for name, pid in sorted(seen):
+        if pid != RUN_ID and not Path(f"/proc/{pid}").exists():
+            labmod.down(name, base=Path("/nonexistent-ambit-lab-dir"), quiet=True)
+            swept.append(name)
+    return swept
 
 
 class Lab:

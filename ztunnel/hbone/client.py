@@ -8,7 +8,10 @@ another workload's traffic.
 
 Concurrent `connect()` calls for a key share one dial. A connection leaves the pool when it dies,
 receives GOAWAY, or reaches `max_streams` open tunnels (then a second connection is dialled).
-Idle connections are closed after `idle_timeout`.
+Idle connections are closed after `idle_timeout`. A connection is reused only while the TLS context
+it was made with is still the source's current one: after a certificate rotation new tunnels go
+over a fresh handshake with the new certificate, and the old connection is closed gracefully
+(GOAWAY; its open tunnels finish), so no session outlives the rotation by more than its tunnels.
 """
 
 from __future__ import annotations
@@ -38,17 +41,22 @@ class PoolKey:
     src_identity: str
     dst_identity: str
     dst_ip: str
+    # The source pod's address when ztunnel dials from inside the pod's netns (the connection
+    # leaves with that IP, so two pods sharing an identity never share a connection); "" otherwise.
+    src_ip: str = ""
 
 
 class HBONEConnectError(ConnectionError):
     """The tunnel could not be opened; `status` is the HTTP status when the peer answered."""
 
-    def __init__(self, key: PoolKey, authority: str, reason: str, status: int = 0) -> None:
+    def __init__(self, key: PoolKey, authority: str, reason: str, status: int = 0,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(f"HBONE CONNECT {authority} via {key.dst_ip} as {key.src_identity}: {reason}")
         self.key = key
         self.authority = authority
         self.reason = reason
         self.status = status
+        self.headers = headers or {}      # the refusing response's headers (e.g. which policy)
 
 
 ContextProvider = Callable[[str], Awaitable[ssl.SSLContext]]
@@ -113,15 +121,16 @@ class HBONEClientPool:
         traceparent: str | None = None,
         extra_headers: list[tuple[str, str]] | None = None,
         timeout: float = 10.0,
+        src_ip: str = "",
     ) -> HBONEStream:
         """Open a tunnel to `authority` (`ip:port` of the real destination) through the HBONE peer.
 
         Raises `HBONEConnectError` (non-200 answer, refused, timeout) or `ssl.SSLError`
         (`tls.PeerIdentityError` when the peer is not `dst_identity`).
         """
+        key = PoolKey(src_identity, dst_identity, dst_ip, src_ip)
         if self._closed:
-            raise HBONEConnectError(PoolKey(src_identity, dst_identity, dst_ip), authority, "pool is closed")
-        key = PoolKey(src_identity, dst_identity, dst_ip)
+            raise HBONEConnectError(key, authority, "pool is closed")
         headers = list(extra_headers or [])
         if forwarded_for:
             headers.append(("forwarded", f"for={_forwarded_node(forwarded_for)}"))
@@ -152,13 +161,29 @@ class HBONEClientPool:
                 raise
             if resp.status != 200:
                 st.reset()
-                raise HBONEConnectError(key, authority, resp.reason or f"status {resp.status}", resp.status)
+                raise HBONEConnectError(key, authority, resp.reason or f"status {resp.status}", resp.status,
+                                        dict(resp.headers))
             return st
         raise HBONEConnectError(key, authority, "no usable connection")
 
     def connections(self) -> dict[PoolKey, int]:
         """Open connections per key (for the admin endpoint and tests)."""
         return {k: len(v) for k, v in self._pool.items() if v}
+
+    def streams(self) -> dict[PoolKey, int]:
+        """Open tunnels per key over the pooled connections."""
+        return {k: sum(len(p.streams) for p in v) for k, v in self._pool.items() if v}
+
+    def close_where(self, pred: Callable[[PoolKey], bool], reason: str) -> int:
+        """GOAWAY the pooled connections whose key matches (e.g. of a pod leaving the node);
+        their open tunnels finish. Returns how many were closed."""
+        n = 0
+        for k in [k for k in self._pool if pred(k)]:
+            for p in list(self._pool.get(k, [])):
+                self._evict(p)
+                p.close(reason)
+                n += 1
+        return n
 
     async def close(self) -> None:
         """GOAWAY every connection and wait (briefly) for them to go."""
@@ -179,14 +204,19 @@ class HBONEClientPool:
     # --- internals ------------------------------------------------------------------------------
 
     async def _connection(self, key: PoolKey) -> HBONEProtocol:
-        for p in self._pool.get(key, []):
+        ctx = await self._client_context(key.src_identity)
+        for p in list(self._pool.get(key, [])):
+            if p.context is not ctx:
+                self._evict(p)
+                p.close("client certificate rotated")   # GOAWAY: open tunnels finish, no new ones
+                continue
             if p.usable and len(p.streams) < self.max_streams:
                 return p
         task = self._dialing.get(key)
         if task is None:
             # A task of its own: one caller giving up (timeout, cancel) must not abort the dial
             # that other callers for the same key are waiting on.
-            task = asyncio.ensure_future(self._dial_new(key))
+            task = asyncio.ensure_future(self._dial_new(key, ctx))
             self._dialing[key] = task
             task.add_done_callback(lambda t, k=key: self._dial_done(k, t))
         return await asyncio.shield(task)
@@ -197,9 +227,8 @@ class HBONEClientPool:
         if not task.cancelled():
             task.exception()  # retrieved here; waiters re-raise it themselves
 
-    async def _dial_new(self, key: PoolKey) -> HBONEProtocol:
+    async def _dial_new(self, key: PoolKey, ctx: ssl.SSLContext) -> HBONEProtocol:
         loop = asyncio.get_running_loop()
-        ctx = await self._client_context(key.src_identity)
         sock = await asyncio.wait_for(self._dial(key, self.port), self.handshake_timeout)
         proto = HBONEProtocol(self._new_conn(), loop=loop, on_unusable=self._evict)
         try:
@@ -217,6 +246,7 @@ class HBONEClientPool:
         except BaseException:
             transport.abort()
             raise
+        proto.context = ctx
         proto.start(peer.uri)
         self._pool.setdefault(key, []).append(proto)
         self._all.add(proto)

@@ -53,6 +53,7 @@ class HBONEProtocol(asyncio.Protocol):
         self.on_unusable = on_unusable      # GOAWAY or loss: the pool must stop handing us out
         self.transport: asyncio.Transport | None = None
         self.peer_identity = ""
+        self.context: object | None = None      # the pool's note of the TLS context it dialled with
         self.streams: dict[int, HBONEStream] = {}
         self.write_paused = False
         self.lost = False

@@ -1,8 +1,11 @@
 """HBONE server: accept mTLS on a caller-supplied listening socket and hand out CONNECT tunnels.
 
 The caller creates the socket (ztunnel opens it inside the destination pod's netns, on :15008) and
-supplies the TLS context per connection through an async provider, so a rotated certificate or
-trust bundle applies to the next handshake without restarting the listener. After the handshake
+supplies the TLS context through a provider called for every handshake (from OpenSSL's servername
+callback, see `tls.selecting_server_context`), so a rotated certificate or trust bundle applies to
+the next handshake without restarting the listener. TLS is set up by asyncio's server itself, not
+by `start_tls` on an accepted plain transport: uvloop's `start_tls` stalls when the ClientHello is
+already queued on the socket, which is the normal case for a busy server. After the handshake
 the client's SPIFFE id is extracted from its verified certificate and passed to `on_connect`
 together with the requested authority and headers; `on_connect` decides (authorization), answers
 with `stream.respond(200)` or an error status, and relays. Whatever it does, a misbehaving
@@ -28,22 +31,32 @@ log = logging.getLogger("ambit.ztunnel.hbone")
 OnConnect = Callable[[HBONEStream, str, str, dict[str, str]], Awaitable[None]]
 
 
-class _Accepted(asyncio.Protocol):
-    """Plain-TCP phase of an accepted connection: hold the bytes until TLS takes over."""
+class _ServerSide(HBONEProtocol):
+    """An accepted HBONE connection: asyncio hands it the TLS transport once the handshake is done;
+    it checks the negotiated policy and the peer's identity before speaking HTTP/2."""
 
-    def __init__(self, server: HBONEServer) -> None:
+    def __init__(self, server: HBONEServer, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(server._new_conn(), loop=loop, on_request=server._on_request)
         self.server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.pause_reading()  # type: ignore[attr-defined]  # the ClientHello is for start_tls
+        super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server._spawn(self.server._handshake(transport))  # type: ignore[arg-type]
-
-    def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
-        pass
+        try:
+            sslobj = transport.get_extra_info("ssl_object")
+            tls.check_negotiated(sslobj)
+            peer = tls.peer_identity(sslobj)
+        except (ssl.SSLError, ValueError, AttributeError) as e:
+            self.server.handshake_failures += 1
+            log.info("HBONE connection from %s refused: %s", transport.get_extra_info("peername"), e)
+            transport.abort()
+            return
+        self.server.connections.add(self)
+        self.closed.add_done_callback(lambda _f: self.server.connections.discard(self))
+        self.start(peer.uri)
 
 
 class HBONEServer:
@@ -52,7 +65,7 @@ class HBONEServer:
     def __init__(
         self,
         sock: socket.socket,
-        server_context: Callable[[], Awaitable[ssl.SSLContext]],
+        server_context: Callable[[], ssl.SSLContext],
         on_connect: OnConnect,
         *,
         handshake_timeout: float = 10.0,
@@ -66,11 +79,13 @@ class HBONEServer:
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections: set[HBONEProtocol] = set()
-        self.handshake_failures = 0
+        self.handshake_failures = 0     # handshakes that completed but were refused afterwards
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Accepted(self), sock=self.sock)
+        ctx = tls.selecting_server_context(self._server_context)
+        self._server = await loop.create_server(lambda: _ServerSide(self, loop), sock=self.sock, ssl=ctx,
+                                                ssl_handshake_timeout=self.handshake_timeout)
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting, GOAWAY every connection, let tunnels drain for `grace` s, then abort."""
@@ -98,32 +113,6 @@ class HBONEServer:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _handshake(self, raw: asyncio.Transport) -> None:
-        loop = asyncio.get_running_loop()
-        peer_addr = raw.get_extra_info("peername")
-        proto = HBONEProtocol(self._new_conn(), loop=loop, on_request=self._on_request)
-        try:
-            ctx = await self._server_context()
-            transport = await loop.start_tls(raw, proto, ctx, server_side=True,
-                                             ssl_handshake_timeout=self.handshake_timeout)
-            if transport is None:
-                raise ConnectionError("TLS handshake did not complete")
-            sslobj = transport.get_extra_info("ssl_object")
-            tls.check_negotiated(sslobj)
-            peer = tls.peer_identity(sslobj)
-        except asyncio.CancelledError:
-            raw.abort()
-            raise
-        except (OSError, ssl.SSLError, ConnectionError, TimeoutError, ValueError) as e:
-            self.handshake_failures += 1
-            log.info("HBONE handshake from %s refused: %s", peer_addr, e)
-            raw.abort()
-            return
-        proto.connection_made(transport)   # start_tls does not call it
-        self.connections.add(proto)
-        proto.closed.add_done_callback(lambda _f: self.connections.discard(proto))
-        proto.start(peer.uri)
 
     def _on_request(self, st: HBONEStream) -> None:
         self._spawn(self._serve_stream(st))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 
@@ -14,6 +15,7 @@ from tests.unit.ztunnel.conftest import LocalCAFetcher, issue, sid
 from ztunnel.certs import (
     Backoff,
     CertificateUnavailable,
+    CertStore,
     GrpcCertificateFetcher,
     IdentityManager,
     State,
@@ -218,5 +220,68 @@ def test_rotation_with_short_ttl_against_the_grpc_ca(ca) -> None:
         finally:
             await channel.close()
             await server.stop(None)
+
+    asyncio.run(run())
+
+
+# --- the on-disk store and retries ------------------------------------------------------------------
+
+def test_a_stored_certificate_serves_at_once_after_a_restart_and_renews_at_half_life(ca, tmp_path) -> None:
+    async def run() -> None:
+        clock = FakeClock()
+        fetcher = LocalCAFetcher(ca)
+        mgr = IdentityManager(fetcher, ttl=3600, clock=clock, store=CertStore(tmp_path / "certs"))
+        first = await mgr.get(ID, timeout=5)
+        await mgr.close()
+        [f] = list((tmp_path / "certs").iterdir())
+        assert f.stat().st_mode & 0o777 == 0o600 and (tmp_path / "certs").stat().st_mode & 0o777 == 0o700
+
+        fetcher.fail_next = 100                           # the CA is down while we restart
+        mgr2 = IdentityManager(fetcher, ttl=3600, clock=clock, store=CertStore(tmp_path / "certs"))
+        again = await mgr2.get(ID, timeout=0.1)
+        assert again.serial == first.serial and fetcher.calls == 1, "served from the store, no CA call"
+        await settle()
+        assert fetcher.calls == 1
+        assert clock.next_wake == pytest.approx(first.refresh_at, abs=1)
+        fetcher.fail_next = 0
+        await clock.advance_to(first.refresh_at + 0.01)
+        assert (await mgr2.get(ID, timeout=5)).serial != first.serial
+        mgr2.forget(ID)
+        assert list((tmp_path / "certs").iterdir()) == [], "a forgotten identity's key leaves the disk"
+        await mgr2.close()
+
+    asyncio.run(run())
+
+
+def test_a_tampered_or_expired_stored_certificate_is_ignored(ca, other_ca, tmp_path) -> None:
+    store = CertStore(tmp_path)
+    good = issue(ca, ID, ttl=3600)
+    store.save(good)
+    assert store.load(ID, time.time()).serial == good.serial
+    assert store.load(ID, good.not_after + 1) is None
+    foreign = issue(other_ca, ID)
+    store.save(foreign)
+    path = next(tmp_path.iterdir())
+    doc = json.loads(path.read_text())
+    doc["chain_pem"] = list(good.chain_pem)          # a valid chain, but not for the stored key
+    path.write_text(json.dumps(doc))
+    assert store.load(ID, time.time()) is None
+    path.write_text("{not json")
+    assert store.load(ID, time.time()) is None
+
+
+def test_retry_failed_skips_the_backoff_of_identities_without_a_certificate(ca) -> None:
+    async def run() -> None:
+        clock = FakeClock()
+        fetcher = LocalCAFetcher(ca)
+        fetcher.fail_next = 1
+        mgr = IdentityManager(fetcher, clock=clock, backoff=Backoff(initial=3600, jitter=0))
+        mgr.prefetch([ID])
+        await settle()
+        assert fetcher.calls == 1 and mgr.current(ID) is None
+        assert mgr.retry_failed() == [ID]
+        assert (await mgr.get(ID, timeout=5)).identity == ID and fetcher.calls == 2
+        assert mgr.retry_failed() == [], "an identity with a certificate follows its schedule"
+        await mgr.close()
 
     asyncio.run(run())

@@ -1,0 +1,166 @@
+"""Run the controller: `python -m controller --lab-store PATH | --kube [--kubeconfig F] --listen ADDR`.
+
+One grpc.aio server carries the config stream (ambit.config.v1) and, with `--ca-dir`, the CA
+(ambit.ca.v1). It starts serving only after the first snapshot is translated: a ztunnel that
+connected earlier would be handed an empty config and drop everything it routes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from controller.app import Controller, StatusServer
+from controller.configserver.server import SERVER_OPTIONS
+from controller.sources import Snapshot, Source
+from controller.translate import Translation
+from controller.validation import FieldError
+
+log = logging.getLogger("ambit.controller")
+FIRST_SNAPSHOT_TIMEOUT = 300.0   # a large cluster's first list can be slow; the lab's takes ms
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="controller", description="Ambit controller: config stream and CA.")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--lab-store", type=Path, help="lab mode: the lab store file (store.json)")
+    src.add_argument("--kube", action="store_true", help="watch the Kubernetes API (in-cluster or kubeconfig)")
+    ap.add_argument("--kubeconfig", help="kubeconfig file (with --kube, outside a cluster)")
+    ap.add_argument("--kube-host", help="API server URL without auth, e.g. from `kubectl proxy` (with --kube)")
+    ap.add_argument("--no-status", action="store_true", help="with --kube: do not write status conditions")
+    ap.add_argument("--listen", default="0.0.0.0:15010",
+                    help="gRPC address: HOST:PORT or unix:PATH (the lab uses unix:<labdir>/controller.sock)")
+    ap.add_argument("--trust-domain", default="cluster.local")
+    ap.add_argument("--root-namespace", default="ambit-system")
+    ap.add_argument("--cluster-domain", default="cluster.local")
+    ap.add_argument("--ca-dir", type=Path, help="serve the CA, keeping its key material here (created on first start)")
+    ap.add_argument("--node-token-dir", type=Path,
+                    help="lab mode with --ca-dir: write each node's bootstrap token to DIR/<node>/bootstrap-token")
+    ap.add_argument("--ztunnel-service-account", default="",
+                    help="with --kube and --ca-dir: the ztunnel SA allowed to get certificates "
+                         "(default system:serviceaccount:<root-namespace>:ztunnel)")
+    ap.add_argument("--metrics-port", type=int, default=0, help="prometheus metrics port (0: off)")
+    ap.add_argument("--metrics-address", default="0.0.0.0")
+    ap.add_argument("--debounce", type=float, default=0.03, help="seconds a burst of changes is coalesced")
+    ap.add_argument("--log-level", default="INFO")
+    return ap.parse_args(argv)
+
+
+def make_source(args: argparse.Namespace) -> Source:
+    if args.lab_store:
+        from ambit.lab.store import LabStore
+        from controller.sources.lab import LabSource
+        return LabSource(LabStore(args.lab_store))
+    from controller.sources.kube import KubeSource, make_api_client
+    return KubeSource(make_api_client(args.kube_host, args.kubeconfig), write_status=not args.no_status)
+
+
+def node_names(objects: Snapshot) -> list[str]:
+    return [o["metadata"]["name"] for o in objects if o.get("kind") == "Node" and (o.get("metadata") or {}).get("name")]
+
+
+async def amain(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stop = threading.Event()
+    done = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+
+    controller_box: list[Controller] = []
+
+    def errors() -> list[FieldError]:
+        return controller_box[0].errors() if controller_box else []
+
+    server = StatusServer(errors, debounce=args.debounce)
+    grpc_server = grpc.aio.server(options=SERVER_OPTIONS)
+    server.add_to_server(grpc_server)
+
+    on_applied = None
+    tokens = None
+    if args.ca_dir:
+        from controller.ca import BootstrapTokens
+        from controller.ca_setup import ensure_node_tokens
+        if args.lab_store:
+            tokens = BootstrapTokens(args.ca_dir / "node-token-digests.json")
+            if args.node_token_dir:
+                token_dir = args.node_token_dir
+
+                def on_applied(objects: Snapshot, _tr: Translation) -> None:
+                    ensure_node_tokens(tokens, node_names(objects), token_dir)
+
+    controller = Controller(make_source(args), server, trust_domain=args.trust_domain,
+                            root_namespace=args.root_namespace, cluster_domain=args.cluster_domain,
+                            on_applied=on_applied)
+    controller_box.append(controller)
+
+    if args.ca_dir:
+        from controller.ca_setup import mount_ca
+        if tokens is not None:
+            verifier: Any = tokens
+        else:
+            from controller.ca import TokenReviewVerifier
+            from controller.sources.kube import make_api_client
+            sa = args.ztunnel_service_account or f"system:serviceaccount:{args.root_namespace}:ztunnel"
+            verifier = TokenReviewVerifier(make_api_client(args.kube_host, args.kubeconfig), {sa})
+        mount_ca(grpc_server, args.ca_dir, args.trust_domain, verifier, controller.pods_on_node)
+
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+        start_http_server(args.metrics_port, args.metrics_address)
+
+    source_thread = controller.run_source(stop)
+    deadline = loop.time() + FIRST_SNAPSHOT_TIMEOUT
+    while not (controller.first_snapshot.is_set() or done.is_set() or stop.is_set() or loop.time() > deadline):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 0.02)
+    if not controller.first_snapshot.is_set():
+        if not done.is_set():
+            log.error("no configuration snapshot after %.0fs; exiting", FIRST_SNAPSHOT_TIMEOUT)
+        stop.set()
+        return 0 if done.is_set() else 1
+
+    _unlink_stale_socket(args.listen)
+    if grpc_server.add_insecure_port(args.listen) == 0:
+        log.error("cannot listen on %s", args.listen)
+        stop.set()
+        return 1
+    await grpc_server.start()
+    log.info("controller serving config version %s on %s%s", controller.version, args.listen,
+             " (with CA)" if args.ca_dir else "")
+    while not done.is_set() and not stop.is_set():
+        controller.log_errors()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 0.5)
+    log.info("controller stopping")
+    stop.set()
+    await grpc_server.stop(1.0)
+    source_thread.join(timeout=5)
+    _unlink_stale_socket(args.listen)
+    return 0
+
+
+def _unlink_stale_socket(listen: str) -> None:
+    if listen.startswith("unix:"):
+        path = listen[len("unix:"):].removeprefix("//")
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise SystemExit(asyncio.run(amain(args)))
+
+
+if __name__ == "__main__":
+    main()

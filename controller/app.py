@@ -1,0 +1,161 @@
+"""The controller's config flow: source snapshot -> translation -> config server.
+
+A source (the lab store or the Kubernetes API) hands over full snapshots of last-good objects; each
+is translated into the mesh model and given to the ConfigServer as a whole, under a version that is
+a hash of the content. Content versions mean a restarted controller serves the same version for the
+same config (ztunnels that already hold it get an empty delta), and a change that does not alter
+the model (a label nobody selects on) pushes nothing.
+
+What could not be used is kept as `errors()`: objects the source rejected (their last good version
+stays in force), translation errors, and the controller's own failures (a translation that raised,
+a snapshot the server refused). They are logged once when they appear and served on the Status RPC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ambit.api import config_pb2
+from ambit.configclient.codec import encode
+from ambit.model import Workload
+from controller.configserver import ConfigServer
+from controller.sources import Snapshot, Source
+from controller.translate import Translation, translate
+from controller.validation import FieldError
+
+log = logging.getLogger("ambit.controller")
+
+
+def content_version(by_type: dict[str, list[Any]]) -> str:
+    """A version naming exactly this model: the hash of every (type, name, resource version)."""
+    h = hashlib.sha256()
+    for t in sorted(by_type):
+        for e in sorted((encode(r) for r in by_type[t]), key=lambda e: e.name):
+            h.update(f"{t}\0{e.name}\0{e.version}\n".encode())
+    return "v" + h.hexdigest()[:12]
+
+
+class Controller:
+    """Wires a Source to a ConfigServer. `on_snapshot` runs on the source's thread."""
+
+    def __init__(self, source: Source, server: ConfigServer, *, trust_domain: str = "cluster.local",
+                 root_namespace: str = "ambit-system", cluster_domain: str = "cluster.local",
+                 on_applied: Callable[[Snapshot, Translation], None] | None = None):
+        self.source = source
+        self.server = server
+        self.trust_domain = trust_domain
+        self.root_namespace = root_namespace
+        self.cluster_domain = cluster_domain
+        self.on_applied = on_applied
+        self.translation: Translation | None = None
+        self.version = ""
+        self.snapshots = 0
+        self.last_applied_at = 0.0
+        self._own_errors: list[FieldError] = []
+        self._logged: set[FieldError] = set()
+        self._lock = threading.Lock()
+        self._log_lock = threading.Lock()
+        self.first_snapshot = threading.Event()
+
+    # -- the flow -----------------------------------------------------------------------------------
+    def on_snapshot(self, objects: Snapshot) -> None:
+        started = time.monotonic()
+        self.snapshots += 1
+        own: list[FieldError] = []
+        try:
+            tr = translate(objects, self.trust_domain, self.root_namespace, self.cluster_domain)
+        except Exception as e:  # noqa: BLE001 - a translation bug must not take the mesh down
+            log.exception("translation failed; keeping the previous config (version %s)", self.version or "-")
+            own.append(FieldError("controller", "", f"translation failed: {type(e).__name__}: {e}"))
+            self._set_own(own)
+            return
+        by_type = tr.by_type()
+        version = content_version(by_type)
+        if version != self.version:
+            try:
+                self.server.update(by_type, version)
+            except ValueError as e:
+                log.error("config server refused snapshot %s: %s; keeping version %s", version, e, self.version or "-")
+                own.append(FieldError("controller", "", f"snapshot {version} refused: {e}"))
+                self._set_own(own)
+                return
+            log.info("config version %s: %d workloads, %d services, %d authorizations, %d peer authns, "
+                     "%d waypoint routes (%d objects, %.1f ms)", version, len(tr.workloads), len(tr.services),
+                     len(tr.authorizations), len(tr.peer_authns), len(tr.waypoint_routes), len(objects),
+                     (time.monotonic() - started) * 1000)
+        with self._lock:
+            self.translation = tr
+            self.version = version
+            self.last_applied_at = time.time()
+        self._set_own(own)
+        if self.on_applied is not None:
+            try:
+                self.on_applied(objects, tr)
+            except Exception:  # noqa: BLE001 - side duties (e.g. lab node tokens) never block config
+                log.exception("post-snapshot hook failed")
+        self.first_snapshot.set()
+
+    def _set_own(self, own: list[FieldError]) -> None:
+        with self._lock:
+            self._own_errors = own
+        self.log_errors()
+
+    def log_errors(self) -> None:
+        """Log problems that appeared or went away since the last call (the main loop calls this
+        periodically too: a rejected update changes no snapshot, only the errors)."""
+        with self._log_lock:
+            current = set(self.errors())
+            for e in sorted(current - self._logged, key=str):
+                log.warning("rejected configuration: %s", e)
+            for e in sorted(self._logged - current, key=str):
+                log.info("resolved: %s", e)
+            self._logged = current
+
+    # -- what others ask --------------------------------------------------------------------------------
+    def errors(self) -> list[FieldError]:
+        """Every configuration problem in force now, deduplicated, in a stable order."""
+        with self._lock:
+            tr_errors = list(self.translation.errors) if self.translation else []
+            own = list(self._own_errors)
+        seen: dict[FieldError, None] = {}
+        for e in [*own, *self.source.errors(), *tr_errors]:
+            seen.setdefault(e, None)
+        return list(seen)
+
+    def pods_on_node(self, node: str) -> list[tuple[str, str]]:
+        """(namespace, service account) of each running pod on `node`: the CA's node authorization."""
+        with self._lock:
+            workloads: list[Workload] = list(self.translation.workloads) if self.translation else []
+        return sorted({(w.namespace, w.service_account) for w in workloads if w.node == node})
+
+    def run_source(self, stop: threading.Event) -> threading.Thread:
+        """Run the source on a thread of its own (it blocks); returns the thread."""
+        def run() -> None:
+            try:
+                self.source.run(self.on_snapshot, stop)
+            except Exception:  # noqa: BLE001 - report and let the process supervisor restart us
+                log.exception("configuration source failed")
+                stop.set()
+        t = threading.Thread(target=run, name="source", daemon=True)
+        t.start()
+        return t
+
+
+class StatusServer(ConfigServer):
+    """The config server, whose Status RPC also reports the configuration the controller rejected
+    (`errors` is called per request, e.g. `Controller.errors`)."""
+
+    def __init__(self, errors: Callable[[], list[FieldError]], **kw: Any):
+        super().__init__(**kw)
+        self._errors = errors
+
+    async def Status(self, request, context):  # noqa: N802 - gRPC method name
+        resp = await super().Status(request, context)
+        for e in self._errors():
+            resp.config_errors.append(config_pb2.ConfigError(ref=e.ref, path=e.path, reason=e.reason))
+        return resp

@@ -1,0 +1,93 @@
+"""The outbound route decision, from a real MeshConfig, without sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from ambit.model import Endpoint, ServicePort
+from tests.unit.ztunnel.meshcfg import config, svc, wl
+from ztunnel import routing
+from ztunnel.routing import HBONE, PASSTHROUGH, REFUSE, RoundRobin, decide
+
+V1, V2, LEGACY = wl("echo-v1", "10.210.1.10", sa="echo"), wl("echo-v2", "10.210.2.10", sa="echo", node="node2"), \
+    wl("web", "10.210.2.20", ns="legacy", enrolled=False)
+
+
+def test_a_mesh_pod_is_reached_over_hbone_to_15008_with_the_real_port_as_authority() -> None:
+    r = decide(config([V1, V2]), "10.210.2.10", 8080)
+    assert (r.kind, r.dial, r.authority) == (HBONE, ("10.210.2.10", 15008), "10.210.2.10:8080")
+    assert r.identity == "spiffe://cluster.local/ns/demo/sa/echo" and r.workload.name == "echo-v2"
+
+
+def test_a_non_mesh_pod_and_an_unknown_address_pass_through_unchanged() -> None:
+    cfg = config([V1, LEGACY])
+    r = decide(cfg, "10.210.2.20", 80)
+    assert (r.kind, r.dial, r.identity) == (PASSTHROUGH, ("10.210.2.20", 80), "")
+    assert r.workload.name == "web", "a known non-mesh workload is still named in logs"
+    r = decide(cfg, "192.0.2.7", 443)
+    assert (r.kind, r.dial, r.workload) == (PASSTHROUGH, ("192.0.2.7", 443), None)
+
+
+def test_a_vip_picks_endpoints_round_robin_and_maps_the_service_port_to_the_target_port() -> None:
+    cfg = config([V1, V2], [svc("echo", "10.96.0.10", [V1, V2], port=80, target=8080)])
+    lb = RoundRobin()
+    routes = [decide(cfg, "10.96.0.10", 80, lb) for _ in range(4)]
+    assert [r.target for r in routes] == [("10.210.1.10", 8080), ("10.210.2.10", 8080)] * 2
+    assert all(r.kind == HBONE and r.service.name == "echo" and r.dial[1] == 15008 for r in routes)
+
+
+def test_only_ready_endpoints_are_picked_and_none_ready_is_a_refusal_naming_the_service() -> None:
+    cfg = config([V1, V2], [svc("echo", "10.96.0.10", [V1, V2], ready={"echo-v1": False})])
+    lb = RoundRobin()
+    assert {decide(cfg, "10.96.0.10", 80, lb).target[0] for _ in range(4)} == {"10.210.2.10"}
+    cfg = config([V1], [svc("echo", "10.96.0.10", [V1], ready={"echo-v1": False})])
+    r = decide(cfg, "10.96.0.10", 80)
+    assert r.kind == REFUSE and r.dial is None
+    assert "demo/echo" in r.reason and "no ready endpoint" in r.reason
+
+
+def test_a_port_the_service_does_not_expose_is_not_load_balanced() -> None:
+    cfg = config([V1], [svc("echo", "10.96.0.10", [V1], port=80)])
+    r = decide(cfg, "10.96.0.10", 81)
+    assert (r.kind, r.dial, r.service) == (PASSTHROUGH, ("10.96.0.10", 81), None)
+
+
+def test_a_vip_with_non_mesh_endpoints_passes_through_to_the_endpoint() -> None:
+    cfg = config([LEGACY], [svc("web", "10.96.0.20", [LEGACY], ns="legacy")])
+    r = decide(cfg, "10.96.0.20", 80)
+    assert (r.kind, r.dial) == (PASSTHROUGH, ("10.210.2.20", 8080))
+
+
+def test_named_target_ports_use_each_endpoints_own_resolution() -> None:
+    s = svc("echo", "10.96.0.10", [V1, V2])
+    s.ports = [ServicePort(80, 0, "http", target_port_name="http")]
+    s.endpoints = [Endpoint(V1.uid, "10.210.1.10", ports=[ServicePort(80, 9001, "http")]),
+                   Endpoint(V2.uid, "10.210.2.10", ports=[ServicePort(80, 9002, "http")])]
+    lb = RoundRobin()
+    assert [decide(config([V1, V2], [s]), "10.96.0.10", 80, lb).target for _ in range(2)] == \
+        [("10.210.1.10", 9001), ("10.210.2.10", 9002)]
+
+
+def test_a_waypoint_is_reported_but_not_routed_to_yet() -> None:
+    cfg = config([V1], [svc("echo", "10.96.0.10", [V1], waypoint="demo/waypoint")])
+    r = decide(cfg, "10.96.0.10", 80)
+    assert r.kind == HBONE and r.target == ("10.210.1.10", 8080)
+    assert "demo/waypoint" in r.reason
+
+
+def test_an_endpoint_is_matched_to_its_workload_by_ip_when_the_uid_is_unknown() -> None:
+    s = svc("echo", "10.96.0.10", [V1])
+    s.endpoints = [Endpoint("", "10.210.1.10")]
+    assert decide(config([V1], [s]), "10.96.0.10", 80).identity == V1.identity
+
+
+@pytest.mark.parametrize("value, want", [("10.1.2.3:80", ("10.1.2.3", 80)), ("[fd00::1]:8080", ("fd00::1", 8080))])
+def test_addresses_round_trip(value: str, want: tuple[str, int]) -> None:
+    assert routing.parse_addr(value) == want
+    assert routing.format_addr(*want) == value
+
+
+@pytest.mark.parametrize("bad", ["10.1.2.3", "host:80", "10.1.2.3:0", "10.1.2.3:70000", "10.1.2.3:x"])
+def test_bad_addresses_are_refused_naming_the_value(bad: str) -> None:
+    with pytest.raises(ValueError, match="10.1.2.3|host"):
+        routing.parse_addr(bad)

@@ -1,0 +1,199 @@
+"""ztunnel's admin endpoint: read-only JSON about config, workloads, policies, certs, connections.
+
+Served on 127.0.0.1:15000 in the node netns (where ztunnel runs, as Istio's ztunnel does) and,
+optionally, on a unix socket: in the lab the CLI lives in the host netns and reaches every node's
+ztunnel through its socket file, without entering netns.
+
+HTTP/1.1, GET only, one request per connection; requests are parsed with httptools, and each answer
+is computed from the current immutable config view, so a dump is always one consistent state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import logging
+import socket
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httptools
+
+from ambit.configclient import ConfigClient
+from ztunnel.config import MeshConfig
+
+log = logging.getLogger("ambit.ztunnel.admin")
+
+Handler = Callable[[], tuple[int, Any]]
+MAX_REQUEST = 64 * 1024
+
+
+def routes(config: MeshConfig, client: ConfigClient | None = None, proxy: Any = None) -> dict[str, Handler]:
+    """The ztunnel admin paths. `proxy` may offer `identities` (an IdentityManager with dump())
+    and `connections` (anything JSON-able); both are optional so this works before they exist."""
+
+    def config_dump() -> tuple[int, Any]:
+        out = config.dump()
+        out["client"] = _client_info(client)
+        return 200, out
+
+    def workloads() -> tuple[int, Any]:
+        return 200, config.dump()["workloads"]
+
+    def services() -> tuple[int, Any]:
+        return 200, config.dump()["services"]
+
+    def policies() -> tuple[int, Any]:
+        d = config.dump()
+        return 200, {"authorizations": d["authorizations"], "peer_authns": d["peer_authns"]}
+
+    def certs() -> tuple[int, Any]:
+        ids = getattr(proxy, "identities", None)
+        dump = getattr(ids, "dump", None)
+        return 200, dump() if callable(dump) else []
+
+    def connections() -> tuple[int, Any]:
+        conns = getattr(proxy, "connections", {})
+        conns = conns() if callable(conns) else conns
+        if isinstance(conns, Mapping):
+            conns = dict(conns)
+        elif not isinstance(conns, list):
+            conns = list(conns)
+        return 200, conns
+
+    def ready() -> tuple[int, Any]:
+        # Without a controller there is nothing to wait for; with one, serving a cached state is
+        # fine but "ready" means the controller has confirmed every type.
+        ok = client is None or config.synced
+        body = {"ready": ok, "synced": config.synced, "version": config.version, **_client_info(client)}
+        return (200 if ok else 503), body
+
+    return {"/config_dump": config_dump, "/workloads": workloads, "/services": services,
+            "/policies": policies, "/certs": certs, "/connections": connections, "/healthz/ready": ready}
+
+
+def _client_info(client: ConfigClient | None) -> dict[str, Any]:
+    if client is None:
+        return {"controller": None, "connected": False, "last_error": "no controller configured"}
+    return {"controller": client.target, "connected": client.connected, "connected_since": client.connected_since,
+            "last_error": client.last_error}
+
+
+class _Request:
+    """httptools callbacks: collect the URL and notice the end of the message."""
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+def respond(handlers: Mapping[str, Handler], method: str, url: bytes) -> tuple[int, bytes]:
+    """(status, JSON body) for one request. Pure, so it is tested without sockets."""
+    path = httptools.parse_url(url).path.decode() if url else "/"
+    if method != "GET":
+        return 405, _json({"error": f"{method} not allowed; the admin endpoint is read-only"})
+    h = handlers.get(path.rstrip("/") or "/")
+    if h is None:
+        return 404, _json({"error": f"no such path {path!r}", "paths": sorted(handlers)})
+    try:
+        status, body = h()
+    except Exception as e:  # noqa: BLE001 - a broken dump must not take the admin endpoint down
+        log.exception("admin %s failed", path)
+        return 500, _json({"error": f"{type(e).__name__}: {e}"})
+    return status, _json(body)
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True, default=str).encode() + b"\n"
+
+
+class AdminServer:
+    def __init__(self, handlers: Mapping[str, Handler]):
+        self.handlers = handlers
+        self._servers: list[asyncio.Server] = []
+        self._unix_path: Path | None = None
+
+    async def start(self, host: str | None = "127.0.0.1", port: int = 15000, unix_path: Path | None = None) -> None:
+        if host is not None and port:
+            self._servers.append(await asyncio.start_server(self._serve, host, port, reuse_address=True))
+        if unix_path is not None:
+            unix_path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                unix_path.unlink()
+            self._servers.append(await asyncio.start_unix_server(self._serve, str(unix_path)))
+            unix_path.chmod(0o600)
+            self._unix_path = unix_path
+
+    async def close(self) -> None:
+        for s in self._servers:
+            s.close()
+        for s in self._servers:
+            await s.wait_closed()
+        self._servers.clear()
+        if self._unix_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._unix_path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        req = _Request()
+        parser = httptools.HttpRequestParser(req)
+        try:
+            total = 0
+            while not req.complete:
+                data = await asyncio.wait_for(reader.read(16384), 10.0)
+                if not data:
+                    return
+                total += len(data)
+                if total > MAX_REQUEST:
+                    status, body = 413, _json({"error": "request too large"})
+                    break
+                parser.feed_data(data)
+            else:
+                status, body = respond(self.handlers, parser.get_method().decode(), req.url)
+            reason = http.client.responses.get(status, "")
+            writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            await writer.drain()
+        except (TimeoutError, httptools.HttpParserError, ConnectionError) as e:
+            log.debug("admin request failed: %s", e)
+        finally:
+            writer.close()
+
+
+# --- client (the CLI and the lab's readiness check) --------------------------------------------
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self._path)
+        except OSError:
+            s.close()
+            raise
+        self.sock = s
+
+
+def get(unix_path: str | Path, path: str, timeout: float = 3.0) -> tuple[int, Any]:
+    """GET `path` from an admin unix socket: (HTTP status, decoded JSON). Raises OSError if no
+    ztunnel listens there."""
+    conn = _UnixHTTPConnection(str(unix_path), timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"null")
+    finally:
+        conn.close()

@@ -1,0 +1,119 @@
+"""Whether an inbound connection may reach a pod: the destination ztunnel's decision. Pure.
+
+Two doors into a pod, two sets of checks:
+
+- **HBONE (15008)**: the TLS layer already verified the peer's chain against the trust bundle and
+  extracted its SPIFFE id. Here: the CONNECT `:authority` must name *this* pod's IP (a tunnel
+  terminated with pod A's certificate must not deliver to pod B); the client address comes from
+  `Forwarded: for=` (the source pod's IP, for source-IP preservation) and, when the config knows the
+  workload at that address, it must be the authenticated identity, or the header is a lie (401);
+  then L4 AuthorizationPolicy with the peer's identity and namespace (403).
+- **Plaintext (15006)**: PeerAuthentication first (STRICT refuses any plaintext, naming the
+  PeerAuthentication that made it STRICT), then L4 policy with no identity, so rules that need a
+  principal or namespace cannot match.
+
+Statuses are HTTP's, as HBONE answers CONNECT with them: 400 malformed, 401 identity, 403 policy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ambit.model import Workload
+from ambit.zds import PodInfo
+from ztunnel import authz
+from ztunnel.config import MeshConfig
+from ztunnel.routing import parse_addr
+
+POLICY_HEADER = "ambit-policy"     # response header naming the policy that refused a CONNECT
+
+
+@dataclass(frozen=True)
+class Admission:
+    allowed: bool
+    status: int                      # 200 | 400 | 401 | 403
+    reason: str
+    policy: str = ""                 # "ns/name" of the AuthorizationPolicy / PeerAuthentication that decided
+    src_ip: str = ""
+    dst_port: int = 0
+    src_workload: Workload | None = None
+    audit: tuple[str, ...] = ()
+
+
+def pod_workload(config: MeshConfig | None, pod: PodInfo, trust_domain: str) -> Workload:
+    """The config's workload for a pod this ztunnel serves; if the config does not (yet) know it,
+    one made from what the agent told us, so policy still applies by namespace and labels."""
+    wl = config.lookup_workload(pod.ip) if config is not None else None
+    if wl is not None and wl.namespace == pod.namespace and wl.name == pod.name:
+        return wl
+    sa = pod.service_account or "default"
+    return Workload(uid=pod.uid, name=pod.name, namespace=pod.namespace, ips=[pod.ip], node=pod.node,
+                    service_account=sa, identity=f"spiffe://{trust_domain}/ns/{pod.namespace}/sa/{sa}",
+                    labels=dict(pod.labels), enrolled=True, protocol="HBONE")
+
+
+def forwarded_for(value: str | None) -> str | None:
+    """The first `for=` address of an RFC 7239 Forwarded header; None if absent.
+
+    Raises ValueError (with the value) when there is a `for=` but it is not an IP address.
+    """
+    if not value:
+        return None
+    for element in value.split(","):
+        for pair in element.split(";"):
+            k, sep, v = pair.strip().partition("=")
+            if sep and k.strip().lower() == "for":
+                node = v.strip().strip('"')
+                if node.startswith("["):
+                    node = node[1:node.index("]")] if "]" in node else node
+                elif node.count(":") == 1:          # ip:port
+                    node = node.split(":", 1)[0]
+                try:
+                    return str(ipaddress.ip_address(node))
+                except ValueError:
+                    raise ValueError(f"Forwarded header {value!r}: for={v.strip()!r} is not an IP address") from None
+    return None
+
+
+def admit_hbone(config: MeshConfig | None, pod: PodInfo, dest: Workload, peer_identity: str, authority: str,
+                headers: Mapping[str, str], tls_peer_ip: str) -> Admission:
+    """Decide a CONNECT that arrived on `pod`'s HBONE listener from an authenticated peer."""
+    try:
+        ip, port = parse_addr(authority)
+    except ValueError as e:
+        return Admission(False, 400, f"bad :authority: {e}")
+    if ip != pod.ip:
+        return Admission(False, 400, f":authority {authority} is not pod {pod.namespace}/{pod.name} ({pod.ip})",
+                         dst_port=port)
+    try:
+        src_ip = forwarded_for(headers.get("forwarded")) or tls_peer_ip
+    except ValueError as e:
+        return Admission(False, 400, str(e), dst_port=port)
+    src_wl = config.lookup_workload(src_ip) if config is not None else None
+    if src_wl is not None and src_wl.protocol == "HBONE" and src_wl.identity != peer_identity:
+        return Admission(False, 401, f"source address {src_ip} belongs to {src_wl.identity}, "
+                                     f"but the peer authenticated as {peer_identity}",
+                         src_ip=src_ip, dst_port=port, src_workload=src_wl)
+    if config is None:
+        return Admission(True, 200, "no mesh config: no policy", src_ip=src_ip, dst_port=port, src_workload=src_wl)
+    policies = config.policies_for(dest).authorizations
+    v = authz.evaluate(policies, dest, authz.ConnInfo(src_ip, peer_identity, pod.ip, port), config.root_namespace)
+    return Admission(v.allowed, 200 if v.allowed else 403, v.reason, v.policy or "", src_ip, port, src_wl, v.audit)
+
+
+def admit_plaintext(config: MeshConfig | None, pod: PodInfo, dest: Workload, src_ip: str, port: int) -> Admission:
+    """Decide a plaintext connection captured on `pod`'s inbound listener (no identity)."""
+    src_wl = config.lookup_workload(src_ip) if config is not None else None
+    if config is None:
+        return Admission(True, 200, "no mesh config: no policy", src_ip=src_ip, dst_port=port, src_workload=src_wl)
+    policies = config.policies_for(dest)
+    pa = authz.peer_authn(policies.peer_authns, dest, port, config.root_namespace)
+    if pa.mode == authz.STRICT:
+        return Admission(False, 401, f"plaintext refused: PeerAuthentication {pa.policy} requires mTLS "
+                                     f"(STRICT) for {dest.namespace}/{dest.name} port {port}",
+                         pa.policy or "", src_ip, port, src_wl)
+    v = authz.evaluate(policies.authorizations, dest, authz.ConnInfo(src_ip, None, pod.ip, port),
+                       config.root_namespace)
+    return Admission(v.allowed, 200 if v.allowed else 403, v.reason, v.policy or "", src_ip, port, src_wl, v.audit)

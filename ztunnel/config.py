@@ -1,0 +1,311 @@
+"""ztunnel's view of the mesh config: validated, indexed, and swapped whole on every update.
+
+The config stream delivers one type per response. Each response is validated and indexed into a
+new immutable `ConfigView`, which replaces the previous one in a single assignment: a connection
+handler that took `config.view` never sees half of an update. An update the data plane cannot use
+raises `ConfigRejected`; the ConfigClient NACKs it with that message (naming the resources and the
+reason), the controller shows it in `ambit status`, and the previous view stays in force.
+
+What is refused is what would make a routing or identity decision ambiguous or impossible, never a
+matter of taste: addresses that do not parse, two Services claiming one VIP (which Service is
+10.96.0.10:80?), two mesh workloads claiming one pod IP (whose certificate answers for it?), and
+policy values ztunnel does not know how to enforce.
+
+Sans-IO: `MeshConfig.apply(update)` is the ConfigClient callback and does no I/O; `config_client`
+builds the client that feeds it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ambit import identity as ident
+from ambit.configclient import ConfigClient, ConfigUpdate, NodeInfo
+from ambit.model import Authorization, PeerAuthn, Service, ServicePort, Workload
+from ztunnel import authz
+
+# The order the server pushes them in (policy before the pods it protects); WaypointRoutes and
+# Telemetry are the waypoint's business, not ztunnel's.
+TYPES = (PeerAuthn.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE)
+ACTIONS = {authz.ALLOW, authz.DENY, authz.AUDIT}
+MODES = {authz.STRICT, authz.PERMISSIVE, authz.DISABLE, authz.UNSET}
+
+_EMPTY: Mapping[Any, Any] = MappingProxyType({})
+
+
+class ConfigRejected(ValueError):
+    """An update the data plane must not use; the message names the resources and the reason."""
+
+
+@dataclass(frozen=True)
+class ConfigView:
+    """One consistent, immutable state of everything ztunnel routes and enforces by."""
+
+    workloads: Mapping[str, Workload] = field(default_factory=lambda: _EMPTY)              # uid ->
+    workloads_by_ip: Mapping[str, Workload] = field(default_factory=lambda: _EMPTY)        # pod IP ->
+    services: Mapping[str, Service] = field(default_factory=lambda: _EMPTY)                # "ns/name" ->
+    services_by_vip: Mapping[str, Service] = field(default_factory=lambda: _EMPTY)         # VIP ->
+    service_ports: Mapping[tuple[str, int], tuple[Service, ServicePort]] = field(default_factory=lambda: _EMPTY)  # (VIP, port) ->
+    authorizations: tuple[Authorization, ...] = ()
+    peer_authns: tuple[PeerAuthn, ...] = ()
+    versions: Mapping[str, str] = field(default_factory=lambda: _EMPTY)                    # type URL -> controller system version
+
+
+@dataclass(frozen=True)
+class Policies:
+    """What applies to one destination workload: its authorization policies and the peer
+    authentication policies that can set its mTLS mode (evaluate with `ztunnel.authz`)."""
+
+    authorizations: tuple[Authorization, ...]
+    peer_authns: tuple[PeerAuthn, ...]
+
+
+@dataclass
+class Rejection:
+    type_url: str
+    version: str
+    message: str
+    time: float
+
+
+# --- validation and indexing (pure) -------------------------------------------------------------
+
+def _ip(value: Any, where: str, problems: list[str]) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value))
+    except (ValueError, TypeError):
+        problems.append(f"{where}: {value!r} is not an IP address")
+        return None
+
+
+def _fail(type_url: str, problems: list[str]) -> None:
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise ConfigRejected(f"{type_url}: {shown}")
+
+
+def index_workloads(state: Mapping[str, Workload]) -> tuple[dict[str, Workload], dict[str, Workload]]:
+    """(by uid, by IP). Several plain-TCP workloads may share an IP (host-network pods share their
+    node's); two HBONE workloads may not: inbound traffic to that IP would have two identities."""
+    problems: list[str] = []
+    by_ip: dict[str, list[Workload]] = {}
+    for name, w in sorted(state.items()):
+        where = f"Workload {w.namespace}/{w.name} (uid {name})"
+        if not w.ips:
+            problems.append(f"{where}: ips: empty")
+        for i, raw in enumerate(w.ips):
+            ip = _ip(raw, f"{where}: ips[{i}]", problems)
+            if ip is not None:
+                by_ip.setdefault(ip, []).append(w)
+        if w.protocol == "HBONE":
+            try:
+                ident.parse(w.identity)
+            except ident.InvalidSpiffeId as e:
+                problems.append(f"{where}: identity: {e}")
+        elif w.protocol != "TCP":
+            problems.append(f"{where}: protocol: {w.protocol!r} is not HBONE or TCP")
+    chosen: dict[str, Workload] = {}
+    for ip, ws in sorted(by_ip.items()):
+        mesh = [w for w in ws if w.protocol == "HBONE"]
+        if len(mesh) > 1:
+            who = ", ".join(f"{w.namespace}/{w.name}" for w in mesh)
+            problems.append(f"IP {ip} is claimed by more than one mesh workload ({who}); "
+                            "its identity would be ambiguous")
+        chosen[ip] = mesh[0] if mesh else min(ws, key=lambda w: (w.namespace, w.name, w.uid))
+    _fail(Workload.TYPE, problems)
+    return dict(state), chosen
+
+
+def index_services(state: Mapping[str, Service]) -> tuple[dict[str, Service], dict[str, Service],
+                                                           dict[tuple[str, int], tuple[Service, ServicePort]]]:
+    """(by "ns/name", by VIP, by (VIP, port)). A VIP belongs to one Service: two Services on one
+    VIP would make every connection to it a guess."""
+    problems: list[str] = []
+    by_vip: dict[str, list[Service]] = {}
+    ports: dict[tuple[str, int], tuple[Service, ServicePort]] = {}
+    for name, s in sorted(state.items()):
+        where = f"Service {name}"
+        seen_ports: set[int] = set()
+        for i, p in enumerate(s.ports):
+            if not 0 < p.port < 65536:
+                problems.append(f"{where}: ports[{i}].port: {p.port} is not a TCP port")
+            if p.target_port and not 0 < p.target_port < 65536:
+                problems.append(f"{where}: ports[{i}].target_port: {p.target_port} is not a TCP port")
+            if p.port in seen_ports:
+                problems.append(f"{where}: ports[{i}].port: {p.port} appears twice")
+            seen_ports.add(p.port)
+        for i, ep in enumerate(s.endpoints):
+            _ip(ep.ip, f"{where}: endpoints[{i}].ip", problems)
+        for i, raw in enumerate(s.vips):
+            vip = _ip(raw, f"{where}: vips[{i}]", problems)
+            if vip is None:
+                continue
+            by_vip.setdefault(vip, []).append(s)
+            for p in s.ports:
+                ports[(vip, p.port)] = (s, p)
+    for vip, svcs in sorted(by_vip.items()):
+        if len(svcs) > 1:
+            problems.append(f"VIP {vip} is claimed by more than one Service "
+                            f"({', '.join(s.resource_name for s in svcs)})")
+    _fail(Service.TYPE, problems)
+    return dict(state), {vip: svcs[0] for vip, svcs in by_vip.items()}, ports
+
+
+def check_authorizations(state: Mapping[str, Authorization]) -> tuple[Authorization, ...]:
+    problems: list[str] = []
+    for name, a in sorted(state.items()):
+        where = f"Authorization {name}"
+        if a.action not in ACTIONS:
+            problems.append(f"{where}: action: {a.action!r} is not one of {', '.join(sorted(ACTIONS))}")
+        for r, rule in enumerate(a.rules):
+            for c, clause in enumerate(rule.clauses):
+                for m, match in enumerate(clause):
+                    for fname in ("ip_blocks", "not_ip_blocks", "destination_ips", "not_destination_ips"):
+                        for v in getattr(match, fname):
+                            try:
+                                ipaddress.ip_network(v, strict=False)
+                            except ValueError:
+                                problems.append(f"{where}: rules[{r}].clauses[{c}][{m}].{fname}: "
+                                                f"{v!r} is not an address or CIDR")
+    _fail(Authorization.TYPE, problems)
+    return tuple(a for _, a in sorted(state.items()))
+
+
+def check_peer_authns(state: Mapping[str, PeerAuthn]) -> tuple[PeerAuthn, ...]:
+    problems: list[str] = []
+    for name, p in sorted(state.items()):
+        where = f"PeerAuthn {name}"
+        if p.mode not in MODES:
+            problems.append(f"{where}: mode: {p.mode!r} is not one of {', '.join(sorted(MODES))}")
+        for port, mode in p.port_modes.items():
+            if mode not in MODES:
+                problems.append(f"{where}: port_modes[{port}]: {mode!r} is not one of {', '.join(sorted(MODES))}")
+    _fail(PeerAuthn.TYPE, problems)
+    return tuple(p for _, p in sorted(state.items()))
+
+
+def next_view(view: ConfigView, update: ConfigUpdate) -> ConfigView:
+    """The view after `update`; raises ConfigRejected (and changes nothing) if it is unusable."""
+    t, state = update.type_url, update.state
+    versions = MappingProxyType({**view.versions, t: update.system_version})
+    if t == Workload.TYPE:
+        by_uid, by_ip = index_workloads(state)  # type: ignore[arg-type]
+        return replace(view, workloads=MappingProxyType(by_uid), workloads_by_ip=MappingProxyType(by_ip),
+                       versions=versions)
+    if t == Service.TYPE:
+        by_name, by_vip, ports = index_services(state)  # type: ignore[arg-type]
+        return replace(view, services=MappingProxyType(by_name), services_by_vip=MappingProxyType(by_vip),
+                       service_ports=MappingProxyType(ports), versions=versions)
+    if t == Authorization.TYPE:
+        return replace(view, authorizations=check_authorizations(state), versions=versions)  # type: ignore[arg-type]
+    if t == PeerAuthn.TYPE:
+        return replace(view, peer_authns=check_peer_authns(state), versions=versions)  # type: ignore[arg-type]
+    raise ConfigRejected(f"{t}: ztunnel does not subscribe to this type")
+
+
+# --- the live config ---------------------------------------------------------------------------
+
+@dataclass
+class MeshConfig:
+    """The config ztunnel routes and enforces by. `apply` is the ConfigClient callback.
+
+    `synced` is True once every type has accepted a response from the controller (a state read
+    from the file cache serves traffic but does not count: it may be stale).
+    """
+
+    root_namespace: str = "ambit-system"
+    view: ConfigView = field(default_factory=ConfigView)
+    version: str = ""                       # system version of the newest update applied
+    updated_at: float = 0.0
+    rejections: dict[str, Rejection] = field(default_factory=dict)   # type URL -> rejection in force
+    _synced: set[str] = field(default_factory=set)
+    _listeners: list[Callable[[ConfigView, ConfigUpdate], None]] = field(default_factory=list)
+
+    def apply(self, update: ConfigUpdate) -> None:
+        try:
+            view = next_view(self.view, update)
+        except ConfigRejected as e:
+            self.rejections[update.type_url] = Rejection(update.type_url, update.system_version, str(e), time.time())
+            raise
+        self.view = view
+        self.version = update.system_version
+        self.rejections.pop(update.type_url, None)   # a later good state supersedes the rejection
+        self.updated_at = time.time()
+        if not update.from_cache:
+            self._synced.add(update.type_url)
+        for fn in list(self._listeners):
+            fn(view, update)
+
+    def on_change(self, fn: Callable[[ConfigView, ConfigUpdate], None]) -> None:
+        """Call `fn(new_view, update)` after every accepted update (e.g. to prefetch certificates
+        for new local pods). It runs inside the apply: raising would NACK the update."""
+        self._listeners.append(fn)
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.issuperset(TYPES)
+
+    @property
+    def versions(self) -> Mapping[str, str]:
+        return self.view.versions
+
+    # -- lookups (the data path's questions) -----------------------------------------------------
+    def lookup_workload(self, ip: str) -> Workload | None:
+        return self.view.workloads_by_ip.get(ip)
+
+    def workload(self, uid: str) -> Workload | None:
+        return self.view.workloads.get(uid)
+
+    def lookup_service(self, vip: str, port: int) -> tuple[Service, ServicePort] | None:
+        """The Service and the port of it that `vip:port` addresses; None if that is no Service port."""
+        return self.view.service_ports.get((vip, port))
+
+    def service_by_vip(self, vip: str) -> Service | None:
+        return self.view.services_by_vip.get(vip)
+
+    def policies_for(self, workload: Workload) -> Policies:
+        v = self.view
+        auths = tuple(a for a in v.authorizations if authz.applies(a, workload, self.root_namespace))
+        pas = tuple(p for p in v.peer_authns if _peer_authn_applies(p, workload, self.root_namespace))
+        return Policies(auths, pas)
+
+    def local_workloads(self, node: str) -> list[Workload]:
+        return sorted((w for w in self.view.workloads.values() if w.node == node),
+                      key=lambda w: (w.namespace, w.name))
+
+    # -- admin ------------------------------------------------------------------------------------
+    def dump(self) -> dict[str, Any]:
+        v = self.view
+        return {
+            "version": self.version,
+            "versions": dict(v.versions),
+            "synced": self.synced,
+            "updated_at": self.updated_at,
+            "rejections": {t: {"version": r.version, "message": r.message, "time": r.time}
+                           for t, r in sorted(self.rejections.items())},
+            "workloads": [w.to_dict() for w in sorted(v.workloads.values(), key=lambda w: (w.namespace, w.name))],
+            "services": [s.to_dict() for _, s in sorted(v.services.items())],
+            "authorizations": [a.to_dict() for a in v.authorizations],
+            "peer_authns": [p.to_dict() for p in v.peer_authns],
+        }
+
+
+def _peer_authn_applies(p: PeerAuthn, w: Workload, root_namespace: str) -> bool:
+    """The same selection as `authz.peer_authn_mode`: a selector selects in its own namespace only;
+    without one, a root-namespace policy is mesh-wide and any other is namespace-wide."""
+    if p.selector:
+        return p.namespace == w.namespace and all(w.labels.get(k) == v for k, v in p.selector.items())
+    return p.root or p.namespace in (root_namespace, w.namespace)
+
+
+def config_client(config: MeshConfig, target: str, node: str, *, instance_id: str = "",
+                  cache_path: str | Path | None = None, types: Iterable[str] = TYPES) -> ConfigClient:
+    """The ConfigClient that feeds `config` as ztunnel `node` (start it with `await client.start()`)."""
+    return ConfigClient(target, NodeInfo("ztunnel", node, instance_id=instance_id), list(types), config.apply,
+                        cache_path=cache_path)

@@ -1,0 +1,158 @@
+"""ztunnel's Prometheus metrics, with Istio's names and labels so existing dashboards work.
+
+One series per (reporter, source, destination, security policy, flags):
+- `istio_tcp_connections_opened_total` / `istio_tcp_connections_closed_total`
+- `istio_tcp_received_bytes_total`: bytes of the *request* direction (client -> server)
+- `istio_tcp_sent_bytes_total`: bytes of the *response* direction (server -> client)
+
+Istio's meaning is kept for both reporters: a source ztunnel and a destination ztunnel report the
+same directions, so the two sides of one connection can be compared. Bytes are added when the
+connection closes (one lock-free update per connection instead of one per read).
+
+Served over HTTP on `0.0.0.0:15020` in the node netns (Prometheus scrapes it there) and, in the
+lab, on a unix socket so that tests and the CLI in the host netns can read it without entering
+netns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger("ambit.ztunnel.metrics")
+
+LABELS = (
+    "reporter", "source_workload", "source_workload_namespace", "source_principal",
+    "destination_workload", "destination_workload_namespace", "destination_principal",
+    "destination_service", "connection_security_policy", "request_protocol", "response_flags",
+)
+UNKNOWN = "unknown"
+MUTUAL_TLS, NONE = "mutual_tls", "none"
+NO_FLAGS, FLAG_DENY, FLAG_CONNECT = "-", "DENY", "CONNECT"   # denied by policy; upstream connect failed
+
+
+@dataclass
+class ConnLabels:
+    """Who talked to whom; empty strings are reported as "unknown", as Istio does."""
+
+    reporter: str                       # source | destination
+    source_workload: str = ""
+    source_workload_namespace: str = ""
+    source_principal: str = ""
+    destination_workload: str = ""
+    destination_workload_namespace: str = ""
+    destination_principal: str = ""
+    destination_service: str = ""
+    connection_security_policy: str = NONE
+    response_flags: str = NO_FLAGS
+
+    def values(self) -> dict[str, str]:
+        d = {k: (getattr(self, k) or UNKNOWN) for k in LABELS if k != "request_protocol"}
+        d["request_protocol"] = "tcp"
+        return d
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        # prometheus_client appends `_total` to counter names itself.
+        self.opened = Counter("istio_tcp_connections_opened", "TCP connections opened", LABELS, registry=r)
+        self.closed = Counter("istio_tcp_connections_closed", "TCP connections closed", LABELS, registry=r)
+        self.received = Counter("istio_tcp_received_bytes", "Bytes received (client to server)", LABELS,
+                                registry=r)
+        self.sent = Counter("istio_tcp_sent_bytes", "Bytes sent (server to client)", LABELS, registry=r)
+
+    def conn_opened(self, labels: ConnLabels) -> None:
+        self.opened.labels(**labels.values()).inc()
+
+    def conn_closed(self, labels: ConnLabels, request_bytes: int, response_bytes: int) -> None:
+        v = labels.values()
+        self.closed.labels(**v).inc()
+        if request_bytes:
+            self.received.labels(**v).inc(request_bytes)
+        if response_bytes:
+            self.sent.labels(**v).inc(response_bytes)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """GET (any path) answers the Prometheus text exposition; TCP and/or a unix socket."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._servers: list[asyncio.Server] = []
+        self._unix: Path | None = None
+
+    async def start(self, host: str | None, port: int, unix_path: Path | None = None) -> None:
+        if host is not None and port:
+            self._servers.append(await asyncio.start_server(self._serve, host, port, reuse_address=True))
+        if unix_path is not None:
+            unix_path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                unix_path.unlink()
+            self._servers.append(await asyncio.start_unix_server(self._serve, str(unix_path)))
+            unix_path.chmod(0o600)
+            self._unix = unix_path
+
+    async def close(self) -> None:
+        for s in self._servers:
+            s.close()
+        for s in self._servers:
+            await s.wait_closed()
+        self._servers.clear()
+        if self._unix is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._unix.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+            method = head.split(b" ", 1)[0]
+            if method not in (b"GET", b"HEAD"):
+                body, status = b"metrics are read-only: use GET\n", "405 Method Not Allowed"
+                ctype = "text/plain"
+            else:
+                body, status, ctype = self.metrics.exposition(), "200 OK", CONTENT_TYPE_LATEST
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                         "Connection: close\r\n\r\n".encode() + (b"" if method == b"HEAD" else body))
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as e:
+            log.debug("metrics request failed: %s", e)
+        finally:
+            writer.close()
+
+
+def scrape(unix_path: str | Path, timeout: float = 3.0) -> str:
+    """Read the exposition from a ztunnel's metrics unix socket (tests and the CLI)."""
+
+    class _Conn(http.client.HTTPConnection):
+        def connect(self) -> None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            try:
+                s.connect(str(unix_path))
+            except OSError:
+                s.close()
+                raise
+            self.sock = s
+
+    conn = _Conn("localhost", timeout=timeout)
+    try:
+        conn.request("GET", "/stats/prometheus")
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise OSError(f"metrics endpoint {unix_path} answered {resp.status}")
+        return resp.read().decode()
+    finally:
+        conn.close()
