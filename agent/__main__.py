@@ -23,7 +23,7 @@ from typing import Any
 
 from agent import enrolment
 from agent.enrolment import PodRef
-from agent.podsource import LabPodSource, NodeView, PodSource
+from agent.podsource import LabPodSource, PodSource, PodView
 from agent.ztunnel_link import ZtunnelError, ZtunnelLink
 from ambit.zds import PodInfo
 
@@ -46,6 +46,7 @@ class Agent:
         self.errors: dict[str, str] = {}       # uid -> why the pod is not captured
         self.refs: dict[str, PodRef] = {}      # uid -> last desired ref (for status)
         self.excluded: dict[str, str] = {}     # pod key -> reason it is not enrolled
+        self.revision = ""                      # the source's revision of the view last reconciled
 
     # -- capture ----------------------------------------------------------------------------
     def _capture(self, ref: PodRef) -> Any:
@@ -85,23 +86,24 @@ class Agent:
             log.warning("ztunnel: %s", e)
         log.info("unenrolled %s", uid)
 
-    def reconcile(self, view: NodeView) -> None:
-        want = enrolment.desired(self.node, view.pods, view.namespaces)
+    def reconcile(self, view: PodView) -> None:
+        # Whichever source the view came from, enrolment was decided in one place before this
+        # (the agent's rule for Kubernetes objects, the controller's for Workloads).
+        pods = view.local_pods(self.node)
+        want = enrolment.to_capture(pods)
         self.refs = want
-        self.excluded = {}
-        for pod in view.pods:
-            md = pod["metadata"]
-            if (pod.get("spec") or {}).get("nodeName") != self.node:
-                continue
-            ns_labels = view.namespaces.get(md.get("namespace", "default"), {})
-            if enrolment.namespace_enrolled(ns_labels) and enrolment.pod_opted_out(md.get("labels") or {}):
-                self.excluded[f"{md.get('namespace')}/{md['name']}"] = "opted out by label"
+        self.revision = view.revision
+        self.excluded = {p.key: p.reason for p in pods if not p.enrolled and p.reason}
         # Retry pods that failed before (their ref may be unchanged).
         current = {uid: r for uid, r in self.applied.items()}
         p = enrolment.plan(current, want)
         for uid in p.remove:
             self.unenrol(uid)
         for ref in p.add + p.update:
+            problem = enrolment.missing_paths(ref)
+            if problem:     # one pod we cannot act on (yet) is that pod's status, not the node's
+                self.errors[ref.uid] = problem
+                continue
             self.enrol(ref)
         for uid in list(self.errors):
             if uid not in want:
@@ -129,7 +131,7 @@ class Agent:
             stats = self.engine.stats()
         except Exception:
             stats = {}
-        doc = {"node": self.node, "time": time.time(), "pods": pods, "stats": stats}
+        doc = {"node": self.node, "time": time.time(), "revision": self.revision, "pods": pods, "stats": stats}
         tmp = self.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, self.status_file)
@@ -139,16 +141,16 @@ class Agent:
         # but not their refs until the first view arrives.
         for uid in self.engine.enrolled():
             self.applied[uid] = None
-        views: queue.Queue[NodeView] = queue.Queue()
+        views: queue.Queue[PodView] = queue.Queue()
 
         def feed() -> None:
             for v in self.source.views(stop):
                 views.put(v)
         threading.Thread(target=feed, name="pod-source", daemon=True).start()
-        last: NodeView | None = None
+        last: PodView | None = None
         while not stop.is_set():
             try:
-                view: NodeView | None = views.get(timeout=heartbeat)
+                view: PodView | None = views.get(timeout=heartbeat)
                 while not views.empty():        # only the newest view matters
                     view = views.get_nowait()
             except queue.Empty:
@@ -184,7 +186,15 @@ def preflight() -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="agent")
     ap.add_argument("--node", required=True)
-    ap.add_argument("--store", type=Path, help="lab store file (lab mode)")
+    ap.add_argument("--controller", help="config stream target (host:port or unix:PATH): pods are this node's "
+                                          "Workloads, enrolment decided by the controller")
+    ap.add_argument("--store", type=Path, help="lab store file: run without a controller")
+    ap.add_argument("--config-cache", type=Path,
+                    help="with --controller: file keeping the last good Workloads, so a restart during a "
+                         "controller outage keeps enrolling")
+    ap.add_argument("--pod-paths", choices=["host", "controller"], default="host",
+                    help="with --controller: where a pod's netns/cgroup come from; 'controller' trusts the "
+                         "Workload's lab-only fields (the lab writes them), 'host' finds them on this host")
     ap.add_argument("--zds-socket", type=Path, required=True)
     ap.add_argument("--ztunnel-cgroup", type=Path, required=True)
     ap.add_argument("--pin-base", type=Path, default=Path("/sys/fs/bpf/ambit"))
@@ -194,6 +204,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--drain", type=float, default=5.0, help="seconds open connections get on unenrol")
     ap.add_argument("--uninstall", action="store_true", help="remove every program, link and pin, then exit")
     args = ap.parse_args(argv)
+    if args.controller and args.store:
+        ap.error("--controller and --store are two sources of pods; give one")
+    if (args.config_cache or args.pod_paths != "host") and not args.controller:
+        ap.error("--config-cache and --pod-paths need --controller")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     preflight()
     from agent.capture import CaptureEngine
@@ -206,11 +220,15 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.monotonic()
     engine.load()
     log.info("eBPF programs ready in %.2fs; adopted %d pods", time.monotonic() - t0, len(engine.enrolled()))
-    if args.store is None:
-        from agent.podsource import KubePodSource
-        source: PodSource = KubePodSource(args.node)
-    else:
+    source: PodSource
+    if args.controller:
+        from agent.streamsource import StreamPodSource
+        source = StreamPodSource(args.controller, args.node, args.config_cache, paths=args.pod_paths)
+    elif args.store is not None:
         source = LabPodSource(args.store)
+    else:
+        from agent.podsource import KubePodSource
+        source = KubePodSource(args.node)
     agent = Agent(args.node, source, engine, ZtunnelLink(args.zds_socket), args.node_ip,
                   args.status_file, args.drain)
     stop = threading.Event()

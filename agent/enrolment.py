@@ -3,6 +3,10 @@
 A pod is enrolled when its namespace is labelled `ambit.io/dataplane-mode=ambient` (Istio's
 `istio.io/dataplane-mode=ambient` is honoured too, for teams migrating) and the pod does not opt out
 with the label `ambit.io/dataplane-mode=none`. Only running pods with an IP on this node count.
+
+This rule is for the sources that hand the agent Kubernetes objects (the lab store, the API server).
+With the config stream the controller has applied its own rule already (`Workload.enrolled`); both
+kinds of source end in `LocalPod` records, and the agent acts on those alone.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 MODE_LABELS = ("ambit.io/dataplane-mode", "istio.io/dataplane-mode")
 AMBIENT = "ambient"
 OPT_OUT = "none"
+OPTED_OUT_REASON = "opted out by label"
 
 
 @dataclass(frozen=True)
@@ -34,12 +39,32 @@ class PodRef:
         return f"{self.namespace}/{self.name}"
 
 
+@dataclass(frozen=True)
+class LocalPod:
+    """One pod of this node as the agent acts on it, whichever source described it.
+
+    `enrolled` is the decision (made by `local_pods` below, or by the controller); `ref` is what
+    capturing needs (None while the pod is not running with an IP); `reason` says why a pod is not
+    enrolled when that is worth showing (an opt-out), for the agent's status file.
+    """
+
+    key: str                    # "namespace/name"
+    enrolled: bool
+    ref: PodRef | None = None
+    reason: str = ""
+
+
 def namespace_enrolled(labels: dict[str, str]) -> bool:
     return any(labels.get(k) == AMBIENT for k in MODE_LABELS)
 
 
 def pod_opted_out(labels: dict[str, str]) -> bool:
     return any(labels.get(k) == OPT_OUT for k in MODE_LABELS)
+
+
+def capture_annotations(annotations: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """The annotations that shape capture (`ambit.io/exclude-*`), in PodRef's comparable form."""
+    return tuple(sorted((k, v) for k, v in annotations.items() if k.startswith("ambit.io/")))
 
 
 def pod_ref(pod: dict[str, Any]) -> PodRef | None:
@@ -52,25 +77,45 @@ def pod_ref(pod: dict[str, Any]) -> PodRef | None:
                   namespace=md.get("namespace", "default"), ip=ip,
                   service_account=spec.get("serviceAccountName") or "default",
                   netns=ann.get("lab.ambit.io/netns", ""), cgroup=ann.get("lab.ambit.io/cgroup", ""),
-                  annotations=tuple(sorted((k, v) for k, v in ann.items() if k.startswith("ambit.io/"))),
+                  annotations=capture_annotations(ann),
                   labels=tuple(sorted((md.get("labels") or {}).items())))
 
 
-def desired(node: str, pods: list[dict[str, Any]], namespaces: dict[str, dict[str, str]]) -> dict[str, PodRef]:
-    """uid -> PodRef for every pod on `node` that must be captured."""
-    out: dict[str, PodRef] = {}
+def local_pods(node: str, pods: list[dict[str, Any]], namespaces: dict[str, dict[str, str]]) -> list[LocalPod]:
+    """The records of the pods on `node` in an enrolled namespace: enrolled, or opted out."""
+    out: list[LocalPod] = []
     for pod in pods:
         if (pod.get("spec") or {}).get("nodeName") != node:
             continue
         md = pod.get("metadata", {})
         if not namespace_enrolled(namespaces.get(md.get("namespace", "default"), {})):
             continue
+        key = f"{md.get('namespace', 'default')}/{md.get('name')}"
         if pod_opted_out(md.get("labels") or {}):
+            out.append(LocalPod(key, enrolled=False, reason=OPTED_OUT_REASON))
             continue
         ref = pod_ref(pod)
         if ref is not None:
-            out[ref.uid] = ref
+            out.append(LocalPod(key, enrolled=True, ref=ref))
     return out
+
+
+def to_capture(records: list[LocalPod]) -> dict[str, PodRef]:
+    """uid -> PodRef of the records that must be captured."""
+    return {r.ref.uid: r.ref for r in records if r.enrolled and r.ref is not None}
+
+
+def desired(node: str, pods: list[dict[str, Any]], namespaces: dict[str, dict[str, str]]) -> dict[str, PodRef]:
+    """uid -> PodRef for every pod on `node` that must be captured."""
+    return to_capture(local_pods(node, pods, namespaces))
+
+
+def missing_paths(ref: PodRef) -> str:
+    """Why the agent cannot act on an enrolled pod yet ("" if it can): it needs both paths."""
+    missing = [what for what, v in (("netns", ref.netns), ("cgroup", ref.cgroup)) if not v]
+    if not missing:
+        return ""
+    return f"{ref.key}: its {' and '.join(missing)} is not known (not on this host yet, or not reported)"
 
 
 @dataclass

@@ -36,6 +36,7 @@ entrypoint uses it to give the agent the cgroup of its own pod (ztunnel's) as `-
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -43,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ambit import cgroups
+
+log = logging.getLogger("ambit.agent.sandboxes")
 
 KUBEPODS_SEARCH_DEPTH = 3       # levels above `kubepods*` we accept (k3s in a container, kind)
 POD_SEARCH_DEPTH = 3            # kubepods -> QoS class -> pod
@@ -193,6 +196,50 @@ class SandboxFinder:
     def still_valid(self, sb: Sandbox) -> bool:
         """Does `sb` still name the same netns and an existing cgroup? (pids get recycled)"""
         return sb.cgroup.is_dir() and _ns_id(sb.netns) == sb.netns_id
+
+
+class SandboxCache:
+    """uid -> Sandbox for the pods that want one, remembered and re-checked before each reuse.
+
+    Shared by the agent's cluster sources (Kubernetes API and config stream): looking a sandbox
+    up walks the cgroup tree and /proc, so it is done once per pod, and again only when the one
+    remembered has gone stale. A refused sandbox (host netns) is logged once, not on every view.
+    """
+
+    def __init__(self, finder: SandboxFinder):
+        self.finder = finder
+        self._found: dict[str, Sandbox] = {}
+        self._refused: dict[str, str] = {}
+
+    def resolve(self, wanted: dict[str, str]) -> dict[str, Sandbox]:
+        """The sandboxes of `wanted` (uid -> "ns/name", for log lines) found on this host.
+
+        Pods not found (yet) are left out; pods no longer wanted are forgotten.
+        """
+        index: dict[str, Path] | None = None
+        out: dict[str, Sandbox] = {}
+        for uid, key in wanted.items():
+            sb = self._found.get(uid)
+            if sb is None or not self.finder.still_valid(sb):
+                if index is None:
+                    index = self.finder.pod_cgroups()
+                try:
+                    sb = self.finder.find(uid, index.get(uid)) if uid in index else None
+                except SandboxError as e:
+                    if self._refused.get(uid) != str(e):
+                        log.error("%s: %s", key, e)
+                    self._refused[uid] = str(e)
+                    sb = None
+                if sb is None:
+                    self._found.pop(uid, None)
+                    continue
+                self._found[uid] = sb
+            out[uid] = sb
+        for uid in set(self._found) - set(wanted):
+            del self._found[uid]
+        for uid in set(self._refused) - set(wanted):
+            del self._refused[uid]
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,12 @@
-"""Where the agent learns about the pods on its node: one interface, two sources.
+"""Where the agent learns about the pods on its node: one interface, three sources.
 
-In the lab, the lab store (a file the CLI writes). In a cluster, the Kubernetes API, with pods
-scoped to this node by a field selector. Both yield full views; the agent diffs them itself, so a
-missed event can never leave a pod half-enrolled.
+With a controller, its config stream (agent/streamsource.py: this node's Workloads, enrolment
+already decided). Without one: in the lab, the lab store (a file the CLI writes); in a cluster, the
+Kubernetes API, with pods scoped to this node by a field selector. Every source yields full views;
+the agent diffs them itself, so a missed event can never leave a pod half-enrolled. A view reduces
+to `LocalPod` records (`local_pods`), which is all the agent acts on.
 
-Both sources hand the agent each pod's netns and cgroup in the annotations `lab.ambit.io/netns` and
+The two Kubernetes-shaped sources hand the agent each pod's netns and cgroup in the annotations `lab.ambit.io/netns` and
 `lab.ambit.io/cgroup` (`agent.enrolment.pod_ref` reads them). In the lab the lab writes them; in a
 cluster `KubePodSource` finds them on the host (agent/kube_pods.py) and always overwrites what the
 API server says: a pod's own annotations must never choose which netns the agent captures.
@@ -21,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent import enrolment
+from agent.enrolment import LocalPod
+
 log = logging.getLogger("ambit.agent.podsource")
 
 NETNS_ANNOTATION = "lab.ambit.io/netns"
@@ -28,16 +33,29 @@ CGROUP_ANNOTATION = "lab.ambit.io/cgroup"
 _SANDBOX_ANNOTATION_PREFIX = "lab.ambit.io/"
 
 
+class PodView(Protocol):
+    """One full picture of this node's pods, as some source saw it."""
+
+    revision: str
+
+    def local_pods(self, node: str) -> list[LocalPod]: ...
+
+
 @dataclass
 class NodeView:
+    """Kubernetes objects (lab store, API server): the agent's enrolment rule decides."""
+
     revision: str
     pods: list[dict[str, Any]]                  # Kubernetes Pod objects (this node's, at least)
     namespaces: dict[str, dict[str, str]]       # namespace -> labels
     nodes: dict[str, dict[str, Any]]            # node name -> Node object
 
+    def local_pods(self, node: str) -> list[LocalPod]:
+        return enrolment.local_pods(node, self.pods, self.namespaces)
+
 
 class PodSource(Protocol):
-    def views(self, stop: threading.Event) -> Iterator[NodeView]: ...
+    def views(self, stop: threading.Event) -> Iterator[PodView]: ...
 
 
 class LabPodSource:
@@ -299,8 +317,7 @@ class KubePodSource:
         self.reflectors: dict[str, _Reflector] = {}
         self._cond = threading.Condition()
         self._changes = 0
-        self._cache: dict[str, Any] = {}     # uid -> Sandbox
-        self._refused: dict[str, str] = {}   # uid -> why its sandbox must not be captured
+        self._sandbox_cache: Any = None       # an agent.kube_pods.SandboxCache over `sandboxes`
 
     def _changed(self) -> None:
         with self._cond:
@@ -380,40 +397,23 @@ class KubePodSource:
         return NodeView(revision=f"{n}:{rvs}", pods=pods, namespaces=namespaces, nodes=nodes)
 
     def _attach_sandboxes(self, pods: list[dict[str, Any]], namespaces: dict[str, dict[str, str]]) -> None:
-        from agent import enrolment
-        from agent.kube_pods import SandboxError
-        index: dict[str, Path] | None = None
-        live = set()
+        from agent.kube_pods import SandboxCache
+        if self._sandbox_cache is None or self._sandbox_cache.finder is not self.sandboxes:
+            self._sandbox_cache = SandboxCache(self.sandboxes)
+        wanted: dict[str, str] = {}
         for pod in pods:
             md = pod.setdefault("metadata", {})
-            ann = {k: v for k, v in (md.get("annotations") or {}).items()
-                   if not k.startswith(_SANDBOX_ANNOTATION_PREFIX)}
-            md["annotations"] = ann
+            md["annotations"] = {k: v for k, v in (md.get("annotations") or {}).items()
+                                 if not k.startswith(_SANDBOX_ANNOTATION_PREFIX)}
             uid = md.get("uid", "")
-            if not uid or not _wants_sandbox(pod, namespaces, enrolment):
-                continue
-            live.add(uid)
-            sb = self._cache.get(uid)
-            if sb is None or not self.sandboxes.still_valid(sb):
-                if index is None:
-                    index = self.sandboxes.pod_cgroups()
-                try:
-                    sb = self.sandboxes.find(uid, index.get(uid)) if uid in index else None
-                except SandboxError as e:
-                    if self._refused.get(uid) != str(e):
-                        log.error("%s/%s: %s", md.get("namespace"), md.get("name"), e)
-                    self._refused[uid] = str(e)
-                    sb = None
-                if sb is None:
-                    self._cache.pop(uid, None)
-                    continue
-                self._cache[uid] = sb
-            ann[NETNS_ANNOTATION] = str(sb.netns)
-            ann[CGROUP_ANNOTATION] = str(sb.cgroup)
-        for uid in set(self._cache) - live:
-            del self._cache[uid]
-        for uid in set(self._refused) - live:
-            del self._refused[uid]
+            if uid and _wants_sandbox(pod, namespaces):
+                wanted[uid] = f"{md.get('namespace')}/{md.get('name')}"
+        found = self._sandbox_cache.resolve(wanted)
+        for pod in pods:
+            sb = found.get(pod["metadata"].get("uid", ""))
+            if sb is not None:
+                pod["metadata"]["annotations"][NETNS_ANNOTATION] = str(sb.netns)
+                pod["metadata"]["annotations"][CGROUP_ANNOTATION] = str(sb.cgroup)
 
 
 def default_api_client() -> Any:
@@ -427,7 +427,7 @@ def default_api_client() -> Any:
     return client.ApiClient(cfg)
 
 
-def _wants_sandbox(pod: dict[str, Any], namespaces: dict[str, dict[str, str]], enrolment: Any) -> bool:
+def _wants_sandbox(pod: dict[str, Any], namespaces: dict[str, dict[str, str]]) -> bool:
     """Worth a look on the host: a running, enrolled pod with its own netns."""
     md, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
     if spec.get("hostNetwork") or status.get("phase") != "Running" or not status.get("podIP"):

@@ -26,6 +26,11 @@ def agent_status_file(base: Path, node: str) -> Path:
     return base / f"agent-{node}.status.json"
 
 
+def agent_config_cache(base: Path, node: str) -> Path:
+    """The agent's copy of its last good Workloads: a restart during a controller outage keeps enrolling."""
+    return base / node / "agent-config.json"
+
+
 def controller_socket(base: Path) -> Path:
     """The controller's gRPC socket (config stream + CA): a file, so that ztunnels in node netns
     reach it without any route to the host."""
@@ -60,7 +65,6 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
               cert_ttl: float | None = None) -> list[ProcSpec]:
     procs: list[ProcSpec] = [controller_process(names, base)]
     py = sys.executable
-    store = str(base / "store.json")
     for n in spec.nodes:
         node_ns = str(NETNS_RUN_DIR / names.node_netns(n.name))
         zt_cg = names.component_cgroup(n.name, "ztunnel")
@@ -78,7 +82,8 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
         procs.append(ProcSpec(
             id=f"agent/{n.name}", component="agent", node=n.name, netns=node_ns,
             cgroup=str(names.component_cgroup(n.name, "agent")),
-            argv=[py, "-m", "agent", "--node", n.name, "--store", store,
+            argv=[py, "-m", "agent", "--node", n.name, "--controller", f"unix:{controller_socket(base)}",
+                  "--config-cache", str(agent_config_cache(base, n.name)), "--pod-paths", "controller",
                   "--zds-socket", str(zds_socket(base, n.name)), "--ztunnel-cgroup", str(zt_cg),
                   "--pin-base", str(names.bpf_pin_base), "--node-ip", n.gateway_ip, "--capture", capture,
                   "--status-file", str(agent_status_file(base, n.name))]))
