@@ -193,6 +193,7 @@ def ztunnel_rss(lab: BenchLab, t: Target, plan: Plan, res: RunResults, rep: int)
     """RSS of each ztunnel idle, then with `hold_connections` open connections through the mesh."""
     sc = t.scenario
     idle = {n: procstat.cgroup_rss_mb(cg) for n, cg in t.ztunnel_cgroups.items()}
+    idle_mem = {n: procstat.cgroup_memory_mb(cg) for n, cg in t.ztunnel_cgroups.items()}
     res.record(sc.name, "zt_rss_idle_mb", rep, max(idle.values()))
     argv = python_argv("bench.holdconns", t.http_host, str(t.http_port), str(plan.hold_connections),
                        str(plan.hold_deadline))
@@ -204,6 +205,7 @@ def ztunnel_rss(lab: BenchLab, t: Target, plan: Plan, res: RunResults, rep: int)
             raise MeasureError(f"holding {plan.hold_connections} connections failed: {line.strip() or 'no output'}")
         time.sleep(0.3)
         held = {n: procstat.cgroup_rss_mb(cg) for n, cg in t.ztunnel_cgroups.items()}
+        held_mem = {n: procstat.cgroup_memory_mb(cg) for n, cg in t.ztunnel_cgroups.items()}
         res.record(sc.name, "zt_rss_1000conn_mb", rep, max(held.values()))
         _, opened, failed = line.split()
         if int(opened) < plan.hold_connections:
@@ -211,6 +213,8 @@ def ztunnel_rss(lab: BenchLab, t: Target, plan: Plan, res: RunResults, rep: int)
                                f"the mesh within the deadline ({failed} failed attempts)")
         res.detail(sc.name, "ztunnel_rss_mb", rep, {"idle": idle, "with_connections": held,
                                                     "connections": int(opened), "failed_attempts": int(failed)})
+        # RSS/PSS/anonymous per ztunnel (see bench/procstat.py for which figure means what)
+        res.detail(sc.name, "ztunnel_memory_mb", rep, {"idle": idle_mem, "with_connections": held_mem})
         if int(failed):
             res.notes.append(f"{sc.name} rep {rep}: {failed} of the {opened} held connections needed a retry "
                              f"(connection through the mesh refused, reset or unanswered for 3 s)")

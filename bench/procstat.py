@@ -1,7 +1,12 @@
 """CPU time and memory of proxies: cgroup cpu.stat, /proc/<pid>/stat and status.
 
 ztunnel runs in a cgroup of its own (with any worker processes it forks), so its CPU time is that
-cgroup's `usage_usec` and its memory the sum of its processes' RSS. The tunnels (stunnel, haproxy)
+cgroup's `usage_usec` and its memory the sum of its processes' RSS. RSS counts the pages of shared
+libraries (grpc, cryptography, libpython) in full although, in the lab, the agent and controller map
+the same files; that is the honest figure for a ztunnel deployed in a container of its own (nobody
+shares its libraries there), and it is what Istio's figure is. PSS (shared pages divided among the
+processes mapping them) and anonymous memory (heap, Python objects, stacks: what grows with
+connections) are recorded next to it, from /proc/<pid>/smaps_rollup. The tunnels (stunnel, haproxy)
 share their pods' cgroups, so they are measured by pid instead. The parsers are pure; the readers
 are one-liners around them.
 """
@@ -40,6 +45,36 @@ def parse_vmrss_kb(text: str) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+SMAPS_KEYS = {"Rss": "rss", "Pss": "pss", "Anonymous": "anon"}
+
+
+def parse_smaps_rollup_kb(text: str) -> dict[str, int]:
+    """{"rss", "pss", "anon"} in kB from /proc/<pid>/smaps_rollup (zeros for a kernel thread)."""
+    out = dict.fromkeys(SMAPS_KEYS.values(), 0)
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in SMAPS_KEYS:
+            out[SMAPS_KEYS[key]] = int(rest.split()[0])
+    return out
+
+
+def pids_memory_mb(pids: Iterable[int]) -> dict[str, float]:
+    """RSS, PSS and anonymous memory of `pids`, summed, in MB."""
+    total = dict.fromkeys(SMAPS_KEYS.values(), 0)
+    for pid in pids:
+        try:
+            one = parse_smaps_rollup_kb(Path(f"/proc/{pid}/smaps_rollup").read_text())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for k, v in one.items():
+            total[k] += v
+    return {k: round(v / 1024.0, 1) for k, v in total.items()}
+
+
+def cgroup_memory_mb(cg: Path) -> dict[str, float]:
+    return pids_memory_mb(cgroups.pids(cg))
 
 
 def cgroup_cpu_seconds(cg: Path) -> float:

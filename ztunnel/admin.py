@@ -72,7 +72,51 @@ def routes(config: MeshConfig, client: ConfigClient | None = None, proxy: Any = 
         return (200 if ok else 503), body
 
     return {"/config_dump": config_dump, "/workloads": workloads, "/services": services,
-            "/policies": policies, "/certs": certs, "/connections": connections, "/healthz/ready": ready}
+            "/policies": policies, "/certs": certs, "/connections": connections, "/healthz/ready": ready,
+            "/memory": lambda: (200, memory_report())}
+
+
+# --- /memory: where this process's memory is --------------------------------------------------
+
+SMAPS_FIELDS = {"Rss": "rss_kb", "Pss": "pss_kb", "Pss_Anon": "pss_anon_kb", "Pss_File": "pss_file_kb",
+                "Anonymous": "anon_kb", "Shared_Clean": "shared_clean_kb", "Private_Dirty": "private_dirty_kb"}
+
+
+def parse_smaps_rollup(text: str) -> dict[str, int]:
+    """The fields of /proc/<pid>/smaps_rollup that tell memory apart (kB): RSS counts shared
+    library pages in full, PSS divides them among the processes mapping them, anonymous memory is
+    this process's own heap, stacks and arenas."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in SMAPS_FIELDS:
+            out[SMAPS_FIELDS[key]] = int(rest.split()[0])
+    return out
+
+
+def memory_report(top: int = 25) -> dict[str, Any]:
+    """RSS/PSS split, threads and GC state; with tracing on (PYTHONTRACEMALLOC=N in ztunnel's
+    environment) also the `top` source lines holding the most Python memory. This is how the
+    memory budget in docs/performance.md was found, and how a regression is found again."""
+    import gc
+    import threading
+    import tracemalloc
+
+    out: dict[str, Any] = {}
+    with contextlib.suppress(OSError):
+        out.update(parse_smaps_rollup(Path("/proc/self/smaps_rollup").read_text()))
+    out["threads"] = sorted(t.name for t in threading.enumerate())
+    with contextlib.suppress(OSError):
+        out["os_threads"] = len(list(Path("/proc/self/task").iterdir()))
+    out["gc"] = {"counts": gc.get_count(), "frozen": gc.get_freeze_count(), "tracked": len(gc.get_objects())}
+    if tracemalloc.is_tracing():
+        snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        traced, peak = tracemalloc.get_traced_memory()
+        out["tracemalloc"] = {
+            "traced_kb": traced // 1024, "peak_kb": peak // 1024,
+            "top": [{"where": f"{s.traceback[0].filename}:{s.traceback[0].lineno}", "kb": s.size // 1024,
+                     "blocks": s.count} for s in snap.statistics("lineno")[:top]]}
+    return out
 
 
 def _client_info(client: ConfigClient | None) -> dict[str, Any]:
