@@ -6,6 +6,8 @@ queries carry over (src.workload, dst.addr, bytes_sent, ...).
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import json
 import logging
 import sys
@@ -55,6 +57,35 @@ class ConnRecord:
         return json.dumps({k: v for k, v in d.items() if v != ""})
 
 
+_pending: list[str] = []
+_MAX_PENDING = 256          # a bound, also should a scheduled flush never run (its loop closed)
+
+
 def emit(rec: ConnRecord) -> None:
-    sys.stdout.write("access " + rec.line() + "\n")
+    """Queue the record's line; it is written (and flushed) at the end of this loop iteration.
+
+    One write+flush per loop iteration instead of one per connection: under load many connections
+    close in the same iteration, and each flush is a write() syscall. Idle, the line still goes out
+    at once (the end of the current iteration).
+    """
+    _pending.append("access " + rec.line() + "\n")
+    n = len(_pending)
+    if n >= _MAX_PENDING:
+        flush()
+    elif n == 1:
+        try:
+            asyncio.get_running_loop().call_soon(flush)
+        except RuntimeError:    # no loop: write now
+            flush()
+
+
+def flush() -> None:
+    if not _pending:
+        return
+    lines = "".join(_pending)
+    _pending.clear()
+    sys.stdout.write(lines)
     sys.stdout.flush()
+
+
+atexit.register(flush)

@@ -50,7 +50,8 @@ async def open_from(sock_factory: Callable[[], socket.socket], dst: tuple[str, i
     loop = asyncio.get_running_loop()
     s = sock_factory()
     try:
-        await asyncio.wait_for(loop.sock_connect(s, dst), CONNECT_TIMEOUT)
+        async with asyncio.timeout(CONNECT_TIMEOUT):    # not wait_for: no extra task per connection
+            await loop.sock_connect(s, dst)
     except BaseException:
         s.close()
         raise
@@ -143,7 +144,8 @@ class Proxy:
         s = pod.socket()
         try:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(s, (key.dst_ip, port)), CONNECT_TIMEOUT)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await asyncio.get_running_loop().sock_connect(s, (key.dst_ip, port))
         except BaseException:
             s.close()
             raise

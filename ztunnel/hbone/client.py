@@ -137,7 +137,10 @@ class HBONEClientPool:
         if traceparent:
             headers.append(("traceparent", traceparent))
         try:
-            return await asyncio.wait_for(self._open(key, authority, headers), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for runs the coroutine as a task of its
+            # own, one more task per tunnel on the connection-setup path.
+            async with asyncio.timeout(timeout):
+                return await self._open(key, authority, headers)
         except TimeoutError:
             raise HBONEConnectError(key, authority, f"timed out after {timeout:g}s") from None
 
@@ -205,21 +208,29 @@ class HBONEClientPool:
 
     async def _connection(self, key: PoolKey) -> HBONEProtocol:
         ctx = await self._client_context(key.src_identity)
-        for p in list(self._pool.get(key, [])):
-            if p.context is not ctx:
-                self._evict(p)
-                p.close("client certificate rotated")   # GOAWAY: open tunnels finish, no new ones
-                continue
-            if p.usable and len(p.streams) < self.max_streams:
-                return p
-        task = self._dialing.get(key)
-        if task is None:
-            # A task of its own: one caller giving up (timeout, cancel) must not abort the dial
-            # that other callers for the same key are waiting on.
-            task = asyncio.ensure_future(self._dial_new(key, ctx))
-            self._dialing[key] = task
-            task.add_done_callback(lambda t, k=key: self._dial_done(k, t))
-        return await asyncio.shield(task)
+        while True:
+            for p in list(self._pool.get(key, [])):
+                if p.context is not ctx:
+                    self._evict(p)
+                    p.close("client certificate rotated")   # GOAWAY: open tunnels finish, no new ones
+                    continue
+                if self._has_room(p):
+                    return p
+            task = self._dialing.get(key)
+            if task is None or task.done():
+                # A task of its own: one caller giving up (timeout, cancel) must not abort the dial
+                # that other callers for the same key are waiting on.
+                task = asyncio.ensure_future(self._dial_new(key, ctx))
+                self._dialing[key] = task
+                task.add_done_callback(lambda t, k=key: self._dial_done(k, t))
+            proto = await asyncio.shield(task)
+            if self._has_room(proto):
+                return proto
+            # Everyone waiting on that dial shared it, and the earlier ones filled it up to
+            # max_streams: look again (and dial another connection) rather than overfill it.
+
+    def _has_room(self, proto: HBONEProtocol) -> bool:
+        return proto.usable and len(proto.streams) < self.max_streams
 
     def _dial_done(self, key: PoolKey, task: asyncio.Task[HBONEProtocol]) -> None:
         if self._dialing.get(key) is task:

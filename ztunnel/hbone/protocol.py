@@ -60,6 +60,7 @@ class HBONEProtocol(asyncio.Protocol):
         self._started = False
         self._early: list[bytes] = []
         self._pushq: dict[int, HBONEStream] = {}
+        self._flush_scheduled = False
         self.closed: asyncio.Future[None] = loop.create_future()
 
     # --- asyncio.Protocol ------------------------------------------------------------------------
@@ -131,28 +132,33 @@ class HBONEProtocol(asyncio.Protocol):
         sid = self.conn.open_stream(authority, headers)
         st = HBONEStream(self, sid, authority=authority, headers=dict(headers), peer_identity=self.peer_identity)
         self.streams[sid] = st
-        self._write_out()
+        self._schedule_flush()
         return st
 
     def push(self, st: HBONEStream) -> None:
+        """A stream has bytes (or its EOF) queued: frame them at the end of this loop iteration.
+
+        Deferred so that everything the streams queue in one iteration (a response and its EOF, many
+        tunnels' small writes) goes out as one TLS write: one record and one send() instead of one
+        each. `drain()` still sees the bytes as queued, so backpressure is unchanged.
+        """
         self._pushq[st.stream_id] = st
-        self._flush_tx()
-        self._write_out()
+        self._schedule_flush()
 
     def acknowledge(self, stream_id: int, n: int) -> None:
         self.conn.acknowledge(stream_id, n)
-        self._write_out()
+        self._schedule_flush()
 
     def respond(self, st: HBONEStream, status: int, reason: str, headers: list[tuple[str, str]] | None) -> None:
         self.conn.respond(st.stream_id, status, headers, reason)
         if status != 200:
             self._drop(st, StreamResetError(st.stream_id, f.NO_ERROR, remote=False, detail=f"refused with {status}"))
-        self._write_out()
+        self._schedule_flush()
 
     def reset(self, st: HBONEStream, code: int) -> None:
         self.conn.reset_stream(st.stream_id, code)
         self._drop(st, StreamResetError(st.stream_id, code, remote=False))
-        self._write_out()
+        self._schedule_flush()
         self._maybe_finish()
 
     def close(self, reason: str = "") -> None:
@@ -257,6 +263,23 @@ class HBONEProtocol(asyncio.Protocol):
                     continue
                 if st._tx_bytes <= st.high_water:
                     st._wake_writer()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        self._flush_scheduled = False
+        if self.lost:
+            return
+        try:
+            self._flush_tx()
+        except Exception:  # a bug here must not leave every stream hanging
+            log.exception("HBONE connection to %s: internal error", self.peer_identity)
+            self.abort()
+            return
+        self._write_out()
 
     def _write_out(self) -> None:
         out = self.conn.data_to_send()

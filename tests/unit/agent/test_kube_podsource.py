@@ -20,7 +20,7 @@ import pytest
 
 from agent.kube_pods import SandboxFinder
 from agent.podsource import CGROUP_ANNOTATION, NETNS_ANNOTATION, KubePodSource, NodeView
-from controller.sources.kube import make_api_client
+from ambit.kube.client import make_api_client
 from tests.support.kube_emulator import KubeEmulator
 
 NODE = "node-1"
@@ -194,45 +194,6 @@ def test_gone_relists_and_forgets_pods_deleted_in_the_gap(emu: KubeEmulator, run
     assert [q.get("limit") for q in emu.list_requests("pods")] == ["1"] * 4, "two pages per list"
     emu.create(pod("d"))                               # and it watches again after the relist
     wait_for(lambda: "d" in r.pod_names(), "an event after the relist")
-
-
-def test_dropped_watch_resumes_from_the_last_resource_version(emu: KubeEmulator, run) -> None:
-    emu.create(pod("a", "10.244.1.1"))
-    r = run()
-    emu.create(pod("b", "10.244.1.2"))
-    wait_for(lambda: "b" in r.pod_names(), "pod b")
-    st = r.pods_state()
-    rv_before, events_before = st.resource_version, st.events
-    with emu.hold_watches():
-        emu.drop_watches()
-        wait_for(lambda: emu.open_watches() == 0, "the watches to drop")
-        emu.create(pod("c", "10.244.1.3"))
-        emu.update(pod("a", "10.244.1.7"))
-        emu.delete("v1", "Pod", "b", "demo")
-    wait_for(lambda: r.pod_names() == {"a", "c"}, "the events made while disconnected")
-    assert r.pod("a")["status"]["podIP"] == "10.244.1.7"
-    assert st.lists == 1 and st.relists == 0, "a reconnect must not relist"
-    assert st.events == events_before + 3, "each missed event applied exactly once"
-    assert emu.watch_requests("pods")[-1]["resourceVersion"] == rv_before
-    assert st.reconnects >= 1
-
-
-def test_bookmark_lets_a_rewatch_skip_compacted_history(emu: KubeEmulator, run) -> None:
-    emu.create(pod("a"))
-    r = run()
-    for i in range(3):                                 # other collections move the resourceVersion
-        emu.create(namespace(f"ns{i}"))
-    wait_for(lambda: {"ns0", "ns1", "ns2"} <= set(r.last.namespaces), "the namespaces")
-    current = str(emu.resource_version)
-    emu.bookmark()
-    wait_for(lambda: r.pods_state().resource_version == current, "the bookmark's resourceVersion")
-    with emu.hold_watches():
-        emu.drop_watches()
-        wait_for(lambda: emu.open_watches() == 0, "the watches to drop")
-        emu.compact()
-    emu.create(pod("b"))
-    wait_for(lambda: "b" in r.pod_names(), "an event after the re-watch")
-    assert r.pods_state().relists == 0, "thanks to the bookmark: no 410, no relist"
 
 
 class Gate:

@@ -135,50 +135,6 @@ def test_gone_relists_and_forgets_objects_deleted_in_the_gap(emu: KubeEmulator, 
     wait_for(lambda: "d" in r.names("Pod"), "an event after the relist")
 
 
-def test_dropped_connection_resumes_from_the_last_resource_version(emu: KubeEmulator, run) -> None:
-    emu.create(pod("a", "10.244.1.1"))
-    r = run([PODS])
-    emu.create(pod("b", "10.244.1.2"))
-    wait_for(lambda: "b" in r.names("Pod"), "pod b")
-    st = r.state(PODS)
-    rv_before = st.resource_version
-    events_before = st.events
-    with emu.hold_watches():
-        emu.drop_watches()
-        wait_for(lambda: emu.open_watches() == 0, "the watch to drop")
-        emu.create(pod("c", "10.244.1.3"))
-        emu.update(pod("a", "10.244.1.7"))
-        emu.delete("v1", "Pod", "b", "demo")
-    wait_for(lambda: r.names("Pod") == {"a", "c"}, "the missed events")
-    assert r.latest("Pod", "a")["status"]["podIP"] == "10.244.1.7"
-    assert st.lists == 1 and st.relists == 0, "a reconnect must not relist"
-    assert st.events == events_before + 3, "each missed event applied exactly once"
-    resumed = emu.watch_requests("pods")[-1]
-    assert resumed["resourceVersion"] == rv_before
-    assert st.reconnects >= 1
-
-
-def test_bookmarks_advance_the_resource_version(emu: KubeEmulator, run) -> None:
-    emu.create(pod("a", "10.244.1.1"))
-    r = run([PODS])
-    for i in range(5):                                 # other resources move the global resourceVersion
-        emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns{i}"}})
-    current = str(emu.resource_version)
-    assert r.state(PODS).resource_version != current
-    emu.bookmark()
-    wait_for(lambda: r.state(PODS).resource_version == current, "the bookmark's resourceVersion")
-    assert r.state(PODS).bookmarks >= 1
-    with emu.hold_watches():
-        emu.drop_watches()
-        wait_for(lambda: emu.open_watches() == 0, "the watch to drop")
-        emu.compact()                                  # history before `current` is gone
-    wait_for(lambda: len(emu.watch_requests("pods")) >= 2 and emu.open_watches() == 1, "the re-watch")
-    assert emu.watch_requests("pods")[-1]["resourceVersion"] == current
-    emu.create(pod("b", "10.244.1.2"))
-    wait_for(lambda: "b" in r.names("Pod"), "an event after the re-watch")
-    assert r.state(PODS).relists == 0, "thanks to the bookmark, no 410 and no relist"
-
-
 def test_missing_crd_group_is_skipped_then_picked_up(run, emu: KubeEmulator) -> None:
     emu2 = KubeEmulator(groups=["networking.istio.io"]).start()
     try:
@@ -201,14 +157,6 @@ def test_missing_crd_group_is_skipped_then_picked_up(run, emu: KubeEmulator) -> 
             source.api.close()
     finally:
         emu2.stop()
-
-
-def test_list_is_paged(emu: KubeEmulator, run) -> None:
-    for i in range(5):
-        emu.create(pod(f"p{i}", f"10.244.1.{i + 1}"))
-    r = run([PODS], page_size=2)
-    assert r.names("Pod") == {f"p{i}" for i in range(5)}
-    assert sum(1 for q in emu.list_requests("pods") if q.get("continue")) == 2
 
 
 def test_invalid_update_keeps_last_good_version_and_reports_it(emu: KubeEmulator, run) -> None:

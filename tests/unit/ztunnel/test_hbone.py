@@ -320,6 +320,25 @@ def test_stream_limit_opens_a_second_connection(ca) -> None:
     asyncio.run(main())
 
 
+def test_many_concurrent_tunnels_past_the_stream_limit_all_open(ca) -> None:
+    """250 tunnels opened at once with max_streams=100: the 101st and later must not hang (the bench
+    once saw that), they go over further connections, and every tunnel carries its own bytes."""
+    async def main() -> None:
+        async with Mesh(ca, echo, max_streams=100) as m:
+            streams = await asyncio.gather(*(m.open(timeout=20) for _ in range(250)))
+            assert sum(m.pool.streams().values()) == 250
+            assert sum(m.pool.connections().values()) >= 2
+            for i, st in enumerate(streams):
+                st.write(b"%d;" % i)
+                st.write_eof()
+            replies = await asyncio.gather(*(st.read() for st in streams))
+            assert replies == [b"%d;" % i for i in range(250)]
+            for st in streams:
+                st.close()
+
+    asyncio.run(main())
+
+
 def test_slow_reader_pushes_back_on_the_writer(ca) -> None:
     state: dict[str, object] = {}
 

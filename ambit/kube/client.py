@@ -1,0 +1,21 @@
+"""How the controller and the agent reach the API server: the official client's ApiClient, which
+brings auth, TLS and kubeconfig/in-cluster configuration (never hand-rolled)."""
+
+from __future__ import annotations
+
+from kubernetes import client as kclient
+from kubernetes import config as kconfig
+
+
+def make_api_client(host: str | None = None, kubeconfig: str | None = None) -> kclient.ApiClient:
+    """An ApiClient for `host` (plain HTTP: tests, `kubectl proxy`), else in-cluster credentials (a
+    pod's service account), else `kubeconfig` / $KUBECONFIG / ~/.kube/config."""
+    cfg = kclient.Configuration()
+    if host:
+        cfg.host = host
+    else:
+        try:
+            kconfig.load_incluster_config(client_configuration=cfg)
+        except kconfig.ConfigException:
+            kconfig.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    return kclient.ApiClient(cfg)

@@ -1,0 +1,300 @@
+"""One reflector: list+watch of one collection into a cache, with the consumer told of every change.
+
+The classic loop, through the official client's listers (auth, TLS, kubeconfig come with it):
+
+  list (paged) -> replace the cache -> watch from the list's resourceVersion -> apply events,
+  tracking the newest resourceVersion from events and BOOKMARKs -> when the server ends the watch
+  (timeoutSeconds), watch again from that resourceVersion.
+
+- 410 Gone (the resourceVersion was compacted away) -> relist, replacing the whole cache, so objects
+  deleted while we could not see events disappear too.
+- Any other failure (dropped connection, server error) -> reconnect with jittered exponential
+  backoff and watch from the last resourceVersion seen, so no event is lost and none applied twice.
+- A collection the server does not serve (404: a CRD group not installed) is tried at each of the
+  resource's versions; when `missing_retry` is set it then counts as synced and empty, and is
+  retried every `missing_retry` seconds (when not set, it is an error like any other).
+
+Events are parsed from the raw stream, not deserialized into the client's models: those validate
+strictly and would turn a field the model does not know into a lost event.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import urllib3
+from kubernetes import client as kclient
+from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
+
+from ambit.configclient.backoff import Backoff
+from ambit.kube.resource import Obj, Resource
+
+LISTED = "LISTED"           # Change.type after a (re)list: `objects` is the whole collection now
+ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
+
+Lister = Callable[..., Any]     # a typed API's list_* method, or CustomObjectsApi's, bound to a version
+
+
+@dataclass(frozen=True)
+class Change:
+    """What changed in a reflector's cache: LISTED (every object; empty when the collection is not
+    served), or ADDED / MODIFIED / DELETED of one object (DELETED also when it stopped matching the
+    selectors)."""
+
+    type: str
+    objects: tuple[Obj, ...]
+
+
+@dataclass
+class ReflectorState:
+    """What one reflector holds and has done; read by status pages and tests."""
+
+    objects: dict[str, Obj] = field(default_factory=dict)      # "namespace/name" -> object
+    version: str = ""           # the API version in use (the first of the resource's the server serves)
+    resource_version: str = ""
+    synced: bool = False        # listed at least once (or known not to be served)
+    missing: bool = False       # the server does not serve the collection (404)
+    lists: int = 0
+    relists: int = 0            # lists after a 410 Gone
+    watches: int = 0
+    reconnects: int = 0         # attempts after an error (dropped connection, server error)
+    events: int = 0
+    bookmarks: int = 0
+    last_error: str = ""
+
+
+class _Gone(Exception):
+    pass
+
+
+class _Missing(Exception):
+    pass
+
+
+def make_lister(api_client: kclient.ApiClient, resource: Resource, version: str) -> Lister:
+    """The client's typed lister where it has one (CoreV1Api.list_pod_for_all_namespaces, ...), else
+    CustomObjectsApi's (any group/version/plural under /apis, which is what CRDs need)."""
+    api_cls = _typed_api_class(resource.group, version)
+    if api_cls is None:
+        if not resource.group:
+            raise ValueError(f"resource {resource.name}: the kubernetes client has no core API {version!r}")
+        return functools.partial(kclient.CustomObjectsApi(api_client).list_cluster_custom_object,
+                                 resource.group, version, resource.plural)
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", resource.kind).lower()
+    method = f"list_{snake}_for_all_namespaces" if resource.namespaced else f"list_{snake}"
+    lister = getattr(api_cls(api_client), method, None)
+    if lister is None:
+        raise ValueError(f"resource {resource.name}: kind {resource.kind}: {api_cls.__name__} has no {method}")
+    return lister
+
+
+def _typed_api_class(group: str, version: str) -> type | None:
+    """"" v1 -> CoreV1Api, discovery.k8s.io v1 -> DiscoveryV1Api; None for groups the client lacks."""
+    base = "".join(p.capitalize() for p in group.removesuffix(".k8s.io").split(".")) if group else "Core"
+    return getattr(kclient, f"{base}{version.capitalize()}Api", None)
+
+
+def object_key(obj: Obj) -> str:
+    md = obj.get("metadata") or {}
+    return f"{md.get('namespace') or ''}/{md.get('name', '')}"
+
+
+class Reflector:
+    """Keeps `state.objects` equal to the collection on the server; calls `on_change` (from the
+    reflector's thread, outside its lock) after every change of it."""
+
+    def __init__(self, api_client: kclient.ApiClient, resource: Resource,
+                 on_change: Callable[[Change], None] | None = None, *, watch_timeout: int = 300,
+                 backoff: tuple[float, float] = (0.2, 10.0), page_size: int = 500,
+                 missing_retry: float | None = None, logger: logging.Logger | None = None):
+        self.resource = resource
+        self.on_change = on_change
+        self.watch_timeout = watch_timeout
+        self.backoff = backoff
+        self.page_size = page_size
+        self.missing_retry = missing_retry
+        self.log = logger or logging.getLogger(__name__)
+        self.state = ReflectorState()
+        self.lock = threading.Lock()
+        self._listers = {v: make_lister(api_client, resource, v) for v in resource.versions}
+        self._resp: Any = None
+
+    def objects(self) -> list[Obj]:
+        """A copy of the cache, in key order: safe to mutate, consistent with itself."""
+        with self.lock:
+            return copy.deepcopy([self.state.objects[k] for k in sorted(self.state.objects)])
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Reflect until `stop` is set (then call `abort` to unblock a watch waiting for events)."""
+        st = self.state
+        backoff = Backoff(*self.backoff)
+        relist = True
+        while not stop.is_set():
+            try:
+                if relist:
+                    self._list()
+                    relist = False
+                    backoff.reset()
+                self._watch(stop)
+                backoff.reset()                 # the server ended the watch cleanly: watch again now
+            except _Gone:
+                st.relists += 1
+                relist = True
+                self.log.info("%s: resourceVersion %s expired; relisting", self.resource.name, st.resource_version)
+            except _Missing:
+                relist = True
+                if self.missing_retry is not None:
+                    self._mark_missing()
+                    stop.wait(self.missing_retry)
+                    continue
+                self._failed(stop, backoff, f"{self.resource.name} is not served (404)")
+            except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+                if stop.is_set():
+                    return
+                self._failed(stop, backoff, f"{type(e).__name__}: {str(e).strip()[:300]}")
+
+    def _failed(self, stop: threading.Event, backoff: Backoff, error: str) -> None:
+        self.state.last_error = error
+        self.state.reconnects += 1
+        self.log.warning("%s: %s; retrying", self.resource.name, error)
+        stop.wait(backoff.next_delay())
+
+    def abort(self) -> None:
+        """Unblock a watch waiting for the next event (after `stop` is set)."""
+        resp = self._resp
+        if resp is not None:
+            try:
+                resp.shutdown()
+            except Exception:       # noqa: BLE001 - best effort while stopping
+                pass
+
+    def _selectors(self) -> dict[str, str]:
+        r = self.resource
+        return {k: v for k, v in (("field_selector", r.field_selector), ("label_selector", r.label_selector)) if v}
+
+    # -- list -------------------------------------------------------------------------------------
+    def _list(self) -> None:
+        st = self.state
+        for version in [st.version] if st.version else self.resource.versions:
+            try:
+                items, rv = self._list_pages(version)
+            except ApiException as e:
+                if e.status == 404:
+                    continue
+                raise
+            objects = {object_key(o): o for o in (self._typed(o, version) for o in items) if self.resource.matches(o)}
+            with self.lock:
+                st.objects, st.version, st.missing, st.resource_version = objects, version, False, rv
+                st.lists += 1
+                st.synced = True
+            self._emit(Change(LISTED, tuple(objects.values())))
+            return
+        raise _Missing()
+
+    def _list_pages(self, version: str) -> tuple[list[Obj], str]:
+        lister = self._listers[version]
+        items: list[Obj] = []
+        cont = ""
+        while True:
+            try:
+                resp = lister(limit=self.page_size, _continue=cont or None, _preload_content=False,
+                              _request_timeout=(10, 60), **self._selectors())
+            except ApiException as e:
+                if e.status == 410 and cont:    # the continue token expired mid-list: start over
+                    items, cont = [], ""
+                    continue
+                raise
+            data = json.loads(resp.data)
+            items += data.get("items") or []
+            md = data.get("metadata") or {}
+            cont = md.get("continue") or ""
+            if not cont:
+                return items, md.get("resourceVersion", "")
+
+    def _mark_missing(self) -> None:
+        st = self.state
+        with self.lock:
+            was = st.missing
+            st.missing, st.version, st.objects, st.synced = True, "", {}, True
+        if not was:
+            self.log.info("%s is not served; will retry every %ss", self.resource.name, self.missing_retry)
+        self._emit(Change(LISTED, ()))
+
+    # -- watch ------------------------------------------------------------------------------------
+    def _watch(self, stop: threading.Event) -> None:
+        """One watch request, until the server ends it (timeoutSeconds) or it fails."""
+        st = self.state
+        try:
+            resp = self._listers[st.version](
+                watch=True, resource_version=st.resource_version, timeout_seconds=self.watch_timeout,
+                allow_watch_bookmarks=True, _preload_content=False,
+                _request_timeout=(10, self.watch_timeout + 30), **self._selectors())
+        except ApiException as e:
+            if e.status == 410:
+                raise _Gone() from e
+            if e.status == 404:
+                raise _Missing() from e
+            raise
+        self._resp = resp
+        st.watches += 1
+        try:
+            if stop.is_set():           # stopped before `abort` could see this response
+                return
+            for line in iter_resp_lines(resp):
+                if stop.is_set():
+                    return
+                if line.strip():
+                    ev = json.loads(line)
+                    self._event(ev.get("type", ""), ev.get("object") or {})
+        finally:
+            self._resp = None
+            resp.release_conn()
+
+    def _event(self, etype: str, obj: Obj) -> None:
+        name = self.resource.name
+        if etype == "ERROR":
+            if obj.get("code") == 410:
+                raise _Gone()
+            raise ValueError(f"{name}: watch error: {obj.get('message') or obj}")
+        if etype not in (ADDED, MODIFIED, DELETED, "BOOKMARK"):
+            raise ValueError(f"{name}: unknown watch event type {etype!r}")
+        st = self.state
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        change = None
+        with self.lock:
+            if etype == "BOOKMARK":
+                st.bookmarks += 1
+            else:
+                st.events += 1
+                obj = self._typed(obj, st.version)
+                key = object_key(obj)
+                if etype != DELETED and self.resource.matches(obj):
+                    change = Change(MODIFIED if key in st.objects else ADDED, (obj,))
+                    st.objects[key] = obj
+                elif st.objects.pop(key, None) is not None:     # deleted, or no longer matching
+                    change = Change(DELETED, (obj,))
+            if rv:
+                st.resource_version = rv
+        if change is not None:
+            self._emit(change)
+
+    def _emit(self, change: Change) -> None:
+        if self.on_change is not None:
+            self.on_change(change)
+
+    def _typed(self, obj: Obj, version: str) -> Obj:
+        """List items of built-in kinds come without apiVersion/kind; managedFields are noise."""
+        obj.setdefault("apiVersion", self.resource.api_version(version))
+        obj.setdefault("kind", self.resource.kind)
+        (obj.get("metadata") or {}).pop("managedFields", None)
+        return obj

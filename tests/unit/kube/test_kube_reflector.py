@@ -1,0 +1,279 @@
+"""The shared reflector (ambit/kube/reflector.py) against a real HTTP API-server emulator, through
+the official kubernetes client: typed (core) and custom-object listers, selectors, paging, 410 Gone,
+dropped connections, bookmarks and collections that are not served."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ambit.kube.client import make_api_client
+from ambit.kube.reflector import ADDED, DELETED, LISTED, MODIFIED, Change, Reflector
+from ambit.kube.resource import Resource, field_selector_matches, label_selector_matches
+from tests.support.kube_emulator import KubeEmulator
+
+PODS = Resource("", ("v1",), "pods", "Pod", True)
+VS = Resource("networking.istio.io", ("v1", "v1beta1"), "virtualservices", "VirtualService", True)
+VS_AMBIT = Resource("networking.ambit.io", ("v1beta2", "v1"), "virtualservices", "VirtualService", True)
+
+
+def pod(name: str, ip: str = "10.244.1.1", node: str = "node-1", **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "demo", "labels": labels},
+            "spec": {"nodeName": node}, "status": {"phase": "Running", "podIP": ip}}
+
+
+def vs(name: str, group: str = "networking.istio.io") -> dict[str, Any]:
+    return {"apiVersion": f"{group}/v1", "kind": "VirtualService", "metadata": {"name": name, "namespace": "demo"},
+            "spec": {"hosts": [name]}}
+
+
+def until(pred: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if v := pred():
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Reflecting:
+    """A Reflector running on its own thread, with every Change it reported."""
+
+    def __init__(self, url: str, resource: Resource, **kw: Any):
+        kw.setdefault("backoff", (0.05, 0.3))
+        self.client = make_api_client(url)
+        self.changes: list[Change] = []
+        self.rf = Reflector(self.client, resource, self.changes.append, **kw)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.rf.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    @property
+    def st(self):  # noqa: ANN201 - ReflectorState
+        return self.rf.state
+
+    def names(self) -> set[str]:
+        return {o["metadata"]["name"] for o in self.rf.objects()}
+
+    def close(self) -> None:
+        self.stop.set()
+        self.rf.abort()
+        self.thread.join(timeout=10)
+        self.client.close()
+        assert not self.thread.is_alive(), "Reflector.run did not return after stop + abort"
+
+
+@pytest.fixture
+def emu() -> Iterator[KubeEmulator]:
+    with KubeEmulator(groups=["networking.istio.io"]) as e:
+        yield e
+
+
+@pytest.fixture
+def reflect(emu: KubeEmulator) -> Iterator[Callable[..., Reflecting]]:
+    running: list[Reflecting] = []
+
+    def start(resource: Resource, url: str | None = None, **kw: Any) -> Reflecting:
+        r = Reflecting(url or emu.url, resource, **kw)
+        running.append(r)
+        return r
+
+    yield start
+    for r in running:
+        r.close()
+
+
+def test_list_then_watch_reports_every_change_with_typed_objects(emu: KubeEmulator, reflect) -> None:
+    emu.create(pod("a"))
+    r = reflect(PODS)
+    until(lambda: r.st.synced, "the first list")
+    first = r.changes[0]
+    assert first.type == LISTED and [(o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in first.objects] \
+        == [("v1", "Pod", "a")], "list items of core kinds get their type fields back"
+    emu.create(pod("b"))
+    emu.update(pod("a", "10.244.1.9"))
+    emu.delete("v1", "Pod", "b", "demo")
+    until(lambda: len(r.changes) == 4, "three events")
+    assert [(c.type, c.objects[0]["metadata"]["name"]) for c in r.changes[1:]] == [
+        (ADDED, "b"), (MODIFIED, "a"), (DELETED, "b")]
+    assert r.names() == {"a"} and r.rf.objects()[0]["status"]["podIP"] == "10.244.1.9"
+    assert (r.st.lists, r.st.relists, r.st.events, r.st.reconnects) == (1, 0, 3, 0)
+
+
+def test_objects_is_a_copy(emu: KubeEmulator, reflect) -> None:
+    emu.create(pod("a"))
+    r = reflect(PODS)
+    until(lambda: r.st.synced, "the first list")
+    r.rf.objects()[0]["metadata"]["name"] = "changed by a consumer"
+    assert r.names() == {"a"}
+
+
+def test_selectors_go_to_the_server_and_are_applied_again_to_what_comes_back(emu: KubeEmulator, reflect) -> None:
+    mine = Resource("", ("v1",), "pods", "Pod", True, field_selector="spec.nodeName=node-1",
+                    label_selector="app in (web,api),!legacy")
+    emu.create(pod("web", app="web"))
+    emu.create(pod("elsewhere", node="node-2", app="web"))    # the emulator ignores selectors, like a
+    emu.create(pod("db", app="db"))                            # proxy that drops them would
+    emu.create(pod("old", app="web", legacy="yes"))
+    r = reflect(mine)
+    until(lambda: r.st.synced, "the first list")
+    assert r.names() == {"web"}
+    emu.create(pod("api", app="api"))
+    until(lambda: r.names() == {"web", "api"}, "a matching pod added")
+    emu.update(pod("web", app="web", legacy="yes"))           # stops matching: it leaves the cache
+    until(lambda: r.names() == {"api"}, "the pod that stopped matching to go")
+    assert r.changes[-1].type == DELETED and r.changes[-1].objects[0]["metadata"]["name"] == "web"
+    n = len(r.changes)
+    emu.update(pod("db", "10.244.1.7", app="db"))             # never matched: no change to report
+    emu.create(pod("marker", app="api"))
+    until(lambda: "marker" in r.names(), "a later event")
+    assert [c.objects[0]["metadata"]["name"] for c in r.changes[n:]] == ["marker"]
+    for q in emu.list_requests("pods") + emu.watch_requests("pods"):
+        assert (q["fieldSelector"], q["labelSelector"]) == ("spec.nodeName=node-1", "app in (web,api),!legacy")
+
+
+def test_custom_objects_use_the_first_served_version_and_paging(emu: KubeEmulator, reflect) -> None:
+    emu.install_group("networking.ambit.io")                  # served at v1 and v1beta1, not v1beta2
+    for i in range(5):
+        emu.create(vs(f"vs{i}", group="networking.ambit.io"))
+    r = reflect(VS_AMBIT, page_size=2)
+    until(lambda: r.st.synced, "the first list")
+    assert r.st.version == "v1" and not r.st.missing
+    assert r.names() == {f"vs{i}" for i in range(5)}
+    assert {o["apiVersion"] for o in r.rf.objects()} == {"networking.ambit.io/v1"}
+    paths = [(p, q.get("continue", "") != "") for m, p, q in emu.requests if p.endswith("/virtualservices")
+             and not q.get("watch")]
+    assert paths == [("/apis/networking.ambit.io/v1beta2/virtualservices", False),    # 404: not served
+                     ("/apis/networking.ambit.io/v1/virtualservices", False),         # three pages of two
+                     ("/apis/networking.ambit.io/v1/virtualservices", True),
+                     ("/apis/networking.ambit.io/v1/virtualservices", True)]
+    assert {p for m, p, q in emu.requests if q.get("watch")} == {"/apis/networking.ambit.io/v1/virtualservices"}
+    emu.create(vs("late", group="networking.ambit.io"))
+    until(lambda: "late" in r.names(), "a watched custom object")
+
+
+def test_gone_relists_and_forgets_objects_deleted_in_the_gap(emu: KubeEmulator, reflect) -> None:
+    emu.create(pod("a"))
+    emu.create(pod("keep"))
+    r = reflect(PODS)
+    until(lambda: r.st.synced, "the first list")
+    with emu.hold_watches():
+        emu.drop_watches()
+        until(lambda: emu.open_watches() == 0, "the watch to drop")
+        emu.delete("v1", "Pod", "a", "demo")                  # its DELETED event is compacted away
+        emu.create(pod("c"))
+        emu.compact()
+    until(lambda: r.names() == {"keep", "c"}, "the relist after 410 Gone")
+    assert (r.st.relists, r.st.lists) == (1, 2)
+    relist = [c for c in r.changes if c.type == LISTED][-1]
+    assert {o["metadata"]["name"] for o in relist.objects} == {"keep", "c"}
+    emu.create(pod("d"))
+    until(lambda: "d" in r.names(), "an event after the relist")
+
+
+def test_dropped_connection_resumes_from_the_last_resource_version(emu: KubeEmulator, reflect) -> None:
+    emu.create(pod("a"))
+    r = reflect(PODS)
+    emu.create(pod("b"))
+    until(lambda: "b" in r.names(), "pod b")
+    rv_before, events_before = r.st.resource_version, r.st.events
+    with emu.hold_watches():
+        emu.drop_watches()
+        until(lambda: emu.open_watches() == 0, "the watch to drop")
+        emu.create(pod("c"))
+        emu.update(pod("a", "10.244.1.7"))
+        emu.delete("v1", "Pod", "b", "demo")
+    until(lambda: r.names() == {"a", "c"}, "the events made while disconnected")
+    assert (r.st.lists, r.st.relists) == (1, 0), "a reconnect must not relist"
+    assert r.st.events == events_before + 3, "each missed event applied exactly once"
+    assert emu.watch_requests("pods")[-1]["resourceVersion"] == rv_before
+    assert r.st.reconnects >= 1 and r.st.last_error
+
+
+def test_bookmarks_let_a_rewatch_skip_compacted_history(emu: KubeEmulator, reflect) -> None:
+    emu.create(pod("a"))
+    r = reflect(PODS)
+    until(lambda: r.st.watches, "the watch")
+    for i in range(3):                                        # other collections move the resourceVersion
+        emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns{i}"}})
+    current = str(emu.resource_version)
+    assert r.st.resource_version != current
+    n = len(r.changes)
+    emu.bookmark()
+    until(lambda: r.st.resource_version == current, "the bookmark's resourceVersion")
+    assert r.st.bookmarks >= 1 and len(r.changes) == n, "a bookmark is not a change"
+    with emu.hold_watches():
+        emu.drop_watches()
+        until(lambda: emu.open_watches() == 0, "the watch to drop")
+        emu.compact()
+    emu.create(pod("b"))
+    until(lambda: "b" in r.names(), "an event after the re-watch")
+    assert emu.watch_requests("pods")[-1]["resourceVersion"] == current
+    assert r.st.relists == 0, "thanks to the bookmark: no 410, no relist"
+
+
+def test_a_collection_not_served_is_synced_empty_and_picked_up_once_installed(emu: KubeEmulator, reflect) -> None:
+    ambit = Resource("networking.ambit.io", ("v1",), "virtualservices", "VirtualService", True)
+    r = reflect(ambit, missing_retry=0.1)
+    until(lambda: r.st.synced, "the missing collection to count as synced")
+    assert r.st.missing and r.names() == set() and r.changes[0] == Change(LISTED, ())
+    emu.install_group("networking.ambit.io")
+    emu.create(vs("ratings", group="networking.ambit.io"))
+    until(lambda: r.names() == {"ratings"}, "the newly installed group")
+    assert not r.st.missing and r.st.reconnects == 0
+
+
+def test_a_collection_not_served_is_an_error_without_missing_retry(emu: KubeEmulator, reflect) -> None:
+    ambit = Resource("networking.ambit.io", ("v1",), "virtualservices", "VirtualService", True)
+    r = reflect(ambit)
+    until(lambda: r.st.reconnects >= 2, "retries")
+    assert not r.st.synced and not r.st.missing and r.changes == []
+    assert r.st.last_error == "virtualservices.networking.ambit.io is not served (404)"
+
+
+def test_a_server_that_is_down_is_retried(emu: KubeEmulator, reflect) -> None:
+    r = reflect(VS, url="http://127.0.0.1:9")                 # the discard port: nothing listens
+    until(lambda: r.st.reconnects >= 2, "retries")
+    assert not r.st.synced and "Error" in r.st.last_error
+
+
+# -- selectors and resources (pure) -------------------------------------------------------------------
+
+def test_field_selector_matching() -> None:
+    p = pod("a", node="n1")
+    assert field_selector_matches(p, "spec.nodeName=n1,metadata.name==a")
+    assert not field_selector_matches(p, "spec.nodeName!=n1")
+    assert field_selector_matches(p, "spec.missing=")            # absent reads as ""
+    assert field_selector_matches(p, "")
+
+
+@pytest.mark.parametrize(("selector", "want"), [
+    ("app=web", True), ("app==web", True), ("app!=web", False), ("app!=db", True), ("team!=x", True),
+    ("app in (db, web)", True), ("app notin (db,web)", False), ("team notin (x)", True), ("team in (x)", False),
+    ("app", True), ("!app", False), ("!team", True), ("app=web,tier in (front,back),!team", True),
+    ("app=web,tier=db", False),
+])
+def test_label_selector_matching(selector: str, want: bool) -> None:
+    assert label_selector_matches({"app": "web", "tier": "front"}, selector) is want
+
+
+def test_a_bad_selector_or_resource_names_the_resource_and_the_field() -> None:
+    with pytest.raises(ValueError, match=r"resource pods: field_selector: 'spec.nodeName' is not"):
+        Resource("", ("v1",), "pods", "Pod", True, field_selector="spec.nodeName")
+    with pytest.raises(ValueError, match=r"resource pods: label_selector: 'app in web' is not"):
+        Resource("", ("v1",), "pods", "Pod", True, label_selector="app in web")
+    with pytest.raises(ValueError, match=r"resource virtualservices.networking.istio.io: versions:"):
+        Resource("networking.istio.io", (), "virtualservices", "VirtualService", True)
+
+
+def test_a_kind_the_typed_api_lacks_is_refused_up_front() -> None:
+    client = make_api_client("http://127.0.0.1:9")
+    try:
+        with pytest.raises(ValueError, match=r"resource widgets: kind Widget: CoreV1Api has no list_widget_for_all"):
+            Reflector(client, Resource("", ("v1",), "widgets", "Widget", True))
+    finally:
+        client.close()
