@@ -19,7 +19,8 @@ from ztunnel import admin
 
 pytestmark = pytest.mark.lab
 
-EXAMPLES = Path("/work/shared/examples")
+from tests.unit.controller.ctl_examples import EXAMPLES  # noqa: E402  (shared/ beside the clone)
+
 NODES = ("node1", "node2")
 ECHO = "http://echo.demo.svc.cluster.local:8080/"
 

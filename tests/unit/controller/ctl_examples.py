@@ -13,7 +13,10 @@ if not EXAMPLES.is_dir():           # CI clones main with shared/ beside it
 
 
 def example_files() -> list[Path]:
-    return sorted(p for d in ("istio", "gateway-api") for p in (EXAMPLES / d).glob("*.yaml"))
+    files = sorted(p for d in ("istio", "gateway-api") for p in (EXAMPLES / d).glob("*.yaml"))
+    # Never let the example tests pass vacuously because shared/ is missing.
+    assert files, f"no example manifests under {EXAMPLES}: shared/ must sit beside the clone"
+    return files
 
 
 def example_docs() -> list[tuple[str, dict]]:
