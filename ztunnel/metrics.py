@@ -21,6 +21,7 @@ import contextlib
 import http.client
 import logging
 import socket
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,9 +60,29 @@ class ConnLabels:
         d["request_protocol"] = "tcp"
         return d
 
+    def key(self) -> tuple[str, ...]:
+        """The label values in `LABELS` order: a hashable cache key and `labels(*key)` arguments."""
+        u = UNKNOWN
+        return (self.reporter or u, self.source_workload or u, self.source_workload_namespace or u,
+                self.source_principal or u, self.destination_workload or u,
+                self.destination_workload_namespace or u, self.destination_principal or u,
+                self.destination_service or u, self.connection_security_policy or u, "tcp",
+                self.response_flags or u)
+
+
+# Label sets whose four counter children are kept at hand. A node sees few distinct (source,
+# destination) pairs, so hits dominate; the bound keeps a churn of pods from growing the cache.
+CHILD_CACHE_SIZE = 4096
+
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """The four Istio TCP counters.
+
+    `labels(**values)` takes a lock and hashes eleven strings per call; a connection needs four
+    lookups per side. The children are looked up once per label set and kept in a bounded LRU.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, cache_size: int = CHILD_CACHE_SIZE) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         # prometheus_client appends `_total` to counter names itself.
@@ -70,17 +91,33 @@ class Metrics:
         self.received = Counter("istio_tcp_received_bytes", "Bytes received (client to server)", LABELS,
                                 registry=r)
         self.sent = Counter("istio_tcp_sent_bytes", "Bytes sent (server to client)", LABELS, registry=r)
+        self.cache_size = cache_size
+        self._children: OrderedDict[tuple[str, ...], tuple[Counter, Counter, Counter, Counter]] = OrderedDict()
+
+    def _for(self, labels: ConnLabels) -> tuple[Counter, Counter, Counter, Counter]:
+        """(opened, closed, received, sent) children for this label set, cached (LRU)."""
+        key = labels.key()
+        kids = self._children.get(key)
+        if kids is not None:
+            self._children.move_to_end(key)
+            return kids
+        kids = (self.opened.labels(*key), self.closed.labels(*key), self.received.labels(*key),
+                self.sent.labels(*key))
+        self._children[key] = kids
+        if len(self._children) > self.cache_size:
+            self._children.popitem(last=False)
+        return kids
 
     def conn_opened(self, labels: ConnLabels) -> None:
-        self.opened.labels(**labels.values()).inc()
+        self._for(labels)[0].inc()
 
     def conn_closed(self, labels: ConnLabels, request_bytes: int, response_bytes: int) -> None:
-        v = labels.values()
-        self.closed.labels(**v).inc()
+        _, closed, received, sent = self._for(labels)
+        closed.inc()
         if request_bytes:
-            self.received.labels(**v).inc(request_bytes)
+            received.inc(request_bytes)
         if response_bytes:
-            self.sent.labels(**v).inc(response_bytes)
+            sent.inc(response_bytes)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -20,11 +20,13 @@ from typing import Protocol
 from agent.capture.constants import AMBIT_MARK, PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND
 from ambit.netns import entered
 from ambit.zds import PodInfo
+from ztunnel.relay import Leg
 
 log = logging.getLogger("ambit.ztunnel.pods")
 
 IP_TRANSPARENT = 19
-Handler = Callable[["PodProxy", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+# Handles one accepted connection (a `Leg` buffering what arrives until the handler relays it).
+Handler = Callable[["PodProxy", Leg], Awaitable[None]]
 
 
 class Closable(Protocol):
@@ -142,9 +144,13 @@ class PodRegistry:
                     continue
                 handler = self._handlers[port]
 
-                def cb(r: asyncio.StreamReader, w: asyncio.StreamWriter, h: Handler = handler) -> None:
-                    proxy.track(h(proxy, r, w))
-                proxy.servers.append(await asyncio.start_server(cb, sock=sock, limit=256 * 1024))
+                def made(leg: Leg, h: Handler = handler) -> None:
+                    proxy.track(h(proxy, leg))
+
+                def factory(made: Callable[[Leg], None] = made) -> Leg:
+                    return Leg(on_made=made)
+                loop = asyncio.get_running_loop()
+                proxy.servers.append(await loop.create_server(factory, sock=sock))
         except BaseException:
             for srv in proxy.servers:
                 srv.close()

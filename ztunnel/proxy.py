@@ -37,7 +37,7 @@ from ztunnel.config import MeshConfig
 from ztunnel.hbone import HBONEClientPool, HBONEConnectError, HBONEServer, HBONEStream, PoolKey
 from ztunnel.metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TLS, NONE, ConnLabels, Metrics
 from ztunnel.pods import PodProxy, PodRegistry
-from ztunnel.relay import relay, relay_tunnel
+from ztunnel.relay import Leg, relay, relay_tunnel
 
 log = logging.getLogger("ambit.ztunnel.proxy")
 CONNECT_TIMEOUT = 10.0
@@ -45,26 +45,28 @@ CERT_WAIT = 5.0            # how long a connection waits for its pod's first cer
 HBONE_DRAIN = 5.0
 
 
-async def open_from(sock_factory: Callable[[], socket.socket], dst: tuple[str, int]
-                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def open_from(sock_factory: Callable[[], socket.socket], dst: tuple[str, int]) -> Leg:
+    """Connect a socket made by `sock_factory` (in a pod's netns) to `dst`; a relay leg on it."""
     loop = asyncio.get_running_loop()
     s = sock_factory()
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT):    # not wait_for: no extra task per connection
             await loop.sock_connect(s, dst)
+        _, leg = await loop.create_connection(Leg, sock=s)
     except BaseException:
         s.close()
         raise
-    return await asyncio.open_connection(sock=s, limit=256 * 1024)
+    return leg
 
 
-def reset(writer: asyncio.StreamWriter) -> None:
+def reset(leg: Leg) -> None:
     """Close with RST (SO_LINGER 0): the app sees "connection reset" at once, whatever it sent."""
-    sock = writer.get_extra_info("socket")
+    sock = leg.get_extra_info("socket")
     with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # type: ignore[union-attr]
     with contextlib.suppress(Exception):
-        writer.transport.abort()
+        if leg.transport is not None:
+            leg.transport.abort()
 
 
 def traceparent() -> str:
@@ -153,9 +155,9 @@ class Proxy:
 
     # --- outbound ----------------------------------------------------------------------------------------
 
-    async def outbound(self, pod: PodProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        peer = writer.get_extra_info("peername")
+    async def outbound(self, pod: PodProxy, client: Leg) -> None:
+        sock: Any = client.get_extra_info("socket")
+        peer: Any = client.get_extra_info("peername")
         rec = ConnRecord("outbound", src_addr=f"{pod.pod.ip}:{peer[1]}", dst_addr="",
                          src_workload=pod.pod.name, src_namespace=pod.pod.namespace, route=routing.PASSTHROUGH)
         labels: ConnLabels | None = None
@@ -199,13 +201,13 @@ class Proxy:
                     timeout=CONNECT_TIMEOUT + self.cert_wait)
                 self.metrics.conn_opened(labels)
                 opened = True
-                sent, recv = await relay_tunnel(reader, writer, tunnel)
+                sent, recv = await relay_tunnel(client, tunnel)
             else:
                 assert route.dial is not None
-                up_r, up_w = await open_from(pod.socket, route.dial)
+                upstream = await open_from(pod.socket, route.dial)
                 self.metrics.conn_opened(labels)
                 opened = True
-                sent, recv = await relay(reader, writer, up_r, up_w)
+                sent, recv = await relay(client, upstream)
         except CertificateUnavailable as e:
             refused = True
             rec.error = f"no client certificate: {e}"
@@ -224,10 +226,9 @@ class Proxy:
         finally:
             rec.bytes_sent, rec.bytes_recv = sent, recv
             if refused:
-                reset(writer)
+                reset(client)
             else:
-                with contextlib.suppress(Exception):
-                    writer.close()
+                client.close()
             if labels is not None:
                 if not opened:
                     self.metrics.conn_opened(labels)
@@ -293,18 +294,18 @@ class Proxy:
                            [(admission.POLICY_HEADER, adm.policy)] if adm.policy else None)
                 return
             try:
-                app_r, app_w = await open_from(lambda: pod.delivery_socket(adm.src_ip), (pod.pod.ip, adm.dst_port))
+                app = await open_from(lambda: pod.delivery_socket(adm.src_ip), (pod.pod.ip, adm.dst_port))
             except (TimeoutError, OSError) as e:
                 rec.error = f"503 cannot reach the app: {type(e).__name__}: {e}"
                 labels.response_flags = FLAG_CONNECT
                 st.respond(503, f"cannot reach {authority}: {e}")
                 return
-            local = app_w.get_extra_info("sockname")
+            local: Any = app.get_extra_info("sockname")
             rec.src_addr = f"{local[0]}:{local[1]}"     # what the app sees as its peer
             st.respond(200)
             self.metrics.conn_opened(labels)
             opened = True
-            from_app, to_app = await relay_tunnel(app_r, app_w, st)
+            from_app, to_app = await relay_tunnel(app, st)
         except (TimeoutError, OSError) as e:
             rec.error = rec.error or f"{type(e).__name__}: {e}"
         finally:
@@ -316,11 +317,10 @@ class Proxy:
 
     # --- inbound plaintext -----------------------------------------------------------------------------
 
-    async def inbound_plaintext(self, pod: PodProxy, reader: asyncio.StreamReader,
-                                writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
+    async def inbound_plaintext(self, pod: PodProxy, client: Leg) -> None:
+        peer: Any = client.get_extra_info("peername")
         # eBPF (sk_assign): the local address is the original destination; iptables: conntrack.
-        local = original_dst(writer.get_extra_info("socket"))
+        local = original_dst(client.get_extra_info("socket"))  # type: ignore[arg-type]
         dest = self.workload_of(pod.pod)
         rec = ConnRecord("inbound", src_addr=f"{peer[0]}:{peer[1]}", dst_addr=f"{local[0]}:{local[1]}",
                          dst_workload=pod.pod.name, dst_namespace=pod.pod.namespace, route="inbound-plaintext")
@@ -343,10 +343,10 @@ class Proxy:
                 log.warning("denied plaintext %s -> %s/%s %s: %s%s", rec.src_addr, pod.pod.namespace, pod.pod.name,
                             rec.dst_addr, adm.reason, f" [policy {adm.policy}]" if adm.policy else "")
                 return
-            app_r, app_w = await open_from(lambda: pod.delivery_socket(peer[0]), (local[0], local[1]))
+            app = await open_from(lambda: pod.delivery_socket(peer[0]), (local[0], local[1]))
             self.metrics.conn_opened(labels)
             opened = True
-            to_app, from_app = await relay(reader, writer, app_r, app_w)
+            to_app, from_app = await relay(client, app)
         except (TimeoutError, OSError) as e:
             refused = True
             rec.error = f"{type(e).__name__}: {e}"
@@ -355,10 +355,9 @@ class Proxy:
         finally:
             rec.bytes_sent, rec.bytes_recv = to_app, from_app
             if refused:
-                reset(writer)
+                reset(client)
             else:
-                with contextlib.suppress(Exception):
-                    writer.close()
+                client.close()
             if not opened:
                 self.metrics.conn_opened(labels)
             self.metrics.conn_closed(labels, to_app, from_app)

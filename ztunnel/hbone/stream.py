@@ -8,14 +8,17 @@ Backpressure both ways:
   while more than `high_water` bytes are queued or the TLS transport is paused.
 
 `read_chunk()` returns a zero-copy view of received bytes, for relays that write them straight to
-another transport.
+another transport. Relays can go further with `attach(sink)` (push mode): received bytes are handed
+to the sink as they arrive, with no queue and no task waiting on `read()`, and `pause_reading()` /
+`resume_reading()` hold back the flow-control window instead (the transport contract, applied to
+the tunnel).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ztunnel.hbone import frames as f
 from ztunnel.hbone.connection import ConnectResponse
@@ -35,6 +38,16 @@ class StreamResetError(ConnectionResetError):
         self.stream_id = stream_id
         self.error_code = error_code
         self.remote = remote
+
+
+class StreamSink(Protocol):
+    """Receives a tunnel's events in push mode (`HBONEStream.attach`). Called from the connection's
+    protocol callbacks: must not block, may call back into the stream."""
+
+    def tunnel_data(self, data: memoryview) -> None: ...
+    def tunnel_eof(self) -> None: ...
+    def tunnel_error(self, exc: Exception) -> None: ...
+    def tunnel_writable(self) -> None: ...
 
 
 class HBONEStream:
@@ -62,6 +75,9 @@ class HBONEStream:
         self._tx_waiter: asyncio.Future[None] | None = None
         self._response_waiter: asyncio.Future[ConnectResponse] = proto.loop.create_future()
         self._closed: asyncio.Future[None] = proto.loop.create_future()
+        self._sink: StreamSink | None = None
+        self._rx_paused = False       # push mode: window updates held back while paused
+        self._rx_held = 0             # push mode: bytes delivered but not yet acknowledged
 
     def __repr__(self) -> str:
         return f"<HBONEStream {self.stream_id} {self.authority} peer={self.peer_identity}>"
@@ -101,6 +117,46 @@ class HBONEStream:
         v = self._rx.popleft()
         self._consumed(len(v))
         return v
+
+    # --- push mode ----------------------------------------------------------------------------------
+
+    def attach(self, sink: StreamSink) -> None:
+        """Push mode: hand received bytes, EOF and errors to `sink` as they happen (no `read()`).
+
+        Bytes queued before the call are delivered at once, then EOF or the error if already
+        there. The window is returned to the peer as soon as the sink took the bytes, unless
+        `pause_reading()` is in effect: then the peer stops after one stream window.
+        """
+        self._sink = sink
+        while self._rx:
+            v = self._rx.popleft()
+            self._rx_bytes -= len(v)
+            self._deliver(sink, v)
+        if self._error is not None:
+            sink.tunnel_error(self._error)
+        elif self._rx_eof:
+            sink.tunnel_eof()
+
+    def pause_reading(self) -> None:
+        """Push mode: stop returning window to the peer (its sends stop after one window)."""
+        self._rx_paused = True
+
+    def resume_reading(self) -> None:
+        self._rx_paused = False
+        if self._rx_held and self._error is None:
+            n, self._rx_held = self._rx_held, 0
+            self._proto.acknowledge(self.stream_id, n)
+
+    def writable(self) -> bool:
+        """True if `drain()` would return at once: below `high_water` and the connection not paused."""
+        return self._error is None and self._tx_bytes <= self.high_water and not self._proto.write_paused
+
+    def _deliver(self, sink: StreamSink, v: memoryview) -> None:
+        sink.tunnel_data(v)
+        if self._rx_paused:
+            self._rx_held += len(v)
+        elif self._error is None:
+            self._proto.acknowledge(self.stream_id, len(v))
 
     async def readexactly(self, n: int) -> bytes:
         out = bytearray()
@@ -215,6 +271,10 @@ class HBONEStream:
     # --- called by the protocol ------------------------------------------------------------------------
 
     def _feed(self, data: memoryview) -> None:
+        sink = self._sink
+        if sink is not None:
+            self._deliver(sink, data)
+            return
         self._rx.append(data)
         self._rx_bytes += len(data)
         self._wake_reader()
@@ -223,6 +283,8 @@ class HBONEStream:
         self._rx_eof = True
         self._wake_reader()
         self._maybe_closed()
+        if self._sink is not None:
+            self._sink.tunnel_eof()
 
     def _set_response(self, resp: ConnectResponse) -> None:
         self.response = resp
@@ -231,11 +293,13 @@ class HBONEStream:
 
     def _set_error(self, exc: Exception) -> int:
         """Abort: wake everyone with `exc`; returns unread bytes for the connection to reclaim."""
-        if self._error is None:
+        first = self._error is None
+        if first:
             self._error = exc
-        dropped = self._rx_bytes
+        dropped = self._rx_bytes + self._rx_held
         self._rx.clear()
         self._rx_bytes = 0
+        self._rx_held = 0
         self._tx.clear()
         self._tx_bytes = 0
         self._wake_reader()
@@ -245,6 +309,8 @@ class HBONEStream:
             self._response_waiter.exception()  # mark retrieved: nobody may be waiting
         if not self._closed.done():
             self._closed.set_result(None)
+        if first and self._sink is not None:
+            self._sink.tunnel_error(exc)
         return dropped
 
     def _sent_eof(self) -> None:
@@ -264,3 +330,5 @@ class HBONEStream:
         w = self._tx_waiter
         if w is not None and not w.done():
             w.set_result(None)
+        if self._sink is not None and self._error is None:
+            self._sink.tunnel_writable()
