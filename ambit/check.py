@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 
@@ -136,19 +135,19 @@ def check_capabilities() -> CheckResult:
 
 
 def check_netns_veth() -> CheckResult:
-    ns = f"ambit-chk-{uuid.uuid4().hex[:6]}"
+    """Create a veth pair in a throwaway network namespace.
+
+    `unshare --net` makes an anonymous netns that dies with the command, so nothing can leak even
+    if this check is killed half-way (an agent SIGKILLed during its preflight, say)."""
+    cmd = ["unshare", "--net", "sh", "-c", "ip link add chk0 type veth peer name chk1 && ip link set chk0 up"]
     try:
-        for cmd in (["ip", "netns", "add", ns],
-                    ["ip", "-n", ns, "link", "add", "chk0", "type", "veth", "peer", "name", "chk1"]):
-            p = subprocess.run(cmd, capture_output=True, text=True)
-            if p.returncode != 0:
-                return CheckResult("netns-veth", False, f"{' '.join(cmd)}: {p.stderr.strip()}",
-                                   "install iproute2 and run as root; the kernel needs CONFIG_NET_NS and CONFIG_VETH")
-        return CheckResult("netns-veth", True, "created a netns and a veth pair")
-    except FileNotFoundError:
-        return CheckResult("netns-veth", False, "ip not found", "apt-get install iproute2")
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except FileNotFoundError as e:
+        return CheckResult("netns-veth", False, str(e), "apt-get install iproute2 util-linux")
+    if p.returncode != 0:
+        return CheckResult("netns-veth", False, f"netns + veth failed: {p.stderr.strip()}",
+                           "run as root; the kernel needs CONFIG_NET_NS and CONFIG_VETH")
+    return CheckResult("netns-veth", True, "created a veth pair in a new network namespace")
 
 
 PY_DEPS = ["pyroute2", "cryptography", "grpcio", "protobuf", "prometheus-client", "kubernetes", "cffi",
@@ -172,21 +171,27 @@ def check_python_deps() -> CheckResult:
                        "" if ok else "run `make setup`")
 
 
-CHECKS: list[Callable[[], CheckResult]] = [
-    check_kernel, check_bpf_syscall, check_btf, check_cgroup2, check_bcc_sched_cls, check_bcc_sock_addr,
-    check_capabilities, check_netns_veth, check_python_deps,
-]
+CHECKS: dict[str, Callable[[], CheckResult]] = {
+    "kernel": check_kernel, "bpf-syscall": check_bpf_syscall, "btf": check_btf, "cgroup-v2": check_cgroup2,
+    "bcc-sched-cls": check_bcc_sched_cls, "bcc-cgroup-sock-addr": check_bcc_sock_addr,
+    "capabilities": check_capabilities, "netns-veth": check_netns_veth, "python-deps": check_python_deps,
+}
 
 
-def run_all(only: list[str] | None = None) -> list[CheckResult]:
+def run_all(only: Iterable[str] | None = None) -> list[CheckResult]:
+    """Run the named checks (all by default), in order; a crashing check reports, never raises."""
+    wanted = set(CHECKS) if only is None else set(only)
+    unknown = wanted - set(CHECKS)
+    if unknown:
+        raise ValueError(f"unknown check(s): {', '.join(sorted(unknown))}")
     out = []
-    for c in CHECKS:
+    for name, fn in CHECKS.items():
+        if name not in wanted:
+            continue
         try:
-            r = c()
-        except Exception as e:  # a check must report, never crash the report
-            r = CheckResult(c.__name__.removeprefix("check_").replace("_", "-"), False, f"check crashed: {e}")
-        if only is None or r.name in only:
-            out.append(r)
+            out.append(fn())
+        except Exception as e:
+            out.append(CheckResult(name, False, f"check crashed: {e}"))
     return out
 
 

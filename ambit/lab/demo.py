@@ -51,8 +51,9 @@ def _steps() -> list[Callable[[], None]]:
 
 def run() -> int:
     step("1. Preflight: can this machine run Ambit? (ambit check)")
-    failed = check.first_required_failure(check.run_all())
-    for r in check.run_all():
+    results = check.run_all()
+    failed = check.first_required_failure(results)
+    for r in results:
         print(f"  [{'ok' if r.ok else 'FAIL'}] {r.name:<22} {r.detail[:90]}")
     if failed:
         print(f"{RED}cannot continue: {failed.name}: {failed.detail}{RESET}\n  hint: {failed.hint}")

@@ -1,3 +1,5 @@
+"""Preflight helpers: the cgroup v2 mount and `ambit check` item selection."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,3 +28,10 @@ def test_pure_v2_hosts() -> None:
 def test_no_v2_is_a_clear_error() -> None:
     with pytest.raises(CgroupError, match="cgroup2"):
         find_cgroup2_mount(HYBRID.replace("cgroup2", "cgroup"))
+
+
+def test_check_runs_only_the_named_items_and_rejects_unknown_names() -> None:
+    from ambit import check
+    assert [r.name for r in check.run_all(["kernel"])] == ["kernel"]
+    with pytest.raises(ValueError, match="no-such-check"):
+        check.run_all(["no-such-check"])
