@@ -24,6 +24,7 @@ import httptools
 
 from ambit.configclient import ConfigClient
 from ztunnel.config import MeshConfig
+from ztunnel.endpoint import LocalEndpoint
 
 log = logging.getLogger("ambit.ztunnel.admin")
 
@@ -160,32 +161,13 @@ def _json(obj: Any) -> bytes:
     return json.dumps(obj, indent=1, sort_keys=True, default=str).encode() + b"\n"
 
 
-class AdminServer:
+class AdminServer(LocalEndpoint):
     def __init__(self, handlers: Mapping[str, Handler]):
+        super().__init__()
         self.handlers = handlers
-        self._servers: list[asyncio.Server] = []
-        self._unix_path: Path | None = None
 
     async def start(self, host: str | None = "127.0.0.1", port: int = 15000, unix_path: Path | None = None) -> None:
-        if host is not None and port:
-            self._servers.append(await asyncio.start_server(self._serve, host, port, reuse_address=True))
-        if unix_path is not None:
-            unix_path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                unix_path.unlink()
-            self._servers.append(await asyncio.start_unix_server(self._serve, str(unix_path)))
-            unix_path.chmod(0o600)
-            self._unix_path = unix_path
-
-    async def close(self) -> None:
-        for s in self._servers:
-            s.close()
-        for s in self._servers:
-            await s.wait_closed()
-        self._servers.clear()
-        if self._unix_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._unix_path.unlink()
+        await super().start(host, port, unix_path)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         req = _Request()

@@ -17,7 +17,6 @@ netns.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.client
 import logging
 import socket
@@ -27,6 +26,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from ztunnel.endpoint import LocalEndpoint
 
 log = logging.getLogger("ambit.ztunnel.metrics")
 
@@ -123,34 +124,12 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class MetricsServer:
+class MetricsServer(LocalEndpoint):
     """GET (any path) answers the Prometheus text exposition; TCP and/or a unix socket."""
 
     def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
         self.metrics = metrics
-        self._servers: list[asyncio.Server] = []
-        self._unix: Path | None = None
-
-    async def start(self, host: str | None, port: int, unix_path: Path | None = None) -> None:
-        if host is not None and port:
-            self._servers.append(await asyncio.start_server(self._serve, host, port, reuse_address=True))
-        if unix_path is not None:
-            unix_path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                unix_path.unlink()
-            self._servers.append(await asyncio.start_unix_server(self._serve, str(unix_path)))
-            unix_path.chmod(0o600)
-            self._unix = unix_path
-
-    async def close(self) -> None:
-        for s in self._servers:
-            s.close()
-        for s in self._servers:
-            await s.wait_closed()
-        self._servers.clear()
-        if self._unix is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._unix.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
