@@ -67,11 +67,16 @@ def test_exec_names_unknown_pod(lab: Lab) -> None:
     assert p.returncode != 0 and "no pod demo/nope" in p.stderr
 
 
-def test_logs_show_app_output(lab: Lab) -> None:
-    p = lab.ambit("lab", "logs", "supervisor", check=False)
-    assert p.returncode == 0
+def test_logs_show_each_component(lab: Lab) -> None:
+    for node in ("node1", "node2"):
+        assert f"ztunnel for {node} ready" in lab.log("ztunnel", node)
+        assert "enrolled demo/" in lab.log("agent", node)
+    assert lab.ambit("lab", "logs", "controller", check=False).returncode == 0
+    # Per-node components need --node; the error says so instead of guessing.
     p = lab.ambit("lab", "logs", "ztunnel", check=False)
-    assert p.returncode != 0 or "ztunnel" in p.stdout or p.stdout == ""
+    assert p.returncode != 0 and "--node" in p.stderr
+    p = lab.ambit("lab", "logs", "nonsense", check=False)
+    assert p.returncode != 0 and "unknown component" in p.stderr
 
 
 def test_label_namespace_round_trip(lab: Lab) -> None:
