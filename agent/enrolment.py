@@ -1,12 +1,10 @@
 """Which pods on this node are in the mesh: a pure function of pods and namespaces.
 
-A pod is enrolled when its namespace is labelled `ambit.io/dataplane-mode=ambient` (Istio's
-`istio.io/dataplane-mode=ambient` is honoured too, for teams migrating) and the pod does not opt out
-with the label `ambit.io/dataplane-mode=none`. Only running pods with an IP on this node count.
-
-This rule is for the sources that hand the agent Kubernetes objects (the lab store, the API server).
-With the config stream the controller has applied its own rule already (`Workload.enrolled`); both
-kinds of source end in `LocalPod` records, and the agent acts on those alone.
+The enrolment rule itself is `ambit.enrolment` (shared with the controller): a pod or its namespace
+says `dataplane-mode: ambient` and the pod does not opt out with `none`. Only running pods with an
+IP on this node count. The sources that hand the agent Kubernetes objects (the lab store, the API
+server) apply it here; with the config stream the controller has applied it (`Workload.enrolled`).
+Both kinds of source end in `LocalPod` records, and the agent acts on those alone.
 """
 
 from __future__ import annotations
@@ -14,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-MODE_LABELS = ("ambit.io/dataplane-mode", "istio.io/dataplane-mode")
-AMBIENT = "ambient"
-OPT_OUT = "none"
+from ambit.enrolment import is_enrolled, opted_out
+
 OPTED_OUT_REASON = "opted out by label"
 
 
@@ -54,12 +51,8 @@ class LocalPod:
     reason: str = ""
 
 
-def namespace_enrolled(labels: dict[str, str]) -> bool:
-    return any(labels.get(k) == AMBIENT for k in MODE_LABELS)
-
-
 def pod_opted_out(labels: dict[str, str]) -> bool:
-    return any(labels.get(k) == OPT_OUT for k in MODE_LABELS)
+    return opted_out(labels)
 
 
 def capture_annotations(annotations: dict[str, str]) -> tuple[tuple[str, str], ...]:
@@ -88,11 +81,12 @@ def local_pods(node: str, pods: list[dict[str, Any]], namespaces: dict[str, dict
         if (pod.get("spec") or {}).get("nodeName") != node:
             continue
         md = pod.get("metadata", {})
-        if not namespace_enrolled(namespaces.get(md.get("namespace", "default"), {})):
-            continue
+        labels = md.get("labels") or {}
+        ns_labels = namespaces.get(md.get("namespace", "default"), {})
         key = f"{md.get('namespace', 'default')}/{md.get('name')}"
-        if pod_opted_out(md.get("labels") or {}):
-            out.append(LocalPod(key, enrolled=False, reason=OPTED_OUT_REASON))
+        if not is_enrolled(labels, ns_labels, bool((pod.get("spec") or {}).get("hostNetwork"))):
+            if opted_out(labels) and is_enrolled({}, ns_labels):
+                out.append(LocalPod(key, enrolled=False, reason=OPTED_OUT_REASON))
             continue
         ref = pod_ref(pod)
         if ref is not None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import enrolment
 from agent.enrolment import LocalPod
+from ambit.enrolment import is_enrolled
 from ambit.kube.resource import Resource as KubeResource
 
 if TYPE_CHECKING:
@@ -246,8 +247,7 @@ def _wants_sandbox(pod: dict[str, Any], namespaces: dict[str, dict[str, str]]) -
     md, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
     if spec.get("hostNetwork") or status.get("phase") != "Running" or not status.get("podIP"):
         return False
-    return (enrolment.namespace_enrolled(namespaces.get(md.get("namespace", "default"), {}))
-            and not enrolment.pod_opted_out(md.get("labels") or {}))
+    return is_enrolled(md.get("labels") or {}, namespaces.get(md.get("namespace", "default"), {}))
 
 
 def _signature(view: NodeView) -> str:

@@ -8,7 +8,6 @@ from typing import Any
 
 Obj = dict[str, Any]
 
-MODE_LABELS = ("ambit.io/dataplane-mode", "istio.io/dataplane-mode")
 WAYPOINT_LABELS = ("ambit.io/use-waypoint", "istio.io/use-waypoint")
 WAYPOINT_NS_LABELS = ("ambit.io/use-waypoint-namespace", "istio.io/use-waypoint-namespace")
 NETNS_ANNOTATION = "lab.ambit.io/netns"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ambit import enrolment
 from ambit.model import Endpoint, Service, ServicePort, Workload, spiffe_id
 from controller.translate.index import (
     CGROUP_ANNOTATION,
-    MODE_LABELS,
     NETNS_ANNOTATION,
     SERVICE_NAME_LABEL,
     Index,
-    first_label,
     labels_of,
     md,
     name_of,
@@ -46,14 +45,8 @@ def pod_ready(pod: Obj) -> bool:
 
 
 def is_enrolled(pod: Obj, ns_labels: dict[str, str]) -> bool:
-    """Ambient capture applies: the namespace (or the pod itself) says ambient, the pod does not
-    opt out with `dataplane-mode: none`, and it is not on the host network (nothing to capture)."""
-    if (pod.get("spec") or {}).get("hostNetwork"):
-        return False
-    pod_mode = first_label(labels_of(pod), MODE_LABELS)
-    if pod_mode == "none":
-        return False
-    return pod_mode == "ambient" or first_label(ns_labels, MODE_LABELS) == "ambient"
+    """Ambient capture applies (the rule itself is ambit.enrolment's, shared with the agent)."""
+    return enrolment.is_enrolled(labels_of(pod), ns_labels, bool((pod.get("spec") or {}).get("hostNetwork")))
 
 
 def service_account(pod: Obj) -> str:

@@ -49,3 +49,19 @@ def test_label_changes_alone_do_not_force_a_reattach() -> None:
     a = enrolment.desired("node1", [pod("a", labels={"x": "1"})], AMBIENT)
     b = enrolment.desired("node1", [pod("a", labels={"x": "2"})], AMBIENT)
     assert enrolment.plan(dict(a), b).update == []
+
+
+def test_one_rule_for_controller_and_agent() -> None:
+    """The controller's Workload.enrolled and the agent's own decision never disagree."""
+    from controller.translate.workloads import is_enrolled as controller_rule
+    cases = [({}, {"ambit.io/dataplane-mode": "ambient"}), ({"ambit.io/dataplane-mode": "ambient"}, {}),
+             ({"ambit.io/dataplane-mode": "none"}, AMBIENT["demo"]), ({}, {}),
+             ({"istio.io/dataplane-mode": "ambient", "ambit.io/dataplane-mode": "none"}, {})]
+    for pod_labels, ns_labels in cases:
+        p = pod("a", ns="x", labels=pod_labels)
+        agent_says = bool(enrolment.desired("node1", [p], {"x": ns_labels}))
+        assert agent_says == controller_rule(p, ns_labels), (pod_labels, ns_labels)
+
+
+def test_a_pod_can_enrol_itself_in_an_unlabelled_namespace() -> None:
+    assert enrolment.desired("node1", [pod("a", ns="legacy", labels={"ambit.io/dataplane-mode": "ambient"})], AMBIENT)
