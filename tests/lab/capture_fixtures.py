@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ if str(REPO) not in sys.path:
 
 from ambit import cgroups  # noqa: E402
 from ambit.netns import netns_path, preexec_enter, socket_in  # noqa: E402
+from tests.support.wait import wait_for as _wait_for  # noqa: E402
 
 NS_NODE, NS_P1, NS_P2 = "ambit-ct-node", "ambit-ct-p1", "ambit-ct-p2"
 NODE_IP, P1_IP, P2_IP = "10.77.0.1", "10.77.0.11", "10.77.0.12"
@@ -350,12 +350,11 @@ def main(argv: list[str]) -> None:
         _engine_main(a.node, a.zt_cg, a.pods, a.mode)
 
 
+
+
+
 def wait_for(pred, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    _wait_for(pred, what, timeout, interval=0.05)
 
 
 if __name__ == "__main__":

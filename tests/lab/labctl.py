@@ -8,9 +8,10 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 AMBIT = [sys.executable, "-m", "ambit.cli"]
@@ -83,17 +84,7 @@ class Lab:
         return self.ambit(*args, check=False).stdout
 
     def wait_for(self, fn, timeout: float = 10.0, interval: float = 0.1, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            try:
-                last = fn()
-                if last:
-                    return last
-            except AssertionError as e:
-                last = e
-            time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        return wait_for(fn, what, timeout, interval)
 
     def access_log(self, node: str) -> list[dict[str, Any]]:
         """ztunnel's access-log records on a node, oldest first."""

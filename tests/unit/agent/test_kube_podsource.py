@@ -22,6 +22,7 @@ from agent.kube_pods import SandboxFinder
 from agent.podsource import CGROUP_ANNOTATION, NETNS_ANNOTATION, KubePodSource, NodeView
 from ambit.kube.client import make_api_client
 from tests.support.kube_emulator import KubeEmulator
+from tests.support.wait import wait_for
 
 NODE = "node-1"
 AMBIENT = {"ambit.io/dataplane-mode": "ambient"}
@@ -43,15 +44,6 @@ def node(name: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
 
 
-def wait_for(pred: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 class Running:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 
 from controller.sources.kube import KubeSource, WatchedType, default_types, make_api_client
 from tests.support.kube_emulator import KubeEmulator
+from tests.support.wait import wait_for
 
 PODS = WatchedType("", ("v1",), "pods", "Pod", True)
 NAMESPACES = WatchedType("", ("v1",), "namespaces", "Namespace", False)
@@ -29,14 +29,6 @@ def vs(name: str, weight: Any = 100, group: str = "networking.istio.io") -> dict
             "spec": {"hosts": [name], "http": [{"route": [{"destination": {"host": name}, "weight": weight}]}]}}
 
 
-def wait_for(pred: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Running:

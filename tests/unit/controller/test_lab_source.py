@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ambit.lab.store import LabStore
 from controller.sources.lab import LabSource
-
-
-def wait_for(pred: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if v := pred():
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.support.wait import wait_for
 
 
 def vs(weight: Any) -> dict[str, Any]:
