@@ -64,7 +64,7 @@ class PodSource(Protocol):
 
 class LabPodSource:
     def __init__(self, store_path: Path, interval: float = 0.05):
-        from ambit.lab.store import LabStore
+        from ambit.labstore import LabStore
         self.store = LabStore(store_path)
         self.interval = interval
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ambit.lab import lab as labmod
-from ambit.lab import spec as specmod
-from ambit.lab import topology
-from ambit.lab.topology import LabNames
 from ambit.netns import preexec_enter
+from ambitctl.lab import lab as labmod
+from ambitctl.lab import spec as specmod
+from ambitctl.lab import topology
+from ambitctl.lab.topology import LabNames
 from bench.plan import HTTP_PORT, IPERF_PORT, MESH_NS, PLAIN_NS
 
 LAB_NAME = "ambit-bench"

@@ -191,7 +191,7 @@ class Runner:
 
     def _profiled(self, lab: BenchLab, fn: Callable[[], None]) -> None:
         """Run `fn` with py-spy sampling each ztunnel; collapsed stacks go next to the results."""
-        from ambit.lab import state
+        from ambitctl.lab import state
         spies = []
         spy = measures.py_spy()
         if spy:

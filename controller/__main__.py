@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_source(args: argparse.Namespace) -> Source:
     if args.lab_store:
-        from ambit.lab.store import LabStore
+        from ambit.labstore import LabStore
         from controller.sources.lab import LabSource
         return LabSource(LabStore(args.lab_store))
     from controller.sources.kube import KubeSource, make_api_client

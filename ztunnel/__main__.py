@@ -12,9 +12,9 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
 from ztunnel import admin, identity_setup
 from ztunnel.config import MeshConfig, config_client
-from ztunnel.metrics import Metrics, MetricsServer
 from ztunnel.proxy import Proxy
 from ztunnel.zdsserver import ZdsServer
 

@@ -10,21 +10,16 @@ is computed from the current immutable config view, so a dump is always one cons
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import http.client
 import json
 import logging
-import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import httptools
-
 from ambit.configclient import ConfigClient
+from ambit.dataplane.endpoint import LocalEndpoint, Response
 from ztunnel.config import MeshConfig
-from ztunnel.endpoint import LocalEndpoint
 
 log = logging.getLogger("ambit.ztunnel.admin")
 
@@ -127,23 +122,8 @@ def _client_info(client: ConfigClient | None) -> dict[str, Any]:
             "last_error": client.last_error}
 
 
-class _Request:
-    """httptools callbacks: collect the URL and notice the end of the message."""
-
-    def __init__(self) -> None:
-        self.url = b""
-        self.complete = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-
-
-def respond(handlers: Mapping[str, Handler], method: str, url: bytes) -> tuple[int, bytes]:
+def respond(handlers: Mapping[str, Handler], method: str, path: str) -> tuple[int, bytes]:
     """(status, JSON body) for one request. Pure, so it is tested without sockets."""
-    path = httptools.parse_url(url).path.decode() if url else "/"
     if method != "GET":
         return 405, _json({"error": f"{method} not allowed; the admin endpoint is read-only"})
     h = handlers.get(path.rstrip("/") or "/")
@@ -169,57 +149,6 @@ class AdminServer(LocalEndpoint):
     async def start(self, host: str | None = "127.0.0.1", port: int = 15000, unix_path: Path | None = None) -> None:
         await super().start(host, port, unix_path)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        req = _Request()
-        parser = httptools.HttpRequestParser(req)
-        try:
-            total = 0
-            while not req.complete:
-                data = await asyncio.wait_for(reader.read(16384), 10.0)
-                if not data:
-                    return
-                total += len(data)
-                if total > MAX_REQUEST:
-                    status, body = 413, _json({"error": "request too large"})
-                    break
-                parser.feed_data(data)
-            else:
-                status, body = respond(self.handlers, parser.get_method().decode(), req.url)
-            reason = http.client.responses.get(status, "")
-            writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-            await writer.drain()
-        except (TimeoutError, httptools.HttpParserError, ConnectionError) as e:
-            log.debug("admin request failed: %s", e)
-        finally:
-            writer.close()
-
-
-# --- client (the CLI and the lab's readiness check) --------------------------------------------
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(self._path)
-        except OSError:
-            s.close()
-            raise
-        self.sock = s
-
-
-def get(unix_path: str | Path, path: str, timeout: float = 3.0) -> tuple[int, Any]:
-    """GET `path` from an admin unix socket: (HTTP status, decoded JSON). Raises OSError if no
-    ztunnel listens there."""
-    conn = _UnixHTTPConnection(str(unix_path), timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"null")
-    finally:
-        conn.close()
+    def handle(self, method: str, path: str) -> Response:
+        status, body = respond(self.handlers, method, path)
+        return Response(status, body)

@@ -16,8 +16,14 @@ from pathlib import Path
 import grpc
 
 from ambit.configclient import ConfigUpdate
+from ambit.dataplane.identity.manager import (
+    DEFAULT_TTL,
+    Backoff,
+    CertStore,
+    GrpcCertificateFetcher,
+    IdentityManager,
+)
 from ambit.model import Workload
-from ztunnel.certs import DEFAULT_TTL, Backoff, CertStore, GrpcCertificateFetcher, IdentityManager
 from ztunnel.config import ConfigView, MeshConfig
 
 log = logging.getLogger("ambit.ztunnel.identity")

@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.capture.constants import AMBIT_MARK, PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND
+from ambit.dataplane.ports import AMBIT_MARK, PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND
+from ambit.dataplane.relay import Leg
 from ambit.netns import entered
 from ambit.zds import PodInfo
-from ztunnel.relay import Leg
 
 log = logging.getLogger("ambit.ztunnel.pods")
 

@@ -27,17 +27,19 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from agent.capture.origdst import original_dst
+from ambit.dataplane import tls
+from ambit.dataplane.hbone import HBONEClientPool, HBONEConnectError, HBONEServer, HBONEStream, PoolKey
+from ambit.dataplane.identity.manager import CertificateUnavailable, IdentityManager
+from ambit.dataplane.origdst import original_dst
+from ambit.dataplane.relay import Leg, relay, relay_tunnel
+from ambit.dataplane.telemetry import accesslog
+from ambit.dataplane.telemetry.accesslog import ConnRecord
+from ambit.dataplane.telemetry.metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TLS, NONE, ConnLabels, Metrics
 from ambit.model import Workload
 from ambit.zds import PodInfo
-from ztunnel import accesslog, admission, routing, tls
-from ztunnel.accesslog import ConnRecord
-from ztunnel.certs import CertificateUnavailable, IdentityManager
+from ztunnel import admission, routing
 from ztunnel.config import MeshConfig
-from ztunnel.hbone import HBONEClientPool, HBONEConnectError, HBONEServer, HBONEStream, PoolKey
-from ztunnel.metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TLS, NONE, ConnLabels, Metrics
 from ztunnel.pods import PodProxy, PodRegistry
-from ztunnel.relay import Leg, relay, relay_tunnel
 
 log = logging.getLogger("ambit.ztunnel.proxy")
 CONNECT_TIMEOUT = 10.0

@@ -23,10 +23,9 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ambit.dataplane.ports import PORT_HBONE as HBONE_PORT
 from ambit.model import Endpoint, Service, ServicePort, Workload
 from ztunnel.config import MeshConfig
-
-HBONE_PORT = 15008
 
 PASSTHROUGH, HBONE, REFUSE = "passthrough", "hbone", "refuse"
 

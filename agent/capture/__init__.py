@@ -1,7 +1,7 @@
 """Ambit's capture layer: the kernel side of the node agent (eBPF, or iptables as a baseline).
 
 The agent calls CaptureEngine (load / enrol / unenrol / enrolled / uninstall / stats); `ambit lab
-down` calls purge(); ztunnel imports the constants (AMBIT_MARK, ports) and original_dst().
+down` calls purge(). The ports and marks it shares with ztunnel are in ambit.dataplane.ports.
 See docs/ebpf.md for the programs, maps and lifetimes.
 """
 
@@ -16,14 +16,13 @@ from agent.capture.constants import (
     ZTUNNEL_PORTS,
 )
 from agent.capture.exclusions import annotations_to_exclusions
-from agent.capture.origdst import original_dst
 
 _LAZY = {"CaptureEngine", "PodCapture", "purge"}
 
 
 def __getattr__(name: str):  # noqa: ANN202
-    """The engine (bcc, pyroute2, cffi) loads only when asked for: ztunnel imports this package for
-    its constants and original_dst() and must not pay ~20 MB of RSS for the agent's kernel side."""
+    """The engine (bcc, pyroute2, cffi) loads only when asked for, so that `ambit lab down` and the
+    agent's --help do not pay for compiling or importing the kernel side."""
     if name in _LAZY:
         from agent.capture import engine
         return getattr(engine, name)
@@ -32,5 +31,5 @@ def __getattr__(name: str):  # noqa: ANN202
 __all__ = [
     "AMBIT_MARK", "AMBIT_MARK_MASK", "AMBIT_ROUTE_TABLE", "DEFAULT_PIN_BASE", "PORT_HBONE", "PORT_INBOUND",
     "PORT_OUTBOUND", "ZTUNNEL_PORTS", "CaptureEngine", "PodCapture", "annotations_to_exclusions",
-    "original_dst", "purge",
+    "purge",
 ]

@@ -1,33 +1,24 @@
-"""Values the capture layer shares with ztunnel and the agent.
-
-Import-light on purpose (no bcc, no cffi): ztunnel imports AMBIT_MARK and the ports from here.
-"""
+"""The capture layer's constants. The ports and marks it shares with the proxies live in
+ambit.dataplane.ports; this module adds what only the agent needs (pin base, sources)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-# ztunnel's listeners inside every enrolled pod's netns.
-PORT_OUTBOUND = 15001   # 127.0.0.1: redirected outbound connect()s
-PORT_INBOUND = 15006    # 0.0.0.0: captured plaintext inbound
-PORT_HBONE = 15008      # 0.0.0.0: mTLS HBONE, never captured
-PORT_METRICS = 15020
-PORT_READY = 15021
-ZTUNNEL_PORTS = (PORT_OUTBOUND, PORT_INBOUND, PORT_HBONE, PORT_METRICS, PORT_READY)
-
-# The socket mark ztunnel sets (SO_MARK) on its *source-preserving delivery* sockets in a pod
-# netns: bound to the client's IP with IP_TRANSPARENT and connected to the app. With
-# net.ipv4.tcp_fwmark_accept=1 the app's accepted socket inherits the mark, and the rule
-# `fwmark AMBIT_MARK/AMBIT_MARK_MASK lookup AMBIT_ROUTE_TABLE` (table: local 0.0.0.0/0 dev lo)
-# routes the app's replies back over lo to ztunnel instead of out of eth0 to the real client.
-# Do not set it on ztunnel's other sockets: they would be routed to lo too.
-AMBIT_MARK = 0x539
-AMBIT_MARK_MASK = 0xFFF
-AMBIT_ROUTE_TABLE = 133
-AMBIT_RULE_PRIORITY = 32700   # before the main table (32766)
-
-SO_ORIGINAL_DST = 80          # SOL_IP; answered by ambit_origdst (ebpf) or conntrack (iptables)
+from ambit.dataplane.ports import (  # noqa: F401  (re-exported: the capture layer's view of the contract)
+    AMBIT_MARK,
+    AMBIT_MARK_MASK,
+    AMBIT_ROUTE_TABLE,
+    AMBIT_RULE_PRIORITY,
+    PORT_HBONE,
+    PORT_INBOUND,
+    PORT_METRICS,
+    PORT_OUTBOUND,
+    PORT_READY,
+    SO_ORIGINAL_DST,
+    ZTUNNEL_PORTS,
+)
 
 DEFAULT_PIN_BASE = Path("/sys/fs/bpf/ambit")
 

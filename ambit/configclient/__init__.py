@@ -8,7 +8,7 @@
 See docs/config-stream.md for the protocol.
 """
 
-from ambit.configclient.backoff import Backoff
+from ambit.backoff import Backoff
 from ambit.configclient.client import ApplyCallback, ConfigClient
 from ambit.configclient.codec import DecodeError, Encoded, decode, encode
 from ambit.configclient.node import KINDS, NodeInfo

@@ -19,8 +19,8 @@ from typing import Any
 import grpc
 
 from ambit.api import config_pb2, config_pb2_grpc
+from ambit.backoff import Backoff
 from ambit.configclient import cache
-from ambit.configclient.backoff import Backoff
 from ambit.configclient.codec import DecodeError, Encoded, resource_class
 from ambit.configclient.node import NodeInfo
 from ambit.configclient.state import ConfigUpdate, TypeState
@@ -78,7 +78,7 @@ class ConfigClient:
         self._on_change = on_change
         self._cache_path = Path(cache_path) if cache_path else None
         self._credentials = credentials
-        self._backoff = backoff or Backoff()
+        self._backoff = (backoff or Backoff(initial=0.1, maximum=5.0)).attempts()
         self._channel_options = list(channel_options)
         self._states = {t: TypeState(t) for t in self.types}
         self._synced: set[str] = set()

@@ -35,7 +35,7 @@ from kubernetes import client as kclient
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from ambit.configclient.backoff import Backoff
+from ambit.backoff import Attempts, Backoff
 from ambit.kube.resource import Obj, Resource
 
 LISTED = "LISTED"           # Change.type after a (re)list: `objects` is the whole collection now
@@ -137,7 +137,7 @@ class Reflector:
     def run(self, stop: threading.Event) -> None:
         """Reflect until `stop` is set (then call `abort` to unblock a watch waiting for events)."""
         st = self.state
-        backoff = Backoff(*self.backoff)
+        backoff = Backoff(*self.backoff).attempts()
         relist = True
         while not stop.is_set():
             try:
@@ -163,7 +163,7 @@ class Reflector:
                     return
                 self._failed(stop, backoff, f"{type(e).__name__}: {str(e).strip()[:300]}")
 
-    def _failed(self, stop: threading.Event, backoff: Backoff, error: str) -> None:
+    def _failed(self, stop: threading.Event, backoff: Attempts, error: str) -> None:
         self.state.last_error = error
         self.state.reconnects += 1
         self.log.warning("%s: %s; retrying", self.resource.name, error)

@@ -7,6 +7,7 @@ Public API:
 - `CertificateServicer`, `add_to_server` (service)
 """
 
+from ambit.dataplane.trust import TrustBundle, UntrustedCertificate, spiffe_id_of
 from controller.ca.authority import (
     CAConfigError,
     CAMaterial,
@@ -15,7 +16,6 @@ from controller.ca.authority import (
     generate_root,
     load_user_provided,
 )
-from controller.ca.bundle import TrustBundle, UntrustedCertificate, spiffe_id_of
 from controller.ca.credentials import (
     BootstrapTokens,
     NodeCredentialVerifier,

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ambit import identity as ident
-from controller.ca.bundle import TrustBundle
+from ambit.dataplane.trust import TrustBundle
 
 DEFAULT_TTL = dt.timedelta(hours=24)
 DEFAULT_MAX_TTL = dt.timedelta(days=7)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from ambit.lab.store import LabStore
+from ambit.labstore import LabStore
 from controller.kinds import BY_KIND
 from controller.sources import OnSnapshot
 from controller.sources.cache import LastGoodCache

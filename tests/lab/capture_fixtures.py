@@ -251,7 +251,7 @@ def start_engine(lab: CaptureLab, node: str, pods: list[dict], mode: str = "ebpf
 # ---- script entry points (run inside the lab) ---------------------------------------------------
 
 def _ztunnel_main(netns: str) -> None:
-    from agent.capture import original_dst
+    from ambit.dataplane.origdst import original_dst
 
     listeners = {}
     for host, port, who in (("127.0.0.1", 15001, "ztunnel-out"), ("0.0.0.0", 15006, "ztunnel-in"),

@@ -14,7 +14,7 @@ from typing import Any
 from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-AMBIT = [sys.executable, "-m", "ambit.cli"]
+AMBIT = [sys.executable, "-m", "ambitctl.cli"]
 # Test labs carry the pytest process id in their name, so two runs on one machine never tear down
 # each other's labs; `sweep_stale()` removes labs whose run died without cleaning up.
 RUN_ID = os.getpid()
@@ -28,7 +28,7 @@ def lab_name_for(kind: str) -> str:
 def sweep_stale() -> list[str]:
     """Tear down test labs (netns, cgroups, pins) left by pytest runs that are no longer alive."""
     from ambit import cgroups
-    from ambit.lab import lab as labmod
+    from ambitctl.lab import lab as labmod
     seen: set[tuple[str, int]] = set()
     names = os.listdir("/var/run/netns") if os.path.isdir("/var/run/netns") else []
     names += os.listdir(cgroups.find_cgroup2_mount())

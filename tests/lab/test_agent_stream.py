@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ambit.lab import components
+from ambitctl.lab import components
 from tests.lab.labctl import Lab
 from tests.lab.test_agent import inbound_to, is_captured_now
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from ambit.lab.store import LabStore
+from ambit.dataplane import endpoint
+from ambit.labstore import LabStore
 from tests.lab.labctl import Lab
-from ztunnel import admin
 
 pytestmark = pytest.mark.lab
 
@@ -26,7 +26,7 @@ ECHO = "http://echo.demo.svc.cluster.local:8080/"
 
 
 def zt(lab: Lab, node: str, path: str) -> Any:
-    status, body = admin.get(lab.dir / node / "admin.sock", path)
+    status, body = endpoint.get_json(lab.dir / node / "admin.sock", path)
     assert status == 200, f"ztunnel {node} {path}: HTTP {status}: {body}"
     return body
 
@@ -237,7 +237,7 @@ def test_controller_outage_keeps_traffic_and_resyncs_after(lab: Lab) -> None:
         lab.wait_for(lambda: lab.proc_pid("ztunnel/node1") not in (None, old_pid), what="ztunnel restart")
         d = lab.wait_for(lambda: _try(lambda: zt(lab, "node1", "/config_dump")), what="restarted admin")
         assert d["workloads"] == dump_before["node1"]["workloads"] and d["synced"] is False
-        assert admin.get(lab.dir / "node1" / "admin.sock", "/healthz/ready")[0] == 503
+        assert endpoint.get_json(lab.dir / "node1" / "admin.sock", "/healthz/ready")[0] == 503
         lab.wait_for(lambda: _try(lambda: lab.curl("demo/client", ECHO)), timeout=15, what="traffic after restart")
 
         # A change made while the controller is down is picked up when it is back.

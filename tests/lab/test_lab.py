@@ -107,7 +107,7 @@ def test_custom_spec_and_teardown_leave_host_exactly_as_before(fresh_lab: Lab, t
 nodes: 3
 namespaces: [{name: shop, labels: {tier: web}}]
 pods:
-  - {name: web, namespace: shop, node: node3, command: [python, -m, ambit.lab.apps.echo, --port, "9090"],
+  - {name: web, namespace: shop, node: node3, command: [python, -m, ambitctl.lab.apps.echo, --port, "9090"],
      labels: {app: web}, ports: [{containerPort: 9090}]}
   - {name: shopper, namespace: shop, node: node1, command: [sleep, infinity]}
 services:

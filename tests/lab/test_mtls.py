@@ -25,11 +25,16 @@ import yaml
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.ca.bundle import TrustBundle, spiffe_id_of
+from ambit.dataplane import endpoint
+from ambit.dataplane.identity.manager import (
+    CertificateFetchError,
+    GrpcCertificateFetcher,
+    WorkloadCertificate,
+    make_key_and_csr,
+)
+from ambit.dataplane.telemetry.metrics import scrape
+from ambit.dataplane.trust import TrustBundle, spiffe_id_of
 from tests.lab.labctl import Lab
-from ztunnel import admin
-from ztunnel.certs import CertificateFetchError, GrpcCertificateFetcher, WorkloadCertificate, make_key_and_csr
-from ztunnel.metrics import scrape
 
 pytestmark = pytest.mark.lab
 
@@ -42,7 +47,7 @@ def sid(ns: str, sa: str) -> str:
 
 
 def zt(lab: Lab, node: str, path: str) -> Any:
-    status, body = admin.get(lab.dir / node / "admin.sock", path)
+    status, body = endpoint.get_json(lab.dir / node / "admin.sock", path)
     assert status == 200, f"ztunnel {node} {path}: HTTP {status}: {body}"
     return body
 
@@ -113,8 +118,8 @@ def tshark_handshakes(path: Path) -> list[list[str]]:
 @contextlib.contextmanager
 def legacy_plain_server(lab: Lab, port: int) -> Iterator[str]:
     """An echo server in legacy/client (not in the mesh): the plaintext control."""
-    p = subprocess.Popen([sys.executable, "-m", "ambit.cli", "lab", "exec", "legacy/client", "--",
-                          sys.executable, "-m", "ambit.lab.apps.echo", "--port", str(port)],
+    p = subprocess.Popen([sys.executable, "-m", "ambitctl.cli", "lab", "exec", "legacy/client", "--",
+                          sys.executable, "-m", "ambitctl.lab.apps.echo", "--port", str(port)],
                          env=lab.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://{lab.pod('legacy/client')['ip']}:{port}/"
     try:
@@ -341,7 +346,7 @@ def test_traffic_flows_across_three_certificate_rotations(fresh_lab: Lab) -> Non
         return min(len(s) for s in serials.values()) - 1      # rotations seen by the slowest identity
 
     loop = subprocess.Popen(
-        [sys.executable, "-m", "ambit.cli", "lab", "exec", "demo/client", "--", "sh", "-c",
+        [sys.executable, "-m", "ambitctl.cli", "lab", "exec", "demo/client", "--", "sh", "-c",
          f"while :; do curl -s -o /dev/null -w '%{{http_code}}\\n' -m 5 {ECHO}; sleep 0.5; done"],
         env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     t0 = time.monotonic()

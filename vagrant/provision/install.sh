@@ -7,7 +7,7 @@ export KUBECONFIG=/etc/rancher/k3s/k3s.yaml
 kubectl wait --for=condition=Ready nodes --all --timeout=300s
 
 # `ambit install` renders the manifests from the same code the image runs.
-docker run --rm "$IMAGE" python3 -m ambit.cli install --dry-run --image "$IMAGE" \
+docker run --rm "$IMAGE" python3 -m ambitctl.cli install --dry-run --image "$IMAGE" \
     | kubectl apply --server-side --field-manager=ambit -f -
 kubectl -n ambit-system rollout status deployment/ambit-controller --timeout=300s
 kubectl -n ambit-system rollout status daemonset/ambit-node --timeout=300s

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.capture import AMBIT_MARK, annotations_to_exclusions, maps, original_dst
+from agent.capture import AMBIT_MARK, annotations_to_exclusions, maps
 from agent.capture.iptables import IptablesPlan, rules
 from agent.capture.pins import _mount_fstype, check_name
+from ambit.dataplane.origdst import original_dst
 
 
 def test_annotations_are_parsed_sorted_and_deduplicated() -> None:

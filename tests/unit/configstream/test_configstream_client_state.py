@@ -76,7 +76,7 @@ def test_cache_round_trip_and_refuses_another_nodes_cache(tmp_path):
 
 
 def test_backoff_grows_to_the_cap_with_jitter_and_resets():
-    b = Backoff(initial=0.1, cap=5.0, rng=random.Random(1))
+    b = Backoff(initial=0.1, maximum=5.0).attempts(random.Random(1))
     delays = [b.next_delay() for _ in range(12)]
     assert all(0.05 <= d <= 5.0 for d in delays)
     assert max(delays[-4:]) > 2.5, "backoff must grow towards the cap"

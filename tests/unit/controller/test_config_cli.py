@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ambit.commands import config
-from ambit.lab.paths import store_path
-from ambit.lab.store import LabStore
+from ambit.labstore import LabStore
+from ambitctl.commands import config
+from ambitctl.lab.paths import store_path
 from tests.unit.controller.ctl_examples import EXAMPLES
 
 

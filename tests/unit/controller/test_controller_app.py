@@ -9,7 +9,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from ambit.configclient import fetch_status
-from ambit.lab.store import LabStore
+from ambit.labstore import LabStore
 from ambit.model import Workload
 from controller.app import Controller, StatusServer, content_version
 from controller.ca import BootstrapTokens

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ambit.lab.store import LabStore
+from ambit.labstore import LabStore
 from controller.sources.lab import LabSource
 from tests.support.wait import wait_for
 

@@ -59,12 +59,12 @@ def test_dashboard_is_valid_grafana_json_with_unique_ids_and_no_overlaps() -> No
 
 def ztunnel_series() -> set[str]:
     """The sample names ztunnel's registry exposes (counters as `<name>_total`)."""
-    from ztunnel.metrics import Metrics
+    from ambit.dataplane.telemetry.metrics import Metrics
     return {f"{fam.name}_total" for fam in Metrics().registry.collect() if fam.type == "counter"}
 
 
 def test_tcp_panels_use_what_ztunnel_exports() -> None:
-    from ztunnel.metrics import LABELS
+    from ambit.dataplane.telemetry.metrics import LABELS
     exported = ztunnel_series()
     assert exported == {m for m in ISTIO_METRICS if m.startswith("istio_tcp_")}
     for e in exprs(load()):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ambit.commands import install
+from ambitctl.commands import install
 
 REPO = Path(__file__).resolve().parents[3]
 ENTRYPOINT = REPO / "deploy" / "entrypoint.sh"

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from agent.podsource import RESOURCES
-from ambit.commands import install
+from ambitctl.commands import install
 from controller.sources.kube import _STATUS_GROUP_SUFFIXES, default_types
 
 REPO = Path(__file__).resolve().parents[3]

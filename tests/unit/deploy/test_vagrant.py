@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ambit.commands import install
-from ambit.lab.spec import load as load_spec
+from ambitctl.commands import install
+from ambitctl.lab.spec import load as load_spec
 
 REPO = Path(__file__).resolve().parents[3]
 VAGRANT = REPO / "vagrant"
@@ -63,7 +63,7 @@ def test_provisioning_uses_the_image_ambit_install_renders_by_default() -> None:
     for script in ("image.sh", "install.sh"):
         text = (VAGRANT / "provision" / script).read_text()
         assert f"IMAGE=${{AMBIT_IMAGE:-{image}}}" in text, script
-    assert "ambit.cli install --dry-run" in (VAGRANT / "provision" / "install.sh").read_text()
+    assert "ambitctl.cli install --dry-run" in (VAGRANT / "provision" / "install.sh").read_text()
     assert "docker build -q -f deploy/Dockerfile" in (VAGRANT / "provision" / "image.sh").read_text()
 
 

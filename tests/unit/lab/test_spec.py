@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ambit.lab import spec
+from ambitctl.lab import spec
 
 
 def test_default_spec_has_the_demo_topology() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ambit.lab.store import LabStore, StoreError
+from ambit.labstore import LabStore, StoreError
 
 
 def ns(name: str, **labels: str) -> dict:

@@ -7,8 +7,8 @@ import datetime as dt
 
 import pytest
 
+from ambit.dataplane.identity.manager import FetchResult, WorkloadCertificate, make_key_and_csr
 from controller.ca import CertificateAuthority, generate_root
-from ztunnel.certs import FetchResult, WorkloadCertificate, make_key_and_csr
 
 TD = "cluster.local"
 

@@ -10,9 +10,7 @@ import time
 import grpc
 import pytest
 
-from controller.ca import BootstrapTokens, CertificateServicer, add_to_server
-from tests.unit.ztunnel.conftest import LocalCAFetcher, issue, sid
-from ztunnel.certs import (
+from ambit.dataplane.identity.manager import (
     Backoff,
     CertificateUnavailable,
     CertStore,
@@ -22,6 +20,8 @@ from ztunnel.certs import (
     WorkloadCertificate,
     next_delay,
 )
+from controller.ca import BootstrapTokens, CertificateServicer, add_to_server
+from tests.unit.ztunnel.conftest import LocalCAFetcher, issue, sid
 
 ID = sid("demo", "client")
 
@@ -275,7 +275,7 @@ def test_retry_failed_skips_the_backoff_of_identities_without_a_certificate(ca) 
         clock = FakeClock()
         fetcher = LocalCAFetcher(ca)
         fetcher.fail_next = 1
-        mgr = IdentityManager(fetcher, clock=clock, backoff=Backoff(initial=3600, jitter=0))
+        mgr = IdentityManager(fetcher, clock=clock, backoff=Backoff(initial=3600, maximum=3600, jitter=0))
         mgr.prefetch([ID])
         await settle()
         assert fetcher.calls == 1 and mgr.current(ID) is None

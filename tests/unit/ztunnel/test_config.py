@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from ambit.configclient.codec import encode
 from ambit.configclient.state import TypeState
+from ambit.dataplane import endpoint
 from ambit.model import Authorization, Match, PeerAuthn, Rule, Service, Workload
 from controller.configserver import ConfigServer
 from tests.unit.configstream.helpers import authz, eventually, peerauthn, service, workload
@@ -118,15 +119,15 @@ def test_admin_answers_json_and_refuses_writes() -> None:
     cfg = MeshConfig()
     full(cfg, "v7", [workload("a", "n1")])
     handlers = admin.routes(cfg)
-    status, body = admin.respond(handlers, "GET", b"/workloads?x=1")
+    status, body = admin.respond(handlers, "GET", endpoint.request_path(b"/workloads?x=1"))
     assert status == 200 and json.loads(body)[0]["uid"] == "a"
-    assert admin.respond(handlers, "POST", b"/workloads")[0] == 405
-    status, body = admin.respond(handlers, "GET", b"/nope")
+    assert admin.respond(handlers, "POST", "/workloads")[0] == 405
+    status, body = admin.respond(handlers, "GET", "/nope")
     assert status == 404 and "/config_dump" in json.loads(body)["paths"]
     cold = MeshConfig()
     not_started = config_client(cold, "127.0.0.1:1", "n1")
-    assert admin.respond(admin.routes(cold, not_started), "GET", b"/healthz/ready")[0] == 503
-    assert admin.respond(admin.routes(cfg, not_started), "GET", b"/healthz/ready")[0] == 200
+    assert admin.respond(admin.routes(cold, not_started), "GET", "/healthz/ready")[0] == 503
+    assert admin.respond(admin.routes(cfg, not_started), "GET", "/healthz/ready")[0] == 200
 
 
 def test_nack_and_cache_over_a_real_stream(tmp_path: Path) -> None:

@@ -14,9 +14,15 @@ from collections.abc import Awaitable, Callable
 import pytest
 import uvloop
 
+from ambit.dataplane import tls
+from ambit.dataplane.hbone import (
+    HBONEClientPool,
+    HBONEConnectError,
+    HBONEServer,
+    HBONEStream,
+    StreamResetError,
+)
 from tests.unit.ztunnel.conftest import issue, sid
-from ztunnel import tls
-from ztunnel.hbone import HBONEClientPool, HBONEConnectError, HBONEServer, HBONEStream, StreamResetError
 
 CLIENT = sid("demo", "client")
 SERVER = sid("demo", "server")

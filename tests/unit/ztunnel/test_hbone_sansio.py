@@ -15,8 +15,8 @@ import h2.connection
 import h2.events
 import pytest
 
-from ztunnel.hbone import frames as f
-from ztunnel.hbone.connection import (
+from ambit.dataplane.hbone import frames as f
+from ambit.dataplane.hbone.connection import (
     ConnectionClosed,
     ConnectRequest,
     ConnectResponse,

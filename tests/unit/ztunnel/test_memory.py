@@ -29,7 +29,7 @@ def test_smaps_rollup_fields():
 
 def test_memory_endpoint_reports_this_process():
     handlers = admin.routes(MeshConfig())
-    status, body = admin.respond(handlers, "GET", b"/memory")
+    status, body = admin.respond(handlers, "GET", "/memory")
     report = json.loads(body)
     assert status == 200
     assert report["rss_kb"] >= report["pss_kb"] > 0 and report["anon_kb"] > 0

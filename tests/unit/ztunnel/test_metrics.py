@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ztunnel.metrics import MUTUAL_TLS, ConnLabels, Metrics, MetricsServer, scrape
+from ambit.dataplane.telemetry.metrics import MUTUAL_TLS, ConnLabels, Metrics, MetricsServer, scrape
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:

@@ -12,9 +12,9 @@ import struct
 
 import pytest
 
+from ambit.dataplane.hbone import HBONEStream
+from ambit.dataplane.relay import EARLY_LIMIT, WRITE_HIGH, Leg, relay, relay_tunnel
 from tests.unit.ztunnel.test_hbone import LOOPS, Mesh, listener, run
-from ztunnel.hbone import HBONEStream
-from ztunnel.relay import EARLY_LIMIT, WRITE_HIGH, Leg, relay, relay_tunnel
 
 MiB = 1024 * 1024
 

@@ -1,0 +1,150 @@
+"""Local HTTP endpoints (admin, metrics): one server and one client for both.
+
+A proxy runs in the node netns; a unix socket in the lab dir lets tools in the host netns reach
+the same endpoint without entering it. The server side reads one request with httptools (bounded
+in size and time, so a stuck or hostile local client cannot pin it) and asks the subclass for the
+answer through `handle(method, path)`, a plain function that tests call without sockets. The
+client side is what the CLI, the lab and the tests use to read any endpoint over its unix socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import httptools
+
+log = logging.getLogger("ambit.dataplane.endpoint")
+
+MAX_REQUEST = 64 * 1024     # a local GET never needs more
+READ_TIMEOUT = 10.0
+
+
+class Response:
+    """What `handle` returns: a status, a content type and the body (HEAD drops the body)."""
+
+    __slots__ = ("status", "content_type", "body")
+
+    def __init__(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.status, self.body, self.content_type = status, body, content_type
+
+
+class _Request:
+    """httptools callbacks: collect the URL and notice the end of the message."""
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+def request_path(url: bytes) -> str:
+    return httptools.parse_url(url).path.decode() if url else "/"
+
+
+class LocalEndpoint:
+    """Serves `handle(method, path)` on TCP and/or a unix socket, one request per connection."""
+
+    def __init__(self) -> None:
+        self._servers: list[asyncio.Server] = []
+        self._unix_path: Path | None = None
+
+    def handle(self, method: str, path: str) -> Response:
+        raise NotImplementedError
+
+    async def start(self, host: str | None, port: int, unix_path: Path | None = None) -> None:
+        if host is not None and port:
+            self._servers.append(await asyncio.start_server(self._serve, host, port, reuse_address=True))
+        if unix_path is not None:
+            unix_path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                unix_path.unlink()
+            self._servers.append(await asyncio.start_unix_server(self._serve, str(unix_path)))
+            unix_path.chmod(0o600)
+            self._unix_path = unix_path
+
+    async def close(self) -> None:
+        for s in self._servers:
+            s.close()
+        for s in self._servers:
+            await s.wait_closed()
+        self._servers.clear()
+        if self._unix_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._unix_path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        req = _Request()
+        parser = httptools.HttpRequestParser(req)
+        method = "GET"
+        try:
+            total = 0
+            while not req.complete:
+                async with asyncio.timeout(READ_TIMEOUT):
+                    data = await reader.read(16384)
+                if not data:
+                    return
+                total += len(data)
+                if total > MAX_REQUEST:
+                    resp = Response(413, b'{"error": "request too large"}\n')
+                    break
+                parser.feed_data(data)
+            else:
+                method = parser.get_method().decode()
+                resp = self.handle(method, request_path(req.url))
+            reason = http.client.responses.get(resp.status, "")
+            writer.write(f"HTTP/1.1 {resp.status} {reason}\r\nContent-Type: {resp.content_type}\r\n"
+                         f"Content-Length: {len(resp.body)}\r\nConnection: close\r\n\r\n".encode()
+                         + (b"" if method == "HEAD" else resp.body))
+            await writer.drain()
+        except (TimeoutError, httptools.HttpParserError, ConnectionError) as e:
+            log.debug("local endpoint request failed: %s", e)
+        finally:
+            writer.close()
+
+
+# --- client (the CLI, the lab's readiness checks, tests) ------------------------------------------
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self._path)
+        except OSError:
+            s.close()
+            raise
+        self.sock = s
+
+
+def fetch(unix_path: str | Path, path: str, timeout: float = 3.0) -> tuple[int, bytes]:
+    """GET `path` from a local endpoint's unix socket: (HTTP status, body). Raises OSError if
+    nothing listens there."""
+    conn = _UnixHTTPConnection(str(unix_path), timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def get_json(unix_path: str | Path, path: str, timeout: float = 3.0) -> tuple[int, Any]:
+    """GET a JSON document: (HTTP status, decoded JSON)."""
+    status, body = fetch(unix_path, path, timeout)
+    return status, json.loads(body or b"null")

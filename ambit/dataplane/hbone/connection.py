@@ -1,0 +1,719 @@
+"""Sans-IO HBONE: HTTP/2 CONNECT tunnels, with `h2` for control and our own DATA path.
+
+Why not just `h2`: pure-Python h2 parses every DATA frame into objects, copies payloads, and runs
+its state machine per frame; a receiving ztunnel spent a whole core on it and topped out at
+235–430 MB/s, while TLS itself does ~700 MB/s (notes/feasibility.md §5). So:
+
+- **Receive.** We read the 9-byte frame headers ourselves. DATA payloads are handed out as
+  `memoryview` slices of the bytes we were given, as they arrive (a 1 MiB frame is streamed, never
+  reassembled). WINDOW_UPDATE is handled here too. Every other frame is passed whole to h2.
+- **Send.** DATA frame headers are built here and payloads are passed through untouched.
+- **Flow control** is entirely ours, for both directions. h2 never sees a non-empty DATA frame or
+  a WINDOW_UPDATE, so its own windows stay at their initial values and never interfere.
+- **h2's state machine stays exact.** Stream ends travel through h2: locally via
+  `h2.end_stream()` (an empty DATA frame with END_STREAM), remotely by feeding h2 an equivalent
+  empty DATA frame once the real one has been delivered. Resets, SETTINGS, PING and GOAWAY are h2's.
+  DATA for a stream we do not know is also shown to h2 (emptied), so it answers exactly as RFC 9113
+  wants (RST_STREAM for closed streams, GOAWAY for idle ones).
+- **GOAWAY is ours too**, both ways: h2 refuses every frame once it has seen or sent a GOAWAY, which
+  would kill in-flight tunnels. We keep h2 open, stop opening/accepting new streams ourselves, and
+  let existing streams drain.
+
+Receive windows are replenished only when the consumer says it has consumed the bytes
+(`acknowledge`), so a slow reader pushes back on its sender and buffering per connection is
+bounded by the connection window.
+
+Use: feed `receive_data(bytes)`, act on the returned events, and write `data_to_send()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.settings import SettingCodes
+
+from ambit.dataplane.hbone import frames as f
+
+MiB = 1024 * 1024
+DEFAULT_STREAM_WINDOW = 4 * MiB
+DEFAULT_CONNECTION_WINDOW = 16 * MiB
+DEFAULT_MAX_FRAME = 1 * MiB
+DEFAULT_MAX_STREAMS = 1000
+_COALESCE = 16 * 1024     # pieces smaller than this are copied together; larger ones go out as-is
+
+REASON_HEADER = "ambit-reason"
+
+
+# --- events --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    """Server side: a peer asked to open a tunnel to `authority` (`ip:port`)."""
+
+    stream_id: int
+    authority: str
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ConnectResponse:
+    """Client side: the answer to our CONNECT. `status` 200 means the tunnel is up."""
+
+    stream_id: int
+    status: int
+    headers: dict[str, str]
+
+    @property
+    def reason(self) -> str:
+        return self.headers.get(REASON_HEADER, "")
+
+
+@dataclass(frozen=True)
+class Data:
+    """Tunnel bytes. `data` is a view into the buffer given to `receive_data`: do not mutate it."""
+
+    stream_id: int
+    data: memoryview
+
+
+@dataclass(frozen=True)
+class StreamEnded:
+    """The peer half-closed the stream (END_STREAM): no more data will arrive on it."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True)
+class StreamReset:
+    """The stream is gone (RST_STREAM sent or received); `remote` says who reset it."""
+
+    stream_id: int
+    error_code: int
+    remote: bool
+
+
+@dataclass(frozen=True)
+class WindowAvailable:
+    """Send window grew: for one stream, or (stream_id 0) for the whole connection."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True)
+class ConnectionClosed:
+    """GOAWAY sent or received: no new streams. Streams up to `last_stream_id` may finish, unless
+    `fatal` (a connection error), in which case every stream is already reset and the transport
+    should be closed once `data_to_send()` is flushed."""
+
+    error_code: int
+    last_stream_id: int
+    reason: str
+    remote: bool
+    fatal: bool = False
+
+
+@dataclass(frozen=True)
+class PingAck:
+    data: bytes
+
+
+Event = (ConnectRequest | ConnectResponse | Data | StreamEnded | StreamReset | WindowAvailable
+         | ConnectionClosed | PingAck)
+
+
+class HBONEError(Exception):
+    """A local API misuse, e.g. sending on a stream that is closed for sending."""
+
+
+# --- per-stream state ------------------------------------------------------------------------------
+
+@dataclass
+class _Stream:
+    id: int
+    send_window: int
+    recv_window: int             # how much the peer may still send us
+    unacked: int = 0             # consumed by the reader, not yet returned to the peer
+    receiving: bool = False      # headers received (request/200 response) and no END_STREAM yet
+    recv_ended: bool = False
+    send_ended: bool = False
+    response: int = 0            # client: status received; server: status sent
+    pending_end: bool = False    # END_STREAM to deliver when the current DATA frame completes
+
+
+@dataclass
+class _DataFrame:
+    """Receive state of the DATA frame being streamed in."""
+
+    stream: _Stream | None       # None: discard (unknown stream, or stream reset by flow control)
+    flags: int
+    payload_left: int
+    pad_left: int = 0
+    need_pad_len: bool = False
+
+
+@dataclass
+class _OtherFrame:
+    header: bytes
+    body: bytearray = field(default_factory=bytearray)
+    length: int = 0
+
+
+class HBONEConnection:
+    """One HTTP/2 connection carrying CONNECT tunnels; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        client_side: bool,
+        stream_window: int = DEFAULT_STREAM_WINDOW,
+        connection_window: int = DEFAULT_CONNECTION_WINDOW,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_concurrent_streams: int = DEFAULT_MAX_STREAMS,
+    ) -> None:
+        if not f.DEFAULT_WINDOW <= stream_window <= f.MAX_WINDOW:
+            raise ValueError(f"stream_window {stream_window} out of range")
+        if not f.DEFAULT_WINDOW <= connection_window <= f.MAX_WINDOW:
+            raise ValueError(f"connection_window {connection_window} out of range")
+        if not f.DEFAULT_MAX_FRAME <= max_frame <= f.MAX_FRAME_LIMIT:
+            raise ValueError(f"max_frame {max_frame} out of range")
+        self.client_side = client_side
+        self.stream_window = stream_window
+        self.connection_window = connection_window
+        self.max_frame = max_frame
+
+        config = h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8")
+        self._h2 = h2.connection.H2Connection(config)
+        initial = {
+            SettingCodes.INITIAL_WINDOW_SIZE: stream_window,
+            SettingCodes.MAX_FRAME_SIZE: max_frame,
+            SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+        }
+        if client_side:
+            initial[SettingCodes.ENABLE_PUSH] = 0
+        self._h2.local_settings = h2.settings.Settings(client=client_side, initial_values=initial)
+        # h2 sizes its inbound frame buffer from its *acknowledged* settings only (feasibility §5).
+        self._h2.max_inbound_frame_size = max_frame
+        self._h2.incoming_buffer.max_frame_size = max_frame
+
+        self._streams: dict[int, _Stream] = {}
+        self._peer_initial_window = f.DEFAULT_WINDOW
+        self._max_out_frame = f.DEFAULT_MAX_FRAME
+        self._conn_send_window = f.DEFAULT_WINDOW
+        self._conn_recv_window = connection_window
+        self._conn_unacked = 0
+
+        self._out: list[bytes | memoryview] = []
+        self._small = bytearray()
+
+        self._preface_left = len(f.PREFACE) if not client_side else 0
+        self._hdr = bytearray()
+        self._frame: _DataFrame | _OtherFrame | None = None
+        self._in_header_block = False
+
+        self.closed: ConnectionClosed | None = None   # set once we sent GOAWAY (or failed)
+        self.goaway_received: ConnectionClosed | None = None
+        self._fatal = False
+
+    # --- setup -----------------------------------------------------------------------------------
+
+    def initiate(self) -> None:
+        """Queue the preface/SETTINGS and open the connection window to its configured size."""
+        self._h2.initiate_connection()
+        self._drain_h2()
+        if self.connection_window > f.DEFAULT_WINDOW:
+            self._emit(f.window_update(0, self.connection_window - f.DEFAULT_WINDOW))
+
+    # --- output ------------------------------------------------------------------------------------
+
+    def data_to_send(self) -> list[bytes | memoryview]:
+        """Everything queued for the wire since the last call, in order (for `writelines`)."""
+        if self._small:
+            self._out.append(bytes(self._small))
+            self._small.clear()
+        out, self._out = self._out, []
+        return out
+
+    def bytes_to_send(self) -> bytes:
+        return b"".join(self.data_to_send())
+
+    def _emit(self, piece: bytes | memoryview) -> None:
+        if len(piece) < _COALESCE:
+            self._small += piece
+            return
+        if self._small:
+            self._out.append(bytes(self._small))
+            self._small.clear()
+        self._out.append(piece)
+
+    def _drain_h2(self) -> None:
+        data = self._h2.data_to_send()
+        if data:
+            self._emit(data)
+
+    # --- introspection ------------------------------------------------------------------------------
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    @property
+    def can_open_stream(self) -> bool:
+        return (self.closed is None and self.goaway_received is None and self.client_side
+                and self._h2.open_outbound_streams < self._h2.remote_settings.max_concurrent_streams)
+
+    @property
+    def dead(self) -> bool:
+        """A connection error happened: nothing more can be sent or received."""
+        return self._fatal
+
+    def send_window(self, stream_id: int) -> int:
+        """Bytes `send_data` would accept now on this stream (0 if closed for sending)."""
+        st = self._streams.get(stream_id)
+        if st is None or st.send_ended or self._fatal:
+            return 0
+        return max(0, min(st.send_window, self._conn_send_window))
+
+    def is_open(self, stream_id: int) -> bool:
+        return stream_id in self._streams
+
+    # --- local actions --------------------------------------------------------------------------------
+
+    def open_stream(self, authority: str, headers: list[tuple[str, str]] | None = None) -> int:
+        """Client: send `CONNECT authority` with extra headers; returns the new stream id."""
+        if not self.client_side:
+            raise HBONEError("only the client side opens streams")
+        if not self.can_open_stream:
+            why = self.closed or self.goaway_received
+            raise HBONEError(f"cannot open a stream: {(why.reason or why.error_code) if why else 'stream limit'}")
+        sid = self._h2.get_next_available_stream_id()
+        hdrs = [(":method", "CONNECT"), (":authority", authority), *(headers or [])]
+        try:
+            self._h2.send_headers(sid, hdrs, end_stream=False)
+        except h2.exceptions.TooManyStreamsError:
+            raise HBONEError("peer's MAX_CONCURRENT_STREAMS reached") from None
+        self._drain_h2()
+        self._streams[sid] = _Stream(sid, send_window=self._peer_initial_window, recv_window=self.stream_window)
+        return sid
+
+    def respond(self, stream_id: int, status: int, headers: list[tuple[str, str]] | None = None,
+                reason: str = "") -> None:
+        """Server: answer a CONNECT. 200 opens the tunnel; anything else ends the stream."""
+        st = self._stream_or_raise(stream_id)
+        if st.response:
+            raise HBONEError(f"stream {stream_id}: response already sent")
+        hdrs = [(":status", str(status)), *(headers or [])]
+        if reason:
+            hdrs.append((REASON_HEADER, reason))
+        st.response = status
+        if status == 200:
+            self._h2.send_headers(stream_id, hdrs, end_stream=False)
+            self._drain_h2()
+            return
+        self._h2.send_headers(stream_id, hdrs, end_stream=True)
+        st.send_ended = True
+        # The request body is of no use now: ask the client to stop, without an error.
+        self._reset(st, f.NO_ERROR, emit=False)
+        self._drain_h2()
+
+    def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool = False) -> int:
+        """Queue as much of `data` as the windows allow; returns how many bytes were taken.
+
+        `data` must not be mutated afterwards (large payloads are queued by reference). With
+        `end_stream`, END_STREAM follows once all of `data` has been taken.
+        """
+        st = self._stream_or_raise(stream_id)
+        if st.send_ended:
+            raise HBONEError(f"stream {stream_id}: already closed for sending")
+        if self._fatal:
+            raise HBONEError("connection is dead")
+        mv = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+        n = max(0, min(len(mv), st.send_window, self._conn_send_window))  # windows may be negative
+        pos = 0
+        while pos < n:
+            chunk = min(n - pos, self._max_out_frame)
+            self._emit(f.data_header(chunk, stream_id))
+            self._emit(mv[pos:pos + chunk])
+            pos += chunk
+        st.send_window -= n
+        self._conn_send_window -= n
+        if end_stream and n == len(mv):
+            self.end_stream(stream_id)
+        return n
+
+    def end_stream(self, stream_id: int) -> None:
+        """Half-close our side (END_STREAM): the peer's reader sees EOF after the data sent so far."""
+        st = self._stream_or_raise(stream_id)
+        if st.send_ended:
+            return
+        self._h2.end_stream(stream_id)
+        self._drain_h2()
+        st.send_ended = True
+        self._maybe_forget(st)
+
+    def reset_stream(self, stream_id: int, error_code: int = f.CANCEL) -> None:
+        """Abort one stream (RST_STREAM). Other streams are unaffected. No-op if already gone."""
+        st = self._streams.get(stream_id)
+        if st is not None:
+            self._reset(st, error_code, emit=False)
+
+    def acknowledge(self, stream_id: int, nbytes: int) -> None:
+        """The reader consumed `nbytes` of this stream: return them to the peer's send windows.
+
+        Updates are batched (a quarter window at a time) so bulk transfer costs one small frame per
+        ~1 MiB rather than one per read.
+        """
+        if nbytes <= 0:
+            return
+        self._ack_connection(nbytes)
+        st = self._streams.get(stream_id)
+        if st is None or st.recv_ended:
+            return
+        st.unacked += nbytes
+        if st.unacked >= self.stream_window // 4:
+            self._emit(f.window_update(stream_id, st.unacked))
+            st.recv_window += st.unacked
+            st.unacked = 0
+
+    def _ack_connection(self, nbytes: int) -> None:
+        self._conn_unacked += nbytes
+        if self._conn_unacked >= self.connection_window // 4 and not self._fatal:
+            self._emit(f.window_update(0, self._conn_unacked))
+            self._conn_recv_window += self._conn_unacked
+            self._conn_unacked = 0
+
+    def ping(self, payload: bytes = b"ambitpng") -> None:
+        self._h2.ping(payload)
+        self._drain_h2()
+
+    def close(self, error_code: int = f.NO_ERROR, reason: str = "") -> None:
+        """Send GOAWAY. Existing streams may finish; no new ones are opened or accepted."""
+        if self.closed is not None or self._fatal:
+            return
+        last = self._h2.highest_inbound_stream_id
+        self._emit(_goaway(last, error_code, reason))
+        self.closed = ConnectionClosed(error_code, last, reason, remote=False)
+
+    # --- receive ----------------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Process bytes from the wire; returns events in wire order.
+
+        `data` must be immutable (`bytes`): `Data` events are views into it.
+        """
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        events: list[Event] = []
+        if self._fatal:
+            return events
+        mv = memoryview(data)
+        pos, n = 0, len(mv)
+        if self._preface_left:
+            take = min(self._preface_left, n)
+            start = len(f.PREFACE) - self._preface_left
+            if mv[:take] != f.PREFACE[start:start + take]:
+                return self._fail(events, f.PROTOCOL_ERROR, "invalid HTTP/2 connection preface")
+            self._preface_left -= take
+            pos = take
+            if not self._preface_left:
+                self._h2.receive_data(f.PREFACE)
+        while pos < n and not self._fatal:
+            frame = self._frame
+            if frame is None:
+                take = min(f.HEADER_LEN - len(self._hdr), n - pos)
+                self._hdr += mv[pos:pos + take]
+                pos += take
+                if len(self._hdr) < f.HEADER_LEN:
+                    break
+                header = bytes(self._hdr)
+                self._hdr.clear()
+                self._start_frame(header, events)
+                continue
+            if isinstance(frame, _DataFrame):
+                pos = self._continue_data(frame, mv, pos, n, events)
+            else:
+                take = min(frame.length - len(frame.body), n - pos)
+                frame.body += mv[pos:pos + take]
+                pos += take
+                if len(frame.body) == frame.length:
+                    self._frame = None
+                    self._finish_other(frame, events)
+        self._drain_h2()
+        return events
+
+    def _fail(self, events: list[Event], code: int, reason: str) -> list[Event]:
+        """Connection error: GOAWAY with `code`, stop parsing, reset every stream, tell the edge."""
+        self._drain_h2()
+        last = self._h2.highest_inbound_stream_id
+        self._emit(_goaway(last, code, reason))
+        self._fatal = True
+        self._frame = None
+        self.closed = ConnectionClosed(code, last, reason, remote=False, fatal=True)
+        for st in list(self._streams.values()):
+            events.append(StreamReset(st.id, code, remote=False))
+        self._streams.clear()
+        events.append(self.closed)
+        return events
+
+    def _start_frame(self, header: bytes, events: list[Event]) -> None:
+        length, ftype, flags, sid = f.unpack_header(header)
+        if length > self.max_frame:
+            self._fail(events, f.FRAME_SIZE_ERROR, f"frame of {length} bytes exceeds our maximum {self.max_frame}")
+            return
+        if self._in_header_block and ftype != f.CONTINUATION:
+            self._fail(events, f.PROTOCOL_ERROR, "frame interleaved inside a header block")
+            return
+        if ftype == f.DATA:
+            self._start_data(length, flags, sid, events)
+        else:
+            self._frame = _OtherFrame(header, length=length)
+            if length == 0:
+                self._frame = None
+                self._finish_other(_OtherFrame(header, length=0), events)
+
+    # DATA ------------------------------------------------------------------------------------------------
+
+    def _start_data(self, length: int, flags: int, sid: int, events: list[Event]) -> None:
+        if sid == 0:
+            self._fail(events, f.PROTOCOL_ERROR, "DATA on stream 0")
+            return
+        if length > self._conn_recv_window:
+            self._fail(events, f.FLOW_CONTROL_ERROR,
+                       f"DATA of {length} bytes exceeds the connection window {self._conn_recv_window}")
+            return
+        self._conn_recv_window -= length
+        st = self._streams.get(sid)
+        if st is None:
+            # Not ours (closed, reset, or idle): let h2 judge an empty copy, return the window now.
+            self._feed_h2(f.data_header(0, sid, flags & f.END_STREAM), events)
+            if self._fatal:
+                return
+            self._ack_connection(length)
+            target = None
+        elif not st.receiving:
+            code = f.STREAM_CLOSED if st.recv_ended else f.PROTOCOL_ERROR
+            self._reset(st, code, emit=True, events=events)
+            self._ack_connection(length)
+            target = None
+        elif length > st.recv_window:
+            self._reset(st, f.FLOW_CONTROL_ERROR, emit=True, events=events)
+            self._ack_connection(length)
+            target = None
+        else:
+            st.recv_window -= length
+            target = st
+        padded = bool(flags & f.PADDED)
+        frame = _DataFrame(target, flags, payload_left=length, need_pad_len=padded)
+        if padded and length == 0:
+            self._fail(events, f.PROTOCOL_ERROR, "padded DATA frame without a pad length")
+            return
+        self._frame = frame
+        if length == 0:
+            self._end_data(frame, events)
+
+    def _continue_data(self, fr: _DataFrame, mv: memoryview, pos: int, n: int, events: list[Event]) -> int:
+        if fr.stream is not None and self._streams.get(fr.stream.id) is not fr.stream:
+            # Reset while this frame was arriving: drop the rest, but return its connection window.
+            fr.stream = None
+            self._ack_connection(fr.payload_left + fr.pad_left)
+        if fr.need_pad_len:
+            pad = mv[pos]
+            pos += 1
+            fr.need_pad_len = False
+            fr.payload_left -= 1
+            if pad > fr.payload_left:
+                self._fail(events, f.PROTOCOL_ERROR, "DATA padding longer than the frame")
+                return n
+            fr.pad_left = pad
+            fr.payload_left -= pad
+            if fr.stream is not None:
+                self.acknowledge(fr.stream.id, 1 + pad)  # padding is never seen by the reader
+        take = min(fr.payload_left, n - pos)
+        if take:
+            if fr.stream is not None:
+                events.append(Data(fr.stream.id, mv[pos:pos + take]))
+            fr.payload_left -= take
+            pos += take
+        if fr.payload_left == 0 and fr.pad_left:
+            skip = min(fr.pad_left, n - pos)
+            fr.pad_left -= skip
+            pos += skip
+        if fr.payload_left == 0 and fr.pad_left == 0 and not fr.need_pad_len:
+            self._end_data(fr, events)
+        return pos
+
+    def _end_data(self, fr: _DataFrame, events: list[Event]) -> None:
+        self._frame = None
+        st = fr.stream
+        if st is not None and fr.flags & f.END_STREAM and self._streams.get(st.id) is st:
+            # Tell h2 about the end of stream with an empty DATA frame, so its state stays exact.
+            self._feed_h2(f.data_header(0, st.id, f.END_STREAM), events)
+
+    # other frames -------------------------------------------------------------------------------------------
+
+    def _finish_other(self, fr: _OtherFrame, events: list[Event]) -> None:
+        length, ftype, flags, sid = f.unpack_header(fr.header)
+        if ftype == f.WINDOW_UPDATE:
+            self._window_update(length, sid, bytes(fr.body), events)
+            return
+        if ftype == f.GOAWAY:
+            self._goaway_received(length, sid, bytes(fr.body), events)
+            return
+        if ftype in (f.HEADERS, f.PUSH_PROMISE):
+            self._in_header_block = not flags & f.END_HEADERS
+        elif ftype == f.CONTINUATION:
+            self._in_header_block = not flags & f.END_HEADERS
+        self._feed_h2(fr.header + bytes(fr.body), events)
+
+    def _window_update(self, length: int, sid: int, body: bytes, events: list[Event]) -> None:
+        if length != 4:
+            self._fail(events, f.FRAME_SIZE_ERROR, "WINDOW_UPDATE must be 4 bytes")
+            return
+        inc = int.from_bytes(body, "big") & 0x7FFFFFFF
+        if sid == 0:
+            if inc == 0:
+                self._fail(events, f.PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection")
+                return
+            self._conn_send_window += inc
+            if self._conn_send_window > f.MAX_WINDOW:
+                self._fail(events, f.FLOW_CONTROL_ERROR, "connection send window overflow")
+                return
+            events.append(WindowAvailable(0))
+            return
+        st = self._streams.get(sid)
+        if st is None:
+            return  # may legitimately arrive after a stream closed (RFC 9113 §6.9)
+        if inc == 0:
+            self._reset(st, f.PROTOCOL_ERROR, emit=True, events=events)
+            return
+        st.send_window += inc
+        if st.send_window > f.MAX_WINDOW:
+            self._reset(st, f.FLOW_CONTROL_ERROR, emit=True, events=events)
+            return
+        events.append(WindowAvailable(sid))
+
+    def _goaway_received(self, length: int, sid: int, body: bytes, events: list[Event]) -> None:
+        if sid != 0:
+            self._fail(events, f.PROTOCOL_ERROR, "GOAWAY on a stream")
+            return
+        if length < 8:
+            self._fail(events, f.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
+            return
+        last = int.from_bytes(body[:4], "big") & 0x7FFFFFFF
+        code = int.from_bytes(body[4:8], "big")
+        reason = body[8:].decode(errors="replace")
+        ev = ConnectionClosed(code, last, reason, remote=True)
+        self.goaway_received = ev
+        if self.client_side:
+            # Streams the peer never processed are refused: the edge may retry them elsewhere.
+            for st in [s for s in self._streams.values() if s.id > last]:
+                self._reset(st, f.REFUSED_STREAM, emit=False)
+                events.append(StreamReset(st.id, f.REFUSED_STREAM, remote=True))
+        events.append(ev)
+
+    def _feed_h2(self, frame: bytes, events: list[Event]) -> None:
+        try:
+            h2_events = self._h2.receive_data(frame)
+        except h2.exceptions.ProtocolError as e:
+            code = int(getattr(e, "error_code", f.PROTOCOL_ERROR) or f.PROTOCOL_ERROR)
+            self._fail(events, code, f"protocol error: {e}")
+            return
+        for ev in h2_events:
+            self._translate(ev, events)
+
+    def _translate(self, ev: h2.events.Event, events: list[Event]) -> None:
+        if isinstance(ev, h2.events.RequestReceived):
+            self._on_request(ev, events)
+        elif isinstance(ev, h2.events.ResponseReceived):
+            st = self._streams.get(ev.stream_id)
+            if st is not None:
+                headers = _header_dict(ev.headers)
+                st.response = int(headers.get(":status", "0"))
+                st.receiving = st.response == 200
+                events.append(ConnectResponse(ev.stream_id, st.response, headers))
+        elif isinstance(ev, h2.events.StreamEnded):
+            st = self._streams.get(ev.stream_id)
+            if st is not None:
+                st.receiving = False
+                st.recv_ended = True
+                events.append(StreamEnded(ev.stream_id))
+                self._maybe_forget(st)
+        elif isinstance(ev, h2.events.StreamReset):
+            st = self._streams.pop(ev.stream_id, None)
+            if st is not None:
+                events.append(StreamReset(ev.stream_id, int(ev.error_code), remote=ev.remote_reset))
+        elif isinstance(ev, h2.events.RemoteSettingsChanged):
+            self._on_settings(ev, events)
+        elif isinstance(ev, h2.events.PingAckReceived):
+            events.append(PingAck(ev.ping_data))
+        # DataReceived (only our empty frames), TrailersReceived, SettingsAcknowledged, PingReceived
+        # (h2 answers it), PriorityUpdated, UnknownFrameReceived: nothing to do.
+
+    def _on_request(self, ev: h2.events.RequestReceived, events: list[Event]) -> None:
+        headers = _header_dict(ev.headers)
+        st = _Stream(ev.stream_id, send_window=self._peer_initial_window, recv_window=self.stream_window)
+        self._streams[ev.stream_id] = st
+        if self.closed is not None:
+            self._reset(st, f.REFUSED_STREAM, emit=False)  # opened after our GOAWAY: not processed
+            return
+        if headers.get(":method") != "CONNECT" or not headers.get(":authority"):
+            self.respond(ev.stream_id, 405, reason="HBONE accepts only CONNECT with :authority")
+            return
+        st.receiving = True  # an END_STREAM on the request arrives as a separate StreamEnded
+        events.append(ConnectRequest(ev.stream_id, headers[":authority"], headers))
+
+    def _on_settings(self, ev: h2.events.RemoteSettingsChanged, events: list[Event]) -> None:
+        changed = ev.changed_settings
+        if SettingCodes.MAX_FRAME_SIZE in changed:
+            self._max_out_frame = min(self.max_frame, changed[SettingCodes.MAX_FRAME_SIZE].new_value)
+        if SettingCodes.INITIAL_WINDOW_SIZE in changed:
+            new = changed[SettingCodes.INITIAL_WINDOW_SIZE].new_value
+            delta = new - self._peer_initial_window
+            self._peer_initial_window = new
+            for st in self._streams.values():
+                st.send_window += delta
+                if st.send_window > f.MAX_WINDOW:
+                    self._fail(events, f.FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE overflows a window")
+                    return
+            if delta > 0:
+                events.append(WindowAvailable(0))
+
+    # helpers ----------------------------------------------------------------------------------------------------
+
+    def _stream_or_raise(self, stream_id: int) -> _Stream:
+        st = self._streams.get(stream_id)
+        if st is None:
+            raise HBONEError(f"stream {stream_id} is not open")
+        return st
+
+    def _reset(self, st: _Stream, code: int, *, emit: bool, events: list[Event] | None = None) -> None:
+        self._streams.pop(st.id, None)
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self._h2.reset_stream(st.id, code)
+        self._drain_h2()
+        if emit and events is not None:
+            events.append(StreamReset(st.id, code, remote=False))
+
+    def _maybe_forget(self, st: _Stream) -> None:
+        if st.send_ended and st.recv_ended:
+            self._streams.pop(st.id, None)
+
+
+def _goaway(last_stream_id: int, code: int, reason: str) -> bytes:
+    debug = reason.encode()[:256]
+    return (f.pack_header(8 + len(debug), f.GOAWAY, 0, 0) + (last_stream_id & 0x7FFFFFFF).to_bytes(4, "big")
+            + code.to_bytes(4, "big") + debug)
+
+
+def _header_dict(headers: list[tuple[str, str]] | list[tuple[bytes, bytes]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in headers:
+        ks = k.decode() if isinstance(k, bytes) else k
+        vs = v.decode() if isinstance(v, bytes) else v
+        out[ks] = vs
+    return out

@@ -1,0 +1,294 @@
+"""asyncio edge of one HBONE connection: TLS transport in, `HBONEConnection` events out to streams.
+
+All protocol decisions live in the sans-IO `HBONEConnection`; this class only moves bytes, wakes
+streams, and keeps transport backpressure (pause/resume_writing) and stream queues in step.
+An error on one stream never touches the others or the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ambit.dataplane.hbone import frames as f
+from ambit.dataplane.hbone.connection import (
+    ConnectionClosed,
+    ConnectRequest,
+    ConnectResponse,
+    Data,
+    Event,
+    HBONEConnection,
+    HBONEError,
+    StreamEnded,
+    StreamReset,
+    WindowAvailable,
+)
+from ambit.dataplane.hbone.stream import HBONEStream, StreamResetError
+
+log = logging.getLogger("ambit.ztunnel.hbone")
+
+TURN = 1024 * 1024                  # bytes one stream may frame before the next gets a turn
+TRANSPORT_HIGH_WATER = 4 * 1024 * 1024
+TRANSPORT_LOW_WATER = 1024 * 1024
+
+
+class HBONEProtocol(asyncio.Protocol):
+    """Bridges an (already TLS-wrapped) transport and a sans-IO `HBONEConnection`.
+
+    Incoming bytes are buffered until `start()`, so the owner can verify the peer identity first.
+    """
+
+    def __init__(
+        self,
+        conn: HBONEConnection,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        on_request: Callable[[HBONEStream], None] | None = None,
+        on_unusable: Callable[[HBONEProtocol], None] | None = None,
+    ) -> None:
+        self.conn = conn
+        self.loop = loop
+        self.on_request = on_request
+        self.on_unusable = on_unusable      # GOAWAY or loss: the pool must stop handing us out
+        self.transport: asyncio.Transport | None = None
+        self.peer_identity = ""
+        self.context: object | None = None      # the pool's note of the TLS context it dialled with
+        self.streams: dict[int, HBONEStream] = {}
+        self.write_paused = False
+        self.lost = False
+        self._started = False
+        self._early: list[bytes] = []
+        self._pushq: dict[int, HBONEStream] = {}
+        self._flush_scheduled = False
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    # --- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def start(self, peer_identity: str) -> None:
+        """Peer verified: send our preface/SETTINGS and process anything that arrived meanwhile."""
+        assert self.transport is not None
+        self.peer_identity = peer_identity
+        self._started = True
+        try:
+            self.transport.set_write_buffer_limits(TRANSPORT_HIGH_WATER, TRANSPORT_LOW_WATER)
+        except (AttributeError, NotImplementedError):
+            pass
+        self.conn.initiate()
+        self._write_out()
+        early, self._early = self._early, []
+        for d in early:
+            self.data_received(d)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._started:
+            self._early.append(bytes(data))
+            return
+        try:
+            events = self.conn.receive_data(data)
+            self._dispatch(events)
+            self._flush_tx()
+        except Exception:  # a bug here must not leave every stream hanging
+            log.exception("HBONE connection to %s: internal error", self.peer_identity)
+            self.abort()
+            return
+        self._write_out()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        detail = f"connection lost: {exc}" if exc else "connection closed"
+        for st in list(self.streams.values()):
+            st._set_error(StreamResetError(st.stream_id, f.CANCEL, remote=True, detail=detail))
+        self.streams.clear()
+        self._pushq.clear()
+        if self.on_unusable is not None:
+            self.on_unusable(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._flush_tx()
+        self._write_out()
+        for st in list(self.streams.values()):
+            st._wake_writer()
+
+    # --- used by streams, pool and server ---------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        return not self.lost and self.conn.can_open_stream and not self.conn.dead
+
+    def open_stream(self, authority: str, headers: list[tuple[str, str]]) -> HBONEStream:
+        sid = self.conn.open_stream(authority, headers)
+        st = HBONEStream(self, sid, authority=authority, headers=dict(headers), peer_identity=self.peer_identity)
+        self.streams[sid] = st
+        self._schedule_flush()
+        return st
+
+    def push(self, st: HBONEStream) -> None:
+        """A stream has bytes (or its EOF) queued: frame them at the end of this loop iteration.
+
+        Deferred so that everything the streams queue in one iteration (a response and its EOF, many
+        tunnels' small writes) goes out as one TLS write: one record and one send() instead of one
+        each. `drain()` still sees the bytes as queued, so backpressure is unchanged.
+        """
+        self._pushq[st.stream_id] = st
+        self._schedule_flush()
+
+    def acknowledge(self, stream_id: int, n: int) -> None:
+        self.conn.acknowledge(stream_id, n)
+        self._schedule_flush()
+
+    def respond(self, st: HBONEStream, status: int, reason: str, headers: list[tuple[str, str]] | None) -> None:
+        self.conn.respond(st.stream_id, status, headers, reason)
+        if status != 200:
+            self._drop(st, StreamResetError(st.stream_id, f.NO_ERROR, remote=False, detail=f"refused with {status}"))
+        self._schedule_flush()
+
+    def reset(self, st: HBONEStream, code: int) -> None:
+        self.conn.reset_stream(st.stream_id, code)
+        self._drop(st, StreamResetError(st.stream_id, code, remote=False))
+        self._schedule_flush()
+        self._maybe_finish()
+
+    def close(self, reason: str = "") -> None:
+        """Graceful: GOAWAY now, close the transport once the last stream is done."""
+        self.conn.close(f.NO_ERROR, reason)
+        self._write_out()
+        if self.on_unusable is not None:
+            self.on_unusable(self)
+        self._maybe_finish()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # --- internals ------------------------------------------------------------------------------------------
+
+    def _dispatch(self, events: list[Event]) -> None:
+        for ev in events:
+            if isinstance(ev, Data):
+                st = self.streams.get(ev.stream_id)
+                if st is not None:
+                    st._feed(ev.data)
+                else:
+                    self.conn.acknowledge(ev.stream_id, len(ev.data))
+            elif isinstance(ev, StreamEnded):
+                st = self.streams.get(ev.stream_id)
+                if st is not None:
+                    st._feed_eof()
+                    self._forget_if_done(st)
+            elif isinstance(ev, WindowAvailable):
+                pass  # _flush_tx runs after every dispatch
+            elif isinstance(ev, ConnectResponse):
+                st = self.streams.get(ev.stream_id)
+                if st is not None:
+                    st._set_response(ev)
+            elif isinstance(ev, ConnectRequest):
+                self._on_connect_request(ev)
+            elif isinstance(ev, StreamReset):
+                st = self.streams.get(ev.stream_id)
+                if st is not None:
+                    self._drop(st, StreamResetError(ev.stream_id, ev.error_code, ev.remote))
+            elif isinstance(ev, ConnectionClosed):
+                if ev.remote:
+                    log.debug("GOAWAY from %s: code %d %s", self.peer_identity, ev.error_code, ev.reason)
+                else:
+                    log.warning("HBONE connection to %s failed: %s", self.peer_identity, ev.reason)
+                if self.on_unusable is not None:
+                    self.on_unusable(self)
+                if ev.fatal:
+                    self._write_out()
+                    if self.transport is not None:
+                        self.transport.close()
+        self._maybe_finish()
+
+    def _on_connect_request(self, ev: ConnectRequest) -> None:
+        st = HBONEStream(self, ev.stream_id, authority=ev.authority, headers=ev.headers,
+                         peer_identity=self.peer_identity)
+        self.streams[ev.stream_id] = st
+        if self.on_request is None:
+            self.respond(st, 501, "this endpoint accepts no tunnels", None)
+            return
+        self.on_request(st)
+
+    def _drop(self, st: HBONEStream, exc: Exception) -> None:
+        self.streams.pop(st.stream_id, None)
+        self._pushq.pop(st.stream_id, None)
+        dropped = st._set_error(exc)
+        if dropped:
+            self.conn.acknowledge(st.stream_id, dropped)  # unread bytes: give the window back
+
+    def _forget_if_done(self, st: HBONEStream) -> None:
+        if st.is_closed:
+            self.streams.pop(st.stream_id, None)
+            self._pushq.pop(st.stream_id, None)
+
+    def _flush_tx(self) -> None:
+        """Frame queued stream bytes into the connection, round robin, as windows allow."""
+        conn = self.conn
+        progress = True
+        while progress and self._pushq and not self.write_paused:
+            progress = False
+            for sid, st in list(self._pushq.items()):
+                try:
+                    if st._tx:
+                        view = st._tx[0]
+                        n = conn.send_data(sid, view[:TURN] if len(view) > TURN else view)
+                        if n:
+                            progress = True
+                            st._tx_bytes -= n
+                            if n == len(view):
+                                st._tx.popleft()
+                            else:
+                                st._tx[0] = view[n:]
+                    if not st._tx:
+                        del self._pushq[sid]
+                        if st._tx_eof and not st._tx_eof_sent:
+                            conn.end_stream(sid)
+                            st._sent_eof()
+                            self._forget_if_done(st)
+                except HBONEError as e:
+                    self._drop(st, StreamResetError(sid, f.STREAM_CLOSED, remote=False, detail=str(e)))
+                    continue
+                if st._tx_bytes <= st.high_water:
+                    st._wake_writer()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        self._flush_scheduled = False
+        if self.lost:
+            return
+        try:
+            self._flush_tx()
+        except Exception:  # a bug here must not leave every stream hanging
+            log.exception("HBONE connection to %s: internal error", self.peer_identity)
+            self.abort()
+            return
+        self._write_out()
+
+    def _write_out(self) -> None:
+        out = self.conn.data_to_send()
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(out)
+
+    def _maybe_finish(self) -> None:
+        if self.streams or self.transport is None or self.transport.is_closing():
+            return
+        if self.conn.closed is not None or self.conn.goaway_received is not None:
+            self._write_out()
+            self.transport.close()

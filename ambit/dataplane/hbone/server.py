@@ -1,0 +1,137 @@
+"""HBONE server: accept mTLS on a caller-supplied listening socket and hand out CONNECT tunnels.
+
+The caller creates the socket (ztunnel opens it inside the destination pod's netns, on :15008) and
+supplies the TLS context through a provider called for every handshake (from OpenSSL's servername
+callback, see `tls.selecting_server_context`), so a rotated certificate or trust bundle applies to
+the next handshake without restarting the listener. TLS is set up by asyncio's server itself, not
+by `start_tls` on an accepted plain transport: uvloop's `start_tls` stalls when the ClientHello is
+already queued on the socket, which is the normal case for a busy server. After the handshake
+the client's SPIFFE id is extracted from its verified certificate and passed to `on_connect`
+together with the requested authority and headers; `on_connect` decides (authorization), answers
+with `stream.respond(200)` or an error status, and relays. Whatever it does, a misbehaving
+callback only ever affects its own stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+
+from ambit.dataplane import tls
+from ambit.dataplane.hbone.connection import HBONEConnection
+from ambit.dataplane.hbone.protocol import HBONEProtocol
+from ambit.dataplane.hbone.stream import HBONEStream
+
+log = logging.getLogger("ambit.ztunnel.hbone")
+
+OnConnect = Callable[[HBONEStream, str, str, dict[str, str]], Awaitable[None]]
+
+
+class _ServerSide(HBONEProtocol):
+    """An accepted HBONE connection: asyncio hands it the TLS transport once the handshake is done;
+    it checks the negotiated policy and the peer's identity before speaking HTTP/2."""
+
+    def __init__(self, server: HBONEServer, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(server._new_conn(), loop=loop, on_request=server._on_request)
+        self.server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sslobj = transport.get_extra_info("ssl_object")
+            tls.check_negotiated(sslobj)
+            peer = tls.peer_identity(sslobj)
+        except (ssl.SSLError, ValueError, AttributeError) as e:
+            self.server.handshake_failures += 1
+            log.info("HBONE connection from %s refused: %s", transport.get_extra_info("peername"), e)
+            transport.abort()
+            return
+        self.server.connections.add(self)
+        self.closed.add_done_callback(lambda _f: self.server.connections.discard(self))
+        self.start(peer.uri)
+
+
+class HBONEServer:
+    """Serves HBONE on `sock` (already bound and listening); see the module docstring."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        server_context: Callable[[], ssl.SSLContext],
+        on_connect: OnConnect,
+        *,
+        handshake_timeout: float = 10.0,
+        connection_factory: Callable[[], HBONEConnection] | None = None,
+    ) -> None:
+        self.sock = sock
+        self._server_context = server_context
+        self.on_connect = on_connect
+        self.handshake_timeout = handshake_timeout
+        self._new_conn = connection_factory or (lambda: HBONEConnection(client_side=False))
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.connections: set[HBONEProtocol] = set()
+        self.handshake_failures = 0     # handshakes that completed but were refused afterwards
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        ctx = tls.selecting_server_context(self._server_context)
+        self._server = await loop.create_server(lambda: _ServerSide(self, loop), sock=self.sock, ssl=ctx,
+                                                ssl_handshake_timeout=self.handshake_timeout)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop accepting, GOAWAY every connection, let tunnels drain for `grace` s, then abort."""
+        if self._server is not None:
+            self._server.close()
+        for p in list(self.connections):
+            p.close("server shutting down")
+        conns = [p.closed for p in self.connections]
+        if conns:
+            _, pending = await asyncio.wait(conns, timeout=grace)
+            if pending:
+                for p in list(self.connections):
+                    p.abort()
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_request(self, st: HBONEStream) -> None:
+        self._spawn(self._serve_stream(st))
+
+    async def _serve_stream(self, st: HBONEStream) -> None:
+        try:
+            await self.on_connect(st, st.peer_identity, st.authority, st.headers)
+        except asyncio.CancelledError:
+            st.reset()
+            raise
+        except Exception as e:
+            log.exception("HBONE on_connect for %s from %s failed", st.authority, st.peer_identity)
+            if not st.responded and not st.is_closed:
+                with contextlib.suppress(Exception):
+                    st.respond(500, f"internal error: {type(e).__name__}")
+            else:
+                st.reset()
+            return
+        if not st.responded and not st.is_closed:
+            st.respond(500, "handler returned without answering")
+        elif not st.is_closed:
+            st.close()

@@ -1,0 +1,334 @@
+"""One HBONE tunnel as an asyncio byte stream: `read()` / `write()` / `drain()` / `write_eof()` / `close()`.
+
+Backpressure both ways:
+- receive: bytes are returned to the peer's flow-control window only when `read()` hands them to
+  the caller, so a caller that stops reading (e.g. because its own socket is full) stops the peer
+  after one stream window;
+- send: `write()` queues; the connection frames queued bytes as windows allow; `drain()` waits
+  while more than `high_water` bytes are queued or the TLS transport is paused.
+
+`read_chunk()` returns a zero-copy view of received bytes, for relays that write them straight to
+another transport. Relays can go further with `attach(sink)` (push mode): received bytes are handed
+to the sink as they arrive, with no queue and no task waiting on `read()`, and `pause_reading()` /
+`resume_reading()` hold back the flow-control window instead (the transport contract, applied to
+the tunnel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
+
+from ambit.dataplane.hbone import frames as f
+from ambit.dataplane.hbone.connection import ConnectResponse
+
+if TYPE_CHECKING:
+    from ambit.dataplane.hbone.protocol import HBONEProtocol
+
+HIGH_WATER = 1024 * 1024
+
+
+class StreamResetError(ConnectionResetError):
+    """The tunnel was aborted (RST_STREAM) or its connection died."""
+
+    def __init__(self, stream_id: int, error_code: int, remote: bool, detail: str = "") -> None:
+        who = "peer" if remote else "local"
+        super().__init__(f"HBONE stream {stream_id} reset by {who} (error {error_code}){': ' + detail if detail else ''}")
+        self.stream_id = stream_id
+        self.error_code = error_code
+        self.remote = remote
+
+
+class StreamSink(Protocol):
+    """Receives a tunnel's events in push mode (`HBONEStream.attach`). Called from the connection's
+    protocol callbacks: must not block, may call back into the stream."""
+
+    def tunnel_data(self, data: memoryview) -> None: ...
+    def tunnel_eof(self) -> None: ...
+    def tunnel_error(self, exc: Exception) -> None: ...
+    def tunnel_writable(self) -> None: ...
+
+
+class HBONEStream:
+    """A CONNECT tunnel. Create through `HBONEClientPool.connect` or receive in `HBONEServer`."""
+
+    def __init__(self, proto: HBONEProtocol, stream_id: int, *, authority: str, headers: dict[str, str],
+                 peer_identity: str, high_water: int = HIGH_WATER) -> None:
+        self._proto = proto
+        self.stream_id = stream_id
+        self.authority = authority
+        self.headers = headers
+        self.peer_identity = peer_identity
+        self.high_water = high_water
+        self.response: ConnectResponse | None = None
+        self._rx: deque[memoryview] = deque()
+        self._rx_bytes = 0
+        self._rx_eof = False
+        self._tx: deque[memoryview] = deque()
+        self._tx_bytes = 0
+        self._tx_eof = False          # write_eof() called
+        self._tx_eof_sent = False
+        self._error: Exception | None = None
+        self._responded = False
+        self._rx_waiter: asyncio.Future[None] | None = None
+        self._tx_waiter: asyncio.Future[None] | None = None
+        self._response_waiter: asyncio.Future[ConnectResponse] = proto.loop.create_future()
+        self._closed: asyncio.Future[None] = proto.loop.create_future()
+        self._sink: StreamSink | None = None
+        self._rx_paused = False       # push mode: window updates held back while paused
+        self._rx_held = 0             # push mode: bytes delivered but not yet acknowledged
+
+    def __repr__(self) -> str:
+        return f"<HBONEStream {self.stream_id} {self.authority} peer={self.peer_identity}>"
+
+    # --- reading --------------------------------------------------------------------------------
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to `n` bytes (all buffered if n < 0); b"" at EOF; raises `StreamResetError` if aborted."""
+        await self._wait_readable()
+        if not self._rx:
+            return b""
+        if n < 0 or n >= self._rx_bytes:
+            views = list(self._rx)
+            self._rx.clear()
+            data = b"".join(views)
+        else:
+            parts: list[memoryview] = []
+            want = n
+            while want:
+                v = self._rx[0]
+                if len(v) <= want:
+                    parts.append(self._rx.popleft())
+                    want -= len(v)
+                else:
+                    parts.append(v[:want])
+                    self._rx[0] = v[want:]
+                    want = 0
+            data = b"".join(parts)
+        self._consumed(len(data))
+        return data
+
+    async def read_chunk(self) -> memoryview | bytes:
+        """The next received piece without copying; b"" at EOF."""
+        await self._wait_readable()
+        if not self._rx:
+            return b""
+        v = self._rx.popleft()
+        self._consumed(len(v))
+        return v
+
+    # --- push mode ----------------------------------------------------------------------------------
+
+    def attach(self, sink: StreamSink) -> None:
+        """Push mode: hand received bytes, EOF and errors to `sink` as they happen (no `read()`).
+
+        Bytes queued before the call are delivered at once, then EOF or the error if already
+        there. The window is returned to the peer as soon as the sink took the bytes, unless
+        `pause_reading()` is in effect: then the peer stops after one stream window.
+        """
+        self._sink = sink
+        while self._rx:
+            v = self._rx.popleft()
+            self._rx_bytes -= len(v)
+            self._deliver(sink, v)
+        if self._error is not None:
+            sink.tunnel_error(self._error)
+        elif self._rx_eof:
+            sink.tunnel_eof()
+
+    def pause_reading(self) -> None:
+        """Push mode: stop returning window to the peer (its sends stop after one window)."""
+        self._rx_paused = True
+
+    def resume_reading(self) -> None:
+        self._rx_paused = False
+        if self._rx_held and self._error is None:
+            n, self._rx_held = self._rx_held, 0
+            self._proto.acknowledge(self.stream_id, n)
+
+    def writable(self) -> bool:
+        """True if `drain()` would return at once: below `high_water` and the connection not paused."""
+        return self._error is None and self._tx_bytes <= self.high_water and not self._proto.write_paused
+
+    def _deliver(self, sink: StreamSink, v: memoryview) -> None:
+        sink.tunnel_data(v)
+        if self._rx_paused:
+            self._rx_held += len(v)
+        elif self._error is None:
+            self._proto.acknowledge(self.stream_id, len(v))
+
+    async def readexactly(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            chunk = await self.read(n - len(out))
+            if not chunk:
+                raise asyncio.IncompleteReadError(bytes(out), n)
+            out += chunk
+        return bytes(out)
+
+    def at_eof(self) -> bool:
+        return self._rx_eof and not self._rx
+
+    async def _wait_readable(self) -> None:
+        while not self._rx and not self._rx_eof:
+            if self._error is not None:
+                raise self._error
+            self._rx_waiter = self._proto.loop.create_future()
+            try:
+                await self._rx_waiter
+            finally:
+                self._rx_waiter = None
+        if self._error is not None and not self._rx:
+            raise self._error
+
+    def _consumed(self, n: int) -> None:
+        self._rx_bytes -= n
+        self._proto.acknowledge(self.stream_id, n)
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue bytes for the peer. Mutable buffers are copied; `bytes` are sent by reference."""
+        if self._error is not None:
+            raise self._error
+        if self._tx_eof:
+            raise RuntimeError(f"{self!r}: write after write_eof()")
+        if not data:
+            return
+        view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        self._tx.append(view)
+        self._tx_bytes += len(view)
+        self._proto.push(self)
+
+    async def drain(self) -> None:
+        """Wait until the queue is below `high_water` and the connection can take more."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._tx_bytes <= self.high_water and not self._proto.write_paused:
+                return
+            self._tx_waiter = self._proto.loop.create_future()
+            try:
+                await self._tx_waiter
+            finally:
+                self._tx_waiter = None
+
+    def write_eof(self) -> None:
+        """Half-close: the peer reads EOF after everything written so far. Reading continues."""
+        if self._tx_eof or self._error is not None:
+            return
+        self._tx_eof = True
+        self._proto.push(self)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def reset(self, error_code: int = f.CANCEL) -> None:
+        """Abort the tunnel (RST_STREAM); queued and unread bytes are dropped."""
+        if self._error is None:
+            self._proto.reset(self, error_code)
+
+    def close(self) -> None:
+        """Finish the tunnel: graceful if the peer already ended its side, otherwise a reset.
+
+        A relay calls `write_eof()` when its local side ends and `close()` when both sides are done.
+        """
+        if self._error is not None or self._closed.done():
+            return
+        if self._rx_eof:
+            self.write_eof()
+        else:
+            self.reset(f.CANCEL)
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed.done()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        """The underlying TLS transport's info (`ssl_object`, `peername`, `sockname`, ...)."""
+        t = self._proto.transport
+        return t.get_extra_info(name, default) if t is not None else default
+
+    # --- server side ---------------------------------------------------------------------------------
+
+    def respond(self, status: int = 200, reason: str = "", headers: list[tuple[str, str]] | None = None) -> None:
+        """Server: answer the CONNECT; 200 opens the tunnel, anything else refuses it."""
+        if self._responded:
+            raise RuntimeError(f"{self!r}: already responded")
+        if self._error is not None:
+            raise self._error
+        self._responded = True
+        self._proto.respond(self, status, reason, headers)
+
+    @property
+    def responded(self) -> bool:
+        return self._responded
+
+    # --- called by the protocol ------------------------------------------------------------------------
+
+    def _feed(self, data: memoryview) -> None:
+        sink = self._sink
+        if sink is not None:
+            self._deliver(sink, data)
+            return
+        self._rx.append(data)
+        self._rx_bytes += len(data)
+        self._wake_reader()
+
+    def _feed_eof(self) -> None:
+        self._rx_eof = True
+        self._wake_reader()
+        self._maybe_closed()
+        if self._sink is not None:
+            self._sink.tunnel_eof()
+
+    def _set_response(self, resp: ConnectResponse) -> None:
+        self.response = resp
+        if not self._response_waiter.done():
+            self._response_waiter.set_result(resp)
+
+    def _set_error(self, exc: Exception) -> int:
+        """Abort: wake everyone with `exc`; returns unread bytes for the connection to reclaim."""
+        first = self._error is None
+        if first:
+            self._error = exc
+        dropped = self._rx_bytes + self._rx_held
+        self._rx.clear()
+        self._rx_bytes = 0
+        self._rx_held = 0
+        self._tx.clear()
+        self._tx_bytes = 0
+        self._wake_reader()
+        self._wake_writer()
+        if not self._response_waiter.done():
+            self._response_waiter.set_exception(exc)
+            self._response_waiter.exception()  # mark retrieved: nobody may be waiting
+        if not self._closed.done():
+            self._closed.set_result(None)
+        if first and self._sink is not None:
+            self._sink.tunnel_error(exc)
+        return dropped
+
+    def _sent_eof(self) -> None:
+        self._tx_eof_sent = True
+        self._maybe_closed()
+
+    def _maybe_closed(self) -> None:
+        if self._rx_eof and self._tx_eof_sent and not self._closed.done():
+            self._closed.set_result(None)
+
+    def _wake_reader(self) -> None:
+        w = self._rx_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _wake_writer(self) -> None:
+        w = self._tx_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        if self._sink is not None and self._error is None:
+            self._sink.tunnel_writable()

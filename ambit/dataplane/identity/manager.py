@@ -1,0 +1,428 @@
+"""The identity manager: one certificate per workload identity on this node, kept fresh.
+
+For each SPIFFE id ztunnel serves (the service accounts of pods on its node) it generates an ECDSA
+P-256 key and CSR, asks the CA through a pluggable fetcher, and rotates at half of the
+certificate's actual validity, so a CA outage of up to half a lifetime (12 h by default) is
+invisible to traffic. Failures retry with jittered exponential backoff, so a fleet of nodes does
+not stampede a recovering CA. Connections for a pod whose first certificate has not arrived yet
+wait for it with a bound and then fail with `CertificateUnavailable`, which names the reason.
+
+Time comes from an injected `Clock`, so the schedule is tested without real sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ambit import identity as ident
+from ambit.api import ca_pb2, ca_pb2_grpc
+from ambit.backoff import Backoff
+from ambit.clock import Clock, SystemClock
+from ambit.dataplane.trust import TrustBundle, spiffe_id_of
+
+log = logging.getLogger("ambit.ztunnel.certs")
+
+DEFAULT_TTL = 24 * 3600.0
+
+
+class CertificateUnavailable(Exception):
+    """No valid certificate for `identity` within the wait bound; `reason` says why."""
+
+    def __init__(self, identity: str, reason: str) -> None:
+        super().__init__(f"no certificate for {identity}: {reason}")
+        self.identity = identity
+        self.reason = reason
+
+
+class CertificateFetchError(Exception):
+    """The CA refused or could not be reached; `code` is the gRPC status name when there is one."""
+
+    def __init__(self, identity: str, code: str, detail: str) -> None:
+        super().__init__(f"fetching certificate for {identity} failed: {code}: {detail}")
+        self.identity = identity
+        self.code = code
+        self.detail = detail
+
+
+# --- certificates --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WorkloadCertificate:
+    """A private key with its chain (leaf first) and the trust bundle it came with."""
+
+    identity: str
+    key_pem: bytes = field(repr=False)
+    chain_pem: tuple[str, ...]
+    bundle: TrustBundle
+    serial: int
+    not_before: float   # epoch seconds
+    not_after: float
+
+    @property
+    def refresh_at(self) -> float:
+        """Half-life of the actual validity window (notBefore..notAfter)."""
+        return self.not_before + (self.not_after - self.not_before) / 2
+
+    def valid_at(self, now: float) -> bool:
+        return self.not_before <= now < self.not_after
+
+    @classmethod
+    def from_pems(cls, identity: str, key_pem: bytes, chain_pem: Iterable[str], bundle_pems: Iterable[str]
+                  ) -> WorkloadCertificate:
+        """Build from a CA response, checking the chain really certifies `identity` under the bundle."""
+        chain = tuple(chain_pem)
+        if not chain:
+            raise ValueError(f"certificate for {identity}: CA returned an empty chain")
+        bundle = TrustBundle.from_pems(bundle_pems)
+        certs = [c for p in chain for c in x509.load_pem_x509_certificates(p.encode())]
+        leaf = certs[0]
+        got = spiffe_id_of(leaf).uri
+        if got != identity:
+            raise ValueError(f"certificate for {identity}: CA issued {got}")
+        bundle.verify(certs)  # a CA bug or a MITM on the CA channel must not hand us a foreign chain
+        key = serialization.load_pem_private_key(key_pem, None)
+        pub = serialization.PublicFormat.SubjectPublicKeyInfo
+        der = serialization.Encoding.DER
+        if key.public_key().public_bytes(der, pub) != leaf.public_key().public_bytes(der, pub):
+            raise ValueError(f"certificate for {identity}: leaf does not match our key")
+        return cls(identity, key_pem, chain, bundle, leaf.serial_number,
+                   leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp())
+
+
+def make_key_and_csr(identity: str) -> tuple[bytes, bytes]:
+    """A fresh P-256 key and a CSR naming exactly `identity` as its URI SAN."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+
+
+# --- the on-disk store ----------------------------------------------------------------------------------
+
+class CertStore:
+    """Keeps each identity's current key and chain in `directory` (0700; files 0600), so that a
+    restarted ztunnel serves at once with still-valid certificates, even while the CA is down.
+
+    Trade-off: the keys are on the node's disk. They are the keys the node holds anyway (it is
+    authorized for exactly these identities), for at most one certificate lifetime; put the
+    directory on tmpfs (an emptyDir with medium Memory) to keep them off persistent storage.
+    Everything read back is re-verified (`WorkloadCertificate.from_pems`): a tampered or foreign
+    file is ignored, never used.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+
+    def _path(self, identity: str) -> Path:
+        return self.dir / (hashlib.sha256(identity.encode()).hexdigest()[:32] + ".json")
+
+    def save(self, cert: WorkloadCertificate) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        doc = {"identity": cert.identity, "key_pem": cert.key_pem.decode(), "chain_pem": list(cert.chain_pem),
+               "bundle_pems": cert.bundle.pems()}
+        path = self._path(cert.identity)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(doc).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def load(self, identity: str, now: float) -> WorkloadCertificate | None:
+        """The stored certificate for `identity` if it is still valid at `now` and verifies."""
+        path = self._path(identity)
+        try:
+            doc = json.loads(path.read_text())
+            cert = WorkloadCertificate.from_pems(identity, doc["key_pem"].encode(), doc["chain_pem"],
+                                                 doc["bundle_pems"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring stored certificate %s for %s: %s", path, identity, e)
+            return None
+        return cert if cert.valid_at(now) else None
+
+    def remove(self, identity: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(identity).unlink()
+
+
+# --- fetchers ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FetchResult:
+    chain_pem: list[str]
+    trust_bundle: list[str]
+
+
+class CertificateFetcher(Protocol):
+    async def fetch(self, identity: str, csr_pem: bytes, ttl_seconds: int) -> FetchResult: ...
+
+
+class GrpcCertificateFetcher:
+    """Calls `ambit.ca.v1.CertificateService/CreateCertificate` as node `node`.
+
+    `token` is a callable so a rotating projected service-account token is re-read on every call.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, node: str, token: Callable[[], str], *, timeout: float = 10.0
+                 ) -> None:
+        self._stub = ca_pb2_grpc.CertificateServiceStub(channel)
+        self.node = node
+        self._token = token
+        self.timeout = timeout
+
+    async def fetch(self, identity: str, csr_pem: bytes, ttl_seconds: int) -> FetchResult:
+        req = ca_pb2.CSRRequest(csr_pem=csr_pem.decode(), identity=identity, ttl_seconds=int(ttl_seconds))
+        md = (("authorization", f"Bearer {self._token()}"), ("x-ambit-node", self.node))
+        try:
+            resp = await self._stub.CreateCertificate(req, metadata=md, timeout=self.timeout)
+        except grpc.aio.AioRpcError as e:
+            raise CertificateFetchError(identity, e.code().name, e.details() or "") from None
+        return FetchResult(list(resp.cert_chain), list(resp.trust_bundle))
+
+
+def next_delay(cert: WorkloadCertificate | None, failures: int, now: float, backoff: Backoff, rand: float,
+               min_delay: float = 0.1) -> float:
+    """When to try again: at half-life after a success, with backoff after failures.
+
+    While a still-valid certificate exists, a retry is never scheduled after its expiry.
+    """
+    if failures == 0 and cert is not None:
+        return max(min_delay, cert.refresh_at - now)
+    delay = backoff.delay(failures, rand)
+    if cert is not None and cert.not_after > now:
+        delay = min(delay, max(min_delay, (cert.not_after - now) / 2))
+    return max(min_delay, delay)
+
+
+# --- the manager ----------------------------------------------------------------------------------------
+
+class State:
+    INITIALIZING = "INITIALIZING"        # first fetch in flight
+    VALID = "VALID"
+    ROTATION_FAILING = "ROTATION_FAILING"  # still valid, but refreshing keeps failing
+    UNAVAILABLE = "UNAVAILABLE"          # never got one; the last attempt failed
+    EXPIRED = "EXPIRED"
+
+
+@dataclass
+class _Entry:
+    identity: str
+    cert: WorkloadCertificate | None = None
+    failures: int = 0
+    last_error: str = ""
+    next_attempt: float = 0.0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class IdentityManager:
+    """Fetches, caches and rotates workload certificates; see the module docstring."""
+
+    def __init__(
+        self,
+        fetcher: CertificateFetcher,
+        *,
+        ttl: float = DEFAULT_TTL,
+        clock: Clock | None = None,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+        on_update: Callable[[WorkloadCertificate], Any] | None = None,
+        store: CertStore | None = None,
+    ) -> None:
+        self.fetcher = fetcher
+        self.ttl = ttl
+        self.clock = clock or SystemClock()
+        self.backoff = backoff or Backoff()
+        self.rng = rng or random.Random()
+        self.on_update = on_update
+        self.store = store
+        self._entries: dict[str, _Entry] = {}
+        self._closed = False
+
+    # public API
+
+    def prefetch(self, identities: Iterable[str]) -> None:
+        """Start managing these identities now, so the first connection finds a certificate."""
+        for i in identities:
+            self._ensure(i)
+
+    def forget(self, identity: str) -> None:
+        """Stop rotating an identity no pod on this node uses any more."""
+        e = self._entries.pop(identity, None)
+        if e and e.task:
+            e.task.cancel()
+        if self.store is not None:
+            self.store.remove(identity)
+
+    def identities(self) -> list[str]:
+        return sorted(self._entries)
+
+    def retry_failed(self) -> list[str]:
+        """Retry at once every identity that has no certificate and is waiting out a backoff.
+
+        For events that make success likely (the CA came up, the node's credential appeared, the
+        control plane learnt of a new pod), so a first certificate does not wait a whole backoff
+        interval. Returns the identities retried.
+        """
+        if self._closed:
+            return []
+        retried = []
+        for e in self._entries.values():
+            if e.cert is None and e.failures > 0 and e.task is not None:
+                e.task.cancel()
+                e.task = asyncio.get_running_loop().create_task(self._run(e), name=f"cert:{e.identity}")
+                retried.append(e.identity)
+        return retried
+
+    def current(self, identity: str) -> WorkloadCertificate | None:
+        """The valid certificate now, without waiting."""
+        e = self._entries.get(identity)
+        if e and e.cert and e.cert.valid_at(self.clock.now()):
+            return e.cert
+        return None
+
+    async def get(self, identity: str, timeout: float) -> WorkloadCertificate:
+        """A valid certificate for `identity`, waiting at most `timeout` seconds for one."""
+        entry = self._ensure(identity)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if entry.cert and entry.cert.valid_at(self.clock.now()):
+                return entry.cert
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise CertificateUnavailable(identity, self._why(entry, timeout))
+            entry.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(entry.changed.wait(), remaining)
+            if self._entries.get(identity) is not entry:
+                raise CertificateUnavailable(identity, "identity is no longer managed on this node")
+
+    def dump(self) -> list[dict[str, Any]]:
+        """Per identity: serial, validity, state, error — for the admin endpoint."""
+        now = self.clock.now()
+        out = []
+        for i in sorted(self._entries):
+            e = self._entries[i]
+            c = e.cert
+            out.append({
+                "identity": i,
+                "state": self._state(e, now),
+                "serial": f"{c.serial:x}" if c else None,
+                "not_before": _iso(c.not_before) if c else None,
+                "not_after": _iso(c.not_after) if c else None,
+                "next_attempt": _iso(e.next_attempt) if e.next_attempt else None,
+                "failures": e.failures,
+                "last_error": e.last_error or None,
+            })
+        return out
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [e.task for e in self._entries.values() if e.task]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._entries.clear()
+
+    # internals
+
+    def _ensure(self, identity: str) -> _Entry:
+        if self._closed:
+            raise CertificateUnavailable(identity, "identity manager is closed")
+        e = self._entries.get(identity)
+        if e is None:
+            ident.parse(identity)  # refuse garbage early, with the reason
+            e = _Entry(identity)
+            if self.store is not None:
+                e.cert = self.store.load(identity, self.clock.now())
+                if e.cert is not None:
+                    log.info("certificate for %s: serial %x from the store, valid until %s", identity,
+                             e.cert.serial, _iso(e.cert.not_after))
+            self._entries[identity] = e
+            e.task = asyncio.get_running_loop().create_task(self._run(e), name=f"cert:{identity}")
+        return e
+
+    @staticmethod
+    def _state(e: _Entry, now: float) -> str:
+        if e.cert is None:
+            return State.UNAVAILABLE if e.failures else State.INITIALIZING
+        if now >= e.cert.not_after:
+            return State.EXPIRED
+        return State.ROTATION_FAILING if e.failures else State.VALID
+
+    def _why(self, e: _Entry, timeout: float) -> str:
+        state = self._state(e, self.clock.now())
+        if e.last_error:
+            return f"{state} after {e.failures} failed attempt(s); last error: {e.last_error}"
+        return f"{state}: no certificate from the CA within {timeout:g}s"
+
+    async def _fetch_once(self, identity: str) -> WorkloadCertificate:
+        key_pem, csr_pem = make_key_and_csr(identity)
+        res = await self.fetcher.fetch(identity, csr_pem, int(self.ttl))
+        return WorkloadCertificate.from_pems(identity, key_pem, res.chain_pem, res.trust_bundle)
+
+    async def _run(self, e: _Entry) -> None:
+        if e.cert is not None and e.failures == 0:   # loaded from the store: renew at its half-life
+            delay = next_delay(e.cert, 0, self.clock.now(), self.backoff, self.rng.random())
+            e.next_attempt = self.clock.now() + delay
+            await self.clock.sleep(delay)
+        while True:
+            try:
+                cert = await self._fetch_once(e.identity)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure: keep the old cert, back off, retry
+                e.failures += 1
+                e.last_error = str(exc)
+                log.warning("certificate fetch for %s failed (%d in a row): %s", e.identity, e.failures, exc)
+            else:
+                e.cert, e.failures, e.last_error = cert, 0, ""
+                log.info("certificate for %s: serial %x valid until %s", e.identity, cert.serial,
+                         _iso(cert.not_after))
+                if self.store is not None:
+                    try:
+                        self.store.save(cert)
+                    except OSError as exc:
+                        log.warning("cannot store the certificate for %s: %s", e.identity, exc)
+                if self.on_update is not None:
+                    try:
+                        self.on_update(cert)
+                    except Exception:
+                        log.exception("on_update callback failed for %s", e.identity)
+            e.changed.set()
+            now = self.clock.now()
+            delay = next_delay(e.cert, e.failures, now, self.backoff, self.rng.random())
+            e.next_attempt = now + delay
+            await self.clock.sleep(delay)
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")

@@ -1,0 +1,32 @@
+"""Every mesh port and socket mark, in one place.
+
+These numbers are the contract between the capture layer (agent/, bpf/) and the proxies (ztunnel/,
+waypoint/): the eBPF programs redirect to these ports, ztunnel listens on them, and the agent's
+routing rule matches the mark. bpf/ambit_maps.h carries the same values for the C side; a unit
+test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+# ztunnel's listeners inside every enrolled pod's netns.
+PORT_OUTBOUND = 15001   # 127.0.0.1: redirected outbound connect()s
+PORT_INBOUND = 15006    # 0.0.0.0: captured plaintext inbound
+PORT_HBONE = 15008      # 0.0.0.0: mTLS HBONE, never captured
+# ztunnel's node-level endpoints (node netns).
+PORT_ADMIN = 15000      # 127.0.0.1: config dump, certificates, workloads
+PORT_METRICS = 15020
+PORT_READY = 15021
+ZTUNNEL_PORTS = (PORT_OUTBOUND, PORT_INBOUND, PORT_HBONE, PORT_METRICS, PORT_READY)
+
+# The socket mark ztunnel sets (SO_MARK) on its *source-preserving delivery* sockets in a pod
+# netns: bound to the client's IP with IP_TRANSPARENT and connected to the app. With
+# net.ipv4.tcp_fwmark_accept=1 the app's accepted socket inherits the mark, and the rule
+# `fwmark AMBIT_MARK/AMBIT_MARK_MASK lookup AMBIT_ROUTE_TABLE` (table: local 0.0.0.0/0 dev lo)
+# routes the app's replies back over lo to ztunnel instead of out of eth0 to the real client.
+# Do not set it on ztunnel's other sockets: they would be routed to lo too.
+AMBIT_MARK = 0x539
+AMBIT_MARK_MASK = 0xFFF
+AMBIT_ROUTE_TABLE = 133
+AMBIT_RULE_PRIORITY = 32700   # before the main table (32766)
+
+SO_ORIGINAL_DST = 80          # SOL_IP; answered by ambit_origdst (ebpf) or conntrack (iptables)

@@ -1,0 +1,51 @@
+"""`ambit`: the command line for the lab, configuration and diagnostics.
+
+Each command group lives in its own module under ambitctl/commands and registers itself here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules under ambitctl.commands that provide register(subparsers); a missing one is skipped so a
+# partial install still gives a working CLI for what it has.
+COMMAND_MODULES = ["lab", "check", "config", "mesh", "install", "bench"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ambit", description="Ambit: a sidecar-free service mesh.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in COMMAND_MODULES:
+        try:
+            m = importlib.import_module(f"ambitctl.commands.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name == f"ambitctl.commands.{mod}":
+                continue
+            raise
+        m.register(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "func", None):
+        ap.print_help()
+        sys.exit(2)
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # every command's expected failures are one-line errors, not tracebacks
+        from ambitctl.errors import is_user_error
+        if not is_user_error(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(rc or 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""`ambit apply`, `ambit delete` and `ambit get`: kubectl-like configuration commands for the lab store.
+
+apply validates the whole batch first and writes nothing unless every object is valid; then it
+writes the batch in one store transaction (all-or-nothing) and reports each object as kubectl does:
+`virtualservice.networking.istio.io/reviews created|configured|unchanged`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from calendar import timegm
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from ambit.labstore import LabStore, StoreError
+from ambitctl.lab.paths import store_path
+from controller.kinds import BY_KIND, KindSpec, all_names, by_name
+from controller.validation import ValidationError, object_key, validate_all
+
+Obj = dict[str, Any]
+
+
+class InputError(Exception):
+    pass
+
+
+# -- reading manifests -----------------------------------------------------------------------------
+
+def _files(target: str) -> list[Path]:
+    p = Path(target)
+    if p.is_dir():
+        return sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml", ".json") and f.is_file())
+    if not p.exists():
+        raise InputError(f'the path "{target}" does not exist')
+    return [p]
+
+
+def _documents(text: str, origin: str) -> list[Obj]:
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as e:
+        raise InputError(f"{origin}: not valid YAML: {e}") from None
+    out: list[Obj] = []
+    for i, d in enumerate(docs):
+        if d is None:
+            continue
+        if not isinstance(d, dict):
+            raise InputError(f"{origin}: document {i + 1} is not an object")
+        if d.get("kind") == "List" and isinstance(d.get("items"), list):
+            out.extend(d["items"])
+        else:
+            out.append(d)
+    return out
+
+
+def load_manifests(targets: Iterable[str], stdin: TextIO | None = None) -> list[Obj]:
+    """Objects from files, directories (their *.yaml, *.yml, *.json) and "-" (stdin), in order."""
+    out: list[Obj] = []
+    for t in targets:
+        if t == "-":
+            out += _documents((stdin or sys.stdin).read(), "<stdin>")
+        else:
+            for f in _files(t):
+                out += _documents(f.read_text(), str(f))
+    return out
+
+
+def _set_namespace(objs: list[Obj], namespace: str | None) -> None:
+    """kubectl -n: fill in the namespace of namespaced objects; refuse a conflicting one."""
+    for o in objs:
+        spec = BY_KIND.get(o.get("kind", "")) if isinstance(o, dict) else None
+        md = o.get("metadata") if isinstance(o, dict) else None
+        if spec is None or not spec.namespaced or not isinstance(md, dict):
+            continue
+        if namespace:
+            if md.get("namespace") and md["namespace"] != namespace:
+                raise InputError(f'the namespace from the provided object "{md["namespace"]}" does not match '
+                                 f'the namespace "{namespace}". You must pass \'--namespace={md["namespace"]}\'')
+            md["namespace"] = namespace
+        else:
+            md.setdefault("namespace", "default")
+
+
+def _display(obj: Obj) -> str:
+    spec = BY_KIND[obj["kind"]]
+    return f"{spec.qualified(obj.get('apiVersion', ''))}/{obj['metadata']['name']}"
+
+
+def _resource(spec: KindSpec, api_version: str) -> str:
+    """kubectl's resource name in errors: `virtualservices.networking.istio.io`, `pods`."""
+    group = spec.group_of(api_version) or spec.groups[0][0]
+    return f"{spec.plural}.{group}" if group else spec.plural
+
+
+def _store() -> LabStore:
+    return LabStore(store_path())
+
+
+# -- apply / delete --------------------------------------------------------------------------------
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    out, err = _streams(args)
+    try:
+        objs = load_manifests(args.filename, getattr(args, "stdin", None))
+        _set_namespace(objs, args.namespace)
+        if not objs:
+            raise InputError("no objects passed to apply")
+        validate_all(objs)
+    except InputError as e:
+        print(f"error: {e}", file=err)
+        return 1
+    except ValidationError as e:
+        for fe in e.errors:
+            print(f"error: {fe}", file=err)
+        print(f"error: {len(e.errors)} problem(s) found; nothing was applied", file=err)
+        return 1
+    store = _store()
+    before = store.snapshot()
+    try:
+        rev = store.apply(objs)
+    except StoreError as e:
+        print(f"error: {e}", file=err)
+        return 1
+    after = store.snapshot().objects
+    for o in objs:
+        key = object_key(o)
+        written = rev != before.revision and (after.get(key, {}).get("metadata") or {}).get("resourceVersion") == str(rev)
+        verdict = ("configured" if key in before.objects else "created") if written else "unchanged"
+        print(f"{_display(o)} {verdict}", file=out)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    out, err = _streams(args)
+    store = _store()
+    try:
+        if args.filename:
+            objs = load_manifests(args.filename, getattr(args, "stdin", None))
+            _set_namespace(objs, args.namespace)
+            targets = []
+            for o in objs:
+                spec = BY_KIND.get(o.get("kind", ""))
+                if spec is None or not (o.get("metadata") or {}).get("name"):
+                    raise InputError(f"cannot delete {o.get('kind')!r} {o.get('metadata', {}).get('name')!r}: "
+                                     "kind and metadata.name are required")
+                targets.append((spec, o.get("apiVersion", ""), object_key(o)))
+        else:
+            if not args.kind or not args.names:
+                raise InputError("pass -f FILE, or KIND and NAME")
+            spec = _resolve(args.kind)
+            ns = "" if not spec.namespaced else (args.namespace or "default")
+            targets = [(spec, "", (spec.kind, ns, n)) for n in args.names]
+    except InputError as e:
+        print(f"error: {e}", file=err)
+        return 1
+    snap = store.snapshot().objects
+    store.delete([k for _, _, k in targets if k in snap])
+    rc = 0
+    for spec, api_version, key in targets:
+        api_version = api_version or (snap.get(key) or {}).get("apiVersion", "")
+        qualified = spec.qualified(api_version)
+        if key in snap:
+            print(f'{qualified} "{key[2]}" deleted', file=out)
+        elif not args.ignore_not_found:
+            print(f'Error from server (NotFound): {_resource(spec, api_version)} "{key[2]}" not found', file=err)
+            rc = 1
+    return rc
+
+
+# -- get --------------------------------------------------------------------------------------------
+
+def _resolve(name: str) -> KindSpec:
+    spec = by_name(name)
+    if spec is None:
+        raise InputError(f'the server doesn\'t have a resource type "{name}" (known: {", ".join(all_names())})')
+    return spec
+
+
+def _age(obj: Obj, now: float) -> str:
+    ts = (obj.get("metadata") or {}).get("creationTimestamp")
+    if not ts:
+        return "<unknown>"
+    try:
+        secs = max(0, int(now - timegm(time.strptime(ts, "%Y-%m-%dT%H:%M:%SZ"))))
+    except ValueError:
+        return "<unknown>"
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= n:
+            return f"{secs // n}{unit}"
+    return f"{secs}s"
+
+
+def _join(values: Iterable[Any]) -> str:
+    s = ",".join(str(v) for v in values)
+    return s or "<none>"
+
+
+def _labels(obj: Obj) -> str:
+    return _join(f"{k}={v}" for k, v in sorted(((obj.get("metadata") or {}).get("labels") or {}).items()))
+
+
+def _spec(o: Obj) -> Obj:
+    return o.get("spec") or {}
+
+
+Column = tuple[str, Callable[[Obj], str]]
+_COLUMNS: dict[str, list[Column]] = {
+    "Pod": [("STATUS", lambda o: (o.get("status") or {}).get("phase", "Unknown")),
+            ("IP", lambda o: (o.get("status") or {}).get("podIP") or "<none>"),
+            ("NODE", lambda o: _spec(o).get("nodeName") or "<none>")],
+    "Service": [("CLUSTER-IP", lambda o: _spec(o).get("clusterIP") or "<none>"),
+                ("PORT(S)", lambda o: _join(f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in _spec(o).get("ports") or []))],
+    "Namespace": [("STATUS", lambda o: "Active")],
+    "Node": [("INTERNAL-IP", lambda o: _join(a.get("address") for a in (o.get("status") or {}).get("addresses") or []
+                                             if a.get("type") == "InternalIP"))],
+    "EndpointSlice": [("ADDRESSTYPE", lambda o: o.get("addressType", "")),
+                      ("PORTS", lambda o: _join(p.get("port") for p in o.get("ports") or [])),
+                      ("ENDPOINTS", lambda o: _join(a for e in o.get("endpoints") or [] for a in e.get("addresses") or []))],
+    "VirtualService": [("GATEWAYS", lambda o: _join(_spec(o).get("gateways") or [])),
+                       ("HOSTS", lambda o: _join(_spec(o).get("hosts") or []))],
+    "DestinationRule": [("HOST", lambda o: _spec(o).get("host", ""))],
+    "AuthorizationPolicy": [("ACTION", lambda o: _spec(o).get("action") or "ALLOW")],
+    "PeerAuthentication": [("MODE", lambda o: (_spec(o).get("mtls") or {}).get("mode") or "UNSET")],
+    "HTTPRoute": [("HOSTNAMES", lambda o: _join(_spec(o).get("hostnames") or []))],
+    "GRPCRoute": [("HOSTNAMES", lambda o: _join(_spec(o).get("hostnames") or []))],
+    "Gateway": [("CLASS", lambda o: _spec(o).get("gatewayClassName", ""))],
+}
+_WIDE: dict[str, list[Column]] = {
+    "Pod": [("SERVICE-ACCOUNT", lambda o: _spec(o).get("serviceAccountName") or "default"), ("LABELS", _labels)],
+    "Service": [("SELECTOR", lambda o: _join(f"{k}={v}" for k, v in sorted((_spec(o).get("selector") or {}).items())))],
+    "HTTPRoute": [("PARENTS", lambda o: _join(f"{p.get('kind', 'Gateway')}/{p['name']}" for p in _spec(o).get("parentRefs") or []))],
+    "GRPCRoute": [("PARENTS", lambda o: _join(f"{p.get('kind', 'Gateway')}/{p['name']}" for p in _spec(o).get("parentRefs") or []))],
+}
+
+
+def format_table(spec: KindSpec, objs: list[Obj], all_namespaces: bool, wide: bool, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    cols: list[Column] = []
+    if all_namespaces and spec.namespaced:
+        cols.append(("NAMESPACE", lambda o: (o.get("metadata") or {}).get("namespace", "")))
+    cols.append(("NAME", lambda o: (o.get("metadata") or {}).get("name", "")))
+    cols += _COLUMNS.get(spec.kind, [])
+    cols.append(("AGE", lambda o: _age(o, now)))
+    if wide:
+        cols += _WIDE.get(spec.kind, [("LABELS", _labels)])
+    rows = [[h for h, _ in cols]] + [[f(o) for _, f in cols] for o in objs]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    out, err = _streams(args)
+    try:
+        spec = _resolve(args.kind)
+    except InputError as e:
+        print(f"error: {e}", file=err)
+        return 1
+    ns = None if (args.all_namespaces or not spec.namespaced) else (args.namespace or "default")
+    snap = _store().snapshot()
+    objs = snap.list(spec.kind, "" if not spec.namespaced else ns)
+    if args.name:
+        objs = [o for o in objs if o["metadata"]["name"] == args.name]
+        if not objs:
+            print(f'Error from server (NotFound): {_resource(spec, "")} "{args.name}" not found', file=err)
+            return 1
+    if args.output in ("yaml", "json"):
+        doc: Any = objs[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": objs,
+                                              "metadata": {"resourceVersion": str(snap.revision)}}
+        if args.output == "json":
+            print(json.dumps(doc, indent=2, sort_keys=True), file=out)
+        else:
+            print(yaml.safe_dump(doc, sort_keys=False).rstrip(), file=out)
+        return 0
+    if not objs:
+        where = "" if not spec.namespaced or args.all_namespaces else f" in {ns} namespace"
+        print(f"No resources found{where}.", file=err)
+        return 0
+    print(format_table(spec, objs, bool(args.all_namespaces), args.output == "wide"), file=out)
+    return 0
+
+
+# -- wiring --------------------------------------------------------------------------------------
+
+def _streams(args: argparse.Namespace) -> tuple[TextIO, TextIO]:
+    return getattr(args, "stdout", None) or sys.stdout, getattr(args, "stderr", None) or sys.stderr
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `apply`, `delete` and `get` to the `ambit` command line. Each sets `func(args) -> int`."""
+    p = subparsers.add_parser("apply", help="validate and apply configuration (all-or-nothing)")
+    p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-",
+                   help="a manifest file, a directory of them, or - for stdin (repeatable)")
+    p.add_argument("-n", "--namespace", help="namespace for objects that do not name one")
+    p.set_defaults(func=cmd_apply)
+
+    p = subparsers.add_parser("delete", help="delete configuration by file or by kind and name")
+    p.add_argument("kind", nargs="?", help="kind (vs, dr, ap, pa, po, svc, ns, ...)")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("-f", "--filename", action="append", metavar="FILE|DIR|-")
+    p.add_argument("-n", "--namespace")
+    p.add_argument("--ignore-not-found", action="store_true")
+    p.set_defaults(func=cmd_delete)
+
+    p = subparsers.add_parser("get", help="list or show objects in the lab store")
+    p.add_argument("kind", help="kind: name, plural or short name (vs, dr, ap, pa, po, svc, ns, ...)")
+    p.add_argument("name", nargs="?")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-n", "--namespace")
+    g.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("-o", "--output", choices=("yaml", "json", "wide"))
+    p.set_defaults(func=cmd_get)

@@ -1,0 +1,165 @@
+"""`ambit lab ...` and `ambit label namespace ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from ambitctl.lab import lab, paths, state
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lab", help="the netns lab: nodes and pods on this machine")
+    ls = p.add_subparsers(dest="lab_command", metavar="ACTION")
+
+    up = ls.add_parser("up", help="build the lab and start its processes")
+    up.add_argument("--spec", help="lab spec YAML (default: the built-in demo spec)")
+    up.add_argument("--nodes", type=int, help="number of nodes (default 2)")
+    up.add_argument("--name", default=os.environ.get("AMBIT_LAB_NAME", "ambit"), help="lab name prefix")
+    up.add_argument("--capture", choices=["ebpf", "iptables"], default="ebpf",
+                    help="how pod traffic reaches ztunnel (iptables is the comparison baseline)")
+    up.add_argument("--cert-ttl", type=float, metavar="SECONDS",
+                    help="lifetime of workload certificates (default 24h; rotated at half-life), "
+                         "e.g. 60 to watch rotation")
+    up.set_defaults(func=cmd_up)
+
+    down = ls.add_parser("down", help="remove the lab and everything it created")
+    down.add_argument("--name", default=os.environ.get("AMBIT_LAB_NAME"),
+                      help="lab name (default: the one in the state file, else 'ambit')")
+    down.set_defaults(func=cmd_down)
+
+    st = ls.add_parser("status", help="show nodes, pods, processes and capture state")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    ex = ls.add_parser("exec", help="run a command in a pod's netns and cgroup")
+    ex.add_argument("pod", metavar="NS/POD")
+    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    ex.set_defaults(func=cmd_exec)
+
+    lg = ls.add_parser("logs", help="show a component's log")
+    lg.add_argument("component", help="controller | agent | ztunnel | waypoint | NS/POD | supervisor")
+    lg.add_argument("--node")
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.set_defaults(func=cmd_logs)
+
+    for action in ("stop", "start", "restart"):
+        a = ls.add_parser(action, help=f"{action} a lab process (e.g. controller, agent --node node1)")
+        a.add_argument("component")
+        a.add_argument("--node")
+        a.set_defaults(func=cmd_proc, action=action)
+
+    dm = ls.add_parser("demo", help="bring up the lab (if needed) and walk through what Ambit does")
+    dm.set_defaults(func=cmd_demo)
+
+    lb = sub.add_parser("label", help="set or remove labels (namespaces), e.g. to enrol in the mesh")
+    lb.add_argument("kind", choices=["namespace", "ns"])
+    lb.add_argument("name")
+    lb.add_argument("labels", nargs="+", metavar="KEY=VALUE|KEY-")
+    lb.set_defaults(func=cmd_label)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    spec = lab.load_spec(args.spec, args.nodes)
+    if args.cert_ttl is not None and args.cert_ttl < 10:
+        raise lab.LabError(f"--cert-ttl {args.cert_ttl:g}: must be at least 10 seconds")
+    lab.up(spec, name=args.name, capture=args.capture, cert_ttl=args.cert_ttl)
+    lab.progress(f"lab is up; state and logs in {paths.lab_dir()}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    lab.down(name=args.name)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    s = lab.status()
+    if args.json:
+        print(lab.dump_json(s))
+        return 0
+    print(f"lab {s['name']}  (state: {s['labDir']}, logs: {s['logDir']}, capture: {s['capture']})")
+    print("\nNODES")
+    for n in s["nodes"]:
+        print(f"  {n['name']:<8} netns {n['netns']:<16} underlay {n['underlayIP']:<12} pods {n['podCIDR']}")
+    print("\nNAMESPACES")
+    for ns in s["namespaces"]:
+        labels = ",".join(f"{k}={v}" for k, v in ns["labels"].items()) or "-"
+        print(f"  {ns['name']:<10} {labels}")
+    print("\nPODS")
+    print(f"  {'POD':<22} {'NODE':<7} {'IP':<13} {'PID':<8} {'CAPTURE':<10}")
+    for p in s["pods"]:
+        cap = p["capture"] if isinstance(p["capture"], str) else p["capture"].get("state", "?")
+        print(f"  {p['namespace'] + '/' + p['name']:<22} {p['node']:<7} {p['ip']:<13} "
+              f"{p['pid'] or '-'!s:<8} {cap:<10}")
+    print("\nSERVICES")
+    for sv in s["services"]:
+        print(f"  {sv['namespace'] + '/' + sv['name']:<22} {sv['vip']:<13} ports {sv['ports']}")
+    print("\nPROCESSES")
+    for k, v in s["processes"].items():
+        if not k.startswith("pod/"):
+            print(f"  {k:<22} pid {v['pid'] or '-'!s:<8} restarts {v['restarts']}")
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    argv = args.argv[1:] if args.argv and args.argv[0] == "--" else args.argv
+    if not argv:
+        print("error: give a command after --", file=sys.stderr)
+        return 2
+    lab.exec_in_pod(args.pod, argv)
+    return 0  # not reached
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    f = lab.log_file(args.component, args.node)
+    if not f.exists():
+        print(f"error: no log at {f} (is the component running?)", file=sys.stderr)
+        return 1
+    if args.follow:
+        os.execvp("tail", ["tail", "-n", "+1", "-F", str(f)])
+    sys.stdout.write(f.read_text(errors="replace"))
+    return 0
+
+
+def proc_id(component: str, node: str | None) -> str:
+    if "/" in component:
+        return f"pod/{component}"
+    if component in ("agent", "ztunnel", "waypoint"):
+        if not node:
+            raise lab.LabError(f"{component} runs per node: give --node")
+        return f"{component}/{node}"
+    return component
+
+
+def cmd_proc(args: argparse.Namespace) -> int:
+    pid_id = proc_id(args.component, args.node)
+    with state.editing() as st:
+        try:
+            p = st.proc(pid_id)
+        except KeyError:
+            raise lab.LabError(f"no lab process {pid_id!r} (have: {', '.join(x.id for x in st.processes)})") from None
+        if args.action == "stop":
+            p.enabled = False
+        elif args.action == "start":
+            p.enabled = True
+    if args.action == "restart":
+        pid = state.runtime().get(pid_id, {}).get("pid")
+        if pid:
+            subprocess.run(["kill", "-TERM", str(pid)], check=False)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ambitctl.lab import demo
+    return demo.run()
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    rev = lab.label_namespace(args.name, args.labels)
+    print(json.dumps({"namespace": args.name, "revision": rev}) if os.environ.get("AMBIT_JSON")
+          else f"namespace/{args.name} labeled")
+    return 0

@@ -1,0 +1,176 @@
+"""Which processes a lab runs, and how to ask them whether they are ready.
+
+Apps run in their pod's cgroup and netns. The mesh components (controller, agents, ztunnels) are
+added here as they exist; each node's agent and ztunnel run in that node's netns, in cgroups of
+their own (ztunnel's cgroup is where the getsockopt program is attached).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ambit import cgroups
+from ambitctl.lab.spec import LabSpec
+from ambitctl.lab.state import LabState, ProcSpec
+from ambitctl.lab.topology import NETNS_RUN_DIR, LabNames
+
+
+def zds_socket(base: Path, node: str) -> Path:
+    return base / node / "zds.sock"
+
+
+def agent_status_file(base: Path, node: str) -> Path:
+    return base / f"agent-{node}.status.json"
+
+
+def agent_config_cache(base: Path, node: str) -> Path:
+    """The agent's copy of its last good Workloads: a restart during a controller outage keeps enrolling."""
+    return base / node / "agent-config.json"
+
+
+def controller_socket(base: Path) -> Path:
+    """The controller's gRPC socket (config stream + CA): a file, so that ztunnels in node netns
+    reach it without any route to the host."""
+    return base / "controller.sock"
+
+
+def ztunnel_admin_socket(base: Path, node: str) -> Path:
+    return base / node / "admin.sock"
+
+
+def ztunnel_metrics_socket(base: Path, node: str) -> Path:
+    """The node's ztunnel metrics (Prometheus text) on a unix socket, scrapable from the host."""
+    return base / node / "metrics.sock"
+
+
+def node_token_file(base: Path, node: str) -> Path:
+    """The node's CA credential; the controller writes it (controller/ca_setup.py), ztunnel reads it."""
+    from controller.ca_setup import token_file
+    return token_file(base, node)
+
+
+def controller_process(names: LabNames, base: Path) -> ProcSpec:
+    cg = cgroups.create(names.component_cgroup(None, "controller"))  # the topology makes only system/
+    return ProcSpec(
+        id="controller", component="controller", cgroup=str(cg),
+        argv=[sys.executable, "-m", "controller", "--lab-store", str(base / "store.json"),
+              "--listen", f"unix:{controller_socket(base)}", "--ca-dir", str(base / "ca"),
+              "--node-token-dir", str(base)])
+
+
+def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
+              cert_ttl: float | None = None) -> list[ProcSpec]:
+    procs: list[ProcSpec] = [controller_process(names, base)]
+    py = sys.executable
+    for n in spec.nodes:
+        node_ns = str(NETNS_RUN_DIR / names.node_netns(n.name))
+        zt_cg = names.component_cgroup(n.name, "ztunnel")
+        procs.append(ProcSpec(
+            id=f"ztunnel/{n.name}", component="ztunnel", node=n.name, netns=node_ns, cgroup=str(zt_cg),
+            argv=[py, "-m", "ztunnel", "--node", n.name, "--zds-socket", str(zds_socket(base, n.name)),
+                  "--controller", f"unix:{controller_socket(base)}",
+                  "--config-cache", str(base / n.name / "config-cache.json"),
+                  "--admin-socket", str(ztunnel_admin_socket(base, n.name)),
+                  "--node-token-file", str(node_token_file(base, n.name)),
+                  "--cert-cache", str(base / n.name / "certs"),
+                  "--trust-domain", spec.trust_domain,
+                  "--metrics-socket", str(ztunnel_metrics_socket(base, n.name)),
+                  *(["--cert-ttl", str(cert_ttl)] if cert_ttl else [])]))
+        procs.append(ProcSpec(
+            id=f"agent/{n.name}", component="agent", node=n.name, netns=node_ns,
+            cgroup=str(names.component_cgroup(n.name, "agent")),
+            argv=[py, "-m", "agent", "--node", n.name, "--controller", f"unix:{controller_socket(base)}",
+                  "--config-cache", str(agent_config_cache(base, n.name)), "--pod-paths", "controller",
+                  "--zds-socket", str(zds_socket(base, n.name)), "--ztunnel-cgroup", str(zt_cg),
+                  "--pin-base", str(names.bpf_pin_base), "--node-ip", n.gateway_ip, "--capture", capture,
+                  "--status-file", str(agent_status_file(base, n.name))]))
+    for p in spec.pods:
+        procs.append(ProcSpec(
+            id=f"pod/{p.namespace}/{p.name}", component="app", node=p.node, argv=list(p.command),
+            cgroup=str(names.pod_cgroup(p.node, p.namespace, p.name)),
+            netns=str(NETNS_RUN_DIR / names.pod_netns(p.namespace, p.name)),
+            hosts_netns=names.pod_netns(p.namespace, p.name),
+            env={"POD_NAME": p.name, "POD_NAMESPACE": p.namespace, "POD_IP": p.ip, "NODE_NAME": p.node,
+                 "POD_LABELS": json.dumps(p.labels)}))
+    return procs
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports in LISTEN state in the netns of `pid` (read from its /proc/<pid>/net/tcp)."""
+    ports: set[int] = set()
+    for f in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{f}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) > 3 and cols[3] == "0A":
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def not_ready(st: LabState, base: Path) -> list[str]:
+    """Processes that run but are not ready yet: apps whose declared ports are not listening."""
+    from ambitctl.lab.state import runtime
+    rt = runtime(base)
+    waiting = []
+    if not controller_socket(base).exists():   # it binds only once its first config is translated
+        waiting.append("controller")
+    for n in st.spec["nodes"]:
+        if (not zds_socket(base, n["name"]).exists() or not ztunnel_synced(base, n["name"])
+                or not ztunnel_certs_ready(base, n["name"])):
+            waiting.append(f"ztunnel/{n['name']}")
+        if not agent_status_file(base, n["name"]).exists():
+            waiting.append(f"agent/{n['name']}")
+    for p in st.spec["pods"]:
+        pid = rt.get(f"pod/{p['namespace']}/{p['name']}", {}).get("pid")
+        want = {int(x["containerPort"]) for x in p.get("ports") or []}
+        if pid and want and not want <= listening_ports(pid):
+            waiting.append(f"pod/{p['namespace']}/{p['name']}")
+    return waiting
+
+
+def remove_runtime_files(base: Path, nodes: list[str]) -> None:
+    """What the mesh components leave in the lab dir (sockets, node tokens, config caches, the CA,
+    agent status files); `lab down` calls this so a later lab never starts from a stale cache."""
+    import shutil
+    for n in nodes:
+        shutil.rmtree(base / n, ignore_errors=True)
+        agent_status_file(base, n).unlink(missing_ok=True)
+    shutil.rmtree(base / "ca", ignore_errors=True)
+    controller_socket(base).unlink(missing_ok=True)
+
+
+def ztunnel_synced(base: Path, node: str) -> bool:
+    """Has the node's ztunnel received the controller's config (its admin /healthz/ready)?"""
+    from ambit.dataplane import endpoint
+    try:
+        return endpoint.get_json(ztunnel_admin_socket(base, node), "/healthz/ready", timeout=1.0)[0] == 200
+    except (OSError, ValueError):
+        return False
+
+
+def ztunnel_certs_ready(base: Path, node: str) -> bool:
+    """Does the node's ztunnel hold a valid certificate for every identity it manages (admin /certs)?
+    Without this a lab would be "up" while its first mTLS connections still wait for the CA."""
+    from ambit.dataplane import endpoint
+    try:
+        status, certs = endpoint.get_json(ztunnel_admin_socket(base, node), "/certs", timeout=1.0)
+    except (OSError, ValueError):
+        return False
+    return status == 200 and all(c.get("state") == "VALID" for c in certs or [])
+
+
+def capture_status(st: LabState, base: Path) -> dict[str, Any]:
+    """Per pod "NS/NAME" -> capture state, from what each node's agent reports."""
+    out: dict[str, Any] = {}
+    for f in sorted(base.glob("agent-*.status.json")):
+        try:
+            out.update(json.loads(f.read_text()).get("pods", {}))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out

@@ -1,0 +1,91 @@
+"""The lab's state file: what was built and which processes the supervisor must keep running.
+
+The supervisor re-reads it when it changes, so adding a process (a waypoint, say) or disabling one
+(to simulate an outage) is a write to this file, not a new IPC protocol.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ambitctl.lab import paths
+
+
+@dataclass
+class ProcSpec:
+    id: str                      # "controller", "agent/node1", "ztunnel/node1", "pod/demo/echo-v1"
+    component: str               # controller | agent | ztunnel | waypoint | app
+    argv: list[str]
+    cgroup: str
+    netns: str = ""              # path; "" = the host netns
+    node: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    hosts_netns: str = ""        # for apps: run through `ip netns exec` so /etc/netns/<ns>/hosts applies
+    enabled: bool = True
+
+    @property
+    def log_name(self) -> str:
+        return self.id.replace("/", "-")
+
+
+@dataclass
+class LabState:
+    name: str
+    lab_dir: str
+    spec: dict[str, Any]
+    processes: list[ProcSpec] = field(default_factory=list)
+    capture: str = "ebpf"
+    etc_netns_created: bool = False
+
+    def proc(self, pid_id: str) -> ProcSpec:
+        for p in self.processes:
+            if p.id == pid_id:
+                return p
+        raise KeyError(pid_id)
+
+
+def save(state: LabState, base: Path | None = None) -> None:
+    path = paths.state_path(base)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=1))
+    os.replace(tmp, path)
+
+
+def load(base: Path | None = None) -> LabState | None:
+    try:
+        d = json.loads(paths.state_path(base).read_text())
+    except FileNotFoundError:
+        return None
+    d["processes"] = [ProcSpec(**p) for p in d.get("processes", [])]
+    return LabState(**d)
+
+
+@contextmanager
+def editing(base: Path | None = None):
+    """Read-modify-write the state under a lock."""
+    lock = (base or paths.lab_dir()) / "state.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        st = load(base)
+        if st is None:
+            raise FileNotFoundError("no lab is up (no state file)")
+        yield st
+        save(st, base)
+    finally:
+        os.close(fd)
+
+
+def runtime(base: Path | None = None) -> dict[str, Any]:
+    """What the supervisor last wrote about its children: pid, restarts, exit codes."""
+    try:
+        return json.loads(((base or paths.lab_dir()) / "procs.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}

@@ -1,0 +1,133 @@
+"""The lab supervisor: starts the lab's processes and keeps them running.
+
+It plays the part of the kubelet: every process (controller, agent, ztunnel, app pods) is started
+in its cgroup and netns, its output goes to a log file, and when it exits it is restarted with
+backoff. The process list comes from the state file and is re-read when the file changes.
+Run as `python -m ambitctl.lab.supervisor LAB_DIR` (detached by `ambit lab up`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ambit.netns import preexec_enter
+from ambitctl.lab import paths, state
+from ambitctl.lab.state import ProcSpec
+
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
+
+
+@dataclass
+class Child:
+    spec: ProcSpec
+    popen: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    backoff: float = BACKOFF_MIN
+    next_start: float = 0.0
+    last_exit: int | None = None
+    started_at: float = 0.0
+
+
+def start(spec: ProcSpec, log_dir: Path) -> subprocess.Popen[bytes]:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = open(log_dir / f"{spec.log_name}.log", "ab", buffering=0)
+    env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}
+    if spec.hosts_netns:
+        # Apps go through `ip netns exec` so that /etc/netns/<ns>/hosts is their /etc/hosts.
+        argv = ["ip", "netns", "exec", spec.hosts_netns, *spec.argv]
+        pre = preexec_enter(None, Path(spec.cgroup))
+    else:
+        argv = spec.argv
+        pre = preexec_enter(spec.netns or None, Path(spec.cgroup))
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                preexec_fn=pre, start_new_session=True)
+    finally:
+        log.close()
+
+
+def stop(child: Child, grace: float = 3.0) -> None:
+    p = child.popen
+    if p is None or p.poll() is not None:
+        return
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        p.wait(grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+
+
+def main(lab_dir: str) -> None:
+    base = Path(lab_dir)
+    log_dir = paths.log_dir(base)
+    children: dict[str, Child] = {}
+    stopping = False
+
+    def on_term(_sig: int, _frm: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    state_mtime = None
+    last_written = None
+    while not stopping:
+        try:
+            m = paths.state_path(base).stat().st_mtime_ns
+        except FileNotFoundError:
+            break  # the lab is gone
+        if m != state_mtime:
+            state_mtime = m
+            st = state.load(base)
+            wanted = {p.id: p for p in (st.processes if st else []) if p.enabled}
+            for cid in list(children):
+                if cid not in wanted or wanted[cid] != children[cid].spec:
+                    stop(children.pop(cid))
+            for cid, spec in wanted.items():
+                if cid not in children:
+                    children[cid] = Child(spec)
+        now = time.monotonic()
+        for c in children.values():
+            if c.popen is not None and c.popen.poll() is not None:
+                c.last_exit = c.popen.returncode
+                c.popen = None
+                # Back off only for crash loops; a process that ran a while restarts at once.
+                c.backoff = BACKOFF_MIN if now - c.started_at > 10 else min(c.backoff * 2, BACKOFF_MAX)
+                c.next_start = now + c.backoff
+                c.restarts += 1
+            if c.popen is None and now >= c.next_start:
+                try:
+                    c.popen = start(c.spec, log_dir)
+                    c.started_at = now
+                except OSError as e:
+                    print(f"supervisor: cannot start {c.spec.id}: {e}", file=sys.stderr, flush=True)
+                    c.next_start = now + BACKOFF_MAX
+        snapshot = {cid: {"pid": c.popen.pid if c.popen else None, "restarts": c.restarts,
+                          "last_exit": c.last_exit, "component": c.spec.component, "node": c.spec.node}
+                    for cid, c in children.items()}
+        if snapshot != last_written:
+            tmp = base / "procs.tmp"
+            tmp.write_text(json.dumps(snapshot))
+            os.replace(tmp, base / "procs.json")
+            last_written = snapshot
+        time.sleep(0.1)
+    for c in children.values():
+        stop(c)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

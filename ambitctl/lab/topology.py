@@ -1,0 +1,257 @@
+"""Build and tear down the lab's kernel objects: netns, veths, bridges, routes, cgroups.
+
+Everything the lab creates is named from one prefix (the lab name and a dot), so teardown works by
+*enumerating what exists with that prefix* rather than trusting a state file. That is what makes
+`lab down` safe after a crash, a Ctrl-C during `up`, or a SIGKILLed agent.
+
+Layout (default name "ambit", 2 nodes):
+
+    ambit.ul      underlay netns, bridge br-ul (L2 only)
+    ambit.node1   ul0 10.200.0.1/24 on the underlay; br0 10.210.1.1/24 for its pods; ip_forward
+    ambit.demo.client   eth0 10.210.1.11/24, default via 10.210.1.1; veth peer on node1's br0
+    cgroups       <cg2>/ambit-lab/{supervisor,system,node1/{agent,ztunnel,pods/<ns>.<pod>}}
+    services      VIPs in 10.96.0.0/24, DNAT'ed in every node netns (the lab's kube-proxy)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ambit import cgroups
+from ambit.netns import NETNS_RUN_DIR
+from ambitctl.lab.spec import LabSpec, PodSpec, resolve_target_port
+
+ETC_NETNS = Path("/etc/netns")
+BPF_PIN_ROOT = Path("/sys/fs/bpf/ambit")
+
+
+class TopologyError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class LabNames:
+    """Every kernel-visible name of one lab, derived from its name."""
+
+    name: str = "ambit"
+
+    @property
+    def underlay(self) -> str:
+        return f"{self.name}.ul"
+
+    def node_netns(self, node: str) -> str:
+        return f"{self.name}.{node}"
+
+    def pod_netns(self, namespace: str, pod: str) -> str:
+        return f"{self.name}.{namespace}.{pod}"
+
+    @property
+    def cgroup_root(self) -> Path:
+        return cgroups.find_cgroup2_mount() / f"{self.name}-lab"
+
+    def node_cgroup(self, node: str) -> Path:
+        return self.cgroup_root / node
+
+    def pod_cgroup(self, node: str, namespace: str, pod: str) -> Path:
+        return self.cgroup_root / node / "pods" / f"{namespace}.{pod}"
+
+    def component_cgroup(self, node: str | None, component: str) -> Path:
+        return self.cgroup_root / (node or "system") / component
+
+    @property
+    def bpf_pin_base(self) -> Path:
+        return BPF_PIN_ROOT / self.name
+
+    def owns_netns(self, ns: str) -> bool:
+        return ns.startswith(f"{self.name}.")
+
+
+def sh(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command; failures raise with the command and its stderr, which is what a user needs."""
+    p = subprocess.run(list(args), capture_output=True, text=True, input=input)
+    if check and p.returncode != 0:
+        raise TopologyError(f"{' '.join(args)}: {p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+def ipn(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return sh("ip", "-n", ns, *args, check=check)
+
+
+def in_netns(ns: str, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return sh("ip", "netns", "exec", ns, *args, check=check, input=input)
+
+
+def sysctls(ns: str, values: dict[str, str]) -> None:
+    in_netns(ns, "sysctl", "-q", "-w", *[f"{k}={v}" for k, v in values.items()])
+
+
+# Load tests exhaust the default ephemeral range (feasibility §1); ztunnel's ports are reserved so
+# no client socket can take them before ztunnel binds its listeners.
+POD_SYSCTLS = {
+    "net.ipv4.tcp_tw_reuse": "1",
+    "net.ipv4.ip_local_port_range": "1024 65000",
+    "net.ipv4.ip_local_reserved_ports": "15000-15021",
+    "net.ipv4.ping_group_range": "0 2147483647",
+}
+
+
+def list_netns() -> list[str]:
+    try:
+        return sorted(os.listdir(NETNS_RUN_DIR))
+    except FileNotFoundError:
+        return []
+
+
+def build(spec: LabSpec, names: LabNames) -> None:
+    """Create every netns, link, address, route and cgroup of the lab. Raises on any failure;
+    the caller tears down (the teardown is by name, so a half-built lab is removed as well)."""
+    ul = names.underlay
+    sh("ip", "netns", "add", ul)
+    ipn(ul, "link", "set", "lo", "up")
+    ipn(ul, "link", "add", "br-ul", "type", "bridge")
+    ipn(ul, "link", "set", "br-ul", "up")
+    prefix = spec.underlay_cidr.split("/")[1]
+    cg_root = names.cgroup_root
+    cgroups.create(cg_root)
+    _enable_controllers(cg_root)
+    for comp in ("supervisor", "system"):
+        cgroups.create(cg_root / comp)
+
+    for node in spec.nodes:
+        nns = names.node_netns(node.name)
+        sh("ip", "netns", "add", nns)
+        ipn(nns, "link", "set", "lo", "up")
+        ipn(nns, "link", "add", "ul0", "type", "veth", "peer", "name", f"ul-{node.name}", "netns", ul)
+        ipn(ul, "link", "set", f"ul-{node.name}", "master", "br-ul")
+        ipn(ul, "link", "set", f"ul-{node.name}", "up")
+        ipn(nns, "addr", "add", f"{node.underlay_ip}/{prefix}", "dev", "ul0")
+        ipn(nns, "link", "set", "ul0", "up")
+        ipn(nns, "link", "add", "br0", "type", "bridge")
+        ipn(nns, "addr", "add", f"{node.gateway_ip}/24", "dev", "br0")
+        ipn(nns, "link", "set", "br0", "up")
+        sysctls(nns, {"net.ipv4.ip_forward": "1", **POD_SYSCTLS})
+        for other in spec.nodes:
+            if other.name != node.name:
+                ipn(nns, "route", "add", other.pod_cidr, "via", other.underlay_ip)
+        for comp in ("agent", "ztunnel", "pods"):
+            cgroups.create(names.node_cgroup(node.name) / comp)
+
+    for i, pod in enumerate(spec.pods):
+        add_pod(spec, names, pod, i)
+    install_service_rules(spec, names)
+
+
+def add_pod(spec: LabSpec, names: LabNames, pod: PodSpec, index: int) -> None:
+    node = spec.node(pod.node)
+    nns, pns = names.node_netns(node.name), names.pod_netns(pod.namespace, pod.name)
+    sh("ip", "netns", "add", pns)
+    host_if = f"vp{index}"
+    ipn(nns, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", pns)
+    ipn(nns, "link", "set", host_if, "master", "br0")
+    ipn(nns, "link", "set", host_if, "up")
+    ipn(pns, "link", "set", "lo", "up")
+    ipn(pns, "addr", "add", f"{pod.ip}/24", "dev", "eth0")
+    ipn(pns, "link", "set", "eth0", "up")
+    ipn(pns, "route", "add", "default", "via", node.gateway_ip)
+    sysctls(pns, POD_SYSCTLS)
+    cgroups.create(names.pod_cgroup(node.name, pod.namespace, pod.name))
+    write_hosts(spec, names, pod)
+
+
+def write_hosts(spec: LabSpec, names: LabNames, pod: PodSpec) -> None:
+    """`ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts: our cluster DNS."""
+    d = ETC_NETNS / names.pod_netns(pod.namespace, pod.name)
+    d.mkdir(parents=True, exist_ok=True)
+    lines = ["127.0.0.1 localhost", f"{pod.ip} {pod.name}"]
+    for svc in spec.services:
+        hn = svc.hostnames
+        if svc.namespace == pod.namespace:
+            hn = hn + [svc.name]
+        lines.append(f"{svc.vip} {' '.join(hn)}")
+    (d / "hosts").write_text("\n".join(lines) + "\n")
+
+
+def install_service_rules(spec: LabSpec, names: LabNames) -> None:
+    """The lab's kube-proxy: DNAT service VIPs to endpoints in every node netns.
+
+    This stands in for the cluster's kube-proxy, which a mesh does not replace: non-mesh clients
+    reach services through it. Enrolled pods never put a VIP on the wire (connect4 rewrites to
+    ztunnel first), so these rules only ever see non-mesh traffic and ztunnel passthrough.
+    """
+    lines = ["*nat", ":AMBIT-LAB-SVC - [0:0]",
+             "-A PREROUTING -j AMBIT-LAB-SVC", "-A OUTPUT -j AMBIT-LAB-SVC"]
+    for svc in spec.services:
+        eps = spec.endpoints(svc)
+        for sp in svc.ports:
+            targets = [(p.ip, resolve_target_port(sp, p)) for p in eps]
+            targets = [(ip, port) for ip, port in targets if port]
+            for k, (ip, port) in enumerate(targets):
+                left = len(targets) - k
+                stat = f"-m statistic --mode random --probability {1 / left:.6f} " if left > 1 else ""
+                lines.append(f"-A AMBIT-LAB-SVC -d {svc.vip}/32 -p tcp --dport {sp.port} {stat}"
+                             f"-j DNAT --to-destination {ip}:{port}")
+    lines.append("COMMIT")
+    for node in spec.nodes:
+        in_netns(names.node_netns(node.name), "iptables-restore", "--noflush", input="\n".join(lines) + "\n")
+
+
+def _enable_controllers(cg: Path) -> None:
+    # Not required for BPF; memory/pids let the supervisor report usage. Best effort.
+    try:
+        avail = (cg.parent / "cgroup.subtree_control").read_text().split()
+        for c in ("memory", "pids", "cpu"):
+            if c in avail:
+                (cg / "cgroup.subtree_control").write_text(f"+{c}\n")
+    except OSError:
+        pass
+
+
+def teardown(names: LabNames) -> list[str]:
+    """Remove everything of this lab that exists, in dependency order. Returns what it removed."""
+    removed: list[str] = []
+    cg_root = names.cgroup_root
+    # 1. processes: everything the lab ran lives in its cgroup tree.
+    if cg_root.exists():
+        cgroups.kill_all(cg_root)
+    # 2. BPF pins: unpinning drops the last reference to links and programs (even if the agent was
+    #    SIGKILLed), which detaches them from cgroups and netdevs.
+    pin_base = names.bpf_pin_base
+    if pin_base.exists():
+        try:
+            from agent.capture import purge  # the agent's own purge knows its layout
+            for node_dir in sorted(pin_base.iterdir()):
+                purge(node_dir)
+        except ImportError:
+            pass
+        shutil.rmtree(pin_base, ignore_errors=True)
+        removed.append(str(pin_base))
+        try:
+            BPF_PIN_ROOT.rmdir()
+        except OSError:
+            pass
+    # 3. netns (pods first, then nodes, then the underlay). Deleting a netns destroys its veths,
+    #    qdiscs, TC programs and iptables rules with it.
+    for ns in list_netns():
+        if names.owns_netns(ns) and ns != names.underlay:
+            sh("ip", "netns", "del", ns, check=False)
+            removed.append(f"netns {ns}")
+    if names.underlay in list_netns():
+        sh("ip", "netns", "del", names.underlay, check=False)
+        removed.append(f"netns {names.underlay}")
+    # 4. /etc/netns entries (hosts files).
+    if ETC_NETNS.exists():
+        for d in ETC_NETNS.iterdir():
+            if names.owns_netns(d.name):
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(str(d))
+    # 5. cgroups, deepest first.
+    if cg_root.exists():
+        cgroups.kill_all(cg_root)
+        cgroups.remove_tree(cg_root)
+        removed.append(str(cg_root))
+    return removed
