@@ -65,12 +65,12 @@ def _md(name: str, namespace: str | None = None, **labels: str) -> Obj:
 def controller_rules() -> list[Obj]:
     """list/watch of every type the controller's KubeSource watches, status of the mesh kinds it
     writes conditions to, and TokenReviews for the CA's node credentials."""
-    from controller.sources.kube import _STATUS_GROUP_SUFFIXES, default_types
+    from controller.sources.kube import STATUS_GROUP_SUFFIXES, default_types
     watched: dict[str, set[str]] = {}
     status: dict[str, set[str]] = {}
     for t in default_types():
         watched.setdefault(t.group, set()).add(t.plural)
-        if t.group.endswith(_STATUS_GROUP_SUFFIXES):
+        if t.group.endswith(STATUS_GROUP_SUFFIXES):
             status.setdefault(t.group, set()).add(f"{t.plural}/status")
     rules = [{"apiGroups": [g], "resources": sorted(r), "verbs": ["get", "list", "watch"]}
              for g, r in sorted(watched.items())]

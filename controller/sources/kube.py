@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 _BUILTIN_GROUPS = ("", "discovery.k8s.io")
-_STATUS_GROUP_SUFFIXES = (".istio.io", ".ambit.io")   # kinds whose status we may write (free-form)
+STATUS_GROUP_SUFFIXES = (".istio.io", ".ambit.io")   # kinds whose status we may write (free-form)
 
 TypeState = ReflectorState          # what one type's reflector knows and has done
 
@@ -151,7 +151,7 @@ class KubeSource:
 
     # -- status conditions ------------------------------------------------------------------------
     def _maybe_status(self, t: WatchedType, obj: Obj) -> None:
-        if not self.write_status or not t.group.endswith(_STATUS_GROUP_SUFFIXES):
+        if not self.write_status or not t.group.endswith(STATUS_GROUP_SUFFIXES):
             return
         errors = self.cache.rejected().get(cache_key(obj), [])
         if _condition_differs(obj, accepted_condition(obj, errors)):

@@ -17,7 +17,7 @@ import yaml
 
 from agent.podsource import RESOURCES
 from ambitctl.commands import install
-from controller.sources.kube import _STATUS_GROUP_SUFFIXES, default_types
+from controller.sources.kube import STATUS_GROUP_SUFFIXES, default_types
 
 REPO = Path(__file__).resolve().parents[3]
 Obj = dict[str, Any]
@@ -120,7 +120,7 @@ def test_controller_may_list_and_watch_everything_its_kube_source_watches() -> N
     for t in types:
         for verb in ("list", "watch"):
             assert allowed(docs, "mesh-ops", sa, t.group, t.plural, verb), f"{verb} {t.plural}.{t.group}"
-        writes_status = t.group.endswith(_STATUS_GROUP_SUFFIXES)
+        writes_status = t.group.endswith(STATUS_GROUP_SUFFIXES)
         assert allowed(docs, "mesh-ops", sa, t.group, f"{t.plural}/status", "patch") == writes_status, t.plural
     assert allowed(docs, "mesh-ops", sa, "authentication.k8s.io", "tokenreviews", "create")
     assert not allowed(docs, "mesh-ops", sa, "", "secrets", "list")
