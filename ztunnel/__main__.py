@@ -1,8 +1,9 @@
-"""Run a node's ztunnel: `python -m ztunnel --node NAME --zds-socket PATH [--controller TARGET]`."""
+"""Run a node's ztunnel: `python -m ztunnel --node NAME --zds-socket PATH [--controller TARGET]`.
+
+Every setting is in ztunnel/settings.py (`--help` lists them with their environment variables)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ctypes
@@ -10,42 +11,13 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from pathlib import Path
 
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
 from ztunnel import admin, identity_setup
 from ztunnel.config import MeshConfig, config_client
 from ztunnel.proxy import Proxy
+from ztunnel.settings import ZtunnelSettings, load
 from ztunnel.zdsserver import ZdsServer
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="ztunnel")
-    ap.add_argument("--node", required=True)
-    ap.add_argument("--zds-socket", required=True, type=Path, help="unix socket the agent connects to")
-    ap.add_argument("--controller", help="config stream target: host:port or unix:PATH (none: no mesh config)")
-    ap.add_argument("--config-cache", type=Path,
-                    help="file keeping the last good config, so a restarted ztunnel serves before the controller answers")
-    ap.add_argument("--root-namespace", default="ambit-system", help="the mesh root namespace (mesh-wide policy)")
-    ap.add_argument("--admin-address", default="127.0.0.1:15000",
-                    help="admin endpoint HOST:PORT in ztunnel's netns ('' to disable)")
-    ap.add_argument("--admin-socket", type=Path, help="admin endpoint on a unix socket as well")
-    ap.add_argument("--log-level", default="INFO")
-    # mTLS identities (without --node-token-file: no certificates, no HBONE; plaintext passthrough only)
-    ap.add_argument("--ca", help="CA target: host:port or unix:PATH (default: the --controller target)")
-    ap.add_argument("--node-token-file", type=Path,
-                    help="this node's credential for the CA (lab: <labdir>/<node>/bootstrap-token)")
-    ap.add_argument("--cert-ttl", type=float, default=24 * 3600.0,
-                    help="lifetime (seconds) requested for workload certificates; rotated at half-life")
-    ap.add_argument("--cert-cache", type=Path,
-                    help="directory keeping current certificates (0600), so a restart serves during a CA outage")
-    ap.add_argument("--trust-domain", default="cluster.local")
-    ap.add_argument("--metrics-address", default="0.0.0.0:15020",
-                    help="Prometheus metrics HOST:PORT in ztunnel's netns ('' to disable)")
-    ap.add_argument("--metrics-socket", type=Path, help="metrics on a unix socket as well (the lab's host-side scrape)")
-    ap.add_argument("--memory-trim-interval", type=float, default=10.0,
-                    help="seconds between returning freed heap memory to the OS (malloc_trim); 0 disables")
-    return ap.parse_args(argv)
 
 
 def heap_trimmer() -> Callable[[], int] | None:
@@ -70,7 +42,7 @@ async def trim_heap_periodically(interval: float, trim: Callable[[], int]) -> No
         trim()
 
 
-async def amain(args: argparse.Namespace) -> None:
+async def amain(args: ZtunnelSettings) -> None:
     loop = asyncio.get_running_loop()
     log = logging.getLogger("ambit.ztunnel")
     config = MeshConfig(root_namespace=args.root_namespace)
@@ -81,7 +53,7 @@ async def amain(args: argparse.Namespace) -> None:
                                cache_path=args.config_cache)
         await client.start()
     identities = ca_channel = None
-    ca_target = args.ca or args.controller
+    ca_target = args.ca_target
     if args.node_token_file and ca_target:
         identities, ca_channel = identity_setup.build(ca_target, args.node, args.node_token_file, args.cert_ttl,
                                                          args.cert_cache)
@@ -89,7 +61,8 @@ async def amain(args: argparse.Namespace) -> None:
     elif not args.node_token_file:
         log.warning("no --node-token-file: no workload certificates; mesh destinations will be refused")
     metrics = Metrics()
-    proxy = Proxy(config=config, identities=identities, metrics=metrics, trust_domain=args.trust_domain)
+    proxy = Proxy(config=config, identities=identities, metrics=metrics, trust_domain=args.trust_domain,
+                  tunnel=args.tunnel)
     msrv = MetricsServer(metrics)
     mhost, _, mport = (args.metrics_address or "").rpartition(":")
     try:
@@ -129,7 +102,10 @@ async def amain(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    try:
+        args = load(argv)
+    except ValueError as e:
+        raise SystemExit(f"ztunnel: {e}") from None
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         import uvloop

@@ -32,6 +32,7 @@ from ambit.dataplane.hbone import HBONEClientPool, HBONEConnectError, HBONEServe
 from ambit.dataplane.identity.manager import CertificateUnavailable, IdentityManager
 from ambit.dataplane.origdst import original_dst
 from ambit.dataplane.relay import Leg, relay, relay_tunnel
+from ambit.dataplane.settings import TunnelSettings
 from ambit.dataplane.telemetry import accesslog
 from ambit.dataplane.telemetry.accesslog import ConnRecord
 from ambit.dataplane.telemetry.metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TLS, NONE, ConnLabels, Metrics
@@ -42,17 +43,14 @@ from ztunnel.config import MeshConfig
 from ztunnel.pods import PodProxy, PodRegistry
 
 log = logging.getLogger("ambit.ztunnel.proxy")
-CONNECT_TIMEOUT = 10.0
-CERT_WAIT = 5.0            # how long a connection waits for its pod's first certificate
-HBONE_DRAIN = 5.0
 
 
-async def open_from(sock_factory: Callable[[], socket.socket], dst: tuple[str, int]) -> Leg:
+async def open_from(sock_factory: Callable[[], socket.socket], dst: tuple[str, int], timeout: float) -> Leg:
     """Connect a socket made by `sock_factory` (in a pod's netns) to `dst`; a relay leg on it."""
     loop = asyncio.get_running_loop()
     s = sock_factory()
     try:
-        async with asyncio.timeout(CONNECT_TIMEOUT):    # not wait_for: no extra task per connection
+        async with asyncio.timeout(timeout):    # not wait_for: no extra task per connection
             await loop.sock_connect(s, dst)
         _, leg = await loop.create_connection(Leg, sock=s)
     except BaseException:
@@ -80,12 +78,13 @@ class _PodHBONE:
     """A pod's HBONE server as PodRegistry sees it: `close()` stops accepting at once, then the
     connections get a GOAWAY and a bounded drain in the background."""
 
-    def __init__(self, server: HBONEServer, background: set[asyncio.Task[None]]) -> None:
+    def __init__(self, server: HBONEServer, background: set[asyncio.Task[None]], drain: float) -> None:
         self.server = server
         self._background = background
+        self._drain = drain
 
     def close(self) -> None:
-        t = asyncio.ensure_future(self.server.close(grace=HBONE_DRAIN))
+        t = asyncio.ensure_future(self.server.close(grace=self._drain))
         self._background.add(t)
         t.add_done_callback(self._background.discard)
 
@@ -96,13 +95,14 @@ class Proxy:
 
     def __init__(self, config: MeshConfig | None = None, *, identities: IdentityManager | None = None,
                  metrics: Metrics | None = None, trust_domain: str = "cluster.local",
-                 cert_wait: float = CERT_WAIT) -> None:
+                 tunnel: TunnelSettings | None = None) -> None:
         # The mesh config (workloads, services, policies) from the controller; None without one.
         self.config = config
         self.identities = identities
         self.metrics = metrics or Metrics()
         self.trust_domain = trust_domain
-        self.cert_wait = cert_wait
+        self.tunnel = tunnel or TunnelSettings()
+        self.cert_wait = self.tunnel.cert_wait
         self.contexts = tls.ContextCache()
         self.lb = routing.RoundRobin()
         self._background: set[asyncio.Task[None]] = set()
@@ -148,7 +148,7 @@ class Proxy:
         s = pod.socket()
         try:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            async with asyncio.timeout(CONNECT_TIMEOUT):
+            async with asyncio.timeout(self.tunnel.connect_timeout):
                 await asyncio.get_running_loop().sock_connect(s, (key.dst_ip, port))
         except BaseException:
             s.close()
@@ -200,13 +200,13 @@ class Proxy:
                 tunnel = await self.pool.connect(
                     src_wl.identity, route.identity, route.target[0], route.authority,
                     forwarded_for=pod.pod.ip, traceparent=traceparent(), src_ip=pod.pod.ip,
-                    timeout=CONNECT_TIMEOUT + self.cert_wait)
+                    timeout=self.tunnel.connect_timeout + self.cert_wait)
                 self.metrics.conn_opened(labels)
                 opened = True
                 sent, recv = await relay_tunnel(client, tunnel)
             else:
                 assert route.dial is not None
-                upstream = await open_from(pod.socket, route.dial)
+                upstream = await open_from(pod.socket, route.dial, self.tunnel.connect_timeout)
                 self.metrics.conn_opened(labels)
                 opened = True
                 sent, recv = await relay(client, upstream)
@@ -264,7 +264,7 @@ class Proxy:
 
         server = HBONEServer(sock, server_context, on_connect)
         await server.start()
-        return _PodHBONE(server, self._background)
+        return _PodHBONE(server, self._background, self.tunnel.drain)
 
     async def inbound_hbone(self, pod: PodProxy, st: HBONEStream, peer_identity: str, authority: str,
                             headers: dict[str, str]) -> None:
@@ -296,7 +296,8 @@ class Proxy:
                            [(admission.POLICY_HEADER, adm.policy)] if adm.policy else None)
                 return
             try:
-                app = await open_from(lambda: pod.delivery_socket(adm.src_ip), (pod.pod.ip, adm.dst_port))
+                app = await open_from(lambda: pod.delivery_socket(adm.src_ip), (pod.pod.ip, adm.dst_port),
+                                      self.tunnel.connect_timeout)
             except (TimeoutError, OSError) as e:
                 rec.error = f"503 cannot reach the app: {type(e).__name__}: {e}"
                 labels.response_flags = FLAG_CONNECT
@@ -345,7 +346,7 @@ class Proxy:
                 log.warning("denied plaintext %s -> %s/%s %s: %s%s", rec.src_addr, pod.pod.namespace, pod.pod.name,
                             rec.dst_addr, adm.reason, f" [policy {adm.policy}]" if adm.policy else "")
                 return
-            app = await open_from(lambda: pod.delivery_socket(peer[0]), (local[0], local[1]))
+            app = await open_from(lambda: pod.delivery_socket(peer[0]), (local[0], local[1]), self.tunnel.connect_timeout)
             self.metrics.conn_opened(labels)
             opened = True
             to_app, from_app = await relay(client, app)

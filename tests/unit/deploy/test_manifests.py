@@ -166,7 +166,7 @@ def test_controller_arguments_parse_and_match_the_service_and_the_ca_admission()
 
 def test_ztunnel_arguments_parse_and_reach_the_controller_service() -> None:
     from controller.__main__ import parse_args as controller_parse_args
-    from ztunnel.__main__ import parse_args
+    from ztunnel.settings import load as parse_args
     docs = render("--namespace", "mesh-ops", "--trust-domain", "example.org")
     c = container(docs, "DaemonSet", "ambit-node", "ztunnel")
     args = parse_args(expand(c["args"], c))

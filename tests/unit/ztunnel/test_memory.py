@@ -7,8 +7,9 @@ import json
 import tracemalloc
 
 from ztunnel import admin
-from ztunnel.__main__ import heap_trimmer, parse_args, trim_heap_periodically
+from ztunnel.__main__ import heap_trimmer, trim_heap_periodically
 from ztunnel.config import MeshConfig
+from ztunnel.settings import load as parse_args
 
 ROLLUP = """00400000-7ffd1e1f0000 ---p 00000000 00:00 0                          [rollup]
 Rss:               62092 kB
@@ -77,5 +78,5 @@ def test_periodic_trim_runs_until_cancelled():
 
 def test_trim_interval_flag():
     base = ["--node", "n1", "--zds-socket", "/tmp/x.sock"]
-    assert parse_args(base).memory_trim_interval == 10.0
-    assert parse_args([*base, "--memory-trim-interval", "0"]).memory_trim_interval == 0.0
+    assert parse_args(base, {}).memory_trim_interval == 10.0
+    assert parse_args([*base, "--memory-trim-interval", "0"], {}).memory_trim_interval == 0.0

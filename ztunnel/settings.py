@@ -1,0 +1,58 @@
+"""ztunnel's settings: built once from the command line and the environment (AMBIT_ZTUNNEL_*),
+then passed down. `python -m ztunnel --help` lists every one with its environment variable."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ambit import settings
+from ambit.dataplane.ports import PORT_ADMIN, PORT_METRICS
+from ambit.dataplane.settings import TunnelSettings
+from ambit.settings import non_negative, option, positive
+
+
+def _address(v: str) -> str | None:
+    if not v:
+        return None
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be HOST:PORT (or '' to disable)"
+    return None
+
+
+@dataclass(frozen=True)
+class ZtunnelSettings:
+    node: str = option(help="the node this ztunnel serves", required=True)
+    zds_socket: Path = option(help="unix socket the agent connects to", required=True)
+    controller: str | None = option(help="config stream target: host:port or unix:PATH (none: no mesh config)")
+    config_cache: Path | None = option(
+        help="file keeping the last good config, so a restarted ztunnel serves before the controller answers")
+    root_namespace: str = option("ambit-system", "the mesh root namespace (mesh-wide policy)")
+    trust_domain: str = option("cluster.local", "the mesh trust domain")
+    admin_address: str = option(f"127.0.0.1:{PORT_ADMIN}", "admin endpoint HOST:PORT in ztunnel's netns ('' to disable)",
+                                check=_address)
+    admin_socket: Path | None = option(help="admin endpoint on a unix socket as well")
+    metrics_address: str = option(f"0.0.0.0:{PORT_METRICS}",
+                                  "Prometheus metrics HOST:PORT in ztunnel's netns ('' to disable)", check=_address)
+    metrics_socket: Path | None = option(help="metrics on a unix socket as well (the lab's host-side scrape)")
+    log_level: str = option("INFO", "logging level")
+    # mTLS identities (without a node token: no certificates, no HBONE; plaintext passthrough only)
+    ca: str | None = option(help="CA target: host:port or unix:PATH (default: the --controller target)")
+    node_token_file: Path | None = option(help="this node's credential for the CA (lab: <labdir>/<node>/bootstrap-token)")
+    cert_ttl: float = option(24 * 3600.0, "lifetime (seconds) requested for workload certificates; rotated at half-life",
+                             check=positive)
+    cert_cache: Path | None = option(
+        help="directory keeping current certificates (0600), so a restart serves during a CA outage")
+    memory_trim_interval: float = option(10.0, "seconds between returning freed heap memory to the OS "
+                                         "(malloc_trim); 0 disables", check=non_negative)
+    tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+
+    @property
+    def ca_target(self) -> str | None:
+        return self.ca or self.controller
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ZtunnelSettings:
+    return settings.load(ZtunnelSettings, argv, environ, prog="ztunnel", env_prefix="AMBIT_ZTUNNEL")
