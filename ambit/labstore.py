@@ -172,14 +172,6 @@ class LabStore:
             return [key] if labels != before else []
         return self.mutate(fn)
 
-    def set_status(self, key: Key, status: dict[str, Any]) -> int:
-        def fn(cur: dict[Key, Obj]) -> list[Key]:
-            if key not in cur or cur[key].get("status") == status:
-                return []
-            cur[key]["status"] = status
-            return [key]
-        return self.mutate(fn)
-
     def watch(self, interval: float = 0.05, stop: Callable[[], bool] = lambda: False) -> Iterator[Snapshot]:
         """Yield a snapshot now and after every change (polling the file's mtime; cheap)."""
         last_rev = -1

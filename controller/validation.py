@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.kinds import BY_KIND, KindSpec
+from controller.kinds import BY_KIND
 from controller.kinds.common import Labels, Name, NamespaceName
 from controller.kinds.schema import Errors, Map, Str, show
 
@@ -58,10 +58,6 @@ def object_key(obj: Obj) -> tuple[str, str, str]:
 
 
 _METADATA_CHECKS: dict[str, Any] = {"labels": Labels, "annotations": Map(Str())}
-
-
-def kind_of(obj: Obj) -> KindSpec | None:
-    return BY_KIND.get(obj.get("kind", "")) if isinstance(obj, dict) else None
 
 
 def validate_object(obj: Any) -> list[FieldError]:

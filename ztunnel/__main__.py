@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
 from ztunnel import admin, identity_setup
-from ztunnel.config import MeshConfig, config_client
+from ztunnel.meshstate import MeshState, config_client
 from ztunnel.proxy import Proxy
 from ztunnel.settings import ZtunnelSettings, load
 from ztunnel.zdsserver import ZdsServer
@@ -45,7 +45,7 @@ async def trim_heap_periodically(interval: float, trim: Callable[[], int]) -> No
 async def amain(args: ZtunnelSettings) -> None:
     loop = asyncio.get_running_loop()
     log = logging.getLogger("ambit.ztunnel")
-    config = MeshConfig(root_namespace=args.root_namespace)
+    config = MeshState(root_namespace=args.root_namespace)
     client = None
     if args.controller:
         # Start (and replay the file cache) before taking pods, so they meet a populated config.

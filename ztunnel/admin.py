@@ -19,7 +19,7 @@ from typing import Any
 
 from ambit.configclient import ConfigClient
 from ambit.dataplane.endpoint import LocalEndpoint, Response
-from ztunnel.config import MeshConfig
+from ztunnel.meshstate import MeshState
 
 log = logging.getLogger("ambit.ztunnel.admin")
 
@@ -27,7 +27,7 @@ Handler = Callable[[], tuple[int, Any]]
 MAX_REQUEST = 64 * 1024
 
 
-def routes(config: MeshConfig, client: ConfigClient | None = None, proxy: Any = None) -> dict[str, Handler]:
+def routes(config: MeshState, client: ConfigClient | None = None, proxy: Any = None) -> dict[str, Handler]:
     """The ztunnel admin paths. `proxy` may offer `identities` (an IdentityManager with dump())
     and `connections` (anything JSON-able); both are optional so this works before they exist."""
 

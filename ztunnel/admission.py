@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ambit.model import Workload
 from ambit.zds import PodInfo
 from ztunnel import authz
-from ztunnel.config import MeshConfig
+from ztunnel.meshstate import MeshState
 from ztunnel.routing import parse_addr
 
 POLICY_HEADER = "ambit-policy"     # response header naming the policy that refused a CONNECT
@@ -42,7 +42,7 @@ class Admission:
     audit: tuple[str, ...] = ()
 
 
-def pod_workload(config: MeshConfig | None, pod: PodInfo, trust_domain: str) -> Workload:
+def pod_workload(config: MeshState | None, pod: PodInfo, trust_domain: str) -> Workload:
     """The config's workload for a pod this ztunnel serves; if the config does not (yet) know it,
     one made from what the agent told us, so policy still applies by namespace and labels."""
     wl = config.lookup_workload(pod.ip) if config is not None else None
@@ -77,7 +77,7 @@ def forwarded_for(value: str | None) -> str | None:
     return None
 
 
-def admit_hbone(config: MeshConfig | None, pod: PodInfo, dest: Workload, peer_identity: str, authority: str,
+def admit_hbone(config: MeshState | None, pod: PodInfo, dest: Workload, peer_identity: str, authority: str,
                 headers: Mapping[str, str], tls_peer_ip: str) -> Admission:
     """Decide a CONNECT that arrived on `pod`'s HBONE listener from an authenticated peer."""
     try:
@@ -103,7 +103,7 @@ def admit_hbone(config: MeshConfig | None, pod: PodInfo, dest: Workload, peer_id
     return Admission(v.allowed, 200 if v.allowed else 403, v.reason, v.policy or "", src_ip, port, src_wl, v.audit)
 
 
-def admit_plaintext(config: MeshConfig | None, pod: PodInfo, dest: Workload, src_ip: str, port: int) -> Admission:
+def admit_plaintext(config: MeshState | None, pod: PodInfo, dest: Workload, src_ip: str, port: int) -> Admission:
     """Decide a plaintext connection captured on `pod`'s inbound listener (no identity)."""
     src_wl = config.lookup_workload(src_ip) if config is not None else None
     if config is None:

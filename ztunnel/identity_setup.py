@@ -24,7 +24,7 @@ from ambit.dataplane.identity.manager import (
     IdentityManager,
 )
 from ambit.model import Workload
-from ztunnel.config import ConfigView, MeshConfig
+from ztunnel.meshstate import ConfigView, MeshState
 
 log = logging.getLogger("ambit.ztunnel.identity")
 
@@ -52,7 +52,7 @@ def build(target: str, node: str, token_file: Path, ttl: float = DEFAULT_TTL, ca
     return IdentityManager(fetcher, ttl=ttl, backoff=BACKOFF, store=store), channel
 
 
-def retry_on_workload_updates(config: MeshConfig, identities: IdentityManager) -> None:
+def retry_on_workload_updates(config: MeshState, identities: IdentityManager) -> None:
     """The CA authorizes a node for a pod's identity only once the controller sees the pod there;
     the same translation reaches ztunnel as a Workload update. So when one arrives, identities still
     waiting for their first certificate try again at once instead of after their backoff."""

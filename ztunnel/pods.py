@@ -106,14 +106,11 @@ class PodProxy:
 class PodRegistry:
     """All pods of this node that ztunnel serves, keyed by uid."""
 
-    def __init__(self, on_outbound: Handler, on_inbound: Handler, on_hbone: Handler | None = None,
-                 serve_hbone: HBONEServe | None = None):
+    def __init__(self, on_outbound: Handler, on_inbound: Handler, serve_hbone: HBONEServe | None = None):
         self.pods: dict[str, PodProxy] = {}
         self.by_ip: dict[str, PodProxy] = {}
         self._draining: set[asyncio.Future[None]] = set()
         self._handlers = {PORT_OUTBOUND: on_outbound, PORT_INBOUND: on_inbound}
-        if on_hbone is not None:
-            self._handlers[PORT_HBONE] = on_hbone
         self._serve_hbone = serve_hbone
         self.listeners: list[PodListener] = []
 

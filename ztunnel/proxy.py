@@ -39,7 +39,7 @@ from ambit.dataplane.telemetry.metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TL
 from ambit.model import Workload
 from ambit.zds import PodInfo
 from ztunnel import admission, routing
-from ztunnel.config import MeshConfig
+from ztunnel.meshstate import MeshState
 from ztunnel.pods import PodProxy, PodRegistry
 
 log = logging.getLogger("ambit.ztunnel.proxy")
@@ -93,7 +93,7 @@ class Proxy:
     """ztunnel's data path for all pods of the node. Without `identities` there is no mTLS: every
     connection passes through in plaintext (the capture-only mode of earlier milestones)."""
 
-    def __init__(self, config: MeshConfig | None = None, *, identities: IdentityManager | None = None,
+    def __init__(self, config: MeshState | None = None, *, identities: IdentityManager | None = None,
                  metrics: Metrics | None = None, trust_domain: str = "cluster.local",
                  tunnel: TunnelSettings | None = None) -> None:
         # The mesh config (workloads, services, policies) from the controller; None without one.

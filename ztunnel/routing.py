@@ -13,7 +13,7 @@ Given the source workload and the original destination (what the app connected t
 - anything else (a non-mesh pod, an address outside the cluster): **passthrough**, plain TCP
   from the source pod's netns.
 
-No sockets, no clocks: `decide` reads a `MeshConfig` (a consistent immutable view between awaits)
+No sockets, no clocks: `decide` reads a `MeshState` (a consistent immutable view between awaits)
 and a `RoundRobin` picker; tests drive both directly.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from ambit.dataplane.ports import PORT_HBONE as HBONE_PORT
 from ambit.model import Endpoint, Service, ServicePort, Workload
-from ztunnel.config import MeshConfig
+from ztunnel.meshstate import MeshState
 
 PASSTHROUGH, HBONE, REFUSE = "passthrough", "hbone", "refuse"
 
@@ -94,7 +94,7 @@ def target_port(svc_port: ServicePort, ep: Endpoint) -> int:
     return svc_port.target_port or svc_port.port
 
 
-def decide(config: MeshConfig, dst_ip: str, dst_port: int, lb: RoundRobin | None = None) -> Route:
+def decide(config: MeshState, dst_ip: str, dst_port: int, lb: RoundRobin | None = None) -> Route:
     """Route a connection whose original destination is `dst_ip:dst_port`."""
     service: Service | None = None
     note = ""

@@ -142,9 +142,6 @@ class ConfigClient:
         """type URL -> the controller's system version the current state of that type came from."""
         return {t: s.system_version for t, s in self._states.items()}
 
-    def resource_versions(self, type_url: str) -> dict[str, str]:
-        return self._type(type_url).versions()
-
     def dump(self) -> dict[str, Any]:
         """Everything an admin endpoint shows: connection, versions and bodies, JSON-ready."""
         return {

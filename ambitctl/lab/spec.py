@@ -99,10 +99,6 @@ class LabSpec:
                 and svc.selector and all(p.labels.get(k) == v for k, v in svc.selector.items())]
 
 
-def python_command(module: str, *args: str) -> list[str]:
-    return ["python", "-m", module, *args]
-
-
 DEFAULT_SPEC_YAML = """
 nodes: 2
 namespaces:

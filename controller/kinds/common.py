@@ -72,10 +72,6 @@ def _check_gw_duration(text: str) -> str | None:
 GwDuration = Str(valid=_check_gw_duration, pattern=GW_DURATION_PATTERN)
 
 
-def parse_gw_duration(text: str) -> float:
-    return parse_duration(text)  # a strict subset of Go's syntax
-
-
 # -- regular expressions -----------------------------------------------------------------------
 
 # Constructs Python accepts but RE2 (Envoy/Istio) rejects. They would also let a pattern backtrack

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -313,8 +313,3 @@ class Obj(Schema):
         return Obj(**args)
 
 
-def check_all(checks: Iterable[tuple[Schema, Any, str]]) -> Errors:
-    errs: Errors = []
-    for schema, value, path in checks:
-        schema.check(value, path, errs)
-    return errs

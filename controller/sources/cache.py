@@ -80,6 +80,3 @@ class LastGoodCache:
         with self._lock:
             return dict(self._errors)
 
-    def has_good(self, key: CacheKey) -> bool:
-        with self._lock:
-            return key in self._good

@@ -259,10 +259,6 @@ class HBONEConnection:
     # --- introspection ------------------------------------------------------------------------------
 
     @property
-    def open_streams(self) -> int:
-        return len(self._streams)
-
-    @property
     def can_open_stream(self) -> bool:
         return (self.closed is None and self.goaway_received is None and self.client_side
                 and self._h2.open_outbound_streams < self._h2.remote_settings.max_concurrent_streams)

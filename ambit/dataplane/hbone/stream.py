@@ -167,9 +167,6 @@ class HBONEStream:
             out += chunk
         return bytes(out)
 
-    def at_eof(self) -> bool:
-        return self._rx_eof and not self._rx
-
     async def _wait_readable(self) -> None:
         while not self._rx and not self._rx_eof:
             if self._error is not None:

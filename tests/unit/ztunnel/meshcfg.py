@@ -1,10 +1,10 @@
-"""Building a real MeshConfig for routing/admission tests, through its own `apply` (no stream)."""
+"""Building a real MeshState for routing/admission tests, through its own `apply` (no stream)."""
 
 from __future__ import annotations
 
 from ambit.configclient import ConfigUpdate
 from ambit.model import Authorization, Endpoint, PeerAuthn, Service, ServicePort, Workload
-from ztunnel.config import MeshConfig
+from ztunnel.meshstate import MeshState
 
 TD = "cluster.local"
 
@@ -27,8 +27,8 @@ def svc(name: str, vip: str, endpoints: list[Workload], port: int = 80, target: 
 
 
 def config(workloads: list[Workload] = (), services: list[Service] = (), auths: list[Authorization] = (),
-           pas: list[PeerAuthn] = (), root_namespace: str = "ambit-system") -> MeshConfig:
-    cfg = MeshConfig(root_namespace=root_namespace)
+           pas: list[PeerAuthn] = (), root_namespace: str = "ambit-system") -> MeshState:
+    cfg = MeshState(root_namespace=root_namespace)
     for t, items, key in ((PeerAuthn.TYPE, pas, lambda r: r.resource_name),
                           (Authorization.TYPE, auths, lambda r: r.resource_name),
                           (Workload.TYPE, workloads, lambda r: r.uid),

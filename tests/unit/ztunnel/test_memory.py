@@ -8,7 +8,7 @@ import tracemalloc
 
 from ztunnel import admin
 from ztunnel.__main__ import heap_trimmer, trim_heap_periodically
-from ztunnel.config import MeshConfig
+from ztunnel.meshstate import MeshState
 from ztunnel.settings import load as parse_args
 
 ROLLUP = """00400000-7ffd1e1f0000 ---p 00000000 00:00 0                          [rollup]
@@ -29,7 +29,7 @@ def test_smaps_rollup_fields():
 
 
 def test_memory_endpoint_reports_this_process():
-    handlers = admin.routes(MeshConfig())
+    handlers = admin.routes(MeshState())
     status, body = admin.respond(handlers, "GET", "/memory")
     report = json.loads(body)
     assert status == 200

@@ -1,4 +1,4 @@
-"""The outbound route decision, from a real MeshConfig, without sockets."""
+"""The outbound route decision, from a real MeshState, without sockets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ztunnel's view of the mesh config: validated, indexed, and swapped whole on every update.
+"""ztunnel's mesh state: the config from the controller, validated, indexed, and swapped whole on every update.
 
 The config stream delivers one type per response. Each response is validated and indexed into a
 new immutable `ConfigView`, which replaces the previous one in a single assignment: a connection
@@ -11,7 +11,7 @@ matter of taste: addresses that do not parse, two Services claiming one VIP (whi
 10.96.0.10:80?), two mesh workloads claiming one pod IP (whose certificate answers for it?), and
 policy values ztunnel does not know how to enforce.
 
-Sans-IO: `MeshConfig.apply(update)` is the ConfigClient callback and does no I/O; `config_client`
+Sans-IO: `MeshState.apply(update)` is the ConfigClient callback and does no I/O; `config_client`
 builds the client that feeds it.
 """
 
@@ -212,7 +212,7 @@ def next_view(view: ConfigView, update: ConfigUpdate) -> ConfigView:
 # --- the live config ---------------------------------------------------------------------------
 
 @dataclass
-class MeshConfig:
+class MeshState:
     """The config ztunnel routes and enforces by. `apply` is the ConfigClient callback.
 
     `synced` is True once every type has accepted a response from the controller (a state read
@@ -304,7 +304,7 @@ def _peer_authn_applies(p: PeerAuthn, w: Workload, root_namespace: str) -> bool:
     return p.root or p.namespace in (root_namespace, w.namespace)
 
 
-def config_client(config: MeshConfig, target: str, node: str, *, instance_id: str = "",
+def config_client(config: MeshState, target: str, node: str, *, instance_id: str = "",
                   cache_path: str | Path | None = None, types: Iterable[str] = TYPES) -> ConfigClient:
     """The ConfigClient that feeds `config` as ztunnel `node` (start it with `await client.start()`)."""
     return ConfigClient(target, NodeInfo("ztunnel", node, instance_id=instance_id), list(types), config.apply,

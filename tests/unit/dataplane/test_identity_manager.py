@@ -21,7 +21,7 @@ from ambit.dataplane.identity.manager import (
     next_delay,
 )
 from controller.ca import BootstrapTokens, CertificateServicer, add_to_server
-from tests.unit.ztunnel.conftest import LocalCAFetcher, issue, sid
+from tests.unit.conftest import LocalCAFetcher, issue, sid
 
 ID = sid("demo", "client")
 

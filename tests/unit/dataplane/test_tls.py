@@ -11,8 +11,8 @@ from cryptography import x509
 from ambit.dataplane import tls
 from ambit.dataplane.identity.manager import WorkloadCertificate
 from controller.ca import generate_root
-from tests.unit.ztunnel.conftest import TD, issue
-from tests.unit.ztunnel.test_hbone import CLIENT, SERVER, HBONEClientPool, Mesh, echo
+from tests.unit.conftest import TD, issue
+from tests.unit.dataplane.test_hbone import CLIENT, SERVER, HBONEClientPool, Mesh, echo
 
 
 def test_context_cache_reuses_until_rotation_or_bundle_change(ca) -> None:

@@ -22,7 +22,7 @@ from ambit.dataplane.hbone import (
     HBONEStream,
     StreamResetError,
 )
-from tests.unit.ztunnel.conftest import issue, sid
+from tests.unit.conftest import issue, sid
 
 CLIENT = sid("demo", "client")
 SERVER = sid("demo", "server")

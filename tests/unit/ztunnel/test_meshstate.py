@@ -16,10 +16,10 @@ from ambit.model import Authorization, Match, PeerAuthn, Rule, Service, Workload
 from controller.configserver import ConfigServer
 from tests.unit.configstream.helpers import authz, eventually, peerauthn, service, workload
 from ztunnel import admin
-from ztunnel.config import TYPES, ConfigRejected, MeshConfig, config_client
+from ztunnel.meshstate import TYPES, ConfigRejected, MeshState, config_client
 
 
-def push(cfg: MeshConfig, ts: TypeState, version: str, resources: list, removed: tuple[str, ...] = (),
+def push(cfg: MeshState, ts: TypeState, version: str, resources: list, removed: tuple[str, ...] = (),
          from_cache: bool = False) -> None:
     """Apply a delta through the client library's own staging, as the ConfigClient does."""
     staged = ts.stage(version, [encode(r) for r in resources], removed, from_cache=from_cache)
@@ -27,7 +27,7 @@ def push(cfg: MeshConfig, ts: TypeState, version: str, resources: list, removed:
     ts.commit(staged)
 
 
-def full(cfg: MeshConfig, version: str, workloads=(), services=(), auths=(), pas=()) -> dict[str, TypeState]:
+def full(cfg: MeshState, version: str, workloads=(), services=(), auths=(), pas=()) -> dict[str, TypeState]:
     states = {t: TypeState(t) for t in TYPES}
     push(cfg, states[PeerAuthn.TYPE], version, list(pas))
     push(cfg, states[Authorization.TYPE], version, list(auths))
@@ -38,7 +38,7 @@ def full(cfg: MeshConfig, version: str, workloads=(), services=(), auths=(), pas
 
 def test_lookups_answer_from_the_indexed_view() -> None:
     a, b = workload("a", "n1", ip="10.1.0.1"), workload("b", "n2", ip="10.1.0.2", labels={"app": "web"})
-    cfg = MeshConfig()
+    cfg = MeshState()
     full(cfg, "v1", [a, b], [service("web", endpoints=[b], vip="10.96.0.20")])
     assert cfg.synced and cfg.version == "v1"
     assert cfg.lookup_workload("10.1.0.2").uid == "b"
@@ -50,7 +50,7 @@ def test_lookups_answer_from_the_indexed_view() -> None:
 
 
 def test_a_cached_state_serves_but_is_not_synced() -> None:
-    cfg = MeshConfig()
+    cfg = MeshState()
     ts = TypeState(Workload.TYPE)
     push(cfg, ts, "v1", [workload("a", "n1")], from_cache=True)
     assert cfg.lookup_workload("10.0.0.1") is not None
@@ -58,7 +58,7 @@ def test_a_cached_state_serves_but_is_not_synced() -> None:
 
 
 def test_two_services_on_one_vip_are_rejected_and_the_old_view_stays() -> None:
-    cfg = MeshConfig()
+    cfg = MeshState()
     states = full(cfg, "v1", services=[service("echo", vip="10.96.0.10")])
     before = cfg.view
     with pytest.raises(ConfigRejected, match=r"VIP 10.96.0.10 is claimed by more than one Service "
@@ -72,7 +72,7 @@ def test_two_services_on_one_vip_are_rejected_and_the_old_view_stays() -> None:
 
 
 def test_two_mesh_workloads_on_one_ip_are_rejected_but_plain_ones_may_share() -> None:
-    cfg = MeshConfig()
+    cfg = MeshState()
     ts = TypeState(Workload.TYPE)
     host1, host2 = workload("h1", "n1", ip="192.168.0.5"), workload("h2", "n1", ip="192.168.0.5")
     host1.protocol = host2.protocol = "TCP"
@@ -94,7 +94,7 @@ def test_two_mesh_workloads_on_one_ip_are_rejected_but_plain_ones_may_share() ->
 ])
 def test_values_ztunnel_cannot_enforce_are_rejected_naming_the_field(bad, field: str) -> None:
     r = bad()
-    cfg = MeshConfig()
+    cfg = MeshState()
     with pytest.raises(ConfigRejected) as e:
         push(cfg, TypeState(r.TYPE), "v1", [r])
     assert field in str(e.value) and r.resource_name in str(e.value)
@@ -108,7 +108,7 @@ def test_policies_for_selects_like_the_enforcer() -> None:
              Authorization(name="wp", namespace="shop", action="ALLOW", scope="waypoint")]
     pas = [peerauthn("default", ns="shop"), PeerAuthn(name="mesh", namespace="ambit-system", mode="STRICT", root=True),
            PeerAuthn(name="db", namespace="shop", mode="DISABLE", selector={"app": "db"})]
-    cfg = MeshConfig(root_namespace="ambit-system")
+    cfg = MeshState(root_namespace="ambit-system")
     full(cfg, "v1", [web], auths=auths, pas=pas)
     p = cfg.policies_for(web)
     assert sorted(a.name for a in p.authorizations) == ["mesh", "ns-wide"]
@@ -116,7 +116,7 @@ def test_policies_for_selects_like_the_enforcer() -> None:
 
 
 def test_admin_answers_json_and_refuses_writes() -> None:
-    cfg = MeshConfig()
+    cfg = MeshState()
     full(cfg, "v7", [workload("a", "n1")])
     handlers = admin.routes(cfg)
     status, body = admin.respond(handlers, "GET", endpoint.request_path(b"/workloads?x=1"))
@@ -124,7 +124,7 @@ def test_admin_answers_json_and_refuses_writes() -> None:
     assert admin.respond(handlers, "POST", "/workloads")[0] == 405
     status, body = admin.respond(handlers, "GET", "/nope")
     assert status == 404 and "/config_dump" in json.loads(body)["paths"]
-    cold = MeshConfig()
+    cold = MeshState()
     not_started = config_client(cold, "127.0.0.1:1", "n1")
     assert admin.respond(admin.routes(cold, not_started), "GET", "/healthz/ready")[0] == 503
     assert admin.respond(admin.routes(cfg, not_started), "GET", "/healthz/ready")[0] == 200
@@ -138,7 +138,7 @@ def test_nack_and_cache_over_a_real_stream(tmp_path: Path) -> None:
         port = await server.start("127.0.0.1:0")
         good = {Service.TYPE: [service("echo", vip="10.96.0.10")], Workload.TYPE: [workload("a", "n1")]}
         server.update(good, "v1")
-        cfg = MeshConfig()
+        cfg = MeshState()
         client = config_client(cfg, f"127.0.0.1:{port}", "n1", cache_path=tmp_path / "cache.json")
         await client.start()
         try:
@@ -155,7 +155,7 @@ def test_nack_and_cache_over_a_real_stream(tmp_path: Path) -> None:
         finally:
             await client.stop()
             await server.stop()
-        cold = MeshConfig()
+        cold = MeshState()
         offline = config_client(cold, "127.0.0.1:1", "n1", cache_path=tmp_path / "cache.json")
         await offline.start()
         try:

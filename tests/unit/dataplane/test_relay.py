@@ -14,7 +14,7 @@ import pytest
 
 from ambit.dataplane.hbone import HBONEStream
 from ambit.dataplane.relay import EARLY_LIMIT, WRITE_HIGH, Leg, relay, relay_tunnel
-from tests.unit.ztunnel.test_hbone import LOOPS, Mesh, listener, run
+from tests.unit.dataplane.test_hbone import LOOPS, Mesh, listener, run
 
 MiB = 1024 * 1024
 
