@@ -33,8 +33,7 @@ from ambit.dataplane.identity.manager import CertificateUnavailable, IdentityMan
 from ambit.dataplane.origdst import original_dst
 from ambit.dataplane.relay import Leg, relay, relay_tunnel
 from ambit.dataplane.settings import TunnelSettings
-from ambit.dataplane.telemetry import accesslog
-from ambit.dataplane.telemetry.accesslog import ConnRecord
+from ambit.dataplane.telemetry.accesslog import AccessLogSink, ConnRecord, StreamSink
 from ambit.dataplane.telemetry.metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TLS, NONE, ConnLabels, Metrics
 from ambit.model import Workload
 from ambit.zds import PodInfo
@@ -43,6 +42,7 @@ from ztunnel.meshstate import MeshState
 from ztunnel.pods import PodProxy, PodRegistry
 
 log = logging.getLogger("ambit.ztunnel.proxy")
+OriginalDst = Callable[[socket.socket], tuple[str, int]]
 
 
 async def open_from(sock_factory: Callable[[], socket.socket], dst: tuple[str, int], timeout: float) -> Leg:
@@ -95,13 +95,18 @@ class Proxy:
 
     def __init__(self, config: MeshState | None = None, *, identities: IdentityManager | None = None,
                  metrics: Metrics | None = None, trust_domain: str = "cluster.local",
-                 tunnel: TunnelSettings | None = None) -> None:
+                 tunnel: TunnelSettings | None = None, access_log: AccessLogSink | None = None,
+                 original_dst: OriginalDst = original_dst) -> None:
         # The mesh config (workloads, services, policies) from the controller; None without one.
         self.config = config
         self.identities = identities
         self.metrics = metrics or Metrics()
         self.trust_domain = trust_domain
         self.tunnel = tunnel or TunnelSettings()
+        self.access_log = access_log or StreamSink()
+        # How a captured socket's original destination is read (eBPF getsockopt or conntrack);
+        # injected so the data path runs in tests without the kernel's capture.
+        self.original_dst = original_dst
         self.cert_wait = self.tunnel.cert_wait
         self.contexts = tls.ContextCache()
         self.lb = routing.RoundRobin()
@@ -167,7 +172,7 @@ class Proxy:
         sent = recv = 0
         refused = False
         try:
-            dst = original_dst(sock)
+            dst = self.original_dst(sock)
             rec.dst_addr = routing.format_addr(*dst)
             if dst == sock.getsockname()[:2]:
                 raise OSError("original destination unknown (is ztunnel in its own cgroup?)")
@@ -235,7 +240,7 @@ class Proxy:
                 if not opened:
                     self.metrics.conn_opened(labels)
                 self.metrics.conn_closed(labels, sent, recv)
-            accesslog.emit(rec)
+            self.access_log.emit(rec)
 
     # --- inbound HBONE ---------------------------------------------------------------------------------
 
@@ -316,14 +321,14 @@ class Proxy:
             if not opened:
                 self.metrics.conn_opened(labels)
             self.metrics.conn_closed(labels, to_app, from_app)
-            accesslog.emit(rec)
+            self.access_log.emit(rec)
 
     # --- inbound plaintext -----------------------------------------------------------------------------
 
     async def inbound_plaintext(self, pod: PodProxy, client: Leg) -> None:
         peer: Any = client.get_extra_info("peername")
         # eBPF (sk_assign): the local address is the original destination; iptables: conntrack.
-        local = original_dst(client.get_extra_info("socket"))  # type: ignore[arg-type]
+        local = self.original_dst(client.get_extra_info("socket"))  # type: ignore[arg-type]
         dest = self.workload_of(pod.pod)
         rec = ConnRecord("inbound", src_addr=f"{peer[0]}:{peer[1]}", dst_addr=f"{local[0]}:{local[1]}",
                          dst_workload=pod.pod.name, dst_namespace=pod.pod.namespace, route="inbound-plaintext")
@@ -364,7 +369,7 @@ class Proxy:
             if not opened:
                 self.metrics.conn_opened(labels)
             self.metrics.conn_closed(labels, to_app, from_app)
-            accesslog.emit(rec)
+            self.access_log.emit(rec)
 
     # --- helpers ---------------------------------------------------------------------------------------
 

@@ -9,13 +9,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
-import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
-log = logging.getLogger("ambit.access")
+from typing import Any, Protocol, TextIO
 
 
 @dataclass
@@ -57,35 +54,44 @@ class ConnRecord:
         return json.dumps({k: v for k, v in d.items() if v != ""})
 
 
-_pending: list[str] = []
-_MAX_PENDING = 256          # a bound, also should a scheduled flush never run (its loop closed)
+class AccessLogSink(Protocol):
+    """Where finished connection records go. Proxies are given one (tests pass a list-backed sink)."""
+
+    def emit(self, rec: ConnRecord) -> None: ...
 
 
-def emit(rec: ConnRecord) -> None:
-    """Queue the record's line; it is written (and flushed) at the end of this loop iteration.
+class StreamSink:
+    """Writes `access <json>` lines to a text stream (stdout in production, where the node's log
+    collector reads it), batched per event-loop iteration.
 
     One write+flush per loop iteration instead of one per connection: under load many connections
     close in the same iteration, and each flush is a write() syscall. Idle, the line still goes out
     at once (the end of the current iteration).
     """
-    _pending.append("access " + rec.line() + "\n")
-    n = len(_pending)
-    if n >= _MAX_PENDING:
-        flush()
-    elif n == 1:
-        try:
-            asyncio.get_running_loop().call_soon(flush)
-        except RuntimeError:    # no loop: write now
-            flush()
 
+    MAX_PENDING = 256       # a bound, also should a scheduled flush never run (its loop closed)
 
-def flush() -> None:
-    if not _pending:
-        return
-    lines = "".join(_pending)
-    _pending.clear()
-    sys.stdout.write(lines)
-    sys.stdout.flush()
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+        self._pending: list[str] = []
+        atexit.register(self.flush)
 
+    def emit(self, rec: ConnRecord) -> None:
+        self._pending.append("access " + rec.line() + "\n")
+        n = len(self._pending)
+        if n >= self.MAX_PENDING:
+            self.flush()
+        elif n == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:    # no loop: write now
+                self.flush()
 
-atexit.register(flush)
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        lines = "".join(self._pending)
+        self._pending.clear()
+        stream = self._stream or sys.stdout     # late-bound: pytest's capture swaps sys.stdout
+        stream.write(lines)
+        stream.flush()

@@ -1,0 +1,169 @@
+"""ztunnel's data path driven in process, without root: outbound → HBONE (real TLS 1.3 mTLS with
+certificates from a real CA) → inbound → app, and inbound plaintext under PERMISSIVE and STRICT.
+
+Pods are loopback addresses (127.0.0.0/8 is all local, so binding a "pod IP" needs no netns and no
+IP_TRANSPARENT); the original-destination lookup and the access-log sink are injected, which is
+what makes `Proxy` testable here and lets the lab tests focus on the kernel's part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass, field
+
+import pytest
+
+from ambit.dataplane.identity.manager import IdentityManager
+from ambit.dataplane.relay import Leg
+from ambit.dataplane.settings import TunnelSettings
+from ambit.dataplane.telemetry.accesslog import ConnRecord
+from ambit.dataplane.telemetry.metrics import Metrics
+from ambit.model import PeerAuthn
+from ambit.zds import PodInfo
+from tests.unit.conftest import LocalCAFetcher
+from tests.unit.ztunnel.meshcfg import config, wl
+from ztunnel.pods import PodProxy
+from ztunnel.proxy import Proxy
+
+CLIENT_IP, SERVER_IP, APP_PORT, HBONE_PORT = "127.0.0.2", "127.0.0.3", 18080, 15008
+
+
+@dataclass
+class ListSink:
+    records: list[ConnRecord] = field(default_factory=list)
+
+    def emit(self, rec: ConnRecord) -> None:
+        self.records.append(rec)
+
+
+class LoopbackPod(PodProxy):
+    """A pod whose netns is the test's own: sockets are plain, delivery binds the client's
+    loopback address directly (what IP_TRANSPARENT does for a real pod)."""
+
+    def socket(self) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        s.setblocking(False)
+        return s
+
+    def delivery_socket(self, src_ip: str) -> socket.socket:
+        s = self.socket()
+        s.bind((src_ip, 0))
+        return s
+
+
+def pod(w) -> LoopbackPod:
+    return LoopbackPod(PodInfo(w.uid, w.name, w.namespace, w.ips[0], "node1", w.service_account), netns_fd=-1)
+
+
+async def echo_app(host: str, port: int, seen: list[tuple[str, bytes]]) -> asyncio.Server:
+    """The destination app: answers `echo:<bytes>` and records the peer address it saw."""
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        data = await r.read(65536)
+        seen.append((w.get_extra_info("peername")[0], data))
+        w.write(b"echo:" + data)
+        await w.drain()
+        w.close()
+    return await asyncio.start_server(handle, host, port, reuse_address=True)
+
+
+async def serve(handler, pod_proxy: PodProxy, host: str, port: int = 0) -> tuple[asyncio.Server, int]:
+    """A listener whose accepted connections go to `handler(pod, leg)`, as PodRegistry wires them."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> Leg:
+        return Leg(on_made=lambda leg: pod_proxy.track(handler(pod_proxy, leg)))
+    srv = await loop.create_server(factory, host, port, reuse_address=True)
+    return srv, srv.sockets[0].getsockname()[1]
+
+
+async def roundtrip(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
+    r, w = await asyncio.open_connection(host, port)
+    w.write(payload)
+    await w.drain()
+    w.write_eof()
+    try:
+        return await asyncio.wait_for(r.read(), 10)
+    except ConnectionResetError:
+        return b"<reset>"
+    finally:
+        w.close()
+
+
+def mesh(ca, pas=()):
+    client, server = wl("client", CLIENT_IP), wl("echo", SERVER_IP)
+    cfg = config([client, server], pas=list(pas))
+    identities = IdentityManager(LocalCAFetcher(ca))
+    sink, metrics = ListSink(), Metrics()
+    return client, server, cfg, identities, sink, metrics
+
+
+def test_outbound_hbone_inbound_app_end_to_end_with_identities_and_source_ip(ca):
+    async def go() -> None:
+        client, server, cfg, identities, sink, metrics = mesh(ca)
+        target = (SERVER_IP, APP_PORT)
+        proxy = Proxy(cfg, identities=identities, metrics=metrics, access_log=sink,
+                      original_dst=lambda s: target, tunnel=TunnelSettings(connect_timeout=5, cert_wait=5))
+        cpod, spod = pod(client), pod(server)
+        proxy.registry.by_ip[CLIENT_IP] = cpod
+        identities.prefetch([client.identity, server.identity])
+        await identities.get(server.identity, 5)
+        seen: list[tuple[str, bytes]] = []
+        app = await echo_app(SERVER_IP, APP_PORT, seen)
+        hsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        hsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        hsock.bind((SERVER_IP, HBONE_PORT))
+        hsock.listen(128)
+        hsock.setblocking(False)
+        hbone = await proxy._serve_hbone(spod, hsock)
+        out, out_port = await serve(proxy.outbound, cpod, "127.0.0.1")
+        try:
+            reply = await roundtrip(out_port, b"hello mesh")
+            assert reply == b"echo:hello mesh"
+            # The app saw the client pod's address, not ztunnel's.
+            assert seen == [(CLIENT_IP, b"hello mesh")]
+            await asyncio.sleep(0.1)
+            recs = {r.direction: r for r in sink.records}
+            assert set(recs) == {"outbound", "inbound"}
+            assert recs["outbound"].route == "hbone" and recs["outbound"].dst_identity == server.identity
+            assert recs["inbound"].src_identity == client.identity, "the destination saw the source's SPIFFE id"
+            assert recs["inbound"].src_workload == "client"
+            assert recs["outbound"].bytes_sent == len(b"hello mesh")
+            text = metrics.exposition().decode()
+            assert 'istio_tcp_connections_opened_total{' in text and 'reporter="destination"' in text
+            assert 'connection_security_policy="mutual_tls"' in text
+        finally:
+            out.close()
+            hbone.close()
+            app.close()
+            await proxy.close()
+            await identities.close()
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(("mode", "delivered"), [("PERMISSIVE", True), ("STRICT", False)])
+def test_inbound_plaintext_follows_peer_authentication(ca, mode, delivered):
+    async def go() -> None:
+        pa = PeerAuthn(name="default", namespace="demo", mode=mode)
+        client, server, cfg, identities, sink, metrics = mesh(ca, pas=[pa])
+        proxy = Proxy(cfg, identities=identities, metrics=metrics, access_log=sink,
+                      original_dst=lambda s: (SERVER_IP, APP_PORT))
+        spod = pod(server)
+        seen: list[tuple[str, bytes]] = []
+        app = await echo_app(SERVER_IP, APP_PORT, seen)
+        inb, inb_port = await serve(proxy.inbound_plaintext, spod, SERVER_IP)
+        try:
+            reply = await roundtrip(inb_port, b"plain", host=SERVER_IP)
+            await asyncio.sleep(0.05)
+            if delivered:
+                assert reply == b"echo:plain" and [d for _, d in seen] == [b"plain"]
+                assert not sink.records[0].error
+            else:
+                assert reply in (b"", b"<reset>") and seen == [], "STRICT: not one byte reaches the app"
+                assert "STRICT" in sink.records[0].error
+        finally:
+            inb.close()
+            app.close()
+            await proxy.close()
+            await identities.close()
+    asyncio.run(go())
