@@ -15,10 +15,10 @@ from pathlib import Path
 
 import grpc
 
+from ambit.backoff import Backoff
 from ambit.configclient import ConfigUpdate
-from ambit.dataplane.identity.manager import (
+from ambit.dataplane.identity import (
     DEFAULT_TTL,
-    Backoff,
     CertStore,
     GrpcCertificateFetcher,
     IdentityManager,

@@ -29,7 +29,7 @@ from typing import Any
 
 from ambit.dataplane import tls
 from ambit.dataplane.hbone import HBONEClientPool, HBONEConnectError, HBONEServer, HBONEStream, PoolKey
-from ambit.dataplane.identity.manager import CertificateUnavailable, IdentityManager
+from ambit.dataplane.identity import CertificateUnavailable, IdentityManager
 from ambit.dataplane.origdst import original_dst
 from ambit.dataplane.relay import Leg, relay, relay_tunnel
 from ambit.dataplane.settings import TunnelSettings

@@ -29,7 +29,7 @@ from ambit.dataplane.trust import UntrustedCertificate, spiffe_id_of
 from ambit.identity import SpiffeId
 
 if TYPE_CHECKING:
-    from ambit.dataplane.identity.manager import WorkloadCertificate
+    from ambit.dataplane.identity import WorkloadCertificate
 
 log = logging.getLogger("ambit.ztunnel.tls")
 

@@ -26,7 +26,7 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from ambit.dataplane import endpoint
-from ambit.dataplane.identity.manager import (
+from ambit.dataplane.identity import (
     CertificateFetchError,
     GrpcCertificateFetcher,
     WorkloadCertificate,

@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from ambit.dataplane.identity.manager import FetchResult, WorkloadCertificate, make_key_and_csr
+from ambit.dataplane.identity import FetchResult, WorkloadCertificate, make_key_and_csr
 from controller.ca import CertificateAuthority, generate_root
 
 TD = "cluster.local"

@@ -15,26 +15,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import hashlib
-import json
 import logging
-import os
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
-
-import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import Any
 
 from ambit import identity as ident
-from ambit.api import ca_pb2, ca_pb2_grpc
 from ambit.backoff import Backoff
 from ambit.clock import Clock, SystemClock
-from ambit.dataplane.trust import TrustBundle, spiffe_id_of
+from ambit.dataplane.identity.certificate import WorkloadCertificate
+from ambit.dataplane.identity.fetcher import (
+    CertificateFetcher,
+)
+from ambit.dataplane.identity.keys import make_key_and_csr
+from ambit.dataplane.identity.store import CertStore
 
 log = logging.getLogger("ambit.ztunnel.certs")
 
@@ -49,160 +44,6 @@ class CertificateUnavailable(Exception):
         self.identity = identity
         self.reason = reason
 
-
-class CertificateFetchError(Exception):
-    """The CA refused or could not be reached; `code` is the gRPC status name when there is one."""
-
-    def __init__(self, identity: str, code: str, detail: str) -> None:
-        super().__init__(f"fetching certificate for {identity} failed: {code}: {detail}")
-        self.identity = identity
-        self.code = code
-        self.detail = detail
-
-
-# --- certificates --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class WorkloadCertificate:
-    """A private key with its chain (leaf first) and the trust bundle it came with."""
-
-    identity: str
-    key_pem: bytes = field(repr=False)
-    chain_pem: tuple[str, ...]
-    bundle: TrustBundle
-    serial: int
-    not_before: float   # epoch seconds
-    not_after: float
-
-    @property
-    def refresh_at(self) -> float:
-        """Half-life of the actual validity window (notBefore..notAfter)."""
-        return self.not_before + (self.not_after - self.not_before) / 2
-
-    def valid_at(self, now: float) -> bool:
-        return self.not_before <= now < self.not_after
-
-    @classmethod
-    def from_pems(cls, identity: str, key_pem: bytes, chain_pem: Iterable[str], bundle_pems: Iterable[str]
-                  ) -> WorkloadCertificate:
-        """Build from a CA response, checking the chain really certifies `identity` under the bundle."""
-        chain = tuple(chain_pem)
-        if not chain:
-            raise ValueError(f"certificate for {identity}: CA returned an empty chain")
-        bundle = TrustBundle.from_pems(bundle_pems)
-        certs = [c for p in chain for c in x509.load_pem_x509_certificates(p.encode())]
-        leaf = certs[0]
-        got = spiffe_id_of(leaf).uri
-        if got != identity:
-            raise ValueError(f"certificate for {identity}: CA issued {got}")
-        bundle.verify(certs)  # a CA bug or a MITM on the CA channel must not hand us a foreign chain
-        key = serialization.load_pem_private_key(key_pem, None)
-        pub = serialization.PublicFormat.SubjectPublicKeyInfo
-        der = serialization.Encoding.DER
-        if key.public_key().public_bytes(der, pub) != leaf.public_key().public_bytes(der, pub):
-            raise ValueError(f"certificate for {identity}: leaf does not match our key")
-        return cls(identity, key_pem, chain, bundle, leaf.serial_number,
-                   leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp())
-
-
-def make_key_and_csr(identity: str) -> tuple[bytes, bytes]:
-    """A fresh P-256 key and a CSR naming exactly `identity` as its URI SAN."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
-
-
-# --- the on-disk store ----------------------------------------------------------------------------------
-
-class CertStore:
-    """Keeps each identity's current key and chain in `directory` (0700; files 0600), so that a
-    restarted ztunnel serves at once with still-valid certificates, even while the CA is down.
-
-    Trade-off: the keys are on the node's disk. They are the keys the node holds anyway (it is
-    authorized for exactly these identities), for at most one certificate lifetime; put the
-    directory on tmpfs (an emptyDir with medium Memory) to keep them off persistent storage.
-    Everything read back is re-verified (`WorkloadCertificate.from_pems`): a tampered or foreign
-    file is ignored, never used.
-    """
-
-    def __init__(self, directory: str | Path) -> None:
-        self.dir = Path(directory)
-
-    def _path(self, identity: str) -> Path:
-        return self.dir / (hashlib.sha256(identity.encode()).hexdigest()[:32] + ".json")
-
-    def save(self, cert: WorkloadCertificate) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        doc = {"identity": cert.identity, "key_pem": cert.key_pem.decode(), "chain_pem": list(cert.chain_pem),
-               "bundle_pems": cert.bundle.pems()}
-        path = self._path(cert.identity)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(doc).encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-
-    def load(self, identity: str, now: float) -> WorkloadCertificate | None:
-        """The stored certificate for `identity` if it is still valid at `now` and verifies."""
-        path = self._path(identity)
-        try:
-            doc = json.loads(path.read_text())
-            cert = WorkloadCertificate.from_pems(identity, doc["key_pem"].encode(), doc["chain_pem"],
-                                                 doc["bundle_pems"])
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("ignoring stored certificate %s for %s: %s", path, identity, e)
-            return None
-        return cert if cert.valid_at(now) else None
-
-    def remove(self, identity: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._path(identity).unlink()
-
-
-# --- fetchers ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FetchResult:
-    chain_pem: list[str]
-    trust_bundle: list[str]
-
-
-class CertificateFetcher(Protocol):
-    async def fetch(self, identity: str, csr_pem: bytes, ttl_seconds: int) -> FetchResult: ...
-
-
-class GrpcCertificateFetcher:
-    """Calls `ambit.ca.v1.CertificateService/CreateCertificate` as node `node`.
-
-    `token` is a callable so a rotating projected service-account token is re-read on every call.
-    """
-
-    def __init__(self, channel: grpc.aio.Channel, node: str, token: Callable[[], str], *, timeout: float = 10.0
-                 ) -> None:
-        self._stub = ca_pb2_grpc.CertificateServiceStub(channel)
-        self.node = node
-        self._token = token
-        self.timeout = timeout
-
-    async def fetch(self, identity: str, csr_pem: bytes, ttl_seconds: int) -> FetchResult:
-        req = ca_pb2.CSRRequest(csr_pem=csr_pem.decode(), identity=identity, ttl_seconds=int(ttl_seconds))
-        md = (("authorization", f"Bearer {self._token()}"), ("x-ambit-node", self.node))
-        try:
-            resp = await self._stub.CreateCertificate(req, metadata=md, timeout=self.timeout)
-        except grpc.aio.AioRpcError as e:
-            raise CertificateFetchError(identity, e.code().name, e.details() or "") from None
-        return FetchResult(list(resp.cert_chain), list(resp.trust_bundle))
 
 
 def next_delay(cert: WorkloadCertificate | None, failures: int, now: float, backoff: Backoff, rand: float,

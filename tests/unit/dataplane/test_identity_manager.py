@@ -10,8 +10,8 @@ import time
 import grpc
 import pytest
 
-from ambit.dataplane.identity.manager import (
-    Backoff,
+from ambit.backoff import Backoff
+from ambit.dataplane.identity import (
     CertificateUnavailable,
     CertStore,
     GrpcCertificateFetcher,

@@ -9,7 +9,7 @@ import pytest
 from cryptography import x509
 
 from ambit.dataplane import tls
-from ambit.dataplane.identity.manager import WorkloadCertificate
+from ambit.dataplane.identity import WorkloadCertificate
 from controller.ca import generate_root
 from tests.unit.conftest import TD, issue
 from tests.unit.dataplane.test_hbone import CLIENT, SERVER, HBONEClientPool, Mesh, echo

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ambit.dataplane.identity.manager import IdentityManager
+from ambit.dataplane.identity import IdentityManager
 from ambit.dataplane.relay import Leg
 from ambit.dataplane.settings import TunnelSettings
 from ambit.dataplane.telemetry.accesslog import ConnRecord

@@ -1,0 +1,55 @@
+"""How a certificate is obtained: the `CertificateFetcher` protocol and its gRPC implementation
+against the controller's CA (node credential in the metadata)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+
+from ambit.api import ca_pb2, ca_pb2_grpc
+
+
+class CertificateFetchError(Exception):
+    """The CA refused or could not be reached; `code` is the gRPC status name when there is one."""
+
+    def __init__(self, identity: str, code: str, detail: str) -> None:
+        super().__init__(f"fetching certificate for {identity} failed: {code}: {detail}")
+        self.identity = identity
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    chain_pem: list[str]
+    trust_bundle: list[str]
+
+
+class CertificateFetcher(Protocol):
+    async def fetch(self, identity: str, csr_pem: bytes, ttl_seconds: int) -> FetchResult: ...
+
+
+class GrpcCertificateFetcher:
+    """Calls `ambit.ca.v1.CertificateService/CreateCertificate` as node `node`.
+
+    `token` is a callable so a rotating projected service-account token is re-read on every call.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, node: str, token: Callable[[], str], *, timeout: float = 10.0
+                 ) -> None:
+        self._stub = ca_pb2_grpc.CertificateServiceStub(channel)
+        self.node = node
+        self._token = token
+        self.timeout = timeout
+
+    async def fetch(self, identity: str, csr_pem: bytes, ttl_seconds: int) -> FetchResult:
+        req = ca_pb2.CSRRequest(csr_pem=csr_pem.decode(), identity=identity, ttl_seconds=int(ttl_seconds))
+        md = (("authorization", f"Bearer {self._token()}"), ("x-ambit-node", self.node))
+        try:
+            resp = await self._stub.CreateCertificate(req, metadata=md, timeout=self.timeout)
+        except grpc.aio.AioRpcError as e:
+            raise CertificateFetchError(identity, e.code().name, e.details() or "") from None
+        return FetchResult(list(resp.cert_chain), list(resp.trust_bundle))

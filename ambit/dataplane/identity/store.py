@@ -1,0 +1,64 @@
+"""The on-disk certificate cache (0600 files, written atomically), so a restarted proxy serves its
+pods during a CA outage."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from ambit.dataplane.identity.certificate import WorkloadCertificate
+
+log = logging.getLogger("ambit.dataplane.identity")
+
+
+class CertStore:
+    """Keeps each identity's current key and chain in `directory` (0700; files 0600), so that a
+    restarted ztunnel serves at once with still-valid certificates, even while the CA is down.
+
+    Trade-off: the keys are on the node's disk. They are the keys the node holds anyway (it is
+    authorized for exactly these identities), for at most one certificate lifetime; put the
+    directory on tmpfs (an emptyDir with medium Memory) to keep them off persistent storage.
+    Everything read back is re-verified (`WorkloadCertificate.from_pems`): a tampered or foreign
+    file is ignored, never used.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+
+    def _path(self, identity: str) -> Path:
+        return self.dir / (hashlib.sha256(identity.encode()).hexdigest()[:32] + ".json")
+
+    def save(self, cert: WorkloadCertificate) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        doc = {"identity": cert.identity, "key_pem": cert.key_pem.decode(), "chain_pem": list(cert.chain_pem),
+               "bundle_pems": cert.bundle.pems()}
+        path = self._path(cert.identity)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(doc).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def load(self, identity: str, now: float) -> WorkloadCertificate | None:
+        """The stored certificate for `identity` if it is still valid at `now` and verifies."""
+        path = self._path(identity)
+        try:
+            doc = json.loads(path.read_text())
+            cert = WorkloadCertificate.from_pems(identity, doc["key_pem"].encode(), doc["chain_pem"],
+                                                 doc["bundle_pems"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring stored certificate %s for %s: %s", path, identity, e)
+            return None
+        return cert if cert.valid_at(now) else None
+
+    def remove(self, identity: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(identity).unlink()
