@@ -1,0 +1,118 @@
+"""What the waypoint's HTTP engine and its sans-IO cores (routing, L7 authorization, and later
+resilience) exchange: the request as parsed, the connection it arrived on, and the decision.
+
+The engine (waypoint/http/) parses bytes with libraries (httptools, h2) into a `RequestHead` and
+knows the `Downstream` it came from (the HBONE tunnel: the source's SPIFFE identity and address).
+The cores are pure functions of these; they return a `Decision`: forward upstream (`Forward`) or
+answer locally (`LocalReply`: a redirect, a direct response, a 403, a 404 ...). Nothing here does
+I/O, so tests build these objects by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+
+@dataclass
+class RequestHead:
+    """One request's head. Header names are lower-case (HTTP/2 rules, applied to HTTP/1.1 too);
+    values keep their case and order; a name may repeat."""
+
+    method: str
+    path: str                               # as sent: path plus "?query", no fragment
+    authority: str                          # Host (HTTP/1.1) or :authority (HTTP/2)
+    scheme: str = "http"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    version: str = "1.1"                    # "1.0" | "1.1" | "2"
+    grpc: bool = False                      # content-type application/grpc*
+
+    def header(self, name: str) -> str | None:
+        """All values of `name` joined with "," (RFC 9110 §5.3), or None when absent.
+        Cookie is joined with "; " (RFC 9113 §8.2.3)."""
+        values = [v for k, v in self.headers if k == name]
+        if not values:
+            return None
+        return ("; " if name == "cookie" else ",").join(values)
+
+    @property
+    def path_only(self) -> str:
+        return self.path.split("?", 1)[0]
+
+    @property
+    def query(self) -> list[tuple[str, str]]:
+        q = self.path.split("?", 1)[1] if "?" in self.path else ""
+        return parse_qsl(q, keep_blank_values=True)
+
+    @property
+    def host(self) -> str:
+        """The authority without a port (IPv6 literals keep their brackets)."""
+        a = self.authority
+        if a.startswith("["):
+            return a.split("]", 1)[0] + "]"
+        return a.rsplit(":", 1)[0] if a.count(":") == 1 else a
+
+
+@dataclass(frozen=True)
+class Downstream:
+    """The tunnel a request arrived on, as the waypoint's HBONE server saw it."""
+
+    source_identity: str = ""               # SPIFFE id of the peer (mTLS), "" when none
+    source_ip: str = ""
+    source_namespace: str = ""
+    source_labels: tuple[tuple[str, str], ...] = ()
+    destination_ip: str = ""                # the original destination (a VIP or a pod IP)
+    destination_port: int = 0
+    service: str = ""                       # "ns/name" of the destination Service, if known
+    hostname: str = ""                      # its FQDN
+
+
+@dataclass(frozen=True)
+class HeaderOps:
+    """Header edits, applied in this order: remove, set (replace), add (append)."""
+
+    remove: tuple[str, ...] = ()
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+
+    def apply(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        drop = {n.lower() for n in self.remove} | {n.lower() for n, _ in self.set}
+        out = [(k, v) for k, v in headers if k not in drop]
+        out += [(n.lower(), v) for n, v in self.set]
+        out += [(n.lower(), v) for n, v in self.add]
+        return out
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Send the request upstream to one backend of `service` ("ns/name"), `subset` of it, `port`.
+
+    `path`/`authority` are the rewritten values (None: unchanged). `route` names the route for
+    logs and metrics ("Kind/ns/name#index")."""
+
+    service: str
+    port: int
+    subset: str = ""
+    hostname: str = ""
+    path: str | None = None
+    authority: str | None = None
+    request_headers: HeaderOps = HeaderOps()
+    response_headers: HeaderOps = HeaderOps()
+    route: str = ""
+
+
+@dataclass(frozen=True)
+class LocalReply:
+    """Answer without going upstream. `flags` is Envoy's response_flags value for the access log
+    and metrics: NR (no route), UH (no healthy upstream), "" for a configured reply."""
+
+    status: int
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    flags: str = ""
+    grpc_status: int | None = None          # for gRPC requests: answered as trailers-only
+    route: str = ""
+    reason: str = ""                        # for the access log: why
+
+
+Decision = Forward | LocalReply
