@@ -256,6 +256,9 @@ class Redirect:
     path: str = ""
     path_mode: str = "full"             # full | prefix (replace the matched prefix)
     code: int = 301
+    # No `port`: "" keeps the request's port (Envoy), FROM_REQUEST_PORT uses the port the request
+    # came in on, FROM_PROTOCOL_DEFAULT the scheme's default (Istio HTTPRedirect.derivePort).
+    derive_port: str = ""
 
 
 @dataclass

@@ -166,7 +166,7 @@ def _vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str) -> HttpRoute | No
         r = h["redirect"]
         route.redirect = Redirect(scheme=r.get("scheme", ""), authority=r.get("authority", ""),
                                   port=int(r.get("port") or 0), path=r.get("uri", ""), path_mode="full",
-                                  code=int(r.get("redirectCode") or 301))
+                                  code=int(r.get("redirectCode") or 301), derive_port=r.get("derivePort", ""))
     if h.get("directResponse"):
         d = h["directResponse"]
         body = (d.get("body") or {})
@@ -274,7 +274,12 @@ def _gw_filters(route: HttpRoute, filters: list[Obj], ns: str, hosts: Hosts) -> 
                                       port=int(r.get("port") or 0),
                                       path=path.get("replaceFullPath" if full else "replacePrefixMatch", ""),
                                       path_mode="full" if full or not path else "prefix",
-                                      code=int(r.get("statusCode") or 302))
+                                      code=int(r.get("statusCode") or 302),
+                                      # Gateway API: without a port, the scheme's port if a scheme
+                                      # is given, else the listener's (for a mesh route, the Service
+                                      # port the request came in on), as Istio translates it.
+                                      derive_port="" if r.get("port") else
+                                      ("FROM_PROTOCOL_DEFAULT" if r.get("scheme") else "FROM_REQUEST_PORT"))
         elif t == "URLRewrite":
             r = f["urlRewrite"]
             path = r.get("path") or {}

@@ -2,8 +2,9 @@
 
 Order, as Istio configures Envoy:
 1. Choose the host (`RouteTable.host_for`). A destination the waypoint knows but that has no
-   routes gets the default route to itself, as Istio gives a Service behind a waypoint with no
-   VirtualService or HTTPRoute. An unknown host gets 404 with response flag NR.
+   routes for the request's port gets the default route to itself, as Istio gives a Service behind
+   a waypoint with no VirtualService or HTTPRoute (and as Gateway API's mesh-ports conformance test
+   expects of a port the route's parentRef does not name). An unknown host gets 404, flag NR.
 2. The first route (in the table's order: VirtualService order, then Gateway API precedence, as
    the controller sorted them) with a matching `HttpMatch` wins; no match is 404 NR.
 3. The route answers itself (`directResponse`, `redirect`) or forwards to one destination chosen
@@ -41,12 +42,13 @@ def route(table: RouteTable, head: RequestHead, down: Downstream, rand: RandomSo
             return Forward(service=down.service, port=down.destination_port, hostname=down.hostname,
                            route="default")
         return local_reply(head, 404, flags=NO_ROUTE, reason=f"no route for host {head.authority!r}")
-    if not host.routes:
+    port = down.destination_port
+    routes = [r for r in host.routes if r.applies_to_port(port)]
+    if not routes:
         if host.service:
-            return Forward(service=host.service, port=down.destination_port, hostname=host.hostname,
-                           route="default")
+            return Forward(service=host.service, port=port, hostname=host.hostname, route="default")
         return local_reply(head, 404, flags=NO_ROUTE, reason=f"no routes for host {host.hostname}")
-    for r in host.routes:
+    for r in routes:
         matched = _match(r, head, down)
         if matched is not False:
             return _decide(table, r, matched, head, down, rand)

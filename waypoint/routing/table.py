@@ -49,6 +49,10 @@ class CompiledRoute:
     authority: str | None
     rewrite_regex: Any = None
     gateway_api: bool = False          # from HTTPRoute/GRPCRoute: Gateway API's error codes apply
+    ports: frozenset[int] = frozenset()     # the ports this route is for; empty: every port
+
+    def applies_to_port(self, port: int) -> bool:
+        return not self.ports or port in self.ports
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +118,14 @@ def _compile_route(r: HttpRoute, index: int) -> CompiledRoute:
     if r.rewrite is not None and r.rewrite.regex:
         rx = compile_re2(r.rewrite.regex)
     name = f"{r.source}#{r.name or index}"
+    # A route is for the ports its matches name; one match without a port makes it for every port.
+    ports = frozenset() if not r.matches or any(not m.port for m in r.matches) else frozenset(
+        m.port for m in r.matches)
     return CompiledRoute(route=r, name=name, matchers=tuple(RequestMatcher.compile(m) for m in r.matches),
                          destinations=dests, weights=tuple(max(0, d.weight) for d in r.destinations),
                          request_headers=request_ops(r.headers), response_headers=response_ops(r.headers),
                          authority=authority_override(r.headers), rewrite_regex=rx,
-                         gateway_api=r.source.startswith(GATEWAY_API_KINDS))
+                         gateway_api=r.source.startswith(GATEWAY_API_KINDS), ports=ports)
 
 
 def build_table(configs: Iterable[WaypointRoutes], cluster_domain: str = "cluster.local") -> RouteTable:
