@@ -321,11 +321,11 @@ def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool) -> list[tuple[tupl
                 r = rule["retry"]
                 route.retries = Retry(attempts=int(r.get("attempts") or 0), codes=list(r.get("codes") or []),
                                       backoff=_seconds(r.get("backoff")))
-            if not route.destinations and route.redirect is None:
-                # Gateway API: a rule with no backends and nothing that answers returns 404... and
-                # one whose backends all have weight 0 returns 500.
-                route.direct_response = DirectResponse(status=404)
-            elif route.destinations and all(d.weight == 0 for d in route.destinations):
+            if (not route.destinations and route.redirect is None) or (
+                    route.destinations and all(d.weight == 0 for d in route.destinations)):
+                # Gateway API (httproute_types.go HTTPRouteRule.BackendRefs; conformance
+                # httproute-omitted-backendrefs): a rule with no backends and nothing that answers,
+                # or whose backends all have weight 0, returns 500.
                 route.direct_response = DirectResponse(status=500)
             out.append((_precedence(match, obj, ri, mi), route))
     return out
