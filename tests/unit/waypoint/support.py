@@ -40,13 +40,14 @@ def service(name: str, ns: str, ports: dict[str, int], selector: dict[str, str] 
 
 
 def conformance_services() -> list[dict[str, Any]]:
-    """The GAMMA conformance backends (gateway-api conformance/mesh/manifests.yaml): echo, echo-v1
-    and echo-v2, each serving http on 80 and http-alt on 8080."""
-    ports = {"http": 80, "http-alt": 8080}
+    """The GAMMA conformance backends (gateway-api conformance/mesh/manifests.yaml): echo, echo-v1,
+    echo-v2 and echo-v3, each serving http on 80, http-alt on 8080 and grpc on 7070."""
+    ports = {"http": 80, "http-alt": 8080, "grpc": 7070}
     return [namespace(MESH_NS, **{"ambit.io/dataplane-mode": "ambient"}),
             service("echo", MESH_NS, ports, {"app": "echo"}, "10.96.1.1"),
             service("echo-v1", MESH_NS, ports, {"app": "echo", "version": "v1"}, "10.96.1.2"),
-            service("echo-v2", MESH_NS, ports, {"app": "echo", "version": "v2"}, "10.96.1.3")]
+            service("echo-v2", MESH_NS, ports, {"app": "echo", "version": "v2"}, "10.96.1.3"),
+            service("echo-v3", MESH_NS, ports, {"app": "echo", "version": "v3"}, "10.96.1.4")]
 
 
 def translated(objs: list[dict[str, Any]], **kw: Any) -> Translation:

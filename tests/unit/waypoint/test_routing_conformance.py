@@ -205,3 +205,44 @@ def test_mesh_ports() -> None:
 @pytest.mark.parametrize("path,want", [("/v1", V1), ("/v2", V2), ("/v3", "404")])
 def test_mesh_split(path: str, want: str) -> None:
     assert backend(decide(table("mesh-split"), req(path), to("echo"))) == want
+
+
+# -- GRPCRoute: MeshGRPCRouteRequestHeaderModifier, MeshGRPCRouteWeight ------------------------------
+
+def grpc_req(headers: dict[str, str]):
+    return req("/grpc.testing.TestService/Echo", authority="echo:7070", method="POST",
+               headers={"content-type": "application/grpc", **headers}, grpc=True)
+
+
+@pytest.mark.parametrize("case,sent,want,expected,absent", [
+    ("set", {"some-other-header": "this-header-should-be-set", "x-header-set": "this-value-should-be-overwritten"},
+     V1, {"some-other-header": "this-header-should-be-set", "x-header-set": "set-overwrites-values"}, []),
+    ("add", {"x-header-add": "this-value-should-be-appended"},
+     V1, {"x-header-add": "this-value-should-be-appended,add-appends-values"}, []),
+    ("remove", {"x-header-remove": "this-should-be-removed"}, V1, {}, ["x-header-remove"]),
+    ("multi", {"x-header-set-2": "set-header-2", "x-header-add-2": "add-header-2", "x-header-remove-2": "gone"},
+     V2, {"x-header-set-1": "header-set-1", "x-header-set-2": "header-set-2", "x-header-add-1": "header-add-1",
+          "x-header-add-2": "add-header-2,header-add-2"}, ["x-header-remove-1", "x-header-remove-2"]),
+])
+def test_mesh_grpcroute_request_header_modifier(case: str, sent: dict[str, str], want: str,
+                                                expected: dict[str, str], absent: list[str]) -> None:
+    sent = {"x-test-case": case, **sent}
+    d = decide(table("grpcroute-request-header-modifier"), grpc_req(sent), to("echo", port=7070))
+    assert backend(d) == want and isinstance(d, Forward) and d.port == 7070
+    seen = upstream_headers(d, sent)
+    assert seen["x-test-case"] == case
+    assert {k: seen.get(k) for k in expected} == expected
+    assert not set(absent) & set(seen)
+
+
+def test_mesh_grpcroute_a_request_matching_no_rule_is_unimplemented() -> None:
+    d = decide(table("grpcroute-request-header-modifier"), grpc_req({"x-test-case": "nope"}), to("echo", port=7070))
+    assert isinstance(d, LocalReply) and (d.status, d.flags, d.grpc_status) == (404, "NR", 12)
+
+
+def test_mesh_grpcroute_weight_70_30_0() -> None:
+    """Same tolerance argument as the HTTPRoute weight test; weight 0 (echo-v3) gets nothing."""
+    n = 20_000
+    counts = split(table("grpcroute-weight"), grpc_req({}), to("echo", port=7070), n)
+    assert set(counts) == {V1, V2}
+    assert counts[V1] / n == pytest.approx(0.70, abs=0.015)
