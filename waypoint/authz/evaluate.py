@@ -30,6 +30,7 @@ from ambit.model import Authorization, Match, Rule
 from waypoint.authz.matching import any_host, any_method, any_path, any_string, in_blocks, string_match
 from waypoint.authz.trustdomains import TrustDomainsLike
 from waypoint.localreply import GRPC_PERMISSION_DENIED, local_reply
+from waypoint.normalize import normalize_path
 from waypoint.request import Downstream, LocalReply, RequestHead
 
 ALLOW, DENY, AUDIT = "ALLOW", "DENY", "AUDIT"
@@ -108,7 +109,8 @@ def _context(head: RequestHead, down: Downstream, tds: TrustDomainsLike | None) 
             namespace = ident.parse(down.source_identity, allow_schemeless=True).namespace
         except ident.InvalidSpiffeId:
             namespace = None
-    return _Request(head, down, head.path_only, principal, namespace, tds)
+    # Normalized here too (idempotent), so a path the engine forgot to normalize cannot dodge a rule.
+    return _Request(head, down, normalize_path(head.path_only), principal, namespace, tds)
 
 
 def _principal(patterns: list[str], r: _Request) -> bool:

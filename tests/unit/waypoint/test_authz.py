@@ -231,3 +231,12 @@ def test_http_rules_survive_the_config_stream() -> None:
     [p] = seed_policy()
     back = Authorization.from_dict(p.to_dict())
     assert back.http_rules == p.http_rules and back.http_rules[0].clauses[1][0].paths == ["/api/*"]
+
+
+def test_dot_segments_cannot_dodge_a_deny() -> None:
+    """Paths are normalized (RFC 3986 dot segments, %2E) before they are matched, as Envoy's
+    normalize_path does for Istio, so /api/../admin is /admin."""
+    ps = policies(to_service([{"to": [{"operation": {"paths": ["/admin*"]}}]}], action="DENY"))
+    for path in ("/admin", "/api/../admin", "/api/%2e%2e/admin", "/./admin/x"):
+        assert not allowed(ps, req(path, authority="myapp")), path
+    assert allowed(ps, req("/api/admin", authority="myapp"))
