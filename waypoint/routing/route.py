@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from waypoint.localreply import local_reply
 from waypoint.request import Decision, Downstream, Forward, HeaderOps, RequestHead
-from waypoint.routing.headers import compose
 from waypoint.routing.matchers import RequestMatcher, StringMatcher
 from waypoint.routing.paths import regex_rewrite, replace_full, replace_prefix
 from waypoint.routing.redirect import location
@@ -43,7 +42,7 @@ def route(table: RouteTable, head: RequestHead, down: Downstream, rand: RandomSo
                            route="default")
         return local_reply(head, 404, flags=NO_ROUTE, reason=f"no route for host {head.authority!r}")
     port = down.destination_port
-    routes = [r for r in host.routes if r.applies_to_port(port)]
+    routes = host.routes_for(port)
     if not routes:
         if host.service:
             return Forward(service=host.service, port=port, hostname=host.hostname, route="default")
@@ -93,9 +92,15 @@ def _decide(table: RouteTable, r: CompiledRoute, matched: RequestMatcher | None,
     if dest.subset and table.subset_labels(dest.host, dest.subset) is None:
         return local_reply(head, 503, flags=NO_CLUSTER, route=r.name,
                            reason=f"subset {dest.subset!r} of {dest.host} is not defined by a DestinationRule")
+    port = dest.port or down.destination_port
+    rw = model.rewrite
+    static = rw is None or not (rw.path or r.rewrite_regex is not None)
+    if static:
+        fwd = chosen.forwards.get(port)
+        if fwd is not None:
+            return fwd
     path = None
     authority = None
-    rw = model.rewrite
     if rw is not None:
         if r.rewrite_regex is not None:
             path = regex_rewrite(head.path, r.rewrite_regex, rw.regex_substitution)
@@ -105,8 +110,9 @@ def _decide(table: RouteTable, r: CompiledRoute, matched: RequestMatcher | None,
             path = replace_prefix(head.path, path_matcher, rw.path)
         authority = rw.authority or None
     authority = authority or chosen.authority or r.authority
-    return Forward(service=dest.service, port=dest.port or down.destination_port, subset=dest.subset,
-                   hostname=dest.host, path=path, authority=authority,
-                   request_headers=compose(chosen.request_headers, r.request_headers),
-                   response_headers=compose(chosen.response_headers, r.response_headers),
-                   route=r.name)
+    fwd = Forward(service=dest.service, port=port, subset=dest.subset, hostname=dest.host, path=path,
+                  authority=authority, request_headers=chosen.request_headers,
+                  response_headers=chosen.response_headers, route=r.name)
+    if static and len(chosen.forwards) < 64:
+        chosen.forwards[port] = fwd
+    return fwd

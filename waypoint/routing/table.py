@@ -23,7 +23,7 @@ from typing import Any
 from ambit.model import HttpRoute, RouteDestination, WaypointRoutes
 from ambit.regex import RegexError, compile_re2
 from waypoint.request import Downstream, HeaderOps, RequestHead
-from waypoint.routing.headers import authority_override, request_ops, response_ops
+from waypoint.routing.headers import authority_override, compose, request_ops, response_ops
 from waypoint.routing.matchers import RequestMatcher
 
 GATEWAY_API_KINDS = ("HTTPRoute/", "GRPCRoute/")
@@ -32,9 +32,12 @@ GATEWAY_API_KINDS = ("HTTPRoute/", "GRPCRoute/")
 @dataclass(frozen=True, slots=True)
 class CompiledDestination:
     dest: RouteDestination
-    request_headers: HeaderOps
-    response_headers: HeaderOps
+    request_headers: HeaderOps         # this destination's operations composed with its route's
+    response_headers: HeaderOps        # (see `headers.compose`), once, at build time
     authority: str | None              # from a `host`/`:authority` header set at this level
+    # Forwards that depend on nothing but the port (no path rewrite), built once per port: the
+    # decision objects are immutable, so every request to that port shares one.
+    forwards: dict[int, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,12 @@ class HostRoutes:
     routes: tuple[CompiledRoute, ...]
     subsets: dict[str, dict[str, str]] = field(default_factory=dict)   # name -> labels
     config: WaypointRoutes | None = None
+    port_specific: bool = False        # some route is for certain ports only
+
+    def routes_for(self, port: int) -> tuple[CompiledRoute, ...]:
+        if not self.port_specific:
+            return self.routes
+        return tuple(r for r in self.routes if r.applies_to_port(port))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +80,13 @@ class RouteTable:
     by_service: dict[str, HostRoutes]
     cluster_domain: str = "cluster.local"
     errors: tuple[str, ...] = ()
+    by_name: dict[str, CompiledRoute] = field(default_factory=dict)   # Forward.route -> its route
+
+    def http_route(self, name: str) -> HttpRoute | None:
+        """The model route a decision came from (`Forward.route`/`LocalReply.route`): its timeout,
+        retries, fault, mirrors and CORS policy, for the layers that apply them."""
+        r = self.by_name.get(name)
+        return None if r is None else r.route
 
     def host_for(self, head: RequestHead, down: Downstream) -> HostRoutes | None:
         """The configuration for this request's host (see the module docstring), or None."""
@@ -112,7 +128,9 @@ class RouteTable:
 
 
 def _compile_route(r: HttpRoute, index: int) -> CompiledRoute:
-    dests = tuple(CompiledDestination(d, request_ops(d.headers), response_ops(d.headers),
+    route_req, route_resp = request_ops(r.headers), response_ops(r.headers)
+    dests = tuple(CompiledDestination(d, compose(request_ops(d.headers), route_req),
+                                      compose(response_ops(d.headers), route_resp),
                                       authority_override(d.headers)) for d in r.destinations)
     rx = None
     if r.rewrite is not None and r.rewrite.regex:
@@ -123,7 +141,7 @@ def _compile_route(r: HttpRoute, index: int) -> CompiledRoute:
         m.port for m in r.matches)
     return CompiledRoute(route=r, name=name, matchers=tuple(RequestMatcher.compile(m) for m in r.matches),
                          destinations=dests, weights=tuple(max(0, d.weight) for d in r.destinations),
-                         request_headers=request_ops(r.headers), response_headers=response_ops(r.headers),
+                         request_headers=route_req, response_headers=route_resp,
                          authority=authority_override(r.headers), rewrite_regex=rx,
                          gateway_api=r.source.startswith(GATEWAY_API_KINDS), ports=ports)
 
@@ -141,6 +159,9 @@ def build_table(configs: Iterable[WaypointRoutes], cluster_domain: str = "cluste
                 errors.append(f"{wr.hostname}: route {r.source}#{r.name or i} left out: {e}")
         subsets = {s.name: dict(s.labels) for s in wr.subsets}
         hosts[wr.hostname] = HostRoutes(hostname=wr.hostname, service=wr.service, namespace=wr.namespace,
-                                        routes=tuple(compiled), subsets=subsets, config=wr)
+                                        routes=tuple(compiled), subsets=subsets, config=wr,
+                                        port_specific=any(r.ports for r in compiled))
     by_service = {h.service: h for h in hosts.values() if h.service}
-    return RouteTable(hosts=hosts, by_service=by_service, cluster_domain=cluster_domain, errors=tuple(errors))
+    by_name = {r.name: r for h in hosts.values() for r in h.routes}
+    return RouteTable(hosts=hosts, by_service=by_service, cluster_domain=cluster_domain, errors=tuple(errors),
+                      by_name=by_name)

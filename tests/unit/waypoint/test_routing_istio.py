@@ -225,3 +225,14 @@ def httproute(rules: list[dict[str, Any]]) -> dict[str, Any]:
 def test_gateway_api_configuration_errors_answer_500(rules: list[dict[str, Any]], status: int) -> None:
     d = decide(table_of(objects() + [httproute(rules)]), req("/", authority="myapp"), down())
     assert isinstance(d, LocalReply) and d.status == status and d.flags == ""
+
+
+def test_a_decision_leads_back_to_its_model_route() -> None:
+    """Timeouts, retries, faults and mirrors are applied by later layers: they find the route by
+    the decision's `route` name."""
+    t = table_of(objects() + [vs([rule([{"uri": {"prefix": "/slow"}}], "a", timeout="1.5s", name="slow"), to("b")])])
+    d = decide(t, req("/slow", authority="myapp"), down())
+    assert isinstance(d, Forward) and d.route == "VirtualService/default/myapp#slow"
+    model = t.http_route(d.route)
+    assert model is not None and model.timeout == 1.5
+    assert t.http_route("default") is None
