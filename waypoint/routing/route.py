@@ -72,14 +72,15 @@ def _decide(table: RouteTable, r: CompiledRoute, matched: RequestMatcher | None,
             down: Downstream, rand: RandomSource) -> Decision:
     model = r.route
     path_matcher: StringMatcher | None = matched.path if matched is not None else None
-    if model.direct_response is not None:
-        d = model.direct_response
-        return local_reply(head, d.status, d.body, headers=_reply_headers(r, []), route=r.name,
-                           reason="direct response")
+    # Istio checks redirect before directResponse (route.go TranslateRoute); both may be set.
     if model.redirect is not None:
         loc = location(model.redirect, head, down, path_matcher)
         return local_reply(head, model.redirect.code, headers=_reply_headers(r, [("location", loc)]),
                            route=r.name, reason="redirect")
+    if model.direct_response is not None:
+        d = model.direct_response
+        return local_reply(head, d.status, d.body, headers=_reply_headers(r, []), route=r.name,
+                           reason="direct response")
     chosen = choose(r.destinations, r.weights, rand) if r.destinations else None
     if chosen is None:
         return local_reply(head, 500, route=r.name, reason="no destination has a weight above 0")

@@ -236,3 +236,10 @@ def test_a_decision_leads_back_to_its_model_route() -> None:
     model = t.http_route(d.route)
     assert model is not None and model.timeout == 1.5
     assert t.http_route("default") is None
+
+
+def test_redirect_is_checked_before_direct_response() -> None:
+    """Both may be set (the validator allows it, as Istio does); Istio's route translation checks
+    `redirect` first."""
+    d = go([{"redirect": {"uri": "/moved"}, "directResponse": {"status": 200, "body": {"string": "x"}}}])
+    assert isinstance(d, LocalReply) and d.status == 301 and dict(d.headers)["location"] == "http://myapp/moved"
