@@ -2,9 +2,12 @@
 
 Order, as Istio configures Envoy:
 1. Choose the host (`RouteTable.host_for`). A destination the waypoint knows but that has no
-   routes for the request's port gets the default route to itself, as Istio gives a Service behind
+   routes for the request's port and source namespace (`HostRoutes.routes_for`) gets the default
+   route to itself, as Istio gives a Service behind
    a waypoint with no VirtualService or HTTPRoute (and as Gateway API's mesh-ports conformance test
-   expects of a port the route's parentRef does not name). An unknown host gets 404, flag NR.
+   expects of a port the route's parentRef does not name). A request addressed to a workload
+   (no Service) is forwarded to its original destination: `Forward(service="", route="passthrough")`.
+   An unknown host gets 404, flag NR.
 2. The first route (in the table's order: VirtualService order, then Gateway API precedence, as
    the controller sorted them) with a matching `HttpMatch` wins; no match is 404 NR.
 3. The route answers itself (`directResponse`, `redirect`) or forwards to one destination chosen
@@ -32,6 +35,7 @@ from waypoint.routing.weights import RandomSource, choose
 
 NO_ROUTE = "NR"
 NO_CLUSTER = "NC"
+PASSTHROUGH = "passthrough"     # Forward.route when service is "": go to Downstream.destination_ip
 
 
 def route(table: RouteTable, head: RequestHead, down: Downstream, rand: RandomSource) -> Decision:
@@ -40,9 +44,11 @@ def route(table: RouteTable, head: RequestHead, down: Downstream, rand: RandomSo
         if down.service:
             return Forward(service=down.service, port=down.destination_port, hostname=down.hostname,
                            route="default")
+        if down.destination_ip:     # a workload address: on to the original destination
+            return Forward(service="", port=down.destination_port, route=PASSTHROUGH)
         return local_reply(head, 404, flags=NO_ROUTE, reason=f"no route for host {head.authority!r}")
     port = down.destination_port
-    routes = host.routes_for(port)
+    routes = host.routes_for(port, down.source_namespace)
     if not routes:
         if host.service:
             return Forward(service=host.service, port=port, hostname=host.hostname, route="default")

@@ -9,7 +9,9 @@ Host lookup (`RouteTable.host_for`):
 - The tunnel's destination decides when it is known (`Downstream.hostname`, else
   `Downstream.service`): an Istio waypoint builds one route configuration per destination Service
   and ignores the Host header for choosing it (istio pilot/pkg/networking/core/listener_waypoint.go).
-- Otherwise the request authority selects: as written, without its port, and short names
+- A destination that is a workload address, not a Service, selects no routes (Istio applies no
+  Service routes to pod-addressed traffic; conformance mesh-frontend).
+- With no destination at all, the request authority selects: as written, without its port, and short names
   completed the way the client's DNS search path would (`name` → `name.<client ns>.svc.<domain>`,
   `name.ns` → `name.ns.svc.<domain>`, `name.ns.svc` → `name.ns.svc.<domain>`).
 """
@@ -53,9 +55,11 @@ class CompiledRoute:
     rewrite_regex: Any = None
     gateway_api: bool = False          # from HTTPRoute/GRPCRoute: Gateway API's error codes apply
     ports: frozenset[int] = frozenset()     # the ports this route is for; empty: every port
+    consumer_namespace: str = ""       # a GAMMA consumer route: only for requests from this namespace
 
-    def applies_to_port(self, port: int) -> bool:
-        return not self.ports or port in self.ports
+    def applies_to(self, port: int, source_namespace: str) -> bool:
+        return (not self.ports or port in self.ports) and (
+            not self.consumer_namespace or self.consumer_namespace == source_namespace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +70,15 @@ class HostRoutes:
     routes: tuple[CompiledRoute, ...]
     subsets: dict[str, dict[str, str]] = field(default_factory=dict)   # name -> labels
     config: WaypointRoutes | None = None
-    port_specific: bool = False        # some route is for certain ports only
+    restricted: bool = False           # some route is for certain ports or source namespaces only
 
-    def routes_for(self, port: int) -> tuple[CompiledRoute, ...]:
-        if not self.port_specific:
+    def routes_for(self, port: int, source_namespace: str) -> tuple[CompiledRoute, ...]:
+        """The routes that apply to a request on `port` from `source_namespace`: a route's own
+        ports (Gateway API parentRef port, VirtualService match port), and GAMMA consumer routes
+        only for their namespace (GEP-1426). None left: the Service's default route applies."""
+        if not self.restricted:
             return self.routes
-        return tuple(r for r in self.routes if r.applies_to_port(port))
+        return tuple(r for r in self.routes if r.applies_to(port, source_namespace))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +98,9 @@ class RouteTable:
     def host_for(self, head: RequestHead, down: Downstream) -> HostRoutes | None:
         """The configuration for this request's host (see the module docstring), or None."""
         if down.hostname or down.service:
-            found = self.hosts.get(down.hostname) or self.by_service.get(down.service)
-            if found is not None:
-                return found
-            return None
+            return self.hosts.get(down.hostname) or self.by_service.get(down.service)
+        if down.destination_ip:
+            return None        # addressed to a workload, not a Service: no Service routes apply
         return self.by_authority(head.authority, down.source_namespace)
 
     def by_authority(self, authority: str, client_namespace: str = "") -> HostRoutes | None:
@@ -139,11 +145,17 @@ def _compile_route(r: HttpRoute, index: int) -> CompiledRoute:
     # A route is for the ports its matches name; one match without a port makes it for every port.
     ports = frozenset() if not r.matches or any(not m.port for m in r.matches) else frozenset(
         m.port for m in r.matches)
+    gateway_api = r.source.startswith(GATEWAY_API_KINDS)
+    # The controller marks a consumer route by giving each of its matches the route's namespace as
+    # source namespace; for a VirtualService, sourceNamespace is an ordinary match condition.
+    consumer = ""
+    if gateway_api and r.matches and len({m.source_namespace for m in r.matches}) == 1:
+        consumer = r.matches[0].source_namespace
     return CompiledRoute(route=r, name=name, matchers=tuple(RequestMatcher.compile(m) for m in r.matches),
                          destinations=dests, weights=tuple(max(0, d.weight) for d in r.destinations),
                          request_headers=route_req, response_headers=route_resp,
                          authority=authority_override(r.headers), rewrite_regex=rx,
-                         gateway_api=r.source.startswith(GATEWAY_API_KINDS), ports=ports)
+                         gateway_api=gateway_api, ports=ports, consumer_namespace=consumer)
 
 
 def build_table(configs: Iterable[WaypointRoutes], cluster_domain: str = "cluster.local") -> RouteTable:
@@ -160,7 +172,7 @@ def build_table(configs: Iterable[WaypointRoutes], cluster_domain: str = "cluste
         subsets = {s.name: dict(s.labels) for s in wr.subsets}
         hosts[wr.hostname] = HostRoutes(hostname=wr.hostname, service=wr.service, namespace=wr.namespace,
                                         routes=tuple(compiled), subsets=subsets, config=wr,
-                                        port_specific=any(r.ports for r in compiled))
+                                        restricted=any(r.ports or r.consumer_namespace for r in compiled))
     by_service = {h.service: h for h in hosts.values() if h.service}
     by_name = {r.name: r for h in hosts.values() for r in h.routes}
     return RouteTable(hosts=hosts, by_service=by_service, cluster_domain=cluster_domain, errors=tuple(errors),

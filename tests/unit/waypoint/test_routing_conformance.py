@@ -20,13 +20,14 @@ from tests.unit.waypoint.support import (
     conformance_services,
     decide,
     load_yaml,
+    namespace,
     req,
     split,
     table_of,
     to,
     upstream_headers,
 )
-from waypoint.request import Forward, LocalReply
+from waypoint.request import Downstream, Forward, LocalReply
 
 V1, V2 = f"{MESH_NS}/echo-v1", f"{MESH_NS}/echo-v2"
 
@@ -246,3 +247,74 @@ def test_mesh_grpcroute_weight_70_30_0() -> None:
     counts = split(table("grpcroute-weight"), grpc_req({}), to("echo", port=7070), n)
     assert set(counts) == {V1, V2}
     assert counts[V1] / n == pytest.approx(0.70, abs=0.015)
+
+
+# -- MeshBasic, MeshHTTPRouteSimpleSameNamespace, MeshHTTPRouteNamedRule ----------------------------
+
+def test_mesh_basic_without_routes_reaches_the_service() -> None:
+    d = decide(table_of(conformance_services()), req("/"), to("echo"))
+    assert isinstance(d, Forward) and (d.service, d.port, d.route) == (f"{MESH_NS}/echo", 80, "default")
+
+
+def test_mesh_httproute_simple_same_namespace() -> None:
+    d = decide(table("httproute-simple-same-namespace"), req("/"), to("echo"))
+    assert isinstance(d, Forward) and (d.service, d.port) == (V1, 8080)
+
+
+@pytest.mark.parametrize("path,want,name", [
+    ("/named", V1, f"HTTPRoute/{MESH_NS}/mesh-http-named-rules#named-rule"),
+    ("/unnamed", V2, None),
+])
+def test_mesh_httproute_named_rule(path: str, want: str, name: str | None) -> None:
+    d = decide(table("httproute-named-rule"), req(path), to("echo"))
+    assert isinstance(d, Forward) and d.service == want and d.path is None
+    if name:
+        assert d.route == name
+
+
+# -- backend-level RequestHeaderModifier (httproute-request-header-modifier-backend.yaml) ------------
+
+@pytest.mark.parametrize("path,sent,expected,absent", [
+    ("/set", {"X-Header-Set": "some-other-value"}, {"x-header-set": "set-overwrites-values"}, []),
+    ("/add", {"X-Header-Add": "some-other-value"}, {"x-header-add": "some-other-value,add-appends-values"}, []),
+    ("/remove", {"X-Header-Remove": "val"}, {}, ["x-header-remove"]),
+    ("/case-insensitivity", {"x-header-set": "o", "x-header-add": "original-val-add", "x-header-remove": "r"},
+     {"x-header-set": "header-set", "x-header-add": "original-val-add,header-add"}, ["x-header-remove"]),
+])
+def test_mesh_backend_request_header_modifier(path: str, sent: dict[str, str], expected: dict[str, str],
+                                              absent: list[str]) -> None:
+    d = decide(table("httproute-request-header-modifier-backend"), req(path, headers=sent), to("echo"))
+    seen = upstream_headers(d, sent)
+    assert {k: seen.get(k) for k in expected} == expected and not set(absent) & set(seen)
+
+
+# -- MeshFrontend, MeshFrontendHostname: the destination decides, not Host ---------------------------
+
+def test_mesh_frontend() -> None:
+    t = table("mesh-frontend")
+    d = decide(t, req("/", authority="echo-v2"), to("echo-v2"))
+    assert isinstance(d, Forward) and d.service == V2 and d.response_headers.set == (("x-header-set", "set"),)
+    # addressed to a pod of echo-v2, not to the Service: no Service route, on to that address
+    pod = Downstream(destination_ip="10.244.2.7", destination_port=8080)
+    d = decide(t, req("/", authority="10.244.2.7:8080"), pod)
+    assert isinstance(d, Forward) and (d.service, d.route, d.response_headers.set) == ("", "passthrough", ())
+
+
+def test_mesh_frontend_hostname() -> None:
+    t = table("mesh-frontend")
+    d = decide(t, req("/", authority="echo-v1"), to("echo-v2"))      # sent to echo-v2 with Host: echo-v1
+    assert isinstance(d, Forward) and d.service == V2 and d.response_headers.set == (("x-header-set", "set"),)
+    d = decide(t, req("/", authority="echo-v2"), to("echo-v1"))      # sent to echo-v1 with Host: echo-v2
+    assert isinstance(d, Forward) and d.service == V1 and d.response_headers.set == ()
+
+
+# -- MeshConsumerRoute -------------------------------------------------------------------------------
+
+def test_mesh_consumer_route_applies_only_to_its_namespace() -> None:
+    consumer_ns = f"{MESH_NS}-consumer"
+    t = table_of(conformance_services() + [namespace(consumer_ns)] + load_yaml(CONFORMANCE / "mesh-consumer-route.yaml"))
+    head = req("/", authority=f"echo-v1.{MESH_NS}")
+    d = decide(t, head, to("echo-v1", source_namespace=consumer_ns))
+    assert isinstance(d, Forward) and d.service == V1 and d.response_headers.set == (("x-header-set", "set"),)
+    d = decide(t, head, to("echo-v1", source_namespace=MESH_NS))
+    assert isinstance(d, Forward) and d.service == V1 and d.response_headers.set == ()
