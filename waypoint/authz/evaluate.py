@@ -22,6 +22,7 @@ A denied request gets 403 `RBAC: access denied` (Envoy rbac_filter.cc), response
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -58,7 +59,8 @@ class PolicySet:
     by_service: dict[str, tuple[Authorization, ...]]
 
     def for_request(self, down: Downstream) -> tuple[Authorization, ...]:
-        return self.gateway + self.by_service.get(down.service, ())
+        svc = self.by_service.get(down.service)
+        return self.gateway + svc if svc else self.gateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,9 @@ class Verdict:
     action: str                  # ALLOW | DENY
     reason: str
     audit: tuple[str, ...] = ()
+
+
+_NO_POLICY = Verdict(True, None, ALLOW, "no ALLOW policy applies")
 
 
 def policy_set(policies: Iterable[Authorization], waypoint: Waypoint) -> PolicySet:
@@ -101,14 +106,20 @@ class _Request:
     trust_domains: TrustDomainsLike | None
 
 
+@functools.lru_cache(maxsize=4096)
+def _peer(identity: str) -> tuple[str | None, str | None]:
+    """(principal, namespace) of a SPIFFE id; a connection's peer repeats, so this is cached."""
+    if not identity:
+        return None, None
+    try:
+        namespace: str | None = ident.parse(identity, allow_schemeless=True).namespace
+    except ident.InvalidSpiffeId:
+        namespace = None
+    return ident.to_principal(identity), namespace
+
+
 def _context(head: RequestHead, down: Downstream, tds: TrustDomainsLike | None) -> _Request:
-    principal = namespace = None
-    if down.source_identity:
-        principal = ident.to_principal(down.source_identity)
-        try:
-            namespace = ident.parse(down.source_identity, allow_schemeless=True).namespace
-        except ident.InvalidSpiffeId:
-            namespace = None
+    principal, namespace = _peer(down.source_identity)
     # Normalized here too (idempotent), so a path the engine forgot to normalize cannot dodge a rule.
     return _Request(head, down, normalize_path(head.path_only), principal, namespace, tds)
 
@@ -135,35 +146,51 @@ def _any_header(conds: dict[str, list[str]], r: _Request) -> bool:
 
 def match_matches(m: Match, r: _Request, *, deny: bool) -> bool:
     """Every positive field set matches and no negative one does. `deny`: this decides a DENY or
-    AUDIT, so unsupported attributes count as matched (fail safe); for an ALLOW they never do."""
+    AUDIT, so unsupported attributes count as matched (fail safe); for an ALLOW they never do.
+    Straight-line tests, cheapest and most selective first: this runs for every request."""
     if m.unsupported and not deny:
         return False
-    d = r.down
-    checks = (
-        (m.principals, lambda: _principal(m.principals, r), True),
-        (m.not_principals, lambda: _principal(m.not_principals, r), False),
-        (m.namespaces, lambda: any_string(m.namespaces, r.namespace), True),
-        (m.not_namespaces, lambda: any_string(m.not_namespaces, r.namespace), False),
-        (m.ip_blocks, lambda: in_blocks(d.source_ip, m.ip_blocks), True),
-        (m.not_ip_blocks, lambda: in_blocks(d.source_ip, m.not_ip_blocks), False),
-        (m.remote_ip_blocks, lambda: in_blocks(d.source_ip, m.remote_ip_blocks), True),
-        (m.not_remote_ip_blocks, lambda: in_blocks(d.source_ip, m.not_remote_ip_blocks), False),
-        (m.ports, lambda: d.destination_port in m.ports, True),
-        (m.not_ports, lambda: d.destination_port in m.not_ports, False),
-        (m.destination_ips, lambda: in_blocks(d.destination_ip, m.destination_ips), True),
-        (m.not_destination_ips, lambda: in_blocks(d.destination_ip, m.not_destination_ips), False),
-        (m.methods, lambda: any_method(m.methods, r.head.method), True),
-        (m.not_methods, lambda: any_method(m.not_methods, r.head.method), False),
-        (m.paths, lambda: any_path(m.paths, r.path), True),
-        (m.not_paths, lambda: any_path(m.not_paths, r.path), False),
-        (m.hosts, lambda: any_host(m.hosts, r.head.authority), True),
-        (m.not_hosts, lambda: any_host(m.not_hosts, r.head.authority), False),
-        (m.request_headers, lambda: _headers(m.request_headers, r), True),
-        (m.not_request_headers, lambda: _any_header(m.not_request_headers, r), False),
-    )
-    for values, test, positive in checks:
-        if values and test() != positive:
-            return False
+    d, h = r.down, r.head
+    if m.methods and not any_method(m.methods, h.method):
+        return False
+    if m.not_methods and any_method(m.not_methods, h.method):
+        return False
+    if m.ports and d.destination_port not in m.ports:
+        return False
+    if m.not_ports and d.destination_port in m.not_ports:
+        return False
+    if m.paths and not any_path(m.paths, r.path):
+        return False
+    if m.not_paths and any_path(m.not_paths, r.path):
+        return False
+    if m.principals and not _principal(m.principals, r):
+        return False
+    if m.not_principals and _principal(m.not_principals, r):
+        return False
+    if m.namespaces and not any_string(m.namespaces, r.namespace):
+        return False
+    if m.not_namespaces and any_string(m.not_namespaces, r.namespace):
+        return False
+    if m.hosts and not any_host(m.hosts, h.authority):
+        return False
+    if m.not_hosts and any_host(m.not_hosts, h.authority):
+        return False
+    if m.request_headers and not _headers(m.request_headers, r):
+        return False
+    if m.not_request_headers and _any_header(m.not_request_headers, r):
+        return False
+    if m.ip_blocks and not in_blocks(d.source_ip, m.ip_blocks):
+        return False
+    if m.not_ip_blocks and in_blocks(d.source_ip, m.not_ip_blocks):
+        return False
+    if m.remote_ip_blocks and not in_blocks(d.source_ip, m.remote_ip_blocks):
+        return False
+    if m.not_remote_ip_blocks and in_blocks(d.source_ip, m.not_remote_ip_blocks):
+        return False
+    if m.destination_ips and not in_blocks(d.destination_ip, m.destination_ips):
+        return False
+    if m.not_destination_ips and in_blocks(d.destination_ip, m.not_destination_ips):
+        return False
     return True
 
 
@@ -208,7 +235,10 @@ def evaluate(policies: Iterable[Authorization], head: RequestHead, down: Downstr
 def authorize(pset: PolicySet, head: RequestHead, down: Downstream,
               trust_domains: TrustDomainsLike | None = None) -> tuple[LocalReply | None, Verdict]:
     """(None, verdict) when allowed; (the 403 to send, verdict) when denied."""
-    v = evaluate(pset.for_request(down), head, down, trust_domains)
+    ps = pset.for_request(down)
+    if not ps and trust_domains is None:
+        return None, _NO_POLICY
+    v = evaluate(ps, head, down, trust_domains)
     if v.allowed:
         return None, v
     return local_reply(head, 403, DENIED_BODY, flags=RBAC_FLAG, reason=v.reason,

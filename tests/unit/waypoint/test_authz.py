@@ -240,3 +240,13 @@ def test_dot_segments_cannot_dodge_a_deny() -> None:
     for path in ("/admin", "/api/../admin", "/api/%2e%2e/admin", "/./admin/x"):
         assert not allowed(ps, req(path, authority="myapp")), path
     assert allowed(ps, req("/api/admin", authority="myapp"))
+
+
+def test_the_l4_view_ztunnel_enforces_is_unchanged() -> None:
+    """`rules` (ztunnel's view) keeps only the L4 part, marked has_l7, exactly as before the HTTP
+    fields existed; the full rule is in `http_rules`, which ztunnel never reads."""
+    from ambit.model import Match, Rule
+    [p] = seed_policy()
+    assert p.rules == [Rule(clauses=[[Match(principals=["cluster.local/ns/default/sa/frontend"])]], has_l7=True)]
+    assert p.has_l7 and p.l7_rules
+    assert p.http_rules[0].clauses[1] == [Match(methods=["GET"], paths=["/api/*"])]
