@@ -3,9 +3,9 @@
 Order, as Istio configures Envoy:
 1. Choose the host (`RouteTable.host_for`). A destination the waypoint knows but that has no
    routes for the request's port and source namespace (`HostRoutes.routes_for`) gets the default
-   route to itself, as Istio gives a Service behind
-   a waypoint with no VirtualService or HTTPRoute (and as Gateway API's mesh-ports conformance test
-   expects of a port the route's parentRef does not name). A request addressed to a workload
+   route to itself, as Istio gives a Service behind a waypoint with no VirtualService or HTTPRoute
+   (and as Gateway API's mesh-ports conformance test expects of a port the route's parentRef does
+   not name). A request addressed to a workload
    (no Service) is forwarded to its original destination: `Forward(service="", route="passthrough")`.
    An unknown host gets 404, flag NR.
 2. The first route (in the table's order: VirtualService order, then Gateway API precedence, as
@@ -36,6 +36,7 @@ from waypoint.routing.weights import RandomSource, choose
 NO_ROUTE = "NR"
 NO_CLUSTER = "NC"
 PASSTHROUGH = "passthrough"     # Forward.route when service is "": go to Downstream.destination_ip
+DEFAULT = "default"             # Forward.route of a Service's default route (no configured route)
 
 
 def route(table: RouteTable, head: RequestHead, down: Downstream, rand: RandomSource) -> Decision:
@@ -43,7 +44,7 @@ def route(table: RouteTable, head: RequestHead, down: Downstream, rand: RandomSo
     if host is None:
         if down.service:
             return Forward(service=down.service, port=down.destination_port, hostname=down.hostname,
-                           route="default")
+                           route=DEFAULT)
         if down.destination_ip:     # a workload address: on to the original destination
             return Forward(service="", port=down.destination_port, route=PASSTHROUGH)
         return local_reply(head, 404, flags=NO_ROUTE, reason=f"no route for host {head.authority!r}")
@@ -51,7 +52,7 @@ def route(table: RouteTable, head: RequestHead, down: Downstream, rand: RandomSo
     routes = host.routes_for(port, down.source_namespace)
     if not routes:
         if host.service:
-            return Forward(service=host.service, port=port, hostname=host.hostname, route="default")
+            return Forward(service=host.service, port=port, hostname=host.hostname, route=DEFAULT)
         return local_reply(head, 404, flags=NO_ROUTE, reason=f"no routes for host {host.hostname}")
     for r in routes:
         matched = _match(r, head, down)
