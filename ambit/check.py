@@ -151,7 +151,7 @@ def check_netns_veth() -> CheckResult:
 
 
 PY_DEPS = ["pyroute2", "cryptography", "grpcio", "protobuf", "prometheus-client", "kubernetes", "cffi",
-           "uvloop", "h2", "httptools", "PyYAML"]
+           "uvloop", "h2", "httptools", "PyYAML", "google-re2"]
 
 
 def check_python_deps() -> CheckResult:

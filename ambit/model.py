@@ -123,7 +123,10 @@ class Workload(Resource):
 
 @dataclass
 class Match:
-    """One L4 match set. Empty lists mean "any"; not_* lists exclude."""
+    """One match set. Empty lists mean "any"; not_* lists exclude.
+
+    The L4 fields are all ztunnel reads. The HTTP fields (methods .. unsupported) are set only in
+    `Authorization.http_rules`, which waypoints evaluate; ztunnel never sees them set."""
 
     principals: list[str] = field(default_factory=list)
     not_principals: list[str] = field(default_factory=list)
@@ -135,6 +138,20 @@ class Match:
     not_ports: list[int] = field(default_factory=list)
     destination_ips: list[str] = field(default_factory=list)       # `when: destination.ip`
     not_destination_ips: list[str] = field(default_factory=list)
+    # -- HTTP attributes (waypoints only) --
+    methods: list[str] = field(default_factory=list)
+    not_methods: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    not_paths: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+    not_hosts: list[str] = field(default_factory=list)
+    remote_ip_blocks: list[str] = field(default_factory=list)      # remoteIpBlocks, `when: remote.ip`
+    not_remote_ip_blocks: list[str] = field(default_factory=list)
+    request_headers: dict[str, list[str]] = field(default_factory=dict)     # `when: request.headers[name]`
+    not_request_headers: dict[str, list[str]] = field(default_factory=dict)
+    # Attributes Ambit cannot evaluate yet (requestPrincipals, request.auth.*, connection.sni):
+    # they never prove an ALLOW and always count as matched in a DENY or AUDIT (fail safe).
+    unsupported: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +186,9 @@ class Authorization(Resource):
     has_l7: bool = False
     l7_rules: list[dict[str, Any]] = field(default_factory=list)  # kept verbatim for waypoints
     target_refs: list[dict[str, str]] = field(default_factory=list)  # scope "waypoint": Gateway/Service refs
+    # Scope "waypoint" only: every rule in full (L4 and HTTP attributes in the same Matches), in
+    # the policy's order, for waypoints. `rules` stays the L4 view ztunnel enforces.
+    http_rules: list[Rule] = field(default_factory=list)
 
     @property
     def resource_name(self) -> str:
@@ -256,6 +276,9 @@ class Redirect:
     path: str = ""
     path_mode: str = "full"             # full | prefix (replace the matched prefix)
     code: int = 301
+    # No `port`: "" keeps the request's port (Envoy), FROM_REQUEST_PORT uses the port the request
+    # came in on, FROM_PROTOCOL_DEFAULT the scheme's default (Istio HTTPRedirect.derivePort).
+    derive_port: str = ""
 
 
 @dataclass
@@ -447,8 +470,9 @@ def _rule_from_dict(d: dict[str, Any]) -> Rule:
 
 
 def _authz_from_dict(cls: Any, d: dict[str, Any]) -> Authorization:
-    a = _from_dict(cls, {k: v for k, v in d.items() if k != "rules"})
+    a = _from_dict(cls, {k: v for k, v in d.items() if k not in ("rules", "http_rules")})
     a.rules = [_rule_from_dict(r) for r in d.get("rules", [])]
+    a.http_rules = [_rule_from_dict(r) for r in d.get("http_rules", [])]
     return a
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import warnings
 from typing import Any
 
+from ambit.regex import check_re2
 from controller.kinds.schema import Arr, Int, Map, Num, Obj, Str
 
 # -- durations -------------------------------------------------------------------------------------
@@ -74,56 +74,14 @@ GwDuration = Str(valid=_check_gw_duration, pattern=GW_DURATION_PATTERN)
 
 # -- regular expressions -----------------------------------------------------------------------
 
-# Constructs Python accepts but RE2 (Envoy/Istio) rejects. They would also let a pattern backtrack
-# exponentially in the waypoint, so Ambit rejects them too.
-_NOT_RE2 = {
-    "ASSERT": "lookaround assertions",
-    "ASSERT_NOT": "lookaround assertions",
-    "GROUPREF": "backreferences",
-    "GROUPREF_EXISTS": "conditional backreferences",
-    "GROUPREF_IGNORE": "backreferences",
-    "GROUPREF_LOC_IGNORE": "backreferences",
-    "GROUPREF_UNI_IGNORE": "backreferences",
-    "ATOMIC_GROUP": "atomic groups",
-    "POSSESSIVE_REPEAT": "possessive quantifiers",
-    "POSSESSIVE_REPEAT_ONE": "possessive quantifiers",
-}
-
-
-def _walk_non_re2(tree: Any) -> str | None:
-    from re import _parser  # CPython's own parser: the only way to see the parsed constructs
-
-    for op, av in tree:
-        name = str(op)
-        if name in _NOT_RE2:
-            return _NOT_RE2[name]
-        stack = [av]
-        while stack:
-            x = stack.pop()
-            if isinstance(x, _parser.SubPattern):
-                found = _walk_non_re2(x)
-                if found:
-                    return found
-            elif isinstance(x, list | tuple):
-                stack.extend(x)
-    return None
-
-
 def check_regex(text: str) -> str | None:
-    """Reason a pattern is unusable, or None. Patterns must compile with Python's `re` and stay
-    within the RE2 subset (no lookaround, backreferences, atomic groups or possessive quantifiers)."""
-    from re import _parser
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")      # "possible nested set" ([[:alpha:]]) means RE2 syntax
-        try:
-            re.compile(text)
-            tree = _parser.parse(text)
-        except (re.error, FutureWarning, DeprecationWarning) as e:
-            return f"must be a valid regular expression: {e}"
-    bad = _walk_non_re2(tree)
-    if bad:
-        return f"uses {bad}, which RE2 (and Ambit) do not support"
+    """Reason a pattern is unusable, or None. Patterns are compiled with RE2 (google-re2), as Envoy
+    and Istio compile them and as the waypoint does (`ambit.regex`), so what validation accepts is
+    exactly what the waypoint can run: no lookaround, backreferences, atomic groups or possessive
+    quantifiers, and RE2's own syntax ([[:alpha:]], \\pL) is accepted."""
+    reason = check_re2(text)
+    if reason is not None:
+        return f"must be a valid RE2 regular expression: {reason}"
     return None
 
 

@@ -42,7 +42,10 @@ HTTPMatchRequest = Obj({
     "statPrefix": Str(),
 })
 
-HTTPRouteDestination = Obj({"destination": Destination, "weight": Int(minimum=0, maximum=100),
+# Istio weights are relative int32s (weight / sum of weights), not percentages.
+Weight = Int(minimum=0, maximum=2**31 - 1)
+
+HTTPRouteDestination = Obj({"destination": Destination, "weight": Weight,
                             "headers": Headers}, required=("destination",))
 
 HTTPRedirect = Obj({
@@ -94,11 +97,13 @@ def _check_http_route(value: dict[str, Any], path: str, errs: Errors) -> None:
 
 
 def check_weights(route: list[dict[str, Any]], path: str, errs: Errors) -> None:
-    """Istio: with more than one destination, the weights must add up to 100."""
+    """Istio: weights are relative (a destination gets weight / sum), so any non-negative weights
+    are valid except a total of 0 over several destinations (istio pkg/config/validation
+    `validateHTTPRouteDestinations`). A single destination gets everything whatever its weight."""
     if len(route) > 1:
-        total = sum(int(r.get("weight") or 0) for r in route)
-        if total != 100:
-            errs.append((path, f"weights of the destinations must add up to 100, got {total}"))
+        total = sum(int(r.get("weight") or 0) for r in route if isinstance(r.get("weight") or 0, int))
+        if total == 0:
+            errs.append((path, "the total weight of several destinations must be above 0, got 0"))
 
 
 HTTPRoute = Obj({
@@ -122,7 +127,7 @@ HTTPRoute = Obj({
 
 L4MatchAttributes = Obj({"destinationSubnets": Arr(Cidr), "port": Port, "sourceLabels": Labels,
                          "gateways": Strings, "sourceNamespace": Str()})
-RouteDestination = Obj({"destination": Destination, "weight": Int(minimum=0, maximum=100)}, required=("destination",))
+RouteDestination = Obj({"destination": Destination, "weight": Weight}, required=("destination",))
 
 
 def _check_l4_route(value: dict[str, Any], path: str, errs: Errors) -> None:

@@ -95,6 +95,52 @@ def l4_rule(rule: Obj, ns: str, trust_domain: str) -> Rule:
     return Rule(clauses=[c for c in clauses if Match() not in c], has_l7=rule_is_l7(rule))
 
 
+# -- the full rules, for waypoints -------------------------------------------------------------------
+
+_UNSUPPORTED_SOURCE = ("requestPrincipals", "notRequestPrincipals")
+
+
+def _http_source(src: Obj, ns: str, trust_domain: str) -> Match:
+    m = _source_match(src, ns, trust_domain)
+    m.remote_ip_blocks = list(src.get("remoteIpBlocks") or [])
+    m.not_remote_ip_blocks = list(src.get("notRemoteIpBlocks") or [])
+    m.unsupported = [k for k in _UNSUPPORTED_SOURCE if src.get(k)]
+    return m
+
+
+def _http_operation(op: Obj) -> Match:
+    return Match(ports=[int(p) for p in op.get("ports") or []], not_ports=[int(p) for p in op.get("notPorts") or []],
+                 methods=list(op.get("methods") or []), not_methods=list(op.get("notMethods") or []),
+                 paths=list(op.get("paths") or []), not_paths=list(op.get("notPaths") or []),
+                 hosts=list(op.get("hosts") or []), not_hosts=list(op.get("notHosts") or []))
+
+
+def _http_condition(cond: Obj) -> Match:
+    key = cond["key"]
+    vals, nots = list(cond.get("values") or []), list(cond.get("notValues") or [])
+    if key in L4_CONDITION_KEYS:
+        return _condition_match(cond)
+    if key == "remote.ip":
+        return Match(remote_ip_blocks=vals, not_remote_ip_blocks=nots)
+    if key.startswith("request.headers[") and key.endswith("]"):
+        name = key[len("request.headers["):-1].lower()
+        return Match(request_headers={name: vals} if vals else {}, not_request_headers={name: nots} if nots else {})
+    return Match(unsupported=[key])     # request.auth.*, connection.sni, experimental.*
+
+
+def http_rule(rule: Obj, ns: str, trust_domain: str) -> Rule:
+    """The whole rule (L4 and HTTP attributes together) for a waypoint: AND over from/to/when,
+    OR within each, as `l4_rule` but dropping nothing."""
+    clauses: list[list[Match]] = []
+    if rule.get("from"):
+        clauses.append([_http_source(f["source"], ns, trust_domain) for f in rule["from"]])
+    if rule.get("to"):
+        clauses.append([_http_operation(t["operation"]) for t in rule["to"]])
+    for cond in rule.get("when") or []:
+        clauses.append([_http_condition(cond)])
+    return Rule(clauses=clauses, has_l7=rule_is_l7(rule))
+
+
 def _scope(spec: Obj, ns: str, root_namespace: str) -> tuple[str, dict[str, str], list[dict[str, str]]]:
     refs = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
     if refs:
@@ -114,8 +160,11 @@ def translate_authorization(obj: Obj, trust_domain: str, root_namespace: str) ->
         rules.append(l4_rule(r, ns, trust_domain))
         if rule_is_l7(r):
             l7.append(r)
-    return Authorization(name=name_of(obj), namespace=ns, action=spec.get("action") or "ALLOW", scope=scope,
-                         selector=selector, rules=rules, has_l7=bool(l7), l7_rules=l7, target_refs=refs)
+    a = Authorization(name=name_of(obj), namespace=ns, action=spec.get("action") or "ALLOW", scope=scope,
+                      selector=selector, rules=rules, has_l7=bool(l7), l7_rules=l7, target_refs=refs)
+    if scope == "waypoint":
+        a.http_rules = [http_rule(r, ns, trust_domain) for r in spec.get("rules") or []]
+    return a
 
 
 def translate_peer_authn(obj: Obj, root_namespace: str) -> PeerAuthn:

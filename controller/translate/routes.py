@@ -7,6 +7,9 @@ One routing model for the waypoint, whatever API the user wrote:
 - VirtualService routes keep their order (first match wins). Gateway API rules are split into one
   route per match and sorted by the Gateway API precedence (exact path, longest prefix, method,
   most headers, most query params, oldest route), after any VirtualService routes for the host.
+- A GAMMA consumer route (an HTTPRoute/GRPCRoute attached to a Service in another namespace)
+  applies only to requests from its own namespace: its matches carry that `source_namespace`, and
+  it sorts before the Service's own routes (GEP-1426; conformance mesh-consumer-route).
 - A VirtualService bound to `gateways` that do not include "mesh" is for ingress, not waypoints,
   and is skipped.
 - The oldest DestinationRule for a host wins; subset and port-level policies are merged over the
@@ -166,7 +169,7 @@ def _vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str) -> HttpRoute | No
         r = h["redirect"]
         route.redirect = Redirect(scheme=r.get("scheme", ""), authority=r.get("authority", ""),
                                   port=int(r.get("port") or 0), path=r.get("uri", ""), path_mode="full",
-                                  code=int(r.get("redirectCode") or 301))
+                                  code=int(r.get("redirectCode") or 301), derive_port=r.get("derivePort", ""))
     if h.get("directResponse"):
         d = h["directResponse"]
         body = (d.get("body") or {})
@@ -274,7 +277,12 @@ def _gw_filters(route: HttpRoute, filters: list[Obj], ns: str, hosts: Hosts) -> 
                                       port=int(r.get("port") or 0),
                                       path=path.get("replaceFullPath" if full else "replacePrefixMatch", ""),
                                       path_mode="full" if full or not path else "prefix",
-                                      code=int(r.get("statusCode") or 302))
+                                      code=int(r.get("statusCode") or 302),
+                                      # Gateway API: without a port, the scheme's port if a scheme
+                                      # is given, else the listener's (for a mesh route, the Service
+                                      # port the request came in on), as Istio translates it.
+                                      derive_port="" if r.get("port") else
+                                      ("FROM_PROTOCOL_DEFAULT" if r.get("scheme") else "FROM_REQUEST_PORT"))
         elif t == "URLRewrite":
             r = f["urlRewrite"]
             path = r.get("path") or {}
@@ -291,8 +299,13 @@ def _gw_filters(route: HttpRoute, filters: list[Obj], ns: str, hosts: Hosts) -> 
             route.mirrors.append(Mirror(_gw_backend(m["backendRef"], ns, hosts), pct))
 
 
-def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool) -> list[tuple[tuple[Any, ...], HttpRoute]]:
-    """(precedence key, route) for every match of every rule."""
+def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
+               consumer: bool = False) -> list[tuple[tuple[Any, ...], HttpRoute]]:
+    """(precedence key, route) for every match of every rule.
+
+    `consumer`: the route is in another namespace than the Service it is attached to (a GAMMA
+    consumer route), so it applies only to requests from its own namespace, and before the
+    Service's own (producer) routes (GEP-1426; conformance mesh-consumer-route)."""
     spec, ns, source = obj.get("spec") or {}, ns_of(obj), _ref(obj)
     out = []
     for ri, rule in enumerate(spec.get("rules") or [{}]):
@@ -306,6 +319,8 @@ def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool) -> list[tuple[tupl
                                   headers=_gw_header_matches(m.get("headers")),
                                   query=_gw_header_matches(m.get("queryParams"), lower=False))
             match.port = port
+            if consumer:
+                match.source_namespace = ns
             route = HttpRoute(name=rule.get("name", ""), source=source, matches=[match],
                               destinations=[_gw_backend(b, ns, hosts) for b in rule.get("backendRefs") or []],
                               grpc=grpc)
@@ -316,13 +331,13 @@ def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool) -> list[tuple[tupl
                 r = rule["retry"]
                 route.retries = Retry(attempts=int(r.get("attempts") or 0), codes=list(r.get("codes") or []),
                                       backoff=_seconds(r.get("backoff")))
-            if not route.destinations and route.redirect is None:
-                # Gateway API: a rule with no backends and nothing that answers returns 404... and
-                # one whose backends all have weight 0 returns 500.
-                route.direct_response = DirectResponse(status=404)
-            elif route.destinations and all(d.weight == 0 for d in route.destinations):
+            if (not route.destinations and route.redirect is None) or (
+                    route.destinations and all(d.weight == 0 for d in route.destinations)):
+                # Gateway API (httproute_types.go HTTPRouteRule.BackendRefs; conformance
+                # httproute-omitted-backendrefs): a rule with no backends and nothing that answers,
+                # or whose backends all have weight 0, returns 500.
                 route.direct_response = DirectResponse(status=500)
-            out.append((_precedence(match, obj, ri, mi), route))
+            out.append(((0 if consumer else 1, *_precedence(match, obj, ri, mi)), route))
     return out
 
 
@@ -357,21 +372,22 @@ def _precedence(m: HttpMatch, obj: Obj, rule_index: int, match_index: int) -> tu
             meta.get("creationTimestamp") or "", ns_of(obj), name_of(obj), rule_index, match_index)
 
 
-def _gw_targets(obj: Obj, hosts: Hosts, services: list[Service]) -> list[tuple[str, int]]:
-    """(fqdn, port) for each parent: a Service (GAMMA) or a waypoint Gateway's services."""
+def _gw_targets(obj: Obj, hosts: Hosts, services: list[Service]) -> list[tuple[str, int, bool]]:
+    """(fqdn, port, consumer) for each parent: a Service (GAMMA; `consumer` when it is in another
+    namespace than the route) or a waypoint Gateway's services."""
     spec, ns = obj.get("spec") or {}, ns_of(obj)
     out = []
     for p in spec.get("parentRefs") or []:
         pns = p.get("namespace") or ns
         port = int(p.get("port") or 0)
         if p.get("kind", "Gateway") == "Service":
-            out.append((f"{p['name']}.{pns}.svc.{hosts.cd}", port))
+            out.append((f"{p['name']}.{pns}.svc.{hosts.cd}", port, pns != ns))
         else:
             gw = f"{pns}/{p['name']}"
             if spec.get("hostnames"):
-                out += [(fq, port) for h in spec["hostnames"] for fq in hosts.expand(h, ns)]
+                out += [(fq, port, False) for h in spec["hostnames"] for fq in hosts.expand(h, ns)]
             else:
-                out += [(s.hostname, port) for s in services if s.waypoint == gw]
+                out += [(s.hostname, port, False) for s in services if s.waypoint == gw]
     return out
 
 
@@ -478,8 +494,8 @@ def translate_routes(idx: Index, services: list[Service], cluster_domain: str) -
     gw_routes: dict[str, list[tuple[tuple[Any, ...], HttpRoute]]] = {}
     for kind, grpc in (("HTTPRoute", False), ("GRPCRoute", True)):
         for obj in idx.kind(kind):
-            for fq, port in _gw_targets(obj, hosts, services):
-                gw_routes.setdefault(fq, []).extend(_gw_routes(obj, hosts, port, grpc))
+            for fq, port, consumer in _gw_targets(obj, hosts, services):
+                gw_routes.setdefault(fq, []).extend(_gw_routes(obj, hosts, port, grpc, consumer))
                 if _ref(obj) not in entry(fq).sources:
                     entry(fq).sources.append(_ref(obj))
     for fq, routes in gw_routes.items():

@@ -87,7 +87,7 @@ def test_a_bad_batch_changes_nothing_and_reports_every_error(lab_dir: Path, tmp_
     assert err.splitlines() == [
         'error: PeerAuthentication/default/default: spec.mtls.mode: must be one of UNSET, DISABLE, PERMISSIVE, STRICT, '
         'got "STRICTEST"',
-        'error: VirtualService/default/myapp: spec.http[0].route[0].weight: must be an integer 0..100, got "ten"',
+        'error: VirtualService/default/myapp: spec.http[0].route[0].weight: must be an integer 0..2147483647, got "ten"',
         "error: 2 problem(s) found; nothing was applied",
     ]
     after = LabStore(store_path()).snapshot()

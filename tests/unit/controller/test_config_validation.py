@@ -118,18 +118,18 @@ BROKEN = [
     ("virtual-service.yaml", _set(["spec", "http", 0, "corsPolicy"], {"unmatchedPreflights": "SOMETIMES"}),
      "spec.http[0].corsPolicy.unmatchedPreflights", "must be one of"),
     ("virtual-service.yaml", _set(["spec", "http", 0, "match", 0, "headers", "x-canary"], {"regex": "(unclosed"}),
-     "spec.http[0].match[0].headers[x-canary].regex", "must be a valid regular expression"),
+     "spec.http[0].match[0].headers[x-canary].regex", "must be a valid RE2 regular expression"),
     ("canary-deployment.yaml", _set(["spec", "http", 0, "match", 0, "headers", "Cookie", "regex"], "^(user=[a-z"),
-     "spec.http[0].match[0].headers[Cookie].regex", "must be a valid regular expression"),
-    ("canary-deployment.yaml", _set(["spec", "http", 1, "route", 0, "weight"], 101),
-     "spec.http[1].route[0].weight", "must be an integer 0..100, got 101"),
+     "spec.http[0].match[0].headers[Cookie].regex", "must be a valid RE2 regular expression"),
+    ("canary-deployment.yaml", _set(["spec", "http", 1, "route", 0, "weight"], -1),
+     "spec.http[1].route[0].weight", "must be an integer 0..2147483647, got -1"),
     ("httproute-split.yaml", _set(["spec", "rules", 0, "matches", 0, "path"], {"type": "Glob", "value": "/"}),
      "spec.rules[0].matches[0].path.type", "must be one of Exact, PathPrefix, RegularExpression"),
     ("httproute-split.yaml", _set(["spec", "rules", 0, "matches", 0, "headers", 0, "type"], "RegularExpression"),
      None, None),   # "true" is a fine regex: still valid
     ("httproute-split.yaml", _set(["spec", "rules", 0, "matches", 0, "headers", 0],
                                   {"type": "RegularExpression", "name": "x-canary", "value": "*yes"}),
-     "spec.rules[0].matches[0].headers[0].value", "must be a valid regular expression"),
+     "spec.rules[0].matches[0].headers[0].value", "must be a valid RE2 regular expression"),
     ("waypoint.yaml", _set(["spec", "listeners", 0, "protocol"], "UDP"), "spec.listeners[0].protocol",
      "a waypoint listener must use protocol HBONE or HTTP"),
 ]
@@ -168,7 +168,7 @@ def vs(http: list[dict], **spec: Any) -> dict:
 def test_error_message_names_object_path_and_reason() -> None:
     obj = vs([{"route": [{"destination": {"host": "reviews"}, "weight": "ten"}]}])
     assert errors_of(obj) == [
-        'VirtualService/demo/reviews: spec.http[0].route[0].weight: must be an integer 0..100, got "ten"']
+        'VirtualService/demo/reviews: spec.http[0].route[0].weight: must be an integer 0..2147483647, got "ten"']
 
 
 def test_unknown_fields_are_rejected_with_their_path() -> None:
@@ -215,28 +215,50 @@ def test_per_try_timeout_must_be_at_least_a_millisecond() -> None:
 
 
 @pytest.mark.parametrize("pattern,fragment", [
-    ("(?=admin)", "lookaround"), ("(?<!x)y", "lookaround"), (r"(a)\1", "backreferences"),
-    ("(?>ab)", "atomic groups"), ("a++", "possessive"), ("[[:alpha:]]", "valid regular expression"),
-    (r"\pL", "valid regular expression"), ("(", "valid regular expression"),
+    ("(?=admin)", "invalid perl operator"), ("(?<!x)y", "invalid perl operator"),
+    (r"(a)\1", "invalid escape sequence"), ("(?>ab)", "invalid perl operator"),
+    ("a++", "bad repetition operator"), ("(", "missing )"), ("*", "no argument for repetition"),
 ])
-def test_regexes_outside_re2_are_rejected(pattern: str, fragment: str) -> None:
+def test_regexes_outside_re2_are_rejected_with_re2s_reason(pattern: str, fragment: str) -> None:
     reason = check_regex(pattern)
-    assert reason is not None and fragment in reason
+    assert reason is not None and reason.startswith("must be a valid RE2 regular expression") and fragment in reason
 
 
-@pytest.mark.parametrize("pattern", [r"^/api/v[0-9]+/.*$", "^(.*?;)?(user=premium)(;.*)?$", r"(?i)chrome", r"\d{3}"])
-def test_re2_compatible_regexes_are_accepted(pattern: str) -> None:
+@pytest.mark.parametrize("pattern", [r"^/api/v[0-9]+/.*$", "^(.*?;)?(user=premium)(;.*)?$", r"(?i)chrome", r"\d{3}",
+                                     "[[:alpha:]]+", r"\pL+", r"\p{Greek}"])
+def test_re2_regexes_are_accepted(pattern: str) -> None:
+    """RE2 syntax Python's `re` lacks (POSIX classes, Unicode classes) is valid for Envoy, so it is
+    valid here: the validator and the waypoint compile with the same RE2."""
     assert check_regex(pattern) is None
+
+
+def test_a_bad_regex_is_refused_naming_the_field() -> None:
+    obj = vs([{"match": [{"headers": {"x-user": {"regex": "(?=admin)"}}}], "route": [{"destination": {"host": "a"}}]}])
+    [e] = validate_object(obj)
+    assert e.path == "spec.http[0].match[0].headers[x-user].regex"
+    assert "RE2" in e.reason and "invalid perl operator" in e.reason
 
 
 # -- cross-field rules ----------------------------------------------------------------------------
 
-def test_weights_of_a_split_must_add_up_to_100() -> None:
-    obj = vs([{"route": [{"destination": {"host": "a"}, "weight": 60}, {"destination": {"host": "b"}, "weight": 30}]}])
-    assert errors_of(obj) == ["VirtualService/demo/reviews: spec.http[0].route: weights of the destinations must add "
-                              "up to 100, got 90"]
-    single = vs([{"route": [{"destination": {"host": "a"}}]}])
-    assert errors_of(single) == []
+@pytest.mark.parametrize("weights", [(1, 1, 2), (60, 30), (200, 800), (0, 5), (1,), (0,), (None,)])
+def test_weights_are_relative_and_need_not_add_up_to_100(weights: tuple[int | None, ...]) -> None:
+    """Istio: a destination gets weight/(sum of weights); only negative weights and a total of 0
+    over several destinations are invalid (istio pkg/config/validation `validateHTTPRouteDestinations`,
+    `validateWeight`). A single destination takes everything, whatever its weight."""
+    route = [{"destination": {"host": f"h{i}"}, **({} if w is None else {"weight": w})} for i, w in enumerate(weights)]
+    assert errors_of(vs([{"route": route}])) == []
+
+
+def test_several_destinations_with_a_total_weight_of_0_are_refused() -> None:
+    obj = vs([{"route": [{"destination": {"host": "a"}, "weight": 0}, {"destination": {"host": "b"}}]}])
+    assert errors_of(obj) == ["VirtualService/demo/reviews: spec.http[0].route: the total weight of several "
+                              "destinations must be above 0, got 0"]
+
+
+def test_a_negative_weight_is_refused() -> None:
+    obj = vs([{"route": [{"destination": {"host": "a"}, "weight": -1}, {"destination": {"host": "b"}, "weight": 2}]}])
+    assert [e.path for e in validate_object(obj)] == ["spec.http[0].route[0].weight"]
 
 
 def test_http_route_needs_an_action_and_one_only() -> None:

@@ -168,7 +168,7 @@ def test_invalid_update_keeps_last_good_version_and_reports_it(emu: KubeEmulator
     assert cond["observedGeneration"] == 2
     errs = r.source.errors()
     assert [str(e) for e in errs] == [
-        'VirtualService/demo/reviews: spec.http[0].route[0].weight: must be an integer 0..100, got "ten"']
+        'VirtualService/demo/reviews: spec.http[0].route[0].weight: must be an integer 0..2147483647, got "ten"']
     # the last good version is what consumers see
     assert r.latest("VirtualService", "reviews")["spec"]["http"][0]["route"][0]["weight"] == 100
     emu.update(vs("reviews", weight=100))

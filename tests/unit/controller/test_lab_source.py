@@ -38,7 +38,7 @@ def test_lab_source_snapshots_and_keeps_last_good(tmp_path: Path) -> None:
         store.apply([vs("ninety")])
         wait_for(source.errors, "the validation error")
         assert [str(e) for e in source.errors()] == [
-            'VirtualService/demo/reviews: spec.http[0].route[0].weight: must be an integer 0..100, got "ninety"']
+            'VirtualService/demo/reviews: spec.http[0].route[0].weight: must be an integer 0..2147483647, got "ninety"']
         assert snaps[-1][0]["spec"]["http"][0]["route"][0]["weight"] == 90
 
         store.apply([vs(50)])

@@ -1,0 +1,83 @@
+"""RE2 regular expressions, compiled one way for the whole project.
+
+Istio and Envoy use RE2 (`safe_regex`): linear time, no backreferences or lookaround. The
+controller validates user patterns with `compile_re2` and the waypoint compiles them with the same
+function, so a pattern `ambit apply` accepts is exactly a pattern the waypoint can run, and a
+pattern it refuses is refused with RE2's own reason. google-re2 does the work; nothing here parses
+regexes.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import re2
+
+_OPTIONS = re2.Options()
+_OPTIONS.log_errors = False       # RE2 would print every refused pattern to stderr
+
+
+class RegexError(ValueError):
+    """A pattern RE2 refuses; the message is RE2's reason."""
+
+
+@functools.lru_cache(maxsize=4096)
+def compile_re2(pattern: str) -> Any:
+    """The compiled RE2 pattern, or RegexError with RE2's reason. Cached: routes share patterns."""
+    try:
+        return re2.compile(pattern, options=_OPTIONS)
+    except re2.error as e:
+        reason = e.args[0] if e.args else str(e)
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise RegexError(str(reason)) from None
+
+
+def check_re2(pattern: str) -> str | None:
+    """RE2's reason for refusing `pattern`, or None when it compiles."""
+    try:
+        compile_re2(pattern)
+    except RegexError as e:
+        return str(e)
+    return None
+
+
+def full_match(compiled: Any, value: str) -> bool:
+    """Envoy's `safe_regex` semantics: the whole value must match, not a substring."""
+    return compiled.fullmatch(value) is not None
+
+
+def global_replace(compiled: Any, value: str, substitution: str) -> str:
+    """RE2::GlobalReplace, which Envoy's `regex_rewrite` uses: every non-overlapping match is
+    replaced; `\\0`..`\\9` insert capture groups and `\\\\` a backslash."""
+    out, pos = [], 0
+    for m in compiled.finditer(value):
+        out.append(value[pos:m.start()])
+        out.append(_expand(substitution, m))
+        pos = m.end()
+        if m.end() == m.start():          # an empty match: step over one character, as RE2 does
+            if pos < len(value):
+                out.append(value[pos])
+            pos += 1
+    out.append(value[pos:])
+    return "".join(out)
+
+
+def _expand(template: str, m: Any) -> str:
+    out, i = [], 0
+    while i < len(template):
+        c = template[i]
+        if c == "\\" and i + 1 < len(template):
+            n = template[i + 1]
+            if n.isdigit():
+                out.append(m.group(int(n)) or "")
+                i += 2
+                continue
+            if n == "\\":
+                out.append("\\")
+                i += 2
+                continue
+        out.append(c)
+        i += 1
+    return "".join(out)

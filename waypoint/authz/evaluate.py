@@ -1,0 +1,245 @@
+"""L7 authorization: which policies apply to a request at this waypoint, and the decision.
+
+Selection (istio/api security/v1beta1/authorization_policy.proto `targetRefs`): a waypoint
+enforces only policies bound with `targetRefs` (scope "waypoint"): to its own `Gateway` (every
+request through it), to the destination `Service`, or to its `GatewayClass` from the root
+namespace. `selector` and namespace-wide policies are the destination ztunnel's, not the
+waypoint's.
+
+Decision (the proto's header comment): CUSTOM is refused by the controller's validation; then any
+matching DENY denies; then, if any ALLOW applies, the request must match one, else it is denied;
+with no ALLOW it is allowed. AUDIT never decides; the AUDIT policies that match are reported.
+A policy with no rules matches nothing (so an ALLOW `spec: {}` denies everything); a rule with
+no from/to/when matches everything. Within a rule: AND over from/to/when, OR within each list,
+AND over the fields of one source/operation, OR over a field's values (the model's
+`Rule.clauses`). Attributes Ambit cannot evaluate (`Match.unsupported`: requestPrincipals,
+request.auth.*) never prove an ALLOW and always count in a DENY or AUDIT (fail safe, as Istio
+treats a request without a JWT).
+
+A denied request gets 403 `RBAC: access denied` (Envoy rbac_filter.cc), response flag `RBAC`
+(Envoy's short name for RbacAccessDenied), and gRPC status 7 PERMISSION_DENIED for gRPC.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ambit import identity as ident
+from ambit.model import Authorization, Match, Rule
+from waypoint.authz.matching import any_host, any_method, any_path, any_string, in_blocks, string_match
+from waypoint.authz.trustdomains import TrustDomainsLike
+from waypoint.localreply import GRPC_PERMISSION_DENIED, local_reply
+from waypoint.normalize import normalize_path
+from waypoint.request import Downstream, LocalReply, RequestHead
+
+ALLOW, DENY, AUDIT = "ALLOW", "DENY", "AUDIT"
+WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
+DENIED_BODY = "RBAC: access denied"
+RBAC_FLAG = "RBAC"
+
+
+@dataclass(frozen=True, slots=True)
+class Waypoint:
+    """This waypoint, as policies name it."""
+
+    namespace: str
+    name: str
+    gateway_class: str = "ambit-waypoint"
+    root_namespace: str = "ambit-system"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """The policies this waypoint enforces: `gateway` ones for every request, `by_service` ones
+    for requests to that Service ("ns/name"). Build with `policy_set`, once per config update."""
+
+    gateway: tuple[Authorization, ...]
+    by_service: dict[str, tuple[Authorization, ...]]
+
+    def for_request(self, down: Downstream) -> tuple[Authorization, ...]:
+        svc = self.by_service.get(down.service)
+        return self.gateway + svc if svc else self.gateway
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool
+    policy: str | None           # "ns/name" that decided (the ALLOWs, comma-separated, when none matched)
+    action: str                  # ALLOW | DENY
+    reason: str
+    audit: tuple[str, ...] = ()
+
+
+_NO_POLICY = Verdict(True, None, ALLOW, "no ALLOW policy applies")
+
+
+def policy_set(policies: Iterable[Authorization], waypoint: Waypoint) -> PolicySet:
+    gateway: list[Authorization] = []
+    by_service: dict[str, list[Authorization]] = {}
+    for p in sorted(policies, key=lambda p: (p.namespace, p.name)):
+        if p.scope != "waypoint" or p.action not in (ALLOW, DENY, AUDIT):
+            continue
+        for ref in p.target_refs:
+            kind, name = ref.get("kind", ""), ref.get("name", "")
+            ns = ref.get("namespace") or p.namespace
+            if kind == "Gateway" and (ns, name) == (waypoint.namespace, waypoint.name):
+                gateway.append(p)
+                break
+            if (kind == "GatewayClass" and p.namespace == waypoint.root_namespace
+                    and name == waypoint.gateway_class):
+                gateway.append(p)
+                break
+            if kind == "Service":
+                by_service.setdefault(f"{ns}/{name}", []).append(p)
+    return PolicySet(tuple(gateway), {k: tuple(v) for k, v in by_service.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    head: RequestHead
+    down: Downstream
+    path: str
+    principal: str | None
+    namespace: str | None
+    trust_domains: TrustDomainsLike | None
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer(identity: str) -> tuple[str | None, str | None]:
+    """(principal, namespace) of a SPIFFE id; a connection's peer repeats, so this is cached."""
+    if not identity:
+        return None, None
+    try:
+        namespace: str | None = ident.parse(identity, allow_schemeless=True).namespace
+    except ident.InvalidSpiffeId:
+        namespace = None
+    return ident.to_principal(identity), namespace
+
+
+def _context(head: RequestHead, down: Downstream, tds: TrustDomainsLike | None) -> _Request:
+    principal, namespace = _peer(down.source_identity)
+    # Normalized here too (idempotent), so a path the engine forgot to normalize cannot dodge a rule.
+    return _Request(head, down, normalize_path(head.path_only), principal, namespace, tds)
+
+
+def _principal(patterns: list[str], r: _Request) -> bool:
+    if r.principal is None:
+        return False
+    for p in patterns:
+        p = ident.to_principal(p)
+        for q in (r.trust_domains.expand_principal(p) if r.trust_domains is not None else (p,)):
+            if string_match(q, r.principal):
+                return True
+    return False
+
+
+def _headers(conds: dict[str, list[str]], r: _Request) -> bool:
+    """Every named header matches one of its values."""
+    return all(any_string(vals, r.head.header(name)) for name, vals in conds.items())
+
+
+def _any_header(conds: dict[str, list[str]], r: _Request) -> bool:
+    return any(any_string(vals, r.head.header(name)) for name, vals in conds.items())
+
+
+def match_matches(m: Match, r: _Request, *, deny: bool) -> bool:
+    """Every positive field set matches and no negative one does. `deny`: this decides a DENY or
+    AUDIT, so unsupported attributes count as matched (fail safe); for an ALLOW they never do.
+    Straight-line tests, cheapest and most selective first: this runs for every request."""
+    if m.unsupported and not deny:
+        return False
+    d, h = r.down, r.head
+    if m.methods and not any_method(m.methods, h.method):
+        return False
+    if m.not_methods and any_method(m.not_methods, h.method):
+        return False
+    if m.ports and d.destination_port not in m.ports:
+        return False
+    if m.not_ports and d.destination_port in m.not_ports:
+        return False
+    if m.paths and not any_path(m.paths, r.path):
+        return False
+    if m.not_paths and any_path(m.not_paths, r.path):
+        return False
+    if m.principals and not _principal(m.principals, r):
+        return False
+    if m.not_principals and _principal(m.not_principals, r):
+        return False
+    if m.namespaces and not any_string(m.namespaces, r.namespace):
+        return False
+    if m.not_namespaces and any_string(m.not_namespaces, r.namespace):
+        return False
+    if m.hosts and not any_host(m.hosts, h.authority):
+        return False
+    if m.not_hosts and any_host(m.not_hosts, h.authority):
+        return False
+    if m.request_headers and not _headers(m.request_headers, r):
+        return False
+    if m.not_request_headers and _any_header(m.not_request_headers, r):
+        return False
+    if m.ip_blocks and not in_blocks(d.source_ip, m.ip_blocks):
+        return False
+    if m.not_ip_blocks and in_blocks(d.source_ip, m.not_ip_blocks):
+        return False
+    if m.remote_ip_blocks and not in_blocks(d.source_ip, m.remote_ip_blocks):
+        return False
+    if m.not_remote_ip_blocks and in_blocks(d.source_ip, m.not_remote_ip_blocks):
+        return False
+    if m.destination_ips and not in_blocks(d.destination_ip, m.destination_ips):
+        return False
+    if m.not_destination_ips and in_blocks(d.destination_ip, m.not_destination_ips):
+        return False
+    return True
+
+
+def rule_matches(rule: Rule, r: _Request, *, deny: bool) -> bool:
+    return all(any(match_matches(m, r, deny=deny) for m in clause) for clause in rule.clauses)
+
+
+def _policy_matches(p: Authorization, r: _Request, *, deny: bool) -> bool:
+    return any(rule_matches(rule, r, deny=deny) for rule in p.http_rules)
+
+
+def _foreign(identity: str, tds: TrustDomainsLike | None) -> str | None:
+    if not identity or tds is None:
+        return None
+    td = ident.to_principal(identity).split("/", 1)[0]
+    return None if tds.admits(td) else td
+
+
+def evaluate(policies: Iterable[Authorization], head: RequestHead, down: Downstream,
+             trust_domains: TrustDomainsLike | None = None) -> Verdict:
+    """Decide one request against the policies that apply to it (see `PolicySet.for_request`)."""
+    foreign = _foreign(down.source_identity, trust_domains)
+    if foreign is not None:
+        return Verdict(False, None, DENY, f"source identity {down.source_identity} is in the foreign trust "
+                                          f"domain {foreign!r}")
+    r = _context(head, down, trust_domains)
+    ps = list(policies)
+    audit = tuple(p.resource_name for p in ps if p.action == AUDIT and _policy_matches(p, r, deny=True))
+    for p in ps:
+        if p.action == DENY and _policy_matches(p, r, deny=True):
+            return Verdict(False, p.resource_name, DENY, f"denied by {p.resource_name}", audit)
+    allows = [p for p in ps if p.action == ALLOW]
+    if not allows:
+        return Verdict(True, None, ALLOW, "no ALLOW policy applies", audit)
+    for p in allows:
+        if _policy_matches(p, r, deny=False):
+            return Verdict(True, p.resource_name, ALLOW, f"allowed by {p.resource_name}", audit)
+    names = ", ".join(p.resource_name for p in allows)
+    return Verdict(False, names, ALLOW, f"no rule of the ALLOW policies ({names}) matched", audit)
+
+
+def authorize(pset: PolicySet, head: RequestHead, down: Downstream,
+              trust_domains: TrustDomainsLike | None = None) -> tuple[LocalReply | None, Verdict]:
+    """(None, verdict) when allowed; (the 403 to send, verdict) when denied."""
+    ps = pset.for_request(down)
+    if not ps and trust_domains is None:
+        return None, _NO_POLICY
+    v = evaluate(ps, head, down, trust_domains)
+    if v.allowed:
+        return None, v
+    return local_reply(head, 403, DENIED_BODY, flags=RBAC_FLAG, reason=v.reason,
+                       grpc_status=GRPC_PERMISSION_DENIED), v

@@ -1,0 +1,97 @@
+"""How one AuthorizationPolicy attribute matches one request, with Istio's semantics
+(istio pilot/pkg/security/authz/model: permission.go, principal.go, matcher/*.go).
+
+- Strings (principals, namespaces, methods, header values): exact, `prefix*`, `*suffix`, or `*`
+  (any non-empty value).
+- Paths: the same, plus templates: `{*}` is one path segment and `{**}` any rest of the path
+  (compiled to RE2). Paths are compared without the query string: `/api/*` is the prefix `/api/`
+  and does not match `/api`.
+- Hosts: case-insensitive, and a host without a port also matches the authority with a port
+  (`example.com` matches `example.com:8080`), as Istio's host matcher does.
+- Principals: the source's SPIFFE id without `spiffe://`, after expanding the policy's trust
+  domain over the mesh's aliases (see `trustdomains`).
+- IP blocks: CIDRs or single addresses; `remoteIpBlocks` is the same peer address here (a
+  waypoint does not trust X-Forwarded-For: Istio's default of zero trusted hops).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from typing import Any
+
+from ambit.regex import compile_re2, full_match
+
+
+def string_match(pattern: str, value: str) -> bool:
+    if pattern == "*":
+        return bool(value)
+    if pattern.endswith("*"):
+        return value.startswith(pattern[:-1])
+    if pattern.startswith("*"):
+        return value.endswith(pattern[1:])
+    return value == pattern
+
+
+def any_string(patterns: list[str], value: str | None) -> bool:
+    return value is not None and any(string_match(p, value) for p in patterns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _template(pattern: str) -> Any:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("{**}", i):
+            out.append(".*")
+            i += 4
+        elif pattern.startswith("{*}", i):
+            out.append("[^/]+")
+            i += 3
+        else:
+            j = i
+            while j < len(pattern) and pattern[j] != "{":
+                j += 1
+            j = max(j, i + 1)
+            out.append("".join("\\" + c if not c.isalnum() else c for c in pattern[i:j]))
+            i = j
+    return compile_re2("".join(out))
+
+
+def path_match(pattern: str, path: str) -> bool:
+    if "{*}" in pattern or "{**}" in pattern:
+        return full_match(_template(pattern), path)
+    return string_match(pattern, path)
+
+
+def any_path(patterns: list[str], path: str) -> bool:
+    return any(path_match(p, path) for p in patterns)
+
+
+def any_host(patterns: list[str], authority: str) -> bool:
+    a = authority.lower()
+    bare = a.rsplit(":", 1)[0] if a.count(":") == 1 else a
+    return any(string_match(p.lower(), a) or string_match(p.lower(), bare) for p in patterns)
+
+
+def any_method(patterns: list[str], method: str) -> bool:
+    return any(string_match(p, method) for p in patterns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(cidr.strip(), strict=False)
+    except ValueError:
+        return None        # validated by the controller; an unparsable block never matches
+
+
+def in_blocks(ip: str, blocks: list[str]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    for b in blocks:
+        net = _network(b)
+        if net is not None and addr.version == net.version and addr in net:
+            return True
+    return False

@@ -1,0 +1,39 @@
+"""Local replies (answers the waypoint gives without going upstream), shaped as Envoy shapes them.
+
+One place builds them so routing and authorization answer alike: a gRPC request gets its HTTP
+status mapped to a gRPC status (Envoy `Grpc::Utility::httpToGrpcStatus`, used by
+`sendLocalReply` for gRPC requests, which then answers trailers-only), and a reply with a body
+says `content-type: text/plain`, as Envoy's local replies do.
+"""
+
+from __future__ import annotations
+
+from waypoint.request import LocalReply, RequestHead
+
+# gRPC status codes (grpc/grpc doc/statuscodes.md).
+GRPC_UNKNOWN, GRPC_INTERNAL, GRPC_UNAUTHENTICATED = 2, 13, 16
+GRPC_PERMISSION_DENIED, GRPC_UNIMPLEMENTED, GRPC_UNAVAILABLE = 7, 12, 14
+
+_HTTP_TO_GRPC = {400: GRPC_INTERNAL, 401: GRPC_UNAUTHENTICATED, 403: GRPC_PERMISSION_DENIED,
+                 404: GRPC_UNIMPLEMENTED, 429: GRPC_UNAVAILABLE, 502: GRPC_UNAVAILABLE,
+                 503: GRPC_UNAVAILABLE, 504: GRPC_UNAVAILABLE}
+
+
+def grpc_status_for(http_status: int) -> int:
+    """Envoy's HTTP → gRPC status mapping for local replies (anything unlisted is UNKNOWN)."""
+    return _HTTP_TO_GRPC.get(http_status, GRPC_UNKNOWN)
+
+
+def local_reply(head: RequestHead, status: int, body: bytes | str = b"", *, flags: str = "",
+                headers: tuple[tuple[str, str], ...] = (), route: str = "", reason: str = "",
+                grpc_status: int | None = None) -> LocalReply:
+    """A `LocalReply` for `head`: gRPC requests get a gRPC status (explicit, or mapped)."""
+    data = body.encode() if isinstance(body, str) else body
+    hdrs = headers
+    if data and not any(k == "content-type" for k, _ in hdrs):
+        hdrs = (("content-type", "text/plain"), *hdrs)
+    g = None
+    if head.grpc:
+        g = grpc_status if grpc_status is not None else grpc_status_for(status)
+    return LocalReply(status=status, body=data, headers=hdrs, flags=flags, grpc_status=g, route=route,
+                      reason=reason)

@@ -1,0 +1,126 @@
+"""`route()`: one request in, one decision out. Pure: the random source is injected.
+
+Order, as Istio configures Envoy:
+1. Choose the host (`RouteTable.host_for`). A destination the waypoint knows but that has no
+   routes for the request's port and source namespace (`HostRoutes.routes_for`) gets the default
+   route to itself, as Istio gives a Service behind a waypoint with no VirtualService or HTTPRoute
+   (and as Gateway API's mesh-ports conformance test expects of a port the route's parentRef does
+   not name). A request addressed to a workload
+   (no Service) is forwarded to its original destination: `Forward(service="", route="passthrough")`.
+   An unknown host gets 404, flag NR.
+2. The first route (in the table's order: VirtualService order, then Gateway API precedence, as
+   the controller sorted them) with a matching `HttpMatch` wins; no match is 404 NR.
+3. The route answers itself (`directResponse`, `redirect`) or forwards to one destination chosen
+   by weight, with its path/authority rewritten and the header operations of the destination and
+   the route composed (the route's applied last, see `headers`).
+
+Errors that are the configuration's, not the client's:
+- every weight 0 (or an empty Gateway API rule, which the controller turns into a direct response)
+  gives 500, as Gateway API requires;
+- a Gateway API backend that is not a known Service gives 500 (Gateway API: requests to an
+  invalid backend MUST get 500);
+- a VirtualService destination that is not a known Service, or names a subset no DestinationRule
+  defines, gives 503 with response flag NC (Envoy: the cluster does not exist).
+"""
+
+from __future__ import annotations
+
+from waypoint.localreply import local_reply
+from waypoint.request import Decision, Downstream, Forward, HeaderOps, RequestHead
+from waypoint.routing.matchers import RequestMatcher, StringMatcher
+from waypoint.routing.paths import regex_rewrite, replace_full, replace_prefix
+from waypoint.routing.redirect import location
+from waypoint.routing.table import CompiledRoute, RouteTable
+from waypoint.routing.weights import RandomSource, choose
+
+NO_ROUTE = "NR"
+NO_CLUSTER = "NC"
+PASSTHROUGH = "passthrough"     # Forward.route when service is "": go to Downstream.destination_ip
+DEFAULT = "default"             # Forward.route of a Service's default route (no configured route)
+
+
+def route(table: RouteTable, head: RequestHead, down: Downstream, rand: RandomSource) -> Decision:
+    host = table.host_for(head, down)
+    if host is None:
+        if down.service:
+            return Forward(service=down.service, port=down.destination_port, hostname=down.hostname,
+                           route=DEFAULT)
+        if down.destination_ip:     # a workload address: on to the original destination
+            return Forward(service="", port=down.destination_port, route=PASSTHROUGH)
+        return local_reply(head, 404, flags=NO_ROUTE, reason=f"no route for host {head.authority!r}")
+    port = down.destination_port
+    routes = host.routes_for(port, down.source_namespace)
+    if not routes:
+        if host.service:
+            return Forward(service=host.service, port=port, hostname=host.hostname, route=DEFAULT)
+        return local_reply(head, 404, flags=NO_ROUTE, reason=f"no routes for host {host.hostname}")
+    for r in routes:
+        matched = _match(r, head, down)
+        if matched is not False:
+            return _decide(table, r, matched, head, down, rand)
+    return local_reply(head, 404, flags=NO_ROUTE, reason=f"no route of {host.hostname} matched")
+
+
+def _match(r: CompiledRoute, head: RequestHead, down: Downstream) -> RequestMatcher | None | bool:
+    """The matcher that matched (None for a route without matches), or False."""
+    if not r.matchers:
+        return None
+    for m in r.matchers:
+        if m.matches(head, down):
+            return m
+    return False
+
+
+def _reply_headers(r: CompiledRoute, base: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple(r.response_headers.apply(base)) if r.response_headers != HeaderOps() else tuple(base)
+
+
+def _decide(table: RouteTable, r: CompiledRoute, matched: RequestMatcher | None, head: RequestHead,
+            down: Downstream, rand: RandomSource) -> Decision:
+    model = r.route
+    path_matcher: StringMatcher | None = matched.path if matched is not None else None
+    # Istio checks redirect before directResponse (route.go TranslateRoute); both may be set.
+    if model.redirect is not None:
+        loc = location(model.redirect, head, down, path_matcher)
+        return local_reply(head, model.redirect.code, headers=_reply_headers(r, [("location", loc)]),
+                           route=r.name, reason="redirect")
+    if model.direct_response is not None:
+        d = model.direct_response
+        return local_reply(head, d.status, d.body, headers=_reply_headers(r, []), route=r.name,
+                           reason="direct response")
+    chosen = choose(r.destinations, r.weights, rand) if r.destinations else None
+    if chosen is None:
+        return local_reply(head, 500, route=r.name, reason="no destination has a weight above 0")
+    dest = chosen.dest
+    if not dest.service:
+        if r.gateway_api:
+            return local_reply(head, 500, route=r.name, reason=f"backend {dest.host} is not a known Service")
+        return local_reply(head, 503, flags=NO_CLUSTER, route=r.name,
+                           reason=f"destination {dest.host} is not a known Service")
+    if dest.subset and table.subset_labels(dest.host, dest.subset) is None:
+        return local_reply(head, 503, flags=NO_CLUSTER, route=r.name,
+                           reason=f"subset {dest.subset!r} of {dest.host} is not defined by a DestinationRule")
+    port = dest.port or down.destination_port
+    rw = model.rewrite
+    static = rw is None or not (rw.path or r.rewrite_regex is not None)
+    if static:
+        fwd = chosen.forwards.get(port)
+        if fwd is not None:
+            return fwd
+    path = None
+    authority = None
+    if rw is not None:
+        if r.rewrite_regex is not None:
+            path = regex_rewrite(head.path, r.rewrite_regex, rw.regex_substitution)
+        elif rw.path and rw.path_mode == "full":
+            path = replace_full(head.path, rw.path)
+        elif rw.path:
+            path = replace_prefix(head.path, path_matcher, rw.path)
+        authority = rw.authority or None
+    authority = authority or chosen.authority or r.authority
+    fwd = Forward(service=dest.service, port=port, subset=dest.subset, hostname=dest.host, path=path,
+                  authority=authority, request_headers=chosen.request_headers,
+                  response_headers=chosen.response_headers, route=r.name)
+    if static and len(chosen.forwards) < 64:
+        chosen.forwards[port] = fwd
+    return fwd
