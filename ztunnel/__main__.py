@@ -73,7 +73,7 @@ async def trim_heap_periodically(interval: float, trim: Callable[[], int]) -> No
 async def amain(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     log = logging.getLogger("ambit.ztunnel")
-    config = MeshConfig(root_namespace=args.root_namespace)
+    config = MeshConfig(root_namespace=args.root_namespace, trust_domain=args.trust_domain)
     client = None
     if args.controller:
         # Start (and replay the file cache) before taking pods, so they meet a populated config.
