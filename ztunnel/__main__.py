@@ -34,7 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # mTLS identities (without --node-token-file: no certificates, no HBONE; plaintext passthrough only)
     ap.add_argument("--ca", help="CA target: host:port or unix:PATH (default: the --controller target)")
     ap.add_argument("--node-token-file", type=Path,
-                    help="this node's credential for the CA (lab: <labdir>/<node>/bootstrap-token)")
+                    help="this node's credential for the CA and the config stream "
+                         "(lab: <labdir>/<node>/bootstrap-token)")
     ap.add_argument("--cert-ttl", type=float, default=24 * 3600.0,
                     help="lifetime (seconds) requested for workload certificates; rotated at half-life")
     ap.add_argument("--cert-cache", type=Path,
@@ -78,7 +79,7 @@ async def amain(args: argparse.Namespace) -> None:
     if args.controller:
         # Start (and replay the file cache) before taking pods, so they meet a populated config.
         client = config_client(config, args.controller, args.node, instance_id=os.urandom(4).hex(),
-                               cache_path=args.config_cache)
+                               cache_path=args.config_cache, token_file=args.node_token_file)
         await client.start()
     identities = ca_channel = None
     ca_target = args.ca or args.controller

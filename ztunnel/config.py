@@ -28,6 +28,7 @@ from typing import Any
 from ambit import identity as ident
 from ambit import trustdomain
 from ambit.configclient import ConfigClient, ConfigUpdate, NodeInfo
+from ambit.configclient.credential import node_metadata
 from ambit.model import Authorization, MeshSettings, PeerAuthn, Service, ServicePort, Workload
 from ambit.trustdomain import TrustDomains
 from ztunnel import authz
@@ -334,7 +335,10 @@ def _peer_authn_applies(p: PeerAuthn, w: Workload, root_namespace: str) -> bool:
 
 
 def config_client(config: MeshConfig, target: str, node: str, *, instance_id: str = "",
-                  cache_path: str | Path | None = None, types: Iterable[str] = TYPES) -> ConfigClient:
-    """The ConfigClient that feeds `config` as ztunnel `node` (start it with `await client.start()`)."""
+                  cache_path: str | Path | None = None, types: Iterable[str] = TYPES,
+                  token_file: Path | None = None) -> ConfigClient:
+    """The ConfigClient that feeds `config` as ztunnel `node` (start it with `await client.start()`),
+    presenting the node credential in `token_file` (the controller requires it when it runs a CA)."""
     return ConfigClient(target, NodeInfo("ztunnel", node, instance_id=instance_id), list(types), config.apply,
-                        cache_path=cache_path)
+                        cache_path=cache_path,
+                        metadata=node_metadata(token_file, node) if token_file is not None else None)

@@ -27,14 +27,15 @@ from collections.abc import Mapping, Sequence
 from typing import cast
 
 from ambit.configclient.node import NodeInfo
-from ambit.model import Authorization, PeerAuthn, Resource, Service, Workload
+from ambit.model import Authorization, MeshSettings, PeerAuthn, Resource, Service, Workload
 
 Snapshot = Mapping[str, Sequence[Resource]]
 
-# The order in which one update's deltas go out on a stream. Policy comes before what it protects
+# The order in which one update's deltas go out on a stream. The mesh settings (trust domains) come
+# first, as every admission depends on them. Policy comes before what it protects
 # and pods before the Services whose endpoints name them, so a client never applies a Service
 # whose endpoints it cannot resolve, nor a new pod without its policy.
-TYPE_ORDER: tuple[str, ...] = (PeerAuthn.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE)
+TYPE_ORDER: tuple[str, ...] = (MeshSettings.TYPE, PeerAuthn.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE)
 
 
 def type_rank(type_url: str) -> tuple[int, str]:
