@@ -7,6 +7,7 @@ raw stubs (to see the exact status codes and messages) and the `ConfigClient` th
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -53,10 +54,17 @@ class Served:
                 await call.write(config_pb2.DeltaRequest(node=node.to_proto(), type_url=Workload.TYPE,
                                                          subscribe=True))
                 return await asyncio.wait_for(call.read(), 10)
-            except grpc.aio.AioRpcError as e:
-                return e
+            except grpc.aio.AioRpcError:
+                # Refused before our first message: the write fails locally; the status is the server's.
+                return Refused(await call.code(), await call.details())
             finally:
                 call.cancel()
+
+
+@dataclass
+class Refused:
+    code: grpc.StatusCode
+    details: str
 
 
 def creds(token: str, node: str) -> list[tuple[str, str]]:
@@ -64,10 +72,10 @@ def creds(token: str, node: str) -> list[tuple[str, str]]:
 
 
 def refused(result, code: grpc.StatusCode, *fragments: str) -> None:
-    assert isinstance(result, grpc.aio.AioRpcError), f"expected {code.name}, got a response: {result}"
-    assert result.code() == code, (result.code(), result.details())
+    assert isinstance(result, Refused), f"expected {code.name}, got a response: {result}"
+    assert result.code == code, (result.code, result.details)
     for f in fragments:
-        assert f in result.details(), result.details()
+        assert f in result.details, result.details
 
 
 def run(coro):
