@@ -108,7 +108,11 @@ async def amain(args: argparse.Namespace) -> int:
                 def on_applied(objects: Snapshot, _tr: Translation) -> None:
                     ensure_node_tokens(tokens, node_names(objects), token_dir)
 
-    flag_aliases = TrustDomains.of(args.trust_domain, args.trust_domain_alias).aliases  # ValueError: bad flag
+    try:
+        flag_aliases = TrustDomains.of(args.trust_domain, args.trust_domain_alias).aliases
+    except ValueError as e:
+        log.error("--trust-domain / --trust-domain-alias: %s", e)
+        return 2
     watcher = meshconfig.Watcher(args.mesh_config) if args.mesh_config else None
     controller = Controller(make_source(args), server, trust_domain=args.trust_domain,
                             root_namespace=args.root_namespace, cluster_domain=args.cluster_domain,

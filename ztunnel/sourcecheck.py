@@ -17,9 +17,9 @@ it must be evidence, not a claim. Two ways to claim one, two rules:
   with the waypoint's name in the waypoint's namespace, whose identity the peer must hold. From any
   other peer the header is ignored and the TLS peer's own address is used (a normal source
   ztunnel dials from inside the source pod, so that address is the pod's). Even a trusted
-  forwarder may not claim loopback, unspecified, multicast or link-local addresses, nor the
+  forwarder may not claim loopback, unspecified, multicast or link-local addresses, the
   destination pod's own address (the app would see itself, and a transparent bind to it would
-  loop).
+  loop), nor the node's address (ztunnel's own, which probes come from).
 """
 
 from __future__ import annotations
@@ -119,8 +119,10 @@ def _gateway_pods(workloads: Iterable[Workload], gateways: set[str]) -> Iterable
                 break
 
 
-def bad_forwarded_address(ip: str, dest_ip: str) -> str:
-    """Why `ip` may not be claimed as a source address, or "" if it may."""
+def bad_forwarded_address(ip: str, dest_ip: str, node_ip: str = "") -> str:
+    """Why `ip` may not be claimed as a source address, or "" if it may. `node_ip` is the address
+    ztunnel and the kubelet speak from (whose traffic is exempt from capture for probes): claiming
+    it would borrow that exemption's standing."""
     addr = ipaddress.ip_address(ip)
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped             # ::ffff:127.0.0.1 is loopback too
@@ -134,4 +136,6 @@ def bad_forwarded_address(ip: str, dest_ip: str) -> str:
         return "a link-local address"
     if ip == dest_ip:
         return "the destination's own address"
+    if node_ip and ip == node_ip:
+        return "the node's address (ztunnel's own)"
     return ""

@@ -226,10 +226,12 @@ def test_a_services_waypoint_counts_too() -> None:
     ("for=127.0.0.1", "a loopback address"), ('for="[::1]"', "a loopback address"),
     ('for="[::ffff:127.0.0.1]"', "a loopback address"), ("for=0.0.0.0", "the unspecified address"),
     ("for=169.254.1.1", "a link-local address"), ("for=224.0.0.1", "a multicast address"),
-    ("for=10.210.1.10", "the destination's own address")])
+    ("for=10.210.1.10", "the destination's own address"), ("for=10.210.1.1", "the node's address")])
 def test_even_a_waypoint_may_not_claim_loopback_unspecified_or_the_destination(fwd: str, why: str) -> None:
     cfg = config([BEHIND, CLIENT, WP], auths=[ONLY_CLIENT_NET])
-    a = wp_hbone(cfg, SA_WP, fwd, "10.210.1.50")
+    pod = PodInfo(uid=ECHO.uid, name="echo-v1", namespace="demo", ip="10.210.1.10", node="node1",
+                  service_account="echo", labels={"app": "echo"}, node_ip="10.210.1.1")
+    a = admit_hbone(cfg, pod, BEHIND, SA_WP, "10.210.1.10:8080", {"forwarded": fwd}, "10.210.1.50")
     assert (a.allowed, a.status) == (False, 400)
     assert why in a.reason
 
