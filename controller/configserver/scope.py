@@ -1,6 +1,7 @@
 """Per-subscriber scoping: which resources each subscriber receives (sans-IO, pure).
 
-The rules, and why:
+The rules, and why (N is the node the stream *authenticated* as when the server has an
+authenticator, see controller.configserver.auth; a claimed name never widens a view):
 
 * agent (node N) -- Workloads whose node is N, nothing else is narrowed. The agent only captures
   pods on its own node; a cluster-wide pod list would make every agent churn on every pod event.
