@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--node", required=True)
     ap.add_argument("--controller", help="config stream target (host:port or unix:PATH): pods are this node's "
                                           "Workloads, enrolment decided by the controller")
+    ap.add_argument("--node-token-file", type=Path,
+                    help="with --controller: this node's credential, which the controller requires on the config "
+                         "stream (lab: <labdir>/<node>/bootstrap-token, the one ztunnel gives the CA)")
     ap.add_argument("--store", type=Path, help="lab store file: run without a controller")
     ap.add_argument("--config-cache", type=Path,
                     help="with --controller: file keeping the last good Workloads, so a restart during a "
@@ -223,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     source: PodSource
     if args.controller:
         from agent.streamsource import StreamPodSource
-        source = StreamPodSource(args.controller, args.node, args.config_cache, paths=args.pod_paths)
+        source = StreamPodSource(args.controller, args.node, args.config_cache, paths=args.pod_paths,
+                                 token_file=args.node_token_file)
     elif args.store is not None:
         source = LabPodSource(args.store)
     else:

@@ -37,6 +37,7 @@ from typing import Any
 from agent import enrolment
 from agent.enrolment import LocalPod, PodRef
 from ambit.configclient import ConfigClient, ConfigUpdate, NodeInfo
+from ambit.configclient.credential import node_metadata
 from ambit.model import Workload
 
 log = logging.getLogger("ambit.agent.stream")
@@ -81,7 +82,8 @@ class StreamPodSource:
     """Subscribes as `agent/<node>` to `ambit.io/Workload` at `target` and yields WorkloadViews."""
 
     def __init__(self, target: str, node: str, cache_path: str | Path | None = None, *,
-                 paths: str = "host", sandboxes: Any = None, resync: float = 2.0, instance_id: str = ""):
+                 paths: str = "host", sandboxes: Any = None, resync: float = 2.0, instance_id: str = "",
+                 token_file: str | Path | None = None):
         if paths not in PATHS:
             raise ValueError(f"StreamPodSource.paths: {paths!r} is not one of {', '.join(PATHS)}")
         self.target = target
@@ -90,6 +92,8 @@ class StreamPodSource:
         self.paths = paths
         self.sandboxes = sandboxes          # an agent.kube_pods.SandboxFinder (made lazily, "host" only)
         self.resync = resync
+        # The node credential the controller requires on the stream (the one ztunnel gives the CA).
+        self.token_file = Path(token_file) if token_file else None
         self.node_info = NodeInfo("agent", node, instance_id=instance_id or uuid.uuid4().hex[:8]).validate()
         self.client: ConfigClient | None = None
         self._updates: queue.Queue[tuple[str, dict[str, Workload], bool]] = queue.Queue()
@@ -103,8 +107,9 @@ class StreamPodSource:
         self._updates.put((update.system_version, state, update.from_cache))
 
     async def _stream(self, stop: threading.Event) -> None:
+        md = node_metadata(self.token_file, self.node) if self.token_file is not None else None
         self.client = ConfigClient(self.target, self.node_info, [Workload.TYPE], self._on_change,
-                                   cache_path=self.cache_path)
+                                   cache_path=self.cache_path, metadata=md)
         await self.client.start()
         try:
             while not stop.is_set():

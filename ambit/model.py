@@ -440,6 +440,26 @@ class TelemetryPolicy(Resource):
         return f"{self.namespace}/{self.name}"
 
 
+@dataclass
+class MeshSettings(Resource):
+    """Mesh-wide settings the data plane enforces (Istio's MeshConfig, the parts Ambit uses).
+
+    One resource, named "mesh". `trust_domain` is the domain the CA issues in; `trust_domain_aliases`
+    are other domains whose identities are accepted as the mesh's own (Istio's `trustDomainAliases`:
+    migrating from an old trust domain, or merging meshes that share a root). A peer whose SPIFFE id
+    is in neither is refused, and policy `principals`/`namespaces` match only within them.
+    """
+
+    TYPE: ClassVar[str] = "ambit.io/MeshSettings"
+    trust_domain: str
+    trust_domain_aliases: list[str] = field(default_factory=list)
+    name: str = "mesh"
+
+    @property
+    def resource_name(self) -> str:
+        return self.name
+
+
 _NESTED: dict[str, Any] = {
     "ServicePort": ServicePort,
     "Endpoint": Endpoint,
@@ -488,5 +508,5 @@ def _pa_from_dict(cls: Any, d: dict[str, Any]) -> PeerAuthn:
 PeerAuthn.from_dict = classmethod(_pa_from_dict)  # type: ignore[assignment]
 
 RESOURCE_TYPES: dict[str, type[Resource]] = {
-    c.TYPE: c for c in (Service, Workload, Authorization, PeerAuthn, WaypointRoutes, TelemetryPolicy)
+    c.TYPE: c for c in (Service, Workload, Authorization, PeerAuthn, WaypointRoutes, TelemetryPolicy, MeshSettings)
 }

@@ -19,6 +19,8 @@ from typing import Any
 
 import grpc
 
+from ambit.trustdomain import TrustDomains
+from controller import meshconfig
 from controller.app import Controller, StatusServer
 from controller.configserver.server import SERVER_OPTIONS
 from controller.sources import Snapshot, Source
@@ -40,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--listen", default="0.0.0.0:15010",
                     help="gRPC address: HOST:PORT or unix:PATH (the lab uses unix:<labdir>/controller.sock)")
     ap.add_argument("--trust-domain", default="cluster.local")
+    ap.add_argument("--trust-domain-alias", action="append", default=[], metavar="DOMAIN",
+                    help="accept identities of this trust domain as the mesh's own (Istio's trustDomainAliases); "
+                         "repeatable")
+    ap.add_argument("--mesh-config", type=Path,
+                    help="mesh config file (YAML, Istio MeshConfig fields Ambit honours: trustDomainAliases); "
+                         "watched, may be absent")
     ap.add_argument("--root-namespace", default="ambit-system")
     ap.add_argument("--cluster-domain", default="cluster.local")
     ap.add_argument("--ca-dir", type=Path, help="serve the CA, keeping its key material here (created on first start)")
@@ -48,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ztunnel-service-account", default="",
                     help="with --kube and --ca-dir: the ztunnel SA allowed to get certificates "
                          "(default system:serviceaccount:<root-namespace>:ztunnel)")
+    ap.add_argument("--insecure-config-stream", action="store_true",
+                    help="serve the config stream without node credentials (only with no --ca-dir: without the CA "
+                         "there are none); anyone who reaches --listen then reads every workload and policy")
     ap.add_argument("--metrics-port", type=int, default=0, help="prometheus metrics port (0: off)")
     ap.add_argument("--metrics-address", default="0.0.0.0")
     ap.add_argument("--debounce", type=float, default=0.03, help="seconds a burst of changes is coalesced")
@@ -97,13 +108,21 @@ async def amain(args: argparse.Namespace) -> int:
                 def on_applied(objects: Snapshot, _tr: Translation) -> None:
                     ensure_node_tokens(tokens, node_names(objects), token_dir)
 
+    try:
+        flag_aliases = TrustDomains.of(args.trust_domain, args.trust_domain_alias).aliases
+    except ValueError as e:
+        log.error("--trust-domain / --trust-domain-alias: %s", e)
+        return 2
+    watcher = meshconfig.Watcher(args.mesh_config) if args.mesh_config else None
     controller = Controller(make_source(args), server, trust_domain=args.trust_domain,
                             root_namespace=args.root_namespace, cluster_domain=args.cluster_domain,
-                            on_applied=on_applied)
+                            on_applied=on_applied,
+                            trust_domain_aliases=_aliases(flag_aliases, watcher, args.trust_domain, None))
     controller_box.append(controller)
 
     if args.ca_dir:
         from controller.ca_setup import mount_ca
+        from controller.configserver.auth import NodeAuthenticator
         if tokens is not None:
             verifier: Any = tokens
         else:
@@ -112,6 +131,19 @@ async def amain(args: argparse.Namespace) -> int:
             sa = args.ztunnel_service_account or f"system:serviceaccount:{args.root_namespace}:ztunnel"
             verifier = TokenReviewVerifier(make_api_client(args.kube_host, args.kubeconfig), {sa})
         mount_ca(grpc_server, args.ca_dir, args.trust_domain, verifier, controller.pods_on_node)
+        if args.insecure_config_stream:
+            log.error("--insecure-config-stream with --ca-dir: the node credentials exist, so the config stream "
+                      "requires them; drop the flag")
+            return 2
+        # The config stream takes the same node credential as the CA, and scopes by it.
+        server.authenticator = NodeAuthenticator(verifier)
+    elif not args.insecure_config_stream:
+        log.error("the config stream needs node credentials, which come with the CA (--ca-dir); "
+                  "pass --insecure-config-stream to serve it to anyone who can connect")
+        return 2
+    else:
+        log.warning("config stream is NOT authenticated (--insecure-config-stream): anyone who reaches %s "
+                    "reads every workload and policy", args.listen)
 
     if args.metrics_port:
         from prometheus_client import start_http_server
@@ -137,6 +169,8 @@ async def amain(args: argparse.Namespace) -> int:
     log.info("controller serving config version %s on %s%s", controller.version, args.listen,
              " (with CA)" if args.ca_dir else "")
     while not done.is_set() and not stop.is_set():
+        if watcher is not None and watcher.changed():
+            controller.set_trust_domain_aliases(_aliases(flag_aliases, watcher, args.trust_domain, controller))
         controller.log_errors()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), 0.5)
@@ -146,6 +180,27 @@ async def amain(args: argparse.Namespace) -> int:
     source_thread.join(timeout=5)
     _unlink_stale_socket(args.listen)
     return 0
+
+
+def _aliases(flag_aliases: tuple[str, ...], watcher: meshconfig.Watcher | None, trust_domain: str,
+             controller: Controller | None) -> tuple[str, ...]:
+    """The flag's aliases plus the mesh config file's. A file that cannot be used is reported and
+    the aliases in force stay (the flag's alone on the first read)."""
+    if watcher is None:
+        return flag_aliases
+    if controller is None:
+        watcher.changed()                      # the first read happens now; the loop sees later edits
+    try:
+        from_file = meshconfig.load(watcher.path, trust_domain).trust_domain_aliases
+    except ValueError as e:
+        log.error("mesh config %s not used: %s", watcher.path, e)
+        if controller is not None:
+            controller.set_mesh_errors([FieldError("mesh-config", str(watcher.path), str(e))])
+            return controller.trust_domain_aliases
+        raise SystemExit(f"controller: {e}") from None
+    if controller is not None:
+        controller.set_mesh_errors([])
+    return tuple(dict.fromkeys(flag_aliases + from_file))
 
 
 def _unlink_stale_socket(listen: str) -> None:

@@ -45,8 +45,13 @@ class Controller:
 
     def __init__(self, source: Source, server: ConfigServer, *, trust_domain: str = "cluster.local",
                  root_namespace: str = "ambit-system", cluster_domain: str = "cluster.local",
-                 on_applied: Callable[[Snapshot, Translation], None] | None = None):
+                 on_applied: Callable[[Snapshot, Translation], None] | None = None,
+                 trust_domain_aliases: tuple[str, ...] = ()):
         self.source = source
+        self.trust_domain_aliases = tuple(trust_domain_aliases)
+        self._objects: Snapshot | None = None     # the last snapshot, to re-translate on a mesh change
+        self._mesh_errors: list[FieldError] = []
+        self._flow_lock = threading.Lock()        # the source thread and a mesh reload both translate
         self.server = server
         self.trust_domain = trust_domain
         self.root_namespace = root_namespace
@@ -64,11 +69,33 @@ class Controller:
 
     # -- the flow -----------------------------------------------------------------------------------
     def on_snapshot(self, objects: Snapshot) -> None:
+        with self._flow_lock:
+            self._objects = objects
+            self._on_snapshot(objects)
+
+    def set_trust_domain_aliases(self, aliases: tuple[str, ...]) -> None:
+        """New `trustDomainAliases` (from the mesh config file): re-translate the last snapshot, so
+        every ztunnel gets the new MeshSettings at once."""
+        with self._flow_lock:
+            if tuple(aliases) == self.trust_domain_aliases:
+                return
+            log.info("trust domain aliases: %s", ", ".join(aliases) or "none")
+            self.trust_domain_aliases = tuple(aliases)
+            if self._objects is not None:
+                self._on_snapshot(self._objects)
+
+    def set_mesh_errors(self, errors: list[FieldError]) -> None:
+        with self._lock:
+            self._mesh_errors = list(errors)
+        self.log_errors()
+
+    def _on_snapshot(self, objects: Snapshot) -> None:
         started = time.monotonic()
         self.snapshots += 1
         own: list[FieldError] = []
         try:
-            tr = translate(objects, self.trust_domain, self.root_namespace, self.cluster_domain)
+            tr = translate(objects, self.trust_domain, self.root_namespace, self.cluster_domain,
+                           self.trust_domain_aliases)
         except Exception as e:  # noqa: BLE001 - a translation bug must not take the mesh down
             log.exception("translation failed; keeping the previous config (version %s)", self.version or "-")
             own.append(FieldError("controller", "", f"translation failed: {type(e).__name__}: {e}"))
@@ -121,7 +148,7 @@ class Controller:
         """Every configuration problem in force now, deduplicated, in a stable order."""
         with self._lock:
             tr_errors = list(self.translation.errors) if self.translation else []
-            own = list(self._own_errors)
+            own = list(self._own_errors) + list(self._mesh_errors)
         seen: dict[FieldError, None] = {}
         for e in [*own, *self.source.errors(), *tr_errors]:
             seen.setdefault(e, None)

@@ -45,12 +45,12 @@ async def trim_heap_periodically(interval: float, trim: Callable[[], int]) -> No
 async def amain(args: ZtunnelSettings) -> None:
     loop = asyncio.get_running_loop()
     log = logging.getLogger("ambit.ztunnel")
-    config = MeshState(root_namespace=args.root_namespace)
+    config = MeshState(root_namespace=args.root_namespace, trust_domain=args.trust_domain)
     client = None
     if args.controller:
         # Start (and replay the file cache) before taking pods, so they meet a populated config.
         client = config_client(config, args.controller, args.node, instance_id=os.urandom(4).hex(),
-                               cache_path=args.config_cache)
+                               cache_path=args.config_cache, token_file=args.node_token_file)
         await client.start()
     identities = ca_channel = None
     ca_target = args.ca_target

@@ -4,11 +4,14 @@ Two doors into a pod, two sets of checks:
 
 - **HBONE (15008)**: the TLS layer already verified the peer's chain against the trust bundle and
   extracted its SPIFFE id. Here: the CONNECT `:authority` must name *this* pod's IP (a tunnel
-  terminated with pod A's certificate must not deliver to pod B); the client address comes from
-  `Forwarded: for=` (the source pod's IP, for source-IP preservation) and, when the config knows the
-  workload at that address, it must be the authenticated identity, or the header is a lie (401);
-  then L4 AuthorizationPolicy with the peer's identity and namespace (403).
-- **Plaintext (15006)**: PeerAuthentication first (STRICT refuses any plaintext, naming the
+  terminated with pod A's certificate must not deliver to pod B); the peer's identity must be in the
+  mesh's trust domain or an alias (401); the client address is the TLS peer's, or `Forwarded: for=`
+  when the peer is the destination's waypoint (`ztunnel.sourcecheck`; anyone else's header is
+  ignored) and, when the config knows the workload at that address, it must be the authenticated
+  identity, or the address is a lie (401); then L4 AuthorizationPolicy with the peer's identity and
+  namespace (403).
+- **Plaintext (15006)**: a source address that belongs to a mesh workload is spoofed (401, see
+  `ztunnel.sourcecheck`); then PeerAuthentication (STRICT refuses any plaintext, naming the
   PeerAuthentication that made it STRICT), then L4 policy with no identity, so rules that need a
   principal or namespace cannot match.
 
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 
 from ambit.model import Workload
 from ambit.zds import PodInfo
-from ztunnel import authz
+from ztunnel import authz, sourcecheck
 from ztunnel.meshstate import MeshState
 from ztunnel.routing import parse_addr
 
@@ -87,19 +90,36 @@ def admit_hbone(config: MeshState | None, pod: PodInfo, dest: Workload, peer_ide
     if ip != pod.ip:
         return Admission(False, 400, f":authority {authority} is not pod {pod.namespace}/{pod.name} ({pod.ip})",
                          dst_port=port)
+    if config is not None:
+        tds = config.trust_domains
+        foreign = authz.foreign_trust_domain(peer_identity, tds)
+        if foreign is not None:
+            return Admission(False, 401, f"peer {peer_identity} is in trust domain {foreign!r}, not the mesh's "
+                                         f"{tds.describe()}", src_ip=tls_peer_ip, dst_port=port)
     try:
-        src_ip = forwarded_for(headers.get("forwarded")) or tls_peer_ip
+        claimed = forwarded_for(headers.get("forwarded"))
     except ValueError as e:
         return Admission(False, 400, str(e), dst_port=port)
+    src_ip, forwarded = tls_peer_ip, False
+    if claimed is not None and claimed != tls_peer_ip and config is not None \
+            and peer_identity in sourcecheck.waypoint_identities(config, dest):
+        bad = sourcecheck.bad_forwarded_address(claimed, pod.ip, pod.node_ip)
+        if bad:
+            return Admission(False, 400, f"Forwarded: for={claimed} is {bad}; refusing it as a source address",
+                             src_ip=tls_peer_ip, dst_port=port)
+        src_ip, forwarded = claimed, True
     src_wl = config.lookup_workload(src_ip) if config is not None else None
-    if src_wl is not None and src_wl.protocol == "HBONE" and src_wl.identity != peer_identity:
+    # A waypoint speaks for its clients under its own identity; anyone else must be who the
+    # address says (a mesh certificate used from another mesh pod's address is a lie).
+    if not forwarded and src_wl is not None and src_wl.protocol == "HBONE" and src_wl.identity != peer_identity:
         return Admission(False, 401, f"source address {src_ip} belongs to {src_wl.identity}, "
                                      f"but the peer authenticated as {peer_identity}",
                          src_ip=src_ip, dst_port=port, src_workload=src_wl)
     if config is None:
         return Admission(True, 200, "no mesh config: no policy", src_ip=src_ip, dst_port=port, src_workload=src_wl)
     policies = config.policies_for(dest).authorizations
-    v = authz.evaluate(policies, dest, authz.ConnInfo(src_ip, peer_identity, pod.ip, port), config.root_namespace)
+    v = authz.evaluate(policies, dest, authz.ConnInfo(src_ip, peer_identity, pod.ip, port), config.root_namespace,
+                       config.trust_domains)
     return Admission(v.allowed, 200 if v.allowed else 403, v.reason, v.policy or "", src_ip, port, src_wl, v.audit)
 
 
@@ -108,12 +128,16 @@ def admit_plaintext(config: MeshState | None, pod: PodInfo, dest: Workload, src_
     src_wl = config.lookup_workload(src_ip) if config is not None else None
     if config is None:
         return Admission(True, 200, "no mesh config: no policy", src_ip=src_ip, dst_port=port, src_workload=src_wl)
+    source = sourcecheck.plaintext_source(src_wl, src_ip, pod.ip, port)
+    if source.refuse:
+        return Admission(False, 401, source.refuse, "", src_ip, port, src_wl)
     policies = config.policies_for(dest)
     pa = authz.peer_authn(policies.peer_authns, dest, port, config.root_namespace)
     if pa.mode == authz.STRICT:
         return Admission(False, 401, f"plaintext refused: PeerAuthentication {pa.policy} requires mTLS "
                                      f"(STRICT) for {dest.namespace}/{dest.name} port {port}",
                          pa.policy or "", src_ip, port, src_wl)
-    v = authz.evaluate(policies.authorizations, dest, authz.ConnInfo(src_ip, None, pod.ip, port),
+    v = authz.evaluate(policies.authorizations, dest,
+                       authz.ConnInfo(src_ip, None, pod.ip, port, src_ip_verified=source.verified),
                        config.root_namespace)
     return Admission(v.allowed, 200 if v.allowed else 403, v.reason, v.policy or "", src_ip, port, src_wl, v.audit)

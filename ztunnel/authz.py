@@ -21,6 +21,16 @@ in ALLOW policies (so an ALLOW made only of L7 rules allows nothing: fail closed
 by their L4 part in DENY policies (so they deny more, never less). If a policy says `has_l7` but
 its L7 rules' L4 parts are not in the model, a DENY matches every connection.
 
+Trust domains (`trust_domains`, see `ambit.trustdomain`): given the mesh's trust domain and
+aliases, a source identity from any other trust domain is denied before any policy is looked at
+(the HBONE admission refuses it earlier still; this is the second lock), and policy principals are
+expanded over the trust domain and its aliases before they are compared, as Istio does.
+
+Source addresses (`ConnInfo.src_ip_verified`): an address is evidence only when the network vouches
+for it. When it does not (plaintext that claims a mesh workload's address, see
+`ztunnel.sourcecheck`), `ipBlocks`/`notIpBlocks` are treated like L7 attributes: they can never
+prove an ALLOW, and a DENY that uses them applies whatever the address (deny more, never less).
+
 PeerAuthentication (`peer_authn_mode`): the workload-selector policy beats the namespace policy,
 which beats the mesh (root namespace) policy; UNSET inherits from the next level; a port-level
 mode of the workload policy overrides for that port; the default is PERMISSIVE.
@@ -35,6 +45,7 @@ from dataclasses import dataclass, field
 
 from ambit import identity as ident
 from ambit.model import Authorization, Match, PeerAuthn, Rule, Workload
+from ambit.trustdomain import TrustDomains
 
 ALLOW, DENY, AUDIT = "ALLOW", "DENY", "AUDIT"
 STRICT, PERMISSIVE, DISABLE, UNSET = "STRICT", "PERMISSIVE", "DISABLE", "UNSET"
@@ -50,6 +61,7 @@ class ConnInfo:
     dst_ip: str
     dst_port: int
     src_namespace: str | None = None  # default: the namespace in src_identity
+    src_ip_verified: bool = True      # False: src_ip is a claim, not evidence (see the module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +123,12 @@ def _in_blocks(ip: str, blocks: list[str]) -> bool:
 class _Source:
     principal: str | None    # schemeless, e.g. cluster.local/ns/demo/sa/client
     namespace: str | None
+    trust_domains: TrustDomains | None = None
 
 
-def _source(conn: ConnInfo) -> _Source:
+def _source(conn: ConnInfo, trust_domains: TrustDomains | None = None) -> _Source:
     if not conn.src_identity:
-        return _Source(None, None)
+        return _Source(None, None, trust_domains)
     principal = ident.to_principal(conn.src_identity)
     ns = conn.src_namespace
     if ns is None:
@@ -123,28 +136,55 @@ def _source(conn: ConnInfo) -> _Source:
             ns = ident.parse(conn.src_identity, allow_schemeless=True).namespace
         except ident.InvalidSpiffeId:
             ns = None
-    return _Source(principal, ns)
+    return _Source(principal, ns, trust_domains)
 
 
-def _any_str(patterns: list[str], value: str | None, *, principal: bool = False) -> bool:
+def foreign_trust_domain(identity: str | None, trust_domains: TrustDomains | None) -> str | None:
+    """The trust domain of `identity` if it is not the mesh's nor an alias (None: fine, or no
+    identity, or nothing configured to check against)."""
+    if not identity or trust_domains is None:
+        return None
+    td = ident.to_principal(identity).split("/", 1)[0]
+    return None if trust_domains.admits(td) else td
+
+
+def _any_str(patterns: list[str], value: str | None) -> bool:
     if value is None:
         return False
-    return any(string_match(ident.to_principal(p) if principal else p, value) for p in patterns)
+    return any(string_match(p, value) for p in patterns)
 
 
-def match_matches(m: Match, conn: ConnInfo, src: _Source) -> bool:
-    if m.principals and not _any_str(m.principals, src.principal, principal=True):
+def _any_principal(patterns: list[str], src: _Source) -> bool:
+    if src.principal is None:
         return False
-    if m.not_principals and _any_str(m.not_principals, src.principal, principal=True):
+    tds = src.trust_domains
+    for p in patterns:
+        p = ident.to_principal(p)
+        for q in (tds.expand_principal(p) if tds is not None else (p,)):
+            if string_match(q, src.principal):
+                return True
+    return False
+
+
+def match_matches(m: Match, conn: ConnInfo, src: _Source, *, deny: bool = False) -> bool:
+    """Does `m` match? `deny` says the answer decides a DENY (or AUDIT): then attributes that
+    cannot be proven (an unverified source address) count as matching, so the DENY applies."""
+    if m.principals and not _any_principal(m.principals, src):
+        return False
+    if m.not_principals and _any_principal(m.not_principals, src):
         return False
     if m.namespaces and not _any_str(m.namespaces, src.namespace):
         return False
     if m.not_namespaces and _any_str(m.not_namespaces, src.namespace):
         return False
-    if m.ip_blocks and not _in_blocks(conn.src_ip, m.ip_blocks):
-        return False
-    if m.not_ip_blocks and _in_blocks(conn.src_ip, m.not_ip_blocks):
-        return False
+    if not conn.src_ip_verified:
+        if (m.ip_blocks or m.not_ip_blocks) and not deny:
+            return False
+    else:
+        if m.ip_blocks and not _in_blocks(conn.src_ip, m.ip_blocks):
+            return False
+        if m.not_ip_blocks and _in_blocks(conn.src_ip, m.not_ip_blocks):
+            return False
     if m.ports and conn.dst_port not in m.ports:
         return False
     if m.not_ports and conn.dst_port in m.not_ports:
@@ -158,9 +198,9 @@ def match_matches(m: Match, conn: ConnInfo, src: _Source) -> bool:
     return True
 
 
-def rule_matches(rule: Rule, conn: ConnInfo, src: _Source | None = None) -> bool:
+def rule_matches(rule: Rule, conn: ConnInfo, src: _Source | None = None, *, deny: bool = False) -> bool:
     src = src or _source(conn)
-    return all(any(match_matches(m, conn, src) for m in clause) for clause in rule.clauses)
+    return all(any(match_matches(m, conn, src, deny=deny) for m in clause) for clause in rule.clauses)
 
 
 def _l7_unrepresented(p: Authorization) -> bool:
@@ -171,17 +211,26 @@ def _l7_unrepresented(p: Authorization) -> bool:
 # --- decision ------------------------------------------------------------------------------------------
 
 def evaluate(
-    policies: Iterable[Authorization], dest_workload: Workload, conn: ConnInfo, root_namespace: str
+    policies: Iterable[Authorization], dest_workload: Workload, conn: ConnInfo, root_namespace: str,
+    trust_domains: TrustDomains | None = None,
 ) -> Verdict:
-    """Decide one connection to `dest_workload`; see the module docstring for the semantics."""
-    src = _source(conn)
+    """Decide one connection to `dest_workload`; see the module docstring for the semantics.
+
+    Without `trust_domains` identities are not checked against a trust domain and principals are
+    compared as written (the behaviour of a mesh with one trust domain and no aliases)."""
+    foreign = foreign_trust_domain(conn.src_identity, trust_domains)
+    if foreign is not None:
+        assert trust_domains is not None
+        return Verdict(False, None, DENY, f"source identity {conn.src_identity} is in trust domain {foreign!r}, "
+                                          f"not the mesh's {trust_domains.describe()}")
+    src = _source(conn, trust_domains)
     applicable = sorted(
         (p for p in policies if applies(p, dest_workload, root_namespace)),
         key=lambda p: (p.namespace, p.name),
     )
     audit = tuple(
         p.resource_name for p in applicable
-        if p.action == AUDIT and (_l7_unrepresented(p) or any(rule_matches(r, conn, src) for r in p.rules))
+        if p.action == AUDIT and (_l7_unrepresented(p) or any(rule_matches(r, conn, src, deny=True) for r in p.rules))
     )
 
     for p in applicable:
@@ -190,7 +239,7 @@ def evaluate(
         if _l7_unrepresented(p):
             return Verdict(False, p.resource_name, DENY, f"denied by {p.resource_name}: {L7_REASON}", audit)
         for r in p.rules:
-            if rule_matches(r, conn, src):
+            if rule_matches(r, conn, src, deny=True):
                 why = L7_REASON if getattr(r, "has_l7", False) else "a rule matched"
                 return Verdict(False, p.resource_name, DENY, f"denied by {p.resource_name}: {why}", audit)
 

@@ -26,13 +26,16 @@ from types import MappingProxyType
 from typing import Any
 
 from ambit import identity as ident
+from ambit import trustdomain
 from ambit.configclient import ConfigClient, ConfigUpdate, NodeInfo
-from ambit.model import Authorization, PeerAuthn, Service, ServicePort, Workload
+from ambit.configclient.credential import node_metadata
+from ambit.model import Authorization, MeshSettings, PeerAuthn, Service, ServicePort, Workload
+from ambit.trustdomain import TrustDomains
 from ztunnel import authz
 
-# The order the server pushes them in (policy before the pods it protects); WaypointRoutes and
-# Telemetry are the waypoint's business, not ztunnel's.
-TYPES = (PeerAuthn.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE)
+# The order the server pushes them in (mesh settings, then policy before the pods it protects);
+# WaypointRoutes and Telemetry are the waypoint's business, not ztunnel's.
+TYPES = (MeshSettings.TYPE, PeerAuthn.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE)
 ACTIONS = {authz.ALLOW, authz.DENY, authz.AUDIT}
 MODES = {authz.STRICT, authz.PERMISSIVE, authz.DISABLE, authz.UNSET}
 
@@ -54,6 +57,7 @@ class ConfigView:
     service_ports: Mapping[tuple[str, int], tuple[Service, ServicePort]] = field(default_factory=lambda: _EMPTY)  # (VIP, port) ->
     authorizations: tuple[Authorization, ...] = ()
     peer_authns: tuple[PeerAuthn, ...] = ()
+    trust_domains: TrustDomains | None = None      # from MeshSettings; None until the controller sends it
     versions: Mapping[str, str] = field(default_factory=lambda: _EMPTY)                    # type URL -> controller system version
 
 
@@ -190,6 +194,20 @@ def check_peer_authns(state: Mapping[str, PeerAuthn]) -> tuple[PeerAuthn, ...]:
     return tuple(p for _, p in sorted(state.items()))
 
 
+def check_mesh_settings(state: Mapping[str, MeshSettings]) -> TrustDomains | None:
+    """The trust domains the mesh settings name; ConfigRejected for more than one or a bad name."""
+    if not state:
+        return None
+    if len(state) > 1:
+        raise ConfigRejected(f"{MeshSettings.TYPE}: {len(state)} resources ({', '.join(sorted(state))}); "
+                             "the mesh has exactly one")
+    (m,) = state.values()
+    try:
+        return TrustDomains.of(m.trust_domain, m.trust_domain_aliases)
+    except ValueError as e:
+        raise ConfigRejected(f"{MeshSettings.TYPE} {m.name}: {e}") from None
+
+
 def next_view(view: ConfigView, update: ConfigUpdate) -> ConfigView:
     """The view after `update`; raises ConfigRejected (and changes nothing) if it is unusable."""
     t, state = update.type_url, update.state
@@ -206,6 +224,8 @@ def next_view(view: ConfigView, update: ConfigUpdate) -> ConfigView:
         return replace(view, authorizations=check_authorizations(state), versions=versions)  # type: ignore[arg-type]
     if t == PeerAuthn.TYPE:
         return replace(view, peer_authns=check_peer_authns(state), versions=versions)  # type: ignore[arg-type]
+    if t == MeshSettings.TYPE:
+        return replace(view, trust_domains=check_mesh_settings(state), versions=versions)  # type: ignore[arg-type]
     raise ConfigRejected(f"{t}: ztunnel does not subscribe to this type")
 
 
@@ -220,6 +240,7 @@ class MeshState:
     """
 
     root_namespace: str = "ambit-system"
+    trust_domain: str = trustdomain.DEFAULT   # ztunnel's own (--trust-domain): used until MeshSettings arrive
     view: ConfigView = field(default_factory=ConfigView)
     version: str = ""                       # system version of the newest update applied
     updated_at: float = 0.0
@@ -275,6 +296,12 @@ class MeshState:
         pas = tuple(p for p in v.peer_authns if _peer_authn_applies(p, workload, self.root_namespace))
         return Policies(auths, pas)
 
+    @property
+    def trust_domains(self) -> TrustDomains:
+        """The trust domains peers must be in: the controller's MeshSettings, or, before they
+        arrive (or from a controller that sends none), ztunnel's own trust domain alone."""
+        return self.view.trust_domains or TrustDomains(self.trust_domain)
+
     def local_workloads(self, node: str) -> list[Workload]:
         return sorted((w for w in self.view.workloads.values() if w.node == node),
                       key=lambda w: (w.namespace, w.name))
@@ -293,6 +320,9 @@ class MeshState:
             "services": [s.to_dict() for _, s in sorted(v.services.items())],
             "authorizations": [a.to_dict() for a in v.authorizations],
             "peer_authns": [p.to_dict() for p in v.peer_authns],
+            "trust_domains": {"trust_domain": self.trust_domains.primary,
+                              "aliases": list(self.trust_domains.aliases),
+                              "from_controller": v.trust_domains is not None},
         }
 
 
@@ -305,7 +335,10 @@ def _peer_authn_applies(p: PeerAuthn, w: Workload, root_namespace: str) -> bool:
 
 
 def config_client(config: MeshState, target: str, node: str, *, instance_id: str = "",
-                  cache_path: str | Path | None = None, types: Iterable[str] = TYPES) -> ConfigClient:
-    """The ConfigClient that feeds `config` as ztunnel `node` (start it with `await client.start()`)."""
+                  cache_path: str | Path | None = None, types: Iterable[str] = TYPES,
+                  token_file: Path | None = None) -> ConfigClient:
+    """The ConfigClient that feeds `config` as ztunnel `node` (start it with `await client.start()`),
+    presenting the node credential in `token_file` (the controller requires it when it runs a CA)."""
     return ConfigClient(target, NodeInfo("ztunnel", node, instance_id=instance_id), list(types), config.apply,
-                        cache_path=cache_path)
+                        cache_path=cache_path,
+                        metadata=node_metadata(token_file, node) if token_file is not None else None)

@@ -40,7 +40,8 @@ class ZtunnelSettings:
     log_level: str = option("INFO", "logging level")
     # mTLS identities (without a node token: no certificates, no HBONE; plaintext passthrough only)
     ca: str | None = option(help="CA target: host:port or unix:PATH (default: the --controller target)")
-    node_token_file: Path | None = option(help="this node's credential for the CA (lab: <labdir>/<node>/bootstrap-token)")
+    node_token_file: Path | None = option(
+        help="this node's credential for the CA and the config stream (lab: <labdir>/<node>/bootstrap-token)")
     cert_ttl: float = option(24 * 3600.0, "lifetime (seconds) requested for workload certificates; rotated at half-life",
                              check=positive)
     cert_cache: Path | None = option(

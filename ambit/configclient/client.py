@@ -65,6 +65,7 @@ class ConfigClient:
         *,
         cache_path: str | Path | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        metadata: Callable[[], Sequence[tuple[str, str]]] | None = None,
         backoff: Backoff | None = None,
         channel_options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
     ):
@@ -78,6 +79,7 @@ class ConfigClient:
         self._on_change = on_change
         self._cache_path = Path(cache_path) if cache_path else None
         self._credentials = credentials
+        self._metadata = metadata       # e.g. credential.node_metadata(token_file, node); called per attempt
         self._backoff = (backoff or Backoff(initial=0.1, maximum=5.0)).attempts()
         self._channel_options = list(channel_options)
         self._states = {t: TypeState(t) for t in self.types}
@@ -177,7 +179,7 @@ class ConfigClient:
                 raise
             except grpc.aio.AioRpcError as e:
                 self._note_failure(f"{e.code().name}: {e.details()}")
-            except StreamClosed as e:
+            except (StreamClosed, ConnectionError) as e:     # ConnectionError: e.g. no credential file
                 self._note_failure(str(e))
             except Exception as e:  # noqa: BLE001 - any failure means: keep old config, reconnect
                 log.exception("config stream to %s failed", self.target)
@@ -189,6 +191,8 @@ class ConfigClient:
     def _note_failure(self, why: str) -> None:
         if self._connected:
             log.warning("config stream to %s lost (%s); serving last good config", self.target, why)
+        elif why != self.last_error:         # say it once, not on every retry (e.g. a refused credential)
+            log.warning("config stream to %s: %s", self.target, why)
         self._connected = False
         self.connected_since = None
         self.last_error = why
@@ -201,8 +205,9 @@ class ConfigClient:
         return grpc.aio.insecure_channel(self.target, options=self._channel_options)
 
     async def _session(self) -> None:
+        md = tuple(self._metadata()) if self._metadata is not None else None
         async with self._channel() as channel:
-            call = config_pb2_grpc.ConfigServiceStub(channel).DeltaStream()
+            call = config_pb2_grpc.ConfigServiceStub(channel).DeltaStream(metadata=md)
             try:
                 for t in self.types:
                     await call.write(config_pb2.DeltaRequest(

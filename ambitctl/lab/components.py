@@ -52,18 +52,24 @@ def node_token_file(base: Path, node: str) -> Path:
     return token_file(base, node)
 
 
-def controller_process(names: LabNames, base: Path) -> ProcSpec:
+def mesh_config_file(base: Path) -> Path:
+    """The controller's mesh config (trustDomainAliases); absent by default, watched when present."""
+    return base / "mesh-config.yaml"
+
+
+def controller_process(names: LabNames, base: Path, trust_domain: str = "cluster.local") -> ProcSpec:
     cg = cgroups.create(names.component_cgroup(None, "controller"))  # the topology makes only system/
     return ProcSpec(
         id="controller", component="controller", cgroup=str(cg),
         argv=[sys.executable, "-m", "controller", "--lab-store", str(base / "store.json"),
               "--listen", f"unix:{controller_socket(base)}", "--ca-dir", str(base / "ca"),
-              "--node-token-dir", str(base)])
+              "--node-token-dir", str(base), "--trust-domain", trust_domain,
+              "--mesh-config", str(mesh_config_file(base))])
 
 
 def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
               cert_ttl: float | None = None) -> list[ProcSpec]:
-    procs: list[ProcSpec] = [controller_process(names, base)]
+    procs: list[ProcSpec] = [controller_process(names, base, spec.trust_domain)]
     py = sys.executable
     for n in spec.nodes:
         node_ns = str(NETNS_RUN_DIR / names.node_netns(n.name))
@@ -83,6 +89,7 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
             id=f"agent/{n.name}", component="agent", node=n.name, netns=node_ns,
             cgroup=str(names.component_cgroup(n.name, "agent")),
             argv=[py, "-m", "agent", "--node", n.name, "--controller", f"unix:{controller_socket(base)}",
+                  "--node-token-file", str(node_token_file(base, n.name)),
                   "--config-cache", str(agent_config_cache(base, n.name)), "--pod-paths", "controller",
                   "--zds-socket", str(zds_socket(base, n.name)), "--ztunnel-cgroup", str(zt_cg),
                   "--pin-base", str(names.bpf_pin_base), "--node-ip", n.gateway_ip, "--capture", capture,

@@ -27,6 +27,21 @@ PodsOnNode = Callable[[str], Iterable[tuple[str, str]] | Awaitable[Iterable[tupl
 NODE_HEADER = "x-ambit-node"
 
 
+def requested_ttl(seconds: int, max_ttl: dt.timedelta) -> dt.timedelta | None:
+    """The lifetime a `CSRRequest.ttl_seconds` asks for; None (the CA's default) for 0, the proto's
+    "unset". Raises ValueError naming the field and the bound for a negative value or one above
+    `max_ttl`, checked on the integer before any `timedelta` is built: `timedelta(seconds=2**62)`
+    overflows, and an unhandled OverflowError is not an answer a client can act on."""
+    if seconds == 0:
+        return None
+    limit = int(max_ttl.total_seconds())
+    if seconds < 0:
+        raise ValueError(f"ttl_seconds: {seconds} is negative; use 1..{limit} seconds, or 0 for the CA's default")
+    if seconds > limit:
+        raise ValueError(f"ttl_seconds: {seconds} exceeds the maximum of {limit} seconds ({max_ttl})")
+    return dt.timedelta(seconds=seconds)
+
+
 class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
     """Signs CSRs for authenticated nodes, for identities of pods on those nodes only."""
 
@@ -55,7 +70,10 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
         decision = authorize(node, requested, list(pods), trust_domain=self.ca.trust_domain)  # type: ignore[arg-type]
         if not decision.allowed:
             await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, node, requested, decision.reason)
-        ttl = dt.timedelta(seconds=request.ttl_seconds) if request.ttl_seconds > 0 else None
+        try:
+            ttl = requested_ttl(request.ttl_seconds, self.ca.max_ttl)
+        except ValueError as e:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, node, requested, str(e))
         try:
             chain = self.ca.sign_csr(request.csr_pem, requested, ttl)
         except CSRRejected as e:

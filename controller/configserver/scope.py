@@ -1,6 +1,7 @@
 """Per-subscriber scoping: which resources each subscriber receives (sans-IO, pure).
 
-The rules, and why:
+The rules, and why (N is the node the stream *authenticated* as when the server has an
+authenticator, see controller.configserver.auth; a claimed name never widens a view):
 
 * agent (node N) -- Workloads whose node is N, nothing else is narrowed. The agent only captures
   pods on its own node; a cluster-wide pod list would make every agent churn on every pod event.
@@ -27,14 +28,15 @@ from collections.abc import Mapping, Sequence
 from typing import cast
 
 from ambit.configclient.node import NodeInfo
-from ambit.model import Authorization, PeerAuthn, Resource, Service, Workload
+from ambit.model import Authorization, MeshSettings, PeerAuthn, Resource, Service, Workload
 
 Snapshot = Mapping[str, Sequence[Resource]]
 
-# The order in which one update's deltas go out on a stream. Policy comes before what it protects
+# The order in which one update's deltas go out on a stream. The mesh settings (trust domains) come
+# first, as every admission depends on them. Policy comes before what it protects
 # and pods before the Services whose endpoints name them, so a client never applies a Service
 # whose endpoints it cannot resolve, nor a new pod without its policy.
-TYPE_ORDER: tuple[str, ...] = (PeerAuthn.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE)
+TYPE_ORDER: tuple[str, ...] = (MeshSettings.TYPE, PeerAuthn.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE)
 
 
 def type_rank(type_url: str) -> tuple[int, str]:

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from ambit.api import config_pb2, config_pb2_grpc
 from ambit.configclient.node import NodeInfo
 from ambit.model import RESOURCE_TYPES, Resource
+from controller.configserver.auth import NodeAuthenticator, StreamRefused, metadata_of
 from controller.configserver.metrics import ConfigMetrics
 from controller.configserver.snapshot import Snapshot
 from controller.configserver.subscription import Nack, Planned, SubscriberStatus, Subscription
@@ -62,17 +63,20 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
     """Serve the desired state to subscribers as per-subscriber deltas.
 
     debounce: how long a burst of updates is coalesced, counted from its first update.
-    authorize: optional check of a stream's claimed identity (see Authorizer); without it the
-        server believes what the node says, which is only right on a trusted network (the lab).
+    authorize: optional extra check of a stream's claimed identity (see Authorizer).
+    authenticator: require the node credential on every stream and scope it by the authenticated
+        node (see controller.configserver.auth). Without it the server believes what the node says,
+        which is only right when nobody untrusted can reach it (unit tests, benchmarks).
     """
 
     def __init__(self, *, debounce: float = 0.03, registry: CollectorRegistry | None = None,
                  keep_disconnected: float = 600.0, max_disconnected: int = 512,
-                 authorize: Authorizer | None = None):
+                 authorize: Authorizer | None = None, authenticator: NodeAuthenticator | None = None):
         if debounce < 0:
             raise ValueError(f"ConfigServer.debounce: {debounce} is negative")
         self.debounce = debounce
         self._authorize = authorize
+        self.authenticator = authenticator
         self.metrics = ConfigMetrics(registry)
         self._keep_disconnected = keep_disconnected
         self._gone: collections.deque[Subscription] = collections.deque(maxlen=max_disconnected)
@@ -176,6 +180,13 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
     async def DeltaStream(self, request_iterator, context):  # noqa: N802 - gRPC method name
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
+        authenticated: str | None = None
+        if self.authenticator is not None:
+            try:
+                authenticated = await self.authenticator.authenticate(metadata_of(context))
+            except StreamRefused as e:
+                log.warning("config stream refused from %s: %s: %s", context.peer(), e.code.name, e)
+                await context.abort(e.code, str(e))
         first = await context.read()
         if first is grpc.aio.EOF:
             return
@@ -183,6 +194,12 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             node = self._node_of(first)
         except BadRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if self.authenticator is not None and authenticated is not None:
+            try:
+                node = self.authenticator.authorize(authenticated, node)
+            except StreamRefused as e:
+                log.warning("config stream refused from %s: %s: %s", context.peer(), e.code.name, e)
+                await context.abort(e.code, str(e))
         if self._authorize is not None:
             try:
                 self._authorize(node, context)

@@ -15,6 +15,7 @@ from typing import Any
 from ambit.model import (
     RESOURCE_TYPES,
     Authorization,
+    MeshSettings,
     PeerAuthn,
     Service,
     TelemetryPolicy,
@@ -39,12 +40,13 @@ class Translation:
     peer_authns: list[PeerAuthn] = field(default_factory=list)
     waypoint_routes: list[WaypointRoutes] = field(default_factory=list)
     telemetry: list[TelemetryPolicy] = field(default_factory=list)
+    mesh_settings: list[MeshSettings] = field(default_factory=list)
     errors: list[FieldError] = field(default_factory=list)
 
     def resources(self) -> list[Any]:
         """Every model resource, in one list."""
         return [*self.workloads, *self.services, *self.authorizations, *self.peer_authns,
-                *self.waypoint_routes, *self.telemetry]
+                *self.waypoint_routes, *self.telemetry, *self.mesh_settings]
 
     def by_type(self) -> dict[str, list[Any]]:
         """Resources keyed by type URL: what `ConfigServer.update(resources_by_type, version)` takes.
@@ -56,8 +58,9 @@ class Translation:
 
 
 def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local",
-              root_namespace: str = "ambit-system", cluster_domain: str = "cluster.local") -> Translation:
-    out = Translation()
+              root_namespace: str = "ambit-system", cluster_domain: str = "cluster.local",
+              trust_domain_aliases: tuple[str, ...] = ()) -> Translation:
+    out = Translation(mesh_settings=[MeshSettings(trust_domain, list(trust_domain_aliases))])
     good = []
     for obj in objects:
         if not isinstance(obj, dict) or obj.get("kind") not in BY_KIND:

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 from ambit import identity as ident
 from ambit.model import Authorization, Match, Rule
+from ambit.trustdomain import TrustDomains
 from waypoint.authz.matching import any_host, any_method, any_path, any_string, in_blocks, string_match
-from waypoint.authz.trustdomains import TrustDomainsLike
 from waypoint.localreply import GRPC_PERMISSION_DENIED, local_reply
 from waypoint.normalize import normalize_path
 from waypoint.request import Downstream, LocalReply, RequestHead
@@ -103,7 +103,7 @@ class _Request:
     path: str
     principal: str | None
     namespace: str | None
-    trust_domains: TrustDomainsLike | None
+    trust_domains: TrustDomains | None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -118,7 +118,7 @@ def _peer(identity: str) -> tuple[str | None, str | None]:
     return ident.to_principal(identity), namespace
 
 
-def _context(head: RequestHead, down: Downstream, tds: TrustDomainsLike | None) -> _Request:
+def _context(head: RequestHead, down: Downstream, tds: TrustDomains | None) -> _Request:
     principal, namespace = _peer(down.source_identity)
     # Normalized here too (idempotent), so a path the engine forgot to normalize cannot dodge a rule.
     return _Request(head, down, normalize_path(head.path_only), principal, namespace, tds)
@@ -202,7 +202,7 @@ def _policy_matches(p: Authorization, r: _Request, *, deny: bool) -> bool:
     return any(rule_matches(rule, r, deny=deny) for rule in p.http_rules)
 
 
-def _foreign(identity: str, tds: TrustDomainsLike | None) -> str | None:
+def _foreign(identity: str, tds: TrustDomains | None) -> str | None:
     if not identity or tds is None:
         return None
     td = ident.to_principal(identity).split("/", 1)[0]
@@ -210,7 +210,7 @@ def _foreign(identity: str, tds: TrustDomainsLike | None) -> str | None:
 
 
 def evaluate(policies: Iterable[Authorization], head: RequestHead, down: Downstream,
-             trust_domains: TrustDomainsLike | None = None) -> Verdict:
+             trust_domains: TrustDomains | None = None) -> Verdict:
     """Decide one request against the policies that apply to it (see `PolicySet.for_request`)."""
     foreign = _foreign(down.source_identity, trust_domains)
     if foreign is not None:
@@ -233,7 +233,7 @@ def evaluate(policies: Iterable[Authorization], head: RequestHead, down: Downstr
 
 
 def authorize(pset: PolicySet, head: RequestHead, down: Downstream,
-              trust_domains: TrustDomainsLike | None = None) -> tuple[LocalReply | None, Verdict]:
+              trust_domains: TrustDomains | None = None) -> tuple[LocalReply | None, Verdict]:
     """(None, verdict) when allowed; (the 403 to send, verdict) when denied."""
     ps = pset.for_request(down)
     if not ps and trust_domains is None:

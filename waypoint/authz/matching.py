@@ -9,7 +9,7 @@
 - Hosts: case-insensitive, and a host without a port also matches the authority with a port
   (`example.com` matches `example.com:8080`), as Istio's host matcher does.
 - Principals: the source's SPIFFE id without `spiffe://`, after expanding the policy's trust
-  domain over the mesh's aliases (see `trustdomains`).
+  domain over the mesh's aliases (see `ambit.trustdomain`).
 - IP blocks: CIDRs or single addresses; `remoteIpBlocks` is the same peer address here (a
   waypoint does not trust X-Forwarded-For: Istio's default of zero trusted hops).
 """

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import re
 import stat
 
 import grpc
@@ -33,6 +34,7 @@ from controller.ca import (
     load_or_create,
     load_user_provided,
 )
+from controller.ca.service import requested_ttl
 
 TD = "cluster.local"
 ID = f"spiffe://{TD}/ns/demo/sa/client"
@@ -327,11 +329,11 @@ class _Harness:
         await self.channel.close()
         await self.server.stop(None)
 
-    async def call(self, node: str, token: str | None, identity: str, csr: bytes | None = None):
+    async def call(self, node: str, token: str | None, identity: str, csr: bytes | None = None, ttl: int = 3600):
         md = [("x-ambit-node", node)]
         if token is not None:
             md.append(("authorization", f"Bearer {token}"))
-        req = ca_pb2.CSRRequest(csr_pem=(csr or make_csr()).decode(), identity=identity, ttl_seconds=3600)
+        req = ca_pb2.CSRRequest(csr_pem=(csr or make_csr()).decode(), identity=identity, ttl_seconds=ttl)
         return await self.stub.CreateCertificate(req, metadata=md)
 
 
@@ -364,3 +366,51 @@ def test_grpc_issues_for_pods_on_the_node_and_refuses_the_rest(ca, caplog) -> No
     assert any("node=node-1" in m and "identity=spiffe://cluster.local/ns/prod/sa/db" in m
                and "PERMISSION_DENIED" in m for m in refusals)
     assert any("node=node-2" in m and "UNAUTHENTICATED" in m for m in refusals)
+
+
+# --- requested TTLs ------------------------------------------------------------------------------------
+
+WEEK = 7 * 24 * 3600
+
+
+@pytest.mark.parametrize(("seconds", "want"), [(0, None), (1, dt.timedelta(seconds=1)),
+                                               (3600, dt.timedelta(hours=1)), (WEEK, dt.timedelta(days=7))])
+def test_requested_ttl_accepts_zero_as_default_and_anything_up_to_the_maximum(seconds, want) -> None:
+    assert requested_ttl(seconds, dt.timedelta(days=7)) == want
+
+
+@pytest.mark.parametrize(("seconds", "message"), [
+    (-1, "ttl_seconds: -1 is negative; use 1..604800 seconds, or 0 for the CA's default"),
+    (-(2**63), "is negative"),
+    (WEEK + 1, f"ttl_seconds: {WEEK + 1} exceeds the maximum of 604800 seconds (7 days, 0:00:00)"),
+    (2**62, "exceeds the maximum of 604800 seconds"),
+    (2**63 - 1, "exceeds the maximum of 604800 seconds"),   # the largest int64 a client can send
+])
+def test_requested_ttl_refuses_negative_and_huge_values_naming_field_and_bound(seconds, message) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        requested_ttl(seconds, dt.timedelta(days=7))
+
+
+def test_grpc_refuses_silly_ttls_with_invalid_argument_and_still_serves(ca, caplog) -> None:
+    """The 2^62-second request once raised an unhandled OverflowError (an UNKNOWN to the client)."""
+    caplog.set_level(logging.INFO, logger="ambit.ca")
+
+    async def run() -> None:
+        async with _Harness(ca, {"node-1": [("demo", "client")]}) as h:
+            for ttl in (2**62, 2**63 - 1, -5, WEEK + 1):
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await h.call("node-1", h.token["node-1"], ID, ttl=ttl)
+                assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (ttl, ei.value.details())
+                assert f"ttl_seconds: {ttl}" in ei.value.details()
+            # An unauthenticated caller with a silly TTL learns about its credential, not the TTL.
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await h.call("node-1", "wrong", ID, ttl=2**62)
+            assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # Positive control: the same server, a sane TTL, a certificate of that lifetime.
+            resp = await h.call("node-1", h.token["node-1"], ID, ttl=WEEK)
+            leaf = load_chain(list(resp.cert_chain))[0]
+            life = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+            assert dt.timedelta(days=7) <= life <= dt.timedelta(days=7, minutes=10)
+
+    asyncio.run(run())
+    assert any("ttl_seconds: 4611686018427387904 exceeds" in r.getMessage() for r in caplog.records)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ambit.configclient import ConfigUpdate
-from ambit.model import Authorization, Endpoint, PeerAuthn, Service, ServicePort, Workload
+from ambit.model import Authorization, Endpoint, MeshSettings, PeerAuthn, Service, ServicePort, Workload
 from ztunnel.meshstate import MeshState
 
 TD = "cluster.local"
@@ -27,9 +27,11 @@ def svc(name: str, vip: str, endpoints: list[Workload], port: int = 80, target: 
 
 
 def config(workloads: list[Workload] = (), services: list[Service] = (), auths: list[Authorization] = (),
-           pas: list[PeerAuthn] = (), root_namespace: str = "ambit-system") -> MeshState:
+           pas: list[PeerAuthn] = (), root_namespace: str = "ambit-system",
+           mesh: MeshSettings | None = None) -> MeshState:
     cfg = MeshState(root_namespace=root_namespace)
-    for t, items, key in ((PeerAuthn.TYPE, pas, lambda r: r.resource_name),
+    for t, items, key in ((MeshSettings.TYPE, [mesh] if mesh else [], lambda r: r.resource_name),
+                          (PeerAuthn.TYPE, pas, lambda r: r.resource_name),
                           (Authorization.TYPE, auths, lambda r: r.resource_name),
                           (Workload.TYPE, workloads, lambda r: r.uid),
                           (Service.TYPE, services, lambda r: r.resource_name)):

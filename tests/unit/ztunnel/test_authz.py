@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 
 from ambit.model import Authorization, Match, PeerAuthn, Rule, Workload
-from ztunnel.authz import L7_REASON, ConnInfo, Verdict, applies, evaluate, peer_authn_mode, string_match
+from ambit.trustdomain import TrustDomains
+from ztunnel.authz import (
+    ALLOW,
+    DENY,
+    L7_REASON,
+    ConnInfo,
+    Verdict,
+    applies,
+    evaluate,
+    peer_authn_mode,
+    string_match,
+)
 
 ROOT = "istio-system"
 CLIENT = "spiffe://cluster.local/ns/demo/sa/client"
@@ -254,3 +265,77 @@ def pa(name: str, mode: str = "UNSET", ns: str = "demo", selector: dict | None =
 )
 def test_peer_authn_precedence(pas: list[PeerAuthn], port: int, expected: str) -> None:
     assert peer_authn_mode(pas, SERVER, port, ROOT) == expected
+
+
+# --- trust domains and aliases (Istio's ReplaceTrustDomainAliases) ---------------------------------------
+
+TDS = TrustDomains.of("cluster.local")
+TDS_ALIAS = TrustDomains.of("cluster.local", ["old.td"])
+EVIL = "spiffe://evil.local/ns/demo/sa/client"
+
+
+def decide_td(policies: list[Authorization], identity: str, tds: TrustDomains) -> Verdict:
+    return evaluate(policies, SERVER, conn(identity), ROOT, tds)
+
+
+def test_an_identity_outside_the_trust_domains_is_denied_whatever_the_policy() -> None:
+    for policies in ([], [pol("ns", ALLOW, rule([Match(namespaces=["demo"])]))], [pol("all", ALLOW, rule())]):
+        v = decide_td(policies, EVIL, TDS)
+        assert (v.allowed, v.action) == (False, DENY), policies
+        assert "trust domain 'evil.local', not the mesh's 'cluster.local'" in v.reason
+    assert decide_td([pol("ns", ALLOW, rule([Match(namespaces=["demo"])]))], CLIENT, TDS).allowed, "the control"
+
+
+def test_without_trust_domains_the_old_behaviour_stays() -> None:
+    assert decide([pol("ns", ALLOW, rule([Match(namespaces=["demo"])]))], conn(EVIL)).allowed
+
+
+@pytest.mark.parametrize("pattern, identity, allowed", [
+    ("cluster.local/ns/demo/sa/client", "spiffe://old.td/ns/demo/sa/client", True),       # alias expansion
+    ("old.td/ns/demo/sa/client", CLIENT, True),                                           # and back
+    ("cluster.local/ns/demo/sa/client", "spiffe://old.td/ns/demo/sa/other", False),
+    ("cluster.local/ns/demo/sa/*", "spiffe://old.td/ns/demo/sa/x", True),                 # suffix wildcard kept
+    ("*/ns/demo/sa/client", "spiffe://old.td/ns/demo/sa/client", True),                   # td wildcard as written
+    ("spiffe://cluster.local/ns/demo/sa/client", "spiffe://old.td/ns/demo/sa/client", True),  # with the scheme
+    ("other.td/ns/demo/sa/client", "spiffe://old.td/ns/demo/sa/client", False),           # foreign: as written
+])
+def test_principals_are_expanded_over_the_trust_domain_and_its_aliases(pattern, identity, allowed) -> None:
+    p = pol("p", ALLOW, rule([Match(principals=[pattern])]))
+    assert decide_td([p], identity, TDS_ALIAS).allowed is allowed
+
+
+def test_a_deny_on_a_principal_also_catches_its_alias() -> None:
+    p = pol("d", DENY, rule([Match(principals=["cluster.local/ns/demo/sa/client"])]))
+    assert not decide_td([p], "spiffe://old.td/ns/demo/sa/client", TDS_ALIAS).allowed
+    p = pol("d", DENY, rule([Match(not_principals=["cluster.local/ns/demo/sa/client"])]))
+    assert decide_td([p], "spiffe://old.td/ns/demo/sa/client", TDS_ALIAS).allowed, "notPrincipals expands too"
+
+
+def test_cluster_local_in_a_policy_means_the_local_trust_domain_after_a_rename() -> None:
+    renamed = TrustDomains.of("new.td")
+    p = pol("p", ALLOW, rule([Match(principals=["cluster.local/ns/demo/sa/client"])]))
+    assert decide_td([p], "spiffe://new.td/ns/demo/sa/client", renamed).allowed
+
+
+# --- unverified source addresses -------------------------------------------------------------------------
+
+def test_an_unverified_address_never_proves_an_allow_and_never_escapes_a_deny() -> None:
+    unverified = ConnInfo("10.0.0.7", None, "10.0.1.5", 8080, src_ip_verified=False)
+    verified = ConnInfo("10.0.0.7", None, "10.0.1.5", 8080)
+    allow = pol("a", ALLOW, rule([Match(ip_blocks=["10.0.0.0/24"])]))
+    allow_not = pol("an", ALLOW, rule([Match(not_ip_blocks=["192.168.0.0/16"])]))
+    deny_in = pol("d", DENY, rule([Match(ip_blocks=["192.168.0.0/16"])]))
+    deny_not = pol("dn", DENY, rule([Match(not_ip_blocks=["10.0.0.0/24"])]))
+    for p in (allow, allow_not):
+        assert decide([p], verified).allowed and not decide([p], unverified).allowed, p.name
+    for p in (deny_in, deny_not):
+        assert decide([p], verified).allowed and not decide([p], unverified).allowed, p.name
+    assert decide([pol("ports", ALLOW, rule([Match(ports=[8080])]))], unverified).allowed, "other attributes still work"
+
+
+def test_trust_domains_refuse_bad_names_and_describe_themselves() -> None:
+    assert TrustDomains.of("a.b", ["c", "a.b", "c"]).all == ("a.b", "c")
+    assert TrustDomains.of("a.b", ["c"]).describe() == "'a.b' (aliases 'c')"
+    for bad in ("", "UPPER", "sp ace", "a/b", "-lead"):
+        with pytest.raises(ValueError, match=r"trustDomainAliases\[0\]"):
+            TrustDomains.of("a.b", [bad])

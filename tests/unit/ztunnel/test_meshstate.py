@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from ambit.configclient.codec import encode
 from ambit.configclient.state import TypeState
 from ambit.dataplane import endpoint
-from ambit.model import Authorization, Match, PeerAuthn, Rule, Service, Workload
+from ambit.model import Authorization, Match, MeshSettings, PeerAuthn, Rule, Service, Workload
 from controller.configserver import ConfigServer
 from tests.unit.configstream.helpers import authz, eventually, peerauthn, service, workload
 from ztunnel import admin
@@ -27,8 +27,10 @@ def push(cfg: MeshState, ts: TypeState, version: str, resources: list, removed: 
     ts.commit(staged)
 
 
-def full(cfg: MeshState, version: str, workloads=(), services=(), auths=(), pas=()) -> dict[str, TypeState]:
+def full(cfg: MeshState, version: str, workloads=(), services=(), auths=(), pas=(),
+         mesh: MeshSettings | None = None) -> dict[str, TypeState]:
     states = {t: TypeState(t) for t in TYPES}
+    push(cfg, states[MeshSettings.TYPE], version, [mesh or MeshSettings("cluster.local")])
     push(cfg, states[PeerAuthn.TYPE], version, list(pas))
     push(cfg, states[Authorization.TYPE], version, list(auths))
     push(cfg, states[Workload.TYPE], version, list(workloads))
@@ -164,3 +166,18 @@ def test_nack_and_cache_over_a_real_stream(tmp_path: Path) -> None:
         finally:
             await offline.stop()
     asyncio.run(main())
+
+
+def test_mesh_settings_set_the_trust_domains_and_bad_ones_are_rejected() -> None:
+    cfg = MeshState(trust_domain="cluster.local")
+    assert cfg.trust_domains.all == ("cluster.local",) and not cfg.dump()["trust_domains"]["from_controller"]
+    states = full(cfg, "v1", mesh=MeshSettings("cluster.local", ["old.td", "cluster.local", "old.td"]))
+    assert cfg.trust_domains.all == ("cluster.local", "old.td")
+    assert cfg.dump()["trust_domains"] == {"trust_domain": "cluster.local", "aliases": ["old.td"],
+                                           "from_controller": True}
+    with pytest.raises(ConfigRejected, match=r"trustDomainAliases\[0\]: 'Evil Domain' is not a trust domain"):
+        push(cfg, states[MeshSettings.TYPE], "v2", [MeshSettings("cluster.local", ["Evil Domain"])])
+    two = MeshSettings("cluster.local", name="other")
+    with pytest.raises(ConfigRejected, match="the mesh has exactly one"):
+        push(cfg, states[MeshSettings.TYPE], "v3", [MeshSettings("cluster.local"), two])
+    assert cfg.trust_domains.all == ("cluster.local", "old.td"), "the last good settings stay in force"

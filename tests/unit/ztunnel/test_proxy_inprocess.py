@@ -41,15 +41,17 @@ class LoopbackPod(PodProxy):
     """A pod whose netns is the test's own: sockets are plain, delivery binds the client's
     loopback address directly (what IP_TRANSPARENT does for a real pod)."""
 
-    def socket(self) -> socket.socket:
+    def _bound(self, ip: str) -> socket.socket:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         s.setblocking(False)
+        s.bind((ip, 0))
         return s
 
+    def socket(self) -> socket.socket:
+        return self._bound(self.pod.ip)         # in its own netns a pod's sockets leave from its IP
+
     def delivery_socket(self, src_ip: str) -> socket.socket:
-        s = self.socket()
-        s.bind((src_ip, 0))
-        return s
+        return self._bound(src_ip)
 
 
 def pod(w) -> LoopbackPod:

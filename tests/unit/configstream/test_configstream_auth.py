@@ -1,0 +1,151 @@
+"""The config stream requires the node credential and scopes by the node it authenticates.
+
+A real grpc.aio server on 127.0.0.1 with the CA's own `BootstrapTokens` verifier, real clients:
+raw stubs (to see the exact status codes and messages) and the `ConfigClient` the components use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ambit.api import config_pb2, config_pb2_grpc
+from ambit.configclient import Backoff, ConfigClient, NodeInfo
+from ambit.configclient.credential import node_metadata
+from ambit.model import Resource, Workload
+from controller.ca.credentials import BootstrapTokens
+from controller.configserver import ConfigServer
+from controller.configserver.auth import NodeAuthenticator, check_claim
+
+from .helpers import workload
+
+STATE: dict[str, list[Resource]] = {
+    Workload.TYPE: [workload("a1", "node-a", ip="10.0.1.1"), workload("a2", "node-a", ip="10.0.1.2"),
+                    workload("b1", "node-b", ip="10.0.2.1")],
+}
+
+
+class Served:
+    def __init__(self) -> None:
+        self.tokens = BootstrapTokens()
+        self.token = {n: self.tokens.issue(n) for n in ("node-a", "node-b")}
+        self.server = ConfigServer(debounce=0.0, registry=CollectorRegistry(),
+                                   authenticator=NodeAuthenticator(self.tokens))
+        self.server.update(STATE, "v1")
+
+    async def __aenter__(self) -> Served:
+        self.port = await self.server.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.server.stop(None)
+
+    async def first_response(self, node: NodeInfo, metadata: list[tuple[str, str]] | None):
+        """Open a stream as `node` with `metadata`; the first response (or the AioRpcError)."""
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as ch:
+            call = config_pb2_grpc.ConfigServiceStub(ch).DeltaStream(metadata=metadata)
+            try:
+                # The server may refuse before the first message: then the write itself raises.
+                await call.write(config_pb2.DeltaRequest(node=node.to_proto(), type_url=Workload.TYPE,
+                                                         subscribe=True))
+                return await asyncio.wait_for(call.read(), 10)
+            except grpc.aio.AioRpcError:
+                # Refused before our first message: the write fails locally; the status is the server's.
+                return Refused(await call.code(), await call.details())
+            finally:
+                call.cancel()
+
+
+@dataclass
+class Refused:
+    code: grpc.StatusCode
+    details: str
+
+
+def creds(token: str, node: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}"), ("x-ambit-node", node)]
+
+
+def refused(result, code: grpc.StatusCode, *fragments: str) -> None:
+    assert isinstance(result, Refused), f"expected {code.name}, got a response: {result}"
+    assert result.code == code, (result.code, result.details)
+    for f in fragments:
+        assert f in result.details, result.details
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_without_or_with_a_bad_credential_the_stream_is_unauthenticated_and_says_what_it_needs() -> None:
+    async def go() -> None:
+        async with Served() as s:
+            zt = NodeInfo("ztunnel", "node-a")
+            refused(await s.first_response(zt, None), grpc.StatusCode.UNAUTHENTICATED,
+                    "needs the node credential", "authorization: Bearer <token>", "x-ambit-node")
+            refused(await s.first_response(zt, creds("not-a-token", "node-a")), grpc.StatusCode.UNAUTHENTICATED,
+                    "bootstrap token not valid for node 'node-a'")
+            # node-a's token naming node-b in the metadata: the verifier ties tokens to nodes.
+            refused(await s.first_response(NodeInfo("ztunnel", "node-b"), creds(s.token["node-a"], "node-b")),
+                    grpc.StatusCode.UNAUTHENTICATED, "node 'node-b'")
+            # Positive control: the same server, the right credential, a response.
+            ok = await s.first_response(zt, creds(s.token["node-a"], "node-a"))
+            assert isinstance(ok, config_pb2.DeltaResponse) and len(ok.resources) == 3
+    run(go())
+
+
+def test_a_nodes_credential_never_buys_another_nodes_view_nor_a_waypoints() -> None:
+    async def go() -> None:
+        async with Served() as s:
+            a = creds(s.token["node-a"], "node-a")
+            refused(await s.first_response(NodeInfo("agent", "node-b"), a), grpc.StatusCode.PERMISSION_DENIED,
+                    "the credential is node 'node-a''s, but the stream subscribes as agent/node-b")
+            refused(await s.first_response(NodeInfo("waypoint", "wp-0", waypoint="demo/wp"), a),
+                    grpc.StatusCode.PERMISSION_DENIED, "cannot subscribe as waypoint")
+            # The agent of node-b, authenticated as node-b, gets node-b's pods only; node-a's agent node-a's.
+            got_b = await s.first_response(NodeInfo("agent", "node-b"), creds(s.token["node-b"], "node-b"))
+            assert [r.name for r in got_b.resources] == ["b1"]
+            got_a = await s.first_response(NodeInfo("agent", "node-a"), a)
+            assert sorted(r.name for r in got_a.resources) == ["a1", "a2"]
+    run(go())
+
+
+def test_the_config_client_presents_the_token_file_and_retries_until_it_appears(tmp_path: Path) -> None:
+    token_file = tmp_path / "bootstrap-token"
+
+    async def go() -> None:
+        async with Served() as s:
+            got: list[str] = []
+            client = ConfigClient(f"127.0.0.1:{s.port}", NodeInfo("agent", "node-a"), [Workload.TYPE],
+                                  lambda u: got.extend(sorted(u.state)), metadata=node_metadata(token_file, "node-a"),
+                                  backoff=Backoff(initial=0.05, maximum=0.1))
+            await client.start()
+            try:
+                await asyncio.sleep(0.5)
+                assert not client.connected and "bootstrap-token" in client.last_error, client.last_error
+                token_file.write_text("wrong\n")
+                for _ in range(100):
+                    if "UNAUTHENTICATED" in client.last_error:
+                        break
+                    await asyncio.sleep(0.05)
+                assert "UNAUTHENTICATED" in client.last_error and not got
+                token_file.write_text(s.token["node-a"] + "\n")
+                await client.wait_synced(timeout=10)
+                assert got == ["a1", "a2"] and client.connected
+            finally:
+                await client.stop()
+    run(go())
+
+
+@pytest.mark.parametrize("node, why", [
+    (NodeInfo("ztunnel", "n1"), ""), (NodeInfo("agent", "n1"), ""),
+    (NodeInfo("ztunnel", "n2"), "subscribes as ztunnel/n2"),
+    (NodeInfo("waypoint", "pod", waypoint="ns/wp"), "cannot subscribe as waypoint")])
+def test_check_claim(node: NodeInfo, why: str) -> None:
+    got = check_claim("n1", node)
+    assert (why in got and bool(got)) if why else got == ""

@@ -1,0 +1,79 @@
+"""The mesh config file (trustDomainAliases) and how its changes reach the config stream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ambit.model import MeshSettings
+from controller import meshconfig
+from controller.__main__ import _aliases, parse_args
+from controller.app import Controller
+from controller.configserver import ConfigServer
+from controller.sources import Source
+
+
+class _NoSource(Source):
+    def run(self, on_snapshot, stop) -> None:  # pragma: no cover - never run here
+        raise AssertionError
+
+    def errors(self):
+        return []
+
+
+def settings(server: ConfigServer) -> list[MeshSettings]:
+    return list(server._latest.resources.get(MeshSettings.TYPE, []))  # noqa: SLF001 - what gets served
+
+
+def test_a_mesh_config_file_gives_aliases_and_refuses_what_ambit_does_not_do(tmp_path: Path) -> None:
+    f = tmp_path / "mesh.yaml"
+    assert meshconfig.load(f, "cluster.local") == meshconfig.MeshFile(), "absent: defaults"
+    f.write_text("trustDomainAliases: [evil.local, old.td, evil.local]\ntrustDomain: cluster.local\n")
+    assert meshconfig.load(f, "cluster.local").trust_domain_aliases == ("evil.local", "old.td")
+    for text, msg in [("outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n", "outboundTrafficPolicy: not supported"),
+                      ("trustDomain: new.td\n", "trustDomain: 'new.td' differs from the controller's --trust-domain"),
+                      ("trustDomainAliases: evil.local\n", "expected a list"),
+                      ("trustDomainAliases: [Evil]\n", "trustDomainAliases[0]: 'Evil' is not a trust domain"),
+                      ("[1, 2]\n", "expected a mapping"), ("a: [\n", "not YAML")]:
+        f.write_text(text)
+        with pytest.raises(ValueError, match=msg.replace("[", r"\[").replace("(", r"\(")):
+            meshconfig.load(f, "cluster.local")
+
+
+def test_aliases_from_flag_and_file_reach_the_served_mesh_settings_and_a_bad_edit_keeps_the_last_good(
+        tmp_path: Path) -> None:
+    f = tmp_path / "mesh.yaml"
+    args = parse_args(["--lab-store", "x", "--trust-domain-alias", "flag.td", "--mesh-config", str(f)])
+    w = meshconfig.Watcher(f)
+    server = ConfigServer(debounce=0.0, registry=CollectorRegistry())
+    ctl = Controller(_NoSource(), server, trust_domain_aliases=_aliases(("flag.td",), w, "cluster.local", None))
+    assert args.trust_domain_alias == ["flag.td"]
+    ctl.on_snapshot([])
+    assert [(m.trust_domain, m.trust_domain_aliases) for m in settings(server)] == [("cluster.local", ["flag.td"])]
+    v1 = ctl.version
+
+    f.write_text("trustDomainAliases: [evil.local]\n")
+    assert w.changed()
+    ctl.set_trust_domain_aliases(_aliases(("flag.td",), w, "cluster.local", ctl))
+    assert settings(server)[0].trust_domain_aliases == ["flag.td", "evil.local"] and ctl.version != v1
+    assert not w.changed(), "no edit, no reload"
+
+    f.write_text("trustDomainAliases: [Bad Name]\n")
+    assert w.changed()
+    ctl.set_trust_domain_aliases(_aliases(("flag.td",), w, "cluster.local", ctl))
+    assert settings(server)[0].trust_domain_aliases == ["flag.td", "evil.local"], "last good stays in force"
+    assert any("mesh-config" in str(e) and "'Bad Name' is not a trust domain" in str(e) for e in ctl.errors())
+
+    f.unlink()
+    assert w.changed()
+    ctl.set_trust_domain_aliases(_aliases(("flag.td",), w, "cluster.local", ctl))
+    assert settings(server)[0].trust_domain_aliases == ["flag.td"] and ctl.errors() == []
+
+
+def test_a_bad_mesh_config_at_start_stops_the_controller_with_the_reason(tmp_path: Path) -> None:
+    f = tmp_path / "mesh.yaml"
+    f.write_text("meshMTLS: {}\n")
+    with pytest.raises(SystemExit, match="meshMTLS: not supported by Ambit"):
+        _aliases((), meshconfig.Watcher(f), "cluster.local", None)
