@@ -97,6 +97,10 @@ def parser(cls: type, prog: str, description: str = "", env_prefix: str = "AMBIT
         if _base_type(tp) is bool:
             ap.add_argument(_flag(prefix, name), dest=prefix + name, action=argparse.BooleanOptionalAction,
                             default=None, help=help_)
+        elif typing.get_origin(_base_type(tp)) is tuple:
+            # Repeatable flag (--x a --x b); the environment variable takes a comma-separated list.
+            ap.add_argument(_flag(prefix, name), dest=prefix + name, action="append", default=None,
+                            help=help_ + " (repeatable)", metavar=name.upper())
         else:
             ap.add_argument(_flag(prefix, name), dest=prefix + name, default=None, help=help_, metavar=name.upper())
     return ap
@@ -126,7 +130,12 @@ def load(cls: type[T], argv: Sequence[str] | None = None, environ: Mapping[str, 
                     ap.error(f"{flag} (or {env}) is required")
                 continue
             try:
-                value = raw if isinstance(raw, bool) else _convert(tp, raw)
+                if isinstance(raw, bool):
+                    value = raw
+                elif isinstance(raw, list):
+                    value = tuple(v for r in raw for v in _convert(tp, r))
+                else:
+                    value = _convert(tp, raw)
             except (TypeError, ValueError) as e:
                 raise SettingsError(f"{source}: {raw!r}: {e}") from None
             check = f.metadata.get("check")
@@ -134,6 +143,11 @@ def load(cls: type[T], argv: Sequence[str] | None = None, environ: Mapping[str, 
             if reason:
                 raise SettingsError(f"{source}: {raw!r}: {reason}")
             kwargs[f.name] = value
-        return c(**kwargs)
+        obj = c(**kwargs)
+        # Checks across fields (e.g. "exactly one source"): a `check()` method returning the reason.
+        reason = obj.check() if hasattr(obj, "check") else None
+        if reason:
+            raise SettingsError(reason)
+        return obj
 
     return build(cls, "")

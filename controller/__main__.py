@@ -1,4 +1,5 @@
 """Run the controller: `python -m controller --lab-store PATH | --kube [--kubeconfig F] --listen ADDR`.
+Every setting is in controller/settings.py (`--help` lists them with their environment variables).
 
 One grpc.aio server carries the config stream (ambit.config.v1) and, with `--ca-dir`, the CA
 (ambit.ca.v1). It starts serving only after the first snapshot is translated: a ztunnel that
@@ -7,14 +8,12 @@ connected earlier would be handed an empty config and drop everything it routes.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import signal
 import threading
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,6 +22,8 @@ from ambit.trustdomain import TrustDomains
 from controller import meshconfig
 from controller.app import Controller, StatusServer
 from controller.configserver.server import SERVER_OPTIONS
+from controller.settings import ControllerSettings
+from controller.settings import load as load_settings
 from controller.sources import Snapshot, Source
 from controller.translate import Translation
 from controller.validation import FieldError
@@ -31,42 +32,15 @@ log = logging.getLogger("ambit.controller")
 FIRST_SNAPSHOT_TIMEOUT = 300.0   # a large cluster's first list can be slow; the lab's takes ms
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="controller", description="Ambit controller: config stream and CA.")
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--lab-store", type=Path, help="lab mode: the lab store file (store.json)")
-    src.add_argument("--kube", action="store_true", help="watch the Kubernetes API (in-cluster or kubeconfig)")
-    ap.add_argument("--kubeconfig", help="kubeconfig file (with --kube, outside a cluster)")
-    ap.add_argument("--kube-host", help="API server URL without auth, e.g. from `kubectl proxy` (with --kube)")
-    ap.add_argument("--no-status", action="store_true", help="with --kube: do not write status conditions")
-    ap.add_argument("--listen", default="0.0.0.0:15010",
-                    help="gRPC address: HOST:PORT or unix:PATH (the lab uses unix:<labdir>/controller.sock)")
-    ap.add_argument("--trust-domain", default="cluster.local")
-    ap.add_argument("--trust-domain-alias", action="append", default=[], metavar="DOMAIN",
-                    help="accept identities of this trust domain as the mesh's own (Istio's trustDomainAliases); "
-                         "repeatable")
-    ap.add_argument("--mesh-config", type=Path,
-                    help="mesh config file (YAML, Istio MeshConfig fields Ambit honours: trustDomainAliases); "
-                         "watched, may be absent")
-    ap.add_argument("--root-namespace", default="ambit-system")
-    ap.add_argument("--cluster-domain", default="cluster.local")
-    ap.add_argument("--ca-dir", type=Path, help="serve the CA, keeping its key material here (created on first start)")
-    ap.add_argument("--node-token-dir", type=Path,
-                    help="lab mode with --ca-dir: write each node's bootstrap token to DIR/<node>/bootstrap-token")
-    ap.add_argument("--ztunnel-service-account", default="",
-                    help="with --kube and --ca-dir: the ztunnel SA allowed to get certificates "
-                         "(default system:serviceaccount:<root-namespace>:ztunnel)")
-    ap.add_argument("--insecure-config-stream", action="store_true",
-                    help="serve the config stream without node credentials (only with no --ca-dir: without the CA "
-                         "there are none); anyone who reaches --listen then reads every workload and policy")
-    ap.add_argument("--metrics-port", type=int, default=0, help="prometheus metrics port (0: off)")
-    ap.add_argument("--metrics-address", default="0.0.0.0")
-    ap.add_argument("--debounce", type=float, default=0.03, help="seconds a burst of changes is coalesced")
-    ap.add_argument("--log-level", default="INFO")
-    return ap.parse_args(argv)
+def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> ControllerSettings:
+    """The controller's settings (controller/settings.py); a bad value exits naming it."""
+    try:
+        return load_settings(argv, environ)
+    except ValueError as e:
+        raise SystemExit(f"controller: {e}") from None
 
 
-def make_source(args: argparse.Namespace) -> Source:
+def make_source(args: ControllerSettings) -> Source:
     if args.lab_store:
         from ambit.labstore import LabStore
         from controller.sources.lab import LabSource
@@ -79,7 +53,7 @@ def node_names(objects: Snapshot) -> list[str]:
     return [o["metadata"]["name"] for o in objects if o.get("kind") == "Node" and (o.get("metadata") or {}).get("name")]
 
 
-async def amain(args: argparse.Namespace) -> int:
+async def amain(args: ControllerSettings) -> int:
     loop = asyncio.get_running_loop()
     stop = threading.Event()
     done = asyncio.Event()

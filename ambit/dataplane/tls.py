@@ -31,7 +31,7 @@ from ambit.identity import SpiffeId
 if TYPE_CHECKING:
     from ambit.dataplane.identity import WorkloadCertificate
 
-log = logging.getLogger("ambit.ztunnel.tls")
+log = logging.getLogger("ambit.dataplane.tls")
 
 ALPN = "h2"
 TLS13_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384")

@@ -27,16 +27,16 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from ambit.lab.components import mesh_config_file
-from ztunnel.certs import GrpcCertificateFetcher, make_key_and_csr
 
 from ambit.api import ca_pb2, ca_pb2_grpc, config_pb2, config_pb2_grpc
 from ambit.configclient import NodeInfo
+from ambit.dataplane import endpoint
+from ambit.dataplane.identity import GrpcCertificateFetcher, make_key_and_csr
 from ambit.model import Workload
+from ambitctl.lab.components import mesh_config_file
 from controller.ca import CertificateAuthority, DirectoryStorage
 from tests.lab.conftest import MESH_SPEC, _artifacts
 from tests.lab.labctl import RUN_ID, Lab
-from ztunnel import admin
 
 pytestmark = pytest.mark.lab
 
@@ -95,7 +95,7 @@ def inbound(lab: Lab, node: str, since: int, **match: str) -> list[dict[str, Any
 
 def policy_in_force(lab: Lab, node: str, name: str, present: bool = True) -> None:
     def check() -> bool:
-        status, pol = admin.get(lab.dir / node / "admin.sock", "/policies")
+        status, pol = endpoint.get_json(lab.dir / node / "admin.sock", "/policies")
         names = {a["name"] for a in (pol or {}).get("authorizations", [])} if status == 200 else set()
         return (name in names) == present
     lab.wait_for(check, timeout=15, interval=0.2, what=f"policy {name} {'in' if present else 'out of'} force on {node}")
@@ -213,7 +213,7 @@ def test_forwarded_from_a_mesh_peer_that_is_no_waypoint_buys_no_address(lab: Lab
 
 def aliases_in_force(lab: Lab, want: list[str]) -> None:
     def check() -> bool:
-        return all(admin.get(lab.dir / n / "admin.sock", "/config_dump")[1].get("trust_domains", {}).get("aliases")
+        return all(endpoint.get_json(lab.dir / n / "admin.sock", "/config_dump")[1].get("trust_domains", {}).get("aliases")
                    == want for n in ("node1", "node2"))
     lab.wait_for(check, timeout=15, interval=0.2, what=f"trust domain aliases {want} on both ztunnels")
 

@@ -32,7 +32,7 @@ from ambit.dataplane.hbone.protocol import HBONEProtocol
 from ambit.dataplane.hbone.stream import HBONEStream, StreamResetError
 from ambit.dataplane.ports import PORT_HBONE as HBONE_PORT
 
-log = logging.getLogger("ambit.ztunnel.hbone")
+log = logging.getLogger("ambit.dataplane.hbone")
 
 
 

@@ -26,7 +26,7 @@ from ambit.dataplane.hbone.connection import (
 )
 from ambit.dataplane.hbone.stream import HBONEStream, StreamResetError
 
-log = logging.getLogger("ambit.ztunnel.hbone")
+log = logging.getLogger("ambit.dataplane.hbone")
 
 TURN = 1024 * 1024                  # bytes one stream may frame before the next gets a turn
 TRANSPORT_HIGH_WATER = 4 * 1024 * 1024

@@ -26,7 +26,7 @@ from ambit.dataplane.hbone.connection import HBONEConnection
 from ambit.dataplane.hbone.protocol import HBONEProtocol
 from ambit.dataplane.hbone.stream import HBONEStream
 
-log = logging.getLogger("ambit.ztunnel.hbone")
+log = logging.getLogger("ambit.dataplane.hbone")
 
 OnConnect = Callable[[HBONEStream, str, str, dict[str, str]], Awaitable[None]]
 

@@ -31,7 +31,7 @@ from ambit.dataplane.identity.fetcher import (
 from ambit.dataplane.identity.keys import make_key_and_csr
 from ambit.dataplane.identity.store import CertStore
 
-log = logging.getLogger("ambit.ztunnel.certs")
+log = logging.getLogger("ambit.dataplane.identity")
 
 DEFAULT_TTL = 24 * 3600.0
 

@@ -26,7 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ambit.dataplane.endpoint import LocalEndpoint, Response, fetch
 
-log = logging.getLogger("ambit.ztunnel.metrics")
+log = logging.getLogger("ambit.dataplane.metrics")
 
 LABELS = (
     "reporter", "source_workload", "source_workload_namespace", "source_principal",

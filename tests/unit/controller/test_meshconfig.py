@@ -49,7 +49,7 @@ def test_aliases_from_flag_and_file_reach_the_served_mesh_settings_and_a_bad_edi
     w = meshconfig.Watcher(f)
     server = ConfigServer(debounce=0.0, registry=CollectorRegistry())
     ctl = Controller(_NoSource(), server, trust_domain_aliases=_aliases(("flag.td",), w, "cluster.local", None))
-    assert args.trust_domain_alias == ["flag.td"]
+    assert args.trust_domain_alias == ("flag.td",)
     ctl.on_snapshot([])
     assert [(m.trust_domain, m.trust_domain_aliases) for m in settings(server)] == [("cluster.local", ["flag.td"])]
     v1 = ctl.version

@@ -1,0 +1,55 @@
+"""The controller's settings: built once from the command line and the environment
+(AMBIT_CONTROLLER_*), then passed down. `python -m controller --help` lists them all."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ambit import settings
+from ambit.settings import non_negative, option
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    lab_store: Path | None = option(help="lab mode: the lab store file (store.json)")
+    kube: bool = option(False, "watch the Kubernetes API (in-cluster or kubeconfig)")
+    kubeconfig: str | None = option(help="kubeconfig file (with --kube, outside a cluster)")
+    kube_host: str | None = option(help="API server URL without auth, e.g. from `kubectl proxy` (with --kube)")
+    status: bool = option(True, "with --kube: write status conditions (--no-status: do not)")
+    listen: str = option("0.0.0.0:15010",
+                         "gRPC address: HOST:PORT or unix:PATH (the lab uses unix:<labdir>/controller.sock)")
+    trust_domain: str = option("cluster.local", "the mesh trust domain")
+    trust_domain_alias: tuple[str, ...] = option(
+        (), "accept identities of this trust domain as the mesh's own (Istio's trustDomainAliases)")
+    mesh_config: Path | None = option(
+        help="mesh config file (YAML, Istio MeshConfig fields Ambit honours: trustDomainAliases); watched, may be absent")
+    root_namespace: str = option("ambit-system", "the mesh root namespace")
+    cluster_domain: str = option("cluster.local", "the cluster's DNS domain")
+    ca_dir: Path | None = option(help="serve the CA, keeping its key material here (created on first start)")
+    node_token_dir: Path | None = option(
+        help="lab mode with --ca-dir: write each node's bootstrap token to DIR/<node>/bootstrap-token")
+    ztunnel_service_account: str = option(
+        "", "with --kube and --ca-dir: the ztunnel SA allowed to get certificates "
+            "(default system:serviceaccount:<root-namespace>:ztunnel)")
+    insecure_config_stream: bool = option(
+        False, "serve the config stream without node credentials (only with no --ca-dir: without the CA there are "
+               "none); anyone who reaches --listen then reads every workload and policy")
+    metrics_port: int = option(0, "prometheus metrics port (0: off)", check=non_negative)
+    metrics_address: str = option("0.0.0.0", "prometheus metrics address")
+    debounce: float = option(0.03, "seconds a burst of changes is coalesced", check=non_negative)
+    log_level: str = option("INFO", "logging level")
+
+    def check(self) -> str | None:
+        if (self.lab_store is not None) == self.kube:
+            return "exactly one source is needed: --lab-store PATH or --kube"
+        return None
+
+    @property
+    def no_status(self) -> bool:
+        return not self.status
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ControllerSettings:
+    return settings.load(ControllerSettings, argv, environ, prog="controller", env_prefix="AMBIT_CONTROLLER")
