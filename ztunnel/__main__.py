@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ztunnel import admin, identity_setup
 from ztunnel.config import MeshConfig, config_client
+from ztunnel.limits import ProxyLimits
 from ztunnel.metrics import Metrics, MetricsServer
 from ztunnel.proxy import Proxy
 from ztunnel.zdsserver import ZdsServer
@@ -45,7 +46,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--metrics-socket", type=Path, help="metrics on a unix socket as well (the lab's host-side scrape)")
     ap.add_argument("--memory-trim-interval", type=float, default=10.0,
                     help="seconds between returning freed heap memory to the OS (malloc_trim); 0 disables")
-    return ap.parse_args(argv)
+    # Limits against hostile or noisy peers (docs/operations.md); counts of 0 mean unlimited.
+    ProxyLimits.add_arguments(ap)
+    args = ap.parse_args(argv)
+    try:
+        args.limits = ProxyLimits.from_args(args)
+    except ValueError as e:
+        ap.error(str(e))
+    return args
 
 
 def heap_trimmer() -> Callable[[], int] | None:
@@ -89,7 +97,8 @@ async def amain(args: argparse.Namespace) -> None:
     elif not args.node_token_file:
         log.warning("no --node-token-file: no workload certificates; mesh destinations will be refused")
     metrics = Metrics()
-    proxy = Proxy(config=config, identities=identities, metrics=metrics, trust_domain=args.trust_domain)
+    proxy = Proxy(config=config, identities=identities, metrics=metrics, trust_domain=args.trust_domain,
+                  limits=args.limits)
     msrv = MetricsServer(metrics)
     mhost, _, mport = (args.metrics_address or "").rpartition(":")
     try:

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+LISTEN_BACKLOG = 4096       # asyncio.start_server defaults to 100
+
 
 class LocalEndpoint:
     def __init__(self) -> None:
@@ -18,12 +20,13 @@ class LocalEndpoint:
 
     async def start(self, host: str | None, port: int, unix_path: Path | None = None) -> None:
         if host is not None and port:
-            self._servers.append(await asyncio.start_server(self._serve, host, port, reuse_address=True))
+            self._servers.append(await asyncio.start_server(self._serve, host, port, reuse_address=True,
+                                                                    backlog=LISTEN_BACKLOG))
         if unix_path is not None:
             unix_path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 unix_path.unlink()
-            self._servers.append(await asyncio.start_unix_server(self._serve, str(unix_path)))
+            self._servers.append(await asyncio.start_unix_server(self._serve, str(unix_path), backlog=LISTEN_BACKLOG))
             unix_path.chmod(0o600)
             self._unix_path = unix_path
 

@@ -25,6 +25,7 @@ from ztunnel.relay import Leg
 log = logging.getLogger("ambit.ztunnel.pods")
 
 IP_TRANSPARENT = 19
+LISTEN_BACKLOG = 4096       # per listener; the kernel caps it at net.core.somaxconn
 # Handles one accepted connection (a `Leg` buffering what arrives until the handler relays it).
 Handler = Callable[["PodProxy", Leg], Awaitable[None]]
 
@@ -46,7 +47,7 @@ def _listener(host: str, port: int, transparent: bool = False) -> socket.socket:
     if transparent:
         s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
     s.bind((host, port))
-    s.listen(4096)
+    s.listen(LISTEN_BACKLOG)
     s.setblocking(False)
     return s
 
@@ -150,7 +151,8 @@ class PodRegistry:
                 def factory(made: Callable[[Leg], None] = made) -> Leg:
                     return Leg(on_made=made)
                 loop = asyncio.get_running_loop()
-                proxy.servers.append(await loop.create_server(factory, sock=sock))
+                # backlog: create_server listen()s again, with its own default of 100 unless told
+                proxy.servers.append(await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG))
         except BaseException:
             for srv in proxy.servers:
                 srv.close()

@@ -34,7 +34,16 @@ from ztunnel import accesslog, admission, routing, tls
 from ztunnel.accesslog import ConnRecord
 from ztunnel.certs import CertificateUnavailable, IdentityManager
 from ztunnel.config import MeshConfig
-from ztunnel.hbone import HBONEClientPool, HBONEConnectError, HBONEServer, HBONEStream, PoolKey
+from ztunnel.hbone import (
+    HBONEClientPool,
+    HBONEConnectError,
+    HBONEConnection,
+    HBONEServer,
+    HBONEStream,
+    PoolKey,
+)
+from ztunnel.hbone.limits import ConnLimiter
+from ztunnel.limits import ProxyLimits
 from ztunnel.metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TLS, NONE, ConnLabels, Metrics
 from ztunnel.pods import PodProxy, PodRegistry
 from ztunnel.relay import Leg, relay, relay_tunnel
@@ -78,14 +87,17 @@ class _PodHBONE:
     """A pod's HBONE server as PodRegistry sees it: `close()` stops accepting at once, then the
     connections get a GOAWAY and a bounded drain in the background."""
 
-    def __init__(self, server: HBONEServer, background: set[asyncio.Task[None]]) -> None:
+    def __init__(self, server: HBONEServer, background: set[asyncio.Task[None]],
+                 servers: set[HBONEServer]) -> None:
         self.server = server
         self._background = background
+        self._servers = servers
 
     def close(self) -> None:
         t = asyncio.ensure_future(self.server.close(grace=HBONE_DRAIN))
         self._background.add(t)
         t.add_done_callback(self._background.discard)
+        t.add_done_callback(lambda _t: self._servers.discard(self.server))
 
 
 class Proxy:
@@ -94,19 +106,27 @@ class Proxy:
 
     def __init__(self, config: MeshConfig | None = None, *, identities: IdentityManager | None = None,
                  metrics: Metrics | None = None, trust_domain: str = "cluster.local",
-                 cert_wait: float = CERT_WAIT) -> None:
+                 cert_wait: float = CERT_WAIT, limits: ProxyLimits | None = None) -> None:
         # The mesh config (workloads, services, policies) from the controller; None without one.
         self.config = config
         self.identities = identities
         self.metrics = metrics or Metrics()
         self.trust_domain = trust_domain
         self.cert_wait = cert_wait
+        self.limits = limits = limits or ProxyLimits()
+        # Fairness: one noisy or hostile pod must not exhaust the node's ztunnel (sans-IO counters).
+        self.per_identity = ConnLimiter(limits.max_hbone_conns_per_identity, "HBONE connections per identity")
+        self.per_source_ip = ConnLimiter(limits.max_plaintext_per_source_ip, "plaintext connections per source IP")
+        self.per_dst_pod = ConnLimiter(limits.max_inbound_per_pod, "inbound connections per pod")
+        self.per_src_pod = ConnLimiter(limits.max_outbound_per_pod, "outbound connections per pod")
+        self.loops_refused = 0
+        self.hbone_servers: set[HBONEServer] = set()     # for the hostile-peer counters
         self.contexts = tls.ContextCache()
         self.lb = routing.RoundRobin()
         self._background: set[asyncio.Task[None]] = set()
         self.pool: HBONEClientPool | None = None
         if identities is not None:
-            self.pool = HBONEClientPool(self._client_context, dial=self._dial)
+            self.pool = HBONEClientPool(self._client_context, dial=self._dial, max_streams=limits.hbone_max_streams)
         self.registry = PodRegistry(self.outbound, self.inbound_plaintext,
                                     serve_hbone=self._serve_hbone if identities is not None else None)
         self.registry.listeners.append(self._pod_event)
@@ -164,7 +184,14 @@ class Proxy:
         opened = False      # counted as opened once the upstream is up; failures count at the end
         sent = recv = 0
         refused = False
+        admitted = False
         try:
+            if not self.per_src_pod.acquire(pod.pod.uid):
+                refused = True
+                rec.error = f"source pod has {self.per_src_pod.limit} outbound connections open (limit)"
+                log.warning("outbound from %s/%s refused: %s", pod.pod.namespace, pod.pod.name, rec.error)
+                return
+            admitted = True
             dst = original_dst(sock)
             rec.dst_addr = routing.format_addr(*dst)
             if dst == sock.getsockname()[:2]:
@@ -179,6 +206,12 @@ class Proxy:
             if route.kind == routing.REFUSE:
                 refused = True
                 rec.error = route.reason
+                return
+            target = route.target or dst
+            if routing.loops_back(target[0], target[1], self.registry.by_ip):
+                refused = True
+                self.loops_refused += 1
+                rec.error = f"{routing.format_addr(*target)} is a ztunnel listener (would loop back into ztunnel)"
                 return
             if route.kind == routing.HBONE and self.pool is None:
                 raise ConnectionError(f"{rec.dst_addr} is a mesh workload, but this ztunnel has no identities "
@@ -224,6 +257,8 @@ class Proxy:
             if labels is not None and not opened:
                 labels.response_flags = FLAG_CONNECT
         finally:
+            if admitted:
+                self.per_src_pod.release(pod.pod.uid)
             rec.bytes_sent, rec.bytes_recv = sent, recv
             if refused:
                 reset(client)
@@ -260,9 +295,15 @@ class Proxy:
                 if task is not None:
                     pod.conns.discard(task)
 
-        server = HBONEServer(sock, server_context, on_connect)
+        lim = self.limits
+        server = HBONEServer(
+            sock, server_context, on_connect, handshake_timeout=lim.tls_handshake_timeout,
+            preface_timeout=lim.hbone_preface_timeout, idle_timeout=lim.hbone_idle_timeout,
+            per_identity=self.per_identity,
+            connection_factory=lambda: HBONEConnection(client_side=False, max_concurrent_streams=lim.hbone_max_streams))
+        self.hbone_servers.add(server)
         await server.start()
-        return _PodHBONE(server, self._background)
+        return _PodHBONE(server, self._background, self.hbone_servers)
 
     async def inbound_hbone(self, pod: PodProxy, st: HBONEStream, peer_identity: str, authority: str,
                             headers: dict[str, str]) -> None:
@@ -276,7 +317,17 @@ class Proxy:
                             destination_service=self._service_of(dest), connection_security_policy=MUTUAL_TLS)
         to_app = from_app = 0
         opened = False
+        admitted = False
         try:
+            if st.is_closed:
+                rec.error = "tunnel reset by the peer before it was served"
+                return
+            if not self.per_dst_pod.acquire(pod.pod.uid):
+                rec.error = f"503 destination pod has {self.per_dst_pod.limit} inbound connections open (limit)"
+                labels.response_flags = FLAG_CONNECT
+                st.respond(503, "destination pod is at its connection limit")
+                return
+            admitted = True
             adm = admission.admit_hbone(self.config, pod.pod, dest, peer_identity, authority, headers, tls_peer[0])
             rec.src_addr = f"{adm.src_ip or tls_peer[0]}:0"
             if adm.src_workload is not None:
@@ -293,22 +344,43 @@ class Proxy:
                 st.respond(adm.status, adm.reason,
                            [(admission.POLICY_HEADER, adm.policy)] if adm.policy else None)
                 return
+            if routing.loops_back(pod.pod.ip, adm.dst_port, (pod.pod.ip,)):
+                self.loops_refused += 1
+                rec.error = f"400 port {adm.dst_port} is a ztunnel listener (would loop back into ztunnel)"
+                labels.response_flags = FLAG_DENY
+                st.respond(400, f"port {adm.dst_port} is not a destination")
+                return
+            # A tunnel reset while its app connection is still being made cancels that connect.
+            task = asyncio.current_task()
+            unregister = st.on_closed(task.cancel) if task is not None else (lambda: None)
             try:
                 app = await open_from(lambda: pod.delivery_socket(adm.src_ip), (pod.pod.ip, adm.dst_port))
             except (TimeoutError, OSError) as e:
+                unregister()
                 rec.error = f"503 cannot reach the app: {type(e).__name__}: {e}"
                 labels.response_flags = FLAG_CONNECT
                 st.respond(503, f"cannot reach {authority}: {e}")
                 return
+            except asyncio.CancelledError:
+                if st.is_closed:
+                    rec.error = "tunnel reset by the peer while connecting to the app"
+                raise
+            unregister()
             local: Any = app.get_extra_info("sockname")
             rec.src_addr = f"{local[0]}:{local[1]}"     # what the app sees as its peer
-            st.respond(200)
+            try:
+                st.respond(200)
+            except OSError:
+                reset(app)      # the tunnel went away meanwhile: never leave the app connection behind
+                raise
             self.metrics.conn_opened(labels)
             opened = True
             from_app, to_app = await relay_tunnel(app, st)
         except (TimeoutError, OSError) as e:
             rec.error = rec.error or f"{type(e).__name__}: {e}"
         finally:
+            if admitted:
+                self.per_dst_pod.release(pod.pod.uid)
             rec.bytes_sent, rec.bytes_recv = to_app, from_app
             if not opened:
                 self.metrics.conn_opened(labels)
@@ -330,7 +402,21 @@ class Proxy:
         to_app = from_app = 0
         refused = False
         opened = False
+        held: list[ConnLimiter] = []
         try:
+            for limiter, key in ((self.per_source_ip, peer[0]), (self.per_dst_pod, pod.pod.uid)):
+                if not limiter.acquire(key):
+                    refused = True
+                    rec.error = f"{limiter.what}: limit {limiter.limit} reached"
+                    log.warning("plaintext %s -> %s/%s refused: %s", rec.src_addr, pod.pod.namespace, pod.pod.name,
+                                rec.error)
+                    return
+                held.append(limiter)
+            if routing.loops_back(local[0], local[1], (pod.pod.ip, local[0])):
+                refused = True
+                self.loops_refused += 1
+                rec.error = f"port {local[1]} is a ztunnel listener (would loop back into ztunnel)"
+                return
             adm = admission.admit_plaintext(self.config, pod.pod, dest, peer[0], local[1])
             if adm.src_workload is not None:
                 rec.src_workload, rec.src_namespace = adm.src_workload.name, adm.src_workload.namespace
@@ -353,6 +439,8 @@ class Proxy:
             if not opened:
                 labels.response_flags = FLAG_CONNECT
         finally:
+            for limiter, key in zip(held, (peer[0], pod.pod.uid), strict=False):
+                limiter.release(key)
             rec.bytes_sent, rec.bytes_recv = to_app, from_app
             if refused:
                 reset(client)
