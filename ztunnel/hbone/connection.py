@@ -230,6 +230,7 @@ class HBONEConnection:
         self._peer_initial_window = f.DEFAULT_WINDOW
         self._max_out_frame = f.DEFAULT_MAX_FRAME
         self._conn_send_window = f.DEFAULT_WINDOW
+        self._conn_unreturned = 0       # sent, connection window not yet given back by the peer
         self._conn_recv_window = connection_window
         self._conn_unacked = 0
 
@@ -309,8 +310,10 @@ class HBONEConnection:
     def congested(self) -> bool:
         """Less than one stream window left on the connection, either way: stalled streams hold it.
         A pool should put new streams on another connection."""
-        return (self._conn_send_window < self._peer_initial_window
-                or self._conn_recv_window + self._conn_unacked < self.stream_window)
+        if self._conn_send_window < self._peer_initial_window and self._conn_unreturned >= self._peer_initial_window:
+            return True     # (not merely the initial 64 KiB window before the peer's first update)
+        held = self.connection_window - self._conn_recv_window - self._conn_unacked
+        return held >= max(self.stream_window, self.connection_window - self.stream_window)
 
     @property
     def dead(self) -> bool:
@@ -387,6 +390,7 @@ class HBONEConnection:
             pos += chunk
         st.send_window -= n
         self._conn_send_window -= n
+        self._conn_unreturned += n
         if end_stream and n == len(mv):
             self.end_stream(stream_id)
         return n
@@ -638,6 +642,7 @@ class HBONEConnection:
                 self._fail(events, f.PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection")
                 return
             self._conn_send_window += inc
+            self._conn_unreturned = max(0, self._conn_unreturned - inc)
             if self._conn_send_window > f.MAX_WINDOW:
                 self._fail(events, f.FLOW_CONTROL_ERROR, "connection send window overflow")
                 return
