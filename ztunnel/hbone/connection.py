@@ -686,6 +686,11 @@ class HBONEConnection:
             code = int(getattr(e, "error_code", f.PROTOCOL_ERROR) or f.PROTOCOL_ERROR)
             self._fail(events, code, f"protocol error: {e}")
             return
+        except (h2.exceptions.H2Error, ValueError) as e:
+            # Found by fuzzing: a header value that is not UTF-8 escapes h2 as UnicodeDecodeError,
+            # after HPACK has decoded it; the connection's header state is unknown, so end it.
+            self._fail(events, f.PROTOCOL_ERROR, f"malformed frame: {type(e).__name__}")
+            return
         for ev in h2_events:
             if self._fatal:
                 break
