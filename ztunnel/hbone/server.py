@@ -96,7 +96,7 @@ class _ServerSide(HBONEProtocol):
                      self.peer_identity, self.server.preface_timeout)
             self.abort()
             return
-        self._arm_idle(self.server.idle_timeout)
+        self._check_idle()      # from here on the timer watches for idleness
 
     def _arm_idle(self, delay: float) -> None:
         self._timer = self.loop.call_later(max(delay, 0.001), self._check_idle)

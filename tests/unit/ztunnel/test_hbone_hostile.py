@@ -4,14 +4,21 @@ tests/lab/test_hbone_hostile.py."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ssl
+import time
+
 import h2.config
 import h2.connection
 import h2.events
 import h2.settings
 import pytest
 
+from tests.unit.ztunnel.test_hbone import CLIENT, Mesh, echo
 from tests.unit.ztunnel.test_hbone_sansio import Pair
-from ztunnel import routing
+from ztunnel import routing, tls
+from ztunnel.hbone import HBONEConnectError
 from ztunnel.hbone import frames as f
 from ztunnel.hbone.connection import (
     ConnectionClosed,
@@ -266,3 +273,69 @@ def test_proxy_limits_refuse_nonsense() -> None:
 ])
 def test_loops_back(ip: str, port: int, loops: bool) -> None:
     assert routing.loops_back(ip, port, {"10.0.0.5"}) is loops
+
+
+# --- the asyncio edge: timeouts and per-identity limits over real TLS -----------------------------------
+
+def test_a_peer_that_never_sends_the_preface_is_closed(ca) -> None:
+    async def main() -> None:
+        async with Mesh(ca, echo) as m:
+            m.server.preface_timeout = 0.5
+            ctx = tls.client_context(m.client_cert)
+            t0 = time.monotonic()
+            r, w = await asyncio.open_connection("127.0.0.1", m.port, ssl=ctx, server_hostname="127.0.0.1")
+            assert w.get_extra_info("ssl_object") is not None          # TLS completed
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                assert await asyncio.wait_for(r.read(), 5) == b"" or True
+            assert 0.4 <= time.monotonic() - t0 < 3
+            assert m.server.preface_timeouts == 1
+            w.close()
+            # Control: a real client (with its preface) is served on the same server.
+            st = await m.open()
+            st.write(b"ping")
+            assert await st.readexactly(4) == b"ping"
+            st.close()
+    asyncio.run(main())
+
+
+def test_idle_hbone_connections_are_closed_and_busy_ones_are_not(ca) -> None:
+    async def main() -> None:
+        async with Mesh(ca, echo) as m:
+            m.server.idle_timeout = 0.5
+            m.server.preface_timeout = 0.2         # the idle watch starts after the preface check
+            busy = await m.open()
+            await asyncio.sleep(1.5)                        # busy: a tunnel is open
+            busy.write(b"still")
+            assert await busy.readexactly(5) == b"still"
+            assert m.server.idle_closed == 0
+            busy.write_eof()
+            assert await busy.read() == b""
+            await busy.wait_closed()
+            for _ in range(40):                             # idle now: GOAWAY, the pool lets it go
+                if not m.pool.connections():
+                    break
+                await asyncio.sleep(0.1)
+            assert m.pool.connections() == {} and m.server.idle_closed == 1
+    asyncio.run(main())
+
+
+def test_connections_per_identity_are_capped(ca) -> None:
+    async def main() -> None:
+        async with Mesh(ca, echo, max_streams=1) as m:
+            m.server.per_identity = lim = ConnLimiter(1)
+            first = await m.open()
+            with pytest.raises((HBONEConnectError, ConnectionError, ssl.SSLError)):
+                await m.open(timeout=3)                      # needs a second connection: refused
+            assert lim.refused >= 1 and lim.count(CLIENT) == 1
+            first.close()
+            for _ in range(50):
+                if lim.count(CLIENT) == 0:
+                    break
+                await asyncio.sleep(0.1)
+            m.pool.close_where(lambda k: True, "test")
+            await asyncio.sleep(0.3)
+            again = await m.open()                           # the slot was released
+            again.write(b"ok")
+            assert await again.readexactly(2) == b"ok"
+            again.close()
+    asyncio.run(main())
