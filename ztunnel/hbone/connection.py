@@ -518,6 +518,9 @@ class HBONEConnection:
         if self._in_header_block and ftype != f.CONTINUATION:
             self._fail(events, f.PROTOCOL_ERROR, "frame interleaved inside a header block")
             return
+        if ftype == f.DATA:
+            self._start_data(length, flags, sid, events)
+            return
         if ftype in (f.HEADERS, f.PUSH_PROMISE, f.CONTINUATION):
             # Header floods: refuse the block on its frame headers, before buffering or decoding it.
             if ftype == f.CONTINUATION:
@@ -530,13 +533,10 @@ class HBONEConnection:
                 self._fail(events, f.ENHANCE_YOUR_CALM,
                            f"header block over {self.max_header_block} bytes or {self.max_continuations} CONTINUATIONs")
                 return
-        if ftype == f.DATA:
-            self._start_data(length, flags, sid, events)
-        else:
-            self._frame = _OtherFrame(header, length=length)
-            if length == 0:
-                self._frame = None
-                self._finish_other(_OtherFrame(header, length=0), events)
+        self._frame = _OtherFrame(header, length=length)
+        if length == 0:
+            self._frame = None
+            self._finish_other(_OtherFrame(header, length=0), events)
 
     # DATA ------------------------------------------------------------------------------------------------
 
@@ -719,7 +719,11 @@ class HBONEConnection:
                 events.append(StreamReset(ev.stream_id, int(ev.error_code), remote=ev.remote_reset))
             if ev.remote_reset:
                 self.peer_resets += 1
-                self._spend_reset_budget(events)
+                # Rapid reset is a server-side attack: a request cancelled before we answered it
+                # cost us its setup and the peer nothing. Resets of answered tunnels (an app that
+                # aborts) and anything a server does to our streams are not counted.
+                if st is not None and not self.client_side and not st.response:
+                    self._spend_reset_budget(events)
         elif isinstance(ev, h2.events.RemoteSettingsChanged):
             self._on_settings(ev, events)
         elif isinstance(ev, h2.events.PingAckReceived):

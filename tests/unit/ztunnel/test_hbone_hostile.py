@@ -339,3 +339,20 @@ def test_connections_per_identity_are_capped(ca) -> None:
             assert await again.readexactly(2) == b"ok"
             again.close()
     asyncio.run(main())
+
+
+def test_resets_of_answered_tunnels_and_of_our_own_streams_spend_no_budget() -> None:
+    clock = Clock()
+    p = Pair(reset_budget=ResetBudget(rate=0, burst=10, clock=clock))
+    for _ in range(50):
+        sid = p.open()                  # answered with 200: an app that aborts later is no attack
+        p.c.reset_stream(sid)
+        p.pump()
+    assert not p.s.dead and p.s.peer_resets == 50
+    for _ in range(50):                 # the server refusing (non-200 + RST) the client's streams
+        sid = p.c.open_stream("10.0.0.2:9")
+        p.pump()
+        [req] = p.take("s", ConnectRequest)
+        p.s.respond(req.stream_id, 503)
+        p.pump()
+    assert not p.c.dead and not p.s.dead
