@@ -310,3 +310,25 @@ def test_ten_thousand_concurrent_connections_through_the_mesh(hlab: Lab) -> None
     print(f"10k connections: {res}")
     assert res.get("verified") == 10_000 and res.get("reverified") == 10_000, res
     assert not res.get("resets") and not res.get("mismatch"), res
+
+
+# --- backlog ------------------------------------------------------------------------------------------------
+
+def listen_backlogs(lines: str) -> dict[int, int]:
+    """`ss -Hltn`: for a listening socket Send-Q is its backlog."""
+    out = {}
+    for ln in lines.splitlines():
+        cols = ln.split()
+        if len(cols) >= 4 and cols[0] == "LISTEN":
+            out[int(cols[3].rpartition(":")[2])] = int(cols[2])
+    return out
+
+
+def test_every_ztunnel_listener_has_the_configured_backlog(hlab: Lab) -> None:
+    pod = listen_backlogs(hlab.exec(TARGET, "ss", "-Hltn", check=True).stdout)
+    node = listen_backlogs(subprocess.run(["ip", "netns", "exec", f"{hlab.name}.node1", "ss", "-Hltn"],
+                                          capture_output=True, text=True, check=True).stdout)
+    # Control: the column is the backlog (the echo app's ThreadingHTTPServer asks for 5).
+    assert pod.get(8080) == 5, pod
+    assert {p: pod.get(p) for p in (15001, 15006, 15008)} == {15001: 4096, 15006: 4096, 15008: 4096}, pod
+    assert {p: node.get(p) for p in (15000, 15020)} == {15000: 4096, 15020: 4096}, node
