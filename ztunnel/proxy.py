@@ -352,10 +352,16 @@ class Proxy:
                 return
             # A tunnel reset while its app connection is still being made cancels that connect.
             task = asyncio.current_task()
-            unregister = st.on_closed(task.cancel) if task is not None else (lambda: None)
+            connecting = True
+
+            def cancel_connect() -> None:
+                if connecting and task is not None:     # (the callback may run after we moved on)
+                    task.cancel()
+            unregister = st.on_closed(cancel_connect)
             try:
                 app = await open_from(lambda: pod.delivery_socket(adm.src_ip), (pod.pod.ip, adm.dst_port))
             except (TimeoutError, OSError) as e:
+                connecting = False
                 unregister()
                 rec.error = f"503 cannot reach the app: {type(e).__name__}: {e}"
                 labels.response_flags = FLAG_CONNECT
@@ -365,6 +371,7 @@ class Proxy:
                 if st.is_closed:
                     rec.error = "tunnel reset by the peer while connecting to the app"
                 raise
+            connecting = False
             unregister()
             local: Any = app.get_extra_info("sockname")
             rec.src_addr = f"{local[0]}:{local[1]}"     # what the app sees as its peer

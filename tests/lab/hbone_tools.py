@@ -205,6 +205,32 @@ def rapid_reset(a: argparse.Namespace) -> None:
     out(pairs=pairs, seconds=round(time.monotonic() - t0, 3), **goaway_info(c))
 
 
+def connect_then_reset(a: argparse.Namespace) -> None:
+    """`--n` CONNECTs, wait `--wait` s (ztunnel is connecting to the app meanwhile), then reset all."""
+    c = H2(dial(client_ctx(a.cert), a.ip))
+    sids = [c.connect(a.authority) for _ in range(a.n)]
+    c.flush()
+    c.read_until(lambda: False, a.wait)
+    answered = {s: c.statuses()[s] for s in sids if s in c.statuses()}
+    for s in sids:
+        c.c.reset_stream(s, f.CANCEL)
+    c.flush()
+    c.read_until(lambda: False, 1)
+    out(answered=len(answered), reset=len(sids), **goaway_info(c))
+
+
+def no_accept_server(a: argparse.Namespace) -> None:
+    """Listen on `--port` with a backlog of 1 and never accept: once the queue is full, SYNs are
+    dropped and connects to it hang (an app that is still being connected to)."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", a.port))
+    srv.listen(1)
+    print("ready", flush=True)
+    while True:
+        time.sleep(3600)
+
+
 def slow_preface(a: argparse.Namespace) -> None:
     """Complete TLS, never send the HTTP/2 preface: how long until ztunnel hangs up?"""
     s = dial(client_ctx(a.cert), a.ip)
@@ -411,6 +437,9 @@ def main(argv: list[str] | None = None) -> None:
         ("--more", {"type": int, "default": 900}))
     add("rapid-reset", rapid_reset, cert, ip, ("--authority", {"required": True}),
         ("--max", {"type": int, "default": 50_000}))
+    add("connect-then-reset", connect_then_reset, cert, ip, ("--authority", {"required": True}),
+        ("--n", {"type": int, "default": 20}), ("--wait", {"type": float, "default": 2}))
+    add("no-accept-server", no_accept_server, ("--port", {"type": int, "required": True}))
     add("slow-preface", slow_preface, cert, ip, ("--wait", {"type": float, "default": 30}))
     add("handshake-hoard", handshake_hoard, ip, ("--n", {"type": int, "default": 200}),
         ("--wait", {"type": float, "default": 30}))

@@ -218,6 +218,27 @@ def test_rapid_reset_gets_goaway_and_leaks_nothing(hlab: Lab, cert: str, baselin
     settle(hlab, baseline, "rapid reset")
 
 
+def test_a_tunnel_reset_while_its_app_connect_hangs_cancels_the_connect(hlab: Lab, cert: str,
+                                                                        baseline: int) -> None:
+    """The app's accept queue is full, so ztunnel's connects to it hang (up to its 10 s connect
+    timeout); the peer resets the tunnels meanwhile: the connects are cancelled at once."""
+    target = ip(hlab, TARGET)
+    with background(hlab, TARGET, "no-accept-server", "--port", "5400") as srv:
+        assert srv.line() == "ready"
+        r = tool(hlab, ATTACKER, "connect-then-reset", "--cert", cert, "--ip", target,
+                 "--authority", f"{target}:5400", "--n", "20", "--wait", "3")
+        assert r["reset"] == 20 and r["answered"] <= 3, r       # most never got an answer: still connecting
+        t0 = time.monotonic()
+        hlab.wait_for(lambda: ztunnel_fds(hlab) <= baseline + 2, timeout=20, interval=0.2,
+                      what="ztunnel fds back after the resets")
+        freed = time.monotonic() - t0
+    cancelled = [x for x in hlab.access_log("node1") if "while connecting" in x.get("error", "")]
+    # Positive control: the resets found tunnels whose app connect was in progress.
+    assert len(cancelled) >= 10, f"only {len(cancelled)} tunnels were cancelled while connecting"
+    assert freed < 5, f"fds freed only after {freed:.1f}s (the 10 s connect timeout, not the reset)"
+    settle(hlab, baseline, "reset while connecting")
+
+
 def test_self_loop_is_refused_on_every_path(hlab: Lab, cert: str, baseline: int) -> None:
     target = ip(hlab, TARGET)
     r = tool(hlab, ATTACKER, "connect", "--cert", cert, "--ip", target,
