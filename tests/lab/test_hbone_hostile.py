@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 import pytest
 
+from ambit.lab.components import ZTUNNEL_ARGS_ENV
 from tests.lab.conftest import MESH_SPEC, _artifacts
 from tests.lab.labctl import AMBIT, REPO, RUN_ID, Lab
 from ztunnel import admin
@@ -357,3 +358,65 @@ def test_every_ztunnel_listener_has_the_configured_backlog(hlab: Lab) -> None:
     assert pod.get(5401) == 1, pod
     assert {p: pod.get(p) for p in (15001, 15006, 15008)} == {15001: 4096, 15006: 4096, 15008: 4096}, pod
     assert {p: node.get(p) for p in (15000, 15020)} == {15000: 4096, 15020: 4096}, node
+
+
+# --- per-pod limits and the idle timeout, in a lab with small limits ------------------------------------
+
+LIMITS = {"--max-outbound-per-pod": 20, "--max-plaintext-per-source-ip": 20, "--hbone-idle-timeout": 3}
+
+
+@pytest.fixture(scope="module")
+def limited_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A second lab whose ztunnels run with small limits (AMBIT_LAB_ZTUNNEL_ARGS)."""
+    lab = Lab(tmp_path_factory.mktemp("hhbl") / "state", name=f"hhbl{RUN_ID}")
+    lab.env[ZTUNNEL_ARGS_ENV] = " ".join(f"{k} {v}" for k, v in LIMITS.items())
+    lab.up("--spec", str(MESH_SPEC))
+    try:
+        yield lab
+    finally:
+        lab.save_logs(_artifacts("hbone-hostile-limited-lab"))
+        lab.down()
+
+
+def test_a_noisy_pod_hits_its_own_limits_and_its_neighbours_are_served(limited_lab: Lab) -> None:
+    lab = limited_lab
+    v1, v2 = ip(lab, "demo/echo-v1"), ip(lab, "demo/echo-v2")
+    with background(lab, "demo/echo-v2", "echo-server", "--port", "7000") as e2, \
+            background(lab, "demo/echo-v1", "echo-server", "--port", "7000") as e1:
+        assert e2.line() == "ready" and e1.line() == "ready"
+        # Outbound: demo/client holds 50 connections through the mesh; 20 are its share.
+        with background(lab, "demo/client", "hold", "--target", f"{v2}:7000", "--n", "50", "--hold", "6",
+                        "--parallel", "50") as noisy:
+            assert json.loads(noisy.line())["phase"] == "held"
+            # Its neighbour on the same node (another pod, another identity) is unaffected.
+            other = tool(lab, "demo/client2", "hold", "--target", f"{v2}:7000", "--n", "15", "--hold", "0")
+            res = noisy.result()
+        assert other.get("verified") == 15 and other.get("reverified") == 15, other
+        assert res.get("verified") == 20 and res.get("reverified") == 20, res     # control: its share works
+        assert res.get("resets", 0) + sum(v for k, v in res.items() if k.startswith("error")) == 30, res
+        # Plaintext inbound: a non-mesh source IP (PERMISSIVE) gets 20 connections to echo-v1, the
+        # same as outbound; demo/client2 (over HBONE) still reaches echo-v1 meanwhile.
+        with background(lab, ATTACKER, "hold", "--target", f"{v1}:7000", "--n", "50", "--hold", "6",
+                        "--parallel", "50") as noisy:
+            assert json.loads(noisy.line())["phase"] == "held"
+            other = tool(lab, "demo/client2", "hold", "--target", f"{v1}:7000", "--n", "15", "--hold", "0")
+            res = noisy.result()
+        assert other.get("verified") == 15, other
+        assert res.get("verified") == 20 and res.get("reverified") == 20, res
+    refused = [r for r in lab.access_log("node1") if "limit" in r.get("error", "")]
+    assert len(refused) >= 60, f"{len(refused)} refusals logged"
+
+
+def test_idle_hbone_connections_are_closed_by_the_server(limited_lab: Lab) -> None:
+    lab = limited_lab
+    iperf, v1 = ip(lab, "demo/iperf"), ip(lab, "demo/echo-v1")
+
+    def pooled() -> bool:
+        status, body = admin.get(lab.dir / "node2" / "admin.sock", "/connections")
+        return any(c["src_ip"] == iperf and c["dst_ip"] == v1 for c in body["hbone_pool"])
+    assert lab.curl_rc("demo/iperf", f"http://{v1}:8080/") == 0
+    assert pooled(), "control: the request left a pooled HBONE connection on node2"
+    t0 = time.monotonic()
+    lab.wait_for(lambda: not pooled(), timeout=20, interval=0.2, what="node1 closing the idle connection")
+    # node2's own pool would keep it for 60 s: node1's 3 s idle timeout (GOAWAY) ended it.
+    assert time.monotonic() - t0 < 15
