@@ -21,6 +21,18 @@ from dataclasses import dataclass, fields
 from ztunnel.hbone import limits as hl
 
 
+_HELP = {
+    "hbone_max_streams": "concurrent tunnels per HBONE connection (SETTINGS_MAX_CONCURRENT_STREAMS)",
+    "hbone_idle_timeout": "seconds an inbound HBONE connection may carry no tunnel before GOAWAY",
+    "tls_handshake_timeout": "seconds for an inbound TLS handshake on :15008",
+    "hbone_preface_timeout": "seconds from the TLS handshake to the peer's HTTP/2 preface",
+    "max_hbone_conns_per_identity": "inbound HBONE connections per source identity, node-wide (0: unlimited)",
+    "max_plaintext_per_source_ip": "inbound plaintext connections per source IP, node-wide (0: unlimited)",
+    "max_inbound_per_pod": "inbound tunnels + plaintext connections per destination pod (0: unlimited)",
+    "max_outbound_per_pod": "outbound connections per source pod (0: unlimited)",
+}
+
+
 @dataclass(frozen=True)
 class ProxyLimits:
     hbone_max_streams: int = hl.MAX_CONCURRENT_STREAMS   # per HBONE connection, advertised + enforced
@@ -50,7 +62,7 @@ class ProxyLimits:
             flag = "--" + fl.name.replace("_", "-")
             kind = float if fl.type == "float" else int
             ap.add_argument(flag, type=kind, default=getattr(d, fl.name),
-                            help=f"{fl.name.replace('_', ' ')} (default {getattr(d, fl.name)})")
+                            help=f"{_HELP[fl.name]} (default {getattr(d, fl.name)})")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ProxyLimits:
