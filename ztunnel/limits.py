@@ -20,7 +20,6 @@ from dataclasses import dataclass, fields
 
 from ztunnel.hbone import limits as hl
 
-
 _HELP = {
     "hbone_max_streams": "concurrent tunnels per HBONE connection (SETTINGS_MAX_CONCURRENT_STREAMS)",
     "hbone_idle_timeout": "seconds an inbound HBONE connection may carry no tunnel before GOAWAY",
