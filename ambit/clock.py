@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Protocol
+
+# A monotonic seconds source (time.monotonic in production): what rate limiters and timeouts need.
+Monotonic = Callable[[], float]
 
 
 class Clock(Protocol):

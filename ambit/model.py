@@ -442,7 +442,7 @@ class TelemetryPolicy(Resource):
 
 @dataclass
 class MeshSettings(Resource):
-    """Mesh-wide settings the data plane enforces (Istio's MeshConfig, the parts Ambit uses).
+    """Mesh-wide settings the data plane enforces (Istio's MeshState, the parts Ambit uses).
 
     One resource, named "mesh". `trust_domain` is the domain the CA issues in; `trust_domain_aliases`
     are other domains whose identities are accepted as the mesh's own (Istio's `trustDomainAliases`:

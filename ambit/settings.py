@@ -4,7 +4,8 @@ line and environment, then passed down.
 Why not argparse fields read wherever they are needed: a proxy has dozens of knobs (timeouts,
 windows, limits), and scattering them over module constants makes them untestable and invisible.
 Here each knob is a dataclass field that carries its own help, flag and environment variable; a
-nested dataclass becomes a group of flags with a common prefix (`--hbone-…`). Precedence: flag,
+nested dataclass becomes a group of flags with a common prefix (`--tunnel-…`), or with none when
+the field says `metadata={"prefix": ""}`. Precedence: flag,
 then environment (`<PREFIX>_<NAME>`), then the default. Values are checked when built, and a bad
 one names the flag, the environment variable and the reason.
 """
@@ -81,7 +82,7 @@ def _fields(cls: type, prefix: str = "") -> list[tuple[str, str, dataclasses.Fie
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            out.extend(_fields(tp, f"{prefix}{f.name}_"))
+            out.extend(_fields(tp, prefix + f.metadata.get("prefix", f"{f.name}_")))
         else:
             out.append((prefix, f.name, f, tp))
     return out
@@ -119,7 +120,7 @@ def load(cls: type[T], argv: Sequence[str] | None = None, environ: Mapping[str, 
         for f in dataclasses.fields(c):
             tp = hints[f.name]
             if dataclasses.is_dataclass(tp):
-                kwargs[f.name] = build(tp, f"{prefix}{f.name}_")
+                kwargs[f.name] = build(tp, prefix + f.metadata.get("prefix", f"{f.name}_"))
                 continue
             flag, env = _flag(prefix, f.name), _env(env_prefix, prefix, f.name)
             raw, source = ns.get(prefix + f.name), flag

@@ -1,7 +1,7 @@
 """Trust domains and their aliases, with Istio's semantics. Pure.
 
 A mesh issues identities in one trust domain (`cluster.local` by default) and may accept others as
-its own: Istio's MeshConfig `trustDomainAliases`, used while migrating from an old trust domain or
+its own: Istio's MeshState `trustDomainAliases`, used while migrating from an old trust domain or
 when two meshes share a root. Two rules follow, and both live here so the controller and ztunnel
 apply the same ones:
 

@@ -1,4 +1,4 @@
-"""The controller's mesh config file (`--mesh-config`): Istio's MeshConfig, the fields Ambit honours.
+"""The controller's mesh config file (`--mesh-config`): Istio's MeshState, the fields Ambit honours.
 
     trustDomainAliases: [old.td, partner.mesh]
 
@@ -34,7 +34,7 @@ def parse(data: Any, trust_domain: str, where: str = "mesh config") -> MeshFile:
     if data is None:
         return MeshFile()
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping of MeshConfig fields, got {type(data).__name__}")
+        raise ValueError(f"{where}: expected a mapping of MeshState fields, got {type(data).__name__}")
     unknown = sorted(set(data) - set(KNOWN))
     if unknown:
         raise ValueError(f"{where}: {', '.join(unknown)}: not supported by Ambit (supported: {', '.join(KNOWN)})")

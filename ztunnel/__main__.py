@@ -62,7 +62,7 @@ async def amain(args: ZtunnelSettings) -> None:
         log.warning("no --node-token-file: no workload certificates; mesh destinations will be refused")
     metrics = Metrics()
     proxy = Proxy(config=config, identities=identities, metrics=metrics, trust_domain=args.trust_domain,
-                  tunnel=args.tunnel)
+                  tunnel=args.tunnel, limits=args.limits)
     msrv = MetricsServer(metrics)
     mhost, _, mport = (args.metrics_address or "").rpartition(":")
     try:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ambit.dataplane.ports import AMBIT_MARK, PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND
+from ambit.dataplane.ports import AMBIT_MARK, LISTEN_BACKLOG, PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND
 from ambit.dataplane.relay import Leg
 from ambit.netns import entered
 from ambit.zds import PodInfo
@@ -46,7 +46,7 @@ def _listener(host: str, port: int, transparent: bool = False) -> socket.socket:
     if transparent:
         s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
     s.bind((host, port))
-    s.listen(4096)
+    s.listen(LISTEN_BACKLOG)
     s.setblocking(False)
     return s
 
@@ -147,7 +147,8 @@ class PodRegistry:
                 def factory(made: Callable[[Leg], None] = made) -> Leg:
                     return Leg(on_made=made)
                 loop = asyncio.get_running_loop()
-                proxy.servers.append(await loop.create_server(factory, sock=sock))
+                # backlog: create_server listen()s again, with its own default of 100 unless told
+                proxy.servers.append(await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG))
         except BaseException:
             for srv in proxy.servers:
                 srv.close()

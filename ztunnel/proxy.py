@@ -28,7 +28,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ambit.dataplane import tls
-from ambit.dataplane.hbone import HBONEClientPool, HBONEConnectError, HBONEServer, HBONEStream, PoolKey
+from ambit.dataplane.hbone import (
+    HBONEClientPool,
+    HBONEConnectError,
+    HBONEConnection,
+    HBONEServer,
+    HBONEStream,
+    PoolKey,
+)
+from ambit.dataplane.hbone.limits import ConnLimiter
 from ambit.dataplane.identity import CertificateUnavailable, IdentityManager
 from ambit.dataplane.origdst import original_dst
 from ambit.dataplane.relay import Leg, relay, relay_tunnel
@@ -38,6 +46,7 @@ from ambit.dataplane.telemetry.metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TL
 from ambit.model import Workload
 from ambit.zds import PodInfo
 from ztunnel import admission, routing
+from ztunnel.limits import ProxyLimits
 from ztunnel.meshstate import MeshState
 from ztunnel.pods import PodProxy, PodRegistry
 
@@ -78,15 +87,18 @@ class _PodHBONE:
     """A pod's HBONE server as PodRegistry sees it: `close()` stops accepting at once, then the
     connections get a GOAWAY and a bounded drain in the background."""
 
-    def __init__(self, server: HBONEServer, background: set[asyncio.Task[None]], drain: float) -> None:
+    def __init__(self, server: HBONEServer, background: set[asyncio.Task[None]],
+                 servers: set[HBONEServer], drain: float) -> None:
         self.server = server
         self._background = background
+        self._servers = servers
         self._drain = drain
 
     def close(self) -> None:
         t = asyncio.ensure_future(self.server.close(grace=self._drain))
         self._background.add(t)
         t.add_done_callback(self._background.discard)
+        t.add_done_callback(lambda _t: self._servers.discard(self.server))
 
 
 class Proxy:
@@ -95,25 +107,33 @@ class Proxy:
 
     def __init__(self, config: MeshState | None = None, *, identities: IdentityManager | None = None,
                  metrics: Metrics | None = None, trust_domain: str = "cluster.local",
-                 tunnel: TunnelSettings | None = None, access_log: AccessLogSink | None = None,
-                 original_dst: OriginalDst = original_dst) -> None:
+                 tunnel: TunnelSettings | None = None, limits: ProxyLimits | None = None,
+                 access_log: AccessLogSink | None = None, original_dst: OriginalDst = original_dst) -> None:
         # The mesh config (workloads, services, policies) from the controller; None without one.
         self.config = config
         self.identities = identities
         self.metrics = metrics or Metrics()
         self.trust_domain = trust_domain
         self.tunnel = tunnel or TunnelSettings()
+        self.cert_wait = self.tunnel.cert_wait
         self.access_log = access_log or StreamSink()
         # How a captured socket's original destination is read (eBPF getsockopt or conntrack);
         # injected so the data path runs in tests without the kernel's capture.
         self.original_dst = original_dst
-        self.cert_wait = self.tunnel.cert_wait
+        self.limits = limits = limits or ProxyLimits()
+        # Fairness: one noisy or hostile pod must not exhaust the node's ztunnel (sans-IO counters).
+        self.per_identity = ConnLimiter(limits.max_hbone_conns_per_identity, "HBONE connections per identity")
+        self.per_source_ip = ConnLimiter(limits.max_plaintext_per_source_ip, "plaintext connections per source IP")
+        self.per_dst_pod = ConnLimiter(limits.max_inbound_per_pod, "inbound connections per pod")
+        self.per_src_pod = ConnLimiter(limits.max_outbound_per_pod, "outbound connections per pod")
+        self.loops_refused = 0
+        self.hbone_servers: set[HBONEServer] = set()     # for the hostile-peer counters
         self.contexts = tls.ContextCache()
         self.lb = routing.RoundRobin()
         self._background: set[asyncio.Task[None]] = set()
         self.pool: HBONEClientPool | None = None
         if identities is not None:
-            self.pool = HBONEClientPool(self._client_context, dial=self._dial)
+            self.pool = HBONEClientPool(self._client_context, dial=self._dial, max_streams=limits.hbone_max_streams)
         self.registry = PodRegistry(self.outbound, self.inbound_plaintext,
                                     serve_hbone=self._serve_hbone if identities is not None else None)
         self.registry.listeners.append(self._pod_event)
@@ -171,7 +191,14 @@ class Proxy:
         opened = False      # counted as opened once the upstream is up; failures count at the end
         sent = recv = 0
         refused = False
+        admitted = False
         try:
+            if not self.per_src_pod.acquire(pod.pod.uid):
+                refused = True
+                rec.error = f"source pod has {self.per_src_pod.limit} outbound connections open (limit)"
+                log.warning("outbound from %s/%s refused: %s", pod.pod.namespace, pod.pod.name, rec.error)
+                return
+            admitted = True
             dst = self.original_dst(sock)
             rec.dst_addr = routing.format_addr(*dst)
             if dst == sock.getsockname()[:2]:
@@ -186,6 +213,12 @@ class Proxy:
             if route.kind == routing.REFUSE:
                 refused = True
                 rec.error = route.reason
+                return
+            target = route.target or dst
+            if routing.loops_back(target[0], target[1], self.registry.by_ip):
+                refused = True
+                self.loops_refused += 1
+                rec.error = f"{routing.format_addr(*target)} is a ztunnel listener (would loop back into ztunnel)"
                 return
             if route.kind == routing.HBONE and self.pool is None:
                 raise ConnectionError(f"{rec.dst_addr} is a mesh workload, but this ztunnel has no identities "
@@ -231,6 +264,8 @@ class Proxy:
             if labels is not None and not opened:
                 labels.response_flags = FLAG_CONNECT
         finally:
+            if admitted:
+                self.per_src_pod.release(pod.pod.uid)
             rec.bytes_sent, rec.bytes_recv = sent, recv
             if refused:
                 reset(client)
@@ -267,9 +302,15 @@ class Proxy:
                 if task is not None:
                     pod.conns.discard(task)
 
-        server = HBONEServer(sock, server_context, on_connect)
+        lim = self.limits
+        server = HBONEServer(
+            sock, server_context, on_connect, handshake_timeout=lim.tls_handshake_timeout,
+            preface_timeout=lim.hbone_preface_timeout, idle_timeout=lim.hbone_idle_timeout,
+            per_identity=self.per_identity,
+            connection_factory=lambda: HBONEConnection(client_side=False, max_concurrent_streams=lim.hbone_max_streams))
+        self.hbone_servers.add(server)
         await server.start()
-        return _PodHBONE(server, self._background, self.tunnel.drain)
+        return _PodHBONE(server, self._background, self.hbone_servers, self.tunnel.drain)
 
     async def inbound_hbone(self, pod: PodProxy, st: HBONEStream, peer_identity: str, authority: str,
                             headers: dict[str, str]) -> None:
@@ -283,7 +324,17 @@ class Proxy:
                             destination_service=self._service_of(dest), connection_security_policy=MUTUAL_TLS)
         to_app = from_app = 0
         opened = False
+        admitted = False
         try:
+            if st.is_closed:
+                rec.error = "tunnel reset by the peer before it was served"
+                return
+            if not self.per_dst_pod.acquire(pod.pod.uid):
+                rec.error = f"503 destination pod has {self.per_dst_pod.limit} inbound connections open (limit)"
+                labels.response_flags = FLAG_CONNECT
+                st.respond(503, "destination pod is at its connection limit")
+                return
+            admitted = True
             adm = admission.admit_hbone(self.config, pod.pod, dest, peer_identity, authority, headers, tls_peer[0])
             rec.src_addr = f"{adm.src_ip or tls_peer[0]}:0"
             if adm.src_workload is not None:
@@ -300,23 +351,51 @@ class Proxy:
                 st.respond(adm.status, adm.reason,
                            [(admission.POLICY_HEADER, adm.policy)] if adm.policy else None)
                 return
+            if routing.loops_back(pod.pod.ip, adm.dst_port, (pod.pod.ip,)):
+                self.loops_refused += 1
+                rec.error = f"400 port {adm.dst_port} is a ztunnel listener (would loop back into ztunnel)"
+                labels.response_flags = FLAG_DENY
+                st.respond(400, f"port {adm.dst_port} is not a destination")
+                return
+            # A tunnel reset while its app connection is still being made cancels that connect.
+            task = asyncio.current_task()
+            connecting = True
+
+            def cancel_connect() -> None:
+                if connecting and task is not None:     # (the callback may run after we moved on)
+                    task.cancel()
+            unregister = st.on_closed(cancel_connect)
             try:
                 app = await open_from(lambda: pod.delivery_socket(adm.src_ip), (pod.pod.ip, adm.dst_port),
                                       self.tunnel.connect_timeout)
             except (TimeoutError, OSError) as e:
+                connecting = False
+                unregister()
                 rec.error = f"503 cannot reach the app: {type(e).__name__}: {e}"
                 labels.response_flags = FLAG_CONNECT
                 st.respond(503, f"cannot reach {authority}: {e}")
                 return
+            except asyncio.CancelledError:
+                if st.is_closed:
+                    rec.error = "tunnel reset by the peer while connecting to the app"
+                raise
+            connecting = False
+            unregister()
             local: Any = app.get_extra_info("sockname")
             rec.src_addr = f"{local[0]}:{local[1]}"     # what the app sees as its peer
-            st.respond(200)
+            try:
+                st.respond(200)
+            except OSError:
+                reset(app)      # the tunnel went away meanwhile: never leave the app connection behind
+                raise
             self.metrics.conn_opened(labels)
             opened = True
             from_app, to_app = await relay_tunnel(app, st)
         except (TimeoutError, OSError) as e:
             rec.error = rec.error or f"{type(e).__name__}: {e}"
         finally:
+            if admitted:
+                self.per_dst_pod.release(pod.pod.uid)
             rec.bytes_sent, rec.bytes_recv = to_app, from_app
             if not opened:
                 self.metrics.conn_opened(labels)
@@ -338,7 +417,21 @@ class Proxy:
         to_app = from_app = 0
         refused = False
         opened = False
+        held: list[ConnLimiter] = []
         try:
+            for limiter, key in ((self.per_source_ip, peer[0]), (self.per_dst_pod, pod.pod.uid)):
+                if not limiter.acquire(key):
+                    refused = True
+                    rec.error = f"{limiter.what}: limit {limiter.limit} reached"
+                    log.warning("plaintext %s -> %s/%s refused: %s", rec.src_addr, pod.pod.namespace, pod.pod.name,
+                                rec.error)
+                    return
+                held.append(limiter)
+            if routing.loops_back(local[0], local[1], (pod.pod.ip, local[0])):
+                refused = True
+                self.loops_refused += 1
+                rec.error = f"port {local[1]} is a ztunnel listener (would loop back into ztunnel)"
+                return
             adm = admission.admit_plaintext(self.config, pod.pod, dest, peer[0], local[1])
             if adm.src_workload is not None:
                 rec.src_workload, rec.src_namespace = adm.src_workload.name, adm.src_workload.namespace
@@ -351,7 +444,8 @@ class Proxy:
                 log.warning("denied plaintext %s -> %s/%s %s: %s%s", rec.src_addr, pod.pod.namespace, pod.pod.name,
                             rec.dst_addr, adm.reason, f" [policy {adm.policy}]" if adm.policy else "")
                 return
-            app = await open_from(lambda: pod.delivery_socket(peer[0]), (local[0], local[1]), self.tunnel.connect_timeout)
+            app = await open_from(lambda: pod.delivery_socket(peer[0]), (local[0], local[1]),
+                                  self.tunnel.connect_timeout)
             self.metrics.conn_opened(labels)
             opened = True
             to_app, from_app = await relay(client, app)
@@ -361,6 +455,8 @@ class Proxy:
             if not opened:
                 labels.response_flags = FLAG_CONNECT
         finally:
+            for limiter, key in zip(held, (peer[0], pod.pod.uid), strict=False):
+                limiter.release(key)
             rec.bytes_sent, rec.bytes_recv = to_app, from_app
             if refused:
                 reset(client)

@@ -20,10 +20,10 @@ and a `RoundRobin` picker; tests drive both directly.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from ambit.dataplane.ports import PORT_HBONE as HBONE_PORT
+from ambit.dataplane.ports import PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND
 from ambit.model import Endpoint, Service, ServicePort, Workload
 from ztunnel.meshstate import MeshState
 
@@ -114,6 +114,34 @@ def decide(config: MeshState, dst_ip: str, dst_port: int, lb: RoundRobin | None 
     else:
         wl = config.lookup_workload(dst_ip)
     if wl is not None and wl.protocol == "HBONE":
-        return Route(HBONE, (dst_ip, HBONE_PORT), (dst_ip, dst_port), workload=wl, service=service,
+        return Route(HBONE, (dst_ip, PORT_HBONE), (dst_ip, dst_port), workload=wl, service=service,
                      identity=wl.identity, reason=note)
     return Route(PASSTHROUGH, (dst_ip, dst_port), (dst_ip, dst_port), workload=wl, service=service, reason=note)
+
+
+# The ports ztunnel listens on inside every enrolled pod's netns (outbound, inbound plaintext, HBONE).
+LISTENER_PORTS = frozenset({PORT_OUTBOUND, PORT_INBOUND, PORT_HBONE})
+
+
+def loops_back(ip: str, port: int, local_ips: Collection[str]) -> bool:
+    """Would connecting to `ip:port` land on one of ztunnel's own listeners?
+
+    `local_ips` are the addresses whose netns holds such listeners: the pods this ztunnel serves
+    (outbound), or the destination pod (inbound, where delivery always goes to the pod itself).
+    Loopback and unspecified addresses count too. Every path refuses such a destination: otherwise
+    one connection to a pod's own :15006 makes ztunnel deliver to itself until it runs out of fds.
+    """
+    if port not in LISTENER_PORTS:
+        return False
+    if ip in local_ips:
+        return True
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    if mapped is not None:
+        addr = mapped
+        if str(addr) in local_ips:
+            return True
+    return addr.is_loopback or addr.is_unspecified

@@ -11,6 +11,7 @@ from ambit import settings
 from ambit.dataplane.ports import PORT_ADMIN, PORT_METRICS
 from ambit.dataplane.settings import TunnelSettings
 from ambit.settings import non_negative, option, positive
+from ztunnel.limits import ProxyLimits
 
 
 def _address(v: str) -> str | None:
@@ -49,6 +50,8 @@ class ZtunnelSettings:
     memory_trim_interval: float = option(10.0, "seconds between returning freed heap memory to the OS "
                                          "(malloc_trim); 0 disables", check=non_negative)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+    # Limits against hostile or noisy peers (docs/operations.md): flags without a group prefix.
+    limits: ProxyLimits = field(default_factory=ProxyLimits, metadata={"prefix": ""})
 
     @property
     def ca_target(self) -> str | None:

@@ -20,6 +20,8 @@ from typing import Any
 
 import httptools
 
+from ambit.dataplane.ports import LISTEN_BACKLOG
+
 log = logging.getLogger("ambit.dataplane.endpoint")
 
 MAX_REQUEST = 64 * 1024     # a local GET never needs more
@@ -65,12 +67,13 @@ class LocalEndpoint:
 
     async def start(self, host: str | None, port: int, unix_path: Path | None = None) -> None:
         if host is not None and port:
-            self._servers.append(await asyncio.start_server(self._serve, host, port, reuse_address=True))
+            self._servers.append(await asyncio.start_server(self._serve, host, port, reuse_address=True,
+                                                                    backlog=LISTEN_BACKLOG))
         if unix_path is not None:
             unix_path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 unix_path.unlink()
-            self._servers.append(await asyncio.start_unix_server(self._serve, str(unix_path)))
+            self._servers.append(await asyncio.start_unix_server(self._serve, str(unix_path), backlog=LISTEN_BACKLOG))
             unix_path.chmod(0o600)
             self._unix_path = unix_path
 

@@ -30,3 +30,7 @@ AMBIT_ROUTE_TABLE = 133
 AMBIT_RULE_PRIORITY = 32700   # before the main table (32766)
 
 SO_ORIGINAL_DST = 80          # SOL_IP; answered by ambit_origdst (ebpf) or conntrack (iptables)
+
+# Every listener's accept backlog (the kernel caps it at net.core.somaxconn). asyncio's create_server and
+# start_server would otherwise re-listen() with their default of 100, and a burst of connections gets resets.
+LISTEN_BACKLOG = 4096

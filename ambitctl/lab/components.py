@@ -8,6 +8,8 @@ their own (ztunnel's cgroup is where the getsockopt program is attached).
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,12 @@ def controller_process(names: LabNames, base: Path, trust_domain: str = "cluster
               "--mesh-config", str(mesh_config_file(base))])
 
 
+# Extra flags for every node's ztunnel (e.g. its limits, docs/operations.md), for tests that need a
+# lab with other limits than the defaults. ztunnel refuses a bad flag at start-up, so the lab fails
+# to come up rather than run without it.
+ZTUNNEL_ARGS_ENV = "AMBIT_LAB_ZTUNNEL_ARGS"
+
+
 def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
               cert_ttl: float | None = None) -> list[ProcSpec]:
     procs: list[ProcSpec] = [controller_process(names, base, spec.trust_domain)]
@@ -84,7 +92,8 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
                   "--cert-cache", str(base / n.name / "certs"),
                   "--trust-domain", spec.trust_domain,
                   "--metrics-socket", str(ztunnel_metrics_socket(base, n.name)),
-                  *(["--cert-ttl", str(cert_ttl)] if cert_ttl else [])]))
+                  *(["--cert-ttl", str(cert_ttl)] if cert_ttl else []),
+                  *shlex.split(os.environ.get(ZTUNNEL_ARGS_ENV, ""))]))
         procs.append(ProcSpec(
             id=f"agent/{n.name}", component="agent", node=n.name, netns=node_ns,
             cgroup=str(names.component_cgroup(n.name, "agent")),

@@ -230,7 +230,9 @@ class HBONEClientPool:
             # max_streams: look again (and dial another connection) rather than overfill it.
 
     def _has_room(self, proto: HBONEProtocol) -> bool:
-        return proto.usable and len(proto.streams) < self.max_streams
+        """Usable, below `max_streams`, and not congested: when stalled streams hold most of a
+        connection's flow-control window, new tunnels go to another connection (head-of-line)."""
+        return proto.usable and len(proto.streams) < self.max_streams and not proto.conn.congested
 
     def _dial_done(self, key: PoolKey, task: asyncio.Task[HBONEProtocol]) -> None:
         if self._dialing.get(key) is task:

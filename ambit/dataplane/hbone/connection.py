@@ -29,6 +29,7 @@ Use: feed `receive_data(bytes)`, act on the returned events, and write `data_to_
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 
 import h2.config
@@ -39,12 +40,20 @@ import h2.settings
 from h2.settings import SettingCodes
 
 from ambit.dataplane.hbone import frames as f
+from ambit.dataplane.hbone import limits
+from ambit.dataplane.hbone.limits import Clock, ResetBudget
 
 MiB = 1024 * 1024
 DEFAULT_STREAM_WINDOW = 4 * MiB
-DEFAULT_CONNECTION_WINDOW = 16 * MiB
+# Head-of-line headroom: a stream whose reader stalls pins up to one stream window of the
+# connection window (bytes return to the connection only when its reader consumes them). With
+# 16 stream windows of headroom, 15 stalled streams still leave a full window for everyone else,
+# and the client pool moves new streams to another connection before that (`congested`). The
+# connection window is also what one connection may make us buffer, so it is not unbounded.
+DEFAULT_CONNECTION_WINDOW = 16 * DEFAULT_STREAM_WINDOW
 DEFAULT_MAX_FRAME = 1 * MiB
-DEFAULT_MAX_STREAMS = 1000
+DEFAULT_MAX_STREAMS = limits.MAX_CONCURRENT_STREAMS
+_NO_H2_STREAM_LIMIT = 2**31 - 1   # h2 must not enforce it: it would kill the connection, not refuse
 _COALESCE = 16 * 1024     # pieces smaller than this are copied together; larger ones go out as-is
 
 REASON_HEADER = "ambit-reason"
@@ -175,6 +184,11 @@ class HBONEConnection:
         connection_window: int = DEFAULT_CONNECTION_WINDOW,
         max_frame: int = DEFAULT_MAX_FRAME,
         max_concurrent_streams: int = DEFAULT_MAX_STREAMS,
+        max_header_list_size: int = limits.MAX_HEADER_LIST_SIZE,
+        max_header_block: int = limits.MAX_HEADER_BLOCK,
+        max_continuations: int = limits.MAX_CONTINUATIONS,
+        reset_budget: ResetBudget | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         if not f.DEFAULT_WINDOW <= stream_window <= f.MAX_WINDOW:
             raise ValueError(f"stream_window {stream_window} out of range")
@@ -186,6 +200,14 @@ class HBONEConnection:
         self.stream_window = stream_window
         self.connection_window = connection_window
         self.max_frame = max_frame
+        if max_concurrent_streams < 1:
+            raise ValueError(f"max_concurrent_streams {max_concurrent_streams} out of range")
+        self.max_concurrent_streams = max_concurrent_streams
+        self.max_header_block = max_header_block
+        self.max_continuations = max_continuations
+        self.reset_budget = reset_budget if reset_budget is not None else ResetBudget(clock=clock)
+        self.refused_streams = 0        # streams refused over MAX_CONCURRENT_STREAMS (REFUSED_STREAM)
+        self.peer_resets = 0            # RST_STREAM received
 
         config = h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8")
         self._h2 = h2.connection.H2Connection(config)
@@ -193,6 +215,7 @@ class HBONEConnection:
             SettingCodes.INITIAL_WINDOW_SIZE: stream_window,
             SettingCodes.MAX_FRAME_SIZE: max_frame,
             SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+            SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
         }
         if client_side:
             initial[SettingCodes.ENABLE_PUSH] = 0
@@ -200,11 +223,14 @@ class HBONEConnection:
         # h2 sizes its inbound frame buffer from its *acknowledged* settings only (feasibility §5).
         self._h2.max_inbound_frame_size = max_frame
         self._h2.incoming_buffer.max_frame_size = max_frame
+        self._h2.decoder.max_header_list_size = max_header_list_size   # likewise: enforce from the start
+        self._initial_settings = initial
 
         self._streams: dict[int, _Stream] = {}
         self._peer_initial_window = f.DEFAULT_WINDOW
         self._max_out_frame = f.DEFAULT_MAX_FRAME
         self._conn_send_window = f.DEFAULT_WINDOW
+        self._conn_unreturned = 0       # sent, connection window not yet given back by the peer
         self._conn_recv_window = connection_window
         self._conn_unacked = 0
 
@@ -212,9 +238,12 @@ class HBONEConnection:
         self._small = bytearray()
 
         self._preface_left = len(f.PREFACE) if not client_side else 0
+        self._preface_seen = client_side
         self._hdr = bytearray()
         self._frame: _DataFrame | _OtherFrame | None = None
         self._in_header_block = False
+        self._header_block_bytes = 0
+        self._continuations = 0
 
         self.closed: ConnectionClosed | None = None   # set once we sent GOAWAY (or failed)
         self.goaway_received: ConnectionClosed | None = None
@@ -226,6 +255,11 @@ class HBONEConnection:
         """Queue the preface/SETTINGS and open the connection window to its configured size."""
         self._h2.initiate_connection()
         self._drain_h2()
+        # We advertised our stream limit; now take its enforcement away from h2, which would answer
+        # one stream too many with a connection error. `_on_request` refuses it (REFUSED_STREAM).
+        self._h2.local_settings = h2.settings.Settings(
+            client=self.client_side,
+            initial_values={**self._initial_settings, SettingCodes.MAX_CONCURRENT_STREAMS: _NO_H2_STREAM_LIMIT})
         if self.connection_window > f.DEFAULT_WINDOW:
             self._emit(f.window_update(0, self.connection_window - f.DEFAULT_WINDOW))
 
@@ -259,9 +293,27 @@ class HBONEConnection:
     # --- introspection ------------------------------------------------------------------------------
 
     @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    @property
     def can_open_stream(self) -> bool:
         return (self.closed is None and self.goaway_received is None and self.client_side
                 and self._h2.open_outbound_streams < self._h2.remote_settings.max_concurrent_streams)
+
+    @property
+    def preface_received(self) -> bool:
+        """Server: the client's connection preface has fully arrived (client side: always True)."""
+        return self._preface_seen
+
+    @property
+    def congested(self) -> bool:
+        """Less than one stream window left on the connection, either way: stalled streams hold it.
+        A pool should put new streams on another connection."""
+        if self._conn_send_window < self._peer_initial_window and self._conn_unreturned >= self._peer_initial_window:
+            return True     # (not merely the initial 64 KiB window before the peer's first update)
+        held = self.connection_window - self._conn_recv_window - self._conn_unacked
+        return held >= max(self.stream_window, self.connection_window - self.stream_window)
 
     @property
     def dead(self) -> bool:
@@ -338,6 +390,7 @@ class HBONEConnection:
             pos += chunk
         st.send_window -= n
         self._conn_send_window -= n
+        self._conn_unreturned += n
         if end_stream and n == len(mv):
             self.end_stream(stream_id)
         return n
@@ -417,6 +470,7 @@ class HBONEConnection:
             self._preface_left -= take
             pos = take
             if not self._preface_left:
+                self._preface_seen = True
                 self._h2.receive_data(f.PREFACE)
         while pos < n and not self._fatal:
             frame = self._frame
@@ -466,11 +520,23 @@ class HBONEConnection:
             return
         if ftype == f.DATA:
             self._start_data(length, flags, sid, events)
-        else:
-            self._frame = _OtherFrame(header, length=length)
-            if length == 0:
-                self._frame = None
-                self._finish_other(_OtherFrame(header, length=0), events)
+            return
+        if ftype in (f.HEADERS, f.PUSH_PROMISE, f.CONTINUATION):
+            # Header floods: refuse the block on its frame headers, before buffering or decoding it.
+            if ftype == f.CONTINUATION:
+                self._continuations += 1
+                self._header_block_bytes += length
+            else:
+                self._continuations = 0
+                self._header_block_bytes = length
+            if self._header_block_bytes > self.max_header_block or self._continuations > self.max_continuations:
+                self._fail(events, f.ENHANCE_YOUR_CALM,
+                           f"header block over {self.max_header_block} bytes or {self.max_continuations} CONTINUATIONs")
+                return
+        self._frame = _OtherFrame(header, length=length)
+        if length == 0:
+            self._frame = None
+            self._finish_other(_OtherFrame(header, length=0), events)
 
     # DATA ------------------------------------------------------------------------------------------------
 
@@ -576,6 +642,7 @@ class HBONEConnection:
                 self._fail(events, f.PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection")
                 return
             self._conn_send_window += inc
+            self._conn_unreturned = max(0, self._conn_unreturned - inc)
             if self._conn_send_window > f.MAX_WINDOW:
                 self._fail(events, f.FLOW_CONTROL_ERROR, "connection send window overflow")
                 return
@@ -619,7 +686,14 @@ class HBONEConnection:
             code = int(getattr(e, "error_code", f.PROTOCOL_ERROR) or f.PROTOCOL_ERROR)
             self._fail(events, code, f"protocol error: {e}")
             return
+        except (h2.exceptions.H2Error, ValueError) as e:
+            # Found by fuzzing: a header value that is not UTF-8 escapes h2 as UnicodeDecodeError,
+            # after HPACK has decoded it; the connection's header state is unknown, so end it.
+            self._fail(events, f.PROTOCOL_ERROR, f"malformed frame: {type(e).__name__}")
+            return
         for ev in h2_events:
+            if self._fatal:
+                break
             self._translate(ev, events)
 
     def _translate(self, ev: h2.events.Event, events: list[Event]) -> None:
@@ -643,6 +717,13 @@ class HBONEConnection:
             st = self._streams.pop(ev.stream_id, None)
             if st is not None:
                 events.append(StreamReset(ev.stream_id, int(ev.error_code), remote=ev.remote_reset))
+            if ev.remote_reset:
+                self.peer_resets += 1
+                # Rapid reset is a server-side attack: a request cancelled before we answered it
+                # cost us its setup and the peer nothing. Resets of answered tunnels (an app that
+                # aborts) and anything a server does to our streams are not counted.
+                if st is not None and not self.client_side and not st.response:
+                    self._spend_reset_budget(events)
         elif isinstance(ev, h2.events.RemoteSettingsChanged):
             self._on_settings(ev, events)
         elif isinstance(ev, h2.events.PingAckReceived):
@@ -656,6 +737,13 @@ class HBONEConnection:
         self._streams[ev.stream_id] = st
         if self.closed is not None:
             self._reset(st, f.REFUSED_STREAM, emit=False)  # opened after our GOAWAY: not processed
+            return
+        if len(self._streams) > self.max_concurrent_streams:
+            # Over the limit we advertised: refuse this stream only (RFC 9113 §5.1.2), before any
+            # work is done for it. A peer that keeps doing so spends its reset budget.
+            self.refused_streams += 1
+            self._reset(st, f.REFUSED_STREAM, emit=False)
+            self._spend_reset_budget(events)
             return
         if headers.get(":method") != "CONNECT" or not headers.get(":authority"):
             self.respond(ev.stream_id, 405, reason="HBONE accepts only CONNECT with :authority")
@@ -680,6 +768,10 @@ class HBONEConnection:
                 events.append(WindowAvailable(0))
 
     # helpers ----------------------------------------------------------------------------------------------------
+
+    def _spend_reset_budget(self, events: list[Event]) -> None:
+        if not self.reset_budget.spend() and not self._fatal:
+            self._fail(events, f.ENHANCE_YOUR_CALM, "too many stream resets")
 
     def _stream_or_raise(self, stream_id: int) -> _Stream:
         st = self._streams.get(stream_id)

@@ -62,6 +62,7 @@ class HBONEProtocol(asyncio.Protocol):
         self._pushq: dict[int, HBONEStream] = {}
         self._flush_scheduled = False
         self.closed: asyncio.Future[None] = loop.create_future()
+        self.idle_since = loop.time()       # when the last stream went away (loop clock)
 
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -223,7 +224,8 @@ class HBONEProtocol(asyncio.Protocol):
         self.on_request(st)
 
     def _drop(self, st: HBONEStream, exc: Exception) -> None:
-        self.streams.pop(st.stream_id, None)
+        if self.streams.pop(st.stream_id, None) is not None and not self.streams:
+            self.idle_since = self.loop.time()
         self._pushq.pop(st.stream_id, None)
         dropped = st._set_error(exc)
         if dropped:
@@ -231,7 +233,8 @@ class HBONEProtocol(asyncio.Protocol):
 
     def _forget_if_done(self, st: HBONEStream) -> None:
         if st.is_closed:
-            self.streams.pop(st.stream_id, None)
+            if self.streams.pop(st.stream_id, None) is not None and not self.streams:
+                self.idle_since = self.loop.time()
             self._pushq.pop(st.stream_id, None)
 
     def _flush_tx(self) -> None:

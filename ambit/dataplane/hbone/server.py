@@ -10,6 +10,12 @@ the client's SPIFFE id is extracted from its verified certificate and passed to 
 together with the requested authority and headers; `on_connect` decides (authorization), answers
 with `stream.respond(200)` or an error status, and relays. Whatever it does, a misbehaving
 callback only ever affects its own stream.
+
+Hostile peers (anyone holding a mesh certificate) are bounded here: the TLS handshake must finish
+within `handshake_timeout`, the HTTP/2 preface must follow within `preface_timeout`, a connection
+without tunnels is closed after `idle_timeout`, and one source identity may hold at most
+`per_identity` connections (a `ConnLimiter` shared by all of a node's pods). The HTTP/2 limits
+(streams, header blocks, resets) are `HBONEConnection`'s.
 """
 
 from __future__ import annotations
@@ -23,12 +29,18 @@ from collections.abc import Awaitable, Callable
 
 from ambit.dataplane import tls
 from ambit.dataplane.hbone.connection import HBONEConnection
+from ambit.dataplane.hbone.limits import ConnLimiter
 from ambit.dataplane.hbone.protocol import HBONEProtocol
 from ambit.dataplane.hbone.stream import HBONEStream
+from ambit.dataplane.ports import LISTEN_BACKLOG
 
 log = logging.getLogger("ambit.dataplane.hbone")
 
 OnConnect = Callable[[HBONEStream, str, str, dict[str, str]], Awaitable[None]]
+
+HANDSHAKE_TIMEOUT = 10.0
+PREFACE_TIMEOUT = 10.0
+IDLE_TIMEOUT = 3600.0       # Istio ztunnel's default for HBONE connections
 
 
 class _ServerSide(HBONEProtocol):
@@ -38,6 +50,7 @@ class _ServerSide(HBONEProtocol):
     def __init__(self, server: HBONEServer, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(server._new_conn(), loop=loop, on_request=server._on_request)
         self.server = server
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -54,9 +67,56 @@ class _ServerSide(HBONEProtocol):
             log.info("HBONE connection from %s refused: %s", transport.get_extra_info("peername"), e)
             transport.abort()
             return
+        limiter = self.server.per_identity
+        if limiter is not None and not limiter.acquire(peer.uri):
+            log.warning("HBONE connection from %s (%s) refused: %d connections from that identity already",
+                        transport.get_extra_info("peername"), peer.uri, limiter.limit)
+            transport.abort()
+            return
         self.server.connections.add(self)
-        self.closed.add_done_callback(lambda _f: self.server.connections.discard(self))
+        self.closed.add_done_callback(lambda _f: self._gone(peer.uri))
         self.start(peer.uri)
+        self._timer = self.loop.call_later(self.server.preface_timeout, self._check_preface)
+
+    def _gone(self, peer: str) -> None:
+        self.server.connections.discard(self)
+        if self.server.per_identity is not None:
+            self.server.per_identity.release(peer)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_preface(self) -> None:
+        self._timer = None
+        if self.lost:
+            return
+        if not self.conn.preface_received:
+            self.server.preface_timeouts += 1
+            log.info("HBONE connection from %s: no HTTP/2 preface within %.0fs, closed",
+                     self.peer_identity, self.server.preface_timeout)
+            self.abort()
+            return
+        self._check_idle()      # from here on the timer watches for idleness
+
+    def _arm_idle(self, delay: float) -> None:
+        self._timer = self.loop.call_later(max(delay, 0.001), self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Close a connection that has carried no tunnel for `idle_timeout` (GOAWAY, then close)."""
+        self._timer = None
+        if self.lost:
+            return
+        timeout = self.server.idle_timeout
+        if self.streams:
+            self._arm_idle(timeout)
+            return
+        left = self.idle_since + timeout - self.loop.time()
+        if left > 0:
+            self._arm_idle(left)
+            return
+        self.server.idle_closed += 1
+        log.debug("HBONE connection from %s idle for %.0fs: closing", self.peer_identity, timeout)
+        self.close("idle")
 
 
 class HBONEServer:
@@ -68,13 +128,27 @@ class HBONEServer:
         server_context: Callable[[], ssl.SSLContext],
         on_connect: OnConnect,
         *,
-        handshake_timeout: float = 10.0,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        preface_timeout: float = PREFACE_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+        per_identity: ConnLimiter | None = None,
+        backlog: int = LISTEN_BACKLOG,
         connection_factory: Callable[[], HBONEConnection] | None = None,
     ) -> None:
+        for name, v in (("handshake_timeout", handshake_timeout), ("preface_timeout", preface_timeout),
+                        ("idle_timeout", idle_timeout)):
+            if not v > 0:
+                raise ValueError(f"{name} must be > 0, got {v}")
         self.sock = sock
         self._server_context = server_context
         self.on_connect = on_connect
         self.handshake_timeout = handshake_timeout
+        self.preface_timeout = preface_timeout
+        self.idle_timeout = idle_timeout
+        self.per_identity = per_identity
+        self.backlog = backlog
+        self.preface_timeouts = 0
+        self.idle_closed = 0
         self._new_conn = connection_factory or (lambda: HBONEConnection(client_side=False))
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -85,7 +159,8 @@ class HBONEServer:
         loop = asyncio.get_running_loop()
         ctx = tls.selecting_server_context(self._server_context)
         self._server = await loop.create_server(lambda: _ServerSide(self, loop), sock=self.sock, ssl=ctx,
-                                                ssl_handshake_timeout=self.handshake_timeout)
+                                                ssl_handshake_timeout=self.handshake_timeout,
+                                                backlog=self.backlog)
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting, GOAWAY every connection, let tunnels drain for `grace` s, then abort."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from ambit.dataplane.hbone import frames as f
@@ -237,6 +238,14 @@ class HBONEStream:
             self.write_eof()
         else:
             self.reset(f.CANCEL)
+
+    def on_closed(self, cb: Callable[[], None]) -> Callable[[], None]:
+        """Call `cb` once the stream is closed or reset (at once if it already is); returns a
+        function that unregisters it. Lets a server cancel work for a tunnel the peer gave up on."""
+        def done(_f: asyncio.Future[None]) -> None:
+            cb()
+        self._closed.add_done_callback(done)
+        return lambda: self._closed.remove_done_callback(done) and None
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)

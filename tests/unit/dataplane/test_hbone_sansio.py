@@ -231,7 +231,7 @@ def test_stream_window_exhaustion_and_resumption() -> None:
 
 
 def test_connection_window_is_shared_and_returned_on_consumption() -> None:
-    p = Pair()
+    p = Pair(connection_window=16 * MiB)
     sids = [p.open() for _ in range(5)]
     for sid in sids[:4]:
         assert p.c.send_data(sid, bytes(4 * MiB)) == 4 * MiB

@@ -1,0 +1,99 @@
+"""Sans-IO bookkeeping for the limits that keep one hostile or noisy peer from starving the rest.
+
+Nothing here does I/O or reads a clock on its own: the clock is injected, so every limit can be
+unit-tested without sleeping, and the asyncio edge only asks "may I?" and says "done".
+
+- `ResetBudget`: a token bucket on the stream resets a peer causes (RST_STREAM it sends, streams we
+  must refuse). Rapid reset (CVE-2023-44487) costs the server a stream setup per pair while the
+  peer pays two tiny frames; past the budget the connection gets GOAWAY(ENHANCE_YOUR_CALM), as
+  Envoy's premature-reset check and nginx's `keepalive_requests`-style limits do.
+- `ConnLimiter`: counts concurrent connections per key (source identity, source IP, destination
+  pod) against one limit, so one noisy pod cannot take every fd of a node's ztunnel.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from ambit.clock import Monotonic
+
+Clock = Monotonic
+
+# Defaults for HTTP/2 (HBONE) connections; see docs/operations.md for the flags that set them.
+MAX_CONCURRENT_STREAMS = 100        # as Istio ztunnel's HBONE pool; see connection.py
+MAX_HEADER_LIST_SIZE = 64 * 1024    # decoded header list (SETTINGS_MAX_HEADER_LIST_SIZE)
+MAX_HEADER_BLOCK = 64 * 1024        # encoded header block (HEADERS + CONTINUATIONs) before decoding
+MAX_CONTINUATIONS = 16              # CONTINUATION frames per header block
+RESET_BURST = 400                   # resets a peer may cause at once ...
+RESET_RATE = 100.0                  # ... and per second after that
+
+
+@dataclass
+class ResetBudget:
+    """Token bucket: `burst` resets at once, refilled at `rate` per second. `spend()` is False once
+    the peer has gone over: the caller then ends the connection (ENHANCE_YOUR_CALM)."""
+
+    rate: float = RESET_RATE
+    burst: float = RESET_BURST
+    clock: Clock = time.monotonic
+    _tokens: float = field(init=False)
+    _at: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.rate < 0 or self.burst < 1:
+            raise ValueError(f"reset budget needs rate >= 0 and burst >= 1, got {self.rate}/{self.burst}")
+        self._tokens = float(self.burst)
+        self._at = self.clock()
+
+    def spend(self, n: int = 1) -> bool:
+        now = self.clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        self._tokens -= n
+        return self._tokens >= 0
+
+    @property
+    def tokens(self) -> float:
+        return self._tokens
+
+
+class ConnLimiter:
+    """Concurrent connections per key, at most `limit` each (0: unlimited).
+
+    `acquire(key)` returns False (and counts nothing) when the key is at its limit; every True must
+    be paired with one `release(key)`. `refused` counts the refusals, for metrics and tests.
+    """
+
+    def __init__(self, limit: int, what: str = "connections") -> None:
+        if limit < 0:
+            raise ValueError(f"limit for {what} must be >= 0, got {limit}")
+        self.limit = limit
+        self.what = what
+        self.refused = 0
+        self._n: dict[Hashable, int] = {}
+
+    def acquire(self, key: Hashable) -> bool:
+        n = self._n.get(key, 0)
+        if self.limit and n >= self.limit:
+            self.refused += 1
+            return False
+        self._n[key] = n + 1
+        return True
+
+    def release(self, key: Hashable) -> None:
+        n = self._n.get(key, 0) - 1
+        if n > 0:
+            self._n[key] = n
+        else:
+            self._n.pop(key, None)
+
+    def count(self, key: Hashable) -> int:
+        return self._n.get(key, 0)
+
+    def total(self) -> int:
+        return sum(self._n.values())
+
+    def __len__(self) -> int:
+        return len(self._n)

@@ -1,0 +1,228 @@
+"""Fuzzing the HBONE frame parser and CONNECT handling (hypothesis).
+
+What must hold for any input from a peer: `receive_data` never raises, never hangs, and never
+hands out a tunnel that is not a valid CONNECT with an `:authority`; after a connection error it
+parses nothing more; the events are well-formed. Three budgets:
+- the unit suite: a few hundred examples each (a few seconds);
+- `-m fuzz`: `AMBIT_FUZZ_EXAMPLES` examples each (default 3,000, bounded so CI runs it too);
+- a long local run: `python -m tests.unit.dataplane.test_hbone_fuzz --cases 1000000` (random
+  mutation of valid conversations, no shrinking; reports cases/s and any crash with its input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+import traceback
+
+import hpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ambit.dataplane.hbone import frames as f
+from ambit.dataplane.hbone.connection import (
+    ConnectionClosed,
+    ConnectRequest,
+    Data,
+    HBONEConnection,
+    PingAck,
+    StreamEnded,
+    StreamReset,
+    WindowAvailable,
+)
+
+UNIT_EXAMPLES = 300
+LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "3000"))
+TYPES = [f.DATA, f.HEADERS, f.PRIORITY, f.RST_STREAM, f.SETTINGS, f.PUSH_PROMISE, f.PING, f.GOAWAY,
+         f.WINDOW_UPDATE, f.CONTINUATION, 0xA, 0xFF]
+
+
+def new_server() -> HBONEConnection:
+    s = HBONEConnection(client_side=False)
+    s.initiate()
+    s.bytes_to_send()
+    return s
+
+
+def check(chunks: list[bytes], conn: HBONEConnection | None = None) -> HBONEConnection:
+    """Feed `chunks`; assert the invariants. Any exception is a finding."""
+    s = conn or new_server()
+    fatal_seen = False
+    for chunk in chunks:
+        t0 = time.perf_counter()
+        evs = s.receive_data(chunk)
+        assert time.perf_counter() - t0 < 2.0, "receive_data took over 2 s"
+        if fatal_seen:
+            assert evs == [], "events after a connection error"
+        for ev in evs:
+            assert isinstance(ev, (ConnectRequest, Data, StreamEnded, StreamReset, WindowAvailable,
+                                   ConnectionClosed, PingAck)), ev
+            if isinstance(ev, ConnectRequest):
+                assert ev.headers.get(":method") == "CONNECT" and ev.authority, ev
+                assert ev.stream_id % 2 == 1
+            if isinstance(ev, Data):
+                assert len(ev.data) > 0
+            if isinstance(ev, ConnectionClosed) and ev.fatal:
+                fatal_seen = True
+        s.bytes_to_send()
+        assert s.open_streams <= s.max_concurrent_streams + 1
+    return s
+
+
+def frame(ftype: int, flags: int, sid: int, payload: bytes, length: int | None = None) -> bytes:
+    n = len(payload) if length is None else length
+    return f.pack_header(n, ftype, flags, sid) + payload
+
+
+def headers_block(enc: hpack.Encoder, headers: list[tuple[str, str]]) -> bytes:
+    return enc.encode(headers)
+
+
+# --- strategies --------------------------------------------------------------------------------
+
+small_sid = st.integers(min_value=0, max_value=12)
+raw_frames = st.builds(
+    frame,
+    st.sampled_from(TYPES),
+    st.integers(min_value=0, max_value=255),
+    small_sid,
+    st.binary(max_size=64),
+    st.one_of(st.none(), st.integers(min_value=0, max_value=70_000)),
+)
+header_name = st.sampled_from([":method", ":authority", ":protocol", ":path", ":scheme", "forwarded",
+                               "traceparent", "x-a", "Upper", "te", "connection", ""])
+header_value = st.one_of(
+    st.sampled_from(["CONNECT", "GET", "10.0.0.2:8080", "[::1]:80", "websocket", "trailers", "", "a" * 300]),
+    st.text(max_size=40),
+)
+header_lists = st.lists(st.tuples(header_name, header_value), max_size=8)
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    out, pos = [], 0
+    for c in sorted(set(c % (len(data) + 1) for c in cuts)):
+        out.append(data[pos:c])
+        pos = c
+    out.append(data[pos:])
+    return [b for b in out if b]
+
+
+@given(st.lists(raw_frames, max_size=12), st.lists(st.integers(min_value=0, max_value=10_000), max_size=6),
+       st.booleans())
+@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_frame_parser_survives_arbitrary_frames(frames: list[bytes], cuts: list[int], preface: bool) -> None:
+    wire = (f.PREFACE if preface else b"") + b"".join(frames)
+    check(split(wire, cuts))
+
+
+@given(st.lists(header_lists, min_size=1, max_size=4), st.booleans(), st.booleans())
+@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_connect_handling_survives_arbitrary_headers(lists: list[list[tuple[str, str]]], end_stream: bool,
+                                                     data_after: bool) -> None:
+    enc = hpack.Encoder()
+    wire = bytearray(f.PREFACE + frame(f.SETTINGS, 0, 0, b""))
+    for i, hdrs in enumerate(lists):
+        sid = 1 + 2 * i
+        try:
+            block = headers_block(enc, hdrs)
+        except Exception:   # noqa: BLE001 - the encoder refusing a header is not our finding
+            continue
+        wire += frame(f.HEADERS, f.END_HEADERS | (f.END_STREAM if end_stream else 0), sid, block)
+        if data_after:
+            wire += frame(f.DATA, 0, sid, b"hello")
+    check([bytes(wire)])
+
+
+@pytest.mark.fuzz
+@given(st.lists(raw_frames, max_size=24), st.lists(st.integers(min_value=0, max_value=10_000), max_size=8),
+       st.booleans())
+@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_fuzz_frame_parser_long(frames: list[bytes], cuts: list[int], preface: bool) -> None:
+    wire = (f.PREFACE if preface else b"") + b"".join(frames)
+    check(split(wire, cuts))
+
+
+@pytest.mark.fuzz
+@given(st.lists(header_lists, min_size=1, max_size=6), st.booleans())
+@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_fuzz_connect_handling_long(lists: list[list[tuple[str, str]]], end_stream: bool) -> None:
+    test_connect_handling_survives_arbitrary_headers.hypothesis.inner_test(lists, end_stream, True)
+
+
+# --- the long local run: random mutation of valid conversations ----------------------------------------
+
+def _seed_conversations() -> list[bytes]:
+    enc = hpack.Encoder()
+    seeds = []
+    base = f.PREFACE + frame(f.SETTINGS, 0, 0, b"") + frame(f.SETTINGS, 1, 0, b"")
+    req = headers_block(enc, [(":method", "CONNECT"), (":authority", "10.0.0.2:8080"),
+                              ("forwarded", "for=10.0.0.1"), ("traceparent", "00-" + "a" * 32 + "-" + "b" * 16 + "-00")])
+    seeds.append(base + frame(f.HEADERS, f.END_HEADERS, 1, req) + frame(f.DATA, 0, 1, b"x" * 100)
+                 + frame(f.DATA, f.END_STREAM, 1, b"") + frame(f.WINDOW_UPDATE, 0, 0, (1000).to_bytes(4, "big")))
+    seeds.append(base + frame(f.HEADERS, 0, 1, req[:5]) + frame(f.CONTINUATION, f.END_HEADERS, 1, req[5:])
+                 + frame(f.RST_STREAM, 0, 1, (8).to_bytes(4, "big")) + frame(f.PING, 0, 0, bytes(8)))
+    seeds.append(base + frame(f.DATA, f.PADDED, 1, b"\x03abc\x00\x00\x00")
+                 + frame(f.GOAWAY, 0, 0, bytes(8) + b"bye") + frame(f.PRIORITY, 0, 3, bytes(5)))
+    return seeds
+
+
+def mutate(rng: random.Random, data: bytes) -> bytes:
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 6)):
+        op = rng.randrange(6)
+        pos = rng.randrange(len(b) + 1)
+        if op == 0 and b:
+            b[min(pos, len(b) - 1)] = rng.randrange(256)
+        elif op == 1:
+            b[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+        elif op == 2 and b:
+            del b[pos:pos + rng.randint(1, 32)]
+        elif op == 3:
+            b[pos:pos] = frame(rng.choice(TYPES), rng.randrange(256), rng.randrange(8),
+                               bytes(rng.randrange(256) for _ in range(rng.randrange(16))))
+        elif op == 4 and len(b) > 24:
+            i = rng.randrange(24, len(b))
+            b[pos:pos] = b[i:i + rng.randint(1, 64)]       # splice a piece of itself
+        elif op == 5 and b:
+            b[min(pos, len(b) - 1)] ^= 1 << rng.randrange(8)
+    return bytes(b)
+
+
+def long_run(cases: int, seed: int) -> int:
+    rng = random.Random(seed)
+    seeds = _seed_conversations()
+    crashes = 0
+    t0 = time.monotonic()
+    for i in range(cases):
+        data = mutate(rng, rng.choice(seeds))
+        try:
+            check(split(data, [rng.randrange(len(data) + 1) for _ in range(rng.randrange(4))]))
+        except Exception:   # noqa: BLE001 - report every finding
+            crashes += 1
+            print(f"case {i}: CRASH on {data!r}", file=sys.stderr)
+            traceback.print_exc()
+        if i and i % 100_000 == 0:
+            print(f"{i} cases, {crashes} crashes, {i / (time.monotonic() - t0):.0f}/s", file=sys.stderr)
+    dt = time.monotonic() - t0
+    print(f"{cases} cases in {dt:.0f}s ({cases / dt:.0f}/s), {crashes} crashes")
+    return crashes
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", type=int, default=1_000_000)
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    sys.exit(1 if long_run(a.cases, a.seed) else 0)
+
+
+def test_non_utf8_header_value_is_a_connection_error_not_a_crash() -> None:
+    """Regression (found by the long run): h2 raised UnicodeDecodeError out of receive_data."""
+    enc = hpack.Encoder()
+    block = enc.encode([(b":method", b"CONNECT"), (b":authority", b"\x94\xff")])
+    s = check([f.PREFACE + frame(f.SETTINGS, 0, 0, b"") + frame(f.HEADERS, f.END_HEADERS, 1, block)])
+    assert s.dead and s.closed is not None and s.closed.error_code == f.PROTOCOL_ERROR
