@@ -3,7 +3,8 @@
  *   ambit_connect4   cgroup/connect4: save the original destination under the socket cookie and
  *                    rewrite it to 127.0.0.1:15001, where ztunnel listens inside the pod netns.
  *   ambit_connect6   cgroup/connect6: the same for v4-mapped destinations (::ffff:a.b.c.d) of
- *                    dual-stack sockets; native IPv6 is not captured (counted as skip_ipv6).
+ *                    dual-stack sockets; native IPv6 (TCP and UDP, except ::1) is refused with
+ *                    EPERM, because enrolled pods are IPv4-only (counted as out_refused_ipv6).
  *   ambit_sockops    TCP_CONNECT_CB: the source port is now known, so move the entry to
  *                    (netns cookie, source port), the key ztunnel can name from its accepted
  *                    socket; STATE_CB (TCP_CLOSE): delete it again.
@@ -77,14 +78,26 @@ int ambit_connect4(struct bpf_sock_addr *ctx)
 
 int ambit_connect6(struct bpf_sock_addr *ctx)
 {
+    /* Only v4-mapped (::ffff:a.b.c.d) destinations travel as IPv4 and can reach ztunnel's
+     * 127.0.0.1 listener. ::1 stays inside the pod. Native IPv6 would leave the pod uncaptured:
+     * enrolled pods are IPv4-only, so it is refused (connect() fails with EPERM). */
+    if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 || ctx->user_ip6[2] != bpf_htonl(0xffff)) {
+        if (ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == 0 &&
+            (ctx->user_ip6[3] == bpf_htonl(1) || ctx->user_ip6[3] == 0)) { /* ::1, :: */
+            ambit_count(AMBIT_STAT_SKIP_IPV6);
+            return 1;
+        }
+        __u64 netns = bpf_get_netns_cookie(ctx);
+        struct ambit_pod *pod = ambit_pods.lookup(&netns);
+        if (!pod || !(pod->flags & AMBIT_POD_OUTBOUND)) {
+            ambit_count(AMBIT_STAT_SKIP_NOT_ENROLLED);
+            return 1;
+        }
+        ambit_count(AMBIT_STAT_OUT_REFUSED_IPV6);
+        return 0;
+    }
     if (ctx->protocol != IPPROTO_TCP) {
         ambit_count(AMBIT_STAT_SKIP_NOT_TCP);
-        return 1;
-    }
-    /* Only v4-mapped (::ffff:a.b.c.d) destinations travel as IPv4 and can reach ztunnel's
-     * 127.0.0.1 listener; ::1 and native IPv6 are left alone. */
-    if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 || ctx->user_ip6[2] != bpf_htonl(0xffff)) {
-        ambit_count(AMBIT_STAT_SKIP_IPV6);
         return 1;
     }
     if (ambit_out_capture(ctx, ctx->user_ip6[3], ctx->user_port)) {
