@@ -93,7 +93,10 @@ class PodCapture:
 
 class CaptureEngine:
     def __init__(self, node: str, ztunnel_cgroup: Path, pin_base: Path = DEFAULT_PIN_BASE,
-                 mode: str = "ebpf", tc_attach: str = "auto", src_dir: Path | None = None) -> None:
+                 mode: str = "ebpf", tc_attach: str = "auto", src_dir: Path | None = None,
+                 node_netns: str | Path | None = None) -> None:
+        """`node_netns`: the netns holding the host side of the pods' veths (where the node-IP guard
+        attaches); None means the agent's own, as on a real node and in `ambit lab`."""
         if mode not in MODES:
             raise ValueError(f"capture mode {mode!r}: expected one of {', '.join(MODES)}")
         if tc_attach not in TC_ATTACH:
@@ -105,6 +108,7 @@ class CaptureEngine:
         self.mode = mode
         self.tc_attach = tc_attach
         self.src_dir = src_dir
+        self.node_netns = node_netns
         self._lock = threading.RLock()
         self._module = None
         self._prog_fds: dict[str, int] = {}      # pin name -> fd
@@ -322,6 +326,10 @@ class CaptureEngine:
         Returns whether the guard is in place. Without it a packet from the node IP cannot be told
         from a spoofed one, so the pod gets no node-IP exemption at all (probes are captured like
         any client); that is logged, never silently assumed."""
+        with entered(self.node_netns) if self.node_netns else contextlib.nullcontext():
+            return self._attach_host_guard_here(pod)
+
+    def _attach_host_guard_here(self, pod: PodCapture) -> bool:
         prog = programs.HOST_GUARD_PROGRAM
         pin = self.layout.pod(pod.uid) / prog.pin
         peer = podnet.host_peer_ifindex(pod.netns_path)
