@@ -76,6 +76,31 @@ int ambit_connect4(struct bpf_sock_addr *ctx)
     return 1;
 }
 
+/* 1 when an IPv6 destination may be used by an enrolled pod: ::1 and :: stay inside the pod,
+ * v4-mapped travels as IPv4. Native IPv6 would leave the pod uncaptured. */
+static __always_inline int ambit_v6_allowed(struct bpf_sock_addr *ctx)
+{
+    if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0)
+        return 0;
+    if (ctx->user_ip6[2] == bpf_htonl(0xffff))
+        return 1;
+    return ctx->user_ip6[2] == 0 && (ctx->user_ip6[3] == bpf_htonl(1) || ctx->user_ip6[3] == 0);
+}
+
+/* cgroup/sendmsg6: unconnected UDP sendmsg() to native IPv6 from an enrolled pod is refused
+ * (EPERM), like connect6 refuses it: enrolled pods are IPv4-only in both directions. */
+int ambit_sendmsg6(struct bpf_sock_addr *ctx)
+{
+    if (ambit_v6_allowed(ctx))
+        return 1;
+    __u64 netns = bpf_get_netns_cookie(ctx);
+    struct ambit_pod *pod = ambit_pods.lookup(&netns);
+    if (!pod || !(pod->flags & AMBIT_POD_OUTBOUND))
+        return 1;
+    ambit_count(AMBIT_STAT_OUT_REFUSED_IPV6);
+    return 0;
+}
+
 int ambit_connect6(struct bpf_sock_addr *ctx)
 {
     /* Only v4-mapped (::ffff:a.b.c.d) destinations travel as IPv4 and can reach ztunnel's
