@@ -44,6 +44,9 @@ PodListener = Callable[[str, "PodProxy"], None]
 class ListenerError(OSError):
     """ztunnel cannot open one of its listeners in a pod's netns (e.g. the pod holds the port)."""
 
+    def __str__(self) -> str:   # what the agent shows as the pod's status: the words, no "[Errno 98]"
+        return str(self.strerror)
+
 
 def _listener(host: str, port: int, transparent: bool = False, marked: bool = False) -> socket.socket:
     """A listener in the calling thread's netns. `marked`: carry AMBIT_LISTENER_MARK, the proof
