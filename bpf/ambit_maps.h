@@ -130,7 +130,8 @@ enum ambit_stat {
     AMBIT_STAT_INBOUND_SQUATTED = 20,      /* a listener on ztunnel's port that is not ztunnel's */
     AMBIT_STAT_OUT_REFUSED_IPV6 = 21,      /* native IPv6 connect() of an enrolled pod: EPERM */
     AMBIT_STAT_HOST_SPOOF_DROPPED = 22,    /* node IP as source, but not from the node's netns */
-    AMBIT_STAT_MAX = 23,
+    AMBIT_STAT_BIND_REFUSED = 23,          /* an enrolled pod's bind() to ztunnel's ports: EPERM */
+    AMBIT_STAT_MAX = 24,
 };
 
 #define AMBIT_MAX_PODS 4096

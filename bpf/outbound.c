@@ -132,6 +132,33 @@ int ambit_connect6(struct bpf_sock_addr *ctx)
     return 1;
 }
 
+/* cgroup/bind4, cgroup/bind6: an enrolled pod may not bind ztunnel's ports (15001, 15006, 15008)
+ * itself, so it cannot squat them while ztunnel restarts (bind() fails with EPERM). ztunnel runs in
+ * its own cgroup and never meets this. A pod that bound one before it was enrolled still can hold
+ * it: ambit_tc_in then drops its inbound, and the agent retries the hand-off (agent/handoff.py). */
+static __always_inline int ambit_bind(struct bpf_sock_addr *ctx)
+{
+    __u16 port = bpf_ntohs((__u16)ctx->user_port);
+    if (port != AMBIT_PORT_OUTBOUND && port != AMBIT_PORT_INBOUND && port != AMBIT_PORT_HBONE)
+        return 1;
+    __u64 netns = bpf_get_netns_cookie(ctx);
+    struct ambit_pod *pod = ambit_pods.lookup(&netns);
+    if (!pod || !(pod->flags & AMBIT_POD_INBOUND))
+        return 1;
+    ambit_count(AMBIT_STAT_BIND_REFUSED);
+    return 0;
+}
+
+int ambit_bind4(struct bpf_sock_addr *ctx)
+{
+    return ambit_bind(ctx);
+}
+
+int ambit_bind6(struct bpf_sock_addr *ctx)
+{
+    return ambit_bind(ctx);
+}
+
 int ambit_sockops(struct bpf_sock_ops *skops)
 {
     __u32 op = skops->op;

@@ -38,6 +38,8 @@ _lib = None
 
 # enum bpf_attach_type values used by Ambit (uapi/linux/bpf.h; stable ABI numbers).
 CGROUP_SOCK_OPS = 3
+CGROUP_INET4_BIND = 8
+CGROUP_INET6_BIND = 9
 CGROUP_INET4_CONNECT = 10
 CGROUP_INET6_CONNECT = 11
 CGROUP_UDP6_SENDMSG = 15

@@ -42,6 +42,8 @@ PROGRAMS: tuple[Program, ...] = (
     Program("ambit_connect4", "connect4", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_INET4_CONNECT, True, SCOPE_POD_CGROUP),
     Program("ambit_connect6", "connect6", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_INET6_CONNECT, True, SCOPE_POD_CGROUP),
     Program("ambit_sendmsg6", "sendmsg6", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_UDP6_SENDMSG, True, SCOPE_POD_CGROUP),
+    Program("ambit_bind4", "bind4", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_INET4_BIND, True, SCOPE_POD_CGROUP),
+    Program("ambit_bind6", "bind6", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_INET6_BIND, True, SCOPE_POD_CGROUP),
     Program("ambit_sockops", "sockops", PROG_SOCK_OPS, libbpf.CGROUP_SOCK_OPS, False, SCOPE_POD_CGROUP),
     Program("ambit_peername4", "peername4", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_INET4_GETPEERNAME, True,
             SCOPE_POD_CGROUP),

@@ -385,20 +385,53 @@ sys.stdin.read()
 """
 
 
-def test_port_squatting_fails_closed_reports_the_truth_and_heals(hlab: Lab, pods: dict[str, dict[str, Any]]) -> None:
+BIND_ZTUNNEL_PORTS = """
+import errno, json, socket
+out = {}
+for fam, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+    for port in (15001, 15006, 15008):
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            s.bind((host, port)); out[f"{host}:{port}"] = "bound"
+        except OSError as e:
+            out[f"{host}:{port}"] = errno.errorcode.get(e.errno, str(e))
+        s.close()
+print(json.dumps(out))
+"""
+
+
+def test_an_enrolled_pod_cannot_squat_ztunnel_ports_even_while_ztunnel_is_down(hlab: Lab) -> None:
+    srv_ip = hlab.pod("mesh/server")["ip"]
+    with ztunnel_down(hlab, "node1"):
+        p = in_pod(hlab, "mesh/server", BIND_ZTUNNEL_PORTS)
+        assert p.returncode == 0, p.stderr
+        assert set(json.loads(p.stdout.splitlines()[-1]).values()) == {"EPERM"}, p.stdout
+    # Control: a pod that is not enrolled binds the same ports freely.
+    p = in_pod(hlab, "legacy/bystander", BIND_ZTUNNEL_PORTS)
+    assert set(json.loads(p.stdout.splitlines()[-1]).values()) == {"bound"}, p.stdout
+    hlab.wait_for(lambda: mesh_works(hlab, srv_ip), 60, 0.5, "mesh traffic after ztunnel is back")
+
+
+def test_a_pod_holding_ztunnels_port_fails_closed_reports_the_truth_and_heals(
+        hlab: Lab, pods: dict[str, dict[str, Any]]) -> None:
+    """The squat that bind prevention cannot stop: the pod took 15006 before it was enrolled (its
+    app started before the agent acted), so ztunnel's hand-off fails when the pod is enrolled."""
     from ztunnel import admin
     att = pods["legacy/attacker"]["netns"]
     srv_ip = pods["mesh/server"]["ip"]
     squatter: subprocess.Popen[str] | None = None
+    hlab.ambit("label", "namespace", "mesh", "ambit.io/dataplane-mode-")
     try:
-        with ztunnel_down(hlab, "node1"):
-            # While ztunnel is away, the pod's own process takes ztunnel's inbound port.
-            squatter = subprocess.Popen([sys.executable, "-m", "ambit.cli", "lab", "exec", "mesh/server", "--",
-                                         sys.executable, "-c", SQUAT], env=hlab.env, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            assert squatter.stdout is not None
-            assert json.loads(squatter.stdout.readline()) == {"squatting": 15006}, squatter.stderr
-        # ztunnel is back but cannot serve the pod; the status says so, in both places.
+        hlab.wait_for(lambda: capture_state(hlab, "mesh/server")["state"] == "none", 30, 0.2, "server unenrolled")
+        squatter = subprocess.Popen([sys.executable, "-m", "ambit.cli", "lab", "exec", "mesh/server", "--",
+                                     sys.executable, "-c", SQUAT], env=hlab.env, stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert squatter.stdout is not None
+        assert json.loads(squatter.stdout.readline()) == {"squatting": 15006}
+    finally:
+        hlab.ambit("label", "namespace", "mesh", "ambit.io/dataplane-mode=ambient")
+    try:
+        # Enrolled, but ztunnel cannot serve it: the status says so, in both places.
         st = hlab.wait_for(lambda: (s := capture_state(hlab, "mesh/server"))["state"] == "capture-failed" and s,
                            30, 0.2, "capture-failed in lab status")
         assert "port 15006 in use" in st["reason"]
@@ -407,7 +440,9 @@ def test_port_squatting_fails_closed_reports_the_truth_and_heals(hlab: Lab, pods
         code, view = admin.get(hlab.dir / "node1" / "admin.sock", "/pods")
         assert code == 200
         assert [p["name"] for p in view["failed"]] == ["server"] and "port 15006 in use" in view["failed"][0]["reason"]
-        assert "client" in [p["name"] for p in view["serving"]], "other pods of the node are served"
+        hlab.wait_for(lambda: "client" in [p["name"] for p in admin.get(hlab.dir / "node1" / "admin.sock",
+                                                                         "/pods")[1]["serving"]],
+                      30, 0.2, "the node's other pods served")
 
         # Fail closed meanwhile: nothing reaches the app, nor the squatter, by the app port or 15006.
         t = token()
@@ -420,7 +455,7 @@ def test_port_squatting_fails_closed_reports_the_truth_and_heals(hlab: Lab, pods
         if squatter is not None:
             squatter.kill()
             out, _ = squatter.communicate(timeout=30)
-            assert all("HCAP-" not in line for line in out.splitlines()[1:]), f"the squatter got bytes: {out}"
+            assert all("HCAP-" not in line for line in out.splitlines()), f"the squatter got bytes: {out}"
     # The squatter is gone: the retried hand-off succeeds without anyone's help.
     hlab.wait_for(lambda: capture_state(hlab, "mesh/server")["state"] == "captured", 45, 0.2, "captured again")
     hlab.wait_for(lambda: mesh_works(hlab, srv_ip), 30, 0.5, "mesh traffic after the squatter left")
