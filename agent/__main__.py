@@ -91,8 +91,8 @@ class Agent:
     def _handoff_failed(self, uid: str, error: str) -> None:
         a = self.handoff.failed(uid, self.clock(), reason_of(error))
         key = self.refs[uid].key if uid in self.refs else uid
-        log.warning("ztunnel cannot serve %s (captured, traffic dropped meanwhile): %s; retry %d in %.1fs",
-                    key, a.reason, a.failures, a.next_at - self.clock())
+        log.warning("ztunnel cannot serve %s (captured, traffic dropped meanwhile): %s; attempt %d failed, "
+                    "next in %.1fs", key, a.reason, a.failures, a.next_at - self.clock())
 
     def retry_handoffs(self) -> None:
         """Hand again to ztunnel the captured pods it could not serve, once their backoff is due."""
