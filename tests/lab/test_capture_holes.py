@@ -178,6 +178,14 @@ def supervisor_pid(lab: Lab) -> int:
     return int(procs[0])
 
 
+def listening(netns: str, port: int) -> bool:
+    return bool(sh("ip", "netns", "exec", netns, "ss", "-Hltn", f"sport = :{port}").strip())
+
+
+def enrolled_pods(lab: Lab, node: str) -> list[dict[str, Any]]:
+    return [p for p in lab.status()["pods"] if p["node"] == node and p["namespace"] == "mesh"]
+
+
 @contextlib.contextmanager
 def ztunnel_down(lab: Lab, node: str) -> Iterator[None]:
     """SIGKILL the node's ztunnel and keep it down (the supervisor, our lab's kubelet, is paused so
@@ -190,6 +198,10 @@ def ztunnel_down(lab: Lab, node: str) -> Iterator[None]:
         os.kill(zt, signal.SIGKILL)
         wait_for(lambda: not Path(f"/proc/{zt}").exists() or "Z" in Path(f"/proc/{zt}/stat").read_text().split()[2],
                  "ztunnel to die", 10)
+        # Its listeners go with it, a moment after the process (a SYN that met the dying listener
+        # would still complete a handshake with the kernel, though no one would ever read it).
+        wait_for(lambda: all(not listening(p["netns"], 15006) for p in enrolled_pods(lab, node)),
+                 "ztunnel's listeners to close", 10)
         yield
     finally:
         os.kill(sup, signal.SIGCONT)
