@@ -23,8 +23,9 @@ from typing import Any
 
 from agent import enrolment
 from agent.enrolment import PodRef
+from agent.handoff import HandoffRetry, reason_of
 from agent.podsource import LabPodSource, PodSource, PodView
-from agent.ztunnel_link import ZtunnelError, ZtunnelLink
+from agent.ztunnel_link import ZtunnelError, ZtunnelLink, ZtunnelRefused
 from ambit.zds import PodInfo
 
 log = logging.getLogger("ambit.agent")
@@ -47,6 +48,8 @@ class Agent:
         self.refs: dict[str, PodRef] = {}      # uid -> last desired ref (for status)
         self.excluded: dict[str, str] = {}     # pod key -> reason it is not enrolled
         self.revision = ""                      # the source's revision of the view last reconciled
+        self.handoff = HandoffRetry()           # captured pods ztunnel could not serve yet: retried
+        self.clock = time.monotonic
 
     # -- capture ----------------------------------------------------------------------------
     def _capture(self, ref: PodRef) -> Any:
@@ -54,7 +57,8 @@ class Agent:
         ports, cidrs, in_ports = annotations_to_exclusions(dict(ref.annotations))
         return PodCapture(uid=ref.uid, netns_path=ref.netns, cgroup_path=ref.cgroup, pod_ip=ref.ip,
                           node_ip=self.node_ip, exclude_outbound_ports=ports,
-                          exclude_outbound_cidrs=cidrs, exclude_inbound_ports=in_ports)
+                          exclude_outbound_cidrs=cidrs, exclude_inbound_ports=in_ports,
+                          probe_ports=list(ref.probe_ports))
 
     def _info(self, ref: PodRef) -> PodInfo:
         return PodInfo(uid=ref.uid, name=ref.name, namespace=ref.namespace, ip=ref.ip, node=self.node,
@@ -63,21 +67,59 @@ class Agent:
     def enrol(self, ref: PodRef) -> None:
         try:
             cap = self._capture(ref)            # validates annotations before touching anything
-            self.link.add(self._info(ref), ref.netns)
+            refused = ""
+            try:
+                self.link.add(self._info(ref), ref.netns)
+            except ZtunnelRefused as e:
+                refused = str(e)
+            # Capture goes in place even when ztunnel could not serve the pod: inbound is then
+            # dropped and outbound refused (fail closed) until a retried hand-off succeeds.
             self.engine.enrol(cap)
             self.applied[ref.uid] = ref
             self.errors.pop(ref.uid, None)
-            log.info("enrolled %s (%s)", ref.key, ref.ip)
+            if refused:
+                self._handoff_failed(ref.uid, refused)
+            else:
+                self.handoff.succeeded(ref.uid)
+                log.info("enrolled %s (%s)", ref.key, ref.ip)
         except ZtunnelError:
             raise
         except Exception as e:  # one bad pod must not stop the node
             self.errors[ref.uid] = str(e)
             log.error("cannot enrol %s: %s", ref.key, e)
 
+    def _handoff_failed(self, uid: str, error: str) -> None:
+        a = self.handoff.failed(uid, self.clock(), reason_of(error))
+        key = self.refs[uid].key if uid in self.refs else uid
+        log.warning("ztunnel cannot serve %s (captured, traffic dropped meanwhile): %s; attempt %d failed, "
+                    "next in %.1fs", key, a.reason, a.failures, a.next_at - self.clock())
+
+    def retry_handoffs(self) -> None:
+        """Hand again to ztunnel the captured pods it could not serve, once their backoff is due."""
+        changed = False
+        for uid in self.handoff.due(self.clock()):
+            ref = self.applied.get(uid)
+            if ref is None:
+                self.handoff.forget(uid)
+                continue
+            try:
+                self.link.add(self._info(ref), ref.netns)
+            except ZtunnelRefused as e:
+                self._handoff_failed(uid, str(e))
+            except OSError as e:
+                self._handoff_failed(uid, f"cannot open {ref.netns}: {e}")
+            else:
+                self.handoff.succeeded(uid)
+                log.info("ztunnel serves %s (%s) after a failed hand-off", ref.key, ref.ip)
+            changed = True
+        if changed:
+            self.write_status()
+
     def unenrol(self, uid: str) -> None:
         self.engine.unenrol(uid)
         self.applied.pop(uid, None)
         self.errors.pop(uid, None)
+        self.handoff.forget(uid)
         try:
             self.link.delete(uid, self.drain)
         except ZtunnelError as e:
@@ -108,21 +150,32 @@ class Agent:
         for uid in list(self.errors):
             if uid not in want:
                 self.errors.pop(uid)
+        for uid in list(self.handoff.pending):
+            if uid not in self.applied:
+                self.handoff.forget(uid)
         self.write_status()
 
     def replay(self) -> None:
         """After (re)connecting to ztunnel: make its pod set equal to ours."""
         pods = [(self._info(r), r.netns) for uid, r in self.applied.items() if r is not None]
-        for uid, err in self.link.snapshot(pods):
-            self.errors[uid] = err
+        failed = dict(self.link.snapshot(pods))
+        for uid in self.applied:
+            if uid in failed:
+                self._handoff_failed(uid, failed[uid])
+            else:
+                self.handoff.succeeded(uid)
+        self.write_status()
 
     def write_status(self) -> None:
         if self.status_file is None:
             return
         pods: dict[str, Any] = {}
         for uid, ref in self.refs.items():
+            failing = self.handoff.status(uid, self.clock())
             if uid in self.errors:
                 pods[ref.key] = {"state": "error", "reason": self.errors[uid], "uid": uid}
+            elif uid in self.applied and failing is not None:
+                pods[ref.key] = {**failing, "uid": uid}
             elif uid in self.applied:
                 pods[ref.key] = {"state": "captured", "uid": uid}
         for key, why in self.excluded.items():
@@ -165,8 +218,10 @@ class Agent:
                     self.replay()
                 elif view is not None:
                     self.reconcile(view)
+                    self.retry_handoffs()
                 else:
                     self.link.ping()            # notices a restarted ztunnel within a heartbeat
+                    self.retry_handoffs()
             except ZtunnelError as e:
                 log.warning("%s; reconnecting", e)
                 self.link.close()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ambit.enrolment import is_enrolled, opted_out
+from ambit.probes import probe_ports
 
 OPTED_OUT_REASON = "opted out by label"
 
@@ -30,6 +31,7 @@ class PodRef:
     cgroup: str
     annotations: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    probe_ports: tuple[int, ...] = ()   # kubelet probe ports: node-originated packets pass there
 
     @property
     def key(self) -> str:
@@ -71,7 +73,8 @@ def pod_ref(pod: dict[str, Any]) -> PodRef | None:
                   service_account=spec.get("serviceAccountName") or "default",
                   netns=ann.get("lab.ambit.io/netns", ""), cgroup=ann.get("lab.ambit.io/cgroup", ""),
                   annotations=capture_annotations(ann),
-                  labels=tuple(sorted((md.get("labels") or {}).items())))
+                  labels=tuple(sorted((md.get("labels") or {}).items())),
+                  probe_ports=tuple(probe_ports(pod)))
 
 
 def local_pods(node: str, pods: list[dict[str, Any]], namespaces: dict[str, dict[str, str]]) -> list[LocalPod]:

@@ -73,7 +73,7 @@ def workload_pods(node: str, workloads: Iterable[Workload]) -> list[LocalPod]:
         ref = PodRef(uid=w.uid, name=w.name, namespace=w.namespace, ip=w.ips[0],
                      service_account=w.service_account or "default", netns=w.netns, cgroup=w.cgroup,
                      annotations=enrolment.capture_annotations(w.annotations),
-                     labels=tuple(sorted(w.labels.items())))
+                     labels=tuple(sorted(w.labels.items())), probe_ports=tuple(w.probe_ports))
         out.append(LocalPod(key, enrolled=True, ref=ref))
     return out
 

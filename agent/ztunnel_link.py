@@ -19,7 +19,12 @@ log = logging.getLogger("ambit.agent.zds")
 
 
 class ZtunnelError(RuntimeError):
-    pass
+    """The link to ztunnel is down (or ztunnel refused a request: see ZtunnelRefused)."""
+
+
+class ZtunnelRefused(ZtunnelError):
+    """ztunnel answered, but refused this request (e.g. one pod's listeners could not be opened).
+    The link itself is fine: the agent keeps it and retries that pod later."""
 
 
 class ZtunnelLink:
@@ -66,7 +71,7 @@ class ZtunnelLink:
             self.close()
             raise ZtunnelError("ztunnel closed the connection")
         if reply.get("type") != "ack":
-            raise ZtunnelError(f"ztunnel refused {msg.get('type')}: {reply.get('reason')}")
+            raise ZtunnelRefused(f"ztunnel refused {msg.get('type')}: {reply.get('reason')}")
 
     def add(self, pod: PodInfo, netns_path: str) -> None:
         fd = os.open(netns_path, os.O_RDONLY)
@@ -88,9 +93,9 @@ class ZtunnelLink:
         for info, netns_path in pods:
             try:
                 self.add(info, netns_path)
-            except ZtunnelError as e:
-                if self.sock is None:
-                    raise
+            except ZtunnelRefused as e:
                 errors.append((info.uid, str(e)))
+            except OSError as e:    # the netns is gone (pod deleted meanwhile): that pod's problem
+                errors.append((info.uid, f"cannot open {netns_path}: {e}"))
         self._request({"type": "snapshot_end"})
         return errors

@@ -113,6 +113,7 @@ class Workload(Resource):
     protocol: str = "HBONE"             # HBONE for enrolled pods, TCP otherwise
     services: dict[str, list[int]] = field(default_factory=dict)  # "ns/name" -> service ports
     annotations: dict[str, str] = field(default_factory=dict)
+    probe_ports: list[int] = field(default_factory=list)  # kubelet probes' ports (ambit.probes)
     netns: str = ""                     # lab only: the pod's netns path
     cgroup: str = ""                    # lab only: the pod's cgroup path
 

@@ -24,6 +24,13 @@
 #define AMBIT_PORT_METRICS 15020
 #define AMBIT_PORT_READY 15021
 
+/* SO_MARK ztunnel sets on its own 0.0.0.0:15006 and :15008 listeners in a pod netns. Setting a
+ * mark needs CAP_NET_ADMIN, which an enrolled pod must not have: a socket that carries it is
+ * ztunnel's, so a pod that binds ztunnel's ports itself ("port squatting") never receives
+ * captured traffic. Its low 12 bits differ from AMBIT_MARK's (0x539/0xfff), so the delivery rule
+ * never matches the sockets these listeners accept. Mirrored in agent/capture/constants.py. */
+#define AMBIT_LISTENER_MARK 0x53a
+
 #define AMBIT_AF_INET 2
 #define AMBIT_LOOPBACK_NET 0x7f000000 /* 127.0.0.0/8, host order */
 #define AMBIT_LOOPBACK_IP 0x7f000001  /* 127.0.0.1, host order */
@@ -34,9 +41,12 @@ static __u64 (*ambit_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_coo
 /* Per-pod config, keyed by the pod's netns cookie (bpf_get_netns_cookie in cgroup hooks). */
 #define AMBIT_POD_OUTBOUND 0x1 /* connect() redirection on */
 #define AMBIT_POD_INBOUND 0x2  /* TC inbound steering on */
+#define AMBIT_POD_NODE_GUARD 0x4 /* ambit_tc_host guards the pod's host-side veth: a packet from
+                                  * node_ip really comes from the node's own netns, so the probe
+                                  * exemption may apply. Without it there is no exemption at all. */
 struct ambit_pod {
     __u32 pod_ip;  /* network order */
-    __u32 node_ip; /* network order: packets from it (kubelet probes) bypass inbound capture */
+    __u32 node_ip; /* network order: from it, only to probe ports (AMBIT_DIR_PROBE), bypasses capture */
     __u32 flags;
     __u32 _pad;
 };
@@ -59,6 +69,7 @@ struct ambit_port_key {
 /* Excluded ports, per pod and direction. */
 #define AMBIT_DIR_OUT 1
 #define AMBIT_DIR_IN 2
+#define AMBIT_DIR_PROBE 3 /* the pod's kubelet probe ports: node-originated packets pass there */
 struct ambit_xport_key {
     __u64 netns;
     __u16 port; /* host order */
@@ -114,7 +125,13 @@ enum ambit_stat {
     AMBIT_STAT_INBOUND_SKIP_NODE = 15,
     AMBIT_STAT_INBOUND_NO_LISTENER = 16,
     AMBIT_STAT_INBOUND_ASSIGN_FAILED = 17,
-    AMBIT_STAT_MAX = 18,
+    AMBIT_STAT_INBOUND_DROP_IPV6 = 18,     /* IPv6 to an enrolled pod: never delivered */
+    AMBIT_STAT_INBOUND_DROP_FRAG = 19,     /* IPv4 TCP fragment or truncated header to an enrolled pod */
+    AMBIT_STAT_INBOUND_SQUATTED = 20,      /* a listener on ztunnel's port that is not ztunnel's */
+    AMBIT_STAT_OUT_REFUSED_IPV6 = 21,      /* native IPv6 connect() of an enrolled pod: EPERM */
+    AMBIT_STAT_HOST_SPOOF_DROPPED = 22,    /* node IP as source, but not from the node's netns */
+    AMBIT_STAT_BIND_REFUSED = 23,          /* an enrolled pod's bind() to ztunnel's ports: EPERM */
+    AMBIT_STAT_MAX = 24,
 };
 
 #define AMBIT_MAX_PODS 4096

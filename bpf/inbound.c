@@ -1,5 +1,5 @@
 /* Ambit inbound capture: TC ingress on the pod's eth0, *inside* the pod netns (tcx link, or a
- * clsact direct-action filter on kernels before 6.6).
+ * clsact direct-action filter on kernels before 6.6). Attached to enrolled pods only.
  *
  * A TCP packet to the pod IP that would start a new connection to an application port is handed
  * to ztunnel's 0.0.0.0:15006 listener with bpf_sk_assign. The kernel then builds the connection
@@ -11,11 +11,20 @@
  * (IP_TRANSPARENT + SO_MARK). sk_lookup sees that local delivery with ingress_ifindex == eth0 and
  * cannot tell it from a real client, so it loops; a TC hook on eth0 never sees lo traffic.
  *
- * Skipped: ztunnel's own ports (15008 HBONE, 15006, 15001, 15020, 15021), packets from the node
- * IP (kubelet probes), per-pod excluded inbound ports. Fail-open: when ztunnel has no 15006
- * listener in the pod, packets go to the app as if Ambit were absent (counted as no_listener).
+ * Fail-closed: no path delivers a new connection to the app without ztunnel.
+ *  - IPv6 is dropped (enrolled pods are IPv4-only; the agent also disables IPv6 on eth0).
+ *  - IPv4 TCP fragments and truncated TCP headers are dropped: the stack would reassemble a
+ *    fragmented SYN *after* this hook and hand it to the app's listener.
+ *  - With no ztunnel listener on :15006 (ztunnel down, restarting, or its hand-off failed), a new
+ *    connection is dropped; the client's SYN retransmits reach ztunnel once it is back.
+ *  - A listener on 15006/15008 that is not ztunnel's (no AMBIT_LISTENER_MARK: the pod bound the
+ *    port itself) never gets a packet.
+ *  - Packets from the node IP bypass capture only on the pod's probe ports, and only when the
+ *    host-side guard (hostguard.c) proves node-IP packets really come from the node's netns.
  *
- * Non-acting paths return TC_ACT_UNSPEC (tcx: TCX_NEXT) so other programs on eth0 still run.
+ * Passed without acting: ARP and other non-IP frames; non-TCP IPv4 (UDP, ICMP: not captured, see
+ * docs/ebpf.md); per-pod excluded inbound ports (the pod's own opt-out). Non-acting paths return
+ * TC_ACT_UNSPEC (tcx: TCX_NEXT) so other programs on eth0 still run.
  */
 #include "ambit_maps.h"
 #include <uapi/linux/if_ether.h>
@@ -23,34 +32,40 @@
 #include <uapi/linux/pkt_cls.h>
 #include <uapi/linux/tcp.h>
 
-static __always_inline int ambit_is_ztunnel_port(__u16 port)
+/* Ports on which ztunnel itself listens on 0.0.0.0 in the pod: HBONE and captured plaintext. */
+static __always_inline int ambit_is_ztunnel_listener_port(__u16 port)
 {
-    return port == AMBIT_PORT_HBONE || port == AMBIT_PORT_INBOUND || port == AMBIT_PORT_OUTBOUND ||
-           port == AMBIT_PORT_METRICS || port == AMBIT_PORT_READY;
+    return port == AMBIT_PORT_HBONE || port == AMBIT_PORT_INBOUND;
+}
+
+/* 1 when `sk` is a listening socket that ztunnel opened (marked), 0 otherwise. Consumes `sk`. */
+static __always_inline int ambit_is_ztunnel_listener(struct bpf_sock *sk)
+{
+    int ok = 0;
+    if (sk->state == BPF_TCP_LISTEN) {
+        struct bpf_sock *full = bpf_sk_fullsock(sk);
+        if (full && full->mark == AMBIT_LISTENER_MARK)
+            ok = 1;
+    }
+    bpf_sk_release(sk);
+    return ok;
 }
 
 int ambit_tc_in(struct __sk_buff *skb)
 {
+    if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        ambit_count(AMBIT_STAT_INBOUND_DROP_IPV6);
+        return TC_ACT_SHOT;
+    }
     if (skb->protocol != bpf_htons(ETH_P_IP))
         return TC_ACT_UNSPEC;
-    void *data = (void *)(long)skb->data;
-    void *end = (void *)(long)skb->data_end;
-    struct ethhdr *eth = data;
-    if ((void *)(eth + 1) > end)
-        return TC_ACT_UNSPEC;
-    struct iphdr *ip = (void *)(eth + 1);
-    if ((void *)(ip + 1) > end)
-        return TC_ACT_UNSPEC;
-    if (ip->protocol != IPPROTO_TCP || (ip->frag_off & bpf_htons(0x1fff)))
-        return TC_ACT_UNSPEC;
-    __u32 ihl = ip->ihl * 4;
-    if (ihl < sizeof(*ip))
-        return TC_ACT_UNSPEC;
-    struct tcphdr *tcp = (void *)ip + ihl;
-    if ((void *)(tcp + 1) > end)
-        return TC_ACT_UNSPEC;
+    /* Headers are copied, not read in place: the skb may be non-linear, and a header that is not
+     * in the linear area must not become a way around capture. */
+    struct iphdr ip;
+    if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip, sizeof(ip)))
+        return TC_ACT_UNSPEC; /* shorter than an IPv4 header: the stack drops it */
 
-    __u32 daddr = ip->daddr;
+    __u32 daddr = ip.daddr;
     __u64 *netnsp = ambit_pod_ips.lookup(&daddr);
     if (!netnsp)
         return TC_ACT_UNSPEC;
@@ -58,19 +73,30 @@ int ambit_tc_in(struct __sk_buff *skb)
     struct ambit_pod *pod = ambit_pods.lookup(&netns);
     if (!pod || !(pod->flags & AMBIT_POD_INBOUND))
         return TC_ACT_UNSPEC;
+    if (ip.protocol != IPPROTO_TCP)
+        return TC_ACT_UNSPEC;
+    if (ip.frag_off & bpf_htons(0x3fff)) { /* MF set or a non-zero offset */
+        ambit_count(AMBIT_STAT_INBOUND_DROP_FRAG);
+        return TC_ACT_SHOT;
+    }
+    __u32 ihl = ip.ihl * 4;
+    struct tcphdr tcp;
+    if (ihl < sizeof(ip) || bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + ihl, &tcp, sizeof(tcp))) {
+        ambit_count(AMBIT_STAT_INBOUND_DROP_FRAG);
+        return TC_ACT_SHOT;
+    }
 
-    __u16 dport = bpf_ntohs(tcp->dest);
-    if (ambit_is_ztunnel_port(dport)) {
-        ambit_count(AMBIT_STAT_INBOUND_SKIP_PORT);
-        return TC_ACT_UNSPEC;
-    }
-    if (ip->saddr == pod->node_ip) {
-        ambit_count(AMBIT_STAT_INBOUND_SKIP_NODE);
-        return TC_ACT_UNSPEC;
-    }
+    __u16 dport = bpf_ntohs(tcp.dest);
     struct ambit_xport_key xk = {};
     xk.netns = netns;
     xk.port = dport;
+    if (ip.saddr == pod->node_ip && (pod->flags & AMBIT_POD_NODE_GUARD)) {
+        xk.dir = AMBIT_DIR_PROBE;
+        if (ambit_xports.lookup(&xk)) {
+            ambit_count(AMBIT_STAT_INBOUND_SKIP_NODE);
+            return TC_ACT_UNSPEC;
+        }
+    }
     xk.dir = AMBIT_DIR_IN;
     if (ambit_xports.lookup(&xk)) {
         ambit_count(AMBIT_STAT_INBOUND_SKIP_PORT);
@@ -78,12 +104,30 @@ int ambit_tc_in(struct __sk_buff *skb)
     }
 
     struct bpf_sock_tuple t = {};
-    t.ipv4.saddr = ip->saddr;
+    t.ipv4.saddr = ip.saddr;
     t.ipv4.daddr = daddr;
-    t.ipv4.sport = tcp->source;
-    t.ipv4.dport = tcp->dest;
-    int syn = tcp->syn && !tcp->ack;
+    t.ipv4.sport = tcp.source;
+    t.ipv4.dport = tcp.dest;
+    int syn = tcp.syn && !tcp.ack;
     struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+
+    if (ambit_is_ztunnel_listener_port(dport)) {
+        /* ztunnel's own port: its listener (or a connection it accepted) takes the packet as it
+         * is; any other listener on that port is a squatter and gets nothing. */
+        if (!sk)
+            return TC_ACT_UNSPEC; /* nobody listens: the kernel answers RST */
+        if (sk->state != BPF_TCP_LISTEN) {
+            bpf_sk_release(sk);
+            return TC_ACT_UNSPEC;
+        }
+        if (ambit_is_ztunnel_listener(sk)) {
+            ambit_count(AMBIT_STAT_INBOUND_SKIP_PORT);
+            return TC_ACT_UNSPEC;
+        }
+        ambit_count(AMBIT_STAT_INBOUND_SQUATTED);
+        return TC_ACT_SHOT;
+    }
+
     if (sk) {
         __u32 state = sk->state;
         bpf_sk_release(sk);
@@ -99,12 +143,18 @@ int ambit_tc_in(struct __sk_buff *skb)
     sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
     if (!sk) {
         ambit_count(AMBIT_STAT_INBOUND_NO_LISTENER);
-        return TC_ACT_UNSPEC; /* fail-open: no ztunnel in this pod (yet) */
+        return TC_ACT_SHOT; /* fail closed: ztunnel is not serving this pod (yet) */
     }
     if (sk->state != BPF_TCP_LISTEN) {
         bpf_sk_release(sk);
         ambit_count(AMBIT_STAT_INBOUND_NO_LISTENER);
-        return TC_ACT_UNSPEC;
+        return TC_ACT_SHOT;
+    }
+    struct bpf_sock *full = bpf_sk_fullsock(sk);
+    if (!full || full->mark != AMBIT_LISTENER_MARK) {
+        bpf_sk_release(sk);
+        ambit_count(AMBIT_STAT_INBOUND_SQUATTED);
+        return TC_ACT_SHOT;
     }
     long r = bpf_sk_assign(skb, sk, 0);
     bpf_sk_release(sk);

@@ -3,7 +3,8 @@
  *   ambit_connect4   cgroup/connect4: save the original destination under the socket cookie and
  *                    rewrite it to 127.0.0.1:15001, where ztunnel listens inside the pod netns.
  *   ambit_connect6   cgroup/connect6: the same for v4-mapped destinations (::ffff:a.b.c.d) of
- *                    dual-stack sockets; native IPv6 is not captured (counted as skip_ipv6).
+ *                    dual-stack sockets; native IPv6 (TCP and UDP, except ::1) is refused with
+ *                    EPERM, because enrolled pods are IPv4-only (counted as out_refused_ipv6).
  *   ambit_sockops    TCP_CONNECT_CB: the source port is now known, so move the entry to
  *                    (netns cookie, source port), the key ztunnel can name from its accepted
  *                    socket; STATE_CB (TCP_CLOSE): delete it again.
@@ -75,16 +76,53 @@ int ambit_connect4(struct bpf_sock_addr *ctx)
     return 1;
 }
 
+/* 1 when an IPv6 destination may be used by an enrolled pod: ::1 and :: stay inside the pod,
+ * v4-mapped travels as IPv4. Native IPv6 would leave the pod uncaptured. */
+static __always_inline int ambit_v6_allowed(struct bpf_sock_addr *ctx)
+{
+    if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0)
+        return 0;
+    if (ctx->user_ip6[2] == bpf_htonl(0xffff))
+        return 1;
+    return ctx->user_ip6[2] == 0 && (ctx->user_ip6[3] == bpf_htonl(1) || ctx->user_ip6[3] == 0);
+}
+
+/* cgroup/sendmsg6: unconnected UDP sendmsg() to native IPv6 from an enrolled pod is refused
+ * (EPERM), like connect6 refuses it: enrolled pods are IPv4-only in both directions. */
+int ambit_sendmsg6(struct bpf_sock_addr *ctx)
+{
+    if (ambit_v6_allowed(ctx))
+        return 1;
+    __u64 netns = bpf_get_netns_cookie(ctx);
+    struct ambit_pod *pod = ambit_pods.lookup(&netns);
+    if (!pod || !(pod->flags & AMBIT_POD_OUTBOUND))
+        return 1;
+    ambit_count(AMBIT_STAT_OUT_REFUSED_IPV6);
+    return 0;
+}
+
 int ambit_connect6(struct bpf_sock_addr *ctx)
 {
+    /* Only v4-mapped (::ffff:a.b.c.d) destinations travel as IPv4 and can reach ztunnel's
+     * 127.0.0.1 listener. ::1 stays inside the pod. Native IPv6 would leave the pod uncaptured:
+     * enrolled pods are IPv4-only, so it is refused (connect() fails with EPERM). */
+    if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 || ctx->user_ip6[2] != bpf_htonl(0xffff)) {
+        if (ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == 0 &&
+            (ctx->user_ip6[3] == bpf_htonl(1) || ctx->user_ip6[3] == 0)) { /* ::1, :: */
+            ambit_count(AMBIT_STAT_SKIP_IPV6);
+            return 1;
+        }
+        __u64 netns = bpf_get_netns_cookie(ctx);
+        struct ambit_pod *pod = ambit_pods.lookup(&netns);
+        if (!pod || !(pod->flags & AMBIT_POD_OUTBOUND)) {
+            ambit_count(AMBIT_STAT_SKIP_NOT_ENROLLED);
+            return 1;
+        }
+        ambit_count(AMBIT_STAT_OUT_REFUSED_IPV6);
+        return 0;
+    }
     if (ctx->protocol != IPPROTO_TCP) {
         ambit_count(AMBIT_STAT_SKIP_NOT_TCP);
-        return 1;
-    }
-    /* Only v4-mapped (::ffff:a.b.c.d) destinations travel as IPv4 and can reach ztunnel's
-     * 127.0.0.1 listener; ::1 and native IPv6 are left alone. */
-    if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 || ctx->user_ip6[2] != bpf_htonl(0xffff)) {
-        ambit_count(AMBIT_STAT_SKIP_IPV6);
         return 1;
     }
     if (ambit_out_capture(ctx, ctx->user_ip6[3], ctx->user_port)) {
@@ -92,6 +130,33 @@ int ambit_connect6(struct bpf_sock_addr *ctx)
         ctx->user_port = bpf_htons(AMBIT_PORT_OUTBOUND);
     }
     return 1;
+}
+
+/* cgroup/bind4, cgroup/bind6: an enrolled pod may not bind ztunnel's ports (15001, 15006, 15008)
+ * itself, so it cannot squat them while ztunnel restarts (bind() fails with EPERM). ztunnel runs in
+ * its own cgroup and never meets this. A pod that bound one before it was enrolled still can hold
+ * it: ambit_tc_in then drops its inbound, and the agent retries the hand-off (agent/handoff.py). */
+static __always_inline int ambit_bind(struct bpf_sock_addr *ctx)
+{
+    __u16 port = bpf_ntohs((__u16)ctx->user_port);
+    if (port != AMBIT_PORT_OUTBOUND && port != AMBIT_PORT_INBOUND && port != AMBIT_PORT_HBONE)
+        return 1;
+    __u64 netns = bpf_get_netns_cookie(ctx);
+    struct ambit_pod *pod = ambit_pods.lookup(&netns);
+    if (!pod || !(pod->flags & AMBIT_POD_INBOUND))
+        return 1;
+    ambit_count(AMBIT_STAT_BIND_REFUSED);
+    return 0;
+}
+
+int ambit_bind4(struct bpf_sock_addr *ctx)
+{
+    return ambit_bind(ctx);
+}
+
+int ambit_bind6(struct bpf_sock_addr *ctx)
+{
+    return ambit_bind(ctx);
 }
 
 int ambit_sockops(struct bpf_sock_ops *skops)

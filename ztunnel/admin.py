@@ -60,6 +60,13 @@ def routes(config: MeshState, client: ConfigClient | None = None, proxy: Any = N
             conns = list(conns)
         return 200, conns
 
+    def pods() -> tuple[int, Any]:
+        # The pods this ztunnel serves, and those it could not (e.g. a squatted port): the truth
+        # about capture, whatever the agent believes.
+        reg = getattr(proxy, "registry", None)
+        view = getattr(reg, "view", None)
+        return 200, view() if callable(view) else {"serving": [], "failed": []}
+
     def ready() -> tuple[int, Any]:
         # Without a controller there is nothing to wait for; with one, serving a cached state is
         # fine but "ready" means the controller has confirmed every type.
@@ -68,7 +75,7 @@ def routes(config: MeshState, client: ConfigClient | None = None, proxy: Any = N
         return (200 if ok else 503), body
 
     return {"/config_dump": config_dump, "/workloads": workloads, "/services": services,
-            "/policies": policies, "/certs": certs, "/connections": connections, "/healthz/ready": ready,
+            "/policies": policies, "/certs": certs, "/connections": connections, "/pods": pods, "/healthz/ready": ready,
             "/memory": lambda: (200, memory_report())}
 
 

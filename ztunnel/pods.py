@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -17,7 +18,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ambit.dataplane.ports import AMBIT_MARK, LISTEN_BACKLOG, PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND
+from ambit.dataplane.ports import (
+    AMBIT_LISTENER_MARK,
+    AMBIT_MARK,
+    LISTEN_BACKLOG,
+    PORT_HBONE,
+    PORT_INBOUND,
+    PORT_OUTBOUND,
+)
 from ambit.dataplane.relay import Leg
 from ambit.netns import entered
 from ambit.zds import PodInfo
@@ -40,15 +48,48 @@ HBONEServe = Callable[["PodProxy", socket.socket], Awaitable[Closable]]
 PodListener = Callable[[str, "PodProxy"], None]
 
 
-def _listener(host: str, port: int, transparent: bool = False) -> socket.socket:
+class ListenerError(OSError):
+    """ztunnel cannot open one of its listeners in a pod's netns (e.g. the pod holds the port)."""
+
+    def __str__(self) -> str:   # what the agent shows as the pod's status: the words, no "[Errno 98]"
+        return str(self.strerror)
+
+
+def _listener(host: str, port: int, transparent: bool = False, marked: bool = False) -> socket.socket:
+    """A listener in the calling thread's netns. `marked`: carry AMBIT_LISTENER_MARK, the proof
+    ambit_tc_in asks for before it hands a packet to a listener on ztunnel's ports."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if transparent:
-        s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-    s.bind((host, port))
-    s.listen(LISTEN_BACKLOG)
-    s.setblocking(False)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if transparent:
+            s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        if marked:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, AMBIT_LISTENER_MARK)
+        s.bind((host, port))
+        s.listen(LISTEN_BACKLOG)
+        s.setblocking(False)
+    except OSError as e:
+        s.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ListenerError(e.errno, f"port {port} in use in the pod's netns ({host}:{port})") from None
+        raise ListenerError(e.errno, f"cannot listen on {host}:{port} in the pod's netns: {e.strerror}") from None
     return s
+
+
+def open_listeners(with_hbone: bool) -> dict[int, socket.socket]:
+    """ztunnel's listeners for one pod, in the calling thread's netns: all of them or none."""
+    specs = [(PORT_OUTBOUND, "127.0.0.1", False, False), (PORT_INBOUND, "0.0.0.0", True, True)]
+    if with_hbone:
+        specs.append((PORT_HBONE, "0.0.0.0", False, True))
+    socks: dict[int, socket.socket] = {}
+    try:
+        for port, host, transparent, marked in specs:
+            socks[port] = _listener(host, port, transparent=transparent, marked=marked)
+    except BaseException:
+        for s in socks.values():
+            s.close()
+        raise
+    return socks
 
 
 @dataclass
@@ -113,6 +154,16 @@ class PodRegistry:
         self._handlers = {PORT_OUTBOUND: on_outbound, PORT_INBOUND: on_inbound}
         self._serve_hbone = serve_hbone
         self.listeners: list[PodListener] = []
+        # uid -> (pod, why): pods the agent handed over whose listeners could not be opened. They
+        # are not served (inbound to them is dropped by ambit_tc_in); the agent retries.
+        self.failed: dict[str, tuple[PodInfo, str]] = {}
+
+    def view(self) -> dict[str, list[dict[str, str]]]:
+        """What the admin endpoint /pods shows: the pods served, and those whose hand-off failed."""
+        def row(p: PodInfo) -> dict[str, str]:
+            return {"uid": p.uid, "namespace": p.namespace, "name": p.name, "ip": p.ip}
+        return {"serving": [{**row(px.pod), "state": "serving"} for px in self.pods.values()],
+                "failed": [{**row(p), "state": "capture-failed", "reason": why} for p, why in self.failed.values()]}
 
     def _notify(self, event: str, proxy: PodProxy) -> None:
         for fn in list(self.listeners):
@@ -129,11 +180,15 @@ class PodRegistry:
                 return
             await self.remove(pod.uid, drain=0)
         proxy = PodProxy(pod, netns_fd)
-        with entered(netns_fd):
-            socks = {PORT_OUTBOUND: _listener("127.0.0.1", PORT_OUTBOUND),
-                     PORT_INBOUND: _listener("0.0.0.0", PORT_INBOUND, transparent=True)}
-            if PORT_HBONE in self._handlers or self._serve_hbone is not None:
-                socks[PORT_HBONE] = _listener("0.0.0.0", PORT_HBONE)
+        try:
+            with entered(netns_fd):
+                socks = open_listeners(PORT_HBONE in self._handlers or self._serve_hbone is not None)
+        except BaseException as e:
+            os.close(netns_fd)   # ours from the hand-off on: the agent retries with a fresh one
+            if isinstance(e, ListenerError):
+                self.failed[pod.uid] = (pod, str(e.strerror))
+                log.warning("cannot serve pod %s/%s (%s): %s", pod.namespace, pod.name, pod.ip, e.strerror)
+            raise
         try:
             for port, sock in socks.items():
                 if port == PORT_HBONE and self._serve_hbone is not None:
@@ -154,9 +209,11 @@ class PodRegistry:
                 srv.close()
             for s in socks.values():
                 s.close()
+            os.close(netns_fd)
             raise
         self.pods[pod.uid] = proxy
         self.by_ip[pod.ip] = proxy
+        self.failed.pop(pod.uid, None)
         log.info("serving pod %s/%s (%s) uid=%s", pod.namespace, pod.name, pod.ip, pod.uid)
         self._notify("add", proxy)
 
@@ -165,6 +222,7 @@ class PodRegistry:
 
         With wait=False the drain continues in the background (the agent's unenrol must not block
         on long-lived connections)."""
+        self.failed.pop(uid, None)
         proxy = self.pods.pop(uid, None)
         if proxy is None:
             return

@@ -67,9 +67,9 @@ class ZdsServer:
                         raise ValueError(f"add needs exactly one netns fd, got {len(fds)}")
                     pod = PodInfo.from_dict(msg["pod"])
                     fd = fds.pop()
-                    self._call(self.registry.add(pod, fd))
-                    if snapshot is not None:
+                    if snapshot is not None:   # wanted even if its listeners fail (the agent retries)
                         snapshot.add(pod.uid)
+                    self._call(self.registry.add(pod, fd))
                 elif kind == "del":
                     self._call(self.registry.remove(msg["uid"], float(msg.get("drain", 5.0)), wait=False))
                 elif kind == "ping":
@@ -77,7 +77,7 @@ class ZdsServer:
                 elif kind == "snapshot_start":
                     snapshot = set()
                 elif kind == "snapshot_end":
-                    stale = set(self.registry.pods) - (snapshot or set())
+                    stale = (set(self.registry.pods) | set(self.registry.failed)) - (snapshot or set())
                     for uid in stale:
                         self._call(self.registry.remove(uid, 5.0, wait=False))
                     snapshot = None

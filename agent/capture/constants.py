@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ambit.dataplane.ports import (  # noqa: F401  (re-exported: the capture layer's view of the contract)
+    AMBIT_LISTENER_MARK,
     AMBIT_MARK,
     AMBIT_MARK_MASK,
     AMBIT_ROUTE_TABLE,

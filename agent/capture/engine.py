@@ -58,6 +58,9 @@ class PodCapture:
     exclude_outbound_ports: list[int] = field(default_factory=list)
     exclude_outbound_cidrs: list[str] = field(default_factory=list)
     exclude_inbound_ports: list[int] = field(default_factory=list)
+    # The ports the pod's kubelet probes use: the only ports where packets from the node IP pass
+    # uncaptured (and only when the host-side node-IP guard is attached).
+    probe_ports: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
         """Raise ValueError naming the pod, the field and the reason."""
@@ -77,7 +80,7 @@ class PodCapture:
             raise bad("netns_path", f"{self.netns_path} does not exist")
         if not Path(self.cgroup_path).is_dir():
             raise bad("cgroup_path", f"{self.cgroup_path} is not a cgroup directory")
-        for fld in ("exclude_outbound_ports", "exclude_inbound_ports"):
+        for fld in ("exclude_outbound_ports", "exclude_inbound_ports", "probe_ports"):
             for p in getattr(self, fld):
                 if not isinstance(p, int) or not 1 <= p <= 65535:
                     raise bad(fld, f"{p!r} is not a port in 1-65535")
@@ -90,7 +93,10 @@ class PodCapture:
 
 class CaptureEngine:
     def __init__(self, node: str, ztunnel_cgroup: Path, pin_base: Path = DEFAULT_PIN_BASE,
-                 mode: str = "ebpf", tc_attach: str = "auto", src_dir: Path | None = None) -> None:
+                 mode: str = "ebpf", tc_attach: str = "auto", src_dir: Path | None = None,
+                 node_netns: str | Path | None = None) -> None:
+        """`node_netns`: the netns holding the host side of the pods' veths (where the node-IP guard
+        attaches); None means the agent's own, as on a real node and in `ambit lab`."""
         if mode not in MODES:
             raise ValueError(f"capture mode {mode!r}: expected one of {', '.join(MODES)}")
         if tc_attach not in TC_ATTACH:
@@ -102,6 +108,7 @@ class CaptureEngine:
         self.mode = mode
         self.tc_attach = tc_attach
         self.src_dir = src_dir
+        self.node_netns = node_netns
         self._lock = threading.RLock()
         self._module = None
         self._prog_fds: dict[str, int] = {}      # pin name -> fd
@@ -241,8 +248,12 @@ class CaptureEngine:
         self._maps["ambit_meta"].put(meta.key(), meta.pack())
         self._write_pod_maps(pod, cookie)
         podnet.setup_delivery(pod.netns_path)
+        podnet.set_ipv6(pod.netns_path, enabled=False)
         if self.mode == "ebpf":
             self._attach_pod(pod, tc_mode)
+            if self._attach_host_guard(pod):
+                self._maps["ambit_pods"].put(maps.U64.pack(cookie), maps.pod_value(
+                    pod.pod_ip, pod.node_ip, maps.POD_OUTBOUND | maps.POD_INBOUND | maps.POD_NODE_GUARD))
         else:
             cg2 = find_cgroup2_mount()
             iptables.apply(pod.netns_path, iptables.IptablesPlan(
@@ -250,7 +261,8 @@ class CaptureEngine:
                 ztunnel_cgroup="/" + str(self.ztunnel_cgroup.relative_to(cg2)),
                 exclude_outbound_ports=tuple(pod.exclude_outbound_ports),
                 exclude_outbound_cidrs=tuple(pod.exclude_outbound_cidrs),
-                exclude_inbound_ports=tuple(pod.exclude_inbound_ports)))
+                exclude_inbound_ports=tuple(pod.exclude_inbound_ports),
+                probe_ports=tuple(pod.probe_ports)))
 
     def _mode_code(self) -> int:
         return maps.MODE_EBPF if self.mode == "ebpf" else maps.MODE_IPTABLES
@@ -262,6 +274,7 @@ class CaptureEngine:
         # Exclusions first, so the programs never see the pod enabled without them.
         want_ports = {maps.xport_key(cookie, p, maps.DIR_OUT) for p in pod.exclude_outbound_ports}
         want_ports |= {maps.xport_key(cookie, p, maps.DIR_IN) for p in pod.exclude_inbound_ports}
+        want_ports |= {maps.xport_key(cookie, p, maps.DIR_PROBE) for p in pod.probe_ports}
         want_cidrs = {maps.xcidr_key(cookie, c) for c in pod.exclude_outbound_cidrs}
         for k in want_ports:
             m["ambit_xports"].put(k, b"\x01")
@@ -273,6 +286,11 @@ class CaptureEngine:
         for k in m["ambit_xcidr"].keys():
             if maps.xcidr_netns(k) == cookie and k not in want_cidrs:
                 m["ambit_xcidr"].delete(k)
+        # The node guard flag is set by _enrol_locked once the guard is attached; a refresh keeps
+        # it if the pod had it (the guard link stays in place), so probes never flap.
+        old = m["ambit_pods"].get(maps.U64.pack(cookie))
+        if ebpf and old is not None and maps.POD.unpack(old)[2] & maps.POD_NODE_GUARD:
+            flags |= maps.POD_NODE_GUARD
         # A pod IP can move to a new pod: drop any other mapping this netns still had.
         for k in m["ambit_pod_ips"].keys():
             v = m["ambit_pod_ips"].get(k)
@@ -301,6 +319,50 @@ class CaptureEngine:
             if meta is not None:
                 self._maps["ambit_meta"].put(meta.key(), dataclasses.replace(meta, tc_mode=maps.TC_CLSACT).pack())
         podnet.clsact_attach(pod.netns_path, self._prog_fds[tc.pin], tc.func)
+
+    def _attach_host_guard(self, pod: PodCapture) -> bool:
+        """ambit_tc_host on the host-side peer of the pod's veth (tcx egress, in our netns).
+
+        Returns whether the guard is in place. Without it a packet from the node IP cannot be told
+        from a spoofed one, so the pod gets no node-IP exemption at all (probes are captured like
+        any client); that is logged, never silently assumed."""
+        with entered(self.node_netns) if self.node_netns else contextlib.nullcontext():
+            return self._attach_host_guard_here(pod)
+
+    def _attach_host_guard_here(self, pod: PodCapture) -> bool:
+        prog = programs.HOST_GUARD_PROGRAM
+        pin = self.layout.pod(pod.uid) / prog.pin
+        peer = podnet.host_peer_ifindex(pod.netns_path)
+        if pin.exists():
+            fd = libbpf.obj_get(pin)
+            try:
+                same = libbpf.link_info(fd).ifindex == peer
+            except libbpf.LibbpfError:
+                same = False
+            finally:
+                os.close(fd)
+            if same and self._update_link(pin, prog):
+                return True
+            remove_link_pin(pin)
+        if peer is None:
+            log.warning("pod %s: the host side of its eth0 is not a veth in the agent's netns: no node-IP guard, "
+                        "so packets from the node IP (kubelet probes) are captured like any other", pod.uid)
+            return False
+        if self._tcx_ok is False:
+            log.warning("pod %s: no tcx links on this kernel: no node-IP guard, so kubelet probes are captured",
+                        pod.uid)
+            return False
+        try:
+            fd = libbpf.link_create(self._prog_fds[prog.pin], peer, prog.attach_type,
+                                    f"{prog.func} on the host veth of pod {pod.uid}")
+        except libbpf.LibbpfError as e:
+            log.warning("pod %s: cannot attach the node-IP guard (%s): kubelet probes are captured", pod.uid, e)
+            return False
+        try:
+            libbpf.obj_pin(fd, pin)
+        finally:
+            os.close(fd)
+        return True
 
     def _create_tcx_link(self, pod: PodCapture, pin: Path) -> bool:
         """tcx link on the pod's eth0 (kernel 6.6+). False when the kernel has no tcx."""
@@ -424,6 +486,8 @@ def cleanup_pod_netns(meta: maps.Meta) -> None:
     if meta.mode == maps.MODE_IPTABLES:
         iptables.remove(meta.netns_path)
     podnet.teardown_delivery(meta.netns_path)
+    with contextlib.suppress(Exception):
+        podnet.set_ipv6(meta.netns_path, enabled=True)
 
 
 def delete_pod_entries(m: dict[str, libbpf.RawMap], meta: maps.Meta) -> None:

@@ -42,6 +42,7 @@ class IptablesPlan:
     exclude_outbound_ports: tuple[int, ...] = ()
     exclude_outbound_cidrs: tuple[str, ...] = ()
     exclude_inbound_ports: tuple[int, ...] = ()
+    probe_ports: tuple[int, ...] = ()   # node-IP packets pass uncaptured only to these
 
 
 def rules(plan: IptablesPlan) -> str:
@@ -68,8 +69,10 @@ def rules(plan: IptablesPlan) -> str:
     out.append(f"-A {CHAIN_OUT} -p tcp -j REDIRECT --to-ports {PORT_OUTBOUND}")
     out += [
         f"-A {CHAIN_IN} -i lo -j RETURN",
-        f"-A {CHAIN_IN} -s {plan.node_ip}/32 -j RETURN",
     ]
+    # The baseline has no host-side guard (ambit_tc_host is eBPF), so a spoofed node IP is not
+    # told apart here; the exemption is at least limited to the probe ports.
+    out += [f"-A {CHAIN_IN} -s {plan.node_ip}/32 -p tcp --dport {p} -j RETURN" for p in plan.probe_ports]
     out += [f"-A {CHAIN_IN} -p tcp --dport {p} -j RETURN" for p in ZTUNNEL_PORTS]
     out += [f"-A {CHAIN_IN} -p tcp --dport {p} -j RETURN" for p in plan.exclude_inbound_ports]
     out.append(f"-A {CHAIN_IN} -p tcp -d {plan.pod_ip}/32 -j REDIRECT --to-ports {PORT_INBOUND}")

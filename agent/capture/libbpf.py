@@ -38,11 +38,15 @@ _lib = None
 
 # enum bpf_attach_type values used by Ambit (uapi/linux/bpf.h; stable ABI numbers).
 CGROUP_SOCK_OPS = 3
+CGROUP_INET4_BIND = 8
+CGROUP_INET6_BIND = 9
 CGROUP_INET4_CONNECT = 10
 CGROUP_INET6_CONNECT = 11
+CGROUP_UDP6_SENDMSG = 15
 CGROUP_GETSOCKOPT = 21
 CGROUP_INET4_GETPEERNAME = 29
 TCX_INGRESS = 46
+TCX_EGRESS = 47
 
 # enum bpf_link_type
 LINK_TYPE_CGROUP = 3

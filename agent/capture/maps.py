@@ -18,8 +18,10 @@ from agent.capture.constants import bpf_dir
 
 DIR_OUT = 1
 DIR_IN = 2
+DIR_PROBE = 3           # kubelet probe ports: node-originated packets pass uncaptured
 POD_OUTBOUND = 0x1
 POD_INBOUND = 0x2
+POD_NODE_GUARD = 0x4    # ambit_tc_host guards the pod's host-side veth (else: no node exemption)
 MODE_EBPF = 1
 MODE_IPTABLES = 2
 TC_NONE = 0

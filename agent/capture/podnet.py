@@ -58,6 +58,53 @@ def eth0_ifindex_here(netns_name: str) -> int:
         return _ifindex(ipr, POD_IFNAME, netns_name)
 
 
+def host_peer_ifindex(netns_path: str | Path) -> int | None:
+    """The ifindex, in the *calling* netns, of the host-side peer of the pod's eth0; None when the
+    pod's eth0 is not a veth whose peer lives here (another CNI layout): then the node-IP guard
+    cannot be attached and the pod gets no node-IP exemption."""
+    with entered(netns_path), IPRoute() as ipr:
+        idx = _ifindex(ipr, POD_IFNAME, str(netns_path))
+        link = ipr.get_links(idx)[0]
+        peer = link.get_attr("IFLA_LINK")
+        info = link.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    if kind != "veth" or not peer:
+        return None
+    with IPRoute() as ipr:
+        try:
+            here = ipr.get_links(peer)[0]
+        except NetlinkError:
+            return None
+        info = here.get_attr("IFLA_LINKINFO")
+        if info is None or info.get_attr("IFLA_INFO_KIND") != "veth" or here.get_attr("IFLA_LINK") != idx:
+            return None
+    return peer
+
+
+_V6_SYSCTLS = ("/proc/sys/net/ipv6/conf/default/disable_ipv6", f"/proc/sys/net/ipv6/conf/{POD_IFNAME}/disable_ipv6")
+
+
+def set_ipv6(netns_path: str | Path, enabled: bool) -> None:
+    """Enrolled pods are IPv4-only: IPv6 off on eth0 (and on interfaces created later), so the pod
+    has no IPv6 address to be reached at or to send from. lo keeps ::1 (it never leaves the pod).
+    A pod without CAP_NET_ADMIN cannot turn it back on; ambit_tc_in drops IPv6 regardless."""
+    with entered(netns_path):
+        for path in _V6_SYSCTLS:
+            try:
+                Path(path).write_text("0\n" if enabled else "1\n")
+            except FileNotFoundError:
+                if not enabled and Path("/proc/sys/net/ipv6").exists():
+                    raise PodNetError(f"pod netns {netns_path}: cannot disable IPv6 ({path} is missing)") from None
+
+
+def ipv6_disabled(netns_path: str | Path) -> bool:
+    with entered(netns_path):
+        try:
+            return all(Path(p).read_text().strip() == "1" for p in _V6_SYSCTLS)
+        except FileNotFoundError:
+            return not Path("/proc/sys/net/ipv6").exists()
+
+
 def _our_rules(ipr: IPRoute) -> list:
     return [r for r in ipr.get_rules(family=2)
             if r.get("fwmark") == AMBIT_MARK and r.get("table") == AMBIT_ROUTE_TABLE]

@@ -14,7 +14,7 @@ from agent.capture import libbpf
 from agent.capture.constants import bpf_dir
 
 HEADER = "ambit_maps.h"
-SOURCES = ("outbound.c", "origdst.c", "inbound.c")
+SOURCES = ("outbound.c", "origdst.c", "inbound.c", "hostguard.c")
 
 # enum bpf_prog_type
 PROG_SCHED_CLS = 3
@@ -25,6 +25,7 @@ PROG_CGROUP_SOCKOPT = 25
 SCOPE_POD_CGROUP = "pod-cgroup"
 SCOPE_POD_ETH0 = "pod-eth0"
 SCOPE_ZTUNNEL = "ztunnel-cgroup"
+SCOPE_HOST_VETH = "host-veth"   # the host-side peer of the pod's eth0, in the agent's (node) netns
 
 
 @dataclass(frozen=True)
@@ -40,15 +41,20 @@ class Program:
 PROGRAMS: tuple[Program, ...] = (
     Program("ambit_connect4", "connect4", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_INET4_CONNECT, True, SCOPE_POD_CGROUP),
     Program("ambit_connect6", "connect6", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_INET6_CONNECT, True, SCOPE_POD_CGROUP),
+    Program("ambit_sendmsg6", "sendmsg6", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_UDP6_SENDMSG, True, SCOPE_POD_CGROUP),
+    Program("ambit_bind4", "bind4", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_INET4_BIND, True, SCOPE_POD_CGROUP),
+    Program("ambit_bind6", "bind6", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_INET6_BIND, True, SCOPE_POD_CGROUP),
     Program("ambit_sockops", "sockops", PROG_SOCK_OPS, libbpf.CGROUP_SOCK_OPS, False, SCOPE_POD_CGROUP),
     Program("ambit_peername4", "peername4", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_INET4_GETPEERNAME, True,
             SCOPE_POD_CGROUP),
     Program("ambit_tc_in", "tc_in", PROG_SCHED_CLS, libbpf.TCX_INGRESS, False, SCOPE_POD_ETH0),
+    Program("ambit_tc_host", "tc_host", PROG_SCHED_CLS, libbpf.TCX_EGRESS, False, SCOPE_HOST_VETH),
     Program("ambit_origdst", "getsockopt", PROG_CGROUP_SOCKOPT, libbpf.CGROUP_GETSOCKOPT, True, SCOPE_ZTUNNEL),
 )
 BY_PIN = {p.pin: p for p in PROGRAMS}
 POD_CGROUP_PROGRAMS = tuple(p for p in PROGRAMS if p.scope == SCOPE_POD_CGROUP)
 TC_PROGRAM = BY_PIN["tc_in"]
+HOST_GUARD_PROGRAM = BY_PIN["tc_host"]
 ORIGDST_PROGRAM = BY_PIN["getsockopt"]
 
 

@@ -29,6 +29,14 @@ AMBIT_MARK_MASK = 0xFFF
 AMBIT_ROUTE_TABLE = 133
 AMBIT_RULE_PRIORITY = 32700   # before the main table (32766)
 
+# The socket mark ztunnel sets on its own 0.0.0.0:15006 and 0.0.0.0:15008 listeners in a pod
+# netns. ambit_tc_in hands traffic only to a listener that carries it: setting SO_MARK needs
+# CAP_NET_ADMIN, so a pod that binds ztunnel's ports itself (squatting them while ztunnel
+# restarts) never receives captured or HBONE-port traffic. Mirrors AMBIT_LISTENER_MARK in
+# bpf/ambit_maps.h; its low 12 bits differ from AMBIT_MARK's, so accepted sockets (which inherit
+# the listener's mark) are not routed by the delivery rule.
+AMBIT_LISTENER_MARK = 0x53A
+
 SO_ORIGINAL_DST = 80          # SOL_IP; answered by ambit_origdst (ebpf) or conntrack (iptables)
 
 # Every listener's accept backlog (the kernel caps it at net.core.somaxconn). asyncio's create_server and

@@ -54,7 +54,7 @@ def store_objects(spec: LabSpec, names: LabNames) -> list[dict[str, Any]]:
                                          "lab.ambit.io/netns": str(topology.NETNS_RUN_DIR / names.pod_netns(p.namespace, p.name)),
                                          "lab.ambit.io/cgroup": str(names.pod_cgroup(p.node, p.namespace, p.name))}},
             "spec": {"nodeName": p.node, "serviceAccountName": p.service_account,
-                     "containers": [{"name": "app", "command": p.command, "ports": p.ports}]},
+                     "containers": [{"name": "app", "command": p.command, "ports": p.ports, **p.probes}]},
             "status": {"phase": "Running", "podIP": p.ip, "podIPs": [{"ip": p.ip}], "hostIP": node.underlay_ip},
         })
     for ns, sa in sorted(sas):

@@ -43,6 +43,9 @@ class PodSpec:
     command: list[str]
     ports: list[dict[str, Any]]
     ip: str = ""
+    # Kubernetes-style kubelet probes ("livenessProbe", "readinessProbe", "startupProbe" -> probe):
+    # the lab has no kubelet to run them, but their ports are what the node-IP exemption allows.
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -155,6 +158,29 @@ def _str_map(source: str, path: str, v: Any) -> dict[str, str]:
     return {k: str(x) for k, x in v.items()}
 
 
+def _probes(source: str, p: str, pd: dict[str, Any], ports: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A pod's probes, Kubernetes-shaped: one handler each (httpGet, tcpSocket, grpc or exec), and a
+    port that is a number or one of the pod's named ports."""
+    from ambit.probes import PROBE_HANDLERS, PROBE_KINDS
+    named = {str(port.get("name")) for port in ports if port.get("name")}
+    out: dict[str, dict[str, Any]] = {}
+    for kind in PROBE_KINDS:
+        probe = pd.get(kind)
+        if probe is None:
+            continue
+        handlers = [h for h in (*PROBE_HANDLERS, "exec") if isinstance(probe, dict) and h in probe]
+        if len(handlers) != 1:
+            raise _err(source, f"{p}.{kind}", "must be a map with exactly one of httpGet, tcpSocket, grpc, exec")
+        h = handlers[0]
+        if h != "exec":
+            port = (probe[h] or {}).get("port") if isinstance(probe[h], dict) else None
+            ok = (isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535) or port in named
+            if not ok:
+                raise _err(source, f"{p}.{kind}.{h}.port", f"must be a port number or a named port of the pod, got {port!r}")
+        out[kind] = probe
+    return out
+
+
 def parse(data: Any, nodes: int | None = None, source: str = "<spec>") -> LabSpec:
     """Validate a spec document and allocate every address in it."""
     if not isinstance(data, dict):
@@ -217,6 +243,7 @@ def parse(data: Any, nodes: int | None = None, source: str = "<spec>") -> LabSpe
             cp = port.get("containerPort") if isinstance(port, dict) else None
             if not isinstance(cp, int) or not 1 <= cp <= 65535:
                 raise _err(source, f"{p}.ports[{j}].containerPort", f"must be a port number, got {cp!r}")
+        probes = _probes(source, p, pd, ports)
         key = f"{ns}/{name}"
         if key in seen:
             raise _err(source, p, f"duplicate pod {key}")
@@ -229,7 +256,7 @@ def parse(data: Any, nodes: int | None = None, source: str = "<spec>") -> LabSpe
             service_account=_name(source, p + ".serviceAccount", pd.get("serviceAccount", "default")),
             labels=_str_map(source, p + ".labels", pd.get("labels")),
             annotations=_str_map(source, p + ".annotations", pd.get("annotations")),
-            command=command, ports=ports, ip=f"10.210.{idx}.{host}"))
+            command=command, ports=ports, ip=f"10.210.{idx}.{host}", probes=probes))
 
     services: list[ServiceSpec] = []
     for i, sv in enumerate(data.get("services") or []):

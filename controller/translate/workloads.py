@@ -6,6 +6,7 @@ from typing import Any
 
 from ambit import enrolment
 from ambit.model import Endpoint, Service, ServicePort, Workload, spiffe_id
+from ambit.probes import probe_ports
 from controller.translate.index import (
     CGROUP_ANNOTATION,
     NETNS_ANNOTATION,
@@ -201,6 +202,7 @@ def translate_workloads(idx: Index, services: list[Service], trust_domain: str) 
             protocol="HBONE" if enrolled else "TCP",
             services=dict(sorted(services_of.items())),
             annotations=annotations,
+            probe_ports=probe_ports(pod),
             netns=annotations.get(NETNS_ANNOTATION, ""),
             cgroup=annotations.get(CGROUP_ANNOTATION, ""),
         ))

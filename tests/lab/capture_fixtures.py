@@ -252,12 +252,15 @@ def start_engine(lab: CaptureLab, node: str, pods: list[dict], mode: str = "ebpf
 
 def _ztunnel_main(netns: str) -> None:
     from ambit.dataplane.origdst import original_dst
+    from ambit.dataplane.ports import AMBIT_LISTENER_MARK
 
     listeners = {}
     for host, port, who in (("127.0.0.1", 15001, "ztunnel-out"), ("0.0.0.0", 15006, "ztunnel-in"),
                             ("0.0.0.0", 15008, "hbone")):
         s = socket_in(netns)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if port != 15001:   # as the real ztunnel does: ambit_tc_in only feeds marked listeners
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, AMBIT_LISTENER_MARK)
         s.bind((host, port))
         s.listen(128)
         listeners[s] = who

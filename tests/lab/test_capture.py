@@ -37,7 +37,7 @@ pytestmark = pytest.mark.lab
 
 NODE = "ambit-ct"
 POD_UID = "ct-pod-1"
-POD_PROGS = {"connect4", "connect6", "sockops", "peername4", "tc_in"}
+POD_PROGS = {"connect4", "connect6", "sendmsg6", "bind4", "bind6", "sockops", "peername4", "tc_in"}
 
 
 # ---- fixtures ----------------------------------------------------------------------------------
@@ -74,14 +74,14 @@ def ztunnel(clab):
 def p1_pod(clab: CaptureLab, **over) -> PodCapture:
     fields = dict(uid=POD_UID, netns_path=clab.p1_ns, cgroup_path=str(clab.p1_cg), pod_ip=P1_IP, node_ip=NODE_IP,
                   exclude_outbound_ports=[7003], exclude_outbound_cidrs=[f"{P2_IP}/31"],
-                  exclude_inbound_ports=[9100])
+                  exclude_inbound_ports=[9100], probe_ports=[8080])
     fields.update(over)
     return PodCapture(**fields)
 
 
 @pytest.fixture
 def engine(clab):
-    eng = CaptureEngine(NODE, clab.zt_cg)
+    eng = CaptureEngine(NODE, clab.zt_cg, node_netns=clab.node_ns)
     try:
         eng.load()
         eng.enrol(p1_pod(clab))
@@ -175,12 +175,13 @@ def test_original_dst_entries_are_removed_when_connections_close(clab, engine, z
     assert engine.stats()["sockops_cleaned"] >= 5
 
 
-def test_no_ztunnel_listener_outbound_fails_closed_inbound_fails_open(clab, engine):
+def test_no_ztunnel_listener_outbound_and_inbound_fail_closed(clab, engine):
     # Outbound with no 15001 listener: refused, never silently sent around the mesh.
     assert "ConnectionRefused" in run_client(clab.p1_ns, clab.p1_cg, NODE_IP, 7000)["error"]
-    # Inbound with no 15006 listener: delivered to the app (documented fail-open).
+    # Inbound with no 15006 listener: dropped, never delivered to the app around ztunnel.
     before = engine.stats()["inbound_no_listener"]
-    assert connect_from(clab.p2_ns, P1_IP, 8080)["reply"]["who"] == "p1-app"
+    with pytest.raises(TimeoutError):
+        connect_from(clab.p2_ns, P1_IP, 8080, timeout=1.5)
     assert engine.stats()["inbound_no_listener"] > before
 
 
@@ -266,7 +267,7 @@ def test_restart_readopts_links_without_gap_or_duplicates(clab, ztunnel):
         # Exactly one copy of each program for this node, and the old ones are gone.
         progs = node_programs(map_ids)
         names = sorted(p["name"] for p in progs)
-        assert names == sorted(set(names)) and len(names) == 6
+        assert names == sorted(set(names)) and len(names) == 10   # 9 + ambit_tc_host (loaded, unattached here)
         assert not {p["id"] for p in progs} & old_progs
         assert run_client(clab.p1_ns, clab.p1_cg, NODE_IP, 7000)["reply"]["who"] == "ztunnel-out"
     finally:
@@ -280,7 +281,7 @@ def test_restart_readopts_links_without_gap_or_duplicates(clab, ztunnel):
 
 def test_unenrol_then_uninstall_leave_nothing(clab, ztunnel):
     root = PIN_BASE / NODE
-    eng = CaptureEngine(NODE, clab.zt_cg)
+    eng = CaptureEngine(NODE, clab.zt_cg, node_netns=clab.node_ns)
     try:
         eng.load()
         eng.enrol(p1_pod(clab))

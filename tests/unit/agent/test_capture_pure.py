@@ -40,7 +40,7 @@ def test_bad_annotation_values_name_the_annotation(name: str, value: str, msg: s
 def test_iptables_rules_exempt_ztunnel_loopback_own_ip_and_exclusions() -> None:
     text = rules(IptablesPlan(pod_ip="10.0.0.5", node_ip="10.0.0.1", ztunnel_cgroup="/lab/zt",
                               exclude_outbound_ports=(5432,), exclude_outbound_cidrs=("10.96.0.0/12",),
-                              exclude_inbound_ports=(9100,)))
+                              exclude_inbound_ports=(9100,), probe_ports=(8081,)))
     lines = text.splitlines()
     out = [x for x in lines if x.startswith("-A AMBIT_OUTPUT")]
     inb = [x for x in lines if x.startswith("-A AMBIT_PREROUTING")]
@@ -50,8 +50,11 @@ def test_iptables_rules_exempt_ztunnel_loopback_own_ip_and_exclusions() -> None:
                    "-d 127.0.0.0/8 -j RETURN", "-d 10.0.0.5/32 -j RETURN", "--dport 5432 -j RETURN",
                    "-d 10.96.0.0/12 -j RETURN"):
         assert any(needed in x for x in out[:-1]), needed
-    for needed in ("-i lo -j RETURN", "-s 10.0.0.1/32 -j RETURN", "--dport 15008 -j RETURN", "--dport 9100 -j RETURN"):
+    for needed in ("-i lo -j RETURN", "-s 10.0.0.1/32 -p tcp --dport 8081 -j RETURN", "--dport 15008 -j RETURN",
+                   "--dport 9100 -j RETURN"):
         assert any(needed in x for x in inb[:-1]), needed
+    # The node IP is exempt on the probe ports only, never on every port.
+    assert not any(x.endswith("-s 10.0.0.1/32 -j RETURN") for x in inb)
     assert lines[0] == "*nat" and lines[-1] == "COMMIT"
     # Only our own chains are declared (declaring a chain flushes it in --noflush mode).
     assert [x for x in lines if x.startswith(":")] == [":AMBIT_OUTPUT - [0:0]", ":AMBIT_PREROUTING - [0:0]"]
