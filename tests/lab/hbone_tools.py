@@ -31,7 +31,7 @@ import h2.settings
 
 from ambit.dataplane import tls
 from ambit.dataplane.hbone import frames as f
-from ambit.dataplane.identity.manager import WorkloadCertificate
+from ambit.dataplane.identity import WorkloadCertificate
 
 HBONE = 15008
 

@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 import pytest
 
-from ambit.dataplane.identity.manager import GrpcCertificateFetcher, make_key_and_csr
+from ambit.dataplane.identity import GrpcCertificateFetcher, make_key_and_csr
 from ambitctl.lab.components import ZTUNNEL_ARGS_ENV
 from tests.lab.conftest import MESH_SPEC, _artifacts
 from tests.lab.labctl import AMBIT, REPO, RUN_ID, Lab
