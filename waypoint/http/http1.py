@@ -664,7 +664,8 @@ class H1Client(asyncio.Protocol):
             self._informational = True      # 100 Continue (already answered downstream) and 1xx: dropped
             return
         if status == 101:
-            return                          # HttpParserUpgrade follows
+            self._informational = True      # no message end: HttpParserUpgrade follows
+            return
         self._eof_body = not any(k in ("content-length", "transfer-encoding") for k, _ in self._headers) \
             and status not in (204, 304) and not self._head_request
         if ex is not None:
