@@ -159,7 +159,9 @@ class Exchange:
         self.reply(LocalReply(503, (RESET_BEFORE_HEADERS + reason).encode(), flags=flags, route=route,
                               reason=detail))
 
-    def response_head(self, status: int, headers: Headers) -> None:
+    def response_head(self, status: int, headers: Headers, end: bool = False) -> None:
+        """The upstream's response head; `end`: it is the whole response (HTTP/2 END_STREAM on
+        HEADERS: a gRPC trailers-only response must stay one HEADERS frame)."""
         if self.done:
             return
         self.last = self.engine.loop.time()
@@ -174,6 +176,11 @@ class Exchange:
             for k, v in headers:
                 if k == "grpc-status":
                     self.record.grpc_status = v
+        if end:
+            self.resp_ended = True
+            self.down.send_head(status, headers, True)
+            self.finish()
+            return
         self.down.send_head(status, headers, False)
 
     def response_data(self, data: bytes) -> None:

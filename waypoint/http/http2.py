@@ -522,7 +522,16 @@ class H2Client(_H2Base):
             st = self.streams.get(ev.stream_id)
             if st is not None:
                 pseudo, headers = _decode(ev.headers)
-                st.ex.response_head(int(pseudo.get(":status", "502")), headers)
+                end = ev.stream_ended is not None
+                if end:
+                    st.remote_ended = True
+                    if not st.ended:
+                        st.reset(ErrorCodes.CANCEL)
+                    self.streams.pop(st.sid, None)
+                st.ex.response_head(int(pseudo.get(":status", "502")), headers, end)
+                if end:
+                    self._next()
+                    self.maybe_done()
         elif isinstance(ev, h2.events.TrailersReceived):
             st = self.streams.get(ev.stream_id)
             if st is not None:
