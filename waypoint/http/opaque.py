@@ -88,10 +88,12 @@ class OpaqueRelay:
             raise
         except Exception as e:
             log.info("opaque upstream for %s failed: %s", self.downstream.source_ip, e)
-            plug = None
             self.record.detail = f"{type(e).__name__}: {e}"
-        if plug is None:
-            self.record.response_flags = "UF" if opener is not None else "NR"
+            self.record.response_flags = "UF"
+            self._end()
+            return
+        if plug is None:        # no route for non-HTTP traffic (NR), or no endpoint for it (UH)
+            self.record.response_flags = "UH" if opener is not None else "NR"
             self._end()
             return
         if self.down.lost:

@@ -248,7 +248,8 @@ class Proxy:
             return await connect_tcp("127.0.0.1", opaque_port, 5) if opaque_port else None
 
         async def main() -> None:
-            self.engine = Engine(self.settings, decide, upstream, opaque=opaque,  # type: ignore[arg-type]
+            self.engine = Engine(self.settings, decide, upstream,  # type: ignore[arg-type]
+                                 opaque=opaque if opaque_port else None,
                                  access_log=self.records.append)
             self.server = await self.loop.create_server(
                 lambda: self.engine.protocol(Downstream(source_ip="127.0.0.1")), "127.0.0.1", 0)  # type: ignore[union-attr]
