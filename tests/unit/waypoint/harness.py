@@ -14,6 +14,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import socket
 import threading
 import time
@@ -31,6 +32,14 @@ from waypoint.http.plug import connect_tcp
 from waypoint.http.record import RequestRecord
 from waypoint.http.settings import HttpSettings
 from waypoint.request import Decision, Downstream, Forward, RequestHead
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """asyncio's loop, or uvloop's with AMBIT_TEST_LOOP=uvloop (the waypoint binary runs uvloop)."""
+    if os.environ.get("AMBIT_TEST_LOOP") == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def free_port() -> int:
@@ -225,7 +234,7 @@ class Proxy:
         self.records: list[RequestRecord] = []
         self.protocols = protocols or {}
         self.settings = settings or HttpSettings()
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_loop()
         self.engine: Engine | None = None
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(decide, opaque_port, ready), daemon=True)
