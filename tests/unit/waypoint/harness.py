@@ -280,6 +280,16 @@ class Proxy:
             time.sleep(0.02)
         return list(self.records)
 
+    def find(self, pred: Callable[[RequestRecord], bool], timeout: float = 5.0) -> list[RequestRecord]:
+        """The records matching `pred`, waiting for at least one (records are emitted just after
+        the response is written, so a client can see the response first)."""
+        deadline = time.time() + timeout
+        while True:
+            found = [r for r in list(self.records) if pred(r)]
+            if found or time.time() > deadline:
+                return found
+            time.sleep(0.01)
+
     def close(self) -> None:
         async def stop() -> None:
             self.server.close()

@@ -144,7 +144,8 @@ def test_stale_pooled_connection_is_retried_once() -> None:
                     resp += chunk
                 assert resp.startswith(b"HTTP/1.1 200")
         assert srv.connections == 3
-        assert all(r.status == 200 for r in p.wait_records(3))
+        recs = p.wait_records(3)
+        assert len(recs) == 3 and all(r.status == 200 for r in recs)
     finally:
         p.close()
         srv.sock.close()

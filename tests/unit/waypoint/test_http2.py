@@ -115,7 +115,7 @@ def channel(proxy: Proxy) -> Iterator[grpc.Channel]:
 def test_grpc_unary_through_proxy(channel: grpc.Channel, proxy: Proxy) -> None:
     unary = channel.unary_unary("/echo.Echo/Unary")
     assert unary(b"hello", timeout=10) == b"echo:hello"
-    rec = [x for x in proxy.wait_records(1) if x.path == "/echo.Echo/Unary"][-1]
+    rec = proxy.find(lambda x: x.path == "/echo.Echo/Unary")[-1]
     assert rec.grpc and rec.grpc_status == "0" and rec.upstream_protocol == "h2" and rec.protocol == "HTTP/2"
 
 
@@ -184,7 +184,7 @@ def test_client_reset_propagates_upstream(proxy: Proxy) -> None:
                     ended = True
             s.sendall(c.data_to_send())
         assert status == "200"
-    recs = [x for x in proxy.wait_records(1) if x.path == "/reset"]
+    recs = proxy.find(lambda x: x.path == "/reset")
     assert recs and recs[-1].response_flags == "DR"
 
 
