@@ -48,8 +48,12 @@ def _reason(status: int) -> bytes:
     return _REASONS.get(status, "Unknown").encode()
 
 
-class _TooLarge(Exception):
-    pass
+class _Refuse(Exception):
+    """Raised from a parser callback: answer `status` and close."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 def _encode_head(first: bytes, headers: Headers) -> bytes:
@@ -118,8 +122,8 @@ class H1Server(asyncio.Protocol):
             return
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
-            if isinstance(cause, _TooLarge):
-                self._bad(431, str(cause))
+            if isinstance(cause, _Refuse):
+                self._bad(cause.status, str(cause))
             else:
                 log.error("HTTP/1 server callback failed", exc_info=cause)
                 self._bad(500, "internal error")
@@ -194,13 +198,13 @@ class H1Server(asyncio.Protocol):
             return
         self._headers.append((k, v))
         if len(self._headers) > self.settings.max_headers:
-            raise _TooLarge(f"more than {self.settings.max_headers} request headers")
+            raise _Refuse(431, f"more than {self.settings.max_headers} request headers")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         size = len(self._url) + sum(len(k) + len(v) + 4 for k, v in self._headers)
         if size > self.settings.max_header_bytes:
-            raise _TooLarge("request headers too large")
+            raise _Refuse(431, "request headers too large")
         p = self.parser
         method = p.get_method().decode("latin-1")
         version = p.get_http_version()
@@ -215,6 +219,8 @@ class H1Server(asyncio.Protocol):
             u = httptools.parse_url(self._url)
             authority = u.host.decode("latin-1") + (f":{u.port}" if u.port else "")
             url = (u.path or b"/").decode("latin-1") + ("?" + u.query.decode("latin-1") if u.query else "")
+        if not authority and version == "1.1":     # RFC 9112 §3.2: a client MUST send Host
+            raise _Refuse(400, "missing host header")
         te = any(k == "transfer-encoding" for k, _ in headers)
         cl = next((v for k, v in headers if k == "content-length"), None)
         body = BODY_STREAM if te else (BODY_LENGTH if cl not in (None, "0") else BODY_NONE)

@@ -180,6 +180,15 @@ class _H2OriginProtocol(asyncio.Protocol):
                 self.c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             elif isinstance(ev, h2.events.StreamEnded):
                 r = self.reqs.pop(ev.stream_id)
+                path = dict(r["headers"])[":path"]
+                if path == "/rst-before":           # RST_STREAM before any response
+                    self.c.reset_stream(ev.stream_id, 8)
+                    continue
+                if path == "/rst-after":            # a response head and some body, then RST_STREAM
+                    self.c.send_headers(ev.stream_id, [(":status", "200")])
+                    self.c.send_data(ev.stream_id, b"partial")
+                    self.c.reset_stream(ev.stream_id, 8)
+                    continue
                 out = json.dumps({"headers": r["headers"], "body_len": r["body"]}).encode()
                 self.c.send_headers(ev.stream_id, [(":status", "200"), ("content-type", "application/json"),
                                                    ("x-origin", "h2"), ("content-length", str(len(out)))])

@@ -192,6 +192,10 @@ def test_pipelined_requests_answered_in_order(proxy: Proxy) -> None:
 def test_malformed_request_is_400(proxy: Proxy) -> None:
     out = raw(proxy, b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 400")
+    smuggle = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    assert raw(proxy, smuggle).startswith(b"HTTP/1.1 400")
+    assert raw(proxy, b"GET / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400")        # no Host
+    assert proxy.find(lambda x: x.status == 400 and x.response_flags == "DPE")
     assert curl(url(proxy, "/still-up")).returncode == 0
 
 
@@ -257,13 +261,18 @@ def test_slowloris_head_times_out() -> None:
         o.close()
 
 
-def test_stream_idle_timeout_is_504() -> None:
+def test_stream_idle_timeouts() -> None:
+    """A silent upstream gets 504, a stalled request body 408 (Envoy's stream_idle_timeout, SI)."""
     o = Origin()
     p = Proxy(by_header({"default": o.port}), settings=HttpSettings(stream_idle_timeout=0.5))
     try:
         r = curl("-i", url(p, "/slow=2"))
         assert r.stdout.startswith(b"HTTP/1.1 504")
-        assert p.find(lambda x: x.response_flags == "SI")
+        assert p.find(lambda x: x.response_flags == "SI" and x.status == 504)
+        t0 = time.monotonic()
+        out = raw(p, b"POST /stall HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly-some")
+        assert out.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 3
+        assert p.find(lambda x: x.path == "/stall" and x.status == 408)
     finally:
         p.close()
         o.close()

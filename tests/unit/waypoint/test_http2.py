@@ -212,3 +212,32 @@ def test_goaway_on_shutdown(backends: dict) -> None:
                 if isinstance(ev, h2.events.ConnectionTerminated):
                     goaway = ev
         assert goaway is not None and goaway.error_code == 0 and goaway.last_stream_id == 1
+
+
+def _h2_get(port: int, path: str, headers: list[tuple[str, str]]) -> list[h2.events.Event]:
+    """One request over a fresh h2c connection; every event of stream 1 until it ends or resets."""
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    events: list[h2.events.Event] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        c.initiate_connection()
+        c.send_headers(1, [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "a"), *headers],
+                       end_stream=True)
+        s.sendall(c.data_to_send())
+        while not any(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) for e in events):
+            events += [e for e in c.receive_data(s.recv(65536)) if getattr(e, "stream_id", 0) == 1]
+            s.sendall(c.data_to_send())
+    return events
+
+
+def test_upstream_reset_propagates_downstream(proxy: Proxy) -> None:
+    # before the response head: Envoy's 503 "... reset reason: remote reset" (UR)
+    events = _h2_get(proxy.port, "/rst-before", [("x-to", "h2")])
+    head = next(e for e in events if isinstance(e, h2.events.ResponseReceived))
+    assert dict(head.headers)[":status"] == "503"
+    body = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    assert body.endswith(b"reset reason: remote reset")
+    assert proxy.find(lambda x: x.path == "/rst-before" and x.response_flags == "UR")
+    # after the head: the client's stream is reset too, with the upstream's error code (CANCEL)
+    events = _h2_get(proxy.port, "/rst-after", [("x-to", "h2")])
+    assert isinstance(events[-1], h2.events.StreamReset) and events[-1].error_code == 8
+    assert proxy.find(lambda x: x.path == "/rst-after" and x.status == 200 and x.response_flags == "UR")
