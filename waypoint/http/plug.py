@@ -94,12 +94,15 @@ async def connect_tcp(host: str, port: int, timeout: float) -> Plug:
 class HBONETransport(asyncio.Transport):
     """An HBONE tunnel as an asyncio transport (see the module docstring)."""
 
-    def __init__(self, stream: HBONEStream) -> None:
+    def __init__(self, stream: HBONEStream, linger: float = 5.0) -> None:
         super().__init__()
         self.stream = stream
+        self.linger = linger            # after close(): how long the peer gets to end its side
         self._protocol: asyncio.Protocol | None = None
         self._closing = False
         self._write_paused = False
+        self._read_paused = False
+        self._peer_eof = False
         self._lost = False
 
     # Attachable
@@ -114,6 +117,7 @@ class HBONETransport(asyncio.Transport):
             self._protocol.data_received(bytes(data))
 
     def tunnel_eof(self) -> None:
+        self._peer_eof = True
         if self._protocol is None or self._lost:
             return
         keep = self._protocol.eof_received()
@@ -166,7 +170,14 @@ class HBONETransport(asyncio.Transport):
             return
         self._closing = True
         self.stream.write_eof()
-        if self.stream.is_closed or self.stream._rx_eof:   # noqa: SLF001 - peer already finished
+        if self.stream.is_closed or self._peer_eof:
+            self._finish(None)
+        else:       # a peer that never ends its side would pin the tunnel: reset it after `linger`
+            asyncio.get_running_loop().call_later(self.linger, self._linger_expired)
+
+    def _linger_expired(self) -> None:
+        if not self._lost:
+            self.stream.reset()
             self._finish(None)
 
     def abort(self) -> None:
@@ -179,13 +190,15 @@ class HBONETransport(asyncio.Transport):
         return self._closing or self._lost
 
     def pause_reading(self) -> None:
+        self._read_paused = True
         self.stream.pause_reading()
 
     def resume_reading(self) -> None:
+        self._read_paused = False
         self.stream.resume_reading()
 
     def is_reading(self) -> bool:
-        return not self.stream._rx_paused  # noqa: SLF001
+        return not self._read_paused
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol  # type: ignore[assignment]
@@ -199,7 +212,8 @@ class HBONETransport(asyncio.Transport):
         return self.stream.get_extra_info(name, default)
 
     def get_write_buffer_size(self) -> int:
-        return self.stream._tx_bytes  # noqa: SLF001
+        """Approximate: the tunnel tells only whether it is above its high-water mark."""
+        return 0 if self.stream.writable() else self.stream.high_water + 1
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         if high is not None:

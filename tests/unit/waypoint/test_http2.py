@@ -100,6 +100,15 @@ def test_h1_downstream_to_h2_origin(proxy: Proxy) -> None:
     assert hdrs[":authority"] == f"127.0.0.1:{proxy.port}" and "connection" not in hdrs and "host" not in hdrs
 
 
+def test_h1_chunked_upload_to_h2_origin(proxy: Proxy) -> None:
+    """HTTP/1.1 chunked body -> HTTP/2 DATA frames under the origin's flow control, 5 MB."""
+    r = subprocess.run(["curl", "-sS", f"http://127.0.0.1:{proxy.port}/up1", "-H", "x-to: h2", "-T", "-",
+                        "-H", "Transfer-Encoding: chunked"], input=b"u" * 5_000_000, capture_output=True, timeout=30)
+    got = json.loads(r.stdout)
+    assert got["body_len"] == 5_000_000
+    assert "content-length" not in dict(got["headers"]) and "transfer-encoding" not in dict(got["headers"])
+
+
 def test_h2_local_reply_and_connect_failure(proxy: Proxy) -> None:
     r = curl("--http2-prior-knowledge", "-i", f"http://127.0.0.1:{proxy.port}/x", "-H", "x-to: dead")
     assert r.stdout.startswith(b"HTTP/2 503") and r.stdout.endswith(b"reset reason: connection failure")
