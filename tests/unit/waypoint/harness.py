@@ -139,9 +139,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.sendall(data)
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 512        # the default 5 turns a burst of connects into SYN retries
+
+
 class Origin:
     def __init__(self) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server = _Server(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
         self.server.requests = 0            # type: ignore[attr-defined]
         self.server.peers = set()           # type: ignore[attr-defined]
