@@ -48,6 +48,11 @@ def _reason(status: int) -> bytes:
     return _REASONS.get(status, "Unknown").encode()
 
 
+# Bytes buffered for one write before they are written at once (bulk bodies): without this, a loop
+# that delivers many reads per iteration (uvloop) would buffer them all before backpressure acts.
+_FLUSH_NOW = 64 * 1024
+
+
 class _Refuse(Exception):
     """Raised from a parser callback: answer `status` and close."""
 
@@ -96,6 +101,9 @@ class H1Server(asyncio.Protocol):
         self._upgrade_buf: list[bytes] | None = None
         self._raw: Exchange | None = None
         self.last = 0.0
+        self._wbuf: list[bytes] = []    # written in one go at the end of the loop iteration
+        self._wbuf_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
 
     # --- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -254,6 +262,27 @@ class H1Server(asyncio.Protocol):
             if ex.done:                 # answered before its body ended; the body is now read
                 self._after(ex)
 
+    # --- writing: one write per loop iteration ---------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        """Queue `data`; what a response produces in one callback chain (head, body, end) goes
+        out in one syscall (the kernel's per-write cost dominates a proxied request)."""
+        if self.lost:
+            return
+        self._wbuf.append(data)
+        self._wbuf_bytes += len(data)
+        if self._wbuf_bytes >= _FLUSH_NOW:      # bulk: let the transport's backpressure see it now
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self.engine.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        buf, self._wbuf, self._wbuf_bytes = self._wbuf, [], 0
+        t = self.transport
+        if buf and t is not None and not self.lost and not t.is_closing():
+            t.write(buf[0] if len(buf) == 1 else b"".join(buf))
+
     # --- DownLeg ------------------------------------------------------------------------------------
 
     def _begin(self, ex: Exchange) -> None:
@@ -266,14 +295,14 @@ class H1Server(asyncio.Protocol):
     def send_continue(self) -> None:
         self._continued = True
         if self.transport is not None and not self.lost:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def send_head(self, status: int, headers: Headers, end: bool) -> None:
         ex = self.queue[0] if self.queue else None
         version = ex.head.version if ex is not None else "1.1"
         if status == 101:
             self._keep_alive = False
-            self.transport.write(_encode_head(b"HTTP/1.1 101 Switching Protocols\r\n", headers))  # type: ignore[union-attr]
+            self._write(_encode_head(b"HTTP/1.1 101 Switching Protocols\r\n", headers))
             return
         has_len = any(k == "content-length" for k, _ in headers)
         no_body = self._head_request or status in (204, 304) or 100 <= status < 200
@@ -294,23 +323,19 @@ class H1Server(asyncio.Protocol):
         elif version == "1.0":
             out.append(("connection", "keep-alive"))
         self._keep_alive = keep
-        self.transport.write(_encode_head(b"HTTP/1.1 %d %s\r\n" % (status, _reason(status)), out))  # type: ignore[union-attr]
+        self._write(_encode_head(b"HTTP/1.1 %d %s\r\n" % (status, _reason(status)), out))
 
     def send_data(self, data: bytes) -> None:
-        t = self.transport
-        if t is None or self.lost or not data or self._head_request:
+        if self.lost or not data or self._head_request:
             return
         if self._chunked:
-            t.write(b"%x\r\n%b\r\n" % (len(data), data))
+            self._write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
-            t.write(data)
+            self._write(data)
 
     def send_end(self, trailers: Headers | None) -> None:
-        t = self.transport
-        if t is None or self.lost:
-            return
-        if self._chunked:
-            t.write(_encode_head(b"0\r\n", trailers or []))
+        if self._chunked and not self.lost:
+            self._write(_encode_head(b"0\r\n", trailers or []))
             self._chunked = False
 
     def send_reset(self) -> None:
@@ -387,7 +412,7 @@ class H1Server(asyncio.Protocol):
             log.exception("access-log sink failed")
         body = reason.encode()
         if self.transport is not None and not self.lost:
-            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+            self._write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
                                  b"connection: close\r\n\r\n%b" % (status, _reason(status), len(body), body))
         self._close()
 
@@ -414,6 +439,7 @@ class H1Server(asyncio.Protocol):
             self._close()
 
     def _close(self) -> None:
+        self._flush()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
@@ -468,10 +494,10 @@ class H1Server(asyncio.Protocol):
     def raw_write(self, data: bytes) -> None:
         if self._raw is not None:
             self._raw.record.bytes_sent += len(data)
-        if self.transport is not None and not self.lost:
-            self.transport.write(data)
+        self._write(data)
 
     def raw_write_eof(self) -> None:
+        self._flush()
         t = self.transport
         if t is not None and not self.lost and t.can_write_eof():
             t.write_eof()
