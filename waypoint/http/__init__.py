@@ -8,3 +8,10 @@ HTTP/1.1 or h2c, and emits one `RequestRecord` (access log and stats) when it en
 
 `Engine` (engine.py) is the entry point; `settings.HttpSettings` holds every bound and timeout.
 """
+
+from waypoint.http.engine import Engine, UpstreamTarget
+from waypoint.http.plug import HBONETransport, Plug, connect_tcp
+from waypoint.http.record import RequestRecord
+from waypoint.http.settings import HttpSettings
+
+__all__ = ["Engine", "UpstreamTarget", "HBONETransport", "Plug", "connect_tcp", "RequestRecord", "HttpSettings"]

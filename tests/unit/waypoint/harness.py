@@ -303,6 +303,16 @@ class Proxy:
                 return found
             time.sleep(0.01)
 
+    def live_exchanges(self, timeout: float = 3.0) -> int:
+        """Exchanges still open once clients are gone (waits `timeout` for stragglers): a leak
+        if not 0, since every request must end in a record."""
+        deadline = time.time() + timeout
+        while True:
+            n = self.call(lambda: len(self.engine.exchanges))  # type: ignore[union-attr]
+            if n == 0 or time.time() > deadline:
+                return n  # type: ignore[return-value]
+            time.sleep(0.05)
+
     def close(self) -> None:
         async def stop() -> None:
             self.server.close()

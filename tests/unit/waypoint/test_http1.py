@@ -58,6 +58,7 @@ def _decide(origin_port: int, dead_port: int):  # noqa: ANN202
 def proxy(origin: Origin) -> Iterator[Proxy]:
     p = Proxy(_decide(origin.port, free_port()))
     yield p
+    assert p.live_exchanges() == 0
     p.close()
 
 

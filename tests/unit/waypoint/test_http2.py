@@ -55,6 +55,7 @@ def proxy(backends: dict) -> Iterator[Proxy]:
 
     p = Proxy(decide, protocols={ports["h2"]: "h2", ports["grpc"]: "h2", ports["dead"]: "h2"})
     yield p
+    assert p.live_exchanges() == 0
     p.close()
 
 

@@ -52,6 +52,7 @@ def echo() -> Iterator[TcpEcho]:
 def proxy(echo: TcpEcho) -> Iterator[Proxy]:
     p = Proxy(by_header({"default": 1}), opaque_port=echo.port, settings=HttpSettings(detect_timeout=0.3))
     yield p
+    assert p.live_exchanges() == 0
     p.close()
 
 

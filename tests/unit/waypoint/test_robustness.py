@@ -30,6 +30,7 @@ def origin() -> Iterator[Origin]:
 def proxy(origin: Origin) -> Iterator[Proxy]:
     p = Proxy(by_header({"default": origin.port}), settings=HttpSettings(header_timeout=1.0, stream_idle_timeout=1.0))
     yield p
+    assert p.live_exchanges() == 0
     p.close()
 
 
