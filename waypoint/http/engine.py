@@ -114,7 +114,8 @@ class Engine:
 
     async def shutdown(self) -> None:
         """GOAWAY to HTTP/2 clients, `Connection: close` to HTTP/1 ones, then `drain_timeout` for
-        open requests to finish; whatever is left is aborted."""
+        open requests to finish; whatever is left is aborted. Close the listener (or stop
+        accepting tunnels) first: tunnels still being sniffed are closed, not served."""
         self.draining = True
         for c in list(self.conns):
             c.shutdown()
@@ -175,6 +176,9 @@ class TunnelProtocol(asyncio.Protocol):
         assert t is not None
         early = bytes(self.detector.buffer)
         self.detector.buffer.clear()
+        if self.engine.draining:        # shutting down: no new work
+            t.close()
+            return
         if verdict is Verdict.OPAQUE:
             OpaqueRelay(self.engine, self.downstream, t, early, eof)
             return

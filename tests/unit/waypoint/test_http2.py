@@ -129,6 +129,12 @@ def test_grpc_unary_through_proxy(channel: grpc.Channel, proxy: Proxy) -> None:
     assert rec.grpc and rec.grpc_status == "0" and rec.upstream_protocol == "h2" and rec.protocol == "HTTP/2"
 
 
+def test_grpc_large_messages_cross_both_windows(channel: grpc.Channel) -> None:
+    """3 MB each way: far beyond every default HTTP/2 window, so flow control must move."""
+    payload = bytes(range(256)) * (3 * 1024 * 4)
+    assert channel.unary_unary("/echo.Echo/Unary")(payload, timeout=20) == b"echo:" + payload
+
+
 def test_grpc_error_status_and_trailers_propagate(channel: grpc.Channel) -> None:
     unary = channel.unary_unary("/echo.Echo/Unary")
     with pytest.raises(grpc.RpcError) as e:
