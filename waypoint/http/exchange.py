@@ -131,6 +131,13 @@ class Exchange:
         log.info("upstream %s: connect failed: %s", self.record.upstream, detail)
         self.fail_before_headers("UF", "connection failure", detail)
 
+    def overflow(self) -> None:
+        """The upstream's connection limit and wait queue are full (Envoy: circuit breaker)."""
+        route = self.forward.route if self.forward else ""
+        self.reply(LocalReply(503, (RESET_BEFORE_HEADERS + "overflow").encode(),
+                              headers=(("x-envoy-overloaded", "true"),), flags="UO", route=route,
+                              reason="upstream connection limit"))
+
     def upstream_reset(self, flags: str, reason: str, *, retryable: bool = False) -> None:
         """The upstream reset the stream or closed the connection. `retryable`: it happened on a
         reused pooled connection before any response byte (the server closed an idle connection

@@ -576,7 +576,7 @@ class H1Client(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.pools.forget(self)
+        self.pools.closed(self)
         if self._raw is not None:
             raw, self._raw = self._raw, None
             raw.raw_close()

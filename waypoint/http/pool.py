@@ -2,7 +2,9 @@
 
 - HTTP/1.1: a LIFO list of idle connections per key (the most recently used is the warmest and
   the least likely to have been closed by the server), at most `pool_max_idle` per key, each
-  dropped after `upstream_idle_timeout`. A connection goes back only after a clean end of both
+  dropped after `upstream_idle_timeout`. At most `pool_max_connections` per key are open; beyond
+  that requests wait (at most `pool_max_pending`) for one to free up, and beyond that get 503 with
+  `x-envoy-overloaded: true` (flag UO) at once, as Envoy's default circuit breakers (1024/1024) do. A connection goes back only after a clean end of both
   messages; no liveness probe per request: a reused connection that turns out closed before any
   response byte is retried once on a fresh one (`Exchange.upstream_reset(retryable=True)`).
 - h2c: one multiplexed connection per key, a second one when the first is full (the server's
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import TYPE_CHECKING
 
 from waypoint.http.http1 import H1Client
@@ -36,6 +39,8 @@ class Pools:
         self._h2_connecting: dict[str, list[Exchange]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections = 0            # upstream connections opened, for tests and stats
+        self.open: dict[str, int] = {}  # HTTP/1.1 connections open or opening, per key
+        self.pending: dict[str, deque[tuple[UpstreamTarget, Exchange]]] = {}
 
     def acquire(self, target: UpstreamTarget, ex: Exchange, *, fresh: bool = False) -> None:
         """Bind `ex` to an upstream connection for `target`: a pooled one now, or a new one soon."""
@@ -43,13 +48,46 @@ class Pools:
         if target.protocol == "h2":
             self._acquire_h2(target, ex, fresh)
             return
-        lst = self.idle.get(target.key)
+        key = target.key
+        lst = self.idle.get(key)
         while lst and not fresh:
             c = lst.pop()
             if c.usable:
                 c.bind(ex, ex.up_head, reused=True)
                 return
-        self._spawn(self._connect_h1(target, ex))
+        if self.open.get(key, 0) < self.settings.pool_max_connections:
+            self.open[key] = self.open.get(key, 0) + 1
+            self._spawn(self._connect_h1(target, ex))
+            return
+        waiting = self.pending.setdefault(key, deque())
+        if len(waiting) >= self.settings.pool_max_pending:
+            ex.overflow()
+            return
+        waiting.append((target, ex))
+
+    def _next_pending(self, key: str) -> tuple[UpstreamTarget, Exchange] | None:
+        waiting = self.pending.get(key)
+        while waiting:
+            target, ex = waiting.popleft()
+            if not ex.done:
+                return target, ex
+        self.pending.pop(key, None)
+        return None
+
+    def closed(self, c: H1Client) -> None:
+        """An HTTP/1.1 connection closed: a waiting request may open a new one."""
+        self.forget(c)
+        self._one_less(c.key)
+
+    def _one_less(self, key: str) -> None:
+        n = self.open.get(key, 1) - 1
+        if n > 0:
+            self.open[key] = n
+        else:
+            self.open.pop(key, None)
+        nxt = self._next_pending(key)
+        if nxt is not None:
+            self.acquire(*nxt)
 
     def _spawn(self, coro: object) -> None:
         t = self.engine.loop.create_task(coro)  # type: ignore[arg-type]
@@ -70,6 +108,7 @@ class Pools:
     async def _connect_h1(self, target: UpstreamTarget, ex: Exchange) -> None:
         plug = await self._open(target, ex)
         if plug is None:
+            self._one_less(target.key)
             return
         c = H1Client(self, target.key)
         plug.attach(c)  # type: ignore[attr-defined]
@@ -82,6 +121,12 @@ class Pools:
     def release(self, c: H1Client) -> None:
         """`c` finished an exchange cleanly: keep it for the next request to its key."""
         if not c.usable:
+            return
+        nxt = self._next_pending(c.key)
+        if nxt is not None:
+            ex = nxt[1]
+            assert ex.up_head is not None
+            c.bind(ex, ex.up_head, reused=True)
             return
         lst = self.idle.setdefault(c.key, [])
         if len(lst) >= self.settings.pool_max_idle:
@@ -159,3 +204,7 @@ class Pools:
                 c.shutdown()
         for t in self._tasks:
             t.cancel()
+        for waiting in self.pending.values():
+            for _, ex in waiting:
+                ex.connect_failed("shutting down")
+        self.pending.clear()

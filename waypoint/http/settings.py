@@ -32,6 +32,10 @@ class HttpSettings:
     upstream_idle_timeout: float = option(60.0, "seconds an idle pooled upstream HTTP/1.1 connection is kept",
                                           check=positive)
     pool_max_idle: int = option(64, "idle upstream HTTP/1.1 connections kept per upstream", check=non_negative)
+    pool_max_connections: int = option(1024, "open HTTP/1.1 connections per upstream (Envoy's default "
+                                       "max_connections)", check=positive)
+    pool_max_pending: int = option(1024, "requests waiting for an upstream connection; beyond: 503 UO "
+                                   "(Envoy's default max_pending_requests)", check=non_negative)
     buffer_bytes: int = option(256 * 1024, "bytes buffered per direction before the sender is paused",
                                check=positive)
     h2_max_concurrent_streams: int = option(1024, "HTTP/2 streams a downstream client may open at once",

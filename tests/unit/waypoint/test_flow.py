@@ -149,3 +149,33 @@ def test_stale_pooled_connection_is_retried_once() -> None:
     finally:
         p.close()
         srv.sock.close()
+
+
+def test_connection_limit_queues_then_overflows(origin: Origin) -> None:
+    """2 connections, 2 waiting: of 6 simultaneous slow requests 4 succeed over at most 2 upstream
+    connections and 2 get Envoy's overflow answer at once (503, x-envoy-overloaded, UO)."""
+    from waypoint.http.settings import HttpSettings
+    p = Proxy(by_header({"default": origin.port}), settings=HttpSettings(pool_max_connections=2, pool_max_pending=2))
+    results: list[bytes] = []
+
+    def one() -> None:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            s.sendall(b"GET /slow=0.5 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            results.append(out)
+
+    try:
+        before = origin.connections
+        threads = [threading.Thread(target=one) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert sorted(r[:12] for r in results) == [b"HTTP/1.1 200"] * 4 + [b"HTTP/1.1 503"] * 2
+        assert all(b"x-envoy-overloaded: true" in r for r in results if r.startswith(b"HTTP/1.1 503"))
+        assert origin.connections - before <= 2
+        assert len(p.find(lambda r: r.response_flags == "UO")) == 2
+    finally:
+        p.close()
