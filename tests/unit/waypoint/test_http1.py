@@ -277,3 +277,24 @@ def test_stream_idle_timeouts() -> None:
     finally:
         p.close()
         o.close()
+
+
+def test_expect_100_with_a_local_reply_does_not_wait(proxy: Proxy, tmp_path) -> None:  # noqa: ANN001
+    """A denied upload: the final answer comes at once, no 100 Continue, and the connection closes
+    (the body the client may or may not send next would be unframed)."""
+    f = tmp_path / "body"
+    f.write_bytes(b"z" * 100_000)
+    t0 = time.monotonic()
+    r = curl("-v", "--expect100-timeout", "30", "--data-binary", f"@{f}", "-H", "Expect: 100-continue", url(proxy, "/deny"))
+    assert time.monotonic() - t0 < 10
+    assert b"< HTTP/1.1 403" in r.stderr and b"100 Continue" not in r.stderr
+    assert r.stdout == b"RBAC: access denied"
+
+
+def test_absolute_form_request_target(proxy: Proxy) -> None:
+    """A client configured with the waypoint as its HTTP proxy sends absolute-form targets."""
+    r = curl("-x", f"http://127.0.0.1:{proxy.port}", "http://svc.example:8080/abs?q=1")
+    got = json.loads(r.stdout)
+    assert got["path"] == "/abs?q=1"
+    assert dict(map(tuple, got["headers"]))["host"] == "svc.example:8080"
+    assert proxy.find(lambda x: x.path == "/abs?q=1" and x.authority == "svc.example:8080")
