@@ -417,6 +417,7 @@ class H2Server(_H2Base):
         else:
             body = BODY_STREAM
         st = _DownStream(self, sid, None)  # type: ignore[arg-type]
+        st.remote_ended = body == BODY_NONE
         ex = Exchange(self.engine, st, head, self.downstream, body=body)
         st.ex = ex
         self.streams[sid] = st
@@ -429,6 +430,17 @@ class H2Server(_H2Base):
     def sent_end(self, st: _Stream) -> None:
         if st.ex.done:
             self.drop(st)
+
+    def drop(self, st: _Stream) -> None:
+        if not st.remote_ended and st.sid in self.streams:
+            # The response is complete but the request is not: ask the client to stop sending
+            # (RFC 9113 §8.1: RST_STREAM NO_ERROR), or it would stall on a window nobody reopens.
+            try:
+                self.h2.reset_stream(st.sid, ErrorCodes.NO_ERROR)
+            except h2.exceptions.H2Error:
+                pass
+            st.remote_ended = True
+        super().drop(st)
 
     def check(self, now: float) -> None:
         for st in list(self.streams.values()):

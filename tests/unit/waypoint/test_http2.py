@@ -257,3 +257,21 @@ def test_upstream_reset_propagates_downstream(proxy: Proxy) -> None:
     events = _h2_get(proxy.port, "/rst-after", [("x-to", "h2")])
     assert isinstance(events[-1], h2.events.StreamReset) and events[-1].error_code == 8
     assert proxy.find(lambda x: x.path == "/rst-after" and x.status == 200 and x.response_flags == "UR")
+
+
+def test_early_response_stops_the_request_body(proxy: Proxy) -> None:
+    """Denied before the body is sent: the client gets 403, then RST_STREAM(NO_ERROR) telling it to
+    stop sending (RFC 9113 §8.1), not a window that never reopens."""
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        c.initiate_connection()
+        c.send_headers(1, [(":method", "POST"), (":path", "/echo.Echo/Denied"), (":scheme", "http"),
+                           (":authority", "a")])
+        s.sendall(c.data_to_send())
+        events: list[h2.events.Event] = []
+        while not any(isinstance(e, h2.events.StreamReset) for e in events):
+            events += c.receive_data(s.recv(65536))
+            s.sendall(c.data_to_send())
+    status = next(dict(e.headers)[":status"] for e in events if isinstance(e, h2.events.ResponseReceived))
+    reset = next(e for e in events if isinstance(e, h2.events.StreamReset))
+    assert status == "403" and reset.error_code == 0
