@@ -245,6 +245,7 @@ class Proxy:
                  protocols: dict[int, str] | None = None, settings: HttpSettings | None = None,
                  opaque_port: int | None = None) -> None:
         self.records: list[RequestRecord] = []
+        self.stats: list[RequestRecord] = []
         self.protocols = protocols or {}
         self.settings = settings or HttpSettings()
         self.loop = new_loop()
@@ -272,7 +273,7 @@ class Proxy:
         async def main() -> None:
             self.engine = Engine(self.settings, decide, upstream,  # type: ignore[arg-type]
                                  opaque=opaque if opaque_port else None,
-                                 access_log=self.records.append)
+                                 access_log=self.records.append, stats=self.stats.append)
             self.server = await self.loop.create_server(
                 lambda: self.engine.protocol(Downstream(source_ip="127.0.0.1")), "127.0.0.1", 0)  # type: ignore[union-attr]
             self.port = self.server.sockets[0].getsockname()[1]
