@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 from tests.unit.waypoint.harness import Origin, Proxy, by_header
 from waypoint.http.record import RequestRecord
@@ -27,6 +28,9 @@ def test_each_request_reaches_access_log_and_stats_once() -> None:
             subprocess.run(["curl", "-sS", f"http://127.0.0.1:{p.port}{path}", "--data-binary", "abc"],
                            capture_output=True, timeout=10)
         recs = p.wait_records(2)
+        deadline = time.time() + 5
+        while len(p.stats) < 2 and time.time() < deadline:     # emitted just after the log record
+            time.sleep(0.01)
         assert [r.path for r in recs] == ["/one", "/two"]
         assert [r.path for r in p.stats] == ["/one", "/two"]
         assert recs[0].bytes_received == 3 and recs[0].bytes_sent > 0 and recs[0].duration_ms > 0
