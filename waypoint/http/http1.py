@@ -719,19 +719,20 @@ class H1Client(asyncio.Protocol):
     # --- the end of a response ------------------------------------------------------------------
 
     def _complete(self) -> None:
+        """The response ended. The connection goes back to the pool *before* the exchange ends,
+        so a request the ending starts (the next pipelined one) can reuse it."""
         ex, self.ex = self.ex, None
+        trailers = self._trailers
         reusable = (not self.lost and self._req_done and not self._eof_body and not self._head_request
                     and self.parser.should_keep_alive())
-        if self._head_request:
-            self.parser = httptools.HttpResponseParser(self)
-        if ex is not None:
-            ex.response_end(self._trailers)
         if self._paused:
             self.resume_response()
-        if reusable and self._raw is None:
+        if reusable:
             self.pools.release(self)
-        elif self._raw is None:
+        else:
             self._close()
+        if ex is not None:
+            ex.response_end(trailers)
 
     def _fail(self, flags: str, reason: str, retryable: bool = False) -> None:
         ex, self.ex = self.ex, None

@@ -182,12 +182,14 @@ def test_connect_failure_is_503_uf(proxy: Proxy) -> None:
     assert proxy.find(lambda x: x.response_flags == "UF")
 
 
-def test_pipelined_requests_answered_in_order(proxy: Proxy) -> None:
+def test_pipelined_requests_answered_in_order(proxy: Proxy, origin: Origin) -> None:
+    before = origin.connections
     reqs = b"".join(b"GET /p%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(3))
     out = raw(proxy, reqs + b"GET /p3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     paths = [json.loads(part.split(b"\r\n\r\n", 1)[1][: part.split(b"\r\n\r\n", 1)[1].index(b"}") + 1])["path"]
              for part in out.split(b"HTTP/1.1 200 OK")[1:]]
     assert paths == ["/p0", "/p1", "/p2", "/p3"]
+    assert origin.connections - before <= 1         # served one after another on one pooled connection
 
 
 def test_malformed_request_is_400(proxy: Proxy) -> None:
