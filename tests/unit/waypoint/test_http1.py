@@ -151,6 +151,11 @@ def test_http10_request(proxy: Proxy) -> None:
     r = curl("-0", "-v", url(proxy, "/ten"))
     assert r.returncode == 0 and json.loads(r.stdout)["path"] == "/ten"
     assert b"HTTP/1.1 200" in r.stderr
+    # a chunked upstream body cannot be chunked to an HTTP/1.0 client: it ends with the connection
+    out = raw(proxy, b"GET /stream?n=3 HTTP/1.0\r\n\r\n")
+    head, body = out.split(b"\r\n\r\n", 1)
+    assert b"transfer-encoding" not in head.lower() and b"connection: close" in head
+    assert body == b"chunk-0\nchunk-1\nchunk-2\n"
 
 
 def test_streamed_response_and_large_body(proxy: Proxy) -> None:
