@@ -88,3 +88,21 @@ def test_many_concurrent_http1_clients(origin: Origin) -> None:
         assert p.engine.pools.connections <= 50 + 5      # pooled: not one upstream connection per request
     finally:
         p.close()
+
+
+def test_a_failing_decide_is_a_500_not_a_dead_connection(origin: Origin) -> None:
+    base = by_header({"default": origin.port})
+
+    def decide(head, ds):  # noqa: ANN001, ANN202
+        if head.path == "/boom":
+            raise RuntimeError("core bug")
+        return base(head, ds)
+
+    p = Proxy(decide)
+    try:
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{p.port}/boom",
+                            "--next", "-o", "/dev/null", "-w", " %{http_code}", f"http://127.0.0.1:{p.port}/fine"],
+                           capture_output=True, text=True, timeout=10)
+        assert r.stdout == "500 200"
+    finally:
+        p.close()
