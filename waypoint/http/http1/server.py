@@ -1,72 +1,27 @@
-"""HTTP/1.x on both legs, parsed by httptools (llhttp), driven by protocol callbacks.
-
-`H1Server` is one downstream connection. Requests are served one at a time, in order (RFC 9112
-§9.3.2): a request pipelined behind an unfinished one is parsed and queued, and reading pauses
-until its turn, so pipelining costs at most one read of memory. Bodies stream both ways; the
-response is framed by the upstream's Content-Length or re-chunked (HTTP/1.0 clients: close-
-delimited). Keep-alive follows the client (`should_keep_alive`); a request whose body was not read
-to its end closes the connection after the response, since its framing is lost.
-
-`H1Client` is one upstream connection, pooled by `pool.Pools` between requests; it is reused only
-after a clean end of both messages.
-
-Bad input never hangs or crashes: an unparsable request gets 400, a head above `max_header_bytes`
-or with more than `max_headers` headers 431, a head not complete within `header_timeout` 408; each
-with a log line and an access-log record, then the connection closes.
-
-`Upgrade` (WebSocket): the request goes upstream with its Upgrade header; bytes the client sends
-after the head wait (reading paused) until the answer. On 101 both connections become a raw relay;
-on anything else the response is sent and the connection closes.
-"""
+"""The downstream HTTP/1.x connection: requests in order, responses framed for the client, bad
+input refused, upgrades switched to a raw relay (the package docstring has the rules)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import deque
-from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import httptools
 
 from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
 from waypoint.http.headers import is_grpc
+from waypoint.http.http1.client import H1Client
+from waypoint.http.http1.wire import FLUSH_NOW, Refuse, encode_head, reason_phrase
 from waypoint.http.legs import Headers
 from waypoint.http.record import RequestRecord
 from waypoint.request import Downstream, LocalReply, RequestHead
 
 if TYPE_CHECKING:
     from waypoint.http.engine import Engine
-    from waypoint.http.pool import Pools
 
 log = logging.getLogger("waypoint.http")
-
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
-
-
-def _reason(status: int) -> bytes:
-    return _REASONS.get(status, "Unknown").encode()
-
-
-# Bytes buffered for one write before they are written at once (bulk bodies): without this, a loop
-# that delivers many reads per iteration (uvloop) would buffer them all before backpressure acts.
-_FLUSH_NOW = 64 * 1024
-
-
-class _Refuse(Exception):
-    """Raised from a parser callback: answer `status` and close."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-
-
-def _encode_head(first: bytes, headers: Headers) -> bytes:
-    parts = [first]
-    for k, v in headers:
-        parts.append(f"{k}: {v}\r\n".encode("latin-1"))
-    parts.append(b"\r\n")
-    return b"".join(parts)
 
 
 class H1Server(asyncio.Protocol):
@@ -130,7 +85,7 @@ class H1Server(asyncio.Protocol):
             return
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
-            if isinstance(cause, _Refuse):
+            if isinstance(cause, Refuse):
                 self._bad(cause.status, str(cause))
             else:
                 log.error("HTTP/1 server callback failed", exc_info=cause)
@@ -206,13 +161,13 @@ class H1Server(asyncio.Protocol):
             return
         self._headers.append((k, v))
         if len(self._headers) > self.settings.max_headers:
-            raise _Refuse(431, f"more than {self.settings.max_headers} request headers")
+            raise Refuse(431, f"more than {self.settings.max_headers} request headers")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         size = len(self._url) + sum(len(k) + len(v) + 4 for k, v in self._headers)
         if size > self.settings.max_header_bytes:
-            raise _Refuse(431, "request headers too large")
+            raise Refuse(431, "request headers too large")
         p = self.parser
         method = p.get_method().decode("latin-1")
         version = p.get_http_version()
@@ -228,7 +183,7 @@ class H1Server(asyncio.Protocol):
             authority = u.host.decode("latin-1") + (f":{u.port}" if u.port else "")
             url = (u.path or b"/").decode("latin-1") + ("?" + u.query.decode("latin-1") if u.query else "")
         if not authority and version == "1.1":     # RFC 9112 §3.2: a client MUST send Host
-            raise _Refuse(400, "missing host header")
+            raise Refuse(400, "missing host header")
         te = any(k == "transfer-encoding" for k, _ in headers)
         cl = next((v for k, v in headers if k == "content-length"), None)
         body = BODY_STREAM if te else (BODY_LENGTH if cl not in (None, "0") else BODY_NONE)
@@ -271,7 +226,7 @@ class H1Server(asyncio.Protocol):
             return
         self._wbuf.append(data)
         self._wbuf_bytes += len(data)
-        if self._wbuf_bytes >= _FLUSH_NOW:      # bulk: let the transport's backpressure see it now
+        if self._wbuf_bytes >= FLUSH_NOW:      # bulk: let the transport's backpressure see it now
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = self.engine.loop.call_soon(self._flush)
@@ -302,7 +257,7 @@ class H1Server(asyncio.Protocol):
         version = ex.head.version if ex is not None else "1.1"
         if status == 101:
             self._keep_alive = False
-            self._write(_encode_head(b"HTTP/1.1 101 Switching Protocols\r\n", headers))
+            self._write(encode_head(b"HTTP/1.1 101 Switching Protocols\r\n", headers))
             return
         has_len = any(k == "content-length" for k, _ in headers)
         no_body = self._head_request or status in (204, 304) or 100 <= status < 200
@@ -323,7 +278,7 @@ class H1Server(asyncio.Protocol):
         elif version == "1.0":
             out.append(("connection", "keep-alive"))
         self._keep_alive = keep
-        self._write(_encode_head(b"HTTP/1.1 %d %s\r\n" % (status, _reason(status)), out))
+        self._write(encode_head(b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status)), out))
 
     def send_data(self, data: bytes) -> None:
         if self.lost or not data or self._head_request:
@@ -335,7 +290,7 @@ class H1Server(asyncio.Protocol):
 
     def send_end(self, trailers: Headers | None) -> None:
         if self._chunked and not self.lost:
-            self._write(_encode_head(b"0\r\n", trailers or []))
+            self._write(encode_head(b"0\r\n", trailers or []))
             self._chunked = False
 
     def send_reset(self) -> None:
@@ -413,7 +368,7 @@ class H1Server(asyncio.Protocol):
         body = reason.encode()
         if self.transport is not None and not self.lost:
             self._write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
-                                 b"connection: close\r\n\r\n%b" % (status, _reason(status), len(body), body))
+                                 b"connection: close\r\n\r\n%b" % (status, reason_phrase(status), len(body), body))
         self._close()
 
     def check(self, now: float) -> None:
@@ -504,258 +459,3 @@ class H1Server(asyncio.Protocol):
 
     def raw_close(self) -> None:
         self._close()
-
-
-class H1Client(asyncio.Protocol):
-    """One upstream HTTP/1.1 connection; serves one exchange at a time (see the module docstring)."""
-
-    def __init__(self, pools: Pools, key: str) -> None:
-        self.pools = pools
-        self.key = key
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.ex: Exchange | None = None
-        self.lost = False
-        self.reused = False
-        self.requests = 0
-        self.idle_since = 0.0
-        self._req_done = False        # the whole request was written
-        self._resp_bytes = 0
-        self._headers: Headers = []
-        self._trailers: Headers | None = None
-        self._in_head = True
-        self._informational = False
-        self._eof_body = False        # response body delimited by connection close
-        self._chunked = False
-        self._paused = False
-        self._raw: H1Server | None = None
-        self._head_request = False
-
-    # --- asyncio.Protocol -----------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        if self._raw is not None:
-            self._raw.raw_write(data)
-            return
-        ex = self.ex
-        if ex is None:          # bytes on an idle connection: the server is confused; drop it
-            self._close(abort=True)
-            return
-        self._resp_bytes += len(data)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            rest = data[e.args[0]:]
-            server = ex.down
-            if not ex.upgrade or not isinstance(server, H1Server):
-                self._fail("UPE", "unexpected 101")
-                return
-            ex.response_head(101, self._headers)
-            self._raw = server
-            server.start_raw(ex)
-            if rest:
-                server.raw_write(rest)
-        except httptools.HttpParserCallbackError as e:
-            log.error("HTTP/1 client callback failed", exc_info=e.__context__)
-            self._fail("UPE", "protocol error")
-        except httptools.HttpParserError as e:
-            log.info("upstream %s sent a malformed response: %s", self.key, e)
-            self._fail("UPE", "protocol error")
-
-    def eof_received(self) -> bool:
-        if self._raw is not None:
-            self._raw.raw_write_eof()
-            ex = self.ex
-            if ex is not None:
-                ex.raw_end()
-            return True
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.pools.closed(self)
-        if self._raw is not None:
-            raw, self._raw = self._raw, None
-            raw.raw_close()
-            if self.ex is not None:
-                self.ex.raw_end()
-                self.ex.raw_end()
-            return
-        ex = self.ex
-        if ex is None:
-            return
-        if self._eof_body and not self._in_head:
-            self._complete()
-            return
-        self._fail("UC", "connection termination", retryable=self.reused and self._resp_bytes == 0)
-
-    def pause_writing(self) -> None:
-        if self._raw is not None:
-            self._raw.pause_request()
-        elif self.ex is not None:
-            self.ex.request_pause()
-
-    def resume_writing(self) -> None:
-        if self._raw is not None:
-            self._raw.resume_request()
-        elif self.ex is not None:
-            self.ex.request_resume()
-
-    # --- binding an exchange --------------------------------------------------------------------
-
-    def bind(self, ex: Exchange, head: RequestHead, reused: bool) -> None:
-        """Write the request head; the body follows through `send_data`/`send_end`."""
-        self.ex = ex
-        self.reused = reused
-        self.requests += 1
-        self._req_done = False
-        self._resp_bytes = 0
-        self._headers, self._trailers = [], None
-        self._in_head, self._informational, self._eof_body = True, False, False
-        self._head_request = head.method == "HEAD"
-        out: Headers = [("host", head.authority)]
-        cookies = []
-        for k, v in head.headers:
-            if k == "host" or k.startswith(":"):
-                continue
-            if k == "cookie":
-                cookies.append(v)
-                continue
-            if k == "content-length" and ex.body != BODY_LENGTH:
-                continue
-            if k == "te":
-                continue
-            out.append((k, v))
-        if cookies:
-            out.append(("cookie", "; ".join(cookies)))
-        self._chunked = ex.body == BODY_STREAM
-        if self._chunked:
-            out.append(("transfer-encoding", "chunked"))
-        elif ex.body == BODY_LENGTH and not any(k == "content-length" for k, _ in out):
-            self._chunked = True
-            out.append(("transfer-encoding", "chunked"))
-        if ex.body == BODY_NONE and head.method in ("POST", "PUT", "PATCH"):
-            out.append(("content-length", "0"))
-        first = f"{head.method} {head.path} HTTP/1.1\r\n".encode("latin-1")
-        self.transport.write(_encode_head(first, out))  # type: ignore[union-attr]
-        ex.bind(self)
-
-    # --- UpLeg ----------------------------------------------------------------------------------
-
-    def send_data(self, data: bytes) -> None:
-        t = self.transport
-        if t is None or self.lost or not data:
-            return
-        if self._chunked:
-            t.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            t.write(data)
-
-    def send_end(self, trailers: Headers | None) -> None:
-        if self._chunked and self.transport is not None and not self.lost:
-            self.transport.write(b"0\r\n\r\n")
-        self._req_done = True
-
-    def abort(self) -> None:
-        self.ex = None
-        self._close(abort=True)
-
-    def pause_response(self) -> None:
-        if not self._paused and self.transport is not None and not self.lost:
-            self._paused = True
-            self.transport.pause_reading()
-
-    def resume_response(self) -> None:
-        if self._paused and self.transport is not None and not self.lost:
-            self._paused = False
-            self.transport.resume_reading()
-
-    # --- httptools callbacks --------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self._headers, self._trailers = [], None
-        self._in_head = True
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        item = (name.decode("latin-1").lower(), value.decode("latin-1"))
-        if self._in_head:
-            self._headers.append(item)
-        else:
-            if self._trailers is None:
-                self._trailers = []
-            self._trailers.append(item)
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        status = self.parser.get_status_code()
-        ex = self.ex
-        if 100 <= status < 200 and status != 101:
-            self._informational = True      # 100 Continue (already answered downstream) and 1xx: dropped
-            return
-        if status == 101:
-            self._informational = True      # no message end: HttpParserUpgrade follows
-            return
-        self._eof_body = not any(k in ("content-length", "transfer-encoding") for k, _ in self._headers) \
-            and status not in (204, 304) and not self._head_request
-        if ex is not None:
-            ex.response_head(status, self._headers)
-        if self._head_request:
-            self._complete()
-
-    def on_body(self, body: bytes) -> None:
-        if self.ex is not None:
-            self.ex.response_data(body)
-
-    def on_message_complete(self) -> None:
-        if self._informational:
-            self._informational = False
-            return
-        if self.ex is not None:
-            self._complete()
-
-    # --- the end of a response ------------------------------------------------------------------
-
-    def _complete(self) -> None:
-        """The response ended. The connection goes back to the pool *before* the exchange ends,
-        so a request the ending starts (the next pipelined one) can reuse it."""
-        ex, self.ex = self.ex, None
-        trailers = self._trailers
-        reusable = (not self.lost and self._req_done and not self._eof_body and not self._head_request
-                    and self.parser.should_keep_alive())
-        if self._paused:
-            self.resume_response()
-        if reusable:
-            self.pools.release(self)
-        else:
-            self._close()
-        if ex is not None:
-            ex.response_end(trailers)
-
-    def _fail(self, flags: str, reason: str, retryable: bool = False) -> None:
-        ex, self.ex = self.ex, None
-        self._close(abort=True)
-        if ex is not None:
-            ex.upstream_reset(flags, reason, retryable=retryable)
-
-    def _close(self, abort: bool = False) -> None:
-        t = self.transport
-        if t is not None and not t.is_closing():
-            t.abort() if abort else t.close()
-
-    @property
-    def usable(self) -> bool:
-        return not self.lost and self.ex is None and self.transport is not None and not self.transport.is_closing()
-
-    # --- raw relay after 101 --------------------------------------------------------------------
-
-    def raw_write(self, data: bytes) -> None:
-        if self.transport is not None and not self.lost:
-            self.transport.write(data)
-
-    def raw_write_eof(self) -> None:
-        t = self.transport
-        if t is not None and not self.lost and t.can_write_eof():
-            t.write_eof()
