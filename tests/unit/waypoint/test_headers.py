@@ -1,0 +1,57 @@
+"""Header rules between the legs (waypoint/http/headers.py): hop-by-hop removal (RFC 9110 §7.6.1,
+RFC 9113 §8.2.2), x-request-id and traceparent as Envoy/Istio users expect."""
+
+from __future__ import annotations
+
+import random
+
+from waypoint.http.headers import add_forwarded, grpc_status_for, is_grpc, strip_hop_by_hop
+
+
+def test_hop_by_hop_and_connection_named_headers_are_removed() -> None:
+    h = [("connection", "keep-alive, x-secret"), ("keep-alive", "timeout=5"), ("x-secret", "1"),
+         ("transfer-encoding", "chunked"), ("proxy-connection", "x"), ("proxy-authorization", "Basic x"),
+         ("upgrade", "websocket"), ("te", "gzip"), ("x-kept", "yes"), ("cookie", "a=1")]
+    assert strip_hop_by_hop(h) == [("x-kept", "yes"), ("cookie", "a=1")]
+
+
+def test_te_trailers_survives_for_grpc() -> None:
+    assert strip_hop_by_hop([("te", "trailers")]) == [("te", "trailers")]
+
+
+def test_upgrade_kept_for_a_passed_through_upgrade() -> None:
+    h = [("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]
+    assert strip_hop_by_hop(h, keep_upgrade=True) == [("upgrade", "websocket"), ("sec-websocket-key", "k"),
+                                                       ("connection", "upgrade")]
+
+
+def test_request_id_generated_when_absent_and_kept_when_present() -> None:
+    out, rid = add_forwarded([("host", "a")], "http", random.Random(1))
+    assert ("x-request-id", rid) in out and len(rid) == 36 and rid[14] == "4"
+    out2, rid2 = add_forwarded([("x-request-id", "abc")], "http", random.Random(1))
+    assert rid2 == "abc" and [v for k, v in out2 if k == "x-request-id"] == ["abc"]
+
+
+def test_trace_context_propagated_untouched_or_generated() -> None:
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    b3 = [("x-b3-traceid", "463ac35c9f6413ad"), ("x-b3-spanid", "a2fb4a1d1a96d312"), ("x-b3-sampled", "1")]
+    out, _ = add_forwarded([("traceparent", tp)] + b3, "http", random.Random(2))
+    assert [v for k, v in out if k == "traceparent"] == [tp]
+    assert all(h in out for h in b3)
+    out, _ = add_forwarded([], "http", random.Random(2))
+    gen = dict(out)["traceparent"]
+    version, trace, span, flags = gen.split("-")
+    assert (version, flags, len(trace), len(span)) == ("00", "00", 32, 16)
+
+
+def test_forwarded_proto_set_when_absent_only() -> None:
+    assert dict(add_forwarded([], "http", random.Random(0))[0])["x-forwarded-proto"] == "http"
+    out, _ = add_forwarded([("x-forwarded-proto", "https")], "http", random.Random(0))
+    assert [v for k, v in out if k == "x-forwarded-proto"] == ["https"]
+
+
+def test_grpc_detection_and_status_mapping() -> None:
+    assert is_grpc([("content-type", "application/grpc+proto")])
+    assert not is_grpc([("content-type", "application/json")])
+    # gRPC's http-grpc-status-mapping: 503 -> UNAVAILABLE, 403 -> PERMISSION_DENIED, 404 -> UNIMPLEMENTED
+    assert (grpc_status_for(503), grpc_status_for(403), grpc_status_for(404), grpc_status_for(500)) == (14, 7, 12, 2)

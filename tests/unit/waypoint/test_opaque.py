@@ -1,0 +1,98 @@
+"""Tunnels that are not HTTP are relayed untouched (L4), decided early or on the detection timer,
+never left hanging: client-first bytes (a TLS ClientHello), server-first protocols (a banner before
+the client says anything), half-close, and no upstream at all."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.unit.waypoint.harness import Proxy, by_header
+from waypoint.http.settings import HttpSettings
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class TcpEcho:
+    """Sends a banner first (a server-first protocol), then echoes; FIN after the client's FIN."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c: socket.socket) -> None:
+        with c:
+            c.sendall(b"220 banner\r\n")
+            while data := c.recv(65536):
+                c.sendall(data)
+            c.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[TcpEcho]:
+    e = TcpEcho()
+    yield e
+    e.sock.close()
+
+
+@pytest.fixture(scope="module")
+def proxy(echo: TcpEcho) -> Iterator[Proxy]:
+    p = Proxy(by_header({"default": 1}), opaque_port=echo.port, settings=HttpSettings(detect_timeout=0.3))
+    yield p
+    assert p.live_exchanges() == 0
+    p.close()
+
+
+def _recv_until(s: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_client_first_opaque_bytes_relayed_at_once(proxy: Proxy) -> None:
+    hello = b"\x16\x03\x01\x00\xa5" + bytes(range(256)) * 40
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        s.sendall(hello)
+        s.shutdown(socket.SHUT_WR)                  # half-close: the reply still comes back
+        got = _recv_until(s, 12 + len(hello))
+    assert got == b"220 banner\r\n" + hello
+    assert time.monotonic() - t0 < 0.3 + 1          # decided on the first byte, not the timer
+    assert proxy.find(lambda r: r.protocol == "TCP" and r.bytes_received == len(hello))
+
+
+def test_server_first_protocol_gets_relayed_after_detect_timeout(proxy: Proxy) -> None:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        t0 = time.monotonic()
+        assert _recv_until(s, 12) == b"220 banner\r\n"      # the client said nothing
+        assert 0.25 < time.monotonic() - t0 < 2
+        s.sendall(b"EHLO x\r\n")
+        assert _recv_until(s, 8) == b"EHLO x\r\n"
+
+
+def test_no_opaque_upstream_closes_instead_of_hanging() -> None:
+    p = Proxy(by_header({"default": 1}), settings=HttpSettings(detect_timeout=0.3))
+    try:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+            s.sendall(b"\x00\x01binary")
+            assert s.recv(100) == b""
+        assert p.find(lambda r: r.response_flags == "NR")
+    finally:
+        p.close()

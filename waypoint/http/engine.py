@@ -1,0 +1,191 @@
+"""The HTTP engine: give it a byte stream, it serves HTTP on it.
+
+    engine = Engine(settings, decide=..., upstream=..., opaque=..., access_log=..., stats=...)
+    loop.create_server(lambda: engine.protocol(Downstream(...)), host, port)   # sockets
+    HBONETransport(stream).attach(engine.protocol(downstream))                  # an HBONE tunnel
+
+Injected, so the engine knows no routing, no policy and no HBONE:
+- `decide(head, downstream) -> Forward | LocalReply`: the sans-IO cores (routing, authorization);
+- `upstream(forward, head) -> UpstreamTarget | None`: which endpoint (load balancing), which
+  protocol (`http1` | `h2`) and how to connect to it; None means no endpoint (503 UH);
+- `opaque(downstream) -> Attachable | None` (async): where a non-HTTP tunnel goes;
+- `access_log(record)` and `stats(record)`: one `RequestRecord` per request when it ends.
+
+Why `upstream` returns a target and not a connection: pooling is per endpoint (as Envoy's), and the
+pool must know the endpoint before deciding whether a connection is needed at all.
+
+A sweeper (one timer for the whole engine, not one per request) enforces the head, idle and stream
+idle timeouts and expires idle pooled connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from waypoint.http.detect import Detector, Verdict
+from waypoint.http.exchange import Exchange
+from waypoint.http.http1 import H1Server
+from waypoint.http.http2 import H2Server
+from waypoint.http.opaque import OpaqueRelay
+from waypoint.http.plug import Attachable, HBONETransport
+from waypoint.http.pool import Pools
+from waypoint.http.record import RecordSink, discard
+from waypoint.http.settings import HttpSettings
+from waypoint.request import Decision, Downstream, Forward, RequestHead
+
+if TYPE_CHECKING:
+    from ambit.dataplane.hbone.stream import HBONEStream
+
+log = logging.getLogger("waypoint.http")
+
+
+@dataclass(frozen=True)
+class UpstreamTarget:
+    """One upstream endpoint: `key` names its pool (e.g. "10.0.0.5:8080"), `address` goes to the
+    access log, `protocol` is what it speaks (`http1` or `h2`: h2c with prior knowledge, for gRPC
+    and HTTP/2 backends), `connect()` opens a connection (a TCP `Plug`, an `HBONETransport`)."""
+
+    key: str
+    address: str
+    connect: Callable[[], Awaitable[Attachable]]
+    protocol: str = "http1"
+
+
+Decide = Callable[[RequestHead, Downstream], Decision]
+ChooseUpstream = Callable[[Forward, RequestHead], "UpstreamTarget | None"]
+OpenOpaque = Callable[[Downstream], Awaitable["Attachable | None"]]
+
+
+class Engine:
+    def __init__(self, settings: HttpSettings, decide: Decide, upstream: ChooseUpstream, *,
+                 opaque: OpenOpaque | None = None, access_log: RecordSink = discard, stats: RecordSink = discard,
+                 rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.decide = decide
+        self.upstream = upstream
+        self.opaque = opaque
+        self.access_log = access_log
+        self.stats = stats
+        self.rng = rng or random.Random()
+        self.loop = asyncio.get_running_loop()
+        self.pools = Pools(self)
+        self.conns: set[H1Server | H2Server] = set()
+        self.exchanges: set[Exchange] = set()
+        self.draining = False
+        self._tick = min(1.0, settings.header_timeout / 4, settings.stream_idle_timeout / 4,
+                         settings.idle_timeout / 4)
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def protocol(self, downstream: Downstream) -> asyncio.Protocol:
+        """The protocol for one accepted tunnel (a socket, or an HBONE stream via HBONETransport)."""
+        self._arm()
+        return TunnelProtocol(self, downstream)
+
+    def serve(self, conn: Attachable, downstream: Downstream) -> None:
+        """Serve an already connected stream (e.g. `HBONETransport(stream)`)."""
+        conn.attach(self.protocol(downstream))
+
+    async def serve_hbone(self, stream: HBONEStream, downstream: Downstream) -> None:
+        """Serve one HBONE tunnel the waypoint accepted (and answered 200) until it closes: the
+        body of an `HBONEServer` on_connect handler, which must not return before the tunnel ends."""
+        self.serve(HBONETransport(stream), downstream)
+        await stream.wait_closed()
+
+    def _arm(self) -> None:
+        if self._sweeper is None and not self.draining:
+            self._sweeper = self.loop.call_later(self._tick, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = self.loop.time()
+        for c in list(self.conns):
+            try:
+                c.check(now)
+            except Exception:
+                log.exception("timeout check failed")
+        self.pools.sweep(now)
+        if self.conns or self.pools.idle or self.pools.h2:
+            self._arm()
+
+    async def shutdown(self) -> None:
+        """GOAWAY to HTTP/2 clients, `Connection: close` to HTTP/1 ones, then `drain_timeout` for
+        open requests to finish; whatever is left is aborted. Close the listener (or stop
+        accepting tunnels) first: tunnels still being sniffed are closed, not served."""
+        self.draining = True
+        for c in list(self.conns):
+            c.shutdown()
+        deadline = self.loop.time() + self.settings.drain_timeout
+        while self.conns and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for c in list(self.conns):
+            c.abort()
+        self.pools.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+
+class TunnelProtocol(asyncio.Protocol):
+    """Sniffs a tunnel's first bytes (detect.py), then hands the transport to the HTTP/1, HTTP/2
+    or opaque side, replaying what it read."""
+
+    def __init__(self, engine: Engine, downstream: Downstream) -> None:
+        self.engine = engine
+        self.downstream = downstream
+        self.detector = Detector()
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._timer = self.engine.loop.call_later(self.engine.settings.detect_timeout, self._timeout)
+
+    def data_received(self, data: bytes) -> None:
+        verdict = self.detector.feed(data)
+        if verdict is not None:
+            self._switch(verdict, eof=False)
+
+    def eof_received(self) -> bool:
+        if self.detector.buffer:
+            self._switch(self.detector.timeout(), eof=True)
+            return True
+        self._cancel()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel()
+
+    def _timeout(self) -> None:
+        self._timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            self._switch(self.detector.timeout(), eof=False)
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _switch(self, verdict: Verdict, eof: bool) -> None:
+        self._cancel()
+        t = self.transport
+        assert t is not None
+        early = bytes(self.detector.buffer)
+        self.detector.buffer.clear()
+        if self.engine.draining:        # shutting down: no new work
+            t.close()
+            return
+        if verdict is Verdict.OPAQUE:
+            OpaqueRelay(self.engine, self.downstream, t, early, eof)
+            return
+        proto: asyncio.Protocol = H1Server(self.engine, self.downstream) if verdict is Verdict.HTTP1 \
+            else H2Server(self.engine, self.downstream)
+        t.set_protocol(proto)
+        proto.connection_made(t)
+        proto.data_received(early)
+        if eof and not proto.eof_received():
+            t.close()

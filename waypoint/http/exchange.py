@@ -1,0 +1,343 @@
+"""One request through the waypoint: decide, answer locally or forward, relay, record.
+
+The downstream leg creates an `Exchange` when a request head is complete and calls `start()`. The
+exchange asks the injected `decide`; a `LocalReply` is written at once, a `Forward` has its rewrites
+and header operations applied and gets an upstream leg from the pools (`bind`). From then on the
+exchange moves body chunks, trailers and resets between the legs and turns backpressure on one side
+into a pause on the other, so no direction buffers more than `buffer_bytes` plus one read or one
+HTTP/2 window. It ends when the response has ended (or failed), and emits one `RequestRecord`.
+
+Failures follow Envoy's wording and response flags, since Istio users grep for them:
+- connect failure: 503 `upstream connect error or disconnect/reset before headers. reset reason:
+  connection failure`, UF;
+- upstream reset or close before the response head: 503 with reset reason `remote reset` (UR) or
+  `connection termination` (UC); after the head: the downstream is reset too;
+- no progress for `stream_idle_timeout`: 408 if the request was still arriving, else 504, SI;
+- gRPC requests get every local reply as a trailers-only response (grpc-status/grpc-message).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from waypoint.http.headers import add_forwarded, grpc_status_for, strip_hop_by_hop
+from waypoint.http.legs import DownLeg, Headers, UpLeg
+from waypoint.http.record import RequestRecord
+from waypoint.request import Downstream, Forward, LocalReply, RequestHead
+
+if TYPE_CHECKING:
+    from waypoint.http.engine import Engine, UpstreamTarget
+
+log = logging.getLogger("waypoint.http")
+
+RESET_BEFORE_HEADERS = "upstream connect error or disconnect/reset before headers. reset reason: "
+
+# body framing of the request as received: no body, a Content-Length, or a stream of unknown length
+BODY_NONE, BODY_LENGTH, BODY_STREAM = "none", "length", "stream"
+
+
+class Exchange:
+    __slots__ = ("engine", "down", "up", "head", "downstream", "body", "record", "forward", "target",
+                 "up_head", "pending", "pending_bytes", "req_ended", "req_trailers", "resp_started",
+                 "resp_ended", "done", "last", "upgrade", "expect_continue", "retried", "_t0",
+                 "upgraded", "_raw_ends", "keep_alive", "reset_code")
+
+    def __init__(self, engine: Engine, down: DownLeg, head: RequestHead, downstream: Downstream, *,
+                 body: str, upgrade: bool = False, expect_continue: bool = False) -> None:
+        self.engine = engine
+        self.down = down
+        self.up: UpLeg | None = None
+        self.head = head
+        self.downstream = downstream
+        self.body = body
+        self.upgrade = upgrade
+        self.expect_continue = expect_continue
+        proto = "HTTP/2" if head.version == "2" else f"HTTP/{head.version}"
+        self.record = RequestRecord(head.method, head.path, head.authority, proto, downstream, grpc=head.grpc)
+        self.forward: Forward | None = None
+        self.target: UpstreamTarget | None = None
+        self.up_head: RequestHead | None = None
+        self.pending: deque[bytes] = deque()
+        self.pending_bytes = 0
+        self.req_ended = body == BODY_NONE
+        self.req_trailers: Headers | None = None
+        self.resp_started = False
+        self.resp_ended = False
+        self.done = False
+        self.retried = False
+        self.upgraded = False
+        self.keep_alive = True          # the client wants the connection kept (HTTP/1)
+        self.reset_code: int | None = None  # an HTTP/2 RST_STREAM code to pass on to the other leg
+        self._raw_ends = 0
+        self._t0 = time.monotonic()
+        self.last = engine.loop.time()
+
+    # --- start: decide, then reply or forward ---------------------------------------------------
+
+    def start(self) -> None:
+        e = self.engine
+        head = self.head
+        head.headers, self.record.request_id = add_forwarded(head.headers, head.scheme, e.rng)
+        try:
+            decision = e.decide(head, self.downstream)
+        except Exception:
+            log.exception("decide failed for %s %s", head.method, head.path)
+            decision = LocalReply(500, b"internal error", reason="decide failed")
+        if isinstance(decision, LocalReply):
+            self.reply(decision)
+            return
+        self.forward = fwd = decision
+        self.record.route, self.record.service = fwd.route, fwd.service
+        headers = [(k, v) for k, v in head.headers if k != "expect"] if self.expect_continue else head.headers
+        headers = fwd.request_headers.apply(strip_hop_by_hop(headers, keep_upgrade=self.upgrade))
+        authority = fwd.authority or head.authority
+        self.up_head = RequestHead(head.method, fwd.path or head.path, authority, head.scheme, headers,
+                                   head.version, head.grpc)
+        try:
+            target = e.upstream(fwd, self.up_head)
+        except Exception:
+            log.exception("choosing an upstream failed for %s", fwd.service)
+            target = None
+        if target is None:
+            self.reply(LocalReply(503, b"no healthy upstream", flags="UH", route=fwd.route, reason="no endpoint"))
+            return
+        self.target = target
+        self.record.upstream, self.record.upstream_protocol = target.address, target.protocol
+        if self.expect_continue:
+            self.down.send_continue()       # Envoy's default: the proxy answers 100 Continue itself
+        e.pools.acquire(target, self)
+
+    # --- from the pools / upstream leg ----------------------------------------------------------
+
+    def bind(self, up: UpLeg) -> None:
+        """An upstream leg took the request head; send what body arrived meanwhile."""
+        if self.done:
+            up.abort()
+            return
+        self.up = up
+        was_full = self.pending_bytes > self.engine.settings.buffer_bytes
+        while self.pending:
+            up.send_data(self.pending.popleft())
+        self.pending_bytes = 0
+        if self.req_ended:
+            up.send_end(self.req_trailers)
+        if was_full:
+            self.down.resume_request()
+
+    def connect_failed(self, detail: str) -> None:
+        log.info("upstream %s: connect failed: %s", self.record.upstream, detail)
+        self.fail_before_headers("UF", "connection failure", detail)
+
+    def overflow(self) -> None:
+        """The upstream's connection limit and wait queue are full (Envoy: circuit breaker)."""
+        route = self.forward.route if self.forward else ""
+        self.reply(LocalReply(503, (RESET_BEFORE_HEADERS + "overflow").encode(),
+                              headers=(("x-envoy-overloaded", "true"),), flags="UO", route=route,
+                              reason="upstream connection limit"))
+
+    def upstream_reset(self, flags: str, reason: str, *, retryable: bool = False) -> None:
+        """The upstream reset the stream or closed the connection. `retryable`: it happened on a
+        reused pooled connection before any response byte (the server closed an idle connection
+        as we reused it), which is safe to try once more on a fresh connection if no body went."""
+        if self.done:
+            return
+        self.up = None
+        if retryable and not self.retried and self.body == BODY_NONE and not self.resp_started \
+                and self.target is not None:
+            self.retried = True
+            self.engine.pools.acquire(self.target, self, fresh=True)
+            return
+        if not self.resp_started:
+            self.fail_before_headers(flags, reason, reason)
+        else:
+            self.record.response_flags = flags
+            self.record.detail = reason
+            self.down.send_reset()
+            self.finish()
+
+    def fail_before_headers(self, flags: str, reason: str, detail: str) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            up.abort()
+        route = self.forward.route if self.forward else ""
+        self.reply(LocalReply(503, (RESET_BEFORE_HEADERS + reason).encode(), flags=flags, route=route,
+                              reason=detail))
+
+    def response_head(self, status: int, headers: Headers, end: bool = False) -> None:
+        """The upstream's response head; `end`: it is the whole response (HTTP/2 END_STREAM on
+        HEADERS: a gRPC trailers-only response must stay one HEADERS frame)."""
+        if self.done:
+            return
+        self.last = self.engine.loop.time()
+        upgraded = status == 101 and self.upgrade
+        headers = strip_hop_by_hop(headers, keep_upgrade=upgraded)
+        if self.forward is not None:
+            headers = self.forward.response_headers.apply(headers)
+        self.resp_started = True
+        self.record.status = status
+        self.upgraded = upgraded
+        if self.head.grpc:      # a trailers-only response carries grpc-status in its head
+            for k, v in headers:
+                if k == "grpc-status":
+                    self.record.grpc_status = v
+        if end:
+            self.resp_ended = True
+            self.down.send_head(status, headers, True)
+            self.finish()
+            return
+        self.down.send_head(status, headers, False)
+
+    def response_data(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.last = self.engine.loop.time()
+        self.record.bytes_sent += len(data)
+        self.down.send_data(data)
+
+    def response_end(self, trailers: Headers | None) -> None:
+        if self.done:
+            return
+        if trailers:
+            for k, v in trailers:
+                if k == "grpc-status":
+                    self.record.grpc_status = v
+        self.resp_ended = True
+        self.down.send_end(trailers)
+        self.finish()
+
+    # --- from the downstream leg ----------------------------------------------------------------
+
+    def request_data(self, data: bytes) -> None:
+        if self.done or self.resp_ended:
+            return
+        self.last = self.engine.loop.time()
+        self.record.bytes_received += len(data)
+        up = self.up
+        if up is not None:
+            up.send_data(data)
+            return
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes > self.engine.settings.buffer_bytes:
+            self.down.pause_request()
+
+    def request_end(self, trailers: Headers | None = None) -> None:
+        if self.req_ended:
+            return
+        self.req_ended = True
+        self.req_trailers = trailers
+        if self.up is not None and not self.done:
+            self.up.send_end(trailers)
+
+    def request_abort(self, flags: str = "DC") -> None:
+        """The client went away (connection closed, or RST_STREAM)."""
+        if self.done:
+            return
+        up, self.up = self.up, None
+        if up is not None:
+            up.abort()
+        if not self.record.response_flags:
+            self.record.response_flags = flags
+        self.finish()
+
+    # --- backpressure ---------------------------------------------------------------------------
+
+    def request_pause(self) -> None:        # the upstream leg is full
+        self.down.pause_request()
+
+    def request_resume(self) -> None:
+        self.down.resume_request()
+
+    def response_pause(self) -> None:       # the downstream leg is full
+        if self.up is not None:
+            self.up.pause_response()
+
+    def response_resume(self) -> None:
+        if self.up is not None:
+            self.up.resume_response()
+
+    # --- local replies, timeouts, the end -------------------------------------------------------
+
+    def reply(self, r: LocalReply) -> None:
+        if self.done:
+            return
+        rec = self.record
+        rec.status, rec.response_flags = r.status, r.flags
+        rec.route = rec.route or r.route
+        rec.detail = r.reason
+        if self.head.grpc:
+            code = r.grpc_status if r.grpc_status is not None else grpc_status_for(r.status)
+            rec.grpc_status = str(code)
+            msg = r.body.decode("utf-8", "replace") if r.body else ""
+            headers = [("content-type", "application/grpc"), ("grpc-status", str(code))]
+            if msg:
+                headers.append(("grpc-message", _grpc_message(msg)))
+            rec.status = 200
+            self.resp_started = True
+            self.down.send_head(200, headers + list(r.headers), True)
+        else:
+            headers = list(r.headers)
+            names = {k.lower() for k, _ in headers}
+            if r.body and "content-type" not in names:
+                headers.append(("content-type", "text/plain"))
+            headers.append(("content-length", str(len(r.body))))
+            self.resp_started = True
+            self.down.send_head(r.status, [(k.lower(), v) for k, v in headers], not r.body)
+            if r.body:
+                rec.bytes_sent += len(r.body)
+                self.down.send_data(r.body)
+                self.down.send_end(None)
+        self.resp_ended = True
+        self.finish()
+
+    def check(self, now: float) -> None:
+        """Called by the engine's sweeper: end a request that made no progress for too long."""
+        if self.done or self.upgraded:
+            return
+        if now - self.last < self.engine.settings.stream_idle_timeout:
+            return
+        up, self.up = self.up, None
+        if up is not None:
+            up.abort()
+        if self.resp_started:
+            self.record.response_flags = "SI"
+            self.down.send_reset()
+            self.finish()
+        elif not self.req_ended:
+            self.reply(LocalReply(408, b"request timeout", flags="SI", reason="stream idle timeout"))
+        else:
+            self.reply(LocalReply(504, b"stream timeout", flags="SI", reason="stream idle timeout"))
+
+    # --- upgraded (101) raw relay ---------------------------------------------------------------
+
+    def raw_end(self) -> None:
+        """One side of an upgraded connection closed; the second ends the exchange."""
+        self._raw_ends += 1
+        if self._raw_ends >= 2 and not self.done:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        rec = self.record
+        rec.duration_ms = (time.monotonic() - self._t0) * 1000
+        e = self.engine
+        e.exchanges.discard(self)
+        try:
+            e.access_log(rec)
+            e.stats(rec)
+        except Exception:
+            log.exception("access-log or stats sink failed")
+        self.down.exchange_done(self)
+
+
+def _grpc_message(msg: str) -> str:
+    """grpc-message is percent-encoded (gRPC over HTTP/2 spec, "Responses")."""
+    out = []
+    for ch in msg.encode("utf-8"):
+        out.append(chr(ch) if 0x20 <= ch <= 0x7E and ch != 0x25 else f"%{ch:02X}")
+    return "".join(out)

@@ -1,0 +1,96 @@
+"""Header rules a proxy applies between its two legs (pure functions).
+
+- Hop-by-hop headers describe one connection, not the message (RFC 9110 §7.6.1): `Connection` and
+  every header it names, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`,
+  `Proxy-Authorization`, `TE` (except `TE: trailers`, which gRPC needs on HTTP/2), `Transfer-Encoding`
+  (each leg frames its own body) and `Upgrade` (kept only on an upgrade the proxy passes through).
+  HTTP/2 forbids all of them on the wire (RFC 9113 §8.2.2), so they go on both translations too.
+- `x-request-id` is kept when present and generated (a UUID4) when absent, as Envoy does for a
+  request it treats as internal (the waypoint's HCM sets `use_remote_address: false`).
+- W3C `traceparent`/`tracestate` and B3 `x-b3-*` pass untouched; a request without a `traceparent`
+  gets a fresh, unsampled one so the hops behind the waypoint share one trace id.
+- `x-forwarded-proto` is set to the downstream scheme when the client did not send one.
+"""
+
+from __future__ import annotations
+
+import random as _random
+import uuid
+from collections.abc import Iterable
+
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
+                        "proxy-authorization", "te", "transfer-encoding", "upgrade"})
+H2_PSEUDO = (":method", ":scheme", ":authority", ":path", ":status", ":protocol")
+
+
+def connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+    """The lower-case names listed in `Connection` headers."""
+    out: set[str] = set()
+    for k, v in headers:
+        if k == "connection":
+            out.update(t.strip().lower() for t in v.split(",") if t.strip())
+    return out
+
+
+def strip_hop_by_hop(headers: list[tuple[str, str]], *, keep_upgrade: bool = False) -> list[tuple[str, str]]:
+    """`headers` without hop-by-hop headers. `keep_upgrade`: an upgrade passed through keeps
+    `Upgrade` and gets `Connection: upgrade` back, so the next hop sees the handshake."""
+    named = connection_tokens(headers) - {"upgrade", "close", "keep-alive"} if headers else set()
+    out = []
+    for k, v in headers:
+        if k in named:
+            continue
+        if k in HOP_BY_HOP:
+            if k == "te" and v.strip().lower() == "trailers":
+                out.append((k, "trailers"))
+            elif k == "upgrade" and keep_upgrade:
+                out.append((k, v))
+            continue
+        out.append((k, v))
+    if keep_upgrade:
+        out.append(("connection", "upgrade"))
+    return out
+
+
+def request_id(rng: _random.Random) -> str:
+    """A UUID4 from the injected random source (tests pass a seeded one)."""
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def new_traceparent(rng: _random.Random) -> str:
+    """A W3C trace context (version 00) with a fresh trace id and span id, not sampled."""
+    trace = rng.getrandbits(128) or 1
+    span = rng.getrandbits(64) or 1
+    return f"00-{trace:032x}-{span:016x}-00"
+
+
+def add_forwarded(headers: list[tuple[str, str]], scheme: str, rng: _random.Random) -> tuple[list[tuple[str, str]], str]:
+    """`headers` with x-forwarded-proto, x-request-id and traceparent ensured; also the request id."""
+    names = {k for k, _ in headers}
+    out = list(headers)
+    if "x-forwarded-proto" not in names:
+        out.append(("x-forwarded-proto", scheme))
+    rid = next((v for k, v in headers if k == "x-request-id"), None)
+    if rid is None:
+        rid = request_id(rng)
+        out.append(("x-request-id", rid))
+    if "traceparent" not in names:
+        out.append(("traceparent", new_traceparent(rng)))
+    return out, rid
+
+
+def is_grpc(headers: Iterable[tuple[str, str]]) -> bool:
+    """content-type application/grpc, application/grpc+proto, ... (gRPC over HTTP/2 spec)."""
+    for k, v in headers:
+        if k == "content-type":
+            return v.lower().startswith("application/grpc")
+    return False
+
+
+# HTTP status of a local reply -> gRPC status, as Envoy maps them for gRPC clients
+# (envoy source/common/grpc/status.cc `Utility::httpToGrpcStatus`).
+_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+
+def grpc_status_for(http_status: int) -> int:
+    return _HTTP_TO_GRPC.get(http_status, 2)

@@ -1,0 +1,275 @@
+"""The upstream HTTP/1.1 connection: one exchange at a time, pooled between them (pool.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import httptools
+
+from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
+from waypoint.http.http1.wire import encode_head
+from waypoint.http.legs import Headers
+from waypoint.request import RequestHead
+
+if TYPE_CHECKING:
+    from waypoint.http.http1.server import H1Server
+    from waypoint.http.pool import Pools
+
+log = logging.getLogger("waypoint.http")
+
+
+class H1Client(asyncio.Protocol):
+    """One upstream HTTP/1.1 connection; serves one exchange at a time (see the module docstring)."""
+
+    def __init__(self, pools: Pools, key: str) -> None:
+        self.pools = pools
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.ex: Exchange | None = None
+        self.lost = False
+        self.reused = False
+        self.requests = 0
+        self.idle_since = 0.0
+        self._req_done = False        # the whole request was written
+        self._resp_bytes = 0
+        self._headers: Headers = []
+        self._trailers: Headers | None = None
+        self._in_head = True
+        self._informational = False
+        self._eof_body = False        # response body delimited by connection close
+        self._chunked = False
+        self._paused = False
+        self._raw: H1Server | None = None
+        self._head_request = False
+
+    # --- asyncio.Protocol -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._raw is not None:
+            self._raw.raw_write(data)
+            return
+        ex = self.ex
+        if ex is None:          # bytes on an idle connection: the server is confused; drop it
+            self._close(abort=True)
+            return
+        self._resp_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            rest = data[e.args[0]:]
+            server = ex.down
+            if not ex.upgrade or not hasattr(server, "start_raw"):    # only an HTTP/1 client can follow
+                self._fail("UPE", "unexpected 101")
+                return
+            ex.response_head(101, self._headers)
+            self._raw = server  # type: ignore[assignment]
+            server.start_raw(ex)  # type: ignore[attr-defined]
+            if rest:
+                server.raw_write(rest)  # type: ignore[attr-defined]
+        except httptools.HttpParserCallbackError as e:
+            log.error("HTTP/1 client callback failed", exc_info=e.__context__)
+            self._fail("UPE", "protocol error")
+        except httptools.HttpParserError as e:
+            log.info("upstream %s sent a malformed response: %s", self.key, e)
+            self._fail("UPE", "protocol error")
+
+    def eof_received(self) -> bool:
+        if self._raw is not None:
+            self._raw.raw_write_eof()
+            ex = self.ex
+            if ex is not None:
+                ex.raw_end()
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.pools.closed(self)
+        if self._raw is not None:
+            raw, self._raw = self._raw, None
+            raw.raw_close()
+            if self.ex is not None:
+                self.ex.raw_end()
+                self.ex.raw_end()
+            return
+        ex = self.ex
+        if ex is None:
+            return
+        if self._eof_body and not self._in_head:
+            self._complete()
+            return
+        self._fail("UC", "connection termination", retryable=self.reused and self._resp_bytes == 0)
+
+    def pause_writing(self) -> None:
+        if self._raw is not None:
+            self._raw.pause_request()
+        elif self.ex is not None:
+            self.ex.request_pause()
+
+    def resume_writing(self) -> None:
+        if self._raw is not None:
+            self._raw.resume_request()
+        elif self.ex is not None:
+            self.ex.request_resume()
+
+    # --- binding an exchange --------------------------------------------------------------------
+
+    def bind(self, ex: Exchange, head: RequestHead, reused: bool) -> None:
+        """Write the request head; the body follows through `send_data`/`send_end`."""
+        self.ex = ex
+        self.reused = reused
+        self.requests += 1
+        self._req_done = False
+        self._resp_bytes = 0
+        self._headers, self._trailers = [], None
+        self._in_head, self._informational, self._eof_body = True, False, False
+        self._head_request = head.method == "HEAD"
+        out: Headers = [("host", head.authority)]
+        cookies = []
+        for k, v in head.headers:
+            if k == "host" or k.startswith(":"):
+                continue
+            if k == "cookie":
+                cookies.append(v)
+                continue
+            if k == "content-length" and ex.body != BODY_LENGTH:
+                continue
+            if k == "te":
+                continue
+            out.append((k, v))
+        if cookies:
+            out.append(("cookie", "; ".join(cookies)))
+        self._chunked = ex.body == BODY_STREAM
+        if self._chunked:
+            out.append(("transfer-encoding", "chunked"))
+        elif ex.body == BODY_LENGTH and not any(k == "content-length" for k, _ in out):
+            self._chunked = True
+            out.append(("transfer-encoding", "chunked"))
+        if ex.body == BODY_NONE and head.method in ("POST", "PUT", "PATCH"):
+            out.append(("content-length", "0"))
+        first = f"{head.method} {head.path} HTTP/1.1\r\n".encode("latin-1")
+        self.transport.write(encode_head(first, out))  # type: ignore[union-attr]
+        ex.bind(self)
+
+    # --- UpLeg ----------------------------------------------------------------------------------
+
+    def send_data(self, data: bytes) -> None:
+        t = self.transport
+        if t is None or self.lost or not data:
+            return
+        if self._chunked:
+            t.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            t.write(data)
+
+    def send_end(self, trailers: Headers | None) -> None:
+        if self._chunked and self.transport is not None and not self.lost:
+            self.transport.write(b"0\r\n\r\n")
+        self._req_done = True
+
+    def abort(self) -> None:
+        self.ex = None
+        self._close(abort=True)
+
+    def pause_response(self) -> None:
+        if not self._paused and self.transport is not None and not self.lost:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_response(self) -> None:
+        if self._paused and self.transport is not None and not self.lost:
+            self._paused = False
+            self.transport.resume_reading()
+
+    # --- httptools callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers, self._trailers = [], None
+        self._in_head = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        item = (name.decode("latin-1").lower(), value.decode("latin-1"))
+        if self._in_head:
+            self._headers.append(item)
+        else:
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append(item)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        status = self.parser.get_status_code()
+        ex = self.ex
+        if 100 <= status < 200 and status != 101:
+            self._informational = True      # 100 Continue (already answered downstream) and 1xx: dropped
+            return
+        if status == 101:
+            self._informational = True      # no message end: HttpParserUpgrade follows
+            return
+        self._eof_body = not any(k in ("content-length", "transfer-encoding") for k, _ in self._headers) \
+            and status not in (204, 304) and not self._head_request
+        if ex is not None:
+            ex.response_head(status, self._headers)
+        if self._head_request:
+            self._complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.ex is not None:
+            self.ex.response_data(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self.ex is not None:
+            self._complete()
+
+    # --- the end of a response ------------------------------------------------------------------
+
+    def _complete(self) -> None:
+        """The response ended. The connection goes back to the pool *before* the exchange ends,
+        so a request the ending starts (the next pipelined one) can reuse it."""
+        ex, self.ex = self.ex, None
+        trailers = self._trailers
+        reusable = (not self.lost and self._req_done and not self._eof_body and not self._head_request
+                    and self.parser.should_keep_alive())
+        if self._paused:
+            self.resume_response()
+        if reusable:
+            self.pools.release(self)
+        else:
+            self._close()
+        if ex is not None:
+            ex.response_end(trailers)
+
+    def _fail(self, flags: str, reason: str, retryable: bool = False) -> None:
+        ex, self.ex = self.ex, None
+        self._close(abort=True)
+        if ex is not None:
+            ex.upstream_reset(flags, reason, retryable=retryable)
+
+    def _close(self, abort: bool = False) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.abort() if abort else t.close()
+
+    @property
+    def usable(self) -> bool:
+        return not self.lost and self.ex is None and self.transport is not None and not self.transport.is_closing()
+
+    # --- raw relay after 101 --------------------------------------------------------------------
+
+    def raw_write(self, data: bytes) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(data)
+
+    def raw_write_eof(self) -> None:
+        t = self.transport
+        if t is not None and not self.lost and t.can_write_eof():
+            t.write_eof()

@@ -1,0 +1,461 @@
+"""The downstream HTTP/1.x connection: requests in order, responses framed for the client, bad
+input refused, upgrades switched to a raw relay (the package docstring has the rules)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
+from waypoint.http.headers import is_grpc
+from waypoint.http.http1.client import H1Client
+from waypoint.http.http1.wire import FLUSH_NOW, Refuse, encode_head, reason_phrase
+from waypoint.http.legs import Headers
+from waypoint.http.record import RequestRecord
+from waypoint.request import Downstream, LocalReply, RequestHead
+
+if TYPE_CHECKING:
+    from waypoint.http.engine import Engine
+
+log = logging.getLogger("waypoint.http")
+
+
+class H1Server(asyncio.Protocol):
+    """One downstream HTTP/1.x connection (see the module docstring)."""
+
+    def __init__(self, engine: Engine, downstream: Downstream, scheme: str = "http") -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self.downstream = downstream
+        self.scheme = scheme
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Exchange] = deque()   # [0] is being answered; the rest wait their turn
+        self.parsing: Exchange | None = None    # whose body the parser is reading
+        self.closing = False                    # no more requests: close after the current response
+        self.lost = False
+        self._pause_reasons: set[str] = set()
+        self._write_paused = False
+        # the head being parsed
+        self._in_head = False
+        self._head_start = 0.0
+        self._head_bytes = 0
+        self._url = b""
+        self._headers: Headers = []
+        self._trailers: Headers | None = None
+        # the response being sent
+        self._chunked = False
+        self._keep_alive = True
+        self._continued = False
+        self._head_request = False
+        # upgrade
+        self._upgrade_buf: list[bytes] | None = None
+        self._raw: Exchange | None = None
+        self.last = 0.0
+        self._wbuf: list[bytes] = []    # written in one go at the end of the loop iteration
+        self._wbuf_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
+
+    # --- asyncio.Protocol -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.engine.conns.add(self)
+        self.last = self.engine.loop.time()
+
+    def data_received(self, data: bytes) -> None:
+        self.last = self.engine.loop.time()
+        if self._raw is not None:
+            self._raw_from_client(data)
+            return
+        if self._upgrade_buf is not None:
+            self._upgrade_buf.append(data)
+            self._pause("upgrade")
+            return
+        if self.closing and not self.queue and self.parsing is None:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._upgrade_wait(data[e.args[0]:])
+            return
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, Refuse):
+                self._bad(cause.status, str(cause))
+            else:
+                log.error("HTTP/1 server callback failed", exc_info=cause)
+                self._bad(500, "internal error")
+            return
+        except httptools.HttpParserError as e:
+            self._bad(400, f"malformed request: {e}")
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.settings.max_header_bytes:
+                self._bad(431, "request headers too large")
+
+    def eof_received(self) -> bool:
+        if self._raw is not None:
+            self._raw_eof_from_client()
+            return True
+        self.closing = True
+        if self.parsing is not None:        # the request was cut short: nothing to answer
+            ex, self.parsing = self.parsing, None
+            ex.request_abort("DC")
+            return False
+        # A client that half-closes after its request still gets the response (HTTP/1.0 style).
+        return bool(self.queue)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.engine.conns.discard(self)
+        raw = self._raw
+        if raw is not None:
+            self._raw = None
+            up = raw.up
+            if up is not None:
+                up.abort()
+            raw.raw_end()
+            raw.raw_end()
+            return
+        for ex in list(self.queue):
+            ex.request_abort("DC")
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        ex = self._raw or (self.queue[0] if self.queue else None)
+        if ex is not None:
+            ex.response_pause()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        ex = self._raw or (self.queue[0] if self.queue else None)
+        if ex is not None:
+            ex.response_resume()
+
+    # --- httptools callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_start = self.engine.loop.time()
+        self._head_bytes = 0
+        self._url = b""
+        self._headers = []
+        self._trailers = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        k, v = name.decode("latin-1").lower(), value.decode("latin-1")
+        if not self._in_head:
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((k, v))
+            return
+        self._headers.append((k, v))
+        if len(self._headers) > self.settings.max_headers:
+            raise Refuse(431, f"more than {self.settings.max_headers} request headers")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        size = len(self._url) + sum(len(k) + len(v) + 4 for k, v in self._headers)
+        if size > self.settings.max_header_bytes:
+            raise Refuse(431, "request headers too large")
+        p = self.parser
+        method = p.get_method().decode("latin-1")
+        version = p.get_http_version()
+        headers = self._headers
+        url = self._url.decode("latin-1")
+        authority = ""
+        for k, v in headers:
+            if k == "host":
+                authority = v
+                break
+        if not url.startswith("/") and url != "*" and "://" in url:   # absolute-form (RFC 9112 §3.2.2)
+            u = httptools.parse_url(self._url)
+            authority = u.host.decode("latin-1") + (f":{u.port}" if u.port else "")
+            url = (u.path or b"/").decode("latin-1") + ("?" + u.query.decode("latin-1") if u.query else "")
+        if not authority and version == "1.1":     # RFC 9112 §3.2: a client MUST send Host
+            raise Refuse(400, "missing host header")
+        te = any(k == "transfer-encoding" for k, _ in headers)
+        cl = next((v for k, v in headers if k == "content-length"), None)
+        body = BODY_STREAM if te else (BODY_LENGTH if cl not in (None, "0") else BODY_NONE)
+        upgrade = p.should_upgrade() and method != "CONNECT"
+        expect = any(k == "expect" and v.lower() == "100-continue" for k, v in headers) and version == "1.1"
+        head = RequestHead(method, url, authority, self.scheme, headers, version, is_grpc(headers))
+        ex = Exchange(self.engine, self, head, self.downstream, body=body, upgrade=upgrade, expect_continue=expect)
+        ex.keep_alive = p.should_keep_alive()
+        self.parsing = ex
+        self.queue.append(ex)
+        self.engine.exchanges.add(ex)
+        if method == "CONNECT":
+            ex.keep_alive = False
+            if len(self.queue) == 1:
+                ex.reply(LocalReply(405, b"CONNECT is not supported", reason="CONNECT"))
+            return
+        if len(self.queue) == 1:
+            self._begin(ex)
+        else:
+            self._pause("pipeline")
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is not None:
+            ex.request_data(body)
+
+    def on_message_complete(self) -> None:
+        ex, self.parsing = self.parsing, None
+        if ex is not None:
+            ex.request_end(self._trailers)
+            if ex.done:                 # answered before its body ended; the body is now read
+                self._after(ex)
+
+    # --- writing: one write per loop iteration ---------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        """Queue `data`; what a response produces in one callback chain (head, body, end) goes
+        out in one syscall (the kernel's per-write cost dominates a proxied request)."""
+        if self.lost:
+            return
+        self._wbuf.append(data)
+        self._wbuf_bytes += len(data)
+        if self._wbuf_bytes >= FLUSH_NOW:      # bulk: let the transport's backpressure see it now
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self.engine.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        buf, self._wbuf, self._wbuf_bytes = self._wbuf, [], 0
+        t = self.transport
+        if buf and t is not None and not self.lost and not t.is_closing():
+            t.write(buf[0] if len(buf) == 1 else b"".join(buf))
+
+    # --- DownLeg ------------------------------------------------------------------------------------
+
+    def _begin(self, ex: Exchange) -> None:
+        self._chunked = False
+        self._continued = False
+        self._keep_alive = ex.keep_alive and not self.closing
+        self._head_request = ex.head.method == "HEAD"
+        ex.start()
+
+    def send_continue(self) -> None:
+        self._continued = True
+        if self.transport is not None and not self.lost:
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def send_head(self, status: int, headers: Headers, end: bool) -> None:
+        ex = self.queue[0] if self.queue else None
+        version = ex.head.version if ex is not None else "1.1"
+        if status == 101:
+            self._keep_alive = False
+            self._write(encode_head(b"HTTP/1.1 101 Switching Protocols\r\n", headers))
+            return
+        has_len = any(k == "content-length" for k, _ in headers)
+        no_body = self._head_request or status in (204, 304) or 100 <= status < 200
+        out = [h for h in headers if h[0] != "connection"]
+        if ex is not None and (ex.upgrade or not ex.keep_alive):
+            self._keep_alive = False    # (a refused upgrade: the client's next bytes are unframed)
+        if not has_len and not no_body:
+            if end:
+                out.append(("content-length", "0"))
+            elif version == "1.1":
+                out.append(("transfer-encoding", "chunked"))
+                self._chunked = True
+            else:
+                self._keep_alive = False    # HTTP/1.0: the body ends when the connection does
+        keep = self._keep_alive and not self.closing
+        if not keep:
+            out.append(("connection", "close"))
+        elif version == "1.0":
+            out.append(("connection", "keep-alive"))
+        self._keep_alive = keep
+        self._write(encode_head(b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status)), out))
+
+    def send_data(self, data: bytes) -> None:
+        if self.lost or not data or self._head_request:
+            return
+        if self._chunked:
+            self._write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self._write(data)
+
+    def send_end(self, trailers: Headers | None) -> None:
+        if self._chunked and not self.lost:
+            self._write(encode_head(b"0\r\n", trailers or []))
+            self._chunked = False
+
+    def send_reset(self) -> None:
+        """A response already started cannot be taken back: abort the connection (the client
+        sees a truncated response, not a complete wrong one)."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_request(self) -> None:
+        self._pause("backpressure")
+
+    def resume_request(self) -> None:
+        self._resume("backpressure")
+
+    def exchange_done(self, ex: object) -> None:
+        if self.lost:
+            return
+        assert isinstance(ex, Exchange)
+        if ex.upgraded:                 # both raw sides are done
+            self._close()
+            if isinstance(ex.up, H1Client):
+                ex.up._close()
+            return
+        if ex is self.parsing:
+            # Answered before the request body ended. If the client waits for 100 Continue that
+            # never came, it may never send the body: close. Otherwise read the rest of the body
+            # and drop it (closing with unread bytes makes the kernel send RST, and the client
+            # may lose the response); on_message_complete moves on.
+            if ex.expect_continue and not self._continued:
+                self._keep_alive = False
+                self._after(ex)
+            return
+        self._after(ex)
+
+    def _after(self, ex: Exchange) -> None:
+        """The response of `ex` is out: next request, or close."""
+        if not self.queue or self.queue[0] is not ex:
+            return
+        self.queue.popleft()
+        self.last = self.engine.loop.time()
+        if self.closing or not self._keep_alive:
+            self._close()
+            return
+        self._resume("backpressure")
+        if self.queue:
+            nxt = self.queue[0]
+            if len(self.queue) == 1:
+                self._resume("pipeline")
+            self._begin(nxt)
+        else:
+            self._resume("pipeline")
+
+    # --- errors and timeouts --------------------------------------------------------------------
+
+    def _bad(self, status: int, reason: str) -> None:
+        peer = self.downstream.source_ip or (self.transport.get_extra_info("peername") if self.transport else "")
+        log.warning("HTTP/1 %d to %s: %s", status, peer, reason)
+        self.closing = True
+        self._in_head = False
+        if self.queue and self.queue[0].resp_started:
+            self.send_reset()
+            return
+        for ex in list(self.queue):
+            ex.request_abort("DPE")
+        self.queue.clear()
+        self.parsing = None
+        rec = RequestRecord("", self._url.decode("latin-1")[:256], "", "HTTP/1.1", self.downstream, status=status,
+                            response_flags="DPE", detail=reason)
+        try:
+            self.engine.access_log(rec)
+            self.engine.stats(rec)
+        except Exception:
+            log.exception("access-log sink failed")
+        body = reason.encode()
+        if self.transport is not None and not self.lost:
+            self._write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                                 b"connection: close\r\n\r\n%b" % (status, reason_phrase(status), len(body), body))
+        self._close()
+
+    def check(self, now: float) -> None:
+        """The engine's sweeper: slow heads, idle keep-alive connections, stalled requests."""
+        if self.lost:
+            return
+        s = self.settings
+        if self._in_head and now - self._head_start > s.header_timeout:
+            self._bad(408, "request header timeout")
+        elif self.queue:
+            if self.queue[0].done:      # reading the unwanted rest of a body
+                if now - self.last > s.stream_idle_timeout:
+                    self._close()
+            else:
+                self.queue[0].check(now)
+        elif self._raw is None and now - self.last > s.idle_timeout:
+            self._close()
+
+    def shutdown(self) -> None:
+        """Drain: close now if idle, else after the current response."""
+        self.closing = True
+        if not self.queue and self._raw is None:
+            self._close()
+
+    def _close(self) -> None:
+        self._flush()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _pause(self, why: str) -> None:
+        if not self._pause_reasons and self.transport is not None and not self.lost:
+            self.transport.pause_reading()
+        self._pause_reasons.add(why)
+
+    def _resume(self, why: str) -> None:
+        if why not in self._pause_reasons:
+            return
+        self._pause_reasons.discard(why)
+        if not self._pause_reasons and self.transport is not None and not self.lost:
+            self.transport.resume_reading()
+
+    # --- upgrade: raw relay after 101 -----------------------------------------------------------
+
+    def _upgrade_wait(self, rest: bytes) -> None:
+        self._upgrade_buf = [rest] if rest else []
+        self._pause("upgrade")
+
+    def start_raw(self, ex: Exchange) -> None:
+        """The upstream answered 101: from now on bytes pass untouched both ways."""
+        self._raw = ex
+        self.queue.clear()
+        self.parsing = None
+        buf, self._upgrade_buf = self._upgrade_buf or [], None
+        for data in buf:
+            self._raw_from_client(data)
+        self._resume("upgrade")
+
+    def _raw_from_client(self, data: bytes) -> None:
+        ex = self._raw
+        if ex is None:
+            return
+        ex.record.bytes_received += len(data)
+        up = ex.up
+        if isinstance(up, H1Client):
+            up.raw_write(data)
+
+    def _raw_eof_from_client(self) -> None:
+        ex = self._raw
+        if ex is not None and isinstance(ex.up, H1Client):
+            ex.up.raw_write_eof()
+        if ex is not None:
+            ex.raw_end()
+
+    def raw_write(self, data: bytes) -> None:
+        if self._raw is not None:
+            self._raw.record.bytes_sent += len(data)
+        self._write(data)
+
+    def raw_write_eof(self) -> None:
+        self._flush()
+        t = self.transport
+        if t is not None and not self.lost and t.can_write_eof():
+            t.write_eof()
+
+    def raw_close(self) -> None:
+        self._close()

@@ -1,0 +1,35 @@
+"""HTTP/1.1 bytes the engine writes itself: status lines and header blocks (parsing is httptools'),
+plus the errors a parser callback raises to refuse a request."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from waypoint.http.legs import Headers
+
+REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+def reason_phrase(status: int) -> bytes:
+    return REASONS.get(status, "Unknown").encode()
+
+
+# Bytes buffered for one write before they are written at once (bulk bodies): without this, a loop
+# that delivers many reads per iteration (uvloop) would buffer them all before backpressure acts.
+FLUSH_NOW = 64 * 1024
+
+
+class Refuse(Exception):
+    """Raised from a parser callback: answer `status` and close."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def encode_head(first: bytes, headers: Headers) -> bytes:
+    parts = [first]
+    for k, v in headers:
+        parts.append(f"{k}: {v}\r\n".encode("latin-1"))
+    parts.append(b"\r\n")
+    return b"".join(parts)

@@ -1,0 +1,21 @@
+"""HTTP/2 (h2c, prior knowledge) on both legs, with the `h2` library.
+
+`H2Server` is one downstream connection (each stream an `Exchange`); `H2Client` one upstream
+connection that multiplexes the exchanges the pool gives it.
+
+Flow control is where an HTTP/2 proxy goes wrong, so, on both sides:
+- received DATA is acknowledged (WINDOW_UPDATE) only once the other leg took it; while the other
+  leg is full (`pause_*`), acknowledgements are held back, so the peer stops after one window;
+- DATA to send waits in a per-stream queue for the peer's window; above `buffer_bytes` queued the
+  exchange pauses the sending side's source.
+So memory per stream is bounded by one window plus `buffer_bytes`, whatever the peers do.
+
+Trailers (gRPC's `grpc-status`) pass both ways; RST_STREAM passes both ways with its error code;
+`shutdown()` sends GOAWAY naming the last stream served, refuses newer streams (REFUSED_STREAM, which
+clients retry elsewhere) and lets the open ones finish.
+"""
+
+from waypoint.http.http2.client import H2Client
+from waypoint.http.http2.server import H2Server
+
+__all__ = ["H2Client", "H2Server"]

@@ -1,0 +1,190 @@
+"""The upstream h2c connection: exchanges from the pool multiplexed as streams."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+import h2.events
+import h2.exceptions
+from h2.errors import ErrorCodes
+
+from waypoint.http.exchange import BODY_NONE, BODY_STREAM, Exchange
+from waypoint.http.http2.connection import H2Base, Stream, decode_headers, encode_headers
+from waypoint.http.legs import Headers
+
+if TYPE_CHECKING:
+    from waypoint.http.pool import Pools
+    from waypoint.http.settings import HttpSettings
+
+log = logging.getLogger("waypoint.http")
+
+
+class UpStream(Stream):
+    """An upstream stream: the exchange's UpLeg."""
+
+    __slots__ = ()
+
+    def abort(self) -> None:
+        self.reset(getattr(self.ex, "reset_code", None) or ErrorCodes.CANCEL)
+
+    def pause_response(self) -> None:
+        self.hold()
+
+    def resume_response(self) -> None:
+        self.release()
+
+    def on_blocked(self) -> None:
+        self.ex.request_pause()
+
+    def on_unblocked(self) -> None:
+        self.ex.request_resume()
+
+
+class H2Client(H2Base):
+    """One upstream h2c connection; the pool opens streams on it (`open_stream`)."""
+
+    def __init__(self, pools: Pools, key: str, settings: HttpSettings) -> None:
+        super().__init__(settings, client_side=True)
+        self.pools = pools
+        self.key = key
+        self.waiting: deque[Exchange] = deque()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.pools.forget(self)
+        self._abort_all("connection termination")
+
+    def _abort_all(self, why: str) -> None:
+        streams, self.streams = list(self.streams.values()), {}
+        for st in streams:
+            st.ended = True
+            st.ex.upstream_reset("UC", "connection termination", retryable=False)
+        waiting, self.waiting = list(self.waiting), deque()
+        for ex in waiting:
+            ex.upstream_reset("UC", "connection termination", retryable=True)
+
+    def has_capacity(self) -> bool:
+        if self.lost or self.closing:
+            return False
+        return len(self.streams) < self.h2.remote_settings.max_concurrent_streams
+
+    def open_stream(self, ex: Exchange) -> None:
+        if ex.done:
+            return
+        if not self.has_capacity():
+            if self.lost or self.closing:
+                ex.upstream_reset("UC", "connection termination", retryable=True)
+            else:
+                self.waiting.append(ex)
+            return
+        head = ex.up_head
+        assert head is not None
+        sid = self.h2.get_next_available_stream_id()
+        pseudo = [(":method", head.method), (":scheme", head.scheme), (":authority", head.authority),
+                  (":path", head.path)]
+        headers = head.headers
+        if ex.body == BODY_STREAM:      # from HTTP/1.1 chunked: HTTP/2 frames the body itself
+            headers = [(k, v) for k, v in headers if k != "content-length"]
+        end = ex.body == BODY_NONE
+        st = UpStream(self, sid, ex)
+        try:
+            self.h2.send_headers(sid, encode_headers(pseudo, headers), end_stream=end)
+        except h2.exceptions.H2Error as e:
+            log.info("cannot open a stream to %s: %s", self.key, e)
+            ex.upstream_reset("UPE", "protocol error")
+            return
+        if end:
+            st.ended = True
+            st.end_pending = True
+        self.streams[sid] = st
+        self.schedule_flush()
+        ex.bind(st)
+
+    def event(self, ev: h2.events.Event) -> None:
+        if isinstance(ev, h2.events.DataReceived):
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                st.ex.response_data(ev.data)
+            self.received(st, ev)
+        elif isinstance(ev, h2.events.ResponseReceived):
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                pseudo, headers = decode_headers(ev.headers)
+                end = ev.stream_ended is not None
+                if end:
+                    st.remote_ended = True
+                    if not st.ended:
+                        st.reset(ErrorCodes.CANCEL)
+                    self.streams.pop(st.sid, None)
+                st.ex.response_head(int(pseudo.get(":status", "502")), headers, end)
+                if end:
+                    self._next()
+                    self.maybe_done()
+        elif isinstance(ev, h2.events.TrailersReceived):
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                st.remote_ended = True
+                self._finish(st, decode_headers(ev.headers)[1])
+        elif isinstance(ev, h2.events.StreamEnded):
+            st = self.streams.get(ev.stream_id)
+            if st is not None and not st.remote_ended:
+                st.remote_ended = True
+                self._finish(st, None)
+        elif isinstance(ev, h2.events.StreamReset):
+            st = self.streams.pop(ev.stream_id, None)
+            if st is not None:
+                st.ended = True
+                st.ex.reset_code = ev.error_code
+                refused = ev.error_code == ErrorCodes.REFUSED_STREAM and not st.ex.resp_started
+                st.ex.upstream_reset("UR", "remote reset", retryable=refused)
+            self._next()
+        elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            self.pump_all()
+            self._next()
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self.closing = True
+            self.pools.forget(self)
+            last = ev.last_stream_id if ev.last_stream_id is not None else 0
+            for sid, st in list(self.streams.items()):
+                if sid > last:          # never processed: safe to send elsewhere
+                    del self.streams[sid]
+                    st.ended = True
+                    st.ex.upstream_reset("UC", "connection termination", retryable=True)
+            waiting, self.waiting = list(self.waiting), deque()
+            for ex in waiting:
+                self.pools.acquire(ex.target, ex, fresh=True)  # type: ignore[arg-type]
+            self.maybe_done()
+
+    def _finish(self, st: Stream, trailers: Headers | None) -> None:
+        if not st.ended:                # the server answered before the request ended: stop it
+            st.reset(ErrorCodes.CANCEL)
+        self.streams.pop(st.sid, None)
+        st.ex.response_end(trailers)
+        self._next()
+        self.maybe_done()
+
+    def sent_end(self, st: Stream) -> None:
+        if st.remote_ended:
+            self.streams.pop(st.sid, None)
+            self._next()
+
+    def _next(self) -> None:
+        while self.waiting and self.has_capacity():
+            self.open_stream(self.waiting.popleft())
+
+    def check(self, now: float) -> None:
+        if not self.streams and not self.waiting and now - self.last > self.settings.upstream_idle_timeout:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        self.closing = True
+        self.pools.forget(self)
+        if not self.streams and self.transport is not None and not self.lost:
+            try:
+                self.h2.close_connection()
+            except h2.exceptions.H2Error:
+                pass
+            self.flush()
+            self.transport.close()

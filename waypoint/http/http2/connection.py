@@ -1,0 +1,258 @@
+"""What both ends of the engine's HTTP/2 share: header (de)coding, one stream's send queue and held
+acknowledgements, and the connection base that pumps DATA within the peer's windows and flushes
+once per loop iteration (the package docstring has the flow-control rules)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from waypoint.http.headers import HOP_BY_HOP
+from waypoint.http.legs import Headers
+
+if TYPE_CHECKING:
+    from waypoint.http.exchange import Exchange
+    from waypoint.http.settings import HttpSettings
+
+log = logging.getLogger("waypoint.http")
+
+DEFAULT_WINDOW = 65535
+
+
+def decode_headers(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], Headers]:
+    pseudo: dict[str, str] = {}
+    out: Headers = []
+    for k, v in headers:
+        ks, vs = k.decode("latin-1"), v.decode("latin-1")
+        if ks.startswith(":"):
+            pseudo[ks] = vs
+        else:
+            out.append((ks, vs))
+    return pseudo, out
+
+
+def encode_headers(pseudo: list[tuple[str, str]], headers: Headers) -> list[tuple[bytes, bytes]]:
+    out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pseudo]
+    for k, v in headers:
+        if k in HOP_BY_HOP and not (k == "te" and v == "trailers") or k == "host" or k.startswith(":"):
+            continue
+        out.append((k.encode("latin-1"), v.encode("latin-1")))
+    return out
+
+
+class Stream:
+    """One stream's send queue and held acknowledgements."""
+
+    __slots__ = ("conn", "sid", "ex", "out", "out_bytes", "end_pending", "trailers", "ended", "held",
+                 "paused", "blocked", "remote_ended")
+
+    def __init__(self, conn: H2Base, sid: int, ex: Exchange) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.ex = ex
+        self.out: deque[bytes] = deque()
+        self.out_bytes = 0
+        self.end_pending = False
+        self.trailers: Headers | None = None
+        self.ended = False              # END_STREAM sent (or the stream reset)
+        self.held = 0                   # received bytes not yet acknowledged (paused)
+        self.paused = False
+        self.blocked = False            # told the exchange to pause its source
+        self.remote_ended = False
+
+    # shared by DownLeg and UpLeg
+    def send_data(self, data: bytes) -> None:
+        if self.ended or not data:
+            return
+        self.out.append(data)
+        self.out_bytes += len(data)
+        self.conn.pump(self)
+
+    def send_end(self, trailers: Headers | None) -> None:
+        if self.ended or self.end_pending:
+            return
+        self.end_pending = True
+        self.trailers = trailers
+        self.conn.pump(self)
+
+    def hold(self) -> None:
+        self.paused = True
+
+    def release(self) -> None:
+        self.paused = False
+        if self.held:
+            n, self.held = self.held, 0
+            self.conn.ack(self.sid, n)
+
+    def reset(self, code: int) -> None:
+        if not self.ended:
+            self.ended = True
+            self.out.clear()
+            self.conn.reset(self, code)
+
+    def on_blocked(self) -> None: ...
+    def on_unblocked(self) -> None: ...
+
+
+class H2Base(asyncio.Protocol):
+    """One h2 connection (either end): receives and dispatches events, pumps stream queues within
+    the peer's windows, acknowledges received DATA when its stream is not paused."""
+
+    def __init__(self, settings: HttpSettings, client_side: bool) -> None:
+        self.settings = settings
+        cfg = h2.config.H2Configuration(client_side=client_side, header_encoding=None)
+        self.h2 = h2.connection.H2Connection(config=cfg)
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, Stream] = {}
+        self.lost = False
+        self.closing = False
+        self._flush_handle: asyncio.Handle | None = None
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        s = self.settings
+        self.h2.local_settings = h2.settings.Settings(client=self.h2.config.client_side, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: s.h2_max_concurrent_streams,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: s.h2_window,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: s.max_header_bytes,
+        })
+        self.h2.initiate_connection()
+        if s.h2_window > DEFAULT_WINDOW:
+            self.h2.increment_flow_control_window(s.h2_window - DEFAULT_WINDOW)
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.last = self.loop.time()
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            log.info("HTTP/2 protocol error from %s: %s", self.peer(), e)
+            self.flush()
+            self._abort_all("protocol error")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for ev in events:
+            try:
+                self.event(ev)
+            except Exception:
+                log.exception("HTTP/2 event %r failed", type(ev).__name__)
+        self.flush()
+
+    def event(self, ev: h2.events.Event) -> None:
+        raise NotImplementedError
+
+    def peer(self) -> object:
+        return self.transport.get_extra_info("peername") if self.transport is not None else None
+
+    def _abort_all(self, why: str) -> None:
+        raise NotImplementedError
+
+    # --- sending --------------------------------------------------------------------------------
+
+    def schedule_flush(self) -> None:
+        if self._flush_handle is None and not self.lost:
+            self._flush_handle = self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_handle = None
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.lost:
+            self.transport.write(data)
+
+    def pump(self, st: Stream) -> None:
+        """Send what the windows allow of `st`'s queue; end the stream when it is empty."""
+        h = self.h2
+        try:
+            while st.out:
+                win = min(h.local_flow_control_window(st.sid), h.max_outbound_frame_size)
+                if win <= 0:
+                    break
+                chunk = st.out[0]
+                if len(chunk) <= win:
+                    st.out.popleft()
+                else:
+                    st.out[0] = chunk[win:]
+                    chunk = chunk[:win]
+                st.out_bytes -= len(chunk)
+                h.send_data(st.sid, chunk)
+            if not st.out and st.end_pending and not st.ended:
+                st.ended = True
+                if st.trailers:
+                    h.send_headers(st.sid, encode_headers([], st.trailers), end_stream=True)
+                else:
+                    h.send_data(st.sid, b"", end_stream=True)
+                self.sent_end(st)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as e:
+            log.debug("stream %d closed while sending: %s", st.sid, e)
+            st.ended = True
+            st.out.clear()
+            self.drop(st)
+        limit = self.settings.buffer_bytes
+        if not st.blocked and st.out_bytes > limit:
+            st.blocked = True
+            st.on_blocked()
+        elif st.blocked and st.out_bytes <= limit // 2:
+            st.blocked = False
+            st.on_unblocked()
+        self.schedule_flush()
+
+    def pump_all(self) -> None:
+        for st in list(self.streams.values()):
+            if st.out or (st.end_pending and not st.ended):
+                self.pump(st)
+
+    def sent_end(self, st: Stream) -> None:
+        """END_STREAM went out on `st`."""
+
+    def ack(self, sid: int, n: int) -> None:
+        try:
+            self.h2.acknowledge_received_data(n, sid)
+        except h2.exceptions.H2Error:
+            pass
+        self.schedule_flush()
+
+    def reset(self, st: Stream, code: int) -> None:
+        try:
+            self.h2.reset_stream(st.sid, code)
+        except h2.exceptions.H2Error:
+            pass
+        self.drop(st)
+        self.schedule_flush()
+
+    def drop(self, st: Stream) -> None:
+        self.streams.pop(st.sid, None)
+        if st.held:
+            n, st.held = st.held, 0
+            self.ack(st.sid, n)
+        self.maybe_done()
+
+    def maybe_done(self) -> None:
+        if self.closing and not self.streams and self.transport is not None and not self.lost:
+            self.flush()
+            self.transport.close()
+
+    def received(self, st: Stream | None, ev: h2.events.DataReceived) -> None:
+        """DATA arrived; `st` took it (or is gone): acknowledge now, or later if `st` is paused."""
+        n = ev.flow_controlled_length
+        if st is not None and st.paused:
+            st.held += n
+        elif n:
+            try:
+                self.h2.acknowledge_received_data(n, ev.stream_id)
+            except h2.exceptions.H2Error:
+                pass
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()

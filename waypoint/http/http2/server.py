@@ -1,0 +1,193 @@
+"""The downstream HTTP/2 connection: each stream an `Exchange`; GOAWAY on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import h2.events
+import h2.exceptions
+from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
+
+from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
+from waypoint.http.headers import is_grpc
+from waypoint.http.http2.connection import H2Base, Stream, decode_headers, encode_headers
+from waypoint.http.legs import Headers
+from waypoint.request import Downstream, LocalReply, RequestHead
+
+if TYPE_CHECKING:
+    from waypoint.http.engine import Engine
+
+log = logging.getLogger("waypoint.http")
+
+
+class DownStream(Stream):
+    """A downstream stream: the exchange's DownLeg."""
+
+    __slots__ = ()
+
+    def send_head(self, status: int, headers: Headers, end: bool) -> None:
+        if self.ended:
+            return
+        c = self.conn
+        try:
+            c.h2.send_headers(self.sid, encode_headers([(":status", str(status))], headers), end_stream=end)
+        except h2.exceptions.H2Error as e:
+            log.info("cannot send response head on stream %d: %s", self.sid, e)
+            self.ended = True
+            c.drop(self)
+            return
+        if end:
+            self.ended = True
+            c.drop(self)
+        c.schedule_flush()
+
+    def send_continue(self) -> None:
+        pass
+
+    def send_reset(self) -> None:
+        self.reset(getattr(self.ex, "reset_code", None) or ErrorCodes.INTERNAL_ERROR)
+
+    def pause_request(self) -> None:
+        self.hold()
+
+    def resume_request(self) -> None:
+        self.release()
+
+    def exchange_done(self, ex: object) -> None:
+        if self.ended and self.sid in self.conn.streams:
+            self.conn.drop(self)
+
+    def on_blocked(self) -> None:
+        self.ex.response_pause()
+
+    def on_unblocked(self) -> None:
+        self.ex.response_resume()
+
+
+class H2Server(H2Base):
+    """One downstream HTTP/2 connection (see the module docstring)."""
+
+    def __init__(self, engine: Engine, downstream: Downstream) -> None:
+        super().__init__(engine.settings, client_side=False)
+        self.engine = engine
+        self.downstream = downstream
+        self.goaway_sid: int | None = None
+        self.highest = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.engine.conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.engine.conns.discard(self)
+        self._abort_all("connection lost")
+
+    def _abort_all(self, why: str) -> None:
+        for st in list(self.streams.values()):
+            st.ended = True
+            st.ex.request_abort("DC")
+        self.streams.clear()
+
+    def event(self, ev: h2.events.Event) -> None:
+        if isinstance(ev, h2.events.DataReceived):
+            st = self.streams.get(ev.stream_id)
+            if st is not None and not st.ex.done:
+                st.ex.request_data(ev.data)
+            self.received(st, ev)
+        elif isinstance(ev, h2.events.RequestReceived):
+            self._request(ev)
+        elif isinstance(ev, h2.events.StreamEnded):
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                st.remote_ended = True
+                st.ex.request_end(None)
+        elif isinstance(ev, h2.events.TrailersReceived):
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                st.remote_ended = True
+                st.ex.request_end(decode_headers(ev.headers)[1])
+        elif isinstance(ev, h2.events.StreamReset):
+            st = self.streams.pop(ev.stream_id, None)
+            if st is not None:
+                st.ended = True
+                st.out.clear()
+                st.ex.reset_code = ev.error_code
+                st.ex.request_abort("DR")
+            self.maybe_done()
+        elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            self.pump_all()
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self.closing = True
+            self.maybe_done()
+
+    def _request(self, ev: h2.events.RequestReceived) -> None:
+        sid = ev.stream_id
+        self.highest = max(self.highest, sid)
+        if self.goaway_sid is not None and sid > self.goaway_sid:
+            try:
+                self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            except h2.exceptions.H2Error:
+                pass
+            return
+        pseudo, headers = decode_headers(ev.headers)
+        authority = pseudo.get(":authority") or next((v for k, v in headers if k == "host"), "")
+        headers = [(k, v) for k, v in headers if k != "host"]
+        method = pseudo.get(":method", "GET")
+        head = RequestHead(method, pseudo.get(":path", "/"), authority, pseudo.get(":scheme", "http"),
+                           headers, "2", is_grpc(headers))
+        if ev.stream_ended is not None:
+            body = BODY_NONE
+        elif any(k == "content-length" for k, _ in headers):
+            body = BODY_LENGTH
+        else:
+            body = BODY_STREAM
+        st = DownStream(self, sid, None)  # type: ignore[arg-type]
+        st.remote_ended = body == BODY_NONE
+        ex = Exchange(self.engine, st, head, self.downstream, body=body)
+        st.ex = ex
+        self.streams[sid] = st
+        self.engine.exchanges.add(ex)
+        if method == "CONNECT":
+            ex.reply(LocalReply(405, b"CONNECT is not supported", reason="CONNECT"))
+            return
+        ex.start()
+
+    def sent_end(self, st: Stream) -> None:
+        if st.ex.done:
+            self.drop(st)
+
+    def drop(self, st: Stream) -> None:
+        if not st.remote_ended and st.sid in self.streams:
+            # The response is complete but the request is not: ask the client to stop sending
+            # (RFC 9113 §8.1: RST_STREAM NO_ERROR), or it would stall on a window nobody reopens.
+            try:
+                self.h2.reset_stream(st.sid, ErrorCodes.NO_ERROR)
+            except h2.exceptions.H2Error:
+                pass
+            st.remote_ended = True
+        super().drop(st)
+
+    def check(self, now: float) -> None:
+        for st in list(self.streams.values()):
+            if not st.ex.done:
+                st.ex.check(now)
+        if not self.streams and now - self.last > self.settings.idle_timeout:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """GOAWAY (NO_ERROR) naming the last stream we will serve; close once those are done."""
+        if self.lost or self.goaway_sid is not None:
+            return
+        self.flush()        # frames h2 already produced go first
+        self.goaway_sid = self.highest
+        f = GoAwayFrame(0)
+        f.last_stream_id = self.highest
+        f.error_code = 0
+        if self.transport is not None:
+            self.transport.write(f.serialize())
+        self.closing = True
+        self.maybe_done()

@@ -1,0 +1,157 @@
+"""A tunnel that is not HTTP: its bytes are relayed untouched to the upstream the caller chooses
+for the whole tunnel (L4 forwarding, with the caller's L4 policy), never held waiting for HTTP.
+
+Both sides are plain asyncio protocols: reading pauses on one side while the other's write buffer
+is above its high-water mark, and a half-close (EOF) on one side becomes a half-close on the
+other, so request/response protocols that shut their sending side early keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from waypoint.http.record import RequestRecord
+from waypoint.request import Downstream
+
+if TYPE_CHECKING:
+    from waypoint.http.engine import Engine
+
+log = logging.getLogger("waypoint.http")
+
+
+class _Side(asyncio.Protocol):
+    def __init__(self, relay: OpaqueRelay, name: str) -> None:
+        self.relay = relay
+        self.name = name
+        self.transport: asyncio.Transport | None = None
+        self.received = 0
+        self.eof = False
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.relay.data(self, data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.relay.eof(self)
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.relay.lost(self, exc)
+
+    def pause_writing(self) -> None:
+        other = self.relay.other(self)
+        if other is not None and other.transport is not None and not other.lost:
+            other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        other = self.relay.other(self)
+        if other is not None and other.transport is not None and not other.lost:
+            other.transport.resume_reading()
+
+
+class OpaqueRelay:
+    """Relays one tunnel; created by the detector with the bytes it already read."""
+
+    def __init__(self, engine: Engine, downstream: Downstream, transport: asyncio.Transport, early: bytes,
+                 eof: bool) -> None:
+        self.engine = engine
+        self.downstream = downstream
+        self.down = _Side(self, "down")
+        self.up: _Side | None = None
+        self.early: list[bytes] = [early] if early else []
+        self.down_eof_early = eof
+        self.done = False
+        self.record = RequestRecord("", "", "", "TCP", downstream)
+        self._t0 = time.monotonic()
+        transport.set_protocol(self.down)
+        self.down.connection_made(transport)
+        self.down.received = len(early)
+        if not eof:
+            transport.pause_reading()       # until the upstream is there
+        self._task = engine.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        opener = self.engine.opaque
+        try:
+            plug = await asyncio.wait_for(opener(self.downstream), self.engine.settings.connect_timeout) \
+                if opener is not None else None
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.info("opaque upstream for %s failed: %s", self.downstream.source_ip, e)
+            self.record.detail = f"{type(e).__name__}: {e}"
+            self.record.response_flags = "UF"
+            self._end()
+            return
+        if plug is None:        # no route for non-HTTP traffic (NR), or no endpoint for it (UH)
+            self.record.response_flags = "UH" if opener is not None else "NR"
+            self._end()
+            return
+        if self.down.lost:
+            self.up = _Side(self, "up")
+            plug.attach(self.up)
+            self._end()
+            return
+        self.up = up = _Side(self, "up")
+        plug.attach(up)
+        assert up.transport is not None
+        for d in self.early:
+            up.transport.write(d)
+        self.early = []
+        if self.down_eof_early or self.down.eof:
+            self._half_close(up)
+        elif self.down.transport is not None:
+            self.down.transport.resume_reading()
+
+    def other(self, side: _Side) -> _Side | None:
+        return self.up if side is self.down else self.down
+
+    def data(self, side: _Side, data: bytes) -> None:
+        other = self.other(side)
+        if other is None or other.transport is None:
+            self.early.append(data)
+            return
+        other.transport.write(data)
+
+    def eof(self, side: _Side) -> None:
+        other = self.other(side)
+        if other is not None and other.transport is not None:
+            self._half_close(other)
+        if self.down.eof and self.up is not None and self.up.eof:
+            self._end()
+
+    def _half_close(self, side: _Side) -> None:
+        t = side.transport
+        if t is not None and not t.is_closing() and t.can_write_eof():
+            try:
+                t.write_eof()
+            except (OSError, RuntimeError):
+                self._end()
+
+    def lost(self, side: _Side, exc: Exception | None) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        for s in (self.down, self.up):
+            if s is not None and s.transport is not None and not s.lost:
+                s.transport.close()
+        rec = self.record
+        rec.bytes_received = self.down.received
+        rec.bytes_sent = self.up.received if self.up is not None else 0
+        rec.duration_ms = (time.monotonic() - self._t0) * 1000
+        try:
+            self.engine.access_log(rec)
+        except Exception:
+            log.exception("access-log sink failed")

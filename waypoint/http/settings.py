@@ -1,0 +1,46 @@
+"""Every bound and timeout of the HTTP engine, as one frozen settings group (ambit/settings.py).
+
+The waypoint binary nests `HttpSettings` as a field named `http`, so the flags read
+`--http-max-header-bytes`, `--http-stream-idle-timeout`, ... Defaults follow Envoy's where Envoy
+has one (header size 60 KiB and 100 headers: `max_request_headers_kb`, `max_headers_count`;
+stream idle timeout 5 minutes; connection idle timeout 1 hour), because Istio users tune against
+those numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ambit.settings import non_negative, option, positive
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    detect_timeout: float = option(
+        1.0, "seconds to wait for a tunnel's first bytes before relaying it as opaque TCP "
+        "(server-first protocols send nothing)", check=positive)
+    max_header_bytes: int = option(60 * 1024, "request line plus headers above this get 431 (Envoy: 60 KiB)",
+                                   check=positive)
+    max_headers: int = option(100, "more request headers than this get 431 (Envoy: 100)", check=positive)
+    header_timeout: float = option(10.0, "seconds a client gets to send a complete request head (slowloris "
+                                   "bound); 408 after", check=positive)
+    idle_timeout: float = option(3600.0, "seconds an idle downstream keep-alive connection is kept (Envoy: 1 h)",
+                                 check=positive)
+    stream_idle_timeout: float = option(300.0, "seconds a request may make no progress in either direction "
+                                        "(Envoy's stream_idle_timeout: 5 min)", check=positive)
+    connect_timeout: float = option(10.0, "seconds to open an upstream connection (503 UF after)", check=positive)
+    upstream_idle_timeout: float = option(60.0, "seconds an idle pooled upstream HTTP/1.1 connection is kept",
+                                          check=positive)
+    pool_max_idle: int = option(64, "idle upstream HTTP/1.1 connections kept per upstream", check=non_negative)
+    pool_max_connections: int = option(1024, "open HTTP/1.1 connections per upstream (Envoy's default "
+                                       "max_connections)", check=positive)
+    pool_max_pending: int = option(1024, "requests waiting for an upstream connection; beyond: 503 UO "
+                                   "(Envoy's default max_pending_requests)", check=non_negative)
+    buffer_bytes: int = option(256 * 1024, "bytes buffered per direction before the sender is paused",
+                               check=positive)
+    h2_max_concurrent_streams: int = option(1024, "HTTP/2 streams a downstream client may open at once",
+                                            check=positive)
+    h2_window: int = option(1024 * 1024, "HTTP/2 receive window per stream and per connection (bytes)",
+                            check=positive)
+    drain_timeout: float = option(5.0, "seconds open requests get to finish at shutdown (after GOAWAY)",
+                                  check=non_negative)
