@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ambit.dataplane import endpoint
 from ambit.netns import socket_in
 from tests.lab.labctl import Lab
 from tests.support.wait import wait_for
@@ -428,7 +429,6 @@ def test_a_pod_holding_ztunnels_port_fails_closed_reports_the_truth_and_heals(
         hlab: Lab, pods: dict[str, dict[str, Any]]) -> None:
     """The squat that bind prevention cannot stop: the pod took 15006 before it was enrolled (its
     app started before the agent acted), so ztunnel's hand-off fails when the pod is enrolled."""
-    from ztunnel import admin
     att = pods["legacy/attacker"]["netns"]
     srv_ip = pods["mesh/server"]["ip"]
     squatter: subprocess.Popen[str] | None = None
@@ -449,10 +449,10 @@ def test_a_pod_holding_ztunnels_port_fails_closed_reports_the_truth_and_heals(
         assert "port 15006 in use" in st["reason"]
         table = hlab.ambit("lab", "status").stdout
         assert re.search(r"mesh/server .*capture-failed: port 15006 in use", table), table
-        code, view = admin.get(hlab.dir / "node1" / "admin.sock", "/pods")
+        code, view = endpoint.get_json(hlab.dir / "node1" / "admin.sock", "/pods")
         assert code == 200
         assert [p["name"] for p in view["failed"]] == ["server"] and "port 15006 in use" in view["failed"][0]["reason"]
-        hlab.wait_for(lambda: "client" in [p["name"] for p in admin.get(hlab.dir / "node1" / "admin.sock",
+        hlab.wait_for(lambda: "client" in [p["name"] for p in endpoint.get_json(hlab.dir / "node1" / "admin.sock",
                                                                          "/pods")[1]["serving"]],
                       30, 0.2, "the node's other pods served")
 
@@ -471,7 +471,7 @@ def test_a_pod_holding_ztunnels_port_fails_closed_reports_the_truth_and_heals(
     # The squatter is gone: the retried hand-off succeeds without anyone's help.
     hlab.wait_for(lambda: capture_state(hlab, "mesh/server")["state"] == "captured", 45, 0.2, "captured again")
     hlab.wait_for(lambda: mesh_works(hlab, srv_ip), 30, 0.5, "mesh traffic after the squatter left")
-    code, view = admin.get(hlab.dir / "node1" / "admin.sock", "/pods")
+    code, view = endpoint.get_json(hlab.dir / "node1" / "admin.sock", "/pods")
     assert view["failed"] == [] and "server" in [p["name"] for p in view["serving"]]
 
 

@@ -27,11 +27,11 @@ from typing import Any
 import grpc
 import pytest
 
+from ambit.dataplane import endpoint
 from ambit.dataplane.identity import GrpcCertificateFetcher, make_key_and_csr
 from ambitctl.lab.components import ZTUNNEL_ARGS_ENV
 from tests.lab.conftest import MESH_SPEC, _artifacts
 from tests.lab.labctl import AMBIT, REPO, RUN_ID, Lab
-from ztunnel import admin
 
 pytestmark = pytest.mark.lab
 
@@ -286,7 +286,7 @@ def iperf_bps(lab: Lab, server_ip: str, seconds: int = 5, during: Callable[[], N
 
 
 def pool_entry(lab: Lab, src: str, dst: str) -> dict[str, Any]:
-    status, body = admin.get(lab.dir / "node1" / "admin.sock", "/connections")
+    status, body = endpoint.get_json(lab.dir / "node1" / "admin.sock", "/connections")
     assert status == 200
     return next((c for c in body["hbone_pool"] if c["src_ip"] == src and c["dst_ip"] == dst), {})
 
@@ -412,7 +412,7 @@ def test_idle_hbone_connections_are_closed_by_the_server(limited_lab: Lab) -> No
     iperf, v1 = ip(lab, "demo/iperf"), ip(lab, "demo/echo-v1")
 
     def pooled() -> bool:
-        status, body = admin.get(lab.dir / "node2" / "admin.sock", "/connections")
+        status, body = endpoint.get_json(lab.dir / "node2" / "admin.sock", "/connections")
         return any(c["src_ip"] == iperf and c["dst_ip"] == v1 for c in body["hbone_pool"])
     assert lab.curl_rc("demo/iperf", f"http://{v1}:8080/") == 0
     assert pooled(), "control: the request left a pooled HBONE connection on node2"
