@@ -154,7 +154,7 @@ class HBONEClientPool:
                 continue
             self._touch(proto)
             try:
-                resp = await st._response_waiter
+                resp = await st.wait_response()
             except StreamResetError as e:
                 if e.error_code == REFUSED_STREAM and attempt == 0:  # never processed: safe to retry
                     continue

@@ -105,7 +105,7 @@ class HBONEProtocol(asyncio.Protocol):
         self.lost = True
         detail = f"connection lost: {exc}" if exc else "connection closed"
         for st in list(self.streams.values()):
-            st._set_error(StreamResetError(st.stream_id, f.CANCEL, remote=True, detail=detail))
+            st.abort(StreamResetError(st.stream_id, f.CANCEL, remote=True, detail=detail))
         self.streams.clear()
         self._pushq.clear()
         if self.on_unusable is not None:
@@ -121,7 +121,7 @@ class HBONEProtocol(asyncio.Protocol):
         self._flush_tx()
         self._write_out()
         for st in list(self.streams.values()):
-            st._wake_writer()
+            st.writer_may_continue()
 
     # --- used by streams, pool and server ---------------------------------------------------------------
 
@@ -181,20 +181,20 @@ class HBONEProtocol(asyncio.Protocol):
             if isinstance(ev, Data):
                 st = self.streams.get(ev.stream_id)
                 if st is not None:
-                    st._feed(ev.data)
+                    st.feed(ev.data)
                 else:
                     self.conn.acknowledge(ev.stream_id, len(ev.data))
             elif isinstance(ev, StreamEnded):
                 st = self.streams.get(ev.stream_id)
                 if st is not None:
-                    st._feed_eof()
+                    st.feed_eof()
                     self._forget_if_done(st)
             elif isinstance(ev, WindowAvailable):
                 pass  # _flush_tx runs after every dispatch
             elif isinstance(ev, ConnectResponse):
                 st = self.streams.get(ev.stream_id)
                 if st is not None:
-                    st._set_response(ev)
+                    st.set_response(ev)
             elif isinstance(ev, ConnectRequest):
                 self._on_connect_request(ev)
             elif isinstance(ev, StreamReset):
@@ -227,7 +227,7 @@ class HBONEProtocol(asyncio.Protocol):
         if self.streams.pop(st.stream_id, None) is not None and not self.streams:
             self.idle_since = self.loop.time()
         self._pushq.pop(st.stream_id, None)
-        dropped = st._set_error(exc)
+        dropped = st.abort(exc)
         if dropped:
             self.conn.acknowledge(st.stream_id, dropped)  # unread bytes: give the window back
 
@@ -245,27 +245,22 @@ class HBONEProtocol(asyncio.Protocol):
             progress = False
             for sid, st in list(self._pushq.items()):
                 try:
-                    if st._tx:
-                        view = st._tx[0]
+                    view = st.outgoing()
+                    if view is not None:
                         n = conn.send_data(sid, view[:TURN] if len(view) > TURN else view)
                         if n:
                             progress = True
-                            st._tx_bytes -= n
-                            if n == len(view):
-                                st._tx.popleft()
-                            else:
-                                st._tx[0] = view[n:]
-                    if not st._tx:
+                            st.sent(n)
+                    if st.outgoing() is None:
                         del self._pushq[sid]
-                        if st._tx_eof and not st._tx_eof_sent:
+                        if st.eof_to_send:
                             conn.end_stream(sid)
-                            st._sent_eof()
+                            st.eof_sent()
                             self._forget_if_done(st)
                 except HBONEError as e:
                     self._drop(st, StreamResetError(sid, f.STREAM_CLOSED, remote=False, detail=str(e)))
                     continue
-                if st._tx_bytes <= st.high_water:
-                    st._wake_writer()
+                st.drained()
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:

@@ -274,9 +274,14 @@ class HBONEStream:
     def responded(self) -> bool:
         return self._responded
 
-    # --- called by the protocol ------------------------------------------------------------------------
+    # --- the connection's side of the contract ------------------------------------------------------
+    # HBONEProtocol (its only caller) drives a stream through these methods and nothing else: it
+    # hands over what arrived (`feed`, `feed_eof`, `set_response`, `abort`) and pulls what the stream
+    # has queued to send (`outgoing`, `sent`, `eof_to_send`, `eof_sent`, `drained`). A second user of
+    # streams (the waypoint) relies on the same contract, so no class reaches into the other.
 
-    def _feed(self, data: memoryview) -> None:
+    def feed(self, data: memoryview) -> None:
+        """DATA arrived for this stream: push it to the sink, or queue it for `read()`."""
         sink = self._sink
         if sink is not None:
             self._deliver(sink, data)
@@ -285,19 +290,25 @@ class HBONEStream:
         self._rx_bytes += len(data)
         self._wake_reader()
 
-    def _feed_eof(self) -> None:
+    def feed_eof(self) -> None:
+        """END_STREAM arrived: the peer sends nothing more."""
         self._rx_eof = True
         self._wake_reader()
         self._maybe_closed()
         if self._sink is not None:
             self._sink.tunnel_eof()
 
-    def _set_response(self, resp: ConnectResponse) -> None:
+    def set_response(self, resp: ConnectResponse) -> None:
+        """The CONNECT's response arrived (client side)."""
         self.response = resp
         if not self._response_waiter.done():
             self._response_waiter.set_result(resp)
 
-    def _set_error(self, exc: Exception) -> int:
+    async def wait_response(self) -> ConnectResponse:
+        """The CONNECT's response (client side); raises `StreamResetError` if the stream died first."""
+        return await self._response_waiter
+
+    def abort(self, exc: Exception) -> int:
         """Abort: wake everyone with `exc`; returns unread bytes for the connection to reclaim."""
         first = self._error is None
         if first:
@@ -319,9 +330,37 @@ class HBONEStream:
             self._sink.tunnel_error(exc)
         return dropped
 
-    def _sent_eof(self) -> None:
+    def outgoing(self) -> memoryview | None:
+        """The next queued piece to frame, or None when nothing is queued."""
+        return self._tx[0] if self._tx else None
+
+    def sent(self, n: int) -> None:
+        """`n` bytes of `outgoing()` were framed into the connection."""
+        self._tx_bytes -= n
+        view = self._tx[0]
+        if n == len(view):
+            self._tx.popleft()
+        else:
+            self._tx[0] = view[n:]
+
+    @property
+    def eof_to_send(self) -> bool:
+        """write_eof() was called and END_STREAM has not gone out yet."""
+        return self._tx_eof and not self._tx_eof_sent
+
+    def eof_sent(self) -> None:
+        """END_STREAM went out."""
         self._tx_eof_sent = True
         self._maybe_closed()
+
+    def drained(self) -> None:
+        """The connection framed some of our queue: wake a writer once it is below the high water."""
+        if self._tx_bytes <= self.high_water:
+            self._wake_writer()
+
+    def writer_may_continue(self) -> None:
+        """The transport below resumed: a writer held back by it may try again."""
+        self._wake_writer()
 
     def _maybe_closed(self) -> None:
         if self._rx_eof and self._tx_eof_sent and not self._closed.done():
