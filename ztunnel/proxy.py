@@ -23,7 +23,6 @@ import logging
 import os
 import socket
 import ssl
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +45,7 @@ from ambit.dataplane.telemetry.metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TL
 from ambit.model import Workload
 from ambit.zds import PodInfo
 from ztunnel import admission, routing
+from ztunnel.connbook import ConnBook, reset
 from ztunnel.limits import ProxyLimits
 from ztunnel.meshstate import MeshState
 from ztunnel.pods import PodProxy, PodRegistry
@@ -66,16 +66,6 @@ async def open_from(sock_factory: Callable[[], socket.socket], dst: tuple[str, i
         s.close()
         raise
     return leg
-
-
-def reset(leg: Leg) -> None:
-    """Close with RST (SO_LINGER 0): the app sees "connection reset" at once, whatever it sent."""
-    sock = leg.get_extra_info("socket")
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # type: ignore[union-attr]
-    with contextlib.suppress(Exception):
-        if leg.transport is not None:
-            leg.transport.abort()
 
 
 def traceparent() -> str:
@@ -182,23 +172,21 @@ class Proxy:
 
     # --- outbound ----------------------------------------------------------------------------------------
 
+    def _book(self, rec: ConnRecord, labels: ConnLabels | None = None, client: Leg | None = None) -> ConnBook:
+        return ConnBook(rec, self.metrics, self.access_log, labels=labels, client=client)
+
     async def outbound(self, pod: PodProxy, client: Leg) -> None:
         sock: Any = client.get_extra_info("socket")
         peer: Any = client.get_extra_info("peername")
-        rec = ConnRecord("outbound", src_addr=f"{pod.pod.ip}:{peer[1]}", dst_addr="",
-                         src_workload=pod.pod.name, src_namespace=pod.pod.namespace, route=routing.PASSTHROUGH)
-        labels: ConnLabels | None = None
-        opened = False      # counted as opened once the upstream is up; failures count at the end
-        sent = recv = 0
-        refused = False
-        admitted = False
+        c = self._book(ConnRecord("outbound", src_addr=f"{pod.pod.ip}:{peer[1]}", dst_addr="",
+                                  src_workload=pod.pod.name, src_namespace=pod.pod.namespace,
+                                  route=routing.PASSTHROUGH), client=client)
+        rec = c.rec
         try:
-            if not self.per_src_pod.acquire(pod.pod.uid):
-                refused = True
+            if not c.hold(self.per_src_pod, pod.pod.uid):
                 rec.error = f"source pod has {self.per_src_pod.limit} outbound connections open (limit)"
                 log.warning("outbound from %s/%s refused: %s", pod.pod.namespace, pod.pod.name, rec.error)
                 return
-            admitted = True
             dst = self.original_dst(sock)
             rec.dst_addr = routing.format_addr(*dst)
             if dst == sock.getsockname()[:2]:
@@ -211,14 +199,12 @@ class Proxy:
             if route.service is not None:
                 rec.dst_service = route.service.hostname
             if route.kind == routing.REFUSE:
-                refused = True
-                rec.error = route.reason
+                c.refuse(route.reason)
                 return
             target = route.target or dst
             if routing.loops_back(target[0], target[1], self.registry.by_ip):
-                refused = True
                 self.loops_refused += 1
-                rec.error = f"{routing.format_addr(*target)} is a ztunnel listener (would loop back into ztunnel)"
+                c.refuse(f"{routing.format_addr(*target)} is a ztunnel listener (would loop back into ztunnel)")
                 return
             if route.kind == routing.HBONE and self.pool is None:
                 raise ConnectionError(f"{rec.dst_addr} is a mesh workload, but this ztunnel has no identities "
@@ -228,7 +214,7 @@ class Proxy:
             if hbone:
                 rec.src_identity, rec.dst_identity = src_wl.identity, route.identity
                 rec.extra["upstream"] = routing.format_addr(*route.dial) if route.dial else ""
-            labels = ConnLabels(
+            c.labels = ConnLabels(
                 "source", pod.pod.name, pod.pod.namespace, src_wl.identity if hbone else "",
                 route.workload.name if route.workload else "", route.workload.namespace if route.workload else "",
                 route.identity, route.service.hostname if route.service else "",
@@ -239,43 +225,24 @@ class Proxy:
                     src_wl.identity, route.identity, route.target[0], route.authority,
                     forwarded_for=pod.pod.ip, traceparent=traceparent(), src_ip=pod.pod.ip,
                     timeout=self.tunnel.connect_timeout + self.cert_wait)
-                self.metrics.conn_opened(labels)
-                opened = True
-                sent, recv = await relay_tunnel(client, tunnel)
+                c.up()
+                c.sent, c.recv = await relay_tunnel(client, tunnel)
             else:
                 assert route.dial is not None
                 upstream = await open_from(pod.socket, route.dial, self.tunnel.connect_timeout)
-                self.metrics.conn_opened(labels)
-                opened = True
-                sent, recv = await relay(client, upstream)
+                c.up()
+                c.sent, c.recv = await relay(client, upstream)
         except CertificateUnavailable as e:
-            refused = True
-            rec.error = f"no client certificate: {e}"
+            c.refuse(f"no client certificate: {e}")
             log.warning("outbound %s -> %s refused: %s", rec.src_addr, rec.dst_addr, rec.error)
         except HBONEConnectError as e:
-            refused = True
-            rec.error = f"HBONE {e.status or 'connect'}: {e.reason}"
-            rec.policy = e.headers.get(admission.POLICY_HEADER, "")
-            if labels is not None and not opened:
-                labels.response_flags = FLAG_DENY if e.status in (401, 403) else FLAG_CONNECT
+            c.refuse(f"HBONE {e.status or 'connect'}: {e.reason}",
+                     FLAG_DENY if e.status in (401, 403) else FLAG_CONNECT,
+                     e.headers.get(admission.POLICY_HEADER, ""))
         except (TimeoutError, OSError, ssl.SSLError) as e:
-            refused = True
-            rec.error = f"{type(e).__name__}: {e}"
-            if labels is not None and not opened:
-                labels.response_flags = FLAG_CONNECT
+            c.refuse(f"{type(e).__name__}: {e}", FLAG_CONNECT)
         finally:
-            if admitted:
-                self.per_src_pod.release(pod.pod.uid)
-            rec.bytes_sent, rec.bytes_recv = sent, recv
-            if refused:
-                reset(client)
-            else:
-                client.close()
-            if labels is not None:
-                if not opened:
-                    self.metrics.conn_opened(labels)
-                self.metrics.conn_closed(labels, sent, recv)
-            self.access_log.emit(rec)
+            c.finish()
 
     # --- inbound HBONE ---------------------------------------------------------------------------------
 
@@ -314,27 +281,27 @@ class Proxy:
 
     async def inbound_hbone(self, pod: PodProxy, st: HBONEStream, peer_identity: str, authority: str,
                             headers: dict[str, str]) -> None:
+        """A tunnel has no client socket of ours: refusals are HTTP statuses on the stream."""
         dest = self.workload_of(pod.pod)
         tls_peer = st.get_extra_info("peername") or ("", 0)
-        rec = ConnRecord("inbound", src_addr="", dst_addr=authority, src_identity=peer_identity,
-                         dst_workload=pod.pod.name, dst_namespace=pod.pod.namespace, dst_identity=dest.identity,
-                         route="inbound-hbone")
-        labels = ConnLabels("destination", source_principal=peer_identity, destination_workload=pod.pod.name,
-                            destination_workload_namespace=pod.pod.namespace, destination_principal=dest.identity,
-                            destination_service=self._service_of(dest), connection_security_policy=MUTUAL_TLS)
-        to_app = from_app = 0
-        opened = False
-        admitted = False
+        c = self._book(
+            ConnRecord("inbound", src_addr="", dst_addr=authority, src_identity=peer_identity,
+                       dst_workload=pod.pod.name, dst_namespace=pod.pod.namespace, dst_identity=dest.identity,
+                       route="inbound-hbone"),
+            ConnLabels("destination", source_principal=peer_identity, destination_workload=pod.pod.name,
+                       destination_workload_namespace=pod.pod.namespace, destination_principal=dest.identity,
+                       destination_service=self._service_of(dest), connection_security_policy=MUTUAL_TLS))
+        rec, labels = c.rec, c.labels
+        assert labels is not None
         try:
             if st.is_closed:
                 rec.error = "tunnel reset by the peer before it was served"
                 return
-            if not self.per_dst_pod.acquire(pod.pod.uid):
-                rec.error = f"503 destination pod has {self.per_dst_pod.limit} inbound connections open (limit)"
-                labels.response_flags = FLAG_CONNECT
+            if not c.hold(self.per_dst_pod, pod.pod.uid):
+                c.refuse(f"503 destination pod has {self.per_dst_pod.limit} inbound connections open (limit)",
+                         FLAG_CONNECT)
                 st.respond(503, "destination pod is at its connection limit")
                 return
-            admitted = True
             adm = admission.admit_hbone(self.config, pod.pod, dest, peer_identity, authority, headers, tls_peer[0])
             rec.src_addr = f"{adm.src_ip or tls_peer[0]}:0"
             if adm.src_workload is not None:
@@ -344,8 +311,7 @@ class Proxy:
             if adm.audit:
                 rec.extra["audit"] = list(adm.audit)
             if not adm.allowed:
-                rec.error, rec.policy = f"{adm.status} {adm.reason}", adm.policy
-                labels.response_flags = FLAG_DENY
+                c.refuse(f"{adm.status} {adm.reason}", FLAG_DENY, adm.policy)
                 log.warning("denied HBONE %s (%s) -> %s/%s %s: %s%s", rec.src_addr, peer_identity, pod.pod.namespace,
                             pod.pod.name, authority, adm.reason, f" [policy {adm.policy}]" if adm.policy else "")
                 st.respond(adm.status, adm.reason,
@@ -353,8 +319,7 @@ class Proxy:
                 return
             if routing.loops_back(pod.pod.ip, adm.dst_port, (pod.pod.ip,)):
                 self.loops_refused += 1
-                rec.error = f"400 port {adm.dst_port} is a ztunnel listener (would loop back into ztunnel)"
-                labels.response_flags = FLAG_DENY
+                c.refuse(f"400 port {adm.dst_port} is a ztunnel listener (would loop back into ztunnel)", FLAG_DENY)
                 st.respond(400, f"port {adm.dst_port} is not a destination")
                 return
             # A tunnel reset while its app connection is still being made cancels that connect.
@@ -371,8 +336,7 @@ class Proxy:
             except (TimeoutError, OSError) as e:
                 connecting = False
                 unregister()
-                rec.error = f"503 cannot reach the app: {type(e).__name__}: {e}"
-                labels.response_flags = FLAG_CONNECT
+                c.refuse(f"503 cannot reach the app: {type(e).__name__}: {e}", FLAG_CONNECT)
                 st.respond(503, f"cannot reach {authority}: {e}")
                 return
             except asyncio.CancelledError:
@@ -388,19 +352,12 @@ class Proxy:
             except OSError:
                 reset(app)      # the tunnel went away meanwhile: never leave the app connection behind
                 raise
-            self.metrics.conn_opened(labels)
-            opened = True
-            from_app, to_app = await relay_tunnel(app, st)
+            c.up()
+            c.recv, c.sent = await relay_tunnel(app, st)
         except (TimeoutError, OSError) as e:
             rec.error = rec.error or f"{type(e).__name__}: {e}"
         finally:
-            if admitted:
-                self.per_dst_pod.release(pod.pod.uid)
-            rec.bytes_sent, rec.bytes_recv = to_app, from_app
-            if not opened:
-                self.metrics.conn_opened(labels)
-            self.metrics.conn_closed(labels, to_app, from_app)
-            self.access_log.emit(rec)
+            c.finish()
 
     # --- inbound plaintext -----------------------------------------------------------------------------
 
@@ -409,28 +366,24 @@ class Proxy:
         # eBPF (sk_assign): the local address is the original destination; iptables: conntrack.
         local = self.original_dst(client.get_extra_info("socket"))  # type: ignore[arg-type]
         dest = self.workload_of(pod.pod)
-        rec = ConnRecord("inbound", src_addr=f"{peer[0]}:{peer[1]}", dst_addr=f"{local[0]}:{local[1]}",
-                         dst_workload=pod.pod.name, dst_namespace=pod.pod.namespace, route="inbound-plaintext")
-        labels = ConnLabels("destination", destination_workload=pod.pod.name,
-                            destination_workload_namespace=pod.pod.namespace, destination_principal=dest.identity,
-                            destination_service=self._service_of(dest), connection_security_policy=NONE)
-        to_app = from_app = 0
-        refused = False
-        opened = False
-        held: list[ConnLimiter] = []
+        c = self._book(
+            ConnRecord("inbound", src_addr=f"{peer[0]}:{peer[1]}", dst_addr=f"{local[0]}:{local[1]}",
+                       dst_workload=pod.pod.name, dst_namespace=pod.pod.namespace, route="inbound-plaintext"),
+            ConnLabels("destination", destination_workload=pod.pod.name,
+                       destination_workload_namespace=pod.pod.namespace, destination_principal=dest.identity,
+                       destination_service=self._service_of(dest), connection_security_policy=NONE),
+            client)
+        rec, labels = c.rec, c.labels
+        assert labels is not None
         try:
             for limiter, key in ((self.per_source_ip, peer[0]), (self.per_dst_pod, pod.pod.uid)):
-                if not limiter.acquire(key):
-                    refused = True
-                    rec.error = f"{limiter.what}: limit {limiter.limit} reached"
+                if not c.hold(limiter, key):
                     log.warning("plaintext %s -> %s/%s refused: %s", rec.src_addr, pod.pod.namespace, pod.pod.name,
                                 rec.error)
                     return
-                held.append(limiter)
             if routing.loops_back(local[0], local[1], (pod.pod.ip, local[0])):
-                refused = True
                 self.loops_refused += 1
-                rec.error = f"port {local[1]} is a ztunnel listener (would loop back into ztunnel)"
+                c.refuse(f"port {local[1]} is a ztunnel listener (would loop back into ztunnel)")
                 return
             adm = admission.admit_plaintext(self.config, pod.pod, dest, peer[0], local[1])
             if adm.src_workload is not None:
@@ -438,34 +391,18 @@ class Proxy:
                 labels.source_workload = adm.src_workload.name
                 labels.source_workload_namespace = adm.src_workload.namespace
             if not adm.allowed:
-                refused = True
-                rec.error, rec.policy = adm.reason, adm.policy
-                labels.response_flags = FLAG_DENY
+                c.refuse(adm.reason, FLAG_DENY, adm.policy)
                 log.warning("denied plaintext %s -> %s/%s %s: %s%s", rec.src_addr, pod.pod.namespace, pod.pod.name,
                             rec.dst_addr, adm.reason, f" [policy {adm.policy}]" if adm.policy else "")
                 return
             app = await open_from(lambda: pod.delivery_socket(peer[0]), (local[0], local[1]),
                                   self.tunnel.connect_timeout)
-            self.metrics.conn_opened(labels)
-            opened = True
-            to_app, from_app = await relay(client, app)
+            c.up()
+            c.sent, c.recv = await relay(client, app)
         except (TimeoutError, OSError) as e:
-            refused = True
-            rec.error = f"{type(e).__name__}: {e}"
-            if not opened:
-                labels.response_flags = FLAG_CONNECT
+            c.refuse(f"{type(e).__name__}: {e}", FLAG_CONNECT)
         finally:
-            for limiter, key in zip(held, (peer[0], pod.pod.uid), strict=False):
-                limiter.release(key)
-            rec.bytes_sent, rec.bytes_recv = to_app, from_app
-            if refused:
-                reset(client)
-            else:
-                client.close()
-            if not opened:
-                self.metrics.conn_opened(labels)
-            self.metrics.conn_closed(labels, to_app, from_app)
-            self.access_log.emit(rec)
+            c.finish()
 
     # --- helpers ---------------------------------------------------------------------------------------
 

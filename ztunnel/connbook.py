@@ -1,0 +1,85 @@
+"""One connection's bookkeeping, for all three of ztunnel's handlers (outbound, inbound HBONE,
+inbound plaintext): its access-log record, its Istio metric labels, the per-pod/per-source limits
+it holds, and how it ends.
+
+Why one class: every handler must, on every path (refused, failed, relayed, cancelled), release
+exactly the limits it took, count the connection as opened exactly once and closed exactly once,
+reset a refused client (RST, so it fails at once) or close a served one, and write one access-log
+line. Written out three times, those rules drifted; here they are in `finish()`, which the handlers
+call from their `finally`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from ambit.dataplane.hbone.limits import ConnLimiter
+from ambit.dataplane.relay import Leg
+from ambit.dataplane.telemetry.accesslog import AccessLogSink, ConnRecord
+from ambit.dataplane.telemetry.metrics import ConnLabels, Metrics
+
+
+def reset(leg: Leg) -> None:
+    """Close with RST (SO_LINGER 0): the app sees "connection reset" at once, whatever it sent."""
+    sock = leg.get_extra_info("socket")
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # type: ignore[union-attr]
+    with contextlib.suppress(Exception):
+        if leg.transport is not None:
+            leg.transport.abort()
+
+
+@dataclass
+class ConnBook:
+    rec: ConnRecord
+    metrics: Metrics
+    access_log: AccessLogSink
+    labels: ConnLabels | None = None        # None until the handler knows enough to label it
+    client: Leg | None = None               # the accepted socket, if the handler owns one
+    refused: bool = False
+    opened: bool = False
+    sent: int = 0                           # towards the destination
+    recv: int = 0                           # back from the destination
+    _held: list[tuple[ConnLimiter, str]] = field(default_factory=list)
+
+    def hold(self, limiter: ConnLimiter, key: str) -> bool:
+        """Take one slot of `limiter` for `key` (released by `finish`); False, refused, when full."""
+        if not limiter.acquire(key):
+            self.refuse(f"{limiter.what}: limit {limiter.limit} reached")
+            return False
+        self._held.append((limiter, key))
+        return True
+
+    def refuse(self, error: str, flags: str = "", policy: str = "") -> None:
+        """The connection is refused (a plain client is reset): say why, and flag the metrics."""
+        self.refused = True
+        self.rec.error = error
+        if policy:
+            self.rec.policy = policy
+        if flags and self.labels is not None and not self.opened:
+            self.labels.response_flags = flags
+
+    def up(self) -> None:
+        """The upstream (app or tunnel) is established: count it as opened now."""
+        if self.labels is not None:
+            self.metrics.conn_opened(self.labels)
+        self.opened = True
+
+    def finish(self) -> None:
+        for limiter, key in self._held:
+            limiter.release(key)
+        self._held.clear()
+        self.rec.bytes_sent, self.rec.bytes_recv = self.sent, self.recv
+        if self.client is not None:
+            if self.refused:
+                reset(self.client)
+            else:
+                self.client.close()
+        if self.labels is not None:
+            if not self.opened:
+                self.metrics.conn_opened(self.labels)   # failures count as opened and closed at once
+            self.metrics.conn_closed(self.labels, self.sent, self.recv)
+        self.access_log.emit(self.rec)
