@@ -9,7 +9,6 @@ to drain. On start the engine adopts the links a previous agent pinned, so a res
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from agent import enrolment
 from agent.enrolment import PodRef
 from agent.handoff import HandoffRetry, reason_of
 from agent.podsource import LabPodSource, PodSource, PodView
+from agent.settings import load as load_settings
 from agent.ztunnel_link import ZtunnelError, ZtunnelLink, ZtunnelRefused
 from ambit.zds import PodInfo
 
@@ -239,33 +239,10 @@ def preflight() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="agent")
-    ap.add_argument("--node", required=True)
-    ap.add_argument("--controller", help="config stream target (host:port or unix:PATH): pods are this node's "
-                                          "Workloads, enrolment decided by the controller")
-    ap.add_argument("--node-token-file", type=Path,
-                    help="with --controller: this node's credential, which the controller requires on the config "
-                         "stream (lab: <labdir>/<node>/bootstrap-token, the one ztunnel gives the CA)")
-    ap.add_argument("--store", type=Path, help="lab store file: run without a controller")
-    ap.add_argument("--config-cache", type=Path,
-                    help="with --controller: file keeping the last good Workloads, so a restart during a "
-                         "controller outage keeps enrolling")
-    ap.add_argument("--pod-paths", choices=["host", "controller"], default="host",
-                    help="with --controller: where a pod's netns/cgroup come from; 'controller' trusts the "
-                         "Workload's lab-only fields (the lab writes them), 'host' finds them on this host")
-    ap.add_argument("--zds-socket", type=Path, required=True)
-    ap.add_argument("--ztunnel-cgroup", type=Path, required=True)
-    ap.add_argument("--pin-base", type=Path, default=Path("/sys/fs/bpf/ambit"))
-    ap.add_argument("--node-ip", required=True, help="the address pods see node traffic (probes) from")
-    ap.add_argument("--capture", choices=["ebpf", "iptables"], default="ebpf")
-    ap.add_argument("--status-file", type=Path)
-    ap.add_argument("--drain", type=float, default=5.0, help="seconds open connections get on unenrol")
-    ap.add_argument("--uninstall", action="store_true", help="remove every program, link and pin, then exit")
-    args = ap.parse_args(argv)
-    if args.controller and args.store:
-        ap.error("--controller and --store are two sources of pods; give one")
-    if (args.config_cache or args.pod_paths != "host") and not args.controller:
-        ap.error("--config-cache and --pod-paths need --controller")
+    try:
+        args = load_settings(argv)
+    except ValueError as e:
+        raise SystemExit(f"agent: {e}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     preflight()
     from agent.capture import CaptureEngine

@@ -46,6 +46,12 @@ def non_negative(v: float) -> str | None:
     return None if v >= 0 else "must be >= 0"
 
 
+def one_of(*choices: str) -> Callable[[str], str | None]:
+    def check(v: str) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(choices)}"
+    return check
+
+
 def _flag(prefix: str, name: str) -> str:
     return "--" + (prefix + name).replace("_", "-")
 
@@ -88,7 +94,9 @@ def _fields(cls: type, prefix: str = "") -> list[tuple[str, str, dataclasses.Fie
     return out
 
 
-def parser(cls: type, prog: str, description: str = "", env_prefix: str = "AMBIT") -> argparse.ArgumentParser:
+def parser(cls: type, prog: str, description: str = "", env_prefix: str = "AMBIT",
+           environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    environ = os.environ if environ is None else environ
     ap = argparse.ArgumentParser(prog=prog, description=description)
     for prefix, name, f, tp in _fields(cls):
         env = _env(env_prefix, prefix, name)
@@ -96,14 +104,19 @@ def parser(cls: type, prog: str, description: str = "", env_prefix: str = "AMBIT
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         help_ = f"{f.metadata.get('help', '')} [env {env}; default {default!r}]"
         if _base_type(tp) is bool:
-            ap.add_argument(_flag(prefix, name), dest=prefix + name, action=argparse.BooleanOptionalAction,
-                            default=None, help=help_)
+            # A switch that is off by default is `--name`; one that is on by default is `--no-name`.
+            on = not default
+            flag = _flag(prefix, name) if on else "--no-" + (prefix + name).replace("_", "-")
+            ap.add_argument(flag, dest=prefix + name, action="store_const", const=on, default=None, help=help_)
         elif typing.get_origin(_base_type(tp)) is tuple:
             # Repeatable flag (--x a --x b); the environment variable takes a comma-separated list.
             ap.add_argument(_flag(prefix, name), dest=prefix + name, action="append", default=None,
                             help=help_ + " (repeatable)", metavar=name.upper())
         else:
-            ap.add_argument(_flag(prefix, name), dest=prefix + name, default=None, help=help_, metavar=name.upper())
+            # Required only when the environment does not provide it, so `--help` shows what is missing.
+            required = bool(f.metadata.get("required")) and env not in environ
+            ap.add_argument(_flag(prefix, name), dest=prefix + name, default=None, help=help_, metavar=name.upper(),
+                            required=required)
     return ap
 
 
@@ -111,7 +124,7 @@ def load(cls: type[T], argv: Sequence[str] | None = None, environ: Mapping[str, 
          prog: str = "", env_prefix: str = "AMBIT") -> T:
     """Build `cls` from flags, then environment, then defaults; check every value."""
     environ = os.environ if environ is None else environ
-    ap = parser(cls, prog or cls.__name__.lower(), env_prefix=env_prefix)
+    ap = parser(cls, prog or cls.__name__.lower(), env_prefix=env_prefix, environ=environ)
     ns = vars(ap.parse_args(argv))
 
     def build(c: type, prefix: str) -> Any:

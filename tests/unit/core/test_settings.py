@@ -43,4 +43,32 @@ def test_a_bad_value_names_where_it_came_from_and_why(argv, env, message):
 def test_a_missing_required_setting_is_refused(capsys):
     with pytest.raises(SystemExit):
         load(["--node", "n1"], {})
-    assert "--zds-socket (or AMBIT_ZTUNNEL_ZDS_SOCKET) is required" in capsys.readouterr().err
+    assert "the following arguments are required: --zds-socket" in capsys.readouterr().err
+    # ... unless the environment provides it.
+    assert load(["--node", "n1"], {"AMBIT_ZTUNNEL_ZDS_SOCKET": "/run/z.sock"}).zds_socket == Path("/run/z.sock")
+
+
+def test_agent_settings_refuse_two_pod_sources_and_unknown_capture_modes():
+    from agent.settings import load as agent_load
+    base = ["--node", "n1", "--zds-socket", "/z", "--ztunnel-cgroup", "/cg", "--node-ip", "10.0.0.1"]
+    s = agent_load([*base, "--controller", "unix:/c", "--node-token-file", "/t"], {})
+    assert (s.capture, s.pod_paths, s.drain, s.uninstall) == ("ebpf", "host", 5.0, False)
+    assert agent_load([*base, "--uninstall"], {}).uninstall is True
+    with pytest.raises(SettingsError, match="two sources of pods"):
+        agent_load([*base, "--controller", "unix:/c", "--store", "/s"], {})
+    with pytest.raises(SettingsError, match="--pod-paths need --controller"):
+        agent_load([*base, "--pod-paths", "controller"], {})
+    with pytest.raises(SettingsError, match="AMBIT_AGENT_CAPTURE: 'nft': must be one of ebpf, iptables"):
+        agent_load(base, {"AMBIT_AGENT_CAPTURE": "nft"})
+
+
+def test_controller_settings_need_exactly_one_source_and_repeat_aliases():
+    from controller.settings import load as controller_load
+    s = controller_load(["--kube", "--trust-domain-alias", "a.td", "--trust-domain-alias", "b.td"], {})
+    assert s.kube and s.trust_domain_alias == ("a.td", "b.td") and s.status and not s.no_status
+    assert controller_load(["--lab-store", "/s"], {"AMBIT_CONTROLLER_TRUST_DOMAIN_ALIAS": "x.td,y.td"}
+                           ).trust_domain_alias == ("x.td", "y.td")
+    assert controller_load(["--kube", "--no-status"], {}).no_status
+    for argv in ([], ["--kube", "--lab-store", "/s"]):
+        with pytest.raises(SettingsError, match="exactly one source"):
+            controller_load(argv, {})

@@ -1,0 +1,49 @@
+"""The node agent's settings: built once from the command line and the environment
+(AMBIT_AGENT_*), then passed down. `python -m agent --help` lists them all."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ambit import settings
+from ambit.settings import non_negative, one_of, option
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    node: str = option(help="the node this agent serves", required=True)
+    zds_socket: Path = option(help="ztunnel's unix socket for the pod hand-off", required=True)
+    ztunnel_cgroup: Path = option(help="ztunnel's cgroup (its sockets are never captured)", required=True)
+    node_ip: str = option(help="the address pods see node traffic (probes) from", required=True)
+    controller: str | None = option(
+        help="config stream target (host:port or unix:PATH): pods are this node's Workloads, enrolment decided "
+             "by the controller")
+    node_token_file: Path | None = option(
+        help="with --controller: this node's credential, which the controller requires on the config stream "
+             "(lab: <labdir>/<node>/bootstrap-token, the one ztunnel gives the CA)")
+    store: Path | None = option(help="lab store file: run without a controller")
+    config_cache: Path | None = option(
+        help="with --controller: file keeping the last good Workloads, so a restart during a controller outage "
+             "keeps enrolling")
+    pod_paths: str = option(
+        "host", "with --controller: where a pod's netns/cgroup come from; 'controller' trusts the Workload's "
+                "lab-only fields (the lab writes them), 'host' finds them on this host",
+        check=one_of("host", "controller"))
+    pin_base: Path = option(Path("/sys/fs/bpf/ambit"), "bpffs directory for Ambit's pins")
+    capture: str = option("ebpf", "capture mechanism", check=one_of("ebpf", "iptables"))
+    status_file: Path | None = option(help="where the agent writes each pod's capture state")
+    drain: float = option(5.0, "seconds open connections get on unenrol", check=non_negative)
+    uninstall: bool = option(False, "remove every program, link and pin, then exit")
+
+    def check(self) -> str | None:
+        if self.controller and self.store:
+            return "--controller and --store are two sources of pods; give one"
+        if (self.config_cache or self.pod_paths != "host") and not self.controller:
+            return "--config-cache and --pod-paths need --controller"
+        return None
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> AgentSettings:
+    return settings.load(AgentSettings, argv, environ, prog="agent", env_prefix="AMBIT_AGENT")
