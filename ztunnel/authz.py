@@ -38,13 +38,12 @@ mode of the workload policy overrides for that port; the default is PERMISSIVE.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ambit import identity as ident
 from ambit.model import Authorization, Match, PeerAuthn, Rule, Workload
+from ambit.policymatch import in_blocks, string_match
 from ambit.trustdomain import TrustDomains
 
 ALLOW, DENY, AUDIT = "ALLOW", "DENY", "AUDIT"
@@ -87,37 +86,6 @@ def applies(policy: Authorization, workload: Workload, root_namespace: str) -> b
 
 
 # --- matching --------------------------------------------------------------------------------------
-
-def string_match(pattern: str, value: str) -> bool:
-    """Istio's StringMatch for principals/namespaces: exact, `prefix*`, `*suffix`, or `*`."""
-    if pattern == "*":
-        return bool(value)
-    if pattern.endswith("*"):
-        return value.startswith(pattern[:-1])
-    if pattern.startswith("*"):
-        return value.endswith(pattern[1:])
-    return value == pattern
-
-
-@functools.lru_cache(maxsize=4096)
-def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-    try:
-        return ipaddress.ip_network(cidr.strip(), strict=False)
-    except ValueError:
-        return None  # translation validates; an unparsable block simply never matches
-
-
-def _in_blocks(ip: str, blocks: list[str]) -> bool:
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    for b in blocks:
-        net = _network(b)
-        if net is not None and addr.version == net.version and addr in net:
-            return True
-    return False
-
 
 @dataclass(frozen=True, slots=True)
 class _Source:
@@ -181,9 +149,9 @@ def match_matches(m: Match, conn: ConnInfo, src: _Source, *, deny: bool = False)
         if (m.ip_blocks or m.not_ip_blocks) and not deny:
             return False
     else:
-        if m.ip_blocks and not _in_blocks(conn.src_ip, m.ip_blocks):
+        if m.ip_blocks and not in_blocks(conn.src_ip, m.ip_blocks):
             return False
-        if m.not_ip_blocks and _in_blocks(conn.src_ip, m.not_ip_blocks):
+        if m.not_ip_blocks and in_blocks(conn.src_ip, m.not_ip_blocks):
             return False
     if m.ports and conn.dst_port not in m.ports:
         return False
@@ -191,9 +159,9 @@ def match_matches(m: Match, conn: ConnInfo, src: _Source, *, deny: bool = False)
         return False
     dst_ips = getattr(m, "destination_ips", None) or []
     not_dst_ips = getattr(m, "not_destination_ips", None) or []
-    if dst_ips and not _in_blocks(conn.dst_ip, dst_ips):
+    if dst_ips and not in_blocks(conn.dst_ip, dst_ips):
         return False
-    if not_dst_ips and _in_blocks(conn.dst_ip, not_dst_ips):
+    if not_dst_ips and in_blocks(conn.dst_ip, not_dst_ips):
         return False
     return True
 

@@ -17,6 +17,7 @@ import grpc
 
 from ambit.backoff import Backoff
 from ambit.configclient import ConfigUpdate
+from ambit.configclient.credential import read_token
 from ambit.dataplane.identity import (
     DEFAULT_TTL,
     CertStore,
@@ -30,16 +31,6 @@ log = logging.getLogger("ambit.ztunnel.identity")
 
 # First certificates matter more than CA load in a node's first seconds: start retrying fast.
 BACKOFF = Backoff(initial=0.25, maximum=60.0)
-
-
-def read_token(path: Path) -> str:
-    try:
-        token = path.read_text().strip()
-    except OSError as e:
-        raise ConnectionError(f"node credential {path}: {e.strerror or e}") from None
-    if not token:
-        raise ConnectionError(f"node credential {path} is empty")
-    return token
 
 
 def build(target: str, node: str, token_file: Path, ttl: float = DEFAULT_TTL, cache_dir: Path | None = None

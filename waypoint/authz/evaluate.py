@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 from ambit import identity as ident
 from ambit.model import Authorization, Match, Rule
+from ambit.policymatch import in_blocks, string_match
 from ambit.trustdomain import TrustDomains
-from waypoint.authz.matching import any_host, any_method, any_path, any_string, in_blocks, string_match
+from waypoint.authz.matching import any_host, any_method, any_path, any_string
 from waypoint.localreply import GRPC_PERMISSION_DENIED, local_reply
 from waypoint.normalize import normalize_path
 from waypoint.request import Downstream, LocalReply, RequestHead

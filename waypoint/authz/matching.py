@@ -17,20 +17,10 @@
 from __future__ import annotations
 
 import functools
-import ipaddress
 from typing import Any
 
+from ambit.policymatch import string_match
 from ambit.regex import compile_re2, full_match
-
-
-def string_match(pattern: str, value: str) -> bool:
-    if pattern == "*":
-        return bool(value)
-    if pattern.endswith("*"):
-        return value.startswith(pattern[:-1])
-    if pattern.startswith("*"):
-        return value.endswith(pattern[1:])
-    return value == pattern
 
 
 def any_string(patterns: list[str], value: str | None) -> bool:
@@ -77,21 +67,3 @@ def any_method(patterns: list[str], method: str) -> bool:
     return any(string_match(p, method) for p in patterns)
 
 
-@functools.lru_cache(maxsize=4096)
-def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-    try:
-        return ipaddress.ip_network(cidr.strip(), strict=False)
-    except ValueError:
-        return None        # validated by the controller; an unparsable block never matches
-
-
-def in_blocks(ip: str, blocks: list[str]) -> bool:
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    for b in blocks:
-        net = _network(b)
-        if net is not None and addr.version == net.version and addr in net:
-            return True
-    return False

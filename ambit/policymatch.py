@@ -1,0 +1,44 @@
+"""The value matching AuthorizationPolicy uses, shared by ztunnel (L4) and the waypoint (L7) so
+that one policy means the same thing wherever it is enforced.
+
+- `string_match`: Istio's StringMatch for principals, namespaces, methods, paths and hosts:
+  exact, `prefix*`, `*suffix`, or `*` (any non-empty value).
+- `in_blocks`: is an address inside one of the CIDR blocks (`ipBlocks`, `remoteIpBlocks`,
+  `destination.ip`)? A block that does not parse never matches (the controller validates them).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Iterable
+
+
+def string_match(pattern: str, value: str) -> bool:
+    if pattern == "*":
+        return bool(value)
+    if pattern.endswith("*"):
+        return value.startswith(pattern[:-1])
+    if pattern.startswith("*"):
+        return value.endswith(pattern[1:])
+    return value == pattern
+
+
+@functools.lru_cache(maxsize=4096)
+def network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(cidr.strip(), strict=False)
+    except ValueError:
+        return None
+
+
+def in_blocks(ip: str, blocks: Iterable[str]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    for b in blocks:
+        net = network(b)
+        if net is not None and addr.version == net.version and addr in net:
+            return True
+    return False
