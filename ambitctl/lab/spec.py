@@ -108,6 +108,9 @@ namespaces:
   - name: demo
     labels: {ambit.io/dataplane-mode: ambient}
   - name: legacy
+  # default/ runs the seed examples' `myapp` (../shared/examples/istio) for the demo's L7 steps
+  - name: default
+    labels: {ambit.io/dataplane-mode: ambient}
 pods:
   - {name: echo-v1, namespace: demo, node: node1, serviceAccount: echo,
      labels: {app: echo, version: v1}, ports: [{name: http, containerPort: 8080}],
@@ -122,9 +125,16 @@ pods:
      command: [iperf3, -s, -p, "5201"]}
   - {name: client, namespace: legacy, node: node2, serviceAccount: client,
      labels: {app: client}, command: [sleep, infinity]}
+  - {name: myapp-v1, namespace: default, node: node1, serviceAccount: myapp, app: echo,
+     labels: {app: myapp, version: v1}}
+  - {name: myapp-v2, namespace: default, node: node2, serviceAccount: myapp, app: echo,
+     labels: {app: myapp, version: v2}}
+  - {name: frontend, namespace: default, node: node1, serviceAccount: frontend,
+     labels: {app: frontend}, command: [sleep, infinity]}
 services:
   - {name: echo, namespace: demo, selector: {app: echo}, ports: [{name: http, port: 8080, targetPort: http}]}
   - {name: iperf, namespace: demo, selector: {app: iperf}, ports: [{name: iperf, port: 5201, targetPort: 5201}]}
+  - {name: myapp, namespace: default, selector: {app: myapp}, ports: [{name: http, port: 80, targetPort: http}]}
 """
 
 

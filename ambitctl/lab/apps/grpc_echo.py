@@ -23,9 +23,14 @@ from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
-import grpc
-from google.protobuf import json_format
-from google.protobuf.struct_pb2 import Struct
+# gRPC's default resolver (c-ares) reads neither the lab's per-netns /etc/hosts nor nsswitch, so
+# service names would not resolve inside a pod; the native resolver (getaddrinfo) does. Set before
+# gRPC's core reads it.
+os.environ.setdefault("GRPC_DNS_RESOLVER", "native")
+
+import grpc  # noqa: E402
+from google.protobuf import json_format  # noqa: E402
+from google.protobuf.struct_pb2 import Struct  # noqa: E402
 
 SERVICE = "ambit.lab.Echo"
 UNARY = f"/{SERVICE}/Echo"
