@@ -163,3 +163,20 @@ def test_one_access_log_line_per_request_through_the_sink() -> None:
     assert d["upstream_peer"] == ECHO_ID and d["downstream_peer_principal"] == CLIENT_ID
     e = json.loads(lines[1])
     assert e["response_flags"] == "NR" and "upstream_host" not in e and "destination_workload" not in e
+
+
+def test_the_engine_hook_resolves_both_peers_by_ip_and_feeds_metrics_and_log() -> None:
+    from waypoint.telemetry import Telemetry, address_ip
+    by_ip = {"10.210.1.12": CLIENT, "10.210.2.11": ECHO_V2}
+    lines: list[str] = []
+    m = HttpMetrics()
+    t = Telemetry(m, RequestLog(lines.append), by_ip.get)
+    rec = record()
+    t.access_log(rec)
+    t.stats(rec)
+    (s,) = [s for s in families(m)["istio_requests"] if s.name == "istio_requests_total"]
+    assert s.labels["source_workload"] == "client" and s.labels["destination_version"] == "v2"
+    assert json.loads(lines[0])["destination_workload"] == "echo-v2"
+    assert address_ip("[fd00::1]:15008") == "fd00::1" and address_ip("10.0.0.1:80") == "10.0.0.1"
+    assert address_ip("") == "" and address_ip("10.0.0.1") == "10.0.0.1"
+    Telemetry(None, None, by_ip.get).stats(rec)     # telemetry off: nothing to do, nothing raised
