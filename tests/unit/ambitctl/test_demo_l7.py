@@ -41,3 +41,18 @@ def test_the_seed_examples_the_steps_apply_exist() -> None:
     for name in ("virtual-service.yaml", "canary-deployment.yaml", "authorization-policy.yaml", "destination-rule.yaml"):
         assert (demo_l7.EXAMPLES / name).is_file()
     assert "myapp.example.com" in (demo_l7.EXAMPLES / "canary-deployment.yaml").read_text()
+
+
+def test_replies_are_counted_by_version_and_denials_by_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = ('{"pod": "myapp-v1", "version": "v1"}\n\n200\n{"pod": "myapp-v2", "version": "v2"}\n\n200\n'
+           'RBAC: access denied\n403\n\n000\n')
+    seen: list[list[str]] = []
+
+    def fake_run(argv, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.append(argv)
+        return subprocess.CompletedProcess(argv, 0, out, "")
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    replies = demo_l7._requests("default/frontend", 4, "x-canary: true")
+    assert demo_l7._versions(replies) == {"v1": 1, "v2": 1, "HTTP 403": 1, "HTTP 0": 1}
+    (argv,) = seen
+    assert argv[-5:-1] == ["default/frontend", "--", "sh", "-c"] and "seq 4" in argv[-1] and "'x-canary: true'" in argv[-1]
