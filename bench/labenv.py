@@ -11,6 +11,7 @@ which would add ~0.3 s of Python start-up to every tool run.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -25,14 +26,16 @@ from ambitctl.lab import lab as labmod
 from ambitctl.lab import spec as specmod
 from ambitctl.lab import topology
 from ambitctl.lab.topology import LabNames
-from bench.plan import HTTP_PORT, IPERF_PORT, MESH_NS, PLAIN_NS
+from bench.plan import HTTP_PORT, IPERF_PORT, MESH_NS, PLAIN_NS, WEB_SERVICE
 
-LAB_NAME = "ambit-bench"
+# AMBIT_BENCH_LAB_NAME: run beside another bench lab on the same machine (names must differ).
+LAB_NAME = os.environ.get("AMBIT_BENCH_LAB_NAME", "ambit-bench")
 ONE_KIB = b"x" * 1024
 
 
-def nginx_conf(prefix: Path, www: Path, port: int = HTTP_PORT) -> str:
-    """One worker, no logs, long keep-alive: the server must never be what limits the mesh."""
+def nginx_conf(prefix: Path, www: Path, port: int = HTTP_PORT, version: str = "") -> str:
+    """One worker, no logs, long keep-alive: the server must never be what limits the mesh.
+    `version` adds an `x-version` response header (the L7 scenarios' servers say who answered)."""
     tmp = prefix / "tmp"
     return "\n".join([
         "worker_processes 1;", "master_process off;", "daemon off;", f"pid {prefix / 'nginx.pid'};",
@@ -44,7 +47,8 @@ def nginx_conf(prefix: Path, www: Path, port: int = HTTP_PORT) -> str:
         f"  uwsgi_temp_path {tmp}; scgi_temp_path {tmp};",
         "  keepalive_timeout 600s; keepalive_requests 100000000; client_header_timeout 600s;",
         "  tcp_nodelay on;",
-        f"  server {{ listen {port} backlog=4096; root {www}; location / {{ }} }}",
+        f"  server {{ listen {port} backlog=4096; root {www}; "
+        + (f"add_header x-version {version} always; " if version else "") + "location / { } }",
         "}", ""])
 
 
@@ -54,8 +58,10 @@ def server_command(conf: Path, prefix: Path) -> list[str]:
     return ["sh", "-c", f"iperf3 -s -p {IPERF_PORT} & exec nginx -c {conf} -p {prefix}"]
 
 
-def spec_dict(work: Path) -> dict[str, Any]:
-    """The lab spec; writes each server pod's nginx.conf under `work`."""
+def spec_dict(work: Path, l7: bool = False) -> dict[str, Any]:
+    """The lab spec; writes each server pod's nginx.conf under `work`. With `l7`, also the L7
+    scenarios' pods: web-v1/web-v2 (nginx, x-version header) in both namespaces, the `web` Service
+    in the mesh namespace, and bench-plain/l7proxy (node1) where nginx/haproxy run as L7 proxies."""
     www = work / "www"
     www.mkdir(parents=True, exist_ok=True)
     (www / "1k").write_bytes(ONE_KIB)
@@ -73,9 +79,25 @@ def spec_dict(work: Path) -> dict[str, Any]:
                      "labels": {"app": "client"}, "command": ["sleep", "infinity"]})
     pods.append({"name": "client-local", "namespace": MESH_NS, "node": "node2", "serviceAccount": "client",
                  "labels": {"app": "client"}, "command": ["sleep", "infinity"]})
+    services: list[dict[str, Any]] = []
+    if l7:
+        for ns in (PLAIN_NS, MESH_NS):
+            for version in ("v1", "v2"):
+                prefix = work / "pods" / f"{ns}.web-{version}"
+                (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+                conf = prefix / "nginx.conf"
+                conf.write_text(nginx_conf(prefix, www, version=version))
+                pods.append({"name": f"web-{version}", "namespace": ns, "node": "node2", "serviceAccount": "web",
+                             "labels": {"app": WEB_SERVICE, "version": version},
+                             "command": ["nginx", "-c", str(conf), "-p", str(prefix)],
+                             "ports": [{"name": "http", "containerPort": HTTP_PORT}]})
+        pods.append({"name": "l7proxy", "namespace": PLAIN_NS, "node": "node1", "serviceAccount": "l7proxy",
+                     "labels": {"app": "l7proxy"}, "command": ["sleep", "infinity"]})
+        services.append({"name": WEB_SERVICE, "namespace": MESH_NS, "selector": {"app": WEB_SERVICE},
+                         "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}]})
     return {"nodes": 2,
             "namespaces": [{"name": PLAIN_NS}, {"name": MESH_NS, "labels": {"ambit.io/dataplane-mode": "ambient"}}],
-            "pods": pods, "services": []}
+            "pods": pods, "services": services}
 
 
 @dataclass
@@ -140,13 +162,14 @@ def clear_leftovers(names: LabNames) -> list[str]:
 
 
 @contextmanager
-def lab_up(work: Path, capture: str, name: str = LAB_NAME, wait_timeout: float = 60.0) -> Iterator[BenchLab]:
+def lab_up(work: Path, capture: str, name: str = LAB_NAME, wait_timeout: float = 60.0,
+           l7: bool = False) -> Iterator[BenchLab]:
     """Bring the bench lab up for the duration of the block; always tear it down."""
     names = LabNames(name)
     left = clear_leftovers(names)
     if left:
         print(f"  removed leftovers of an earlier bench lab: {len(left)} objects", flush=True)
-    spec = specmod.parse(spec_dict(work), source="<bench spec>")
+    spec = specmod.parse(spec_dict(work, l7=l7), source="<bench spec>")
     base = work / f"lab-{capture}"
     try:
         st = labmod.up(spec, name=name, base=base, capture=capture, wait=False)

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import co, parsers, procstat, stats, tools
+from bench.l7 import CANARY_HEADER, CANARY_VALUE, parse_version_header
 from bench.labenv import BenchLab, python_argv
 from bench.metrics import LAT_PS
-from bench.plan import HTTP_PORT, IPERF_PORT, TUNNEL_PORTS, Plan, Scenario
+from bench.plan import HTTP_PORT, IPERF_PORT, L7_PORTS, PLAIN_NS, TUNNEL_PORTS, WEB_SERVICE, Plan, Scenario
 from bench.results import RunResults
 
 
@@ -37,13 +38,30 @@ class Target:
     iperf_port: int
     proxy_cpu: Callable[[], dict[str, float]] | None = None   # CPU seconds of each proxy on the path
     ztunnel_cgroups: dict[str, Path] = field(default_factory=dict)
+    l7_pids: Callable[[], Sequence[int]] | None = None      # the L7 proxy's processes (nginx, haproxy, waypoint)
+
+    @property
+    def has_iperf(self) -> bool:
+        """L7 scenarios carry HTTP only: no iperf3 behind an HTTP proxy."""
+        return self.iperf_port != 0
 
     @property
     def url(self) -> str:
         return f"http://{self.http_host}:{self.http_port}/1k"
 
 
-def target_for(lab: BenchLab, sc: Scenario, tunnel_pids: Callable[[], Sequence[int]] | None = None) -> Target:
+def target_for(lab: BenchLab, sc: Scenario, tunnel_pids: Callable[[], Sequence[int]] | None = None,
+               l7_pids: Callable[[], Sequence[int]] | None = None) -> Target:
+    if sc.l7:
+        pids = l7_pids or (lambda: [])
+        if sc.l7 == "waypoint":
+            cgs = lab.ztunnel_cgroups()
+            vip = next(s.vip for s in lab.spec.services if s.name == WEB_SERVICE and s.namespace == sc.namespace)
+            return Target(sc, vip, HTTP_PORT, "", 0, ztunnel_cgroups=cgs, l7_pids=pids,
+                          proxy_cpu=lambda: {**{n: procstat.cgroup_cpu_seconds(c) for n, c in cgs.items()},
+                                             "waypoint": procstat.pids_cpu_seconds(pids())})
+        return Target(sc, lab.ip(f"{PLAIN_NS}/l7proxy"), L7_PORTS[sc.l7], "", 0, l7_pids=pids,
+                      proxy_cpu=lambda: {sc.l7: procstat.pids_cpu_seconds(pids())})
     server_ip = lab.ip(sc.server_key)
     if sc.tunnel:
         ports = TUNNEL_PORTS[sc.tunnel]
@@ -78,12 +96,27 @@ def check_path(lab: BenchLab, t: Target, within: float = 15.0) -> None:
     while True:
         out = lab.run(t.scenario.client_key, ["curl", "-sS", "--fail", "-o", "/dev/null", "-m", "3", t.url],
                       timeout=30)
-        if out.returncode == 0:
+        if out.returncode == 0 and (not t.scenario.l7 or _routes_by_header(lab, t)):
             return
         if time.monotonic() > deadline:
+            if out.returncode == 0:
+                raise MeasureError(f"{t.url}: answered, but not routed by {CANARY_HEADER} (want v1 without it, "
+                                   f"v2 with it) after {within:.0f}s")
             raise MeasureError(f"no HTTP path from {t.scenario.client_key} to {t.url} after {within:.0f}s: "
                                f"{out.stderr.strip()}")
         time.sleep(0.5)
+
+
+def _routes_by_header(lab: BenchLab, t: Target) -> bool:
+    """The L7 positive control: 3 requests without the header reach v1, 3 with it reach v2."""
+    for header, want in (("", "v1"), (f"{CANARY_HEADER}: {CANARY_VALUE}", "v2")):
+        for _ in range(3):
+            argv = ["curl", "-sS", "--fail", "-o", "/dev/null", "-D", "-", "-m", "3",
+                    *(["-H", header] if header else []), t.url]
+            p = lab.run(t.scenario.client_key, argv, timeout=30)
+            if p.returncode != 0 or parse_version_header(p.stdout) != want:
+                return False
+    return True
 
 
 def throughput(lab: BenchLab, t: Target, plan: Plan, res: RunResults, rep: int, streams: int) -> None:
@@ -120,6 +153,8 @@ def latency_at_rate(lab: BenchLab, t: Target, plan: Plan, res: RunResults, rep: 
         cpu0, c0 = (t.proxy_cpu() if t.proxy_cpu else {}), time.monotonic()
         time.sleep(plan.seconds / 2)
         rss_load = max((procstat.cgroup_rss_mb(cg) for cg in t.ztunnel_cgroups.values()), default=None)
+        l7_pids = list(t.l7_pids()) if t.l7_pids else []
+        l7_rss = procstat.pids_rss_mb(l7_pids) if l7_pids else None
         deadline = t_start + plan.warmup + plan.seconds + 30
         for p in procs:
             p.wait(timeout=max(1.0, deadline - time.monotonic()))
@@ -156,9 +191,13 @@ def latency_at_rate(lab: BenchLab, t: Target, plan: Plan, res: RunResults, rep: 
         if rate == 1000:
             res.record(sc.name, "proxy_cpu_per_1k", rep, sum(per.values()))
             if t.ztunnel_cgroups:
-                res.record(sc.name, "zt_cpu_per_1k", rep, max(per.values()))
+                res.record(sc.name, "zt_cpu_per_1k", rep, max(v for n, v in per.items() if n in t.ztunnel_cgroups))
+            if sc.l7 and sc.l7 in per:
+                res.record(sc.name, "l7_cpu_per_1k", rep, per[sc.l7])
     if rate == 1000 and rss_load is not None:
         res.record(sc.name, "zt_rss_load_mb", rep, rss_load)
+    if rate == 1000 and l7_rss:
+        res.record(sc.name, "l7_rss_mb", rep, l7_rss)
     res.detail(sc.name, f"latency_{rate}", rep, detail)
 
 

@@ -22,6 +22,10 @@ TUNNEL_PORTS = {
     "stunnel": {"http": (2080, 9443), "iperf": (2201, 9444)},
     "haproxy": {"http": (3080, 9543), "iperf": (3201, 9544)},
 }
+# L7 scenarios (bench/l7.py): the proxies' ports in bench-plain/l7proxy; the mesh Service the
+# waypoint routes for (web-v1/web-v2 in bench-mesh).
+L7_PORTS = {"nginx": 8081, "haproxy": 8082}
+WEB_SERVICE = "web"
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class Scenario:
     server: str = "server"
     tunnel: str = ""            # "", "stunnel" or "haproxy"
     mesh: bool = False          # ztunnel CPU/RSS apply
+    l7: str = ""                # "", "nginx", "haproxy" or "waypoint": header routing to web-v1/web-v2 (HTTP only)
 
     @property
     def client_key(self) -> str:
@@ -54,6 +59,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              PLAIN_NS, "client", tunnel="stunnel"),
     Scenario("haproxy", "haproxy mTLS tunnel (TLS 1.3, P-256) client pod → server pod, node1 → node2", "ebpf",
              PLAIN_NS, "client", tunnel="haproxy"),
+    Scenario("nginx-l7", "nginx as L7 proxy (1 worker): client (node1) → nginx pod (node1) → web-v1|v2 (node2) "
+             "by x-canary, plaintext", "ebpf", PLAIN_NS, "client", l7="nginx"),
+    Scenario("haproxy-l7", "haproxy mode http (1 thread): client (node1) → haproxy pod (node1) → web-v1|v2 (node2) "
+             "by x-canary, plaintext", "ebpf", PLAIN_NS, "client", l7="haproxy"),
+    Scenario("ambit-waypoint", "enrolled client (node1) → ztunnel → waypoint → ztunnel → web-v1|v2 (node2) by "
+             "x-canary (VirtualService), mTLS HBONE both hops", "ebpf", MESH_NS, "client", mesh=True, l7="waypoint"),
     Scenario("ambit-iptables-capture", "as ambit-l4-cross-node, lab brought up with --capture iptables",
              "iptables", MESH_NS, "client", mesh=True),
 )}

@@ -50,8 +50,18 @@ def ratio(results: RunResults, scenario: str, baseline: str, key: str) -> Ratio 
                  pairs=len(pairs))
 
 
+# The waypoint against nginx and HAProxy doing the same header routing (bench/l7.py).
+L7_SCENARIOS = ("ambit-waypoint",)
+L7_BASELINES = ("nginx-l7", "haproxy-l7")
+L7_RATIO_METRICS = ("max_rps", "lat100_p50_ms", "lat100_p99_ms", "lat1000_p50_ms", "lat1000_p99_ms",
+                    "proxy_cpu_per_1k", "l7_cpu_per_1k", "l7_rss_mb")
+
+
 def all_ratios(results: RunResults, scenarios: Sequence[str] = AMBIT_SCENARIOS,
-               baselines: Sequence[str] = BASELINES, keys: Sequence[str] = RATIO_METRICS) -> list[Ratio]:
+               baselines: Sequence[str] = BASELINES, keys: Sequence[str] = RATIO_METRICS,
+               l7: bool = True) -> list[Ratio]:
+    """Every (scenario, baseline, metric) ratio with data; with `l7`, also the waypoint's against
+    the L7 proxies."""
     out = []
     for sc in scenarios:
         for base in baselines:
@@ -59,6 +69,8 @@ def all_ratios(results: RunResults, scenarios: Sequence[str] = AMBIT_SCENARIOS,
                 r = ratio(results, sc, base, key)
                 if r is not None:
                     out.append(r)
+    if l7:
+        out += all_ratios(results, L7_SCENARIOS, L7_BASELINES, L7_RATIO_METRICS, l7=False)
     return out
 
 

@@ -16,13 +16,14 @@ from bench.metrics import LAT_PS, RATES, fmt, metric
 from bench.results import RunResults
 
 SCENARIO_ORDER = ("direct", "ambit-l4-cross-node", "ambit-l4-same-node", "ambit-iptables-capture",
-                  "stunnel", "haproxy")
+                  "stunnel", "haproxy", "ambit-waypoint", "nginx-l7", "haproxy-l7")
 
 TABLE_METRICS = (
     ["tput_1s_gbps", "tput_4s_gbps"]
     + [f"lat{r}_{p}_ms" for r in RATES for p in LAT_PS]
     + ["max_rps"] + [f"max_{p}_ms" for p in LAT_PS]
-    + ["conn_per_s", "proxy_cpu_per_1k", "zt_cpu_per_1k", "zt_rss_idle_mb", "zt_rss_load_mb", "zt_rss_1000conn_mb"]
+    + ["conn_per_s", "proxy_cpu_per_1k", "zt_cpu_per_1k", "l7_cpu_per_1k", "l7_rss_mb", "zt_rss_idle_mb",
+       "zt_rss_load_mb", "zt_rss_1000conn_mb"]
 )
 
 
@@ -60,7 +61,7 @@ RATIO_COLUMNS = (
     ("tput_1s_gbps", "tput 1 stream"), ("tput_4s_gbps", "tput 4 streams"),
     ("lat1000_p50_ms", "p50 @1000/s"), ("lat1000_p99_ms", "p99 @1000/s"),
     ("lat100_p99_ms", "p99 @100/s"), ("max_rps", "max req/s"), ("conn_per_s", "new conn/s"),
-    ("proxy_cpu_per_1k", "proxy CPU"),
+    ("proxy_cpu_per_1k", "proxy CPU"), ("l7_cpu_per_1k", "L7 proxy CPU"), ("l7_rss_mb", "L7 proxy RSS"),
 )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import confpush, labenv, measures, parsers, profiles, tunnels
+from bench import confpush, l7, labenv, measures, parsers, profiles, tunnels
 from bench.labenv import BenchLab
 from bench.measures import MeasureError, Target
 from bench.plan import PHASES, PLAIN_NS, TUNNEL_PORTS, Plan, Scenario
@@ -115,7 +115,8 @@ class Runner:
     def _show(self, sc: str, measure: str, rep: int | None) -> str:
         keys = {"throughput-1": ["tput_1s_gbps"], "throughput-4": ["tput_4s_gbps"],
                 "latency-100": ["lat100_p50_ms", "lat100_p99_ms"],
-                "latency-1000": ["lat1000_p50_ms", "lat1000_p99_ms", "zt_cpu_per_1k", "proxy_cpu_per_1k"],
+                "latency-1000": ["lat1000_p50_ms", "lat1000_p99_ms", "zt_cpu_per_1k", "proxy_cpu_per_1k",
+                                 "l7_cpu_per_1k", "l7_rss_mb"],
                 "max-rate": ["max_rps", "max_p99_ms"], "new-connections": ["conn_per_s"],
                 "ztunnel-rss": ["zt_rss_idle_mb", "zt_rss_1000conn_mb"],
                 "config-push": ["push_initial_s", "push_p50_ms", "push_p99_ms"]}.get(measure, [])
@@ -136,7 +137,7 @@ class Runner:
             return
         say(f"phase {phase}: bringing up lab {labenv.LAB_NAME!r} (capture {phase}) for {', '.join(s.name for s in scs)}")
         try:
-            with labenv.lab_up(self.work, phase) as lab:
+            with labenv.lab_up(self.work, phase, l7=any(s.l7 for s in scs)) as lab:
                 self._in_lab(lab, phase, scs)
         except EXPECTED_ERRORS + (RuntimeError,) as e:
             for sc in scs:
@@ -145,6 +146,7 @@ class Runner:
 
     def _in_lab(self, lab: BenchLab, phase: str, scs: list[Scenario]) -> None:
         tun = TunnelSet(lab, self.work, [s.tunnel for s in scs if s.tunnel])
+        l7set = l7.L7Set(lab, self.work, [s.l7 for s in scs if s.l7])
         try:
             failed = tun.start()
             for sc in scs:
@@ -152,10 +154,21 @@ class Runner:
                     self.results.error(sc.name, "tunnel start", None, failed[sc.tunnel])
                     say(f"  {sc.name}: FAILED to start ({failed[sc.tunnel][:300]})")
             scs = [s for s in scs if s.tunnel not in failed]
+            l7_failed = l7set.start() if l7set.which else {}
+            for sc in scs:
+                why = l7_failed.get(sc.l7) if sc.l7 else None
+                if why and sc.l7 == "waypoint" and why.startswith("waypoint cannot start"):
+                    self.results.notes.append(f"{sc.name}: skipped: {why}")
+                    say(f"  {sc.name}: SKIPPED ({why})")
+                elif why:
+                    self.results.error(sc.name, "l7 proxy start", None, why)
+                    say(f"  {sc.name}: FAILED to start ({why[:300]})")
+            scs = [s for s in scs if not (s.l7 and s.l7 in l7_failed)]
             self.capture[phase] = labenv.wait_captured(lab, [s.client_key for s in scs if s.mesh])
             targets: dict[str, Target] = {}
             for sc in scs:
-                t = measures.target_for(lab, sc, tun.pids(sc.tunnel) if sc.tunnel else None)
+                t = measures.target_for(lab, sc, tun.pids(sc.tunnel) if sc.tunnel else None,
+                                        l7set.pids(sc.l7) if sc.l7 else None)
                 if self.attempt(sc.name, "path check", None, lambda t=t: measures.check_path(lab, t)):
                     targets[sc.name] = t
             for sc in scs:
@@ -170,14 +183,16 @@ class Runner:
                         self.run_rep(lab, targets[sc.name], rep)
         finally:
             tun.stop()
+            l7set.stop()
 
     def run_rep(self, lab: BenchLab, t: Target, rep: int) -> None:
         sc, plan, res, work = t.scenario.name, self.plan, self.results, self.work
         say(f"  {sc} rep {rep + 1}/{plan.reps}")
         if t.ztunnel_cgroups and (not plan.hold_reps or rep < plan.hold_reps):
             self.attempt(sc, "ztunnel-rss", rep, lambda: measures.ztunnel_rss(lab, t, plan, res, rep))
-        self.attempt(sc, "throughput-1", rep, lambda: measures.throughput(lab, t, plan, res, rep, 1))
-        self.attempt(sc, "throughput-4", rep, lambda: measures.throughput(lab, t, plan, res, rep, 4))
+        if t.has_iperf:
+            self.attempt(sc, "throughput-1", rep, lambda: measures.throughput(lab, t, plan, res, rep, 1))
+            self.attempt(sc, "throughput-4", rep, lambda: measures.throughput(lab, t, plan, res, rep, 4))
         for rate in plan.rates:
             if rate == 1000 and rep == 0 and plan.profile and t.scenario.name == "ambit-l4-cross-node":
                 self.attempt(sc, f"latency-{rate}", rep,

@@ -197,5 +197,10 @@ def strict_mtls() -> None:
     print("  (PeerAuthentication removed: PERMISSIVE again)")
 
 
+def _l7_steps() -> list:
+    from ambitctl.lab import demo_l7
+    return demo_l7.STEPS
+
+
 STEPS = [plain_routing, captured_next_to_uncaptured, enrol_at_runtime, encrypted_on_the_wire, spiffe_identities,
-         denied_by_policy, strict_mtls]
+         denied_by_policy, strict_mtls, *_l7_steps()]

@@ -108,6 +108,9 @@ namespaces:
   - name: demo
     labels: {ambit.io/dataplane-mode: ambient}
   - name: legacy
+  # default/ runs the seed examples' `myapp` (../shared/examples/istio) for the demo's L7 steps
+  - name: default
+    labels: {ambit.io/dataplane-mode: ambient}
 pods:
   - {name: echo-v1, namespace: demo, node: node1, serviceAccount: echo,
      labels: {app: echo, version: v1}, ports: [{name: http, containerPort: 8080}],
@@ -122,9 +125,16 @@ pods:
      command: [iperf3, -s, -p, "5201"]}
   - {name: client, namespace: legacy, node: node2, serviceAccount: client,
      labels: {app: client}, command: [sleep, infinity]}
+  - {name: myapp-v1, namespace: default, node: node1, serviceAccount: myapp, app: echo,
+     labels: {app: myapp, version: v1}}
+  - {name: myapp-v2, namespace: default, node: node2, serviceAccount: myapp, app: echo,
+     labels: {app: myapp, version: v2}}
+  - {name: frontend, namespace: default, node: node1, serviceAccount: frontend,
+     labels: {app: frontend}, command: [sleep, infinity]}
 services:
   - {name: echo, namespace: demo, selector: {app: echo}, ports: [{name: http, port: 8080, targetPort: http}]}
   - {name: iperf, namespace: demo, selector: {app: iperf}, ports: [{name: iperf, port: 5201, targetPort: 5201}]}
+  - {name: myapp, namespace: default, selector: {app: myapp}, ports: [{name: http, port: 80, targetPort: http}]}
 """
 
 
@@ -229,6 +239,16 @@ def parse(data: Any, nodes: int | None = None, source: str = "<spec>") -> LabSpe
             else:
                 raise _err(source, p + ".node", f"no such node {node!r} (have {sorted(node_names)})")
         cmd = pd.get("command")
+        app = pd.get("app")
+        default_ports: list[dict[str, Any]] = []
+        if app is not None:
+            # `app: httpbin` names one of the lab's sample apps (ambitctl/lab/apps) instead of a command.
+            from ambitctl.lab.apps import APPS
+            if cmd is not None:
+                raise _err(source, p + ".app", "give either app or command, not both")
+            if app not in APPS:
+                raise _err(source, p + ".app", f"unknown app {app!r} (known: {', '.join(sorted(APPS))})")
+            cmd, default_ports = list(APPS[app][0]), [dict(x) for x in APPS[app][1]]
         if not isinstance(cmd, list) or not cmd or not all(isinstance(c, (str, int)) for c in cmd):
             raise _err(source, p + ".command", "must be a non-empty list of strings")
         # "python" as the program, or "{python}" anywhere (e.g. in `sh -c` strings), is Ambit's
@@ -236,7 +256,7 @@ def parse(data: Any, nodes: int | None = None, source: str = "<spec>") -> LabSpe
         command = [str(c).replace("{python}", sys.executable) for c in cmd]
         if command[0] in ("python", "python3"):
             command[0] = sys.executable
-        ports = pd.get("ports") or []
+        ports = pd.get("ports") or default_ports
         if not isinstance(ports, list):
             raise _err(source, p + ".ports", "must be a list")
         for j, port in enumerate(ports):

@@ -56,7 +56,8 @@ class Exchange:
         self.upgrade = upgrade
         self.expect_continue = expect_continue
         proto = "HTTP/2" if head.version == "2" else f"HTTP/{head.version}"
-        self.record = RequestRecord(head.method, head.path, head.authority, proto, downstream, grpc=head.grpc)
+        self.record = RequestRecord(head.method, head.path, head.authority, proto, downstream, grpc=head.grpc,
+                                    user_agent=head.header("user-agent") or "")
         self.forward: Forward | None = None
         self.target: UpstreamTarget | None = None
         self.up_head: RequestHead | None = None

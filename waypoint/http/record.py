@@ -1,7 +1,9 @@
 """One record per request, handed to the access-log sink and the stats callback when it ends.
 
-Field names follow Envoy's access-log operators where there is one (`response_flags`,
-`upstream_host`, `route_name`), so Istio users find what they know; `line()` is the JSON line.
+`line()` is the JSON line, with the keys of Istio's default JSON access-log format (Envoy's
+operators: `start_time`, `response_code`, `response_flags`, `upstream_host`, `route_name`,
+`request_id` (x-request-id), `authority`, `user_agent`, `downstream_remote_address`, ...), so
+Istio users' log queries carry over. Empty values are left out.
 """
 
 from __future__ import annotations
@@ -35,19 +37,24 @@ class RequestRecord:
     grpc: bool = False
     grpc_status: str = ""                   # from the response trailers (or a trailers-only reply)
     detail: str = ""                        # why, for local replies and failures
+    user_agent: str = ""
 
     def line(self) -> str:
-        d = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.start)) + f".{int(self.start % 1 * 1e6):06d}Z",
-            "method": self.method, "path": self.path, "authority": self.authority, "protocol": self.protocol,
-            "status": self.status, "response_flags": self.response_flags or "-",
+        d = self.downstream
+        dst = f"{d.destination_ip}:{d.destination_port}" if d.destination_ip else ""
+        out = {
+            "start_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.start))
+            + f".{int(self.start % 1 * 1000):03d}Z",
+            "method": self.method, "path": self.path, "protocol": self.protocol,
+            "response_code": self.status, "response_flags": self.response_flags or "-",
+            "response_code_details": self.detail, "grpc_status": self.grpc_status,
             "bytes_received": self.bytes_received, "bytes_sent": self.bytes_sent,
-            "duration_ms": round(self.duration_ms, 3), "upstream_host": self.upstream,
-            "route_name": self.route, "x_request_id": self.request_id,
-            "src.identity": self.downstream.source_identity, "src.addr": self.downstream.source_ip,
-            "dst.service": self.service, "grpc_status": self.grpc_status, "detail": self.detail,
+            "duration": round(self.duration_ms), "upstream_host": self.upstream, "route_name": self.route,
+            "request_id": self.request_id, "authority": self.authority, "user_agent": self.user_agent,
+            "downstream_remote_address": self.downstream.source_ip, "downstream_local_address": dst,
+            "downstream_peer_principal": self.downstream.source_identity, "destination_service": self.service,
         }
-        return json.dumps({k: v for k, v in d.items() if v != ""})
+        return json.dumps({k: v for k, v in out.items() if v != ""})
 
 
 RecordSink = Callable[[RequestRecord], None]

@@ -17,7 +17,6 @@ netns.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ambit.dataplane.endpoint import LocalEndpoint, Response, fetch
+from ambit.dataplane.telemetry.children import CHILD_CACHE_SIZE, ChildCache
 
 log = logging.getLogger("ambit.dataplane.metrics")
 
@@ -68,11 +68,6 @@ class ConnLabels:
                 self.response_flags or u)
 
 
-# Label sets whose four counter children are kept at hand. A node sees few distinct (source,
-# destination) pairs, so hits dominate; the bound keeps a churn of pods from growing the cache.
-CHILD_CACHE_SIZE = 4096
-
-
 class Metrics:
     """The four Istio TCP counters.
 
@@ -90,21 +85,13 @@ class Metrics:
                                 registry=r)
         self.sent = Counter("istio_tcp_sent_bytes", "Bytes sent (server to client)", LABELS, registry=r)
         self.cache_size = cache_size
-        self._children: OrderedDict[tuple[str, ...], tuple[Counter, Counter, Counter, Counter]] = OrderedDict()
+        self._children: ChildCache[tuple[str, ...], tuple[Counter, Counter, Counter, Counter]] = ChildCache(
+            lambda key: (self.opened.labels(*key), self.closed.labels(*key), self.received.labels(*key),
+                         self.sent.labels(*key)), cache_size)
 
     def _for(self, labels: ConnLabels) -> tuple[Counter, Counter, Counter, Counter]:
         """(opened, closed, received, sent) children for this label set, cached (LRU)."""
-        key = labels.key()
-        kids = self._children.get(key)
-        if kids is not None:
-            self._children.move_to_end(key)
-            return kids
-        kids = (self.opened.labels(*key), self.closed.labels(*key), self.received.labels(*key),
-                self.sent.labels(*key))
-        self._children[key] = kids
-        if len(self._children) > self.cache_size:
-            self._children.popitem(last=False)
-        return kids
+        return self._children.get(labels.key())
 
     def conn_opened(self, labels: ConnLabels) -> None:
         self._for(labels)[0].inc()

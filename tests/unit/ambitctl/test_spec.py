@@ -17,6 +17,11 @@ def test_default_spec_has_the_demo_topology() -> None:
     echo = next(x for x in s.services if x.name == "echo")
     assert {p.name for p in s.endpoints(echo)} == {"echo-v1", "echo-v2"}
     assert echo.vip.startswith("10.96.0.")
+    # the seed examples' myapp (v1, v2) and the principal their AuthorizationPolicy names
+    myapp = next(x for x in s.services if x.name == "myapp" and x.namespace == "default")
+    assert {p.labels["version"] for p in s.endpoints(myapp)} == {"v1", "v2"}
+    assert s.pod("default/frontend").service_account == "frontend"
+    assert s.namespaces["default"] == {"ambit.io/dataplane-mode": "ambient"}
 
 
 def test_addresses_are_unique_and_inside_node_cidrs() -> None:

@@ -13,11 +13,17 @@ from waypoint.request import Downstream
 
 
 def test_line_uses_envoy_names_and_dash_for_no_flags() -> None:
-    rec = RequestRecord("GET", "/a?b=1", "svc:80", "HTTP/1.1", Downstream(source_identity="spiffe://x/ns/a/sa/b"),
-                        request_id="rid", status=200, bytes_sent=5, upstream="10.0.0.1:80", route="r#0")
+    down = Downstream(source_identity="spiffe://x/ns/a/sa/b", source_ip="10.0.0.9", destination_ip="10.96.0.10",
+                      destination_port=80)
+    rec = RequestRecord("GET", "/a?b=1", "svc:80", "HTTP/1.1", down, request_id="rid", status=200, bytes_sent=5,
+                        upstream="10.0.0.1:80", route="r#0", user_agent="curl/8", duration_ms=12.4)
     d = json.loads(rec.line())
     assert d["response_flags"] == "-" and d["upstream_host"] == "10.0.0.1:80" and d["route_name"] == "r#0"
-    assert d["x_request_id"] == "rid" and d["src.identity"] == "spiffe://x/ns/a/sa/b" and d["status"] == 200
+    assert d["request_id"] == "rid" and d["downstream_peer_principal"] == "spiffe://x/ns/a/sa/b"
+    assert d["response_code"] == 200 and d["authority"] == "svc:80" and d["user_agent"] == "curl/8"
+    assert d["downstream_remote_address"] == "10.0.0.9" and d["downstream_local_address"] == "10.96.0.10:80"
+    assert d["duration"] == 12 and d["method"] == "GET" and d["path"] == "/a?b=1" and d["protocol"] == "HTTP/1.1"
+    assert d["start_time"].endswith("Z") and "response_code_details" not in d
 
 
 def test_each_request_reaches_access_log_and_stats_once() -> None:
@@ -34,6 +40,7 @@ def test_each_request_reaches_access_log_and_stats_once() -> None:
         assert [r.path for r in recs] == ["/one", "/two"]
         assert [r.path for r in p.stats] == ["/one", "/two"]
         assert recs[0].bytes_received == 3 and recs[0].bytes_sent > 0 and recs[0].duration_ms > 0
+        assert recs[0].user_agent.startswith("curl/") and recs[0].request_id
     finally:
         p.close()
         o.close()

@@ -1,0 +1,211 @@
+"""The L7 scenarios: nginx and HAProxy as HTTP proxies doing the waypoint's job, and the waypoint.
+
+All three do the same header-match routing between the same client and the same two servers:
+`x-canary: true` → web-v2, anything else → web-v1 (Istio's seed virtual-service.yaml). The servers
+are nginx serving 1 KiB with an `x-version` response header naming themselves, so the path check
+proves the routing before anything is timed.
+
+- nginx-l7 / haproxy-l7: the proxy runs in its own pod (`bench-plain/l7proxy`, node1), one process,
+  one worker / one thread (as the Python waypoint is one event loop), no logs, keep-alive pooled
+  upstream connections; client (node1) → proxy → web-v1|v2 (node2), plaintext HTTP/1.1.
+- ambit-waypoint: client (enrolled, node1) → ztunnel → HBONE → waypoint → HBONE → ztunnel → web-v*
+  (node2), mTLS on both hops, routed by the seed's VirtualService applied through `ambit apply`.
+  It needs `python -m waypoint`; when that cannot start, the scenario is skipped with the reason.
+
+Config rendering is sans-IO (tested in tests/unit/bench/test_bench_l7.py); the start/stop edge is
+`L7Set`, shaped like runner.TunnelSet.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.plan import HTTP_PORT, L7_PORTS, MESH_NS, PLAIN_NS, WEB_SERVICE
+
+CANARY_HEADER = "x-canary"
+CANARY_VALUE = "true"
+VERSION_HEADER = "x-version"
+WAYPOINT_NAME = "waypoint"
+WAYPOINT_READY_S = 45.0
+
+
+def nginx_l7_conf(prefix: Path, listen_ip: str, port: int, v1: str, v2: str) -> str:
+    """nginx as the header-routing L7 proxy: one worker, no access log, pooled keep-alive upstreams."""
+    tmp = prefix / "tmp"
+    return "\n".join([
+        "worker_processes 1;", "master_process off;", "daemon off;", f"pid {prefix / 'nginx-l7.pid'};",
+        f"error_log {prefix / 'nginx-l7-error.log'} warn;", "worker_rlimit_nofile 20000;",
+        "events { worker_connections 8192; multi_accept on; }",
+        "http {",
+        "  access_log off;",
+        f"  client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};",
+        f"  uwsgi_temp_path {tmp}; scgi_temp_path {tmp};",
+        "  keepalive_timeout 600s; keepalive_requests 100000000; tcp_nodelay on;",
+        f"  upstream v1 {{ server {v1}:{HTTP_PORT}; keepalive 64; keepalive_requests 100000000; }}",
+        f"  upstream v2 {{ server {v2}:{HTTP_PORT}; keepalive 64; keepalive_requests 100000000; }}",
+        # exact and case-sensitive, as the VirtualService's `exact: "true"` (a plain map string would
+        # match case-insensitively, so an anchored `~` regex); anything else (or no header) → v1
+        f'  map $http_{CANARY_HEADER.replace("-", "_")} $backend {{ default v1; "~^{CANARY_VALUE}$" v2; }}',
+        f"  server {{ listen {listen_ip}:{port} backlog=4096;",
+        "    location / { proxy_pass http://$backend; proxy_http_version 1.1;",
+        '      proxy_set_header Connection ""; proxy_set_header Host $host; } }',
+        "}", ""])
+
+
+def haproxy_l7_conf(listen_ip: str, port: int, v1: str, v2: str) -> str:
+    """HAProxy (mode http) as the header-routing L7 proxy: one thread, no logs, connection reuse."""
+    return "\n".join([
+        "global", "  maxconn 8000", "  nbthread 1", "",
+        "defaults", "  mode http", "  option http-keep-alive", "  timeout connect 5s", "  timeout client 300s",
+        "  timeout server 300s", "  timeout http-keep-alive 300s", "",
+        "frontend l7", f"  bind {listen_ip}:{port}",
+        f"  use_backend v2 if {{ req.hdr({CANARY_HEADER}) -m str {CANARY_VALUE} }}", "  default_backend v1", "",
+        "backend v1", "  http-reuse always", f"  server v1 {v1}:{HTTP_PORT}", "",
+        "backend v2", "  http-reuse always", f"  server v2 {v2}:{HTTP_PORT}", ""])
+
+
+def waypoint_yaml(namespace: str = MESH_NS, service: str = WEB_SERVICE) -> str:
+    """The waypoint Gateway, the seed's header VirtualService for the bench's Service, its subsets."""
+    host = f"{service}.{namespace}.svc.cluster.local"
+    return f"""apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: {WAYPOINT_NAME}
+  namespace: {namespace}
+  labels: {{istio.io/waypoint-for: service}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - {{name: mesh, port: 15008, protocol: HBONE}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {service}, namespace: {namespace}}}
+spec:
+  host: {host}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {service}, namespace: {namespace}}}
+spec:
+  hosts: [{host}]
+  http:
+  - match:
+    - headers: {{{CANARY_HEADER}: {{exact: "{CANARY_VALUE}"}}}}
+    route:
+    - destination: {{host: {host}, subset: v2}}
+  - route:
+    - destination: {{host: {host}, subset: v1}}
+"""
+
+
+def parse_version_header(curl_headers: str) -> str:
+    """The `x-version` a server answered with, from `curl -sS -D - -o /dev/null` output ("" if none)."""
+    for line in curl_headers.splitlines():
+        k, sep, v = line.partition(":")
+        if sep and k.strip().lower() == VERSION_HEADER:
+            return v.strip()
+    return ""
+
+
+def waypoint_available(python: str = sys.executable) -> tuple[bool, str]:
+    """Whether `python -m waypoint` can start here (it answers --help); else why not."""
+    try:
+        p = subprocess.run([python, "-m", "waypoint", "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"waypoint cannot start: {e}"
+    if p.returncode != 0:
+        last = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
+        return False, f"waypoint cannot start (`python -m waypoint --help`: {last})"
+    return True, ""
+
+
+class L7Set:
+    """nginx and/or haproxy in the l7proxy pod; the waypoint through the lab's own CLI."""
+
+    def __init__(self, lab, work: Path, which: list[str]) -> None:  # noqa: ANN001 - a BenchLab
+        self.lab, self.work, self.which = lab, work, which
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+
+    def start(self) -> dict[str, str]:
+        """Start each L7 proxy; return {proxy: why it did not start}."""
+        failed: dict[str, str] = {}
+        proxy_ip = self.lab.ip(f"{PLAIN_NS}/l7proxy")
+        v1, v2 = self.lab.ip(f"{PLAIN_NS}/web-v1"), self.lab.ip(f"{PLAIN_NS}/web-v2")
+        d = self.work / "l7"
+        (d / "tmp").mkdir(parents=True, exist_ok=True)
+        for name in self.which:
+            if name == "waypoint":
+                ok, why = self._waypoint()
+                if not ok:
+                    failed[name] = why
+                continue
+            port = L7_PORTS[name]
+            if name == "nginx":
+                conf = d / "nginx-l7.conf"
+                conf.write_text(nginx_l7_conf(d, proxy_ip, port, v1, v2))
+                argv = ["nginx", "-c", str(conf), "-p", str(d)]
+            else:
+                conf = d / "haproxy-l7.cfg"
+                conf.write_text(haproxy_l7_conf(proxy_ip, port, v1, v2))
+                argv = ["haproxy", "-f", str(conf), "-db"]
+            with open(d / f"{name}.out", "w") as log:
+                self.procs[name] = self.lab.popen(f"{PLAIN_NS}/l7proxy", argv, stdout=log, stderr=subprocess.STDOUT,
+                                                  stdin=subprocess.DEVNULL)
+        time.sleep(0.5)
+        for name, p in list(self.procs.items()):
+            if p.poll() is not None:
+                failed[name] = f"{name} exited at start ({p.returncode}): {(d / f'{name}.out').read_text()[-300:]}"
+                del self.procs[name]
+        return failed
+
+    def _ambit(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "AMBIT_LAB_DIR": str(self.lab.base), "AMBIT_LAB_NAME": self.lab.names.name}
+        return subprocess.run([sys.executable, "-m", "ambitctl.cli", *args], input=stdin, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    def _waypoint(self) -> tuple[bool, str]:
+        ok, why = waypoint_available()
+        if not ok:
+            return False, why
+        p = self._ambit("apply", "-f", "-", stdin=waypoint_yaml())
+        if p.returncode != 0:
+            return False, f"ambit apply of the waypoint Gateway/VirtualService failed: {(p.stderr or p.stdout)[-300:]}"
+        p = self._ambit("label", "namespace", MESH_NS, f"istio.io/use-waypoint={WAYPOINT_NAME}")
+        if p.returncode != 0:
+            return False, f"labelling {MESH_NS} to use the waypoint failed: {(p.stderr or p.stdout)[-300:]}"
+        return True, ""
+
+    def pids(self, name: str) -> Callable[[], list[int]]:
+        if name == "waypoint":
+            return self.waypoint_pids
+        return lambda: [p.pid for p in [self.procs.get(name)] if p is not None and p.poll() is None]
+
+    def waypoint_pids(self) -> list[int]:
+        """The lab's waypoint process(es): supervisor children whose id or argv names the waypoint."""
+        from ambitctl.lab import state
+        out = []
+        for pid_id, info in state.runtime(self.lab.base).items():
+            if info.get("pid") and "waypoint" in pid_id:
+                out.append(int(info["pid"]))
+        return out
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()

@@ -1,0 +1,111 @@
+"""The lab's sample apps in process: httpbin under gunicorn, the gRPC echo service, and specs that
+name them with `app:`."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import grpc
+import pytest
+
+from ambitctl.lab.apps import APPS, grpc_echo
+from ambitctl.lab.apps.httpbin import wsgi_app
+from ambitctl.lab.spec import SpecError, parse
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_httpbin_app_answers_the_endpoints_istio_tasks_use() -> None:
+    c = wsgi_app().test_client()
+    assert c.get("/status/418").status_code == 418
+    r = c.get("/headers", headers={"x-canary": "true"})
+    assert r.status_code == 200 and r.get_json()["headers"]["X-Canary"] == "true"
+    assert c.get("/get?a=1").get_json()["args"] == {"a": "1"}
+
+
+def test_httpbin_is_served_by_gunicorn() -> None:
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "ambitctl.lab.apps.httpbin", "--port", str(port)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/anything/api/x", timeout=2) as r:
+                    body = json.loads(r.read())
+                    server = r.headers.get("Server", "")
+                break
+            except OSError:
+                if time.monotonic() > deadline or p.poll() is not None:
+                    out = p.stdout.read().decode() if p.poll() is not None and p.stdout else ""
+                    raise AssertionError(f"httpbin did not start: {out}") from None
+                time.sleep(0.2)
+        assert body["url"].endswith("/anything/api/x") and body["method"] == "GET"
+        assert "gunicorn" in server
+        with pytest.raises(urllib.error.HTTPError) as e:   # positive control: the status endpoint really fails
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/status/503", timeout=2)
+        assert e.value.code == 503
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
+
+
+@pytest.fixture
+def echo_server():
+    server, port = grpc_echo.serve(0, grpc_echo.Echo("grpc-echo-v2", "demo", "v2"), host="127.0.0.1")
+    yield f"127.0.0.1:{port}"
+    server.stop(None)
+
+
+def test_grpc_echo_unary_reports_pod_version_and_metadata(echo_server: str) -> None:
+    (r,) = grpc_echo.call(echo_server, "hi", metadata=(("x-canary", "true"),))
+    assert r["pod"] == "grpc-echo-v2" and r["version"] == "v2" and r["namespace"] == "demo"
+    assert r["message"] == "hi" and r["metadata"]["x-canary"] == "true" and r["method"] == grpc_echo.UNARY
+    assert r["peer"].startswith("ipv4:127.0.0.1:")
+
+
+def test_grpc_echo_server_streaming_sends_count_replies(echo_server: str) -> None:
+    rs = grpc_echo.call(echo_server, "s", stream=5)
+    assert [int(r["seq"]) for r in rs] == [0, 1, 2, 3, 4] and {r["pod"] for r in rs} == {"grpc-echo-v2"}
+    assert all(r["method"] == grpc_echo.STREAM for r in rs)
+
+
+def test_grpc_echo_fails_with_the_status_asked_for(echo_server: str) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        grpc_echo.call(echo_server, status="unavailable")
+    assert e.value.code() is grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.RpcError) as e:
+        grpc_echo.call(echo_server, stream=grpc_echo.MAX_STREAM + 1)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_grpc_echo_cli_prints_one_json_line_per_reply(echo_server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert grpc_echo.main(["call", echo_server, "--stream", "2", "--header", "k=v"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2 and lines[0]["metadata"]["k"] == "v"
+    assert grpc_echo.main(["call", echo_server, "--status", "PERMISSION_DENIED"]) == 1
+    assert json.loads(capsys.readouterr().out)["code"] == "PERMISSION_DENIED"
+
+
+def test_specs_name_sample_apps_with_app() -> None:
+    spec = parse({"pods": [{"name": "httpbin", "namespace": "demo", "app": "httpbin", "labels": {"app": "httpbin"}},
+                           {"name": "g", "namespace": "demo", "app": "grpc-echo",
+                            "ports": [{"name": "grpc", "containerPort": 50051}]}]})
+    hb, g = spec.pods
+    assert hb.command[0] == sys.executable and hb.command[1:3] == ["-m", "ambitctl.lab.apps.httpbin"]
+    assert hb.ports == [{"name": "http", "containerPort": 8000}]
+    assert g.ports == [{"name": "grpc", "containerPort": 50051}], "explicit ports win over the app's"
+    assert set(APPS) >= {"echo", "httpbin", "grpc-echo"}
+    with pytest.raises(SpecError, match=r"pods\[0\].app: unknown app 'nginx'"):
+        parse({"pods": [{"name": "x", "app": "nginx"}]})
+    with pytest.raises(SpecError, match="either app or command"):
+        parse({"pods": [{"name": "x", "app": "httpbin", "command": ["sleep", "1"]}]})

@@ -1,0 +1,183 @@
+"""The L7 scenarios' proxy configurations: rendered, checked by the tools themselves, and run for
+real on loopback against two servers, routing by x-canary exactly as the waypoint's VirtualService
+does (exact "true" → v2, anything else → v1)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench import l7, labenv, ratios
+from bench import plan as planmod
+from bench.results import RunResults
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Backend:
+    """A server on 127.0.0.<n>:80-like port that says its version in x-version (as web-v1/v2 do)."""
+
+    def __init__(self, version: str) -> None:
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802
+                body = b"x" * 1024
+                self.send_response(200)
+                self.send_header(l7.VERSION_HEADER, version)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+
+def get_version(port: int, canary: str | None) -> str:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/1k", headers={l7.CANARY_HEADER: canary} if canary else {})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert len(r.read()) == 1024
+        return r.headers[l7.VERSION_HEADER]
+
+
+def wait_listening(port: int, p: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{what} did not start: {p.communicate()[0] if p.poll() is not None else ''}") from None
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def backends():
+    v1, v2 = Backend("v1"), Backend("v2")
+    yield v1, v2
+    v1.srv.shutdown()
+    v2.srv.shutdown()
+
+
+def _swap_port(conf: str, backend_port: int) -> str:
+    """The renderers use the bench servers' port 80; the loopback backends listen elsewhere."""
+    return conf.replace(f"127.0.0.1:{planmod.HTTP_PORT};", f"127.0.0.1:{backend_port};")
+
+
+def test_nginx_config_routes_by_x_canary(tmp_path: Path, backends) -> None:
+    if not shutil.which("nginx"):
+        pytest.skip("nginx is not installed")
+    (tmp_path / "tmp").mkdir()
+    port = free_port()
+    conf = l7.nginx_l7_conf(tmp_path, "127.0.0.1", port, "127.0.0.1", "127.0.0.2")
+    assert "keepalive 64;" in conf and "worker_processes 1;" in conf and "access_log off;" in conf
+    v1, v2 = backends
+    conf = conf.replace(f"127.0.0.1:{planmod.HTTP_PORT};", f"127.0.0.1:{v1.port};")
+    conf = conf.replace(f"127.0.0.2:{planmod.HTTP_PORT};", f"127.0.0.1:{v2.port};")
+    f = tmp_path / "nginx.conf"
+    f.write_text(conf)
+    t = subprocess.run(["nginx", "-t", "-c", str(f), "-p", str(tmp_path)], capture_output=True, text=True)
+    assert t.returncode == 0, t.stderr
+    p = subprocess.Popen(["nginx", "-c", str(f), "-p", str(tmp_path)], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_listening(port, p, "nginx")
+        assert get_version(port, "true") == "v2"
+        assert get_version(port, None) == "v1"
+        assert get_version(port, "True") == "v1", "exact match, case-sensitive, as the VirtualService"
+        assert get_version(port, "true-ish") == "v1"
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
+
+
+def test_haproxy_config_routes_by_x_canary(tmp_path: Path, backends) -> None:
+    if not shutil.which("haproxy"):
+        pytest.skip("haproxy is not installed")
+    port = free_port()
+    conf = l7.haproxy_l7_conf("127.0.0.1", port, "127.0.0.1", "127.0.0.2")
+    assert "nbthread 1" in conf and "mode http" in conf and "http-reuse always" in conf
+    v1, v2 = backends
+    conf = conf.replace(f"127.0.0.1:{planmod.HTTP_PORT}\n", f"127.0.0.1:{v1.port}\n")
+    conf = conf.replace(f"127.0.0.2:{planmod.HTTP_PORT}\n", f"127.0.0.1:{v2.port}\n")
+    f = tmp_path / "haproxy.cfg"
+    f.write_text(conf)
+    t = subprocess.run(["haproxy", "-c", "-f", str(f)], capture_output=True, text=True)
+    assert t.returncode == 0, t.stdout + t.stderr
+    p = subprocess.Popen(["haproxy", "-f", str(f), "-db"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_listening(port, p, "haproxy")
+        assert get_version(port, "true") == "v2"
+        assert get_version(port, None) == "v1"
+        assert get_version(port, "True") == "v1"
+        assert get_version(port, "true-ish") == "v1"
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
+
+
+def test_waypoint_yaml_is_the_seed_header_route_for_the_bench_service() -> None:
+    gw, dr, vs = yaml.safe_load_all(l7.waypoint_yaml())
+    assert gw["kind"] == "Gateway" and gw["spec"]["gatewayClassName"] == "istio-waypoint"
+    assert gw["spec"]["listeners"] == [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]
+    assert {s["name"]: s["labels"] for s in dr["spec"]["subsets"]} == {"v1": {"version": "v1"}, "v2": {"version": "v2"}}
+    first, default = vs["spec"]["http"]
+    assert first["match"] == [{"headers": {"x-canary": {"exact": "true"}}}]
+    assert first["route"][0]["destination"]["subset"] == "v2" and default["route"][0]["destination"]["subset"] == "v1"
+    assert vs["spec"]["hosts"] == [f"web.{planmod.MESH_NS}.svc.cluster.local"]
+
+
+def test_version_header_parsing() -> None:
+    assert l7.parse_version_header("HTTP/1.1 200 OK\r\nServer: nginx\r\nX-Version: v2\r\n\r\n") == "v2"
+    assert l7.parse_version_header("HTTP/1.1 200 OK\r\n\r\n") == ""
+
+
+def test_waypoint_probe_reports_why_it_cannot_start() -> None:
+    ok, why = l7.waypoint_available("/bin/false")
+    assert not ok and why.startswith("waypoint cannot start")
+
+
+def test_l7_pods_and_service_only_when_asked(tmp_path: Path) -> None:
+    base = labenv.spec_dict(tmp_path)
+    assert not base["services"] and not any(p["name"].startswith("web-") for p in base["pods"])
+    d = labenv.spec_dict(tmp_path, l7=True)
+    names = {(p["namespace"], p["name"]) for p in d["pods"]}
+    for ns in (planmod.PLAIN_NS, planmod.MESH_NS):
+        assert {(ns, "web-v1"), (ns, "web-v2")} <= names
+    assert (planmod.PLAIN_NS, "l7proxy") in names
+    (svc,) = d["services"]
+    assert svc["name"] == "web" and svc["namespace"] == planmod.MESH_NS and svc["selector"] == {"app": "web"}
+    conf = (tmp_path / "pods" / f"{planmod.MESH_NS}.web-v2" / "nginx.conf").read_text()
+    assert "add_header x-version v2 always;" in conf
+    assert "x-version" not in (tmp_path / "pods" / f"{planmod.PLAIN_NS}.server" / "nginx.conf").read_text()
+
+
+def test_l7_scenarios_are_planned_and_paired() -> None:
+    for name, proxy in (("nginx-l7", "nginx"), ("haproxy-l7", "haproxy"), ("ambit-waypoint", "waypoint")):
+        assert planmod.SCENARIOS[name].l7 == proxy
+    assert planmod.SCENARIOS["ambit-waypoint"].mesh and not planmod.SCENARIOS["nginx-l7"].mesh
+    res = RunResults(reps=2)
+    for rep, (w, n, h) in enumerate(((2000.0, 8000.0, 10000.0), (2200.0, 8800.0, 11000.0))):
+        res.record("ambit-waypoint", "max_rps", rep, w)
+        res.record("nginx-l7", "max_rps", rep, n)
+        res.record("haproxy-l7", "max_rps", rep, h)
+    got = {(r.scenario, r.baseline): r.ratio for r in ratios.all_ratios(res) if r.metric == "max_rps"}
+    assert got == {("ambit-waypoint", "nginx-l7"): pytest.approx(0.25), ("ambit-waypoint", "haproxy-l7"): pytest.approx(0.2)}

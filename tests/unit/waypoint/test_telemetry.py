@@ -1,0 +1,182 @@
+"""The waypoint's Istio HTTP metrics and access-log lines, read back with Prometheus's text parser."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ambit.model import Workload
+from waypoint.http.record import RequestRecord
+from waypoint.request import Downstream
+from waypoint.telemetry import (
+    DURATION_BUCKETS,
+    HTTP_LABELS,
+    HttpMetrics,
+    RequestLog,
+    canonical_revision,
+    canonical_service,
+    workload_name,
+)
+
+CLIENT_ID = "spiffe://cluster.local/ns/demo/sa/client"
+ECHO_ID = "spiffe://cluster.local/ns/demo/sa/echo"
+
+
+def wl(name: str, labels: dict[str, str], identity: str = ECHO_ID, ns: str = "demo") -> Workload:
+    return Workload(uid=f"{ns}/{name}", name=name, namespace=ns, ips=["10.0.0.1"], node="node1",
+                    service_account=identity.rsplit("/", 1)[1], identity=identity, labels=labels)
+
+
+CLIENT = wl("client", {"app": "client"}, CLIENT_ID)
+ECHO_V2 = wl("echo-v2-5b7f9c-abcde", {"app": "echo", "version": "v2", "pod-template-hash": "5b7f9c"})
+
+
+def record(**kw: object) -> RequestRecord:
+    down = Downstream(source_identity=CLIENT_ID, source_ip="10.210.1.12", destination_ip="10.96.0.10",
+                      destination_port=8080, service="demo/echo", hostname="echo.demo.svc.cluster.local")
+    base: dict[str, object] = dict(method="GET", path="/", authority="echo.demo.svc.cluster.local:8080",
+                                   protocol="HTTP/1.1", downstream=down, status=200, bytes_received=3,
+                                   bytes_sent=700, duration_ms=7.5, service="demo/echo", route="VirtualService/demo/echo#0",
+                                   upstream="10.210.2.11:8080")
+    base.update(kw)
+    return RequestRecord(**base)  # type: ignore[arg-type]
+
+
+def families(m: HttpMetrics) -> dict[str, list]:
+    return {f.name: f.samples for f in text_string_to_metric_families(m.exposition().decode())}
+
+
+def test_names_labels_and_values_follow_istio() -> None:
+    m = HttpMetrics()
+    m.observe(record(), CLIENT, ECHO_V2)
+    m.observe(record(duration_ms=40.0, bytes_sent=20000), CLIENT, ECHO_V2)
+    fams = families(m)
+    # prometheus_client names the counter family without `_total`; the sample is istio_requests_total.
+    assert {"istio_requests", "istio_request_duration_milliseconds", "istio_request_bytes",
+            "istio_response_bytes"} <= set(fams)
+    (total,) = [s for s in fams["istio_requests"] if s.name == "istio_requests_total"]
+    assert total.value == 2
+    assert set(total.labels) == set(HTTP_LABELS) and len(HTTP_LABELS) == 25
+    assert total.labels == {
+        "reporter": "waypoint",
+        "source_workload": "client", "source_workload_namespace": "demo", "source_principal": CLIENT_ID,
+        "source_app": "client", "source_version": "unknown", "source_canonical_service": "client",
+        "source_canonical_revision": "latest", "source_cluster": "Kubernetes",
+        "destination_workload": "echo-v2", "destination_workload_namespace": "demo",
+        "destination_principal": ECHO_ID, "destination_app": "echo", "destination_version": "v2",
+        "destination_service": "echo.demo.svc.cluster.local", "destination_service_name": "echo",
+        "destination_service_namespace": "demo", "destination_canonical_service": "echo",
+        "destination_canonical_revision": "v2", "destination_cluster": "Kubernetes",
+        "request_protocol": "http", "response_code": "200", "grpc_response_status": "",
+        "response_flags": "-", "connection_security_policy": "mutual_tls",
+    }
+
+
+def test_histograms_use_envoys_default_buckets_and_sum_the_observations() -> None:
+    m = HttpMetrics()
+    m.observe(record(duration_ms=7.5, bytes_received=3, bytes_sent=700), CLIENT, ECHO_V2)
+    m.observe(record(duration_ms=40.0, bytes_received=0, bytes_sent=20000), CLIENT, ECHO_V2)
+    fams = families(m)
+    for fam in ("istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes"):
+        les = [s.labels["le"] for s in fams[fam] if s.name == fam + "_bucket"]
+        assert [float(x) for x in les[:-1]] == [float(b) for b in DURATION_BUCKETS] and les[-1] == "+Inf"
+    dur = {s.labels["le"]: s.value for s in fams["istio_request_duration_milliseconds"]
+           if s.name.endswith("_bucket")}
+    assert dur["5.0"] == 0 and dur["10.0"] == 1 and dur["50.0"] == 2 and dur["+Inf"] == 2
+    sums = {s.name: s.value for f in fams.values() for s in f if s.name.endswith(("_sum", "_count"))}
+    assert sums["istio_request_duration_milliseconds_sum"] == pytest.approx(47.5)
+    assert sums["istio_request_bytes_sum"] == 3 and sums["istio_response_bytes_sum"] == 20700
+    assert sums["istio_response_bytes_count"] == 2
+    resp = {s.labels["le"]: s.value for s in fams["istio_response_bytes"] if s.name.endswith("_bucket")}
+    assert resp["1000.0"] == 1 and resp["10000.0"] == 1 and resp["30000.0"] == 2
+
+
+def test_grpc_local_replies_and_unknown_peers() -> None:
+    m = HttpMetrics(cluster="lab")
+    m.observe(record(grpc=True, protocol="HTTP/2", grpc_status="7"), CLIENT, ECHO_V2)
+    # no route: a local 404 NR with no destination workload; no source workload known either
+    m.observe(record(status=404, response_flags="NR", service="", upstream="",
+                     downstream=Downstream(source_identity=CLIENT_ID), authority="nowhere.demo:8080"), None, None)
+    total = {(s.labels["response_code"], s.labels["request_protocol"]): s.labels
+             for s in families(m)["istio_requests"] if s.name == "istio_requests_total"}
+    g = total[("200", "grpc")]
+    assert g["grpc_response_status"] == "7" and g["source_cluster"] == "lab" and g["destination_cluster"] == "lab"
+    nr = total[("404", "http")]
+    assert nr["response_flags"] == "NR" and nr["destination_service"] == "nowhere.demo"
+    assert nr["destination_service_name"] == "unknown" and nr["destination_workload"] == "unknown"
+    assert nr["source_workload"] == "unknown" and nr["source_principal"] == CLIENT_ID
+    assert nr["destination_cluster"] == "unknown" and nr["destination_canonical_revision"] == "unknown"
+
+
+def test_plaintext_downstream_and_response_code_zero() -> None:
+    m = HttpMetrics()
+    m.observe(record(status=0, response_flags="DC", downstream=Downstream(source_ip="10.0.0.9")), None, ECHO_V2)
+    (s,) = [s for s in families(m)["istio_requests"] if s.name == "istio_requests_total"]
+    assert s.labels["connection_security_policy"] == "none" and s.labels["response_code"] == "0"
+    assert s.labels["response_flags"] == "DC" and s.labels["source_principal"] == "unknown"
+    # the service FQDN comes from the routed service when the downstream named none
+    assert s.labels["destination_service"] == "echo.demo.svc.cluster.local"
+
+
+def test_label_children_stay_bounded_and_keep_counting_after_eviction() -> None:
+    m = HttpMetrics(cache_size=2)
+    codes = (200, 503, 404, 200)            # 404 evicts 200; 200 comes back through a fresh lookup
+    for c in codes:
+        m.observe(record(status=c), CLIENT, ECHO_V2)
+    assert len(m._children) == 2
+    counts = {s.labels["response_code"]: s.value for s in families(m)["istio_requests"]
+              if s.name == "istio_requests_total"}
+    assert counts == {"200": 2, "503": 1, "404": 1}
+
+
+@pytest.mark.parametrize("labels,svc,rev", [
+    ({"service.istio.io/canonical-name": "c", "app.kubernetes.io/name": "k", "app": "a",
+      "service.istio.io/canonical-revision": "r1", "app.kubernetes.io/version": "k1", "version": "v1"}, "c", "r1"),
+    ({"app.kubernetes.io/name": "k", "app": "a", "app.kubernetes.io/version": "k1", "version": "v1"}, "k", "k1"),
+    ({"app": "a", "version": "v1"}, "a", "v1"),
+    ({}, "web", "latest"),
+])
+def test_canonical_service_and_revision_precedence(labels: dict[str, str], svc: str, rev: str) -> None:
+    w = wl("web", labels)
+    assert canonical_service(w) == svc and canonical_revision(w) == rev
+
+
+def test_workload_name_strips_a_replicaset_hash_only_when_labelled() -> None:
+    assert workload_name(wl("reviews-v1-7d9c8b5f4-x2x8q", {"pod-template-hash": "7d9c8b5f4"})) == "reviews-v1"
+    assert workload_name(wl("echo-v1", {})) == "echo-v1"
+    assert workload_name(wl("a-b-c", {"pod-template-hash": "zzz"})) == "a-b-c"
+
+
+def test_one_access_log_line_per_request_through_the_sink() -> None:
+    lines: list[str] = []
+    log = RequestLog(lines.append)
+    log.emit(record(request_id="abc-123", user_agent="curl/8.1"), CLIENT, ECHO_V2)
+    log.emit(record(status=404, response_flags="NR", service="", upstream=""), CLIENT, None)
+    assert len(lines) == 2
+    d = json.loads(lines[0])
+    assert d["request_id"] == "abc-123" and d["user_agent"] == "curl/8.1" and d["response_code"] == 200
+    assert d["upstream_host"] == "10.210.2.11:8080" and d["route_name"] == "VirtualService/demo/echo#0"
+    assert d["authority"] == "echo.demo.svc.cluster.local:8080" and d["response_flags"] == "-"
+    assert d["source_workload"] == "client" and d["destination_workload"] == "echo-v2"
+    assert d["upstream_peer"] == ECHO_ID and d["downstream_peer_principal"] == CLIENT_ID
+    e = json.loads(lines[1])
+    assert e["response_flags"] == "NR" and "upstream_host" not in e and "destination_workload" not in e
+
+
+def test_the_engine_hook_resolves_both_peers_by_ip_and_feeds_metrics_and_log() -> None:
+    from waypoint.telemetry import Telemetry, address_ip
+    by_ip = {"10.210.1.12": CLIENT, "10.210.2.11": ECHO_V2}
+    lines: list[str] = []
+    m = HttpMetrics()
+    t = Telemetry(m, RequestLog(lines.append), by_ip.get)
+    rec = record()
+    t.access_log(rec)
+    t.stats(rec)
+    (s,) = [s for s in families(m)["istio_requests"] if s.name == "istio_requests_total"]
+    assert s.labels["source_workload"] == "client" and s.labels["destination_version"] == "v2"
+    assert json.loads(lines[0])["destination_workload"] == "echo-v2"
+    assert address_ip("[fd00::1]:15008") == "fd00::1" and address_ip("10.0.0.1:80") == "10.0.0.1"
+    assert address_ip("") == "" and address_ip("10.0.0.1") == "10.0.0.1"
+    Telemetry(None, None, by_ip.get).stats(rec)     # telemetry off: nothing to do, nothing raised

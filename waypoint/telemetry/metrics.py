@@ -1,0 +1,115 @@
+"""Istio's standard HTTP metrics as the waypoint reports them (`reporter="waypoint"`).
+
+- `istio_requests_total` (counter): one per request.
+- `istio_request_duration_milliseconds` (histogram): the request's duration.
+- `istio_request_bytes` / `istio_response_bytes` (histograms): body sizes, request and response.
+
+Buckets are Envoy's defaults, which Istio's histograms use unless a pod overrides them
+(`sidecar.istio.io/statsHistogramBuckets`): 0.5 ... 3600000, for durations and sizes alike, so
+existing dashboards' `histogram_quantile` queries read the same `le` values.
+
+Labels are Istio's 25 (HTTP_LABELS). Their values:
+- request_protocol: `grpc` for gRPC requests, `http` for HTTP/1.x and HTTP/2 (Istio's values);
+- response_code: the HTTP status sent downstream, `0` when none was (a reset before headers);
+- grpc_response_status: the gRPC status code from the trailers, "" for non-gRPC requests;
+- response_flags: Envoy's flags (UH, NR, UF, ...), `-` for none;
+- destination_service: the FQDN of the Service the request was routed to; when none was (no
+  route), the request's authority host, with name and namespace "unknown", as Envoy does;
+- connection_security_policy: `mutual_tls` when the downstream presented a SPIFFE identity (HBONE),
+  `none` otherwise;
+- source_cluster / destination_cluster: the cluster id (Istio's default `Kubernetes`).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import generate_latest
+
+from ambit.dataplane.telemetry.children import CHILD_CACHE_SIZE, ChildCache
+from ambit.model import Workload
+from waypoint.http.record import RequestRecord
+from waypoint.telemetry.peers import UNKNOWN, peer
+
+HTTP_LABELS = (
+    "reporter",
+    "source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
+    "source_canonical_service", "source_canonical_revision", "source_cluster",
+    "destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
+    "destination_version", "destination_service", "destination_service_name", "destination_service_namespace",
+    "destination_canonical_service", "destination_canonical_revision", "destination_cluster",
+    "request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy",
+)
+# Envoy's default histogram buckets (source/common/stats/histogram_impl.cc), which Istio keeps.
+DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
+                    600000, 1800000, 3600000)
+SIZE_BUCKETS = DURATION_BUCKETS
+REPORTER = "waypoint"
+DEFAULT_CLUSTER = "Kubernetes"
+
+Children = tuple[Counter, Histogram, Histogram, Histogram]
+
+
+def _host(authority: str) -> str:
+    if authority.startswith("["):
+        return authority.split("]", 1)[0] + "]"
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+class HttpMetrics:
+    """The four HTTP families on `registry` (give ztunnel's TCP `Metrics` the same registry to serve
+    both from one endpoint); label children cached in a bounded LRU (ChildCache)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, cluster: str = DEFAULT_CLUSTER,
+                 cluster_domain: str = "cluster.local", cache_size: int = CHILD_CACHE_SIZE) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        self.cluster = cluster or UNKNOWN
+        self.cluster_domain = cluster_domain
+        # prometheus_client appends `_total` to counter names itself.
+        self.requests = Counter("istio_requests", "Requests handled by the waypoint", HTTP_LABELS, registry=r)
+        self.duration = Histogram("istio_request_duration_milliseconds", "Request duration (ms)", HTTP_LABELS,
+                                  buckets=DURATION_BUCKETS, registry=r)
+        self.request_bytes = Histogram("istio_request_bytes", "Request body size (bytes)", HTTP_LABELS,
+                                       buckets=SIZE_BUCKETS, registry=r)
+        self.response_bytes = Histogram("istio_response_bytes", "Response body size (bytes)", HTTP_LABELS,
+                                        buckets=SIZE_BUCKETS, registry=r)
+        self._children: ChildCache[tuple[str, ...], Children] = ChildCache(self._make, cache_size)
+
+    def _make(self, key: tuple[str, ...]) -> Children:
+        return (self.requests.labels(*key), self.duration.labels(*key), self.request_bytes.labels(*key),
+                self.response_bytes.labels(*key))
+
+    def label_values(self, rec: RequestRecord, src: Workload | None, dst: Workload | None) -> tuple[str, ...]:
+        """The 25 label values in HTTP_LABELS order."""
+        d = rec.downstream
+        s = peer(src, d.source_identity)
+        t = peer(dst)
+        service = rec.service or d.service
+        if service:
+            ns, _, name = service.partition("/")
+            fqdn = d.hostname if d.hostname and service == d.service else f"{name}.{ns}.svc.{self.cluster_domain}"
+        else:
+            ns, name, fqdn = "", "", _host(rec.authority)
+        u = UNKNOWN
+        dst_cluster = self.cluster if dst is not None else u
+        src_cluster = self.cluster if src is not None else u
+        return (
+            REPORTER,
+            s.workload or u, s.namespace or u, s.principal or u, s.app or u, s.version or u,
+            s.canonical_service or u, s.canonical_revision or u, src_cluster,
+            t.workload or u, t.namespace or u, t.principal or u, t.app or u, t.version or u,
+            fqdn or u, name or u, ns or u, t.canonical_service or u, t.canonical_revision or u, dst_cluster,
+            "grpc" if rec.grpc else "http", str(rec.status), rec.grpc_status if rec.grpc else "",
+            rec.response_flags or "-", "mutual_tls" if d.source_identity else "none",
+        )
+
+    def observe(self, rec: RequestRecord, src: Workload | None, dst: Workload | None) -> None:
+        """Count one finished request. `src`: the workload behind the downstream (by its IP or
+        identity); `dst`: the endpoint's workload it was forwarded to (None: a local reply)."""
+        requests, duration, req_bytes, resp_bytes = self._children.get(self.label_values(rec, src, dst))
+        requests.inc()
+        duration.observe(rec.duration_ms)
+        req_bytes.observe(rec.bytes_received)
+        resp_bytes.observe(rec.bytes_sent)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
