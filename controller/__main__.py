@@ -59,8 +59,8 @@ def waypoint_hook(args: ControllerSettings) -> Callable[[Snapshot, Translation],
         from controller.waypoints.labstatus import LabWaypointStatus
         lab = LabWaypointStatus(LabStore(args.lab_store), args.cluster_domain)
 
-        def lab_waypoints(objects: Snapshot, _tr: Translation) -> None:
-            lab.reconcile(objects)
+        def lab_waypoints(objects: Snapshot, tr: Translation) -> None:
+            lab.reconcile(objects, tr)
         return lab_waypoints
     if args.no_status and not args.waypoint_image:
         return None
@@ -76,8 +76,8 @@ def waypoint_hook(args: ControllerSettings) -> Callable[[Snapshot, Translation],
     rec = KubeWaypointReconciler(make_api_client(args.kube_host, args.kubeconfig), deploy,
                                  cluster_domain=args.cluster_domain, write_status=not args.no_status)
 
-    def kube_waypoints(objects: Snapshot, _tr: Translation) -> None:
-        rec.reconcile(objects)
+    def kube_waypoints(objects: Snapshot, tr: Translation) -> None:
+        rec.reconcile(objects, tr)
     return kube_waypoints
 
 

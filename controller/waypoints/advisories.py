@@ -75,11 +75,13 @@ class Advisory:
         return f"{self.ref}: {self.path}: {self.reason}" if self.path else f"{self.ref}: {self.reason}"
 
 
-def advisories(objects: list[Obj], cluster_domain: str = "cluster.local") -> list[Advisory]:
+def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", translation: Any = None) -> list[Advisory]:
+    """Every advisory for the valid objects of a snapshot. `translation`: the snapshot's
+    `controller.translate.Translation` when the caller has it (the controller does), else computed."""
     good = [o for o in objects if isinstance(o, dict) and not validate_object(o)]
     out: list[Advisory] = []
     gateways = {(ns_of(g), (g.get("metadata") or {}).get("name", "")): g for g in good if is_waypoint(g)}
-    tr = translate(good, cluster_domain=cluster_domain)
+    tr = translation if translation is not None else translate(good, cluster_domain=cluster_domain)
     svc_waypoint = {(s.namespace, s.name): s.waypoint for s in tr.services}
     for o in good:
         kind = o.get("kind")

@@ -25,7 +25,7 @@ def _untimed(conds: list[Obj]) -> list[Obj]:
     return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in conds]
 
 
-def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local") -> dict[Key, Obj]:
+def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", translation: Any = None) -> dict[Key, Obj]:
     """(kind, ns, name) -> the whole new status, for every object whose status should change."""
     out: dict[Key, Obj] = {}
     for gw in objects:
@@ -33,7 +33,7 @@ def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local") 
             want = gws.desired_status(gw, gws.find_service(gw, objects))
             if gws.status_differs(gw.get("status"), want):
                 out[key_of(gw)] = gws.with_times(gw.get("status"), want)
-    found = advisories(objects, cluster_domain)
+    found = advisories(objects, cluster_domain, translation)
     for p in objects:
         if p.get("kind") != "AuthorizationPolicy":
             continue
@@ -53,8 +53,8 @@ class LabWaypointStatus:
         self.store = store
         self.cluster_domain = cluster_domain
 
-    def reconcile(self, objects: list[Obj]) -> None:
-        updates = desired_statuses(objects, self.cluster_domain)
+    def reconcile(self, objects: list[Obj], translation: Any = None) -> None:
+        updates = desired_statuses(objects, self.cluster_domain, translation)
         if not updates:
             return
 

@@ -95,7 +95,7 @@ class KubeWaypointReconciler:
         return True
 
     # -- the pass --------------------------------------------------------------------------------------
-    def reconcile(self, objects: list[Obj]) -> None:
+    def reconcile(self, objects: list[Obj], translation: Any = None) -> None:
         self.errors = []
         waypoints = [o for o in objects if gws.is_waypoint(o)]
         for gw in waypoints:
@@ -104,7 +104,7 @@ class KubeWaypointReconciler:
             if self.write_status:
                 self._gateway_status(gw, objects)
         if self.write_status:
-            self._policy_status(objects)
+            self._policy_status(objects, translation)
 
     def _deploy(self, gw: Obj) -> None:
         assert self.deploy is not None
@@ -139,8 +139,8 @@ class KubeWaypointReconciler:
         self._write(f"status of Gateway {gws.gateway_ref(gw)}", "PATCH", object_path(gw, "status"), body,
                     "application/merge-patch+json")
 
-    def _policy_status(self, objects: list[Obj]) -> None:
-        found = advisories(objects, self.cluster_domain)
+    def _policy_status(self, objects: list[Obj], translation: Any) -> None:
+        found = advisories(objects, self.cluster_domain, translation)
         for p in objects:
             if p.get("kind") != "AuthorizationPolicy":
                 continue
