@@ -57,7 +57,7 @@ def waypoint_hook(args: ControllerSettings) -> Callable[[Snapshot, Translation],
     if args.lab_store:
         from ambit.labstore import LabStore
         from controller.waypoints.labstatus import LabWaypointStatus
-        lab = LabWaypointStatus(LabStore(args.lab_store), args.cluster_domain)
+        lab = LabWaypointStatus(LabStore(args.lab_store), args.cluster_domain, args.root_namespace)
 
         def lab_waypoints(objects: Snapshot, tr: Translation) -> None:
             lab.reconcile(objects, tr)
@@ -74,7 +74,8 @@ def waypoint_hook(args: ControllerSettings) -> Callable[[Snapshot, Translation],
             controller_address=args.waypoint_controller or f"ambit-controller.{args.root_namespace}.svc:15012",
             trust_domain=args.trust_domain, root_namespace=args.root_namespace, log_level=args.log_level)
     rec = KubeWaypointReconciler(make_api_client(args.kube_host, args.kubeconfig), deploy,
-                                 cluster_domain=args.cluster_domain, write_status=not args.no_status)
+                                 cluster_domain=args.cluster_domain, root_namespace=args.root_namespace,
+                                 write_status=not args.no_status)
 
     def kube_waypoints(objects: Snapshot, tr: Translation) -> None:
         rec.reconcile(objects, tr)

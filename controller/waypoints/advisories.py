@@ -75,7 +75,8 @@ class Advisory:
         return f"{self.ref}: {self.path}: {self.reason}" if self.path else f"{self.ref}: {self.reason}"
 
 
-def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", translation: Any = None) -> list[Advisory]:
+def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", translation: Any = None,
+               root_namespace: str = "ambit-system") -> list[Advisory]:
     """Every advisory for the valid objects of a snapshot. `translation`: the snapshot's
     `controller.translate.Translation` when the caller has it (the controller does), else computed."""
     good = [o for o in objects if isinstance(o, dict) and not validate_object(o)]
@@ -86,7 +87,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
     for o in good:
         kind = o.get("kind")
         if kind == "AuthorizationPolicy":
-            out += _policy(o, gateways, svc_waypoint)
+            out += _policy(o, gateways, svc_waypoint, root_namespace)
         elif kind == "VirtualService":
             out += _vs_fields(o)
         elif kind in ("HTTPRoute", "GRPCRoute"):
@@ -115,7 +116,8 @@ def _l7_fields(rule: Obj, base: str) -> list[str]:
     return paths
 
 
-def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str]) -> list[Advisory]:
+def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str],
+            root_namespace: str) -> list[Advisory]:
     spec, ns, ref = o.get("spec") or {}, ns_of(o), object_ref(o)
     targets = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
     if not targets:
@@ -130,7 +132,7 @@ def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tup
                     "bind the policy to a waypoint with targetRefs (kind Service or Gateway) "
                     "instead of a selector"), ZTUNNEL_ACCEPTED, "UnsupportedValue"))
         return out
-    out = []
+    out = _fail_safe_attributes(spec, ref)
     for i, t in enumerate(targets):
         path = f"spec.targetRefs[{i}]" if spec.get("targetRefs") else "spec.targetRef"
         kind, name = t.get("kind", ""), t.get("name", "")
@@ -140,6 +142,13 @@ def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tup
                 out.append(Advisory(ref, path, f'GatewayClass "{name}" is not a waypoint class '
                                     f'({", ".join(WAYPOINT_CLASSES)}): nothing enforces this policy',
                                     WAYPOINT_ACCEPTED, "TargetNotFound"))
+            elif ns != root_namespace:
+                out.append(Advisory(ref, path, f"a GatewayClass target binds only from the root namespace "
+                                    f'("{root_namespace}"), as in Istio: nothing enforces this policy',
+                                    WAYPOINT_ACCEPTED, "TargetNotFound"))
+        elif kind == "ServiceEntry":
+            out.append(Advisory(ref, path, "ServiceEntry is not supported by Ambit: nothing enforces this policy",
+                                WAYPOINT_ACCEPTED, "TargetNotFound"))
         elif kind == "Gateway":
             if (tns, name) not in gateways:
                 out.append(Advisory(ref, path, f'no waypoint Gateway "{tns}/{name}": nothing enforces this policy; '
@@ -163,6 +172,31 @@ def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tup
             else:
                 continue
             out.append(Advisory(ref, path, why, WAYPOINT_ACCEPTED, "AncestorNotBound"))
+    return out
+
+
+_FAIL_SAFE_SOURCE = ("requestPrincipals", "notRequestPrincipals")
+
+
+def _fail_safe_attributes(spec: Obj, ref: str) -> list[Advisory]:
+    """Attributes the waypoint cannot evaluate (no RequestAuthentication/JWT, no SNI): fail safe."""
+    action = spec.get("action") or "ALLOW"
+    effect = ("an ALLOW rule that needs it never matches" if action == "ALLOW"
+              else f"a {action} rule that needs it always matches")
+    out = []
+    for i, rule in enumerate(spec.get("rules") or []):
+        for j, f in enumerate(rule.get("from") or []):
+            for k in _FAIL_SAFE_SOURCE:
+                if (f.get("source") or {}).get(k):
+                    out.append(Advisory(ref, f"spec.rules[{i}].from[{j}].source.{k}",
+                                        f"not supported (Ambit has no RequestAuthentication): {effect}", NOT_ENFORCED))
+        for j, c in enumerate(rule.get("when") or []):
+            key = c.get("key", "")
+            if key in L4_CONDITION_KEYS or key == "remote.ip" or (key.startswith("request.headers[")
+                                                                   and key.endswith("]")):
+                continue
+            out.append(Advisory(ref, f"spec.rules[{i}].when[{j}].key", f'"{key}" is not supported by the waypoint: '
+                                f"{effect}", NOT_ENFORCED))
     return out
 
 

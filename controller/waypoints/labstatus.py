@@ -25,7 +25,8 @@ def _untimed(conds: list[Obj]) -> list[Obj]:
     return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in conds]
 
 
-def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", translation: Any = None) -> dict[Key, Obj]:
+def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", translation: Any = None,
+                     root_namespace: str = "ambit-system") -> dict[Key, Obj]:
     """(kind, ns, name) -> the whole new status, for every object whose status should change."""
     out: dict[Key, Obj] = {}
     for gw in objects:
@@ -33,7 +34,7 @@ def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", 
             want = gws.desired_status(gw, gws.find_service(gw, objects))
             if gws.status_differs(gw.get("status"), want):
                 out[key_of(gw)] = gws.with_times(gw.get("status"), want)
-    found = advisories(objects, cluster_domain, translation)
+    found = advisories(objects, cluster_domain, translation, root_namespace)
     for p in objects:
         if p.get("kind") != "AuthorizationPolicy":
             continue
@@ -49,12 +50,13 @@ def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", 
 
 
 class LabWaypointStatus:
-    def __init__(self, store: LabStore, cluster_domain: str = "cluster.local"):
+    def __init__(self, store: LabStore, cluster_domain: str = "cluster.local", root_namespace: str = "ambit-system"):
         self.store = store
+        self.root_namespace = root_namespace
         self.cluster_domain = cluster_domain
 
     def reconcile(self, objects: list[Obj], translation: Any = None) -> None:
-        updates = desired_statuses(objects, self.cluster_domain, translation)
+        updates = desired_statuses(objects, self.cluster_domain, translation, self.root_namespace)
         if not updates:
             return
 

@@ -59,7 +59,9 @@ def object_path(obj: Obj, sub: str = "", named: bool = True) -> str:
 
 class KubeWaypointReconciler:
     def __init__(self, api: kclient.ApiClient, deploy: WaypointDeploySettings | None = None, *,
-                 cluster_domain: str = "cluster.local", write_status: bool = True):
+                 cluster_domain: str = "cluster.local", root_namespace: str = "ambit-system",
+                 write_status: bool = True):
+        self.root_namespace = root_namespace
         self.api = api
         self.deploy = deploy
         self.cluster_domain = cluster_domain
@@ -140,7 +142,7 @@ class KubeWaypointReconciler:
                     "application/merge-patch+json")
 
     def _policy_status(self, objects: list[Obj], translation: Any) -> None:
-        found = advisories(objects, self.cluster_domain, translation)
+        found = advisories(objects, self.cluster_domain, translation, self.root_namespace)
         for p in objects:
             if p.get("kind") != "AuthorizationPolicy":
                 continue

@@ -159,3 +159,26 @@ def test_ambit_apply_warns_naming_policy_field_and_reason(lab_dir: Path) -> None
                                                                   waypoint()]))
     rc, _, err = run("apply", "-f", "-", stdin=yaml.safe_dump(vs))
     assert rc == 0 and err == ""
+
+
+def test_waypoint_policy_attributes_the_waypoint_cannot_evaluate_are_named() -> None:
+    p = policy({"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}],
+                "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}],
+                           "when": [{"key": "request.auth.claims[iss]", "values": ["x"]},
+                                    {"key": "request.headers[x-user]", "values": ["a"]}]}]})
+    found = advisories([p, waypoint()])
+    assert [(a.path, a.condition) for a in found] == [
+        ("spec.rules[0].from[0].source.requestPrincipals", NOT_ENFORCED),
+        ("spec.rules[0].when[0].key", NOT_ENFORCED)]
+    assert "an ALLOW rule that needs it never matches" in found[0].reason
+    assert policy_conditions(p, found)[0]["status"] == "True"      # bound to a waypoint all the same
+
+
+def test_unsupported_targets_are_target_not_found() -> None:
+    p = policy({"targetRefs": [{"kind": "ServiceEntry", "group": "networking.istio.io", "name": "ext"},
+                               {"kind": "GatewayClass", "group": "gateway.networking.k8s.io",
+                                "name": "istio-waypoint"}], **L7_RULES})
+    found = advisories([p])
+    assert [(a.path, a.cause) for a in found] == [("spec.targetRefs[0]", "TargetNotFound"),
+                                                  ("spec.targetRefs[1]", "TargetNotFound")]
+    assert "root namespace" in found[1].reason
