@@ -259,6 +259,10 @@ def _gw_fields(o: Obj) -> list[Advisory]:
                 if flt.get("type") == "RequestMirror":
                     out.append(Advisory(ref, f"spec.rules[{i}].backendRefs[{j}].filters[{k}]",
                                         NOT_YET_REASON.format(what="traffic mirroring"), NOT_ENFORCED))
+                elif flt.get("type") not in ("RequestHeaderModifier", "ResponseHeaderModifier"):
+                    out.append(Advisory(ref, f"spec.rules[{i}].backendRefs[{j}].filters[{k}]",
+                                        f"{flt.get('type')} is not applied per backend (only header modifiers are); "
+                                        "put it in the rule's filters", NOT_ENFORCED))
     return out
 
 
