@@ -237,11 +237,20 @@ def _vs_fields(o: Obj) -> list[Advisory]:
             out.append(Advisory(ref, f"spec.http[{i}].delegate",
                                 "delegate is not supported: this route has no destination (requests it matches get "
                                 "no route); inline the delegate VirtualService's routes", NOT_ENFORCED))
+    out += _export_to(o)
     for section in ("tcp", "tls"):
         if spec.get(section):
             out.append(Advisory(ref, f"spec.{section}", f"{section} routes are accepted but not applied by the waypoint "
                                 "yet: non-HTTP traffic goes to its original destination", NOT_ENFORCED))
     return out
+
+
+def _export_to(o: Obj) -> list[Advisory]:
+    export = (o.get("spec") or {}).get("exportTo")
+    if export and export != ["*"]:
+        return [Advisory(object_ref(o), "spec.exportTo", "not supported: Ambit does not scope visibility, so this "
+                         "configuration applies to clients in every namespace", NOT_ENFORCED)]
+    return []
 
 
 def _gw_fields(o: Obj) -> list[Advisory]:
@@ -281,7 +290,11 @@ def _dr_fields(o: Obj) -> list[Advisory]:
     found = _policy_fields(spec.get("trafficPolicy"), "spec.trafficPolicy")
     for i, s in enumerate(spec.get("subsets") or []):
         found += _policy_fields(s.get("trafficPolicy"), f"spec.subsets[{i}].trafficPolicy")
-    return [Advisory(ref, p, NOT_YET_REASON.format(what=what), NOT_ENFORCED) for p, what in found]
+    out = [Advisory(ref, p, NOT_YET_REASON.format(what=what), NOT_ENFORCED) for p, what in found]
+    if spec.get("workloadSelector"):
+        out.append(Advisory(ref, "spec.workloadSelector", "not supported: a DestinationRule applies to every waypoint "
+                            "that routes to its host, whichever clients it selects", NOT_ENFORCED))
+    return out + _export_to(o)
 
 
 def _unserved_hosts(good: list[Obj], tr: Any, gateways: dict[tuple[str, str], Obj]) -> list[Advisory]:
