@@ -15,8 +15,9 @@ class and label prefix; `istio-waypoint` Gateways and `istio.io/*` labels are ho
 only relabelled with `--overwrite`, as istioctl does. The controller fills in the Gateway's
 status (`Accepted`, `Programmed`, its address); `list` and `status` show it.
 
-These commands act on the lab store (the lab's API server). In a cluster, pipe `generate` to
-`kubectl apply -f -`.
+These commands act on the lab store (the lab's API server), or with `--kube` on a cluster
+(kubeconfig, `--kubeconfig FILE`, or `--kube-host URL` for a plain-HTTP API such as `kubectl
+proxy`'s), where the controller deploys the waypoint and writes its status.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from typing import Any, TextIO
 
 import yaml
 
-from ambit.labstore import LabStore, StoreError
+from ambit.labstore import LabStore
+from ambitctl.commands.waypoint_backends import Backend, BackendError, KubeBackend, LabBackend
 from ambitctl.lab.paths import store_path
 from controller.validation import ValidationError, validate_all
 from controller.waypoints.gateways import (
@@ -59,8 +61,10 @@ def _streams(args: argparse.Namespace) -> tuple[TextIO, TextIO]:
     return getattr(args, "stdout", None) or sys.stdout, getattr(args, "stderr", None) or sys.stderr
 
 
-def _store() -> LabStore:
-    return LabStore(store_path())
+def _backend(args: argparse.Namespace) -> Backend:
+    if getattr(args, "kube", False) or getattr(args, "kubeconfig", None) or getattr(args, "kube_host", None):
+        return KubeBackend(args.kube_host, args.kubeconfig)
+    return LabBackend(LabStore(store_path()))
 
 
 def _conditions(gw: Obj) -> dict[str, Obj]:
@@ -81,7 +85,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     out, err = _streams(args)
-    store = _store()
     gw = gateway(args.name, args.namespace, args.for_)
     try:
         validate_all([gw])
@@ -89,43 +92,41 @@ def cmd_apply(args: argparse.Namespace) -> int:
         for fe in e.errors:
             print(f"error: {fe}", file=err)
         return 1
-    ns_obj = store.get("Namespace", "", args.namespace)
-    if args.enroll_namespace:
-        if ns_obj is None:
-            print(f'error: namespace "{args.namespace}" not found; create it first (ambit lab creates the sample '
-                  "namespaces)", file=err)
-            return 1
-        labels = (ns_obj.get("metadata") or {}).get("labels") or {}
-        bound = next((labels[k] for k in USE_LABELS if labels.get(k)), None)
-        if bound not in (None, args.name) and not args.overwrite:
-            print(f'error: namespace "{args.namespace}" already uses waypoint "{bound}"; pass --overwrite to use '
-                  f'"{args.name}" instead', file=err)
-            return 1
     try:
-        store.apply([gw])
+        be = _backend(args)
+        if args.enroll_namespace:
+            labels = be.namespace_labels(args.namespace)
+            if labels is None:
+                print(f'error: namespace "{args.namespace}" not found; create it first', file=err)
+                return 1
+            bound = next((labels[k] for k in USE_LABELS if labels.get(k)), None)
+            if bound not in (None, args.name) and not args.overwrite:
+                print(f'error: namespace "{args.namespace}" already uses waypoint "{bound}"; pass --overwrite to use '
+                      f'"{args.name}" instead', file=err)
+                return 1
+        be.apply_gateway(gw)
         print(f"waypoint {args.namespace}/{args.name} applied", file=out)
         if args.enroll_namespace:
-            store.patch_labels("Namespace", "", args.namespace, {USE_LABELS[0]: args.name},
-                               [k for k in USE_LABELS[1:]])
+            be.set_namespace_labels(args.namespace, {USE_LABELS[0]: args.name}, list(USE_LABELS[1:]))
             print(f'namespace {args.namespace} labeled with "{USE_LABELS[0]}: {args.name}"', file=out)
-    except StoreError as e:
+        if args.wait:
+            return _wait_programmed(be, args.namespace, args.name, args.timeout, out, err)
+    except BackendError as e:
         print(f"error: {e}", file=err)
         return 1
-    if args.wait:
-        return _wait_programmed(store, args.namespace, args.name, args.timeout, out, err)
     return 0
 
 
-def _wait_programmed(store: LabStore, ns: str, name: str, timeout: float, out: TextIO, err: TextIO) -> int:
+def _wait_programmed(be: Backend, ns: str, name: str, timeout: float, out: TextIO, err: TextIO) -> int:
     deadline = time.monotonic() + timeout
     while True:
-        gw = store.get("Gateway", ns, name)
+        gw = be.get_gateway(ns, name)
         if gw is not None and _programmed(gw) == "True":
             addrs = ", ".join(a.get("value", "") for a in (gw.get("status") or {}).get("addresses") or [])
             print(f"waypoint {ns}/{name} programmed ({addrs})", file=out)
             return 0
         if time.monotonic() >= deadline:
-            why = (_conditions(gw or {}).get("Programmed") or {}).get("message") or "no status yet (is the lab up?)"
+            why = (_conditions(gw or {}).get("Programmed") or {}).get("message") or "no status yet (is the controller up?)"
             print(f"error: waypoint {ns}/{name} not programmed after {timeout:.0f}s: {why}", file=err)
             return 1
         time.sleep(0.1)
@@ -133,8 +134,8 @@ def _wait_programmed(store: LabStore, ns: str, name: str, timeout: float, out: T
 
 # -- list / status / delete ------------------------------------------------------------------------
 
-def _waypoints(store: LabStore, namespace: str | None) -> list[Obj]:
-    return [g for g in store.list("Gateway", namespace) if is_waypoint(g)]
+def _waypoints(be: Backend, namespace: str | None) -> list[Obj]:
+    return [g for g in be.gateways(namespace) if is_waypoint(g)]
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -145,7 +146,11 @@ def _table(rows: list[list[str]]) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     out, err = _streams(args)
     ns = None if args.all_namespaces else args.namespace
-    gws = _waypoints(_store(), ns)
+    try:
+        gws = _waypoints(_backend(args), ns)
+    except BackendError as e:
+        print(f"error: {e}", file=err)
+        return 1
     if not gws:
         print("No waypoints found." if ns is None else f"No waypoints found in namespace {ns}.", file=err)
         return 0
@@ -162,7 +167,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     out, err = _streams(args)
-    gws = [g for g in _waypoints(_store(), args.namespace) if not args.name or g["metadata"]["name"] == args.name]
+    try:
+        gws = [g for g in _waypoints(_backend(args), args.namespace) if not args.name or g["metadata"]["name"] == args.name]
+    except BackendError as e:
+        print(f"error: {e}", file=err)
+        return 1
     if not gws:
         print(f"error: no waypoint{' ' + args.name if args.name else ''} in namespace {args.namespace}", file=err)
         return 1
@@ -182,23 +191,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     out, err = _streams(args)
-    store = _store()
-    present = {g["metadata"]["name"]: g for g in _waypoints(store, args.namespace)}
-    if args.all:
-        names = sorted(present)
-    elif args.names:
-        names = list(args.names)
-    else:
-        names = ["waypoint"]
-    rc = 0
-    for n in names:
-        if n not in present:
-            other = store.get("Gateway", args.namespace, n)
-            why = (f'Gateway "{n}" is of class {other["spec"]["gatewayClassName"]}, not a waypoint'
-                   if other else f'waypoint "{n}" not found in namespace {args.namespace}')
-            print(f"error: {why}", file=err)
-            rc = 1
-    store.delete([("Gateway", args.namespace, n) for n in names if n in present])
+    try:
+        be = _backend(args)
+        present = {g["metadata"]["name"]: g for g in _waypoints(be, args.namespace)}
+        names = sorted(present) if args.all else (list(args.names) or ["waypoint"])
+        rc = 0
+        for n in names:
+            if n not in present:
+                other = be.get_gateway(args.namespace, n)
+                why = (f'Gateway "{n}" is of class {other["spec"]["gatewayClassName"]}, not a waypoint'
+                       if other else f'waypoint "{n}" not found in namespace {args.namespace}')
+                print(f"error: {why}", file=err)
+                rc = 1
+        be.delete_gateways(args.namespace, [n for n in names if n in present])
+    except BackendError as e:
+        print(f"error: {e}", file=err)
+        return 1
     for n in names:
         if n in present:
             print(f"waypoint {args.namespace}/{n} deleted", file=out)
@@ -213,6 +221,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     def common(sp: argparse.ArgumentParser, name: bool = True) -> None:
         sp.add_argument("-n", "--namespace", default="default", help="the waypoint's namespace")
+        sp.add_argument("--kube", action="store_true",
+                        help="act on a cluster (kubeconfig / in-cluster credentials) instead of the lab store")
+        sp.add_argument("--kubeconfig", help="with --kube: this kubeconfig file")
+        sp.add_argument("--kube-host", help="with --kube: a plain-HTTP API server URL (e.g. `kubectl proxy`)")
         if name:
             sp.add_argument("--name", default="waypoint", help="the waypoint's name (default: waypoint)")
 

@@ -393,7 +393,8 @@ class KubeEmulator:
                     self._send_json(h, 409, _status(409, "Conflict", f'Operation cannot be fulfilled on {t.plural} '
                                                     f'"{name}": the object has been modified'))
                     return
-                body.setdefault("metadata", {})["namespace"] = obj["metadata"].get("namespace")
+                if t.namespaced:
+                    body.setdefault("metadata", {})["namespace"] = obj["metadata"].get("namespace")
                 body["apiVersion"], body["kind"] = t.api_version(), t.kind
                 new = self.update(body)          # the lock is re-entrant (Condition over an RLock)
                 self._send_json(h, 200, self._present(t, version, new, with_type=True))

@@ -158,3 +158,42 @@ def test_policy_with_http_rules_and_no_waypoint_gets_a_condition(
     c = wait_for(cond, timeout=10, what="ZtunnelAccepted")
     assert (c["status"], c["reason"]) == ("False", "UnsupportedValue")
     assert "spec.rules[0].to[0].operation.methods" in c["message"]
+
+
+def test_ambit_waypoint_cli_against_the_cluster(cluster: tuple[KubeEmulator, KubeWaypointReconciler]) -> None:
+    """`ambit waypoint --kube-host`: apply (with --enroll-namespace and --wait, which the running
+    controller satisfies), list, status, delete (the garbage collector takes the Deployment)."""
+    import argparse
+    import io
+
+    from ambitctl.commands import waypoint as cli
+
+    emu, _ = cluster
+    emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo", "labels": {"team": "a"}}})
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        parser = argparse.ArgumentParser(prog="ambit")
+        cli.register(parser.add_subparsers())
+        args = parser.parse_args(["waypoint", *argv, "--kube-host", emu.url])
+        out, err = io.StringIO(), io.StringIO()
+        args.stdout, args.stderr = out, err
+        return args.func(args), out.getvalue(), err.getvalue()
+
+    rc, out, err = run("apply", "-n", "demo", "--enroll-namespace", "--wait", "--timeout", "15")
+    assert rc == 0, err
+    assert out.splitlines()[:2] == ["waypoint demo/waypoint applied",
+                                    'namespace demo labeled with "ambit.io/use-waypoint: waypoint"']
+    assert out.splitlines()[2].startswith("waypoint demo/waypoint programmed (10.96.")
+    assert emu.get("v1", "Namespace", "demo", "")["metadata"]["labels"] == {"team": "a",
+                                                                          "ambit.io/use-waypoint": "waypoint"}
+    assert emu.get("apps/v1", "Deployment", "waypoint", "demo") is not None
+    rc, out, _ = run("list", "-A")
+    assert out.splitlines()[1].split()[:5] == ["demo", "waypoint", "ambit-waypoint", "service", "True"]
+    rc, out, _ = run("status", "-n", "demo")
+    assert rc == 0 and "Programmed" in out
+    rc, out, _ = run("apply", "-n", "demo", "--for", "all")          # an update keeps the object
+    assert rc == 0 and emu.get(GW_V1, "Gateway", "waypoint", "demo")["metadata"]["labels"] == {
+        "ambit.io/waypoint-for": "all"}
+    rc, out, _ = run("delete", "-n", "demo")
+    assert (rc, out) == (0, "waypoint demo/waypoint deleted\n")
+    assert emu.get("apps/v1", "Deployment", "waypoint", "demo") is None
