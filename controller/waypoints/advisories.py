@@ -54,11 +54,13 @@ NOT_YET_VS_HTTP = {
 }
 NOT_YET_GW_RULE = {"timeouts": "request timeouts", "retry": "retries", "sessionPersistence": "session persistence"}
 NOT_YET_DR_POLICY = {
-    "loadBalancer": "load-balancer policies (the waypoint balances round robin)",
+    "loadBalancer": "load-balancer policies (it balances round robin)",
     "connectionPool": "connection pool limits",
     "outlierDetection": "outlier detection",
-    "tls": "TLS origination (in-mesh traffic is always HBONE mTLS)",
-    "tunnel": "tunnel settings",
+}
+NOT_APPLIED_DR_POLICY = {
+    "tls": "accepted, not applied: in-mesh traffic is always HBONE mutual TLS, so client TLS settings do not apply",
+    "tunnel": "accepted, not applied: the waypoint does not tunnel to other proxies",
 }
 NOT_YET_REASON = "accepted, but not enforced yet: the waypoint does not apply {what} (issue 12)"
 
@@ -276,10 +278,14 @@ def _gw_fields(o: Obj) -> list[Advisory]:
 
 
 def _policy_fields(p: Obj | None, base: str) -> list[tuple[str, str]]:
+    """(path, reason) of every traffic-policy field that is not applied."""
     out = []
     for f, what in NOT_YET_DR_POLICY.items():
         if (p or {}).get(f) is not None:
-            out.append((f"{base}.{f}", what))
+            out.append((f"{base}.{f}", NOT_YET_REASON.format(what=what)))
+    for f, why in NOT_APPLIED_DR_POLICY.items():
+        if (p or {}).get(f) is not None:
+            out.append((f"{base}.{f}", why))
     for i, pl in enumerate((p or {}).get("portLevelSettings") or []):
         out += _policy_fields({k: v for k, v in pl.items() if k != "port"}, f"{base}.portLevelSettings[{i}]")
     return out
@@ -290,11 +296,32 @@ def _dr_fields(o: Obj) -> list[Advisory]:
     found = _policy_fields(spec.get("trafficPolicy"), "spec.trafficPolicy")
     for i, s in enumerate(spec.get("subsets") or []):
         found += _policy_fields(s.get("trafficPolicy"), f"spec.subsets[{i}].trafficPolicy")
-    out = [Advisory(ref, p, NOT_YET_REASON.format(what=what), NOT_ENFORCED) for p, what in found]
+    out = [Advisory(ref, p, why, NOT_ENFORCED) for p, why in found]
     if spec.get("workloadSelector"):
         out.append(Advisory(ref, "spec.workloadSelector", "not supported: a DestinationRule applies to every waypoint "
                             "that routes to its host, whichever clients it selects", NOT_ENFORCED))
     return out + _export_to(o)
+
+
+def _unserved(host: str, service: str, waypoint: str, gw: Obj | None, ns: str,
+              gateways: dict[tuple[str, str], Obj]) -> str:
+    """Why a host's routes do nothing, and what would make them apply."""
+    tail = f"accepted, but not enforced until a waypoint serves {host}"
+    if not service:
+        return (f"no Service named {host} is known to the mesh: {tail}; routes apply only to Services that use "
+                "a waypoint")
+    if waypoint and gw is None:
+        return f'{host} uses waypoint "{waypoint}", which does not exist: {tail}: apply it with ' \
+               f"`ambit waypoint apply -n {waypoint.split('/', 1)[0]} --name {waypoint.split('/', 1)[1]}`"
+    if waypoint:
+        return (f'waypoint "{waypoint}" serves {waypoint_for(gw or {})} traffic, not Service traffic: {tail}: '
+                f"label it ambit.io/waypoint-for=service (or all)")
+    local = sorted(name for (gns, name), g in gateways.items() if gns == ns and _serves_services(g))
+    if local:
+        return (f"no waypoint serves this host: {tail}: label the Service or namespace "
+                f"ambit.io/use-waypoint={local[0]}, or run `ambit waypoint apply -n {ns} --name {local[0]} "
+                "--enroll-namespace`")
+    return f"no waypoint serves this host: {tail}: apply a waypoint with `ambit waypoint apply -n {ns} --enroll-namespace`"
 
 
 def _unserved_hosts(good: list[Obj], tr: Any, gateways: dict[tuple[str, str], Obj]) -> list[Advisory]:
@@ -311,14 +338,7 @@ def _unserved_hosts(good: list[Obj], tr: Any, gateways: dict[tuple[str, str], Ob
                 continue
             seen.add((src, wr.hostname))
             ns = wr.namespace or ns_of(by_ref.get(src) or {})
-            if wr.waypoint and gw is None:
-                lead = f'{wr.hostname} uses waypoint "{wr.waypoint}", which does not exist'
-            elif wr.waypoint:
-                lead = f'waypoint "{wr.waypoint}" serves {waypoint_for(gw or {})} traffic, not Service traffic'
-            else:
-                lead = "no waypoint serves this host"
-            out.append(Advisory(src, "", f"{lead}: accepted, but not enforced until a waypoint serves {wr.hostname}: "
-                                f"apply a waypoint with `ambit waypoint apply -n {ns} --enroll-namespace`",
+            out.append(Advisory(src, "", _unserved(wr.hostname, wr.service, wr.waypoint, gw, ns, gateways),
                                 NOT_ENFORCED, "NoWaypoint"))
     dr_hosts = {s.hostname: (s.namespace, s.waypoint) for s in tr.services}
     for o in good:

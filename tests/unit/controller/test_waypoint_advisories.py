@@ -182,3 +182,20 @@ def test_unsupported_targets_are_target_not_found() -> None:
     assert [(a.path, a.cause) for a in found] == [("spec.targetRefs[0]", "TargetNotFound"),
                                                   ("spec.targetRefs[1]", "TargetNotFound")]
     assert "root namespace" in found[1].reason
+
+
+def test_unserved_host_messages_say_what_would_make_the_route_apply() -> None:
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "r", "namespace": "demo"},
+          "spec": {"hosts": ["web", "api.example.com"], "http": [{"route": [{"destination": {"host": "web"}}]}]}}
+    reasons = [a.reason for a in advisories([ns("demo"), svc("web"), vs])]
+    assert len(reasons) == 2
+    assert any(r.startswith("no Service named api.example.com is known to the mesh") for r in reasons)
+    assert any(r.startswith("no waypoint serves this host") and "web.demo.svc.cluster.local" in r for r in reasons)
+    # a waypoint exists in the namespace but nothing uses it: say which label to set
+    found = advisories([ns("demo"), svc("web"), vs, waypoint("wp")])
+    assert any("web.demo.svc.cluster.local: label the Service or namespace ambit.io/use-waypoint=wp" in a.reason
+               for a in found)
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "d", "namespace": "demo"},
+          "spec": {"host": "web", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}}
+    [a] = [a for a in advisories([dr]) if a.path]
+    assert "HBONE mutual TLS" in a.reason and "issue 12" not in a.reason
