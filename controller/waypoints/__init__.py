@@ -10,4 +10,7 @@
   rules with no waypoint to enforce them, routes for hosts no waypoint serves, and fields the
   waypoint does not honour yet. `ambit apply` prints them; the controller writes them as status
   conditions.
+
+The IO edges: `reconcile` (a cluster's API server: deploys and writes status) and `labstatus`
+(the lab store: writes status), both run by the controller after each snapshot.
 """

@@ -11,8 +11,8 @@ and its waypoint template), which renders, per Gateway of a class it manages:
   waypoint terminates HBONE itself; its readiness is the waypoint's own readiness endpoint.
 Every object carries an ownerReference to the Gateway (controller: true, blockOwnerDeletion), so
 deleting the Gateway lets Kubernetes' garbage collector delete them; and the label
-`gateway.istio.io/managed`-like `ambit.io/managed-by: waypoint-controller`, so the controller
-never overwrites objects it did not create.
+`ambit.io/managed-by: waypoint-controller` (Istio's `gateway.istio.io/managed` plays this part),
+so the controller never overwrites objects it did not create.
 
 Gateway `spec.infrastructure.labels/annotations` are copied onto every rendered object and the pod
 template, as Gateway API specifies. The container's arguments are the waypoint's settings
