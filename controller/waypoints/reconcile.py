@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import urllib3
@@ -60,8 +62,13 @@ def object_path(obj: Obj, sub: str = "", named: bool = True) -> str:
 class KubeWaypointReconciler:
     def __init__(self, api: kclient.ApiClient, deploy: WaypointDeploySettings | None = None, *,
                  cluster_domain: str = "cluster.local", root_namespace: str = "ambit-system",
-                 write_status: bool = True):
+                 write_status: bool = True, resync: float = 60.0, clock: Callable[[], float] = time.monotonic):
         self.root_namespace = root_namespace
+        # (gateway uid, resourceVersion) -> when its objects were last found as wanted: a snapshot
+        # caused by anything else then costs no API calls; drift is repaired within `resync` s.
+        self._settled: dict[tuple[str, str], float] = {}
+        self.resync = resync
+        self.clock = clock
         self.api = api
         self.deploy = deploy
         self.cluster_domain = cluster_domain
@@ -100,37 +107,54 @@ class KubeWaypointReconciler:
     def reconcile(self, objects: list[Obj], translation: Any = None) -> None:
         self.errors = []
         waypoints = [o for o in objects if gws.is_waypoint(o)]
+        now = self.clock()
+        live = set()
         for gw in waypoints:
-            if self.deploy is not None and (gw.get("metadata") or {}).get("uid"):
-                self._deploy(gw)
+            md = gw.get("metadata") or {}
+            key = (md.get("uid", ""), md.get("resourceVersion", ""))
+            live.add(key)
+            if self.deploy is not None and key[0] and now - self._settled.get(key, -1e18) >= self.resync:
+                if self._deploy(gw):
+                    self._settled[key] = now
             if self.write_status:
                 self._gateway_status(gw, objects)
+        self._settled = {k: v for k, v in self._settled.items() if k in live}
         if self.write_status:
             self._policy_status(objects, translation)
 
-    def _deploy(self, gw: Obj) -> None:
+    def _deploy(self, gw: Obj) -> bool:
+        """Create or update the Gateway's objects; True when all are as wanted (nothing failed)."""
         assert self.deploy is not None
+        ok = True
         for want in render(gw, self.deploy):
             ref = f"{want['kind']} {want['metadata']['namespace']}/{want['metadata']['name']}"
             try:
                 status, existing = self._call("GET", object_path(want))
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 self.errors.append(f"{ref}: {e}")
+                ok = False
                 continue
             if status == 404:
                 if self._write(f"create {ref}", "POST", object_path(want, named=False), want):
                     log.info("waypoint %s: created %s", gws.gateway_ref(gw), ref)
+                else:
+                    ok = False
             elif status < 300 and existing is not None:
                 if not is_managed(existing):
                     msg = f"{ref} exists and was not created by ambit; the waypoint does not take it over"
                     if msg not in self.errors:
                         log.warning("waypoint %s: %s", gws.gateway_ref(gw), msg)
                     self.errors.append(msg)
+                    ok = False
                 elif needs_update(existing, want):
                     if self._write(f"update {ref}", "PUT", object_path(want), apply_update(existing, want)):
                         log.info("waypoint %s: updated %s", gws.gateway_ref(gw), ref)
+                    else:
+                        ok = False
             else:
                 self.errors.append(f"get {ref}: HTTP {status}")
+                ok = False
+        return ok
 
     def _gateway_status(self, gw: Obj, objects: list[Obj]) -> None:
         want = gws.desired_status(gw, gws.find_service(gw, objects))

@@ -197,3 +197,20 @@ def test_ambit_waypoint_cli_against_the_cluster(cluster: tuple[KubeEmulator, Kub
     rc, out, _ = run("delete", "-n", "demo")
     assert (rc, out) == (0, "waypoint demo/waypoint deleted\n")
     assert emu.get("apps/v1", "Deployment", "waypoint", "demo") is None
+
+
+def test_settled_waypoints_cost_no_api_calls_until_resync() -> None:
+    with KubeEmulator() as emu:
+        now = [0.0]
+        rec = KubeWaypointReconciler(make_api_client(emu.url), WaypointDeploySettings(image="i", controller_address="c"),
+                                     write_status=False, resync=60.0, clock=lambda: now[0])
+        gw = emu.create(gateway())
+        rec.reconcile([gw])
+        assert emu.get("apps/v1", "Deployment", "waypoint", "demo") is not None
+        calls = len(emu.requests)
+        rec.reconcile([gw])                               # another snapshot, same Gateway: nothing to ask
+        assert len(emu.requests) == calls
+        emu.delete("apps/v1", "Deployment", "waypoint", "demo")
+        now[0] = 61.0                                     # the resync repairs drift
+        rec.reconcile([gw])
+        assert emu.get("apps/v1", "Deployment", "waypoint", "demo") is not None
