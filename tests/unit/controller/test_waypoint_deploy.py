@@ -214,3 +214,33 @@ def test_settled_waypoints_cost_no_api_calls_until_resync() -> None:
         now[0] = 61.0                                     # the resync repairs drift
         rec.reconcile([gw])
         assert emu.get("apps/v1", "Deployment", "waypoint", "demo") is not None
+
+
+def test_an_invalid_waypoint_gateway_is_not_accepted() -> None:
+    with KubeEmulator() as emu:
+        rec = KubeWaypointReconciler(make_api_client(emu.url), None)
+        source = KubeSource(make_api_client(emu.url), debounce=0.01, write_status=True)
+        stop = threading.Event()
+        t = threading.Thread(target=source.run, args=(rec.reconcile, stop), daemon=True)
+        t.start()
+        try:
+            bad = gateway("bad")
+            bad["spec"]["listeners"][0]["protocol"] = "TCP"
+            emu.create(bad)
+            emu.create(gateway("good"))
+
+            def conds(name: str) -> dict[str, Any]:
+                st = (emu.get(GW_V1, "Gateway", name, "demo") or {}).get("status") or {}
+                return {c["type"]: c for c in st.get("conditions") or []}
+            wait_for(lambda: "Accepted" in conds("bad") and "Accepted" in conds("good"), timeout=10, what="status")
+            c = conds("bad")
+            assert (c["Accepted"]["status"], c["Accepted"]["reason"]) == ("False", "Invalid")
+            assert "protocol HBONE or HTTP" in c["Accepted"]["message"]
+            assert (c["Programmed"]["status"], c["Programmed"]["reason"]) == ("False", "Invalid")
+            g = conds("good")       # written by the reconciler alone: no deployment configured, no Service yet
+            assert (g["Accepted"]["status"], g["Programmed"]["reason"]) == ("True", "AddressNotAssigned")
+            threading.Event().wait(0.3)
+            assert conds("good")["Accepted"]["message"].startswith("accepted by ambit as a waypoint")
+        finally:
+            stop.set()
+            t.join(timeout=10)
