@@ -118,14 +118,18 @@ def _l7_fields(rule: Obj, base: str) -> list[str]:
     return paths
 
 
+def _ztunnel_effect(spec: Obj) -> str:
+    action = spec.get("action") or "ALLOW"
+    return ("in an ALLOW policy these rules allow nothing" if action == "ALLOW"
+            else f"in a {action} policy their L4 part applies to every request it matches")
+
+
 def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str],
             root_namespace: str) -> list[Advisory]:
     spec, ns, ref = o.get("spec") or {}, ns_of(o), object_ref(o)
     targets = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
     if not targets:
-        action = spec.get("action") or "ALLOW"
-        effect = ("in an ALLOW policy these rules allow nothing" if action == "ALLOW"
-                  else f"in a {action} policy their L4 part applies to every request it matches")
+        effect = _ztunnel_effect(spec)
         out = []
         for i, rule in enumerate(spec.get("rules") or []):
             for path in _l7_fields(rule, f"spec.rules[{i}]"):
@@ -220,9 +224,8 @@ def policy_conditions(obj: Obj, found: list[Advisory]) -> list[Obj]:
     if bad:
         return [{"type": ZTUNNEL_ACCEPTED, "status": "False", "reason": "UnsupportedValue",
                  "message": ("ztunnel does not support HTTP attributes (found: "
-                             + ", ".join(a.path for a in bad) + "); it fails closed: "
-                             + bad[0].reason.split("(", 1)[1].split(")", 1)[0]
-                             + ". To enforce HTTP rules, bind the policy to a waypoint with targetRefs")[:32768],
+                             + ", ".join(a.path for a in bad) + f"); it fails closed: {_ztunnel_effect(spec)}. "
+                             "To enforce HTTP rules, bind the policy to a waypoint with targetRefs")[:32768],
                  "observedGeneration": gen}]
     return []
 
