@@ -328,7 +328,8 @@ def _unserved(host: str, service: str, waypoint: str, gw: Obj | None, ns: str,
 
 
 def _unserved_hosts(good: list[Obj], tr: Any, gateways: dict[tuple[str, str], Obj]) -> list[Advisory]:
-    """Routes and DestinationRules whose host no waypoint serves."""
+    """Routes and DestinationRules (the translation lists both as a host's `sources`) whose host no
+    waypoint serves."""
     by_ref = {object_ref(o): o for o in good}
     out: list[Advisory] = []
     seen: set[tuple[str, str]] = set()
@@ -343,21 +344,4 @@ def _unserved_hosts(good: list[Obj], tr: Any, gateways: dict[tuple[str, str], Ob
             ns = wr.namespace or ns_of(by_ref.get(src) or {})
             out.append(Advisory(src, "", _unserved(wr.hostname, wr.service, wr.waypoint, gw, ns, gateways),
                                 NOT_ENFORCED, "NoWaypoint"))
-    dr_hosts = {s.hostname: (s.namespace, s.waypoint) for s in tr.services}
-    for o in good:
-        if o.get("kind") != "DestinationRule":
-            continue
-        host = (o.get("spec") or {}).get("host", "")
-        ns = ns_of(o)
-        fq = host if "." in host and not host.endswith(".svc") else (
-            f"{host}.cluster.local" if host.endswith(".svc") else f"{host}.{ns}.svc.cluster.local")
-        known = dr_hosts.get(fq)
-        if known is None:
-            continue
-        gw = gateways.get(tuple(known[1].split("/", 1))) if known[1] else None  # type: ignore[arg-type]
-        if not _serves_services(gw) and (o.get("spec") or {}).get("subsets"):
-            out.append(Advisory(object_ref(o), "spec.subsets",
-                                f"no waypoint serves {fq}: subsets are used only by a waypoint's routes; accepted, "
-                                f"but not enforced until a waypoint serves {fq}: apply a waypoint with "
-                                f"`ambit waypoint apply -n {known[0]} --enroll-namespace`", NOT_ENFORCED, "NoWaypoint"))
     return out
