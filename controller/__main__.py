@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -49,6 +50,38 @@ def make_source(args: ControllerSettings) -> Source:
     return KubeSource(make_api_client(args.kube_host, args.kubeconfig), write_status=not args.no_status)
 
 
+def waypoint_hook(args: ControllerSettings) -> Callable[[Snapshot, Translation], None] | None:
+    """The controller's writes for waypoint Gateways after each snapshot: their status and
+    AuthorizationPolicy conditions (lab store, or the API unless --no-status) and, with
+    --waypoint-image in a cluster, their Deployment/Service/ServiceAccount."""
+    if args.lab_store:
+        from ambit.labstore import LabStore
+        from controller.waypoints.labstatus import LabWaypointStatus
+        lab = LabWaypointStatus(LabStore(args.lab_store), args.cluster_domain, args.root_namespace)
+
+        def lab_waypoints(objects: Snapshot, tr: Translation) -> None:
+            lab.reconcile(objects, tr)
+        return lab_waypoints
+    if args.no_status and not args.waypoint_image:
+        return None
+    from controller.sources.kube import make_api_client
+    from controller.waypoints.reconcile import KubeWaypointReconciler
+    from controller.waypoints.render import WaypointDeploySettings
+    deploy = None
+    if args.waypoint_image:
+        deploy = WaypointDeploySettings(
+            image=args.waypoint_image, pull_policy=args.waypoint_pull_policy,
+            controller_address=args.waypoint_controller or f"ambit-controller.{args.root_namespace}.svc:15012",
+            trust_domain=args.trust_domain, root_namespace=args.root_namespace, log_level=args.log_level)
+    rec = KubeWaypointReconciler(make_api_client(args.kube_host, args.kubeconfig), deploy,
+                                 cluster_domain=args.cluster_domain, root_namespace=args.root_namespace,
+                                 write_status=not args.no_status)
+
+    def kube_waypoints(objects: Snapshot, tr: Translation) -> None:
+        rec.reconcile(objects, tr)
+    return kube_waypoints
+
+
 def node_names(objects: Snapshot) -> list[str]:
     return [o["metadata"]["name"] for o in objects if o.get("kind") == "Node" and (o.get("metadata") or {}).get("name")]
 
@@ -69,7 +102,7 @@ async def amain(args: ControllerSettings) -> int:
     grpc_server = grpc.aio.server(options=SERVER_OPTIONS)
     server.add_to_server(grpc_server)
 
-    on_applied = None
+    hooks: list[Callable[[Snapshot, Translation], None]] = []
     tokens = None
     if args.ca_dir:
         from controller.ca import BootstrapTokens
@@ -79,8 +112,19 @@ async def amain(args: ControllerSettings) -> int:
             if args.node_token_dir:
                 token_dir = args.node_token_dir
 
-                def on_applied(objects: Snapshot, _tr: Translation) -> None:
+                def node_tokens(objects: Snapshot, _tr: Translation) -> None:
                     ensure_node_tokens(tokens, node_names(objects), token_dir)
+                hooks.append(node_tokens)
+    waypoints = waypoint_hook(args)
+    if waypoints is not None:
+        hooks.append(waypoints)
+
+    def on_applied(objects: Snapshot, tr: Translation) -> None:
+        for hook in hooks:
+            try:
+                hook(objects, tr)
+            except Exception:  # noqa: BLE001 - one duty failing must not skip the others
+                log.exception("post-snapshot hook %s failed", getattr(hook, "__name__", hook))
 
     try:
         flag_aliases = TrustDomains.of(args.trust_domain, args.trust_domain_alias).aliases

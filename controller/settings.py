@@ -36,6 +36,12 @@ class ControllerSettings:
     insecure_config_stream: bool = option(
         False, "serve the config stream without node credentials (only with no --ca-dir: without the CA there are "
                "none); anyone who reaches --listen then reads every workload and policy")
+    waypoint_image: str = option(
+        "", "with --kube: render and own a Deployment, Service and ServiceAccount per waypoint Gateway, running "
+            "this image (empty: only write waypoint Gateway status; something else deploys the waypoints)")
+    waypoint_pull_policy: str = option("IfNotPresent", "imagePullPolicy of the waypoint Deployments")
+    waypoint_controller: str = option(
+        "", "the config stream / CA address the waypoint pods dial (default ambit-controller.<root-namespace>.svc:15012)")
     metrics_port: int = option(0, "prometheus metrics port (0: off)", check=non_negative)
     metrics_address: str = option("0.0.0.0", "prometheus metrics address")
     debounce: float = option(0.03, "seconds a burst of changes is coalesced", check=non_negative)

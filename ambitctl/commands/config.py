@@ -133,7 +133,20 @@ def cmd_apply(args: argparse.Namespace) -> int:
         written = rev != before.revision and (after.get(key, {}).get("metadata") or {}).get("resourceVersion") == str(rev)
         verdict = ("configured" if key in before.objects else "created") if written else "unchanged"
         print(f"{_display(o)} {verdict}", file=out)
+    warn_not_enforced(objs, list(after.values()), err)
     return 0
+
+
+def warn_not_enforced(batch: list[Obj], everything: list[Obj], err: TextIO) -> None:
+    """kubectl-style `Warning:` lines for what this batch configures but nothing enforces yet: L7
+    policy rules no waypoint serves, routes for hosts with no waypoint, fields not applied yet
+    (controller.waypoints.advisories). The objects are applied; the warning says what they do."""
+    from controller.validation import object_ref
+    from controller.waypoints.advisories import advisories
+    refs = {object_ref(o) for o in batch}
+    for a in advisories(everything):
+        if a.ref in refs:
+            print(f"Warning: {a}", file=err)
 
 
 def cmd_delete(args: argparse.Namespace) -> int:

@@ -12,7 +12,8 @@ command's default output, kept for people who apply plain YAML.
 What runs:
 - `ambit-controller` (Deployment): Kubernetes watches -> config stream and CA on gRPC port 15012,
   Prometheus metrics on 15014. Node credentials are projected service-account tokens checked by
-  TokenReview.
+  TokenReview. It also deploys waypoints: per waypoint Gateway a Deployment, Service and
+  ServiceAccount it owns (controller.waypoints.render), and writes their status.
 - `ambit-node` (DaemonSet, one pod per node): the agent and ztunnel, sharing the zds socket in an
   emptyDir; ztunnel's Istio-named metrics on 15020. hostPID gives the agent every pod's /proc/<pid>/ns/net; the host's cgroup v2 tree,
   bpffs, /var/run/netns and (for bcc) the host's kernel headers are mounted in.
@@ -64,7 +65,8 @@ def _md(name: str, namespace: str | None = None, **labels: str) -> Obj:
 
 def controller_rules() -> list[Obj]:
     """list/watch of every type the controller's KubeSource watches, status of the mesh kinds it
-    writes conditions to, and TokenReviews for the CA's node credentials."""
+    writes conditions to, TokenReviews for the CA's node credentials, and what it writes for
+    waypoint Gateways (their status; their Deployment, Service and ServiceAccount)."""
     from controller.sources.kube import STATUS_GROUP_SUFFIXES, default_types
     watched: dict[str, set[str]] = {}
     status: dict[str, set[str]] = {}
@@ -77,7 +79,8 @@ def controller_rules() -> list[Obj]:
     rules += [{"apiGroups": [g], "resources": sorted(r), "verbs": ["get", "patch", "update"]}
               for g, r in sorted(status.items())]
     rules.append({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]})
-    return rules
+    from controller.waypoints.reconcile import RBAC_RULES
+    return rules + [dict(r) for r in RBAC_RULES]
 
 
 def node_rules() -> list[Obj]:
@@ -108,7 +111,9 @@ def controller_args(o: argparse.Namespace) -> list[str]:
     return ["--kube", "--listen", f"0.0.0.0:{GRPC_PORT}", "--ca-dir", CA_DIR,
             "--trust-domain", o.trust_domain, "--root-namespace", o.namespace,
             "--ztunnel-service-account", f"system:serviceaccount:{o.namespace}:{ZTUNNEL_SA}",
-            "--metrics-port", str(METRICS_PORT), "--log-level", o.log_level]
+            "--metrics-port", str(METRICS_PORT), "--log-level", o.log_level,
+            "--waypoint-image", o.image, "--waypoint-pull-policy", o.pull_policy,
+            "--waypoint-controller", f"{CONTROLLER}.{o.namespace}.svc:{GRPC_PORT}"]
 
 
 def controller_objects(o: argparse.Namespace) -> list[Obj]:

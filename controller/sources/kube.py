@@ -33,6 +33,7 @@ from controller.kinds import KINDS
 from controller.sources import OnSnapshot
 from controller.sources.cache import CacheKey, LastGoodCache, cache_key
 from controller.validation import FieldError
+from controller.waypoints.gateways import is_waypoint
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,17 @@ class KubeSource:
 
     # -- status conditions ------------------------------------------------------------------------
     def _maybe_status(self, t: WatchedType, obj: Obj) -> None:
-        if not self.write_status or not t.group.endswith(STATUS_GROUP_SUFFIXES):
+        if not self.write_status:
+            return
+        if t.kind == "Gateway":
+            # A waypoint Gateway's status is the waypoint reconciler's (controller.waypoints); only
+            # a version validation rejected is written here, since the reconciler never sees it.
+            if is_waypoint(obj):
+                errors = self.cache.rejected().get(cache_key(obj), [])
+                if errors and _condition_differs(obj, accepted_condition(obj, errors)):
+                    self._status_q.put((t, obj, errors))
+            return
+        if not t.group.endswith(STATUS_GROUP_SUFFIXES):
             return
         errors = self.cache.rejected().get(cache_key(obj), [])
         if _condition_differs(obj, accepted_condition(obj, errors)):
@@ -166,6 +177,9 @@ class KubeSource:
             md = obj.get("metadata") or {}
             cond = accepted_condition(obj, errors)
             others = [c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") != "Accepted"]
+            if t.kind == "Gateway":      # rejected: not Programmed either (Gateway API)
+                others = [c for c in others if c.get("type") != "Programmed"] + [
+                    {**cond, "type": "Programmed", "message": "the Gateway is not accepted"}]
             patch = {"status": {"conditions": others + [cond]}}
             try:
                 path = t.path(self.state[t].version, md.get("namespace"), md.get("name"), "status")

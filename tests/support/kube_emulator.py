@@ -11,7 +11,11 @@ unmodified:
   ("too old resource version"), as etcd compaction causes on a real cluster;
 - custom resources under `/apis/<group>/<version>/...` only for installed groups (404 otherwise),
   each group served at all its versions;
-- `GET` of one object and `PATCH`/`PUT` of `/status` (merge patch), for status conditions.
+- `GET` of one object and `PATCH`/`PUT` of `/status` (merge patch), for status conditions;
+- `POST` (create; a Service gets a cluster IP), `PUT` (update, with optimistic concurrency on
+  metadata.resourceVersion: 409 Conflict when stale) and `DELETE` of objects, with the garbage
+  collector's background cascade: deleting an object deletes every object whose
+  `metadata.ownerReferences` names its uid (transitively), as kube-controller-manager does.
 
 Knobs for tests: `compact()`, `drop_watches()` (closes every open watch mid-stream, like a broken
 connection), `hold_watches()` (new watch requests wait: a window in which changes happen unseen),
@@ -72,10 +76,11 @@ BUILTIN = [
     ResourceType("", ("v1",), "services", "Service", True),
     ResourceType("", ("v1",), "serviceaccounts", "ServiceAccount", True),
     ResourceType("discovery.k8s.io", ("v1",), "endpointslices", "EndpointSlice", True),
+    ResourceType("apps", ("v1",), "deployments", "Deployment", True),
 ]
 
 
-BUILTIN_GROUPS = ("", "discovery.k8s.io")
+BUILTIN_GROUPS = ("", "discovery.k8s.io", "apps")
 
 
 def crd_types(group: str) -> list[ResourceType]:
@@ -103,6 +108,7 @@ class KubeEmulator:
         self._objects: dict[tuple[str, str], dict[tuple[str, str], Obj]] = {}
         self._events: list[tuple[int, tuple[str, str], str, Obj]] = []
         self._rv = 100
+        self._next_ip = 100
         self._compacted = 0
         self._drop_gen = 0
         self._bookmark_gen = 0
@@ -223,6 +229,10 @@ class KubeEmulator:
                 md.setdefault("namespace", "default")
             md.update(uid=str(uuid.uuid4()), resourceVersion=str(self._rv), generation=1,
                       creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            if t.kind == "Service" and not (o.get("spec") or {}).get("clusterIP"):
+                self._next_ip += 1
+                o.setdefault("spec", {})["clusterIP"] = f"10.96.{self._next_ip // 250}.{self._next_ip % 250 + 1}"
+                o["spec"]["clusterIPs"] = [o["spec"]["clusterIP"]]
             store[key] = o
             self._record(t, "ADDED", o)
             return copy.deepcopy(o)
@@ -257,11 +267,21 @@ class KubeEmulator:
     def delete(self, api_version: str, kind: str, name: str, namespace: str = "default") -> None:
         with self._lock:
             t = self._type_of({"apiVersion": api_version, "kind": kind})
-            store = self._objects.setdefault((t.group, t.plural), {})
-            o = store.pop((namespace if t.namespaced else "", name))
-            self._rv += 1
-            o["metadata"]["resourceVersion"] = str(self._rv)
-            self._record(t, "DELETED", o)
+            self._delete(t, (namespace if t.namespaced else "", name))
+
+    def _delete(self, t: ResourceType, key: tuple[str, str]) -> Obj:
+        """Delete one object, then (the garbage collector) every object it owns, transitively."""
+        store = self._objects.setdefault((t.group, t.plural), {})
+        o = store.pop(key)
+        self._rv += 1
+        o["metadata"]["resourceVersion"] = str(self._rv)
+        self._record(t, "DELETED", o)
+        uid = o["metadata"].get("uid")
+        for (group, plural), objs in list(self._objects.items()):
+            for k, dep in list(objs.items()):
+                if any(r.get("uid") == uid for r in dep["metadata"].get("ownerReferences") or []):
+                    self._delete(self._types[(group, plural)], k)
+        return o
 
     def get(self, api_version: str, kind: str, name: str, namespace: str = "default") -> Obj | None:
         with self._lock:
@@ -296,6 +316,12 @@ class KubeEmulator:
 
             def do_PUT(self) -> None:  # noqa: N802
                 emu._dispatch(self, "PUT")
+
+            def do_POST(self) -> None:  # noqa: N802
+                emu._dispatch(self, "POST")
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                emu._dispatch(self, "DELETE")
 
         return Handler
 
@@ -344,6 +370,9 @@ class KubeEmulator:
             return
         length = int(h.headers.get("Content-Length") or 0)
         body = json.loads(h.rfile.read(length) or b"{}") if length else {}
+        if method == "POST" and name is None:
+            self._post(h, t, version, ns, body)
+            return
         with self._lock:
             store = self._objects.setdefault((t.group, t.plural), {})
             key = (ns or "default" if t.namespaced else "", name or "")
@@ -354,7 +383,23 @@ class KubeEmulator:
             if method == "GET":
                 self._send_json(h, 200, self._present(t, version, obj, with_type=True))
                 return
-            if not is_status:
+            if method == "DELETE" and not is_status:
+                gone = self._delete(t, key)
+                self._send_json(h, 200, self._present(t, version, gone, with_type=True))
+                return
+            if method == "PUT" and not is_status:
+                rv = (body.get("metadata") or {}).get("resourceVersion")
+                if rv and rv != obj["metadata"].get("resourceVersion"):
+                    self._send_json(h, 409, _status(409, "Conflict", f'Operation cannot be fulfilled on {t.plural} '
+                                                    f'"{name}": the object has been modified'))
+                    return
+                if t.namespaced:
+                    body.setdefault("metadata", {})["namespace"] = obj["metadata"].get("namespace")
+                body["apiVersion"], body["kind"] = t.api_version(), t.kind
+                new = self.update(body)          # the lock is re-entrant (Condition over an RLock)
+                self._send_json(h, 200, self._present(t, version, new, with_type=True))
+                return
+            if not is_status or method not in ("PUT", "PATCH"):
                 self._send_json(h, 405, _status(405, "MethodNotAllowed", "only status can be written here"))
                 return
             new_status = body.get("status") if method == "PUT" else _merge_patch(obj.get("status"), body.get("status"))
@@ -363,6 +408,19 @@ class KubeEmulator:
             obj["metadata"]["resourceVersion"] = str(self._rv)
             self._record(t, "MODIFIED", obj)
             self._send_json(h, 200, self._present(t, version, obj, with_type=True))
+
+    def _post(self, h: BaseHTTPRequestHandler, t: ResourceType, version: str, ns: str | None, body: Obj) -> None:
+        body = dict(body)
+        body["apiVersion"], body["kind"] = t.api_version(), t.kind
+        md = body.setdefault("metadata", {})
+        if t.namespaced:
+            md["namespace"] = ns or md.get("namespace") or "default"
+        try:
+            created = self.create(body)
+        except KeyError:
+            self._send_json(h, 409, _status(409, "AlreadyExists", f'{t.plural} "{md.get("name")}" already exists'))
+            return
+        self._send_json(h, 201, self._present(t, version, created, with_type=True))
 
     def _present(self, t: ResourceType, version: str, obj: Obj, with_type: bool) -> Obj:
         o = copy.deepcopy(obj)

@@ -120,11 +120,19 @@ def test_controller_may_list_and_watch_everything_its_kube_source_watches() -> N
     for t in types:
         for verb in ("list", "watch"):
             assert allowed(docs, "mesh-ops", sa, t.group, t.plural, verb), f"{verb} {t.plural}.{t.group}"
-        writes_status = t.group.endswith(STATUS_GROUP_SUFFIXES)
+        writes_status = t.group.endswith(STATUS_GROUP_SUFFIXES) or (t.group, t.plural) == (
+            "gateway.networking.k8s.io", "gateways")
         assert allowed(docs, "mesh-ops", sa, t.group, f"{t.plural}/status", "patch") == writes_status, t.plural
     assert allowed(docs, "mesh-ops", sa, "authentication.k8s.io", "tokenreviews", "create")
     assert not allowed(docs, "mesh-ops", sa, "", "secrets", "list")
     assert not allowed(docs, "mesh-ops", sa, "", "pods", "patch")
+    # waypoints: it owns their Deployment, Service and ServiceAccount (deleted by the GC, not by it)
+    for group, resource in (("apps", "deployments"), ("", "services"), ("", "serviceaccounts")):
+        for verb in ("get", "create", "update"):
+            assert allowed(docs, "mesh-ops", sa, group, resource, verb), f"{verb} {resource}"
+        assert not allowed(docs, "mesh-ops", sa, group, resource, "delete")
+    assert allowed(docs, "mesh-ops", sa, "gateway.networking.k8s.io", "gateways/finalizers", "update")
+    assert not allowed(docs, "mesh-ops", sa, "gateway.networking.k8s.io", "gateways", "update")
 
 
 def test_node_pods_may_watch_what_the_agent_watches_and_nothing_more() -> None:

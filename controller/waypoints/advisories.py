@@ -1,0 +1,347 @@
+"""Configuration that is accepted but not (yet) enforced, said out loud.
+
+Ambit's rule is "no silent no-op": anything it accepts is honoured, refused, or warned about. The
+validator refuses what can never work; this module finds what is valid but does nothing *now*:
+
+- `ZtunnelAccepted` (AuthorizationPolicy bound by `selector` or namespace-wide, with rules that
+  need HTTP: methods, paths, hosts, request principals, remote IPs, `request.*` conditions).
+  ztunnel cannot see HTTP, so it fails closed: in an ALLOW policy those rules allow nothing, in a
+  DENY policy their L4 part denies everything it matches. Istio reports the same situation as the
+  condition `ZtunnelAccepted=False`, reason `UnsupportedValue`; so does Ambit.
+- `WaypointAccepted` (AuthorizationPolicy bound by `targetRefs`): enforced only by the waypoint
+  of its target. A target that does not exist (`TargetNotFound`), a Service that uses no waypoint,
+  or whose waypoint Gateway does not exist or does not serve Service traffic (`AncestorNotBound`),
+  means the policy is enforced by nobody: ztunnel leaves targetRefs policies to waypoints.
+- Routes (VirtualService, HTTPRoute, GRPCRoute) and DestinationRules for a host that no waypoint
+  serves: the waypoint is what applies them, so until one serves the host they change nothing.
+- Fields the waypoint accepts but does not apply yet (issue 12's resilience features: retries,
+  timeouts, fault injection, mirroring, CORS, outlier detection, connection pools, load-balancer
+  policies, TLS origination) and VirtualService `delegate`, `tcp` and `tls` routes.
+
+Pure: `advisories(objects)` takes a snapshot (Kubernetes-shaped objects) and returns `Advisory`s
+that name the object, the field and the reason. `ambit apply` prints them as warnings; the
+controller writes the AuthorizationPolicy ones as status conditions (`policy_conditions`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from controller.kinds.security import L4_CONDITION_KEYS
+from controller.translate import translate
+from controller.translate.index import ns_of
+from controller.validation import object_ref, validate_object
+from controller.waypoints.gateways import WAYPOINT_CLASSES, is_waypoint, waypoint_for
+
+Obj = dict[str, Any]
+
+ZTUNNEL_ACCEPTED = "ZtunnelAccepted"
+WAYPOINT_ACCEPTED = "WaypointAccepted"
+NOT_ENFORCED = "NotEnforced"          # routes and fields: a warning only, no status condition
+
+_L7_SOURCE = ("requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks")
+_L7_OPERATION = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
+
+# Accepted by the validator and carried to the waypoint in the model, not applied yet (issue 12).
+NOT_YET_VS_HTTP = {
+    "timeout": "request timeouts",
+    "retries": "retries",
+    "fault": "fault injection",
+    "mirror": "traffic mirroring",
+    "mirrors": "traffic mirroring",
+    "corsPolicy": "CORS",
+}
+NOT_YET_GW_RULE = {"timeouts": "request timeouts", "retry": "retries", "sessionPersistence": "session persistence"}
+NOT_YET_DR_POLICY = {
+    "loadBalancer": "load-balancer policies (it balances round robin)",
+    "connectionPool": "connection pool limits",
+    "outlierDetection": "outlier detection",
+}
+NOT_APPLIED_DR_POLICY = {
+    "tls": "accepted, not applied: in-mesh traffic is always HBONE mutual TLS, so client TLS settings do not apply",
+    "tunnel": "accepted, not applied: the waypoint does not tunnel to other proxies",
+}
+NOT_YET_REASON = "accepted, but not enforced yet: the waypoint does not apply {what} (issue 12)"
+
+
+@dataclass(frozen=True)
+class Advisory:
+    ref: str            # Kind/namespace/name
+    path: str           # the field, e.g. spec.rules[0].to[0].operation.methods
+    reason: str
+    condition: str      # ZtunnelAccepted | WaypointAccepted | NotEnforced
+    cause: str = ""     # the condition's reason: UnsupportedValue, TargetNotFound, AncestorNotBound, ...
+
+    def __str__(self) -> str:
+        return f"{self.ref}: {self.path}: {self.reason}" if self.path else f"{self.ref}: {self.reason}"
+
+
+def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", translation: Any = None,
+               root_namespace: str = "ambit-system") -> list[Advisory]:
+    """Every advisory for the valid objects of a snapshot. `translation`: the snapshot's
+    `controller.translate.Translation` when the caller has it (the controller does), else computed."""
+    good = [o for o in objects if isinstance(o, dict) and not validate_object(o)]
+    out: list[Advisory] = []
+    gateways = {(ns_of(g), (g.get("metadata") or {}).get("name", "")): g for g in good if is_waypoint(g)}
+    tr = translation if translation is not None else translate(good, cluster_domain=cluster_domain)
+    svc_waypoint = {(s.namespace, s.name): s.waypoint for s in tr.services}
+    for o in good:
+        kind = o.get("kind")
+        if kind == "AuthorizationPolicy":
+            out += _policy(o, gateways, svc_waypoint, root_namespace)
+        elif kind == "VirtualService":
+            out += _vs_fields(o)
+        elif kind in ("HTTPRoute", "GRPCRoute"):
+            out += _gw_fields(o)
+        elif kind == "DestinationRule":
+            out += _dr_fields(o)
+    out += _unserved_hosts(good, tr, gateways)
+    return out
+
+
+def _serves_services(gw: Obj | None) -> bool:
+    return gw is not None and waypoint_for(gw) in ("service", "all")
+
+
+# -- AuthorizationPolicy -------------------------------------------------------------------------
+
+def _l7_fields(rule: Obj, base: str) -> list[str]:
+    paths = []
+    for i, f in enumerate(rule.get("from") or []):
+        paths += [f"{base}.from[{i}].source.{k}" for k in _L7_SOURCE if (f.get("source") or {}).get(k)]
+    for i, t in enumerate(rule.get("to") or []):
+        paths += [f"{base}.to[{i}].operation.{k}" for k in _L7_OPERATION if (t.get("operation") or {}).get(k)]
+    for i, c in enumerate(rule.get("when") or []):
+        if c.get("key") not in L4_CONDITION_KEYS:
+            paths.append(f"{base}.when[{i}].key")
+    return paths
+
+
+def _ztunnel_effect(spec: Obj) -> str:
+    action = spec.get("action") or "ALLOW"
+    return ("in an ALLOW policy these rules allow nothing" if action == "ALLOW"
+            else f"in a {action} policy their L4 part applies to every request it matches")
+
+
+def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str],
+            root_namespace: str) -> list[Advisory]:
+    spec, ns, ref = o.get("spec") or {}, ns_of(o), object_ref(o)
+    targets = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
+    if not targets:
+        effect = _ztunnel_effect(spec)
+        out = []
+        for i, rule in enumerate(spec.get("rules") or []):
+            for path in _l7_fields(rule, f"spec.rules[{i}]"):
+                out.append(Advisory(ref, path, (
+                    f"ztunnel cannot enforce HTTP attributes and fails closed ({effect}); to enforce them, "
+                    "bind the policy to a waypoint with targetRefs (kind Service or Gateway) "
+                    "instead of a selector"), ZTUNNEL_ACCEPTED, "UnsupportedValue"))
+        return out
+    out = _fail_safe_attributes(spec, ref)
+    for i, t in enumerate(targets):
+        path = f"spec.targetRefs[{i}]" if spec.get("targetRefs") else "spec.targetRef"
+        kind, name = t.get("kind", ""), t.get("name", "")
+        tns = t.get("namespace") or ns
+        if kind == "GatewayClass":
+            if name not in WAYPOINT_CLASSES:
+                out.append(Advisory(ref, path, f'GatewayClass "{name}" is not a waypoint class '
+                                    f'({", ".join(WAYPOINT_CLASSES)}): nothing enforces this policy',
+                                    WAYPOINT_ACCEPTED, "TargetNotFound"))
+            elif ns != root_namespace:
+                out.append(Advisory(ref, path, f"a GatewayClass target binds only from the root namespace "
+                                    f'("{root_namespace}"), as in Istio: nothing enforces this policy',
+                                    WAYPOINT_ACCEPTED, "TargetNotFound"))
+        elif kind == "ServiceEntry":
+            out.append(Advisory(ref, path, "ServiceEntry is not supported by Ambit: nothing enforces this policy",
+                                WAYPOINT_ACCEPTED, "TargetNotFound"))
+        elif kind == "Gateway":
+            if (tns, name) not in gateways:
+                out.append(Advisory(ref, path, f'no waypoint Gateway "{tns}/{name}": nothing enforces this policy; '
+                                    f"apply one with `ambit waypoint apply -n {tns} --name {name}`",
+                                    WAYPOINT_ACCEPTED, "TargetNotFound"))
+        elif kind == "Service":
+            if (tns, name) not in svc_waypoint:
+                out.append(Advisory(ref, path, f'no Service "{tns}/{name}": nothing enforces this policy',
+                                    WAYPOINT_ACCEPTED, "TargetNotFound"))
+                continue
+            wp = svc_waypoint[(tns, name)]
+            gw = gateways.get(tuple(wp.split("/", 1))) if wp else None   # type: ignore[arg-type]
+            if not wp:
+                why = (f'Service "{tns}/{name}" uses no waypoint: nothing enforces this policy; apply one with '
+                       f"`ambit waypoint apply -n {tns} --enroll-namespace`")
+            elif gw is None:
+                why = f'Service "{tns}/{name}" uses waypoint "{wp}", which does not exist: nothing enforces this policy'
+            elif not _serves_services(gw):
+                why = (f'waypoint "{wp}" is for {waypoint_for(gw)} traffic, not Service traffic: nothing enforces '
+                       "this policy")
+            else:
+                continue
+            out.append(Advisory(ref, path, why, WAYPOINT_ACCEPTED, "AncestorNotBound"))
+    return out
+
+
+_FAIL_SAFE_SOURCE = ("requestPrincipals", "notRequestPrincipals")
+
+
+def _fail_safe_attributes(spec: Obj, ref: str) -> list[Advisory]:
+    """Attributes the waypoint cannot evaluate (no RequestAuthentication/JWT, no SNI): fail safe."""
+    action = spec.get("action") or "ALLOW"
+    effect = ("an ALLOW rule that needs it never matches" if action == "ALLOW"
+              else f"a {action} rule that needs it always matches")
+    out = []
+    for i, rule in enumerate(spec.get("rules") or []):
+        for j, f in enumerate(rule.get("from") or []):
+            for k in _FAIL_SAFE_SOURCE:
+                if (f.get("source") or {}).get(k):
+                    out.append(Advisory(ref, f"spec.rules[{i}].from[{j}].source.{k}",
+                                        f"not supported (Ambit has no RequestAuthentication): {effect}", NOT_ENFORCED))
+        for j, c in enumerate(rule.get("when") or []):
+            key = c.get("key", "")
+            if key in L4_CONDITION_KEYS or key == "remote.ip" or (key.startswith("request.headers[")
+                                                                   and key.endswith("]")):
+                continue
+            out.append(Advisory(ref, f"spec.rules[{i}].when[{j}].key", f'"{key}" is not supported by the waypoint: '
+                                f"{effect}", NOT_ENFORCED))
+    return out
+
+
+def policy_conditions(obj: Obj, found: list[Advisory]) -> list[Obj]:
+    """The status conditions an AuthorizationPolicy gets: `ZtunnelAccepted` for selector policies
+    with HTTP rules, `WaypointAccepted` for targetRefs policies (True when a waypoint serves every
+    target). Without transition times (the writer adds them)."""
+    spec = obj.get("spec") or {}
+    gen = int((obj.get("metadata") or {}).get("generation") or 0)
+    mine = [a for a in found if a.ref == object_ref(obj)]
+    if spec.get("targetRef") or spec.get("targetRefs"):
+        bad = [a for a in mine if a.condition == WAYPOINT_ACCEPTED]
+        if bad:
+            return [{"type": WAYPOINT_ACCEPTED, "status": "False", "reason": bad[0].cause,
+                     "message": "; ".join(f"{a.path}: {a.reason}" for a in bad)[:32768], "observedGeneration": gen}]
+        return [{"type": WAYPOINT_ACCEPTED, "status": "True", "reason": "Accepted",
+                 "message": "bound to a waypoint", "observedGeneration": gen}]
+    bad = [a for a in mine if a.condition == ZTUNNEL_ACCEPTED]
+    if bad:
+        return [{"type": ZTUNNEL_ACCEPTED, "status": "False", "reason": "UnsupportedValue",
+                 "message": ("ztunnel does not support HTTP attributes (found: "
+                             + ", ".join(a.path for a in bad) + f"); it fails closed: {_ztunnel_effect(spec)}. "
+                             "To enforce HTTP rules, bind the policy to a waypoint with targetRefs")[:32768],
+                 "observedGeneration": gen}]
+    return []
+
+
+# -- routes and fields not applied yet ------------------------------------------------------------
+
+def _vs_fields(o: Obj) -> list[Advisory]:
+    spec, ref, out = o.get("spec") or {}, object_ref(o), []
+    for i, h in enumerate(spec.get("http") or []):
+        for f, what in NOT_YET_VS_HTTP.items():
+            if h.get(f) is not None:
+                out.append(Advisory(ref, f"spec.http[{i}].{f}", NOT_YET_REASON.format(what=what), NOT_ENFORCED))
+        if h.get("delegate"):
+            out.append(Advisory(ref, f"spec.http[{i}].delegate",
+                                "delegate is not supported: this route has no destination (requests it matches get "
+                                "no route); inline the delegate VirtualService's routes", NOT_ENFORCED))
+    out += _export_to(o)
+    for section in ("tcp", "tls"):
+        if spec.get(section):
+            out.append(Advisory(ref, f"spec.{section}", f"{section} routes are accepted but not applied by the waypoint "
+                                "yet: non-HTTP traffic goes to its original destination", NOT_ENFORCED))
+    return out
+
+
+def _export_to(o: Obj) -> list[Advisory]:
+    export = (o.get("spec") or {}).get("exportTo")
+    if export and export != ["*"]:
+        return [Advisory(object_ref(o), "spec.exportTo", "not supported: Ambit does not scope visibility, so this "
+                         "configuration applies to clients in every namespace", NOT_ENFORCED)]
+    return []
+
+
+def _gw_fields(o: Obj) -> list[Advisory]:
+    spec, ref, out = o.get("spec") or {}, object_ref(o), []
+    for i, r in enumerate(spec.get("rules") or []):
+        for f, what in NOT_YET_GW_RULE.items():
+            if r.get(f) is not None:
+                out.append(Advisory(ref, f"spec.rules[{i}].{f}", NOT_YET_REASON.format(what=what), NOT_ENFORCED))
+        for j, flt in enumerate(r.get("filters") or []):
+            if flt.get("type") == "RequestMirror":
+                out.append(Advisory(ref, f"spec.rules[{i}].filters[{j}]",
+                                    NOT_YET_REASON.format(what="traffic mirroring"), NOT_ENFORCED))
+        for j, b in enumerate(r.get("backendRefs") or []):
+            for k, flt in enumerate(b.get("filters") or []):
+                if flt.get("type") == "RequestMirror":
+                    out.append(Advisory(ref, f"spec.rules[{i}].backendRefs[{j}].filters[{k}]",
+                                        NOT_YET_REASON.format(what="traffic mirroring"), NOT_ENFORCED))
+                elif flt.get("type") not in ("RequestHeaderModifier", "ResponseHeaderModifier"):
+                    out.append(Advisory(ref, f"spec.rules[{i}].backendRefs[{j}].filters[{k}]",
+                                        f"{flt.get('type')} is not applied per backend (only header modifiers are); "
+                                        "put it in the rule's filters", NOT_ENFORCED))
+    return out
+
+
+def _policy_fields(p: Obj | None, base: str) -> list[tuple[str, str]]:
+    """(path, reason) of every traffic-policy field that is not applied."""
+    out = []
+    for f, what in NOT_YET_DR_POLICY.items():
+        if (p or {}).get(f) is not None:
+            out.append((f"{base}.{f}", NOT_YET_REASON.format(what=what)))
+    for f, why in NOT_APPLIED_DR_POLICY.items():
+        if (p or {}).get(f) is not None:
+            out.append((f"{base}.{f}", why))
+    for i, pl in enumerate((p or {}).get("portLevelSettings") or []):
+        out += _policy_fields({k: v for k, v in pl.items() if k != "port"}, f"{base}.portLevelSettings[{i}]")
+    return out
+
+
+def _dr_fields(o: Obj) -> list[Advisory]:
+    spec, ref = o.get("spec") or {}, object_ref(o)
+    found = _policy_fields(spec.get("trafficPolicy"), "spec.trafficPolicy")
+    for i, s in enumerate(spec.get("subsets") or []):
+        found += _policy_fields(s.get("trafficPolicy"), f"spec.subsets[{i}].trafficPolicy")
+    out = [Advisory(ref, p, why, NOT_ENFORCED) for p, why in found]
+    if spec.get("workloadSelector"):
+        out.append(Advisory(ref, "spec.workloadSelector", "not supported: a DestinationRule applies to every waypoint "
+                            "that routes to its host, whichever clients it selects", NOT_ENFORCED))
+    return out + _export_to(o)
+
+
+def _unserved(host: str, service: str, waypoint: str, gw: Obj | None, ns: str,
+              gateways: dict[tuple[str, str], Obj]) -> str:
+    """Why a host's routes do nothing, and what would make them apply."""
+    tail = f"accepted, but not enforced until a waypoint serves {host}"
+    if not service:
+        return (f"no Service named {host} is known to the mesh: {tail}; routes apply only to Services that use "
+                "a waypoint")
+    if waypoint and gw is None:
+        return f'{host} uses waypoint "{waypoint}", which does not exist: {tail}: apply it with ' \
+               f"`ambit waypoint apply -n {waypoint.split('/', 1)[0]} --name {waypoint.split('/', 1)[1]}`"
+    if waypoint:
+        return (f'waypoint "{waypoint}" serves {waypoint_for(gw or {})} traffic, not Service traffic: {tail}: '
+                f"label it ambit.io/waypoint-for=service (or all)")
+    local = sorted(name for (gns, name), g in gateways.items() if gns == ns and _serves_services(g))
+    if local:
+        return (f"no waypoint serves this host: {tail}: label the Service or namespace "
+                f"ambit.io/use-waypoint={local[0]}, or run `ambit waypoint apply -n {ns} --name {local[0]} "
+                "--enroll-namespace`")
+    return f"no waypoint serves this host: {tail}: apply a waypoint with `ambit waypoint apply -n {ns} --enroll-namespace`"
+
+
+def _unserved_hosts(good: list[Obj], tr: Any, gateways: dict[tuple[str, str], Obj]) -> list[Advisory]:
+    """Routes and DestinationRules (the translation lists both as a host's `sources`) whose host no
+    waypoint serves."""
+    by_ref = {object_ref(o): o for o in good}
+    out: list[Advisory] = []
+    seen: set[tuple[str, str]] = set()
+    for wr in tr.waypoint_routes:
+        gw = gateways.get(tuple(wr.waypoint.split("/", 1))) if wr.waypoint else None  # type: ignore[arg-type]
+        if _serves_services(gw):
+            continue
+        for src in wr.sources:
+            if (src, wr.hostname) in seen:
+                continue
+            seen.add((src, wr.hostname))
+            ns = wr.namespace or ns_of(by_ref.get(src) or {})
+            out.append(Advisory(src, "", _unserved(wr.hostname, wr.service, wr.waypoint, gw, ns, gateways),
+                                NOT_ENFORCED, "NoWaypoint"))
+    return out

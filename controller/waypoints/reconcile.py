@@ -1,0 +1,186 @@
+"""The controller's writes for waypoints in a cluster (the IO edge of `controller.waypoints`).
+
+After each translated snapshot (`Controller.on_applied`), `KubeWaypointReconciler.reconcile`:
+- writes each waypoint Gateway's status (`gateways.desired_status`: Accepted, Programmed,
+  addresses, listeners) when it differs, as a merge patch of `/status`;
+- with deploy settings, makes sure each waypoint Gateway owns its ServiceAccount, Service and
+  Deployment (`render`): created when missing, updated when the fields the controller owns
+  drifted, left alone (and reported) when an object of that name exists that the controller did
+  not create. Deleting the Gateway deletes them through their ownerReferences (the garbage
+  collector's job, not ours);
+- writes the `ZtunnelAccepted` / `WaypointAccepted` condition of each AuthorizationPolicy
+  (`advisories.policy_conditions`), keeping the conditions others wrote.
+A failed write is logged and retried on the next snapshot; it never blocks the config flow.
+Only what differs is written, so a snapshot caused by our own write ends the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import urllib3
+from kubernetes import client as kclient
+from kubernetes.client.exceptions import ApiException
+
+from controller.waypoints import gateways as gws
+from controller.waypoints.advisories import WAYPOINT_ACCEPTED, ZTUNNEL_ACCEPTED, advisories, policy_conditions
+from controller.waypoints.render import WaypointDeploySettings, apply_update, is_managed, needs_update, render
+
+log = logging.getLogger("ambit.controller.waypoints")
+Obj = dict[str, Any]
+
+POLICY_CONDITIONS = (ZTUNNEL_ACCEPTED, WAYPOINT_ACCEPTED)
+
+# What the reconciler writes beyond the status of the Istio/Ambit kinds (which `ambit install`
+# grants from controller.sources.kube.STATUS_GROUP_SUFFIXES): its ClusterRole adds these rules.
+# `gateways/finalizers` update is what the API server's OwnerReferencesPermissionEnforcement asks
+# of whoever sets `blockOwnerDeletion` on an ownerReference to a Gateway.
+RBAC_RULES = [
+    {"apiGroups": [""], "resources": ["serviceaccounts", "services"], "verbs": ["get", "create", "update"]},
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create", "update"]},
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways/status"], "verbs": ["get", "patch", "update"]},
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways/finalizers"], "verbs": ["update"]},
+]
+_PLURALS = {"ServiceAccount": "serviceaccounts", "Service": "services", "Deployment": "deployments",
+            "Gateway": "gateways", "AuthorizationPolicy": "authorizationpolicies"}
+
+
+def object_path(obj: Obj, sub: str = "", named: bool = True) -> str:
+    api_version = obj.get("apiVersion", "v1")
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    md = obj.get("metadata") or {}
+    path = f"{base}/namespaces/{md.get('namespace') or 'default'}/{_PLURALS[obj['kind']]}"
+    if named:
+        path += f"/{md['name']}"
+    return path + (f"/{sub}" if sub else "")
+
+
+class KubeWaypointReconciler:
+    def __init__(self, api: kclient.ApiClient, deploy: WaypointDeploySettings | None = None, *,
+                 cluster_domain: str = "cluster.local", root_namespace: str = "ambit-system",
+                 write_status: bool = True, resync: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.root_namespace = root_namespace
+        # (gateway uid, resourceVersion) -> when its objects were last found as wanted: a snapshot
+        # caused by anything else then costs no API calls; drift is repaired within `resync` s.
+        self._settled: dict[tuple[str, str], float] = {}
+        self.resync = resync
+        self.clock = clock
+        self.api = api
+        self.deploy = deploy
+        self.cluster_domain = cluster_domain
+        self.write_status = write_status
+        self.errors: list[str] = []
+
+    # -- HTTP ----------------------------------------------------------------------------------------
+    def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> tuple[int, Any]:
+        req = self.api.param_serialize(method=method, resource_path=path, header_params={"Content-Type": content_type},
+                                       body=body, auth_settings=["BearerToken"])
+        try:
+            resp = self.api.call_api(*req, _request_timeout=(10.0, 30.0))
+            data = resp.read()
+            status = resp.status
+        except ApiException as e:
+            return e.status or 0, None
+        try:
+            return status, json.loads(data) if data else None
+        except ValueError:
+            return status, None
+
+    def _write(self, what: str, method: str, path: str, body: Any, content_type: str = "application/json") -> bool:
+        try:
+            status, _ = self._call(method, path, body, content_type)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            self.errors.append(f"{what}: {e}")
+            log.warning("%s: %s", what, e)
+            return False
+        if status >= 300:
+            self.errors.append(f"{what}: HTTP {status}")
+            log.warning("%s: HTTP %s", what, status)
+            return False
+        return True
+
+    # -- the pass --------------------------------------------------------------------------------------
+    def reconcile(self, objects: list[Obj], translation: Any = None) -> None:
+        self.errors = []
+        waypoints = [o for o in objects if gws.is_waypoint(o)]
+        now = self.clock()
+        live = set()
+        for gw in waypoints:
+            md = gw.get("metadata") or {}
+            key = (md.get("uid", ""), md.get("resourceVersion", ""))
+            live.add(key)
+            if self.deploy is not None and key[0] and now - self._settled.get(key, -1e18) >= self.resync:
+                if self._deploy(gw):
+                    self._settled[key] = now
+            if self.write_status:
+                self._gateway_status(gw, objects)
+        self._settled = {k: v for k, v in self._settled.items() if k in live}
+        if self.write_status:
+            self._policy_status(objects, translation)
+
+    def _deploy(self, gw: Obj) -> bool:
+        """Create or update the Gateway's objects; True when all are as wanted (nothing failed)."""
+        assert self.deploy is not None
+        ok = True
+        for want in render(gw, self.deploy):
+            ref = f"{want['kind']} {want['metadata']['namespace']}/{want['metadata']['name']}"
+            try:
+                status, existing = self._call("GET", object_path(want))
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                self.errors.append(f"{ref}: {e}")
+                ok = False
+                continue
+            if status == 404:
+                if self._write(f"create {ref}", "POST", object_path(want, named=False), want):
+                    log.info("waypoint %s: created %s", gws.gateway_ref(gw), ref)
+                else:
+                    ok = False
+            elif status < 300 and existing is not None:
+                if not is_managed(existing):
+                    msg = f"{ref} exists and was not created by ambit; the waypoint does not take it over"
+                    if msg not in self.errors:
+                        log.warning("waypoint %s: %s", gws.gateway_ref(gw), msg)
+                    self.errors.append(msg)
+                    ok = False
+                elif needs_update(existing, want):
+                    if self._write(f"update {ref}", "PUT", object_path(want), apply_update(existing, want)):
+                        log.info("waypoint %s: updated %s", gws.gateway_ref(gw), ref)
+                    else:
+                        ok = False
+            else:
+                self.errors.append(f"get {ref}: HTTP {status}")
+                ok = False
+        return ok
+
+    def _gateway_status(self, gw: Obj, objects: list[Obj]) -> None:
+        want = gws.desired_status(gw, gws.find_service(gw, objects))
+        old = gw.get("status") or {}
+        if not gws.status_differs(old, want):
+            return
+        body = {"status": gws.with_times(old, want)}
+        self._write(f"status of Gateway {gws.gateway_ref(gw)}", "PATCH", object_path(gw, "status"), body,
+                    "application/merge-patch+json")
+
+    def _policy_status(self, objects: list[Obj], translation: Any) -> None:
+        found = advisories(objects, self.cluster_domain, translation, self.root_namespace)
+        for p in objects:
+            if p.get("kind") != "AuthorizationPolicy":
+                continue
+            want = policy_conditions(p, found)
+            mine = {c["type"] for c in want}
+            old = list((p.get("status") or {}).get("conditions") or [])
+            merged = [c for c in gws.merge_conditions(old, want) if c.get("type") not in POLICY_CONDITIONS
+                      or c["type"] in mine]          # a condition that no longer applies goes
+            if _untimed(merged) == _untimed(old):
+                continue
+            md = p.get("metadata") or {}
+            self._write(f"status of AuthorizationPolicy {md.get('namespace')}/{md.get('name')}", "PATCH",
+                        object_path(p, "status"), {"status": {"conditions": merged}}, "application/merge-patch+json")
+
+
+def _untimed(conds: list[Obj]) -> list[Obj]:
+    return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in conds]

@@ -1,0 +1,183 @@
+"""The objects a waypoint Gateway owns in a cluster: ServiceAccount, Service and Deployment.
+
+Modelled on Istio's gateway deployment controller (pilot/pkg/config/kube/gateway/deploymentcontroller.go
+and its waypoint template), which renders, per Gateway of a class it manages:
+- a ServiceAccount named after the Gateway (the waypoint's SPIFFE identity is
+  `spiffe://<td>/ns/<ns>/sa/<gateway name>`, which ztunnels expect when they dial it);
+- a Service named after the Gateway with the HBONE port 15008 (its VIP becomes the Gateway's
+  `status.addresses`), selecting the Deployment's pods by `gateway.networking.k8s.io/gateway-name`;
+- a Deployment of the waypoint proxy, pods labelled `gateway.networking.k8s.io/gateway-name` and
+  excluded from capture (`ambit.io/dataplane-mode: none`, `istio.io/dataplane-mode: none`): a
+  waypoint terminates HBONE itself; its readiness is the waypoint's own readiness endpoint.
+Every object carries an ownerReference to the Gateway (controller: true, blockOwnerDeletion), so
+deleting the Gateway lets Kubernetes' garbage collector delete them; and the label
+`ambit.io/managed-by: waypoint-controller` (Istio's `gateway.istio.io/managed` plays this part),
+so the controller never overwrites objects it did not create.
+
+Gateway `spec.infrastructure.labels/annotations` are copied onto every rendered object and the pod
+template, as Gateway API specifies. The container's arguments are the waypoint's settings
+(`python -m waypoint --help`); they are rendered here from `WaypointDeploySettings`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from controller.waypoints.gateways import GATEWAY_NAME_LABEL, HBONE_PORT
+
+Obj = dict[str, Any]
+
+MANAGED_BY_LABEL = "ambit.io/managed-by"
+MANAGED_BY = "waypoint-controller"
+OPT_OUT = {"ambit.io/dataplane-mode": "none", "istio.io/dataplane-mode": "none"}
+READY_PORT = 15021            # Istio's status port: /healthz/ready
+METRICS_PORT = 15020
+TOKEN_DIR = "/var/run/secrets/ambit"
+CA_AUDIENCE = "ambit-ca"
+
+
+@dataclass(frozen=True)
+class WaypointDeploySettings:
+    """How the controller renders waypoint Deployments (controller flags --waypoint-*)."""
+
+    image: str
+    controller_address: str                  # the config stream and CA, host:port
+    trust_domain: str = "cluster.local"
+    root_namespace: str = "ambit-system"
+    pull_policy: str = "IfNotPresent"
+    log_level: str = "INFO"
+    replicas: int = 1
+
+
+def owner_reference(gw: Obj) -> Obj:
+    md = gw.get("metadata") or {}
+    return {"apiVersion": gw.get("apiVersion", "gateway.networking.k8s.io/v1"), "kind": "Gateway",
+            "name": md.get("name", ""), "uid": md.get("uid", ""), "controller": True, "blockOwnerDeletion": True}
+
+
+def _metadata(gw: Obj, extra_labels: dict[str, str] | None = None) -> Obj:
+    md = gw.get("metadata") or {}
+    infra = (gw.get("spec") or {}).get("infrastructure") or {}
+    labels = {**(infra.get("labels") or {}), GATEWAY_NAME_LABEL: md.get("name", ""),
+              MANAGED_BY_LABEL: MANAGED_BY, **(extra_labels or {})}
+    out: Obj = {"name": md.get("name", ""), "namespace": md.get("namespace") or "default", "labels": labels,
+                "ownerReferences": [owner_reference(gw)]}
+    if infra.get("annotations"):
+        out["annotations"] = dict(infra["annotations"])
+    return out
+
+
+def waypoint_args(gw: Obj, s: WaypointDeploySettings) -> list[str]:
+    md = gw.get("metadata") or {}
+    return ["--name", "$(POD_NAME)", "--node", "$(NODE_NAME)",
+            "--waypoint", f"{md.get('namespace') or 'default'}/{md.get('name', '')}",
+            "--controller", s.controller_address, "--trust-domain", s.trust_domain,
+            "--root-namespace", s.root_namespace, "--node-token-file", f"{TOKEN_DIR}/token",
+            "--admin-address", f"0.0.0.0:{READY_PORT}", "--metrics-address", f"0.0.0.0:{METRICS_PORT}",
+            "--log-level", s.log_level]
+
+
+def service_account(gw: Obj) -> Obj:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(gw)}
+
+
+def service(gw: Obj) -> Obj:
+    name = (gw.get("metadata") or {}).get("name", "")
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(gw),
+            "spec": {"type": "ClusterIP", "selector": {GATEWAY_NAME_LABEL: name},
+                     "ports": [{"name": "mesh", "port": HBONE_PORT, "targetPort": HBONE_PORT,
+                                "protocol": "TCP", "appProtocol": "all"},
+                               {"name": "status-port", "port": READY_PORT, "targetPort": READY_PORT,
+                                "protocol": "TCP"}]}}
+
+
+def deployment(gw: Obj, s: WaypointDeploySettings) -> Obj:
+    md = gw.get("metadata") or {}
+    name = md.get("name", "")
+    infra = (gw.get("spec") or {}).get("infrastructure") or {}
+    pod_labels = {**(infra.get("labels") or {}), GATEWAY_NAME_LABEL: name, **OPT_OUT,
+                  "service.istio.io/canonical-name": name}
+    env = [{"name": k, "valueFrom": {"fieldRef": {"fieldPath": v}}}
+           for k, v in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"),
+                        ("NODE_NAME", "spec.nodeName"), ("INSTANCE_IP", "status.podIP"))]
+    container = {
+        "name": "waypoint", "image": s.image, "imagePullPolicy": s.pull_policy,
+        "command": ["python3", "-m", "waypoint"], "args": waypoint_args(gw, s), "env": env,
+        "ports": [{"name": "mesh", "containerPort": HBONE_PORT, "protocol": "TCP"},
+                  {"name": "status-port", "containerPort": READY_PORT, "protocol": "TCP"},
+                  {"name": "http-metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": READY_PORT},
+                           "periodSeconds": 5, "failureThreshold": 4},
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "runAsNonRoot": True, "runAsUser": 1337, "runAsGroup": 1337,
+                            "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "ca-token", "mountPath": TOKEN_DIR, "readOnly": True}],
+    }
+    template_md: Obj = {"labels": pod_labels, "annotations": {
+        **(infra.get("annotations") or {}), "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(METRICS_PORT), "prometheus.io/path": "/metrics"}}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _metadata(gw),
+            "spec": {"replicas": s.replicas, "selector": {"matchLabels": {GATEWAY_NAME_LABEL: name}},
+                     "template": {"metadata": template_md, "spec": {
+                         "serviceAccountName": name,
+                         "terminationGracePeriodSeconds": 30,
+                         "containers": [container],
+                         "volumes": [{"name": "ca-token", "projected": {"sources": [{"serviceAccountToken": {
+                             "audience": CA_AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}}],
+                     }}}}
+
+
+def render(gw: Obj, s: WaypointDeploySettings) -> list[Obj]:
+    """ServiceAccount, Service, Deployment: the order they must be created in."""
+    return [service_account(gw), service(gw), deployment(gw, s)]
+
+
+def is_managed(obj: Obj) -> bool:
+    """Whether an existing object is one the controller rendered (it never adopts others)."""
+    return ((obj.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
+
+
+def needs_update(existing: Obj, want: Obj) -> bool:
+    """Whether the fields the controller owns differ (the API server adds defaults we ignore)."""
+    emd, wmd = existing.get("metadata") or {}, want.get("metadata") or {}
+    if any((emd.get("labels") or {}).get(k) != v for k, v in (wmd.get("labels") or {}).items()):
+        return True
+    if any((emd.get("annotations") or {}).get(k) != v for k, v in (wmd.get("annotations") or {}).items()):
+        return True
+    if [r.get("uid") for r in emd.get("ownerReferences") or []] != [r.get("uid") for r in wmd["ownerReferences"]]:
+        return True
+    return _differs(existing.get("spec"), want.get("spec"))
+
+
+def _differs(have: Any, want: Any) -> bool:
+    """`want` is not contained in `have` (maps: every key of want; lists: same length, each contained)."""
+    if isinstance(want, dict):
+        return not isinstance(have, dict) or any(_differs(have.get(k), v) for k, v in want.items())
+    if isinstance(want, list):
+        return (not isinstance(have, list) or len(have) != len(want)
+                or any(_differs(h, w) for h, w in zip(have, want, strict=True)))
+    return have != want
+
+
+def apply_update(existing: Obj, want: Obj) -> Obj:
+    """The object to PUT: the existing one (resourceVersion, clusterIP, defaults kept) with our fields."""
+    out = dict(existing)
+    md = dict(existing.get("metadata") or {})
+    wmd = want["metadata"]
+    md["labels"] = {**(md.get("labels") or {}), **wmd["labels"]}
+    if wmd.get("annotations"):
+        md["annotations"] = {**(md.get("annotations") or {}), **wmd["annotations"]}
+    md["ownerReferences"] = wmd["ownerReferences"]
+    out["metadata"] = md
+    if "spec" in want:
+        out["spec"] = _overlay(existing.get("spec"), want["spec"])
+    out.pop("status", None)
+    return out
+
+
+def _overlay(have: Any, want: Any) -> Any:
+    if isinstance(want, dict) and isinstance(have, dict):
+        return {**have, **{k: _overlay(have.get(k), v) for k, v in want.items()}}
+    return want

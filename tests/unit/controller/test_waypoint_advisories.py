@@ -1,0 +1,201 @@
+"""Accepted-but-not-enforced configuration is said out loud (controller.waypoints.advisories),
+as AuthorizationPolicy status conditions and as `ambit apply` warnings."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import yaml
+
+from ambitctl.commands import config
+from controller.waypoints.advisories import (
+    NOT_ENFORCED,
+    WAYPOINT_ACCEPTED,
+    ZTUNNEL_ACCEPTED,
+    advisories,
+    policy_conditions,
+)
+
+
+def ns(name: str, **labels: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def svc(name: str, namespace: str = "demo", **labels: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"clusterIP": "10.96.0.10", "selector": {"app": name}, "ports": [{"name": "http", "port": 80}]}}
+
+
+def waypoint(name: str = "waypoint", namespace: str = "demo", **labels: str) -> dict:
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"gatewayClassName": "ambit-waypoint",
+                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}
+
+
+def policy(spec: dict, name: str = "p") -> dict:
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": "demo"}, "spec": spec}
+
+
+L7_RULES = {"rules": [{"to": [{"operation": {"methods": ["GET"], "paths": ["/api/*"]}}]}]}
+
+
+def test_selector_policy_with_http_rules_is_ztunnel_accepted_false() -> None:
+    p = policy({"selector": {"matchLabels": {"app": "web"}}, **L7_RULES})
+    found = advisories([ns("demo"), p])
+    assert [(a.path, a.condition) for a in found] == [
+        ("spec.rules[0].to[0].operation.methods", ZTUNNEL_ACCEPTED),
+        ("spec.rules[0].to[0].operation.paths", ZTUNNEL_ACCEPTED)]
+    assert "fails closed (in an ALLOW policy these rules allow nothing)" in found[0].reason
+    [cond] = policy_conditions(p, found)
+    assert (cond["type"], cond["status"], cond["reason"]) == ("ZtunnelAccepted", "False", "UnsupportedValue")
+    assert "operation.methods" in cond["message"] and "targetRefs" in cond["message"]
+
+
+def test_l4_only_selector_policy_has_no_condition() -> None:
+    p = policy({"selector": {"matchLabels": {"app": "web"}},
+                "rules": [{"from": [{"source": {"namespaces": ["demo"]}}], "to": [{"operation": {"ports": ["80"]}}]}]})
+    assert advisories([p]) == [] and policy_conditions(p, []) == []
+
+
+def test_targetref_policy_needs_a_waypoint_serving_its_service() -> None:
+    p = policy({"targetRefs": [{"kind": "Service", "group": "", "name": "web"}], **L7_RULES})
+    # no waypoint at all
+    [a] = advisories([ns("demo"), svc("web"), p])
+    assert (a.condition, a.cause, a.path) == (WAYPOINT_ACCEPTED, "AncestorNotBound", "spec.targetRefs[0]")
+    assert "uses no waypoint" in a.reason and "ambit waypoint apply -n demo" in a.reason
+    assert policy_conditions(p, [a])[0]["status"] == "False"
+    # the namespace uses a waypoint that does not exist yet
+    [a] = advisories([ns("demo", **{"ambit.io/use-waypoint": "waypoint"}), svc("web"), p])
+    assert "does not exist" in a.reason
+    # a waypoint for workloads only does not enforce Service policy
+    [a] = advisories([ns("demo", **{"ambit.io/use-waypoint": "waypoint"}), svc("web"), p,
+                      waypoint(**{"istio.io/waypoint-for": "workload"})])
+    assert "workload traffic" in a.reason
+    # served: accepted
+    objs = [ns("demo", **{"ambit.io/use-waypoint": "waypoint"}), svc("web"), p, waypoint()]
+    assert advisories(objs) == []
+    [cond] = policy_conditions(p, [])
+    assert (cond["type"], cond["status"]) == ("WaypointAccepted", "True")
+
+
+def test_targetref_to_missing_gateway_or_service_is_target_not_found() -> None:
+    p = policy({"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "wp"},
+                               {"kind": "Service", "group": "", "name": "nope"}], **L7_RULES})
+    found = advisories([p])
+    assert [(a.path, a.cause) for a in found] == [("spec.targetRefs[0]", "TargetNotFound"),
+                                                  ("spec.targetRefs[1]", "TargetNotFound")]
+    assert advisories([p, waypoint("wp"), svc("nope")])[0].path == "spec.targetRefs[1]"  # a Service without waypoint
+
+
+def test_routes_for_a_host_without_waypoint_warn() -> None:
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "r", "namespace": "demo"},
+          "spec": {"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web"}}]}]}}
+    [a] = advisories([ns("demo"), svc("web"), vs])
+    assert a.ref == "VirtualService/demo/r" and a.condition == NOT_ENFORCED
+    assert ("accepted, but not enforced until a waypoint serves web.demo.svc.cluster.local: apply a waypoint with "
+            "`ambit waypoint apply -n demo") in a.reason
+    assert advisories([ns("demo", **{"istio.io/use-waypoint": "waypoint"}), svc("web"), vs, waypoint()]) == []
+    hr = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "h", "namespace": "demo"},
+          "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                   "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}
+    [a] = advisories([ns("demo"), svc("web"), hr])
+    assert a.ref == "HTTPRoute/demo/h" and "not enforced until a waypoint serves web.demo.svc.cluster.local" in a.reason
+
+
+def test_issue_12_fields_are_accepted_not_yet_enforced() -> None:
+    served = [ns("demo", **{"ambit.io/use-waypoint": "waypoint"}), svc("web"), waypoint()]
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "r", "namespace": "demo"},
+          "spec": {"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web"}}], "timeout": "1s",
+                                               "retries": {"attempts": 3}, "fault": {"abort": {"httpStatus": 500}},
+                                               "mirror": {"host": "web"}}]}}
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "d", "namespace": "demo"},
+          "spec": {"host": "web", "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST"},
+                                                    "connectionPool": {"tcp": {"maxConnections": 1}},
+                                                    "outlierDetection": {"consecutive5xxErrors": 1}},
+                   "subsets": [{"name": "v1", "labels": {"v": "1"},
+                                "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}}]}}
+    hr = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "h", "namespace": "demo"},
+          "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                   "rules": [{"backendRefs": [{"name": "web", "port": 80}], "timeouts": {"request": "1s"},
+                              "retry": {"attempts": 2}}]}}
+    found = {(a.ref, a.path) for a in advisories([*served, vs, dr, hr])}
+    assert found == {
+        ("VirtualService/demo/r", "spec.http[0].timeout"), ("VirtualService/demo/r", "spec.http[0].retries"),
+        ("VirtualService/demo/r", "spec.http[0].fault"), ("VirtualService/demo/r", "spec.http[0].mirror"),
+        ("DestinationRule/demo/d", "spec.trafficPolicy.loadBalancer"),
+        ("DestinationRule/demo/d", "spec.trafficPolicy.connectionPool"),
+        ("DestinationRule/demo/d", "spec.trafficPolicy.outlierDetection"),
+        ("DestinationRule/demo/d", "spec.subsets[0].trafficPolicy.loadBalancer"),
+        ("HTTPRoute/demo/h", "spec.rules[0].timeouts"), ("HTTPRoute/demo/h", "spec.rules[0].retry")}
+    assert all("accepted, but not enforced yet" in a.reason for a in advisories([*served, vs]))
+
+
+def run(*argv: str, stdin: str = "") -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser(prog="ambit")
+    config.register(parser.add_subparsers())
+    args = parser.parse_args(list(argv))
+    out, err = io.StringIO(), io.StringIO()
+    args.stdout, args.stderr, args.stdin = out, err, io.StringIO(stdin)
+    return args.func(args), out.getvalue(), err.getvalue()
+
+
+def test_ambit_apply_warns_naming_policy_field_and_reason(lab_dir: Path) -> None:
+    p = policy({"selector": {"matchLabels": {"app": "web"}}, **L7_RULES}, name="get-only")
+    rc, out, err = run("apply", "-f", "-", stdin=yaml.safe_dump_all([ns("demo"), svc("web"), p]))
+    assert rc == 0 and "authorizationpolicy.security.istio.io/get-only created" in out
+    assert ("Warning: AuthorizationPolicy/demo/get-only: spec.rules[0].to[0].operation.methods: ztunnel cannot "
+            "enforce HTTP attributes and fails closed") in err
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "r", "namespace": "demo"},
+          "spec": {"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web"}}]}]}}
+    rc, out, err = run("apply", "-f", "-", stdin=yaml.safe_dump(vs))
+    assert rc == 0 and "Warning: VirtualService/demo/r: no waypoint serves this host: accepted, but not enforced " \
+                       "until a waypoint serves web.demo.svc.cluster.local" in err
+    # once a waypoint serves the namespace, the same route applies silently
+    rc, _, err = run("apply", "-f", "-", stdin=yaml.safe_dump_all([ns("demo", **{"ambit.io/use-waypoint": "waypoint"}),
+                                                                  waypoint()]))
+    rc, _, err = run("apply", "-f", "-", stdin=yaml.safe_dump(vs))
+    assert rc == 0 and err == ""
+
+
+def test_waypoint_policy_attributes_the_waypoint_cannot_evaluate_are_named() -> None:
+    p = policy({"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}],
+                "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}],
+                           "when": [{"key": "request.auth.claims[iss]", "values": ["x"]},
+                                    {"key": "request.headers[x-user]", "values": ["a"]}]}]})
+    found = advisories([p, waypoint()])
+    assert [(a.path, a.condition) for a in found] == [
+        ("spec.rules[0].from[0].source.requestPrincipals", NOT_ENFORCED),
+        ("spec.rules[0].when[0].key", NOT_ENFORCED)]
+    assert "an ALLOW rule that needs it never matches" in found[0].reason
+    assert policy_conditions(p, found)[0]["status"] == "True"      # bound to a waypoint all the same
+
+
+def test_unsupported_targets_are_target_not_found() -> None:
+    p = policy({"targetRefs": [{"kind": "ServiceEntry", "group": "networking.istio.io", "name": "ext"},
+                               {"kind": "GatewayClass", "group": "gateway.networking.k8s.io",
+                                "name": "istio-waypoint"}], **L7_RULES})
+    found = advisories([p])
+    assert [(a.path, a.cause) for a in found] == [("spec.targetRefs[0]", "TargetNotFound"),
+                                                  ("spec.targetRefs[1]", "TargetNotFound")]
+    assert "root namespace" in found[1].reason
+
+
+def test_unserved_host_messages_say_what_would_make_the_route_apply() -> None:
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "r", "namespace": "demo"},
+          "spec": {"hosts": ["web", "api.example.com"], "http": [{"route": [{"destination": {"host": "web"}}]}]}}
+    reasons = [a.reason for a in advisories([ns("demo"), svc("web"), vs])]
+    assert len(reasons) == 2
+    assert any(r.startswith("no Service named api.example.com is known to the mesh") for r in reasons)
+    assert any(r.startswith("no waypoint serves this host") and "web.demo.svc.cluster.local" in r for r in reasons)
+    # a waypoint exists in the namespace but nothing uses it: say which label to set
+    found = advisories([ns("demo"), svc("web"), vs, waypoint("wp")])
+    assert any("web.demo.svc.cluster.local: label the Service or namespace ambit.io/use-waypoint=wp" in a.reason
+               for a in found)
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "d", "namespace": "demo"},
+          "spec": {"host": "web", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}}
+    [a] = [a for a in advisories([dr]) if a.path]
+    assert "HBONE mutual TLS" in a.reason and "issue 12" not in a.reason

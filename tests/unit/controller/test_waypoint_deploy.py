@@ -1,0 +1,246 @@
+"""Waypoints in a cluster: the controller's KubeSource + KubeWaypointReconciler against the API-server
+emulator, through the official kubernetes client (no mocks): a waypoint Gateway gets its
+ServiceAccount, Service and Deployment (owned by it), its status (Accepted, Programmed, address);
+an update re-renders; deleting the Gateway garbage-collects them; other classes are not claimed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from controller.sources.kube import KubeSource, make_api_client
+from controller.waypoints.reconcile import KubeWaypointReconciler
+from controller.waypoints.render import WaypointDeploySettings
+from tests.support.kube_emulator import KubeEmulator
+from tests.support.wait import wait_for
+
+GW_V1 = "gateway.networking.k8s.io/v1"
+
+
+def gateway(name: str = "waypoint", cls: str = "ambit-waypoint", **labels: str) -> dict[str, Any]:
+    return {"apiVersion": GW_V1, "kind": "Gateway", "metadata": {"name": name, "namespace": "demo", "labels": labels},
+            "spec": {"gatewayClassName": cls, "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[KubeEmulator, KubeWaypointReconciler]]:
+    emu = KubeEmulator().start()
+    api = make_api_client(emu.url)
+    rec = KubeWaypointReconciler(api, WaypointDeploySettings(image="ambit:test", controller_address="ctl:15012"))
+    source = KubeSource(make_api_client(emu.url), debounce=0.01)
+    stop = threading.Event()
+    t = threading.Thread(target=source.run, args=(rec.reconcile, stop), daemon=True)
+    t.start()
+    try:
+        yield emu, rec
+    finally:
+        stop.set()
+        t.join(timeout=10)
+        emu.stop()
+
+
+def test_waypoint_gateway_owns_deployment_service_and_sa(cluster: tuple[KubeEmulator, KubeWaypointReconciler]) -> None:
+    emu, rec = cluster
+    emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}})
+    gw = emu.create(gateway())
+    uid = gw["metadata"]["uid"]
+
+    dep = wait_for(lambda: emu.get("apps/v1", "Deployment", "waypoint", "demo"), timeout=10, what="deployment")
+    svc = wait_for(lambda: emu.get("v1", "Service", "waypoint", "demo"), timeout=10, what="service")
+    sa = wait_for(lambda: emu.get("v1", "ServiceAccount", "waypoint", "demo"), timeout=10, what="service account")
+    for o in (dep, svc, sa):
+        [ref] = o["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == ("Gateway", "waypoint", uid, True)
+        assert o["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] == "waypoint"
+    pod = dep["spec"]["template"]
+    assert pod["spec"]["serviceAccountName"] == "waypoint"
+    assert pod["metadata"]["labels"]["ambit.io/dataplane-mode"] == "none"
+    assert pod["metadata"]["labels"]["istio.io/dataplane-mode"] == "none"
+    assert pod["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] == "waypoint"
+    [c] = pod["spec"]["containers"]
+    assert c["image"] == "ambit:test" and c["command"] == ["python3", "-m", "waypoint"]
+    assert c["args"][c["args"].index("--waypoint") + 1] == "demo/waypoint"
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
+    assert {"name": "mesh", "port": 15008, "targetPort": 15008, "protocol": "TCP", "appProtocol": "all"} \
+        in svc["spec"]["ports"]
+    assert svc["spec"]["selector"] == {"gateway.networking.k8s.io/gateway-name": "waypoint"}
+
+    # status: Accepted, Programmed, and the Service's VIP as the address
+    def programmed() -> dict[str, Any] | None:
+        st = (emu.get(GW_V1, "Gateway", "waypoint", "demo") or {}).get("status") or {}
+        conds = {c["type"]: c for c in st.get("conditions") or []}
+        return st if conds.get("Programmed", {}).get("status") == "True" else None
+    st = wait_for(programmed, timeout=10, what="Programmed")
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert (conds["Accepted"]["status"], conds["Accepted"]["reason"]) == ("True", "Accepted")
+    assert conds["Programmed"]["reason"] == "Programmed" and conds["Programmed"]["lastTransitionTime"]
+    assert st["addresses"] == [{"type": "IPAddress", "value": svc["spec"]["clusterIP"]}]
+    assert [lst["name"] for lst in st["listeners"]] == ["mesh"]
+
+    # update: infrastructure labels reach the rendered objects
+    gw = emu.get(GW_V1, "Gateway", "waypoint", "demo")
+    gw["spec"]["infrastructure"] = {"labels": {"team": "payments"}}
+    emu.update(gw)
+    wait_for(lambda: (emu.get("apps/v1", "Deployment", "waypoint", "demo") or {}).get("spec", {}).get("template", {})
+             .get("metadata", {}).get("labels", {}).get("team") == "payments", timeout=10, what="re-rendered")
+    assert emu.get("v1", "Service", "waypoint", "demo")["spec"]["clusterIP"] == svc["spec"]["clusterIP"]  # kept
+    # steady state: once everything is as wanted, the controller writes nothing more
+    threading.Event().wait(0.5)
+    quiet_rv = emu.resource_version
+    threading.Event().wait(0.5)
+    assert emu.resource_version == quiet_rv
+
+    # delete: the garbage collector removes everything the Gateway owned
+    emu.delete(GW_V1, "Gateway", "waypoint", "demo")
+    for kind, av in (("Deployment", "apps/v1"), ("Service", "v1"), ("ServiceAccount", "v1")):
+        assert emu.get(av, kind, "waypoint", "demo") is None
+    threading.Event().wait(0.3)       # and the controller does not recreate them
+    assert emu.get("apps/v1", "Deployment", "waypoint", "demo") is None
+    assert rec.errors == []
+    assert_allowed_by_install(emu.requests)
+
+
+def assert_allowed_by_install(requests: list[tuple[str, str, dict[str, str]]]) -> None:
+    """Every request the controller made is allowed by the ClusterRole `ambit install` renders."""
+    from ambitctl.commands import install
+    rules = install.controller_rules()
+    verbs = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch"}
+    seen = set()
+    for method, path, query in requests:
+        parts = [p for p in path.split("/") if p]
+        group = "" if parts[0] == "api" else parts[1]
+        rest = parts[2:] if parts[0] == "api" else parts[3:]
+        if rest[:1] == ["namespaces"] and len(rest) >= 3:
+            rest = rest[2:]
+        resource = rest[0] + (f"/{rest[2]}" if len(rest) >= 3 else "")
+        verb = verbs[method] if len(rest) >= 2 or method != "GET" else ("watch" if query.get("watch") else "list")
+        seen.add((group, resource, verb))
+    assert ("apps", "deployments", "create") in seen and ("gateway.networking.k8s.io", "gateways/status", "patch") in seen
+    for group, resource, verb in seen:
+        assert any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules), \
+            f"ambit install does not allow {verb} {resource}.{group}"
+
+
+def test_other_gateway_classes_are_not_claimed(cluster: tuple[KubeEmulator, KubeWaypointReconciler]) -> None:
+    emu, _ = cluster
+    emu.create(gateway("ingress", cls="istio"))
+    emu.create(gateway("wp", cls="istio-waypoint", **{"istio.io/waypoint-for": "all"}))
+    wait_for(lambda: emu.get("apps/v1", "Deployment", "wp", "demo"), timeout=10, what="istio-waypoint deployed")
+    threading.Event().wait(0.3)
+    assert emu.get("apps/v1", "Deployment", "ingress", "demo") is None
+    assert "status" not in emu.get(GW_V1, "Gateway", "ingress", "demo")
+
+
+def test_an_object_the_controller_did_not_create_is_not_taken_over(
+        cluster: tuple[KubeEmulator, KubeWaypointReconciler]) -> None:
+    emu, rec = cluster
+    emu.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "waypoint", "namespace": "demo"}})
+    emu.create(gateway())
+    wait_for(lambda: emu.get("apps/v1", "Deployment", "waypoint", "demo"), timeout=10, what="deployment")
+    assert "ownerReferences" not in emu.get("v1", "ServiceAccount", "waypoint", "demo")["metadata"]
+    wait_for(lambda: any("was not created by ambit" in e for e in rec.errors), timeout=5, what="reported")
+
+
+def test_policy_with_http_rules_and_no_waypoint_gets_a_condition(
+        cluster: tuple[KubeEmulator, KubeWaypointReconciler]) -> None:
+    emu, _ = cluster
+    emu.create({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": "get-only", "namespace": "demo"},
+                "spec": {"selector": {"matchLabels": {"app": "web"}},
+                         "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}})
+
+    def cond() -> dict[str, Any] | None:
+        st = (emu.get("security.istio.io/v1", "AuthorizationPolicy", "get-only", "demo") or {}).get("status") or {}
+        return next((c for c in st.get("conditions") or [] if c["type"] == "ZtunnelAccepted"), None)
+    c = wait_for(cond, timeout=10, what="ZtunnelAccepted")
+    assert (c["status"], c["reason"]) == ("False", "UnsupportedValue")
+    assert "spec.rules[0].to[0].operation.methods" in c["message"]
+
+
+def test_ambit_waypoint_cli_against_the_cluster(cluster: tuple[KubeEmulator, KubeWaypointReconciler]) -> None:
+    """`ambit waypoint --kube-host`: apply (with --enroll-namespace and --wait, which the running
+    controller satisfies), list, status, delete (the garbage collector takes the Deployment)."""
+    import argparse
+    import io
+
+    from ambitctl.commands import waypoint as cli
+
+    emu, _ = cluster
+    emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo", "labels": {"team": "a"}}})
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        parser = argparse.ArgumentParser(prog="ambit")
+        cli.register(parser.add_subparsers())
+        args = parser.parse_args(["waypoint", *argv, "--kube-host", emu.url])
+        out, err = io.StringIO(), io.StringIO()
+        args.stdout, args.stderr = out, err
+        return args.func(args), out.getvalue(), err.getvalue()
+
+    rc, out, err = run("apply", "-n", "demo", "--enroll-namespace", "--wait", "--timeout", "15")
+    assert rc == 0, err
+    assert out.splitlines()[:2] == ["waypoint demo/waypoint applied",
+                                    'namespace demo labeled with "ambit.io/use-waypoint: waypoint"']
+    assert out.splitlines()[2].startswith("waypoint demo/waypoint programmed (10.96.")
+    assert emu.get("v1", "Namespace", "demo", "")["metadata"]["labels"] == {"team": "a",
+                                                                          "ambit.io/use-waypoint": "waypoint"}
+    assert emu.get("apps/v1", "Deployment", "waypoint", "demo") is not None
+    rc, out, _ = run("list", "-A")
+    assert out.splitlines()[1].split()[:5] == ["demo", "waypoint", "ambit-waypoint", "service", "True"]
+    rc, out, _ = run("status", "-n", "demo")
+    assert rc == 0 and "Programmed" in out
+    rc, out, _ = run("apply", "-n", "demo", "--for", "all")          # an update keeps the object
+    assert rc == 0 and emu.get(GW_V1, "Gateway", "waypoint", "demo")["metadata"]["labels"] == {
+        "ambit.io/waypoint-for": "all"}
+    rc, out, _ = run("delete", "-n", "demo")
+    assert (rc, out) == (0, "waypoint demo/waypoint deleted\n")
+    assert emu.get("apps/v1", "Deployment", "waypoint", "demo") is None
+
+
+def test_settled_waypoints_cost_no_api_calls_until_resync() -> None:
+    with KubeEmulator() as emu:
+        now = [0.0]
+        rec = KubeWaypointReconciler(make_api_client(emu.url), WaypointDeploySettings(image="i", controller_address="c"),
+                                     write_status=False, resync=60.0, clock=lambda: now[0])
+        gw = emu.create(gateway())
+        rec.reconcile([gw])
+        assert emu.get("apps/v1", "Deployment", "waypoint", "demo") is not None
+        calls = len(emu.requests)
+        rec.reconcile([gw])                               # another snapshot, same Gateway: nothing to ask
+        assert len(emu.requests) == calls
+        emu.delete("apps/v1", "Deployment", "waypoint", "demo")
+        now[0] = 61.0                                     # the resync repairs drift
+        rec.reconcile([gw])
+        assert emu.get("apps/v1", "Deployment", "waypoint", "demo") is not None
+
+
+def test_an_invalid_waypoint_gateway_is_not_accepted() -> None:
+    with KubeEmulator() as emu:
+        rec = KubeWaypointReconciler(make_api_client(emu.url), None)
+        source = KubeSource(make_api_client(emu.url), debounce=0.01, write_status=True)
+        stop = threading.Event()
+        t = threading.Thread(target=source.run, args=(rec.reconcile, stop), daemon=True)
+        t.start()
+        try:
+            bad = gateway("bad")
+            bad["spec"]["listeners"][0]["protocol"] = "TCP"
+            emu.create(bad)
+            emu.create(gateway("good"))
+
+            def conds(name: str) -> dict[str, Any]:
+                st = (emu.get(GW_V1, "Gateway", name, "demo") or {}).get("status") or {}
+                return {c["type"]: c for c in st.get("conditions") or []}
+            wait_for(lambda: "Accepted" in conds("bad") and "Accepted" in conds("good"), timeout=10, what="status")
+            c = conds("bad")
+            assert (c["Accepted"]["status"], c["Accepted"]["reason"]) == ("False", "Invalid")
+            assert "protocol HBONE or HTTP" in c["Accepted"]["message"]
+            assert (c["Programmed"]["status"], c["Programmed"]["reason"]) == ("False", "Invalid")
+            g = conds("good")       # written by the reconciler alone: no deployment configured, no Service yet
+            assert (g["Accepted"]["status"], g["Programmed"]["reason"]) == ("True", "AddressNotAssigned")
+            threading.Event().wait(0.3)
+            assert conds("good")["Accepted"]["message"].startswith("accepted by ambit as a waypoint")
+        finally:
+            stop.set()
+            t.join(timeout=10)
