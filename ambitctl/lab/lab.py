@@ -18,7 +18,7 @@ from typing import Any
 
 from ambit import cgroups
 from ambit.labstore import LabStore
-from ambitctl.lab import components, paths, state, topology
+from ambitctl.lab import components, paths, state, topology, waypoints
 from ambitctl.lab import spec as specmod
 from ambitctl.lab.spec import LabSpec
 from ambitctl.lab.topology import LabNames
@@ -216,6 +216,7 @@ def status(base: Path | None = None) -> dict[str, Any]:
                    "podCIDR": n["pod_cidr"], "gatewayIP": n["gateway_ip"]} for n in spec["nodes"]],
         "namespaces": [{"name": k, "labels": v} for k, v in sorted(ns_labels.items())],
         "pods": pods,
+        "waypoints": waypoints.status(base, st),
         "services": [{"namespace": s["namespace"], "name": s["name"], "vip": s["vip"],
                       "ports": [p["port"] for p in s["ports"]]} for s in spec["services"]],
         "processes": {k: v for k, v in sorted(rt.items())},
@@ -232,6 +233,7 @@ def exec_in_pod(target: str, argv: list[str], base: Path | None = None) -> None:
     if not name:
         raise LabError(f"pod must be NAMESPACE/NAME, got {target!r}")
     pod = next((p for p in st.spec["pods"] if p["namespace"] == ns and p["name"] == name), None)
+    pod = pod or next(({"node": w["node"]} for w in st.waypoints if w["namespace"] == ns and w["pod"] == name), None)
     if pod is None:
         raise LabError(f"no pod {target} in the lab (have: "
                        f"{', '.join(p['namespace'] + '/' + p['name'] for p in st.spec['pods'])})")
