@@ -208,14 +208,20 @@ class WaypointProxy:
             return HBONETransport(st)
         return connect
 
-    async def opaque(self, down: Downstream) -> Attachable | None:
-        """L4 forwarding for a non-HTTP tunnel, after L4 policy (see the module docstring)."""
+    def admit_opaque(self, down: Downstream) -> str:
+        """L4 policy for a non-HTTP tunnel: "" when allowed, else why not (see the module docstring)."""
         v = self.config.view
         head = RequestHead(method="", path="", authority=f"{down.destination_ip}:{down.destination_port}")
         reply, verdict = authorize(v.policies, head, down, v.trust_domains)
-        if reply is not None:
+        return verdict.reason if reply is not None else ""
+
+    async def opaque(self, down: Downstream) -> Attachable | None:
+        """L4 forwarding for a non-HTTP tunnel, after L4 policy (see the module docstring)."""
+        v = self.config.view
+        why = self.admit_opaque(down)
+        if why:
             log.info("opaque tunnel from %s (%s) to %s:%s denied: %s", down.source_ip, down.source_identity,
-                     down.destination_ip, down.destination_port, verdict.reason)
+                     down.destination_ip, down.destination_port, why)
             return None
         if down.service:
             svc = v.services.get(down.service)

@@ -140,6 +140,7 @@ def test_requests_go_through_the_waypoint_with_the_source_preserved(wlab: Lab) -
                 if "hwp-path-1" in x and "ambit.waypoint.access" in x)
     assert line["src.identity"] == "spiffe://cluster.local/ns/default/sa/frontend"
     assert line["dst.service"] == "default/myapp" and line["status"] == 200
+    assert "hwp-path-1" in wlab.log("waypoint") and "hwp-path-1" in wlab.log("waypoint/default/waypoint")
 
 
 # --- seed examples --------------------------------------------------------------------------------
@@ -320,3 +321,20 @@ def test_deleting_the_gateway_stops_the_waypoint_and_leaves_nothing(wlab: Lab) -
     # with the namespace still bound to a waypoint that no longer runs, traffic is refused (fail
     # closed), where it flowed a moment ago
     assert status_of(wlab, "default/frontend", "http://myapp/")[0] == 0
+
+
+def test_lab_down_removes_a_running_waypoint(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "state", name=f"hwq{os.getpid()}")
+    try:
+        lab.up("--spec", str(SPEC))
+        apply(lab, [GATEWAY], tmp_path, "gateway")
+        [w] = lab.wait_for(lambda: [w for w in waypoints(lab) if w["pid"]], timeout=30, what="waypoint running")
+        cg = LabNames(lab.name).pod_cgroup("node2", "default", w["pod"])
+        assert cg.exists()                                          # control: it is there
+    finally:
+        lab.save_logs(_artifacts("waypoint-lab-down"))
+        lab.down()
+    assert not Path(f"/proc/{w['pid']}").exists()
+    assert not [n for n in os.listdir("/var/run/netns") if n.startswith(f"{lab.name}.")]
+    assert not cg.exists() and not Path(f"/etc/netns/{lab.name}.default.{w['pod']}").exists()
+    assert not (tmp_path / "state" / "waypoints").exists()

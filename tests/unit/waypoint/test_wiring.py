@@ -91,3 +91,19 @@ def test_a_denying_policy_answers_403_before_routing() -> None:
     assert isinstance(p.decide(RequestHead("GET", "/", "myapp"), down), Forward)
     d = p.decide(RequestHead("POST", "/", "myapp"), down)
     assert isinstance(d, LocalReply) and d.status == 403 and d.body == b"RBAC: access denied"
+
+
+def test_non_http_tunnels_get_l4_policy_rules_that_need_http_attributes_never_admit_them() -> None:
+    from ambit.model import Match, Rule
+    ref = [{"kind": "Service", "group": "", "name": "myapp"}]
+    by_principal = Authorization(name="frontend", namespace="default", action="ALLOW", scope="waypoint",
+                                 target_refs=ref, http_rules=[Rule(clauses=[[Match(principals=[
+                                     "cluster.local/ns/default/sa/frontend"])]])])
+    by_path = Authorization(name="api", namespace="default", action="ALLOW", scope="waypoint", target_refs=ref,
+                            http_rules=[Rule(clauses=[[Match(paths=["/api/*"])]])])
+    down, _ = proxy(by_principal).downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80")
+    assert proxy(by_principal).admit_opaque(down) == ""
+    other, _ = proxy(by_principal).downstream("spiffe://cluster.local/ns/default/sa/other", "10.0.2.6", "10.96.0.10:80")
+    assert proxy(by_principal).admit_opaque(other) != ""
+    assert proxy(by_path).admit_opaque(down) != ""          # a path rule cannot match a TCP tunnel
+    assert proxy().admit_opaque(down) == ""                 # no policy: allowed
