@@ -12,10 +12,11 @@ address the waypoint does not front (not a Service whose waypoint this is, nor a
 is refused with 403, so the waypoint is no open relay.
 
 Non-HTTP tunnels (the engine's detector says opaque) get L4 forwarding to the original
-destination's endpoint after L4 policy: the waypoint's AuthorizationPolicies evaluated on a
-synthetic request that carries only connection attributes (source identity, namespace, address,
-destination port), with an empty method and path, so a rule that needs an HTTP attribute cannot
-match it: an ALLOW that names methods/paths does not admit TCP traffic, as in Istio.
+destination's endpoint after L4 policy: the waypoint's AuthorizationPolicies in their L4 view
+(waypoint/authz/l4.py: an ALLOW match naming an HTTP attribute never matches, a DENY drops its HTTP
+attributes and applies the rest, as Istio does for TCP) evaluated on a request head with an empty
+method and path, so only connection attributes (source identity, namespace, address, destination
+port) decide.
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ class WaypointProxy:
         """L4 policy for a non-HTTP tunnel: "" when allowed, else why not (see the module docstring)."""
         v = self.config.view
         head = RequestHead(method="", path="", authority=f"{down.destination_ip}:{down.destination_port}")
-        reply, verdict = authorize(v.policies, head, down, v.trust_domains)
+        reply, verdict = authorize(v.l4_policies, head, down, v.trust_domains)
         return verdict.reason if reply is not None else ""
 
     async def opaque(self, down: Downstream) -> Attachable | None:

@@ -16,6 +16,7 @@ from ambit.configclient import ConfigUpdate
 from ambit.model import Authorization, MeshSettings, Resource, Service, WaypointRoutes, Workload
 from ambit.trustdomain import TrustDomains
 from waypoint.authz import PolicySet, Waypoint, policy_set
+from waypoint.authz.l4 import l4_policy_set
 from waypoint.routing import RouteTable, build_table
 
 log = logging.getLogger("ambit.waypoint.config")
@@ -31,6 +32,7 @@ class View:
     by_vip: Mapping[tuple[str, int], Service] = field(default_factory=dict)
     table: RouteTable = field(default_factory=lambda: build_table([]))
     policies: PolicySet = field(default_factory=lambda: policy_set([], Waypoint("", "")))
+    l4_policies: PolicySet = field(default_factory=lambda: policy_set([], Waypoint("", "")))  # opaque tunnels
     trust_domains: TrustDomains | None = None
 
 
@@ -71,7 +73,7 @@ class WaypointConfig:
         mesh = next(iter(state[MeshSettings.TYPE].values()), None)
         tds = TrustDomains.of(cast(MeshSettings, mesh).trust_domain, cast(MeshSettings, mesh).trust_domain_aliases) \
             if mesh is not None else TrustDomains.of(self.trust_domain)
-        return View(workloads, by_ip, services, by_vip, table, pset, tds)
+        return View(workloads, by_ip, services, by_vip, table, pset, l4_policy_set(pset), tds)
 
     def dump(self) -> dict[str, Any]:
         v = self.view

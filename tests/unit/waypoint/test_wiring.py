@@ -107,3 +107,18 @@ def test_non_http_tunnels_get_l4_policy_rules_that_need_http_attributes_never_ad
     assert proxy(by_principal).admit_opaque(other) != ""
     assert proxy(by_path).admit_opaque(down) != ""          # a path rule cannot match a TCP tunnel
     assert proxy().admit_opaque(down) == ""                 # no policy: allowed
+
+
+def test_a_deny_with_http_attributes_denies_the_principals_tcp_tunnels_outright() -> None:
+    from ambit.model import Match, Rule
+    ref = [{"kind": "Service", "group": "", "name": "myapp"}]
+    deny_post = Authorization(name="no-post", namespace="default", action="DENY", scope="waypoint", target_refs=ref,
+                              http_rules=[Rule(clauses=[[Match(methods=["POST"], principals=[
+                                  "cluster.local/ns/default/sa/frontend"])]])])
+    p = proxy(deny_post)
+    down, _ = p.downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80")
+    assert p.admit_opaque(down) != ""
+    other, _ = p.downstream("spiffe://cluster.local/ns/default/sa/other", "10.0.2.6", "10.96.0.10:80")
+    assert p.admit_opaque(other) == ""
+    # HTTP requests still see the full rule: GET from frontend passes
+    assert isinstance(p.decide(RequestHead("GET", "/", "myapp"), down), Forward)
