@@ -311,6 +311,27 @@ def test_both_hops_carry_only_tls(wlab: Lab, tmp_path: Path) -> None:
     assert any(src == wp_ip and dst in mine for src, dst in flows), flows
 
 
+# --- waypoint-for ---------------------------------------------------------------------------------
+
+def test_waypoint_for_all_takes_traffic_addressed_to_pods_too(wlab: Lab) -> None:
+    v1 = wlab.pod("default/myapp-v1")["ip"]
+    assert status_of(wlab, "default/frontend", f"http://{v1}:8080/")[0] == 0     # control: for service only
+    gw = json.loads(json.dumps(GATEWAY))
+    gw["metadata"]["labels"]["ambit.io/waypoint-for"] = "all"
+    apply(wlab, [gw], wlab.tmp, "gateway-all")  # type: ignore[attr-defined]
+    try:
+        wlab.wait_for(lambda: status_of(wlab, "default/frontend", f"http://{v1}:8080/")[0] == 200,
+                      timeout=15, interval=0.5, what="workload traffic through the waypoint")
+        r = wlab.curl("default/frontend", f"http://{v1}:8080/", "-H", "x-request-id: hwp-wl-1")
+        assert r["pod"] == "myapp-v1" and r["peer"].split(":")[0] == wlab.pod("default/frontend")["ip"]
+        line = next(x for x in waypoint_log(wlab).splitlines() if "hwp-wl-1" in x and "ambit.waypoint.access" in x)
+        assert '"route_name": "passthrough"' in line
+    finally:
+        apply(wlab, [GATEWAY], wlab.tmp, "gateway")  # type: ignore[attr-defined]
+        wlab.wait_for(lambda: status_of(wlab, "default/frontend", f"http://{v1}:8080/")[0] == 0,
+                      timeout=15, interval=0.5, what="back to waypoint-for: service")
+
+
 # --- deletion ---------------------------------------------------------------------------------------
 
 def test_deleting_the_gateway_stops_the_waypoint_and_leaves_nothing(wlab: Lab) -> None:
