@@ -37,8 +37,7 @@ def routes(proxy: Any, client: Any) -> dict[str, Handler]:
 
     def route_dump() -> tuple[int, Any]:
         t = config.view.table
-        return 200, {"hosts": {h: [r.route.source if hasattr(r.route, "source") else str(r.route)
-                                   for r in hr.routes] for h, hr in t.hosts.items()},
+        return 200, {"hosts": {h: [r.name for r in hr.routes] for h, hr in t.hosts.items()},
                      "errors": list(t.errors)}
 
     def certs() -> tuple[int, Any]:

@@ -122,3 +122,17 @@ def test_a_deny_with_http_attributes_denies_the_principals_tcp_tunnels_outright(
     assert p.admit_opaque(other) == ""
     # HTTP requests still see the full rule: GET from frontend passes
     assert isinstance(p.decide(RequestHead("GET", "/", "myapp"), down), Forward)
+
+
+def test_admin_endpoint_answers_from_the_config_and_is_not_ready_without_a_certificate() -> None:
+    import json as _json
+
+    from waypoint import admin
+    p = proxy()
+    srv = admin.AdminServer(admin.routes(p, None))
+    r = srv.handle("GET", "/healthz/ready")
+    assert r.status == 503 and _json.loads(r.body)["certificate"] is False
+    dump = _json.loads(srv.handle("GET", "/config_dump").body)
+    assert dump["services"] == ["default/myapp"] and dump["identity"] == "spiffe://cluster.local/ns/default/sa/waypoint"
+    assert srv.handle("GET", "/routes").status == 200 and srv.handle("GET", "/certs").status == 200
+    assert srv.handle("POST", "/config_dump").status == 405 and srv.handle("GET", "/nope").status == 404
