@@ -154,7 +154,7 @@ async def amain(args: ControllerSettings) -> int:
                       "requires them; drop the flag")
             return 2
         # The config stream takes the same node credential as the CA, and scopes by it.
-        server.authenticator = NodeAuthenticator(verifier)
+        server.authenticator = NodeAuthenticator(verifier, controller.waypoint_pods_on_node)
     elif not args.insecure_config_stream:
         log.error("the config stream needs node credentials, which come with the CA (--ca-dir); "
                   "pass --insecure-config-stream to serve it to anyone who can connect")

@@ -26,6 +26,7 @@ from ambit.model import Workload
 from controller.configserver import ConfigServer
 from controller.sources import Snapshot, Source
 from controller.translate import Translation, translate
+from controller.translate.waypoints import gateway_of
 from controller.validation import FieldError
 
 log = logging.getLogger("ambit.controller")
@@ -159,6 +160,19 @@ class Controller:
         with self._lock:
             workloads: list[Workload] = list(self.translation.workloads) if self.translation else []
         return sorted({(w.namespace, w.service_account) for w in workloads if w.node == node})
+
+    def waypoint_pods_on_node(self, node: str) -> set[tuple[str, str, str]]:
+        """(namespace, gateway, pod) of each waypoint pod on `node`: the pods labelled with a
+        waypoint Gateway's name that run as its service account (the config stream's waypoint
+        authorization, controller/configserver/auth.py)."""
+        with self._lock:
+            workloads: list[Workload] = list(self.translation.workloads) if self.translation else []
+        out = set()
+        for w in workloads:
+            gw = gateway_of(w)
+            if w.node == node and gw and w.service_account == gw.split("/", 1)[1]:
+                out.add((w.namespace, gw.split("/", 1)[1], w.name))
+        return out
 
     def run_source(self, stop: threading.Event) -> threading.Thread:
         """Run the source on a thread of its own (it blocks); returns the thread."""

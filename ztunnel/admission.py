@@ -8,8 +8,9 @@ Two doors into a pod, two sets of checks:
   mesh's trust domain or an alias (401); the client address is the TLS peer's, or `Forwarded: for=`
   when the peer is the destination's waypoint (`ztunnel.sourcecheck`; anyone else's header is
   ignored) and, when the config knows the workload at that address, it must be the authenticated
-  identity, or the address is a lie (401); then L4 AuthorizationPolicy with the peer's identity and
-  namespace (403).
+  identity, or the address is a lie (401); a destination **bound to a waypoint** admits only that
+  waypoint's identity (403 "bypassed the waypoint", see `bound_waypoints`); then L4
+  AuthorizationPolicy with the peer's identity and namespace (403).
 - **Plaintext (15006)**: a source address that belongs to a mesh workload is spoofed (401, see
   `ztunnel.sourcecheck`); then PeerAuthentication (STRICT refuses any plaintext, naming the
   PeerAuthentication that made it STRICT), then L4 policy with no identity, so rules that need a
@@ -28,7 +29,7 @@ from ambit.model import Workload
 from ambit.zds import PodInfo
 from ztunnel import authz, sourcecheck
 from ztunnel.meshstate import MeshState
-from ztunnel.routing import parse_addr
+from ztunnel.routing import parse_addr, target_port, waypoint_pods
 
 POLICY_HEADER = "ambit-policy"     # response header naming the policy that refused a CONNECT
 
@@ -80,6 +81,43 @@ def forwarded_for(value: str | None) -> str | None:
     return None
 
 
+def bound_waypoints(config: MeshState, dest: Workload, port: int) -> set[str]:
+    """The waypoints ("ns/name") that traffic to `dest` on `port` must come through.
+
+    The pod's own waypoint (set only when its Gateway serves workloads), and the waypoint of each of
+    its Services (set only when the Gateway serves services) whose ports map to `port` on this
+    pod. A Service port is reached through a VIP, which the source ztunnel routes to the waypoint;
+    so a tunnel to the pod's target port that did not come from the waypoint went around it, by
+    dialling the pod's IP directly. Ports no waypointed Service exposes stay reachable directly
+    (as Istio's waypoint-for: service leaves them)."""
+    out = {dest.waypoint} if dest.waypoint else set()
+    ip = dest.ips[0] if dest.ips else ""
+    for name in dest.services:
+        svc = config.view.services.get(name)
+        if svc is None or not svc.waypoint or svc.waypoint in out:
+            continue
+        eps = [ep for ep in svc.endpoints if ep.ip in dest.ips or ep.ip == ip]
+        for sp in svc.ports:
+            ports = {target_port(sp, ep) for ep in eps} or {sp.target_port or sp.port}
+            if port in ports:
+                out.add(svc.waypoint)
+                break
+    return out
+
+
+def waypoint_check(config: MeshState, dest: Workload, port: int, peer_identity: str) -> str:
+    """Why a tunnel from `peer_identity` bypassed the waypoint `dest` is bound to ("" if it did not)."""
+    bound = bound_waypoints(config, dest, port)
+    if not bound:
+        return ""
+    allowed = {w.identity for wp in sorted(bound) for w in waypoint_pods(config, wp)}
+    if peer_identity in allowed:
+        return ""
+    return (f"bypassed the waypoint: {dest.namespace}/{dest.name} port {port} is bound to waypoint "
+            f"{', '.join(sorted(bound))}, and only its identity may connect ({', '.join(sorted(allowed)) or 'it has no pod'}); "
+            f"peer {peer_identity} did not come through it")
+
+
 def admit_hbone(config: MeshState | None, pod: PodInfo, dest: Workload, peer_identity: str, authority: str,
                 headers: Mapping[str, str], tls_peer_ip: str) -> Admission:
     """Decide a CONNECT that arrived on `pod`'s HBONE listener from an authenticated peer."""
@@ -117,6 +155,9 @@ def admit_hbone(config: MeshState | None, pod: PodInfo, dest: Workload, peer_ide
                          src_ip=src_ip, dst_port=port, src_workload=src_wl)
     if config is None:
         return Admission(True, 200, "no mesh config: no policy", src_ip=src_ip, dst_port=port, src_workload=src_wl)
+    bypass = waypoint_check(config, dest, port, peer_identity)
+    if bypass:
+        return Admission(False, 403, bypass, src_ip=src_ip, dst_port=port, src_workload=src_wl)
     policies = config.policies_for(dest).authorizations
     v = authz.evaluate(policies, dest, authz.ConnInfo(src_ip, peer_identity, pod.ip, port), config.root_namespace,
                        config.trust_domains)

@@ -5,8 +5,15 @@ Given the source workload and the original destination (what the app connected t
 - a **Service VIP** (`vip:port` is a port of a known Service): pick one of its ready endpoints
   (round robin, per Service port and per ztunnel), translate the Service port to the endpoint's
   target port, and continue with that endpoint's address. A Service with no ready endpoint is a
-  `Route.refuse` (the app's connection is closed, as kube-proxy would refuse it). Waypoints are not
-  routed to yet: the decision reports the Service's waypoint so the caller can log it;
+  `Route.refuse` (the app's connection is closed, as kube-proxy would refuse it);
+- a destination that **uses a waypoint** (a Service whose `waypoint` is set, which the controller
+  leaves set only when the Gateway's waypoint-for covers services; or a mesh workload whose
+  `waypoint` is set, i.e. waypoint-for covers workloads): HBONE to one of the waypoint's pods
+  (`<waypoint pod ip>:15008`, round robin), expecting the waypoint's identity, with `:authority`
+  the *original* destination (`VIP:port`, or `pod ip:port`) so the waypoint knows what was asked
+  for. The waypoint's pods never use a waypoint themselves (the controller clears theirs), so
+  there is no loop. A waypoint with no pod refuses the connection: skipping it would skip the L7
+  policy the destination is bound to;
 - a **mesh workload** (an enrolled pod, protocol HBONE): HBONE to `<pod ip>:15008` with
   `:authority <pod ip>:<port>`, expecting the pod's SPIFFE identity as the TLS peer. Never
   plaintext: a mesh destination is reached over mTLS or not at all;
@@ -22,12 +29,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ambit.dataplane.ports import PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND
 from ambit.model import Endpoint, Service, ServicePort, Workload
 from ztunnel.meshstate import MeshState
 
 PASSTHROUGH, HBONE, REFUSE = "passthrough", "hbone", "refuse"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,12 +53,18 @@ class Route:
     workload: Workload | None = None            # the destination workload, when known
     service: Service | None = None              # the Service the VIP belonged to, if any
     identity: str = ""                          # expected peer identity (HBONE)
-    reason: str = ""                            # why (refusals; notes such as an ignored waypoint)
+    reason: str = ""                            # why (refusals; notes)
+    # Through a waypoint: "ns/name" of the waypoint, and the original destination, which is the
+    # `:authority`; `target` (the HBONE peer's address the tunnel is opened to) is then the
+    # waypoint pod, and `workload` the waypoint pod's workload.
+    waypoint: str = ""
+    original: tuple[str, int] | None = None
 
     @property
     def authority(self) -> str:
-        assert self.target is not None
-        return format_addr(*self.target)
+        dst = self.original or self.target
+        assert dst is not None
+        return format_addr(*dst)
 
 
 @dataclass
@@ -58,7 +73,7 @@ class RoundRobin:
 
     _next: dict[str, int] = field(default_factory=dict)
 
-    def pick(self, key: str, candidates: Sequence[Endpoint]) -> Endpoint:
+    def pick(self, key: str, candidates: Sequence[T]) -> T:
         i = self._next.get(key, 0)
         self._next[key] = i + 1
         return candidates[i % len(candidates)]
@@ -94,29 +109,58 @@ def target_port(svc_port: ServicePort, ep: Endpoint) -> int:
     return svc_port.target_port or svc_port.port
 
 
+GATEWAY_NAME_LABELS = ("gateway.networking.k8s.io/gateway-name", "istio.io/gateway-name")
+
+
+def waypoint_pods(config: MeshState, waypoint: str) -> list[Workload]:
+    """The pods of waypoint Gateway `waypoint` ("ns/name"): HBONE workloads in its namespace
+    labelled with its name, in a stable order (round robin over them is then fair)."""
+    ns, _, name = waypoint.partition("/")
+    out = [w for w in config.view.workloads.values()
+           if w.namespace == ns and w.protocol == "HBONE" and w.ips
+           and any(w.labels.get(label) == name for label in GATEWAY_NAME_LABELS)]
+    return sorted(out, key=lambda w: w.uid)
+
+
+def via_waypoint(config: MeshState, waypoint: str, original: tuple[str, int], lb: RoundRobin | None,
+                 service: Service | None, what: str) -> Route:
+    """HBONE to a pod of `waypoint` carrying `original` as the :authority (see the module docstring)."""
+    pods = waypoint_pods(config, waypoint)
+    if not pods:
+        return Route(REFUSE, None, original, service=service, waypoint=waypoint,
+                     reason=f"{what} uses waypoint {waypoint}, which has no pod; refusing rather than bypass it")
+    wp = (lb or RoundRobin()).pick(f"waypoint:{waypoint}", pods)
+    ip = wp.ips[0]
+    return Route(HBONE, (ip, PORT_HBONE), (ip, PORT_HBONE), workload=wp, service=service, identity=wp.identity,
+                 waypoint=waypoint, original=original)
+
+
 def decide(config: MeshState, dst_ip: str, dst_port: int, lb: RoundRobin | None = None) -> Route:
     """Route a connection whose original destination is `dst_ip:dst_port`."""
     service: Service | None = None
-    note = ""
     hit = config.lookup_service(dst_ip, dst_port)
     if hit is not None:
         service, svc_port = hit
+        if service.waypoint:
+            return via_waypoint(config, service.waypoint, (dst_ip, dst_port), lb, service,
+                                f"service {service.resource_name}")
         ready = [ep for ep in service.endpoints if ep.ready]
         if not ready:
             return Route(REFUSE, None, (dst_ip, dst_port), service=service,
                          reason=f"service {service.resource_name} port {dst_port} has no ready endpoint")
         ep = (lb or RoundRobin()).pick(f"{service.resource_name}:{dst_port}", ready)
-        if service.waypoint:
-            note = f"service {service.resource_name} has waypoint {service.waypoint}; waypoints are not routed yet"
         dst_ip, dst_port = ep.ip, target_port(svc_port, ep)
         wl = config.workload(ep.workload_uid) if ep.workload_uid else None
         wl = wl or config.lookup_workload(dst_ip)
     else:
         wl = config.lookup_workload(dst_ip)
+        if wl is not None and wl.protocol == "HBONE" and wl.waypoint:
+            return via_waypoint(config, wl.waypoint, (dst_ip, dst_port), lb, None,
+                                f"workload {wl.namespace}/{wl.name}")
     if wl is not None and wl.protocol == "HBONE":
         return Route(HBONE, (dst_ip, PORT_HBONE), (dst_ip, dst_port), workload=wl, service=service,
-                     identity=wl.identity, reason=note)
-    return Route(PASSTHROUGH, (dst_ip, dst_port), (dst_ip, dst_port), workload=wl, service=service, reason=note)
+                     identity=wl.identity)
+    return Route(PASSTHROUGH, (dst_ip, dst_port), (dst_ip, dst_port), workload=wl, service=service)
 
 
 # The ports ztunnel listens on inside every enrolled pod's netns (outbound, inbound plaintext, HBONE).

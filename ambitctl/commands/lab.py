@@ -100,9 +100,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("\nSERVICES")
     for sv in s["services"]:
         print(f"  {sv['namespace'] + '/' + sv['name']:<22} {sv['vip']:<13} ports {sv['ports']}")
+    print("\nWAYPOINTS")
+    if not s["waypoints"]:
+        print("  (none: apply a Gateway of class ambit-waypoint or istio-waypoint)")
+    for w in s["waypoints"]:
+        print(f"  {w['namespace'] + '/' + w['name']:<22} {w['node']:<7} {w['ip']:<13} VIP {w['vip']:<13} "
+              f"pid {w['pid'] or '-'!s:<8} {'ready' if w['ready'] else 'not ready'}"
+              f"{' (removing)' if w['state'] == 'removing' else ''}")
     print("\nPROCESSES")
     for k, v in s["processes"].items():
-        if not k.startswith("pod/"):
+        if not k.startswith("pod/") and not k.startswith("waypoint/"):
             print(f"  {k:<22} pid {v['pid'] or '-'!s:<8} restarts {v['restarts']}")
     return 0
 

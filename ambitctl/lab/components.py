@@ -158,6 +158,7 @@ def remove_runtime_files(base: Path, nodes: list[str]) -> None:
         shutil.rmtree(base / n, ignore_errors=True)
         agent_status_file(base, n).unlink(missing_ok=True)
     shutil.rmtree(base / "ca", ignore_errors=True)
+    shutil.rmtree(base / "waypoints", ignore_errors=True)     # waypoint admin/metrics sockets
     controller_socket(base).unlink(missing_ok=True)
 
 

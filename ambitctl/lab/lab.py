@@ -18,7 +18,7 @@ from typing import Any
 
 from ambit import cgroups
 from ambit.labstore import LabStore
-from ambitctl.lab import components, paths, state, topology
+from ambitctl.lab import components, paths, state, topology, waypoints
 from ambitctl.lab import spec as specmod
 from ambitctl.lab.spec import LabSpec
 from ambitctl.lab.topology import LabNames
@@ -216,6 +216,7 @@ def status(base: Path | None = None) -> dict[str, Any]:
                    "podCIDR": n["pod_cidr"], "gatewayIP": n["gateway_ip"]} for n in spec["nodes"]],
         "namespaces": [{"name": k, "labels": v} for k, v in sorted(ns_labels.items())],
         "pods": pods,
+        "waypoints": waypoints.status(base, st),
         "services": [{"namespace": s["namespace"], "name": s["name"], "vip": s["vip"],
                       "ports": [p["port"] for p in s["ports"]]} for s in spec["services"]],
         "processes": {k: v for k, v in sorted(rt.items())},
@@ -232,6 +233,7 @@ def exec_in_pod(target: str, argv: list[str], base: Path | None = None) -> None:
     if not name:
         raise LabError(f"pod must be NAMESPACE/NAME, got {target!r}")
     pod = next((p for p in st.spec["pods"] if p["namespace"] == ns and p["name"] == name), None)
+    pod = pod or next(({"node": w["node"]} for w in st.waypoints if w["namespace"] == ns and w["pod"] == name), None)
     if pod is None:
         raise LabError(f"no pod {target} in the lab (have: "
                        f"{', '.join(p['namespace'] + '/' + p['name'] for p in st.spec['pods'])})")
@@ -243,11 +245,19 @@ def exec_in_pod(target: str, argv: list[str], base: Path | None = None) -> None:
 
 def log_file(component: str, node: str | None, base: Path | None = None) -> Path:
     d = paths.log_dir(base)
+    if component == "waypoint" or (component.startswith("waypoint/") and component.count("/") == 2):
+        # one log per waypoint Gateway: waypoint-<ns>-<name>.log (the supervisor's process id)
+        want = component.partition("/")[2].replace("/", "-")
+        cands = sorted(d.glob(f"waypoint-{want or ''}*.log"))
+        if len(cands) == 1:
+            return cands[0]
+        raise LabError(f"{'no' if not cands else 'several'} waypoint logs; name one as waypoint/NS/NAME "
+                       f"({', '.join(c.stem.split('-', 1)[1] for c in cands) or 'none is running'})")
     if "/" in component:
         return d / f"pod-{component.replace('/', '-')}.log"
     if component in ("controller", "supervisor"):
         return d / f"{component}.log"
-    if component in ("agent", "ztunnel", "waypoint"):
+    if component in ("agent", "ztunnel"):
         if node is None:
             st = state.load(base)
             cands = sorted(d.glob(f"{component}-*.log"))
@@ -256,7 +266,7 @@ def log_file(component: str, node: str | None, base: Path | None = None) -> Path
             raise LabError(f"{component} runs on every node; pick one with --node "
                            f"({', '.join(c.stem.split('-', 1)[1] for c in cands)})")
         return d / f"{component}-{node}.log"
-    raise LabError(f"unknown component {component!r}: controller, agent, ztunnel, waypoint, or NS/POD")
+    raise LabError(f"unknown component {component!r}: controller, agent, ztunnel, waypoint[/NS/NAME], or NS/POD")
 
 
 def label_namespace(ns: str, assignments: list[str], base: Path | None = None) -> int:

@@ -42,6 +42,8 @@ class LabState:
     processes: list[ProcSpec] = field(default_factory=list)
     capture: str = "ebpf"
     etc_netns_created: bool = False
+    # Waypoints the lab runs for waypoint Gateways in the store (ambitctl/lab/waypoints.py).
+    waypoints: list[dict[str, Any]] = field(default_factory=list)
 
     def proc(self, pid_id: str) -> ProcSpec:
         for p in self.processes:

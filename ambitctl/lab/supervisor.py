@@ -2,7 +2,9 @@
 
 It plays the part of the kubelet: every process (controller, agent, ztunnel, app pods) is started
 in its cgroup and netns, its output goes to a log file, and when it exits it is restarted with
-backoff. The process list comes from the state file and is re-read when the file changes.
+backoff. The process list comes from the state file and is re-read when the file changes. It
+also plays the waypoint deployment controller: when the store changes, `waypoints.reconcile`
+starts a waypoint pod for each new waypoint Gateway and removes those whose Gateway is gone.
 Run as `python -m ambitctl.lab.supervisor LAB_DIR` (detached by `ambit lab up`).
 """
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ambit.netns import preexec_enter
-from ambitctl.lab import paths, state
+from ambitctl.lab import paths, state, waypoints
 from ambitctl.lab.state import ProcSpec
 
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
@@ -84,8 +86,23 @@ def main(lab_dir: str) -> None:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     state_mtime = None
+    store_mtime: int | None = None
+    pending = False
     last_written = None
     while not stopping:
+        try:
+            sm: int | None = paths.store_path(base).stat().st_mtime_ns
+        except FileNotFoundError:
+            sm = None
+        if sm is not None and (sm != store_mtime or pending):
+            store_mtime = sm
+            try:
+                did, pending = waypoints.reconcile(base)
+            except Exception as e:  # noqa: BLE001 - report, keep supervising, retry on the next change
+                print(f"supervisor: waypoints: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                did, pending = [], False
+            for d in did:
+                print(f"supervisor: {d}", file=sys.stderr, flush=True)
         try:
             m = paths.state_path(base).stat().st_mtime_ns
         except FileNotFoundError:

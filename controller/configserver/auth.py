@@ -9,15 +9,19 @@ and the stream is then scoped by the *authenticated* node:
 1. Credential missing, unknown, or not the named node's: UNAUTHENTICATED (checked before the
    first message is read, so an anonymous caller learns nothing, not even the protocol).
 2. The first message's `node` must be a ztunnel or agent of that same node: a node's credential
-   never buys another node's view (PERMISSION_DENIED, naming both). Waypoints have no credential
-   of their own yet, so they are refused while authentication is on, rather than let in unchecked.
+   never buys another node's view (PERMISSION_DENIED, naming both).
+3. Or a waypoint: `NodeInfo(kind="waypoint", name=<pod>, waypoint="ns/gw")` is accepted when the
+   authenticated node hosts that pod, the pod is labelled `gateway.networking.k8s.io/gateway-name:
+   gw` in namespace ns and runs as service account `gw` (Istio's default for waypoint pods). The
+   node credential speaks for the pods on its node (the CA issues their certificates on the same
+   grounds), so a waypoint pod's view is the node's to ask for, and no other.
 
 `check_claim` is pure; `NodeAuthenticator` is the async edge around a `NodeCredentialVerifier`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 
@@ -26,6 +30,9 @@ from controller.ca.credentials import NodeCredentialVerifier, Unauthenticated
 
 NODE_HEADER = "x-ambit-node"
 NODE_KINDS = ("ztunnel", "agent")        # the kinds a node credential speaks for
+# (namespace, gateway name, pod name) of each waypoint pod on a node (labelled and with the
+# Gateway's service account); the controller answers it from its translation.
+WaypointPods = Callable[[str], "set[tuple[str, str, str]] | frozenset[tuple[str, str, str]]"]
 
 
 class StreamRefused(Exception):
@@ -36,8 +43,17 @@ class StreamRefused(Exception):
         self.code = code
 
 
-def check_claim(authenticated_node: str, node: NodeInfo) -> str:
-    """Why a stream authenticated as `authenticated_node` may not subscribe as `node` ("" if it may)."""
+def check_claim(authenticated_node: str, node: NodeInfo,
+                waypoint_pods: set[tuple[str, str, str]] | frozenset[tuple[str, str, str]] = frozenset()) -> str:
+    """Why a stream authenticated as `authenticated_node` may not subscribe as `node` ("" if it may).
+    `waypoint_pods`: the waypoint pods on that node (see `WaypointPods`)."""
+    if node.kind == "waypoint":
+        ns, _, gw = node.waypoint.partition("/")
+        if (ns, gw, node.name) in waypoint_pods:
+            return ""
+        return (f"node {authenticated_node!r} hosts no pod {ns}/{node.name} of waypoint {node.waypoint} "
+                f"(labelled gateway.networking.k8s.io/gateway-name={gw}, service account {gw}); "
+                "a node credential speaks for the waypoint pods on its own node only")
     if node.kind not in NODE_KINDS:
         return (f"a node credential (node {authenticated_node!r}) cannot subscribe as {node.kind} {node.key}; "
                 f"it speaks for that node's {' and '.join(NODE_KINDS)} only")
@@ -50,8 +66,9 @@ def check_claim(authenticated_node: str, node: NodeInfo) -> str:
 class NodeAuthenticator:
     """Authenticate a config stream's metadata with the CA's node credential verifier."""
 
-    def __init__(self, verifier: NodeCredentialVerifier) -> None:
+    def __init__(self, verifier: NodeCredentialVerifier, waypoint_pods: WaypointPods | None = None) -> None:
         self.verifier = verifier
+        self.waypoint_pods = waypoint_pods
 
     async def authenticate(self, metadata: Mapping[str, str]) -> str:
         """The authenticated node name, or StreamRefused(UNAUTHENTICATED) saying what is wrong."""
@@ -68,9 +85,12 @@ class NodeAuthenticator:
 
     def authorize(self, authenticated_node: str, node: NodeInfo) -> NodeInfo:
         """The NodeInfo to scope by (the authenticated one), or StreamRefused(PERMISSION_DENIED)."""
-        why = check_claim(authenticated_node, node)
+        pods = self.waypoint_pods(authenticated_node) if node.kind == "waypoint" and self.waypoint_pods else frozenset()
+        why = check_claim(authenticated_node, node, pods)
         if why:
             raise StreamRefused(grpc.StatusCode.PERMISSION_DENIED, why)
+        if node.kind == "waypoint":
+            return node
         return NodeInfo(node.kind, authenticated_node, node.waypoint, node.instance_id)
 
 

@@ -82,6 +82,9 @@ def _waypoint_scope(waypoint: str, type_url: str, resources: list[Resource], sna
                          if cast(Workload, w).waypoint == waypoint or cast(Workload, w).uid in backing]
     if type_url == Workload.TYPE:
         return list(fronted_workloads)
-    namespaces = {s.namespace for s in services} | {w.namespace for w in fronted_workloads}
+    # Policies bound to the waypoint Gateway live in its namespace; GatewayClass-bound ones in the
+    # root namespace (the waypoint decides whether its class is the one named).
+    namespaces = {s.namespace for s in services} | {w.namespace for w in fronted_workloads} | {waypoint.split("/")[0]}
     return [a for a in resources
-            if cast(Authorization, a).scope == "global" or cast(Authorization, a).namespace in namespaces]
+            if cast(Authorization, a).scope == "global" or cast(Authorization, a).namespace in namespaces
+            or any(r.get("kind") == "GatewayClass" for r in cast(Authorization, a).target_refs)]

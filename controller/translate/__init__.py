@@ -26,6 +26,7 @@ from controller.kinds import BY_KIND
 from controller.translate.index import Index
 from controller.translate.policy import translate_authorization, translate_peer_authn, translate_telemetry
 from controller.translate.routes import translate_routes
+from controller.translate.waypoints import apply_waypoints, waypoint_gateways
 from controller.translate.workloads import translate_services, translate_workloads
 from controller.validation import FieldError, validate_object
 
@@ -73,6 +74,7 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     idx = Index.build(good)
     out.services = translate_services(idx, cluster_domain)
     out.workloads = translate_workloads(idx, out.services, trust_domain)
+    apply_waypoints(waypoint_gateways(idx, out.errors), out.services, out.workloads)
     out.authorizations = [translate_authorization(o, trust_domain, root_namespace)
                           for o in idx.kind("AuthorizationPolicy")]
     out.peer_authns = [translate_peer_authn(o, root_namespace) for o in idx.kind("PeerAuthentication")]

@@ -106,7 +106,7 @@ def test_a_nodes_credential_never_buys_another_nodes_view_nor_a_waypoints() -> N
             refused(await s.first_response(NodeInfo("agent", "node-b"), a), grpc.StatusCode.PERMISSION_DENIED,
                     "the credential is node 'node-a''s, but the stream subscribes as agent/node-b")
             refused(await s.first_response(NodeInfo("waypoint", "wp-0", waypoint="demo/wp"), a),
-                    grpc.StatusCode.PERMISSION_DENIED, "cannot subscribe as waypoint")
+                    grpc.StatusCode.PERMISSION_DENIED, "hosts no pod demo/wp-0 of waypoint demo/wp")
             # The agent of node-b, authenticated as node-b, gets node-b's pods only; node-a's agent node-a's.
             got_b = await s.first_response(NodeInfo("agent", "node-b"), creds(s.token["node-b"], "node-b"))
             assert [r.name for r in got_b.resources] == ["b1"]
@@ -145,7 +145,16 @@ def test_the_config_client_presents_the_token_file_and_retries_until_it_appears(
 @pytest.mark.parametrize("node, why", [
     (NodeInfo("ztunnel", "n1"), ""), (NodeInfo("agent", "n1"), ""),
     (NodeInfo("ztunnel", "n2"), "subscribes as ztunnel/n2"),
-    (NodeInfo("waypoint", "pod", waypoint="ns/wp"), "cannot subscribe as waypoint")])
+    (NodeInfo("waypoint", "pod", waypoint="ns/wp"), "hosts no pod ns/pod of waypoint ns/wp")])
 def test_check_claim(node: NodeInfo, why: str) -> None:
     got = check_claim("n1", node)
     assert (why in got and bool(got)) if why else got == ""
+
+
+def test_a_waypoint_pod_subscribes_with_the_credential_of_its_node() -> None:
+    pods = {("demo", "wp", "wp-0")}
+    assert check_claim("node-a", NodeInfo("waypoint", "wp-0", waypoint="demo/wp"), pods) == ""
+    # another pod name, another waypoint, or no such pod on that node: refused, saying why
+    assert "hosts no pod demo/wp-1" in check_claim("node-a", NodeInfo("waypoint", "wp-1", waypoint="demo/wp"), pods)
+    assert "waypoint demo/other" in check_claim("node-a", NodeInfo("waypoint", "wp-0", waypoint="demo/other"), pods)
+    assert check_claim("node-b", NodeInfo("waypoint", "wp-0", waypoint="demo/wp"), set()) != ""

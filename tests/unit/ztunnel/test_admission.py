@@ -267,3 +267,28 @@ def test_plaintext_a_mesh_pod_excludes_from_capture_is_admitted_but_its_address_
     assert (a.allowed, a.policy) == (False, "demo/deny-not-net"), "a DENY on addresses applies: deny more, never less"
     ex.annotations = {"ambit.io/exclude-outbound-ip-ranges": "10.210.1.0/24"}
     assert admit_plaintext(config([ECHO, ex]), POD, ECHO, "10.210.1.13", 8080).allowed
+
+
+# --- waypoint enforcement -------------------------------------------------------------------------
+
+def _waypointed():
+    from tests.unit.ztunnel.meshcfg import svc
+    echo = wl("echo-v1", "10.210.1.10", sa="echo", labels={"app": "echo"}, services={"demo/echo": [80]})
+    wp = wl("wp-0", "10.210.1.200", sa="wp", labels={"gateway.networking.k8s.io/gateway-name": "wp"})
+    return config([echo, CLIENT, wp], [svc("echo", "10.96.0.10", [echo], waypoint="demo/wp")])
+
+
+def test_a_destination_bound_to_a_waypoint_refuses_a_direct_tunnel_as_a_bypass() -> None:
+    a = hbone(_waypointed(), fwd=None)
+    assert (a.allowed, a.status) == (False, 403) and a.reason.startswith("bypassed the waypoint")
+    assert "demo/wp" in a.reason and SA_CLIENT in a.reason
+
+
+def test_the_waypoint_itself_is_admitted_and_its_forwarded_source_honoured() -> None:
+    a = hbone(_waypointed(), peer="spiffe://cluster.local/ns/demo/sa/wp", tls_peer="10.210.1.200")
+    assert (a.allowed, a.status, a.src_ip) == (True, 200, "10.210.1.11")
+
+
+def test_a_port_no_waypointed_service_exposes_stays_directly_reachable() -> None:
+    a = hbone(_waypointed(), authority="10.210.1.10:9090", fwd=None)
+    assert a.allowed, a.reason

@@ -68,11 +68,36 @@ def test_named_target_ports_use_each_endpoints_own_resolution() -> None:
         [("10.210.1.10", 9001), ("10.210.2.10", 9002)]
 
 
-def test_a_waypoint_is_reported_but_not_routed_to_yet() -> None:
-    cfg = config([V1], [svc("echo", "10.96.0.10", [V1], waypoint="demo/waypoint")])
+WP = wl("wp-0", "10.210.1.200", sa="wp", labels={"gateway.networking.k8s.io/gateway-name": "wp"})
+
+
+def test_a_service_using_a_waypoint_is_routed_to_a_waypoint_pod_with_the_vip_as_authority() -> None:
+    cfg = config([V1, WP], [svc("echo", "10.96.0.10", [V1], waypoint="demo/wp")])
     r = decide(cfg, "10.96.0.10", 80)
-    assert r.kind == HBONE and r.target == ("10.210.1.10", 8080)
-    assert "demo/waypoint" in r.reason
+    assert (r.kind, r.dial, r.target, r.authority) == (HBONE, ("10.210.1.200", 15008), ("10.210.1.200", 15008),
+                                                       "10.96.0.10:80")
+    assert r.identity == "spiffe://cluster.local/ns/demo/sa/wp" and r.waypoint == "demo/wp"
+    assert r.service.name == "echo" and r.workload.name == "wp-0"
+
+
+def test_a_workload_using_a_waypoint_is_routed_to_it_with_its_own_address_as_authority() -> None:
+    v1 = wl("echo-v1", "10.210.1.10", sa="echo")
+    v1.waypoint = "demo/wp"
+    r = decide(config([v1, WP]), "10.210.1.10", 8080)
+    assert (r.kind, r.dial, r.authority, r.identity) == (HBONE, ("10.210.1.200", 15008), "10.210.1.10:8080",
+                                                         "spiffe://cluster.local/ns/demo/sa/wp")
+
+
+def test_a_waypoint_without_pods_refuses_rather_than_bypass_it() -> None:
+    r = decide(config([V1], [svc("echo", "10.96.0.10", [V1], waypoint="demo/wp")]), "10.96.0.10", 80)
+    assert r.kind == REFUSE and "waypoint demo/wp, which has no pod" in r.reason
+
+
+def test_waypoint_pods_round_robin() -> None:
+    wp1 = wl("wp-1", "10.210.2.200", sa="wp", labels={"gateway.networking.k8s.io/gateway-name": "wp"})
+    cfg = config([V1, WP, wp1], [svc("echo", "10.96.0.10", [V1], waypoint="demo/wp")])
+    lb = RoundRobin()
+    assert {decide(cfg, "10.96.0.10", 80, lb).dial[0] for _ in range(4)} == {"10.210.1.200", "10.210.2.200"}
 
 
 def test_an_endpoint_is_matched_to_its_workload_by_ip_when_the_uid_is_unknown() -> None:

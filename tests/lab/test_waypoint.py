@@ -1,0 +1,370 @@
+"""The waypoint end to end: a real waypoint process (python -m waypoint) in a pod of its own,
+started by applying a waypoint Gateway, with real HBONE/TLS on both hops, real clients (curl,
+h2load, grpcio, iperf3) in lab pods, and the seed examples applied (adapted only where the text
+says so).
+
+Layout (tests/lab/specs/waypoint.yaml): namespace `default` uses the waypoint "waypoint"; clients
+(frontend, other) and myapp v1/v2 on node1, myapp-v3 and the waypoint on node2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ambit.dataplane import endpoint
+from ambit.labstore import LabStore
+from ambitctl.lab import waypoints as waypoints_mod
+from ambitctl.lab.topology import LabNames
+from tests.lab.conftest import _artifacts
+from tests.lab.labctl import Lab
+from tests.lab.test_mtls import underlay_capture
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
+
+SPEC = Path(__file__).parent / "specs" / "waypoint.yaml"
+EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "examples"
+GATEWAY = {
+    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+    "metadata": {"name": "waypoint", "namespace": "default", "labels": {"ambit.io/waypoint-for": "service"},
+                 "annotations": {"lab.ambit.io/node": "node2"}},
+    "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+}
+SUBSETS = {    # DestinationRule for the canary example's subsets (the seed has none for them)
+    "apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
+    "metadata": {"name": "myapp-canary", "namespace": "default"},
+    "spec": {"host": "myapp", "subsets": [{"name": "stable", "labels": {"version": "v1"}},
+                                          {"name": "canary", "labels": {"version": "v2"}},
+                                          {"name": "premium", "labels": {"version": "v3"}}]},
+}
+
+
+def example(rel: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((EXAMPLES / rel).read_text()) if d]
+
+
+def apply(lab: Lab, docs: list[dict], tmp: Path, name: str) -> Path:
+    f = tmp / f"{name}.yaml"
+    f.write_text(yaml.safe_dump_all(docs))
+    lab.ambit("apply", "-f", str(f))
+    return f
+
+
+def delete(lab: Lab, f: Path) -> None:
+    lab.ambit("delete", "-f", str(f), check=False)
+
+
+def alive(pid: int) -> bool:
+    """A process that runs (a zombie waiting for a reaper does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def waypoints(lab: Lab) -> list[dict]:
+    return lab.status()["waypoints"]
+
+
+def many(lab: Lab, pod: str, url: str, n: int, *opts: str) -> list[dict]:
+    """`n` requests in one curl (URL globbing: one process, one keep-alive connection; the waypoint
+    still routes every request on its own)."""
+    p = lab.exec(pod, "curl", "-sS", "-m", "60", "-w", "\n", *opts, f"{url}?n=[1-{n}]", timeout=90)
+    assert p.returncode == 0, p.stderr
+    out = [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+    assert len(out) == n, p.stdout[-500:]
+    return out
+
+
+def versions(replies: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in replies:
+        out[r["version"]] = out.get(r["version"], 0) + 1
+    return out
+
+
+def status_of(lab: Lab, pod: str, url: str, *opts: str) -> tuple[int, str]:
+    p = lab.exec(pod, "curl", "-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}", *opts, url, timeout=40)
+    body, _, code = p.stdout.rpartition("\n")
+    return int(code or 0), body
+
+
+def waypoint_log(lab: Lab) -> str:
+    return (lab.dir / "logs" / "waypoint-default-waypoint.log").read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def wlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    lab = Lab(tmp_path_factory.mktemp("wlab") / "state", name=f"hwp{os.getpid()}")
+    try:
+        lab.up("--spec", str(SPEC))
+        lab.tmp = tmp_path_factory.mktemp("wcfg")  # type: ignore[attr-defined]
+        apply(lab, [GATEWAY], lab.tmp, "gateway")  # type: ignore[attr-defined]
+        lab.wait_for(lambda: [w for w in waypoints(lab) if w["ready"]], timeout=30, what="waypoint ready")
+        lab.wait_for(lambda: status_of(lab, "default/frontend", "http://myapp/")[0] == 200, timeout=30,
+                     interval=0.5, what="myapp through the waypoint")
+        yield lab
+    finally:
+        lab.save_logs(_artifacts("waypoint-lab"))
+        lab.down()
+
+
+# --- the path -------------------------------------------------------------------------------------
+
+def test_a_gateway_starts_a_waypoint_pod_of_its_own(wlab: Lab) -> None:
+    [w] = waypoints(wlab)
+    assert (w["namespace"], w["name"], w["node"], w["ready"]) == ("default", "waypoint", "node2", True)
+    assert w["ip"].startswith("10.210.2.") and w["pid"]
+    # its own netns and cgroup, and the process runs in them
+    assert f"{wlab.name}.default.{w['pod']}" in os.listdir("/var/run/netns")
+    cg = Path(f"/proc/{w['pid']}/cgroup").read_text()
+    assert f"/pods/default.{w['pod']}" in cg
+    # its Pod: service account = the Gateway's name, labelled with it, not captured
+    obj = LabStore(wlab.dir / "store.json").get("Pod", "default", w["pod"])
+    assert obj["spec"]["serviceAccountName"] == "waypoint"
+    assert obj["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] == "waypoint"
+    assert obj["metadata"]["labels"]["ambit.io/dataplane-mode"] == "none"
+    # its certificate, from the CA through its node's credential, is that service account's identity
+    _, certs = endpoint.get_json(waypoints_mod.admin_socket(wlab.dir, "default", "waypoint"), "/certs")
+    assert [c["identity"] for c in certs] == ["spiffe://cluster.local/ns/default/sa/waypoint"]
+    assert all(c["state"] == "VALID" for c in certs)
+    assert "default/waypoint" in wlab.ambit("lab", "status").stdout.split("WAYPOINTS", 1)[1]
+
+
+def test_requests_go_through_the_waypoint_with_the_source_preserved(wlab: Lab) -> None:
+    front = wlab.pod("default/frontend")["ip"]
+    r = wlab.curl("default/frontend", "http://myapp/", "-H", "x-request-id: hwp-path-1")
+    assert r["peer"].split(":")[0] == front            # Forwarded from the waypoint, honoured
+    line = next(json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(wlab).splitlines()
+                if "hwp-path-1" in x and "ambit.waypoint.access" in x)
+    assert line["src.identity"] == "spiffe://cluster.local/ns/default/sa/frontend"
+    assert line["dst.service"] == "default/myapp" and line["status"] == 200
+    assert "hwp-path-1" in wlab.log("waypoint") and "hwp-path-1" in wlab.log("waypoint/default/waypoint")
+
+
+# --- seed examples --------------------------------------------------------------------------------
+
+def test_virtual_service_x_canary_goes_to_v2(wlab: Lab) -> None:
+    # control: without the VirtualService, requests spread over v1, v2, v3 (round robin)
+    assert set(versions(many(wlab, "default/frontend", "http://myapp/", 9))) == {"v1", "v2", "v3"}
+    docs = example("istio/destination-rule.yaml") + example("istio/virtual-service.yaml")
+    for d in docs:
+        d["metadata"].setdefault("namespace", "default")
+    f = apply(wlab, docs, wlab.tmp, "vs")  # type: ignore[attr-defined]
+    try:
+        wlab.wait_for(lambda: versions(many(wlab, "default/frontend", "http://myapp/", 3)) == {"v1": 3},
+                      timeout=15, interval=0.5, what="VirtualService in force")
+        assert versions(many(wlab, "default/frontend", "http://myapp/", 30, "-H", "x-canary: true")) == {"v2": 30}
+        assert versions(many(wlab, "default/frontend", "http://myapp/", 30)) == {"v1": 30}
+        assert versions(many(wlab, "default/frontend", "http://myapp/", 10, "-H", "x-canary: false")) == {"v1": 10}
+    finally:
+        delete(wlab, f)
+
+
+def test_canary_cookie_goes_to_premium_and_the_rest_splits_90_10(wlab: Lab) -> None:
+    # Adapted: the seed's host `myapp.example.com` is no Service; a waypoint routes by the Service a
+    # client addressed (Istio's waypoints do the same), so the VirtualService names `myapp`.
+    [vs] = example("istio/canary-deployment.yaml")
+    vs["metadata"]["namespace"] = "default"
+    vs["spec"]["hosts"] = ["myapp"]
+    f = apply(wlab, [SUBSETS, vs], wlab.tmp, "canary")  # type: ignore[attr-defined]
+    try:
+        wlab.wait_for(lambda: versions(many(wlab, "default/frontend", "http://myapp/", 3, "-b", "user=premium"))
+                      == {"v3": 3}, timeout=15, interval=0.5, what="canary VirtualService in force")
+        # the seed regex allows other cookies after it (";.*"); curl joins them with "; "
+        assert versions(many(wlab, "default/frontend", "http://myapp/", 40, "-b", "user=premium; a=1")) == {"v3": 40}
+        # control: a cookie that is not premium takes the split
+        n = 1000
+        got = versions(many(wlab, "default/frontend", "http://myapp/", n, "-b", "user=basic"))
+        # 10 % of 1000: mean 100, sd sqrt(1000*.1*.9) = 9.5; +-4 sd (38) fails a correct split with
+        # probability < 1e-4 and catches 5/95 or 15/85.
+        print(f"canary split over {n}: {got}")
+        assert set(got) <= {"v1", "v2"} and abs(got.get("v2", 0) - 100) <= 38, got
+    finally:
+        delete(wlab, f)
+
+
+def test_authorization_policy_allows_get_api_for_frontend_only(wlab: Lab, tmp_path: Path) -> None:
+    # Adapted: the seed selects pods (`selector: app: myapp`), which ztunnel enforces at L4 and so
+    # cannot evaluate methods/paths (it fails closed). Bound to the Service with `targetRefs` it is
+    # the waypoint's to enforce, which is what this test is about.
+    [ap] = example("istio/authorization-policy.yaml")
+    ap["metadata"]["namespace"] = "default"
+    del ap["spec"]["selector"]
+    ap["spec"]["targetRefs"] = [{"kind": "Service", "group": "", "name": "myapp"}]
+    assert status_of(wlab, "default/other", "http://myapp/api/x")[0] == 200      # control: no policy yet
+    f = apply(wlab, [ap], wlab.tmp, "authz")  # type: ignore[attr-defined]
+    try:
+        wlab.wait_for(lambda: status_of(wlab, "default/other", "http://myapp/api/x")[0] == 403,
+                      timeout=15, interval=0.5, what="policy in force")
+        assert status_of(wlab, "default/frontend", "http://myapp/api/users")[0] == 200
+        assert status_of(wlab, "default/frontend", "http://myapp/api/users", "-X", "POST") == (403, "RBAC: access denied")
+        assert status_of(wlab, "default/frontend", "http://myapp/admin") == (403, "RBAC: access denied")
+        assert status_of(wlab, "default/other", "http://myapp/api/users") == (403, "RBAC: access denied")
+        # a meshed client cannot go around the waypoint: straight to the pod with its own certificate
+        # is refused by the destination ztunnel, where the policy above would have denied it
+        v1 = wlab.pod("default/myapp-v1")["ip"]
+        assert status_of(wlab, "default/other", f"http://{v1}:8080/admin")[0] == 0
+        assert status_of(wlab, "default/frontend", f"http://{v1}:8080/api/users")[0] == 0
+        assert "bypassed the waypoint" in wlab.log("ztunnel", "node1")
+    finally:
+        delete(wlab, f)
+
+
+def test_an_httproute_sends_everything_to_myapp_v2(wlab: Lab) -> None:
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "all-to-v2", "namespace": "default"},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "myapp", "port": 80}],
+                      "rules": [{"backendRefs": [{"name": "myapp-v2", "port": 80}]}]}}
+    assert len(versions(many(wlab, "default/frontend", "http://myapp/", 6))) > 1      # control
+    f = apply(wlab, [route], wlab.tmp, "httproute")  # type: ignore[attr-defined]
+    try:
+        wlab.wait_for(lambda: versions(many(wlab, "default/frontend", "http://myapp/", 3)) == {"v2": 3},
+                      timeout=15, interval=0.5, what="HTTPRoute in force")
+        assert versions(many(wlab, "default/frontend", "http://myapp/", 50)) == {"v2": 50}
+    finally:
+        delete(wlab, f)
+
+
+# --- protocols ------------------------------------------------------------------------------------
+
+def test_http2_prior_knowledge_end_to_end(wlab: Lab) -> None:
+    p = wlab.exec("default/frontend", "curl", "-sS", "-m", "5", "--http2-prior-knowledge", "-w", "\n%{http_version}",
+                  "http://myapp/h2", timeout=40)
+    body, _, ver = p.stdout.rpartition("\n")
+    assert p.returncode == 0 and ver == "2" and json.loads(body)["path"] == "/h2"
+    # control: the same client without prior knowledge speaks HTTP/1.1
+    p = wlab.exec("default/frontend", "curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_version}",
+                  "http://myapp/h1", timeout=40)
+    assert p.stdout == "1.1"
+    p = wlab.exec("default/frontend", "h2load", "-n", "300", "-c", "3", "-m", "10", "http://myapp/", timeout=90)
+    assert re.search(r"requests: 300 total, 300 started, 300 done, 300 succeeded", p.stdout), p.stdout
+
+
+def test_grpc_end_to_end(wlab: Lab) -> None:
+    def call(*md: str) -> dict:
+        args = [a for m in md for a in ("--metadata", m)]
+        # native resolver: gRPC's c-ares one does not read the pod's /etc/hosts (the lab's DNS)
+        p = wlab.exec("default/frontend", "env", "GRPC_DNS_RESOLVER=native", sys.executable, "-m",
+                      "ambitctl.lab.apps.grpcecho", "--call", "grpc:9000",
+                      "--message", "hi", *args, timeout=60)
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    assert call() == {"code": "OK", "reply": "grpc: hi"}
+    # the status travels in trailers, through both HTTP/2 legs
+    assert call("x-fail=1") == {"code": "FAILED_PRECONDITION", "details": "asked to fail"}
+    assert '"dst.service": "default/grpc"' in waypoint_log(wlab)
+
+
+def test_a_non_http_protocol_to_a_waypointed_service_is_forwarded_at_l4(wlab: Lab) -> None:
+    p = wlab.exec("default/frontend", "iperf3", "-c", "iperf", "-p", "5201", "-t", "2", "-J", timeout=60)
+    assert p.returncode == 0, p.stdout[-500:] + p.stderr
+    res = json.loads(p.stdout)
+    assert res["end"]["sum_received"]["bytes"] > 1_000_000
+    # the waypoint relayed it as opaque TCP (iperf3's data connection carried the bulk)
+    tcp = [json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(wlab).splitlines()
+           if "ambit.waypoint.access" in x and '"protocol": "TCP"' in x]
+    assert any(r["bytes_received"] > 1_000_000 and r["src.addr"] == wlab.pod("default/frontend")["ip"] for r in tcp), tcp
+
+
+# --- the wire ---------------------------------------------------------------------------------------
+
+def test_both_hops_carry_only_tls(wlab: Lab, tmp_path: Path) -> None:
+    marker = f"hwp-marker-{os.getpid()}-{time.time_ns()}"
+    pcap = tmp_path / "wp.pcap"
+    names_node1, ul2 = f"{wlab.name}.node1", next(n["underlayIP"] for n in wlab.status()["nodes"] if n["name"] == "node2")
+    node2 = f"{wlab.name}.node2"
+    listener = subprocess.Popen(["ip", "netns", "exec", node2, sys.executable, "-c",
+                                 "import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
+                                 "s.bind(('0.0.0.0', 18999)); s.listen(); c,_=s.accept(); c.recv(100)"])
+    try:
+        time.sleep(0.5)
+        with underlay_capture(wlab, pcap):
+            for _ in range(3):
+                wlab.curl("default/frontend", "http://myapp/", "-H", f"x-marker: {marker}")
+            # control: the same marker in clear between the nodes is seen by this capture
+            subprocess.run(["ip", "netns", "exec", names_node1, "bash", "-c",
+                            f"echo plain-{marker} > /dev/tcp/{ul2}/18999"], timeout=10)
+    finally:
+        listener.kill()
+        listener.wait()
+    raw = pcap.read_bytes()
+    assert f"plain-{marker}".encode() in raw                 # the capture sees clear text when there is some
+    assert raw.count(marker.encode()) == raw.count(f"plain-{marker}".encode())   # ... and only that
+    wp_ip = waypoints(wlab)[0]["ip"]
+    front = wlab.pod("default/frontend")["ip"]
+    out = subprocess.run(["tshark", "-r", str(pcap), "-d", "tcp.port==15008,tls", "-Y", "tcp.port == 15008 && tls.record",
+                          "-T", "fields", "-e", "ip.src", "-e", "ip.dst"],
+                         capture_output=True, text=True, timeout=60).stdout
+    flows = {tuple(line.split("\t")) for line in out.splitlines() if line.strip()}
+    mine = {wlab.pod("default/myapp-v1")["ip"], wlab.pod("default/myapp-v2")["ip"]}
+    # hop 1, client pod -> waypoint, and hop 2, waypoint -> a myapp pod on node1: TLS records on :15008
+    assert (front, wp_ip) in flows and (wp_ip, front) in flows, flows
+    assert any(src == wp_ip and dst in mine for src, dst in flows), flows
+
+
+# --- waypoint-for ---------------------------------------------------------------------------------
+
+def test_waypoint_for_all_takes_traffic_addressed_to_pods_too(wlab: Lab) -> None:
+    v1 = wlab.pod("default/myapp-v1")["ip"]
+    assert status_of(wlab, "default/frontend", f"http://{v1}:8080/")[0] == 0     # control: for service only
+    gw = json.loads(json.dumps(GATEWAY))
+    gw["metadata"]["labels"]["ambit.io/waypoint-for"] = "all"
+    apply(wlab, [gw], wlab.tmp, "gateway-all")  # type: ignore[attr-defined]
+    try:
+        wlab.wait_for(lambda: status_of(wlab, "default/frontend", f"http://{v1}:8080/")[0] == 200,
+                      timeout=15, interval=0.5, what="workload traffic through the waypoint")
+        r = wlab.curl("default/frontend", f"http://{v1}:8080/", "-H", "x-request-id: hwp-wl-1")
+        assert r["pod"] == "myapp-v1" and r["peer"].split(":")[0] == wlab.pod("default/frontend")["ip"]
+        line = next(x for x in waypoint_log(wlab).splitlines() if "hwp-wl-1" in x and "ambit.waypoint.access" in x)
+        assert '"route_name": "passthrough"' in line
+    finally:
+        apply(wlab, [GATEWAY], wlab.tmp, "gateway")  # type: ignore[attr-defined]
+        wlab.wait_for(lambda: status_of(wlab, "default/frontend", f"http://{v1}:8080/")[0] == 0,
+                      timeout=15, interval=0.5, what="back to waypoint-for: service")
+
+
+# --- deletion ---------------------------------------------------------------------------------------
+
+def test_deleting_the_gateway_stops_the_waypoint_and_leaves_nothing(wlab: Lab) -> None:
+    [w] = waypoints(wlab)
+    pid, pod = w["pid"], w["pod"]
+    netns = f"{wlab.name}.default.{pod}"
+    cg = LabNames(wlab.name).pod_cgroup("node2", "default", pod)
+    assert alive(pid) and cg.exists()
+    delete(wlab, wlab.tmp / "gateway.yaml")  # type: ignore[attr-defined]
+    wlab.wait_for(lambda: not waypoints(wlab), timeout=20, interval=0.3, what="waypoint removed")
+    assert not alive(pid)
+    assert netns not in os.listdir("/var/run/netns")
+    assert not cg.exists()
+    assert not Path(f"/etc/netns/{netns}").exists()
+    assert "waypoint/default/waypoint" not in wlab.status()["processes"]
+    assert pod not in wlab.ambit("get", "pods", "-n", "default", check=False).stdout
+    # with the namespace still bound to a waypoint that no longer runs, traffic is refused (fail
+    # closed), where it flowed a moment ago
+    assert status_of(wlab, "default/frontend", "http://myapp/")[0] == 0
+
+
+def test_lab_down_removes_a_running_waypoint(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "state", name=f"hwq{os.getpid()}")
+    try:
+        lab.up("--spec", str(SPEC))
+        apply(lab, [GATEWAY], tmp_path, "gateway")
+        [w] = lab.wait_for(lambda: [w for w in waypoints(lab) if w["pid"]], timeout=30, what="waypoint running")
+        cg = LabNames(lab.name).pod_cgroup("node2", "default", w["pod"])
+        assert cg.exists()                                          # control: it is there
+    finally:
+        lab.save_logs(_artifacts("waypoint-lab-down"))
+        lab.down()
+    assert not alive(w["pid"])
+    assert not [n for n in os.listdir("/var/run/netns") if n.startswith(f"{lab.name}.")]
+    assert not cg.exists() and not Path(f"/etc/netns/{lab.name}.default.{w['pod']}").exists()
+    assert not (tmp_path / "state" / "waypoints").exists()

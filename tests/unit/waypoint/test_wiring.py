@@ -1,0 +1,138 @@
+"""The waypoint binary's sans-IO wiring: endpoint picking, the Downstream a tunnel gets, and the
+decision (authz, then routing), with config built by hand and no sockets."""
+
+from __future__ import annotations
+
+from ambit.configclient import ConfigUpdate
+from ambit.model import Authorization, Endpoint, Service, ServicePort, WaypointRoutes, Workload
+from waypoint import endpoints
+from waypoint.app import WaypointProxy
+from waypoint.authz import Waypoint
+from waypoint.config import WaypointConfig
+from waypoint.request import Forward, LocalReply, RequestHead
+from waypoint.settings import load
+
+
+def wl(name: str, ip: str, version: str, protocol: str = "HBONE") -> Workload:
+    return Workload(uid=f"uid-{name}", name=name, namespace="default", ips=[ip], node="node1",
+                    service_account="myapp", identity="spiffe://cluster.local/ns/default/sa/myapp",
+                    labels={"app": "myapp", "version": version}, protocol=protocol,
+                    services={"default/myapp": [80, 9000]})
+
+
+V1, V2, V2B = wl("v1", "10.0.1.1", "v1"), wl("v2", "10.0.1.2", "v2"), wl("v2b", "10.0.1.3", "v2")
+SVC = Service(name="myapp", namespace="default", hostname="myapp.default.svc.cluster.local", vips=["10.96.0.10"],
+              ports=[ServicePort(80, 8080, "http", "HTTP"), ServicePort(9000, 9000, "grpc", "GRPC")],
+              endpoints=[Endpoint(w.uid, w.ips[0]) for w in (V1, V2, V2B)] + [Endpoint("uid-gone", "10.0.1.9",
+                                                                                          ready=False)],
+              waypoint="default/waypoint")
+BY_UID = {w.uid: w for w in (V1, V2, V2B)}
+BY_IP = {w.ips[0]: w for w in (V1, V2, V2B)}
+
+
+def test_round_robin_over_ready_endpoints_of_a_subset_with_the_target_port_and_protocol() -> None:
+    lb = endpoints.RoundRobin()
+    picks = [endpoints.pick_service(SVC, 80, {"version": "v2"}, BY_UID, BY_IP, lb, "v2") for _ in range(4)]
+    assert [p.address for p in picks] == ["10.0.1.2:8080", "10.0.1.3:8080"] * 2
+    assert {p.protocol for p in picks} == {"http1"}
+    all_ = {endpoints.pick_service(SVC, 80, None, BY_UID, BY_IP, lb).ip for _ in range(6)}
+    assert all_ == {"10.0.1.1", "10.0.1.2", "10.0.1.3"}                # never the unready one
+    assert endpoints.pick_service(SVC, 9000, None, BY_UID, BY_IP, lb).protocol == "h2"
+    assert endpoints.pick_service(SVC, 80, {"version": "v9"}, BY_UID, BY_IP, lb) is None
+    assert endpoints.pick_service(SVC, 81, None, BY_UID, BY_IP, lb) is None
+
+
+def proxy(*auths: Authorization, routes: tuple[WaypointRoutes, ...] = ()) -> WaypointProxy:
+    s = load(["--waypoint", "default/waypoint", "--pod-name", "waypoint-0", "--node", "node2"])
+    cfg = WaypointConfig(Waypoint("default", "waypoint"), "cluster.local")
+    for t, items in ((Workload.TYPE, [V1, V2, V2B]), (Service.TYPE, [SVC]), (Authorization.TYPE, list(auths)),
+                     (WaypointRoutes.TYPE, list(routes))):
+        cfg.apply(ConfigUpdate(t, "1", {}, frozenset(), {r.resource_name if hasattr(r, "resource_name") else r.uid: r
+                                                         for r in items}))
+    return WaypointProxy(s, cfg, None)
+
+
+FRONTEND = "spiffe://cluster.local/ns/default/sa/frontend"
+
+
+def test_a_tunnel_to_a_service_vip_gets_the_service_and_the_peer_as_source() -> None:
+    p = proxy()
+    down, why = p.downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80")
+    assert why == "" and down is not None
+    assert (down.source_identity, down.source_ip, down.source_namespace) == (FRONTEND, "10.0.2.5", "default")
+    assert (down.service, down.hostname, down.destination_port) == ("default/myapp", SVC.hostname, 80)
+
+
+def test_a_tunnel_to_an_address_this_waypoint_does_not_front_is_refused() -> None:
+    p = proxy()
+    assert p.downstream(FRONTEND, "10.0.2.5", "10.9.9.9:80")[0] is None      # unknown
+    assert p.downstream(FRONTEND, "10.0.2.5", "myapp:80")[1].startswith("bad :authority")
+    # a backing pod addressed directly: it is behind this waypoint through its Service
+    down, _ = p.downstream(FRONTEND, "10.0.2.5", "10.0.1.1:8080")
+    assert down is not None and down.service == ""
+
+
+def test_decide_routes_and_the_upstream_is_pooled_per_endpoint_and_source() -> None:
+    p = proxy()
+    down, _ = p.downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80")
+    d = p.decide(RequestHead("GET", "/", "myapp"), down)
+    assert isinstance(d, Forward) and (d.service, d.port) == ("default/myapp", 80)
+    target = p.upstream(d, RequestHead("GET", "/", "myapp"))
+    assert target is not None and target.address.endswith(":8080") and "for 10.0.2.5" in target.key
+
+
+def test_a_denying_policy_answers_403_before_routing() -> None:
+    from ambit.model import Match, Rule
+    allow_get = Authorization(name="get-only", namespace="default", action="ALLOW", scope="waypoint",
+                              target_refs=[{"kind": "Service", "group": "", "name": "myapp"}],
+                              http_rules=[Rule(clauses=[[Match(methods=["GET"])]])])
+    p = proxy(allow_get)
+    down, _ = p.downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80")
+    assert isinstance(p.decide(RequestHead("GET", "/", "myapp"), down), Forward)
+    d = p.decide(RequestHead("POST", "/", "myapp"), down)
+    assert isinstance(d, LocalReply) and d.status == 403 and d.body == b"RBAC: access denied"
+
+
+def test_non_http_tunnels_get_l4_policy_rules_that_need_http_attributes_never_admit_them() -> None:
+    from ambit.model import Match, Rule
+    ref = [{"kind": "Service", "group": "", "name": "myapp"}]
+    by_principal = Authorization(name="frontend", namespace="default", action="ALLOW", scope="waypoint",
+                                 target_refs=ref, http_rules=[Rule(clauses=[[Match(principals=[
+                                     "cluster.local/ns/default/sa/frontend"])]])])
+    by_path = Authorization(name="api", namespace="default", action="ALLOW", scope="waypoint", target_refs=ref,
+                            http_rules=[Rule(clauses=[[Match(paths=["/api/*"])]])])
+    down, _ = proxy(by_principal).downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80")
+    assert proxy(by_principal).admit_opaque(down) == ""
+    other, _ = proxy(by_principal).downstream("spiffe://cluster.local/ns/default/sa/other", "10.0.2.6", "10.96.0.10:80")
+    assert proxy(by_principal).admit_opaque(other) != ""
+    assert proxy(by_path).admit_opaque(down) != ""          # a path rule cannot match a TCP tunnel
+    assert proxy().admit_opaque(down) == ""                 # no policy: allowed
+
+
+def test_a_deny_with_http_attributes_denies_the_principals_tcp_tunnels_outright() -> None:
+    from ambit.model import Match, Rule
+    ref = [{"kind": "Service", "group": "", "name": "myapp"}]
+    deny_post = Authorization(name="no-post", namespace="default", action="DENY", scope="waypoint", target_refs=ref,
+                              http_rules=[Rule(clauses=[[Match(methods=["POST"], principals=[
+                                  "cluster.local/ns/default/sa/frontend"])]])])
+    p = proxy(deny_post)
+    down, _ = p.downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80")
+    assert p.admit_opaque(down) != ""
+    other, _ = p.downstream("spiffe://cluster.local/ns/default/sa/other", "10.0.2.6", "10.96.0.10:80")
+    assert p.admit_opaque(other) == ""
+    # HTTP requests still see the full rule: GET from frontend passes
+    assert isinstance(p.decide(RequestHead("GET", "/", "myapp"), down), Forward)
+
+
+def test_admin_endpoint_answers_from_the_config_and_is_not_ready_without_a_certificate() -> None:
+    import json as _json
+
+    from waypoint import admin
+    p = proxy()
+    srv = admin.AdminServer(admin.routes(p, None))
+    r = srv.handle("GET", "/healthz/ready")
+    assert r.status == 503 and _json.loads(r.body)["certificate"] is False
+    dump = _json.loads(srv.handle("GET", "/config_dump").body)
+    assert dump["services"] == ["default/myapp"] and dump["identity"] == "spiffe://cluster.local/ns/default/sa/waypoint"
+    assert srv.handle("GET", "/routes").status == 200 and srv.handle("GET", "/certs").status == 200
+    assert srv.handle("POST", "/config_dump").status == 405 and srv.handle("GET", "/nope").status == 404

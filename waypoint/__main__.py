@@ -1,0 +1,97 @@
+"""Run a waypoint: `python -m waypoint --waypoint NS/NAME --pod-name POD --node NODE ...`.
+
+Every setting is in waypoint/settings.py (`--help` lists them with their environment variables).
+The process: a config client (kind waypoint), an identity manager for the waypoint's own SPIFFE
+id, the HBONE listener (waypoint/app.py) and the admin/metrics endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import grpc
+
+from ambit.backoff import Backoff
+from ambit.configclient import ConfigClient, NodeInfo
+from ambit.configclient.credential import node_metadata, read_token
+from ambit.dataplane.identity import GrpcCertificateFetcher, IdentityManager
+from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
+from waypoint import admin
+from waypoint.app import WaypointProxy
+from waypoint.authz import Waypoint
+from waypoint.config import TYPES, WaypointConfig
+from waypoint.settings import WaypointSettings, load
+
+
+def _split(address: str) -> tuple[str | None, int]:
+    host, _, port = (address or "").rpartition(":")
+    return host or None, int(port or 0)
+
+
+async def amain(args: WaypointSettings) -> None:
+    loop = asyncio.get_running_loop()
+    log = logging.getLogger("ambit.waypoint")
+    config = WaypointConfig(Waypoint(args.namespace, args.name, args.gateway_class, args.root_namespace),
+                            args.trust_domain, args.cluster_domain)
+    client = None
+    if args.controller:
+        client = ConfigClient(args.controller, NodeInfo("waypoint", args.pod_name, args.waypoint, os.urandom(4).hex()),
+                              list(TYPES), config.apply,
+                              metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
+        await client.start()
+    identities = channel = None
+    if args.node_token_file and args.ca_target:
+        channel = grpc.aio.insecure_channel(args.ca_target)
+        token_file = args.node_token_file
+        fetcher = GrpcCertificateFetcher(channel, args.node, lambda: read_token(token_file))
+        identities = IdentityManager(fetcher, ttl=args.cert_ttl, backoff=Backoff(initial=0.25, maximum=30.0))
+        identities.prefetch([args.identity])
+    else:
+        log.warning("no --node-token-file/CA: no certificate, so no HBONE will be served")
+    proxy = WaypointProxy(args, config, identities)
+    await proxy.start()
+    adm = admin.AdminServer(admin.routes(proxy, client))
+    try:
+        await adm.start(*_split(args.admin_address), args.admin_socket)
+    except OSError as e:
+        log.warning("admin endpoint %s: %s", args.admin_address, e)
+    msrv = MetricsServer(Metrics())
+    try:
+        await msrv.start(*_split(args.metrics_address), args.metrics_socket)
+    except OSError as e:
+        log.warning("metrics endpoint %s: %s", args.metrics_address, e)
+    log.info("waypoint %s (%s) serving HBONE on %s as %s; controller %s", args.waypoint, args.pod_name,
+             args.listen, args.identity, args.controller or "-")
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await proxy.close()
+    await adm.close()
+    await msrv.close()
+    if identities is not None:
+        await identities.close()
+    if channel is not None:
+        await channel.close()
+    if client is not None:
+        await client.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        args = load(argv)
+    except ValueError as e:
+        raise SystemExit(f"waypoint: {e}") from None
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(amain(args))
+
+
+if __name__ == "__main__":
+    main()

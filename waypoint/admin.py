@@ -1,0 +1,74 @@
+"""The waypoint's admin endpoint: read-only JSON, as ztunnel's (config_dump, routes, certs,
+healthz/ready). Served on 127.0.0.1:15000 in the waypoint pod's netns and, in the lab, on a unix
+socket in the lab dir so the CLI reads it without entering the netns."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ambit.dataplane.endpoint import LocalEndpoint, Response
+
+log = logging.getLogger("ambit.waypoint.admin")
+
+Handler = Callable[[], tuple[int, Any]]
+
+
+def routes(proxy: Any, client: Any) -> dict[str, Handler]:
+    """`proxy` is a WaypointProxy; `client` the ConfigClient (or None without a controller)."""
+    config = proxy.config
+
+    def ready() -> tuple[int, Any]:
+        cert = proxy.identities.current(proxy.identity) if proxy.identities is not None else None
+        synced = client is None or config.synced
+        ok = synced and cert is not None and proxy.server is not None
+        return (200 if ok else 503), {"ready": ok, "synced": synced, "certificate": cert is not None,
+                                      "version": config.version, "identity": proxy.identity}
+
+    def config_dump() -> tuple[int, Any]:
+        out = config.dump()
+        out["waypoint"] = proxy.settings.waypoint
+        out["identity"] = proxy.identity
+        out["client"] = None if client is None else {"target": client.target, "connected": client.connected,
+                                                     "last_error": client.last_error}
+        return 200, out
+
+    def route_dump() -> tuple[int, Any]:
+        t = config.view.table
+        return 200, {"hosts": {h: [r.name for r in hr.routes] for h, hr in t.hosts.items()},
+                     "errors": list(t.errors)}
+
+    def certs() -> tuple[int, Any]:
+        ids = proxy.identities
+        return 200, ids.dump() if ids is not None else []
+
+    def stats() -> tuple[int, Any]:
+        return 200, {"tunnels": proxy.tunnels, "refused": proxy.refused, "requests": proxy.requests}
+
+    return {"/healthz/ready": ready, "/config_dump": config_dump, "/routes": route_dump, "/certs": certs,
+            "/stats": stats}
+
+
+class AdminServer(LocalEndpoint):
+    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+        super().__init__()
+        self.handlers = handlers
+
+    def handle(self, method: str, path: str) -> Response:
+        if method != "GET":
+            return Response(405, _json({"error": "the admin endpoint is read-only"}))
+        h = self.handlers.get(path.rstrip("/") or "/")
+        if h is None:
+            return Response(404, _json({"error": f"no such path {path!r}", "paths": sorted(self.handlers)}))
+        try:
+            status, body = h()
+        except Exception as e:  # noqa: BLE001 - a broken dump must not take the endpoint down
+            log.exception("admin %s failed", path)
+            return Response(500, _json({"error": f"{type(e).__name__}: {e}"}))
+        return Response(status, _json(body))
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True, default=str).encode() + b"\n"

@@ -1,0 +1,243 @@
+"""The waypoint process: HBONE in, the sans-IO cores in the middle, HBONE out.
+
+    source ztunnel --HBONE(:authority VIP:port, client cert = source)--> waypoint :15008
+    waypoint: Downstream from the tunnel, Engine (HTTP/1.1, h2, or opaque), decide = authz, routing
+    waypoint --HBONE(:authority pod:targetPort, Forwarded: for=source, cert = waypoint)--> pod's ztunnel
+
+Per tunnel, the `Downstream` is built from what the waypoint itself verified: the source's SPIFFE
+id from its certificate, the source address from the TLS peer (a source ztunnel dials from inside
+the source pod's netns, so that is the pod's address), the destination from the CONNECT
+`:authority`, and the Service when that address is one of a Service's VIP:port. A CONNECT to an
+address the waypoint does not front (not a Service whose waypoint this is, nor a workload using it)
+is refused with 403, so the waypoint is no open relay.
+
+Non-HTTP tunnels (the engine's detector says opaque) get L4 forwarding to the original
+destination's endpoint after L4 policy: the waypoint's AuthorizationPolicies in their L4 view
+(waypoint/authz/l4.py: an ALLOW match naming an HTTP attribute never matches, a DENY drops its HTTP
+attributes and applies the rest, as Istio does for TCP) evaluated on a request head with an empty
+method and path, so only connection attributes (source identity, namespace, address, destination
+port) decide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import random
+import socket
+import ssl
+from typing import Any
+
+from ambit import identity as spiffe
+from ambit.dataplane import tls
+from ambit.dataplane.hbone import HBONEClientPool, HBONEServer, HBONEStream
+from ambit.dataplane.identity import IdentityManager
+from ambit.dataplane.ports import LISTEN_BACKLOG
+from waypoint import endpoints
+from waypoint.authz import authorize
+from waypoint.config import WaypointConfig
+from waypoint.http import Engine, HBONETransport, RequestRecord, UpstreamTarget
+from waypoint.http.plug import Attachable
+from waypoint.request import Decision, Downstream, Forward, RequestHead
+from waypoint.routing import route
+from waypoint.settings import WaypointSettings
+
+log = logging.getLogger("ambit.waypoint")
+access = logging.getLogger("ambit.waypoint.access")
+
+
+def parse_authority(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        raise ValueError(f"{value!r} is not ip:port")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    ip = str(ipaddress.ip_address(host))
+    p = int(port)
+    if not 0 < p < 65536:
+        raise ValueError(f"{value!r}: port out of range")
+    return ip, p
+
+
+class WaypointProxy:
+    """Everything per tunnel and per request; the process edges (config client, CA, listeners)
+    are in __main__."""
+
+    def __init__(self, settings: WaypointSettings, config: WaypointConfig, identities: IdentityManager | None,
+                 rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.config = config
+        self.identities = identities
+        self.identity = settings.identity
+        self.rng = rng or random.Random()
+        self.lb = endpoints.RoundRobin()
+        self.contexts = tls.ContextCache()
+        self.pool = HBONEClientPool(self._client_context, handshake_timeout=settings.tunnel.connect_timeout)
+        self.engine: Engine | None = None
+        self.server: HBONEServer | None = None
+        self.tunnels = 0
+        self.refused = 0
+        self.requests = 0
+        # The engine calls `decide(head, down)` and then, synchronously in the same exchange step,
+        # `upstream(fwd, head)`, which does not receive the Downstream; the source address it
+        # needs (Forwarded: for=) is carried across that step here.
+        self._deciding: Downstream | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.engine = Engine(self.settings.http, self.decide, self.upstream, opaque=self.opaque,
+                             access_log=self._access_log, stats=self._stats, rng=self.rng)
+        host, _, port = self.settings.listen.rpartition(":")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+        self.server = HBONEServer(sock, self._server_context, self.on_connect)
+        await self.server.start()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.close(grace=self.settings.http.drain_timeout)
+        if self.engine is not None:
+            await self.engine.shutdown()
+        await self.pool.close()
+
+    # --- TLS ----------------------------------------------------------------------------------
+
+    def _server_context(self) -> ssl.SSLContext:
+        cert = self.identities.current(self.identity) if self.identities is not None else None
+        if cert is None:
+            raise ssl.SSLError(f"no certificate for {self.identity} yet")
+        return self.contexts.server(cert)
+
+    async def _client_context(self, src_identity: str) -> ssl.SSLContext:
+        if self.identities is None:
+            raise ConnectionError("no identities: the waypoint has no CA configured")
+        return self.contexts.client(await self.identities.get(src_identity, self.settings.tunnel.cert_wait))
+
+    # --- downstream ---------------------------------------------------------------------------
+
+    def downstream(self, peer_identity: str, peer_ip: str, authority: str) -> tuple[Downstream | None, str]:
+        """The Downstream for a tunnel, or (None, why it is refused)."""
+        try:
+            ip, port = parse_authority(authority)
+        except ValueError as e:
+            return None, f"bad :authority: {e}"
+        v = self.config.view
+        ns = ""
+        with contextlib.suppress(ValueError):
+            ns = spiffe.parse(peer_identity).namespace
+        src = v.by_ip.get(peer_ip)
+        labels = tuple(sorted(src.labels.items())) if src is not None and src.identity == peer_identity else ()
+        svc = v.by_vip.get((ip, port))
+        if svc is not None:
+            if svc.waypoint != self.settings.waypoint:
+                return None, f"{authority} is Service {svc.resource_name}, which does not use this waypoint"
+            return Downstream(peer_identity, peer_ip, ns, labels, ip, port, svc.resource_name, svc.hostname), ""
+        wl = v.by_ip.get(ip)
+        if wl is None or not self._fronts_workload(wl):
+            return None, f"{authority} is no destination of waypoint {self.settings.waypoint}"
+        return Downstream(peer_identity, peer_ip, ns, labels, ip, port), ""
+
+    def _fronts_workload(self, wl: Any) -> bool:
+        if wl.waypoint == self.settings.waypoint:
+            return True
+        v = self.config.view
+        return any(s in v.services and v.services[s].waypoint == self.settings.waypoint for s in wl.services)
+
+    async def on_connect(self, stream: HBONEStream, peer_identity: str, authority: str,
+                         headers: dict[str, str]) -> None:
+        peer = stream.get_extra_info("peername") or ("", 0)
+        down, why = self.downstream(peer_identity, peer[0], authority)
+        if down is None:
+            self.refused += 1
+            log.info("tunnel from %s (%s) to %s refused: %s", peer[0], peer_identity, authority, why)
+            stream.respond(403, why)
+            return
+        stream.respond(200)
+        self.tunnels += 1
+        assert self.engine is not None
+        await self.engine.serve_hbone(stream, down)
+
+    # --- decisions (the sans-IO cores) ----------------------------------------------------------
+
+    def decide(self, head: RequestHead, down: Downstream) -> Decision:
+        v = self.config.view
+        self._deciding = down
+        reply, _verdict = authorize(v.policies, head, down, v.trust_domains)
+        if reply is not None:
+            return reply
+        return route(v.table, head, down, self.rng)
+
+    def upstream(self, fwd: Forward, head: RequestHead) -> UpstreamTarget | None:
+        down, self._deciding = self._deciding, None
+        pick = self._pick(fwd, down)
+        if pick is None:
+            return None
+        return self._target(pick, down.source_ip if down is not None else None)
+
+    def _pick(self, fwd: Forward, down: Downstream | None) -> endpoints.Pick | None:
+        v = self.config.view
+        if not fwd.service:     # addressed to a workload: on to it
+            if down is None:
+                return None
+            return endpoints.pick_workload(down.destination_ip, down.destination_port, v.by_ip)
+        svc = v.services.get(fwd.service)
+        if svc is None:
+            return None
+        labels = v.table.subset_labels(fwd.hostname or svc.hostname, fwd.subset) if fwd.subset else None
+        if fwd.subset and labels is None:
+            return None
+        return endpoints.pick_service(svc, fwd.port, labels, v.workloads, v.by_ip, self.lb, fwd.subset)
+
+    def _target(self, pick: endpoints.Pick, source_ip: str | None) -> UpstreamTarget | None:
+        if not pick.mesh:
+            log.warning("endpoint %s (%s) is not in the mesh; the waypoint reaches endpoints over HBONE only",
+                        pick.address, pick.workload)
+            return None
+        # Pooled per endpoint *and* source: the tunnel's Forwarded header names one source.
+        key = f"{pick.address}/{pick.protocol} for {source_ip or '-'}"
+        return UpstreamTarget(key, pick.address, self._connector(pick, source_ip), pick.protocol)
+
+    def _connector(self, pick: endpoints.Pick, source_ip: str | None):
+        async def connect() -> Attachable:
+            st = await self.pool.connect(self.identity, pick.identity, pick.ip, pick.address,
+                                         forwarded_for=source_ip,
+                                         timeout=self.settings.tunnel.connect_timeout + self.settings.tunnel.cert_wait)
+            return HBONETransport(st)
+        return connect
+
+    def admit_opaque(self, down: Downstream) -> str:
+        """L4 policy for a non-HTTP tunnel: "" when allowed, else why not (see the module docstring)."""
+        v = self.config.view
+        head = RequestHead(method="", path="", authority=f"{down.destination_ip}:{down.destination_port}")
+        reply, verdict = authorize(v.l4_policies, head, down, v.trust_domains)
+        return verdict.reason if reply is not None else ""
+
+    async def opaque(self, down: Downstream) -> Attachable | None:
+        """L4 forwarding for a non-HTTP tunnel, after L4 policy (see the module docstring)."""
+        v = self.config.view
+        why = self.admit_opaque(down)
+        if why:
+            log.info("opaque tunnel from %s (%s) to %s:%s denied: %s", down.source_ip, down.source_identity,
+                     down.destination_ip, down.destination_port, why)
+            return None
+        if down.service:
+            svc = v.services.get(down.service)
+            pick = endpoints.pick_service(svc, down.destination_port, None, v.workloads, v.by_ip, self.lb) \
+                if svc is not None else None
+        else:
+            pick = endpoints.pick_workload(down.destination_ip, down.destination_port, v.by_ip)
+        if pick is None or not pick.mesh:
+            return None
+        return await self._connector(pick, down.source_ip)()
+
+    # --- records ------------------------------------------------------------------------------
+
+    def _access_log(self, rec: RequestRecord) -> None:
+        access.info("%s", rec.line())
+
+    def _stats(self, rec: RequestRecord) -> None:
+        self.requests += 1

@@ -1,0 +1,47 @@
+"""The waypoint's L4 view of its policies, for tunnels that carry no HTTP (the opaque path).
+
+A TCP tunnel has a source identity, namespace and address and a destination port, but no method,
+path, host or header. Rules that need those are treated as Istio treats them for TCP traffic:
+
+- in an ALLOW policy, a match that names an HTTP attribute can never match (it is dropped), so
+  such a rule admits no TCP tunnel: an ALLOW for `GET /api/*` does not open the port to raw TCP;
+- in a DENY (or AUDIT) policy, the HTTP attributes are removed and the rest still applies: a DENY
+  for `POST` from some principal denies that principal's TCP tunnels outright (more restrictive,
+  fail safe), as ztunnel does with L7 rules it cannot evaluate.
+
+`l4_policy_set(pset)` derives the view once per config update; `authorize` then runs on it with a
+head that has an empty method and path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ambit.model import Authorization, Match, Rule
+from waypoint.authz.evaluate import ALLOW, PolicySet
+
+HTTP_FIELDS = ("methods", "not_methods", "paths", "not_paths", "hosts", "not_hosts", "request_headers",
+               "not_request_headers")
+
+
+def _http(m: Match) -> bool:
+    return any(getattr(m, f) for f in HTTP_FIELDS)
+
+
+def _strip(m: Match) -> Match:
+    return dataclasses.replace(m, **{f: type(getattr(m, f))() for f in HTTP_FIELDS})
+
+
+def _rule(rule: Rule, allow: bool) -> Rule:
+    if allow:
+        return Rule(clauses=[[m for m in clause if not _http(m)] for clause in rule.clauses], has_l7=rule.has_l7)
+    return Rule(clauses=[[_strip(m) for m in clause] for clause in rule.clauses], has_l7=rule.has_l7)
+
+
+def l4_policy(p: Authorization) -> Authorization:
+    return dataclasses.replace(p, http_rules=[_rule(r, p.action == ALLOW) for r in p.http_rules])
+
+
+def l4_policy_set(pset: PolicySet) -> PolicySet:
+    return PolicySet(tuple(l4_policy(p) for p in pset.gateway),
+                     {k: tuple(l4_policy(p) for p in v) for k, v in pset.by_service.items()})

@@ -1,0 +1,86 @@
+"""The waypoint's view of the mesh config: what the controller streams to it, compiled once per
+update into the tables the sans-IO cores read (route table, policy set, address indexes).
+
+Every update replaces the whole `View` (immutable between updates), so a request decided while
+an update lands sees one consistent configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from ambit.configclient import ConfigUpdate
+from ambit.model import Authorization, MeshSettings, Resource, Service, WaypointRoutes, Workload
+from ambit.trustdomain import TrustDomains
+from waypoint.authz import PolicySet, Waypoint, policy_set
+from waypoint.authz.l4 import l4_policy_set
+from waypoint.routing import RouteTable, build_table
+
+log = logging.getLogger("ambit.waypoint.config")
+
+TYPES = (MeshSettings.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE, WaypointRoutes.TYPE)
+
+
+@dataclass(frozen=True)
+class View:
+    workloads: Mapping[str, Workload] = field(default_factory=dict)       # uid -> workload
+    by_ip: Mapping[str, Workload] = field(default_factory=dict)
+    services: Mapping[str, Service] = field(default_factory=dict)         # "ns/name" -> service
+    by_vip: Mapping[tuple[str, int], Service] = field(default_factory=dict)
+    table: RouteTable = field(default_factory=lambda: build_table([]))
+    policies: PolicySet = field(default_factory=lambda: policy_set([], Waypoint("", "")))
+    l4_policies: PolicySet = field(default_factory=lambda: policy_set([], Waypoint("", "")))  # opaque tunnels
+    trust_domains: TrustDomains | None = None
+
+
+class WaypointConfig:
+    """Holds the per-type state and rebuilds the `View` on every accepted update."""
+
+    def __init__(self, waypoint: Waypoint, trust_domain: str, cluster_domain: str = "cluster.local") -> None:
+        self.waypoint = waypoint
+        self.trust_domain = trust_domain
+        self.cluster_domain = cluster_domain
+        self.state: dict[str, dict[str, Resource]] = {t: {} for t in TYPES}
+        self.synced_types: set[str] = set()
+        self.version = ""
+        self.view = View(trust_domains=TrustDomains.of(trust_domain))
+
+    @property
+    def synced(self) -> bool:
+        return self.synced_types >= set(TYPES)
+
+    def apply(self, update: ConfigUpdate) -> None:
+        state = dict(self.state)
+        state[update.type_url] = dict(update.state)
+        view = self._build(state)      # raises on a bad update: the client NACKs and keeps the old
+        self.state, self.view = state, view
+        self.synced_types.add(update.type_url)
+        self.version = update.system_version
+
+    def _build(self, state: Mapping[str, Mapping[str, Resource]]) -> View:
+        workloads = {cast(Workload, w).uid: cast(Workload, w) for w in state[Workload.TYPE].values()}
+        by_ip = {ip: w for w in workloads.values() for ip in w.ips}
+        services = {cast(Service, s).resource_name: cast(Service, s) for s in state[Service.TYPE].values()}
+        by_vip = {(vip, p.port): s for s in services.values() for vip in s.vips for p in s.ports}
+        routes = [cast(WaypointRoutes, r) for r in state[WaypointRoutes.TYPE].values()]
+        table = build_table(routes, self.cluster_domain)
+        for e in table.errors:
+            log.warning("route table: %s", e)
+        pset = policy_set([cast(Authorization, a) for a in state[Authorization.TYPE].values()], self.waypoint)
+        mesh = next(iter(state[MeshSettings.TYPE].values()), None)
+        tds = TrustDomains.of(cast(MeshSettings, mesh).trust_domain, cast(MeshSettings, mesh).trust_domain_aliases) \
+            if mesh is not None else TrustDomains.of(self.trust_domain)
+        return View(workloads, by_ip, services, by_vip, table, pset, l4_policy_set(pset), tds)
+
+    def dump(self) -> dict[str, Any]:
+        v = self.view
+        return {"version": self.version, "synced": self.synced,
+                "services": sorted(v.services), "workloads": sorted(f"{w.namespace}/{w.name}" for w in
+                                                                    v.workloads.values()),
+                "routes": sorted(v.table.hosts), "route_errors": list(v.table.errors),
+                "policies": {"gateway": [p.resource_name for p in v.policies.gateway],
+                             "by_service": {k: [p.resource_name for p in ps]
+                                            for k, ps in v.policies.by_service.items()}}}

@@ -1,0 +1,104 @@
+"""Which endpoint a forwarded request (or an opaque tunnel) goes to: sans-IO.
+
+`Forward(service, port, subset)` names a Service port and maybe a DestinationRule subset; this
+module turns it into one concrete endpoint: the Service's READY endpoints whose workload carries
+every label of the subset, picked round robin per (service, port, subset), as the issue asks
+("round robin over ready endpoints"; other load balancers come with issue 12). The endpoint's
+port is the Service port's targetPort as that endpoint resolves it (named targetPorts may differ
+per pod). The upstream protocol is `h2` for Service ports declared HTTP2 or GRPC (appProtocol or
+name prefix), else `http1`.
+
+A request addressed to a workload (no Service) goes on to that workload itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ambit.model import Endpoint, Service, ServicePort, Workload
+
+H2_PROTOCOLS = ("HTTP2", "GRPC")
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """One upstream: reach `ip:port` through the HBONE peer holding `identity` (its ztunnel)."""
+
+    ip: str
+    port: int
+    identity: str
+    protocol: str = "http1"        # http1 | h2
+    workload: str = ""             # "ns/name", for logs
+    mesh: bool = True              # False: the workload is not in the mesh (no HBONE)
+
+    @property
+    def address(self) -> str:
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+
+
+@dataclass
+class RoundRobin:
+    _next: dict[str, int] = field(default_factory=dict)
+
+    def pick(self, key: str, n: int) -> int:
+        i = self._next.get(key, 0)
+        self._next[key] = i + 1
+        return i % n
+
+
+def target_port(svc_port: ServicePort, ep: Endpoint) -> int:
+    for p in ep.ports:
+        if p.port == svc_port.port and p.target_port:
+            return p.target_port
+    return svc_port.target_port or svc_port.port
+
+
+def service_port(svc: Service, port: int) -> ServicePort | None:
+    return next((p for p in svc.ports if p.port == port), None)
+
+
+def protocol_of(sp: ServicePort | None) -> str:
+    return "h2" if sp is not None and sp.protocol in H2_PROTOCOLS else "http1"
+
+
+def _workload_for(ep: Endpoint, workloads: Mapping[str, Workload], by_ip: Mapping[str, Workload]) -> Workload | None:
+    return (workloads.get(ep.workload_uid) if ep.workload_uid else None) or by_ip.get(ep.ip)
+
+
+def pick_service(svc: Service, port: int, subset_labels: Mapping[str, str] | None,
+                 workloads: Mapping[str, Workload], by_ip: Mapping[str, Workload], lb: RoundRobin,
+                 subset: str = "") -> Pick | None:
+    """An endpoint of `svc` port `port` (in the subset, if labels are given), or None (no healthy
+    upstream: 503 UH)."""
+    sp = service_port(svc, port)
+    if sp is None:
+        return None
+    candidates: list[tuple[Endpoint, Workload | None]] = []
+    for ep in svc.endpoints:
+        if not ep.ready:
+            continue
+        wl = _workload_for(ep, workloads, by_ip)
+        if subset_labels:
+            labels = wl.labels if wl is not None else {}
+            if any(labels.get(k) != v for k, v in subset_labels.items()):
+                continue
+        candidates.append((ep, wl))
+    if not candidates:
+        return None
+    ep, wl = candidates[lb.pick(f"{svc.resource_name}:{port}:{subset}", len(candidates))]
+    return _pick(ep.ip, target_port(sp, ep), wl, protocol_of(sp))
+
+
+def pick_workload(ip: str, port: int, by_ip: Mapping[str, Workload], protocol: str = "http1") -> Pick | None:
+    """The workload at `ip` (a request addressed to a pod, not a Service); None if unknown."""
+    wl = by_ip.get(ip)
+    if wl is None:
+        return None
+    return _pick(ip, port, wl, protocol)
+
+
+def _pick(ip: str, port: int, wl: Workload | None, protocol: str) -> Pick:
+    mesh = wl is not None and wl.protocol == "HBONE"
+    return Pick(ip, port, wl.identity if wl is not None else "", protocol,
+                f"{wl.namespace}/{wl.name}" if wl is not None else "", mesh)

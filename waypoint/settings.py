@@ -1,0 +1,85 @@
+"""The waypoint binary's settings: built once from the command line and the environment
+(AMBIT_WAYPOINT_*), then passed down. `python -m waypoint --help` lists every one.
+
+The HTTP engine's bounds nest as `--http-*` (waypoint/http/settings.py) and the tunnel timeouts
+shared with ztunnel as `--tunnel-*` (ambit/dataplane/settings.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ambit import settings
+from ambit.dataplane.ports import PORT_ADMIN, PORT_HBONE
+from ambit.dataplane.settings import TunnelSettings
+from ambit.settings import option, positive
+from waypoint.http.settings import HttpSettings
+
+WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
+
+
+def _address(v: str) -> str | None:
+    if not v:
+        return None
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be HOST:PORT (or '' to disable)"
+    return None
+
+
+def _ns_name(v: str) -> str | None:
+    ns, _, name = (v or "").partition("/")
+    return None if ns and name and "/" not in name else "must be NAMESPACE/NAME of the waypoint Gateway"
+
+
+def _gateway_class(v: str) -> str | None:
+    return None if v in WAYPOINT_CLASSES else f"must be one of {', '.join(WAYPOINT_CLASSES)}"
+
+
+@dataclass(frozen=True)
+class WaypointSettings:
+    waypoint: str = option(help="NAMESPACE/NAME of the waypoint Gateway this process serves", required=True,
+                           check=_ns_name)
+    pod_name: str = option(help="this waypoint pod's name (the config stream subscriber name)", required=True)
+    node: str = option(help="the node this pod runs on: whose credential it presents (lab)", required=True)
+    controller: str | None = option(help="config stream target: host:port or unix:PATH")
+    ca: str | None = option(help="CA target (default: the --controller target)")
+    node_token_file: Path | None = option(help="the node credential for the CA and the config stream")
+    service_account: str = option("", "the pod's service account (default: the Gateway's name, as Istio names it)")
+    gateway_class: str = option("ambit-waypoint", "the Gateway's gatewayClassName (GatewayClass-bound policies)",
+                                check=_gateway_class)
+    listen: str = option(f"0.0.0.0:{PORT_HBONE}", "HBONE listener HOST:PORT", check=_address)
+    root_namespace: str = option("ambit-system", "the mesh root namespace")
+    trust_domain: str = option("cluster.local", "the mesh trust domain")
+    cluster_domain: str = option("cluster.local", "the cluster DNS domain (route host names)")
+    admin_address: str = option(f"127.0.0.1:{PORT_ADMIN}", "admin endpoint HOST:PORT in the pod's netns ('' to "
+                                "disable)", check=_address)
+    admin_socket: Path | None = option(help="admin endpoint on a unix socket as well (the lab's host-side view)")
+    metrics_address: str = option("", "Prometheus metrics HOST:PORT ('' to disable)", check=_address)
+    metrics_socket: Path | None = option(help="metrics on a unix socket as well")
+    cert_ttl: float = option(24 * 3600.0, "lifetime (seconds) requested for the waypoint's certificate",
+                             check=positive)
+    log_level: str = option("INFO", "logging level")
+    http: HttpSettings = field(default_factory=HttpSettings)
+    tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+
+    @property
+    def ca_target(self) -> str | None:
+        return self.ca or self.controller
+
+    @property
+    def namespace(self) -> str:
+        return self.waypoint.partition("/")[0]
+
+    @property
+    def name(self) -> str:
+        return self.waypoint.partition("/")[2]
+
+    @property
+    def identity(self) -> str:
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account or self.name}"
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> WaypointSettings:
+    return settings.load(WaypointSettings, argv, environ, prog="waypoint", env_prefix="AMBIT_WAYPOINT")
