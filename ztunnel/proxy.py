@@ -220,9 +220,9 @@ class Proxy:
                 route.identity, route.service.hostname if route.service else "",
                 MUTUAL_TLS if hbone else NONE)
             if hbone:
-                assert self.pool is not None and route.target is not None
+                assert self.pool is not None and route.dial is not None
                 tunnel = await self.pool.connect(
-                    src_wl.identity, route.identity, route.target[0], route.authority,
+                    src_wl.identity, route.identity, route.dial[0], route.authority,
                     forwarded_for=pod.pod.ip, traceparent=traceparent(), src_ip=pod.pod.ip,
                     timeout=self.tunnel.connect_timeout + self.cert_wait)
                 c.up()

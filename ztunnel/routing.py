@@ -43,8 +43,9 @@ T = TypeVar("T")
 class Route:
     """The decision for one connection.
 
-    `dial` is the TCP address ztunnel connects to (`pod:15008` for HBONE); `target` is the real
-    destination `(ip, port)` (the HBONE `:authority`, or the passthrough address itself).
+    `dial` is the TCP address ztunnel connects to (`pod:15008` for HBONE, a waypoint pod's :15008
+    through a waypoint); `target` is always the real destination `(ip, port)`: the HBONE `:authority`,
+    or the passthrough address itself.
     """
 
     kind: str                                   # passthrough | hbone | refuse
@@ -54,17 +55,14 @@ class Route:
     service: Service | None = None              # the Service the VIP belonged to, if any
     identity: str = ""                          # expected peer identity (HBONE)
     reason: str = ""                            # why (refusals; notes)
-    # Through a waypoint: "ns/name" of the waypoint, and the original destination, which is the
-    # `:authority`; `target` (the HBONE peer's address the tunnel is opened to) is then the
-    # waypoint pod, and `workload` the waypoint pod's workload.
+    # Through a waypoint: "ns/name" of the waypoint; `dial` is then a waypoint pod and `workload`
+    # that pod's workload (the peer the tunnel is opened to), `target` still the real destination.
     waypoint: str = ""
-    original: tuple[str, int] | None = None
 
     @property
     def authority(self) -> str:
-        dst = self.original or self.target
-        assert dst is not None
-        return format_addr(*dst)
+        assert self.target is not None
+        return format_addr(*self.target)
 
 
 @dataclass
@@ -131,8 +129,8 @@ def via_waypoint(config: MeshState, waypoint: str, original: tuple[str, int], lb
                      reason=f"{what} uses waypoint {waypoint}, which has no pod; refusing rather than bypass it")
     wp = (lb or RoundRobin()).pick(f"waypoint:{waypoint}", pods)
     ip = wp.ips[0]
-    return Route(HBONE, (ip, PORT_HBONE), (ip, PORT_HBONE), workload=wp, service=service, identity=wp.identity,
-                 waypoint=waypoint, original=original)
+    return Route(HBONE, (ip, PORT_HBONE), original, workload=wp, service=service, identity=wp.identity,
+                 waypoint=waypoint)
 
 
 def decide(config: MeshState, dst_ip: str, dst_port: int, lb: RoundRobin | None = None) -> Route:

@@ -70,8 +70,10 @@ def _metadata(gw: Obj, extra_labels: dict[str, str] | None = None) -> Obj:
 
 def waypoint_args(gw: Obj, s: WaypointDeploySettings) -> list[str]:
     md = gw.get("metadata") or {}
-    return ["--name", "$(POD_NAME)", "--node", "$(NODE_NAME)",
+    return ["--pod-name", "$(POD_NAME)", "--node", "$(NODE_NAME)",
             "--waypoint", f"{md.get('namespace') or 'default'}/{md.get('name', '')}",
+            "--service-account", md.get("name", ""),
+            "--gateway-class", (gw.get("spec") or {}).get("gatewayClassName", ""),
             "--controller", s.controller_address, "--trust-domain", s.trust_domain,
             "--root-namespace", s.root_namespace, "--node-token-file", f"{TOKEN_DIR}/token",
             "--admin-address", f"0.0.0.0:{READY_PORT}", "--metrics-address", f"0.0.0.0:{METRICS_PORT}",

@@ -24,6 +24,7 @@ import yaml
 from ambit.dataplane import endpoint
 from ambit.labstore import LabStore
 from ambitctl.lab import waypoints as waypoints_mod
+from ambitctl.lab.apps.grpc_echo import UNARY
 from ambitctl.lab.topology import LabNames
 from tests.lab.conftest import _artifacts
 from tests.lab.labctl import Lab
@@ -251,16 +252,18 @@ def test_http2_prior_knowledge_end_to_end(wlab: Lab) -> None:
 
 
 def test_grpc_end_to_end(wlab: Lab) -> None:
-    def call(*md: str) -> dict:
-        args = [a for m in md for a in ("--metadata", m)]
-        # native resolver: gRPC's c-ares one does not read the pod's /etc/hosts (the lab's DNS)
-        p = wlab.exec("default/frontend", "env", "GRPC_DNS_RESOLVER=native", sys.executable, "-m",
-                      "ambitctl.lab.apps.grpcecho", "--call", "grpc:9000",
+    def call(*args: str) -> dict:
+        p = wlab.exec("default/frontend", sys.executable, "-m", "ambitctl.lab.apps.grpc_echo", "call", "grpc:9000",
                       "--message", "hi", *args, timeout=60)
         return json.loads(p.stdout.strip().splitlines()[-1])
-    assert call() == {"code": "OK", "reply": "grpc: hi"}
+    reply = call()
+    assert reply["message"] == "hi" and reply["method"] == UNARY and reply["pod"], reply
     # the status travels in trailers, through both HTTP/2 legs
-    assert call("x-fail=1") == {"code": "FAILED_PRECONDITION", "details": "asked to fail"}
+    assert call("--status", "FAILED_PRECONDITION") == {"code": "FAILED_PRECONDITION",
+                                                       "details": "asked to fail with FAILED_PRECONDITION"}
+    assert len([json.loads(x) for x in wlab.exec(
+        "default/frontend", sys.executable, "-m", "ambitctl.lab.apps.grpc_echo", "call", "grpc:9000", "--stream", "5",
+        timeout=60).stdout.strip().splitlines()]) == 5, "server streaming through the waypoint"
     assert '"dst.service": "default/grpc"' in waypoint_log(wlab)
 
 

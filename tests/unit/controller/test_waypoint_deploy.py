@@ -244,3 +244,25 @@ def test_an_invalid_waypoint_gateway_is_not_accepted() -> None:
         finally:
             stop.set()
             t.join(timeout=10)
+
+
+def test_the_rendered_waypoint_arguments_are_the_waypoints_own() -> None:
+    """The Deployment's args parse with the waypoint binary's own settings: a renamed or missing flag
+    would crash-loop every waypoint pod in a cluster."""
+    import re as _re
+
+    from controller.waypoints.render import deployment
+    from waypoint.settings import load as waypoint_settings
+    gw = gateway("wp", "istio-waypoint")
+    gw["metadata"].setdefault("uid", "u1")
+    dep = deployment(gw, WaypointDeploySettings(image="ambit:test", controller_address="ambit-controller:15012"))
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: f"<{e['name']}>" for e in c.get("env", [])}
+    args = [_re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in c["args"]]
+    s = waypoint_settings(args, {})
+    assert s.waypoint == "demo/wp" and s.pod_name == "<POD_NAME>" and s.node == "<NODE_NAME>"
+    assert s.service_account == "wp" and s.gateway_class == "istio-waypoint"
+    assert s.controller == "ambit-controller:15012"
+    # kubelet probes the admin endpoint's readiness on the port the waypoint really listens on
+    probe = c["readinessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz/ready" and int(s.admin_address.rsplit(":", 1)[1]) == probe["port"]

@@ -74,7 +74,7 @@ WP = wl("wp-0", "10.210.1.200", sa="wp", labels={"gateway.networking.k8s.io/gate
 def test_a_service_using_a_waypoint_is_routed_to_a_waypoint_pod_with_the_vip_as_authority() -> None:
     cfg = config([V1, WP], [svc("echo", "10.96.0.10", [V1], waypoint="demo/wp")])
     r = decide(cfg, "10.96.0.10", 80)
-    assert (r.kind, r.dial, r.target, r.authority) == (HBONE, ("10.210.1.200", 15008), ("10.210.1.200", 15008),
+    assert (r.kind, r.dial, r.target, r.authority) == (HBONE, ("10.210.1.200", 15008), ("10.96.0.10", 80),
                                                        "10.96.0.10:80")
     assert r.identity == "spiffe://cluster.local/ns/demo/sa/wp" and r.waypoint == "demo/wp"
     assert r.service.name == "echo" and r.workload.name == "wp-0"
