@@ -30,7 +30,7 @@ from typing import Any
 
 from controller.kinds.security import L4_CONDITION_KEYS
 from controller.translate import translate
-from controller.translate.index import ns_of
+from controller.translate.index import ns_of, waypoint_ref
 from controller.validation import object_ref, validate_object
 from controller.waypoints.gateways import WAYPOINT_CLASSES, is_waypoint, waypoint_for
 
@@ -85,7 +85,17 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
     out: list[Advisory] = []
     gateways = {(ns_of(g), (g.get("metadata") or {}).get("name", "")): g for g in good if is_waypoint(g)}
     tr = translation if translation is not None else translate(good, cluster_domain=cluster_domain)
-    svc_waypoint = {(s.namespace, s.name): s.waypoint for s in tr.services}
+    # The waypoint each Service *asks for* (its label, else its namespace's): the translation keeps only
+    # the effective one (none when the Gateway serves no Service traffic), which cannot say why.
+    ns_labels = {(o.get("metadata") or {}).get("name", ""): (o.get("metadata") or {}).get("labels") or {}
+                 for o in good if o.get("kind") == "Namespace"}
+    svc_labels = {(ns_of(o), (o.get("metadata") or {}).get("name", "")): (o.get("metadata") or {}).get("labels") or {}
+                  for o in good if o.get("kind") == "Service"}
+    svc_waypoint = {}
+    for s in tr.services:
+        labels = svc_labels.get((s.namespace, s.name), {})
+        svc_waypoint[(s.namespace, s.name)] = waypoint_ref(
+            labels, s.namespace, fallback=waypoint_ref(ns_labels.get(s.namespace, {}), s.namespace)) or s.waypoint
     for o in good:
         kind = o.get("kind")
         if kind == "AuthorizationPolicy":
