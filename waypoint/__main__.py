@@ -23,6 +23,7 @@ from waypoint.app import WaypointProxy
 from waypoint.authz import Waypoint
 from waypoint.config import TYPES, WaypointConfig
 from waypoint.settings import WaypointSettings, load
+from waypoint.telemetry.metrics import HttpMetrics
 
 
 def _split(address: str) -> tuple[str | None, int]:
@@ -50,14 +51,15 @@ async def amain(args: WaypointSettings) -> None:
         identities.prefetch([args.identity])
     else:
         log.warning("no --node-token-file/CA: no certificate, so no HBONE will be served")
-    proxy = WaypointProxy(args, config, identities)
+    metrics = Metrics()            # Istio's TCP families (opaque tunnels) and, on the same registry, HTTP
+    proxy = WaypointProxy(args, config, identities, http_metrics=HttpMetrics(metrics.registry))
     await proxy.start()
     adm = admin.AdminServer(admin.routes(proxy, client))
     try:
         await adm.start(*_split(args.admin_address), args.admin_socket)
     except OSError as e:
         log.warning("admin endpoint %s: %s", args.admin_address, e)
-    msrv = MetricsServer(Metrics())
+    msrv = MetricsServer(metrics)
     try:
         await msrv.start(*_split(args.metrics_address), args.metrics_socket)
     except OSError as e:

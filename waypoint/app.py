@@ -42,6 +42,9 @@ from waypoint.http.plug import Attachable
 from waypoint.request import Decision, Downstream, Forward, RequestHead
 from waypoint.routing import route
 from waypoint.settings import WaypointSettings
+from waypoint.telemetry.accesslog import RequestLog
+from waypoint.telemetry.hook import Telemetry
+from waypoint.telemetry.metrics import HttpMetrics
 
 log = logging.getLogger("ambit.waypoint")
 access = logging.getLogger("ambit.waypoint.access")
@@ -64,7 +67,7 @@ class WaypointProxy:
     are in __main__."""
 
     def __init__(self, settings: WaypointSettings, config: WaypointConfig, identities: IdentityManager | None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, http_metrics: HttpMetrics | None = None) -> None:
         self.settings = settings
         self.config = config
         self.identities = identities
@@ -82,6 +85,10 @@ class WaypointProxy:
         # `upstream(fwd, head)`, which does not receive the Downstream; the source address it
         # needs (Forwarded: for=) is carried across that step here.
         self._deciding: Downstream | None = None
+        # Istio's HTTP metrics (reporter="waypoint") and one access-log line per request, both with
+        # the source and destination workloads resolved from the config by address.
+        self.telemetry = Telemetry(http_metrics, RequestLog(lambda line: access.info("%s", line)),
+                                   lambda ip: self.config.view.by_ip.get(ip))
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -237,7 +244,8 @@ class WaypointProxy:
     # --- records ------------------------------------------------------------------------------
 
     def _access_log(self, rec: RequestRecord) -> None:
-        access.info("%s", rec.line())
+        self.telemetry.access_log(rec)
 
     def _stats(self, rec: RequestRecord) -> None:
         self.requests += 1
+        self.telemetry.stats(rec)

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from ambit.dataplane import endpoint
+from ambit.dataplane.telemetry.metrics import scrape
 from ambit.labstore import LabStore
 from ambitctl.lab import waypoints as waypoints_mod
 from ambitctl.lab.apps.grpc_echo import UNARY
@@ -147,8 +149,16 @@ def test_requests_go_through_the_waypoint_with_the_source_preserved(wlab: Lab) -
     assert r["peer"].split(":")[0] == front            # Forwarded from the waypoint, honoured
     line = next(json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(wlab).splitlines()
                 if "hwp-path-1" in x and "ambit.waypoint.access" in x)
-    assert line["src.identity"] == "spiffe://cluster.local/ns/default/sa/frontend"
-    assert line["dst.service"] == "default/myapp" and line["status"] == 200
+    assert line["downstream_peer_principal"] == "spiffe://cluster.local/ns/default/sa/frontend"
+    assert line["destination_service"] == "default/myapp" and line["response_code"] == 200
+    assert line["source_workload"] == "frontend" and line["request_id"] == "hwp-path-1"
+    # Istio's HTTP metrics, reporter="waypoint", on the waypoint's metrics endpoint
+    text = scrape(wlab.dir / "waypoints" / "default.waypoint.metrics.sock")
+    reqs = [s for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "istio_requests_total" and s.labels.get("source_workload") == "frontend"]
+    assert reqs and all(s.labels["reporter"] == "waypoint" for s in reqs), text[:2000]
+    assert any(s.labels["response_code"] == "200" and s.labels["destination_service_name"] == "myapp"
+               and s.value >= 1 for s in reqs), reqs
     assert "hwp-path-1" in wlab.log("waypoint") and "hwp-path-1" in wlab.log("waypoint/default/waypoint")
 
 
@@ -264,7 +274,7 @@ def test_grpc_end_to_end(wlab: Lab) -> None:
     assert len([json.loads(x) for x in wlab.exec(
         "default/frontend", sys.executable, "-m", "ambitctl.lab.apps.grpc_echo", "call", "grpc:9000", "--stream", "5",
         timeout=60).stdout.strip().splitlines()]) == 5, "server streaming through the waypoint"
-    assert '"dst.service": "default/grpc"' in waypoint_log(wlab)
+    assert '"destination_service": "default/grpc"' in waypoint_log(wlab)
 
 
 def test_a_non_http_protocol_to_a_waypointed_service_is_forwarded_at_l4(wlab: Lab) -> None:
@@ -275,7 +285,7 @@ def test_a_non_http_protocol_to_a_waypointed_service_is_forwarded_at_l4(wlab: La
     # the waypoint relayed it as opaque TCP (iperf3's data connection carried the bulk)
     tcp = [json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(wlab).splitlines()
            if "ambit.waypoint.access" in x and '"protocol": "TCP"' in x]
-    assert any(r["bytes_received"] > 1_000_000 and r["src.addr"] == wlab.pod("default/frontend")["ip"] for r in tcp), tcp
+    assert any(r["bytes_received"] > 1_000_000 and r["downstream_remote_address"] == wlab.pod("default/frontend")["ip"] for r in tcp), tcp
 
 
 # --- the wire ---------------------------------------------------------------------------------------

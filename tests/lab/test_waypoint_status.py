@@ -52,18 +52,18 @@ def test_policy_condition_route_warning_and_waypoint_programmed(lab: Lab) -> Non
                      what="ZtunnelAccepted")
         assert (c["status"], c["reason"]) == ("False", "UnsupportedValue")
 
-        # a waypoint: Programmed once its Service has a VIP
-        p = lab.ambit("waypoint", "apply", "-n", NS, "--enroll-namespace")
+        # a waypoint: the lab runs it as a pod with a Service, and the Gateway is Programmed with that VIP
+        p = lab.ambit("waypoint", "apply", "-n", NS, "--enroll-namespace", "--wait", "--timeout", "30")
         assert f"waypoint {NS}/waypoint applied" in p.stdout
-        c = wait_for(lambda: _cond(lab, "gateway", "waypoint", "Programmed"), timeout=10, what="Programmed")
-        assert (c["status"], c["reason"]) == ("False", "AddressNotAssigned")
-        lab.ambit("apply", "-f", "-", input=yaml.safe_dump(
-            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "waypoint", "namespace": NS},
-             "spec": {"clusterIP": "10.96.77.20", "ports": [{"name": "mesh", "port": 15008}]}}))
-        p = lab.ambit("waypoint", "apply", "-n", NS, "--wait", "--timeout", "15")
-        assert f"waypoint {NS}/waypoint programmed (10.96.77.20)" in p.stdout
+        c = wait_for(lambda: _cond(lab, "gateway", "waypoint", "Programmed"), timeout=20, what="Programmed")
+        assert (c["status"], c["reason"]) == ("True", "Programmed"), c
+        # the address is the VIP of the Service the lab created for the waypoint
+        svc = json.loads(lab.ambit("get", "service", "waypoint", "-n", NS, "-o", "json").stdout)
+        vip = svc["spec"]["clusterIP"]
+        gw = json.loads(lab.ambit("get", "gateway", "waypoint", "-n", NS, "-o", "json").stdout)
+        assert [a["value"] for a in gw["status"]["addresses"]] == [vip]
         listed = lab.ambit("waypoint", "list", "-n", NS).stdout.splitlines()
-        assert listed[1].split() == ["waypoint", "ambit-waypoint", "service", "True", "10.96.77.20"]
+        assert listed[1].split() == ["waypoint", "ambit-waypoint", "service", "True", vip], listed
         assert lab.ambit("waypoint", "status", "-n", NS).returncode == 0
 
         # now a waypoint serves the host: the route applies without the "no waypoint" warning
