@@ -11,8 +11,8 @@ authenticator, see controller.configserver.auth; a claimed name never widens a v
   DENY is a hole). Sending remote pods in a slimmer form was considered and rejected: each
   node's copy of a pod would get its own version, multiplying encoding work by the node count,
   for savings of a few fields.
-* waypoint W ("ns/name") -- the Services whose waypoint is W, the Workloads whose waypoint is W
-  plus the Workloads backing those Services (it routes to them and checks their identities), the
+* waypoint W ("ns/name") -- the Services whose waypoint is W, every Workload (it routes to the
+  ones behind it and resolves its clients, wherever they run, for telemetry and sourceLabels), the
   Authorizations that can apply to them (mesh-wide ones and those in the namespaces of what it
   fronts), and every PeerAuthn.
 * any type without a rule here -- everything (safe default for types added later; add a rule
@@ -81,7 +81,10 @@ def _waypoint_scope(waypoint: str, type_url: str, resources: list[Resource], sna
     fronted_workloads = [cast(Workload, w) for w in snapshot.get(Workload.TYPE, ())
                          if cast(Workload, w).waypoint == waypoint or cast(Workload, w).uid in backing]
     if type_url == Workload.TYPE:
-        return list(fronted_workloads)
+        # Every workload, as ztunnels get them: the waypoint resolves its *clients* too (source
+        # workload, canonical service and labels for metrics, access logs and sourceLabels
+        # matches), and a client can be anywhere in the mesh.
+        return resources
     # Policies bound to the waypoint Gateway live in its namespace; GatewayClass-bound ones in the
     # root namespace (the waypoint decides whether its class is the one named).
     namespaces = {s.namespace for s in services} | {w.namespace for w in fronted_workloads} | {waypoint.split("/")[0]}

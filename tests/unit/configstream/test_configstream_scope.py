@@ -43,17 +43,17 @@ def test_ztunnel_receives_every_workload_service_and_policy():
 def test_waypoint_receives_what_it_fronts_and_the_pods_behind_it():
     wp = NodeInfo("waypoint", "wp-pod-1", waypoint="shop/wp")
     assert names(scope(wp, Service.TYPE, SNAP)) == ["shop/reviews"]
-    # b1 is fronted directly (workload waypoint), a2 backs the fronted Service.
-    assert names(scope(wp, Workload.TYPE, SNAP)) == ["a2", "b1"]
+    # Every workload: it routes to those behind it (b1 fronted directly, a2 backing the Service)
+    # and resolves its clients, wherever they run.
+    assert names(scope(wp, Workload.TYPE, SNAP)) == names(SNAP[Workload.TYPE])
     # Mesh-wide policy plus the namespace of what it fronts; not the pay namespace.
     assert names(scope(wp, Authorization.TYPE, SNAP)) == ["istio-system/root-deny", "shop/shop-allow"]
     assert names(scope(wp, PeerAuthn.TYPE, SNAP)) == names(SNAP[PeerAuthn.TYPE])
 
 
-def test_a_waypoint_fronting_nothing_gets_no_services_or_workloads():
+def test_a_waypoint_fronting_nothing_gets_no_services():
     wp = NodeInfo("waypoint", "x", waypoint="other/wp")
     assert scope(wp, Service.TYPE, SNAP) == []
-    assert scope(wp, Workload.TYPE, SNAP) == []
     assert names(scope(wp, Authorization.TYPE, SNAP)) == ["istio-system/root-deny"]
 
 
