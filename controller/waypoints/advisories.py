@@ -62,7 +62,7 @@ NOT_APPLIED_DR_POLICY = {
     "tls": "accepted, not applied: in-mesh traffic is always HBONE mutual TLS, so client TLS settings do not apply",
     "tunnel": "accepted, not applied: the waypoint does not tunnel to other proxies",
 }
-NOT_YET_REASON = "accepted, but not enforced yet: the waypoint does not apply {what} (issue 12)"
+NOT_YET_REASON = "accepted, but not enforced yet: the waypoint does not apply {what}"
 
 
 @dataclass(frozen=True)
