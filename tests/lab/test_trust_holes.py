@@ -273,6 +273,18 @@ class Refused:
 
 
 def first_response(lab: Lab, node: NodeInfo, md: list[tuple[str, str]] | None) -> Any:
+    """The server's first answer on a fresh stream. When the server refuses the stream while our first
+    message is still being written, gRPC's client core sometimes reports its own INTERNAL ("Internal
+    error from Core") instead of the server's status: that is the client losing the race, not an
+    answer, so ask again (a refusal is deterministic; three tries never all lose it in practice)."""
+    for _ in range(3):
+        r = _first_response(lab, node, md)
+        if not (isinstance(r, Refused) and r.code() == grpc.StatusCode.INTERNAL and "from Core" in r.details()):
+            return r
+    return r
+
+
+def _first_response(lab: Lab, node: NodeInfo, md: list[tuple[str, str]] | None) -> Any:
     async def go() -> Any:
         async with grpc.aio.insecure_channel(f"unix:{lab.dir / 'controller.sock'}") as ch:
             call = config_pb2_grpc.ConfigServiceStub(ch).DeltaStream(metadata=md)
