@@ -10,12 +10,27 @@ import argparse
 import json
 import os
 import socket
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def _headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Header names lower-cased; a header sent more than once is joined with "," (RFC 9110 5.3),
+    so a test sees both the client's value and one a proxy appended (Gateway API's `add`)."""
+    out: dict[str, str] = {}
+    for k, v in items:
+        k = k.lower()
+        out[k] = f"{out[k]},{v}" if k in out else v
+    return out
 
 
 class EchoHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ambit-echo/1"
+    # The head and the body leave in separate writes; with Nagle on, the body waits for the
+    # client's delayed ACK (~40 ms) on a keep-alive connection, which made every request after the
+    # first in a burst that slow.
+    disable_nagle_algorithm = True
 
     def _reply(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -29,7 +44,7 @@ class EchoHandler(BaseHTTPRequestHandler):
             "peer": f"{self.client_address[0]}:{self.client_address[1]}",
             "method": self.command,
             "path": self.path,
-            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "headers": _headers(self.headers.items()),
             "body_bytes": len(body),
         }
         size = int(self.headers.get("x-echo-size", "0") or 0)

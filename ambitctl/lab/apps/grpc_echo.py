@@ -48,6 +48,16 @@ def _dict(s: Struct) -> dict[str, Any]:
     return json_format.MessageToDict(s)
 
 
+def _metadata(items: Any) -> dict[str, str]:
+    """Text metadata; a key sent more than once is joined with "," as HTTP/2 headers are, so a
+    test sees both the client's value and one a proxy appended."""
+    out: dict[str, str] = {}
+    for k, v in items:
+        if isinstance(v, str):
+            out[k] = f"{out[k]},{v}" if k in out else v
+    return out
+
+
 class Echo:
     """The service's behaviour, independent of the server (tests call it with a fake context too)."""
 
@@ -66,7 +76,7 @@ class Echo:
             context.abort(code, f"asked to fail with {status}")
         return {"pod": self.pod, "namespace": self.namespace, "version": self.version,
                 "peer": context.peer(), "method": method, "message": req.get("message", ""),
-                "metadata": {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}}
+                "metadata": _metadata(context.invocation_metadata())}
 
     def echo(self, request: Struct, context: grpc.ServicerContext) -> Struct:
         return _struct(self._reply(_dict(request), context, UNARY))
@@ -102,9 +112,10 @@ def serve(port: int, echo: Echo | None = None, host: str = "0.0.0.0", workers: i
 
 
 def call(target: str, message: str = "", stream: int = 0, metadata: tuple[tuple[str, str], ...] = (),
-         status: str = "", timeout: float = 5.0) -> list[dict[str, Any]]:
+         status: str = "", timeout: float = 5.0, repeat: int = 1) -> list[dict[str, Any]]:
     """One call (unary, or server streaming with `stream` replies); the replies as dicts. Raises
-    grpc.RpcError with the server's (or the mesh's) status on failure."""
+    grpc.RpcError with the server's (or the mesh's) status on failure. `repeat` makes that many
+    unary calls on one channel (a weighted split is measured over many calls)."""
     req: dict[str, Any] = {"message": message}
     if status:
         req["status"] = status
@@ -116,7 +127,7 @@ def call(target: str, message: str = "", stream: int = 0, metadata: tuple[tuple[
             return [_dict(r) for r in fn(_struct(req), timeout=timeout, metadata=metadata)]
         fn1 = ch.unary_unary(UNARY, request_serializer=Struct.SerializeToString,
                              response_deserializer=Struct.FromString)
-        return [_dict(fn1(_struct(req), timeout=timeout, metadata=metadata))]
+        return [_dict(fn1(_struct(req), timeout=timeout, metadata=metadata)) for _ in range(max(1, repeat))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--status", default="", help="ask the server to fail with this gRPC code")
         ap.add_argument("--header", action="append", default=[], help="metadata k=v (repeatable)")
         ap.add_argument("--timeout", type=float, default=5.0)
+        ap.add_argument("--repeat", type=int, default=1, help="unary: this many calls on one channel")
         a = ap.parse_args(argv[1:])
         md = tuple(tuple(h.split("=", 1)) for h in a.header)
         try:
-            for r in call(a.target, a.message, a.stream, md, a.status, a.timeout):  # type: ignore[arg-type]
+            for r in call(a.target, a.message, a.stream, md, a.status, a.timeout, a.repeat):  # type: ignore[arg-type]
                 print(json.dumps(r), flush=True)
         except grpc.RpcError as e:
             print(json.dumps({"code": e.code().name, "details": e.details()}), flush=True)

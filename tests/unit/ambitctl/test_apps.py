@@ -96,6 +96,38 @@ def test_grpc_echo_cli_prints_one_json_line_per_reply(echo_server: str, capsys: 
     assert json.loads(capsys.readouterr().out)["code"] == "PERMISSION_DENIED"
 
 
+def test_grpc_echo_joins_repeated_metadata_and_repeats_calls(echo_server: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    (r,) = grpc_echo.call(echo_server, metadata=(("x-a", "1"), ("x-a", "2"), ("x-b", "3")))
+    assert r["metadata"]["x-a"] == "1,2" and r["metadata"]["x-b"] == "3"
+    assert grpc_echo.main(["call", echo_server, "--repeat", "4"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    assert grpc_echo.main(["call", echo_server]) == 0            # control: one call by default
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_http_echo_reports_method_path_and_joins_repeated_headers() -> None:
+    import http.client
+    import threading
+
+    from ambitctl.lab.apps.echo import EchoHandler, Server
+    srv = Server(("127.0.0.1", 0), EchoHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=5)
+        c.putrequest("DELETE", "/p?q=1", skip_host=True)
+        for k, v in (("Host", "echo-v1"), ("X-A", "1"), ("x-a", "2"), ("X-B", "3")):
+            c.putheader(k, v)
+        c.endheaders()
+        body = json.loads(c.getresponse().read())
+        assert body["method"] == "DELETE" and body["path"] == "/p?q=1"
+        assert body["headers"]["host"] == "echo-v1"
+        assert body["headers"]["x-a"] == "1,2" and body["headers"]["x-b"] == "3"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_specs_name_sample_apps_with_app() -> None:
     spec = parse({"pods": [{"name": "httpbin", "namespace": "demo", "app": "httpbin", "labels": {"app": "httpbin"}},
                            {"name": "g", "namespace": "demo", "app": "grpc-echo",
