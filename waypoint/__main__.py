@@ -16,6 +16,7 @@ import grpc
 from ambit.backoff import Backoff
 from ambit.configclient import ConfigClient, NodeInfo
 from ambit.configclient.credential import node_metadata, read_token
+from ambit.dataplane import process
 from ambit.dataplane.identity import GrpcCertificateFetcher, IdentityManager
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
 from waypoint import admin
@@ -82,17 +83,7 @@ async def amain(args: WaypointSettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        args = load(argv)
-    except ValueError as e:
-        raise SystemExit(f"waypoint: {e}") from None
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(amain(args))
+    process.run("waypoint", load, amain, argv)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import os
 import signal
 from collections.abc import Callable
 
+from ambit.dataplane import process
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
 from ztunnel import admin, identity_setup
 from ztunnel.meshstate import MeshState, config_client
@@ -102,17 +103,7 @@ async def amain(args: ZtunnelSettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        args = load(argv)
-    except ValueError as e:
-        raise SystemExit(f"ztunnel: {e}") from None
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(amain(args))
+    process.run("ztunnel", load, amain, argv)
 
 
 if __name__ == "__main__":
