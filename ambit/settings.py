@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -63,7 +64,7 @@ def _env(env_prefix: str, prefix: str, name: str) -> str:
 def _base_type(tp: Any) -> Any:
     """int | None -> int; Path | None -> Path."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if args and typing.get_origin(tp) in (typing.Union, __import__("types").UnionType) else tp
+    return args[0] if args and typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
 
 
 def _convert(tp: Any, raw: str) -> Any:
