@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.lab.labctl import Lab, lab_name_for, sweep_stale
+from tests.lab.labctl import Lab, artifacts, lab_name_for, sweep_stale
 
 MESH_SPEC = Path(__file__).parent / "specs" / "mesh.yaml"
 
 
-def _artifacts(name: str) -> Path:
-    d = Path(os.environ.get("AMBIT_TEST_ARTIFACTS", "/tmp/ambit-test-artifacts")) / name
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+_artifacts = artifacts
 
 
 @pytest.fixture(scope="session")
@@ -24,8 +20,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """The default lab, shared by tests that leave it as they found it."""
     sweep_stale()  # labs of earlier runs that were killed hard
     lab = Lab(tmp_path_factory.mktemp("lab") / "state", name=lab_name_for("t"))
-    lab.up("--spec", str(MESH_SPEC))
     try:
+        lab.up("--spec", str(MESH_SPEC))
         yield lab
     finally:
         lab.save_logs(_artifacts("session-lab"))

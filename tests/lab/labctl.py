@@ -8,6 +8,8 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +107,25 @@ class Lab:
         src = self.dir / "logs"
         if src.exists():
             shutil.copytree(src, dest, dirs_exist_ok=True)
+
+
+def artifacts(name: str) -> Path:
+    """Where a lab's logs are kept after the run ($AMBIT_TEST_ARTIFACTS/<name>), for CI to collect."""
+    d = Path(os.environ.get("AMBIT_TEST_ARTIFACTS", "/tmp/ambit-test-artifacts")) / name
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@contextmanager
+def running_lab(base: Path, prefix: str, spec: Path, logs: str, *up_args: str,
+                env: Mapping[str, str] | None = None) -> Iterator[Lab]:
+    """A lab of a test module's own, named `<prefix><pid>` and brought up from `spec`. It is torn
+    down whatever happens, also when `up` fails half-way, and its logs are kept under `logs`."""
+    lab = Lab(base / "state", name=f"{prefix}{RUN_ID}")
+    lab.env.update(env or {})
+    try:
+        lab.up("--spec", str(spec), *up_args)
+        yield lab
+    finally:
+        lab.save_logs(artifacts(logs))
+        lab.down()

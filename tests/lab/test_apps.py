@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.conftest import _artifacts
-from tests.lab.labctl import RUN_ID, Lab
+from tests.lab.labctl import Lab, running_lab
 
 pytestmark = pytest.mark.lab
 
@@ -22,13 +21,8 @@ GRPC = "grpc-echo.demo.svc.cluster.local:9090"
 
 @pytest.fixture(scope="module")
 def apps_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab(tmp_path_factory.mktemp("apps") / "state", name=f"hwo{RUN_ID}")
-    try:
-        lab.up("--spec", str(SPEC))
+    with running_lab(tmp_path_factory.mktemp("apps"), "hwo", SPEC, "apps-lab") as lab:
         yield lab
-    finally:
-        lab.save_logs(_artifacts("apps-lab"))
-        lab.down()
 
 
 def _grpc(lab: Lab, *args: str) -> list[dict]:

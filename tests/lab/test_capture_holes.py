@@ -33,7 +33,7 @@ import yaml
 
 from ambit.dataplane import endpoint
 from ambit.netns import socket_in
-from tests.lab.labctl import Lab
+from tests.lab.labctl import Lab, running_lab
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.lab
@@ -231,20 +231,13 @@ def hlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     sweep_stale_hcap()
     d = tmp_path_factory.mktemp("hcap")
     (d / "spec.yaml").write_text(yaml.safe_dump(spec()))
-    lab = Lab(d / "state", name=f"hcap{os.getpid()}")
-    try:
-        lab.up("--spec", str(d / "spec.yaml"))
+    with running_lab(d, "hcap", d / "spec.yaml", "capture-holes") as lab:
         apply(lab, STRICT, ONLY_CLIENT)
         for pod in ("mesh/server", "mesh/client"):
             lab.wait_for(lambda p=pod: capture_state(lab, p)["state"] == "captured", 30, 0.2, f"{pod} captured")
         server_ip = lab.pod("mesh/server")["ip"]
         lab.wait_for(lambda: mesh_works(lab, server_ip), 30, 0.5, "mesh traffic client -> server under the policy")
         yield lab
-    finally:
-        art = Path(os.environ.get("AMBIT_TEST_ARTIFACTS", "/tmp/ambit-test-artifacts")) / "capture-holes"
-        art.mkdir(parents=True, exist_ok=True)
-        lab.save_logs(art)
-        lab.down()
 
 
 @pytest.fixture(scope="module")

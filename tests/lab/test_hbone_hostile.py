@@ -30,8 +30,8 @@ import pytest
 from ambit.dataplane import endpoint
 from ambit.dataplane.identity import GrpcCertificateFetcher, make_key_and_csr
 from ambitctl.lab.components import ZTUNNEL_ARGS_ENV
-from tests.lab.conftest import MESH_SPEC, _artifacts
-from tests.lab.labctl import AMBIT, REPO, RUN_ID, Lab
+from tests.lab.conftest import MESH_SPEC
+from tests.lab.labctl import AMBIT, REPO, Lab, running_lab
 
 pytestmark = pytest.mark.lab
 
@@ -44,13 +44,8 @@ ENHANCE_YOUR_CALM = 0xB
 @pytest.fixture(scope="module")
 def hlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A lab of this module's own (prefix hhb), always torn down."""
-    lab = Lab(tmp_path_factory.mktemp("hhb") / "state", name=f"hhb{RUN_ID}")
-    lab.up("--spec", str(MESH_SPEC))
-    try:
+    with running_lab(tmp_path_factory.mktemp("hhb"), "hhb", MESH_SPEC, "hbone-hostile-lab") as lab:
         yield lab
-    finally:
-        lab.save_logs(_artifacts("hbone-hostile-lab"))
-        lab.down()
 
 
 @pytest.fixture(scope="module")
@@ -368,14 +363,9 @@ LIMITS = {"--max-outbound-per-pod": 20, "--max-plaintext-per-source-ip": 20, "--
 @pytest.fixture(scope="module")
 def limited_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A second lab whose ztunnels run with small limits (AMBIT_LAB_ZTUNNEL_ARGS)."""
-    lab = Lab(tmp_path_factory.mktemp("hhbl") / "state", name=f"hhbl{RUN_ID}")
-    lab.env[ZTUNNEL_ARGS_ENV] = " ".join(f"{k} {v}" for k, v in LIMITS.items())
-    lab.up("--spec", str(MESH_SPEC))
-    try:
+    with running_lab(tmp_path_factory.mktemp("hhbl"), "hhbl", MESH_SPEC, "hbone-hostile-limited-lab",
+                     env={ZTUNNEL_ARGS_ENV: " ".join(f"{k} {v}" for k, v in LIMITS.items())}) as lab:
         yield lab
-    finally:
-        lab.save_logs(_artifacts("hbone-hostile-limited-lab"))
-        lab.down()
 
 
 def test_a_noisy_pod_hits_its_own_limits_and_its_neighbours_are_served(limited_lab: Lab) -> None:

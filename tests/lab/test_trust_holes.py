@@ -35,8 +35,8 @@ from ambit.dataplane.identity import GrpcCertificateFetcher, make_key_and_csr
 from ambit.model import Workload
 from ambitctl.lab.components import mesh_config_file
 from controller.ca import CertificateAuthority, DirectoryStorage
-from tests.lab.conftest import MESH_SPEC, _artifacts
-from tests.lab.labctl import RUN_ID, Lab
+from tests.lab.conftest import MESH_SPEC
+from tests.lab.labctl import Lab, running_lab
 
 pytestmark = pytest.mark.lab
 
@@ -49,13 +49,8 @@ EVIL_ID = "spiffe://evil.local/ns/demo/sa/client"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A lab of this module's own (policies and the mesh config file change here)."""
-    lab = Lab(tmp_path_factory.mktemp("htr") / "state", name=f"htr{RUN_ID}")
-    try:
-        lab.up("--spec", str(MESH_SPEC))
+    with running_lab(tmp_path_factory.mktemp("htr"), "htr", MESH_SPEC, "trust-holes-lab") as lab:
         yield lab
-    finally:
-        lab.save_logs(_artifacts("trust-holes-lab"))
-        lab.down()
 
 
 # --- helpers ---------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from ambitctl.lab import waypoints as waypoints_mod
 from ambitctl.lab.apps.grpc_echo import UNARY
 from ambitctl.lab.topology import LabNames
 from tests.lab.conftest import _artifacts
-from tests.lab.labctl import Lab
+from tests.lab.labctl import Lab, running_lab
 from tests.lab.test_mtls import underlay_capture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
@@ -107,18 +107,13 @@ def waypoint_log(lab: Lab) -> str:
 
 @pytest.fixture(scope="module")
 def wlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab(tmp_path_factory.mktemp("wlab") / "state", name=f"hwp{os.getpid()}")
-    try:
-        lab.up("--spec", str(SPEC))
+    with running_lab(tmp_path_factory.mktemp("wlab"), "hwp", SPEC, "waypoint-lab") as lab:
         lab.tmp = tmp_path_factory.mktemp("wcfg")  # type: ignore[attr-defined]
         apply(lab, [GATEWAY], lab.tmp, "gateway")  # type: ignore[attr-defined]
         lab.wait_for(lambda: [w for w in waypoints(lab) if w["ready"]], timeout=30, what="waypoint ready")
         lab.wait_for(lambda: status_of(lab, "default/frontend", "http://myapp/")[0] == 200, timeout=30,
                      interval=0.5, what="myapp through the waypoint")
         yield lab
-    finally:
-        lab.save_logs(_artifacts("waypoint-lab"))
-        lab.down()
 
 
 # --- the path -------------------------------------------------------------------------------------

@@ -35,8 +35,7 @@ import yaml
 
 from ambit.dataplane import endpoint
 from ambitctl.lab import waypoints as waypoints_mod
-from tests.lab.conftest import _artifacts
-from tests.lab.labctl import Lab
+from tests.lab.labctl import Lab, running_lab
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -86,9 +85,7 @@ def use(lab: Lab, manifest: str | None) -> None:
 
 @pytest.fixture(scope="module")
 def clab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab(tmp_path_factory.mktemp("hcf") / "state", name=f"hcf{os.getpid()}")
-    try:
-        lab.up("--spec", str(SPEC))
+    with running_lab(tmp_path_factory.mktemp("hcf"), "hcf", SPEC, "waypoint-conformance-lab") as lab:
         gw = tmp_path_factory.mktemp("hcfcfg") / "gateway.yaml"
         gw.write_text(yaml.safe_dump(GATEWAY))
         lab.ambit("apply", "-f", str(gw))
@@ -97,9 +94,6 @@ def clab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                      what="echo through the waypoint")
         lab.manifest = None  # type: ignore[attr-defined]
         yield lab
-    finally:
-        lab.save_logs(_artifacts("waypoint-conformance-lab"))
-        lab.down()
 
 
 # --- one case -------------------------------------------------------------------------------------
