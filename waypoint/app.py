@@ -81,10 +81,6 @@ class WaypointProxy:
         self.tunnels = 0
         self.refused = 0
         self.requests = 0
-        # The engine calls `decide(head, down)` and then, synchronously in the same exchange step,
-        # `upstream(fwd, head)`, which does not receive the Downstream; the source address it
-        # needs (Forwarded: for=) is carried across that step here.
-        self._deciding: Downstream | None = None
         # Istio's HTTP metrics (reporter="waypoint") and one access-log line per request, both with
         # the source and destination workloads resolved from the config by address.
         self.telemetry = Telemetry(http_metrics, RequestLog(lambda line: access.info("%s", line)),
@@ -172,24 +168,20 @@ class WaypointProxy:
 
     def decide(self, head: RequestHead, down: Downstream) -> Decision:
         v = self.config.view
-        self._deciding = down
         reply, _verdict = authorize(v.policies, head, down, v.trust_domains)
         if reply is not None:
             return reply
         return route(v.table, head, down, self.rng)
 
-    def upstream(self, fwd: Forward, head: RequestHead) -> UpstreamTarget | None:
-        down, self._deciding = self._deciding, None
+    def upstream(self, fwd: Forward, head: RequestHead, down: Downstream) -> UpstreamTarget | None:
         pick = self._pick(fwd, down)
         if pick is None:
             return None
-        return self._target(pick, down.source_ip if down is not None else None)
+        return self._target(pick, down.source_ip)
 
-    def _pick(self, fwd: Forward, down: Downstream | None) -> endpoints.Pick | None:
+    def _pick(self, fwd: Forward, down: Downstream) -> endpoints.Pick | None:
         v = self.config.view
         if not fwd.service:     # addressed to a workload: on to it
-            if down is None:
-                return None
             return endpoints.pick_workload(down.destination_ip, down.destination_port, v.by_ip)
         svc = v.services.get(fwd.service)
         if svc is None:

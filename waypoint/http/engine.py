@@ -6,7 +6,7 @@
 
 Injected, so the engine knows no routing, no policy and no HBONE:
 - `decide(head, downstream) -> Forward | LocalReply`: the sans-IO cores (routing, authorization);
-- `upstream(forward, head) -> UpstreamTarget | None`: which endpoint (load balancing), which
+- `upstream(forward, head, downstream) -> UpstreamTarget | None`: which endpoint (load balancing), which
   protocol (`http1` | `h2`) and how to connect to it; None means no endpoint (503 UH);
 - `opaque(downstream) -> Attachable | None` (async): where a non-HTTP tunnel goes;
 - `access_log(record)` and `stats(record)`: one `RequestRecord` per request when it ends.
@@ -57,7 +57,7 @@ class UpstreamTarget:
 
 
 Decide = Callable[[RequestHead, Downstream], Decision]
-ChooseUpstream = Callable[[Forward, RequestHead], "UpstreamTarget | None"]
+ChooseUpstream = Callable[[Forward, RequestHead, Downstream], "UpstreamTarget | None"]
 OpenOpaque = Callable[[Downstream], Awaitable["Attachable | None"]]
 
 

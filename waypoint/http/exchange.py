@@ -98,7 +98,7 @@ class Exchange:
         self.up_head = RequestHead(head.method, fwd.path or head.path, authority, head.scheme, headers,
                                    head.version, head.grpc)
         try:
-            target = e.upstream(fwd, self.up_head)
+            target = e.upstream(fwd, self.up_head, self.downstream)
         except Exception:
             log.exception("choosing an upstream failed for %s", fwd.service)
             target = None

@@ -259,7 +259,7 @@ class Proxy:
              ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
 
-        def upstream(fwd: Forward, head: RequestHead) -> UpstreamTarget | None:
+        def upstream(fwd: Forward, head: RequestHead, down: Downstream) -> UpstreamTarget | None:
             if fwd.port == 0:
                 return None
             port = fwd.port

@@ -77,7 +77,7 @@ def test_decide_routes_and_the_upstream_is_pooled_per_endpoint_and_source() -> N
     down, _ = p.downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80")
     d = p.decide(RequestHead("GET", "/", "myapp"), down)
     assert isinstance(d, Forward) and (d.service, d.port) == ("default/myapp", 80)
-    target = p.upstream(d, RequestHead("GET", "/", "myapp"))
+    target = p.upstream(d, RequestHead("GET", "/", "myapp"), down)
     assert target is not None and target.address.endswith(":8080") and "for 10.0.2.5" in target.key
 
 
