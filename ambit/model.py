@@ -298,6 +298,7 @@ class Retry:
     retry_on: list[str] = field(default_factory=list)
     codes: list[int] = field(default_factory=list)
     backoff: float = 0.0
+    ignore_previous_hosts: bool = True  # retryIgnorePreviousHosts (Istio's default: true)
 
 
 @dataclass
@@ -332,7 +333,8 @@ class HttpRoute:
     redirect: Redirect | None = None
     direct_response: DirectResponse | None = None
     rewrite: Rewrite | None = None
-    timeout: float = 0.0
+    timeout: float = 0.0                # VirtualService timeout / HTTPRoute timeouts.request; 0: none
+    backend_timeout: float = 0.0        # HTTPRoute timeouts.backendRequest: each try's timeout
     retries: Retry | None = None        # None: the data plane's default policy
     fault: Fault | None = None
     mirrors: list[Mirror] = field(default_factory=list)
@@ -360,6 +362,12 @@ class TrafficPolicy:
     hash_cookie_ttl: float = 0.0
     hash_source_ip: bool = False
     hash_query_param: str = ""
+    hash_cookie_attributes: dict[str, str] = field(default_factory=dict)
+    hash_ring: str = ""                 # RING_HASH (default) | MAGLEV
+    hash_ring_size: int = 0             # ringHash.minimumRingSize / minimumRingSize / maglev.tableSize; 0: default
+    warmup_duration: float = 0.0        # warmup.duration / warmupDurationSecs; 0: no slow start
+    warmup_aggression: float = 1.0
+    warmup_min_percent: float = 10.0
     max_connections: int = 0
     connect_timeout: float = 0.0
     tcp_idle_timeout: float = 0.0
@@ -376,6 +384,11 @@ class TrafficPolicy:
     base_ejection_time: float = 30.0
     max_ejection_percent: int = 10
     min_health_percent: int = 0
+    consecutive_local_origin_failures: int = 5
+    split_external_local_origin_errors: bool = False
+    retry_budget: bool = False          # the fields below apply only when this is true
+    retry_budget_percent: float = 20.0
+    retry_budget_min_concurrency: int = 3
     tls_mode: str = ""                  # DISABLE | SIMPLE | MUTUAL | ISTIO_MUTUAL
     sni: str = ""
     subject_alt_names: list[str] = field(default_factory=list)

@@ -27,6 +27,7 @@ import logging
 import random
 import socket
 import ssl
+import time
 from typing import Any
 
 from ambit import identity as spiffe
@@ -45,6 +46,7 @@ from waypoint.settings import WaypointSettings
 from waypoint.telemetry.accesslog import RequestLog
 from waypoint.telemetry.hook import Telemetry
 from waypoint.telemetry.metrics import HttpMetrics
+from waypoint.traffic.cluster import Cluster, Clusters
 
 log = logging.getLogger("ambit.waypoint")
 access = logging.getLogger("ambit.waypoint.access")
@@ -74,6 +76,8 @@ class WaypointProxy:
         self.identity = settings.identity
         self.rng = rng or random.Random()
         self.lb = endpoints.RoundRobin()
+        self.clusters = Clusters(time.monotonic, self.rng)
+        self._clusters_table: Any = None      # the route table `clusters` was last updated from
         self.contexts = tls.ContextCache()
         self.pool = HBONEClientPool(self._client_context, handshake_timeout=settings.tunnel.connect_timeout)
         self.engine: Engine | None = None
@@ -173,11 +177,21 @@ class WaypointProxy:
             return reply
         return route(v.table, head, down, self.rng)
 
-    def upstream(self, fwd: Forward, head: RequestHead, down: Downstream) -> UpstreamTarget | None:
+    def upstream(self, fwd: Forward, head: RequestHead, down: Downstream,
+                 exclude: frozenset[str] = frozenset()) -> UpstreamTarget | None:
         pick = self._pick(fwd, down)
         if pick is None:
             return None
-        return self._target(pick, down.source_ip)
+        return self._target(pick, down.source_ip, self.cluster(fwd.service, fwd.port, fwd.subset)
+                            if fwd.service else None)
+
+    def cluster(self, service: str, port: int, subset: str = "") -> Cluster:
+        """The cluster of (service, port, subset) under the current config (waypoint/traffic)."""
+        table = self.config.view.table
+        if table is not self._clusters_table:
+            self.clusters.update({s: hr.config for s, hr in table.by_service.items() if hr.config is not None})
+            self._clusters_table = table
+        return self.clusters.get(service, port, subset)
 
     def _pick(self, fwd: Forward, down: Downstream) -> endpoints.Pick | None:
         v = self.config.view
@@ -191,14 +205,15 @@ class WaypointProxy:
             return None
         return endpoints.pick_service(svc, fwd.port, labels, v.workloads, v.by_ip, self.lb, fwd.subset)
 
-    def _target(self, pick: endpoints.Pick, source_ip: str | None) -> UpstreamTarget | None:
+    def _target(self, pick: endpoints.Pick, source_ip: str | None,
+                cluster: Cluster | None = None) -> UpstreamTarget | None:
         if not pick.mesh:
             log.warning("endpoint %s (%s) is not in the mesh; the waypoint reaches endpoints over HBONE only",
                         pick.address, pick.workload)
             return None
         # Pooled per endpoint *and* source: the tunnel's Forwarded header names one source.
         key = f"{pick.address}/{pick.protocol} for {source_ip or '-'}"
-        return UpstreamTarget(key, pick.address, self._connector(pick, source_ip), pick.protocol)
+        return UpstreamTarget(key, pick.address, self._connector(pick, source_ip), pick.protocol, cluster)
 
     def _connector(self, pick: endpoints.Pick, source_ip: str | None):
         async def connect() -> Attachable:

@@ -19,7 +19,7 @@ from controller.kinds.common import (
     Strings,
     WorkloadSelector,
 )
-from controller.kinds.schema import AnyValue, Arr, Bool, Errors, Int, Map, Obj, Str, join
+from controller.kinds.schema import Arr, Bool, Errors, Int, Map, Num, Obj, Str, join
 
 # -- VirtualService --------------------------------------------------------------------------------
 
@@ -63,7 +63,8 @@ HTTPRewrite = Obj({"uri": Str(), "authority": Str(),
                   one_of=(("uri", "uriRegexRewrite"),))
 
 HTTPRetry = Obj({"attempts": Int(minimum=0), "perTryTimeout": Duration(positive=True), "retryOn": Str(),
-                 "retryRemoteLocalities": Bool(), "backoff": Duration(positive=True)})
+                 "retryRemoteLocalities": Bool(), "retryIgnorePreviousHosts": Bool(),
+                 "backoff": Duration(positive=True)})
 
 HTTPFaultInjection = Obj({
     "delay": Obj({"fixedDelay": Duration(positive=True), "exponentialDelay": Duration(positive=True),
@@ -183,7 +184,8 @@ LoadBalancer = Obj({
     "consistentHash": ConsistentHash,
     "localityLbSetting": LocalityLbSetting,
     "warmupDurationSecs": Duration(),
-    "warmup": AnyValue(),
+    "warmup": Obj({"duration": Duration(positive=True), "aggression": Num(minimum=0),
+                   "minimumPercent": Num(minimum=0, maximum=100)}, required=("duration",)),
 }, one_of=(("simple", "consistentHash"),))
 
 ConnectionPool = Obj({
@@ -239,6 +241,8 @@ TrafficPolicy = Obj({
     "tunnel": Obj({"protocol": Str(), "targetHost": Str(min_len=1), "targetPort": Port},
                   required=("targetHost", "targetPort")),
     "proxyProtocol": Obj({"version": Str(enum=("V1", "V2"))}),
+    "retryBudget": Obj({"percent": Num(minimum=0, maximum=100), "minRetryConcurrency": Int(minimum=0),
+                        "budgetInterval": Duration(positive=True)}),
 })
 
 Subset = Obj({"name": Str(min_len=1), "labels": Labels, "trafficPolicy": TrafficPolicy}, required=("name",))

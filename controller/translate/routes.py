@@ -189,7 +189,8 @@ def _vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str) -> HttpRoute | No
         r = h["retries"]
         route.retries = Retry(attempts=int(r.get("attempts") or 0), per_try_timeout=_seconds(r.get("perTryTimeout")),
                               retry_on=[x.strip() for x in (r.get("retryOn") or "").split(",") if x.strip()],
-                              backoff=_seconds(r.get("backoff")))
+                              backoff=_seconds(r.get("backoff")),
+                              ignore_previous_hosts=r.get("retryIgnorePreviousHosts", True) is not False)
     if h.get("fault"):
         f, route.fault = h["fault"], Fault()
         if f.get("delay"):
@@ -327,6 +328,7 @@ def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
             _gw_filters(route, rule.get("filters") or [], ns, hosts)
             t = rule.get("timeouts") or {}
             route.timeout = _seconds(t.get("request"))
+            route.backend_timeout = _seconds(t.get("backendRequest"))
             if rule.get("retry"):
                 r = rule["retry"]
                 route.retries = Retry(attempts=int(r.get("attempts") or 0), codes=list(r.get("codes") or []),
@@ -393,7 +395,7 @@ def _gw_targets(obj: Obj, hosts: Hosts, services: list[Service]) -> list[tuple[s
 
 # -- DestinationRule -----------------------------------------------------------------------------
 
-_POLICY_PARTS = ("loadBalancer", "connectionPool", "outlierDetection", "tls")
+_POLICY_PARTS = ("loadBalancer", "connectionPool", "outlierDetection", "tls", "retryBudget")
 
 
 def _merge(base: Obj | None, over: Obj | None) -> Obj:
@@ -416,8 +418,23 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
         t.hash_cookie_ttl = _seconds(cookie.get("ttl"))
         t.hash_source_ip = bool(ch.get("useSourceIp"))
         t.hash_query_param = ch.get("httpQueryParameterName", "")
+        t.hash_cookie_attributes = {a.get("name", ""): a.get("value", "") for a in cookie.get("attributes") or []}
+        if ch.get("maglev") is not None:
+            t.hash_ring, t.hash_ring_size = "MAGLEV", int((ch["maglev"] or {}).get("tableSize") or 0)
+        else:
+            t.hash_ring = "RING_HASH"
+            t.hash_ring_size = int((ch.get("ringHash") or {}).get("minimumRingSize") or ch.get("minimumRingSize") or 0)
     elif lb.get("simple"):
         t.lb = {"LEAST_CONN": "LEAST_REQUEST", "UNSPECIFIED": ""}.get(lb["simple"], lb["simple"])
+    warm = lb.get("warmup") or {}
+    if warm:
+        t.warmup_duration = _seconds(warm.get("duration"))
+        if warm.get("aggression") is not None:
+            t.warmup_aggression = float(warm["aggression"])
+        if warm.get("minimumPercent") is not None:
+            t.warmup_min_percent = float(warm["minimumPercent"])
+    elif lb.get("warmupDurationSecs"):
+        t.warmup_duration = _seconds(lb["warmupDurationSecs"])
     cp = p.get("connectionPool") or {}
     tcp, http = cp.get("tcp") or {}, cp.get("http") or {}
     t.max_connections = int(tcp.get("maxConnections") or 0)
@@ -443,6 +460,16 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
         if od.get("maxEjectionPercent") is not None:
             t.max_ejection_percent = int(od["maxEjectionPercent"])
         t.min_health_percent = int(od.get("minHealthPercent") or 0)
+        t.split_external_local_origin_errors = bool(od.get("splitExternalLocalOriginErrors"))
+        if od.get("consecutiveLocalOriginFailures") is not None:
+            t.consecutive_local_origin_failures = int(od["consecutiveLocalOriginFailures"])
+    rb = p.get("retryBudget")
+    if rb is not None:
+        t.retry_budget = True
+        if rb.get("percent") is not None:
+            t.retry_budget_percent = float(rb["percent"])
+        if rb.get("minRetryConcurrency") is not None:
+            t.retry_budget_min_concurrency = int(rb["minRetryConcurrency"])
     tls = p.get("tls") or {}
     t.tls_mode, t.sni = tls.get("mode", ""), tls.get("sni", "")
     t.subject_alt_names = list(tls.get("subjectAltNames") or [])

@@ -6,8 +6,10 @@
 
 Injected, so the engine knows no routing, no policy and no HBONE:
 - `decide(head, downstream) -> Forward | LocalReply`: the sans-IO cores (routing, authorization);
-- `upstream(forward, head, downstream) -> UpstreamTarget | None`: which endpoint (load balancing), which
-  protocol (`http1` | `h2`) and how to connect to it; None means no endpoint (503 UH);
+- `upstream(forward, head, downstream, exclude) -> UpstreamTarget | None`: which endpoint (load
+  balancing; `exclude` names addresses already tried, for retries), which protocol (`http1` | `h2`),
+  how to connect to it, and its cluster (which attempts are reported to); None means no endpoint
+  (503 UH);
 - `opaque(downstream) -> Attachable | None` (async): where a non-HTTP tunnel goes;
 - `access_log(record)` and `stats(record)`: one `RequestRecord` per request when it ends.
 
@@ -40,6 +42,7 @@ from waypoint.request import Decision, Downstream, Forward, RequestHead
 
 if TYPE_CHECKING:
     from ambit.dataplane.hbone.stream import HBONEStream
+    from waypoint.traffic.cluster import Cluster
 
 log = logging.getLogger("waypoint.http")
 
@@ -54,10 +57,12 @@ class UpstreamTarget:
     address: str
     connect: Callable[[], Awaitable[Attachable]]
     protocol: str = "http1"
+    cluster: Cluster | None = None      # the cluster it belongs to; attempts are reported to it
+
 
 
 Decide = Callable[[RequestHead, Downstream], Decision]
-ChooseUpstream = Callable[[Forward, RequestHead, Downstream], "UpstreamTarget | None"]
+ChooseUpstream = Callable[[Forward, RequestHead, Downstream, frozenset[str]], "UpstreamTarget | None"]
 OpenOpaque = Callable[[Downstream], Awaitable["Attachable | None"]]
 
 

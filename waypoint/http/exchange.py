@@ -23,6 +23,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from waypoint.http import attempt
 from waypoint.http.headers import add_forwarded, grpc_status_for, strip_hop_by_hop
 from waypoint.http.legs import DownLeg, Headers, UpLeg
 from waypoint.http.record import RequestRecord
@@ -43,7 +44,7 @@ class Exchange:
     __slots__ = ("engine", "down", "up", "head", "downstream", "body", "record", "forward", "target",
                  "up_head", "pending", "pending_bytes", "req_ended", "req_trailers", "resp_started",
                  "resp_ended", "done", "last", "upgrade", "expect_continue", "retried", "_t0",
-                 "upgraded", "_raw_ends", "keep_alive", "reset_code")
+                 "upgraded", "_raw_ends", "keep_alive", "reset_code", "_attempt")
 
     def __init__(self, engine: Engine, down: DownLeg, head: RequestHead, downstream: Downstream, *,
                  body: str, upgrade: bool = False, expect_continue: bool = False) -> None:
@@ -73,6 +74,7 @@ class Exchange:
         self.keep_alive = True          # the client wants the connection kept (HTTP/1)
         self.reset_code: int | None = None  # an HTTP/2 RST_STREAM code to pass on to the other leg
         self._raw_ends = 0
+        self._attempt = 0               # 0: no attempt open; 1: open, outcome unknown; 2: outcome reported
         self._t0 = time.monotonic()
         self.last = engine.loop.time()
 
@@ -98,7 +100,7 @@ class Exchange:
         self.up_head = RequestHead(head.method, fwd.path or head.path, authority, head.scheme, headers,
                                    head.version, head.grpc)
         try:
-            target = e.upstream(fwd, self.up_head, self.downstream)
+            target = e.upstream(fwd, self.up_head, self.downstream, frozenset())
         except Exception:
             log.exception("choosing an upstream failed for %s", fwd.service)
             target = None
@@ -109,6 +111,7 @@ class Exchange:
         self.record.upstream, self.record.upstream_protocol = target.address, target.protocol
         if self.expect_continue:
             self.down.send_continue()       # Envoy's default: the proxy answers 100 Continue itself
+        self._attempt_start()
         e.pools.acquire(target, self)
 
     # --- from the pools / upstream leg ----------------------------------------------------------
@@ -130,6 +133,7 @@ class Exchange:
 
     def connect_failed(self, detail: str) -> None:
         log.info("upstream %s: connect failed: %s", self.record.upstream, detail)
+        self._attempt_result(attempt.Outcome(attempt.CONNECT_FAILURE))
         self.fail_before_headers("UF", "connection failure", detail)
 
     def overflow(self) -> None:
@@ -152,6 +156,7 @@ class Exchange:
             self.engine.pools.acquire(self.target, self, fresh=True)
             return
         if not self.resp_started:
+            self._attempt_result(attempt.Outcome(attempt.RESET))
             self.fail_before_headers(flags, reason, reason)
         else:
             self.record.response_flags = flags
@@ -184,6 +189,7 @@ class Exchange:
             for k, v in headers:
                 if k == "grpc-status":
                     self.record.grpc_status = v
+        self._attempt_result(attempt.Outcome(attempt.RESPONSE, status, self.record.grpc_status))
         if end:
             self.resp_ended = True
             self.down.send_head(status, headers, True)
@@ -303,6 +309,7 @@ class Exchange:
         up, self.up = self.up, None
         if up is not None:
             up.abort()
+        self._attempt_result(attempt.Outcome(attempt.TIMEOUT))
         if self.resp_started:
             self.record.response_flags = "SI"
             self.down.send_reset()
@@ -320,10 +327,31 @@ class Exchange:
         if self._raw_ends >= 2 and not self.done:
             self.finish()
 
+    # --- attempts, as reported to the target's cluster (waypoint.traffic.cluster) ----------------
+
+    def _attempt_start(self) -> None:
+        t = self.target
+        if t is not None and t.cluster is not None:
+            self._attempt = 1
+            t.cluster.attempt_started(t.address)
+
+    def _attempt_result(self, outcome: attempt.Outcome) -> None:
+        t = self.target
+        if self._attempt == 1 and t is not None and t.cluster is not None:
+            self._attempt = 2
+            t.cluster.attempt_result(t.address, outcome)
+
+    def _attempt_end(self) -> None:
+        t = self.target
+        if self._attempt and t is not None and t.cluster is not None:
+            self._attempt = 0
+            t.cluster.attempt_ended(t.address)
+
     def finish(self) -> None:
         if self.done:
             return
         self.done = True
+        self._attempt_end()
         rec = self.record
         rec.duration_ms = (time.monotonic() - self._t0) * 1000
         e = self.engine

@@ -2,14 +2,24 @@
 
 Tests and the demo read `peer` to check source-IP preservation, `version` to see load balancing
 and routing, and `headers` to see what the mesh added (forwarded, traceparent, ...).
+
+It can also misbehave on its own, so retries, outlier detection and least-request balancing are
+shown without request tricks: `--fail-every N` fails every Nth request, `--fail-ratio R` a random
+share R of them, with `--fail-status` (default 503) or, with `--fail-mode reset`, by closing the
+connection without an answer; `--delay S` answers every request S seconds late. A request header
+`x-echo-status` still picks the status of one answer, and `x-echo-delay` delays one answer.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import random
 import socket
+import threading
+import time
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -37,6 +47,16 @@ class EchoHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         labels = json.loads(os.environ.get("POD_LABELS", "{}"))
         status = int(self.headers.get("x-echo-status", "200"))
+        srv: Server = self.server  # type: ignore[assignment]
+        delay = srv.delay + float(self.headers.get("x-echo-delay", "0") or 0)
+        if delay > 0:
+            time.sleep(delay)
+        if srv.should_fail():
+            if srv.fail_mode == "reset":
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            status = srv.fail_status
         reply = {
             "pod": os.environ.get("POD_NAME", socket.gethostname()),
             "namespace": os.environ.get("POD_NAMESPACE", ""),
@@ -69,13 +89,38 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024
     allow_reuse_address = True
+    delay = 0.0
+    fail_every = 0
+    fail_ratio = 0.0
+    fail_status = 503
+    fail_mode = "status"
+
+    def __init__(self, *a: object, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self._count = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def should_fail(self) -> bool:
+        with self._lock:
+            n = next(self._count)
+        if self.fail_every and n % self.fail_every == 0:
+            return True
+        return bool(self.fail_ratio) and random.random() < self.fail_ratio
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--port", type=int, default=8080)
+    ap.add_argument("--delay", type=float, default=0.0, help="answer every request this many seconds late")
+    ap.add_argument("--fail-every", type=int, default=0, help="fail every Nth request (0: never)")
+    ap.add_argument("--fail-ratio", type=float, default=0.0, help="fail this share of requests at random")
+    ap.add_argument("--fail-status", type=int, default=503, help="the status of a failed answer")
+    ap.add_argument("--fail-mode", choices=("status", "reset"), default="status",
+                    help="fail with --fail-status, or by closing the connection without an answer")
     args = ap.parse_args()
     srv = Server(("0.0.0.0", args.port), EchoHandler)
+    srv.delay, srv.fail_every, srv.fail_ratio = args.delay, args.fail_every, args.fail_ratio
+    srv.fail_status, srv.fail_mode = args.fail_status, args.fail_mode
     srv.serve_forever()
 
 

@@ -259,7 +259,8 @@ class Proxy:
              ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
 
-        def upstream(fwd: Forward, head: RequestHead, down: Downstream) -> UpstreamTarget | None:
+        def upstream(fwd: Forward, head: RequestHead, down: Downstream,
+                     exclude: frozenset[str] = frozenset()) -> UpstreamTarget | None:
             if fwd.port == 0:
                 return None
             port = fwd.port

@@ -51,7 +51,8 @@ def test_http1_over_hbone_down_and_h2_over_hbone_up(ca) -> None:  # noqa: ANN001
                 assert ds.source_identity == CLIENT
                 return Forward(service="t/s", port=1 if head.header("x-to") == "h2" else origin.port)
 
-            def upstream(fwd: Forward, head: RequestHead, down: Downstream) -> UpstreamTarget:
+            def upstream(fwd: Forward, head: RequestHead, down: Downstream,
+                         exclude: frozenset[str] = frozenset()) -> UpstreamTarget:
                 if fwd.port == 1:
                     async def hbone() -> HBONETransport:
                         return HBONETransport(await upstream_mesh.open("10.0.0.9:8080"))
