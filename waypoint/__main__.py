@@ -53,7 +53,8 @@ async def amain(args: WaypointSettings) -> None:
     else:
         log.warning("no --node-token-file/CA: no certificate, so no HBONE will be served")
     metrics = Metrics()            # Istio's TCP families (opaque tunnels) and, on the same registry, HTTP
-    proxy = WaypointProxy(args, config, identities, http_metrics=HttpMetrics(metrics.registry))
+    proxy = WaypointProxy(args, config, identities, http_metrics=HttpMetrics(metrics.registry),
+                          registry=metrics.registry)
     await proxy.start()
     adm = admin.AdminServer(admin.routes(proxy, client))
     try:

@@ -47,8 +47,11 @@ def routes(proxy: Any, client: Any) -> dict[str, Handler]:
     def stats() -> tuple[int, Any]:
         return 200, {"tunnels": proxy.tunnels, "refused": proxy.refused, "requests": proxy.requests}
 
+    def clusters() -> tuple[int, Any]:
+        return 200, proxy.clusters.dump()
+
     return {"/healthz/ready": ready, "/config_dump": config_dump, "/routes": route_dump, "/certs": certs,
-            "/stats": stats}
+            "/stats": stats, "/clusters": clusters}
 
 
 class AdminServer(LocalEndpoint):

@@ -30,6 +30,8 @@ import ssl
 import time
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from ambit import identity as spiffe
 from ambit.dataplane import tls
 from ambit.dataplane.hbone import HBONEClientPool, HBONEServer, HBONEStream
@@ -44,6 +46,7 @@ from waypoint.request import Decision, Downstream, Forward, RequestHead
 from waypoint.routing import route
 from waypoint.settings import WaypointSettings
 from waypoint.telemetry.accesslog import RequestLog
+from waypoint.telemetry.clusters import ClusterCollector
 from waypoint.telemetry.hook import Telemetry
 from waypoint.telemetry.metrics import HttpMetrics
 from waypoint.traffic.cluster import Cluster, Clusters
@@ -69,7 +72,8 @@ class WaypointProxy:
     are in __main__."""
 
     def __init__(self, settings: WaypointSettings, config: WaypointConfig, identities: IdentityManager | None,
-                 rng: random.Random | None = None, http_metrics: HttpMetrics | None = None) -> None:
+                 rng: random.Random | None = None, http_metrics: HttpMetrics | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.config = config
         self.identities = identities
@@ -78,6 +82,8 @@ class WaypointProxy:
         self.lb = endpoints.RoundRobin()
         self.clusters = Clusters(time.monotonic, self.rng)
         self._clusters_table: Any = None      # the route table `clusters` was last updated from
+        if registry is not None:
+            registry.register(ClusterCollector(lambda: self.clusters))
         self.contexts = tls.ContextCache()
         self.pool = HBONEClientPool(self._client_context, handshake_timeout=settings.tunnel.connect_timeout)
         self.engine: Engine | None = None
@@ -182,16 +188,19 @@ class WaypointProxy:
         pick = self._pick(fwd, down)
         if pick is None:
             return None
-        return self._target(pick, down.source_ip, self.cluster(fwd.service, fwd.port, fwd.subset)
+        return self._target(pick, down.source_ip, self.cluster(fwd.service, fwd.port, fwd.subset, fwd.hostname)
                             if fwd.service else None)
 
-    def cluster(self, service: str, port: int, subset: str = "") -> Cluster:
+    def cluster(self, service: str, port: int, subset: str = "", hostname: str = "") -> Cluster:
         """The cluster of (service, port, subset) under the current config (waypoint/traffic)."""
         table = self.config.view.table
         if table is not self._clusters_table:
             self.clusters.update({s: hr.config for s, hr in table.by_service.items() if hr.config is not None})
             self._clusters_table = table
-        return self.clusters.get(service, port, subset)
+        if not hostname:
+            svc = self.config.view.services.get(service)
+            hostname = svc.hostname if svc is not None else ""
+        return self.clusters.get(service, port, subset, hostname)
 
     def _pick(self, fwd: Forward, down: Downstream) -> endpoints.Pick | None:
         v = self.config.view

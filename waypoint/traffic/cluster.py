@@ -29,6 +29,14 @@ from waypoint.http.attempt import Outcome
 
 Clock = Callable[[], float]
 
+# Stats that go up and down (Envoy gauges); every other stat a cluster reports is a counter.
+GAUGES = frozenset({
+    "upstream_rq_active", "upstream_rq_pending_active", "upstream_cx_active",
+    "circuit_breakers_default_cx_open", "circuit_breakers_default_rq_pending_open",
+    "circuit_breakers_default_rq_open", "circuit_breakers_default_rq_retry_open",
+    "outlier_detection_ejections_active", "membership_healthy", "membership_total",
+})
+
 
 @dataclass(frozen=True, slots=True)
 class ClusterKey:
@@ -36,8 +44,11 @@ class ClusterKey:
     port: int
     subset: str = ""
 
-    def __str__(self) -> str:
-        return f"{self.service}:{self.port}" + (f"#{self.subset}" if self.subset else "")
+
+def cluster_name(hostname: str, port: int, subset: str = "") -> str:
+    """Istio's cluster name, `outbound|PORT|SUBSET|FQDN`, so dashboards and alerts written for
+    Istio's `envoy_cluster_*` metrics select the same series."""
+    return f"outbound|{port}|{subset}|{hostname}"
 
 
 def effective_policy(routes: WaypointRoutes | None, port: int, subset: str) -> TrafficPolicy:
@@ -65,9 +76,11 @@ class Cluster:
     """One cluster's policy and state. The parts are built from the policy here, and each part is
     its own module (balancer, outlier, circuit breaker, retry budget)."""
 
-    def __init__(self, key: ClusterKey, policy: TrafficPolicy, clock: Clock, rng: random.Random) -> None:
+    def __init__(self, key: ClusterKey, policy: TrafficPolicy, clock: Clock, rng: random.Random,
+                 hostname: str = "") -> None:
         self.key = key
-        self.name = str(key)
+        self.hostname = hostname or key.service
+        self.name = cluster_name(self.hostname, key.port, key.subset)
         self.policy = policy
         self.clock = clock
         self.rng = rng
@@ -83,9 +96,16 @@ class Cluster:
     def attempt_ended(self, address: str) -> None:
         """The attempt's stream is over (its response ended, failed, or was abandoned)."""
 
+    def stats(self) -> dict[str, float]:
+        """Counters and gauges, named as Envoy's cluster stats without the `envoy_cluster_` prefix
+        (`upstream_rq_retry`, `outlier_detection_ejections_active`, `circuit_breakers_default_cx_open`,
+        ...); waypoint/telemetry/clusters.py exports them per cluster at scrape time, as gauges for
+        the names in `GAUGES` and as counters for the rest. Each part adds its own."""
+        return {}
+
     def dump(self) -> dict[str, object]:
         """For the admin endpoint and `ambit waypoint status`."""
-        return {"name": self.name}
+        return {"name": self.name, "stats": self.stats()}
 
 
 class Clusters:
@@ -107,11 +127,13 @@ class Clusters:
                 keep[key] = c
         self._clusters = keep
 
-    def get(self, service: str, port: int, subset: str = "") -> Cluster:
+    def get(self, service: str, port: int, subset: str = "", hostname: str = "") -> Cluster:
         key = ClusterKey(service, port, subset)
         c = self._clusters.get(key)
         if c is None:
-            c = Cluster(key, effective_policy(self._routes.get(service), port, subset), self.clock, self.rng)
+            routes = self._routes.get(service)
+            c = Cluster(key, effective_policy(routes, port, subset), self.clock, self.rng,
+                        hostname or (routes.hostname if routes is not None else ""))
             self._clusters[key] = c
         return c
 
