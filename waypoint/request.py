@@ -11,6 +11,7 @@ I/O, so tests build these objects by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl
 
 
@@ -99,6 +100,7 @@ class Forward:
     request_headers: HeaderOps = HeaderOps()
     response_headers: HeaderOps = HeaderOps()
     route: str = ""
+    policy: Any = None          # the route's waypoint.resilience.policy.RoutePolicy; None: the defaults
 
 
 @dataclass(frozen=True)

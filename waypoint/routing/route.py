@@ -120,7 +120,7 @@ def _decide(table: RouteTable, r: CompiledRoute, matched: RequestMatcher | None,
     authority = authority or chosen.authority or r.authority
     fwd = Forward(service=dest.service, port=port, subset=dest.subset, hostname=dest.host, path=path,
                   authority=authority, request_headers=chosen.request_headers,
-                  response_headers=chosen.response_headers, route=r.name)
+                  response_headers=chosen.response_headers, route=r.name, policy=r.policy)
     if static and len(chosen.forwards) < 64:
         chosen.forwards[port] = fwd
     return fwd

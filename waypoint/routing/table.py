@@ -25,6 +25,7 @@ from typing import Any
 from ambit.model import HttpRoute, RouteDestination, WaypointRoutes
 from ambit.regex import RegexError, compile_re2
 from waypoint.request import Downstream, HeaderOps, RequestHead
+from waypoint.resilience.policy import RoutePolicy, compile_policy
 from waypoint.routing.headers import authority_override, compose, request_ops, response_ops
 from waypoint.routing.matchers import RequestMatcher
 
@@ -56,6 +57,7 @@ class CompiledRoute:
     gateway_api: bool = False          # from HTTPRoute/GRPCRoute: Gateway API's error codes apply
     ports: frozenset[int] = frozenset()     # the ports this route is for; empty: every port
     consumer_namespace: str = ""       # a GAMMA consumer route: only for requests from this namespace
+    policy: RoutePolicy | None = None  # timeouts, retries, fault, mirrors, compiled once
 
     def applies_to(self, port: int, source_namespace: str) -> bool:
         return (not self.ports or port in self.ports) and (
@@ -155,7 +157,8 @@ def _compile_route(r: HttpRoute, index: int) -> CompiledRoute:
                          destinations=dests, weights=tuple(max(0, d.weight) for d in r.destinations),
                          request_headers=route_req, response_headers=route_resp,
                          authority=authority_override(r.headers), rewrite_regex=rx,
-                         gateway_api=gateway_api, ports=ports, consumer_namespace=consumer)
+                         gateway_api=gateway_api, ports=ports, consumer_namespace=consumer,
+                         policy=compile_policy(r))
 
 
 def build_table(configs: Iterable[WaypointRoutes], cluster_domain: str = "cluster.local") -> RouteTable:

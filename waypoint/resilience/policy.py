@@ -1,0 +1,28 @@
+"""What a route's resilience settings compile to, once per route table, and travel with each
+`Forward` to the exchange that applies them.
+
+`None` fields mean "not configured": the exchange then applies Ambit's (Istio's) defaults, e.g.
+Istio's default retry policy for a route without `retries`, and no timeout for a route without
+`timeout` (Istio disables Envoy's 15 s route timeout for HTTP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ambit.model import HttpRoute
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    timeout: float = 0.0            # the whole request, all tries included; 0: none
+    per_try_timeout: float = 0.0    # each try (retries.perTryTimeout / timeouts.backendRequest); 0: none
+    retry: Any = None               # waypoint.resilience.retry: the compiled retry policy
+    fault: Any = None               # waypoint.resilience.fault: the compiled fault injection
+    mirrors: tuple[Any, ...] = ()   # waypoint.resilience.mirror: the compiled mirrors
+
+
+def compile_policy(r: HttpRoute) -> RoutePolicy:
+    per_try = (r.retries.per_try_timeout if r.retries is not None else 0.0) or r.backend_timeout
+    return RoutePolicy(timeout=r.timeout, per_try_timeout=per_try)
