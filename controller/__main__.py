@@ -147,7 +147,8 @@ async def amain(args: ControllerSettings) -> int:
             from controller.ca import TokenReviewVerifier
             from controller.sources.kube import make_api_client
             sa = args.ztunnel_service_account or f"system:serviceaccount:{args.root_namespace}:ztunnel"
-            verifier = TokenReviewVerifier(make_api_client(args.kube_host, args.kubeconfig), {sa})
+            verifier = TokenReviewVerifier(make_api_client(args.kube_host, args.kubeconfig), {sa},
+                                           workload_accounts=controller.is_waypoint_account)
         mount_ca(grpc_server, args.ca_dir, args.trust_domain, verifier, controller.pods_on_node)
         if args.insecure_config_stream:
             log.error("--insecure-config-stream with --ca-dir: the node credentials exist, so the config stream "

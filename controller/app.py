@@ -174,6 +174,15 @@ class Controller:
                 out.add((w.namespace, gw.split("/", 1)[1], w.name))
         return out
 
+    def is_waypoint_account(self, namespace: str, service_account: str) -> bool:
+        """Is `namespace/service_account` the account of a waypoint's pods (a pod labelled with a
+        waypoint Gateway of that name, running as it)? Such a token is a waypoint's own credential
+        (controller.ca.credentials.TokenReviewVerifier)."""
+        with self._lock:
+            workloads: list[Workload] = list(self.translation.workloads) if self.translation else []
+        return any(w.namespace == namespace and w.service_account == service_account
+                   and gateway_of(w) == f"{namespace}/{service_account}" for w in workloads)
+
     def run_source(self, stop: threading.Event) -> threading.Thread:
         """Run the source on a thread of its own (it blocks); returns the thread."""
         def run() -> None:

@@ -7,6 +7,9 @@ Two implementations of one small interface:
 - `TokenReviewVerifier` for clusters: ztunnel presents its projected, node-bound service-account
   token; the API server vouches for it through a TokenReview, and the node name comes from the
   token's `authentication.kubernetes.io/node-name` claim, so a ztunnel cannot claim another node.
+  A waypoint pod presents its *own* projected token (its Gateway's service account, which is how
+  Istio's waypoints authenticate to istiod): that token speaks for that one service account only
+  (`Caller.workload`), never for the node's other pods.
 """
 
 from __future__ import annotations
@@ -17,10 +20,31 @@ import hmac
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
+SA_PREFIX = "system:serviceaccount:"
+
+
+class Caller(str):
+    """An authenticated node name (a `str`, so it flows where node names do) and what the
+    credential speaks for: `workload` is "" for a node credential (ztunnel/agent: every pod on the
+    node), or "ns/sa" for one workload's own token (a waypoint pod): then only that service
+    account's certificate and, on the config stream, only that waypoint's view."""
+
+    workload: str
+
+    def __new__(cls, node: str, workload: str = "") -> Caller:
+        c = super().__new__(cls, node)
+        c.workload = workload
+        return c
+
+
+def scope_of(caller: str) -> str:
+    """The "ns/sa" a credential is limited to, "" for a node credential."""
+    return getattr(caller, "workload", "")
 
 
 class Unauthenticated(Exception):
@@ -93,32 +117,46 @@ class TokenReviewVerifier:
     """Authenticate nodes with Kubernetes TokenReview (projected, node-bound SA tokens).
 
     `allowed_users` are the service-account usernames of ztunnel, e.g.
-    `system:serviceaccount:ambit-system:ztunnel`; any other authenticated user is refused.
+    `system:serviceaccount:ambit-system:ztunnel`: their tokens are node credentials. A token of a
+    service account for which `workload_accounts(namespace, name)` is true (a waypoint Gateway's
+    account) is a workload credential, scoped to that account (`Caller.workload`). Any other
+    authenticated user is refused.
     """
 
-    def __init__(self, api_client: Any, allowed_users: set[str], audiences: list[str] | None = None) -> None:
+    def __init__(self, api_client: Any, allowed_users: set[str], audiences: list[str] | None = None,
+                 workload_accounts: Callable[[str, str], bool] | None = None) -> None:
         from kubernetes import client as k8s
 
         self._api = k8s.AuthenticationV1Api(api_client)
         self._k8s = k8s
         self.allowed_users = set(allowed_users)
         self.audiences = audiences or ["ambit-ca"]
+        self.workload_accounts = workload_accounts
 
-    def review(self, token: str, claimed_node: str) -> str:
+    def _workload_of(self, username: str) -> str:
+        if self.workload_accounts is None or not username.startswith(SA_PREFIX):
+            return ""
+        ns, _, sa = username[len(SA_PREFIX):].partition(":")
+        return f"{ns}/{sa}" if ns and sa and self.workload_accounts(ns, sa) else ""
+
+    def review(self, token: str, claimed_node: str) -> Caller:
         body = self._k8s.V1TokenReview(spec=self._k8s.V1TokenReviewSpec(token=token, audiences=self.audiences))
         status = self._api.create_token_review(body).status
         if status is None or not status.authenticated:
             err = getattr(status, "error", None) or "not authenticated"
             raise Unauthenticated(f"TokenReview: {err}")
         user = status.user
-        if user is None or user.username not in self.allowed_users:
-            raise Unauthenticated(f"TokenReview: user {getattr(user, 'username', None)!r} is not a ztunnel")
+        username = getattr(user, "username", None) or ""
+        workload = "" if username in self.allowed_users else self._workload_of(username)
+        if user is None or (username not in self.allowed_users and not workload):
+            raise Unauthenticated(f"TokenReview: user {username!r} is neither a ztunnel nor a waypoint's "
+                                  "service account")
         nodes = (user.extra or {}).get(NODE_NAME_EXTRA) or []
         if not nodes:
             raise Unauthenticated("TokenReview: token is not bound to a node (no node-name claim)")
         if nodes[0] != claimed_node:
             raise Unauthenticated(f"TokenReview: token belongs to node {nodes[0]!r}, not {claimed_node!r}")
-        return nodes[0]
+        return Caller(nodes[0], workload)
 
     async def verify(self, token: str, claimed_node: str) -> str:
         # The kubernetes client is blocking; keep the CA's event loop free.

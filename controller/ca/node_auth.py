@@ -46,3 +46,15 @@ def authorize(
     return Decision(
         False, f"no pod scheduled on node {node!r} runs as service account {want.namespace}/{want.service_account}"
     )
+
+
+def within_scope(workload: str, requested_spiffe_id: str) -> Decision:
+    """A workload credential ("ns/sa": a waypoint pod's own token) gets that account's identity only."""
+    try:
+        want = ident.parse(requested_spiffe_id)
+    except ident.InvalidSpiffeId as e:
+        return Decision(False, str(e))
+    if f"{want.namespace}/{want.service_account}" == workload:
+        return Decision(True, f"the credential is {workload}'s own")
+    return Decision(False, f"the credential is service account {workload}'s, which gets its own identity only, "
+                           f"not {want.namespace}/{want.service_account}")

@@ -18,8 +18,8 @@ import grpc
 
 from ambit.api import ca_pb2, ca_pb2_grpc
 from controller.ca.authority import CertificateAuthority, CSRRejected
-from controller.ca.credentials import NodeCredentialVerifier, Unauthenticated
-from controller.ca.node_auth import authorize
+from controller.ca.credentials import NodeCredentialVerifier, Unauthenticated, scope_of
+from controller.ca.node_auth import authorize, within_scope
 
 log = logging.getLogger("ambit.ca")
 
@@ -68,6 +68,9 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
         if inspect.isawaitable(pods):
             pods = await pods
         decision = authorize(node, requested, list(pods), trust_domain=self.ca.trust_domain)  # type: ignore[arg-type]
+        scope = scope_of(node)
+        if decision.allowed and scope:
+            decision = within_scope(scope, requested)
         if not decision.allowed:
             await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, node, requested, decision.reason)
         try:

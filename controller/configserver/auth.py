@@ -15,6 +15,9 @@ and the stream is then scoped by the *authenticated* node:
    gw` in namespace ns and runs as service account `gw` (Istio's default for waypoint pods). The
    node credential speaks for the pods on its node (the CA issues their certificates on the same
    grounds), so a waypoint pod's view is the node's to ask for, and no other.
+4. In a cluster a waypoint pod presents its own token (its Gateway's service account, checked by
+   TokenReview): that credential is scoped to the account, so it subscribes as that waypoint only
+   (and the CA gives it that account's certificate only).
 
 `check_claim` is pure; `NodeAuthenticator` is the async edge around a `NodeCredentialVerifier`.
 """
@@ -26,7 +29,7 @@ from collections.abc import Callable, Mapping
 import grpc
 
 from ambit.configclient.node import NodeInfo
-from controller.ca.credentials import NodeCredentialVerifier, Unauthenticated
+from controller.ca.credentials import NodeCredentialVerifier, Unauthenticated, scope_of
 
 NODE_HEADER = "x-ambit-node"
 NODE_KINDS = ("ztunnel", "agent")        # the kinds a node credential speaks for
@@ -44,9 +47,15 @@ class StreamRefused(Exception):
 
 
 def check_claim(authenticated_node: str, node: NodeInfo,
-                waypoint_pods: set[tuple[str, str, str]] | frozenset[tuple[str, str, str]] = frozenset()) -> str:
+                waypoint_pods: set[tuple[str, str, str]] | frozenset[tuple[str, str, str]] = frozenset(),
+                scope: str = "") -> str:
     """Why a stream authenticated as `authenticated_node` may not subscribe as `node` ("" if it may).
-    `waypoint_pods`: the waypoint pods on that node (see `WaypointPods`)."""
+    `waypoint_pods`: the waypoint pods on that node (see `WaypointPods`). `scope`: "ns/sa" when the
+    credential is one waypoint's own token (controller.ca.credentials.Caller), not a node's."""
+    if scope:
+        if node.kind != "waypoint" or node.waypoint != scope:
+            return (f"the credential is service account {scope}'s (a waypoint's own token): it may subscribe as "
+                    f"waypoint {scope} only, not as {node.kind} {node.waypoint or node.key}")
     if node.kind == "waypoint":
         ns, _, gw = node.waypoint.partition("/")
         if (ns, gw, node.name) in waypoint_pods:
@@ -86,7 +95,7 @@ class NodeAuthenticator:
     def authorize(self, authenticated_node: str, node: NodeInfo) -> NodeInfo:
         """The NodeInfo to scope by (the authenticated one), or StreamRefused(PERMISSION_DENIED)."""
         pods = self.waypoint_pods(authenticated_node) if node.kind == "waypoint" and self.waypoint_pods else frozenset()
-        why = check_claim(authenticated_node, node, pods)
+        why = check_claim(authenticated_node, node, pods, scope_of(authenticated_node))
         if why:
             raise StreamRefused(grpc.StatusCode.PERMISSION_DENIED, why)
         if node.kind == "waypoint":

@@ -17,6 +17,11 @@ unmodified:
   collector's background cascade: deleting an object deletes every object whose
   `metadata.ownerReferences` names its uid (transitively), as kube-controller-manager does.
 
+- `POST /apis/authentication.k8s.io/v1/tokenreviews`, answered from the tokens a test registers
+  with `add_token()` as the API server answers for projected service-account tokens: an unknown
+  token or one for another audience gets `authenticated: false` with an error; a known one gets the
+  user (`system:serviceaccount:NS:SA`) with the pod and node claims in `extra`.
+
 Knobs for tests: `compact()`, `drop_watches()` (closes every open watch mid-stream, like a broken
 connection), `hold_watches()` (new watch requests wait: a window in which changes happen unseen),
 `bookmark()`, `install_group()`, and `requests` (a log of every request, to assert what a client did).
@@ -117,6 +122,7 @@ class KubeEmulator:
         self._bookmark_interval = bookmark_interval
         self._sockets: set[socket.socket] = set()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self._tokens: dict[str, Obj] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="kube-emulator", daemon=True)
@@ -333,6 +339,35 @@ class KubeEmulator:
         h.end_headers()
         h.wfile.write(data)
 
+    def add_token(self, token: str, namespace: str, service_account: str, *, node: str = "", pod: str = "",
+                  audiences: Iterable[str] = ("ambit-ca",)) -> None:
+        """Register a projected service-account token for TokenReview (bound to `pod` on `node`)."""
+        extra: dict[str, list[str]] = {}
+        if node:
+            extra["authentication.kubernetes.io/node-name"] = [node]
+        if pod:
+            extra["authentication.kubernetes.io/pod-name"] = [pod]
+        self._tokens[token] = {"user": {"username": f"system:serviceaccount:{namespace}:{service_account}",
+                                        "uid": str(uuid.uuid4()),
+                                        "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}",
+                                                   "system:authenticated"], "extra": extra},
+                               "audiences": list(audiences)}
+
+    def _token_review(self, h: BaseHTTPRequestHandler, body: Obj) -> None:
+        spec = body.get("spec") or {}
+        known = self._tokens.get(spec.get("token") or "")
+        wanted = spec.get("audiences") or []
+        status: Obj
+        if known is None:
+            status = {"authenticated": False, "error": "[invalid bearer token, token lookup failed]"}
+        elif wanted and not set(wanted) & set(known["audiences"]):
+            status = {"authenticated": False, "error": "[invalid bearer token, token audiences "
+                      f"{json.dumps(known['audiences'])} is invalid for the target audiences {json.dumps(wanted)}]"}
+        else:
+            status = {"authenticated": True, "user": known["user"], "audiences": wanted or known["audiences"]}
+        self._send_json(h, 201, {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                                 "metadata": {"creationTimestamp": None}, "spec": spec, "status": status})
+
     def _route(self, path: str) -> tuple[ResourceType | None, str, str | None, str | None, bool]:
         """(type, version, namespace, name, is_status) for a request path."""
         parts = [p for p in path.split("/") if p]
@@ -359,6 +394,10 @@ class KubeEmulator:
         with self._lock:
             self.requests.append((method, url.path, query))
             t, version, ns, name, is_status = self._route(url.path)
+        if method == "POST" and url.path.rstrip("/") == "/apis/authentication.k8s.io/v1/tokenreviews":
+            length = int(h.headers.get("Content-Length") or 0)
+            self._token_review(h, json.loads(h.rfile.read(length) or b"{}"))
+            return
         if t is None:
             self._send_json(h, 404, _status(404, "NotFound", "the server could not find the requested resource"))
             return

@@ -1,0 +1,114 @@
+"""Cluster credentials: TokenReview against the API-server emulator (real HTTP, the official
+client), for ztunnel's node token and a waypoint pod's own token, through the real CA gRPC
+service and the config stream's claim check."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from ambit.api import ca_pb2, ca_pb2_grpc
+from ambit.configclient.node import NodeInfo
+from ambit.kube.client import make_api_client
+from controller.ca import CertificateAuthority, TokenReviewVerifier, Unauthenticated, generate_root
+from controller.ca.credentials import scope_of
+from controller.ca.service import CertificateServicer, add_to_server
+from controller.configserver.auth import check_claim
+from tests.support.kube_emulator import KubeEmulator
+from tests.unit.controller.test_ca import make_csr
+
+TD = "cluster.local"
+ZTUNNEL = "system:serviceaccount:ambit-system:ztunnel"
+WAYPOINTS = {("default", "waypoint")}
+PODS = {"node-1": [("default", "frontend"), ("default", "waypoint")], "node-2": [("prod", "db")]}
+
+
+def spiffe(ns: str, sa: str) -> str:
+    return f"spiffe://{TD}/ns/{ns}/sa/{sa}"
+
+
+@pytest.fixture(scope="module")
+def emu():
+    with KubeEmulator() as e:
+        e.add_token("zt-1", "ambit-system", "ztunnel", node="node-1", pod="ztunnel-abcde")
+        e.add_token("wp-1", "default", "waypoint", node="node-1", pod="waypoint-7d9f-x2")
+        e.add_token("fe-1", "default", "frontend", node="node-1", pod="frontend-1")
+        e.add_token("zt-other-aud", "ambit-system", "ztunnel", node="node-1", audiences=("kubernetes",))
+        e.add_token("zt-unbound", "ambit-system", "ztunnel")
+        yield e
+
+
+@pytest.fixture(scope="module")
+def verifier(emu: KubeEmulator) -> TokenReviewVerifier:
+    return TokenReviewVerifier(make_api_client(emu.url), {ZTUNNEL},
+                               workload_accounts=lambda ns, sa: (ns, sa) in WAYPOINTS)
+
+
+def test_ztunnel_token_is_a_node_credential_and_a_waypoint_token_is_scoped_to_its_account(verifier) -> None:
+    node = verifier.review("zt-1", "node-1")
+    assert node == "node-1" and scope_of(node) == ""
+    wp = verifier.review("wp-1", "node-1")
+    assert wp == "node-1" and scope_of(wp) == "default/waypoint"
+
+
+@pytest.mark.parametrize("token, node, why", [
+    ("fe-1", "node-1", "'system:serviceaccount:default:frontend' is neither a ztunnel nor a waypoint"),
+    ("zt-1", "node-2", "belongs to node 'node-1', not 'node-2'"),
+    ("wp-1", "node-2", "belongs to node 'node-1', not 'node-2'"),
+    ("zt-other-aud", "node-1", "audiences"),
+    ("zt-unbound", "node-1", "not bound to a node"),
+    ("forged", "node-1", "invalid bearer token"),
+])
+def test_other_tokens_are_refused_saying_why(verifier, token: str, node: str, why: str) -> None:
+    with pytest.raises(Unauthenticated, match=why.replace("(", r"\(").replace(")", r"\)")):
+        verifier.review(token, node)
+
+
+def test_the_ca_gives_a_waypoint_token_its_own_identity_only(verifier) -> None:
+    """The node credential may get every identity of its node's pods; a waypoint's own token may
+    get the waypoint's identity only, although the frontend pod runs on the same node."""
+    ca = CertificateAuthority(generate_root(TD), TD)
+
+    async def run() -> None:
+        server = grpc.aio.server()
+        add_to_server(server, CertificateServicer(ca, verifier, lambda n: PODS.get(n, [])))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = ca_pb2_grpc.CertificateServiceStub(ch)
+
+                async def call(token: str, identity: str):
+                    md = [("x-ambit-node", "node-1"), ("authorization", f"Bearer {token}")]
+                    req = ca_pb2.CSRRequest(csr_pem=make_csr().decode(), identity=identity, ttl_seconds=3600)
+                    return await stub.CreateCertificate(req, metadata=md)
+
+                assert (await call("wp-1", spiffe("default", "waypoint"))).cert_chain
+                assert (await call("zt-1", spiffe("default", "frontend"))).cert_chain      # positive control
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await call("wp-1", spiffe("default", "frontend"))
+                assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert "default/waypoint's, which gets its own identity only" in ei.value.details()
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await call("fe-1", spiffe("default", "frontend"))
+                assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            await server.stop(None)
+
+    asyncio.run(run())
+
+
+def test_a_waypoint_token_subscribes_as_its_own_waypoint_only(verifier) -> None:
+    caller = verifier.review("wp-1", "node-1")
+    pods = {("default", "waypoint", "waypoint-7d9f-x2"), ("default", "other", "other-0")}
+    scope = scope_of(caller)
+    assert check_claim(caller, NodeInfo("waypoint", "waypoint-7d9f-x2", waypoint="default/waypoint"), pods, scope) == ""
+    assert "may subscribe as waypoint default/waypoint only" in check_claim(
+        caller, NodeInfo("ztunnel", "node-1"), pods, scope)
+    assert "may subscribe as waypoint default/waypoint only" in check_claim(
+        caller, NodeInfo("waypoint", "other-0", waypoint="default/other"), pods, scope)
+    # the node credential still may subscribe as the node's ztunnel (positive control)
+    node = verifier.review("zt-1", "node-1")
+    assert check_claim(node, NodeInfo("ztunnel", "node-1"), pods, scope_of(node)) == ""
