@@ -11,6 +11,11 @@ proves the routing before anything is timed.
 - ambit-waypoint: client (enrolled, node1) → ztunnel → HBONE → waypoint → HBONE → ztunnel → web-v*
   (node2), mTLS on both hops, routed by the seed's VirtualService applied through `ambit apply`.
   It needs `python -m waypoint`; when that cannot start, the scenario is skipped with the reason.
+- ambit-waypoint-resilient: the same waypoint and route with a retry policy, timeouts and a
+  DestinationRule traffic policy (LEAST_REQUEST, connection-pool limits, outlier detection, a retry
+  budget) in place: what resilience costs on the happy path. The two waypoint scenarios share one
+  waypoint; `L7Set.activate` applies the scenario's configuration before each of its reps, so their
+  reps interleave in time like every other pair's.
 
 Config rendering is sans-IO (tested in tests/unit/bench/test_bench_l7.py); the start/stop edge is
 `L7Set`, shaped like runner.TunnelSet.
@@ -32,6 +37,7 @@ CANARY_VALUE = "true"
 VERSION_HEADER = "x-version"
 WAYPOINT_NAME = "waypoint"
 WAYPOINT_READY_S = 45.0
+CONFIG_SETTLE_S = 2.0       # for a changed route to reach the waypoint (config push is ~10-100 ms)
 
 
 def nginx_l7_conf(prefix: Path, listen_ip: str, port: int, v1: str, v2: str) -> str:
@@ -107,6 +113,45 @@ spec:
 """
 
 
+def resilient_yaml(namespace: str = MESH_NS, service: str = WEB_SERVICE) -> str:
+    """The same routing as `waypoint_yaml`, with retries, timeouts and a full traffic policy."""
+    host = f"{service}.{namespace}.svc.cluster.local"
+    retries = '{attempts: 3, perTryTimeout: 2s, retryOn: "5xx,reset,connect-failure"}'
+    return f"""apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {service}, namespace: {namespace}}}
+spec:
+  host: {host}
+  trafficPolicy:
+    loadBalancer: {{simple: LEAST_REQUEST}}
+    connectionPool:
+      tcp: {{maxConnections: 1000, connectTimeout: 2s}}
+      http: {{http1MaxPendingRequests: 1000, http2MaxRequests: 1000, maxRetries: 100}}
+    outlierDetection: {{consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 50}}
+    retryBudget: {{percent: 20, minRetryConcurrency: 3}}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {service}, namespace: {namespace}}}
+spec:
+  hosts: [{host}]
+  http:
+  - match:
+    - headers: {{{CANARY_HEADER}: {{exact: "{CANARY_VALUE}"}}}}
+    timeout: 10s
+    retries: {retries}
+    route:
+    - destination: {{host: {host}, subset: v2}}
+  - timeout: 10s
+    retries: {retries}
+    route:
+    - destination: {{host: {host}, subset: v1}}
+"""
+
+
 def parse_version_header(curl_headers: str) -> str:
     """The `x-version` a server answered with, from `curl -sS -D - -o /dev/null` output ("" if none)."""
     for line in curl_headers.splitlines():
@@ -134,6 +179,7 @@ class L7Set:
     def __init__(self, lab, work: Path, which: list[str]) -> None:  # noqa: ANN001 - a BenchLab
         self.lab, self.work, self.which = lab, work, which
         self.procs: dict[str, subprocess.Popen[str]] = {}
+        self.active = "waypoint"            # the waypoint configuration in place (see `activate`)
 
     def start(self) -> dict[str, str]:
         """Start each L7 proxy; return {proxy: why it did not start}."""
@@ -142,11 +188,13 @@ class L7Set:
         v1, v2 = self.lab.ip(f"{PLAIN_NS}/web-v1"), self.lab.ip(f"{PLAIN_NS}/web-v2")
         d = self.work / "l7"
         (d / "tmp").mkdir(parents=True, exist_ok=True)
+        waypoints = [n for n in self.which if n.startswith("waypoint")]
+        if waypoints:
+            ok, why = self._waypoint()
+            if not ok:
+                failed.update({n: why for n in waypoints})
         for name in self.which:
-            if name == "waypoint":
-                ok, why = self._waypoint()
-                if not ok:
-                    failed[name] = why
+            if name.startswith("waypoint"):
                 continue
             port = L7_PORTS[name]
             if name == "nginx":
@@ -184,8 +232,22 @@ class L7Set:
             return False, f"labelling {MESH_NS} to use the waypoint failed: {(p.stderr or p.stdout)[-300:]}"
         return True, ""
 
+    def activate(self, name: str) -> None:
+        """Put the configuration of waypoint scenario `name` in place (no-op for other proxies or when
+        it already is), and wait until the waypoint has it."""
+        if not name.startswith("waypoint") or name == self.active:
+            return
+        text = resilient_yaml() if name == "waypoint-resilient" else waypoint_yaml()
+        if name != "waypoint-resilient":    # back to the plain route: drop the traffic policy and retries
+            text = text.split("---\n", 1)[1]
+        p = self._ambit("apply", "-f", "-", stdin=text)
+        if p.returncode != 0:
+            raise OSError(f"ambit apply for {name} failed: {(p.stderr or p.stdout)[-300:]}")
+        self.active = name
+        time.sleep(CONFIG_SETTLE_S)
+
     def pids(self, name: str) -> Callable[[], list[int]]:
-        if name == "waypoint":
+        if name.startswith("waypoint"):
             return self.waypoint_pids
         return lambda: [p.pid for p in [self.procs.get(name)] if p is not None and p.poll() is None]
 

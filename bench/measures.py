@@ -54,12 +54,12 @@ def target_for(lab: BenchLab, sc: Scenario, tunnel_pids: Callable[[], Sequence[i
                l7_pids: Callable[[], Sequence[int]] | None = None) -> Target:
     if sc.l7:
         pids = l7_pids or (lambda: [])
-        if sc.l7 == "waypoint":
+        if sc.waypoint:
             cgs = lab.ztunnel_cgroups()
             vip = next(s.vip for s in lab.spec.services if s.name == WEB_SERVICE and s.namespace == sc.namespace)
             return Target(sc, vip, HTTP_PORT, "", 0, ztunnel_cgroups=cgs, l7_pids=pids,
                           proxy_cpu=lambda: {**{n: procstat.cgroup_cpu_seconds(c) for n, c in cgs.items()},
-                                             "waypoint": procstat.pids_cpu_seconds(pids())})
+                                             sc.l7: procstat.pids_cpu_seconds(pids())})
         return Target(sc, lab.ip(f"{PLAIN_NS}/l7proxy"), L7_PORTS[sc.l7], "", 0, l7_pids=pids,
                       proxy_cpu=lambda: {sc.l7: procstat.pids_cpu_seconds(pids())})
     server_ip = lab.ip(sc.server_key)

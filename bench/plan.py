@@ -38,7 +38,12 @@ class Scenario:
     server: str = "server"
     tunnel: str = ""            # "", "stunnel" or "haproxy"
     mesh: bool = False          # ztunnel CPU/RSS apply
-    l7: str = ""                # "", "nginx", "haproxy" or "waypoint": header routing to web-v1/web-v2 (HTTP only)
+    l7: str = ""                # "", "nginx", "haproxy", "waypoint" or "waypoint-resilient": header routing to
+    #                             web-v1/web-v2 (HTTP only); the two waypoint ones share one waypoint
+
+    @property
+    def waypoint(self) -> bool:
+        return self.l7.startswith("waypoint")
 
     @property
     def client_key(self) -> str:
@@ -65,6 +70,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "by x-canary, plaintext", "ebpf", PLAIN_NS, "client", l7="haproxy"),
     Scenario("ambit-waypoint", "enrolled client (node1) → ztunnel → waypoint → ztunnel → web-v1|v2 (node2) by "
              "x-canary (VirtualService), mTLS HBONE both hops", "ebpf", MESH_NS, "client", mesh=True, l7="waypoint"),
+    Scenario("ambit-waypoint-resilient", "as ambit-waypoint, with resilience in place: the VirtualService retries "
+             "(3 attempts on 5xx,reset,connect-failure, per-try and route timeouts), the DestinationRule sets "
+             "LEAST_REQUEST, connection-pool limits, outlier detection and a retry budget", "ebpf", MESH_NS, "client",
+             mesh=True, l7="waypoint-resilient"),
     Scenario("ambit-iptables-capture", "as ambit-l4-cross-node, lab brought up with --capture iptables",
              "iptables", MESH_NS, "client", mesh=True),
 )}

@@ -51,7 +51,10 @@ def ratio(results: RunResults, scenario: str, baseline: str, key: str) -> Ratio 
 
 
 # The waypoint against nginx and HAProxy doing the same header routing (bench/l7.py).
-L7_SCENARIOS = ("ambit-waypoint",)
+L7_SCENARIOS = ("ambit-waypoint", "ambit-waypoint-resilient")
+# What resilience costs on the happy path: the waypoint with retries and a traffic policy against
+# the same waypoint and route without them, in the same run.
+RESILIENCE_PAIR = ("ambit-waypoint-resilient", "ambit-waypoint")
 L7_BASELINES = ("nginx-l7", "haproxy-l7")
 L7_RATIO_METRICS = ("max_rps", "lat100_p50_ms", "lat100_p99_ms", "lat1000_p50_ms", "lat1000_p99_ms",
                     "proxy_cpu_per_1k", "l7_cpu_per_1k", "l7_rss_mb")
@@ -71,6 +74,7 @@ def all_ratios(results: RunResults, scenarios: Sequence[str] = AMBIT_SCENARIOS,
                     out.append(r)
     if l7:
         out += all_ratios(results, L7_SCENARIOS, L7_BASELINES, L7_RATIO_METRICS, l7=False)
+        out += all_ratios(results, RESILIENCE_PAIR[:1], RESILIENCE_PAIR[1:], L7_RATIO_METRICS, l7=False)
     return out
 
 

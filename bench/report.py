@@ -16,7 +16,8 @@ from bench.metrics import LAT_PS, RATES, fmt, metric
 from bench.results import RunResults
 
 SCENARIO_ORDER = ("direct", "ambit-l4-cross-node", "ambit-l4-same-node", "ambit-iptables-capture",
-                  "stunnel", "haproxy", "ambit-waypoint", "nginx-l7", "haproxy-l7")
+                  "stunnel", "haproxy", "ambit-waypoint", "ambit-waypoint-resilient", "nginx-l7",
+                  "haproxy-l7")
 
 TABLE_METRICS = (
     ["tput_1s_gbps", "tput_4s_gbps"]

@@ -157,7 +157,7 @@ class Runner:
             l7_failed = l7set.start() if l7set.which else {}
             for sc in scs:
                 why = l7_failed.get(sc.l7) if sc.l7 else None
-                if why and sc.l7 == "waypoint" and why.startswith("waypoint cannot start"):
+                if why and sc.waypoint and why.startswith("waypoint cannot start"):
                     self.results.notes.append(f"{sc.name}: skipped: {why}")
                     say(f"  {sc.name}: SKIPPED ({why})")
                 elif why:
@@ -180,6 +180,8 @@ class Runner:
             for rep in range(self.plan.reps):
                 for sc in scs:
                     if sc.name in targets:
+                        if sc.l7 and not self.attempt(sc.name, "configure", rep, lambda sc=sc: l7set.activate(sc.l7)):
+                            continue
                         self.run_rep(lab, targets[sc.name], rep)
         finally:
             tun.stop()

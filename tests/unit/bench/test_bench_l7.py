@@ -181,3 +181,28 @@ def test_l7_scenarios_are_planned_and_paired() -> None:
         res.record("haproxy-l7", "max_rps", rep, h)
     got = {(r.scenario, r.baseline): r.ratio for r in ratios.all_ratios(res) if r.metric == "max_rps"}
     assert got == {("ambit-waypoint", "nginx-l7"): pytest.approx(0.25), ("ambit-waypoint", "haproxy-l7"): pytest.approx(0.2)}
+
+
+def test_resilient_yaml_is_the_same_route_with_retries_and_a_traffic_policy_the_controller_accepts() -> None:
+    from controller.validation import validate_object
+    dr, vs = yaml.safe_load_all(l7.resilient_yaml())
+    assert [e for o in (dr, vs) for e in validate_object(o)] == []
+    _, plain_dr, plain_vs = yaml.safe_load_all(l7.waypoint_yaml())
+    assert dr["spec"]["subsets"] == plain_dr["spec"]["subsets"]
+    assert [r["match"] for r in vs["spec"]["http"] if "match" in r] == [r["match"] for r in plain_vs["spec"]["http"]
+                                                                        if "match" in r]
+    for r in vs["spec"]["http"]:
+        assert r["retries"]["attempts"] == 3 and r["timeout"] == "10s"
+    tp = dr["spec"]["trafficPolicy"]
+    assert set(tp) == {"loadBalancer", "connectionPool", "outlierDetection", "retryBudget"}
+
+
+def test_the_resilient_waypoint_is_paired_with_the_plain_one() -> None:
+    sc = planmod.SCENARIOS["ambit-waypoint-resilient"]
+    assert sc.waypoint and sc.mesh and sc.l7 == "waypoint-resilient"
+    res = RunResults(reps=2)
+    for rep, (plain, resilient) in enumerate(((3000.0, 2700.0), (3100.0, 2790.0))):
+        res.record("ambit-waypoint", "max_rps", rep, plain)
+        res.record("ambit-waypoint-resilient", "max_rps", rep, resilient)
+    got = {(r.scenario, r.baseline): r.ratio for r in ratios.all_ratios(res) if r.metric == "max_rps"}
+    assert got == {("ambit-waypoint-resilient", "ambit-waypoint"): pytest.approx(0.9)}
