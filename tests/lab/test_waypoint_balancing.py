@@ -134,11 +134,13 @@ def test_seed_destination_rule_subsets_route_and_least_conn_favours_the_fast_pod
                       timeout=15, interval=0.5, what="seed rules in force")
         assert set(pods(run(blab, "myapp", [{"x-canary": "true"}] * 20, conc=4))) == {"myapp-v2"}
         # subset v1 holds a fast pod and a slow one (0.2 s): LEAST_CONN (= LEAST_REQUEST) sends most
-        # requests to the fast one under concurrency
+        # requests to the fast one under concurrency. Envoy's two choices are drawn with replacement,
+        # so with two endpoints half the picks draw the same one twice (a random pick): the fast
+        # share tends to 3/4 at most, against 1/2 for round robin (sd ~0.03 over 240 requests).
         got = pods(run(blab, "myapp", [{}] * 240, conc=8))
         share = got["myapp-v1-fast"] / 240
         print(f"seed LEAST_CONN over v1, 8 concurrent: {dict(got)} fast share {share:.2f}")
-        assert set(got) == {"myapp-v1-fast", "myapp-v1-slow"} and share >= 0.75, got
+        assert set(got) == {"myapp-v1-fast", "myapp-v1-slow"} and share >= 0.6, got
         c = cluster(blab, "myapp", "v1")
         assert c["lb"] == "LEAST_REQUEST" and c["outlier_detection"] is True
     finally:
@@ -163,9 +165,10 @@ def test_least_request_versus_round_robin_with_a_slow_backend(blab: Lab) -> None
         finally:
             delete(blab, f)
     print(f"fast share: {shares}")
-    # round robin alternates whatever the latency: ~1/2 (+-0.1); least request: most to the fast pod
-    assert abs(shares["ROUND_ROBIN"] - 0.5) <= 0.1, shares
-    assert shares["LEAST_REQUEST"] >= 0.75, shares
+    # round robin alternates whatever the latency: 1/2 (+-0.08); least request: most to the fast pod
+    # (at most ~3/4 with two endpoints: see the seed test)
+    assert abs(shares["ROUND_ROBIN"] - 0.5) <= 0.08, shares
+    assert shares["LEAST_REQUEST"] >= 0.6 and shares["LEAST_REQUEST"] - shares["ROUND_ROBIN"] >= 0.1, shares
 
 
 def test_outlier_detection_ejects_the_failing_pod_and_brings_it_back(blab: Lab) -> None:
@@ -220,39 +223,53 @@ def _owners(blab: Lab, users: list[str]) -> dict[str, str]:
     return {u: r["pod"] for u, r in zip(users, got, strict=True)}
 
 
-def test_consistent_hash_keeps_users_and_moves_few_when_a_backend_leaves(blab: Lab) -> None:
-    ch = dr("sticky", "sticky", {"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}}})
-    f = apply(blab, [ch], blab.tmp, "sticky")  # type: ignore[attr-defined]
+@pytest.mark.parametrize("table", ["RING_HASH", "MAGLEV"])
+def test_consistent_hash_keeps_users_and_moves_few_when_a_backend_leaves(blab: Lab, table: str) -> None:
+    ch = {"httpHeaderName": "x-user"}
+    if table == "MAGLEV":
+        ch["maglev"] = {"tableSize": 65537}
+    f = apply(blab, [dr("sticky", "sticky", {"loadBalancer": {"consistentHash": ch}})],
+              blab.tmp, f"sticky-{table}")  # type: ignore[attr-defined]
     store = LabStore(blab.dir / "store.json")
-    svc = store.get("Service", "default", "sticky")
+    spec = store.get("Service", "default", "sticky")["spec"]
     users = [f"user-{i}" for i in range(400)]
+
+    def service(selector: dict) -> dict:
+        return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sticky", "namespace": "default"},
+                "spec": {**spec, "selector": selector}}
     try:
-        blab.wait_for(lambda: lb_of(blab, "sticky") == "CONSISTENT_HASH/RING_HASH", timeout=15, interval=0.5,
+        blab.wait_for(lambda: lb_of(blab, "sticky") == f"CONSISTENT_HASH/{table}", timeout=15, interval=0.5,
                       what="consistent hash in force")
         before = _owners(blab, users)
-        again = _owners(blab, users)
-        assert before == again                           # every user stays on its backend
+        assert _owners(blab, users) == before            # every user stays on its backend
         spread = Counter(before.values())
-        print(f"ring hash over 4 pods, 400 users: {dict(spread)}")
+        print(f"{table} over 4 pods, 400 users: {dict(spread)}")
         assert set(spread) == {"sticky-0", "sticky-1", "sticky-2", "sticky-3"}
-        assert all(60 <= n <= 140 for n in spread.values()), spread     # 100 each ideally
+        assert all(55 <= n <= 145 for n in spread.values()), spread     # 100 each ideally
         # sticky-3 leaves the Service (its selector now wants tier: main)
-        svc2 = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sticky", "namespace": "default"},
-                "spec": {**svc["spec"], "selector": {"app": "sticky", "tier": "main"}}}
-        apply(blab, [svc2], blab.tmp, "sticky-svc")  # type: ignore[attr-defined]
+        apply(blab, [service({"app": "sticky", "tier": "main"})], blab.tmp, "sticky-svc")  # type: ignore[attr-defined]
         blab.wait_for(lambda: "sticky-3" not in set(_owners(blab, users[:40]).values()), timeout=20,
                       interval=0.5, what="sticky-3 gone")
         after = _owners(blab, users)
         moved = [u for u in users if after[u] != before[u]]
         on_gone = [u for u in users if before[u] == "sticky-3"]
         share = len(moved) / len(users)
-        print(f"moved {len(moved)}/{len(users)} = {share:.3f} (ideal: the {len(on_gone)} on sticky-3, 1/4)")
-        assert sorted(moved) == sorted(on_gone)          # only the leaving backend's users move
-        assert abs(share - 0.25) <= 0.1
+        print(f"{table}: moved {len(moved)}/{len(users)} = {share:.3f}; ideal: the {len(on_gone)} "
+              f"({len(on_gone) / len(users):.3f}) that were on sticky-3")
+        assert set(on_gone) <= set(moved)                # every user of the leaving backend moves
+        if table == "MAGLEV":
+            # Maglev keeps nearly every other slot: close to the ideal
+            assert share - len(on_gone) / len(users) <= 0.06
+        else:
+            # Envoy's ring gives each host ceil(1024/N) points, so with 3 hosts the survivors get
+            # more points and take some keys from one another too: ~0.35 of the keys move against
+            # the ideal 1/4 (unit tests: 0.349 vs 0.243 over 20000 keys)
+            assert share - len(on_gone) / len(users) <= 0.2
     finally:
         delete(blab, f)
-        apply(blab, [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sticky", "namespace": "default"},
-                      "spec": svc["spec"]}], blab.tmp, "sticky-svc-back")  # type: ignore[attr-defined]
+        apply(blab, [service({"app": "sticky"})], blab.tmp, "sticky-svc-back")  # type: ignore[attr-defined]
+        blab.wait_for(lambda: "sticky-3" in set(pods(run(blab, "sticky", [{}] * 12))), timeout=20,
+                      interval=0.5, what="sticky-3 back")
 
 
 def test_consistent_hash_cookie_is_generated_and_sticks(blab: Lab) -> None:
