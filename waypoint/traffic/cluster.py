@@ -176,7 +176,7 @@ class Cluster:
                         self.name, address, reason, self.outlier.hosts[address].ejections if self.outlier else 0,
                         seconds)
         else:
-            log.warning("outlier detection: cluster %s: endpoint %s returned to service", self.name, address)
+            log.info("outlier detection: cluster %s: endpoint %s returned to service", self.name, address)
 
     def stats(self) -> dict[str, float]:
         """Counters and gauges, named as Envoy's cluster stats without the `envoy_cluster_` prefix
