@@ -136,9 +136,9 @@ def test_seed_destination_rule_subsets_route_and_least_conn_favours_the_fast_pod
         # subset v1 holds a fast pod and a slow one (0.2 s): LEAST_CONN (= LEAST_REQUEST) sends most
         # requests to the fast one under concurrency. Envoy's two choices are drawn with replacement,
         # so with two endpoints half the picks draw the same one twice (a random pick): the fast
-        # share tends to 3/4 at most, against 1/2 for round robin (sd ~0.03 over 240 requests).
-        got = pods(run(blab, "myapp", [{}] * 240, conc=8))
-        share = got["myapp-v1-fast"] / 240
+        # share tends to 3/4 at most, against 1/2 for round robin (sd ~0.03 over 320 requests).
+        got = pods(run(blab, "myapp", [{}] * 320, conc=8))
+        share = got["myapp-v1-fast"] / 320
         print(f"seed LEAST_CONN over v1, 8 concurrent: {dict(got)} fast share {share:.2f}")
         assert set(got) == {"myapp-v1-fast", "myapp-v1-slow"} and share >= 0.6, got
         c = cluster(blab, "myapp", "v1")
@@ -159,8 +159,8 @@ def test_least_request_versus_round_robin_with_a_slow_backend(blab: Lab) -> None
         try:
             blab.wait_for(lambda lb=lb: lb_of(blab, "myapp", "v1") == lb, timeout=15, interval=0.5,
                           what=f"{lb} in force")
-            got = pods(run(blab, "myapp", [{}] * 240, conc=8))
-            shares[lb] = got["myapp-v1-fast"] / 240
+            got = pods(run(blab, "myapp", [{}] * 320, conc=8))
+            shares[lb] = got["myapp-v1-fast"] / 320
             print(f"{lb}: {dict(got)}")
         finally:
             delete(blab, f)
