@@ -41,6 +41,7 @@ from waypoint import endpoints
 from waypoint.authz import authorize
 from waypoint.config import WaypointConfig
 from waypoint.http import Engine, HBONETransport, RequestRecord, UpstreamTarget
+from waypoint.http.attempt import CONNECT_FAILURE, Outcome
 from waypoint.http.plug import Attachable
 from waypoint.request import Decision, Downstream, Forward, RequestHead
 from waypoint.routing import route
@@ -50,6 +51,7 @@ from waypoint.telemetry.clusters import ClusterCollector
 from waypoint.telemetry.hook import Telemetry
 from waypoint.telemetry.metrics import HttpMetrics
 from waypoint.traffic.cluster import Cluster, Clusters
+from waypoint.traffic.hashkey import HashKey
 
 log = logging.getLogger("ambit.waypoint")
 access = logging.getLogger("ambit.waypoint.access")
@@ -79,7 +81,6 @@ class WaypointProxy:
         self.identities = identities
         self.identity = settings.identity
         self.rng = rng or random.Random()
-        self.lb = endpoints.RoundRobin()
         self.clusters = Clusters(time.monotonic, self.rng)
         self._clusters_table: Any = None      # the route table `clusters` was last updated from
         if registry is not None:
@@ -185,11 +186,16 @@ class WaypointProxy:
 
     def upstream(self, fwd: Forward, head: RequestHead, down: Downstream,
                  exclude: frozenset[str] = frozenset()) -> UpstreamTarget | None:
-        pick = self._pick(fwd, down)
+        if not fwd.service:     # addressed to a workload: on to it
+            pick = endpoints.pick_workload(down.destination_ip, down.destination_port, self.config.view.by_ip)
+            return self._target(pick, down.source_ip) if pick is not None else None
+        cluster = self.cluster(fwd.service, fwd.port, fwd.subset, fwd.hostname)
+        key = cluster.hash_key(head, down)
+        pick = self._pick(fwd, cluster, exclude, key)
         if pick is None:
             return None
-        return self._target(pick, down.source_ip, self.cluster(fwd.service, fwd.port, fwd.subset, fwd.hostname)
-                            if fwd.service else None)
+        cookie = (("set-cookie", key.set_cookie),) if key is not None and key.set_cookie else ()
+        return self._target(pick, down.source_ip, cluster, cookie)
 
     def cluster(self, service: str, port: int, subset: str = "", hostname: str = "") -> Cluster:
         """The cluster of (service, port, subset) under the current config (waypoint/traffic)."""
@@ -202,27 +208,35 @@ class WaypointProxy:
             hostname = svc.hostname if svc is not None else ""
         return self.clusters.get(service, port, subset, hostname)
 
-    def _pick(self, fwd: Forward, down: Downstream) -> endpoints.Pick | None:
+    def _pick(self, fwd: Forward, cluster: Cluster, exclude: frozenset[str] = frozenset(),
+              key: HashKey | None = None) -> endpoints.Pick | None:
+        """The endpoint of the forward's Service port (and subset) the cluster chooses among the
+        ready ones (waypoint/traffic/cluster.py `Cluster.choose`), or None (503 UH)."""
         v = self.config.view
-        if not fwd.service:     # addressed to a workload: on to it
-            return endpoints.pick_workload(down.destination_ip, down.destination_port, v.by_ip)
         svc = v.services.get(fwd.service)
         if svc is None:
             return None
         labels = v.table.subset_labels(fwd.hostname or svc.hostname, fwd.subset) if fwd.subset else None
         if fwd.subset and labels is None:
             return None
-        return endpoints.pick_service(svc, fwd.port, labels, v.workloads, v.by_ip, self.lb, fwd.subset)
+        return self._choose(endpoints.candidates(svc, fwd.port, labels, v.workloads, v.by_ip), cluster, exclude, key)
 
-    def _target(self, pick: endpoints.Pick, source_ip: str | None,
-                cluster: Cluster | None = None) -> UpstreamTarget | None:
+    @staticmethod
+    def _choose(cands: list[endpoints.Pick], cluster: Cluster, exclude: frozenset[str] = frozenset(),
+                key: HashKey | None = None) -> endpoints.Pick | None:
+        address = cluster.choose([p.address for p in cands], exclude, key)
+        return next((p for p in cands if p.address == address), None) if address is not None else None
+
+    def _target(self, pick: endpoints.Pick, source_ip: str | None, cluster: Cluster | None = None,
+                response_headers: tuple[tuple[str, str], ...] = ()) -> UpstreamTarget | None:
         if not pick.mesh:
             log.warning("endpoint %s (%s) is not in the mesh; the waypoint reaches endpoints over HBONE only",
                         pick.address, pick.workload)
             return None
         # Pooled per endpoint *and* source: the tunnel's Forwarded header names one source.
         key = f"{pick.address}/{pick.protocol} for {source_ip or '-'}"
-        return UpstreamTarget(key, pick.address, self._connector(pick, source_ip), pick.protocol, cluster)
+        return UpstreamTarget(key, pick.address, self._connector(pick, source_ip), pick.protocol, cluster,
+                              response_headers)
 
     def _connector(self, pick: endpoints.Pick, source_ip: str | None):
         async def connect() -> Attachable:
@@ -247,15 +261,27 @@ class WaypointProxy:
             log.info("opaque tunnel from %s (%s) to %s:%s denied: %s", down.source_ip, down.source_identity,
                      down.destination_ip, down.destination_port, why)
             return None
+        cluster: Cluster | None = None
         if down.service:
+            # the Service port's cluster balances opaque connections too (no hash key: a
+            # consistent-hash cluster spreads them at random, as Envoy's tcp_proxy without a hash)
             svc = v.services.get(down.service)
-            pick = endpoints.pick_service(svc, down.destination_port, None, v.workloads, v.by_ip, self.lb) \
-                if svc is not None else None
+            cluster = self.cluster(down.service, down.destination_port, "", down.hostname) if svc is not None else None
+            pick = self._choose(endpoints.candidates(svc, down.destination_port, None, v.workloads, v.by_ip),
+                                cluster) if svc is not None and cluster is not None else None
         else:
             pick = endpoints.pick_workload(down.destination_ip, down.destination_port, v.by_ip)
         if pick is None or not pick.mesh:
             return None
-        return await self._connector(pick, down.source_ip)()
+        try:
+            conn = await self._connector(pick, down.source_ip)()
+        except Exception:
+            if cluster is not None:     # Envoy's tcp_proxy reports connect failures to outlier detection
+                cluster.attempt_result(pick.address, Outcome(CONNECT_FAILURE))
+            raise
+        if cluster is not None:
+            cluster.connected(pick.address)
+        return conn
 
     # --- records ------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ A request addressed to a workload (no Service) goes on to that workload itself.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ambit.model import Endpoint, Service, ServicePort, Workload
 
@@ -37,16 +37,6 @@ class Pick:
         return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
 
 
-@dataclass
-class RoundRobin:
-    _next: dict[str, int] = field(default_factory=dict)
-
-    def pick(self, key: str, n: int) -> int:
-        i = self._next.get(key, 0)
-        self._next[key] = i + 1
-        return i % n
-
-
 def target_port(svc_port: ServicePort, ep: Endpoint) -> int:
     for p in ep.ports:
         if p.port == svc_port.port and p.target_port:
@@ -66,15 +56,14 @@ def _workload_for(ep: Endpoint, workloads: Mapping[str, Workload], by_ip: Mappin
     return (workloads.get(ep.workload_uid) if ep.workload_uid else None) or by_ip.get(ep.ip)
 
 
-def pick_service(svc: Service, port: int, subset_labels: Mapping[str, str] | None,
-                 workloads: Mapping[str, Workload], by_ip: Mapping[str, Workload], lb: RoundRobin,
-                 subset: str = "") -> Pick | None:
-    """An endpoint of `svc` port `port` (in the subset, if labels are given), or None (no healthy
-    upstream: 503 UH)."""
+def candidates(svc: Service, port: int, subset_labels: Mapping[str, str] | None,
+               workloads: Mapping[str, Workload], by_ip: Mapping[str, Workload]) -> list[Pick]:
+    """The ready endpoints of `svc` port `port` (in the subset, if labels are given), in the
+    Service's endpoint order; empty when there is none (no healthy upstream: 503 UH)."""
     sp = service_port(svc, port)
     if sp is None:
-        return None
-    candidates: list[tuple[Endpoint, Workload | None]] = []
+        return []
+    out: list[Pick] = []
     for ep in svc.endpoints:
         if not ep.ready:
             continue
@@ -83,11 +72,8 @@ def pick_service(svc: Service, port: int, subset_labels: Mapping[str, str] | Non
             labels = wl.labels if wl is not None else {}
             if any(labels.get(k) != v for k, v in subset_labels.items()):
                 continue
-        candidates.append((ep, wl))
-    if not candidates:
-        return None
-    ep, wl = candidates[lb.pick(f"{svc.resource_name}:{port}:{subset}", len(candidates))]
-    return _pick(ep.ip, target_port(sp, ep), wl, protocol_of(sp))
+        out.append(_pick(ep.ip, target_port(sp, ep), wl, protocol_of(sp)))
+    return out
 
 
 def pick_workload(ip: str, port: int, by_ip: Mapping[str, Workload], protocol: str = "http1") -> Pick | None:

@@ -186,7 +186,52 @@ def cmd_status(args: argparse.Namespace) -> int:
             rows.append([md["namespace"], md["name"], c.get("status", ""), c.get("type", ""), c.get("reason", ""),
                          c.get("message", "")])
     print(_table(rows), file=out)
+    if not _is_kube(args):
+        for g in gws:
+            _print_clusters(g["metadata"]["namespace"], g["metadata"]["name"], out)
     return 0 if all(_programmed(g) == "True" for g in gws) else 1
+
+
+def _is_kube(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "kube", False) or getattr(args, "kubeconfig", None) or getattr(args, "kube_host", None))
+
+
+def cluster_rows(clusters: list[Obj]) -> list[list[str]]:
+    """One row per cluster the waypoint has sent to (its admin `/clusters`): load balancer,
+    endpoints in service / known, active requests, and the ejected endpoints with the seconds
+    left and how often each was ejected."""
+    rows = [["CLUSTER", "LB", "HEALTHY", "ACTIVE", "EJECTIONS", "EJECTED"]]
+    for c in clusters:
+        eps = c.get("endpoints") or []
+        st = c.get("stats") or {}
+        ejected = [f"{e['address']} ({e.get('ejected_for', 0):g}s, x{e.get('ejections', 0)})"
+                   for e in eps if e.get("ejected")]
+        rows.append([c.get("name", ""), c.get("lb", ""),
+                     f"{int(st.get('membership_healthy', 0))}/{int(st.get('membership_total', 0))}",
+                     str(sum(int(e.get("active", 0)) for e in eps)),
+                     str(int(st.get("outlier_detection_ejections_enforced_total", 0)))
+                     if c.get("outlier_detection") else "-",
+                     ", ".join(ejected) or "-"])
+    return rows
+
+
+def _print_clusters(ns: str, name: str, out: TextIO) -> None:
+    """The lab's waypoint pod answers on its admin socket; show its clusters when it runs."""
+    from ambit.dataplane import endpoint
+    from ambitctl.lab.paths import lab_dir
+    from ambitctl.lab.waypoints import admin_socket
+
+    sock = admin_socket(lab_dir(), ns, name)
+    if not sock.exists():
+        return
+    try:
+        code, clusters = endpoint.get_json(sock, "/clusters", timeout=2.0)
+    except (OSError, ValueError):
+        return
+    if code != 200 or not clusters:
+        return
+    print(f"\nclusters of waypoint {ns}/{name}:", file=out)
+    print(_table(cluster_rows(clusters)), file=out)
 
 
 def cmd_delete(args: argparse.Namespace) -> int:

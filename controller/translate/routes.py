@@ -485,12 +485,18 @@ def _apply_dr(wr: WaypointRoutes, dr: Obj) -> None:
     top = spec.get("trafficPolicy") or {}
     wr.policy = flatten_policy(top)
     wr.port_policies = _port_policies(top, top.get("portLevelSettings") or [])
+    host_pls = {int(x["port"]["number"]): x for x in top.get("portLevelSettings") or []}
     for s in spec.get("subsets") or []:
         sp = s.get("trafficPolicy") or {}
         merged = _merge(top, sp)
-        pls = sp.get("portLevelSettings") or top.get("portLevelSettings") or []
+        sub_pls = {int(x["port"]["number"]): x for x in sp.get("portLevelSettings") or []}
+        # Istio's MergeTrafficPolicy (pilot/pkg/networking/core/cluster_builder.go), per part: the
+        # host policy, its port-level settings, the subset's policy, the subset's port-level settings
+        pps = [PortPolicy(port=p, policy=flatten_policy(_merge(_merge(_merge(top, host_pls.get(p)), sp),
+                                                              sub_pls.get(p))))
+               for p in sorted(host_pls.keys() | sub_pls.keys())]
         wr.subsets.append(Subset(name=s["name"], labels=dict(s.get("labels") or {}), policy=flatten_policy(merged),
-                                 port_policies=_port_policies(merged, pls)))
+                                 port_policies=pps))
     wr.sources.append(_ref(dr))
 
 

@@ -58,6 +58,7 @@ class UpstreamTarget:
     connect: Callable[[], Awaitable[Attachable]]
     protocol: str = "http1"
     cluster: Cluster | None = None      # the cluster it belongs to; attempts are reported to it
+    response_headers: tuple[tuple[str, str], ...] = ()  # added to its response (a hash cookie's Set-Cookie)
 
 
 

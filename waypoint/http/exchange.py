@@ -182,6 +182,8 @@ class Exchange:
         headers = strip_hop_by_hop(headers, keep_upgrade=upgraded)
         if self.forward is not None:
             headers = self.forward.response_headers.apply(headers)
+        if self.target is not None and self.target.response_headers:
+            headers = list(headers) + list(self.target.response_headers)
         self.resp_started = True
         self.record.status = status
         self.upgraded = upgraded

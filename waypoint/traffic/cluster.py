@@ -20,12 +20,20 @@ Pure: the clock and the random source are injected.
 
 from __future__ import annotations
 
+import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ambit.model import TrafficPolicy, WaypointRoutes
 from waypoint.http.attempt import Outcome
+from waypoint.request import Downstream, RequestHead
+from waypoint.traffic.balancer import CONSISTENT_HASH, DEFAULT, HashBalancer, simple_balancer
+from waypoint.traffic.hashkey import HashKey, HashPolicy
+from waypoint.traffic.outlier import OutlierConfig, OutlierDetector
+from waypoint.traffic.warmup import SlowStart
+
+log = logging.getLogger("ambit.waypoint.cluster")
 
 Clock = Callable[[], float]
 
@@ -84,28 +92,124 @@ class Cluster:
         self.policy = policy
         self.clock = clock
         self.rng = rng
+        # load balancing (balancer.py, hashring.py, maglev.py, hashkey.py, warmup.py)
+        self.lb = policy.lb if policy.lb in ("ROUND_ROBIN", "RANDOM", CONSISTENT_HASH) else DEFAULT
+        self.hash_policy = HashPolicy.from_policy(policy)
+        self.hasher = HashBalancer(policy.hash_ring, policy.hash_ring_size) if self.hash_policy else None
+        self.balancer = simple_balancer(self.lb, rng)
+        self.warmup = SlowStart(policy.warmup_duration, policy.warmup_aggression, policy.warmup_min_percent) \
+            if policy.warmup_duration > 0 and self.lb in ("ROUND_ROBIN", "LEAST_REQUEST") else None
+        self.active: dict[str, int] = {}        # active requests per endpoint (least request, /clusters)
+        self.hosts: tuple[str, ...] = ()        # the endpoints of the last pick
+        self.panics = 0
+        # outlier detection (outlier.py)
+        cfg = OutlierConfig.from_policy(policy)
+        self.outlier = OutlierDetector(cfg, clock(), self._outlier_event) if cfg is not None else None
+
+    # --- load balancing ---------------------------------------------------------------------------
+
+    def hash_key(self, head: RequestHead | None, down: Downstream | None) -> HashKey | None:
+        """The request's hash key when this cluster balances by consistent hash, else None."""
+        return self.hash_policy.key(head, down, self.rng) if self.hash_policy is not None else None
+
+    def choose(self, hosts: Sequence[str], exclude: frozenset[str] = frozenset(),
+               key: HashKey | None = None) -> str | None:
+        """One of `hosts` (the cluster's ready endpoints, as addresses) for a request: not ejected
+        (unless the cluster is in panic: fewer endpoints in service than `minHealthPercent`), not in
+        `exclude` (addresses already tried, for retries; ignored when nothing else is left), then
+        by the cluster's balancer. None when every endpoint is ejected (503 UH, as Envoy)."""
+        if not hosts:
+            return None
+        now = self.clock()
+        if tuple(hosts) != self.hosts:
+            self.hosts = tuple(hosts)
+            if self.outlier is not None:
+                self.outlier.set_hosts(hosts)
+            if self.warmup is not None:
+                self.warmup.observe(hosts, now)
+        usable: Sequence[str] = hosts
+        if self.outlier is not None:
+            self.outlier.sweep(now)
+            if self.outlier.panic(list(hosts)):
+                self.panics += 1
+            else:
+                usable = [h for h in hosts if not self.outlier.is_ejected(h)]
+                if not usable:
+                    return None
+        if exclude:
+            usable = [h for h in usable if h not in exclude] or usable
+        if self.hasher is not None:
+            h = key.value if key is not None and key.value is not None else self.rng.getrandbits(64)
+            return self.hasher.pick(hosts, usable, h)
+        weights = None
+        if self.warmup is not None and self.warmup.warming(usable, now):
+            weights = [self.warmup.factor(h, now) for h in usable]
+        return self.balancer.pick(usable, self.active, weights)
 
     # --- what the engine reports, per attempt -----------------------------------------------------
 
     def attempt_started(self, address: str) -> None:
         """A request (or a retry of one) was sent to `address`."""
+        self.active[address] = self.active.get(address, 0) + 1
 
     def attempt_result(self, address: str, outcome: Outcome) -> None:
         """The attempt's outcome: its response status, or a local failure."""
+        if self.outlier is not None:
+            self.outlier.result(address, outcome, self.clock())
 
     def attempt_ended(self, address: str) -> None:
         """The attempt's stream is over (its response ended, failed, or was abandoned)."""
+        n = self.active.get(address, 0) - 1
+        if n > 0:
+            self.active[address] = n
+        else:
+            self.active.pop(address, None)
+
+    def connected(self, address: str) -> None:
+        """An opaque (L4) connection to `address` succeeded: clears its local-origin failures."""
+        if self.outlier is not None:
+            self.outlier.local_success(address)
+
+    def _outlier_event(self, what: str, address: str, reason: str, seconds: float) -> None:
+        if what == "eject":
+            log.warning("outlier detection: cluster %s: endpoint %s ejected (%s, ejection %d, for %.3gs)",
+                        self.name, address, reason, self.outlier.hosts[address].ejections if self.outlier else 0,
+                        seconds)
+        else:
+            log.info("outlier detection: cluster %s: endpoint %s returned to service", self.name, address)
 
     def stats(self) -> dict[str, float]:
         """Counters and gauges, named as Envoy's cluster stats without the `envoy_cluster_` prefix
         (`upstream_rq_retry`, `outlier_detection_ejections_active`, `circuit_breakers_default_cx_open`,
         ...); waypoint/telemetry/clusters.py exports them per cluster at scrape time, as gauges for
         the names in `GAUGES` and as counters for the rest. Each part adds its own."""
-        return {}
+        out: dict[str, float] = {"lb_healthy_panic": self.panics, "membership_total": len(self.hosts)}
+        if self.outlier is not None:
+            self.outlier.sweep(self.clock())
+            out["outlier_detection_ejections_active"] = self.outlier.ejected_count
+            out.update({f"outlier_detection_{k}": v for k, v in self.outlier.counters.items()})
+        out["membership_healthy"] = len(self.hosts) - (self.outlier.ejected_count if self.outlier else 0)
+        return out
 
     def dump(self) -> dict[str, object]:
-        """For the admin endpoint and `ambit waypoint status`."""
-        return {"name": self.name, "stats": self.stats()}
+        """For the admin endpoint and `ambit waypoint status`: the stats, the load balancer and
+        each endpoint's active requests and outlier state (ejected, for how much longer, how often)."""
+        now = self.clock()
+        stats = self.stats()
+        eps: list[dict[str, object]] = []
+        for a in sorted(set(self.hosts) | set(self.active)):
+            e: dict[str, object] = {"address": a, "active": self.active.get(a, 0)}
+            if self.outlier is not None:
+                s = self.outlier.hosts.get(a)
+                back = self.outlier.returns_at(a)
+                e.update(ejected=back is not None, ejections=s.ejections if s else 0,
+                         ejected_for=round(max(back - now, 0.0), 3) if back is not None else 0.0)
+            if self.warmup is not None:
+                e["warmup_factor"] = round(self.warmup.factor(a, now), 3)
+            eps.append(e)
+        lb = self.lb if self.hasher is None else f"{CONSISTENT_HASH}/{self.hasher.kind}"
+        return {"name": self.name, "lb": lb, "outlier_detection": self.outlier is not None,
+                "endpoints": eps, "stats": stats}
 
 
 class Clusters:

@@ -30,16 +30,15 @@ BY_UID = {w.uid: w for w in (V1, V2, V2B)}
 BY_IP = {w.ips[0]: w for w in (V1, V2, V2B)}
 
 
-def test_round_robin_over_ready_endpoints_of_a_subset_with_the_target_port_and_protocol() -> None:
-    lb = endpoints.RoundRobin()
-    picks = [endpoints.pick_service(SVC, 80, {"version": "v2"}, BY_UID, BY_IP, lb, "v2") for _ in range(4)]
-    assert [p.address for p in picks] == ["10.0.1.2:8080", "10.0.1.3:8080"] * 2
+def test_candidates_are_the_ready_endpoints_of_a_subset_with_the_target_port_and_protocol() -> None:
+    picks = endpoints.candidates(SVC, 80, {"version": "v2"}, BY_UID, BY_IP)
+    assert [p.address for p in picks] == ["10.0.1.2:8080", "10.0.1.3:8080"]
     assert {p.protocol for p in picks} == {"http1"}
-    all_ = {endpoints.pick_service(SVC, 80, None, BY_UID, BY_IP, lb).ip for _ in range(6)}
+    all_ = {p.ip for p in endpoints.candidates(SVC, 80, None, BY_UID, BY_IP)}
     assert all_ == {"10.0.1.1", "10.0.1.2", "10.0.1.3"}                # never the unready one
-    assert endpoints.pick_service(SVC, 9000, None, BY_UID, BY_IP, lb).protocol == "h2"
-    assert endpoints.pick_service(SVC, 80, {"version": "v9"}, BY_UID, BY_IP, lb) is None
-    assert endpoints.pick_service(SVC, 81, None, BY_UID, BY_IP, lb) is None
+    assert {p.protocol for p in endpoints.candidates(SVC, 9000, None, BY_UID, BY_IP)} == {"h2"}
+    assert endpoints.candidates(SVC, 80, {"version": "v9"}, BY_UID, BY_IP) == []
+    assert endpoints.candidates(SVC, 81, None, BY_UID, BY_IP) == []
 
 
 def proxy(*auths: Authorization, routes: tuple[WaypointRoutes, ...] = ()) -> WaypointProxy:

@@ -1,0 +1,197 @@
+"""The cluster's choice: candidates filtered by outlier state (with the panic threshold), the
+retry's exclude set, then the balancer (or the hash table); attempt hooks feeding active counts
+and outlier detection; stats, dump and logs; the policy merge (host, port, subset) end to end from
+a DestinationRule through the controller's translation."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+
+import pytest
+
+from ambit.model import TrafficPolicy
+from controller.translate import translate
+from tests.unit.controller.test_config_translate import service
+from waypoint.http.attempt import RESPONSE, Outcome
+from waypoint.request import Downstream, RequestHead
+from waypoint.traffic.cluster import Cluster, ClusterKey, Clusters, effective_policy
+
+H = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]
+E503 = Outcome(RESPONSE, 503)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def cluster(clock: Clock | None = None, **kw: object) -> Cluster:
+    return Cluster(ClusterKey("demo/web", 80), TrafficPolicy(**kw), clock or Clock(), random.Random(1),  # type: ignore[arg-type]
+                   "web.demo.svc.cluster.local")
+
+
+def fail(c: Cluster, host: str, n: int) -> None:
+    for _ in range(n):
+        c.attempt_started(host)
+        c.attempt_result(host, E503)
+        c.attempt_ended(host)
+
+
+def test_default_is_least_request_and_active_counts_come_from_the_attempt_hooks() -> None:
+    c = cluster()
+    assert c.lb == "LEAST_REQUEST" and c.name == "outbound|80||web.demo.svc.cluster.local"
+    for _ in range(3):
+        c.attempt_started(H[0])
+    c.attempt_started(H[1])
+    assert c.active == {H[0]: 3, H[1]: 1}
+    got = Counter(c.choose(H[:2]) for _ in range(400))
+    assert got[H[1]] > got[H[0]] * 2                 # fewer active requests: chosen more
+    c.attempt_ended(H[0])
+    c.attempt_ended(H[1])
+    assert c.active == {H[0]: 2}
+    assert [e["active"] for e in c.dump()["endpoints"]] == [2, 0]  # type: ignore[index]
+
+
+def test_round_robin_and_exclude_with_fallback_to_any() -> None:
+    c = cluster(lb="ROUND_ROBIN")
+    picks = [c.choose(H) for _ in range(8)]
+    assert Counter(picks) == {h: 2 for h in H}
+    assert all(c.choose(H, frozenset(H[:3])) == H[3] for _ in range(5))
+    assert c.choose(H, frozenset(H)) in H               # everything tried: any
+
+
+def test_ejected_endpoints_are_skipped_and_come_back(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    c = cluster(clock, lb="ROUND_ROBIN", outlier_detection=True, consecutive_5xx_errors=2, interval=1.0,
+                base_ejection_time=5.0, max_ejection_percent=50)
+    c.choose(H)
+    with caplog.at_level(logging.WARNING, "ambit.waypoint.cluster"):
+        fail(c, H[0], 2)
+    assert f"cluster {c.name}: endpoint {H[0]} ejected (consecutive_5xx, ejection 1, for 5s)" in caplog.text
+    assert H[0] not in {c.choose(H) for _ in range(12)}
+    st = c.stats()
+    assert (st["outlier_detection_ejections_active"], st["outlier_detection_ejections_enforced_total"],
+            st["outlier_detection_ejections_enforced_consecutive_5xx"], st["membership_healthy"],
+            st["membership_total"]) == (1, 1, 1, 3, 4)
+    [e] = [e for e in c.dump()["endpoints"] if e["ejected"]]  # type: ignore[union-attr]
+    assert (e["address"], e["ejections"], e["ejected_for"]) == (H[0], 1, 5.0)
+    clock.t += 4.5
+    assert c.dump()["endpoints"][0]["ejected_for"] == 0.5  # type: ignore[index]
+    clock.t += 0.5
+    with caplog.at_level(logging.INFO, "ambit.waypoint.cluster"):
+        assert H[0] in {c.choose(H) for _ in range(8)}
+    assert f"cluster {c.name}: endpoint {H[0]} returned to service" in caplog.text
+    assert c.stats()["outlier_detection_ejections_active"] == 0
+
+
+def test_all_ejected_gives_no_endpoint_unless_in_panic() -> None:
+    c = cluster(outlier_detection=True, consecutive_5xx_errors=1, max_ejection_percent=100)
+    c.choose(H[:2])
+    fail(c, H[0], 1)
+    fail(c, H[1], 1)
+    assert c.choose(H[:2]) is None                   # minHealthPercent 0: no panic, 503 UH
+    p = cluster(outlier_detection=True, consecutive_5xx_errors=1, max_ejection_percent=100, min_health_percent=50)
+    p.choose(H)
+    fail(p, H[0], 1)
+    assert H[0] not in {p.choose(H) for _ in range(20)}      # 75 % in service: no panic
+    fail(p, H[1], 1)
+    fail(p, H[2], 1)
+    assert {p.choose(H) for _ in range(40)} == set(H)         # 25 % < 50 %: panic, over all
+    assert p.stats()["lb_healthy_panic"] == 40
+
+
+def test_consistent_hash_sticks_skips_ejected_and_excluded_and_sets_the_cookie() -> None:
+    c = cluster(lb="CONSISTENT_HASH", hash_header="x-user", outlier_detection=True, consecutive_5xx_errors=1,
+                max_ejection_percent=100)
+    key = c.hash_key(RequestHead("GET", "/", "web", headers=[("x-user", "ann")]), Downstream())
+    assert key is not None
+    first = c.choose(H, key=key)
+    assert all(c.choose(H, key=key) == first for _ in range(10))
+    others = {u: c.choose(H, key=c.hash_key(RequestHead("GET", "/", "web", headers=[("x-user", u)]), None))
+              for u in ("bob", "cy", "dee", "eve", "fay", "gus")}
+    second = c.choose(H, frozenset({first}), key)
+    assert second != first                           # a retry that ignores previous hosts
+    fail(c, first, 1)
+    assert c.choose(H, key=key) == second            # ejected: the next host on the ring
+    for u, h in others.items():                      # keys of other hosts do not move
+        if h != first:
+            assert c.choose(H, key=c.hash_key(RequestHead("GET", "/", "web", headers=[("x-user", u)]), None)) == h
+    nokey = c.hash_key(RequestHead("GET", "/", "web"), None)
+    assert nokey is not None and nokey.value is None and len({c.choose(H, key=nokey) for _ in range(40)}) == 3
+    ck = cluster(lb="CONSISTENT_HASH", hash_cookie="s", hash_cookie_ttl=10.0)
+    k = ck.hash_key(RequestHead("GET", "/", "web", headers=[("x-request-id", "r")]), None)
+    assert k is not None and k.set_cookie.startswith('s="') and ck.dump()["lb"] == "CONSISTENT_HASH/RING_HASH"
+    assert cluster(lb="CONSISTENT_HASH", hash_ring="MAGLEV", hash_ring_size=251).dump()["lb"] == "CONSISTENT_HASH/MAGLEV"
+
+
+def test_warmup_ramps_a_new_endpoint_for_round_robin() -> None:
+    clock = Clock()
+    c = cluster(clock, lb="ROUND_ROBIN", warmup_duration=10.0)
+    c.choose(H[:2])                                  # the first endpoints: warm
+    new = "10.0.0.9:80"
+    c.choose(H[:2] + [new])
+    clock.t += 2.0                                   # factor 0.2
+    got = Counter(c.choose(H[:2] + [new]) for _ in range(220))
+    assert got[new] == 20                            # 0.2 / 2.2 of the picks
+    assert c.dump()["endpoints"][2]["warmup_factor"] == 0.2  # type: ignore[index]
+    clock.t += 10.0
+    got = Counter(c.choose(H[:2] + [new]) for _ in range(300))
+    assert got == {H[0]: 100, H[1]: 100, new: 100}
+    assert cluster(lb="RANDOM", warmup_duration=10.0).warmup is None     # RR and LR only, as Envoy
+
+
+def test_clusters_keep_state_while_the_policy_is_unchanged() -> None:
+    cs = Clusters(Clock(), random.Random(0))
+    objs = [service("web", {"app": "web"}, [{"name": "http", "port": 80}])]
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "w", "namespace": "demo"},
+          "spec": {"host": "web", "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}}}
+    wr = {r.hostname: r for r in translate(objs + [dr]).waypoint_routes}["web.demo.svc.cluster.local"]
+    cs.update({"demo/web": wr})
+    a = cs.get("demo/web", 80)
+    a.attempt_started(H[0])
+    cs.update({"demo/web": wr})
+    assert cs.get("demo/web", 80) is a
+    dr["spec"]["trafficPolicy"]["loadBalancer"]["simple"] = "RANDOM"
+    wr2 = {r.hostname: r for r in translate(objs + [dr]).waypoint_routes}["web.demo.svc.cluster.local"]
+    cs.update({"demo/web": wr2})
+    assert cs.get("demo/web", 80) is not a and cs.get("demo/web", 80).lb == "RANDOM"
+
+
+def test_subset_and_port_level_policies_merge_as_istio() -> None:
+    """Istio's MergeTrafficPolicy, per part: host, host port-level, subset, subset port-level."""
+    objs = [service("web", {"app": "web"}, [{"name": "http", "port": 80}, {"name": "http-alt", "port": 81}])]
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "w", "namespace": "demo"},
+          "spec": {"host": "web",
+                   "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"},
+                                     "outlierDetection": {"consecutive5xxErrors": 7},
+                                     "portLevelSettings": [{"port": {"number": 81},
+                                                            "loadBalancer": {"simple": "ROUND_ROBIN"},
+                                                            "outlierDetection": {"consecutive5xxErrors": 2}}]},
+                   "subsets": [{"name": "plain", "labels": {"v": "1"}},
+                               {"name": "lr", "labels": {"v": "2"},
+                                "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST"}}},
+                               {"name": "own", "labels": {"v": "3"},
+                                "trafficPolicy": {"portLevelSettings": [{"port": {"number": 81},
+                                                                         "loadBalancer": {"consistentHash": {
+                                                                             "httpHeaderName": "x-u"}}}]}}]}}
+    t = translate(objs + [dr])
+    wr = {r.hostname: r for r in t.waypoint_routes}["web.demo.svc.cluster.local"]
+
+    def pol(port: int, subset: str = "") -> tuple[str, int]:
+        p = effective_policy(wr, port, subset)
+        return p.lb, p.consecutive_5xx_errors
+
+    assert pol(80) == ("RANDOM", 7)
+    assert pol(81) == ("ROUND_ROBIN", 2)                 # port level over host
+    assert pol(80, "plain") == ("RANDOM", 7)             # a subset without a policy: the host's
+    assert pol(81, "plain") == ("ROUND_ROBIN", 2)
+    assert pol(80, "lr") == ("LEAST_REQUEST", 7)         # the subset's part over the host's
+    assert pol(81, "lr") == ("LEAST_REQUEST", 2)         # ... and over the host's port level
+    assert pol(80, "own") == ("RANDOM", 7)
+    assert pol(81, "own") == ("CONSISTENT_HASH", 2)      # the subset's port level over all; OD from host port
+    assert effective_policy(None, 80, "") == TrafficPolicy()

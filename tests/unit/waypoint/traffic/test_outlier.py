@@ -1,0 +1,145 @@
+"""Outlier detection, playbook style: feed outcomes and clock ticks, assert ejections, returns,
+backoff and counters (Envoy's outlier_detection_impl.cc semantics)."""
+
+from __future__ import annotations
+
+from ambit.model import TrafficPolicy
+from waypoint.http.attempt import CONNECT_FAILURE, RESET, RESPONSE, TIMEOUT, Outcome
+from waypoint.traffic.outlier import OutlierConfig, OutlierDetector
+
+OK = Outcome(RESPONSE, 200)
+E500 = Outcome(RESPONSE, 500)
+E503 = Outcome(RESPONSE, 503)
+CF = Outcome(CONNECT_FAILURE)
+
+
+def detector(**kw: object) -> tuple[OutlierDetector, list[tuple]]:
+    events: list[tuple] = []
+    cfg = OutlierConfig(**{"consecutive_5xx": 3, "interval": 1.0, "base_ejection_time": 10.0,
+                           "max_ejection_percent": 100, **kw})  # type: ignore[arg-type]
+    d = OutlierDetector(cfg, 0.0, lambda *e: events.append(e))
+    d.set_hosts(["a", "b", "c", "d"])
+    return d, events
+
+
+def feed(d: OutlierDetector, host: str, outcomes: list[Outcome], now: float = 0.0) -> None:
+    for o in outcomes:
+        d.result(host, o, now)
+
+
+def test_consecutive_5xx_ejects_inline_and_a_success_resets_the_count() -> None:
+    d, ev = detector()
+    feed(d, "a", [E500, E503, OK, E500, E500])
+    assert not d.is_ejected("a")
+    feed(d, "a", [E500], now=0.2)
+    assert d.is_ejected("a") and ev == [("eject", "a", "consecutive_5xx", 10.0)]
+    assert d.counters["ejections_enforced_consecutive_5xx"] == 1 and d.counters["ejections_enforced_total"] == 1
+    assert d.counters["ejections_detected_consecutive_5xx"] == 1 and d.ejected_count == 1
+
+
+def test_local_failures_count_as_5xx_without_split() -> None:
+    d, _ = detector()
+    feed(d, "a", [CF, Outcome(RESET), Outcome(TIMEOUT)])
+    assert d.is_ejected("a")
+
+
+def test_gateway_errors_detector() -> None:
+    d, ev = detector(consecutive_5xx=0, consecutive_gateway=2)
+    feed(d, "a", [E500, E500, E500, E500])
+    assert not d.is_ejected("a")                     # 500 is no gateway error, and 5xx is off (0)
+    feed(d, "a", [E503, Outcome(TIMEOUT)])
+    assert d.is_ejected("a") and ev[0][2] == "consecutive_gateway_failure"
+    assert d.counters["ejections_enforced_consecutive_gateway_failure"] == 1
+
+
+def test_split_counts_local_origin_failures_apart() -> None:
+    d, ev = detector(split=True, consecutive_local=2)
+    feed(d, "a", [CF, E500, CF, E500])               # a response resets the local count
+    assert not d.is_ejected("a")
+    feed(d, "a", [CF, CF])
+    assert d.is_ejected("a") and ev[0][2] == "consecutive_local_origin_failure"
+    feed(d, "b", [E500, CF, CF, E500])               # two local failures in a row eject, 5xx around or not
+    assert d.is_ejected("b") and ev[1][2] == "consecutive_local_origin_failure"
+    d2, _ = detector(split=True, consecutive_local=5)
+    feed(d2, "c", [E500, CF, E500, CF, E500])
+    assert d2.is_ejected("c")
+
+
+def test_return_at_the_first_sweep_after_the_ejection_time_with_counters_reset() -> None:
+    d, ev = detector()
+    feed(d, "a", [E500] * 3, now=0.5)
+    assert d.returns_at("a") == 11.0                 # ejected 0.5 + 10 s, the sweep after is at 11
+    d.sweep(10.9)
+    assert d.is_ejected("a")
+    d.sweep(11.0)
+    assert not d.is_ejected("a") and ev[-1] == ("return", "a", "", 0.0)
+    feed(d, "a", [E500, E500], now=11.5)
+    assert not d.is_ejected("a")                     # counts afresh after the return
+
+
+def test_backoff_doubles_the_ejection_and_decays_while_healthy() -> None:
+    d, ev = detector()
+    feed(d, "a", [E500] * 3, now=0.0)
+    d.sweep(10.0)                                    # back at 10
+    feed(d, "a", [E500] * 3, now=10.2)
+    assert ev[-1] == ("eject", "a", "consecutive_5xx", 20.0)      # 2 x base
+    d.sweep(30.2)
+    assert d.is_ejected("a")
+    d.sweep(31.0)                                    # back at 31 (sweep after 30.2)
+    assert not d.is_ejected("a") and d.hosts["a"].backoff == 2
+    d.sweep(32.0)                                    # a whole interval in service: backoff 2 -> 1
+    assert d.hosts["a"].backoff == 1
+    d.sweep(40.0)
+    assert d.hosts["a"].backoff == 0
+    feed(d, "a", [E500] * 3, now=40.5)
+    assert ev[-1][3] == 10.0                         # forgiven: base again
+
+
+def test_ejection_time_is_capped_at_max_ejection_time() -> None:
+    d, ev = detector(base_ejection_time=200.0)
+    t = 0.0
+    for _ in range(4):
+        feed(d, "a", [E500] * 3, now=t)
+        t = d.returns_at("a") or t
+        d.sweep(t)
+    assert [e[3] for e in ev if e[0] == "eject"] == [200.0, 300.0, 300.0, 300.0]
+
+
+def test_max_ejection_percent_and_envoys_two_host_default() -> None:
+    d, _ = detector(max_ejection_percent=50)
+    for h in "abc":
+        feed(d, h, [E500] * 3)
+    assert [h for h in "abcd" if d.is_ejected(h)] == ["a", "b"]     # 3/4 would exceed 50 %
+    assert d.counters["ejections_overflow"] == 1
+    # Istio's default 10 %: with two endpoints, (0 + 1) / 2 = 50 % > 10 %: none is ever ejected
+    d2 = OutlierDetector(OutlierConfig.from_policy(TrafficPolicy(outlier_detection=True)), 0.0)  # type: ignore[arg-type]
+    d2.set_hosts(["a", "b"])
+    feed(d2, "a", [E500] * 5)
+    assert not d2.is_ejected("a") and d2.counters["ejections_overflow"] == 1
+
+
+def test_panic_threshold_is_min_health_percent() -> None:
+    d, _ = detector(min_health_percent=60)
+    feed(d, "a", [E500] * 3)
+    assert not d.panic(["a", "b", "c", "d"])        # 75 % in service
+    feed(d, "b", [E500] * 3)
+    assert d.panic(["a", "b", "c", "d"])            # 50 % < 60 %
+    d0, _ = detector()
+    feed(d0, "a", [E500] * 3)
+    assert not d0.panic(["a"])                      # 0 disables panic
+
+
+def test_hosts_that_leave_drop_their_state_and_sweeps_catch_up() -> None:
+    d, _ = detector()
+    feed(d, "a", [E500] * 3)
+    d.set_hosts(["b", "c"])
+    assert d.ejected_count == 0 and "a" not in d.hosts
+    d.sweep(1e9)                                    # a long idle: bounded catch-up
+    assert d.next_sweep > 1e9
+
+
+def test_config_from_policy_and_defaults() -> None:
+    assert OutlierConfig.from_policy(TrafficPolicy()) is None
+    c = OutlierConfig.from_policy(TrafficPolicy(outlier_detection=True))
+    assert c is not None and (c.consecutive_5xx, c.interval, c.base_ejection_time, c.max_ejection_percent,
+                              c.min_health_percent, c.max_ejection_time) == (5, 10.0, 30.0, 10, 0, 300.0)
