@@ -9,6 +9,7 @@ import socket
 import struct
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -238,3 +239,42 @@ def test_a_client_that_leaves_mid_body_cuts_its_shadow(origin: Origin) -> None:
     finally:
         p.close()
         sink.close()
+
+
+def test_an_aborted_request_is_not_mirrored_a_delayed_one_is_after_its_delay(origin: Origin) -> None:
+    from waypoint.resilience.fault import MILLION, FaultPolicy
+    sink = Sink()
+    state = {"fault": FaultPolicy(abort_status=503, abort_per_million=MILLION)}
+    mirrors = (MirrorPolicy("test/shadow", "shadow", port=sink.port),)
+
+    def decide(head: RequestHead, ds: Downstream) -> Forward:
+        return Forward(service="test/app", port=origin.port, route="test#0",
+                       policy=RoutePolicy(fault=state["fault"], mirrors=mirrors))
+    p = Proxy(decide)
+    try:
+        with pytest.raises(urllib.error.HTTPError):
+            timed(p.port, "/aborted")
+        state["fault"] = FaultPolicy(delay=0.4, delay_per_million=MILLION)
+        t0 = time.time()
+        assert timed(p.port, "/delayed", body=b"d" * 5000)[0] == 200
+        got = sink.wait(1)
+        assert [g[1:] for g in got] == [("/delayed", "myapp", 5000)]       # the body sent during the delay too
+        assert gate(p)["started"] == 1
+        assert time.time() - t0 >= 0.4
+    finally:
+        p.close()
+        sink.close()
+
+
+def test_shadows_to_an_h2_backend_share_its_multiplexed_pool(origin: Origin) -> None:
+    from tests.unit.waypoint.harness import H2Origin
+    h2o = H2Origin()
+    p = Proxy(mirrored(origin.port, h2o.port), protocols={h2o.port: "h2"})
+    try:
+        assert all(timed(p.port, f"/h{i}", body=b"x" * 1000)[0] == 200 for i in range(20))
+        s = settle(p)
+        assert (s["started"], s["completed"], s["failed"]) == (20, 20, 0)
+        assert p.call(lambda: len(p.engine.pools.h2.get(f"127.0.0.1:{h2o.port}", [])))== 1  # type: ignore[union-attr]
+    finally:
+        p.close()
+        h2o.close()
