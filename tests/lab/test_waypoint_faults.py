@@ -53,10 +53,14 @@ def access(lab: Lab) -> list[dict]:
             if "ambit.waypoint.access" in x and "access: " in x]
 
 
-def requests_total(lab: Lab, **labels: str) -> float:
+def metric(lab: Lab, name: str, **labels: str) -> float:
     text = scrape(lab.dir / "waypoints" / "default.waypoint.metrics.sock")
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "istio_requests_total" and all(s.labels.get(k) == v for k, v in labels.items()))
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def requests_total(lab: Lab, **labels: str) -> float:
+    return metric(lab, "istio_requests_total", **labels)
 
 
 def shadow_got(lab: Lab, pod: str, prefix: str) -> list[dict]:
@@ -232,6 +236,7 @@ def test_a_slow_or_down_shadow_leaves_the_primary_latency_alone(flab: Lab) -> No
         assert sorted(slow_t)[n // 2] < sorted(base)[n // 2] * 2 + 0.02
         assert len(shadow_got(flab, "slowshadow", "/slow?n=")) >= n - (after["overflow"] - before["overflow"])
         assert after["failed"] - mid["failed"] >= n
+        assert metric(flab, "ambit_waypoint_mirror_requests_total", result="failed") == after["failed"]
     finally:
         delete(flab, f)
 

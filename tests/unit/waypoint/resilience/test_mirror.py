@@ -62,3 +62,23 @@ def test_gate_bounds_shadows_in_flight_and_counts() -> None:
     assert g.stats() == {"active": 0, "max_active": 2, "started": 3, "overflow": 1, "no_upstream": 1,
                          "completed": 1, "failed": 1, "cut": 1}
     assert not MirrorGate(0).admit()            # 0: mirroring off
+
+
+def test_gate_counters_export_as_prometheus_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from waypoint.telemetry.mirrors import MirrorCollector
+
+    class E:
+        mirrors = MirrorGate(1)
+    e = E()
+    e.mirrors.admit()
+    e.mirrors.admit()           # overflow
+    reg = CollectorRegistry()
+    reg.register(MirrorCollector(lambda: e))
+    text = generate_latest(reg).decode()
+    assert 'ambit_waypoint_mirror_requests_total{result="overflow"} 1.0' in text
+    assert "ambit_waypoint_mirror_active 1.0" in text
+    reg2 = CollectorRegistry()
+    reg2.register(MirrorCollector(lambda: None))
+    assert "ambit_waypoint_mirror" not in generate_latest(reg2).decode()
