@@ -278,3 +278,46 @@ def test_shadows_to_an_h2_backend_share_its_multiplexed_pool(origin: Origin) -> 
     finally:
         p.close()
         h2o.close()
+
+
+def test_a_slow_reading_shadow_gets_the_whole_body_without_slowing_the_primary(origin: Origin) -> None:
+    # the shadow reads at most 64 KiB every 30 ms: its connection fills, the shadow pauses and buffers
+    # (under mirror_buffer_bytes), then drains as the reader catches up; the primary is not held
+    got: list[int] = []
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+
+    def slow_reader() -> None:
+        c, _ = lsock.accept()
+        with c:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += c.recv(65536)
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            n = int(next(x for x in head.split(b"\r\n") if x.lower().startswith(b"content-length")).split(b":")[1])
+            total = len(rest)
+            while total < n:
+                time.sleep(0.03)
+                data = c.recv(65536)
+                if not data:
+                    break
+                total += len(data)
+            got.append(total)
+            c.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+    t = threading.Thread(target=slow_reader, daemon=True)
+    t.start()
+    size = 1_000_000
+    p = Proxy(mirrored(origin.port, lsock.getsockname()[1]), settings=HttpSettings(mirror_buffer_bytes=8_000_000))
+    try:
+        status, body, took = timed(p.port, "/upload", body=b"s" * size)
+        assert status == 200 and f'"body_len": {size}'.encode() in body
+        assert took < 1.0, took                  # the shadow takes longer than that to read it all
+        t.join(10)
+        assert got == [size]
+        s = settle(p)
+        assert (s["completed"], s["cut"], s["active"]) == (1, 0, 0)
+    finally:
+        p.close()
+        lsock.close()
