@@ -45,7 +45,8 @@ def routes(proxy: Any, client: Any) -> dict[str, Handler]:
         return 200, ids.dump() if ids is not None else []
 
     def stats() -> tuple[int, Any]:
-        return 200, {"tunnels": proxy.tunnels, "refused": proxy.refused, "requests": proxy.requests}
+        return 200, {"tunnels": proxy.tunnels, "refused": proxy.refused, "requests": proxy.requests,
+                     "mirrors": proxy.engine.mirrors.stats() if proxy.engine is not None else {}}
 
     def clusters() -> tuple[int, Any]:
         return 200, proxy.clusters.dump()

@@ -50,6 +50,7 @@ from waypoint.telemetry.accesslog import RequestLog
 from waypoint.telemetry.clusters import ClusterCollector
 from waypoint.telemetry.hook import Telemetry
 from waypoint.telemetry.metrics import HttpMetrics
+from waypoint.telemetry.mirrors import MirrorCollector
 from waypoint.traffic.cluster import Cluster, Clusters
 from waypoint.traffic.hashkey import HashKey
 
@@ -85,6 +86,7 @@ class WaypointProxy:
         self._clusters_table: Any = None      # the route table `clusters` was last updated from
         if registry is not None:
             registry.register(ClusterCollector(lambda: self.clusters))
+            registry.register(MirrorCollector(lambda: self.engine))
         self.contexts = tls.ContextCache()
         self.pool = HBONEClientPool(self._client_context, handshake_timeout=settings.tunnel.connect_timeout)
         self.engine: Engine | None = None

@@ -39,6 +39,7 @@ from waypoint.http.pool import Pools
 from waypoint.http.record import RecordSink, discard
 from waypoint.http.settings import HttpSettings
 from waypoint.request import Decision, Downstream, Forward, RequestHead
+from waypoint.resilience.mirror import MirrorGate
 
 if TYPE_CHECKING:
     from ambit.dataplane.hbone.stream import HBONEStream
@@ -82,6 +83,7 @@ class Engine:
         self.pools = Pools(self)
         self.conns: set[H1Server | H2Server] = set()
         self.exchanges: set[Exchange] = set()
+        self.mirrors = MirrorGate(settings.mirror_max_active)     # shadow requests (waypoint/http/shadow.py)
         self.draining = False
         self._tick = min(1.0, settings.header_timeout / 4, settings.stream_idle_timeout / 4,
                          settings.idle_timeout / 4)

@@ -18,19 +18,22 @@ Failures follow Envoy's wording and response flags, since Istio users grep for t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from waypoint.http import attempt
+from waypoint.http import attempt, shadow
 from waypoint.http.headers import add_forwarded, grpc_status_for, strip_hop_by_hop
 from waypoint.http.legs import DownLeg, Headers, UpLeg
 from waypoint.http.record import RequestRecord
 from waypoint.request import Downstream, Forward, LocalReply, RequestHead
+from waypoint.resilience import fault, mirror
 
 if TYPE_CHECKING:
     from waypoint.http.engine import Engine, UpstreamTarget
+    from waypoint.http.shadow import Shadow
 
 log = logging.getLogger("waypoint.http")
 
@@ -44,7 +47,8 @@ class Exchange:
     __slots__ = ("engine", "down", "up", "head", "downstream", "body", "record", "forward", "target",
                  "up_head", "pending", "pending_bytes", "req_ended", "req_trailers", "resp_started",
                  "resp_ended", "done", "last", "upgrade", "expect_continue", "retried", "_t0",
-                 "upgraded", "_raw_ends", "keep_alive", "reset_code", "_attempt")
+                 "upgraded", "_raw_ends", "keep_alive", "reset_code", "_attempt", "shadows", "_fault_flags",
+                 "_delay")
 
     def __init__(self, engine: Engine, down: DownLeg, head: RequestHead, downstream: Downstream, *,
                  body: str, upgrade: bool = False, expect_continue: bool = False) -> None:
@@ -75,6 +79,9 @@ class Exchange:
         self.reset_code: int | None = None  # an HTTP/2 RST_STREAM code to pass on to the other leg
         self._raw_ends = 0
         self._attempt = 0               # 0: no attempt open; 1: open, outcome unknown; 2: outcome reported
+        self.shadows: list[Shadow] = []     # mirrored copies in flight (waypoint/http/shadow.py)
+        self._fault_flags = ""              # DI when a delay was injected (waypoint.resilience.fault)
+        self._delay: asyncio.TimerHandle | None = None
         self._t0 = time.monotonic()
         self.last = engine.loop.time()
 
@@ -99,6 +106,13 @@ class Exchange:
         authority = fwd.authority or head.authority
         self.up_head = RequestHead(head.method, fwd.path or head.path, authority, head.scheme, headers,
                                    head.version, head.grpc)
+        if not self._faults():      # waypoint.resilience.fault: aborted, or delayed (resumes in _forward_on)
+            self._forward_on()
+
+    def _forward_on(self) -> None:
+        """Past the fault filter: choose the upstream and send (Envoy's router)."""
+        e, fwd = self.engine, self.forward
+        assert fwd is not None and self.up_head is not None
         try:
             target = e.upstream(fwd, self.up_head, self.downstream, frozenset())
         except Exception:
@@ -224,6 +238,8 @@ class Exchange:
             return
         self.last = self.engine.loop.time()
         self.record.bytes_received += len(data)
+        if self.shadows:
+            shadow.tee(self.shadows, data)
         up = self.up
         if up is not None:
             up.send_data(data)
@@ -238,6 +254,8 @@ class Exchange:
             return
         self.req_ended = True
         self.req_trailers = trailers
+        if self.shadows:
+            shadow.end(self.shadows, trailers)
         if self.up is not None and not self.done:
             self.up.send_end(trailers)
 
@@ -329,6 +347,68 @@ class Exchange:
         if self._raw_ends >= 2 and not self.done:
             self.finish()
 
+    # --- fault injection and mirroring (waypoint.resilience.fault, .mirror; waypoint/http/shadow.py) --
+
+    def _faults(self) -> bool:
+        """Envoy's fault filter, before the router: a delay (DI) holds the request on a timer (its
+        body waits in `pending`, with backpressure), then an abort (FI) answers locally; either
+        way the upstream is never chosen. True when the request was taken over (delayed or
+        aborted); else the mirrors are started and the caller goes on."""
+        fwd = self.forward
+        pol = fwd.policy if fwd is not None else None
+        f = pol.fault if pol is not None else None
+        if f is not None:
+            d = f.delay_for(self.engine.rng)
+            if d > 0:
+                self._fault_flags = fault.DELAY_FLAG
+                self._delay = self.engine.loop.call_later(d, self._delay_over)
+                return True
+            if self._abort(f):
+                return True
+        self._mirror()
+        return False
+
+    def _delay_over(self) -> None:
+        self._delay = None
+        if self.done:
+            return
+        self.last = self.engine.loop.time()
+        pol = self.forward.policy if self.forward is not None else None
+        if pol is not None and pol.fault is not None and self._abort(pol.fault):
+            return
+        self._mirror()
+        self._forward_on()
+
+    def _abort(self, f: fault.FaultPolicy) -> bool:
+        r = f.abort_for(self.engine.rng, self.forward.route if self.forward is not None else "")
+        if r is None:
+            return False
+        self.reply(r)
+        return True
+
+    def _mirror(self) -> None:
+        """Shadows for the mirrors this request is picked for (not for upgrades: a raw relay
+        cannot be copied)."""
+        pol = self.forward.policy if self.forward is not None else None
+        if pol is None or not pol.mirrors or self.upgrade or self.up_head is None:
+            return
+        picked = mirror.pick(pol.mirrors, self.engine.rng)
+        if picked:
+            self.shadows = shadow.start_shadows(self.engine, picked, self.forward, self.up_head, self.downstream,
+                                                self.body, list(self.pending), self.req_ended, pol.timeout)
+
+    def _faults_end(self) -> None:
+        """At the end: DI leads the response flags; a pending delay is dropped; shadows whose
+        request body will never be complete are cut."""
+        if self._delay is not None:
+            self._delay.cancel()
+            self._delay = None
+        if self._fault_flags:
+            self.record.response_flags = fault.merge_flags(self._fault_flags, self.record.response_flags)
+        if self.shadows:
+            shadow.cut(self.shadows)
+            self.shadows = []
+
     # --- attempts, as reported to the target's cluster (waypoint.traffic.cluster) ----------------
 
     def _attempt_start(self) -> None:
@@ -354,6 +434,7 @@ class Exchange:
             return
         self.done = True
         self._attempt_end()
+        self._faults_end()
         rec = self.record
         rec.duration_ms = (time.monotonic() - self._t0) * 1000
         e = self.engine

@@ -44,3 +44,10 @@ class HttpSettings:
                             check=positive)
     drain_timeout: float = option(5.0, "seconds open requests get to finish at shutdown (after GOAWAY)",
                                   check=non_negative)
+    mirror_max_active: int = option(256, "mirrored (shadow) requests in flight at once; beyond, a shadow is dropped "
+                                    "and counted, never queued (Envoy has no such bound)", check=non_negative)
+    mirror_buffer_bytes: int = option(1024 * 1024, "request body bytes a shadow may hold while its upstream is not "
+                                      "ready or is slow; beyond, the shadow is cut, never the primary slowed",
+                                      check=positive)
+    mirror_timeout: float = option(30.0, "seconds a shadow request may take when its route sets no timeout "
+                                   "(Envoy: the route timeout, none by Istio's default)", check=positive)

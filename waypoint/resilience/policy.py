@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ambit.model import HttpRoute
+from waypoint.resilience.fault import compile_fault
+from waypoint.resilience.mirror import compile_mirrors
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,4 +27,5 @@ class RoutePolicy:
 
 def compile_policy(r: HttpRoute) -> RoutePolicy:
     per_try = (r.retries.per_try_timeout if r.retries is not None else 0.0) or r.backend_timeout
-    return RoutePolicy(timeout=r.timeout, per_try_timeout=per_try)
+    return RoutePolicy(timeout=r.timeout, per_try_timeout=per_try, fault=compile_fault(r.fault),
+                       mirrors=compile_mirrors(r.mirrors))
