@@ -352,6 +352,7 @@ class Exchange:
             return
         self.done = True
         self._attempt_end()
+        self.engine.pools.attempt_over(self)    # its request no longer counts against pool limits
         rec = self.record
         rec.duration_ms = (time.monotonic() - self._t0) * 1000
         e = self.engine

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from ambit.model import TrafficPolicy, WaypointRoutes
 from waypoint.http.attempt import Outcome
+from waypoint.traffic.breaker import Breaker
 
 Clock = Callable[[], float]
 
@@ -84,6 +85,7 @@ class Cluster:
         self.policy = policy
         self.clock = clock
         self.rng = rng
+        self.breaker = Breaker(policy)      # connection-pool limits and counters (waypoint/http/pool.py)
 
     # --- what the engine reports, per attempt -----------------------------------------------------
 
@@ -101,7 +103,7 @@ class Cluster:
         (`upstream_rq_retry`, `outlier_detection_ejections_active`, `circuit_breakers_default_cx_open`,
         ...); waypoint/telemetry/clusters.py exports them per cluster at scrape time, as gauges for
         the names in `GAUGES` and as counters for the rest. Each part adds its own."""
-        return {}
+        return {**self.breaker.stats()}
 
     def dump(self) -> dict[str, object]:
         """For the admin endpoint and `ambit waypoint status`."""
