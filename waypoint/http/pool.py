@@ -354,9 +354,11 @@ class Pools:
 
     def _acquire_h2(self, claim: _Claim, fresh: bool) -> None:
         b, key = claim.breaker, claim.target.key
+        for c in [c for c in self.h2.get(key, ()) if self.cx.get(c) is not b]:
+            c.shutdown()        # opened under an older policy of the cluster: drain it
         if not fresh:
             for c in self.h2.get(key, ()):
-                if c.has_capacity() and self.cx.get(c) is b:
+                if c.has_capacity():
                     if claim.activate():
                         self._open_stream(c, claim)
                     else:

@@ -421,3 +421,19 @@ def test_stats_reach_the_cluster_and_its_dump() -> None:
         assert isinstance(st, dict) and st["circuit_breakers_default_cx_open"] == 1
         assert st["upstream_rq_pending_overflow"] == 1 and st["upstream_cx_active"] == 1
     run(main)
+
+
+def test_an_h2_connection_of_an_older_policy_is_drained() -> None:
+    async def main() -> None:
+        pools, cl, origin = setup(TrafficPolicy(http2_max_requests=50))
+        key = "10.0.0.9:9000/h2 for -"
+        send(pools, target(cl, origin, key, protocol="h2"))
+        await settle()
+        loop = asyncio.get_running_loop()
+        newer = Cluster(cl.key, TrafficPolicy(http2_max_requests=60), loop.time, random.Random(1))
+        ex = send(pools, target(newer, origin, key, protocol="h2"))
+        await settle()
+        old = origin.conns[0].proto
+        assert isinstance(old, H2Client) and old.closing and len(origin.conns) == 2 and ex.events == ["bound"]
+        assert newer.stats()["upstream_cx_active"] == 1
+    run(main)
