@@ -23,6 +23,12 @@
   going away (GOAWAY) or spent (`maxRequestsPerConnection`) and the cluster's connection limit
   allows it; at the limit, a request queues on an existing connection of its endpoint, or overflows
   if its endpoint has none. Requests waiting for the connection being opened are pending.
+  An upgraded endpoint that turns out to speak only HTTP/1.1 (it answers the h2 preface with an
+  HTTP/1.x error and closes, never sending SETTINGS) is spoken to in HTTP/1.1 for `H1_ONLY_FOR`
+  seconds, and the requests sent on that connection go again over HTTP/1.1 (the server cannot
+  have processed them). Istio's waypoints send h2c regardless (istio/istio#54125), which breaks
+  the seed destination-rule.yaml against an HTTP/1.1 app; a sidecar-mode Istio hides this, since
+  the server's sidecar speaks the app's protocol.
 - Every request bound to a connection counts against `http2MaxRequests` (Envoy's max_requests, any
   protocol) until its attempt is over (`attempt_over`, called when the exchange finishes).
 
@@ -49,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("waypoint.http")
 
 PENDING, ACTIVE, DONE = "pending", "active", "done"
+H1_ONLY_FOR = 300.0     # seconds an endpoint that refused an h2c upgrade is spoken to in HTTP/1.1
 
 
 def node_limits(settings: HttpSettings) -> Limits:
@@ -135,6 +142,8 @@ class Pools:
         self._why: dict[H1Client | H2Client, str] = {}      # why the pool closed a connection
         self._fallback: dict[str, Breaker] = {}             # targets without a cluster: per key
         self._seq = itertools.count()
+        self._upgraded: set[H2Client] = set()              # h2c connections to HTTP/1.1 ports
+        self._h1_only: dict[str, float] = {}                # keys that refused h2c, until when
 
     def breaker(self, target: UpstreamTarget) -> Breaker:
         """The target's cluster's breaker; a target without a cluster (a workload addressed
@@ -154,7 +163,7 @@ class Pools:
         self.attempt_over(ex)
         b = self.breaker(target)
         claim = self.claims[ex] = _Claim(b, target, ex, next(self._seq))
-        if target.protocol == "h2" or (b.limits.h2_upgrade and not ex.upgrade):
+        if target.protocol == "h2" or (b.limits.h2_upgrade and not ex.upgrade and not self._h1_only_now(target.key)):
             self._acquire_h2(claim, fresh)
             return
         key = target.key
@@ -413,6 +422,8 @@ class Pools:
             return
         c = H2Client(self, key, self.settings)
         self.cx[c] = b
+        if target.protocol != "h2":
+            self._upgraded.add(c)
         self._h2_streams[c] = 0
         plug.attach(c)  # type: ignore[attr-defined]
         self.h2.setdefault(key, []).append(c)
@@ -425,6 +436,29 @@ class Pools:
                 self._open_stream(c, claim)
             else:
                 self._overflow(claim)
+
+    def h2_refused(self, c: H2Client) -> bool:
+        """`c` is closing. True when it was an h2c upgrade (h2UpgradePolicy) the endpoint never
+        answered in h2 (an HTTP/1.1-only server answers the preface with an HTTP/1.x error or
+        closes): the endpoint's requests then go over HTTP/1.1 for `H1_ONLY_FOR` seconds, and the
+        streams sent on `c`, which the server cannot have processed, may be sent again."""
+        if c not in self._upgraded:
+            return False
+        self._upgraded.discard(c)
+        if c.spoke_h2:
+            return False
+        log.info("upstream %s refused h2c (h2UpgradePolicy UPGRADE): HTTP/1.1 for %gs", c.key, H1_ONLY_FOR)
+        self._h1_only[c.key] = self.engine.loop.time() + H1_ONLY_FOR
+        return True
+
+    def _h1_only_now(self, key: str) -> bool:
+        until = self._h1_only.get(key)
+        if until is None:
+            return False
+        if self.engine.loop.time() < until:
+            return True
+        del self._h1_only[key]
+        return False
 
     # --- connecting -----------------------------------------------------------------------------
 

@@ -94,6 +94,7 @@ class FakeExchange:
         self.done = False
         self.resp_started = False
         self.reset_code = None
+        self.retried = False
         self.events: list[str] = []
         self.up: Any = None
 
@@ -117,6 +118,11 @@ class FakeExchange:
         self._end("UF " + detail)
 
     def upstream_reset(self, flags: str, reason: str, *, retryable: bool = False) -> None:
+        if retryable and not self.retried:      # as Exchange.upstream_reset: once, on a fresh connection
+            self.retried = True
+            self.events.append("again")
+            self.pools.acquire(self.target, self, fresh=True)  # type: ignore[arg-type]
+            return
         self._end("reset " + flags)
 
     def _end(self, what: str) -> None:
@@ -436,4 +442,46 @@ def test_an_h2_connection_of_an_older_policy_is_drained() -> None:
         old = origin.conns[0].proto
         assert isinstance(old, H2Client) and old.closing and len(origin.conns) == 2 and ex.events == ["bound"]
         assert newer.stats()["upstream_cx_active"] == 1
+    run(main)
+
+
+def test_an_http1_only_endpoint_that_refuses_the_h2c_upgrade_gets_http1() -> None:
+    """h2UpgradePolicy UPGRADE against an HTTP/1.1-only app (the lab's echo, as in the seed
+    destination-rule.yaml): the app answers the h2 preface with 505; the request goes again over
+    HTTP/1.1, and so do the endpoint's next requests."""
+    async def main() -> None:
+        pools, cl, origin = setup(TrafficPolicy(h2_upgrade=True))
+        t = target(cl, origin)
+        a = send(pools, t)
+        await settle()
+        assert isinstance(origin.conns[0].proto, H2Client)
+        origin.conns[0].answer(b"HTTP/1.1 505 HTTP Version Not Supported\r\nconnection: close\r\n\r\n")
+        origin.conns[0].close()             # and closes (h2 waits for the rest of that "frame")
+        await settle()
+        assert a.events == ["bound", "again", "bound"] and not isinstance(origin.conns[1].proto, H2Client)
+        origin.conns[1].answer()
+        b = send(pools, t)
+        await settle()
+        assert a.events[-1] == "end" and b.events == ["bound"] and len(origin.conns) == 2
+        assert cl.stats()["upstream_cx_active"] == 1
+    run(main)
+
+
+def test_an_endpoint_that_speaks_h2_keeps_streams_not_retried() -> None:
+    async def main() -> None:
+        import h2.config
+        import h2.connection
+        pools, cl, origin = setup(TrafficPolicy(h2_upgrade=True))
+        a = send(pools, target(cl, origin))
+        await settle()
+        server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        server.initiate_connection()
+        origin.conns[0].answer(server.data_to_send())
+        await settle()
+        c = origin.conns[0].proto
+        assert isinstance(c, H2Client) and c.spoke_h2
+        c.transport.close()  # type: ignore[union-attr]
+        await settle()
+        assert a.events == ["bound", "reset UC"]               # processed, maybe: not sent again
+        assert not pools._h1_only
     run(main)
