@@ -286,3 +286,32 @@ def test_idle_timeout_closes_idle_upstream_connections(plab: Lab) -> None:
     # control: the node default (60 s) keeps it past that
     max_connections_in_force(plab, "cb-conn", 1024)   # the node default again
     assert idle_life(5.0) == 5.0
+
+
+# --- h2UpgradePolicy ----------------------------------------------------------------------------------
+
+def test_h2_upgrade_policy_speaks_h2c_to_an_http_port(plab: Lab) -> None:
+    """cb-h2's port is named `http` but its app (gRPC) speaks only h2c: an HTTP/1.1 request through
+    the waypoint fails (503) until h2UpgradePolicy UPGRADE makes the waypoint speak h2c to it;
+    then the gRPC server's own HTTP/2 answer comes back. (The seed destination-rule.yaml sets
+    UPGRADE for HTTP/1.1-only apps: tests/lab/test_waypoint.py shows those still answered.)"""
+    code, _ = status_of(plab, CLIENT, "http://cb-h2/")
+    assert code == 503, code
+    f = apply(plab, [dr("cb-h2", "cb-h2", {"tcp": {"maxConnections": 3}, "http": {"h2UpgradePolicy": "UPGRADE"}})],
+              plab.tmp, "cb-h2")  # type: ignore[attr-defined]
+    try:
+        # a unary gRPC call (an empty Struct) sent as HTTP/1.1: only h2c gets it to the server
+        call = ("printf '\\000\\000\\000\\000\\000' | curl -sS -m 5 -D - -o /dev/null --http1.1 "
+                "-H 'content-type: application/grpc' -H 'te: trailers' --data-binary @- "
+                "http://cb-h2/ambit.lab.Echo/Echo")
+
+        def answered() -> str | None:
+            head = plab.exec(CLIENT, "sh", "-c", call, timeout=40).stdout
+            return head if head.startswith("HTTP/1.1 200") else None
+        head = plab.wait_for(answered, timeout=20, interval=0.5, what="h2c upgrade in force")
+        print(f"h2UpgradePolicy UPGRADE: {head.strip()!r}")
+        assert "content-type: application/grpc" in head.lower(), head   # the gRPC server's own answer
+        st = cluster_stats(plab, "cb-h2")
+        assert st["upstream_cx_active"] >= 1 and st["upstream_rq_pending_overflow"] == 0
+    finally:
+        delete(plab, f)
