@@ -255,7 +255,10 @@ class WaypointProxy:
             pick = endpoints.pick_workload(down.destination_ip, down.destination_port, v.by_ip)
         if pick is None or not pick.mesh:
             return None
-        return await self._connector(pick, down.source_ip)()
+        plug = await self._connector(pick, down.source_ip)()
+        if down.service:    # the cluster's tcp.idleTimeout, for the relay (waypoint/http/opaque.py)
+            plug.idle_timeout = self.cluster(down.service, down.destination_port).policy.tcp_idle_timeout  # type: ignore[attr-defined]
+        return plug
 
     # --- records ------------------------------------------------------------------------------
 

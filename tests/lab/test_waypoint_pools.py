@@ -315,3 +315,36 @@ def test_h2_upgrade_policy_speaks_h2c_to_an_http_port(plab: Lab) -> None:
         assert st["upstream_cx_active"] >= 1 and st["upstream_rq_pending_overflow"] == 0
     finally:
         delete(plab, f)
+
+
+# --- tcp.idleTimeout ---------------------------------------------------------------------------------
+
+# A client that opens a connection and says nothing (a server-first protocol, as the waypoint sees
+# it: after its detection timeout, 1 s, the tunnel is relayed opaque): seconds until the tunnel
+# is closed, or "open" after the timeout.
+SILENT = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 80), timeout=float(sys.argv[2]))
+t0 = time.monotonic()
+try:
+    while s.recv(100):
+        pass
+    print(round(time.monotonic() - t0, 2))
+except socket.timeout:
+    print("open")
+"""
+
+
+def test_tcp_idle_timeout_closes_an_idle_opaque_tunnel(plab: Lab) -> None:
+    f = apply(plab, [dr("cb-conn", "cb-conn", {"tcp": {"maxConnections": 4, "idleTimeout": "2s"}})],
+              plab.tmp, "cb-conn-tcp-idle")  # type: ignore[attr-defined]
+    try:
+        max_connections_in_force(plab, "cb-conn", 4)     # maxConnections 4: only a marker
+        out = plab.exec(CLIENT, sys.executable, "-c", SILENT, "cb-conn", "8", timeout=40).stdout.strip()
+        print(f"tcp.idleTimeout 2s: the silent tunnel closed after {out} s (1 s of it is detection)")
+        assert out != "open" and 2.5 <= float(out) <= 4.5, out
+    finally:
+        delete(plab, f)
+    max_connections_in_force(plab, "cb-conn", 1024)     # control: the node default (1 h)
+    out = plab.exec(CLIENT, sys.executable, "-c", SILENT, "cb-conn", "5", timeout=40).stdout.strip()
+    assert out == "open", out

@@ -46,6 +46,9 @@ class HttpSettings:
     pool_max_requests: int = option(1024, "requests per cluster bound to upstream connections; beyond: 503 UO "
                                     "(Envoy's default max_requests); a cluster's http.http2MaxRequests replaces it",
                                     check=positive)
+    tcp_idle_timeout: float = option(3600.0, "seconds an opaque (non-HTTP) tunnel may carry no bytes either way "
+                                     "before both sides are closed (Envoy's tcp_proxy default: 1 h); a cluster's "
+                                     "tcp.idleTimeout replaces it", check=positive)
     buffer_bytes: int = option(256 * 1024, "bytes buffered per direction before the sender is paused",
                                check=positive)
     h2_max_concurrent_streams: int = option(1024, "HTTP/2 streams a downstream client may open at once",
