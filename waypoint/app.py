@@ -283,6 +283,8 @@ class WaypointProxy:
             raise
         if cluster is not None:
             cluster.connected(pick.address)
+            # the cluster's tcp.idleTimeout, for the relay (waypoint/http/opaque.py)
+            conn.idle_timeout = cluster.policy.tcp_idle_timeout  # type: ignore[attr-defined]
         return conn
 
     # --- records ------------------------------------------------------------------------------

@@ -435,6 +435,7 @@ class Exchange:
         self.done = True
         self._attempt_end()
         self._faults_end()
+        self.engine.pools.attempt_over(self)    # its request no longer counts against pool limits
         rec = self.record
         rec.duration_ms = (time.monotonic() - self._t0) * 1000
         e = self.engine

@@ -4,6 +4,10 @@ for the whole tunnel (L4 forwarding, with the caller's L4 policy), never held wa
 Both sides are plain asyncio protocols: reading pauses on one side while the other's write buffer
 is above its high-water mark, and a half-close (EOF) on one side becomes a half-close on the
 other, so request/response protocols that shut their sending side early keep working.
+
+A tunnel that carries no bytes either way for its idle timeout is closed on both sides, as Envoy's
+tcp_proxy `idle_timeout` does: the upstream's `idle_timeout` attribute when the caller set one (the
+cluster's DestinationRule `tcp.idleTimeout`), else the engine's `tcp_idle_timeout` (1 h).
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ class OpaqueRelay:
         self.done = False
         self.record = RequestRecord("", "", "", "TCP", downstream)
         self._t0 = time.monotonic()
+        self.last = engine.loop.time()
+        self._idle: asyncio.TimerHandle | None = None
         transport.set_protocol(self.down)
         self.down.connection_made(transport)
         self.down.received = len(early)
@@ -103,6 +109,9 @@ class OpaqueRelay:
             return
         self.up = up = _Side(self, "up")
         plug.attach(up)
+        self._arm(getattr(plug, "idle_timeout", 0.0) or self.engine.settings.tcp_idle_timeout)
+        if self.done:
+            return
         assert up.transport is not None
         for d in self.early:
             up.transport.write(d)
@@ -115,7 +124,20 @@ class OpaqueRelay:
     def other(self, side: _Side) -> _Side | None:
         return self.up if side is self.down else self.down
 
+    def _arm(self, limit: float) -> None:
+        """Close the tunnel once it has been idle for `limit` seconds (checked at most twice per
+        `limit`, not per read)."""
+        now = self.engine.loop.time()
+        idle_for = now - self.last
+        if idle_for >= limit:
+            log.info("opaque tunnel from %s idle for %.0fs: closed", self.downstream.source_ip, idle_for)
+            self.record.detail = "idle timeout"
+            self._end()
+            return
+        self._idle = self.engine.loop.call_later(limit - idle_for, self._arm, limit)
+
     def data(self, side: _Side, data: bytes) -> None:
+        self.last = self.engine.loop.time()
         other = self.other(side)
         if other is None or other.transport is None:
             self.early.append(data)
@@ -144,6 +166,8 @@ class OpaqueRelay:
         if self.done:
             return
         self.done = True
+        if self._idle is not None:
+            self._idle.cancel()
         for s in (self.down, self.up):
             if s is not None and s.transport is not None and not s.lost:
                 s.transport.close()

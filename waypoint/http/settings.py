@@ -5,6 +5,11 @@ The waypoint binary nests `HttpSettings` as a field named `http`, so the flags r
 has one (header size 60 KiB and 100 headers: `max_request_headers_kb`, `max_headers_count`;
 stream idle timeout 5 minutes; connection idle timeout 1 hour), because Istio users tune against
 those numbers.
+
+The pool settings are node-wide *defaults* per cluster: a DestinationRule's `connectionPool` field
+replaces the matching one for its cluster (waypoint/traffic/breaker.py). Istio leaves unset
+thresholds at 2^32-1; Ambit keeps these bounds instead, so an unconfigured cluster cannot queue
+without limit.
 """
 
 from __future__ import annotations
@@ -28,14 +33,22 @@ class HttpSettings:
                                  check=positive)
     stream_idle_timeout: float = option(300.0, "seconds a request may make no progress in either direction "
                                         "(Envoy's stream_idle_timeout: 5 min)", check=positive)
-    connect_timeout: float = option(10.0, "seconds to open an upstream connection (503 UF after)", check=positive)
-    upstream_idle_timeout: float = option(60.0, "seconds an idle pooled upstream HTTP/1.1 connection is kept",
-                                          check=positive)
+    connect_timeout: float = option(10.0, "seconds to open an upstream connection (503 UF after); a cluster's "
+                                    "tcp.connectTimeout replaces it (Istio's default: 10 s)", check=positive)
+    upstream_idle_timeout: float = option(60.0, "seconds an upstream connection may carry no request before it is "
+                                          "closed; a cluster's http.idleTimeout replaces it", check=positive)
     pool_max_idle: int = option(64, "idle upstream HTTP/1.1 connections kept per upstream", check=non_negative)
-    pool_max_connections: int = option(1024, "open HTTP/1.1 connections per upstream (Envoy's default "
-                                       "max_connections)", check=positive)
-    pool_max_pending: int = option(1024, "requests waiting for an upstream connection; beyond: 503 UO "
-                                   "(Envoy's default max_pending_requests)", check=non_negative)
+    pool_max_connections: int = option(1024, "upstream connections per cluster, open or opening (Envoy's default "
+                                       "max_connections); a cluster's tcp.maxConnections replaces it", check=positive)
+    pool_max_pending: int = option(1024, "requests per cluster waiting for an upstream connection; beyond: 503 UO "
+                                   "(Envoy's default max_pending_requests); a cluster's "
+                                   "http.http1MaxPendingRequests replaces it", check=non_negative)
+    pool_max_requests: int = option(1024, "requests per cluster bound to upstream connections; beyond: 503 UO "
+                                    "(Envoy's default max_requests); a cluster's http.http2MaxRequests replaces it",
+                                    check=positive)
+    tcp_idle_timeout: float = option(3600.0, "seconds an opaque (non-HTTP) tunnel may carry no bytes either way "
+                                     "before both sides are closed (Envoy's tcp_proxy default: 1 h); a cluster's "
+                                     "tcp.idleTimeout replaces it", check=positive)
     buffer_bytes: int = option(256 * 1024, "bytes buffered per direction before the sender is paused",
                                check=positive)
     h2_max_concurrent_streams: int = option(1024, "HTTP/2 streams a downstream client may open at once",

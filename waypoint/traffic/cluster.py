@@ -29,6 +29,7 @@ from ambit.model import TrafficPolicy, WaypointRoutes
 from waypoint.http.attempt import Outcome
 from waypoint.request import Downstream, RequestHead
 from waypoint.traffic.balancer import CONSISTENT_HASH, DEFAULT, HashBalancer, simple_balancer
+from waypoint.traffic.breaker import Breaker
 from waypoint.traffic.hashkey import HashKey, HashPolicy
 from waypoint.traffic.outlier import OutlierConfig, OutlierDetector
 from waypoint.traffic.warmup import SlowStart
@@ -43,6 +44,8 @@ GAUGES = frozenset({
     "circuit_breakers_default_cx_open", "circuit_breakers_default_rq_pending_open",
     "circuit_breakers_default_rq_open", "circuit_breakers_default_rq_retry_open",
     "outlier_detection_ejections_active", "membership_healthy", "membership_total",
+    "circuit_breakers_default_remaining_cx", "circuit_breakers_default_remaining_pending",
+    "circuit_breakers_default_remaining_rq", "circuit_breakers_default_remaining_retries",
 })
 
 
@@ -105,6 +108,7 @@ class Cluster:
         # outlier detection (outlier.py)
         cfg = OutlierConfig.from_policy(policy)
         self.outlier = OutlierDetector(cfg, clock(), self._outlier_event) if cfg is not None else None
+        self.breaker = Breaker(policy)      # connection-pool limits and counters (waypoint/http/pool.py)
 
     # --- load balancing ---------------------------------------------------------------------------
 
@@ -189,6 +193,7 @@ class Cluster:
             out["outlier_detection_ejections_active"] = self.outlier.ejected_count
             out.update({f"outlier_detection_{k}": v for k, v in self.outlier.counters.items()})
         out["membership_healthy"] = len(self.hosts) - (self.outlier.ejected_count if self.outlier else 0)
+        out.update(self.breaker.stats())
         return out
 
     def dump(self) -> dict[str, object]:

@@ -152,8 +152,9 @@ def test_stale_pooled_connection_is_retried_once() -> None:
 
 
 def test_connection_limit_queues_then_overflows(origin: Origin) -> None:
-    """2 connections, 2 waiting: of 6 simultaneous slow requests 4 succeed over at most 2 upstream
-    connections and 2 get Envoy's overflow answer at once (503, x-envoy-overloaded, UO)."""
+    """2 connections, 2 waiting: of 6 slow requests 4 succeed over at most 2 upstream connections
+    and 2 get Envoy's overflow answer at once (503, x-envoy-overloaded, UO). The first two go
+    first: a request also counts as pending while its connection is being opened (Envoy's)."""
     from waypoint.http.settings import HttpSettings
     p = Proxy(by_header({"default": origin.port}), settings=HttpSettings(pool_max_connections=2, pool_max_pending=2))
     results: list[bytes] = []
@@ -169,7 +170,10 @@ def test_connection_limit_queues_then_overflows(origin: Origin) -> None:
     try:
         before = origin.connections
         threads = [threading.Thread(target=one) for _ in range(6)]
-        for t in threads:
+        for t in threads[:2]:
+            t.start()
+        time.sleep(0.2)         # both connected and busy
+        for t in threads[2:]:
             t.start()
         for t in threads:
             t.join(10)

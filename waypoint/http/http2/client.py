@@ -50,6 +50,7 @@ class H2Client(H2Base):
         self.pools = pools
         self.key = key
         self.waiting: deque[Exchange] = deque()
+        self.spoke_h2 = False           # the server sent its SETTINGS: it does speak h2
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -57,10 +58,13 @@ class H2Client(H2Base):
         self._abort_all("connection termination")
 
     def _abort_all(self, why: str) -> None:
+        # An endpoint the pool upgraded to h2c (h2UpgradePolicy) that never spoke h2 processed
+        # none of the streams: each may go again, over HTTP/1.1 (pool.py `h2_refused`).
+        again = self.pools.h2_refused(self)
         streams, self.streams = list(self.streams.values()), {}
         for st in streams:
             st.ended = True
-            st.ex.upstream_reset("UC", "connection termination", retryable=False)
+            st.ex.upstream_reset("UC", "connection termination", retryable=again)
         waiting, self.waiting = list(self.waiting), deque()
         for ex in waiting:
             ex.upstream_reset("UC", "connection termination", retryable=True)
@@ -141,6 +145,7 @@ class H2Client(H2Base):
                 st.ex.upstream_reset("UR", "remote reset", retryable=refused)
             self._next()
         elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            self.spoke_h2 = self.spoke_h2 or isinstance(ev, h2.events.RemoteSettingsChanged)
             self.pump_all()
             self._next()
         elif isinstance(ev, h2.events.ConnectionTerminated):

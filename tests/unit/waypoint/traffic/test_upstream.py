@@ -5,6 +5,7 @@ generated cookie carried to the response by the UpstreamTarget. Config built by 
 from __future__ import annotations
 
 import asyncio
+import types
 from collections import Counter
 
 from ambit.model import Subset, TrafficPolicy, WaypointRoutes
@@ -80,7 +81,7 @@ def test_opaque_connections_are_balanced_by_the_services_cluster() -> None:
             seen.append(pick.address)
             if pick.address == "10.0.1.1:8080":
                 raise ConnectionError("refused")
-            return object()
+            return types.SimpleNamespace()   # a connection the relay may set attributes on
         return connect
     p._connector = connector  # type: ignore[method-assign]
 
