@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules under ambitctl.commands that provide register(subparsers); a missing one is skipped so a
@@ -36,8 +37,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     try:
         rc = args.func(args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:
+        _closed_pipe()
     except Exception as e:  # every command's expected failures are one-line errors, not tracebacks
         from ambitctl.errors import is_user_error
         if not is_user_error(e):
@@ -45,6 +49,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     sys.exit(rc or 0)
+
+
+def _closed_pipe() -> None:
+    """The reader went away (`ambit get ... -o yaml | head`): stop quietly, as a tool killed by
+    SIGPIPE does (exit 141), with no traceback and no second error when Python flushes stdout."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    sys.exit(141)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ from typing import Any, TextIO
 import yaml
 
 from ambit.labstore import LabStore, StoreError
+from ambitctl import selectors
 from ambitctl.lab.paths import store_path
+from ambitctl.term import intermixed
 from controller.kinds import BY_KIND, KindSpec, all_names, by_name
 from controller.validation import ValidationError, object_key, validate_all
 
@@ -164,12 +166,20 @@ def cmd_delete(args: argparse.Namespace) -> int:
                                      "kind and metadata.name are required")
                 targets.append((spec, o.get("apiVersion", ""), object_key(o)))
         else:
-            if not args.kind or not args.names:
-                raise InputError("pass -f FILE, or KIND and NAME")
+            if not args.kind or not (args.names or args.selector):
+                raise InputError("pass -f FILE, or KIND and NAME, or KIND and -l SELECTOR")
             spec = _resolve(args.kind)
             ns = "" if not spec.namespaced else (args.namespace or "default")
             targets = [(spec, "", (spec.kind, ns, n)) for n in args.names]
-    except InputError as e:
+            if args.selector:
+                sel = selectors.parse(args.selector)
+                targets += [(spec, "", object_key(o)) for o in store.snapshot().list(spec.kind, ns)
+                            if sel((o.get("metadata") or {}).get("labels") or {})
+                            and o["metadata"]["name"] not in args.names]
+                if not targets:
+                    print("No resources found", file=err)
+                    return 0
+    except (InputError, selectors.SelectorError) as e:
         print(f"error: {e}", file=err)
         return 1
     snap = store.snapshot().objects
@@ -252,8 +262,7 @@ _WIDE: dict[str, list[Column]] = {
 }
 
 
-def format_table(spec: KindSpec, objs: list[Obj], all_namespaces: bool, wide: bool, now: float | None = None) -> str:
-    now = time.time() if now is None else now
+def _columns(spec: KindSpec, all_namespaces: bool, wide: bool, now: float) -> list[Column]:
     cols: list[Column] = []
     if all_namespaces and spec.namespaced:
         cols.append(("NAMESPACE", lambda o: (o.get("metadata") or {}).get("namespace", "")))
@@ -262,39 +271,99 @@ def format_table(spec: KindSpec, objs: list[Obj], all_namespaces: bool, wide: bo
     cols.append(("AGE", lambda o: _age(o, now)))
     if wide:
         cols += _WIDE.get(spec.kind, [("LABELS", _labels)])
+    return cols
+
+
+def format_table(spec: KindSpec, objs: list[Obj], all_namespaces: bool, wide: bool, now: float | None = None) -> str:
+    cols = _columns(spec, all_namespaces, wide, time.time() if now is None else now)
     rows = [[h for h, _ in cols]] + [[f(o) for _, f in cols] for o in objs]
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _object_name(spec: KindSpec, o: Obj) -> str:
+    """`-o name`: `pod/echo-v1`, `virtualservice.networking.istio.io/reviews`."""
+    return f"{spec.qualified(o.get('apiVersion', ''))}/{(o.get('metadata') or {}).get('name', '')}"
+
+
+def _select(spec: KindSpec, snap: Any, ns: str | None, names: list[str],
+            selector: Callable[[dict[str, str]], bool] | None) -> list[Obj]:
+    objs = snap.list(spec.kind, "" if not spec.namespaced else ns)
+    if selector is not None:
+        objs = [o for o in objs if selector((o.get("metadata") or {}).get("labels") or {})]
+    if names:
+        by_name = {o["metadata"]["name"]: o for o in objs}
+        objs = [by_name[n] for n in dict.fromkeys(names) if n in by_name]
+    return objs
+
+
+def _print_objects(spec: KindSpec, objs: list[Obj], args: argparse.Namespace, out: TextIO, *, single: bool,
+                   revision: int | None, header: bool = True) -> None:
+    if args.output in ("yaml", "json"):
+        doc: Any = objs[0] if single else {"apiVersion": "v1", "kind": "List", "items": objs,
+                                           "metadata": {"resourceVersion": str(revision)}}
+        if args.output == "json":
+            print(json.dumps(doc, indent=2, sort_keys=True), file=out)
+        else:
+            print(yaml.safe_dump(doc, sort_keys=False).rstrip(), file=out)
+    elif args.output == "name":
+        for o in objs:
+            print(_object_name(spec, o), file=out)
+    else:
+        text = format_table(spec, objs, bool(args.all_namespaces), args.output == "wide")
+        print(text if header else "\n".join(text.splitlines()[1:]), file=out)
 
 
 def cmd_get(args: argparse.Namespace) -> int:
     out, err = _streams(args)
     try:
         spec = _resolve(args.kind)
-    except InputError as e:
+        selector = selectors.parse(args.selector) if args.selector else None
+    except (InputError, selectors.SelectorError) as e:
         print(f"error: {e}", file=err)
         return 1
     ns = None if (args.all_namespaces or not spec.namespaced) else (args.namespace or "default")
-    snap = _store().snapshot()
-    objs = snap.list(spec.kind, "" if not spec.namespaced else ns)
-    if args.name:
-        objs = [o for o in objs if o["metadata"]["name"] == args.name]
-        if not objs:
-            print(f'Error from server (NotFound): {_resource(spec, "")} "{args.name}" not found', file=err)
-            return 1
-    if args.output in ("yaml", "json"):
-        doc: Any = objs[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": objs,
-                                              "metadata": {"resourceVersion": str(snap.revision)}}
-        if args.output == "json":
-            print(json.dumps(doc, indent=2, sort_keys=True), file=out)
-        else:
-            print(yaml.safe_dump(doc, sort_keys=False).rstrip(), file=out)
-        return 0
-    if not objs:
-        where = "" if not spec.namespaced or args.all_namespaces else f" in {ns} namespace"
-        print(f"No resources found{where}.", file=err)
-        return 0
-    print(format_table(spec, objs, bool(args.all_namespaces), args.output == "wide"), file=out)
+    names: list[str] = args.names
+    store = _store()
+    snap = store.snapshot()
+    objs = _select(spec, snap, ns, names, selector)
+    rc = 0
+    found = {o["metadata"]["name"] for o in objs}
+    for n in dict.fromkeys(names):
+        if n not in found:
+            print(f'Error from server (NotFound): {_resource(spec, "")} "{n}" not found', file=err)
+            rc = 1
+    if not args.watch_only:
+        if objs:
+            _print_objects(spec, objs, args, out, single=len(names) == 1, revision=snap.revision)
+        elif not names and args.output not in ("yaml", "json"):
+            where = "" if not spec.namespaced or args.all_namespaces else f" in {ns} namespace"
+            print(f"No resources found{where}.", file=err)
+        elif not names:
+            _print_objects(spec, [], args, out, single=False, revision=snap.revision)
+    if not (args.watch or args.watch_only):
+        return rc
+    return _watch(spec, store, snap, ns, names, selector, args, out)
+
+
+def _watch(spec: KindSpec, store: LabStore, snap: Any, ns: str | None, names: list[str],
+           selector: Callable[[dict[str, str]], bool] | None, args: argparse.Namespace, out: TextIO) -> int:
+    """kubectl get -w: after the list, one row (or document) per object that changes, appears or goes."""
+    seen = {object_key(o): o for o in _select(spec, snap, ns, names, selector)}
+    header = args.watch_only or not seen
+    stop = getattr(args, "watch_stop", None) or (lambda: False)
+    for snap in store.watch(interval=getattr(args, "watch_interval", 0.2), stop=stop):
+        now = {object_key(o): o for o in _select(spec, snap, ns, names, selector)}
+        changed = [o for k, o in now.items() if (seen.get(k) or {}).get("metadata", {}).get("resourceVersion")
+                   != o.get("metadata", {}).get("resourceVersion") or k not in seen]
+        changed += [o for k, o in seen.items() if k not in now]      # deleted: its last state, as kubectl
+        seen = now
+        for o in changed:
+            if args.output == "yaml":
+                print("---", file=out)
+            _print_objects(spec, [o], args, out, single=True, revision=snap.revision, header=header)
+            header = False
+        out.flush()
     return 0
 
 
@@ -317,14 +386,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("-f", "--filename", action="append", metavar="FILE|DIR|-")
     p.add_argument("-n", "--namespace")
+    p.add_argument("-l", "--selector", metavar="SELECTOR", help="delete the objects of KIND whose labels match")
     p.add_argument("--ignore-not-found", action="store_true")
+    intermixed(p)
     p.set_defaults(func=cmd_delete)
 
     p = subparsers.add_parser("get", help="list or show objects in the lab store")
     p.add_argument("kind", help="kind: name, plural or short name (vs, dr, ap, pa, po, svc, ns, ...)")
-    p.add_argument("name", nargs="?")
+    p.add_argument("names", nargs="*", metavar="NAME")
     g = p.add_mutually_exclusive_group()
     g.add_argument("-n", "--namespace")
     g.add_argument("-A", "--all-namespaces", action="store_true")
-    p.add_argument("-o", "--output", choices=("yaml", "json", "wide"))
+    p.add_argument("-o", "--output", choices=("yaml", "json", "wide", "name"))
+    p.add_argument("-l", "--selector", metavar="SELECTOR",
+                   help="label selector: app=echo, tier!=db, 'env in (a,b)', 'env notin (a,b)', app, !app")
+    p.add_argument("-w", "--watch", action="store_true", help="after listing, print each change as it happens")
+    p.add_argument("--watch-only", action="store_true", help="print changes only, without the initial list")
+    intermixed(p)
     p.set_defaults(func=cmd_get)
