@@ -13,6 +13,7 @@ import sys
 import time
 from calendar import timegm
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -106,49 +107,101 @@ def _store() -> LabStore:
 
 # -- apply / delete --------------------------------------------------------------------------------
 
+@dataclass
+class ApplyPlan:
+    """What applying a batch on top of `current` would do: one code path for `apply` and
+    `apply --dry-run`, so a dry run refuses exactly what a real apply refuses."""
+
+    objs: list[Obj]
+    errors: list[str] = field(default_factory=list)       # the batch is refused when any
+    warnings: list[str] = field(default_factory=list)     # applied, but said out loud
+    verdicts: list[str] = field(default_factory=list)     # created | configured | unchanged, per object
+
+
+def _comparable(o: Obj) -> Obj:
+    md = {k: v for k, v in (o.get("metadata") or {}).items()
+          if k not in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields")}
+    return {**o, "metadata": md}
+
+
+def plan_apply(objs: list[Obj], current: dict[tuple[str, str, str], Obj]) -> ApplyPlan:
+    """Validate the batch, then translate the state it would produce (the current objects with the
+    batch on top) exactly as the controller will, and collect the advisories for the batch."""
+    plan = ApplyPlan(objs)
+    try:
+        validate_all(objs)
+    except ValidationError as e:
+        plan.errors = [str(fe) for fe in e.errors]
+        return plan
+    merged = dict(current)
+    for o in objs:
+        merged[object_key(o)] = o
+    from controller.translate import translate
+    from controller.validation import object_ref
+    everything = list(merged.values())
+    tr = translate(everything)
+    refs = {object_ref(o) for o in objs}
+    plan.errors = [str(fe) for fe in tr.errors if fe.ref in refs]
+    plan.warnings = not_enforced(objs, everything, tr)
+    for o in objs:
+        before = current.get(object_key(o))
+        plan.verdicts.append("created" if before is None else
+                             "unchanged" if _comparable(before) == _comparable(o) else "configured")
+    return plan
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     out, err = _streams(args)
+    dry_run = getattr(args, "dry_run", "none") not in (None, "none")
     try:
         objs = load_manifests(args.filename, getattr(args, "stdin", None))
         _set_namespace(objs, args.namespace)
         if not objs:
             raise InputError("no objects passed to apply")
-        validate_all(objs)
     except InputError as e:
         print(f"error: {e}", file=err)
         return 1
-    except ValidationError as e:
-        for fe in e.errors:
-            print(f"error: {fe}", file=err)
-        print(f"error: {len(e.errors)} problem(s) found; nothing was applied", file=err)
+    path = store_path()
+    store = _store() if not dry_run or path.exists() else None     # a dry run needs no lab
+    before = store.snapshot() if store is not None else None
+    plan = plan_apply(objs, dict(before.objects) if before is not None else {})
+    if plan.errors:
+        for e in plan.errors:
+            print(f"error: {e}", file=err)
+        print(f"error: {len(plan.errors)} problem(s) found; nothing was applied", file=err)
         return 1
-    store = _store()
-    before = store.snapshot()
-    try:
-        rev = store.apply(objs)
-    except StoreError as e:
-        print(f"error: {e}", file=err)
+    if dry_run:
+        for o, verdict in zip(objs, plan.verdicts, strict=True):
+            print(f"{_display(o)} {verdict} (dry run)", file=out)
+    else:
+        assert store is not None and before is not None
+        try:
+            rev = store.apply(objs)
+        except StoreError as e:
+            print(f"error: {e}", file=err)
+            return 1
+        after = store.snapshot().objects
+        for o in objs:
+            key = object_key(o)
+            written = rev != before.revision and (after.get(key, {}).get("metadata") or {}).get("resourceVersion") == str(rev)
+            verdict = ("configured" if key in before.objects else "created") if written else "unchanged"
+            print(f"{_display(o)} {verdict}", file=out)
+    for w in plan.warnings:
+        print(f"Warning: {w}", file=err)
+    if plan.warnings and getattr(args, "warnings_as_errors", False):
+        print(f"error: {len(plan.warnings)} warning(s), and --warnings-as-errors is set", file=err)
         return 1
-    after = store.snapshot().objects
-    for o in objs:
-        key = object_key(o)
-        written = rev != before.revision and (after.get(key, {}).get("metadata") or {}).get("resourceVersion") == str(rev)
-        verdict = ("configured" if key in before.objects else "created") if written else "unchanged"
-        print(f"{_display(o)} {verdict}", file=out)
-    warn_not_enforced(objs, list(after.values()), err)
     return 0
 
 
-def warn_not_enforced(batch: list[Obj], everything: list[Obj], err: TextIO) -> None:
-    """kubectl-style `Warning:` lines for what this batch configures but nothing enforces yet: L7
+def not_enforced(batch: list[Obj], everything: list[Obj], translation: Any = None) -> list[str]:
+    """kubectl-style warnings for what this batch configures but nothing enforces yet: L7
     policy rules no waypoint serves, routes for hosts with no waypoint, fields not applied yet
     (controller.waypoints.advisories). The objects are applied; the warning says what they do."""
     from controller.validation import object_ref
     from controller.waypoints.advisories import advisories
     refs = {object_ref(o) for o in batch}
-    for a in advisories(everything):
-        if a.ref in refs:
-            print(f"Warning: {a}", file=err)
+    return [str(a) for a in advisories(everything, translation=translation) if a.ref in refs]
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -379,6 +432,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-",
                    help="a manifest file, a directory of them, or - for stdin (repeatable)")
     p.add_argument("-n", "--namespace", help="namespace for objects that do not name one")
+    p.add_argument("--dry-run", nargs="?", const="client", default="none", choices=("none", "client", "server"),
+                   help="validate and translate as a real apply does, print what would change, apply nothing; "
+                        "needs no lab (client and server mean the same here)")
+    p.add_argument("--warnings-as-errors", action="store_true",
+                   help="exit 1 when the batch draws warnings (for CI)")
     p.set_defaults(func=cmd_apply)
 
     p = subparsers.add_parser("delete", help="delete configuration by file or by kind and name")
