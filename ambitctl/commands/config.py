@@ -90,6 +90,9 @@ def _set_namespace(objs: list[Obj], namespace: str | None) -> None:
             md.setdefault("namespace", "default")
 
 
+set_namespace = _set_namespace
+
+
 def _display(obj: Obj) -> str:
     spec = BY_KIND[obj["kind"]]
     return f"{spec.qualified(obj.get('apiVersion', ''))}/{obj['metadata']['name']}"
