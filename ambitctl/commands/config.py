@@ -121,10 +121,15 @@ class ApplyPlan:
     verdicts: list[str] = field(default_factory=list)     # created | configured | unchanged, per object
 
 
-def _comparable(o: Obj) -> Obj:
+def _comparable(o: Obj, keep_status: bool = True) -> Obj:
+    """What the store compares to decide `unchanged`: without server-set metadata, and without
+    `status` when the incoming object has none (the store keeps the status the controller wrote)."""
     md = {k: v for k, v in (o.get("metadata") or {}).items()
           if k not in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields")}
-    return {**o, "metadata": md}
+    out = {**o, "metadata": md}
+    if not keep_status:
+        out.pop("status", None)
+    return out
 
 
 def plan_apply(objs: list[Obj], current: dict[tuple[str, str, str], Obj]) -> ApplyPlan:
@@ -149,7 +154,7 @@ def plan_apply(objs: list[Obj], current: dict[tuple[str, str, str], Obj]) -> App
     for o in objs:
         before = current.get(object_key(o))
         plan.verdicts.append("created" if before is None else
-                             "unchanged" if _comparable(before) == _comparable(o) else "configured")
+                             "unchanged" if _comparable(before, "status" in o) == _comparable(o) else "configured")
     return plan
 
 

@@ -112,3 +112,16 @@ def test_ci_usage_from_the_command_line(tmp_path: Path) -> None:
                          capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert bad.returncode == 1 and "spec.http[0].bogus: unknown field" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_status_written_by_the_controller_is_not_a_change(lab_dir: Path) -> None:
+    """The store keeps the status the controller wrote when the applied object has none: the
+    dry run must not predict `configured` for it (found in the lab: targetRefs policies)."""
+    rc, _, _ = run("apply", "-f", str(EXAMPLES / "istio" / "peer-authentication.yaml"), "-n", "demo")
+    store = LabStore(store_path())
+    [pa] = store.list("PeerAuthentication", "demo")
+    store.apply([{**pa, "status": {"conditions": [{"type": "Accepted", "status": "True"}]}}])
+    rc, out, _ = run("apply", "--dry-run", "-f", str(EXAMPLES / "istio" / "peer-authentication.yaml"), "-n", "demo")
+    assert out.endswith("unchanged (dry run)\n"), out
+    rc, out, _ = run("apply", "-f", str(EXAMPLES / "istio" / "peer-authentication.yaml"), "-n", "demo")
+    assert out.endswith("unchanged\n"), out
