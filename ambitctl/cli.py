@@ -26,7 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         m.register(sub)
+    _intermix_leaves(ap)
     return ap
+
+
+def _intermix_leaves(parser: argparse.ArgumentParser) -> None:
+    """kubectl habit: positional arguments anywhere among the flags, in every command that can
+    take them so (argparse cannot intermix parsers with sub-commands or REMAINDER arguments)."""
+    from ambitctl.term import intermixed
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for a in subs:
+        for child in set(a.choices.values()):
+            _intermix_leaves(child)
+    if not subs and not any(a.nargs in (argparse.REMAINDER, argparse.PARSER) for a in parser._actions):
+        intermixed(parser)
 
 
 def main(argv: list[str] | None = None) -> None:

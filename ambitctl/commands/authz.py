@@ -18,6 +18,7 @@ DENIED = 3
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("authz", help="authorization: would a request be allowed (like istioctl x authz check)")
     asub = p.add_subparsers(dest="authz_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
     c = asub.add_parser("check", help="decide one request from SRC to DST with the data plane's evaluators")
     c.add_argument("src", metavar="SRC", help="the client pod: NAMESPACE/POD")
     c.add_argument("dst", metavar="DST[:PORT]",

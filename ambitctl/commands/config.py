@@ -227,6 +227,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
                                      "kind and metadata.name are required")
                 targets.append((spec, o.get("apiVersion", ""), object_key(o)))
         else:
+            _kind_slash_name(args)
             if not args.kind or not (args.names or args.selector):
                 raise InputError("pass -f FILE, or KIND and NAME, or KIND and -l SELECTOR")
             spec = _resolve(args.kind)
@@ -375,9 +376,22 @@ def _print_objects(spec: KindSpec, objs: list[Obj], args: argparse.Namespace, ou
         print(text if header else "\n".join(text.splitlines()[1:]), file=out)
 
 
+def _kind_slash_name(args: argparse.Namespace) -> None:
+    """kubectl's TYPE/NAME form: `ambit get po/echo-v1 po/echo-v2` is `ambit get po echo-v1 echo-v2`."""
+    words = [w for w in [args.kind, *args.names] if w]
+    if not words or "/" not in words[0]:
+        return
+    kinds = {w.split("/", 1)[0] for w in words if "/" in w}
+    if len(kinds) != 1 or not all("/" in w and w.split("/", 1)[1] for w in words):
+        raise InputError(f"use one TYPE/NAME form for every argument, of one type (got {' '.join(words)})")
+    args.kind = kinds.pop()
+    args.names = [w.split("/", 1)[1] for w in words]
+
+
 def cmd_get(args: argparse.Namespace) -> int:
     out, err = _streams(args)
     try:
+        _kind_slash_name(args)
         spec = _resolve(args.kind)
         selector = selectors.parse(args.selector) if args.selector else None
     except (InputError, selectors.SelectorError) as e:

@@ -75,6 +75,22 @@ def test_names_after_flags(store: LabStore, argv: tuple[str, ...]) -> None:
     assert names(out) == ["echo-v1"]
 
 
+def test_type_slash_name(store: LabStore) -> None:
+    rc, out, _ = run("get", "po/echo-v1", "po/echo-v2", "-n", "demo", "-o", "name")
+    assert rc == 0 and out.split() == ["pod/echo-v1", "pod/echo-v2"]
+    rc, out, err = run("get", "po/echo-v1", "svc/echo", "-n", "demo")
+    assert rc == 1 and "one TYPE/NAME form" in err
+    rc, out, _ = run("delete", "-n", "demo", "pods/client")
+    assert rc == 0 and out == 'pod "client" deleted\n'
+
+
+def test_every_leaf_command_takes_positionals_after_flags(lab_dir: Path) -> None:
+    args = build_parser().parse_args(["ztunnel-config", "-o", "json", "workloads", "--node", "node1"])
+    assert (args.section, args.output, args.node) == ("workloads", "json", "node1")
+    args = build_parser().parse_args(["authz", "check", "-X", "POST", "demo/client", "--path", "/x", "echo.demo"])
+    assert (args.src, args.dst, args.method, args.path) == ("demo/client", "echo.demo", "POST", "/x")
+
+
 def test_several_names_and_a_missing_one(store: LabStore) -> None:
     rc, out, err = run("get", "po", "echo-v2", "-n", "demo", "nope", "echo-v1")
     assert rc == 1
