@@ -185,6 +185,10 @@ def test_gateway_allowed_listeners_accepted_and_tls_refused_by_name() -> None:
                                                                         "protocol": "HBONE"}],
                    "allowedListeners": {"namespaces": {"from": "None"}}}}
     assert validate_object(gw) == []
+    gw["spec"]["allowedListeners"]["namespaces"]["from"] = "All"
+    errs = validate_object(gw)
+    assert [e.path for e in errs] == ["spec.allowedListeners.namespaces.from"] and "not supported" in errs[0].reason
+    gw["spec"]["allowedListeners"]["namespaces"]["from"] = "None"
     gw["spec"]["tls"] = {"frontend": {"default": {"validation": {"caCertificateRefs": []}}}}
     errs = validate_object(gw)
     assert [e.path for e in errs] == ["spec.tls"] and "not supported by Ambit" in errs[0].reason
@@ -198,3 +202,15 @@ def test_refused_fields_stay_in_the_crds_so_the_api_server_does_not_prune_them()
         "properties"]["source"]["properties"]
     assert src["trustDomains"]["x-kubernetes-preserve-unknown-fields"] is True
     assert "not supported" in src["trustDomains"]["description"]
+
+
+def test_fields_added_for_upstream_that_the_data_plane_does_not_honour_draw_a_warning() -> None:
+    """http2KeepAlive is accepted; the waypoint sends no HTTP/2 PINGs upstream, so `ambit apply`
+    must warn (today through the connectionPool advisory of controller.waypoints.advisories)."""
+    from controller.waypoints.advisories import advisories
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+          "metadata": {"name": "d", "namespace": "demo"},
+          "spec": {"host": "h", "trafficPolicy": {"connectionPool": {"http": {
+              "http2KeepAlive": {"interval": "30s", "timeout": "5s"}}}}}}
+    field = "spec.trafficPolicy.connectionPool.http.http2KeepAlive"
+    assert any(field.startswith(a.path) and a.path for a in advisories([dr])), advisories([dr])
