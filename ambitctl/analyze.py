@@ -20,12 +20,13 @@ to a host that is not one of them is.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from controller.translate import translate
-from controller.translate.index import labels_of, name_of, ns_of, selector_matches, waypoint_ref
+from controller.translate.index import age_key, labels_of, name_of, ns_of, selector_matches, waypoint_ref
 from controller.translate.routes import Hosts
 from controller.validation import object_ref, validate_object
 from controller.waypoints.advisories import NOT_ENFORCED, WAYPOINT_ACCEPTED, ZTUNNEL_ACCEPTED, advisories
@@ -158,13 +159,17 @@ def _dedupe(found: list[Finding]) -> list[Finding]:
 
 def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_namespace: str) -> list[Finding]:
     out = []
+    by_ref = {object_ref(o): o for o in good}
     for a in advisories(good, cluster_domain=cluster_domain, translation=tr, root_namespace=root_namespace):
         if a.condition == ZTUNNEL_ACCEPTED:
             code = "AMB0105"
         elif a.condition == WAYPOINT_ACCEPTED:
             code = "AMB0104" if a.cause == "TargetNotFound" else "AMB0105"
-            if a.cause == "TargetNotFound" and not st.knows("Service") and not st.knows("Gateway"):
+            target = _target_kind(by_ref.get(a.ref), a.path)
+            if a.cause == "TargetNotFound" and target in ("Service", "Gateway") and not st.knows(target):
                 continue            # the target may well exist outside the files
+            if "which does not exist" in a.reason and not st.knows("Gateway"):
+                continue            # the Service's waypoint Gateway may exist outside the files
         elif a.cause == "NoWaypoint":
             if not st.knows("Service"):
                 continue            # "no Service named ... is known": nothing is known offline
@@ -174,6 +179,18 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             code = "AMB0112"
         out.append(Finding(code, a.ref, a.path, a.reason))
     return out
+
+
+def _target_kind(obj: Obj | None, path: str) -> str:
+    """The kind a targetRef(s) entry names, from the advisory's path (spec.targetRefs[2])."""
+    spec = (obj or {}).get("spec") or {}
+    if path == "spec.targetRef":
+        return str((spec.get("targetRef") or {}).get("kind", ""))
+    m = re.fullmatch(r"spec\.targetRefs\[(\d+)\]", path)
+    refs = spec.get("targetRefs") or []
+    if m and int(m.group(1)) < len(refs):
+        return str(refs[int(m.group(1))].get("kind", ""))
+    return ""
 
 
 # -- route destinations: hosts, subsets, weights ---------------------------------------------------------
@@ -196,6 +213,8 @@ def _destinations(good: list[Obj], hosts: Hosts) -> list[_Dest]:
     for o in good:
         kind, spec, ns, ref = o.get("kind"), o.get("spec") or {}, ns_of(o), object_ref(o)
         if kind == "VirtualService":
+            if spec.get("gateways") and "mesh" not in spec["gateways"]:
+                continue                    # ingress only: not the mesh's (the translation skips it too)
             for section in ("http", "tcp", "tls"):
                 for i, r in enumerate(spec.get(section) or []):
                     route = r.get("route") or []
@@ -350,6 +369,7 @@ def _conflicts(good: list[Obj], hosts: Hosts) -> list[Finding]:
             drs.setdefault(hosts.fqdn(spec["host"], ns), []).append(o)
     for host, vss in routes.items():
         if len(vss) > 1:
+            vss = sorted(vss, key=age_key)          # the translation's order: oldest routes first
             first = vss[0]
             catch_all = any(not r.get("match") for r in (first.get("spec") or {}).get("http") or [])
             for o in vss[1:]:
@@ -370,7 +390,6 @@ def _conflicts(good: list[Obj], hosts: Hosts) -> list[Finding]:
 
 
 def _oldest(objs: list[Obj]) -> Obj:
-    from controller.translate.index import age_key
     return min(objs, key=age_key)
 
 

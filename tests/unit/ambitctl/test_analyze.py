@@ -161,3 +161,29 @@ def test_list_codes_and_the_cli_in_a_pipe(lab_dir: Path) -> None:
                        capture_output=True, text=True, cwd=REPO, timeout=60,
                        env={**os.environ, "AMBIT_LAB_DIR": str(lab_dir)})
     assert p.returncode == 79 and "\033" not in p.stdout and "Error [AMB0001]" in p.stdout
+
+
+def test_offline_targets_and_waypoints_of_unknown_kinds_are_not_reported() -> None:
+    """Files alone: a targetRefs Service or a Service's waypoint Gateway may exist in the cluster."""
+    ap = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+          "metadata": {"name": "p", "namespace": "shop"},
+          "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "ratings"}],
+                   "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}}
+    assert significant(an.analyze([ap], complete=False)) == set()
+    svc = {"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": "ratings", "namespace": "shop", "labels": {"ambit.io/use-waypoint": "wp"}},
+           "spec": {"clusterIP": "10.96.1.11", "selector": {"app": "ratings"}, "ports": [{"port": 80}]}}
+    assert significant(an.analyze([ap, svc], complete=False)) == set()
+    found = significant(an.analyze([ap, svc], complete=True))      # the whole world: wp does not exist
+    assert ("AMB0105", "AuthorizationPolicy/shop/p", "spec.targetRefs[0]") in found
+    assert ("AMB0108", "Service/shop/ratings", "metadata.labels[ambit.io/use-waypoint]") in found
+
+
+def test_ingress_only_virtual_services_are_not_the_mesh_s() -> None:
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+          "metadata": {"name": "ingress", "namespace": "shop"},
+          "spec": {"hosts": ["shop.example.com"], "gateways": ["istio-system/ingress"],
+                   "http": [{"route": [{"destination": {"host": "external.example.com"}}]}]}}
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "shop"},
+           "spec": {"clusterIP": "10.96.1.11", "ports": [{"port": 80}]}}
+    assert not [f for f in an.analyze([vs, svc], complete=True) if f.code == "AMB0101"]
