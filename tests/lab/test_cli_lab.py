@@ -32,7 +32,8 @@ HTTP_CASES = [c for c in CASES if "iperf" not in c[1]]
 def clab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab = Lab(tmp_path_factory.mktemp("cl") / "state", name=f"cl{RUN_ID}")
     try:
-        lab.up()                         # the built-in spec, as the authz scenario assumes
+        up = lab.ambit("lab", "up", "--name", lab.name)     # the built-in spec, as the authz scenario assumes
+        lab.up_output = up.stdout + up.stderr  # type: ignore[attr-defined]
         lab.ambit("waypoint", "apply", "-n", "default", "--enroll-namespace", "--wait", timeout=120)
         lab.ambit("apply", "-f", str(POLICIES))
         lab.wait_for(lambda: status(lab, "default/frontend", "http://myapp.default.svc.cluster.local/healthz")
@@ -133,3 +134,4 @@ def test_kubectl_habits_and_dry_run_on_the_lab(clab: Lab) -> None:
     assert p.stdout and all(line.endswith("unchanged (dry run)") for line in p.stdout.splitlines()), p.stdout
     p = clab.ambit("check", check=False)            # not a terminal: no colour
     assert "\033" not in p.stdout
+    assert "==> lab is up" in clab.up_output and "\033" not in clab.up_output  # type: ignore[attr-defined]
