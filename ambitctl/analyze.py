@@ -271,6 +271,14 @@ def _routes(good: list[Obj], st: _State, tr: Any, hosts: Hosts) -> list[Finding]
                 if fq not in hosts.by_host:
                     out.append(Finding("AMB0101", object_ref(o), f"spec.parentRefs[{i}].name",
                                        f'no Service "{fq}" exists: this route attaches to nothing'))
+    for o in good:                      # Gateway API: backends that all weigh 0 answer 500
+        if o.get("kind") not in ("HTTPRoute", "GRPCRoute"):
+            continue
+        for i, rule in enumerate((o.get("spec") or {}).get("rules") or []):
+            backends = rule.get("backendRefs") or []
+            if backends and all(int(b.get("weight", 1)) == 0 for b in backends):
+                out.append(Finding("AMB0109", object_ref(o), f"spec.rules[{i}].backendRefs",
+                                   "every backend has weight 0: each request this rule matches is answered 500"))
     for d in _destinations(good, hosts):
         svc = hosts.by_host.get(d.host)
         share = (f"{100 * d.weight / d.total:.0f}% (weight {d.weight} of {d.total})"
