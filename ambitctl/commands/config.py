@@ -74,7 +74,7 @@ def load_manifests(targets: Iterable[str], stdin: TextIO | None = None) -> list[
     return out
 
 
-def _set_namespace(objs: list[Obj], namespace: str | None) -> None:
+def set_namespace(objs: list[Obj], namespace: str | None) -> None:
     """kubectl -n: fill in the namespace of namespaced objects; refuse a conflicting one."""
     for o in objs:
         spec = BY_KIND.get(o.get("kind", "")) if isinstance(o, dict) else None
@@ -88,9 +88,6 @@ def _set_namespace(objs: list[Obj], namespace: str | None) -> None:
             md["namespace"] = namespace
         else:
             md.setdefault("namespace", "default")
-
-
-set_namespace = _set_namespace
 
 
 def _display(obj: Obj) -> str:
@@ -163,7 +160,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     dry_run = getattr(args, "dry_run", "none") not in (None, "none")
     try:
         objs = load_manifests(args.filename, getattr(args, "stdin", None))
-        _set_namespace(objs, args.namespace)
+        set_namespace(objs, args.namespace)
         if not objs:
             raise InputError("no objects passed to apply")
     except InputError as e:
@@ -218,7 +215,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     try:
         if args.filename:
             objs = load_manifests(args.filename, getattr(args, "stdin", None))
-            _set_namespace(objs, args.namespace)
+            set_namespace(objs, args.namespace)
             targets = []
             for o in objs:
                 spec = BY_KIND.get(o.get("kind", ""))
