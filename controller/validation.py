@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.kinds import BY_KIND
+from controller.kinds import BY_KIND, unsupported_kind
 from controller.kinds.common import Labels, Name, NamespaceName
 from controller.kinds.schema import Errors, Map, Str, show
 
@@ -68,6 +68,9 @@ def validate_object(obj: Any) -> list[FieldError]:
     errs: Errors = []
     api_version, kind = obj.get("apiVersion"), obj.get("kind")
     spec = BY_KIND.get(kind) if isinstance(kind, str) else None
+    refused = unsupported_kind(api_version, kind)
+    if refused is not None:
+        return [FieldError(ref, "kind", refused)]
     if not isinstance(kind, str) or not kind:
         errs.append(("kind", "required field is missing"))
     elif spec is None:

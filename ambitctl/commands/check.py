@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ambit import check
+from ambitctl.term import paint
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +22,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
     else:
         for r in results:
-            mark = "\033[32mok\033[0m  " if r.ok else ("\033[31mFAIL\033[0m" if r.required else "\033[33mwarn\033[0m")
+            mark = paint("ok", "green") + "  " if r.ok else (paint("FAIL", "red") if r.required else paint("warn", "yellow"))
             print(f"[{mark}] {r.name:<22} {r.detail}")
             if not r.ok and r.hint:
                 print(f"       hint: {r.hint}")

@@ -13,13 +13,16 @@ import sys
 import time
 from calendar import timegm
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
 from ambit.labstore import LabStore, StoreError
+from ambitctl import selectors
 from ambitctl.lab.paths import store_path
+from ambitctl.term import intermixed
 from controller.kinds import BY_KIND, KindSpec, all_names, by_name
 from controller.validation import ValidationError, object_key, validate_all
 
@@ -71,7 +74,7 @@ def load_manifests(targets: Iterable[str], stdin: TextIO | None = None) -> list[
     return out
 
 
-def _set_namespace(objs: list[Obj], namespace: str | None) -> None:
+def set_namespace(objs: list[Obj], namespace: str | None) -> None:
     """kubectl -n: fill in the namespace of namespaced objects; refuse a conflicting one."""
     for o in objs:
         spec = BY_KIND.get(o.get("kind", "")) if isinstance(o, dict) else None
@@ -104,49 +107,106 @@ def _store() -> LabStore:
 
 # -- apply / delete --------------------------------------------------------------------------------
 
+@dataclass
+class ApplyPlan:
+    """What applying a batch on top of `current` would do: one code path for `apply` and
+    `apply --dry-run`, so a dry run refuses exactly what a real apply refuses."""
+
+    objs: list[Obj]
+    errors: list[str] = field(default_factory=list)       # the batch is refused when any
+    warnings: list[str] = field(default_factory=list)     # applied, but said out loud
+    verdicts: list[str] = field(default_factory=list)     # created | configured | unchanged, per object
+
+
+def _comparable(o: Obj, keep_status: bool = True) -> Obj:
+    """What the store compares to decide `unchanged`: without server-set metadata, and without
+    `status` when the incoming object has none (the store keeps the status the controller wrote)."""
+    md = {k: v for k, v in (o.get("metadata") or {}).items()
+          if k not in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields")}
+    out = {**o, "metadata": md}
+    if not keep_status:
+        out.pop("status", None)
+    return out
+
+
+def plan_apply(objs: list[Obj], current: dict[tuple[str, str, str], Obj]) -> ApplyPlan:
+    """Validate the batch, then translate the state it would produce (the current objects with the
+    batch on top) exactly as the controller will, and collect the advisories for the batch."""
+    plan = ApplyPlan(objs)
+    try:
+        validate_all(objs)
+    except ValidationError as e:
+        plan.errors = [str(fe) for fe in e.errors]
+        return plan
+    merged = dict(current)
+    for o in objs:
+        merged[object_key(o)] = o
+    from controller.translate import translate
+    from controller.validation import object_ref
+    everything = list(merged.values())
+    tr = translate(everything)
+    refs = {object_ref(o) for o in objs}
+    plan.errors = [str(fe) for fe in tr.errors if fe.ref in refs]
+    plan.warnings = not_enforced(objs, everything, tr)
+    for o in objs:
+        before = current.get(object_key(o))
+        plan.verdicts.append("created" if before is None else
+                             "unchanged" if _comparable(before, "status" in o) == _comparable(o) else "configured")
+    return plan
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     out, err = _streams(args)
+    dry_run = getattr(args, "dry_run", "none") not in (None, "none")
     try:
         objs = load_manifests(args.filename, getattr(args, "stdin", None))
-        _set_namespace(objs, args.namespace)
+        set_namespace(objs, args.namespace)
         if not objs:
             raise InputError("no objects passed to apply")
-        validate_all(objs)
     except InputError as e:
         print(f"error: {e}", file=err)
         return 1
-    except ValidationError as e:
-        for fe in e.errors:
-            print(f"error: {fe}", file=err)
-        print(f"error: {len(e.errors)} problem(s) found; nothing was applied", file=err)
+    path = store_path()
+    store = _store() if not dry_run or path.exists() else None     # a dry run needs no lab
+    before = store.snapshot() if store is not None else None
+    plan = plan_apply(objs, dict(before.objects) if before is not None else {})
+    if plan.errors:
+        for e in plan.errors:
+            print(f"error: {e}", file=err)
+        print(f"error: {len(plan.errors)} problem(s) found; nothing was applied", file=err)
         return 1
-    store = _store()
-    before = store.snapshot()
-    try:
-        rev = store.apply(objs)
-    except StoreError as e:
-        print(f"error: {e}", file=err)
+    if dry_run:
+        for o, verdict in zip(objs, plan.verdicts, strict=True):
+            print(f"{_display(o)} {verdict} (dry run)", file=out)
+    else:
+        assert store is not None and before is not None
+        try:
+            rev = store.apply(objs)
+        except StoreError as e:
+            print(f"error: {e}", file=err)
+            return 1
+        after = store.snapshot().objects
+        for o in objs:
+            key = object_key(o)
+            written = rev != before.revision and (after.get(key, {}).get("metadata") or {}).get("resourceVersion") == str(rev)
+            verdict = ("configured" if key in before.objects else "created") if written else "unchanged"
+            print(f"{_display(o)} {verdict}", file=out)
+    for w in plan.warnings:
+        print(f"Warning: {w}", file=err)
+    if plan.warnings and getattr(args, "warnings_as_errors", False):
+        print(f"error: {len(plan.warnings)} warning(s), and --warnings-as-errors is set", file=err)
         return 1
-    after = store.snapshot().objects
-    for o in objs:
-        key = object_key(o)
-        written = rev != before.revision and (after.get(key, {}).get("metadata") or {}).get("resourceVersion") == str(rev)
-        verdict = ("configured" if key in before.objects else "created") if written else "unchanged"
-        print(f"{_display(o)} {verdict}", file=out)
-    warn_not_enforced(objs, list(after.values()), err)
     return 0
 
 
-def warn_not_enforced(batch: list[Obj], everything: list[Obj], err: TextIO) -> None:
-    """kubectl-style `Warning:` lines for what this batch configures but nothing enforces yet: L7
+def not_enforced(batch: list[Obj], everything: list[Obj], translation: Any = None) -> list[str]:
+    """kubectl-style warnings for what this batch configures but nothing enforces yet: L7
     policy rules no waypoint serves, routes for hosts with no waypoint, fields not applied yet
     (controller.waypoints.advisories). The objects are applied; the warning says what they do."""
     from controller.validation import object_ref
     from controller.waypoints.advisories import advisories
     refs = {object_ref(o) for o in batch}
-    for a in advisories(everything):
-        if a.ref in refs:
-            print(f"Warning: {a}", file=err)
+    return [str(a) for a in advisories(everything, translation=translation) if a.ref in refs]
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -155,7 +215,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     try:
         if args.filename:
             objs = load_manifests(args.filename, getattr(args, "stdin", None))
-            _set_namespace(objs, args.namespace)
+            set_namespace(objs, args.namespace)
             targets = []
             for o in objs:
                 spec = BY_KIND.get(o.get("kind", ""))
@@ -164,12 +224,21 @@ def cmd_delete(args: argparse.Namespace) -> int:
                                      "kind and metadata.name are required")
                 targets.append((spec, o.get("apiVersion", ""), object_key(o)))
         else:
-            if not args.kind or not args.names:
-                raise InputError("pass -f FILE, or KIND and NAME")
+            _kind_slash_name(args)
+            if not args.kind or not (args.names or args.selector):
+                raise InputError("pass -f FILE, or KIND and NAME, or KIND and -l SELECTOR")
             spec = _resolve(args.kind)
             ns = "" if not spec.namespaced else (args.namespace or "default")
             targets = [(spec, "", (spec.kind, ns, n)) for n in args.names]
-    except InputError as e:
+            if args.selector:
+                sel = selectors.parse(args.selector)
+                targets += [(spec, "", object_key(o)) for o in store.snapshot().list(spec.kind, ns)
+                            if sel((o.get("metadata") or {}).get("labels") or {})
+                            and o["metadata"]["name"] not in args.names]
+                if not targets:
+                    print("No resources found", file=err)
+                    return 0
+    except (InputError, selectors.SelectorError) as e:
         print(f"error: {e}", file=err)
         return 1
     snap = store.snapshot().objects
@@ -252,8 +321,7 @@ _WIDE: dict[str, list[Column]] = {
 }
 
 
-def format_table(spec: KindSpec, objs: list[Obj], all_namespaces: bool, wide: bool, now: float | None = None) -> str:
-    now = time.time() if now is None else now
+def _columns(spec: KindSpec, all_namespaces: bool, wide: bool, now: float) -> list[Column]:
     cols: list[Column] = []
     if all_namespaces and spec.namespaced:
         cols.append(("NAMESPACE", lambda o: (o.get("metadata") or {}).get("namespace", "")))
@@ -262,39 +330,112 @@ def format_table(spec: KindSpec, objs: list[Obj], all_namespaces: bool, wide: bo
     cols.append(("AGE", lambda o: _age(o, now)))
     if wide:
         cols += _WIDE.get(spec.kind, [("LABELS", _labels)])
+    return cols
+
+
+def format_table(spec: KindSpec, objs: list[Obj], all_namespaces: bool, wide: bool, now: float | None = None) -> str:
+    cols = _columns(spec, all_namespaces, wide, time.time() if now is None else now)
     rows = [[h for h, _ in cols]] + [[f(o) for _, f in cols] for o in objs]
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
-def cmd_get(args: argparse.Namespace) -> int:
-    out, err = _streams(args)
-    try:
-        spec = _resolve(args.kind)
-    except InputError as e:
-        print(f"error: {e}", file=err)
-        return 1
-    ns = None if (args.all_namespaces or not spec.namespaced) else (args.namespace or "default")
-    snap = _store().snapshot()
+def _object_name(spec: KindSpec, o: Obj) -> str:
+    """`-o name`: `pod/echo-v1`, `virtualservice.networking.istio.io/reviews`."""
+    return f"{spec.qualified(o.get('apiVersion', ''))}/{(o.get('metadata') or {}).get('name', '')}"
+
+
+def _select(spec: KindSpec, snap: Any, ns: str | None, names: list[str],
+            selector: Callable[[dict[str, str]], bool] | None) -> list[Obj]:
     objs = snap.list(spec.kind, "" if not spec.namespaced else ns)
-    if args.name:
-        objs = [o for o in objs if o["metadata"]["name"] == args.name]
-        if not objs:
-            print(f'Error from server (NotFound): {_resource(spec, "")} "{args.name}" not found', file=err)
-            return 1
+    if selector is not None:
+        objs = [o for o in objs if selector((o.get("metadata") or {}).get("labels") or {})]
+    if names:
+        by_name = {o["metadata"]["name"]: o for o in objs}
+        objs = [by_name[n] for n in dict.fromkeys(names) if n in by_name]
+    return objs
+
+
+def _print_objects(spec: KindSpec, objs: list[Obj], args: argparse.Namespace, out: TextIO, *, single: bool,
+                   revision: int | None, header: bool = True) -> None:
     if args.output in ("yaml", "json"):
-        doc: Any = objs[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": objs,
-                                              "metadata": {"resourceVersion": str(snap.revision)}}
+        doc: Any = objs[0] if single else {"apiVersion": "v1", "kind": "List", "items": objs,
+                                           "metadata": {"resourceVersion": str(revision)}}
         if args.output == "json":
             print(json.dumps(doc, indent=2, sort_keys=True), file=out)
         else:
             print(yaml.safe_dump(doc, sort_keys=False).rstrip(), file=out)
-        return 0
-    if not objs:
-        where = "" if not spec.namespaced or args.all_namespaces else f" in {ns} namespace"
-        print(f"No resources found{where}.", file=err)
-        return 0
-    print(format_table(spec, objs, bool(args.all_namespaces), args.output == "wide"), file=out)
+    elif args.output == "name":
+        for o in objs:
+            print(_object_name(spec, o), file=out)
+    else:
+        text = format_table(spec, objs, bool(args.all_namespaces), args.output == "wide")
+        print(text if header else "\n".join(text.splitlines()[1:]), file=out)
+
+
+def _kind_slash_name(args: argparse.Namespace) -> None:
+    """kubectl's TYPE/NAME form: `ambit get po/echo-v1 po/echo-v2` is `ambit get po echo-v1 echo-v2`."""
+    words = [w for w in [args.kind, *args.names] if w]
+    if not words or "/" not in words[0]:
+        return
+    kinds = {w.split("/", 1)[0] for w in words if "/" in w}
+    if len(kinds) != 1 or not all("/" in w and w.split("/", 1)[1] for w in words):
+        raise InputError(f"use one TYPE/NAME form for every argument, of one type (got {' '.join(words)})")
+    args.kind = kinds.pop()
+    args.names = [w.split("/", 1)[1] for w in words]
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    out, err = _streams(args)
+    try:
+        _kind_slash_name(args)
+        spec = _resolve(args.kind)
+        selector = selectors.parse(args.selector) if args.selector else None
+    except (InputError, selectors.SelectorError) as e:
+        print(f"error: {e}", file=err)
+        return 1
+    ns = None if (args.all_namespaces or not spec.namespaced) else (args.namespace or "default")
+    names: list[str] = args.names
+    store = _store()
+    snap = store.snapshot()
+    objs = _select(spec, snap, ns, names, selector)
+    rc = 0
+    found = {o["metadata"]["name"] for o in objs}
+    for n in dict.fromkeys(names):
+        if n not in found:
+            print(f'Error from server (NotFound): {_resource(spec, "")} "{n}" not found', file=err)
+            rc = 1
+    if not args.watch_only:
+        if objs:
+            _print_objects(spec, objs, args, out, single=len(names) == 1, revision=snap.revision)
+        elif not names and args.output not in ("yaml", "json"):
+            where = "" if not spec.namespaced or args.all_namespaces else f" in {ns} namespace"
+            print(f"No resources found{where}.", file=err)
+        elif not names:
+            _print_objects(spec, [], args, out, single=False, revision=snap.revision)
+    if not (args.watch or args.watch_only):
+        return rc
+    return _watch(spec, store, snap, ns, names, selector, args, out)
+
+
+def _watch(spec: KindSpec, store: LabStore, snap: Any, ns: str | None, names: list[str],
+           selector: Callable[[dict[str, str]], bool] | None, args: argparse.Namespace, out: TextIO) -> int:
+    """kubectl get -w: after the list, one row (or document) per object that changes, appears or goes."""
+    seen = {object_key(o): o for o in _select(spec, snap, ns, names, selector)}
+    header = args.watch_only or not seen
+    stop = getattr(args, "watch_stop", None) or (lambda: False)
+    for snap in store.watch(interval=getattr(args, "watch_interval", 0.2), stop=stop):
+        now = {object_key(o): o for o in _select(spec, snap, ns, names, selector)}
+        changed = [o for k, o in now.items() if (seen.get(k) or {}).get("metadata", {}).get("resourceVersion")
+                   != o.get("metadata", {}).get("resourceVersion") or k not in seen]
+        changed += [o for k, o in seen.items() if k not in now]      # deleted: its last state, as kubectl
+        seen = now
+        for o in changed:
+            if args.output == "yaml":
+                print("---", file=out)
+            _print_objects(spec, [o], args, out, single=True, revision=snap.revision, header=header)
+            header = False
+        out.flush()
     return 0
 
 
@@ -310,6 +451,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-",
                    help="a manifest file, a directory of them, or - for stdin (repeatable)")
     p.add_argument("-n", "--namespace", help="namespace for objects that do not name one")
+    p.add_argument("--dry-run", nargs="?", const="client", default="none", choices=("none", "client", "server"),
+                   help="validate and translate as a real apply does, print what would change, apply nothing; "
+                        "needs no lab (client and server mean the same here)")
+    p.add_argument("--warnings-as-errors", action="store_true",
+                   help="exit 1 when the batch draws warnings (for CI)")
     p.set_defaults(func=cmd_apply)
 
     p = subparsers.add_parser("delete", help="delete configuration by file or by kind and name")
@@ -317,14 +463,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("-f", "--filename", action="append", metavar="FILE|DIR|-")
     p.add_argument("-n", "--namespace")
+    p.add_argument("-l", "--selector", metavar="SELECTOR", help="delete the objects of KIND whose labels match")
     p.add_argument("--ignore-not-found", action="store_true")
+    intermixed(p)
     p.set_defaults(func=cmd_delete)
 
     p = subparsers.add_parser("get", help="list or show objects in the lab store")
     p.add_argument("kind", help="kind: name, plural or short name (vs, dr, ap, pa, po, svc, ns, ...)")
-    p.add_argument("name", nargs="?")
+    p.add_argument("names", nargs="*", metavar="NAME")
     g = p.add_mutually_exclusive_group()
     g.add_argument("-n", "--namespace")
     g.add_argument("-A", "--all-namespaces", action="store_true")
-    p.add_argument("-o", "--output", choices=("yaml", "json", "wide"))
+    p.add_argument("-o", "--output", choices=("yaml", "json", "wide", "name"))
+    p.add_argument("-l", "--selector", metavar="SELECTOR",
+                   help="label selector: app=echo, tier!=db, 'env in (a,b)', 'env notin (a,b)', app, !app")
+    p.add_argument("-w", "--watch", action="store_true", help="after listing, print each change as it happens")
+    p.add_argument("--watch-only", action="store_true", help="print changes only, without the initial list")
+    intermixed(p)
     p.set_defaults(func=cmd_get)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from ambitctl.lab import lab, paths, state
+from ambitctl.term import intermixed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,8 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     lb = sub.add_parser("label", help="set or remove labels (namespaces), e.g. to enrol in the mesh")
     lb.add_argument("kind", choices=["namespace", "ns"])
-    lb.add_argument("name")
-    lb.add_argument("labels", nargs="+", metavar="KEY=VALUE|KEY-")
+    lb.add_argument("words", nargs="+", metavar="NAME KEY=VALUE|KEY-",
+                    help="the namespace and the labels, in any order (as kubectl label)")
+    intermixed(lb)
     lb.set_defaults(func=cmd_label)
 
 
@@ -168,7 +170,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    rev = lab.label_namespace(args.name, args.labels)
+    # kubectl's rule: a word with "=" or a trailing "-" is a label change, anything else the name
+    names = [w for w in args.words if "=" not in w and not w.endswith("-")]
+    labels = [w for w in args.words if w not in names]
+    if len(names) != 1 or not labels:
+        raise lab.LabError("give one namespace and at least one KEY=VALUE or KEY- "
+                           f"(got name(s) {names or 'none'}, labels {labels or 'none'})")
+    args.name = names[0]
+    rev = lab.label_namespace(args.name, labels)
     print(json.dumps({"namespace": args.name, "revision": rev}) if os.environ.get("AMBIT_JSON")
           else f"namespace/{args.name} labeled")
     return 0

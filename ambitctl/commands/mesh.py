@@ -106,8 +106,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     except Exception as e:  # noqa: BLE001 - grpc raises its own error types; one line is enough
         details = e.details() if callable(getattr(e, "details", None)) else str(e)
         raise MeshCommandError(f"cannot reach the controller at {target}: {details}") from None
-    if args.output == "json":
-        print(json.dumps(status_to_dict(resp), indent=2, sort_keys=True))
+    if args.output in ("json", "yaml"):
+        print(_dump(status_to_dict(resp), args.output))
     else:
         print(format_status(resp, target))
     bad = any(nacking(t) for s in resp.subscribers if s.connected for t in s.types)
@@ -222,11 +222,18 @@ def cmd_ztunnel_config(args: argparse.Namespace) -> int:
             versions[node] = ready.get("version", "")
         else:
             versions[node] = results[node].get("version", "")
-    if args.output == "json":
-        print(json.dumps(results, indent=2, sort_keys=True))
+    if args.output in ("json", "yaml"):
+        print(_dump(results, args.output))
     else:
         print("\n\n".join(format_node(n, args.section, results[n], versions[n]) for n in nodes))
     return 0
+
+
+def _dump(doc: Any, fmt: str) -> str:
+    if fmt == "yaml":
+        import yaml
+        return yaml.safe_dump(doc, sort_keys=True).rstrip()
+    return json.dumps(doc, indent=2, sort_keys=True)
 
 
 # -- wiring ---------------------------------------------------------------------------------------------
@@ -244,12 +251,12 @@ def _run(fn: Any) -> Any:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("status", help="components connected to the controller, their config versions and NACKs")
     p.add_argument("--controller", help="controller address (default: the lab's unix:<labdir>/controller.sock)")
-    p.add_argument("-o", "--output", choices=("json",))
+    p.add_argument("-o", "--output", choices=("json", "yaml"))
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(func=_run(cmd_status))
 
     p = sub.add_parser("ztunnel-config", help="what each node's ztunnel holds: workloads, services, policies, certs")
     p.add_argument("section", choices=SECTIONS)
     p.add_argument("--node", help="only this node (default: every node of the lab)")
-    p.add_argument("-o", "--output", choices=("json",))
+    p.add_argument("-o", "--output", choices=("json", "yaml"))
     p.set_defaults(func=_run(cmd_ztunnel_config))

@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 from ambit import check
 from ambitctl.lab import lab, paths
+from ambitctl.term import codes
 
-BOLD, DIM, GREEN, RED, RESET = "\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m"
+BOLD, DIM, GREEN, RED, RESET = codes(sys.stdout)   # empty when stdout is not a terminal or NO_COLOR is set
 
 
 def step(title: str) -> None:

@@ -29,7 +29,8 @@ class LabError(RuntimeError):
 
 
 def progress(msg: str) -> None:
-    print(f"\033[1;32m==>\033[0m {msg}", flush=True)
+    from ambitctl.term import paint
+    print(f"{paint('==>', 'bold-green')} {msg}", flush=True)
 
 
 def store_objects(spec: LabSpec, names: LabNames) -> list[dict[str, Any]]:
@@ -270,18 +271,23 @@ def log_file(component: str, node: str | None, base: Path | None = None) -> Path
 
 
 def label_namespace(ns: str, assignments: list[str], base: Path | None = None) -> int:
+    from controller.kinds.common import label_key_reason, label_value_reason
     set_: dict[str, str] = {}
     remove: list[str] = []
     for a in assignments:
         if a.endswith("-") and "=" not in a:
-            remove.append(a[:-1])
+            k, v = a[:-1], None
         elif "=" in a:
             k, v = a.split("=", 1)
-            if not k:
-                raise LabError(f"bad label {a!r}: empty key")
-            set_[k] = v
         else:
             raise LabError(f"bad label {a!r}: use KEY=VALUE or KEY-")
+        reason = label_key_reason(k) or (label_value_reason(v) if v is not None else None)
+        if reason:
+            raise LabError(f"bad label {a!r}: {reason}")
+        if v is None:
+            remove.append(k)
+        else:
+            set_[k] = v
     store = LabStore(paths.store_path(base))
     return store.patch_labels("Namespace", "", ns, set_, remove)
 

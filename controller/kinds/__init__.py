@@ -94,6 +94,51 @@ KINDS: list[KindSpec] = [
 
 BY_KIND: dict[str, KindSpec] = {k.kind: k for k in KINDS}
 
+_WAYPOINTS = ("Ambit's gateways are waypoints: Gateway API Gateways (gateway.networking.k8s.io/v1) of class "
+              "ambit-waypoint or istio-waypoint, e.g. `ambit waypoint apply -n NS`")
+
+# Upstream kinds Ambit knows and does not support, keyed by (group, kind): each is refused with its
+# reason rather than as an unknown kind (or, for Istio's Gateway, with advice to change its apiVersion,
+# which would turn an ingress gateway into something else).
+UNSUPPORTED_KINDS: dict[tuple[str, str], str] = {
+    ("networking.istio.io", "Gateway"): (
+        "Istio's Gateway (networking.istio.io) configures an ingress or egress gateway proxy, which Ambit does "
+        f"not have: not supported. {_WAYPOINTS}"),
+    ("networking.istio.io", "ServiceEntry"): "ServiceEntry is not supported by Ambit: the mesh knows Kubernetes "
+                                             "Services only",
+    ("networking.istio.io", "Sidecar"): "Sidecar is not supported by Ambit: it has no sidecars (ztunnel and "
+                                        "waypoints carry all traffic)",
+    ("networking.istio.io", "EnvoyFilter"): "EnvoyFilter is not supported by Ambit: its proxies are not Envoy",
+    ("networking.istio.io", "WorkloadEntry"): "WorkloadEntry is not supported by Ambit: workloads are Kubernetes "
+                                              "pods only",
+    ("networking.istio.io", "WorkloadGroup"): "WorkloadGroup is not supported by Ambit: workloads are Kubernetes "
+                                              "pods only",
+    ("networking.istio.io", "ProxyConfig"): "ProxyConfig is not supported by Ambit: its proxies are not Envoy",
+    ("security.istio.io", "RequestAuthentication"): "RequestAuthentication (JWT) is not supported by Ambit yet",
+    ("extensions.istio.io", "WasmPlugin"): "WasmPlugin is not supported by Ambit: its proxies do not run Wasm",
+    ("extensions.istio.io", "TrafficExtension"): "TrafficExtension is not supported by Ambit: its proxies do not "
+                                                 "run extensions",
+    (GATEWAY_GROUP, "GatewayClass"): "GatewayClass objects are not needed nor read by Ambit: the waypoint "
+                                     "classes ambit-waypoint and istio-waypoint are built in",
+    (GATEWAY_GROUP, "ReferenceGrant"): "ReferenceGrant is not supported by Ambit yet: routes may only reference "
+                                       "backends in their own namespace",
+    (GATEWAY_GROUP, "TCPRoute"): "TCPRoute is not supported by Ambit yet: non-HTTP traffic goes to its "
+                                 "original destination",
+    (GATEWAY_GROUP, "TLSRoute"): "TLSRoute is not supported by Ambit yet: non-HTTP traffic goes to its "
+                                 "original destination",
+    (GATEWAY_GROUP, "UDPRoute"): "UDPRoute is not supported by Ambit: the mesh carries TCP only",
+    (GATEWAY_GROUP, "BackendTLSPolicy"): "BackendTLSPolicy is not supported by Ambit: in-mesh traffic is always "
+                                         "HBONE mutual TLS",
+    (GATEWAY_GROUP, "ListenerSet"): f"ListenerSet is not supported by Ambit. {_WAYPOINTS}",
+}
+
+
+def unsupported_kind(api_version: object, kind: object) -> str | None:
+    """The reason an upstream kind is refused, or None (a kind Ambit serves, or one it never heard of)."""
+    if not isinstance(api_version, str) or not isinstance(kind, str):
+        return None
+    return UNSUPPORTED_KINDS.get((KindSpec.group_of(api_version), kind))
+
 
 def by_name(name: str) -> KindSpec | None:
     """Resolve what a user types (`vs`, `virtualservices`, `VirtualService`, `dr.networking.istio.io`)."""

@@ -148,9 +148,47 @@ def _check_label(text: str) -> str | None:
     return None
 
 
+# Kubernetes label keys and values (apimachinery validation.IsQualifiedName / IsValidLabelValue).
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_NAME_RULE = ('must consist of alphanumeric characters, "-", "_" or ".", and must start and end with an '
+              "alphanumeric character")
+
+
+def label_key_reason(key: Any) -> str | None:
+    """Why `key` is not a valid Kubernetes label key (an optional DNS subdomain prefix and "/", then a
+    name of at most 63 characters), or None."""
+    if not isinstance(key, str):
+        return f"label keys must be strings, got {key!r}"
+    prefix, slash, name = key.rpartition("/")
+    if slash and not prefix:
+        return f'label key "{key}": the prefix before "/" must not be empty'
+    if prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
+        return (f'label key "{key}": the prefix "{prefix}" must be a lowercase DNS subdomain '
+                '(a-z, 0-9, "-", "."; at most 253 characters)')
+    if not name:
+        return f'label key "{key}": the name part must not be empty'
+    if len(name) > 63:
+        return f'label key "{key}": the name part must be no more than 63 characters'
+    if not _QUALIFIED_NAME.match(name):
+        return f'label key "{key}": the name part {_NAME_RULE}'
+    return None
+
+
+def label_value_reason(value: Any) -> str | None:
+    """Why `value` is not a valid Kubernetes label value (empty, or at most 63 characters of the name
+    rule), or None."""
+    if not isinstance(value, str):
+        return f"label values must be strings, got {value!r}"
+    if len(value) > 63:
+        return f'label value "{value}": must be no more than 63 characters'
+    if value and not _QUALIFIED_NAME.match(value):
+        return f'label value "{value}": must be empty or {_NAME_RULE.removeprefix("must ")}'
+    return None
+
+
 Name = Str(valid=_check_subdomain)
 NamespaceName = Str(valid=_check_label)
-Labels = Map(Str())
+Labels = Map(Str(valid=label_value_reason), key=label_key_reason)
 NonEmpty = Str(min_len=1)
 Strings = Arr(Str())
 

@@ -191,10 +191,28 @@ def _check_gateway(value: dict[str, Any], path: str, errs: Errors) -> None:
                          f'a waypoint listener must use protocol HBONE or HTTP, got "{listener["protocol"]}"'))
 
 
+def _check_allowed_listeners(value: dict[str, Any], path: str, errs: Errors) -> None:
+    ns = value.get("namespaces") or {}
+    if ns.get("from", "None") != "None":
+        errs.append((join(join(path, "namespaces"), "from"),
+                     f'"{ns["from"]}" is not supported by Ambit: it does not support ListenerSet, so no listener '
+                     'can attach; only "None" (the default) is accepted'))
+
+
+AllowedListeners = Obj({
+    "namespaces": Obj({"from": Str(enum=("All", "Same", "Selector", "None")), "selector": LabelSelector}),
+}, checks=(_check_allowed_listeners,),
+    description='Which namespaces\' ListenerSets may attach. Ambit does not support ListenerSet, so only "None" '
+                "(the default) is accepted.")
+
 GatewaySpec = Obj({
     "gatewayClassName": Str(min_len=1),
     "listeners": Arr(Listener, min_items=1),
+    "allowedListeners": AllowedListeners,
     "addresses": Arr(Obj({"type": Str(), "value": Str(min_len=1)}, required=("value",))),
     "infrastructure": Obj({"labels": Labels, "annotations": Map(Str()),
                            "parametersRef": Obj({"group": Str(), "kind": Str(), "name": Str()})}),
-}, required=("gatewayClassName", "listeners"), checks=(_check_gateway,))
+}, required=("gatewayClassName", "listeners"), checks=(_check_gateway,), unsupported={
+    "tls": "spec.tls (Gateway-level frontend and backend TLS) is not supported by Ambit: a waypoint's traffic is "
+           "HBONE mutual TLS with mesh identities on both sides",
+})

@@ -52,7 +52,10 @@ HTTPRedirect = Obj({
     "uri": Str(), "authority": Str(), "port": Port,
     "derivePort": Str(enum=("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT")),
     "scheme": Str(), "redirectCode": Int(minimum=300, maximum=399),
-}, one_of=(("port", "derivePort"),))
+}, one_of=(("port", "derivePort"),), unsupported={
+    "prefixRewrite": "prefixRewrite is not supported by Ambit yet: redirect to a full path with uri, or use an "
+                     "HTTPRoute RequestRedirect filter with path.type ReplacePrefixMatch",
+})
 
 HTTPDirectResponse = Obj({"status": Int(minimum=200, maximum=599),
                           "body": Obj({"string": Str(), "bytes": Str()}, one_of=(("string", "bytes"),))},
@@ -124,10 +127,15 @@ HTTPRoute = Obj({
     "mirrors": Arr(HTTPMirrorPolicy),
     "corsPolicy": CorsPolicy,
     "headers": Headers,
-}, checks=(_check_http_route,))
+}, checks=(_check_http_route,), unsupported={
+    "mirror_percent": "mirror_percent is not supported by Ambit: it is Istio's deprecated spelling of "
+                      "mirrorPercent; use mirrorPercentage",
+})
 
 L4MatchAttributes = Obj({"destinationSubnets": Arr(Cidr), "port": Port, "sourceLabels": Labels,
-                         "gateways": Strings, "sourceNamespace": Str()})
+                         "gateways": Strings, "sourceNamespace": Str()},
+                        unsupported={"sourceSubnet": "sourceSubnet is not supported by Ambit (deprecated in Istio); "
+                                                     "match clients with sourceLabels or sourceNamespace"})
 RouteDestination = Obj({"destination": Destination, "weight": Weight}, required=("destination",))
 
 
@@ -186,7 +194,12 @@ LoadBalancer = Obj({
     "warmupDurationSecs": Duration(),
     "warmup": Obj({"duration": Duration(positive=True), "aggression": Num(minimum=0),
                    "minimumPercent": Num(minimum=0, maximum=100)}, required=("duration",)),
-}, one_of=(("simple", "consistentHash"),))
+}, one_of=(("simple", "consistentHash"),), unsupported={
+    "backendUtilization": "backendUtilization is not supported by Ambit: the waypoint receives no ORCA load "
+                          "reports from backends; use simple: LEAST_REQUEST",
+    "zoneAwareLbSetting": "zoneAwareLbSetting is not supported by Ambit: it does not know the zones of nodes "
+                          "and endpoints",
+})
 
 ConnectionPool = Obj({
     "tcp": Obj({
@@ -205,6 +218,8 @@ ConnectionPool = Obj({
         "h2UpgradePolicy": Str(enum=("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")),
         "useClientProtocol": Bool(),
         "maxConcurrentStreams": Int(minimum=0),
+        "http2KeepAlive": Obj({"interval": Duration(positive=True), "timeout": Duration(positive=True)},
+                              description="HTTP/2 PING frames on upstream connections."),
     }),
 })
 
@@ -218,6 +233,9 @@ OutlierDetection = Obj({
     "baseEjectionTime": Duration(positive=True),
     "maxEjectionPercent": Int(minimum=0, maximum=100),
     "minHealthPercent": Int(minimum=0, maximum=100),
+}, unsupported={
+    "outlierDetectionHttpErrorCodes": "outlierDetectionHttpErrorCodes is not supported by Ambit yet: the waypoint "
+                                      "counts 5xx (consecutive5xxErrors) and 502/503/504 (consecutiveGatewayErrors)",
 })
 
 ClientTLSSettings = Obj({

@@ -253,6 +253,10 @@ class Obj(Schema):
     otherwise an unknown field is an error, as with Istio's strict validation.
     `one_of` lists groups of fields of which at most one may be set; `exactly_one` requires one.
     `checks` run after the fields passed, for cross-field rules.
+    `unsupported` names upstream fields Ambit knows and refuses, each with the reason shown to the
+    user ("... is not supported by Ambit ...") instead of a bare "unknown field". The CRD keeps them
+    (preserving their content) so that the API server does not prune them silently and the
+    controller can refuse them by name.
     """
 
     fields: dict[str, Schema]
@@ -262,6 +266,7 @@ class Obj(Schema):
     exactly_one: bool = False
     checks: tuple[Check, ...] = ()
     description: str = ""
+    unsupported: dict[str, str] = field(default_factory=dict)
 
     def check(self, value: Any, path: str, errs: Errors) -> None:
         if not isinstance(value, dict):
@@ -276,6 +281,9 @@ class Obj(Schema):
                 errs.append((f"{path}[{k}]", f"field names must be strings, got {show(k)}"))
                 continue
             sub = self.fields.get(k)
+            if sub is None and k in self.unsupported:
+                errs.append((join(path, k), self.unsupported[k]))
+                continue
             if sub is None:
                 if not self.open:
                     errs.append((join(path, k), "unknown field"))
@@ -295,8 +303,11 @@ class Obj(Schema):
 
     def openapi(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": "object"}
-        if self.fields:
-            d["properties"] = {k: v.openapi() for k, v in sorted(self.fields.items())}
+        props = {k: v.openapi() for k, v in self.fields.items()}
+        props.update({k: {"description": reason, "x-kubernetes-preserve-unknown-fields": True}
+                      for k, reason in self.unsupported.items() if k not in self.fields})
+        if props:
+            d["properties"] = dict(sorted(props.items()))
         if self.required:
             d["required"] = list(self.required)
         if self.open:
@@ -308,7 +319,8 @@ class Obj(Schema):
         d = dict(self.fields)
         d.update(fields or {})
         args = {"fields": d, "required": self.required, "open": self.open, "one_of": self.one_of,
-                "exactly_one": self.exactly_one, "checks": self.checks, "description": self.description}
+                "exactly_one": self.exactly_one, "checks": self.checks, "description": self.description,
+                "unsupported": self.unsupported}
         args.update(kw)
         return Obj(**args)
 

@@ -41,7 +41,12 @@ Source = Obj({
     "ipBlocks": Arr(Cidr), "notIpBlocks": Arr(Cidr),
     "remoteIpBlocks": Arr(Cidr), "notRemoteIpBlocks": Arr(Cidr),
     "serviceAccounts": Strings, "notServiceAccounts": Strings,
-}, checks=(_not_empty(SOURCE_FIELDS, "a source"), _principals_xor_service_accounts))
+}, checks=(_not_empty(SOURCE_FIELDS, "a source"), _principals_xor_service_accounts), unsupported={
+    "trustDomains": 'trustDomains is not supported by Ambit yet: use principals: ["<trust-domain>/*"] '
+                    "(identities from a trust domain that is neither the mesh's nor one of its aliases are "
+                    "refused anyway)",
+    "notTrustDomains": 'notTrustDomains is not supported by Ambit yet: use notPrincipals: ["<trust-domain>/*"]',
+})
 
 Operation = Obj({
     "hosts": Strings, "notHosts": Strings,

@@ -12,7 +12,9 @@ CustomTag = Obj({
     "literal": Obj({"value": Str()}, required=("value",)),
     "environment": Obj({"name": Str(min_len=1), "defaultValue": Str()}, required=("name",)),
     "header": Obj({"name": Str(min_len=1), "defaultValue": Str()}, required=("name",)),
-}, one_of=(("literal", "environment", "header"),), exactly_one=True)
+}, one_of=(("literal", "environment", "header"),), exactly_one=True, unsupported={
+    "formatter": "formatter custom tags are not supported by Ambit; use literal, environment or header",
+})
 
 Tracing = Obj({
     "match": Obj({"mode": WorkloadMode}),
@@ -22,6 +24,9 @@ Tracing = Obj({
     "customTags": Map(CustomTag),
     "useRequestIdForTraceSampling": Bool(),
     "enableIstioTags": Bool(),
+}, unsupported={
+    "disableContextPropagation": "disableContextPropagation is not supported by Ambit: the waypoint forwards "
+                                 "request headers, trace context included, as it receives them",
 })
 
 METRICS = ("ALL_METRICS", "REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE",

@@ -1,0 +1,519 @@
+"""`ambit analyze`: find configuration that is valid but wrong, as `istioctl analyze` does.
+
+Pure: `analyze(objects, ...)` takes a snapshot of Kubernetes-shaped objects (the lab's store, files,
+or both) and optional traffic facts, and returns `Finding`s, each with a code, a severity, the object
+(`Kind/namespace/name`), the field and a message. It reuses what the controller already knows rather
+than restating it:
+
+- `controller.validation` (every object is validated first: AMB0001),
+- `controller.translate` (hosts, Services, endpoints, the DestinationRule in force for each host and
+  the waypoint each Service uses, resolved exactly as the data plane will get them),
+- `controller.waypoints.advisories` (what is accepted but not enforced: fail-closed L7 policy,
+  policies whose target is missing, routes no waypoint serves, fields not applied yet).
+
+**What is known.** Analysing files alone (`-f` with no lab) must not call a reference broken just
+because its target lives elsewhere. A reference to a kind is therefore checked only when the state
+is complete (the lab's store, or `--assume-complete`) or the files contain objects of that kind:
+a VirtualService alone is not reported for a missing Service; with Services in the files, a route
+to a host that is not one of them is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from controller.translate import translate
+from controller.translate.index import age_key, labels_of, name_of, ns_of, selector_matches, waypoint_ref
+from controller.translate.routes import Hosts
+from controller.validation import object_ref, validate_object
+from controller.waypoints.advisories import NOT_ENFORCED, WAYPOINT_ACCEPTED, ZTUNNEL_ACCEPTED, advisories
+from controller.waypoints.gateways import WAYPOINT_CLASSES
+
+Obj = dict[str, Any]
+
+ERROR, WARNING, INFO = "Error", "Warning", "Info"
+SEVERITIES = (ERROR, WARNING, INFO)                  # most severe first
+
+
+@dataclass(frozen=True)
+class Code:
+    code: str
+    severity: str
+    name: str
+    what: str
+
+
+CODES: dict[str, Code] = {c.code: c for c in (
+    Code("AMB0001", ERROR, "InvalidConfiguration", "the object is refused by validation (apply would refuse it)"),
+    Code("AMB0002", ERROR, "TranslationError", "the object validates but cannot be translated as it is"),
+    Code("AMB0101", ERROR, "ReferencedHostNotFound", "a route sends traffic to a host that is no Service"),
+    Code("AMB0102", ERROR, "ReferencedSubsetNotFound",
+         "a route names a subset the DestinationRule in force for its host does not define"),
+    Code("AMB0103", WARNING, "SubsetSelectsNoPods", "a DestinationRule subset's labels match none of the host's pods"),
+    Code("AMB0104", WARNING, "PolicySelectsNothing",
+         "a policy's selector matches no pod, or its targetRefs name nothing that exists"),
+    Code("AMB0105", WARNING, "L7PolicyWithoutWaypoint",
+         "a policy needs HTTP attributes where no waypoint enforces them: it fails closed"),
+    Code("AMB0106", WARNING, "ConflictingRoutes", "several route objects configure one host"),
+    Code("AMB0107", WARNING, "ConflictingDestinationRules",
+         "several DestinationRules name one host: only the oldest applies"),
+    Code("AMB0108", ERROR, "WaypointNotFound", "a use-waypoint label names a Gateway that is not a waypoint"),
+    Code("AMB0109", ERROR, "WeightNotHonoured",
+         "a weighted destination cannot take its share: those requests fail"),
+    Code("AMB0110", WARNING, "StrictWithPlaintextClients",
+         "mTLS is STRICT where ztunnel has seen plaintext clients, which STRICT refuses"),
+    Code("AMB0111", WARNING, "RouteNotServed", "routes or a DestinationRule for a host no waypoint serves"),
+    Code("AMB0112", INFO, "NotEnforced", "a field is accepted but not enforced (yet)"),
+)}
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    ref: str            # Kind/namespace/name (Kind/name for cluster-scoped kinds)
+    path: str           # the field, e.g. spec.http[0].route[1].destination.subset ("" for the object)
+    message: str
+
+    @property
+    def severity(self) -> str:
+        return CODES[self.code].severity
+
+    @property
+    def name(self) -> str:
+        return CODES[self.code].name
+
+    @property
+    def namespace(self) -> str:
+        parts = self.ref.split("/")
+        return parts[1] if len(parts) == 3 else parts[-1] if parts[0] == "Namespace" else ""
+
+    def __str__(self) -> str:
+        where = f"{self.ref} {self.path}".rstrip()
+        return f"{self.severity} [{self.code}] ({where}) {self.message}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {**asdict(self), "severity": self.severity, "name": self.name}
+
+
+@dataclass(frozen=True)
+class PlaintextTraffic:
+    """A traffic fact from ztunnel's metrics: plaintext (non-mesh) connections into a namespace."""
+
+    namespace: str
+    workload: str
+    source: str          # source workload as ztunnel reported it ("unknown" for non-mesh clients)
+    connections: int
+
+
+@dataclass
+class _State:
+    objects: list[Obj]
+    complete: bool
+    known: set[str] = field(default_factory=set)
+
+    def knows(self, kind: str) -> bool:
+        return self.complete or kind in self.known
+
+
+def analyze(objects: Iterable[Obj], *, complete: bool, traffic: list[PlaintextTraffic] | None = None,
+            cluster_domain: str = "cluster.local", root_namespace: str = "ambit-system") -> list[Finding]:
+    """Every finding for a snapshot. `complete`: the snapshot is the whole world (the lab's store)."""
+    objs = [o for o in objects if isinstance(o, dict)]
+    out: list[Finding] = []
+    good = []
+    for o in objs:
+        errs = validate_object(o)
+        out += [Finding("AMB0001", e.ref, e.path, e.reason) for e in errs]
+        if not errs:
+            good.append(o)
+    st = _State(good, complete, {o.get("kind", "") for o in good})
+    tr = translate(good, cluster_domain=cluster_domain, root_namespace=root_namespace)
+    out += [Finding("AMB0002", e.ref, e.path, e.reason) for e in tr.errors]
+    hosts = Hosts(tr.services, cluster_domain)
+    out += _advisories(good, st, tr, cluster_domain, root_namespace)
+    out += _routes(good, st, tr, hosts)
+    out += _subsets_without_pods(good, st, tr, hosts)
+    out += _policies_without_pods(good, st, root_namespace)
+    out += _conflicts(good, hosts)
+    out += _waypoint_labels(good, st)
+    out += _strict_with_plaintext(good, traffic or [], root_namespace)
+    unattached = {f.ref for f in out if f.code == "AMB0101" and f.path.startswith("spec.parentRefs")}
+    out = [f for f in out if not (f.code == "AMB0111" and f.ref in unattached)]   # said once, as AMB0101
+    return _dedupe(out)
+
+
+def _dedupe(found: list[Finding]) -> list[Finding]:
+    seen: set[Finding] = set()
+    out = []
+    for f in found:
+        if f not in seen:
+            seen.add(f)
+            out.append(f)
+    return sorted(out, key=lambda f: (SEVERITIES.index(f.severity), f.ref, f.path, f.code))
+
+
+# -- advisories (controller.waypoints.advisories) ------------------------------------------------------
+
+def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_namespace: str) -> list[Finding]:
+    out = []
+    by_ref = {object_ref(o): o for o in good}
+    for a in advisories(good, cluster_domain=cluster_domain, translation=tr, root_namespace=root_namespace):
+        if a.condition == ZTUNNEL_ACCEPTED:
+            code = "AMB0105"
+        elif a.condition == WAYPOINT_ACCEPTED:
+            code = "AMB0104" if a.cause == "TargetNotFound" else "AMB0105"
+            target = _target_kind(by_ref.get(a.ref), a.path)
+            if a.cause == "TargetNotFound" and target in ("Service", "Gateway") and not st.knows(target):
+                continue            # the target may well exist outside the files
+            if "which does not exist" in a.reason and not st.knows("Gateway"):
+                continue            # the Service's waypoint Gateway may exist outside the files
+        elif a.cause == "NoWaypoint":
+            if not st.knows("Service"):
+                continue            # "no Service named ... is known": nothing is known offline
+            code = "AMB0111"
+        else:
+            assert a.condition == NOT_ENFORCED
+            code = "AMB0112"
+        out.append(Finding(code, a.ref, a.path, a.reason))
+    return out
+
+
+def _target_kind(obj: Obj | None, path: str) -> str:
+    """The kind a targetRef(s) entry names, from the advisory's path (spec.targetRefs[2])."""
+    spec = (obj or {}).get("spec") or {}
+    if path == "spec.targetRef":
+        return str((spec.get("targetRef") or {}).get("kind", ""))
+    m = re.fullmatch(r"spec\.targetRefs\[(\d+)\]", path)
+    refs = spec.get("targetRefs") or []
+    if m and int(m.group(1)) < len(refs):
+        return str(refs[int(m.group(1))].get("kind", ""))
+    return ""
+
+
+# -- route destinations: hosts, subsets, weights ---------------------------------------------------------
+
+@dataclass
+class _Dest:
+    ref: str
+    path: str                 # of the destination (host field appended by the caller)
+    host_field: str
+    host: str                 # FQDN
+    subset: str
+    weight: int
+    total: int                # the route's total weight
+    siblings: int             # destinations in the route
+    kind: str                 # VirtualService | HTTPRoute | GRPCRoute
+
+
+def _destinations(good: list[Obj], hosts: Hosts) -> list[_Dest]:
+    out = []
+    for o in good:
+        kind, spec, ns, ref = o.get("kind"), o.get("spec") or {}, ns_of(o), object_ref(o)
+        if kind == "VirtualService":
+            if spec.get("gateways") and "mesh" not in spec["gateways"]:
+                continue                    # ingress only: not the mesh's (the translation skips it too)
+            for section in ("http", "tcp", "tls"):
+                for i, r in enumerate(spec.get(section) or []):
+                    route = r.get("route") or []
+                    weights = [int(d.get("weight") if d.get("weight") is not None else (100 if len(route) == 1 else 0))
+                               for d in route]
+                    for j, d in enumerate(route):
+                        dest = d.get("destination") or {}
+                        out.append(_Dest(ref, f"spec.{section}[{i}].route[{j}]", "destination.host",
+                                         hosts.fqdn(dest.get("host", ""), ns), dest.get("subset", ""), weights[j],
+                                         sum(weights), len(route), kind))
+        elif kind in ("HTTPRoute", "GRPCRoute"):
+            for i, rule in enumerate(spec.get("rules") or []):
+                backends = rule.get("backendRefs") or []
+                weights = [int(b.get("weight", 1)) for b in backends]
+                for j, b in enumerate(backends):
+                    bns = b.get("namespace") or ns
+                    out.append(_Dest(ref, f"spec.rules[{i}].backendRefs[{j}]", "name",
+                                     f"{b.get('name', '')}.{bns}.svc.{hosts.cd}", "", weights[j], sum(weights),
+                                     len(backends), kind))
+    return out
+
+
+def _pods_of(tr: Any, service: Any, subset_labels: dict[str, str] | None = None) -> list[Any]:
+    uids = {e.workload_uid for e in service.endpoints if e.workload_uid}
+    ips = {e.ip for e in service.endpoints}
+    return [w for w in tr.workloads if (w.uid in uids or ips.intersection(w.ips))
+            and (subset_labels is None or selector_matches(subset_labels, w.labels))]
+
+
+def _subsets_in_force(tr: Any) -> dict[str, tuple[dict[str, dict[str, str]], str]]:
+    """host -> ({subset: labels}, the DestinationRule in force) from the translation."""
+    out = {}
+    for wr in tr.waypoint_routes:
+        drs = [s for s in wr.sources if s.startswith("DestinationRule/")]
+        if drs:
+            out[wr.hostname] = ({s.name: s.labels for s in wr.subsets}, drs[0])
+    return out
+
+
+def _routes(good: list[Obj], st: _State, tr: Any, hosts: Hosts) -> list[Finding]:
+    out = []
+    subsets = _subsets_in_force(tr)
+    drs_by_host: dict[str, list[Obj]] = {}
+    for o in good:
+        if o.get("kind") == "DestinationRule":
+            for fq in hosts.expand((o.get("spec") or {}).get("host", ""), ns_of(o)):
+                drs_by_host.setdefault(fq, []).append(o)
+    for o in good:
+        if o.get("kind") not in ("HTTPRoute", "GRPCRoute") or not st.knows("Service"):
+            continue
+        for i, p in enumerate((o.get("spec") or {}).get("parentRefs") or []):
+            if p.get("kind") == "Service" and p.get("group", "") in ("", "core"):
+                fq = f"{p.get('name', '')}.{p.get('namespace') or ns_of(o)}.svc.{hosts.cd}"
+                if fq not in hosts.by_host:
+                    out.append(Finding("AMB0101", object_ref(o), f"spec.parentRefs[{i}].name",
+                                       f'no Service "{fq}" exists: this route attaches to nothing'))
+    for o in good:                      # Gateway API: backends that all weigh 0 answer 500
+        if o.get("kind") not in ("HTTPRoute", "GRPCRoute"):
+            continue
+        for i, rule in enumerate((o.get("spec") or {}).get("rules") or []):
+            backends = rule.get("backendRefs") or []
+            if backends and all(int(b.get("weight", 1)) == 0 for b in backends):
+                out.append(Finding("AMB0109", object_ref(o), f"spec.rules[{i}].backendRefs",
+                                   "every backend has weight 0: each request this rule matches is answered 500"))
+    for d in _destinations(good, hosts):
+        svc = hosts.by_host.get(d.host)
+        share = (f"{100 * d.weight / d.total:.0f}% (weight {d.weight} of {d.total})"
+                 if d.siblings > 1 and d.total and d.weight else "")
+        if svc is None and st.knows("Service"):
+            if "*" not in d.host:
+                out.append(Finding("AMB0101", d.ref, f"{d.path}.{d.host_field}",
+                                   f'no Service "{d.host}" exists: requests routed here fail'
+                                   + (f" ({share} of this route's requests)" if share else "")))
+            continue
+        if d.subset:
+            defined, dr = subsets.get(d.host, ({}, ""))
+            if d.subset not in defined:
+                if dr or st.knows("DestinationRule"):
+                    others = [object_ref(x) for x in drs_by_host.get(d.host, []) if object_ref(x) != dr
+                              and any(s.get("name") == d.subset for s in (x.get("spec") or {}).get("subsets") or [])]
+                    why = (f"the DestinationRule in force for {d.host} ({dr}) does not define it" if dr
+                           else f"no DestinationRule defines subsets for {d.host}")
+                    if others:
+                        why += f"; {', '.join(others)} does, but is ignored because {dr} comes first"
+                    out.append(Finding("AMB0102", d.ref, f"{d.path}.destination.subset",
+                                       f'subset "{d.subset}" not found: {why}: requests routed here fail'))
+                continue
+            if svc is not None and share and st.knows("Pod") and not _pods_of(tr, svc, defined[d.subset]):
+                out.append(Finding("AMB0109", d.ref, f"{d.path}.weight",
+                                   f'{share} goes to {d.host} subset "{d.subset}", which selects no pods: '
+                                   "those requests fail (no healthy upstream)"))
+            continue
+        if svc is not None and share and st.knows("Pod") and not svc.endpoints:
+            out.append(Finding("AMB0109", d.ref, f"{d.path}.weight",
+                               f"{share} goes to {d.host}, which has no endpoints: those requests fail"))
+    return out
+
+
+def _subsets_without_pods(good: list[Obj], st: _State, tr: Any, hosts: Hosts) -> list[Finding]:
+    if not st.knows("Pod"):
+        return []
+    out = []
+    for o in good:
+        if o.get("kind") != "DestinationRule":
+            continue
+        spec = o.get("spec") or {}
+        for fq in hosts.expand(spec.get("host", ""), ns_of(o)):
+            svc = hosts.by_host.get(fq)
+            if svc is None:
+                continue
+            for i, s in enumerate(spec.get("subsets") or []):
+                labels = s.get("labels") or {}
+                if not _pods_of(tr, svc, labels):
+                    sel = ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "(no labels)"
+                    out.append(Finding("AMB0103", object_ref(o), f"spec.subsets[{i}].labels",
+                                       f'subset "{s.get("name")}" ({sel}) selects none of the '
+                                       f"{len(_pods_of(tr, svc))} pod(s) of {fq}"))
+    return out
+
+
+# -- policies that select nothing ----------------------------------------------------------------------
+
+_SELECTED = {"AuthorizationPolicy": "selector", "PeerAuthentication": "selector", "Telemetry": "selector",
+             "DestinationRule": "workloadSelector"}
+
+
+def _policies_without_pods(good: list[Obj], st: _State, root_namespace: str) -> list[Finding]:
+    if not st.knows("Pod"):
+        return []
+    pods = [o for o in good if o.get("kind") == "Pod"]
+    out = []
+    for o in good:
+        f = _SELECTED.get(o.get("kind", ""))
+        sel = ((o.get("spec") or {}).get(f) or {}).get("matchLabels") if f else None
+        if not sel:
+            continue
+        ns = ns_of(o)
+        scope = pods if ns == root_namespace else [p for p in pods if ns_of(p) == ns]
+        if not any(selector_matches(sel, labels_of(p)) for p in scope):
+            where = "in the mesh" if ns == root_namespace else f"in namespace {ns}"
+            out.append(Finding("AMB0104", object_ref(o), f"spec.{f}.matchLabels",
+                               f"selects no pod {where} ({','.join(f'{k}={v}' for k, v in sorted(sel.items()))}): "
+                               "it applies to nothing"))
+    return out
+
+
+# -- conflicts -------------------------------------------------------------------------------------------
+
+def _conflicts(good: list[Obj], hosts: Hosts) -> list[Finding]:
+    out = []
+    routes: dict[str, list[Obj]] = {}
+    drs: dict[str, list[Obj]] = {}
+    for o in good:
+        kind, spec, ns = o.get("kind"), o.get("spec") or {}, ns_of(o)
+        if kind == "VirtualService" and (not spec.get("gateways") or "mesh" in spec["gateways"]):
+            for h in spec.get("hosts") or []:
+                if "*" not in h:
+                    routes.setdefault(hosts.fqdn(h, ns), []).append(o)
+        elif kind == "DestinationRule" and "*" not in spec.get("host", ""):
+            drs.setdefault(hosts.fqdn(spec["host"], ns), []).append(o)
+    for host, vss in routes.items():
+        if len(vss) > 1:
+            vss = sorted(vss, key=age_key)          # the translation's order: oldest routes first
+            first = vss[0]
+            catch_all = any(not r.get("match") for r in (first.get("spec") or {}).get("http") or [])
+            for o in vss[1:]:
+                tail = (f"{object_ref(first)} has a route without match, so none of this object's HTTP routes is "
+                        "ever used" if catch_all else
+                        f"their routes are concatenated, {object_ref(first)}'s first, and the first match wins")
+                out.append(Finding("AMB0106", object_ref(o), "spec.hosts",
+                                   f"host {host} is also configured by {object_ref(first)}: {tail}"))
+    for host, rules in drs.items():
+        if len(rules) > 1:
+            oldest = _oldest(rules)
+            for o in rules:
+                if o is not oldest:
+                    out.append(Finding("AMB0107", object_ref(o), "spec.host",
+                                       f"{object_ref(oldest)} also names host {host} and comes first (older, or first by "
+                                       "name): it applies and this DestinationRule is ignored (merge them into one)"))
+    return out
+
+
+def _oldest(objs: list[Obj]) -> Obj:
+    return min(objs, key=age_key)
+
+
+# -- use-waypoint labels ----------------------------------------------------------------------------------
+
+_USE_WAYPOINT = ("ambit.io/use-waypoint", "istio.io/use-waypoint")
+
+
+def _waypoint_labels(good: list[Obj], st: _State) -> list[Finding]:
+    if not st.knows("Gateway"):
+        return []
+    gateways = {(ns_of(g), name_of(g)): g for g in good if g.get("kind") == "Gateway"}
+    out = []
+    for o in good:
+        if o.get("kind") not in ("Namespace", "Service", "Pod"):
+            continue
+        labels = labels_of(o)
+        key = next((k for k in _USE_WAYPOINT if k in labels), None)
+        ns = name_of(o) if o.get("kind") == "Namespace" else ns_of(o)
+        ref = waypoint_ref(labels, ns)
+        if key is None or not ref:
+            continue
+        gw = gateways.get(tuple(ref.split("/", 1)))  # type: ignore[arg-type]
+        if gw is None:
+            why = f'no Gateway "{ref}" exists'
+        elif (gw.get("spec") or {}).get("gatewayClassName") not in WAYPOINT_CLASSES:
+            why = (f'Gateway "{ref}" is of class {(gw.get("spec") or {}).get("gatewayClassName")!r}, not a waypoint '
+                   f"class ({', '.join(WAYPOINT_CLASSES)})")
+        else:
+            continue
+        out.append(Finding("AMB0108", object_ref(o), f"metadata.labels[{key}]",
+                           f"{why}: traffic that should go through a waypoint gets none (L7 policy and routes for it "
+                           f"are not enforced); create it with `ambit waypoint apply -n {ref.split('/')[0]} "
+                           f"--name {ref.split('/')[1]}` or fix the label"))
+    return out
+
+
+# -- STRICT where plaintext clients were seen ------------------------------------------------------------
+
+def _strict_with_plaintext(good: list[Obj], traffic: list[PlaintextTraffic], root_namespace: str) -> list[Finding]:
+    if not traffic:
+        return []
+    pas = [o for o in good if o.get("kind") == "PeerAuthentication"]
+    pods = {(ns_of(p), name_of(p)): p for p in good if p.get("kind") == "Pod"}
+    out = []
+    for pa in pas:
+        spec, ns = pa.get("spec") or {}, ns_of(pa)
+        if ((spec.get("mtls") or {}).get("mode")) != "STRICT":
+            continue
+        sel = (spec.get("selector") or {}).get("matchLabels") or {}
+        seen = []
+        for t in traffic:
+            if ns != root_namespace and t.namespace != ns:
+                continue
+            pod = pods.get((t.namespace, t.workload))
+            if sel and (pod is None or not selector_matches(sel, labels_of(pod))):
+                continue
+            if _overridden(pas, pa, t, pods, root_namespace):
+                continue
+            seen.append(t)
+        if seen:
+            n = sum(t.connections for t in seen)
+            eg = ", ".join(sorted({f"{'an unidentified client' if t.source == 'unknown/unknown' else t.source} -> "
+                                   f"{t.namespace}/{t.workload}" for t in seen})[:3])
+            out.append(Finding("AMB0110", object_ref(pa), "spec.mtls.mode",
+                               f"STRICT, but ztunnel has seen {n} plaintext connection(s) from non-mesh clients to "
+                               f"the workloads it covers (e.g. {eg}): STRICT refuses them; enrol those clients "
+                               "(ambit.io/dataplane-mode=ambient) or use PERMISSIVE"))
+    return out
+
+
+def _overridden(pas: list[Obj], pa: Obj, t: PlaintextTraffic, pods: dict[tuple[str, str], Obj],
+                root_namespace: str) -> bool:
+    """Is `pa` overridden for this traffic by a more specific PeerAuthentication (namespace over mesh,
+    workload over namespace) that is not STRICT?"""
+    rank = _rank(pa, root_namespace)
+    pod = pods.get((t.namespace, t.workload))
+    for other in pas:
+        if other is pa or _rank(other, root_namespace) <= rank:
+            continue
+        ons = ns_of(other)
+        if ons != t.namespace:
+            continue
+        sel = ((other.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        if sel and (pod is None or not selector_matches(sel, labels_of(pod))):
+            continue
+        if ((other.get("spec") or {}).get("mtls") or {}).get("mode") not in (None, "UNSET", "STRICT"):
+            return True
+    return False
+
+
+def _rank(pa: Obj, root_namespace: str) -> int:
+    if ((pa.get("spec") or {}).get("selector") or {}).get("matchLabels"):
+        return 2
+    return 0 if ns_of(pa) == root_namespace else 1
+
+
+def plaintext_from_metrics(text: str) -> list[PlaintextTraffic]:
+    """Traffic facts from ztunnel's Prometheus text: connections the destination side received in
+    plaintext (`connection_security_policy="none"`, `reporter="destination"`)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    out = []
+    for fam in text_string_to_metric_families(text):
+        if fam.name not in ("istio_tcp_connections_opened", "istio_tcp_connections_opened_total"):
+            continue
+        for s in fam.samples:
+            lb = s.labels
+            if (s.name.endswith("_total") and lb.get("reporter") == "destination"
+                    and lb.get("connection_security_policy") == "none" and s.value > 0):
+                out.append(PlaintextTraffic(lb.get("destination_workload_namespace", ""),
+                                            lb.get("destination_workload", ""),
+                                            f"{lb.get('source_workload_namespace', 'unknown')}/"
+                                            f"{lb.get('source_workload', 'unknown')}", int(s.value)))
+    return out
+
+
+def at_or_above(found: list[Finding], threshold: str) -> list[Finding]:
+    limit = SEVERITIES.index(threshold)
+    return [f for f in found if SEVERITIES.index(f.severity) <= limit]

@@ -1,0 +1,127 @@
+"""`ambit apply --dry-run`: the same validation, translation and advisories as a real apply (one
+code path, `plan_apply`), printing what would change and applying nothing; usable in CI with no lab."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ambit.labstore import LabStore
+from ambitctl.cli import build_parser
+from ambitctl.lab.paths import store_path
+from tests.unit.controller.ctl_examples import EXAMPLES
+
+REPO = Path(__file__).resolve().parents[3]
+
+WAYPOINT_BAD_FOR = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: demo, labels: {ambit.io/waypoint-for: everything}}
+spec:
+  gatewayClassName: ambit-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+"""
+
+
+@pytest.fixture
+def lab_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "lab"
+    monkeypatch.setenv("AMBIT_LAB_DIR", str(d))
+    return d
+
+
+def run(*argv: str, stdin: str = "") -> tuple[int, str, str]:
+    args = build_parser().parse_args(list(argv))
+    out, err = io.StringIO(), io.StringIO()
+    args.stdout, args.stderr, args.stdin = out, err, io.StringIO(stdin)
+    return args.func(args), out.getvalue(), err.getvalue()
+
+
+def test_dry_run_needs_no_lab_and_writes_nothing(lab_dir: Path) -> None:
+    rc, out, err = run("apply", "--dry-run", "-f", str(EXAMPLES / "istio"), "-n", "demo")
+    assert rc == 0, err
+    assert "virtualservice.networking.istio.io/myapp created (dry run)" in out.splitlines()
+    assert "Warning: DestinationRule/demo/myapp-tls: spec.trafficPolicy.tls" in err   # warnings still printed
+    assert not lab_dir.exists(), "a dry run must not create the lab directory or its store"
+
+
+def test_dry_run_predicts_what_the_real_apply_then_does(lab_dir: Path) -> None:
+    for step in ("first", "again", "changed"):
+        if step == "changed":
+            vs = yaml.safe_load((EXAMPLES / "istio" / "virtual-service.yaml").read_text())
+            vs["spec"]["http"][0]["timeout"] = "3s"
+            argv, stdin = ("-f", "-"), yaml.safe_dump(vs)
+        else:
+            argv, stdin = ("-f", str(EXAMPLES / "istio")), ""
+        rev = LabStore(store_path()).revision() if store_path().exists() else None
+        rc, dry, dry_err = run("apply", "--dry-run=server", *argv, "-n", "demo", stdin=stdin)
+        assert rc == 0
+        assert (LabStore(store_path()).revision() if store_path().exists() else None) == rev, "dry run wrote"
+        rc, real, real_err = run("apply", *argv, "-n", "demo", stdin=stdin)
+        assert rc == 0
+        assert dry.replace(" (dry run)", "") == real, step
+        assert dry_err == real_err, step
+    assert "virtualservice.networking.istio.io/myapp configured" in real
+
+
+def test_dry_run_refuses_what_apply_refuses_with_a_non_zero_exit(lab_dir: Path, tmp_path: Path) -> None:
+    vs = yaml.safe_load((EXAMPLES / "istio" / "virtual-service.yaml").read_text())
+    vs["spec"]["http"][0]["route"][0]["weight"] = "ten"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(vs))
+    for extra in (["--dry-run"], []):
+        rc, out, err = run("apply", *extra, "-f", str(bad), "-n", "demo")
+        assert rc == 1 and out == ""
+        assert "VirtualService/demo/myapp: spec.http[0].route[0].weight: must be an integer" in err
+        assert "nothing was applied" in err
+
+
+def test_translation_errors_refuse_the_batch_in_both_modes(lab_dir: Path) -> None:
+    """Validation passes, translation does not (an unknown waypoint-for value): refused, named."""
+    for extra in (["--dry-run"], []):
+        rc, out, err = run("apply", *extra, "-f", "-", stdin=WAYPOINT_BAD_FOR)
+        assert rc == 1, (extra, out, err)
+        assert "Gateway/demo/waypoint: metadata.labels: waypoint-for 'everything' is not one of" in err
+    assert not store_path().exists() or LabStore(store_path()).list("Gateway") == []
+
+
+def test_warnings_as_errors(lab_dir: Path) -> None:
+    rc, _, err = run("apply", "--dry-run", "--warnings-as-errors", "-f", str(EXAMPLES / "istio" / "destination-rule.yaml"))
+    assert rc == 1 and "Warning: " in err and "--warnings-as-errors" in err
+    rc, _, err = run("apply", "--dry-run", "--warnings-as-errors", "-f", "-",
+                     stdin="apiVersion: v1\nkind: Namespace\nmetadata: {name: quiet}\n")
+    assert rc == 0 and err == ""
+
+
+def test_ci_usage_from_the_command_line(tmp_path: Path) -> None:
+    """What a CI job runs: no lab, no root, a lab directory that does not exist."""
+    env = {**os.environ, "AMBIT_LAB_DIR": str(tmp_path / "nowhere")}
+    ok = subprocess.run([sys.executable, "-m", "ambitctl.cli", "apply", "--dry-run", "-f", str(EXAMPLES / "gateway-api")],
+                        capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert all(line.endswith("(dry run)") for line in ok.stdout.splitlines()) and ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "ambitctl.cli", "apply", "--dry-run", "-f", "-"],
+                         input="apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\n"
+                               "spec: {hosts: [x], http: [{route: [{destination: {host: x}}], bogus: 1}]}\n",
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    assert bad.returncode == 1 and "spec.http[0].bogus: unknown field" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_status_written_by_the_controller_is_not_a_change(lab_dir: Path) -> None:
+    """The store keeps the status the controller wrote when the applied object has none: the
+    dry run must not predict `configured` for it (found in the lab: targetRefs policies)."""
+    rc, _, _ = run("apply", "-f", str(EXAMPLES / "istio" / "peer-authentication.yaml"), "-n", "demo")
+    store = LabStore(store_path())
+    [pa] = store.list("PeerAuthentication", "demo")
+    store.apply([{**pa, "status": {"conditions": [{"type": "Accepted", "status": "True"}]}}])
+    rc, out, _ = run("apply", "--dry-run", "-f", str(EXAMPLES / "istio" / "peer-authentication.yaml"), "-n", "demo")
+    assert out.endswith("unchanged (dry run)\n"), out
+    rc, out, _ = run("apply", "-f", str(EXAMPLES / "istio" / "peer-authentication.yaml"), "-n", "demo")
+    assert out.endswith("unchanged\n"), out

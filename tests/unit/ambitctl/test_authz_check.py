@@ -1,0 +1,102 @@
+"""`ambit authz check`: the data plane's own evaluators (ztunnel routing and admission, the
+waypoint's L7 authorization) decide each request; the table (tests/unit/ambitctl/authz_scenario.py)
+gives Istio's answer with the deciding policy and rule. The lab test runs the same table with real
+requests (tests/lab/test_cli_lab.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from ambit.labstore import LabStore
+from ambitctl import authzcheck as ac
+from ambitctl.cli import build_parser
+from ambitctl.lab.paths import store_path
+from tests.unit.ambitctl.authz_scenario import CASES, POLICIES, lab_objects
+
+OBJECTS = lab_objects()
+
+
+def decider(r: ac.Result) -> tuple[str, str]:
+    hops = [h for p in r.paths for h in p.hops]
+    denying = [h for h in hops if not h.allowed]
+    named = denying or [h for h in hops if h.policy]
+    if not named:
+        return "", ""
+    h = named[0]
+    return h.policy.split(" ", 1)[-1] if h.policy else "", h.rule
+
+
+def test_the_table_is_large_enough() -> None:
+    assert len(CASES) >= 30
+    assert {c[5] for c in CASES} == {True, False}
+
+
+@pytest.mark.parametrize("src,dst,method,path,headers,allowed,policy,rule", CASES,
+                         ids=[f"{c[0]}->{c[1]} {c[2]} {c[3]}{' ' + str(dict(c[4])) if c[4] else ''}" for c in CASES])
+def test_each_case(src: str, dst: str, method: str, path: str, headers: tuple[tuple[str, str], ...],
+                   allowed: bool, policy: str, rule: str) -> None:
+    r = ac.check(OBJECTS, src, dst, ac.Request(method, path, headers))
+    assert r.allowed is allowed, json.dumps(r.as_dict(), indent=1)
+    assert decider(r) == (policy, rule), json.dumps(r.as_dict(), indent=1)
+
+
+def test_the_hops_say_where_each_decision_was_taken() -> None:
+    r = ac.check(OBJECTS, "default/frontend", "myapp.default:80", ac.Request("GET", "/api/x"))
+    assert [p.destination for p in r.paths] == ["default/myapp-v1", "default/myapp-v2"]
+    first = r.paths[0].hops
+    assert first[0].where == "waypoint default/waypoint (L7)" and first[0].rule == "spec.rules[0]"
+    assert first[1].where.startswith("ztunnel node1 -> default/myapp-v1:8080 (L4, HBONE)")
+    assert first[1].policy == "AuthorizationPolicy default/myapp-via-waypoint"
+    r = ac.check(OBJECTS, "demo/client", "default/myapp-v1:8080")
+    assert "bypassed the waypoint" in r.paths[0].hops[0].reason
+
+
+def test_bad_arguments_are_one_line_errors() -> None:
+    for src, dst in (("client", ECHO := "echo.demo"), ("demo/nobody", ECHO), ("demo/client", "demo/nothing"),
+                     ("demo/client", "echo.demo:9999"), ("demo/client", "demo/echo-v1")):
+        with pytest.raises(ac.CheckError):
+            ac.check(OBJECTS, src, dst)
+
+
+@pytest.fixture
+def lab_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LabStore:
+    monkeypatch.setenv("AMBIT_LAB_DIR", str(tmp_path))
+    s = LabStore(store_path())
+    s.apply([o for o in OBJECTS if o["metadata"].get("namespace") != "default" or o["kind"] not in
+             ("AuthorizationPolicy",)])
+    return s
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    args = build_parser().parse_args(list(argv))
+    out, err = io.StringIO(), io.StringIO()
+    args.stdout, args.stderr = out, err
+    return args.func(args), out.getvalue(), err.getvalue()
+
+
+def test_cli_exit_codes_and_output(lab_store: LabStore) -> None:
+    rc, out, _ = run("authz", "check", "demo/client", "echo.demo:8080")
+    assert rc == 0 and out.startswith("ALLOWED  demo/client -> echo.demo.svc.cluster.local:8080  (GET /)")
+    assert "[AuthorizationPolicy demo/echo-from-client, spec.rules[0]]" in out
+    rc, out, _ = run("authz", "check", "demo/iperf", "echo.demo", "-o", "json")
+    doc = json.loads(out)
+    assert rc == 3 and doc["allowed"] is False
+    assert doc["paths"][0]["hops"][0]["policy"] == "AuthorizationPolicy demo/echo-deny-iperf"
+    rc, out, _ = run("authz", "check", "--path", "/admin", "default/frontend", "-X", "get", "myapp.default")
+    assert rc == 0, out              # the default/ policies are not applied in this store
+
+
+def test_cli_decides_a_policy_from_files_before_it_is_applied(lab_store: LabStore) -> None:
+    """-f: what would happen if these policies were applied (the store lacks default/'s policies)."""
+    rc, out, _ = run("authz", "check", "default/frontend", "myapp.default", "--path", "/admin",
+                     "-f", str(POLICIES))
+    assert rc == 3 and "[AuthorizationPolicy default/no-admin, spec.rules[0]]" in out
+    rc, out, _ = run("authz", "check", "default/frontend", "myapp.default", "-H", "x-team=blue",
+                     "--path", "/x", "-f", str(POLICIES))
+    assert rc == 3 and "no rule of the ALLOW policies (default/myapp-api) matched" in out
+    rc, _, err = run("authz", "check", "default/frontend", "myapp.default", "-H", "novalue")
+    assert rc == 1 and "NAME=VALUE" in err
