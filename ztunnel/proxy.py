@@ -41,6 +41,7 @@ from ambit.dataplane.origdst import original_dst
 from ambit.dataplane.relay import Leg, relay, relay_tunnel
 from ambit.dataplane.settings import TunnelSettings
 from ambit.dataplane.telemetry.accesslog import AccessLogSink, ConnRecord, StreamSink
+from ambit.dataplane.telemetry.health import HealthCollector
 from ambit.dataplane.telemetry.metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TLS, NONE, ConnLabels, Metrics
 from ambit.model import Service, Workload
 from ambit.zds import PodInfo
@@ -409,6 +410,16 @@ class Proxy:
             if svc is not None:
                 return svc
         return None
+
+    def health(self, client: Any = None) -> HealthCollector:
+        """ztunnel's `ambit_*` families (ambit/dataplane/telemetry/health.py), read at scrape time:
+        `client` is the config stream client, if any."""
+        limiters = (self.per_src_pod, self.per_dst_pod, self.per_source_ip, self.per_identity)
+        return HealthCollector(
+            config=client, certs=self.identities,
+            connections=lambda: {"outbound": self.per_src_pod.total(), "inbound": self.per_dst_pod.total()},
+            refused=lambda: {lim.what: lim.refused for lim in limiters},
+            pool=lambda: sum(self.pool.connections().values()) if self.pool is not None else 0)
 
     def connections(self) -> dict[str, Any]:
         """For the admin endpoint: pooled HBONE connections and their open tunnels."""
