@@ -139,7 +139,10 @@ def not_ready(st: LabState, base: Path) -> list[str]:
     """Processes that run but are not ready yet: apps whose declared ports are not listening."""
     from ambitctl.lab.state import runtime
     rt = runtime(base)
+    from ambitctl.lab import prometheus
     waiting = []
+    if not prometheus.ready(st):
+        waiting.append("prometheus")
     if not controller_socket(base).exists():   # it binds only once its first config is translated
         waiting.append("controller")
     for n in st.spec["nodes"]:
@@ -167,6 +170,8 @@ def remove_runtime_files(base: Path, nodes: list[str]) -> None:
     shutil.rmtree(base / "waypoints", ignore_errors=True)     # waypoint admin/metrics sockets
     controller_socket(base).unlink(missing_ok=True)
     controller_metrics_socket(base).unlink(missing_ok=True)
+    from ambitctl.lab import prometheus
+    prometheus.remove(base)                                    # its config, targets and TSDB
 
 
 def ztunnel_synced(base: Path, node: str) -> bool:
