@@ -27,7 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ambit.dataplane.endpoint import LocalEndpoint, Response, fetch
 from ambit.dataplane.telemetry.children import CHILD_CACHE_SIZE, ChildCache
-from ambit.dataplane.telemetry.peers import DEFAULT_CLUSTER, peer
+from ambit.dataplane.telemetry.peers import DEFAULT_CLUSTER, peer_labels
 from ambit.model import Service, Workload
 
 log = logging.getLogger("ambit.dataplane.metrics")
@@ -87,10 +87,8 @@ class ConnLabels:
         if principal:
             self.source_principal = principal
         if w is not None:
-            p = peer(w)
-            self.source_workload, self.source_workload_namespace = p.workload, p.namespace
-            self.source_app, self.source_version = p.app, p.version
-            self.source_canonical_service, self.source_canonical_revision = p.canonical_service, p.canonical_revision
+            (self.source_workload, self.source_workload_namespace, self.source_app, self.source_version,
+             self.source_canonical_service, self.source_canonical_revision) = peer_labels(w)
             self.source_cluster = cluster
         return self
 
@@ -100,11 +98,9 @@ class ConnLabels:
         if principal:
             self.destination_principal = principal
         if w is not None:
-            p = peer(w)
-            self.destination_workload, self.destination_workload_namespace = p.workload, p.namespace
-            self.destination_app, self.destination_version = p.app, p.version
-            self.destination_canonical_service = p.canonical_service
-            self.destination_canonical_revision = p.canonical_revision
+            (self.destination_workload, self.destination_workload_namespace, self.destination_app,
+             self.destination_version, self.destination_canonical_service,
+             self.destination_canonical_revision) = peer_labels(w)
             self.destination_cluster = cluster
         return self
 

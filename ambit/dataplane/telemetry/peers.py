@@ -73,6 +73,28 @@ class Peer:
     canonical_revision: str = ""
 
 
+PeerLabels = tuple[str, str, str, str, str, str]     # workload, namespace, app, version, canonical service, revision
+_CACHE_SIZE = 4096
+_by_id: dict[int, tuple[Workload, PeerLabels]] = {}
+
+
+def peer_labels(w: Workload) -> PeerLabels:
+    """(workload, namespace, app, version, canonical service, canonical revision) of a workload,
+    cached per Workload object: ztunnel labels every connection, and the config stream replaces a
+    Workload object (never mutates it) when the pod changes. The cache holds the object itself, so
+    an id is never mistaken for a later object's; it is cleared when it reaches its bound."""
+    hit = _by_id.get(id(w))
+    if hit is not None and hit[0] is w:
+        return hit[1]
+    labels = w.labels
+    v = (workload_name(w), w.namespace, _first(labels, APP), _first(labels, VERSION),
+         _first(labels, CANONICAL_NAME) or workload_name(w), _first(labels, CANONICAL_REVISION) or "latest")
+    if len(_by_id) >= _CACHE_SIZE:
+        _by_id.clear()
+    _by_id[id(w)] = (w, v)
+    return v
+
+
 def peer(w: Workload | None, principal: str = "") -> Peer:
     """A side's labels from its workload; `principal` (the SPIFFE id seen on the wire) wins over the
     workload's own identity, and stands alone when the workload is not known."""

@@ -110,3 +110,15 @@ def test_ztunnel_fills_every_label_from_the_workloads_and_the_service() -> None:
     # the waypoint derives the same values for the same pods (one shared derivation)
     from waypoint.telemetry import peers as wp_peers
     assert wp_peers.peer is peer
+
+
+def test_peer_labels_are_cached_per_workload_object_and_follow_a_replaced_one() -> None:
+    from ambit.dataplane.telemetry.peers import peer_labels
+    a = wl("echo-v1-7d9c8b5f4-x2x8q", {"app": "echo", "version": "v1", "pod-template-hash": "7d9c8b5f4"}, ECHO_ID)
+    assert peer_labels(a) == ("echo-v1", "demo", "echo", "v1", "echo", "v1")
+    assert peer_labels(a) is peer_labels(a)
+    b = wl("echo-v1-7d9c8b5f4-x2x8q", {"app": "echo", "version": "v2", "pod-template-hash": "7d9c8b5f4",
+                                       "service.istio.io/canonical-name": "echo-canonical"}, ECHO_ID)
+    assert peer_labels(b) == ("echo-v1", "demo", "echo", "v2", "echo-canonical", "v2")
+    p = peer(b)
+    assert (p.workload, p.namespace, p.app, p.version, p.canonical_service, p.canonical_revision) == peer_labels(b)
