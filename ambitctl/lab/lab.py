@@ -81,6 +81,9 @@ def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: st
     names = LabNames(name)
     if state.load(base) is not None:
         raise LabError(f"a lab is already up (state in {base}); run `ambit lab down` first")
+    if with_prometheus and shutil.which(prometheus.BINARY) is None:
+        raise LabError("--prometheus: the prometheus binary is not installed "
+                       "(`apt-get install prometheus`; `make setup` installs it)")
     leftovers = [ns for ns in topology.list_netns() if names.owns_netns(ns)]
     if leftovers:
         raise LabError(f"netns of a previous lab named {name!r} exist ({', '.join(leftovers[:3])}...); "
