@@ -93,9 +93,23 @@ def scalar(lab: Lab, promql: str) -> float:
     return float(r[0]["value"][1]) if r else math.nan
 
 
+def running(pid: int) -> bool:
+    """A process that runs (a killed one waiting to be reaped by init does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 @pytest.fixture(scope="module")
 def olab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    pids: list[int] = []
+    data = None
     with running_lab(tmp_path_factory.mktemp("olab"), "ob", SPEC, "observability-lab", "--prometheus") as lab:
+        procs = lab.status()["processes"]
+        pids = [procs[p]["pid"] for p in ("prometheus", "metrics-bridge")]
+        data = lab.dir / "prometheus" / "data"
+        assert all(pids) and data.is_dir()
         lab.tmp = tmp_path_factory.mktemp("ocfg")  # type: ignore[attr-defined]
         lab.prom = lab.status()["prometheus"]  # type: ignore[attr-defined]
         assert lab.prom.startswith("http://127.0.0.1:")  # type: ignore[attr-defined]
@@ -129,6 +143,12 @@ def olab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             return True
         lab.wait_for(caught_up, timeout=40, interval=1.0, what="Prometheus has scraped the traffic")
         yield lab
+    # `lab down` (running_lab's exit) stops Prometheus and the bridge and removes the TSDB
+    deadline = time.monotonic() + 10
+    while any(running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(running(p) for p in pids), f"prometheus/metrics-bridge still running after lab down: {pids}"
+    assert data is not None and not data.parent.exists(), f"{data.parent} left behind"
 
 
 # --- the scrape ------------------------------------------------------------------------------------
