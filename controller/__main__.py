@@ -166,6 +166,7 @@ async def amain(args: ControllerSettings) -> int:
                     "reads every workload and policy", args.listen)
 
     from prometheus_client import REGISTRY
+
     from controller.health import ControllerHealth
     REGISTRY.register(ControllerHealth(controller, ca_servicer))
     stop_metrics_socket = None

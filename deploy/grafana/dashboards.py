@@ -304,7 +304,7 @@ def control_plane() -> dict[str, Any]:
             legend="{{node}} {{limit}}")
     lay.add("timeseries", "Pooled HBONE connections (ztunnel)", f"sum by (node) (ambit_hbone_pool_connections{{{dp}}})",
             legend="{{node}}")
-    lay.add("timeseries", "Targets up", f'up{{job=~"ztunnel|waypoint|controller"}}', legend="{{job}} {{instance}}")
+    lay.add("timeseries", "Targets up", 'up{job=~"ztunnel|waypoint|controller"}', legend="{{job}} {{instance}}")
     return dashboard("ambit-control-plane", "Ambit control plane",
                      "The controller (config stream, CA) and every proxy's own health (ambit_* metrics).",
                      ["control-plane"], [variable("node", "Node", 'label_values(up{job="ztunnel"}, node)')], lay)

@@ -126,8 +126,10 @@ def olab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         started = time.monotonic()
         for i in range(ROUNDS):
             traffic(lab)
-            lab.wait_for(lambda: scalar(lab, 'sum(istio_requests_total{reporter="waypoint", source_workload="frontend"})')
-                         >= (i + 1) * HTTP_REQS, timeout=20, interval=0.5, what=f"round {i + 1} scraped")
+            want = (i + 1) * HTTP_REQS
+            lab.wait_for(lambda want=want: scalar(
+                lab, 'sum(istio_requests_total{reporter="waypoint", source_workload="frontend"})') >= want,
+                timeout=20, interval=0.5, what=f"round {i + 1} scraped")
         apply(lab, [PROBE_SERVICE], "probe")
         lab.traffic_s = time.monotonic() - started  # type: ignore[attr-defined]
         # Prometheus has it all once both ztunnels agree on the L4 connections and the waypoint's

@@ -89,10 +89,6 @@ class ConnLimiter:
         else:
             self._n.pop(key, None)
 
-    def total(self) -> int:
-        """Connections held over all keys (read at scrape time, for `ambit_connections_open`)."""
-        return sum(self._n.values())
-
     def count(self, key: Hashable) -> int:
         return self._n.get(key, 0)
 

@@ -6,8 +6,8 @@ import datetime as dt
 from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ambit.dataplane.hbone.limits import ConnLimiter
 from ambit.dataplane.telemetry.health import HealthCollector
