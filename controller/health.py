@@ -2,7 +2,8 @@
 same ideas, ambit/dataplane/telemetry/health.py, plus the CA's):
 
 - `ambit_config_version_info{version}`: 1, naming the config version the controller serves.
-- `ambit_config_last_update_timestamp_seconds`: unix time that version was applied.
+- `ambit_config_last_update_timestamp_seconds`: unix time of the last snapshot applied (translated
+  and handed to the config server; an unchanged version is not pushed again).
 - `ambit_config_updates_total`: snapshots translated (every change of the sources).
 - `ambit_certificate_expiry_seconds`: seconds until the CA's own certificate (or the earliest one of
   its chain) expires.
@@ -46,7 +47,7 @@ class ControllerHealth(Collector):
             info.add_metric([c.version], 1.0)
         yield info
         yield GaugeMetricFamily("ambit_config_last_update_timestamp_seconds",
-                                "Unix time the served config version was applied (0: none yet)",
+                                "Unix time of the last snapshot applied (0: none yet)",
                                 value=float(c.last_applied_at))
         yield CounterMetricFamily("ambit_config_updates", "Snapshots of the sources translated", value=c.snapshots)
         s = self.ca_servicer
