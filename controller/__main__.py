@@ -138,6 +138,7 @@ async def amain(args: ControllerSettings) -> int:
                             trust_domain_aliases=_aliases(flag_aliases, watcher, args.trust_domain, None))
     controller_box.append(controller)
 
+    ca_servicer = None
     if args.ca_dir:
         from controller.ca_setup import mount_ca
         from controller.configserver.auth import NodeAuthenticator
@@ -149,7 +150,7 @@ async def amain(args: ControllerSettings) -> int:
             sa = args.ztunnel_service_account or f"system:serviceaccount:{args.root_namespace}:ztunnel"
             verifier = TokenReviewVerifier(make_api_client(args.kube_host, args.kubeconfig), {sa},
                                            workload_accounts=controller.is_waypoint_account)
-        mount_ca(grpc_server, args.ca_dir, args.trust_domain, verifier, controller.pods_on_node)
+        ca_servicer = mount_ca(grpc_server, args.ca_dir, args.trust_domain, verifier, controller.pods_on_node)
         if args.insecure_config_stream:
             log.error("--insecure-config-stream with --ca-dir: the node credentials exist, so the config stream "
                       "requires them; drop the flag")
@@ -164,9 +165,17 @@ async def amain(args: ControllerSettings) -> int:
         log.warning("config stream is NOT authenticated (--insecure-config-stream): anyone who reaches %s "
                     "reads every workload and policy", args.listen)
 
+    from prometheus_client import REGISTRY
+
+    from controller.health import ControllerHealth
+    REGISTRY.register(ControllerHealth(controller, ca_servicer))
+    stop_metrics_socket = None
     if args.metrics_port:
         from prometheus_client import start_http_server
         start_http_server(args.metrics_port, args.metrics_address)
+    if args.metrics_socket:
+        from controller.health import serve_unix
+        stop_metrics_socket = serve_unix(args.metrics_socket)
 
     source_thread = controller.run_source(stop)
     deadline = loop.time() + FIRST_SNAPSHOT_TIMEOUT
@@ -198,6 +207,8 @@ async def amain(args: ControllerSettings) -> int:
     await grpc_server.stop(1.0)
     source_thread.join(timeout=5)
     _unlink_stale_socket(args.listen)
+    if stop_metrics_socket is not None:
+        stop_metrics_socket()
     return 0
 
 

@@ -38,14 +38,16 @@ TOKEN_DIGESTS = "node-token-digests.json"
 
 
 def mount_ca(server: grpc.aio.Server, ca_dir: Path, trust_domain: str, verifier: NodeCredentialVerifier,
-             pods_on_node: PodsOnNode) -> CertificateAuthority:
-    """Load (or create, on first start) the CA kept in `ca_dir` and serve CreateCertificate."""
+             pods_on_node: PodsOnNode) -> CertificateServicer:
+    """Load (or create, on first start) the CA kept in `ca_dir` and serve CreateCertificate; the
+    servicer (its `.ca`, its issuance counts) is returned for the controller's metrics."""
     material = load_or_create(DirectoryStorage(ca_dir), trust_domain)
     ca = CertificateAuthority(material, trust_domain)
-    add_to_server(server, CertificateServicer(ca, verifier, pods_on_node))
+    servicer = CertificateServicer(ca, verifier, pods_on_node)
+    add_to_server(server, servicer)
     log.info("CA for trust domain %s from %s (root %s)", trust_domain, ca_dir,
              material.root.subject.rfc4514_string() or "<empty subject>")
-    return ca
+    return servicer
 
 
 def token_file(token_dir: Path, node: str) -> Path:

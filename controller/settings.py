@@ -44,6 +44,7 @@ class ControllerSettings:
         "", "the config stream / CA address the waypoint pods dial (default ambit-controller.<root-namespace>.svc:15012)")
     metrics_port: int = option(0, "prometheus metrics port (0: off)", check=non_negative)
     metrics_address: str = option("0.0.0.0", "prometheus metrics address")
+    metrics_socket: Path | None = option(help="prometheus metrics on a unix socket as well (the lab's host-side scrape)")
     debounce: float = option(0.03, "seconds a burst of changes is coalesced", check=non_negative)
     log_level: str = option("INFO", "logging level")
 

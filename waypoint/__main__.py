@@ -18,6 +18,7 @@ from ambit.configclient import ConfigClient, NodeInfo
 from ambit.configclient.credential import node_metadata, read_token
 from ambit.dataplane import process
 from ambit.dataplane.identity import GrpcCertificateFetcher, IdentityManager
+from ambit.dataplane.telemetry.health import HealthCollector
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
 from waypoint import admin
 from waypoint.app import WaypointProxy
@@ -61,6 +62,7 @@ async def amain(args: WaypointSettings) -> None:
         await adm.start(*_split(args.admin_address), args.admin_socket)
     except OSError as e:
         log.warning("admin endpoint %s: %s", args.admin_address, e)
+    metrics.registry.register(HealthCollector(config=client, certs=identities))   # ambit_config_*, ambit_certificate*
     msrv = MetricsServer(metrics)
     try:
         await msrv.start(*_split(args.metrics_address), args.metrics_socket)

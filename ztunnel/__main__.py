@@ -64,6 +64,7 @@ async def amain(args: ZtunnelSettings) -> None:
     metrics = Metrics()
     proxy = Proxy(config=config, identities=identities, metrics=metrics, trust_domain=args.trust_domain,
                   tunnel=args.tunnel, limits=args.limits)
+    metrics.registry.register(proxy.health(client))
     msrv = MetricsServer(metrics)
     mhost, _, mport = (args.metrics_address or "").rpartition(":")
     try:

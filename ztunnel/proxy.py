@@ -41,8 +41,9 @@ from ambit.dataplane.origdst import original_dst
 from ambit.dataplane.relay import Leg, relay, relay_tunnel
 from ambit.dataplane.settings import TunnelSettings
 from ambit.dataplane.telemetry.accesslog import AccessLogSink, ConnRecord, StreamSink
+from ambit.dataplane.telemetry.health import HealthCollector
 from ambit.dataplane.telemetry.metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TLS, NONE, ConnLabels, Metrics
-from ambit.model import Workload
+from ambit.model import Service, Workload
 from ambit.zds import PodInfo
 from ztunnel import admission, routing
 from ztunnel.connbook import ConnBook, reset
@@ -214,11 +215,9 @@ class Proxy:
             if hbone:
                 rec.src_identity, rec.dst_identity = src_wl.identity, route.identity
                 rec.extra["upstream"] = routing.format_addr(*route.dial) if route.dial else ""
-            c.labels = ConnLabels(
-                "source", pod.pod.name, pod.pod.namespace, src_wl.identity if hbone else "",
-                route.workload.name if route.workload else "", route.workload.namespace if route.workload else "",
-                route.identity, route.service.hostname if route.service else "",
-                MUTUAL_TLS if hbone else NONE)
+            c.labels = ConnLabels("source", connection_security_policy=MUTUAL_TLS if hbone else NONE) \
+                .source_from(src_wl, src_wl.identity if hbone else "") \
+                .destination_from(route.workload, route.identity).service_from(route.service)
             if hbone:
                 assert self.pool is not None and route.dial is not None
                 tunnel = await self.pool.connect(
@@ -288,9 +287,8 @@ class Proxy:
             ConnRecord("inbound", src_addr="", dst_addr=authority, src_identity=peer_identity,
                        dst_workload=pod.pod.name, dst_namespace=pod.pod.namespace, dst_identity=dest.identity,
                        route="inbound-hbone"),
-            ConnLabels("destination", source_principal=peer_identity, destination_workload=pod.pod.name,
-                       destination_workload_namespace=pod.pod.namespace, destination_principal=dest.identity,
-                       destination_service=self._service_of(dest), connection_security_policy=MUTUAL_TLS))
+            ConnLabels("destination", source_principal=peer_identity, connection_security_policy=MUTUAL_TLS)
+            .destination_from(dest, dest.identity).service_from(self._service_of(dest)))
         rec, labels = c.rec, c.labels
         assert labels is not None
         try:
@@ -306,8 +304,7 @@ class Proxy:
             rec.src_addr = f"{adm.src_ip or tls_peer[0]}:0"
             if adm.src_workload is not None:
                 rec.src_workload, rec.src_namespace = adm.src_workload.name, adm.src_workload.namespace
-                labels.source_workload = adm.src_workload.name
-                labels.source_workload_namespace = adm.src_workload.namespace
+                labels.source_from(adm.src_workload)
             if adm.audit:
                 rec.extra["audit"] = list(adm.audit)
             if not adm.allowed:
@@ -369,9 +366,8 @@ class Proxy:
         c = self._book(
             ConnRecord("inbound", src_addr=f"{peer[0]}:{peer[1]}", dst_addr=f"{local[0]}:{local[1]}",
                        dst_workload=pod.pod.name, dst_namespace=pod.pod.namespace, route="inbound-plaintext"),
-            ConnLabels("destination", destination_workload=pod.pod.name,
-                       destination_workload_namespace=pod.pod.namespace, destination_principal=dest.identity,
-                       destination_service=self._service_of(dest), connection_security_policy=NONE),
+            ConnLabels("destination", connection_security_policy=NONE)
+            .destination_from(dest, dest.identity).service_from(self._service_of(dest)),
             client)
         rec, labels = c.rec, c.labels
         assert labels is not None
@@ -388,8 +384,7 @@ class Proxy:
             adm = admission.admit_plaintext(self.config, pod.pod, dest, peer[0], local[1])
             if adm.src_workload is not None:
                 rec.src_workload, rec.src_namespace = adm.src_workload.name, adm.src_workload.namespace
-                labels.source_workload = adm.src_workload.name
-                labels.source_workload_namespace = adm.src_workload.namespace
+                labels.source_from(adm.src_workload)
             if not adm.allowed:
                 c.refuse(adm.reason, FLAG_DENY, adm.policy)
                 log.warning("denied plaintext %s -> %s/%s %s: %s%s", rec.src_addr, pod.pod.namespace, pod.pod.name,
@@ -406,15 +401,25 @@ class Proxy:
 
     # --- helpers ---------------------------------------------------------------------------------------
 
-    def _service_of(self, wl: Workload) -> str:
-        """The hostname of the (first) Service a workload backs: Istio's destination_service."""
+    def _service_of(self, wl: Workload) -> Service | None:
+        """The (first) Service a workload backs: Istio's destination_service*."""
         if self.config is None:
-            return ""
+            return None
         for name in sorted(wl.services):
             svc = self.config.view.services.get(name)
             if svc is not None:
-                return svc.hostname
-        return ""
+                return svc
+        return None
+
+    def health(self, client: Any = None) -> HealthCollector:
+        """ztunnel's `ambit_*` families (ambit/dataplane/telemetry/health.py), read at scrape time:
+        `client` is the config stream client, if any."""
+        limiters = (self.per_src_pod, self.per_dst_pod, self.per_source_ip, self.per_identity)
+        return HealthCollector(
+            config=client, certs=self.identities,
+            connections=lambda: {"outbound": self.per_src_pod.total(), "inbound": self.per_dst_pod.total()},
+            refused=lambda: {lim.what: lim.refused for lim in limiters},
+            pool=lambda: sum(self.pool.connections().values()) if self.pool is not None else 0)
 
     def connections(self) -> dict[str, Any]:
         """For the admin endpoint: pooled HBONE connections and their open tunnels."""

@@ -90,6 +90,8 @@ class ConfigClient:
         self.connected_since: float | None = None
         self.last_error = ""
         self.connects = 0
+        self.updates = 0                # responses applied (ACKed), for metrics
+        self.last_update = 0.0          # unix time of the last applied response (0: none yet)
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -251,6 +253,8 @@ class ConfigClient:
             reply.error_detail.message = msg
             return reply
         state.commit(staged)
+        self.updates += 1
+        self.last_update = time.time()
         self._mark_synced(resp.type_url)
         self._save_cache()
         return reply

@@ -39,6 +39,11 @@ def controller_socket(base: Path) -> Path:
     return base / "controller.sock"
 
 
+def controller_metrics_socket(base: Path) -> Path:
+    """The controller's metrics (Prometheus text, `ambit_config_*`, `ambit_ca_*`) on a unix socket."""
+    return base / "controller.metrics.sock"
+
+
 def ztunnel_admin_socket(base: Path, node: str) -> Path:
     return base / node / "admin.sock"
 
@@ -66,7 +71,8 @@ def controller_process(names: LabNames, base: Path, trust_domain: str = "cluster
         argv=[sys.executable, "-m", "controller", "--lab-store", str(base / "store.json"),
               "--listen", f"unix:{controller_socket(base)}", "--ca-dir", str(base / "ca"),
               "--node-token-dir", str(base), "--trust-domain", trust_domain,
-              "--mesh-config", str(mesh_config_file(base))])
+              "--mesh-config", str(mesh_config_file(base)),
+              "--metrics-socket", str(controller_metrics_socket(base))])
 
 
 # Extra flags for every node's ztunnel (e.g. its limits, docs/operations.md), for tests that need a
@@ -133,7 +139,10 @@ def not_ready(st: LabState, base: Path) -> list[str]:
     """Processes that run but are not ready yet: apps whose declared ports are not listening."""
     from ambitctl.lab.state import runtime
     rt = runtime(base)
+    from ambitctl.lab import prometheus
     waiting = []
+    if not prometheus.ready(st):
+        waiting.append("prometheus")
     if not controller_socket(base).exists():   # it binds only once its first config is translated
         waiting.append("controller")
     for n in st.spec["nodes"]:
@@ -160,6 +169,9 @@ def remove_runtime_files(base: Path, nodes: list[str]) -> None:
     shutil.rmtree(base / "ca", ignore_errors=True)
     shutil.rmtree(base / "waypoints", ignore_errors=True)     # waypoint admin/metrics sockets
     controller_socket(base).unlink(missing_ok=True)
+    controller_metrics_socket(base).unlink(missing_ok=True)
+    from ambitctl.lab import prometheus
+    prometheus.remove(base)                                    # its config, targets and TSDB
 
 
 def ztunnel_synced(base: Path, node: str) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ambit import cgroups
 from ambit.labstore import LabStore
-from ambitctl.lab import components, paths, state, topology, waypoints
+from ambitctl.lab import components, paths, prometheus, state, topology, waypoints
 from ambitctl.lab import spec as specmod
 from ambitctl.lab.spec import LabSpec
 from ambitctl.lab.topology import LabNames
@@ -77,11 +77,14 @@ def is_up(base: Path | None = None) -> bool:
 
 
 def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: str = "ebpf",
-       wait: bool = True, cert_ttl: float | None = None) -> state.LabState:
+       wait: bool = True, cert_ttl: float | None = None, with_prometheus: bool = False) -> state.LabState:
     base = base or paths.lab_dir()
     names = LabNames(name)
     if state.load(base) is not None:
         raise LabError(f"a lab is already up (state in {base}); run `ambit lab down` first")
+    if with_prometheus and shutil.which(prometheus.BINARY) is None:
+        raise LabError("--prometheus: the prometheus binary is not installed "
+                       "(`apt-get install prometheus`; `make setup` installs it)")
     leftovers = [ns for ns in topology.list_netns() if names.owns_netns(ns)]
     if leftovers:
         raise LabError(f"netns of a previous lab named {name!r} exist ({', '.join(leftovers[:3])}...); "
@@ -99,11 +102,15 @@ def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: st
         st = state.LabState(name=name, lab_dir=str(base), spec=asdict(spec),
                             processes=components.processes(spec, names, base, capture, cert_ttl=cert_ttl),
                             capture=capture, etc_netns_created=etc_created)
+        if with_prometheus:
+            prometheus.enable(st, base, names)
         state.save(st, base)
         progress("starting the supervisor (controller, agents, ztunnels, app pods)")
         start_supervisor(names, base)
         if wait:
             wait_ready(st, base)
+        if st.prometheus:
+            progress(f"Prometheus on {prometheus.url(st)} (scraping the controller, every ztunnel and waypoint)")
         return st
     except BaseException:
         print("lab up failed or was interrupted; tearing down what was built", file=sys.stderr)
@@ -218,6 +225,7 @@ def status(base: Path | None = None) -> dict[str, Any]:
         "namespaces": [{"name": k, "labels": v} for k, v in sorted(ns_labels.items())],
         "pods": pods,
         "waypoints": waypoints.status(base, st),
+        "prometheus": prometheus.url(st),
         "services": [{"namespace": s["namespace"], "name": s["name"], "vip": s["vip"],
                       "ports": [p["port"] for p in s["ports"]]} for s in spec["services"]],
         "processes": {k: v for k, v in sorted(rt.items())},

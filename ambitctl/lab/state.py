@@ -44,6 +44,8 @@ class LabState:
     etc_netns_created: bool = False
     # Waypoints the lab runs for waypoint Gateways in the store (ambitctl/lab/waypoints.py).
     waypoints: list[dict[str, Any]] = field(default_factory=list)
+    # `lab up --prometheus`: {"port": Prometheus's, "bridge_port": the metrics bridge's} (lab/prometheus.py).
+    prometheus: dict[str, Any] = field(default_factory=dict)
 
     def proc(self, pid_id: str) -> ProcSpec:
         for p in self.processes:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ambit.netns import preexec_enter
-from ambitctl.lab import paths, state, waypoints
+from ambitctl.lab import paths, prometheus, state, waypoints
 from ambitctl.lab.state import ProcSpec
 
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
@@ -110,6 +110,11 @@ def main(lab_dir: str) -> None:
         if m != state_mtime:
             state_mtime = m
             st = state.load(base)
+            if st is not None and st.prometheus:
+                try:
+                    prometheus.write_targets(base, st)      # waypoints come and go with the state
+                except OSError as e:
+                    print(f"supervisor: prometheus targets: {e}", file=sys.stderr, flush=True)
             wanted = {p.id: p for p in (st.processes if st else []) if p.enabled}
             for cid in list(children):
                 if cid not in wanted or wanted[cid] != children[cid].spec:

@@ -49,6 +49,9 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
         self.ca = ca
         self.verifier = verifier
         self.pods_on_node = pods_on_node
+        # Plain counts, read at scrape time (controller/health.py): ambit_ca_*.
+        self.issued = 0
+        self.refused: dict[str, int] = {}       # gRPC status code name -> refusals
 
     async def CreateCertificate(  # noqa: N802 - gRPC method name
         self, request: ca_pb2.CSRRequest, context: grpc.aio.ServicerContext
@@ -82,12 +85,13 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
         except CSRRejected as e:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, node, requested, e.reason)
         log.info("issued certificate: node=%s identity=%s ttl=%s", node, requested, ttl or self.ca.default_ttl)
+        self.issued += 1
         return ca_pb2.CSRResponse(cert_chain=chain, trust_bundle=self.ca.trust_bundle().pems())
 
-    @staticmethod
     async def _refuse(
-        context: grpc.aio.ServicerContext, code: grpc.StatusCode, node: str, requested: str, reason: str
+        self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, node: str, requested: str, reason: str
     ) -> NoReturn:
+        self.refused[code.name] = self.refused.get(code.name, 0) + 1
         log.warning("refused certificate: node=%s identity=%s code=%s reason=%s", node or "-", requested, code.name, reason)
         await context.abort(code, reason)
         raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises

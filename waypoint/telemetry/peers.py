@@ -1,78 +1,17 @@
-"""What Istio's metric labels say about one side of a request, derived from a `Workload`.
+"""The label derivation moved to the data-plane library (ztunnel's TCP metrics use it too)."""
 
-Istio's rules (its standard-metrics reference and the canonical-service labels of its telemetry):
-- `*_workload` is the workload's name, the controller that owns the pod: a Deployment's pod
-  `echo-v1-7d9c8b5f4-x2x8q` (labelled `pod-template-hash=7d9c8b5f4`) is workload `echo-v1`. The
-  config stream carries pods, not owners, so the name is derived the way Istio derives it when it
-  has no owner reference: strip the ReplicaSet hash and the pod suffix. A bare pod is its own
-  workload.
-- `*_canonical_service`: label `service.istio.io/canonical-name`, else `app.kubernetes.io/name`,
-  else `app`, else the workload name.
-- `*_canonical_revision`: `service.istio.io/canonical-revision`, else `app.kubernetes.io/version`,
-  else `version`, else `latest`.
-- `*_app` / `*_version`: the `app` / `version` labels (their `app.kubernetes.io/*` forms as a
-  fallback).
-Anything unknown is reported as "unknown", as Istio does.
-"""
+from ambit.dataplane.telemetry.peers import (
+                                             APP,
+                                             CANONICAL_NAME,
+                                             CANONICAL_REVISION,
+                                             UNKNOWN,
+                                             VERSION,
+                                             Peer,
+                                             canonical_revision,
+                                             canonical_service,
+                                             peer,
+                                             workload_name,
+)
 
-from __future__ import annotations
-
-from dataclasses import dataclass
-
-from ambit.model import Workload
-
-UNKNOWN = "unknown"
-CANONICAL_NAME = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
-CANONICAL_REVISION = ("service.istio.io/canonical-revision", "app.kubernetes.io/version", "version")
-APP = ("app", "app.kubernetes.io/name")
-VERSION = ("version", "app.kubernetes.io/version")
-
-
-def _first(labels: dict[str, str], keys: tuple[str, ...]) -> str:
-    for k in keys:
-        v = labels.get(k)
-        if v:
-            return v
-    return ""
-
-
-def workload_name(w: Workload) -> str:
-    """The pod's owning workload: `<deployment>-<pod-template-hash>-<suffix>` → `<deployment>`."""
-    h = w.labels.get("pod-template-hash")
-    if h:
-        marker = f"-{h}-"
-        i = w.name.rfind(marker)
-        if i > 0:
-            return w.name[:i]
-    return w.name
-
-
-def canonical_service(w: Workload) -> str:
-    return _first(w.labels, CANONICAL_NAME) or workload_name(w)
-
-
-def canonical_revision(w: Workload) -> str:
-    return _first(w.labels, CANONICAL_REVISION) or "latest"
-
-
-@dataclass(frozen=True)
-class Peer:
-    """The label values of one side (source or destination), before "unknown" is filled in."""
-
-    workload: str = ""
-    namespace: str = ""
-    principal: str = ""
-    app: str = ""
-    version: str = ""
-    canonical_service: str = ""
-    canonical_revision: str = ""
-
-
-def peer(w: Workload | None, principal: str = "") -> Peer:
-    """A side's labels from its workload; `principal` (the SPIFFE id seen on the wire) wins over the
-    workload's own identity, and stands alone when the workload is not known."""
-    if w is None:
-        return Peer(principal=principal)
-    return Peer(workload=workload_name(w), namespace=w.namespace, principal=principal or w.identity,
-                app=_first(w.labels, APP), version=_first(w.labels, VERSION),
-                canonical_service=canonical_service(w), canonical_revision=canonical_revision(w))
+__all__ = ["APP", "CANONICAL_NAME", "CANONICAL_REVISION", "UNKNOWN", "VERSION", "Peer", "canonical_revision",
+           "canonical_service", "peer", "workload_name"]

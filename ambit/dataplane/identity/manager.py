@@ -140,6 +140,10 @@ class IdentityManager:
                 retried.append(e.identity)
         return retried
 
+    def expiries(self) -> dict[str, float | None]:
+        """identity -> its certificate's notAfter (unix time), None while it has none (metrics)."""
+        return {i: (e.cert.not_after if e.cert else None) for i, e in self._entries.items()}
+
     def current(self, identity: str) -> WorkloadCertificate | None:
         """The valid certificate now, without waiting."""
         e = self._entries.get(identity)

@@ -1,6 +1,8 @@
 """ztunnel's Prometheus metrics, with Istio's names and labels so existing dashboards work.
 
-One series per (reporter, source, destination, security policy, flags):
+One series per Istio label set (`LABELS`: reporter, source and destination workload, namespace,
+principal, app, version, canonical service and revision, cluster, destination service, protocol,
+flags, security policy):
 - `istio_tcp_connections_opened_total` / `istio_tcp_connections_closed_total`
 - `istio_tcp_received_bytes_total`: bytes of the *request* direction (client -> server)
 - `istio_tcp_sent_bytes_total`: bytes of the *response* direction (server -> client)
@@ -25,13 +27,22 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ambit.dataplane.endpoint import LocalEndpoint, Response, fetch
 from ambit.dataplane.telemetry.children import CHILD_CACHE_SIZE, ChildCache
+from ambit.dataplane.telemetry.peers import DEFAULT_CLUSTER, peer_labels
+from ambit.model import Service, Workload
 
 log = logging.getLogger("ambit.dataplane.metrics")
 
+# Istio's standard label set for TCP metrics: every label of its "Istio Standard Metrics" reference
+# except the two it defines for HTTP only (response_code, grpc_response_status). The order is the
+# order of `ConnLabels.key()`.
 LABELS = (
-    "reporter", "source_workload", "source_workload_namespace", "source_principal",
-    "destination_workload", "destination_workload_namespace", "destination_principal",
-    "destination_service", "connection_security_policy", "request_protocol", "response_flags",
+    "reporter",
+    "source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
+    "source_canonical_service", "source_canonical_revision", "source_cluster",
+    "destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
+    "destination_version", "destination_service", "destination_service_name", "destination_service_namespace",
+    "destination_canonical_service", "destination_canonical_revision", "destination_cluster",
+    "request_protocol", "response_flags", "connection_security_policy",
 )
 UNKNOWN = "unknown"
 MUTUAL_TLS, NONE = "mutual_tls", "none"
@@ -40,7 +51,12 @@ NO_FLAGS, FLAG_DENY, FLAG_CONNECT = "-", "DENY", "CONNECT"   # denied by policy;
 
 @dataclass
 class ConnLabels:
-    """Who talked to whom; empty strings are reported as "unknown", as Istio does."""
+    """Who talked to whom; empty strings are reported as "unknown", as Istio does.
+
+    The handler fills in what it knows as it learns it: names as strings, or whole workloads and the
+    service with `source_from` / `destination_from` / `service_from`, which derive the app, version,
+    canonical service and revision the way the waypoint does (ambit/dataplane/telemetry/peers.py).
+    """
 
     reporter: str                       # source | destination
     source_workload: str = ""
@@ -52,20 +68,64 @@ class ConnLabels:
     destination_service: str = ""
     connection_security_policy: str = NONE
     response_flags: str = NO_FLAGS
+    source_app: str = ""
+    source_version: str = ""
+    source_canonical_service: str = ""
+    source_canonical_revision: str = ""
+    source_cluster: str = ""
+    destination_app: str = ""
+    destination_version: str = ""
+    destination_service_name: str = ""
+    destination_service_namespace: str = ""
+    destination_canonical_service: str = ""
+    destination_canonical_revision: str = ""
+    destination_cluster: str = ""
+
+    def source_from(self, w: Workload | None, principal: str = "", cluster: str = DEFAULT_CLUSTER) -> ConnLabels:
+        """The source side from its workload. `principal` (the identity seen on the wire) is set only
+        when given: a plaintext source has none, whatever its workload's identity."""
+        if principal:
+            self.source_principal = principal
+        if w is not None:
+            (self.source_workload, self.source_workload_namespace, self.source_app, self.source_version,
+             self.source_canonical_service, self.source_canonical_revision) = peer_labels(w)
+            self.source_cluster = cluster
+        return self
+
+    def destination_from(self, w: Workload | None, principal: str = "",
+                         cluster: str = DEFAULT_CLUSTER) -> ConnLabels:
+        """The destination side from its workload; `principal` as for the source."""
+        if principal:
+            self.destination_principal = principal
+        if w is not None:
+            (self.destination_workload, self.destination_workload_namespace, self.destination_app,
+             self.destination_version, self.destination_canonical_service,
+             self.destination_canonical_revision) = peer_labels(w)
+            self.destination_cluster = cluster
+        return self
+
+    def service_from(self, svc: Service | None) -> ConnLabels:
+        if svc is not None:
+            self.destination_service = svc.hostname
+            self.destination_service_name, self.destination_service_namespace = svc.name, svc.namespace
+        return self
 
     def values(self) -> dict[str, str]:
-        d = {k: (getattr(self, k) or UNKNOWN) for k in LABELS if k != "request_protocol"}
-        d["request_protocol"] = "tcp"
-        return d
+        return dict(zip(LABELS, self.key(), strict=True))
 
     def key(self) -> tuple[str, ...]:
         """The label values in `LABELS` order: a hashable cache key and `labels(*key)` arguments."""
         u = UNKNOWN
-        return (self.reporter or u, self.source_workload or u, self.source_workload_namespace or u,
-                self.source_principal or u, self.destination_workload or u,
-                self.destination_workload_namespace or u, self.destination_principal or u,
-                self.destination_service or u, self.connection_security_policy or u, "tcp",
-                self.response_flags or u)
+        return (self.reporter or u,
+                self.source_workload or u, self.source_workload_namespace or u, self.source_principal or u,
+                self.source_app or u, self.source_version or u, self.source_canonical_service or u,
+                self.source_canonical_revision or u, self.source_cluster or u,
+                self.destination_workload or u, self.destination_workload_namespace or u,
+                self.destination_principal or u, self.destination_app or u, self.destination_version or u,
+                self.destination_service or u, self.destination_service_name or u,
+                self.destination_service_namespace or u, self.destination_canonical_service or u,
+                self.destination_canonical_revision or u, self.destination_cluster or u,
+                "tcp", self.response_flags or u, self.connection_security_policy or u)
 
 
 class Metrics:

@@ -315,7 +315,8 @@ class _Harness:
 
     async def __aenter__(self) -> _Harness:
         self.server = grpc.aio.server()
-        add_to_server(self.server, CertificateServicer(self.ca, self.tokens, lambda n: self.pods.get(n, [])))
+        self.servicer = CertificateServicer(self.ca, self.tokens, lambda n: self.pods.get(n, []))
+        add_to_server(self.server, self.servicer)
         chain, key = self.ca.issue_serving_certificate(["127.0.0.1"])
         creds = grpc.ssl_server_credentials([(key.encode(), "".join(chain).encode())])
         port = self.server.add_secure_port("127.0.0.1:0", creds)
@@ -360,6 +361,9 @@ def test_grpc_issues_for_pods_on_the_node_and_refuses_the_rest(ca, caplog) -> No
             bad = make_csr([x509.UniformResourceIdentifier(f"spiffe://{TD}/ns/prod/sa/db")])
             code, details = await code_of(h.call("node-1", h.token["node-1"], ID, bad))
             assert code == grpc.StatusCode.INVALID_ARGUMENT and "other than the requested identity" in details
+            # what ambit_ca_certificates_issued_total / ambit_ca_requests_refused_total{code} read
+            assert h.servicer.issued == 1
+            assert h.servicer.refused == {"PERMISSION_DENIED": 1, "UNAUTHENTICATED": 2, "INVALID_ARGUMENT": 1}
 
     asyncio.run(run())
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]

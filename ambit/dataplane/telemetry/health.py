@@ -1,0 +1,132 @@
+"""A proxy's own health as Prometheus metrics, all under the `ambit_` prefix, read at scrape time.
+
+The controller exports the same names for the same ideas (controller/health.py), so one panel or
+alert covers every component (tell them apart by the scrape's `component` / `app` target label):
+
+- `ambit_config_connected`: 1 while the config stream to the controller is up, else 0.
+- `ambit_config_version_info{type, version}`: 1 per config type, naming the controller's system
+  version that type's current state came from (versions are content hashes, hence a label).
+- `ambit_config_last_update_timestamp_seconds`: unix time of the last config update applied
+  (0 before the first). `time() - ambit_config_last_update_timestamp_seconds` is its age.
+- `ambit_config_updates_total`: config updates applied (ACKed) since start.
+- `ambit_certificate_expiry_seconds`: seconds until the earliest certificate this process holds
+  expires (negative: one has expired). Absent while it holds none.
+- `ambit_certificates{state}`: identities managed, by state (`valid`, `expired`, `pending`).
+- `ambit_connections_open{direction}`: connections open now (ztunnel: `outbound` from its pods,
+  `inbound` to them).
+- `ambit_connections_refused_total{limit}`: connections refused by a connection limit.
+- `ambit_hbone_pool_connections`: pooled HBONE (mTLS) connections to other proxies.
+
+Nothing here is touched per request or connection: a collector reads the objects that already keep
+these numbers (the config client, the identity manager, the connection limiters) when Prometheus
+scrapes, on the event loop that serves the scrape, so the data path takes no lock for them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class ConfigSource(Protocol):
+    """What a config stream client tells (ambit.configclient.ConfigClient has all of it)."""
+
+    connected: bool
+    updates: int
+    last_update: float
+
+    def versions(self) -> Mapping[str, str]: ...
+
+
+class CertSource(Protocol):
+    """What an identity manager tells (ambit.dataplane.identity.IdentityManager)."""
+
+    def expiries(self) -> Mapping[str, float | None]: ...
+
+
+def type_name(type_url: str) -> str:
+    """"ambit.io/Workload" -> "Workload" (a short, stable label value)."""
+    return type_url.rsplit("/", 1)[-1]
+
+
+def config_families(client: ConfigSource | None) -> Iterator[Metric]:
+    if client is None:
+        return
+    yield _gauge("ambit_config_connected", "1 while the config stream to the controller is up", 1.0 if client.connected else 0.0)
+    info = GaugeMetricFamily("ambit_config_version_info",
+                             "The controller's system version each config type's state came from", labels=["type", "version"])
+    for t, v in sorted(client.versions().items()):
+        if v:
+            info.add_metric([type_name(t), v], 1.0)
+    yield info
+    yield _gauge("ambit_config_last_update_timestamp_seconds",
+                 "Unix time of the last config update applied (0: none yet)", client.last_update)
+    yield CounterMetricFamily("ambit_config_updates", "Config updates applied (ACKed)", value=client.updates)
+
+
+def cert_families(expiries: Mapping[str, float | None], now: float) -> Iterator[Metric]:
+    states = {"valid": 0, "expired": 0, "pending": 0}
+    earliest = None
+    for not_after in expiries.values():
+        if not_after is None:
+            states["pending"] += 1
+            continue
+        states["valid" if not_after > now else "expired"] += 1
+        earliest = not_after if earliest is None else min(earliest, not_after)
+    certs = GaugeMetricFamily("ambit_certificates", "Certificates (identities) held, by state", labels=["state"])
+    for s, n in states.items():
+        certs.add_metric([s], float(n))
+    yield certs
+    if earliest is not None:
+        yield _gauge("ambit_certificate_expiry_seconds",
+                     "Seconds until the earliest certificate held expires (negative: expired)", earliest - now)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+class HealthCollector(Collector):
+    """The `ambit_*` families of one proxy; every argument is optional (a part it lacks is absent).
+
+    - `config`: its config stream client;
+    - `certs`: its identity manager;
+    - `connections`: () -> {direction: open connections};
+    - `refused`: () -> {limit: connections refused by that limit};
+    - `pool`: () -> pooled HBONE connections.
+    """
+
+    def __init__(self, *, config: ConfigSource | None = None, certs: CertSource | None = None,
+                 connections: Callable[[], Mapping[str, int]] | None = None,
+                 refused: Callable[[], Mapping[str, int]] | None = None,
+                 pool: Callable[[], int] | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.config, self.certs, self.connections = config, certs, connections
+        self.refused, self.pool, self.clock = refused, pool, clock
+
+    def collect(self) -> Iterator[Metric]:
+        yield from config_families(self.config)
+        if self.certs is not None:
+            yield from cert_families(self.certs.expiries(), self.clock())
+        if self.connections is not None:
+            g = GaugeMetricFamily("ambit_connections_open", "Connections open now", labels=["direction"])
+            for d, n in sorted(self.connections().items()):
+                g.add_metric([d], float(n))
+            yield g
+        if self.refused is not None:
+            c = CounterMetricFamily("ambit_connections_refused", "Connections refused by a connection limit",
+                                    labels=["limit"])
+            for what, n in sorted(self.refused().items()):
+                c.add_metric([what], float(n))
+            yield c
+        if self.pool is not None:
+            yield _gauge("ambit_hbone_pool_connections", "Pooled HBONE (mTLS) connections to other proxies",
+                         float(self.pool()))
+
+
+def describe(collector: Any) -> list[str]:
+    """The family names a collector yields now (tests and docs)."""
+    return sorted(m.name for m in collector.collect())
