@@ -226,14 +226,27 @@ def test_a_services_waypoint_counts_too() -> None:
     ("for=127.0.0.1", "a loopback address"), ('for="[::1]"', "a loopback address"),
     ('for="[::ffff:127.0.0.1]"', "a loopback address"), ("for=0.0.0.0", "the unspecified address"),
     ("for=169.254.1.1", "a link-local address"), ("for=224.0.0.1", "a multicast address"),
-    ("for=10.210.1.10", "the destination's own address"), ("for=10.210.1.1", "the node's address")])
-def test_even_a_waypoint_may_not_claim_loopback_unspecified_or_the_destination(fwd: str, why: str) -> None:
+    ("for=10.210.1.1", "the node's address")])
+def test_even_a_waypoint_may_not_claim_loopback_unspecified_or_the_node(fwd: str, why: str) -> None:
     cfg = config([BEHIND, CLIENT, WP], auths=[ONLY_CLIENT_NET])
     pod = PodInfo(uid=ECHO.uid, name="echo-v1", namespace="demo", ip="10.210.1.10", node="node1",
                   service_account="echo", labels={"app": "echo"}, node_ip="10.210.1.1")
     a = admit_hbone(cfg, pod, BEHIND, SA_WP, "10.210.1.10:8080", {"forwarded": fwd}, "10.210.1.50")
     assert (a.allowed, a.status) == (False, 400)
     assert why in a.reason
+
+
+def test_a_hairpin_through_the_waypoint_keeps_the_pods_own_address() -> None:
+    """A pod calling its own Service, which the waypoint balanced back to it: the source is the
+    destination itself (the waypoint verified it as its TLS peer), so it is admitted as such."""
+    cfg = config([BEHIND, CLIENT, WP], auths=[ALLOW_NET])
+    pod = PodInfo(uid=ECHO.uid, name="echo-v1", namespace="demo", ip="10.210.1.10", node="node1",
+                  service_account="echo", labels={"app": "echo"}, node_ip="10.210.1.1")
+    a = admit_hbone(cfg, pod, BEHIND, SA_WP, "10.210.1.10:8080", {"forwarded": "for=10.210.1.10"}, "10.210.1.50")
+    assert (a.allowed, a.src_ip, a.src_workload) == (True, "10.210.1.10", BEHIND)
+    # from anyone but the waypoint the header is ignored: the TLS peer's address stands (control)
+    b = admit_hbone(cfg, pod, BEHIND, SA_CLIENT, "10.210.1.10:8080", {"forwarded": "for=10.210.1.10"}, "10.210.1.11")
+    assert b.src_ip == "10.210.1.11"
 
 
 # --- plaintext from a mesh workload's address ---------------------------------------------------------------
