@@ -14,9 +14,10 @@ validator refuses what can never work; this module finds what is valid but does 
   means the policy is enforced by nobody: ztunnel leaves targetRefs policies to waypoints.
 - Routes (VirtualService, HTTPRoute, GRPCRoute) and DestinationRules for a host that no waypoint
   serves: the waypoint is what applies them, so until one serves the host they change nothing.
-- Fields the waypoint accepts but does not apply yet (issue 12's resilience features: retries,
-  timeouts, fault injection, mirroring, CORS, outlier detection, connection pools, load-balancer
-  policies, TLS origination) and VirtualService `delegate`, `tcp` and `tls` routes.
+- Fields the waypoint accepts but does not apply (CORS, session persistence, locality load
+  balancing, a few connection-pool knobs, TLS origination, PROXY protocol), fields it applies
+  differently from Istio (a fault without a percentage, `exponentialDelay`, a mirror to a host that
+  is no mesh Service), and VirtualService `delegate`, `tcp` and `tls` routes.
 
 Pure: `advisories(objects)` takes a snapshot (Kubernetes-shaped objects) and returns `Advisory`s
 that name the object, the field and the reason. `ambit apply` prints them as warnings; the
@@ -31,6 +32,7 @@ from typing import Any
 from controller.kinds.security import L4_CONDITION_KEYS
 from controller.translate import translate
 from controller.translate.index import ns_of, waypoint_ref
+from controller.translate.routes import Hosts
 from controller.validation import object_ref, validate_object
 from controller.waypoints.gateways import WAYPOINT_CLASSES, is_waypoint, waypoint_for
 
@@ -43,24 +45,30 @@ NOT_ENFORCED = "NotEnforced"          # routes and fields: a warning only, no st
 _L7_SOURCE = ("requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks")
 _L7_OPERATION = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
 
-# Accepted by the validator and carried to the waypoint in the model, not applied yet (issue 12).
-NOT_YET_VS_HTTP = {
-    "timeout": "request timeouts",
-    "retries": "retries",
-    "fault": "fault injection",
-    "mirror": "traffic mirroring",
-    "mirrors": "traffic mirroring",
-    "corsPolicy": "CORS",
-}
-NOT_YET_GW_RULE = {"timeouts": "request timeouts", "retry": "retries", "sessionPersistence": "session persistence"}
-NOT_YET_DR_POLICY = {
-    "loadBalancer": "load-balancer policies (it balances round robin)",
-    "connectionPool": "connection pool limits",
-    "outlierDetection": "outlier detection",
+# Accepted by the validator and carried to the waypoint, but not applied (yet). Everything else in
+# routes and DestinationRules is applied by the waypoint (docs/waypoint.md, docs/resilience/).
+NOT_YET_VS_HTTP = {"corsPolicy": "CORS"}
+NOT_YET_GW_RULE = {"sessionPersistence": "session persistence"}
+# DestinationRule traffic-policy fields, by path below the policy: why each is not applied.
+NOT_APPLIED_POLICY_FIELDS = {
+    "loadBalancer.localityLbSetting": "accepted, not applied: Ambit does not balance by locality (endpoints carry "
+                                      "no region or zone)",
+    "connectionPool.tcp.tcpKeepalive": "accepted, not applied: the waypoint reaches endpoints over pooled HBONE "
+                                       "connections, which do not take per-cluster TCP keepalive settings",
+    "connectionPool.tcp.maxConnectionDuration": "accepted, but not enforced yet: the waypoint does not close "
+                                                "upstream connections by age",
+    "connectionPool.http.http2KeepAlive": "accepted, but not enforced yet: the waypoint does not send HTTP/2 PING "
+                                          "keepalives to upstream connections",
+    "connectionPool.http.useClientProtocol": "accepted, not applied: the waypoint speaks the Service port's "
+                                             "protocol upstream (or h2c with h2UpgradePolicy UPGRADE), whatever "
+                                             "the client spoke",
+    "connectionPool.http.maxConcurrentStreams": "accepted, but not enforced yet: the waypoint takes the upstream's "
+                                                "own SETTINGS_MAX_CONCURRENT_STREAMS",
 }
 NOT_APPLIED_DR_POLICY = {
     "tls": "accepted, not applied: in-mesh traffic is always HBONE mutual TLS, so client TLS settings do not apply",
     "tunnel": "accepted, not applied: the waypoint does not tunnel to other proxies",
+    "proxyProtocol": "accepted, not applied: the waypoint does not send PROXY protocol headers upstream",
 }
 NOT_YET_REASON = "accepted, but not enforced yet: the waypoint does not apply {what}"
 
@@ -85,6 +93,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
     out: list[Advisory] = []
     gateways = {(ns_of(g), (g.get("metadata") or {}).get("name", "")): g for g in good if is_waypoint(g)}
     tr = translation if translation is not None else translate(good, cluster_domain=cluster_domain)
+    hosts = Hosts(list(tr.services), cluster_domain)
     # The waypoint each Service *asks for* (its label, else its namespace's): the translation keeps only
     # the effective one (none when the Gateway serves no Service traffic), which cannot say why.
     ns_labels = {(o.get("metadata") or {}).get("name", ""): (o.get("metadata") or {}).get("labels") or {}
@@ -101,7 +110,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
         if kind == "AuthorizationPolicy":
             out += _policy(o, gateways, svc_waypoint, root_namespace)
         elif kind == "VirtualService":
-            out += _vs_fields(o)
+            out += _vs_fields(o, hosts)
         elif kind in ("HTTPRoute", "GRPCRoute"):
             out += _gw_fields(o)
         elif kind == "DestinationRule":
@@ -242,12 +251,39 @@ def policy_conditions(obj: Obj, found: list[Advisory]) -> list[Obj]:
 
 # -- routes and fields not applied yet ------------------------------------------------------------
 
-def _vs_fields(o: Obj) -> list[Advisory]:
+def _fault_fields(ref: str, fault: Obj | None, base: str) -> list[Advisory]:
+    out = []
+    for part in ("delay", "abort"):
+        f = (fault or {}).get(part)
+        if not f:
+            continue
+        if f.get("percentage") is None and f.get("percent") is None:
+            out.append(Advisory(ref, f"{base}.{part}", f"no percentage: Ambit injects this {part} into every request "
+                                "(Istio injects it into none); set percentage.value to say which", NOT_ENFORCED))
+        if part == "delay" and f.get("exponentialDelay"):
+            out.append(Advisory(ref, f"{base}.delay.exponentialDelay", "applied as a fixed delay of that duration "
+                                "(Istio does not apply exponentialDelay)", NOT_ENFORCED))
+    return out
+
+
+def _vs_fields(o: Obj, hosts: Any = None) -> list[Advisory]:
     spec, ref, out = o.get("spec") or {}, object_ref(o), []
     for i, h in enumerate(spec.get("http") or []):
         for f, what in NOT_YET_VS_HTTP.items():
             if h.get(f) is not None:
                 out.append(Advisory(ref, f"spec.http[{i}].{f}", NOT_YET_REASON.format(what=what), NOT_ENFORCED))
+        out += _fault_fields(ref, h.get("fault"), f"spec.http[{i}].fault")
+        if (h.get("retries") or {}).get("retryRemoteLocalities"):
+            out.append(Advisory(ref, f"spec.http[{i}].retries.retryRemoteLocalities", "accepted, not applied: Ambit "
+                                "has no localities; retries go to any other endpoint of the cluster", NOT_ENFORCED))
+        mirrors = ([h["mirror"]] if h.get("mirror") else []) + [m.get("destination") or {} for m in h.get("mirrors") or []]
+        for j, m in enumerate(mirrors):
+            fq = hosts.fqdn(m.get("host", ""), ns_of(o)) if hosts is not None else ""
+            if hosts is not None and not hosts.service_ref(fq):
+                where = f"spec.http[{i}].mirror" if h.get("mirror") and j == 0 else \
+                    f"spec.http[{i}].mirrors[{j - (1 if h.get('mirror') else 0)}].destination.host"
+                out.append(Advisory(ref, where, f"{m.get('host')} is not a Service the mesh knows: no copy is sent "
+                                    "(Ambit mirrors to mesh Services only)", NOT_ENFORCED))
         if h.get("delegate"):
             out.append(Advisory(ref, f"spec.http[{i}].delegate",
                                 "delegate is not supported: this route has no destination (requests it matches get "
@@ -274,16 +310,9 @@ def _gw_fields(o: Obj) -> list[Advisory]:
         for f, what in NOT_YET_GW_RULE.items():
             if r.get(f) is not None:
                 out.append(Advisory(ref, f"spec.rules[{i}].{f}", NOT_YET_REASON.format(what=what), NOT_ENFORCED))
-        for j, flt in enumerate(r.get("filters") or []):
-            if flt.get("type") == "RequestMirror":
-                out.append(Advisory(ref, f"spec.rules[{i}].filters[{j}]",
-                                    NOT_YET_REASON.format(what="traffic mirroring"), NOT_ENFORCED))
         for j, b in enumerate(r.get("backendRefs") or []):
             for k, flt in enumerate(b.get("filters") or []):
-                if flt.get("type") == "RequestMirror":
-                    out.append(Advisory(ref, f"spec.rules[{i}].backendRefs[{j}].filters[{k}]",
-                                        NOT_YET_REASON.format(what="traffic mirroring"), NOT_ENFORCED))
-                elif flt.get("type") not in ("RequestHeaderModifier", "ResponseHeaderModifier"):
+                if flt.get("type") not in ("RequestHeaderModifier", "ResponseHeaderModifier"):
                     out.append(Advisory(ref, f"spec.rules[{i}].backendRefs[{j}].filters[{k}]",
                                         f"{flt.get('type')} is not applied per backend (only header modifiers are); "
                                         "put it in the rule's filters", NOT_ENFORCED))
@@ -293,9 +322,15 @@ def _gw_fields(o: Obj) -> list[Advisory]:
 def _policy_fields(p: Obj | None, base: str) -> list[tuple[str, str]]:
     """(path, reason) of every traffic-policy field that is not applied."""
     out = []
-    for f, what in NOT_YET_DR_POLICY.items():
-        if (p or {}).get(f) is not None:
-            out.append((f"{base}.{f}", NOT_YET_REASON.format(what=what)))
+    for path, why in NOT_APPLIED_POLICY_FIELDS.items():
+        v: Any = p or {}
+        for part in path.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        if v is not None:
+            out.append((f"{base}.{path}", why))
+    if ((p or {}).get("loadBalancer") or {}).get("simple") == "PASSTHROUGH":
+        out.append((f"{base}.loadBalancer.simple", "PASSTHROUGH is not applied behind a waypoint: it balances "
+                    "LEAST_REQUEST, Istio's default"))
     for f, why in NOT_APPLIED_DR_POLICY.items():
         if (p or {}).get(f) is not None:
             out.append((f"{base}.{f}", why))

@@ -36,7 +36,8 @@ def test_policy_condition_route_warning_and_waypoint_programmed(lab: Lab) -> Non
          "spec": {"selector": {"matchLabels": {"app": "web"}},
                   "rules": [{"to": [{"operation": {"methods": ["GET"], "paths": ["/api/*"]}}]}]}},
         {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "web", "namespace": NS},
-         "spec": {"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web"}}], "retries": {"attempts": 2}}]}},
+         "spec": {"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web"}}], "retries": {"attempts": 2},
+                                                  "corsPolicy": {"allowOrigins": [{"exact": "https://a.example"}]}}]}},
     ]
     try:
         p = lab.ambit("apply", "-f", "-", input=yaml.safe_dump_all(objs))
@@ -45,7 +46,8 @@ def test_policy_condition_route_warning_and_waypoint_programmed(lab: Lab) -> Non
                 "enforce HTTP attributes and fails closed") in p.stderr
         assert (f"Warning: VirtualService/{NS}/web: no waypoint serves this host: accepted, but not enforced until a "
                 f"waypoint serves web.{NS}.svc.cluster.local") in p.stderr
-        assert f"Warning: VirtualService/{NS}/web: spec.http[0].retries: accepted, but not enforced yet" in p.stderr
+        assert f"Warning: VirtualService/{NS}/web: spec.http[0].corsPolicy: accepted, but not enforced yet" in p.stderr
+        assert "spec.http[0].retries" not in p.stderr       # retries are applied: no warning
 
         # the running controller writes the policy's condition into the store
         c = wait_for(lambda: _cond(lab, "authorizationpolicy", "get-only", "ZtunnelAccepted"), timeout=10,
