@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from ambit.model import TrafficPolicy, WaypointRoutes
 from waypoint.http.attempt import Outcome
+from waypoint.resilience.budget import RetryCircuit
 
 Clock = Callable[[], float]
 
@@ -84,24 +85,29 @@ class Cluster:
         self.policy = policy
         self.clock = clock
         self.rng = rng
+        self.retries = RetryCircuit(policy)     # retry budget / max_retries, retry and timeout stats
 
     # --- what the engine reports, per attempt -----------------------------------------------------
 
     def attempt_started(self, address: str) -> None:
         """A request (or a retry of one) was sent to `address`."""
+        self.retries.request_started()
 
     def attempt_result(self, address: str, outcome: Outcome) -> None:
         """The attempt's outcome: its response status, or a local failure."""
 
     def attempt_ended(self, address: str) -> None:
         """The attempt's stream is over (its response ended, failed, or was abandoned)."""
+        self.retries.request_ended()
 
     def stats(self) -> dict[str, float]:
         """Counters and gauges, named as Envoy's cluster stats without the `envoy_cluster_` prefix
         (`upstream_rq_retry`, `outlier_detection_ejections_active`, `circuit_breakers_default_cx_open`,
         ...); waypoint/telemetry/clusters.py exports them per cluster at scrape time, as gauges for
         the names in `GAUGES` and as counters for the rest. Each part adds its own."""
-        return {}
+        out: dict[str, float] = {}
+        out.update(self.retries.stats())
+        return out
 
     def dump(self) -> dict[str, object]:
         """For the admin endpoint and `ambit waypoint status`."""
