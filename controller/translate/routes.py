@@ -331,7 +331,9 @@ def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
             route.backend_timeout = _seconds(t.get("backendRequest"))
             if rule.get("retry"):
                 r = rule["retry"]
-                route.retries = Retry(attempts=int(r.get("attempts") or 0), codes=list(r.get("codes") or []),
+                # Istio (gateway/conversion.go): attempts default to 2 when unset
+                route.retries = Retry(attempts=2 if r.get("attempts") is None else int(r["attempts"]),
+                                      codes=list(r.get("codes") or []),
                                       backoff=_seconds(r.get("backoff")))
             if (not route.destinations and route.redirect is None) or (
                     route.destinations and all(d.weight == 0 for d in route.destinations)):

@@ -1,0 +1,237 @@
+"""Retries and timeouts through the engine on loopback (real sockets, real clients), with the
+exchange driven by a route's `RoutePolicy` and attempts reported to a real `Cluster`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from ambit.model import Retry, TrafficPolicy
+from tests.unit.waypoint.harness import Proxy
+from waypoint.http.engine import UpstreamTarget
+from waypoint.http.plug import connect_tcp
+from waypoint.http.settings import HttpSettings
+from waypoint.request import Downstream, Forward, RequestHead
+from waypoint.resilience.policy import RoutePolicy
+from waypoint.resilience.retry import compile_retry
+from waypoint.traffic.cluster import Cluster, ClusterKey
+
+
+class _H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+    def _any(self) -> None:
+        srv = self.server
+        n = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(n) if n else b""
+        with srv.lock:                          # type: ignore[attr-defined]
+            srv.count += 1                      # type: ignore[attr-defined]
+            k = srv.count                       # type: ignore[attr-defined]
+        if srv.delay:                           # type: ignore[attr-defined]
+            time.sleep(srv.delay)               # type: ignore[attr-defined]
+        fail = srv.fail_every and k % srv.fail_every == 0   # type: ignore[attr-defined]
+        out = json.dumps({"n": k, "port": srv.server_address[1], "sha": hashlib.sha256(body).hexdigest()}).encode()
+        self.send_response(503 if fail else 200)
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        try:
+            self.wfile.write(out)
+        except OSError:         # the proxy gave up on this try (a timeout)
+            pass
+
+    do_GET = do_POST = _any
+
+
+class Backend:
+    def __init__(self, fail_every: int = 0, delay: float = 0.0) -> None:
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), _H)
+        self.srv.daemon_threads = True
+        self.srv.count, self.srv.fail_every, self.srv.delay = 0, fail_every, delay   # type: ignore[attr-defined]
+        self.srv.lock = threading.Lock()                 # type: ignore[attr-defined]
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    @property
+    def count(self) -> int:
+        return self.srv.count                            # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+class Setup:
+    """A proxy whose one route goes to `ports` (round robin, honouring `exclude`) with `policy`."""
+
+    def __init__(self, ports: list[int], policy: RoutePolicy | None, traffic: TrafficPolicy | None = None,
+                 settings: HttpSettings | None = None) -> None:
+        self.ports = ports
+        self.policy = policy
+        self.cluster = Cluster(ClusterKey("test/svc", 80), traffic or TrafficPolicy(), time.monotonic, None)  # type: ignore[arg-type]
+        self.rr = 0
+
+        def decide(head: RequestHead, ds: Downstream) -> Forward:
+            return Forward(service="test/svc", port=80, route="test#svc", policy=self.policy)
+
+        self.proxy = Proxy(decide, settings=settings)
+        self.proxy.call(lambda: setattr(self.proxy.engine, "upstream", self.upstream))
+
+    def upstream(self, fwd: Forward, head: RequestHead, down: Downstream,
+                 exclude: frozenset[str] = frozenset()) -> UpstreamTarget:
+        cands = [p for p in self.ports if f"127.0.0.1:{p}" not in exclude] or self.ports
+        port = cands[self.rr % len(cands)]
+        self.rr += 1
+        return UpstreamTarget(f"127.0.0.1:{port}", f"127.0.0.1:{port}", lambda: connect_tcp("127.0.0.1", port, 5),
+                              "http1", self.cluster)
+
+    def get(self, path: str = "/", data: bytes | None = None, timeout: float = 10) -> tuple[int, bytes, float]:
+        t0 = time.monotonic()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.proxy.port}{path}", data=data)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read(), time.monotonic() - t0
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), time.monotonic() - t0
+
+    def stats(self) -> dict[str, float]:
+        return self.proxy.call(self.cluster.stats)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.proxy.close()
+
+
+@pytest.fixture
+def half() -> Iterator[Backend]:
+    b = Backend(fail_every=2)
+    yield b
+    b.close()
+
+
+def _policy(**kw: object) -> RoutePolicy:
+    retry = kw.pop("retry", None)
+    return RoutePolicy(retry=compile_retry(retry), **kw)  # type: ignore[arg-type]
+
+
+def test_retry_on_5xx_turns_half_failing_into_all_success(half: Backend) -> None:
+    s = Setup([half.port], _policy(retry=Retry(attempts=2, retry_on=["5xx"], backoff=0.001)))
+    try:
+        got = [s.get()[0] for _ in range(20)]
+        assert got == [200] * 20
+        st = s.stats()
+        # every 2nd answer fails: after the first request, each request's first try fails
+        assert st["upstream_rq_retry"] == 19 and st["upstream_rq_retry_success"] == 19
+        assert half.count == 39
+        assert s.proxy.live_exchanges() == 0
+    finally:
+        s.close()
+
+
+def test_default_policy_does_not_retry_503(half: Backend) -> None:
+    s = Setup([half.port], None)
+    try:
+        got = [s.get()[0] for _ in range(10)]
+        assert got.count(503) == 5 and half.count == 10 and s.stats()["upstream_rq_retry"] == 0
+    finally:
+        s.close()
+
+
+def test_retries_exhausted_forward_the_last_answer_with_urx() -> None:
+    bad = Backend(fail_every=1)
+    s = Setup([bad.port], _policy(retry=Retry(attempts=2, retry_on=["gateway-error"], backoff=0.001)))
+    try:
+        assert s.get()[0] == 503
+        assert bad.count == 3
+        assert s.proxy.find(lambda r: r.response_flags == "URX")
+        assert s.stats()["upstream_rq_retry_limit_exceeded"] == 1
+    finally:
+        s.close()
+        bad.close()
+
+
+def test_post_body_is_replayed_on_retry(half: Backend) -> None:
+    s = Setup([half.port], _policy(retry=Retry(attempts=2, retry_on=["5xx"], backoff=0.001)))
+    body = b"x" * 100_000
+    try:
+        for _ in range(4):
+            st, out, _ = s.get("/", data=body)
+            assert st == 200 and json.loads(out)["sha"] == hashlib.sha256(body).hexdigest()
+        assert s.stats()["upstream_rq_retry"] == 3 and half.count == 7
+    finally:
+        s.close()
+
+
+def test_body_over_the_retry_buffer_is_not_retried(half: Backend) -> None:
+    s = Setup([half.port], _policy(retry=Retry(attempts=2, retry_on=["5xx"], backoff=0.001)),
+              settings=HttpSettings(retry_buffer_bytes=1000))
+    try:
+        got = [s.get("/", data=b"y" * 5000)[0] for _ in range(4)]
+        assert got.count(503) == 2 and s.stats()["upstream_rq_retry"] == 0
+    finally:
+        s.close()
+
+
+def test_route_timeout_is_504_ut_on_time() -> None:
+    slow = Backend(delay=2.0)
+    s = Setup([slow.port], _policy(timeout=0.3))
+    try:
+        st, body, took = s.get()
+        assert st == 504 and body == b"upstream request timeout"
+        assert 0.28 <= took < 0.8
+        assert s.proxy.find(lambda r: r.response_flags == "UT" and r.status == 504)
+        assert s.stats()["upstream_rq_timeout"] == 1
+    finally:
+        s.close()
+        slow.close()
+
+
+def test_per_try_timeout_is_retried_onto_the_fast_endpoint() -> None:
+    slow, fast = Backend(delay=2.0), Backend()
+    s = Setup([slow.port, fast.port], _policy(per_try_timeout=0.2, retry=Retry(attempts=2, retry_on=["5xx"],
+                                                                              backoff=0.001)))
+    try:
+        for _ in range(4):
+            st, out, took = s.get()
+            assert st == 200 and json.loads(out)["port"] == fast.port and took < 1.0
+        st = s.stats()
+        # round robin puts every first try on the slow one; the retry excludes it
+        assert st["upstream_rq_per_try_timeout"] == 4 and st["upstream_rq_retry_success"] == 4
+    finally:
+        s.close()
+        slow.close()
+        fast.close()
+
+
+def test_per_try_timeout_without_a_retry_condition_is_504_ut() -> None:
+    slow = Backend(delay=2.0)
+    s = Setup([slow.port], _policy(per_try_timeout=0.2))    # Istio's default retryOn: no timeout retry
+    try:
+        st, _, took = s.get()
+        assert st == 504 and took < 0.8
+        assert s.proxy.find(lambda r: r.response_flags == "UT")
+    finally:
+        s.close()
+        slow.close()
+
+
+def test_budget_refuses_retries_with_uo() -> None:
+    bad = Backend(fail_every=1)
+    tp = TrafficPolicy(retry_budget=True, retry_budget_percent=0.0, retry_budget_min_concurrency=0)
+    s = Setup([bad.port], _policy(retry=Retry(attempts=2, retry_on=["5xx"], backoff=0.001)), traffic=tp)
+    try:
+        assert s.get()[0] == 503 and bad.count == 1
+        assert s.proxy.find(lambda r: r.response_flags == "UO")
+        assert s.stats()["upstream_rq_retry_overflow"] == 1
+    finally:
+        s.close()
+        bad.close()
