@@ -75,8 +75,9 @@ class Setup:
     """A proxy whose one route goes to `ports` (round robin, honouring `exclude`) with `policy`."""
 
     def __init__(self, ports: list[int], policy: RoutePolicy | None, traffic: TrafficPolicy | None = None,
-                 settings: HttpSettings | None = None) -> None:
+                 settings: HttpSettings | None = None, protocol: str = "http1") -> None:
         self.ports = ports
+        self.protocol = protocol
         self.policy = policy
         self.cluster = Cluster(ClusterKey("test/svc", 80), traffic or TrafficPolicy(), time.monotonic, None)  # type: ignore[arg-type]
         self.rr = 0
@@ -93,7 +94,7 @@ class Setup:
         port = cands[self.rr % len(cands)]
         self.rr += 1
         return UpstreamTarget(f"127.0.0.1:{port}", f"127.0.0.1:{port}", lambda: connect_tcp("127.0.0.1", port, 5),
-                              "http1", self.cluster)
+                              self.protocol, self.cluster)
 
     def get(self, path: str = "/", data: bytes | None = None, timeout: float = 10) -> tuple[int, bytes, float]:
         t0 = time.monotonic()
@@ -235,3 +236,59 @@ def test_budget_refuses_retries_with_uo() -> None:
     finally:
         s.close()
         bad.close()
+
+
+# --- gRPC ------------------------------------------------------------------------------------------
+
+def test_grpc_unavailable_retried_by_the_default_policy() -> None:
+    from ambitctl.lab.apps import grpc_echo
+    server, port = grpc_echo.serve(0, grpc_echo.Echo(fail_every=2), host="127.0.0.1")
+    s = Setup([port], None, protocol="h2")
+    try:
+        assert grpc_echo.tally(f"127.0.0.1:{s.proxy.port}", 20) == {"OK": 20}
+        st = s.stats()
+        assert st["upstream_rq_retry"] == 19 and st["upstream_rq_retry_success"] == 19
+    finally:
+        s.close()
+        server.stop(0)
+
+
+def test_grpc_timeout_header_is_honoured_and_answered_unavailable() -> None:
+    from concurrent import futures
+
+    import grpc
+
+    def slow(req: bytes, ctx: grpc.ServicerContext) -> bytes:
+        time.sleep(1.5)
+        return req
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "t.T", {"Slow": grpc.unary_unary_rpc_method_handler(slow)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    s = Setup([port], _policy(timeout=0.3), protocol="h2")
+    try:
+        # the route timeout caps grpc-timeout (5 s here); Envoy answers the 504 as grpc-status 14
+        t0 = time.monotonic()
+        with grpc.insecure_channel(f"127.0.0.1:{s.proxy.port}") as ch:
+            fn = ch.unary_unary("/t.T/Slow")
+            with pytest.raises(grpc.RpcError) as e:
+                fn(b"x", timeout=5)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "timeout" in e.value.details()
+            assert time.monotonic() - t0 < 1.0
+        # a grpc-timeout below the route timeout is the one the waypoint applies
+        import subprocess
+        t0 = time.monotonic()
+        r = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", "--http2-prior-knowledge",
+                            "-H", "content-type: application/grpc", "-H", "te: trailers", "-H", "grpc-timeout: 100m",
+                            "--data-binary", "@-", f"http://127.0.0.1:{s.proxy.port}/t.T/Slow"],
+                           input=b"\0\0\0\0\x01x", capture_output=True, timeout=10)
+        took = time.monotonic() - t0
+        assert b"grpc-status: 14" in r.stdout and b"grpc-message: upstream request timeout" in r.stdout, r.stdout
+        assert 0.09 <= took < 0.3
+        recs = s.proxy.find(lambda r: r.response_flags == "UT" and r.grpc_status == "14")
+        assert len(recs) == 2
+    finally:
+        s.close()
+        server.stop(0)
