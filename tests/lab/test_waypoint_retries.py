@@ -114,7 +114,10 @@ def test_default_policy_does_not_retry_a_503(rlab: Lab) -> None:
 
 
 def test_retries_turn_a_half_failing_service_into_success(rlab: Lab) -> None:
-    f = apply(rlab, [vs("flaky", "retry5xx", retries={"attempts": 2, "retryOn": "5xx"})], rlab.tmp, "flaky")  # type: ignore[attr-defined]
+    # 4 concurrent clients share the pod's every-2nd-fails counter, so a try fails about half the
+    # time whatever came before; with retryOn 5xx and attempts 9 a request fails only if its 10
+    # tries all do: 0.5^10 = 0.1 %. (With attempts 2 the same load measured 94 % success: 0.5^3.)
+    f = apply(rlab, [vs("flaky", "retry5xx", retries={"attempts": 9, "retryOn": "5xx"})], rlab.tmp, "flaky")  # type: ignore[attr-defined]
     try:
         wait_mark(rlab, "http://flaky/", "retry5xx")
         before = cluster_stats(rlab, "flaky")
@@ -122,11 +125,12 @@ def test_retries_turn_a_half_failing_service_into_success(rlab: Lab) -> None:
         after = cluster_stats(rlab, "flaky")
         ok = r["codes"].get("200", 0) / 400
         retries = delta(after, before, "upstream_rq_retry")
-        print(f"\nretryOn 5xx, attempts 2, fail-every 2: success {ok:.4f}, retries {retries:.0f} for 400 requests, "
-              f"retry_success {delta(after, before, 'upstream_rq_retry_success'):.0f}")
+        succ = delta(after, before, "upstream_rq_retry_success")
+        print(f"\nretryOn 5xx, attempts 9, fail-every 2, 4 clients: success {ok:.4f}, retries {retries:.0f} "
+              f"for 400 requests, retry_success {succ:.0f}")
         assert ok >= 0.99, r["codes"]
-        assert 150 <= retries <= 260      # about one retry for every 2nd request
-        assert delta(after, before, "upstream_rq_retry_success") >= retries * 0.95
+        assert 250 <= retries <= 800            # about one retry per request (half fail, then half of those ...)
+        assert 150 <= succ <= r["codes"].get("200", 0)
     finally:
         delete(rlab, f)
 
@@ -145,9 +149,10 @@ def test_the_retry_budget_caps_retries_against_a_dead_service(rlab: Lab) -> None
         g = apply(rlab, [dr("dead", "budget", {"retryBudget": {"percent": 20, "minRetryConcurrency": 2}})],
                   rlab.tmp, "dead-dr")  # type: ignore[attr-defined]
         try:
-            rlab.wait_for(lambda: load(rlab, "http://dead/", 1) and any(
-                s.get("upstream_rq_retry_overflow", 0) >= 0 and s.get("upstream_rq_retry", 0) < 3
-                for s in [cluster_stats(rlab, "dead")]), timeout=20, interval=0.3, what="DestinationRule in force")
+            # a new policy rebuilds the cluster, and its counters start again from 0
+            pre = cluster_stats(rlab, "dead").get("upstream_rq_retry", 0)
+            rlab.wait_for(lambda: load(rlab, "http://dead/", 1) and cluster_stats(rlab, "dead").get(
+                "upstream_rq_retry", 0) < pre, timeout=20, interval=0.3, what="DestinationRule in force")
             before = cluster_stats(rlab, "dead")
             r = load(rlab, "http://dead/", 600, 20)
             after = cluster_stats(rlab, "dead")
@@ -202,7 +207,9 @@ def test_a_per_try_timeout_is_retried_onto_the_fast_endpoint(rlab: Lab) -> None:
         print(f"\nslow+fast, perTryTimeout 0.3 s: {r['codes']}, per-try timeouts {per_try:.0f}, "
               f"max latency {max(r['times']):.3f} s")
         assert r["codes"] == {"200": 20}
-        assert 4 <= per_try <= 16                 # round robin: about half the first tries go to slow
+        # round robin over (slow, fast) with one retry per request in between puts every first try on
+        # slow (the retry takes fast's turn): each request times out once and is retried onto fast
+        assert 10 <= per_try <= 20
         assert delta(after, before, "upstream_rq_retry_success") == per_try
         assert max(r["times"]) < 0.3 + 0.5       # never the 2 s of the slow one
     finally:
