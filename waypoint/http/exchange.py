@@ -411,7 +411,7 @@ class Exchange:
         loop = self.engine.loop
         if self.timeout and self._timer is None:
             self._timer = loop.call_later(self.timeout, self._route_expired)
-        if self.per_try_timeout and self._try_timer is None and self._attempt and self._backoff is None:
+        if self.per_try_timeout and self._try_timer is None and self.target is not None and self._backoff is None:
             self._try_timer = loop.call_later(self.per_try_timeout, self._per_try_expired)
 
     def _cancel_timers(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import time
 import urllib.error
@@ -33,8 +34,15 @@ class _H(BaseHTTPRequestHandler):
 
     def _any(self) -> None:
         srv = self.server
-        n = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(n) if n else b""
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while size := int(self.rfile.readline().strip().split(b";")[0], 16):
+                body += self.rfile.read(size)
+                self.rfile.readline()
+            self.rfile.readline()
+        else:
+            n = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(n) if n else b""
         with srv.lock:                          # type: ignore[attr-defined]
             srv.count += 1                      # type: ignore[attr-defined]
             k = srv.count                       # type: ignore[attr-defined]
@@ -292,3 +300,26 @@ def test_grpc_timeout_header_is_honoured_and_answered_unavailable() -> None:
     finally:
         s.close()
         server.stop(0)
+
+
+def test_per_try_timeout_starts_when_a_streamed_body_ends() -> None:
+    """A chunked upload that takes longer than the per-try timeout is not cut: the try's clock
+    starts when the request is whole (Envoy), and a body is replayed on the retry."""
+    import subprocess
+    slow, fast = Backend(delay=2.0), Backend()
+    s = Setup([slow.port, fast.port], _policy(per_try_timeout=0.3, retry=Retry(attempts=1, retry_on=["reset"],
+                                                                             backoff=0.001)))
+    try:
+        script = ("import sys,time\nfor i in range(4):\n    sys.stdout.buffer.write(b'z'*1000); "
+                  "sys.stdout.flush(); time.sleep(0.15)\n")
+        feeder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+        r = subprocess.run(["curl", "-sS", "-m", "10", "-H", "transfer-encoding: chunked", "--data-binary", "@-",
+                            f"http://127.0.0.1:{s.proxy.port}/"], stdin=feeder.stdout, capture_output=True, timeout=20)
+        feeder.wait()
+        out = json.loads(r.stdout)
+        assert out["port"] == fast.port and out["sha"] == hashlib.sha256(b"z" * 4000).hexdigest()
+        assert s.stats()["upstream_rq_per_try_timeout"] == 1
+    finally:
+        s.close()
+        slow.close()
+        fast.close()
