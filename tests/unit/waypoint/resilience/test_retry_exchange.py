@@ -297,6 +297,9 @@ def test_grpc_timeout_header_is_honoured_and_answered_unavailable() -> None:
         assert 0.09 <= took < 0.3
         recs = s.proxy.find(lambda r: r.response_flags == "UT" and r.grpc_status == "14")
         assert len(recs) == 2
+        # the timed-out upstream streams were reset, not left to hold the h2 connection's slots
+        open_streams = s.proxy.call(lambda: sum(len(c.streams) for cs in s.proxy.engine.pools.h2.values() for c in cs))
+        assert open_streams == 0
     finally:
         s.close()
         server.stop(0)
