@@ -221,8 +221,9 @@ class Exchange:
         self._attempt_result(attempt.Outcome(attempt.RESPONSE, status, grpc_status))
         rp = self.retry_policy
         if rp is not None and not upgraded:
-            would = retries.would_retry_response(rp, status, grpc_status,
-                                                 any(k == "x-envoy-overloaded" for k, _ in headers))
+            would = retries.would_retry_response(rp, status, grpc_status)
+            if would and any(k == "x-envoy-overloaded" for k, _ in headers):
+                would = False       # Envoy never retries an answer of an overloaded upstream
             if (would or self.rstate is not None) and self._retry(would):
                 return
         headers = strip_hop_by_hop(headers, keep_upgrade=upgraded)
@@ -288,7 +289,7 @@ class Exchange:
         self.req_trailers = trailers
         if self.up is not None and not self.done:
             self.up.send_end(trailers)
-        if self.forward is not None and not self.done:
+        if not self.done:
             self._arm_timeouts()
 
     def request_abort(self, flags: str = "DC") -> None:
@@ -394,8 +395,6 @@ class Exchange:
             if self.head.grpc else route_timeout
         if p is not None and not self.upgrade:
             self.per_try_timeout = p.per_try_timeout
-        if self.req_ended:
-            self._arm_timeouts()
 
     def _new_try(self) -> None:
         """The object the pools and the next try's upstream leg call back: a fresh `_Try` when the
@@ -403,15 +402,18 @@ class Exchange:
         if isinstance(self.leg, _Try):
             self.leg.live = False
         self.leg = _Try(self) if self.retry_policy is not None or self.per_try_timeout else self
-        if self.req_ended and self.per_try_timeout and self._try_timer is None:
-            self._try_timer = self.engine.loop.call_later(self.per_try_timeout, self._per_try_expired)
+        self._arm_timeouts()
 
     def _arm_timeouts(self) -> None:
-        """The request is whole: the route timeout starts, and the per-try timeout of an open try."""
+        """Once the request is whole and a try has started (so a fault delay before the first try,
+        as Envoy's fault filter before its router, does not count): the route timeout starts, and
+        the per-try timeout of the open try."""
+        if not self.req_ended or self.target is None:
+            return
         loop = self.engine.loop
         if self.timeout and self._timer is None:
             self._timer = loop.call_later(self.timeout, self._route_expired)
-        if self.per_try_timeout and self._try_timer is None and self.target is not None and self._backoff is None:
+        if self.per_try_timeout and self._try_timer is None and self._backoff is None:
             self._try_timer = loop.call_later(self.per_try_timeout, self._per_try_expired)
 
     def _cancel_timers(self) -> None:
