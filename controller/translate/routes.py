@@ -472,6 +472,7 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
             t.retry_budget_percent = float(rb["percent"])
         if rb.get("minRetryConcurrency") is not None:
             t.retry_budget_min_concurrency = int(rb["minRetryConcurrency"])
+        t.retry_budget_interval = _seconds(rb.get("budgetInterval"))
     tls = p.get("tls") or {}
     t.tls_mode, t.sni = tls.get("mode", ""), tls.get("sni", "")
     t.subject_alt_names = list(tls.get("subjectAltNames") or [])

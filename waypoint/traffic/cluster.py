@@ -85,7 +85,7 @@ class Cluster:
         self.policy = policy
         self.clock = clock
         self.rng = rng
-        self.retries = RetryCircuit(policy)     # retry budget / max_retries, retry and timeout stats
+        self.retries = RetryCircuit(policy, clock)  # retry budget / max_retries, retry and timeout stats
 
     # --- what the engine reports, per attempt -----------------------------------------------------
 

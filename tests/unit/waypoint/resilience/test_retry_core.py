@@ -192,3 +192,25 @@ def test_request_timeout_http_and_grpc() -> None:
     assert request_timeout(1.0, True, "200m") == pytest.approx(0.2)
     assert request_timeout(1.0, True, "5S") == 1.0             # capped at the route timeout
     assert request_timeout(1.0, True, None) == 1.0
+
+
+def test_budget_interval_counts_requests_started_in_the_window() -> None:
+    """Envoy's budget_interval: the base is the requests started in the last interval (buckets of
+    a tenth of it), not the requests active now; the fake clock moves the window."""
+    now = [0.0]
+    c = RetryCircuit(TrafficPolicy(retry_budget=True, retry_budget_percent=50.0, retry_budget_min_concurrency=1,
+                                   retry_budget_interval=10.0), clock=lambda: now[0])
+    for t in range(20):                 # 20 requests over 2 s, each over at once
+        now[0] = t * 0.1
+        c.request_started()
+        c.request_ended()
+    assert c.active_requests == 0 and c.requests_in_interval() == 20 and c.limit() == 10
+    now[0] = 11.05                      # the buckets of [0, 1) s expired at 11 s
+    assert c.requests_in_interval() == 10 and c.limit() == 5
+    now[0] = 13.0
+    assert c.requests_in_interval() == 0 and c.limit() == 1
+
+
+def test_budget_interval_is_ignored_without_a_budget() -> None:
+    c = RetryCircuit(TrafficPolicy(retry_budget=False, retry_budget_interval=10.0), clock=lambda: 0.0)
+    assert c.interval == 0 and c.limit() == UNLIMITED
