@@ -389,6 +389,7 @@ class TrafficPolicy:
     retry_budget: bool = False          # the fields below apply only when this is true
     retry_budget_percent: float = 20.0
     retry_budget_min_concurrency: int = 3
+    retry_budget_interval: float = 0.0  # budgetInterval (s); 0: the budget counts active requests only
     tls_mode: str = ""                  # DISABLE | SIMPLE | MUTUAL | ISTIO_MUTUAL
     sni: str = ""
     subject_alt_names: list[str] = field(default_factory=list)

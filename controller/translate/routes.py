@@ -331,7 +331,9 @@ def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
             route.backend_timeout = _seconds(t.get("backendRequest"))
             if rule.get("retry"):
                 r = rule["retry"]
-                route.retries = Retry(attempts=int(r.get("attempts") or 0), codes=list(r.get("codes") or []),
+                # Istio (gateway/conversion.go): attempts default to 2 when unset
+                route.retries = Retry(attempts=2 if r.get("attempts") is None else int(r["attempts"]),
+                                      codes=list(r.get("codes") or []),
                                       backoff=_seconds(r.get("backoff")))
             if (not route.destinations and route.redirect is None) or (
                     route.destinations and all(d.weight == 0 for d in route.destinations)):
@@ -470,6 +472,7 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
             t.retry_budget_percent = float(rb["percent"])
         if rb.get("minRetryConcurrency") is not None:
             t.retry_budget_min_concurrency = int(rb["minRetryConcurrency"])
+        t.retry_budget_interval = _seconds(rb.get("budgetInterval"))
     tls = p.get("tls") or {}
     t.tls_mode, t.sni = tls.get("mode", ""), tls.get("sni", "")
     t.subject_alt_names = list(tls.get("subjectAltNames") or [])

@@ -14,6 +14,19 @@ Failures follow Envoy's wording and response flags, since Istio users grep for t
   `connection termination` (UC); after the head: the downstream is reset too;
 - no progress for `stream_idle_timeout`: 408 if the request was still arriving, else 504, SI;
 - gRPC requests get every local reply as a trailers-only response (grpc-status/grpc-message).
+
+Fault injection and mirroring (waypoint/resilience: fault, mirror; waypoint/http/shadow.py;
+docs/resilience/faults-and-mirroring.md) run first, as Envoy's fault filter before its router: a
+delay holds the request on a timer, an abort answers locally (never retried), and the request's
+mirrors get shadow copies (once per request, not per try).
+
+Timeouts and retries (waypoint/resilience: timeouts, retry, budget; docs/resilience/retries.md):
+the route timeout runs from the end of the request to the end of the response (504 UT, or a reset
+once the head went downstream); each try may have a per-try timeout; a try's outcome (response head,
+connect failure, reset, per-try timeout) goes to the route's retry policy (Istio's default when the
+route has none) and, while no response byte went downstream and the request body is within
+`retry_buffer_bytes`, may start a new try after a backoff on another endpoint. Each try is handed to
+the pools as its own `_Try`, so a late callback from an abandoned try is dropped.
 """
 
 from __future__ import annotations
@@ -30,6 +43,8 @@ from waypoint.http.legs import DownLeg, Headers, UpLeg
 from waypoint.http.record import RequestRecord
 from waypoint.request import Downstream, Forward, LocalReply, RequestHead
 from waypoint.resilience import fault, mirror
+from waypoint.resilience import retry as retries
+from waypoint.resilience.timeouts import TIMEOUT_BODY, request_timeout
 
 if TYPE_CHECKING:
     from waypoint.http.engine import Engine, UpstreamTarget
@@ -47,7 +62,9 @@ class Exchange:
     __slots__ = ("engine", "down", "up", "head", "downstream", "body", "record", "forward", "target",
                  "up_head", "pending", "pending_bytes", "req_ended", "req_trailers", "resp_started",
                  "resp_ended", "done", "last", "upgrade", "expect_continue", "retried", "_t0",
-                 "upgraded", "_raw_ends", "keep_alive", "reset_code", "_attempt", "shadows", "_fault_flags",
+                 "upgraded", "_raw_ends", "keep_alive", "reset_code", "_attempt",
+                 "retry_policy", "rstate", "replay", "replay_bytes", "replayable", "leg", "timeout",
+                 "per_try_timeout", "retry_flag", "_timer", "_try_timer", "_backoff", "shadows", "_fault_flags",
                  "_delay")
 
     def __init__(self, engine: Engine, down: DownLeg, head: RequestHead, downstream: Downstream, *,
@@ -79,6 +96,18 @@ class Exchange:
         self.reset_code: int | None = None  # an HTTP/2 RST_STREAM code to pass on to the other leg
         self._raw_ends = 0
         self._attempt = 0               # 0: no attempt open; 1: open, outcome unknown; 2: outcome reported
+        self.retry_policy: retries.RetryPolicy | None = None   # None: no retries for this request
+        self.rstate: retries.RetryState | None = None           # created at the first retriable outcome
+        self.replay: list[bytes] | None = None  # the request body as received, for a retry
+        self.replay_bytes = 0
+        self.replayable = True          # False: the body outgrew retry_buffer_bytes, no more retries
+        self.leg: Exchange | _Try = self    # what the pools and the upstream leg of this try talk to
+        self.timeout = 0.0              # the route timeout of this request (s); 0: none
+        self.per_try_timeout = 0.0
+        self.retry_flag = ""            # URX (retries exhausted) or UO (retry budget), added to the flags
+        self._timer: asyncio.TimerHandle | None = None       # the route timeout
+        self._try_timer: asyncio.TimerHandle | None = None   # the per-try timeout
+        self._backoff: asyncio.TimerHandle | None = None     # the wait before the next try
         self.shadows: list[Shadow] = []     # mirrored copies in flight (waypoint/http/shadow.py)
         self._fault_flags = ""              # DI when a delay was injected (waypoint.resilience.fault)
         self._delay: asyncio.TimerHandle | None = None
@@ -101,6 +130,7 @@ class Exchange:
             return
         self.forward = fwd = decision
         self.record.route, self.record.service = fwd.route, fwd.service
+        self._resilience(fwd)
         headers = [(k, v) for k, v in head.headers if k != "expect"] if self.expect_continue else head.headers
         headers = fwd.request_headers.apply(strip_hop_by_hop(headers, keep_upgrade=self.upgrade))
         authority = fwd.authority or head.authority
@@ -110,7 +140,7 @@ class Exchange:
             self._forward_on()
 
     def _forward_on(self) -> None:
-        """Past the fault filter: choose the upstream and send (Envoy's router)."""
+        """Past the fault filter: choose the upstream and send the first try (Envoy's router)."""
         e, fwd = self.engine, self.forward
         assert fwd is not None and self.up_head is not None
         try:
@@ -126,7 +156,8 @@ class Exchange:
         if self.expect_continue:
             self.down.send_continue()       # Envoy's default: the proxy answers 100 Continue itself
         self._attempt_start()
-        e.pools.acquire(target, self)
+        self._new_try()
+        e.pools.acquire(target, self.leg)
 
     # --- from the pools / upstream leg ----------------------------------------------------------
 
@@ -146,8 +177,12 @@ class Exchange:
             self.down.resume_request()
 
     def connect_failed(self, detail: str) -> None:
+        if self.done:
+            return
         log.info("upstream %s: connect failed: %s", self.record.upstream, detail)
         self._attempt_result(attempt.Outcome(attempt.CONNECT_FAILURE))
+        if self._retry_failure(retries.CONNECT_FAILURE):
+            return
         self.fail_before_headers("UF", "connection failure", detail)
 
     def overflow(self) -> None:
@@ -167,10 +202,13 @@ class Exchange:
         if retryable and not self.retried and self.body == BODY_NONE and not self.resp_started \
                 and self.target is not None:
             self.retried = True
-            self.engine.pools.acquire(self.target, self, fresh=True)
+            self.engine.pools.acquire(self.target, self.leg, fresh=True)
             return
         if not self.resp_started:
             self._attempt_result(attempt.Outcome(attempt.RESET))
+            refused = self.reset_code == 7      # HTTP/2 REFUSED_STREAM
+            if self._retry_failure(retries.REFUSED_STREAM if refused else retries.RESET):
+                return
             self.fail_before_headers(flags, reason, reason)
         else:
             self.record.response_flags = flags
@@ -193,19 +231,30 @@ class Exchange:
             return
         self.last = self.engine.loop.time()
         upgraded = status == 101 and self.upgrade
+        grpc_status = ""
+        if self.head.grpc:      # a trailers-only response carries grpc-status in its head
+            for k, v in headers:
+                if k == "grpc-status":
+                    grpc_status = v
+        self._attempt_result(attempt.Outcome(attempt.RESPONSE, status, grpc_status))
+        rp = self.retry_policy
+        if rp is not None and not upgraded:
+            would = retries.would_retry_response(rp, status, grpc_status)
+            if would and any(k == "x-envoy-overloaded" for k, _ in headers):
+                would = False       # Envoy never retries an answer of an overloaded upstream
+            if (would or self.rstate is not None) and self._retry(would):
+                return
         headers = strip_hop_by_hop(headers, keep_upgrade=upgraded)
         if self.forward is not None:
             headers = self.forward.response_headers.apply(headers)
         if self.target is not None and self.target.response_headers:
-            headers = list(headers) + list(self.target.response_headers)
+            headers = list(headers) + list(self.target.response_headers)     # e.g. a hash cookie to set
         self.resp_started = True
         self.record.status = status
+        self.record.grpc_status = grpc_status
         self.upgraded = upgraded
-        if self.head.grpc:      # a trailers-only response carries grpc-status in its head
-            for k, v in headers:
-                if k == "grpc-status":
-                    self.record.grpc_status = v
-        self._attempt_result(attempt.Outcome(attempt.RESPONSE, status, self.record.grpc_status))
+        if upgraded:
+            self._cancel_timers()
         if end:
             self.resp_ended = True
             self.down.send_head(status, headers, True)
@@ -240,6 +289,12 @@ class Exchange:
         self.record.bytes_received += len(data)
         if self.shadows:
             shadow.tee(self.shadows, data)
+        if self.replay is not None:
+            self.replay_bytes += len(data)
+            if self.replay_bytes > self.engine.settings.retry_buffer_bytes:
+                self.replay, self.replayable = None, False      # too long to keep: no retries
+            else:
+                self.replay.append(data)
         up = self.up
         if up is not None:
             up.send_data(data)
@@ -258,6 +313,8 @@ class Exchange:
             shadow.end(self.shadows, trailers)
         if self.up is not None and not self.done:
             self.up.send_end(trailers)
+        if not self.done:
+            self._arm_timeouts()
 
     def request_abort(self, flags: str = "DC") -> None:
         """The client went away (connection closed, or RST_STREAM)."""
@@ -409,6 +466,163 @@ class Exchange:
             shadow.cut(self.shadows)
             self.shadows = []
 
+    # --- timeouts and retries (waypoint.resilience) ----------------------------------------------
+
+    def _resilience(self, fwd: Forward) -> None:
+        """This request's timeouts and retry policy, from its route (Istio's defaults without one)."""
+        p = fwd.policy
+        rp = p.retry if p is not None and p.retry is not None else retries.DEFAULT
+        if rp.num_retries > 0 and not self.upgrade:
+            self.retry_policy = rp
+            if self.body != BODY_NONE:
+                self.replay = []
+        route_timeout = p.timeout if p is not None else 0.0
+        self.timeout = request_timeout(route_timeout, self.head.grpc, self.head.header("grpc-timeout")) \
+            if self.head.grpc else route_timeout
+        if p is not None and not self.upgrade:
+            self.per_try_timeout = p.per_try_timeout
+
+    def _new_try(self) -> None:
+        """The object the pools and the next try's upstream leg call back: a fresh `_Try` when the
+        try may be abandoned (a retry or a per-try timeout can follow), else the exchange itself."""
+        if isinstance(self.leg, _Try):
+            self.leg.live = False
+        self.leg = _Try(self) if self.retry_policy is not None or self.per_try_timeout else self
+        self._arm_timeouts()
+
+    def _arm_timeouts(self) -> None:
+        """Once the request is whole and a try has started (so a fault delay before the first try,
+        as Envoy's fault filter before its router, does not count): the route timeout starts, and
+        the per-try timeout of the open try."""
+        if not self.req_ended or self.target is None:
+            return
+        loop = self.engine.loop
+        if self.timeout and self._timer is None:
+            self._timer = loop.call_later(self.timeout, self._route_expired)
+        if self.per_try_timeout and self._try_timer is None and self._backoff is None:
+            self._try_timer = loop.call_later(self.per_try_timeout, self._per_try_expired)
+
+    def _cancel_timers(self) -> None:
+        for h in (self._timer, self._try_timer, self._backoff):
+            if h is not None:
+                h.cancel()
+        self._timer = self._try_timer = self._backoff = None
+
+    def _circuit(self):  # type: ignore[no-untyped-def]
+        t = self.target
+        return t.cluster.retries if t is not None and t.cluster is not None else None
+
+    def _retry_failure(self, kind: str) -> bool:
+        """A try failed locally before a response head: True when another try was scheduled."""
+        rp = self.retry_policy
+        if rp is None:
+            return False
+        would = retries.would_retry_failure(rp, kind)
+        return (would or self.rstate is not None) and self._retry(would)
+
+    def _retry(self, would: bool) -> bool:
+        """Decide on a try's outcome; schedule the next try and return True, or note why not."""
+        rs = self.rstate
+        if rs is None:
+            assert self.retry_policy is not None
+            rs = self.rstate = retries.RetryState(self.retry_policy, self._circuit(), self.engine.rng)
+        if self.resp_started or self.done or not self.replayable:
+            would = False
+        verdict = rs.decide(would)
+        if verdict == retries.RETRY:
+            self._schedule_retry(rs)
+            return True
+        if verdict == retries.LIMIT:
+            self.retry_flag = "URX"
+        elif verdict == retries.OVERFLOW:
+            self.retry_flag = "UO"
+        return False
+
+    def _schedule_retry(self, rs: retries.RetryState) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            up.abort()
+        self.engine.pools.attempt_over(self.leg)    # the abandoned try no longer counts against pool limits
+        if isinstance(self.leg, _Try):
+            self.leg.live = False
+        if self._try_timer is not None:
+            self._try_timer.cancel()
+            self._try_timer = None
+        self._attempt_end()
+        t = self.target
+        if t is not None:
+            rs.tried.append(t.address)
+        self.reset_code = None
+        self.record.response_flags = ""
+        self._backoff = self.engine.loop.call_later(rs.delay, self._next_try)
+
+    def _next_try(self) -> None:
+        """After the backoff: a new endpoint (not one tried before, when retryIgnorePreviousHosts),
+        a new attempt, the buffered request body replayed."""
+        self._backoff = None
+        if self.done:
+            return
+        rs, fwd, e = self.rstate, self.forward, self.engine
+        assert rs is not None and fwd is not None and self.up_head is not None
+        exclude = rs.exclude()
+        cluster = self.target.cluster if self.target is not None else None
+        if exclude and cluster is not None and _hashing(cluster.policy):
+            exclude = frozenset()   # Istio: no previous-hosts predicate with consistent hashing
+        try:
+            target = e.upstream(fwd, self.up_head, self.downstream, exclude)
+        except Exception:
+            log.exception("choosing an upstream failed for %s", fwd.service)
+            target = None
+        if target is None:
+            self.reply(LocalReply(503, b"no healthy upstream", flags="UH", route=fwd.route, reason="no endpoint"))
+            return
+        self.target = target
+        self.record.upstream, self.record.upstream_protocol = target.address, target.protocol
+        self.pending = deque(self.replay or ())
+        self.pending_bytes = 0
+        if not self.req_ended:
+            self.down.resume_request()      # a pause by the abandoned try's leg no longer applies
+        self._attempt_start()
+        self._new_try()
+        e.pools.acquire(target, self.leg)
+
+    def _per_try_expired(self) -> None:
+        self._try_timer = None
+        if self.done:
+            return
+        c = self._circuit()
+        if c is not None:
+            c.count("upstream_rq_per_try_timeout")
+        self._attempt_result(attempt.Outcome(attempt.TIMEOUT))
+        if not self.resp_started and self._retry_failure(retries.PER_TRY_TIMEOUT):
+            return
+        self._timed_out("upstream per-try timeout")
+
+    def _route_expired(self) -> None:
+        self._timer = None
+        if self.done:
+            return
+        c = self._circuit()
+        if c is not None:
+            c.count("upstream_rq_timeout")
+        if self._attempt == 1:
+            self._attempt_result(attempt.Outcome(attempt.TIMEOUT))
+        self._timed_out("upstream request timeout")
+
+    def _timed_out(self, detail: str) -> None:
+        """504 UT, or a reset once the response head went downstream (Envoy's onUpstreamAbort)."""
+        up, self.up = self.up, None
+        if up is not None:
+            up.abort()
+        if self.resp_started:
+            self.record.response_flags = "UT"
+            self.record.detail = detail
+            self.down.send_reset()
+            self.finish()
+            return
+        route = self.forward.route if self.forward else ""
+        self.reply(LocalReply(504, TIMEOUT_BODY, flags="UT", route=route, reason=detail))
+
     # --- attempts, as reported to the target's cluster (waypoint.traffic.cluster) ----------------
 
     def _attempt_start(self) -> None:
@@ -434,9 +648,14 @@ class Exchange:
             return
         self.done = True
         self._attempt_end()
-        self._faults_end()
-        self.engine.pools.attempt_over(self)    # its request no longer counts against pool limits
+        self._cancel_timers()
         rec = self.record
+        if self.rstate is not None:
+            self.rstate.end()
+        if self.retry_flag and self.retry_flag not in rec.response_flags.split(","):
+            rec.response_flags = f"{rec.response_flags},{self.retry_flag}" if rec.response_flags else self.retry_flag
+        self._faults_end()
+        self.engine.pools.attempt_over(self.leg)    # its request no longer counts against pool limits
         rec.duration_ms = (time.monotonic() - self._t0) * 1000
         e = self.engine
         e.exchanges.discard(self)
@@ -446,6 +665,78 @@ class Exchange:
         except Exception:
             log.exception("access-log or stats sink failed")
         self.down.exchange_done(self)
+
+
+def _hashing(policy: object) -> bool:
+    """Does the cluster balance by consistent hash (then retries may go to the same host)?"""
+    return bool(getattr(policy, "hash_header", "") or getattr(policy, "hash_cookie", "")
+                or getattr(policy, "hash_source_ip", False) or getattr(policy, "hash_query_param", ""))
+
+
+class _Try:
+    """One try of an exchange, as the pools and its upstream leg see it. Once the exchange moves on
+    (a retry, a timeout) the try is dead: its late callbacks are dropped and a late connection
+    is handed back. Reads fall through to the exchange."""
+
+    __slots__ = ("ex", "live")
+
+    def __init__(self, ex: Exchange) -> None:
+        self.ex = ex
+        self.live = True
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.ex, name)
+
+    @property
+    def done(self) -> bool:
+        return not self.live or self.ex.done
+
+    @property
+    def reset_code(self) -> int | None:
+        return self.ex.reset_code
+
+    @reset_code.setter
+    def reset_code(self, code: int | None) -> None:
+        if self.live:
+            self.ex.reset_code = code
+
+    def bind(self, up: UpLeg) -> None:
+        if self.live:
+            self.ex.bind(up)
+        else:
+            up.abort()
+
+    def connect_failed(self, detail: str) -> None:
+        if self.live:
+            self.ex.connect_failed(detail)
+
+    def overflow(self) -> None:
+        if self.live:
+            self.ex.overflow()
+
+    def upstream_reset(self, flags: str, reason: str, *, retryable: bool = False) -> None:
+        if self.live:
+            self.ex.upstream_reset(flags, reason, retryable=retryable)
+
+    def response_head(self, status: int, headers: Headers, end: bool = False) -> None:
+        if self.live:
+            self.ex.response_head(status, headers, end)
+
+    def response_data(self, data: bytes) -> None:
+        if self.live:
+            self.ex.response_data(data)
+
+    def response_end(self, trailers: Headers | None) -> None:
+        if self.live:
+            self.ex.response_end(trailers)
+
+    def request_pause(self) -> None:
+        if self.live:
+            self.ex.request_pause()
+
+    def request_resume(self) -> None:
+        if self.live:
+            self.ex.request_resume()
 
 
 def _grpc_message(msg: str) -> str:

@@ -51,6 +51,9 @@ class HttpSettings:
                                      "tcp.idleTimeout replaces it", check=positive)
     buffer_bytes: int = option(256 * 1024, "bytes buffered per direction before the sender is paused",
                                check=positive)
+    retry_buffer_bytes: int = option(1024 * 1024, "request body bytes kept for a possible retry; a longer body is "
+                                     "not retried (Envoy: the 1 MiB per_connection_buffer_limit_bytes)",
+                                     check=non_negative)
     h2_max_concurrent_streams: int = option(1024, "HTTP/2 streams a downstream client may open at once",
                                             check=positive)
     h2_window: int = option(1024 * 1024, "HTTP/2 receive window per stream and per connection (bytes)",

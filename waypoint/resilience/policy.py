@@ -14,18 +14,19 @@ from typing import Any
 from ambit.model import HttpRoute
 from waypoint.resilience.fault import compile_fault
 from waypoint.resilience.mirror import compile_mirrors
+from waypoint.resilience.retry import compile_retry
 
 
 @dataclass(frozen=True, slots=True)
 class RoutePolicy:
     timeout: float = 0.0            # the whole request, all tries included; 0: none
     per_try_timeout: float = 0.0    # each try (retries.perTryTimeout / timeouts.backendRequest); 0: none
-    retry: Any = None               # waypoint.resilience.retry: the compiled retry policy
+    retry: Any = None               # waypoint.resilience.retry.RetryPolicy; None: Istio's default
     fault: Any = None               # waypoint.resilience.fault: the compiled fault injection
     mirrors: tuple[Any, ...] = ()   # waypoint.resilience.mirror: the compiled mirrors
 
 
 def compile_policy(r: HttpRoute) -> RoutePolicy:
     per_try = (r.retries.per_try_timeout if r.retries is not None else 0.0) or r.backend_timeout
-    return RoutePolicy(timeout=r.timeout, per_try_timeout=per_try, fault=compile_fault(r.fault),
-                       mirrors=compile_mirrors(r.mirrors))
+    return RoutePolicy(timeout=r.timeout, per_try_timeout=per_try, retry=compile_retry(r.retries),
+                       fault=compile_fault(r.fault), mirrors=compile_mirrors(r.mirrors))

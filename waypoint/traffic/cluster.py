@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from ambit.model import TrafficPolicy, WaypointRoutes
 from waypoint.http.attempt import Outcome
 from waypoint.request import Downstream, RequestHead
+from waypoint.resilience.budget import RetryCircuit
 from waypoint.traffic.balancer import CONSISTENT_HASH, DEFAULT, HashBalancer, simple_balancer
 from waypoint.traffic.breaker import Breaker
 from waypoint.traffic.hashkey import HashKey, HashPolicy
@@ -109,6 +110,7 @@ class Cluster:
         cfg = OutlierConfig.from_policy(policy)
         self.outlier = OutlierDetector(cfg, clock(), self._outlier_event) if cfg is not None else None
         self.breaker = Breaker(policy)      # connection-pool limits and counters (waypoint/http/pool.py)
+        self.retries = RetryCircuit(policy, clock)  # retry budget / max_retries, retry and timeout stats
 
     # --- load balancing ---------------------------------------------------------------------------
 
@@ -155,6 +157,7 @@ class Cluster:
     def attempt_started(self, address: str) -> None:
         """A request (or a retry of one) was sent to `address`."""
         self.active[address] = self.active.get(address, 0) + 1
+        self.retries.request_started()
 
     def attempt_result(self, address: str, outcome: Outcome) -> None:
         """The attempt's outcome: its response status, or a local failure."""
@@ -163,6 +166,7 @@ class Cluster:
 
     def attempt_ended(self, address: str) -> None:
         """The attempt's stream is over (its response ended, failed, or was abandoned)."""
+        self.retries.request_ended()
         n = self.active.get(address, 0) - 1
         if n > 0:
             self.active[address] = n
@@ -194,6 +198,7 @@ class Cluster:
             out.update({f"outlier_detection_{k}": v for k, v in self.outlier.counters.items()})
         out["membership_healthy"] = len(self.hosts) - (self.outlier.ejected_count if self.outlier else 0)
         out.update(self.breaker.stats())
+        out.update(self.retries.stats())
         return out
 
     def dump(self) -> dict[str, object]:

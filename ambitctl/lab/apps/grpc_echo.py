@@ -6,9 +6,12 @@ Service `ambit.lab.Echo` (h2c, gRPC's prior-knowledge HTTP/2), messages are prot
 - `/ambit.lab.Echo/Echo` (unary): replies {pod, namespace, version, peer, method, message, metadata}.
 - `/ambit.lab.Echo/Stream` (server streaming): `count` replies (default 3), each with its `seq`.
 A request field `status` (a gRPC code name, e.g. "UNAVAILABLE") makes the call fail with it.
+`--fail-every N` makes every Nth call the server gets fail on its own with `--fail-code` (default
+UNAVAILABLE), so gRPC retries and outlier detection are shown without request tricks.
 
-`python -m ambitctl.lab.apps.grpc_echo --port 9090` serves; `... call HOST:PORT [--stream N]
-[--message M] [--header k=v]` calls it and prints one JSON line per reply (tests and the demo run
+`python -m ambitctl.lab.apps.grpc_echo --port 9090 [--fail-every N] [--fail-code CODE]` serves;
+`... call HOST:PORT [--stream N] [--message M] [--header k=v] [--repeat N [--tally]]` calls it and
+prints one JSON line per reply (`--tally`: one line counting the calls per status code) (tests and the demo run
 it inside a pod, where the mesh captures it).
 """
 
@@ -19,6 +22,7 @@ import json
 import os
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -61,13 +65,23 @@ def _metadata(items: Any) -> dict[str, str]:
 class Echo:
     """The service's behaviour, independent of the server (tests call it with a fake context too)."""
 
-    def __init__(self, pod: str = "", namespace: str = "", version: str = "") -> None:
+    def __init__(self, pod: str = "", namespace: str = "", version: str = "", fail_every: int = 0,
+                 fail_code: str = "UNAVAILABLE") -> None:
         labels = json.loads(os.environ.get("POD_LABELS", "{}"))
+        self.fail_every = fail_every
+        self.fail_code = getattr(grpc.StatusCode, fail_code.upper())
+        self.calls = 0
+        self._lock = threading.Lock()
         self.pod = pod or os.environ.get("POD_NAME", socket.gethostname())
         self.namespace = namespace or os.environ.get("POD_NAMESPACE", "")
         self.version = version or labels.get("version", "")
 
     def _reply(self, req: dict[str, Any], context: grpc.ServicerContext, method: str) -> dict[str, Any]:
+        with self._lock:
+            self.calls += 1
+            n = self.calls
+        if self.fail_every and n % self.fail_every == 0:
+            context.abort(self.fail_code, f"call {n}: failing every {self.fail_every}")
         status = req.get("status")
         if status:
             code = getattr(grpc.StatusCode, str(status).upper(), None)
@@ -111,6 +125,21 @@ def serve(port: int, echo: Echo | None = None, host: str = "0.0.0.0", workers: i
     return server, bound
 
 
+def tally(target: str, repeat: int, timeout: float = 5.0, metadata: tuple[tuple[str, str], ...] = ()) -> dict[str, int]:
+    """`repeat` unary calls on one channel, counted by status code name (failures do not stop it)."""
+    out: dict[str, int] = {}
+    with grpc.insecure_channel(target) as ch:
+        fn = ch.unary_unary(UNARY, request_serializer=Struct.SerializeToString, response_deserializer=Struct.FromString)
+        for i in range(repeat):
+            try:
+                fn(_struct({"message": str(i)}), timeout=timeout, metadata=metadata)
+                code = "OK"
+            except grpc.RpcError as e:
+                code = e.code().name
+            out[code] = out.get(code, 0) + 1
+    return out
+
+
 def call(target: str, message: str = "", stream: int = 0, metadata: tuple[tuple[str, str], ...] = (),
          status: str = "", timeout: float = 5.0, repeat: int = 1) -> list[dict[str, Any]]:
     """One call (unary, or server streaming with `stream` replies); the replies as dicts. Raises
@@ -141,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--header", action="append", default=[], help="metadata k=v (repeatable)")
         ap.add_argument("--timeout", type=float, default=5.0)
         ap.add_argument("--repeat", type=int, default=1, help="unary: this many calls on one channel")
+        ap.add_argument("--tally", action="store_true", help="with --repeat: print the count per status code")
         a = ap.parse_args(argv[1:])
         md = tuple(tuple(h.split("=", 1)) for h in a.header)
+        if a.tally:
+            print(json.dumps(tally(a.target, a.repeat, a.timeout, md)), flush=True)  # type: ignore[arg-type]
+            return 0
         try:
             for r in call(a.target, a.message, a.stream, md, a.status, a.timeout, a.repeat):  # type: ignore[arg-type]
                 print(json.dumps(r), flush=True)
@@ -152,8 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--port", type=int, default=9090)
+    ap.add_argument("--fail-every", type=int, default=0, help="every Nth call fails with --fail-code")
+    ap.add_argument("--fail-code", default="UNAVAILABLE", help="gRPC status code name for --fail-every")
     a = ap.parse_args(argv)
-    server, _ = serve(a.port)
+    if not hasattr(grpc.StatusCode, a.fail_code.upper()):
+        ap.error(f"unknown gRPC code {a.fail_code!r}")
+    server, _ = serve(a.port, Echo(fail_every=a.fail_every, fail_code=a.fail_code))
     server.wait_for_termination()
     return 0
 

@@ -27,7 +27,13 @@ class UpStream(Stream):
     __slots__ = ()
 
     def abort(self) -> None:
-        self.reset(getattr(self.ex, "reset_code", None) or ErrorCodes.CANCEL)
+        code = getattr(self.ex, "reset_code", None) or ErrorCodes.CANCEL
+        if self.ended and not self.remote_ended and self.sid in self.conn.streams:
+            # the request went whole but the response is still coming (a timeout, a retry): stop it
+            # too, or the stream holds a slot of the connection until the upstream answers
+            self.conn.reset(self, code)
+            return
+        self.reset(code)
 
     def pause_response(self) -> None:
         self.hold()
