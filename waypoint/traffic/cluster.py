@@ -196,6 +196,8 @@ class Cluster:
             self.outlier.sweep(self.clock())
             out["outlier_detection_ejections_active"] = self.outlier.ejected_count
             out.update({f"outlier_detection_{k}": v for k, v in self.outlier.counters.items()})
+        else:       # Envoy keeps the outlier stats of every cluster, at 0 without outlier detection
+            out["outlier_detection_ejections_active"] = 0
         out["membership_healthy"] = len(self.hosts) - (self.outlier.ejected_count if self.outlier else 0)
         out.update(self.breaker.stats())
         out.update(self.retries.stats())
