@@ -120,8 +120,8 @@ class Exchange:
     def start(self) -> None:
         e = self.engine
         head = self.head
-        head.headers, self.record.request_id = add_forwarded(head.headers, head.scheme, e.rng)
         self.trace = e.tracing.server(head, self.downstream, self.record) if e.tracing is not None else None
+        head.headers, self.record.request_id = add_forwarded(head.headers, head.scheme, e.rng)
         try:
             decision = e.decide(head, self.downstream)
         except Exception:

@@ -112,9 +112,9 @@ class Tracing:
         return self._pipe
 
     def server(self, head: RequestHead, down: Downstream, rec: RequestRecord) -> RequestTrace | None:
-        """At the request head (after x-request-id is set): the request's trace, or None. A request
-        not traced keeps its incoming trace headers; with a provider and no incoming context it
-        gets an unsampled `traceparent`, so the next hop does not start a trace of its own (as
+        """At the request head (before the waypoint adds its own headers): the request's trace, or
+        None. A request not traced goes on with its incoming context marked unsampled in every
+        format (or a fresh unsampled one), so the next hop does not start a trace of its own (as
         Envoy's)."""
         cfg = self.tracing_for()
         if not cfg.enabled:
@@ -124,9 +124,8 @@ class Tracing:
             return None
         parent, force = tr.extract(head.headers)
         if not tr.sample(parent, force, cfg.sampling_percent, self.rng):
-            if parent is None:
-                tid, sid = tr.new_ids(self.rng)
-                head.headers = tr.inject(head.headers, tid, sid, False)
+            tid, sid = (parent.trace_id, parent.span_id) if parent is not None else tr.new_ids(self.rng)
+            head.headers = tr.inject(head.headers, tid, sid, False)
             return None
         return RequestTrace(self, pipe, cfg, head, down, rec, parent)
 
@@ -198,6 +197,7 @@ class RequestTrace:
         s = self.span
         s.set_attributes(tr.server_end_attributes(rec.status, rec.response_flags, rec.bytes_received,
                                                   rec.bytes_sent, self.cluster, rec.upstream))
+        s.set_attribute("guid:x-request-id", rec.request_id)    # set by the exchange after the span began
         if rec.status == 0 or rec.status >= 500:
             s.set_status(Status(StatusCode.ERROR))
         s.end(end_time=time.time_ns())
