@@ -120,7 +120,8 @@ class Exchange:
     def start(self) -> None:
         e = self.engine
         head = self.head
-        self.trace = e.tracing.server(head, self.downstream, self.record) if e.tracing is not None else None
+        tracing = getattr(e, "tracing", None)   # waypoint.telemetry.tracing_sdk.Tracing, when the waypoint traces
+        self.trace = tracing.server(head, self.downstream, self.record) if tracing is not None else None
         head.headers, self.record.request_id = add_forwarded(head.headers, head.scheme, e.rng)
         try:
             decision = e.decide(head, self.downstream)
