@@ -4,7 +4,8 @@ protos' TraceService/Export), OTLP HTTP (protobuf `POST /v1/traces`) and Zipkin'
 
 In-process: `with Receiver() as r: ... r.wait(lambda spans: ...)`. As a process (the lab runs it
 in a pod's netns): `python -m tests.support.otlp_receiver --host IP --grpc-port N --http-port M
---out FILE`, which appends one JSON line per span to FILE; `read_spans(FILE)` reads them back.
+--out FILE`, which appends one JSON line per span to FILE (`read_spans(FILE)` reads them back); without
+--out it only counts them (the bench's sink).
 """
 
 from __future__ import annotations
@@ -70,8 +71,10 @@ class Receiver:
     """The three receivers on `host`; spans land in `self.spans` (and in `out`, when given)."""
 
     def __init__(self, host: str = "127.0.0.1", grpc_port: int = 0, http_port: int = 0,
-                 out: Path | None = None) -> None:
+                 out: Path | None = None, keep: bool = True) -> None:
         self.spans: list[Span] = []
+        self.count = 0              # spans received (kept in `spans` only with `keep`)
+        self.keep = keep
         self.requests = {"otlp-grpc": 0, "otlp-http": 0, "zipkin": 0}
         self.out = out
         self._lock = threading.Lock()
@@ -87,7 +90,9 @@ class Receiver:
     def add(self, spans: list[Span], via: str) -> None:
         with self._lock:
             self.requests[via] += 1
-            self.spans.extend(spans)
+            self.count += len(spans)
+            if self.keep:
+                self.spans.extend(spans)
             if self.out is not None:
                 with self.out.open("a") as f:
                     for s in spans:
@@ -164,9 +169,9 @@ def main() -> None:
     ap.add_argument("--host", default="0.0.0.0")
     ap.add_argument("--grpc-port", type=int, default=4317)
     ap.add_argument("--http-port", type=int, default=4318)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, help="append the spans here as JSON lines (default: count them only)")
     a = ap.parse_args()
-    Receiver(a.host, a.grpc_port, a.http_port, a.out)
+    Receiver(a.host, a.grpc_port, a.http_port, a.out, keep=False)
     print(f"receiving OTLP gRPC on {a.grpc_port}, OTLP HTTP and Zipkin on {a.http_port}", flush=True)
     threading.Event().wait()
 
