@@ -114,8 +114,9 @@ class Tracing:
     def server(self, head: RequestHead, down: Downstream, rec: RequestRecord) -> RequestTrace | None:
         """At the request head (before the waypoint adds its own headers): the request's trace, or
         None. A request not traced goes on with its incoming context marked unsampled in every
-        format (or a fresh unsampled one), so the next hop does not start a trace of its own (as
-        Envoy's)."""
+        format (an already unsampled one passes as it came; without any, the exchange's
+        `add_forwarded` adds a fresh unsampled traceparent), so the next hop does not start a
+        trace of its own (as Envoy's). Not traced: no span object, no id drawn."""
         cfg = self.tracing_for()
         if not cfg.enabled:
             return None
@@ -124,9 +125,9 @@ class Tracing:
             return None
         parent, force = tr.extract(head.headers)
         if not tr.sample(parent, force, cfg.sampling_percent, self.rng):
-            tid, sid = (parent.trace_id, parent.span_id) if parent is not None else tr.new_ids(self.rng)
-            head.headers = tr.inject(head.headers, tid, sid, False)
-            return None
+            if parent is not None and parent.sampled is not False:
+                head.headers = tr.inject(head.headers, parent.trace_id, parent.span_id, False)
+            return None     # (no context at all: the exchange adds a fresh unsampled traceparent)
         return RequestTrace(self, pipe, cfg, head, down, rec, parent)
 
     def shutdown(self) -> None:

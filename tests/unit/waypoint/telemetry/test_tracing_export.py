@@ -127,7 +127,12 @@ def test_not_sampled_means_no_span_and_an_unsampled_context(receiver: Receiver, 
         traced(p, TracingConfig((grpc_provider(receiver),), 0.0))
         _, echo = get(p.port, "/")
         sent = dict(echo["headers"])
-        assert sent["traceparent"].endswith("-00") and sent["x-b3-sampled"] == "0"
+        assert sent["traceparent"].endswith("-00")          # a fresh unsampled context
+        # a B3 parent that left the decision open: marked unsampled, same trace, in every format
+        _, echo = get(p.port, "/", {"x-b3-traceid": "a3ce929d0e0e4736", "x-b3-spanid": "00f067aa0ba902b7"})
+        sent = dict(echo["headers"])
+        assert sent["traceparent"] == "00-0000000000000000a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        assert sent["x-b3-sampled"] == "0" and sent["x-b3-traceid"] == "0000000000000000a3ce929d0e0e4736"
         # an incoming unsampled context passes as it came
         unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
         _, echo = get(p.port, "/", {"traceparent": unsampled})
