@@ -16,6 +16,9 @@ proves the routing before anything is timed.
   budget) in place: what resilience costs on the happy path. The two waypoint scenarios share one
   waypoint; `L7Set.activate` applies the scenario's configuration before each of its reps, so their
   reps interleave in time like every other pair's.
+- ambit-waypoint-traced: the same waypoint and route with every request traced (100 % sampling,
+  spans exported over OTLP gRPC to a receiver pod, bench/tracing.py); ambit-waypoint runs it at 0 %,
+  so the pair is the cost of tracing. The switch is the waypoint's sampling file, not config.
 
 Config rendering is sans-IO (tested in tests/unit/bench/test_bench_l7.py); the start/stop edge is
 `L7Set`, shaped like runner.TunnelSet.
@@ -30,6 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench import tracing
 from bench.plan import HTTP_PORT, L7_PORTS, MESH_NS, PLAIN_NS, WEB_SERVICE
 
 CANARY_HEADER = "x-canary"
@@ -234,8 +238,14 @@ class L7Set:
 
     def activate(self, name: str) -> None:
         """Put the configuration of waypoint scenario `name` in place (no-op for other proxies or when
-        it already is), and wait until the waypoint has it."""
+        it already is), and wait until the waypoint has it. The tracing switch (bench/tracing.py) is
+        a file the waypoint re-reads within a second: 100 % for waypoint-traced, else 0 %."""
         if not name.startswith("waypoint") or name == self.active:
+            return
+        tracing.set_sampling(tracing.sampling_file(self.work), name)
+        if (name == tracing.TRACED or self.active == tracing.TRACED) and "waypoint-resilient" not in (name, self.active):
+            self.active = name      # same route either way: only the sampling changed
+            time.sleep(CONFIG_SETTLE_S)
             return
         text = resilient_yaml() if name == "waypoint-resilient" else waypoint_yaml()
         if name != "waypoint-resilient":    # back to the plain route: drop the traffic policy and retries

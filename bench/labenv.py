@@ -26,6 +26,7 @@ from ambitctl.lab import lab as labmod
 from ambitctl.lab import spec as specmod
 from ambitctl.lab import topology
 from ambitctl.lab.topology import LabNames
+from bench import tracing
 from bench.plan import HTTP_PORT, IPERF_PORT, MESH_NS, PLAIN_NS, WEB_SERVICE
 
 # AMBIT_BENCH_LAB_NAME: run beside another bench lab on the same machine (names must differ).
@@ -93,6 +94,8 @@ def spec_dict(work: Path, l7: bool = False) -> dict[str, Any]:
                              "ports": [{"name": "http", "containerPort": HTTP_PORT}]})
         pods.append({"name": "l7proxy", "namespace": PLAIN_NS, "node": "node1", "serviceAccount": "l7proxy",
                      "labels": {"app": "l7proxy"}, "command": ["sleep", "infinity"]})
+        if tracing.available():
+            pods.append(tracing.receiver_pod())     # spans of ambit-waypoint-traced (bench/tracing.py)
         services.append({"name": WEB_SERVICE, "namespace": MESH_NS, "selector": {"app": WEB_SERVICE},
                          "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}]})
     return {"nodes": 2,
@@ -171,8 +174,17 @@ def lab_up(work: Path, capture: str, name: str = LAB_NAME, wait_timeout: float =
         print(f"  removed leftovers of an earlier bench lab: {len(left)} objects", flush=True)
     spec = specmod.parse(spec_dict(work, l7=l7), source="<bench spec>")
     base = work / f"lab-{capture}"
+    saved = dict(os.environ)
+    rcv = next((p for p in spec.pods if p.name == tracing.RECEIVER_POD), None)
+    if rcv is not None:     # the supervisor, hence the waypoint, inherits the tracing settings
+        tracing.set_sampling(tracing.sampling_file(work), "waypoint")
+        os.environ.update(tracing.waypoint_env(rcv.ip, tracing.sampling_file(work)))
     try:
-        st = labmod.up(spec, name=name, base=base, capture=capture, wait=False)
+        try:
+            st = labmod.up(spec, name=name, base=base, capture=capture, wait=False)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
         labmod.wait_ready(st, base, timeout=wait_timeout)
         yield BenchLab(spec=spec, base=base, capture=capture, names=names)
     finally:

@@ -38,8 +38,8 @@ class Scenario:
     server: str = "server"
     tunnel: str = ""            # "", "stunnel" or "haproxy"
     mesh: bool = False          # ztunnel CPU/RSS apply
-    l7: str = ""                # "", "nginx", "haproxy", "waypoint" or "waypoint-resilient": header routing to
-    #                             web-v1/web-v2 (HTTP only); the two waypoint ones share one waypoint
+    l7: str = ""                # "", "nginx", "haproxy", "waypoint", "waypoint-resilient" or "waypoint-traced":
+    #                             header routing to web-v1/web-v2 (HTTP only); the waypoint ones share one waypoint
 
     @property
     def waypoint(self) -> bool:
@@ -74,6 +74,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "(3 attempts on 5xx,reset,connect-failure, per-try and route timeouts), the DestinationRule sets "
              "LEAST_REQUEST, connection-pool limits, outlier detection and a retry budget", "ebpf", MESH_NS, "client",
              mesh=True, l7="waypoint-resilient"),
+    Scenario("ambit-waypoint-traced", "as ambit-waypoint, every request traced (100 % sampling: a server and a "
+             "client span per request, exported over OTLP gRPC to a receiver pod); ambit-waypoint runs the same "
+             "waypoint at 0 %", "ebpf", MESH_NS, "client", mesh=True, l7="waypoint-traced"),
     Scenario("ambit-iptables-capture", "as ambit-l4-cross-node, lab brought up with --capture iptables",
              "iptables", MESH_NS, "client", mesh=True),
 )}

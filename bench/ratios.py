@@ -55,6 +55,8 @@ L7_SCENARIOS = ("ambit-waypoint", "ambit-waypoint-resilient")
 # What resilience costs on the happy path: the waypoint with retries and a traffic policy against
 # the same waypoint and route without them, in the same run.
 RESILIENCE_PAIR = ("ambit-waypoint-resilient", "ambit-waypoint")
+# What tracing costs: the same waypoint at 100 % sampling against 0 % (bench/l7.py switches it).
+TRACING_PAIR = ("ambit-waypoint-traced", "ambit-waypoint")
 L7_BASELINES = ("nginx-l7", "haproxy-l7")
 L7_RATIO_METRICS = ("max_rps", "lat100_p50_ms", "lat100_p99_ms", "lat1000_p50_ms", "lat1000_p99_ms",
                     "proxy_cpu_per_1k", "l7_cpu_per_1k", "l7_rss_mb")
@@ -75,6 +77,7 @@ def all_ratios(results: RunResults, scenarios: Sequence[str] = AMBIT_SCENARIOS,
     if l7:
         out += all_ratios(results, L7_SCENARIOS, L7_BASELINES, L7_RATIO_METRICS, l7=False)
         out += all_ratios(results, RESILIENCE_PAIR[:1], RESILIENCE_PAIR[1:], L7_RATIO_METRICS, l7=False)
+        out += all_ratios(results, TRACING_PAIR[:1], TRACING_PAIR[1:], L7_RATIO_METRICS, l7=False)
     return out
 
 
@@ -83,3 +86,22 @@ def find(ratios: Sequence[Ratio], scenario: str, baseline: str, key: str) -> Rat
         if (r.scenario, r.baseline, r.metric) == (scenario, baseline, key):
             return r
     return None
+
+
+def tracing_cost(results: RunResults) -> dict[str, float]:
+    """What 100 % sampling adds per request, paired rep by rep with the 0 % waypoint: waypoint
+    CPU in µs per request (from l7_cpu_per_1k, CPU-seconds per 1000 requests), p50/p99 latency
+    added at 1000 req/s (ms), and the max-rate ratio. Only the keys with data."""
+    traced, plain = TRACING_PAIR
+    out: dict[str, float] = {}
+    cpu = paired(results.per_rep(traced, "l7_cpu_per_1k"), results.per_rep(plain, "l7_cpu_per_1k"))
+    if cpu:
+        out["cpu_us_per_request"] = stats.median((x - y) * 1000.0 for x, y in cpu)
+    for key, name in (("lat1000_p50_ms", "p50_added_ms"), ("lat1000_p99_ms", "p99_added_ms")):
+        pairs = paired(results.per_rep(traced, key), results.per_rep(plain, key))
+        if pairs:
+            out[name] = stats.median(x - y for x, y in pairs)
+    r = ratio(results, traced, plain, "max_rps")
+    if r is not None:
+        out["max_rps_ratio"] = r.ratio
+    return out

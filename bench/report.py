@@ -16,7 +16,8 @@ from bench.metrics import LAT_PS, RATES, fmt, metric
 from bench.results import RunResults
 
 SCENARIO_ORDER = ("direct", "ambit-l4-cross-node", "ambit-l4-same-node", "ambit-iptables-capture",
-                  "stunnel", "haproxy", "ambit-waypoint", "ambit-waypoint-resilient", "nginx-l7",
+                  "stunnel", "haproxy", "ambit-waypoint", "ambit-waypoint-resilient",
+                  "ambit-waypoint-traced", "nginx-l7",
                   "haproxy-l7")
 
 TABLE_METRICS = (
@@ -119,6 +120,20 @@ def istio_table(results: RunResults) -> list[str]:
     return lines
 
 
+def tracing_line(cost: Mapping[str, float]) -> str:
+    """The cost of tracing every request (ambit-waypoint-traced against ambit-waypoint at 0 %)."""
+    parts = []
+    if "cpu_us_per_request" in cost:
+        parts.append(f"{cost['cpu_us_per_request']:.0f} µs of waypoint CPU per request")
+    if "p50_added_ms" in cost:
+        parts.append(f"p50 {cost['p50_added_ms']:+.2f} ms")
+    if "p99_added_ms" in cost:
+        parts.append(f"p99 {cost['p99_added_ms']:+.2f} ms at 1000 req/s")
+    if "max_rps_ratio" in cost:
+        parts.append(f"max rate ×{cost['max_rps_ratio']:.2f}")
+    return "Tracing at 100 % sampling against 0 % (same waypoint, same run): " + ", ".join(parts) + "."
+
+
 def render(results: RunResults, meta: Mapping[str, Any], verdicts: Sequence[targetmod.Verdict],
            rs: Sequence[ratiomod.Ratio], charts: Sequence[str] = (), profiles: Mapping[str, str] | None = None) -> str:
     mach = meta.get("machine", {})
@@ -143,6 +158,9 @@ def render(results: RunResults, meta: Mapping[str, Any], verdicts: Sequence[targ
                 + ", ".join(f"{metric(k).label.split(': ')[-1]} {cell(results, 'controller', k)} {metric(k).unit}"
                             for k in push) + "."]
     out += ["", "## Ratios (pair by pair within this run)", ""] + ratio_table(rs)
+    cost = ratiomod.tracing_cost(results)
+    if cost:
+        out += ["", tracing_line(cost)]
     if charts:
         out += ["", "## Charts", ""] + [f"![{c}]({c})" for c in charts]
     if results.errors:

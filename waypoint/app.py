@@ -21,6 +21,7 @@ port) decide.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -51,6 +52,8 @@ from waypoint.telemetry.clusters import ClusterCollector
 from waypoint.telemetry.hook import Telemetry
 from waypoint.telemetry.metrics import HttpMetrics
 from waypoint.telemetry.mirrors import MirrorCollector
+from waypoint.telemetry.tracing_sdk import Tracing, TracingFor
+from waypoint.telemetry.tracing_settings import settings_tracing, tracing_identity
 from waypoint.traffic.cluster import Cluster, Clusters
 from waypoint.traffic.hashkey import HashKey
 
@@ -76,8 +79,10 @@ class WaypointProxy:
 
     def __init__(self, settings: WaypointSettings, config: WaypointConfig, identities: IdentityManager | None,
                  rng: random.Random | None = None, http_metrics: HttpMetrics | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, tracing_for: TracingFor | None = None) -> None:
         self.settings = settings
+        # what tracing applies: the injected resolver (Telemetry API), else the --tracing-* flags
+        self.tracing_for = tracing_for or settings_tracing(settings)
         self.config = config
         self.identities = identities
         self.identity = settings.identity
@@ -104,6 +109,8 @@ class WaypointProxy:
     async def start(self) -> None:
         self.engine = Engine(self.settings.http, self.decide, self.upstream, opaque=self.opaque,
                              access_log=self._access_log, stats=self._stats, rng=self.rng)
+        if self.tracing_for is not None:
+            self.engine.tracing = Tracing(self.tracing_for, tracing_identity(self.settings), self.rng)
         host, _, port = self.settings.listen.rpartition(":")
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -118,6 +125,8 @@ class WaypointProxy:
             await self.server.close(grace=self.settings.http.drain_timeout)
         if self.engine is not None:
             await self.engine.shutdown()
+            if self.engine.tracing is not None:     # flush the spans still batched
+                await asyncio.get_running_loop().run_in_executor(None, self.engine.tracing.shutdown)
         await self.pool.close()
 
     # --- TLS ----------------------------------------------------------------------------------

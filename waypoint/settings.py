@@ -33,6 +33,10 @@ def _ns_name(v: str) -> str | None:
     return None if ns and name and "/" not in name else "must be NAMESPACE/NAME of the waypoint Gateway"
 
 
+def _percent(v: float) -> str | None:
+    return None if 0 <= v <= 100 else "must be a percentage within 0..100"
+
+
 def _gateway_class(v: str) -> str | None:
     return None if v in WAYPOINT_CLASSES else f"must be one of {', '.join(WAYPOINT_CLASSES)}"
 
@@ -61,6 +65,15 @@ class WaypointSettings:
     cert_ttl: float = option(24 * 3600.0, "lifetime (seconds) requested for the waypoint's certificate",
                              check=positive)
     log_level: str = option("INFO", "logging level")
+    tracing_otlp: str = option("", "export spans over OTLP gRPC to HOST:PORT ('' : not)", check=_address)
+    tracing_otlp_http: str = option("", "export spans over OTLP HTTP to http://HOST:PORT[/v1/traces]")
+    tracing_zipkin: str = option("", "export spans to Zipkin's API at http://HOST:PORT[/api/v2/spans]")
+    tracing_sampling: float = option(1.0, "percentage of requests traced (Istio's default: 1)", check=_percent)
+    tracing_sampling_file: Path | None = option(help="a file holding the sampling percentage, re-read when it "
+                                                "changes (a runtime switch)")
+    tracing_tag: tuple[str, ...] = option((), "a custom span tag NAME=literal:VALUE|environment:VAR|header:NAME "
+                                          "(repeatable)")
+    tracing_disable_span_reporting: bool = option(False, "propagate trace headers but report no spans")
     http: HttpSettings = field(default_factory=HttpSettings)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
 

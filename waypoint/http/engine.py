@@ -27,7 +27,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from waypoint.http.detect import Detector, Verdict
 from waypoint.http.exchange import Exchange
@@ -78,6 +78,7 @@ class Engine:
         self.opaque = opaque
         self.access_log = access_log
         self.stats = stats
+        self.tracing: Any = None    # waypoint.telemetry.tracing_sdk.Tracing, set by the app when it traces
         self.rng = rng or random.Random()
         self.loop = asyncio.get_running_loop()
         self.pools = Pools(self)

@@ -65,7 +65,7 @@ class Exchange:
                  "upgraded", "_raw_ends", "keep_alive", "reset_code", "_attempt",
                  "retry_policy", "rstate", "replay", "replay_bytes", "replayable", "leg", "timeout",
                  "per_try_timeout", "retry_flag", "_timer", "_try_timer", "_backoff", "shadows", "_fault_flags",
-                 "_delay")
+                 "_delay", "trace")
 
     def __init__(self, engine: Engine, down: DownLeg, head: RequestHead, downstream: Downstream, *,
                  body: str, upgrade: bool = False, expect_continue: bool = False) -> None:
@@ -111,6 +111,7 @@ class Exchange:
         self.shadows: list[Shadow] = []     # mirrored copies in flight (waypoint/http/shadow.py)
         self._fault_flags = ""              # DI when a delay was injected (waypoint.resilience.fault)
         self._delay: asyncio.TimerHandle | None = None
+        self.trace = None                   # its spans, when traced (waypoint/telemetry/tracing_sdk.py)
         self._t0 = time.monotonic()
         self.last = engine.loop.time()
 
@@ -119,6 +120,8 @@ class Exchange:
     def start(self) -> None:
         e = self.engine
         head = self.head
+        tracing = getattr(e, "tracing", None)   # waypoint.telemetry.tracing_sdk.Tracing, when the waypoint traces
+        self.trace = tracing.server(head, self.downstream, self.record) if tracing is not None else None
         head.headers, self.record.request_id = add_forwarded(head.headers, head.scheme, e.rng)
         try:
             decision = e.decide(head, self.downstream)
@@ -627,18 +630,24 @@ class Exchange:
 
     def _attempt_start(self) -> None:
         t = self.target
+        if self.trace is not None:      # each try its own client span, its context sent upstream
+            self.trace.try_start(self.up_head, t)
         if t is not None and t.cluster is not None:
             self._attempt = 1
             t.cluster.attempt_started(t.address)
 
     def _attempt_result(self, outcome: attempt.Outcome) -> None:
         t = self.target
+        if self.trace is not None:
+            self.trace.try_result(outcome)
         if self._attempt == 1 and t is not None and t.cluster is not None:
             self._attempt = 2
             t.cluster.attempt_result(t.address, outcome)
 
     def _attempt_end(self) -> None:
         t = self.target
+        if self.trace is not None:
+            self.trace.try_end()
         if self._attempt and t is not None and t.cluster is not None:
             self._attempt = 0
             t.cluster.attempt_ended(t.address)
@@ -660,10 +669,12 @@ class Exchange:
         e = self.engine
         e.exchanges.discard(self)
         try:
+            if self.trace is not None:
+                self.trace.finish(rec)
             e.access_log(rec)
             e.stats(rec)
         except Exception:
-            log.exception("access-log or stats sink failed")
+            log.exception("tracing, access-log or stats sink failed")
         self.down.exchange_done(self)
 
 

@@ -1,0 +1,180 @@
+"""A real span receiver for tests: OTLP gRPC (a grpcio server implementing the OpenTelemetry
+protos' TraceService/Export), OTLP HTTP (protobuf `POST /v1/traces`) and Zipkin's v2 API
+(JSON `POST /api/v2/spans`), all collecting into one list of `Span`s.
+
+In-process: `with Receiver() as r: ... r.wait(lambda spans: ...)`. As a process (the lab runs it
+in a pod's netns): `python -m tests.support.otlp_receiver --host IP --grpc-port N --http-port M
+--out FILE`, which appends one JSON line per span to FILE (`read_spans(FILE)` reads them back); without
+--out it only counts them (the bench's sink).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+# OTLP's Span.SpanKind numbers -> the names Zipkin uses (and we compare on)
+OTLP_KINDS = {1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
+
+
+@dataclass
+class Span:
+    via: str                    # otlp-grpc | otlp-http | zipkin
+    service: str                # the resource's service.name (Zipkin: localEndpoint.serviceName)
+    trace_id: str               # hex, 32 digits
+    span_id: str                # hex, 16 digits
+    parent_id: str              # "" for a root span
+    name: str
+    kind: str                   # SERVER | CLIENT | ...
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+def _value(v: AnyValue) -> str:
+    which = v.WhichOneof("value")
+    return "" if which is None else str(getattr(v, which))
+
+
+def from_otlp(req: trace_service_pb2.ExportTraceServiceRequest, via: str) -> list[Span]:
+    out = []
+    for rs in req.resource_spans:
+        res = {a.key: _value(a.value) for a in rs.resource.attributes}
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                out.append(Span(via, res.get("service.name", ""), s.trace_id.hex(), s.span_id.hex(),
+                                s.parent_span_id.hex(), s.name, OTLP_KINDS.get(s.kind, str(s.kind)),
+                                {a.key: _value(a.value) for a in s.attributes}))
+    return out
+
+
+def from_zipkin(body: bytes) -> list[Span]:
+    out = []
+    for s in json.loads(body):
+        tid = s["traceId"].rjust(32, "0")
+        out.append(Span("zipkin", (s.get("localEndpoint") or {}).get("serviceName", ""), tid, s["id"],
+                        s.get("parentId", ""), s.get("name", ""), s.get("kind", ""),
+                        {k: str(v) for k, v in (s.get("tags") or {}).items()}))
+    return out
+
+
+class Receiver:
+    """The three receivers on `host`; spans land in `self.spans` (and in `out`, when given)."""
+
+    def __init__(self, host: str = "127.0.0.1", grpc_port: int = 0, http_port: int = 0,
+                 out: Path | None = None, keep: bool = True) -> None:
+        self.spans: list[Span] = []
+        self.count = 0              # spans received (kept in `spans` only with `keep`)
+        self.keep = keep
+        self.requests = {"otlp-grpc": 0, "otlp-http": 0, "zipkin": 0}
+        self.out = out
+        self._lock = threading.Lock()
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), self.grpc)
+        self.grpc_port = self.grpc.add_insecure_port(f"{host}:{grpc_port}")
+        self.grpc.start()
+        self.http = ThreadingHTTPServer((host, http_port), _handler(self))
+        self.http.daemon_threads = True
+        self.http_port = self.http.server_address[1]
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def add(self, spans: list[Span], via: str) -> None:
+        with self._lock:
+            self.requests[via] += 1
+            self.count += len(spans)
+            if self.keep:
+                self.spans.extend(spans)
+            if self.out is not None:
+                with self.out.open("a") as f:
+                    for s in spans:
+                        f.write(json.dumps(asdict(s)) + "\n")
+
+    def wait(self, pred: Callable[[list[Span]], bool], timeout: float = 10.0) -> list[Span]:
+        """The spans once `pred(spans)` holds (or at the timeout, for the caller to assert on)."""
+        deadline = time.time() + timeout
+        while True:
+            with self._lock:
+                spans = list(self.spans)
+            if pred(spans) or time.time() > deadline:
+                return spans
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.grpc.stop(0)
+        self.http.shutdown()
+        self.http.server_close()
+
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self, r: Receiver) -> None:
+        self.r = r
+
+    def Export(self, request, context):  # noqa: N802 (the proto's name)  # type: ignore[no-untyped-def]
+        self.r.add(from_otlp(request, "otlp-grpc"), "otlp-grpc")
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def _handler(r: Receiver) -> type[BaseHTTPRequestHandler]:
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            if self.path == "/v1/traces":
+                req = trace_service_pb2.ExportTraceServiceRequest()
+                req.ParseFromString(body)
+                r.add(from_otlp(req, "otlp-http"), "otlp-http")
+                out, ctype, code = trace_service_pb2.ExportTraceServiceResponse().SerializeToString(), \
+                    "application/x-protobuf", 200
+            elif self.path == "/api/v2/spans":
+                r.add(from_zipkin(body), "zipkin")
+                out, ctype, code = b"", "text/plain", 202
+            else:
+                out, ctype, code = b"not found", "text/plain", 404
+            self.send_response(code)
+            self.send_header("content-type", ctype)
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    return H
+
+
+def read_spans(path: Path) -> list[Span]:
+    if not path.exists():
+        return []
+    return [Span(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--host", default="0.0.0.0")
+    ap.add_argument("--grpc-port", type=int, default=4317)
+    ap.add_argument("--http-port", type=int, default=4318)
+    ap.add_argument("--out", type=Path, help="append the spans here as JSON lines (default: count them only)")
+    a = ap.parse_args()
+    Receiver(a.host, a.grpc_port, a.http_port, a.out, keep=False)
+    print(f"receiving OTLP gRPC on {a.grpc_port}, OTLP HTTP and Zipkin on {a.http_port}", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Tracing's pure half: trace-context parsing and injection (W3C, B3 multi and single), Envoy's
+sampling decision, span names and tags, custom tags, and the waypoint's tracing flags."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from ambit.telemetryconfig import Provider
+from waypoint.telemetry import tracing as tr
+from waypoint.telemetry.tracing_sdk import endpoint
+from waypoint.telemetry.tracing_settings import SamplingFile, from_flags
+
+TID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+SID = 0x00F067AA0BA902B7
+
+
+def test_traceparent_is_parsed_with_its_sampled_flag() -> None:
+    assert tr.parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") == tr.Context(TID, SID, True)
+    assert tr.parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00") == tr.Context(TID, SID, False)
+    # a later version is read as 00 (W3C: parse the fields it knows)
+    assert tr.parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra") is not None
+
+
+@pytest.mark.parametrize("bad", ["", "00-0-0-01", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                                 "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                                 "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+                                 "00-zzf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"])
+def test_invalid_traceparent_is_no_context(bad: str) -> None:
+    assert tr.parse_traceparent(bad) is None
+
+
+def test_b3_single_and_multi() -> None:
+    assert tr.parse_b3_single("4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1") == tr.Context(TID, SID, True)
+    assert tr.parse_b3_single("a3ce929d0e0e4736-00f067aa0ba902b7") == tr.Context(0xA3CE929D0E0E4736, SID, None)
+    assert tr.parse_b3_single("0") is None     # a bare decision carries no ids
+    ctx, force = tr.extract([("x-b3-traceid", "a3ce929d0e0e4736"), ("x-b3-spanid", "00f067aa0ba902b7"),
+                             ("x-b3-sampled", "0")])
+    assert ctx == tr.Context(0xA3CE929D0E0E4736, SID, False) and not force
+    ctx, _ = tr.extract([("x-b3-traceid", "a3ce929d0e0e4736"), ("x-b3-spanid", "00f067aa0ba902b7"),
+                         ("x-b3-flags", "1")])
+    assert ctx is not None and ctx.sampled is True      # debug implies sampled
+
+
+def test_traceparent_wins_over_b3() -> None:
+    ctx, _ = tr.extract([("b3", "a3ce929d0e0e4736-00f067aa0ba902b7-0"),
+                         ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")])
+    assert ctx == tr.Context(TID, SID, True)
+
+
+def test_the_parents_decision_is_honoured_whatever_the_percentage() -> None:
+    rng = random.Random(1)
+    assert all(tr.sample(tr.Context(TID, SID, True), False, 0.0, rng) for _ in range(100))
+    assert not any(tr.sample(tr.Context(TID, SID, False), True, 100.0, rng) for _ in range(100))
+
+
+def test_force_trace_and_the_edges() -> None:
+    rng = random.Random(1)
+    assert tr.sample(None, True, 0.0, rng)
+    assert tr.sample(tr.Context(TID, SID, None), True, 0.0, rng)    # no decision in the parent
+    assert not any(tr.sample(None, False, 0.0, rng) for _ in range(1000))
+    assert all(tr.sample(None, False, 100.0, rng) for _ in range(1000))
+
+
+def test_random_sampling_holds_the_percentage() -> None:
+    rng = random.Random(7)
+    n = sum(tr.sample(None, False, 10.0, rng) for _ in range(100_000))
+    assert 9_700 < n < 10_300       # 10 % ± 3 sigma (sigma ≈ 95)
+
+
+def test_inject_replaces_every_trace_header_in_three_formats() -> None:
+    out = tr.inject([("traceparent", "00-1-2-01"), ("b3", "x"), ("x-b3-sampled", "1"), ("tracestate", "k=v"),
+                     ("host", "a")], TID, SID, True, parent_span_id=0x1234)
+    d = dict(out)
+    assert d["traceparent"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert d["x-b3-traceid"] == "4bf92f3577b34da6a3ce929d0e0e4736" and d["x-b3-spanid"] == "00f067aa0ba902b7"
+    assert d["x-b3-parentspanid"] == "0000000000001234" and d["x-b3-sampled"] == "1"
+    assert d["b3"] == "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1-0000000000001234"
+    assert d["tracestate"] == "k=v" and d["host"] == "a"
+    assert len(out) == len(d)       # no duplicates left
+    # what we inject, we read back
+    assert tr.extract(out)[0] == tr.Context(TID, SID, True)
+    assert tr.parse_b3_single(d["b3"]) == tr.Context(TID, SID, True)
+    unsampled = dict(tr.inject([], TID, SID, False))
+    assert unsampled["traceparent"].endswith("-00") and unsampled["x-b3-sampled"] == "0"
+
+
+def test_span_names_are_istios() -> None:
+    assert tr.server_span_name("echo:8080", "echo.default.svc.cluster.local", 80) == \
+        "echo.default.svc.cluster.local:80/*"
+    assert tr.server_span_name("echo:8080", "", 8080) == "echo:8080/*"
+    assert tr.client_span_name(tr.cluster_name("echo.default.svc.cluster.local", 80)) == \
+        "router outbound|80||echo.default.svc.cluster.local egress"
+
+
+def test_envoys_tags() -> None:
+    ident = tr.Identity("waypoint~~wp-1.default~default.svc.cluster.local", "waypoint", namespace="default")
+    a = tr.server_start_attributes(ident, "GET", "http", "echo", "/a?b", "HTTP/1.1", "rid", "curl", "10.0.0.1",
+                                   "spiffe://cluster.local/ns/default/sa/client")
+    assert a["component"] == "proxy" and a["guid:x-request-id"] == "rid" and a["http.url"] == "http://echo/a?b"
+    assert a["istio.canonical_service"] == "waypoint" and a["node_id"].startswith("waypoint~")
+    e = tr.server_end_attributes(503, "UF", 3, 91, "outbound|80||echo", "10.0.0.9:80")
+    assert e["http.status_code"] == "503" and e["response_flags"] == "UF" and e["error"] == "true"
+    assert e["request_size"] == "3" and e["response_size"] == "91" and e["upstream_cluster"] == "outbound|80||echo"
+    assert "error" not in tr.server_end_attributes(200, "", 0, 0, "", "")
+    assert ident.service_name == "waypoint.default"
+
+
+def test_custom_tags_literal_environment_header() -> None:
+    tags = (("team", "literal", "payments"), ("region", "environment", "REGION"),
+            ("zone", "environment", "NOPE|unknown"), ("gone", "environment", "NOPE"),
+            ("user", "header", "X-User"), ("tenant", "header", "x-tenant|none"))
+    out = tr.custom_tags(tags, [("x-user", "ann"), ("x-user", "bob")], {"REGION": "eu"})
+    assert out == {"team": "payments", "region": "eu", "zone": "unknown", "user": "ann", "tenant": "none"}
+
+
+def test_tag_and_provider_flags() -> None:
+    assert tr.parse_tag_flag("team=literal:a:b") == ("team", "literal", "a:b")
+    with pytest.raises(ValueError, match="--tracing-tag"):
+        tr.parse_tag_flag("team=metadata:x")
+    cfg = from_flags("10.0.0.1:4317", "http://10.0.0.1:4318", "10.0.0.1:9411", 10.0, ("a=literal:b",))
+    assert [endpoint(p) for p in cfg.providers] == ["10.0.0.1:4317", "http://10.0.0.1:4318/v1/traces",
+                                                    "http://10.0.0.1:9411/api/v2/spans"]
+    assert cfg.sampling_percent == 10.0 and cfg.custom_tags == (("a", "literal", "b"),) and cfg.enabled
+    assert endpoint(Provider("z", "zipkin", "zipkin.istio-system", 9411, "/custom")) == \
+        "http://zipkin.istio-system:9411/custom"
+    with pytest.raises(ValueError, match="--tracing-otlp"):
+        from_flags("nohost")
+
+
+def test_sampling_file_switches_at_runtime(tmp_path: Path) -> None:
+    now = [0.0]
+    f = tmp_path / "pct"
+    sf = SamplingFile(from_flags("127.0.0.1:1", sampling=5.0), f, clock=lambda: now[0])
+    assert sf().sampling_percent == 5.0         # no file: the flag's
+    f.write_text("100\n")
+    assert sf().sampling_percent == 5.0         # re-read at most once a second
+    now[0] = 1.5
+    assert sf().sampling_percent == 100.0
+    f.write_text("banana")
+    import os
+    os.utime(f, (1, 1))
+    now[0] = 3.0
+    assert sf().sampling_percent == 100.0       # a bad value keeps the last good one
+    f.unlink()
+    now[0] = 5.0
+    assert sf().sampling_percent == 5.0

@@ -1,0 +1,189 @@
+"""The waypoint's spans end to end in one process: a real client, the engine, a real origin, and
+the real OTLP gRPC / OTLP HTTP / Zipkin receiver (tests/support/otlp_receiver.py) the SDK's
+exporters send to."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from ambit.telemetryconfig import Provider, TracingConfig
+from tests.support.otlp_receiver import Receiver, Span
+from tests.unit.waypoint.harness import Origin, Proxy, by_header, free_port
+from waypoint.telemetry import tracing as tr
+from waypoint.telemetry.tracing_sdk import Tracing
+
+IDENT = tr.Identity("waypoint~~wp-0.default~default.svc.cluster.local", "waypoint", namespace="default")
+PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.fixture()
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r
+
+
+@pytest.fixture()
+def origin() -> Iterator[Origin]:
+    o = Origin()
+    yield o
+    o.close()
+
+
+def traced(p: Proxy, cfg: TracingConfig) -> None:
+    def install() -> None:
+        assert p.engine is not None
+        p.engine.tracing = Tracing(lambda: cfg, IDENT, delay_ms=100)
+    p.call(install)
+
+
+def get(port: int, path: str = "/", headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = r.read()
+            return r.status, json.loads(body) if body.startswith(b"{") else {}
+    except urllib.error.HTTPError as e:
+        return e.code, {}
+
+
+def grpc_provider(r: Receiver) -> Provider:
+    return Provider("otel", "opentelemetry", "127.0.0.1", r.grpc_port, "", "grpc")
+
+
+def of(spans: list[Span], trace: str) -> list[Span]:
+    return [s for s in spans if s.trace_id == trace]
+
+
+def test_server_and_client_span_link_the_client_and_the_origin(receiver: Receiver, origin: Origin) -> None:
+    p = Proxy(by_header({"default": origin.port}))
+    try:
+        traced(p, TracingConfig((grpc_provider(receiver),), 0.0,
+                                (("team", "literal", "pay"), ("user", "header", "x-user"))))
+        status, echo = get(p.port, "/a?b=1", {"traceparent": PARENT, "x-user": "ann"})
+        assert status == 200
+        spans = of(receiver.wait(lambda s: len(of(s, TRACE)) >= 2), TRACE)
+    finally:
+        p.close()
+    server = next(s for s in spans if s.kind == "SERVER")
+    client = next(s for s in spans if s.kind == "CLIENT")
+    assert len(spans) == 2 and {s.via for s in spans} == {"otlp-grpc"}
+    assert server.parent_id == "00f067aa0ba902b7"      # the client's span (the incoming traceparent)
+    assert client.parent_id == server.span_id
+    sent = dict(echo["headers"])                        # what reached the origin
+    assert sent["traceparent"] == f"00-{TRACE}-{client.span_id}-01"
+    assert sent["x-b3-traceid"] == TRACE and sent["x-b3-spanid"] == client.span_id
+    assert sent["x-b3-parentspanid"] == server.span_id and sent["x-b3-sampled"] == "1"
+    assert sent["b3"] == f"{TRACE}-{client.span_id}-1-{server.span_id}"
+    a = server.attributes
+    assert a["component"] == "proxy" and a["http.method"] == "GET" and a["http.status_code"] == "200"
+    assert a["http.url"].endswith("/a?b=1") and a["guid:x-request-id"] == sent["x-request-id"]
+    assert a["response_size"] == str(int(a["response_size"])) and int(a["response_size"]) > 0
+    assert a["team"] == "pay" and a["user"] == "ann" and a["istio.canonical_service"] == "waypoint"
+    assert server.service == "waypoint.default" and server.name.endswith("/*")
+    assert client.name.startswith("router ") and client.attributes["http.status_code"] == "200"
+    assert client.attributes["upstream_address"] == f"127.0.0.1:{origin.port}"
+
+
+def test_b3_parent_is_honoured(receiver: Receiver, origin: Origin) -> None:
+    p = Proxy(by_header({"default": origin.port}))
+    try:
+        traced(p, TracingConfig((grpc_provider(receiver),), 0.0))
+        get(p.port, "/", {"x-b3-traceid": "a3ce929d0e0e4736", "x-b3-spanid": "00f067aa0ba902b7",
+                          "x-b3-sampled": "1"})
+        trace = "0000000000000000a3ce929d0e0e4736"
+        spans = of(receiver.wait(lambda s: len(of(s, trace)) >= 2), trace)
+    finally:
+        p.close()
+    assert {s.kind for s in spans} == {"SERVER", "CLIENT"}
+    assert next(s for s in spans if s.kind == "SERVER").parent_id == "00f067aa0ba902b7"
+
+
+def test_each_try_gets_its_own_client_span(receiver: Receiver) -> None:
+    dead = free_port()      # nothing listens: connect failures, retried twice (Istio's default policy)
+    p = Proxy(by_header({"default": dead}))
+    try:
+        traced(p, TracingConfig((grpc_provider(receiver),), 100.0))
+        status, _ = get(p.port, "/")
+        assert status == 503
+        spans = receiver.wait(lambda s: len(s) >= 4)
+    finally:
+        p.close()
+    server = next(s for s in spans if s.kind == "SERVER")
+    tries = [s for s in spans if s.kind == "CLIENT"]
+    assert len(tries) == 3 and all(c.parent_id == server.span_id for c in tries)
+    assert len({c.span_id for c in tries}) == 3
+    assert all(c.attributes["error"] == "true" and c.attributes["error.reason"] == "connect_failure" for c in tries)
+    assert server.attributes["http.status_code"] == "503" and "URX" in server.attributes["response_flags"]
+
+
+def test_not_sampled_means_no_span_and_an_unsampled_context(receiver: Receiver, origin: Origin) -> None:
+    p = Proxy(by_header({"default": origin.port}))
+    try:
+        traced(p, TracingConfig((grpc_provider(receiver),), 0.0))
+        _, echo = get(p.port, "/")
+        sent = dict(echo["headers"])
+        assert sent["traceparent"].endswith("-00")          # a fresh unsampled context
+        # a B3 parent that left the decision open: marked unsampled, same trace, in every format
+        _, echo = get(p.port, "/", {"x-b3-traceid": "a3ce929d0e0e4736", "x-b3-spanid": "00f067aa0ba902b7"})
+        sent = dict(echo["headers"])
+        assert sent["traceparent"] == "00-0000000000000000a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        assert sent["x-b3-sampled"] == "0" and sent["x-b3-traceid"] == "0000000000000000a3ce929d0e0e4736"
+        # an incoming unsampled context passes as it came
+        unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        _, echo = get(p.port, "/", {"traceparent": unsampled})
+        assert dict(echo["headers"])["traceparent"] == unsampled
+        # sampled by the parent: spans
+        get(p.port, "/", {"traceparent": PARENT})
+        spans = receiver.wait(lambda s: len(s) >= 2)
+    finally:
+        p.close()
+    assert {s.trace_id for s in spans} == {TRACE}       # only the sampled request made spans
+
+
+def test_disable_span_reporting_reports_nothing_and_propagates(receiver: Receiver, origin: Origin) -> None:
+    p = Proxy(by_header({"default": origin.port}))
+    try:
+        traced(p, TracingConfig((grpc_provider(receiver),), 100.0, disable_span_reporting=True))
+        _, echo = get(p.port, "/", {"traceparent": PARENT})
+        assert dict(echo["headers"])["traceparent"] == PARENT
+        assert receiver.wait(lambda s: bool(s), timeout=1.0) == []
+        assert p.call(lambda: p.engine.tracing._pipe) is None  # type: ignore[union-attr]
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("kind,protocol,via", [("opentelemetry", "http", "otlp-http"), ("zipkin", "", "zipkin")])
+def test_otlp_http_and_zipkin_export(receiver: Receiver, origin: Origin, kind: str, protocol: str, via: str) -> None:
+    p = Proxy(by_header({"default": origin.port}))
+    try:
+        traced(p, TracingConfig((Provider(via, kind, "127.0.0.1", receiver.http_port, "", protocol),), 100.0))
+        get(p.port, "/", {"traceparent": PARENT})
+        spans = of(receiver.wait(lambda s: len(of(s, TRACE)) >= 2), TRACE)
+    finally:
+        p.close()
+    assert {s.via for s in spans} == {via} and {s.kind for s in spans} == {"SERVER", "CLIENT"}
+    server = next(s for s in spans if s.kind == "SERVER")
+    client = next(s for s in spans if s.kind == "CLIENT")
+    assert server.parent_id == "00f067aa0ba902b7" and client.parent_id == server.span_id
+    assert server.attributes["component"] == "proxy" and server.service == "waypoint.default"
+
+
+def test_a_changed_config_switches_exporters(receiver: Receiver, origin: Origin) -> None:
+    """The resolver's answer can change at runtime: the next request follows it."""
+    cfgs = [TracingConfig((grpc_provider(receiver),), 100.0)]
+    p = Proxy(by_header({"default": origin.port}))
+    try:
+        p.call(lambda: setattr(p.engine, "tracing", Tracing(lambda: cfgs[0], IDENT, delay_ms=100)))
+        get(p.port, "/")
+        receiver.wait(lambda s: len(s) >= 2)
+        cfgs[0] = TracingConfig((Provider("z", "zipkin", "127.0.0.1", receiver.http_port),), 100.0)
+        get(p.port, "/")
+        spans = receiver.wait(lambda s: any(x.via == "zipkin" for x in s))
+    finally:
+        p.close()
+    assert {s.via for s in spans} == {"otlp-grpc", "zipkin"}

@@ -1,0 +1,210 @@
+"""Tracing, the SDK edge: OpenTelemetry spans for the requests the waypoint traces, exported by a
+BatchSpanProcessor (its own thread: export never blocks the event loop) over OTLP gRPC, OTLP HTTP
+or Zipkin's v2 JSON API, as the `TracingConfig`'s providers say.
+
+The engine holds one `Tracing`; an exchange asks it `server(...)` at the request head and gets a
+`RequestTrace` (or None: not traced, then no span object exists), which it tells about each try
+(`try_start`, `try_result`, `try_end`) and the end (`finish`). Which config applies comes from an
+injected `tracing_for() -> TracingConfig`, asked per request (it is a cheap call: the settings'
+default returns a cached object, the Telemetry resolver its current answer); a changed provider
+set builds a new exporter pipeline and shuts the old one down off the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from ambit.telemetryconfig import Provider, TracingConfig
+from waypoint.telemetry import tracing as tr
+
+if TYPE_CHECKING:
+    from waypoint.http.attempt import Outcome
+    from waypoint.http.engine import UpstreamTarget
+    from waypoint.http.record import RequestRecord
+    from waypoint.request import Downstream, RequestHead
+
+log = logging.getLogger("waypoint.tracing")
+
+TracingFor = Callable[[], TracingConfig]
+SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
+def endpoint(p: Provider) -> str:
+    """Where a provider's spans go: `host:port` for OTLP gRPC, a URL for OTLP HTTP and Zipkin."""
+    hostport = p.service if (":" in p.service or not p.port) else f"{p.service}:{p.port}"
+    if p.kind == "zipkin":
+        return f"http://{hostport}{p.path or '/api/v2/spans'}"
+    if p.protocol == "http":
+        return f"http://{hostport}{p.path or '/v1/traces'}"
+    return hostport
+
+
+def exporter(p: Provider) -> SpanExporter | None:
+    """The SDK exporter for one provider; None (with a warning naming it) for a kind that carries
+    no spans."""
+    if p.kind == "zipkin":
+        from opentelemetry.exporter.zipkin.json import ZipkinExporter
+        return ZipkinExporter(endpoint=endpoint(p))
+    if p.kind == "opentelemetry" and p.protocol == "http":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+        return HttpExporter(endpoint=endpoint(p))
+    if p.kind == "opentelemetry":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+        return GrpcExporter(endpoint=endpoint(p), insecure=True)
+    log.warning("tracing provider %r of kind %r carries no spans: ignored for tracing", p.name, p.kind)
+    return None
+
+
+class Pipeline:
+    """A TracerProvider with one batch processor per exporting provider."""
+
+    def __init__(self, providers: tuple[Provider, ...], ident: tr.Identity, delay_ms: int) -> None:
+        self.providers = providers
+        self.sdk = TracerProvider(sampler=ALWAYS_ON, resource=Resource.create({
+            "service.name": ident.service_name, "service.namespace": ident.namespace,
+            "service.instance.id": ident.node_id}))
+        self.exporting = 0
+        for p in providers:
+            ex = exporter(p)
+            if ex is not None:
+                self.sdk.add_span_processor(BatchSpanProcessor(ex, schedule_delay_millis=delay_ms))
+                self.exporting += 1
+        self.tracer = self.sdk.get_tracer("ambit.waypoint")
+
+    def shutdown(self) -> None:
+        """Flush and stop, in a thread: an exporter may block for its timeout."""
+        threading.Thread(target=self.sdk.shutdown, name="tracing-shutdown", daemon=True).start()
+
+
+class Tracing:
+    """The engine's tracer: decides per request, owns the exporter pipeline of the current config."""
+
+    def __init__(self, tracing_for: TracingFor, ident: tr.Identity, rng: random.Random | None = None, *,
+                 delay_ms: int = 1000) -> None:
+        self.tracing_for = tracing_for
+        self.ident = ident
+        self.rng = rng or random.Random()
+        self.delay_ms = delay_ms
+        self._cfg: TracingConfig | None = None
+        self._pipe: Pipeline | None = None
+
+    def _pipeline(self, cfg: TracingConfig) -> Pipeline | None:
+        if cfg is not self._cfg:
+            self._cfg = cfg
+            old = self._pipe
+            if old is None or old.providers != cfg.providers:
+                self._pipe = Pipeline(cfg.providers, self.ident, self.delay_ms) if cfg.providers else None
+                if old is not None:
+                    old.shutdown()
+        return self._pipe
+
+    def server(self, head: RequestHead, down: Downstream, rec: RequestRecord) -> RequestTrace | None:
+        """At the request head (before the waypoint adds its own headers): the request's trace, or
+        None. A request not traced goes on with its incoming context marked unsampled in every
+        format (an already unsampled one passes as it came; without any, the exchange's
+        `add_forwarded` adds a fresh unsampled traceparent), so the next hop does not start a
+        trace of its own (as Envoy's). Not traced: no span object, no id drawn."""
+        cfg = self.tracing_for()
+        if not cfg.enabled:
+            return None
+        pipe = self._pipeline(cfg)
+        if pipe is None or not pipe.exporting:
+            return None
+        parent, force = tr.extract(head.headers)
+        if not tr.sample(parent, force, cfg.sampling_percent, self.rng):
+            if parent is not None and parent.sampled is not False:
+                head.headers = tr.inject(head.headers, parent.trace_id, parent.span_id, False)
+            return None     # (no context at all: the exchange adds a fresh unsampled traceparent)
+        return RequestTrace(self, pipe, cfg, head, down, rec, parent)
+
+    def shutdown(self) -> None:
+        if self._pipe is not None:
+            self._pipe.sdk.shutdown()
+            self._pipe = None
+
+
+class RequestTrace:
+    """The spans of one traced request: the server span, and the client span of the open try."""
+
+    __slots__ = ("tracing", "pipe", "span", "ctx", "client", "client_status", "client_outcome", "cluster",
+                 "target")
+
+    def __init__(self, tracing: Tracing, pipe: Pipeline, cfg: TracingConfig, head: RequestHead,
+                 down: Downstream, rec: RequestRecord, parent: tr.Context | None) -> None:
+        self.tracing = tracing
+        self.pipe = pipe
+        parent_ctx = otel_context.Context()
+        if parent is not None:
+            parent_ctx = trace.set_span_in_context(NonRecordingSpan(SpanContext(
+                parent.trace_id, parent.span_id, is_remote=True, trace_flags=SAMPLED)), parent_ctx)
+        attrs = tr.server_start_attributes(
+            tracing.ident, head.method, head.scheme, head.authority, head.path, rec.protocol, rec.request_id,
+            rec.user_agent, down.source_ip, _downstream_cluster(down))
+        if cfg.custom_tags:
+            attrs.update(tr.custom_tags(cfg.custom_tags, head.headers))
+        self.span = pipe.tracer.start_span(
+            tr.server_span_name(head.authority, down.hostname, down.destination_port), context=parent_ctx,
+            kind=SpanKind.SERVER, attributes=attrs, start_time=int(rec.start * 1e9))
+        self.ctx = trace.set_span_in_context(self.span)
+        self.cluster = tr.cluster_name(down.hostname, down.destination_port)
+        self.client: trace.Span | None = None
+        self.client_status = 0
+        self.client_outcome = ""
+        self.target: UpstreamTarget | None = None
+
+    def try_start(self, up_head: RequestHead, target: UpstreamTarget) -> None:
+        """A new try: its client span, whose context replaces the trace headers going upstream."""
+        self.try_end()
+        self.target = target
+        self.client = c = self.pipe.tracer.start_span(tr.client_span_name(self.cluster), context=self.ctx,
+                                                      kind=SpanKind.CLIENT)
+        sc, parent = c.get_span_context(), self.span.get_span_context()
+        up_head.headers = tr.inject(up_head.headers, sc.trace_id, sc.span_id, True, parent.span_id)
+
+    def try_result(self, outcome: Outcome) -> None:
+        if self.client is not None:
+            self.client_status = outcome.status
+            self.client_outcome = "" if outcome.kind == "response" else outcome.kind
+
+    def try_end(self) -> None:
+        c, self.client = self.client, None
+        if c is None:
+            return
+        t = self.target
+        c.set_attributes(tr.client_end_attributes(self.client_status, t.protocol if t else "",
+                                                  self.cluster, t.address if t else "", self.client_outcome))
+        if self.client_status == 0 or self.client_status >= 500:
+            c.set_status(Status(StatusCode.ERROR))
+        c.end()
+        self.client_status, self.client_outcome = 0, ""
+
+    def finish(self, rec: RequestRecord) -> None:
+        if self.client is not None and not self.client_status and rec.upstream:
+            self.client_status = rec.status if not rec.response_flags else self.client_status
+        self.try_end()
+        s = self.span
+        s.set_attributes(tr.server_end_attributes(rec.status, rec.response_flags, rec.bytes_received,
+                                                  rec.bytes_sent, self.cluster, rec.upstream))
+        s.set_attribute("guid:x-request-id", rec.request_id)    # set by the exchange after the span began
+        if rec.status == 0 or rec.status >= 500:
+            s.set_status(Status(StatusCode.ERROR))
+        s.end(end_time=time.time_ns())
+
+
+def _downstream_cluster(down: Downstream) -> str:
+    """Envoy's downstream_cluster tag (x-envoy-downstream-service-cluster); a waypoint knows the
+    peer's SPIFFE identity instead, which names its service account and namespace."""
+    return down.source_identity
