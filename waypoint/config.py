@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from ambit.configclient import ConfigUpdate
-from ambit.model import Authorization, MeshSettings, Resource, Service, WaypointRoutes, Workload
+from ambit import telemetry
+from ambit.model import Authorization, MeshSettings, Resource, Service, TelemetryPolicy, WaypointRoutes, Workload
+from ambit.telemetryconfig import TelemetryConfig
+from ambit.telemetryfilter import check_filter
 from ambit.trustdomain import TrustDomains
 from waypoint.authz import PolicySet, Waypoint, policy_set
 from waypoint.authz.l4 import l4_policy_set
@@ -21,7 +24,7 @@ from waypoint.routing import RouteTable, build_table
 
 log = logging.getLogger("ambit.waypoint.config")
 
-TYPES = (MeshSettings.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE, WaypointRoutes.TYPE)
+TYPES = (MeshSettings.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE, WaypointRoutes.TYPE, TelemetryPolicy.TYPE)
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,22 @@ class View:
     policies: PolicySet = field(default_factory=lambda: policy_set([], Waypoint("", "")))
     l4_policies: PolicySet = field(default_factory=lambda: policy_set([], Waypoint("", "")))  # opaque tunnels
     trust_domains: TrustDomains | None = None
+    telemetry: tuple[TelemetryPolicy, ...] = ()
+    mesh: MeshSettings | None = None
+    waypoint: Waypoint = Waypoint("", "")
+    _telemetry_cache: dict[str, TelemetryConfig] = field(default_factory=dict, compare=False, repr=False)
+
+    def telemetry_for_waypoint(self, service: str = "") -> TelemetryConfig:
+        """The Telemetry API's tracing and access logging for this waypoint (ambit.telemetry's
+        precedence), for requests to `service` ("ns/name"; "" when unknown: the Gateway-,
+        namespace- and mesh-level Telemetries only). Cached per service for the View's life: the
+        View is replaced on every config update, so the cache never outlives its inputs."""
+        cfg = self._telemetry_cache.get(service)
+        if cfg is None:
+            cfg = telemetry.for_waypoint(self.telemetry, self.mesh, self.waypoint.namespace, self.waypoint.name,
+                                         service)
+            self._telemetry_cache[service] = cfg
+        return cfg
 
 
 class WaypointConfig:
@@ -73,7 +92,13 @@ class WaypointConfig:
         mesh = next(iter(state[MeshSettings.TYPE].values()), None)
         tds = TrustDomains.of(cast(MeshSettings, mesh).trust_domain, cast(MeshSettings, mesh).trust_domain_aliases) \
             if mesh is not None else TrustDomains.of(self.trust_domain)
-        return View(workloads, by_ip, services, by_vip, table, pset, l4_policy_set(pset), tds)
+        tel = tuple(sorted((cast(TelemetryPolicy, t) for t in state[TelemetryPolicy.TYPE].values()),
+                           key=lambda t: t.resource_name))
+        for t in tel:       # a filter the controller let through but this build cannot run: say so
+            if t.access_log_filter and (why := check_filter(t.access_log_filter)):
+                log.warning("Telemetry %s: accessLogging filter %r ignored: %s", t.resource_name, t.access_log_filter, why)
+        return View(workloads, by_ip, services, by_vip, table, pset, l4_policy_set(pset), tds, tel,
+                    cast(MeshSettings, mesh) if mesh is not None else None, self.waypoint)
 
     def dump(self) -> dict[str, Any]:
         v = self.view
