@@ -12,9 +12,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from ambit.configclient import ConfigUpdate
 from ambit import telemetry
-from ambit.model import Authorization, MeshSettings, Resource, Service, TelemetryPolicy, WaypointRoutes, Workload
+from ambit.configclient import ConfigUpdate
+from ambit.model import (
+    Authorization,
+    MeshSettings,
+    Resource,
+    Service,
+    TelemetryPolicy,
+    WaypointRoutes,
+    Workload,
+)
 from ambit.telemetryconfig import TelemetryConfig
 from ambit.telemetryfilter import check_filter
 from ambit.trustdomain import TrustDomains
@@ -25,6 +33,9 @@ from waypoint.routing import RouteTable, build_table
 log = logging.getLogger("ambit.waypoint.config")
 
 TYPES = (MeshSettings.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE, WaypointRoutes.TYPE, TelemetryPolicy.TYPE)
+
+# Telemetry only shapes access logs and spans (defaults apply until it arrives): not needed to serve.
+REQUIRED = TYPES[:-1]
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,7 @@ class WaypointConfig:
 
     @property
     def synced(self) -> bool:
-        return self.synced_types >= set(TYPES)
+        return self.synced_types >= set(REQUIRED)
 
     def apply(self, update: ConfigUpdate) -> None:
         state = dict(self.state)

@@ -115,7 +115,30 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             out += _gw_fields(o)
         elif kind == "DestinationRule":
             out += _dr_fields(o)
+        elif kind == "Telemetry":
+            out += telemetry_advisories(o, tr.mesh_settings[0] if tr.mesh_settings else None)
     out += _unserved_hosts(good, tr, gateways)
+    return out
+
+
+# -- Telemetry ----------------------------------------------------------------------------------
+
+def telemetry_advisories(o: Obj, mesh: Any) -> list[Advisory]:
+    """A Telemetry naming a provider that the mesh config (`extensionProviders`) does not define
+    and that is not built in (`envoy`, `prometheus`): Istio ignores such a provider, and so does
+    Ambit, so the Telemetry does less than it says. `mesh`: the MeshSettings in force."""
+    from ambit.telemetry import providers_of
+    known = providers_of(mesh)
+    spec, ref, out = o.get("spec") or {}, object_ref(o), []
+    for section in ("tracing", "metrics", "accessLogging"):
+        for i, entry in enumerate(spec.get(section) or []):
+            for j, p in enumerate(entry.get("providers") or []):
+                name = p.get("name", "")
+                if name not in known:
+                    out.append(Advisory(ref, f"spec.{section}[{i}].providers[{j}].name", (
+                        f'provider "{name}" is not defined in the mesh config\'s extensionProviders (defined: '
+                        f'{", ".join(sorted(known))}): it is ignored, as in Istio; define it (docs/observability.md '
+                        '"Telemetry API")'), NOT_ENFORCED, "ProviderNotFound"))
     return out
 
 
