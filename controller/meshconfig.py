@@ -83,7 +83,7 @@ REFUSED_KINDS = {
     "sds": "not a telemetry provider Ambit implements",
 }
 _FIELDS = {
-    "opentelemetry": ("service", "port", "http", "maxTagLength", "timeout"),
+    "opentelemetry": ("service", "port", "http", "maxTagLength"),
     "zipkin": ("service", "port", "path", "maxTagLength"),
     "envoyFileAccessLog": ("path", "logFormat"),
     "envoyOtelAls": ("service", "port", "logName", "logFormat"),
@@ -150,8 +150,9 @@ def _provider(entry: Any, where: str) -> dict[str, Any]:
     if kind == "opentelemetry":
         http = spec.get("http")
         if http is not None:
-            if not isinstance(http, dict) or set(http) - {"path", "timeout"}:
-                raise ValueError(f"{where}: opentelemetry.http: only path and timeout are supported by Ambit")
+            if not isinstance(http, dict) or set(http) - {"path"}:
+                raise ValueError(f"{where}: opentelemetry.http: only path is supported by Ambit (timeout, headers: "
+                                 "the exporter's defaults apply)")
             out["protocol"], out["path"] = "http", str(http.get("path") or "/v1/traces")
         else:
             out["protocol"] = "grpc"

@@ -49,6 +49,11 @@ def request_attrs(rec: RequestRecord) -> dict[str, Any]:
     return attrs
 
 
+def _uri(identity: str) -> str:
+    """A SPIFFE id as the peer certificate's URI SAN (identities may or may not carry the scheme)."""
+    return identity if not identity or identity.startswith("spiffe://") else f"spiffe://{identity}"
+
+
 def request_values(rec: RequestRecord, src: Workload | None, dst: Workload | None) -> dict[str, Any]:
     """Envoy command operators for one request."""
     d = rec.downstream
@@ -62,9 +67,8 @@ def request_values(rec: RequestRecord, src: Workload | None, dst: Workload | Non
         "UPSTREAM_CLUSTER_RAW": rec.service, "UPSTREAM_CLUSTER": rec.service, "GRPC_STATUS": rec.grpc_status,
         "DOWNSTREAM_REMOTE_ADDRESS": d.source_ip,
         "DOWNSTREAM_LOCAL_ADDRESS": f"{d.destination_ip}:{d.destination_port}" if d.destination_ip else "",
-        "DOWNSTREAM_PEER_URI_SAN": f"spiffe://{d.source_identity}" if d.source_identity else "",
-        "UPSTREAM_PEER_URI_SAN": f"spiffe://{dst.identity}" if dst is not None and dst.identity else "",
-        "REQUESTED_SERVER_NAME": d.hostname,
+        "DOWNSTREAM_PEER_URI_SAN": _uri(d.source_identity),
+        "UPSTREAM_PEER_URI_SAN": _uri(dst.identity) if dst is not None else "",
         "SOURCE_WORKLOAD": workload_name(src) if src is not None else "",
         "SOURCE_NAMESPACE": src.namespace if src is not None else "",
         "DESTINATION_WORKLOAD": workload_name(dst) if dst is not None else "",

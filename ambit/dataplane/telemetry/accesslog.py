@@ -117,7 +117,7 @@ def conn_attrs(rec: ConnRecord) -> dict[str, Any]:
 
 
 def _spiffe(identity: str) -> str:
-    return f"spiffe://{identity}" if identity else ""
+    return identity if not identity or identity.startswith("spiffe://") else f"spiffe://{identity}"
 
 
 def conn_values(rec: ConnRecord) -> dict[str, Any]:
