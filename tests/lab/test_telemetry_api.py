@@ -25,10 +25,12 @@ import yaml
 
 from tests.lab.labctl import Lab, running_lab
 from tests.lab.test_waypoint import GATEWAY, apply, status_of, waypoint_log, waypoints
+from tests.unit.controller.ctl_examples import EXAMPLES
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
 SPEC = Path(__file__).parent / "specs" / "telemetry.yaml"
+SEED = EXAMPLES / "istio" / "telemetry.yaml"
 MESH = {"extensionProviders": [
     {"name": "json-log", "envoyFileAccessLog": {"path": "/dev/stdout", "logFormat": {"labels": {
         "code": "%RESPONSE_CODE%", "method": "%REQ(:METHOD)%", "path": "%REQ(:PATH)%",
@@ -146,3 +148,26 @@ def test_waypoint_off_by_namespace_on_for_a_service_with_a_filter_json_then_text
     m = TEXT_LINE.match(new[0])
     assert m is not None and m.groups() == ("GET", "/t500", "HTTP/1.1", "500", "-"), new[0]
     assert '"myapp"' in new[0], "%REQ(:AUTHORITY)% is quoted as in Istio's format"
+
+
+def test_apply_warns_about_providers_the_lab_mesh_config_does_not_define(tlab: Lab) -> None:
+    """The seed's telemetry.yaml: accepted; `prometheus` is built in; `jaeger` and `fluentd` are not in
+    this lab's mesh config (it defines json-log), so `ambit apply` names them. Then the lab's mesh config
+    defines them (as docs/observability.md shows) and the warnings go."""
+    seed = SEED.read_text()
+    p = tlab.ambit("apply", "--dry-run", "-f", "-", input=seed)
+    assert "telemetry.istio.io/mesh-default created (dry run)" in p.stdout, p.stdout
+    assert 'spec.tracing[0].providers[0].name: provider "jaeger" is not defined' in p.stderr, p.stderr
+    assert 'spec.accessLogging[0].providers[0].name: provider "fluentd" is not defined' in p.stderr, p.stderr
+    assert '"prometheus"' not in p.stderr and "json-log" in p.stderr      # the defined ones are listed
+    mesh = yaml.safe_load((tlab.dir / "mesh-config.yaml").read_text())
+    mesh["extensionProviders"] += [
+        {"name": "jaeger", "opentelemetry": {"service": "jaeger-collector.observability.svc.cluster.local", "port": 4317}},
+        {"name": "fluentd", "envoyFileAccessLog": {"path": "/dev/stdout"}}]
+    (tlab.dir / "mesh-config.yaml").write_text(yaml.safe_dump(mesh))
+    p = tlab.ambit("apply", "--dry-run", "-f", "-", input=seed)
+    assert "not defined" not in p.stderr, p.stderr
+    bad = seed.replace("randomSamplingPercentage", "randomSamplingSample")
+    p = tlab.ambit("apply", "--dry-run", "-f", "-", input=bad, check=False)
+    assert p.returncode == 1
+    assert "spec.tracing[0].randomSamplingSample: unknown field; did you mean 'randomSamplingPercentage'?" in p.stderr
