@@ -15,6 +15,10 @@ CLIENT and the destination's is SERVER (each side resolved for its own workload)
 the SERVER side of the requests it serves, as in Istio's ambient mode. A section whose mode does
 not include the proxy's side does not apply to it.
 
+Istio calls two selector-less Telemetries in one namespace (or two selecting one workload) invalid;
+Ambit applies them in name order, and `ambit apply` warns. A selector in the root namespace selects
+workloads of the root namespace only (Istio: it is not mesh-wide).
+
 Provider names MeshConfig does not define (and that are not built in: `envoy`, `prometheus`) are
 dropped, as Istio ignores them; `ambit apply` warns about them by name. When no provider remains,
 the proxy's own default log applies (access logging on, in its built-in JSON line), unless disabled.
@@ -79,8 +83,8 @@ def _level(p: TelemetryPolicy, s: Subject) -> int:
                 return 2
         return -1
     selected = all(s.labels.get(k) == v for k, v in p.selector.items())
-    if p.scope == "global":
-        return (2 if selected else -1) if p.selector else 0
+    if p.scope == "global":     # Istio: a selector in the root namespace is not mesh-wide; it selects there only
+        return (2 if selected and p.namespace == s.namespace else -1) if p.selector else 0
     if p.namespace != s.namespace:
         return -1
     if p.scope == "workload":

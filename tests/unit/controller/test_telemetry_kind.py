@@ -73,3 +73,17 @@ def test_undefined_providers_are_warned_by_name_and_defined_ones_are_not() -> No
         {"name": "jaeger", "kind": "opentelemetry", "service": "j", "port": 4317},
         {"name": "fluentd", "kind": "envoyFileAccessLog", "path": "/dev/stdout"}])
     assert telemetry_advisories(seed(), mesh) == []
+
+
+def test_two_namespace_wide_telemetries_and_a_root_selector_are_warned() -> None:
+    a, b = seed("app"), seed("app")
+    b["metadata"]["name"] = "zz-second"
+    root_sel = seed()
+    root_sel["metadata"]["name"] = "root-sel"
+    root_sel["spec"]["selector"] = {"matchLabels": {"app": "web"}}
+    found = [str(x) for x in advisories([a, b, root_sel]) if "not defined" not in str(x)]
+    assert found == [
+        "Telemetry/ambit-system/root-sel: spec.selector: a selector in the root namespace (ambit-system) is not "
+        "mesh-wide, as in Istio: it selects workloads of ambit-system only",
+        "Telemetry/app/zz-second: namespace app already has a Telemetry without a selector (mesh-default); Istio "
+        "treats two as invalid, Ambit applies them in name order (this one's fields override)"], found

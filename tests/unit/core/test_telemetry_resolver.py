@@ -89,3 +89,10 @@ def test_disable_span_reporting_and_custom_tags_override() -> None:
     cfg = for_workload([mesh, ns], MESH, "app", {}, SERVER).tracing
     assert cfg.enabled and cfg.custom_tags == (("env", "environment", "STAGE"),)
     assert not for_workload([mesh, ns], MESH, "x", {}, SERVER).tracing.enabled
+
+
+def test_a_selector_in_the_root_namespace_selects_there_only() -> None:
+    root_sel = tel("r", "ambit-system", "global", selector={"app": "web"}, has_access_logging=True,
+                   access_log_disabled=True)
+    assert not for_workload([root_sel], MESH, "app", {"app": "web"}, SERVER).access_log.disabled
+    assert for_workload([root_sel], MESH, "ambit-system", {"app": "web"}, SERVER).access_log.disabled
