@@ -23,7 +23,7 @@ from ambit.model import (
     WaypointRoutes,
     Workload,
 )
-from ambit.telemetryconfig import TelemetryConfig
+from ambit.telemetryconfig import AccessLogConfig, TelemetryConfig
 from ambit.telemetryfilter import check_filter
 from ambit.trustdomain import TrustDomains
 from waypoint.authz import PolicySet, Waypoint, policy_set
@@ -117,6 +117,14 @@ class WaypointConfig:
                 "services": sorted(v.services), "workloads": sorted(f"{w.namespace}/{w.name}" for w in
                                                                     v.workloads.values()),
                 "routes": sorted(v.table.hosts), "route_errors": list(v.table.errors),
+                "telemetry": [t.resource_name for t in v.telemetry],
+                "access_log": _access_log_dump(v.telemetry_for_waypoint().access_log),
                 "policies": {"gateway": [p.resource_name for p in v.policies.gateway],
                              "by_service": {k: [p.resource_name for p in ps]
                                             for k, ps in v.policies.by_service.items()}}}
+
+
+def _access_log_dump(cfg: AccessLogConfig) -> dict[str, Any]:
+    """The waypoint-level access logging (Gateway-, namespace- and mesh-level Telemetries)."""
+    return {"disabled": cfg.disabled, "mode": cfg.mode, "filter": cfg.filter,
+            "providers": [f"{p.name} ({p.kind} {p.path} {p.log_format})" for p in cfg.providers]}

@@ -60,3 +60,13 @@ def test_gateway_target_and_istio_text_format() -> None:
         record(status=404, response_flags="NR", request_id="r-1"), CLIENT, None)
     assert lines[0].startswith('[') and '] "GET / HTTP/1.1" 404 NR ' in lines[0]
     assert '"r-1" "echo.demo.svc.cluster.local:8080" "10.210.2.11:8080"' in lines[0]
+
+
+def test_config_dump_shows_the_telemetries_and_the_waypoint_level_access_log() -> None:
+    cfg = config(TelemetryPolicy("gw", "demo", scope="waypoint", target_refs=[{"kind": "Gateway", "name": "waypoint"}],
+                                 has_access_logging=True, access_log_providers=["envoy"],
+                                 access_log_filter="response.code >= 500"))
+    d = cfg.dump()
+    assert d["telemetry"] == ["demo/gw"]
+    assert d["access_log"] == {"disabled": False, "mode": "CLIENT_AND_SERVER", "filter": "response.code >= 500",
+                               "providers": ["envoy (envoyFileAccessLog /dev/stdout text)"]}
