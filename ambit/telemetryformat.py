@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 # Istio's default (meshConfig.accessLogFormat unset) Envoy text format, as in istio/istio
@@ -57,8 +58,9 @@ OPERATORS = frozenset({
 _OP = re.compile(r"%([A-Z_]+(?:\([^)%]*\))?(?::\d+)?)%")
 
 
-def operators(fmt: str) -> list[str]:
-    return [m.group(1) for m in _OP.finditer(fmt)]
+@lru_cache(maxsize=256)
+def operators(fmt: str) -> tuple[str, ...]:
+    return tuple(m.group(1) for m in _OP.finditer(fmt))
 
 
 def _base(op: str) -> str:
@@ -79,11 +81,26 @@ def _value(values: Mapping[str, Any], op: str) -> Any:
     return None if v is None or v == "" else v
 
 
+@lru_cache(maxsize=64)
+def _pieces(fmt: str) -> tuple[tuple[str, str], ...]:
+    """`fmt` split once into (literal, operator base) pairs (the operator "" after the last literal):
+    rendering is then a join, with no regex per record."""
+    out, pos = [], 0
+    for m in _OP.finditer(fmt):
+        out.append((fmt[pos:m.start()], _base(m.group(1))))
+        pos = m.end()
+    out.append((fmt[pos:], ""))
+    return tuple(out)
+
+
 def render_text(fmt: str, values: Mapping[str, Any]) -> str:
-    def sub(m: re.Match[str]) -> str:
-        v = _value(values, m.group(1))
-        return "-" if v is None else str(v)
-    return _OP.sub(sub, fmt)
+    parts = []
+    for lit, op in _pieces(fmt):
+        parts.append(lit)
+        if op:
+            v = values.get(op)
+            parts.append("-" if v is None or v == "" else str(v))
+    return "".join(parts)
 
 
 def render_json(labels: Mapping[str, str], values: Mapping[str, Any]) -> str:
