@@ -432,7 +432,11 @@ class WaypointRoutes(Resource):
 
 @dataclass
 class TelemetryPolicy(Resource):
-    """A Telemetry resource: tracing sampling and providers, metrics and access-log switches."""
+    """A Telemetry resource: tracing sampling and providers, metrics and access-log switches.
+
+    Fields left unset (None, "", no providers) inherit from the broader level (mesh < namespace <
+    workload / targetRefs), see ambit.telemetry: a set field overrides, a provider list replaces.
+    """
 
     TYPE: ClassVar[str] = "ambit.io/Telemetry"
     name: str
@@ -443,12 +447,16 @@ class TelemetryPolicy(Resource):
     tracing_providers: list[str] = field(default_factory=list)
     sampling_percent: float | None = None
     custom_tags: dict[str, dict[str, Any]] = field(default_factory=dict)
-    disable_span_reporting: bool = False
+    disable_span_reporting: bool | None = None
     metrics_providers: list[str] = field(default_factory=list)
     metrics_overrides: list[dict[str, Any]] = field(default_factory=list)
     access_log_providers: list[str] = field(default_factory=list)
-    access_log_disabled: bool = False
+    access_log_disabled: bool | None = None
     access_log_filter: str = ""
+    access_log_mode: str = ""           # CLIENT_AND_SERVER | CLIENT | SERVER ("" inherits)
+    tracing_mode: str = ""
+    has_tracing: bool = False           # the resource has a tracing / accessLogging section
+    has_access_logging: bool = False
 
     @property
     def resource_name(self) -> str:
@@ -469,6 +477,11 @@ class MeshSettings(Resource):
     trust_domain: str
     trust_domain_aliases: list[str] = field(default_factory=list)
     name: str = "mesh"
+    # MeshConfig extensionProviders (name, kind, service, port, path, protocol, log_format, labels)
+    # and defaultProviders ({"tracing": [...], "accessLogging": [...], "metrics": [...]}): what a
+    # Telemetry's provider names refer to (ambit.telemetry resolves them).
+    extension_providers: list[dict[str, Any]] = field(default_factory=list)
+    default_providers: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def resource_name(self) -> str:

@@ -137,6 +137,10 @@ async def amain(args: ControllerSettings) -> int:
                             on_applied=on_applied,
                             trust_domain_aliases=_aliases(flag_aliases, watcher, args.trust_domain, None))
     controller_box.append(controller)
+    if watcher is not None:     # extensionProviders / defaultProviders of the first read (checked above)
+        with contextlib.suppress(ValueError):
+            first = meshconfig.load(watcher.path, args.trust_domain)
+            controller.set_mesh_telemetry(list(first.extension_providers), dict(first.default_providers))
 
     ca_servicer = None
     if args.ca_dir:
@@ -221,7 +225,8 @@ def _aliases(flag_aliases: tuple[str, ...], watcher: meshconfig.Watcher | None, 
     if controller is None:
         watcher.changed()                      # the first read happens now; the loop sees later edits
     try:
-        from_file = meshconfig.load(watcher.path, trust_domain).trust_domain_aliases
+        mesh_file = meshconfig.load(watcher.path, trust_domain)
+        from_file = mesh_file.trust_domain_aliases
     except ValueError as e:
         log.error("mesh config %s not used: %s", watcher.path, e)
         if controller is not None:
@@ -230,6 +235,7 @@ def _aliases(flag_aliases: tuple[str, ...], watcher: meshconfig.Watcher | None, 
         raise SystemExit(f"controller: {e}") from None
     if controller is not None:
         controller.set_mesh_errors([])
+        controller.set_mesh_telemetry(list(mesh_file.extension_providers), dict(mesh_file.default_providers))
     return tuple(dict.fromkeys(flag_aliases + from_file))
 
 

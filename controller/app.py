@@ -50,6 +50,7 @@ class Controller:
                  trust_domain_aliases: tuple[str, ...] = ()):
         self.source = source
         self.trust_domain_aliases = tuple(trust_domain_aliases)
+        self.mesh_telemetry: tuple[list[dict[str, Any]], dict[str, list[str]]] = ([], {})  # see set_mesh_telemetry
         self._objects: Snapshot | None = None     # the last snapshot, to re-translate on a mesh change
         self._mesh_errors: list[FieldError] = []
         self._flow_lock = threading.Lock()        # the source thread and a mesh reload both translate
@@ -85,6 +86,16 @@ class Controller:
             if self._objects is not None:
                 self._on_snapshot(self._objects)
 
+    def set_mesh_telemetry(self, providers: list[dict[str, Any]], defaults: dict[str, list[str]]) -> None:
+        """New MeshConfig `extensionProviders` / `defaultProviders` (controller.meshconfig): they
+        ride in MeshSettings, so re-translate and push at once, as for the aliases."""
+        with self._flow_lock:
+            if (list(providers), dict(defaults)) == self.mesh_telemetry:
+                return
+            self.mesh_telemetry = (list(providers), dict(defaults))
+            if self._objects is not None:
+                self._on_snapshot(self._objects)
+
     def set_mesh_errors(self, errors: list[FieldError]) -> None:
         with self._lock:
             self._mesh_errors = list(errors)
@@ -97,6 +108,8 @@ class Controller:
         try:
             tr = translate(objects, self.trust_domain, self.root_namespace, self.cluster_domain,
                            self.trust_domain_aliases)
+            for m in tr.mesh_settings:
+                m.extension_providers, m.default_providers = self.mesh_telemetry
         except Exception as e:  # noqa: BLE001 - a translation bug must not take the mesh down
             log.exception("translation failed; keeping the previous config (version %s)", self.version or "-")
             own.append(FieldError("controller", "", f"translation failed: {type(e).__name__}: {e}"))

@@ -1,6 +1,14 @@
 """The controller's mesh config file (`--mesh-config`): Istio's MeshState, the fields Ambit honours.
 
     trustDomainAliases: [old.td, partner.mesh]
+    extensionProviders:                 # what a Telemetry's provider names refer to
+    - name: otel
+      opentelemetry: {service: otel-collector.observability.svc.cluster.local, port: 4317}
+    - name: zipkin
+      zipkin: {service: zipkin.observability.svc.cluster.local, port: 9411, path: /api/v2/spans}
+    - name: fluentd
+      envoyFileAccessLog: {path: /dev/stdout, logFormat: {labels: {code: "%RESPONSE_CODE%"}}}
+    defaultProviders: {tracing: [otel], accessLogging: [envoy], metrics: [prometheus]}
 
 The file is optional and watched: an edit is picked up within a second and pushed to every ztunnel
 as the `MeshSettings` resource, with no restart. Fields Ambit does not implement are refused (a
@@ -13,20 +21,24 @@ A file that cannot be used is reported (log and `ambit status`) and the last goo
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ambit.telemetry import BUILTIN_PROVIDERS
+from ambit.telemetryformat import check_format
 from ambit.trustdomain import TrustDomains
 
-KNOWN = ("trustDomain", "trustDomainAliases")
+KNOWN = ("trustDomain", "trustDomainAliases", "extensionProviders", "defaultProviders")
 
 
 @dataclass(frozen=True)
 class MeshFile:
     trust_domain_aliases: tuple[str, ...] = ()
+    extension_providers: tuple[dict[str, Any], ...] = ()   # ambit.telemetry.provider_from_dict's shape
+    default_providers: dict[str, list[str]] = field(default_factory=dict)
 
 
 def parse(data: Any, trust_domain: str, where: str = "mesh config") -> MeshFile:
@@ -49,7 +61,144 @@ def parse(data: Any, trust_domain: str, where: str = "mesh config") -> MeshFile:
         tds = TrustDomains.of(trust_domain, aliases)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
-    return MeshFile(tds.aliases)
+    providers = extension_providers(data.get("extensionProviders"), where)
+    defaults = default_providers(data.get("defaultProviders"), {p["name"] for p in providers}, where)
+    return MeshFile(tds.aliases, tuple(providers), defaults)
+
+
+# Istio's extension provider kinds: those Ambit implements, and those it refuses (with why).
+PROVIDER_KINDS = ("opentelemetry", "zipkin", "envoyFileAccessLog", "prometheus")
+REFUSED_KINDS = {
+    "envoyOtelAls": "access logs over OTLP are not implemented by Ambit yet; use envoyFileAccessLog (a file or "
+                    "/dev/stdout, which the node's log collector, e.g. an OpenTelemetry collector's filelog "
+                    "receiver, ships)",
+    "envoyExtAuthzHttp": "external authorization is not implemented by Ambit",
+    "envoyExtAuthzGrpc": "external authorization is not implemented by Ambit",
+    "datadog": "Ambit exports spans over OTLP and Zipkin only; use an opentelemetry provider and the collector",
+    "lightstep": "Ambit exports spans over OTLP and Zipkin only; use an opentelemetry provider",
+    "skywalking": "Ambit exports spans over OTLP and Zipkin only",
+    "stackdriver": "Ambit does not export to Stackdriver; use an opentelemetry provider",
+    "envoyHttpAls": "Ambit's access logs go to files (envoyFileAccessLog) or OTLP (envoyOtelAls)",
+    "envoyTcpAls": "Ambit's access logs go to files (envoyFileAccessLog) or OTLP (envoyOtelAls)",
+    "sds": "not a telemetry provider Ambit implements",
+}
+_FIELDS = {
+    "opentelemetry": ("service", "port", "http", "maxTagLength"),
+    "zipkin": ("service", "port", "path", "maxTagLength"),
+    "envoyFileAccessLog": ("path", "logFormat"),
+    "envoyOtelAls": ("service", "port", "logName", "logFormat"),
+    "prometheus": (),
+}
+_MAX_TAG = "maxTagLength is not supported by Ambit (tags are exported whole)"
+
+
+def _log_format(fmt: Any, where: str) -> tuple[str, dict[str, str]]:
+    """Istio's logFormat {text | labels} -> (log_format, labels)."""
+    if fmt is None:
+        return "text", {}
+    if not isinstance(fmt, dict) or set(fmt) - {"text", "labels"} or len(fmt) != 1:
+        raise ValueError(f"{where}.logFormat: expected exactly one of text (an Envoy format string) or labels "
+                         "(JSON key -> format)")
+    if "text" in fmt:
+        text = str(fmt["text"]).rstrip("\n")
+        bad = check_format(text)
+        if bad:
+            raise ValueError(f"{where}.logFormat.text: {bad}")
+        return text or "text", {}
+    labels = fmt["labels"]
+    if not isinstance(labels, dict) or not labels:
+        raise ValueError(f"{where}.logFormat.labels: expected a mapping of JSON key -> format")
+    for k, v in labels.items():
+        bad = check_format(str(v))
+        if bad:
+            raise ValueError(f"{where}.logFormat.labels.{k}: {bad}")
+    return "json", {str(k): str(v) for k, v in labels.items()}
+
+
+def _provider(entry: Any, where: str) -> dict[str, Any]:
+    if not isinstance(entry, dict) or not entry.get("name"):
+        raise ValueError(f"{where}: expected {{name: ..., <kind>: {{...}}}}")
+    name = str(entry["name"])
+    where = f"{where} ({name})"
+    kinds = [k for k in entry if k != "name"]
+    if len(kinds) != 1:
+        raise ValueError(f"{where}: expected exactly one provider kind ({', '.join(PROVIDER_KINDS)}), "
+                         f"got {', '.join(kinds) or 'none'}")
+    kind = kinds[0]
+    if kind in REFUSED_KINDS:
+        raise ValueError(f"{where}: {kind}: {REFUSED_KINDS[kind]}")
+    if kind not in PROVIDER_KINDS:
+        raise ValueError(f"{where}: {kind}: unknown provider kind (Ambit supports {', '.join(PROVIDER_KINDS)})")
+    spec = entry[kind] or {}
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: {kind}: expected a mapping")
+    unknown = sorted(set(spec) - set(_FIELDS[kind]))
+    if unknown:
+        raise ValueError(f"{where}: {kind}: {', '.join(unknown)}: not supported by Ambit "
+                         f"(supported: {', '.join(_FIELDS[kind]) or 'none'})")
+    if spec.get("maxTagLength"):
+        raise ValueError(f"{where}: {kind}.maxTagLength: {_MAX_TAG}")
+    out: dict[str, Any] = {"name": name, "kind": kind}
+    if kind in ("opentelemetry", "zipkin", "envoyOtelAls"):
+        if not spec.get("service") or not spec.get("port"):
+            raise ValueError(f"{where}: {kind}: service and port are required")
+        try:
+            out["port"] = int(spec["port"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: {kind}.port: expected a port number") from None
+        out["service"] = str(spec["service"])
+    if kind == "opentelemetry":
+        http = spec.get("http")
+        if http is not None:
+            if not isinstance(http, dict) or set(http) - {"path"}:
+                raise ValueError(f"{where}: opentelemetry.http: only path is supported by Ambit (timeout, headers: "
+                                 "the exporter's defaults apply)")
+            out["protocol"], out["path"] = "http", str(http.get("path") or "/v1/traces")
+        else:
+            out["protocol"] = "grpc"
+    elif kind == "zipkin":
+        out["path"] = str(spec.get("path") or "/api/v2/spans")
+    elif kind == "envoyFileAccessLog":
+        out["path"] = str(spec.get("path") or "/dev/stdout")
+        out["log_format"], out["labels"] = _log_format(spec.get("logFormat"), f"{where}: envoyFileAccessLog")
+    elif kind == "envoyOtelAls":
+        out["protocol"] = "grpc"
+        out["log_format"], out["labels"] = _log_format(spec.get("logFormat"), f"{where}: envoyOtelAls")
+    return out
+
+
+def extension_providers(data: Any, where: str = "mesh config") -> list[dict[str, Any]]:
+    """MeshConfig `extensionProviders` -> provider dicts (see ambit.telemetry.provider_from_dict)."""
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise ValueError(f"{where}: extensionProviders: expected a list")
+    out = [_provider(e, f"{where}: extensionProviders[{i}]") for i, e in enumerate(data)]
+    names = [p["name"] for p in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{where}: extensionProviders: duplicate name {', '.join(dup)}")
+    return out
+
+
+def default_providers(data: Any, defined: set[str], where: str = "mesh config") -> dict[str, list[str]]:
+    """MeshConfig `defaultProviders` ({tracing, accessLogging, metrics}: provider names)."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: defaultProviders: expected a mapping")
+    unknown = sorted(set(data) - {"tracing", "accessLogging", "metrics"})
+    if unknown:
+        raise ValueError(f"{where}: defaultProviders: {', '.join(unknown)}: unknown (tracing, accessLogging, metrics)")
+    out: dict[str, list[str]] = {}
+    for k, names in data.items():
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{where}: defaultProviders.{k}: expected a list of provider names")
+        missing = [n for n in names if n not in defined and n not in BUILTIN_PROVIDERS]
+        if missing:
+            raise ValueError(f"{where}: defaultProviders.{k}: {', '.join(missing)}: not defined in extensionProviders")
+        out[k] = list(names)
+    return out
 
 
 def load(path: Path, trust_domain: str) -> MeshFile:

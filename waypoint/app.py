@@ -101,7 +101,8 @@ class WaypointProxy:
         self.requests = 0
         # Istio's HTTP metrics (reporter="waypoint") and one access-log line per request, both with
         # the source and destination workloads resolved from the config by address.
-        self.telemetry = Telemetry(http_metrics, RequestLog(lambda line: access.info("%s", line)),
+        self.telemetry = Telemetry(http_metrics, RequestLog(lambda line: access.info("%s", line),
+                                                            lambda svc: self.config.view.telemetry_for_waypoint(svc).access_log),
                                    lambda ip: self.config.view.by_ip.get(ip))
 
     # --- lifecycle ----------------------------------------------------------------------------

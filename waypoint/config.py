@@ -12,8 +12,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from ambit import telemetry
 from ambit.configclient import ConfigUpdate
-from ambit.model import Authorization, MeshSettings, Resource, Service, WaypointRoutes, Workload
+from ambit.model import (
+    Authorization,
+    MeshSettings,
+    Resource,
+    Service,
+    TelemetryPolicy,
+    WaypointRoutes,
+    Workload,
+)
+from ambit.telemetryconfig import AccessLogConfig, TelemetryConfig
+from ambit.telemetryfilter import check_filter
 from ambit.trustdomain import TrustDomains
 from waypoint.authz import PolicySet, Waypoint, policy_set
 from waypoint.authz.l4 import l4_policy_set
@@ -21,7 +32,10 @@ from waypoint.routing import RouteTable, build_table
 
 log = logging.getLogger("ambit.waypoint.config")
 
-TYPES = (MeshSettings.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE, WaypointRoutes.TYPE)
+TYPES = (MeshSettings.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE, WaypointRoutes.TYPE, TelemetryPolicy.TYPE)
+
+# Telemetry only shapes access logs and spans (defaults apply until it arrives): not needed to serve.
+REQUIRED = TYPES[:-1]
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,22 @@ class View:
     policies: PolicySet = field(default_factory=lambda: policy_set([], Waypoint("", "")))
     l4_policies: PolicySet = field(default_factory=lambda: policy_set([], Waypoint("", "")))  # opaque tunnels
     trust_domains: TrustDomains | None = None
+    telemetry: tuple[TelemetryPolicy, ...] = ()
+    mesh: MeshSettings | None = None
+    waypoint: Waypoint = Waypoint("", "")
+    _telemetry_cache: dict[str, TelemetryConfig] = field(default_factory=dict, compare=False, repr=False)
+
+    def telemetry_for_waypoint(self, service: str = "") -> TelemetryConfig:
+        """The Telemetry API's tracing and access logging for this waypoint (ambit.telemetry's
+        precedence), for requests to `service` ("ns/name"; "" when unknown: the Gateway-,
+        namespace- and mesh-level Telemetries only). Cached per service for the View's life: the
+        View is replaced on every config update, so the cache never outlives its inputs."""
+        cfg = self._telemetry_cache.get(service)
+        if cfg is None:
+            cfg = telemetry.for_waypoint(self.telemetry, self.mesh, self.waypoint.namespace, self.waypoint.name,
+                                         service)
+            self._telemetry_cache[service] = cfg
+        return cfg
 
 
 class WaypointConfig:
@@ -50,7 +80,7 @@ class WaypointConfig:
 
     @property
     def synced(self) -> bool:
-        return self.synced_types >= set(TYPES)
+        return self.synced_types >= set(REQUIRED)
 
     def apply(self, update: ConfigUpdate) -> None:
         state = dict(self.state)
@@ -73,7 +103,13 @@ class WaypointConfig:
         mesh = next(iter(state[MeshSettings.TYPE].values()), None)
         tds = TrustDomains.of(cast(MeshSettings, mesh).trust_domain, cast(MeshSettings, mesh).trust_domain_aliases) \
             if mesh is not None else TrustDomains.of(self.trust_domain)
-        return View(workloads, by_ip, services, by_vip, table, pset, l4_policy_set(pset), tds)
+        tel = tuple(sorted((cast(TelemetryPolicy, t) for t in state[TelemetryPolicy.TYPE].values()),
+                           key=lambda t: t.resource_name))
+        for t in tel:       # a filter the controller let through but this build cannot run: say so
+            if t.access_log_filter and (why := check_filter(t.access_log_filter)):
+                log.warning("Telemetry %s: accessLogging filter %r ignored: %s", t.resource_name, t.access_log_filter, why)
+        return View(workloads, by_ip, services, by_vip, table, pset, l4_policy_set(pset), tds, tel,
+                    cast(MeshSettings, mesh) if mesh is not None else None, self.waypoint)
 
     def dump(self) -> dict[str, Any]:
         v = self.view
@@ -81,6 +117,14 @@ class WaypointConfig:
                 "services": sorted(v.services), "workloads": sorted(f"{w.namespace}/{w.name}" for w in
                                                                     v.workloads.values()),
                 "routes": sorted(v.table.hosts), "route_errors": list(v.table.errors),
+                "telemetry": [t.resource_name for t in v.telemetry],
+                "access_log": _access_log_dump(v.telemetry_for_waypoint().access_log),
                 "policies": {"gateway": [p.resource_name for p in v.policies.gateway],
                              "by_service": {k: [p.resource_name for p in ps]
                                             for k, ps in v.policies.by_service.items()}}}
+
+
+def _access_log_dump(cfg: AccessLogConfig) -> dict[str, Any]:
+    """The waypoint-level access logging (Gateway-, namespace- and mesh-level Telemetries)."""
+    return {"disabled": cfg.disabled, "mode": cfg.mode, "filter": cfg.filter,
+            "providers": [f"{p.name} ({p.kind} {p.path} {p.log_format})" for p in cfg.providers]}

@@ -23,19 +23,31 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from ambit import identity as ident
-from ambit import trustdomain
+from ambit import telemetry, trustdomain
 from ambit.configclient import ConfigClient, ConfigUpdate, NodeInfo
 from ambit.configclient.credential import node_metadata
-from ambit.model import Authorization, MeshSettings, PeerAuthn, Service, ServicePort, Workload
+from ambit.model import (
+    Authorization,
+    MeshSettings,
+    PeerAuthn,
+    Service,
+    ServicePort,
+    TelemetryPolicy,
+    Workload,
+)
+from ambit.telemetryconfig import AccessLogConfig
 from ambit.trustdomain import TrustDomains
 from ztunnel import authz
 
 # The order the server pushes them in (mesh settings, then policy before the pods it protects);
-# WaypointRoutes and Telemetry are the waypoint's business, not ztunnel's.
-TYPES = (MeshSettings.TYPE, PeerAuthn.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE)
+# WaypointRoutes are the waypoint's business, not ztunnel's; Telemetry decides its access logs.
+TYPES = (MeshSettings.TYPE, PeerAuthn.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE, TelemetryPolicy.TYPE)
+# What must have arrived before ztunnel counts as synced: Telemetry only shapes access logs (the
+# default log applies until it arrives), so it does not hold readiness back.
+REQUIRED = TYPES[:-1]
 ACTIONS = {authz.ALLOW, authz.DENY, authz.AUDIT}
 MODES = {authz.STRICT, authz.PERMISSIVE, authz.DISABLE, authz.UNSET}
 
@@ -59,6 +71,8 @@ class ConfigView:
     peer_authns: tuple[PeerAuthn, ...] = ()
     trust_domains: TrustDomains | None = None      # from MeshSettings; None until the controller sends it
     versions: Mapping[str, str] = field(default_factory=lambda: _EMPTY)                    # type URL -> controller system version
+    telemetry: tuple[TelemetryPolicy, ...] = ()
+    mesh: MeshSettings | None = None               # extension/default providers the Telemetries name
 
 
 @dataclass(frozen=True)
@@ -225,7 +239,11 @@ def next_view(view: ConfigView, update: ConfigUpdate) -> ConfigView:
     if t == PeerAuthn.TYPE:
         return replace(view, peer_authns=check_peer_authns(state), versions=versions)  # type: ignore[arg-type]
     if t == MeshSettings.TYPE:
-        return replace(view, trust_domains=check_mesh_settings(state), versions=versions)  # type: ignore[arg-type]
+        return replace(view, trust_domains=check_mesh_settings(state), versions=versions,  # type: ignore[arg-type]
+                       mesh=cast(MeshSettings, next(iter(state.values()), None)))
+    if t == TelemetryPolicy.TYPE:
+        return replace(view, telemetry=tuple(sorted((cast(TelemetryPolicy, p) for p in state.values()),
+                                                    key=lambda p: p.resource_name)), versions=versions)
     raise ConfigRejected(f"{t}: ztunnel does not subscribe to this type")
 
 
@@ -247,6 +265,7 @@ class MeshState:
     rejections: dict[str, Rejection] = field(default_factory=dict)   # type URL -> rejection in force
     _synced: set[str] = field(default_factory=set)
     _listeners: list[Callable[[ConfigView, ConfigUpdate], None]] = field(default_factory=list)
+    _telemetry_cache: tuple[ConfigView | None, dict[tuple[str, str], AccessLogConfig]] = (None, {})
 
     def apply(self, update: ConfigUpdate) -> None:
         try:
@@ -270,7 +289,7 @@ class MeshState:
 
     @property
     def synced(self) -> bool:
-        return self._synced.issuperset(TYPES)
+        return self._synced.issuperset(REQUIRED)
 
     @property
     def versions(self) -> Mapping[str, str]:
@@ -296,6 +315,20 @@ class MeshState:
         pas = tuple(p for p in v.peer_authns if _peer_authn_applies(p, workload, self.root_namespace))
         return Policies(auths, pas)
 
+    def access_log_config(self, workload: Workload, side: str) -> AccessLogConfig:
+        """The Telemetry API's access logging for `workload` on `side` (CLIENT: its outbound
+        connections, SERVER: its inbound ones), cached until the next accepted update."""
+        view, cache = self._telemetry_cache
+        if view is not self.view:
+            view, cache = self.view, {}
+            self._telemetry_cache = (view, cache)
+        key = (workload.uid, side)
+        cfg = cache.get(key)
+        if cfg is None:
+            cfg = cache[key] = telemetry.for_workload(view.telemetry, view.mesh, workload.namespace,
+                                                      workload.labels, side).access_log
+        return cfg
+
     @property
     def trust_domains(self) -> TrustDomains:
         """The trust domains peers must be in: the controller's MeshSettings, or, before they
@@ -320,6 +353,7 @@ class MeshState:
             "services": [s.to_dict() for _, s in sorted(v.services.items())],
             "authorizations": [a.to_dict() for a in v.authorizations],
             "peer_authns": [p.to_dict() for p in v.peer_authns],
+            "telemetry": [p.to_dict() for p in v.telemetry],
             "trust_domains": {"trust_domain": self.trust_domains.primary,
                               "aliases": list(self.trust_domains.aliases),
                               "from_controller": v.trust_domains is not None},

@@ -40,10 +40,12 @@ from ambit.dataplane.identity import CertificateUnavailable, IdentityManager
 from ambit.dataplane.origdst import original_dst
 from ambit.dataplane.relay import Leg, relay, relay_tunnel
 from ambit.dataplane.settings import TunnelSettings
-from ambit.dataplane.telemetry.accesslog import AccessLogSink, ConnRecord, StreamSink
+from ambit.dataplane.telemetry.accesslog import AccessLogSink, ConnRecord, PolicySink, StreamSink
 from ambit.dataplane.telemetry.health import HealthCollector
 from ambit.dataplane.telemetry.metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TLS, NONE, ConnLabels, Metrics
 from ambit.model import Service, Workload
+from ambit.telemetry import CLIENT, SERVER
+from ambit.telemetryconfig import AccessLogConfig
 from ambit.zds import PodInfo
 from ztunnel import admission, routing
 from ztunnel.connbook import ConnBook, reset
@@ -107,7 +109,7 @@ class Proxy:
         self.trust_domain = trust_domain
         self.tunnel = tunnel or TunnelSettings()
         self.cert_wait = self.tunnel.cert_wait
-        self.access_log = access_log or StreamSink()
+        self.access_log = access_log or PolicySink(StreamSink(), self.access_log_config)
         # How a captured socket's original destination is read (eBPF getsockopt or conntrack);
         # injected so the data path runs in tests without the kernel's capture.
         self.original_dst = original_dst
@@ -133,6 +135,22 @@ class Proxy:
 
     def workload_of(self, pod: PodInfo) -> Workload:
         return admission.pod_workload(self.config, pod, self.trust_domain)
+
+    def access_log_config(self, rec: ConnRecord) -> AccessLogConfig | None:
+        """The Telemetry API's access logging for a finished connection: the source workload's as
+        CLIENT for outbound, the destination workload's as SERVER for inbound (None: no config or
+        unknown workload, the default log)."""
+        if self.config is None:
+            return None
+        outbound = rec.direction == "outbound"
+        try:
+            ip = routing.parse_addr(rec.src_addr if outbound else rec.dst_addr)[0]
+        except ValueError:
+            return None
+        w = self.config.lookup_workload(ip)
+        if w is None:
+            return None
+        return self.config.access_log_config(w, CLIENT if outbound else SERVER)
 
     def identity_of(self, pod: PodInfo) -> str:
         return self.workload_of(pod).identity

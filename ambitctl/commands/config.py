@@ -145,6 +145,7 @@ def plan_apply(objs: list[Obj], current: dict[tuple[str, str, str], Obj]) -> App
     from controller.validation import object_ref
     everything = list(merged.values())
     tr = translate(everything)
+    _lab_mesh_providers(tr)
     refs = {object_ref(o) for o in objs}
     plan.errors = [str(fe) for fe in tr.errors if fe.ref in refs]
     plan.warnings = not_enforced(objs, everything, tr)
@@ -153,6 +154,19 @@ def plan_apply(objs: list[Obj], current: dict[tuple[str, str, str], Obj]) -> App
         plan.verdicts.append("created" if before is None else
                              "unchanged" if _comparable(before, "status" in o) == _comparable(o) else "configured")
     return plan
+
+
+def _lab_mesh_providers(tr: Any) -> None:
+    """The lab controller's mesh config extensionProviders/defaultProviders, so the Telemetry
+    advisories know the providers it defines (none without a lab or a mesh config)."""
+    from ambitctl.lab.components import mesh_config_file
+    from controller import meshconfig
+    try:
+        mf = meshconfig.load(mesh_config_file(store_path().parent), tr.mesh_settings[0].trust_domain)
+    except (ValueError, OSError):
+        return      # the controller reports a bad mesh config itself
+    tr.mesh_settings[0].extension_providers = list(mf.extension_providers)
+    tr.mesh_settings[0].default_providers = dict(mf.default_providers)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

@@ -14,7 +14,10 @@ authenticator, see controller.configserver.auth; a claimed name never widens a v
 * waypoint W ("ns/name") -- the Services whose waypoint is W, every Workload (it routes to the
   ones behind it and resolves its clients, wherever they run, for telemetry and sourceLabels), the
   Authorizations that can apply to them (mesh-wide ones and those in the namespaces of what it
-  fronts), and every PeerAuthn.
+  fronts), and every PeerAuthn; the Telemetries that can apply to it: mesh-wide ones (root
+  namespace, `scope` global) and those in its own namespace and the namespaces of the Services it
+  fronts (targetRefs to its Gateway or those Services; namespace-wide ones for its own namespace).
+* ztunnel -- every Telemetry: it resolves one per workload on its node, which can be in any namespace.
 * any type without a rule here -- everything (safe default for types added later; add a rule
   when a type has a natural owner, e.g. routes attached to a waypoint's Services).
 
@@ -28,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import cast
 
 from ambit.configclient.node import NodeInfo
-from ambit.model import Authorization, MeshSettings, PeerAuthn, Resource, Service, Workload
+from ambit.model import Authorization, MeshSettings, PeerAuthn, Resource, Service, TelemetryPolicy, Workload
 
 Snapshot = Mapping[str, Sequence[Resource]]
 
@@ -74,9 +77,13 @@ def scope(node: NodeInfo, type_url: str, snapshot: Snapshot) -> list[Resource]:
 def _waypoint_scope(waypoint: str, type_url: str, resources: list[Resource], snapshot: Snapshot) -> list[Resource]:
     if type_url == Service.TYPE:
         return [s for s in resources if cast(Service, s).waypoint == waypoint]
-    if type_url not in (Workload.TYPE, Authorization.TYPE):
+    if type_url not in (Workload.TYPE, Authorization.TYPE, TelemetryPolicy.TYPE):
         return resources
     services = [cast(Service, s) for s in snapshot.get(Service.TYPE, ()) if cast(Service, s).waypoint == waypoint]
+    if type_url == TelemetryPolicy.TYPE:
+        tns = {s.namespace for s in services} | {waypoint.split("/")[0]}
+        return [t for t in resources
+                if cast(TelemetryPolicy, t).scope == "global" or cast(TelemetryPolicy, t).namespace in tns]
     backing = {ep.workload_uid for s in services for ep in s.endpoints}
     fronted_workloads = [cast(Workload, w) for w in snapshot.get(Workload.TYPE, ())
                          if cast(Workload, w).waypoint == waypoint or cast(Workload, w).uid in backing]

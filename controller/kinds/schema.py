@@ -12,6 +12,7 @@ and how to render itself as `openapi()`, so the two can never drift.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from collections.abc import Callable
@@ -29,6 +30,12 @@ def show(value: Any) -> str:
     except (TypeError, ValueError):  # pragma: no cover - values come from YAML/JSON
         s = repr(value)
     return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _did_you_mean(name: str, known: dict[str, Any]) -> str:
+    """A near-miss field name (a typo, a wrong suffix) gets a suggestion: the close known names."""
+    close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def join(path: str, key: str | int) -> str:
@@ -286,7 +293,7 @@ class Obj(Schema):
                 continue
             if sub is None:
                 if not self.open:
-                    errs.append((join(path, k), "unknown field"))
+                    errs.append((join(path, k), "unknown field" + _did_you_mean(k, self.fields)))
                 continue
             if v is None:       # YAML `field:` with nothing: treated as unset, like Kubernetes
                 continue

@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from ambit.telemetryfilter import check_filter
 from controller.kinds.common import Duration, Percentage, PolicyTargetReference, WorkloadSelector
-from controller.kinds.schema import Arr, Bool, Map, Obj, Str
+from controller.kinds.schema import Arr, Bool, Errors, Map, Obj, Str, join
+
+
+def _check_filter(value: Any, path: str, errs: Errors) -> None:
+    """The access-log filter must be in the CEL subset Ambit evaluates (ambit.telemetryfilter):
+    refused here, at apply time, rather than logging everything or nothing at request time."""
+    expr = value.get("expression") if isinstance(value, dict) else None
+    if isinstance(expr, str) and expr.strip():
+        why = check_filter(expr)
+        if why:
+            errs.append((join(path, "expression"), f"{expr!r}: {why}"))
 
 ProviderRef = Obj({"name": Str(min_len=1)}, required=("name",))
 WorkloadMode = Str(enum=("CLIENT_AND_SERVER", "CLIENT", "SERVER"))
@@ -46,7 +59,7 @@ AccessLogging = Obj({
     "match": Obj({"mode": WorkloadMode}),
     "providers": Arr(ProviderRef),
     "disabled": Bool(),
-    "filter": Obj({"expression": Str()}),
+    "filter": Obj({"expression": Str()}, checks=(_check_filter,)),
 })
 
 TelemetrySpec = Obj({

@@ -181,22 +181,32 @@ def translate_peer_authn(obj: Obj, root_namespace: str) -> PeerAuthn:
 
 
 def translate_telemetry(obj: Obj, root_namespace: str) -> TelemetryPolicy:
+    """One Telemetry; within a resource, later entries of a section override earlier ones (field by
+    field, provider lists replace), as across levels (ambit.telemetry)."""
     spec = obj.get("spec") or {}
     ns = ns_of(obj)
     scope, selector, refs = _scope(spec, ns, root_namespace)
     t = TelemetryPolicy(name=name_of(obj), namespace=ns, scope=scope, selector=selector, target_refs=refs)
     for tr in spec.get("tracing") or []:
-        t.tracing_providers += [p["name"] for p in tr.get("providers") or []]
+        t.has_tracing = True
+        if tr.get("providers"):
+            t.tracing_providers = [p["name"] for p in tr["providers"]]
         if tr.get("randomSamplingPercentage") is not None:
             t.sampling_percent = float(tr["randomSamplingPercentage"])
         t.custom_tags.update(tr.get("customTags") or {})
-        t.disable_span_reporting = t.disable_span_reporting or bool(tr.get("disableSpanReporting"))
+        if tr.get("disableSpanReporting") is not None:
+            t.disable_span_reporting = bool(tr["disableSpanReporting"])
+        t.tracing_mode = (tr.get("match") or {}).get("mode") or t.tracing_mode
     for m in spec.get("metrics") or []:
         t.metrics_providers += [p["name"] for p in m.get("providers") or []]
         t.metrics_overrides += list(m.get("overrides") or [])
     for a in spec.get("accessLogging") or []:
-        t.access_log_providers += [p["name"] for p in a.get("providers") or []]
-        t.access_log_disabled = t.access_log_disabled or bool(a.get("disabled"))
+        t.has_access_logging = True
+        if a.get("providers"):
+            t.access_log_providers = [p["name"] for p in a["providers"]]
+        if a.get("disabled") is not None:
+            t.access_log_disabled = bool(a["disabled"])
         if (a.get("filter") or {}).get("expression"):
             t.access_log_filter = a["filter"]["expression"]
+        t.access_log_mode = (a.get("match") or {}).get("mode") or t.access_log_mode
     return t

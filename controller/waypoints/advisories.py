@@ -115,7 +115,56 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             out += _gw_fields(o)
         elif kind == "DestinationRule":
             out += _dr_fields(o)
+        elif kind == "Telemetry":
+            out += telemetry_advisories(o, tr.mesh_settings[0] if tr.mesh_settings else None)
+    out += telemetry_conflicts([o for o in good if o.get("kind") == "Telemetry"], root_namespace)
     out += _unserved_hosts(good, tr, gateways)
+    return out
+
+
+# -- Telemetry ----------------------------------------------------------------------------------
+
+def telemetry_advisories(o: Obj, mesh: Any) -> list[Advisory]:
+    """A Telemetry naming a provider that the mesh config (`extensionProviders`) does not define
+    and that is not built in (`envoy`, `prometheus`): Istio ignores such a provider, and so does
+    Ambit, so the Telemetry does less than it says. `mesh`: the MeshSettings in force."""
+    from ambit.telemetry import providers_of
+    known = providers_of(mesh)
+    spec, ref, out = o.get("spec") or {}, object_ref(o), []
+    for section in ("tracing", "metrics", "accessLogging"):
+        for i, entry in enumerate(spec.get(section) or []):
+            for j, p in enumerate(entry.get("providers") or []):
+                name = p.get("name", "")
+                if name not in known:
+                    out.append(Advisory(ref, f"spec.{section}[{i}].providers[{j}].name", (
+                        f'provider "{name}" is not defined in the mesh config\'s extensionProviders (defined: '
+                        f'{", ".join(sorted(known))}): it is ignored, as in Istio; define it (docs/observability.md '
+                        '"Telemetry API")'), NOT_ENFORCED, "ProviderNotFound"))
+    return out
+
+
+def telemetry_conflicts(telemetries: list[Obj], root_namespace: str) -> list[Advisory]:
+    """Istio calls two selector-less Telemetries in one namespace invalid (which applies is not
+    defined); Ambit applies them in name order, later names overriding: say so on each but the first.
+    A selector in the root namespace is not mesh-wide: it selects that namespace's workloads only."""
+    out, seen = [], {}
+    for o in sorted(telemetries, key=lambda o: (ns_of(o), (o.get("metadata") or {}).get("name", ""))):
+        spec = o.get("spec") or {}
+        if spec.get("targetRef") or spec.get("targetRefs"):
+            continue
+        ns = ns_of(o)
+        if spec.get("selector"):
+            if ns == root_namespace:
+                out.append(Advisory(object_ref(o), "spec.selector", (
+                    f"a selector in the root namespace ({root_namespace}) is not mesh-wide, as in Istio: it selects "
+                    f"workloads of {root_namespace} only"), NOT_ENFORCED, "UnsupportedValue"))
+            continue
+        if ns in seen:
+            out.append(Advisory(object_ref(o), "", (
+                f"namespace {ns} already has a Telemetry without a selector ({seen[ns]}); Istio treats two as "
+                "invalid, Ambit applies them in name order (this one's fields override)"), NOT_ENFORCED, "Conflicted"))
+        else:
+            seen[ns] = (o.get("metadata") or {}).get("name", "")
     return out
 
 

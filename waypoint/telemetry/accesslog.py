@@ -1,22 +1,31 @@
-"""One access-log line per request, through an injected sink.
+"""One access-log line per request, as the Telemetry API says, through an injected sink.
 
-The line is `RequestRecord.line()` (Envoy's/Istio's JSON access-log field names: start_time,
-method, path, protocol, response_code, response_flags, bytes_*, duration, upstream_host,
-route_name, request_id, authority, user_agent, ...) plus what only the waypoint knows: the source
-and destination workloads it resolved. The sink takes the finished line, so the waypoint decides
-where lines go (stdout batched per loop iteration, a file, a list in tests).
+The built-in line (the default, when no Telemetry names an access-log provider) is
+`RequestRecord.line()` (Envoy's/Istio's JSON access-log field names: start_time, method, path,
+protocol, response_code, response_flags, bytes_*, duration, upstream_host, route_name, request_id,
+authority, user_agent, ...) plus what only the waypoint knows: the source and destination workloads
+it resolved. A Telemetry's `accessLogging` can turn the log off for the requests to a Service (or
+the whole waypoint), filter it (`response.code >= 400`), and name providers whose format (Istio's
+default text format, JSON labels) and file replace the built-in line (ambit.telemetrylog).
+The sink takes the finished line, so the waypoint decides where lines go (stdout, a list in tests).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
+from typing import Any
 
 from ambit.model import Workload
+from ambit.telemetryconfig import AccessLogConfig
+from ambit.telemetrylog import AccessLogWriter
 from waypoint.http.record import RequestRecord
 from waypoint.telemetry.peers import workload_name
 
 LineSink = Callable[[str], None]
+# The Service ("ns/name", "" when none) a request was for -> its access logging.
+ConfigFor = Callable[[str], "AccessLogConfig | None"]
 
 
 def request_line(rec: RequestRecord, src: Workload | None, dst: Workload | None) -> str:
@@ -31,12 +40,55 @@ def request_line(rec: RequestRecord, src: Workload | None, dst: Workload | None)
     return json.dumps(d)
 
 
-class RequestLog:
-    """`emit(record, src, dst)` writes one line to `sink` (e.g. `print`-like, or a batching writer).
-    A sink that fails is the waypoint's problem, not the request's: the engine catches and logs it."""
+def request_attrs(rec: RequestRecord) -> dict[str, Any]:
+    """The CEL attributes a filter can test (ambit.telemetryfilter.ATTRIBUTES)."""
+    attrs: dict[str, Any] = {"request.method": rec.method, "request.path": rec.path,
+                             "connection.mtls": bool(rec.downstream.source_identity)}
+    if rec.status:
+        attrs["response.code"] = rec.status     # no response (reset before headers): no code
+    return attrs
 
-    def __init__(self, sink: LineSink) -> None:
+
+def _uri(identity: str) -> str:
+    """A SPIFFE id as the peer certificate's URI SAN (identities may or may not carry the scheme)."""
+    return identity if not identity or identity.startswith("spiffe://") else f"spiffe://{identity}"
+
+
+def request_values(rec: RequestRecord, src: Workload | None, dst: Workload | None) -> dict[str, Any]:
+    """Envoy command operators for one request."""
+    d = rec.downstream
+    return {
+        "START_TIME": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec.start)) + f".{int(rec.start % 1 * 1000):03d}Z",
+        "REQ(:METHOD)": rec.method, "REQ(X-ENVOY-ORIGINAL-PATH?:PATH)": rec.path, "REQ(:PATH)": rec.path,
+        "PROTOCOL": rec.protocol, "RESPONSE_CODE": rec.status, "RESPONSE_FLAGS": rec.response_flags or "-",
+        "RESPONSE_CODE_DETAILS": rec.detail, "BYTES_RECEIVED": rec.bytes_received, "BYTES_SENT": rec.bytes_sent,
+        "DURATION": round(rec.duration_ms), "REQ(USER-AGENT)": rec.user_agent, "REQ(X-REQUEST-ID)": rec.request_id,
+        "REQ(:AUTHORITY)": rec.authority, "UPSTREAM_HOST": rec.upstream, "ROUTE_NAME": rec.route,
+        "UPSTREAM_CLUSTER_RAW": rec.service, "UPSTREAM_CLUSTER": rec.service, "GRPC_STATUS": rec.grpc_status,
+        "DOWNSTREAM_REMOTE_ADDRESS": d.source_ip,
+        "DOWNSTREAM_LOCAL_ADDRESS": f"{d.destination_ip}:{d.destination_port}" if d.destination_ip else "",
+        "DOWNSTREAM_PEER_URI_SAN": _uri(d.source_identity),
+        "UPSTREAM_PEER_URI_SAN": _uri(dst.identity) if dst is not None else "",
+        "SOURCE_WORKLOAD": workload_name(src) if src is not None else "",
+        "SOURCE_NAMESPACE": src.namespace if src is not None else "",
+        "DESTINATION_WORKLOAD": workload_name(dst) if dst is not None else "",
+        "DESTINATION_NAMESPACE": dst.namespace if dst is not None else "",
+        "DESTINATION_SERVICE": rec.service, "CONNECTION_DIRECTION": "inbound",
+    }
+
+
+class RequestLog:
+    """`emit(record, src, dst)` writes the request's lines to `sink` (e.g. `print`-like, or a
+    batching writer), as `config_for(service)` (the waypoint's View.telemetry_for_waypoint) says;
+    without `config_for`, the built-in line for every request. A sink that fails is the
+    waypoint's problem, not the request's: the engine catches and logs it."""
+
+    def __init__(self, sink: LineSink, config_for: ConfigFor | None = None) -> None:
         self.sink = sink
+        self.config_for = config_for
+        self.writer = AccessLogWriter(sink)
 
     def emit(self, rec: RequestRecord, src: Workload | None, dst: Workload | None) -> None:
-        self.sink(request_line(rec, src, dst))
+        cfg = self.config_for(rec.service or rec.downstream.service) if self.config_for is not None else None
+        self.writer.write(cfg, request_attrs(rec), lambda: request_values(rec, src, dst),
+                          lambda: request_line(rec, src, dst))

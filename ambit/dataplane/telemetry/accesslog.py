@@ -95,3 +95,62 @@ class StreamSink:
         stream = self._stream or sys.stdout     # late-bound: pytest's capture swaps sys.stdout
         stream.write(lines)
         stream.flush()
+
+    def emit_line(self, line: str) -> None:
+        """A line as is (a Telemetry provider's format), batched like `emit`'s."""
+        self._pending.append(line + "\n")
+        if len(self._pending) >= self.MAX_PENDING:
+            self.flush()
+        elif len(self._pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:
+                self.flush()
+
+
+# --- the Telemetry API (ambit.telemetry) applied per connection ------------------------------------
+
+
+def conn_attrs(rec: ConnRecord) -> dict[str, Any]:
+    """The CEL attributes a connection has (no request or response: those comparisons are false)."""
+    return {"connection.mtls": rec.route in ("hbone", "inbound-hbone")}
+
+
+def _spiffe(identity: str) -> str:
+    return identity if not identity or identity.startswith("spiffe://") else f"spiffe://{identity}"
+
+
+def conn_values(rec: ConnRecord) -> dict[str, Any]:
+    """Envoy command operators for a connection (a TCP proxy's view: bytes, addresses, peers)."""
+    return {
+        "START_TIME": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec.start)) + f".{int(rec.start % 1 * 1000):03d}Z",
+        "BYTES_RECEIVED": rec.bytes_sent, "BYTES_SENT": rec.bytes_recv,
+        "DURATION": round((time.time() - rec.start) * 1000),
+        "DOWNSTREAM_REMOTE_ADDRESS": rec.src_addr, "DOWNSTREAM_LOCAL_ADDRESS": rec.dst_addr,
+        "UPSTREAM_HOST": rec.dst_addr, "ROUTE_NAME": rec.route, "CONNECTION_TERMINATION_DETAILS": rec.error,
+        "RESPONSE_FLAGS": rec.extra.get("response_flags", ""),
+        "DOWNSTREAM_PEER_URI_SAN": _spiffe(rec.src_identity), "UPSTREAM_PEER_URI_SAN": _spiffe(rec.dst_identity),
+        "UPSTREAM_CLUSTER": rec.dst_service, "UPSTREAM_CLUSTER_RAW": rec.dst_service,
+        "SOURCE_WORKLOAD": rec.src_workload, "SOURCE_NAMESPACE": rec.src_namespace,
+        "DESTINATION_WORKLOAD": rec.dst_workload, "DESTINATION_NAMESPACE": rec.dst_namespace,
+        "DESTINATION_SERVICE": rec.dst_service, "CONNECTION_DIRECTION": rec.direction,
+    }
+
+
+class PolicySink:
+    """An AccessLogSink that applies the Telemetry API: `config_for(rec)` is the connection's
+    workload's AccessLogConfig on its side (outbound: the source workload, CLIENT; inbound: the
+    destination workload, SERVER), None for the default (logged, built-in line)."""
+
+    def __init__(self, stream: StreamSink, config_for: Any, writer: Any = None) -> None:
+        from ambit.telemetrylog import AccessLogWriter
+        self.stream = stream
+        self.config_for = config_for
+        self.writer = writer or AccessLogWriter(stream.emit_line)
+
+    def emit(self, rec: ConnRecord) -> None:
+        self.writer.write(self.config_for(rec), conn_attrs(rec), lambda: conn_values(rec),
+                          lambda: "access " + rec.line())
+
+    def flush(self) -> None:
+        self.stream.flush()

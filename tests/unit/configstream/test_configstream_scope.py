@@ -75,3 +75,14 @@ def test_missing_type_scopes_to_nothing_and_policy_goes_before_pods_before_servi
     assert scope(NodeInfo("ztunnel", "n"), "ambit.io/Unmodelled", SNAP) == []
     order = list(TYPE_ORDER)
     assert order.index(Authorization.TYPE) < order.index(Workload.TYPE) < order.index(Service.TYPE)
+
+
+def test_telemetry_reaches_every_ztunnel_and_the_waypoints_it_can_apply_to():
+    from ambit.model import TelemetryPolicy
+    tels = [TelemetryPolicy("mesh", "istio-system", scope="global"), TelemetryPolicy("shop", "shop"),
+            TelemetryPolicy("pay", "pay", scope="workload", selector={"app": "pay"})]
+    snap = {**SNAP, TelemetryPolicy.TYPE: tels}
+    assert names(scope(NodeInfo("ztunnel", "node-a"), TelemetryPolicy.TYPE, snap)) == ["istio-system/mesh",
+                                                                                        "pay/pay", "shop/shop"]
+    wp = NodeInfo("waypoint", "node-b", waypoint="shop/wp")
+    assert names(scope(wp, TelemetryPolicy.TYPE, snap)) == ["istio-system/mesh", "shop/shop"]

@@ -77,3 +77,64 @@ def test_a_bad_mesh_config_at_start_stops_the_controller_with_the_reason(tmp_pat
     f.write_text("meshMTLS: {}\n")
     with pytest.raises(SystemExit, match="meshMTLS: not supported by Ambit"):
         _aliases((), meshconfig.Watcher(f), "cluster.local", None)
+
+
+TELEMETRY_MESH = """
+extensionProviders:
+- name: jaeger
+  opentelemetry: {service: jaeger-collector.observability.svc.cluster.local, port: 4317}
+- name: otel-http
+  opentelemetry: {service: otel.observability, port: 4318, http: {path: /v1/traces}}
+- name: zipkin
+  zipkin: {service: zipkin.observability, port: 9411}
+- name: fluentd
+  envoyFileAccessLog:
+    path: /var/log/ambit/access.json
+    logFormat: {labels: {code: "%RESPONSE_CODE%", method: "%REQ(:METHOD)%"}}
+- name: text
+  envoyFileAccessLog: {path: /dev/stdout, logFormat: {text: "%RESPONSE_CODE% %DURATION%\\n"}}
+defaultProviders: {tracing: [jaeger], accessLogging: [envoy], metrics: [prometheus]}
+"""
+
+
+def test_extension_and_default_providers_are_parsed_and_reach_mesh_settings(tmp_path: Path) -> None:
+    f = tmp_path / "mesh.yaml"
+    f.write_text(TELEMETRY_MESH)
+    mf = meshconfig.load(f, "cluster.local")
+    by = {p["name"]: p for p in mf.extension_providers}
+    assert by["jaeger"] == {"name": "jaeger", "kind": "opentelemetry", "protocol": "grpc", "port": 4317,
+                            "service": "jaeger-collector.observability.svc.cluster.local"}
+    assert (by["otel-http"]["protocol"], by["otel-http"]["path"]) == ("http", "/v1/traces")
+    assert by["zipkin"]["path"] == "/api/v2/spans"
+    assert by["fluentd"]["log_format"] == "json" and by["fluentd"]["labels"]["code"] == "%RESPONSE_CODE%"
+    assert by["text"]["log_format"] == "%RESPONSE_CODE% %DURATION%"
+    assert mf.default_providers == {"tracing": ["jaeger"], "accessLogging": ["envoy"], "metrics": ["prometheus"]}
+    server = ConfigServer(debounce=0.0, registry=CollectorRegistry())
+    ctl = Controller(_NoSource(), server)
+    ctl.on_snapshot([])
+    v1 = ctl.version
+    ctl.set_mesh_telemetry(list(mf.extension_providers), dict(mf.default_providers))
+    m = settings(server)[0]
+    assert [p["name"] for p in m.extension_providers] == ["jaeger", "otel-http", "zipkin", "fluentd", "text"]
+    assert m.default_providers["tracing"] == ["jaeger"] and ctl.version != v1
+
+
+@pytest.mark.parametrize(("text", "msg"), [
+    ("extensionProviders: [{name: d, datadog: {service: x, port: 1}}]", "datadog: Ambit exports spans over OTLP"),
+    ("extensionProviders: [{name: d, envoyOtelAls: {service: x, port: 1}}]", "access logs over OTLP are not"),
+    ("extensionProviders: [{name: d, carrierPigeon: {}}]", "carrierPigeon: unknown provider kind"),
+    ("extensionProviders: [{name: d, zipkin: {service: x}}]", "service and port are required"),
+    ("extensionProviders: [{name: d, zipkin: {service: x, port: 1, maxTagLength: 5}}]", "maxTagLength"),
+    ("extensionProviders: [{name: d, zipkin: {service: x, port: 1, traceContextOption: B3}}]",
+     "traceContextOption: not supported"),
+    ("extensionProviders: [{name: d, envoyFileAccessLog: {logFormat: {text: '%FOO%'}}}]", "%FOO% not supported"),
+    ("extensionProviders: [{name: d, prometheus: {}}, {name: d, prometheus: {}}]", "duplicate name d"),
+    ("defaultProviders: {tracing: [nope]}", "nope: not defined in extensionProviders"),
+    ("defaultProviders: {logging: [envoy]}", "logging: unknown"),
+])
+def test_provider_kinds_and_fields_ambit_does_not_do_are_refused_by_name(tmp_path: Path, text: str, msg: str) -> None:
+    f = tmp_path / "mesh.yaml"
+    f.write_text(text + "\n")
+    with pytest.raises(ValueError) as e:
+        meshconfig.load(f, "cluster.local")
+    assert msg in str(e.value)

@@ -1,0 +1,181 @@
+"""The Telemetry API's resolver: which tracing and access logging apply to one proxy, after Istio's
+precedence. Pure functions over the model (`TelemetryPolicy`, `MeshSettings`); both proxies call
+them on each config update.
+
+Precedence (Istio's "Telemetry API" docs): the root namespace's Telemetry without a selector is
+mesh-wide; a namespace's Telemetry without a selector overrides it for that namespace; one with a
+selector (or, for a waypoint, `targetRefs` naming its Gateway or one of its Services) overrides
+both for what it selects. At each level, a section (`tracing`, `accessLogging`) that is present
+overrides field by field what it sets: a provider list *replaces* the inherited one, and
+`randomSamplingPercentage`, `disableSpanReporting`, `customTags`, `disabled`, `match.mode` and
+`filter` override when set. Where nothing names providers, MeshConfig `defaultProviders` apply.
+
+Which side a proxy is (`match.mode`): for ztunnel, the source workload's side of a connection is
+CLIENT and the destination's is SERVER (each side resolved for its own workload); a waypoint is
+the SERVER side of the requests it serves, as in Istio's ambient mode. A section whose mode does
+not include the proxy's side does not apply to it.
+
+Istio calls two selector-less Telemetries in one namespace (or two selecting one workload) invalid;
+Ambit applies them in name order, and `ambit apply` warns. A selector in the root namespace selects
+workloads of the root namespace only (Istio: it is not mesh-wide).
+
+Provider names MeshConfig does not define (and that are not built in: `envoy`, `prometheus`) are
+dropped, as Istio ignores them; `ambit apply` warns about them by name. When no provider remains,
+the proxy's own default log applies (access logging on, in its built-in JSON line), unless disabled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ambit.model import MeshSettings, TelemetryPolicy
+from ambit.telemetryconfig import AccessLogConfig, Provider, TelemetryConfig, TracingConfig
+
+# Istio's built-in providers: `envoy` (a text log on the proxy's stdout) and `prometheus` (metrics,
+# which Ambit's components always export).
+BUILTIN_PROVIDERS: dict[str, dict[str, Any]] = {
+    "envoy": {"name": "envoy", "kind": "envoyFileAccessLog", "path": "/dev/stdout", "log_format": "text"},
+    "prometheus": {"name": "prometheus", "kind": "prometheus"},
+}
+GATEWAY_LABEL = "gateway.networking.k8s.io/gateway-name"
+CLIENT, SERVER = "CLIENT", "SERVER"
+
+
+def provider_from_dict(d: Mapping[str, Any]) -> Provider:
+    return Provider(name=str(d["name"]), kind=str(d["kind"]), service=str(d.get("service") or ""),
+                    port=int(d.get("port") or 0), path=str(d.get("path") or ""),
+                    protocol=str(d.get("protocol") or ""), log_format=str(d.get("log_format") or ""),
+                    labels=tuple((str(k), str(v)) for k, v in (d.get("labels") or {}).items()))
+
+
+def providers_of(mesh: MeshSettings | None) -> dict[str, Provider]:
+    """Every provider a Telemetry may name: the built-ins, then MeshConfig's (which may redefine them)."""
+    out = {n: provider_from_dict(d) for n, d in BUILTIN_PROVIDERS.items()}
+    for d in (mesh.extension_providers if mesh is not None else []):
+        out[d["name"]] = provider_from_dict(d)
+    return out
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What a Telemetry can select: a workload (namespace + labels), or a waypoint (its Gateway's
+    namespace/name, and optionally the Service ("ns/name") a request is for)."""
+
+    namespace: str
+    labels: Mapping[str, str]
+    side: str                           # CLIENT | SERVER
+    gateway: str = ""                   # a waypoint's Gateway name
+    service: str = ""                   # a waypoint's request's Service, "ns/name"
+
+
+def _level(p: TelemetryPolicy, s: Subject) -> int:
+    """0 mesh, 1 namespace, 2 workload/targetRefs; -1: does not apply to `s`."""
+    if p.scope == "waypoint":
+        if not s.gateway:
+            return -1       # targetRefs bind waypoints and gateways, never a ztunnel's workload
+        for r in p.target_refs:
+            kind, name, ns = r.get("kind", ""), r.get("name", ""), r.get("namespace") or p.namespace
+            if kind == "Gateway" and ns == s.namespace and name == s.gateway:
+                return 2
+            if kind == "Service" and s.service and f"{ns}/{name}" == s.service:
+                return 2
+        return -1
+    selected = all(s.labels.get(k) == v for k, v in p.selector.items())
+    if p.scope == "global":     # Istio: a selector in the root namespace is not mesh-wide; it selects there only
+        return (2 if selected and p.namespace == s.namespace else -1) if p.selector else 0
+    if p.namespace != s.namespace:
+        return -1
+    if p.scope == "workload":
+        return 2 if p.selector and selected else -1
+    return 1
+
+
+def _applies(mode: str, side: str) -> bool:
+    return not mode or mode == "CLIENT_AND_SERVER" or mode == side
+
+
+def ordered(policies: Iterable[TelemetryPolicy], s: Subject) -> list[TelemetryPolicy]:
+    """The Telemetries that apply to `s`, broadest first (later ones override earlier ones);
+    within a level, by name, so the result does not depend on arrival order."""
+    ranked = [(lvl, p.resource_name, p) for p in policies if (lvl := _level(p, s)) >= 0]
+    return [p for _, _, p in sorted(ranked, key=lambda t: (t[0], t[1]))]
+
+
+def _pick(names: Iterable[str], known: Mapping[str, Provider]) -> tuple[Provider, ...]:
+    return tuple(known[n] for n in names if n in known)
+
+
+def resolve(policies: Iterable[TelemetryPolicy], mesh: MeshSettings | None, s: Subject) -> TelemetryConfig:
+    """The effective tracing and access logging for `s`."""
+    known = providers_of(mesh)
+    defaults = mesh.default_providers if mesh is not None else {}
+    tr_names: list[str] = list(defaults.get("tracing", []))
+    sampling, tags, disable_spans = TracingConfig().sampling_percent, {}, False
+    al_names: list[str] = list(defaults.get("accessLogging", []))
+    disabled, mode, flt = False, "CLIENT_AND_SERVER", ""
+    for p in ordered(policies, s):
+        if p.has_tracing and _applies(p.tracing_mode, s.side):
+            if p.tracing_providers:
+                tr_names = list(p.tracing_providers)
+            if p.sampling_percent is not None:
+                sampling = p.sampling_percent
+            if p.custom_tags:
+                tags = dict(p.custom_tags)
+            if p.disable_span_reporting is not None:
+                disable_spans = p.disable_span_reporting
+        if p.has_access_logging and _applies(p.access_log_mode, s.side):
+            if p.access_log_providers:
+                al_names = list(p.access_log_providers)
+            if p.access_log_disabled is not None:
+                disabled = p.access_log_disabled
+            if p.access_log_mode:
+                mode = p.access_log_mode
+            if p.access_log_filter:
+                flt = p.access_log_filter
+    tracing = TracingConfig(
+        providers=tuple(p for p in _pick(tr_names, known) if p.kind in ("opentelemetry", "zipkin")),
+        sampling_percent=sampling, custom_tags=_tags(tags), disable_span_reporting=disable_spans)
+    access = AccessLogConfig(
+        providers=tuple(p for p in _pick(al_names, known) if p.kind in ("envoyFileAccessLog", "envoyOtelAls")),
+        disabled=disabled, mode=mode, filter=flt)
+    return TelemetryConfig(tracing, access)
+
+
+def _tags(tags: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[str, str, str], ...]:
+    out = []
+    for tag, spec in sorted(tags.items()):
+        if "literal" in spec:
+            out.append((tag, "literal", str(spec["literal"].get("value", ""))))
+        elif "environment" in spec:
+            out.append((tag, "environment", str(spec["environment"].get("name", ""))))
+        elif "header" in spec:
+            out.append((tag, "header", str(spec["header"].get("name", ""))))
+    return tuple(out)
+
+
+def for_workload(policies: Iterable[TelemetryPolicy], mesh: MeshSettings | None, namespace: str,
+                 labels: Mapping[str, str], side: str) -> TelemetryConfig:
+    """A ztunnel's view for one of its workloads: `side` CLIENT for its outbound connections,
+    SERVER for its inbound ones."""
+    return resolve(policies, mesh, Subject(namespace, labels, side))
+
+
+def for_waypoint(policies: Iterable[TelemetryPolicy], mesh: MeshSettings | None, namespace: str, gateway: str,
+                 service: str = "") -> TelemetryConfig:
+    """A waypoint's view (the SERVER side), for requests to `service` ("ns/name"; "" for the
+    waypoint as a whole: what a Gateway-level or namespace-level Telemetry says)."""
+    labels = {GATEWAY_LABEL: gateway, "istio.io/gateway-name": gateway}
+    return resolve(policies, mesh, Subject(namespace, labels, SERVER, gateway=gateway, service=service))
+
+
+def unknown_providers(policy: TelemetryPolicy, mesh: MeshSettings | None) -> list[tuple[str, str]]:
+    """(section, provider name) pairs that `policy` names and neither MeshConfig nor the built-ins
+    define: Istio ignores them, so they are worth a warning."""
+    known = providers_of(mesh)
+    out = []
+    for section, names in (("tracing", policy.tracing_providers), ("metrics", policy.metrics_providers),
+                           ("accessLogging", policy.access_log_providers)):
+        out += [(section, n) for n in names if n not in known]
+    return out

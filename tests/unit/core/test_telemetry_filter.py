@@ -1,0 +1,47 @@
+"""The access-log filter's CEL subset (ambit.telemetryfilter): what it accepts, refuses, evaluates."""
+
+from __future__ import annotations
+
+import pytest
+
+from ambit.telemetryfilter import FilterError, check_filter, compile_filter
+
+
+@pytest.mark.parametrize(("expr", "attrs", "want"), [
+    ("response.code >= 400", {"response.code": 404}, True),
+    ("response.code >= 400", {"response.code": 200}, False),
+    ("response.code == 503", {"response.code": 503}, True),
+    ("400 <= response.code", {"response.code": 399}, False),
+    ("response.code >= 500 || request.method == \"POST\"", {"response.code": 200, "request.method": "POST"}, True),
+    ("response.code >= 400 && !(response.code == 404)", {"response.code": 404}, False),
+    ("response.code >= 400 && !(response.code == 404)", {"response.code": 500}, True),
+    ("!connection.mtls", {"connection.mtls": False}, True),
+    ("connection.mtls == true && request.path != '/healthz'", {"connection.mtls": True, "request.path": "/x"}, True),
+    ("response.code >= 400", {}, False),            # no response code (a ztunnel connection): not logged
+    ("(response.code < 300 || response.code > 499)", {"response.code": 302}, False),
+])
+def test_evaluates(expr: str, attrs: dict[str, object], want: bool) -> None:
+    assert compile_filter(expr)(attrs) is want
+
+
+@pytest.mark.parametrize(("expr", "why"), [
+    ("response.code >= 400 &&", "ends where a value was expected"),
+    ("response.duration > 10", "attribute 'response.duration' is not supported"),
+    ("request.method > \"GET\"", "only be compared with == or !="),
+    ("response.code == \"500\"", "response.code is int"),
+    ("response.code", "is not a condition"),
+    ("(response.code > 1", "missing ')'"),
+    ("__import__('os').system('x')", "unexpected"),
+    ("__import__('os')", "attribute '__import__' is not supported"),
+    ("response.code >= 400 ; 1", "unexpected '; 1'"),
+    ("", "empty expression"),
+])
+def test_refuses_what_it_does_not_support(expr: str, why: str) -> None:
+    with pytest.raises(FilterError) as e:
+        compile_filter(expr)
+    assert why in str(e.value)
+    assert why in check_filter(expr)
+
+
+def test_check_filter_accepts_the_subset() -> None:
+    assert check_filter("response.code >= 400") == ""

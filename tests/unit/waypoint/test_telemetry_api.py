@@ -1,0 +1,72 @@
+"""The waypoint applies the Telemetry API to its access log: the config View resolves it
+(`telemetry_for_waypoint`, per Service), the RequestLog writes, filters, or drops each request."""
+
+from __future__ import annotations
+
+import json
+
+from ambit.configclient import ConfigUpdate
+from ambit.model import MeshSettings, TelemetryPolicy
+from waypoint.authz import Waypoint
+from waypoint.config import TYPES, WaypointConfig
+from waypoint.telemetry import RequestLog
+
+from .test_telemetry import CLIENT, ECHO_V2, record
+
+MESH = MeshSettings("cluster.local", extension_providers=[
+    {"name": "json-log", "kind": "envoyFileAccessLog", "path": "/dev/stdout", "log_format": "json",
+     "labels": {"code": "%RESPONSE_CODE%", "src": "%SOURCE_WORKLOAD%", "dst": "%DESTINATION_WORKLOAD%"}}])
+
+
+def config(*tels: TelemetryPolicy) -> WaypointConfig:
+    cfg = WaypointConfig(Waypoint("demo", "waypoint"), "cluster.local")
+    for t in TYPES:
+        state = {"mesh": MESH} if t == MeshSettings.TYPE else \
+            {p.resource_name: p for p in tels} if t == TelemetryPolicy.TYPE else {}
+        cfg.apply(ConfigUpdate(t, "v1", state, frozenset(), state))  # type: ignore[arg-type]
+    return cfg
+
+
+def test_namespace_off_service_on_with_filter_and_json_provider() -> None:
+    cfg = config(TelemetryPolicy("off", "demo", has_access_logging=True, access_log_disabled=True),
+                 TelemetryPolicy("echo", "demo", scope="waypoint", target_refs=[{"kind": "Service", "name": "echo"}],
+                                 has_access_logging=True, access_log_disabled=False,
+                                 access_log_filter="response.code >= 400", access_log_providers=["json-log"]))
+    assert cfg.synced
+    view = cfg.view
+    assert view.telemetry_for_waypoint("demo/other").access_log.disabled
+    assert view.telemetry_for_waypoint("demo/echo") is view.telemetry_for_waypoint("demo/echo"), "cached"
+    lines: list[str] = []
+    log = RequestLog(lines.append, lambda svc: cfg.view.telemetry_for_waypoint(svc).access_log)
+    log.emit(record(status=200), CLIENT, ECHO_V2)
+    log.emit(record(status=503), CLIENT, ECHO_V2)
+    log.emit(record(status=500, service="demo/other"), CLIENT, ECHO_V2)
+    assert [json.loads(x) for x in lines] == [{"code": 503, "src": "client", "dst": "echo-v2"}]
+
+
+def test_without_telemetry_every_request_gets_the_builtin_line() -> None:
+    cfg = config()
+    lines: list[str] = []
+    log = RequestLog(lines.append, lambda svc: cfg.view.telemetry_for_waypoint(svc).access_log)
+    log.emit(record(status=200), CLIENT, ECHO_V2)
+    assert json.loads(lines[0])["response_code"] == 200 and json.loads(lines[0])["source_workload"] == "client"
+
+
+def test_gateway_target_and_istio_text_format() -> None:
+    cfg = config(TelemetryPolicy("gw", "demo", scope="waypoint", target_refs=[{"kind": "Gateway", "name": "waypoint"}],
+                                 has_access_logging=True, access_log_providers=["envoy"]))
+    lines: list[str] = []
+    RequestLog(lines.append, lambda svc: cfg.view.telemetry_for_waypoint(svc).access_log).emit(
+        record(status=404, response_flags="NR", request_id="r-1"), CLIENT, None)
+    assert lines[0].startswith('[') and '] "GET / HTTP/1.1" 404 NR ' in lines[0]
+    assert '"r-1" "echo.demo.svc.cluster.local:8080" "10.210.2.11:8080"' in lines[0]
+
+
+def test_config_dump_shows_the_telemetries_and_the_waypoint_level_access_log() -> None:
+    cfg = config(TelemetryPolicy("gw", "demo", scope="waypoint", target_refs=[{"kind": "Gateway", "name": "waypoint"}],
+                                 has_access_logging=True, access_log_providers=["envoy"],
+                                 access_log_filter="response.code >= 500"))
+    d = cfg.dump()
+    assert d["telemetry"] == ["demo/gw"]
+    assert d["access_log"] == {"disabled": False, "mode": "CLIENT_AND_SERVER", "filter": "response.code >= 500",
+                               "providers": ["envoy (envoyFileAccessLog /dev/stdout text)"]}
