@@ -220,6 +220,13 @@ def test_without_prometheus_the_controller_scrapes_the_proxies(tlab: Lab, browse
         i = argv.index("--prometheus-url")
         del argv[i:i + 2]
     tlab.wait_for(lambda: tlab.proc_pid("controller") not in (None, old_pid), timeout=20, what="controller restarted")
+
+    def serving() -> bool:
+        try:
+            return graph(url)["meta"]["source"] == "components"
+        except OSError:
+            return False
+    tlab.wait_for(serving, timeout=20, interval=0.3, what="the restarted controller serves the view")
     with Traffic(tlab) as t:
         started = time.monotonic()
         edges = check_page(browser, tlab, url, "components", "components")

@@ -3,7 +3,7 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const COL = 240, ROW = 96, PAD_X = 90, PAD_Y = 60;
+const COL = 290, ROW = 110, PAD_X = 90, PAD_Y = 60;
 let selected = null;
 let lastGraph = null;
 let refreshMs = 3000;
@@ -60,10 +60,26 @@ function layout(g) {
   const idle = g.nodes.filter(n => layer[n.id] === undefined);
   const pos = {};
   let rows = 0;
+  for (const ns of Object.values(cols)) rows = Math.max(rows, ns.length);
+  // Order each column by the mean row of its neighbours in the previous column (barycenter), a
+  // few sweeps left to right: fewer crossings, stable between refreshes (ties by id).
+  const preds = {};
+  for (const e of g.edges) (preds[e.target] = preds[e.target] || []).push(e.source);
+  const row = {};
+  for (let sweep = 0; sweep < 3; sweep++) {
+    for (let l = 0; l <= maxLayer; l++) {
+      const ns = cols[l] || [];
+      const key = n => {
+        const ps = (preds[n.id] || []).filter(p => row[p] !== undefined && layer[p] < l);
+        return ps.length ? ps.reduce((s, p) => s + row[p], 0) / ps.length : (row[n.id] !== undefined ? row[n.id] : 1e9);
+      };
+      ns.sort((a, b) => (key(a) - key(b)) || a.id.localeCompare(b.id));
+      const off = (rows - ns.length) / 2;   // centre short columns
+      ns.forEach((n, i) => { row[n.id] = i + off; });
+    }
+  }
   for (const [l, ns] of Object.entries(cols)) {
-    ns.sort((a, b) => a.id.localeCompare(b.id));
-    ns.forEach((n, i) => { pos[n.id] = { x: PAD_X + l * COL, y: PAD_Y + i * ROW }; });
-    rows = Math.max(rows, ns.length);
+    for (const n of ns) pos[n.id] = { x: PAD_X + l * COL, y: PAD_Y + row[n.id] * ROW };
   }
   // Nodes without traffic in the window: a row of their own underneath.
   idle.forEach((n, i) => { pos[n.id] = { x: PAD_X + i * 130, y: PAD_Y + rows * ROW + 30, idle: true }; });
@@ -91,8 +107,8 @@ function drawNode(svg, n, p) {
   const t = el("text", { y: 32, class: "name" }, g); t.textContent = n.name;
   const s = el("text", { y: 44, class: "ns" }, g); s.textContent = n.namespace + (n.kind === "waypoint" ? " · waypoint" : "");
   if (n.policies && n.policies.length) {
-    const b = el("text", { x: 22, y: -14, class: "ns policy-count" }, g);
-    b.textContent = `⛨${n.policies.length}`;
+    const b = el("text", { y: 56, class: "ns policy-count" }, g);
+    b.textContent = `${n.policies.length} polic${n.policies.length === 1 ? "y" : "ies"}`;
   }
   g.addEventListener("click", () => select(n.id));
 }
@@ -108,13 +124,20 @@ function drawEdge(svg, e, a, b) {
                       "data-mtls": e.mtls ? "true" : "false" }, svg);
   const dx = b.x - a.x, dy = b.y - a.y, len = Math.hypot(dx, dy) || 1;
   const x1 = a.x + dx / len * 24, y1 = a.y + dy / len * 24, x2 = b.x - dx / len * 26, y2 = b.y - dy / len * 26;
-  const mx = (x1 + x2) / 2, my = (y1 + y2) / 2;
-  el("path", { d: `M${x1},${y1} L${x2},${y2}` }, g);
-  const label = el("text", { x: mx, y: my - 8, class: "label" }, g);
+  // An edge that skips a column bends away from the nodes in between.
+  const skips = Math.abs(dx) > COL * 1.5;
+  const bend = skips ? ROW * 0.45 : 0;
+  const cx = (x1 + x2) / 2 + (dy / len) * bend, cy = (y1 + y2) / 2 - (dx / len) * bend;
+  el("path", { class: "line", d: skips ? `M${x1},${y1} Q${cx},${cy} ${x2},${y2}` : `M${x1},${y1} L${x2},${y2}` }, g);
+  const mx = skips ? (x1 + 2 * cx + x2) / 4 : cx, my = skips ? (y1 + 2 * cy + y2) / 4 : cy;
   const parts = [fmtRate(e.rate, e.protocol), fmtPct(e.errorRate) + " err"];
   if (e.protocol === "http") parts.push("p99 " + fmtMs(e.p99Ms));
   parts.push(fmtBytes(e.bytesPerSecond));
-  label.textContent = parts.join(" · ");
+  const text = parts.join(" · ");
+  el("title", {}, g).textContent = `${e.source} → ${e.target}: ${text}` + (e.mtls ? " · mutual TLS" : "");
+  // Idle edges (traffic earlier in the window, none now) keep their lock but not a label.
+  const label = el("text", { x: mx, y: my - 8, class: "label" }, g);
+  label.textContent = active ? text : "";
   if (e.mtls) lockIcon(g, mx, my + 8);
 }
 
@@ -141,7 +164,7 @@ function render(g) {
     tr.className = "edge-row";
     tr.dataset.source = e.source; tr.dataset.target = e.target;
     for (const v of [name(e.source), name(e.target), e.protocol, fmtRate(e.rate, e.protocol), fmtPct(e.errorRate),
-                     e.protocol === "http" ? fmtMs(e.p99Ms) : "–", fmtBytes(e.bytesPerSecond), e.mtls ? "🔒 mutual_tls" : "none"]) {
+                     e.protocol === "http" ? fmtMs(e.p99Ms) : "–", fmtBytes(e.bytesPerSecond), e.mtls ? "locked (mutual_tls)" : "none"]) {
       const td = document.createElement("td"); td.textContent = v; tr.appendChild(td);
     }
     tbody.appendChild(tr);
