@@ -184,13 +184,15 @@ def build(rates: list[Rate], mesh: Mesh | None = None) -> dict[str, Any]:
         n = nodes[wid]
         if n["kind"] == "workload" and (n["namespace"], n["name"]) in waypoint_pods:
             del nodes[wid]
+    services = {(s.namespace, s.name): s for s in mesh.services}
+    workloads = {(w.namespace, w.name): w for w in mesh.workloads}
     for n in nodes.values():
-        n["policies"] = policies_for(n, mesh)
+        n["policies"] = policies_for(n, mesh, workloads)
         if n["kind"] == "service":
-            svc = next((s for s in mesh.services if s.namespace == n["namespace"] and s.name == n["name"]), None)
+            svc = services.get((n["namespace"], n["name"]))
             n["waypoint"] = svc.waypoint if svc else ""
         if n["kind"] == "workload":
-            w = next((w for w in mesh.workloads if w.namespace == n["namespace"] and w.name == n["name"]), None)
+            w = workloads.get((n["namespace"], n["name"]))
             n["node"] = w.node if w else ""
             n["waypoint"] = w.waypoint if w else ""
             n["inMesh"] = bool(w and w.enrolled)
@@ -229,7 +231,8 @@ def _account(st: EdgeStats, r: Rate) -> None:
         st.bytes += v
 
 
-def policies_for(n: dict[str, Any], mesh: Mesh) -> list[dict[str, str]]:
+def policies_for(n: dict[str, Any], mesh: Mesh,
+                 workloads: dict[tuple[str, str], Workload] | None = None) -> list[dict[str, str]]:
     """The AuthorizationPolicies and PeerAuthentications that apply to a node, as the translation
     scoped them: mesh-wide (root namespace), the node's namespace, a selector matching a workload's
     labels, or targetRefs naming a waypoint's Gateway or a Service."""
@@ -237,7 +240,9 @@ def policies_for(n: dict[str, Any], mesh: Mesh) -> list[dict[str, str]]:
     ns, name, kind = n["namespace"], n["name"], n["kind"]
     labels: dict[str, str] = {}
     if kind == "workload":
-        w = next((w for w in mesh.workloads if w.namespace == ns and w.name == name), None)
+        if workloads is None:
+            workloads = {(w.namespace, w.name): w for w in mesh.workloads}
+        w = workloads.get((ns, name))
         labels = w.labels if w else {}
     for a in mesh.authorizations:
         why = ""

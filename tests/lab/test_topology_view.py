@@ -65,9 +65,11 @@ class Traffic:
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def one_round(self) -> None:
-        for pod, url, opts in (("shop/shopper", "http://cart/?n=[1-4]", ["-H", "Connection: close"]),
-                               ("default/frontend", "http://myapp/?n=[1-10]", [])):
-            p = self.lab.exec(pod, "curl", "-sS", "--fail", "-m", "10", "-o", "/dev/null", *opts, url, timeout=40)
+        for pod, url, opts in (("shop/shopper", "http://cart/?n=[1-4]", ["--fail", "-H", "Connection: close"]),
+                               ("default/frontend", "http://myapp/?n=[1-10]", ["--fail"]),
+                               # one 500 per round (not retried by default: Istio retries 503), for the error rate
+                               ("default/frontend", "http://myapp/?fail=1", ["-H", "x-echo-status: 500"])):
+            p = self.lab.exec(pod, "curl", "-sS", "-m", "10", "-o", "/dev/null", *opts, url, timeout=40)
             if p.returncode != 0:
                 self.failures.append(f"{pod} -> {url}: {p.stderr.strip()}")
         self.rounds += 1
@@ -134,6 +136,7 @@ def dom_edges(drv: Any) -> dict[tuple[str, str], dict[str, Any]]:
           source: g.dataset.source, target: g.dataset.target, protocol: g.dataset.protocol,
           rate: parseFloat(g.dataset.rate), p99: g.dataset.p99Ms, bytes: parseFloat(g.dataset.bytesPerSecond),
           mtls: g.dataset.mtls, locks: g.querySelectorAll('.lock').length,
+          errorRate: parseFloat(g.dataset.errorRate), cls: g.getAttribute('class'),
           label: g.querySelector('text.label').textContent}));""")
     return {(r["source"], r["target"]): r for r in rows}
 
@@ -157,6 +160,10 @@ def check_page(drv: Any, lab: Lab, url: str, source: str, shot: str) -> dict[tup
         e = edges[k]
         assert e["protocol"] == "http" and e["mtls"] == "true" and e["locks"] == 1, e
         assert float(e["p99"]) > 0 and e["bytes"] > 0 and "req/s" in e["label"] and "p99" in e["label"], e
+        # one request in eleven answers 500: an error rate, and the edge drawn red
+        assert 0 < e["errorRate"] < 0.5 and "errors" in e["cls"].split(), e
+    for k in (L4[:2], L4[1:]):
+        assert edges[k]["errorRate"] == 0 and "errors" not in edges[k]["cls"].split(), edges[k]
     # (an idle edge may remain from the readiness probe's first requests, sent before ztunnel knew the
     # waypoint: drawn dashed, with no rate; the traffic now never bypasses the waypoint)
     bypass = edges.get(("wl:default/frontend", "svc:default/myapp"))
