@@ -142,7 +142,11 @@ def build(rates: list[Rate], mesh: Mesh | None = None) -> dict[str, Any]:
         src, dst, svc = _workload_name(labels, "source"), _workload_name(labels, "destination"), _service(labels)
         hops = [wl_id(*src)]
         if labels.get("reporter") == "waypoint":
-            gw = (labels.get("namespace") or UNKNOWN, labels.get("gateway") or UNKNOWN)
+            # the scrape target's labels name the waypoint: `gateway` (the lab's, the direct
+            # scraper's), else the pod (a cluster Prometheus's usual `namespace`/`pod` relabelling)
+            ns = labels.get("namespace") or UNKNOWN
+            gw = (ns, labels["gateway"]) if labels.get("gateway") else waypoint_pods.get(
+                (ns, labels.get("pod", "")), (ns, UNKNOWN))
             hops.append(wp_id(*gw))
         if svc is not None:
             hops.append(svc_id(*svc))

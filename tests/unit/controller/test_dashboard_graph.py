@@ -152,3 +152,10 @@ def test_access_log_lines_are_matched_to_nodes() -> None:
     assert accesslogs.matches(wp, "wl:default/frontend") and accesslogs.matches(wp, "svc:default/myapp")
     assert accesslogs.matches(wp, "wp:default/waypoint", "waypoint-default-waypoint")
     assert not accesslogs.matches(zt, "wp:default/waypoint", "ztunnel-node1")
+
+
+def test_a_waypoint_scraped_without_a_gateway_label_is_found_by_its_pod() -> None:
+    lb = {k: v for k, v in http("frontend", "myapp-v1", "myapp").items() if k != "gateway"}
+    pod = wl("default", "waypoint-7d9f", **{"gateway.networking.k8s.io/gateway-name": "waypoint"})
+    g = build([Rate("istio_requests_total", {**lb, "pod": "waypoint-7d9f"}, 1.0)], Mesh(workloads=[pod]))
+    assert edge(g, "wl:default/frontend", "wp:default/waypoint")["rate"] == 1.0
