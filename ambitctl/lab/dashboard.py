@@ -17,15 +17,18 @@ from ambitctl.lab.state import LabState
 FLAG = "--dashboard-address"
 
 
+def direct_args(base: Path) -> list[str]:
+    """Where the controller scrapes the proxies itself: their metrics sockets in the lab dir."""
+    return ["--dashboard-ztunnel-metrics", f"unix:{base}/{{node}}/metrics.sock",
+            "--dashboard-waypoint-metrics", f"unix:{base}/waypoints/{{namespace}}.{{name}}.metrics.sock"]
+
+
 def enable(st: LabState, base: Path) -> None:
-    """Add the view's flags to the controller's process (after prometheus.enable, if any)."""
+    """Add the view's flags to the controller's process (after prometheus.enable, if any): the lab's
+    Prometheus when it runs one, else the proxies' sockets."""
     ctl = st.proc("controller")
-    ctl.argv += [FLAG, f"127.0.0.1:{prometheus.free_port()}",
-                 "--dashboard-ztunnel-metrics", f"unix:{base}/{{node}}/metrics.sock",
-                 "--dashboard-waypoint-metrics", f"unix:{base}/waypoints/{{namespace}}.{{name}}.metrics.sock",
-                 "--dashboard-access-logs", str(paths.log_dir(base))]
-    if st.prometheus:
-        ctl.argv += ["--prometheus-url", prometheus.url(st)]
+    ctl.argv += [FLAG, f"127.0.0.1:{prometheus.free_port()}", "--dashboard-access-logs", str(paths.log_dir(base))]
+    ctl.argv += ["--prometheus-url", prometheus.url(st)] if st.prometheus else direct_args(base)
 
 
 def url(st: LabState) -> str:

@@ -3,9 +3,9 @@ served by the lab's real controller, after real traffic: L4 through the ztunnels
 cart) and HTTP through a waypoint (default/frontend -> myapp, via default/waypoint).
 
 Both data paths of the controller, one lab: first with the lab's Prometheus (`lab up --prometheus`
-passes `--prometheus-url`), then without it: the test drops that flag from the controller's process
-in the lab state, the supervisor restarts the controller, and the view scrapes the ztunnels' and
-the waypoint's metrics sockets itself. In each mode the rendered DOM must show the right edges with
+passes `--prometheus-url`), then without it: the test gives the controller's process in the lab
+state the flags of a lab without Prometheus, the supervisor restarts the controller, and the view
+scrapes the ztunnels' and the waypoint's metrics sockets itself. In each mode the rendered DOM must show the right edges with
 non-zero rates, the mTLS lock, the waypoint in the HTTP path, a policy on the node it selects, and
 clicking a node must list its access-log lines. Screenshots go to the artifacts
 (AMBIT_UPDATE_SCREENSHOT=1 also writes docs/img/topology.png).
@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ambitctl.lab import dashboard
 from ambitctl.lab import state as labstate
 from tests.lab.labctl import REPO, Lab, artifacts, running_lab
 
@@ -218,14 +219,15 @@ def test_prometheus_mode_renders_the_traffic(tlab: Lab, browser: Any) -> None:
 
 
 def test_without_prometheus_the_controller_scrapes_the_proxies(tlab: Lab, browser: Any) -> None:
-    """Drop --prometheus-url from the controller's process: the supervisor restarts it, and the
-    view reads the ztunnels' and the waypoint's metrics sockets itself."""
+    """Replace --prometheus-url in the controller's process with the flags a lab without Prometheus
+    gives it: the supervisor restarts it, and the view reads the ztunnels' and the waypoint's
+    metrics sockets itself."""
     url = tlab.status()["dashboard"]
     old_pid = tlab.proc_pid("controller")
     with labstate.editing(tlab.dir) as st:
         argv = st.proc("controller").argv
         i = argv.index("--prometheus-url")
-        del argv[i:i + 2]
+        argv[i:i + 2] = dashboard.direct_args(tlab.dir)     # what a lab without Prometheus passes
     tlab.wait_for(lambda: tlab.proc_pid("controller") not in (None, old_pid), timeout=20, what="controller restarted")
 
     def serving() -> bool:

@@ -27,14 +27,15 @@ def test_enable_gives_the_controller_flags_it_parses(tmp_path: Path) -> None:
     argv = st.proc("controller").argv
     args = load(argv[3:], {})
     assert dashboard.url(st) == f"http://{args.dashboard_address}/" and args.dashboard_address.startswith("127.0.0.1:")
-    assert args.prometheus_url == "http://127.0.0.1:9090"
+    assert args.prometheus_url == "http://127.0.0.1:9090" and not args.dashboard_ztunnel_metrics
+    assert args.dashboard_access_logs == tmp_path / "logs"
+    plain = lab_state(tmp_path)           # no Prometheus: the controller scrapes the proxies' sockets
+    dashboard.enable(plain, tmp_path)
+    args = load(plain.proc("controller").argv[3:], {})
+    assert not args.prometheus_url
     assert args.dashboard_ztunnel_metrics.format(node="node1") == f"unix:{tmp_path}/node1/metrics.sock"
     assert args.dashboard_waypoint_metrics.format(namespace="default", name="waypoint") == \
         f"unix:{tmp_path}/waypoints/default.waypoint.metrics.sock"
-    assert args.dashboard_access_logs == tmp_path / "logs"
-    plain = lab_state(tmp_path)
-    dashboard.enable(plain, tmp_path)
-    assert "--prometheus-url" not in plain.proc("controller").argv
 
 
 def test_ambit_dashboard_prints_the_labs_url_and_says_when_nothing_answers(
