@@ -142,6 +142,20 @@ def dom_edges(drv: Any) -> dict[tuple[str, str], dict[str, Any]]:
     return {(r["source"], r["target"]): r for r in rows}
 
 
+def click_node(drv: Any, node_id: str) -> None:
+    """A real click on the node's circle; the page redraws every few seconds, so an element found
+    just before a redraw is stale: find it again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    for _ in range(5):
+        try:
+            drv.find_element(By.CSS_SELECTOR, f'#graph g.node[data-id="{node_id}"]').click()
+            return
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"could not click {node_id}: the page kept redrawing it")
+
+
 def check_page(drv: Any, lab: Lab, url: str, source: str, shot: str) -> dict[tuple[str, str], dict[str, Any]]:
     from selenium.webdriver.common.by import By
     drv.get(url)
@@ -150,7 +164,8 @@ def check_page(drv: Any, lab: Lab, url: str, source: str, shot: str) -> dict[tup
         if drv.find_element(By.ID, "status").get_attribute("data-source") != source:
             return None
         e = dom_edges(drv)
-        return e if all(k in e and e[k]["rate"] > 0 for k in wanted_edges()) else None
+        # (Prometheus may draw a round's 200s a scrape before the round's 500)
+        return e if all(k in e and e[k]["rate"] > 0 for k in wanted_edges()) and e[HTTP_IN]["errorRate"] > 0 else None
     edges = lab.wait_for(drawn, timeout=45, interval=1.0, what=f"the page draws the traffic ({source})")
     # L4: shopper -> cart -> cart-v1, mutual TLS, connections and bytes
     for k in (L4[:2], L4[1:]):
@@ -171,16 +186,21 @@ def check_page(drv: Any, lab: Lab, url: str, source: str, shot: str) -> dict[tup
     assert bypass is None or bypass["rate"] == 0, f"HTTP bypassing the waypoint is drawn: {bypass}"
     assert any(k[0] == "svc:default/myapp" and k[1] in ("wl:default/myapp-v1", "wl:default/myapp-v2")
                and v["rate"] > 0 for k, v in edges.items())
-    nodes = {n.get_attribute("data-id"): n for n in drv.find_elements(By.CSS_SELECTOR, "#graph g.node")}
-    assert nodes["wp:default/waypoint"].get_attribute("data-kind") == "waypoint"
+    kinds = drv.execute_script("return Object.fromEntries([...document.querySelectorAll('#graph g.node')]"
+                               ".map(g => [g.dataset.id, g.dataset.kind]))")
+    assert kinds["wp:default/waypoint"] == "waypoint" and kinds["wl:default/frontend"] == "workload"
     # the table under the graph lists the same edges
     rows = {(r.get_attribute("data-source"), r.get_attribute("data-target"))
             for r in drv.find_elements(By.CSS_SELECTOR, "#edges tr.edge-row")}
     assert wanted_edges() <= rows
     drv.save_screenshot(str(artifacts("topology-view") / f"{shot}.png"))
+    # it refreshes live: the page polls the graph again without a reload
+    status = drv.find_element(By.ID, "status")
+    before = status.get_attribute("data-updated")
+    lab.wait_for(lambda: status.get_attribute("data-updated") not in (before, ""), timeout=15, what="a live refresh")
 
     # clicking cart-v1: its policy, its access-log lines (ztunnel's, naming it), no tracing backend
-    nodes["wl:shop/cart-v1"].click()
+    click_node(drv, "wl:shop/cart-v1")
     panel = drv.find_element(By.ID, "panel")
     lab.wait_for(lambda: panel.get_attribute("data-node") == "wl:shop/cart-v1"
                  and panel.get_attribute("data-loaded") == "true"
@@ -191,8 +211,7 @@ def check_page(drv: Any, lab: Lab, url: str, source: str, shot: str) -> dict[tup
     assert lines and all(line.startswith("ztunnel-node") and '"cart-v1"' in line for line in lines), lines[:3]
     assert "no tracing backend" in drv.find_element(By.ID, "panel-traces").text
     # frontend: the waypoint's request lines are among its logs
-    nodes = {n.get_attribute("data-id"): n for n in drv.find_elements(By.CSS_SELECTOR, "#graph g.node")}
-    nodes["wl:default/frontend"].click()
+    click_node(drv, "wl:default/frontend")
     lab.wait_for(lambda: panel.get_attribute("data-node") == "wl:default/frontend" and any(
         d.text.startswith("waypoint-default-waypoint") for d in drv.find_elements(By.CSS_SELECTOR, "#panel-logs .log-line")),
         timeout=15, what="frontend's waypoint access-log lines")
