@@ -182,6 +182,8 @@ async def amain(args: ControllerSettings) -> int:
         stop_metrics_socket = serve_unix(args.metrics_socket)
 
     source_thread = controller.run_source(stop)
+    from controller.dashboard.wiring import start as start_dashboard
+    stop_dashboard = start_dashboard(args, controller)
     deadline = loop.time() + FIRST_SNAPSHOT_TIMEOUT
     while not (controller.first_snapshot.is_set() or done.is_set() or stop.is_set() or loop.time() > deadline):
         with contextlib.suppress(TimeoutError):
@@ -213,6 +215,8 @@ async def amain(args: ControllerSettings) -> int:
     _unlink_stale_socket(args.listen)
     if stop_metrics_socket is not None:
         stop_metrics_socket()
+    if stop_dashboard is not None:
+        stop_dashboard()
     return 0
 
 

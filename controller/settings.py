@@ -45,6 +45,17 @@ class ControllerSettings:
     metrics_port: int = option(0, "prometheus metrics port (0: off)", check=non_negative)
     metrics_address: str = option("0.0.0.0", "prometheus metrics address")
     metrics_socket: Path | None = option(help="prometheus metrics on a unix socket as well (the lab's host-side scrape)")
+    dashboard_address: str = option(
+        "127.0.0.1:15015", "the topology view (read-only web page, `ambit dashboard`): HOST:PORT; empty: off")
+    prometheus_url: str = option("", "the topology view reads rates from this Prometheus (empty: scrapes the proxies)")
+    dashboard_ztunnel_metrics: str = option(
+        "", "without --prometheus-url: each node's ztunnel metrics, a template with {node} (unix:PATH or http URL)")
+    dashboard_waypoint_metrics: str = option(
+        "", "without --prometheus-url: each waypoint's metrics, a template with {namespace} {name} {pod} {ip}")
+    dashboard_access_logs: Path | None = option(
+        help="the topology view reads access logs from the proxies' log files here (ztunnel-NODE.log, waypoint-NS-NAME.log)")
+    dashboard_refresh: float = option(3.0, "seconds between the topology view's refreshes (and direct scrapes)",
+                                      check=lambda v: None if v > 0 else "must be > 0")
     debounce: float = option(0.03, "seconds a burst of changes is coalesced", check=non_negative)
     log_level: str = option("INFO", "logging level")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ambit import cgroups
 from ambit.labstore import LabStore
-from ambitctl.lab import components, paths, prometheus, state, topology, waypoints
+from ambitctl.lab import components, dashboard, paths, prometheus, state, topology, waypoints
 from ambitctl.lab import spec as specmod
 from ambitctl.lab.spec import LabSpec
 from ambitctl.lab.topology import LabNames
@@ -104,6 +104,7 @@ def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: st
                             capture=capture, etc_netns_created=etc_created)
         if with_prometheus:
             prometheus.enable(st, base, names)
+        dashboard.enable(st, base)
         state.save(st, base)
         progress("starting the supervisor (controller, agents, ztunnels, app pods)")
         start_supervisor(names, base)
@@ -111,6 +112,7 @@ def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: st
             wait_ready(st, base)
         if st.prometheus:
             progress(f"Prometheus on {prometheus.url(st)} (scraping the controller, every ztunnel and waypoint)")
+        progress(f"topology view on {dashboard.url(st)} (`ambit dashboard`)")
         return st
     except BaseException:
         print("lab up failed or was interrupted; tearing down what was built", file=sys.stderr)
@@ -226,6 +228,7 @@ def status(base: Path | None = None) -> dict[str, Any]:
         "pods": pods,
         "waypoints": waypoints.status(base, st),
         "prometheus": prometheus.url(st),
+        "dashboard": dashboard.url(st),
         "services": [{"namespace": s["namespace"], "name": s["name"], "vip": s["vip"],
                       "ports": [p["port"] for p in s["ports"]]} for s in spec["services"]],
         "processes": {k: v for k, v in sorted(rt.items())},
