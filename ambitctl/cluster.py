@@ -129,7 +129,8 @@ def debug_target(args: argparse.Namespace) -> DebugTarget:
                               "HOST:PORT or set AMBIT_CONTROLLER (e.g. after `kubectl -n ambit-system port-forward "
                               "svc/ambit-controller 15010`)")
         if not token:
-            auth = (api_client(args).configuration.api_key or {}).get("authorization", "")
+            keys = api_client(args).configuration.api_key or {}
+            auth = keys.get("BearerToken") or keys.get("authorization") or ""
             token = auth.removeprefix("Bearer ").strip()
         if not token:
             raise TargetError("the kubeconfig user has no bearer token for the debug API; pass --token")

@@ -88,7 +88,7 @@ def describe_pod(tr: Translation, namespace: str, name: str, root_namespace: str
         "routes": _routes_for(tr, services),
         "authorization_policies": [_policy(a, "ztunnel") for a in pol.authorizations]
                                   + _waypoint_policies(tr, services, waypoints),
-        "peer_authentication": {"mode": pa.mode, "decided_by": pa.by or "default (PERMISSIVE)",
+        "peer_authentication": {"mode": pa.mode, "decided_by": f"PeerAuthentication/{pa.policy}" if pa.policy else "default (PERMISSIVE)",
                                 "policies": [f"PeerAuthentication/{p.namespace}/{p.name}" for p in pol.peer_authns]},
         "certificate": _cert(w.identity, certs),
     }
