@@ -53,7 +53,8 @@ def api_client(args: argparse.Namespace) -> Any:
     """The official client, configured from the kubeconfig (and context) as kubectl would."""
     from kubernetes import config as kconfig
     try:
-        return kconfig.new_client_from_config(config_file=args.kubeconfig, context=args.context)
+        return kconfig.new_client_from_config(config_file=getattr(args, "kubeconfig", None),
+                                              context=getattr(args, "context", None))
     except (kconfig.ConfigException, OSError) as e:
         raise TargetError(f"kubeconfig: {e}") from None
 
@@ -98,6 +99,20 @@ def cluster_objects(client: Any, namespace: str | None = None) -> list[Obj]:
     return out
 
 
+class ClusterSnapshot:
+    """The cluster's objects listed once, answering as the lab store's snapshot does for `get`."""
+
+    revision = None
+
+    def __init__(self, objs: list[Obj]) -> None:
+        self.objs = objs
+
+    def list(self, kind: str, namespace: str | None = "") -> list[Obj]:
+        return sorted((o for o in self.objs if o.get("kind") == kind
+                       and (not namespace or (o.get("metadata") or {}).get("namespace") == namespace)),
+                      key=lambda o: ((o.get("metadata") or {}).get("namespace", ""), o["metadata"].get("name", "")))
+
+
 def lab_objects() -> list[Obj]:
     from ambit.labstore import LabStore
     path = paths.lab_dir() / "store.json"
@@ -119,10 +134,11 @@ class DebugTarget:
     where: str          # "lab" | "cluster"
 
 
-def debug_target(args: argparse.Namespace) -> DebugTarget:
+def debug_target(args: argparse.Namespace, cluster: bool | None = None) -> DebugTarget:
+    """Where the debug API is and the token to present; `cluster` overrides `in_cluster(args)`."""
     explicit = getattr(args, "controller", None)
     token = getattr(args, "token", None)
-    if in_cluster(args):
+    if in_cluster(args) if cluster is None else cluster:
         address = explicit or os.environ.get("AMBIT_CONTROLLER", "")
         if not address:
             raise TargetError("in a cluster the debug API is reached through the controller: pass --controller "

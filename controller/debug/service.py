@@ -100,9 +100,11 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
         return self.status_response()
 
     def find(self, proxy: str) -> list[NodeInfo]:
-        """Subscribers matching `proxy`: "kind/name", a NodeInfo key, or a bare name."""
+        """Subscribers matching `proxy`: "kind/name", a NodeInfo key, a bare name, or a waypoint's
+        Gateway ("waypoint/ns/name" or "ns/name": its pods)."""
         subs = [s.node for s in self.config.status() if s.connected]
-        return [n for n in subs if proxy in (n.key, f"{n.kind}/{n.name}", n.name)]
+        return [n for n in subs if proxy in (n.key, f"{n.kind}/{n.name}", n.name)
+                or (n.waypoint and proxy in (n.waypoint, f"waypoint/{n.waypoint}"))]
 
     async def ProxyConfig(self, request, context):  # noqa: N802
         await self._reader(context)

@@ -85,13 +85,13 @@ def test_proxy_config_dump_and_certificates_per_proxy(dlab: Lab) -> None:
         doc = json.loads(dlab.ambit("proxy-status", "ztunnel/node1", "-o", "json").stdout)
         certs = (doc.get("report") or {}).get("certs") or []
         return next((c for c in certs if c["identity"].endswith("/ns/default/sa/echo")), None)
-    dlab.wait_for(lambda: (echo_cert() or {}).get("state") == "valid", timeout=15, interval=0.5,
+    dlab.wait_for(lambda: (echo_cert() or {}).get("state") == "VALID", timeout=15, interval=0.5,
                   what="node1's report carries echo's certificate")
     doc = json.loads(dlab.ambit("proxy-status", "ztunnel/node1", "-o", "json").stdout)
     names = {r["body"]["name"] for r in doc["config"]["ambit.io/Workload"]["resources"].values()}
     assert {"echo", "client"} <= names
-    wp = json.loads(dlab.ambit("proxy-status", "waypoint", "-o", "json", check=False).stdout or "{}")
-    assert wp.get("report", {}).get("identity", "").endswith("/ns/default/sa/waypoint")
+    wp = json.loads(dlab.ambit("proxy-status", "waypoint/default/waypoint", "-o", "json").stdout)
+    assert wp["report"]["identity"].endswith("/ns/default/sa/waypoint")
     assert wp["report"]["requests"] >= 1 and wp["report"]["clusters"]
 
 
@@ -102,7 +102,7 @@ def test_describe_pod_in_the_lab(dlab: Lab) -> None:
     assert d["identity"] == "spiffe://cluster.local/ns/default/sa/echo"
     assert d["waypoint"]["services"] == {"default/echo": "default/waypoint"}
     assert [p["ref"] for p in d["authorization_policies"]] == ["AuthorizationPolicy/default/echo-from-client"]
-    assert d["certificate"]["state"] == "valid"
+    assert d["certificate"]["state"] == "VALID"
     text = dlab.ambit("describe", "svc", "echo", "-n", "default").stdout
     assert "default/waypoint" in text and "echo-from-client" in text
 

@@ -93,7 +93,7 @@ class Ztunnel:
         self.client = ConfigClient(self.target, node, [Workload.TYPE, Service.TYPE, Authorization.TYPE,
                                                        PeerAuthn.TYPE], lambda u: None)
         await self.client.start()
-        certs = [{"identity": IDENTITY, "state": "valid", "serial": "abcdef0123456789", "not_after": NOT_AFTER}]
+        certs = [{"identity": IDENTITY, "state": "VALID", "serial": "abcdef0123456789", "not_after": NOT_AFTER}]
         self.reporter = StatusReporter(self.target, node, lambda: {"node": "node-1", "certs": certs,
                                                                    "connections": {"inbound": 3}}, interval=0.3)
         await self.reporter.start()
@@ -159,9 +159,9 @@ def test_proxy_status_in_a_cluster_shows_synced_ztunnel_with_its_report(mesh: di
     [z] = [p for p in doc["proxies"] if p["kind"] == "ztunnel"]
     assert (z["name"], z["state"], z["proxy_version"]) == ("node-1", "SYNCED", VERSION)
     assert z["acked_version"] == z["current_version"] == doc["config_version"] != ""
-    assert z["certs"] == [{"identity": IDENTITY, "state": "valid", "not_after": NOT_AFTER}]
+    assert z["certs"] == [{"identity": IDENTITY, "state": "VALID", "not_after": NOT_AFTER}]
     table = ambit(mesh, "proxy-status", "--controller", mesh["address"]).stdout
-    assert "node-1" in table and "SYNCED" in table and "1 valid" in table
+    assert "node-1" in table and "SYNCED" in table and "1 VALID" in table
 
 
 def test_proxy_config_dump_is_what_the_ztunnel_acked(mesh: dict[str, Any]) -> None:
@@ -205,9 +205,9 @@ def test_describe_pod_in_a_cluster(mesh: dict[str, Any]) -> None:
     assert [p["ref"] for p in d["authorization_policies"]] == ["AuthorizationPolicy/demo/echo-allow"]
     assert d["peer_authentication"]["mode"] == "STRICT"
     assert any("VirtualService/demo/echo-routes" in s for r_ in d["routes"] for s in r_["sources"])
-    assert d["certificate"]["state"] == "valid" and d["certificate"]["not_after"] == NOT_AFTER
+    assert d["certificate"]["state"] == "VALID" and d["certificate"]["not_after"] == NOT_AFTER
     text = ambit(mesh, "describe", "po", "echo-v1", "-n", "demo", "--controller", mesh["address"]).stdout
-    assert "enrolled" in text and "echo-allow" in text and "STRICT" in text and "valid" in text
+    assert "enrolled" in text and "echo-allow" in text and "STRICT" in text and "VALID" in text
 
 
 def test_describe_service_and_unknown_pod(mesh: dict[str, Any]) -> None:
@@ -218,3 +218,32 @@ def test_describe_service_and_unknown_pod(mesh: dict[str, Any]) -> None:
     assert [p["ref"] for p in d["authorization_policies"]] == ["AuthorizationPolicy/demo/echo-allow"]
     gone = ambit(mesh, "describe", "pod", "nope", "-n", "demo")
     assert gone.returncode == 1 and "pod demo/nope not found" in gone.stderr
+
+
+def test_get_reads_the_cluster_through_the_kubernetes_client(mesh: dict[str, Any]) -> None:
+    r = ambit(mesh, "get", "po", "-n", "demo")
+    assert r.returncode == 0, r.stderr
+    assert "echo-v1" in r.stdout
+    names = ambit(mesh, "get", "vs", "-A", "-o", "name")
+    assert names.stdout.split() == ["virtualservice.networking.istio.io/echo-routes"]
+    one = ambit(mesh, "get", "authorizationpolicy", "echo-allow", "-n", "demo", "-o", "json")
+    assert json.loads(one.stdout)["spec"]["action"] == "ALLOW"
+    missing = ambit(mesh, "get", "po", "nope", "-n", "demo")
+    assert missing.returncode == 1 and '"nope" not found' in missing.stderr
+    watch = ambit(mesh, "get", "po", "-n", "demo", "-w")
+    assert watch.returncode == 1 and "kubectl get --watch" in watch.stderr
+
+
+def test_status_and_ztunnel_config_in_a_cluster(mesh: dict[str, Any]) -> None:
+    st = ambit(mesh, "status", "--controller", mesh["address"])
+    assert st.returncode == 0, st.stderr
+    assert "ztunnel/node-1" in st.stdout and "in sync" in st.stdout
+    wl = ambit(mesh, "ztunnel-config", "workloads", "--controller", mesh["address"])
+    assert wl.returncode == 0, wl.stderr
+    assert "ztunnel/node-1" in wl.stdout and "echo-v1" in wl.stdout and "10.244.1.5" in wl.stdout
+    pol = ambit(mesh, "ztunnel-config", "policies", "--controller", mesh["address"], "-o", "json")
+    assert [a["name"] for a in json.loads(pol.stdout)["node-1"]["authorizations"]] == ["echo-allow"]
+    certs = ambit(mesh, "ztunnel-config", "certs", "--controller", mesh["address"])
+    assert IDENTITY in certs.stdout and "VALID" in certs.stdout
+    other = ambit(mesh, "ztunnel-config", "all", "--node", "node-7", "--controller", mesh["address"])
+    assert other.returncode == 1 and "node-7" in other.stderr and "node-1" in other.stderr
