@@ -9,6 +9,7 @@ import json
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from ambit.api import debug_pb2, debug_pb2_grpc
 from ambit.configclient.node import NodeInfo
@@ -76,7 +77,7 @@ def test_token_file_readers_create_a_private_token(tmp_path) -> None:
 async def _serve(tmp_path):  # noqa: ANN202
     tokens = BootstrapTokens()
     n1, n2 = tokens.issue("n1"), tokens.issue("n2")
-    cfg = ConfigServer(authenticator=NodeAuthenticator(tokens))
+    cfg = ConfigServer(authenticator=NodeAuthenticator(tokens), registry=CollectorRegistry())
     server = grpc.aio.server()
     cfg.add_to_server(server)
     debug = DebugServicer(cfg, TokenFileReaders(tmp_path / "t"))
@@ -112,3 +113,52 @@ def test_reports_are_scoped_by_the_node_credential(tmp_path) -> None:
         finally:
             await server.stop(None)
     asyncio.run(run())
+
+
+def test_proxy_status_over_grpc_tells_synced_from_nack(tmp_path) -> None:
+    """Two real config-stream clients: one applies everything, one rejects every update. The
+    debug API says SYNCED for the first and NACK (with the client's reason) for the second."""
+    from ambit.configclient import ConfigClient
+    from ambit.model import Workload
+
+    def reject(update) -> None:  # noqa: ANN001
+        raise ValueError("weight 7 is not allowed here")
+
+    async def run() -> None:
+        cfg = ConfigServer(registry=CollectorRegistry())
+        w = Workload(uid="u1", name="echo", namespace="demo", ips=["10.0.0.5"], node="n1", service_account="echo",
+                     identity="spiffe://cluster.local/ns/demo/sa/echo")
+        cfg.update({Workload.TYPE: [w]}, "v1")
+        server = grpc.aio.server()
+        cfg.add_to_server(server)
+        debug = DebugServicer(cfg, TokenFileReaders(tmp_path / "t"))
+        debug.add_to_server(server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        good = ConfigClient(f"127.0.0.1:{port}", NodeInfo("ztunnel", "n1"), [Workload.TYPE], lambda u: None)
+        bad = ConfigClient(f"127.0.0.1:{port}", NodeInfo("ztunnel", "n2"), [Workload.TYPE], reject)
+        try:
+            await good.start()
+            await bad.start()
+            await good.wait_synced(5)
+            for _ in range(100):
+                states = {p.node.name: p for p in debug.status_response().proxies}
+                if states.get("n2") is not None and states["n2"].state == "NACK":
+                    break
+                await asyncio.sleep(0.05)
+            assert states["n1"].state == "SYNCED" and states["n1"].acked_version == "v1"
+            assert states["n2"].state == "NACK" and "weight 7 is not allowed here" in states["n2"].nack
+            dump = json.loads((await _config(port, tmp_path, "ztunnel/n1")).json)
+            assert dump["config"][Workload.TYPE]["resources"]["u1"]["body"]["name"] == "echo"
+        finally:
+            await good.stop()
+            await bad.stop()
+            await server.stop(None)
+    asyncio.run(run())
+
+
+async def _config(port: int, tmp_path, proxy: str):  # noqa: ANN202
+    token = (tmp_path / "t").read_text().strip()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        return await debug_pb2_grpc.DebugServiceStub(ch).ProxyConfig(
+            debug_pb2.ProxyConfigRequest(proxy=proxy), metadata=(("authorization", f"Bearer {token}"),))
