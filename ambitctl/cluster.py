@@ -6,7 +6,7 @@
   controller's debug API (ambit.debug.v1, controller/debug), never from the nodes: in the lab at
   `unix:<labdir>/controller.sock` with the lab's admin token (`<labdir>/debug-token`); in a
   cluster at `--controller HOST:PORT` (or $AMBIT_CONTROLLER; e.g. after `kubectl -n ambit-system
-  port-forward svc/ambit-controller 15010`) with the kubeconfig user's bearer token, which the
+  port-forward svc/ambit-controller 15012`) with the kubeconfig user's bearer token, which the
   controller checks by TokenReview.
 
 The lab is used when it is up and neither `--kubeconfig` nor `--context` is given.
@@ -143,7 +143,7 @@ def debug_target(args: argparse.Namespace, cluster: bool | None = None) -> Debug
         if not address:
             raise TargetError("in a cluster the debug API is reached through the controller: pass --controller "
                               "HOST:PORT or set AMBIT_CONTROLLER (e.g. after `kubectl -n ambit-system port-forward "
-                              "svc/ambit-controller 15010`)")
+                              "svc/ambit-controller 15012`)")
         if not token:
             keys = api_client(args).configuration.api_key or {}
             auth = keys.get("BearerToken") or keys.get("authorization") or ""

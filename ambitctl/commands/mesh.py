@@ -106,7 +106,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         target = args.controller or os.environ.get("AMBIT_CONTROLLER", "")
         if not target:
             raise MeshCommandError("in a cluster pass --controller HOST:PORT or set AMBIT_CONTROLLER (e.g. after "
-                                   "`kubectl -n ambit-system port-forward svc/ambit-controller 15010`)")
+                                   "`kubectl -n ambit-system port-forward svc/ambit-controller 15012`)")
     else:
         target = args.controller or default_controller()
     try:
