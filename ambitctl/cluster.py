@@ -9,7 +9,8 @@
   port-forward svc/ambit-controller 15012`) with the kubeconfig user's bearer token, which the
   controller checks by TokenReview.
 
-The lab is used when it is up and neither `--kubeconfig` nor `--context` is given.
+The lab is used when it is up (or its store exists) and neither `--kubeconfig` nor `--context` is
+given; with no lab, a kubeconfig ($KUBECONFIG or ~/.kube/config) means the cluster.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ def add_arguments(p: argparse.ArgumentParser, *, controller: bool = True) -> Non
 def in_cluster(args: argparse.Namespace) -> bool:
     if getattr(args, "kubeconfig", None) or getattr(args, "context", None):
         return True
-    return state.load(paths.lab_dir()) is None and bool(os.environ.get("KUBECONFIG")
-                                                         or os.path.exists(os.path.expanduser("~/.kube/config")))
+    base = paths.lab_dir()
+    if state.load(base) is not None or (base / "store.json").exists():      # a lab (or its store) is here
+        return False
+    return bool(os.environ.get("KUBECONFIG") or os.path.exists(os.path.expanduser("~/.kube/config")))
 
 
 def api_client(args: argparse.Namespace) -> Any:
