@@ -39,6 +39,7 @@ class StatusReporter:
         self.interval, self.timeout = interval, timeout
         self._metadata, self._credentials = metadata, credentials
         self._task: asyncio.Task[None] | None = None
+        self._channel: grpc.aio.Channel | None = None
         self.sent = 0
         self.last_error = ""
         self.controller_version = ""
@@ -54,18 +55,21 @@ class StatusReporter:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
 
     def report(self) -> debug_pb2.ProxyReport:
         state = json.dumps(self.collect(), sort_keys=True, default=str).encode()
         return debug_pb2.ProxyReport(node=self.node.to_proto(), version=VERSION, state_json=state)
 
     async def send_once(self) -> None:
-        md = tuple(self._metadata()) if self._metadata is not None else None
-        channel = (grpc.aio.secure_channel(self.target, self._credentials) if self._credentials is not None
-                   else grpc.aio.insecure_channel(self.target))
-        async with channel:
-            reply = await debug_pb2_grpc.DebugServiceStub(channel).Report(self.report(), metadata=md,
-                                                                          timeout=self.timeout)
+        md = tuple(self._metadata()) if self._metadata is not None else None   # re-read: tokens rotate
+        if self._channel is None:            # one channel for the reporter's life; gRPC reconnects it
+            self._channel = (grpc.aio.secure_channel(self.target, self._credentials) if self._credentials is not None
+                             else grpc.aio.insecure_channel(self.target))
+        reply = await debug_pb2_grpc.DebugServiceStub(self._channel).Report(self.report(), metadata=md,
+                                                                            timeout=self.timeout)
         self.controller_version = reply.controller_version
         self.sent += 1
 
