@@ -62,6 +62,18 @@ def api_client(args: argparse.Namespace) -> Any:
         raise TargetError(f"kubeconfig: {e}") from None
 
 
+def default_namespace(args: argparse.Namespace) -> str:
+    """kubectl's default namespace: the kubeconfig context's `namespace`, else "default"."""
+    from kubernetes import config as kconfig
+    try:
+        contexts, active = kconfig.list_kube_config_contexts(config_file=getattr(args, "kubeconfig", None))
+    except (kconfig.ConfigException, OSError):
+        return "default"
+    want = getattr(args, "context", None)
+    ctx = next((c for c in contexts if c["name"] == want), None) if want else active
+    return ((ctx or {}).get("context") or {}).get("namespace") or "default"
+
+
 def cluster_objects(client: Any, namespace: str | None = None) -> list[Obj]:
     """Every object of every kind the controller reads (controller.kinds), listed once; a custom
     resource group the cluster does not serve (404) is skipped, as the controller skips it."""

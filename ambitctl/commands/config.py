@@ -394,10 +394,12 @@ def cmd_get(args: argparse.Namespace) -> int:
     except (InputError, selectors.SelectorError) as e:
         print(f"error: {e}", file=err)
         return 1
-    ns = None if (args.all_namespaces or not spec.namespaced) else (args.namespace or "default")
-    names: list[str] = args.names
     from ambitctl import cluster
-    if cluster.in_cluster(args):              # a cluster: list once through the kubernetes client
+    in_cluster = cluster.in_cluster(args)
+    default_ns = cluster.default_namespace(args) if in_cluster else "default"
+    ns = None if (args.all_namespaces or not spec.namespaced) else (args.namespace or default_ns)
+    names: list[str] = args.names
+    if in_cluster:              # a cluster: list once through the kubernetes client
         if args.watch or args.watch_only:
             print("error: --watch is lab-only; in a cluster use kubectl get --watch", file=err)
             return 1

@@ -19,7 +19,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
     kind = KINDS.get(args.kind.lower())
     if kind is None:
         raise cluster.TargetError(f"describe: {args.kind!r}: only pod (po) and service (svc) can be described")
-    name, ns = args.name, args.namespace or "default"
+    name = args.name
+    ns = args.namespace or (cluster.default_namespace(args) if cluster.in_cluster(args) else "default")
     if "/" in name:                                     # kubectl's TYPE/NAME is not this; ns/name is a habit
         ns, name = name.split("/", 1)
     from controller.translate import translate

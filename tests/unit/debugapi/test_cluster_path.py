@@ -68,7 +68,7 @@ def kubeconfig(path: Path, server: str) -> Path:
            "clusters": [{"name": "emu", "cluster": {"server": server}}],
            "users": [{"name": "admin", "user": {"token": "admin-token"}},
                      {"name": "dev", "user": {"token": "dev-token"}}],
-           "contexts": [{"name": "admin", "context": {"cluster": "emu", "user": "admin"}},
+           "contexts": [{"name": "admin", "context": {"cluster": "emu", "user": "admin", "namespace": "demo"}},
                         {"name": "dev", "context": {"cluster": "emu", "user": "dev"}}]}
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -211,7 +211,7 @@ def test_describe_pod_in_a_cluster(mesh: dict[str, Any]) -> None:
 
 
 def test_describe_service_and_unknown_pod(mesh: dict[str, Any]) -> None:
-    r = ambit(mesh, "describe", "svc", "echo", "-n", "demo", "-o", "json")
+    r = ambit(mesh, "describe", "svc", "echo", "-o", "json")          # -n from the context
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["vips"] == ["10.96.0.20"] and [e["pod"] for e in d["endpoints"]] == ["demo/echo-v1"]
@@ -221,9 +221,10 @@ def test_describe_service_and_unknown_pod(mesh: dict[str, Any]) -> None:
 
 
 def test_get_reads_the_cluster_through_the_kubernetes_client(mesh: dict[str, Any]) -> None:
-    r = ambit(mesh, "get", "po", "-n", "demo")
+    r = ambit(mesh, "get", "po")              # the context's namespace, as kubectl
     assert r.returncode == 0, r.stderr
     assert "echo-v1" in r.stdout
+    assert "No resources found in default namespace" in ambit(mesh, "get", "po", "-n", "default").stderr
     names = ambit(mesh, "get", "vs", "-A", "-o", "name")
     assert names.stdout.split() == ["virtualservice.networking.istio.io/echo-routes"]
     one = ambit(mesh, "get", "authorizationpolicy", "echo-allow", "-n", "demo", "-o", "json")
