@@ -12,6 +12,8 @@ def is_user_error(e: BaseException) -> bool:
     from ambitctl.lab.topology import TopologyError
     kinds: tuple[type[BaseException], ...] = (LabError, SpecError, StoreError, TopologyError, CgroupError,
                                               FileNotFoundError, PermissionError)
+    from ambitctl.cluster import TargetError
+    kinds += (TargetError,)
     try:
         from controller.validation import ValidationError  # type: ignore[import-not-found]
         kinds += (ValidationError,)

@@ -82,6 +82,18 @@ def waypoint_hook(args: ControllerSettings) -> Callable[[Snapshot, Translation],
     return kube_waypoints
 
 
+def debug_readers(args: ControllerSettings) -> Any:
+    """Who may read the debug API (controller/debug/readers.py); None refuses every reader."""
+    from controller.debug import TokenFileReaders, TokenReviewReaders
+    if args.debug_token_file:
+        return TokenFileReaders(args.debug_token_file)
+    if args.kube:
+        from controller.sources.kube import make_api_client
+        return TokenReviewReaders(make_api_client(args.kube_host, args.kubeconfig), args.debug_readers)
+    log.warning("debug API: no --debug-token-file, so it refuses every reader (proxy reports are still taken)")
+    return None
+
+
 def node_names(objects: Snapshot) -> list[str]:
     return [o["metadata"]["name"] for o in objects if o.get("kind") == "Node" and (o.get("metadata") or {}).get("name")]
 
@@ -168,6 +180,13 @@ async def amain(args: ControllerSettings) -> int:
     else:
         log.warning("config stream is NOT authenticated (--insecure-config-stream): anyone who reaches %s "
                     "reads every workload and policy", args.listen)
+
+    from controller.debug import DebugServicer
+    try:
+        DebugServicer(server, debug_readers(args)).add_to_server(grpc_server)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
 
     from prometheus_client import REGISTRY
 

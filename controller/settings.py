@@ -42,6 +42,11 @@ class ControllerSettings:
     waypoint_pull_policy: str = option("IfNotPresent", "imagePullPolicy of the waypoint Deployments")
     waypoint_controller: str = option(
         "", "the config stream / CA address the waypoint pods dial (default ambit-controller.<root-namespace>.svc:15012)")
+    debug_token_file: Path | None = option(
+        help="debug API readers present this token (created 0600 if absent; the lab's admin token); without it, "
+             "with --kube, readers are checked by TokenReview and --debug-readers")
+    debug_readers: tuple[str, ...] = option(
+        ("group:system:masters",), "with --kube: who may read the debug API (user:NAME or group:NAME)")
     metrics_port: int = option(0, "prometheus metrics port (0: off)", check=non_negative)
     metrics_address: str = option("0.0.0.0", "prometheus metrics address")
     metrics_socket: Path | None = option(help="prometheus metrics on a unix socket as well (the lab's host-side scrape)")

@@ -16,6 +16,7 @@ import grpc
 from ambit.backoff import Backoff
 from ambit.configclient import ConfigClient, NodeInfo
 from ambit.configclient.credential import node_metadata, read_token
+from ambit.configclient.report import StatusReporter
 from ambit.dataplane import process
 from ambit.dataplane.identity import GrpcCertificateFetcher, IdentityManager
 from ambit.dataplane.telemetry.health import HealthCollector
@@ -68,12 +69,20 @@ async def amain(args: WaypointSettings) -> None:
         await msrv.start(*_split(args.metrics_address), args.metrics_socket)
     except OSError as e:
         log.warning("metrics endpoint %s: %s", args.metrics_address, e)
+    reporter = None
+    if client is not None:
+        reporter = StatusReporter(args.controller, client.node, lambda: admin.status_report(proxy, args.node),
+                                  interval=args.report_interval,
+                                  metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
+        await reporter.start()
     log.info("waypoint %s (%s) serving HBONE on %s as %s; controller %s", args.waypoint, args.pod_name,
              args.listen, args.identity, args.controller or "-")
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if reporter is not None:
+        await reporter.stop()
     await proxy.close()
     await adm.close()
     await msrv.close()

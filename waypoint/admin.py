@@ -55,6 +55,21 @@ def routes(proxy: Any, client: Any) -> dict[str, Handler]:
             "/stats": stats, "/clusters": clusters}
 
 
+def status_report(proxy: Any, node: str) -> dict[str, Any]:
+    """What a waypoint reports to the controller's debug API (ambit.configclient.report): its
+    certificate, request/tunnel counters and, per cluster, endpoints healthy vs ejected."""
+    clusters = []
+    for c in proxy.clusters.dump():
+        eps = c.get("endpoints") or []
+        clusters.append({"name": c["name"], "endpoints": len(eps),
+                         "ejected": sum(1 for e in eps if e.get("ejected")),
+                         "active": sum(int(e.get("active") or 0) for e in eps)})
+    return {"node": node, "identity": proxy.identity, "config_version": proxy.config.version,
+            "synced": proxy.config.synced,
+            "certs": proxy.identities.dump() if proxy.identities is not None else [],
+            "requests": proxy.requests, "tunnels": proxy.tunnels, "refused": proxy.refused, "clusters": clusters}
+
+
 class AdminServer(LocalEndpoint):
     def __init__(self, handlers: Mapping[str, Handler]) -> None:
         super().__init__()

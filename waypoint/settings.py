@@ -60,6 +60,8 @@ class WaypointSettings:
     admin_address: str = option(f"127.0.0.1:{PORT_ADMIN}", "admin endpoint HOST:PORT in the pod's netns ('' to "
                                 "disable)", check=_address)
     admin_socket: Path | None = option(help="admin endpoint on a unix socket as well (the lab's host-side view)")
+    report_interval: float = option(10.0, "seconds between status reports to the controller's debug API",
+                                    check=positive)
     metrics_address: str = option("", "Prometheus metrics HOST:PORT ('' to disable)", check=_address)
     metrics_socket: Path | None = option(help="metrics on a unix socket as well")
     cert_ttl: float = option(24 * 3600.0, "lifetime (seconds) requested for the waypoint's certificate",

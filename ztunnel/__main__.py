@@ -12,6 +12,8 @@ import os
 import signal
 from collections.abc import Callable
 
+from ambit.configclient.credential import node_metadata
+from ambit.configclient.report import StatusReporter
 from ambit.dataplane import process
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
 from ztunnel import admin, identity_setup
@@ -77,6 +79,12 @@ async def amain(args: ZtunnelSettings) -> None:
         await adm.start(host or None, int(port or 0), args.admin_socket)
     except OSError as e:
         log.warning("admin endpoint %s: %s", args.admin_address, e)
+    reporter = None
+    if client is not None:
+        reporter = StatusReporter(args.controller, client.node, lambda: admin.status_report(config, args.node, proxy),
+                                  interval=args.report_interval,
+                                  metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
+        await reporter.start()
     zds = ZdsServer(args.zds_socket, proxy.registry, loop)
     zds.start()
     log.info("ztunnel for %s ready; agent socket %s; controller %s; config version %s; CA %s", args.node,
@@ -92,6 +100,8 @@ async def amain(args: ZtunnelSettings) -> None:
         trimmer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await trimmer
+    if reporter is not None:
+        await reporter.stop()
     await proxy.close()
     if identities is not None:
         await identities.close()

@@ -79,6 +79,19 @@ def routes(config: MeshState, client: ConfigClient | None = None, proxy: Any = N
             "/memory": lambda: (200, memory_report())}
 
 
+def status_report(config: MeshState, node: str, proxy: Any = None) -> dict[str, Any]:
+    """What ztunnel reports to the controller's debug API (ambit.configclient.report): its certs
+    and expiry, its connection counts and config version; small, so it can be sent every few seconds."""
+    ids = getattr(proxy, "identities", None)
+    pool = getattr(proxy, "pool", None)
+    per_src, per_dst = getattr(proxy, "per_src_pod", None), getattr(proxy, "per_dst_pod", None)
+    return {"node": node, "config_version": config.version, "synced": config.synced,
+            "certs": ids.dump() if ids is not None else [],
+            "connections": {"outbound": per_src.total() if per_src is not None else 0,
+                            "inbound": per_dst.total() if per_dst is not None else 0,
+                            "hbone_pool": sum(pool.connections().values()) if pool is not None else 0}}
+
+
 # --- /memory: where this process's memory is --------------------------------------------------
 
 SMAPS_FIELDS = {"Rss": "rss_kb", "Pss": "pss_kb", "Pss_Anon": "pss_anon_kb", "Pss_File": "pss_file_kb",

@@ -35,6 +35,8 @@ class ZtunnelSettings:
     admin_address: str = option(f"127.0.0.1:{PORT_ADMIN}", "admin endpoint HOST:PORT in ztunnel's netns ('' to disable)",
                                 check=_address)
     admin_socket: Path | None = option(help="admin endpoint on a unix socket as well")
+    report_interval: float = option(10.0, "seconds between status reports to the controller's debug API",
+                                    check=positive)
     metrics_address: str = option(f"0.0.0.0:{PORT_METRICS}",
                                   "Prometheus metrics HOST:PORT in ztunnel's netns ('' to disable)", check=_address)
     metrics_socket: Path | None = option(help="metrics on a unix socket as well (the lab's host-side scrape)")

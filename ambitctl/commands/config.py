@@ -408,10 +408,19 @@ def cmd_get(args: argparse.Namespace) -> int:
     except (InputError, selectors.SelectorError) as e:
         print(f"error: {e}", file=err)
         return 1
-    ns = None if (args.all_namespaces or not spec.namespaced) else (args.namespace or "default")
+    from ambitctl import cluster
+    in_cluster = cluster.in_cluster(args)
+    default_ns = cluster.default_namespace(args) if in_cluster else "default"
+    ns = None if (args.all_namespaces or not spec.namespaced) else (args.namespace or default_ns)
     names: list[str] = args.names
-    store = _store()
-    snap = store.snapshot()
+    if in_cluster:              # a cluster: list once through the kubernetes client
+        if args.watch or args.watch_only:
+            print("error: --watch is lab-only; in a cluster use kubectl get --watch", file=err)
+            return 1
+        snap: Any = cluster.ClusterSnapshot(cluster.cluster_objects(cluster.api_client(args), ns))
+    else:
+        store = _store()
+        snap = store.snapshot()
     objs = _select(spec, snap, ns, names, selector)
     rc = 0
     found = {o["metadata"]["name"] for o in objs}
@@ -493,5 +502,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="label selector: app=echo, tier!=db, 'env in (a,b)', 'env notin (a,b)', app, !app")
     p.add_argument("-w", "--watch", action="store_true", help="after listing, print each change as it happens")
     p.add_argument("--watch-only", action="store_true", help="print changes only, without the initial list")
+    from ambitctl.cluster import add_arguments as cluster_arguments
+    cluster_arguments(p, controller=False)
     intermixed(p)
     p.set_defaults(func=cmd_get)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -100,7 +101,14 @@ def format_status(resp: Any, target: str, now: float | None = None) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ambit.configclient import fetch_status
-    target = args.controller or default_controller()
+    from ambitctl import cluster
+    if cluster.in_cluster(args):
+        target = args.controller or os.environ.get("AMBIT_CONTROLLER", "")
+        if not target:
+            raise MeshCommandError("in a cluster pass --controller HOST:PORT or set AMBIT_CONTROLLER (e.g. after "
+                                   "`kubectl -n ambit-system port-forward svc/ambit-controller 15012`)")
+    else:
+        target = args.controller or default_controller()
     try:
         resp = asyncio.run(fetch_status(target, timeout=args.timeout))
     except Exception as e:  # noqa: BLE001 - grpc raises its own error types; one line is enough
@@ -207,7 +215,43 @@ def format_node(node: str, section: str, body: Any, version: str) -> str:
     return "\n".join(lines)
 
 
+def cluster_node(target: Any, node: str, section: str) -> tuple[Any, str]:
+    """(body, version) of one node's ztunnel in a cluster, in the lab admin endpoint's shape, from the
+    controller's debug API: what the ztunnel ACKed (its config) and its own report (certs)."""
+    from ambitctl import cluster
+    doc = cluster.proxy_config(target, f"ztunnel/{node}")
+    cfg = doc.get("config") or {}
+
+    def bodies(t: str) -> list[Any]:
+        return [r["body"] for r in ((cfg.get(t) or {}).get("resources") or {}).values() if r.get("body")]
+    from ambit.model import Authorization, PeerAuthn, Service, Workload
+    report = doc.get("report") or {}
+    body = {"workloads": bodies(Workload.TYPE), "services": bodies(Service.TYPE),
+            "authorizations": bodies(Authorization.TYPE), "peer_authns": bodies(PeerAuthn.TYPE),
+            "certs": report.get("certs") or [], "connections": report.get("connections") or {},
+            "synced": report.get("synced"), "client": {"controller": target.address, "connected": True}}
+    version = report.get("config_version") or doc.get("config_version", "")
+    if section == "all":
+        return body, version
+    if section == "policies":
+        return {"authorizations": body["authorizations"], "peer_authns": body["peer_authns"]}, version
+    return body[section], version
+
+
 def cmd_ztunnel_config(args: argparse.Namespace) -> int:
+    from ambitctl import cluster
+    if cluster.in_cluster(args):                     # through the controller, never the nodes
+        target = cluster.debug_target(args)
+        known = sorted(p.node.name for p in cluster.proxy_status(target).proxies
+                       if p.node.kind == "ztunnel" and p.connected)
+        if args.node and args.node not in known:
+            raise MeshCommandError(f"no connected ztunnel on node {args.node!r} (have: {', '.join(known) or 'none'})")
+        got = {n: cluster_node(target, n, args.section) for n in ([args.node] if args.node else known)}
+        if args.output in ("json", "yaml"):
+            print(_dump({n: b for n, (b, _) in got.items()}, args.output))
+        else:
+            print("\n\n".join(format_node(n, args.section, b, v) for n, (b, v) in got.items()))
+        return 0
     base = paths.lab_dir()
     nodes = [args.node] if args.node else _lab_nodes(base)
     if args.node and args.node not in _lab_nodes(base):
@@ -248,15 +292,22 @@ def _run(fn: Any) -> Any:
     return wrapped
 
 
+def _cluster_arguments(p: argparse.ArgumentParser, controller: bool = True) -> None:
+    from ambitctl.cluster import add_arguments
+    add_arguments(p, controller=controller)
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("status", help="components connected to the controller, their config versions and NACKs")
     p.add_argument("--controller", help="controller address (default: the lab's unix:<labdir>/controller.sock)")
     p.add_argument("-o", "--output", choices=("json", "yaml"))
     p.add_argument("--timeout", type=float, default=5.0)
+    _cluster_arguments(p, controller=False)
     p.set_defaults(func=_run(cmd_status))
 
     p = sub.add_parser("ztunnel-config", help="what each node's ztunnel holds: workloads, services, policies, certs")
     p.add_argument("section", choices=SECTIONS)
     p.add_argument("--node", help="only this node (default: every node of the lab)")
     p.add_argument("-o", "--output", choices=("json", "yaml"))
+    _cluster_arguments(p)
     p.set_defaults(func=_run(cmd_ztunnel_config))

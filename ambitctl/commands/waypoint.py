@@ -23,6 +23,8 @@ proxy`'s), where the controller deploys the waypoint and writes its status.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -189,6 +191,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not _is_kube(args):
         for g in gws:
             _print_clusters(g["metadata"]["namespace"], g["metadata"]["name"], out)
+    elif args.controller:
+        _print_reported_clusters(args, gws, out, err)
     return 0 if all(_programmed(g) == "True" for g in gws) else 1
 
 
@@ -213,6 +217,27 @@ def cluster_rows(clusters: list[Obj]) -> list[list[str]]:
                      if c.get("outlier_detection") else "-",
                      ", ".join(ejected) or "-"])
     return rows
+
+
+def _print_reported_clusters(args: argparse.Namespace, gws: list[Obj], out: TextIO, err: TextIO) -> None:
+    """In a cluster: each waypoint pod's clusters as it reported them to the controller's debug API
+    (endpoints, ejected, active requests), never from the pods themselves."""
+    from ambitctl import cluster
+    try:
+        resp = cluster.proxy_status(cluster.debug_target(args, cluster=True))
+    except cluster.TargetError as e:
+        print(f"warning: clusters unknown: {e}", file=err)
+        return
+    wanted = {f"{g['metadata']['namespace']}/{g['metadata']['name']}" for g in gws}
+    for p in resp.proxies:
+        if p.node.kind != "waypoint" or p.node.waypoint not in wanted or not p.connected or not p.report_json:
+            continue
+        clusters = json.loads(p.report_json).get("clusters") or []
+        rows = [["CLUSTER", "ENDPOINTS", "EJECTED", "ACTIVE"]] + [
+            [c["name"], str(c["endpoints"]), str(c["ejected"]), str(c["active"])] for c in clusters]
+        print(f"\nclusters of waypoint {p.node.waypoint} (pod {p.node.name}, {p.state}, reported "
+              f"{p.report_age:.0f}s ago):", file=out)
+        print(_table(rows), file=out)
 
 
 def _print_clusters(ns: str, name: str, out: TextIO) -> None:
@@ -296,6 +321,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sp = sub.add_parser("status", help="show waypoints' status conditions (exit 1 unless all are programmed)")
     common(sp, name=False)
     sp.add_argument("--name", default=None, help="one waypoint (default: every waypoint in the namespace)")
+    sp.add_argument("--controller", default=os.environ.get("AMBIT_CONTROLLER"),
+                    help="with --kube: the controller's debug API HOST:PORT, to show the clusters each waypoint "
+                         "pod reported (default $AMBIT_CONTROLLER)")
+    sp.add_argument("--token", help="with --controller: the debug API bearer token (default: the kubeconfig user's)")
     sp.set_defaults(func=cmd_status)
 
     sp = sub.add_parser("delete", help="delete waypoints (default: the one named waypoint)")

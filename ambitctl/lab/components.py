@@ -39,6 +39,11 @@ def controller_socket(base: Path) -> Path:
     return base / "controller.sock"
 
 
+def debug_token_file(base: Path) -> Path:
+    """The lab's admin token for the controller's debug API (the controller creates it, 0600)."""
+    return base / "debug-token"
+
+
 def controller_metrics_socket(base: Path) -> Path:
     """The controller's metrics (Prometheus text, `ambit_config_*`, `ambit_ca_*`) on a unix socket."""
     return base / "controller.metrics.sock"
@@ -72,7 +77,8 @@ def controller_process(names: LabNames, base: Path, trust_domain: str = "cluster
               "--listen", f"unix:{controller_socket(base)}", "--ca-dir", str(base / "ca"),
               "--node-token-dir", str(base), "--trust-domain", trust_domain,
               "--mesh-config", str(mesh_config_file(base)),
-              "--metrics-socket", str(controller_metrics_socket(base))])
+              "--metrics-socket", str(controller_metrics_socket(base)),
+              "--debug-token-file", str(debug_token_file(base))])
 
 
 # Extra flags for every node's ztunnel (e.g. its limits, docs/operations.md), for tests that need a
@@ -98,6 +104,7 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
                   "--cert-cache", str(base / n.name / "certs"),
                   "--trust-domain", spec.trust_domain,
                   "--metrics-socket", str(ztunnel_metrics_socket(base, n.name)),
+                  "--report-interval", "3",
                   *(["--cert-ttl", str(cert_ttl)] if cert_ttl else []),
                   *shlex.split(os.environ.get(ZTUNNEL_ARGS_ENV, ""))]))
         procs.append(ProcSpec(

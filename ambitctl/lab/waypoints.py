@@ -87,7 +87,7 @@ def _process(base: Path, names: LabNames, w: dict[str, Any], trust_domain: str) 
               "--node-token-file", str(components.node_token_file(base, node)),
               "--trust-domain", trust_domain, "--gateway-class", w["class"],
               "--admin-socket", str(admin_socket(base, ns, name)),
-              "--metrics-socket", str(metrics_socket(base, ns, name))],
+              "--metrics-socket", str(metrics_socket(base, ns, name)), "--report-interval", "3"],
         env={"POD_NAME": w["pod"], "POD_NAMESPACE": ns, "POD_IP": w["ip"], "NODE_NAME": node})
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -314,6 +316,28 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
 
     async def Status(self, request, context):  # noqa: N802 - gRPC method name
         return status_response(self.version, self.status())
+
+    def subscriber_config(self, key: str) -> dict[str, Any] | None:
+        """What the connected subscriber `key` (NodeInfo.key) holds per the server: each type's ACKed
+        version and resources, with their bodies from the current view (the debug API's config dump,
+        controller/debug). None if no such subscriber is connected."""
+        snap = self._snapshot
+        for st in list(self._streams.values()):
+            sub = st.sub
+            if sub.node.key != key:
+                continue
+            out: dict[str, Any] = {}
+            for t, ts in sub.types.items():
+                view = snap.view(sub.node, t)
+                held = {}
+                for name, version in sorted(ts.known.items()):
+                    e = view.get(name)
+                    held[name] = {"version": version, "current": e is not None and e.version == version,
+                                  "body": json.loads(e.body) if e is not None and e.version == version else None}
+                out[t] = {"acked_version": ts.acked_version, "sent_version": ts.sent_version,
+                          "current_resources": len(view), "resources": held}
+            return out
+        return None
 
 
 def _response(p: Planned) -> config_pb2.DeltaResponse:

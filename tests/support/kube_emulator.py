@@ -353,6 +353,12 @@ class KubeEmulator:
                                                    "system:authenticated"], "extra": extra},
                                "audiences": list(audiences)}
 
+    def add_user_token(self, token: str, username: str, groups: Iterable[str] = ("system:authenticated",)) -> None:
+        """Register a user's bearer token (a kubeconfig user's) for TokenReview, for the API server's
+        default audience (a review naming no audiences accepts it)."""
+        self._tokens[token] = {"user": {"username": username, "uid": str(uuid.uuid4()), "groups": list(groups),
+                                        "extra": {}}, "audiences": ["https://kubernetes.default.svc"]}
+
     def _token_review(self, h: BaseHTTPRequestHandler, body: Obj) -> None:
         spec = body.get("spec") or {}
         known = self._tokens.get(spec.get("token") or "")

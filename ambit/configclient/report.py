@@ -1,0 +1,90 @@
+"""A proxy's periodic status report to the controller's debug API (ambit.debug.v1 Report).
+
+The config stream already tells the controller what each proxy ACKed or NACKed; what it cannot
+know is the proxy's own state: its build version, its certificates and their expiry, its
+connection/request counters, a waypoint's clusters' health. `StatusReporter` sends that, as a
+small JSON object, every `interval` seconds over the same channel kind and the same node
+credential as the config stream. A failed report is logged once and retried at the next tick; it
+never affects the data path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from ambit.api import debug_pb2, debug_pb2_grpc
+from ambit.configclient.node import NodeInfo
+from ambit.version import VERSION
+
+log = logging.getLogger("ambit.configclient.report")
+
+Collect = Callable[[], dict[str, Any]]
+
+
+class StatusReporter:
+    """Report `collect()` as `node` to the controller at `target` every `interval` seconds."""
+
+    def __init__(self, target: str, node: NodeInfo, collect: Collect, *, interval: float = 10.0,
+                 metadata: Callable[[], Sequence[tuple[str, str]]] | None = None,
+                 credentials: grpc.ChannelCredentials | None = None, timeout: float = 5.0) -> None:
+        if interval <= 0:
+            raise ValueError(f"StatusReporter.interval: {interval} must be positive")
+        self.target, self.node, self.collect = target, node.validate(), collect
+        self.interval, self.timeout = interval, timeout
+        self._metadata, self._credentials = metadata, credentials
+        self._task: asyncio.Task[None] | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self.sent = 0
+        self.last_error = ""
+        self.controller_version = ""
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"reporter:{self.node.key}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    def report(self) -> debug_pb2.ProxyReport:
+        state = json.dumps(self.collect(), sort_keys=True, default=str).encode()
+        return debug_pb2.ProxyReport(node=self.node.to_proto(), version=VERSION, state_json=state)
+
+    async def send_once(self) -> None:
+        md = tuple(self._metadata()) if self._metadata is not None else None   # re-read: tokens rotate
+        if self._channel is None:            # one channel for the reporter's life; gRPC reconnects it
+            self._channel = (grpc.aio.secure_channel(self.target, self._credentials) if self._credentials is not None
+                             else grpc.aio.insecure_channel(self.target))
+        reply = await debug_pb2_grpc.DebugServiceStub(self._channel).Report(self.report(), metadata=md,
+                                                                            timeout=self.timeout)
+        self.controller_version = reply.controller_version
+        self.sent += 1
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.send_once()
+                if self.last_error:
+                    log.info("status report to %s: delivered again", self.target)
+                self.last_error = ""
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - reporting is best effort; say it once per failure kind
+                why = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else f"{e}"
+                if why != self.last_error:
+                    log.warning("status report to %s failed: %s", self.target, why)
+                self.last_error = why
+            await asyncio.sleep(self.interval)

@@ -1,0 +1,208 @@
+"""Where the read commands read: the lab, or a cluster (kubectl's kubeconfig, `--context`).
+
+- **Kubernetes objects** (Pods, Services, the mesh's configuration) come, in a cluster, from the API
+  server through the official kubernetes client (`cluster_objects`), in the lab from its store.
+- **Component state** (proxy-status, config dumps, certificates, versions) comes from the
+  controller's debug API (ambit.debug.v1, controller/debug), never from the nodes: in the lab at
+  `unix:<labdir>/controller.sock` with the lab's admin token (`<labdir>/debug-token`); in a
+  cluster at `--controller HOST:PORT` (or $AMBIT_CONTROLLER; e.g. after `kubectl -n ambit-system
+  port-forward svc/ambit-controller 15012`) with the kubeconfig user's bearer token, which the
+  controller checks by TokenReview.
+
+The lab is used when it is up (or its store exists) and neither `--kubeconfig` nor `--context` is
+given; with no lab, a kubeconfig ($KUBECONFIG or ~/.kube/config) means the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ambitctl.lab import components, paths, state
+
+Obj = dict[str, Any]
+
+
+class TargetError(RuntimeError):
+    """A one-line error: where to read is unknown or unreachable."""
+
+
+def add_arguments(p: argparse.ArgumentParser, *, controller: bool = True) -> None:
+    """The flags of a read command that works against the lab and a cluster."""
+    g = p.add_argument_group("cluster (default: the lab, when it is up)")
+    g.add_argument("--kubeconfig", help="kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
+    g.add_argument("--context", help="the kubeconfig context to use")
+    if controller:
+        g.add_argument("--controller", default=None,
+                       help="the controller's debug API HOST:PORT (default: the lab's socket; in a cluster "
+                            "$AMBIT_CONTROLLER)")
+        g.add_argument("--token", default=None,
+                       help="bearer token for the debug API (default: the lab's admin token, or the kubeconfig user's)")
+
+
+def in_cluster(args: argparse.Namespace) -> bool:
+    if getattr(args, "kubeconfig", None) or getattr(args, "context", None):
+        return True
+    base = paths.lab_dir()
+    if state.load(base) is not None or (base / "store.json").exists():      # a lab (or its store) is here
+        return False
+    return bool(os.environ.get("KUBECONFIG") or os.path.exists(os.path.expanduser("~/.kube/config")))
+
+
+def api_client(args: argparse.Namespace) -> Any:
+    """The official client, configured from the kubeconfig (and context) as kubectl would."""
+    from kubernetes import config as kconfig
+    try:
+        return kconfig.new_client_from_config(config_file=getattr(args, "kubeconfig", None),
+                                              context=getattr(args, "context", None))
+    except (kconfig.ConfigException, OSError) as e:
+        raise TargetError(f"kubeconfig: {e}") from None
+
+
+def default_namespace(args: argparse.Namespace) -> str:
+    """kubectl's default namespace: the kubeconfig context's `namespace`, else "default"."""
+    from kubernetes import config as kconfig
+    try:
+        contexts, active = kconfig.list_kube_config_contexts(config_file=getattr(args, "kubeconfig", None))
+    except (kconfig.ConfigException, OSError):
+        return "default"
+    want = getattr(args, "context", None)
+    ctx = next((c for c in contexts if c["name"] == want), None) if want else active
+    return ((ctx or {}).get("context") or {}).get("namespace") or "default"
+
+
+def cluster_objects(client: Any, namespace: str | None = None) -> list[Obj]:
+    """Every object of every kind the controller reads (controller.kinds), listed once; a custom
+    resource group the cluster does not serve (404) is skipped, as the controller skips it."""
+    from kubernetes.client.exceptions import ApiException
+
+    from controller.sources.kube import default_types
+    out: list[Obj] = []
+    seen: set[tuple[str, str, str, str]] = set()
+    for t in default_types():
+        for version in t.versions:
+            path = t.path(version, namespace if t.namespaced else None)
+            try:
+                resp = client.call_api(*client.param_serialize(method="GET", resource_path=path,
+                                                               auth_settings=["BearerToken"]),
+                                       _request_timeout=(5.0, 30.0))
+                resp.read()
+                body = json.loads(resp.data or b"{}")
+            except ApiException as e:
+                if e.status == 404:
+                    continue
+                raise TargetError(f"list {path}: {e.status} {e.reason}") from None
+            except Exception as e:  # noqa: BLE001 - urllib3 errors: the API server is unreachable
+                raise TargetError(f"cannot reach the API server ({client.configuration.host}): {e}") from None
+            if (getattr(resp, "status", 200) or 200) >= 400:
+                if resp.status == 404:
+                    continue
+                raise TargetError(f"list {path}: HTTP {resp.status}")
+            api_version = f"{t.group}/{version}" if t.group else version
+            for o in body.get("items") or []:
+                o.setdefault("apiVersion", api_version)
+                o.setdefault("kind", t.kind)
+                md = o.get("metadata") or {}
+                key = (t.kind, t.group, md.get("namespace", ""), md.get("name", ""))
+                if key not in seen:
+                    seen.add(key)
+                    out.append(o)
+            break
+    return out
+
+
+class ClusterSnapshot:
+    """The cluster's objects listed once, answering as the lab store's snapshot does for `get`."""
+
+    revision = None
+
+    def __init__(self, objs: list[Obj]) -> None:
+        self.objs = objs
+
+    def list(self, kind: str, namespace: str | None = "") -> list[Obj]:
+        return sorted((o for o in self.objs if o.get("kind") == kind
+                       and (not namespace or (o.get("metadata") or {}).get("namespace") == namespace)),
+                      key=lambda o: ((o.get("metadata") or {}).get("namespace", ""), o["metadata"].get("name", "")))
+
+
+def lab_objects() -> list[Obj]:
+    from ambit.labstore import LabStore
+    path = paths.lab_dir() / "store.json"
+    if not path.exists():
+        raise TargetError(f"no lab is up (no {path}); set AMBIT_LAB_DIR, run `ambit lab up`, or pass --context")
+    return list(LabStore(path).snapshot().objects.values())
+
+
+def objects(args: argparse.Namespace) -> list[Obj]:
+    return cluster_objects(api_client(args)) if in_cluster(args) else lab_objects()
+
+
+# -- the debug API ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DebugTarget:
+    address: str
+    token: str
+    where: str          # "lab" | "cluster"
+
+
+def debug_target(args: argparse.Namespace, cluster: bool | None = None) -> DebugTarget:
+    """Where the debug API is and the token to present; `cluster` overrides `in_cluster(args)`."""
+    explicit = getattr(args, "controller", None)
+    token = getattr(args, "token", None)
+    if in_cluster(args) if cluster is None else cluster:
+        address = explicit or os.environ.get("AMBIT_CONTROLLER", "")
+        if not address:
+            raise TargetError("in a cluster the debug API is reached through the controller: pass --controller "
+                              "HOST:PORT or set AMBIT_CONTROLLER (e.g. after `kubectl -n ambit-system port-forward "
+                              "svc/ambit-controller 15012`)")
+        if not token:
+            keys = api_client(args).configuration.api_key or {}
+            auth = keys.get("BearerToken") or keys.get("authorization") or ""
+            token = auth.removeprefix("Bearer ").strip()
+        if not token:
+            raise TargetError("the kubeconfig user has no bearer token for the debug API; pass --token")
+        return DebugTarget(address, token, "cluster")
+    base = paths.lab_dir()
+    address = explicit or f"unix:{components.controller_socket(base)}"
+    if not token:
+        f = components.debug_token_file(base)
+        try:
+            token = f.read_text().strip()
+        except OSError as e:
+            raise TargetError(f"the lab's debug API token {f}: {e.strerror or e} (is the lab up?)") from None
+    return DebugTarget(address, token, "lab")
+
+
+async def _call(target: DebugTarget, method: str, request: Any, timeout: float) -> Any:
+    import grpc
+
+    from ambit.api import debug_pb2_grpc
+    async with grpc.aio.insecure_channel(target.address) as ch:
+        stub = debug_pb2_grpc.DebugServiceStub(ch)
+        return await getattr(stub, method)(request, metadata=(("authorization", f"Bearer {target.token}"),),
+                                           timeout=timeout)
+
+
+def call(target: DebugTarget, method: str, request: Any, timeout: float = 5.0) -> Any:
+    """One debug API call; a gRPC failure becomes a TargetError naming the controller and why."""
+    import asyncio
+
+    import grpc
+    try:
+        return asyncio.run(_call(target, method, request, timeout))
+    except grpc.aio.AioRpcError as e:
+        raise TargetError(f"controller debug API at {target.address}: {e.code().name}: {e.details()}") from None
+
+
+def proxy_status(target: DebugTarget, timeout: float = 5.0) -> Any:
+    from ambit.api import debug_pb2
+    return call(target, "ProxyStatus", debug_pb2.ProxyStatusRequest(), timeout)
+
+
+def proxy_config(target: DebugTarget, proxy: str, timeout: float = 5.0) -> dict[str, Any]:
+    from ambit.api import debug_pb2
+    return json.loads(call(target, "ProxyConfig", debug_pb2.ProxyConfigRequest(proxy=proxy), timeout).json)

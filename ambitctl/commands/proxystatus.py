@@ -1,0 +1,95 @@
+"""`ambit proxy-status [PROXY]`: every proxy's config sync state, from the controller's debug API
+(as `istioctl proxy-status`); with PROXY, that proxy's config as the controller sent it and the
+proxy ACKed it, and what it last reported (certificates, counters, clusters).
+
+Works against the lab and a cluster alike (ambitctl/cluster.py). Exits 1 when a connected proxy is
+NACKing or STALE, so CI can gate on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ambitctl import cluster
+
+BAD_STATES = ("NACK", "STALE")
+
+
+def rows_of(resp: Any) -> list[dict[str, Any]]:
+    out = []
+    for p in resp.proxies:
+        report = json.loads(p.report_json) if p.report_json else {}
+        certs = report.get("certs") or []
+        out.append({
+            "kind": p.node.kind, "name": p.node.name, "waypoint": p.node.waypoint,
+            "node": report.get("node") or (p.node.name if p.node.kind != "waypoint" else ""),
+            "connected": p.connected, "state": p.state, "acked_version": p.acked_version,
+            "current_version": resp.config_version, "nack": p.nack, "proxy_version": p.proxy_version,
+            "report_age": round(p.report_age, 1) if p.report_age >= 0 else None,
+            "certs": [{k: c.get(k) for k in ("identity", "state", "not_after")} for c in certs],
+        })
+    return out
+
+
+def _cert_summary(certs: list[dict[str, Any]]) -> str:
+    if not certs:
+        return "-"
+    states: dict[str, int] = {}
+    for c in certs:
+        states[c.get("state") or "?"] = states.get(c.get("state") or "?", 0) + 1
+    return ",".join(f"{n} {s}" for s, n in sorted(states.items()))
+
+
+def format_rows(rows: list[dict[str, Any]], controller_version: str, config_version: str) -> str:
+    table = [["NAME", "KIND", "NODE", "STATE", "ACKED", "CURRENT", "VERSION", "CERTS"]]
+    for r in rows:
+        name = f"{r['waypoint']}@{r['name']}" if r["waypoint"] else r["name"]
+        table.append([name, r["kind"], r["node"] or "-", r["state"], r["acked_version"] or "-",
+                      r["current_version"] or "-", r["proxy_version"] or "-", _cert_summary(r["certs"])])
+    widths = [max(len(t[i]) for t in table) for i in range(len(table[0]))]
+    lines = [f"controller {controller_version}, config version {config_version or '-'}", ""]
+    if len(table) == 1:
+        lines.append("no proxies connected")
+    else:
+        lines += ["   ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)).rstrip() for t in table]
+    nacks = [f"  {r['kind']}/{r['name']}: {r['nack']}" for r in rows if r["state"] == "NACK"]
+    if nacks:
+        lines += ["", "REJECTED (the proxy keeps its last good config):", *nacks]
+    return "\n".join(lines)
+
+
+def cmd_proxy_status(args: argparse.Namespace) -> int:
+    target = cluster.debug_target(args)
+    if args.proxy:
+        doc = cluster.proxy_config(target, args.proxy, args.timeout)
+        if args.output == "yaml":
+            import yaml
+            print(yaml.safe_dump(doc, sort_keys=True).rstrip())
+        else:
+            print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+    resp = cluster.proxy_status(target, args.timeout)
+    rows = rows_of(resp)
+    if args.output == "json":
+        print(json.dumps({"controller_version": resp.controller_version, "config_version": resp.config_version,
+                          "proxies": rows}, indent=2, sort_keys=True))
+    elif args.output == "yaml":
+        import yaml
+        print(yaml.safe_dump({"controller_version": resp.controller_version, "config_version": resp.config_version,
+                              "proxies": rows}, sort_keys=True).rstrip())
+    else:
+        print(format_rows(rows, resp.controller_version, resp.config_version))
+    return 1 if any(r["connected"] and r["state"] in BAD_STATES for r in rows) else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("proxy-status", aliases=["ps"],
+                       help="every proxy's config sync state (SYNCED/STALE/NACK) from the controller; "
+                            "with PROXY its config dump and report")
+    p.add_argument("proxy", nargs="?", help="kind/name (e.g. ztunnel/node-1), or a name: dump that proxy")
+    p.add_argument("-o", "--output", choices=("json", "yaml"))
+    p.add_argument("--timeout", type=float, default=5.0)
+    cluster.add_arguments(p)
+    p.set_defaults(func=cmd_proxy_status)

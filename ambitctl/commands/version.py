@@ -1,0 +1,89 @@
+"""`ambit version`: the CLI's version, the controller's and each proxy's (from the controller's
+debug API), and the compatibility verdict of each against the CLI (policy: ambit/version.py —
+same minor compatible, one minor apart warns, else incompatible). `--client` asks nobody.
+Exits 1 when a part is incompatible."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ambit.version import INCOMPATIBLE, VERSION, compatibility
+from ambitctl import cluster
+
+
+def collect(resp: Any | None, error: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {"client": {"version": VERSION}}
+    if resp is None:
+        if error:
+            out["server"] = {"error": error}
+        return out
+    verdict, why = compatibility(VERSION, resp.controller_version)
+    out["server"] = {"controller": {"version": resp.controller_version, "compatibility": verdict, "why": why}}
+    proxies: dict[str, dict[str, str]] = {}
+    for p in resp.proxies:
+        if not p.connected:
+            continue
+        key = f"{p.node.kind}/{p.node.waypoint + '@' if p.node.waypoint else ''}{p.node.name}"
+        if not p.proxy_version:
+            why = ("the node agent does not report its version yet" if p.node.kind == "agent"
+                   else "no status report yet")
+            proxies[key] = {"version": "", "compatibility": "unknown", "why": why}
+            continue
+        verdict, why = compatibility(resp.controller_version, p.proxy_version)
+        proxies[key] = {"version": p.proxy_version, "compatibility": verdict, "why": f"vs the controller: {why}"}
+    out["server"]["proxies"] = proxies
+    return out
+
+
+def format_versions(doc: dict[str, Any]) -> str:
+    lines = [f"client version: {doc['client']['version']}"]
+    server = doc.get("server")
+    if server is None:
+        return lines[0]
+    if "error" in server:
+        return "\n".join(lines + [f"server: unreachable: {server['error']}"])
+    c = server["controller"]
+    lines.append(f"controller version: {c['version']} ({c['compatibility']}: {c['why']})")
+    by_version: dict[tuple[str, str], list[str]] = {}
+    for key, p in sorted(server["proxies"].items()):
+        by_version.setdefault((p["version"] or "unknown", p["compatibility"]), []).append(key)
+    for (v, verdict), keys in sorted(by_version.items()):
+        lines.append(f"data plane version: {v} ({len(keys)} proxies, {verdict}): {', '.join(keys)}")
+    return "\n".join(lines)
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    resp, error = None, ""
+    if not args.client:
+        try:
+            resp = cluster.proxy_status(cluster.debug_target(args), args.timeout)
+        except cluster.TargetError as e:
+            error = str(e)
+    doc = collect(resp, error)
+    if args.output == "json":
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    elif args.output == "yaml":
+        import yaml
+        print(yaml.safe_dump(doc, sort_keys=True).rstrip())
+    elif args.short:
+        print(VERSION)
+    else:
+        print(format_versions(doc))
+    server = doc.get("server") or {}
+    verdicts = [server.get("controller", {}).get("compatibility")] + [
+        p["compatibility"] for p in (server.get("proxies") or {}).values()]
+    if error:
+        return 1
+    return 1 if INCOMPATIBLE in verdicts else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("version", help="client, controller and proxy versions with a compatibility verdict")
+    p.add_argument("--client", action="store_true", help="the CLI's version only (contacts nothing)")
+    p.add_argument("--short", action="store_true", help="print the bare client version")
+    p.add_argument("-o", "--output", choices=("json", "yaml"))
+    p.add_argument("--timeout", type=float, default=5.0)
+    cluster.add_arguments(p)
+    p.set_defaults(func=cmd_version)

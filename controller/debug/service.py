@@ -1,0 +1,125 @@
+"""The gRPC edge of the debug API (ambit.debug.v1.DebugService), on the controller's one gRPC server.
+
+- Report: a proxy's periodic state. It presents the node credential of the config stream, and is
+  scoped the same way (controller/configserver/auth.py): a ztunnel reports as its own node only,
+  a waypoint as a waypoint pod on its node (or as its own service account) only.
+- ProxyStatus / ProxyConfig: for readers (`authorization: Bearer <token>`, checked by a ReaderAuth:
+  the lab's admin token, or TokenReview plus an allow-list in a cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import grpc
+
+from ambit.api import debug_pb2, debug_pb2_grpc
+from ambit.configclient.node import NodeInfo
+from ambit.version import VERSION
+from controller.configserver.auth import StreamRefused, metadata_of
+from controller.configserver.server import ConfigServer
+from controller.debug.proxystatus import proxy_status
+from controller.debug.readers import Forbidden, ReaderAuth, Unauthenticated
+from controller.debug.reports import ReportStore
+
+log = logging.getLogger("ambit.controller.debug")
+MAX_REPORT = 256 * 1024
+
+
+class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
+    def __init__(self, config: ConfigServer, readers: ReaderAuth | None, reports: ReportStore | None = None,
+                 report_interval: float = 10.0) -> None:
+        self.config = config
+        self.readers = readers
+        self.reports = reports or ReportStore(ttl=max(60.0, 6 * report_interval))
+        self.report_interval = report_interval
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        debug_pb2_grpc.add_DebugServiceServicer_to_server(self, server)
+
+    # -- proxies ---------------------------------------------------------------------------------
+    async def Report(self, request, context):  # noqa: N802 - gRPC method name
+        try:
+            node = NodeInfo.from_proto(request.node).validate()
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"ProxyReport.{e}")
+        auth = self.config.authenticator
+        if auth is not None:
+            try:
+                node = auth.authorize(await auth.authenticate(metadata_of(context)), node)
+            except StreamRefused as e:
+                log.warning("status report refused from %s: %s", context.peer(), e)
+                await context.abort(e.code, str(e).replace("config stream", "status report"))
+        if len(request.state_json) > MAX_REPORT:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"ProxyReport.state_json: {len(request.state_json)} bytes, over {MAX_REPORT}")
+        try:
+            state = json.loads(request.state_json or b"{}")
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"ProxyReport.state_json: {e}")
+        try:
+            self.reports.put(node, request.version, state)
+        except OverflowError as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        return debug_pb2.ReportReply(controller_version=VERSION, interval=self.report_interval)
+
+    # -- readers ---------------------------------------------------------------------------------
+    async def _reader(self, context: Any) -> str:
+        if self.readers is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "the debug API has no readers configured (controller --debug-token-file, "
+                                "or --kube for TokenReview)")
+        auth = metadata_of(context).get("authorization", "")
+        token = auth[len("Bearer "):].strip() if auth.startswith("Bearer ") else ""
+        try:
+            assert self.readers is not None
+            return await self.readers.check(token)
+        except Unauthenticated as e:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"debug API: {e}")
+        except Forbidden as e:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"debug API: {e}")
+        raise AssertionError("unreachable")
+
+    def status_response(self) -> debug_pb2.ProxyStatusResponse:
+        reports = {r.node.key: r for r in self.reports.all()}
+        out = debug_pb2.ProxyStatusResponse(controller_version=VERSION, config_version=self.config.version)
+        for row in proxy_status(self.config.status(), self.config.version, reports, self.reports.age):
+            out.proxies.add(node=row.sub.node.to_proto(), connected=row.sub.connected, state=row.state,
+                            acked_version=row.acked_version, nack=row.nack,
+                            proxy_version=row.report.version if row.report else "",
+                            report_age=row.report_age,
+                            report_json=json.dumps(row.report.state).encode() if row.report else b"")
+        return out
+
+    async def ProxyStatus(self, request, context):  # noqa: N802
+        await self._reader(context)
+        return self.status_response()
+
+    def find(self, proxy: str) -> list[NodeInfo]:
+        """Subscribers matching `proxy`: "kind/name", a NodeInfo key, a bare name, or a waypoint's
+        Gateway ("waypoint/ns/name" or "ns/name": its pods)."""
+        subs = [s.node for s in self.config.status() if s.connected]
+        return [n for n in subs if proxy in (n.key, f"{n.kind}/{n.name}", n.name)
+                or (n.waypoint and proxy in (n.waypoint, f"waypoint/{n.waypoint}"))]
+
+    async def ProxyConfig(self, request, context):  # noqa: N802
+        await self._reader(context)
+        found = self.find(request.proxy)
+        if not found:
+            known = ", ".join(sorted(f"{s.node.kind}/{s.node.name}" for s in self.config.status() if s.connected))
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"no connected proxy {request.proxy!r} (connected: {known or 'none'})")
+        if len(found) > 1:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"{request.proxy!r} is ambiguous: {', '.join(n.key for n in found)}; name it kind/name")
+        node = found[0]
+        report = self.reports.get(node.key)
+        doc = {"node": node.key, "config_version": self.config.version,
+               "config": self.config.subscriber_config(node.key),
+               "report": None if report is None else {"version": report.version, "age": self.reports.age(report),
+                                                      **report.state}}
+        return debug_pb2.JsonDocument(json=json.dumps(doc, sort_keys=True, default=str).encode())

@@ -1,0 +1,250 @@
+"""The cluster path of the read commands, end to end without mocks: a real controller process
+watching the API-server emulator (tests/support/kube_emulator.py) through the official client,
+a real config-stream client and status reporter as ztunnel/node-1, and the `ambit` CLI as a user
+runs it (kubeconfig, --context, --controller), reading Kubernetes objects from the emulator and
+component state from the controller's debug API, authenticated by TokenReview."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ambit.configclient import ConfigClient, NodeInfo
+from ambit.configclient.report import StatusReporter
+from ambit.model import Authorization, PeerAuthn, Service, Workload
+from ambit.version import VERSION
+from tests.support.kube_emulator import KubeEmulator
+from tests.support.wait import wait_for
+
+ROOT = Path(__file__).resolve().parents[3]
+IDENTITY = "spiffe://cluster.local/ns/demo/sa/echo"
+NOT_AFTER = "2026-12-31T00:00:00Z"
+
+
+def objects() -> list[dict[str, Any]]:
+    labels = {"app": "echo", "version": "v1"}
+    return [
+        {"apiVersion": "v1", "kind": "Namespace",
+         "metadata": {"name": "demo", "labels": {"istio.io/dataplane-mode": "ambient"}}},
+        {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {"name": "echo-v1", "namespace": "demo", "uid": "uid-echo-v1", "labels": labels},
+         "spec": {"nodeName": "node-1", "serviceAccountName": "echo",
+                  "containers": [{"name": "app", "ports": [{"name": "http", "containerPort": 8080}]}]},
+         "status": {"phase": "Running", "podIP": "10.244.1.5", "podIPs": [{"ip": "10.244.1.5"}]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": "demo"},
+         "spec": {"clusterIP": "10.96.0.20", "selector": {"app": "echo"},
+                  "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "echo-allow", "namespace": "demo"},
+         "spec": {"selector": {"matchLabels": {"app": "echo"}}, "action": "ALLOW",
+                  "rules": [{"from": [{"source": {"namespaces": ["demo"]}}]}]}},
+        {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+         "metadata": {"name": "strict", "namespace": "demo"}, "spec": {"mtls": {"mode": "STRICT"}}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+         "metadata": {"name": "echo-routes", "namespace": "demo"},
+         "spec": {"hosts": ["echo"], "http": [{"route": [{"destination": {"host": "echo"}}]}]}},
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kubeconfig(path: Path, server: str) -> Path:
+    doc = {"apiVersion": "v1", "kind": "Config", "current-context": "admin",
+           "clusters": [{"name": "emu", "cluster": {"server": server}}],
+           "users": [{"name": "admin", "user": {"token": "admin-token"}},
+                     {"name": "dev", "user": {"token": "dev-token"}}],
+           "contexts": [{"name": "admin", "context": {"cluster": "emu", "user": "admin", "namespace": "demo"}},
+                        {"name": "dev", "context": {"cluster": "emu", "user": "dev"}}]}
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+class Ztunnel:
+    """A config-stream subscriber and status reporter as ztunnel/node-1, on a loop of its own."""
+
+    def __init__(self, target: str):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.target = target
+        self.client: ConfigClient | None = None
+        self.reporter: StatusReporter | None = None
+
+    def start(self) -> None:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self) -> None:
+        node = NodeInfo("ztunnel", "node-1", instance_id="abc")
+        self.client = ConfigClient(self.target, node, [Workload.TYPE, Service.TYPE, Authorization.TYPE,
+                                                       PeerAuthn.TYPE], lambda u: None)
+        await self.client.start()
+        certs = [{"identity": IDENTITY, "state": "VALID", "serial": "abcdef0123456789", "not_after": NOT_AFTER}]
+        self.reporter = StatusReporter(self.target, node, lambda: {"node": "node-1", "certs": certs,
+                                                                   "connections": {"inbound": 3}}, interval=0.3)
+        await self.reporter.start()
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            if self.reporter:
+                await self.reporter.stop()
+            if self.client:
+                await self.client.stop()
+        asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("da-cluster")
+    emu = KubeEmulator().start()
+    for o in objects():
+        emu.create(o)
+    emu.add_user_token("admin-token", "kubernetes-admin", ["system:masters", "system:authenticated"])
+    emu.add_user_token("dev-token", "dev", ["system:authenticated"])
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    log = open(tmp / "controller.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "controller", "--kube", "--kube-host", emu.url, "--no-status",
+                             "--listen", address, "--insecure-config-stream", "--debounce", "0.01"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    zt = Ztunnel(address)
+    try:
+        wait_for(lambda: _connectable(port) or proc.poll() is not None, timeout=30, what="controller listening")
+        assert proc.poll() is None, (tmp / "controller.log").read_text()
+        zt.start()
+        assert zt.client is not None and zt.reporter is not None
+        wait_for(lambda: zt.client.connected and zt.reporter.sent >= 1, timeout=10, what="ztunnel synced + reported")
+        yield {"emu": emu, "address": address, "kubeconfig": kubeconfig(tmp / "kubeconfig", emu.url),
+               "labdir": tmp / "nolab", "log": tmp / "controller.log"}
+    finally:
+        zt.stop()
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+        emu.stop()
+
+
+def _connectable(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def ambit(mesh: dict[str, Any], *args: str, context: str = "admin") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AMBIT_LAB_DIR": str(mesh["labdir"]), "NO_COLOR": "1"}
+    return subprocess.run([sys.executable, "-m", "ambitctl.cli", *args, "--kubeconfig", str(mesh["kubeconfig"]),
+                           "--context", context], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_proxy_status_in_a_cluster_shows_synced_ztunnel_with_its_report(mesh: dict[str, Any]) -> None:
+    r = ambit(mesh, "proxy-status", "--controller", mesh["address"], "-o", "json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["controller_version"] == VERSION
+    [z] = [p for p in doc["proxies"] if p["kind"] == "ztunnel"]
+    assert (z["name"], z["state"], z["proxy_version"]) == ("node-1", "SYNCED", VERSION)
+    assert z["acked_version"] == z["current_version"] == doc["config_version"] != ""
+    assert z["certs"] == [{"identity": IDENTITY, "state": "VALID", "not_after": NOT_AFTER}]
+    table = ambit(mesh, "proxy-status", "--controller", mesh["address"]).stdout
+    assert "node-1" in table and "SYNCED" in table and "1 VALID" in table
+
+
+def test_proxy_config_dump_is_what_the_ztunnel_acked(mesh: dict[str, Any]) -> None:
+    r = ambit(mesh, "proxy-status", "ztunnel/node-1", "--controller", mesh["address"])
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    workloads = doc["config"][Workload.TYPE]["resources"]
+    [echo] = [w for w in workloads.values() if w["body"]["name"] == "echo-v1"]
+    assert echo["current"] is True and echo["body"]["identity"] == IDENTITY
+    assert doc["report"]["connections"] == {"inbound": 3}
+    missing = ambit(mesh, "proxy-status", "ztunnel/node-9", "--controller", mesh["address"])
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr and "ztunnel/node-1" in missing.stderr
+
+
+def test_debug_api_refuses_unauthorised_readers(mesh: dict[str, Any]) -> None:
+    dev = ambit(mesh, "proxy-status", "--controller", mesh["address"], context="dev")
+    assert dev.returncode == 1
+    assert "PERMISSION_DENIED" in dev.stderr and "'dev'" in dev.stderr and "system:masters" in dev.stderr
+    bogus = ambit(mesh, "proxy-status", "--controller", mesh["address"], "--token", "not-a-token")
+    assert bogus.returncode == 1 and "UNAUTHENTICATED" in bogus.stderr
+    nowhere = ambit(mesh, "proxy-status")
+    assert nowhere.returncode == 1 and "--controller" in nowhere.stderr and "Traceback" not in nowhere.stderr
+
+
+def test_version_reports_client_controller_and_proxies(mesh: dict[str, Any]) -> None:
+    r = ambit(mesh, "version", "--controller", mesh["address"], "-o", "json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["client"]["version"] == VERSION
+    assert doc["server"]["controller"] == {"version": VERSION, "compatibility": "compatible",
+                                           "why": doc["server"]["controller"]["why"]}
+    assert doc["server"]["proxies"]["ztunnel/node-1"]["compatibility"] == "compatible"
+
+
+def test_describe_pod_in_a_cluster(mesh: dict[str, Any]) -> None:
+    r = ambit(mesh, "describe", "pod", "echo-v1", "-n", "demo", "--controller", mesh["address"], "-o", "json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["enrolled"] is True and d["identity"] == IDENTITY and d["node"] == "node-1"
+    assert d["services"] == ["demo/echo"]
+    assert [p["ref"] for p in d["authorization_policies"]] == ["AuthorizationPolicy/demo/echo-allow"]
+    assert d["peer_authentication"]["mode"] == "STRICT"
+    assert any("VirtualService/demo/echo-routes" in s for r_ in d["routes"] for s in r_["sources"])
+    assert d["certificate"]["state"] == "VALID" and d["certificate"]["not_after"] == NOT_AFTER
+    text = ambit(mesh, "describe", "po", "echo-v1", "-n", "demo", "--controller", mesh["address"]).stdout
+    assert "enrolled" in text and "echo-allow" in text and "STRICT" in text and "VALID" in text
+
+
+def test_describe_service_and_unknown_pod(mesh: dict[str, Any]) -> None:
+    r = ambit(mesh, "describe", "svc", "echo", "-o", "json")          # -n from the context
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["vips"] == ["10.96.0.20"] and [e["pod"] for e in d["endpoints"]] == ["demo/echo-v1"]
+    assert [p["ref"] for p in d["authorization_policies"]] == ["AuthorizationPolicy/demo/echo-allow"]
+    gone = ambit(mesh, "describe", "pod", "nope", "-n", "demo")
+    assert gone.returncode == 1 and "pod demo/nope not found" in gone.stderr
+
+
+def test_get_reads_the_cluster_through_the_kubernetes_client(mesh: dict[str, Any]) -> None:
+    r = ambit(mesh, "get", "po")              # the context's namespace, as kubectl
+    assert r.returncode == 0, r.stderr
+    assert "echo-v1" in r.stdout
+    assert "No resources found in default namespace" in ambit(mesh, "get", "po", "-n", "default").stderr
+    names = ambit(mesh, "get", "vs", "-A", "-o", "name")
+    assert names.stdout.split() == ["virtualservice.networking.istio.io/echo-routes"]
+    one = ambit(mesh, "get", "authorizationpolicy", "echo-allow", "-n", "demo", "-o", "json")
+    assert json.loads(one.stdout)["spec"]["action"] == "ALLOW"
+    missing = ambit(mesh, "get", "po", "nope", "-n", "demo")
+    assert missing.returncode == 1 and '"nope" not found' in missing.stderr
+    watch = ambit(mesh, "get", "po", "-n", "demo", "-w")
+    assert watch.returncode == 1 and "kubectl get --watch" in watch.stderr
+
+
+def test_status_and_ztunnel_config_in_a_cluster(mesh: dict[str, Any]) -> None:
+    st = ambit(mesh, "status", "--controller", mesh["address"])
+    assert st.returncode == 0, st.stderr
+    assert "ztunnel/node-1" in st.stdout and "in sync" in st.stdout
+    wl = ambit(mesh, "ztunnel-config", "workloads", "--controller", mesh["address"])
+    assert wl.returncode == 0, wl.stderr
+    assert "ztunnel/node-1" in wl.stdout and "echo-v1" in wl.stdout and "10.244.1.5" in wl.stdout
+    pol = ambit(mesh, "ztunnel-config", "policies", "--controller", mesh["address"], "-o", "json")
+    assert [a["name"] for a in json.loads(pol.stdout)["node-1"]["authorizations"]] == ["echo-allow"]
+    certs = ambit(mesh, "ztunnel-config", "certs", "--controller", mesh["address"])
+    assert IDENTITY in certs.stdout and "VALID" in certs.stdout
+    other = ambit(mesh, "ztunnel-config", "all", "--node", "node-7", "--controller", mesh["address"])
+    assert other.returncode == 1 and "node-7" in other.stderr and "node-1" in other.stderr
