@@ -38,6 +38,7 @@ from ambit.dataplane import tls
 from ambit.dataplane.hbone import HBONEClientPool, HBONEServer, HBONEStream
 from ambit.dataplane.identity import IdentityManager
 from ambit.dataplane.ports import LISTEN_BACKLOG
+from ambit.telemetryconfig import TracingConfig
 from waypoint import endpoints
 from waypoint.authz import authorize
 from waypoint.config import WaypointConfig
@@ -82,7 +83,7 @@ class WaypointProxy:
                  registry: CollectorRegistry | None = None, tracing_for: TracingFor | None = None) -> None:
         self.settings = settings
         # what tracing applies: the injected resolver (Telemetry API), else the --tracing-* flags
-        self.tracing_for = tracing_for or settings_tracing(settings)
+        self.tracing_for = tracing_for or self._telemetry_tracing(settings_tracing(settings))
         self.config = config
         self.identities = identities
         self.identity = settings.identity
@@ -104,6 +105,18 @@ class WaypointProxy:
         self.telemetry = Telemetry(http_metrics, RequestLog(lambda line: access.info("%s", line),
                                                             lambda svc: self.config.view.telemetry_for_waypoint(svc).access_log),
                                    lambda ip: self.config.view.by_ip.get(ip))
+
+    def _telemetry_tracing(self, flags: TracingFor | None) -> TracingFor:
+        """What a request to a Service is traced with: the Telemetry API's resolution for this
+        waypoint and that Service (mesh < namespace < targetRefs, ambit.telemetry) when it names a
+        tracing provider, else the --tracing-* flags (or nothing). Cached per Service in the config
+        View, so a request pays a dict lookup."""
+        def tracing_for(service: str = "") -> TracingConfig:
+            cfg = self.config.view.telemetry_for_waypoint(service).tracing
+            if cfg.providers or flags is None:
+                return cfg
+            return flags(service)
+        return tracing_for
 
     # --- lifecycle ----------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ or Zipkin's v2 JSON API, as the `TracingConfig`'s providers say.
 The engine holds one `Tracing`; an exchange asks it `server(...)` at the request head and gets a
 `RequestTrace` (or None: not traced, then no span object exists), which it tells about each try
 (`try_start`, `try_result`, `try_end`) and the end (`finish`). Which config applies comes from an
-injected `tracing_for() -> TracingConfig`, asked per request (it is a cheap call: the settings'
+injected `tracing_for(service) -> TracingConfig`, asked per request (it is a cheap call: the settings'
 default returns a cached object, the Telemetry resolver its current answer); a changed provider
 set builds a new exporter pipeline and shuts the old one down off the loop.
 """
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("waypoint.tracing")
 
-TracingFor = Callable[[], TracingConfig]
+TracingFor = Callable[[str], TracingConfig]     # the destination Service ("ns/name", or "") -> its tracing
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
@@ -117,7 +117,7 @@ class Tracing:
         format (an already unsampled one passes as it came; without any, the exchange's
         `add_forwarded` adds a fresh unsampled traceparent), so the next hop does not start a
         trace of its own (as Envoy's). Not traced: no span object, no id drawn."""
-        cfg = self.tracing_for()
+        cfg = self.tracing_for(down.service)
         if not cfg.enabled:
             return None
         pipe = self._pipeline(cfg)

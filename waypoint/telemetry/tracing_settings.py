@@ -1,6 +1,7 @@
 """The waypoint's own tracing config, from its flags (`--tracing-otlp`, `--tracing-otlp-http`,
 `--tracing-zipkin`, `--tracing-sampling`, `--tracing-tag`, `--tracing-disable-span-reporting`):
-the `tracing_for()` the waypoint uses until the Telemetry API's resolver is injected instead.
+what the waypoint traces with when the Telemetry API names no tracing provider for a request's
+Service (waypoint/app.py: the Telemetry API decides first).
 
 `--tracing-sampling-file PATH` makes the sampling percentage switchable at runtime (the bench
 compares 0 % and 100 % on one running waypoint): the file holds a number; it is re-read when its
@@ -60,7 +61,7 @@ class SamplingFile:
         self._next = 0.0
         self._mtime = -1.0
 
-    def __call__(self) -> TracingConfig:
+    def __call__(self, service: str = "") -> TracingConfig:
         now = self.clock()
         if now >= self._next:
             self._next = now + 1.0
@@ -89,7 +90,7 @@ class SamplingFile:
         log.info("tracing sampling now %.6g %% (from %s)", pct, self.path)
 
 
-def settings_tracing(s: WaypointSettings) -> Callable[[], TracingConfig] | None:
+def settings_tracing(s: WaypointSettings) -> Callable[[str], TracingConfig] | None:
     """The flags' `tracing_for`, or None when no flag names a provider (then the engine has no
     tracer at all and a request pays nothing)."""
     if not (s.tracing_otlp or s.tracing_otlp_http or s.tracing_zipkin):
@@ -103,7 +104,7 @@ def settings_tracing(s: WaypointSettings) -> Callable[[], TracingConfig] | None:
                      s.tracing_disable_span_reporting)
     if s.tracing_sampling_file is not None:
         return SamplingFile(cfg, s.tracing_sampling_file)
-    return lambda: cfg
+    return lambda service="": cfg
 
 
 def tracing_identity(s: WaypointSettings) -> Identity:

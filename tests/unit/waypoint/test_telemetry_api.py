@@ -70,3 +70,34 @@ def test_config_dump_shows_the_telemetries_and_the_waypoint_level_access_log() -
     assert d["telemetry"] == ["demo/gw"]
     assert d["access_log"] == {"disabled": False, "mode": "CLIENT_AND_SERVER", "filter": "response.code >= 500",
                                "providers": ["envoy (envoyFileAccessLog /dev/stdout text)"]}
+
+
+def test_the_telemetry_api_decides_the_waypoints_tracing_over_its_flags() -> None:
+    """The waypoint's tracer asks `WaypointProxy.tracing_for(service)`: the Telemetry API's
+    resolution when it names a provider (mesh-wide 10 %, 100 % for one Service via targetRefs),
+    else the --tracing-* flags."""
+    from ambit.telemetryconfig import TracingConfig
+    from waypoint.app import WaypointProxy
+    from waypoint.settings import load
+
+    mesh = MeshSettings("cluster.local", extension_providers=[
+        {"name": "otel", "kind": "opentelemetry", "service": "otel.obs.svc.cluster.local", "port": 4317}])
+    cfg = WaypointConfig(Waypoint("demo", "waypoint"), "cluster.local")
+    tels = {"mesh": TelemetryPolicy("mesh", "ambit-system", scope="global", has_tracing=True,
+                                    tracing_providers=["otel"], sampling_percent=10.0),
+            "echo": TelemetryPolicy("echo", "demo", scope="waypoint", target_refs=[{"kind": "Service", "name": "echo"}],
+                                    has_tracing=True, sampling_percent=100.0)}
+    for t in TYPES:
+        state = {"mesh": mesh} if t == MeshSettings.TYPE else tels if t == TelemetryPolicy.TYPE else {}
+        cfg.apply(ConfigUpdate(t, "v1", state, frozenset(), state))  # type: ignore[arg-type]
+    flags = load(["--waypoint", "demo/waypoint", "--pod-name", "wp-0", "--node", "n1",
+                  "--tracing-zipkin", "http://zipkin:9411", "--tracing-sampling", "50"])
+    p = WaypointProxy(flags, cfg, None)
+    echo, other = p.tracing_for("demo/echo"), p.tracing_for("demo/other")
+    assert [(x.name, x.kind) for x in echo.providers] == [("otel", "opentelemetry")] and echo.sampling_percent == 100.0
+    assert other.sampling_percent == 10.0 and other.enabled
+    # without any tracing Telemetry, the flags apply (positive control for the precedence above)
+    bare = WaypointConfig(Waypoint("demo", "waypoint"), "cluster.local")
+    q = WaypointProxy(flags, bare, None)
+    got: TracingConfig = q.tracing_for("demo/echo")
+    assert [x.kind for x in got.providers] == ["zipkin"] and got.sampling_percent == 50.0

@@ -37,7 +37,7 @@ def origin() -> Iterator[Origin]:
 def traced(p: Proxy, cfg: TracingConfig) -> None:
     def install() -> None:
         assert p.engine is not None
-        p.engine.tracing = Tracing(lambda: cfg, IDENT, delay_ms=100)
+        p.engine.tracing = Tracing(lambda _service: cfg, IDENT, delay_ms=100)
     p.call(install)
 
 
@@ -178,7 +178,7 @@ def test_a_changed_config_switches_exporters(receiver: Receiver, origin: Origin)
     cfgs = [TracingConfig((grpc_provider(receiver),), 100.0)]
     p = Proxy(by_header({"default": origin.port}))
     try:
-        p.call(lambda: setattr(p.engine, "tracing", Tracing(lambda: cfgs[0], IDENT, delay_ms=100)))
+        p.call(lambda: setattr(p.engine, "tracing", Tracing(lambda _service: cfgs[0], IDENT, delay_ms=100)))
         get(p.port, "/")
         receiver.wait(lambda s: len(s) >= 2)
         cfgs[0] = TracingConfig((Provider("z", "zipkin", "127.0.0.1", receiver.http_port),), 100.0)
