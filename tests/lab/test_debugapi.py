@@ -90,9 +90,12 @@ def test_proxy_config_dump_and_certificates_per_proxy(dlab: Lab) -> None:
     doc = json.loads(dlab.ambit("proxy-status", "ztunnel/node1", "-o", "json").stdout)
     names = {r["body"]["name"] for r in doc["config"]["ambit.io/Workload"]["resources"].values()}
     assert {"echo", "client"} <= names
-    wp = json.loads(dlab.ambit("proxy-status", "waypoint/default/waypoint", "-o", "json").stdout)
-    assert wp["report"]["identity"].endswith("/ns/default/sa/waypoint")
-    assert wp["report"]["requests"] >= 1 and wp["report"]["clusters"]
+    def wp_report() -> dict:
+        return json.loads(dlab.ambit("proxy-status", "waypoint/default/waypoint", "-o", "json").stdout)["report"]
+    # the waypoint reports every few seconds: wait for the report made after the request
+    rep = dlab.wait_for(lambda: (r := wp_report()) and r.get("requests", 0) >= 1 and r, timeout=15, interval=0.5,
+                        what="the waypoint's report counts the request")
+    assert rep["identity"].endswith("/ns/default/sa/waypoint") and rep["clusters"]
 
 
 def test_describe_pod_in_the_lab(dlab: Lab) -> None:
