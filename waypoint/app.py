@@ -37,6 +37,7 @@ from ambit.dataplane import tls
 from ambit.dataplane.hbone import HBONEClientPool, HBONEServer, HBONEStream
 from ambit.dataplane.identity import IdentityManager
 from ambit.dataplane.ports import LISTEN_BACKLOG
+from ambit.dataplane.tap import TapHub
 from waypoint import endpoints
 from waypoint.authz import authorize
 from waypoint.config import WaypointConfig
@@ -46,6 +47,7 @@ from waypoint.http.plug import Attachable
 from waypoint.request import Decision, Downstream, Forward, RequestHead
 from waypoint.routing import route
 from waypoint.settings import WaypointSettings
+from waypoint.tap import request_event
 from waypoint.telemetry.accesslog import RequestLog
 from waypoint.telemetry.clusters import ClusterCollector
 from waypoint.telemetry.hook import Telemetry
@@ -98,6 +100,7 @@ class WaypointProxy:
         # the source and destination workloads resolved from the config by address.
         self.telemetry = Telemetry(http_metrics, RequestLog(lambda line: access.info("%s", line)),
                                    lambda ip: self.config.view.by_ip.get(ip))
+        self.tap = TapHub(f"waypoint/{settings.waypoint}")      # `ambit tap` (admin GET /tap)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -295,3 +298,5 @@ class WaypointProxy:
     def _stats(self, rec: RequestRecord) -> None:
         self.requests += 1
         self.telemetry.stats(rec)
+        if self.tap.subscribers:
+            self.tap.publish(lambda: request_event(rec, *self.telemetry.peers(rec)))
