@@ -32,10 +32,11 @@ def conn_event(rec: ConnRecord, now: float) -> dict[str, Any]:
     ev: dict[str, Any] = {
         "type": "flow", "layer": "L4", "time": iso_time(rec.start), "direction": rec.direction,
         "route": rec.route,
-        "src": {"addr": rec.src_addr, "workload": rec.src_workload, "namespace": rec.src_namespace,
-                "identity": rec.src_identity},
-        "dst": {"addr": rec.dst_addr, "workload": rec.dst_workload, "namespace": rec.dst_namespace,
-                "identity": rec.dst_identity, "service": rec.dst_service},
+        # ztunnel's records name workloads by pod (Workload.name): both keys carry it.
+        "src": {"addr": rec.src_addr, "workload": rec.src_workload, "pod": rec.src_workload,
+                "namespace": rec.src_namespace, "identity": rec.src_identity},
+        "dst": {"addr": rec.dst_addr, "workload": rec.dst_workload, "pod": rec.dst_workload,
+                "namespace": rec.dst_namespace, "identity": rec.dst_identity, "service": rec.dst_service},
         "bytes_sent": rec.bytes_sent, "bytes_recv": rec.bytes_recv,
         "latency_ms": round((now - rec.start) * 1000, 3),
         "verdict": verdict(rec), "policy": rec.policy,
