@@ -82,10 +82,16 @@ BUILTIN = [
     ResourceType("", ("v1",), "serviceaccounts", "ServiceAccount", True),
     ResourceType("discovery.k8s.io", ("v1",), "endpointslices", "EndpointSlice", True),
     ResourceType("apps", ("v1",), "deployments", "Deployment", True),
+    # what `ambit install` writes (tests/unit/ambitctl/test_install_cluster.py)
+    ResourceType("apps", ("v1",), "daemonsets", "DaemonSet", True),
+    ResourceType("", ("v1",), "configmaps", "ConfigMap", True),
+    ResourceType("rbac.authorization.k8s.io", ("v1",), "clusterroles", "ClusterRole", False),
+    ResourceType("rbac.authorization.k8s.io", ("v1",), "clusterrolebindings", "ClusterRoleBinding", False),
+    ResourceType("apiextensions.k8s.io", ("v1",), "customresourcedefinitions", "CustomResourceDefinition", False),
 ]
 
 
-BUILTIN_GROUPS = ("", "discovery.k8s.io", "apps")
+BUILTIN_GROUPS = ("", "discovery.k8s.io", "apps", "rbac.authorization.k8s.io", "apiextensions.k8s.io")
 
 
 def crd_types(group: str) -> list[ResourceType]:
