@@ -272,7 +272,15 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     agent.run(stop)
     # A normal stop keeps capture in place (pods stay protected while the agent restarts);
-    # `--uninstall` is what removes it.
+    # `--uninstall` removes it, and so does a stop once the agent's DaemonSet is deleted
+    # (--cleanup-on-delete; agent/shutdown.py).
+    if args.cleanup_on_delete:
+        from agent.shutdown import should_clean_up
+        clean, why = should_clean_up(args.cleanup_on_delete, args.kube_api)
+        log.info("stopping: %s", why)
+        if clean:
+            engine.uninstall()
+            log.info("uninstalled: every Ambit program, link and pin of node %s is gone", args.node)
 
 
 if __name__ == "__main__":

@@ -88,10 +88,11 @@ def controller_rules() -> list[Obj]:
 
 
 def node_rules() -> list[Obj]:
-    """What the agent's KubePodSource lists and watches."""
+    """What the agent's KubePodSource lists and watches, and the DaemonSet it reads when it stops."""
     from agent.podsource import RBAC_GROUP, RBAC_VERBS, RESOURCES
+    from agent.shutdown import RBAC
     return [{"apiGroups": [RBAC_GROUP], "resources": sorted(r.plural for r in RESOURCES),
-             "verbs": list(RBAC_VERBS)}]
+             "verbs": list(RBAC_VERBS)}, dict(RBAC)]
 
 
 def _rbac(name: str, namespace: str, sa: str, rules: list[Obj]) -> list[Obj]:
@@ -170,7 +171,9 @@ def agent_args(o: argparse.Namespace) -> list[str]:
     # attached there answers ztunnel's SO_ORIGINAL_DST.
     return ["--node", "$(NODE_NAME)", "--zds-socket", f"{RUN_DIR}/zds.sock", "--node-ip", "$(HOST_IP)",
             "--pin-base", "/sys/fs/bpf/ambit", "--capture", o.capture,
-            "--status-file", f"{RUN_DIR}/agent-status.json"]
+            "--status-file", f"{RUN_DIR}/agent-status.json",
+            # on SIGTERM: uninstall capture if this DaemonSet is being deleted (agent/shutdown.py)
+            "--cleanup-on-delete", f"$(POD_NAMESPACE)/{NODE}"]
 
 
 def _host(name: str, path: str, type_: str = "Directory") -> Obj:
