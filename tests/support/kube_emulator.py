@@ -109,7 +109,8 @@ class _Dropped(Exception):
 
 
 class KubeEmulator:
-    def __init__(self, groups: Iterable[str] = tuple(_MESH_GROUPS), bookmark_interval: float | None = None):
+    def __init__(self, groups: Iterable[str] = tuple(_MESH_GROUPS), bookmark_interval: float | None = None,
+                 port: int = 0):
         self._lock = threading.Condition()
         self._types: dict[tuple[str, str], ResourceType] = {}
         for t in BUILTIN:
@@ -129,7 +130,7 @@ class KubeEmulator:
         self._sockets: set[socket.socket] = set()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._tokens: dict[str, Obj] = {}
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="kube-emulator", daemon=True)
 
