@@ -96,6 +96,8 @@ def event_matches(ev: Event, f: Filter) -> bool:
 
 
 def validate_status(spec: str) -> str:
+    if not spec:        # the default (argparse passes string defaults through `type` too)
+        return spec
     for part in spec.split(","):
         p = part.strip().lower()
         ok = (len(p) == 3 and p[0] in "12345" and (p[1:] == "xx" or p[1:].isdigit()))

@@ -10,6 +10,7 @@ import pytest
 
 from ambit.dataplane.endpoint import LocalEndpoint, Response
 from ambit.dataplane.tap import TAP_PATH, TapHub, tap_response
+from ambitctl.cli import build_parser
 from ambitctl.commands.tap import Filter, event_matches, line, stream, validate_status
 
 
@@ -60,6 +61,7 @@ def test_filters(f: Filter, ev: dict[str, object], want: bool) -> None:
 
 def test_status_spec_is_checked() -> None:
     assert validate_status("5xx,403") == "5xx,403"
+    assert build_parser().parse_args(["tap"]).status == ""
     for bad in ("5x", "500s", "xx5", "600"):
         with pytest.raises(argparse.ArgumentTypeError):
             validate_status(bad)
