@@ -294,9 +294,9 @@ class WaypointProxy:
 
     def _access_log(self, rec: RequestRecord) -> None:
         self.telemetry.access_log(rec)
+        if self.tap.subscribers:    # every request and opaque TCP stream ends here
+            self.tap.publish(lambda: request_event(rec, *self.telemetry.peers(rec)))
 
     def _stats(self, rec: RequestRecord) -> None:
         self.requests += 1
         self.telemetry.stats(rec)
-        if self.tap.subscribers:
-            self.tap.publish(lambda: request_event(rec, *self.telemetry.peers(rec)))

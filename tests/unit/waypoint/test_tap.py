@@ -50,3 +50,14 @@ def test_allow_policies_that_matched_nothing() -> None:
 def test_upstream_failure_is_an_error_and_a_503_from_the_app_is_allowed() -> None:
     assert request_event(record(status=503, response_flags="UF"), CLIENT, ECHO)["verdict"] == "error"
     assert request_event(record(status=503), CLIENT, ECHO)["verdict"] == "allowed"
+
+
+def test_an_opaque_tcp_stream_is_an_l4_event() -> None:
+    ev = request_event(record(method="", path="", authority="", protocol="TCP", status=0, bytes_received=10,
+                              bytes_sent=20, detail="idle timeout"), CLIENT, ECHO)
+    assert ev["layer"] == "L4" and "status" not in ev and "method" not in ev
+    assert (ev["bytes_sent"], ev["bytes_recv"], ev["error"]) == (10, 20, "idle timeout")
+    assert ev["dst"]["workload"] == "echo-v1"
+    assert ev["verdict"] == "allowed"
+    failed = request_event(record(protocol="TCP", status=0, response_flags="UF", upstream=""), CLIENT, None)
+    assert failed["verdict"] == "error"
