@@ -252,6 +252,10 @@ def main(argv: list[str] | None = None) -> None:
         engine.uninstall()
         log.info("uninstalled: every Ambit program, link and pin of node %s is gone", args.node)
         return
+    # From here on a SIGTERM (even one arriving while starting) ends in the stop decision below.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     t0 = time.monotonic()
     engine.load()
     log.info("eBPF programs ready in %.2fs; adopted %d pods", time.monotonic() - t0, len(engine.enrolled()))
@@ -267,12 +271,17 @@ def main(argv: list[str] | None = None) -> None:
         source = KubePodSource(args.node)
     agent = Agent(args.node, source, engine, ZtunnelLink(args.zds_socket), args.node_ip,
                   args.status_file, args.drain)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     agent.run(stop)
     # A normal stop keeps capture in place (pods stay protected while the agent restarts);
-    # `--uninstall` is what removes it.
+    # `--uninstall` removes it, and so does a stop once the agent's DaemonSet is deleted
+    # (--cleanup-on-delete; agent/shutdown.py).
+    if args.cleanup_on_delete:
+        from agent.shutdown import should_clean_up
+        clean, why = should_clean_up(args.cleanup_on_delete, args.kube_api)
+        log.info("stopping: %s", why)
+        if clean:
+            engine.uninstall()
+            log.info("uninstalled: every Ambit program, link and pin of node %s is gone", args.node)
 
 
 if __name__ == "__main__":

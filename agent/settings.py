@@ -36,10 +36,19 @@ class AgentSettings:
     status_file: Path | None = option(help="where the agent writes each pod's capture state")
     drain: float = option(5.0, "seconds open connections get on unenrol", check=non_negative)
     uninstall: bool = option(False, "remove every program, link and pin, then exit")
+    cleanup_on_delete: str | None = option(
+        help="NAMESPACE/NAME of this agent's DaemonSet: on SIGTERM, if it is gone or being deleted, remove every "
+             "program, link, pin and pod netns rule (uninstall); else keep capture (a restart or upgrade)")
+    kube_api: str | None = option(help="API server URL for --cleanup-on-delete (plain HTTP: tests, kubectl "
+                                       "proxy; default: in-cluster, then kubeconfig)")
 
     def check(self) -> str | None:
         if self.controller and self.store:
             return "--controller and --store are two sources of pods; give one"
+        if self.cleanup_on_delete is not None and self.cleanup_on_delete.count("/") != 1:
+            return f"--cleanup-on-delete {self.cleanup_on_delete!r}: expected NAMESPACE/NAME"
+        if self.kube_api and not self.cleanup_on_delete:
+            return "--kube-api is only used by --cleanup-on-delete"
         if (self.config_cache or self.pod_paths != "host") and not self.controller:
             return "--config-cache and --pod-paths need --controller"
         return None

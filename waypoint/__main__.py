@@ -58,7 +58,7 @@ async def amain(args: WaypointSettings) -> None:
     proxy = WaypointProxy(args, config, identities, http_metrics=HttpMetrics(metrics.registry),
                           registry=metrics.registry)
     await proxy.start()
-    adm = admin.AdminServer(admin.routes(proxy, client))
+    adm = admin.AdminServer(admin.routes(proxy, client), tap=proxy.tap)
     try:
         await adm.start(*_split(args.admin_address), args.admin_socket)
     except OSError as e:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ambit.dataplane.endpoint import LocalEndpoint, Response
+from ambit.dataplane.tap import TAP_PATH, TapHub, tap_response
 
 log = logging.getLogger("ambit.waypoint.admin")
 
@@ -71,11 +72,14 @@ def status_report(proxy: Any, node: str) -> dict[str, Any]:
 
 
 class AdminServer(LocalEndpoint):
-    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+    def __init__(self, handlers: Mapping[str, Handler], tap: TapHub | None = None) -> None:
         super().__init__()
         self.handlers = handlers
+        self.tap = tap
 
     def handle(self, method: str, path: str) -> Response:
+        if self.tap is not None and method == "GET" and path.rstrip("/") == TAP_PATH:
+            return tap_response(self.tap)
         if method != "GET":
             return Response(405, _json({"error": "the admin endpoint is read-only"}))
         h = self.handlers.get(path.rstrip("/") or "/")

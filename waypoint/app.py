@@ -38,6 +38,7 @@ from ambit.dataplane import tls
 from ambit.dataplane.hbone import HBONEClientPool, HBONEServer, HBONEStream
 from ambit.dataplane.identity import IdentityManager
 from ambit.dataplane.ports import LISTEN_BACKLOG
+from ambit.dataplane.tap import TapHub
 from ambit.telemetryconfig import TracingConfig
 from waypoint import endpoints
 from waypoint.authz import authorize
@@ -48,6 +49,7 @@ from waypoint.http.plug import Attachable
 from waypoint.request import Decision, Downstream, Forward, RequestHead
 from waypoint.routing import route
 from waypoint.settings import WaypointSettings
+from waypoint.tap import request_event
 from waypoint.telemetry.accesslog import RequestLog
 from waypoint.telemetry.clusters import ClusterCollector
 from waypoint.telemetry.hook import Telemetry
@@ -105,6 +107,7 @@ class WaypointProxy:
         self.telemetry = Telemetry(http_metrics, RequestLog(lambda line: access.info("%s", line),
                                                             lambda svc: self.config.view.telemetry_for_waypoint(svc).access_log),
                                    lambda ip: self.config.view.by_ip.get(ip))
+        self.tap = TapHub(f"waypoint/{settings.waypoint}")      # `ambit tap` (admin GET /tap)
 
     def _telemetry_tracing(self, flags: TracingFor | None) -> TracingFor:
         """What a request to a Service is traced with: the Telemetry API's resolution for this
@@ -314,6 +317,8 @@ class WaypointProxy:
 
     def _access_log(self, rec: RequestRecord) -> None:
         self.telemetry.access_log(rec)
+        if self.tap.subscribers:    # every request and opaque TCP stream ends here
+            self.tap.publish(lambda: request_event(rec, *self.telemetry.peers(rec)))
 
     def _stats(self, rec: RequestRecord) -> None:
         self.requests += 1

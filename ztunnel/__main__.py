@@ -15,11 +15,14 @@ from collections.abc import Callable
 from ambit.configclient.credential import node_metadata
 from ambit.configclient.report import StatusReporter
 from ambit.dataplane import process
+from ambit.dataplane.tap import TapHub
+from ambit.dataplane.telemetry.accesslog import StreamSink
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
 from ztunnel import admin, identity_setup
 from ztunnel.meshstate import MeshState, config_client
 from ztunnel.proxy import Proxy
 from ztunnel.settings import ZtunnelSettings, load
+from ztunnel.tap import TapSink
 from ztunnel.zdsserver import ZdsServer
 
 
@@ -64,8 +67,9 @@ async def amain(args: ZtunnelSettings) -> None:
     elif not args.node_token_file:
         log.warning("no --node-token-file: no workload certificates; mesh destinations will be refused")
     metrics = Metrics()
+    tap_hub = TapHub(f"ztunnel/{args.node}")        # `ambit tap`: admin GET /tap
     proxy = Proxy(config=config, identities=identities, metrics=metrics, trust_domain=args.trust_domain,
-                  tunnel=args.tunnel, limits=args.limits)
+                  tunnel=args.tunnel, limits=args.limits, access_log=TapSink(StreamSink(), tap_hub))
     metrics.registry.register(proxy.health(client))
     msrv = MetricsServer(metrics)
     mhost, _, mport = (args.metrics_address or "").rpartition(":")
@@ -73,7 +77,7 @@ async def amain(args: ZtunnelSettings) -> None:
         await msrv.start(mhost or None, int(mport or 0), args.metrics_socket)
     except OSError as e:
         log.warning("metrics endpoint %s: %s", args.metrics_address, e)
-    adm = admin.AdminServer(admin.routes(config, client, proxy))
+    adm = admin.AdminServer(admin.routes(config, client, proxy), tap=tap_hub)
     host, _, port = (args.admin_address or "").rpartition(":")
     try:
         await adm.start(host or None, int(port or 0), args.admin_socket)

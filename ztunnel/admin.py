@@ -19,6 +19,7 @@ from typing import Any
 
 from ambit.configclient import ConfigClient
 from ambit.dataplane.endpoint import LocalEndpoint, Response
+from ambit.dataplane.tap import TAP_PATH, TapHub, tap_response
 from ztunnel.meshstate import MeshState
 
 log = logging.getLogger("ambit.ztunnel.admin")
@@ -162,13 +163,16 @@ def _json(obj: Any) -> bytes:
 
 
 class AdminServer(LocalEndpoint):
-    def __init__(self, handlers: Mapping[str, Handler]):
+    def __init__(self, handlers: Mapping[str, Handler], tap: TapHub | None = None):
         super().__init__()
         self.handlers = handlers
+        self.tap = tap
 
     async def start(self, host: str | None = "127.0.0.1", port: int = 15000, unix_path: Path | None = None) -> None:
         await super().start(host, port, unix_path)
 
     def handle(self, method: str, path: str) -> Response:
+        if self.tap is not None and method == "GET" and path.rstrip("/") == TAP_PATH:
+            return tap_response(self.tap)
         status, body = respond(self.handlers, method, path)
         return Response(status, body)

@@ -15,6 +15,7 @@ import http.client
 import json
 import logging
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,14 @@ READ_TIMEOUT = 10.0
 class Response:
     """What `handle` returns: a status, a content type and the body (HEAD drops the body)."""
 
-    __slots__ = ("status", "content_type", "body")
+    __slots__ = ("status", "content_type", "body", "stream")
 
-    def __init__(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+    def __init__(self, status: int, body: bytes, content_type: str = "application/json",
+                 stream: AsyncIterator[bytes] | None = None) -> None:
         self.status, self.body, self.content_type = status, body, content_type
+        # A long-lived body (the tap endpoint's NDJSON): written chunk by chunk until the client
+        # goes away; the response then has no Content-Length and ends when the connection closes.
+        self.stream = stream
 
 
 class _Request:
@@ -107,6 +112,9 @@ class LocalEndpoint:
                 method = parser.get_method().decode()
                 resp = self.handle(method, request_path(req.url))
             reason = http.client.responses.get(resp.status, "")
+            if resp.stream is not None:
+                await _stream(reader, writer, resp, reason)
+                return
             writer.write(f"HTTP/1.1 {resp.status} {reason}\r\nContent-Type: {resp.content_type}\r\n"
                          f"Content-Length: {len(resp.body)}\r\nConnection: close\r\n\r\n".encode()
                          + (b"" if method == "HEAD" else resp.body))
@@ -115,6 +123,34 @@ class LocalEndpoint:
             log.debug("local endpoint request failed: %s", e)
         finally:
             writer.close()
+
+
+async def _stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, resp: Response, reason: str) -> None:
+    """Write a streamed response until the client closes (noticed by a read returning EOF, or by
+    a failed write), then stop the stream so its producer lets go of its subscription."""
+    writer.write(f"HTTP/1.1 {resp.status} {reason}\r\nContent-Type: {resp.content_type}\r\n"
+                 "Connection: close\r\n\r\n".encode())
+    stream = resp.stream
+    assert stream is not None
+
+    async def pump() -> None:
+        async for chunk in stream:
+            writer.write(chunk)
+            await writer.drain()
+
+    pumping = asyncio.ensure_future(pump())
+    gone = asyncio.ensure_future(reader.read(1))
+    try:
+        await asyncio.wait({pumping, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (pumping, gone):
+            t.cancel()
+        with contextlib.suppress(BaseException):
+            await pumping
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
 
 
 # --- client (the CLI, the lab's readiness checks, tests) ------------------------------------------

@@ -1,7 +1,12 @@
 """`ambit install`: the Kubernetes manifests that run Ambit in a cluster, rendered from code.
 
     ambit install --dry-run [--namespace ambit-system] [--image ambit:0.1.0] > ambit.yaml
-    ambit install                        # the same, piped to `kubectl apply --server-side`
+    ambit install [--set key=value]      # apply to the cluster (kubeconfig, --context): created/updated/unchanged
+    ambit upgrade [--force] [--dry-run]  # diff, version check, apply, prune what the new version dropped
+    ambit uninstall [--purge-crds]       # delete what install recorded in its inventory ConfigMap
+
+install/upgrade/uninstall talk to the API server themselves (ambitctl/kubeapply.py): each says per
+object what it did, and re-running one changes nothing ("unchanged", "not found").
 
 The manifests are built as data, not text templates, so that they can be checked against the code
 they run (tests/unit/deploy): the RBAC rules come from the tables of what the controller's
@@ -22,7 +27,6 @@ What runs:
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from typing import Any
 
@@ -84,10 +88,11 @@ def controller_rules() -> list[Obj]:
 
 
 def node_rules() -> list[Obj]:
-    """What the agent's KubePodSource lists and watches."""
+    """What the agent's KubePodSource lists and watches, and the DaemonSet it reads when it stops."""
     from agent.podsource import RBAC_GROUP, RBAC_VERBS, RESOURCES
+    from agent.shutdown import RBAC
     return [{"apiGroups": [RBAC_GROUP], "resources": sorted(r.plural for r in RESOURCES),
-             "verbs": list(RBAC_VERBS)}]
+             "verbs": list(RBAC_VERBS)}, dict(RBAC)]
 
 
 def _rbac(name: str, namespace: str, sa: str, rules: list[Obj]) -> list[Obj]:
@@ -166,7 +171,9 @@ def agent_args(o: argparse.Namespace) -> list[str]:
     # attached there answers ztunnel's SO_ORIGINAL_DST.
     return ["--node", "$(NODE_NAME)", "--zds-socket", f"{RUN_DIR}/zds.sock", "--node-ip", "$(HOST_IP)",
             "--pin-base", "/sys/fs/bpf/ambit", "--capture", o.capture,
-            "--status-file", f"{RUN_DIR}/agent-status.json"]
+            "--status-file", f"{RUN_DIR}/agent-status.json",
+            # on SIGTERM: uninstall capture if this DaemonSet is being deleted (agent/shutdown.py)
+            "--cleanup-on-delete", f"$(POD_NAMESPACE)/{NODE}"]
 
 
 def _host(name: str, path: str, type_: str = "Directory") -> Obj:
@@ -265,7 +272,7 @@ def render(o: argparse.Namespace) -> str:
 def _non_default_flags(o: argparse.Namespace) -> list[tuple[str, str]]:
     defaults = vars(parse([]))
     return [(f"--{k.replace('_', '-')}", str(v)) for k, v in vars(o).items()
-            if k in defaults and k not in ("func", "dry_run") and v != defaults[k]]
+            if k in defaults and k not in ("func", "dry_run", *CLUSTER_ONLY) and v != defaults[k]]
 
 
 # -- the command ------------------------------------------------------------------------------------
@@ -291,22 +298,225 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+# -- --set key=value -------------------------------------------------------------------------------
+
+# --set keys (Helm/istioctl style, camelCase; the flag names work too) -> install options.
+SET_KEYS = {"namespace": "namespace", "image": "image", "pullPolicy": "pull_policy", "trustDomain": "trust_domain",
+            "capture": "capture", "hostCgroup": "host_cgroup", "caSecret": "ca_secret", "logLevel": "log_level"}
+
+
+def apply_sets(o: argparse.Namespace, sets: list[str]) -> argparse.Namespace:
+    """`--set key=value` onto the install options, checked as the flags are (a choice outside its
+    list, an unknown key: refused, naming it)."""
+    flags = {k.replace("_", "-"): v for k, v in SET_KEYS.items()} | {v: v for v in SET_KEYS.values()}
+    keys = SET_KEYS | flags
+    argv: list[str] = []
+    for kv in sets:
+        key, eq, value = kv.partition("=")
+        if not eq or key.strip() not in keys:
+            raise InstallError(f"--set {kv!r}: expected KEY=VALUE with KEY one of {', '.join(SET_KEYS)}")
+        argv += [f"--{keys[key.strip()].replace('_', '-')}", value]
+    if not argv:
+        return o
+    p = argparse.ArgumentParser(prog="ambit install --set", exit_on_error=False)
+    add_arguments(p)
+    try:
+        return p.parse_args(argv, namespace=argparse.Namespace(**vars(o)))
+    except (argparse.ArgumentError, SystemExit) as e:
+        raise InstallError(f"--set: {e}") from None
+
+
+class InstallError(RuntimeError):
+    pass
+
+
+def target_version(o: argparse.Namespace) -> str:
+    """The version being installed: the image's tag when it is one (ambit:0.2.0), else this CLI's."""
+    from ambitctl.kubeapply import parse_version
+    tag = o.image.rsplit(":", 1)[-1] if ":" in o.image.rsplit("/", 1)[-1] else ""
+    return tag if parse_version(tag) else default_image().rsplit(":", 1)[-1]
+
+
+def settings_of(o: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(o, v) for k, v in SET_KEYS.items()}
+
+
+# -- the cluster edge -------------------------------------------------------------------------------
+
+def kube(args: argparse.Namespace) -> Any:
+    from kubernetes import client as kclient
+    from kubernetes import config as kconfig
+
+    from ambitctl.kubeapply import Kube
+    cfg = kclient.Configuration()
+    if args.server:
+        cfg.host = args.server
+    else:
+        try:
+            kconfig.load_kube_config(config_file=args.kubeconfig, context=args.context, client_configuration=cfg)
+        except (kconfig.ConfigException, FileNotFoundError) as e:
+            try:
+                kconfig.load_incluster_config(client_configuration=cfg)
+            except kconfig.ConfigException:
+                raise InstallError(f"no cluster: {e}") from None
+    return Kube(kclient.ApiClient(cfg))
+
+
+def install_objects(o: argparse.Namespace) -> list[Obj]:
+    """What install applies: the rendered objects, with the version recorded on each."""
+    version = target_version(o)
+    objs = objects(o)
+    for obj in objs:
+        obj["metadata"].setdefault("annotations", {})["ambit.io/version"] = version
+    return objs
+
+
+def run_apply(k: Any, o: argparse.Namespace, out: Any, dry_run: bool, show_diff: bool = False,
+              previous: dict[str, Any] | None = None) -> int:
+    """Apply every object (create/update/unchanged), keep the inventory, prune what `previous`
+    installed that this version no longer renders."""
+    from ambitctl import kubeapply as ka
+    objs = install_objects(o)
+    refs = [ka.ref(x) for x in objs]
+    old_refs = [tuple(r) for r in (previous or {}).get("objects", [])]
+    version = target_version(o)
+
+    def inventory(rs: list[Any]) -> Obj:
+        return ka.inventory_object(o.namespace, version, o.image, settings_of(o), rs, LABELS)
+
+    counts: dict[str, int] = {}
+    suffix = " (dry run)" if dry_run else ""
+    for i, obj in enumerate(objs):
+        verb, live = ka.apply(k, obj, dry_run)
+        counts[verb] = counts.get(verb, 0) + 1
+        out.write(f"{ka.show(refs[i])} {verb}{suffix}\n")
+        if show_diff and verb != "unchanged":
+            out.write(ka.diff(refs[i], live, ka.strip(obj)))
+        if i == 0 and not dry_run:     # the namespace exists: record intent before anything else
+            ka.apply(k, inventory(list(dict.fromkeys(old_refs + refs))))
+    pruned = [r for r in old_refs if r not in refs]
+    for r in reversed(pruned):
+        if show_diff:
+            live = k.get(r)
+            if live is not None:
+                out.write(ka.diff(r, live, None))
+        gone = dry_run or k.delete(r)
+        out.write(f"{ka.show(r)} {'pruned (no longer part of Ambit ' + version + ')' if gone else 'already gone'}"
+                  f"{suffix}\n")
+    if not dry_run:
+        ka.apply(k, inventory(refs))
+    out.write(f"{len(objs)} objects: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+              + (f", {len(pruned)} pruned" if pruned else "") + suffix + "\n")
+    return 0
+
+
+def cluster_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"an install option ({', '.join(SET_KEYS)}); repeatable")
+    p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default $KUBECONFIG, ~/.kube/config)")
+    p.add_argument("--context", default=None, help="kubeconfig context")
+    p.add_argument("--server", default=None, help="API server URL, plain HTTP (`kubectl proxy`, tests)")
+
+
+CLUSTER_ONLY = ("set", "kubeconfig", "context", "server", "force", "purge_crds", "keep_namespace")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("install", help="install Ambit into a Kubernetes cluster (--dry-run: print YAML)")
     add_arguments(p)
+    cluster_arguments(p)
     p.set_defaults(func=cmd_install)
+    u = subparsers.add_parser("upgrade", help="upgrade an installed Ambit: show the diff, refuse incompatible "
+                                              "versions, apply, prune")
+    add_arguments(u)
+    cluster_arguments(u)
+    u.add_argument("--force", action="store_true", help="allow a minor skip or a downgrade (never a major change)")
+    u.set_defaults(func=cmd_upgrade)
+    x = subparsers.add_parser("uninstall", help="remove every object `ambit install` created (CRDs only with "
+                                                "--purge-crds)")
+    x.add_argument("--namespace", default="ambit-system")
+    x.add_argument("--purge-crds", action="store_true",
+                   help="also delete Ambit's CRDs, and with them every Ambit resource in the cluster")
+    x.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    cluster_arguments(x)
+    x.set_defaults(func=cmd_uninstall)
+
+
+def _options(args: argparse.Namespace) -> argparse.Namespace:
+    o = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in CLUSTER_ONLY})
+    return apply_sets(o, args.set)
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    text = render(args)
-    if args.dry_run:
-        sys.stdout.write(text)
-        return 0
     try:
-        p = subprocess.run(["kubectl", "apply", "--server-side", "--field-manager=ambit", "-f", "-"],
-                           input=text, text=True)
-    except FileNotFoundError:
-        print("error: kubectl not found; use `ambit install --dry-run | kubectl apply --server-side -f -`",
-              file=sys.stderr)
+        o = _options(args)
+        if args.dry_run and not args.server and not args.kubeconfig and not args.context:
+            sys.stdout.write(render(o))         # offline: the manifests, as before
+            return 0
+        k = kube(args)
+        from ambitctl import kubeapply as ka
+        prev = ka.read_inventory(k, o.namespace)
+        if prev and prev["version"] != target_version(o):
+            print(f"error: Ambit {prev['version']} is installed in {o.namespace}; use `ambit upgrade` to move to "
+                  f"{target_version(o)}", file=sys.stderr)
+            return 1
+        return run_apply(k, o, sys.stdout, args.dry_run, previous=prev)
+    except (InstallError, _kube_error()) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
-    return p.returncode
+
+
+def _kube_error() -> type[Exception]:
+    from ambitctl.kubeapply import KubeError
+    return KubeError
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from ambitctl import kubeapply as ka
+    try:
+        o = _options(args)
+        k = kube(args)
+        prev = ka.read_inventory(k, o.namespace)
+        if prev is None:
+            print(f"error: no Ambit installed in namespace {o.namespace} (no {ka.INVENTORY} ConfigMap); "
+                  "use `ambit install`", file=sys.stderr)
+            return 1
+        ok, why = ka.upgrade_verdict(prev["version"], target_version(o), args.force)
+        print(f"upgrade {why}", file=sys.stderr)
+        if not ok:
+            return 1
+        return run_apply(k, o, sys.stdout, args.dry_run, show_diff=True, previous=prev)
+    except (InstallError, ka.KubeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    from ambitctl import kubeapply as ka
+    try:
+        k = kube(args)
+        inv = ka.read_inventory(k, args.namespace)
+        if inv is not None:
+            refs = list(inv["objects"])
+        else:       # installed by `kubectl apply` of the YAML: remove what this version renders
+            refs = [ka.ref(x) for x in objects(parse(["--namespace", args.namespace]))]
+            print(f"warning: no {ka.INVENTORY} inventory in {args.namespace}: removing the objects this "
+                  "version renders", file=sys.stderr)
+        inv_ref = ("v1", "ConfigMap", args.namespace, ka.INVENTORY)
+        # Reverse apply order; the inventory goes after what it lists, the namespace last of all.
+        order = ([r for r in refs if r[1] == "Namespace"] + [inv_ref]
+                 + [r for r in refs if r[1] != "Namespace" and r != inv_ref])
+        suffix = " (dry run)" if args.dry_run else ""
+        deleted = 0
+        for r in reversed(order):
+            if r[1] == "CustomResourceDefinition" and not args.purge_crds:
+                print(f"{ka.show(r)} kept (--purge-crds removes it and every resource of its kind)")
+                continue
+            gone = (k.get(r) is not None) if args.dry_run else k.delete(r)
+            deleted += gone
+            print(f"{ka.show(r)} {'deleted' if gone else 'not found'}{suffix}")
+        print(f"{deleted} objects deleted{suffix}")
+        return 0
+    except (InstallError, ka.KubeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

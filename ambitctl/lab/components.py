@@ -85,6 +85,7 @@ def controller_process(names: LabNames, base: Path, trust_domain: str = "cluster
 # lab with other limits than the defaults. ztunnel refuses a bad flag at start-up, so the lab fails
 # to come up rather than run without it.
 ZTUNNEL_ARGS_ENV = "AMBIT_LAB_ZTUNNEL_ARGS"
+AGENT_ARGS_ENV = "AMBIT_LAB_AGENT_ARGS"     # the same for every node's agent (e.g. --cleanup-on-delete)
 
 
 def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
@@ -115,7 +116,8 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
                   "--config-cache", str(agent_config_cache(base, n.name)), "--pod-paths", "controller",
                   "--zds-socket", str(zds_socket(base, n.name)), "--ztunnel-cgroup", str(zt_cg),
                   "--pin-base", str(names.bpf_pin_base), "--node-ip", n.gateway_ip, "--capture", capture,
-                  "--status-file", str(agent_status_file(base, n.name))]))
+                  "--status-file", str(agent_status_file(base, n.name)),
+                  *shlex.split(os.environ.get(AGENT_ARGS_ENV, ""))]))
     for p in spec.pods:
         procs.append(ProcSpec(
             id=f"pod/{p.namespace}/{p.name}", component="app", node=p.node, argv=list(p.command),

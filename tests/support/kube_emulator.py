@@ -82,10 +82,16 @@ BUILTIN = [
     ResourceType("", ("v1",), "serviceaccounts", "ServiceAccount", True),
     ResourceType("discovery.k8s.io", ("v1",), "endpointslices", "EndpointSlice", True),
     ResourceType("apps", ("v1",), "deployments", "Deployment", True),
+    # what `ambit install` writes (tests/unit/ambitctl/test_install_cluster.py)
+    ResourceType("apps", ("v1",), "daemonsets", "DaemonSet", True),
+    ResourceType("", ("v1",), "configmaps", "ConfigMap", True),
+    ResourceType("rbac.authorization.k8s.io", ("v1",), "clusterroles", "ClusterRole", False),
+    ResourceType("rbac.authorization.k8s.io", ("v1",), "clusterrolebindings", "ClusterRoleBinding", False),
+    ResourceType("apiextensions.k8s.io", ("v1",), "customresourcedefinitions", "CustomResourceDefinition", False),
 ]
 
 
-BUILTIN_GROUPS = ("", "discovery.k8s.io", "apps")
+BUILTIN_GROUPS = ("", "discovery.k8s.io", "apps", "rbac.authorization.k8s.io", "apiextensions.k8s.io")
 
 
 def crd_types(group: str) -> list[ResourceType]:
@@ -103,7 +109,8 @@ class _Dropped(Exception):
 
 
 class KubeEmulator:
-    def __init__(self, groups: Iterable[str] = tuple(_MESH_GROUPS), bookmark_interval: float | None = None):
+    def __init__(self, groups: Iterable[str] = tuple(_MESH_GROUPS), bookmark_interval: float | None = None,
+                 port: int = 0):
         self._lock = threading.Condition()
         self._types: dict[tuple[str, str], ResourceType] = {}
         for t in BUILTIN:
@@ -123,7 +130,7 @@ class KubeEmulator:
         self._sockets: set[socket.socket] = set()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._tokens: dict[str, Obj] = {}
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="kube-emulator", daemon=True)
 

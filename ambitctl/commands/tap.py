@@ -1,0 +1,291 @@
+"""`ambit tap`: live flows from every ztunnel and waypoint, as `linkerd viz tap` / `hubble observe`.
+
+    ambit tap                                   # everything, as it happens
+    ambit tap -n demo --to echo --status 5xx    # failing requests to demo's echo
+    ambit tap --verdict denied -o json          # policy denials, one JSON object per line
+
+Each component serves its finished flows at `GET /tap` on its admin endpoint (NDJSON; see
+ambit/dataplane/tap.py): ztunnels report connections (L4: workloads, identities, bytes, duration,
+verdict and deciding policy), waypoints report requests (L7: method, path, status, latency, bytes,
+verdict and deciding policy). A request through a waypoint is seen up to three times (the client's
+ztunnel, the waypoint, the destination's ztunnel), as Hubble shows each observation point; the
+SOURCE column says which. In the lab the CLI reads every node's ztunnel and every waypoint through
+their admin sockets. Filtering (`event_matches`) is pure and runs here, in the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from ambitctl.term import intermixed, paint
+
+Event = dict[str, Any]
+
+
+# -- filters (pure) ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Filter:
+    namespace: str = ""             # either side in this namespace ("" : all)
+    to: str = ""                    # destination: WORKLOAD, NS/WORKLOAD, pod/POD, svc/SERVICE
+    from_: str = ""                 # source: the same forms
+    pod: str = ""                   # either side is this pod
+    status: str = ""                # 5xx | 4xx | 403 | 2xx,3xx (comma: any)
+    verdict: str = ""               # allowed | denied | error
+    layer: str = ""                 # L4 | L7
+
+
+def _name_matches(side: Event, spec: str) -> bool:
+    """WORKLOAD matches the workload or a pod of it (`echo` matches pod `echo-5b7f9c-x2x`);
+    NS/WORKLOAD also checks the namespace; pod/NAME only the pod; svc/NAME the destination Service."""
+    kind, _, rest = spec.partition("/") if spec.split("/", 1)[0] in ("pod", "po", "svc", "service") else ("", "", spec)
+    ns, _, name = rest.rpartition("/")
+    if ns and side.get("namespace") != ns:
+        return False
+    if kind in ("svc", "service"):
+        svc = side.get("service", "")
+        return svc.rsplit("/", 1)[-1] == name or svc == rest
+    pod, wl = side.get("pod") or "", side.get("workload") or ""
+    if kind in ("pod", "po"):
+        return pod == name
+    return name in (wl, pod) or (pod.startswith(name + "-") and bool(_POD_SUFFIX.match(pod[len(name) + 1:])))
+
+
+# What a controller appends to a workload's name to make a pod's: Deployment `-<hash>-<5>`,
+# ReplicaSet/DaemonSet `-<5>`, StatefulSet `-<ordinal>` (so `echo` is not a pod of `echo-v1`).
+_POD_SUFFIX = re.compile(r"^(?:[a-z0-9]{6,10}-[a-z0-9]{5}|[a-z0-9]{5}|\d+)$")
+
+
+def _status_matches(status: int, spec: str) -> bool:
+    for part in spec.split(","):
+        part = part.strip().lower()
+        if len(part) == 3 and part.endswith("xx") and part[0].isdigit():
+            if status // 100 == int(part[0]):
+                return True
+        elif part.isdigit() and status == int(part):
+            return True
+    return False
+
+
+def event_matches(ev: Event, f: Filter) -> bool:
+    """Does this tap event pass every filter given?"""
+    if ev.get("type") != "flow":
+        return False
+    src, dst = ev.get("src") or {}, ev.get("dst") or {}
+    if f.namespace and f.namespace not in (src.get("namespace"), dst.get("namespace")):
+        return False
+    if f.to and not _name_matches(dst, f.to):
+        return False
+    if f.from_ and not _name_matches(src, f.from_):
+        return False
+    if f.pod and f.pod not in (src.get("pod"), dst.get("pod")):
+        return False
+    if f.status and not ("status" in ev and _status_matches(int(ev["status"]), f.status)):
+        return False
+    if f.verdict and ev.get("verdict") != f.verdict:
+        return False
+    return not (f.layer and ev.get("layer", "").upper() != f.layer.upper())
+
+
+def validate_status(spec: str) -> str:
+    if not spec:        # the default (argparse passes string defaults through `type` too)
+        return spec
+    for part in spec.split(","):
+        p = part.strip().lower()
+        ok = (len(p) == 3 and p[0] in "12345" and (p[1:] == "xx" or p[1:].isdigit()))
+        if not ok:
+            raise argparse.ArgumentTypeError(f"--status {spec!r}: expected e.g. 5xx, 4xx, 403 or 2xx,3xx")
+    return spec
+
+
+# -- rendering (pure) ------------------------------------------------------------------------------
+
+def _who(side: Event) -> str:
+    name = side.get("workload") or side.get("pod") or side.get("addr") or "?"
+    ns = side.get("namespace")
+    return f"{ns}/{name}" if ns and side.get("workload") else name
+
+
+def _size(n: int) -> str:
+    return f"{n}B" if n < 10240 else f"{n / 1024:.0f}KiB"
+
+
+def line(ev: Event, wide: bool = False) -> str:
+    """One human line per flow, hubble-like: time, source component, who → whom, what, verdict."""
+    t = ev.get("time", "")[11:23]
+    src, dst = ev.get("src") or {}, ev.get("dst") or {}
+    to = _who(dst)
+    if dst.get("service"):
+        to += f" ({dst['service']})"
+    if ev.get("layer") == "L7":
+        what = f"{ev.get('method', '')} {ev.get('path', '')} {ev.get('status', 0)}"
+    else:
+        what = f"{ev.get('direction', '')} {ev.get('route', '')}".strip()
+    verdict = ev.get("verdict", "")
+    if ev.get("policy"):
+        verdict += f" by {ev['policy']}"
+    out = (f"{t} {ev.get('source', ''):<24} {ev.get('layer', ''):<2} {_who(src)} -> {to}  {what}  "
+           f"{verdict}  {ev.get('latency_ms', 0):.1f}ms {_size(ev.get('bytes_sent', 0))}/"
+           f"{_size(ev.get('bytes_recv', 0))}")
+    if wide:
+        out += f"  src.id={src.get('identity', '')} dst.id={dst.get('identity', '')}"
+        if ev.get("error") or ev.get("detail"):
+            out += f"  ({ev.get('error') or ev.get('detail')})"
+    return out
+
+
+# -- where the taps are ----------------------------------------------------------------------------
+
+def lab_sockets(base: Path) -> dict[str, Path]:
+    """"ztunnel/<node>" and "waypoint/<ns>/<name>" → admin socket, for every component of the lab."""
+    from ambitctl.lab import components, state, waypoints
+    st = state.load(base)
+    if st is None:
+        raise TapError(f"no lab is up (no state in {base}); a cluster tap goes through the controller's "
+                       "debug API, not available yet")
+    out = {f"ztunnel/{n['name']}": components.ztunnel_admin_socket(base, n["name"]) for n in st.spec["nodes"]}
+    for w in st.waypoints:
+        if not w.get("removing"):
+            out[f"waypoint/{w['namespace']}/{w['name']}"] = waypoints.admin_socket(base, w["namespace"], w["name"])
+    return out
+
+
+class TapError(RuntimeError):
+    pass
+
+
+# -- streaming -------------------------------------------------------------------------------------
+
+async def _read_one(name: str, sock: Path, out: asyncio.Queue[tuple[str, Event]]) -> None:
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(sock))
+    except OSError as e:
+        await out.put((name, {"type": "error", "error": f"cannot connect to {sock}: {e}"}))
+        return
+    try:
+        writer.write(b"GET /tap HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            body = await reader.read(4096)
+            status_line = head.split(b"\r\n", 1)[0].decode()
+            await out.put((name, {"type": "error", "error": f"{status_line} {body.decode(errors='replace').strip()}"}))
+            return
+        while True:
+            raw = await reader.readline()
+            if not raw:
+                await out.put((name, {"type": "error", "error": "stream closed (component stopped?)"}))
+                return
+            try:
+                ev = json.loads(raw)
+            except ValueError:
+                continue
+            await out.put((name, ev))
+    except (OSError, asyncio.IncompleteReadError) as e:
+        await out.put((name, {"type": "error", "error": str(e)}))
+    finally:
+        writer.close()
+
+
+async def stream(sockets: dict[str, Path], f: Filter, emit: Any, warn: Any, max_events: int = 0,
+                 duration: float = 0.0, on_ready: Any = None) -> int:
+    """Read every tap until `max_events` matched (0: no limit) or `duration` seconds passed (0: until
+    interrupted); hand each matching event to `emit`, problems and drops to `warn`. Returns the
+    number of events emitted."""
+    q: asyncio.Queue[tuple[str, Event]] = asyncio.Queue()
+    tasks = [asyncio.ensure_future(_read_one(n, s, q)) for n, s in sockets.items()]
+    deadline = time.monotonic() + duration if duration else None
+    emitted, ready, dropped = 0, set(), {}
+    try:
+        while not (max_events and emitted >= max_events):
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                break
+            try:
+                name, ev = await asyncio.wait_for(q.get(), timeout)
+            except TimeoutError:
+                break
+            kind = ev.get("type")
+            if kind == "status":
+                if name not in ready:
+                    ready.add(name)
+                    if on_ready is not None and len(ready) == len(sockets):
+                        on_ready()
+                if ev.get("dropped", 0) > dropped.get(name, 0):
+                    warn(f"{name}: {ev['dropped'] - dropped.get(name, 0)} events dropped (this reader is too "
+                         "slow; the proxy never waits for it)")
+                    dropped[name] = ev["dropped"]
+            elif kind == "error":
+                warn(f"{name}: {ev['error']}")
+            elif event_matches(ev, f):
+                emit(ev)
+                emitted += 1
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return emitted
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("tap", help="stream live flows from ztunnels and waypoints (like linkerd viz tap, "
+                                   "hubble observe)")
+    p.add_argument("-n", "--namespace", default="", help="flows with either side in this namespace (default: all)")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (the default)")
+    p.add_argument("--to", default="", metavar="WORKLOAD|NS/WORKLOAD|pod/POD|svc/SERVICE",
+                   help="only flows to this destination")
+    p.add_argument("--from", dest="from_", default="", metavar="WORKLOAD|NS/WORKLOAD|pod/POD",
+                   help="only flows from this source")
+    p.add_argument("--pod", default="", help="only flows from or to this pod")
+    p.add_argument("--status", default="", type=validate_status, metavar="5xx|4xx|403|...",
+                   help="only L7 requests with this response status (comma: any of)")
+    p.add_argument("--verdict", default="", choices=("allowed", "denied", "error"))
+    p.add_argument("--layer", default="", choices=("L4", "L7", "l4", "l7"))
+    p.add_argument("--max-events", type=int, default=0, help="stop after this many flows (default: never)")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (default: never)")
+    p.add_argument("-o", "--output", choices=("text", "wide", "json"), default="text")
+    intermixed(p)
+    p.set_defaults(func=cmd_tap)
+
+
+def cmd_tap(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    from ambitctl.lab.paths import lab_dir
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    if args.namespace and args.all_namespaces:
+        print("error: -n and -A exclude each other", file=err)
+        return 2
+    f = Filter(namespace="" if args.all_namespaces else args.namespace, to=args.to, from_=args.from_,
+               pod=args.pod, status=args.status, verdict=args.verdict, layer=args.layer)
+    try:
+        sockets = lab_sockets(lab_dir())
+    except TapError as e:
+        print(f"error: {e}", file=err)
+        return 1
+
+    def emit(ev: Event) -> None:
+        if args.output == "json":
+            out.write(json.dumps(ev, sort_keys=True) + "\n")
+        else:
+            text = line(ev, wide=args.output == "wide")
+            style = {"denied": "red", "error": "yellow"}.get(ev.get("verdict", ""))
+            out.write((paint(text, style, out) if style else text) + "\n")
+        out.flush()
+
+    def warn(msg: str) -> None:
+        print(f"warning: {msg}", file=err, flush=True)
+
+    def ready() -> None:
+        print(f"tapping {len(sockets)} components: {', '.join(sorted(sockets))}", file=err, flush=True)
+
+    asyncio.run(stream(sockets, f, emit, warn, args.max_events, args.duration, ready))
+    return 0

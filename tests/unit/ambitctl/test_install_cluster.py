@@ -1,0 +1,129 @@
+"""`ambit install` / `upgrade` / `uninstall` against the API-server emulator (real HTTP, the
+official client): idempotent apply, version rules, diff, prune, and a complete, idempotent removal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from ambitctl import kubeapply as ka
+from ambitctl.cli import build_parser
+from ambitctl.commands import install
+from tests.support.kube_emulator import KubeEmulator
+
+
+@pytest.fixture
+def emu() -> Iterator[KubeEmulator]:
+    with KubeEmulator() as e:
+        yield e
+
+
+def run(capsys: pytest.CaptureFixture[str], emu: KubeEmulator, *argv: str) -> tuple[int, str, str]:
+    args = build_parser().parse_args([*argv, "--server", emu.url])
+    rc = args.func(args)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def all_installed(emu: KubeEmulator, ns: str = "ambit-system") -> list[ka.Ref]:
+    objs = install.objects(install.parse(["--namespace", ns]))
+    return [ka.ref(o) for o in objs if emu.get(o["apiVersion"], o["kind"], o["metadata"]["name"],
+                                               o["metadata"].get("namespace", "default")) is not None]
+
+
+def test_install_is_idempotent_and_records_its_inventory(emu: KubeEmulator, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, emu, "install", "--image", "ambit:0.1.0")
+    n = len(install.objects(install.parse([])))
+    assert rc == 0 and out.count(" created\n") == n + 1 and f"{n} objects: {n} created" in out
+    assert len(all_installed(emu)) == n
+    ds = emu.get("apps/v1", "DaemonSet", "ambit-node", "ambit-system")
+    assert ds is not None and ds["metadata"]["annotations"]["ambit.io/version"] == "0.1.0"
+    inv = emu.get("v1", "ConfigMap", ka.INVENTORY, "ambit-system")
+    assert inv is not None and inv["data"]["version"] == "0.1.0" and len(json.loads(inv["data"]["objects"])) == n
+    writes = sum(1 for m, _, _ in emu.requests if m in ("POST", "PUT"))
+
+    rc, out, _ = run(capsys, emu, "install", "--image", "ambit:0.1.0")
+    assert rc == 0 and f"{n} objects: {n} unchanged" in out and " created" not in out and " updated" not in out
+    # the re-run wrote nothing but the (unchanged) inventory check
+    assert sum(1 for m, _, _ in emu.requests if m in ("POST", "PUT")) == writes
+
+
+def test_set_changes_the_objects_and_refuses_unknown_keys(emu: KubeEmulator, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, emu, "install", "--image", "ambit:0.1.0")[0] == 0
+    rc, out, _ = run(capsys, emu, "install", "--image", "ambit:0.1.0", "--set", "logLevel=DEBUG")
+    assert rc == 0 and "deployment/ambit-controller -n ambit-system updated" in out
+    dep = emu.get("apps/v1", "Deployment", "ambit-controller", "ambit-system")
+    assert dep is not None and "DEBUG" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    rc, _, err = run(capsys, emu, "install", "--set", "replicas=3")
+    assert rc == 1 and "replicas=3" in err and "logLevel" in err
+    rc, _, err = run(capsys, emu, "install", "--set", "capture=nft")
+    assert rc == 1 and "nft" in err
+    assert run(capsys, emu, "install", "--dry-run", "--image", "ambit:0.1.0", "--set", "logLevel=INFO")[1].count(
+        " updated (dry run)") >= 1
+    dep = emu.get("apps/v1", "Deployment", "ambit-controller", "ambit-system")
+    assert dep is not None and "DEBUG" in dep["spec"]["template"]["spec"]["containers"][0]["args"]   # dry run
+
+
+@pytest.mark.parametrize(("installed", "target", "force", "ok"), [
+    ("0.1.0", "0.1.3", False, True), ("0.1.0", "0.2.0", False, True), ("0.1.0", "0.3.0", False, False),
+    ("0.1.0", "0.3.0", True, True), ("0.2.0", "0.1.0", False, False), ("0.2.0", "0.1.0", True, True),
+    ("0.9.0", "1.0.0", False, False), ("0.9.0", "1.0.0", True, False), ("0.1.0", "dev", False, False),
+])
+def test_upgrade_rules(installed: str, target: str, force: bool, ok: bool) -> None:
+    assert ka.upgrade_verdict(installed, target, force)[0] is ok
+
+
+def test_upgrade_shows_a_diff_refuses_jumps_and_prunes(emu: KubeEmulator, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, emu, "install", "--image", "ambit:0.1.0")[0] == 0
+    rc, _, err = run(capsys, emu, "install", "--image", "ambit:0.2.0")
+    assert rc == 1 and "ambit upgrade" in err
+    rc, _, err = run(capsys, emu, "upgrade", "--image", "ambit:0.3.0")
+    assert rc == 1 and "skips 1 minor" in err
+    rc, _, err = run(capsys, emu, "upgrade", "--image", "ambit:1.0.0", "--force")
+    assert rc == 1 and "major" in err
+    # an object a previous version installed and this one does not render: pruned by the upgrade
+    emu.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "old-sa", "namespace": "ambit-system"}})
+    inv = emu.get("v1", "ConfigMap", ka.INVENTORY, "ambit-system")
+    assert inv is not None
+    objs = json.loads(inv["data"]["objects"]) + [["v1", "ServiceAccount", "ambit-system", "old-sa"]]
+    inv["data"]["objects"] = json.dumps(objs)
+    emu.update(inv)
+
+    rc, out, err = run(capsys, emu, "upgrade", "--image", "ambit:0.2.0", "--dry-run")
+    minus = [ln for ln in out.splitlines() if ln.startswith("-") and "image: ambit:0.1.0" in ln]
+    plus = [ln for ln in out.splitlines() if ln.startswith("+") and "image: ambit:0.2.0" in ln]
+    assert rc == 0 and minus and plus and "pruned (no longer part of Ambit 0.2.0) (dry run)" in out
+    assert "--- live daemonset/ambit-node -n ambit-system" in out and "+++ wanted daemonset/ambit-node" in out
+    assert emu.get("apps/v1", "DaemonSet", "ambit-node", "ambit-system")["metadata"]["annotations"][  # type: ignore[index]
+        "ambit.io/version"] == "0.1.0"                                                                 # dry run
+    rc, out, err = run(capsys, emu, "upgrade", "--image", "ambit:0.2.0")
+    assert rc == 0 and "compatible" in err and "serviceaccount/old-sa -n ambit-system pruned" in out
+    assert emu.get("v1", "ServiceAccount", "old-sa", "ambit-system") is None
+    ds = emu.get("apps/v1", "DaemonSet", "ambit-node", "ambit-system")
+    assert ds is not None and ds["spec"]["template"]["spec"]["containers"][0]["image"] == "ambit:0.2.0"
+    inv = emu.get("v1", "ConfigMap", ka.INVENTORY, "ambit-system")
+    assert inv is not None and inv["data"]["version"] == "0.2.0" and "old-sa" not in inv["data"]["objects"]
+    rc, out, _ = run(capsys, emu, "upgrade", "--image", "ambit:0.2.0")
+    assert rc == 0 and " updated" not in out and " created" not in out
+
+
+def test_uninstall_removes_everything_but_crds_and_is_idempotent(emu: KubeEmulator,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, emu, "install", "--image", "ambit:0.1.0")[0] == 0
+    rc, out, _ = run(capsys, emu, "uninstall")
+    left = all_installed(emu)
+    assert rc == 0 and left and all(r[1] == "CustomResourceDefinition" for r in left)
+    assert emu.get("v1", "ConfigMap", ka.INVENTORY, "ambit-system") is None
+    assert "kept (--purge-crds" in out and out.strip().splitlines()[-2].startswith("namespace/ambit-system deleted")
+    rc, out, _ = run(capsys, emu, "uninstall", "--purge-crds")
+    assert rc == 0 and all_installed(emu) == [] and "customresourcedefinition/" in out
+    rc, out, _ = run(capsys, emu, "uninstall", "--purge-crds")
+    assert rc == 0 and "0 objects deleted" in out and " deleted\n" not in out.replace("0 objects deleted\n", "")
+
+
+def test_no_cluster_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["uninstall", "--server", "http://127.0.0.1:9"])
+    assert args.func(args) == 1
+    assert "cannot reach the API server" in capsys.readouterr().err

@@ -1,0 +1,127 @@
+"""`ambit tap`: the filters (pure), the human line, and the merge of several real tap endpoints."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from ambit.dataplane.endpoint import LocalEndpoint, Response
+from ambit.dataplane.tap import TAP_PATH, TapHub, tap_response
+from ambitctl.cli import build_parser
+from ambitctl.commands.tap import Filter, event_matches, line, stream, validate_status
+
+
+def l7(status: int = 200, verdict: str = "allowed", **kw: object) -> dict[str, object]:
+    ev: dict[str, object] = {
+        "type": "flow", "layer": "L7", "time": "2026-12-02T18:00:00.123456Z",
+        "src": {"workload": "client", "pod": "client-7d9f8c6b5-abcde", "namespace": "demo", "identity": "spiffe://c/ns/demo/sa/client"},
+        "dst": {"workload": "echo-v1", "pod": "echo-v1-5b7f9c8d-x2x4z", "namespace": "demo", "service": "demo/echo"},
+        "method": "GET", "path": "/api", "status": status, "latency_ms": 1.5, "bytes_sent": 0, "bytes_recv": 12,
+        "verdict": verdict, "policy": ""}
+    ev.update(kw)
+    return ev
+
+
+L4 = {"type": "flow", "layer": "L4", "source": "ztunnel/n1", "direction": "inbound", "route": "inbound-hbone",
+      "src": {"workload": "client-7d9f8c6b5-abcde", "pod": "client-7d9f8c6b5-abcde", "namespace": "demo"},
+      "dst": {"workload": "db-0", "pod": "db-0", "namespace": "data"}, "verdict": "denied", "policy": "data/deny"}
+
+
+@pytest.mark.parametrize(("f", "ev", "want"), [
+    (Filter(), l7(), True),
+    (Filter(namespace="demo"), l7(), True),
+    (Filter(namespace="other"), l7(), False),
+    (Filter(namespace="data"), L4, True),                       # either side
+    (Filter(to="echo-v1"), l7(), True),
+    (Filter(to="demo/echo-v1"), l7(), True),
+    (Filter(to="other/echo-v1"), l7(), False),
+    (Filter(to="echo"), l7(), False),                           # a workload name, not a prefix
+    (Filter(to="svc/echo"), l7(), True),
+    (Filter(to="pod/echo-v1-5b7f9c8d-x2x4z"), l7(), True),
+    (Filter(from_="client"), L4, True),                         # ztunnel names pods: prefix of a pod
+    (Filter(from_="echo-v1"), l7(), False),
+    (Filter(to="db"), L4, True),                                # a StatefulSet's pod
+    (Filter(pod="db-0"), L4, True),
+    (Filter(status="5xx"), l7(503), True),
+    (Filter(status="5xx"), l7(200), False),
+    (Filter(status="4xx,503"), l7(503), True),
+    (Filter(status="403"), l7(404), False),
+    (Filter(status="5xx"), L4, False),                          # L4 flows have no status
+    (Filter(verdict="denied"), L4, True),
+    (Filter(verdict="denied"), l7(), False),
+    (Filter(layer="l7"), L4, False),
+    (Filter(), {"type": "status", "dropped": 0}, False),
+])
+def test_filters(f: Filter, ev: dict[str, object], want: bool) -> None:
+    assert event_matches(ev, f) is want
+
+
+def test_status_spec_is_checked() -> None:
+    assert validate_status("5xx,403") == "5xx,403"
+    assert build_parser().parse_args(["tap"]).status == ""
+    for bad in ("5x", "500s", "xx5", "600"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            validate_status(bad)
+
+
+def test_line_names_both_sides_the_request_and_the_deciding_policy() -> None:
+    s = line(l7(403, "denied", policy="demo/no-admin"))
+    assert "demo/client -> demo/echo-v1 (demo/echo)" in s and "GET /api 403" in s and "denied by demo/no-admin" in s
+    assert "denied by data/deny" in line(L4) and "inbound inbound-hbone" in line(L4)
+
+
+class _Admin(LocalEndpoint):
+    def __init__(self, hub: TapHub) -> None:
+        super().__init__()
+        self.hub = hub
+
+    def handle(self, method: str, path: str) -> Response:
+        return tap_response(self.hub) if path == TAP_PATH else Response(404, b"{}")
+
+
+def test_stream_merges_components_filters_and_reports_missing_ones(tmp_path: Path) -> None:
+    async def main() -> tuple[list[dict[str, object]], list[str]]:
+        hubs = {"ztunnel/n1": TapHub("ztunnel/n1"), "waypoint/demo/wp": TapHub("waypoint/demo/wp")}
+        eps = []
+        socks = {}
+        for name, hub in hubs.items():
+            ep = _Admin(hub)
+            socks[name] = tmp_path / f"{name.replace('/', '.')}.sock"
+            await ep.start(None, 0, socks[name])
+            eps.append(ep)
+        socks["ztunnel/gone"] = tmp_path / "nothing.sock"
+        got: list[dict[str, object]] = []
+        warns: list[str] = []
+
+        def ready() -> None:    # never: one component is missing
+            raise AssertionError
+
+        async def produce() -> None:
+            while not all(h.active for h in hubs.values()):
+                await asyncio.sleep(0.01)
+            hubs["waypoint/demo/wp"].publish(lambda: l7(200))
+            hubs["waypoint/demo/wp"].publish(lambda: l7(503))
+            hubs["ztunnel/n1"].publish(lambda: dict(L4))
+            hubs["waypoint/demo/wp"].publish(lambda: l7(502))
+
+        prod = asyncio.ensure_future(produce())
+        n = await stream(socks, Filter(namespace="demo", status="5xx"), got.append, warns.append, max_events=2,
+                         duration=5.0, on_ready=ready)
+        await prod
+        assert n == 2
+        for ep in eps:
+            await ep.close()
+        for _ in range(100):
+            if not any(h.active for h in hubs.values()):
+                break
+            await asyncio.sleep(0.01)
+        assert not any(h.active for h in hubs.values()), "a tap stayed subscribed after the CLI stopped"
+        return got, warns
+
+    got, warns = asyncio.run(main())
+    assert [e["status"] for e in got] == [503, 502]
+    assert all(e["source"] == "waypoint/demo/wp" for e in got)
+    assert any("ztunnel/gone" in w and "cannot connect" in w for w in warns)
