@@ -16,7 +16,6 @@ from ambit.configclient.credential import node_metadata
 from ambit.configclient.report import StatusReporter
 from ambit.dataplane import process
 from ambit.dataplane.tap import TapHub
-from ambit.dataplane.telemetry.accesslog import StreamSink
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
 from ztunnel import admin, identity_setup
 from ztunnel.meshstate import MeshState, config_client
@@ -69,7 +68,9 @@ async def amain(args: ZtunnelSettings) -> None:
     metrics = Metrics()
     tap_hub = TapHub(f"ztunnel/{args.node}")        # `ambit tap`: admin GET /tap
     proxy = Proxy(config=config, identities=identities, metrics=metrics, trust_domain=args.trust_domain,
-                  tunnel=args.tunnel, limits=args.limits, access_log=TapSink(StreamSink(), tap_hub))
+                  tunnel=args.tunnel, limits=args.limits)
+    # the Telemetry API's sink (on/off, mode, filter, format per workload), also feeding `ambit tap`
+    proxy.access_log = TapSink(proxy.access_log, tap_hub)
     metrics.registry.register(proxy.health(client))
     msrv = MetricsServer(metrics)
     mhost, _, mport = (args.metrics_address or "").rpartition(":")

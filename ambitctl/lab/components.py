@@ -179,6 +179,7 @@ def remove_runtime_files(base: Path, nodes: list[str]) -> None:
     shutil.rmtree(base / "waypoints", ignore_errors=True)     # waypoint admin/metrics sockets
     controller_socket(base).unlink(missing_ok=True)
     controller_metrics_socket(base).unlink(missing_ok=True)
+    debug_token_file(base).unlink(missing_ok=True)            # the debug API's admin token
     from ambitctl.lab import prometheus
     prometheus.remove(base)                                    # its config, targets and TSDB
 
