@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections import defaultdict
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ambit.quantile import histogram_quantile
 from ambitctl.term import intermixed
 
 Labels = tuple[tuple[str, str], ...]
@@ -62,26 +62,6 @@ def diff(before: Samples, after: Samples) -> Samples:
         d = v - before.get(k, 0.0)
         out[k] = v if d < 0 else d
     return out
-
-
-def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
-    """Prometheus' histogram_quantile over cumulative (upper bound, count) buckets: linear
-    interpolation inside the bucket holding the rank; the +Inf bucket answers its lower bound."""
-    buckets = sorted(buckets)
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    total = buckets[-1][1]
-    rank = q * total
-    prev_bound, prev_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if math.isinf(bound):
-                return prev_bound
-            if count == prev_count:
-                return bound
-            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
-        prev_bound, prev_count = bound, count
-    return prev_bound
 
 
 # -- aggregation (pure) -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ambit.model import Authorization, PeerAuthn, Service, Workload
+from ambit.quantile import histogram_quantile
 from controller.translate.index import selector_matches
 
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
@@ -59,29 +60,6 @@ class EdgeStats:
 
 def _round(v: float | None) -> float | None:
     return None if v is None or math.isnan(v) else round(v, 3)
-
-
-def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
-    """Prometheus's histogram_quantile over cumulative bucket rates (linear within a bucket);
-    None without observations. A quantile in the +Inf bucket is the highest finite bound."""
-    if not buckets:
-        return None
-    les = sorted(buckets)
-    total = buckets[les[-1]]
-    if total <= 0:
-        return None
-    rank = q * total
-    prev_le, prev_count = 0.0, 0.0
-    for le in les:
-        count = buckets[le]
-        if count >= rank:
-            if math.isinf(le):
-                return prev_le
-            if count == prev_count:
-                return le
-            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
-        prev_le, prev_count = le, count
-    return les[-1]
 
 
 def wl_id(ns: str, name: str) -> str:
