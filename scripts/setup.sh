@@ -17,6 +17,11 @@ missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# kubectl drives the e2e kube driver against the API-server emulator (tests/unit/vagrant). A kubectl
+# already on PATH (a cloud SDK's, a newer one) is kept; else Debian's kubernetes-client provides it.
+if ! command -v kubectl >/dev/null; then
+  dpkg-query -W -f='${Status}' kubernetes-client 2>/dev/null | grep -q "install ok installed" || missing+=(kubernetes-client)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing apt packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
