@@ -20,7 +20,7 @@ fetch() {
 
 # A venv with Debian's python3 (the image's Python too) whose pip builds the wheelhouse.
 WHEELS="$AMBIT_CACHE/wheels"
-PIPVENV=/opt/ambit-pip
+PIPVENV=${AMBIT_PIP_VENV:-/opt/ambit-pip}
 
 # fill_wheels REQUIREMENTS_FILE: wheels for every requirement in $WHEELS, fetching only when the
 # wheelhouse cannot satisfy them offline.
