@@ -22,7 +22,7 @@ if ! (cd "$dir" && grep -E " (k3s|$images)\$" sha256sum-amd64.txt | sha256sum -c
     exit 1
 fi
 
-install -m 0755 "$dir/k3s" /usr/local/bin/k3s
+cmp -s "$dir/k3s" /usr/local/bin/k3s || install -m 0755 "$dir/k3s" /usr/local/bin/k3s
 mkdir -p /var/lib/rancher/k3s/agent/images
 cp -u "$dir/$images" /var/lib/rancher/k3s/agent/images/
 

@@ -69,6 +69,8 @@ def test_provisioning_uses_the_image_ambit_install_renders_by_default() -> None:
     dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
     for arg in re.findall(r"--build-arg \"?(\w+)=", build):
         assert f"ARG {arg}\n" in dockerfile, arg
+    # The VMs build with Debian 12's docker.io, whose classic builder has no heredocs (BuildKit's).
+    assert "<<" not in dockerfile, "a heredoc in deploy/Dockerfile: the classic builder cannot build it"
 
 
 def test_vagrantfile_declares_one_server_and_two_workers_with_k3s_options() -> None:
