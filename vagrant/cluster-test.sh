@@ -60,7 +60,8 @@ fi
 cfg=$(mktemp)
 vagrant ssh-config ambit-cp >"$cfg"
 say "running tests/e2e on ambit-cp with the kube driver"
-quoted=$(printf ' %q' "${pytest_args[@]+"${pytest_args[@]}"}")
+quoted=""
+[ ${#pytest_args[@]} -eq 0 ] || quoted=$(printf ' %q' "${pytest_args[@]}")
 set +e
 ssh -F "$cfg" ambit-cp "cd /ambit && sudo AMBIT_E2E_DRIVER=kube KUBECONFIG=/etc/rancher/k3s/k3s.yaml \
     AMBIT_TEST_ARTIFACTS=/tmp/ambit-test-artifacts /opt/ambit-e2e/bin/python -m pytest tests/e2e -q \
