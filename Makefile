@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 AMBIT := $(VENV)/bin/ambit
 
-.PHONY: setup demo test unit lab lint bench bench-quick clean proto
+.PHONY: setup demo test unit lab lint bench bench-quick clean proto cluster-test
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,11 @@ lab: setup
 
 lint: setup
 	@$(VENV)/bin/ruff check .
+
+# The e2e scenarios on a three-VM k3s cluster (vagrant/README.md). CLUSTER_ARGS: --provider libvirt|virtualbox,
+# --destroy, -- PYTEST_ARGS.
+cluster-test:
+	@bash vagrant/cluster-test.sh $(CLUSTER_ARGS)
 
 bench: setup
 	@$(PY) -m bench $(BENCH_ARGS)

@@ -8,7 +8,8 @@ say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 
 APT_PKGS=(python3-bpfcc bpftool linux-headers-amd64 libbpf1 iproute2 iptables iperf3 curl
           tcpdump tshark python3-venv python3-dev gcc make procps psmisc
-          stunnel4 haproxy wrk nghttp2-client nginx-light prometheus chromium chromium-driver)
+          stunnel4 haproxy wrk nghttp2-client nginx-light prometheus chromium chromium-driver
+          vagrant vagrant-libvirt shellcheck)   # the last three: the checks of vagrant/ (tests/unit/vagrant)
 
 if [ "$(id -u)" != 0 ]; then echo "setup must run as root (it installs apt packages and links kernel headers)" >&2; exit 1; fi
 
@@ -16,6 +17,11 @@ missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# kubectl drives the e2e kube driver against the API-server emulator (tests/unit/vagrant). A kubectl
+# already on PATH (a cloud SDK's, a newer one) is kept; else Debian's kubernetes-client provides it.
+if ! command -v kubectl >/dev/null; then
+  dpkg-query -W -f='${Status}' kubernetes-client 2>/dev/null | grep -q "install ok installed" || missing+=(kubernetes-client)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing apt packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

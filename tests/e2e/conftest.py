@@ -22,6 +22,20 @@ SPEC = Path(__file__).parent / "specs" / "e2e.yaml"
 LAB_NAME = lab_name_for("e")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "lab_only(reason): a scenario that cannot run on a cluster, and why "
+                            "(tests/unit/vagrant/test_scenarios_on_both_drivers.py requires the reason)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("AMBIT_E2E_DRIVER", "lab") != "kube":
+        return
+    for item in items:
+        m = item.get_closest_marker("lab_only")
+        if m is not None:
+            item.add_marker(pytest.mark.skip(reason=f"lab only: {m.kwargs.get('reason', '')}"))
+
+
 @pytest.fixture(scope="session")
 def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Driver]:
     kind = os.environ.get("AMBIT_E2E_DRIVER", "lab")

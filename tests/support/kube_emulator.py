@@ -22,6 +22,17 @@ unmodified:
   token or one for another audience gets `authenticated: false` with an error; a known one gets the
   user (`system:serviceaccount:NS:SA`) with the pod and node claims in `extra`.
 
+For kubectl (tests/unit/vagrant/test_kube_driver.py drives the e2e KubeDriver through it):
+- discovery (`/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`), the legacy (non-aggregated) form;
+- with `KubeEmulator(apply_selectors=True)`, `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`) and
+  `fieldSelector` (`path=v`, `path!=v`) on lists and watches; set-based terms (`in`, `notin`) get 400,
+  not a silent full list. By default selectors are ignored, as a proxy that drops them would
+  (tests/unit/kube checks that clients filter again what comes back);
+- `PATCH` of objects with a JSON merge patch; a strategic merge patch is applied as a merge patch
+  (the same for maps such as labels; lists are replaced whole rather than merged by key);
+- `GET .../pods/NAME/log?container=C`, answered from what a test wrote with `write_log()`.
+`exec`/`attach`/`port-forward` (SPDY or WebSocket streams) are not emulated.
+
 Knobs for tests: `compact()`, `drop_watches()` (closes every open watch mid-stream, like a broken
 connection), `hold_watches()` (new watch requests wait: a window in which changes happen unseen),
 `bookmark()`, `install_group()`, and `requests` (a log of every request, to assert what a client did).
@@ -110,7 +121,8 @@ class _Dropped(Exception):
 
 class KubeEmulator:
     def __init__(self, groups: Iterable[str] = tuple(_MESH_GROUPS), bookmark_interval: float | None = None,
-                 port: int = 0):
+                 port: int = 0, apply_selectors: bool = False):
+        self._apply_selectors = apply_selectors
         self._lock = threading.Condition()
         self._types: dict[tuple[str, str], ResourceType] = {}
         for t in BUILTIN:
@@ -130,6 +142,7 @@ class KubeEmulator:
         self._sockets: set[socket.socket] = set()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._tokens: dict[str, Obj] = {}
+        self._logs: dict[tuple[str, str, str], str] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="kube-emulator", daemon=True)
@@ -302,6 +315,83 @@ class KubeEmulator:
             o = self._objects.get((t.group, t.plural), {}).get((namespace if t.namespaced else "", name))
             return copy.deepcopy(o) if o else None
 
+    def write_log(self, namespace: str, pod: str, container: str, text: str) -> None:
+        """Append to what `kubectl logs -n NAMESPACE POD -c CONTAINER` returns."""
+        with self._lock:
+            key = (namespace, pod, container)
+            self._logs[key] = self._logs.get(key, "") + text
+
+    # -- discovery and selectors (kubectl) --------------------------------------------------------
+    def _discovery(self, path: str) -> Obj | None:
+        """The legacy discovery documents kubectl reads before any request; None if `path` is not one."""
+        parts = [p for p in path.split("/") if p]
+        groups: dict[str, list[str]] = {}
+        for t in self._types.values():
+            for v in t.versions:
+                if v not in groups.setdefault(t.group, []):
+                    groups[t.group].append(v)
+        if parts == ["api"]:
+            return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+        if parts == ["apis"]:
+            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+                {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in vs],
+                 "preferredVersion": {"groupVersion": f"{g}/{vs[0]}", "version": vs[0]}}
+                for g, vs in sorted(groups.items()) if g]}
+        if parts == ["api", "v1"]:
+            group, version = "", "v1"
+        elif len(parts) == 3 and parts[0] == "apis" and parts[1] in groups and parts[2] in groups[parts[1]]:
+            group, version = parts[1], parts[2]
+        else:
+            return None
+        verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
+        resources = []
+        for t in sorted(self._types.values(), key=lambda t: t.plural):
+            if t.group == group and version in t.versions:
+                resources.append({"name": t.plural, "singularName": t.kind.lower(), "namespaced": t.namespaced,
+                                  "kind": t.kind, "verbs": verbs})
+                resources.append({"name": f"{t.plural}/status", "singularName": "", "namespaced": t.namespaced,
+                                  "kind": t.kind, "verbs": ["get", "patch", "update"]})
+                if t.plural == "pods":
+                    resources.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod",
+                                      "verbs": ["get"]})
+        return {"kind": "APIResourceList", "apiVersion": "v1",
+                "groupVersion": f"{group}/{version}" if group else version, "resources": resources}
+
+    def _selector(self, query: dict[str, str]) -> list[tuple[str, str, str, str]]:
+        """(kind, key, op, value) terms of labelSelector and fieldSelector; ValueError for what is not emulated."""
+        terms: list[tuple[str, str, str, str]] = []
+        for kind in ("labelSelector", "fieldSelector") if self._apply_selectors else ():
+            for term in filter(None, (t.strip() for t in (query.get(kind) or "").split(","))):
+                if " in " in term or " notin " in term or "(" in term:
+                    raise ValueError(f"{kind} {term!r}: set-based terms are not emulated")
+                for op in ("!=", "==", "="):
+                    if op in term:
+                        k, v = term.split(op, 1)
+                        terms.append((kind, k.strip(), "!=" if op == "!=" else "=", v.strip()))
+                        break
+                else:
+                    if kind == "fieldSelector":
+                        raise ValueError(f"fieldSelector {term!r}: expected path=value or path!=value")
+                    terms.append((kind, term.lstrip("!").strip(), "!" if term.startswith("!") else "exists", ""))
+        return terms
+
+    @staticmethod
+    def _selected(obj: Obj, terms: list[tuple[str, str, str, str]]) -> bool:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        for kind, key, op, value in terms:
+            if kind == "labelSelector":
+                have: Any = labels.get(key)
+                if op == "exists" and key not in labels or op == "!" and key in labels:
+                    return False
+            else:
+                have = obj
+                for part in key.split("."):
+                    have = have.get(part) if isinstance(have, dict) else None
+                have = "" if have is None else str(have)
+            if op == "=" and have != value or op == "!=" and have == value:
+                return False
+        return True
+
     # -- HTTP -------------------------------------------------------------------------------------
     def _close_watch_sockets(self) -> None:
         with self._lock:
@@ -411,10 +501,21 @@ class KubeEmulator:
             length = int(h.headers.get("Content-Length") or 0)
             self._token_review(h, json.loads(h.rfile.read(length) or b"{}"))
             return
+        if t is None and method == "GET" and (doc := self._discovery(url.path)) is not None:
+            self._send_json(h, 200, doc)
+            return
         if t is None:
             self._send_json(h, 404, _status(404, "NotFound", "the server could not find the requested resource"))
             return
+        if method == "GET" and name is not None and t.plural == "pods" and url.path.rstrip("/").endswith("/log"):
+            self._send_log(h, ns or "default", name, query.get("container", ""))
+            return
         if method == "GET" and name is None:
+            try:
+                self._selector(query)
+            except ValueError as e:
+                self._send_json(h, 400, _status(400, "BadRequest", str(e)))
+                return
             if query.get("watch") in ("1", "true"):
                 self._watch(h, t, version, ns, query)
             else:
@@ -451,6 +552,18 @@ class KubeEmulator:
                 new = self.update(body)          # the lock is re-entrant (Condition over an RLock)
                 self._send_json(h, 200, self._present(t, version, new, with_type=True))
                 return
+            if method == "PATCH" and not is_status:
+                ctype = (h.headers.get("Content-Type") or "").split(";")[0]
+                if ctype not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+                    self._send_json(h, 415, _status(415, "UnsupportedMediaType",
+                                                    f"patch type {ctype!r} is not emulated"))
+                    return
+                new = _merge_patch(obj, body)
+                new["apiVersion"], new["kind"] = t.api_version(), t.kind
+                new["metadata"]["name"] = name
+                new = self.update(new)
+                self._send_json(h, 200, self._present(t, version, new, with_type=True))
+                return
             if not is_status or method not in ("PUT", "PATCH"):
                 self._send_json(h, 405, _status(405, "MethodNotAllowed", "only status can be written here"))
                 return
@@ -483,13 +596,31 @@ class KubeEmulator:
             o.pop("kind", None)
         return o
 
-    def _matches(self, t: ResourceType, ns: str | None, obj: Obj) -> bool:
-        return ns is None or not t.namespaced or obj["metadata"].get("namespace") == ns
+    def _matches(self, t: ResourceType, ns: str | None, obj: Obj,
+                 terms: list[tuple[str, str, str, str]] | None = None) -> bool:
+        in_ns = ns is None or not t.namespaced or obj["metadata"].get("namespace") == ns
+        return in_ns and self._selected(obj, terms or [])
+
+    def _send_log(self, h: BaseHTTPRequestHandler, ns: str, pod: str, container: str) -> None:
+        with self._lock:
+            exists = (ns, pod) in self._objects.get(("", "pods"), {})
+            text = self._logs.get((ns, pod, container), "")
+        if not exists:
+            self._send_json(h, 404, _status(404, "NotFound", f'pods "{pod}" not found'))
+            return
+        data = text.encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "text/plain")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
 
     def _list(self, h: BaseHTTPRequestHandler, t: ResourceType, version: str, ns: str | None,
               query: dict[str, str]) -> None:
         with self._lock:
-            items = [o for _, o in sorted(self._objects.get((t.group, t.plural), {}).items()) if self._matches(t, ns, o)]
+            terms = self._selector(query)
+            items = [o for _, o in sorted(self._objects.get((t.group, t.plural), {}).items())
+                     if self._matches(t, ns, o, terms)]
             rv = self._rv
             start = 0
             if query.get("continue"):
@@ -517,6 +648,7 @@ class KubeEmulator:
         sock = h.connection
         timeout = float(query.get("timeoutSeconds") or 1800)
         bookmarks = query.get("allowWatchBookmarks") in ("1", "true")
+        terms = self._selector(query)
         deadline = time.monotonic() + timeout
         with self._lock:
             while self._held and not self._closing:
@@ -542,7 +674,7 @@ class KubeEmulator:
                 since = int(rv_param)
                 if since == 0:      # "any": synthetic ADDED for the current state, then changes
                     initial = [present(o) for _, o in sorted(self._objects.get((t.group, t.plural), {}).items())
-                               if self._matches(t, ns, o)]
+                               if self._matches(t, ns, o, terms)]
                     since = self._rv
                 elif since < self._compacted:
                     initial = None
@@ -559,7 +691,7 @@ class KubeEmulator:
             while True:
                 with self._lock:
                     pending = [(rv, et, o) for rv, rt, et, o in self._events
-                               if rt == (t.group, t.plural) and rv > since and self._matches(t, ns, o)]
+                               if rt == (t.group, t.plural) and rv > since and self._matches(t, ns, o, terms)]
                     if not pending:
                         self._lock.wait(0.05)
                     dropped = self._drop_gen != drop_gen or self._closing
