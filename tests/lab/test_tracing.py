@@ -1,6 +1,6 @@
 """Tracing end to end: the real waypoint process with its `--tracing-*` settings (as
 AMBIT_WAYPOINT_TRACING_* in its environment) exporting to the real span receiver
-(tests/support/otlp_receiver.py) running in a pod outside the mesh, over OTLP gRPC, OTLP HTTP and
+(ambitctl/lab/otlp_receiver.py) running in a pod outside the mesh, over OTLP gRPC, OTLP HTTP and
 Zipkin's API at once; a client in a pod that makes its own root span with the OpenTelemetry SDK;
 the echo app behind the waypoint reports the trace headers it received.
 
@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from ambitctl.lab.otlp_receiver import Span, read_spans
 from tests.lab.labctl import Lab, running_lab
 from tests.lab.test_waypoint import GATEWAY, apply, waypoints
-from tests.support.otlp_receiver import Span, read_spans
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
