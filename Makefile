@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 AMBIT := $(VENV)/bin/ambit
 
-.PHONY: setup demo test unit lab lint bench bench-quick clean proto
+.PHONY: setup demo test unit lab lint bench bench-tracing bench-quick clean proto
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +25,9 @@ lint: setup
 
 bench: setup
 	@$(PY) -m bench $(BENCH_ARGS)
+
+bench-tracing: setup
+	@$(PY) -m bench --scenario ambit-waypoint --scenario ambit-waypoint-traced $(BENCH_ARGS)
 
 bench-quick: setup
 	@$(PY) -m bench --quick
