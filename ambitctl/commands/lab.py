@@ -116,6 +116,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {w['namespace'] + '/' + w['name']:<22} {w['node']:<7} {w['ip']:<13} VIP {w['vip']:<13} "
               f"pid {w['pid'] or '-'!s:<8} {'ready' if w['ready'] else 'not ready'}"
               f"{' (removing)' if w['state'] == 'removing' else ''}")
+    if s.get("tracing"):
+        print(f"\nTRACE COLLECTOR\n  {s['tracing']}")
     print("\nPROCESSES")
     for k, v in s["processes"].items():
         if not k.startswith("pod/") and not k.startswith("waypoint/"):
