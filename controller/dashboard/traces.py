@@ -163,20 +163,15 @@ def rows(traces: Iterable[list[Span]], limit: int = 20) -> list[dict[str, Any]]:
     return out[:limit]
 
 
-def service_names(node_id: str, canonical: str = "", waypoint: str = "") -> list[str]:
+def service_names(node_id: str, canonical: str = "") -> list[str]:
     """The service names a node's spans are filed under, Istio's `<canonical service>.<namespace>`:
-    a workload's own (its `app` label, else its name), a service's waypoint's (the proxy that
-    traces its requests) and a waypoint's own (`<gateway>.<namespace>`)."""
+    a workload's own (its canonical service, else its name), a waypoint's own (`<gateway>.<namespace>`)
+    and a Service's name (what the apps behind it report as). A Service's waypoint's spans are not
+    asked for: they are every Service's behind that waypoint, listed under the waypoint's node."""
     kind, _, rest = node_id.partition(":")
     ns, _, name = rest.partition("/")
     if kind == "wl":
         return [f"{canonical or name}.{ns}"]
-    if kind == "wp":
+    if kind in ("wp", "svc"):
         return [f"{name}.{ns}"]
-    if kind == "svc":
-        out = [f"{name}.{ns}"]
-        if waypoint:
-            wns, _, wname = waypoint.partition("/")
-            out.append(f"{wname}.{wns}" if wname else f"{waypoint}.{ns}")
-        return out
     return []
