@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 AMBIT := $(VENV)/bin/ambit
 
-.PHONY: setup demo test unit lab lint bench bench-quick clean proto cluster-test
+.PHONY: setup demo test unit lab lint bench bench-tracing bench-quick clean proto cluster-test
 
 setup:
 	@bash scripts/setup.sh
@@ -30,6 +30,9 @@ cluster-test:
 
 bench: setup
 	@$(PY) -m bench $(BENCH_ARGS)
+
+bench-tracing: setup
+	@$(PY) -m bench --scenario ambit-waypoint --scenario ambit-waypoint-traced $(BENCH_ARGS)
 
 bench-quick: setup
 	@$(PY) -m bench --quick

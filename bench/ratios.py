@@ -90,13 +90,16 @@ def find(ratios: Sequence[Ratio], scenario: str, baseline: str, key: str) -> Rat
 
 def tracing_cost(results: RunResults) -> dict[str, float]:
     """What 100 % sampling adds per request, paired rep by rep with the 0 % waypoint: waypoint
-    CPU in µs per request (from l7_cpu_per_1k, CPU-seconds per 1000 requests), p50/p99 latency
+    CPU in µs per request (from l7_cpu_per_1k, CPU-seconds per 1000 requests: at 100 %, at 0 %, and
+    the difference, each the median over the paired reps), p50/p99 latency
     added at 1000 req/s (ms), and the max-rate ratio. Only the keys with data."""
     traced, plain = TRACING_PAIR
     out: dict[str, float] = {}
     cpu = paired(results.per_rep(traced, "l7_cpu_per_1k"), results.per_rep(plain, "l7_cpu_per_1k"))
     if cpu:
         out["cpu_us_per_request"] = stats.median((x - y) * 1000.0 for x, y in cpu)
+        out["cpu_us_per_request_traced"] = stats.median(x * 1000.0 for x, _ in cpu)
+        out["cpu_us_per_request_untraced"] = stats.median(y * 1000.0 for _, y in cpu)
     for key, name in (("lat1000_p50_ms", "p50_added_ms"), ("lat1000_p99_ms", "p99_added_ms")):
         pairs = paired(results.per_rep(traced, key), results.per_rep(plain, key))
         if pairs:

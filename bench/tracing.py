@@ -1,5 +1,5 @@
 """The tracing scenario's pieces (ambit-waypoint-traced against ambit-waypoint, bench/l7.py): a
-span receiver pod (tests/support/otlp_receiver.py: a real OTLP gRPC server that counts what it
+span receiver pod (ambitctl/lab/otlp_receiver.py: a real OTLP gRPC server that counts what it
 gets), the waypoint's tracing settings pointing at it, and the runtime switch between 0 % and
 100 % sampling: the waypoint's `--tracing-sampling-file`, which it re-reads within a second.
 
@@ -17,7 +17,8 @@ from typing import Any
 from bench.plan import PLAIN_NS
 
 REPO = Path(__file__).resolve().parents[1]
-RECEIVER = REPO / "tests" / "support" / "otlp_receiver.py"
+RECEIVER_MODULE = "ambitctl.lab.otlp_receiver"
+RECEIVER = REPO / "ambitctl" / "lab" / "otlp_receiver.py"
 RECEIVER_POD = "spans"
 OTLP_GRPC_PORT = 4317
 TRACED = "waypoint-traced"      # the L7Set name of the scenario that samples 100 %
@@ -26,7 +27,7 @@ TRACED = "waypoint-traced"      # the L7Set name of the scenario that samples 10
 def receiver_pod() -> dict[str, Any]:
     """The receiver as a pod of the plain (not enrolled) namespace on node2."""
     return {"name": RECEIVER_POD, "namespace": PLAIN_NS, "node": "node2", "serviceAccount": "spans",
-            "labels": {"app": "spans"}, "command": [sys.executable, str(RECEIVER), "--grpc-port",
+            "labels": {"app": "spans"}, "command": [sys.executable, "-m", RECEIVER_MODULE, "--grpc-port",
                                                     str(OTLP_GRPC_PORT), "--http-port", "4318"],
             "ports": [{"name": "grpc", "containerPort": OTLP_GRPC_PORT}]}
 

@@ -57,6 +57,12 @@ class ControllerSettings:
         "", "without --prometheus-url: each node's ztunnel metrics, a template with {node} (unix:PATH or http URL)")
     dashboard_waypoint_metrics: str = option(
         "", "without --prometheus-url: each waypoint's metrics, a template with {namespace} {name} {pod} {ip}")
+    tracing_url: str = option(
+        "", "the topology view lists a node's traces from this tracing backend's query API: http://HOST:PORT "
+            "(Zipkin :9411, Jaeger query :16686) or unix:PATH (empty: the panel says there is none)")
+    tracing_api: str = option("zipkin", "the --tracing-url backend's query API: zipkin (Zipkin v2 /api/v2/traces) "
+                                        "or jaeger (/api/traces)",
+                              check=lambda v: None if v in ("zipkin", "jaeger") else "must be zipkin or jaeger")
     dashboard_access_logs: Path | None = option(
         help="the topology view reads access logs from the proxies' log files here (ztunnel-NODE.log, waypoint-NS-NAME.log)")
     dashboard_refresh: float = option(3.0, "seconds between the topology view's refreshes (and direct scrapes)",

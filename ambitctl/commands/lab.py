@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--prometheus", action="store_true",
                     help="also run Prometheus (Debian's package) on 127.0.0.1, scraping the controller, every "
                          "ztunnel and every waypoint (docs/observability.md)")
+    up.add_argument("--tracing", action="store_true",
+                    help="also run a trace collector pod (OTLP in, Zipkin's query API out): every waypoint exports "
+                         "its spans to it at 100 %% sampling and the topology view lists them (docs/observability.md)")
     up.set_defaults(func=cmd_up)
 
     down = ls.add_parser("down", help="remove the lab and everything it created")
@@ -71,7 +74,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     spec = lab.load_spec(args.spec, args.nodes)
     if args.cert_ttl is not None and args.cert_ttl < 10:
         raise lab.LabError(f"--cert-ttl {args.cert_ttl:g}: must be at least 10 seconds")
-    lab.up(spec, name=args.name, capture=args.capture, cert_ttl=args.cert_ttl, with_prometheus=args.prometheus)
+    lab.up(spec, name=args.name, capture=args.capture, cert_ttl=args.cert_ttl, with_prometheus=args.prometheus,
+           with_tracing=args.tracing)
     lab.progress(f"lab is up; state and logs in {paths.lab_dir()}")
     return 0
 
@@ -112,6 +116,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {w['namespace'] + '/' + w['name']:<22} {w['node']:<7} {w['ip']:<13} VIP {w['vip']:<13} "
               f"pid {w['pid'] or '-'!s:<8} {'ready' if w['ready'] else 'not ready'}"
               f"{' (removing)' if w['state'] == 'removing' else ''}")
+    if s.get("tracing"):
+        print(f"\nTRACE COLLECTOR\n  {s['tracing']}")
     print("\nPROCESSES")
     for k, v in s["processes"].items():
         if not k.startswith("pod/") and not k.startswith("waypoint/"):

@@ -180,8 +180,9 @@ def remove_runtime_files(base: Path, nodes: list[str]) -> None:
     controller_socket(base).unlink(missing_ok=True)
     controller_metrics_socket(base).unlink(missing_ok=True)
     debug_token_file(base).unlink(missing_ok=True)            # the debug API's admin token
-    from ambitctl.lab import prometheus
+    from ambitctl.lab import prometheus, tracing
     prometheus.remove(base)                                    # its config, targets and TSDB
+    tracing.remove(base)                                       # the collector's query socket
 
 
 def ztunnel_synced(base: Path, node: str) -> bool:

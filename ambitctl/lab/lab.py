@@ -18,7 +18,7 @@ from typing import Any
 
 from ambit import cgroups
 from ambit.labstore import LabStore
-from ambitctl.lab import components, dashboard, paths, prometheus, state, topology, waypoints
+from ambitctl.lab import components, dashboard, paths, prometheus, state, topology, tracing, waypoints
 from ambitctl.lab import spec as specmod
 from ambitctl.lab.spec import LabSpec
 from ambitctl.lab.topology import LabNames
@@ -77,7 +77,8 @@ def is_up(base: Path | None = None) -> bool:
 
 
 def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: str = "ebpf",
-       wait: bool = True, cert_ttl: float | None = None, with_prometheus: bool = False) -> state.LabState:
+       wait: bool = True, cert_ttl: float | None = None, with_prometheus: bool = False,
+       with_tracing: bool = False) -> state.LabState:
     base = base or paths.lab_dir()
     names = LabNames(name)
     if state.load(base) is not None:
@@ -96,6 +97,7 @@ def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: st
         base.mkdir(parents=True, exist_ok=True)
         progress(f"building lab {name!r}: {len(spec.nodes)} nodes, {len(spec.pods)} pods, "
                  f"{len(spec.services)} services")
+        collector = tracing.add_collector(spec, base) if with_tracing else None
         topology.build(spec, names)
         store = LabStore(paths.store_path(base))
         store.apply(store_objects(spec, names))
@@ -104,6 +106,8 @@ def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: st
                             capture=capture, etc_netns_created=etc_created)
         if with_prometheus:
             prometheus.enable(st, base, names)
+        if collector is not None:
+            tracing.enable(st, base, collector)
         dashboard.enable(st, base)
         state.save(st, base)
         progress("starting the supervisor (controller, agents, ztunnels, app pods)")
@@ -112,6 +116,8 @@ def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: st
             wait_ready(st, base)
         if st.prometheus:
             progress(f"Prometheus on {prometheus.url(st)} (scraping the controller, every ztunnel and waypoint)")
+        if st.tracing:
+            progress(f"trace collector on {tracing.url(st)} (the waypoints export to it; the view lists its traces)")
         progress(f"topology view on {dashboard.url(st)} (`ambit dashboard`)")
         return st
     except BaseException:
@@ -228,6 +234,7 @@ def status(base: Path | None = None) -> dict[str, Any]:
         "pods": pods,
         "waypoints": waypoints.status(base, st),
         "prometheus": prometheus.url(st),
+        "tracing": tracing.url(st),
         "dashboard": dashboard.url(st),
         "services": [{"namespace": s["namespace"], "name": s["name"], "vip": s["vip"],
                       "ports": [p["port"] for p in s["ports"]]} for s in spec["services"]],

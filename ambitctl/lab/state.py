@@ -46,6 +46,8 @@ class LabState:
     waypoints: list[dict[str, Any]] = field(default_factory=list)
     # `lab up --prometheus`: {"port": Prometheus's, "bridge_port": the metrics bridge's} (lab/prometheus.py).
     prometheus: dict[str, Any] = field(default_factory=dict)
+    # `lab up --tracing`: {"ip", "grpc_port", "http_port", "socket"} of the trace collector (lab/tracing.py).
+    tracing: dict[str, Any] = field(default_factory=dict)
 
     def proc(self, pid_id: str) -> ProcSpec:
         for p in self.processes:

@@ -29,7 +29,7 @@ from typing import Any
 from ambit import cgroups
 from ambit.labstore import LabStore
 from ambit.netns import NETNS_RUN_DIR
-from ambitctl.lab import components, paths, state, topology
+from ambitctl.lab import components, paths, state, topology, tracing
 from ambitctl.lab.topology import LabNames
 
 WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
@@ -76,7 +76,8 @@ def _used_ips(st: state.LabState, store: LabStore) -> tuple[set[str], set[str]]:
     return pods, vips
 
 
-def _process(base: Path, names: LabNames, w: dict[str, Any], trust_domain: str) -> state.ProcSpec:
+def _process(base: Path, names: LabNames, w: dict[str, Any], trust_domain: str,
+             extra: list[str] | None = None) -> state.ProcSpec:
     ns, name, node = w["namespace"], w["name"], w["node"]
     return state.ProcSpec(
         id=f"waypoint/{ns}/{name}", component="waypoint", node=node,
@@ -87,7 +88,7 @@ def _process(base: Path, names: LabNames, w: dict[str, Any], trust_domain: str) 
               "--node-token-file", str(components.node_token_file(base, node)),
               "--trust-domain", trust_domain, "--gateway-class", w["class"],
               "--admin-socket", str(admin_socket(base, ns, name)),
-              "--metrics-socket", str(metrics_socket(base, ns, name)), "--report-interval", "3"],
+              "--metrics-socket", str(metrics_socket(base, ns, name)), "--report-interval", "3", *(extra or [])],
         env={"POD_NAME": w["pod"], "POD_NAMESPACE": ns, "POD_IP": w["ip"], "NODE_NAME": node})
 
 
@@ -197,7 +198,8 @@ def reconcile(base: Path) -> tuple[list[str], bool]:
             admin_socket(base, ns, name).parent.mkdir(parents=True, exist_ok=True)
             store.apply(_store_objects(names, w))
             st.waypoints.append(w)
-            st.processes.append(_process(base, names, w, st.spec.get("trust_domain", "cluster.local")))
+            st.processes.append(_process(base, names, w, st.spec.get("trust_domain", "cluster.local"),
+                                         tracing.waypoint_args(st)))
             did.append(f"started waypoint {key}: pod {w['pod']} on {w['node']}, {w['ip']}, VIP {w['vip']}")
         pending = any(w.get("removing") for w in st.waypoints)
     return did, pending

@@ -3,7 +3,7 @@
 GET /                 the page (static/index.html; plain HTML, vanilla JS and SVG: no CDN, no internet)
 GET /app.js, /style.css
 GET /api/graph        {"nodes", "edges", "meta"}: graph.build over the current rates and translation
-GET /api/node?id=ID   the node's recent access-log lines and what the view knows of its traces
+GET /api/node?id=ID   the node's recent access-log lines and traces (from --tracing-url's backend)
 Anything but GET/HEAD is 405: the view changes nothing.
 
 A threaded stdlib server (as prometheus_client's metrics server): requests are few (one page
@@ -23,15 +23,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from controller.dashboard import accesslogs
+from controller.dashboard import accesslogs, traces
 from controller.dashboard.graph import Mesh, Rate, build
+from controller.dashboard.tracequery import TraceBackend
 
 log = logging.getLogger("ambit.controller.dashboard")
 STATIC = Path(__file__).parent / "static"
 ASSETS = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"), "/style.css": ("style.css", "text/css; charset=utf-8")}
-NO_TRACING = ("no tracing backend: this view reads traces from none (the proxies export spans to the "
-              "Telemetry API's tracing providers; look them up there)")
+NO_TRACING = ("no tracing backend configured: the controller was given no --tracing-url, so this view reads "
+              "traces from none (the proxies export spans to the Telemetry API's tracing providers; point "
+              "--tracing-url at one's query API to list them here)")
 NO_LOG_DIR = ("access logs are not readable by the controller here: the proxies write them to stdout "
               "(kubectl logs -n ambit-system ds/ztunnel, kubectl logs deploy/<waypoint>)")
 
@@ -44,9 +46,9 @@ class Dashboard:
     """What the endpoints answer, independent of HTTP (tests call it directly)."""
 
     def __init__(self, mesh: Callable[[], Mesh], rates: RateSource, access_log_dir: Path | None = None,
-                 refresh_seconds: float = 3.0) -> None:
+                 refresh_seconds: float = 3.0, tracing: TraceBackend | None = None) -> None:
         self.mesh, self.source, self.access_log_dir = mesh, rates, access_log_dir
-        self.refresh_seconds = refresh_seconds
+        self.refresh_seconds, self.tracing = refresh_seconds, tracing
 
     def graph(self) -> dict[str, Any]:
         rates, meta = self.source.rates()
@@ -60,7 +62,22 @@ class Dashboard:
         else:
             logs = {"available": True, "message": f"from {self.access_log_dir}",
                     "lines": accesslogs.recent(self.access_log_dir, node_id)}
-        return {"id": node_id, "accessLogs": logs, "traces": {"available": False, "message": NO_TRACING, "spans": []}}
+        if self.tracing is None:
+            spans: dict[str, Any] = {"available": False, "message": NO_TRACING, "traces": []}
+        else:
+            spans = self.tracing.recent(traces.service_names(node_id, self._canonical(node_id)))
+        return {"id": node_id, "accessLogs": logs, "traces": spans}
+
+    def _canonical(self, node_id: str) -> str:
+        """A workload's canonical service (Istio: its `app` label), under which its spans are filed."""
+        kind, _, rest = node_id.partition(":")
+        ns, _, name = rest.partition("/")
+        if kind != "wl":
+            return ""
+        for w in self.mesh().workloads:
+            if (w.namespace, w.name) == (ns, name):
+                return str(w.labels.get("service.istio.io/canonical-name") or w.labels.get("app") or "")
+        return ""
 
 
 class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):

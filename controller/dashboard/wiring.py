@@ -9,6 +9,7 @@ from typing import Any
 from controller.dashboard.graph import Mesh
 from controller.dashboard.server import Dashboard, serve
 from controller.dashboard.sources import DirectRates, PrometheusRates
+from controller.dashboard.tracequery import TraceBackend
 
 log = logging.getLogger("ambit.controller.dashboard")
 
@@ -43,14 +44,21 @@ def start(args: Any, controller: Any) -> Callable[[], None] | None:
         if not (args.dashboard_ztunnel_metrics or args.dashboard_waypoint_metrics):
             log.warning("topology view: no --prometheus-url and no --dashboard-ztunnel-metrics/"
                         "--dashboard-waypoint-metrics: it shows workloads and services but no traffic")
-    dash = Dashboard(mesh, source, args.dashboard_access_logs, refresh_seconds=args.dashboard_refresh)
+    tracing = None
+    if args.tracing_url:
+        try:
+            tracing = TraceBackend(args.tracing_url, args.tracing_api)
+        except ValueError as e:
+            log.error("topology view: %s; the panel will say there is no tracing backend", e)
+    dash = Dashboard(mesh, source, args.dashboard_access_logs, refresh_seconds=args.dashboard_refresh, tracing=tracing)
     try:
         url, stop_http = serve(dash, args.dashboard_address)
     except (OSError, ValueError) as e:
         log.error("topology view not served on %s: %s", args.dashboard_address, e)
         return None
     source.start()
-    log.info("topology view on %s (rates from %s)", url, source.source)
+    log.info("topology view on %s (rates from %s; traces from %s)", url, source.source,
+             f"{tracing.api} API at {tracing.url}" if tracing else "no backend")
 
     def stop() -> None:
         source.stop()

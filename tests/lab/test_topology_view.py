@@ -7,7 +7,9 @@ passes `--prometheus-url`), then without it: the test gives the controller's pro
 state the flags of a lab without Prometheus, the supervisor restarts the controller, and the view
 scrapes the ztunnels' and the waypoint's metrics sockets itself. In each mode the rendered DOM must show the right edges with
 non-zero rates, the mTLS lock, the waypoint in the HTTP path, a policy on the node it selects, and
-clicking a node must list its access-log lines. Screenshots go to the artifacts
+clicking a node must list its access-log lines. The lab runs its trace collector (`lab up
+--tracing`): a client span of frontend's, through the waypoint, must be listed as a trace of
+frontend's with its spans linked. Screenshots go to the artifacts
 (AMBIT_UPDATE_SCREENSHOT=1 also writes docs/img/topology.png).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 import urllib.request
@@ -29,6 +32,7 @@ import yaml
 from ambitctl.lab import dashboard
 from ambitctl.lab import state as labstate
 from tests.lab.labctl import REPO, Lab, artifacts, running_lab
+from tests.lab.test_tracing import CLIENT_SCRIPT
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
@@ -104,7 +108,8 @@ def wanted_edges() -> set[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def tlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    with running_lab(tmp_path_factory.mktemp("tvlab"), "tv", SPEC, "topology-view-lab", "--prometheus") as lab:
+    with running_lab(tmp_path_factory.mktemp("tvlab"), "tv", SPEC, "topology-view-lab", "--prometheus",
+                     "--tracing") as lab:
         f = tmp_path_factory.mktemp("tvcfg") / "cfg.yaml"
         f.write_text(yaml.safe_dump_all([GATEWAY, POLICY]))
         lab.ambit("apply", "-f", str(f))
@@ -199,7 +204,7 @@ def check_page(drv: Any, lab: Lab, url: str, source: str, shot: str) -> dict[tup
     before = status.get_attribute("data-updated")
     lab.wait_for(lambda: status.get_attribute("data-updated") not in (before, ""), timeout=15, what="a live refresh")
 
-    # clicking cart-v1: its policy, its access-log lines (ztunnel's, naming it), no tracing backend
+    # clicking cart-v1: its policy, its access-log lines (ztunnel's, naming it), no traces (L4 only)
     click_node(drv, "wl:shop/cart-v1")
     panel = drv.find_element(By.ID, "panel")
     lab.wait_for(lambda: panel.get_attribute("data-node") == "wl:shop/cart-v1"
@@ -209,7 +214,8 @@ def check_page(drv: Any, lab: Lab, url: str, source: str, shot: str) -> dict[tup
     assert policies == ["AuthorizationPolicy shop/deny-nowhere: DENY (selector)"], policies
     lines = [d.text for d in drv.find_elements(By.CSS_SELECTOR, "#panel-logs .log-line")]
     assert lines and all(line.startswith("ztunnel-node") and '"cart-v1"' in line for line in lines), lines[:3]
-    assert "no tracing backend" in drv.find_element(By.ID, "panel-traces").text
+    traces_note = drv.find_element(By.ID, "panel-traces").text
+    assert "from the zipkin API" in traces_note and "cart-svc.shop" in traces_note and "none yet" in traces_note
     # frontend: the waypoint's request lines are among its logs
     click_node(drv, "wl:default/frontend")
     lab.wait_for(lambda: panel.get_attribute("data-node") == "wl:default/frontend" and any(
@@ -263,3 +269,45 @@ def test_without_prometheus_the_controller_scrapes_the_proxies(tlab: Lab, browse
     assert not t.failures, t.failures
     meta = graph(url)["meta"]
     assert meta["source"] == "components" and not meta["errors"] and meta["windowSeconds"] > 0
+
+
+def test_a_trace_through_the_waypoint_is_listed_with_its_linked_spans(tlab: Lab, browser: Any) -> None:
+    """frontend makes a client span of its own (OpenTelemetry SDK, exported to the lab's collector)
+    around one request to myapp; the waypoint adds its server and client spans. Clicking frontend
+    lists the trace; clicking the trace lists its spans, each under its parent."""
+    from selenium.webdriver.common.by import By
+    t = labstate.load(tlab.dir).tracing
+    p = tlab.exec("default/frontend", sys.executable, "-c", CLIENT_SCRIPT, "root", "http://myapp/traced",
+                  f"{t['ip']}:{t['grpc_port']}", "frontend.default", timeout=120)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["status"] == 200
+    tid, root = r["trace_id"], r["span_id"]
+    url = tlab.status()["dashboard"]
+
+    def listed() -> dict[str, Any] | None:     # the waypoint's batch processor exports within seconds
+        with urllib.request.urlopen(url + "api/node?id=wl:default/frontend", timeout=10) as resp:
+            rows = json.loads(resp.read())["traces"]["traces"]
+        return next((x for x in rows if x["traceId"] == tid and x["spanCount"] >= 3), None)
+    tlab.wait_for(listed, timeout=30, interval=1.0, what="the trace in the view's API")
+
+    browser.get(url)
+    tlab.wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, '#graph g.node[data-id="wl:default/frontend"]'),
+                  timeout=30, what="frontend drawn")
+    click_node(browser, "wl:default/frontend")
+    sel = f'#panel-trace-list .trace-row[data-trace-id="{tid}"]'
+    rows = tlab.wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, sel), timeout=15, what="the trace listed")
+    assert int(rows[0].get_attribute("data-span-count")) >= 3 and rows[0].get_attribute("data-status") == "ok"
+    assert "frontend.default" in rows[0].text and "waypoint.default" in rows[0].text
+    rows[0].click()
+    tlab.wait_for(lambda: browser.find_element(By.ID, "panel-spans").get_attribute("data-trace-id") == tid,
+                  timeout=10, what="the trace's spans shown")
+    spans = [(d.get_attribute("data-span-id"), d.get_attribute("data-parent-id"), int(d.get_attribute("data-depth")),
+              d.text) for d in browser.find_elements(By.CSS_SELECTOR, "#panel-spans .span-row")]
+    ids = {s[0] for s in spans}
+    assert len(spans) >= 3 and spans[0][:3] == (root, "", 0), spans
+    assert all(parent in ids for _, parent, depth, _ in spans[1:]), spans        # every other span is linked
+    server = next(s for s in spans if s[1] == root and "[SERVER]" in s[3])        # client -> waypoint
+    assert server[3].startswith("waypoint.default: myapp.default.svc.cluster.local:80/*")
+    assert any(s[1] == server[0] and s[2] == 2 and "router outbound|80||myapp" in s[3] for s in spans), spans
+    browser.save_screenshot(str(artifacts("topology-view") / "traces-panel.png"))

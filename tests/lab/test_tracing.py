@@ -1,6 +1,6 @@
 """Tracing end to end: the real waypoint process with its `--tracing-*` settings (as
 AMBIT_WAYPOINT_TRACING_* in its environment) exporting to the real span receiver
-(tests/support/otlp_receiver.py) running in a pod outside the mesh, over OTLP gRPC, OTLP HTTP and
+(ambitctl/lab/otlp_receiver.py) running in a pod outside the mesh, over OTLP gRPC, OTLP HTTP and
 Zipkin's API at once; a client in a pod that makes its own root span with the OpenTelemetry SDK;
 the echo app behind the waypoint reports the trace headers it received.
 
@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from ambitctl.lab.otlp_receiver import Span, read_spans
 from tests.lab.labctl import Lab, running_lab
 from tests.lab.test_waypoint import GATEWAY, apply, waypoints
-from tests.support.otlp_receiver import Span, read_spans
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -30,11 +30,11 @@ SPEC = Path(__file__).parent / "specs" / "tracing.yaml"
 RECEIVER = "10.210.2.10"        # the first pod of node2 (see the spec)
 CLIENT = "default/client"
 
-# In the client pod. `root URL COLLECTOR`: one request inside a root span of the client's own
-# (OpenTelemetry SDK, exported over OTLP gRPC), its context sent as traceparent; prints the span's
+# In the client pod. `root URL COLLECTOR [SERVICE]`: one request inside a root span of the client's own
+# (OpenTelemetry SDK, exported over OTLP gRPC, as SERVICE), its context sent as traceparent; prints the span's
 # ids and the echo's reply. `plain URL N`: N requests on one keep-alive connection, no trace
 # headers; prints the status counts and the rate.
-_CLIENT = r"""
+CLIENT_SCRIPT = r"""
 import http.client, json, sys, time, urllib.parse
 mode, url = sys.argv[1], sys.argv[2]
 u = urllib.parse.urlsplit(url)
@@ -46,7 +46,7 @@ if mode == "root":
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    tp = TracerProvider(resource=Resource.create({"service.name": "client.default"}))
+    tp = TracerProvider(resource=Resource.create({"service.name": sys.argv[4] if len(sys.argv) > 4 else "client.default"}))
     tp.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=sys.argv[3], insecure=True)))
     with tp.get_tracer("lab-client").start_as_current_span("GET echo", kind=trace.SpanKind.CLIENT) as span:
         headers = {}
@@ -68,7 +68,7 @@ else:
 
 
 def client(lab: Lab, *args: str) -> dict[str, Any]:
-    p = lab.exec(CLIENT, sys.executable, "-c", _CLIENT, *args, timeout=120)
+    p = lab.exec(CLIENT, sys.executable, "-c", CLIENT_SCRIPT, *args, timeout=120)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout.strip().splitlines()[-1])
 

@@ -225,10 +225,49 @@ async function select(id) {
       div.appendChild(document.createTextNode(l.line));
       logs.appendChild(div);
     }
-    document.getElementById("panel-traces").textContent = d.traces.available ? "" : d.traces.message;
+    showTraces(d.traces);
     panel.dataset.loaded = "true";
   } catch (err) {
     logs.textContent = "could not load: " + err;
+  }
+}
+
+// The node's recent traces (one row each: root span, duration, status, spans, services); a click
+// on a row lists that trace's spans, indented under their parents, with their offsets and durations.
+function showTraces(t) {
+  const note = document.getElementById("panel-traces");
+  const list = document.getElementById("panel-trace-list");
+  const spans = document.getElementById("panel-spans");
+  list.textContent = ""; spans.textContent = "";
+  note.textContent = !t.available ? t.message
+    : `${t.traces.length} recent trace(s) from the ${t.message}` + (t.traces.length ? "" : ": none yet");
+  for (const tr of t.traces) {
+    const row = document.createElement("div");
+    row.className = "trace-row" + (tr.status === "error" ? " errors" : "");
+    Object.assign(row.dataset, { traceId: tr.traceId, spanCount: tr.spanCount, status: tr.status });
+    row.textContent = `${tr.traceId.slice(0, 12)}… ${tr.rootService}: ${tr.root} · ${fmtMs(tr.durationMs)} · `
+      + `${tr.status} · ${tr.spanCount} span(s) · ${tr.services.join(", ")}`;
+    row.addEventListener("click", () => showSpans(tr));
+    list.appendChild(row);
+  }
+}
+
+function showSpans(tr) {
+  const box = document.getElementById("panel-spans");
+  box.textContent = "";
+  box.dataset.traceId = tr.traceId;
+  const h = document.createElement("div");
+  h.className = "note"; h.textContent = `trace ${tr.traceId}: ${tr.spanCount} span(s), ${fmtMs(tr.durationMs)}`;
+  box.appendChild(h);
+  for (const s of tr.spans) {
+    const div = document.createElement("div");
+    div.className = "span-row" + (s.error ? " errors" : "");
+    Object.assign(div.dataset, { spanId: s.spanId, parentId: s.parentId, depth: s.depth });
+    div.style.paddingLeft = (s.depth * 14) + "px";
+    div.textContent = `${s.service}: ${s.name}` + (s.kind ? ` [${s.kind}]` : "") + ` · +${fmtMs(s.offsetMs)}`
+      + ` · ${fmtMs(s.durationMs)}` + (s.status ? ` · ${s.status}` : "")
+      + (s.parentId ? ` · parent ${s.parentId.slice(0, 8)}…` : " · root");
+    box.appendChild(div);
   }
 }
 

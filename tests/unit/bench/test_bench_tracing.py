@@ -34,10 +34,13 @@ def test_cost_per_request_is_paired_rep_by_rep() -> None:
         res.record("ambit-waypoint-traced", "lat1000_p50_ms", rep, 1.25)
     cost = ratios.tracing_cost(res)
     assert cost["cpu_us_per_request"] == pytest.approx(110.0)
+    assert cost["cpu_us_per_request_traced"] == pytest.approx(320.0)
+    assert cost["cpu_us_per_request_untraced"] == pytest.approx(210.0)
     assert cost["p50_added_ms"] == pytest.approx(0.25)
     assert "max_rps_ratio" not in cost
     line = report.tracing_line(cost)
     assert "110 µs of waypoint CPU per request" in line and "p50 +0.25 ms" in line
+    assert "320 µs at 100 % against 210 µs at 0 %" in line
     assert ratios.tracing_cost(RunResults(reps=1)) == {}
 
 
@@ -58,5 +61,5 @@ def test_the_switch_is_the_waypoints_sampling_file(tmp_path: Path) -> None:
 def test_the_l7_lab_has_the_receiver_pod_outside_the_mesh(tmp_path: Path) -> None:
     spec = labenv.spec_dict(tmp_path, l7=True)
     pod = next(p for p in spec["pods"] if p["name"] == tracing.RECEIVER_POD)
-    assert pod["namespace"] == planmod.PLAIN_NS and Path(pod["command"][1]) == tracing.RECEIVER
+    assert pod["namespace"] == planmod.PLAIN_NS and pod["command"][1:3] == ["-m", tracing.RECEIVER_MODULE]
     assert not any(p["name"] == tracing.RECEIVER_POD for p in labenv.spec_dict(tmp_path)["pods"])

@@ -60,3 +60,24 @@ def test_ambit_dashboard_kube_prints_the_port_forward(capsys: pytest.CaptureFixt
     assert e.value.code == 0
     assert "kubectl -n mesh-ops port-forward deploy/ambit-controller 16000:16000" in out
     assert "http://127.0.0.1:16000/" in out
+
+
+def test_lab_tracing_points_the_waypoints_and_the_view_at_the_collector(tmp_path: Path) -> None:
+    from ambitctl.lab import tracing
+    from ambitctl.lab.spec import parse
+    from waypoint.settings import load as waypoint_settings
+    spec = parse({"pods": [{"name": "a", "node": "node1", "command": ["sleep", "1"]},
+                           {"name": "b", "node": "node2", "command": ["sleep", "1"]}]})
+    pod = tracing.add_collector(spec, tmp_path)
+    assert (pod.namespace, pod.node, pod.ip) == ("ambit-system", "node1", "10.210.1.11")
+    assert "ambit-system" in spec.namespaces and not spec.namespaces["ambit-system"]     # outside the mesh
+    st = lab_state(tmp_path)
+    assert tracing.waypoint_args(st) == [] and tracing.controller_args(st) == []
+    tracing.enable(st, tmp_path, pod)
+    dashboard.enable(st, tmp_path)
+    args = load(st.proc("controller").argv[3:], {})
+    assert (args.tracing_url, args.tracing_api) == (f"unix:{tmp_path}/tracing/query.sock", "zipkin")
+    assert f"{tmp_path}/tracing/query.sock" in pod.command
+    wp = waypoint_settings(["--waypoint", "default/waypoint", "--pod-name", "waypoint-0", "--node", "node2",
+                            *tracing.waypoint_args(st)], {})
+    assert (wp.tracing_otlp, wp.tracing_sampling) == ("10.210.1.11:4317", 100.0)

@@ -69,7 +69,7 @@ def test_graph_json_and_node_access_logs(view: tuple[str, Path]) -> None:
     node = json.loads(get(url + "api/node?id=wl:shop/shopper")[2])
     assert [json.loads(x["line"])["bytes_sent"] for x in node["accessLogs"]["lines"]] == [7]
     assert node["accessLogs"]["lines"][0]["component"] == "ztunnel-node1"
-    assert node["traces"] == {"available": False, "message": node["traces"]["message"], "spans": []}
+    assert node["traces"] == {"available": False, "message": node["traces"]["message"], "traces": []}
     assert "no tracing backend" in node["traces"]["message"]
     assert get(url + "api/node")[0] == 400 and get(url + "nope")[0] == 404
 

@@ -1,5 +1,5 @@
 """The waypoint's spans end to end in one process: a real client, the engine, a real origin, and
-the real OTLP gRPC / OTLP HTTP / Zipkin receiver (tests/support/otlp_receiver.py) the SDK's
+the real OTLP gRPC / OTLP HTTP / Zipkin receiver (ambitctl/lab/otlp_receiver.py) the SDK's
 exporters send to."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from ambit.telemetryconfig import Provider, TracingConfig
-from tests.support.otlp_receiver import Receiver, Span
+from ambitctl.lab.otlp_receiver import Receiver, Span
 from tests.unit.waypoint.harness import Origin, Proxy, by_header, free_port
 from waypoint.telemetry import tracing as tr
 from waypoint.telemetry.tracing_sdk import Tracing

@@ -3,7 +3,7 @@ protos' TraceService/Export), OTLP HTTP (protobuf `POST /v1/traces`) and Zipkin'
 (JSON `POST /api/v2/spans`), all collecting into one list of `Span`s.
 
 In-process: `with Receiver() as r: ... r.wait(lambda spans: ...)`. As a process (the lab runs it
-in a pod's netns): `python -m tests.support.otlp_receiver --host IP --grpc-port N --http-port M
+in a pod's netns): `python -m ambitctl.lab.otlp_receiver --host IP --grpc-port N --http-port M
 --out FILE`, which appends one JSON line per span to FILE (`read_spans(FILE)` reads them back); without
 --out it only counts them (the bench's sink).
 """
@@ -14,7 +14,8 @@ import argparse
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, MutableSequence
 from concurrent import futures
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +27,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 # OTLP's Span.SpanKind numbers -> the names Zipkin uses (and we compare on)
 OTLP_KINDS = {1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
+STATUS_ERROR = 2                # Status.StatusCode.STATUS_CODE_ERROR
 
 
 @dataclass
@@ -38,6 +40,9 @@ class Span:
     name: str
     kind: str                   # SERVER | CLIENT | ...
     attributes: dict[str, str] = field(default_factory=dict)
+    start_us: int = 0           # epoch microseconds (what Zipkin's `timestamp` is)
+    duration_us: int = 0
+    error: bool = False         # OTLP status ERROR (Zipkin: an `error` tag)
 
 
 def _value(v: AnyValue) -> str:
@@ -53,7 +58,10 @@ def from_otlp(req: trace_service_pb2.ExportTraceServiceRequest, via: str) -> lis
             for s in ss.spans:
                 out.append(Span(via, res.get("service.name", ""), s.trace_id.hex(), s.span_id.hex(),
                                 s.parent_span_id.hex(), s.name, OTLP_KINDS.get(s.kind, str(s.kind)),
-                                {a.key: _value(a.value) for a in s.attributes}))
+                                {a.key: _value(a.value) for a in s.attributes},
+                                s.start_time_unix_nano // 1000,
+                                max(0, s.end_time_unix_nano - s.start_time_unix_nano) // 1000,
+                                s.status.code == STATUS_ERROR))
     return out
 
 
@@ -61,9 +69,10 @@ def from_zipkin(body: bytes) -> list[Span]:
     out = []
     for s in json.loads(body):
         tid = s["traceId"].rjust(32, "0")
+        tags = {k: str(v) for k, v in (s.get("tags") or {}).items()}
         out.append(Span("zipkin", (s.get("localEndpoint") or {}).get("serviceName", ""), tid, s["id"],
-                        s.get("parentId", ""), s.get("name", ""), s.get("kind", ""),
-                        {k: str(v) for k, v in (s.get("tags") or {}).items()}))
+                        s.get("parentId", ""), s.get("name", ""), s.get("kind", ""), tags,
+                        int(s.get("timestamp") or 0), int(s.get("duration") or 0), "error" in tags))
     return out
 
 
@@ -71,8 +80,12 @@ class Receiver:
     """The three receivers on `host`; spans land in `self.spans` (and in `out`, when given)."""
 
     def __init__(self, host: str = "127.0.0.1", grpc_port: int = 0, http_port: int = 0,
-                 out: Path | None = None, keep: bool = True) -> None:
-        self.spans: list[Span] = []
+                 out: Path | None = None, keep: bool = True, limit: int | None = None,
+                 query: Callable[[str], tuple[int, bytes]] | None = None) -> None:
+        # `limit`: keep only the most recent spans (the lab's collector runs for days); `query`:
+        # answers GETs on the HTTP port (the collector's Zipkin query API), else 404
+        self.spans: MutableSequence[Span] = deque(maxlen=limit) if limit else []
+        self.query = query
         self.count = 0              # spans received (kept in `spans` only with `keep`)
         self.keep = keep
         self.requests = {"otlp-grpc": 0, "otlp-http": 0, "zipkin": 0}
@@ -82,7 +95,7 @@ class Receiver:
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), self.grpc)
         self.grpc_port = self.grpc.add_insecure_port(f"{host}:{grpc_port}")
         self.grpc.start()
-        self.http = ThreadingHTTPServer((host, http_port), _handler(self))
+        self.http = ThreadingHTTPServer((host, http_port), handler(self))
         self.http.daemon_threads = True
         self.http_port = self.http.server_address[1]
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
@@ -98,12 +111,16 @@ class Receiver:
                     for s in spans:
                         f.write(json.dumps(asdict(s)) + "\n")
 
+    def snapshot(self) -> list[Span]:
+        """The spans kept, as of now."""
+        with self._lock:
+            return list(self.spans)
+
     def wait(self, pred: Callable[[list[Span]], bool], timeout: float = 10.0) -> list[Span]:
         """The spans once `pred(spans)` holds (or at the timeout, for the caller to assert on)."""
         deadline = time.time() + timeout
         while True:
-            with self._lock:
-                spans = list(self.spans)
+            spans = self.snapshot()
             if pred(spans) or time.time() > deadline:
                 return spans
             time.sleep(0.05)
@@ -129,12 +146,22 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-def _handler(r: Receiver) -> type[BaseHTTPRequestHandler]:
+def handler(r: Receiver) -> type[BaseHTTPRequestHandler]:
+    """The HTTP side (OTLP HTTP and Zipkin ingest, `r.query` for GETs): also served on a unix
+    socket by the lab's collector."""
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def log_message(self, *a: object) -> None:
             pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            code, out = r.query(self.path) if r.query else (404, b"not found")
+            self.send_response(code)
+            self.send_header("content-type", "application/json" if code == 200 else "text/plain")
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
 
         def do_POST(self) -> None:  # noqa: N802
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
