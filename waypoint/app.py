@@ -107,6 +107,8 @@ class WaypointProxy:
         self.telemetry = Telemetry(http_metrics, RequestLog(lambda line: access.info("%s", line),
                                                             lambda svc: self.config.view.telemetry_for_waypoint(svc).access_log),
                                    lambda ip: self.config.view.by_ip.get(ip))
+        if http_metrics is not None:    # the Telemetry API's metrics overrides, per request's Service
+            http_metrics.config_for = lambda svc: self.config.view.telemetry_for_waypoint(svc).metrics
         self.tap = TapHub(f"waypoint/{settings.waypoint}")      # `ambit tap` (admin GET /tap)
 
     def _telemetry_tracing(self, flags: TracingFor | None) -> TracingFor:
