@@ -3,6 +3,8 @@
 - `istio_requests_total` (counter): one per request.
 - `istio_request_duration_milliseconds` (histogram): the request's duration.
 - `istio_request_bytes` / `istio_response_bytes` (histograms): body sizes, request and response.
+- `istio_request_messages_total` / `istio_response_messages_total` (counters, gRPC requests only):
+  the length-prefixed gRPC messages each way (waypoint/http/grpcframes.py), as Envoy's grpc_stats.
 
 Buckets are Envoy's defaults, which Istio's histograms use unless a pod overrides them
 (`sidecar.istio.io/statsHistogramBuckets`): 0.5 ... 3600000, for durations and sizes alike, so
@@ -55,6 +57,7 @@ SIZE_BUCKETS = DURATION_BUCKETS
 REPORTER = "waypoint"
 DEFAULT_CLUSTER = "Kubernetes"
 
+COUNTERS = ("REQUEST_COUNT", "GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES")
 ConfigFor = Callable[[str], MetricsConfig]      # "ns/name" of the request's Service -> its config
 
 
@@ -86,9 +89,14 @@ class HttpMetrics:
                                        buckets=SIZE_BUCKETS, registry=None)
         self.response_bytes = Histogram("istio_response_bytes", "Response body size (bytes)", names,
                                         buckets=SIZE_BUCKETS, registry=None)
+        self.request_messages = Counter("istio_request_messages", "gRPC messages from the client", names,
+                                        registry=None)
+        self.response_messages = Counter("istio_response_messages", "gRPC messages to the client", names,
+                                         registry=None)
         self.families: tuple[tuple[str, Any], ...] = (
             ("REQUEST_COUNT", self.requests), ("REQUEST_DURATION", self.duration),
-            ("REQUEST_SIZE", self.request_bytes), ("RESPONSE_SIZE", self.response_bytes))
+            ("REQUEST_SIZE", self.request_bytes), ("RESPONSE_SIZE", self.response_bytes),
+            ("GRPC_REQUEST_MESSAGES", self.request_messages), ("GRPC_RESPONSE_MESSAGES", self.response_messages))
         self.registry.register(Pruned(f for _, f in self.families))
         by_metric = dict(self.families)
         self._children: ChildCache[tuple[str, tuple[str, ...]], Any] = ChildCache(
@@ -125,14 +133,19 @@ class HttpMetrics:
         values = self.label_values(rec, src, dst)
         attrs = {"response.code": rec.status, "request.method": rec.method, "request.path": rec.path,
                  "connection.mtls": bool(rec.downstream.source_identity)}
-        for metric, amount in (("REQUEST_COUNT", 1.0), ("REQUEST_DURATION", rec.duration_ms),
-                               ("REQUEST_SIZE", rec.bytes_received), ("RESPONSE_SIZE", rec.bytes_sent)):
+        amounts: tuple[tuple[str, float], ...] = (
+            ("REQUEST_COUNT", 1.0), ("REQUEST_DURATION", rec.duration_ms), ("REQUEST_SIZE", rec.bytes_received),
+            ("RESPONSE_SIZE", rec.bytes_sent))
+        if rec.grpc:
+            amounts += (("GRPC_REQUEST_MESSAGES", rec.request_messages),
+                        ("GRPC_RESPONSE_MESSAGES", rec.response_messages))
+        for metric, amount in amounts:
             if not cfg.enabled(metric):
                 continue
             vals, extra = relabel(HTTP_LABELS, values, cfg.tags_for(metric), attrs)
             child = self._children.get((metric, (*vals, extra)))
-            if metric == "REQUEST_COUNT":
-                child.inc()
+            if metric in COUNTERS:
+                child.inc(amount)
             else:
                 child.observe(amount)
 
