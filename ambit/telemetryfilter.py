@@ -183,19 +183,19 @@ def _text(v: Any) -> str:
     return ("true" if v else "false") if isinstance(v, bool) else str(v)
 
 
-def check_value(expr: str) -> str:
-    """"" when `expr` is a value expression Ambit evaluates (compile_value), else the reason."""
+def _reason(compile_: Callable[[str], Any], expr: str) -> str:
     try:
-        compile_value(expr)
+        compile_(expr)
     except FilterError as e:
         return str(e)
     return ""
+
+
+def check_value(expr: str) -> str:
+    """"" when `expr` is a value expression Ambit evaluates (compile_value), else the reason."""
+    return _reason(compile_value, expr)
 
 
 def check_filter(expr: str) -> str:
     """"" when `expr` is in the subset, else the reason (for validation messages)."""
-    try:
-        compile_filter(expr)
-    except FilterError as e:
-        return str(e)
-    return ""
+    return _reason(compile_filter, expr)
