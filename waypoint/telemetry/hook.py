@@ -56,8 +56,9 @@ class Telemetry:
                             response_flags=rec.response_flags or "-") \
             .source_from(src, d.source_identity).destination_from(dst, dst.identity if dst is not None else "")
         if d.service:
-            labels.destination_service_namespace, _, labels.destination_service_name = d.service.partition("/")
-            labels.destination_service = d.hostname or f"{labels.destination_service_name}.{labels.destination_service_namespace}.svc.cluster.local"
+            ns, _, name = d.service.partition("/")
+            labels.destination_service_namespace, labels.destination_service_name = ns, name
+            labels.destination_service = d.hostname or f"{name}.{ns}.svc.cluster.local"
         return labels
 
     def tcp(self, rec: RequestRecord, event: str) -> None:
