@@ -448,6 +448,8 @@ class TelemetryPolicy(Resource):
     sampling_percent: float | None = None
     custom_tags: dict[str, dict[str, Any]] = field(default_factory=dict)
     disable_span_reporting: bool | None = None
+    use_request_id_sampling: bool | None = None     # tracing useRequestIdForTraceSampling
+    enable_istio_tags: bool | None = None           # tracing enableIstioTags
     metrics_providers: list[str] = field(default_factory=list)
     metrics_overrides: list[dict[str, Any]] = field(default_factory=list)
     access_log_providers: list[str] = field(default_factory=list)

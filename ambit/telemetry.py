@@ -1,4 +1,4 @@
-"""The Telemetry API's resolver: which tracing and access logging apply to one proxy, after Istio's
+"""The Telemetry API's resolver: which tracing, access logging and metrics apply to one proxy, after Istio's
 precedence. Pure functions over the model (`TelemetryPolicy`, `MeshSettings`); both proxies call
 them on each config update.
 
@@ -7,8 +7,12 @@ mesh-wide; a namespace's Telemetry without a selector overrides it for that name
 selector (or, for a waypoint, `targetRefs` naming its Gateway or one of its Services) overrides
 both for what it selects. At each level, a section (`tracing`, `accessLogging`) that is present
 overrides field by field what it sets: a provider list *replaces* the inherited one, and
-`randomSamplingPercentage`, `disableSpanReporting`, `customTags`, `disabled`, `match.mode` and
+`randomSamplingPercentage`, `disableSpanReporting`, `customTags`, `useRequestIdForTraceSampling`,
+`enableIstioTags`, `disabled`, `match.mode` and
 `filter` override when set. Where nothing names providers, MeshConfig `defaultProviders` apply.
+`metrics` overrides merge per metric and label, narrower levels last (ambit.telemetrymetrics);
+a metrics provider list replaces the inherited one, and without a Prometheus provider in it (the
+default is `prometheus`) the proxy side reports no metrics, as Istio generates none.
 
 Which side a proxy is (`match.mode`): for ztunnel, the source workload's side of a connection is
 CLIENT and the destination's is SERVER (each side resolved for its own workload); a waypoint is
@@ -32,6 +36,7 @@ from typing import Any
 
 from ambit.model import MeshSettings, TelemetryPolicy
 from ambit.telemetryconfig import AccessLogConfig, Provider, TelemetryConfig, TracingConfig
+from ambit.telemetrymetrics import FAMILIES, MetricsConfig, MetricsMerge
 
 # Istio's built-in providers: `envoy` (a text log on the proxy's stdout) and `prometheus` (metrics,
 # which Ambit's components always export).
@@ -113,9 +118,16 @@ def resolve(policies: Iterable[TelemetryPolicy], mesh: MeshSettings | None, s: S
     defaults = mesh.default_providers if mesh is not None else {}
     tr_names: list[str] = list(defaults.get("tracing", []))
     sampling, tags, disable_spans = TracingConfig().sampling_percent, {}, False
+    use_request_id, istio_tags = True, True
     al_names: list[str] = list(defaults.get("accessLogging", []))
     disabled, mode, flt = False, "CLIENT_AND_SERVER", ""
+    metric_names: list[str] = list(defaults.get("metrics", [])) or ["prometheus"]
+    metrics = MetricsMerge()
     for p in ordered(policies, s):
+        if p.metrics_providers:
+            metric_names = list(p.metrics_providers)
+        for o in p.metrics_overrides:
+            metrics.add(o, s.side)
         if p.has_tracing and _applies(p.tracing_mode, s.side):
             if p.tracing_providers:
                 tr_names = list(p.tracing_providers)
@@ -125,6 +137,10 @@ def resolve(policies: Iterable[TelemetryPolicy], mesh: MeshSettings | None, s: S
                 tags = dict(p.custom_tags)
             if p.disable_span_reporting is not None:
                 disable_spans = p.disable_span_reporting
+            if p.use_request_id_sampling is not None:
+                use_request_id = p.use_request_id_sampling
+            if p.enable_istio_tags is not None:
+                istio_tags = p.enable_istio_tags
         if p.has_access_logging and _applies(p.access_log_mode, s.side):
             if p.access_log_providers:
                 al_names = list(p.access_log_providers)
@@ -136,11 +152,15 @@ def resolve(policies: Iterable[TelemetryPolicy], mesh: MeshSettings | None, s: S
                 flt = p.access_log_filter
     tracing = TracingConfig(
         providers=tuple(p for p in _pick(tr_names, known) if p.kind in ("opentelemetry", "zipkin")),
-        sampling_percent=sampling, custom_tags=_tags(tags), disable_span_reporting=disable_spans)
+        sampling_percent=sampling, custom_tags=_tags(tags), disable_span_reporting=disable_spans,
+        use_request_id=use_request_id, istio_tags=istio_tags)
     access = AccessLogConfig(
         providers=tuple(p for p in _pick(al_names, known) if p.kind in ("envoyFileAccessLog", "envoyOtelAls")),
         disabled=disabled, mode=mode, filter=flt)
-    return TelemetryConfig(tracing, access)
+    prom = any(p.kind == "prometheus" for p in _pick(metric_names, known))
+    # Ambit's proxies export Prometheus only: with no Prometheus provider in force, Istio would
+    # generate no Prometheus metrics for this proxy, so none are reported.
+    return TelemetryConfig(tracing, access, metrics.result() if prom else MetricsConfig(disabled=frozenset(FAMILIES)))
 
 
 def _tags(tags: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[str, str, str], ...]:

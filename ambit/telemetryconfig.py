@@ -1,6 +1,6 @@
 """What the Telemetry API decides for one proxy (a ztunnel's workload, or a waypoint), after Istio's
-precedence (mesh, namespace, workload / targetRefs) is applied: the data-plane view of tracing and
-access logging. The controller's Telemetry translation and the resolver produce these; the proxies
+precedence (mesh, namespace, workload / targetRefs) is applied: the data-plane view of tracing, access
+logging and metrics (ambit.telemetrymetrics). The controller's Telemetry translation and the resolver produce these; the proxies
 consume them. Pure data.
 
 A provider is a MeshConfig `extensionProviders` entry (name -> kind and where it sends), so a
@@ -10,6 +10,8 @@ Telemetry names providers by name, as in Istio (`jaeger`, `zipkin`, `otel`, `env
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from ambit.telemetrymetrics import MetricsConfig
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,10 @@ class TracingConfig:
     sampling_percent: float = 1.0   # Istio's default meshConfig.defaultConfig.tracing.sampling is 1 %
     custom_tags: tuple[tuple[str, str, str], ...] = ()  # (tag, kind literal|environment|header, value/name)
     disable_span_reporting: bool = False
+    # Istio's defaults (both true): sample by the x-request-id's hash, so every proxy that sees one
+    # request decides alike; tag spans with istio.canonical_service, .namespace, .mesh_id ...
+    use_request_id: bool = True
+    istio_tags: bool = True
 
     @property
     def enabled(self) -> bool:
@@ -54,3 +60,4 @@ class AccessLogConfig:
 class TelemetryConfig:
     tracing: TracingConfig = field(default_factory=TracingConfig)
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)

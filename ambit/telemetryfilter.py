@@ -111,7 +111,7 @@ class _Parser:
             raise FilterError("expression ends where a value was expected")
         if t[0] == "id":
             if t[1] not in ATTRIBUTES:
-                raise FilterError(f"attribute {t[1]!r} is not supported by Ambit's access-log filter "
+                raise FilterError(f"attribute {t[1]!r} is not supported by Ambit's CEL subset "
                                   f"(supported: {', '.join(ATTRIBUTES)})")
         elif t[0] != "lit":
             raise FilterError(f"unexpected {t[1]!r} where a value was expected")
@@ -158,10 +158,44 @@ def compile_filter(expr: str) -> Predicate:
     return _Parser(expr).parse()
 
 
-def check_filter(expr: str) -> str:
-    """"" when `expr` is in the subset, else the reason (for validation messages)."""
+Value = Callable[[Attrs], "str | None"]
+
+
+def compile_value(expr: str) -> Value:
+    """A Telemetry `metrics[].overrides[].tagOverrides[].value` (UPSERT): the label value it
+    evaluates to, from the same subset. A literal ("'v1'", 42, true) or one attribute
+    (`request.method`) gives its value as text; a condition (`response.code >= 500`) gives
+    "true" or "false". None: the record has no such attribute (a CEL evaluation error, for
+    which Istio's stats plugin reports "unknown")."""
+    p = _Parser(expr)
+    if len(p.toks) == 1:
+        kind, v = p.operand()
+        if kind == "lit":
+            text = _text(v)
+            return lambda a: text
+        name = v
+        return lambda a: None if a.get(name) is None else _text(a[name])
+    pred = p.parse()
+    return lambda a: "true" if pred(a) else "false"
+
+
+def _text(v: Any) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
+def _reason(compile_: Callable[[str], Any], expr: str) -> str:
     try:
-        compile_filter(expr)
+        compile_(expr)
     except FilterError as e:
         return str(e)
     return ""
+
+
+def check_value(expr: str) -> str:
+    """"" when `expr` is a value expression Ambit evaluates (compile_value), else the reason."""
+    return _reason(compile_value, expr)
+
+
+def check_filter(expr: str) -> str:
+    """"" when `expr` is in the subset, else the reason (for validation messages)."""
+    return _reason(compile_filter, expr)

@@ -56,7 +56,7 @@ async def amain(args: WaypointSettings) -> None:
         log.warning("no --node-token-file/CA: no certificate, so no HBONE will be served")
     metrics = Metrics()            # Istio's TCP families (opaque tunnels) and, on the same registry, HTTP
     proxy = WaypointProxy(args, config, identities, http_metrics=HttpMetrics(metrics.registry),
-                          registry=metrics.registry)
+                          registry=metrics.registry, tcp_metrics=metrics)
     await proxy.start()
     adm = admin.AdminServer(admin.routes(proxy, client), tap=proxy.tap)
     try:

@@ -39,6 +39,7 @@ from ambit.dataplane.hbone import HBONEClientPool, HBONEServer, HBONEStream
 from ambit.dataplane.identity import IdentityManager
 from ambit.dataplane.ports import LISTEN_BACKLOG
 from ambit.dataplane.tap import TapHub
+from ambit.dataplane.telemetry.metrics import Metrics
 from ambit.telemetryconfig import TracingConfig
 from waypoint import endpoints
 from waypoint.authz import authorize
@@ -82,7 +83,8 @@ class WaypointProxy:
 
     def __init__(self, settings: WaypointSettings, config: WaypointConfig, identities: IdentityManager | None,
                  rng: random.Random | None = None, http_metrics: HttpMetrics | None = None,
-                 registry: CollectorRegistry | None = None, tracing_for: TracingFor | None = None) -> None:
+                 registry: CollectorRegistry | None = None, tracing_for: TracingFor | None = None,
+                 tcp_metrics: Metrics | None = None) -> None:
         self.settings = settings
         # what tracing applies: the injected resolver (Telemetry API), else the --tracing-* flags
         self.tracing_for = tracing_for or self._telemetry_tracing(settings_tracing(settings))
@@ -106,7 +108,10 @@ class WaypointProxy:
         # the source and destination workloads resolved from the config by address.
         self.telemetry = Telemetry(http_metrics, RequestLog(lambda line: access.info("%s", line),
                                                             lambda svc: self.config.view.telemetry_for_waypoint(svc).access_log),
-                                   lambda ip: self.config.view.by_ip.get(ip))
+                                   lambda ip: self.config.view.by_ip.get(ip), tcp=tcp_metrics,
+                                   metrics_for=lambda svc: self.config.view.telemetry_for_waypoint(svc).metrics)
+        if http_metrics is not None:    # the Telemetry API's metrics overrides, per request's Service
+            http_metrics.config_for = lambda svc: self.config.view.telemetry_for_waypoint(svc).metrics
         self.tap = TapHub(f"waypoint/{settings.waypoint}")      # `ambit tap` (admin GET /tap)
 
     def _telemetry_tracing(self, flags: TracingFor | None) -> TracingFor:
@@ -126,6 +131,7 @@ class WaypointProxy:
     async def start(self) -> None:
         self.engine = Engine(self.settings.http, self.decide, self.upstream, opaque=self.opaque,
                              access_log=self._access_log, stats=self._stats, rng=self.rng)
+        self.engine.tcp_stats = self.telemetry.tcp  # type: ignore[attr-defined]   # opaque tunnels
         if self.tracing_for is not None:
             self.engine.tracing = Tracing(self.tracing_for, tracing_identity(self.settings), self.rng)
         host, _, port = self.settings.listen.rpartition(":")
@@ -307,6 +313,7 @@ class WaypointProxy:
             if cluster is not None:     # Envoy's tcp_proxy reports connect failures to outlier detection
                 cluster.attempt_result(pick.address, Outcome(CONNECT_FAILURE))
             raise
+        conn.upstream = pick.address  # type: ignore[attr-defined]   # for the TCP metrics' destination
         if cluster is not None:
             cluster.connected(pick.address)
             # the cluster's tcp.idleTimeout, for the relay (waypoint/http/opaque.py)

@@ -20,6 +20,7 @@ from ambit.dataplane.hbone.limits import ConnLimiter
 from ambit.dataplane.relay import Leg
 from ambit.dataplane.telemetry.accesslog import AccessLogSink, ConnRecord
 from ambit.dataplane.telemetry.metrics import ConnLabels, Metrics
+from ambit.telemetrymetrics import DEFAULT, MetricsConfig
 
 
 def reset(leg: Leg) -> None:
@@ -38,6 +39,7 @@ class ConnBook:
     metrics: Metrics
     access_log: AccessLogSink
     labels: ConnLabels | None = None        # None until the handler knows enough to label it
+    metrics_config: MetricsConfig = DEFAULT  # the Telemetry API's, for the reporting side's workload
     client: Leg | None = None               # the accepted socket, if the handler owns one
     refused: bool = False
     opened: bool = False
@@ -65,7 +67,7 @@ class ConnBook:
     def up(self) -> None:
         """The upstream (app or tunnel) is established: count it as opened now."""
         if self.labels is not None:
-            self.metrics.conn_opened(self.labels)
+            self.metrics.conn_opened(self.labels, self.metrics_config)
         self.opened = True
 
     def finish(self) -> None:
@@ -80,6 +82,6 @@ class ConnBook:
                 self.client.close()
         if self.labels is not None:
             if not self.opened:
-                self.metrics.conn_opened(self.labels)   # failures count as opened and closed at once
-            self.metrics.conn_closed(self.labels, self.sent, self.recv)
+                self.metrics.conn_opened(self.labels, self.metrics_config)  # failures: opened and closed at once
+            self.metrics.conn_closed(self.labels, self.sent, self.recv, self.metrics_config)
         self.access_log.emit(self.rec)

@@ -38,7 +38,8 @@ from ambit.model import (
     TelemetryPolicy,
     Workload,
 )
-from ambit.telemetryconfig import AccessLogConfig
+from ambit.telemetryconfig import AccessLogConfig, TelemetryConfig
+from ambit.telemetrymetrics import MetricsConfig
 from ambit.trustdomain import TrustDomains
 from ztunnel import authz
 
@@ -265,7 +266,7 @@ class MeshState:
     rejections: dict[str, Rejection] = field(default_factory=dict)   # type URL -> rejection in force
     _synced: set[str] = field(default_factory=set)
     _listeners: list[Callable[[ConfigView, ConfigUpdate], None]] = field(default_factory=list)
-    _telemetry_cache: tuple[ConfigView | None, dict[tuple[str, str], AccessLogConfig]] = (None, {})
+    _telemetry_cache: tuple[ConfigView | None, dict[tuple[str, str], TelemetryConfig]] = (None, {})
 
     def apply(self, update: ConfigUpdate) -> None:
         try:
@@ -318,6 +319,15 @@ class MeshState:
     def access_log_config(self, workload: Workload, side: str) -> AccessLogConfig:
         """The Telemetry API's access logging for `workload` on `side` (CLIENT: its outbound
         connections, SERVER: its inbound ones), cached until the next accepted update."""
+        return self.telemetry_config(workload, side).access_log
+
+    def metrics_config(self, workload: Workload, side: str) -> MetricsConfig:
+        """The Telemetry API's metrics for `workload` on `side` (CLIENT: reporter="source",
+        SERVER: reporter="destination")."""
+        return self.telemetry_config(workload, side).metrics
+
+    def telemetry_config(self, workload: Workload, side: str) -> TelemetryConfig:
+        """The Telemetry API's resolution for `workload` on `side`, cached until the next update."""
         view, cache = self._telemetry_cache
         if view is not self.view:
             view, cache = self.view, {}
@@ -326,7 +336,7 @@ class MeshState:
         cfg = cache.get(key)
         if cfg is None:
             cfg = cache[key] = telemetry.for_workload(view.telemetry, view.mesh, workload.namespace,
-                                                      workload.labels, side).access_log
+                                                      workload.labels, side)
         return cfg
 
     @property

@@ -46,6 +46,8 @@ from ambit.dataplane.telemetry.metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TL
 from ambit.model import Service, Workload
 from ambit.telemetry import CLIENT, SERVER
 from ambit.telemetryconfig import AccessLogConfig
+from ambit.telemetrymetrics import DEFAULT as DEFAULT_METRICS
+from ambit.telemetrymetrics import MetricsConfig
 from ambit.zds import PodInfo
 from ztunnel import admission, routing
 from ztunnel.connbook import ConnBook, reset
@@ -152,6 +154,11 @@ class Proxy:
             return None
         return self.config.access_log_config(w, CLIENT if outbound else SERVER)
 
+    def metrics_config(self, w: Workload, side: str) -> MetricsConfig:
+        """The Telemetry API's metrics for the reporting side's workload (source: CLIENT,
+        destination: SERVER); the default (every metric, Istio's labels) without a config."""
+        return self.config.metrics_config(w, side) if self.config is not None else DEFAULT_METRICS
+
     def identity_of(self, pod: PodInfo) -> str:
         return self.workload_of(pod).identity
 
@@ -236,6 +243,7 @@ class Proxy:
             c.labels = ConnLabels("source", connection_security_policy=MUTUAL_TLS if hbone else NONE) \
                 .source_from(src_wl, src_wl.identity if hbone else "") \
                 .destination_from(route.workload, route.identity).service_from(route.service)
+            c.metrics_config = self.metrics_config(src_wl, CLIENT)
             if hbone:
                 assert self.pool is not None and route.dial is not None
                 tunnel = await self.pool.connect(
@@ -307,6 +315,7 @@ class Proxy:
                        route="inbound-hbone"),
             ConnLabels("destination", source_principal=peer_identity, connection_security_policy=MUTUAL_TLS)
             .destination_from(dest, dest.identity).service_from(self._service_of(dest)))
+        c.metrics_config = self.metrics_config(dest, SERVER)
         rec, labels = c.rec, c.labels
         assert labels is not None
         try:
@@ -387,6 +396,7 @@ class Proxy:
             ConnLabels("destination", connection_security_policy=NONE)
             .destination_from(dest, dest.identity).service_from(self._service_of(dest)),
             client)
+        c.metrics_config = self.metrics_config(dest, SERVER)
         rec, labels = c.rec, c.labels
         assert labels is not None
         try:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ambit.telemetryfilter import check_filter
+from ambit.telemetryfilter import check_filter, check_value
+from ambit.telemetrymetrics import LABEL_NAME
 from controller.kinds.common import Duration, Percentage, PolicyTargetReference, WorkloadSelector
 from controller.kinds.schema import Arr, Bool, Errors, Map, Obj, Str, join
 
@@ -46,11 +47,35 @@ METRICS = ("ALL_METRICS", "REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "
            "TCP_OPENED_CONNECTIONS", "TCP_CLOSED_CONNECTIONS", "TCP_SENT_BYTES", "TCP_RECEIVED_BYTES",
            "GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES")
 
+def _check_tag(value: Any, path: str, errs: Errors) -> None:
+    """An UPSERT's value must be an expression Ambit evaluates (ambit.telemetryfilter.compile_value):
+    refused at apply time rather than reported as "unknown" on every series."""
+    if not isinstance(value, dict) or (value.get("operation") or "UPSERT") != "UPSERT":
+        return
+    expr = value.get("value")
+    if not isinstance(expr, str) or not expr.strip():
+        errs.append((join(path, "value"), "an UPSERT tag override needs a value expression (e.g. \"'v1'\" or "
+                                          "request.method)"))
+        return
+    why = check_value(expr)
+    if why:
+        errs.append((join(path, "value"), f"{expr!r}: {why}"))
+
+
+def _label_name(name: Any) -> str | None:
+    if isinstance(name, str) and LABEL_NAME.match(name) and not name.startswith("__"):
+        return None
+    return f"{name!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)"
+
+
 MetricsOverrides = Obj({
-    "match": Obj({"metric": Str(enum=METRICS), "customMetric": Str(), "mode": WorkloadMode},
-                 one_of=(("metric", "customMetric"),)),
+    "match": Obj({"metric": Str(enum=METRICS), "mode": WorkloadMode}, unsupported={
+        "customMetric": "customMetric is not supported by Ambit: its proxies export Istio's standard metrics "
+                        "only; match one of them with `metric`",
+    }),
     "disabled": Bool(),
-    "tagOverrides": Map(Obj({"operation": Str(enum=("UPSERT", "REMOVE")), "value": Str()})),
+    "tagOverrides": Map(Obj({"operation": Str(enum=("UPSERT", "REMOVE")), "value": Str()}, checks=(_check_tag,)),
+                        key=_label_name),
 })
 
 Metrics = Obj({"providers": Arr(ProviderRef), "overrides": Arr(MetricsOverrides), "reportingInterval": Duration()})

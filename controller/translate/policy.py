@@ -196,6 +196,10 @@ def translate_telemetry(obj: Obj, root_namespace: str) -> TelemetryPolicy:
         t.custom_tags.update(tr.get("customTags") or {})
         if tr.get("disableSpanReporting") is not None:
             t.disable_span_reporting = bool(tr["disableSpanReporting"])
+        if tr.get("useRequestIdForTraceSampling") is not None:
+            t.use_request_id_sampling = bool(tr["useRequestIdForTraceSampling"])
+        if tr.get("enableIstioTags") is not None:
+            t.enable_istio_tags = bool(tr["enableIstioTags"])
         t.tracing_mode = (tr.get("match") or {}).get("mode") or t.tracing_mode
     for m in spec.get("metrics") or []:
         t.metrics_providers += [p["name"] for p in m.get("providers") or []]

@@ -140,6 +140,17 @@ def telemetry_advisories(o: Obj, mesh: Any) -> list[Advisory]:
                         f'provider "{name}" is not defined in the mesh config\'s extensionProviders (defined: '
                         f'{", ".join(sorted(known))}): it is ignored, as in Istio; define it (docs/observability.md '
                         '"Telemetry API")'), NOT_ENFORCED, "ProviderNotFound"))
+                elif section == "metrics" and known[name].kind != "prometheus":
+                    out.append(Advisory(ref, f"spec.metrics[{i}].providers[{j}].name", (
+                        f'metrics provider "{name}" is of kind {known[name].kind}: Ambit\'s proxies export metrics '
+                        'to Prometheus only, so it gets nothing; without a Prometheus provider in force the '
+                        'selected proxies report no metrics'), NOT_ENFORCED, "UnsupportedValue"))
+    for i, entry in enumerate(spec.get("metrics") or []):
+        if entry.get("reportingInterval"):
+            out.append(Advisory(ref, f"spec.metrics[{i}].reportingInterval", (
+                "reportingInterval is not supported by Ambit: ztunnel and the waypoint add a TCP connection's "
+                "bytes to istio_tcp_*_bytes_total when it closes, not periodically"), NOT_ENFORCED,
+                "UnsupportedValue"))
     return out
 
 

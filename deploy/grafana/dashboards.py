@@ -250,6 +250,11 @@ def waypoint() -> dict[str, Any]:
     lay.add("timeseries", "Requests by protocol", q("istio_requests_total", http, "request_protocol"), unit="reqps",
             legend="{{request_protocol}}")
     lay.add("timeseries", "Duration (p50, p90, p99)", quantiles("istio_request_duration_milliseconds_bucket", http, "pod"), unit="ms", w=24)
+    lay.row("Opaque TCP (traffic the waypoint relays without parsing HTTP)")
+    lay.add("timeseries", "TCP connections opened by destination service",
+            q("istio_tcp_connections_opened_total", http, "destination_service"), unit="cps", legend="{{destination_service}}")
+    lay.add("timeseries", "TCP bytes received and sent",
+            [q("istio_tcp_received_bytes_total", http), q("istio_tcp_sent_bytes_total", http)], unit="Bps")
     lay.row("Upstream clusters (Envoy's cluster stats)")
     lay.add("timeseries", ENVOY_CLUSTER_PANELS[0], f"sum by (cluster_name) (rate(envoy_cluster_upstream_rq_retry{{{wp}}}{RATE}))",
             unit="reqps", legend="{{cluster_name}}")

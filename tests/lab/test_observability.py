@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -55,6 +56,16 @@ NO_DATA_YET: dict[tuple[str, str], str] = {}
 ROUNDS, L4_CONNS, HTTP_REQS, MIXED = 2, 4, 20, 3      # per round
 
 
+OPAQUE_CLIENT = r"""
+import socket, sys
+with socket.create_connection((sys.argv[1], 80), timeout=20) as s:
+    s.sendall(b"\x00\x01 not http\r\n\r\n")
+    s.shutdown(socket.SHUT_WR)
+    while s.recv(65536):
+        pass
+"""
+
+
 def curl(lab: Lab, pod: str, url: str, *opts: str) -> None:
     p = lab.exec(pod, "curl", "-sS", "--fail", "-m", "20", "-o", "/dev/null", *opts, url, timeout=60)
     assert p.returncode == 0, f"{pod} -> {url}: {p.stderr}"
@@ -66,6 +77,9 @@ def traffic(lab: Lab) -> None:
     curl(lab, "default/frontend", f"http://myapp/?n=[1-{HTTP_REQS}]")
     curl(lab, "shop/shopper", f"http://frontend.default.svc.cluster.local/?m=[1-{MIXED}]")  # via the waypoint
     curl(lab, "default/myapp-v1", "http://cart.shop.svc.cluster.local/")       # myapp-v1 as an L4 client
+    # bytes that are not HTTP to a waypointed Service: the waypoint relays them as opaque TCP
+    p = lab.exec("shop/shopper", sys.executable, "-c", OPAQUE_CLIENT, "frontend.default.svc.cluster.local", timeout=60)
+    assert p.returncode == 0, p.stderr
 
 
 def apply(lab: Lab, docs: list[dict], name: str) -> Path:
@@ -138,7 +152,9 @@ def olab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             dst = scalar(lab, 'sum(istio_tcp_connections_closed_total{reporter="destination", source_workload="shopper", destination_workload="cart-v1"})')
             http = scalar(lab, 'sum(istio_requests_total{reporter="waypoint", source_workload="frontend"})')
             pushes = scalar(lab, 'sum(rate(ambit_config_push_latency_seconds_count[1m]))')
-            assert src == dst == ROUNDS * L4_CONNS and http >= want_http and pushes > 0, (src, dst, http, pushes)
+            opaque = scalar(lab, 'sum(istio_tcp_connections_closed_total{reporter="waypoint", source_workload="shopper"})')
+            assert src == dst == ROUNDS * L4_CONNS and http >= want_http and pushes > 0 and opaque == ROUNDS, \
+                (src, dst, http, pushes, opaque)
             return True
         lab.wait_for(caught_up, timeout=40, interval=1.0, what="Prometheus has scraped the traffic")
         yield lab

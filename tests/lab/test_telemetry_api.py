@@ -10,6 +10,9 @@ and the access-log lines those processes actually wrote.
 - waypoint (namespace `default`): namespace-wide off, on for Service myapp (targetRefs) with the
   filter `response.code >= 400` and a JSON provider (logFormat.labels); then the same with Istio's
   default text format (`envoy`).
+- metrics: `overrides` (disabled, tagOverrides REMOVE and UPSERT) for Service myapp at the waypoint
+  and for `web`'s SERVER side at node2's ztunnel, read from the proxies' own metrics endpoints;
+  the CLIENT side (node1's ztunnel, reporter="source") keeps Istio's labels.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from ambit.dataplane.telemetry.metrics import scrape
 from tests.lab.labctl import Lab, running_lab
 from tests.lab.test_waypoint import GATEWAY, apply, status_of, waypoint_log, waypoints
 from tests.unit.controller.ctl_examples import EXAMPLES
@@ -171,3 +176,86 @@ def test_apply_warns_about_providers_the_lab_mesh_config_does_not_define(tlab: L
     p = tlab.ambit("apply", "--dry-run", "-f", "-", input=bad, check=False)
     assert p.returncode == 1
     assert "spec.tracing[0].randomSamplingSample: unknown field; did you mean 'randomSamplingPercentage'?" in p.stderr
+
+
+def series(text: str, name: str, **match: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of the samples named `name` whose labels include `match`."""
+    return [(dict(x.labels), x.value) for fam in text_string_to_metric_families(text) for x in fam.samples
+            if x.name == name and all(x.labels.get(k) == v for k, v in match.items())]
+
+
+def total(text: str, name: str, **match: str) -> float:
+    return sum(v for _, v in series(text, name, **match))
+
+
+def test_waypoint_metrics_overrides_for_a_service(tlab: Lab) -> None:
+    sock = tlab.dir / "waypoints" / "default.waypoint.metrics.sock"
+    apply(tlab, [telemetry("myapp-metrics", "default", {
+        "targetRefs": [{"group": "", "kind": "Service", "name": "myapp"}],
+        "metrics": [{"providers": [{"name": "prometheus"}], "overrides": [
+            {"match": {"metric": "REQUEST_SIZE"}, "disabled": True},
+            {"match": {"metric": "REQUEST_COUNT", "mode": "SERVER"}, "tagOverrides": {
+                "request_protocol": {"operation": "REMOVE"},
+                "method": {"operation": "UPSERT", "value": "request.method"},
+                "failed": {"value": "response.code >= 500"}}}]}]})],
+          tlab.tmp, "waypoint-metrics")  # type: ignore[attr-defined]
+    svc = {"destination_service_name": "myapp"}
+
+    def probe() -> bool:
+        status_of(tlab, "default/frontend", "http://myapp/metrics-probe")
+        return bool(series(scrape(sock), "istio_requests_total", method="GET", **svc))
+    tlab.wait_for(probe, timeout=30, interval=0.5, what="the waypoint applies myapp's metrics overrides")
+    before = scrape(sock)
+    for code in (200, 503, 200):
+        assert status_of(tlab, "default/frontend", f"http://myapp/m{code}", "-H", f"x-echo-status: {code}")[0] == code
+    after = scrape(sock)
+    new = series(after, "istio_requests_total", method="GET", **svc)
+    assert all("request_protocol" not in labels for labels, _ in new), new        # REMOVE
+    assert {(labels["response_code"], labels["failed"]) for labels, _ in new} >= {("200", "false"), ("503", "true")}
+    assert total(after, "istio_requests_total", method="GET", **svc) - \
+        total(before, "istio_requests_total", method="GET", **svc) == 3
+    # REQUEST_SIZE disabled: its series stop counting; the others (no overrides) keep Istio's labels
+    assert total(after, "istio_request_bytes_count", **svc) == total(before, "istio_request_bytes_count", **svc)
+    assert total(after, "istio_response_bytes_count", **svc) - total(before, "istio_response_bytes_count", **svc) == 3
+    dur = series(after, "istio_request_duration_milliseconds_count", response_code="503", **svc)
+    assert dur and all(labels["request_protocol"] == "http" and "method" not in labels for labels, _ in dur)
+
+
+def test_ztunnel_metrics_overrides_apply_to_the_selected_workloads_server_side(tlab: Lab) -> None:
+    n1, n2 = tlab.dir / "node1" / "metrics.sock", tlab.dir / "node2" / "metrics.sock"
+    apply(tlab, [telemetry("web-metrics", "quiet", {
+        "selector": {"matchLabels": {"app": "web"}},
+        "metrics": [{"overrides": [
+            {"match": {"metric": "TCP_OPENED_CONNECTIONS", "mode": "SERVER"}, "disabled": True},
+            {"match": {"mode": "SERVER"}, "tagOverrides": {
+                "source_principal": {"operation": "REMOVE"}, "mtls": {"value": "connection.mtls"}}}]}]})],
+          tlab.tmp, "ztunnel-metrics")  # type: ignore[attr-defined]
+    dst = {"reporter": "destination", "destination_workload": "web"}
+
+    def probe() -> bool:
+        assert tlab.curl_rc("quiet/client", "http://web/") == 0
+        return bool(series(scrape(n2), "istio_tcp_connections_closed_total", mtls="true", **dst))
+    tlab.wait_for(probe, timeout=30, interval=0.5, what="node2's ztunnel applies web's metrics overrides")
+    b1, b2 = scrape(n1), scrape(n2)
+    for _ in range(3):
+        assert tlab.curl_rc("quiet/client", "http://web/") == 0
+    src = {"reporter": "source", "source_workload": "client", "destination_workload": "web"}
+
+    def counted() -> bool:
+        return total(scrape(n2), "istio_tcp_connections_closed_total", **dst) - \
+            total(b2, "istio_tcp_connections_closed_total", **dst) >= 3 and \
+            total(scrape(n1), "istio_tcp_connections_closed_total", **src) - \
+            total(b1, "istio_tcp_connections_closed_total", **src) >= 3
+    tlab.wait_for(counted, timeout=10, interval=0.3, what="3 more closed connections on both sides")
+    a1, a2 = scrape(n1), scrape(n2)
+    closed = series(a2, "istio_tcp_connections_closed_total", mtls="true", **dst)
+    assert closed and all("source_principal" not in labels for labels, _ in closed), closed
+    assert total(a2, "istio_tcp_received_bytes_total", mtls="true", **dst) > \
+        total(b2, "istio_tcp_received_bytes_total", mtls="true", **dst)
+    # TCP_OPENED_CONNECTIONS disabled for web's SERVER side: no new opened connections there
+    assert total(a2, "istio_tcp_connections_opened_total", **dst) == total(b2, "istio_tcp_connections_opened_total", **dst)
+    # the CLIENT side (reporter="source", the client's workload) is not selected: Istio's labels, counted
+    opened = series(a1, "istio_tcp_connections_opened_total", **src)
+    assert total(a1, "istio_tcp_connections_opened_total", **src) - total(b1, "istio_tcp_connections_opened_total", **src) == 3
+    assert all(labels["source_principal"] == "spiffe://cluster.local/ns/quiet/sa/client" and "mtls" not in labels
+               for labels, _ in opened), opened

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ambitctl.lab.otlp_receiver import Span, read_spans
 from tests.lab.labctl import Lab, running_lab
-from tests.lab.test_waypoint import GATEWAY, apply, waypoints
+from tests.lab.test_waypoint import GATEWAY, apply, delete, waypoints
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -178,3 +179,42 @@ def test_sampling_switches_at_runtime(tlab: Lab) -> None:
         assert server_spans(got, "/sampled0") == []
     finally:
         sampling.unlink(missing_ok=True)
+
+
+def test_telemetry_request_id_sampling_and_istio_tags(tlab: Lab) -> None:
+    """The Telemetry API's tracing for the waypoint (it replaces the --tracing-* settings once it
+    names a provider): 50 % sampling decided by the x-request-id (`useRequestIdForTraceSampling`,
+    Istio's default), so ids in the lower half of Envoy's 10000 buckets are all traced and the others
+    none, whatever the waypoint's random draws; `enableIstioTags: false` leaves out the istio.* tags."""
+    tmp = tlab.dir / "telemetry-tracing"
+    tmp.mkdir(exist_ok=True)
+    (tlab.dir / "mesh-config.yaml").write_text(yaml.safe_dump({"extensionProviders": [
+        {"name": "lab-otel", "opentelemetry": {"service": RECEIVER, "port": 4317}}]}))
+    tel = {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry", "metadata": {"name": "tr", "namespace": "default"},
+           "spec": {"tracing": [{"providers": [{"name": "lab-otel"}], "randomSamplingPercentage": 50.0,
+                                 "enableIstioTags": False}]}}
+    f = apply(tlab, [tel], tmp, "telemetry")
+    try:
+        def get(path: str, rid: str) -> None:
+            p = tlab.exec(CLIENT, "curl", "-sS", "--fail", "-o", "/dev/null", "-H", f"x-request-id: {rid}",
+                          f"http://echo{path}", timeout=30)
+            assert p.returncode == 0, p.stderr
+
+        def applied() -> bool:      # bucket 0: traced once the Telemetry is in force
+            get("/rid-probe", "00000000-0000-4000-8000-000000000000")
+            return any("istio.canonical_service" not in s.attributes for s in server_spans(spans(tlab), "/rid-probe"))
+        tlab.wait_for(applied, timeout=30, interval=1.0, what="the waypoint traces by the Telemetry API")
+        for i in range(10):
+            get(f"/rid-low-{i}", f"{i * 499:08x}-0000-4000-8000-000000000000")          # buckets 0 .. 4491
+            get(f"/rid-high-{i}", f"{5000 + i * 499:08x}-0000-4000-8000-000000000000")  # buckets 5000 .. 9491
+        got = wait_spans(tlab, lambda g: len(server_spans(g, "/rid-low-")) >= 10, "the 10 low-bucket requests")
+        time.sleep(1.5)     # one more export round: any high-bucket span would be in by now
+        got = spans(tlab)
+        assert len({s.trace_id for s in server_spans(got, "/rid-low-")}) == 10
+        assert server_spans(got, "/rid-high-") == []
+        for s in server_spans(got, "/rid-low-"):
+            assert not [k for k in s.attributes if k.startswith("istio.")], s.attributes
+            assert s.attributes["component"] == "proxy"         # Envoy's tags stay
+    finally:
+        delete(tlab, f)
+        (tlab.dir / "mesh-config.yaml").unlink(missing_ok=True)

@@ -23,6 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from ambit.dataplane import endpoint
+from ambit.dataplane.telemetry.metrics import LABELS as TCP_LABELS
 from ambit.dataplane.telemetry.metrics import scrape
 from ambit.labstore import LabStore
 from ambitctl.lab import waypoints as waypoints_mod
@@ -31,6 +32,7 @@ from ambitctl.lab.topology import LabNames
 from tests.lab.conftest import _artifacts
 from tests.lab.labctl import Lab, running_lab
 from tests.lab.test_mtls import underlay_capture
+from waypoint.telemetry.metrics import HTTP_LABELS as ISTIO_HTTP_LABELS
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -267,10 +269,31 @@ def test_grpc_end_to_end(wlab: Lab) -> None:
     # the status travels in trailers, through both HTTP/2 legs
     assert call("--status", "FAILED_PRECONDITION") == {"code": "FAILED_PRECONDITION",
                                                        "details": "asked to fail with FAILED_PRECONDITION"}
+    before = waypoint_samples(wlab)
     assert len([json.loads(x) for x in wlab.exec(
         "default/frontend", sys.executable, "-m", "ambitctl.lab.apps.grpc_echo", "call", "grpc:9000", "--stream", "5",
         timeout=60).stdout.strip().splitlines()]) == 5, "server streaming through the waypoint"
     assert '"destination_service": "default/grpc"' in waypoint_log(wlab)
+    # Istio's gRPC message counters: one request message, five response messages, Istio's labels
+    sel = {"reporter": "waypoint", "destination_service_name": "grpc", "source_workload": "frontend",
+           "request_protocol": "grpc", "grpc_response_status": "0", "response_code": "200"}
+
+    def delta(name: str) -> float:
+        return sample_sum(waypoint_samples(wlab), name, sel) - sample_sum(before, name, sel)
+    wlab.wait_for(lambda: delta("istio_response_messages_total") == 5, timeout=10, interval=0.2,
+                  what="the stream's 5 response messages counted")
+    assert delta("istio_request_messages_total") == 1
+    [labels] = {tuple(sorted(s.labels)) for s in waypoint_samples(wlab) if s.name == "istio_request_messages_total"}
+    assert set(labels) == set(ISTIO_HTTP_LABELS)
+
+
+def waypoint_samples(lab: Lab) -> list:
+    text = scrape(lab.dir / "waypoints" / "default.waypoint.metrics.sock")
+    return [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+
+def sample_sum(samples: list, name: str, sel: dict[str, str]) -> float:
+    return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in sel.items()))
 
 
 def test_a_non_http_protocol_to_a_waypointed_service_is_forwarded_at_l4(wlab: Lab) -> None:
@@ -282,6 +305,17 @@ def test_a_non_http_protocol_to_a_waypointed_service_is_forwarded_at_l4(wlab: La
     tcp = [json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(wlab).splitlines()
            if "ambit.waypoint.access" in x and '"protocol": "TCP"' in x]
     assert any(r["bytes_received"] > 1_000_000 and r["downstream_remote_address"] == wlab.pod("default/frontend")["ip"] for r in tcp), tcp
+    # and reported it with Istio's TCP metrics, reporter="waypoint" (control and data connections)
+    sel = {"reporter": "waypoint", "source_workload": "frontend", "destination_service_name": "iperf",
+           "destination_service_namespace": "default", "request_protocol": "tcp",
+           "connection_security_policy": "mutual_tls"}
+    samples = waypoint_samples(wlab)
+    assert sample_sum(samples, "istio_tcp_connections_opened_total", sel) >= 2
+    assert sample_sum(samples, "istio_tcp_connections_closed_total", sel) >= 2
+    assert sample_sum(samples, "istio_tcp_received_bytes_total", sel) > 1_000_000
+    tcp_labels = {tuple(sorted(s.labels)) for s in samples if s.name == "istio_tcp_received_bytes_total"
+                  and s.labels.get("reporter") == "waypoint"}
+    assert tcp_labels == {tuple(sorted(TCP_LABELS))}
 
 
 # --- the wire ---------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from waypoint.http import attempt, shadow
+from waypoint.http.grpcframes import MessageCounter
 from waypoint.http.headers import add_forwarded, grpc_status_for, strip_hop_by_hop
 from waypoint.http.legs import DownLeg, Headers, UpLeg
 from waypoint.http.record import RequestRecord
@@ -59,7 +60,7 @@ BODY_NONE, BODY_LENGTH, BODY_STREAM = "none", "length", "stream"
 
 
 class Exchange:
-    __slots__ = ("engine", "down", "up", "head", "downstream", "body", "record", "forward", "target",
+    __slots__ = ("engine", "down", "up", "head", "downstream", "body", "record", "forward", "target", "msgs",
                  "up_head", "pending", "pending_bytes", "req_ended", "req_trailers", "resp_started",
                  "resp_ended", "done", "last", "upgrade", "expect_continue", "retried", "_t0",
                  "upgraded", "_raw_ends", "keep_alive", "reset_code", "_attempt",
@@ -82,6 +83,8 @@ class Exchange:
                                     user_agent=head.header("user-agent") or "")
         self.forward: Forward | None = None
         self.target: UpstreamTarget | None = None
+        # gRPC: messages counted each way (istio_request_messages_total / istio_response_messages_total)
+        self.msgs = (MessageCounter(), MessageCounter()) if head.grpc else None
         self.up_head: RequestHead | None = None
         self.pending: deque[bytes] = deque()
         self.pending_bytes = 0
@@ -270,6 +273,9 @@ class Exchange:
             return
         self.last = self.engine.loop.time()
         self.record.bytes_sent += len(data)
+        if self.msgs is not None:
+            self.msgs[1].feed(data)
+            self.record.response_messages = self.msgs[1].count
         self.down.send_data(data)
 
     def response_end(self, trailers: Headers | None) -> None:
@@ -290,6 +296,9 @@ class Exchange:
             return
         self.last = self.engine.loop.time()
         self.record.bytes_received += len(data)
+        if self.msgs is not None:
+            self.msgs[0].feed(data)
+            self.record.request_messages = self.msgs[0].count
         if self.shadows:
             shadow.tee(self.shadows, data)
         if self.replay is not None:

@@ -78,6 +78,7 @@ class OpaqueRelay:
         self._t0 = time.monotonic()
         self.last = engine.loop.time()
         self._idle: asyncio.TimerHandle | None = None
+        self.opened = False     # counted in istio_tcp_connections_opened_total (the engine's tcp_stats)
         transport.set_protocol(self.down)
         self.down.connection_made(transport)
         self.down.received = len(early)
@@ -109,6 +110,8 @@ class OpaqueRelay:
             return
         self.up = up = _Side(self, "up")
         plug.attach(up)
+        self.record.upstream = getattr(plug, "upstream", "")
+        self._tcp_stats("open")
         self._arm(getattr(plug, "idle_timeout", 0.0) or self.engine.settings.tcp_idle_timeout)
         if self.done:
             return
@@ -120,6 +123,21 @@ class OpaqueRelay:
             self._half_close(up)
         elif self.down.transport is not None:
             self.down.transport.resume_reading()
+
+    def _tcp_stats(self, event: str) -> None:
+        """Istio's TCP metrics for the tunnel (the waypoint's `tcp_stats(record, event)` hook):
+        "open" once the upstream is there, "close" at the end; a tunnel that never reached an
+        upstream counts as opened and closed at once, as ztunnel counts its failures."""
+        sink = getattr(self.engine, "tcp_stats", None)
+        if sink is None:
+            return
+        try:
+            if event == "close" and not self.opened:
+                sink(self.record, "open")
+            self.opened = True
+            sink(self.record, event)
+        except Exception:
+            log.exception("tcp stats sink failed")
 
     def other(self, side: _Side) -> _Side | None:
         return self.up if side is self.down else self.down
@@ -175,6 +193,7 @@ class OpaqueRelay:
         rec.bytes_received = self.down.received
         rec.bytes_sent = self.up.received if self.up is not None else 0
         rec.duration_ms = (time.monotonic() - self._t0) * 1000
+        self._tcp_stats("close")
         try:
             self.engine.access_log(rec)
         except Exception:

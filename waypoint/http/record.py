@@ -36,6 +36,8 @@ class RequestRecord:
     service: str = ""                       # Forward.service ("ns/name")
     grpc: bool = False
     grpc_status: str = ""                   # from the response trailers (or a trailers-only reply)
+    request_messages: int = 0               # gRPC messages each way (waypoint/http/grpcframes.py)
+    response_messages: int = 0
     detail: str = ""                        # why, for local replies and failures
     user_agent: str = ""
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ambit.dataplane.telemetry.metrics import MUTUAL_TLS, NONE, ConnLabels, Metrics
 from ambit.model import Workload
+from ambit.telemetrymetrics import DEFAULT, MetricsConfig
 from waypoint.http.record import RequestRecord
 from waypoint.telemetry.accesslog import RequestLog
 from waypoint.telemetry.metrics import HttpMetrics
@@ -27,10 +29,16 @@ def address_ip(address: str) -> str:
 
 
 class Telemetry:
-    def __init__(self, metrics: HttpMetrics | None, log: RequestLog | None, lookup: Lookup) -> None:
+    """`tcp`: Istio's TCP families for opaque tunnels (reporter="waypoint"), with `metrics_for`,
+    the Telemetry API's metrics config for a Service ("ns/name")."""
+
+    def __init__(self, metrics: HttpMetrics | None, log: RequestLog | None, lookup: Lookup,
+                 tcp: Metrics | None = None, metrics_for: Callable[[str], MetricsConfig] | None = None) -> None:
         self.metrics = metrics
         self.log = log
         self.lookup = lookup
+        self.tcp_metrics = tcp
+        self.metrics_for = metrics_for or (lambda service: DEFAULT)
 
     def peers(self, rec: RequestRecord) -> tuple[Workload | None, Workload | None]:
         src_ip, dst_ip = rec.downstream.source_ip, address_ip(rec.upstream)
@@ -39,6 +47,29 @@ class Telemetry:
     def stats(self, rec: RequestRecord) -> None:
         if self.metrics is not None:
             self.metrics.observe(rec, *self.peers(rec))
+
+    def tcp_labels(self, rec: RequestRecord) -> ConnLabels:
+        """Istio's TCP labels for an opaque tunnel, as the waypoint reports them."""
+        src, dst = self.peers(rec)
+        d = rec.downstream
+        labels = ConnLabels("waypoint", connection_security_policy=MUTUAL_TLS if d.source_identity else NONE,
+                            response_flags=rec.response_flags or "-") \
+            .source_from(src, d.source_identity).destination_from(dst, dst.identity if dst is not None else "")
+        if d.service:
+            ns, _, name = d.service.partition("/")
+            labels.destination_service_namespace, labels.destination_service_name = ns, name
+            labels.destination_service = d.hostname or f"{name}.{ns}.svc.cluster.local"
+        return labels
+
+    def tcp(self, rec: RequestRecord, event: str) -> None:
+        """An opaque tunnel opened ("open") or ended ("close"): Istio's istio_tcp_* metrics."""
+        if self.tcp_metrics is None:
+            return
+        cfg = self.metrics_for(rec.downstream.service)
+        if event == "open":
+            self.tcp_metrics.conn_opened(self.tcp_labels(rec), cfg)
+        else:
+            self.tcp_metrics.conn_closed(self.tcp_labels(rec), rec.bytes_received, rec.bytes_sent, cfg)
 
     def access_log(self, rec: RequestRecord) -> None:
         if self.log is not None:

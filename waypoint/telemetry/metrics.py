@@ -3,6 +3,8 @@
 - `istio_requests_total` (counter): one per request.
 - `istio_request_duration_milliseconds` (histogram): the request's duration.
 - `istio_request_bytes` / `istio_response_bytes` (histograms): body sizes, request and response.
+- `istio_request_messages_total` / `istio_response_messages_total` (counters, gRPC requests only):
+  the length-prefixed gRPC messages each way (waypoint/http/grpcframes.py), as Envoy's grpc_stats.
 
 Buckets are Envoy's defaults, which Istio's histograms use unless a pod overrides them
 (`sidecar.istio.io/statsHistogramBuckets`): 0.5 ... 3600000, for durations and sizes alike, so
@@ -18,15 +20,24 @@ Labels are Istio's 25 (HTTP_LABELS). Their values:
 - connection_security_policy: `mutual_tls` when the downstream presented a SPIFFE identity (HBONE),
   `none` otherwise;
 - source_cluster / destination_cluster: the cluster id (Istio's default `Kubernetes`).
+
+The Telemetry API's `metrics` overrides for the request's Service (`config_for`, the waypoint's
+View) apply per family: a disabled metric is not counted, `tagOverrides` rewrite its labels
+(ambit.telemetrymetrics, served through ambit.dataplane.telemetry.overrides.Pruned).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
 from ambit.dataplane.telemetry.children import CHILD_CACHE_SIZE, ChildCache
+from ambit.dataplane.telemetry.overrides import EXTRA, Pruned
 from ambit.model import Workload
+from ambit.telemetrymetrics import DEFAULT, MetricsConfig, relabel
 from waypoint.http.record import RequestRecord
 from waypoint.telemetry.peers import UNKNOWN, peer
 
@@ -46,7 +57,8 @@ SIZE_BUCKETS = DURATION_BUCKETS
 REPORTER = "waypoint"
 DEFAULT_CLUSTER = "Kubernetes"
 
-Children = tuple[Counter, Histogram, Histogram, Histogram]
+COUNTERS = ("REQUEST_COUNT", "GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES")
+ConfigFor = Callable[[str], MetricsConfig]      # "ns/name" of the request's Service -> its config
 
 
 def _host(authority: str) -> str:
@@ -57,26 +69,38 @@ def _host(authority: str) -> str:
 
 class HttpMetrics:
     """The four HTTP families on `registry` (give ztunnel's TCP `Metrics` the same registry to serve
-    both from one endpoint); label children cached in a bounded LRU (ChildCache)."""
+    both from one endpoint); label children cached in a bounded LRU (ChildCache). `config_for`:
+    the Telemetry API's metrics config for a request's Service (the default: every metric, Istio's
+    labels)."""
 
     def __init__(self, registry: CollectorRegistry | None = None, *, cluster: str = DEFAULT_CLUSTER,
-                 cluster_domain: str = "cluster.local", cache_size: int = CHILD_CACHE_SIZE) -> None:
-        self.registry = r = registry or CollectorRegistry()
+                 cluster_domain: str = "cluster.local", cache_size: int = CHILD_CACHE_SIZE,
+                 config_for: ConfigFor | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
         self.cluster = cluster or UNKNOWN
         self.cluster_domain = cluster_domain
-        # prometheus_client appends `_total` to counter names itself.
-        self.requests = Counter("istio_requests", "Requests handled by the waypoint", HTTP_LABELS, registry=r)
-        self.duration = Histogram("istio_request_duration_milliseconds", "Request duration (ms)", HTTP_LABELS,
-                                  buckets=DURATION_BUCKETS, registry=r)
-        self.request_bytes = Histogram("istio_request_bytes", "Request body size (bytes)", HTTP_LABELS,
-                                       buckets=SIZE_BUCKETS, registry=r)
-        self.response_bytes = Histogram("istio_response_bytes", "Response body size (bytes)", HTTP_LABELS,
-                                        buckets=SIZE_BUCKETS, registry=r)
-        self._children: ChildCache[tuple[str, ...], Children] = ChildCache(self._make, cache_size)
-
-    def _make(self, key: tuple[str, ...]) -> Children:
-        return (self.requests.labels(*key), self.duration.labels(*key), self.request_bytes.labels(*key),
-                self.response_bytes.labels(*key))
+        self.config_for: ConfigFor = config_for or (lambda service: DEFAULT)
+        names = (*HTTP_LABELS, EXTRA)
+        # prometheus_client appends `_total` to counter names itself. Served by `Pruned`.
+        self.requests = Counter("istio_requests", "Requests handled by the waypoint", names, registry=None)
+        self.duration = Histogram("istio_request_duration_milliseconds", "Request duration (ms)", names,
+                                  buckets=DURATION_BUCKETS, registry=None)
+        self.request_bytes = Histogram("istio_request_bytes", "Request body size (bytes)", names,
+                                       buckets=SIZE_BUCKETS, registry=None)
+        self.response_bytes = Histogram("istio_response_bytes", "Response body size (bytes)", names,
+                                        buckets=SIZE_BUCKETS, registry=None)
+        self.request_messages = Counter("istio_request_messages", "gRPC messages from the client", names,
+                                        registry=None)
+        self.response_messages = Counter("istio_response_messages", "gRPC messages to the client", names,
+                                         registry=None)
+        self.families: tuple[tuple[str, Any], ...] = (
+            ("REQUEST_COUNT", self.requests), ("REQUEST_DURATION", self.duration),
+            ("REQUEST_SIZE", self.request_bytes), ("RESPONSE_SIZE", self.response_bytes),
+            ("GRPC_REQUEST_MESSAGES", self.request_messages), ("GRPC_RESPONSE_MESSAGES", self.response_messages))
+        self.registry.register(Pruned(f for _, f in self.families))
+        by_metric = dict(self.families)
+        self._children: ChildCache[tuple[str, tuple[str, ...]], Any] = ChildCache(
+            lambda key: by_metric[key[0]].labels(*key[1]), cache_size)
 
     def label_values(self, rec: RequestRecord, src: Workload | None, dst: Workload | None) -> tuple[str, ...]:
         """The 25 label values in HTTP_LABELS order."""
@@ -105,11 +129,25 @@ class HttpMetrics:
     def observe(self, rec: RequestRecord, src: Workload | None, dst: Workload | None) -> None:
         """Count one finished request. `src`: the workload behind the downstream (by its IP or
         identity); `dst`: the endpoint's workload it was forwarded to (None: a local reply)."""
-        requests, duration, req_bytes, resp_bytes = self._children.get(self.label_values(rec, src, dst))
-        requests.inc()
-        duration.observe(rec.duration_ms)
-        req_bytes.observe(rec.bytes_received)
-        resp_bytes.observe(rec.bytes_sent)
+        cfg = self.config_for(rec.service or rec.downstream.service)
+        values = self.label_values(rec, src, dst)
+        attrs = {"response.code": rec.status, "request.method": rec.method, "request.path": rec.path,
+                 "connection.mtls": bool(rec.downstream.source_identity)}
+        amounts: tuple[tuple[str, float], ...] = (
+            ("REQUEST_COUNT", 1.0), ("REQUEST_DURATION", rec.duration_ms), ("REQUEST_SIZE", rec.bytes_received),
+            ("RESPONSE_SIZE", rec.bytes_sent))
+        if rec.grpc:
+            amounts += (("GRPC_REQUEST_MESSAGES", rec.request_messages),
+                        ("GRPC_RESPONSE_MESSAGES", rec.response_messages))
+        for metric, amount in amounts:
+            if not cfg.enabled(metric):
+                continue
+            vals, extra = relabel(HTTP_LABELS, values, cfg.tags_for(metric), attrs)
+            child = self._children.get((metric, (*vals, extra)))
+            if metric in COUNTERS:
+                child.inc(amount)
+            else:
+                child.observe(amount)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

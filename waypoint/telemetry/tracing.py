@@ -115,14 +115,33 @@ def extract(headers: Iterable[tuple[str, str]]) -> tuple[Context | None, bool]:
     return ctx, force
 
 
-def sample(parent: Context | None, force: bool, percent: float, rng: random.Random) -> bool:
-    """Envoy's decision: the parent's, when it made one; forced; else random by `percent`. 0 %
-    costs nothing but this comparison."""
+def sample(parent: Context | None, force: bool, percent: float, rng: random.Random, request_id: str = "") -> bool:
+    """Envoy's decision: the parent's, when it made one; forced; else by `percent`: from the
+    incoming x-request-id when one is given (Istio's `useRequestIdForTraceSampling`, on by
+    default: every proxy that sees the request decides alike), else random. 0 % costs nothing
+    but this comparison."""
     if parent is not None and parent.sampled is not None:
         return parent.sampled
     if force:
         return True
-    return percent > 0 and (percent >= 100 or rng.random() * 100.0 < percent)
+    if percent <= 0 or percent >= 100:
+        return percent >= 100
+    bucket = request_id_bucket(request_id) if request_id else None
+    if bucket is not None:
+        return bucket < percent * 100
+    return rng.random() * 100.0 < percent
+
+
+def request_id_bucket(request_id: str) -> int | None:
+    """Envoy's UUIDUtils::uuidModBy(id, 10000): the first 8 hex digits mod 10000 (None: not a
+    UUID-like id, sampled at random instead)."""
+    head = request_id[:8]
+    if len(head) < 8:
+        return None
+    try:
+        return int(head, 16) % 10000
+    except ValueError:
+        return None
 
 
 def inject(headers: Iterable[tuple[str, str]], trace_id: int, span_id: int, sampled: bool,

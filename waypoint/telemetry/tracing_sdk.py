@@ -124,7 +124,8 @@ class Tracing:
         if pipe is None or not pipe.exporting:
             return None
         parent, force = tr.extract(head.headers)
-        if not tr.sample(parent, force, cfg.sampling_percent, self.rng):
+        rid = next((v for k, v in head.headers if k == "x-request-id"), "") if cfg.use_request_id else ""
+        if not tr.sample(parent, force, cfg.sampling_percent, self.rng, rid):
             if parent is not None and parent.sampled is not False:
                 head.headers = tr.inject(head.headers, parent.trace_id, parent.span_id, False)
             return None     # (no context at all: the exchange adds a fresh unsampled traceparent)
@@ -153,6 +154,8 @@ class RequestTrace:
         attrs = tr.server_start_attributes(
             tracing.ident, head.method, head.scheme, head.authority, head.path, rec.protocol, rec.request_id,
             rec.user_agent, down.source_ip, _downstream_cluster(down))
+        if not cfg.istio_tags:      # Telemetry tracing `enableIstioTags: false`
+            attrs = {k: v for k, v in attrs.items() if not k.startswith("istio.")}
         if cfg.custom_tags:
             attrs.update(tr.custom_tags(cfg.custom_tags, head.headers))
         self.span = pipe.tracer.start_span(

@@ -11,6 +11,10 @@ Istio's meaning is kept for both reporters: a source ztunnel and a destination z
 same directions, so the two sides of one connection can be compared. Bytes are added when the
 connection closes (one lock-free update per connection instead of one per read).
 
+The Telemetry API's `metrics` overrides (a `MetricsConfig`, resolved for the reporting side's
+workload: the source's as CLIENT, the destination's as SERVER) apply per family: a disabled one is
+not counted, `tagOverrides` rewrite its labels (served through overrides.Pruned).
+
 Served over HTTP on `0.0.0.0:15020` in the node netns (Prometheus scrapes it there) and, in the
 lab, on a unix socket so that tests and the CLI in the host netns can read it without entering
 netns.
@@ -27,8 +31,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ambit.dataplane.endpoint import LocalEndpoint, Response, fetch
 from ambit.dataplane.telemetry.children import CHILD_CACHE_SIZE, ChildCache
+from ambit.dataplane.telemetry.overrides import EXTRA, Pruned
 from ambit.dataplane.telemetry.peers import DEFAULT_CLUSTER, peer_labels
 from ambit.model import Service, Workload
+from ambit.telemetrymetrics import DEFAULT, MetricsConfig, relabel
 
 log = logging.getLogger("ambit.dataplane.metrics")
 
@@ -132,37 +138,43 @@ class Metrics:
     """The four Istio TCP counters.
 
     `labels(**values)` takes a lock and hashes eleven strings per call; a connection needs four
-    lookups per side. The children are looked up once per label set and kept in a bounded LRU.
+    lookups per side. The children are looked up once per (family, label set) and kept in a
+    bounded LRU.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, cache_size: int = CHILD_CACHE_SIZE) -> None:
         self.registry = registry or CollectorRegistry()
-        r = self.registry
-        # prometheus_client appends `_total` to counter names itself.
-        self.opened = Counter("istio_tcp_connections_opened", "TCP connections opened", LABELS, registry=r)
-        self.closed = Counter("istio_tcp_connections_closed", "TCP connections closed", LABELS, registry=r)
-        self.received = Counter("istio_tcp_received_bytes", "Bytes received (client to server)", LABELS,
-                                registry=r)
-        self.sent = Counter("istio_tcp_sent_bytes", "Bytes sent (server to client)", LABELS, registry=r)
+        names = (*LABELS, EXTRA)
+        # prometheus_client appends `_total` to counter names itself. Served by `Pruned`.
+        self.opened = Counter("istio_tcp_connections_opened", "TCP connections opened", names, registry=None)
+        self.closed = Counter("istio_tcp_connections_closed", "TCP connections closed", names, registry=None)
+        self.received = Counter("istio_tcp_received_bytes", "Bytes received (client to server)", names,
+                                registry=None)
+        self.sent = Counter("istio_tcp_sent_bytes", "Bytes sent (server to client)", names, registry=None)
+        families = {"TCP_OPENED_CONNECTIONS": self.opened, "TCP_CLOSED_CONNECTIONS": self.closed,
+                    "TCP_RECEIVED_BYTES": self.received, "TCP_SENT_BYTES": self.sent}
+        self.registry.register(Pruned(families.values()))
         self.cache_size = cache_size
-        self._children: ChildCache[tuple[str, ...], tuple[Counter, Counter, Counter, Counter]] = ChildCache(
-            lambda key: (self.opened.labels(*key), self.closed.labels(*key), self.received.labels(*key),
-                         self.sent.labels(*key)), cache_size)
+        self._children: ChildCache[tuple[str, tuple[str, ...]], Counter] = ChildCache(
+            lambda key: families[key[0]].labels(*key[1]), cache_size)
 
-    def _for(self, labels: ConnLabels) -> tuple[Counter, Counter, Counter, Counter]:
-        """(opened, closed, received, sent) children for this label set, cached (LRU)."""
-        return self._children.get(labels.key())
+    def _inc(self, metric: str, labels: ConnLabels, cfg: MetricsConfig, amount: float = 1.0) -> None:
+        if not cfg.enabled(metric):
+            return
+        vals, extra = relabel(LABELS, labels.key(), cfg.tags_for(metric),
+                              {"connection.mtls": labels.connection_security_policy == MUTUAL_TLS})
+        self._children.get((metric, (*vals, extra))).inc(amount)
 
-    def conn_opened(self, labels: ConnLabels) -> None:
-        self._for(labels)[0].inc()
+    def conn_opened(self, labels: ConnLabels, cfg: MetricsConfig = DEFAULT) -> None:
+        self._inc("TCP_OPENED_CONNECTIONS", labels, cfg)
 
-    def conn_closed(self, labels: ConnLabels, request_bytes: int, response_bytes: int) -> None:
-        _, closed, received, sent = self._for(labels)
-        closed.inc()
+    def conn_closed(self, labels: ConnLabels, request_bytes: int, response_bytes: int,
+                    cfg: MetricsConfig = DEFAULT) -> None:
+        self._inc("TCP_CLOSED_CONNECTIONS", labels, cfg)
         if request_bytes:
-            received.inc(request_bytes)
+            self._inc("TCP_RECEIVED_BYTES", labels, cfg, request_bytes)
         if response_bytes:
-            sent.inc(response_bytes)
+            self._inc("TCP_SENT_BYTES", labels, cfg, response_bytes)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

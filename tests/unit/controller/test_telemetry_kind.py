@@ -87,3 +87,33 @@ def test_two_namespace_wide_telemetries_and_a_root_selector_are_warned() -> None
         "mesh-wide, as in Istio: it selects workloads of ambit-system only",
         "Telemetry/app/zz-second: namespace app already has a Telemetry without a selector (mesh-default); Istio "
         "treats two as invalid, Ambit applies them in name order (this one's fields override)"], found
+
+
+def test_metrics_fields_ambit_cannot_honour_are_refused_or_warned_by_name() -> None:
+    o = seed("app")
+    o["spec"]["metrics"] = [{"overrides": [
+        {"match": {"customMetric": "my_metric"}},
+        {"tagOverrides": {"host": {"value": "request.host"}, "bad-name": {"value": "'x'"},
+                          "empty": {"operation": "UPSERT"}, "ok": {"value": "request.method"},
+                          "gone": {"operation": "REMOVE"}}}]}]
+    errs = {e.path: e.reason for e in validate_object(o)}
+    assert set(errs) == {"spec.metrics[0].overrides[0].match.customMetric",
+                         "spec.metrics[0].overrides[1].tagOverrides[host].value",
+                         "spec.metrics[0].overrides[1].tagOverrides[bad-name]",
+                         "spec.metrics[0].overrides[1].tagOverrides[empty].value"}
+    assert "customMetric is not supported" in errs["spec.metrics[0].overrides[0].match.customMetric"]
+    assert "'request.host'" in errs["spec.metrics[0].overrides[1].tagOverrides[host].value"]
+    o["spec"]["metrics"] = [{"providers": [{"name": "sd"}], "reportingInterval": "30s"}]
+    mesh = MeshSettings("cluster.local", extension_providers=[{"name": "sd", "kind": "stackdriver"}])
+    found = [str(a) for a in telemetry_advisories(o, mesh)]
+    assert any('spec.metrics[0].providers[0].name: metrics provider "sd" is of kind stackdriver' in f for f in found)
+    assert any("spec.metrics[0].reportingInterval: reportingInterval is not supported" in f for f in found)
+
+
+def test_tracing_request_id_sampling_and_istio_tags_translate() -> None:
+    o = seed("app")
+    o["spec"]["tracing"][0].update(useRequestIdForTraceSampling=False, enableIstioTags=False)
+    assert validate_object(o) == []
+    t = translate_telemetry(o, "ambit-system")
+    assert (t.use_request_id_sampling, t.enable_istio_tags) == (False, False)
+    assert (translate_telemetry(seed("app"), "ambit-system").enable_istio_tags is None)

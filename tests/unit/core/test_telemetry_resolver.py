@@ -96,3 +96,14 @@ def test_a_selector_in_the_root_namespace_selects_there_only() -> None:
                    access_log_disabled=True)
     assert not for_workload([root_sel], MESH, "app", {"app": "web"}, SERVER).access_log.disabled
     assert for_workload([root_sel], MESH, "ambit-system", {"app": "web"}, SERVER).access_log.disabled
+
+
+def test_request_id_sampling_and_istio_tags_default_on_and_override_by_level() -> None:
+    assert for_workload([], MESH, "app", {}, SERVER).tracing.use_request_id
+    mesh = tel("mesh", "ambit-system", "global", has_tracing=True, use_request_id_sampling=False,
+               enable_istio_tags=False)
+    ns = tel("ns", "app", has_tracing=True, enable_istio_tags=True)
+    cfg = for_waypoint([mesh, ns], MESH, "app", "waypoint").tracing
+    assert (cfg.use_request_id, cfg.istio_tags) == (False, True)
+    other = for_waypoint([mesh, ns], MESH, "shop", "waypoint").tracing
+    assert (other.use_request_id, other.istio_tags) == (False, False)

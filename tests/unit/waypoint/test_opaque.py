@@ -96,3 +96,41 @@ def test_no_opaque_upstream_closes_instead_of_hanging() -> None:
         assert p.find(lambda r: r.response_flags == "NR")
     finally:
         p.close()
+
+
+def test_opaque_tunnels_get_istios_tcp_metrics_reported_by_the_waypoint(echo: TcpEcho) -> None:
+    """The engine's tcp_stats hook: "open" when the upstream is attached, "close" with the bytes
+    at the end; the waypoint's Telemetry turns them into istio_tcp_* with reporter="waypoint"."""
+    from prometheus_client import CollectorRegistry
+
+    from ambit.dataplane.telemetry.metrics import Metrics
+    from ambit.model import Workload
+    from waypoint.telemetry import Telemetry
+
+    client = Workload(uid="demo/client", name="client", namespace="demo", ips=["127.0.0.1"], node="n",
+                      service_account="client", identity="spiffe://cluster.local/ns/demo/sa/client",
+                      labels={"app": "client", "version": "v1"})
+    tcp = Metrics(CollectorRegistry())
+    tel = Telemetry(None, None, lambda ip: client if ip == "127.0.0.1" else None, tcp=tcp)
+    events: list[str] = []
+    p = Proxy(by_header({"default": 1}), opaque_port=echo.port, settings=HttpSettings(detect_timeout=0.3))
+    try:
+        assert p.engine is not None
+        p.engine.tcp_stats = lambda rec, event: (events.append(event), tel.tcp(rec, event))  # type: ignore[attr-defined]
+        payload = b"\x16\x03\x01" + b"x" * 1000
+        with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            assert _recv_until(s, 12 + len(payload)) == b"220 banner\r\n" + payload
+        deadline = time.monotonic() + 5
+        while events != ["open", "close"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert events == ["open", "close"]
+        sel = {"reporter": "waypoint", "source_workload": "client", "source_app": "client", "source_version": "v1",
+               "request_protocol": "tcp", "connection_security_policy": "none", "response_flags": "-"}
+        got = {s.name: s.value for fam in tcp.registry.collect() for s in fam.samples
+               if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in sel.items())}
+        assert got == {"istio_tcp_connections_opened_total": 1, "istio_tcp_connections_closed_total": 1,
+                       "istio_tcp_received_bytes_total": len(payload), "istio_tcp_sent_bytes_total": 12 + len(payload)}
+    finally:
+        p.close()

@@ -110,6 +110,21 @@ def test_grpc_local_replies_and_unknown_peers() -> None:
     assert nr["destination_cluster"] == "unknown" and nr["destination_canonical_revision"] == "unknown"
 
 
+def test_grpc_message_counters_have_istios_labels_and_only_grpc_requests_count() -> None:
+    m = HttpMetrics(cluster="lab")
+    m.observe(record(grpc=True, protocol="HTTP/2", grpc_status="0", request_messages=3, response_messages=5),
+              CLIENT, ECHO_V2)
+    m.observe(record(grpc=True, protocol="HTTP/2", grpc_status="0", request_messages=1, response_messages=1),
+              CLIENT, ECHO_V2)
+    m.observe(record(), CLIENT, ECHO_V2)        # plain HTTP: no message series
+    fams = families(m)
+    for fam, want in (("istio_request_messages", 4.0), ("istio_response_messages", 6.0)):
+        [s] = [s for s in fams[fam] if s.name == f"{fam}_total"]
+        assert set(s.labels) == set(HTTP_LABELS) and s.value == want
+        assert (s.labels["request_protocol"], s.labels["grpc_response_status"], s.labels["reporter"]) == \
+            ("grpc", "0", "waypoint")
+
+
 def test_plaintext_downstream_and_response_code_zero() -> None:
     m = HttpMetrics()
     m.observe(record(status=0, response_flags="DC", downstream=Downstream(source_ip="10.0.0.9")), None, ECHO_V2)

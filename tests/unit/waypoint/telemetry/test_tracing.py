@@ -4,6 +4,7 @@ sampling decision, span names and tags, custom tags, and the waypoint's tracing 
 from __future__ import annotations
 
 import random
+import uuid
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,18 @@ def test_random_sampling_holds_the_percentage() -> None:
     rng = random.Random(7)
     n = sum(tr.sample(None, False, 10.0, rng) for _ in range(100_000))
     assert 9_700 < n < 10_300       # 10 % ± 3 sigma (sigma ≈ 95)
+
+
+def test_request_id_sampling_decides_alike_for_one_request_and_holds_the_percentage() -> None:
+    """useRequestIdForTraceSampling (Istio's default): the x-request-id's first 8 hex digits mod
+    10000 decide, so two proxies (two rngs) agree on every request, and 10 % of ids are sampled."""
+    ids = [str(uuid.UUID(int=random.Random(i).getrandbits(128), version=4)) for i in range(20_000)]
+    a = [tr.sample(None, False, 10.0, random.Random(1), rid) for rid in ids]
+    b = [tr.sample(None, False, 10.0, random.Random(2), rid) for rid in ids]
+    assert a == b and 1_700 < sum(a) < 2_300
+    assert tr.request_id_bucket("0000270f-aaaa") == 9999 and tr.request_id_bucket("not-hex!") is None
+    assert tr.sample(None, False, 10.0, random.Random(1), "00000000-x") is True       # bucket 0 < 1000
+    assert tr.sample(None, False, 10.0, random.Random(1), "000003e8-x") is False      # bucket 1000
 
 
 def test_inject_replaces_every_trace_header_in_three_formats() -> None:
