@@ -1,10 +1,7 @@
 """L7 authorization: which policies apply to a request at this waypoint, and the decision.
 
 Selection (istio/api security/v1beta1/authorization_policy.proto `targetRefs`): a waypoint
-enforces only policies bound with `targetRefs` (scope "waypoint"): to its own `Gateway` (every
-request through it), to the destination `Service`, or to its `GatewayClass` from the root
-namespace. `selector` and namespace-wide policies are the destination ztunnel's, not the
-waypoint's.
+enforces only policies bound with `targetRefs` (waypoint/binding.py).
 
 Decision (the proto's header comment): CUSTOM is refused by the controller's validation; then any
 matching DENY denies; then, if any ALLOW applies, the request must match one, else it is denied;
@@ -31,6 +28,7 @@ from ambit.model import Authorization, Match, Rule
 from ambit.policymatch import in_blocks, string_match
 from ambit.trustdomain import TrustDomains
 from waypoint.authz.matching import any_host, any_method, any_path, any_string
+from waypoint.binding import Waypoint, bind
 from waypoint.localreply import GRPC_PERMISSION_DENIED, local_reply
 from waypoint.normalize import normalize_path
 from waypoint.request import Downstream, LocalReply, RequestHead
@@ -39,16 +37,6 @@ ALLOW, DENY, AUDIT = "ALLOW", "DENY", "AUDIT"
 WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
 DENIED_BODY = "RBAC: access denied"
 RBAC_FLAG = "RBAC"
-
-
-@dataclass(frozen=True, slots=True)
-class Waypoint:
-    """This waypoint, as policies name it."""
-
-    namespace: str
-    name: str
-    gateway_class: str = "ambit-waypoint"
-    root_namespace: str = "ambit-system"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,24 +65,8 @@ _NO_POLICY = Verdict(True, None, ALLOW, "no ALLOW policy applies")
 
 
 def policy_set(policies: Iterable[Authorization], waypoint: Waypoint) -> PolicySet:
-    gateway: list[Authorization] = []
-    by_service: dict[str, list[Authorization]] = {}
-    for p in sorted(policies, key=lambda p: (p.namespace, p.name)):
-        if p.scope != "waypoint" or p.action not in (ALLOW, DENY, AUDIT):
-            continue
-        for ref in p.target_refs:
-            kind, name = ref.get("kind", ""), ref.get("name", "")
-            ns = ref.get("namespace") or p.namespace
-            if kind == "Gateway" and (ns, name) == (waypoint.namespace, waypoint.name):
-                gateway.append(p)
-                break
-            if (kind == "GatewayClass" and p.namespace == waypoint.root_namespace
-                    and name == waypoint.gateway_class):
-                gateway.append(p)
-                break
-            if kind == "Service":
-                by_service.setdefault(f"{ns}/{name}", []).append(p)
-    return PolicySet(tuple(gateway), {k: tuple(v) for k, v in by_service.items()})
+    bound = bind((p for p in policies if p.action in (ALLOW, DENY, AUDIT)), waypoint)
+    return PolicySet(bound.gateway, bound.by_service)
 
 
 @dataclass(frozen=True, slots=True)
