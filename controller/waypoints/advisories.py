@@ -249,25 +249,18 @@ def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tup
     return out
 
 
-_FAIL_SAFE_SOURCE = ("requestPrincipals", "notRequestPrincipals")
-
-
 def _fail_safe_attributes(spec: Obj, ref: str) -> list[Advisory]:
-    """Attributes the waypoint cannot evaluate (no RequestAuthentication/JWT, no SNI): fail safe."""
+    """Attributes the waypoint cannot evaluate (connection.sni, experimental.*): fail safe.
+    requestPrincipals and request.auth.* are evaluated (RequestAuthentication, waypoint/authn)."""
     action = spec.get("action") or "ALLOW"
     effect = ("an ALLOW rule that needs it never matches" if action == "ALLOW"
               else f"a {action} rule that needs it always matches")
     out = []
     for i, rule in enumerate(spec.get("rules") or []):
-        for j, f in enumerate(rule.get("from") or []):
-            for k in _FAIL_SAFE_SOURCE:
-                if (f.get("source") or {}).get(k):
-                    out.append(Advisory(ref, f"spec.rules[{i}].from[{j}].source.{k}",
-                                        f"not supported (Ambit has no RequestAuthentication): {effect}", NOT_ENFORCED))
         for j, c in enumerate(rule.get("when") or []):
             key = c.get("key", "")
-            if key in L4_CONDITION_KEYS or key == "remote.ip" or (key.startswith("request.headers[")
-                                                                   and key.endswith("]")):
+            if key in L4_CONDITION_KEYS or key == "remote.ip" or key.startswith("request.auth.") or (
+                    key.startswith("request.headers[") and key.endswith("]")):
                 continue
             out.append(Advisory(ref, f"spec.rules[{i}].when[{j}].key", f'"{key}" is not supported by the waypoint: '
                                 f"{effect}", NOT_ENFORCED))

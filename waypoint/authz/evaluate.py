@@ -9,9 +9,11 @@ with no ALLOW it is allowed. AUDIT never decides; the AUDIT policies that match 
 A policy with no rules matches nothing (so an ALLOW `spec: {}` denies everything); a rule with
 no from/to/when matches everything. Within a rule: AND over from/to/when, OR within each list,
 AND over the fields of one source/operation, OR over a field's values (the model's
-`Rule.clauses`). Attributes Ambit cannot evaluate (`Match.unsupported`: requestPrincipals,
-request.auth.*) never prove an ALLOW and always count in a DENY or AUDIT (fail safe, as Istio
-treats a request without a JWT).
+`Rule.clauses`). End-user attributes (`requestPrincipals`, `request.auth.*`) read the `EndUser`
+that waypoint/authn verified; a request without one has no request principal and no claims, so
+`requestPrincipals: ["*"]` denies it and `notRequestPrincipals: ["*"]` matches it (Istio).
+Attributes Ambit cannot evaluate (`Match.unsupported`: connection.sni, experimental.*) never prove
+an ALLOW and always count in a DENY or AUDIT (fail safe).
 
 A denied request gets 403 `RBAC: access denied` (Envoy rbac_filter.cc), response flag `RBAC`
 (Envoy's short name for RbacAccessDenied), and gRPC status 7 PERMISSION_DENIED for gRPC.
@@ -27,11 +29,11 @@ from ambit import identity as ident
 from ambit.model import Authorization, Match, Rule
 from ambit.policymatch import in_blocks, string_match
 from ambit.trustdomain import TrustDomains
-from waypoint.authz.matching import any_host, any_method, any_path, any_string
+from waypoint.authz.matching import any_auth, any_host, any_method, any_path, any_string
 from waypoint.binding import Waypoint, bind
 from waypoint.localreply import GRPC_PERMISSION_DENIED, local_reply
 from waypoint.normalize import normalize_path
-from waypoint.request import Downstream, LocalReply, RequestHead
+from waypoint.request import Downstream, EndUser, LocalReply, RequestHead
 
 ALLOW, DENY, AUDIT = "ALLOW", "DENY", "AUDIT"
 WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
@@ -77,6 +79,7 @@ class _Request:
     principal: str | None
     namespace: str | None
     trust_domains: TrustDomains | None
+    user: EndUser | None = None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -91,10 +94,10 @@ def _peer(identity: str) -> tuple[str | None, str | None]:
     return ident.to_principal(identity), namespace
 
 
-def _context(head: RequestHead, down: Downstream, tds: TrustDomains | None) -> _Request:
+def _context(head: RequestHead, down: Downstream, tds: TrustDomains | None, user: EndUser | None) -> _Request:
     principal, namespace = _peer(down.source_identity)
     # Normalized here too (idempotent), so a path the engine forgot to normalize cannot dodge a rule.
-    return _Request(head, down, normalize_path(head.path_only), principal, namespace, tds)
+    return _Request(head, down, normalize_path(head.path_only), principal, namespace, tds, user)
 
 
 def _principal(patterns: list[str], r: _Request) -> bool:
@@ -152,6 +155,14 @@ def match_matches(m: Match, r: _Request, *, deny: bool) -> bool:
         return False
     if m.not_request_headers and _any_header(m.not_request_headers, r):
         return False
+    if m.request_principals and not any_string(m.request_principals, r.user and r.user.principal):
+        return False
+    if m.not_request_principals and any_string(m.not_request_principals, r.user and r.user.principal):
+        return False
+    if m.auth and not all(any_auth(k, vals, r.user) for k, vals in m.auth.items()):
+        return False
+    if m.not_auth and any(any_auth(k, vals, r.user) for k, vals in m.not_auth.items()):
+        return False
     if m.ip_blocks and not in_blocks(d.source_ip, m.ip_blocks):
         return False
     if m.not_ip_blocks and in_blocks(d.source_ip, m.not_ip_blocks):
@@ -183,13 +194,13 @@ def _foreign(identity: str, tds: TrustDomains | None) -> str | None:
 
 
 def evaluate(policies: Iterable[Authorization], head: RequestHead, down: Downstream,
-             trust_domains: TrustDomains | None = None) -> Verdict:
+             trust_domains: TrustDomains | None = None, user: EndUser | None = None) -> Verdict:
     """Decide one request against the policies that apply to it (see `PolicySet.for_request`)."""
     foreign = _foreign(down.source_identity, trust_domains)
     if foreign is not None:
         return Verdict(False, None, DENY, f"source identity {down.source_identity} is in the foreign trust "
                                           f"domain {foreign!r}")
-    r = _context(head, down, trust_domains)
+    r = _context(head, down, trust_domains, user)
     ps = list(policies)
     audit = tuple(p.resource_name for p in ps if p.action == AUDIT and _policy_matches(p, r, deny=True))
     for p in ps:
@@ -205,13 +216,14 @@ def evaluate(policies: Iterable[Authorization], head: RequestHead, down: Downstr
     return Verdict(False, names, ALLOW, f"no rule of the ALLOW policies ({names}) matched", audit)
 
 
-def authorize(pset: PolicySet, head: RequestHead, down: Downstream,
-              trust_domains: TrustDomains | None = None) -> tuple[LocalReply | None, Verdict]:
-    """(None, verdict) when allowed; (the 403 to send, verdict) when denied."""
+def authorize(pset: PolicySet, head: RequestHead, down: Downstream, trust_domains: TrustDomains | None = None,
+              user: EndUser | None = None) -> tuple[LocalReply | None, Verdict]:
+    """(None, verdict) when allowed; (the 403 to send, verdict) when denied. `user`: the verified
+    JWT's end user (waypoint/authn), None when the request carried none."""
     ps = pset.for_request(down)
     if not ps and trust_domains is None:
         return None, _NO_POLICY
-    v = evaluate(ps, head, down, trust_domains)
+    v = evaluate(ps, head, down, trust_domains, user)
     if v.allowed:
         return None, v
     return local_reply(head, 403, DENIED_BODY, flags=RBAC_FLAG, reason=v.reason,

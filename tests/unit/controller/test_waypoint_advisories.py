@@ -187,12 +187,12 @@ def test_ambit_apply_warns_naming_policy_field_and_reason(lab_dir: Path) -> None
 def test_waypoint_policy_attributes_the_waypoint_cannot_evaluate_are_named() -> None:
     p = policy({"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}],
                 "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}],
-                           "when": [{"key": "request.auth.claims[iss]", "values": ["x"]},
+                           "when": [{"key": "connection.sni", "values": ["x"]},
+                                    {"key": "request.auth.claims[iss]", "values": ["x"]},
                                     {"key": "request.headers[x-user]", "values": ["a"]}]}]})
     found = advisories([p, waypoint()])
-    assert [(a.path, a.condition) for a in found] == [
-        ("spec.rules[0].from[0].source.requestPrincipals", NOT_ENFORCED),
-        ("spec.rules[0].when[0].key", NOT_ENFORCED)]
+    # requestPrincipals and request.auth.* are the waypoint's (RequestAuthentication): not named
+    assert [(a.path, a.condition) for a in found] == [("spec.rules[0].when[0].key", NOT_ENFORCED)]
     assert "an ALLOW rule that needs it never matches" in found[0].reason
     assert policy_conditions(p, found)[0]["status"] == "True"      # bound to a waypoint all the same
 
