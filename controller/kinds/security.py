@@ -141,7 +141,7 @@ PeerAuthenticationSpec = Obj({
 
 # -- RequestAuthentication (istio/api security/v1/request_authentication.proto, v1beta1/jwt.proto) --
 
-def _check_jwks(text: str) -> str | None:
+def jwks_problem(text: str) -> str | None:
     """An inline JWKS must be JSON with a `keys` list (RFC 7517 §5) whose keys PyJWT can use."""
     import jwt
 
@@ -190,7 +190,7 @@ JwtRule = Obj({
     "issuer": Str(min_len=1, description="The `iss` a token must carry."),
     "audiences": Arr(Str(min_len=1)),
     "jwksUri": Str(valid=_check_uri, description="Fetched by the controller and inlined for the waypoints."),
-    "jwks": Str(valid=_check_jwks, description="An inline JSON Web Key Set."),
+    "jwks": Str(valid=jwks_problem, description="An inline JSON Web Key Set."),
     "fromHeaders": Arr(JwtHeader),
     "fromParams": Arr(Str(min_len=1)),
     "fromCookies": Arr(Str(min_len=1)),
