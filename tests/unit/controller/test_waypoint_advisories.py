@@ -222,3 +222,16 @@ def test_unserved_host_messages_say_what_would_make_the_route_apply() -> None:
           "spec": {"host": "web", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}}
     [a] = [a for a in advisories([dr]) if a.path]
     assert "HBONE mutual TLS" in a.reason and "issue 12" not in a.reason
+
+
+def test_request_authentication_not_bound_to_a_waypoint_is_named() -> None:
+    def ra(**spec: object) -> dict:
+        return {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+                "metadata": {"name": "jwt", "namespace": "demo"},
+                "spec": {**spec, "jwtRules": [{"issuer": "i", "jwksUri": "https://keys.example/jwks"}]}}
+    [a] = advisories([ra(selector={"matchLabels": {"app": "x"}}), waypoint()])
+    assert (a.path, a.condition) == ("spec.selector", NOT_ENFORCED) and "targetRefs" in a.reason
+    [a] = advisories([ra(targetRefs=[{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "nope"}])])
+    assert a.path == "spec.targetRefs[0]" and 'no waypoint Gateway "demo/nope"' in a.reason
+    gw = ra(targetRefs=[{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}])
+    assert advisories([gw, waypoint()]) == []
