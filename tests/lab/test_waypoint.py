@@ -29,9 +29,9 @@ from ambitctl.lab import waypoints as waypoints_mod
 from ambitctl.lab.apps.grpc_echo import UNARY
 from ambitctl.lab.topology import LabNames
 from tests.lab.conftest import _artifacts
-from tests.lab.jwks_server import JwksServer
 from tests.lab.labctl import Lab, running_lab
 from tests.lab.test_mtls import underlay_capture
+from tests.support.jwks_server import JwksServer
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 

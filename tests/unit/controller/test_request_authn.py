@@ -3,9 +3,7 @@ and the key sets it fetches for `jwksUri` from a real HTTP server on loopback.""
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from controller.jwks import JwksCache
 from controller.translate import translate
 from controller.validation import validate_object
+from tests.support.jwks_server import JwksServer
 
 
 def jwks(kid: str) -> str:
@@ -80,62 +79,32 @@ def test_translation_inlines_what_was_fetched_and_lists_what_to_fetch() -> None:
     assert (r.rules[1].jwks, r.rules[1].jwks_error, r.rules[2].jwks_error) == (KEYS, "", "refused")
 
 
-class _Served:
-    """A JWKS server on loopback: `/jwks` serves `keys`, and an OpenID discovery document."""
-
-    def __init__(self) -> None:
-        served = self
-        self.keys = KEYS
-        self.fail = False
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                if served.fail:
-                    self.send_error(500)
-                    return
-                base = f"http://127.0.0.1:{self.server.server_address[1]}"
-                body = (json.dumps({"issuer": base, "jwks_uri": f"{base}/jwks"})
-                        if self.path == "/.well-known/openid-configuration" else served.keys).encode()
-                self.send_response(200)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-
 @pytest.fixture
-def served() -> Iterator[_Served]:
-    s = _Served()
+def served() -> Iterator[JwksServer]:
+    s = JwksServer()
     yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    s.close()
 
 
-def test_fetch_refresh_rotation_and_failures(served: _Served) -> None:
+def test_fetch_refresh_rotation_and_failures(served: JwksServer) -> None:
     now = [0.0]
     cache = JwksCache(clock=lambda: now[0], refresh=60, retry=10)
-    uri = f"{served.base}/jwks"
+    k1 = served.rotate("k1")
+    uri = f"{served.base}/jwks.json"
     wanted = {uri: 2.0, f"oidc:{served.base}": 2.0}
     assert cache.due(wanted) == list(wanted)
     assert cache.fetch(uri, 2.0) and cache.fetch(f"oidc:{served.base}", 2.0)
-    assert cache.resolved() == {uri: (KEYS, ""), f"oidc:{served.base}": (KEYS, "")}
+    assert cache.resolved() == {uri: (k1, ""), f"oidc:{served.base}": (k1, "")}
     assert cache.due(wanted) == []
     # rotation: the server's keys change; the next refresh picks them up
-    served.keys = jwks("k2")
+    k2 = served.rotate("k2")
     now[0] = 61
     assert cache.due(wanted) == list(wanted)
-    assert cache.fetch(uri, 2.0) and cache.resolved()[uri] == (served.keys, "")
+    assert cache.fetch(uri, 2.0) and cache.resolved()[uri] == (k2, "")
     assert not cache.fetch(uri, 2.0)                          # unchanged
     # a failed refresh keeps the last good keys
     served.fail = True
-    assert not cache.fetch(uri, 2.0) and cache.resolved()[uri] == (served.keys, "")
+    assert not cache.fetch(uri, 2.0) and cache.resolved()[uri] == (k2, "")
     # a source never fetched carries its error, and is retried sooner
     bad = f"{served.base}/nothing"
     cache.fetch(bad, 2.0)

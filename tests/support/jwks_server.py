@@ -1,6 +1,8 @@
-"""A JWKS server for lab tests, on the lab host's loopback (where the controller runs and fetches
-RequestAuthentication `jwksUri`s), with its signing keys: `rotate` publishes a new key set,
-`token` signs with a named key (or with a key of the same id that was never published: a forgery).
+"""A JWKS server on loopback, with its signing keys, for RequestAuthentication tests: the lab's
+(on the lab host, where the controller runs and fetches `jwksUri`s) and the controller's unit
+tests. `/jwks.json` (any path) serves the key set, `/.well-known/openid-configuration` an OpenID
+discovery document pointing at it. `rotate` publishes a new key set, `token` signs with a named
+key (or with a never-published key of the same id: a forgery), `fail` answers 500.
 """
 
 from __future__ import annotations
@@ -20,11 +22,17 @@ class JwksServer:
         self.issuer = issuer
         self.keys: dict[str, rsa.RSAPrivateKey] = {}
         self.body = b'{"keys": []}'
+        self.fail = False
         served = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                if served.fail:
+                    self.send_error(500)
+                    return
                 body = served.body
+                if self.path == "/.well-known/openid-configuration":
+                    body = json.dumps({"issuer": served.base, "jwks_uri": f"{served.base}/jwks.json"}).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
@@ -44,10 +52,11 @@ class JwksServer:
             self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         return self.keys[kid]
 
-    def rotate(self, kid: str) -> None:
-        """Publish the key `kid` alone (a new one the first time)."""
+    def rotate(self, kid: str) -> str:
+        """Publish the key `kid` alone (a new one the first time); returns the key set."""
         pub = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self._key(kid).public_key()))
         self.body = json.dumps({"keys": [{**pub, "kid": kid, "use": "sig", "alg": "RS256"}]}).encode()
+        return self.body.decode()
 
     def token(self, kid: str, *, forge: bool = False, exp: float = 600, aud: str = "myapp",
               sub: str = "alice") -> str:
