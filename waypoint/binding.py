@@ -12,17 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
-
-class Bindable(Protocol):
-    name: str
-    namespace: str
-    scope: str
-    target_refs: list[dict[str, str]]
-
-
-P = TypeVar("P", bound=Any)
+P = TypeVar("P", bound=Any)         # a model resource with name, namespace, scope and target_refs
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +33,6 @@ class Bound(Generic[P]):
 
     gateway: tuple[P, ...]
     by_service: dict[str, tuple[P, ...]]
-
-    def for_service(self, service: str) -> tuple[P, ...]:
-        svc = self.by_service.get(service)
-        return self.gateway + svc if svc else self.gateway
 
 
 def bind(policies: Iterable[P], waypoint: Waypoint) -> Bound[P]:
