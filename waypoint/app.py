@@ -90,7 +90,7 @@ class WaypointProxy:
         self.identities = identities
         self.identity = settings.identity
         self.rng = rng or random.Random()
-        self.wall_clock = time.time          # JWT exp/nbf (Unix time); injected in tests
+        self.wall_clock = time.time          # what JWT exp/nbf are checked against (Unix time)
         self.clusters = Clusters(time.monotonic, self.rng)
         self._clusters_table: Any = None      # the route table `clusters` was last updated from
         if registry is not None:
