@@ -150,7 +150,13 @@ class Match:
     not_remote_ip_blocks: list[str] = field(default_factory=list)
     request_headers: dict[str, list[str]] = field(default_factory=dict)     # `when: request.headers[name]`
     not_request_headers: dict[str, list[str]] = field(default_factory=dict)
-    # Attributes Ambit cannot evaluate yet (requestPrincipals, request.auth.*, connection.sni):
+    # -- end-user (JWT) attributes, from the waypoint's RequestAuthentication (waypoint/authn) --
+    request_principals: list[str] = field(default_factory=list)     # "<iss>/<sub>"
+    not_request_principals: list[str] = field(default_factory=list)
+    # `when` on request.auth.principal / audiences / presenter / claims[a][b]: the key -> values
+    auth: dict[str, list[str]] = field(default_factory=dict)
+    not_auth: dict[str, list[str]] = field(default_factory=dict)
+    # Attributes Ambit cannot evaluate (connection.sni, experimental.*):
     # they never prove an ALLOW and always count as matched in a DENY or AUDIT (fail safe).
     unsupported: list[str] = field(default_factory=list)
 
@@ -190,6 +196,44 @@ class Authorization(Resource):
     # Scope "waypoint" only: every rule in full (L4 and HTTP attributes in the same Matches), in
     # the policy's order, for waypoints. `rules` stays the L4 view ztunnel enforces.
     http_rules: list[Rule] = field(default_factory=list)
+
+    @property
+    def resource_name(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass
+class JwtRule:
+    """One RequestAuthentication `jwtRules` entry, resolved: `jwks` is always the key set itself
+    (inline in the policy, or fetched from `jwks_uri` by the controller, as istiod inlines it), so
+    a waypoint never fetches. `jwks_error` says why a `jwksUri` could not be fetched: tokens of
+    this issuer are then refused (fail closed, as istiod does with its placeholder key set)."""
+
+    issuer: str
+    audiences: list[str] = field(default_factory=list)
+    jwks: str = ""
+    jwks_uri: str = ""
+    jwks_error: str = ""
+    from_headers: list[dict[str, str]] = field(default_factory=list)   # {"name", "prefix"}
+    from_params: list[str] = field(default_factory=list)
+    from_cookies: list[str] = field(default_factory=list)
+    forward_original_token: bool = False
+    output_payload_to_header: str = ""
+    output_claim_to_headers: list[dict[str, str]] = field(default_factory=list)   # {"header", "claim"}
+
+
+@dataclass
+class RequestAuthn(Resource):
+    """A RequestAuthentication for waypoints: the JWT rules and where they apply (`target_refs`,
+    scope "waypoint"; other scopes are reported by the controller and enforced nowhere)."""
+
+    TYPE: ClassVar[str] = "ambit.io/RequestAuthn"
+    name: str
+    namespace: str
+    scope: str = "namespace"
+    selector: dict[str, str] = field(default_factory=dict)
+    target_refs: list[dict[str, str]] = field(default_factory=list)
+    rules: list[JwtRule] = field(default_factory=list)
 
     @property
     def resource_name(self) -> str:
@@ -511,6 +555,7 @@ _NESTED: dict[str, Any] = {
     "TrafficPolicy": TrafficPolicy,
     "PortPolicy": PortPolicy,
     "Subset": Subset,
+    "JwtRule": JwtRule,
 }
 
 
@@ -538,5 +583,6 @@ def _pa_from_dict(cls: Any, d: dict[str, Any]) -> PeerAuthn:
 PeerAuthn.from_dict = classmethod(_pa_from_dict)  # type: ignore[assignment]
 
 RESOURCE_TYPES: dict[str, type[Resource]] = {
-    c.TYPE: c for c in (Service, Workload, Authorization, PeerAuthn, WaypointRoutes, TelemetryPolicy, MeshSettings)
+    c.TYPE: c for c in (Service, Workload, Authorization, PeerAuthn, WaypointRoutes, TelemetryPolicy, MeshSettings,
+                        RequestAuthn)
 }

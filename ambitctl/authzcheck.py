@@ -8,8 +8,11 @@ through its own `apply`; then each hop is decided by the code that decides it in
    destination pod over HBONE, through the destination's waypoint, refused (no ready endpoint, a
    waypoint with no pod), or passed through (the destination is not in the mesh). A source that is
    not in the mesh sends plaintext to the pod instead;
-2. through a waypoint: L7 authorization at the waypoint (`waypoint.authz.evaluate.policy_set` and
-   `authorize`), with the source's identity, the method, path and headers;
+2. through a waypoint: RequestAuthentication (`waypoint.authn`: a JWT given as a header, e.g.
+   `-H "authorization=Bearer <token>"`, is verified against the rules' keys, `jwksUri`s fetched as
+   the controller fetches them; an invalid one is the waypoint's 401), then L7 authorization
+   (`waypoint.authz.evaluate.policy_set` and `authorize`) with the source's identity, the verified
+   end user, the method, path and headers;
 3. at the destination pod: its ztunnel's admission (`ztunnel.admission.admit_hbone` for HBONE,
    with the waypoint's identity and `Forwarded: for=` when it came through one, or
    `admit_plaintext`: PeerAuthentication, then L4 policy with no identity).
@@ -21,17 +24,20 @@ time (a copy of the policy with that rule alone), so it is the evaluator's answe
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ambit.configclient.state import ConfigUpdate
-from ambit.model import Authorization, MeshSettings, PeerAuthn, Service, Workload
+from ambit.model import Authorization, MeshSettings, PeerAuthn, RequestAuthn, Service, Workload
 from ambit.zds import PodInfo
+from controller.jwks import JwksCache
 from controller.translate import Translation, translate
+from waypoint.authn import authn_set
 from waypoint.authz.evaluate import DENY as L7_DENY
 from waypoint.authz.evaluate import Verdict, Waypoint, authorize, policy_set
 from waypoint.authz.evaluate import evaluate as l7_evaluate
-from waypoint.request import Downstream, RequestHead
+from waypoint.request import Downstream, EndUser, RequestHead
 from ztunnel import admission, authz, routing
 from ztunnel.meshstate import MeshState
 
@@ -102,6 +108,12 @@ def check(objects: list[Obj], src: str, dst: str, request: Request = Request(), 
           root_namespace: str = "ambit-system", trust_domain: str = "cluster.local",
           cluster_domain: str = "cluster.local") -> Result:
     tr = translate(objects, trust_domain=trust_domain, root_namespace=root_namespace, cluster_domain=cluster_domain)
+    if tr.jwks_fetches:     # RequestAuthentication jwksUri: fetched as the controller fetches them
+        keys = JwksCache()
+        for src, timeout in tr.jwks_fetches.items():
+            keys.fetch(src, timeout)
+        tr = translate(objects, trust_domain=trust_domain, root_namespace=root_namespace,
+                       cluster_domain=cluster_domain, jwks=keys.resolved())
     cfg = mesh_state(tr, root_namespace)
     source = _source(cfg, src)
     dst_ip, dst_port, target = _destination(cfg, dst, cluster_domain)
@@ -120,7 +132,8 @@ def check(objects: list[Obj], src: str, dst: str, request: Request = Request(), 
             f"ztunnel {source.node} (source)", True,
             "the destination is not in the mesh: passed through in plaintext, no policy applies")])]
     elif route.waypoint:
-        res.paths = _via_waypoint(cfg, objects, source, route, request, root_namespace, trust_domain)
+        res.paths = _via_waypoint(cfg, objects, source, route, request, root_namespace, trust_domain,
+                                  tr.request_authns)
     elif route.service is not None:      # every ready endpoint: policies may differ from pod to pod
         sp = next(p for p in route.service.ports if p.port == dst_port)
         for ep in (e for e in route.service.endpoints if e.ready):
@@ -248,7 +261,7 @@ def _plaintext(cfg: MeshState, source: Workload, src_ip: str, dst_ip: str, dst_p
 
 
 def _via_waypoint(cfg: MeshState, objects: list[Obj], source: Workload, route: routing.Route, request: Request,
-                  root_namespace: str, trust_domain: str) -> list[Path]:
+                  root_namespace: str, trust_domain: str, request_authns: list[RequestAuthn]) -> list[Path]:
     assert route.target is not None and route.workload is not None
     wp_ns, _, wp_name = route.waypoint.partition("/")
     gw_class = _gateway_class(objects, route.waypoint)
@@ -261,12 +274,20 @@ def _via_waypoint(cfg: MeshState, objects: list[Obj], source: Workload, route: r
     authority = f"{svc.hostname}:{route.target[1]}" if svc else f"{route.target[0]}:{route.target[1]}"
     head = RequestHead(request.method, request.path, authority,
                        headers=[(k.lower(), v) for k, v in request.headers])
+    # RequestAuthentication first (a JWT in an Authorization header or wherever its rules look), as the
+    # waypoint does; the verified end user is what requestPrincipals and request.auth.* read
+    authn = authn_set(request_authns, me).authenticate(head, down, time.time())
+    if authn.reply is not None:
+        return [Path("", [Hop(f"waypoint {route.waypoint} (RequestAuthentication)", False,
+                              f"401 {authn.reason.removeprefix('jwt: ')}")])]
+    if authn.headers is not None:
+        head.headers = authn.headers
     pset = policy_set(cfg.view.authorizations, me)
-    _, verdict = authorize(pset, head, down, cfg.trust_domains)
+    _, verdict = authorize(pset, head, down, cfg.trust_domains, authn.user)
     hop = Hop(f"waypoint {route.waypoint} (L7)", verdict.allowed, verdict.reason)
     if verdict.policy and "," not in verdict.policy:
         hop.policy = f"AuthorizationPolicy {verdict.policy}"
-        hop.rule = _l7_rule(pset.for_request(down), verdict, head, down, cfg)
+        hop.rule = _l7_rule(pset.for_request(down), verdict, head, down, cfg, authn.user)
     if not verdict.allowed:
         return [Path("", [hop])]
     # The waypoint then opens HBONE to an endpoint, as itself, saying who the client was.
@@ -319,13 +340,13 @@ def _l4_rule(cfg: MeshState, dest: Workload, policy: str, conn: authz.ConnInfo) 
 
 
 def _l7_rule(policies: tuple[Authorization, ...], verdict: Verdict, head: RequestHead, down: Downstream,
-             cfg: MeshState) -> str:
+             cfg: MeshState, user: EndUser | None = None) -> str:
     p = next((a for a in policies if a.resource_name == verdict.policy), None)
     if p is None:
         return ""
     for i, r in enumerate(p.http_rules):
         one = dataclasses.replace(p, http_rules=[r])
-        v = l7_evaluate([one], head, down, cfg.trust_domains)
+        v = l7_evaluate([one], head, down, cfg.trust_domains, user)
         if (p.action == L7_DENY and not v.allowed) or (p.action != L7_DENY and v.allowed and v.policy):
             return f"spec.rules[{i}]"
     return ""

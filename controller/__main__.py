@@ -23,6 +23,7 @@ from ambit.trustdomain import TrustDomains
 from controller import meshconfig
 from controller.app import Controller, StatusServer
 from controller.configserver.server import SERVER_OPTIONS
+from controller.jwks import JwksCache
 from controller.settings import ControllerSettings
 from controller.settings import load as load_settings
 from controller.sources import Snapshot, Source
@@ -147,7 +148,8 @@ async def amain(args: ControllerSettings) -> int:
     controller = Controller(make_source(args), server, trust_domain=args.trust_domain,
                             root_namespace=args.root_namespace, cluster_domain=args.cluster_domain,
                             on_applied=on_applied,
-                            trust_domain_aliases=_aliases(flag_aliases, watcher, args.trust_domain, None))
+                            trust_domain_aliases=_aliases(flag_aliases, watcher, args.trust_domain, None),
+                            jwks=JwksCache(refresh=args.jwks_refresh))
     controller_box.append(controller)
     if watcher is not None:     # extensionProviders / defaultProviders of the first read (checked above)
         with contextlib.suppress(ValueError):
@@ -201,6 +203,7 @@ async def amain(args: ControllerSettings) -> int:
         stop_metrics_socket = serve_unix(args.metrics_socket)
 
     source_thread = controller.run_source(stop)
+    controller.run_jwks_refresher(stop)
     from controller.dashboard.wiring import start as start_dashboard
     stop_dashboard = start_dashboard(args, controller)
     deadline = loop.time() + FIRST_SNAPSHOT_TIMEOUT

@@ -24,6 +24,7 @@ from ambit.api import config_pb2
 from ambit.configclient.codec import encode
 from ambit.model import Workload
 from controller.configserver import ConfigServer
+from controller.jwks import JwksCache
 from controller.sources import Snapshot, Source
 from controller.translate import Translation, translate
 from controller.translate.waypoints import gateway_of
@@ -47,8 +48,9 @@ class Controller:
     def __init__(self, source: Source, server: ConfigServer, *, trust_domain: str = "cluster.local",
                  root_namespace: str = "ambit-system", cluster_domain: str = "cluster.local",
                  on_applied: Callable[[Snapshot, Translation], None] | None = None,
-                 trust_domain_aliases: tuple[str, ...] = ()):
+                 trust_domain_aliases: tuple[str, ...] = (), jwks: JwksCache | None = None):
         self.source = source
+        self.jwks = jwks or JwksCache()           # RequestAuthentication jwksUri key sets, inlined
         self.trust_domain_aliases = tuple(trust_domain_aliases)
         self.mesh_telemetry: tuple[list[dict[str, Any]], dict[str, list[str]]] = ([], {})  # see set_mesh_telemetry
         self._objects: Snapshot | None = None     # the last snapshot, to re-translate on a mesh change
@@ -106,8 +108,7 @@ class Controller:
         self.snapshots += 1
         own: list[FieldError] = []
         try:
-            tr = translate(objects, self.trust_domain, self.root_namespace, self.cluster_domain,
-                           self.trust_domain_aliases)
+            tr = self._translate(objects)
             for m in tr.mesh_settings:
                 m.extension_providers, m.default_providers = self.mesh_telemetry
         except Exception as e:  # noqa: BLE001 - a translation bug must not take the mesh down
@@ -140,6 +141,43 @@ class Controller:
             except Exception:  # noqa: BLE001 - side duties (e.g. lab node tokens) never block config
                 log.exception("post-snapshot hook failed")
         self.first_snapshot.set()
+
+    def _translate(self, objects: Snapshot) -> Translation:
+        tr = translate(objects, self.trust_domain, self.root_namespace, self.cluster_domain,
+                       self.trust_domain_aliases, self.jwks.resolved())
+        missing = self.jwks.missing(tr.jwks_fetches)
+        if missing:     # a new jwksUri: fetch it now (bounded by its timeout), so the first config has it
+            for src in missing:
+                self.jwks.fetch(src, tr.jwks_fetches[src])
+            tr = translate(objects, self.trust_domain, self.root_namespace, self.cluster_domain,
+                           self.trust_domain_aliases, self.jwks.resolved())
+        self.jwks.forget(tr.jwks_fetches)
+        return tr
+
+    def refresh_jwks(self) -> bool:
+        """Re-fetch the key sets that are due (outside the flow lock: fetching waits on the network);
+        when one changed (a rotation), re-translate and push. True when it pushed."""
+        tr = self.translation
+        wanted = dict(tr.jwks_fetches) if tr is not None else {}
+        changed = False
+        for src in self.jwks.due(wanted):
+            changed = self.jwks.fetch(src, wanted[src]) or changed
+        if changed:
+            with self._flow_lock:
+                if self._objects is not None:
+                    self._on_snapshot(self._objects)
+        return changed
+
+    def run_jwks_refresher(self, stop: threading.Event, tick: float = 1.0) -> threading.Thread:
+        def run() -> None:
+            while not stop.wait(tick):
+                try:
+                    self.refresh_jwks()
+                except Exception:  # noqa: BLE001 - a refresh bug must not stop later refreshes
+                    log.exception("JWKS refresh failed")
+        t = threading.Thread(target=run, name="jwks", daemon=True)
+        t.start()
+        return t
 
     def _set_own(self, own: list[FieldError]) -> None:
         with self._lock:

@@ -67,6 +67,10 @@ class ControllerSettings:
         help="the topology view reads access logs from the proxies' log files here (ztunnel-NODE.log, waypoint-NS-NAME.log)")
     dashboard_refresh: float = option(3.0, "seconds between the topology view's refreshes (and direct scrapes)",
                                       check=lambda v: None if v > 0 else "must be > 0")
+    jwks_refresh: float = option(
+        1200.0, "seconds between re-fetches of RequestAuthentication jwksUri key sets, so key rotations reach the "
+                "waypoints (Istio's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL, 20m)",
+        check=lambda v: None if v > 0 else "must be > 0")
     debounce: float = option(0.03, "seconds a burst of changes is coalesced", check=non_negative)
     log_level: str = option("INFO", "logging level")
 

@@ -92,6 +92,7 @@ class WaypointProxy:
         self.identities = identities
         self.identity = settings.identity
         self.rng = rng or random.Random()
+        self.wall_clock = time.time          # what JWT exp/nbf are checked against (Unix time)
         self.clusters = Clusters(time.monotonic, self.rng)
         self._clusters_table: Any = None      # the route table `clusters` was last updated from
         if registry is not None:
@@ -212,8 +213,15 @@ class WaypointProxy:
     # --- decisions (the sans-IO cores) ----------------------------------------------------------
 
     def decide(self, head: RequestHead, down: Downstream) -> Decision:
+        """RequestAuthentication (a 401, or the token/output header edits), then authorization,
+        then routing: Istio's filter order (jwt_authn, rbac, router)."""
         v = self.config.view
-        reply, _verdict = authorize(v.policies, head, down, v.trust_domains)
+        authn = v.authn.authenticate(head, down, self.wall_clock())
+        if authn.reply is not None:
+            return authn.reply
+        if authn.headers is not None:
+            head.headers = authn.headers
+        reply, _verdict = authorize(v.policies, head, down, v.trust_domains, authn.user)
         if reply is not None:
             return reply
         return route(v.table, head, down, self.rng)

@@ -17,6 +17,7 @@ from ambit.configclient import ConfigUpdate
 from ambit.model import (
     Authorization,
     MeshSettings,
+    RequestAuthn,
     Resource,
     Service,
     TelemetryPolicy,
@@ -26,15 +27,18 @@ from ambit.model import (
 from ambit.telemetryconfig import AccessLogConfig, TelemetryConfig
 from ambit.telemetryfilter import check_filter
 from ambit.trustdomain import TrustDomains
+from waypoint.authn import AuthnSet, authn_set
 from waypoint.authz import PolicySet, Waypoint, policy_set
 from waypoint.authz.l4 import l4_policy_set
 from waypoint.routing import RouteTable, build_table
 
 log = logging.getLogger("ambit.waypoint.config")
 
-TYPES = (MeshSettings.TYPE, Authorization.TYPE, Workload.TYPE, Service.TYPE, WaypointRoutes.TYPE, TelemetryPolicy.TYPE)
+TYPES = (MeshSettings.TYPE, Authorization.TYPE, RequestAuthn.TYPE, Workload.TYPE, Service.TYPE, WaypointRoutes.TYPE,
+         TelemetryPolicy.TYPE)
 
 # Telemetry only shapes access logs and spans (defaults apply until it arrives): not needed to serve.
+# RequestAuthn is: serving before it arrives would pass tokens unchecked.
 REQUIRED = TYPES[:-1]
 
 
@@ -51,6 +55,7 @@ class View:
     telemetry: tuple[TelemetryPolicy, ...] = ()
     mesh: MeshSettings | None = None
     waypoint: Waypoint = Waypoint("", "")
+    authn: AuthnSet = field(default_factory=AuthnSet)      # RequestAuthentication (JWT), before authz
     _telemetry_cache: dict[str, TelemetryConfig] = field(default_factory=dict, compare=False, repr=False)
 
     def telemetry_for_waypoint(self, service: str = "") -> TelemetryConfig:
@@ -108,8 +113,12 @@ class WaypointConfig:
         for t in tel:       # a filter the controller let through but this build cannot run: say so
             if t.access_log_filter and (why := check_filter(t.access_log_filter)):
                 log.warning("Telemetry %s: accessLogging filter %r ignored: %s", t.resource_name, t.access_log_filter, why)
+        authn = authn_set((cast(RequestAuthn, r) for r in state[RequestAuthn.TYPE].values()), self.waypoint)
+        for p in {id(p): p for ps in (authn.gateway, *authn.by_service.values()) for p in ps}.values():
+            if p.error:         # a key set that cannot be used: that issuer's tokens get 401; say why
+                log.warning("RequestAuthentication issuer %s: %s", p.rule.issuer, p.error)
         return View(workloads, by_ip, services, by_vip, table, pset, l4_policy_set(pset), tds, tel,
-                    cast(MeshSettings, mesh) if mesh is not None else None, self.waypoint)
+                    cast(MeshSettings, mesh) if mesh is not None else None, self.waypoint, authn)
 
     def dump(self) -> dict[str, Any]:
         v = self.view
@@ -119,6 +128,7 @@ class WaypointConfig:
                 "routes": sorted(v.table.hosts), "route_errors": list(v.table.errors),
                 "telemetry": [t.resource_name for t in v.telemetry],
                 "access_log": _access_log_dump(v.telemetry_for_waypoint().access_log),
+                "request_authentications": list(v.authn.names),
                 "policies": {"gateway": [p.resource_name for p in v.policies.gateway],
                              "by_service": {k: [p.resource_name for p in ps]
                                             for k, ps in v.policies.by_service.items()}}}

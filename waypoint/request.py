@@ -10,6 +10,7 @@ I/O, so tests build these objects by hand.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -66,6 +67,27 @@ class Downstream:
     destination_port: int = 0
     service: str = ""                       # "ns/name" of the destination Service, if known
     hostname: str = ""                      # its FQDN
+
+
+@dataclass(frozen=True)
+class EndUser:
+    """The end user a verified JWT names (waypoint/authn), as AuthorizationPolicy reads it:
+    `request.auth.principal` is "<iss>/<sub>", `request.auth.claims[...]` the payload,
+    `request.auth.audiences` its `aud` and `request.auth.presenter` its `azp` (Istio's conditions)."""
+
+    principal: str
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def audiences(self) -> list[str]:
+        aud = self.claims.get("aud")
+        return [aud] if isinstance(aud, str) else [a for a in aud if isinstance(a, str)] \
+            if isinstance(aud, list) else []
+
+    @property
+    def presenter(self) -> str | None:
+        azp = self.claims.get("azp")
+        return azp if isinstance(azp, str) else None
 
 
 @dataclass(frozen=True)

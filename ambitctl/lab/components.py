@@ -78,7 +78,9 @@ def controller_process(names: LabNames, base: Path, trust_domain: str = "cluster
               "--node-token-dir", str(base), "--trust-domain", trust_domain,
               "--mesh-config", str(mesh_config_file(base)),
               "--metrics-socket", str(controller_metrics_socket(base)),
-              "--debug-token-file", str(debug_token_file(base))])
+              "--debug-token-file", str(debug_token_file(base)),
+              # the lab's JWKS server rotates keys in seconds, not Istio's 20 minutes
+              "--jwks-refresh", "2"])
 
 
 # Extra flags for every node's ztunnel (e.g. its limits, docs/operations.md), for tests that need a

@@ -70,6 +70,8 @@ KINDS: list[KindSpec] = [
              _mesh(security.AuthorizationPolicySpec), ambit_group=_SEC[2]),
     KindSpec("PeerAuthentication", "peerauthentications", ("pa",), _with_ambit(*_SEC), True,
              _mesh(security.PeerAuthenticationSpec), ambit_group=_SEC[2]),
+    KindSpec("RequestAuthentication", "requestauthentications", ("ra",), _with_ambit(*_SEC), True,
+             _mesh(security.RequestAuthenticationSpec), ambit_group=_SEC[2]),
     KindSpec("VirtualService", "virtualservices", ("vs",), _with_ambit(*_NET), True,
              _mesh(networking.VirtualServiceSpec), ambit_group=_NET[2]),
     KindSpec("DestinationRule", "destinationrules", ("dr",), _with_ambit(*_NET), True,
@@ -114,7 +116,6 @@ UNSUPPORTED_KINDS: dict[tuple[str, str], str] = {
     ("networking.istio.io", "WorkloadGroup"): "WorkloadGroup is not supported by Ambit: workloads are Kubernetes "
                                               "pods only",
     ("networking.istio.io", "ProxyConfig"): "ProxyConfig is not supported by Ambit: its proxies are not Envoy",
-    ("security.istio.io", "RequestAuthentication"): "RequestAuthentication (JWT) is not supported by Ambit yet",
     ("extensions.istio.io", "WasmPlugin"): "WasmPlugin is not supported by Ambit: its proxies do not run Wasm",
     ("extensions.istio.io", "TrafficExtension"): "TrafficExtension is not supported by Ambit: its proxies do not "
                                                  "run extensions",

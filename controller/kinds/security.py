@@ -1,19 +1,23 @@
-"""security.istio.io (and security.ambit.io): AuthorizationPolicy and PeerAuthentication schemas."""
+"""security.istio.io (and security.ambit.io): AuthorizationPolicy, PeerAuthentication and
+RequestAuthentication schemas."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from controller.kinds.common import (
     Cidr,
+    Duration,
     PolicyTargetReference,
     PortString,
     Strings,
     WorkloadSelector,
     port_key,
 )
-from controller.kinds.schema import Arr, Errors, Map, Obj, Str, join
+from controller.kinds.schema import Arr, Bool, Errors, Map, Obj, Str, join
 
 SOURCE_FIELDS = ("principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals",
                  "namespaces", "notNamespaces", "ipBlocks", "notIpBlocks", "remoteIpBlocks",
@@ -99,6 +103,11 @@ def _check_authz(value: dict[str, Any], path: str, errs: Errors) -> None:
                      "CUSTOM (external authorization) is not supported by Ambit; use ALLOW, DENY or AUDIT"))
     elif value.get("provider") is not None:
         errs.append((join(path, "provider"), "provider is only valid with action CUSTOM"))
+    check_target_kinds(value, path, errs)
+
+
+def check_target_kinds(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """targetRef(s) of a security policy name one of Istio's policy target kinds."""
     refs = ([(join(path, "targetRef"), value["targetRef"])] if value.get("targetRef") else []) + [
         (f"{join(path, 'targetRefs')}[{i}]", r) for i, r in enumerate(value.get("targetRefs") or [])]
     for p, r in refs:
@@ -128,3 +137,79 @@ PeerAuthenticationSpec = Obj({
     "mtls": Obj({"mode": MtlsMode}),
     "portLevelMtls": Map(Obj({"mode": MtlsMode}), key=port_key),
 }, checks=(_check_peer_authn,))
+
+
+# -- RequestAuthentication (istio/api security/v1/request_authentication.proto, v1beta1/jwt.proto) --
+
+def jwks_problem(text: str) -> str | None:
+    """An inline JWKS must be JSON with a `keys` list (RFC 7517 §5) whose keys PyJWT can use."""
+    import jwt
+
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        return f"must be a JSON Web Key Set (JSON): {e}"
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list) or not data["keys"]:
+        return 'must be a JSON Web Key Set: an object with a non-empty "keys" list'
+    try:
+        jwt.PyJWKSet(data["keys"])
+    except (jwt.PyJWKSetError, jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError) as e:
+        return f"has no key usable for verification: {e}"
+    return None
+
+
+def _check_uri(text: str) -> str | None:
+    u = urlsplit(text)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        return f'must be an http:// or https:// URL, got "{text}"'
+    try:
+        u.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return f'has an invalid port: "{text}"'
+    return None
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _check_header_name(text: str) -> str | None:
+    return None if _HEADER_NAME.match(text) else f'must be an HTTP header name, got "{text}"'
+
+
+def _check_jwt_rule(value: dict[str, Any], path: str, errs: Errors) -> None:
+    outs = [c.get("header", "").lower() for c in value.get("outputClaimToHeaders") or []]
+    if len(set(outs)) != len(outs):
+        errs.append((join(path, "outputClaimToHeaders"), "a header may be set from one claim only"))
+
+
+JwtHeader = Obj({"name": Str(min_len=1, valid=_check_header_name), "prefix": Str()}, required=("name",))
+ClaimToHeader = Obj({"header": Str(min_len=1, valid=_check_header_name), "claim": Str(min_len=1)},
+                    required=("header", "claim"))
+
+JwtRule = Obj({
+    "issuer": Str(min_len=1, description="The `iss` a token must carry."),
+    "audiences": Arr(Str(min_len=1)),
+    "jwksUri": Str(valid=_check_uri, description="Fetched by the controller and inlined for the waypoints."),
+    "jwks": Str(valid=jwks_problem, description="An inline JSON Web Key Set."),
+    "fromHeaders": Arr(JwtHeader),
+    "fromParams": Arr(Str(min_len=1)),
+    "fromCookies": Arr(Str(min_len=1)),
+    "outputPayloadToHeader": Str(valid=_check_header_name),
+    "forwardOriginalToken": Bool(),
+    "outputClaimToHeaders": Arr(ClaimToHeader),
+    "jwks_uri": Str(valid=_check_uri, description="The deprecated spelling of jwksUri (jwksUri wins)."),
+    "timeout": Duration("How long the controller waits for jwksUri (default 5s).", positive=True),
+}, required=("issuer",), checks=(_check_jwt_rule,), unsupported={
+    "presence": "presence is not supported by Ambit yet: tokens are optional (a missing token passes); require "
+                'one with an AuthorizationPolicy, e.g. ALLOW from requestPrincipals: ["*"]',
+    "spaceDelimitedClaims": "spaceDelimitedClaims is not supported by Ambit yet: a claim matches as one string "
+                            "(list claims match by element)",
+})
+
+
+RequestAuthenticationSpec = Obj({
+    "selector": WorkloadSelector,
+    "targetRef": PolicyTargetReference,
+    "targetRefs": Arr(PolicyTargetReference),
+    "jwtRules": Arr(JwtRule),
+}, one_of=(("selector", "targetRef", "targetRefs"),), checks=(check_target_kinds,))

@@ -9,6 +9,7 @@ Objects of kinds Ambit does not know are ignored.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from ambit.model import (
     Authorization,
     MeshSettings,
     PeerAuthn,
+    RequestAuthn,
     Service,
     TelemetryPolicy,
     WaypointRoutes,
@@ -24,7 +26,13 @@ from ambit.model import (
 )
 from controller.kinds import BY_KIND
 from controller.translate.index import Index
-from controller.translate.policy import translate_authorization, translate_peer_authn, translate_telemetry
+from controller.translate.policy import (
+    jwks_fetches,
+    translate_authorization,
+    translate_peer_authn,
+    translate_request_authn,
+    translate_telemetry,
+)
 from controller.translate.routes import translate_routes
 from controller.translate.waypoints import apply_waypoints, waypoint_gateways
 from controller.translate.workloads import translate_services, translate_workloads
@@ -42,12 +50,14 @@ class Translation:
     waypoint_routes: list[WaypointRoutes] = field(default_factory=list)
     telemetry: list[TelemetryPolicy] = field(default_factory=list)
     mesh_settings: list[MeshSettings] = field(default_factory=list)
+    request_authns: list[RequestAuthn] = field(default_factory=list)
     errors: list[FieldError] = field(default_factory=list)
+    jwks_fetches: dict[str, float] = field(default_factory=dict)   # key sets to fetch: source -> timeout
 
     def resources(self) -> list[Any]:
         """Every model resource, in one list."""
         return [*self.workloads, *self.services, *self.authorizations, *self.peer_authns,
-                *self.waypoint_routes, *self.telemetry, *self.mesh_settings]
+                *self.waypoint_routes, *self.telemetry, *self.mesh_settings, *self.request_authns]
 
     def by_type(self) -> dict[str, list[Any]]:
         """Resources keyed by type URL: what `ConfigServer.update(resources_by_type, version)` takes.
@@ -60,7 +70,10 @@ class Translation:
 
 def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local",
               root_namespace: str = "ambit-system", cluster_domain: str = "cluster.local",
-              trust_domain_aliases: tuple[str, ...] = ()) -> Translation:
+              trust_domain_aliases: tuple[str, ...] = (),
+              jwks: Mapping[str, tuple[str, str]] | None = None) -> Translation:
+    """`jwks`: the key sets the controller fetched for RequestAuthentication `jwksUri`s (source ->
+    (JSON, error)); what is still to fetch is in `Translation.jwks_fetches`."""
     out = Translation(mesh_settings=[MeshSettings(trust_domain, list(trust_domain_aliases))])
     good = []
     for obj in objects:
@@ -78,9 +91,13 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     out.authorizations = [translate_authorization(o, trust_domain, root_namespace)
                           for o in idx.kind("AuthorizationPolicy")]
     out.peer_authns = [translate_peer_authn(o, root_namespace) for o in idx.kind("PeerAuthentication")]
+    for o in idx.kind("RequestAuthentication"):
+        out.request_authns.append(translate_request_authn(o, root_namespace, jwks or {}))
+        for src, timeout in jwks_fetches(o).items():
+            out.jwks_fetches[src] = max(out.jwks_fetches.get(src, 0.0), timeout)
     out.telemetry = [translate_telemetry(o, root_namespace) for o in idx.kind("Telemetry")]
     out.waypoint_routes = translate_routes(idx, out.services, cluster_domain)
-    for lst in (out.services, out.authorizations, out.peer_authns, out.telemetry):
+    for lst in (out.services, out.authorizations, out.peer_authns, out.telemetry, out.request_authns):
         lst.sort(key=lambda r: r.resource_name)
     out.workloads.sort(key=lambda w: (w.namespace, w.name))
     return out

@@ -1,4 +1,5 @@
-"""AuthorizationPolicy, PeerAuthentication and Telemetry into their model resources.
+"""AuthorizationPolicy, PeerAuthentication, RequestAuthentication and Telemetry into their model
+resources.
 
 Istio semantics that matter and are easy to get wrong:
 - An ALLOW policy with no rules (`spec: {}`) matches nothing, so it denies every request to the
@@ -15,9 +16,11 @@ Istio semantics that matter and are easy to get wrong:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from ambit.model import Authorization, Match, PeerAuthn, Rule, TelemetryPolicy
+from ambit.model import Authorization, JwtRule, Match, PeerAuthn, RequestAuthn, Rule, TelemetryPolicy
+from controller.kinds.common import parse_duration
 from controller.kinds.security import L4_CONDITION_KEYS
 from controller.translate.index import name_of, ns_of
 
@@ -97,14 +100,12 @@ def l4_rule(rule: Obj, ns: str, trust_domain: str) -> Rule:
 
 # -- the full rules, for waypoints -------------------------------------------------------------------
 
-_UNSUPPORTED_SOURCE = ("requestPrincipals", "notRequestPrincipals")
-
-
 def _http_source(src: Obj, ns: str, trust_domain: str) -> Match:
     m = _source_match(src, ns, trust_domain)
     m.remote_ip_blocks = list(src.get("remoteIpBlocks") or [])
     m.not_remote_ip_blocks = list(src.get("notRemoteIpBlocks") or [])
-    m.unsupported = [k for k in _UNSUPPORTED_SOURCE if src.get(k)]
+    m.request_principals = list(src.get("requestPrincipals") or [])
+    m.not_request_principals = list(src.get("notRequestPrincipals") or [])
     return m
 
 
@@ -125,7 +126,9 @@ def _http_condition(cond: Obj) -> Match:
     if key.startswith("request.headers[") and key.endswith("]"):
         name = key[len("request.headers["):-1].lower()
         return Match(request_headers={name: vals} if vals else {}, not_request_headers={name: nots} if nots else {})
-    return Match(unsupported=[key])     # request.auth.*, connection.sni, experimental.*
+    if key.startswith("request.auth."):
+        return Match(auth={key: vals} if vals else {}, not_auth={key: nots} if nots else {})
+    return Match(unsupported=[key])     # connection.sni, request.experimental.auth.groups, experimental.*
 
 
 def http_rule(rule: Obj, ns: str, trust_domain: str) -> Rule:
@@ -214,3 +217,52 @@ def translate_telemetry(obj: Obj, root_namespace: str) -> TelemetryPolicy:
             t.access_log_filter = a["filter"]["expression"]
         t.access_log_mode = (a.get("match") or {}).get("mode") or t.access_log_mode
     return t
+
+
+# -- RequestAuthentication ----------------------------------------------------------------------------
+
+DEFAULT_JWKS_TIMEOUT = 5.0          # JWTRule.timeout's default
+
+
+def jwks_source(rule: Obj) -> str:
+    """Where a rule's keys come from when not inline: its `jwksUri`, or, with neither `jwks` nor
+    `jwksUri`, the issuer's OpenID discovery document (`oidc:<issuer>`), as istiod resolves it."""
+    return rule.get("jwksUri") or rule.get("jwks_uri") or f"oidc:{rule['issuer']}"
+
+
+def jwks_fetches(obj: Obj) -> dict[str, float]:
+    """The key sets this RequestAuthentication needs fetched: source -> timeout (seconds)."""
+    out: dict[str, float] = {}
+    for r in (obj.get("spec") or {}).get("jwtRules") or []:
+        if not r.get("jwks"):
+            t = parse_duration(r["timeout"]) if r.get("timeout") else DEFAULT_JWKS_TIMEOUT
+            out[jwks_source(r)] = max(out.get(jwks_source(r), 0.0), t)
+    return out
+
+
+def _jwt_rule(r: Obj, jwks: Mapping[str, tuple[str, str]]) -> JwtRule:
+    if r.get("jwks"):
+        keys, error = r["jwks"], ""
+    else:
+        keys, error = jwks.get(jwks_source(r), ("", "not fetched yet"))
+    return JwtRule(
+        issuer=r["issuer"], audiences=list(r.get("audiences") or []), jwks=keys,
+        jwks_uri=r.get("jwksUri") or r.get("jwks_uri") or "",
+        jwks_error=error, from_headers=[{"name": h["name"], "prefix": h.get("prefix") or ""}
+                                        for h in r.get("fromHeaders") or []],
+        from_params=list(r.get("fromParams") or []), from_cookies=list(r.get("fromCookies") or []),
+        forward_original_token=bool(r.get("forwardOriginalToken")),
+        output_payload_to_header=r.get("outputPayloadToHeader") or "",
+        output_claim_to_headers=[{"header": c["header"], "claim": c["claim"]}
+                                 for c in r.get("outputClaimToHeaders") or []])
+
+
+def translate_request_authn(obj: Obj, root_namespace: str, jwks: Mapping[str, tuple[str, str]]) -> RequestAuthn:
+    """One RequestAuthentication; `jwks` maps a fetch source (`jwks_source`) to (key set JSON, error),
+    what the controller fetched. A key set not fetched (yet) leaves the rule with `jwks_error`, so
+    the waypoint refuses that issuer's tokens rather than admit them unchecked."""
+    spec = obj.get("spec") or {}
+    ns = ns_of(obj)
+    scope, selector, refs = _scope(spec, ns, root_namespace)
+    return RequestAuthn(name=name_of(obj), namespace=ns, scope=scope, selector=selector, target_refs=refs,
+                        rules=[_jwt_rule(r, jwks) for r in spec.get("jwtRules") or []])

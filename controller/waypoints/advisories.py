@@ -12,6 +12,8 @@ validator refuses what can never work; this module finds what is valid but does 
   of its target. A target that does not exist (`TargetNotFound`), a Service that uses no waypoint,
   or whose waypoint Gateway does not exist or does not serve Service traffic (`AncestorNotBound`),
   means the policy is enforced by nobody: ztunnel leaves targetRefs policies to waypoints.
+- RequestAuthentication: the same for its targetRefs; bound by `selector` or namespace-wide it is
+  enforced by nobody (JWTs are checked by waypoints only), and says so.
 - Routes (VirtualService, HTTPRoute, GRPCRoute) and DestinationRules for a host that no waypoint
   serves: the waypoint is what applies them, so until one serves the host they change nothing.
 - Fields the waypoint accepts but does not apply (CORS, session persistence, locality load
@@ -109,6 +111,8 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
         kind = o.get("kind")
         if kind == "AuthorizationPolicy":
             out += _policy(o, gateways, svc_waypoint, root_namespace)
+        elif kind == "RequestAuthentication":
+            out += _request_authn(o, gateways, svc_waypoint, root_namespace)
         elif kind == "VirtualService":
             out += _vs_fields(o, hosts)
         elif kind in ("HTTPRoute", "GRPCRoute"):
@@ -205,7 +209,7 @@ def _ztunnel_effect(spec: Obj) -> str:
 
 def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str],
             root_namespace: str) -> list[Advisory]:
-    spec, ns, ref = o.get("spec") or {}, ns_of(o), object_ref(o)
+    spec, ref = o.get("spec") or {}, object_ref(o)
     targets = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
     if not targets:
         effect = _ztunnel_effect(spec)
@@ -217,7 +221,28 @@ def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tup
                     "bind the policy to a waypoint with targetRefs (kind Service or Gateway) "
                     "instead of a selector"), ZTUNNEL_ACCEPTED, "UnsupportedValue"))
         return out
-    out = _fail_safe_attributes(spec, ref)
+    return _fail_safe_attributes(spec, ref) + _targets(o, targets, gateways, svc_waypoint, root_namespace)
+
+
+def _request_authn(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str],
+                   root_namespace: str) -> list[Advisory]:
+    """A RequestAuthentication is enforced by the waypoint of its targetRefs only: ztunnel sees no
+    HTTP, so one bound by selector (or namespace-wide) checks no token anywhere."""
+    spec, ref = o.get("spec") or {}, object_ref(o)
+    targets = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
+    if not targets:
+        return [Advisory(ref, "spec.selector" if spec.get("selector") else "spec", (
+            "accepted, but not enforced: JWTs are checked by waypoints, and a waypoint applies only a "
+            "RequestAuthentication bound to it with targetRefs (kind Service or Gateway); ztunnel does not see "
+            "HTTP"), NOT_ENFORCED)]
+    return _targets(o, targets, gateways, svc_waypoint, root_namespace)
+
+
+def _targets(o: Obj, targets: list[Obj], gateways: dict[tuple[str, str], Obj],
+             svc_waypoint: dict[tuple[str, str], str], root_namespace: str) -> list[Advisory]:
+    """targetRefs that no waypoint enforces (a missing target, a Service without a waypoint ...)."""
+    spec, ns, ref = o.get("spec") or {}, ns_of(o), object_ref(o)
+    out: list[Advisory] = []
     for i, t in enumerate(targets):
         path = f"spec.targetRefs[{i}]" if spec.get("targetRefs") else "spec.targetRef"
         kind, name = t.get("kind", ""), t.get("name", "")
@@ -260,25 +285,18 @@ def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tup
     return out
 
 
-_FAIL_SAFE_SOURCE = ("requestPrincipals", "notRequestPrincipals")
-
-
 def _fail_safe_attributes(spec: Obj, ref: str) -> list[Advisory]:
-    """Attributes the waypoint cannot evaluate (no RequestAuthentication/JWT, no SNI): fail safe."""
+    """Attributes the waypoint cannot evaluate (connection.sni, experimental.*): fail safe.
+    requestPrincipals and request.auth.* are evaluated (RequestAuthentication, waypoint/authn)."""
     action = spec.get("action") or "ALLOW"
     effect = ("an ALLOW rule that needs it never matches" if action == "ALLOW"
               else f"a {action} rule that needs it always matches")
     out = []
     for i, rule in enumerate(spec.get("rules") or []):
-        for j, f in enumerate(rule.get("from") or []):
-            for k in _FAIL_SAFE_SOURCE:
-                if (f.get("source") or {}).get(k):
-                    out.append(Advisory(ref, f"spec.rules[{i}].from[{j}].source.{k}",
-                                        f"not supported (Ambit has no RequestAuthentication): {effect}", NOT_ENFORCED))
         for j, c in enumerate(rule.get("when") or []):
             key = c.get("key", "")
-            if key in L4_CONDITION_KEYS or key == "remote.ip" or (key.startswith("request.headers[")
-                                                                   and key.endswith("]")):
+            if key in L4_CONDITION_KEYS or key == "remote.ip" or key.startswith("request.auth.") or (
+                    key.startswith("request.headers[") and key.endswith("]")):
                 continue
             out.append(Advisory(ref, f"spec.rules[{i}].when[{j}].key", f'"{key}" is not supported by the waypoint: '
                                 f"{effect}", NOT_ENFORCED))

@@ -32,6 +32,7 @@ from ambitctl.lab.topology import LabNames
 from tests.lab.conftest import _artifacts
 from tests.lab.labctl import Lab, running_lab
 from tests.lab.test_mtls import underlay_capture
+from tests.support.jwks_server import JwksServer
 from waypoint.telemetry.metrics import HTTP_LABELS as ISTIO_HTTP_LABELS
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
@@ -242,6 +243,60 @@ def test_an_httproute_sends_everything_to_myapp_v2(wlab: Lab) -> None:
         assert versions(many(wlab, "default/frontend", "http://myapp/", 50)) == {"v2": 50}
     finally:
         delete(wlab, f)
+
+
+# --- end-user authentication (RequestAuthentication) ----------------------------------------------
+
+ISSUER = "https://issuer.lab"
+
+
+def test_request_authentication_with_a_jwks_uri_and_a_policy_requiring_a_principal(wlab: Lab) -> None:
+    """JWTs checked at the waypoint against keys the controller fetched from the lab host's JWKS
+    server (jwksUri): valid admitted, forged/expired/wrong-audience 401, no token passes until a
+    policy requires a principal, and a key rotation at the server is picked up (the lab controller
+    re-fetches every 2 s)."""
+    server = JwksServer()
+    server.rotate("k1")
+    ra = {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+          "metadata": {"name": "jwt", "namespace": "default"},
+          "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "myapp"}],
+                   "jwtRules": [{"issuer": ISSUER, "audiences": ["myapp"], "jwksUri": f"{server.base}/jwks.json",
+                                 "outputClaimToHeaders": [{"header": "x-jwt-sub", "claim": "sub"}]}]}}
+    ap = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+          "metadata": {"name": "require-jwt", "namespace": "default"},
+          "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "myapp"}],
+                   "rules": [{"from": [{"source": {"requestPrincipals": [f"{ISSUER}/*"]}}]}]}}
+
+    def code(tok: str | None) -> int:
+        return status_of(wlab, "default/frontend", "http://myapp/jwt",
+                         *(["-H", f"authorization: Bearer {tok}"] if tok else []))[0]
+
+    f = apply(wlab, [ra], wlab.tmp, "ra")  # type: ignore[attr-defined]
+    g = None
+    try:
+        forged = server.token("k1", forge=True)
+        wlab.wait_for(lambda: code(forged) == 401, timeout=20, interval=0.5, what="RequestAuthentication in force")
+        good = server.token("k1")
+        r = wlab.curl("default/frontend", "http://myapp/jwt", "-H", f"authorization: Bearer {good}")
+        assert r["headers"].get("x-jwt-sub") == "alice"               # outputClaimToHeaders
+        assert "authorization" not in r["headers"]                    # forwardOriginalToken: false
+        assert code(server.token("k1", exp=-600)) == 401              # expired
+        assert code(server.token("k1", aud="other")) == 401           # wrong audience
+        assert status_of(wlab, "default/frontend", "http://myapp/jwt", "-H", f"authorization: Bearer {forged}")[1] \
+            == "Jwt verification fails"
+        assert code(None) == 200                                      # no token: passes (no policy yet)
+        g = apply(wlab, [ap], wlab.tmp, "require-jwt")  # type: ignore[attr-defined]
+        wlab.wait_for(lambda: code(None) == 403, timeout=15, interval=0.5, what="requestPrincipals policy")
+        assert code(good) == 200
+        # rotation: the server now publishes k2 only; its tokens verify, k1's no longer do
+        server.rotate("k2")
+        wlab.wait_for(lambda: code(server.token("k2")) == 200, timeout=30, interval=0.5, what="rotated keys")
+        assert code(good) == 401
+    finally:
+        if g is not None:
+            delete(wlab, g)
+        delete(wlab, f)
+        server.close()
 
 
 # --- protocols ------------------------------------------------------------------------------------

@@ -1,10 +1,7 @@
 """L7 authorization: which policies apply to a request at this waypoint, and the decision.
 
 Selection (istio/api security/v1beta1/authorization_policy.proto `targetRefs`): a waypoint
-enforces only policies bound with `targetRefs` (scope "waypoint"): to its own `Gateway` (every
-request through it), to the destination `Service`, or to its `GatewayClass` from the root
-namespace. `selector` and namespace-wide policies are the destination ztunnel's, not the
-waypoint's.
+enforces only policies bound with `targetRefs` (waypoint/binding.py).
 
 Decision (the proto's header comment): CUSTOM is refused by the controller's validation; then any
 matching DENY denies; then, if any ALLOW applies, the request must match one, else it is denied;
@@ -12,9 +9,11 @@ with no ALLOW it is allowed. AUDIT never decides; the AUDIT policies that match 
 A policy with no rules matches nothing (so an ALLOW `spec: {}` denies everything); a rule with
 no from/to/when matches everything. Within a rule: AND over from/to/when, OR within each list,
 AND over the fields of one source/operation, OR over a field's values (the model's
-`Rule.clauses`). Attributes Ambit cannot evaluate (`Match.unsupported`: requestPrincipals,
-request.auth.*) never prove an ALLOW and always count in a DENY or AUDIT (fail safe, as Istio
-treats a request without a JWT).
+`Rule.clauses`). End-user attributes (`requestPrincipals`, `request.auth.*`) read the `EndUser`
+that waypoint/authn verified; a request without one has no request principal and no claims, so
+`requestPrincipals: ["*"]` denies it and `notRequestPrincipals: ["*"]` matches it (Istio).
+Attributes Ambit cannot evaluate (`Match.unsupported`: connection.sni, experimental.*) never prove
+an ALLOW and always count in a DENY or AUDIT (fail safe).
 
 A denied request gets 403 `RBAC: access denied` (Envoy rbac_filter.cc), response flag `RBAC`
 (Envoy's short name for RbacAccessDenied), and gRPC status 7 PERMISSION_DENIED for gRPC.
@@ -30,25 +29,16 @@ from ambit import identity as ident
 from ambit.model import Authorization, Match, Rule
 from ambit.policymatch import in_blocks, string_match
 from ambit.trustdomain import TrustDomains
-from waypoint.authz.matching import any_host, any_method, any_path, any_string
+from waypoint.authz.matching import any_auth, any_host, any_method, any_path, any_string
+from waypoint.binding import Waypoint, bind
 from waypoint.localreply import GRPC_PERMISSION_DENIED, local_reply
 from waypoint.normalize import normalize_path
-from waypoint.request import Downstream, LocalReply, RequestHead
+from waypoint.request import Downstream, EndUser, LocalReply, RequestHead
 
 ALLOW, DENY, AUDIT = "ALLOW", "DENY", "AUDIT"
 WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
 DENIED_BODY = "RBAC: access denied"
 RBAC_FLAG = "RBAC"
-
-
-@dataclass(frozen=True, slots=True)
-class Waypoint:
-    """This waypoint, as policies name it."""
-
-    namespace: str
-    name: str
-    gateway_class: str = "ambit-waypoint"
-    root_namespace: str = "ambit-system"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,24 +67,8 @@ _NO_POLICY = Verdict(True, None, ALLOW, "no ALLOW policy applies")
 
 
 def policy_set(policies: Iterable[Authorization], waypoint: Waypoint) -> PolicySet:
-    gateway: list[Authorization] = []
-    by_service: dict[str, list[Authorization]] = {}
-    for p in sorted(policies, key=lambda p: (p.namespace, p.name)):
-        if p.scope != "waypoint" or p.action not in (ALLOW, DENY, AUDIT):
-            continue
-        for ref in p.target_refs:
-            kind, name = ref.get("kind", ""), ref.get("name", "")
-            ns = ref.get("namespace") or p.namespace
-            if kind == "Gateway" and (ns, name) == (waypoint.namespace, waypoint.name):
-                gateway.append(p)
-                break
-            if (kind == "GatewayClass" and p.namespace == waypoint.root_namespace
-                    and name == waypoint.gateway_class):
-                gateway.append(p)
-                break
-            if kind == "Service":
-                by_service.setdefault(f"{ns}/{name}", []).append(p)
-    return PolicySet(tuple(gateway), {k: tuple(v) for k, v in by_service.items()})
+    bound = bind((p for p in policies if p.action in (ALLOW, DENY, AUDIT)), waypoint)
+    return PolicySet(bound.gateway, bound.by_service)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +79,7 @@ class _Request:
     principal: str | None
     namespace: str | None
     trust_domains: TrustDomains | None
+    user: EndUser | None = None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -119,10 +94,10 @@ def _peer(identity: str) -> tuple[str | None, str | None]:
     return ident.to_principal(identity), namespace
 
 
-def _context(head: RequestHead, down: Downstream, tds: TrustDomains | None) -> _Request:
+def _context(head: RequestHead, down: Downstream, tds: TrustDomains | None, user: EndUser | None) -> _Request:
     principal, namespace = _peer(down.source_identity)
     # Normalized here too (idempotent), so a path the engine forgot to normalize cannot dodge a rule.
-    return _Request(head, down, normalize_path(head.path_only), principal, namespace, tds)
+    return _Request(head, down, normalize_path(head.path_only), principal, namespace, tds, user)
 
 
 def _principal(patterns: list[str], r: _Request) -> bool:
@@ -180,6 +155,14 @@ def match_matches(m: Match, r: _Request, *, deny: bool) -> bool:
         return False
     if m.not_request_headers and _any_header(m.not_request_headers, r):
         return False
+    if m.request_principals and not any_string(m.request_principals, r.user and r.user.principal):
+        return False
+    if m.not_request_principals and any_string(m.not_request_principals, r.user and r.user.principal):
+        return False
+    if m.auth and not all(any_auth(k, vals, r.user) for k, vals in m.auth.items()):
+        return False
+    if m.not_auth and any(any_auth(k, vals, r.user) for k, vals in m.not_auth.items()):
+        return False
     if m.ip_blocks and not in_blocks(d.source_ip, m.ip_blocks):
         return False
     if m.not_ip_blocks and in_blocks(d.source_ip, m.not_ip_blocks):
@@ -211,13 +194,13 @@ def _foreign(identity: str, tds: TrustDomains | None) -> str | None:
 
 
 def evaluate(policies: Iterable[Authorization], head: RequestHead, down: Downstream,
-             trust_domains: TrustDomains | None = None) -> Verdict:
+             trust_domains: TrustDomains | None = None, user: EndUser | None = None) -> Verdict:
     """Decide one request against the policies that apply to it (see `PolicySet.for_request`)."""
     foreign = _foreign(down.source_identity, trust_domains)
     if foreign is not None:
         return Verdict(False, None, DENY, f"source identity {down.source_identity} is in the foreign trust "
                                           f"domain {foreign!r}")
-    r = _context(head, down, trust_domains)
+    r = _context(head, down, trust_domains, user)
     ps = list(policies)
     audit = tuple(p.resource_name for p in ps if p.action == AUDIT and _policy_matches(p, r, deny=True))
     for p in ps:
@@ -233,13 +216,14 @@ def evaluate(policies: Iterable[Authorization], head: RequestHead, down: Downstr
     return Verdict(False, names, ALLOW, f"no rule of the ALLOW policies ({names}) matched", audit)
 
 
-def authorize(pset: PolicySet, head: RequestHead, down: Downstream,
-              trust_domains: TrustDomains | None = None) -> tuple[LocalReply | None, Verdict]:
-    """(None, verdict) when allowed; (the 403 to send, verdict) when denied."""
+def authorize(pset: PolicySet, head: RequestHead, down: Downstream, trust_domains: TrustDomains | None = None,
+              user: EndUser | None = None) -> tuple[LocalReply | None, Verdict]:
+    """(None, verdict) when allowed; (the 403 to send, verdict) when denied. `user`: the verified
+    JWT's end user (waypoint/authn), None when the request carried none."""
     ps = pset.for_request(down)
     if not ps and trust_domains is None:
         return None, _NO_POLICY
-    v = evaluate(ps, head, down, trust_domains)
+    v = evaluate(ps, head, down, trust_domains, user)
     if v.allowed:
         return None, v
     return local_reply(head, 403, DENIED_BODY, flags=RBAC_FLAG, reason=v.reason,

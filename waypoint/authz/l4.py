@@ -21,7 +21,7 @@ from ambit.model import Authorization, Match, Rule
 from waypoint.authz.evaluate import ALLOW, PolicySet
 
 HTTP_FIELDS = ("methods", "not_methods", "paths", "not_paths", "hosts", "not_hosts", "request_headers",
-               "not_request_headers")
+               "not_request_headers", "request_principals", "not_request_principals", "auth", "not_auth")
 
 
 def _http(m: Match) -> bool:

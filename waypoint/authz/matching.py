@@ -10,6 +10,9 @@
   (`example.com` matches `example.com:8080`), as Istio's host matcher does.
 - Principals: the source's SPIFFE id without `spiffe://`, after expanding the policy's trust
   domain over the mesh's aliases (see `ambit.trustdomain`).
+- End-user attributes (`request.auth.principal`, `.audiences`, `.presenter`, `.claims[a][b]`):
+  string matching against the verified JWT; a list claim (e.g. `groups`) matches when one of its
+  string elements does, as Istio's list matcher does. No JWT: nothing matches.
 - IP blocks: CIDRs or single addresses; `remoteIpBlocks` is the same peer address here (a
   waypoint does not trust X-Forwarded-For: Istio's default of zero trusted hops).
 """
@@ -21,6 +24,7 @@ from typing import Any
 
 from ambit.policymatch import string_match
 from ambit.regex import compile_re2, full_match
+from waypoint.request import EndUser
 
 
 def any_string(patterns: list[str], value: str | None) -> bool:
@@ -67,3 +71,31 @@ def any_method(patterns: list[str], method: str) -> bool:
     return any(string_match(p, method) for p in patterns)
 
 
+
+
+@functools.lru_cache(maxsize=1024)
+def claim_path(key: str) -> tuple[str, ...]:
+    """`request.auth.claims[a][b]` -> ("a", "b")."""
+    return tuple(key[len("request.auth.claims["):-1].split("]["))
+
+
+def auth_values(key: str, user: EndUser) -> list[str]:
+    """The string values an end-user condition key has for this user."""
+    if key == "request.auth.principal":
+        return [user.principal]
+    if key == "request.auth.audiences":
+        return user.audiences
+    if key == "request.auth.presenter":
+        return [user.presenter] if user.presenter is not None else []
+    cur: Any = user.claims
+    for part in claim_path(key):
+        if not isinstance(cur, dict) or part not in cur:
+            return []
+        cur = cur[part]
+    if isinstance(cur, str):
+        return [cur]
+    return [v for v in cur if isinstance(v, str)] if isinstance(cur, list) else []
+
+
+def any_auth(key: str, patterns: list[str], user: EndUser | None) -> bool:
+    return user is not None and any(string_match(p, v) for v in auth_values(key, user) for p in patterns)

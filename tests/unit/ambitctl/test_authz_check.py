@@ -100,3 +100,39 @@ def test_cli_decides_a_policy_from_files_before_it_is_applied(lab_store: LabStor
     assert rc == 3 and "no rule of the ALLOW policies (default/myapp-api) matched" in out
     rc, _, err = run("authz", "check", "default/frontend", "myapp.default", "-H", "novalue")
     assert rc == 1 and "NAME=VALUE" in err
+
+
+def test_a_jwt_header_is_verified_as_the_waypoint_verifies_it() -> None:
+    """RequestAuthentication + a DENY on requests without a principal: `-H authorization=Bearer ...`
+    runs the waypoint's own authenticator (a bad token is its 401) and the end user reaches authz."""
+    import time
+
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks = json.dumps({"keys": [{**json.loads(pyjwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())), "kid": "k"}]})
+    target = [{"kind": "Service", "group": "", "name": "myapp"}]
+    ra = {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+          "metadata": {"name": "jwt", "namespace": "default"},
+          "spec": {"targetRefs": target, "jwtRules": [{"issuer": "https://issuer.example", "jwks": jwks}]}}
+    deny = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "require-jwt", "namespace": "default"},
+            "spec": {"targetRefs": target, "action": "DENY",
+                     "rules": [{"from": [{"source": {"notRequestPrincipals": ["*"]}}],
+                                "to": [{"operation": {"paths": ["/api/secure"]}}]}]}}
+
+    def bearer(exp: float) -> tuple[tuple[str, str], ...]:
+        tok = pyjwt.encode({"iss": "https://issuer.example", "sub": "alice", "exp": time.time() + exp}, key,
+                           algorithm="RS256", headers={"kid": "k"})
+        return (("authorization", f"Bearer {tok}"),)
+
+    objs = OBJECTS + [ra, deny]
+    r = ac.check(objs, "default/frontend", "myapp.default:80", ac.Request("GET", "/api/secure"))
+    assert not r.allowed and decider(r) == ("default/require-jwt", "spec.rules[0]")
+    r = ac.check(objs, "default/frontend", "myapp.default:80", ac.Request("GET", "/api/secure", bearer(600)))
+    assert r.allowed, json.dumps(r.as_dict(), indent=1)
+    r = ac.check(objs, "default/frontend", "myapp.default:80", ac.Request("GET", "/api/secure", bearer(-600)))
+    [hop] = r.paths[0].hops
+    assert not r.allowed and hop.where == "waypoint default/waypoint (RequestAuthentication)"
+    assert hop.reason == "401 Jwt is expired"

@@ -106,6 +106,11 @@ def _one_of_everything() -> Translation:
          "spec": {"rules": [{"from": [{"source": {"namespaces": ["x"]}}], "when": [{"key": "destination.ip", "values": ["10.0.0.1"]}]}]}},
         {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": "p", "namespace": "demo"},
          "spec": {"selector": {"matchLabels": {"app": "echo"}}, "portLevelMtls": {8080: {"mode": "DISABLE"}}}},
+        {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication", "metadata": {"name": "r", "namespace": "demo"},
+         "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "echo"}],
+                  "jwtRules": [{"issuer": "https://issuer.example", "jwksUri": "http://keys.example/jwks",
+                                "fromHeaders": [{"name": "x-jwt"}], "outputClaimToHeaders": [{"header": "x-sub",
+                                                                                              "claim": "sub"}]}]}},
     ]
     t = translate(objs)
     assert t.errors == []

@@ -23,6 +23,7 @@ def test_every_ambit_kind_has_a_structural_crd() -> None:
     crds = {yaml.safe_load(t)["metadata"]["name"]: yaml.safe_load(t) for t in render().values()}
     assert set(crds) == {f"{k.plural}.{k.ambit_group}" for k in KINDS if k.ambit_group} == {
         "authorizationpolicies.security.ambit.io", "peerauthentications.security.ambit.io",
+        "requestauthentications.security.ambit.io",
         "virtualservices.networking.ambit.io", "destinationrules.networking.ambit.io",
         "telemetries.telemetry.ambit.io"}
     ap = crds["authorizationpolicies.security.ambit.io"]["spec"]

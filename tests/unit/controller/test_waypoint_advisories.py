@@ -187,12 +187,12 @@ def test_ambit_apply_warns_naming_policy_field_and_reason(lab_dir: Path) -> None
 def test_waypoint_policy_attributes_the_waypoint_cannot_evaluate_are_named() -> None:
     p = policy({"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}],
                 "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}],
-                           "when": [{"key": "request.auth.claims[iss]", "values": ["x"]},
+                           "when": [{"key": "connection.sni", "values": ["x"]},
+                                    {"key": "request.auth.claims[iss]", "values": ["x"]},
                                     {"key": "request.headers[x-user]", "values": ["a"]}]}]})
     found = advisories([p, waypoint()])
-    assert [(a.path, a.condition) for a in found] == [
-        ("spec.rules[0].from[0].source.requestPrincipals", NOT_ENFORCED),
-        ("spec.rules[0].when[0].key", NOT_ENFORCED)]
+    # requestPrincipals and request.auth.* are the waypoint's (RequestAuthentication): not named
+    assert [(a.path, a.condition) for a in found] == [("spec.rules[0].when[0].key", NOT_ENFORCED)]
     assert "an ALLOW rule that needs it never matches" in found[0].reason
     assert policy_conditions(p, found)[0]["status"] == "True"      # bound to a waypoint all the same
 
@@ -222,3 +222,16 @@ def test_unserved_host_messages_say_what_would_make_the_route_apply() -> None:
           "spec": {"host": "web", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}}
     [a] = [a for a in advisories([dr]) if a.path]
     assert "HBONE mutual TLS" in a.reason and "issue 12" not in a.reason
+
+
+def test_request_authentication_not_bound_to_a_waypoint_is_named() -> None:
+    def ra(**spec: object) -> dict:
+        return {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+                "metadata": {"name": "jwt", "namespace": "demo"},
+                "spec": {**spec, "jwtRules": [{"issuer": "i", "jwksUri": "https://keys.example/jwks"}]}}
+    [a] = advisories([ra(selector={"matchLabels": {"app": "x"}}), waypoint()])
+    assert (a.path, a.condition) == ("spec.selector", NOT_ENFORCED) and "targetRefs" in a.reason
+    [a] = advisories([ra(targetRefs=[{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "nope"}])])
+    assert a.path == "spec.targetRefs[0]" and 'no waypoint Gateway "demo/nope"' in a.reason
+    gw = ra(targetRefs=[{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}])
+    assert advisories([gw, waypoint()]) == []

@@ -15,7 +15,7 @@ import pytest
 from ambit.model import Authorization
 from tests.unit.waypoint.support import EXAMPLES, load_yaml, namespace, req, service, translated
 from waypoint.authz import TrustDomains, Waypoint, authorize, policy_set
-from waypoint.request import Downstream
+from waypoint.request import Downstream, EndUser
 
 WP = Waypoint(namespace="default", name="waypoint")
 FRONTEND = "spiffe://cluster.local/ns/default/sa/frontend"
@@ -43,8 +43,9 @@ def down(identity: str = FRONTEND, ip: str = "10.244.1.5", port: int = 80, svc: 
                       hostname="myapp.default.svc.cluster.local", destination_ip="10.96.0.20")
 
 
-def allowed(ps: list[Authorization], head=None, d: Downstream | None = None, tds=None) -> bool:
-    reply, verdict = authorize(policy_set(ps, WP), head or req("/", authority="myapp"), d or down(), tds)
+def allowed(ps: list[Authorization], head=None, d: Downstream | None = None, tds=None,
+            user: EndUser | None = None) -> bool:
+    reply, verdict = authorize(policy_set(ps, WP), head or req("/", authority="myapp"), d or down(), tds, user)
     assert (reply is None) == verdict.allowed
     return verdict.allowed
 
@@ -206,13 +207,53 @@ def test_from_to_when_are_anded_and_list_entries_ored() -> None:
     assert not allowed(ps, req("/x", authority="myapp"))
 
 
-def test_unsupported_attributes_never_allow_and_always_deny() -> None:
-    """requestPrincipals and request.auth.* need JWT, which Ambit does not have yet: like a
-    request without a token in Istio, an ALLOW on them matches nothing and a DENY on them matches."""
-    allow_jwt = to_service([{"from": [{"source": {"requestPrincipals": ["*"]}}]}])
-    assert not allowed(policies(allow_jwt))
-    deny_claim = to_service([{"when": [{"key": "request.auth.claims[group]", "values": ["admin"]}]}], action="DENY")
-    assert not allowed(policies(deny_claim))
+ALICE = EndUser("https://issuer.example/alice", {"iss": "https://issuer.example", "sub": "alice",
+                                                 "aud": ["app", "web"], "azp": "cli",
+                                                 "groups": ["dev", "admin"], "org": {"team": "core"}})
+
+
+def test_request_principals_need_a_verified_jwt() -> None:
+    """requestPrincipals read the end user RequestAuthentication verified ("<iss>/<sub>"); a
+    request without a JWT has none, so an ALLOW on "*" denies it (Istio's "require a JWT")."""
+    any_jwt = policies(to_service([{"from": [{"source": {"requestPrincipals": ["*"]}}]}]))
+    assert allowed(any_jwt, user=ALICE)
+    assert not allowed(any_jwt)
+    exact = policies(to_service([{"from": [{"source": {"requestPrincipals": ["https://issuer.example/bob",
+                                                                            "https://issuer.example/ali*"]}}]}]))
+    assert allowed(exact, user=ALICE)
+    assert not allowed(exact, user=EndUser("https://other.example/alice"))
+    # Istio's "deny requests without a JWT": notRequestPrincipals ["*"] matches them
+    no_jwt = policies(to_service([{"from": [{"source": {"notRequestPrincipals": ["*"]}}]}], action="DENY"))
+    assert not allowed(no_jwt)
+    assert allowed(no_jwt, user=ALICE)
+
+
+@pytest.mark.parametrize("key, values, ok", [
+    ("request.auth.claims[groups]", ["admin"], True),            # a list claim: any element
+    ("request.auth.claims[groups]", ["ops"], False),
+    ("request.auth.claims[org][team]", ["core"], True),          # nested claims
+    ("request.auth.claims[org][team]", ["edge"], False),
+    ("request.auth.claims[sub]", ["ali*"], True),
+    ("request.auth.claims[missing]", ["*"], False),
+    ("request.auth.principal", ["https://issuer.example/alice"], True),
+    ("request.auth.audiences", ["web"], True),
+    ("request.auth.audiences", ["other"], False),
+    ("request.auth.presenter", ["cli"], True),
+    ("request.auth.presenter", ["web"], False),
+])
+def test_request_auth_conditions(key: str, values: list[str], ok: bool) -> None:
+    ps = policies(to_service([{"when": [{"key": key, "values": values}]}]))
+    assert allowed(ps, user=ALICE) is ok
+    assert not allowed(ps)                                       # no JWT: no claims
+    nots = policies(to_service([{"when": [{"key": key, "notValues": values}]}]))
+    assert allowed(nots, user=ALICE) is not ok
+
+
+def test_connection_sni_is_unsupported_never_allows_and_always_denies() -> None:
+    allow_sni = to_service([{"when": [{"key": "connection.sni", "values": ["x"]}]}])
+    assert not allowed(policies(allow_sni))
+    deny_sni = to_service([{"when": [{"key": "connection.sni", "values": ["x"]}]}], action="DENY")
+    assert not allowed(policies(deny_sni))
 
 
 # -- trust domains ---------------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""JSON Web Key Sets for RequestAuthentication `jwksUri`s: fetched by the controller and inlined in
+the config the waypoints receive, as istiod does (its JwksResolver), so that waypoints never reach
+out to an identity provider and every waypoint verifies with the same keys.
+
+- A source is a `jwksUri`, or `oidc:<issuer>` for a rule with neither `jwks` nor `jwksUri`: the
+  issuer's OpenID discovery document (`<issuer>/.well-known/openid-configuration`) names the
+  `jwks_uri`.
+- Each source is re-fetched every `refresh` seconds (Istio: PILOT_JWT_PUB_KEY_REFRESH_INTERVAL,
+  20 minutes), so a key rotation at the identity provider reaches the waypoints; a failed fetch
+  keeps the last good key set and is retried sooner (`retry`).
+- A source never fetched successfully resolves to an error: the waypoint then refuses that
+  issuer's tokens (istiod inlines a key set that verifies nothing: fail closed).
+
+The cache takes its `get` (URL, timeout -> bytes) and `clock` injected; the controller's thread
+does the waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from controller.kinds.security import jwks_problem
+
+log = logging.getLogger("ambit.controller.jwks")
+
+MAX_BYTES = 1 << 20
+Get = Callable[[str, float], bytes]
+
+
+def http_get(url: str, timeout: float) -> bytes:
+    """GET `url` (http or https, the system's CAs), at most MAX_BYTES. Raises OSError/ValueError."""
+    req = urllib.request.Request(url, headers={"accept": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - schemes checked by validation
+        body = r.read(MAX_BYTES + 1)
+    if len(body) > MAX_BYTES:
+        raise ValueError(f"larger than {MAX_BYTES} bytes")
+    return body
+
+
+@dataclass
+class _Entry:
+    keys: str = ""              # the last good key set (JSON), "" if none yet
+    error: str = ""             # the last fetch's failure, "" after a success
+    fetched_at: float = 0.0     # when the last attempt ended (the clock's time)
+
+
+class JwksCache:
+    def __init__(self, get: Get = http_get, clock: Callable[[], float] = time.monotonic,
+                 refresh: float = 1200.0, retry: float = 30.0) -> None:
+        self.get, self.clock, self.refresh, self.retry = get, clock, refresh, min(retry, refresh)
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+
+    def resolved(self) -> dict[str, tuple[str, str]]:
+        """source -> (key set JSON, error): what translation inlines. Last good keys win over a
+        later failure; a source with no good keys yet carries its error."""
+        with self._lock:
+            return {s: (e.keys, "" if e.keys else (e.error or "not fetched yet")) for s, e in self._entries.items()}
+
+    def missing(self, wanted: Mapping[str, float]) -> list[str]:
+        with self._lock:
+            return [s for s in wanted if s not in self._entries]
+
+    def due(self, wanted: Mapping[str, float]) -> list[str]:
+        now = self.clock()
+        with self._lock:
+            return [s for s in wanted if s not in self._entries
+                    or now - self._entries[s].fetched_at >= (self.retry if self._entries[s].error else self.refresh)]
+
+    def fetch(self, source: str, timeout: float) -> bool:
+        """Fetch one source now; True when the key set it resolves to changed."""
+        try:
+            keys = self._download(source, timeout)
+            problem = jwks_problem(keys)
+            if problem:
+                raise ValueError(f"the key set {problem}")
+            error = ""
+        except (OSError, ValueError) as e:
+            keys, error = "", f"fetching {source.removeprefix('oidc:')} failed: {e}"
+        with self._lock:
+            before = self._entries.get(source)
+            old = (before.keys, before.error) if before else None
+            e = self._entries.setdefault(source, _Entry())
+            if keys:
+                e.keys, e.error = keys, ""
+            else:
+                e.error = error
+            e.fetched_at = self.clock()
+            changed = old != (e.keys, "" if e.keys else e.error)
+        if error:
+            log.warning("RequestAuthentication key set: %s%s", error,
+                        " (keeping the last good keys)" if e.keys else " (tokens of this issuer get 401)")
+        elif changed:
+            log.info("RequestAuthentication key set %s: fetched (%d bytes)", source, len(keys))
+        return changed
+
+    def _download(self, source: str, timeout: float) -> str:
+        url = source
+        if source.startswith("oidc:"):
+            issuer = source[len("oidc:"):]
+            doc = json.loads(self.get(issuer.rstrip("/") + "/.well-known/openid-configuration", timeout))
+            url = doc.get("jwks_uri") if isinstance(doc, dict) else None
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ValueError(f"the OpenID configuration of {issuer} has no http(s) jwks_uri")
+        return self.get(url, timeout).decode()
+
+    def forget(self, wanted: Mapping[str, float]) -> None:
+        """Drop sources no RequestAuthentication names any more."""
+        with self._lock:
+            for s in [s for s in self._entries if s not in wanted]:
+                del self._entries[s]

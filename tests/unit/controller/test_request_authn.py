@@ -1,0 +1,115 @@
+"""RequestAuthentication in the controller: validation (object + field + reason), translation,
+and the key sets it fetches for `jwksUri` from a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from controller.jwks import JwksCache
+from controller.translate import translate
+from controller.validation import validate_object
+from tests.support.jwks_server import JwksServer
+
+
+def jwks(kid: str) -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return json.dumps({"keys": [{**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())), "kid": kid}]})
+
+
+KEYS = jwks("k1")
+
+
+def ra(rules: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+            "metadata": {"name": "jwt", "namespace": "demo"}, "spec": {**spec, "jwtRules": rules}}
+
+
+def errors(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(e.path, e.reason) for e in validate_object(obj)]
+
+
+def test_istios_documented_shape_is_accepted() -> None:
+    obj = ra([{"issuer": "testing@secure.istio.io", "jwksUri": "https://example.com/jwks.json",
+               "audiences": ["app"], "fromHeaders": [{"name": "x-jwt-assertion", "prefix": "Bearer "}],
+               "fromParams": ["my_token"], "fromCookies": ["session"], "forwardOriginalToken": True,
+               "outputPayloadToHeader": "x-jwt-payload", "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}],
+               "timeout": "2s"}],
+             targetRefs=[{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}])
+    assert errors(obj) == []
+
+
+@pytest.mark.parametrize("rule, path, reason", [
+    ({}, "spec.jwtRules[0].issuer", "required field is missing"),
+    ({"issuer": "i", "jwksUri": "ftp://x/keys"}, "spec.jwtRules[0].jwksUri", "must be an http:// or https:// URL"),
+    ({"issuer": "i", "jwks": "{not json"}, "spec.jwtRules[0].jwks", "must be a JSON Web Key Set (JSON)"),
+    ({"issuer": "i", "jwks": '{"keys": []}'}, "spec.jwtRules[0].jwks", 'non-empty "keys" list'),
+    ({"issuer": "i", "fromHeaders": [{"name": "bad header"}]}, "spec.jwtRules[0].fromHeaders[0].name",
+     "must be an HTTP header name"),
+    ({"issuer": "i", "presence": "REQUIRED"}, "spec.jwtRules[0].presence", "not supported by Ambit yet"),
+    ({"issuer": "i", "timeout": "soon"}, "spec.jwtRules[0].timeout", "must be a duration"),
+    ({"issuer": "i", "outputClaimToHeaders": [{"header": "x-a", "claim": "a"}, {"header": "X-A", "claim": "b"}]},
+     "spec.jwtRules[0].outputClaimToHeaders", "one claim only"),
+])
+def test_bad_fields_are_named(rule: dict[str, Any], path: str, reason: str) -> None:
+    [(p, r)] = errors(ra([rule]))
+    assert p == path and reason in r, (p, r)
+
+
+def test_a_bad_target_kind_is_named() -> None:
+    [(p, r)] = errors(ra([{"issuer": "i", "jwks": KEYS}], targetRefs=[{"kind": "Pod", "group": "", "name": "x"}]))
+    assert p == "spec.targetRefs[0].kind" and "must be one of" in r
+
+
+def test_translation_inlines_what_was_fetched_and_lists_what_to_fetch() -> None:
+    obj = ra([{"issuer": "a", "jwks": KEYS}, {"issuer": "b", "jwksUri": "http://keys.example/b", "timeout": "2s"},
+              {"issuer": "https://c.example"}], targetRefs=[{"kind": "Service", "group": "", "name": "s"}])
+    t = translate([obj])
+    assert t.errors == []
+    assert t.jwks_fetches == {"http://keys.example/b": 2.0, "oidc:https://c.example": 5.0}
+    [r] = t.request_authns
+    assert (r.scope, r.rules[0].jwks, r.rules[1].jwks_error) == ("waypoint", KEYS, "not fetched yet")
+    t = translate([obj], jwks={"http://keys.example/b": (KEYS, ""), "oidc:https://c.example": ("", "refused")})
+    [r] = t.request_authns
+    assert (r.rules[1].jwks, r.rules[1].jwks_error, r.rules[2].jwks_error) == (KEYS, "", "refused")
+
+
+@pytest.fixture
+def served() -> Iterator[JwksServer]:
+    s = JwksServer()
+    yield s
+    s.close()
+
+
+def test_fetch_refresh_rotation_and_failures(served: JwksServer) -> None:
+    now = [0.0]
+    cache = JwksCache(clock=lambda: now[0], refresh=60, retry=10)
+    k1 = served.rotate("k1")
+    uri = f"{served.base}/jwks.json"
+    wanted = {uri: 2.0, f"oidc:{served.base}": 2.0}
+    assert cache.due(wanted) == list(wanted)
+    assert cache.fetch(uri, 2.0) and cache.fetch(f"oidc:{served.base}", 2.0)
+    assert cache.resolved() == {uri: (k1, ""), f"oidc:{served.base}": (k1, "")}
+    assert cache.due(wanted) == []
+    # rotation: the server's keys change; the next refresh picks them up
+    k2 = served.rotate("k2")
+    now[0] = 61
+    assert cache.due(wanted) == list(wanted)
+    assert cache.fetch(uri, 2.0) and cache.resolved()[uri] == (k2, "")
+    assert not cache.fetch(uri, 2.0)                          # unchanged
+    # a failed refresh keeps the last good keys
+    served.fail = True
+    assert not cache.fetch(uri, 2.0) and cache.resolved()[uri] == (k2, "")
+    # a source never fetched carries its error, and is retried sooner
+    bad = f"{served.base}/nothing"
+    cache.fetch(bad, 2.0)
+    assert cache.resolved()[bad][0] == "" and "500" in cache.resolved()[bad][1]
+    now[0] = 72
+    assert cache.due({bad: 2.0}) == [bad]
+    cache.forget({uri: 2.0})
+    assert set(cache.resolved()) == {uri}

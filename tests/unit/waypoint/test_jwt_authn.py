@@ -1,0 +1,169 @@
+"""The waypoint's JWT authenticator (waypoint/authn) with real tokens signed by PyJWT: what
+RequestAuthentication users rely on (Envoy jwt_authn's behaviour as Istio configures it)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from ambit.model import JwtRule, RequestAuthn
+from tests.unit.waypoint.support import namespace, service, translated
+from waypoint.authn import authn_set
+from waypoint.authn.jwt import authenticate, providers
+from waypoint.authz import Waypoint
+from waypoint.request import Downstream, RequestHead
+
+ISS = "https://issuer.example"
+NOW = 1_800_000_000.0
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def jwk(key: Any, kid: str) -> dict[str, Any]:
+    algo = jwt.algorithms.RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else jwt.algorithms.ECAlgorithm
+    return {**json.loads(algo.to_jwk(key.public_key())), "kid": kid}
+
+
+JWKS = json.dumps({"keys": [jwk(RSA_KEY, "rsa1"), jwk(EC_KEY, "ec1")]})
+
+
+def token(key: Any = RSA_KEY, kid: str = "rsa1", alg: str = "RS256", **claims: Any) -> str:
+    body = {"iss": ISS, "sub": "alice", "aud": "app", "exp": NOW + 600, **claims}
+    return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm=alg, headers={"kid": kid})
+
+
+def rule(**kw: Any) -> JwtRule:
+    return JwtRule(**{"issuer": ISS, "audiences": ["app"], "jwks": JWKS, **kw})
+
+
+def head(*headers: tuple[str, str], path: str = "/") -> RequestHead:
+    return RequestHead("GET", path, "myapp", headers=list(headers))
+
+
+def bearer(tok: str) -> tuple[str, str]:
+    return ("authorization", f"Bearer {tok}")
+
+
+def run(req: RequestHead, *rules: JwtRule, now: float = NOW):
+    return authenticate(providers(rules or (rule(),)), req, now)
+
+
+def test_a_valid_token_yields_the_end_user_and_is_removed_before_forwarding() -> None:
+    out = run(head(bearer(token()), ("x-other", "1")))
+    assert out.reply is None and out.user is not None
+    assert out.user.principal == f"{ISS}/alice" and out.user.audiences == ["app"]
+    assert out.headers == [("x-other", "1")]          # forwardOriginalToken defaults to false
+    kept = run(head(bearer(token())), rule(forward_original_token=True))
+    assert kept.headers == [bearer(token())]
+
+
+def test_no_token_passes_unauthenticated() -> None:
+    out = run(head(("x-other", "1")))
+    assert (out.reply, out.user) == (None, None)
+
+
+@pytest.mark.parametrize("tok, why", [
+    (token(exp=NOW - 61), "Jwt is expired"),                       # past Envoy's 60 s clock skew
+    (token(nbf=NOW + 61), "Jwt not yet valid"),
+    (token(aud="other"), "Audiences in Jwt are not allowed"),
+    (token(aud=None), "Audiences in Jwt are not allowed"),
+    (token(iss="https://evil.example"), "Jwt issuer is not configured"),
+    (token(key=OTHER_KEY), "Jwt verification fails"),              # forged: signed with another key
+    (token(kid="nope"), "Jwks doesn't have key to match kid or alg from Jwt"),
+    ("not-a-jwt", "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"),
+    (jwt.encode({"iss": ISS, "sub": "a", "aud": "app"}, None, algorithm="none"), "Jwt header [alg] is not supported"),
+])
+def test_an_invalid_token_gets_401_with_envoys_reason(tok: str, why: str) -> None:
+    out = run(head(bearer(tok)))
+    assert out.user is None and out.reply is not None
+    assert (out.reply.status, out.reply.body.decode()) == (401, why)
+    assert ("www-authenticate", 'Bearer realm="http://myapp/", error="invalid_token"') in out.reply.headers
+
+
+def test_clock_skew_and_injected_clock() -> None:
+    assert run(head(bearer(token(exp=NOW - 30)))).user is not None      # within the 60 s skew
+    assert run(head(bearer(token())), now=NOW + 3600).reply is not None
+
+
+def test_hmac_with_a_public_key_is_refused() -> None:
+    """Algorithm confusion: an HS256 token keyed with the RSA public key's bytes must not verify."""
+    from cryptography.hazmat.primitives import serialization
+    pem = RSA_KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    forged = base64.urlsafe_b64encode(pem).decode()
+    tok = jwt.encode({"iss": ISS, "sub": "a", "aud": "app"}, forged, algorithm="HS256", headers={"kid": "rsa1"})
+    assert run(head(bearer(tok))).reply is not None
+
+
+def test_ec_keys_and_no_audiences_configured() -> None:
+    tok = token(key=EC_KEY, kid="ec1", alg="ES256", aud="anything")
+    assert run(head(bearer(tok)), rule(audiences=[])).user is not None
+
+
+def test_token_locations() -> None:
+    tok = token()
+    # the defaults: Authorization: Bearer and ?access_token=
+    assert run(head(path=f"/x?access_token={tok}")).user is not None
+    # fromHeaders with and without a prefix, fromParams, fromCookies replace the defaults
+    custom = rule(from_headers=[{"name": "x-jwt", "prefix": ""}, {"name": "x-auth", "prefix": "Token "}],
+                  from_params=["t"], from_cookies=["session"])
+    assert run(head(("x-jwt", tok)), custom).headers == []
+    assert run(head(("x-auth", f"Token {tok}")), custom).user is not None
+    assert run(head(path=f"/x?t={tok}"), custom).user is not None
+    assert run(head(("cookie", f"a=1; session={tok}")), custom).user is not None
+    out = run(head(bearer(tok)), custom)                 # not one of its locations: no token
+    assert (out.user, out.reply) == (None, None)
+
+
+def test_outputs_and_forged_output_headers_are_replaced() -> None:
+    tok = token(groups=["dev"], org={"team": "core"}, admin=True)
+    r = rule(output_payload_to_header="x-jwt-payload",
+             output_claim_to_headers=[{"header": "x-sub", "claim": "sub"}, {"header": "x-team", "claim": "org.team"},
+                                      {"header": "x-admin", "claim": "admin"}, {"header": "x-groups", "claim": "groups"}])
+    out = run(head(bearer(tok), ("x-sub", "mallory")), r)
+    h = dict(out.headers or [])
+    assert (h["x-sub"], h["x-team"], h["x-admin"]) == ("alice", "core", "true")
+    assert "x-groups" not in h                             # a list claim is not copied (Istio: scalars only)
+    payload = json.loads(base64.urlsafe_b64decode(h["x-jwt-payload"] + "=="))
+    assert payload["sub"] == "alice"
+    # without a token, a client cannot smuggle the output headers in
+    assert run(head(("x-sub", "mallory")), r).headers == []
+
+
+def test_several_rules_any_one_verifying_suffices() -> None:
+    other = JwtRule("https://other.example", jwks=json.dumps({"keys": [jwk(OTHER_KEY, "o")]}))
+    both = (rule(), other)
+    assert run(head(bearer(token())), *both).user is not None
+    tok = jwt.encode({"iss": "https://other.example", "sub": "bob"}, OTHER_KEY, algorithm="RS256", headers={"kid": "o"})
+    assert run(head(bearer(tok)), *both).user.principal == "https://other.example/bob"   # type: ignore[union-attr]
+    assert run(head(bearer(token(exp=NOW - 100))), *both).reply.body == b"Jwt is expired"  # type: ignore[union-attr]
+
+
+def test_a_key_set_the_controller_could_not_fetch_fails_closed() -> None:
+    out = run(head(bearer(token())), rule(jwks="", jwks_error="connection refused"))
+    assert out.reply is not None and out.reply.status == 401
+    assert run(head()).reply is None                       # no token still passes
+
+
+def test_binding_by_target_refs() -> None:
+    """RequestAuthentications bind like AuthorizationPolicies: to the Gateway (every request) or
+    a Service (its requests); selector ones are not the waypoint's."""
+    base = [namespace("default"), service("myapp", "default", {"http": 80}, ip="10.96.0.20")]
+
+    def ra(name: str, **spec: Any) -> dict[str, Any]:
+        return {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {**spec, "jwtRules": [{"issuer": ISS, "jwks": JWKS}]}}
+    t = translated(base + [ra("svc", targetRefs=[{"kind": "Service", "group": "", "name": "myapp"}]),
+                           ra("sel", selector={"matchLabels": {"app": "myapp"}})])
+    assert [r.resource_name for r in t.request_authns] == ["default/sel", "default/svc"]
+    assert RequestAuthn.from_dict(t.request_authns[1].to_dict()) == t.request_authns[1]
+    s = authn_set(t.request_authns, Waypoint("default", "waypoint"))
+    bad = head(bearer(token(exp=NOW - 100)))
+    assert s.authenticate(bad, Downstream(service="default/myapp"), NOW).reply is not None
+    assert s.authenticate(bad, Downstream(service="default/other"), NOW).reply is None

@@ -1,0 +1,275 @@
+"""End-user authentication with JWTs (RequestAuthentication), sans-IO: the waypoint's filter, and
+the gateways' later, since they run the same L7 engine.
+
+Semantics are Envoy's jwt_authn as Istio configures it (istio/istio pilot/pkg/security/authn
+`buildJWTProviderFilter`: one provider per `jwtRules` entry, combined with `requires_any` plus
+`allow_missing`):
+
+- A request without a token (in any provider's locations) passes unauthenticated: whether that
+  is allowed is AuthorizationPolicy's call (`requestPrincipals`).
+- A request with a token passes when one provider verifies it; otherwise it gets **401** with
+  Envoy's reason (`Jwt is expired`, `Jwt verification fails`, `Audiences in Jwt are not allowed`,
+  ...) and `www-authenticate: Bearer realm="<url>", error="invalid_token"`.
+- Token locations: `fromHeaders` (name, optional prefix such as "Bearer "), `fromParams`,
+  `fromCookies`; with none set, `Authorization: Bearer <token>` and the `access_token` query
+  parameter (Envoy's defaults).
+- Verification: signature against the rule's JWKS (key chosen by `kid`, else every key whose type
+  fits the token's `alg`), `iss` equal to the issuer, `aud` containing one of `audiences` (when
+  set), and `exp`/`nbf` against the injected clock with Envoy's 60 s clock skew. The signature and
+  claim decoding are PyJWT's; only the time check is here, because PyJWT reads the wall clock.
+- After success: without `forwardOriginalToken` the header that carried the token is removed
+  (Envoy removes header tokens only); `outputPayloadToHeader` gets the token's base64url payload;
+  `outputClaimToHeaders` gets string/number/boolean claims (dotted names reach nested claims).
+  Headers named as outputs are always removed from the incoming request first, so a client cannot
+  forge them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+
+import jwt
+from jwt.exceptions import PyJWKError, PyJWKSetError
+
+from ambit.model import JwtRule
+from waypoint.localreply import GRPC_UNAUTHENTICATED, local_reply
+from waypoint.request import EndUser, LocalReply, RequestHead
+
+CLOCK_SKEW = 60.0                       # Envoy JwtProvider.clock_skew_seconds default
+DEFAULT_HEADER = {"name": "authorization", "prefix": "Bearer "}
+DEFAULT_PARAM = "access_token"
+
+# The algorithms Envoy's jwt_verify_lib accepts, by JWK key type. "none" is never accepted.
+_ALGS = {"RSA": ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"), "EC": ("ES256", "ES384", "ES512"),
+         "OKP": ("EdDSA",), "oct": ("HS256", "HS384", "HS512")}
+
+# Envoy's Status strings (jwt_verify_lib status.cc), so logs read the same.
+MALFORMED = "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
+BAD_ALG = "Jwt header [alg] is not supported"
+UNKNOWN_ISSUER = "Jwt issuer is not configured"
+NO_KEY = "Jwks doesn't have key to match kid or alg from Jwt"
+BAD_SIGNATURE = "Jwt verification fails"
+EXPIRED = "Jwt is expired"
+NOT_YET = "Jwt not yet valid"
+BAD_AUDIENCE = "Audiences in Jwt are not allowed"
+NO_JWKS = "Jwks remote fetch is failed"
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One jwtRules entry with its key set parsed (once per config update, not per request)."""
+
+    rule: JwtRule
+    keys: tuple[tuple[jwt.PyJWK, str], ...]    # (key, the JWK's own "alg" or "")
+    error: str = ""                     # why no key can be used (tokens of this issuer then fail)
+
+
+def provider(rule: JwtRule) -> Provider:
+    if rule.jwks_error:
+        return Provider(rule, (), f"{NO_JWKS}: {rule.jwks_error}")
+    keys: list[tuple[jwt.PyJWK, str]] = []
+    try:
+        data = json.loads(rule.jwks)
+        raw = data.get("keys") if isinstance(data, dict) and "keys" in data else [data]
+    except (ValueError, TypeError):
+        return Provider(rule, (), "Jwks is not valid JSON")
+    for k in raw if isinstance(raw, list) else []:
+        try:
+            keys.append((jwt.PyJWK(k), str(k.get("alg") or "")))
+        except (PyJWKError, PyJWKSetError, ValueError, TypeError, KeyError, jwt.InvalidKeyError):
+            continue                    # a key PyJWT cannot use is skipped, as Envoy skips it
+    return Provider(rule, tuple(keys), "" if keys else "Jwks has no usable key")
+
+
+def providers(rules: Iterable[JwtRule]) -> tuple[Provider, ...]:
+    return tuple(provider(r) for r in rules)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """`reply` (the 401) when refused; else `user` (None: no token) and `headers`, the request's
+    headers after the token/output edits (None: unchanged)."""
+
+    reply: LocalReply | None = None
+    user: EndUser | None = None
+    headers: list[tuple[str, str]] | None = None
+    reason: str = ""
+
+
+_PASS = Outcome()
+
+
+@dataclass(frozen=True)
+class _Token:
+    value: str
+    header: str = ""                    # the header it came from ("" for a parameter or cookie)
+
+
+def _cookies(head: RequestHead) -> dict[str, str]:
+    raw = head.header("cookie")
+    if not raw:
+        return {}
+    c: SimpleCookie = SimpleCookie()
+    try:
+        c.load(raw)
+    except CookieError:
+        return {}
+    return {k: m.value for k, m in c.items()}
+
+
+def extract(rule: JwtRule, head: RequestHead) -> list[_Token]:
+    """The tokens in this rule's locations, in Envoy's order: headers, parameters, cookies."""
+    out: list[_Token] = []
+    explicit = rule.from_headers or rule.from_params or rule.from_cookies
+    for h in rule.from_headers or ([] if explicit else [DEFAULT_HEADER]):
+        name, prefix = h.get("name", "").lower(), h.get("prefix", "")
+        for k, v in head.headers:
+            if k != name:
+                continue
+            if prefix:
+                if not v.startswith(prefix):
+                    continue
+                v = v[len(prefix):]
+            if v.strip():
+                out.append(_Token(v.strip(), name))
+    params = rule.from_params or ([] if explicit else [DEFAULT_PARAM])
+    if params:
+        out += [_Token(v) for k, v in head.query if k in params and v]
+    if rule.from_cookies:
+        jar = _cookies(head)
+        out += [_Token(jar[c]) for c in rule.from_cookies if jar.get(c)]
+    return out
+
+
+def _keys_for(p: Provider, kid: Any, alg: str) -> list[jwt.PyJWK]:
+    out = []
+    for k, pinned in p.keys:
+        if alg not in _ALGS.get(k.key_type, ()) or (pinned and pinned != alg):   # a pinned key takes its alg only
+            continue
+        if kid is not None and k.key_id is not None and k.key_id != kid:
+            continue
+        out.append(k)
+    return out
+
+
+def verify(p: Provider, token: str, now: float) -> tuple[dict[str, Any] | None, str]:
+    """(claims, "") when `token` is valid for this provider at time `now`, else (None, why)."""
+    try:
+        header = jwt.get_unverified_header(token)
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None, MALFORMED
+    alg = header.get("alg")
+    if not isinstance(alg, str) or not any(alg in a for a in _ALGS.values()):
+        return None, BAD_ALG
+    if unverified.get("iss") != p.rule.issuer:
+        return None, UNKNOWN_ISSUER
+    if p.error:
+        return None, p.error
+    keys = _keys_for(p, header.get("kid"), alg)
+    if not keys:
+        return None, NO_KEY
+    opts = {"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": bool(p.rule.audiences)}
+    claims = None
+    for k in keys:
+        try:
+            claims = jwt.decode(token, k.key, algorithms=[alg], issuer=p.rule.issuer,
+                                audience=p.rule.audiences or None, options=opts)  # type: ignore[arg-type]
+            break
+        except (jwt.InvalidAudienceError, jwt.MissingRequiredClaimError):
+            return None, BAD_AUDIENCE
+        except (jwt.InvalidSignatureError, jwt.InvalidKeyError, jwt.DecodeError, TypeError, ValueError):
+            continue
+        except jwt.PyJWTError:
+            return None, BAD_SIGNATURE
+    if claims is None:
+        return None, BAD_SIGNATURE
+    return _times(claims, now)
+
+
+def _times(claims: dict[str, Any], now: float) -> tuple[dict[str, Any] | None, str]:
+    """exp and nbf against the injected clock (PyJWT's own check reads the wall clock)."""
+    exp, nbf = claims.get("exp"), claims.get("nbf")
+    for v in (exp, nbf):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            return None, MALFORMED
+    if exp is not None and now > exp + CLOCK_SKEW:
+        return None, EXPIRED
+    if nbf is not None and now + CLOCK_SKEW < nbf:
+        return None, NOT_YET
+    return claims, ""
+
+
+def claim(claims: dict[str, Any], name: str) -> Any:
+    """A claim by name; a dotted name reaches into nested objects when no top-level claim has it."""
+    if name in claims:
+        return claims[name]
+    cur: Any = claims
+    for part in name.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def _scalar(v: Any) -> str | None:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str | int | float):
+        return str(v)
+    return None
+
+
+def _output_names(ps: tuple[Provider, ...]) -> set[str]:
+    names = {p.rule.output_payload_to_header.lower() for p in ps if p.rule.output_payload_to_header}
+    return names | {c["header"].lower() for p in ps for c in p.rule.output_claim_to_headers}
+
+
+def _edited(p: Provider, tok: _Token, claims: dict[str, Any], head: RequestHead,
+            scrub: set[str]) -> list[tuple[str, str]]:
+    drop = set(scrub)
+    if tok.header and not p.rule.forward_original_token:
+        drop.add(tok.header)
+    out = [(k, v) for k, v in head.headers if k not in drop]
+    if p.rule.output_payload_to_header:
+        out.append((p.rule.output_payload_to_header.lower(), tok.value.split(".")[1]))
+    for c in p.rule.output_claim_to_headers:
+        v = _scalar(claim(claims, c["claim"]))
+        if v is not None:
+            out.append((c["header"].lower(), v))
+    return out
+
+
+def unauthorized(head: RequestHead, why: str) -> LocalReply:
+    """Envoy's jwt_authn rejection: 401, the reason as the body, and a Bearer challenge."""
+    realm = f"{head.scheme}://{head.authority}{head.path_only}"
+    return local_reply(head, 401, why, reason=f"jwt: {why}", grpc_status=GRPC_UNAUTHENTICATED,
+                       headers=(("www-authenticate", f'Bearer realm="{realm}", error="invalid_token"'),))
+
+
+def authenticate(ps: tuple[Provider, ...], head: RequestHead, now: float) -> Outcome:
+    """The JWT verdict for one request (see the module docstring). `now` is Unix time."""
+    if not ps:
+        return _PASS
+    scrub = _output_names(ps)
+    first_error = ""
+    for p in ps:
+        for tok in extract(p.rule, head):
+            claims, why = verify(p, tok.value, now)
+            if claims is None:
+                # a token of another issuer is the next provider's to judge: report the real error
+                if not first_error or first_error == UNKNOWN_ISSUER:
+                    first_error = why
+                continue
+            user = EndUser(f"{claims.get('iss', '')}/{claims.get('sub', '')}", claims)
+            return Outcome(user=user, headers=_edited(p, tok, claims, head, scrub),
+                           reason=f"jwt: {user.principal}")
+    if first_error:
+        return Outcome(reply=unauthorized(head, first_error), reason=f"jwt: {first_error}")
+    if scrub and any(k in scrub for k, _ in head.headers):
+        return Outcome(headers=[(k, v) for k, v in head.headers if k not in scrub])
+    return _PASS
