@@ -38,6 +38,9 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         debug_pb2_grpc.add_DebugServiceServicer_to_server(self, server)
+        # The config service's older Status RPC (`ambit status`) shows every subscriber and every
+        # rejected object: it takes the same reader credential as the debug API.
+        self.config.status_guard = self._reader
 
     # -- proxies ---------------------------------------------------------------------------------
     async def Report(self, request, context):  # noqa: N802 - gRPC method name
