@@ -17,6 +17,8 @@ unmodified:
   collector's background cascade: deleting an object deletes every object whose
   `metadata.ownerReferences` names its uid (transitively), as kube-controller-manager does.
 
+- `GET /api/v1/namespaces/NS/pods/NAME/log` (`container`, `tailLines`, `limitBytes`), answering
+  what a test set with `set_log()`, as the API server proxies the kubelet's container logs;
 - `POST /apis/authentication.k8s.io/v1/tokenreviews`, answered from the tokens a test registers
   with `add_token()` as the API server answers for projected service-account tokens: an unknown
   token or one for another audience gets `authenticated: false` with an error; a known one gets the
@@ -130,6 +132,7 @@ class KubeEmulator:
         self._sockets: set[socket.socket] = set()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._tokens: dict[str, Obj] = {}
+        self._logs: dict[tuple[str, str, str], str] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="kube-emulator", daemon=True)
@@ -360,6 +363,42 @@ class KubeEmulator:
                                                    "system:authenticated"], "extra": extra},
                                "audiences": list(audiences)}
 
+    def set_log(self, namespace: str, pod: str, text: str, container: str = "") -> None:
+        """What `GET .../pods/<pod>/log` answers for that container ("" : the pod's only/first one)."""
+        self._logs[(namespace, pod, container)] = text
+
+    def _pod_log(self, h: BaseHTTPRequestHandler, ns: str, name: str, query: dict[str, str]) -> None:
+        """The kubelet's log of one container, as the API server proxies it: text/plain, honouring
+        `container`, `tailLines` and `limitBytes`; 404 for a missing pod, 400 for a container that is
+        not the pod's or none named in a pod of several, as the real server answers."""
+        with self._lock:
+            pod = self._objects.get(("", "pods"), {}).get((ns, name))
+        if pod is None:
+            self._send_json(h, 404, _status(404, "NotFound", f'pods "{name}" not found'))
+            return
+        names = [c.get("name", "") for c in (pod.get("spec") or {}).get("containers") or []]
+        container = query.get("container", "")
+        if container and container not in names:
+            self._send_json(h, 400, _status(400, "BadRequest",
+                                            f"container {container} is not valid for pod {name}"))
+            return
+        if not container and len(names) > 1:
+            self._send_json(h, 400, _status(400, "BadRequest", f"a container name must be specified for pod {name}, "
+                                                               f"choose one of: [{' '.join(names)}]"))
+            return
+        text = self._logs.get((ns, name, container), self._logs.get((ns, name, ""), ""))
+        if "tailLines" in query:
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[-int(query["tailLines"]):]) if int(query["tailLines"]) > 0 else ""
+        data = text.encode()
+        if "limitBytes" in query:
+            data = data[:int(query["limitBytes"])]
+        h.send_response(200)
+        h.send_header("Content-Type", "text/plain")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
     def add_user_token(self, token: str, username: str, groups: Iterable[str] = ("system:authenticated",)) -> None:
         """Register a user's bearer token (a kubeconfig user's) for TokenReview, for the API server's
         default audience (a review naming no audiences accepts it)."""
@@ -410,6 +449,11 @@ class KubeEmulator:
         if method == "POST" and url.path.rstrip("/") == "/apis/authentication.k8s.io/v1/tokenreviews":
             length = int(h.headers.get("Content-Length") or 0)
             self._token_review(h, json.loads(h.rfile.read(length) or b"{}"))
+            return
+        parts = [p for p in url.path.split("/") if p]
+        if method == "GET" and len(parts) == 7 and parts[:3] == ["api", "v1", "namespaces"] \
+                and parts[4] == "pods" and parts[6] == "log":
+            self._pod_log(h, parts[3], parts[5], query)
             return
         if t is None:
             self._send_json(h, 404, _status(404, "NotFound", "the server could not find the requested resource"))
