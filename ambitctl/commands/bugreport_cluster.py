@@ -11,7 +11,7 @@ never from the nodes:
 - `logs/<namespace>/<pod>/<container>.log`: the last `--log-tail` bytes of every container of the
   control plane's namespace (controller, node agents, ztunnels) and of every waypoint pod, read
   through the API server's pod log endpoint (as `kubectl logs`);
-- `analyze.json` (`ambit analyze` over config/objects.json) and `check.txt` (the preflight of the
+- `analyze.json` (`ambit analyze` over config/objects.json, which is the whole cluster's config) and `check.txt` (the preflight of the
   machine the CLI runs on: the nodes' own preflight is in the node agents' logs).
 """
 
@@ -103,7 +103,8 @@ def build(args: argparse.Namespace, out: Path, log_tail: int, run_cli: Callable[
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "objects.json"
         f.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
-        a.collect("analyze.json", lambda: run_cli(["analyze", "-A", "--offline", "-f", str(f), "-o", "json"]))
+        a.collect("analyze.json", lambda: run_cli(["analyze", "-A", "--offline", "--assume-complete", "-f", str(f),
+                                                    "-o", "json"]))
     a.collect("check.txt", lambda: run_cli(["check"]))
     a.close()
     return a

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -337,3 +338,41 @@ def test_status_and_tap_require_the_debug_api_reader_credential(mesh: dict[str, 
     tap = ambit(mesh, "tap", "--controller", mesh["address"], "--duration", "5", context="dev")
     assert tap.returncode == 1 and "PERMISSION_DENIED" in tap.stderr
     assert not mesh["zt"].hub.active
+
+
+def test_bug_report_in_a_cluster_uses_the_apis_only(mesh: dict[str, Any], tmp_path: Path) -> None:
+    emu: KubeEmulator = mesh["emu"]
+    emu.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ambit-controller-7f9", "namespace": "ambit-system"},
+                "spec": {"nodeName": "node-1", "containers": [{"name": "controller"}, {"name": "sidecar-free"}]},
+                "status": {"phase": "Running"}})
+    emu.create({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "waypoint-5c4", "namespace": "shop",
+                             "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}},
+                "spec": {"nodeName": "node-1", "containers": [{"name": "waypoint"}]}, "status": {"phase": "Running"}})
+    emu.set_log("ambit-system", "ambit-controller-7f9", "old line\n" * 100 + "snapshot v7 pushed\nauthorization: Bearer "
+                "sekret-value-123456\n", container="controller")
+    emu.set_log("shop", "waypoint-5c4", "waypoint ready\n")
+    emu.create({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "to-nowhere",
+                "namespace": "shop"}, "spec": {"hosts": ["cart"], "http": [{"route": [{"destination": {"host": "cart"}}]}]}})
+    out = tmp_path / "report.tar.gz"
+    r = ambit(mesh, "bug-report", "-o", str(out), "--log-tail", "200", "--controller", mesh["address"])
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(out) as tar:
+        files = {m.name.split("/", 1)[1]: tar.extractfile(m).read().decode() for m in tar.getmembers()}  # type: ignore[union-attr]
+    versions = json.loads(files["versions.json"])
+    assert versions["server"]["proxies"]["ztunnel/node-1"]["version"] == VERSION
+    [z] = json.loads(files["status/proxy-status.json"])["proxies"]
+    assert z["name"] == "node-1" and z["state"] == "SYNCED"
+    assert "echo-v1" in files["config/ztunnel_node-1.json"]
+    [sub] = json.loads(files["status/controller-status.json"])["subscribers"]
+    assert sub["node"]["name"] == "node-1" and sub["connected"]
+    assert any(o["metadata"]["name"] == "echo-v1" for o in json.loads(files["config/objects.json"]))
+    log = files["logs/ambit-system/ambit-controller-7f9/controller.log"]
+    assert log.rstrip().endswith("<redacted>") and "snapshot v7 pushed" in log and "sekret" not in log
+    assert "left out" in log                                      # --log-tail 200 of a longer log
+    assert files["logs/shop/waypoint-5c4/waypoint.log"] == "waypoint ready\n"
+    assert "logs/ambit-system/ambit-controller-7f9/sidecar-free.log" in files    # every container
+    assert not any(n.startswith("logs/demo/") for n in files)                  # app pods' logs stay out
+    findings = json.loads(files["analyze.json"].split("\n", 1)[1])       # after the "$ ambit analyze" line
+    assert any(f["code"] == "AMB0101" and f["ref"] == "VirtualService/shop/to-nowhere" for f in findings)
+    assert files["ERRORS"] == ""
