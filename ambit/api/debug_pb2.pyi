@@ -25,26 +25,30 @@ class TapFilter(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., to: _Optional[str] = ..., pod: _Optional[str] = ..., status: _Optional[str] = ..., verdict: _Optional[str] = ..., layer: _Optional[str] = ..., **kwargs) -> None: ...
 
 class FeedControl(_message.Message):
-    __slots__ = ("filters", "scrape")
+    __slots__ = ("filters", "scrape", "generation")
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     SCRAPE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     filters: _containers.RepeatedCompositeFieldContainer[TapFilter]
     scrape: int
-    def __init__(self, filters: _Optional[_Iterable[_Union[TapFilter, _Mapping]]] = ..., scrape: _Optional[int] = ...) -> None: ...
+    generation: int
+    def __init__(self, filters: _Optional[_Iterable[_Union[TapFilter, _Mapping]]] = ..., scrape: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class FeedUpload(_message.Message):
-    __slots__ = ("node", "events_json", "dropped", "scrape", "metrics")
+    __slots__ = ("node", "events_json", "dropped", "scrape", "metrics", "generation")
     NODE_FIELD_NUMBER: _ClassVar[int]
     EVENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     SCRAPE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     node: _config_pb2.Node
     events_json: _containers.RepeatedScalarFieldContainer[bytes]
     dropped: int
     scrape: int
     metrics: str
-    def __init__(self, node: _Optional[_Union[_config_pb2.Node, _Mapping]] = ..., events_json: _Optional[_Iterable[bytes]] = ..., dropped: _Optional[int] = ..., scrape: _Optional[int] = ..., metrics: _Optional[str] = ...) -> None: ...
+    generation: int
+    def __init__(self, node: _Optional[_Union[_config_pb2.Node, _Mapping]] = ..., events_json: _Optional[_Iterable[bytes]] = ..., dropped: _Optional[int] = ..., scrape: _Optional[int] = ..., metrics: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class TapRequest(_message.Message):
     __slots__ = ("filter",)

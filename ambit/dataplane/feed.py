@@ -62,6 +62,7 @@ class TapFeed:
         self._wake = asyncio.Event()
         self._scrape = 0
         self._dropped = 0                       # the subscriber's drops already reported
+        self._generation = 0                    # the filters' generation to acknowledge
         self._task: asyncio.Task[None] | None = None
         self.last_error = ""
 
@@ -100,6 +101,7 @@ class TapFeed:
             except ValueError as e:
                 log.warning("tap feed: ignoring a filter the controller sent: %s", e)
         self._set_filters(filters)
+        self._generation = c.generation
         if c.scrape:
             self._scrape = c.scrape
             self._wake.set()
@@ -107,7 +109,8 @@ class TapFeed:
     # -- what the proxy sends ----------------------------------------------------------------------
     def next_upload(self) -> debug_pb2.FeedUpload | None:
         """The upload due now (pure apart from draining the subscriber), or None."""
-        up = debug_pb2.FeedUpload()
+        up = debug_pb2.FeedUpload(generation=self._generation)
+        self._generation = 0
         if self._scrape:
             up.scrape, self._scrape = self._scrape, 0
             try:
@@ -122,7 +125,7 @@ class TapFeed:
             up.events_json.extend(sent)
             up.dropped, self._dropped = s.dropped - self._dropped, s.dropped
             self.uploaded += len(sent)
-        return up if (up.scrape or up.events_json or up.dropped) else None
+        return up if (up.scrape or up.events_json or up.dropped or up.generation) else None
 
     async def _uploads(self) -> AsyncIterator[debug_pb2.FeedUpload]:
         yield debug_pb2.FeedUpload(node=self.node.to_proto())

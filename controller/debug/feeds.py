@@ -36,6 +36,7 @@ class Feed:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     scrape: int = 0                            # the scrape id to send (0: none)
     dropped: int = 0                           # flows the proxy dropped in total (its queue was full)
+    applied: int = 0                           # the filters' generation the proxy says it applies
 
 
 @dataclass(eq=False)
@@ -53,6 +54,8 @@ class FeedHub:
         self.readers: list[Reader] = []
         self._scrape_ids = itertools.count(1)
         self._scrapes: dict[int, tuple[dict[str, str], asyncio.Event, set[int]]] = {}
+        self.generation = 0                    # of the filters: bumped on every reader change
+        self._applied = asyncio.Condition()
 
     # -- feeds -----------------------------------------------------------------------------------
     def open_feed(self, key: str) -> Feed:
@@ -96,8 +99,27 @@ class FeedHub:
             self._changed()
 
     def _changed(self) -> None:
+        self.generation += 1
         for f in self.feeds.values():
             f.changed.set()
+
+    async def applied(self, f: Feed, generation: int) -> None:
+        """The proxy of `f` applies the filters of `generation` (or a later one)."""
+        async with self._applied:
+            f.applied = max(f.applied, generation)
+            self._applied.notify_all()
+
+    async def wait_applied(self, generation: int, timeout: float) -> list[str]:
+        """Wait until every open feed applies `generation`; the feeds that did not in time. A reader's
+        tap starts once its filter is on every proxy, so no flow after "tapping" is missed."""
+        def behind() -> list[str]:
+            return sorted(f.key for f in self.feeds.values() if f.applied < generation)
+        async with self._applied:
+            try:
+                await asyncio.wait_for(self._applied.wait_for(lambda: not behind()), timeout)
+            except TimeoutError:
+                pass
+            return behind()
 
     # -- metrics ---------------------------------------------------------------------------------
     async def scrape(self, timeout: float) -> tuple[dict[str, str], list[str]]:
@@ -135,4 +157,4 @@ def control(hub: FeedHub, f: Feed) -> dict[str, Any]:
     """What to send a feed now (and clear its pending scrape)."""
     sid, f.scrape = f.scrape, 0
     f.changed.clear()
-    return {"filters": hub.filters(), "scrape": sid}
+    return {"filters": hub.filters(), "scrape": sid, "generation": hub.generation}

@@ -32,6 +32,7 @@ from controller.debug.reports import ReportStore
 
 log = logging.getLogger("ambit.controller.debug")
 MAX_REPORT = 256 * 1024
+FILTER_WAIT = 5.0            # seconds a new tap waits for every proxy to apply its filter
 MAX_UPLOAD_EVENTS = 1000      # flows per feed upload; more are counted as dropped
 
 
@@ -154,7 +155,7 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
 
         async def receive() -> None:
             async for m in uploads:
-                self._upload(feed, m)
+                await self._upload(feed, m)
         reading = asyncio.ensure_future(receive())
         try:
             while not reading.done():
@@ -163,13 +164,16 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
                 changed.cancel()
                 if feed.changed.is_set():
                     c = control(self.feeds, feed)
-                    yield debug_pb2.FeedControl(filters=[to_proto(f) for f in c["filters"]], scrape=c["scrape"])
+                    yield debug_pb2.FeedControl(filters=[to_proto(f) for f in c["filters"]], scrape=c["scrape"],
+                                                generation=c["generation"])
         finally:
             reading.cancel()
             self.feeds.close_feed(feed)
             log.info("feed closed: %s", node.key)
 
-    def _upload(self, feed: Any, m: Any) -> None:
+    async def _upload(self, feed: Any, m: Any) -> None:
+        if m.generation:
+            await self.feeds.applied(feed, m.generation)
         events = []
         for raw in m.events_json[:MAX_UPLOAD_EVENTS]:
             try:
@@ -194,8 +198,12 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
                                 f"{self.feeds.max_readers} taps already open on the controller")
         assert reader is not None
         try:
+            late = await self.feeds.wait_applied(self.feeds.generation, FILTER_WAIT)
             feeds = sorted(f.key for f in self.feeds.feeds.values())
             yield _event({"type": "status", "source": "controller", "dropped": 0, "feeds": feeds})
+            if late:
+                yield _event({"type": "error", "error": f"not yet tapping (no answer in {FILTER_WAIT:.0f}s): "
+                                                        f"{', '.join(late)}"})
             reported = 0
             while True:
                 await reader.sub.wait(HEARTBEAT)

@@ -23,12 +23,17 @@ def test_readers_get_what_their_filter_matches_and_a_slow_one_drops() -> None:
     async def main() -> None:
         hub = FeedHub(queue_size=3)
         feed = hub.open_feed("ztunnel/n1")
-        assert control(hub, feed) == {"filters": [], "scrape": 0} and not feed.changed.is_set()
+        assert control(hub, feed) == {"filters": [], "scrape": 0, "generation": 0} and not feed.changed.is_set()
         demo = hub.add_reader(Filter(namespace="demo"))
         errors = hub.add_reader(Filter(status="5xx"))
         assert demo is not None and errors is not None
         assert feed.changed.is_set()                        # the proxy is told at once
-        assert control(hub, feed)["filters"] == [Filter(namespace="demo"), Filter(status="5xx")]
+        c = control(hub, feed)
+        assert c["filters"] == [Filter(namespace="demo"), Filter(status="5xx")] and c["generation"] == 2
+        # A new reader's tap starts once every proxy applies its filter (no flow after "tapping" is lost).
+        assert await hub.wait_applied(2, timeout=0.05) == ["ztunnel/n1"]
+        await hub.applied(feed, 2)
+        assert await hub.wait_applied(2, timeout=5) == []
         hub.deliver(feed, [flow("demo", 200), flow("other", 503)], dropped=0)
         assert [e["status"] for e in demo.sub.drain()] == [200]
         assert [e["dst"]["namespace"] for e in errors.sub.drain()] == ["other"]
@@ -63,12 +68,12 @@ def test_proxy_feed_subscribes_only_while_tapped_and_uploads_only_matches() -> N
         tap = TapHub("ztunnel/n1", queue_size=2)
         feed = TapFeed("unused:0", NodeInfo("ztunnel", "n1"), tap, lambda: "istio_a 1\nambit_b 2\n")
         assert feed.next_upload() is None and not tap.active
-        feed.control(debug_pb2.FeedControl(filters=[to_proto(Filter(namespace="demo"))], scrape=7))
+        feed.control(debug_pb2.FeedControl(filters=[to_proto(Filter(namespace="demo"))], scrape=7, generation=3))
         assert tap.active
         for ev in (flow("demo", 200), flow("other", 200), flow("demo", 500), flow("demo", 404)):
             tap.publish(lambda ev=ev: dict(ev))
         up = feed.next_upload()
-        assert up is not None and up.scrape == 7 and up.metrics == "istio_a 1\n"
+        assert up is not None and up.scrape == 7 and up.metrics == "istio_a 1\n" and up.generation == 3
         assert len(up.events_json) == 1 and up.dropped == 2      # queue of 2: two flows dropped, one filtered out
         feed.control(debug_pb2.FeedControl())
         assert not tap.active and feed.next_upload() is None
