@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 
+from ambit.aiotask import cancel
 from ambit.api import debug_pb2, debug_pb2_grpc
 from ambit.configclient.node import NodeInfo
 from ambit.dataplane.tap import Subscriber, TapHub
@@ -70,13 +71,8 @@ class TapFeed:
         self._task = asyncio.create_task(self._run(), name=f"feed:{self.node.key}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         self._set_filters([])
 
     # -- what the controller says ------------------------------------------------------------------
