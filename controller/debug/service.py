@@ -168,6 +168,8 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
                                                 generation=c["generation"])
         finally:
             reading.cancel()
+            if reading.done() and not reading.cancelled() and reading.exception() is not None:
+                log.info("feed %s: %s", node.key, reading.exception())
             self.feeds.close_feed(feed)
             log.info("feed closed: %s", node.key)
 
