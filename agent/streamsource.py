@@ -38,6 +38,7 @@ from agent import enrolment
 from agent.enrolment import LocalPod, PodRef
 from ambit.configclient import ConfigClient, ConfigUpdate, NodeInfo
 from ambit.configclient.credential import node_metadata
+from ambit.configclient.report import StatusReporter
 from ambit.model import Workload
 
 log = logging.getLogger("ambit.agent.stream")
@@ -83,7 +84,7 @@ class StreamPodSource:
 
     def __init__(self, target: str, node: str, cache_path: str | Path | None = None, *,
                  paths: str = "host", sandboxes: Any = None, resync: float = 2.0, instance_id: str = "",
-                 token_file: str | Path | None = None):
+                 token_file: str | Path | None = None, report_interval: float = 10.0):
         if paths not in PATHS:
             raise ValueError(f"StreamPodSource.paths: {paths!r} is not one of {', '.join(PATHS)}")
         self.target = target
@@ -92,6 +93,7 @@ class StreamPodSource:
         self.paths = paths
         self.sandboxes = sandboxes          # an agent.kube_pods.SandboxFinder (made lazily, "host" only)
         self.resync = resync
+        self.report_interval = report_interval
         # The node credential the controller requires on the stream (the one ztunnel gives the CA).
         self.token_file = Path(token_file) if token_file else None
         self.node_info = NodeInfo("agent", node, instance_id=instance_id or uuid.uuid4().hex[:8]).validate()
@@ -111,11 +113,22 @@ class StreamPodSource:
         self.client = ConfigClient(self.target, self.node_info, [Workload.TYPE], self._on_change,
                                    cache_path=self.cache_path, metadata=md)
         await self.client.start()
+        # Its build version (and what it holds) to the controller's debug API, so `ambit version`
+        # and `proxy-status` judge the node agent's skew as they do the proxies'.
+        reporter = StatusReporter(self.target, self.node_info, self._report, interval=self.report_interval,
+                                  metadata=md)
+        await reporter.start()
         try:
             while not stop.is_set():
                 await asyncio.sleep(0.1)
         finally:
+            await reporter.stop()
             await self.client.stop()
+
+    def _report(self) -> dict[str, Any]:
+        c = self.client
+        return {"node": self.node, "connected": bool(c is not None and c.connected),
+                "config_versions": c.versions() if c is not None else {}}
 
     def _run_stream(self, stop: threading.Event) -> None:
         try:

@@ -24,6 +24,7 @@ from typing import Any
 from ambitctl.lab import components, paths, state
 
 Obj = dict[str, Any]
+MAX_REPLY = 256 * 1024 * 1024
 
 
 class TargetError(RuntimeError):
@@ -181,7 +182,8 @@ async def _call(target: DebugTarget, method: str, request: Any, timeout: float) 
     import grpc
 
     from ambit.api import debug_pb2_grpc
-    async with grpc.aio.insecure_channel(target.address) as ch:
+    # Metrics answers with every proxy's istio_* families: more than gRPC's default 4 MiB in a big mesh.
+    async with grpc.aio.insecure_channel(target.address, options=(("grpc.max_receive_message_length", MAX_REPLY),)) as ch:
         stub = debug_pb2_grpc.DebugServiceStub(ch)
         return await getattr(stub, method)(request, metadata=(("authorization", f"Bearer {target.token}"),),
                                            timeout=timeout)

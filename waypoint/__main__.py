@@ -18,6 +18,7 @@ from ambit.configclient import ConfigClient, NodeInfo
 from ambit.configclient.credential import node_metadata, read_token
 from ambit.configclient.report import StatusReporter
 from ambit.dataplane import process
+from ambit.dataplane.feed import TapFeed, exposition
 from ambit.dataplane.identity import GrpcCertificateFetcher, IdentityManager
 from ambit.dataplane.telemetry.health import HealthCollector
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
@@ -69,12 +70,16 @@ async def amain(args: WaypointSettings) -> None:
         await msrv.start(*_split(args.metrics_address), args.metrics_socket)
     except OSError as e:
         log.warning("metrics endpoint %s: %s", args.metrics_address, e)
-    reporter = None
+    reporter = feed = None
     if client is not None:
         reporter = StatusReporter(args.controller, client.node, lambda: admin.status_report(proxy, args.node),
                                   interval=args.report_interval,
                                   metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
         await reporter.start()
+        # `ambit tap`/`stat`/`top` in a cluster: the controller asks over a feed this proxy opens.
+        feed = TapFeed(args.controller, client.node, proxy.tap, exposition(metrics.registry),
+                       metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
+        await feed.start()
     log.info("waypoint %s (%s) serving HBONE on %s as %s; controller %s", args.waypoint, args.pod_name,
              args.listen, args.identity, args.controller or "-")
     stop = asyncio.Event()
@@ -83,6 +88,8 @@ async def amain(args: WaypointSettings) -> None:
     await stop.wait()
     if reporter is not None:
         await reporter.stop()
+    if feed is not None:
+        await feed.stop()
     await proxy.close()
     await adm.close()
     await msrv.close()

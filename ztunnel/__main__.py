@@ -15,6 +15,7 @@ from collections.abc import Callable
 from ambit.configclient.credential import node_metadata
 from ambit.configclient.report import StatusReporter
 from ambit.dataplane import process
+from ambit.dataplane.feed import TapFeed, exposition
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
 from ztunnel import admin, identity_setup
@@ -84,12 +85,16 @@ async def amain(args: ZtunnelSettings) -> None:
         await adm.start(host or None, int(port or 0), args.admin_socket)
     except OSError as e:
         log.warning("admin endpoint %s: %s", args.admin_address, e)
-    reporter = None
+    reporter = feed = None
     if client is not None:
         reporter = StatusReporter(args.controller, client.node, lambda: admin.status_report(config, args.node, proxy),
                                   interval=args.report_interval,
                                   metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
         await reporter.start()
+        # `ambit tap`/`stat`/`top` in a cluster: the controller asks over a feed this proxy opens.
+        feed = TapFeed(args.controller, client.node, tap_hub, exposition(metrics.registry),
+                       metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
+        await feed.start()
     zds = ZdsServer(args.zds_socket, proxy.registry, loop)
     zds.start()
     log.info("ztunnel for %s ready; agent socket %s; controller %s; config version %s; CA %s", args.node,
@@ -107,6 +112,8 @@ async def amain(args: ZtunnelSettings) -> None:
             await trimmer
     if reporter is not None:
         await reporter.stop()
+    if feed is not None:
+        await feed.stop()
     await proxy.close()
     if identities is not None:
         await identities.close()

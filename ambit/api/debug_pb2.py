@@ -25,27 +25,45 @@ _sym_db = _symbol_database.Default()
 from ambit.api import config_pb2 as ambit_dot_api_dot_config__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61mbit/api/debug.proto\x12\x0e\x61mbit.debug.v1\x1a\x16\x61mbit/api/config.proto\"W\n\x0bProxyReport\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.ambit.config.v1.Node\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nstate_json\x18\x03 \x01(\x0c\";\n\x0bReportReply\x12\x1a\n\x12\x63ontroller_version\x18\x01 \x01(\t\x12\x10\n\x08interval\x18\x02 \x01(\x01\"\x14\n\x12ProxyStatusRequest\"\xb9\x01\n\x0bProxyStatus\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.ambit.config.v1.Node\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\r\n\x05state\x18\x03 \x01(\t\x12\x15\n\racked_version\x18\x04 \x01(\t\x12\x15\n\rproxy_version\x18\x05 \x01(\t\x12\x12\n\nreport_age\x18\x06 \x01(\x01\x12\x13\n\x0breport_json\x18\x07 \x01(\x0c\x12\x0c\n\x04nack\x18\x08 \x01(\t\"w\n\x13ProxyStatusResponse\x12\x1a\n\x12\x63ontroller_version\x18\x01 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x02 \x01(\t\x12,\n\x07proxies\x18\x03 \x03(\x0b\x32\x1b.ambit.debug.v1.ProxyStatus\"#\n\x12ProxyConfigRequest\x12\r\n\x05proxy\x18\x01 \x01(\t\"\x1c\n\x0cJsonDocument\x12\x0c\n\x04json\x18\x01 \x01(\x0c\x32\xfb\x01\n\x0c\x44\x65\x62ugService\x12\x42\n\x06Report\x12\x1b.ambit.debug.v1.ProxyReport\x1a\x1b.ambit.debug.v1.ReportReply\x12V\n\x0bProxyStatus\x12\".ambit.debug.v1.ProxyStatusRequest\x1a#.ambit.debug.v1.ProxyStatusResponse\x12O\n\x0bProxyConfig\x12\".ambit.debug.v1.ProxyConfigRequest\x1a\x1c.ambit.debug.v1.JsonDocumentb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61mbit/api/debug.proto\x12\x0e\x61mbit.debug.v1\x1a\x16\x61mbit/api/config.proto\"u\n\tTapFilter\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x0c\n\x04\x66rom\x18\x03 \x01(\t\x12\x0b\n\x03pod\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x0f\n\x07verdict\x18\x06 \x01(\t\x12\r\n\x05layer\x18\x07 \x01(\t\"]\n\x0b\x46\x65\x65\x64\x43ontrol\x12*\n\x07\x66ilters\x18\x01 \x03(\x0b\x32\x19.ambit.debug.v1.TapFilter\x12\x0e\n\x06scrape\x18\x02 \x01(\x04\x12\x12\n\ngeneration\x18\x03 \x01(\x04\"\x8c\x01\n\nFeedUpload\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.ambit.config.v1.Node\x12\x13\n\x0b\x65vents_json\x18\x02 \x03(\x0c\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\x04\x12\x0e\n\x06scrape\x18\x04 \x01(\x04\x12\x0f\n\x07metrics\x18\x05 \x01(\t\x12\x12\n\ngeneration\x18\x06 \x01(\x04\"7\n\nTapRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.ambit.debug.v1.TapFilter\"\x18\n\x08TapEvent\x12\x0c\n\x04json\x18\x01 \x01(\x0c\"!\n\x0eMetricsRequest\x12\x0f\n\x07timeout\x18\x01 \x01(\x01\"\x91\x01\n\x0fMetricsResponse\x12=\n\x07metrics\x18\x01 \x03(\x0b\x32,.ambit.debug.v1.MetricsResponse.MetricsEntry\x12\x0f\n\x07missing\x18\x02 \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x0bProxyReport\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.ambit.config.v1.Node\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nstate_json\x18\x03 \x01(\x0c\";\n\x0bReportReply\x12\x1a\n\x12\x63ontroller_version\x18\x01 \x01(\t\x12\x10\n\x08interval\x18\x02 \x01(\x01\"\x14\n\x12ProxyStatusRequest\"\xb9\x01\n\x0bProxyStatus\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.ambit.config.v1.Node\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\r\n\x05state\x18\x03 \x01(\t\x12\x15\n\racked_version\x18\x04 \x01(\t\x12\x15\n\rproxy_version\x18\x05 \x01(\t\x12\x12\n\nreport_age\x18\x06 \x01(\x01\x12\x13\n\x0breport_json\x18\x07 \x01(\x0c\x12\x0c\n\x04nack\x18\x08 \x01(\t\"w\n\x13ProxyStatusResponse\x12\x1a\n\x12\x63ontroller_version\x18\x01 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x02 \x01(\t\x12,\n\x07proxies\x18\x03 \x03(\x0b\x32\x1b.ambit.debug.v1.ProxyStatus\"#\n\x12ProxyConfigRequest\x12\r\n\x05proxy\x18\x01 \x01(\t\"\x1c\n\x0cJsonDocument\x12\x0c\n\x04json\x18\x01 \x01(\x0c\x32\xcb\x03\n\x0c\x44\x65\x62ugService\x12\x42\n\x06Report\x12\x1b.ambit.debug.v1.ProxyReport\x1a\x1b.ambit.debug.v1.ReportReply\x12V\n\x0bProxyStatus\x12\".ambit.debug.v1.ProxyStatusRequest\x1a#.ambit.debug.v1.ProxyStatusResponse\x12O\n\x0bProxyConfig\x12\".ambit.debug.v1.ProxyConfigRequest\x1a\x1c.ambit.debug.v1.JsonDocument\x12\x43\n\x04\x46\x65\x65\x64\x12\x1a.ambit.debug.v1.FeedUpload\x1a\x1b.ambit.debug.v1.FeedControl(\x01\x30\x01\x12=\n\x03Tap\x12\x1a.ambit.debug.v1.TapRequest\x1a\x18.ambit.debug.v1.TapEvent0\x01\x12J\n\x07Metrics\x12\x1e.ambit.debug.v1.MetricsRequest\x1a\x1f.ambit.debug.v1.MetricsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ambit.api.debug_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROXYREPORT']._serialized_start=65
-  _globals['_PROXYREPORT']._serialized_end=152
-  _globals['_REPORTREPLY']._serialized_start=154
-  _globals['_REPORTREPLY']._serialized_end=213
-  _globals['_PROXYSTATUSREQUEST']._serialized_start=215
-  _globals['_PROXYSTATUSREQUEST']._serialized_end=235
-  _globals['_PROXYSTATUS']._serialized_start=238
-  _globals['_PROXYSTATUS']._serialized_end=423
-  _globals['_PROXYSTATUSRESPONSE']._serialized_start=425
-  _globals['_PROXYSTATUSRESPONSE']._serialized_end=544
-  _globals['_PROXYCONFIGREQUEST']._serialized_start=546
-  _globals['_PROXYCONFIGREQUEST']._serialized_end=581
-  _globals['_JSONDOCUMENT']._serialized_start=583
-  _globals['_JSONDOCUMENT']._serialized_end=611
-  _globals['_DEBUGSERVICE']._serialized_start=614
-  _globals['_DEBUGSERVICE']._serialized_end=865
+  _globals['_METRICSRESPONSE_METRICSENTRY']._loaded_options = None
+  _globals['_METRICSRESPONSE_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_TAPFILTER']._serialized_start=65
+  _globals['_TAPFILTER']._serialized_end=182
+  _globals['_FEEDCONTROL']._serialized_start=184
+  _globals['_FEEDCONTROL']._serialized_end=277
+  _globals['_FEEDUPLOAD']._serialized_start=280
+  _globals['_FEEDUPLOAD']._serialized_end=420
+  _globals['_TAPREQUEST']._serialized_start=422
+  _globals['_TAPREQUEST']._serialized_end=477
+  _globals['_TAPEVENT']._serialized_start=479
+  _globals['_TAPEVENT']._serialized_end=503
+  _globals['_METRICSREQUEST']._serialized_start=505
+  _globals['_METRICSREQUEST']._serialized_end=538
+  _globals['_METRICSRESPONSE']._serialized_start=541
+  _globals['_METRICSRESPONSE']._serialized_end=686
+  _globals['_METRICSRESPONSE_METRICSENTRY']._serialized_start=640
+  _globals['_METRICSRESPONSE_METRICSENTRY']._serialized_end=686
+  _globals['_PROXYREPORT']._serialized_start=688
+  _globals['_PROXYREPORT']._serialized_end=775
+  _globals['_REPORTREPLY']._serialized_start=777
+  _globals['_REPORTREPLY']._serialized_end=836
+  _globals['_PROXYSTATUSREQUEST']._serialized_start=838
+  _globals['_PROXYSTATUSREQUEST']._serialized_end=858
+  _globals['_PROXYSTATUS']._serialized_start=861
+  _globals['_PROXYSTATUS']._serialized_end=1046
+  _globals['_PROXYSTATUSRESPONSE']._serialized_start=1048
+  _globals['_PROXYSTATUSRESPONSE']._serialized_end=1167
+  _globals['_PROXYCONFIGREQUEST']._serialized_start=1169
+  _globals['_PROXYCONFIGREQUEST']._serialized_end=1204
+  _globals['_JSONDOCUMENT']._serialized_start=1206
+  _globals['_JSONDOCUMENT']._serialized_end=1234
+  _globals['_DEBUGSERVICE']._serialized_start=1237
+  _globals['_DEBUGSERVICE']._serialized_end=1696
 # @@protoc_insertion_point(module_scope)

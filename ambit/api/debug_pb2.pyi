@@ -7,6 +7,82 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TapFilter(_message.Message):
+    __slots__ = ("namespace", "to", "pod", "status", "verdict", "layer")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    to: str
+    pod: str
+    status: str
+    verdict: str
+    layer: str
+    def __init__(self, namespace: _Optional[str] = ..., to: _Optional[str] = ..., pod: _Optional[str] = ..., status: _Optional[str] = ..., verdict: _Optional[str] = ..., layer: _Optional[str] = ..., **kwargs) -> None: ...
+
+class FeedControl(_message.Message):
+    __slots__ = ("filters", "scrape", "generation")
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    SCRAPE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    filters: _containers.RepeatedCompositeFieldContainer[TapFilter]
+    scrape: int
+    generation: int
+    def __init__(self, filters: _Optional[_Iterable[_Union[TapFilter, _Mapping]]] = ..., scrape: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class FeedUpload(_message.Message):
+    __slots__ = ("node", "events_json", "dropped", "scrape", "metrics", "generation")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SCRAPE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    node: _config_pb2.Node
+    events_json: _containers.RepeatedScalarFieldContainer[bytes]
+    dropped: int
+    scrape: int
+    metrics: str
+    generation: int
+    def __init__(self, node: _Optional[_Union[_config_pb2.Node, _Mapping]] = ..., events_json: _Optional[_Iterable[bytes]] = ..., dropped: _Optional[int] = ..., scrape: _Optional[int] = ..., metrics: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class TapRequest(_message.Message):
+    __slots__ = ("filter",)
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    filter: TapFilter
+    def __init__(self, filter: _Optional[_Union[TapFilter, _Mapping]] = ...) -> None: ...
+
+class TapEvent(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: bytes
+    def __init__(self, json: _Optional[bytes] = ...) -> None: ...
+
+class MetricsRequest(_message.Message):
+    __slots__ = ("timeout",)
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    timeout: float
+    def __init__(self, timeout: _Optional[float] = ...) -> None: ...
+
+class MetricsResponse(_message.Message):
+    __slots__ = ("metrics", "missing")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    metrics: _containers.ScalarMap[str, str]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, metrics: _Optional[_Mapping[str, str]] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ProxyReport(_message.Message):
     __slots__ = ("node", "version", "state_json")
     NODE_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,21 @@ class DebugServiceStub:
                 request_serializer=ambit_dot_api_dot_debug__pb2.ProxyConfigRequest.SerializeToString,
                 response_deserializer=ambit_dot_api_dot_debug__pb2.JsonDocument.FromString,
                 _registered_method=True)
+        self.Feed = channel.stream_stream(
+                '/ambit.debug.v1.DebugService/Feed',
+                request_serializer=ambit_dot_api_dot_debug__pb2.FeedUpload.SerializeToString,
+                response_deserializer=ambit_dot_api_dot_debug__pb2.FeedControl.FromString,
+                _registered_method=True)
+        self.Tap = channel.unary_stream(
+                '/ambit.debug.v1.DebugService/Tap',
+                request_serializer=ambit_dot_api_dot_debug__pb2.TapRequest.SerializeToString,
+                response_deserializer=ambit_dot_api_dot_debug__pb2.TapEvent.FromString,
+                _registered_method=True)
+        self.Metrics = channel.unary_unary(
+                '/ambit.debug.v1.DebugService/Metrics',
+                request_serializer=ambit_dot_api_dot_debug__pb2.MetricsRequest.SerializeToString,
+                response_deserializer=ambit_dot_api_dot_debug__pb2.MetricsResponse.FromString,
+                _registered_method=True)
 
 
 class DebugServiceServicer:
@@ -75,6 +90,29 @@ class DebugServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feed(self, request_iterator, context):
+        """A proxy's feed (node credential, as Report): the proxy opens it and keeps it open; the
+        controller sends what readers want now (the tap filters, a metrics scrape), the proxy answers
+        with the flows that match one of the filters and with its metrics.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Tap(self, request, context):
+        """Live flows from every proxy's feed, filtered at the proxies (`ambit tap` in a cluster).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Metrics(self, request, context):
+        """Every proxy's Istio metrics now, scraped over the feeds (`ambit stat`/`top` in a cluster).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DebugServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +130,21 @@ def add_DebugServiceServicer_to_server(servicer, server):
                     servicer.ProxyConfig,
                     request_deserializer=ambit_dot_api_dot_debug__pb2.ProxyConfigRequest.FromString,
                     response_serializer=ambit_dot_api_dot_debug__pb2.JsonDocument.SerializeToString,
+            ),
+            'Feed': grpc.stream_stream_rpc_method_handler(
+                    servicer.Feed,
+                    request_deserializer=ambit_dot_api_dot_debug__pb2.FeedUpload.FromString,
+                    response_serializer=ambit_dot_api_dot_debug__pb2.FeedControl.SerializeToString,
+            ),
+            'Tap': grpc.unary_stream_rpc_method_handler(
+                    servicer.Tap,
+                    request_deserializer=ambit_dot_api_dot_debug__pb2.TapRequest.FromString,
+                    response_serializer=ambit_dot_api_dot_debug__pb2.TapEvent.SerializeToString,
+            ),
+            'Metrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.Metrics,
+                    request_deserializer=ambit_dot_api_dot_debug__pb2.MetricsRequest.FromString,
+                    response_serializer=ambit_dot_api_dot_debug__pb2.MetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +228,87 @@ class DebugService:
             '/ambit.debug.v1.DebugService/ProxyConfig',
             ambit_dot_api_dot_debug__pb2.ProxyConfigRequest.SerializeToString,
             ambit_dot_api_dot_debug__pb2.JsonDocument.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feed(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ambit.debug.v1.DebugService/Feed',
+            ambit_dot_api_dot_debug__pb2.FeedUpload.SerializeToString,
+            ambit_dot_api_dot_debug__pb2.FeedControl.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ambit.debug.v1.DebugService/Tap',
+            ambit_dot_api_dot_debug__pb2.TapRequest.SerializeToString,
+            ambit_dot_api_dot_debug__pb2.TapEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Metrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ambit.debug.v1.DebugService/Metrics',
+            ambit_dot_api_dot_debug__pb2.MetricsRequest.SerializeToString,
+            ambit_dot_api_dot_debug__pb2.MetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

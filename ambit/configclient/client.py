@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from ambit.aiotask import cancel
 from ambit.api import config_pb2, config_pb2_grpc
 from ambit.backoff import Backoff
 from ambit.configclient import cache
@@ -107,11 +108,7 @@ class ConfigClient:
     async def stop(self) -> None:
         if self._task is None:
             return
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        await cancel(self._task)
         self._task = None
         self._connected = False
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from ambit.aiotask import cancel
 from ambit.api import debug_pb2, debug_pb2_grpc
 from ambit.configclient.node import NodeInfo
 from ambit.version import VERSION
@@ -48,13 +49,8 @@ class StatusReporter:
         self._task = asyncio.create_task(self._run(), name=f"reporter:{self.node.key}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = None

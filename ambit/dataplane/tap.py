@@ -40,10 +40,14 @@ class Subscriber:
         self.queue.append(ev)
         self._wake.set()
 
-    def drain(self) -> list[Event]:
-        out = list(self.queue)
-        self.queue.clear()
-        self._wake.clear()
+    def drain(self, limit: int = 0) -> list[Event]:
+        """Take what is queued (at most `limit` events when given)."""
+        if limit and len(self.queue) > limit:
+            out = [self.queue.popleft() for _ in range(limit)]
+        else:
+            out = list(self.queue)
+            self.queue.clear()
+            self._wake.clear()
         self.delivered += len(out)
         return out
 

@@ -3,7 +3,8 @@
     ambit bug-report                       # ./ambit-bug-report-<UTC time>.tar.gz
     ambit bug-report -o /tmp/report.tgz --log-tail 5000000
 
-What goes in (lab):
+What goes in a cluster (with --context/--kubeconfig, or a kubeconfig and no lab): see
+bugreport_cluster.py. What goes in (lab):
 - `versions.json`: the CLI's version, Python, kernel, and each component's readiness answer
   (its config version and identity);
 - `config/store.json` (the applied resources; Secret data removed), `config/<component>.json`
@@ -201,16 +202,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                           "output; secrets excluded (like istioctl bug-report)")
     p.add_argument("-o", "--output", default="", help="the archive (default ./ambit-bug-report-<UTC time>.tar.gz)")
     p.add_argument("--log-tail", type=int, default=2_000_000, help="bytes kept from the end of each log")
+    p.add_argument("--system-namespace", default="ambit-system",
+                   help="in a cluster: the control plane's namespace, whose pods' logs are collected")
+    from ambitctl import cluster
+    cluster.add_arguments(p)
     p.set_defaults(func=cmd_bug_report)
 
 
 def cmd_bug_report(args: argparse.Namespace) -> int:
     from ambitctl.lab.paths import lab_dir
     out = Path(args.output or f"ambit-bug-report-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.tar.gz")
-    base = lab_dir()
-    if not (base / "state.json").exists():
-        print(f"warning: no lab is up in {base}: the report has versions, check and analyze only", file=sys.stderr)
-    a = build(base, out, args.log_tail)
+    from ambitctl import cluster
+    if args.log_tail <= 0:
+        print("error: --log-tail must be > 0 bytes", file=sys.stderr)
+        return 2
+    if cluster.in_cluster(args):
+        from ambitctl.commands import bugreport_cluster
+        try:
+            a = bugreport_cluster.build(args, out, args.log_tail, _cli)
+        except cluster.TargetError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    else:
+        base = lab_dir()
+        if not (base / "state.json").exists():
+            print(f"warning: no lab is up in {base}: the report has versions, check and analyze only",
+                  file=sys.stderr)
+        a = build(base, out, args.log_tail)
     with contextlib.suppress(OSError):
         out.chmod(0o600)
     print(f"wrote {out} ({out.stat().st_size} bytes, {len(a.members)} files"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,10 +35,6 @@ def _lab_nodes(base: Path) -> list[str]:
     if st is None:
         raise MeshCommandError(f"no lab is up (no state in {base}); set AMBIT_LAB_DIR or run `ambit lab up`")
     return [n["name"] for n in st.spec["nodes"]]
-
-
-def default_controller() -> str:
-    return f"unix:{components.controller_socket(paths.lab_dir())}"
 
 
 # -- ambit status ----------------------------------------------------------------------------------
@@ -102,18 +97,19 @@ def format_status(resp: Any, target: str, now: float | None = None) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from ambit.configclient import fetch_status
     from ambitctl import cluster
-    if cluster.in_cluster(args):
-        target = args.controller or os.environ.get("AMBIT_CONTROLLER", "")
-        if not target:
-            raise MeshCommandError("in a cluster pass --controller HOST:PORT or set AMBIT_CONTROLLER (e.g. after "
-                                   "`kubectl -n ambit-system port-forward svc/ambit-controller 15012`)")
-    else:
-        target = args.controller or default_controller()
+    # The controller requires the debug API's reader credential (the lab's admin token, or the
+    # kubeconfig user's bearer token, checked by TokenReview in a cluster).
     try:
-        resp = asyncio.run(fetch_status(target, timeout=args.timeout))
+        dt = cluster.debug_target(args)
+    except cluster.TargetError as e:
+        raise MeshCommandError(str(e)) from None
+    target = dt.address
+    try:
+        resp = asyncio.run(fetch_status(target, timeout=args.timeout, token=dt.token))
     except Exception as e:  # noqa: BLE001 - grpc raises its own error types; one line is enough
         details = e.details() if callable(getattr(e, "details", None)) else str(e)
-        raise MeshCommandError(f"cannot reach the controller at {target}: {details}") from None
+        code = e.code().name + ": " if callable(getattr(e, "code", None)) else ""
+        raise MeshCommandError(f"cannot read the controller's status at {target}: {code}{details}") from None
     if args.output in ("json", "yaml"):
         print(_dump(status_to_dict(resp), args.output))
     else:
@@ -299,10 +295,9 @@ def _cluster_arguments(p: argparse.ArgumentParser, controller: bool = True) -> N
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("status", help="components connected to the controller, their config versions and NACKs")
-    p.add_argument("--controller", help="controller address (default: the lab's unix:<labdir>/controller.sock)")
     p.add_argument("-o", "--output", choices=("json", "yaml"))
     p.add_argument("--timeout", type=float, default=5.0)
-    _cluster_arguments(p, controller=False)
+    _cluster_arguments(p)
     p.set_defaults(func=_run(cmd_status))
 
     p = sub.add_parser("ztunnel-config", help="what each node's ztunnel holds: workloads, services, policies, certs")

@@ -9,8 +9,15 @@ ambit/dataplane/tap.py): ztunnels report connections (L4: workloads, identities,
 verdict and deciding policy), waypoints report requests (L7: method, path, status, latency, bytes,
 verdict and deciding policy). A request through a waypoint is seen up to three times (the client's
 ztunnel, the waypoint, the destination's ztunnel), as Hubble shows each observation point; the
-SOURCE column says which. In the lab the CLI reads every node's ztunnel and every waypoint through
-their admin sockets. Filtering (`event_matches`) is pure and runs here, in the CLI.
+SOURCE column says which.
+
+Where the flows come from: in the lab the CLI reads every node's ztunnel and every waypoint through
+their admin sockets, and filters here. In a cluster (or with `--controller`) it reads the
+controller's debug API `Tap` stream (authenticated like proxy-status): the controller passes the
+filter to every proxy over the feed each proxy keeps open to it (ambit/dataplane/feed.py), the
+proxies send only matching flows, and the controller fans them out with a bounded, drop-and-count
+queue per reader (controller/debug/feeds.py). The filter (`ambit/tapfilter.py`) is the same
+pure function at every step.
 """
 
 from __future__ import annotations
@@ -18,92 +25,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from ambit.tapfilter import Filter, event_matches, validate_status
+from ambitctl import cluster
 from ambitctl.term import intermixed, paint
 
 Event = dict[str, Any]
-
-
-# -- filters (pure) ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Filter:
-    namespace: str = ""             # either side in this namespace ("" : all)
-    to: str = ""                    # destination: WORKLOAD, NS/WORKLOAD, pod/POD, svc/SERVICE
-    from_: str = ""                 # source: the same forms
-    pod: str = ""                   # either side is this pod
-    status: str = ""                # 5xx | 4xx | 403 | 2xx,3xx (comma: any)
-    verdict: str = ""               # allowed | denied | error
-    layer: str = ""                 # L4 | L7
-
-
-def _name_matches(side: Event, spec: str) -> bool:
-    """WORKLOAD matches the workload or a pod of it (`echo` matches pod `echo-5b7f9c-x2x`);
-    NS/WORKLOAD also checks the namespace; pod/NAME only the pod; svc/NAME the destination Service."""
-    kind, _, rest = spec.partition("/") if spec.split("/", 1)[0] in ("pod", "po", "svc", "service") else ("", "", spec)
-    ns, _, name = rest.rpartition("/")
-    if ns and side.get("namespace") != ns:
-        return False
-    if kind in ("svc", "service"):
-        svc = side.get("service", "")
-        return svc.rsplit("/", 1)[-1] == name or svc == rest
-    pod, wl = side.get("pod") or "", side.get("workload") or ""
-    if kind in ("pod", "po"):
-        return pod == name
-    return name in (wl, pod) or (pod.startswith(name + "-") and bool(_POD_SUFFIX.match(pod[len(name) + 1:])))
-
-
-# What a controller appends to a workload's name to make a pod's: Deployment `-<hash>-<5>`,
-# ReplicaSet/DaemonSet `-<5>`, StatefulSet `-<ordinal>` (so `echo` is not a pod of `echo-v1`).
-_POD_SUFFIX = re.compile(r"^(?:[a-z0-9]{6,10}-[a-z0-9]{5}|[a-z0-9]{5}|\d+)$")
-
-
-def _status_matches(status: int, spec: str) -> bool:
-    for part in spec.split(","):
-        part = part.strip().lower()
-        if len(part) == 3 and part.endswith("xx") and part[0].isdigit():
-            if status // 100 == int(part[0]):
-                return True
-        elif part.isdigit() and status == int(part):
-            return True
-    return False
-
-
-def event_matches(ev: Event, f: Filter) -> bool:
-    """Does this tap event pass every filter given?"""
-    if ev.get("type") != "flow":
-        return False
-    src, dst = ev.get("src") or {}, ev.get("dst") or {}
-    if f.namespace and f.namespace not in (src.get("namespace"), dst.get("namespace")):
-        return False
-    if f.to and not _name_matches(dst, f.to):
-        return False
-    if f.from_ and not _name_matches(src, f.from_):
-        return False
-    if f.pod and f.pod not in (src.get("pod"), dst.get("pod")):
-        return False
-    if f.status and not ("status" in ev and _status_matches(int(ev["status"]), f.status)):
-        return False
-    if f.verdict and ev.get("verdict") != f.verdict:
-        return False
-    return not (f.layer and ev.get("layer", "").upper() != f.layer.upper())
-
-
-def validate_status(spec: str) -> str:
-    if not spec:        # the default (argparse passes string defaults through `type` too)
-        return spec
-    for part in spec.split(","):
-        p = part.strip().lower()
-        ok = (len(p) == 3 and p[0] in "12345" and (p[1:] == "xx" or p[1:].isdigit()))
-        if not ok:
-            raise argparse.ArgumentTypeError(f"--status {spec!r}: expected e.g. 5xx, 4xx, 403 or 2xx,3xx")
-    return spec
 
 
 # -- rendering (pure) ------------------------------------------------------------------------------
@@ -149,8 +81,8 @@ def lab_sockets(base: Path) -> dict[str, Path]:
     from ambitctl.lab import components, state, waypoints
     st = state.load(base)
     if st is None:
-        raise TapError(f"no lab is up (no state in {base}); a cluster tap goes through the controller's "
-                       "debug API, not available yet")
+        raise TapError(f"no lab is up (no state in {base}); in a cluster pass --context/--kubeconfig "
+                       "(the tap goes through the controller's debug API)")
     out = {f"ztunnel/{n['name']}": components.ztunnel_admin_socket(base, n["name"]) for n in st.spec["nodes"]}
     for w in st.waypoints:
         if not w.get("removing"):
@@ -195,13 +127,41 @@ async def _read_one(name: str, sock: Path, out: asyncio.Queue[tuple[str, Event]]
         writer.close()
 
 
-async def stream(sockets: dict[str, Path], f: Filter, emit: Any, warn: Any, max_events: int = 0,
+Producer = Callable[["asyncio.Queue[tuple[str, Event]]"], Awaitable[None]]
+
+
+def socket_producers(sockets: dict[str, Path]) -> dict[str, Producer]:
+    """The lab: one reader per component's admin socket."""
+    return {n: (lambda q, n=n, s=s: _read_one(n, s, q)) for n, s in sockets.items()}
+
+
+async def _read_controller(target: Any, f: Filter, out: asyncio.Queue[tuple[str, Event]]) -> None:
+    """A cluster: the controller's Tap stream, which merges every proxy's feed (filtered at the
+    proxies). Its first status line lists the feeds; later lines name their proxy in `source`."""
+    import grpc
+
+    from ambit.api import debug_pb2, debug_pb2_grpc
+    from ambit.tapfilter import to_proto
+    try:
+        async with grpc.aio.insecure_channel(target.address) as ch:
+            call = debug_pb2_grpc.DebugServiceStub(ch).Tap(
+                debug_pb2.TapRequest(filter=to_proto(f)), metadata=(("authorization", f"Bearer {target.token}"),))
+            async for m in call:
+                ev = json.loads(m.json)
+                await out.put(("controller" if ev.get("source") == "controller" else ev.get("source", "?"), ev))
+        await out.put(("controller", {"type": "error", "error": "the controller closed the tap"}))
+    except grpc.aio.AioRpcError as e:
+        await out.put(("controller", {"type": "error", "fatal": True,
+                                      "error": f"debug API at {target.address}: {e.code().name}: {e.details()}"}))
+
+
+async def stream(producers: dict[str, Producer], f: Filter, emit: Any, warn: Any, max_events: int = 0,
                  duration: float = 0.0, on_ready: Any = None) -> int:
-    """Read every tap until `max_events` matched (0: no limit) or `duration` seconds passed (0: until
-    interrupted); hand each matching event to `emit`, problems and drops to `warn`. Returns the
-    number of events emitted."""
+    """Run every producer (a lab admin socket, or the controller) until `max_events` matched (0: no
+    limit) or `duration` seconds passed (0: until interrupted); hand each matching event to `emit`,
+    problems and drops to `warn`. Returns the number of events emitted (-1 after a fatal error)."""
     q: asyncio.Queue[tuple[str, Event]] = asyncio.Queue()
-    tasks = [asyncio.ensure_future(_read_one(n, s, q)) for n, s in sockets.items()]
+    tasks = [asyncio.ensure_future(p(q)) for p in producers.values()]
     deadline = time.monotonic() + duration if duration else None
     emitted, ready, dropped = 0, set(), {}
     try:
@@ -215,16 +175,18 @@ async def stream(sockets: dict[str, Path], f: Filter, emit: Any, warn: Any, max_
                 break
             kind = ev.get("type")
             if kind == "status":
-                if name not in ready:
+                if name in producers and name not in ready:
                     ready.add(name)
-                    if on_ready is not None and len(ready) == len(sockets):
-                        on_ready()
+                    if on_ready is not None and len(ready) == len(producers):
+                        on_ready(ev)
                 if ev.get("dropped", 0) > dropped.get(name, 0):
                     warn(f"{name}: {ev['dropped'] - dropped.get(name, 0)} events dropped (this reader is too "
                          "slow; the proxy never waits for it)")
                     dropped[name] = ev["dropped"]
             elif kind == "error":
                 warn(f"{name}: {ev['error']}")
+                if ev.get("fatal"):
+                    return -1
             elif event_matches(ev, f):
                 emit(ev)
                 emitted += 1
@@ -254,6 +216,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--max-events", type=int, default=0, help="stop after this many flows (default: never)")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (default: never)")
     p.add_argument("-o", "--output", choices=("text", "wide", "json"), default="text")
+    cluster.add_arguments(p)
     intermixed(p)
     p.set_defaults(func=cmd_tap)
 
@@ -267,8 +230,12 @@ def cmd_tap(args: argparse.Namespace, stdout: TextIO | None = None, stderr: Text
     f = Filter(namespace="" if args.all_namespaces else args.namespace, to=args.to, from_=args.from_,
                pod=args.pod, status=args.status, verdict=args.verdict, layer=args.layer)
     try:
-        sockets = lab_sockets(lab_dir())
-    except TapError as e:
+        if cluster.in_cluster(args) or args.controller:
+            target = cluster.debug_target(args)
+            producers: dict[str, Producer] = {"controller": lambda q: _read_controller(target, f, q)}
+        else:
+            producers = socket_producers(lab_sockets(lab_dir()))
+    except (TapError, cluster.TargetError) as e:
         print(f"error: {e}", file=err)
         return 1
 
@@ -284,8 +251,10 @@ def cmd_tap(args: argparse.Namespace, stdout: TextIO | None = None, stderr: Text
     def warn(msg: str) -> None:
         print(f"warning: {msg}", file=err, flush=True)
 
-    def ready() -> None:
-        print(f"tapping {len(sockets)} components: {', '.join(sorted(sockets))}", file=err, flush=True)
+    def ready(status: Event) -> None:
+        names = status.get("feeds", sorted(producers)) if "controller" in producers else sorted(producers)
+        via = " through the controller" if "controller" in producers else ""
+        print(f"tapping {len(names)} components{via}: {', '.join(names) or 'none connected'}", file=err, flush=True)
 
-    asyncio.run(stream(sockets, f, emit, warn, args.max_events, args.duration, ready))
-    return 0
+    n = asyncio.run(stream(producers, f, emit, warn, args.max_events, args.duration, ready))
+    return 1 if n < 0 else 0

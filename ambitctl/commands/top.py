@@ -5,7 +5,9 @@ and `linkerd viz top`/`edges` give them.
     ambit top -n demo --window 10      # per edge (source -> destination workload), busiest first
 
 Where the numbers come from: the components' Istio metrics. The CLI scrapes every ztunnel and
-waypoint twice, `--window` seconds apart, and works on the difference (rates are per second over
+waypoint twice, `--window` seconds apart (in the lab through their metrics sockets; in a cluster, or
+with `--controller`, through the controller's debug API `Metrics`, which asks every proxy over the
+feed the proxy keeps open to it: ambit/dataplane/feed.py), and works on the difference (rates are per second over
 the window; latency percentiles are interpolated from the histogram buckets' increase, as
 Prometheus' `histogram_quantile` does). HTTP numbers come from the waypoints (`istio_requests_total`,
 `istio_request_duration_milliseconds`, reporter="waypoint"): only traffic through a waypoint has
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ambit.quantile import histogram_quantile
+from ambitctl import cluster
 from ambitctl.term import intermixed
 
 Labels = tuple[tuple[str, str], ...]
@@ -139,8 +142,8 @@ def lab_metrics_sockets(base: Path) -> dict[str, Path]:
     from ambitctl.lab import components, state, waypoints
     st = state.load(base)
     if st is None:
-        raise RuntimeError(f"no lab is up (no state in {base}); in a cluster use Prometheus "
-                           "(docs/observability.md has the queries)")
+        raise RuntimeError(f"no lab is up (no state in {base}); in a cluster pass --context/--kubeconfig "
+                           "(stat/top read the proxies' metrics through the controller's debug API)")
     out = {f"ztunnel/{n['name']}": components.ztunnel_metrics_socket(base, n["name"]) for n in st.spec["nodes"]}
     for w in st.waypoints:
         if not w.get("removing"):
@@ -148,20 +151,38 @@ def lab_metrics_sockets(base: Path) -> dict[str, Path]:
     return out
 
 
-def scrape_all(sockets: dict[str, Path], warn: Any) -> Samples:
-    from ambit.dataplane.telemetry.metrics import scrape
+def merge(texts: dict[str, str]) -> Samples:
+    """The samples of several components' expositions. The same series from two components (two
+    waypoints for one workload) stay apart until aggregation: the component becomes a label."""
     out: Samples = {}
-    for name, sock in sorted(sockets.items()):
-        try:
-            text = scrape(sock)
-        except OSError as e:
-            warn(f"{name}: {e}")
-            continue
+    for name, text in sorted(texts.items()):
         for k, v in parse(text).items():
-            # The same series from two components (two waypoints for one workload): keep them
-            # apart until aggregation by adding the component as a label.
             out[(k[0], (*k[1], ("_component", name)))] = v
     return out
+
+
+def scrape_all(sockets: dict[str, Path], warn: Any) -> Samples:
+    """The lab: every component's metrics socket."""
+    from ambit.dataplane.telemetry.metrics import scrape
+    texts = {}
+    for name, sock in sorted(sockets.items()):
+        try:
+            texts[name] = scrape(sock)
+        except OSError as e:
+            warn(f"{name}: {e}")
+    return merge(texts)
+
+
+def controller_scrape(target: Any, warn: Any, timeout: float = 3.0) -> Samples:
+    """A cluster: the controller's debug API `Metrics`, which asks every proxy over the feed it
+    keeps open to the controller (nothing dials the nodes)."""
+    from ambit.api import debug_pb2
+    resp = cluster.call(target, "Metrics", debug_pb2.MetricsRequest(timeout=timeout), timeout + 5.0)
+    for name in resp.missing:
+        warn(f"{name}: no metrics within {timeout:.0f}s")
+    if not resp.metrics and not resp.missing:
+        warn("no proxy has a feed open to the controller")
+    return merge(dict(resp.metrics))
 
 
 # -- output ----------------------------------------------------------------------------------------
@@ -199,6 +220,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (the default)")
         p.add_argument("--window", type=float, default=5.0, help="seconds between the two scrapes (default 5)")
         p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+        cluster.add_arguments(p)
         intermixed(p)
         p.set_defaults(func=cmd_stat, by=by)
 
@@ -209,19 +231,28 @@ def cmd_stat(args: argparse.Namespace, stdout: TextIO | None = None, stderr: Tex
     if args.window <= 0:
         print("error: --window must be > 0 seconds", file=err)
         return 2
-    try:
-        sockets = lab_metrics_sockets(lab_dir())
-    except RuntimeError as e:
-        print(f"error: {e}", file=err)
-        return 1
 
     def warn(msg: str) -> None:
         print(f"warning: {msg}", file=err)
 
-    t0 = time.monotonic()
-    before = scrape_all(sockets, warn)
-    time.sleep(args.window)
-    after = scrape_all(sockets, lambda _m: None)
+    try:
+        if cluster.in_cluster(args) or args.controller:
+            target = cluster.debug_target(args)
+
+            def scrape(warn: Any) -> Samples:
+                return controller_scrape(target, warn)
+        else:
+            sockets = lab_metrics_sockets(lab_dir())
+
+            def scrape(warn: Any) -> Samples:
+                return scrape_all(sockets, warn)
+        t0 = time.monotonic()
+        before = scrape(warn)
+        time.sleep(args.window)
+        after = scrape(lambda _m: None)
+    except (RuntimeError, cluster.TargetError) as e:
+        print(f"error: {e}", file=err)
+        return 1
     window = time.monotonic() - t0
     rows = table(diff(before, after), window, args.by, "" if args.all_namespaces else args.namespace)
     if args.workload:

@@ -27,9 +27,7 @@ def collect(resp: Any | None, error: str = "") -> dict[str, Any]:
             continue
         key = f"{p.node.kind}/{p.node.waypoint + '@' if p.node.waypoint else ''}{p.node.name}"
         if not p.proxy_version:
-            why = ("the node agent does not report its version yet" if p.node.kind == "agent"
-                   else "no status report yet")
-            proxies[key] = {"version": "", "compatibility": "unknown", "why": why}
+            proxies[key] = {"version": "", "compatibility": "unknown", "why": "no status report yet"}
             continue
         verdict, why = compatibility(resp.controller_version, p.proxy_version)
         proxies[key] = {"version": p.proxy_version, "compatibility": verdict, "why": f"vs the controller: {why}"}

@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,8 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         self.debounce = debounce
         self._authorize = authorize
         self.authenticator = authenticator
+        # Awaited with the call's context before Status answers; raises (aborts) to refuse.
+        self.status_guard: Callable[[Any], Awaitable[Any]] | None = None
         self.metrics = ConfigMetrics(registry)
         self._keep_disconnected = keep_disconnected
         self._gone: collections.deque[Subscription] = collections.deque(maxlen=max_disconnected)
@@ -315,6 +317,10 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         return [s.status(lambda t, s=s: snap.view(s.node, t)) for s in subs]
 
     async def Status(self, request, context):  # noqa: N802 - gRPC method name
+        # It lists every subscriber and (in the controller) every rejected object: the debug API
+        # guards it with its reader credential (controller/debug/service.py sets `status_guard`).
+        if self.status_guard is not None:
+            await self.status_guard(context)
         return status_response(self.version, self.status())
 
     def subscriber_config(self, key: str) -> dict[str, Any] | None:

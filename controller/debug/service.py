@@ -3,12 +3,15 @@
 - Report: a proxy's periodic state. It presents the node credential of the config stream, and is
   scoped the same way (controller/configserver/auth.py): a ztunnel reports as its own node only,
   a waypoint as a waypoint pod on its node (or as its own service account) only.
-- ProxyStatus / ProxyConfig: for readers (`authorization: Bearer <token>`, checked by a ReaderAuth:
+- Feed: a proxy's feed (the same node credential and scoping as Report): tap filters and metrics
+  scrapes down, matching flows and metrics up (controller/debug/feeds.py).
+- ProxyStatus / ProxyConfig / Tap / Metrics: for readers (`authorization: Bearer <token>`, checked by a ReaderAuth:
   the lab's admin token, or TokenReview plus an allow-list in a cluster).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -17,41 +20,56 @@ import grpc
 
 from ambit.api import debug_pb2, debug_pb2_grpc
 from ambit.configclient.node import NodeInfo
+from ambit.dataplane.tap import HEARTBEAT
+from ambit.tapfilter import from_proto, to_proto
 from ambit.version import VERSION
 from controller.configserver.auth import StreamRefused, metadata_of
 from controller.configserver.server import ConfigServer
+from controller.debug.feeds import FeedHub, control
 from controller.debug.proxystatus import proxy_status
 from controller.debug.readers import Forbidden, ReaderAuth, Unauthenticated
 from controller.debug.reports import ReportStore
 
 log = logging.getLogger("ambit.controller.debug")
 MAX_REPORT = 256 * 1024
+FILTER_WAIT = 5.0            # seconds a new tap waits for every proxy to apply its filter
+MAX_UPLOAD_EVENTS = 1000      # flows per feed upload; more are counted as dropped
 
 
 class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
     def __init__(self, config: ConfigServer, readers: ReaderAuth | None, reports: ReportStore | None = None,
-                 report_interval: float = 10.0) -> None:
+                 report_interval: float = 10.0, feeds: FeedHub | None = None) -> None:
         self.config = config
+        self.feeds = feeds or FeedHub()
         self.readers = readers
         self.reports = reports or ReportStore(ttl=max(60.0, 6 * report_interval))
         self.report_interval = report_interval
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         debug_pb2_grpc.add_DebugServiceServicer_to_server(self, server)
+        # The config service's older Status RPC (`ambit status`) shows every subscriber and every
+        # rejected object: it takes the same reader credential as the debug API.
+        self.config.status_guard = self._reader
 
     # -- proxies ---------------------------------------------------------------------------------
-    async def Report(self, request, context):  # noqa: N802 - gRPC method name
+    async def _proxy(self, msg: Any, context: Any, what: str, label: str) -> NodeInfo:
+        """The proxy a report or feed speaks for: its node, checked against its node credential
+        (scoped as the config stream is), or the call aborted."""
         try:
-            node = NodeInfo.from_proto(request.node).validate()
+            node = NodeInfo.from_proto(msg).validate()
         except ValueError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"ProxyReport.{e}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what}.{e}")
         auth = self.config.authenticator
         if auth is not None:
             try:
                 node = auth.authorize(await auth.authenticate(metadata_of(context)), node)
             except StreamRefused as e:
-                log.warning("status report refused from %s: %s", context.peer(), e)
-                await context.abort(e.code, str(e).replace("config stream", "status report"))
+                log.warning("%s refused from %s: %s", label, context.peer(), e)
+                await context.abort(e.code, str(e).replace("config stream", label))
+        return node
+
+    async def Report(self, request, context):  # noqa: N802 - gRPC method name
+        node = await self._proxy(request.node, context, "ProxyReport", "status report")
         if len(request.state_json) > MAX_REPORT:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"ProxyReport.state_json: {len(request.state_json)} bytes, over {MAX_REPORT}")
@@ -123,3 +141,89 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
                "report": None if report is None else {"version": report.version, "age": self.reports.age(report),
                                                       **report.state}}
         return debug_pb2.JsonDocument(json=json.dumps(doc, sort_keys=True, default=str).encode())
+
+    # -- feeds (ambit tap, stat, top in a cluster) --------------------------------------------------
+    async def Feed(self, request_iterator, context):  # noqa: N802
+        uploads = request_iterator.__aiter__()
+        try:
+            first = await uploads.__anext__()
+        except StopAsyncIteration:
+            return
+        node = await self._proxy(first.node, context, "FeedUpload", "feed")
+        feed = self.feeds.open_feed(node.key)
+        log.info("feed open: %s", node.key)
+
+        async def receive() -> None:
+            async for m in uploads:
+                await self._upload(feed, m)
+        reading = asyncio.ensure_future(receive())
+        try:
+            while not reading.done():
+                changed = asyncio.ensure_future(feed.changed.wait())
+                await asyncio.wait({reading, changed}, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                if feed.changed.is_set():
+                    c = control(self.feeds, feed)
+                    yield debug_pb2.FeedControl(filters=[to_proto(f) for f in c["filters"]], scrape=c["scrape"],
+                                                generation=c["generation"])
+        finally:
+            reading.cancel()
+            if reading.done() and not reading.cancelled() and reading.exception() is not None:
+                log.info("feed %s: %s", node.key, reading.exception())
+            self.feeds.close_feed(feed)
+            log.info("feed closed: %s", node.key)
+
+    async def _upload(self, feed: Any, m: Any) -> None:
+        if m.generation:
+            await self.feeds.applied(feed, m.generation)
+        events = []
+        for raw in m.events_json[:MAX_UPLOAD_EVENTS]:
+            try:
+                ev = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(ev, dict):
+                events.append(ev)
+        self.feeds.deliver(feed, events, m.dropped + max(0, len(m.events_json) - MAX_UPLOAD_EVENTS))
+        if m.scrape:
+            self.feeds.answer(feed, m.scrape, m.metrics)
+
+    async def Tap(self, request, context):  # noqa: N802
+        await self._reader(context)
+        try:
+            flt = from_proto(request.filter)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        reader = self.feeds.add_reader(flt)
+        if reader is None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self.feeds.max_readers} taps already open on the controller")
+        assert reader is not None
+        try:
+            late = await self.feeds.wait_applied(self.feeds.generation, FILTER_WAIT)
+            feeds = sorted(f.key for f in self.feeds.feeds.values())
+            yield _event({"type": "status", "source": "controller", "dropped": 0, "feeds": feeds})
+            if late:
+                yield _event({"type": "error", "error": f"not yet tapping (no answer in {FILTER_WAIT:.0f}s): "
+                                                        f"{', '.join(late)}"})
+            reported = 0
+            while True:
+                await reader.sub.wait(HEARTBEAT)
+                batch = reader.sub.drain()
+                for ev in batch:
+                    yield _event(ev)
+                if reader.sub.dropped != reported or not batch:
+                    reported = reader.sub.dropped
+                    yield _event({"type": "status", "source": "controller", "dropped": reported})
+        finally:
+            self.feeds.remove_reader(reader)
+
+    async def Metrics(self, request, context):  # noqa: N802
+        await self._reader(context)
+        timeout = request.timeout if 0 < request.timeout <= 30 else 3.0
+        got, missing = await self.feeds.scrape(timeout)
+        return debug_pb2.MetricsResponse(metrics=got, missing=missing)
+
+
+def _event(ev: dict[str, Any]) -> Any:
+    return debug_pb2.TapEvent(json=json.dumps(ev, separators=(",", ":"), default=str).encode())

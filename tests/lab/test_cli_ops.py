@@ -112,6 +112,32 @@ def test_tap_streams_l4_and_l7_flows_with_verdicts_and_filters(lab: Lab) -> None
     assert c["bytes_sent"] > 0 and c["verdict"] == "allowed"
 
 
+def test_tap_and_stat_through_the_controller(lab: Lab) -> None:
+    """The cluster path in the lab: the CLI reads only the controller's debug API; the ztunnels and the
+    waypoint send flows and metrics over the feeds they keep open to it."""
+    from ambitctl.lab.components import controller_socket
+    ctl = f"unix:{controller_socket(lab.dir)}"
+    denied = start_cli(lab, "tap", "--controller", ctl, "-o", "json", "--status", "4xx", "--to", "svc/myapp",
+                       "--max-events", "1", "--duration", "30")
+    assert denied.stderr is not None
+    line = denied.stderr.readline()
+    assert line.startswith("tapping 3 components through the controller"), line
+    assert "waypoint/default/waypoint@" in line and "ztunnel/node1" in line
+    assert http(lab, "/ok") == 200 and http(lab, "/admin") == 403
+    out, err = denied.communicate(timeout=30)
+    assert denied.returncode == 0, err
+    [ev] = [json.loads(x) for x in out.splitlines()]
+    assert (ev["path"], ev["status"], ev["verdict"], ev["source"]) == ("/admin", 403, "denied",
+                                                                       "waypoint/default/waypoint")
+    stat = start_cli(lab, "stat", "--controller", ctl, "-o", "json", "--window", "3", "-n", "default")
+    p = lab.exec("default/frontend", "sh", "-c",      # traffic before, during and after the window
+                 "for i in $(seq 60); do curl -s -o /dev/null -m 3 http://myapp/ok; sleep 0.1; done", timeout=90)
+    assert p.returncode == 0, p.stderr
+    s = run_json(stat)
+    [row] = [r for r in s["rows"] if r["destination_workload"] == "myapp-v1"]
+    assert row["requests"] > 0 and row["success_rate"] == 1.0 and row["p50_ms"] is not None
+
+
 def subscribers(sock: Path) -> int:
     """How many taps the component has, counting a probe tap opened here (its first status line)."""
     import socket

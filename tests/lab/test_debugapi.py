@@ -116,4 +116,6 @@ def test_version_client_controller_and_proxies_agree(dlab: Lab) -> None:
     assert doc["server"]["controller"]["compatibility"] == "compatible"
     verdicts = {k: p["compatibility"] for k, p in doc["server"]["proxies"].items()}
     assert {k for k in verdicts if k.startswith("ztunnel/")} == {"ztunnel/node1", "ztunnel/node2"}
-    assert all(v == "compatible" for k, v in verdicts.items() if not k.startswith("agent/")), verdicts
+    # the node agents report their version too
+    assert {k for k in verdicts if k.startswith("agent/")} == {"agent/node1", "agent/node2"}
+    assert all(v == "compatible" for v in verdicts.values()), verdicts

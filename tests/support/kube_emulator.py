@@ -17,6 +17,8 @@ unmodified:
   collector's background cascade: deleting an object deletes every object whose
   `metadata.ownerReferences` names its uid (transitively), as kube-controller-manager does.
 
+- `GET /api/v1/namespaces/NS/pods/NAME/log` (`container`, `tailLines`, `limitBytes`), answering
+  what a test set with `set_log()`, as the API server proxies the kubelet's container logs;
 - `POST /apis/authentication.k8s.io/v1/tokenreviews`, answered from the tokens a test registers
   with `add_token()` as the API server answers for projected service-account tokens: an unknown
   token or one for another audience gets `authenticated: false` with an error; a known one gets the
@@ -30,7 +32,7 @@ For kubectl (tests/unit/vagrant/test_kube_driver.py drives the e2e KubeDriver th
   (tests/unit/kube checks that clients filter again what comes back);
 - `PATCH` of objects with a JSON merge patch; a strategic merge patch is applied as a merge patch
   (the same for maps such as labels; lists are replaced whole rather than merged by key);
-- `GET .../pods/NAME/log?container=C`, answered from what a test wrote with `write_log()`.
+- pod logs as above; `write_log()` appends to what `set_log()` sets.
 `exec`/`attach`/`port-forward` (SPDY or WebSocket streams) are not emulated.
 
 Knobs for tests: `compact()`, `drop_watches()` (closes every open watch mid-stream, like a broken
@@ -450,6 +452,42 @@ class KubeEmulator:
                                                    "system:authenticated"], "extra": extra},
                                "audiences": list(audiences)}
 
+    def set_log(self, namespace: str, pod: str, text: str, container: str = "") -> None:
+        """What `GET .../pods/<pod>/log` answers for that container ("" : the pod's only/first one)."""
+        self._logs[(namespace, pod, container)] = text
+
+    def _pod_log(self, h: BaseHTTPRequestHandler, ns: str, name: str, query: dict[str, str]) -> None:
+        """The kubelet's log of one container, as the API server proxies it: text/plain, honouring
+        `container`, `tailLines` and `limitBytes`; 404 for a missing pod, 400 for a container that is
+        not the pod's or none named in a pod of several, as the real server answers."""
+        with self._lock:
+            pod = self._objects.get(("", "pods"), {}).get((ns, name))
+        if pod is None:
+            self._send_json(h, 404, _status(404, "NotFound", f'pods "{name}" not found'))
+            return
+        names = [c.get("name", "") for c in (pod.get("spec") or {}).get("containers") or []]
+        container = query.get("container", "")
+        if container and container not in names:
+            self._send_json(h, 400, _status(400, "BadRequest",
+                                            f"container {container} is not valid for pod {name}"))
+            return
+        if not container and len(names) > 1:
+            self._send_json(h, 400, _status(400, "BadRequest", f"a container name must be specified for pod {name}, "
+                                                               f"choose one of: [{' '.join(names)}]"))
+            return
+        text = self._logs.get((ns, name, container), self._logs.get((ns, name, ""), ""))
+        if "tailLines" in query:
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[-int(query["tailLines"]):]) if int(query["tailLines"]) > 0 else ""
+        data = text.encode()
+        if "limitBytes" in query:
+            data = data[:int(query["limitBytes"])]
+        h.send_response(200)
+        h.send_header("Content-Type", "text/plain")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
     def add_user_token(self, token: str, username: str, groups: Iterable[str] = ("system:authenticated",)) -> None:
         """Register a user's bearer token (a kubeconfig user's) for TokenReview, for the API server's
         default audience (a review naming no audiences accepts it)."""
@@ -501,14 +539,16 @@ class KubeEmulator:
             length = int(h.headers.get("Content-Length") or 0)
             self._token_review(h, json.loads(h.rfile.read(length) or b"{}"))
             return
+        parts = [p for p in url.path.split("/") if p]
+        if method == "GET" and len(parts) == 7 and parts[:3] == ["api", "v1", "namespaces"] \
+                and parts[4] == "pods" and parts[6] == "log":
+            self._pod_log(h, parts[3], parts[5], query)
+            return
         if t is None and method == "GET" and (doc := self._discovery(url.path)) is not None:
             self._send_json(h, 200, doc)
             return
         if t is None:
             self._send_json(h, 404, _status(404, "NotFound", "the server could not find the requested resource"))
-            return
-        if method == "GET" and name is not None and t.plural == "pods" and url.path.rstrip("/").endswith("/log"):
-            self._send_log(h, ns or "default", name, query.get("container", ""))
             return
         if method == "GET" and name is None:
             try:
@@ -600,20 +640,6 @@ class KubeEmulator:
                  terms: list[tuple[str, str, str, str]] | None = None) -> bool:
         in_ns = ns is None or not t.namespaced or obj["metadata"].get("namespace") == ns
         return in_ns and self._selected(obj, terms or [])
-
-    def _send_log(self, h: BaseHTTPRequestHandler, ns: str, pod: str, container: str) -> None:
-        with self._lock:
-            exists = (ns, pod) in self._objects.get(("", "pods"), {})
-            text = self._logs.get((ns, pod, container), "")
-        if not exists:
-            self._send_json(h, 404, _status(404, "NotFound", f'pods "{pod}" not found'))
-            return
-        data = text.encode()
-        h.send_response(200)
-        h.send_header("Content-Type", "text/plain")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
 
     def _list(self, h: BaseHTTPRequestHandler, t: ResourceType, version: str, ns: str | None,
               query: dict[str, str]) -> None:

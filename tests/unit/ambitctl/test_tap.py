@@ -11,7 +11,7 @@ import pytest
 from ambit.dataplane.endpoint import LocalEndpoint, Response
 from ambit.dataplane.tap import TAP_PATH, TapHub, tap_response
 from ambitctl.cli import build_parser
-from ambitctl.commands.tap import Filter, event_matches, line, stream, validate_status
+from ambitctl.commands.tap import Filter, event_matches, line, socket_producers, stream, validate_status
 
 
 def l7(status: int = 200, verdict: str = "allowed", **kw: object) -> dict[str, object]:
@@ -96,7 +96,7 @@ def test_stream_merges_components_filters_and_reports_missing_ones(tmp_path: Pat
         got: list[dict[str, object]] = []
         warns: list[str] = []
 
-        def ready() -> None:    # never: one component is missing
+        def ready(_status: object) -> None:    # never: one component is missing
             raise AssertionError
 
         async def produce() -> None:
@@ -108,7 +108,7 @@ def test_stream_merges_components_filters_and_reports_missing_ones(tmp_path: Pat
             hubs["waypoint/demo/wp"].publish(lambda: l7(502))
 
         prod = asyncio.ensure_future(produce())
-        n = await stream(socks, Filter(namespace="demo", status="5xx"), got.append, warns.append, max_events=2,
+        n = await stream(socket_producers(socks), Filter(namespace="demo", status="5xx"), got.append, warns.append, max_events=2,
                          duration=5.0, on_ready=ready)
         await prod
         assert n == 2

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +20,12 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, Counter
 
 from ambit.configclient import ConfigClient, NodeInfo
 from ambit.configclient.report import StatusReporter
+from ambit.dataplane.feed import TapFeed, exposition
+from ambit.dataplane.tap import TapHub
 from ambit.model import Authorization, PeerAuthn, Service, Workload
 from ambit.version import VERSION
 from tests.support.kube_emulator import KubeEmulator
@@ -75,7 +79,8 @@ def kubeconfig(path: Path, server: str) -> Path:
 
 
 class Ztunnel:
-    """A config-stream subscriber and status reporter as ztunnel/node-1, on a loop of its own."""
+    """A config-stream subscriber, status reporter and feed (its real TapHub and an Istio metrics
+    registry) as ztunnel/node-1, on a loop of its own."""
 
     def __init__(self, target: str):
         self.loop = asyncio.new_event_loop()
@@ -83,6 +88,19 @@ class Ztunnel:
         self.target = target
         self.client: ConfigClient | None = None
         self.reporter: StatusReporter | None = None
+        self.hub = TapHub("ztunnel/node-1")
+        self.registry = CollectorRegistry()
+        self.opened = Counter("istio_tcp_connections_opened", "TCP connections opened",
+                              ["reporter", "destination_workload", "destination_workload_namespace",
+                               "source_workload", "source_workload_namespace"], registry=self.registry)
+        self.feed: TapFeed | None = None
+
+    def publish(self, *events: dict[str, Any]) -> None:
+        """Finish these flows on the ztunnel's data path (its loop), as the proxy does."""
+        async def _publish() -> None:
+            for ev in events:
+                self.hub.publish(lambda ev=ev: dict(ev))
+        asyncio.run_coroutine_threadsafe(_publish(), self.loop).result(5)
 
     def start(self) -> None:
         self.thread.start()
@@ -97,9 +115,13 @@ class Ztunnel:
         self.reporter = StatusReporter(self.target, node, lambda: {"node": "node-1", "certs": certs,
                                                                    "connections": {"inbound": 3}}, interval=0.3)
         await self.reporter.start()
+        self.feed = TapFeed(self.target, node, self.hub, exposition(self.registry), backoff=(0.2, 1.0))
+        await self.feed.start()
 
     def stop(self) -> None:
         async def _stop() -> None:
+            if self.feed:
+                await self.feed.stop()
             if self.reporter:
                 await self.reporter.stop()
             if self.client:
@@ -130,7 +152,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         zt.start()
         assert zt.client is not None and zt.reporter is not None
         wait_for(lambda: zt.client.connected and zt.reporter.sent >= 1, timeout=10, what="ztunnel synced + reported")
-        yield {"emu": emu, "address": address, "kubeconfig": kubeconfig(tmp / "kubeconfig", emu.url),
+        wait_for(lambda: zt.feed is not None and zt.feed.connected, timeout=10, what="ztunnel feed open")
+        yield {"emu": emu, "zt": zt, "address": address, "kubeconfig": kubeconfig(tmp / "kubeconfig", emu.url),
                "labdir": tmp / "nolab", "log": tmp / "controller.log"}
     finally:
         zt.stop()
@@ -248,3 +271,108 @@ def test_status_and_ztunnel_config_in_a_cluster(mesh: dict[str, Any]) -> None:
     assert IDENTITY in certs.stdout and "VALID" in certs.stdout
     other = ambit(mesh, "ztunnel-config", "all", "--node", "node-7", "--controller", mesh["address"])
     assert other.returncode == 1 and "node-7" in other.stderr and "node-1" in other.stderr
+
+
+def flow(ns: str, status: int) -> dict[str, Any]:
+    return {"type": "flow", "layer": "L7", "time": "2026-12-03T04:00:00.000000Z", "method": "GET", "path": "/",
+            "status": status, "verdict": "allowed", "src": {"workload": "client", "namespace": ns},
+            "dst": {"workload": "echo-v1", "pod": "echo-v1", "namespace": ns}}
+
+
+def test_tap_in_a_cluster_goes_through_the_controller_filtered_at_the_proxy(mesh: dict[str, Any]) -> None:
+    zt: Ztunnel = mesh["zt"]
+    env = {**os.environ, "AMBIT_LAB_DIR": str(mesh["labdir"]), "NO_COLOR": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ambitctl.cli", "tap", "-n", "demo", "--status", "5xx", "-o", "json",
+                             "--max-events", "1", "--duration", "30", "--kubeconfig", str(mesh["kubeconfig"]),
+                             "--controller", mesh["address"]], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        # The reader's filter reaches the proxy over its feed: only then does it subscribe to its tap.
+        wait_for(lambda: zt.hub.active or proc.poll() is not None, timeout=20, what="the proxy tapping for the reader")
+        assert proc.poll() is None, proc.communicate()
+        assert zt.feed is not None
+        zt.publish(flow("other", 503), flow("demo", 200), flow("demo", 503))
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    [ev] = [json.loads(ln) for ln in out.splitlines()]
+    assert (ev["dst"]["namespace"], ev["status"], ev["source"]) == ("demo", 503, "ztunnel/node-1")
+    assert "through the controller: ztunnel/node-1" in err
+    assert zt.feed.uploaded == 1, "the proxy sent flows the reader's filter excludes"
+    wait_for(lambda: not zt.hub.active, timeout=10, what="the proxy to stop tapping once the reader left")
+
+
+def test_stat_and_top_in_a_cluster_read_the_proxies_metrics_through_the_controller(mesh: dict[str, Any]) -> None:
+    zt: Ztunnel = mesh["zt"]
+    edge = zt.opened.labels("destination", "echo-v1", "demo", "client", "demo")
+    stop = threading.Event()
+
+    def traffic() -> None:           # connections keep arriving during the window
+        while not stop.wait(0.05):
+            edge.inc()
+    t = threading.Thread(target=traffic, daemon=True)
+    t.start()
+    try:
+        stat = ambit(mesh, "stat", "-n", "demo", "--window", "1", "-o", "json", "--controller", mesh["address"])
+        top = ambit(mesh, "top", "--window", "1", "--controller", mesh["address"])
+    finally:
+        stop.set()
+        t.join(5)
+    assert stat.returncode == 0, stat.stderr
+    [row] = json.loads(stat.stdout)["rows"]
+    assert (row["destination_workload_namespace"], row["destination_workload"]) == ("demo", "echo-v1")
+    assert row["tcp_connections_per_s"] > 0
+    assert top.returncode == 0, top.stderr
+    [_head, line] = top.stdout.splitlines()
+    assert line.split()[:4] == ["demo", "client", "demo", "echo-v1"]
+
+
+def test_status_and_tap_require_the_debug_api_reader_credential(mesh: dict[str, Any]) -> None:
+    dev = ambit(mesh, "status", "--controller", mesh["address"], context="dev")
+    assert dev.returncode == 1 and "PERMISSION_DENIED" in dev.stderr and "'dev'" in dev.stderr
+    bogus = ambit(mesh, "status", "--controller", mesh["address"], "--token", "not-a-token")
+    assert bogus.returncode == 1 and "UNAUTHENTICATED" in bogus.stderr
+    tap = ambit(mesh, "tap", "--controller", mesh["address"], "--duration", "5", context="dev")
+    assert tap.returncode == 1 and "PERMISSION_DENIED" in tap.stderr
+    assert not mesh["zt"].hub.active
+
+
+def test_bug_report_in_a_cluster_uses_the_apis_only(mesh: dict[str, Any], tmp_path: Path) -> None:
+    emu: KubeEmulator = mesh["emu"]
+    emu.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ambit-controller-7f9", "namespace": "ambit-system"},
+                "spec": {"nodeName": "node-1", "containers": [{"name": "controller"}, {"name": "sidecar-free"}]},
+                "status": {"phase": "Running"}})
+    emu.create({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "waypoint-5c4", "namespace": "shop",
+                             "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}},
+                "spec": {"nodeName": "node-1", "containers": [{"name": "waypoint"}]}, "status": {"phase": "Running"}})
+    emu.set_log("ambit-system", "ambit-controller-7f9", "old line\n" * 100 + "snapshot v7 pushed\nauthorization: Bearer "
+                "sekret-value-123456\n", container="controller")
+    emu.set_log("shop", "waypoint-5c4", "waypoint ready\n")
+    emu.create({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "to-nowhere",
+                "namespace": "shop"}, "spec": {"hosts": ["cart"], "http": [{"route": [{"destination": {"host": "cart"}}]}]}})
+    out = tmp_path / "report.tar.gz"
+    r = ambit(mesh, "bug-report", "-o", str(out), "--log-tail", "200", "--controller", mesh["address"])
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(out) as tar:
+        files = {m.name.split("/", 1)[1]: tar.extractfile(m).read().decode() for m in tar.getmembers()}  # type: ignore[union-attr]
+    versions = json.loads(files["versions.json"])
+    assert versions["server"]["proxies"]["ztunnel/node-1"]["version"] == VERSION
+    [z] = json.loads(files["status/proxy-status.json"])["proxies"]
+    assert z["name"] == "node-1" and z["state"] == "SYNCED"
+    assert "echo-v1" in files["config/ztunnel_node-1.json"]
+    [sub] = json.loads(files["status/controller-status.json"])["subscribers"]
+    assert sub["node"]["name"] == "node-1" and sub["connected"]
+    assert any(o["metadata"]["name"] == "echo-v1" for o in json.loads(files["config/objects.json"]))
+    log = files["logs/ambit-system/ambit-controller-7f9/controller.log"]
+    assert log.rstrip().endswith("<redacted>") and "snapshot v7 pushed" in log and "sekret" not in log
+    assert "left out" in log                                      # --log-tail 200 of a longer log
+    assert files["logs/shop/waypoint-5c4/waypoint.log"] == "waypoint ready\n"
+    assert "logs/ambit-system/ambit-controller-7f9/sidecar-free.log" in files    # every container
+    assert not any(n.startswith("logs/demo/") for n in files)                  # app pods' logs stay out
+    findings = json.loads(files["analyze.json"].split("\n", 1)[1])       # after the "$ ambit analyze" line
+    assert any(f["code"] == "AMB0101" and f["ref"] == "VirtualService/shop/to-nowhere" for f in findings)
+    assert files["ERRORS"] == ""

@@ -1,0 +1,85 @@
+"""The controller's side of the proxies' feeds (controller/debug/feeds.py) and the proxy's
+(ambit/dataplane/feed.py), without the network: which filters the proxies are told, which reader
+gets which flow, a slow reader dropping (and counting) instead of slowing anyone, and scrapes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ambit.api import debug_pb2
+from ambit.configclient.node import NodeInfo
+from ambit.dataplane.feed import TapFeed, istio_families
+from ambit.dataplane.tap import TapHub
+from ambit.tapfilter import Filter, to_proto
+from controller.debug.feeds import FeedHub, control
+
+
+def flow(ns: str, status: int) -> dict[str, object]:
+    return {"type": "flow", "layer": "L7", "status": status, "src": {"namespace": ns, "workload": "c"},
+            "dst": {"namespace": ns, "workload": "echo"}}
+
+
+def test_readers_get_what_their_filter_matches_and_a_slow_one_drops() -> None:
+    async def main() -> None:
+        hub = FeedHub(queue_size=3)
+        feed = hub.open_feed("ztunnel/n1")
+        assert control(hub, feed) == {"filters": [], "scrape": 0, "generation": 0} and not feed.changed.is_set()
+        demo = hub.add_reader(Filter(namespace="demo"))
+        errors = hub.add_reader(Filter(status="5xx"))
+        assert demo is not None and errors is not None
+        assert feed.changed.is_set()                        # the proxy is told at once
+        c = control(hub, feed)
+        assert c["filters"] == [Filter(namespace="demo"), Filter(status="5xx")] and c["generation"] == 2
+        # A new reader's tap starts once every proxy applies its filter (no flow after "tapping" is lost).
+        assert await hub.wait_applied(2, timeout=0.05) == ["ztunnel/n1"]
+        await hub.applied(feed, 2)
+        assert await hub.wait_applied(2, timeout=5) == []
+        hub.deliver(feed, [flow("demo", 200), flow("other", 503)], dropped=0)
+        assert [e["status"] for e in demo.sub.drain()] == [200]
+        assert [e["dst"]["namespace"] for e in errors.sub.drain()] == ["other"]
+        # Nobody drains `demo`: its queue fills, the rest is dropped and counted, delivery goes on.
+        hub.deliver(feed, [flow("demo", 200) for _ in range(10)], dropped=4)
+        assert demo.sub.dropped == 7 + 1 and len(demo.sub.queue) == 3
+        [status] = [e for e in errors.sub.drain() if e["type"] == "status"]
+        assert status == {"type": "status", "source": "ztunnel/n1", "dropped": 4}
+        hub.remove_reader(demo)
+        hub.remove_reader(errors)
+        assert control(hub, feed)["filters"] == []          # the proxies stop tapping
+    asyncio.run(main())
+
+
+def test_scrape_collects_each_feed_and_names_the_silent_ones() -> None:
+    async def main() -> None:
+        hub = FeedHub()
+        a, b = hub.open_feed("ztunnel/n1"), hub.open_feed("ztunnel/n2")
+        task = asyncio.ensure_future(hub.scrape(timeout=0.5))
+        await asyncio.sleep(0)
+        sid = control(hub, a)["scrape"]
+        assert sid and control(hub, b)["scrape"] == sid
+        hub.answer(a, sid, "istio_x 1\n")
+        got, missing = await task
+        assert got == {"ztunnel/n1": "istio_x 1\n"} and missing == ["ztunnel/n2"]
+        hub.answer(b, sid, "late")                          # after the scrape: ignored
+    asyncio.run(main())
+
+
+def test_proxy_feed_subscribes_only_while_tapped_and_uploads_only_matches() -> None:
+    async def main() -> None:
+        tap = TapHub("ztunnel/n1", queue_size=2)
+        feed = TapFeed("unused:0", NodeInfo("ztunnel", "n1"), tap, lambda: "istio_a 1\nambit_b 2\n")
+        assert feed.next_upload() is None and not tap.active
+        feed.control(debug_pb2.FeedControl(filters=[to_proto(Filter(namespace="demo"))], scrape=7, generation=3))
+        assert tap.active
+        for ev in (flow("demo", 200), flow("other", 200), flow("demo", 500), flow("demo", 404)):
+            tap.publish(lambda ev=ev: dict(ev))
+        up = feed.next_upload()
+        assert up is not None and up.scrape == 7 and up.metrics == "istio_a 1\n" and up.generation == 3
+        assert len(up.events_json) == 1 and up.dropped == 2      # queue of 2: two flows dropped, one filtered out
+        feed.control(debug_pb2.FeedControl())
+        assert not tap.active and feed.next_upload() is None
+    asyncio.run(main())
+
+
+def test_istio_families_keeps_help_type_and_samples() -> None:
+    text = "# HELP istio_x x\n# TYPE istio_x counter\nistio_x{a=\"1\"} 2\n# HELP process_y y\nprocess_y 1\n"
+    assert istio_families(text) == "# HELP istio_x x\n# TYPE istio_x counter\nistio_x{a=\"1\"} 2\n"
