@@ -336,7 +336,7 @@ def install_cni(args: Any) -> None:
         entry["labStore"] = str(args.cni_lab_store)
     else:
         entry["kubernetes"] = install.kube_credentials(args.cni_conf_dir)
-    conf = install.install(args.cni_conf_dir, args.cni_bin_dir, entry)
+    conf = install.install(args.cni_conf_dir, args.cni_bin_dir, entry, args.cni_python)
     log.info("CNI plugin chained into %s, copied to %s", conf, args.cni_bin_dir)
 
 

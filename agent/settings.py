@@ -46,6 +46,8 @@ class AgentSettings:
         help="with --cni-socket: the node's CNI configuration directory; the plugin is chained into its first "
              "network configuration on start and removed on uninstall")
     cni_bin_dir: Path | None = option(help="with --cni-conf-dir: where the plugin file is copied")
+    cni_python: str = option("/usr/bin/python3", "with --cni-conf-dir: the host's Python 3 (path on the host) "
+                                                 "that runs the plugin file")
     cni_lab_store: Path | None = option(
         help="lab only: the plugin looks pods up in this lab store instead of the Kubernetes API server")
     kube_api: str | None = option(help="API server URL for --cleanup-on-delete (plain HTTP: tests, kubectl "

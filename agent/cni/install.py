@@ -4,7 +4,7 @@ The runtime uses the first network configuration file of its directory (lexical 
 plugin goes at the end of that file's `plugins` list: it then runs after the network plugin that
 created the pod's interface and sees its result as `prevResult`. The plugin itself is copied into
 the CNI bin directory as one self-contained file: a zip of the modules it needs (standard library
-only) with a `python3` shebang, which the host's Python runs.
+only) whose shebang names the host's Python (`--cni-python`, /usr/bin/python3 by default).
 
 `chain` / `unchain` are pure; `install` / `uninstall` write files atomically (write, then rename),
 so the runtime never reads half a configuration.
@@ -27,7 +27,9 @@ PLUGIN_MODULES = ("agent/__init__.py", "agent/cni/__init__.py", "agent/cni/spec.
                   "agent/cni/podlookup.py", "agent/cni/plugin.py", "ambit/__init__.py", "ambit/enrolment.py",
                   "ambit/probes.py")
 CREDENTIALS_DIR = "ambit-cni.d"      # the plugin's copy of the agent's token and CA, in conf_dir
-SHEBANG = b"#!/usr/bin/env python3\n"
+# The host's Python, isolated (-I: no PYTHON* variables, no user site) and without site-packages (-S):
+# the plugin needs the standard library only, and starts in tens of milliseconds.
+DEFAULT_PYTHON = "/usr/bin/python3"
 
 Obj = dict[str, Any]
 
@@ -70,7 +72,7 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def plugin_bytes(source_root: Path | None = None) -> bytes:
+def plugin_bytes(python: str = DEFAULT_PYTHON, source_root: Path | None = None) -> bytes:
     """The plugin as one executable file (shebang + zip with a __main__)."""
     root = source_root or Path(__file__).resolve().parents[2]
     buf = io.BytesIO()
@@ -78,16 +80,16 @@ def plugin_bytes(source_root: Path | None = None) -> bytes:
         for rel in PLUGIN_MODULES:
             z.write(root / rel, rel)
         z.writestr("__main__.py", "from agent.cni.plugin import main\nmain()\n")
-    return SHEBANG + buf.getvalue()
+    return f"#!{python} -IS\n".encode() + buf.getvalue()
 
 
-def install(conf_dir: Path, bin_dir: Path, entry: Obj) -> Path:
+def install(conf_dir: Path, bin_dir: Path, entry: Obj, python: str = DEFAULT_PYTHON) -> Path:
     """Copy the plugin into `bin_dir` and chain it into the primary conflist of `conf_dir`."""
     conf = primary(conf_dir)
     if conf is None:
         raise InstallError(f"no CNI network configuration in {conf_dir} yet (the node's network plugin writes it)")
     bin_dir.mkdir(parents=True, exist_ok=True)
-    _write(bin_dir / PLUGIN_TYPE, plugin_bytes(), 0o755)
+    _write(bin_dir / PLUGIN_TYPE, plugin_bytes(python), 0o755)
     try:
         doc = json.loads(conf.read_text())
     except (OSError, ValueError) as e:

@@ -13,15 +13,16 @@ plugin's configuration, both standard library only:
 from __future__ import annotations
 
 import json
-import ssl
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import ssl
 
 Obj = dict[str, Any]
+# urllib and ssl are imported only when the API server is asked: the plugin runs once per sandbox and
+# its start-up is on the pod's start path.
 
 
 class LookupError_(Exception):  # noqa: N801 - not the builtin LookupError
@@ -51,6 +52,8 @@ def from_lab_store(path: str, namespace: str, name: str) -> PodFacts:
 
 
 def _get(server: str, path: str, token: str, ctx: ssl.SSLContext | None, timeout: float) -> Obj | None:
+    import urllib.error
+    import urllib.request
     req = urllib.request.Request(server.rstrip("/") + path, headers={"Accept": "application/json"})
     if token:
         req.add_header("Authorization", f"Bearer {token}")
@@ -71,6 +74,8 @@ def from_kubernetes(cfg: Obj, namespace: str, name: str, timeout: float = 5.0) -
     if not server:
         raise LookupError_("kubernetes.server is not set in the plugin configuration")
     token = Path(cfg["tokenFile"]).read_text().strip() if cfg.get("tokenFile") else ""
+    import ssl
+    import urllib.parse
     ctx = None
     if server.startswith("https:"):
         ctx = ssl.create_default_context(cafile=cfg.get("caFile") or None)

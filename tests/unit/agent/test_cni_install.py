@@ -40,7 +40,7 @@ def test_install_and_uninstall_on_disk(tmp_path: Path) -> None:
     assert chained["plugins"][-1] == {**ENTRY, "type": "ambit-cni"}
     assert json.loads((conf_dir / "99-other.conflist").read_text())["name"] == "other"   # not the runtime's
     plugin = bin_dir / "ambit-cni"
-    assert plugin.stat().st_mode & 0o111 and plugin.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    assert plugin.stat().st_mode & 0o111 and plugin.read_bytes().startswith(b"#!/usr/bin/python3 -IS\n")
     assert install.uninstall(conf_dir, bin_dir) == [conf_dir / "10-flannel.conflist"]
     assert json.loads((conf_dir / "10-flannel.conflist").read_text()) == FLANNEL
     assert not plugin.exists()
