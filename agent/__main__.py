@@ -325,7 +325,7 @@ def preflight() -> None:
             sys.exit(3)
 
 
-def install_cni(args: Any) -> None:
+def install_cni(args: Any, stop: threading.Event) -> None:
     """Chain the plugin into the node's CNI configuration (after the server listens: a sandbox
     created from now on finds the agent)."""
     if args.cni_conf_dir is None:
@@ -336,8 +336,20 @@ def install_cni(args: Any) -> None:
         entry["labStore"] = str(args.cni_lab_store)
     else:
         entry["kubernetes"] = install.kube_credentials(args.cni_conf_dir)
+        threading.Thread(target=_refresh_cni_token, args=(args.cni_conf_dir, stop), daemon=True,
+                         name="cni-token").start()
     conf = install.install(args.cni_conf_dir, args.cni_bin_dir, entry, args.cni_python)
     log.info("CNI plugin chained into %s, copied to %s", conf, args.cni_bin_dir)
+
+
+def _refresh_cni_token(conf_dir: Path, stop: threading.Event, every: float = 60.0) -> None:
+    """Keep the plugin's copy of the (rotated) service-account token current."""
+    from agent.cni import install
+    while not stop.wait(every):
+        try:
+            install.kube_credentials(conf_dir)
+        except (OSError, install.InstallError) as e:
+            log.warning("cannot refresh the CNI plugin's token: %s", e)
 
 
 def uninstall_cni(args: Any) -> None:
@@ -385,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cni_socket is not None:
         from agent.cni.server import CniServer
         CniServer(args.cni_socket, agent).start(stop)
-        install_cni(args)
+        install_cni(args, stop)
     agent.run(stop)
     # A normal stop keeps capture in place (pods stay protected while the agent restarts);
     # `--uninstall` removes it, and so does a stop once the agent's DaemonSet is deleted

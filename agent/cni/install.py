@@ -122,15 +122,18 @@ SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 def kube_credentials(conf_dir: Path, sa_dir: Path = SA_DIR, environ: dict[str, str] | None = None) -> Obj:
     """The API server and a copy of this agent's service-account token and CA, for the plugin, which
-    runs on the host where the agent's secret volume is not mounted. The token is re-copied on every
-    agent start; the agent's ClusterRole lets it read pods and namespaces, which is what the plugin does."""
+    runs on the host where the agent's secret volume is not mounted. The kubelet rotates the token
+    (projected, about an hour): the agent calls this again every minute, and it rewrites what changed.
+    The agent's ClusterRole lets it read pods and namespaces, which is what the plugin does."""
     env = os.environ if environ is None else environ
     host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
     if not host:
         raise InstallError("KUBERNETES_SERVICE_HOST is not set: not in a cluster (the lab passes --cni-lab-store)")
     dest = conf_dir / CREDENTIALS_DIR
     dest.mkdir(mode=0o700, exist_ok=True)
-    _write(dest / "token", (sa_dir / "token").read_bytes(), 0o600)
-    _write(dest / "ca.crt", (sa_dir / "ca.crt").read_bytes(), 0o644)
+    for name, mode in (("token", 0o600), ("ca.crt", 0o644)):
+        data = (sa_dir / name).read_bytes()
+        if not (dest / name).exists() or (dest / name).read_bytes() != data:
+            _write(dest / name, data, mode)
     server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
     return {"server": server, "tokenFile": str(dest / "token"), "caFile": str(dest / "ca.crt")}
