@@ -68,6 +68,11 @@ def _get(server: str, path: str, token: str, ctx: ssl.SSLContext | None, timeout
         raise LookupError_(f"GET {path}: {e}") from None
 
 
+def _named(items: list[Obj] | None, name: str) -> Obj | None:
+    """The item called `name` (the field selector asked for it; checked again here)."""
+    return next((i for i in items or [] if (i.get("metadata") or {}).get("name") == name), None)
+
+
 def from_kubernetes(cfg: Obj, namespace: str, name: str, timeout: float = 5.0) -> PodFacts:
     """`cfg`: {"server": URL, "tokenFile": path, "caFile": path}, as install.py writes it."""
     server = str(cfg.get("server") or "")
@@ -84,8 +89,8 @@ def from_kubernetes(cfg: Obj, namespace: str, name: str, timeout: float = 5.0) -
     pods = _get(server, f"/api/v1/namespaces/{q(namespace)}/pods?fieldSelector=metadata.name%3D{q(name)}",
                 token, ctx, timeout)
     nss = _get(server, f"/api/v1/namespaces?fieldSelector=metadata.name%3D{q(namespace)}", token, ctx, timeout)
-    pod = next(iter((pods or {}).get("items") or []), None)
-    ns = next(iter((nss or {}).get("items") or []), None)
+    pod = _named((pods or {}).get("items"), name)
+    ns = _named((nss or {}).get("items"), namespace)
     return PodFacts(pod, dict(((ns or {}).get("metadata") or {}).get("labels") or {}))
 
 

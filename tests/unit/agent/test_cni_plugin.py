@@ -172,3 +172,28 @@ def test_args_and_addresses_parse_as_the_spec_says() -> None:
     prev = FIXTURE["prevResult"]
     assert spec.sandbox_ips(prev, "eth0") == ["10.0.0.5"]
     assert spec.sandbox_ips(prev, "net1") == []         # on another interface of the sandbox
+
+
+def test_in_a_cluster_the_plugin_decides_from_the_api_server(env, tmp_path: Path) -> None:
+    from tests.support.kube_emulator import KubeEmulator
+    token = tmp_path / "token"
+    token.write_text("node-token\n")
+    with KubeEmulator() as kube:
+        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": "mesh", "labels": {"istio.io/dataplane-mode": "ambient"}}})
+        kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "other", "namespace": "mesh"},
+                     "spec": {"serviceAccountName": "other"}})
+        kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": "db", "namespace": "mesh", "annotations": {"lab.ambit.io/cgroup": "/chosen/by/the/pod"}},
+            "spec": {"serviceAccountName": "db"}})
+        conf = {**config(env), "kubernetes": {"server": kube.url, "tokenFile": str(token)}}
+        del conf["labStore"]
+        code, out = run(env, "ADD", conf)
+        assert code == 0 and out["ips"] == FIXTURE["prevResult"]["ips"]
+        [(cmd, pod)] = env["rec"].calls
+        assert pod["serviceAccount"] == "db"
+        assert pod["cgroup"] == "", "outside the lab a pod's annotations never name its cgroup"
+        code, out = run(env, "ADD", conf, pod=("mesh", "missing"))
+        assert code == 1 and out["code"] == spec.TRY_AGAIN_LATER and "mesh/missing" in out["msg"]
+    code, out = run(env, "ADD", conf)               # the API server is gone: cannot decide, fail
+    assert code == 1 and out["code"] == spec.TRY_AGAIN_LATER and "cannot tell" in out["msg"]
