@@ -34,14 +34,16 @@ def app(dest: str) -> list[str]:
     return ["curl", "-sS", "-o", "/dev/null", "--fail", "-m", "5", f"http://{dest}:8080/first"]
 
 
-def start_pods(lab: Lab, prefix: str, n: int, cni: bool) -> list[str]:
-    """Start `n` pods on node1 that each run APP once; returns the names whose app failed."""
+def start_pods(lab: Lab, prefix: str, n: int, cni: bool, first_host: int) -> list[str]:
+    """Start `n` pods on node1 that each run the app once; returns the names whose app failed.
+    Each pod gets an address of its own (node1's .first_host onwards): this test is about capture
+    at start, not about an address reused seconds after its previous pod left."""
     rt = Runtime.for_lab(lab.dir)
     dest = lab.pod("demo/echo-v2")["ip"]
     net = rt.nodes["node1"]["pod_cidr"].rsplit(".", 1)[0]
 
     def one(i: int) -> str | None:
-        pod = Pod(name=f"{prefix}-{i}", namespace="demo", node="node1", ip=f"{net}.{150 + i % 40}",
+        pod = Pod(name=f"{prefix}-{i}", namespace="demo", node="node1", ip=f"{net}.{first_host + i}",
                   service_account="client", labels={"app": prefix})
         rt.create(pod, cni=cni)
         try:
@@ -66,7 +68,7 @@ def test_the_agent_chained_its_plugin_into_the_node_cni_configuration(lab: Lab) 
 
 
 def test_every_first_connection_of_a_pod_started_through_cni_is_captured(lab: Lab) -> None:
-    failed = start_pods(lab, "cni", STARTS, cni=True)
+    failed = start_pods(lab, "cni", STARTS, cni=True, first_host=100)
     assert failed == []
     want = {f"cni-{i}" for i in range(STARTS)}
     got = lab.wait_for(lambda: captured(lab, "cni") >= want and captured(lab, "cni"), timeout=10,
@@ -77,7 +79,7 @@ def test_every_first_connection_of_a_pod_started_through_cni_is_captured(lab: La
 def test_the_watch_path_alone_lets_first_connections_escape(lab: Lab) -> None:
     # An escaped connection either gets its answer directly, outside the mesh, or breaks when capture
     # lands on the pod mid-connection (its replies are no longer let in): both are misses.
-    broken = start_pods(lab, "watch", WATCH_STARTS, cni=False)
+    broken = start_pods(lab, "watch", WATCH_STARTS, cni=False, first_host=100 + STARTS)
     time.sleep(1.0)                         # ztunnel logs a connection when it closes: let it
     missed = WATCH_STARTS - len(captured(lab, "watch"))
     print(f"watch path alone: {missed} of {WATCH_STARTS} first connections uncaptured ({len(broken)} broken)")
