@@ -5,6 +5,13 @@ For each pod that must be captured, in this order (so capture never points at a 
   2. attach the eBPF programs (or install iptables rules in --capture=iptables) and fill the maps.
 To unenrol, the reverse: detach first (new connections are no longer captured), then tell ztunnel
 to drain. On start the engine adopts the links a previous agent pinned, so a restart has no gap.
+
+Pods reach the agent two ways. The CNI plugin (agent/cni) asks, while the runtime creates a pod's
+sandbox and before any container runs, so even an app's first connection is captured; the pod
+source (watch or config stream) is the reconciler for every pod, including those that existed
+before the agent. A pod enrolled by the plugin is kept until its DEL, or until the source shows it
+(then the source's record takes over); a source that has not caught up within `cni_grace` seconds
+does not keep it forever.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +58,9 @@ class Agent:
         self.revision = ""                      # the source's revision of the view last reconciled
         self.handoff = HandoffRetry()           # captured pods ztunnel could not serve yet: retried
         self.clock = time.monotonic
+        self.lock = threading.RLock()           # the CNI server's requests vs the reconcile loop
+        self.cni: dict[str, tuple[PodRef, float]] = {}  # uid -> (ref, when) enrolled by the plugin
+        self.cni_grace = 60.0
 
     # -- capture ----------------------------------------------------------------------------
     def _capture(self, ref: PodRef) -> Any:
@@ -133,9 +144,10 @@ class Agent:
         # (the agent's rule for Kubernetes objects, the controller's for Workloads).
         pods = view.local_pods(self.node)
         want = enrolment.to_capture(pods)
-        self.refs = want
         self.revision = view.revision
         self.excluded = {p.key: p.reason for p in pods if not p.enrolled and p.reason}
+        want = self._with_cni_pods(want)
+        self.refs = want
         # Retry pods that failed before (their ref may be unchanged).
         current = {uid: r for uid, r in self.applied.items()}
         p = enrolment.plan(current, want)
@@ -154,6 +166,76 @@ class Agent:
             if uid not in self.applied:
                 self.handoff.forget(uid)
         self.write_status()
+
+    def _with_cni_pods(self, want: dict[str, PodRef]) -> dict[str, PodRef]:
+        """`want` plus the plugin's pods the source does not show yet (see the module docstring)."""
+        now = self.clock()
+        for uid, (ref, since) in list(self.cni.items()):
+            if uid in want or ref.key in self.excluded or now - since > self.cni_grace:
+                del self.cni[uid]           # the source knows it now (or has said no, or never will)
+            else:
+                want = {**want, uid: ref}
+        return want
+
+    # -- the CNI plugin's requests (agent/cni/server.py) ------------------------------------------
+    def cni_add(self, pod: dict[str, Any]) -> str | None:
+        """Capture a pod whose sandbox is being created; None once capture is in place, else why not."""
+        ref = PodRef(uid=str(pod.get("uid") or ""), name=str(pod.get("name") or ""),
+                     namespace=str(pod.get("namespace") or ""), ip=str(pod.get("ip") or ""),
+                     service_account=str(pod.get("serviceAccount") or "default"),
+                     netns=str(pod.get("netns") or ""), cgroup=str(pod.get("cgroup") or ""),
+                     annotations=enrolment.capture_annotations(dict(pod.get("annotations") or {})),
+                     labels=tuple(sorted(dict(pod.get("labels") or {}).items())),
+                     probe_ports=tuple(int(p) for p in pod.get("probePorts") or []))
+        if not (ref.uid and ref.name and ref.namespace and ref.ip and ref.netns):
+            return f"{ref.key}: the request lacks uid, name, namespace, ip or netns"
+        if not ref.cgroup:
+            from agent.kube_pods import SandboxFinder
+            cg = SandboxFinder().pod_cgroup(ref.uid)
+            if cg is None:
+                return f"{ref.key}: no cgroup of pod {ref.uid} on this host"
+            ref = replace(ref, cgroup=str(cg))
+        try:
+            if os.stat(ref.netns).st_ino == os.stat("/proc/self/ns/net").st_ino:
+                return f"{ref.key}: {ref.netns} is the node's own network namespace; refusing to capture it"
+        except OSError as e:
+            return f"{ref.key}: {e}"
+        with self.lock:
+            if not self.link.connected():
+                return f"{ref.key}: the agent is not connected to ztunnel yet"
+            self.refs = {**self.refs, ref.uid: ref}
+            self.enrol(ref)
+            why = self.errors.get(ref.uid) or (self.handoff.pending[ref.uid].reason
+                                               if ref.uid in self.handoff.pending else "")
+            if why:
+                self.unenrol(ref.uid)
+                self.refs.pop(ref.uid, None)
+                self.write_status()
+                return why
+            self.cni[ref.uid] = (ref, self.clock())
+            self.write_status()
+        return None
+
+    def cni_del(self, uid: str, key: str) -> None:
+        """The sandbox is going: stop capturing it now rather than when the source notices."""
+        with self.lock:
+            if not uid:
+                uid = next((u for u, r in self.applied.items() if r is not None and r.key == key), "")
+            self.cni.pop(uid, None)
+            if uid in self.applied:
+                self.unenrol(uid)
+                self.refs.pop(uid, None)
+                self.write_status()
+
+    def cni_check(self, uid: str) -> str | None:
+        with self.lock:
+            if uid not in self.applied:
+                return f"pod {uid} is not captured on this node"
+            if uid in self.errors:
+                return self.errors[uid]
+            if uid in self.handoff.pending:
+                return self.handoff.pending[uid].reason
+        return None
 
     def replay(self) -> None:
         """After (re)connecting to ztunnel: make its pod set equal to ours."""
@@ -211,21 +293,26 @@ class Agent:
             last = view or last
             if last is None:
                 continue
-            try:
-                if not self.link.connected():
-                    self.link.connect(time.monotonic() + 30)
-                    self.reconcile(last)
-                    self.replay()
-                elif view is not None:
-                    self.reconcile(view)
-                    self.retry_handoffs()
-                else:
-                    self.link.ping()            # notices a restarted ztunnel within a heartbeat
-                    self.retry_handoffs()
-            except ZtunnelError as e:
-                log.warning("%s; reconnecting", e)
-                self.link.close()
-                stop.wait(0.2)
+            with self.lock:
+                self._step(last, view, stop)
+
+    def _step(self, last: PodView, view: PodView | None, stop: threading.Event) -> None:
+        """One turn of the loop: (re)connect and replay, reconcile a new view, or keep alive."""
+        try:
+            if not self.link.connected():
+                self.link.connect(time.monotonic() + 30)
+                self.reconcile(last)
+                self.replay()
+            elif view is not None:
+                self.reconcile(view)
+                self.retry_handoffs()
+            else:
+                self.link.ping()            # notices a restarted ztunnel within a heartbeat
+                self.retry_handoffs()
+        except ZtunnelError as e:
+            log.warning("%s; reconnecting", e)
+            self.link.close()
+            stop.wait(0.2)
 
 
 def preflight() -> None:
@@ -236,6 +323,41 @@ def preflight() -> None:
             print(f"agent: refusing to start: `ambit check` item {r.name!r} failed: {r.detail}"
                   + (f" (hint: {r.hint})" if r.hint else ""), file=sys.stderr)
             sys.exit(3)
+
+
+def install_cni(args: Any, stop: threading.Event) -> None:
+    """Chain the plugin into the node's CNI configuration (after the server listens: a sandbox
+    created from now on finds the agent)."""
+    if args.cni_conf_dir is None:
+        return
+    from agent.cni import install
+    entry: dict[str, Any] = {"name": "ambit-cni", "agentSocket": str(args.cni_socket), "timeoutSeconds": 30}
+    if args.cni_lab_store is not None:
+        entry["labStore"] = str(args.cni_lab_store)
+    else:
+        entry["kubernetes"] = install.kube_credentials(args.cni_conf_dir)
+        threading.Thread(target=_refresh_cni_token, args=(args.cni_conf_dir, stop), daemon=True,
+                         name="cni-token").start()
+    conf = install.install(args.cni_conf_dir, args.cni_bin_dir, entry, args.cni_python)
+    log.info("CNI plugin chained into %s, copied to %s", conf, args.cni_bin_dir)
+
+
+def _refresh_cni_token(conf_dir: Path, stop: threading.Event, every: float = 60.0) -> None:
+    """Keep the plugin's copy of the (rotated) service-account token current."""
+    from agent.cni import install
+    while not stop.wait(every):
+        try:
+            install.kube_credentials(conf_dir)
+        except (OSError, install.InstallError) as e:
+            log.warning("cannot refresh the CNI plugin's token: %s", e)
+
+
+def uninstall_cni(args: Any) -> None:
+    if args.cni_conf_dir is None:
+        return
+    from agent.cni import install
+    for conf in install.uninstall(args.cni_conf_dir, args.cni_bin_dir):
+        log.info("CNI plugin removed from %s", conf)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -250,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.uninstall:
         engine.load()
         engine.uninstall()
+        uninstall_cni(args)
         log.info("uninstalled: every Ambit program, link and pin of node %s is gone", args.node)
         return
     # From here on a SIGTERM (even one arriving while starting) ends in the stop decision below.
@@ -271,6 +394,10 @@ def main(argv: list[str] | None = None) -> None:
         source = KubePodSource(args.node)
     agent = Agent(args.node, source, engine, ZtunnelLink(args.zds_socket), args.node_ip,
                   args.status_file, args.drain)
+    if args.cni_socket is not None:
+        from agent.cni.server import CniServer
+        CniServer(args.cni_socket, agent).start(stop)
+        install_cni(args, stop)
     agent.run(stop)
     # A normal stop keeps capture in place (pods stay protected while the agent restarts);
     # `--uninstall` removes it, and so does a stop once the agent's DaemonSet is deleted
@@ -281,6 +408,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("stopping: %s", why)
         if clean:
             engine.uninstall()
+            uninstall_cni(args)
             log.info("uninstalled: every Ambit program, link and pin of node %s is gone", args.node)
 
 

@@ -39,6 +39,17 @@ class AgentSettings:
     cleanup_on_delete: str | None = option(
         help="NAMESPACE/NAME of this agent's DaemonSet: on SIGTERM, if it is gone or being deleted, remove every "
              "program, link, pin and pod netns rule (uninstall); else keep capture (a restart or upgrade)")
+    cni_socket: Path | None = option(
+        help="serve the CNI plugin (agent/cni) on this unix socket: pods are captured while their sandbox is "
+             "created, before any container runs")
+    cni_conf_dir: Path | None = option(
+        help="with --cni-socket: the node's CNI configuration directory; the plugin is chained into its first "
+             "network configuration on start and removed on uninstall")
+    cni_bin_dir: Path | None = option(help="with --cni-conf-dir: where the plugin file is copied")
+    cni_python: str = option("/usr/bin/python3", "with --cni-conf-dir: the host's Python 3 (path on the host) "
+                                                 "that runs the plugin file")
+    cni_lab_store: Path | None = option(
+        help="lab only: the plugin looks pods up in this lab store instead of the Kubernetes API server")
     kube_api: str | None = option(help="API server URL for --cleanup-on-delete (plain HTTP: tests, kubectl "
                                        "proxy; default: in-cluster, then kubeconfig)")
 
@@ -49,6 +60,10 @@ class AgentSettings:
             return f"--cleanup-on-delete {self.cleanup_on_delete!r}: expected NAMESPACE/NAME"
         if self.kube_api and not self.cleanup_on_delete:
             return "--kube-api is only used by --cleanup-on-delete"
+        if (self.cni_conf_dir is None) != (self.cni_bin_dir is None):
+            return "--cni-conf-dir and --cni-bin-dir go together"
+        if (self.cni_conf_dir or self.cni_lab_store) and not self.cni_socket:
+            return "--cni-conf-dir and --cni-lab-store need --cni-socket"
         if (self.config_cache or self.pod_paths != "host") and not self.controller:
             return "--config-cache and --pod-paths need --controller"
         return None

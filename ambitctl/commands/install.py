@@ -42,6 +42,7 @@ METRICS_PORT = 15014
 ZTUNNEL_METRICS_PORT = 15020
 CA_AUDIENCE = "ambit-ca"           # the audience of the token ztunnel presents to the CA
 RUN_DIR = "/var/run/ambit"         # the emptyDir agent and ztunnel share
+CNI_RUN_DIR = "/var/run/ambit-cni"  # host directory of the agent's socket for the CNI plugin
 TOKEN_DIR = "/var/run/secrets/ambit"
 CA_DIR = "/var/lib/ambit/ca"
 ENTRYPOINT = "/opt/ambit/entrypoint.sh"
@@ -173,7 +174,11 @@ def agent_args(o: argparse.Namespace) -> list[str]:
             "--pin-base", "/sys/fs/bpf/ambit", "--capture", o.capture,
             "--status-file", f"{RUN_DIR}/agent-status.json",
             # on SIGTERM: uninstall capture if this DaemonSet is being deleted (agent/shutdown.py)
-            "--cleanup-on-delete", f"$(POD_NAMESPACE)/{NODE}"]
+            "--cleanup-on-delete", f"$(POD_NAMESPACE)/{NODE}",
+            # the chained CNI plugin (agent/cni): its socket and the node's CNI directories are host
+            # paths mounted at the same path, so what the agent writes into the conflist is true on the host
+            "--cni-socket", f"{CNI_RUN_DIR}/cni.sock", "--cni-conf-dir", o.cni_conf_dir,
+            "--cni-bin-dir", o.cni_bin_dir, "--cni-python", o.cni_python]
 
 
 def _host(name: str, path: str, type_: str = "Directory") -> Obj:
@@ -199,6 +204,9 @@ def node_daemonset(o: argparse.Namespace) -> Obj:
             {"name": "netns", "mountPath": "/var/run/netns", "mountPropagation": "HostToContainer"},
             {"name": "modules", "mountPath": "/host/lib/modules", "readOnly": True},
             {"name": "usr-src", "mountPath": "/host/usr/src", "readOnly": True},
+            {"name": "cni-run", "mountPath": CNI_RUN_DIR},
+            {"name": "cni-conf", "mountPath": o.cni_conf_dir},
+            {"name": "cni-bin", "mountPath": o.cni_bin_dir},
         ],
     }
     ztunnel = {
@@ -212,7 +220,10 @@ def node_daemonset(o: argparse.Namespace) -> Obj:
         "readinessProbe": {"exec": {"command": [
             "curl", "-sf", "-o", "/dev/null", "--unix-socket", f"{RUN_DIR}/ztunnel-admin.sock",
             "http://localhost/healthz/ready"]}, "periodSeconds": 5},
-        "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        # A request, and no memory limit: an OOM kill of ztunnel stops every enrolled pod of the node
+        # (capture stays, fail closed), so a limit would turn one burst into a node-wide outage.
+        # ztunnel bounds itself instead (docs/operations.md, "ztunnel limits"), as Istio's ztunnel chart does.
+        "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}},
         "volumeMounts": [run, {"name": "ca-token", "mountPath": TOKEN_DIR, "readOnly": True}],
     }
     pod = {
@@ -221,6 +232,7 @@ def node_daemonset(o: argparse.Namespace) -> Obj:
         "priorityClassName": "system-node-critical",
         "terminationGracePeriodSeconds": 30,
         "tolerations": [{"operator": "Exists"}],
+        "nodeSelector": {"kubernetes.io/os": "linux"},
         "containers": [agent, ztunnel],
         "volumes": [
             {"name": "run", "emptyDir": {}},
@@ -229,13 +241,20 @@ def node_daemonset(o: argparse.Namespace) -> Obj:
             _host("netns", "/var/run/netns", "DirectoryOrCreate"),
             _host("modules", "/lib/modules"),
             _host("usr-src", "/usr/src"),
+            _host("cni-run", CNI_RUN_DIR, "DirectoryOrCreate"),
+            _host("cni-conf", o.cni_conf_dir, "DirectoryOrCreate"),
+            _host("cni-bin", o.cni_bin_dir, "DirectoryOrCreate"),
             {"name": "ca-token", "projected": {"sources": [{"serviceAccountToken": {
                 "audience": CA_AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}},
         ],
     }
     return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": _md(NODE, o.namespace, **sel),
             "spec": {"selector": {"matchLabels": sel},
-                     "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+                     # One node at a time, old pod out before the new one in (docs/operations.md, "Rolling
+                     # the node DaemonSet"): capture stays pinned across the swap (fail closed, no escape),
+                     # but two node pods cannot yet serve one node side by side, so no surge.
+                     "updateStrategy": {"type": "RollingUpdate",
+                                        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
                      "template": {"metadata": {"labels": {**LABELS, **OPT_OUT, **sel}, "annotations": {
                          "prometheus.io/scrape": "true", "prometheus.io/port": str(ZTUNNEL_METRICS_PORT)}},
                          "spec": pod}}}
@@ -290,6 +309,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a Secret with ca.crt and ca.key to use as the CA (default: generated at start, "
                         "kept in an emptyDir: a controller restart makes a new root)")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--cni-conf-dir", default="/etc/cni/net.d",
+                   help="the nodes' CNI configuration directory (k3s: /var/lib/rancher/k3s/agent/etc/cni/net.d)")
+    p.add_argument("--cni-bin-dir", default="/opt/cni/bin",
+                   help="the nodes' CNI plugin directory (k3s: /var/lib/rancher/k3s/data/cni)")
+    p.add_argument("--cni-python", default="/usr/bin/python3",
+                   help="the nodes' Python 3, which runs the CNI plugin (standard library only)")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -302,7 +327,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 # --set keys (Helm/istioctl style, camelCase; the flag names work too) -> install options.
 SET_KEYS = {"namespace": "namespace", "image": "image", "pullPolicy": "pull_policy", "trustDomain": "trust_domain",
-            "capture": "capture", "hostCgroup": "host_cgroup", "caSecret": "ca_secret", "logLevel": "log_level"}
+            "capture": "capture", "hostCgroup": "host_cgroup", "caSecret": "ca_secret", "logLevel": "log_level",
+            "cniConfDir": "cni_conf_dir", "cniBinDir": "cni_bin_dir", "cniPython": "cni_python"}
 
 
 def apply_sets(o: argparse.Namespace, sets: list[str]) -> argparse.Namespace:

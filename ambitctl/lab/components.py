@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ambit import cgroups
+from ambitctl.lab import runtime
 from ambitctl.lab.spec import LabSpec
 from ambitctl.lab.state import LabState, ProcSpec
 from ambitctl.lab.topology import NETNS_RUN_DIR, LabNames
@@ -119,6 +120,12 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
                   "--zds-socket", str(zds_socket(base, n.name)), "--ztunnel-cgroup", str(zt_cg),
                   "--pin-base", str(names.bpf_pin_base), "--node-ip", n.gateway_ip, "--capture", capture,
                   "--status-file", str(agent_status_file(base, n.name)),
+                  # The node's CNI chain (ambitctl/lab/runtime.py): pods started while the lab runs are
+                  # captured while their sandbox is created.
+                  "--cni-socket", str(runtime.cni_socket(base, n.name)),
+                  "--cni-conf-dir", str(runtime.cni_conf_dir(base, n.name)),
+                  "--cni-bin-dir", str(runtime.cni_bin_dir(base, n.name)),
+                  "--cni-lab-store", str(base / "store.json"),
                   *shlex.split(os.environ.get(AGENT_ARGS_ENV, ""))]))
     for p in spec.pods:
         procs.append(ProcSpec(

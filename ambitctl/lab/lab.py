@@ -18,7 +18,7 @@ from typing import Any
 
 from ambit import cgroups
 from ambit.labstore import LabStore
-from ambitctl.lab import components, dashboard, paths, prometheus, state, topology, tracing, waypoints
+from ambitctl.lab import components, dashboard, paths, prometheus, runtime, state, topology, tracing, waypoints
 from ambitctl.lab import spec as specmod
 from ambitctl.lab.spec import LabSpec
 from ambitctl.lab.topology import LabNames
@@ -99,6 +99,8 @@ def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: st
                  f"{len(spec.services)} services")
         collector = tracing.add_collector(spec, base) if with_tracing else None
         topology.build(spec, names)
+        for n in spec.nodes:        # the cluster network's CNI configuration, before the node agents
+            runtime.write_network_config(base, n.name)
         store = LabStore(paths.store_path(base))
         store.apply(store_objects(spec, names))
         st = state.LabState(name=name, lab_dir=str(base), spec=asdict(spec),

@@ -150,17 +150,22 @@ def add_pod(spec: LabSpec, names: LabNames, pod: PodSpec, index: int) -> None:
     node = spec.node(pod.node)
     nns, pns = names.node_netns(node.name), names.pod_netns(pod.namespace, pod.name)
     sh("ip", "netns", "add", pns)
-    host_if = f"vp{index}"
+    pod_network(nns, pns, f"vp{index}", pod.ip, node.gateway_ip)
+    cgroups.create(names.pod_cgroup(node.name, pod.namespace, pod.name))
+    write_hosts(spec, names, pod)
+
+
+def pod_network(nns: str, pns: str, host_if: str, ip: str, gateway: str) -> None:
+    """A pod's eth0: a veth to its node's bridge, its address and default route (the lab's network;
+    ambitctl/lab/runtime.py runs it as the first plugin of a node's CNI chain)."""
     ipn(nns, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", pns)
     ipn(nns, "link", "set", host_if, "master", "br0")
     ipn(nns, "link", "set", host_if, "up")
     ipn(pns, "link", "set", "lo", "up")
-    ipn(pns, "addr", "add", f"{pod.ip}/24", "dev", "eth0")
+    ipn(pns, "addr", "add", f"{ip}/24", "dev", "eth0")
     ipn(pns, "link", "set", "eth0", "up")
-    ipn(pns, "route", "add", "default", "via", node.gateway_ip)
+    ipn(pns, "route", "add", "default", "via", gateway)
     sysctls(pns, POD_SYSCTLS)
-    cgroups.create(names.pod_cgroup(node.name, pod.namespace, pod.name))
-    write_hosts(spec, names, pod)
 
 
 def write_hosts(spec: LabSpec, names: LabNames, pod: PodSpec) -> None:

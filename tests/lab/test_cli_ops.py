@@ -218,6 +218,12 @@ def pod_netns_rules(lab: Lab) -> dict[str, str]:
     return {"fwmark_rule": "\n".join(x for x in rule.splitlines() if "0x539" in x), "tc_ingress": tc.strip()}
 
 
+def cni_chain(lab: Lab) -> list[str]:
+    """The plugin types of node1's CNI network configuration (the one the lab's runtime uses)."""
+    conf = json.loads((lab.dir / "node1" / "cni" / "net.d" / "10-ambit-lab.conflist").read_text())
+    return [p["type"] for p in conf["plugins"]]
+
+
 def test_agent_keeps_capture_on_restart_and_removes_it_when_its_daemonset_is_deleted(lab: Lab) -> None:
     names = LabNames(lab.name)
     with netns.entered(names.node_netns("node1")):
@@ -242,6 +248,7 @@ def test_agent_keeps_capture_on_restart_and_removes_it_when_its_daemonset_is_del
         before = pod_netns_rules(lab)
         assert before["fwmark_rule"], before
         assert bpftool_cgroup(ztunnel_cg)
+        assert cni_chain(lab) == ["ambit-lab-veth", "ambit-cni"], "a restart keeps the CNI plugin chained"
 
         emu.delete("apps/v1", "DaemonSet", "ambit-node", "ambit-system")       # `ambit uninstall`
         lab.ambit("lab", "stop", "agent", "--node", "node1")                   # kubelet: SIGTERM, no restart
@@ -252,4 +259,6 @@ def test_agent_keeps_capture_on_restart_and_removes_it_when_its_daemonset_is_del
         assert bpftool_cgroup(ztunnel_cg) == []
         after = pod_netns_rules(lab)
         assert after == {"fwmark_rule": "", "tc_ingress": ""}, after
+        assert cni_chain(lab) == ["ambit-lab-veth"], "uninstall takes ambit-cni out of the node's chain"
+        assert not (lab.dir / "node1" / "cni" / "bin" / "ambit-cni").exists()
         assert emu.requests and all(p.endswith("/daemonsets/ambit-node") for _, p, _ in emu.requests)

@@ -307,3 +307,29 @@ def test_cli_command_prints_the_manifests(argv: list[str], capsys: pytest.Captur
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
     ns = argv[-1] if "--namespace" in argv else "ambit-system"
     assert one(docs, "DaemonSet", "ambit-node")["metadata"]["namespace"] == ns
+
+
+def test_node_daemonset_rolls_safely_on_linux_nodes_and_ztunnel_has_no_oom_limit() -> None:
+    ds = one(render(), "DaemonSet", "ambit-node")
+    roll = ds["spec"]["updateStrategy"]
+    assert roll == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    z = next(c for c in pod["containers"] if c["name"] == "ztunnel")
+    assert z["resources"]["requests"]["memory"] and "limits" not in z["resources"]
+
+
+def test_the_agent_installs_the_cni_plugin_into_the_hosts_cni_directories() -> None:
+    docs = render("--cni-conf-dir", "/var/lib/rancher/k3s/agent/etc/cni/net.d")
+    pod = one(docs, "DaemonSet", "ambit-node")["spec"]["template"]["spec"]
+    agent = next(c for c in pod["containers"] if c["name"] == "agent")
+    args = expand(agent["args"], agent)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]].get("hostPath", {}).get("path") for m in agent["volumeMounts"]}
+    # The paths the agent writes into the host's conflist (socket, token copy) must be true on the host:
+    # every CNI directory is mounted at its own host path.
+    conf, bins, sock = flag(args, "--cni-conf-dir"), flag(args, "--cni-bin-dir"), flag(args, "--cni-socket")
+    assert conf == "/var/lib/rancher/k3s/agent/etc/cni/net.d" and mounts[conf] == conf
+    assert mounts[bins] == bins == "/opt/cni/bin"
+    assert mounts[str(Path(sock).parent)] == str(Path(sock).parent)
+    assert flag(args, "--cni-python") == "/usr/bin/python3"
