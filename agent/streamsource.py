@@ -38,6 +38,7 @@ from agent import enrolment
 from agent.enrolment import LocalPod, PodRef
 from ambit.configclient import ConfigClient, ConfigUpdate, NodeInfo
 from ambit.configclient.credential import node_metadata
+from ambit.configclient.tls import ControllerTrust
 from ambit.model import Workload
 
 log = logging.getLogger("ambit.agent.stream")
@@ -83,7 +84,7 @@ class StreamPodSource:
 
     def __init__(self, target: str, node: str, cache_path: str | Path | None = None, *,
                  paths: str = "host", sandboxes: Any = None, resync: float = 2.0, instance_id: str = "",
-                 token_file: str | Path | None = None):
+                 token_file: str | Path | None = None, trust: ControllerTrust | None = None):
         if paths not in PATHS:
             raise ValueError(f"StreamPodSource.paths: {paths!r} is not one of {', '.join(PATHS)}")
         self.target = target
@@ -94,6 +95,7 @@ class StreamPodSource:
         self.resync = resync
         # The node credential the controller requires on the stream (the one ztunnel gives the CA).
         self.token_file = Path(token_file) if token_file else None
+        self.trust = trust                  # the pinned controller root (TLS), ambit.configclient.tls
         self.node_info = NodeInfo("agent", node, instance_id=instance_id or uuid.uuid4().hex[:8]).validate()
         self.client: ConfigClient | None = None
         self._updates: queue.Queue[tuple[str, dict[str, Workload], bool]] = queue.Queue()
@@ -109,7 +111,7 @@ class StreamPodSource:
     async def _stream(self, stop: threading.Event) -> None:
         md = node_metadata(self.token_file, self.node) if self.token_file is not None else None
         self.client = ConfigClient(self.target, self.node_info, [Workload.TYPE], self._on_change,
-                                   cache_path=self.cache_path, metadata=md)
+                                   cache_path=self.cache_path, metadata=md, trust=self.trust)
         await self.client.start()
         try:
             while not stop.is_set():

@@ -9,6 +9,10 @@
   port-forward svc/ambit-controller 15012`) with the kubeconfig user's bearer token, which the
   controller checks by TokenReview.
 
+Both over TLS, checked against a pinned root (ambit/configclient/tls.py): in the lab the lab's
+`<labdir>/controller-root.pem`; in a cluster the file named by $AMBIT_CONTROLLER_ROOT_CERT (the
+ambit-root-cert ConfigMap's root-cert.pem) and the identity $AMBIT_CONTROLLER_IDENTITY.
+
 The lab is used when it is up (or its store exists) and neither `--kubeconfig` nor `--context` is
 given; with no lab, a kubeconfig ($KUBECONFIG or ~/.kube/config) means the cluster.
 """
@@ -19,6 +23,7 @@ import argparse
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ambitctl.lab import components, paths, state
@@ -147,6 +152,28 @@ class DebugTarget:
     address: str
     token: str
     where: str          # "lab" | "cluster"
+    trust: Any = None   # ambit.configclient.tls.ControllerTrust: the controller's pinned root
+
+
+ROOT_CERT_ENV = "AMBIT_CONTROLLER_ROOT_CERT"
+IDENTITY_ENV = "AMBIT_CONTROLLER_IDENTITY"
+
+
+def controller_trust(cluster: bool) -> Any:
+    """The root and identity the controller must prove: the lab's pinned root file; in a cluster
+    $AMBIT_CONTROLLER_ROOT_CERT (the ambit-root-cert ConfigMap's root-cert.pem, saved to a file)
+    and $AMBIT_CONTROLLER_IDENTITY (default spiffe://cluster.local/ns/ambit-system/sa/ambit-controller)."""
+    from ambit.configclient.tls import DEFAULT_IDENTITY, ControllerTrust
+    if not cluster:
+        return components.controller_trust(paths.lab_dir())
+    root = os.environ.get(ROOT_CERT_ENV, "")
+    if not root:
+        raise TargetError(f"the controller speaks TLS: set {ROOT_CERT_ENV} to a file holding its root (kubectl -n "
+                          "ambit-system get configmap ambit-root-cert -o jsonpath='{.data.root-cert\\.pem}')")
+    try:
+        return ControllerTrust(Path(root), os.environ.get(IDENTITY_ENV, DEFAULT_IDENTITY))
+    except ValueError as e:
+        raise TargetError(f"{IDENTITY_ENV}: {e}") from None
 
 
 def debug_target(args: argparse.Namespace, cluster: bool | None = None) -> DebugTarget:
@@ -165,7 +192,7 @@ def debug_target(args: argparse.Namespace, cluster: bool | None = None) -> Debug
             token = auth.removeprefix("Bearer ").strip()
         if not token:
             raise TargetError("the kubeconfig user has no bearer token for the debug API; pass --token")
-        return DebugTarget(address, token, "cluster")
+        return DebugTarget(address, token, "cluster", controller_trust(True))
     base = paths.lab_dir()
     address = explicit or f"unix:{components.controller_socket(base)}"
     if not token:
@@ -174,14 +201,14 @@ def debug_target(args: argparse.Namespace, cluster: bool | None = None) -> Debug
             token = f.read_text().strip()
         except OSError as e:
             raise TargetError(f"the lab's debug API token {f}: {e.strerror or e} (is the lab up?)") from None
-    return DebugTarget(address, token, "lab")
+    return DebugTarget(address, token, "lab", controller_trust(False))
 
 
 async def _call(target: DebugTarget, method: str, request: Any, timeout: float) -> Any:
-    import grpc
 
     from ambit.api import debug_pb2_grpc
-    async with grpc.aio.insecure_channel(target.address) as ch:
+    from ambit.configclient import tls
+    async with tls.channel(target.address, target.trust) as ch:
         stub = debug_pb2_grpc.DebugServiceStub(ch)
         return await getattr(stub, method)(request, metadata=(("authorization", f"Bearer {target.token}"),),
                                            timeout=timeout)

@@ -2,7 +2,8 @@
 Every setting is in controller/settings.py (`--help` lists them with their environment variables).
 
 One grpc.aio server carries the config stream (ambit.config.v1) and, with `--ca-dir`, the CA
-(ambit.ca.v1). It starts serving only after the first snapshot is translated: a ztunnel that
+(ambit.ca.v1); with the CA it serves TLS only, with a certificate its CA issues for its own SPIFFE
+id (controller/ca_setup.py ServingCertificate). It starts serving only after the first snapshot is translated: a ztunnel that
 connected earlier would be handed an empty config and drop everything it routes.
 """
 
@@ -154,7 +155,7 @@ async def amain(args: ControllerSettings) -> int:
             first = meshconfig.load(watcher.path, args.trust_domain)
             controller.set_mesh_telemetry(list(first.extension_providers), dict(first.default_providers))
 
-    ca_servicer = None
+    ca_servicer = serving = None
     if args.ca_dir:
         from controller.ca_setup import mount_ca
         from controller.configserver.auth import NodeAuthenticator
@@ -167,6 +168,14 @@ async def amain(args: ControllerSettings) -> int:
             verifier = TokenReviewVerifier(make_api_client(args.kube_host, args.kubeconfig), {sa},
                                            workload_accounts=controller.is_waypoint_account)
         ca_servicer = mount_ca(grpc_server, args.ca_dir, args.trust_domain, verifier, controller.pods_on_node)
+        # Config stream and CA over TLS, as the controller's own identity (ambit/configclient/tls.py).
+        from controller.ca_setup import ServingCertificate, serving_hosts
+        try:
+            serving = ServingCertificate(ca_servicer.ca, args.identity,
+                                         serving_hosts(args.identity, args.cluster_domain, args.serving_host))
+        except ValueError as e:
+            log.error("--controller-service-account / --serving-host: %s", e)
+            return 2
         if args.insecure_config_stream:
             log.error("--insecure-config-stream with --ca-dir: the node credentials exist, so the config stream "
                       "requires them; drop the flag")
@@ -214,13 +223,15 @@ async def amain(args: ControllerSettings) -> int:
         return 0 if done.is_set() else 1
 
     _unlink_stale_socket(args.listen)
-    if grpc_server.add_insecure_port(args.listen) == 0:
+    port = (grpc_server.add_secure_port(args.listen, serving.credentials()) if serving is not None
+            else grpc_server.add_insecure_port(args.listen))
+    if port == 0:
         log.error("cannot listen on %s", args.listen)
         stop.set()
         return 1
     await grpc_server.start()
     log.info("controller serving config version %s on %s%s", controller.version, args.listen,
-             " (with CA)" if args.ca_dir else "")
+             f" over TLS as {args.identity} (with CA)" if serving is not None else " (plaintext)")
     while not done.is_set() and not stop.is_set():
         if watcher is not None and watcher.changed():
             controller.set_trust_domain_aliases(_aliases(flag_aliases, watcher, args.trust_domain, controller))

@@ -28,6 +28,11 @@ class ControllerSettings:
     root_namespace: str = option("ambit-system", "the mesh root namespace")
     cluster_domain: str = option("cluster.local", "the cluster's DNS domain")
     ca_dir: Path | None = option(help="serve the CA, keeping its key material here (created on first start)")
+    controller_service_account: str = option(
+        "ambit-controller", "with --ca-dir: the controller's service account; it serves TLS as "
+        "spiffe://<trust-domain>/ns/<root-namespace>/sa/<this>, DNS name <this>.<root-namespace>.svc")
+    serving_host: tuple[str, ...] = option(
+        (), "with --ca-dir: another DNS name or IP for the controller's serving certificate (repeatable)")
     node_token_dir: Path | None = option(
         help="lab mode with --ca-dir: write each node's bootstrap token to DIR/<node>/bootstrap-token")
     ztunnel_service_account: str = option(
@@ -68,6 +73,12 @@ class ControllerSettings:
         if (self.lab_store is not None) == self.kube:
             return "exactly one source is needed: --lab-store PATH or --kube"
         return None
+
+    @property
+    def identity(self) -> str:
+        """The SPIFFE id the controller proves on its TLS port (ambit.configclient.tls)."""
+        from ambit.configclient.tls import controller_identity
+        return controller_identity(self.trust_domain, self.root_namespace, self.controller_service_account)
 
     @property
     def no_status(self) -> bool:

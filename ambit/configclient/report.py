@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from ambit.api import debug_pb2, debug_pb2_grpc
+from ambit.configclient import tls
 from ambit.configclient.node import NodeInfo
 from ambit.version import VERSION
 
@@ -32,12 +33,12 @@ class StatusReporter:
 
     def __init__(self, target: str, node: NodeInfo, collect: Collect, *, interval: float = 10.0,
                  metadata: Callable[[], Sequence[tuple[str, str]]] | None = None,
-                 credentials: grpc.ChannelCredentials | None = None, timeout: float = 5.0) -> None:
+                 trust: tls.ControllerTrust | None = None, timeout: float = 5.0) -> None:
         if interval <= 0:
             raise ValueError(f"StatusReporter.interval: {interval} must be positive")
         self.target, self.node, self.collect = target, node.validate(), collect
         self.interval, self.timeout = interval, timeout
-        self._metadata, self._credentials = metadata, credentials
+        self._metadata, self._trust = metadata, trust
         self._task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self.sent = 0
@@ -66,8 +67,7 @@ class StatusReporter:
     async def send_once(self) -> None:
         md = tuple(self._metadata()) if self._metadata is not None else None   # re-read: tokens rotate
         if self._channel is None:            # one channel for the reporter's life; gRPC reconnects it
-            self._channel = (grpc.aio.secure_channel(self.target, self._credentials) if self._credentials is not None
-                             else grpc.aio.insecure_channel(self.target))
+            self._channel = tls.channel(self.target, self._trust)
         reply = await debug_pb2_grpc.DebugServiceStub(self._channel).Report(self.report(), metadata=md,
                                                                             timeout=self.timeout)
         self.controller_version = reply.controller_version

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import time
 
-import grpc
-
 from ambit.api import config_pb2, config_pb2_grpc
+from ambit.configclient import tls
 
 
-async def fetch_status(target: str, credentials: grpc.ChannelCredentials | None = None,
+async def fetch_status(target: str, trust: tls.ControllerTrust | None = None,
                        timeout: float = 5.0) -> config_pb2.StatusResponse:
-    channel = (grpc.aio.secure_channel(target, credentials) if credentials is not None
-               else grpc.aio.insecure_channel(target))
-    async with channel:
+    async with tls.channel(target, trust) as channel:
         return await config_pb2_grpc.ConfigServiceStub(channel).Status(config_pb2.StatusRequest(), timeout=timeout)
 
 

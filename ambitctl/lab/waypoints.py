@@ -85,7 +85,8 @@ def _process(base: Path, names: LabNames, w: dict[str, Any], trust_domain: str) 
         argv=[sys.executable, "-m", "waypoint", "--waypoint", f"{ns}/{name}", "--pod-name", w["pod"],
               "--node", node, "--controller", f"unix:{components.controller_socket(base)}",
               "--node-token-file", str(components.node_token_file(base, node)),
-              "--trust-domain", trust_domain, "--gateway-class", w["class"],
+              "--trust-domain", trust_domain, *components.controller_tls_args(base, trust_domain),
+              "--gateway-class", w["class"],
               "--admin-socket", str(admin_socket(base, ns, name)),
               "--metrics-socket", str(metrics_socket(base, ns, name)), "--report-interval", "3"],
         env={"POD_NAME": w["pod"], "POD_NAMESPACE": ns, "POD_IP": w["ip"], "NODE_NAME": node})
