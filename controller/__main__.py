@@ -95,6 +95,17 @@ def debug_readers(args: ControllerSettings) -> Any:
     return None
 
 
+def ca_storage(args: ControllerSettings) -> Any:
+    """Where the CA lives: --ca-secret (a Secret in the root namespace) or --ca-dir."""
+    from controller.ca import DirectoryStorage
+    if args.ca_secret:
+        from controller.ca.storage import SecretStorage
+        from controller.sources.kube import make_api_client
+        return SecretStorage(make_api_client(args.kube_host, args.kubeconfig), args.root_namespace, args.ca_secret)
+    assert args.ca_dir is not None
+    return DirectoryStorage(args.ca_dir)
+
+
 def node_names(objects: Snapshot) -> list[str]:
     return [o["metadata"]["name"] for o in objects if o.get("kind") == "Node" and (o.get("metadata") or {}).get("name")]
 
@@ -117,7 +128,7 @@ async def amain(args: ControllerSettings) -> int:
 
     hooks: list[Callable[[Snapshot, Translation], None]] = []
     tokens = None
-    if args.ca_dir:
+    if args.ca_dir and args.lab_store:
         from controller.ca import BootstrapTokens
         from controller.ca_setup import ensure_node_tokens
         if args.lab_store:
@@ -156,7 +167,8 @@ async def amain(args: ControllerSettings) -> int:
             controller.set_mesh_telemetry(list(first.extension_providers), dict(first.default_providers))
 
     ca_servicer = serving = None
-    if args.ca_dir:
+    if args.with_ca:
+        from controller.ca import CAConfigError
         from controller.ca_setup import mount_ca
         from controller.configserver.auth import NodeAuthenticator
         if tokens is not None:
@@ -167,7 +179,11 @@ async def amain(args: ControllerSettings) -> int:
             sa = args.ztunnel_service_account or f"system:serviceaccount:{args.root_namespace}:ztunnel"
             verifier = TokenReviewVerifier(make_api_client(args.kube_host, args.kubeconfig), {sa},
                                            workload_accounts=controller.is_waypoint_account)
-        ca_servicer = mount_ca(grpc_server, args.ca_dir, args.trust_domain, verifier, controller.pods_on_node)
+        try:
+            ca_servicer = mount_ca(grpc_server, ca_storage(args), args.trust_domain, verifier, controller.pods_on_node)
+        except CAConfigError as e:
+            log.error("CA: %s", e)
+            return 2
         # Config stream and CA over TLS, as the controller's own identity (ambit/configclient/tls.py).
         from controller.ca_setup import ServingCertificate, serving_hosts
         try:

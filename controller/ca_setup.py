@@ -23,9 +23,9 @@ import grpc
 
 from controller.ca import (
     BootstrapTokens,
+    CAStorage,
     CertificateAuthority,
     CertificateServicer,
-    DirectoryStorage,
     NodeCredentialVerifier,
     Unauthenticated,
     add_to_server,
@@ -41,15 +41,16 @@ TOKEN_FILE = "bootstrap-token"
 TOKEN_DIGESTS = "node-token-digests.json"
 
 
-def mount_ca(server: grpc.aio.Server, ca_dir: Path, trust_domain: str, verifier: NodeCredentialVerifier,
+def mount_ca(server: grpc.aio.Server, storage: CAStorage, trust_domain: str, verifier: NodeCredentialVerifier,
              pods_on_node: PodsOnNode) -> CertificateServicer:
-    """Load (or create, on first start) the CA kept in `ca_dir` and serve CreateCertificate; the
-    servicer (its `.ca`, its issuance counts) is returned for the controller's metrics."""
-    material = load_or_create(DirectoryStorage(ca_dir), trust_domain)
+    """Load (or create, on first start) the CA kept in `storage` (a directory, or a Secret) and
+    serve CreateCertificate; the servicer (its `.ca`, its issuance counts) is returned for the
+    controller's metrics."""
+    material = load_or_create(storage, trust_domain)
     ca = CertificateAuthority(material, trust_domain)
     servicer = CertificateServicer(ca, verifier, pods_on_node)
     add_to_server(server, servicer)
-    log.info("CA for trust domain %s from %s (root %s)", trust_domain, ca_dir,
+    log.info("CA for trust domain %s from %s (root %s)", trust_domain, getattr(storage, "where", storage),
              material.root.subject.rfc4514_string() or "<empty subject>")
     return servicer
 

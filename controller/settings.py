@@ -28,6 +28,9 @@ class ControllerSettings:
     root_namespace: str = option("ambit-system", "the mesh root namespace")
     cluster_domain: str = option("cluster.local", "the cluster's DNS domain")
     ca_dir: Path | None = option(help="serve the CA, keeping its key material here (created on first start)")
+    ca_secret: str = option(
+        "", "with --kube: keep the CA in this Secret of the root namespace (created on first start, read by every "
+            "replica and restart; or a user-provided CA: ca.crt/ca.key, or cert-manager's tls.crt/tls.key/ca.crt)")
     controller_service_account: str = option(
         "ambit-controller", "with --ca-dir: the controller's service account; it serves TLS as "
         "spiffe://<trust-domain>/ns/<root-namespace>/sa/<this>, DNS name <this>.<root-namespace>.svc")
@@ -72,7 +75,15 @@ class ControllerSettings:
     def check(self) -> str | None:
         if (self.lab_store is not None) == self.kube:
             return "exactly one source is needed: --lab-store PATH or --kube"
+        if self.ca_secret and not self.kube:
+            return "--ca-secret needs --kube (the lab keeps its CA in --ca-dir)"
+        if self.ca_secret and self.ca_dir:
+            return "--ca-secret and --ca-dir both name where the CA lives: pass one"
         return None
+
+    @property
+    def with_ca(self) -> bool:
+        return self.ca_dir is not None or bool(self.ca_secret)
 
     @property
     def identity(self) -> str:
