@@ -157,23 +157,40 @@ class DebugTarget:
 
 ROOT_CERT_ENV = "AMBIT_CONTROLLER_ROOT_CERT"
 IDENTITY_ENV = "AMBIT_CONTROLLER_IDENTITY"
+ROOT_CONFIGMAP, ROOT_KEY = "ambit-root-cert", "root-cert.pem"  # controller/ca/publish.py writes it
 
 
-def controller_trust(cluster: bool) -> Any:
-    """The root and identity the controller must prove: the lab's pinned root file; in a cluster
-    $AMBIT_CONTROLLER_ROOT_CERT (the ambit-root-cert ConfigMap's root-cert.pem, saved to a file)
-    and $AMBIT_CONTROLLER_IDENTITY (default spiffe://cluster.local/ns/ambit-system/sa/ambit-controller)."""
+def controller_trust(args: argparse.Namespace | None, cluster: bool) -> Any:
+    """The root and identity the controller must prove. Lab: the lab's pinned root file. Cluster:
+    $AMBIT_CONTROLLER_ROOT_CERT (a file) if set, else the ambit-root-cert ConfigMap of the root
+    namespace, read through the API server the kubeconfig already trusts; no ConfigMap means a
+    controller without a CA (--insecure-config-stream): plaintext. The identity is
+    $AMBIT_CONTROLLER_IDENTITY, default spiffe://cluster.local/ns/ambit-system/sa/ambit-controller."""
     from ambit.configclient.tls import DEFAULT_IDENTITY, ControllerTrust
     if not cluster:
         return components.controller_trust(paths.lab_dir())
-    root = os.environ.get(ROOT_CERT_ENV, "")
-    if not root:
-        raise TargetError(f"the controller speaks TLS: set {ROOT_CERT_ENV} to a file holding its root (kubectl -n "
-                          "ambit-system get configmap ambit-root-cert -o jsonpath='{.data.root-cert\\.pem}')")
+    identity = os.environ.get(IDENTITY_ENV, DEFAULT_IDENTITY)
     try:
-        return ControllerTrust(Path(root), os.environ.get(IDENTITY_ENV, DEFAULT_IDENTITY))
-    except ValueError as e:
+        if os.environ.get(ROOT_CERT_ENV):
+            return ControllerTrust(Path(os.environ[ROOT_CERT_ENV]), identity)
+        from ambit import identity as ident
+        pem = _published_root(args, ident.parse(identity).namespace)
+        return ControllerTrust(None, identity, pem.encode()) if pem else None
+    except ValueError as e:      # ident.InvalidSpiffeId is a ValueError
         raise TargetError(f"{IDENTITY_ENV}: {e}") from None
+
+
+def _published_root(args: argparse.Namespace | None, namespace: str) -> str:
+    from kubernetes import client as k8s
+    from kubernetes.client.exceptions import ApiException
+    try:
+        cm = k8s.CoreV1Api(api_client(args or argparse.Namespace())).read_namespaced_config_map(ROOT_CONFIGMAP, namespace)
+    except ApiException as e:
+        if e.status == 404:
+            return ""
+        raise TargetError(f"cannot read ConfigMap {namespace}/{ROOT_CONFIGMAP} (the controller's root): "
+                          f"{e.status} {e.reason}") from None
+    return (cm.data or {}).get(ROOT_KEY, "")
 
 
 def debug_target(args: argparse.Namespace, cluster: bool | None = None) -> DebugTarget:
@@ -192,7 +209,7 @@ def debug_target(args: argparse.Namespace, cluster: bool | None = None) -> Debug
             token = auth.removeprefix("Bearer ").strip()
         if not token:
             raise TargetError("the kubeconfig user has no bearer token for the debug API; pass --token")
-        return DebugTarget(address, token, "cluster", controller_trust(True))
+        return DebugTarget(address, token, "cluster", controller_trust(args, True))
     base = paths.lab_dir()
     address = explicit or f"unix:{components.controller_socket(base)}"
     if not token:
@@ -201,7 +218,7 @@ def debug_target(args: argparse.Namespace, cluster: bool | None = None) -> Debug
             token = f.read_text().strip()
         except OSError as e:
             raise TargetError(f"the lab's debug API token {f}: {e.strerror or e} (is the lab up?)") from None
-    return DebugTarget(address, token, "lab", controller_trust(False))
+    return DebugTarget(address, token, "lab", controller_trust(args, False))
 
 
 async def _call(target: DebugTarget, method: str, request: Any, timeout: float) -> Any:

@@ -42,16 +42,18 @@ def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = N
         raise SystemExit(f"controller: {e}") from None
 
 
-def make_source(args: ControllerSettings) -> Source:
+def make_source(args: ControllerSettings, leader: Callable[[], bool] | None = None) -> Source:
     if args.lab_store:
         from ambit.labstore import LabStore
         from controller.sources.lab import LabSource
         return LabSource(LabStore(args.lab_store))
     from controller.sources.kube import KubeSource, make_api_client
-    return KubeSource(make_api_client(args.kube_host, args.kubeconfig), write_status=not args.no_status)
+    return KubeSource(make_api_client(args.kube_host, args.kubeconfig), write_status=not args.no_status,
+                      leader=leader)
 
 
-def waypoint_hook(args: ControllerSettings) -> Callable[[Snapshot, Translation], None] | None:
+def waypoint_hook(args: ControllerSettings, leader: Callable[[], bool] | None = None
+                  ) -> Callable[[Snapshot, Translation], None] | None:
     """The controller's writes for waypoint Gateways after each snapshot: their status and
     AuthorizationPolicy conditions (lab store, or the API unless --no-status) and, with
     --waypoint-image in a cluster, their Deployment/Service/ServiceAccount."""
@@ -79,7 +81,8 @@ def waypoint_hook(args: ControllerSettings) -> Callable[[Snapshot, Translation],
                                  write_status=not args.no_status)
 
     def kube_waypoints(objects: Snapshot, tr: Translation) -> None:
-        rec.reconcile(objects, tr)
+        if leader is None or leader():        # followers serve; the leader writes
+            rec.reconcile(objects, tr)
     return kube_waypoints
 
 
@@ -93,6 +96,41 @@ def debug_readers(args: ControllerSettings) -> Any:
         return TokenReviewReaders(make_api_client(args.kube_host, args.kubeconfig), args.debug_readers)
     log.warning("debug API: no --debug-token-file, so it refuses every reader (proxy reports are still taken)")
     return None
+
+
+def make_elector(args: ControllerSettings, on_change: Callable[[bool], None]) -> Any:
+    """The Lease elector (controller/leader.py) with --kube and --leader-elect, else None."""
+    if not (args.kube and args.leader_elect):
+        return None
+    import socket
+
+    from controller.leader import LeaseElector
+    from controller.sources.kube import make_api_client
+    me = args.pod_name or os.environ.get("POD_NAME") or socket.gethostname()
+    return LeaseElector(make_api_client(args.kube_host, args.kubeconfig), args.root_namespace, "ambit-controller", me,
+                        on_change=on_change)
+
+
+def root_publisher(args: ControllerSettings, pems: list[str], leader: Callable[[], bool] | None
+                   ) -> tuple[Callable[[Snapshot, Translation], None], Callable[[], None]]:
+    """A post-snapshot hook writing the ambit-root-cert ConfigMap (controller/ca/publish.py) to the
+    root namespace and each namespace with a waypoint Gateway, once per namespace per leadership
+    term; and the function that starts a new term (the leader may have changed the bundle)."""
+    from controller.ca.publish import publish_root
+    from controller.sources.kube import make_api_client
+    from controller.waypoints.gateways import is_waypoint
+    api = make_api_client(args.kube_host, args.kubeconfig)
+    done: set[str] = set()
+
+    def publish(objects: Snapshot, _tr: Translation) -> None:
+        if leader is not None and not leader():
+            return
+        wanted = {args.root_namespace} | {o["metadata"].get("namespace", "default") for o in objects
+                                          if o.get("kind") == "Gateway" and is_waypoint(o)}
+        if wanted - done:
+            publish_root(api, wanted - done, pems)
+            done.update(wanted)
+    return publish, done.clear
 
 
 def ca_storage(args: ControllerSettings) -> Any:
@@ -127,6 +165,14 @@ async def amain(args: ControllerSettings) -> int:
     server.add_to_server(grpc_server)
 
     hooks: list[Callable[[Snapshot, Translation], None]] = []
+    on_lead: list[Callable[[], None]] = []      # run on gaining leadership (writes skipped while following)
+
+    def on_leadership(leading: bool) -> None:
+        if leading:
+            for f in on_lead:
+                f()
+    elector = make_elector(args, on_leadership)
+    leader = elector.is_leader if elector is not None else None
     tokens = None
     if args.ca_dir and args.lab_store:
         from controller.ca import BootstrapTokens
@@ -139,7 +185,7 @@ async def amain(args: ControllerSettings) -> int:
                 def node_tokens(objects: Snapshot, _tr: Translation) -> None:
                     ensure_node_tokens(tokens, node_names(objects), token_dir)
                 hooks.append(node_tokens)
-    waypoints = waypoint_hook(args)
+    waypoints = waypoint_hook(args, leader)
     if waypoints is not None:
         hooks.append(waypoints)
 
@@ -156,7 +202,8 @@ async def amain(args: ControllerSettings) -> int:
         log.error("--trust-domain / --trust-domain-alias: %s", e)
         return 2
     watcher = meshconfig.Watcher(args.mesh_config) if args.mesh_config else None
-    controller = Controller(make_source(args), server, trust_domain=args.trust_domain,
+    source = make_source(args, leader)
+    controller = Controller(source, server, trust_domain=args.trust_domain,
                             root_namespace=args.root_namespace, cluster_domain=args.cluster_domain,
                             on_applied=on_applied,
                             trust_domain_aliases=_aliases(flag_aliases, watcher, args.trust_domain, None))
@@ -184,6 +231,10 @@ async def amain(args: ControllerSettings) -> int:
         except CAConfigError as e:
             log.error("CA: %s", e)
             return 2
+        if args.kube:
+            publish, new_term = root_publisher(args, ca_servicer.ca.trust_bundle().pems(), leader)
+            hooks.append(publish)
+            on_lead.append(new_term)
         # Config stream and CA over TLS, as the controller's own identity (ambit/configclient/tls.py).
         from controller.ca_setup import ServingCertificate, serving_hosts
         try:
@@ -225,6 +276,10 @@ async def amain(args: ControllerSettings) -> int:
         from controller.health import serve_unix
         stop_metrics_socket = serve_unix(args.metrics_socket)
 
+    if elector is not None:
+        resync = getattr(source, "resync_status", None)
+        on_lead.extend([controller.reapply, *([resync] if resync else [])])
+        elector_thread = elector.start(stop)
     source_thread = controller.run_source(stop)
     from controller.dashboard.wiring import start as start_dashboard
     stop_dashboard = start_dashboard(args, controller)
@@ -258,6 +313,8 @@ async def amain(args: ControllerSettings) -> int:
     stop.set()
     await grpc_server.stop(1.0)
     source_thread.join(timeout=5)
+    if elector is not None:
+        elector_thread.join(timeout=5)       # it gives the Lease up on the way out
     _unlink_stale_socket(args.listen)
     if stop_metrics_socket is not None:
         stop_metrics_socket()

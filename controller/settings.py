@@ -31,6 +31,10 @@ class ControllerSettings:
     ca_secret: str = option(
         "", "with --kube: keep the CA in this Secret of the root namespace (created on first start, read by every "
             "replica and restart; or a user-provided CA: ca.crt/ca.key, or cert-manager's tls.crt/tls.key/ca.crt)")
+    leader_elect: bool = option(
+        True, "with --kube: elect a leader over the Lease <root-namespace>/ambit-controller; only the leader writes "
+              "status, waypoint Deployments and the ambit-root-cert ConfigMap (every replica serves and signs)")
+    pod_name: str = option("", "this replica's name in the Lease (default: $POD_NAME, else the host name)")
     controller_service_account: str = option(
         "ambit-controller", "with --ca-dir: the controller's service account; it serves TLS as "
         "spiffe://<trust-domain>/ns/<root-namespace>/sa/<this>, DNS name <this>.<root-namespace>.svc")

@@ -55,15 +55,21 @@ def server_name(identity: str) -> str:
 
 @dataclass(frozen=True)
 class ControllerTrust:
-    """The pinned root file and the identity the controller must prove."""
+    """The pinned root file (or, for a one-shot CLI call, its PEM read from the ambit-root-cert
+    ConfigMap through the API server) and the identity the controller must prove."""
 
-    root_file: Path
+    root_file: Path | None
     identity: str
+    root_pem: bytes = b""
 
     def __post_init__(self) -> None:
         server_name(self.identity)         # raises naming a malformed id at start-up, not per connection
 
     def roots(self) -> bytes:
+        if self.root_pem or self.root_file is None:
+            if b"-----BEGIN CERTIFICATE-----" not in self.root_pem:
+                raise ControllerUntrusted("controller root: no PEM certificate given")
+            return self.root_pem
         try:
             pem = self.root_file.read_bytes()
         except OSError as e:

@@ -110,7 +110,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         target = args.controller or default_controller()
     try:
-        resp = asyncio.run(fetch_status(target, cluster.controller_trust(cluster.in_cluster(args)),
+        resp = asyncio.run(fetch_status(target, cluster.controller_trust(args, cluster.in_cluster(args)),
                                         timeout=args.timeout))
     except Exception as e:  # noqa: BLE001 - grpc raises its own error types; one line is enough
         details = e.details() if callable(getattr(e, "details", None)) else str(e)
