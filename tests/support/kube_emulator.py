@@ -92,6 +92,8 @@ BUILTIN = [
     ResourceType("coordination.k8s.io", ("v1",), "leases", "Lease", True),
     ResourceType("rbac.authorization.k8s.io", ("v1",), "clusterroles", "ClusterRole", False),
     ResourceType("rbac.authorization.k8s.io", ("v1",), "clusterrolebindings", "ClusterRoleBinding", False),
+    ResourceType("rbac.authorization.k8s.io", ("v1",), "roles", "Role", True),
+    ResourceType("rbac.authorization.k8s.io", ("v1",), "rolebindings", "RoleBinding", True),
     ResourceType("apiextensions.k8s.io", ("v1",), "customresourcedefinitions", "CustomResourceDefinition", False),
 ]
 
