@@ -45,7 +45,7 @@ async def amain(args: WaypointSettings) -> None:
         await client.start()
     identities = channel = None
     if args.node_token_file and args.ca_target:
-        channel = tls.channel(args.ca_target, args.controller_tls.trust())
+        channel = tls.PinnedChannel(args.ca_target, args.controller_tls.trust())
         token_file = args.node_token_file
         fetcher = GrpcCertificateFetcher(channel, args.node, lambda: read_token(token_file))
         identities = IdentityManager(fetcher, ttl=args.cert_ttl, backoff=Backoff(initial=0.25, maximum=30.0))

@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import grpc
-
 from ambit.backoff import Backoff
 from ambit.configclient import ConfigUpdate, tls
 from ambit.configclient.credential import read_token
@@ -35,11 +33,11 @@ BACKOFF = Backoff(initial=0.25, maximum=60.0)
 
 
 def build(target: str, node: str, token_file: Path, ttl: float = DEFAULT_TTL, cache_dir: Path | None = None,
-          trust: ControllerTrust | None = None) -> tuple[IdentityManager, grpc.aio.Channel]:
+          trust: ControllerTrust | None = None) -> tuple[IdentityManager, tls.PinnedChannel]:
     """An IdentityManager fetching from the CA at `target` (`host:port` or `unix:PATH`) as `node`,
     over TLS against `trust` (the pinned controller root), keeping its certificates in `cache_dir`
     if given (see `CertStore`)."""
-    channel = tls.channel(target, trust)
+    channel = tls.PinnedChannel(target, trust)
     fetcher = GrpcCertificateFetcher(channel, node, lambda: read_token(token_file))
     store = CertStore(cache_dir) if cache_dir is not None else None
     return IdentityManager(fetcher, ttl=ttl, backoff=BACKOFF, store=store), channel

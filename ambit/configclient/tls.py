@@ -120,6 +120,39 @@ def tls_field() -> ControllerTLSSettings:
     return field(default_factory=ControllerTLSSettings, metadata={"prefix": "controller_"})  # type: ignore[no-any-return]
 
 
+class PinnedChannel:
+    """A long-lived channel to the controller (the CA's, the status reporter's) that follows the
+    pinned root file: called, it returns the channel for the roots in the file now, rebuilding it
+    when the file changed (a root rotation adds the new root to the mounted bundle before the
+    controller's certificate moves to it, docs/operations.md). A file that cannot be read keeps the
+    channel as it is; the next call tries again."""
+
+    def __init__(self, target: str, trust: ControllerTrust | None) -> None:
+        self.target, self.trust = target, trust
+        self._roots = b""
+        self._channel: grpc.aio.Channel | None = None
+        self._old: list[grpc.aio.Channel] = []
+
+    def __call__(self) -> grpc.aio.Channel:
+        roots = self._roots
+        if self.trust is not None:
+            try:
+                roots = self.trust.roots()
+            except ControllerUntrusted:
+                pass
+        if self._channel is None or roots != self._roots:
+            if self._channel is not None:
+                self._old.append(self._channel)      # calls in flight finish on it; closed in close()
+            self._roots = roots
+            self._channel = channel(self.target, self.trust)
+        return self._channel
+
+    async def close(self) -> None:
+        for ch in [*self._old, *([self._channel] if self._channel is not None else [])]:
+            await ch.close()
+        self._old, self._channel = [], None
+
+
 def channel(target: str, trust: ControllerTrust | None, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
     """A channel to the controller at `target` (host:port or unix:PATH): TLS against `trust`, or
     plaintext when `trust` is None (only for a controller run with --insecure-config-stream)."""
