@@ -38,9 +38,10 @@ class StatusReporter:
             raise ValueError(f"StatusReporter.interval: {interval} must be positive")
         self.target, self.node, self.collect = target, node.validate(), collect
         self.interval, self.timeout = interval, timeout
-        self._metadata, self._trust = metadata, trust
+        self._metadata = metadata
         self._task: asyncio.Task[None] | None = None
-        self._channel: grpc.aio.Channel | None = None
+        # one channel for the reporter's life (gRPC reconnects it), rebuilt if the pinned root changes
+        self._channel = tls.PinnedChannel(target, trust)
         self.sent = 0
         self.last_error = ""
         self.controller_version = ""
@@ -56,9 +57,7 @@ class StatusReporter:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        await self._channel.close()
 
     def report(self) -> debug_pb2.ProxyReport:
         state = json.dumps(self.collect(), sort_keys=True, default=str).encode()
@@ -66,9 +65,7 @@ class StatusReporter:
 
     async def send_once(self) -> None:
         md = tuple(self._metadata()) if self._metadata is not None else None   # re-read: tokens rotate
-        if self._channel is None:            # one channel for the reporter's life; gRPC reconnects it
-            self._channel = tls.channel(self.target, self._trust)
-        reply = await debug_pb2_grpc.DebugServiceStub(self._channel).Report(self.report(), metadata=md,
+        reply = await debug_pb2_grpc.DebugServiceStub(self._channel()).Report(self.report(), metadata=md,
                                                                             timeout=self.timeout)
         self.controller_version = reply.controller_version
         self.sent += 1

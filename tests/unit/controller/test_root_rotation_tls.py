@@ -18,7 +18,13 @@ import pytest
 
 from ambit.configclient import tls
 from ambit.dataplane.identity import CertificateFetchError, GrpcCertificateFetcher, make_key_and_csr
-from controller.ca import BootstrapTokens, CertificateAuthority, DirectoryStorage, generate_root, load_or_create
+from controller.ca import (
+    BootstrapTokens,
+    CertificateAuthority,
+    DirectoryStorage,
+    generate_root,
+    load_or_create,
+)
 from controller.ca.authority import CAMaterial
 from controller.ca.service import CertificateServicer, add_to_server
 from controller.ca_setup import ServingCertificate, serving_hosts
