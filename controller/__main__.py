@@ -1,10 +1,12 @@
 """Run the controller: `python -m controller --lab-store PATH | --kube [--kubeconfig F] --listen ADDR`.
 Every setting is in controller/settings.py (`--help` lists them with their environment variables).
 
-One grpc.aio server carries the config stream (ambit.config.v1) and, with `--ca-dir`, the CA
+One grpc.aio server carries the config stream (ambit.config.v1) and, with `--ca-dir` or
+`--ca-secret`, the CA
 (ambit.ca.v1); with the CA it serves TLS only, with a certificate its CA issues for its own SPIFFE
-id (controller/ca_setup.py ServingCertificate). It starts serving only after the first snapshot is translated: a ztunnel that
-connected earlier would be handed an empty config and drop everything it routes.
+id (controller/ca_setup.py ServingCertificate). It starts serving only after the first snapshot is
+translated: a ztunnel that connected earlier would be handed an empty config and drop everything
+it routes.
 """
 
 from __future__ import annotations
@@ -128,8 +130,7 @@ def root_publisher(args: ControllerSettings, pems: list[str], leader: Callable[[
         wanted = {args.root_namespace} | {o["metadata"].get("namespace", "default") for o in objects
                                           if o.get("kind") == "Gateway" and is_waypoint(o)}
         if wanted - done:
-            publish_root(api, wanted - done, pems)
-            done.update(wanted)
+            done.update(publish_root(api, wanted - done, pems))     # a failed namespace is retried next time
     return publish, done.clear
 
 
@@ -174,7 +175,7 @@ async def amain(args: ControllerSettings) -> int:
     elector = make_elector(args, on_leadership)
     leader = elector.is_leader if elector is not None else None
     tokens = None
-    if args.ca_dir and args.lab_store:
+    if args.ca_dir:
         from controller.ca import BootstrapTokens
         from controller.ca_setup import ensure_node_tokens
         if args.lab_store:

@@ -23,12 +23,12 @@ ROOT_KEY = "root-cert.pem"
 
 def publish_root(api_client: Any, namespaces: Iterable[str], pems: list[str]) -> list[str]:
     """Create or update `ambit-root-cert` in each namespace to hold `pems`; returns the namespaces
-    whose ConfigMap changed. A failure is logged and skipped (the next leadership or start retries)."""
+    whose ConfigMap now holds them. A failure is logged and left out (the caller retries it)."""
     from kubernetes import client as k8s
     from kubernetes.client.exceptions import ApiException
     api = k8s.CoreV1Api(api_client)
     bundle = "".join(pems)
-    changed = []
+    changed, done = [], []
     for ns in sorted(set(namespaces)):
         try:
             try:
@@ -41,14 +41,16 @@ def publish_root(api_client: Any, namespaces: Iterable[str], pems: list[str]) ->
                                               labels={"app.kubernetes.io/managed-by": "ambit"}),
                     data={ROOT_KEY: bundle}))
                 changed.append(ns)
+                done.append(ns)
                 continue
             if (cm.data or {}).get(ROOT_KEY) != bundle:
                 cm.data = {**(cm.data or {}), ROOT_KEY: bundle}
                 api.replace_namespaced_config_map(ROOT_CONFIGMAP, ns, cm)   # resourceVersion kept: 409 if raced
                 changed.append(ns)
+            done.append(ns)
         except ApiException as e:
             log.warning("cannot publish the mesh root to ConfigMap %s/%s: %s %s", ns, ROOT_CONFIGMAP, e.status, e.reason)
     if changed:
         log.info("published the mesh root (%d certificate(s)) to ConfigMap %s in %s", len(pems), ROOT_CONFIGMAP,
                  ", ".join(changed))
-    return changed
+    return done
