@@ -7,7 +7,8 @@ API-server emulator (real HTTP, the official client, TokenReview):
 * The real controller process (`--kube --ca-secret`): it stores its CA in the Secret, publishes the
   root to the ambit-root-cert ConfigMap, takes the Lease, and serves TLS as its SPIFFE id. A client
   that pins the published root and presents a projected token gets a certificate; one without a
-  valid token is refused. Restarted, it signs with the same root.
+  valid token is refused. A second replica (a restart, a rollout) signs with the same root and
+  serves while following; when the leader stops it hands the Lease over.
 """
 
 from __future__ import annotations
@@ -170,38 +171,46 @@ async def ask(address: str, trust: tls.ControllerTrust, token: str | None) -> tu
         return "OK", x509.load_pem_x509_certificate(r.cert_chain[-1].encode()).subject.rfc4514_string()
 
 
-def test_the_controller_keeps_its_ca_in_a_secret_across_a_restart_and_serves_tls(cluster: dict[str, Any]) -> None:
+def holder(emu: KubeEmulator) -> str | None:
+    return k8s.CoordinationV1Api(make_api_client(emu.url)).read_namespaced_lease("ambit-controller", NS).spec.holder_identity
+
+
+def test_replicas_share_the_secret_ca_serve_tls_and_hand_the_lease_over(cluster: dict[str, Any]) -> None:
     emu = cluster["emu"]
     identity = tls.controller_identity(TD, NS)
-    proc, address, log = start_controller(cluster, "ctl-a")
+    a, a_address, a_log = start_controller(cluster, "ctl-a")
+    b = None
     try:
         root = published_root(emu)
         (cluster["tmp"] / "root.pem").write_bytes(root)
         trust = tls.ControllerTrust(cluster["tmp"] / "root.pem", identity)
-        code, _ = asyncio.run(ask(address, trust, "zt-1"))
-        assert code == "OK"
-        code, why = asyncio.run(ask(address, trust, "forged-token"))
+        assert asyncio.run(ask(a_address, trust, "zt-1"))[0] == "OK"
+        code, why = asyncio.run(ask(a_address, trust, "forged-token"))
         assert code == "UNAUTHENTICATED", why
-        code, why = asyncio.run(ask(address, trust, None))
+        code, why = asyncio.run(ask(a_address, trust, None))
         assert code == "UNAUTHENTICATED", why
-        lease = k8s.CoordinationV1Api(make_api_client(emu.url)).read_namespaced_lease("ambit-controller", NS)
-        assert lease.spec.holder_identity == "ctl-a"
+        assert holder(emu) == "ctl-a"
         secret = emu.get("v1", "Secret", "ambit-ca", NS)
         assert secret is not None and "ca.key" in secret["data"]
-    finally:
-        stop(proc, log)
-    assert not k8s.CoordinationV1Api(make_api_client(emu.url)).read_namespaced_lease(
-        "ambit-controller", NS).spec.holder_identity, "a stopping controller releases the Lease"
 
-    proc, address, log = start_controller(cluster, "ctl-b")          # the restart (a new pod)
-    try:
-        assert published_root(emu) == root
+        # A second replica (or the restarted pod of a rollout): it reads the Secret, so it signs
+        # under the same root the clients pinned, and it serves while it follows.
+        b, b_address, b_log = start_controller(cluster, "ctl-b")
+        assert asyncio.run(ask(b_address, trust, "zt-1"))[0] == "OK"
+        assert holder(emu) == "ctl-a"
         assert emu.get("v1", "Secret", "ambit-ca", NS)["data"] == secret["data"]
-        code, _ = asyncio.run(ask(address, trust, "zt-1"))           # the same pinned root still verifies
-        assert code == "OK"
+    finally:
+        stop(a, a_log)
+    try:
+        # The leader stopped: it released the Lease, and the other replica takes it at its next try.
+        wait_for(lambda: holder(emu) == "ctl-b", timeout=20, what="ctl-b leading")
+        assert published_root(emu) == root
+        assert asyncio.run(ask(b_address, trust, "zt-1"))[0] == "OK"
         # A client pinning another root refuses this controller.
         (cluster["tmp"] / "other.pem").write_bytes(pem(generate_root(TD).cert))
         with pytest.raises(tls.ControllerUntrusted, match="not trusted by the pinned root"):
-            asyncio.run(tls.check_identity(address, tls.ControllerTrust(cluster["tmp"] / "other.pem", identity)))
+            asyncio.run(tls.check_identity(b_address, tls.ControllerTrust(cluster["tmp"] / "other.pem", identity)))
     finally:
-        stop(proc, log)
+        if b is not None:
+            stop(b, b_log)
+    assert not holder(emu), "a stopping controller releases the Lease"
