@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.controller:
         from agent.streamsource import StreamPodSource
         source = StreamPodSource(args.controller, args.node, args.config_cache, paths=args.pod_paths,
-                                 token_file=args.node_token_file)
+                                 token_file=args.node_token_file, trust=args.controller_tls.trust())
     elif args.store is not None:
         source = LabPodSource(args.store)
     else:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ambit import settings
+from ambit.configclient.tls import ControllerTLSSettings, tls_field
 from ambit.settings import non_negative, one_of, option
 
 
@@ -23,6 +24,7 @@ class AgentSettings:
     node_token_file: Path | None = option(
         help="with --controller: this node's credential, which the controller requires on the config stream "
              "(lab: <labdir>/<node>/bootstrap-token, the one ztunnel gives the CA)")
+    controller_tls: ControllerTLSSettings = tls_field()
     store: Path | None = option(help="lab store file: run without a controller")
     config_cache: Path | None = option(
         help="with --controller: file keeping the last good Workloads, so a restart during a controller outage "

@@ -39,6 +39,7 @@ from agent.enrolment import LocalPod, PodRef
 from ambit.configclient import ConfigClient, ConfigUpdate, NodeInfo
 from ambit.configclient.credential import node_metadata
 from ambit.configclient.report import StatusReporter
+from ambit.configclient.tls import ControllerTrust
 from ambit.model import Workload
 
 log = logging.getLogger("ambit.agent.stream")
@@ -84,7 +85,8 @@ class StreamPodSource:
 
     def __init__(self, target: str, node: str, cache_path: str | Path | None = None, *,
                  paths: str = "host", sandboxes: Any = None, resync: float = 2.0, instance_id: str = "",
-                 token_file: str | Path | None = None, report_interval: float = 10.0):
+                 token_file: str | Path | None = None, report_interval: float = 10.0,
+                 trust: ControllerTrust | None = None):
         if paths not in PATHS:
             raise ValueError(f"StreamPodSource.paths: {paths!r} is not one of {', '.join(PATHS)}")
         self.target = target
@@ -96,6 +98,7 @@ class StreamPodSource:
         self.report_interval = report_interval
         # The node credential the controller requires on the stream (the one ztunnel gives the CA).
         self.token_file = Path(token_file) if token_file else None
+        self.trust = trust                  # the pinned controller root (TLS), ambit.configclient.tls
         self.node_info = NodeInfo("agent", node, instance_id=instance_id or uuid.uuid4().hex[:8]).validate()
         self.client: ConfigClient | None = None
         self._updates: queue.Queue[tuple[str, dict[str, Workload], bool]] = queue.Queue()
@@ -111,12 +114,12 @@ class StreamPodSource:
     async def _stream(self, stop: threading.Event) -> None:
         md = node_metadata(self.token_file, self.node) if self.token_file is not None else None
         self.client = ConfigClient(self.target, self.node_info, [Workload.TYPE], self._on_change,
-                                   cache_path=self.cache_path, metadata=md)
+                                   cache_path=self.cache_path, metadata=md, trust=self.trust)
         await self.client.start()
         # Its build version (and what it holds) to the controller's debug API, so `ambit version`
         # and `proxy-status` judge the node agent's skew as they do the proxies'.
         reporter = StatusReporter(self.target, self.node_info, self._report, interval=self.report_interval,
-                                  metadata=md)
+                                  metadata=md, trust=self.trust)
         await reporter.start()
         try:
             while not stop.is_set():

@@ -9,6 +9,10 @@
   port-forward svc/ambit-controller 15012`) with the kubeconfig user's bearer token, which the
   controller checks by TokenReview.
 
+Both over TLS, checked against a pinned root (ambit/configclient/tls.py): in the lab the lab's
+`<labdir>/controller-root.pem`; in a cluster the file named by $AMBIT_CONTROLLER_ROOT_CERT (the
+ambit-root-cert ConfigMap's root-cert.pem) and the identity $AMBIT_CONTROLLER_IDENTITY.
+
 The lab is used when it is up (or its store exists) and neither `--kubeconfig` nor `--context` is
 given; with no lab, a kubeconfig ($KUBECONFIG or ~/.kube/config) means the cluster.
 """
@@ -19,6 +23,7 @@ import argparse
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ambitctl.lab import components, paths, state
@@ -148,6 +153,45 @@ class DebugTarget:
     address: str
     token: str
     where: str          # "lab" | "cluster"
+    trust: Any = None   # ambit.configclient.tls.ControllerTrust: the controller's pinned root
+
+
+ROOT_CERT_ENV = "AMBIT_CONTROLLER_ROOT_CERT"
+IDENTITY_ENV = "AMBIT_CONTROLLER_IDENTITY"
+ROOT_CONFIGMAP, ROOT_KEY = "ambit-root-cert", "root-cert.pem"  # controller/ca/publish.py writes it
+
+
+def controller_trust(args: argparse.Namespace | None, cluster: bool) -> Any:
+    """The root and identity the controller must prove. Lab: the lab's pinned root file. Cluster:
+    $AMBIT_CONTROLLER_ROOT_CERT (a file) if set, else the ambit-root-cert ConfigMap of the root
+    namespace, read through the API server the kubeconfig already trusts; no ConfigMap means a
+    controller without a CA (--insecure-config-stream): plaintext. The identity is
+    $AMBIT_CONTROLLER_IDENTITY, default spiffe://cluster.local/ns/ambit-system/sa/ambit-controller."""
+    from ambit.configclient.tls import DEFAULT_IDENTITY, ControllerTrust
+    if not cluster:
+        return components.controller_trust(paths.lab_dir())
+    identity = os.environ.get(IDENTITY_ENV, DEFAULT_IDENTITY)
+    try:
+        if os.environ.get(ROOT_CERT_ENV):
+            return ControllerTrust(Path(os.environ[ROOT_CERT_ENV]), identity)
+        from ambit import identity as ident
+        pem = _published_root(args, ident.parse(identity).namespace)
+        return ControllerTrust(None, identity, pem.encode()) if pem else None
+    except ValueError as e:      # ident.InvalidSpiffeId is a ValueError
+        raise TargetError(f"{IDENTITY_ENV}: {e}") from None
+
+
+def _published_root(args: argparse.Namespace | None, namespace: str) -> str:
+    from kubernetes import client as k8s
+    from kubernetes.client.exceptions import ApiException
+    try:
+        cm = k8s.CoreV1Api(api_client(args or argparse.Namespace())).read_namespaced_config_map(ROOT_CONFIGMAP, namespace)
+    except ApiException as e:
+        if e.status == 404:
+            return ""
+        raise TargetError(f"cannot read ConfigMap {namespace}/{ROOT_CONFIGMAP} (the controller's root): "
+                          f"{e.status} {e.reason}") from None
+    return (cm.data or {}).get(ROOT_KEY, "")
 
 
 def debug_target(args: argparse.Namespace, cluster: bool | None = None) -> DebugTarget:
@@ -166,7 +210,7 @@ def debug_target(args: argparse.Namespace, cluster: bool | None = None) -> Debug
             token = auth.removeprefix("Bearer ").strip()
         if not token:
             raise TargetError("the kubeconfig user has no bearer token for the debug API; pass --token")
-        return DebugTarget(address, token, "cluster")
+        return DebugTarget(address, token, "cluster", controller_trust(args, True))
     base = paths.lab_dir()
     address = explicit or f"unix:{components.controller_socket(base)}"
     if not token:
@@ -175,15 +219,16 @@ def debug_target(args: argparse.Namespace, cluster: bool | None = None) -> Debug
             token = f.read_text().strip()
         except OSError as e:
             raise TargetError(f"the lab's debug API token {f}: {e.strerror or e} (is the lab up?)") from None
-    return DebugTarget(address, token, "lab")
+    return DebugTarget(address, token, "lab", controller_trust(args, False))
 
 
 async def _call(target: DebugTarget, method: str, request: Any, timeout: float) -> Any:
-    import grpc
 
     from ambit.api import debug_pb2_grpc
+    from ambit.configclient import tls
     # Metrics answers with every proxy's istio_* families: more than gRPC's default 4 MiB in a big mesh.
-    async with grpc.aio.insecure_channel(target.address, options=(("grpc.max_receive_message_length", MAX_REPLY),)) as ch:
+    async with tls.channel(target.address, target.trust,
+                           options=(("grpc.max_receive_message_length", MAX_REPLY),)) as ch:
         stub = debug_pb2_grpc.DebugServiceStub(ch)
         return await getattr(stub, method)(request, metadata=(("authorization", f"Bearer {target.token}"),),
                                            timeout=timeout)

@@ -33,6 +33,8 @@ KINDS: dict[str, tuple[str, bool]] = {
     "ServiceAccount": ("serviceaccounts", True),
     "ClusterRole": ("clusterroles", False),
     "ClusterRoleBinding": ("clusterrolebindings", False),
+    "Role": ("roles", True),
+    "RoleBinding": ("rolebindings", True),
     "ConfigMap": ("configmaps", True),
     "Service": ("services", True),
     "Deployment": ("deployments", True),

@@ -1,9 +1,12 @@
 """Run the controller: `python -m controller --lab-store PATH | --kube [--kubeconfig F] --listen ADDR`.
 Every setting is in controller/settings.py (`--help` lists them with their environment variables).
 
-One grpc.aio server carries the config stream (ambit.config.v1) and, with `--ca-dir`, the CA
-(ambit.ca.v1). It starts serving only after the first snapshot is translated: a ztunnel that
-connected earlier would be handed an empty config and drop everything it routes.
+One grpc.aio server carries the config stream (ambit.config.v1) and, with `--ca-dir` or
+`--ca-secret`, the CA
+(ambit.ca.v1); with the CA it serves TLS only, with a certificate its CA issues for its own SPIFFE
+id (controller/ca_setup.py ServingCertificate). It starts serving only after the first snapshot is
+translated: a ztunnel that connected earlier would be handed an empty config and drop everything
+it routes.
 """
 
 from __future__ import annotations
@@ -42,16 +45,18 @@ def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = N
         raise SystemExit(f"controller: {e}") from None
 
 
-def make_source(args: ControllerSettings) -> Source:
+def make_source(args: ControllerSettings, leader: Callable[[], bool] | None = None) -> Source:
     if args.lab_store:
         from ambit.labstore import LabStore
         from controller.sources.lab import LabSource
         return LabSource(LabStore(args.lab_store))
     from controller.sources.kube import KubeSource, make_api_client
-    return KubeSource(make_api_client(args.kube_host, args.kubeconfig), write_status=not args.no_status)
+    return KubeSource(make_api_client(args.kube_host, args.kubeconfig), write_status=not args.no_status,
+                      leader=leader)
 
 
-def waypoint_hook(args: ControllerSettings) -> Callable[[Snapshot, Translation], None] | None:
+def waypoint_hook(args: ControllerSettings, leader: Callable[[], bool] | None = None
+                  ) -> Callable[[Snapshot, Translation], None] | None:
     """The controller's writes for waypoint Gateways after each snapshot: their status and
     AuthorizationPolicy conditions (lab store, or the API unless --no-status) and, with
     --waypoint-image in a cluster, their Deployment/Service/ServiceAccount."""
@@ -79,7 +84,8 @@ def waypoint_hook(args: ControllerSettings) -> Callable[[Snapshot, Translation],
                                  write_status=not args.no_status)
 
     def kube_waypoints(objects: Snapshot, tr: Translation) -> None:
-        rec.reconcile(objects, tr)
+        if leader is None or leader():        # followers serve; the leader writes
+            rec.reconcile(objects, tr)
     return kube_waypoints
 
 
@@ -93,6 +99,51 @@ def debug_readers(args: ControllerSettings) -> Any:
         return TokenReviewReaders(make_api_client(args.kube_host, args.kubeconfig), args.debug_readers)
     log.warning("debug API: no --debug-token-file, so it refuses every reader (proxy reports are still taken)")
     return None
+
+
+def make_elector(args: ControllerSettings, on_change: Callable[[bool], None]) -> Any:
+    """The Lease elector (controller/leader.py) with --kube and --leader-elect, else None."""
+    if not (args.kube and args.leader_elect):
+        return None
+    import socket
+
+    from controller.leader import LeaseElector
+    from controller.sources.kube import make_api_client
+    me = args.pod_name or os.environ.get("POD_NAME") or socket.gethostname()
+    return LeaseElector(make_api_client(args.kube_host, args.kubeconfig), args.root_namespace, "ambit-controller", me,
+                        on_change=on_change)
+
+
+def root_publisher(args: ControllerSettings, pems: list[str], leader: Callable[[], bool] | None
+                   ) -> tuple[Callable[[Snapshot, Translation], None], Callable[[], None]]:
+    """A post-snapshot hook writing the ambit-root-cert ConfigMap (controller/ca/publish.py) to the
+    root namespace and each namespace with a waypoint Gateway, once per namespace per leadership
+    term; and the function that starts a new term (the leader may have changed the bundle)."""
+    from controller.ca.publish import publish_root
+    from controller.sources.kube import make_api_client
+    from controller.waypoints.gateways import is_waypoint
+    api = make_api_client(args.kube_host, args.kubeconfig)
+    done: set[str] = set()
+
+    def publish(objects: Snapshot, _tr: Translation) -> None:
+        if leader is not None and not leader():
+            return
+        wanted = {args.root_namespace} | {o["metadata"].get("namespace", "default") for o in objects
+                                          if o.get("kind") == "Gateway" and is_waypoint(o)}
+        if wanted - done:
+            done.update(publish_root(api, wanted - done, pems))     # a failed namespace is retried next time
+    return publish, done.clear
+
+
+def ca_storage(args: ControllerSettings) -> Any:
+    """Where the CA lives: --ca-secret (a Secret in the root namespace) or --ca-dir."""
+    from controller.ca import DirectoryStorage
+    if args.ca_secret:
+        from controller.ca.storage import SecretStorage
+        from controller.sources.kube import make_api_client
+        return SecretStorage(make_api_client(args.kube_host, args.kubeconfig), args.root_namespace, args.ca_secret)
+    assert args.ca_dir is not None
+    return DirectoryStorage(args.ca_dir)
 
 
 def node_names(objects: Snapshot) -> list[str]:
@@ -116,6 +167,14 @@ async def amain(args: ControllerSettings) -> int:
     server.add_to_server(grpc_server)
 
     hooks: list[Callable[[Snapshot, Translation], None]] = []
+    on_lead: list[Callable[[], None]] = []      # run on gaining leadership (writes skipped while following)
+
+    def on_leadership(leading: bool) -> None:
+        if leading:
+            for f in on_lead:
+                f()
+    elector = make_elector(args, on_leadership)
+    leader = elector.is_leader if elector is not None else None
     tokens = None
     if args.ca_dir:
         from controller.ca import BootstrapTokens
@@ -128,7 +187,7 @@ async def amain(args: ControllerSettings) -> int:
                 def node_tokens(objects: Snapshot, _tr: Translation) -> None:
                     ensure_node_tokens(tokens, node_names(objects), token_dir)
                 hooks.append(node_tokens)
-    waypoints = waypoint_hook(args)
+    waypoints = waypoint_hook(args, leader)
     if waypoints is not None:
         hooks.append(waypoints)
 
@@ -145,7 +204,8 @@ async def amain(args: ControllerSettings) -> int:
         log.error("--trust-domain / --trust-domain-alias: %s", e)
         return 2
     watcher = meshconfig.Watcher(args.mesh_config) if args.mesh_config else None
-    controller = Controller(make_source(args), server, trust_domain=args.trust_domain,
+    source = make_source(args, leader)
+    controller = Controller(source, server, trust_domain=args.trust_domain,
                             root_namespace=args.root_namespace, cluster_domain=args.cluster_domain,
                             on_applied=on_applied,
                             trust_domain_aliases=_aliases(flag_aliases, watcher, args.trust_domain, None),
@@ -156,8 +216,9 @@ async def amain(args: ControllerSettings) -> int:
             first = meshconfig.load(watcher.path, args.trust_domain)
             controller.set_mesh_telemetry(list(first.extension_providers), dict(first.default_providers))
 
-    ca_servicer = None
-    if args.ca_dir:
+    ca_servicer = serving = None
+    if args.with_ca:
+        from controller.ca import CAConfigError
         from controller.ca_setup import mount_ca
         from controller.configserver.auth import NodeAuthenticator
         if tokens is not None:
@@ -168,7 +229,23 @@ async def amain(args: ControllerSettings) -> int:
             sa = args.ztunnel_service_account or f"system:serviceaccount:{args.root_namespace}:ztunnel"
             verifier = TokenReviewVerifier(make_api_client(args.kube_host, args.kubeconfig), {sa},
                                            workload_accounts=controller.is_waypoint_account)
-        ca_servicer = mount_ca(grpc_server, args.ca_dir, args.trust_domain, verifier, controller.pods_on_node)
+        try:
+            ca_servicer = mount_ca(grpc_server, ca_storage(args), args.trust_domain, verifier, controller.pods_on_node)
+        except CAConfigError as e:
+            log.error("CA: %s", e)
+            return 2
+        if args.kube:
+            publish, new_term = root_publisher(args, ca_servicer.ca.trust_bundle().pems(), leader)
+            hooks.append(publish)
+            on_lead.append(new_term)
+        # Config stream and CA over TLS, as the controller's own identity (ambit/configclient/tls.py).
+        from controller.ca_setup import ServingCertificate, serving_hosts
+        try:
+            serving = ServingCertificate(ca_servicer.ca, args.identity,
+                                         serving_hosts(args.identity, args.cluster_domain, args.serving_host))
+        except ValueError as e:
+            log.error("--controller-service-account / --serving-host: %s", e)
+            return 2
         if args.insecure_config_stream:
             log.error("--insecure-config-stream with --ca-dir: the node credentials exist, so the config stream "
                       "requires them; drop the flag")
@@ -202,6 +279,10 @@ async def amain(args: ControllerSettings) -> int:
         from controller.health import serve_unix
         stop_metrics_socket = serve_unix(args.metrics_socket)
 
+    if elector is not None:
+        resync = getattr(source, "resync_status", None)
+        on_lead.extend([controller.reapply, *([resync] if resync else [])])
+        elector_thread = elector.start(stop)
     source_thread = controller.run_source(stop)
     controller.run_jwks_refresher(stop)
     from controller.dashboard.wiring import start as start_dashboard
@@ -217,13 +298,15 @@ async def amain(args: ControllerSettings) -> int:
         return 0 if done.is_set() else 1
 
     _unlink_stale_socket(args.listen)
-    if grpc_server.add_insecure_port(args.listen) == 0:
+    port = (grpc_server.add_secure_port(args.listen, serving.credentials()) if serving is not None
+            else grpc_server.add_insecure_port(args.listen))
+    if port == 0:
         log.error("cannot listen on %s", args.listen)
         stop.set()
         return 1
     await grpc_server.start()
     log.info("controller serving config version %s on %s%s", controller.version, args.listen,
-             " (with CA)" if args.ca_dir else "")
+             f" over TLS as {args.identity} (with CA)" if serving is not None else " (plaintext)")
     while not done.is_set() and not stop.is_set():
         if watcher is not None and watcher.changed():
             controller.set_trust_domain_aliases(_aliases(flag_aliases, watcher, args.trust_domain, controller))
@@ -234,6 +317,8 @@ async def amain(args: ControllerSettings) -> int:
     stop.set()
     await grpc_server.stop(1.0)
     source_thread.join(timeout=5)
+    if elector is not None:
+        elector_thread.join(timeout=5)       # it gives the Lease up on the way out
     _unlink_stale_socket(args.listen)
     if stop_metrics_socket is not None:
         stop_metrics_socket()

@@ -234,6 +234,17 @@ class Controller:
         return any(w.namespace == namespace and w.service_account == service_account
                    and gateway_of(w) == f"{namespace}/{service_account}" for w in workloads)
 
+    def reapply(self) -> None:
+        """Run the post-snapshot duties again on the last snapshot (a replica that just became the
+        leader writes what it skipped while following)."""
+        with self._flow_lock:
+            objects, tr = self._objects, self.translation
+            if objects is not None and tr is not None and self.on_applied is not None:
+                try:
+                    self.on_applied(objects, tr)
+                except Exception:  # noqa: BLE001 - as in _on_snapshot
+                    log.exception("post-snapshot hook failed")
+
     def run_source(self, stop: threading.Event) -> threading.Thread:
         """Run the source on a thread of its own (it blocks); returns the thread."""
         def run() -> None:

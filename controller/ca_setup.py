@@ -12,8 +12,10 @@ A token that still verifies is kept across controller restarts, so ztunnels need
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,9 +23,9 @@ import grpc
 
 from controller.ca import (
     BootstrapTokens,
+    CAStorage,
     CertificateAuthority,
     CertificateServicer,
-    DirectoryStorage,
     NodeCredentialVerifier,
     Unauthenticated,
     add_to_server,
@@ -31,21 +33,24 @@ from controller.ca import (
 )
 from controller.ca.service import PodsOnNode
 
+SERVING_TTL = dt.timedelta(days=30)
+
 log = logging.getLogger("ambit.controller.ca")
 
 TOKEN_FILE = "bootstrap-token"
 TOKEN_DIGESTS = "node-token-digests.json"
 
 
-def mount_ca(server: grpc.aio.Server, ca_dir: Path, trust_domain: str, verifier: NodeCredentialVerifier,
+def mount_ca(server: grpc.aio.Server, storage: CAStorage, trust_domain: str, verifier: NodeCredentialVerifier,
              pods_on_node: PodsOnNode) -> CertificateServicer:
-    """Load (or create, on first start) the CA kept in `ca_dir` and serve CreateCertificate; the
-    servicer (its `.ca`, its issuance counts) is returned for the controller's metrics."""
-    material = load_or_create(DirectoryStorage(ca_dir), trust_domain)
+    """Load (or create, on first start) the CA kept in `storage` (a directory, or a Secret) and
+    serve CreateCertificate; the servicer (its `.ca`, its issuance counts) is returned for the
+    controller's metrics."""
+    material = load_or_create(storage, trust_domain)
     ca = CertificateAuthority(material, trust_domain)
     servicer = CertificateServicer(ca, verifier, pods_on_node)
     add_to_server(server, servicer)
-    log.info("CA for trust domain %s from %s (root %s)", trust_domain, ca_dir,
+    log.info("CA for trust domain %s from %s (root %s)", trust_domain, getattr(storage, "where", storage),
              material.root.subject.rfc4514_string() or "<empty subject>")
     return servicer
 
@@ -77,3 +82,37 @@ def ensure_node_tokens(tokens: BootstrapTokens, nodes: Iterable[str], token_dir:
         issued.append(node)
         log.info("issued a bootstrap token for node %s (%s)", node, path)
     return issued
+
+
+def serving_hosts(identity: str, cluster_domain: str, extra: Iterable[str] = ()) -> list[str]:
+    """The DNS names of the controller's serving certificate: `<sa>.<ns>.svc` (what clients check,
+    ambit.configclient.tls.server_name), its cluster-domain form, and any `extra` (--serving-host)."""
+    from ambit.configclient.tls import server_name
+    short = server_name(identity)
+    return list(dict.fromkeys([short, f"{short}.{cluster_domain}", *extra]))
+
+
+class ServingCertificate:
+    """The controller's TLS certificate, issued by its own CA for `identity` and re-issued at half
+    its life: gRPC asks `fetch` on every new handshake (grpc.dynamic_ssl_server_credentials), so a
+    long-running controller never serves an expired certificate and needs no restart for it."""
+
+    def __init__(self, ca: CertificateAuthority, identity: str, hosts: list[str], ttl: dt.timedelta = SERVING_TTL,
+                 clock=time.time) -> None:
+        self.ca, self.identity, self.hosts, self.ttl, self.clock = ca, identity, hosts, ttl, clock
+        self.renew_at = 0.0
+        self.issued = 0
+
+    def _issue(self) -> grpc.ServerCertificateConfiguration:
+        chain, key = self.ca.issue_serving_certificate(self.hosts, self.ttl, identity=self.identity)
+        self.renew_at = self.clock() + self.ttl.total_seconds() / 2
+        self.issued += 1
+        log.info("serving certificate for %s (%s), renewed in %s", self.identity, ", ".join(self.hosts), self.ttl / 2)
+        return grpc.ssl_server_certificate_configuration([(key.encode(), "".join(chain).encode())])
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """A new configuration when the current one is past half its life, else None (keep it)."""
+        return self._issue() if self.clock() >= self.renew_at else None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(self._issue(), self.fetch, require_client_authentication=False)

@@ -28,6 +28,18 @@ class ControllerSettings:
     root_namespace: str = option("ambit-system", "the mesh root namespace")
     cluster_domain: str = option("cluster.local", "the cluster's DNS domain")
     ca_dir: Path | None = option(help="serve the CA, keeping its key material here (created on first start)")
+    ca_secret: str = option(
+        "", "with --kube: keep the CA in this Secret of the root namespace (created on first start, read by every "
+            "replica and restart; or a user-provided CA: ca.crt/ca.key, or cert-manager's tls.crt/tls.key/ca.crt)")
+    leader_elect: bool = option(
+        True, "with --kube: elect a leader over the Lease <root-namespace>/ambit-controller; only the leader writes "
+              "status, waypoint Deployments and the ambit-root-cert ConfigMap (every replica serves and signs)")
+    pod_name: str = option("", "this replica's name in the Lease (default: $POD_NAME, else the host name)")
+    controller_service_account: str = option(
+        "ambit-controller", "with --ca-dir: the controller's service account; it serves TLS as "
+        "spiffe://<trust-domain>/ns/<root-namespace>/sa/<this>, DNS name <this>.<root-namespace>.svc")
+    serving_host: tuple[str, ...] = option(
+        (), "with --ca-dir: another DNS name or IP for the controller's serving certificate (repeatable)")
     node_token_dir: Path | None = option(
         help="lab mode with --ca-dir: write each node's bootstrap token to DIR/<node>/bootstrap-token")
     ztunnel_service_account: str = option(
@@ -77,7 +89,21 @@ class ControllerSettings:
     def check(self) -> str | None:
         if (self.lab_store is not None) == self.kube:
             return "exactly one source is needed: --lab-store PATH or --kube"
+        if self.ca_secret and not self.kube:
+            return "--ca-secret needs --kube (the lab keeps its CA in --ca-dir)"
+        if self.ca_secret and self.ca_dir:
+            return "--ca-secret and --ca-dir both name where the CA lives: pass one"
         return None
+
+    @property
+    def with_ca(self) -> bool:
+        return self.ca_dir is not None or bool(self.ca_secret)
+
+    @property
+    def identity(self) -> str:
+        """The SPIFFE id the controller proves on its TLS port (ambit.configclient.tls)."""
+        from ambit.configclient.tls import controller_identity
+        return controller_identity(self.trust_domain, self.root_namespace, self.controller_service_account)
 
     @property
     def no_status(self) -> bool:

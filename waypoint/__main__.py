@@ -11,10 +11,8 @@ import logging
 import os
 import signal
 
-import grpc
-
 from ambit.backoff import Backoff
-from ambit.configclient import ConfigClient, NodeInfo
+from ambit.configclient import ConfigClient, NodeInfo, tls
 from ambit.configclient.credential import node_metadata, read_token
 from ambit.configclient.report import StatusReporter
 from ambit.dataplane import process
@@ -43,12 +41,12 @@ async def amain(args: WaypointSettings) -> None:
     client = None
     if args.controller:
         client = ConfigClient(args.controller, NodeInfo("waypoint", args.pod_name, args.waypoint, os.urandom(4).hex()),
-                              list(TYPES), config.apply,
+                              list(TYPES), config.apply, trust=args.controller_tls.trust(),
                               metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
         await client.start()
     identities = channel = None
     if args.node_token_file and args.ca_target:
-        channel = grpc.aio.insecure_channel(args.ca_target)
+        channel = tls.PinnedChannel(args.ca_target, args.controller_tls.trust())
         token_file = args.node_token_file
         fetcher = GrpcCertificateFetcher(channel, args.node, lambda: read_token(token_file))
         identities = IdentityManager(fetcher, ttl=args.cert_ttl, backoff=Backoff(initial=0.25, maximum=30.0))
@@ -73,11 +71,11 @@ async def amain(args: WaypointSettings) -> None:
     reporter = feed = None
     if client is not None:
         reporter = StatusReporter(args.controller, client.node, lambda: admin.status_report(proxy, args.node),
-                                  interval=args.report_interval,
+                                  interval=args.report_interval, trust=args.controller_tls.trust(),
                                   metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
         await reporter.start()
         # `ambit tap`/`stat`/`top` in a cluster: the controller asks over a feed this proxy opens.
-        feed = TapFeed(args.controller, client.node, proxy.tap, exposition(metrics.registry),
+        feed = TapFeed(args.controller, client.node, proxy.tap, exposition(metrics.registry), trust=args.controller_tls.trust(),
                        metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
         await feed.start()
     log.info("waypoint %s (%s) serving HBONE on %s as %s; controller %s", args.waypoint, args.pod_name,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ambit import settings
+from ambit.configclient.tls import ControllerTLSSettings, tls_field
 from ambit.dataplane.ports import PORT_ADMIN, PORT_HBONE
 from ambit.dataplane.settings import TunnelSettings
 from ambit.settings import option, positive
@@ -50,6 +51,7 @@ class WaypointSettings:
     controller: str | None = option(help="config stream target: host:port or unix:PATH")
     ca: str | None = option(help="CA target (default: the --controller target)")
     node_token_file: Path | None = option(help="the node credential for the CA and the config stream")
+    controller_tls: ControllerTLSSettings = tls_field()
     service_account: str = option("", "the pod's service account (default: the Gateway's name, as Istio names it)")
     gateway_class: str = option("ambit-waypoint", "the Gateway's gatewayClassName (GatewayClass-bound policies)",
                                 check=_gateway_class)

@@ -56,13 +56,14 @@ async def amain(args: ZtunnelSettings) -> None:
     if args.controller:
         # Start (and replay the file cache) before taking pods, so they meet a populated config.
         client = config_client(config, args.controller, args.node, instance_id=os.urandom(4).hex(),
-                               cache_path=args.config_cache, token_file=args.node_token_file)
+                               cache_path=args.config_cache, token_file=args.node_token_file,
+                               trust=args.controller_tls.trust())
         await client.start()
     identities = ca_channel = None
     ca_target = args.ca_target
     if args.node_token_file and ca_target:
         identities, ca_channel = identity_setup.build(ca_target, args.node, args.node_token_file, args.cert_ttl,
-                                                         args.cert_cache)
+                                                         args.cert_cache, args.controller_tls.trust())
         identity_setup.retry_on_workload_updates(config, identities)
     elif not args.node_token_file:
         log.warning("no --node-token-file: no workload certificates; mesh destinations will be refused")
@@ -88,11 +89,11 @@ async def amain(args: ZtunnelSettings) -> None:
     reporter = feed = None
     if client is not None:
         reporter = StatusReporter(args.controller, client.node, lambda: admin.status_report(config, args.node, proxy),
-                                  interval=args.report_interval,
+                                  interval=args.report_interval, trust=args.controller_tls.trust(),
                                   metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
         await reporter.start()
         # `ambit tap`/`stat`/`top` in a cluster: the controller asks over a feed this proxy opens.
-        feed = TapFeed(args.controller, client.node, tap_hub, exposition(metrics.registry),
+        feed = TapFeed(args.controller, client.node, tap_hub, exposition(metrics.registry), trust=args.controller_tls.trust(),
                        metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
         await feed.start()
     zds = ZdsServer(args.zds_socket, proxy.registry, loop)

@@ -13,11 +13,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import grpc
-
 from ambit.backoff import Backoff
-from ambit.configclient import ConfigUpdate
+from ambit.configclient import ConfigUpdate, tls
 from ambit.configclient.credential import read_token
+from ambit.configclient.tls import ControllerTrust
 from ambit.dataplane.identity import (
     DEFAULT_TTL,
     CertStore,
@@ -33,11 +32,12 @@ log = logging.getLogger("ambit.ztunnel.identity")
 BACKOFF = Backoff(initial=0.25, maximum=60.0)
 
 
-def build(target: str, node: str, token_file: Path, ttl: float = DEFAULT_TTL, cache_dir: Path | None = None
-          ) -> tuple[IdentityManager, grpc.aio.Channel]:
+def build(target: str, node: str, token_file: Path, ttl: float = DEFAULT_TTL, cache_dir: Path | None = None,
+          trust: ControllerTrust | None = None) -> tuple[IdentityManager, tls.PinnedChannel]:
     """An IdentityManager fetching from the CA at `target` (`host:port` or `unix:PATH`) as `node`,
-    keeping its certificates in `cache_dir` if given (see `CertStore`)."""
-    channel = grpc.aio.insecure_channel(target)
+    over TLS against `trust` (the pinned controller root), keeping its certificates in `cache_dir`
+    if given (see `CertStore`)."""
+    channel = tls.PinnedChannel(target, trust)
     fetcher = GrpcCertificateFetcher(channel, node, lambda: read_token(token_file))
     store = CertStore(cache_dir) if cache_dir is not None else None
     return IdentityManager(fetcher, ttl=ttl, backoff=BACKOFF, store=store), channel

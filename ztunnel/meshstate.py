@@ -29,6 +29,7 @@ from ambit import identity as ident
 from ambit import telemetry, trustdomain
 from ambit.configclient import ConfigClient, ConfigUpdate, NodeInfo
 from ambit.configclient.credential import node_metadata
+from ambit.configclient.tls import ControllerTrust
 from ambit.model import (
     Authorization,
     MeshSettings,
@@ -380,9 +381,10 @@ def _peer_authn_applies(p: PeerAuthn, w: Workload, root_namespace: str) -> bool:
 
 def config_client(config: MeshState, target: str, node: str, *, instance_id: str = "",
                   cache_path: str | Path | None = None, types: Iterable[str] = TYPES,
-                  token_file: Path | None = None) -> ConfigClient:
+                  token_file: Path | None = None, trust: ControllerTrust | None = None) -> ConfigClient:
     """The ConfigClient that feeds `config` as ztunnel `node` (start it with `await client.start()`),
-    presenting the node credential in `token_file` (the controller requires it when it runs a CA)."""
+    presenting the node credential in `token_file` (the controller requires it when it runs a CA),
+    over TLS to a controller that proves itself against `trust` (ambit.configclient.tls)."""
     return ConfigClient(target, NodeInfo("ztunnel", node, instance_id=instance_id), list(types), config.apply,
-                        cache_path=cache_path,
+                        cache_path=cache_path, trust=trust,
                         metadata=node_metadata(token_file, node) if token_file is not None else None)

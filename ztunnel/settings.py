@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ambit import settings
+from ambit.configclient.tls import ControllerTLSSettings, tls_field
 from ambit.dataplane.ports import PORT_ADMIN, PORT_METRICS
 from ambit.dataplane.settings import TunnelSettings
 from ambit.settings import non_negative, option, positive
@@ -43,6 +44,7 @@ class ZtunnelSettings:
     log_level: str = option("INFO", "logging level")
     # mTLS identities (without a node token: no certificates, no HBONE; plaintext passthrough only)
     ca: str | None = option(help="CA target: host:port or unix:PATH (default: the --controller target)")
+    controller_tls: ControllerTLSSettings = tls_field()
     node_token_file: Path | None = option(
         help="this node's credential for the CA and the config stream (lab: <labdir>/<node>/bootstrap-token)")
     cert_ttl: float = option(24 * 3600.0, "lifetime (seconds) requested for workload certificates; rotated at half-life",

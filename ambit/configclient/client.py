@@ -21,7 +21,7 @@ import grpc
 from ambit.aiotask import cancel
 from ambit.api import config_pb2, config_pb2_grpc
 from ambit.backoff import Backoff
-from ambit.configclient import cache
+from ambit.configclient import cache, tls
 from ambit.configclient.codec import DecodeError, Encoded, resource_class
 from ambit.configclient.node import NodeInfo
 from ambit.configclient.state import ConfigUpdate, TypeState
@@ -54,7 +54,8 @@ class ConfigClient:
     `on_change(update)` may be a plain function or a coroutine function. Raising rejects the
     update: the client NACKs with the exception text and keeps (and keeps reporting) its previous
     state for that type. With `cache_path`, the last good state survives restarts and is applied
-    (update.from_cache = True) in `start()` before the controller answers.
+    (update.from_cache = True) in `start()` before the controller answers. With `trust`, the
+    stream runs over TLS and the controller must prove its identity (ambit.configclient.tls).
     """
 
     def __init__(
@@ -65,7 +66,7 @@ class ConfigClient:
         on_change: ApplyCallback,
         *,
         cache_path: str | Path | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
+        trust: tls.ControllerTrust | None = None,
         metadata: Callable[[], Sequence[tuple[str, str]]] | None = None,
         backoff: Backoff | None = None,
         channel_options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
@@ -79,7 +80,7 @@ class ConfigClient:
         self.types = list(dict.fromkeys(types))
         self._on_change = on_change
         self._cache_path = Path(cache_path) if cache_path else None
-        self._credentials = credentials
+        self._trust = trust             # pinned root + the controller's identity; None: plaintext
         self._metadata = metadata       # e.g. credential.node_metadata(token_file, node); called per attempt
         self._backoff = (backoff or Backoff(initial=0.1, maximum=5.0)).attempts()
         self._channel_options = list(channel_options)
@@ -199,12 +200,12 @@ class ConfigClient:
     def _channel(self) -> grpc.aio.Channel:
         # A fresh channel per attempt keeps our backoff the only one in play (a long-lived channel
         # applies its own reconnect backoff, up to two minutes, underneath ours).
-        if self._credentials is not None:
-            return grpc.aio.secure_channel(self.target, self._credentials, options=self._channel_options)
-        return grpc.aio.insecure_channel(self.target, options=self._channel_options)
+        return tls.channel(self.target, self._trust, self._channel_options)
 
     async def _session(self) -> None:
         md = tuple(self._metadata()) if self._metadata is not None else None
+        if self._trust is not None:     # prove it is the controller before the credential goes out
+            await tls.check_identity(self.target, self._trust)
         async with self._channel() as channel:
             call = config_pb2_grpc.ConfigServiceStub(channel).DeltaStream(metadata=md)
             try:

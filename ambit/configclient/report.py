@@ -20,6 +20,7 @@ import grpc
 
 from ambit.aiotask import cancel
 from ambit.api import debug_pb2, debug_pb2_grpc
+from ambit.configclient import tls
 from ambit.configclient.node import NodeInfo
 from ambit.version import VERSION
 
@@ -33,14 +34,15 @@ class StatusReporter:
 
     def __init__(self, target: str, node: NodeInfo, collect: Collect, *, interval: float = 10.0,
                  metadata: Callable[[], Sequence[tuple[str, str]]] | None = None,
-                 credentials: grpc.ChannelCredentials | None = None, timeout: float = 5.0) -> None:
+                 trust: tls.ControllerTrust | None = None, timeout: float = 5.0) -> None:
         if interval <= 0:
             raise ValueError(f"StatusReporter.interval: {interval} must be positive")
         self.target, self.node, self.collect = target, node.validate(), collect
         self.interval, self.timeout = interval, timeout
-        self._metadata, self._credentials = metadata, credentials
+        self._metadata = metadata
         self._task: asyncio.Task[None] | None = None
-        self._channel: grpc.aio.Channel | None = None
+        # one channel for the reporter's life (gRPC reconnects it), rebuilt if the pinned root changes
+        self._channel = tls.PinnedChannel(target, trust)
         self.sent = 0
         self.last_error = ""
         self.controller_version = ""
@@ -51,9 +53,7 @@ class StatusReporter:
     async def stop(self) -> None:
         await cancel(self._task)
         self._task = None
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        await self._channel.close()
 
     def report(self) -> debug_pb2.ProxyReport:
         state = json.dumps(self.collect(), sort_keys=True, default=str).encode()
@@ -61,10 +61,7 @@ class StatusReporter:
 
     async def send_once(self) -> None:
         md = tuple(self._metadata()) if self._metadata is not None else None   # re-read: tokens rotate
-        if self._channel is None:            # one channel for the reporter's life; gRPC reconnects it
-            self._channel = (grpc.aio.secure_channel(self.target, self._credentials) if self._credentials is not None
-                             else grpc.aio.insecure_channel(self.target))
-        reply = await debug_pb2_grpc.DebugServiceStub(self._channel).Report(self.report(), metadata=md,
+        reply = await debug_pb2_grpc.DebugServiceStub(self._channel()).Report(self.report(), metadata=md,
                                                                             timeout=self.timeout)
         self.controller_version = reply.controller_version
         self.sent += 1

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import time
 
-import grpc
-
 from ambit.api import config_pb2, config_pb2_grpc
+from ambit.configclient import tls
 
 
-async def fetch_status(target: str, credentials: grpc.ChannelCredentials | None = None,
+async def fetch_status(target: str, trust: tls.ControllerTrust | None = None,
                        timeout: float = 5.0, token: str = "") -> config_pb2.StatusResponse:
     """The controller's Status; `token` is the debug API's reader credential, which the
     controller requires (the lab's admin token, or a Kubernetes bearer token in a cluster)."""
-    channel = (grpc.aio.secure_channel(target, credentials) if credentials is not None
-               else grpc.aio.insecure_channel(target))
     md = (("authorization", f"Bearer {token}"),) if token else None
-    async with channel:
+    async with tls.channel(target, trust) as channel:
         return await config_pb2_grpc.ConfigServiceStub(channel).Status(config_pb2.StatusRequest(), metadata=md,
                                                                       timeout=timeout)
 

@@ -25,6 +25,7 @@ import grpc
 
 from ambit.aiotask import cancel
 from ambit.api import debug_pb2, debug_pb2_grpc
+from ambit.configclient import tls
 from ambit.configclient.node import NodeInfo
 from ambit.dataplane.tap import Subscriber, TapHub
 from ambit.tapfilter import Filter, from_proto, matches_any
@@ -51,10 +52,10 @@ class TapFeed:
 
     def __init__(self, target: str, node: NodeInfo, hub: TapHub, metrics: Callable[[], str], *,
                  metadata: Callable[[], Sequence[tuple[str, str]]] | None = None,
-                 credentials: grpc.ChannelCredentials | None = None,
+                 trust: tls.ControllerTrust | None = None,
                  backoff: tuple[float, float] = (1.0, 30.0)) -> None:
         self.target, self.node, self.hub, self.metrics = target, node.validate(), hub, metrics
-        self._metadata, self._credentials = metadata, credentials
+        self._metadata, self.trust = metadata, trust
         self.backoff = backoff
         self.filters: list[Filter] = []
         self.sub: Subscriber | None = None
@@ -143,8 +144,7 @@ class TapFeed:
     async def _run(self) -> None:
         delay = self.backoff[0]
         while True:
-            channel = (grpc.aio.secure_channel(self.target, self._credentials) if self._credentials is not None
-                       else grpc.aio.insecure_channel(self.target))
+            channel = tls.channel(self.target, self.trust)      # the pinned root, read anew each time
             try:
                 md = tuple(self._metadata()) if self._metadata is not None else None   # re-read: tokens rotate
                 call = debug_pb2_grpc.DebugServiceStub(channel).Feed(self._uploads(), metadata=md)

@@ -16,8 +16,10 @@ command's default output, kept for people who apply plain YAML.
 
 What runs:
 - `ambit-controller` (Deployment): Kubernetes watches -> config stream and CA on gRPC port 15012,
-  Prometheus metrics on 15014. Node credentials are projected service-account tokens checked by
-  TokenReview. It also deploys waypoints: per waypoint Gateway a Deployment, Service and
+  Prometheus metrics on 15014, TLS as spiffe://<td>/ns/<ns>/sa/ambit-controller. Node credentials
+  are projected service-account tokens checked by TokenReview. The CA lives in the Secret ambit-ca
+  (created on first start); the root is published to the ambit-root-cert ConfigMap, which ztunnel
+  and waypoints mount and pin. Replicas elect a leader with the Lease ambit-controller. It also deploys waypoints: per waypoint Gateway a Deployment, Service and
   ServiceAccount it owns (controller.waypoints.render), and writes their status.
 - `ambit-node` (DaemonSet, one pod per node): the agent and ztunnel, sharing the zds socket in an
   emptyDir; ztunnel's Istio-named metrics on 15020. hostPID gives the agent every pod's /proc/<pid>/ns/net; the host's cgroup v2 tree,
@@ -44,7 +46,8 @@ CA_AUDIENCE = "ambit-ca"           # the audience of the token ztunnel presents 
 RUN_DIR = "/var/run/ambit"         # the emptyDir agent and ztunnel share
 CNI_RUN_DIR = "/var/run/ambit-cni"  # host directory of the agent's socket for the CNI plugin
 TOKEN_DIR = "/var/run/secrets/ambit"
-CA_DIR = "/var/lib/ambit/ca"
+CA_SECRET = "ambit-ca"              # the CA Secret the controller creates (or reads, --ca-secret)
+ROOT_CERT_DIR = "/var/run/ambit-root"  # the ambit-root-cert ConfigMap, the controller's pinned root
 ENTRYPOINT = "/opt/ambit/entrypoint.sh"
 LABELS = {"app.kubernetes.io/part-of": "ambit"}
 # Ambit's own pods are never captured, even if someone enrols their namespace.
@@ -84,6 +87,8 @@ def controller_rules() -> list[Obj]:
     rules += [{"apiGroups": [g], "resources": sorted(r), "verbs": ["get", "patch", "update"]}
               for g, r in sorted(status.items())]
     rules.append({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]})
+    # the mesh root it publishes (controller/ca/publish.py): root namespace and each waypoint's namespace
+    rules.append({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]})
     from controller.waypoints.reconcile import RBAC_RULES
     return rules + [dict(r) for r in RBAC_RULES]
 
@@ -107,6 +112,23 @@ def _rbac(name: str, namespace: str, sa: str, rules: list[Obj]) -> list[Obj]:
     ]
 
 
+def controller_namespace_rules() -> list[Obj]:
+    """In the root namespace only: the CA Secret (--ca-secret: read, or created on first start)
+    and the leader-election Lease (controller/leader.py)."""
+    return [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]
+
+
+def _namespaced_rbac(name: str, namespace: str, sa: str, rules: list[Obj]) -> list[Obj]:
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _md(name, namespace),
+         "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _md(name, namespace),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]},
+    ]
+
+
 # -- workloads --------------------------------------------------------------------------------------
 
 def _env(**field_paths: str) -> list[Obj]:
@@ -114,7 +136,7 @@ def _env(**field_paths: str) -> list[Obj]:
 
 
 def controller_args(o: argparse.Namespace) -> list[str]:
-    return ["--kube", "--listen", f"0.0.0.0:{GRPC_PORT}", "--ca-dir", CA_DIR,
+    return ["--kube", "--listen", f"0.0.0.0:{GRPC_PORT}", "--ca-secret", o.ca_secret or CA_SECRET,
             "--trust-domain", o.trust_domain, "--root-namespace", o.namespace,
             "--ztunnel-service-account", f"system:serviceaccount:{o.namespace}:{ZTUNNEL_SA}",
             "--metrics-port", str(METRICS_PORT), "--log-level", o.log_level,
@@ -124,14 +146,13 @@ def controller_args(o: argparse.Namespace) -> list[str]:
 
 def controller_objects(o: argparse.Namespace) -> list[Obj]:
     sel = {"app": CONTROLLER}
-    ca_volume: Obj = ({"name": "ca", "secret": {"secretName": o.ca_secret, "defaultMode": 0o440}} if o.ca_secret
-                      else {"name": "ca", "emptyDir": {}})
     pod = {
         "serviceAccountName": CONTROLLER,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 1337, "runAsGroup": 1337, "fsGroup": 1337},
         "containers": [{
             "name": "controller", "image": o.image, "imagePullPolicy": o.pull_policy,
             "command": ["python3", "-m", "controller"], "args": controller_args(o),
+            "env": _env(POD_NAME="metadata.name"),              # its name in the leader Lease
             "ports": [{"name": "grpc", "containerPort": GRPC_PORT},
                       {"name": "http-metrics", "containerPort": METRICS_PORT}],
             # It binds its port only after translating the first snapshot: open port = ready.
@@ -139,9 +160,7 @@ def controller_objects(o: argparse.Namespace) -> list[Obj]:
             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]}},
-            "volumeMounts": [{"name": "ca", "mountPath": CA_DIR}],
         }],
-        "volumes": [ca_volume],
     }
     return [
         {"apiVersion": "v1", "kind": "Service", "metadata": _md(CONTROLLER, o.namespace, **sel),
@@ -149,7 +168,8 @@ def controller_objects(o: argparse.Namespace) -> list[Obj]:
              {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "appProtocol": "grpc"},
              {"name": "http-metrics", "port": METRICS_PORT, "targetPort": "http-metrics"}]}},
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _md(CONTROLLER, o.namespace, **sel),
-         "spec": {"replicas": 1, "selector": {"matchLabels": sel}, "strategy": {"type": "Recreate"},
+         # Replicas share the CA Secret and elect a leader (Lease) for writes: a rolling update is safe.
+         "spec": {"replicas": 1, "selector": {"matchLabels": sel}, "strategy": {"type": "RollingUpdate"},
                   "template": {"metadata": {"labels": {**LABELS, **OPT_OUT, **sel}, "annotations": {
                       "prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT)}},
                       "spec": pod}}},
@@ -162,6 +182,8 @@ def ztunnel_args(o: argparse.Namespace) -> list[str]:
             "--config-cache", f"{RUN_DIR}/config-cache.json", "--root-namespace", o.namespace,
             "--admin-address", "127.0.0.1:15000", "--admin-socket", f"{RUN_DIR}/ztunnel-admin.sock",
             "--node-token-file", f"{TOKEN_DIR}/token", "--trust-domain", o.trust_domain,
+            "--controller-root-cert", f"{ROOT_CERT_DIR}/root-cert.pem",
+            "--controller-identity", f"spiffe://{o.trust_domain}/ns/{o.namespace}/sa/{CONTROLLER}",
             "--cert-cache", f"{RUN_DIR}/certs", "--metrics-address", f"0.0.0.0:{ZTUNNEL_METRICS_PORT}",
             "--log-level", o.log_level]
 
@@ -224,7 +246,8 @@ def node_daemonset(o: argparse.Namespace) -> Obj:
         # (capture stays, fail closed), so a limit would turn one burst into a node-wide outage.
         # ztunnel bounds itself instead (docs/operations.md, "ztunnel limits"), as Istio's ztunnel chart does.
         "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}},
-        "volumeMounts": [run, {"name": "ca-token", "mountPath": TOKEN_DIR, "readOnly": True}],
+        "volumeMounts": [run, {"name": "ca-token", "mountPath": TOKEN_DIR, "readOnly": True},
+                         {"name": "root-cert", "mountPath": ROOT_CERT_DIR, "readOnly": True}],
     }
     pod = {
         "serviceAccountName": ZTUNNEL_SA,
@@ -246,6 +269,7 @@ def node_daemonset(o: argparse.Namespace) -> Obj:
             _host("cni-bin", o.cni_bin_dir, "DirectoryOrCreate"),
             {"name": "ca-token", "projected": {"sources": [{"serviceAccountToken": {
                 "audience": CA_AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}},
+            {"name": "root-cert", "configMap": {"name": "ambit-root-cert"}},    # published by the controller
         ],
     }
     return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": _md(NODE, o.namespace, **sel),
@@ -273,6 +297,7 @@ def objects(o: argparse.Namespace) -> list[Obj]:
     ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": _md(o.namespace)}
     return ([ns] + crds()
             + _rbac(CONTROLLER, o.namespace, CONTROLLER, controller_rules())
+            + _namespaced_rbac(CONTROLLER, o.namespace, CONTROLLER, controller_namespace_rules())
             + _rbac(NODE, o.namespace, ZTUNNEL_SA, node_rules())
             + controller_objects(o) + [node_daemonset(o)])
 
@@ -306,8 +331,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host-cgroup", default="/sys/fs/cgroup",
                    help="where the nodes mount the cgroup v2 hierarchy (it must be unified cgroup v2)")
     p.add_argument("--ca-secret", default="",
-                   help="a Secret with ca.crt and ca.key to use as the CA (default: generated at start, "
-                        "kept in an emptyDir: a controller restart makes a new root)")
+                   help=f"the Secret (in --namespace) holding the CA: created by the controller on first start "
+                        f"(default {CA_SECRET}), or yours: ca.crt/ca.key, or cert-manager's tls.crt/tls.key/ca.crt")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--cni-conf-dir", default="/etc/cni/net.d",
                    help="the nodes' CNI configuration directory (k3s: /var/lib/rancher/k3s/agent/etc/cni/net.d)")

@@ -105,7 +105,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise MeshCommandError(str(e)) from None
     target = dt.address
     try:
-        resp = asyncio.run(fetch_status(target, timeout=args.timeout, token=dt.token))
+        resp = asyncio.run(fetch_status(target, dt.trust, timeout=args.timeout, token=dt.token))
     except Exception as e:  # noqa: BLE001 - grpc raises its own error types; one line is enough
         details = e.details() if callable(getattr(e, "details", None)) else str(e)
         code = e.code().name + ": " if callable(getattr(e, "code", None)) else ""

@@ -70,13 +70,56 @@ def mesh_config_file(base: Path) -> Path:
     return base / "mesh-config.yaml"
 
 
+def controller_root_file(base: Path) -> Path:
+    """The lab's bootstrap trust: the controller's root, pinned by every client (what a cluster's
+    ambit-root-cert ConfigMap is). The lab writes it, not the controller's channel."""
+    return base / "controller-root.pem"
+
+
+CONTROLLER_SA = "ambit-controller"
+
+
+def controller_identity(trust_domain: str) -> str:
+    from ambit.configclient.tls import controller_identity as identity
+    return identity(trust_domain, "ambit-system", CONTROLLER_SA)
+
+
+def controller_trust(base: Path, trust_domain: str | None = None) -> Any:
+    """What a lab client checks the controller against (ambit.configclient.tls.ControllerTrust);
+    the trust domain defaults to the running lab's."""
+    from ambit.configclient.tls import ControllerTrust
+    if trust_domain is None:
+        from ambitctl.lab import state
+        st = state.load(base)
+        trust_domain = (st.spec.get("trust_domain") if st is not None else None) or "cluster.local"
+    return ControllerTrust(controller_root_file(base), controller_identity(trust_domain))
+
+
+def controller_tls_args(base: Path, trust_domain: str) -> list[str]:
+    """The flags every lab client of the controller (agent, ztunnel, waypoint) gets."""
+    return ["--controller-root-cert", str(controller_root_file(base)),
+            "--controller-identity", controller_identity(trust_domain)]
+
+
+def bootstrap_ca(base: Path, trust_domain: str) -> Path:
+    """Make (or keep) the lab's CA before the controller starts, and write its root bundle where
+    clients pin it: the bootstrap trust comes from the lab, never from the controller's socket."""
+    from controller.ca import DirectoryStorage, load_or_create
+    material = load_or_create(DirectoryStorage(base / "ca"), trust_domain)
+    path = controller_root_file(base)
+    path.write_text("".join(material.trust_bundle().pems()))
+    return path
+
+
 def controller_process(names: LabNames, base: Path, trust_domain: str = "cluster.local") -> ProcSpec:
+    bootstrap_ca(base, trust_domain)
     cg = cgroups.create(names.component_cgroup(None, "controller"))  # the topology makes only system/
     return ProcSpec(
         id="controller", component="controller", cgroup=str(cg),
         argv=[sys.executable, "-m", "controller", "--lab-store", str(base / "store.json"),
               "--listen", f"unix:{controller_socket(base)}", "--ca-dir", str(base / "ca"),
               "--node-token-dir", str(base), "--trust-domain", trust_domain,
+              "--controller-service-account", CONTROLLER_SA,
               "--mesh-config", str(mesh_config_file(base)),
               "--metrics-socket", str(controller_metrics_socket(base)),
               "--debug-token-file", str(debug_token_file(base)),
@@ -106,7 +149,7 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
                   "--admin-socket", str(ztunnel_admin_socket(base, n.name)),
                   "--node-token-file", str(node_token_file(base, n.name)),
                   "--cert-cache", str(base / n.name / "certs"),
-                  "--trust-domain", spec.trust_domain,
+                  "--trust-domain", spec.trust_domain, *controller_tls_args(base, spec.trust_domain),
                   "--metrics-socket", str(ztunnel_metrics_socket(base, n.name)),
                   "--report-interval", "3",
                   *(["--cert-ttl", str(cert_ttl)] if cert_ttl else []),
@@ -116,6 +159,7 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
             cgroup=str(names.component_cgroup(n.name, "agent")),
             argv=[py, "-m", "agent", "--node", n.name, "--controller", f"unix:{controller_socket(base)}",
                   "--node-token-file", str(node_token_file(base, n.name)),
+                  *controller_tls_args(base, spec.trust_domain),
                   "--config-cache", str(agent_config_cache(base, n.name)), "--pod-paths", "controller",
                   "--zds-socket", str(zds_socket(base, n.name)), "--ztunnel-cgroup", str(zt_cg),
                   "--pin-base", str(names.bpf_pin_base), "--node-ip", n.gateway_ip, "--capture", capture,
@@ -185,6 +229,7 @@ def remove_runtime_files(base: Path, nodes: list[str]) -> None:
         shutil.rmtree(base / n, ignore_errors=True)
         agent_status_file(base, n).unlink(missing_ok=True)
     shutil.rmtree(base / "ca", ignore_errors=True)
+    controller_root_file(base).unlink(missing_ok=True)
     shutil.rmtree(base / "waypoints", ignore_errors=True)     # waypoint admin/metrics sockets
     controller_socket(base).unlink(missing_ok=True)
     controller_metrics_socket(base).unlink(missing_ok=True)

@@ -293,12 +293,15 @@ class CertificateAuthority:
         return [cert.public_bytes(pem).decode()] + [c.public_bytes(pem).decode() for c in self.material.intermediates]
 
     def issue_serving_certificate(
-        self, hosts: list[str], ttl: dt.timedelta = dt.timedelta(days=365)
+        self, hosts: list[str], ttl: dt.timedelta = dt.timedelta(days=365), identity: str = ""
     ) -> tuple[list[str], str]:
-        """A server certificate (DNS/IP SANs) for the controller's own gRPC endpoints.
+        """A server certificate (DNS/IP SANs, and `identity` as a URI SAN) for the controller's
+        own gRPC endpoints.
 
         Data-plane clients already trust this CA's roots, so this lets the CA/config server speak
-        TLS without a second PKI. Returns (chain PEMs leaf first, private key PEM).
+        TLS without a second PKI. Only this path puts DNS names in a certificate (`sign_csr` allows
+        exactly one URI), so a workload key can never pass for the controller's host name.
+        Returns (chain PEMs leaf first, private key PEM).
         """
         if not hosts:
             raise ValueError("issue_serving_certificate: hosts must not be empty")
@@ -309,6 +312,8 @@ class CertificateAuthority:
                 sans.append(x509.IPAddress(ipaddress.ip_address(h)))
             except ValueError:
                 sans.append(x509.DNSName(h))
+        if identity:
+            sans.append(x509.UniformResourceIdentifier(str(ident.parse(identity))))
         now = _now()
         builder = (
             x509.CertificateBuilder()

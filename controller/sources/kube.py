@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,11 +76,12 @@ class KubeSource:
     def __init__(self, api_client: kclient.ApiClient, types: list[WatchedType] | None = None, *,
                  watch_timeout: int = 300, backoff: tuple[float, float] = (0.2, 10.0),
                  missing_retry: float = 30.0, debounce: float = 0.05, write_status: bool = False,
-                 page_size: int = 500):
+                 page_size: int = 500, leader: Callable[[], bool] | None = None):
         self.api = api_client
         self.types = types if types is not None else default_types()
         self.debounce = debounce
         self.write_status = write_status
+        self.leader = leader            # with leader election: write status only while leading
         self.cache = LastGoodCache()
         self.reflectors: dict[WatchedType, Reflector] = {
             t: Reflector(api_client, t, lambda change, t=t: self._apply(t, change), watch_timeout=watch_timeout,
@@ -151,8 +153,15 @@ class KubeSource:
         return self.api.call_api(*req, _request_timeout=(10.0, 30.0))
 
     # -- status conditions ------------------------------------------------------------------------
+    def resync_status(self) -> None:
+        """Check every object's status condition again (a replica that just became the leader
+        writes what the previous one left undone)."""
+        for t, rf in self.reflectors.items():
+            for obj in rf.objects():
+                self._maybe_status(t, obj)
+
     def _maybe_status(self, t: WatchedType, obj: Obj) -> None:
-        if not self.write_status:
+        if not self.write_status or (self.leader is not None and not self.leader()):
             return
         if t.kind == "Gateway":
             # A waypoint Gateway's status is the waypoint reconciler's (controller.waypoints); only

@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ambit.configclient.tls import controller_identity
+from controller.ca.publish import ROOT_CONFIGMAP, ROOT_KEY
 from controller.waypoints.gateways import GATEWAY_NAME_LABEL, HBONE_PORT
 
 Obj = dict[str, Any]
@@ -34,6 +36,7 @@ OPT_OUT = {"ambit.io/dataplane-mode": "none", "istio.io/dataplane-mode": "none"}
 READY_PORT = 15021            # Istio's status port: /healthz/ready
 METRICS_PORT = 15020
 TOKEN_DIR = "/var/run/secrets/ambit"
+ROOT_CERT_DIR = "/var/run/ambit-root"      # the ambit-root-cert ConfigMap (controller/ca/publish.py)
 CA_AUDIENCE = "ambit-ca"
 
 
@@ -76,6 +79,9 @@ def waypoint_args(gw: Obj, s: WaypointDeploySettings) -> list[str]:
             "--gateway-class", (gw.get("spec") or {}).get("gatewayClassName", ""),
             "--controller", s.controller_address, "--trust-domain", s.trust_domain,
             "--root-namespace", s.root_namespace, "--node-token-file", f"{TOKEN_DIR}/token",
+            # config stream and CA over TLS, pinned to the root the controller publishes in this namespace
+            "--controller-root-cert", f"{ROOT_CERT_DIR}/{ROOT_KEY}",
+            "--controller-identity", controller_identity(s.trust_domain, s.root_namespace),
             "--admin-address", f"0.0.0.0:{READY_PORT}", "--metrics-address", f"0.0.0.0:{METRICS_PORT}",
             "--log-level", s.log_level]
 
@@ -115,7 +121,8 @@ def deployment(gw: Obj, s: WaypointDeploySettings) -> Obj:
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "runAsNonRoot": True, "runAsUser": 1337, "runAsGroup": 1337,
                             "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "ca-token", "mountPath": TOKEN_DIR, "readOnly": True}],
+        "volumeMounts": [{"name": "ca-token", "mountPath": TOKEN_DIR, "readOnly": True},
+                         {"name": "root-cert", "mountPath": ROOT_CERT_DIR, "readOnly": True}],
     }
     template_md: Obj = {"labels": pod_labels, "annotations": {
         **(infra.get("annotations") or {}), "prometheus.io/scrape": "true",
@@ -127,7 +134,8 @@ def deployment(gw: Obj, s: WaypointDeploySettings) -> Obj:
                          "terminationGracePeriodSeconds": 30,
                          "containers": [container],
                          "volumes": [{"name": "ca-token", "projected": {"sources": [{"serviceAccountToken": {
-                             "audience": CA_AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}}],
+                             "audience": CA_AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}},
+                                     {"name": "root-cert", "configMap": {"name": ROOT_CONFIGMAP}}],
                      }}}}
 
 

@@ -96,6 +96,13 @@ class Lab:
                 out.append(json.loads(line[len("access "):]))
         return out
 
+    def controller_channel(self) -> Any:
+        """A grpc.aio channel to the controller's socket over TLS, pinned to the lab's root, as the
+        lab's own agents and ztunnels reach it (ambit.configclient.tls)."""
+        from ambit.configclient import tls
+        from ambitctl.lab import components
+        return tls.channel(f"unix:{self.dir / 'controller.sock'}", components.controller_trust(self.dir))
+
     def pod(self, key: str) -> dict[str, Any]:
         ns, name = key.split("/")
         return next(p for p in self.status()["pods"] if p["namespace"] == ns and p["name"] == name)

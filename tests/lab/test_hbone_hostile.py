@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from ambit.dataplane import endpoint
@@ -55,7 +54,7 @@ def cert(hlab: Lab, tmp_path_factory: pytest.TempPathFactory) -> str:
     token = (hlab.dir / "node2" / "bootstrap-token").read_text().strip()
 
     async def fetch() -> dict[str, Any]:
-        async with grpc.aio.insecure_channel(f"unix:{hlab.dir / 'controller.sock'}") as ch:
+        async with hlab.controller_channel() as ch:
             key, csr = make_key_and_csr(identity)
             res = await GrpcCertificateFetcher(ch, "node2", lambda: token).fetch(identity, csr, 3600)
         return {"identity": identity, "key": key.decode(), "chain": res.chain_pem, "bundle": res.trust_bundle}

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import yaml
 from cryptography import x509
@@ -185,7 +184,7 @@ def test_identities_are_the_pods_service_accounts_and_the_ca_refuses_other_nodes
     token = (lab.dir / "node1" / "bootstrap-token").read_text().strip()
 
     async def ask(identity: str, node: str = "node1", tok: str = token) -> WorkloadCertificate:
-        async with grpc.aio.insecure_channel(f"unix:{lab.dir / 'controller.sock'}") as ch:
+        async with lab.controller_channel() as ch:
             key, csr = make_key_and_csr(identity)
             res = await GrpcCertificateFetcher(ch, node, lambda: tok).fetch(identity, csr, 600)
             return WorkloadCertificate.from_pems(identity, key, res.chain_pem, res.trust_bundle)

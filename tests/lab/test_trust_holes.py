@@ -109,7 +109,7 @@ def mesh_cert(lab: Lab, d: Path) -> list[str]:
     token = (lab.dir / "node1" / "bootstrap-token").read_text().strip()
 
     async def fetch():
-        async with grpc.aio.insecure_channel(f"unix:{lab.dir / 'controller.sock'}") as ch:
+        async with lab.controller_channel() as ch:
             key, csr = make_key_and_csr(CLIENT_ID)
             return key, await GrpcCertificateFetcher(ch, "node1", lambda: token).fetch(CLIENT_ID, csr, 900)
     key, res = asyncio.run(fetch())
@@ -281,7 +281,7 @@ def first_response(lab: Lab, node: NodeInfo, md: list[tuple[str, str]] | None) -
 
 def _first_response(lab: Lab, node: NodeInfo, md: list[tuple[str, str]] | None) -> Any:
     async def go() -> Any:
-        async with grpc.aio.insecure_channel(f"unix:{lab.dir / 'controller.sock'}") as ch:
+        async with lab.controller_channel() as ch:
             call = config_pb2_grpc.ConfigServiceStub(ch).DeltaStream(metadata=md)
             try:
                 await call.write(config_pb2.DeltaRequest(node=node.to_proto(), type_url=Workload.TYPE,
@@ -326,7 +326,7 @@ def test_the_ca_refuses_an_absurd_ttl_cleanly(lab: Lab) -> None:
     token = (lab.dir / "node1" / "bootstrap-token").read_text().strip()
 
     async def ask(ttl: int) -> Any:
-        async with grpc.aio.insecure_channel(f"unix:{lab.dir / 'controller.sock'}") as ch:
+        async with lab.controller_channel() as ch:
             _, csr = make_key_and_csr(CLIENT_ID)
             try:
                 return await ca_pb2_grpc.CertificateServiceStub(ch).CreateCertificate(

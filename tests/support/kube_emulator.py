@@ -12,6 +12,8 @@ unmodified:
 - custom resources under `/apis/<group>/<version>/...` only for installed groups (404 otherwise),
   each group served at all its versions;
 - `GET` of one object and `PATCH`/`PUT` of `/status` (merge patch), for status conditions;
+- Secrets and coordination.k8s.io/v1 Leases among the built-in kinds (the controller's CA Secret
+  and its leader election);
 - `POST` (create; a Service gets a cluster IP), `PUT` (update, with optimistic concurrency on
   metadata.resourceVersion: 409 Conflict when stale) and `DELETE` of objects, with the garbage
   collector's background cascade: deleting an object deletes every object whose
@@ -98,13 +100,19 @@ BUILTIN = [
     # what `ambit install` writes (tests/unit/ambitctl/test_install_cluster.py)
     ResourceType("apps", ("v1",), "daemonsets", "DaemonSet", True),
     ResourceType("", ("v1",), "configmaps", "ConfigMap", True),
+    # the controller's CA (--ca-secret) and its leader election (controller/leader.py)
+    ResourceType("", ("v1",), "secrets", "Secret", True),
+    ResourceType("coordination.k8s.io", ("v1",), "leases", "Lease", True),
     ResourceType("rbac.authorization.k8s.io", ("v1",), "clusterroles", "ClusterRole", False),
     ResourceType("rbac.authorization.k8s.io", ("v1",), "clusterrolebindings", "ClusterRoleBinding", False),
+    ResourceType("rbac.authorization.k8s.io", ("v1",), "roles", "Role", True),
+    ResourceType("rbac.authorization.k8s.io", ("v1",), "rolebindings", "RoleBinding", True),
     ResourceType("apiextensions.k8s.io", ("v1",), "customresourcedefinitions", "CustomResourceDefinition", False),
 ]
 
 
-BUILTIN_GROUPS = ("", "discovery.k8s.io", "apps", "rbac.authorization.k8s.io", "apiextensions.k8s.io")
+BUILTIN_GROUPS = ("", "discovery.k8s.io", "apps", "rbac.authorization.k8s.io", "apiextensions.k8s.io",
+                  "coordination.k8s.io")
 
 
 def crd_types(group: str) -> list[ResourceType]:

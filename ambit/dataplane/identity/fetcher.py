@@ -36,11 +36,13 @@ class GrpcCertificateFetcher:
     """Calls `ambit.ca.v1.CertificateService/CreateCertificate` as node `node`.
 
     `token` is a callable so a rotating projected service-account token is re-read on every call.
+    `channel` may be a callable giving the channel for each call (ambit.configclient.tls.PinnedChannel:
+    rebuilt when the pinned root changes, as during a root rotation).
     """
 
-    def __init__(self, channel: grpc.aio.Channel, node: str, token: Callable[[], str], *, timeout: float = 10.0
-                 ) -> None:
-        self._stub = ca_pb2_grpc.CertificateServiceStub(channel)
+    def __init__(self, channel: grpc.aio.Channel | Callable[[], grpc.aio.Channel], node: str,
+                 token: Callable[[], str], *, timeout: float = 10.0) -> None:
+        self._channel = channel
         self.node = node
         self._token = token
         self.timeout = timeout
@@ -49,7 +51,9 @@ class GrpcCertificateFetcher:
         req = ca_pb2.CSRRequest(csr_pem=csr_pem.decode(), identity=identity, ttl_seconds=int(ttl_seconds))
         md = (("authorization", f"Bearer {self._token()}"), ("x-ambit-node", self.node))
         try:
-            resp = await self._stub.CreateCertificate(req, metadata=md, timeout=self.timeout)
+            channel = self._channel if isinstance(self._channel, grpc.aio.Channel) else self._channel()
+            resp = await ca_pb2_grpc.CertificateServiceStub(channel).CreateCertificate(req, metadata=md,
+                                                                                      timeout=self.timeout)
         except grpc.aio.AioRpcError as e:
             raise CertificateFetchError(identity, e.code().name, e.details() or "") from None
         return FetchResult(list(resp.cert_chain), list(resp.trust_bundle))

@@ -26,6 +26,7 @@ EXPECTED_API_VERSIONS = {
     "Namespace": "v1", "ServiceAccount": "v1", "Service": "v1",
     "CustomResourceDefinition": "apiextensions.k8s.io/v1",
     "ClusterRole": "rbac.authorization.k8s.io/v1", "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
+    "Role": "rbac.authorization.k8s.io/v1", "RoleBinding": "rbac.authorization.k8s.io/v1",   # CA Secret, Lease
     "Deployment": "apps/v1", "DaemonSet": "apps/v1",
 }
 CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
@@ -157,7 +158,8 @@ def test_controller_arguments_parse_and_match_the_service_and_the_ca_admission()
     c = container(docs, "Deployment", "ambit-controller", "controller")
     assert c["command"][-2:] == ["-m", "controller"]
     args = parse_args(expand(c["args"], c))
-    assert args.kube and args.ca_dir and args.root_namespace == "mesh-ops" and args.trust_domain == "example.org"
+    assert args.kube and args.ca_secret == "ambit-ca" and args.root_namespace == "mesh-ops"
+    assert args.trust_domain == "example.org" and args.ca_dir is None
     port = int(args.listen.rsplit(":", 1)[1])
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports["grpc"] == port and ports["http-metrics"] == args.metrics_port
@@ -168,8 +170,11 @@ def test_controller_arguments_parse_and_match_the_service_and_the_ca_admission()
     # The CA admits exactly the node pods' service account.
     ds_sa = one(docs, "DaemonSet", "ambit-node")["spec"]["template"]["spec"]["serviceAccountName"]
     assert args.ztunnel_service_account == f"system:serviceaccount:mesh-ops:{ds_sa}"
-    mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    assert str(args.ca_dir) in mounts
+    # It serves TLS as the identity ztunnel pins, under the Service's name, and may elect a leader.
+    zt = container(docs, "DaemonSet", "ambit-node", "ztunnel")
+    assert flag(zt["args"], "--controller-identity") == args.identity
+    assert flag(zt["args"], "--controller").startswith(f"{args.controller_service_account}.mesh-ops.svc:")
+    assert args.leader_elect and {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
 
 
 def test_ztunnel_arguments_parse_and_reach_the_controller_service() -> None:
@@ -277,8 +282,8 @@ def test_every_mount_has_a_volume_and_every_container_the_chosen_image() -> None
         if d["kind"] not in ("Deployment", "DaemonSet"):
             continue
         pod = d["spec"]["template"]["spec"]
-        names = {v["name"] for v in pod["volumes"]}
-        assert len(names) == len(pod["volumes"])
+        names = {v["name"] for v in pod.get("volumes", [])}
+        assert len(names) == len(pod.get("volumes", []))
         assert d["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
         for c in pod["containers"]:
             assert c["image"] == "registry.example/ambit:1.2.3" and c["imagePullPolicy"] == "Always"
@@ -286,9 +291,17 @@ def test_every_mount_has_a_volume_and_every_container_the_chosen_image() -> None
                 assert m["name"] in names, f"{d['metadata']['name']}/{c['name']}: no volume {m['name']}"
 
 
-def test_ca_secret_replaces_the_generated_ca() -> None:
-    pod = one(render("--ca-secret", "my-ca"), "Deployment", "ambit-controller")["spec"]["template"]["spec"]
-    assert {v["name"]: v for v in pod["volumes"]}["ca"]["secret"]["secretName"] == "my-ca"
+def test_ca_secret_names_the_secret_the_controller_keeps_its_ca_in() -> None:
+    c = container(render("--ca-secret", "my-ca"), "Deployment", "ambit-controller", "controller")
+    assert flag(c["args"], "--ca-secret") == "my-ca"
+    # ztunnel pins the root the controller publishes (controller/ca/publish.py), not the channel's.
+    docs = render()
+    zt = container(docs, "DaemonSet", "ambit-node", "ztunnel")
+    pod = one(docs, "DaemonSet", "ambit-node")["spec"]["template"]["spec"]
+    mount = {m["name"]: m["mountPath"] for m in zt["volumeMounts"]}["root-cert"]
+    assert flag(zt["args"], "--controller-root-cert") == f"{mount}/root-cert.pem"
+    assert {v["name"]: v for v in pod["volumes"]}["root-cert"] == {"name": "root-cert",
+                                                                  "configMap": {"name": "ambit-root-cert"}}
 
 
 def test_the_header_says_how_to_reproduce_the_rendering() -> None:

@@ -1,0 +1,111 @@
+"""Leader election over a coordination.k8s.io/v1 Lease, against the API-server emulator (real HTTP,
+real resourceVersion conflicts, the official client), with the clocks injected."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from ambit.kube.client import make_api_client
+from controller.leader import CREATE, FOLLOW, RENEW, TAKEOVER, LeaseElector, LeaseView, decide
+from tests.support.kube_emulator import KubeEmulator
+from tests.support.wait import wait_for
+
+NS, NAME = "ambit-system", "ambit-controller"
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+class Clock:
+    def __init__(self, t: float = T0.timestamp()) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.mark.parametrize("lease, action", [
+    (None, CREATE),
+    (LeaseView("a", T0, 15), RENEW),                                       # ours: renew, however old
+    (LeaseView("b", T0, 15), FOLLOW),                                      # another's, fresh
+    (LeaseView("b", T0 - dt.timedelta(seconds=14), 15), FOLLOW),
+    (LeaseView("b", T0 - dt.timedelta(seconds=15), 15), TAKEOVER),        # expired at renewTime + duration
+    (LeaseView("b", T0 - dt.timedelta(seconds=20), None), TAKEOVER),      # no duration: ours (15s) applies
+    (LeaseView(None, None, 15), TAKEOVER),                                  # released
+])
+def test_decide(lease: LeaseView | None, action: str) -> None:
+    assert decide(lease, "a", T0, 15) == action
+
+
+@pytest.fixture
+def emu():
+    with KubeEmulator() as e:
+        yield e
+
+
+def elector(emu: KubeEmulator, me: str, clock: Clock) -> LeaseElector:
+    return LeaseElector(make_api_client(emu.url), NS, NAME, me, lease_duration=15, renew_deadline=10,
+                        retry_period=0.05, clock=clock)
+
+
+def lease(emu: KubeEmulator) -> k8s.V1Lease:
+    return k8s.CoordinationV1Api(make_api_client(emu.url)).read_namespaced_lease(NAME, NS)
+
+
+def test_one_leader_then_a_takeover_only_after_the_lease_expires(emu: KubeEmulator) -> None:
+    clock = Clock()
+    a, b = elector(emu, "pod-a", clock), elector(emu, "pod-b", clock)
+    assert a.try_once() is True                       # no Lease yet: a creates it and leads
+    assert b.try_once() is False
+    spec = lease(emu).spec
+    assert (spec.holder_identity, spec.lease_duration_seconds, spec.lease_transitions) == ("pod-a", 15, 0)
+
+    clock.t += 8
+    assert a.try_once() is True and b.try_once() is False      # a renews; b still follows
+    clock.t += 14                                              # a silent for 14s < 15s since its renewal
+    assert b.try_once() is False
+    assert a.is_leader() is False       # but a, unable to renew for > renew_deadline (10s), already stepped down
+    clock.t += 1                                               # 15s: expired
+    assert b.try_once() is True
+    spec = lease(emu).spec
+    assert (spec.holder_identity, spec.lease_transitions) == ("pod-b", 1)
+    assert a.try_once() is False                               # a comes back: follows the new holder
+
+
+def test_of_two_replicas_racing_for_an_expired_lease_only_one_wins(emu: KubeEmulator) -> None:
+    clock = Clock()
+    old = elector(emu, "pod-old", clock)
+    assert old.try_once()
+    clock.t += 60                                              # the old leader died long ago
+    a, b = elector(emu, "pod-a", clock), elector(emu, "pod-b", clock)
+    stale = lease(emu)                                         # a reads the Lease ...
+    assert b.try_once() is True                                # ... b takes it over meanwhile ...
+    with pytest.raises(ApiException) as e:                     # ... a's write on its stale read conflicts
+        a._write(TAKEOVER, stale)
+    assert e.value.status == 409
+    assert a.try_once() is False                               # and a, reading again, follows b
+    assert lease(emu).spec.holder_identity == "pod-b"
+    assert b.is_leader() and not a.is_leader()
+
+
+def test_a_stopping_leader_releases_the_lease_so_the_next_need_not_wait(emu: KubeEmulator) -> None:
+    clock = Clock()
+    a, b = elector(emu, "pod-a", clock), elector(emu, "pod-b", clock)
+    changes: list[bool] = []
+    a.on_change = changes.append
+    stop = threading.Event()
+    t = a.start(stop)
+    wait_for(a.is_leader, timeout=10, what="pod-a leading")
+    stop.set()
+    t.join(5)
+    assert changes == [True, False]
+    assert not lease(emu).spec.holder_identity
+    assert b.try_once() is True                                # at once, no expiry wait (the clock stood still)
+
+
+def test_renew_deadline_must_be_shorter_than_the_lease() -> None:
+    with pytest.raises(ValueError, match="shorter than the lease duration"):
+        LeaseElector(None, NS, NAME, "x", lease_duration=10, renew_deadline=10)
