@@ -18,7 +18,17 @@ from typing import Any
 
 from ambit import cgroups
 from ambit.labstore import LabStore
-from ambitctl.lab import components, dashboard, paths, prometheus, runtime, state, topology, tracing, waypoints
+from ambitctl.lab import (
+    components,
+    dashboard,
+    paths,
+    prometheus,
+    runtime,
+    state,
+    topology,
+    tracing,
+    waypoints,
+)
 from ambitctl.lab import spec as specmod
 from ambitctl.lab.spec import LabSpec
 from ambitctl.lab.topology import LabNames
