@@ -11,8 +11,11 @@ setup:
 demo: setup
 	@$(AMBIT) lab demo
 
+# Unit tests share no host state, so they run on 3 workers (most of their time is waiting on sockets);
+# lab and e2e tests build netns labs and check the host is left as found, so they run one at a time.
 test: setup
-	@$(PY) -m pytest tests $(PYTEST_ARGS)
+	@$(PY) -m pytest tests/unit -n 3 $(PYTEST_ARGS); u=$$?; \
+	$(PY) -m pytest tests/lab tests/e2e $(PYTEST_ARGS); l=$$?; exit $$(( u || l ))
 
 unit: setup
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
