@@ -4,6 +4,8 @@
     ambit analyze -A                          # every namespace
     ambit analyze -f manifests/               # files on top of the lab's state (files alone without a lab)
     ambit analyze -f manifests/ --offline     # files alone, even with a lab up (CI)
+    ambit analyze -A --context prod           # a cluster: its objects through the API server, and
+                                              # traffic facts through the controller's debug API
 
 Exit codes (as istioctl analyze): 0 when nothing is at or above --failure-threshold (default
 Error), 79 when something is, 1 when the analysis could not run.
@@ -40,9 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--output-threshold", choices=an.SEVERITIES, default=an.INFO,
                    help="print findings at least this severe (default Info)")
     p.add_argument("--no-traffic", action="store_true",
-                   help="do not read traffic facts from the lab's ztunnels (AMB0110 needs them)")
+                   help="do not read traffic facts from the ztunnels (AMB0110 needs them): the lab's sockets, "
+                        "or in a cluster the controller's debug API")
     p.add_argument("-o", "--output", choices=("log", "json", "yaml"), default="log")
     p.add_argument("--list-codes", action="store_true", help="print every finding code and exit")
+    from ambitctl import cluster
+    cluster.add_arguments(p)
     p.set_defaults(func=cmd_analyze)
 
 
@@ -57,6 +62,24 @@ def _lab_objects() -> list[dict[str, Any]] | None:
     if not path.exists():
         return None
     return list(LabStore(path).snapshot().objects.values())
+
+
+def cluster_traffic(args: argparse.Namespace) -> tuple[list[an.PlaintextTraffic], str]:
+    """Plaintext-inbound facts from every ztunnel of a cluster, through the controller's debug API
+    `Metrics` (it asks each proxy over the feed the proxy keeps open; nothing dials the nodes)."""
+    from ambit.api import debug_pb2
+    from ambitctl import cluster
+    try:
+        target = cluster.debug_target(args, True)
+        resp = cluster.call(target, "Metrics", debug_pb2.MetricsRequest(timeout=3.0), 8.0)
+    except Exception as e:  # noqa: BLE001 - TargetError or the gRPC error: the note names it
+        details = e.details() if callable(getattr(e, "details", None)) else str(e)
+        return [], f"the controller's debug API: {details}"
+    out: list[an.PlaintextTraffic] = []
+    for name, text in sorted(resp.metrics.items()):
+        if name.startswith("ztunnel/"):
+            out += an.plaintext_from_metrics(text)
+    return out, "; ".join(f"{m}: no metrics" for m in resp.missing)
 
 
 def lab_traffic() -> tuple[list[an.PlaintextTraffic], str]:
@@ -93,9 +116,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except InputError as e:
         print(f"error: {e}", file=err)
         return 1
-    lab = None if (args.offline and args.filename) else _lab_objects()
+    from ambitctl import cluster
+    in_cluster = not (args.offline and args.filename) and cluster.in_cluster(args)
+    try:
+        lab = (None if (args.offline and args.filename)
+               else cluster.cluster_objects(cluster.api_client(args)) if in_cluster else _lab_objects())
+    except cluster.TargetError as e:
+        print(f"error: {e}", file=err)
+        return 1
     if lab is None and not args.filename:
-        print("error: no lab is up (no store); pass -f FILES to analyse manifests", file=err)
+        print("error: no lab is up (no store); pass -f FILES to analyse manifests, or --context for a cluster",
+              file=err)
         return 1
     objects: dict[Any, dict[str, Any]] = {}
     from controller.validation import object_key
@@ -106,7 +137,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             objects[id(o)] = o
     traffic: list[an.PlaintextTraffic] = []
     if lab is not None and not args.no_traffic:
-        traffic, why = lab_traffic()
+        traffic, why = cluster_traffic(args) if in_cluster else lab_traffic()
         if why:
             print(f"note: traffic facts incomplete ({why}); AMB0110 may miss problems", file=err)
     found = an.analyze(list(objects.values()), complete=lab is not None or args.assume_complete, traffic=traffic)
@@ -114,7 +145,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.all_namespaces:
         scope = "all namespaces"
     elif args.namespace or not args.filename:
-        ns = args.namespace or "default"
+        ns = args.namespace or (cluster.default_namespace(args) if in_cluster else "default")
         found = [f for f in found if f.namespace in (ns, "")]
         scope = f"namespace: {ns}"
     else:       # files: what they are about

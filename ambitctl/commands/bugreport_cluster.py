@@ -88,7 +88,7 @@ def build(args: argparse.Namespace, out: Path, log_tail: int, run_cli: Callable[
 
     def controller_status() -> str:
         import asyncio
-        return json.dumps(status_to_dict(asyncio.run(fetch_status(target.address, token=target.token))), indent=1)
+        return json.dumps(status_to_dict(asyncio.run(fetch_status(target.address, target.trust, token=target.token))), indent=1)
     a.collect("status/controller-status.json", controller_status)
     objects: list[dict[str, Any]] = []
     try:

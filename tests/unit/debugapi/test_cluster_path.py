@@ -340,6 +340,22 @@ def test_status_and_tap_require_the_debug_api_reader_credential(mesh: dict[str, 
     assert not mesh["zt"].hub.active
 
 
+def test_analyze_in_a_cluster_reads_objects_from_the_api_server(mesh: dict[str, Any]) -> None:
+    emu: KubeEmulator = mesh["emu"]
+    emu.create({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "to-cart",
+                "namespace": "demo"}, "spec": {"hosts": ["cart"], "http": [{"route": [{"destination": {"host": "cart"}}]}]}})
+    try:
+        r = ambit(mesh, "analyze", "-o", "json", "--controller", mesh["address"])   # -n from the context: demo
+        assert r.returncode == 79, r.stderr                   # an Error finding: istioctl analyze's exit code
+        findings = json.loads(r.stdout)
+        assert any(f["code"] == "AMB0101" and f["ref"] == "VirtualService/demo/to-cart" for f in findings)
+        assert "traffic facts incomplete" not in r.stderr     # the ztunnel's metrics came through the controller
+        other = ambit(mesh, "analyze", "-n", "default", "-o", "json", "--controller", mesh["address"])
+        assert other.returncode == 0 and json.loads(other.stdout) == [], other.stderr
+    finally:
+        emu.delete("networking.istio.io/v1", "VirtualService", "to-cart", "demo")
+
+
 def test_bug_report_in_a_cluster_uses_the_apis_only(mesh: dict[str, Any], tmp_path: Path) -> None:
     emu: KubeEmulator = mesh["emu"]
     emu.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ambit-controller-7f9", "namespace": "ambit-system"},
