@@ -141,9 +141,10 @@ async def _read_controller(target: Any, f: Filter, out: asyncio.Queue[tuple[str,
     import grpc
 
     from ambit.api import debug_pb2, debug_pb2_grpc
+    from ambit.configclient import tls
     from ambit.tapfilter import to_proto
     try:
-        async with grpc.aio.insecure_channel(target.address) as ch:
+        async with tls.channel(target.address, target.trust) as ch:   # the controller's pinned root
             call = debug_pb2_grpc.DebugServiceStub(ch).Tap(
                 debug_pb2.TapRequest(filter=to_proto(f)), metadata=(("authorization", f"Bearer {target.token}"),))
             async for m in call:
