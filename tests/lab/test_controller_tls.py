@@ -103,9 +103,11 @@ def test_plaintext_and_credential_less_clients_get_nothing(lab: Lab) -> None:
                 await ca_pb2_grpc.CertificateServiceStub(ch).CreateCertificate(
                     ca_pb2.CSRRequest(csr_pem=csr.decode(), identity=CLIENT_ID), timeout=5)
             call = config_pb2_grpc.ConfigServiceStub(ch).DeltaStream()
-            await call.write(config_pb2.DeltaRequest(node=NodeInfo("agent", "node1").to_proto(),
-                                                     type_url=Workload.TYPE, subscribe=True))
             with pytest.raises(grpc.aio.AioRpcError) as stream:
+                # the refusal can arrive before the first write completes, or after it: either way
+                # the stream ends UNAUTHENTICATED and nothing is served
+                await call.write(config_pb2.DeltaRequest(node=NodeInfo("agent", "node1").to_proto(),
+                                                         type_url=Workload.TYPE, subscribe=True))
                 await asyncio.wait_for(call.read(), 10)
         return plain.value.code(), ca.value.code(), stream.value.code()
 
