@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,3 +38,35 @@ def fresh_lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
     finally:
         lab.save_logs(_artifacts(request.node.name))
         lab.down()
+
+
+# How much of each log a failing lab test's report carries: enough to tell a refused connection
+# from a stalled one when all CI keeps is the console output.
+REPORT_LINES = 25
+
+
+def lab_excerpt(lab: Lab) -> str:
+    """The latest warnings, errors and failed access-log records of every component of `lab`."""
+    out = []
+    for log in sorted((lab.dir / "logs").glob("*.log")):
+        try:
+            lines = log.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        notable = [ln for ln in lines if " WARNING " in ln or " ERROR " in ln or '"error": "' in ln
+                   or "Traceback" in ln]
+        if notable:
+            out.append(f"--- {log.name} ({len(lines)} lines; last {min(REPORT_LINES, len(notable))} notable)")
+            out.extend(ln[:400] for ln in notable[-REPORT_LINES:])
+    return "\n".join(out)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" and rep.failed:
+        for name in ("lab", "fresh_lab"):
+            lab = getattr(item, "funcargs", {}).get(name)
+            if isinstance(lab, Lab) and (lab.dir / "logs").exists():
+                rep.sections.append((f"{name} logs (notable lines)", lab_excerpt(lab)))
