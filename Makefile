@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 AMBIT := $(VENV)/bin/ambit
 
-.PHONY: setup demo test unit lab lint bench bench-tracing bench-quick clean proto cluster-test
+.PHONY: setup demo test unit lab soak lint bench bench-tracing bench-quick clean proto cluster-test
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,10 @@ unit: setup
 
 lab: setup
 	@$(PY) -m pytest tests/lab tests/e2e $(PYTEST_ARGS)
+
+# Soak and scale tests at full size (CI runs them bounded, within `make test`).
+soak: setup
+	@AMBIT_SOAK=full $(PY) -m pytest tests/lab tests/e2e -m soak $(PYTEST_ARGS)
 
 lint: setup
 	@$(VENV)/bin/ruff check .

@@ -69,7 +69,8 @@ def test_the_agent_chained_its_plugin_into_the_node_cni_configuration(lab: Lab) 
 
 def test_every_first_connection_of_a_pod_started_through_cni_is_captured(lab: Lab) -> None:
     failed = start_pods(lab, "cni", STARTS, cni=True, first_host=100)
-    assert failed == []
+    records = {name: [r for r in lab.access_log("node1") if r.get("src.workload") == name] for name in failed}
+    assert failed == [], f"apps that failed, with their ztunnel records (none: not captured): {records}"
     want = {f"cni-{i}" for i in range(STARTS)}
     got = lab.wait_for(lambda: captured(lab, "cni") >= want and captured(lab, "cni"), timeout=10,
                        what="an outbound access-log record for every CNI-started pod")

@@ -329,11 +329,11 @@ def test_iperf3_across_nodes_through_two_ztunnels(lab: Lab) -> None:
     assert max(r["bytes_sent"] for r in out) >= got and max(r["bytes_sent"] for r in inb) >= got
 
 
-# --- rotation (its own lab: 30 s certificates) ---------------------------------------------------------
+# --- rotation (its own lab: 12 s certificates, renewed at half-life) ---------------------------------------------------------
 
 def test_traffic_flows_across_three_certificate_rotations(fresh_lab: Lab) -> None:
     lab = fresh_lab
-    lab.up("--spec", str(Path(__file__).parent / "specs" / "mesh.yaml"), "--cert-ttl", "30")
+    lab.up("--spec", str(Path(__file__).parent / "specs" / "mesh.yaml"), "--cert-ttl", "12")
     watched = {("node1", sid("demo", "client")), ("node1", sid("demo", "echo")), ("node2", sid("demo", "echo"))}
     serials: dict[tuple[str, str], list[str]] = {k: [] for k in watched}
 
@@ -350,9 +350,9 @@ def test_traffic_flows_across_three_certificate_rotations(fresh_lab: Lab) -> Non
         env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     t0 = time.monotonic()
     try:
-        deadline = t0 + 150
+        deadline = t0 + 90
         while note() < 3:
-            assert time.monotonic() < deadline, f"fewer than 3 rotations in 150 s: {serials}"
+            assert time.monotonic() < deadline, f"fewer than 3 rotations in 90 s: {serials}"
             assert loop.poll() is None
             time.sleep(1)
         time.sleep(2)       # a few requests after the third rotation
@@ -361,5 +361,5 @@ def test_traffic_flows_across_three_certificate_rotations(fresh_lab: Lab) -> Non
         out, _ = loop.communicate(timeout=10)
     codes = [line for line in out.splitlines() if line.strip()][:-1]     # the last may have been cut
     print(f"rotation test: {len(codes)} requests over {time.monotonic() - t0:.0f}s; serials {serials}")
-    assert len(codes) > 40 and set(codes) == {"200"}, f"failed requests during rotation: {codes}"
+    assert len(codes) > 20 and set(codes) == {"200"}, f"failed requests during rotation: {codes}"
     assert all(c["state"] == "VALID" for n in ("node1", "node2") for c in certs(lab, n).values())
