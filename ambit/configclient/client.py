@@ -179,7 +179,7 @@ class ConfigClient:
                 raise
             except grpc.aio.AioRpcError as e:
                 self._note_failure(f"{e.code().name}: {e.details()}")
-            except (StreamClosed, ConnectionError) as e:     # ConnectionError: e.g. no credential file
+            except (StreamClosed, OSError) as e:     # OSError: no credential file, no socket yet, refused
                 self._note_failure(str(e))
             except Exception as e:  # noqa: BLE001 - any failure means: keep old config, reconnect
                 log.exception("config stream to %s failed", self.target)
