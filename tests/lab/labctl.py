@@ -118,7 +118,9 @@ class Lab:
 
 def artifacts(name: str) -> Path:
     """Where a lab's logs are kept after the run ($AMBIT_TEST_ARTIFACTS/<name>), for CI to collect."""
-    d = Path(os.environ.get("AMBIT_TEST_ARTIFACTS", "/tmp/ambit-test-artifacts")) / name
+    base = os.environ.get("AMBIT_TEST_ARTIFACTS")
+    # Without a place given, one directory per run: concurrent runs must not overwrite each other's.
+    d = (Path(base) if base else Path("/tmp/ambit-test-artifacts") / str(RUN_ID)) / name
     d.mkdir(parents=True, exist_ok=True)
     return d
 
