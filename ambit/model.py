@@ -460,6 +460,11 @@ class TrafficPolicy:
     tls_mode: str = ""                  # DISABLE | SIMPLE | MUTUAL | ISTIO_MUTUAL
     sni: str = ""
     subject_alt_names: list[str] = field(default_factory=list)
+    # TLS origination to ServiceEntry endpoints (waypoint/origination.py): files the waypoint reads
+    ca_certificates: str = ""
+    client_certificate: str = ""
+    private_key: str = ""
+    insecure_skip_verify: bool = False
 
 
 @dataclass

@@ -46,7 +46,8 @@ from waypoint.authz import authorize
 from waypoint.config import WaypointConfig
 from waypoint.http import Engine, HBONETransport, RequestRecord, UpstreamTarget
 from waypoint.http.attempt import CONNECT_FAILURE, Outcome
-from waypoint.http.plug import Attachable
+from waypoint.http.plug import Attachable, connect_tcp
+from waypoint.origination import Origination, check_peer, origination
 from waypoint.request import Decision, Downstream, Forward, RequestHead
 from waypoint.routing import route
 from waypoint.settings import WaypointSettings
@@ -271,6 +272,11 @@ class WaypointProxy:
 
     def _target(self, pick: endpoints.Pick, source_ip: str | None, cluster: Cluster | None = None,
                 response_headers: tuple[tuple[str, str], ...] = ()) -> UpstreamTarget | None:
+        if pick.plain:      # a ServiceEntry endpoint outside the mesh: the waypoint dials it itself
+            orig = origination(cluster.policy if cluster is not None else None, cluster.hostname if cluster else "")
+            key = f"{pick.address}/{pick.protocol}{' tls' if orig else ''}"
+            return UpstreamTarget(key, pick.address, self._plain_connector(pick, orig), pick.protocol, cluster,
+                                  response_headers)
         if not pick.mesh:
             log.warning("endpoint %s (%s) is not in the mesh; the waypoint reaches endpoints over HBONE only",
                         pick.address, pick.workload)
@@ -279,6 +285,20 @@ class WaypointProxy:
         key = f"{pick.address}/{pick.protocol} for {source_ip or '-'}"
         return UpstreamTarget(key, pick.address, self._connector(pick, source_ip), pick.protocol, cluster,
                               response_headers)
+
+    def _plain_connector(self, pick: endpoints.Pick, orig: Origination | None):
+        async def connect() -> Attachable:
+            timeout = self.settings.tunnel.connect_timeout
+            if orig is None:
+                return await connect_tcp(pick.ip, pick.port, timeout)
+            plug = await connect_tcp(pick.ip, pick.port, timeout, orig.context, orig.sni)
+            assert plug.transport is not None
+            why = check_peer(plug.transport.get_extra_info("peercert") or {}, orig.names)
+            if why:
+                plug.transport.abort()
+                raise ssl.SSLCertVerificationError(f"{pick.address}: {why}")
+            return plug
+        return connect
 
     def _connector(self, pick: endpoints.Pick, source_ip: str | None):
         async def connect() -> Attachable:
@@ -313,10 +333,10 @@ class WaypointProxy:
                                 cluster) if svc is not None and cluster is not None else None
         else:
             pick = endpoints.pick_workload(down.destination_ip, down.destination_port, v.by_ip)
-        if pick is None or not pick.mesh:
+        if pick is None or not (pick.mesh or pick.plain):
             return None
         try:
-            conn = await self._connector(pick, down.source_ip)()
+            conn = await (self._plain_connector(pick, None) if pick.plain else self._connector(pick, down.source_ip))()
         except Exception:
             if cluster is not None:     # Envoy's tcp_proxy reports connect failures to outlier detection
                 cluster.attempt_result(pick.address, Outcome(CONNECT_FAILURE))

@@ -31,6 +31,9 @@ class Pick:
     protocol: str = "http1"        # http1 | h2
     workload: str = ""             # "ns/name", for logs
     mesh: bool = True              # False: the workload is not in the mesh (no HBONE)
+    # A ServiceEntry endpoint outside the mesh (MESH_EXTERNAL, or not a mesh pod): the waypoint
+    # dials it itself over TCP (TLS when a DestinationRule originates it); `ip` may be a DNS name.
+    plain: bool = False
 
     @property
     def address(self) -> str:
@@ -64,15 +67,19 @@ def candidates(svc: Service, port: int, subset_labels: Mapping[str, str] | None,
     if sp is None:
         return []
     out: list[Pick] = []
+    entry = svc.kind == "ServiceEntry"
     for ep in svc.endpoints:
         if not ep.ready:
             continue
-        wl = _workload_for(ep, workloads, by_ip)
+        wl = _workload_for(ep, workloads, by_ip) if ep.ip else None
         if subset_labels:
-            labels = wl.labels if wl is not None else {}
+            labels = ep.labels if entry else wl.labels if wl is not None else {}
             if any(labels.get(k) != v for k, v in subset_labels.items()):
                 continue
-        out.append(_pick(ep.ip, target_port(sp, ep), wl, protocol_of(sp)))
+        if entry and (svc.external or wl is None or wl.protocol != "HBONE"):
+            out.append(Pick(ep.ip or ep.hostname, target_port(sp, ep), "", protocol_of(sp), "", False, True))
+        else:
+            out.append(_pick(ep.ip, target_port(sp, ep), wl, protocol_of(sp)))
     return out
 
 

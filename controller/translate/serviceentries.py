@@ -105,3 +105,22 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
                 export_to=export_to(spec, ns),
             ))
     return out
+
+
+def expand_entry_targets(policies: list[Any], idx: Index) -> None:
+    """A policy's `targetRefs` naming a ServiceEntry bind it, at the entry's waypoint, to each of
+    the entry's hosts: the refs become Service refs to the hosts' registry Services (named by host),
+    which is how waypoints bind (waypoint/binding.py). In place."""
+    hosts = {(ns_of(se), name_of(se)): list((se.get("spec") or {}).get("hosts") or [])
+             for se in idx.kind("ServiceEntry")}
+    for p in policies:
+        if not any(r.get("kind") == "ServiceEntry" for r in p.target_refs):
+            continue
+        refs = []
+        for r in p.target_refs:
+            if r.get("kind") != "ServiceEntry":
+                refs.append(r)
+                continue
+            ns = r.get("namespace") or p.namespace
+            refs += [{"group": "", "kind": "Service", "name": h, "namespace": ns} for h in hosts.get((ns, r.get("name")), [])]
+        p.target_refs = refs

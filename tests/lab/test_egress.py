@@ -85,7 +85,6 @@ def test_service_entry_host_and_registry_only(lab: Lab, external: ext_mod.Extern
         assert seen["peer"] == lab.pod("demo/client")["ip"] and seen["host"] == ext_mod.HOSTNAME
         assert seen["tls"] is False, "MESH_EXTERNAL: plain TCP from the pod, no HBONE"
         # HTTPS to the host's TLS port: the app's own TLS passes through untouched, verified by the test CA
-        lab.exec("demo/client", "true")
         code, seen = curl(lab, f"https://{ext_mod.HOSTNAME}/tls", "--resolve", f"{ext_mod.HOSTNAME}:443:{VIP}",
                           "--cacert", str(external.ca))
         assert code == 0 and seen["tls"] is True and seen["sni"] == ext_mod.HOSTNAME
