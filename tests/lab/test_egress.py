@@ -118,3 +118,68 @@ def test_service_entry_host_and_registry_only(lab: Lab, external: ext_mod.Extern
         delete(lab, se)
         lab.wait_for(lambda: curl(lab, f"http://{external.other_ip}/restored")[0] == 0, timeout=15,
                      what="ALLOW_ANY back for the tests after this one")
+
+
+EGRESS_VIP = "240.240.0.20"
+EGRESS_NS = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-egress"}}
+EGRESS_WAYPOINT = {
+    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+    "metadata": {"name": "waypoint", "namespace": "istio-egress", "annotations": {"lab.ambit.io/node": "node2"}},
+    "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+}
+
+
+def egress_objects(ext: ext_mod.External) -> list[dict[str, Any]]:
+    """Istio ambient's egress gateway pattern: a ServiceEntry bound to a waypoint in istio-egress,
+    an AuthorizationPolicy on the ServiceEntry, and TLS origination on two of its ports."""
+    host = "egress.example"
+    se = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+          "metadata": {"name": "egress", "namespace": "demo",
+                       "labels": {"istio.io/use-waypoint": "waypoint", "istio.io/use-waypoint-namespace": "istio-egress"}},
+          "spec": {"hosts": [host], "addresses": [EGRESS_VIP], "resolution": "STATIC",
+                   "endpoints": [{"address": ext.ip}],
+                   "ports": [{"number": 80, "name": "http", "protocol": "HTTP"},
+                             {"number": 8080, "name": "http-simple", "protocol": "HTTP", "targetPort": 443},
+                             {"number": 9090, "name": "http-mutual", "protocol": "HTTP", "targetPort": 8443}]}}
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+          "metadata": {"name": "egress-tls", "namespace": "demo"},
+          "spec": {"host": host, "trafficPolicy": {"portLevelSettings": [
+              {"port": {"number": 8080}, "tls": {"mode": "SIMPLE", "caCertificates": str(ext.ca),
+                                                  "sni": ext_mod.HOSTNAME}},
+              {"port": {"number": 9090}, "tls": {"mode": "MUTUAL", "caCertificates": str(ext.ca),
+                                                  "sni": ext_mod.HOSTNAME, "clientCertificate": str(ext.client_cert),
+                                                  "privateKey": str(ext.client_key)}}]}}}
+    ap = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+          "metadata": {"name": "egress-from-client", "namespace": "demo"},
+          "spec": {"targetRefs": [{"kind": "ServiceEntry", "group": "networking.istio.io", "name": "egress"}],
+                   "action": "ALLOW",
+                   "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/demo/sa/client"]}}]}]}}
+    return [se, dr, ap]
+
+
+def test_egress_through_a_waypoint_with_authorization_and_tls_origination(lab: Lab, external: ext_mod.External) -> None:
+    objs = [EGRESS_NS, EGRESS_WAYPOINT, *egress_objects(external)]
+    apply(lab, *objs)
+    try:
+        wp = lab.wait_for(lambda: [w for w in lab.status()["waypoints"]
+                                   if w["namespace"] == "istio-egress" and w["ready"]], timeout=30,
+                          what="the egress waypoint ready")[0]
+        resolve = ("--resolve", f"egress.example:80:{EGRESS_VIP}", "--resolve", f"egress.example:8080:{EGRESS_VIP}",
+                   "--resolve", f"egress.example:9090:{EGRESS_VIP}")
+        code, seen = lab.wait_for(lambda: (r := curl(lab, "http://egress.example/out", *resolve))[0] == 0 and r,
+                                  timeout=20, what="egress through the waypoint")
+        # it left through the waypoint: the external server sees the waypoint's address, not the pod's
+        assert seen["peer"] == wp["ip"] != lab.pod("demo/client")["ip"], (seen, wp)
+        assert (seen["tls"], seen["host"]) == (False, "egress.example")
+        # authorized by the source's identity at the waypoint: client2 (sa other) is refused with 403
+        p = lab.exec("demo/client2", "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3",
+                     *resolve, "http://egress.example/denied", timeout=30)
+        assert p.stdout.strip() == "403", (p.stdout, p.stderr)
+        # TLS origination: the app speaks HTTP, the external server sees TLS (SIMPLE, then MUTUAL)
+        code, seen = curl(lab, "http://egress.example:8080/simple", *resolve)
+        assert code == 0 and seen["tls"] is True and seen["sni"] == ext_mod.HOSTNAME, seen
+        assert seen["peer"] == wp["ip"] and seen["path"] == "/simple"
+        code, seen = curl(lab, "http://egress.example:9090/mutual", *resolve)
+        assert code == 0 and seen["tls"] is True and seen["path"] == "/mutual", seen
+    finally:
+        delete(lab, *reversed(objs))
