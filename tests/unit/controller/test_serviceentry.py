@@ -172,3 +172,48 @@ def test_an_address_another_service_holds_is_left_out_and_reported() -> None:
     assert entry.vips == []
     assert [(e.ref, e.path) for e in tr.errors] == [("ServiceEntry/demo/ext", "spec.addresses[0]")]
     assert "already the address of demo/web" in tr.errors[0].reason
+
+
+def test_policies_targeting_a_service_entry_bind_to_each_of_its_hosts() -> None:
+    entry = se({"hosts": ["a.example", "b.example"], "ports": [{"number": 80, "name": "http"}]}, name="ext")
+    ap = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+          "metadata": {"name": "egress", "namespace": "demo"},
+          "spec": {"targetRefs": [{"kind": "ServiceEntry", "group": "networking.istio.io", "name": "ext"},
+                                  {"kind": "ServiceEntry", "group": "networking.istio.io", "name": "missing"}],
+                   "action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/demo/sa/a"]}}]}]}}
+    (a,) = translate([entry, ap]).authorizations
+    assert a.scope == "waypoint"
+    assert a.target_refs == [{"group": "", "kind": "Service", "name": h, "namespace": "demo"}
+                             for h in ("a.example", "b.example")]
+
+
+def test_advisories_for_service_entry_targets_and_tls_origination() -> None:
+    from controller.waypoints.advisories import advisories
+    gw = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+          "metadata": {"name": "waypoint", "namespace": "istio-egress"},
+          "spec": {"gatewayClassName": "istio-waypoint",
+                   "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}
+    bound = se({"hosts": ["a.example"], "ports": [{"number": 80, "name": "http"}]}, name="bound",
+               **{"istio.io/use-waypoint": "waypoint", "istio.io/use-waypoint-namespace": "istio-egress"})
+    unbound = se({"hosts": ["b.example"], "ports": [{"number": 80, "name": "http"}]}, name="unbound")
+
+    def ap(target: str) -> dict[str, Any]:
+        return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": f"ap-{target}", "namespace": "demo"},
+                "spec": {"targetRefs": [{"kind": "ServiceEntry", "group": "networking.istio.io", "name": target}]}}
+
+    def dr(host: str, tls: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": f"dr-{host}", "namespace": "demo"},
+                "spec": {"host": host, "trafficPolicy": {"tls": tls}}}
+
+    found = {(a.ref, a.path): a.reason for a in advisories([
+        gw, bound, unbound, ap("bound"), ap("unbound"), ap("missing"),
+        dr("a.example", {"mode": "SIMPLE", "caCertificates": "/ca.pem", "credentialName": "cred"}),
+        dr("elsewhere.example", {"mode": "SIMPLE"})])}
+    assert ("AuthorizationPolicy/demo/ap-bound", "spec.targetRefs[0]") not in found
+    assert "bound to no waypoint" in found[("AuthorizationPolicy/demo/ap-unbound", "spec.targetRefs[0]")]
+    assert "no ServiceEntry" in found[("AuthorizationPolicy/demo/ap-missing", "spec.targetRefs[0]")]
+    assert ("DestinationRule/demo/dr-a.example", "spec.trafficPolicy.tls") not in found, "originated: applied"
+    assert "does not read Secrets" in found[("DestinationRule/demo/dr-a.example", "spec.trafficPolicy.tls.credentialName")]
+    assert "not applied" in found[("DestinationRule/demo/dr-elsewhere.example", "spec.trafficPolicy.tls")]
