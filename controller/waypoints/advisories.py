@@ -124,6 +124,8 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             out += _gw_fields(o)
         elif kind == "DestinationRule":
             out += _dr_fields(o, {s.hostname for s in tr.services if s.kind == "ServiceEntry"})
+        elif kind == "ServiceEntry":
+            out += _entry_fields(o, svc_waypoint.get((ns_of(o), f"ServiceEntry/{(o.get('metadata') or {}).get('name')}"), ""))
         elif kind == "Telemetry":
             out += telemetry_advisories(o, tr.mesh_settings[0] if tr.mesh_settings else None)
     out += telemetry_conflicts([o for o in good if o.get("kind") == "Telemetry"], root_namespace)
@@ -446,6 +448,23 @@ def _policy_fields(p: Obj | None, base: str, entry: bool = False) -> list[tuple[
             out.append((f"{base}.{f}", why))
     for i, pl in enumerate((p or {}).get("portLevelSettings") or []):
         out += _policy_fields({k: v for k, v in pl.items() if k != "port"}, f"{base}.portLevelSettings[{i}]", entry)
+    return out
+
+
+def _entry_fields(o: Obj, waypoint: str) -> list[Advisory]:
+    """What a waypoint the ServiceEntry is bound to does not do with it (ztunnel does both)."""
+    if not waypoint:
+        return []
+    spec, ref = o.get("spec") or {}, object_ref(o)
+    out = []
+    if (spec.get("resolution") or "NONE") == "NONE":
+        out.append(Advisory(ref, "spec.resolution", f"NONE behind waypoint {waypoint}: the waypoint has no endpoint "
+                            "to send to (requests get 503); use STATIC or DNS with endpoints", NOT_ENFORCED))
+    for i, e in enumerate(spec.get("endpoints") or []):
+        if e.get("weight"):
+            out.append(Advisory(ref, f"spec.endpoints[{i}].weight", f"accepted, but not enforced yet behind waypoint "
+                                f"{waypoint}: it balances the entry's endpoints by the DestinationRule's load balancer "
+                                "(ztunnel, without a waypoint, honours weights)", NOT_ENFORCED))
     return out
 
 

@@ -217,3 +217,16 @@ def test_advisories_for_service_entry_targets_and_tls_origination() -> None:
     assert ("DestinationRule/demo/dr-a.example", "spec.trafficPolicy.tls") not in found, "originated: applied"
     assert "does not read Secrets" in found[("DestinationRule/demo/dr-a.example", "spec.trafficPolicy.tls.credentialName")]
     assert "not applied" in found[("DestinationRule/demo/dr-elsewhere.example", "spec.trafficPolicy.tls")]
+
+
+def test_what_a_waypoint_does_not_do_with_a_bound_entry_is_warned() -> None:
+    from controller.waypoints.advisories import advisories
+    labels = {"istio.io/use-waypoint": "waypoint"}
+    none = se({"hosts": ["a.example"], "ports": [{"number": 80, "name": "http"}]}, name="none", **labels)
+    weighted = se({"hosts": ["b.example"], "resolution": "STATIC", "ports": [{"number": 80, "name": "http"}],
+                   "endpoints": [{"address": "198.51.100.7", "weight": 2}]}, name="weighted", **labels)
+    plain = se({"hosts": ["c.example"], "resolution": "STATIC", "ports": [{"number": 80, "name": "http"}],
+                "endpoints": [{"address": "198.51.100.7", "weight": 2}]}, name="plain")
+    found = {(a.ref, a.path) for a in advisories([none, weighted, plain])}
+    assert found == {("ServiceEntry/demo/none", "spec.resolution"),
+                     ("ServiceEntry/demo/weighted", "spec.endpoints[0].weight")}
