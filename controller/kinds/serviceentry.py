@@ -4,7 +4,7 @@ in the mesh's registry.
 Field names and rules follow Istio's API reference and its CRD validations. What ztunnel and the
 waypoints do with each field is in docs/egress.md; the fields Ambit does not build are refused here
 by name with the reason (`workloadSelector`, `subjectAltNames`, endpoint `network`/`locality`/
-`serviceAccount`, Unix-socket endpoints, and `resolution: DYNAMIC_DNS`).
+`serviceAccount`, Unix-socket endpoints, UDP ports and `resolution: DYNAMIC_DNS`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,24 @@ from controller.kinds.schema import Arr, Errors, Int, Map, Obj, Str, join
 
 RESOLUTIONS = ("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS")
 LOCATIONS = ("MESH_EXTERNAL", "MESH_INTERNAL")
-# Istio's port protocols. TCP-like ones are carried as bytes by ztunnel; the HTTP ones are also
-# routed by host at a waypoint the ServiceEntry is bound to.
-PROTOCOLS = ("HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "REDIS", "MYSQL", "TCP", "TLS")
+# Istio's port protocols (matched ignoring case, as its protocol.Parse does; "" asks for sniffing,
+# which Ambit does by the port name's prefix). The HTTP ones are routed by host at a waypoint the
+# ServiceEntry is bound to; the others are carried as bytes.
+PROTOCOLS = ("HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "HTTP_PROXY", "MONGO", "REDIS", "MYSQL", "TCP", "TLS")
+
+
+def _check_protocol(text: str) -> str | None:
+    if text.upper() == "UDP":
+        return "UDP is not supported by Ambit: the mesh carries TCP only"
+    if text and text.upper() not in PROTOCOLS:
+        return f"unsupported protocol: {text} (one of {', '.join(PROTOCOLS)}, any case)"
+    return None
 
 
 def _check_host(text: str) -> str | None:
-    if text == "*" or text.startswith("*.") and len(text) > 2:
+    if text == "*":
+        return 'invalid host "*": a ServiceEntry names hosts (a prefix wildcard "*.example.com" at most)'
+    if text.startswith("*.") and len(text) > 2:
         return None
     if "/" in text or " " in text or not text.strip("."):
         return f'must be a DNS name such as "api.example.com" or a wildcard "*.example.com", got "{text}"'
@@ -54,8 +65,8 @@ def _is_ip(text: str) -> bool:
 
 ServicePort = Obj({
     "number": Port,
-    "protocol": Str(enum=PROTOCOLS, description="Istio port protocol; HTTP, HTTP2 and GRPC ports are "
-                                                "routed by host at a waypoint."),
+    "protocol": Str(valid=_check_protocol, description="Istio port protocol (any case); HTTP, HTTP2 and GRPC "
+                                                       "ports are routed by host at a waypoint."),
     "name": Str(min_len=1),
     "targetPort": Port,
 }, required=("number", "name"))
@@ -103,15 +114,13 @@ def _check_service_entry(value: dict[str, Any], path: str, errs: Errors) -> None
             if pname not in names:
                 errs.append((join(join(where, "ports"), str(pname)), f'names no port of the ServiceEntry '
                                                                      f'(ports: {", ".join(sorted(map(str, names)))})'))
-    if resolution in ("DNS", "DNS_ROUND_ROBIN") and not endpoints:
-        for i, h in enumerate(hosts):
-            if h.startswith("*"):
-                errs.append((f"{join(path, 'hosts')}[{i}]", "a wildcard host cannot be resolved: DNS resolution "
-                                                           "without endpoints needs concrete host names"))
-    if addresses and len(hosts) > 1:
-        errs.append((join(path, "addresses"), "addresses with several hosts are not supported by Ambit: a "
-                                              "connection to the address could be any of the hosts; write one "
-                                              "ServiceEntry per host"))
+    if resolution != "NONE" and len(hosts) > 1:
+        for i, p in enumerate(value.get("ports") or []):
+            if (p.get("protocol") or "").upper() not in ("HTTP", "HTTP2", "GRPC", "GRPC-WEB", "HTTP_PROXY", "HTTPS",
+                                                         "TLS"):
+                errs.append((f"{join(path, 'ports')}[{i}].protocol", "multiple hosts provided with non-HTTP, non-TLS "
+                                                                     "ports (nothing tells the hosts apart)"))
+                break
     seen: dict[int, int] = {}
     for i, p in enumerate(value.get("ports") or []):
         n = p.get("number")

@@ -19,12 +19,13 @@ from typing import Any
 
 from ambit.model import Endpoint, Service, ServicePort
 from controller.translate.index import Index, labels_of, name_of, namespace_waypoint, ns_of, waypoint_ref
+from controller.translate.workloads import port_protocol
 from controller.validation import FieldError
 
 Obj = dict[str, Any]
 
 # Istio port protocol -> the ServicePort protocol ztunnel and waypoints use (HTTP-aware or bytes).
-_PROTOCOLS = {"HTTP": "HTTP", "HTTP2": "HTTP2", "GRPC": "GRPC", "GRPC-WEB": "HTTP"}
+_PROTOCOLS = {"HTTP": "HTTP", "HTTP_PROXY": "HTTP", "HTTP2": "HTTP2", "GRPC": "GRPC", "GRPC-WEB": "HTTP"}
 
 
 def _is_subnet(address: str) -> bool:
@@ -43,7 +44,8 @@ def export_to(spec: Obj, namespace: str) -> list[str]:
 
 def _ports(spec: Obj) -> list[ServicePort]:
     return [ServicePort(port=int(p["number"]), target_port=int(p.get("targetPort") or 0), name=p.get("name", ""),
-                        protocol=_PROTOCOLS.get((p.get("protocol") or "TCP").upper(), "TCP"))
+                        protocol=_PROTOCOLS.get(p["protocol"].upper(), "TCP") if p.get("protocol")
+                        else port_protocol({"name": p.get("name", "")}))
             for p in spec.get("ports") or []]
 
 
@@ -86,19 +88,20 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
             addresses.append(a)
         ports = _ports(spec)
         waypoint = waypoint_ref(labels_of(se), ns, fallback=namespace_waypoint(idx, ns))
-        for host in spec.get("hosts") or []:
+        for i, host in enumerate(spec.get("hosts") or []):
             if resolution == "NONE":
                 endpoints: list[Endpoint] = []
             elif spec.get("endpoints"):
                 endpoints = [_endpoint(e, ports) for e in spec["endpoints"]]
-            elif resolution == "DNS":
+            elif resolution == "DNS" and not host.startswith("*"):
                 endpoints = [Endpoint(workload_uid="", ip="", hostname=host)]
             else:
-                endpoints = []
+                endpoints = []      # a wildcard has no address to resolve: connections to it are refused
+            mine = addresses if i == 0 else []      # an address means one host to ztunnel: the first
             out.append(Service(
                 name=host, namespace=ns, hostname=host,
-                vips=[a.split("/")[0] for a in addresses if not _is_subnet(a)],
-                subnets=[a for a in addresses if _is_subnet(a)],
+                vips=[a.split("/")[0] for a in mine if not _is_subnet(a)],
+                subnets=[a for a in mine if _is_subnet(a)],
                 ports=[ServicePort(p.port, p.target_port, p.name, p.protocol) for p in ports],
                 endpoints=endpoints, waypoint=waypoint, kind="ServiceEntry",
                 location=spec.get("location") or "MESH_EXTERNAL", resolution=resolution,

@@ -118,14 +118,19 @@ def test_istios_documented_service_entries_are_accepted_and_no_longer_an_unsuppo
      "spec.endpoints[0].address", "Unix domain socket endpoints are not supported"),
     ({"hosts": ["a.example"], "resolution": "DNS", "endpoints": [{"address": "x.example", "network": "n1"}]},
      "spec.endpoints[0].network", "not supported by Ambit"),
-    ({"hosts": ["a.example", "b.example"], "addresses": ["240.0.0.1"]}, "spec.addresses",
-     "several hosts are not supported"),
+    ({"hosts": ["a.example", "b.example"], "resolution": "DNS", "ports": [{"number": 5432, "name": "pg",
+                                                                          "protocol": "TCP"}]},
+     "spec.ports[0].protocol", "multiple hosts provided with non-HTTP, non-TLS ports"),
+    ({"hosts": ["*"]}, "spec.hosts[0]", 'invalid host "*"'),
+    ({"hosts": ["a.example"], "ports": [{"number": 53, "name": "dns", "protocol": "udp"}]},
+     "spec.ports[0].protocol", "UDP is not supported by Ambit"),
+    ({"hosts": ["a.example"], "ports": [{"number": 53, "name": "x", "protocol": "QUIC"}]},
+     "spec.ports[0].protocol", "unsupported protocol: QUIC"),
     ({"hosts": ["a.example"], "ports": [{"number": 80, "name": "a"}, {"number": 80, "name": "b"}]},
      "spec.ports[1].number", "cannot be duplicated"),
     ({"hosts": ["a.example"], "resolution": "DNS",
       "endpoints": [{"address": "x.example", "ports": {"nope": 8080}}], "ports": [{"number": 80, "name": "http"}]},
      "spec.endpoints[0].ports.nope", "names no port"),
-    ({"hosts": ["*.example"], "resolution": "DNS"}, "spec.hosts[0]", "wildcard host cannot be resolved"),
     ({"hosts": []}, "spec.hosts", ""),
 ])
 def test_what_is_not_built_or_ambiguous_is_refused_naming_the_field(spec: dict, path: str, reason: str) -> None:
@@ -161,6 +166,22 @@ def test_each_host_is_a_registry_service_named_by_the_host() -> None:
     assert [(e.ip, e.weight, e.labels) for e in cnn.endpoints] == [("198.51.100.7", 3, {"version": "v2"}),
                                                                    ("198.51.100.8", 0, {})]
     assert Service.from_dict(json.loads(json.dumps(cnn.to_dict()))) == cnn, "travels the config stream"
+
+
+def test_istio_leniencies_protocol_case_sniffing_by_name_and_addresses_of_several_hosts() -> None:
+    sniffed = se({"hosts": ["c.example"], "ports": [{"number": 80, "name": "http-web", "protocol": ""},
+                                                    {"number": 81, "name": "web", "protocol": ""}]}, name="c")
+    entry = se({"hosts": ["a.example", "b.example"], "addresses": ["240.240.0.5"], "resolution": "STATIC",
+                "endpoints": [{"address": "198.51.100.7"}],
+                "ports": [{"number": 443, "name": "https", "protocol": "tls"},
+                          {"number": 8080, "name": "api", "protocol": "http"}]})
+    assert errors_of(entry) == [] and errors_of(sniffed) == []
+    got = services([entry, sniffed])
+    a, b = got["demo/a.example"], got["demo/b.example"]
+    assert [(p.port, p.protocol) for p in a.ports] == [(443, "TCP"), (8080, "HTTP")]
+    assert [(p.port, p.protocol) for p in got["demo/c.example"].ports] == [(80, "HTTP"), (81, "TCP")]
+    assert (a.vips, b.vips) == (["240.240.0.5"], []), "an address is one host to ztunnel: the first"
+    assert b.endpoints == a.endpoints
 
 
 def test_an_address_another_service_holds_is_left_out_and_reported() -> None:
