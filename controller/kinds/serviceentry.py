@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from controller.kinds.common import Labels, Port, Strings
+from controller.kinds.common import Cidr, Labels, Port, Strings
 from controller.kinds.schema import Arr, Errors, Int, Map, Obj, Str, join
 
 RESOLUTIONS = ("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS")
@@ -41,21 +41,13 @@ def _check_host(text: str) -> str | None:
     return None
 
 
-def _check_address(text: str) -> str | None:
-    try:
-        ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        return f'must be an IP address or CIDR such as "240.240.0.1" or "10.0.0.0/16", got "{text}"'
-    return None
-
-
 def _check_endpoint_address(text: str) -> str | None:
     if text.startswith("unix://"):
         return "Unix domain socket endpoints are not supported by Ambit: ztunnel dials TCP only"
     return None
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -105,7 +97,7 @@ def _check_service_entry(value: dict[str, Any], path: str, errs: Errors) -> None
     for i, e in enumerate(endpoints):
         addr = e.get("address")
         where = f"{join(path, 'endpoints')}[{i}]"
-        if resolution == "STATIC" and (not addr or not _is_ip(addr)):
+        if resolution == "STATIC" and (not addr or not is_ip(addr)):
             errs.append((join(where, "address"), f"STATIC resolution needs an IP address, got {addr!r}"))
         if resolution in ("DNS", "DNS_ROUND_ROBIN") and not addr:
             errs.append((join(where, "address"), "required field is missing (a host name or IP to resolve)"))
@@ -131,7 +123,7 @@ def _check_service_entry(value: dict[str, Any], path: str, errs: Errors) -> None
 
 ServiceEntrySpec = Obj({
     "hosts": Arr(Str(min_len=1, valid=_check_host), min_items=1),
-    "addresses": Arr(Str(valid=_check_address)),
+    "addresses": Arr(Cidr),
     "ports": Arr(ServicePort),
     "location": Str(enum=LOCATIONS),
     "resolution": Str(enum=RESOLUTIONS),

@@ -14,10 +14,10 @@ fails that connection rather than freezing a stale address into every ztunnel's 
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from ambit.model import Endpoint, Service, ServicePort
+from controller.kinds.serviceentry import is_ip
 from controller.translate.index import Index, labels_of, name_of, namespace_waypoint, ns_of, waypoint_ref
 from controller.translate.workloads import port_protocol
 from controller.validation import FieldError
@@ -53,17 +53,9 @@ def _endpoint(e: Obj, ports: list[ServicePort]) -> Endpoint:
     address = e.get("address") or ""
     own = e.get("ports") or {}
     eports = [ServicePort(p.port, int(own[p.name]), p.name, p.protocol) for p in ports if p.name in own]
-    is_ip = _is_ip(address)
-    return Endpoint(workload_uid="", ip=address if is_ip else "", hostname="" if is_ip else address,
+    ip = is_ip(address)
+    return Endpoint(workload_uid="", ip=address if ip else "", hostname="" if ip else address,
                     ports=eports, weight=int(e.get("weight") or 0), labels=dict(e.get("labels") or {}))
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def translate_service_entries(idx: Index, services: list[Service], errors: list[FieldError]) -> list[Service]:
