@@ -121,3 +121,13 @@ def test_an_entry_with_no_endpoint_left_is_refused_naming_the_host() -> None:
 def test_ztunnel_refuses_a_subnet_that_does_not_parse() -> None:
     with pytest.raises(ConfigRejected, match=r"subnets\[0\]: 'nope' is not a CIDR"):
         config([POD], [entry("x.example", resolution="NONE", subnets=["nope"])])
+
+
+def test_the_proxy_resolves_a_dns_endpoint_with_the_nodes_resolver_and_fails_the_connection_otherwise() -> None:
+    import asyncio
+
+    from ztunnel.proxy import resolve
+    ip, port = asyncio.run(resolve("localhost", 8080, 5))
+    assert ip in ("127.0.0.1", "::1") and port == 8080
+    with pytest.raises(OSError):     # what the outbound handler turns into a refused connection
+        asyncio.run(resolve("no-such-host.invalid", 80, 5))
