@@ -181,7 +181,7 @@ class WaypointProxy:
             ns = spiffe.parse(peer_identity).namespace
         src = v.by_ip.get(peer_ip)
         labels = tuple(sorted(src.labels.items())) if src is not None and src.identity == peer_identity else ()
-        svc = v.by_vip.get((ip, port))
+        svc = v.by_vip.get((ip, port)) or endpoints.entry_at(v.services.values(), ip, port, self.settings.waypoint)
         if svc is not None:
             if svc.waypoint != self.settings.waypoint:
                 return None, f"{authority} is Service {svc.resource_name}, which does not use this waypoint"
@@ -234,7 +234,7 @@ class WaypointProxy:
             return self._target(pick, down.source_ip) if pick is not None else None
         cluster = self.cluster(fwd.service, fwd.port, fwd.subset, fwd.hostname)
         key = cluster.hash_key(head, down)
-        pick = self._pick(fwd, cluster, exclude, key)
+        pick = self._pick(fwd, cluster, exclude, key, down)
         if pick is None:
             return None
         cookie = (("set-cookie", key.set_cookie),) if key is not None and key.set_cookie else ()
@@ -252,7 +252,7 @@ class WaypointProxy:
         return self.clusters.get(service, port, subset, hostname)
 
     def _pick(self, fwd: Forward, cluster: Cluster, exclude: frozenset[str] = frozenset(),
-              key: HashKey | None = None) -> endpoints.Pick | None:
+              key: HashKey | None = None, down: Downstream | None = None) -> endpoints.Pick | None:
         """The endpoint of the forward's Service port (and subset) the cluster chooses among the
         ready ones (waypoint/traffic/cluster.py `Cluster.choose`), or None (503 UH)."""
         v = self.config.view
@@ -262,6 +262,8 @@ class WaypointProxy:
         labels = v.table.subset_labels(fwd.hostname or svc.hostname, fwd.subset) if fwd.subset else None
         if fwd.subset and labels is None:
             return None
+        if svc.kind == "ServiceEntry" and svc.resolution == "NONE":
+            return endpoints.original(down.destination_ip, down.destination_port, svc) if down else None
         return self._choose(endpoints.candidates(svc, fwd.port, labels, v.workloads, v.by_ip), cluster, exclude, key)
 
     @staticmethod
@@ -329,8 +331,11 @@ class WaypointProxy:
             # consistent-hash cluster spreads them at random, as Envoy's tcp_proxy without a hash)
             svc = v.services.get(down.service)
             cluster = self.cluster(down.service, down.destination_port, "", down.hostname) if svc is not None else None
-            pick = self._choose(endpoints.candidates(svc, down.destination_port, None, v.workloads, v.by_ip),
-                                cluster) if svc is not None and cluster is not None else None
+            if svc is not None and svc.kind == "ServiceEntry" and svc.resolution == "NONE":
+                pick = endpoints.original(down.destination_ip, down.destination_port, svc)
+            else:
+                pick = self._choose(endpoints.candidates(svc, down.destination_port, None, v.workloads, v.by_ip),
+                                    cluster) if svc is not None and cluster is not None else None
         else:
             pick = endpoints.pick_workload(down.destination_ip, down.destination_port, v.by_ip)
         if pick is None or not (pick.mesh or pick.plain):

@@ -457,9 +457,6 @@ def _entry_fields(o: Obj, waypoint: str) -> list[Advisory]:
         return []
     spec, ref = o.get("spec") or {}, object_ref(o)
     out = []
-    if (spec.get("resolution") or "NONE") == "NONE":
-        out.append(Advisory(ref, "spec.resolution", f"NONE behind waypoint {waypoint}: the waypoint has no endpoint "
-                            "to send to (requests get 503); use STATIC or DNS with endpoints", NOT_ENFORCED))
     for i, e in enumerate(spec.get("endpoints") or []):
         if e.get("weight"):
             out.append(Advisory(ref, f"spec.endpoints[{i}].weight", f"accepted, but not enforced yet behind waypoint "

@@ -175,6 +175,12 @@ def test_egress_through_a_waypoint_with_authorization_and_tls_origination(lab: L
         p = lab.exec("demo/client2", "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3",
                      *resolve, "http://egress.example/denied", timeout=30)
         assert p.stdout.strip() == "403", (p.stdout, p.stderr)
+        # going around the VIP, straight to the endpoint, does not go around the waypoint or its policy
+        code, seen = curl(lab, f"http://{external.ip}/direct")
+        assert code == 0 and seen["peer"] == wp["ip"], seen
+        p = lab.exec("demo/client2", "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3",
+                     f"http://{external.ip}/direct-denied", timeout=30)
+        assert p.stdout.strip() == "403", (p.stdout, p.stderr)
         # TLS origination: the app speaks HTTP, the external server sees TLS (SIMPLE, then MUTUAL)
         code, seen = curl(lab, "http://egress.example:8080/simple", *resolve)
         assert code == 0 and seen["tls"] is True and seen["sni"] == ext_mod.HOSTNAME, seen

@@ -240,7 +240,7 @@ def test_advisories_for_service_entry_targets_and_tls_origination() -> None:
     assert "not applied" in found[("DestinationRule/demo/dr-elsewhere.example", "spec.trafficPolicy.tls")]
 
 
-def test_what_a_waypoint_does_not_do_with_a_bound_entry_is_warned() -> None:
+def test_what_a_waypoint_does_not_do_with_a_bound_entry_is_warned_and_only_that() -> None:
     from controller.waypoints.advisories import advisories
     labels = {"istio.io/use-waypoint": "waypoint"}
     none = se({"hosts": ["a.example"], "ports": [{"number": 80, "name": "http"}]}, name="none", **labels)
@@ -249,5 +249,4 @@ def test_what_a_waypoint_does_not_do_with_a_bound_entry_is_warned() -> None:
     plain = se({"hosts": ["c.example"], "resolution": "STATIC", "ports": [{"number": 80, "name": "http"}],
                 "endpoints": [{"address": "198.51.100.7", "weight": 2}]}, name="plain")
     found = {(a.ref, a.path) for a in advisories([none, weighted, plain])}
-    assert found == {("ServiceEntry/demo/none", "spec.resolution"),
-                     ("ServiceEntry/demo/weighted", "spec.endpoints[0].weight")}
+    assert found == {("ServiceEntry/demo/weighted", "spec.endpoints[0].weight")}

@@ -65,3 +65,22 @@ def test_mutual_needs_a_client_certificate_and_key() -> None:
     with pytest.raises(OSError):
         origination(TrafficPolicy(tls_mode="MUTUAL", client_certificate="/nonexistent.pem",
                                   private_key="/nonexistent.key"), "h")
+
+
+def test_the_waypoint_knows_entry_addresses_reached_without_the_vip_and_none_goes_to_the_original() -> None:
+    static = entry("MESH_EXTERNAL", [Endpoint("", "198.51.100.7")])
+    static.waypoint = "istio-egress/waypoint"
+    wide = Service(name="*.wiki.example", namespace="demo", hostname="*.wiki.example", subnets=["203.0.113.0/24"],
+                   ports=[ServicePort(80, 0, "http", "HTTP")], kind="ServiceEntry", resolution="NONE",
+                   waypoint="istio-egress/waypoint")
+    narrow = Service(name="one.wiki.example", namespace="demo", hostname="one.wiki.example",
+                     subnets=["203.0.113.0/28"], ports=[ServicePort(80, 0, "http", "HTTP")], kind="ServiceEntry",
+                     resolution="NONE", waypoint="istio-egress/waypoint")
+    svcs = [static, wide, narrow]
+    assert endpoints.entry_at(svcs, "198.51.100.7", 80, "istio-egress/waypoint") is static
+    assert endpoints.entry_at(svcs, "203.0.113.3", 80, "istio-egress/waypoint") is narrow
+    assert endpoints.entry_at(svcs, "203.0.113.99", 80, "istio-egress/waypoint") is wide
+    assert endpoints.entry_at(svcs, "203.0.113.99", 443, "istio-egress/waypoint") is None, "not a port of it"
+    assert endpoints.entry_at(svcs, "198.51.100.7", 80, "other/waypoint") is None, "not bound to this waypoint"
+    p = endpoints.original("203.0.113.99", 80, wide)
+    assert (p.ip, p.port, p.plain, p.protocol) == ("203.0.113.99", 80, True, "http1")
