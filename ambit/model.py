@@ -75,6 +75,11 @@ class Endpoint:
     # Only when the Service uses named targetPorts: this endpoint's own resolution of them (pods of
     # one Service may map a name to different numbers). Empty means "use Service.ports".
     ports: list[ServicePort] = field(default_factory=list)
+    # ServiceEntry endpoints only: a DNS name ztunnel resolves when it dials (resolution DNS; `ip`
+    # is then ""), the relative weight (0: 1) and the endpoint's labels (DestinationRule subsets).
+    hostname: str = ""
+    weight: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -89,10 +94,28 @@ class Service(Resource):
     ports: list[ServicePort] = field(default_factory=list)
     endpoints: list[Endpoint] = field(default_factory=list)
     waypoint: str = ""                  # "ns/name" of the waypoint Gateway, or ""
+    # A ServiceEntry host is a Service too (one per host, named by the host, as Istio's ztunnel
+    # does): `kind` "ServiceEntry", `location` MESH_EXTERNAL (never HBONE) or MESH_INTERNAL,
+    # `resolution` NONE (to the original destination) / STATIC / DNS, CIDR `subnets` besides the
+    # VIPs, and `export_to` the namespaces that see it (empty: all; Istio's exportTo resolved).
+    kind: str = "Service"
+    location: str = ""
+    resolution: str = ""
+    subnets: list[str] = field(default_factory=list)
+    export_to: list[str] = field(default_factory=list)
 
     @property
     def resource_name(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def external(self) -> bool:
+        return self.location == "MESH_EXTERNAL"
+
+    def visible_to(self, namespace: str) -> bool:
+        """exportTo: a ServiceEntry exported to some namespaces is invisible to the others (and
+        routing treats it as absent for their pods)."""
+        return not self.export_to or "*" in self.export_to or namespace in self.export_to
 
 
 @dataclass
@@ -437,6 +460,11 @@ class TrafficPolicy:
     tls_mode: str = ""                  # DISABLE | SIMPLE | MUTUAL | ISTIO_MUTUAL
     sni: str = ""
     subject_alt_names: list[str] = field(default_factory=list)
+    # TLS origination to ServiceEntry endpoints (waypoint/origination.py): files the waypoint reads
+    ca_certificates: str = ""
+    client_certificate: str = ""
+    private_key: str = ""
+    insecure_skip_verify: bool = False
 
 
 @dataclass
@@ -528,6 +556,9 @@ class MeshSettings(Resource):
     # Telemetry's provider names refer to (ambit.telemetry resolves them).
     extension_providers: list[dict[str, Any]] = field(default_factory=list)
     default_providers: dict[str, list[str]] = field(default_factory=dict)
+    # MeshConfig outboundTrafficPolicy.mode: ALLOW_ANY passes connections to unknown addresses
+    # through; REGISTRY_ONLY refuses them (ztunnel.routing.decide).
+    outbound_traffic_policy: str = "ALLOW_ANY"
 
     @property
     def resource_name(self) -> str:

@@ -215,6 +215,7 @@ async def amain(args: ControllerSettings) -> int:
         with contextlib.suppress(ValueError):
             first = meshconfig.load(watcher.path, args.trust_domain)
             controller.set_mesh_telemetry(list(first.extension_providers), dict(first.default_providers))
+            controller.set_outbound_traffic_policy(first.outbound_traffic_policy)
 
     ca_servicer = serving = None
     if args.with_ca:
@@ -347,6 +348,7 @@ def _aliases(flag_aliases: tuple[str, ...], watcher: meshconfig.Watcher | None, 
     if controller is not None:
         controller.set_mesh_errors([])
         controller.set_mesh_telemetry(list(mesh_file.extension_providers), dict(mesh_file.default_providers))
+        controller.set_outbound_traffic_policy(mesh_file.outbound_traffic_policy)
     return tuple(dict.fromkeys(flag_aliases + from_file))
 
 

@@ -53,6 +53,7 @@ class Controller:
         self.jwks = jwks or JwksCache()           # RequestAuthentication jwksUri key sets, inlined
         self.trust_domain_aliases = tuple(trust_domain_aliases)
         self.mesh_telemetry: tuple[list[dict[str, Any]], dict[str, list[str]]] = ([], {})  # see set_mesh_telemetry
+        self.outbound_traffic_policy = "ALLOW_ANY"  # MeshConfig outboundTrafficPolicy.mode
         self._objects: Snapshot | None = None     # the last snapshot, to re-translate on a mesh change
         self._mesh_errors: list[FieldError] = []
         self._flow_lock = threading.Lock()        # the source thread and a mesh reload both translate
@@ -98,6 +99,17 @@ class Controller:
             if self._objects is not None:
                 self._on_snapshot(self._objects)
 
+    def set_outbound_traffic_policy(self, mode: str) -> None:
+        """New MeshConfig `outboundTrafficPolicy.mode`: it rides in MeshSettings, so re-translate
+        and push at once, as for the aliases."""
+        with self._flow_lock:
+            if mode == self.outbound_traffic_policy:
+                return
+            log.info("outbound traffic policy: %s", mode)
+            self.outbound_traffic_policy = mode
+            if self._objects is not None:
+                self._on_snapshot(self._objects)
+
     def set_mesh_errors(self, errors: list[FieldError]) -> None:
         with self._lock:
             self._mesh_errors = list(errors)
@@ -111,6 +123,7 @@ class Controller:
             tr = self._translate(objects)
             for m in tr.mesh_settings:
                 m.extension_providers, m.default_providers = self.mesh_telemetry
+                m.outbound_traffic_policy = self.outbound_traffic_policy
         except Exception as e:  # noqa: BLE001 - a translation bug must not take the mesh down
             log.exception("translation failed; keeping the previous config (version %s)", self.version or "-")
             own.append(FieldError("controller", "", f"translation failed: {type(e).__name__}: {e}"))

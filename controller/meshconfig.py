@@ -9,6 +9,7 @@
     - name: fluentd
       envoyFileAccessLog: {path: /dev/stdout, logFormat: {labels: {code: "%RESPONSE_CODE%"}}}
     defaultProviders: {tracing: [otel], accessLogging: [envoy], metrics: [prometheus]}
+    outboundTrafficPolicy: {mode: REGISTRY_ONLY}   # ALLOW_ANY (default): see docs/egress.md
 
 The file is optional and watched: an edit is picked up within a second and pushed to every ztunnel
 as the `MeshSettings` resource, with no restart. Fields Ambit does not implement are refused (a
@@ -31,7 +32,8 @@ from ambit.telemetry import BUILTIN_PROVIDERS
 from ambit.telemetryformat import check_format
 from ambit.trustdomain import TrustDomains
 
-KNOWN = ("trustDomain", "trustDomainAliases", "extensionProviders", "defaultProviders")
+KNOWN = ("trustDomain", "trustDomainAliases", "extensionProviders", "defaultProviders", "outboundTrafficPolicy")
+OUTBOUND_MODES = ("ALLOW_ANY", "REGISTRY_ONLY")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,27 @@ class MeshFile:
     trust_domain_aliases: tuple[str, ...] = ()
     extension_providers: tuple[dict[str, Any], ...] = ()   # ambit.telemetry.provider_from_dict's shape
     default_providers: dict[str, list[str]] = field(default_factory=dict)
+    outbound_traffic_policy: str = "ALLOW_ANY"
+
+
+def outbound_traffic_policy(data: Any, where: str = "mesh config") -> str:
+    """MeshConfig `outboundTrafficPolicy: {mode: ALLOW_ANY | REGISTRY_ONLY}` -> the mode. Istio's
+    `egressProxy` (a sidecar-only setting) is refused by name."""
+    if data is None:
+        return "ALLOW_ANY"
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: outboundTrafficPolicy: expected a mapping {{mode: ALLOW_ANY | REGISTRY_ONLY}}")
+    if "egressProxy" in data:
+        raise ValueError(f"{where}: outboundTrafficPolicy.egressProxy: not supported by Ambit: route external hosts "
+                         "through an egress waypoint with a ServiceEntry labelled istio.io/use-waypoint instead")
+    unknown = sorted(set(data) - {"mode"})
+    if unknown:
+        raise ValueError(f"{where}: outboundTrafficPolicy: {', '.join(unknown)}: unknown field (supported: mode)")
+    mode = data.get("mode") or "ALLOW_ANY"
+    if mode not in OUTBOUND_MODES:
+        raise ValueError(f"{where}: outboundTrafficPolicy.mode: must be one of {', '.join(OUTBOUND_MODES)}, "
+                         f"got {mode!r}")
+    return str(mode)
 
 
 def parse(data: Any, trust_domain: str, where: str = "mesh config") -> MeshFile:
@@ -63,7 +86,8 @@ def parse(data: Any, trust_domain: str, where: str = "mesh config") -> MeshFile:
         raise ValueError(f"{where}: {e}") from None
     providers = extension_providers(data.get("extensionProviders"), where)
     defaults = default_providers(data.get("defaultProviders"), {p["name"] for p in providers}, where)
-    return MeshFile(tds.aliases, tuple(providers), defaults)
+    outbound = outbound_traffic_policy(data.get("outboundTrafficPolicy"), where)
+    return MeshFile(tds.aliases, tuple(providers), defaults, outbound)
 
 
 # Istio's extension provider kinds: those Ambit implements, and those it refuses (with why).

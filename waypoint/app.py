@@ -46,7 +46,8 @@ from waypoint.authz import authorize
 from waypoint.config import WaypointConfig
 from waypoint.http import Engine, HBONETransport, RequestRecord, UpstreamTarget
 from waypoint.http.attempt import CONNECT_FAILURE, Outcome
-from waypoint.http.plug import Attachable
+from waypoint.http.plug import Attachable, connect_tcp
+from waypoint.origination import Origination, check_peer, origination
 from waypoint.request import Decision, Downstream, Forward, RequestHead
 from waypoint.routing import route
 from waypoint.settings import WaypointSettings
@@ -180,7 +181,7 @@ class WaypointProxy:
             ns = spiffe.parse(peer_identity).namespace
         src = v.by_ip.get(peer_ip)
         labels = tuple(sorted(src.labels.items())) if src is not None and src.identity == peer_identity else ()
-        svc = v.by_vip.get((ip, port))
+        svc = v.by_vip.get((ip, port)) or endpoints.entry_at(v.services.values(), ip, port, self.settings.waypoint)
         if svc is not None:
             if svc.waypoint != self.settings.waypoint:
                 return None, f"{authority} is Service {svc.resource_name}, which does not use this waypoint"
@@ -233,7 +234,7 @@ class WaypointProxy:
             return self._target(pick, down.source_ip) if pick is not None else None
         cluster = self.cluster(fwd.service, fwd.port, fwd.subset, fwd.hostname)
         key = cluster.hash_key(head, down)
-        pick = self._pick(fwd, cluster, exclude, key)
+        pick = self._pick(fwd, cluster, exclude, key, down)
         if pick is None:
             return None
         cookie = (("set-cookie", key.set_cookie),) if key is not None and key.set_cookie else ()
@@ -251,7 +252,7 @@ class WaypointProxy:
         return self.clusters.get(service, port, subset, hostname)
 
     def _pick(self, fwd: Forward, cluster: Cluster, exclude: frozenset[str] = frozenset(),
-              key: HashKey | None = None) -> endpoints.Pick | None:
+              key: HashKey | None = None, down: Downstream | None = None) -> endpoints.Pick | None:
         """The endpoint of the forward's Service port (and subset) the cluster chooses among the
         ready ones (waypoint/traffic/cluster.py `Cluster.choose`), or None (503 UH)."""
         v = self.config.view
@@ -261,6 +262,8 @@ class WaypointProxy:
         labels = v.table.subset_labels(fwd.hostname or svc.hostname, fwd.subset) if fwd.subset else None
         if fwd.subset and labels is None:
             return None
+        if svc.kind == "ServiceEntry" and svc.resolution == "NONE":
+            return endpoints.original(down.destination_ip, down.destination_port, svc) if down else None
         return self._choose(endpoints.candidates(svc, fwd.port, labels, v.workloads, v.by_ip), cluster, exclude, key)
 
     @staticmethod
@@ -271,6 +274,11 @@ class WaypointProxy:
 
     def _target(self, pick: endpoints.Pick, source_ip: str | None, cluster: Cluster | None = None,
                 response_headers: tuple[tuple[str, str], ...] = ()) -> UpstreamTarget | None:
+        if pick.plain:      # a ServiceEntry endpoint outside the mesh: the waypoint dials it itself
+            orig = origination(cluster.policy if cluster is not None else None, cluster.hostname if cluster else "")
+            key = f"{pick.address}/{pick.protocol}{' tls' if orig else ''}"
+            return UpstreamTarget(key, pick.address, self._plain_connector(pick, orig), pick.protocol, cluster,
+                                  response_headers)
         if not pick.mesh:
             log.warning("endpoint %s (%s) is not in the mesh; the waypoint reaches endpoints over HBONE only",
                         pick.address, pick.workload)
@@ -279,6 +287,20 @@ class WaypointProxy:
         key = f"{pick.address}/{pick.protocol} for {source_ip or '-'}"
         return UpstreamTarget(key, pick.address, self._connector(pick, source_ip), pick.protocol, cluster,
                               response_headers)
+
+    def _plain_connector(self, pick: endpoints.Pick, orig: Origination | None):
+        async def connect() -> Attachable:
+            timeout = self.settings.tunnel.connect_timeout
+            if orig is None:
+                return await connect_tcp(pick.ip, pick.port, timeout)
+            plug = await connect_tcp(pick.ip, pick.port, timeout, orig.context, orig.sni)
+            assert plug.transport is not None
+            why = check_peer(plug.transport.get_extra_info("peercert") or {}, orig.names)
+            if why:
+                plug.transport.abort()
+                raise ssl.SSLCertVerificationError(f"{pick.address}: {why}")
+            return plug
+        return connect
 
     def _connector(self, pick: endpoints.Pick, source_ip: str | None):
         async def connect() -> Attachable:
@@ -309,14 +331,17 @@ class WaypointProxy:
             # consistent-hash cluster spreads them at random, as Envoy's tcp_proxy without a hash)
             svc = v.services.get(down.service)
             cluster = self.cluster(down.service, down.destination_port, "", down.hostname) if svc is not None else None
-            pick = self._choose(endpoints.candidates(svc, down.destination_port, None, v.workloads, v.by_ip),
-                                cluster) if svc is not None and cluster is not None else None
+            if svc is not None and svc.kind == "ServiceEntry" and svc.resolution == "NONE":
+                pick = endpoints.original(down.destination_ip, down.destination_port, svc)
+            else:
+                pick = self._choose(endpoints.candidates(svc, down.destination_port, None, v.workloads, v.by_ip),
+                                    cluster) if svc is not None and cluster is not None else None
         else:
             pick = endpoints.pick_workload(down.destination_ip, down.destination_port, v.by_ip)
-        if pick is None or not pick.mesh:
+        if pick is None or not (pick.mesh or pick.plain):
             return None
         try:
-            conn = await self._connector(pick, down.source_ip)()
+            conn = await (self._plain_connector(pick, None) if pick.plain else self._connector(pick, down.source_ip))()
         except Exception:
             if cluster is not None:     # Envoy's tcp_proxy reports connect failures to outlier detection
                 cluster.attempt_result(pick.address, Outcome(CONNECT_FAILURE))

@@ -13,7 +13,8 @@ A request addressed to a workload (no Service) goes on to that workload itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ambit.model import Endpoint, Service, ServicePort, Workload
@@ -31,6 +32,9 @@ class Pick:
     protocol: str = "http1"        # http1 | h2
     workload: str = ""             # "ns/name", for logs
     mesh: bool = True              # False: the workload is not in the mesh (no HBONE)
+    # A ServiceEntry endpoint outside the mesh (MESH_EXTERNAL, or not a mesh pod): the waypoint
+    # dials it itself over TCP (TLS when a DestinationRule originates it); `ip` may be a DNS name.
+    plain: bool = False
 
     @property
     def address(self) -> str:
@@ -64,15 +68,19 @@ def candidates(svc: Service, port: int, subset_labels: Mapping[str, str] | None,
     if sp is None:
         return []
     out: list[Pick] = []
+    entry = svc.kind == "ServiceEntry"
     for ep in svc.endpoints:
         if not ep.ready:
             continue
-        wl = _workload_for(ep, workloads, by_ip)
+        wl = _workload_for(ep, workloads, by_ip) if ep.ip else None
         if subset_labels:
-            labels = wl.labels if wl is not None else {}
+            labels = ep.labels if entry else wl.labels if wl is not None else {}
             if any(labels.get(k) != v for k, v in subset_labels.items()):
                 continue
-        out.append(_pick(ep.ip, target_port(sp, ep), wl, protocol_of(sp)))
+        if entry and (svc.external or wl is None or wl.protocol != "HBONE"):
+            out.append(Pick(ep.ip or ep.hostname, target_port(sp, ep), "", protocol_of(sp), "", False, True))
+        else:
+            out.append(_pick(ep.ip, target_port(sp, ep), wl, protocol_of(sp)))
     return out
 
 
@@ -88,3 +96,30 @@ def _pick(ip: str, port: int, wl: Workload | None, protocol: str) -> Pick:
     mesh = wl is not None and wl.protocol == "HBONE"
     return Pick(ip, port, wl.identity if wl is not None else "", protocol,
                 f"{wl.namespace}/{wl.name}" if wl is not None else "", mesh)
+
+
+def entry_at(services: Iterable[Service], ip: str, port: int, waypoint: str) -> Service | None:
+    """The ServiceEntry host bound to `waypoint` that a connection to `ip:port` reaches without its
+    VIP (ztunnel sent it here, see ztunnel/routing.py): one of its STATIC endpoints, or an address
+    in its CIDRs (most specific first)."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    best: tuple[int, Service] | None = None
+    for s in services:
+        if s.kind != "ServiceEntry" or s.waypoint != waypoint or service_port(s, port) is None:
+            continue
+        if s.resolution == "STATIC" and any(ep.ip == ip for ep in s.endpoints):
+            return s
+        for cidr in s.subnets:
+            net = ipaddress.ip_network(cidr, strict=False)
+            if addr.version == net.version and addr in net and (best is None or net.prefixlen > best[0]):
+                best = (net.prefixlen, s)
+    return best[1] if best else None
+
+
+def original(ip: str, port: int, svc: Service) -> Pick:
+    """A ServiceEntry of resolution NONE: on to the connection's original destination, dialled
+    directly (its port's protocol upstream)."""
+    return Pick(ip, port, "", protocol_of(service_port(svc, port)), "", False, True)

@@ -32,6 +32,7 @@ from ambit.configclient.credential import node_metadata
 from ambit.configclient.tls import ControllerTrust
 from ambit.model import (
     Authorization,
+    Endpoint,
     MeshSettings,
     PeerAuthn,
     Service,
@@ -69,6 +70,10 @@ class ConfigView:
     services: Mapping[str, Service] = field(default_factory=lambda: _EMPTY)                # "ns/name" ->
     services_by_vip: Mapping[str, Service] = field(default_factory=lambda: _EMPTY)         # VIP ->
     service_ports: Mapping[tuple[str, int], tuple[Service, ServicePort]] = field(default_factory=lambda: _EMPTY)  # (VIP, port) ->
+    # ServiceEntries reached without a VIP: (endpoint IP, port) of NONE/STATIC entries, and their
+    # CIDR addresses (most specific first).
+    entry_endpoints: Mapping[tuple[str, int], tuple[Service, ServicePort]] = field(default_factory=lambda: _EMPTY)
+    entry_subnets: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Service], ...] = ()
     authorizations: tuple[Authorization, ...] = ()
     peer_authns: tuple[PeerAuthn, ...] = ()
     trust_domains: TrustDomains | None = None      # from MeshSettings; None until the controller sends it
@@ -142,13 +147,24 @@ def index_workloads(state: Mapping[str, Workload]) -> tuple[dict[str, Workload],
     return dict(state), chosen
 
 
-def index_services(state: Mapping[str, Service]) -> tuple[dict[str, Service], dict[str, Service],
-                                                           dict[tuple[str, int], tuple[Service, ServicePort]]]:
-    """(by "ns/name", by VIP, by (VIP, port)). A VIP belongs to one Service: two Services on one
-    VIP would make every connection to it a guess."""
+@dataclass(frozen=True)
+class ServiceIndex:
+    by_name: dict[str, Service]
+    by_vip: dict[str, Service]
+    ports: dict[tuple[str, int], tuple[Service, ServicePort]]
+    entry_endpoints: dict[tuple[str, int], tuple[Service, ServicePort]]
+    entry_subnets: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Service], ...]
+
+
+def index_services(state: Mapping[str, Service]) -> ServiceIndex:
+    """Index by "ns/name", by VIP, by (VIP, port), and the ServiceEntries' endpoint addresses and
+    subnets. A VIP belongs to one Service: two Services on one VIP would make every connection to
+    it a guess."""
     problems: list[str] = []
     by_vip: dict[str, list[Service]] = {}
     ports: dict[tuple[str, int], tuple[Service, ServicePort]] = {}
+    entry_eps: dict[tuple[str, int], tuple[Service, ServicePort]] = {}
+    subnets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Service]] = []
     for name, s in sorted(state.items()):
         where = f"Service {name}"
         seen_ports: set[int] = set()
@@ -161,7 +177,17 @@ def index_services(state: Mapping[str, Service]) -> tuple[dict[str, Service], di
                 problems.append(f"{where}: ports[{i}].port: {p.port} appears twice")
             seen_ports.add(p.port)
         for i, ep in enumerate(s.endpoints):
-            _ip(ep.ip, f"{where}: endpoints[{i}].ip", problems)
+            if ep.hostname and not ep.ip:
+                continue        # a DNS endpoint: resolved when dialled
+            ip = _ip(ep.ip, f"{where}: endpoints[{i}].ip", problems)
+            if ip is not None and s.kind == "ServiceEntry" and s.resolution == "STATIC":
+                for p in s.ports:
+                    entry_eps.setdefault((ip, target_port(p, ep)), (s, p))
+        for i, raw in enumerate(s.subnets):
+            try:
+                subnets.append((ipaddress.ip_network(raw, strict=False), s))
+            except ValueError:
+                problems.append(f"{where}: subnets[{i}]: {raw!r} is not a CIDR")
         for i, raw in enumerate(s.vips):
             vip = _ip(raw, f"{where}: vips[{i}]", problems)
             if vip is None:
@@ -174,7 +200,18 @@ def index_services(state: Mapping[str, Service]) -> tuple[dict[str, Service], di
             problems.append(f"VIP {vip} is claimed by more than one Service "
                             f"({', '.join(s.resource_name for s in svcs)})")
     _fail(Service.TYPE, problems)
-    return dict(state), {vip: svcs[0] for vip, svcs in by_vip.items()}, ports
+    subnets.sort(key=lambda ns: -ns[0].prefixlen)
+    return ServiceIndex(dict(state), {vip: svcs[0] for vip, svcs in by_vip.items()}, ports, entry_eps,
+                        tuple(subnets))
+
+
+def target_port(p: ServicePort, ep: Endpoint) -> int:
+    """The endpoint's port for a Service port: the endpoint's own resolution of a named targetPort
+    (or a ServiceEntry endpoint's `ports`) wins; without targetPort it is the Service port's number."""
+    for own in ep.ports:
+        if own.port == p.port and own.target_port:
+            return own.target_port
+    return p.target_port or p.port
 
 
 def check_authorizations(state: Mapping[str, Authorization]) -> tuple[Authorization, ...]:
@@ -233,9 +270,10 @@ def next_view(view: ConfigView, update: ConfigUpdate) -> ConfigView:
         return replace(view, workloads=MappingProxyType(by_uid), workloads_by_ip=MappingProxyType(by_ip),
                        versions=versions)
     if t == Service.TYPE:
-        by_name, by_vip, ports = index_services(state)  # type: ignore[arg-type]
-        return replace(view, services=MappingProxyType(by_name), services_by_vip=MappingProxyType(by_vip),
-                       service_ports=MappingProxyType(ports), versions=versions)
+        ix = index_services(state)  # type: ignore[arg-type]
+        return replace(view, services=MappingProxyType(ix.by_name), services_by_vip=MappingProxyType(ix.by_vip),
+                       service_ports=MappingProxyType(ix.ports), entry_endpoints=MappingProxyType(ix.entry_endpoints),
+                       entry_subnets=ix.entry_subnets, versions=versions)
     if t == Authorization.TYPE:
         return replace(view, authorizations=check_authorizations(state), versions=versions)  # type: ignore[arg-type]
     if t == PeerAuthn.TYPE:
@@ -307,6 +345,23 @@ class MeshState:
     def lookup_service(self, vip: str, port: int) -> tuple[Service, ServicePort] | None:
         """The Service and the port of it that `vip:port` addresses; None if that is no Service port."""
         return self.view.service_ports.get((vip, port))
+
+    def lookup_entry(self, ip: str, port: int) -> tuple[Service, ServicePort] | None:
+        """The ServiceEntry (and its port) that `ip:port` reaches without a VIP: a STATIC entry's
+        endpoint, or an address in an entry's CIDR `addresses` (most specific prefix wins)."""
+        hit = self.view.entry_endpoints.get((ip, port))
+        if hit is not None or not self.view.entry_subnets:
+            return hit
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        for net, svc in self.view.entry_subnets:
+            if addr.version == net.version and addr in net:
+                sp = next((p for p in svc.ports if p.port == port), None)
+                if sp is not None:
+                    return svc, sp
+        return None
 
     def service_by_vip(self, vip: str) -> Service | None:
         return self.view.services_by_vip.get(vip)

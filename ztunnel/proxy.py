@@ -73,6 +73,17 @@ async def open_from(sock_factory: Callable[[], socket.socket], dst: tuple[str, i
     return leg
 
 
+async def resolve(host: str, port: int, timeout: float) -> tuple[str, int]:
+    """The first TCP address `host` resolves to (the node's resolver, bounded by `timeout`)."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"{host}: no address")
+    addr = infos[0][4]
+    return str(addr[0]), int(addr[1])
+
+
 def traceparent() -> str:
     """A new W3C trace context for the tunnel (not sampled: ztunnel starts no spans itself)."""
     return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-00"
@@ -217,15 +228,21 @@ class Proxy:
             rec.dst_addr = routing.format_addr(*dst)
             if dst == sock.getsockname()[:2]:
                 raise OSError("original destination unknown (is ztunnel in its own cgroup?)")
-            route = (routing.decide(self.config, dst[0], dst[1], self.lb) if self.config is not None
-                     else routing.Route(routing.PASSTHROUGH, dst, dst))
+            route = (routing.decide(self.config, dst[0], dst[1], self.lb, pod.pod.namespace)
+                     if self.config is not None else routing.Route(routing.PASSTHROUGH, dst, dst))
             rec.route = route.kind
             if route.workload is not None:
                 rec.dst_workload, rec.dst_namespace = route.workload.name, route.workload.namespace
             if route.service is not None:
                 rec.dst_service = route.service.hostname
             if route.kind == routing.REFUSE:
-                c.refuse(route.reason)
+                if route.reason.startswith("outboundTrafficPolicy"):     # counted, as Istio's BlackHoleCluster
+                    c.labels = ConnLabels("source", destination_service=routing.BLACKHOLE,
+                                          destination_service_name=routing.BLACKHOLE) \
+                        .source_from(self.workload_of(pod.pod))
+                    c.metrics_config = self.metrics_config(self.workload_of(pod.pod), CLIENT)
+                    rec.dst_service = routing.BLACKHOLE
+                c.refuse(route.reason, FLAG_DENY)
                 return
             target = route.target or dst
             if routing.loops_back(target[0], target[1], self.registry.by_ip):
@@ -254,7 +271,11 @@ class Proxy:
                 c.sent, c.recv = await relay_tunnel(client, tunnel)
             else:
                 assert route.dial is not None
-                upstream = await open_from(pod.socket, route.dial, self.tunnel.connect_timeout)
+                dial = route.dial
+                if route.resolve:       # a ServiceEntry's DNS endpoint: resolved here, from the node
+                    dial = await resolve(route.resolve, dial[1], self.tunnel.connect_timeout)
+                    rec.extra["upstream"] = routing.format_addr(*dial)
+                upstream = await open_from(pod.socket, dial, self.tunnel.connect_timeout)
                 c.up()
                 c.sent, c.recv = await relay(client, upstream)
         except CertificateUnavailable as e:

@@ -17,8 +17,12 @@ Given the source workload and the original destination (what the app connected t
 - a **mesh workload** (an enrolled pod, protocol HBONE): HBONE to `<pod ip>:15008` with
   `:authority <pod ip>:<port>`, expecting the pod's SPIFFE identity as the TLS peer. Never
   plaintext: a mesh destination is reached over mTLS or not at all;
+- a **ServiceEntry host** (its VIP, a STATIC endpoint, an address in its CIDRs; see
+  `entry_route`): its endpoints by weight, or the original destination for resolution NONE;
+  plain TCP for MESH_EXTERNAL. Entries not exported to the source's namespace are ignored;
 - anything else (a non-mesh pod, an address outside the cluster): **passthrough**, plain TCP
-  from the source pod's netns.
+  from the source pod's netns, unless the mesh's `outboundTrafficPolicy` is REGISTRY_ONLY and the
+  address is no workload at all: then a `refuse` naming the policy.
 
 No sockets, no clocks: `decide` reads a `MeshState` (a consistent immutable view between awaits)
 and a `RoundRobin` picker; tests drive both directly.
@@ -32,8 +36,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ambit.dataplane.ports import PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND
-from ambit.model import Endpoint, Service, ServicePort, Workload
-from ztunnel.meshstate import MeshState
+from ambit.model import Service, ServicePort, Workload
+from ztunnel.meshstate import MeshState, target_port
 
 PASSTHROUGH, HBONE, REFUSE = "passthrough", "hbone", "refuse"
 T = TypeVar("T")
@@ -58,6 +62,9 @@ class Route:
     # Through a waypoint: "ns/name" of the waypoint; `dial` is then a waypoint pod and `workload`
     # that pod's workload (the peer the tunnel is opened to), `target` still the real destination.
     waypoint: str = ""
+    # A ServiceEntry's DNS endpoint: `dial` holds its name, which the proxy resolves (from the
+    # node, on demand, as Istio ambient's ztunnel does) before it connects.
+    resolve: str = ""
 
     @property
     def authority(self) -> str:
@@ -75,6 +82,17 @@ class RoundRobin:
         i = self._next.get(key, 0)
         self._next[key] = i + 1
         return candidates[i % len(candidates)]
+
+    def pick_weighted(self, key: str, candidates: Sequence[T], weights: Sequence[int]) -> T:
+        """Weighted round robin: over `sum(weights)` picks, candidate i is chosen weights[i] times."""
+        total = sum(weights)
+        i = self._next.get(key, 0) % total
+        self._next[key] = i + 1
+        for c, w in zip(candidates, weights, strict=True):
+            if i < w:
+                return c
+            i -= w
+        return candidates[-1]   # pragma: no cover - i < total always lands above
 
 
 def format_addr(ip: str, port: int) -> str:
@@ -96,15 +114,6 @@ def parse_addr(value: str) -> tuple[str, int]:
     if not 0 < p < 65536:
         raise ValueError(f"{value!r}: port {p} is out of range")
     return ip, p
-
-
-def target_port(svc_port: ServicePort, ep: Endpoint) -> int:
-    """The endpoint's port for a Service port: the endpoint's own resolution of a named targetPort
-    wins; a Service without targetPort means the same number as the Service port."""
-    for p in ep.ports:
-        if p.port == svc_port.port and p.target_port:
-            return p.target_port
-    return svc_port.target_port or svc_port.port
 
 
 GATEWAY_NAME_LABELS = ("gateway.networking.k8s.io/gateway-name", "istio.io/gateway-name")
@@ -133,15 +142,20 @@ def via_waypoint(config: MeshState, waypoint: str, original: tuple[str, int], lb
                  waypoint=waypoint)
 
 
-def decide(config: MeshState, dst_ip: str, dst_port: int, lb: RoundRobin | None = None) -> Route:
-    """Route a connection whose original destination is `dst_ip:dst_port`."""
+def decide(config: MeshState, dst_ip: str, dst_port: int, lb: RoundRobin | None = None,
+           src_namespace: str | None = None) -> Route:
+    """Route a connection whose original destination is `dst_ip:dst_port`, opened by a pod in
+    `src_namespace` (None: every ServiceEntry is visible, whatever its exportTo)."""
     service: Service | None = None
-    hit = config.lookup_service(dst_ip, dst_port)
-    if hit is not None:
-        service, svc_port = hit
+    hit = _visible(config.lookup_service(dst_ip, dst_port), src_namespace)
+    entry = None if hit is not None else _visible(config.lookup_entry(dst_ip, dst_port), src_namespace)
+    if hit is not None or entry is not None:
+        service, svc_port = hit or entry  # type: ignore[misc]
         if service.waypoint:
             return via_waypoint(config, service.waypoint, (dst_ip, dst_port), lb, service,
-                                f"service {service.resource_name}")
+                                f"{_what(service)} {service.resource_name}")
+        if service.kind == "ServiceEntry":
+            return entry_route(config, service, svc_port, (dst_ip, dst_port), lb, vip=hit is not None)
         ready = [ep for ep in service.endpoints if ep.ready]
         if not ready:
             return Route(REFUSE, None, (dst_ip, dst_port), service=service,
@@ -155,10 +169,66 @@ def decide(config: MeshState, dst_ip: str, dst_port: int, lb: RoundRobin | None 
         if wl is not None and wl.protocol == "HBONE" and wl.waypoint:
             return via_waypoint(config, wl.waypoint, (dst_ip, dst_port), lb, None,
                                 f"workload {wl.namespace}/{wl.name}")
+        if wl is None and registry_only(config):
+            return Route(REFUSE, None, (dst_ip, dst_port), reason=not_registered(dst_ip, dst_port))
     if wl is not None and wl.protocol == "HBONE":
         return Route(HBONE, (dst_ip, PORT_HBONE), (dst_ip, dst_port), workload=wl, service=service,
                      identity=wl.identity)
     return Route(PASSTHROUGH, (dst_ip, dst_port), (dst_ip, dst_port), workload=wl, service=service)
+
+
+# The destination_service of connections REGISTRY_ONLY refuses (Istio's name for where they go).
+BLACKHOLE = "BlackHoleCluster"
+
+
+def registry_only(config: MeshState) -> bool:
+    mesh = config.view.mesh
+    return mesh is not None and mesh.outbound_traffic_policy == "REGISTRY_ONLY"
+
+
+def not_registered(ip: str, port: int) -> str:
+    return (f"outboundTrafficPolicy REGISTRY_ONLY: {format_addr(ip, port)} is not a mesh workload, Service "
+            "or ServiceEntry")
+
+
+def _what(service: Service) -> str:
+    return "ServiceEntry host" if service.kind == "ServiceEntry" else "service"
+
+
+def _visible(hit: tuple[Service, ServicePort] | None, namespace: str | None) -> tuple[Service, ServicePort] | None:
+    """exportTo: an entry not exported to the source's namespace is as good as absent."""
+    if hit is None or namespace is None or hit[0].visible_to(namespace):
+        return hit
+    return None
+
+
+def entry_route(config: MeshState, service: Service, svc_port: ServicePort, original: tuple[str, int],
+                lb: RoundRobin | None, vip: bool) -> Route:
+    """A connection to a ServiceEntry host (not bound to a waypoint).
+
+    Resolution NONE, or a connection straight to one of its endpoints or into its CIDR: the
+    original destination. STATIC / DNS through a VIP: one of the endpoints, by weight, on its port.
+    MESH_EXTERNAL is always plain TCP from the pod (an external server speaks no HBONE);
+    MESH_INTERNAL endpoints that are mesh pods get HBONE to their identity, as any mesh pod does.
+    A DNS endpoint's name is resolved by the proxy when it dials (`Route.resolve`)."""
+    if service.resolution == "NONE" or not vip:
+        ip, port = original
+        hostname = ""
+    else:
+        ready = [ep for ep in service.endpoints if ep.ready]
+        if not ready:
+            return Route(REFUSE, None, original, service=service,
+                         reason=f"ServiceEntry host {service.hostname} port {svc_port.port} has no endpoint")
+        ep = (lb or RoundRobin()).pick_weighted(f"{service.resource_name}:{svc_port.port}", ready,
+                                                [e.weight or 1 for e in ready])
+        ip, port, hostname = ep.ip, target_port(svc_port, ep), ep.hostname
+    if hostname and not ip:
+        return Route(PASSTHROUGH, (hostname, port), (hostname, port), service=service, resolve=hostname)
+    wl = config.lookup_workload(ip)
+    if wl is not None and wl.protocol == "HBONE" and not service.external:
+        return Route(HBONE, (ip, PORT_HBONE), (ip, port), workload=wl, service=service, identity=wl.identity)
+    return Route(PASSTHROUGH, (ip, port), (ip, port), workload=wl if not service.external else None,
+                 service=service)
 
 
 # The ports ztunnel listens on inside every enrolled pod's netns (outbound, inbound plaintext, HBONE).

@@ -46,6 +46,8 @@ CA_AUDIENCE = "ambit-ca"           # the audience of the token ztunnel presents 
 RUN_DIR = "/var/run/ambit"         # the emptyDir agent and ztunnel share
 CNI_RUN_DIR = "/var/run/ambit-cni"  # host directory of the agent's socket for the CNI plugin
 TOKEN_DIR = "/var/run/secrets/ambit"
+MESH_CONFIG = "ambit-mesh-config"     # ConfigMap: the controller's --mesh-config (controller/meshconfig.py)
+MESH_CONFIG_DIR = "/etc/ambit/mesh"
 CA_SECRET = "ambit-ca"              # the CA Secret the controller creates (or reads, --ca-secret)
 ROOT_CERT_DIR = "/var/run/ambit-root"  # the ambit-root-cert ConfigMap, the controller's pinned root
 ENTRYPOINT = "/opt/ambit/entrypoint.sh"
@@ -141,7 +143,16 @@ def controller_args(o: argparse.Namespace) -> list[str]:
             "--ztunnel-service-account", f"system:serviceaccount:{o.namespace}:{ZTUNNEL_SA}",
             "--metrics-port", str(METRICS_PORT), "--log-level", o.log_level,
             "--waypoint-image", o.image, "--waypoint-pull-policy", o.pull_policy,
-            "--waypoint-controller", f"{CONTROLLER}.{o.namespace}.svc:{GRPC_PORT}"]
+            "--waypoint-controller", f"{CONTROLLER}.{o.namespace}.svc:{GRPC_PORT}",
+            "--mesh-config", f"{MESH_CONFIG_DIR}/mesh.yaml"]
+
+
+def mesh_config(o: argparse.Namespace) -> Obj:
+    """The mesh config file, as a ConfigMap the controller mounts and watches (an edit applies
+    within about a minute, the kubelet's ConfigMap refresh, with no restart)."""
+    mesh = {"outboundTrafficPolicy": {"mode": o.outbound_traffic_policy}}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _md(MESH_CONFIG, o.namespace),
+            "data": {"mesh.yaml": yaml.safe_dump(mesh, sort_keys=False)}}
 
 
 def controller_objects(o: argparse.Namespace) -> list[Obj]:
@@ -160,9 +171,12 @@ def controller_objects(o: argparse.Namespace) -> list[Obj]:
             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": [{"name": "mesh-config", "mountPath": MESH_CONFIG_DIR, "readOnly": True}],
         }],
+        "volumes": [{"name": "mesh-config", "configMap": {"name": MESH_CONFIG}}],
     }
     return [
+        mesh_config(o),
         {"apiVersion": "v1", "kind": "Service", "metadata": _md(CONTROLLER, o.namespace, **sel),
          "spec": {"selector": sel, "ports": [
              {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "appProtocol": "grpc"},
@@ -334,6 +348,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"the Secret (in --namespace) holding the CA: created by the controller on first start "
                         f"(default {CA_SECRET}), or yours: ca.crt/ca.key, or cert-manager's tls.crt/tls.key/ca.crt")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--outbound-traffic-policy", default="ALLOW_ANY", choices=("ALLOW_ANY", "REGISTRY_ONLY"),
+                   help="MeshConfig outboundTrafficPolicy.mode: REGISTRY_ONLY refuses meshed pods' connections to "
+                        "addresses the mesh does not know (docs/egress.md)")
     p.add_argument("--cni-conf-dir", default="/etc/cni/net.d",
                    help="the nodes' CNI configuration directory (k3s: /var/lib/rancher/k3s/agent/etc/cni/net.d)")
     p.add_argument("--cni-bin-dir", default="/opt/cni/bin",
@@ -353,7 +370,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 # --set keys (Helm/istioctl style, camelCase; the flag names work too) -> install options.
 SET_KEYS = {"namespace": "namespace", "image": "image", "pullPolicy": "pull_policy", "trustDomain": "trust_domain",
             "capture": "capture", "hostCgroup": "host_cgroup", "caSecret": "ca_secret", "logLevel": "log_level",
-            "cniConfDir": "cni_conf_dir", "cniBinDir": "cni_bin_dir", "cniPython": "cni_python"}
+            "cniConfDir": "cni_conf_dir", "cniBinDir": "cni_bin_dir", "cniPython": "cni_python",
+            "meshConfig.outboundTrafficPolicy.mode": "outbound_traffic_policy",     # istioctl's key
+            "outboundTrafficPolicy": "outbound_traffic_policy"}
 
 
 def apply_sets(o: argparse.Namespace, sets: list[str]) -> argparse.Namespace:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.kinds import core, gateway, networking, security, telemetry
+from controller.kinds import core, gateway, networking, security, serviceentry, telemetry
 from controller.kinds.schema import AnyValue, Obj, Schema
 
 
@@ -76,6 +76,8 @@ KINDS: list[KindSpec] = [
              _mesh(networking.VirtualServiceSpec), ambit_group=_NET[2]),
     KindSpec("DestinationRule", "destinationrules", ("dr",), _with_ambit(*_NET), True,
              _mesh(networking.DestinationRuleSpec), ambit_group=_NET[2]),
+    KindSpec("ServiceEntry", "serviceentries", ("se",), _with_ambit(*_NET), True,
+             _mesh(serviceentry.ServiceEntrySpec), ambit_group=_NET[2]),
     KindSpec("Telemetry", "telemetries", ("telemetry",), _with_ambit(*_TEL), True,
              _mesh(telemetry.TelemetrySpec), ambit_group=_TEL[2]),
     KindSpec("HTTPRoute", "httproutes", (), ((GATEWAY_GROUP, ("v1", "v1beta1")),), True,
@@ -106,8 +108,6 @@ UNSUPPORTED_KINDS: dict[tuple[str, str], str] = {
     ("networking.istio.io", "Gateway"): (
         "Istio's Gateway (networking.istio.io) configures an ingress or egress gateway proxy, which Ambit does "
         f"not have: not supported. {_WAYPOINTS}"),
-    ("networking.istio.io", "ServiceEntry"): "ServiceEntry is not supported by Ambit: the mesh knows Kubernetes "
-                                             "Services only",
     ("networking.istio.io", "Sidecar"): "Sidecar is not supported by Ambit: it has no sidecars (ztunnel and "
                                         "waypoints carry all traffic)",
     ("networking.istio.io", "EnvoyFilter"): "EnvoyFilter is not supported by Ambit: its proxies are not Envoy",

@@ -34,6 +34,7 @@ from controller.translate.policy import (
     translate_telemetry,
 )
 from controller.translate.routes import translate_routes
+from controller.translate.serviceentries import expand_entry_targets, translate_service_entries
 from controller.translate.waypoints import apply_waypoints, waypoint_gateways
 from controller.translate.workloads import translate_services, translate_workloads
 from controller.validation import FieldError, validate_object
@@ -87,6 +88,7 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     idx = Index.build(good)
     out.services = translate_services(idx, cluster_domain)
     out.workloads = translate_workloads(idx, out.services, trust_domain)
+    out.services.extend(translate_service_entries(idx, out.services, out.errors))     # after the workloads: they back no pod
     apply_waypoints(waypoint_gateways(idx, out.errors), out.services, out.workloads)
     out.authorizations = [translate_authorization(o, trust_domain, root_namespace)
                           for o in idx.kind("AuthorizationPolicy")]
@@ -96,6 +98,7 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
         for src, timeout in jwks_fetches(o).items():
             out.jwks_fetches[src] = max(out.jwks_fetches.get(src, 0.0), timeout)
     out.telemetry = [translate_telemetry(o, root_namespace) for o in idx.kind("Telemetry")]
+    expand_entry_targets([*out.authorizations, *out.request_authns], idx)
     out.waypoint_routes = translate_routes(idx, out.services, cluster_domain)
     for lst in (out.services, out.authorizations, out.peer_authns, out.telemetry, out.request_authns):
         lst.sort(key=lambda r: r.resource_name)

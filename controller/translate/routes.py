@@ -476,6 +476,8 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
     tls = p.get("tls") or {}
     t.tls_mode, t.sni = tls.get("mode", ""), tls.get("sni", "")
     t.subject_alt_names = list(tls.get("subjectAltNames") or [])
+    t.ca_certificates, t.client_certificate = tls.get("caCertificates", ""), tls.get("clientCertificate", "")
+    t.private_key, t.insecure_skip_verify = tls.get("privateKey", ""), bool(tls.get("insecureSkipVerify"))
     return t
 
 

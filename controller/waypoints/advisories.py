@@ -107,6 +107,11 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
         labels = svc_labels.get((s.namespace, s.name), {})
         svc_waypoint[(s.namespace, s.name)] = waypoint_ref(
             labels, s.namespace, fallback=waypoint_ref(ns_labels.get(s.namespace, {}), s.namespace)) or s.waypoint
+    for o in good:      # ServiceEntry targets: "ServiceEntry/<name>" -> the waypoint its label asks for
+        if o.get("kind") == "ServiceEntry":
+            meta = o.get("metadata") or {}
+            svc_waypoint[(ns_of(o), f"ServiceEntry/{meta.get('name', '')}")] = waypoint_ref(
+                meta.get("labels") or {}, ns_of(o), fallback=waypoint_ref(ns_labels.get(ns_of(o), {}), ns_of(o)))
     for o in good:
         kind = o.get("kind")
         if kind == "AuthorizationPolicy":
@@ -118,7 +123,9 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
         elif kind in ("HTTPRoute", "GRPCRoute"):
             out += _gw_fields(o)
         elif kind == "DestinationRule":
-            out += _dr_fields(o)
+            out += _dr_fields(o, {s.hostname for s in tr.services if s.kind == "ServiceEntry"})
+        elif kind == "ServiceEntry":
+            out += _entry_fields(o, svc_waypoint.get((ns_of(o), f"ServiceEntry/{(o.get('metadata') or {}).get('name')}"), ""))
         elif kind == "Telemetry":
             out += telemetry_advisories(o, tr.mesh_settings[0] if tr.mesh_settings else None)
     out += telemetry_conflicts([o for o in good if o.get("kind") == "Telemetry"], root_namespace)
@@ -257,8 +264,15 @@ def _targets(o: Obj, targets: list[Obj], gateways: dict[tuple[str, str], Obj],
                                     f'("{root_namespace}"), as in Istio: nothing enforces this policy',
                                     WAYPOINT_ACCEPTED, "TargetNotFound"))
         elif kind == "ServiceEntry":
-            out.append(Advisory(ref, path, "ServiceEntry is not supported by Ambit: nothing enforces this policy",
-                                WAYPOINT_ACCEPTED, "TargetNotFound"))
+            if (tns, f"ServiceEntry/{name}") not in svc_waypoint:
+                out.append(Advisory(ref, path, f'no ServiceEntry "{tns}/{name}": nothing enforces this policy',
+                                    WAYPOINT_ACCEPTED, "TargetNotFound"))
+                continue
+            wp = svc_waypoint[(tns, f"ServiceEntry/{name}")]
+            if not wp or wp.partition("/")[::2] not in gateways:
+                out.append(Advisory(ref, path, f'ServiceEntry "{tns}/{name}" is bound to no waypoint that exists '
+                                    f'({wp or "no istio.io/use-waypoint label"}): nothing enforces this policy',
+                                    WAYPOINT_ACCEPTED, "AncestorNotBound"))
         elif kind == "Gateway":
             if (tns, name) not in gateways:
                 out.append(Advisory(ref, path, f'no waypoint Gateway "{tns}/{name}": nothing enforces this policy; '
@@ -397,8 +411,26 @@ def _gw_fields(o: Obj) -> list[Advisory]:
     return out
 
 
-def _policy_fields(p: Obj | None, base: str) -> list[tuple[str, str]]:
-    """(path, reason) of every traffic-policy field that is not applied."""
+ENTRY_TLS_NOT_SUPPORTED = {
+    "credentialName": "not supported by Ambit yet: the waypoint reads caCertificates, clientCertificate and "
+                      "privateKey as files; it does not read Secrets for TLS origination",
+    "caCrl": "not supported by Ambit: the waypoint does not check revocation lists",
+}
+
+
+def _entry_tls(tls: Obj, base: str) -> list[tuple[str, str]]:
+    """TLS origination to a ServiceEntry host (waypoint/origination.py): SIMPLE and MUTUAL are
+    applied by its waypoint; what of them is not, and ISTIO_MUTUAL (HBONE is the mesh's), are named."""
+    out = [(f"{base}.tls.{f}", why) for f, why in ENTRY_TLS_NOT_SUPPORTED.items() if tls.get(f) is not None]
+    if tls.get("mode") == "ISTIO_MUTUAL":
+        out.append((f"{base}.tls.mode", "ISTIO_MUTUAL is not applied to a ServiceEntry host: a mesh destination is "
+                    "reached over HBONE mutual TLS anyway, an external one speaks no Istio mTLS"))
+    return out
+
+
+def _policy_fields(p: Obj | None, base: str, entry: bool = False) -> list[tuple[str, str]]:
+    """(path, reason) of every traffic-policy field that is not applied. `entry`: the host is a
+    ServiceEntry's, whose waypoint originates TLS."""
     out = []
     for path, why in NOT_APPLIED_POLICY_FIELDS.items():
         v: Any = p or {}
@@ -410,18 +442,35 @@ def _policy_fields(p: Obj | None, base: str) -> list[tuple[str, str]]:
         out.append((f"{base}.loadBalancer.simple", "PASSTHROUGH is not applied behind a waypoint: it balances "
                     "LEAST_REQUEST, Istio's default"))
     for f, why in NOT_APPLIED_DR_POLICY.items():
-        if (p or {}).get(f) is not None:
+        if entry and f == "tls" and (p or {}).get(f) is not None:
+            out += _entry_tls((p or {})["tls"], base)
+        elif (p or {}).get(f) is not None:
             out.append((f"{base}.{f}", why))
     for i, pl in enumerate((p or {}).get("portLevelSettings") or []):
-        out += _policy_fields({k: v for k, v in pl.items() if k != "port"}, f"{base}.portLevelSettings[{i}]")
+        out += _policy_fields({k: v for k, v in pl.items() if k != "port"}, f"{base}.portLevelSettings[{i}]", entry)
     return out
 
 
-def _dr_fields(o: Obj) -> list[Advisory]:
+def _entry_fields(o: Obj, waypoint: str) -> list[Advisory]:
+    """What a waypoint the ServiceEntry is bound to does not do with it (ztunnel does both)."""
+    if not waypoint:
+        return []
     spec, ref = o.get("spec") or {}, object_ref(o)
-    found = _policy_fields(spec.get("trafficPolicy"), "spec.trafficPolicy")
+    out = []
+    for i, e in enumerate(spec.get("endpoints") or []):
+        if e.get("weight"):
+            out.append(Advisory(ref, f"spec.endpoints[{i}].weight", f"accepted, but not enforced yet behind waypoint "
+                                f"{waypoint}: it balances the entry's endpoints by the DestinationRule's load balancer "
+                                "(ztunnel, without a waypoint, honours weights)", NOT_ENFORCED))
+    return out
+
+
+def _dr_fields(o: Obj, entry_hosts: set[str] = frozenset()) -> list[Advisory]:   # type: ignore[assignment]
+    spec, ref = o.get("spec") or {}, object_ref(o)
+    entry = spec.get("host") in entry_hosts
+    found = _policy_fields(spec.get("trafficPolicy"), "spec.trafficPolicy", entry)
     for i, s in enumerate(spec.get("subsets") or []):
-        found += _policy_fields(s.get("trafficPolicy"), f"spec.subsets[{i}].trafficPolicy")
+        found += _policy_fields(s.get("trafficPolicy"), f"spec.subsets[{i}].trafficPolicy", entry)
     out = [Advisory(ref, p, why, NOT_ENFORCED) for p, why in found]
     if spec.get("workloadSelector"):
         out.append(Advisory(ref, "spec.workloadSelector", "not supported: a DestinationRule applies to every waypoint "

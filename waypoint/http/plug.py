@@ -84,10 +84,13 @@ class Plug(asyncio.Protocol):
             protocol.connection_lost(self._lost_exc)
 
 
-async def connect_tcp(host: str, port: int, timeout: float) -> Plug:
-    """A TCP connection (TCP_NODELAY, as asyncio sets by default) ready for `attach`."""
+async def connect_tcp(host: str, port: int, timeout: float, ssl: Any = None, server_hostname: str = "") -> Plug:
+    """A TCP connection (TCP_NODELAY, as asyncio sets by default) ready for `attach`; TLS over it
+    when `ssl` (an SSLContext) is given, with `server_hostname` as the SNI."""
     loop = asyncio.get_running_loop()
-    _, plug = await asyncio.wait_for(loop.create_connection(Plug, host, port), timeout)
+    _, plug = await asyncio.wait_for(loop.create_connection(Plug, host, port, ssl=ssl,
+                                                            server_hostname=server_hostname or None if ssl else None),
+                                     timeout)
     return plug
 
 

@@ -32,7 +32,13 @@ def test_a_mesh_config_file_gives_aliases_and_refuses_what_ambit_does_not_do(tmp
     assert meshconfig.load(f, "cluster.local") == meshconfig.MeshFile(), "absent: defaults"
     f.write_text("trustDomainAliases: [evil.local, old.td, evil.local]\ntrustDomain: cluster.local\n")
     assert meshconfig.load(f, "cluster.local").trust_domain_aliases == ("evil.local", "old.td")
-    for text, msg in [("outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n", "outboundTrafficPolicy: not supported"),
+    f.write_text("outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n")
+    assert meshconfig.load(f, "cluster.local").outbound_traffic_policy == "REGISTRY_ONLY"
+    for text, msg in [("enableTracing: true\n", "enableTracing: not supported"),
+                      ("outboundTrafficPolicy: {mode: BLOCK}\n",
+                       "outboundTrafficPolicy.mode: must be one of ALLOW_ANY, REGISTRY_ONLY, got 'BLOCK'"),
+                      ("outboundTrafficPolicy: {egressProxy: {host: egress.example}}\n",
+                       "outboundTrafficPolicy.egressProxy: not supported by Ambit"),
                       ("trustDomain: new.td\n", "trustDomain: 'new.td' differs from the controller's --trust-domain"),
                       ("trustDomainAliases: evil.local\n", "expected a list"),
                       ("trustDomainAliases: [Evil]\n", "trustDomainAliases[0]: 'Evil' is not a trust domain"),

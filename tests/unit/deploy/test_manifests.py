@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[3]
 Obj = dict[str, Any]
 
 EXPECTED_API_VERSIONS = {
-    "Namespace": "v1", "ServiceAccount": "v1", "Service": "v1",
+    "Namespace": "v1", "ServiceAccount": "v1", "Service": "v1", "ConfigMap": "v1",
     "CustomResourceDefinition": "apiextensions.k8s.io/v1",
     "ClusterRole": "rbac.authorization.k8s.io/v1", "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
     "Role": "rbac.authorization.k8s.io/v1", "RoleBinding": "rbac.authorization.k8s.io/v1",   # CA Secret, Lease
@@ -175,6 +175,24 @@ def test_controller_arguments_parse_and_match_the_service_and_the_ca_admission()
     assert flag(zt["args"], "--controller-identity") == args.identity
     assert flag(zt["args"], "--controller").startswith(f"{args.controller_service_account}.mesh-ops.svc:")
     assert args.leader_elect and {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
+
+
+def test_outbound_traffic_policy_reaches_the_controller_through_its_mounted_mesh_config(tmp_path: Path) -> None:
+    """`--set meshConfig.outboundTrafficPolicy.mode=REGISTRY_ONLY` (istioctl's key): a ConfigMap the
+    controller mounts as its --mesh-config, which the controller's own parser accepts."""
+    from controller import meshconfig
+    from controller.__main__ import parse_args
+    for argv, mode in [((), "ALLOW_ANY"), (("--outbound-traffic-policy", "REGISTRY_ONLY"), "REGISTRY_ONLY")]:
+        docs = render(*argv)
+        c = container(docs, "Deployment", "ambit-controller", "controller")
+        path = parse_args(expand(c["args"], c)).mesh_config
+        mount = next(m for m in c["volumeMounts"] if str(path).startswith(m["mountPath"] + "/"))
+        vol = next(v for v in one(docs, "Deployment", "ambit-controller")["spec"]["template"]["spec"]["volumes"]
+                   if v["name"] == mount["name"])
+        cm = one(docs, "ConfigMap", vol["configMap"]["name"])
+        f = tmp_path / path.name
+        f.write_text(cm["data"][path.name])
+        assert meshconfig.load(f, "cluster.local").outbound_traffic_policy == mode
 
 
 def test_ztunnel_arguments_parse_and_reach_the_controller_service() -> None:

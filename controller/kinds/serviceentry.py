@@ -1,0 +1,138 @@
+"""networking.istio.io (and networking.ambit.io) ServiceEntry: external (or non-Kubernetes) services
+in the mesh's registry.
+
+Field names and rules follow Istio's API reference and its CRD validations. What ztunnel and the
+waypoints do with each field is in docs/egress.md; the fields Ambit does not build are refused here
+by name with the reason (`workloadSelector`, `subjectAltNames`, endpoint `network`/`locality`/
+`serviceAccount`, Unix-socket endpoints, UDP ports and `resolution: DYNAMIC_DNS`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from controller.kinds.common import Cidr, Labels, Port, Strings
+from controller.kinds.schema import Arr, Errors, Int, Map, Obj, Str, join
+
+RESOLUTIONS = ("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS")
+LOCATIONS = ("MESH_EXTERNAL", "MESH_INTERNAL")
+# Istio's port protocols (matched ignoring case, as its protocol.Parse does; "" asks for sniffing,
+# which Ambit does by the port name's prefix). The HTTP ones are routed by host at a waypoint the
+# ServiceEntry is bound to; the others are carried as bytes.
+PROTOCOLS = ("HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "HTTP_PROXY", "MONGO", "REDIS", "MYSQL", "TCP", "TLS")
+
+
+def _check_protocol(text: str) -> str | None:
+    if text.upper() == "UDP":
+        return "UDP is not supported by Ambit: the mesh carries TCP only"
+    if text and text.upper() not in PROTOCOLS:
+        return f"unsupported protocol: {text} (one of {', '.join(PROTOCOLS)}, any case)"
+    return None
+
+
+def _check_host(text: str) -> str | None:
+    if text == "*":
+        return 'invalid host "*": a ServiceEntry names hosts (a prefix wildcard "*.example.com" at most)'
+    if text.startswith("*.") and len(text) > 2:
+        return None
+    if "/" in text or " " in text or not text.strip("."):
+        return f'must be a DNS name such as "api.example.com" or a wildcard "*.example.com", got "{text}"'
+    return None
+
+
+def _check_endpoint_address(text: str) -> str | None:
+    if text.startswith("unix://"):
+        return "Unix domain socket endpoints are not supported by Ambit: ztunnel dials TCP only"
+    return None
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+ServicePort = Obj({
+    "number": Port,
+    "protocol": Str(valid=_check_protocol, description="Istio port protocol (any case); HTTP, HTTP2 and GRPC "
+                                                       "ports are routed by host at a waypoint."),
+    "name": Str(min_len=1),
+    "targetPort": Port,
+}, required=("number", "name"))
+
+WorkloadEntryEndpoint = Obj({
+    "address": Str(valid=_check_endpoint_address),
+    "ports": Map(Port),
+    "labels": Labels,
+    "weight": Int(minimum=0, maximum=2**32 - 1),
+}, unsupported={
+    "network": "network is not supported by Ambit: the mesh is one network",
+    "locality": "locality is not supported by Ambit: it does not know the zones of nodes and endpoints",
+    "serviceAccount": "serviceAccount is not supported by Ambit: endpoints of a ServiceEntry are not mesh "
+                      "workloads with identities (MESH_INTERNAL endpoints that are mesh pods use their pod's)",
+})
+
+
+def _check_service_entry(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """Istio's CRD validations (x-kubernetes-validations) and pilot's `ValidateServiceEntry` rules
+    that make a ServiceEntry ambiguous to route."""
+    resolution = value.get("resolution") or "NONE"
+    addresses = value.get("addresses") or []
+    endpoints = value.get("endpoints") or []
+    hosts = value.get("hosts") or []
+    if resolution == "DYNAMIC_DNS":
+        errs.append((join(path, "resolution"), "DYNAMIC_DNS is not supported by Ambit: ztunnel has no dynamic "
+                                               "forward proxy; use DNS with the host names listed"))
+    if resolution not in ("NONE", "STATIC") and any("/" in a for a in addresses):
+        errs.append((join(path, "addresses"), "CIDR addresses are allowed only for NONE/STATIC resolution types"))
+    if resolution == "NONE" and endpoints:
+        errs.append((join(path, "endpoints"), "NONE mode cannot set endpoints"))
+    if resolution == "DNS_ROUND_ROBIN" and len(endpoints) > 1:
+        errs.append((join(path, "endpoints"), "DNS_ROUND_ROBIN mode cannot have multiple endpoints"))
+    if resolution == "STATIC" and not endpoints:
+        errs.append((join(path, "endpoints"), "STATIC resolution needs endpoints (the addresses to send to)"))
+    for i, e in enumerate(endpoints):
+        addr = e.get("address")
+        where = f"{join(path, 'endpoints')}[{i}]"
+        if resolution == "STATIC" and (not addr or not is_ip(addr)):
+            errs.append((join(where, "address"), f"STATIC resolution needs an IP address, got {addr!r}"))
+        if resolution in ("DNS", "DNS_ROUND_ROBIN") and not addr:
+            errs.append((join(where, "address"), "required field is missing (a host name or IP to resolve)"))
+        names = {p.get("name") for p in value.get("ports") or []}
+        for pname in e.get("ports") or {}:
+            if pname not in names:
+                errs.append((join(join(where, "ports"), str(pname)), f'names no port of the ServiceEntry '
+                                                                     f'(ports: {", ".join(sorted(map(str, names)))})'))
+    if resolution != "NONE" and len(hosts) > 1:
+        for i, p in enumerate(value.get("ports") or []):
+            if (p.get("protocol") or "").upper() not in ("HTTP", "HTTP2", "GRPC", "GRPC-WEB", "HTTP_PROXY", "HTTPS",
+                                                         "TLS"):
+                errs.append((f"{join(path, 'ports')}[{i}].protocol", "multiple hosts provided with non-HTTP, non-TLS "
+                                                                     "ports (nothing tells the hosts apart)"))
+                break
+    seen: dict[int, int] = {}
+    for i, p in enumerate(value.get("ports") or []):
+        n = p.get("number")
+        if n in seen:
+            errs.append((f"{join(path, 'ports')}[{i}].number", f"port number cannot be duplicated (also ports[{seen[n]}])"))
+        seen.setdefault(n, i)
+
+
+ServiceEntrySpec = Obj({
+    "hosts": Arr(Str(min_len=1, valid=_check_host), min_items=1),
+    "addresses": Arr(Cidr),
+    "ports": Arr(ServicePort),
+    "location": Str(enum=LOCATIONS),
+    "resolution": Str(enum=RESOLUTIONS),
+    "endpoints": Arr(WorkloadEntryEndpoint),
+    "exportTo": Strings,
+}, required=("hosts",), checks=(_check_service_entry,), unsupported={
+    "workloadSelector": "workloadSelector is not supported by Ambit: a ServiceEntry selects no pods (pods are "
+                        "reached through Kubernetes Services); list the addresses in endpoints",
+    "subjectAltNames": "subjectAltNames is not supported by Ambit: MESH_INTERNAL endpoints that are mesh pods are "
+                       "verified by their own SPIFFE identity; for TLS origination set subjectAltNames on the "
+                       "DestinationRule's tls",
+})

@@ -1,0 +1,121 @@
+"""ServiceEntries into registry Services: one per host, as Istio's ztunnel has them.
+
+Each host of a ServiceEntry becomes a `Service` named by the host (so the metrics' and the access
+log's destination_service is the host), with `kind` "ServiceEntry". Its single-IP `addresses` are
+VIPs (ztunnel load-balances a connection to `VIP:port` over the endpoints), its CIDR addresses are
+`subnets` (matched by prefix, for resolution NONE/STATIC). Endpoints keep their weight and labels;
+a DNS endpoint keeps its name, resolved by ztunnel when it dials (see ztunnel.routing).
+
+Why ztunnel resolves, not the controller: Istio ambient resolves DNS ServiceEntries on demand in
+ztunnel, from the node that opens the connection. The answer then follows the record's TTL and the
+node's view of DNS (split-horizon resolvers, per-node caches), and a name that stops resolving
+fails that connection rather than freezing a stale address into every ztunnel's config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ambit.model import Endpoint, Service, ServicePort
+from controller.kinds.serviceentry import is_ip
+from controller.translate.index import Index, labels_of, name_of, namespace_waypoint, ns_of, waypoint_ref
+from controller.translate.workloads import port_protocol
+from controller.validation import FieldError
+
+Obj = dict[str, Any]
+
+# Istio port protocol -> the ServicePort protocol ztunnel and waypoints use (HTTP-aware or bytes).
+_PROTOCOLS = {"HTTP": "HTTP", "HTTP_PROXY": "HTTP", "HTTP2": "HTTP2", "GRPC": "GRPC", "GRPC-WEB": "HTTP"}
+
+
+def _is_subnet(address: str) -> bool:
+    if "/" not in address:
+        return False
+    bits = address.rsplit("/", 1)[1]
+    return not (bits == "32" and ":" not in address or bits == "128")
+
+
+def export_to(spec: Obj, namespace: str) -> list[str]:
+    """Istio's exportTo: "." is the ServiceEntry's own namespace, "*" everyone (also the default,
+    an empty list here), "~" no one."""
+    out = [namespace if e == "." else e for e in spec.get("exportTo") or []]
+    return [] if "*" in out else out or []
+
+
+def _ports(spec: Obj) -> list[ServicePort]:
+    return [ServicePort(port=int(p["number"]), target_port=int(p.get("targetPort") or 0), name=p.get("name", ""),
+                        protocol=_PROTOCOLS.get(p["protocol"].upper(), "TCP") if p.get("protocol")
+                        else port_protocol({"name": p.get("name", "")}))
+            for p in spec.get("ports") or []]
+
+
+def _endpoint(e: Obj, ports: list[ServicePort]) -> Endpoint:
+    address = e.get("address") or ""
+    own = e.get("ports") or {}
+    eports = [ServicePort(p.port, int(own[p.name]), p.name, p.protocol) for p in ports if p.name in own]
+    ip = is_ip(address)
+    return Endpoint(workload_uid="", ip=address if ip else "", hostname="" if ip else address,
+                    ports=eports, weight=int(e.get("weight") or 0), labels=dict(e.get("labels") or {}))
+
+
+def translate_service_entries(idx: Index, services: list[Service], errors: list[FieldError]) -> list[Service]:
+    """The registry Services of every ServiceEntry. An address that is already another Service's
+    VIP (or an earlier entry's) is left out and reported: ztunnel could not tell which one a
+    connection to it means, and would refuse the whole Service update."""
+    taken = {vip: s.resource_name for s in services for vip in s.vips}
+    out = []
+    for se in sorted(idx.kind("ServiceEntry"), key=lambda o: (ns_of(o), name_of(o))):
+        spec, ns = se.get("spec") or {}, ns_of(se)
+        resolution = spec.get("resolution") or "NONE"
+        if resolution == "DNS_ROUND_ROBIN":     # one endpoint (or the host): the same to ztunnel
+            resolution = "DNS"
+        addresses = []
+        for i, a in enumerate(spec.get("addresses") or []):
+            vip = a if _is_subnet(a) else a.split("/")[0]
+            if vip in taken:
+                errors.append(FieldError(f"ServiceEntry/{ns}/{name_of(se)}", f"spec.addresses[{i}]",
+                                         f"{vip} is already the address of {taken[vip]}; left out"))
+                continue
+            taken[vip] = f"ServiceEntry {ns}/{name_of(se)}"
+            addresses.append(a)
+        ports = _ports(spec)
+        waypoint = waypoint_ref(labels_of(se), ns, fallback=namespace_waypoint(idx, ns))
+        for i, host in enumerate(spec.get("hosts") or []):
+            if resolution == "NONE":
+                endpoints: list[Endpoint] = []
+            elif spec.get("endpoints"):
+                endpoints = [_endpoint(e, ports) for e in spec["endpoints"]]
+            elif resolution == "DNS" and not host.startswith("*"):
+                endpoints = [Endpoint(workload_uid="", ip="", hostname=host)]
+            else:
+                endpoints = []      # a wildcard has no address to resolve: connections to it are refused
+            mine = addresses if i == 0 else []      # an address means one host to ztunnel: the first
+            out.append(Service(
+                name=host, namespace=ns, hostname=host,
+                vips=[a.split("/")[0] for a in mine if not _is_subnet(a)],
+                subnets=[a for a in mine if _is_subnet(a)],
+                ports=[ServicePort(p.port, p.target_port, p.name, p.protocol) for p in ports],
+                endpoints=endpoints, waypoint=waypoint, kind="ServiceEntry",
+                location=spec.get("location") or "MESH_EXTERNAL", resolution=resolution,
+                export_to=export_to(spec, ns),
+            ))
+    return out
+
+
+def expand_entry_targets(policies: list[Any], idx: Index) -> None:
+    """A policy's `targetRefs` naming a ServiceEntry bind it, at the entry's waypoint, to each of
+    the entry's hosts: the refs become Service refs to the hosts' registry Services (named by host),
+    which is how waypoints bind (waypoint/binding.py). In place."""
+    hosts = {(ns_of(se), name_of(se)): list((se.get("spec") or {}).get("hosts") or [])
+             for se in idx.kind("ServiceEntry")}
+    for p in policies:
+        if not any(r.get("kind") == "ServiceEntry" for r in p.target_refs):
+            continue
+        refs = []
+        for r in p.target_refs:
+            if r.get("kind") != "ServiceEntry":
+                refs.append(r)
+                continue
+            ns = r.get("namespace") or p.namespace
+            refs += [{"group": "", "kind": "Service", "name": h, "namespace": ns} for h in hosts.get((ns, r.get("name")), [])]
+        p.target_refs = refs

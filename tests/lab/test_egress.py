@@ -1,0 +1,191 @@
+"""Egress in the lab: ServiceEntry hosts on an external netns, and outboundTrafficPolicy REGISTRY_ONLY.
+
+One external host (ambitctl/lab/external.py) on the session lab's underlay, outside the mesh, with
+two addresses: one a ServiceEntry registers, one nobody registers. Real curl from an enrolled pod.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from ambit.dataplane.telemetry.metrics import scrape
+from ambitctl.lab import external as ext_mod
+from ambitctl.lab import state
+from ambitctl.lab.topology import LabNames
+from tests.lab.labctl import Lab
+
+VIP = "240.240.0.10"        # the ServiceEntry's address: what the app's DNS would hand out
+
+
+@pytest.fixture(scope="module")
+def external(lab: Lab) -> Iterator[ext_mod.External]:
+    st = state.load(lab.dir)
+    assert st is not None
+    names = LabNames(st.name)
+    try:
+        ext = ext_mod.add(st, lab.dir)
+        lab.wait_for(lambda: subprocess.run(["ip", "netns", "exec", ext.netns, "curl", "-sf", "-m", "1",
+                                             f"http://{ext.ip}/up"], capture_output=True).returncode == 0,
+                     timeout=15, interval=0.2, what="the external server to listen")
+        yield ext
+    finally:
+        ext_mod.remove(names)
+
+
+def apply(lab: Lab, *objs: dict[str, Any]) -> None:
+    lab.ambit("apply", "-f", "-", input=yaml.safe_dump_all(list(objs)))
+
+
+def delete(lab: Lab, *objs: dict[str, Any]) -> None:
+    lab.ambit("delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all(list(objs)), check=False)
+
+
+def service_entry(ext: ext_mod.External) -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "external", "namespace": "demo"},
+            "spec": {"hosts": [ext_mod.HOSTNAME], "addresses": [VIP], "location": "MESH_EXTERNAL",
+                     "resolution": "STATIC", "endpoints": [{"address": ext.ip}],
+                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP"},
+                               {"number": 443, "name": "tls", "protocol": "TLS"}]}}
+
+
+def curl(lab: Lab, url: str, *opts: str) -> tuple[int, dict[str, Any] | None]:
+    p = lab.exec("demo/client", "curl", "-sS", "-m", "3", *opts, url, timeout=30)
+    try:
+        return p.returncode, json.loads(p.stdout.splitlines()[0]) if p.returncode == 0 else None
+    except (ValueError, IndexError):
+        return p.returncode, None
+
+
+def tcp_opened(lab: Lab, **match: str) -> float:
+    text = scrape(lab.dir / "node1" / "metrics.sock")
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "istio_tcp_connections_opened_total"
+               and all(s.labels.get(k) == v for k, v in match.items()))
+
+
+def test_service_entry_host_and_registry_only(lab: Lab, external: ext_mod.External) -> None:
+    mesh_cfg = lab.dir / "mesh-config.yaml"
+    before = mesh_cfg.read_text() if mesh_cfg.exists() else None
+    se = service_entry(external)
+    apply(lab, se)
+    try:
+        # ALLOW_ANY: the VIP reaches the external server through its endpoint, from the pod's own address
+        url = f"http://{ext_mod.HOSTNAME}/via-vip"
+        resolve = ("--resolve", f"{ext_mod.HOSTNAME}:80:{VIP}")
+        code, seen = lab.wait_for(lambda: (r := curl(lab, url, *resolve))[0] == 0 and r, timeout=15,
+                                  what="the ServiceEntry VIP to route")
+        assert seen["peer"] == lab.pod("demo/client")["ip"] and seen["host"] == ext_mod.HOSTNAME
+        assert seen["tls"] is False, "MESH_EXTERNAL: plain TCP from the pod, no HBONE"
+        # HTTPS to the host's TLS port: the app's own TLS passes through untouched, verified by the test CA
+        code, seen = curl(lab, f"https://{ext_mod.HOSTNAME}/tls", "--resolve", f"{ext_mod.HOSTNAME}:443:{VIP}",
+                          "--cacert", str(external.ca))
+        assert code == 0 and seen["tls"] is True and seen["sni"] == ext_mod.HOSTNAME
+        assert tcp_opened(lab, reporter="source", destination_service=ext_mod.HOSTNAME,
+                          destination_service_namespace="demo", source_workload="client") >= 2
+        # an address nobody registered still passes under ALLOW_ANY
+        assert curl(lab, f"http://{external.other_ip}/allow-any")[0] == 0
+
+        mesh = (yaml.safe_load(before) if before else None) or {}
+        mesh_cfg.write_text(yaml.safe_dump({**mesh, "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}))
+        lab.wait_for(lambda: curl(lab, f"http://{external.other_ip}/registry-only")[0] != 0, timeout=15,
+                     what="REGISTRY_ONLY to refuse the unregistered address")
+        refused = [r for r in lab.access_log("node1") if r["direction"] == "outbound"
+                   and r.get("dst.addr") == f"{external.other_ip}:80" and "error" in r]
+        assert refused and refused[-1]["error"] == (f"outboundTrafficPolicy REGISTRY_ONLY: {external.other_ip}:80 "
+                                                   "is not a mesh workload, Service or ServiceEntry"), refused[-1:]
+        assert refused[-1]["dst.service"] == "BlackHoleCluster"
+        assert tcp_opened(lab, destination_service="BlackHoleCluster", response_flags="DENY",
+                          source_workload="client") >= 1
+        # the registered host still goes: by its VIP, and straight to its STATIC endpoint
+        assert curl(lab, url, *resolve)[0] == 0
+        code, seen = curl(lab, f"http://{external.ip}/direct")
+        assert code == 0 and seen["peer"] == lab.pod("demo/client")["ip"]
+        # and so does the mesh
+        assert lab.curl("demo/client", "http://echo.demo.svc.cluster.local:8080/")["namespace"] == "demo"
+    finally:
+        if before is None:
+            mesh_cfg.unlink(missing_ok=True)
+        else:
+            mesh_cfg.write_text(before)
+        delete(lab, se)
+        lab.wait_for(lambda: curl(lab, f"http://{external.other_ip}/restored")[0] == 0, timeout=15,
+                     what="ALLOW_ANY back for the tests after this one")
+
+
+EGRESS_VIP = "240.240.0.20"
+EGRESS_NS = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-egress"}}
+EGRESS_WAYPOINT = {
+    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+    "metadata": {"name": "waypoint", "namespace": "istio-egress", "annotations": {"lab.ambit.io/node": "node2"}},
+    "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+}
+
+
+def egress_objects(ext: ext_mod.External) -> list[dict[str, Any]]:
+    """Istio ambient's egress gateway pattern: a ServiceEntry bound to a waypoint in istio-egress,
+    an AuthorizationPolicy on the ServiceEntry, and TLS origination on two of its ports."""
+    host = "egress.example"
+    se = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+          "metadata": {"name": "egress", "namespace": "demo",
+                       "labels": {"istio.io/use-waypoint": "waypoint", "istio.io/use-waypoint-namespace": "istio-egress"}},
+          "spec": {"hosts": [host], "addresses": [EGRESS_VIP], "resolution": "STATIC",
+                   "endpoints": [{"address": ext.ip}],
+                   "ports": [{"number": 80, "name": "http", "protocol": "HTTP"},
+                             {"number": 8080, "name": "http-simple", "protocol": "HTTP", "targetPort": 443},
+                             {"number": 9090, "name": "http-mutual", "protocol": "HTTP", "targetPort": 8443}]}}
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+          "metadata": {"name": "egress-tls", "namespace": "demo"},
+          "spec": {"host": host, "trafficPolicy": {"portLevelSettings": [
+              {"port": {"number": 8080}, "tls": {"mode": "SIMPLE", "caCertificates": str(ext.ca),
+                                                  "sni": ext_mod.HOSTNAME}},
+              {"port": {"number": 9090}, "tls": {"mode": "MUTUAL", "caCertificates": str(ext.ca),
+                                                  "sni": ext_mod.HOSTNAME, "clientCertificate": str(ext.client_cert),
+                                                  "privateKey": str(ext.client_key)}}]}}}
+    ap = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+          "metadata": {"name": "egress-from-client", "namespace": "demo"},
+          "spec": {"targetRefs": [{"kind": "ServiceEntry", "group": "networking.istio.io", "name": "egress"}],
+                   "action": "ALLOW",
+                   "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/demo/sa/client"]}}]}]}}
+    return [se, dr, ap]
+
+
+def test_egress_through_a_waypoint_with_authorization_and_tls_origination(lab: Lab, external: ext_mod.External) -> None:
+    objs = [EGRESS_NS, EGRESS_WAYPOINT, *egress_objects(external)]
+    apply(lab, *objs)
+    try:
+        wp = lab.wait_for(lambda: [w for w in lab.status()["waypoints"]
+                                   if w["namespace"] == "istio-egress" and w["ready"]], timeout=30,
+                          what="the egress waypoint ready")[0]
+        resolve = ("--resolve", f"egress.example:80:{EGRESS_VIP}", "--resolve", f"egress.example:8080:{EGRESS_VIP}",
+                   "--resolve", f"egress.example:9090:{EGRESS_VIP}")
+        code, seen = lab.wait_for(lambda: (r := curl(lab, "http://egress.example/out", *resolve))[0] == 0 and r,
+                                  timeout=20, what="egress through the waypoint")
+        # it left through the waypoint: the external server sees the waypoint's address, not the pod's
+        assert seen["peer"] == wp["ip"] != lab.pod("demo/client")["ip"], (seen, wp)
+        assert (seen["tls"], seen["host"]) == (False, "egress.example")
+        # authorized by the source's identity at the waypoint: client2 (sa other) is refused with 403
+        p = lab.exec("demo/client2", "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3",
+                     *resolve, "http://egress.example/denied", timeout=30)
+        assert p.stdout.strip() == "403", (p.stdout, p.stderr)
+        # going around the VIP, straight to the endpoint, does not go around the waypoint or its policy
+        code, seen = curl(lab, f"http://{external.ip}/direct")
+        assert code == 0 and seen["peer"] == wp["ip"], seen
+        p = lab.exec("demo/client2", "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3",
+                     f"http://{external.ip}/direct-denied", timeout=30)
+        assert p.stdout.strip() == "403", (p.stdout, p.stderr)
+        # TLS origination: the app speaks HTTP, the external server sees TLS (SIMPLE, then MUTUAL)
+        code, seen = curl(lab, "http://egress.example:8080/simple", *resolve)
+        assert code == 0 and seen["tls"] is True and seen["sni"] == ext_mod.HOSTNAME, seen
+        assert seen["peer"] == wp["ip"] and seen["path"] == "/simple"
+        code, seen = curl(lab, "http://egress.example:9090/mutual", *resolve)
+        assert code == 0 and seen["tls"] is True and seen["path"] == "/mutual", seen
+    finally:
+        delete(lab, *reversed(objs))

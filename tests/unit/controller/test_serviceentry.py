@@ -1,0 +1,252 @@
+"""ServiceEntry: Istio's documented shapes are accepted, what Ambit does not build is refused by
+name, and each host becomes a registry Service that ztunnel and waypoints route by."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from ambit.model import Service
+from controller.kinds import unsupported_kind
+from controller.translate import translate
+from controller.validation import validate_object
+
+# Shapes from Istio's ServiceEntry reference and egress tasks (istio.io/latest/docs/reference/config/
+# networking/service-entry/, tasks/traffic-management/egress/).
+ISTIO_SAMPLES = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external-svc-https, namespace: demo}
+spec:
+  hosts: [api.dropboxapi.com, www.googleapis.com]
+  location: MESH_EXTERNAL
+  ports: [{number: 443, name: https, protocol: TLS}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external-svc-mongocluster, namespace: demo}
+spec:
+  hosts: [mymongodb.somedomain]
+  addresses: [192.192.192.192/24]
+  ports: [{number: 27018, name: mongodb, protocol: MONGO}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 2.2.2.2}, {address: 3.3.3.3}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external-svc-wikipedia, namespace: demo}
+spec:
+  hosts: ["*.wikipedia.org"]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external-svc-dns, namespace: demo}
+spec:
+  hosts: [foo.bar.com]
+  location: MESH_EXTERNAL
+  ports: [{number: 443, name: https, protocol: HTTPS}]
+  resolution: DNS
+  endpoints:
+  - address: us.foo.bar.com
+    ports: {https: 8443}
+  - address: uk.foo.bar.com
+    ports: {https: 9443}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin-ext, namespace: demo}
+spec:
+  hosts: [httpbin.org]
+  ports: [{number: 80, name: http, protocol: HTTP}, {number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+  exportTo: ["."]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cnn, namespace: demo, labels: {istio.io/use-waypoint: waypoint,
+                                               istio.io/use-waypoint-namespace: istio-egress}}
+spec:
+  hosts: [edition.cnn.com]
+  addresses: [240.240.0.10]
+  ports: [{number: 80, name: http-port, protocol: HTTP, targetPort: 8080}]
+  resolution: STATIC
+  endpoints: [{address: 198.51.100.7, weight: 3, labels: {version: v2}}, {address: 198.51.100.8}]
+"""
+
+
+def samples() -> list[dict[str, Any]]:
+    return list(yaml.safe_load_all(ISTIO_SAMPLES))
+
+
+def se(spec: dict[str, Any], name: str = "ext", ns: str = "demo", **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": name, "namespace": ns, "labels": labels}, "spec": spec}
+
+
+def errors_of(obj: dict[str, Any]) -> list[str]:
+    return [f"{e.path}: {e.reason}" for e in validate_object(obj)]
+
+
+def test_istios_documented_service_entries_are_accepted_and_no_longer_an_unsupported_kind() -> None:
+    assert unsupported_kind("networking.istio.io/v1", "ServiceEntry") is None
+    for doc in samples():
+        assert errors_of(doc) == [], doc["metadata"]["name"]
+    ambit = dict(samples()[2], apiVersion="networking.ambit.io/v1")
+    assert errors_of(ambit) == []
+
+
+@pytest.mark.parametrize("spec, path, reason", [
+    ({"hosts": ["a.example"], "workloadSelector": {"labels": {"app": "x"}}},
+     "spec.workloadSelector", "not supported by Ambit"),
+    ({"hosts": ["a.example"], "subjectAltNames": ["x"]}, "spec.subjectAltNames", "not supported by Ambit"),
+    ({"hosts": ["a.example"], "resolution": "DYNAMIC_DNS"}, "spec.resolution", "DYNAMIC_DNS is not supported"),
+    ({"hosts": ["a.example"], "resolution": "DNS", "addresses": ["10.0.0.0/8"]}, "spec.addresses",
+     "CIDR addresses are allowed only for NONE/STATIC"),
+    ({"hosts": ["a.example"], "endpoints": [{"address": "1.2.3.4"}]}, "spec.endpoints",
+     "NONE mode cannot set endpoints"),
+    ({"hosts": ["a.example"], "resolution": "STATIC", "endpoints": [{"address": "db.example"}]},
+     "spec.endpoints[0].address", "STATIC resolution needs an IP address"),
+    ({"hosts": ["a.example"], "resolution": "STATIC"}, "spec.endpoints", "STATIC resolution needs endpoints"),
+    ({"hosts": ["a.example"], "resolution": "DNS", "endpoints": [{"address": "unix:///sock"}]},
+     "spec.endpoints[0].address", "Unix domain socket endpoints are not supported"),
+    ({"hosts": ["a.example"], "resolution": "DNS", "endpoints": [{"address": "x.example", "network": "n1"}]},
+     "spec.endpoints[0].network", "not supported by Ambit"),
+    ({"hosts": ["a.example", "b.example"], "resolution": "DNS", "ports": [{"number": 5432, "name": "pg",
+                                                                          "protocol": "TCP"}]},
+     "spec.ports[0].protocol", "multiple hosts provided with non-HTTP, non-TLS ports"),
+    ({"hosts": ["*"]}, "spec.hosts[0]", 'invalid host "*"'),
+    ({"hosts": ["a.example"], "ports": [{"number": 53, "name": "dns", "protocol": "udp"}]},
+     "spec.ports[0].protocol", "UDP is not supported by Ambit"),
+    ({"hosts": ["a.example"], "ports": [{"number": 53, "name": "x", "protocol": "QUIC"}]},
+     "spec.ports[0].protocol", "unsupported protocol: QUIC"),
+    ({"hosts": ["a.example"], "ports": [{"number": 80, "name": "a"}, {"number": 80, "name": "b"}]},
+     "spec.ports[1].number", "cannot be duplicated"),
+    ({"hosts": ["a.example"], "resolution": "DNS",
+      "endpoints": [{"address": "x.example", "ports": {"nope": 8080}}], "ports": [{"number": 80, "name": "http"}]},
+     "spec.endpoints[0].ports.nope", "names no port"),
+    ({"hosts": []}, "spec.hosts", ""),
+])
+def test_what_is_not_built_or_ambiguous_is_refused_naming_the_field(spec: dict, path: str, reason: str) -> None:
+    errs = errors_of(se(spec))
+    assert any(e.startswith(f"{path}: ") and reason in e for e in errs), errs
+
+
+def services(objs: list[dict[str, Any]]) -> dict[str, Service]:
+    tr = translate(objs)
+    assert tr.errors == []
+    return {s.resource_name: s for s in tr.services if s.kind == "ServiceEntry"}
+
+
+def test_each_host_is_a_registry_service_named_by_the_host() -> None:
+    got = services(samples())
+    assert set(got) == {"demo/api.dropboxapi.com", "demo/www.googleapis.com", "demo/mymongodb.somedomain",
+                        "demo/*.wikipedia.org", "demo/foo.bar.com", "demo/httpbin.org", "demo/edition.cnn.com"}
+    drop = got["demo/api.dropboxapi.com"]
+    assert (drop.hostname, drop.location, drop.resolution) == ("api.dropboxapi.com", "MESH_EXTERNAL", "DNS")
+    assert [(e.ip, e.hostname) for e in drop.endpoints] == [("", "api.dropboxapi.com")], "DNS resolves the host"
+    mongo = got["demo/mymongodb.somedomain"]
+    assert (mongo.vips, mongo.subnets, mongo.location) == ([], ["192.192.192.192/24"], "MESH_INTERNAL")
+    assert [e.ip for e in mongo.endpoints] == ["2.2.2.2", "3.3.3.3"]
+    assert got["demo/*.wikipedia.org"].endpoints == [] and got["demo/*.wikipedia.org"].resolution == "NONE"
+    foo = got["demo/foo.bar.com"]
+    assert [(e.hostname, [(p.port, p.target_port) for p in e.ports]) for e in foo.endpoints] == [
+        ("us.foo.bar.com", [(443, 8443)]), ("uk.foo.bar.com", [(443, 9443)])]
+    assert got["demo/httpbin.org"].export_to == ["demo"] and not got["demo/httpbin.org"].visible_to("other")
+    assert got["demo/api.dropboxapi.com"].export_to == [] and drop.visible_to("other")
+    cnn = got["demo/edition.cnn.com"]
+    assert cnn.waypoint == "istio-egress/waypoint" and cnn.vips == ["240.240.0.10"]
+    assert [(p.port, p.target_port, p.protocol) for p in cnn.ports] == [(80, 8080, "HTTP")]
+    assert [(e.ip, e.weight, e.labels) for e in cnn.endpoints] == [("198.51.100.7", 3, {"version": "v2"}),
+                                                                   ("198.51.100.8", 0, {})]
+    assert Service.from_dict(json.loads(json.dumps(cnn.to_dict()))) == cnn, "travels the config stream"
+
+
+def test_istio_leniencies_protocol_case_sniffing_by_name_and_addresses_of_several_hosts() -> None:
+    sniffed = se({"hosts": ["c.example"], "ports": [{"number": 80, "name": "http-web", "protocol": ""},
+                                                    {"number": 81, "name": "web", "protocol": ""}]}, name="c")
+    entry = se({"hosts": ["a.example", "b.example"], "addresses": ["240.240.0.5"], "resolution": "STATIC",
+                "endpoints": [{"address": "198.51.100.7"}],
+                "ports": [{"number": 443, "name": "https", "protocol": "tls"},
+                          {"number": 8080, "name": "api", "protocol": "http"}]})
+    assert errors_of(entry) == [] and errors_of(sniffed) == []
+    got = services([entry, sniffed])
+    a, b = got["demo/a.example"], got["demo/b.example"]
+    assert [(p.port, p.protocol) for p in a.ports] == [(443, "TCP"), (8080, "HTTP")]
+    assert [(p.port, p.protocol) for p in got["demo/c.example"].ports] == [(80, "HTTP"), (81, "TCP")]
+    assert (a.vips, b.vips) == (["240.240.0.5"], []), "an address is one host to ztunnel: the first"
+    assert b.endpoints == a.endpoints
+
+
+def test_an_address_another_service_holds_is_left_out_and_reported() -> None:
+    k8s = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "demo"},
+           "spec": {"clusterIP": "10.96.0.5", "ports": [{"port": 80}], "selector": {"app": "web"}}}
+    tr = translate([k8s, se({"hosts": ["a.example"], "addresses": ["10.96.0.5"], "ports": [{"number": 80,
+                                                                                         "name": "http"}]})])
+    entry = next(s for s in tr.services if s.kind == "ServiceEntry")
+    assert entry.vips == []
+    assert [(e.ref, e.path) for e in tr.errors] == [("ServiceEntry/demo/ext", "spec.addresses[0]")]
+    assert "already the address of demo/web" in tr.errors[0].reason
+
+
+def test_policies_targeting_a_service_entry_bind_to_each_of_its_hosts() -> None:
+    entry = se({"hosts": ["a.example", "b.example"], "ports": [{"number": 80, "name": "http"}]}, name="ext")
+    ap = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+          "metadata": {"name": "egress", "namespace": "demo"},
+          "spec": {"targetRefs": [{"kind": "ServiceEntry", "group": "networking.istio.io", "name": "ext"},
+                                  {"kind": "ServiceEntry", "group": "networking.istio.io", "name": "missing"}],
+                   "action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/demo/sa/a"]}}]}]}}
+    (a,) = translate([entry, ap]).authorizations
+    assert a.scope == "waypoint"
+    assert a.target_refs == [{"group": "", "kind": "Service", "name": h, "namespace": "demo"}
+                             for h in ("a.example", "b.example")]
+
+
+def test_advisories_for_service_entry_targets_and_tls_origination() -> None:
+    from controller.waypoints.advisories import advisories
+    gw = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+          "metadata": {"name": "waypoint", "namespace": "istio-egress"},
+          "spec": {"gatewayClassName": "istio-waypoint",
+                   "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}
+    bound = se({"hosts": ["a.example"], "ports": [{"number": 80, "name": "http"}]}, name="bound",
+               **{"istio.io/use-waypoint": "waypoint", "istio.io/use-waypoint-namespace": "istio-egress"})
+    unbound = se({"hosts": ["b.example"], "ports": [{"number": 80, "name": "http"}]}, name="unbound")
+
+    def ap(target: str) -> dict[str, Any]:
+        return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": f"ap-{target}", "namespace": "demo"},
+                "spec": {"targetRefs": [{"kind": "ServiceEntry", "group": "networking.istio.io", "name": target}]}}
+
+    def dr(host: str, tls: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": f"dr-{host}", "namespace": "demo"},
+                "spec": {"host": host, "trafficPolicy": {"tls": tls}}}
+
+    found = {(a.ref, a.path): a.reason for a in advisories([
+        gw, bound, unbound, ap("bound"), ap("unbound"), ap("missing"),
+        dr("a.example", {"mode": "SIMPLE", "caCertificates": "/ca.pem", "credentialName": "cred"}),
+        dr("elsewhere.example", {"mode": "SIMPLE"})])}
+    assert ("AuthorizationPolicy/demo/ap-bound", "spec.targetRefs[0]") not in found
+    assert "bound to no waypoint" in found[("AuthorizationPolicy/demo/ap-unbound", "spec.targetRefs[0]")]
+    assert "no ServiceEntry" in found[("AuthorizationPolicy/demo/ap-missing", "spec.targetRefs[0]")]
+    assert ("DestinationRule/demo/dr-a.example", "spec.trafficPolicy.tls") not in found, "originated: applied"
+    assert "does not read Secrets" in found[("DestinationRule/demo/dr-a.example", "spec.trafficPolicy.tls.credentialName")]
+    assert "not applied" in found[("DestinationRule/demo/dr-elsewhere.example", "spec.trafficPolicy.tls")]
+
+
+def test_what_a_waypoint_does_not_do_with_a_bound_entry_is_warned_and_only_that() -> None:
+    from controller.waypoints.advisories import advisories
+    labels = {"istio.io/use-waypoint": "waypoint"}
+    none = se({"hosts": ["a.example"], "ports": [{"number": 80, "name": "http"}]}, name="none", **labels)
+    weighted = se({"hosts": ["b.example"], "resolution": "STATIC", "ports": [{"number": 80, "name": "http"}],
+                   "endpoints": [{"address": "198.51.100.7", "weight": 2}]}, name="weighted", **labels)
+    plain = se({"hosts": ["c.example"], "resolution": "STATIC", "ports": [{"number": 80, "name": "http"}],
+                "endpoints": [{"address": "198.51.100.7", "weight": 2}]}, name="plain")
+    found = {(a.ref, a.path) for a in advisories([none, weighted, plain])}
+    assert found == {("ServiceEntry/demo/weighted", "spec.endpoints[0].weight")}

@@ -1,0 +1,86 @@
+"""The waypoint's egress parts, pure: which ServiceEntry endpoints it dials itself, and the TLS it
+originates to them (waypoint/endpoints.py, waypoint/origination.py)."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from ambit.model import Endpoint, Service, ServicePort, TrafficPolicy, Workload
+from waypoint import endpoints
+from waypoint.origination import check_peer, origination
+
+POD = Workload(uid="u1", name="db", namespace="demo", ips=["10.210.1.5"], node="node1", service_account="db",
+               identity="spiffe://cluster.local/ns/demo/sa/db", labels={"version": "v1"})
+
+
+def entry(location: str, eps: list[Endpoint]) -> Service:
+    return Service(name="api.example.com", namespace="demo", hostname="api.example.com", vips=["240.240.0.1"],
+                   ports=[ServicePort(80, 443, "http", "HTTP")], endpoints=eps, kind="ServiceEntry",
+                   location=location, resolution="STATIC")
+
+
+def test_external_endpoints_are_dialled_directly_on_their_target_port_and_dns_names_kept() -> None:
+    svc = entry("MESH_EXTERNAL", [Endpoint("", "198.51.100.7", labels={"version": "v2"}),
+                                  Endpoint("", "", hostname="api.example.com"), Endpoint("", POD.ips[0])])
+    picks = endpoints.candidates(svc, 80, None, {}, {POD.ips[0]: POD})
+    assert [(p.ip, p.port, p.plain, p.mesh) for p in picks] == [
+        ("198.51.100.7", 443, True, False), ("api.example.com", 443, True, False), (POD.ips[0], 443, True, False)]
+    assert [p.ip for p in endpoints.candidates(svc, 80, {"version": "v2"}, {}, {POD.ips[0]: POD})] == \
+        ["198.51.100.7"], "DestinationRule subsets select ServiceEntry endpoints by their own labels"
+
+
+def test_mesh_internal_endpoints_that_are_mesh_pods_stay_on_hbone() -> None:
+    svc = entry("MESH_INTERNAL", [Endpoint("", POD.ips[0]), Endpoint("", "198.51.100.7")])
+    picks = endpoints.candidates(svc, 80, None, {}, {POD.ips[0]: POD})
+    assert [(p.ip, p.mesh, p.plain, p.identity) for p in picks] == [
+        (POD.ips[0], True, False, POD.identity), ("198.51.100.7", False, True, "")]
+
+
+def test_no_origination_unless_simple_or_mutual() -> None:
+    for mode in ("", "DISABLE", "ISTIO_MUTUAL"):
+        assert origination(TrafficPolicy(tls_mode=mode), "api.example.com") is None
+    assert origination(None, "api.example.com") is None
+
+
+def test_simple_verifies_the_sni_name_or_the_subject_alt_names() -> None:
+    o = origination(TrafficPolicy(tls_mode="SIMPLE"), "api.example.com")
+    assert o is not None and o.sni == "api.example.com" and o.names == ("api.example.com",)
+    assert o.context.verify_mode == ssl.CERT_REQUIRED
+    o = origination(TrafficPolicy(tls_mode="SIMPLE", sni="edge.example", subject_alt_names=["x.example"]), "h")
+    assert (o.sni, o.names) == ("edge.example", ("x.example",))
+    o = origination(TrafficPolicy(tls_mode="SIMPLE", insecure_skip_verify=True), "h")
+    assert o.names == () and o.context.verify_mode == ssl.CERT_NONE
+    cert = {"subjectAltName": (("DNS", "*.example.com"), ("IP Address", "198.51.100.7"))}
+    assert check_peer(cert, ("api.example.com",)) == ""
+    assert check_peer(cert, ("198.51.100.7",)) == ""
+    assert check_peer(cert, ("a.b.example.com",)) == "server certificate names *.example.com, 198.51.100.7, " \
+                                                     "not a.b.example.com"
+
+
+def test_mutual_needs_a_client_certificate_and_key() -> None:
+    with pytest.raises(ssl.SSLError, match="MUTUAL needs clientCertificate and privateKey"):
+        origination(TrafficPolicy(tls_mode="MUTUAL", client_certificate="/x.pem"), "h")
+    with pytest.raises(OSError):
+        origination(TrafficPolicy(tls_mode="MUTUAL", client_certificate="/nonexistent.pem",
+                                  private_key="/nonexistent.key"), "h")
+
+
+def test_the_waypoint_knows_entry_addresses_reached_without_the_vip_and_none_goes_to_the_original() -> None:
+    static = entry("MESH_EXTERNAL", [Endpoint("", "198.51.100.7")])
+    static.waypoint = "istio-egress/waypoint"
+    wide = Service(name="*.wiki.example", namespace="demo", hostname="*.wiki.example", subnets=["203.0.113.0/24"],
+                   ports=[ServicePort(80, 0, "http", "HTTP")], kind="ServiceEntry", resolution="NONE",
+                   waypoint="istio-egress/waypoint")
+    narrow = Service(name="one.wiki.example", namespace="demo", hostname="one.wiki.example",
+                     subnets=["203.0.113.0/28"], ports=[ServicePort(80, 0, "http", "HTTP")], kind="ServiceEntry",
+                     resolution="NONE", waypoint="istio-egress/waypoint")
+    svcs = [static, wide, narrow]
+    assert endpoints.entry_at(svcs, "198.51.100.7", 80, "istio-egress/waypoint") is static
+    assert endpoints.entry_at(svcs, "203.0.113.3", 80, "istio-egress/waypoint") is narrow
+    assert endpoints.entry_at(svcs, "203.0.113.99", 80, "istio-egress/waypoint") is wide
+    assert endpoints.entry_at(svcs, "203.0.113.99", 443, "istio-egress/waypoint") is None, "not a port of it"
+    assert endpoints.entry_at(svcs, "198.51.100.7", 80, "other/waypoint") is None, "not bound to this waypoint"
+    p = endpoints.original("203.0.113.99", 80, wide)
+    assert (p.ip, p.port, p.plain, p.protocol) == ("203.0.113.99", 80, True, "http1")

@@ -1,0 +1,70 @@
+"""TLS origination to ServiceEntry endpoints: a DestinationRule `trafficPolicy.tls` of mode SIMPLE
+or MUTUAL on an external host makes the waypoint speak TLS upstream while the app speaks HTTP
+(Istio's egress TLS origination, istio/api networking/v1alpha3/destination_rule.proto
+`ClientTLSSettings`).
+
+- SIMPLE: verify the server against `caCertificates` (a PEM file the waypoint reads), else the
+  system's roots; `insecureSkipVerify` turns verification off.
+- MUTUAL: the same, presenting `clientCertificate` + `privateKey` (PEM files; both required).
+- SNI is `sni`, else the host. The server certificate must name one of `subjectAltNames`, else the
+  SNI name (what Envoy checks with `auto_san_validation`).
+- DISABLE, unset, or ISTIO_MUTUAL (which means HBONE mTLS, the mesh's own): plain TCP.
+
+Contexts are built once per policy and cached: loading files per connection would cost a read
+and a parse on every upstream connect.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+from ambit.model import TrafficPolicy
+
+ORIGINATING = ("SIMPLE", "MUTUAL")
+
+
+@dataclass(frozen=True)
+class Origination:
+    context: ssl.SSLContext
+    sni: str
+    names: tuple[str, ...]      # acceptable server names; () when verification is off
+
+
+def check_peer(cert: dict, names: tuple[str, ...]) -> str:
+    """"" when the server certificate (`getpeercert()`) names one of `names`, else why not."""
+    if not names:
+        return ""
+    sans = {v for k, v in cert.get("subjectAltName", ()) if k in ("DNS", "IP Address")}
+    for n in names:
+        for s in sans:
+            if s == n or (s.startswith("*.") and n.count(".") >= 2 and n.split(".", 1)[1] == s[2:]):
+                return ""
+    return f"server certificate names {', '.join(sorted(sans)) or 'nothing'}, not {', '.join(names)}"
+
+
+_CACHE: dict[tuple, Origination] = {}
+
+
+def origination(policy: TrafficPolicy | None, host: str) -> Origination | None:
+    """The TLS to originate for `host` under `policy`, or None for plain TCP. Raises OSError /
+    ssl.SSLError when a named file cannot be read (the connection then fails, and says why)."""
+    if policy is None or policy.tls_mode not in ORIGINATING:
+        return None
+    key = (policy.tls_mode, policy.ca_certificates, policy.client_certificate, policy.private_key,
+           policy.insecure_skip_verify, policy.sni or host, tuple(policy.subject_alt_names))
+    hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    ctx = ssl.create_default_context(cafile=policy.ca_certificates or None)
+    ctx.check_hostname = False          # checked against subjectAltNames or the SNI by check_peer
+    if policy.insecure_skip_verify:
+        ctx.verify_mode = ssl.CERT_NONE
+    if policy.tls_mode == "MUTUAL":
+        if not policy.client_certificate or not policy.private_key:
+            raise ssl.SSLError("tls mode MUTUAL needs clientCertificate and privateKey")
+        ctx.load_cert_chain(policy.client_certificate, policy.private_key)
+    sni = policy.sni or host
+    names = () if policy.insecure_skip_verify else tuple(policy.subject_alt_names) or (sni,)
+    out = _CACHE[key] = Origination(ctx, sni, names)
+    return out
