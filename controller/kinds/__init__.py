@@ -92,6 +92,7 @@ KINDS: list[KindSpec] = [
     KindSpec("ServiceAccount", "serviceaccounts", ("sa",), (("", ("v1",)),), True,
              core.ServiceAccountBody, mesh=False),
     KindSpec("Node", "nodes", ("no",), (("", ("v1",)),), False, core.NodeBody, mesh=False),
+    KindSpec("Secret", "secrets", (), (("", ("v1",)),), True, core.SecretBody, mesh=False),
 ]
 
 BY_KIND: dict[str, KindSpec] = {k.kind: k for k in KINDS}
