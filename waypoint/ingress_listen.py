@@ -22,7 +22,7 @@ import ssl
 from collections.abc import Callable
 
 from ambit.dataplane.ports import LISTEN_BACKLOG
-from ambit.dataplane.tls import _load_chain_from_memory
+from ambit.dataplane.tls import load_chain_from_memory
 from ambit.model import IngressListener
 from waypoint.http.plug import Plug
 from waypoint.ingress import IngressPort, IngressView
@@ -42,7 +42,7 @@ def listener_context(ln: IngressListener) -> ssl.SSLContext:
     ctx.minimum_version = VERSIONS.get(ln.tls_min_version, ssl.TLSVersion.TLSv1_2)
     ctx.set_alpn_protocols(ALPN)
     for c in ln.certificates:
-        _load_chain_from_memory(ctx, c.key_pem.encode(), [c.cert_pem])
+        load_chain_from_memory(ctx, c.key_pem.encode(), [c.cert_pem])
     return ctx
 
 
