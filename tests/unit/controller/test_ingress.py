@@ -164,10 +164,11 @@ def test_listeners_certificates_and_virtual_hosts() -> None:
 
 def test_status_conditions_and_addresses() -> None:
     gw = gateway(HTTP, https("a", "a.example.com", "missing"))
-    tr = translate(BASE + [gw, route("r"), route("off", sectionName="a", hostnames=["x.org"])])
+    routes = [route("r"), route("off", sectionName="a", hostnames=["x.org"])]
+    tr = translate(BASE + [gw, *routes])
     svc = {"kind": "Service", "metadata": {"name": "gw", "namespace": "web"},
            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}}
-    out = ingress_status.desired([gw, svc, *tr_objects(tr)], tr.ingress)
+    out = ingress_status.desired([gw, svc, *routes], tr.ingress)
     s = out[("Gateway", "web", "gw")]
     assert {c["type"]: (c["status"], c["reason"]) for c in s["conditions"]} == {
         "Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed")}
@@ -185,12 +186,8 @@ def test_status_conditions_and_addresses() -> None:
     assert {c["type"]: c["reason"] for c in s["conditions"]}["Programmed"] == "AddressNotAssigned"
     # written once: the same status again changes nothing
     gw2 = {**gw, "status": out[("Gateway", "web", "gw")]}
-    routes = [{**o, "status": out[("HTTPRoute", "web", o["metadata"]["name"])]} for o in tr_objects(tr)]
-    assert ingress_status.desired([gw2, svc, *routes], tr.ingress) == {}
-
-
-def tr_objects(tr: Any) -> list[dict[str, Any]]:
-    return [route("r"), route("off", sectionName="a", hostnames=["x.org"])]
+    written = [{**o, "status": out[("HTTPRoute", "web", o["metadata"]["name"])]} for o in routes]
+    assert ingress_status.desired([gw2, svc, *written], tr.ingress) == {}
 
 
 @pytest.mark.parametrize(("listener", "path", "reason"), [
