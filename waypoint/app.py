@@ -245,6 +245,11 @@ class WaypointProxy:
         return route(v.table, head, down, self.rng)
 
     def _route_ingress(self, head: RequestHead, down: Downstream) -> Decision:
+        # An edge proxy appends its client's address to X-Forwarded-For (Envoy's use_remote_address,
+        # which Istio sets on gateways): past the gateway, the client's address is in no socket.
+        prior = head.header("x-forwarded-for")
+        head.headers = [(k, v) for k, v in head.headers if k != "x-forwarded-for"] + [
+            ("x-forwarded-for", f"{prior},{down.source_ip}" if prior else down.source_ip)]
         port = self.config.view.ingress.ports.get(down.destination_port)
         host = port.virtual_host(head.host) if port is not None else None
         if port is None or host is None:

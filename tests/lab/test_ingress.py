@@ -153,6 +153,7 @@ def test_outside_client_reaches_mesh_services_through_the_ingress_gateway(lab: L
         other = _get(lab, "httproute", "elsewhere")["status"]["parents"]
         assert _cond(other[0]["conditions"], "Accepted") == ("False", "NoMatchingListenerHostname")
 
+        client_ip = outside.address({"underlay_cidr": lab.status()["underlay"]["cidr"]})
         resolve = [a for h in HOSTS for port in (80, 443) for a in ("--resolve", f"{h}:{port}:{ip}")]
         # HTTP listener, and the gateway is serving (its listeners open once its config arrived)
         lab.wait_for(lambda: outside_curl(lab, f"http://{HOSTS[0]}/", *resolve).returncode == 0, timeout=20,
@@ -164,6 +165,8 @@ def test_outside_client_reaches_mesh_services_through_the_ingress_gateway(lab: L
             assert f"subject: CN={h}" in p.stderr, p.stderr
             r = json.loads(p.stdout)
             assert r["pod"] == "echo-v1" and r["path"] == "/hello"
+            # the app sees the gateway's address; the client's is in X-Forwarded-For
+            assert r["headers"]["x-forwarded-for"] == client_ip
         # a hostname no listener serves: no certificate, the handshake is refused
         p = outside_curl(lab, "https://c.example.org/", "--cacert", str(ca), "--resolve", f"c.example.org:443:{ip}")
         assert p.returncode != 0
