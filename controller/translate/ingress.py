@@ -16,6 +16,9 @@ Pure: objects in, model and status out. The rules are Gateway API's (gateway.net
 - backends must be Services that exist, in the route's namespace (ReferenceGrant is not built, so a
   cross-namespace backend is `ResolvedRefs=False RefNotPermitted` and, as Gateway API requires of an
   unresolved backend, its share of requests gets 500); a missing one is `BackendNotFound`;
+- listeners share a port when they share its protocol (the first listener on a port decides it) and
+  differ in `hostname`; a later one that breaks this is `Conflicted` (`ProtocolConflict`,
+  `HostnameConflict`) and not served;
 - an HTTPS listener's `certificateRefs` must be `kubernetes.io/tls` Secrets in the Gateway's
   namespace holding a certificate and key that load; otherwise the listener is
   `ResolvedRefs=False` (`RefNotPermitted`, `InvalidCertificateRef`) and serves none of them.
@@ -55,6 +58,7 @@ class ListenerStatus:
     name: str
     attached: int = 0
     resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "")
+    conflicted: str = ""        # "" | ProtocolConflict | HostnameConflict (then the listener is not served)
 
 
 @dataclass
@@ -270,16 +274,17 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
         gkey = f"{ns_of(gw)}/{name_of(gw)}"
         model = IngressGateway(name_of(gw), ns_of(gw), (gw.get("spec") or {})["gatewayClassName"])
         statuses = []
+        conflicts = conflicted((gw.get("spec") or {}).get("listeners") or [])
         for ln in (gw.get("spec") or {}).get("listeners") or []:
-            st = ListenerStatus(ln["name"], attached.get((gkey, ln["name"]), 0))
+            st = ListenerStatus(ln["name"], attached.get((gkey, ln["name"]), 0), conflicted=conflicts.get(ln["name"], ""))
             certs: list[TlsCertificate] = []
             if ln["protocol"] == "HTTPS":
                 certs, st.resolved = _certificates(gw, ln, secrets)
             if not kind_allowed(ln, "HTTPRoute") and st.resolved[0]:
                 st.resolved = (False, "InvalidRouteKinds", "Ambit's ingress gateway attaches HTTPRoutes only")
             statuses.append(st)
-            if ln["protocol"] == "HTTPS" and not certs:
-                continue        # nothing to terminate TLS with: not served (ResolvedRefs says why)
+            if (ln["protocol"] == "HTTPS" and not certs) or st.conflicted:
+                continue        # not served: ResolvedRefs or Conflicted says why
             hosts_of = vhosts.get((gkey, ln["name"]), {})
             model.listeners.append(IngressListener(
                 name=ln["name"], port=int(ln["port"]), protocol=ln["protocol"], hostname=ln.get("hostname", ""),
@@ -290,6 +295,22 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
                        for h, rs in sorted(hosts_of.items())]))
         out.gateways.append(model)
         out.listeners[gkey] = statuses
+    return out
+
+
+def conflicted(listeners: list[Obj]) -> dict[str, str]:
+    """Listener name -> Gateway API's conflict reason, for listeners that cannot share their port."""
+    first: dict[int, str] = {}
+    hosts: set[tuple[int, str]] = set()
+    out = {}
+    for ln in listeners:
+        port, host = int(ln["port"]), ln.get("hostname", "")
+        proto = first.setdefault(port, ln["protocol"])
+        if proto != ln["protocol"]:
+            out[ln["name"]] = "ProtocolConflict"
+        elif (port, host) in hosts:
+            out[ln["name"]] = "HostnameConflict"
+        hosts.add((port, host))
     return out
 
 

@@ -3,8 +3,9 @@
 
 Gateway: `Accepted` (class ambit/istio and valid), `Programmed` when its Service has a load
 balancer address (`status.loadBalancer.ingress`: in a cluster the cloud's, in the lab the pod's),
-else `AddressNotAssigned`; `addresses` lists it. Each listener: `Accepted`, `Programmed` (false
-when its references do not resolve: an HTTPS listener without a usable certificate serves nothing),
+else `AddressNotAssigned`; `addresses` lists it. Each listener: `Accepted`, `Conflicted` (ProtocolConflict,
+HostnameConflict: not served), `Programmed` (false when it is not served: conflicted, or its
+references do not resolve: an HTTPS listener without a usable certificate serves nothing),
 `ResolvedRefs` (InvalidCertificateRef, RefNotPermitted, InvalidRouteKinds) and `attachedRoutes`.
 
 HTTPRoute: one `parents[]` entry per parentRef naming an ingress Gateway, with `controllerName`,
@@ -45,12 +46,16 @@ def gateway_status(gw: Obj, service: Obj | None, listeners: list[ListenerStatus]
     out = []
     for ls in listeners:
         ok, reason, msg = ls.resolved
+        served = ok and not ls.conflicted
+        why = msg or (f"{ls.conflicted}: another listener on the port takes it" if ls.conflicted else "")
         out.append({"name": ls.name, "attachedRoutes": ls.attached,
                     "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}],
                     "conditions": [_cond("Accepted", True, "Accepted", "", gen),
-                                   _cond("Programmed", ok and bool(addrs),
-                                         "Programmed" if ok and addrs else ("Invalid" if not ok else "Pending"),
-                                         msg, gen),
+                                   _cond("Conflicted", bool(ls.conflicted), ls.conflicted or "NoConflicts",
+                                         why if ls.conflicted else "", gen),
+                                   _cond("Programmed", served and bool(addrs),
+                                         "Programmed" if served and addrs else ("Invalid" if not served else "Pending"),
+                                         why, gen),
                                    _cond("ResolvedRefs", ok, reason, msg, gen)]})
     return {"conditions": conds, "listeners": out, "addresses": addrs}
 

@@ -162,6 +162,19 @@ def test_listeners_certificates_and_virtual_hosts() -> None:
     assert g.resource_name == "web/gw" and "BEGIN PRIVATE KEY" in g.listeners[1].certificates[0].key_pem
 
 
+def test_conflicting_listeners_are_reported_and_not_served() -> None:
+    gw = gateway(HTTP, {"name": "same-host", "port": 80, "protocol": "HTTP"},
+                 https("tls-on-80", "a.example.com", "a") | {"port": 80}, {"name": "alt", "port": 81, "protocol": "HTTP"})
+    tr = translate(BASE + [tls_secret("a"), gw])
+    assert [ln.name for ln in tr.ingress.gateways[0].listeners] == ["http", "alt"]
+    st = ingress_status.gateway_status(gw, None, tr.ingress.listeners["web/gw"])
+    got = {ln["name"]: {c["type"]: (c["status"], c["reason"]) for c in ln["conditions"]} for ln in st["listeners"]}
+    assert got["same-host"]["Conflicted"] == ("True", "HostnameConflict")
+    assert got["tls-on-80"]["Conflicted"] == ("True", "ProtocolConflict")
+    assert got["tls-on-80"]["Programmed"] == ("False", "Invalid")
+    assert got["http"]["Conflicted"] == ("False", "NoConflicts") and got["alt"]["Accepted"] == ("True", "Accepted")
+
+
 def test_status_conditions_and_addresses() -> None:
     gw = gateway(HTTP, https("a", "a.example.com", "missing"))
     routes = [route("r"), route("off", sectionName="a", hostnames=["x.org"])]
