@@ -1,5 +1,5 @@
-"""Ingress Gateways: a Gateway API `Gateway` of class `ambit` (or `istio`) and the HTTPRoutes that
-attach to it, resolved into one `IngressGateway` per Gateway plus the status Gateway API asks for.
+"""Ingress Gateways: a Gateway API `Gateway` of class `ambit` (or `istio`) and the HTTPRoutes and
+GRPCRoutes that attach to it, resolved into one `IngressGateway` per Gateway plus the status Gateway API asks for.
 
 Pure: objects in, model and status out. The rules are Gateway API's (gateway.networking.k8s.io v1,
 `ParentReference`, `Listener`, `AllowedRoutes`, `HTTPRouteSpec.hostnames`):
@@ -8,8 +8,9 @@ Pure: objects in, model and status out. The rules are Gateway API's (gateway.net
   to the route's); `sectionName` narrows it to the listener of that name, `port` to the listeners on
   that port; none left is `Accepted=False NoMatchingParent`;
 - a listener admits the route when the route's namespace is allowed (`allowedRoutes.namespaces.from`
-  Same (default) / All / Selector on the namespace's labels) and its kind is (HTTPRoute, unless
-  `allowedRoutes.kinds` says otherwise); none admitting it is `NotAllowedByListeners`;
+  Same (default) / All / Selector on the namespace's labels) and its kind is (HTTPRoute and
+  GRPCRoute, unless `allowedRoutes.kinds` says otherwise; a kind listed there that Ambit cannot
+  attach is `ResolvedRefs=False InvalidRouteKinds`); none admitting it is `NotAllowedByListeners`;
 - the route's `hostnames` intersect the listener's `hostname` (exact names, and `*.suffix`
   wildcards matching one or more labels); an empty side matches anything; no intersection on any
   admitting listener is `NoMatchingListenerHostname`;
@@ -42,6 +43,7 @@ Obj = dict[str, Any]
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 CONTROLLER_NAME = "ambit.io/gateway-controller"
 TLS_SECRET = "kubernetes.io/tls"
+ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")    # what attaches to HTTP/HTTPS listeners (both, by default)
 
 
 @dataclass
@@ -136,7 +138,7 @@ def namespace_allowed(listener: Obj, gw_ns: str, route_ns: str, ns_labels: dict[
 def kind_allowed(listener: Obj, kind: str) -> bool:
     kinds = (listener.get("allowedRoutes") or {}).get("kinds")
     if not kinds:
-        return kind == "HTTPRoute"
+        return kind in ROUTE_KINDS
     return any(k["kind"] == kind and k.get("group", GATEWAY_GROUP) == GATEWAY_GROUP for k in kinds)
 
 
@@ -249,7 +251,8 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
     # (gateway, listener name) -> virtual host -> [(precedence, route)]
     vhosts: dict[tuple[str, str], dict[str, list[tuple[tuple[Any, ...], HttpRoute]]]] = {}
     attached: dict[tuple[str, str], int] = {}
-    for route in idx.kind("HTTPRoute"):
+    for route in [*idx.kind("HTTPRoute"), *idx.kind("GRPCRoute")]:
+        grpc = route["kind"] == "GRPCRoute"
         parents = []
         resolved, bad = resolve_backends(route, services)
         for p in (route.get("spec") or {}).get("parentRefs") or []:
@@ -261,7 +264,7 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
             gkey = f"{ns_of(gw)}/{name_of(gw)}"
             for ln, names in found:
                 attached[(gkey, ln["name"])] = attached.get((gkey, ln["name"]), 0) + 1
-                routes = gateway_api_routes(route, hosts, 0, False)
+                routes = gateway_api_routes(route, hosts, 0, grpc)
                 for _, r in routes:
                     for d in r.destinations:
                         if d.host.rsplit(".svc.", 1)[0] in bad:
@@ -269,7 +272,7 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
                 for h in names:
                     vhosts.setdefault((gkey, ln["name"]), {}).setdefault(h, []).extend(routes)
         if parents:
-            out.routes[("HTTPRoute", ns_of(route), name_of(route))] = parents
+            out.routes[(route["kind"], ns_of(route), name_of(route))] = parents
     for gw in gateways:
         gkey = f"{ns_of(gw)}/{name_of(gw)}"
         model = IngressGateway(name_of(gw), ns_of(gw), (gw.get("spec") or {})["gatewayClassName"])
@@ -280,8 +283,11 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
             certs: list[TlsCertificate] = []
             if ln["protocol"] == "HTTPS":
                 certs, st.resolved = _certificates(gw, ln, secrets)
-            if not kind_allowed(ln, "HTTPRoute") and st.resolved[0]:
-                st.resolved = (False, "InvalidRouteKinds", "Ambit's ingress gateway attaches HTTPRoutes only")
+            unsupported = [k["kind"] for k in (ln.get("allowedRoutes") or {}).get("kinds") or []
+                           if k["kind"] not in ROUTE_KINDS or k.get("group", GATEWAY_GROUP) != GATEWAY_GROUP]
+            if unsupported and st.resolved[0]:
+                st.resolved = (False, "InvalidRouteKinds", f"{', '.join(unsupported)}: Ambit's ingress gateway "
+                                                           "attaches HTTPRoutes and GRPCRoutes only")
             statuses.append(st)
             if (ln["protocol"] == "HTTPS" and not certs) or st.conflicted:
                 continue        # not served: ResolvedRefs or Conflicted says why

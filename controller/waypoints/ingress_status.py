@@ -8,7 +8,7 @@ HostnameConflict: not served), `Programmed` (false when it is not served: confli
 references do not resolve: an HTTPS listener without a usable certificate serves nothing),
 `ResolvedRefs` (InvalidCertificateRef, RefNotPermitted, InvalidRouteKinds) and `attachedRoutes`.
 
-HTTPRoute: one `parents[]` entry per parentRef naming an ingress Gateway, with `controllerName`,
+HTTPRoute and GRPCRoute: one `parents[]` entry per parentRef naming an ingress Gateway, with `controllerName`,
 `Accepted` (NotAllowedByListeners, NoMatchingListenerHostname, NoMatchingParent) and `ResolvedRefs`
 (BackendNotFound, RefNotPermitted). Entries other controllers wrote are kept.
 """
@@ -17,7 +17,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.translate.ingress import CONTROLLER_NAME, IngressResult, ListenerStatus, ParentStatus
+from controller.translate.ingress import (
+    CONTROLLER_NAME,
+    ROUTE_KINDS,
+    IngressResult,
+    ListenerStatus,
+    ParentStatus,
+)
 from controller.waypoints.gateways import _cond, merge_conditions
 
 Obj = dict[str, Any]
@@ -49,7 +55,7 @@ def gateway_status(gw: Obj, service: Obj | None, listeners: list[ListenerStatus]
         served = ok and not ls.conflicted
         why = msg or (f"{ls.conflicted}: another listener on the port takes it" if ls.conflicted else "")
         out.append({"name": ls.name, "attachedRoutes": ls.attached,
-                    "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}],
+                    "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": k} for k in ROUTE_KINDS],
                     "conditions": [_cond("Accepted", True, "Accepted", "", gen),
                                    _cond("Conflicted", bool(ls.conflicted), ls.conflicted or "NoConflicts",
                                          why if ls.conflicted else "", gen),

@@ -136,6 +136,21 @@ def test_backend_refs_resolved_not_found_and_not_permitted() -> None:
     assert not tr.waypoint_routes
 
 
+def test_grpc_routes_attach_too_and_unsupported_route_kinds_are_reported() -> None:
+    grpc = {"apiVersion": GW, "kind": "GRPCRoute", "metadata": {"name": "g", "namespace": "web"},
+            "spec": {"parentRefs": [{"name": "gw"}], "rules": [
+                {"matches": [{"method": {"service": "echo.Echo"}}], "backendRefs": [{"name": "echo", "port": 80}]}]}}
+    tcp_only = {"name": "tcp-kinds", "port": 81, "protocol": "HTTP",
+                "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}]}}
+    tr = translate(BASE + [gateway(HTTP, tcp_only), grpc, route("r")])
+    assert tr.ingress.routes[("GRPCRoute", "web", "g")][0].accepted[:2] == (True, "Accepted")
+    [star] = tr.ingress.gateways[0].listeners[0].hosts
+    assert [(r.source, r.grpc, r.matches[0].path.value) for r in star.http] == [
+        ("GRPCRoute/web/g", True, "/echo.Echo/"), ("HTTPRoute/web/r", False, "/")]
+    st = {ls.name: ls.resolved[:2] for ls in tr.ingress.listeners["web/gw"]}
+    assert st["tcp-kinds"] == (False, "InvalidRouteKinds")
+
+
 def test_listeners_certificates_and_virtual_hosts() -> None:
     tr = translate(BASE + [tls_secret("a"), tls_secret("b", host="b.example.com"),
                            {**tls_secret("plain"), "type": "Opaque"},
