@@ -565,6 +565,48 @@ class MeshSettings(Resource):
         return self.name
 
 
+@dataclass
+class TlsCertificate:
+    """One server certificate of an ingress listener, from a `kubernetes.io/tls` Secret: PEM chain
+    and key, as the Secret holds them (`tls.crt`, `tls.key`)."""
+
+    name: str                           # "ns/name" of the Secret
+    cert_pem: str
+    key_pem: str
+
+
+@dataclass
+class IngressListener:
+    """One listener of an ingress Gateway, resolved: its port, protocol (HTTP | HTTPS), hostname
+    ("" for any), certificates (HTTPS) and the routes that attached to it, per virtual host: each
+    `WaypointRoutes.hostname` is a hostname of the listener/route intersection ("*" for any)."""
+
+    name: str
+    port: int
+    protocol: str
+    hostname: str = ""
+    tls_min_version: str = ""           # "" | "1.2" | "1.3"
+    certificates: list[TlsCertificate] = field(default_factory=list)
+    hosts: list[WaypointRoutes] = field(default_factory=list)
+
+
+@dataclass
+class IngressGateway(Resource):
+    """A Gateway API `Gateway` of an ingress class (`ambit`, `istio`), for the gateway pods that
+    serve it: what they listen on and how they route. Carries TLS keys: the config server sends it
+    to that gateway's pods only (controller/configserver/scope.py)."""
+
+    TYPE: ClassVar[str] = "ambit.io/IngressGateway"
+    name: str
+    namespace: str
+    gateway_class: str = "ambit"
+    listeners: list[IngressListener] = field(default_factory=list)
+
+    @property
+    def resource_name(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
 _NESTED: dict[str, Any] = {
     "ServicePort": ServicePort,
     "Endpoint": Endpoint,
@@ -587,6 +629,9 @@ _NESTED: dict[str, Any] = {
     "PortPolicy": PortPolicy,
     "Subset": Subset,
     "JwtRule": JwtRule,
+    "TlsCertificate": TlsCertificate,
+    "IngressListener": IngressListener,
+    "WaypointRoutes": WaypointRoutes,
 }
 
 
@@ -615,5 +660,5 @@ PeerAuthn.from_dict = classmethod(_pa_from_dict)  # type: ignore[assignment]
 
 RESOURCE_TYPES: dict[str, type[Resource]] = {
     c.TYPE: c for c in (Service, Workload, Authorization, PeerAuthn, WaypointRoutes, TelemetryPolicy, MeshSettings,
-                        RequestAuthn)
+                        RequestAuthn, IngressGateway)
 }

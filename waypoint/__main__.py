@@ -39,9 +39,15 @@ async def amain(args: WaypointSettings) -> None:
     config = WaypointConfig(Waypoint(args.namespace, args.name, args.gateway_class, args.root_namespace),
                             args.trust_domain, args.cluster_domain)
     client = None
+    holder: list[WaypointProxy] = []
+
+    async def on_change(update) -> None:
+        config.apply(update)
+        if holder:              # an ingress gateway's listeners follow its Gateway
+            await holder[0].on_config()
     if args.controller:
         client = ConfigClient(args.controller, NodeInfo("waypoint", args.pod_name, args.waypoint, os.urandom(4).hex()),
-                              list(TYPES), config.apply, trust=args.controller_tls.trust(),
+                              list(TYPES), on_change, trust=args.controller_tls.trust(),
                               metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
         await client.start()
     identities = channel = None
@@ -57,6 +63,7 @@ async def amain(args: WaypointSettings) -> None:
     proxy = WaypointProxy(args, config, identities, http_metrics=HttpMetrics(metrics.registry),
                           registry=metrics.registry, tcp_metrics=metrics)
     await proxy.start()
+    holder.append(proxy)
     adm = admin.AdminServer(admin.routes(proxy, client), tap=proxy.tap)
     try:
         await adm.start(*_split(args.admin_address), args.admin_socket)
@@ -78,8 +85,9 @@ async def amain(args: WaypointSettings) -> None:
         feed = TapFeed(args.controller, client.node, proxy.tap, exposition(metrics.registry), trust=args.controller_tls.trust(),
                        metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
         await feed.start()
-    log.info("waypoint %s (%s) serving HBONE on %s as %s; controller %s", args.waypoint, args.pod_name,
-             args.listen, args.identity, args.controller or "-")
+    log.info("%s %s (%s) serving %s as %s; controller %s", "ingress gateway" if args.ingress else "waypoint",
+             args.waypoint, args.pod_name, "its Gateway's listeners" if args.ingress else f"HBONE on {args.listen}",
+             args.identity, args.controller or "-")
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -24,7 +24,7 @@ def routes(proxy: Any, client: Any) -> dict[str, Handler]:
     def ready() -> tuple[int, Any]:
         cert = proxy.identities.current(proxy.identity) if proxy.identities is not None else None
         synced = client is None or config.synced
-        ok = synced and cert is not None and proxy.server is not None
+        ok = synced and cert is not None and (proxy.server is not None or proxy.ingress is not None)
         return (200 if ok else 503), {"ready": ok, "synced": synced, "certificate": cert is not None,
                                       "version": config.version, "identity": proxy.identity}
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import random
@@ -47,6 +48,8 @@ from waypoint.config import WaypointConfig
 from waypoint.http import Engine, HBONETransport, RequestRecord, UpstreamTarget
 from waypoint.http.attempt import CONNECT_FAILURE, Outcome
 from waypoint.http.plug import Attachable, connect_tcp
+from waypoint.ingress_listen import IngressListeners
+from waypoint.localreply import local_reply
 from waypoint.origination import Origination, check_peer, origination
 from waypoint.request import Decision, Downstream, Forward, RequestHead
 from waypoint.routing import route
@@ -103,6 +106,7 @@ class WaypointProxy:
         self.pool = HBONEClientPool(self._client_context, handshake_timeout=settings.tunnel.connect_timeout)
         self.engine: Engine | None = None
         self.server: HBONEServer | None = None
+        self.ingress: IngressListeners | None = None     # an ingress gateway's listeners (settings.ingress)
         self.tunnels = 0
         self.refused = 0
         self.requests = 0
@@ -136,6 +140,10 @@ class WaypointProxy:
         self.engine.tcp_stats = self.telemetry.tcp  # type: ignore[attr-defined]   # opaque tunnels
         if self.tracing_for is not None:
             self.engine.tracing = Tracing(self.tracing_for, tracing_identity(self.settings), self.rng)
+        if self.settings.ingress:       # clients from outside the mesh, on the Gateway's listeners
+            self.ingress = IngressListeners(self.settings.ingress_address, self.engine.serve)
+            await self.on_config()
+            return
         host, _, port = self.settings.listen.rpartition(":")
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -145,7 +153,14 @@ class WaypointProxy:
         self.server = HBONEServer(sock, self._server_context, self.on_connect)
         await self.server.start()
 
+    async def on_config(self) -> None:
+        """After each config update: an ingress gateway's listeners follow its Gateway."""
+        if self.ingress is not None:
+            await self.ingress.update(self.config.view.ingress)
+
     async def close(self) -> None:
+        if self.ingress is not None:
+            await self.ingress.close()
         if self.server is not None:
             await self.server.close(grace=self.settings.http.drain_timeout)
         if self.engine is not None:
@@ -215,7 +230,8 @@ class WaypointProxy:
 
     def decide(self, head: RequestHead, down: Downstream) -> Decision:
         """RequestAuthentication (a 401, or the token/output header edits), then authorization,
-        then routing: Istio's filter order (jwt_authn, rbac, router)."""
+        then routing: Istio's filter order (jwt_authn, rbac, router). An ingress gateway routes on
+        the routes attached to the listener port the request came in on, by its Host."""
         v = self.config.view
         authn = v.authn.authenticate(head, down, self.wall_clock())
         if authn.reply is not None:
@@ -225,7 +241,21 @@ class WaypointProxy:
         reply, _verdict = authorize(v.policies, head, down, v.trust_domains, authn.user)
         if reply is not None:
             return reply
+        if self.ingress is not None:
+            return self._route_ingress(head, down)
         return route(v.table, head, down, self.rng)
+
+    def _route_ingress(self, head: RequestHead, down: Downstream) -> Decision:
+        # An edge proxy appends its client's address to X-Forwarded-For (Envoy's use_remote_address,
+        # which Istio sets on gateways): past the gateway, the client's address is in no socket.
+        prior = head.header("x-forwarded-for")
+        head.headers = [(k, v) for k, v in head.headers if k != "x-forwarded-for"] + [
+            ("x-forwarded-for", f"{prior},{down.source_ip}" if prior else down.source_ip)]
+        port = self.config.view.ingress.ports.get(down.destination_port)
+        host = port.virtual_host(head.host) if port is not None else None
+        if port is None or host is None:
+            return local_reply(head, 404, flags="NR", reason=f"no route for host {head.authority!r}")
+        return route(port.table, head, dataclasses.replace(down, hostname=host), self.rng)
 
     def upstream(self, fwd: Forward, head: RequestHead, down: Downstream,
                  exclude: frozenset[str] = frozenset()) -> UpstreamTarget | None:

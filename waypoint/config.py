@@ -16,6 +16,7 @@ from ambit import telemetry
 from ambit.configclient import ConfigUpdate
 from ambit.model import (
     Authorization,
+    IngressGateway,
     MeshSettings,
     RequestAuthn,
     Resource,
@@ -30,16 +31,19 @@ from ambit.trustdomain import TrustDomains
 from waypoint.authn import AuthnSet, authn_set
 from waypoint.authz import PolicySet, Waypoint, policy_set
 from waypoint.authz.l4 import l4_policy_set
+from waypoint.ingress import IngressView
+from waypoint.ingress import build as build_ingress
 from waypoint.routing import RouteTable, build_table
 
 log = logging.getLogger("ambit.waypoint.config")
 
 TYPES = (MeshSettings.TYPE, Authorization.TYPE, RequestAuthn.TYPE, Workload.TYPE, Service.TYPE, WaypointRoutes.TYPE,
-         TelemetryPolicy.TYPE)
+         TelemetryPolicy.TYPE, IngressGateway.TYPE)
 
 # Telemetry only shapes access logs and spans (defaults apply until it arrives): not needed to serve.
-# RequestAuthn is: serving before it arrives would pass tokens unchecked.
-REQUIRED = TYPES[:-1]
+# RequestAuthn is: serving before it arrives would pass tokens unchecked. An ingress gateway opens
+# no listener before its IngressGateway arrives, so that one needs no waiting for either.
+REQUIRED = TYPES[:-2]
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class View:
     mesh: MeshSettings | None = None
     waypoint: Waypoint = Waypoint("", "")
     authn: AuthnSet = field(default_factory=AuthnSet)      # RequestAuthentication (JWT), before authz
+    ingress: IngressView = field(default_factory=IngressView)   # an ingress gateway's listeners and routes
     _telemetry_cache: dict[str, TelemetryConfig] = field(default_factory=dict, compare=False, repr=False)
 
     def telemetry_for_waypoint(self, service: str = "") -> TelemetryConfig:
@@ -117,8 +122,13 @@ class WaypointConfig:
         for p in {id(p): p for ps in (authn.gateway, *authn.by_service.values()) for p in ps}.values():
             if p.error:         # a key set that cannot be used: that issuer's tokens get 401; say why
                 log.warning("RequestAuthentication issuer %s: %s", p.rule.issuer, p.error)
+        gw = state[IngressGateway.TYPE].get(f"{self.waypoint.namespace}/{self.waypoint.name}")
+        ingress = build_ingress(cast(IngressGateway, gw) if gw is not None else None, self.cluster_domain)
+        for port in ingress.ports.values():
+            for e in port.table.errors:
+                log.warning("ingress port %d route table: %s", port.port, e)
         return View(workloads, by_ip, services, by_vip, table, pset, l4_policy_set(pset), tds, tel,
-                    cast(MeshSettings, mesh) if mesh is not None else None, self.waypoint, authn)
+                    cast(MeshSettings, mesh) if mesh is not None else None, self.waypoint, authn, ingress)
 
     def dump(self) -> dict[str, Any]:
         v = self.view
@@ -129,6 +139,8 @@ class WaypointConfig:
                 "telemetry": [t.resource_name for t in v.telemetry],
                 "access_log": _access_log_dump(v.telemetry_for_waypoint().access_log),
                 "request_authentications": list(v.authn.names),
+                "ingress": {str(p.port): {"protocol": p.protocol, "listeners": [ln.name for ln in p.listeners],
+                                          "hosts": sorted(p.table.hosts)} for p in v.ingress.ports.values()},
                 "policies": {"gateway": [p.resource_name for p in v.policies.gateway],
                              "by_service": {k: [p.resource_name for p in ps]
                                             for k, ps in v.policies.by_service.items()}}}

@@ -18,6 +18,7 @@ from ambit.settings import option, positive
 from waypoint.http.settings import HttpSettings
 
 WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
+INGRESS_CLASSES = ("ambit", "istio")         # the same binary as an ingress gateway (docs/ingress.md)
 
 
 def _address(v: str) -> str | None:
@@ -39,7 +40,8 @@ def _percent(v: float) -> str | None:
 
 
 def _gateway_class(v: str) -> str | None:
-    return None if v in WAYPOINT_CLASSES else f"must be one of {', '.join(WAYPOINT_CLASSES)}"
+    classes = WAYPOINT_CLASSES + INGRESS_CLASSES
+    return None if v in classes else f"must be one of {', '.join(classes)}"
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,9 @@ class WaypointSettings:
     node_token_file: Path | None = option(help="the node credential for the CA and the config stream")
     controller_tls: ControllerTLSSettings = tls_field()
     service_account: str = option("", "the pod's service account (default: the Gateway's name, as Istio names it)")
-    gateway_class: str = option("ambit-waypoint", "the Gateway's gatewayClassName (GatewayClass-bound policies)",
-                                check=_gateway_class)
+    gateway_class: str = option("ambit-waypoint", "the Gateway's gatewayClassName (GatewayClass-bound policies); "
+                                "ambit or istio: run as that ingress Gateway", check=_gateway_class)
+    ingress_address: str = option("0.0.0.0", "the address an ingress gateway's listeners bind")
     listen: str = option(f"0.0.0.0:{PORT_HBONE}", "HBONE listener HOST:PORT", check=_address)
     root_namespace: str = option("ambit-system", "the mesh root namespace")
     trust_domain: str = option("cluster.local", "the mesh trust domain")
@@ -80,6 +83,11 @@ class WaypointSettings:
     tracing_disable_span_reporting: bool = option(False, "propagate trace headers but report no spans")
     http: HttpSettings = field(default_factory=HttpSettings)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+
+    @property
+    def ingress(self) -> bool:
+        """An ingress gateway: listeners from its Gateway, clients from outside the mesh."""
+        return self.gateway_class in INGRESS_CLASSES
 
     @property
     def ca_target(self) -> str | None:

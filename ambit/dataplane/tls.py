@@ -97,7 +97,7 @@ def set_tls13_ciphersuites(ctx: ssl.SSLContext, suites: tuple[str, ...] = TLS13_
 
 # --- contexts ------------------------------------------------------------------------------------
 
-def _load_chain_from_memory(ctx: ssl.SSLContext, key_pem: bytes, chain_pem: list[str]) -> None:
+def load_chain_from_memory(ctx: ssl.SSLContext, key_pem: bytes, chain_pem: list[str]) -> None:
     """`load_cert_chain` only takes paths; give it an anonymous memfd so the key never hits disk."""
     fd = os.memfd_create("ambit-cert", os.MFD_CLOEXEC)
     try:
@@ -116,7 +116,7 @@ def _context(purpose: int, cert: WorkloadCertificate) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cadata=cert.bundle.pem_bundle())
     ctx.set_alpn_protocols([ALPN])
-    _load_chain_from_memory(ctx, cert.key_pem, cert.chain_pem)
+    load_chain_from_memory(ctx, cert.key_pem, cert.chain_pem)
     return ctx
 
 

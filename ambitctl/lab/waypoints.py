@@ -16,6 +16,12 @@ lab runs (`LabState.waypoints`) and
 - for a deleted Gateway: removes the process (the supervisor stops it), then on the next pass
   kills whatever is left in the pod's cgroup and removes the netns, cgroup, hosts file and the
   store objects. `lab down` removes the same by name (every netns and cgroup of the lab).
+
+An ingress Gateway (class `ambit` or `istio`, docs/ingress.md) is deployed the same way, running the
+same binary as that Gateway (`--gateway-class ambit`), with these differences: its Service is a
+`LoadBalancer` with the Gateway's listener ports, whose `status.loadBalancer.ingress` the lab fills
+with the pod's address (the lab plays the cloud's load balancer: that address is reachable from the
+underlay), and the lab's "outside" netns (ambitctl/lab/outside.py) is created with the first one.
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ from typing import Any
 from ambit import cgroups
 from ambit.labstore import LabStore
 from ambit.netns import NETNS_RUN_DIR
-from ambitctl.lab import components, paths, state, topology, tracing
+from ambitctl.lab import components, outside, paths, state, topology, tracing
 from ambitctl.lab.topology import LabNames
 
 WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
+INGRESS_CLASSES = ("ambit", "istio")
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 NODE_ANNOTATION = "lab.ambit.io/node"
 FIRST_HOST = 200            # waypoint pod addresses and VIPs are allocated from .200 upwards
@@ -48,10 +55,10 @@ def metrics_socket(base: Path, ns: str, name: str) -> Path:
 
 
 def gateways(store: LabStore) -> dict[str, dict[str, Any]]:
-    """"ns/name" -> Gateway object, for every waypoint Gateway in the store."""
+    """"ns/name" -> Gateway object, for every waypoint or ingress Gateway in the store."""
     out = {}
     for gw in store.list("Gateway"):
-        if (gw.get("spec") or {}).get("gatewayClassName") in WAYPOINT_CLASSES:
+        if (gw.get("spec") or {}).get("gatewayClassName") in WAYPOINT_CLASSES + INGRESS_CLASSES:
             md = gw.get("metadata") or {}
             out[f"{md.get('namespace', 'default')}/{md.get('name')}"] = gw
     return out
@@ -93,24 +100,50 @@ def _process(base: Path, names: LabNames, w: dict[str, Any], trust_domain: str,
         env={"POD_NAME": w["pod"], "POD_NAMESPACE": ns, "POD_IP": w["ip"], "NODE_NAME": node})
 
 
+def listener_ports(gw: dict[str, Any]) -> list[int]:
+    return sorted({int(ln["port"]) for ln in (gw.get("spec") or {}).get("listeners") or [] if "port" in ln})
+
+
+def _ingress_service(w: dict[str, Any]) -> dict[str, Any]:
+    ns, name = w["namespace"], w["name"]
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns, "labels": {GATEWAY_NAME_LABEL: name}},
+            "spec": {"selector": {GATEWAY_NAME_LABEL: name}, "clusterIP": w["vip"], "clusterIPs": [w["vip"]],
+                     "type": "LoadBalancer",
+                     "ports": [{"name": f"port-{p}", "port": p, "targetPort": p, "protocol": "TCP"}
+                               for p in w["ports"]]},
+            "status": {"loadBalancer": {"ingress": [{"ip": w["ip"]}]}}}
+
+
 def _store_objects(names: LabNames, w: dict[str, Any]) -> list[dict[str, Any]]:
-    ns, name, pod = w["namespace"], w["name"], w["pod"]
+    ns, name = w["namespace"], w["name"]
     labels = {GATEWAY_NAME_LABEL: name, "ambit.io/dataplane-mode": "none", "lab.ambit.io/waypoint": "true"}
+    if w.get("ingress"):
+        return [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}},
+            _pod(names, w, labels, [{"name": f"port-{p}", "containerPort": p} for p in w["ports"]]),
+            _ingress_service(w),
+        ]
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}},
-        {"apiVersion": "v1", "kind": "Pod",
-         "metadata": {"name": pod, "namespace": ns, "labels": labels,
-                      "annotations": {"lab.ambit.io/netns": str(topology.NETNS_RUN_DIR / names.pod_netns(ns, pod)),
-                                      "lab.ambit.io/cgroup": str(names.pod_cgroup(w["node"], ns, pod))}},
-         "spec": {"nodeName": w["node"], "serviceAccountName": name,
-                  "containers": [{"name": "waypoint", "ports": [{"name": "mesh", "containerPort": HBONE_PORT}]}]},
-         "status": {"phase": "Running", "podIP": w["ip"], "podIPs": [{"ip": w["ip"]}], "hostIP": w["host_ip"]}},
+        _pod(names, w, labels, [{"name": "mesh", "containerPort": HBONE_PORT}]),
         {"apiVersion": "v1", "kind": "Service",
          "metadata": {"name": name, "namespace": ns, "labels": {GATEWAY_NAME_LABEL: name}},
          "spec": {"selector": {GATEWAY_NAME_LABEL: name}, "clusterIP": w["vip"], "clusterIPs": [w["vip"]],
                   "type": "ClusterIP",
                   "ports": [{"name": "mesh", "port": HBONE_PORT, "targetPort": HBONE_PORT, "protocol": "TCP"}]}},
     ]
+
+
+def _pod(names: LabNames, w: dict[str, Any], labels: dict[str, str], ports: list[dict[str, Any]]) -> dict[str, Any]:
+    ns, name, pod = w["namespace"], w["name"], w["pod"]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": ns, "labels": labels,
+                         "annotations": {"lab.ambit.io/netns": str(topology.NETNS_RUN_DIR / names.pod_netns(ns, pod)),
+                                         "lab.ambit.io/cgroup": str(names.pod_cgroup(w["node"], ns, pod))}},
+            "spec": {"nodeName": w["node"], "serviceAccountName": name,
+                     "containers": [{"name": "gateway" if w.get("ingress") else "waypoint", "ports": ports}]},
+            "status": {"phase": "Running", "podIP": w["ip"], "podIPs": [{"ip": w["ip"]}], "hostIP": w["host_ip"]}}
 
 
 def _store_keys(w: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -158,7 +191,9 @@ def reconcile(base: Path) -> tuple[list[str], bool]:
     if current is None:
         return did, False
     if not any(w.get("removing") for w in current.waypoints) \
-            and {f"{w['namespace']}/{w['name']}" for w in current.waypoints} == set(wanted):
+            and {f"{w['namespace']}/{w['name']}" for w in current.waypoints} == set(wanted) \
+            and all(w["ports"] == listener_ports(wanted[f"{w['namespace']}/{w['name']}"])
+                    for w in current.waypoints if w.get("ingress")):
         return did, False           # nothing to do: do not touch the state file
     with state.editing(base) as st:
         names = LabNames(st.name)
@@ -177,6 +212,12 @@ def reconcile(base: Path) -> tuple[list[str], bool]:
             keep.append(w)
         st.waypoints = keep
         running = {f"{w['namespace']}/{w['name']}" for w in st.waypoints}
+        for w in st.waypoints:      # an ingress Gateway's listener ports changed: its Service follows
+            key = f"{w['namespace']}/{w['name']}"
+            if w.get("ingress") and key in wanted and w["ports"] != listener_ports(wanted[key]):
+                w["ports"] = listener_ports(wanted[key])
+                store.apply([_ingress_service(w)])
+                did.append(f"ingress {key}: Service ports {w['ports']}")
         for key, gw in sorted(wanted.items()):
             if key in running:
                 continue
@@ -191,6 +232,10 @@ def reconcile(base: Path) -> tuple[list[str], bool]:
             w = {"namespace": ns, "name": name, "pod": f"{name}-0", "node": node["name"],
                  "ip": _free(node["pod_cidr"], pods), "vip": _free(st.spec.get("service_cidr", "10.96.0.0/24"), vips),
                  "host_ip": node["underlay_ip"], "class": gw["spec"]["gatewayClassName"]}
+            if w["class"] in INGRESS_CLASSES:
+                w["ingress"], w["ports"] = True, listener_ports(gw)
+                if outside.ensure(names, st.spec):
+                    did.append(f"created the outside netns {outside.netns(names)} ({outside.address(st.spec)})")
             try:
                 _build_pod(names, node, w)
             except Exception:
@@ -201,7 +246,8 @@ def reconcile(base: Path) -> tuple[list[str], bool]:
             st.waypoints.append(w)
             st.processes.append(_process(base, names, w, st.spec.get("trust_domain", "cluster.local"),
                                          tracing.waypoint_args(st)))
-            did.append(f"started waypoint {key}: pod {w['pod']} on {w['node']}, {w['ip']}, VIP {w['vip']}")
+            did.append(f"started {'ingress gateway' if w.get('ingress') else 'waypoint'} {key}: pod {w['pod']} on "
+                       f"{w['node']}, {w['ip']}, VIP {w['vip']}")
         pending = any(w.get("removing") for w in st.waypoints)
     return did, pending
 

@@ -18,6 +18,8 @@ authenticator, see controller.configserver.auth; a claimed name never widens a v
   namespace, `scope` global) and those in its own namespace and the namespaces of the Services it
   fronts (targetRefs to its Gateway or those Services; namespace-wide ones for its own namespace).
 * ztunnel -- every Telemetry: it resolves one per workload on its node, which can be in any namespace.
+* IngressGateway (ns/name) -- to the pods of that gateway only (they subscribe as waypoint ns/name):
+  it carries its listeners' TLS keys. Such a gateway gets every Service, as it routes to any.
 * any type without a rule here -- everything (safe default for types added later; add a rule
   when a type has a natural owner, e.g. routes attached to a waypoint's Services).
 
@@ -31,7 +33,16 @@ from collections.abc import Mapping, Sequence
 from typing import cast
 
 from ambit.configclient.node import NodeInfo
-from ambit.model import Authorization, MeshSettings, PeerAuthn, Resource, Service, TelemetryPolicy, Workload
+from ambit.model import (
+    Authorization,
+    IngressGateway,
+    MeshSettings,
+    PeerAuthn,
+    Resource,
+    Service,
+    TelemetryPolicy,
+    Workload,
+)
 
 Snapshot = Mapping[str, Sequence[Resource]]
 
@@ -65,6 +76,8 @@ def scope(node: NodeInfo, type_url: str, snapshot: Snapshot) -> list[Resource]:
     Workloads are the ones backing its Services).
     """
     resources = list(snapshot.get(type_url, ()))
+    if type_url == IngressGateway.TYPE:
+        return [g for g in resources if node.kind == "waypoint" and g.resource_name == node.waypoint]
     if node.kind == "agent":
         if type_url == Workload.TYPE:
             return [w for w in resources if cast(Workload, w).node == node.name]
@@ -76,6 +89,8 @@ def scope(node: NodeInfo, type_url: str, snapshot: Snapshot) -> list[Resource]:
 
 def _waypoint_scope(waypoint: str, type_url: str, resources: list[Resource], snapshot: Snapshot) -> list[Resource]:
     if type_url == Service.TYPE:
+        if any(g.resource_name == waypoint for g in snapshot.get(IngressGateway.TYPE, ())):
+            return resources        # an ingress gateway routes to any Service
         return [s for s in resources if cast(Service, s).waypoint == waypoint]
     if type_url not in (Workload.TYPE, Authorization.TYPE, TelemetryPolicy.TYPE):
         return resources

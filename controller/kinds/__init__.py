@@ -94,20 +94,22 @@ KINDS: list[KindSpec] = [
     KindSpec("ServiceAccount", "serviceaccounts", ("sa",), (("", ("v1",)),), True,
              core.ServiceAccountBody, mesh=False),
     KindSpec("Node", "nodes", ("no",), (("", ("v1",)),), False, core.NodeBody, mesh=False),
+    KindSpec("Secret", "secrets", (), (("", ("v1",)),), True, core.SecretBody, mesh=False),
 ]
 
 BY_KIND: dict[str, KindSpec] = {k.kind: k for k in KINDS}
 
-_WAYPOINTS = ("Ambit's gateways are waypoints: Gateway API Gateways (gateway.networking.k8s.io/v1) of class "
-              "ambit-waypoint or istio-waypoint, e.g. `ambit waypoint apply -n NS`")
+_WAYPOINTS = ("Ambit's gateways are Gateway API Gateways (gateway.networking.k8s.io/v1): waypoints of class "
+              "ambit-waypoint or istio-waypoint (e.g. `ambit waypoint apply -n NS`), ingress gateways of class "
+              "ambit (docs/ingress.md)")
 
 # Upstream kinds Ambit knows and does not support, keyed by (group, kind): each is refused with its
 # reason rather than as an unknown kind (or, for Istio's Gateway, with advice to change its apiVersion,
 # which would turn an ingress gateway into something else).
 UNSUPPORTED_KINDS: dict[tuple[str, str], str] = {
     ("networking.istio.io", "Gateway"): (
-        "Istio's Gateway (networking.istio.io) configures an ingress or egress gateway proxy, which Ambit does "
-        f"not have: not supported. {_WAYPOINTS}"),
+        "Istio's Gateway (networking.istio.io) is not supported by Ambit yet: write a Gateway API Gateway of class "
+        f"ambit with HTTPRoutes for an ingress gateway. {_WAYPOINTS}"),
     ("networking.istio.io", "Sidecar"): "Sidecar is not supported by Ambit: it has no sidecars (ztunnel and "
                                         "waypoints carry all traffic)",
     ("networking.istio.io", "EnvoyFilter"): "EnvoyFilter is not supported by Ambit: its proxies are not Envoy",
@@ -120,13 +122,14 @@ UNSUPPORTED_KINDS: dict[tuple[str, str], str] = {
     ("extensions.istio.io", "TrafficExtension"): "TrafficExtension is not supported by Ambit: its proxies do not "
                                                  "run extensions",
     (GATEWAY_GROUP, "GatewayClass"): "GatewayClass objects are not needed nor read by Ambit: the waypoint "
-                                     "classes ambit-waypoint and istio-waypoint are built in",
+                                     "classes ambit-waypoint and istio-waypoint and the ingress classes ambit and "
+                                     "istio are built in",
     (GATEWAY_GROUP, "ReferenceGrant"): "ReferenceGrant is not supported by Ambit yet: routes may only reference "
                                        "backends in their own namespace",
     (GATEWAY_GROUP, "TCPRoute"): "TCPRoute is not supported by Ambit yet: non-HTTP traffic goes to its "
                                  "original destination",
     (GATEWAY_GROUP, "TLSRoute"): "TLSRoute is not supported by Ambit yet: non-HTTP traffic goes to its "
-                                 "original destination",
+                                 "original destination, and ingress listeners terminate TLS (no passthrough)",
     (GATEWAY_GROUP, "UDPRoute"): "UDPRoute is not supported by Ambit: the mesh carries TCP only",
     (GATEWAY_GROUP, "BackendTLSPolicy"): "BackendTLSPolicy is not supported by Ambit: in-mesh traffic is always "
                                          "HBONE mutual TLS",

@@ -4,7 +4,7 @@ these large objects passes through (the API server has already validated them in
 from __future__ import annotations
 
 from controller.kinds.common import IP, Labels, Port
-from controller.kinds.schema import Arr, Bool, Int, IntOrStr, Obj, Str
+from controller.kinds.schema import Arr, Bool, Int, IntOrStr, Map, Obj, Str
 
 
 def _check_cluster_ip(text: str) -> str | None:
@@ -64,6 +64,8 @@ NodeBody = Obj({
 }, open=True)
 
 NamespaceBody = Obj({}, open=True)
+# Secrets: only `kubernetes.io/tls` ones are read (an ingress listener's certificateRefs).
+SecretBody = Obj({"type": Str(), "data": Map(Str()), "stringData": Map(Str())}, open=True)
 ServiceAccountBody = Obj({}, open=True)
 
-__all__ = ["PodBody", "ServiceBody", "EndpointSliceBody", "NodeBody", "NamespaceBody", "ServiceAccountBody"]
+__all__ = ["PodBody", "ServiceBody", "EndpointSliceBody", "NodeBody", "NamespaceBody", "ServiceAccountBody", "SecretBody"]

@@ -8,6 +8,10 @@ from controller.kinds.common import GwDuration, Labels, Port, Regex, Strings
 from controller.kinds.schema import AnyValue, Arr, Errors, Int, Map, Obj, Str, join
 
 WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
+INGRESS_CLASSES = ("ambit", "istio")       # an ingress gateway (docs/ingress.md); `istio` as Istio names it
+INGRESS_PROTOCOLS = ("HTTP", "HTTPS")
+TLS_MIN_VERSION_OPTION = "ambit.io/min-tls-version"
+TLS_VERSIONS = ("1.2", "1.3")
 
 ParentReference = Obj({
     "group": Str(), "kind": Str(), "namespace": Str(), "name": Str(min_len=1),
@@ -166,12 +170,20 @@ LabelSelector = Obj({
                                  "values": Strings}, required=("key", "operator"))),
 })
 
+ListenerTLS = Obj({
+    "mode": Str(enum=("Terminate", "Passthrough")),
+    "certificateRefs": Arr(Obj({"group": Str(), "kind": Str(), "name": Str(min_len=1), "namespace": Str()},
+                               required=("name",))),
+    "options": Map(Str()),
+}, unsupported={"frontendValidation": "client certificate validation (frontendValidation) is not supported by "
+                                      "Ambit's ingress gateway"})
+
 Listener = Obj({
     "name": Str(min_len=1),
     "hostname": Str(),
     "port": Port,
     "protocol": Str(min_len=1),
-    "tls": AnyValue(),
+    "tls": ListenerTLS,
     "allowedRoutes": Obj({
         "namespaces": Obj({"from": Str(enum=("All", "Same", "Selector")), "selector": LabelSelector}),
         "kinds": Arr(Obj({"group": Str(), "kind": Str(min_len=1)}, required=("kind",))),
@@ -189,6 +201,40 @@ def _check_gateway(value: dict[str, Any], path: str, errs: Errors) -> None:
         if value["gatewayClassName"] in WAYPOINT_CLASSES and listener["protocol"] not in ("HBONE", "HTTP"):
             errs.append((join(p, "protocol"),
                          f'a waypoint listener must use protocol HBONE or HTTP, got "{listener["protocol"]}"'))
+        if value["gatewayClassName"] in INGRESS_CLASSES:
+            _check_ingress_listener(listener, p, errs)
+    if value["gatewayClassName"] in INGRESS_CLASSES and value.get("addresses"):
+        errs.append((join(path, "addresses"), "requested addresses are not supported by Ambit's ingress gateway: "
+                                              "its address is its Service's (a LoadBalancer, or the lab pod's)"))
+
+
+def _check_ingress_listener(listener: dict[str, Any], path: str, errs: Errors) -> None:
+    """An ingress listener: HTTP, or HTTPS terminating TLS with certificates. What is not built yet
+    (TLS passthrough, TCP) is refused rather than accepted and ignored."""
+    proto, tls = listener["protocol"], listener.get("tls")
+    if proto not in INGRESS_PROTOCOLS:
+        errs.append((join(path, "protocol"), f'"{proto}" is not supported by Ambit\'s ingress gateway yet; '
+                                             f'use one of {", ".join(INGRESS_PROTOCOLS)}'))
+        return
+    if proto == "HTTP":
+        if tls is not None:
+            errs.append((join(path, "tls"), "must not be set when protocol is HTTP"))
+        return
+    if tls is None:
+        errs.append((join(path, "tls"), "required when protocol is HTTPS"))
+        return
+    tp = join(path, "tls")
+    if tls.get("mode", "Terminate") != "Terminate":
+        errs.append((join(tp, "mode"), "TLS passthrough is not supported by Ambit's ingress gateway yet; an "
+                                       "HTTPS listener terminates TLS (mode Terminate)"))
+    if not tls.get("certificateRefs"):
+        errs.append((join(tp, "certificateRefs"), "at least one certificate is required to terminate TLS"))
+    for k, v in (tls.get("options") or {}).items():
+        if k != TLS_MIN_VERSION_OPTION:
+            errs.append((join(join(tp, "options"), k), f"unknown TLS option; Ambit honours {TLS_MIN_VERSION_OPTION} "
+                                                       "only"))
+        elif v not in TLS_VERSIONS:
+            errs.append((join(join(tp, "options"), k), f'must be one of {", ".join(TLS_VERSIONS)}, got "{v}"'))
 
 
 def _check_allowed_listeners(value: dict[str, Any], path: str, errs: Errors) -> None:

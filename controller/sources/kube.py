@@ -67,9 +67,15 @@ class WatchedType(Resource):
         return key[0] == self.group and key[1] == self.kind
 
 
+# Not watched in a cluster: the controller is granted no Secret access (an ingress listener's
+# certificateRefs are read in the lab only, docs/ingress.md).
+NOT_WATCHED = ("Secret",)
+
+
 def default_types() -> list[WatchedType]:
     """Every group/kind in the registry: core kinds, Istio's groups, Ambit's groups, Gateway API."""
-    return [WatchedType(group, versions, k.plural, k.kind, k.namespaced) for k in KINDS for group, versions in k.groups]
+    return [WatchedType(group, versions, k.plural, k.kind, k.namespaced) for k in KINDS for group, versions in k.groups
+            if k.kind not in NOT_WATCHED]
 
 
 class KubeSource:

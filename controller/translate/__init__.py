@@ -26,6 +26,7 @@ from ambit.model import (
 )
 from controller.kinds import BY_KIND
 from controller.translate.index import Index
+from controller.translate.ingress import IngressResult, ingress_names, translate_ingress
 from controller.translate.policy import (
     jwks_fetches,
     translate_authorization,
@@ -33,7 +34,7 @@ from controller.translate.policy import (
     translate_request_authn,
     translate_telemetry,
 )
-from controller.translate.routes import translate_routes
+from controller.translate.routes import Hosts, translate_routes
 from controller.translate.serviceentries import expand_entry_targets, translate_service_entries
 from controller.translate.waypoints import apply_waypoints, waypoint_gateways
 from controller.translate.workloads import translate_services, translate_workloads
@@ -54,11 +55,13 @@ class Translation:
     request_authns: list[RequestAuthn] = field(default_factory=list)
     errors: list[FieldError] = field(default_factory=list)
     jwks_fetches: dict[str, float] = field(default_factory=dict)   # key sets to fetch: source -> timeout
+    ingress: IngressResult = field(default_factory=IngressResult)   # ingress Gateways, their routes' status
 
     def resources(self) -> list[Any]:
         """Every model resource, in one list."""
         return [*self.workloads, *self.services, *self.authorizations, *self.peer_authns,
-                *self.waypoint_routes, *self.telemetry, *self.mesh_settings, *self.request_authns]
+                *self.waypoint_routes, *self.telemetry, *self.mesh_settings, *self.request_authns,
+                *self.ingress.gateways]
 
     def by_type(self) -> dict[str, list[Any]]:
         """Resources keyed by type URL: what `ConfigServer.update(resources_by_type, version)` takes.
@@ -99,7 +102,8 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
             out.jwks_fetches[src] = max(out.jwks_fetches.get(src, 0.0), timeout)
     out.telemetry = [translate_telemetry(o, root_namespace) for o in idx.kind("Telemetry")]
     expand_entry_targets([*out.authorizations, *out.request_authns], idx)
-    out.waypoint_routes = translate_routes(idx, out.services, cluster_domain)
+    out.waypoint_routes = translate_routes(idx, out.services, cluster_domain, ingress_names(idx))
+    out.ingress = translate_ingress(idx, Hosts(out.services, cluster_domain))
     for lst in (out.services, out.authorizations, out.peer_authns, out.telemetry, out.request_authns):
         lst.sort(key=lambda r: r.resource_name)
     out.workloads.sort(key=lambda w: (w.namespace, w.name))

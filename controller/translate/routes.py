@@ -376,9 +376,14 @@ def _precedence(m: HttpMatch, obj: Obj, rule_index: int, match_index: int) -> tu
             meta.get("creationTimestamp") or "", ns_of(obj), name_of(obj), rule_index, match_index)
 
 
-def _gw_targets(obj: Obj, hosts: Hosts, services: list[Service]) -> list[tuple[str, int, bool]]:
+gateway_api_routes = _gw_routes     # the ingress gateway's routes are built the same way
+
+
+def _gw_targets(obj: Obj, hosts: Hosts, services: list[Service],
+                ingress: frozenset[str] | set[str] = frozenset()) -> list[tuple[str, int, bool]]:
     """(fqdn, port, consumer) for each parent: a Service (GAMMA; `consumer` when it is in another
-    namespace than the route) or a waypoint Gateway's services."""
+    namespace than the route) or a waypoint Gateway's services. Parents that are `ingress`
+    Gateways are left to controller.translate.ingress."""
     spec, ns = obj.get("spec") or {}, ns_of(obj)
     out = []
     for p in spec.get("parentRefs") or []:
@@ -388,6 +393,8 @@ def _gw_targets(obj: Obj, hosts: Hosts, services: list[Service]) -> list[tuple[s
             out.append((f"{p['name']}.{pns}.svc.{hosts.cd}", port, pns != ns))
         else:
             gw = f"{pns}/{p['name']}"
+            if gw in ingress:
+                continue
             if spec.get("hostnames"):
                 out += [(fq, port, False) for h in spec["hostnames"] for fq in hosts.expand(h, ns)]
             else:
@@ -507,7 +514,8 @@ def _apply_dr(wr: WaypointRoutes, dr: Obj) -> None:
 
 # -- assembly ------------------------------------------------------------------------------------
 
-def translate_routes(idx: Index, services: list[Service], cluster_domain: str) -> list[WaypointRoutes]:
+def translate_routes(idx: Index, services: list[Service], cluster_domain: str,
+                     ingress: frozenset[str] | set[str] = frozenset()) -> list[WaypointRoutes]:
     hosts = Hosts(services, cluster_domain)
     out: dict[str, WaypointRoutes] = {}
 
@@ -532,7 +540,7 @@ def translate_routes(idx: Index, services: list[Service], cluster_domain: str) -
     gw_routes: dict[str, list[tuple[tuple[Any, ...], HttpRoute]]] = {}
     for kind, grpc in (("HTTPRoute", False), ("GRPCRoute", True)):
         for obj in idx.kind(kind):
-            for fq, port, consumer in _gw_targets(obj, hosts, services):
+            for fq, port, consumer in _gw_targets(obj, hosts, services, ingress):
                 gw_routes.setdefault(fq, []).extend(_gw_routes(obj, hosts, port, grpc, consumer))
                 if _ref(obj) not in entry(fq).sources:
                     entry(fq).sources.append(_ref(obj))

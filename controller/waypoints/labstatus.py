@@ -14,6 +14,7 @@ from typing import Any
 
 from ambit.labstore import Key, LabStore, key_of
 from controller.waypoints import gateways as gws
+from controller.waypoints import ingress_status
 from controller.waypoints.advisories import WAYPOINT_ACCEPTED, ZTUNNEL_ACCEPTED, advisories, policy_conditions
 
 log = logging.getLogger("ambit.controller.waypoints")
@@ -34,6 +35,8 @@ def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", 
             want = gws.desired_status(gw, gws.find_service(gw, objects))
             if gws.status_differs(gw.get("status"), want):
                 out[key_of(gw)] = gws.with_times(gw.get("status"), want)
+    if translation is not None:     # ingress Gateways and their routes (controller.waypoints.ingress_status)
+        out.update(ingress_status.desired(objects, translation.ingress))
     found = advisories(objects, cluster_domain, translation, root_namespace)
     for p in objects:
         if p.get("kind") != "AuthorizationPolicy":

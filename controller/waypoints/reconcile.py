@@ -1,6 +1,9 @@
 """The controller's writes for waypoints in a cluster (the IO edge of `controller.waypoints`).
 
 After each translated snapshot (`Controller.on_applied`), `KubeWaypointReconciler.reconcile`:
+- the same for ingress Gateways (class ambit/istio: controller.waypoints.ingress_status, a
+  LoadBalancer Service; HTTPRoute status is written in the lab only, the ClusterRole grants no
+  httproutes/status);
 - writes each waypoint Gateway's status (`gateways.desired_status`: Accepted, Programmed,
   addresses, listeners) when it differs, as a merge patch of `/status`;
 - with deploy settings, makes sure each waypoint Gateway owns its ServiceAccount, Service and
@@ -27,8 +30,16 @@ from kubernetes import client as kclient
 from kubernetes.client.exceptions import ApiException
 
 from controller.waypoints import gateways as gws
+from controller.waypoints import ingress_status
 from controller.waypoints.advisories import WAYPOINT_ACCEPTED, ZTUNNEL_ACCEPTED, advisories, policy_conditions
-from controller.waypoints.render import WaypointDeploySettings, apply_update, is_managed, needs_update, render
+from controller.waypoints.render import (
+    WaypointDeploySettings,
+    apply_update,
+    is_ingress,
+    is_managed,
+    needs_update,
+    render,
+)
 
 log = logging.getLogger("ambit.controller.waypoints")
 Obj = dict[str, Any]
@@ -106,7 +117,7 @@ class KubeWaypointReconciler:
     # -- the pass --------------------------------------------------------------------------------------
     def reconcile(self, objects: list[Obj], translation: Any = None) -> None:
         self.errors = []
-        waypoints = [o for o in objects if gws.is_waypoint(o)]
+        waypoints = [o for o in objects if gws.is_waypoint(o) or is_ingress(o)]
         now = self.clock()
         live = set()
         for gw in waypoints:
@@ -117,7 +128,7 @@ class KubeWaypointReconciler:
                 if self._deploy(gw):
                     self._settled[key] = now
             if self.write_status:
-                self._gateway_status(gw, objects)
+                self._gateway_status(gw, objects, translation)
         self._settled = {k: v for k, v in self._settled.items() if k in live}
         if self.write_status:
             self._policy_status(objects, translation)
@@ -156,8 +167,14 @@ class KubeWaypointReconciler:
                 ok = False
         return ok
 
-    def _gateway_status(self, gw: Obj, objects: list[Obj]) -> None:
-        want = gws.desired_status(gw, gws.find_service(gw, objects))
+    def _gateway_status(self, gw: Obj, objects: list[Obj], translation: Any = None) -> None:
+        if is_ingress(gw):      # its listeners' verdicts come from the translation
+            listeners = translation.ingress.listeners.get(gws.gateway_ref(gw)) if translation is not None else None
+            if listeners is None:
+                return
+            want = ingress_status.gateway_status(gw, gws.find_service(gw, objects), listeners)
+        else:
+            want = gws.desired_status(gw, gws.find_service(gw, objects))
         old = gw.get("status") or {}
         if not gws.status_differs(old, want):
             return

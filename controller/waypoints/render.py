@@ -14,6 +14,12 @@ deleting the Gateway lets Kubernetes' garbage collector delete them; and the lab
 `ambit.io/managed-by: waypoint-controller` (Istio's `gateway.istio.io/managed` plays this part),
 so the controller never overwrites objects it did not create.
 
+An ingress Gateway (class `ambit` or `istio`, docs/ingress.md) gets the same three objects, rendered
+from the same code with these differences: its Service is a `LoadBalancer` exposing the Gateway's
+listener ports (the load balancer's address becomes the Gateway's `status.addresses`), its container
+listens on those ports (the pod allows unprivileged ports from 0, as Istio's gateways do, so the
+non-root proxy binds 80/443) and runs with `--gateway-class ambit|istio`, its ingress mode.
+
 Gateway `spec.infrastructure.labels/annotations` are copied onto every rendered object and the pod
 template, as Gateway API specifies. The container's arguments are the waypoint's settings
 (`python -m waypoint --help`); they are rendered here from `WaypointDeploySettings`.
@@ -33,6 +39,7 @@ Obj = dict[str, Any]
 MANAGED_BY_LABEL = "ambit.io/managed-by"
 MANAGED_BY = "waypoint-controller"
 OPT_OUT = {"ambit.io/dataplane-mode": "none", "istio.io/dataplane-mode": "none"}
+INGRESS_CLASSES = ("ambit", "istio")
 READY_PORT = 15021            # Istio's status port: /healthz/ready
 METRICS_PORT = 15020
 TOKEN_DIR = "/var/run/secrets/ambit"
@@ -90,8 +97,21 @@ def service_account(gw: Obj) -> Obj:
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(gw)}
 
 
+def is_ingress(gw: Obj) -> bool:
+    return gw.get("kind") == "Gateway" and (gw.get("spec") or {}).get("gatewayClassName") in INGRESS_CLASSES
+
+
+def listener_ports(gw: Obj) -> list[int]:
+    return sorted({int(ln["port"]) for ln in (gw.get("spec") or {}).get("listeners") or [] if "port" in ln})
+
+
 def service(gw: Obj) -> Obj:
     name = (gw.get("metadata") or {}).get("name", "")
+    if is_ingress(gw):
+        return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(gw),
+                "spec": {"type": "LoadBalancer", "selector": {GATEWAY_NAME_LABEL: name},
+                         "ports": [{"name": f"port-{p}", "port": p, "targetPort": p, "protocol": "TCP"}
+                                   for p in listener_ports(gw)]}}
     return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(gw),
             "spec": {"type": "ClusterIP", "selector": {GATEWAY_NAME_LABEL: name},
                      "ports": [{"name": "mesh", "port": HBONE_PORT, "targetPort": HBONE_PORT,
@@ -112,7 +132,8 @@ def deployment(gw: Obj, s: WaypointDeploySettings) -> Obj:
     container = {
         "name": "waypoint", "image": s.image, "imagePullPolicy": s.pull_policy,
         "command": ["python3", "-m", "waypoint"], "args": waypoint_args(gw, s), "env": env,
-        "ports": [{"name": "mesh", "containerPort": HBONE_PORT, "protocol": "TCP"},
+        "ports": [*([{"name": f"port-{p}", "containerPort": p, "protocol": "TCP"} for p in listener_ports(gw)]
+                    if is_ingress(gw) else [{"name": "mesh", "containerPort": HBONE_PORT, "protocol": "TCP"}]),
                   {"name": "status-port", "containerPort": READY_PORT, "protocol": "TCP"},
                   {"name": "http-metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": READY_PORT},
@@ -131,6 +152,8 @@ def deployment(gw: Obj, s: WaypointDeploySettings) -> Obj:
             "spec": {"replicas": s.replicas, "selector": {"matchLabels": {GATEWAY_NAME_LABEL: name}},
                      "template": {"metadata": template_md, "spec": {
                          "serviceAccountName": name,
+                         **({"securityContext": {"sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start",
+                                                              "value": "0"}]}} if is_ingress(gw) else {}),
                          "terminationGracePeriodSeconds": 30,
                          "containers": [container],
                          "volumes": [{"name": "ca-token", "projected": {"sources": [{"serviceAccountToken": {

@@ -86,3 +86,17 @@ def test_telemetry_reaches_every_ztunnel_and_the_waypoints_it_can_apply_to():
                                                                                         "pay/pay", "shop/shop"]
     wp = NodeInfo("waypoint", "node-b", waypoint="shop/wp")
     assert names(scope(wp, TelemetryPolicy.TYPE, snap)) == ["istio-system/mesh", "shop/shop"]
+
+
+def test_an_ingress_gateway_alone_receives_its_keys_and_every_service():
+    from ambit.model import IngressGateway, IngressListener, TlsCertificate
+    edge = IngressGateway("edge", "shop", listeners=[IngressListener(
+        "https", 443, "HTTPS", certificates=[TlsCertificate("shop/cert", "CERT", "KEY")])])
+    other = IngressGateway("other", "pay")
+    snap = {**SNAP, IngressGateway.TYPE: [edge, other]}
+    gw = NodeInfo("waypoint", "edge-0", "shop/edge")
+    assert names(scope(gw, IngressGateway.TYPE, snap)) == ["shop/edge"]
+    assert names(scope(gw, Service.TYPE, snap)) == ["pay/pay", "shop/reviews"]   # it routes to any Service
+    for node in (NodeInfo("ztunnel", "node-a"), NodeInfo("agent", "node-a"), NodeInfo("waypoint", "wp-0", "shop/wp")):
+        assert scope(node, IngressGateway.TYPE, snap) == [], node
+    assert names(scope(NodeInfo("waypoint", "wp-0", "shop/wp"), Service.TYPE, snap)) == ["shop/reviews"]

@@ -111,6 +111,10 @@ def _one_of_everything() -> Translation:
                   "jwtRules": [{"issuer": "https://issuer.example", "jwksUri": "http://keys.example/jwks",
                                 "fromHeaders": [{"name": "x-jwt"}], "outputClaimToHeaders": [{"header": "x-sub",
                                                                                               "claim": "sub"}]}]}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "in", "namespace": "demo"},
+         "spec": {"gatewayClassName": "ambit", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "in", "namespace": "demo"},
+         "spec": {"parentRefs": [{"name": "in"}], "rules": [{"backendRefs": [{"name": "echo", "port": 8080}]}]}},
     ]
     t = translate(objs)
     assert t.errors == []

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from controller.sources.kube import KubeSource, make_api_client
+from controller.translate import translate
 from controller.waypoints.reconcile import KubeWaypointReconciler
 from controller.waypoints.render import WaypointDeploySettings
 from tests.support.kube_emulator import KubeEmulator
@@ -126,12 +127,60 @@ def assert_allowed_by_install(requests: list[tuple[str, str, dict[str, str]]]) -
 
 def test_other_gateway_classes_are_not_claimed(cluster: tuple[KubeEmulator, KubeWaypointReconciler]) -> None:
     emu, _ = cluster
-    emu.create(gateway("ingress", cls="istio"))
+    emu.create(gateway("ingress", cls="other-vendor"))
     emu.create(gateway("wp", cls="istio-waypoint", **{"istio.io/waypoint-for": "all"}))
     wait_for(lambda: emu.get("apps/v1", "Deployment", "wp", "demo"), timeout=10, what="istio-waypoint deployed")
     threading.Event().wait(0.3)
     assert emu.get("apps/v1", "Deployment", "ingress", "demo") is None
     assert "status" not in emu.get(GW_V1, "Gateway", "ingress", "demo")
+
+
+def test_ingress_gateway_owns_a_loadbalancer_service_and_is_programmed_at_its_address() -> None:
+    """An ingress Gateway (class ambit): a Deployment running the proxy in ingress mode on the
+    listener ports and a LoadBalancer Service exposing them; once the (emulated) cloud gives that
+    Service an address, the Gateway is Programmed there. Status verdicts come from the translation,
+    as in the controller (on_applied passes it)."""
+    emu = KubeEmulator().start()
+    rec = KubeWaypointReconciler(make_api_client(emu.url), WaypointDeploySettings(image="ambit:test",
+                                                                                   controller_address="ctl:15012"))
+    source = KubeSource(make_api_client(emu.url), debounce=0.01)
+    stop = threading.Event()
+    t = threading.Thread(target=source.run, args=(lambda objs: rec.reconcile(objs, translate(objs)), stop),
+                         daemon=True)
+    t.start()
+    try:
+        emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}})
+        emu.create({"apiVersion": GW_V1, "kind": "Gateway", "metadata": {"name": "edge", "namespace": "demo"},
+                    "spec": {"gatewayClassName": "ambit", "listeners": [
+                        {"name": "http", "port": 80, "protocol": "HTTP"},
+                        {"name": "http-alt", "port": 8080, "protocol": "HTTP", "hostname": "a.example.com"}]}})
+        dep = wait_for(lambda: emu.get("apps/v1", "Deployment", "edge", "demo"), timeout=10, what="deployment")
+        svc = wait_for(lambda: emu.get("v1", "Service", "edge", "demo"), timeout=10, what="service")
+        assert svc["spec"]["type"] == "LoadBalancer"
+        assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(80, 80), (8080, 8080)]
+        pod = dep["spec"]["template"]["spec"]
+        [c] = pod["containers"]
+        assert c["args"][c["args"].index("--gateway-class") + 1] == "ambit"
+        assert {p["containerPort"] for p in c["ports"]} >= {80, 8080}
+        assert pod["securityContext"]["sysctls"] == [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]
+
+        def status() -> dict[str, Any]:
+            return (emu.get(GW_V1, "Gateway", "edge", "demo") or {}).get("status") or {}
+
+        def cond(type_: str) -> tuple[str, str] | None:
+            c = next((c for c in status().get("conditions") or [] if c["type"] == type_), None)
+            return (c["status"], c["reason"]) if c else None
+        wait_for(lambda: cond("Programmed") == ("False", "AddressNotAssigned"), timeout=10, what="not programmed")
+        assert cond("Accepted") == ("True", "Accepted")
+        svc["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}     # the cloud's part
+        emu.update(svc)
+        wait_for(lambda: cond("Programmed") == ("True", "Programmed"), timeout=10, what="programmed")
+        assert status()["addresses"] == [{"type": "IPAddress", "value": "203.0.113.9"}]
+        assert [ln["name"] for ln in status()["listeners"]] == ["http", "http-alt"]
+    finally:
+        stop.set()
+        t.join(timeout=10)
+        emu.stop()
 
 
 def test_an_object_the_controller_did_not_create_is_not_taken_over(

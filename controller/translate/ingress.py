@@ -1,0 +1,326 @@
+"""Ingress Gateways: a Gateway API `Gateway` of class `ambit` (or `istio`) and the HTTPRoutes and
+GRPCRoutes that attach to it, resolved into one `IngressGateway` per Gateway plus the status Gateway API asks for.
+
+Pure: objects in, model and status out. The rules are Gateway API's (gateway.networking.k8s.io v1,
+`ParentReference`, `Listener`, `AllowedRoutes`, `HTTPRouteSpec.hostnames`):
+
+- a parentRef names the Gateway (group gateway.networking.k8s.io, kind Gateway, namespace defaulting
+  to the route's); `sectionName` narrows it to the listener of that name, `port` to the listeners on
+  that port; none left is `Accepted=False NoMatchingParent`;
+- a listener admits the route when the route's namespace is allowed (`allowedRoutes.namespaces.from`
+  Same (default) / All / Selector on the namespace's labels) and its kind is (HTTPRoute and
+  GRPCRoute, unless `allowedRoutes.kinds` says otherwise; a kind listed there that Ambit cannot
+  attach is `ResolvedRefs=False InvalidRouteKinds`); none admitting it is `NotAllowedByListeners`;
+- the route's `hostnames` intersect the listener's `hostname` (exact names, and `*.suffix`
+  wildcards matching one or more labels); an empty side matches anything; no intersection on any
+  admitting listener is `NoMatchingListenerHostname`;
+- backends must be Services that exist, in the route's namespace (ReferenceGrant is not built, so a
+  cross-namespace backend is `ResolvedRefs=False RefNotPermitted` and, as Gateway API requires of an
+  unresolved backend, its share of requests gets 500); a missing one is `BackendNotFound`;
+- listeners share a port when they share its protocol (the first listener on a port decides it) and
+  differ in `hostname`; a later one that breaks this is `Conflicted` (`ProtocolConflict`,
+  `HostnameConflict`) and not served;
+- an HTTPS listener's `certificateRefs` must be `kubernetes.io/tls` Secrets in the Gateway's
+  namespace holding a certificate and key that load; otherwise the listener is
+  `ResolvedRefs=False` (`RefNotPermitted`, `InvalidCertificateRef`) and serves none of them.
+
+Routes of one virtual host keep Gateway API precedence (controller.translate.routes).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from typing import Any
+
+from ambit.model import HttpRoute, IngressGateway, IngressListener, TlsCertificate, WaypointRoutes
+from controller.kinds.gateway import INGRESS_CLASSES, TLS_MIN_VERSION_OPTION
+from controller.translate.index import Index, name_of, ns_of
+from controller.translate.routes import Hosts, gateway_api_routes
+
+Obj = dict[str, Any]
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+CONTROLLER_NAME = "ambit.io/gateway-controller"
+TLS_SECRET = "kubernetes.io/tls"
+ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")    # what attaches to HTTP/HTTPS listeners (both, by default)
+
+
+@dataclass
+class ParentStatus:
+    """One parentRef's verdict: Gateway API's `Accepted` and `ResolvedRefs` (reason, message)."""
+
+    ref: Obj
+    accepted: tuple[bool, str, str]
+    resolved: tuple[bool, str, str]
+
+
+@dataclass
+class ListenerStatus:
+    name: str
+    attached: int = 0
+    resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "")
+    conflicted: str = ""        # "" | ProtocolConflict | HostnameConflict (then the listener is not served)
+
+
+@dataclass
+class IngressResult:
+    gateways: list[IngressGateway] = field(default_factory=list)
+    listeners: dict[str, list[ListenerStatus]] = field(default_factory=dict)      # "ns/gw" -> per listener
+    routes: dict[tuple[str, str, str], list[ParentStatus]] = field(default_factory=dict)   # (kind, ns, name)
+
+
+def is_ingress(gw: Obj) -> bool:
+    return gw.get("kind") == "Gateway" and (gw.get("spec") or {}).get("gatewayClassName") in INGRESS_CLASSES
+
+
+# -- hostnames -----------------------------------------------------------------------------------
+
+def _wild_match(wild: str, name: str) -> bool:
+    """`*.example.com` matches `a.example.com` and `a.b.example.com`, not `example.com`."""
+    return name.endswith(wild[1:]) and len(name) > len(wild) - 1
+
+
+def intersect(listener: str, route: str) -> str | None:
+    """The hostnames both sides accept, as the more specific of the two, or None."""
+    if not listener or listener == route:
+        return route
+    lw, rw = listener.startswith("*."), route.startswith("*.")
+    if lw and not rw:
+        return route if _wild_match(listener, route) else None
+    if rw and not lw:
+        return listener if _wild_match(route, listener) else None
+    if lw and rw:
+        if route.endswith(listener[1:]):
+            return route
+        if listener.endswith(route[1:]):
+            return listener
+    return None
+
+
+def route_hostnames(listener_hostname: str, route_hostnames: list[str]) -> list[str]:
+    """The virtual hosts a route serves on a listener ("*": any); [] when none intersect."""
+    if not route_hostnames:
+        return [listener_hostname or "*"]
+    out = []
+    for h in route_hostnames:
+        x = intersect(listener_hostname, h)
+        if x is not None and x not in out:
+            out.append(x)
+    return out
+
+
+# -- attachment ----------------------------------------------------------------------------------
+
+def _expr_matches(e: Obj, labels: dict[str, str]) -> bool:
+    op, key, values = e["operator"], e["key"], e.get("values") or []
+    if op == "In":
+        return labels.get(key) in values
+    if op == "NotIn":
+        return labels.get(key) not in values
+    if op == "Exists":
+        return key in labels
+    return key not in labels
+
+
+def namespace_allowed(listener: Obj, gw_ns: str, route_ns: str, ns_labels: dict[str, str]) -> bool:
+    ns = ((listener.get("allowedRoutes") or {}).get("namespaces") or {})
+    frm = ns.get("from", "Same")
+    if frm == "All":
+        return True
+    if frm == "Selector":
+        sel = ns.get("selector") or {}
+        return all(ns_labels.get(k) == v for k, v in (sel.get("matchLabels") or {}).items()) and all(
+            _expr_matches(e, ns_labels) for e in sel.get("matchExpressions") or [])
+    return route_ns == gw_ns
+
+
+def kind_allowed(listener: Obj, kind: str) -> bool:
+    kinds = (listener.get("allowedRoutes") or {}).get("kinds")
+    if not kinds:
+        return kind in ROUTE_KINDS
+    return any(k["kind"] == kind and k.get("group", GATEWAY_GROUP) == GATEWAY_GROUP for k in kinds)
+
+
+def _refs_gateway(p: Obj, route_ns: str, gw: Obj) -> bool:
+    return (p.get("kind", "Gateway") == "Gateway" and p.get("group", GATEWAY_GROUP) == GATEWAY_GROUP
+            and (p.get("namespace") or route_ns) == ns_of(gw) and p["name"] == name_of(gw))
+
+
+def attach(p: Obj, route: Obj, gw: Obj, ns_labels: dict[str, str]) -> tuple[list[tuple[Obj, list[str]]], str, str]:
+    """The listeners of `gw` that parentRef `p` of `route` attaches to, each with its virtual hosts,
+    or ([], reason, message) with Gateway API's reason for not being accepted."""
+    listeners = (gw.get("spec") or {}).get("listeners") or []
+    if p.get("sectionName"):
+        listeners = [ln for ln in listeners if ln["name"] == p["sectionName"]]
+    if p.get("port"):
+        listeners = [ln for ln in listeners if ln["port"] == p["port"]]
+    if not listeners:
+        return [], "NoMatchingParent", "no listener of the Gateway matches sectionName/port"
+    rns = ns_of(route)
+    allowed = [ln for ln in listeners if namespace_allowed(ln, ns_of(gw), rns, ns_labels)
+               and kind_allowed(ln, route.get("kind", "HTTPRoute"))]
+    if not allowed:
+        return [], "NotAllowedByListeners", f"no listener allows {route.get('kind')}s from namespace {rns}"
+    out = []
+    for ln in allowed:
+        hosts = route_hostnames(ln.get("hostname", ""), list((route.get("spec") or {}).get("hostnames") or []))
+        if hosts:
+            out.append((ln, hosts))
+    if not out:
+        return [], "NoMatchingListenerHostname", "no hostname of the route matches a listener's hostname"
+    return out, "Accepted", ""
+
+
+def resolve_backends(route: Obj, services: set[str]) -> tuple[tuple[bool, str, str], set[str]]:
+    """ResolvedRefs for a route's backendRefs, and the hosts ("name.ns") that may not be used."""
+    rns = ns_of(route)
+    bad: set[str] = set()
+    verdict = (True, "ResolvedRefs", "")
+    for rule in (route.get("spec") or {}).get("rules") or []:
+        for b in rule.get("backendRefs") or []:
+            bns = b.get("namespace") or rns
+            if bns != rns:
+                bad.add(f"{b['name']}.{bns}")
+                verdict = (False, "RefNotPermitted",
+                           f"backend {bns}/{b['name']} is in another namespace: ReferenceGrant is not supported")
+            elif f"{bns}/{b['name']}" not in services:
+                bad.add(f"{b['name']}.{bns}")
+                if verdict[0]:
+                    verdict = (False, "BackendNotFound", f"Service {bns}/{b['name']} does not exist")
+    return verdict, bad
+
+
+# -- certificates ----------------------------------------------------------------------------------
+
+def _secret_field(secret: Obj, key: str) -> str:
+    if key in (secret.get("stringData") or {}):
+        return secret["stringData"][key]
+    raw = (secret.get("data") or {}).get(key, "")
+    try:
+        return base64.b64decode(raw, validate=True).decode()
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return ""
+
+
+def load_certificate(secret: Obj | None, ref: str) -> tuple[TlsCertificate | None, str]:
+    """The certificate of a `kubernetes.io/tls` Secret, or (None, why it cannot be used)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    if secret is None:
+        return None, f"Secret {ref} does not exist"
+    if secret.get("type", TLS_SECRET) != TLS_SECRET:
+        return None, f"Secret {ref} is of type {secret.get('type')}, not {TLS_SECRET}"
+    cert, key = _secret_field(secret, "tls.crt"), _secret_field(secret, "tls.key")
+    try:
+        x509.load_pem_x509_certificate(cert.encode())
+        load_pem_private_key(key.encode(), None)
+    except (ValueError, TypeError) as e:
+        return None, f"Secret {ref}: tls.crt/tls.key do not hold a PEM certificate and key: {e}"
+    return TlsCertificate(ref, cert, key), ""
+
+
+def _certificates(gw: Obj, ln: Obj, secrets: dict[str, Obj]) -> tuple[list[TlsCertificate], tuple[bool, str, str]]:
+    certs, verdict = [], (True, "ResolvedRefs", "")
+    for ref in (ln.get("tls") or {}).get("certificateRefs") or []:
+        ns = ref.get("namespace") or ns_of(gw)
+        name = f"{ns}/{ref['name']}"
+        if ref.get("kind", "Secret") != "Secret" or ref.get("group", "") not in ("", "core"):
+            verdict = (False, "InvalidCertificateRef", f"{name}: only Secrets are supported")
+        elif ns != ns_of(gw):
+            verdict = (False, "RefNotPermitted", f"Secret {name} is in another namespace: ReferenceGrant is not "
+                                                 "supported")
+        else:
+            cert, why = load_certificate(secrets.get(name), name)
+            if cert is None:
+                verdict = (False, "InvalidCertificateRef", why)
+            else:
+                certs.append(cert)
+    return certs, verdict
+
+
+# -- assembly ------------------------------------------------------------------------------------
+
+def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
+    out = IngressResult()
+    gateways = [gw for gw in idx.kind("Gateway") if is_ingress(gw)]
+    if not gateways:
+        return out
+    secrets = {f"{ns_of(s)}/{name_of(s)}": s for s in idx.kind("Secret")}
+    services = {f"{ns_of(s)}/{name_of(s)}" for s in idx.kind("Service")}
+    # (gateway, listener name) -> virtual host -> [(precedence, route)]
+    vhosts: dict[tuple[str, str], dict[str, list[tuple[tuple[Any, ...], HttpRoute]]]] = {}
+    attached: dict[tuple[str, str], int] = {}
+    for route in [*idx.kind("HTTPRoute"), *idx.kind("GRPCRoute")]:
+        grpc = route["kind"] == "GRPCRoute"
+        parents = []
+        resolved, bad = resolve_backends(route, services)
+        for p in (route.get("spec") or {}).get("parentRefs") or []:
+            gw = next((g for g in gateways if _refs_gateway(p, ns_of(route), g)), None)
+            if gw is None:
+                continue
+            found, reason, message = attach(p, route, gw, idx.ns_labels(ns_of(route)))
+            parents.append(ParentStatus(p, (bool(found), reason, message), resolved))
+            gkey = f"{ns_of(gw)}/{name_of(gw)}"
+            for ln, names in found:
+                attached[(gkey, ln["name"])] = attached.get((gkey, ln["name"]), 0) + 1
+                routes = gateway_api_routes(route, hosts, 0, grpc)
+                for _, r in routes:
+                    for d in r.destinations:
+                        if d.host.rsplit(".svc.", 1)[0] in bad:
+                            d.service = ""      # unresolved backend: 500 (Gateway API)
+                for h in names:
+                    vhosts.setdefault((gkey, ln["name"]), {}).setdefault(h, []).extend(routes)
+        if parents:
+            out.routes[(route["kind"], ns_of(route), name_of(route))] = parents
+    for gw in gateways:
+        gkey = f"{ns_of(gw)}/{name_of(gw)}"
+        model = IngressGateway(name_of(gw), ns_of(gw), (gw.get("spec") or {})["gatewayClassName"])
+        statuses = []
+        conflicts = conflicted((gw.get("spec") or {}).get("listeners") or [])
+        for ln in (gw.get("spec") or {}).get("listeners") or []:
+            st = ListenerStatus(ln["name"], attached.get((gkey, ln["name"]), 0), conflicted=conflicts.get(ln["name"], ""))
+            certs: list[TlsCertificate] = []
+            if ln["protocol"] == "HTTPS":
+                certs, st.resolved = _certificates(gw, ln, secrets)
+            unsupported = [k["kind"] for k in (ln.get("allowedRoutes") or {}).get("kinds") or []
+                           if k["kind"] not in ROUTE_KINDS or k.get("group", GATEWAY_GROUP) != GATEWAY_GROUP]
+            if unsupported and st.resolved[0]:
+                st.resolved = (False, "InvalidRouteKinds", f"{', '.join(unsupported)}: Ambit's ingress gateway "
+                                                           "attaches HTTPRoutes and GRPCRoutes only")
+            statuses.append(st)
+            if (ln["protocol"] == "HTTPS" and not certs) or st.conflicted:
+                continue        # not served: ResolvedRefs or Conflicted says why
+            hosts_of = vhosts.get((gkey, ln["name"]), {})
+            model.listeners.append(IngressListener(
+                name=ln["name"], port=int(ln["port"]), protocol=ln["protocol"], hostname=ln.get("hostname", ""),
+                tls_min_version=((ln.get("tls") or {}).get("options") or {}).get(TLS_MIN_VERSION_OPTION, ""),
+                certificates=certs,
+                hosts=[WaypointRoutes(hostname=h, namespace=ns_of(gw),
+                                      http=[r for _, r in sorted(rs, key=lambda x: x[0])])
+                       for h, rs in sorted(hosts_of.items())]))
+        out.gateways.append(model)
+        out.listeners[gkey] = statuses
+    return out
+
+
+def conflicted(listeners: list[Obj]) -> dict[str, str]:
+    """Listener name -> Gateway API's conflict reason, for listeners that cannot share their port."""
+    first: dict[int, str] = {}
+    hosts: set[tuple[int, str]] = set()
+    out = {}
+    for ln in listeners:
+        port, host = int(ln["port"]), ln.get("hostname", "")
+        proto = first.setdefault(port, ln["protocol"])
+        if proto != ln["protocol"]:
+            out[ln["name"]] = "ProtocolConflict"
+        elif (port, host) in hosts:
+            out[ln["name"]] = "HostnameConflict"
+        hosts.add((port, host))
+    return out
+
+
+def ingress_names(idx: Index) -> set[str]:
+    """"ns/name" of every ingress Gateway (routes attached to them are not waypoint routes)."""
+    return {f"{ns_of(g)}/{name_of(g)}" for g in idx.kind("Gateway") if is_ingress(g)}
+

@@ -1,0 +1,124 @@
+"""The status the controller writes on ingress Gateways and the HTTPRoutes attached to them
+(Gateway API's conditions and reasons; the verdicts come from controller.translate.ingress).
+
+Gateway: `Accepted` (class ambit/istio and valid), `Programmed` when its Service has a load
+balancer address (`status.loadBalancer.ingress`: in a cluster the cloud's, in the lab the pod's),
+else `AddressNotAssigned`; `addresses` lists it. Each listener: `Accepted`, `Conflicted` (ProtocolConflict,
+HostnameConflict: not served), `Programmed` (false when it is not served: conflicted, or its
+references do not resolve: an HTTPS listener without a usable certificate serves nothing),
+`ResolvedRefs` (InvalidCertificateRef, RefNotPermitted, InvalidRouteKinds) and `attachedRoutes`.
+
+HTTPRoute and GRPCRoute: one `parents[]` entry per parentRef naming an ingress Gateway, with `controllerName`,
+`Accepted` (NotAllowedByListeners, NoMatchingListenerHostname, NoMatchingParent) and `ResolvedRefs`
+(BackendNotFound, RefNotPermitted). Entries other controllers wrote are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.translate.ingress import (
+    CONTROLLER_NAME,
+    ROUTE_KINDS,
+    IngressResult,
+    ListenerStatus,
+    ParentStatus,
+)
+from controller.waypoints.gateways import _cond, merge_conditions
+
+Obj = dict[str, Any]
+
+
+def lb_addresses(service: Obj | None) -> list[Obj]:
+    out = []
+    for i in (((service or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
+        if i.get("ip"):
+            out.append({"type": "IPAddress", "value": i["ip"]})
+        elif i.get("hostname"):
+            out.append({"type": "Hostname", "value": i["hostname"]})
+    return out
+
+
+def gateway_status(gw: Obj, service: Obj | None, listeners: list[ListenerStatus]) -> Obj:
+    gen = int((gw.get("metadata") or {}).get("generation") or 0)
+    addrs = lb_addresses(service)
+    conds = [_cond("Accepted", True, "Accepted", "accepted by ambit as an ingress gateway", gen)]
+    if addrs:
+        conds.append(_cond("Programmed", True, "Programmed",
+                           f"serving on {', '.join(a['value'] for a in addrs)}", gen))
+    else:
+        conds.append(_cond("Programmed", False, "AddressNotAssigned",
+                           "waiting for the gateway's Service to get a load balancer address", gen))
+    out = []
+    for ls in listeners:
+        ok, reason, msg = ls.resolved
+        served = ok and not ls.conflicted
+        why = msg or (f"{ls.conflicted}: another listener on the port takes it" if ls.conflicted else "")
+        out.append({"name": ls.name, "attachedRoutes": ls.attached,
+                    "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": k} for k in ROUTE_KINDS],
+                    "conditions": [_cond("Accepted", True, "Accepted", "", gen),
+                                   _cond("Conflicted", bool(ls.conflicted), ls.conflicted or "NoConflicts",
+                                         why if ls.conflicted else "", gen),
+                                   _cond("Programmed", served and bool(addrs),
+                                         "Programmed" if served and addrs else ("Invalid" if not served else "Pending"),
+                                         why, gen),
+                                   _cond("ResolvedRefs", ok, reason, msg, gen)]})
+    return {"conditions": conds, "listeners": out, "addresses": addrs}
+
+
+def _same_ref(a: Obj, b: Obj) -> bool:
+    keys = ("group", "kind", "namespace", "name", "sectionName", "port")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def route_status(route: Obj, parents: list[ParentStatus], now: float | None = None) -> Obj:
+    """The route's whole new status: our parents' entries (times kept where unchanged), others' kept."""
+    gen = int((route.get("metadata") or {}).get("generation") or 0)
+    old = list(((route.get("status") or {}).get("parents")) or [])
+    mine = []
+    for ps in parents:
+        conds = [_cond("Accepted", ps.accepted[0], ps.accepted[1], ps.accepted[2], gen),
+                 _cond("ResolvedRefs", ps.resolved[0], ps.resolved[1], ps.resolved[2], gen)]
+        prev = next((o for o in old if o.get("controllerName") == CONTROLLER_NAME
+                     and _same_ref(o.get("parentRef") or {}, ps.ref)), None)
+        mine.append({"parentRef": dict(ps.ref), "controllerName": CONTROLLER_NAME,
+                     "conditions": merge_conditions((prev or {}).get("conditions"), conds, now)})
+    others = [o for o in old if o.get("controllerName") != CONTROLLER_NAME]
+    return {**(route.get("status") or {}), "parents": mine + others}
+
+
+def untimed(status: Obj | None) -> Obj:
+    """A status without transition times, to tell whether a write would change anything."""
+    def strip(conds: list[Obj]) -> list[Obj]:
+        return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in conds or []]
+    s = dict(status or {})
+    if "conditions" in s:
+        s["conditions"] = strip(s["conditions"])
+    for key in ("listeners", "parents"):
+        if key in s:
+            s[key] = [{**x, "conditions": strip(x.get("conditions") or [])} for x in s[key]]
+    return s
+
+
+def desired(objects: list[Obj], result: IngressResult) -> dict[tuple[str, str, str], Obj]:
+    """(kind, ns, name) -> new status, for ingress Gateways and routes whose status should change."""
+    from controller.waypoints import gateways as gws
+    out: dict[tuple[str, str, str], Obj] = {}
+    by_key = {(o.get("kind"), (o.get("metadata") or {}).get("namespace") or "default",
+               (o.get("metadata") or {}).get("name")): o for o in objects}
+    for gkey, listeners in result.listeners.items():
+        ns, name = gkey.split("/", 1)
+        gw = by_key.get(("Gateway", ns, name))
+        if gw is None:
+            continue
+        want = gateway_status(gw, gws.find_service(gw, objects), listeners)
+        if gws.status_differs(gw.get("status"), want):
+            out[("Gateway", ns, name)] = gws.with_times(gw.get("status"), want)
+    for key, parents in result.routes.items():
+        route = by_key.get(key)
+        if route is None:
+            continue
+        want = route_status(route, parents)
+        if untimed(want) != untimed(route.get("status")):
+            out[key] = want   # type: ignore[index]
+    return out

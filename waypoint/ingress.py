@@ -1,0 +1,89 @@
+"""The ingress gateway's view of its Gateway, sans-IO: which ports it listens on, which listener
+(and so which certificate) a TLS client's SNI selects, and which virtual host a request's Host
+selects. Routing itself is the waypoint's (`waypoint.routing.route`) on one `RouteTable` per port.
+
+Why per port: Gateway API listeners that share a port share a socket; on an HTTPS port the SNI
+chooses among them, on both kinds the Host header chooses among the virtual hosts that their
+attached routes produced (controller/translate/ingress.py already intersected route and listener
+hostnames, so a route attached to one listener only serves that listener's names).
+
+Hostname matching, for both SNI and Host, is Gateway API's: an exact name first, then the longest
+`*.suffix` wildcard that matches (one label or more), then a listener/virtual host for any name
+("" / "*").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ambit.model import IngressGateway, IngressListener
+from waypoint.routing import RouteTable, build_table
+
+
+def host_match(candidates: Iterable[str], name: str) -> str | None:
+    """The candidate that `name` selects: exact, else the longest matching wildcard, else "*"/""."""
+    name = name.lower().rstrip(".")
+    cands = list(candidates)
+    if name in cands:
+        return name
+    best = None
+    for c in cands:
+        if c.startswith("*.") and name.endswith(c[1:]) and len(name) > len(c) - 1:
+            if best is None or len(c) > len(best):
+                best = c
+    if best is not None:
+        return best
+    return next((c for c in cands if c in ("", "*")), None)
+
+
+@dataclass(frozen=True)
+class IngressPort:
+    """Everything served on one port."""
+
+    port: int
+    protocol: str                                   # HTTP | HTTPS (the first listener's, see build)
+    listeners: tuple[IngressListener, ...]          # on this port, in the Gateway's order
+    table: RouteTable
+    conflicts: tuple[str, ...] = ()                 # listeners left out: another protocol on the port
+
+    def listener_for_sni(self, server_name: str | None) -> IngressListener | None:
+        """The HTTPS listener whose certificates a client naming `server_name` gets, or None."""
+        by_host = {ln.hostname: ln for ln in reversed(self.listeners)}
+        chosen = host_match(by_host, server_name or "")
+        return by_host[chosen] if chosen is not None else None
+
+    def virtual_host(self, host: str) -> str | None:
+        """The route table host (a hostname of the route table) a request's Host selects."""
+        return host_match(self.table.hosts, host)
+
+
+@dataclass(frozen=True)
+class IngressView:
+    gateway: IngressGateway | None = None
+    ports: Mapping[int, IngressPort] = field(default_factory=dict)
+
+
+def build(gateway: IngressGateway | None, cluster_domain: str = "cluster.local") -> IngressView:
+    if gateway is None:
+        return IngressView()
+    by_port: dict[int, list[IngressListener]] = {}
+    for ln in gateway.listeners:
+        by_port.setdefault(ln.port, []).append(ln)
+    ports = {}
+    for port, lns in by_port.items():
+        same = tuple(ln for ln in lns if ln.protocol == lns[0].protocol)
+        conflicts = tuple(ln.name for ln in lns if ln.protocol != lns[0].protocol)
+        merged: dict[str, list] = {}
+        for ln in same:
+            for wr in ln.hosts:
+                merged.setdefault(wr.hostname, []).append(wr)
+        hosts = []
+        for name, wrs in merged.items():
+            first = wrs[0]
+            if len(wrs) > 1:    # the same name on two listeners of a port: one virtual host
+                first = type(first)(hostname=name, namespace=first.namespace,
+                                    http=[r for w in wrs for r in w.http])
+            hosts.append(first)
+        ports[port] = IngressPort(port, lns[0].protocol, same, build_table(hosts, cluster_domain), conflicts)
+    return IngressView(gateway, ports)

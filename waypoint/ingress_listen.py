@@ -1,0 +1,176 @@
+"""The ingress gateway's listeners (the IO edge of waypoint/ingress.py): one socket per Gateway port,
+plain or terminating TLS, each accepted connection handed to the waypoint's HTTP engine.
+
+TLS: one server context per port whose servername callback (run for every ClientHello, with or
+without SNI) swaps in the context of the listener the SNI selects (`IngressPort.listener_for_sni`),
+so each hostname gets its own certificate. A client whose SNI selects no listener gets the
+`unrecognized_name` alert. OpenSSL copies protocol versions into a connection before that callback,
+so the base context allows TLS 1.2 and 1.3 and a listener's `ambit.io/min-tls-version` is checked
+right after the handshake: a connection below it is closed before a byte of HTTP is read.
+
+Listeners follow the config: `update(view)` opens new ports, closes removed ones, reopens a port
+whose protocol changed, and swaps certificates in place (new handshakes see them at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+
+from ambit.dataplane.ports import LISTEN_BACKLOG
+from ambit.dataplane.tls import load_chain_from_memory
+from ambit.model import IngressListener
+from waypoint.http.plug import Plug
+from waypoint.ingress import IngressPort, IngressView
+from waypoint.request import Downstream
+
+log = logging.getLogger("ambit.waypoint.ingress")
+
+VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+ALPN = ["h2", "http/1.1"]
+
+Serve = Callable[[Plug, Downstream], None]
+
+
+def listener_context(ln: IngressListener) -> ssl.SSLContext:
+    """The certificates of one HTTPS listener (several: OpenSSL picks by key type, e.g. ECDSA and RSA)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = VERSIONS.get(ln.tls_min_version, ssl.TLSVersion.TLSv1_2)
+    ctx.set_alpn_protocols(ALPN)
+    for c in ln.certificates:
+        load_chain_from_memory(ctx, c.key_pem.encode(), [c.cert_pem])
+    return ctx
+
+
+class _Port:
+    """One listening port: its socket, server, and (HTTPS) the contexts its SNI chooses from."""
+
+    def __init__(self, port: IngressPort) -> None:
+        self.port = port
+        self.contexts: dict[str, ssl.SSLContext] = {}     # listener name -> context
+        self.minimum: dict[int, ssl.TLSVersion] = {}      # id(context) -> its listener's minimum
+        self._fingerprints: dict[str, str] = {}
+        self.server: asyncio.AbstractServer | None = None
+
+    def refresh(self, port: IngressPort) -> None:
+        self.port = port
+        for ln in port.listeners:
+            fp = hashlib.sha256("".join(c.cert_pem + c.key_pem for c in ln.certificates).encode()
+                                + ln.tls_min_version.encode()).hexdigest()
+            if self._fingerprints.get(ln.name) != fp:
+                try:
+                    ctx = listener_context(ln)
+                except (ssl.SSLError, OSError, ValueError) as e:
+                    log.warning("listener %s: certificates do not load: %s", ln.name, e)
+                    continue
+                self.contexts[ln.name], self._fingerprints[ln.name] = ctx, fp
+                self.minimum[id(ctx)] = ctx.minimum_version
+        names = {ln.name for ln in port.listeners}
+        for gone in set(self.contexts) - names:
+            self.minimum.pop(id(self.contexts.pop(gone)), None)
+            self._fingerprints.pop(gone, None)
+
+    def base_context(self) -> ssl.SSLContext:
+        base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        base.minimum_version = ssl.TLSVersion.TLSv1_2
+        base.set_alpn_protocols(ALPN)
+
+        def pick(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
+            ln = self.port.listener_for_sni(server_name)
+            ctx = self.contexts.get(ln.name) if ln is not None else None
+            if ctx is None:
+                log.info("TLS handshake for %r on port %d refused: no listener serves that name",
+                         server_name, self.port.port)
+                return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+            sslobj.context = ctx
+            return None
+
+        base.sni_callback = pick
+        return base
+
+    def admitted(self, transport: asyncio.BaseTransport) -> bool:
+        """After the handshake: is the negotiated version at least the chosen listener's minimum?"""
+        obj = transport.get_extra_info("ssl_object")
+        if obj is None:
+            return True
+        want = self.minimum.get(id(obj.context), ssl.TLSVersion.TLSv1_2)
+        got = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}.get(obj.version() or "")
+        return got is not None and got >= want
+
+
+class _Accepted(Plug):
+    """An accepted connection: builds its `Downstream` from the socket, then goes to the engine."""
+
+    def __init__(self, port: _Port, serve: Serve) -> None:
+        super().__init__()
+        self._port, self._serve = port, serve
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if not self._port.admitted(transport):
+            log.info("TLS connection on port %d closed: below the listener's minimum TLS version", self._port.port.port)
+            transport.close()
+            return
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self._serve(self, Downstream(source_ip=peer[0], destination_port=self._port.port.port))
+
+
+class IngressListeners:
+    def __init__(self, address: str, serve: Serve) -> None:
+        self.address = address
+        self.serve = serve
+        self.ports: dict[int, _Port] = {}
+        self._lock = asyncio.Lock()
+
+    async def update(self, view: IngressView) -> None:
+        async with self._lock:
+            for number in list(self.ports):
+                p = self.ports[number]
+                if number not in view.ports or view.ports[number].protocol != p.port.protocol:
+                    await self._close(number)
+            for number, ip in sorted(view.ports.items()):
+                for name in ip.conflicts:
+                    log.warning("listener %s on port %d left out: port %d serves %s", name, number, number, ip.protocol)
+                if number in self.ports:
+                    self.ports[number].refresh(ip)
+                    continue
+                p = _Port(ip)
+                p.refresh(ip)
+                try:
+                    await self._open(p)
+                except OSError as e:
+                    log.warning("cannot listen on %s:%d: %s", self.address, number, e)
+                    continue
+                self.ports[number] = p
+                log.info("ingress listening on %s:%d (%s)", self.address, number, ip.protocol)
+
+    async def _open(self, p: _Port) -> None:
+        sock = socket.socket(socket.AF_INET6 if ":" in self.address else socket.AF_INET, socket.SOCK_STREAM,
+                             socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.bind((self.address, p.port.port))
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+            tls = p.base_context() if p.port.protocol == "HTTPS" else None
+            p.server = await asyncio.get_running_loop().create_server(lambda: _Accepted(p, self.serve), sock=sock,
+                                                                      ssl=tls)
+        except BaseException:
+            sock.close()
+            raise
+
+    async def _close(self, number: int) -> None:
+        p = self.ports.pop(number)
+        if p.server is not None:
+            p.server.close()
+        log.info("ingress stopped listening on port %d", number)
+
+    async def close(self) -> None:
+        async with self._lock:
+            for number in list(self.ports):
+                await self._close(number)
