@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ambit.configclient.credential import node_metadata
 from ambit.configclient.report import StatusReporter
-from ambit.dataplane import process
+from ambit.dataplane import gctune, process
 from ambit.dataplane.feed import TapFeed, exposition
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
@@ -101,6 +101,8 @@ async def amain(args: ZtunnelSettings) -> None:
     log.info("ztunnel for %s ready; agent socket %s; controller %s; config version %s; CA %s", args.node,
              args.zds_socket, args.controller or "-", config.version or "-",
              ca_target if identities is not None else "-")
+    # Start-up is done: what exists now (modules, config, certificates) lives as long as ztunnel.
+    proxy.gc_stats = gctune.tune(args.gc_freeze, gctune.parse_threshold(args.gc_threshold))
     trim = heap_trimmer() if args.memory_trim_interval > 0 else None
     trimmer = asyncio.ensure_future(trim_heap_periodically(args.memory_trim_interval, trim)) if trim else None
     stop = asyncio.Event()
