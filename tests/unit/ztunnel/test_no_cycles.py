@@ -22,6 +22,7 @@ from tests.unit.ztunnel.test_proxy_inprocess import (
     CLIENT_IP,
     HBONE_PORT,
     SERVER_IP,
+    ListSink,
     echo_app,
     mesh,
     pod,
@@ -50,9 +51,10 @@ def garbage_of(make_connections) -> Counter[str]:
 
 def test_tunnelled_and_plaintext_connections_leave_no_cycles(ca):
     loop = uvloop.new_event_loop()
-    client, server, cfg, identities, sink, metrics = mesh(ca)
+    sink = ListSink()
 
     async def setup():
+        client, server, cfg, identities, _, metrics = mesh(ca)
         proxy = Proxy(cfg, identities=identities, metrics=metrics, access_log=sink,
                       original_dst=lambda s: (SERVER_IP, APP_PORT), tunnel=TunnelSettings(connect_timeout=5, cert_wait=5))
         cpod, spod = pod(client), pod(server)
@@ -93,9 +95,11 @@ def test_tunnelled_and_plaintext_connections_leave_no_cycles(ca):
                 assert garbage == Counter(), f"{host}:{port} left cycles: {garbage.most_common(8)}"
             assert sum(1 for r in sink.records if not r.error) == 3 * (CONNS + 1)   # tunnel: out + in; plaintext: in
         finally:
-            for s in servers:
-                s.close()
-            loop.run_until_complete(proxy.close())
-            loop.run_until_complete(identities.close())
+            async def teardown() -> None:
+                for s in servers:
+                    s.close()
+                await proxy.close()
+                await identities.close()
+            loop.run_until_complete(teardown())
     finally:
         loop.close()
