@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
 from collections import Counter
 
 import uvloop
@@ -20,10 +19,10 @@ from ambit.dataplane.settings import TunnelSettings
 from tests.unit.ztunnel.test_proxy_inprocess import (
     APP_PORT,
     CLIENT_IP,
-    HBONE_PORT,
     SERVER_IP,
     ListSink,
     echo_app,
+    hbone_listener,
     mesh,
     pod,
     roundtrip,
@@ -62,12 +61,7 @@ def test_tunnelled_and_plaintext_connections_leave_no_cycles(ca):
         identities.prefetch([client.identity, server.identity])
         await identities.get(server.identity, 5)
         app = await echo_app(SERVER_IP, APP_PORT, [])
-        hsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        hsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        hsock.bind((SERVER_IP, HBONE_PORT))
-        hsock.listen(128)
-        hsock.setblocking(False)
-        hbone = await proxy._serve_hbone(spod, hsock)
+        hbone = await proxy._serve_hbone(spod, hbone_listener())
         out, out_port = await serve(proxy.outbound, cpod, "127.0.0.1")
         inb, inb_port = await serve(proxy.inbound_plaintext, spod, SERVER_IP)
         await roundtrip(out_port, b"warm")     # the pooled HBONE connection and the certificates stay
