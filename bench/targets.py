@@ -40,22 +40,34 @@ def _added(results: RunResults, key: str) -> float | None:
     return r.added if r else None
 
 
-def _tput_vs_best_tunnel(results: RunResults) -> float | None:
-    """Paired ratio against whichever of stunnel/haproxy had the higher median single stream."""
-    best, best_med = None, -1.0
-    for base in ("stunnel", "haproxy"):
-        m = results.median(base, "tput_1s_gbps")
-        if m is not None and m > best_med:
-            best, best_med = base, m
-    if best is None:
+TUNNELS = ("stunnel", "haproxy")
+
+
+def _best_tunnel(results: RunResults, key: str, higher_is_better: bool) -> str | None:
+    """The C tunnel with the better median for `key`: "the faster C tunnel" of issue 17."""
+    meds = [(m, base) for base in TUNNELS if (m := results.median(base, key)) is not None]
+    if not meds:
         return None
-    r = ratiomod.ratio(results, CROSS, best, "tput_1s_gbps")
-    return r.ratio if r else None
+    return (max(meds) if higher_is_better else min(meds))[1]
+
+
+def _vs_best_tunnel(key: str, higher_is_better: bool) -> Callable[[RunResults], float | None]:
+    """Paired ratio of the cross-node scenario to whichever tunnel did better on `key`."""
+    def value(results: RunResults) -> float | None:
+        best = _best_tunnel(results, key, higher_is_better)
+        r = ratiomod.ratio(results, CROSS, best, key) if best else None
+        return r.ratio if r else None
+    return value
+
+
+_tput_vs_best_tunnel = _vs_best_tunnel("tput_1s_gbps", higher_is_better=True)
 
 
 def _median(scenario: str, key: str) -> Callable[[RunResults], float | None]:
     return lambda res: res.median(scenario, key)
 
+
+BEST = f"{CROSS} / the better of stunnel and haproxy on this metric, median of paired reps"
 
 TARGETS: tuple[Target, ...] = (
     Target("l4-added-p50", "L4 cross-node added latency at 1000 req/s, p50", "<=", 0.25, "ms",
@@ -68,10 +80,23 @@ TARGETS: tuple[Target, ...] = (
            _median(CROSS, "conn_per_s"), f"{CROSS}, HTTP/1.0 connect-request-close"),
     Target("ztunnel-cpu", "ztunnel CPU per 1000 req/s", "<=", 0.15, "vCPU",
            _median(CROSS, "zt_cpu_per_1k"), "busiest ztunnel, CPU-seconds per 1000 requests at 1000 req/s"),
-    Target("ztunnel-rss", "ztunnel RSS with 1000 open connections", "<=", 60.0, "MB",
-           _median(CROSS, "zt_rss_1000conn_mb"), "largest ztunnel, all its processes"),
+    Target("ztunnel-rss", "ztunnel RSS with 1000 open connections", "<=", 50.0, "MB",
+           _median(CROSS, "zt_rss_1000conn_mb"), "largest ztunnel, all its processes (issue 17: ≤ 50 MB)"),
     Target("config-push-p99", "Config push latency p99 with 1000 pods", "<=", 1000.0, "ms",
            _median("controller", "push_p99_ms"), "one change to the client's on_change, 1000-Workload state"),
+    # Issue 17 (performance, round 2), L4: ratios to the faster C tunnel in the same run.
+    Target("l4-p99-vs-tunnel", "L4 p99 at 1000 req/s vs the faster C tunnel", "<=", 1.0, "×",
+           _vs_best_tunnel("lat1000_p99_ms", higher_is_better=False), BEST),
+    Target("l4-cpu-vs-tunnel", "L4 proxy CPU per request vs the faster C tunnel", "<=", 1.0, "×",
+           _vs_best_tunnel("proxy_cpu_per_1k", higher_is_better=False), BEST + " (all proxies at 1000 req/s)"),
+    Target("l4-tput-1s-vs-tunnel", "L4 throughput, 1 stream, vs the faster C tunnel", ">=", 1.2, "×",
+           _vs_best_tunnel("tput_1s_gbps", higher_is_better=True), BEST),
+    Target("l4-tput-4s-vs-tunnel", "L4 throughput, 4 streams, vs the faster C tunnel", ">=", 1.2, "×",
+           _vs_best_tunnel("tput_4s_gbps", higher_is_better=True), BEST),
+    Target("l4-conn-vs-tunnels", "L4 new connections per second vs the C tunnels", ">=", 1.5, "×",
+           _vs_best_tunnel("conn_per_s", higher_is_better=True), BEST + " (≥ 1.5× both)"),
+    Target("ztunnel-rss-idle", "ztunnel RSS, idle", "<=", 40.0, "MB",
+           _median(CROSS, "zt_rss_idle_mb"), "largest ztunnel, all its processes, before a rep's load"),
 )
 
 

@@ -77,7 +77,7 @@ def routes(config: MeshState, client: ConfigClient | None = None, proxy: Any = N
 
     return {"/config_dump": config_dump, "/workloads": workloads, "/services": services,
             "/policies": policies, "/certs": certs, "/connections": connections, "/pods": pods, "/healthz/ready": ready,
-            "/memory": lambda: (200, memory_report())}
+            "/memory": lambda: (200, memory_report(gc_stats=getattr(proxy, "gc_stats", None)))}
 
 
 def status_report(config: MeshState, node: str, proxy: Any = None) -> dict[str, Any]:
@@ -111,10 +111,11 @@ def parse_smaps_rollup(text: str) -> dict[str, int]:
     return out
 
 
-def memory_report(top: int = 25) -> dict[str, Any]:
+def memory_report(top: int = 25, gc_stats: Any = None) -> dict[str, Any]:
     """RSS/PSS split, threads and GC state; with tracing on (PYTHONTRACEMALLOC=N in ztunnel's
     environment) also the `top` source lines holding the most Python memory. This is how the
-    memory budget in docs/performance.md was found, and how a regression is found again."""
+    memory budget in docs/performance.md was found, and how a regression is found again.
+    `gc_stats` (ambit.dataplane.gctune.GCStats) adds the collections and their pauses."""
     import gc
     import threading
     import tracemalloc
@@ -125,7 +126,10 @@ def memory_report(top: int = 25) -> dict[str, Any]:
     out["threads"] = sorted(t.name for t in threading.enumerate())
     with contextlib.suppress(OSError):
         out["os_threads"] = len(list(Path("/proc/self/task").iterdir()))
-    out["gc"] = {"counts": gc.get_count(), "frozen": gc.get_freeze_count(), "tracked": len(gc.get_objects())}
+    out["gc"] = {"counts": gc.get_count(), "frozen": gc.get_freeze_count(), "tracked": len(gc.get_objects()),
+                 "threshold": gc.get_threshold()}
+    if gc_stats is not None:
+        out["gc"].update(gc_stats.report())
     if tracemalloc.is_tracing():
         snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
         traced, peak = tracemalloc.get_traced_memory()

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ambit.dataplane import tls
+from ambit.dataplane.gctune import GCStats
 from ambit.dataplane.hbone import (
     HBONEClientPool,
     HBONEConnectError,
@@ -138,6 +139,7 @@ class Proxy:
         self.lb = routing.RoundRobin()
         self._background: set[asyncio.Task[None]] = set()
         self.pool: HBONEClientPool | None = None
+        self.gc_stats: GCStats | None = None    # the collector's pauses, for admin /memory (__main__ sets it)
         if identities is not None:
             self.pool = HBONEClientPool(self._client_context, dial=self._dial, max_streams=limits.hbone_max_streams)
         self.registry = PodRegistry(self.outbound, self.inbound_plaintext,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ambit import settings
 from ambit.configclient.tls import ControllerTLSSettings, tls_field
+from ambit.dataplane.gctune import check_threshold
 from ambit.dataplane.ports import PORT_ADMIN, PORT_METRICS
 from ambit.dataplane.settings import TunnelSettings
 from ambit.settings import non_negative, option, positive
@@ -53,6 +54,10 @@ class ZtunnelSettings:
         help="directory keeping current certificates (0600), so a restart serves during a CA outage")
     memory_trim_interval: float = option(10.0, "seconds between returning freed heap memory to the OS "
                                          "(malloc_trim); 0 disables", check=non_negative)
+    gc_freeze: bool = option(True, "after start-up, move every object to the collector's permanent generation "
+                             "(gc.freeze), so full collections no longer walk the ~200k start-up objects")
+    gc_threshold: str = option("", "the collector's thresholds 'gen0[,gen1[,gen2]]' ('' keeps Python's 700,10,10)",
+                               check=check_threshold)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     # Limits against hostile or noisy peers (docs/operations.md): flags without a group prefix.
     limits: ProxyLimits = field(default_factory=ProxyLimits, metadata={"prefix": ""})

@@ -89,8 +89,11 @@ class Leg(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost, self._lost_exc = True, exc
-        if self._relay is not None:
-            self._relay.leg_lost(self, exc)
+        # Unlink from the relay (it keeps its reference to us for the counts): no leg <-> relay
+        # cycle outlives the connection, so plain reference counting frees both, not the collector.
+        r, self._relay = self._relay, None
+        if r is not None:
+            r.leg_lost(self, exc)
 
     def pause_writing(self) -> None:
         if self._relay is not None:
@@ -312,6 +315,7 @@ class TunnelRelay(_Relay):
             self.tunnel.reset()
         else:
             self.tunnel.close()
+        self.tunnel.detach()    # nothing more to hand us; and no stream <-> relay cycle (see detach)
         self.app.close()
 
 

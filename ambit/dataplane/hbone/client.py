@@ -107,6 +107,7 @@ class HBONEClientPool:
         self._pool: dict[PoolKey, list[HBONEProtocol]] = {}
         self._dialing: dict[PoolKey, asyncio.Task[HBONEProtocol]] = {}
         self._idle_timers: dict[HBONEProtocol, asyncio.TimerHandle] = {}
+        self._last_used: dict[HBONEProtocol, float] = {}   # loop time of each connection's latest stream
         self._all: set[HBONEProtocol] = set()
         self._closed = False
 
@@ -194,6 +195,7 @@ class HBONEClientPool:
         for h in self._idle_timers.values():
             h.cancel()
         self._idle_timers.clear()
+        self._last_used.clear()
         protos = list(self._all)
         for p in protos:
             p.close("client pool closing")
@@ -276,20 +278,30 @@ class HBONEClientPool:
         h = self._idle_timers.pop(proto, None)
         if h is not None:
             h.cancel()
+        self._last_used.pop(proto, None)
 
     def _touch(self, proto: HBONEProtocol) -> None:
-        """(Re)arm the idle timer of a connection that just gained a stream."""
-        h = self._idle_timers.pop(proto, None)
-        if h is not None:
-            h.cancel()
-        self._idle_timers[proto] = asyncio.get_running_loop().call_later(self.idle_timeout, self._idle_check, proto)
+        """Note that a connection just gained a stream; arm its idle timer if none is armed.
+
+        Why not cancel and re-arm: that was one timer created and one cancelled per tunnel, on
+        the connection-setup path. The one armed timer checks, when it fires, whether the
+        connection was used since, and re-arms itself for the rest of the idle time."""
+        loop = asyncio.get_running_loop()
+        self._last_used[proto] = loop.time()
+        if proto not in self._idle_timers:
+            self._idle_timers[proto] = loop.call_later(self.idle_timeout, self._idle_check, proto)
 
     def _idle_check(self, proto: HBONEProtocol) -> None:
         self._idle_timers.pop(proto, None)
         if proto.lost:
+            self._last_used.pop(proto, None)
             return
-        if proto.streams:
-            self._touch(proto)
+        loop = asyncio.get_running_loop()
+        idle_for = loop.time() - self._last_used.get(proto, 0.0)
+        if proto.streams or idle_for < self.idle_timeout:
+            # in use, or a stream opened since the timer was armed: check again later
+            delay = self.idle_timeout if proto.streams else self.idle_timeout - idle_for
+            self._idle_timers[proto] = loop.call_later(delay, self._idle_check, proto)
             return
         self._evict(proto)
         proto.close("idle")

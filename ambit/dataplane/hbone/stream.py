@@ -138,6 +138,14 @@ class HBONEStream:
         elif self._rx_eof:
             sink.tunnel_eof()
 
+    def detach(self) -> None:
+        """End push mode once the sink is done with the stream (it is closed or reset).
+
+        Why: the sink (a relay) and the stream refer to each other. Left linked, every finished
+        tunnel is a reference cycle that only the cyclic collector frees, with its transports and
+        buffers, and each collection then walks all of them: pauses in the latency tail."""
+        self._sink = None
+
     def pause_reading(self) -> None:
         """Push mode: stop returning window to the peer (its sends stop after one window)."""
         self._rx_paused = True

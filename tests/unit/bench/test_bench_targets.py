@@ -57,3 +57,29 @@ def test_istio_references_use_the_same_run():
     assert refs["two ztunnels add, p90 at 1000 req/s"] == pytest.approx(0.2)
     assert refs["ztunnel memory at 1000 req/s"] is None
     assert targets.ratio_to_istio(0.12, 0.06) == pytest.approx(2.0)
+
+
+def test_issue_17_l4_targets_compare_with_the_better_tunnel_per_metric():
+    res = results_with(2, {
+        CROSS: {"lat1000_p99_ms": [1.5, 1.5], "proxy_cpu_per_1k": [0.2, 0.2], "tput_1s_gbps": [6.0, 6.0],
+                "tput_4s_gbps": [4.0, 4.0], "conn_per_s": [1500.0, 1500.0], "zt_rss_idle_mb": [61.0, 63.0]},
+        # stunnel has the lower p99, haproxy the lower CPU and the higher rates
+        "stunnel": {"lat1000_p99_ms": [0.75, 0.75], "proxy_cpu_per_1k": [0.4, 0.4], "tput_1s_gbps": [3.0, 3.0],
+                    "tput_4s_gbps": [2.0, 2.0], "conn_per_s": [500.0, 500.0]},
+        "haproxy": {"lat1000_p99_ms": [1.0, 1.0], "proxy_cpu_per_1k": [0.1, 0.1], "tput_1s_gbps": [4.0, 4.0],
+                    "tput_4s_gbps": [5.0, 5.0], "conn_per_s": [1000.0, 1000.0]},
+    })
+    v = by_id(targets.evaluate(res))
+    assert v["l4-p99-vs-tunnel"].value == pytest.approx(2.0) and v["l4-p99-vs-tunnel"].status == "missed"
+    assert v["l4-cpu-vs-tunnel"].value == pytest.approx(2.0) and v["l4-cpu-vs-tunnel"].status == "missed"
+    assert v["l4-tput-1s-vs-tunnel"].value == pytest.approx(1.5) and v["l4-tput-1s-vs-tunnel"].status == "met"
+    assert v["l4-tput-4s-vs-tunnel"].value == pytest.approx(0.8) and v["l4-tput-4s-vs-tunnel"].status == "missed"
+    assert v["l4-conn-vs-tunnels"].value == pytest.approx(1.5) and v["l4-conn-vs-tunnels"].status == "met"
+    assert v["ztunnel-rss-idle"].value == pytest.approx(62.0) and v["ztunnel-rss-idle"].shortfall == \
+        "by 22.0 MB (1.55× the target)"
+    assert v["ztunnel-rss"].target.threshold == 50.0
+
+
+def test_issue_17_ratio_targets_are_not_measured_without_a_tunnel():
+    res = results_with(1, {CROSS: {"lat1000_p99_ms": [1.0]}})
+    assert by_id(targets.evaluate(res))["l4-p99-vs-tunnel"].status == "not measured"

@@ -315,6 +315,32 @@ def test_dead_connection_is_evicted_and_replaced(ca) -> None:
     asyncio.run(main())
 
 
+def test_idle_pool_connection_closes_and_a_busy_one_stays_with_one_timer_each(ca) -> None:
+    """The idle timer is armed once per connection (not re-created per tunnel); a connection that
+    carries a tunnel outlives idle_timeout; once tunnel-less for idle_timeout it is closed."""
+    async def main() -> None:
+        async with Mesh(ca, echo, idle_timeout=0.3) as m:
+            for _ in range(5):
+                st = await m.open()
+                st.write(b"x")
+                assert await st.readexactly(1) == b"x"
+                st.close()
+                assert len(m.pool._idle_timers) == 1
+            held = await m.open()
+            await asyncio.sleep(0.8)                     # > 2 idle timeouts with a tunnel open
+            assert list(m.pool.connections().values()) == [1]
+            held.write(b"still here")
+            assert await held.readexactly(10) == b"still here"
+            held.close()
+            for _ in range(250):                         # then idle: closed (poll, generous deadline)
+                if not m.pool.connections():
+                    break
+                await asyncio.sleep(0.02)
+            assert m.pool.connections() == {} and m.pool._idle_timers == {} and m.pool._last_used == {}
+
+    asyncio.run(main())
+
+
 def test_stream_limit_opens_a_second_connection(ca) -> None:
     async def main() -> None:
         async with Mesh(ca, echo, max_streams=2) as m:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import tracemalloc
 
 from ztunnel import admin
@@ -74,6 +75,20 @@ def test_periodic_trim_runs_until_cancelled():
         assert len(calls) == n                   # cancelled: no more trims
 
     asyncio.run(go())
+
+
+def test_periodic_trim_runs_off_the_event_loop_thread():
+    threads: list[int] = []
+
+    async def go() -> None:
+        task = asyncio.ensure_future(trim_heap_periodically(0.01, lambda: threads.append(threading.get_ident()) or 0))
+        while not threads:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(go())
+    assert threads[0] != threading.get_ident()     # asyncio.run's loop runs in this thread
 
 
 def test_trim_interval_flag():

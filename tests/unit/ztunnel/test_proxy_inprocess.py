@@ -79,6 +79,16 @@ async def serve(handler, pod_proxy: PodProxy, host: str, port: int = 0) -> tuple
     return srv, srv.sockets[0].getsockname()[1]
 
 
+def hbone_listener(ip: str = SERVER_IP, port: int = HBONE_PORT) -> socket.socket:
+    """The destination pod's 15008 listener, as PodRegistry hands it to `_serve_hbone`."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((ip, port))
+    s.listen(128)
+    s.setblocking(False)
+    return s
+
+
 async def roundtrip(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
     r, w = await asyncio.open_connection(host, port)
     w.write(payload)
@@ -112,12 +122,7 @@ def test_outbound_hbone_inbound_app_end_to_end_with_identities_and_source_ip(ca)
         await identities.get(server.identity, 5)
         seen: list[tuple[str, bytes]] = []
         app = await echo_app(SERVER_IP, APP_PORT, seen)
-        hsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        hsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        hsock.bind((SERVER_IP, HBONE_PORT))
-        hsock.listen(128)
-        hsock.setblocking(False)
-        hbone = await proxy._serve_hbone(spod, hsock)
+        hbone = await proxy._serve_hbone(spod, hbone_listener())
         out, out_port = await serve(proxy.outbound, cpod, "127.0.0.1")
         try:
             reply = await roundtrip(out_port, b"hello mesh")
