@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ambit.dataplane import endpoint
 from tests.lab.labctl import Lab, artifacts, lab_name_for, sweep_stale
 
 MESH_SPEC = Path(__file__).parent / "specs" / "mesh.yaml"
@@ -62,7 +63,6 @@ def lab_excerpt(lab: Lab) -> str:
     # ztunnel's HBONE pool and open tunnels, as it sees them at the failure.
     for sock in sorted(lab.dir.glob("node*/admin.sock")):
         try:
-            from ambit.dataplane import endpoint
             status, body = endpoint.get_json(sock, "/connections")
             out.append(f"--- {sock.parent.name} /connections: {json.dumps(body)[:3000]}")
         except Exception as e:  # noqa: BLE001 - a report must not fail on a component that is down
