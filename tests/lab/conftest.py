@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ambit.dataplane import endpoint
 from tests.lab.labctl import Lab, artifacts, lab_name_for, sweep_stale
 
 MESH_SPEC = Path(__file__).parent / "specs" / "mesh.yaml"
@@ -58,6 +60,13 @@ def lab_excerpt(lab: Lab) -> str:
         if notable:
             out.append(f"--- {log.name} ({len(lines)} lines; last {min(REPORT_LINES, len(notable))} notable)")
             out.extend(ln[:400] for ln in notable[-REPORT_LINES:])
+    # ztunnel's HBONE pool and open tunnels, as it sees them at the failure.
+    for sock in sorted(lab.dir.glob("node*/admin.sock")):
+        try:
+            status, body = endpoint.get_json(sock, "/connections")
+            out.append(f"--- {sock.parent.name} /connections: {json.dumps(body)[:3000]}")
+        except Exception as e:  # noqa: BLE001 - a report must not fail on a component that is down
+            out.append(f"--- {sock.parent.name} /connections: unavailable ({e})")
     return "\n".join(out)
 
 
