@@ -57,7 +57,7 @@ DEFAULT_WINDOW = 65535
 class _Out:
     """One stream's DATA waiting for nghttp2 to pull it, and how the stream ends."""
 
-    __slots__ = ("q", "pending", "armed", "deferred", "eof", "trailers")
+    __slots__ = ("q", "pending", "armed", "deferred", "eof", "trailers", "rst_after")
 
     def __init__(self) -> None:
         self.q: deque[bytes] = deque()
@@ -66,6 +66,7 @@ class _Out:
         self.deferred = False       # the provider said DEFERRED: resume it when data comes
         self.eof = False
         self.trailers: Any = None   # (nv array, keepalive) once trailers are queued
+        self.rst_after = False      # RST_STREAM NO_ERROR once the last DATA is framed
 
 
 class _RemoteSettings:
@@ -108,6 +109,9 @@ class NgHttp2Connection:
         if client_side:
             self._local.append((ENABLE_PUSH, 0))
         self._events: list[Any] = []
+        self._early: list[bytes] = []       # framed before `data_to_send` asked (see send_headers)
+        self._pp = ffi.new("const char **")
+        self._rst_ready: list[int] = []     # RST_STREAM NO_ERROR to send after what is queued
         self._hdrs: list[tuple[bytes, bytes]] = []    # the header block being received (blocks
         self._hsize = 0                                 # never interleave: RFC 9113 §4.3)
         self._hsid = 0
@@ -153,17 +157,30 @@ class NgHttp2Connection:
         return events
 
     def data_to_send(self, amount: int | None = None) -> bytes:
+        parts = self._early
+        if parts:
+            self._early = []
+        else:
+            parts = []
+        self._serialise(parts)
+        return b"".join(parts) if len(parts) != 1 else parts[0]
+
+    def _serialise(self, parts: list[bytes]) -> None:
         L, s = self._L, self._s
-        pp = ffi.new("const char **")
-        parts = []
+        pp = self._pp
         while True:
             n = L.nghttp2_session_mem_send(s, pp)
-            if n <= 0:
-                if n < 0:
-                    log.info("nghttp2 send failed: %s", ffi.string(L.nghttp2_strerror(n)).decode())
-                break
-            parts.append(ffi.unpack(pp[0], n))
-        return b"".join(parts) if len(parts) != 1 else parts[0]
+            if n > 0:
+                parts.append(_unpack(pp[0], n))
+                continue
+            if n < 0:
+                log.info("nghttp2 send failed: %s", ffi.string(L.nghttp2_strerror(n)).decode())
+            elif self._rst_ready:
+                ready, self._rst_ready = self._rst_ready, []
+                for sid in ready:
+                    L.nghttp2_submit_rst_stream(s, 0, sid, 0)
+                continue
+            break
 
     def get_next_available_stream_id(self) -> int:
         return self._L.nghttp2_session_get_next_stream_id(self._s)
@@ -200,6 +217,10 @@ class NgHttp2Connection:
         rv = self._L.nghttp2_submit_headers(self._s, flags, sid, ffi.NULL, nva, len(headers), ffi.NULL)
         self._check(rv, stream_id)
         self._sent_head.add(stream_id)
+        if self.client_side:
+            # nghttp2 opens a request's stream only when it frames the HEADERS; frame them now so
+            # that the stream's window exists for `send_data` (the bytes wait for `data_to_send`)
+            self._serialise(self._early)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False, pad_length: Any = None) -> None:
         out = self._out.get(stream_id)
@@ -222,6 +243,17 @@ class NgHttp2Connection:
         self._L.nghttp2_session_consume(self._s, stream_id, acknowledged_size)
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
+        """As in h2, the RST_STREAM follows what was already submitted on the stream. nghttp2 sends
+        RST_STREAM ahead of queued DATA and drops a queued HEADERS of a stream it is resetting, so
+        RST_STREAM NO_ERROR (a complete response; RFC 9113 §8.1) waits until the stream's last
+        frame is framed. Any other code aborts the stream: its unsent DATA is dropped."""
+        if not error_code:
+            out = self._out.get(stream_id)
+            if out is not None and out.armed:
+                out.rst_after = True
+            else:
+                self._rst_ready.append(stream_id)
+            return
         self._drop_out(stream_id)
         self._check(self._L.nghttp2_submit_rst_stream(self._s, 0, stream_id, int(error_code)), stream_id)
 
@@ -294,6 +326,8 @@ class NgHttp2Connection:
                     self._L.nghttp2_submit_trailer(self._s, stream_id, nva, nvlen)
                 flags[0] |= f
                 del self._out[stream_id]
+                if out.rst_after:
+                    self._rst_ready.append(stream_id)
             elif n == 0:
                 out.deferred = True
                 return ERR_DEFERRED
