@@ -40,6 +40,8 @@ log = logging.getLogger("ambit.nghttp2")
 
 # frame types and flags (RFC 9113 §6)
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
+FRAME_NAMES = {0: "DATA", 1: "HEADERS", 2: "PRIORITY", 3: "RST_STREAM", 4: "SETTINGS", 5: "PUSH_PROMISE", 6: "PING",
+               7: "GOAWAY", 8: "WINDOW_UPDATE", 9: "CONTINUATION"}
 FLAG_END_STREAM = FLAG_ACK = 0x1
 HCAT_REQUEST, HCAT_RESPONSE = 0, 1
 # settings ids
@@ -120,6 +122,7 @@ class NgHttp2Connection:
         self._final: set[int] = set()       # client: streams whose final response arrived
         self._sent_head: set[int] = set()   # streams whose first HEADERS we submitted
         self._reset_seen: set[int] = set()
+        self._known: set[int] = set()       # streams the application knows (it submitted or got HEADERS)
         self._goaway_recv = False
         self._terminated = False
         self._error: str | None = None
@@ -151,9 +154,11 @@ class NgHttp2Connection:
             why = ffi.string(self._L.nghttp2_strerror(rv)).decode()
             self._L.nghttp2_session_terminate_session(self._s, PROTOCOL_ERROR)
             raise h2.exceptions.ProtocolError(why)
-        if (self._error is not None and not self._goaway_recv and not self._terminated
-                and not self._L.nghttp2_session_want_read(self._s)):
-            raise h2.exceptions.ProtocolError(self._error)
+        # A connection error nghttp2 found queues its GOAWAY and ends reading once that is framed:
+        # frame it now (`data_to_send` returns it) so the error surfaces here, as in h2.
+        self._serialise(self._early)
+        if not self._goaway_recv and not self._terminated and not self._L.nghttp2_session_want_read(self._s):
+            raise h2.exceptions.ProtocolError(self._error or "HTTP/2 connection error")
         return events
 
     def data_to_send(self, amount: int | None = None) -> bytes:
@@ -217,6 +222,7 @@ class NgHttp2Connection:
         rv = self._L.nghttp2_submit_headers(self._s, flags, sid, ffi.NULL, nva, len(headers), ffi.NULL)
         self._check(rv, stream_id)
         self._sent_head.add(stream_id)
+        self._known.add(stream_id)
         if self.client_side:
             # nghttp2 opens a request's stream only when it frames the HEADERS; frame them now so
             # that the stream's window exists for `send_data` (the bytes wait for `data_to_send`)
@@ -359,6 +365,7 @@ class NgHttp2Connection:
             else:
                 cls = h2.events.TrailersReceived
             ev = cls(stream_id=sid, headers=headers)
+            self._known.add(sid)
             self._events.append(ev)
             if hd.flags & FLAG_END_STREAM:
                 end = h2.events.StreamEnded(stream_id=sid)
@@ -405,9 +412,11 @@ class NgHttp2Connection:
             self._hsid = 0
         self._final.discard(sid)
         self._sent_head.discard(sid)
+        known = sid in self._known
+        self._known.discard(sid)
         if sid in self._reset_seen:
             self._reset_seen.discard(sid)
-        elif code:
+        elif code and known:
             self._events.append(h2.events.StreamReset(stream_id=sid, error_code=code, remote_reset=False))
 
 
@@ -457,6 +466,14 @@ def _cb_close(session: Any, sid: int, code: int, ud: Any) -> int:
     return 0
 
 
+@ffi.callback("nghttp2_on_invalid_frame_recv_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
+def _cb_invalid(session: Any, frame: Any, code: int, ud: Any) -> int:
+    c = _from_handle(ud)
+    c._error = f"invalid {FRAME_NAMES.get(frame.hd.type, 'frame')} on stream {frame.hd.stream_id}: " + \
+        ffi.string(c._L.nghttp2_strerror(code)).decode()
+    return 0
+
+
 @ffi.callback("nghttp2_error_callback2", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
 def _cb_error(session: Any, code: int, msg: Any, length: int, ud: Any) -> int:
     _from_handle(ud)._error = ffi.unpack(msg, length).decode("utf-8", "replace")
@@ -493,6 +510,7 @@ def _build_callbacks() -> Any:
     L.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, _cb_data)
     L.nghttp2_session_callbacks_set_on_stream_close_callback(cbs, _cb_close)
     L.nghttp2_session_callbacks_set_error_callback2(cbs, _cb_error)
+    L.nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, _cb_invalid)
     return cbs
 
 

@@ -54,6 +54,7 @@ typedef int (*nghttp2_on_stream_close_callback)(nghttp2_session *, int32_t, uint
 typedef int (*nghttp2_on_header_callback)(nghttp2_session *, const nghttp2_frame *, const char *, size_t,
                                           const char *, size_t, uint8_t, void *);
 typedef int (*nghttp2_on_begin_headers_callback)(nghttp2_session *, const nghttp2_frame *, void *);
+typedef int (*nghttp2_on_invalid_frame_recv_callback)(nghttp2_session *, const nghttp2_frame *, int, void *);
 typedef int (*nghttp2_error_callback2)(nghttp2_session *, int, const char *, size_t, void *);
 
 int nghttp2_session_callbacks_new(nghttp2_session_callbacks **);
@@ -66,6 +67,8 @@ void nghttp2_session_callbacks_set_on_stream_close_callback(nghttp2_session_call
 void nghttp2_session_callbacks_set_on_header_callback(nghttp2_session_callbacks *, nghttp2_on_header_callback);
 void nghttp2_session_callbacks_set_on_begin_headers_callback(nghttp2_session_callbacks *,
                                                              nghttp2_on_begin_headers_callback);
+void nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(nghttp2_session_callbacks *,
+                                                                  nghttp2_on_invalid_frame_recv_callback);
 void nghttp2_session_callbacks_set_error_callback2(nghttp2_session_callbacks *, nghttp2_error_callback2);
 
 int nghttp2_option_new(nghttp2_option **);
