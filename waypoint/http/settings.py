@@ -75,3 +75,9 @@ class HttpSettings:
                                       check=positive)
     mirror_timeout: float = option(30.0, "seconds a shadow request may take when its route sets no timeout "
                                    "(Envoy: the route timeout, none by Istio's default)", check=positive)
+
+    def check(self) -> str | None:
+        """Also for the default codec: the waypoint must not start without the library it would
+        need on its first HTTP/2 connection."""
+        reason = _codec(self.h2_codec)
+        return f"--http-h2-codec {self.h2_codec}: {reason}" if reason else None
