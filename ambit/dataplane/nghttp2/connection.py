@@ -305,8 +305,8 @@ class NgHttp2Connection:
     def _read(self, stream_id: int, buf: Any, length: int, flags: Any) -> int:
         """nghttp2 pulls up to `length` bytes of DATA for `stream_id`."""
         out = self._out.get(stream_id)
-        if out is None:
-            return ERR_TEMPORAL_CALLBACK_FAILURE
+        if out is None:         # reset by us: the RST_STREAM already queued closes the stream
+            return ERR_DEFERRED
         q = out.q
         n = 0
         while q and n < length:
