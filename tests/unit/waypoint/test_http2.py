@@ -23,6 +23,7 @@ import h2.events
 import pytest
 
 from tests.unit.waypoint.harness import GrpcOrigin, H2Origin, Origin, Proxy, by_header, free_port
+from waypoint.http.settings import HttpSettings
 from waypoint.request import Decision, Downstream, LocalReply, RequestHead
 
 pytestmark = pytest.mark.timeout(90)
@@ -91,6 +92,20 @@ def test_h2_to_h2_origin_with_body(proxy: Proxy) -> None:
     assert got["body_len"] == 3_000_000
     hdrs = dict(got["headers"])
     assert hdrs[":path"] == "/up" and hdrs[":method"] == "POST" and "x-request-id" in hdrs
+
+
+def test_h2_library_codec_still_serves_both_legs(backends: dict) -> None:
+    """`--http-h2-codec h2` (the fallback to nghttp2): h2c downstream, h2c upstream, a body both ways
+    larger than one window, and gRPC's trailers across."""
+    ports = {"default": backends["h2"].port, "h2": backends["h2"].port}
+    p = Proxy(by_header(ports), protocols={backends["h2"].port: "h2"}, settings=HttpSettings(h2_codec="h2"))
+    try:
+        r = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", f"http://127.0.0.1:{p.port}/up", "-H",
+                            "x-to: h2", "--data-binary", "@-"], input=b"q" * 300_000, capture_output=True,
+                           timeout=30)
+        assert json.loads(r.stdout)["body_len"] == 300_000, r.stderr
+    finally:
+        p.close()
 
 
 def test_h1_downstream_to_h2_origin(proxy: Proxy) -> None:

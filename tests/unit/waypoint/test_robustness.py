@@ -77,6 +77,60 @@ def test_random_frames_after_the_h2_preface(proxy: Proxy) -> None:
     assert _alive(proxy)
 
 
+def _goaway_code(p: Proxy, data: bytes) -> int | None:
+    """Send `data` (after the preface and an empty SETTINGS), read until the proxy closes: the
+    error code of its GOAWAY, or None if it closed without one."""
+    code = None
+    with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+        s.sendall(PREFACE + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]) + data)
+        buf = b""
+        try:
+            while chunk := s.recv(65536):
+                buf += chunk
+        except ConnectionResetError:
+            pass
+    while len(buf) >= 9:
+        n, ftype = int.from_bytes(buf[:3], "big"), buf[3]
+        if ftype == 7:
+            code = int.from_bytes(buf[13:17], "big")
+        buf = buf[9 + n:]
+    return code
+
+
+@pytest.mark.parametrize("codec", ["nghttp2", "h2"])
+def test_hostile_h2_connections_get_goaway_and_the_proxy_serves_on(origin: Origin, codec: str) -> None:
+    """Window overflow, a HEADERS frame whose HPACK block cannot decode, and a rapid-reset flood
+    (CVE-2023-44487, nghttp2 only): each connection ends in GOAWAY with the RFC's code."""
+    import h2.config
+    import h2.connection
+
+    p = Proxy(by_header({"default": origin.port}), settings=HttpSettings(h2_codec=codec))
+    try:
+        overflow = bytes([0, 0, 4, 8, 0, 0, 0, 0, 0]) + (2**31 - 1).to_bytes(4, "big")
+        assert _goaway_code(p, overflow) == 3                                   # FLOW_CONTROL_ERROR
+        bad_hpack = bytes([0, 0, 6, 1, 5, 0, 0, 0, 1]) + b"\xff" * 6
+        # COMPRESSION_ERROR from nghttp2 (RFC 9113 §4.3); the h2 library says PROTOCOL_ERROR
+        assert _goaway_code(p, bad_hpack) == (9 if codec == "nghttp2" else 1)
+        if codec == "h2":       # the h2 library has no reset budget: it serves the flood (see the docs)
+            assert _alive(p)
+            return
+        c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        c.initiate_connection()
+        c.data_to_send()
+        c.update_settings({4: 65535})
+        flood = b""
+        for i in range(1500):
+            sid = 1 + 2 * i
+            c.send_headers(sid, [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/f")],
+                           end_stream=True)
+            c.reset_stream(sid, 8)
+            flood += c.data_to_send()
+        assert _goaway_code(p, flood) == 2      # nghttp2's reset budget (1000 burst) answers INTERNAL_ERROR
+        assert _alive(p)
+    finally:
+        p.close()
+
+
 def test_many_concurrent_http1_clients(origin: Origin) -> None:
     p = Proxy(by_header({"default": origin.port}))
     try:

@@ -1,4 +1,5 @@
-"""HTTP/2 (h2c, prior knowledge) on both legs, with the `h2` library.
+"""HTTP/2 (h2c, prior knowledge) on both legs, with libnghttp2 (ambit/dataplane/nghttp2) or the `h2`
+library (`HttpSettings.h2_codec`; both have h2's `H2Connection` interface, see `new_codec`).
 
 `H2Server` is one downstream connection (each stream an `Exchange`); `H2Client` one upstream
 connection that multiplexes the exchanges the pool gives it.

@@ -15,6 +15,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from ambit.dataplane.nghttp2 import NgHttp2Connection
 from waypoint.http.headers import HOP_BY_HOP
 from waypoint.http.legs import Headers
 
@@ -46,6 +47,21 @@ def encode_headers(pseudo: list[tuple[str, str]], headers: Headers) -> list[tupl
             continue
         out.append((k.encode("latin-1"), v.encode("latin-1")))
     return out
+
+
+def new_codec(s: HttpSettings, client_side: bool) -> h2.connection.H2Connection | NgHttp2Connection:
+    """The sans-IO HTTP/2 connection of `s.h2_codec`: libnghttp2 (C, the default) or the pure-Python
+    `h2` library (the fallback and test oracle). Both expose h2's `H2Connection` surface and events."""
+    if s.h2_codec == "nghttp2":
+        return NgHttp2Connection(client_side, max_concurrent_streams=s.h2_max_concurrent_streams,
+                                 initial_window=s.h2_window, max_header_list_size=s.max_header_bytes)
+    c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=client_side, header_encoding=None))
+    c.local_settings = h2.settings.Settings(client=client_side, initial_values={
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: s.h2_max_concurrent_streams,
+        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: s.h2_window,
+        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: s.max_header_bytes,
+    })
+    return c
 
 
 class Stream:
@@ -108,8 +124,7 @@ class H2Base(asyncio.Protocol):
 
     def __init__(self, settings: HttpSettings, client_side: bool) -> None:
         self.settings = settings
-        cfg = h2.config.H2Configuration(client_side=client_side, header_encoding=None)
-        self.h2 = h2.connection.H2Connection(config=cfg)
+        self.h2 = new_codec(settings, client_side)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Stream] = {}
         self.lost = False
@@ -121,11 +136,6 @@ class H2Base(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         s = self.settings
-        self.h2.local_settings = h2.settings.Settings(client=self.h2.config.client_side, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: s.h2_max_concurrent_streams,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: s.h2_window,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: s.max_header_bytes,
-        })
         self.h2.initiate_connection()
         if s.h2_window > DEFAULT_WINDOW:
             self.h2.increment_flow_control_window(s.h2_window - DEFAULT_WINDOW)
