@@ -77,13 +77,13 @@ async def amain(args: ZtunnelSettings) -> None:
     msrv = MetricsServer(metrics)
     mhost, _, mport = (args.metrics_address or "").rpartition(":")
     try:
-        await msrv.start(mhost or None, int(mport or 0), args.metrics_socket)
+        await msrv.start(mhost or None, int(mport or 0), args.metrics_socket, reuse_port=True)
     except OSError as e:
         log.warning("metrics endpoint %s: %s", args.metrics_address, e)
     adm = admin.AdminServer(admin.routes(config, client, proxy), tap=tap_hub)
     host, _, port = (args.admin_address or "").rpartition(":")
     try:
-        await adm.start(host or None, int(port or 0), args.admin_socket)
+        await adm.start(host or None, int(port or 0), args.admin_socket, reuse_port=True)
     except OSError as e:
         log.warning("admin endpoint %s: %s", args.admin_address, e)
     reporter = feed = None
@@ -107,6 +107,10 @@ async def amain(args: ZtunnelSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    # Stop accepting first (the agent's socket and every pod listener), then drain: a surge roll's
+    # new ztunnel takes the new connections meanwhile (docs/operations.md).
+    zds.stop()
+    await proxy.registry.shutdown(args.termination_drain)
     if trimmer is not None:
         trimmer.cancel()
         with contextlib.suppress(asyncio.CancelledError):

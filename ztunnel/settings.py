@@ -53,6 +53,10 @@ class ZtunnelSettings:
         help="directory keeping current certificates (0600), so a restart serves during a CA outage")
     memory_trim_interval: float = option(10.0, "seconds between returning freed heap memory to the OS "
                                          "(malloc_trim); 0 disables", check=non_negative)
+    termination_drain: float = option(
+        20.0, "on SIGTERM: close every pod listener at once (new connections go to the other ztunnel of a surge "
+              "roll), then give open connections this many seconds before cutting them; keep it below the pod's "
+              "terminationGracePeriodSeconds", check=non_negative)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     # Limits against hostile or noisy peers (docs/operations.md): flags without a group prefix.
     limits: ProxyLimits = field(default_factory=ProxyLimits, metadata={"prefix": ""})

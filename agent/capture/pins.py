@@ -2,7 +2,9 @@
 
     /sys/fs/bpf/ambit/<node>/maps/ambit_*            the node's maps (BPF_TABLE_PINNED)
     /sys/fs/bpf/ambit/<node>/pods/<pod-uid>/<prog>   one bpf_link per (pod, program)
-    /sys/fs/bpf/ambit/<node>/ztunnel/getsockopt      the SO_ORIGINAL_DST link on ztunnel's cgroup
+    /sys/fs/bpf/ambit/<node>/ztunnel/<cgroup-id>/getsockopt
+                                                     the SO_ORIGINAL_DST link on each ztunnel's cgroup
+                                                     (agent/capture/ztunnels.py)
 
 Programs themselves are never pinned: a program lives exactly as long as a link (or the agent's fd)
 holds it, so removing the link pins is what makes Ambit disappear from `bpftool prog`.
