@@ -109,6 +109,7 @@ async def amain(args: ZtunnelSettings) -> None:
     await stop.wait()
     # Stop accepting first (the agent's socket and every pod listener), then drain: a surge roll's
     # new ztunnel takes the new connections meanwhile (docs/operations.md).
+    deadline = loop.time() + args.termination_drain
     zds.stop()
     await proxy.registry.shutdown(args.termination_drain)
     if trimmer is not None:
@@ -119,7 +120,8 @@ async def amain(args: ZtunnelSettings) -> None:
         await reporter.stop()
     if feed is not None:
         await feed.stop()
-    await proxy.close()
+    with contextlib.suppress(asyncio.TimeoutError):    # HBONE GOAWAYs: bounded by the same drain
+        await asyncio.wait_for(proxy.close(), max(0.1, deadline - loop.time()))
     if identities is not None:
         await identities.close()
     if ca_channel is not None:

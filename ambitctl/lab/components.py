@@ -131,6 +131,9 @@ def controller_process(names: LabNames, base: Path, trust_domain: str = "cluster
 # lab with other limits than the defaults. ztunnel refuses a bad flag at start-up, so the lab fails
 # to come up rather than run without it.
 ZTUNNEL_ARGS_ENV = "AMBIT_LAB_ZTUNNEL_ARGS"
+# On SIGTERM a lab ztunnel drains its open connections this long (a cluster's default is 20 s, in a
+# 30 s terminationGracePeriod); the supervisor's SIGKILL comes 2 s later.
+ZTUNNEL_DRAIN = 3.0
 AGENT_ARGS_ENV = "AMBIT_LAB_AGENT_ARGS"     # the same for every node's agent (e.g. --cleanup-on-delete)
 
 
@@ -151,9 +154,10 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
                   "--cert-cache", str(base / n.name / "certs"),
                   "--trust-domain", spec.trust_domain, *controller_tls_args(base, spec.trust_domain),
                   "--metrics-socket", str(ztunnel_metrics_socket(base, n.name)),
-                  "--report-interval", "3",
+                  "--report-interval", "3", "--termination-drain", str(ZTUNNEL_DRAIN),
                   *(["--cert-ttl", str(cert_ttl)] if cert_ttl else []),
-                  *shlex.split(os.environ.get(ZTUNNEL_ARGS_ENV, ""))]))
+                  *shlex.split(os.environ.get(ZTUNNEL_ARGS_ENV, ""))],
+            stop_grace=ZTUNNEL_DRAIN + 2))
         procs.append(ProcSpec(
             id=f"agent/{n.name}", component="agent", node=n.name, netns=node_ns,
             cgroup=str(names.component_cgroup(n.name, "agent")),
