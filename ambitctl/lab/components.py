@@ -212,7 +212,7 @@ def not_ready(st: LabState, base: Path) -> list[str]:
     if not controller_socket(base).exists():   # it binds only once its first config is translated
         waiting.append("controller")
     for n in st.spec["nodes"]:
-        if (not zds_socket(base, n["name"]).exists() or not ztunnel_synced(base, n["name"])
+        if (not _zds_of(st, n["name"]).exists() or not ztunnel_synced(base, n["name"])
                 or not ztunnel_certs_ready(base, n["name"])):
             waiting.append(f"ztunnel/{n['name']}")
         if not agent_status_file(base, n["name"]).exists():
@@ -223,6 +223,13 @@ def not_ready(st: LabState, base: Path) -> list[str]:
         if pid and want and not want <= listening_ports(pid):
             waiting.append(f"pod/{p['namespace']}/{p['name']}")
     return waiting
+
+
+def _zds_of(st: LabState, node: str) -> Path:
+    """The node's agent -> ztunnel socket, as its ztunnel was told (a surge roll gives each node pod
+    generation its own)."""
+    argv = st.proc(f"ztunnel/{node}").argv
+    return Path(argv[argv.index("--zds-socket") + 1])
 
 
 def remove_runtime_files(base: Path, nodes: list[str]) -> None:

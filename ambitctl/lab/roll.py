@@ -44,6 +44,10 @@ def next_cgroup(current: str) -> Path:
     return p.with_name(f"{base}.g{gen + 1}")
 
 
+def _arg(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
 def _with_arg(argv: list[str], flag: str, value: str) -> list[str]:
     out = list(argv)
     out[out.index(flag) + 1] = value
@@ -101,8 +105,12 @@ def roll(node: str, surge: bool, base: Path, timeout: float = 60.0,
     zt_cg, ag_cg = next_cgroup(zt.cgroup), next_cgroup(ag.cgroup)
     cgroups.create(zt_cg)
     cgroups.create(ag_cg)
-    new_zt = replace(zt, cgroup=str(zt_cg), adopt="")
-    new_ag = replace(ag, cgroup=str(ag_cg), argv=_with_arg(ag.argv, "--ztunnel-cgroup", str(zt_cg)), adopt="")
+    # The agent -> ztunnel socket is private to a node pod (an emptyDir): each generation its own.
+    old_zds = Path(_arg(zt.argv, "--zds-socket"))
+    zds = str(old_zds.with_name(f"zds.{zt_cg.name.rsplit('.', 1)[-1]}.sock"))
+    new_zt = replace(zt, cgroup=str(zt_cg), argv=_with_arg(zt.argv, "--zds-socket", zds), adopt="")
+    new_ag = replace(ag, cgroup=str(ag_cg), adopt="",
+                     argv=_with_arg(_with_arg(ag.argv, "--ztunnel-cgroup", str(zt_cg)), "--zds-socket", zds))
     rt = state.runtime(base)
     old_pids = [rt.get(zid, {}).get("pid"), rt.get(aid, {}).get("pid")]
     if surge:
@@ -116,8 +124,9 @@ def roll(node: str, surge: bool, base: Path, timeout: float = 60.0,
         with state.editing(base) as s:
             s.processes += [new_zt, new_ag]
     _wait(lambda: all(_pid_gone(p) for p in old_pids), "the old node pod to stop", deadline)
-    for cg in (zt.cgroup, ag.cgroup):          # the kubelet removes a deleted pod's cgroup
+    for cg in (zt.cgroup, ag.cgroup):          # the kubelet removes a deleted pod's cgroup ...
         cgroups.remove_tree(Path(cg))
+    old_zds.unlink(missing_ok=True)             # ... and its emptyDir
     _wait(lambda: components.ztunnel_synced(base, node) and components.ztunnel_certs_ready(base, node)
           and _captured(base, node) <= _serving(base, node), f"the new node pod of {node} to be ready", deadline)
     progress(f"node {node} rolled ({'surge' if surge else 'stop, then start'})")
@@ -126,22 +135,17 @@ def roll(node: str, surge: bool, base: Path, timeout: float = 60.0,
 def _surge(node: str, base: Path, new_zt: ProcSpec, new_ag: ProcSpec, deadline: float,
            progress: Callable[[str], None]) -> None:
     zid, aid = new_zt.id, new_ag.id
-    zds, admin = components.zds_socket(base, node), components.ztunnel_admin_socket(base, node)
-    zds_before, admin_before = _inode(zds), _inode(admin)
-    progress(f"starting the new ztunnel of {node} beside the old one")
+    admin = components.ztunnel_admin_socket(base, node)
+    admin_before = _inode(admin)
+    progress(f"starting the new node pod of {node} (agent and ztunnel) beside the old one")
     with state.editing(base) as s:
-        s.processes.append(replace(new_zt, id=zid + SURGE))
-    # The new ztunnel binds the node's sockets: the admin one first, the agent's (zds) last.
-    _wait(lambda: _inode(zds) not in (0, zds_before) and _inode(admin) not in (0, admin_before)
-          and components.ztunnel_synced(base, node) and components.ztunnel_certs_ready(base, node),
-          "the new ztunnel to be ready", deadline)
-    progress(f"starting the new agent of {node}")
-    with state.editing(base) as s:
-        s.processes.append(replace(new_ag, id=aid + SURGE))
-    _wait(lambda: _captured(base, node) <= _serving(base, node),
-          "the new agent to hand every captured pod to the new ztunnel", deadline)
+        s.processes += [replace(new_zt, id=zid + SURGE), replace(new_ag, id=aid + SURGE)]
+    # The new ztunnel takes over the node's admin socket once it runs; it serves a pod once the new
+    # agent handed it over (both ztunnels listen in the pod's netns then).
+    _wait(lambda: _inode(admin) not in (0, admin_before) and components.ztunnel_synced(base, node)
+          and components.ztunnel_certs_ready(base, node) and _captured(base, node) <= _serving(base, node),
+          "the new node pod to serve every captured pod", deadline)
     progress(f"stopping the old node pod of {node} (its ztunnel drains for up to {ZTUNNEL_DRAIN:g}s)")
     with state.editing(base) as s:
         s.processes = [p for p in s.processes if p.id not in (zid, aid, zid + SURGE, aid + SURGE)]
         s.processes += [replace(new_zt, adopt=zid + SURGE), replace(new_ag, adopt=aid + SURGE)]
-
