@@ -38,6 +38,7 @@ from ambit.dataplane.ports import (
 from ambit.dataplane.relay import Leg
 from ambit.netns import entered
 from ambit.zds import PodInfo
+from ztunnel import listengroup
 
 log = logging.getLogger("ambit.ztunnel.pods")
 
@@ -90,6 +91,10 @@ def _listener(host: str, port: int, transparent: bool = False, marked: bool = Fa
         s.bind((host, port))
         s.listen(LISTEN_BACKLOG)
         s.setblocking(False)
+        if reuseport and marked and listengroup.unmarked_listeners(port, AMBIT_LISTENER_MARK):
+            # A pod's own SO_REUSEPORT listener shares the port: it would get some of the connections
+            # steered to ztunnel. Refuse the pod as if the port were in use (ztunnel/listengroup.py).
+            raise OSError(errno.EADDRINUSE, "a listener there is not ztunnel's")
     except OSError as e:
         s.close()
         if e.errno == errno.EADDRINUSE:
