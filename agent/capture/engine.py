@@ -37,6 +37,7 @@ from agent.capture.pins import (
     remove_link_pin,
     remove_tree,
     rmdir_if_empty,
+    update_link,
 )
 from ambit.cgroups import find_cgroup2_mount
 from ambit.netns import entered, netns_cookie
@@ -182,23 +183,8 @@ class CaptureEngine:
                 podnet.clsact_attach(meta.netns_path, self._prog_fds[tc.pin], tc.func)
 
     def _update_link(self, pin: Path, prog: programs.Program) -> bool:
-        """Point a pinned link at our program; a defunct link (its cgroup or device is gone) is
-        removed. Returns whether the link is live."""
-        new_fd = self._prog_fds[prog.pin]
-        fd = libbpf.obj_get(pin)
-        try:
-            if libbpf.link_info(fd).prog_id == libbpf.prog_id(new_fd):
-                return True
-            libbpf.link_update(fd, new_fd, str(pin))
-            return True
-        except libbpf.LibbpfError as e:
-            if e.errno not in (errno.ENOLINK, errno.ENOENT, errno.EINVAL):
-                raise
-            log.warning("capture link %s is defunct (%s): removing it", pin, e)
-        finally:
-            os.close(fd)
-        remove_link_pin(pin)
-        return False
+        """Point a pinned link at our program; a defunct link is removed. Whether it is live."""
+        return update_link(pin, self._prog_fds[prog.pin])
 
     def _create_cgroup_link(self, prog: programs.Program, cgroup: Path, pin: Path) -> None:
         cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)

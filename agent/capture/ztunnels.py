@@ -21,7 +21,6 @@ The agents' lock (`NodeLock`) serialises every change, across processes.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.capture import libbpf, maps, programs
-from agent.capture.pins import PinLayout, remove_link_pin, remove_tree
+from agent.capture.pins import PinLayout, remove_link_pin, remove_tree, update_link
 
 log = logging.getLogger(__name__)
 
@@ -99,23 +98,7 @@ def sync(ztunnels: libbpf.RawMap, layout: PinLayout, prog_fd: int | None,
 def _update(pin: Path, cg_id: int, prog_fd: int) -> bool:
     """Point an existing link on cgroup `cg_id` at `prog_fd`; False if there is none (or it is
     for another cgroup, or defunct: then it is removed)."""
-    if not pin.exists():
-        return False
-    fd = libbpf.obj_get(pin)
-    try:
-        info = libbpf.link_info(fd)
-        if info.cgroup_id == cg_id:
-            if info.prog_id != libbpf.prog_id(prog_fd):
-                libbpf.link_update(fd, prog_fd, str(pin))
-            return True
-    except libbpf.LibbpfError as e:
-        if e.errno not in (errno.ENOLINK, errno.ENOENT, errno.EINVAL):
-            raise
-        log.warning("ztunnel getsockopt link %s is defunct (%s): replacing it", pin, e)
-    finally:
-        os.close(fd)
-    remove_link_pin(pin)
-    return False
+    return pin.exists() and update_link(pin, prog_fd, cg_id)
 
 
 def _adopt_legacy_pin(layout: PinLayout) -> None:

@@ -56,13 +56,21 @@ def start(spec: ProcSpec, log_dir: Path) -> subprocess.Popen[bytes]:
         log.close()
 
 
-def stop(child: Child, grace: float = 3.0) -> None:
+def _sigterm(child: Child) -> subprocess.Popen[bytes] | None:
+    """SIGTERM a running child's process group; its process, or None if it is not running."""
     p = child.popen
     if p is None or p.poll() is not None:
-        return
+        return None
     try:
         os.killpg(p.pid, signal.SIGTERM)
     except ProcessLookupError:
+        return None
+    return p
+
+
+def stop(child: Child, grace: float = 3.0) -> None:
+    p = _sigterm(child)
+    if p is None:
         return
     try:
         p.wait(grace)
@@ -77,14 +85,9 @@ def stop(child: Child, grace: float = 3.0) -> None:
 def begin_stop(child: Child, draining: list[tuple[subprocess.Popen[bytes], float]]) -> None:
     """SIGTERM now; `reap` SIGKILLs it once its grace is over. Never blocks: other processes
     keep being supervised while one drains (a ztunnel finishing its connections)."""
-    p = child.popen
-    if p is None or p.poll() is not None:
-        return
-    try:
-        os.killpg(p.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    draining.append((p, time.monotonic() + child.spec.stop_grace))
+    p = _sigterm(child)
+    if p is not None:
+        draining.append((p, time.monotonic() + child.spec.stop_grace))
 
 
 def reap(draining: list[tuple[subprocess.Popen[bytes], float]]) -> None:
