@@ -393,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if args.cleanup_on_delete:
+        from agent.shutdown import prepare
+        threading.Thread(target=prepare, name="shutdown-prepare", daemon=True).start()
     t0 = time.monotonic()
     engine.load()
     log.info("eBPF programs ready in %.2fs; adopted %d pods", time.monotonic() - t0, len(engine.enrolled()))

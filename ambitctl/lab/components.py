@@ -134,6 +134,8 @@ ZTUNNEL_ARGS_ENV = "AMBIT_LAB_ZTUNNEL_ARGS"
 # On SIGTERM a lab ztunnel drains its open connections this long (a cluster's default is 20 s, in a
 # 30 s terminationGracePeriod); the supervisor's SIGKILL comes 2 s later.
 ZTUNNEL_DRAIN = 3.0
+# An agent told to stop may uninstall every pod's capture first (--cleanup-on-delete): give it time.
+AGENT_STOP_GRACE = 10.0
 AGENT_ARGS_ENV = "AMBIT_LAB_AGENT_ARGS"     # the same for every node's agent (e.g. --cleanup-on-delete)
 
 
@@ -174,7 +176,8 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
                   "--cni-conf-dir", str(runtime.cni_conf_dir(base, n.name)),
                   "--cni-bin-dir", str(runtime.cni_bin_dir(base, n.name)),
                   "--cni-lab-store", str(base / "store.json"),
-                  *shlex.split(os.environ.get(AGENT_ARGS_ENV, ""))]))
+                  *shlex.split(os.environ.get(AGENT_ARGS_ENV, ""))],
+            stop_grace=AGENT_STOP_GRACE))
     for p in spec.pods:
         procs.append(ProcSpec(
             id=f"pod/{p.namespace}/{p.name}", component="app", node=p.node, argv=list(p.command),
