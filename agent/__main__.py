@@ -61,6 +61,7 @@ class Agent:
         self.lock = threading.RLock()           # the CNI server's requests vs the reconcile loop
         self.cni: dict[str, tuple[PodRef, float]] = {}  # uid -> (ref, when) enrolled by the plugin
         self.cni_grace = 60.0
+        self.ztunnel_sync = 5.0                 # seconds between checks of the node's ztunnel set
 
     # -- capture ----------------------------------------------------------------------------
     def _capture(self, ref: PodRef) -> Any:
@@ -283,7 +284,11 @@ class Agent:
                 views.put(v)
         threading.Thread(target=feed, name="pod-source", daemon=True).start()
         last: PodView | None = None
+        synced = self.clock()
         while not stop.is_set():
+            if self.clock() - synced >= self.ztunnel_sync:
+                synced = self.clock()
+                self.sync_ztunnels()
             try:
                 view: PodView | None = views.get(timeout=heartbeat)
                 while not views.empty():        # only the newest view matters
@@ -295,6 +300,15 @@ class Agent:
                 continue
             with self.lock:
                 self._step(last, view, stop)
+
+    def sync_ztunnels(self) -> None:
+        """Forget the ztunnels whose cgroup is gone (the old node pod of a surge roll, once it is
+        deleted); every other one keeps its capture exemption (agent/capture/ztunnels.py)."""
+        try:
+            with self.lock:
+                self.engine.sync_ztunnels()
+        except Exception as e:  # noqa: BLE001 - stale exemptions are harmless; retried next time
+            log.warning("cannot check the node's ztunnel set: %s", e)
 
     def _step(self, last: PodView, view: PodView | None, stop: threading.Event) -> None:
         """One turn of the loop: (re)connect and replay, reconcile a new view, or keep alive."""
@@ -379,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if args.cleanup_on_delete:
+        from agent.shutdown import prepare
+        threading.Thread(target=prepare, name="shutdown-prepare", daemon=True).start()
     t0 = time.monotonic()
     engine.load()
     log.info("eBPF programs ready in %.2fs; adopted %d pods", time.monotonic() - t0, len(engine.enrolled()))

@@ -50,5 +50,13 @@ def read_daemonset(ref: str, host: str | None = None) -> tuple[Obj | None, str |
         return None, f"{type(e).__name__}: {e}"
 
 
+def prepare() -> None:
+    """Import the Kubernetes client now, not when SIGTERM comes: on a busy node its import takes
+    seconds of the pod's grace period, and a decision cut short by SIGKILL keeps capture."""
+    from kubernetes import client  # noqa: F401
+
+    from ambit.kube import client as _kube  # noqa: F401
+
+
 def should_clean_up(ref: str, host: str | None = None) -> tuple[bool, str]:
     return decide(*read_daemonset(ref, host))

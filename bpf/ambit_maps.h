@@ -105,6 +105,15 @@ struct ambit_meta {
     char cgroup_path[AMBIT_PATH_LEN];
 };
 
+/* Userspace-only too: the node's ztunnels, keyed by cgroup id (the cgroup v2 directory's inode).
+ * Their sockets are never captured (capture hangs off pod cgroups; iptables mode RETURNs each of
+ * these cgroups) and each gets its own ambit_origdst link. Usually one entry; two while a surge
+ * roll of the node DaemonSet runs the old and the new ztunnel side by side. */
+#define AMBIT_MAX_ZTUNNELS 16
+struct ambit_ztunnel {
+    char cgroup_path[AMBIT_PATH_LEN];
+};
+
 /* Counters (per-CPU array, summed by userspace). agent/capture/maps.py parses this enum. */
 enum ambit_stat {
     AMBIT_STAT_REDIRECTED = 0,
@@ -154,6 +163,8 @@ BPF_TABLE_PINNED("percpu_array", __u32, __u64, ambit_stats, AMBIT_STAT_MAX,
                  AMBIT_PIN_DIR "/ambit_stats");
 BPF_TABLE_PINNED("hash", struct ambit_meta_key, struct ambit_meta, ambit_meta, AMBIT_MAX_PODS,
                  AMBIT_PIN_DIR "/ambit_meta");
+BPF_TABLE_PINNED("hash", __u64, struct ambit_ztunnel, ambit_ztunnels, AMBIT_MAX_ZTUNNELS,
+                 AMBIT_PIN_DIR "/ambit_ztunnels");
 
 static __always_inline void ambit_count(__u32 stat)
 {

@@ -51,6 +51,8 @@ class Controller:
                  trust_domain_aliases: tuple[str, ...] = (), jwks: JwksCache | None = None):
         self.source = source
         self.jwks = jwks or JwksCache()           # RequestAuthentication jwksUri key sets, inlined
+        self._jwks_wanted: dict[str, float] = {}  # the key sets the last translation names
+        self._jwks_wake = threading.Event()       # a new one: the refresher fetches it now
         self.trust_domain_aliases = tuple(trust_domain_aliases)
         self.mesh_telemetry: tuple[list[dict[str, Any]], dict[str, list[str]]] = ([], {})  # see set_mesh_telemetry
         self.outbound_traffic_policy = "ALLOW_ANY"  # MeshConfig outboundTrafficPolicy.mode
@@ -158,20 +160,21 @@ class Controller:
     def _translate(self, objects: Snapshot) -> Translation:
         tr = translate(objects, self.trust_domain, self.root_namespace, self.cluster_domain,
                        self.trust_domain_aliases, self.jwks.resolved())
-        missing = self.jwks.missing(tr.jwks_fetches)
-        if missing:     # a new jwksUri: fetch it now (bounded by its timeout), so the first config has it
-            for src in missing:
-                self.jwks.fetch(src, tr.jwks_fetches[src])
-            tr = translate(objects, self.trust_domain, self.root_namespace, self.cluster_domain,
-                           self.trust_domain_aliases, self.jwks.resolved())
+        # A jwksUri seen for the first time is published at once, failing closed (its rule carries
+        # "not fetched yet": tokens of that issuer get 401, as with istiod's fake JWKS), and fetched
+        # by the refresher thread, woken now; it re-translates and pushes once the keys are known.
+        # Translation never waits on an identity provider.
+        self._jwks_wanted = dict(tr.jwks_fetches)
+        if self.jwks.missing(tr.jwks_fetches):
+            self._jwks_wake.set()
         self.jwks.forget(tr.jwks_fetches)
         return tr
 
     def refresh_jwks(self) -> bool:
-        """Re-fetch the key sets that are due (outside the flow lock: fetching waits on the network);
-        when one changed (a rotation), re-translate and push. True when it pushed."""
-        tr = self.translation
-        wanted = dict(tr.jwks_fetches) if tr is not None else {}
+        """Fetch the key sets that are due, new ones first time (outside the flow lock: fetching
+        waits on the network); when one changed (first keys, a rotation, a failure), re-translate
+        and push. True when it pushed."""
+        wanted = dict(self._jwks_wanted)
         changed = False
         for src in self.jwks.due(wanted):
             changed = self.jwks.fetch(src, wanted[src]) or changed
@@ -183,7 +186,11 @@ class Controller:
 
     def run_jwks_refresher(self, stop: threading.Event, tick: float = 1.0) -> threading.Thread:
         def run() -> None:
-            while not stop.wait(tick):
+            while not stop.is_set():
+                self._jwks_wake.wait(tick)      # every tick, or at once for a new jwksUri
+                self._jwks_wake.clear()
+                if stop.is_set():
+                    return
                 try:
                     self.refresh_jwks()
                 except Exception:  # noqa: BLE001 - a refresh bug must not stop later refreshes

@@ -9,7 +9,9 @@ out to an identity provider and every waypoint verifies with the same keys.
   20 minutes), so a key rotation at the identity provider reaches the waypoints; a failed fetch
   keeps the last good key set and is retried sooner (`retry`).
 - A source never fetched successfully resolves to an error: the waypoint then refuses that
-  issuer's tokens (istiod inlines a key set that verifies nothing: fail closed).
+  issuer's tokens (istiod inlines a key set that verifies nothing: fail closed). That includes a
+  source just named: the controller publishes at once and fetches in the background
+  (controller/app.py), so a slow identity provider never delays configuration.
 
 The cache takes its `get` (URL, timeout -> bytes) and `clock` injected; the controller's thread
 does the waiting.

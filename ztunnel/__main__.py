@@ -87,13 +87,13 @@ async def amain(args: ZtunnelSettings) -> None:
     msrv = MetricsServer(metrics)
     mhost, _, mport = (args.metrics_address or "").rpartition(":")
     try:
-        await msrv.start(mhost or None, int(mport or 0), args.metrics_socket)
+        await msrv.start(mhost or None, int(mport or 0), args.metrics_socket, reuse_port=True)
     except OSError as e:
         log.warning("metrics endpoint %s: %s", args.metrics_address, e)
     adm = admin.AdminServer(admin.routes(config, client, proxy), tap=tap_hub)
     host, _, port = (args.admin_address or "").rpartition(":")
     try:
-        await adm.start(host or None, int(port or 0), args.admin_socket)
+        await adm.start(host or None, int(port or 0), args.admin_socket, reuse_port=True)
     except OSError as e:
         log.warning("admin endpoint %s: %s", args.admin_address, e)
     reporter = feed = None
@@ -119,6 +119,11 @@ async def amain(args: ZtunnelSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    # Stop accepting first (the agent's socket and every pod listener), then drain: a surge roll's
+    # new ztunnel takes the new connections meanwhile (docs/operations.md).
+    deadline = loop.time() + args.termination_drain
+    zds.stop()
+    await proxy.registry.shutdown(args.termination_drain)
     if trimmer is not None:
         trimmer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -127,7 +132,8 @@ async def amain(args: ZtunnelSettings) -> None:
         await reporter.stop()
     if feed is not None:
         await feed.stop()
-    await proxy.close()
+    with contextlib.suppress(asyncio.TimeoutError):    # HBONE GOAWAYs: bounded by the same drain
+        await asyncio.wait_for(proxy.close(), max(0.1, deadline - loop.time()))
     if identities is not None:
         await identities.close()
     if ca_channel is not None:

@@ -172,8 +172,9 @@ class AdminServer(LocalEndpoint):
         self.handlers = handlers
         self.tap = tap
 
-    async def start(self, host: str | None = "127.0.0.1", port: int = 15000, unix_path: Path | None = None) -> None:
-        await super().start(host, port, unix_path)
+    async def start(self, host: str | None = "127.0.0.1", port: int = 15000, unix_path: Path | None = None,
+                    reuse_port: bool = False) -> None:
+        await super().start(host, port, unix_path, reuse_port)
 
     def handle(self, method: str, path: str) -> Response:
         if self.tap is not None and method == "GET" and path.rstrip("/") == TAP_PATH:

@@ -4,6 +4,14 @@ The listeners are created by entering the pod's netns on the event-loop thread (
 per-thread) and coming straight back: a socket keeps the netns it was born in. ztunnel itself stays
 in its own cgroup, so its sockets are never captured, and the getsockopt program attached to that
 cgroup answers SO_ORIGINAL_DST on the connections accepted here.
+
+Why SO_REUSEPORT: during a surge roll of the node DaemonSet (docs/operations.md, "Rolling the node
+DaemonSet") the new node pod's ztunnel opens its listeners in every pod netns *beside* the old
+one's; the kernel spreads new connections over both. When the old ztunnel stops, it closes its
+listeners (`PodRegistry.shutdown`) and, with `net.ipv4.tcp_migrate_req=1` (the agent sets it in
+every pod netns), the connections still queued on them move to the new ztunnel's instead of being
+reset. Before Linux 6.5 `bpf_sk_assign` refuses SO_REUSEPORT listeners, so there ztunnel binds
+exclusively and a surge hand-off waits for the old ztunnel to leave (see `reuseport_supported`).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +38,7 @@ from ambit.dataplane.ports import (
 from ambit.dataplane.relay import Leg
 from ambit.netns import entered
 from ambit.zds import PodInfo
+from ztunnel import listengroup
 
 log = logging.getLogger("ambit.ztunnel.pods")
 
@@ -55,12 +65,25 @@ class ListenerError(OSError):
         return str(self.strerror)
 
 
-def _listener(host: str, port: int, transparent: bool = False, marked: bool = False) -> socket.socket:
+def reuseport_supported(release: str | None = None) -> bool:
+    """Can ztunnel share its pod listeners with another ztunnel? ambit_tc_in hands inbound
+    connections over with bpf_sk_assign, which accepts SO_REUSEPORT listeners since Linux 6.5
+    (commit 9c02bec95954); on older kernels it would refuse them and inbound would be dropped."""
+    release = release if release is not None else os.uname().release
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= (6, 5)
+
+
+def _listener(host: str, port: int, transparent: bool = False, marked: bool = False,
+              reuseport: bool = False) -> socket.socket:
     """A listener in the calling thread's netns. `marked`: carry AMBIT_LISTENER_MARK, the proof
-    ambit_tc_in asks for before it hands a packet to a listener on ztunnel's ports."""
+    ambit_tc_in asks for before it hands a packet to a listener on ztunnel's ports. `reuseport`:
+    another ztunnel (a surge roll's new or old one) may listen on the same port beside it."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if transparent:
             s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
         if marked:
@@ -68,6 +91,10 @@ def _listener(host: str, port: int, transparent: bool = False, marked: bool = Fa
         s.bind((host, port))
         s.listen(LISTEN_BACKLOG)
         s.setblocking(False)
+        if reuseport and marked and listengroup.unmarked_listeners(port, AMBIT_LISTENER_MARK):
+            # A pod's own SO_REUSEPORT listener shares the port: it would get some of the connections
+            # steered to ztunnel. Refuse the pod as if the port were in use (ztunnel/listengroup.py).
+            raise OSError(errno.EADDRINUSE, "a listener there is not ztunnel's")
     except OSError as e:
         s.close()
         if e.errno == errno.EADDRINUSE:
@@ -76,7 +103,7 @@ def _listener(host: str, port: int, transparent: bool = False, marked: bool = Fa
     return s
 
 
-def open_listeners(with_hbone: bool) -> dict[int, socket.socket]:
+def open_listeners(with_hbone: bool, reuseport: bool = False) -> dict[int, socket.socket]:
     """ztunnel's listeners for one pod, in the calling thread's netns: all of them or none."""
     specs = [(PORT_OUTBOUND, "127.0.0.1", False, False), (PORT_INBOUND, "0.0.0.0", True, True)]
     if with_hbone:
@@ -84,7 +111,7 @@ def open_listeners(with_hbone: bool) -> dict[int, socket.socket]:
     socks: dict[int, socket.socket] = {}
     try:
         for port, host, transparent, marked in specs:
-            socks[port] = _listener(host, port, transparent=transparent, marked=marked)
+            socks[port] = _listener(host, port, transparent=transparent, marked=marked, reuseport=reuseport)
     except BaseException:
         for s in socks.values():
             s.close()
@@ -147,8 +174,11 @@ class PodProxy:
 class PodRegistry:
     """All pods of this node that ztunnel serves, keyed by uid."""
 
-    def __init__(self, on_outbound: Handler, on_inbound: Handler, serve_hbone: HBONEServe | None = None):
+    def __init__(self, on_outbound: Handler, on_inbound: Handler, serve_hbone: HBONEServe | None = None,
+                 reuseport: bool | None = None):
         self.pods: dict[str, PodProxy] = {}
+        self.reuseport = reuseport_supported() if reuseport is None else reuseport
+        self.shutting_down = False      # SIGTERM: no pod is served any more, open connections drain
         self.by_ip: dict[str, PodProxy] = {}
         self._draining: set[asyncio.Future[None]] = set()
         self._handlers = {PORT_OUTBOUND: on_outbound, PORT_INBOUND: on_inbound}
@@ -173,6 +203,9 @@ class PodRegistry:
                 log.exception("pod %s listener failed for %s/%s", event, proxy.pod.namespace, proxy.pod.name)
 
     async def add(self, pod: PodInfo, netns_fd: int) -> None:
+        if self.shutting_down:
+            os.close(netns_fd)
+            raise ListenerError(errno.ESHUTDOWN, "ztunnel is shutting down")
         old = self.pods.get(pod.uid)
         if old is not None:
             if old.pod == pod:
@@ -182,7 +215,8 @@ class PodRegistry:
         proxy = PodProxy(pod, netns_fd)
         try:
             with entered(netns_fd):
-                socks = open_listeners(PORT_HBONE in self._handlers or self._serve_hbone is not None)
+                socks = open_listeners(PORT_HBONE in self._handlers or self._serve_hbone is not None,
+                                       reuseport=self.reuseport)
         except BaseException as e:
             os.close(netns_fd)   # ours from the hand-off on: the agent retries with a fresh one
             if isinstance(e, ListenerError):
@@ -239,3 +273,22 @@ class PodRegistry:
             for t in list(self._draining):
                 if t.done():
                     self._draining.discard(t)
+
+    async def shutdown(self, drain: float) -> int:
+        """ztunnel is stopping (SIGTERM): close every pod's listeners at once, so new connections
+        go to the other ztunnel of a surge roll (queued ones migrate to it), then give the open
+        connections up to `drain` seconds to finish before cutting them. Returns how many
+        connections were still open when the listeners closed."""
+        self.shutting_down = True
+        proxies = list(self.pods.values())
+        self.pods.clear()
+        self.by_ip.clear()
+        for px in proxies:
+            px.stop_accepting()
+        open_conns = sum(len(px.conns) for px in proxies)
+        log.info("stopping: listeners of %d pods closed; draining %d open connections (bound %.1fs)",
+                 len(proxies), open_conns, drain)
+        # No "remove" events: they would close the pods' pooled HBONE connections, which carry the
+        # outbound tunnels now draining.
+        await asyncio.gather(*(px.close(drain) for px in proxies), *self._draining, return_exceptions=True)
+        return open_conns

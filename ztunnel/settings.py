@@ -58,6 +58,10 @@ class ZtunnelSettings:
                              "(gc.freeze), so full collections no longer walk the ~200k start-up objects")
     gc_threshold: str = option("", "the collector's thresholds 'gen0[,gen1[,gen2]]' ('' keeps Python's 700,10,10)",
                                check=check_threshold)
+    termination_drain: float = option(
+        20.0, "on SIGTERM: close every pod listener at once (new connections go to the other ztunnel of a surge "
+              "roll), then give open connections this many seconds before cutting them; keep it below the pod's "
+              "terminationGracePeriodSeconds", check=non_negative)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     # Limits against hostile or noisy peers (docs/operations.md): flags without a group prefix.
     limits: ProxyLimits = field(default_factory=ProxyLimits, metadata={"prefix": ""})

@@ -38,10 +38,21 @@ class ZdsServer:
         self.sock.listen(4)
         threading.Thread(target=self._accept_loop, name="zds", daemon=True).start()
 
+    def stop(self) -> None:
+        """Stop taking agents (ztunnel is shutting down); the socket file is left alone, since the
+        new ztunnel of a surge roll may have bound that path already."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.close()
+
     def _accept_loop(self) -> None:
         assert self.sock is not None
         while True:
-            conn, _ = self.sock.accept()
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return          # stop()
             log.info("agent connected")
             try:
                 self._serve(conn)

@@ -3,15 +3,17 @@
 It compiles and loads the capture programs, attaches them per pod through pinned bpf_links, keeps
 the per-pod maps in step, and re-adopts what an earlier agent process left pinned:
 
-* load()      compile (bcc), load, attach ambit_origdst to ztunnel's cgroup, and swap every pinned
-              link to the fresh programs with bpf_link_update (no capture gap, no duplicates).
+* load()      compile (bcc), load, add this agent's ztunnel to the node's ztunnel set (ambit_origdst
+              on each of their cgroups: agent/capture/ztunnels.py), and swap every pinned link to
+              the fresh programs with bpf_link_update (no capture gap, no duplicates).
 * enrol()     idempotent; writes the pod's map entries, the netns delivery rule, and the links.
 * unenrol()   removes all of that for one pod. Works for pods enrolled by an earlier process: what
               it needs is recorded in the pinned ambit_meta map.
 * uninstall() removes every link, program, map and pin of the node.
 
 All methods are blocking (netlink, bcc, iptables); call them from a worker thread, not from an
-asyncio loop. A lock serialises them, so concurrent CNI and watch calls are safe.
+asyncio loop. A lock serialises them, so concurrent CNI and watch calls are safe, and so are two
+agents of one node (a surge roll): it is also an flock on the node's pin directory.
 """
 
 from __future__ import annotations
@@ -23,11 +25,10 @@ import ipaddress
 import logging
 import os
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.capture import iptables, libbpf, maps, podnet, programs
+from agent.capture import iptables, libbpf, maps, podnet, programs, ztunnels
 from agent.capture.constants import DEFAULT_PIN_BASE
 from agent.capture.pins import (
     PinLayout,
@@ -36,6 +37,7 @@ from agent.capture.pins import (
     remove_link_pin,
     remove_tree,
     rmdir_if_empty,
+    update_link,
 )
 from ambit.cgroups import find_cgroup2_mount
 from ambit.netns import entered, netns_cookie
@@ -109,7 +111,7 @@ class CaptureEngine:
         self.tc_attach = tc_attach
         self.src_dir = src_dir
         self.node_netns = node_netns
-        self._lock = threading.RLock()
+        self._lock = ztunnels.NodeLock(self.layout.root)
         self._module = None
         self._prog_fds: dict[str, int] = {}      # pin name -> fd
         self._maps: dict[str, libbpf.RawMap] = {}
@@ -118,23 +120,25 @@ class CaptureEngine:
     # ---- loading and adoption ---------------------------------------------------------------
 
     def load(self) -> None:
+        if not self.ztunnel_cgroup.is_dir():
+            raise ValueError(f"ztunnel cgroup {self.ztunnel_cgroup} is not a cgroup directory")
+        ensure_bpffs(self.pin_base)
+        for d in (self.layout.maps, self.layout.pods, self.layout.ztunnel):
+            d.mkdir(parents=True, exist_ok=True)
         with self._lock:
             if self._module is not None:
                 return
-            if not self.ztunnel_cgroup.is_dir():
-                raise ValueError(f"ztunnel cgroup {self.ztunnel_cgroup} is not a cgroup directory")
-            ensure_bpffs(self.pin_base)
-            for d in (self.layout.maps, self.layout.pods, self.layout.ztunnel):
-                d.mkdir(parents=True, exist_ok=True)
             self._module = programs.compile_module(self.layout.maps, self.src_dir)
             for name, spec in maps.MAPS.items():
                 fd = self._module.get_table(name.encode()).map_fd
                 vsize = spec.value_size * maps.possible_cpus() if spec.percpu else spec.value_size
                 self._maps[name] = libbpf.RawMap(fd, spec.key_size, vsize, name)
+            ztunnels.register(self._maps["ambit_ztunnels"], self.ztunnel_cgroup)
             if self.mode == "ebpf":
                 for p in programs.PROGRAMS:
                     self._prog_fds[p.pin] = programs.load(self._module, p)
-                self._attach_origdst()
+            self._sync_ztunnels()
+            if self.mode == "ebpf":
                 self._adopt_pod_links()
                 self._adopt_clsact_filters()
 
@@ -142,24 +146,18 @@ class CaptureEngine:
         if self._module is None:
             raise RuntimeError(f"capture engine for node {self.node}: call load() first")
 
-    def _attach_origdst(self) -> None:
-        """One getsockopt link on ztunnel's cgroup: adopt it if it is for the same cgroup."""
-        pin = self.layout.ztunnel / programs.ORIGDST_PROGRAM.pin
-        fd_prog = self._prog_fds[programs.ORIGDST_PROGRAM.pin]
-        cg_id = os.stat(self.ztunnel_cgroup).st_ino    # cgroup v2: the inode number is the cgroup id
-        if pin.exists():
-            fd = libbpf.obj_get(pin)
-            try:
-                info = libbpf.link_info(fd)
-                if info.cgroup_id == cg_id:
-                    libbpf.link_update(fd, fd_prog, str(pin))
-                    return
-            except libbpf.LibbpfError as e:
-                log.warning("replacing ztunnel getsockopt link %s: %s", pin, e)
-            finally:
-                os.close(fd)
-            remove_link_pin(pin)
-        self._create_cgroup_link(programs.ORIGDST_PROGRAM, self.ztunnel_cgroup, pin)
+    def _sync_ztunnels(self) -> list[str]:
+        fd = self._prog_fds.get(programs.ORIGDST_PROGRAM.pin) if self.mode == "ebpf" else None
+        return ztunnels.sync(self._maps["ambit_ztunnels"], self.layout, fd,
+                             lambda cg, pin: self._create_cgroup_link(programs.ORIGDST_PROGRAM, cg, pin))
+
+    def sync_ztunnels(self) -> list[str]:
+        """Drop the ztunnels whose cgroup is gone (the old node pod of a surge roll, once deleted)
+        and make sure every other one keeps its exemption; returns their cgroups. The agent calls
+        this every few seconds."""
+        with self._lock:
+            self._require_loaded()
+            return self._sync_ztunnels()
 
     def _adopt_pod_links(self) -> None:
         """Swap every pinned pod link to the programs this process just loaded."""
@@ -185,23 +183,8 @@ class CaptureEngine:
                 podnet.clsact_attach(meta.netns_path, self._prog_fds[tc.pin], tc.func)
 
     def _update_link(self, pin: Path, prog: programs.Program) -> bool:
-        """Point a pinned link at our program; a defunct link (its cgroup or device is gone) is
-        removed. Returns whether the link is live."""
-        new_fd = self._prog_fds[prog.pin]
-        fd = libbpf.obj_get(pin)
-        try:
-            if libbpf.link_info(fd).prog_id == libbpf.prog_id(new_fd):
-                return True
-            libbpf.link_update(fd, new_fd, str(pin))
-            return True
-        except libbpf.LibbpfError as e:
-            if e.errno not in (errno.ENOLINK, errno.ENOENT, errno.EINVAL):
-                raise
-            log.warning("capture link %s is defunct (%s): removing it", pin, e)
-        finally:
-            os.close(fd)
-        remove_link_pin(pin)
-        return False
+        """Point a pinned link at our program; a defunct link is removed. Whether it is live."""
+        return update_link(pin, self._prog_fds[prog.pin])
 
     def _create_cgroup_link(self, prog: programs.Program, cgroup: Path, pin: Path) -> None:
         cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
@@ -258,7 +241,8 @@ class CaptureEngine:
             cg2 = find_cgroup2_mount()
             iptables.apply(pod.netns_path, iptables.IptablesPlan(
                 pod_ip=pod.pod_ip, node_ip=pod.node_ip,
-                ztunnel_cgroup="/" + str(self.ztunnel_cgroup.relative_to(cg2)),
+                ztunnel_cgroups=tuple("/" + str(Path(p).relative_to(cg2))
+                                      for p in ztunnels.live_paths(self._maps["ambit_ztunnels"])),
                 exclude_outbound_ports=tuple(pod.exclude_outbound_ports),
                 exclude_outbound_cidrs=tuple(pod.exclude_outbound_cidrs),
                 exclude_inbound_ports=tuple(pod.exclude_inbound_ports),

@@ -3,7 +3,7 @@
 In the pod netns (nat table):
 
     OUTPUT     -p tcp -j AMBIT_OUTPUT
-    AMBIT_OUTPUT      RETURN for ztunnel's sockets (its cgroup; or the delivery mark), loopback,
+    AMBIT_OUTPUT      RETURN for ztunnel's sockets (their cgroups; or the delivery mark), loopback,
                       the pod's own IP, excluded ports and ranges; else REDIRECT --to-ports 15001
     PREROUTING -p tcp -j AMBIT_PREROUTING
     AMBIT_PREROUTING  RETURN for lo, the node IP (kubelet probes), ztunnel's ports (15008 ...)
@@ -38,7 +38,9 @@ JUMPS = (("OUTPUT", CHAIN_OUT), ("PREROUTING", CHAIN_IN))
 class IptablesPlan:
     pod_ip: str
     node_ip: str
-    ztunnel_cgroup: str              # path relative to the cgroup2 root, for `-m cgroup --path`
+    # Every ztunnel of the node (two during a surge roll): paths relative to the cgroup2 root,
+    # for `-m cgroup --path`.
+    ztunnel_cgroups: tuple[str, ...]
     exclude_outbound_ports: tuple[int, ...] = ()
     exclude_outbound_cidrs: tuple[str, ...] = ()
     exclude_inbound_ports: tuple[int, ...] = ()
@@ -58,8 +60,8 @@ def rules(plan: IptablesPlan) -> str:
         f":{CHAIN_IN} - [0:0]",
         f"-A {CHAIN_OUT} -m mark --mark {mark} -j RETURN",
     ]
-    if plan.ztunnel_cgroup:
-        out.append(f"-A {CHAIN_OUT} -m cgroup --path {plan.ztunnel_cgroup} -j RETURN")
+    for cg in plan.ztunnel_cgroups:
+        out.append(f"-A {CHAIN_OUT} -m cgroup --path {cg} -j RETURN")
     out += [
         f"-A {CHAIN_OUT} -d 127.0.0.0/8 -j RETURN",
         f"-A {CHAIN_OUT} -d {plan.pod_ip}/32 -j RETURN",

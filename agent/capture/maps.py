@@ -38,6 +38,7 @@ XPORT_KEY = struct.Struct("=QHBBI")      # struct ambit_xport_key
 XCIDR_KEY = struct.Struct("=III4s")      # struct ambit_xcidr_key: prefixlen, netns lo/hi, ip
 META_KEY = struct.Struct(f"={UID_LEN}s")
 META = struct.Struct(f"=QIIII{PATH_LEN}s{PATH_LEN}s")  # netns, pod_ip, node_ip (host int), mode, tc_mode, paths
+ZTUNNEL = struct.Struct(f"={PATH_LEN}s")  # struct ambit_ztunnel: cgroup path
 U64 = struct.Struct("=Q")
 U32_NET = struct.Struct("=4s")
 U8 = struct.Struct("=B")
@@ -60,6 +61,7 @@ MAPS: dict[str, MapSpec] = {m.name: m for m in [
     MapSpec("ambit_xcidr", XCIDR_KEY.size, U8.size),
     MapSpec("ambit_stats", 4, 8, percpu=True),
     MapSpec("ambit_meta", META_KEY.size, META.size),
+    MapSpec("ambit_ztunnels", U64.size, ZTUNNEL.size),
 ]}
 
 
@@ -126,6 +128,14 @@ class Meta:
         return cls(uid=key.rstrip(b"\0").decode(), netns=netns, pod_ip=str(ipaddress.IPv4Address(pod_ip)),
                    node_ip=str(ipaddress.IPv4Address(node_ip)), mode=mode, tc_mode=tc_mode,
                    netns_path=nsp.rstrip(b"\0").decode(), cgroup_path=cgp.rstrip(b"\0").decode())
+
+
+def ztunnel_value(cgroup_path: str) -> bytes:
+    return ZTUNNEL.pack(_cstr(cgroup_path, "ztunnel cgroup path"))
+
+
+def ztunnel_path(raw: bytes) -> str:
+    return ZTUNNEL.unpack(raw)[0].rstrip(b"\0").decode()
 
 
 def meta_key(uid: str) -> bytes:

@@ -2,7 +2,9 @@
 
     /sys/fs/bpf/ambit/<node>/maps/ambit_*            the node's maps (BPF_TABLE_PINNED)
     /sys/fs/bpf/ambit/<node>/pods/<pod-uid>/<prog>   one bpf_link per (pod, program)
-    /sys/fs/bpf/ambit/<node>/ztunnel/getsockopt      the SO_ORIGINAL_DST link on ztunnel's cgroup
+    /sys/fs/bpf/ambit/<node>/ztunnel/<cgroup-id>/getsockopt
+                                                     the SO_ORIGINAL_DST link on each ztunnel's cgroup
+                                                     (agent/capture/ztunnels.py)
 
 Programs themselves are never pinned: a program lives exactly as long as a link (or the agent's fd)
 holds it, so removing the link pins is what makes Ambit disappear from `bpftool prog`.
@@ -12,12 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.capture import libbpf
+
+log = logging.getLogger(__name__)
 
 BPF_FS_TYPE = "bpf"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -109,6 +114,27 @@ def remove_link_pin(path: Path) -> None:
             os.close(fd)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+def update_link(pin: Path, prog_fd: int, cgroup_id: int | None = None) -> bool:
+    """Point a pinned link at `prog_fd` (bpf_link_update: atomic, no capture gap). A defunct link
+    (its cgroup or device is gone), or one on another cgroup than `cgroup_id`, is removed instead.
+    Returns whether the link is live."""
+    fd = libbpf.obj_get(pin)
+    try:
+        info = libbpf.link_info(fd)
+        if cgroup_id is None or info.cgroup_id == cgroup_id:
+            if info.prog_id != libbpf.prog_id(prog_fd):
+                libbpf.link_update(fd, prog_fd, str(pin))
+            return True
+    except libbpf.LibbpfError as e:
+        if e.errno not in (errno.ENOLINK, errno.ENOENT, errno.EINVAL):
+            raise
+        log.warning("capture link %s is defunct (%s): removing it", pin, e)
+    finally:
+        os.close(fd)
+    remove_link_pin(pin)
+    return False
 
 
 def remove_tree(root: Path) -> None:

@@ -34,6 +34,10 @@ CLSACT_PRIO = 0xA5B    # our filter's priority on clsact ingress: removal touche
 _RT_SCOPE_HOST = 254
 _RTPROT_STATIC = 4
 _FWMARK_SYSCTL = "/proc/sys/net/ipv4/tcp_fwmark_accept"
+# When one of a SO_REUSEPORT group's listeners closes, move its queued connections (and half-open
+# ones) to another listener of the group instead of resetting them: the old ztunnel of a surge
+# roll closes its listeners while the new one's stay (Linux 5.14; absent before, then skipped).
+_MIGRATE_SYSCTL = "/proc/sys/net/ipv4/tcp_migrate_req"
 
 
 class PodNetError(RuntimeError):
@@ -115,6 +119,8 @@ def setup_delivery(netns_path: str | Path) -> None:
     with entered(netns_path):
         # /proc/sys/net follows the calling thread's netns.
         Path(_FWMARK_SYSCTL).write_text("1\n")
+        with contextlib.suppress(FileNotFoundError):
+            Path(_MIGRATE_SYSCTL).write_text("1\n")
         with IPRoute() as ipr:
             if not _our_rules(ipr):
                 ipr.rule("add", family=2, fwmark=AMBIT_MARK, fwmask=AMBIT_MARK_MASK,
@@ -129,6 +135,8 @@ def teardown_delivery(netns_path: str | Path) -> None:
     with entered(netns_path):
         with contextlib.suppress(OSError):
             Path(_FWMARK_SYSCTL).write_text("0\n")
+        with contextlib.suppress(OSError):
+            Path(_MIGRATE_SYSCTL).write_text("0\n")
         with IPRoute() as ipr:
             for _ in _our_rules(ipr):
                 with contextlib.suppress(NetlinkError):

@@ -66,13 +66,19 @@ class LocalEndpoint:
     def __init__(self) -> None:
         self._servers: list[asyncio.Server] = []
         self._unix_path: Path | None = None
+        self._unix_ino = 0
 
     def handle(self, method: str, path: str) -> Response:
         raise NotImplementedError
 
-    async def start(self, host: str | None, port: int, unix_path: Path | None = None) -> None:
+    async def start(self, host: str | None, port: int, unix_path: Path | None = None,
+                    reuse_port: bool = False) -> None:
+        """`reuse_port`: a successor may listen on the same TCP port beside this one (a surge roll
+        in the lab, where both node pods share the node netns); a unix path is taken over by the
+        newest, and `close()` unlinks it only while it is still this endpoint's."""
         if host is not None and port:
             self._servers.append(await asyncio.start_server(self._serve, host, port, reuse_address=True,
+                                                                    reuse_port=reuse_port or None,
                                                                     backlog=LISTEN_BACKLOG))
         if unix_path is not None:
             unix_path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +87,7 @@ class LocalEndpoint:
             self._servers.append(await asyncio.start_unix_server(self._serve, str(unix_path), backlog=LISTEN_BACKLOG))
             unix_path.chmod(0o600)
             self._unix_path = unix_path
+            self._unix_ino = unix_path.stat().st_ino
 
     async def close(self) -> None:
         for s in self._servers:
@@ -90,7 +97,8 @@ class LocalEndpoint:
         self._servers.clear()
         if self._unix_path is not None:
             with contextlib.suppress(FileNotFoundError):
-                self._unix_path.unlink()
+                if self._unix_path.stat().st_ino == self._unix_ino:
+                    self._unix_path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         req = _Request()

@@ -190,6 +190,12 @@ def controller_objects(o: argparse.Namespace) -> list[Obj]:
     ]
 
 
+# ztunnel's drain on SIGTERM, inside the node pod's grace (its HBONE GOAWAYs included), as Istio's
+# ztunnel drains for terminationGracePeriodSeconds - 1.
+NODE_GRACE = 30
+ZTUNNEL_DRAIN = 20
+
+
 def ztunnel_args(o: argparse.Namespace) -> list[str]:
     return ["--node", "$(NODE_NAME)", "--zds-socket", f"{RUN_DIR}/zds.sock",
             "--controller", f"{CONTROLLER}.{o.namespace}.svc:{GRPC_PORT}",
@@ -199,7 +205,7 @@ def ztunnel_args(o: argparse.Namespace) -> list[str]:
             "--controller-root-cert", f"{ROOT_CERT_DIR}/root-cert.pem",
             "--controller-identity", f"spiffe://{o.trust_domain}/ns/{o.namespace}/sa/{CONTROLLER}",
             "--cert-cache", f"{RUN_DIR}/certs", "--metrics-address", f"0.0.0.0:{ZTUNNEL_METRICS_PORT}",
-            "--log-level", o.log_level]
+            "--termination-drain", str(ZTUNNEL_DRAIN), "--log-level", o.log_level]
 
 
 def agent_args(o: argparse.Namespace) -> list[str]:
@@ -260,6 +266,8 @@ def node_daemonset(o: argparse.Namespace) -> Obj:
         # (capture stays, fail closed), so a limit would turn one burst into a node-wide outage.
         # ztunnel bounds itself instead (docs/operations.md, "ztunnel limits"), as Istio's ztunnel chart does.
         "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}},
+        # On SIGTERM (a roll, a node drain) it stops accepting at once; its open connections get
+        # --termination-drain (ZTUNNEL_DRAIN) of the pod's grace, then are closed.
         "volumeMounts": [run, {"name": "ca-token", "mountPath": TOKEN_DIR, "readOnly": True},
                          {"name": "root-cert", "mountPath": ROOT_CERT_DIR, "readOnly": True}],
     }
@@ -267,7 +275,7 @@ def node_daemonset(o: argparse.Namespace) -> Obj:
         "serviceAccountName": ZTUNNEL_SA,
         "hostPID": True,
         "priorityClassName": "system-node-critical",
-        "terminationGracePeriodSeconds": 30,
+        "terminationGracePeriodSeconds": NODE_GRACE,
         "tolerations": [{"operator": "Exists"}],
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "containers": [agent, ztunnel],
@@ -288,11 +296,13 @@ def node_daemonset(o: argparse.Namespace) -> Obj:
     }
     return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": _md(NODE, o.namespace, **sel),
             "spec": {"selector": {"matchLabels": sel},
-                     # One node at a time, old pod out before the new one in (docs/operations.md, "Rolling
-                     # the node DaemonSet"): capture stays pinned across the swap (fail closed, no escape),
-                     # but two node pods cannot yet serve one node side by side, so no surge.
+                     # Surge, as Istio's ztunnel (docs/operations.md, "Rolling the node DaemonSet"): the
+                     # new node pod starts beside the old one, both ztunnels listen in every pod netns
+                     # (SO_REUSEPORT) and are exempt from capture (the pinned ztunnel set); once the new
+                     # pod is Ready the old one is stopped: its ztunnel closes its listeners, its queued
+                     # connections move to the new one, its open ones drain. No capture gap.
                      "updateStrategy": {"type": "RollingUpdate",
-                                        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
+                                        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                      "template": {"metadata": {"labels": {**LABELS, **OPT_OUT, **sel}, "annotations": {
                          "prometheus.io/scrape": "true", "prometheus.io/port": str(ZTUNNEL_METRICS_PORT)}},
                          "spec": pod}}}

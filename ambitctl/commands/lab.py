@@ -59,6 +59,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         a.add_argument("--node")
         a.set_defaults(func=cmd_proc, action=action)
 
+    ro = ls.add_parser("roll", help="replace a node's agent and ztunnel as a DaemonSet update does")
+    ro.add_argument("node")
+    ro.add_argument("--surge", action="store_true",
+                    help="start the new node pod beside the old one, then stop the old one (maxSurge 1, "
+                         "maxUnavailable 0: no capture gap); default: stop, then start")
+    ro.add_argument("--timeout", type=float, default=60.0, help="seconds the whole roll may take")
+    ro.set_defaults(func=cmd_roll)
+
     dm = ls.add_parser("demo", help="bring up the lab (if needed) and walk through what Ambit does")
     dm.set_defaults(func=cmd_demo)
 
@@ -170,6 +178,15 @@ def cmd_proc(args: argparse.Namespace) -> int:
         pid = state.runtime().get(pid_id, {}).get("pid")
         if pid:
             subprocess.run(["kill", "-TERM", str(pid)], check=False)
+    return 0
+
+
+def cmd_roll(args: argparse.Namespace) -> int:
+    from ambitctl.lab import roll
+    try:
+        roll.roll(args.node, args.surge, paths.lab_dir(), args.timeout, progress=lab.progress)
+    except roll.RollError as e:
+        raise lab.LabError(f"roll of {args.node}: {e}") from None
     return 0
 
 

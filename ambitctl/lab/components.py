@@ -131,6 +131,11 @@ def controller_process(names: LabNames, base: Path, trust_domain: str = "cluster
 # lab with other limits than the defaults. ztunnel refuses a bad flag at start-up, so the lab fails
 # to come up rather than run without it.
 ZTUNNEL_ARGS_ENV = "AMBIT_LAB_ZTUNNEL_ARGS"
+# On SIGTERM a lab ztunnel drains its open connections this long (a cluster's default is 20 s, in a
+# 30 s terminationGracePeriod); the supervisor's SIGKILL comes 2 s later.
+ZTUNNEL_DRAIN = 3.0
+# An agent told to stop may uninstall every pod's capture first (--cleanup-on-delete): give it time.
+AGENT_STOP_GRACE = 10.0
 AGENT_ARGS_ENV = "AMBIT_LAB_AGENT_ARGS"     # the same for every node's agent (e.g. --cleanup-on-delete)
 
 
@@ -151,9 +156,10 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
                   "--cert-cache", str(base / n.name / "certs"),
                   "--trust-domain", spec.trust_domain, *controller_tls_args(base, spec.trust_domain),
                   "--metrics-socket", str(ztunnel_metrics_socket(base, n.name)),
-                  "--report-interval", "3",
+                  "--report-interval", "3", "--termination-drain", str(ZTUNNEL_DRAIN),
                   *(["--cert-ttl", str(cert_ttl)] if cert_ttl else []),
-                  *shlex.split(os.environ.get(ZTUNNEL_ARGS_ENV, ""))]))
+                  *shlex.split(os.environ.get(ZTUNNEL_ARGS_ENV, ""))],
+            stop_grace=ZTUNNEL_DRAIN + 2))
         procs.append(ProcSpec(
             id=f"agent/{n.name}", component="agent", node=n.name, netns=node_ns,
             cgroup=str(names.component_cgroup(n.name, "agent")),
@@ -170,7 +176,8 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
                   "--cni-conf-dir", str(runtime.cni_conf_dir(base, n.name)),
                   "--cni-bin-dir", str(runtime.cni_bin_dir(base, n.name)),
                   "--cni-lab-store", str(base / "store.json"),
-                  *shlex.split(os.environ.get(AGENT_ARGS_ENV, ""))]))
+                  *shlex.split(os.environ.get(AGENT_ARGS_ENV, ""))],
+            stop_grace=AGENT_STOP_GRACE))
     for p in spec.pods:
         procs.append(ProcSpec(
             id=f"pod/{p.namespace}/{p.name}", component="app", node=p.node, argv=list(p.command),
@@ -208,7 +215,7 @@ def not_ready(st: LabState, base: Path) -> list[str]:
     if not controller_socket(base).exists():   # it binds only once its first config is translated
         waiting.append("controller")
     for n in st.spec["nodes"]:
-        if (not zds_socket(base, n["name"]).exists() or not ztunnel_synced(base, n["name"])
+        if (not _zds_of(st, n["name"]).exists() or not ztunnel_synced(base, n["name"])
                 or not ztunnel_certs_ready(base, n["name"])):
             waiting.append(f"ztunnel/{n['name']}")
         if not agent_status_file(base, n["name"]).exists():
@@ -219,6 +226,13 @@ def not_ready(st: LabState, base: Path) -> list[str]:
         if pid and want and not want <= listening_ports(pid):
             waiting.append(f"pod/{p['namespace']}/{p['name']}")
     return waiting
+
+
+def _zds_of(st: LabState, node: str) -> Path:
+    """The node's agent -> ztunnel socket, as its ztunnel was told (a surge roll gives each node pod
+    generation its own)."""
+    argv = st.proc(f"ztunnel/{node}").argv
+    return Path(argv[argv.index("--zds-socket") + 1])
 
 
 def remove_runtime_files(base: Path, nodes: list[str]) -> None:

@@ -10,7 +10,7 @@ import fcntl
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,19 @@ class ProcSpec:
     env: dict[str, str] = field(default_factory=dict)
     hosts_netns: str = ""        # for apps: run through `ip netns exec` so /etc/netns/<ns>/hosts applies
     enabled: bool = True
+    stop_grace: float = 3.0      # SIGTERM, then SIGKILL after this long (a pod's terminationGracePeriod)
+    # The id of a running process this spec takes over without restarting it: how a surge roll's
+    # new node pod ("ztunnel/node1~surge") becomes the node's ("ztunnel/node1"); ambitctl/lab/roll.py.
+    adopt: str = ""
 
     @property
     def log_name(self) -> str:
-        return self.id.replace("/", "-")
+        """One log per component and node: a surge roll's new generation appends to the same file."""
+        return self.id.split("~", 1)[0].replace("/", "-")
+
+    def same_process(self, other: ProcSpec) -> bool:
+        """Would `other` run the same process (so a running one need not be restarted)?"""
+        return replace(self, adopt="") == replace(other, adopt="")
 
 
 @dataclass

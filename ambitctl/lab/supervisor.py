@@ -10,6 +10,7 @@ Run as `python -m ambitctl.lab.supervisor LAB_DIR` (detached by `ambit lab up`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -55,13 +56,21 @@ def start(spec: ProcSpec, log_dir: Path) -> subprocess.Popen[bytes]:
         log.close()
 
 
-def stop(child: Child, grace: float = 3.0) -> None:
+def _sigterm(child: Child) -> subprocess.Popen[bytes] | None:
+    """SIGTERM a running child's process group; its process, or None if it is not running."""
     p = child.popen
     if p is None or p.poll() is not None:
-        return
+        return None
     try:
         os.killpg(p.pid, signal.SIGTERM)
     except ProcessLookupError:
+        return None
+    return p
+
+
+def stop(child: Child, grace: float = 3.0) -> None:
+    p = _sigterm(child)
+    if p is None:
         return
     try:
         p.wait(grace)
@@ -73,10 +82,50 @@ def stop(child: Child, grace: float = 3.0) -> None:
         p.wait()
 
 
+def begin_stop(child: Child, draining: list[tuple[subprocess.Popen[bytes], float]]) -> None:
+    """SIGTERM now; `reap` SIGKILLs it once its grace is over. Never blocks: other processes
+    keep being supervised while one drains (a ztunnel finishing its connections)."""
+    p = _sigterm(child)
+    if p is not None:
+        draining.append((p, time.monotonic() + child.spec.stop_grace))
+
+
+def reap(draining: list[tuple[subprocess.Popen[bytes], float]]) -> None:
+    for item in list(draining):
+        p, deadline = item
+        if p.poll() is None and time.monotonic() < deadline:
+            continue
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        draining.remove(item)
+
+
+def reconcile(children: dict[str, Child], wanted: dict[str, ProcSpec],
+              draining: list[tuple[subprocess.Popen[bytes], float]]) -> None:
+    """Make the children match the wanted specs. A spec that adopts a running child (a surge
+    roll's hand-over) takes it over under its own id, with no restart."""
+    for cid, spec in wanted.items():
+        if spec.adopt and spec.adopt in children and spec.adopt not in wanted:
+            if cid in children:
+                begin_stop(children.pop(cid), draining)
+            c = children.pop(spec.adopt)
+            c.spec = spec
+            children[cid] = c
+    for cid in list(children):
+        if cid not in wanted or not wanted[cid].same_process(children[cid].spec):
+            begin_stop(children.pop(cid), draining)
+    for cid, spec in wanted.items():
+        if cid not in children:
+            children[cid] = Child(spec)
+
+
 def main(lab_dir: str) -> None:
     base = Path(lab_dir)
     log_dir = paths.log_dir(base)
     children: dict[str, Child] = {}
+    draining: list[tuple[subprocess.Popen[bytes], float]] = []
     stopping = False
 
     def on_term(_sig: int, _frm: object) -> None:
@@ -115,13 +164,8 @@ def main(lab_dir: str) -> None:
                     prometheus.write_targets(base, st)      # waypoints come and go with the state
                 except OSError as e:
                     print(f"supervisor: prometheus targets: {e}", file=sys.stderr, flush=True)
-            wanted = {p.id: p for p in (st.processes if st else []) if p.enabled}
-            for cid in list(children):
-                if cid not in wanted or wanted[cid] != children[cid].spec:
-                    stop(children.pop(cid))
-            for cid, spec in wanted.items():
-                if cid not in children:
-                    children[cid] = Child(spec)
+            reconcile(children, {p.id: p for p in (st.processes if st else []) if p.enabled}, draining)
+        reap(draining)
         now = time.monotonic()
         for c in children.values():
             if c.popen is not None and c.popen.poll() is not None:
@@ -149,6 +193,8 @@ def main(lab_dir: str) -> None:
         time.sleep(0.1)
     for c in children.values():
         stop(c)
+    for p, _ in draining:
+        stop(Child(ProcSpec("", "", [], ""), popen=p))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ every engine is uninstalled and every pin purged afterwards, even when a test fa
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from agent.capture import AMBIT_MARK, CaptureEngine, PodCapture, podnet, purge
 from agent.capture import iptables as ipt
+from ambit import cgroups
 from ambit.netns import preexec_enter
 from tests.lab.capture_fixtures import (
     NODE_IP,
@@ -277,6 +279,52 @@ def test_restart_readopts_links_without_gap_or_duplicates(clab, ztunnel):
         if eng_b is not None:
             eng_b.uninstall()
         purge(root)
+
+
+def test_both_ztunnels_of_a_surge_roll_are_exempt_until_the_old_cgroup_goes(clab):
+    """The old node pod's agent registered its ztunnel; the new pod's agent loads beside it: both
+    ztunnels keep SO_ORIGINAL_DST (a link per cgroup), and once the old pod's cgroup is deleted
+    the set forgets it."""
+    root = PIN_BASE / NODE
+    old_cg = clab.cg_root / "zt-old"
+    cgroups.create(old_cg)
+    old = new = old_zt = new_zt = None
+    try:
+        old = CaptureEngine(NODE, old_cg, node_netns=clab.node_ns)
+        old.load()
+        old.enrol(p1_pod(clab))
+        old_zt = Proc(python_cmd("ztunnel", clab.p1_ns), None, old_cg)
+        assert run_client(clab.p1_ns, clab.p1_cg, NODE_IP, 7000)["reply"]["so_original_dst"] == [NODE_IP, 7000]
+
+        new = CaptureEngine(NODE, clab.zt_cg, node_netns=clab.node_ns)
+        new.load()                  # the new node pod's agent, while the old one still runs
+        ids = {os.stat(old_cg).st_ino, os.stat(clab.zt_cg).st_ino}
+        zt_links = {k: v for k, v in pinned_link_ids(root).items() if k.startswith("ztunnel/")}
+        assert set(zt_links) == {f"ztunnel/{i}/getsockopt" for i in ids}
+        assert {v["prog_id"] for v in zt_links.values()} == {new.program_ids()["getsockopt"]}
+        # The old ztunnel still gets its original destinations after the new agent loaded.
+        assert run_client(clab.p1_ns, clab.p1_cg, NODE_IP, 7000)["reply"]["so_original_dst"] == [NODE_IP, 7000]
+        old_zt.kill()
+        old_zt = None
+        new_zt = Proc(python_cmd("ztunnel", clab.p1_ns), None, clab.zt_cg)
+        assert run_client(clab.p1_ns, clab.p1_cg, NODE_IP, 7000)["reply"]["so_original_dst"] == [NODE_IP, 7000]
+        old.close()                 # the old agent stops (capture stays pinned)
+
+        assert new.sync_ztunnels() == sorted([str(old_cg), str(clab.zt_cg)])   # its cgroup still exists
+        old_cg.rmdir()              # the old node pod is deleted
+        assert new.sync_ztunnels() == [str(clab.zt_cg)]
+        assert [k for k in pinned_link_ids(root) if k.startswith("ztunnel/")] == \
+            [f"ztunnel/{os.stat(clab.zt_cg).st_ino}/getsockopt"]
+        assert run_client(clab.p1_ns, clab.p1_cg, NODE_IP, 7000)["reply"]["so_original_dst"] == [NODE_IP, 7000]
+    finally:
+        for z in (old_zt, new_zt):
+            if z is not None:
+                z.kill()
+        for e in (new, old):
+            if e is not None:
+                e.uninstall()
+        purge(root)
+        cgroups.remove_tree(old_cg)
 
 
 def test_unenrol_then_uninstall_leave_nothing(clab, ztunnel):

@@ -378,6 +378,8 @@ def test_ztunnel_down_drops_inbound_and_mesh_recovers(hlab: Lab, pods: dict[str,
 SQUAT = """
 import json, socket, sys, threading
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+# SO_REUSEPORT, as root (ztunnel's uid): the kernel would let ztunnel's listener join this one's group
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 s.bind(("0.0.0.0", 15006)); s.listen(16)
 print(json.dumps({"squatting": 15006}), flush=True)
 def take():

@@ -277,6 +277,8 @@ def test_request_authentication_with_a_jwks_uri_and_a_policy_requiring_a_princip
         forged = server.token("k1", forge=True)
         wlab.wait_for(lambda: code(forged) == 401, timeout=20, interval=0.5, what="RequestAuthentication in force")
         good = server.token("k1")
+        # published at once failing closed, then with the keys the controller fetched in the background
+        wlab.wait_for(lambda: code(good) == 200, timeout=20, interval=0.5, what="the fetched key set in force")
         r = wlab.curl("default/frontend", "http://myapp/jwt", "-H", f"authorization: Bearer {good}")
         assert r["headers"].get("x-jwt-sub") == "alice"               # outputClaimToHeaders
         assert "authorization" not in r["headers"]                    # forwardOriginalToken: false

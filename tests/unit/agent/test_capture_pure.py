@@ -38,7 +38,7 @@ def test_bad_annotation_values_name_the_annotation(name: str, value: str, msg: s
 
 
 def test_iptables_rules_exempt_ztunnel_loopback_own_ip_and_exclusions() -> None:
-    text = rules(IptablesPlan(pod_ip="10.0.0.5", node_ip="10.0.0.1", ztunnel_cgroup="/lab/zt",
+    text = rules(IptablesPlan(pod_ip="10.0.0.5", node_ip="10.0.0.1", ztunnel_cgroups=("/lab/zt", "/lab/zt2"),
                               exclude_outbound_ports=(5432,), exclude_outbound_cidrs=("10.96.0.0/12",),
                               exclude_inbound_ports=(9100,), probe_ports=(8081,)))
     lines = text.splitlines()
@@ -47,6 +47,7 @@ def test_iptables_rules_exempt_ztunnel_loopback_own_ip_and_exclusions() -> None:
     assert out[-1] == "-A AMBIT_OUTPUT -p tcp -j REDIRECT --to-ports 15001"
     assert inb[-1] == "-A AMBIT_PREROUTING -p tcp -d 10.0.0.5/32 -j REDIRECT --to-ports 15006"
     for needed in (f"--mark {AMBIT_MARK:#x}/0xfff -j RETURN", "-m cgroup --path /lab/zt -j RETURN",
+                   "-m cgroup --path /lab/zt2 -j RETURN",   # both ztunnels of a surge roll
                    "-d 127.0.0.0/8 -j RETURN", "-d 10.0.0.5/32 -j RETURN", "--dport 5432 -j RETURN",
                    "-d 10.96.0.0/12 -j RETURN"):
         assert any(needed in x for x in out[:-1]), needed

@@ -4,17 +4,23 @@ and the key sets it fetches for `jwksUri` from a real HTTP server on loopback.""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from prometheus_client import CollectorRegistry
 
+from controller.app import Controller
+from controller.configserver import ConfigServer
 from controller.jwks import JwksCache
+from controller.sources import Source
 from controller.translate import translate
 from controller.validation import validate_object
 from tests.support.jwks_server import JwksServer
+from tests.support.wait import wait_for
 
 
 def jwks(kid: str) -> str:
@@ -28,6 +34,14 @@ KEYS = jwks("k1")
 def ra(rules: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
             "metadata": {"name": "jwt", "namespace": "demo"}, "spec": {**spec, "jwtRules": rules}}
+
+
+class _NoSource(Source):
+    def run(self, on_snapshot, stop) -> None:  # noqa: ANN001 - never run: the test feeds snapshots
+        raise AssertionError
+
+    def errors(self):  # noqa: ANN201
+        return []
 
 
 def errors(obj: dict[str, Any]) -> list[tuple[str, str]]:
@@ -113,3 +127,28 @@ def test_fetch_refresh_rotation_and_failures(served: JwksServer) -> None:
     assert cache.due({bad: 2.0}) == [bad]
     cache.forget({uri: 2.0})
     assert set(cache.resolved()) == {uri}
+
+
+def test_a_new_jwks_uri_is_published_at_once_failing_closed_and_fetched_in_the_background(
+        served: JwksServer) -> None:
+    """Translation never waits on the identity provider: the first config carries the rule with no
+    keys ("not fetched yet": its tokens get 401), the refresher thread fetches, then republishes."""
+    k1 = served.rotate("k1")
+    uri = f"{served.base}/jwks.json"
+    server = ConfigServer(debounce=0.0, registry=CollectorRegistry())
+    ctl = Controller(_NoSource(), server, jwks=JwksCache(refresh=600))
+    ctl.on_snapshot([ra([{"issuer": served.issuer, "jwksUri": uri}],
+                        targetRefs=[{"kind": "Service", "group": "", "name": "s"}])])
+    [r] = ctl.translation.request_authns
+    assert (r.rules[0].jwks, r.rules[0].jwks_error) == ("", "not fetched yet")
+    first = ctl.version
+    stop = threading.Event()
+    t = ctl.run_jwks_refresher(stop, tick=600)      # only the wake-up can make it fetch in time
+    try:
+        wait_for(lambda: ctl.version != first, "the key set to be fetched and republished", 10)
+    finally:
+        stop.set()
+    [r] = ctl.translation.request_authns
+    assert (r.rules[0].jwks, r.rules[0].jwks_error) == (k1, "")
+    ctl._jwks_wake.set()                            # let the thread see the stop
+    t.join(5)

@@ -343,11 +343,14 @@ def test_cli_command_prints_the_manifests(argv: list[str], capsys: pytest.Captur
 def test_node_daemonset_rolls_safely_on_linux_nodes_and_ztunnel_has_no_oom_limit() -> None:
     ds = one(render(), "DaemonSet", "ambit-node")
     roll = ds["spec"]["updateStrategy"]
-    assert roll == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
+    assert roll == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     pod = ds["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     z = next(c for c in pod["containers"] if c["name"] == "ztunnel")
     assert z["resources"]["requests"]["memory"] and "limits" not in z["resources"]
+    # A surge roll's old ztunnel drains its connections before the kubelet's SIGKILL.
+    drain = float(z["args"][z["args"].index("--termination-drain") + 1])
+    assert 0 < drain < pod["terminationGracePeriodSeconds"]
 
 
 def test_the_agent_installs_the_cni_plugin_into_the_hosts_cni_directories() -> None:

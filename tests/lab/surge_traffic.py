@@ -1,0 +1,69 @@
+"""Traffic across a surge roll, run inside a client pod: a loop of short connections (one request
+each) and one long-lived keep-alive connection sending a request every 0.2 s. Prints one JSON line
+per request; stops when its stdin closes. tests/lab/test_surge.py reads the lines."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+import threading
+import time
+
+LOCK = threading.Lock()
+
+
+def out(rec: dict) -> None:
+    with LOCK:
+        print(json.dumps(rec), flush=True)
+
+
+def short_loop(host: str, port: int, stop: threading.Event) -> None:
+    while not stop.is_set():
+        t = time.time()
+        c = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            c.request("GET", "/short", headers={"Connection": "close"})
+            r = c.getresponse()
+            r.read()
+            out({"kind": "short", "ok": r.status == 200, "status": r.status, "t": t})
+        except Exception as e:  # noqa: BLE001 - every failure is a result
+            out({"kind": "short", "ok": False, "error": f"{type(e).__name__}: {e}", "t": t})
+        finally:
+            c.close()
+        time.sleep(0.05)
+
+
+def long_lived(host: str, port: int, stop: threading.Event) -> None:
+    c = http.client.HTTPConnection(host, port, timeout=10)
+    n = 0
+    while not stop.is_set():
+        t = time.time()
+        try:
+            c.request("GET", "/long")
+            r = c.getresponse()
+            body = json.loads(r.read())
+            out({"kind": "long", "ok": r.status == 200, "n": n, "t": t, "port": c.sock.getsockname()[1],
+                 "version": body.get("version")})
+        except Exception as e:  # noqa: BLE001 - how the connection ended is the result
+            out({"kind": "long", "ok": False, "n": n, "t": t, "errtype": type(e).__name__, "error": str(e)})
+            return
+        n += 1
+        stop.wait(0.2)
+
+
+def main() -> None:
+    host, port = sys.argv[1], int(sys.argv[2])
+    stop = threading.Event()
+    threads = [threading.Thread(target=f, args=(host, port, stop)) for f in (short_loop, long_lived)]
+    for th in threads:
+        th.start()
+    out({"ready": True})
+    sys.stdin.read()
+    stop.set()
+    for th in threads:
+        th.join()
+
+
+if __name__ == "__main__":
+    main()
