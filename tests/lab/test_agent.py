@@ -180,6 +180,7 @@ def test_agent_restart_keeps_capture_without_gap_or_duplicates(lab: Lab) -> None
     assert "adopted" in lab.log("agent", "node1")
 
 
+@pytest.mark.host_exclusive
 def test_sigkilled_agents_leave_nothing_after_lab_down(fresh_lab: Lab) -> None:
     before = hoststate.snapshot()
     fresh_lab.up()

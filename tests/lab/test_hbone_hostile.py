@@ -134,8 +134,12 @@ def ztunnel_fds(lab: Lab, node: str = "node1") -> int:
 
 
 def app_conns(lab: Lab, pod: str = TARGET, port: int = 8080) -> int:
-    """Established TCP connections to the app's port, counted on the app side (its netns)."""
-    p = lab.exec(pod, "ss", "-Htn", "state", "established", f"( sport = :{port} )", check=True)
+    """Established TCP connections to the app's port, counted on the app side (its netns).
+    `ip netns exec` directly, not `ambit lab exec`: the count must be read while an attacker holds
+    its streams, and the CLI's start-up alone can take seconds on a loaded machine."""
+    ns, name = pod.split("/")
+    p = subprocess.run(["ip", "netns", "exec", f"{lab.name}.{ns}.{name}", "ss", "-Htn", "state", "established",
+                        f"( sport = :{port} )"], capture_output=True, text=True, check=True)
     return len([ln for ln in p.stdout.splitlines() if ln.strip()])
 
 
@@ -189,7 +193,7 @@ def test_stream_flood_gets_refused_streams_and_leaks_no_app_connection(hlab: Lab
                                                                        baseline: int) -> None:
     target = ip(hlab, TARGET)
     with bystander(hlab), background(hlab, ATTACKER, "stream-flood", "--cert", cert, "--ip", target,
-                                     "--authority", f"{target}:8080", "--n", "300", "--hold", "4",
+                                     "--authority", f"{target}:8080", "--n", "300", "--hold", "8",
                                      "--more", "900") as flood:
         held = json.loads(flood.line())
         # 100 streams (the advertised SETTINGS_MAX_CONCURRENT_STREAMS) admitted, each over it refused.

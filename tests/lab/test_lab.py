@@ -101,6 +101,7 @@ def test_supervisor_restarts_a_crashed_pod(lab: Lab) -> None:
                  timeout=10, what="echo-v2 serving again")
 
 
+@pytest.mark.host_exclusive
 def test_custom_spec_and_teardown_leave_host_exactly_as_before(fresh_lab: Lab, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text("""
@@ -127,6 +128,7 @@ services:
     assert not fresh_lab.dir.exists()
 
 
+@pytest.mark.host_exclusive
 def test_bad_spec_is_rejected_with_field_and_nothing_is_created(fresh_lab: Lab, tmp_path: Path) -> None:
     spec = tmp_path / "bad.yaml"
     spec.write_text("pods:\n  - {name: web, namespace: shop, node: node7, command: [sleep, '1']}\n")
@@ -137,6 +139,7 @@ def test_bad_spec_is_rejected_with_field_and_nothing_is_created(fresh_lab: Lab, 
     assert hoststate.diff(before, hoststate.snapshot()) == {}
 
 
+@pytest.mark.host_exclusive
 def test_interrupted_up_leaves_nothing(fresh_lab: Lab) -> None:
     """Ctrl-C (SIGINT) in the middle of `lab up` tears down what was built."""
     before = hoststate.snapshot()
