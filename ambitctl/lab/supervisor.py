@@ -36,6 +36,16 @@ class Child:
     next_start: float = 0.0
     last_exit: int | None = None
     started_at: float = 0.0
+    # The process this one replaces under the same id (its spec changed): it starts only once that
+    # one has exited, since both would claim the same sockets and ports (a surge roll's new
+    # generation runs under an id of its own instead, beside the old).
+    predecessor: subprocess.Popen[bytes] | None = None
+
+    def may_start(self, now: float) -> bool:
+        if self.predecessor is not None and self.predecessor.poll() is None:
+            return False
+        self.predecessor = None
+        return self.popen is None and now >= self.next_start
 
 
 def start(spec: ProcSpec, log_dir: Path) -> subprocess.Popen[bytes]:
@@ -113,12 +123,16 @@ def reconcile(children: dict[str, Child], wanted: dict[str, ProcSpec],
             c = children.pop(spec.adopt)
             c.spec = spec
             children[cid] = c
+    replaced: dict[str, subprocess.Popen[bytes]] = {}
     for cid in list(children):
         if cid not in wanted or not wanted[cid].same_process(children[cid].spec):
-            begin_stop(children.pop(cid), draining)
+            old = children.pop(cid)
+            if old.popen is not None and old.popen.poll() is None:
+                replaced[cid] = old.popen
+            begin_stop(old, draining)
     for cid, spec in wanted.items():
         if cid not in children:
-            children[cid] = Child(spec)
+            children[cid] = Child(spec, predecessor=replaced.get(cid))
 
 
 def main(lab_dir: str) -> None:
@@ -175,7 +189,7 @@ def main(lab_dir: str) -> None:
                 c.backoff = BACKOFF_MIN if now - c.started_at > 10 else min(c.backoff * 2, BACKOFF_MAX)
                 c.next_start = now + c.backoff
                 c.restarts += 1
-            if c.popen is None and now >= c.next_start:
+            if c.may_start(now):
                 try:
                     c.popen = start(c.spec, log_dir)
                     c.started_at = now

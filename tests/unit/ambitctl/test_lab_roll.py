@@ -45,9 +45,11 @@ def test_a_changed_spec_is_stopped_without_blocking_and_killed_after_its_grace()
     draining: list = []
     try:
         supervisor.reconcile(children, {spec.id: replace(spec, argv=["b"])}, draining)
-        assert children[spec.id].popen is None                   # the new spec starts afresh
+        assert children[spec.id].popen is None                   # the new spec starts afresh,
+        assert not children[spec.id].may_start(1e9)              # but not beside the old one
         supervisor.reap(draining)                                 # grace 0: SIGKILL (it ignores TERM)
         assert draining == [] and p.poll() is not None
+        assert children[spec.id].may_start(1e9)                  # now it may
     finally:
         p.kill()
         p.wait()
