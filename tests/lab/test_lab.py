@@ -143,17 +143,21 @@ def test_bad_spec_is_rejected_with_field_and_nothing_is_created(fresh_lab: Lab, 
 def test_interrupted_up_leaves_nothing(fresh_lab: Lab) -> None:
     """Ctrl-C (SIGINT) in the middle of `lab up` tears down what was built."""
     before = hoststate.snapshot()
+    assert not [n for n in before["netns"] if n.startswith(f"{fresh_lab.name}.")], "an earlier lab of this name is still up"
     p = subprocess.Popen([*AMBIT, "lab", "up", "--name", fresh_lab.name, "--nodes", "3"], env=fresh_lab.env,
                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Interrupt as soon as the first netns exists: mid-build.
+    def ours() -> list[str]:
+        return [n for n in (os.listdir("/var/run/netns") if os.path.isdir("/var/run/netns") else [])
+                if n.startswith(f"{fresh_lab.name}.")]
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if any(n.startswith(f"{fresh_lab.name}.") for n in os.listdir("/var/run/netns") if os.path.isdir("/var/run/netns")):
-            break
+    while time.monotonic() < deadline and not ours() and p.poll() is None:
         time.sleep(0.005)
+    assert p.poll() is None, f"lab up ended (rc {p.returncode}) before it could be interrupted: {p.stderr.read() if p.stderr else ''}"
+    assert ours(), "lab up built no netns within 20 s"
     p.send_signal(signal.SIGINT)
     _out, err = p.communicate(timeout=60)
-    assert p.returncode != 0, "interrupted up should fail"
+    assert p.returncode != 0, f"interrupted up should fail: {err[-2000:]}"
     assert "tearing down" in err
     assert hoststate.diff(before, hoststate.snapshot()) == {}
 
