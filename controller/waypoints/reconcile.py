@@ -77,7 +77,7 @@ class KubeWaypointReconciler:
         self.root_namespace = root_namespace
         # (gateway uid, resourceVersion) -> when its objects were last found as wanted: a snapshot
         # caused by anything else then costs no API calls; drift is repaired within `resync` s.
-        self._settled: dict[tuple[str, str], float] = {}
+        self._settled: dict[tuple[str, str, tuple[int, ...]], float] = {}
         self.resync = resync
         self.clock = clock
         self.api = api
@@ -122,10 +122,11 @@ class KubeWaypointReconciler:
         live = set()
         for gw in waypoints:
             md = gw.get("metadata") or {}
-            key = (md.get("uid", ""), md.get("resourceVersion", ""))
+            ports = _served_ports(gw, translation)       # an Istio Gateway's new port redeploys too
+            key = (md.get("uid", ""), md.get("resourceVersion", ""), ports)
             live.add(key)
             if self.deploy is not None and key[0] and now - self._settled.get(key, -1e18) >= self.resync:
-                if self._deploy(gw):
+                if self._deploy(gw, ports):
                     self._settled[key] = now
             if self.write_status:
                 self._gateway_status(gw, objects, translation)
@@ -133,11 +134,11 @@ class KubeWaypointReconciler:
         if self.write_status:
             self._policy_status(objects, translation)
 
-    def _deploy(self, gw: Obj) -> bool:
+    def _deploy(self, gw: Obj, ports: tuple[int, ...] = ()) -> bool:
         """Create or update the Gateway's objects; True when all are as wanted (nothing failed)."""
         assert self.deploy is not None
         ok = True
-        for want in render(gw, self.deploy):
+        for want in render(gw, self.deploy, ports):
             ref = f"{want['kind']} {want['metadata']['namespace']}/{want['metadata']['name']}"
             try:
                 status, existing = self._call("GET", object_path(want))
@@ -201,3 +202,9 @@ class KubeWaypointReconciler:
 
 def _untimed(conds: list[Obj]) -> list[Obj]:
     return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in conds]
+
+
+def _served_ports(gw: Obj, translation: Any) -> tuple[int, ...]:
+    """The ports an ingress Gateway's pods serve beyond its own listeners' (Istio Gateways' servers)."""
+    served = translation.ingress.gateways if translation is not None else []
+    return tuple(sorted({ln.port for m in served if m.resource_name == gws.gateway_ref(gw) for ln in m.listeners}))
