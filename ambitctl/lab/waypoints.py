@@ -117,7 +117,8 @@ def _ingress_service(w: dict[str, Any]) -> dict[str, Any]:
 
 def _store_objects(names: LabNames, w: dict[str, Any]) -> list[dict[str, Any]]:
     ns, name = w["namespace"], w["name"]
-    labels = {GATEWAY_NAME_LABEL: name, "ambit.io/dataplane-mode": "none", "lab.ambit.io/waypoint": "true"}
+    labels = {**w.get("labels", {}), GATEWAY_NAME_LABEL: name, "ambit.io/dataplane-mode": "none",
+              "lab.ambit.io/waypoint": "true"}
     if w.get("ingress"):
         return [
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}},
@@ -234,6 +235,8 @@ def reconcile(base: Path) -> tuple[list[str], bool]:
                  "host_ip": node["underlay_ip"], "class": gw["spec"]["gatewayClassName"]}
             if w["class"] in INGRESS_CLASSES:
                 w["ingress"], w["ports"] = True, listener_ports(gw)
+                # its pods carry spec.infrastructure.labels, as in a cluster: Istio Gateways select them
+                w["labels"] = dict((gw["spec"].get("infrastructure") or {}).get("labels") or {})
                 if outside.ensure(names, st.spec):
                     did.append(f"created the outside netns {outside.netns(names)} ({outside.address(st.spec)})")
             try:
