@@ -18,6 +18,14 @@ from tests.lab.labctl import Lab
 from tests.lab.test_ingress import HOSTS, NS, objects, outside_curl, strict_and_only_the_gateway, test_ca
 
 pytestmark = pytest.mark.lab
+GATEWAY = "istio-ingressgateway"     # the name Istio's installer gives it (not test_ingress's, which may be going away)
+
+
+def only_the_gateway() -> list[dict[str, Any]]:
+    """STRICT, and echo-v2 admits this gateway's identity only."""
+    objs = strict_and_only_the_gateway()
+    objs[1]["spec"]["rules"] = [{"from": [{"source": {"principals": [f"cluster.local/ns/{NS}/sa/{GATEWAY}"]}}]}]
+    return objs
 
 
 def istio_objects(secrets: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -27,7 +35,7 @@ def istio_objects(secrets: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return [*secrets.values(), *services,
             # what Istio's installer deploys as istio-ingressgateway, in Ambit: an ingress Gateway's pods
             {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-             "metadata": {"name": "ingress", "namespace": NS, "annotations": {"lab.ambit.io/node": "node1"}},
+             "metadata": {"name": GATEWAY, "namespace": NS, "annotations": {"lab.ambit.io/node": "node1"}},
              "spec": {"gatewayClassName": "ambit", "infrastructure": {"labels": {"istio": "ingressgateway"}},
                       "listeners": [{"name": "status", "port": 15021, "protocol": "HTTP"}]}},
             {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
@@ -45,7 +53,7 @@ def istio_objects(secrets: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_bookinfo_shaped_istio_gateway_and_virtual_service(lab: Lab, tmp_path: Path) -> None:
     ca, secrets = test_ca(tmp_path)
-    objs = istio_objects(secrets) + strict_and_only_the_gateway()
+    objs = istio_objects(secrets) + only_the_gateway()
     try:
         lab.ambit("apply", "-f", "-", input=yaml.safe_dump_all(objs))
         # an Istio Gateway is listed as such, apart from Gateway API's
@@ -53,14 +61,17 @@ def test_bookinfo_shaped_istio_gateway_and_virtual_service(lab: Lab, tmp_path: P
         assert got == ["gateway.networking.istio.io/bookinfo-gateway"]
 
         def address() -> str | None:
-            st = json.loads(lab.ambit("get", "gateway", "ingress", "-n", NS, "-o", "json").stdout).get("status") or {}
+            st = json.loads(lab.ambit("get", "gateway", GATEWAY, "-n", NS, "-o", "json").stdout).get("status") or {}
             return next((a["value"] for a in st.get("addresses") or []), None)
         ip = lab.wait_for(address, timeout=30, what="the ingress gateway's address")
         resolve = [a for h in HOSTS for port in (80, 443) for a in ("--resolve", f"{h}:{port}:{ip}")]
         # the HTTP server redirects to https (the gateway serves it once its config arrived)
-        lab.wait_for(lambda: outside_curl(lab, f"http://{HOSTS[0]}/productpage", "-o", "/dev/null", "-w",
-                                          "%{http_code} %{redirect_url}", *resolve).stdout
-                     == f"301 https://{HOSTS[0]}/productpage", timeout=20, what="the https redirect on port 80")
+        def redirected() -> bool:
+            p = outside_curl(lab, f"http://{HOSTS[0]}/productpage", "-o", "/dev/null", "-w",
+                             "%{http_code} %{redirect_url}", *resolve)
+            assert p.stdout == f"301 https://{HOSTS[0]}/productpage", (ip, p.stdout, p.stderr)
+            return True
+        lab.wait_for(redirected, timeout=60, what="the https redirect on port 80")
         for h in HOSTS:
             # SNI picks the server, so its credentialName's certificate, which curl verifies
             p = outside_curl(lab, f"https://{h}/productpage", "-v", "--cacert", str(ca), *resolve)
