@@ -139,3 +139,22 @@ def test_what_cannot_be_served_is_reported() -> None:
 def test_schema_refuses_what_is_not_built(server: dict[str, Any], path: str, reason: str) -> None:
     errs = validate_object(istio_gateway(server))
     assert any(e.path == path and reason in e.reason for e in errs), errs
+
+
+ISTIO_DOCS = {
+    # samples/bookinfo/networking/bookinfo-gateway.yaml
+    "bookinfo": [{"port": {"number": 8080, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}],
+    # tasks/traffic-management/ingress/ingress-control (httpbin-gateway)
+    "httpbin": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["httpbin.example.com"]}],
+    # tasks/traffic-management/ingress/secure-ingress: several hosts, one credential each
+    "mygateway": [{"port": {"number": 443, "name": "https-httpbin", "protocol": "HTTPS"},
+                   "tls": {"mode": "SIMPLE", "credentialName": "httpbin-credential"}, "hosts": ["httpbin.example.com"]},
+                  {"port": {"number": 443, "name": "https-helloworld", "protocol": "HTTPS"},
+                   "tls": {"mode": "SIMPLE", "credentialName": "helloworld-credential"},
+                   "hosts": ["helloworld.example.com"]}],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ISTIO_DOCS))
+def test_istio_documentation_gateways_are_accepted(name: str) -> None:
+    assert validate_object(istio_gateway(*ISTIO_DOCS[name], name=name)) == []
