@@ -86,6 +86,8 @@ KINDS: list[KindSpec] = [
              _mesh(gateway.GRPCRouteSpec)),
     KindSpec("Gateway", "gateways", ("gtw",), ((GATEWAY_GROUP, ("v1", "v1beta1")),), True,
              _mesh(gateway.GatewaySpec)),
+    KindSpec("ReferenceGrant", "referencegrants", ("refgrant",), ((GATEWAY_GROUP, ("v1", "v1beta1")),), True,
+             _mesh(gateway.ReferenceGrantSpec)),
     # Istio's Gateway: the same kind name in another group. Listed after Gateway API's, so a bare
     # `gateway` means Gateway API's; `gateway.networking.istio.io` means this one.
     KindSpec("Gateway", "gateways", (), _with_ambit(*_NET), True,
@@ -142,8 +144,6 @@ UNSUPPORTED_KINDS: dict[tuple[str, str], str] = {
     (GATEWAY_GROUP, "GatewayClass"): "GatewayClass objects are not needed nor read by Ambit: the waypoint "
                                      "classes ambit-waypoint and istio-waypoint and the ingress classes ambit and "
                                      "istio are built in",
-    (GATEWAY_GROUP, "ReferenceGrant"): "ReferenceGrant is not supported by Ambit yet: routes may only reference "
-                                       "backends in their own namespace",
     (GATEWAY_GROUP, "TCPRoute"): "TCPRoute is not supported by Ambit yet: non-HTTP traffic goes to its "
                                  "original destination",
     (GATEWAY_GROUP, "TLSRoute"): "TLSRoute is not supported by Ambit yet: non-HTTP traffic goes to its "
