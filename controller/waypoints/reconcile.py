@@ -55,9 +55,13 @@ RBAC_RULES = [
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create", "update"]},
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways/status"], "verbs": ["get", "patch", "update"]},
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways/finalizers"], "verbs": ["update"]},
+    # status.parents of the routes attached to ingress Gateways (controller/waypoints/ingress_status.py)
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["grpcroutes/status", "httproutes/status"],
+     "verbs": ["get", "patch", "update"]},
 ]
 _PLURALS = {"ServiceAccount": "serviceaccounts", "Service": "services", "Deployment": "deployments",
-            "Gateway": "gateways", "AuthorizationPolicy": "authorizationpolicies"}
+            "Gateway": "gateways", "AuthorizationPolicy": "authorizationpolicies", "HTTPRoute": "httproutes",
+            "GRPCRoute": "grpcroutes"}
 
 
 def object_path(obj: Obj, sub: str = "", named: bool = True) -> str:
@@ -133,6 +137,8 @@ class KubeWaypointReconciler:
         self._settled = {k: v for k, v in self._settled.items() if k in live}
         if self.write_status:
             self._policy_status(objects, translation)
+            if translation is not None:
+                self._route_status(objects, translation)
 
     def _deploy(self, gw: Obj, ports: tuple[int, ...] = ()) -> bool:
         """Create or update the Gateway's objects; True when all are as wanted (nothing failed)."""
@@ -182,6 +188,20 @@ class KubeWaypointReconciler:
         body = {"status": gws.with_times(old, want)}
         self._write(f"status of Gateway {gws.gateway_ref(gw)}", "PATCH", object_path(gw, "status"), body,
                     "application/merge-patch+json")
+
+    def _route_status(self, objects: list[Obj], translation: Any) -> None:
+        """`status.parents` of the HTTPRoutes/GRPCRoutes attached to ingress Gateways (Gateway API's
+        verdicts from the translation; other controllers' parents entries are kept)."""
+        by_key = {(o.get("kind"), (o.get("metadata") or {}).get("namespace") or "default",
+                   (o.get("metadata") or {}).get("name")): o for o in objects if o.get("kind") in ("HTTPRoute", "GRPCRoute")}
+        for key, parents in translation.ingress.routes.items():
+            route = by_key.get(key)
+            if route is None:
+                continue
+            want = ingress_status.route_status(route, parents)
+            if ingress_status.untimed(want) != ingress_status.untimed(route.get("status")):
+                self._write(f"status of {key[0]} {key[1]}/{key[2]}", "PATCH", object_path(route, "status"),
+                            {"status": want}, "application/merge-patch+json")
 
     def _policy_status(self, objects: list[Obj], translation: Any) -> None:
         found = advisories(objects, self.cluster_domain, translation, self.root_namespace)
