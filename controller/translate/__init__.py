@@ -106,7 +106,7 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     out.waypoint_routes = translate_routes(idx, out.services, cluster_domain, ingress_names(idx))
     hosts = Hosts(out.services, cluster_domain)
     out.ingress = translate_ingress(idx, hosts)
-    add_istio_gateways(idx, hosts, out.ingress.gateways, out.errors)
+    add_istio_gateways(idx, hosts, out.ingress)
     for lst in (out.services, out.authorizations, out.peer_authns, out.telemetry, out.request_authns):
         lst.sort(key=lambda r: r.resource_name)
     out.workloads.sort(key=lambda w: (w.namespace, w.name))

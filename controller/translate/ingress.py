@@ -40,6 +40,7 @@ from ambit.model import HttpRoute, IngressGateway, IngressListener, TlsCertifica
 from controller.kinds.gateway import INGRESS_CLASSES, TLS_MIN_VERSION_OPTION
 from controller.translate.index import Index, name_of, ns_of
 from controller.translate.routes import Hosts, gateway_api_routes
+from controller.validation import FieldError
 
 Obj = dict[str, Any]
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -70,6 +71,8 @@ class IngressResult:
     gateways: list[IngressGateway] = field(default_factory=list)
     listeners: dict[str, list[ListenerStatus]] = field(default_factory=dict)      # "ns/gw" -> per listener
     routes: dict[tuple[str, str, str], list[ParentStatus]] = field(default_factory=dict)   # (kind, ns, name)
+    # what valid objects configure and the gateway cannot serve (Istio Gateways): applied, and said
+    warnings: list[FieldError] = field(default_factory=list)
 
 
 def is_ingress(gw: Obj) -> bool:

@@ -19,7 +19,8 @@ Pure: objects in, listeners (added to the ingress models) and warnings out. Isti
 
 What the data path cannot serve is said, not dropped: a Gateway that selects no ingress gateway, a
 missing or unusable Secret, a listener that conflicts with one already on its port, and a bound
-VirtualService's `tcp`/`tls` routes are reported as warnings (FieldError) and not served.
+VirtualService's `tcp`/`tls` routes are warnings (`IngressResult.warnings`: the objects are valid
+and applied, as Istio accepts them; `ambit apply` and `ambit analyze` say what is not served).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 from ambit.model import HttpRoute, IngressGateway, IngressListener, Redirect, WaypointRoutes
 from controller.kinds.istio_gateway import TLS_VERSIONS
 from controller.translate.index import Index, name_of, ns_of, selector_matches
-from controller.translate.ingress import conflicted, load_certificate, route_hostnames
+from controller.translate.ingress import IngressResult, conflicted, load_certificate, route_hostnames
 from controller.translate.routes import Hosts, vs_http_route
 from controller.validation import FieldError
 
@@ -122,8 +123,10 @@ def _server_listeners(gw: Obj, server: Obj, index: int, ingress_ns: str, secrets
     return out
 
 
-def add_istio_gateways(idx: Index, hosts: Hosts, models: list[IngressGateway], errors: list[FieldError]) -> None:
-    """Add the listeners of every Istio Gateway to the ingress models whose pods it selects. In place."""
+def add_istio_gateways(idx: Index, hosts: Hosts, result: IngressResult) -> None:
+    """Add the listeners of every Istio Gateway to the ingress models whose pods it selects, and what
+    cannot be served to `result.warnings`. In place."""
+    models, errors = result.gateways, result.warnings
     istio = [g for g in idx.kind("Gateway") if is_istio_gateway(g)]
     if not istio:
         return

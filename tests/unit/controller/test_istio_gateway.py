@@ -39,7 +39,7 @@ HTTP_8080 = {"port": {"number": 8080, "name": "http", "protocol": "HTTP"}, "host
 def listeners(objs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
     tr = translate(BASE + [INGRESS, *objs])
     return ({ln.name: ln for ln in tr.ingress.gateways[0].listeners if ln.name != "http"},
-            [f"{e.path}: {e.reason}" for e in tr.errors])
+            [f"{e.path}: {e.reason}" for e in tr.errors + tr.ingress.warnings])
 
 
 def test_registry_is_keyed_by_group_and_kind() -> None:
@@ -158,3 +158,13 @@ ISTIO_DOCS = {
 @pytest.mark.parametrize("name", sorted(ISTIO_DOCS))
 def test_istio_documentation_gateways_are_accepted(name: str) -> None:
     assert validate_object(istio_gateway(*ISTIO_DOCS[name], name=name)) == []
+
+
+def test_an_istio_gateway_before_its_ingress_gateway_is_applied_with_a_warning() -> None:
+    """Istio accepts a Gateway whose pods do not exist yet: so does Ambit, and says nothing serves it."""
+    from controller.waypoints.advisories import advisories
+    objs = BASE + [istio_gateway(HTTP_8080)]
+    tr = translate(objs)
+    assert tr.errors == []
+    found = [(a.ref, a.path, a.condition) for a in advisories(objs, translation=tr)]
+    assert ("Gateway/web/bookinfo-gateway", "spec.selector", "NotEnforced") in found
