@@ -163,6 +163,9 @@ def _build_pod(names: LabNames, node: dict[str, Any], w: dict[str, Any]) -> None
     topology.ipn(pns, "addr", "add", f"{w['ip']}/24", "dev", "eth0")
     topology.ipn(pns, "link", "set", "eth0", "up")
     topology.ipn(pns, "route", "add", "default", "via", node["gateway_ip"])
+    # the address may be a removed gateway's: drop the node's stale neighbour entry for it, or the
+    # node keeps sending to the old MAC until the entry times out (tens of seconds)
+    topology.ipn(nns, "neigh", "flush", "to", w["ip"])
     topology.sysctls(pns, topology.POD_SYSCTLS)
     cgroups.create(names.pod_cgroup(node["name"], w["namespace"], w["pod"]))
     d = topology.ETC_NETNS / pns
