@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.kinds import BY_KIND, unsupported_kind
+from controller.kinds import BY_KIND, spec_for, spec_of, unsupported_kind
 from controller.kinds.common import Labels, Name, NamespaceName
 from controller.kinds.schema import Errors, Map, Str, show
 
@@ -42,7 +42,7 @@ def object_ref(obj: Any) -> str:
     kind = obj.get("kind") if isinstance(obj.get("kind"), str) else "<no kind>"
     md = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     name = md.get("name") if isinstance(md.get("name"), str) and md.get("name") else "<no name>"
-    spec = BY_KIND.get(kind)
+    spec = spec_of(obj)
     if spec is not None and not spec.namespaced:
         return f"{kind}/{name}"
     ns = md.get("namespace") if isinstance(md.get("namespace"), str) and md.get("namespace") else "default"
@@ -52,7 +52,7 @@ def object_ref(obj: Any) -> str:
 def object_key(obj: Obj) -> tuple[str, str, str]:
     """(kind, namespace, name) as the lab store keys objects; namespace "" when cluster-scoped."""
     md = obj.get("metadata") or {}
-    spec = BY_KIND.get(obj.get("kind", ""))
+    spec = spec_of(obj)
     ns = "" if spec is not None and not spec.namespaced else (md.get("namespace") or "default")
     return (obj.get("kind", ""), ns, md.get("name", ""))
 
@@ -67,7 +67,7 @@ def validate_object(obj: Any) -> list[FieldError]:
         return [FieldError(ref, "", f"must be a Kubernetes object (a map), got {show(obj)}")]
     errs: Errors = []
     api_version, kind = obj.get("apiVersion"), obj.get("kind")
-    spec = BY_KIND.get(kind) if isinstance(kind, str) else None
+    spec = spec_for(api_version, kind)
     refused = unsupported_kind(api_version, kind)
     if refused is not None:
         return [FieldError(ref, "kind", refused)]

@@ -23,7 +23,7 @@ from ambit.labstore import LabStore, StoreError
 from ambitctl import selectors
 from ambitctl.lab.paths import store_path
 from ambitctl.term import intermixed
-from controller.kinds import BY_KIND, KindSpec, all_names, by_name
+from controller.kinds import KindSpec, all_names, by_name, spec_of
 from controller.validation import ValidationError, object_key, validate_all
 
 Obj = dict[str, Any]
@@ -77,7 +77,7 @@ def load_manifests(targets: Iterable[str], stdin: TextIO | None = None) -> list[
 def set_namespace(objs: list[Obj], namespace: str | None) -> None:
     """kubectl -n: fill in the namespace of namespaced objects; refuse a conflicting one."""
     for o in objs:
-        spec = BY_KIND.get(o.get("kind", "")) if isinstance(o, dict) else None
+        spec = spec_of(o)
         md = o.get("metadata") if isinstance(o, dict) else None
         if spec is None or not spec.namespaced or not isinstance(md, dict):
             continue
@@ -91,7 +91,8 @@ def set_namespace(objs: list[Obj], namespace: str | None) -> None:
 
 
 def _display(obj: Obj) -> str:
-    spec = BY_KIND[obj["kind"]]
+    spec = spec_of(obj)
+    assert spec is not None
     return f"{spec.qualified(obj.get('apiVersion', ''))}/{obj['metadata']['name']}"
 
 
@@ -232,7 +233,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
             set_namespace(objs, args.namespace)
             targets = []
             for o in objs:
-                spec = BY_KIND.get(o.get("kind", ""))
+                spec = spec_of(o)
                 if spec is None or not (o.get("metadata") or {}).get("name"):
                     raise InputError(f"cannot delete {o.get('kind')!r} {o.get('metadata', {}).get('name')!r}: "
                                      "kind and metadata.name are required")
@@ -361,7 +362,7 @@ def _object_name(spec: KindSpec, o: Obj) -> str:
 
 def _select(spec: KindSpec, snap: Any, ns: str | None, names: list[str],
             selector: Callable[[dict[str, str]], bool] | None) -> list[Obj]:
-    objs = snap.list(spec.kind, "" if not spec.namespaced else ns)
+    objs = [o for o in snap.list(spec.kind, "" if not spec.namespaced else ns) if spec_of(o) is spec]
     if selector is not None:
         objs = [o for o in objs if selector((o.get("metadata") or {}).get("labels") or {})]
     if names:

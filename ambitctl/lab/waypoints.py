@@ -117,7 +117,8 @@ def _ingress_service(w: dict[str, Any]) -> dict[str, Any]:
 
 def _store_objects(names: LabNames, w: dict[str, Any]) -> list[dict[str, Any]]:
     ns, name = w["namespace"], w["name"]
-    labels = {GATEWAY_NAME_LABEL: name, "ambit.io/dataplane-mode": "none", "lab.ambit.io/waypoint": "true"}
+    labels = {**w.get("labels", {}), GATEWAY_NAME_LABEL: name, "ambit.io/dataplane-mode": "none",
+              "lab.ambit.io/waypoint": "true"}
     if w.get("ingress"):
         return [
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}},
@@ -162,6 +163,9 @@ def _build_pod(names: LabNames, node: dict[str, Any], w: dict[str, Any]) -> None
     topology.ipn(pns, "addr", "add", f"{w['ip']}/24", "dev", "eth0")
     topology.ipn(pns, "link", "set", "eth0", "up")
     topology.ipn(pns, "route", "add", "default", "via", node["gateway_ip"])
+    # the address may be a removed gateway's: drop the node's stale neighbour entry for it, or the
+    # node keeps sending to the old MAC until the entry times out (tens of seconds)
+    topology.ipn(nns, "neigh", "flush", "to", w["ip"])
     topology.sysctls(pns, topology.POD_SYSCTLS)
     cgroups.create(names.pod_cgroup(node["name"], w["namespace"], w["pod"]))
     d = topology.ETC_NETNS / pns
@@ -234,6 +238,8 @@ def reconcile(base: Path) -> tuple[list[str], bool]:
                  "host_ip": node["underlay_ip"], "class": gw["spec"]["gatewayClassName"]}
             if w["class"] in INGRESS_CLASSES:
                 w["ingress"], w["ports"] = True, listener_ports(gw)
+                # its pods carry spec.infrastructure.labels, as in a cluster: Istio Gateways select them
+                w["labels"] = dict((gw["spec"].get("infrastructure") or {}).get("labels") or {})
                 if outside.ensure(names, st.spec):
                     did.append(f"created the outside netns {outside.netns(names)} ({outside.address(st.spec)})")
             try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.kinds import core, gateway, networking, security, serviceentry, telemetry
+from controller.kinds import core, gateway, istio_gateway, networking, security, serviceentry, telemetry
 from controller.kinds.schema import AnyValue, Obj, Schema
 
 
@@ -86,6 +86,12 @@ KINDS: list[KindSpec] = [
              _mesh(gateway.GRPCRouteSpec)),
     KindSpec("Gateway", "gateways", ("gtw",), ((GATEWAY_GROUP, ("v1", "v1beta1")),), True,
              _mesh(gateway.GatewaySpec)),
+    KindSpec("ReferenceGrant", "referencegrants", ("refgrant",), ((GATEWAY_GROUP, ("v1", "v1beta1")),), True,
+             _mesh(gateway.ReferenceGrantSpec)),
+    # Istio's Gateway: the same kind name in another group. Listed after Gateway API's, so a bare
+    # `gateway` means Gateway API's; `gateway.networking.istio.io` means this one.
+    KindSpec("Gateway", "gateways", (), _with_ambit(*_NET), True,
+             _mesh(istio_gateway.IstioGatewaySpec), ambit_group=_NET[2]),
     KindSpec("Namespace", "namespaces", ("ns",), (("", ("v1",)),), False, core.NamespaceBody, mesh=False),
     KindSpec("Pod", "pods", ("po",), (("", ("v1",)),), True, core.PodBody, mesh=False),
     KindSpec("Service", "services", ("svc",), (("", ("v1",)),), True, core.ServiceBody, mesh=False),
@@ -97,19 +103,33 @@ KINDS: list[KindSpec] = [
     KindSpec("Secret", "secrets", (), (("", ("v1",)),), True, core.SecretBody, mesh=False),
 ]
 
-BY_KIND: dict[str, KindSpec] = {k.kind: k for k in KINDS}
+# Kinds are keyed by (group, kind): `Gateway` is both Gateway API's and Istio's. BY_KIND keeps the
+# first spec of each kind name, for what only needs the name (is it a kind at all, its scope).
+BY_GROUP_KIND: dict[tuple[str, str], KindSpec] = {(g, k.kind): k for k in KINDS for g, _ in k.groups}
+BY_KIND: dict[str, KindSpec] = {}
+for _k in KINDS:
+    BY_KIND.setdefault(_k.kind, _k)
+
+
+def spec_for(api_version: object, kind: object) -> KindSpec | None:
+    """The spec serving `kind` in `api_version`'s group; for a group that does not serve it, the
+    first spec of that kind name (so that the apiVersion error can name what is served)."""
+    if not isinstance(kind, str):
+        return None
+    group = KindSpec.group_of(api_version) if isinstance(api_version, str) else ""
+    return BY_GROUP_KIND.get((group, kind)) or BY_KIND.get(kind)
+
+
+def spec_of(obj: object) -> KindSpec | None:
+    return spec_for(obj.get("apiVersion"), obj.get("kind")) if isinstance(obj, dict) else None
 
 _WAYPOINTS = ("Ambit's gateways are Gateway API Gateways (gateway.networking.k8s.io/v1): waypoints of class "
               "ambit-waypoint or istio-waypoint (e.g. `ambit waypoint apply -n NS`), ingress gateways of class "
               "ambit (docs/ingress.md)")
 
 # Upstream kinds Ambit knows and does not support, keyed by (group, kind): each is refused with its
-# reason rather than as an unknown kind (or, for Istio's Gateway, with advice to change its apiVersion,
-# which would turn an ingress gateway into something else).
+# reason rather than as an unknown kind.
 UNSUPPORTED_KINDS: dict[tuple[str, str], str] = {
-    ("networking.istio.io", "Gateway"): (
-        "Istio's Gateway (networking.istio.io) is not supported by Ambit yet: write a Gateway API Gateway of class "
-        f"ambit with HTTPRoutes for an ingress gateway. {_WAYPOINTS}"),
     ("networking.istio.io", "Sidecar"): "Sidecar is not supported by Ambit: it has no sidecars (ztunnel and "
                                         "waypoints carry all traffic)",
     ("networking.istio.io", "EnvoyFilter"): "EnvoyFilter is not supported by Ambit: its proxies are not Envoy",
@@ -124,8 +144,6 @@ UNSUPPORTED_KINDS: dict[tuple[str, str], str] = {
     (GATEWAY_GROUP, "GatewayClass"): "GatewayClass objects are not needed nor read by Ambit: the waypoint "
                                      "classes ambit-waypoint and istio-waypoint and the ingress classes ambit and "
                                      "istio are built in",
-    (GATEWAY_GROUP, "ReferenceGrant"): "ReferenceGrant is not supported by Ambit yet: routes may only reference "
-                                       "backends in their own namespace",
     (GATEWAY_GROUP, "TCPRoute"): "TCPRoute is not supported by Ambit yet: non-HTTP traffic goes to its "
                                  "original destination",
     (GATEWAY_GROUP, "TLSRoute"): "TLSRoute is not supported by Ambit yet: non-HTTP traffic goes to its "

@@ -262,3 +262,13 @@ GatewaySpec = Obj({
     "tls": "spec.tls (Gateway-level frontend and backend TLS) is not supported by Ambit: a waypoint's traffic is "
            "HBONE mutual TLS with mesh identities on both sides",
 })
+
+# ReferenceGrant (v1, v1beta1): lets objects of `from` (group, kind, namespace) refer to objects of
+# `to` (group, kind, optionally one name) in the grant's own namespace. Ambit honours it for an
+# ingress route's cross-namespace backendRefs and an ingress Gateway's cross-namespace
+# certificateRefs (controller/translate/ingress.py).
+ReferenceGrantSpec = Obj({
+    "from": Arr(Obj({"group": Str(), "kind": Str(min_len=1), "namespace": Str(min_len=1)},
+                    required=("group", "kind", "namespace")), min_items=1),
+    "to": Arr(Obj({"group": Str(), "kind": Str(min_len=1), "name": Str()}, required=("group", "kind")), min_items=1),
+}, required=("from", "to"))

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from controller.kinds import BY_KIND
+from controller.kinds import spec_of
 from controller.validation import FieldError, validate_object
 
 Obj = dict[str, Any]
@@ -23,7 +23,7 @@ def cache_key(obj: Obj) -> CacheKey:
     api_version = obj.get("apiVersion") or ""
     group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
     md = obj.get("metadata") or {}
-    spec = BY_KIND.get(obj.get("kind", ""))
+    spec = spec_of(obj)
     ns = "" if spec is not None and not spec.namespaced else (md.get("namespace") or "default")
     return (group, obj.get("kind", ""), ns, md.get("name", ""))
 

@@ -67,15 +67,16 @@ class WatchedType(Resource):
         return key[0] == self.group and key[1] == self.kind
 
 
-# Not watched in a cluster: the controller is granted no Secret access (an ingress listener's
-# certificateRefs are read in the lab only, docs/ingress.md).
-NOT_WATCHED = ("Secret",)
+# Secrets are watched for ingress certificates only (certificateRefs, credentialName), as istiod
+# does: of type kubernetes.io/tls, selected by the API server, so no other Secret (service account
+# tokens, application credentials) ever reaches the controller (docs/security.md).
+FIELD_SELECTORS = {"Secret": "type=kubernetes.io/tls"}
 
 
 def default_types() -> list[WatchedType]:
     """Every group/kind in the registry: core kinds, Istio's groups, Ambit's groups, Gateway API."""
-    return [WatchedType(group, versions, k.plural, k.kind, k.namespaced) for k in KINDS for group, versions in k.groups
-            if k.kind not in NOT_WATCHED]
+    return [WatchedType(group, versions, k.plural, k.kind, k.namespaced, FIELD_SELECTORS.get(k.kind, ""))
+            for k in KINDS for group, versions in k.groups]
 
 
 class KubeSource:

@@ -27,6 +27,7 @@ from ambit.model import (
 from controller.kinds import BY_KIND
 from controller.translate.index import Index
 from controller.translate.ingress import IngressResult, ingress_names, translate_ingress
+from controller.translate.istio_gateway import add_istio_gateways
 from controller.translate.policy import (
     jwks_fetches,
     translate_authorization,
@@ -103,7 +104,9 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     out.telemetry = [translate_telemetry(o, root_namespace) for o in idx.kind("Telemetry")]
     expand_entry_targets([*out.authorizations, *out.request_authns], idx)
     out.waypoint_routes = translate_routes(idx, out.services, cluster_domain, ingress_names(idx))
-    out.ingress = translate_ingress(idx, Hosts(out.services, cluster_domain))
+    hosts = Hosts(out.services, cluster_domain)
+    out.ingress = translate_ingress(idx, hosts)
+    add_istio_gateways(idx, hosts, out.ingress)
     for lst in (out.services, out.authorizations, out.peer_authns, out.telemetry, out.request_authns):
         lst.sort(key=lambda r: r.resource_name)
     out.workloads.sort(key=lambda w: (w.namespace, w.name))

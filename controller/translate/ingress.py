@@ -14,14 +14,16 @@ Pure: objects in, model and status out. The rules are Gateway API's (gateway.net
 - the route's `hostnames` intersect the listener's `hostname` (exact names, and `*.suffix`
   wildcards matching one or more labels); an empty side matches anything; no intersection on any
   admitting listener is `NoMatchingListenerHostname`;
-- backends must be Services that exist, in the route's namespace (ReferenceGrant is not built, so a
+- backends must be Services that exist, in the route's namespace or in one whose ReferenceGrant
+  permits the route's kind from the route's namespace to that Service (or to every Service); else a
   cross-namespace backend is `ResolvedRefs=False RefNotPermitted` and, as Gateway API requires of an
-  unresolved backend, its share of requests gets 500); a missing one is `BackendNotFound`;
+  unresolved backend, its share of requests gets 500; a missing one is `BackendNotFound`;
 - listeners share a port when they share its protocol (the first listener on a port decides it) and
   differ in `hostname`; a later one that breaks this is `Conflicted` (`ProtocolConflict`,
   `HostnameConflict`) and not served;
 - an HTTPS listener's `certificateRefs` must be `kubernetes.io/tls` Secrets in the Gateway's
-  namespace holding a certificate and key that load; otherwise the listener is
+  namespace (or one whose ReferenceGrant permits Gateways of the Gateway's namespace to refer to
+  them) holding a certificate and key that load; otherwise the listener is
   `ResolvedRefs=False` (`RefNotPermitted`, `InvalidCertificateRef`) and serves none of them.
 
 Routes of one virtual host keep Gateway API precedence (controller.translate.routes).
@@ -38,6 +40,7 @@ from ambit.model import HttpRoute, IngressGateway, IngressListener, TlsCertifica
 from controller.kinds.gateway import INGRESS_CLASSES, TLS_MIN_VERSION_OPTION
 from controller.translate.index import Index, name_of, ns_of
 from controller.translate.routes import Hosts, gateway_api_routes
+from controller.validation import FieldError
 
 Obj = dict[str, Any]
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -68,6 +71,8 @@ class IngressResult:
     gateways: list[IngressGateway] = field(default_factory=list)
     listeners: dict[str, list[ListenerStatus]] = field(default_factory=dict)      # "ns/gw" -> per listener
     routes: dict[tuple[str, str, str], list[ParentStatus]] = field(default_factory=dict)   # (kind, ns, name)
+    # what valid objects configure and the gateway cannot serve (Istio Gateways): applied, and said
+    warnings: list[FieldError] = field(default_factory=list)
 
 
 def is_ingress(gw: Obj) -> bool:
@@ -172,7 +177,22 @@ def attach(p: Obj, route: Obj, gw: Obj, ns_labels: dict[str, str]) -> tuple[list
     return out, "Accepted", ""
 
 
-def resolve_backends(route: Obj, services: set[str]) -> tuple[tuple[bool, str, str], set[str]]:
+def granted(grants: list[Obj], frm: tuple[str, str, str], to: tuple[str, str, str, str]) -> bool:
+    """Whether a ReferenceGrant in the target's namespace lets `frm` (group, kind, namespace) refer
+    to `to` (group, kind, namespace, name). Core group is "" (Gateway API spells it so)."""
+    g, k, ns, name = to
+    for grant in grants:
+        if ns_of(grant) != ns:
+            continue
+        spec = grant.get("spec") or {}
+        if any((f["group"], f["kind"], f["namespace"]) == frm for f in spec["from"]) and any(
+                (t["group"], t["kind"]) == (g, k) and t.get("name", "") in ("", name) for t in spec["to"]):
+            return True
+    return False
+
+
+def resolve_backends(route: Obj, services: set[str],
+                     grants: list[Obj] | None = None) -> tuple[tuple[bool, str, str], set[str]]:
     """ResolvedRefs for a route's backendRefs, and the hosts ("name.ns") that may not be used."""
     rns = ns_of(route)
     bad: set[str] = set()
@@ -180,10 +200,12 @@ def resolve_backends(route: Obj, services: set[str]) -> tuple[tuple[bool, str, s
     for rule in (route.get("spec") or {}).get("rules") or []:
         for b in rule.get("backendRefs") or []:
             bns = b.get("namespace") or rns
-            if bns != rns:
+            if bns != rns and not granted(grants or [], (GATEWAY_GROUP, route.get("kind", "HTTPRoute"), rns),
+                                          ("", "Service", bns, b["name"])):
                 bad.add(f"{b['name']}.{bns}")
                 verdict = (False, "RefNotPermitted",
-                           f"backend {bns}/{b['name']} is in another namespace: ReferenceGrant is not supported")
+                           f"backend {bns}/{b['name']} is in another namespace and no ReferenceGrant there "
+                           f"permits it")
             elif f"{bns}/{b['name']}" not in services:
                 bad.add(f"{b['name']}.{bns}")
                 if verdict[0]:
@@ -220,16 +242,18 @@ def load_certificate(secret: Obj | None, ref: str) -> tuple[TlsCertificate | Non
     return TlsCertificate(ref, cert, key), ""
 
 
-def _certificates(gw: Obj, ln: Obj, secrets: dict[str, Obj]) -> tuple[list[TlsCertificate], tuple[bool, str, str]]:
+def _certificates(gw: Obj, ln: Obj, secrets: dict[str, Obj],
+                  grants: list[Obj]) -> tuple[list[TlsCertificate], tuple[bool, str, str]]:
     certs, verdict = [], (True, "ResolvedRefs", "")
     for ref in (ln.get("tls") or {}).get("certificateRefs") or []:
         ns = ref.get("namespace") or ns_of(gw)
         name = f"{ns}/{ref['name']}"
         if ref.get("kind", "Secret") != "Secret" or ref.get("group", "") not in ("", "core"):
             verdict = (False, "InvalidCertificateRef", f"{name}: only Secrets are supported")
-        elif ns != ns_of(gw):
-            verdict = (False, "RefNotPermitted", f"Secret {name} is in another namespace: ReferenceGrant is not "
-                                                 "supported")
+        elif ns != ns_of(gw) and not granted(grants, (GATEWAY_GROUP, "Gateway", ns_of(gw)),
+                                             ("", "Secret", ns, ref["name"])):
+            verdict = (False, "RefNotPermitted", f"Secret {name} is in another namespace and no ReferenceGrant "
+                                                 "there permits it")
         else:
             cert, why = load_certificate(secrets.get(name), name)
             if cert is None:
@@ -248,13 +272,14 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
         return out
     secrets = {f"{ns_of(s)}/{name_of(s)}": s for s in idx.kind("Secret")}
     services = {f"{ns_of(s)}/{name_of(s)}" for s in idx.kind("Service")}
+    grants = idx.kind("ReferenceGrant")
     # (gateway, listener name) -> virtual host -> [(precedence, route)]
     vhosts: dict[tuple[str, str], dict[str, list[tuple[tuple[Any, ...], HttpRoute]]]] = {}
     attached: dict[tuple[str, str], int] = {}
     for route in [*idx.kind("HTTPRoute"), *idx.kind("GRPCRoute")]:
         grpc = route["kind"] == "GRPCRoute"
         parents = []
-        resolved, bad = resolve_backends(route, services)
+        resolved, bad = resolve_backends(route, services, grants)
         for p in (route.get("spec") or {}).get("parentRefs") or []:
             gw = next((g for g in gateways if _refs_gateway(p, ns_of(route), g)), None)
             if gw is None:
@@ -282,7 +307,7 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
             st = ListenerStatus(ln["name"], attached.get((gkey, ln["name"]), 0), conflicted=conflicts.get(ln["name"], ""))
             certs: list[TlsCertificate] = []
             if ln["protocol"] == "HTTPS":
-                certs, st.resolved = _certificates(gw, ln, secrets)
+                certs, st.resolved = _certificates(gw, ln, secrets, grants)
             unsupported = [k["kind"] for k in (ln.get("allowedRoutes") or {}).get("kinds") or []
                            if k["kind"] not in ROUTE_KINDS or k.get("group", GATEWAY_GROUP) != GATEWAY_GROUP]
             if unsupported and st.resolved[0]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Any
 
 from ambit.model import (
@@ -157,10 +158,13 @@ def _percent(p: Obj | None, legacy: int | None, default: float = 100.0) -> float
     return default
 
 
-def _vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str) -> HttpRoute | None:
-    matches = [_vs_match(m) for m in h.get("match") or [] if _is_mesh(m.get("gateways"))]
+def vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str,
+                   bound: Callable[[list[str] | None], bool] = _is_mesh) -> HttpRoute | None:
+    """One `http` entry as a route; `bound` says which matches apply where it is being built (their
+    `gateways`: the mesh's by default, an ingress gateway's in controller.translate.istio_gateway)."""
+    matches = [_vs_match(m) for m in h.get("match") or [] if bound(m.get("gateways"))]
     if h.get("match") and not matches:
-        return None     # every match is bound to an ingress gateway
+        return None     # every match is bound elsewhere (to an ingress gateway, or to the mesh)
     route = HttpRoute(name=h.get("name", ""), source=source, matches=matches,
                       destinations=_vs_destinations(h.get("route") or [], hosts, ns),
                       timeout=_seconds(h.get("timeout")), headers=_vs_headers(h.get("headers")),
@@ -214,7 +218,7 @@ def _vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str) -> HttpRoute | No
 def _vs_routes(vs: Obj, hosts: Hosts) -> tuple[list[str], list[HttpRoute], list[TcpRoute]]:
     spec, ns, source = vs.get("spec") or {}, ns_of(vs), _ref(vs)
     targets = [fq for h in spec.get("hosts") or [] for fq in hosts.expand(h, ns)]
-    http = [r for r in (_vs_http_route(h, hosts, ns, source) for h in spec.get("http") or []) if r is not None]
+    http = [r for r in (vs_http_route(h, hosts, ns, source) for h in spec.get("http") or []) if r is not None]
     tcp = []
     for t in spec.get("tcp") or []:
         dests = _vs_destinations(t.get("route") or [], hosts, ns)

@@ -112,6 +112,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             meta = o.get("metadata") or {}
             svc_waypoint[(ns_of(o), f"ServiceEntry/{meta.get('name', '')}")] = waypoint_ref(
                 meta.get("labels") or {}, ns_of(o), fallback=waypoint_ref(ns_labels.get(ns_of(o), {}), ns_of(o)))
+    out += [Advisory(w.ref, w.path, w.reason, "NotEnforced", "NotServed") for w in tr.ingress.warnings]
     for o in good:
         kind = o.get("kind")
         if kind == "AuthorizationPolicy":

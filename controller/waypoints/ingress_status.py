@@ -105,7 +105,8 @@ def desired(objects: list[Obj], result: IngressResult) -> dict[tuple[str, str, s
     from controller.waypoints import gateways as gws
     out: dict[tuple[str, str, str], Obj] = {}
     by_key = {(o.get("kind"), (o.get("metadata") or {}).get("namespace") or "default",
-               (o.get("metadata") or {}).get("name")): o for o in objects}
+               (o.get("metadata") or {}).get("name")): o for o in objects
+              if (o.get("apiVersion") or "").startswith(("gateway.networking.k8s.io/", "v1"))}   # not Istio's Gateway
     for gkey, listeners in result.listeners.items():
         ns, name = gkey.split("/", 1)
         gw = by_key.get(("Gateway", ns, name))

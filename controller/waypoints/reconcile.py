@@ -55,9 +55,13 @@ RBAC_RULES = [
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create", "update"]},
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways/status"], "verbs": ["get", "patch", "update"]},
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways/finalizers"], "verbs": ["update"]},
+    # status.parents of the routes attached to ingress Gateways (controller/waypoints/ingress_status.py)
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["grpcroutes/status", "httproutes/status"],
+     "verbs": ["get", "patch", "update"]},
 ]
 _PLURALS = {"ServiceAccount": "serviceaccounts", "Service": "services", "Deployment": "deployments",
-            "Gateway": "gateways", "AuthorizationPolicy": "authorizationpolicies"}
+            "Gateway": "gateways", "AuthorizationPolicy": "authorizationpolicies", "HTTPRoute": "httproutes",
+            "GRPCRoute": "grpcroutes"}
 
 
 def object_path(obj: Obj, sub: str = "", named: bool = True) -> str:
@@ -77,7 +81,7 @@ class KubeWaypointReconciler:
         self.root_namespace = root_namespace
         # (gateway uid, resourceVersion) -> when its objects were last found as wanted: a snapshot
         # caused by anything else then costs no API calls; drift is repaired within `resync` s.
-        self._settled: dict[tuple[str, str], float] = {}
+        self._settled: dict[tuple[str, str, tuple[int, ...]], float] = {}
         self.resync = resync
         self.clock = clock
         self.api = api
@@ -122,22 +126,25 @@ class KubeWaypointReconciler:
         live = set()
         for gw in waypoints:
             md = gw.get("metadata") or {}
-            key = (md.get("uid", ""), md.get("resourceVersion", ""))
+            ports = _served_ports(gw, translation)       # an Istio Gateway's new port redeploys too
+            key = (md.get("uid", ""), md.get("resourceVersion", ""), ports)
             live.add(key)
             if self.deploy is not None and key[0] and now - self._settled.get(key, -1e18) >= self.resync:
-                if self._deploy(gw):
+                if self._deploy(gw, ports):
                     self._settled[key] = now
             if self.write_status:
                 self._gateway_status(gw, objects, translation)
         self._settled = {k: v for k, v in self._settled.items() if k in live}
         if self.write_status:
             self._policy_status(objects, translation)
+            if translation is not None:
+                self._route_status(objects, translation)
 
-    def _deploy(self, gw: Obj) -> bool:
+    def _deploy(self, gw: Obj, ports: tuple[int, ...] = ()) -> bool:
         """Create or update the Gateway's objects; True when all are as wanted (nothing failed)."""
         assert self.deploy is not None
         ok = True
-        for want in render(gw, self.deploy):
+        for want in render(gw, self.deploy, ports):
             ref = f"{want['kind']} {want['metadata']['namespace']}/{want['metadata']['name']}"
             try:
                 status, existing = self._call("GET", object_path(want))
@@ -182,6 +189,20 @@ class KubeWaypointReconciler:
         self._write(f"status of Gateway {gws.gateway_ref(gw)}", "PATCH", object_path(gw, "status"), body,
                     "application/merge-patch+json")
 
+    def _route_status(self, objects: list[Obj], translation: Any) -> None:
+        """`status.parents` of the HTTPRoutes/GRPCRoutes attached to ingress Gateways (Gateway API's
+        verdicts from the translation; other controllers' parents entries are kept)."""
+        by_key = {(o.get("kind"), (o.get("metadata") or {}).get("namespace") or "default",
+                   (o.get("metadata") or {}).get("name")): o for o in objects if o.get("kind") in ("HTTPRoute", "GRPCRoute")}
+        for key, parents in translation.ingress.routes.items():
+            route = by_key.get(key)
+            if route is None:
+                continue
+            want = ingress_status.route_status(route, parents)
+            if ingress_status.untimed(want) != ingress_status.untimed(route.get("status")):
+                self._write(f"status of {key[0]} {key[1]}/{key[2]}", "PATCH", object_path(route, "status"),
+                            {"status": want}, "application/merge-patch+json")
+
     def _policy_status(self, objects: list[Obj], translation: Any) -> None:
         found = advisories(objects, self.cluster_domain, translation, self.root_namespace)
         for p in objects:
@@ -201,3 +222,9 @@ class KubeWaypointReconciler:
 
 def _untimed(conds: list[Obj]) -> list[Obj]:
     return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in conds]
+
+
+def _served_ports(gw: Obj, translation: Any) -> tuple[int, ...]:
+    """The ports an ingress Gateway's pods serve beyond its own listeners' (Istio Gateways' servers)."""
+    served = translation.ingress.gateways if translation is not None else []
+    return tuple(sorted({ln.port for m in served if m.resource_name == gws.gateway_ref(gw) for ln in m.listeners}))

@@ -27,6 +27,7 @@ template, as Gateway API specifies. The container's arguments are the waypoint's
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,17 +102,19 @@ def is_ingress(gw: Obj) -> bool:
     return gw.get("kind") == "Gateway" and (gw.get("spec") or {}).get("gatewayClassName") in INGRESS_CLASSES
 
 
-def listener_ports(gw: Obj) -> list[int]:
-    return sorted({int(ln["port"]) for ln in (gw.get("spec") or {}).get("listeners") or [] if "port" in ln})
+def listener_ports(gw: Obj, extra: Iterable[int] = ()) -> list[int]:
+    """The Gateway's listener ports, plus `extra`: those of Istio Gateways its pods serve."""
+    return sorted({int(ln["port"]) for ln in (gw.get("spec") or {}).get("listeners") or [] if "port" in ln}
+                  | set(extra))
 
 
-def service(gw: Obj) -> Obj:
+def service(gw: Obj, extra_ports: Iterable[int] = ()) -> Obj:
     name = (gw.get("metadata") or {}).get("name", "")
     if is_ingress(gw):
         return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(gw),
                 "spec": {"type": "LoadBalancer", "selector": {GATEWAY_NAME_LABEL: name},
                          "ports": [{"name": f"port-{p}", "port": p, "targetPort": p, "protocol": "TCP"}
-                                   for p in listener_ports(gw)]}}
+                                   for p in listener_ports(gw, extra_ports)]}}
     return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(gw),
             "spec": {"type": "ClusterIP", "selector": {GATEWAY_NAME_LABEL: name},
                      "ports": [{"name": "mesh", "port": HBONE_PORT, "targetPort": HBONE_PORT,
@@ -120,7 +123,7 @@ def service(gw: Obj) -> Obj:
                                 "protocol": "TCP"}]}}
 
 
-def deployment(gw: Obj, s: WaypointDeploySettings) -> Obj:
+def deployment(gw: Obj, s: WaypointDeploySettings, extra_ports: Iterable[int] = ()) -> Obj:
     md = gw.get("metadata") or {}
     name = md.get("name", "")
     infra = (gw.get("spec") or {}).get("infrastructure") or {}
@@ -132,7 +135,7 @@ def deployment(gw: Obj, s: WaypointDeploySettings) -> Obj:
     container = {
         "name": "waypoint", "image": s.image, "imagePullPolicy": s.pull_policy,
         "command": ["python3", "-m", "waypoint"], "args": waypoint_args(gw, s), "env": env,
-        "ports": [*([{"name": f"port-{p}", "containerPort": p, "protocol": "TCP"} for p in listener_ports(gw)]
+        "ports": [*([{"name": f"port-{p}", "containerPort": p, "protocol": "TCP"} for p in listener_ports(gw, extra_ports)]
                     if is_ingress(gw) else [{"name": "mesh", "containerPort": HBONE_PORT, "protocol": "TCP"}]),
                   {"name": "status-port", "containerPort": READY_PORT, "protocol": "TCP"},
                   {"name": "http-metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
@@ -162,9 +165,10 @@ def deployment(gw: Obj, s: WaypointDeploySettings) -> Obj:
                      }}}}
 
 
-def render(gw: Obj, s: WaypointDeploySettings) -> list[Obj]:
-    """ServiceAccount, Service, Deployment: the order they must be created in."""
-    return [service_account(gw), service(gw), deployment(gw, s)]
+def render(gw: Obj, s: WaypointDeploySettings, extra_ports: Iterable[int] = ()) -> list[Obj]:
+    """ServiceAccount, Service, Deployment: the order they must be created in. `extra_ports`: for
+    an ingress Gateway, the ports of the Istio Gateways its pods serve (controller.translate.istio_gateway)."""
+    return [service_account(gw), service(gw, extra_ports), deployment(gw, s, extra_ports)]
 
 
 def is_managed(obj: Obj) -> bool:

@@ -25,7 +25,7 @@ def test_every_ambit_kind_has_a_structural_crd() -> None:
         "authorizationpolicies.security.ambit.io", "peerauthentications.security.ambit.io",
         "requestauthentications.security.ambit.io",
         "virtualservices.networking.ambit.io", "destinationrules.networking.ambit.io",
-        "serviceentries.networking.ambit.io",
+        "serviceentries.networking.ambit.io", "gateways.networking.ambit.io",
         "telemetries.telemetry.ambit.io"}
     ap = crds["authorizationpolicies.security.ambit.io"]["spec"]
     assert [v["name"] for v in ap["versions"]] == ["v1", "v1beta1"]

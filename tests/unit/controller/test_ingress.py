@@ -136,6 +136,41 @@ def test_backend_refs_resolved_not_found_and_not_permitted() -> None:
     assert not tr.waypoint_routes
 
 
+def grant(frm_kind: str, frm_ns: str, to_kind: str, name: str = "", ns: str = "team") -> dict[str, Any]:
+    to = {"group": "", "kind": to_kind, **({"name": name} if name else {})}
+    return {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": f"g-{frm_kind.lower()}-{name or 'all'}", "namespace": ns},
+            "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": frm_kind, "namespace": frm_ns}],
+                     "to": [to]}}
+
+
+def test_reference_grants_permit_cross_namespace_backends_and_certificates() -> None:
+    team_svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "other", "namespace": "team"},
+                "spec": {"clusterIP": "10.96.0.52", "selector": {"app": "other"}, "ports": [{"port": 80}]}}
+    cross_https = {**https("x", "x.example.com", "x"), "tls": {"certificateRefs": [{"name": "cert-x",
+                                                                                    "namespace": "team"}]}}
+    objs = [team_svc, tls_secret("cert-x", ns="team", host="x.example.com"), gateway(HTTP, cross_https),
+            route("cross", backend_ns="team"), route("cross-other", backend_ns="team", backend="other")]
+    # no grant: neither is permitted
+    tr = translate(BASE + objs)
+    assert {k[2]: ps[0].resolved[:2] for k, ps in tr.ingress.routes.items()} == {
+        "cross": (False, "RefNotPermitted"), "cross-other": (False, "RefNotPermitted")}
+    assert tr.ingress.listeners["web/gw"][1].resolved[:2] == (False, "RefNotPermitted")
+    # grants in the target namespace: HTTPRoutes from web to the Service named echo only; Gateways
+    # from web to every Secret. A grant elsewhere, or for another kind, permits nothing.
+    tr = translate(BASE + objs + [grant("HTTPRoute", "web", "Service", "echo"), grant("Gateway", "web", "Secret"),
+                                  grant("HTTPRoute", "web", "Service", ns="web"),
+                                  grant("GRPCRoute", "web", "Service", "other")])
+    assert not tr.errors, tr.errors
+    assert {k[2]: ps[0].resolved[:2] for k, ps in tr.ingress.routes.items()} == {
+        "cross": (True, "ResolvedRefs"), "cross-other": (False, "RefNotPermitted")}
+    assert tr.ingress.listeners["web/gw"][1].resolved[:2] == (True, "ResolvedRefs")
+    listeners = {ln.name: ln for ln in tr.ingress.gateways[0].listeners}
+    assert listeners["x"].certificates[0].name == "team/cert-x"
+    services = {r.source: r.destinations[0].service for r in listeners["http"].hosts[0].http}
+    assert services == {"HTTPRoute/web/cross": "team/echo", "HTTPRoute/web/cross-other": ""}
+
+
 def test_grpc_routes_attach_too_and_unsupported_route_kinds_are_reported() -> None:
     grpc = {"apiVersion": GW, "kind": "GRPCRoute", "metadata": {"name": "g", "namespace": "web"},
             "spec": {"parentRefs": [{"name": "gw"}], "rules": [

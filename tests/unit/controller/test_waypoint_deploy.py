@@ -177,6 +177,16 @@ def test_ingress_gateway_owns_a_loadbalancer_service_and_is_programmed_at_its_ad
         wait_for(lambda: cond("Programmed") == ("True", "Programmed"), timeout=10, what="programmed")
         assert status()["addresses"] == [{"type": "IPAddress", "value": "203.0.113.9"}]
         assert [ln["name"] for ln in status()["listeners"]] == ["http", "http-alt"]
+        # an Istio Gateway its pods serve adds its servers' ports to the Deployment and the Service
+        emu.create({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+                    "metadata": {"name": "bookinfo-gateway", "namespace": "demo"},
+                    "spec": {"selector": {"gateway.networking.k8s.io/gateway-name": "edge"},
+                             "servers": [{"port": {"number": 9080, "name": "http", "protocol": "HTTP"},
+                                          "hosts": ["*"]}]}})
+        wait_for(lambda: [p["port"] for p in emu.get("v1", "Service", "edge", "demo")["spec"]["ports"]]
+                 == [80, 8080, 9080], timeout=10, what="the Istio Gateway's port on the Service")
+        wait_for(lambda: 9080 in {p["containerPort"] for p in emu.get("apps/v1", "Deployment", "edge", "demo")[
+            "spec"]["template"]["spec"]["containers"][0]["ports"]}, timeout=10, what="the port on the Deployment")
     finally:
         stop.set()
         t.join(timeout=10)

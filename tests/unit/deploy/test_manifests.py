@@ -121,11 +121,18 @@ def test_controller_may_list_and_watch_everything_its_kube_source_watches() -> N
     for t in types:
         for verb in ("list", "watch"):
             assert allowed(docs, "mesh-ops", sa, t.group, t.plural, verb), f"{verb} {t.plural}.{t.group}"
-        writes_status = t.group.endswith(STATUS_GROUP_SUFFIXES) or (t.group, t.plural) == (
-            "gateway.networking.k8s.io", "gateways")
+        writes_status = t.group.endswith(STATUS_GROUP_SUFFIXES) or (t.group, t.plural) in {
+            ("gateway.networking.k8s.io", p) for p in ("gateways", "httproutes", "grpcroutes")}
         assert allowed(docs, "mesh-ops", sa, t.group, f"{t.plural}/status", "patch") == writes_status, t.plural
     assert allowed(docs, "mesh-ops", sa, "authentication.k8s.io", "tokenreviews", "create")
-    assert not allowed(docs, "mesh-ops", sa, "", "secrets", "list")
+    # Secrets: read cluster-wide, for ingress certificates (the source asks for kubernetes.io/tls only,
+    # tests/unit/controller/test_kube_source_secrets.py); never written outside its own namespace
+    for verb in ("get", "list", "watch"):
+        assert allowed(docs, "mesh-ops", sa, "", "secrets", verb), verb
+    for verb in ("create", "update", "patch", "delete", "deletecollection"):
+        assert not allowed(docs, "mesh-ops", sa, "", "secrets", verb), verb
+    assert [t.field_selector for t in types if t.plural == "secrets"] == ["type=kubernetes.io/tls"]
+    assert all(not t.field_selector for t in types if t.plural != "secrets")
     assert not allowed(docs, "mesh-ops", sa, "", "pods", "patch")
     # waypoints: it owns their Deployment, Service and ServiceAccount (deleted by the GC, not by it)
     for group, resource in (("apps", "deployments"), ("", "services"), ("", "serviceaccounts")):

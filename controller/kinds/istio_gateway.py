@@ -1,0 +1,105 @@
+"""networking.istio.io (and networking.ambit.io) `Gateway`: Istio's ingress gateway configuration.
+
+Ambit serves it on its own ingress gateway (a Gateway API Gateway of class `ambit`/`istio` whose pods
+the `selector` matches), translated into the same listeners a Gateway API Gateway produces
+(controller/translate/istio_gateway.py). What that data path cannot do is refused by name here rather
+than accepted and ignored: other protocols, TLS modes other than SIMPLE, certificate files, client
+certificate validation, `bind`, `defaultEndpoint`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.kinds.common import Labels, Port
+from controller.kinds.schema import Arr, Bool, Errors, Obj, Str, join
+
+SERVER_PROTOCOLS = ("HTTP", "HTTPS")
+TLS_VERSIONS = {"TLS_AUTO": "", "TLSV1_2": "1.2", "TLSV1_3": "1.3"}
+
+_NOT_BUILT = "is not supported by Ambit's ingress gateway"
+_FILES = (f"{_NOT_BUILT}: certificates come from a kubernetes.io/tls Secret named by credentialName, not from "
+          "files in the proxy")
+
+ServerTLS = Obj({
+    "httpsRedirect": Bool(),
+    "mode": Str(enum=("PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL")),
+    "credentialName": Str(min_len=1),
+    "minProtocolVersion": Str(enum=("TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")),
+}, unsupported={
+    "serverCertificate": f"serverCertificate {_FILES}",
+    "privateKey": f"privateKey {_FILES}",
+    "caCertificates": f"caCertificates (client certificate validation) {_NOT_BUILT} yet",
+    "caCrl": f"caCrl (client certificate validation) {_NOT_BUILT} yet",
+    "credentialNames": f"credentialNames {_NOT_BUILT} yet: name one Secret in credentialName",
+    "tlsCertificates": f"tlsCertificates {_NOT_BUILT} yet: name one Secret in credentialName",
+    "subjectAltNames": f"subjectAltNames (client certificate validation) {_NOT_BUILT} yet",
+    "verifyCertificateSpki": f"verifyCertificateSpki (client certificate validation) {_NOT_BUILT} yet",
+    "verifyCertificateHash": f"verifyCertificateHash (client certificate validation) {_NOT_BUILT} yet",
+    "maxProtocolVersion": f"maxProtocolVersion {_NOT_BUILT}: it serves TLS 1.2 and 1.3 (raise the minimum with "
+                          "minProtocolVersion)",
+    "cipherSuites": f"cipherSuites {_NOT_BUILT}: OpenSSL's defaults for TLS 1.2 and 1.3 apply",
+    "ecdhCurves": f"ecdhCurves {_NOT_BUILT}: OpenSSL's default groups apply",
+    "caCertCredentialName": f"caCertCredentialName (client certificate validation) {_NOT_BUILT} yet",
+    "insecureSkipVerify": f"insecureSkipVerify (client certificate validation) {_NOT_BUILT} yet",
+})
+
+ServerPort = Obj({"number": Port, "protocol": Str(min_len=1), "name": Str()},
+                 required=("number", "protocol"), unsupported={
+    "targetPort": f"targetPort {_NOT_BUILT}: the gateway listens on port.number",
+})
+
+
+def _check_host(value: str) -> str | None:
+    ns, _, host = value.rpartition("/")
+    if "/" in ns:
+        return f'must be "host" or "namespace/host", got "{value}"'
+    if not host:
+        return "the host part must not be empty"
+    if "*" in host and host != "*" and not (host.startswith("*.") and "*" not in host[2:]):
+        return f'"{host}": a wildcard must be "*" or a leading "*." label'
+    return None
+
+
+def _check_server(value: dict[str, Any], path: str, errs: Errors) -> None:
+    proto, tls = value["port"]["protocol"], value.get("tls") or {}
+    pp = join(join(path, "port"), "protocol")
+    if proto not in SERVER_PROTOCOLS:
+        errs.append((pp, f'"{proto}" {_NOT_BUILT} yet; use one of {", ".join(SERVER_PROTOCOLS)}'))
+        return
+    tp = join(path, "tls")
+    if proto == "HTTP":
+        extra = sorted(k for k in tls if k != "httpsRedirect")
+        if extra:
+            errs.append((tp, f"an HTTP server takes httpsRedirect only, not {', '.join(extra)}"))
+        return
+    if value.get("tls") is None:
+        errs.append((tp, "required when protocol is HTTPS"))
+        return
+    if tls.get("mode", "SIMPLE") != "SIMPLE":
+        errs.append((join(tp, "mode"), f'"{tls["mode"]}" {_NOT_BUILT} yet; an HTTPS server terminates TLS '
+                                       "(mode SIMPLE)"))
+    if not tls.get("credentialName"):
+        errs.append((join(tp, "credentialName"), "required: the kubernetes.io/tls Secret, in the gateway pods' "
+                                                 "namespace, holding the server's certificate and key"))
+    if tls.get("minProtocolVersion", "TLS_AUTO") not in TLS_VERSIONS:
+        errs.append((join(tp, "minProtocolVersion"), f'"{tls["minProtocolVersion"]}" {_NOT_BUILT}: it serves TLS '
+                                                     "1.2 and 1.3 only"))
+    if tls.get("httpsRedirect"):
+        errs.append((join(tp, "httpsRedirect"), "applies to HTTP servers only"))
+
+
+Server = Obj({
+    "port": ServerPort,
+    "hosts": Arr(Str(min_len=1, valid=_check_host), min_items=1),
+    "tls": ServerTLS,
+    "name": Str(),
+}, required=("port", "hosts"), checks=(_check_server,), unsupported={
+    "bind": f"bind {_NOT_BUILT}: it listens on every address of its pod",
+    "defaultEndpoint": f"defaultEndpoint {_NOT_BUILT}: it routes by VirtualService only",
+})
+
+IstioGatewaySpec = Obj({
+    "selector": Labels,
+    "servers": Arr(Server, min_items=1),
+}, required=("selector", "servers"))

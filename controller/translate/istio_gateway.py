@@ -1,0 +1,171 @@
+"""Istio's `networking.istio.io` Gateway and the VirtualServices bound to it, as listeners of Ambit's
+ingress gateway: the same `IngressListener`s a Gateway API Gateway produces, so there is one data path.
+
+Pure: objects in, listeners (added to the ingress models) and warnings out. Istio's rules:
+
+- the Gateway's `selector` picks the gateway pods. Ambit's ingress gateway pods are those of a
+  Gateway API Gateway of class `ambit`/`istio`, labelled with its `spec.infrastructure.labels` and
+  `gateway.networking.k8s.io/gateway-name: <name>` (controller/waypoints/render.py, the lab alike);
+  an Istio Gateway is served by every ingress Gateway whose pods it selects, in any namespace
+  (Istio's default; its installer's `istio: ingressgateway` is such a label);
+- each `servers[]` entry, per host, becomes a listener on `port.number`: HTTP, or HTTPS terminating
+  TLS (mode SIMPLE) with the `kubernetes.io/tls` Secret `credentialName` from the gateway pods'
+  namespace; `tls.httpsRedirect` on an HTTP server answers every request with a 301 to https;
+- a VirtualService binds with `gateways: [name | ns/name]` (a bare name is in the VirtualService's
+  namespace); `mesh` in the list keeps it in the mesh too, and an `http[].match[].gateways` narrows a
+  match to the gateways it names. A server host `ns/host` admits VirtualServices of namespace `ns`
+  only (`*` any, `.` the Gateway's); the VirtualService's `hosts` intersect the server's host
+  (`*` matches any) and become the listener's virtual hosts.
+
+What the data path cannot serve is said, not dropped: a Gateway that selects no ingress gateway, a
+missing or unusable Secret, a listener that conflicts with one already on its port, and a bound
+VirtualService's `tcp`/`tls` routes are warnings (`IngressResult.warnings`: the objects are valid
+and applied, as Istio accepts them; `ambit apply` and `ambit analyze` say what is not served).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ambit.model import HttpRoute, IngressGateway, IngressListener, Redirect, WaypointRoutes
+from controller.kinds.istio_gateway import TLS_VERSIONS
+from controller.translate.index import Index, name_of, ns_of, selector_matches
+from controller.translate.ingress import IngressResult, conflicted, load_certificate, route_hostnames
+from controller.translate.routes import Hosts, vs_http_route
+from controller.validation import FieldError
+
+Obj = dict[str, Any]
+ISTIO_GROUPS = ("networking.istio.io", "networking.ambit.io")
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+
+
+def is_istio_gateway(obj: Obj) -> bool:
+    return obj.get("kind") == "Gateway" and (obj.get("apiVersion") or "").rsplit("/", 1)[0] in ISTIO_GROUPS
+
+
+def pod_labels(gw: Obj) -> dict[str, str]:
+    """The labels of an ingress Gateway's pods (what an Istio Gateway's selector matches)."""
+    infra = ((gw.get("spec") or {}).get("infrastructure") or {}).get("labels") or {}
+    return {**infra, GATEWAY_NAME_LABEL: name_of(gw)}
+
+
+def bound_gateways(gateways: list[str] | None, vs_ns: str) -> set[str]:
+    """A VirtualService's `gateways` as "ns/name" (and "mesh"); none given means the mesh only."""
+    if not gateways:
+        return {"mesh"}
+    return {g if g == "mesh" or "/" in g else f"{vs_ns}/{g}" for g in gateways}
+
+
+def _ref(obj: Obj) -> str:
+    return f"{obj['kind']}/{ns_of(obj)}/{name_of(obj)}"
+
+
+def _host_parts(host: str, gw_ns: str) -> tuple[str, str]:
+    """A server host as (namespace allowed, hostname): `*` for any namespace; "" for any hostname."""
+    ns, _, name = host.rpartition("/")
+    ns = {"": "*", ".": gw_ns}.get(ns, ns)
+    return ns, "" if name == "*" else name
+
+
+def _vhosts(server_host: str, vs: Obj) -> list[str]:
+    names = list((vs.get("spec") or {}).get("hosts") or [])
+    return route_hostnames(server_host, [] if "*" in names else names)
+
+
+def _routes(vs: Obj, gw_ref: str, hosts: Hosts) -> list[HttpRoute]:
+    ns = ns_of(vs)
+
+    def bound(gws: list[str] | None) -> bool:     # a match's own `gateways` narrows the VirtualService's
+        return gws is None or gw_ref in bound_gateways(gws, ns)
+
+    out = []
+    for h in (vs.get("spec") or {}).get("http") or []:
+        r = vs_http_route(h, hosts, ns, _ref(vs), bound)
+        if r is not None:
+            out.append(r)
+    return out
+
+
+def _https_redirect(source: str) -> HttpRoute:
+    return HttpRoute(name="https-redirect", source=source,
+                     redirect=Redirect(scheme="https", code=301, derive_port="FROM_PROTOCOL_DEFAULT"))
+
+
+def _server_listeners(gw: Obj, server: Obj, index: int, ingress_ns: str, secrets: dict[str, Obj],
+                      services: list[tuple[Obj, list[HttpRoute]]], errors: list[FieldError]) -> list[IngressListener]:
+    """One listener per host of one server, or [] when its certificate is unusable."""
+    port, tls = server["port"], server.get("tls") or {}
+    path = f"spec.servers[{index}]"
+    certs = []
+    if port["protocol"] == "HTTPS":
+        cert, why = load_certificate(secrets.get(f"{ingress_ns}/{tls['credentialName']}"),
+                                     f"{ingress_ns}/{tls['credentialName']}")
+        if cert is None:
+            errors.append(FieldError(_ref(gw), f"{path}.tls.credentialName", f"{why}; the server is not served"))
+            return []
+        certs = [cert]
+    out = []
+    for host in server["hosts"]:
+        allowed_ns, hostname = _host_parts(host, ns_of(gw))
+        vhosts: dict[str, list[HttpRoute]] = {}
+        for vs, routes in services:
+            if allowed_ns not in ("*", ns_of(vs)):
+                continue
+            for h in _vhosts(hostname, vs):
+                vhosts.setdefault(h, []).extend(routes)
+        if tls.get("httpsRedirect"):
+            vhosts = {h: [_https_redirect(_ref(gw))] for h in vhosts or {hostname or "*": []}}
+        out.append(IngressListener(
+            name=f"{ns_of(gw)}/{name_of(gw)}/{server.get('name') or port.get('name') or index}/{host}",
+            port=int(port["number"]), protocol=port["protocol"], hostname=hostname,
+            tls_min_version=TLS_VERSIONS.get(tls.get("minProtocolVersion", ""), ""), certificates=certs,
+            hosts=[WaypointRoutes(hostname=h, namespace=ingress_ns, http=rs) for h, rs in sorted(vhosts.items())]))
+    return out
+
+
+def add_istio_gateways(idx: Index, hosts: Hosts, result: IngressResult) -> None:
+    """Add the listeners of every Istio Gateway to the ingress models whose pods it selects, and what
+    cannot be served to `result.warnings`. In place."""
+    models, errors = result.gateways, result.warnings
+    istio = [g for g in idx.kind("Gateway") if is_istio_gateway(g)]
+    if not istio:
+        return
+    ingress = {f"{ns_of(g)}/{name_of(g)}": g for g in idx.kind("Gateway") if not is_istio_gateway(g)}
+    secrets = {f"{ns_of(s)}/{name_of(s)}": s for s in idx.kind("Secret")}
+    vss = [vs for vs in idx.kind("VirtualService") if (vs.get("spec") or {}).get("gateways")]
+    for gw in istio:
+        gw_ref = f"{ns_of(gw)}/{name_of(gw)}"
+        selector = (gw.get("spec") or {}).get("selector") or {}
+        targets = [m for m in models if m.resource_name in ingress
+                   and selector_matches(selector, pod_labels(ingress[m.resource_name]))]
+        if not targets:
+            errors.append(FieldError(_ref(gw), "spec.selector", "selects no ingress gateway's pods: deploy one as a "
+                                     "Gateway API Gateway of class ambit whose spec.infrastructure.labels carry "
+                                     "these labels (docs/ingress.md); nothing serves this Gateway"))
+            continue
+        bound = []
+        for vs in vss:
+            if gw_ref not in bound_gateways((vs.get("spec") or {})["gateways"], ns_of(vs)):
+                continue
+            for section in ("tcp", "tls"):
+                if (vs.get("spec") or {}).get(section):
+                    errors.append(FieldError(_ref(vs), f"spec.{section}", f"{section} routes are not served by "
+                                             f"Ambit's ingress gateway yet; Gateway {gw_ref} serves the http routes"))
+            bound.append((vs, _routes(vs, gw_ref, hosts)))
+        for model in targets:
+            listeners = [ln for i, s in enumerate((gw.get("spec") or {})["servers"])
+                         for ln in _server_listeners(gw, s, i, model.namespace, secrets, bound, errors)]
+            _merge(model, listeners, _ref(gw), errors)
+
+
+def _merge(model: IngressGateway, listeners: list[IngressListener], ref: str, errors: list[FieldError]) -> None:
+    """Append listeners that can share their port with those already there (Gateway API's rules)."""
+    for ln in listeners:
+        clash = conflicted([{"name": x.name, "port": x.port, "protocol": x.protocol, "hostname": x.hostname}
+                            for x in [*model.listeners, ln]]).get(ln.name)
+        if clash:
+            errors.append(FieldError(ref, "spec.servers", f"port {ln.port} host {ln.hostname or '*'} on ingress "
+                                     f"gateway {model.resource_name}: {clash}; not served"))
+        else:
+            model.listeners.append(ln)
+
