@@ -78,30 +78,44 @@ def ztunnel_logs(lab: Lab) -> str:
 
 @contextlib.contextmanager
 def underlay_capture(lab: Lab, path: Path) -> Iterator[None]:
-    """tcpdump in the underlay netns, on every port of the bridge (frames forwarded between bridge
-    ports never reach br-ul's own interface, so `-i any` it is), from before to after the block."""
+    """tcpdump in the underlay netns on every port of the bridge, one capture per port merged into
+    `path`, from before to after the block. (Frames forwarded between bridge ports never reach
+    br-ul's own interface. `-i any` sees them, but on a loaded machine it lost the large segments of
+    TLS handshakes, GSO packets bigger than the MTU, which a per-interface capture keeps.)"""
     ul = lab.status()["underlay"]["netns"]
-    # --immediate-mode: without it packets wait in the kernel ring for a block timeout and are lost
-    # when tcpdump is stopped right after the traffic.
-    p = subprocess.Popen(["ip", "netns", "exec", ul, "tcpdump", "--immediate-mode", "-i", "any", "-U", "-Z", "root",
-                          "-w", str(path)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    links = subprocess.run(["ip", "netns", "exec", ul, "ip", "-o", "link", "show", "master", "br-ul"],
+                           capture_output=True, text=True, check=True).stdout
+    ports = [ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines() if ln.strip()]
+    assert ports, f"no ports on {ul}'s br-ul"
+    parts = [path.with_name(f"{path.stem}.{port}.pcap") for port in ports]
+    procs = []
     try:
-        assert p.stderr is not None
-        line = p.stderr.readline()
-        while line and "listening on" not in line:
+        for port, part in zip(ports, parts, strict=True):
+            # --immediate-mode: without it packets wait in the kernel ring for a block timeout and
+            # are lost when tcpdump is stopped right after the traffic.
+            procs.append(subprocess.Popen(["ip", "netns", "exec", ul, "tcpdump", "--immediate-mode", "-B", "8192",
+                                           "-i", port, "-U", "-Z", "root", "-w", str(part)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        for p in procs:
+            assert p.stderr is not None
             line = p.stderr.readline()
-        assert "listening on" in line, f"tcpdump did not start: {line!r}"
+            while line and "listening on" not in line:
+                line = p.stderr.readline()
+            assert "listening on" in line, f"tcpdump did not start: {line!r}"
         time.sleep(1.0)
         yield
         time.sleep(1.0)
     finally:
-        p.send_signal(signal.SIGINT)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    subprocess.run(["mergecap", "-w", str(path), *[str(x) for x in parts if x.exists()]], check=True,
+                   capture_output=True)
 
 
 def tshark_handshakes(path: Path) -> list[list[str]]:
