@@ -144,8 +144,11 @@ def test_interrupted_up_leaves_nothing(fresh_lab: Lab) -> None:
     """Ctrl-C (SIGINT) in the middle of `lab up` tears down what was built."""
     before = hoststate.snapshot()
     assert not [n for n in before["netns"] if n.startswith(f"{fresh_lab.name}.")], "an earlier lab of this name is still up"
+    # SIGINT as a terminal delivers it: a suite started in the background (`make test &`) runs with
+    # SIGINT ignored, which children inherit, and Python then keeps ignoring it.
     p = subprocess.Popen([*AMBIT, "lab", "up", "--name", fresh_lab.name, "--nodes", "3"], env=fresh_lab.env,
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Interrupt as soon as the first netns exists: mid-build.
     def ours() -> list[str]:
         return [n for n in (os.listdir("/var/run/netns") if os.path.isdir("/var/run/netns") else [])
