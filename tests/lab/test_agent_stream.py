@@ -95,6 +95,9 @@ def test_controller_outage_agent_restart_keeps_capture_and_resyncs_after(lab: La
     assert agent_status(lab, "node2")["revision"] == version
     try:
         lab.ambit("lab", "stop", "controller")
+        # What the agent last heard before the outage (a change still in flight at the check above
+        # may have landed in between): its restarted self must come back with exactly that.
+        version = agent_status(lab, "node2")["revision"]
         pid = lab.proc_pid("agent/node2")
         killed_at = time.time()
         os.kill(pid, signal.SIGKILL)

@@ -388,8 +388,12 @@ def test_both_hops_carry_only_tls(wlab: Lab, tmp_path: Path) -> None:
     try:
         time.sleep(0.5)
         with underlay_capture(wlab, pcap):
-            for _ in range(3):
-                wlab.curl("default/frontend", "http://myapp/", "-H", f"x-marker: {marker}")
+            # until a request lands on a node1 pod (v1, v2): v3 is on the waypoint's own node and
+            # its hop would not cross the underlay
+            for _ in range(30):
+                r = wlab.curl("default/frontend", "http://myapp/", "-H", f"x-marker: {marker}")
+                if r["pod"] in ("myapp-v1", "myapp-v2"):
+                    break
             # control: the same marker in clear between the nodes is seen by this capture
             subprocess.run(["ip", "netns", "exec", names_node1, "bash", "-c",
                             f"echo plain-{marker} > /dev/tcp/{ul2}/18999"], timeout=10)
