@@ -57,7 +57,7 @@ def service_entry(ext: ext_mod.External) -> dict[str, Any]:
 
 
 def curl(lab: Lab, url: str, *opts: str) -> tuple[int, dict[str, Any] | None]:
-    p = lab.exec("demo/client", "curl", "-sS", "-m", "3", *opts, url, timeout=30)
+    p = lab.exec("demo/client", "curl", "-sS", "-m", "10", *opts, url, timeout=40)
     try:
         return p.returncode, json.loads(p.stdout.splitlines()[0]) if p.returncode == 0 else None
     except (ValueError, IndexError):
@@ -172,13 +172,13 @@ def test_egress_through_a_waypoint_with_authorization_and_tls_origination(lab: L
         assert seen["peer"] == wp["ip"] != lab.pod("demo/client")["ip"], (seen, wp)
         assert (seen["tls"], seen["host"]) == (False, "egress.example")
         # authorized by the source's identity at the waypoint: client2 (sa other) is refused with 403
-        p = lab.exec("demo/client2", "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3",
+        p = lab.exec("demo/client2", "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10",
                      *resolve, "http://egress.example/denied", timeout=30)
         assert p.stdout.strip() == "403", (p.stdout, p.stderr)
         # going around the VIP, straight to the endpoint, does not go around the waypoint or its policy
         code, seen = curl(lab, f"http://{external.ip}/direct")
         assert code == 0 and seen["peer"] == wp["ip"], seen
-        p = lab.exec("demo/client2", "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3",
+        p = lab.exec("demo/client2", "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10",
                      f"http://{external.ip}/direct-denied", timeout=30)
         assert p.stdout.strip() == "403", (p.stdout, p.stderr)
         # TLS origination: the app speaks HTTP, the external server sees TLS (SIMPLE, then MUTUAL)
