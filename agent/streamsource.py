@@ -163,8 +163,11 @@ class StreamPodSource:
                     continue
                 next_resync = time.monotonic() + self.resync
                 view = self._view(*latest)
-                sig = json.dumps([[p.key, p.enrolled, p.reason, p.ref and asdict(p.ref)] for p in view.pods],
-                                 sort_keys=True, default=str)
+                # The version is part of the signature: the status file's revision must be the
+                # newest config held (the one a restarted agent reloads from its cache), even when
+                # that version changed nothing on this node.
+                sig = json.dumps([view.revision, [[p.key, p.enrolled, p.reason, p.ref and asdict(p.ref)]
+                                                  for p in view.pods]], sort_keys=True, default=str)
                 if sig != last_sig:     # a config change, or a sandbox that (dis)appeared
                     last_sig = sig
                     yield view

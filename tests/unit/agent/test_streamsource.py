@@ -5,6 +5,7 @@ restarted agent enrol while the controller is down."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,6 +161,23 @@ def test_stream_follows_updates_and_a_restart_enrols_from_the_cache(server: Serv
         server.start([wl("b")], "v3")   # back, with a change made during the outage
         v = views.wait(lambda v: v.revision == "v3", "v3")
         assert keys(v) == ["uid-b"] and not v.from_cache
+    finally:
+        views.close()
+
+
+def test_a_version_that_changes_nothing_capture_uses_still_advances_the_revision(server: Server, tmp_path: Path) -> None:
+    # The agent's status reports the revision it holds; a restarted agent reloads the newest
+    # version from its cache, so the status must not lag behind on a change to a Workload field
+    # capture does not use (here its SPIFFE identity).
+    cache = tmp_path / "agent-config.json"
+    server.start([wl("a"), wl("far", node="node2")], "v1")
+    views = Views(StreamPodSource(f"unix:{server.sock}", NODE, cache, paths="controller"))
+    try:
+        views.wait(lambda v: v.revision == "v1", "v1")
+        renamed = dataclasses.replace(wl("a"), identity="spiffe://example.org/ns/demo/sa/sa")
+        server.update([renamed, wl("far", node="node2")], "v2")
+        v = views.wait(lambda v: v.revision == "v2", "v2 (nothing capture uses changed)")
+        assert keys(v) == ["uid-a"]
     finally:
         views.close()
 
