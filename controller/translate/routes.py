@@ -258,7 +258,7 @@ def _gw_header_filter(req: Obj | None, resp: Obj | None, base: HeaderRewrite | N
     return h
 
 
-def _gw_backend(b: Obj, ns: str, hosts: Hosts, weight_default: int = 1) -> RouteDestination:
+def gw_backend(b: Obj, ns: str, hosts: Hosts, weight_default: int = 1) -> RouteDestination:
     host = f"{b['name']}.{b.get('namespace') or ns}.svc.{hosts.cd}"
     headers = None
     for f in b.get("filters") or []:
@@ -301,7 +301,7 @@ def _gw_filters(route: HttpRoute, filters: list[Obj], ns: str, hosts: Hosts) -> 
                 pct = float(m["percent"])
             elif m.get("fraction"):
                 pct = 100.0 * m["fraction"]["numerator"] / m["fraction"].get("denominator", 100)
-            route.mirrors.append(Mirror(_gw_backend(m["backendRef"], ns, hosts), pct))
+            route.mirrors.append(Mirror(gw_backend(m["backendRef"], ns, hosts), pct))
 
 
 def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
@@ -327,7 +327,7 @@ def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
             if consumer:
                 match.source_namespace = ns
             route = HttpRoute(name=rule.get("name", ""), source=source, matches=[match],
-                              destinations=[_gw_backend(b, ns, hosts) for b in rule.get("backendRefs") or []],
+                              destinations=[gw_backend(b, ns, hosts) for b in rule.get("backendRefs") or []],
                               grpc=grpc)
             _gw_filters(route, rule.get("filters") or [], ns, hosts)
             t = rule.get("timeouts") or {}
