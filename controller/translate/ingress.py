@@ -290,8 +290,8 @@ def _certificates(gw: Obj, ln: Obj, secrets: dict[str, Obj],
 def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
     out = IngressResult()
     gateways = [gw for gw in idx.kind("Gateway") if is_ingress(gw)]
-    if not gateways:
-        return out
+    if not gateways and not any(idx.kind(k) for k in L4_ROUTE_KINDS):
+        return out      # (TLS/TCP routes are looked at still: on a waypoint Gateway they are warned about)
     secrets = {f"{ns_of(s)}/{name_of(s)}": s for s in idx.kind("Secret")}
     services = {f"{ns_of(s)}/{name_of(s)}" for s in idx.kind("Service")}
     grants = idx.kind("ReferenceGrant")
@@ -303,9 +303,11 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
     for route in [r for k in ALL_ROUTE_KINDS for r in idx.kind(k)]:
         parents = []
         resolved, bad = resolve_backends(route, services, grants)
-        for p in (route.get("spec") or {}).get("parentRefs") or []:
+        for i, p in enumerate((route.get("spec") or {}).get("parentRefs") or []):
             gw = next((g for g in gateways if _refs_gateway(p, ns_of(route), g)), None)
             if gw is None:
+                if route["kind"] in L4_ROUTE_KINDS:
+                    _not_ingress(idx, route, i, p, out.warnings)
                 continue
             found, reason, message = attach(p, route, gw, idx.ns_labels(ns_of(route)))
             parents.append(ParentStatus(p, (bool(found), reason, message), resolved))
@@ -360,6 +362,17 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
         out.gateways.append(model)
         out.listeners[gkey] = statuses
     return out
+
+
+def _not_ingress(idx: Index, route: Obj, i: int, p: Obj, warnings: list[FieldError]) -> None:
+    """A TLSRoute/TCPRoute whose parent is a Gateway but not an ingress one (a waypoint) is served by
+    nothing: say so (it is valid, and the Gateway may be re-classed later)."""
+    gw = next((g for g in idx.kind("Gateway") if _refs_gateway(p, ns_of(route), g)), None)
+    if gw is not None:
+        warnings.append(FieldError(f"{route['kind']}/{ns_of(route)}/{name_of(route)}", f"spec.parentRefs[{i}]",
+                                   f"Gateway {ns_of(gw)}/{name_of(gw)} is of class "
+                                   f"{(gw.get('spec') or {}).get('gatewayClassName')}: {route['kind']}s attach to "
+                                   f"ingress Gateways (class {' or '.join(INGRESS_CLASSES)}) only; not served"))
 
 
 def _unresolved(dests: list[RouteDestination], bad: set[str]) -> None:

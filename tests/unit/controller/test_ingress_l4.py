@@ -100,3 +100,11 @@ def test_the_kinds_are_served_and_their_schema_refuses_what_is_not_built() -> No
 @pytest.mark.parametrize("listener", [PASS, TCP])
 def test_tls_and_tcp_listeners_are_valid(listener: dict[str, Any]) -> None:
     assert not validate_object(gateway(listener))
+
+
+def test_a_route_on_a_waypoint_gateway_is_warned_about_not_dropped_silently() -> None:
+    waypoint = {**gateway({"name": "mesh", "port": 15008, "protocol": "HBONE"}, cls="ambit-waypoint")}
+    tr = translate(BASE + [waypoint, tcp_route("db", [{"name": "echo", "port": 80}])])
+    assert not tr.errors, tr.errors
+    [w] = tr.ingress.warnings
+    assert w.ref == "TCPRoute/web/db" and w.path == "spec.parentRefs[0]" and "ambit-waypoint" in w.reason
