@@ -391,8 +391,13 @@ class WaypointProxy:
                      "no route" if route is None else "no backend with a weight" if dest is None
                      else f"backend {dest.host} is not a resolved Service")
             return None
-        cluster = self.cluster(dest.service, dest.port, "", dest.host)
-        pick = self._choose(endpoints.candidates(svc, dest.port, None, v.workloads, v.by_ip), cluster)
+        # a subset (an Istio VirtualService tcp/tls route) selects by the DestinationRule's labels
+        labels = v.table.subset_labels(dest.host, dest.subset) if dest.subset else None
+        if dest.subset and labels is None:
+            log.info("ingress connection from %s rejected: %s has no subset %s", down.source_ip, dest.host, dest.subset)
+            return None
+        cluster = self.cluster(dest.service, dest.port, dest.subset, dest.host)
+        pick = self._choose(endpoints.candidates(svc, dest.port, labels, v.workloads, v.by_ip), cluster)
         return await self._open_opaque(pick, cluster, down.source_ip)
 
     async def _open_opaque(self, pick: endpoints.Pick | None, cluster: Cluster | None,
