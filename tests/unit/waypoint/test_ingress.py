@@ -18,15 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ambit.model import (
-    HttpRoute,
-    IngressGateway,
-    IngressListener,
-    RouteDestination,
-    TcpRoute,
-    TlsCertificate,
-    WaypointRoutes,
-)
+from ambit import model
+from ambit.model import HttpRoute, IngressGateway, IngressListener, TlsCertificate, WaypointRoutes
 from tests.unit.waypoint.test_clienthello import client_hello
 from waypoint.ingress import build, choose_backend, host_match
 from waypoint.ingress_listen import IngressListeners
@@ -70,7 +63,7 @@ def test_ports_sni_and_virtual_hosts() -> None:
 
 def _l4(name: str, port: int, protocol: str, routes: dict[str, list[str]], hostname: str = "") -> IngressListener:
     return IngressListener(name, port, protocol, hostname, hosts=[
-        WaypointRoutes(h, tcp=[TcpRoute(destinations=[RouteDestination(b, service=b) for b in backends])])
+        WaypointRoutes(h, tcp=[model.TcpRoute(destinations=[model.RouteDestination(b, service=b) for b in backends])])
         for h, backends in routes.items()])
 
 
@@ -99,11 +92,10 @@ class _Draws:
 
 
 def test_backends_are_chosen_by_weight_and_weight_zero_gets_nothing() -> None:
-    r = TcpRoute(destinations=[RouteDestination("a", weight=1), RouteDestination("b", weight=3),
-                               RouteDestination("c", weight=0)])
+    r = model.TcpRoute(destinations=[model.RouteDestination(h, weight=w) for h, w in (("a", 1), ("b", 3), ("c", 0))])
     assert [choose_backend(r, _Draws(d)).host for d in (0, 1, 3)] == ["a", "b", "b"]
-    assert choose_backend(TcpRoute(destinations=[RouteDestination("a", weight=0)]), _Draws(0)) is None
-    assert choose_backend(TcpRoute(), _Draws(0)) is None
+    assert choose_backend(model.TcpRoute(destinations=[model.RouteDestination("a", weight=0)]), _Draws(0)) is None
+    assert choose_backend(model.TcpRoute(), _Draws(0)) is None
 
 
 def _no_relay(transport, down, early) -> None:
