@@ -10,7 +10,8 @@ clients from the lab's "outside" netns:
 - both backends are STRICT, and their node's ztunnel logged the connection as inbound HBONE from the
   gateway's identity.
 
-One Gateway for both tests: its pod starts once (about 15 s of the module's ~30 s)."""
+Istio's shape (a networking.istio.io Gateway with a PASSTHROUGH server and a VirtualService `tls`
+route) is checked on the same gateway pods. One Gateway for both tests: its pod starts once (about 15 s of the module's ~30 s)."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def objects() -> list[dict[str, Any]]:
                   "ports": [{"name": "https", "port": 443, "targetPort": 8443}]}},
         {"apiVersion": f"{GW}/v1", "kind": "Gateway",
          "metadata": {"name": "edge", "namespace": NS, "annotations": {"lab.ambit.io/node": "node1"}},
-         "spec": {"gatewayClassName": "ambit", "listeners": [
+         "spec": {"gatewayClassName": "ambit", "infrastructure": {"labels": {"istio": "edge"}}, "listeners": [
              {"name": "pass", "port": 8443, "protocol": "TLS", "hostname": "*.example.com",
               "tls": {"mode": "Passthrough"}},
              {"name": "tcp", "port": 9000, "protocol": "TCP"}]}},
@@ -80,6 +81,14 @@ def objects() -> list[dict[str, Any]]:
         {"apiVersion": f"{GW}/v1alpha2", "kind": "TCPRoute", "metadata": {"name": "raw", "namespace": NS},
          "spec": {"parentRefs": [{"name": "edge", "sectionName": "tcp"}],
                   "rules": [{"backendRefs": [{"name": "echo", "port": 8080}]}]}},
+        # Istio's shape of the same passthrough, on the same gateway pods (their `istio: edge` label)
+        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "edge-istio", "namespace": NS},
+         "spec": {"selector": {"istio": "edge"}, "servers": [
+             {"port": {"number": 9443, "name": "tls", "protocol": "TLS"}, "hosts": [HOST],
+              "tls": {"mode": "PASSTHROUGH"}}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "secure", "namespace": NS},
+         "spec": {"hosts": [HOST], "gateways": ["edge-istio"], "tls": [
+             {"match": [{"sniHosts": [HOST]}], "route": [{"destination": {"host": "secure", "port": {"number": 443}}}]}]}},
         {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
          "metadata": {"name": "edge-strict", "namespace": NS}, "spec": {"mtls": {"mode": "STRICT"}}},
     ]
@@ -149,18 +158,20 @@ def test_tls_passthrough_reaches_a_meshed_https_backend_with_its_own_certificate
     assert {c["type"]: c["reason"] for c in parents[0]["conditions"]} == {"Accepted": "Accepted",
                                                                           "ResolvedRefs": "ResolvedRefs"}
 
-    def curl() -> subprocess.CompletedProcess[str]:
+    def curl(port: int) -> subprocess.CompletedProcess[str]:
         return _run_outside(lab, "curl", "-sS", "-v", "-m", "10", "--cacert", str(ca),
-                            "--resolve", f"{HOST}:8443:{ip}", f"https://{HOST}:8443/through")
-    before = len(_inbound_from_gateway(lab, "node2", 8443))
-    p = lab.wait_for(lambda: (r := curl()).returncode == 0 and r, timeout=30, interval=0.5,
-                     what="the backend answering through the passthrough listener")
-    # the backend's certificate (issued by the backend's CA, which the gateway never held)
-    assert f"subject: CN={HOST}" in p.stderr and "issuer: CN=backend test CA" in p.stderr, p.stderr
-    r = json.loads(p.stdout)
-    assert r["tls"] and r["sni"] == HOST and r["path"] == "/through", r
+                            "--resolve", f"{HOST}:{port}:{ip}", f"https://{HOST}:{port}/through")
+    # 8443: the Gateway API listener and TLSRoute; 9443: Istio's PASSTHROUGH server and tls route
+    for port in (8443, 9443):
+        p = lab.wait_for(lambda port=port: (r := curl(port)).returncode == 0 and r, timeout=30, interval=0.5,
+                         what=f"the backend answering through the passthrough listener on {port}")
+        # the backend's certificate (issued by the backend's CA, which the gateway never held)
+        assert f"subject: CN={HOST}" in p.stderr and "issuer: CN=backend test CA" in p.stderr, p.stderr
+        r = json.loads(p.stdout)
+        assert r["tls"] and r["sni"] == HOST and r["path"] == "/through", r
     # into the mesh over HBONE with the gateway's identity (STRICT: nothing else would be let in)
-    lab.wait_for(lambda: _inbound_from_gateway(lab, "node2", 8443)[before:] or None, timeout=10,
+    # (only this module's gateway has the identity `edge`: every such record is this test's)
+    lab.wait_for(lambda: _inbound_from_gateway(lab, "node2", 8443) or None, timeout=10,
                  what="node2's ztunnel logging the gateway's HBONE connection")
     # a name no TLSRoute serves: the connection is closed, no TLS session with anyone
     other = _run_outside(lab, "curl", "-sS", "-m", "10", "-k", "--resolve", f"other.example.com:8443:{ip}",
@@ -170,8 +181,6 @@ def test_tls_passthrough_reaches_a_meshed_https_backend_with_its_own_certificate
 
 def test_tcp_route_relays_a_raw_tcp_client_to_a_meshed_backend(lab: Lab, edge) -> None:
     ip, _ = edge
-    echo_nodes = {lab.pod("demo/echo-v1")["node"], lab.pod("demo/echo-v2")["node"]}
-    before = {n: len(_inbound_from_gateway(lab, n, 8080)) for n in echo_nodes}
     request = "GET /raw HTTP/1.1\r\nHost: anything\r\nConnection: close\r\n\r\n"
     p = lab.wait_for(lambda: _raw_tcp(lab, ip, 9000, request), timeout=30, interval=0.5,
                      what="echo answering through the TCP listener")
@@ -179,5 +188,6 @@ def test_tcp_route_relays_a_raw_tcp_client_to_a_meshed_backend(lab: Lab, edge) -
     assert body["pod"] in ("echo-v1", "echo-v2") and body["path"] == "/raw"
     # relayed, not proxied: the gateway added nothing (an HTTP route would add X-Forwarded-For)
     assert "x-forwarded-for" not in body["headers"], body["headers"]
-    lab.wait_for(lambda: any(_inbound_from_gateway(lab, n, 8080)[before[n]:] for n in echo_nodes) or None,
+    # echo-v1 is on node1, echo-v2 on node2 (tests/lab/specs/mesh.yaml)
+    lab.wait_for(lambda: any(_inbound_from_gateway(lab, n, 8080) for n in ("node1", "node2")) or None,
                  timeout=10, what="echo's ztunnel logging the gateway's HBONE connection")
