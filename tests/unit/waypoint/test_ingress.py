@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from ambit import model
 from ambit.model import HttpRoute, IngressGateway, IngressListener, TlsCertificate, WaypointRoutes
 from tests.unit.waypoint.test_clienthello import client_hello
+from waypoint import ingress_listen
 from waypoint.ingress import build, choose_backend, host_match
 from waypoint.ingress_listen import IngressListeners
 
@@ -102,7 +103,8 @@ def _no_relay(transport, down, early) -> None:
     raise AssertionError("an HTTP/HTTPS port relays nothing")
 
 
-def test_l4_listeners_hand_over_what_they_route_and_close_the_rest() -> None:
+def test_l4_listeners_hand_over_what_they_route_and_close_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingress_listen, "HELLO_TIMEOUT", 0.3)
     tls_port, tcp_port = _free_port(), _free_port()
     handed: list[tuple[str, int, bytes]] = []
 
@@ -140,6 +142,8 @@ def test_l4_listeners_hand_over_what_they_route_and_close_the_rest() -> None:
             # a name no TLSRoute serves, no SNI, no TLS at all: closed, nothing handed over
             for data in (client_hello("b.example.com"), client_hello(None), b"GET / HTTP/1.1\r\n\r\n"):
                 assert await exchange(tls_port, data) == b""
+            # half a hello, then silence: closed once the hello's time is up, never held open
+            assert await exchange(tls_port, client_hello("a.example.com")[:40]) == b""
             assert len(handed) == 1
             # TCP: every connection, at once, before the client says anything
             r, w = await asyncio.open_connection("127.0.0.1", tcp_port)
