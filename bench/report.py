@@ -154,6 +154,27 @@ def load_lines(results: RunResults) -> list[str]:
     return lines
 
 
+SATURATED = 0.9     # a fixed-rate run that got fewer answers per second than this share of its rate
+
+
+def saturation_lines(results: RunResults) -> list[str]:
+    """Fixed-rate reps whose path answered under 90 % of the rate: it was saturated, so those
+    latencies are mostly the queue h2load kept, not what the path adds at that rate."""
+    lines = []
+    for sc in ordered(results.scenarios()):
+        for rate in RATES:
+            runs = [(i, d["achieved_rps"]) for i, d in enumerate(results.details.get(sc, {}).get(f"latency_{rate}") or [])
+                    if d and "achieved_rps" in d]
+            slow = [(i, a) for i, a in runs if a < SATURATED * rate]
+            if slow:
+                reps = ", ".join(f"rep {i + 1}: {a:,.0f}" for i, a in slow)
+                lines.append(f"- {sc} at {rate} req/s answered {reps} req/s ({len(slow)} of {len(runs)} reps)")
+    if not lines:
+        return []
+    return ["**Saturated at a fixed rate:** these runs got under 90 % of the rate answered, so their latencies "
+            "are mostly queueing (coordinated omission corrected), not what the path adds at that rate:", ""] + lines
+
+
 def render(results: RunResults, meta: Mapping[str, Any], verdicts: Sequence[targetmod.Verdict],
            rs: Sequence[ratiomod.Ratio], charts: Sequence[str] = (), profiles: Mapping[str, str] | None = None) -> str:
     mach = meta.get("machine", {})
@@ -173,8 +194,9 @@ def render(results: RunResults, meta: Mapping[str, Any], verdicts: Sequence[targ
     out += ["", "## Beside Istio ambient's published figures", ""] + istio_table(results)
     push = [k for k in ("push_initial_s", "push_p50_ms", "push_p99_ms") if results.values("controller", k)]
     out += ["", "## Results", ""] + main_table(results)
-    if load := load_lines(results):
-        out += [""] + load
+    for extra in (saturation_lines(results), load_lines(results)):
+        if extra:
+            out += [""] + extra
     if push:
         out += ["", "Controller config push (1000 synthetic pods, real gRPC on loopback): "
                 + ", ".join(f"{metric(k).label.split(': ')[-1]} {cell(results, 'controller', k)} {metric(k).unit}"

@@ -84,3 +84,16 @@ def test_l7_h2_rows_targets_and_ratios_are_rendered():
     assert "| ≤ 1.5× | 1.30× | ✅ met |" in line
     line = next(x for x in md.splitlines() if x.startswith("| Waypoint RSS, 1 worker"))
     assert "| ≤ 60 MB | 51.0 MB | ✅ met |" in line
+
+
+def test_fixed_rate_runs_of_a_saturated_path_are_flagged():
+    res = results_with(2, {"ambit-waypoint": {"lat1000_p50_ms": [30.0, 0.6]}, "nginx-l7": {"lat1000_p50_ms": [0.4, 0.4]}})
+    res.detail("ambit-waypoint", "latency_1000", 0, {"achieved_rps": 540.0})
+    res.detail("ambit-waypoint", "latency_1000", 1, {"achieved_rps": 990.0})
+    res.detail("nginx-l7", "latency_1000", 0, {"achieved_rps": 1001.0})
+    md = report.render(res, META, targets.evaluate(res), ratios.all_ratios(res))
+    assert "**Saturated at a fixed rate:**" in md
+    assert "- ambit-waypoint at 1000 req/s answered rep 1: 540 req/s (1 of 2 reps)" in md
+    assert "nginx-l7 at" not in md
+    res.details["ambit-waypoint"]["latency_1000"][0]["achieved_rps"] = 950.0
+    assert "Saturated" not in report.render(res, META, targets.evaluate(res), ratios.all_ratios(res))
