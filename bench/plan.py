@@ -126,14 +126,17 @@ class Plan:
 
     def estimate_seconds(self) -> float:
         """A rough wall-clock estimate, printed before the run starts."""
-        per_rep = (2 * (self.iperf_seconds + 0.2) + len(self.rates) * (self.seconds + self.warmup + 0.3)
-                   + (self.max_seconds or self.seconds) + self.warmup + 0.3 + max(1.0, self.seconds) + 0.2)
+        def per_rep(sc: Scenario) -> float:
+            iperf = 0.0 if sc.l7 else 2 * (self.iperf_seconds + 0.2)    # no iperf3 behind an HTTP proxy
+            conns = 0.0 if sc.h2 else max(1.0, self.seconds) + 0.2      # no HTTP/1.0 run against h2c
+            return (iperf + len(self.rates) * (self.seconds + self.warmup + 0.3)
+                    + (self.max_seconds or self.seconds) + self.warmup + 0.3 + conns)
         phases = {SCENARIOS[s].phase for s in self.scenarios}
         lab = 10.0 * len(phases)
         mesh = sum(1 for s in self.scenarios if SCENARIOS[s].mesh)
         hold = 2.5 * mesh * (min(self.hold_reps, self.reps) if self.hold_reps else self.reps)
         push = 2.0 * self.reps if self.push_pods else 0.0
-        return per_rep * self.reps * len(self.scenarios) + lab + hold + push
+        return sum(per_rep(SCENARIOS[s]) for s in self.scenarios) * self.reps + lab + hold + push
 
 
 def make_plan(quick: bool = False, reps: int | None = None, scenarios: list[str] | None = None,
