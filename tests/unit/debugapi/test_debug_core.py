@@ -143,7 +143,9 @@ def test_proxy_status_over_grpc_tells_synced_from_nack(tmp_path) -> None:
             await good.wait_synced(5)
             for _ in range(100):
                 states = {p.node.name: p for p in debug.status_response().proxies}
-                if states.get("n2") is not None and states["n2"].state == "NACK":
+                # The client is synced once it applied v1; the server hears its ACK a moment later.
+                if (states.get("n2") is not None and states["n2"].state == "NACK"
+                        and states.get("n1") is not None and states["n1"].state == "SYNCED"):
                     break
                 await asyncio.sleep(0.05)
             assert states["n1"].state == "SYNCED" and states["n1"].acked_version == "v1"
