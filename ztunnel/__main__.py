@@ -10,6 +10,7 @@ import ctypes
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +20,7 @@ from ambit.dataplane import gctune, process
 from ambit.dataplane.feed import TapFeed, exposition
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
-from ztunnel import admin, identity_setup
+from ztunnel import admin, identity_setup, workers
 from ztunnel.meshstate import MeshState, config_client
 from ztunnel.proxy import Proxy
 from ztunnel.settings import ZtunnelSettings, load
@@ -145,7 +146,15 @@ async def amain(args: ZtunnelSettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    process.run("ztunnel", load, amain, argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+
+    async def start(args: ZtunnelSettings) -> None:
+        # More than one worker: this process supervises them and serves no traffic (ztunnel/workers.py).
+        if args.worker_index < 0 and args.worker_count > 1:
+            await workers.supervise(args, raw)
+        else:
+            await amain(args)
+    process.run("ztunnel", load, start, raw)
 
 
 if __name__ == "__main__":
