@@ -428,3 +428,9 @@ async def supervise(args: ZtunnelSettings, argv: Sequence[str]) -> None:
     fan.close()
     await adm.close()
     await msrv.close()
+    for w in workers:       # the workers' zds sockets (a worker leaves its own in place for a successor)
+        for path in (w.paths.zds, w.paths.admin, w.paths.metrics):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    with contextlib.suppress(OSError):
+        rdir.rmdir()
