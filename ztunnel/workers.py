@@ -222,20 +222,11 @@ class Fanout:
 
     # --- the agent --------------------------------------------------------------------------------
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.sock.bind(str(self.path))
-        os.chmod(self.path, 0o600)
-        self.sock.listen(4)
+        self.sock = zds.listen(self.path)
         threading.Thread(target=self._accept_loop, name="zds-fanout", daemon=True).start()
 
     def stop(self) -> None:
-        if self.sock is not None:
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)
-            self.sock.close()
+        zds.close_listener(self.sock)
 
     def close(self) -> None:
         with self.lock:

@@ -9,8 +9,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,12 +16,11 @@ import pytest
 
 from ambit.dataplane import endpoint
 from ambit.dataplane.telemetry.metrics import scrape
-from tests.lab.labctl import AMBIT, REPO
+from tests.lab import surge_traffic
 
 pytestmark = pytest.mark.lab
 
 SPEC = Path(__file__).parent / "specs" / "surge.yaml"
-TRAFFIC = Path(__file__).parent / "surge_traffic.py"
 OPENED = re.compile(r'^istio_tcp_connections_opened_total\{worker="(\d+)",.*\} ([0-9.e+]+)$', re.M)
 
 
@@ -55,12 +52,8 @@ def test_two_workers_share_the_node_and_a_killed_one_loses_no_new_connection(fre
     all_pids = {w["pid"] for node in ("node1", "node2") for w in workers(lab, node)}
     assert len(all_pids) == 4
 
-    traffic = subprocess.Popen(
-        [*AMBIT, "lab", "exec", "demo/client", "--", sys.executable, str(TRAFFIC),
-         "echo.demo.svc.cluster.local", "8080"],
-        env=lab.env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    traffic = surge_traffic.start(lab)
     try:
-        assert json.loads(traffic.stdout.readline()) == {"ready": True}, traffic.stderr.read()
         # One client pod's connections land on both workers of its node (kernel reuseport hash).
         lab.wait_for(lambda: len([v for v in opened_per_worker(lab, "node1").values() if v > 0]) == 2,
                      timeout=60, what="connections on both node1 workers")
