@@ -18,8 +18,10 @@ from __future__ import annotations
 import array
 import contextlib
 import json
+import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -87,3 +89,21 @@ def close_listener(sock: socket.socket | None) -> None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
         sock.close()
+
+
+def accept_loop(sock: socket.socket, serve: Callable[[socket.socket], None], log: logging.Logger,
+                disconnected: Callable[[], None] = lambda: None) -> None:
+    """Serve agents one at a time (there is one per node) until `close_listener(sock)`."""
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return          # close_listener()
+        log.info("agent connected")
+        try:
+            serve(conn)
+        except Exception:
+            log.exception("agent connection failed")
+        finally:
+            conn.close()
+            disconnected()

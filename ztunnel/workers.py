@@ -238,31 +238,22 @@ class Fanout:
 
     def _accept_loop(self) -> None:
         assert self.sock is not None
+        zds.accept_loop(self.sock, self._serve, log)
+
+    def _serve(self, conn: socket.socket) -> None:
         while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
+            msg, fds = zds.recv(conn)
+            if msg is None:
                 return
-            log.info("agent connected")
+            ref = msg.get("uid") or msg.get("pod", {}).get("uid", "") or msg.get("type")
             try:
-                while True:
-                    msg, fds = zds.recv(conn)
-                    if msg is None:
-                        break
-                    kind = msg.get("type")
-                    ref = msg.get("uid") or msg.get("pod", {}).get("uid", "") or kind
-                    try:
-                        error = self.handle(msg, fds)
-                    except (ValueError, KeyError) as e:
-                        error = str(e)
-                    finally:
-                        for fd in fds:
-                            os.close(fd)
-                    zds.send(conn, {"type": "error", "ref": ref, "reason": error} if error else {"type": "ack", "ref": ref})
-            except Exception:
-                log.exception("agent connection failed")
+                error = self.handle(msg, fds)
+            except (ValueError, KeyError) as e:
+                error = str(e)
             finally:
-                conn.close()
+                for fd in fds:
+                    os.close(fd)
+            zds.send(conn, {"type": "error", "ref": ref, "reason": error} if error else {"type": "ack", "ref": ref})
 
     def handle(self, msg: dict[str, Any], fds: list[int]) -> str | None:
         """Record the message, forward it to every live worker; the first refusal, or None."""

@@ -38,19 +38,8 @@ class ZdsServer:
 
     def _accept_loop(self) -> None:
         assert self.sock is not None
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return          # stop()
-            log.info("agent connected")
-            try:
-                self._serve(conn)
-            except Exception:
-                log.exception("agent connection failed")
-            finally:
-                conn.close()
-                log.info("agent disconnected; keeping %d pods", len(self.registry.pods))
+        zds.accept_loop(self.sock, self._serve, log,
+                        lambda: log.info("agent disconnected; keeping %d pods", len(self.registry.pods)))
 
     def _call(self, coro) -> None:  # noqa: ANN001
         asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)

@@ -145,3 +145,28 @@ def test_a_worker_linked_during_the_agents_snapshot_follows_that_snapshot(tmp_pa
         assert sorted(fan.pods) == ["kept", "new"]          # "old" was not re-added: gone
     finally:
         fan.close()
+
+
+def test_the_agent_talks_to_the_supervisor_as_to_a_single_ztunnel(tmp_path: Path):
+    from agent.ztunnel_link import ZtunnelLink
+    from ambit.zds import PodInfo
+    netns = tmp_path / "netns"          # any file: the fan-out passes the fd on without using it
+    netns.write_text("")
+    stopping = threading.Event()
+    w0 = StandIn(0, WorkerPaths.under(tmp_path, 0), refuse={"bad"})
+    fan = Fanout(tmp_path / "zds.sock", [w0])
+    fan.attach(w0, stopping)
+    fan.start()
+    link = ZtunnelLink(tmp_path / "zds.sock", timeout=5)
+    try:
+        link.connect(deadline=float("inf"))
+        errors = link.snapshot([(PodInfo.from_dict(pod("ok")), str(netns)), (PodInfo.from_dict(pod("bad")), str(netns))])
+        assert [uid for uid, _ in errors] == ["bad"] and "worker 0: port in use" in errors[0][1]
+        link.delete("ok", 1.0)
+        link.ping()
+        assert w0.got[-4:] == [("add", "bad"), ("snapshot_end", ""), ("del", "ok"), ("ping", "")]
+        assert sorted(fan.pods) == ["bad"]      # kept: the agent retries it
+    finally:
+        link.close()
+        fan.stop()
+        fan.close()
