@@ -206,7 +206,7 @@ def ztunnel_args(o: argparse.Namespace) -> list[str]:
             "--controller-identity", f"spiffe://{o.trust_domain}/ns/{o.namespace}/sa/{CONTROLLER}",
             "--cert-cache", f"{RUN_DIR}/certs", "--metrics-address", f"0.0.0.0:{ZTUNNEL_METRICS_PORT}",
             "--termination-drain", str(ZTUNNEL_DRAIN), "--log-level", o.log_level,
-            "--workers", str(getattr(o, "ztunnel_workers", 0))]
+            "--workers", str(o.ztunnel_workers)]
 
 
 def agent_args(o: argparse.Namespace) -> list[str]:
