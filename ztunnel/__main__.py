@@ -8,6 +8,8 @@ most of it file-backed pages shared with the workers: docs/performance.md, "All 
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 from ambit.dataplane import process
@@ -19,11 +21,18 @@ def main(argv: list[str] | None = None) -> None:
 
     async def start(args: ZtunnelSettings) -> None:
         if args.worker_index < 0 and args.worker_count > 1:
-            from ztunnel import workers
-            await workers.supervise(args, raw)
-        else:
-            from ztunnel import serve
-            await serve.amain(args)
+            from ztunnel.pods import reuseport_supported
+            if reuseport_supported():
+                from ztunnel import workers
+                await workers.supervise(args, raw)
+                return
+            # Workers share listeners through SO_REUSEPORT groups, which ztunnel uses only where
+            # ambit_tc_in can hand inbound connections to them (Linux 6.5): else one process.
+            logging.getLogger("ambit.ztunnel").warning(
+                "--workers %d: kernel %s is older than 6.5 (no bpf_sk_assign to SO_REUSEPORT listeners); "
+                "running one process", args.worker_count, os.uname().release)
+        from ztunnel import serve
+        await serve.amain(args)
     process.run("ztunnel", load, start, raw)
 
 
