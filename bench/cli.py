@@ -30,7 +30,7 @@ SCHEMA = "ambit-bench/1"
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--quick", action="store_true", help="3 reps of 1 s runs (< 3 min) instead of 5 s runs")
+    ap.add_argument("--quick", action="store_true", help="3 reps of 1 s runs (about 5 min) instead of 5 s runs")
     ap.add_argument("--reps", type=int, help="repetitions per scenario (default 3)")
     ap.add_argument("--seconds", type=float, help="length of each timed load run")
     ap.add_argument("--scenario", action="append", metavar="NAME",

@@ -8,6 +8,12 @@ proves the routing before anything is timed.
 - nginx-l7 / haproxy-l7: the proxy runs in its own pod (`bench-plain/l7proxy`, node1), one process,
   one worker / one thread (as the Python waypoint is one event loop), no logs, keep-alive pooled
   upstream connections; client (node1) → proxy → web-v1|v2 (node2), plaintext HTTP/1.1.
+- nginx-l7-h2 / haproxy-l7-h2 / ambit-waypoint-h2: the same three with the client speaking HTTP/2
+  (h2c with prior knowledge, h2load without `--h1`). nginx and HAProxy serve it from the same
+  process on a second port (`listen ... http2`, `bind ... proto h2`); the waypoint detects the
+  HTTP/2 preface per tunnel, so it needs no port name or appProtocol. Upstream to web-v1|v2 stays
+  HTTP/1.1 for all three (nginx's proxy_pass cannot speak h2; the bench's `web` Service port is
+  plain http, so the waypoint's upstream is HTTP/1.1 too).
 - ambit-waypoint: client (enrolled, node1) → ztunnel → HBONE → waypoint → HBONE → ztunnel → web-v*
   (node2), mTLS on both hops, routed by the seed's VirtualService applied through `ambit apply`.
   It needs `python -m waypoint`; when that cannot start, the scenario is skipped with the reason.
@@ -34,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import tracing
-from bench.plan import HTTP_PORT, L7_PORTS, MESH_NS, PLAIN_NS, WEB_SERVICE
+from bench.plan import HTTP_PORT, L7_H2_PORTS, L7_PORTS, MESH_NS, PLAIN_NS, WEB_SERVICE
 
 CANARY_HEADER = "x-canary"
 CANARY_VALUE = "true"
@@ -44,9 +50,16 @@ WAYPOINT_READY_S = 45.0
 CONFIG_SETTLE_S = 2.0       # for a changed route to reach the waypoint (config push is ~10-100 ms)
 
 
-def nginx_l7_conf(prefix: Path, listen_ip: str, port: int, v1: str, v2: str) -> str:
-    """nginx as the header-routing L7 proxy: one worker, no access log, pooled keep-alive upstreams."""
+def nginx_l7_conf(prefix: Path, listen_ip: str, port: int, v1: str, v2: str, h2_port: int = 0) -> str:
+    """nginx as the header-routing L7 proxy: one worker, no access log, pooled keep-alive upstreams;
+    with `h2_port`, the same routing for h2c (prior knowledge) clients on that port."""
     tmp = prefix / "tmp"
+    location = ('    location / { proxy_pass http://$backend; proxy_http_version 1.1;\n'
+                '      proxy_set_header Connection ""; proxy_set_header Host $host; } }')
+    servers = [f"  server {{ listen {listen_ip}:{port} backlog=4096;\n{location}"]
+    if h2_port:
+        # keepalive_requests (above) also bounds requests per HTTP/2 connection since nginx 1.19.7
+        servers.append(f"  server {{ listen {listen_ip}:{h2_port} http2 backlog=4096;\n{location}")
     return "\n".join([
         "worker_processes 1;", "master_process off;", "daemon off;", f"pid {prefix / 'nginx-l7.pid'};",
         f"error_log {prefix / 'nginx-l7-error.log'} warn;", "worker_rlimit_nofile 20000;",
@@ -61,20 +74,20 @@ def nginx_l7_conf(prefix: Path, listen_ip: str, port: int, v1: str, v2: str) -> 
         # exact and case-sensitive, as the VirtualService's `exact: "true"` (a plain map string would
         # match case-insensitively, so an anchored `~` regex); anything else (or no header) → v1
         f'  map $http_{CANARY_HEADER.replace("-", "_")} $backend {{ default v1; "~^{CANARY_VALUE}$" v2; }}',
-        f"  server {{ listen {listen_ip}:{port} backlog=4096;",
-        "    location / { proxy_pass http://$backend; proxy_http_version 1.1;",
-        '      proxy_set_header Connection ""; proxy_set_header Host $host; } }',
+        *servers,
         "}", ""])
 
 
-def haproxy_l7_conf(listen_ip: str, port: int, v1: str, v2: str) -> str:
-    """HAProxy (mode http) as the header-routing L7 proxy: one thread, no logs, connection reuse."""
+def haproxy_l7_conf(listen_ip: str, port: int, v1: str, v2: str, h2_port: int = 0) -> str:
+    """HAProxy (mode http) as the header-routing L7 proxy: one thread, no logs, connection reuse;
+    with `h2_port`, a second frontend with the same routing for h2c (prior knowledge) clients."""
+    route = [f"  use_backend v2 if {{ req.hdr({CANARY_HEADER}) -m str {CANARY_VALUE} }}", "  default_backend v1", ""]
+    h2 = ["frontend l7h2", f"  bind {listen_ip}:{h2_port} proto h2", *route] if h2_port else []
     return "\n".join([
         "global", "  maxconn 8000", "  nbthread 1", "",
         "defaults", "  mode http", "  option http-keep-alive", "  timeout connect 5s", "  timeout client 300s",
         "  timeout server 300s", "  timeout http-keep-alive 300s", "",
-        "frontend l7", f"  bind {listen_ip}:{port}",
-        f"  use_backend v2 if {{ req.hdr({CANARY_HEADER}) -m str {CANARY_VALUE} }}", "  default_backend v1", "",
+        "frontend l7", f"  bind {listen_ip}:{port}", *route, *h2,
         "backend v1", "  http-reuse always", f"  server v1 {v1}:{HTTP_PORT}", "",
         "backend v2", "  http-reuse always", f"  server v2 {v2}:{HTTP_PORT}", ""])
 
@@ -156,6 +169,13 @@ spec:
 """
 
 
+def parse_http_version(curl_headers: str) -> str:
+    """The HTTP version of the response's status line ("2", "1.1"; "" if none), from `curl -D -`."""
+    first = curl_headers.lstrip().partition("\n")[0]
+    proto = first.split(" ", 1)[0]
+    return proto.removeprefix("HTTP/") if proto.startswith("HTTP/") else ""
+
+
 def parse_version_header(curl_headers: str) -> str:
     """The `x-version` a server answered with, from `curl -sS -D - -o /dev/null` output ("" if none)."""
     for line in curl_headers.splitlines():
@@ -181,7 +201,8 @@ class L7Set:
     """nginx and/or haproxy in the l7proxy pod; the waypoint through the lab's own CLI."""
 
     def __init__(self, lab, work: Path, which: list[str]) -> None:  # noqa: ANN001 - a BenchLab
-        self.lab, self.work, self.which = lab, work, which
+        self.lab, self.work = lab, work
+        self.which = list(dict.fromkeys(which))     # nginx-l7 and nginx-l7-h2 share one nginx, etc.
         self.procs: dict[str, subprocess.Popen[str]] = {}
         self.active = "waypoint"            # the waypoint configuration in place (see `activate`)
 
@@ -203,11 +224,11 @@ class L7Set:
             port = L7_PORTS[name]
             if name == "nginx":
                 conf = d / "nginx-l7.conf"
-                conf.write_text(nginx_l7_conf(d, proxy_ip, port, v1, v2))
+                conf.write_text(nginx_l7_conf(d, proxy_ip, port, v1, v2, L7_H2_PORTS[name]))
                 argv = ["nginx", "-c", str(conf), "-p", str(d)]
             else:
                 conf = d / "haproxy-l7.cfg"
-                conf.write_text(haproxy_l7_conf(proxy_ip, port, v1, v2))
+                conf.write_text(haproxy_l7_conf(proxy_ip, port, v1, v2, L7_H2_PORTS[name]))
                 argv = ["haproxy", "-f", str(conf), "-db"]
             with open(d / f"{name}.out", "w") as log:
                 self.procs[name] = self.lab.popen(f"{PLAIN_NS}/l7proxy", argv, stdout=log, stderr=subprocess.STDOUT,

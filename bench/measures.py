@@ -16,10 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import co, parsers, procstat, stats, tools
-from bench.l7 import CANARY_HEADER, CANARY_VALUE, parse_version_header
+from bench.l7 import CANARY_HEADER, CANARY_VALUE, parse_http_version, parse_version_header
 from bench.labenv import BenchLab, python_argv
 from bench.metrics import LAT_PS
-from bench.plan import HTTP_PORT, IPERF_PORT, L7_PORTS, PLAIN_NS, TUNNEL_PORTS, WEB_SERVICE, Plan, Scenario
+from bench.plan import (
+    HTTP_PORT,
+    IPERF_PORT,
+    L7_H2_PORTS,
+    L7_PORTS,
+    PLAIN_NS,
+    TUNNEL_PORTS,
+    WEB_SERVICE,
+    Plan,
+    Scenario,
+)
 from bench.results import RunResults
 
 
@@ -60,7 +70,8 @@ def target_for(lab: BenchLab, sc: Scenario, tunnel_pids: Callable[[], Sequence[i
             return Target(sc, vip, HTTP_PORT, "", 0, ztunnel_cgroups=cgs, l7_pids=pids,
                           proxy_cpu=lambda: {**{n: procstat.cgroup_cpu_seconds(c) for n, c in cgs.items()},
                                              sc.l7: procstat.pids_cpu_seconds(pids())})
-        return Target(sc, lab.ip(f"{PLAIN_NS}/l7proxy"), L7_PORTS[sc.l7], "", 0, l7_pids=pids,
+        port = (L7_H2_PORTS if sc.h2 else L7_PORTS)[sc.l7]
+        return Target(sc, lab.ip(f"{PLAIN_NS}/l7proxy"), port, "", 0, l7_pids=pids,
                       proxy_cpu=lambda: {sc.l7: procstat.pids_cpu_seconds(pids())})
     server_ip = lab.ip(sc.server_key)
     if sc.tunnel:
@@ -94,27 +105,35 @@ def check_path(lab: BenchLab, t: Target, within: float = 15.0) -> None:
     """
     deadline = time.monotonic() + within
     while True:
-        out = lab.run(t.scenario.client_key, ["curl", "-sS", "--fail", "-o", "/dev/null", "-m", "3", t.url],
-                      timeout=30)
+        out = lab.run(t.scenario.client_key, ["curl", "-sS", "--fail", *_curl_proto(t), "-o", "/dev/null", "-m", "3",
+                                              t.url], timeout=30)
         if out.returncode == 0 and (not t.scenario.l7 or _routes_by_header(lab, t)):
             return
         if time.monotonic() > deadline:
             if out.returncode == 0:
                 raise MeasureError(f"{t.url}: answered, but not routed by {CANARY_HEADER} (want v1 without it, "
-                                   f"v2 with it) after {within:.0f}s")
+                                   f"v2 with it{', over HTTP/2' if t.scenario.h2 else ''}) after {within:.0f}s")
             raise MeasureError(f"no HTTP path from {t.scenario.client_key} to {t.url} after {within:.0f}s: "
                                f"{out.stderr.strip()}")
         time.sleep(0.5)
 
 
+def _curl_proto(t: Target) -> list[str]:
+    """h2c with prior knowledge for the HTTP/2 scenarios (as h2load speaks it), else curl's HTTP/1.1."""
+    return ["--http2-prior-knowledge"] if t.scenario.h2 else []
+
+
 def _routes_by_header(lab: BenchLab, t: Target) -> bool:
-    """The L7 positive control: 3 requests without the header reach v1, 3 with it reach v2."""
+    """The L7 positive control: 3 requests without the header reach v1, 3 with it reach v2 (and the
+    HTTP/2 scenarios' responses come back as HTTP/2: the proxy spoke h2c, it did not fall back)."""
     for header, want in (("", "v1"), (f"{CANARY_HEADER}: {CANARY_VALUE}", "v2")):
         for _ in range(3):
-            argv = ["curl", "-sS", "--fail", "-o", "/dev/null", "-D", "-", "-m", "3",
+            argv = ["curl", "-sS", "--fail", *_curl_proto(t), "-o", "/dev/null", "-D", "-", "-m", "3",
                     *(["-H", header] if header else []), t.url]
             p = lab.run(t.scenario.client_key, argv, timeout=30)
             if p.returncode != 0 or parse_version_header(p.stdout) != want:
+                return False
+            if t.scenario.h2 and parse_http_version(p.stdout) != "2":
                 return False
     return True
 
@@ -146,7 +165,8 @@ def latency_at_rate(lab: BenchLab, t: Target, plan: Plan, res: RunResults, rep: 
     try:
         for r, log, out in zip(rates, logs, outs, strict=True):
             with open(out, "w") as f:
-                procs.append(lab.popen(sc.client_key, tools.h2load_rate_argv(t.url, r, plan.seconds, plan.warmup, log),
+                procs.append(lab.popen(sc.client_key, tools.h2load_rate_argv(t.url, r, plan.seconds, plan.warmup, log,
+                                                                              h2=sc.h2),
                                        stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         t_start = time.monotonic()
         time.sleep(plan.warmup + 0.05)
@@ -202,20 +222,45 @@ def latency_at_rate(lab: BenchLab, t: Target, plan: Plan, res: RunResults, rep: 
 
 
 def max_rate(lab: BenchLab, t: Target, plan: Plan, res: RunResults, rep: int, work: Path) -> None:
+    """Closed-loop saturation; for the L7 scenarios also the L7 proxy's CPU per 1000 requests at that
+    rate (`l7_cpu_per_1k_max`), sampled inside h2load's main duration (after its warm-up)."""
     sc = t.scenario
-    log = work / f"h2load-{sc.name}-max-{rep}.tsv"
+    log, out_path = work / f"h2load-{sc.name}-max-{rep}.tsv", work / f"h2load-{sc.name}-max-{rep}.out"
     seconds = plan.max_seconds or plan.seconds
-    out = _run(lab, sc, tools.h2load_max_argv(t.url, plan.max_clients, seconds, plan.warmup, log),
-               timeout=seconds + plan.warmup + 30)
+    argv = tools.h2load_max_argv(t.url, plan.max_clients, seconds, plan.warmup, log, h2=sc.h2)
+    cpu: tuple[float, float] | None = None      # (CPU-seconds, wall seconds) of the L7 proxy in the window
+    with open(out_path, "w") as f:
+        p = lab.popen(sc.client_key, argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        if sc.l7 and t.proxy_cpu:
+            time.sleep(plan.warmup + 0.1)
+            a, ta = t.proxy_cpu()[sc.l7], time.monotonic()
+            time.sleep(seconds * 0.8)
+            cpu = (t.proxy_cpu()[sc.l7] - a, time.monotonic() - ta)
+        p.wait(timeout=seconds + plan.warmup + 30)
+    except subprocess.TimeoutExpired as e:
+        raise MeasureError(f"h2load did not finish within {seconds + plan.warmup + 30:.0f}s") from e
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    out = out_path.read_text()
+    out_path.unlink()
+    if p.returncode != 0:
+        raise MeasureError(f"h2load exited {p.returncode}: {out.strip()[-300:]}")
     summary = parsers.parse_h2load_summary(out)
     rows = parsers.parse_h2load_log(log.read_text(), what=str(log))
     log.unlink()
     ladder = _ladder([r.duration_us for r in rows])
     res.record(sc.name, "max_rps", rep, summary.req_per_s)
-    for p in LAT_PS:
-        res.record(sc.name, f"max_{p}_ms", rep, ladder[p])
-    res.detail(sc.name, "max_rate", rep, {"clients": plan.max_clients, "requests": summary.total,
-                                          "latency_ms": ladder})
+    for p_ in LAT_PS:
+        res.record(sc.name, f"max_{p_}_ms", rep, ladder[p_])
+    detail: dict[str, object] = {"clients": plan.max_clients, "requests": summary.total, "latency_ms": ladder}
+    if cpu is not None and summary.req_per_s > 0:
+        per_1k = cpu[0] / max(cpu[1], 1e-6) / summary.req_per_s * 1000.0
+        res.record(sc.name, "l7_cpu_per_1k_max", rep, per_1k)
+        detail["l7_cpu_seconds"], detail["l7_cpu_window_s"] = cpu
+    res.detail(sc.name, "max_rate", rep, detail)
 
 
 def connection_rate(lab: BenchLab, t: Target, plan: Plan, res: RunResults, rep: int) -> None:

@@ -40,6 +40,8 @@ def _build() -> dict[str, Metric]:
                "CPU-s", False),
         Metric("l7_cpu_per_1k", "L7 proxy CPU-seconds per 1000 requests (nginx, haproxy or the waypoint alone, "
                "at 1000 req/s)", "CPU-s", False),
+        Metric("l7_cpu_per_1k_max", "L7 proxy CPU-seconds per 1000 requests at max rate (nginx, haproxy or the "
+               "waypoint alone)", "CPU-s", False),
         Metric("l7_rss_mb", "L7 proxy RSS at 1000 req/s (nginx, haproxy or the waypoint)", "MB", False),
         Metric("zt_rss_idle_mb", "ztunnel RSS, idle (largest ztunnel)", "MB", False),
         Metric("zt_rss_load_mb", "ztunnel RSS at 1000 req/s (largest ztunnel)", "MB", False),

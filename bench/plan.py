@@ -26,6 +26,8 @@ TUNNEL_PORTS = {
 # L7 scenarios (bench/l7.py): the proxies' ports in bench-plain/l7proxy; the mesh Service the
 # waypoint routes for (web-v1/web-v2 in bench-mesh).
 L7_PORTS = {"nginx": 8081, "haproxy": 8082}
+# The same proxies' h2c (prior knowledge) listeners: one process serves both, on its own port each.
+L7_H2_PORTS = {"nginx": 8083, "haproxy": 8084}
 WEB_SERVICE = "web"
 
 
@@ -41,6 +43,7 @@ class Scenario:
     mesh: bool = False          # ztunnel CPU/RSS apply
     l7: str = ""                # "", "nginx", "haproxy", "waypoint", "waypoint-resilient" or "waypoint-traced":
     #                             header routing to web-v1/web-v2 (HTTP only); the waypoint ones share one waypoint
+    h2: bool = False            # the client speaks HTTP/2 (h2c, prior knowledge) to the L7 proxy
 
     @property
     def waypoint(self) -> bool:
@@ -78,6 +81,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("ambit-waypoint-traced", "as ambit-waypoint, every request traced (100 % sampling: a server and a "
              "client span per request, exported over OTLP gRPC to a receiver pod); ambit-waypoint runs the same "
              "waypoint at 0 %", "ebpf", MESH_NS, "client", mesh=True, l7="waypoint-traced"),
+    Scenario("nginx-l7-h2", "as nginx-l7 with the client speaking HTTP/2 (h2c, prior knowledge) to nginx "
+             "(`listen ... http2`); HTTP/1.1 to web-v1|v2", "ebpf", PLAIN_NS, "client", l7="nginx", h2=True),
+    Scenario("haproxy-l7-h2", "as haproxy-l7 with the client speaking HTTP/2 (h2c, prior knowledge) to haproxy "
+             "(`bind ... proto h2`); HTTP/1.1 to web-v1|v2", "ebpf", PLAIN_NS, "client", l7="haproxy", h2=True),
+    Scenario("ambit-waypoint-h2", "as ambit-waypoint with the client speaking HTTP/2 (h2c, prior knowledge) through "
+             "ztunnel to the waypoint (nghttp2 codec); HTTP/1.1 to web-v1|v2", "ebpf", MESH_NS, "client", mesh=True,
+             l7="waypoint", h2=True),
     Scenario("ambit-iptables-capture", "as ambit-l4-cross-node, lab brought up with --capture iptables",
              "iptables", MESH_NS, "client", mesh=True),
     Scenario("ambit-l4-workers", "as ambit-l4-cross-node, lab brought up with --ztunnel-workers 0: each ztunnel "
@@ -119,14 +129,17 @@ class Plan:
 
     def estimate_seconds(self) -> float:
         """A rough wall-clock estimate, printed before the run starts."""
-        per_rep = (2 * (self.iperf_seconds + 0.2) + len(self.rates) * (self.seconds + self.warmup + 0.3)
-                   + (self.max_seconds or self.seconds) + self.warmup + 0.3 + max(1.0, self.seconds) + 0.2)
+        def per_rep(sc: Scenario) -> float:
+            iperf = 0.0 if sc.l7 else 2 * (self.iperf_seconds + 0.2)    # no iperf3 behind an HTTP proxy
+            conns = 0.0 if sc.h2 else max(1.0, self.seconds) + 0.2      # no HTTP/1.0 run against h2c
+            return (iperf + len(self.rates) * (self.seconds + self.warmup + 0.3)
+                    + (self.max_seconds or self.seconds) + self.warmup + 0.3 + conns)
         phases = {SCENARIOS[s].phase for s in self.scenarios}
         lab = 10.0 * len(phases)
         mesh = sum(1 for s in self.scenarios if SCENARIOS[s].mesh)
         hold = 2.5 * mesh * (min(self.hold_reps, self.reps) if self.hold_reps else self.reps)
         push = 2.0 * self.reps if self.push_pods else 0.0
-        return per_rep * self.reps * len(self.scenarios) + lab + hold + push
+        return sum(per_rep(SCENARIOS[s]) for s in self.scenarios) * self.reps + lab + hold + push
 
 
 def make_plan(quick: bool = False, reps: int | None = None, scenarios: list[str] | None = None,

@@ -58,8 +58,11 @@ RESILIENCE_PAIR = ("ambit-waypoint-resilient", "ambit-waypoint")
 # What tracing costs: the same waypoint at 100 % sampling against 0 % (bench/l7.py switches it).
 TRACING_PAIR = ("ambit-waypoint-traced", "ambit-waypoint")
 L7_BASELINES = ("nginx-l7", "haproxy-l7")
+# The same over HTTP/2 (h2c prior knowledge from the client; HTTP/1.1 upstream for all three).
+L7_H2_SCENARIOS = ("ambit-waypoint-h2",)
+L7_H2_BASELINES = ("nginx-l7-h2", "haproxy-l7-h2")
 L7_RATIO_METRICS = ("max_rps", "lat100_p50_ms", "lat100_p99_ms", "lat1000_p50_ms", "lat1000_p99_ms",
-                    "proxy_cpu_per_1k", "l7_cpu_per_1k", "l7_rss_mb")
+                    "proxy_cpu_per_1k", "l7_cpu_per_1k", "l7_cpu_per_1k_max", "l7_rss_mb")
 
 
 def all_ratios(results: RunResults, scenarios: Sequence[str] = AMBIT_SCENARIOS,
@@ -76,6 +79,7 @@ def all_ratios(results: RunResults, scenarios: Sequence[str] = AMBIT_SCENARIOS,
                     out.append(r)
     if l7:
         out += all_ratios(results, L7_SCENARIOS, L7_BASELINES, L7_RATIO_METRICS, l7=False)
+        out += all_ratios(results, L7_H2_SCENARIOS, L7_H2_BASELINES, L7_RATIO_METRICS, l7=False)
         out += all_ratios(results, RESILIENCE_PAIR[:1], RESILIENCE_PAIR[1:], L7_RATIO_METRICS, l7=False)
         out += all_ratios(results, TRACING_PAIR[:1], TRACING_PAIR[1:], L7_RATIO_METRICS, l7=False)
     return out

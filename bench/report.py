@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bench import load as loadmod
 from bench import ratios as ratiomod
 from bench import targets as targetmod
 from bench.metrics import LAT_PS, RATES, fmt, metric
@@ -17,14 +18,15 @@ from bench.results import RunResults
 
 SCENARIO_ORDER = ("direct", "ambit-l4-cross-node", "ambit-l4-same-node", "ambit-iptables-capture",
                   "ambit-l4-workers", "stunnel", "haproxy", "ambit-waypoint", "ambit-waypoint-resilient",
-                  "ambit-waypoint-traced", "nginx-l7",
-                  "haproxy-l7")
+                  "ambit-waypoint-traced", "nginx-l7", "haproxy-l7", "ambit-waypoint-h2", "nginx-l7-h2",
+                  "haproxy-l7-h2")
 
 TABLE_METRICS = (
     ["tput_1s_gbps", "tput_4s_gbps"]
     + [f"lat{r}_{p}_ms" for r in RATES for p in LAT_PS]
     + ["max_rps"] + [f"max_{p}_ms" for p in LAT_PS]
-    + ["conn_per_s", "proxy_cpu_per_1k", "zt_cpu_per_1k", "l7_cpu_per_1k", "l7_rss_mb", "zt_rss_idle_mb",
+    + ["conn_per_s", "proxy_cpu_per_1k", "zt_cpu_per_1k", "l7_cpu_per_1k", "l7_cpu_per_1k_max", "l7_rss_mb",
+       "zt_rss_idle_mb",
        "zt_rss_load_mb", "zt_rss_1000conn_mb"]
 )
 
@@ -63,7 +65,8 @@ RATIO_COLUMNS = (
     ("tput_1s_gbps", "tput 1 stream"), ("tput_4s_gbps", "tput 4 streams"),
     ("lat1000_p50_ms", "p50 @1000/s"), ("lat1000_p99_ms", "p99 @1000/s"),
     ("lat100_p99_ms", "p99 @100/s"), ("max_rps", "max req/s"), ("conn_per_s", "new conn/s"),
-    ("proxy_cpu_per_1k", "proxy CPU"), ("l7_cpu_per_1k", "L7 proxy CPU"), ("l7_rss_mb", "L7 proxy RSS"),
+    ("proxy_cpu_per_1k", "proxy CPU"), ("l7_cpu_per_1k", "L7 proxy CPU"),
+    ("l7_cpu_per_1k_max", "L7 proxy CPU @max"), ("l7_rss_mb", "L7 proxy RSS"),
 )
 
 
@@ -136,6 +139,42 @@ def tracing_line(cost: Mapping[str, float]) -> str:
     return "Tracing at 100 % sampling against 0 % (same waypoint, same run): " + ", ".join(parts) + "."
 
 
+def load_lines(results: RunResults) -> list[str]:
+    """Which reps started on a busy machine (1-minute load average above the core count)."""
+    n = loadmod.sampled_reps(results)
+    if not n:
+        return []
+    busy = loadmod.busy_reps(results)
+    if not busy:
+        return [f"Machine load: all {n} reps started with the 1-minute load average at or below the core count."]
+    lines = [f"**Busy machine:** {len(busy)} of {n} reps started with the 1-minute load average above the core "
+             "count; their figures may carry other work's CPU and latency (re-run on a quiet machine to trust them):",
+             ""]
+    lines += [f"- {b.scenario} rep {b.rep + 1}: load average {b.load1:.2f} > {b.cores} cores" for b in busy]
+    return lines
+
+
+SATURATED = 0.9     # a fixed-rate run that got fewer answers per second than this share of its rate
+
+
+def saturation_lines(results: RunResults) -> list[str]:
+    """Fixed-rate reps whose path answered under 90 % of the rate: it was saturated, so those
+    latencies are mostly the queue h2load kept, not what the path adds at that rate."""
+    lines = []
+    for sc in ordered(results.scenarios()):
+        for rate in RATES:
+            runs = [(i, d["achieved_rps"]) for i, d in enumerate(results.details.get(sc, {}).get(f"latency_{rate}") or [])
+                    if d and "achieved_rps" in d]
+            slow = [(i, a) for i, a in runs if a < SATURATED * rate]
+            if slow:
+                reps = ", ".join(f"rep {i + 1}: {a:,.0f}" for i, a in slow)
+                lines.append(f"- {sc} at {rate} req/s answered {reps} req/s ({len(slow)} of {len(runs)} reps)")
+    if not lines:
+        return []
+    return ["**Saturated at a fixed rate:** these runs got under 90 % of the rate answered, so their latencies "
+            "are mostly queueing (coordinated omission corrected), not what the path adds at that rate:", ""] + lines
+
+
 def render(results: RunResults, meta: Mapping[str, Any], verdicts: Sequence[targetmod.Verdict],
            rs: Sequence[ratiomod.Ratio], charts: Sequence[str] = (), profiles: Mapping[str, str] | None = None) -> str:
     mach = meta.get("machine", {})
@@ -155,6 +194,9 @@ def render(results: RunResults, meta: Mapping[str, Any], verdicts: Sequence[targ
     out += ["", "## Beside Istio ambient's published figures", ""] + istio_table(results)
     push = [k for k in ("push_initial_s", "push_p50_ms", "push_p99_ms") if results.values("controller", k)]
     out += ["", "## Results", ""] + main_table(results)
+    for extra in (saturation_lines(results), load_lines(results)):
+        if extra:
+            out += [""] + extra
     if push:
         out += ["", "Controller config push (1000 synthetic pods, real gRPC on loopback): "
                 + ", ".join(f"{metric(k).label.split(': ')[-1]} {cell(results, 'controller', k)} {metric(k).unit}"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import confpush, l7, labenv, measures, parsers, profiles, tunnels
+from bench import confpush, l7, labenv, load, measures, parsers, profiles, tunnels
 from bench.labenv import BenchLab
 from bench.measures import MeasureError, Target
 from bench.plan import PHASES, PLAIN_NS, TUNNEL_PORTS, Plan, Scenario
@@ -117,7 +117,7 @@ class Runner:
                 "latency-100": ["lat100_p50_ms", "lat100_p99_ms"],
                 "latency-1000": ["lat1000_p50_ms", "lat1000_p99_ms", "zt_cpu_per_1k", "proxy_cpu_per_1k",
                                  "l7_cpu_per_1k", "l7_rss_mb"],
-                "max-rate": ["max_rps", "max_p99_ms"], "new-connections": ["conn_per_s"],
+                "max-rate": ["max_rps", "max_p99_ms", "l7_cpu_per_1k_max"], "new-connections": ["conn_per_s"],
                 "ztunnel-rss": ["zt_rss_idle_mb", "zt_rss_1000conn_mb"],
                 "config-push": ["push_initial_s", "push_p50_ms", "push_p99_ms"]}.get(measure, [])
         if rep is None:
@@ -189,7 +189,10 @@ class Runner:
 
     def run_rep(self, lab: BenchLab, t: Target, rep: int) -> None:
         sc, plan, res, work = t.scenario.name, self.plan, self.results, self.work
-        say(f"  {sc} rep {rep + 1}/{plan.reps}")
+        now = load.sample()
+        res.detail(sc, load.DETAIL, rep, now)
+        busy = f" (busy machine: load average {now['load1']:.2f} > {now['cores']} cores)" if load.is_busy(now) else ""
+        say(f"  {sc} rep {rep + 1}/{plan.reps}{busy}")
         if t.ztunnel_cgroups and (not plan.hold_reps or rep < plan.hold_reps):
             self.attempt(sc, "ztunnel-rss", rep, lambda: measures.ztunnel_rss(lab, t, plan, res, rep))
         if t.has_iperf:
@@ -204,7 +207,8 @@ class Runner:
                 self.attempt(sc, f"latency-{rate}", rep,
                              lambda rate=rate: measures.latency_at_rate(lab, t, plan, res, rep, rate, work))
         self.attempt(sc, "max-rate", rep, lambda: measures.max_rate(lab, t, plan, res, rep, work))
-        self.attempt(sc, "new-connections", rep, lambda: measures.connection_rate(lab, t, plan, res, rep))
+        if not t.scenario.h2:       # wrk's HTTP/1.0 connect-request-close; an h2c-only listener refuses it
+            self.attempt(sc, "new-connections", rep, lambda: measures.connection_rate(lab, t, plan, res, rep))
 
     def _profiled(self, lab: BenchLab, fn: Callable[[], None]) -> None:
         """Run `fn` with py-spy sampling each ztunnel; collapsed stacks go next to the results."""

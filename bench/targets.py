@@ -69,6 +69,27 @@ def _median(scenario: str, key: str) -> Callable[[RunResults], float | None]:
 
 BEST = f"{CROSS} / the better of stunnel and haproxy on this metric, median of paired reps"
 
+WAYPOINT, WAYPOINT_H2 = "ambit-waypoint", "ambit-waypoint-h2"
+NGINX_L7, NGINX_L7_H2 = "nginx-l7", "nginx-l7-h2"
+
+
+def _paired_ratio(scenario: str, baseline: str, key: str) -> Callable[[RunResults], float | None]:
+    def value(results: RunResults) -> float | None:
+        r = ratiomod.ratio(results, scenario, baseline, key)
+        return r.ratio if r else None
+    return value
+
+
+def _added_vs_added(scenario: str, baseline: str, key: str) -> Callable[[RunResults], float | None]:
+    """What `scenario` adds over `direct` minus what `baseline` adds over `direct` (ms): each added
+    figure is the median over paired reps, as the L4 targets' "added"; needs all three in the run."""
+    def value(results: RunResults) -> float | None:
+        ours, theirs = ratiomod.ratio(results, scenario, "direct", key), ratiomod.ratio(results, baseline, "direct", key)
+        if ours is None or theirs is None or ours.added is None or theirs.added is None:
+            return None
+        return ours.added - theirs.added
+    return value
+
 TARGETS: tuple[Target, ...] = (
     Target("l4-added-p50", "L4 cross-node added latency at 1000 req/s, p50", "<=", 0.25, "ms",
            lambda r: _added(r, "lat1000_p50_ms"), f"{CROSS} − direct, median of paired reps"),
@@ -97,6 +118,25 @@ TARGETS: tuple[Target, ...] = (
            _vs_best_tunnel("conn_per_s", higher_is_better=True), BEST + " (≥ 1.5× both)"),
     Target("ztunnel-rss-idle", "ztunnel RSS, idle", "<=", 40.0, "MB",
            _median(CROSS, "zt_rss_idle_mb"), "largest ztunnel, all its processes, before a rep's load"),
+    # Issue 17, L7: the waypoint against nginx doing the same header routing, in the same run.
+    Target("waypoint-cpu-vs-nginx", "Waypoint L7 hop CPU per request vs nginx, HTTP/1.1 at saturation", "<=", 1.5,
+           "×", _paired_ratio(WAYPOINT, NGINX_L7, "l7_cpu_per_1k_max"),
+           f"{WAYPOINT} / {NGINX_L7}: the L7 proxy's own CPU per request (waypoint without the ztunnels) during "
+           "the max-rate run, median of paired reps"),
+    Target("waypoint-added-p50-vs-nginx", "Waypoint added p50 at 1000 req/s vs nginx's added p50", "<=", 0.05, "ms",
+           _added_vs_added(WAYPOINT, NGINX_L7, "lat1000_p50_ms"),
+           f"({WAYPOINT} − direct) − ({NGINX_L7} − direct): each the median over paired reps of the p50 added to "
+           "direct at 1000 req/s (the waypoint path also crosses two ztunnels)"),
+    Target("waypoint-h2-cpu-vs-nginx", "Waypoint HTTP/2 CPU per request vs nginx h2c", "<=", 2.0, "×",
+           _paired_ratio(WAYPOINT_H2, NGINX_L7_H2, "l7_cpu_per_1k_max"),
+           f"{WAYPOINT_H2} / {NGINX_L7_H2}: as the HTTP/1.1 target with the client speaking h2c (prior knowledge) "
+           "to the proxy, HTTP/1.1 upstream for both, median of paired reps"),
+    Target("waypoint-path-cpu", "Full waypoint path, vCPU per 1000 req/s (Istio publishes 0.25)", "<=", 0.25, "vCPU",
+           _median(WAYPOINT, "proxy_cpu_per_1k"),
+           f"{WAYPOINT}: CPU-seconds of both ztunnels and the waypoint per 1000 requests at 1000 req/s"),
+    Target("waypoint-rss", "Waypoint RSS, 1 worker (Istio publishes 60 MB)", "<=", 60.0, "MB",
+           _median(WAYPOINT, "l7_rss_mb"), f"{WAYPOINT}: VmRSS of the waypoint (one process) during the 1000 req/s "
+           "run"),
 )
 
 

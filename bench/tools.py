@@ -29,18 +29,23 @@ def _ms(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-def h2load_rate_argv(url: str, rps: float, seconds: float, warmup: float, log: Path) -> list[str]:
+def _proto(h2: bool) -> list[str]:
+    """HTTP/1.1 (`--h1`), or h2load's default for an http:// URL: h2c with prior knowledge."""
+    return [] if h2 else ["--h1"]
+
+
+def h2load_rate_argv(url: str, rps: float, seconds: float, warmup: float, log: Path, h2: bool = False) -> list[str]:
     """One client, one connection, one request in flight, `rps` requests per second."""
     if not 0 < rps <= 100:
         raise ValueError(f"h2load_rate_argv: rps={rps} per client must be in (0, 100] "
                          f"(h2load's rate timer is coarser above 100)")
-    return ["h2load", "--h1", "-c", "1", "-m", "1", "--rps", f"{rps:g}", "-D", _ms(seconds),
+    return ["h2load", *_proto(h2), "-c", "1", "-m", "1", "--rps", f"{rps:g}", "-D", _ms(seconds),
             "--warm-up-time", _ms(warmup), f"--log-file={log}", url]
 
 
-def h2load_max_argv(url: str, clients: int, seconds: float, warmup: float, log: Path) -> list[str]:
+def h2load_max_argv(url: str, clients: int, seconds: float, warmup: float, log: Path, h2: bool = False) -> list[str]:
     """Closed loop: `clients` keep-alive connections, each sending its next request on a response."""
-    return ["h2load", "--h1", "-c", str(clients), "-m", "1", "-D", _ms(seconds), "--warm-up-time", _ms(warmup),
+    return ["h2load", *_proto(h2), "-c", str(clients), "-m", "1", "-D", _ms(seconds), "--warm-up-time", _ms(warmup),
             f"--log-file={log}", url]
 
 

@@ -47,7 +47,9 @@ from waypoint.authz import authorize
 from waypoint.config import WaypointConfig
 from waypoint.http import Engine, HBONETransport, RequestRecord, UpstreamTarget
 from waypoint.http.attempt import CONNECT_FAILURE, Outcome
+from waypoint.http.opaque import OpaqueRelay
 from waypoint.http.plug import Attachable, connect_tcp
+from waypoint.ingress import choose_backend
 from waypoint.ingress_listen import IngressListeners
 from waypoint.localreply import local_reply
 from waypoint.origination import Origination, check_peer, origination
@@ -141,7 +143,9 @@ class WaypointProxy:
         if self.tracing_for is not None:
             self.engine.tracing = Tracing(self.tracing_for, tracing_identity(self.settings), self.rng)
         if self.settings.ingress:       # clients from outside the mesh, on the Gateway's listeners
-            self.ingress = IngressListeners(self.settings.ingress_address, self.engine.serve)
+            engine = self.engine
+            self.ingress = IngressListeners(self.settings.ingress_address, engine.serve,
+                                            lambda t, down, early: OpaqueRelay(engine, down, t, early, False))
             await self.on_config()
             return
         host, _, port = self.settings.listen.rpartition(":")
@@ -356,6 +360,8 @@ class WaypointProxy:
                      down.destination_ip, down.destination_port, why)
             return None
         cluster: Cluster | None = None
+        if self.ingress is not None:
+            return await self._ingress_opaque(down)
         if down.service:
             # the Service port's cluster balances opaque connections too (no hash key: a
             # consistent-hash cluster spreads them at random, as Envoy's tcp_proxy without a hash)
@@ -368,10 +374,38 @@ class WaypointProxy:
                                     cluster) if svc is not None and cluster is not None else None
         else:
             pick = endpoints.pick_workload(down.destination_ip, down.destination_port, v.by_ip)
+        return await self._open_opaque(pick, cluster, down.source_ip)
+
+    async def _ingress_opaque(self, down: Downstream) -> Attachable | None:
+        """An ingress gateway's TLS-passthrough or TCP connection: the TLSRoute/TCPRoute the listener
+        chose (`down.hostname`: the SNI name it matched, "*" on TCP), a backend by weight, one of its
+        endpoints by the Service port's cluster, reached over HBONE with the gateway's identity."""
+        v = self.config.view
+        port = v.ingress.ports.get(down.destination_port)
+        route = port.l4.get(down.hostname) if port is not None else None
+        dest = choose_backend(route, self.rng) if route is not None else None
+        svc = v.services.get(dest.service) if dest is not None and dest.service else None
+        if dest is None or svc is None:
+            log.info("ingress connection from %s to port %d (%s) rejected: %s", down.source_ip,
+                     down.destination_port, down.hostname,
+                     "no route" if route is None else "no backend with a weight" if dest is None
+                     else f"backend {dest.host} is not a resolved Service")
+            return None
+        # a subset (an Istio VirtualService tcp/tls route) selects by the DestinationRule's labels
+        labels = v.table.subset_labels(dest.host, dest.subset) if dest.subset else None
+        if dest.subset and labels is None:
+            log.info("ingress connection from %s rejected: %s has no subset %s", down.source_ip, dest.host, dest.subset)
+            return None
+        cluster = self.cluster(dest.service, dest.port, dest.subset, dest.host)
+        pick = self._choose(endpoints.candidates(svc, dest.port, labels, v.workloads, v.by_ip), cluster)
+        return await self._open_opaque(pick, cluster, down.source_ip)
+
+    async def _open_opaque(self, pick: endpoints.Pick | None, cluster: Cluster | None,
+                           source_ip: str) -> Attachable | None:
         if pick is None or not (pick.mesh or pick.plain):
             return None
         try:
-            conn = await (self._plain_connector(pick, None) if pick.plain else self._connector(pick, down.source_ip))()
+            conn = await (self._plain_connector(pick, None) if pick.plain else self._connector(pick, source_ip))()
         except Exception:
             if cluster is not None:     # Envoy's tcp_proxy reports connect failures to outlier detection
                 cluster.attempt_result(pick.address, Outcome(CONNECT_FAILURE))

@@ -7,6 +7,10 @@ chooses among them, on both kinds the Host header chooses among the virtual host
 attached routes produced (controller/translate/ingress.py already intersected route and listener
 hostnames, so a route attached to one listener only serves that listener's names).
 
+A TLS (passthrough) or TCP port routes connections, not requests: `l4_route(sni)` gives the
+TLSRoute's backends for the ClientHello's name (same matching as HTTPS listeners), a TCP port's
+TCPRoute takes every connection ("*").
+
 Hostname matching, for both SNI and Host, is Gateway API's: an exact name first, then the longest
 `*.suffix` wildcard that matches (one label or more), then a listener/virtual host for any name
 ("" / "*").
@@ -17,8 +21,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ambit.model import IngressGateway, IngressListener
+from ambit.model import IngressGateway, IngressListener, RouteDestination, TcpRoute
 from waypoint.routing import RouteTable, build_table
+from waypoint.routing.weights import RandomSource, choose
+
+L4_PROTOCOLS = ("TLS", "TCP")
 
 
 def host_match(candidates: Iterable[str], name: str) -> str | None:
@@ -42,16 +49,22 @@ class IngressPort:
     """Everything served on one port."""
 
     port: int
-    protocol: str                                   # HTTP | HTTPS (the first listener's, see build)
+    protocol: str                                   # HTTP | HTTPS | TLS | TCP (the first listener's, see build)
     listeners: tuple[IngressListener, ...]          # on this port, in the Gateway's order
     table: RouteTable
     conflicts: tuple[str, ...] = ()                 # listeners left out: another protocol on the port
+    l4: Mapping[str, TcpRoute] = field(default_factory=dict)   # TLS/TCP: name ("*": any) -> route
 
     def listener_for_sni(self, server_name: str | None) -> IngressListener | None:
         """The HTTPS listener whose certificates a client naming `server_name` gets, or None."""
         by_host = {ln.hostname: ln for ln in reversed(self.listeners)}
         chosen = host_match(by_host, server_name or "")
         return by_host[chosen] if chosen is not None else None
+
+    def l4_host(self, server_name: str | None) -> str | None:
+        """The name of the TLSRoute/TCPRoute a connection (with this SNI, on TLS) takes, or None."""
+        return host_match(self.l4, server_name or "") if self.protocol == "TLS" else \
+            ("*" if "*" in self.l4 else None)
 
     def virtual_host(self, host: str) -> str | None:
         """The route table host (a hostname of the route table) a request's Host selects."""
@@ -74,6 +87,14 @@ def build(gateway: IngressGateway | None, cluster_domain: str = "cluster.local")
     for port, lns in by_port.items():
         same = tuple(ln for ln in lns if ln.protocol == lns[0].protocol)
         conflicts = tuple(ln.name for ln in lns if ln.protocol != lns[0].protocol)
+        if lns[0].protocol in L4_PROTOCOLS:
+            l4: dict[str, TcpRoute] = {}
+            for ln in same:
+                for wr in ln.hosts:
+                    if wr.tcp:      # one name on two listeners of a port: the first listener's route
+                        l4.setdefault(wr.hostname, wr.tcp[0])
+            ports[port] = IngressPort(port, lns[0].protocol, same, build_table([], cluster_domain), conflicts, l4)
+            continue
         merged: dict[str, list] = {}
         for ln in same:
             for wr in ln.hosts:
@@ -87,3 +108,10 @@ def build(gateway: IngressGateway | None, cluster_domain: str = "cluster.local")
             hosts.append(first)
         ports[port] = IngressPort(port, lns[0].protocol, same, build_table(hosts, cluster_domain), conflicts)
     return IngressView(gateway, ports)
+
+
+def choose_backend(route: TcpRoute, rand: RandomSource) -> RouteDestination | None:
+    """A TLSRoute's/TCPRoute's backend for one connection, by weight. None when every weight is 0,
+    even for a single backend: Gateway API sends a weight-0 backend nothing."""
+    weights = [max(0, d.weight) for d in route.destinations]
+    return choose(route.destinations, weights, rand) if sum(weights) > 0 else None

@@ -1,5 +1,12 @@
 """The ingress gateway's listeners (the IO edge of waypoint/ingress.py): one socket per Gateway port,
-plain or terminating TLS, each accepted connection handed to the waypoint's HTTP engine.
+plain or terminating TLS, each accepted connection handed to the waypoint's HTTP engine; or, on a
+TLS (passthrough) or TCP port, relayed untouched to a TLSRoute's/TCPRoute's backend.
+
+TLS passthrough: the gateway reads the ClientHello (waypoint/clienthello.py, at most
+`HELLO_TIMEOUT` seconds and `clienthello.MAX_BUFFER` bytes) without answering it, picks the route by
+its SNI (`IngressPort.l4_host`) and hands the connection, hello included, to the engine's opaque
+relay; a malformed or late hello, or a name no route serves, closes the connection (Gateway API:
+rejected). A TCP port relays every connection at once.
 
 TLS: one server context per port whose servername callback (run for every ClientHello, with or
 without SNI) swaps in the context of the listener the SNI selects (`IngressPort.listener_for_sni`),
@@ -24,8 +31,9 @@ from collections.abc import Callable
 from ambit.dataplane.ports import LISTEN_BACKLOG
 from ambit.dataplane.tls import load_chain_from_memory
 from ambit.model import IngressListener
+from waypoint import clienthello
 from waypoint.http.plug import Plug
-from waypoint.ingress import IngressPort, IngressView
+from waypoint.ingress import L4_PROTOCOLS, IngressPort, IngressView
 from waypoint.request import Downstream
 
 log = logging.getLogger("ambit.waypoint.ingress")
@@ -33,7 +41,11 @@ log = logging.getLogger("ambit.waypoint.ingress")
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 ALPN = ["h2", "http/1.1"]
 
+HELLO_TIMEOUT = 10.0    # seconds a passthrough client has to send its ClientHello
+
 Serve = Callable[[Plug, Downstream], None]
+# relay(transport, downstream, bytes already read): the engine's opaque relay to the route's backend
+Relay = Callable[[asyncio.Transport, Downstream, bytes], None]
 
 
 def listener_context(ln: IngressListener) -> ssl.SSLContext:
@@ -58,7 +70,7 @@ class _Port:
 
     def refresh(self, port: IngressPort) -> None:
         self.port = port
-        for ln in port.listeners:
+        for ln in port.listeners if port.protocol == "HTTPS" else ():
             fp = hashlib.sha256("".join(c.cert_pem + c.key_pem for c in ln.certificates).encode()
                                 + ln.tls_min_version.encode()).hexdigest()
             if self._fingerprints.get(ln.name) != fp:
@@ -119,10 +131,71 @@ class _Accepted(Plug):
         self._serve(self, Downstream(source_ip=peer[0], destination_port=self._port.port.port))
 
 
+class _L4Accepted(asyncio.Protocol):
+    """A connection on a TLS (passthrough) or TCP port: on TCP relayed at once; on TLS once its
+    ClientHello named a host a TLSRoute serves, else closed."""
+
+    def __init__(self, port: _Port, relay: Relay) -> None:
+        self._port, self._relay = port, relay
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._peer = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._peer = (transport.get_extra_info("peername") or ("", 0))[0]
+        if self._port.port.protocol == "TCP":
+            self._hand_over(self._port.port.l4_host(None), b"")
+            return
+        self._timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT, self._refuse, "no ClientHello in time")
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        v = clienthello.parse(self._buffer)
+        if isinstance(v, clienthello.Malformed):
+            self._refuse(v.reason)
+        elif isinstance(v, clienthello.Hello):
+            host = self._port.port.l4_host(v.server_name)
+            if host is None:
+                self._refuse(f"no TLSRoute serves {v.server_name or 'a client without SNI'}")
+            else:
+                self._hand_over(host, self._buffer)
+
+    def eof_received(self) -> bool:
+        self._refuse("closed before its ClientHello")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _refuse(self, why: str) -> None:
+        self._cancel()
+        log.info("connection from %s on port %d (%s) closed: %s", self._peer, self._port.port.port,
+                 self._port.port.protocol, why)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _hand_over(self, host: str | None, early: bytes) -> None:
+        self._cancel()
+        assert self._transport is not None
+        if host is None:
+            self._refuse("no TCPRoute attached to the listener")
+            return
+        self._relay(self._transport, Downstream(source_ip=self._peer, destination_port=self._port.port.port,
+                                                hostname=host), early)
+
+
 class IngressListeners:
-    def __init__(self, address: str, serve: Serve) -> None:
+    def __init__(self, address: str, serve: Serve, relay: Relay) -> None:
         self.address = address
         self.serve = serve
+        self.relay = relay
         self.ports: dict[int, _Port] = {}
         self._lock = asyncio.Lock()
 
@@ -158,8 +231,13 @@ class IngressListeners:
             sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
             tls = p.base_context() if p.port.protocol == "HTTPS" else None
-            p.server = await asyncio.get_running_loop().create_server(lambda: _Accepted(p, self.serve), sock=sock,
-                                                                      ssl=tls)
+            if p.port.protocol in L4_PROTOCOLS:
+                def factory() -> asyncio.Protocol:
+                    return _L4Accepted(p, self.relay)
+            else:
+                def factory() -> asyncio.Protocol:
+                    return _Accepted(p, self.serve)
+            p.server = await asyncio.get_running_loop().create_server(factory, sock=sock, ssl=tls)
         except BaseException:
             sock.close()
             raise

@@ -326,6 +326,7 @@ _COLUMNS: dict[str, list[Column]] = {
     "PeerAuthentication": [("MODE", lambda o: (_spec(o).get("mtls") or {}).get("mode") or "UNSET")],
     "HTTPRoute": [("HOSTNAMES", lambda o: _join(_spec(o).get("hostnames") or []))],
     "GRPCRoute": [("HOSTNAMES", lambda o: _join(_spec(o).get("hostnames") or []))],
+    "TLSRoute": [("HOSTNAMES", lambda o: _join(_spec(o).get("hostnames") or []))],
     "Gateway": [("CLASS", lambda o: _spec(o).get("gatewayClassName", ""))],
 }
 _WIDE: dict[str, list[Column]] = {
@@ -333,6 +334,8 @@ _WIDE: dict[str, list[Column]] = {
     "Service": [("SELECTOR", lambda o: _join(f"{k}={v}" for k, v in sorted((_spec(o).get("selector") or {}).items())))],
     "HTTPRoute": [("PARENTS", lambda o: _join(f"{p.get('kind', 'Gateway')}/{p['name']}" for p in _spec(o).get("parentRefs") or []))],
     "GRPCRoute": [("PARENTS", lambda o: _join(f"{p.get('kind', 'Gateway')}/{p['name']}" for p in _spec(o).get("parentRefs") or []))],
+    "TLSRoute": [("PARENTS", lambda o: _join(f"{p.get('kind', 'Gateway')}/{p['name']}" for p in _spec(o).get("parentRefs") or []))],
+    "TCPRoute": [("PARENTS", lambda o: _join(f"{p.get('kind', 'Gateway')}/{p['name']}" for p in _spec(o).get("parentRefs") or []))],
 }
 
 

@@ -15,6 +15,7 @@ Layout (default name "ambit", 2 nodes):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -107,14 +108,34 @@ def list_netns() -> list[str]:
         return []
 
 
+def bridge_mac(netns: str, bridge: str) -> str:
+    """A fixed, locally administered MAC for a lab bridge, derived from its netns and name."""
+    h = hashlib.sha1(f"{netns}/{bridge}".encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in h[:5])
+
+
+def add_bridge(netns: str, bridge: str) -> None:
+    """A bridge whose MAC is set, never inherited.
+
+    Why: a Linux bridge without an assigned address takes the lowest MAC among its ports and
+    recomputes it whenever a port joins or leaves. A node's br0 is the pods' gateway, so a pod
+    started or removed beside another (the CNI tests start and remove pods two at a time) could
+    change the gateway's MAC under a pod that had just resolved it: that pod's frames then went to
+    an address no port owns, were flooded and dropped, and its new connection stalled until the
+    neighbour entry expired. An assigned address (NET_ADDR_SET) is kept for the bridge's life,
+    as CNI's bridge plugin and Docker do."""
+    ipn(netns, "link", "add", bridge, "type", "bridge")
+    ipn(netns, "link", "set", bridge, "address", bridge_mac(netns, bridge))
+    ipn(netns, "link", "set", bridge, "up")
+
+
 def build(spec: LabSpec, names: LabNames) -> None:
     """Create every netns, link, address, route and cgroup of the lab. Raises on any failure;
     the caller tears down (the teardown is by name, so a half-built lab is removed as well)."""
     ul = names.underlay
     sh("ip", "netns", "add", ul)
     ipn(ul, "link", "set", "lo", "up")
-    ipn(ul, "link", "add", "br-ul", "type", "bridge")
-    ipn(ul, "link", "set", "br-ul", "up")
+    add_bridge(ul, "br-ul")
     prefix = spec.underlay_cidr.split("/")[1]
     cg_root = names.cgroup_root
     cgroups.create(cg_root)
@@ -131,9 +152,8 @@ def build(spec: LabSpec, names: LabNames) -> None:
         ipn(ul, "link", "set", f"ul-{node.name}", "up")
         ipn(nns, "addr", "add", f"{node.underlay_ip}/{prefix}", "dev", "ul0")
         ipn(nns, "link", "set", "ul0", "up")
-        ipn(nns, "link", "add", "br0", "type", "bridge")
+        add_bridge(nns, "br0")
         ipn(nns, "addr", "add", f"{node.gateway_ip}/24", "dev", "br0")
-        ipn(nns, "link", "set", "br0", "up")
         sysctls(nns, {"net.ipv4.ip_forward": "1", **POD_SYSCTLS})
         for other in spec.nodes:
             if other.name != node.name:

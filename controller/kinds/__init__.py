@@ -86,6 +86,10 @@ KINDS: list[KindSpec] = [
              _mesh(gateway.GRPCRouteSpec)),
     KindSpec("Gateway", "gateways", ("gtw",), ((GATEWAY_GROUP, ("v1", "v1beta1")),), True,
              _mesh(gateway.GatewaySpec)),
+    KindSpec("TLSRoute", "tlsroutes", (), ((GATEWAY_GROUP, ("v1", "v1alpha2")),), True,
+             _mesh(gateway.TLSRouteSpec)),
+    KindSpec("TCPRoute", "tcproutes", (), ((GATEWAY_GROUP, ("v1", "v1alpha2")),), True,
+             _mesh(gateway.TCPRouteSpec)),
     KindSpec("ReferenceGrant", "referencegrants", ("refgrant",), ((GATEWAY_GROUP, ("v1", "v1beta1")),), True,
              _mesh(gateway.ReferenceGrantSpec)),
     # Istio's Gateway: the same kind name in another group. Listed after Gateway API's, so a bare
@@ -144,10 +148,6 @@ UNSUPPORTED_KINDS: dict[tuple[str, str], str] = {
     (GATEWAY_GROUP, "GatewayClass"): "GatewayClass objects are not needed nor read by Ambit: the waypoint "
                                      "classes ambit-waypoint and istio-waypoint and the ingress classes ambit and "
                                      "istio are built in",
-    (GATEWAY_GROUP, "TCPRoute"): "TCPRoute is not supported by Ambit yet: non-HTTP traffic goes to its "
-                                 "original destination",
-    (GATEWAY_GROUP, "TLSRoute"): "TLSRoute is not supported by Ambit yet: non-HTTP traffic goes to its "
-                                 "original destination, and ingress listeners terminate TLS (no passthrough)",
     (GATEWAY_GROUP, "UDPRoute"): "UDPRoute is not supported by Ambit: the mesh carries TCP only",
     (GATEWAY_GROUP, "BackendTLSPolicy"): "BackendTLSPolicy is not supported by Ambit: in-mesh traffic is always "
                                          "HBONE mutual TLS",

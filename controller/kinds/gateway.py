@@ -1,4 +1,5 @@
-"""gateway.networking.k8s.io: HTTPRoute, GRPCRoute (GAMMA: attached to a Service) and waypoint Gateways."""
+"""gateway.networking.k8s.io: HTTPRoute, GRPCRoute (GAMMA: attached to a Service), waypoint and ingress
+Gateways, and TLSRoute/TCPRoute (ingress Gateways only: TLS passthrough by SNI, plain TCP)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from controller.kinds.schema import AnyValue, Arr, Errors, Int, Map, Obj, Str, j
 
 WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
 INGRESS_CLASSES = ("ambit", "istio")       # an ingress gateway (docs/ingress.md); `istio` as Istio names it
-INGRESS_PROTOCOLS = ("HTTP", "HTTPS")
+INGRESS_PROTOCOLS = ("HTTP", "HTTPS", "TLS", "TCP")
 TLS_MIN_VERSION_OPTION = "ambit.io/min-tls-version"
 TLS_VERSIONS = ("1.2", "1.3")
+GATEWAY_GROUP = "gateway.networking.k8s.io"
 
 ParentReference = Obj({
     "group": Str(), "kind": Str(), "namespace": Str(), "name": Str(min_len=1),
@@ -209,24 +211,31 @@ def _check_gateway(value: dict[str, Any], path: str, errs: Errors) -> None:
 
 
 def _check_ingress_listener(listener: dict[str, Any], path: str, errs: Errors) -> None:
-    """An ingress listener: HTTP, or HTTPS terminating TLS with certificates. What is not built yet
-    (TLS passthrough, TCP) is refused rather than accepted and ignored."""
+    """An ingress listener: HTTP; HTTPS terminating TLS with certificates; TLS passing TLS through
+    by SNI (TLSRoute); TCP (TCPRoute). What is not built (TLS termination on a TLS listener, UDP)
+    is refused rather than accepted and ignored."""
     proto, tls = listener["protocol"], listener.get("tls")
     if proto not in INGRESS_PROTOCOLS:
-        errs.append((join(path, "protocol"), f'"{proto}" is not supported by Ambit\'s ingress gateway yet; '
+        errs.append((join(path, "protocol"), f'"{proto}" is not supported by Ambit\'s ingress gateway; '
                                              f'use one of {", ".join(INGRESS_PROTOCOLS)}'))
         return
-    if proto == "HTTP":
+    if proto in ("HTTP", "TCP"):
         if tls is not None:
-            errs.append((join(path, "tls"), "must not be set when protocol is HTTP"))
+            errs.append((join(path, "tls"), f"must not be set when protocol is {proto}"))
+        if proto == "TCP" and listener.get("hostname"):
+            errs.append((join(path, "hostname"), "must not be set when protocol is TCP: a TCP connection carries no "
+                                                 "hostname to match"))
         return
     if tls is None:
-        errs.append((join(path, "tls"), "required when protocol is HTTPS"))
+        errs.append((join(path, "tls"), f"required when protocol is {proto}"))
         return
     tp = join(path, "tls")
+    if proto == "TLS":
+        _check_passthrough(tls, tp, errs)
+        return
     if tls.get("mode", "Terminate") != "Terminate":
-        errs.append((join(tp, "mode"), "TLS passthrough is not supported by Ambit's ingress gateway yet; an "
-                                       "HTTPS listener terminates TLS (mode Terminate)"))
+        errs.append((join(tp, "mode"), "an HTTPS listener terminates TLS (mode Terminate); to pass TLS through to "
+                                       "the backend use protocol TLS with TLSRoutes"))
     if not tls.get("certificateRefs"):
         errs.append((join(tp, "certificateRefs"), "at least one certificate is required to terminate TLS"))
     for k, v in (tls.get("options") or {}).items():
@@ -235,6 +244,20 @@ def _check_ingress_listener(listener: dict[str, Any], path: str, errs: Errors) -
                                                        "only"))
         elif v not in TLS_VERSIONS:
             errs.append((join(join(tp, "options"), k), f'must be one of {", ".join(TLS_VERSIONS)}, got "{v}"'))
+
+
+def _check_passthrough(tls: dict[str, Any], path: str, errs: Errors) -> None:
+    """A TLS listener passes the client's TLS through to the backend, chosen by the ClientHello's SNI:
+    the gateway holds no certificate and sees no plaintext, so nothing of the TLS session is its to set."""
+    if tls.get("mode", "Terminate") != "Passthrough":
+        errs.append((join(path, "mode"), "a TLS listener must use mode Passthrough: Ambit's ingress gateway does not "
+                                         "terminate TLS for TLSRoutes (use protocol HTTPS to terminate TLS)"))
+    if tls.get("certificateRefs"):
+        errs.append((join(path, "certificateRefs"), "must not be set with mode Passthrough: the backend presents its "
+                                                    "own certificate"))
+    if tls.get("options"):
+        errs.append((join(path, "options"), "must not be set with mode Passthrough: the gateway does not take part "
+                                            "in the TLS session"))
 
 
 def _check_allowed_listeners(value: dict[str, Any], path: str, errs: Errors) -> None:
@@ -262,6 +285,27 @@ GatewaySpec = Obj({
     "tls": "spec.tls (Gateway-level frontend and backend TLS) is not supported by Ambit: a waypoint's traffic is "
            "HBONE mutual TLS with mesh identities on both sides",
 })
+
+def _check_l4_route(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """TLSRoute and TCPRoute attach to ingress Gateways only, and have one rule: they match nothing
+    but the listener (and, TLSRoute, the SNI), so a second rule could never be chosen."""
+    for i, p in enumerate(value.get("parentRefs") or []):
+        if p.get("kind", "Gateway") != "Gateway" or p.get("group", GATEWAY_GROUP) != GATEWAY_GROUP:
+            errs.append((f"{join(path, 'parentRefs')}[{i}]",
+                         "must name an ingress Gateway: Ambit does not route TLS/TCP in the mesh by Service "
+                         "(GAMMA); ztunnel carries that traffic to its original destination"))
+    if len(value.get("rules") or []) > 1:
+        errs.append((join(path, "rules"), "Ambit supports one rule: its backendRefs receive every connection the "
+                                          "route matches (there are no matches to tell rules apart)"))
+
+
+L4BackendRef = BackendObjectRef.extend({"weight": Int(minimum=0, maximum=1000000)}, checks=(_check_backend,))
+L4RouteRule = Obj({"name": Str(), "backendRefs": Arr(L4BackendRef, min_items=1)}, required=("backendRefs",))
+TLSRouteSpec = Obj({"parentRefs": Arr(ParentReference), "hostnames": Arr(Str(min_len=1)),
+                    "rules": Arr(L4RouteRule, min_items=1)},
+                   required=("rules",), checks=(_check_l4_route,))
+TCPRouteSpec = Obj({"parentRefs": Arr(ParentReference), "rules": Arr(L4RouteRule, min_items=1)},
+                   required=("rules",), checks=(_check_l4_route,))
 
 # ReferenceGrant (v1, v1beta1): lets objects of `from` (group, kind, namespace) refer to objects of
 # `to` (group, kind, optionally one name) in the grant's own namespace. Ambit honours it for an

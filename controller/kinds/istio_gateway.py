@@ -3,8 +3,8 @@
 Ambit serves it on its own ingress gateway (a Gateway API Gateway of class `ambit`/`istio` whose pods
 the `selector` matches), translated into the same listeners a Gateway API Gateway produces
 (controller/translate/istio_gateway.py). What that data path cannot do is refused by name here rather
-than accepted and ignored: other protocols, TLS modes other than SIMPLE, certificate files, client
-certificate validation, `bind`, `defaultEndpoint`.
+than accepted and ignored: other protocols, TLS modes other than SIMPLE (HTTPS) and PASSTHROUGH
+(TLS), certificate files, client certificate validation, `bind`, `defaultEndpoint`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from controller.kinds.common import Labels, Port
 from controller.kinds.schema import Arr, Bool, Errors, Obj, Str, join
 
-SERVER_PROTOCOLS = ("HTTP", "HTTPS")
+SERVER_PROTOCOLS = ("HTTP", "HTTPS", "TLS", "TCP")
 TLS_VERSIONS = {"TLS_AUTO": "", "TLSV1_2": "1.2", "TLSV1_3": "1.3"}
 
 _NOT_BUILT = "is not supported by Ambit's ingress gateway"
@@ -68,6 +68,13 @@ def _check_server(value: dict[str, Any], path: str, errs: Errors) -> None:
         errs.append((pp, f'"{proto}" {_NOT_BUILT} yet; use one of {", ".join(SERVER_PROTOCOLS)}'))
         return
     tp = join(path, "tls")
+    if proto == "TCP":
+        if value.get("tls") is not None:
+            errs.append((tp, "must not be set when protocol is TCP"))
+        return
+    if proto == "TLS":
+        _check_passthrough(value.get("tls"), tp, errs)
+        return
     if proto == "HTTP":
         extra = sorted(k for k in tls if k != "httpsRedirect")
         if extra:
@@ -87,6 +94,19 @@ def _check_server(value: dict[str, Any], path: str, errs: Errors) -> None:
                                                      "1.2 and 1.3 only"))
     if tls.get("httpsRedirect"):
         errs.append((join(tp, "httpsRedirect"), "applies to HTTP servers only"))
+
+
+def _check_passthrough(tls: dict[str, Any] | None, path: str, errs: Errors) -> None:
+    """A TLS server passes TLS through by SNI to the VirtualService's `tls` routes: the backend
+    terminates it, so the gateway has no certificate nor TLS settings of its own."""
+    if tls is None:
+        errs.append((path, "required when protocol is TLS (mode PASSTHROUGH)"))
+        return
+    if tls.get("mode") != "PASSTHROUGH":
+        errs.append((join(path, "mode"), f'"{tls.get("mode", "SIMPLE")}" {_NOT_BUILT} on a TLS server; use '
+                                         "PASSTHROUGH (the backend terminates TLS), or protocol HTTPS to terminate"))
+    for k in sorted(set(tls) - {"mode"}):
+        errs.append((join(path, k), "not used with PASSTHROUGH: the backend terminates TLS"))
 
 
 Server = Obj({

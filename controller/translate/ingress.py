@@ -1,5 +1,6 @@
-"""Ingress Gateways: a Gateway API `Gateway` of class `ambit` (or `istio`) and the HTTPRoutes and
-GRPCRoutes that attach to it, resolved into one `IngressGateway` per Gateway plus the status Gateway API asks for.
+"""Ingress Gateways: a Gateway API `Gateway` of class `ambit` (or `istio`) and the HTTPRoutes,
+GRPCRoutes, TLSRoutes and TCPRoutes that attach to it, resolved into one `IngressGateway` per Gateway
+plus the status Gateway API asks for.
 
 Pure: objects in, model and status out. The rules are Gateway API's (gateway.networking.k8s.io v1,
 `ParentReference`, `Listener`, `AllowedRoutes`, `HTTPRouteSpec.hostnames`):
@@ -8,9 +9,10 @@ Pure: objects in, model and status out. The rules are Gateway API's (gateway.net
   to the route's); `sectionName` narrows it to the listener of that name, `port` to the listeners on
   that port; none left is `Accepted=False NoMatchingParent`;
 - a listener admits the route when the route's namespace is allowed (`allowedRoutes.namespaces.from`
-  Same (default) / All / Selector on the namespace's labels) and its kind is (HTTPRoute and
-  GRPCRoute, unless `allowedRoutes.kinds` says otherwise; a kind listed there that Ambit cannot
-  attach is `ResolvedRefs=False InvalidRouteKinds`); none admitting it is `NotAllowedByListeners`;
+  Same (default) / All / Selector on the namespace's labels) and its kind is (by protocol: HTTP and
+  HTTPS take HTTPRoute and GRPCRoute, TLS (passthrough) TLSRoute, TCP TCPRoute, unless
+  `allowedRoutes.kinds` narrows it; a kind listed there that the listener's protocol cannot carry
+  is `ResolvedRefs=False InvalidRouteKinds`); none admitting it is `NotAllowedByListeners`;
 - the route's `hostnames` intersect the listener's `hostname` (exact names, and `*.suffix`
   wildcards matching one or more labels); an empty side matches anything; no intersection on any
   admitting listener is `NoMatchingListenerHostname`;
@@ -26,7 +28,10 @@ Pure: objects in, model and status out. The rules are Gateway API's (gateway.net
   them) holding a certificate and key that load; otherwise the listener is
   `ResolvedRefs=False` (`RefNotPermitted`, `InvalidCertificateRef`) and serves none of them.
 
-Routes of one virtual host keep Gateway API precedence (controller.translate.routes).
+Routes of one virtual host keep Gateway API precedence (controller.translate.routes). TLSRoutes and
+TCPRoutes become `TcpRoute`s (weighted backends) of a virtual host (an SNI name, "*" for any; a TCP
+listener has "*" only): where two routes claim one name on a listener, the oldest wins (the index
+is oldest first), as Gateway API's conflict rule says.
 """
 
 from __future__ import annotations
@@ -36,10 +41,18 @@ import binascii
 from dataclasses import dataclass, field
 from typing import Any
 
-from ambit.model import HttpRoute, IngressGateway, IngressListener, TlsCertificate, WaypointRoutes
+from ambit.model import (
+    HttpRoute,
+    IngressGateway,
+    IngressListener,
+    RouteDestination,
+    TcpRoute,
+    TlsCertificate,
+    WaypointRoutes,
+)
 from controller.kinds.gateway import INGRESS_CLASSES, TLS_MIN_VERSION_OPTION
 from controller.translate.index import Index, name_of, ns_of
-from controller.translate.routes import Hosts, gateway_api_routes
+from controller.translate.routes import Hosts, gateway_api_routes, gw_backend
 from controller.validation import FieldError
 
 Obj = dict[str, Any]
@@ -47,6 +60,10 @@ GATEWAY_GROUP = "gateway.networking.k8s.io"
 CONTROLLER_NAME = "ambit.io/gateway-controller"
 TLS_SECRET = "kubernetes.io/tls"
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")    # what attaches to HTTP/HTTPS listeners (both, by default)
+L4_ROUTE_KINDS = ("TLSRoute", "TCPRoute")
+ALL_ROUTE_KINDS = ROUTE_KINDS + L4_ROUTE_KINDS
+# the route kinds a listener of each protocol carries (and lists in its status' supportedKinds)
+KINDS_BY_PROTOCOL = {"HTTP": ROUTE_KINDS, "HTTPS": ROUTE_KINDS, "TLS": ("TLSRoute",), "TCP": ("TCPRoute",)}
 
 
 @dataclass
@@ -64,6 +81,7 @@ class ListenerStatus:
     attached: int = 0
     resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "")
     conflicted: str = ""        # "" | ProtocolConflict | HostnameConflict (then the listener is not served)
+    kinds: tuple[str, ...] = ROUTE_KINDS    # supportedKinds: what its protocol carries and allowedRoutes allows
 
 
 @dataclass
@@ -140,11 +158,15 @@ def namespace_allowed(listener: Obj, gw_ns: str, route_ns: str, ns_labels: dict[
     return route_ns == gw_ns
 
 
+def supported_kinds(listener: Obj) -> tuple[str, ...]:
+    return KINDS_BY_PROTOCOL.get(listener.get("protocol", "HTTP"), ())
+
+
 def kind_allowed(listener: Obj, kind: str) -> bool:
+    if kind not in supported_kinds(listener):
+        return False
     kinds = (listener.get("allowedRoutes") or {}).get("kinds")
-    if not kinds:
-        return kind in ROUTE_KINDS
-    return any(k["kind"] == kind and k.get("group", GATEWAY_GROUP) == GATEWAY_GROUP for k in kinds)
+    return not kinds or any(k["kind"] == kind and k.get("group", GATEWAY_GROUP) == GATEWAY_GROUP for k in kinds)
 
 
 def _refs_gateway(p: Obj, route_ns: str, gw: Obj) -> bool:
@@ -268,32 +290,38 @@ def _certificates(gw: Obj, ln: Obj, secrets: dict[str, Obj],
 def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
     out = IngressResult()
     gateways = [gw for gw in idx.kind("Gateway") if is_ingress(gw)]
-    if not gateways:
-        return out
+    if not gateways and not any(idx.kind(k) for k in L4_ROUTE_KINDS):
+        return out      # (TLS/TCP routes are looked at still: on a waypoint Gateway they are warned about)
     secrets = {f"{ns_of(s)}/{name_of(s)}": s for s in idx.kind("Secret")}
     services = {f"{ns_of(s)}/{name_of(s)}" for s in idx.kind("Service")}
     grants = idx.kind("ReferenceGrant")
     # (gateway, listener name) -> virtual host -> [(precedence, route)]
     vhosts: dict[tuple[str, str], dict[str, list[tuple[tuple[Any, ...], HttpRoute]]]] = {}
     attached: dict[tuple[str, str], int] = {}
-    for route in [*idx.kind("HTTPRoute"), *idx.kind("GRPCRoute")]:
-        grpc = route["kind"] == "GRPCRoute"
+    # (gateway, listener name) -> SNI name ("*": any) -> the TLSRoute/TCPRoute's route (first wins)
+    l4: dict[tuple[str, str], dict[str, TcpRoute]] = {}
+    for route in [r for k in ALL_ROUTE_KINDS for r in idx.kind(k)]:
         parents = []
         resolved, bad = resolve_backends(route, services, grants)
-        for p in (route.get("spec") or {}).get("parentRefs") or []:
+        for i, p in enumerate((route.get("spec") or {}).get("parentRefs") or []):
             gw = next((g for g in gateways if _refs_gateway(p, ns_of(route), g)), None)
             if gw is None:
+                if route["kind"] in L4_ROUTE_KINDS:
+                    _not_ingress(idx, route, i, p, out.warnings)
                 continue
             found, reason, message = attach(p, route, gw, idx.ns_labels(ns_of(route)))
             parents.append(ParentStatus(p, (bool(found), reason, message), resolved))
             gkey = f"{ns_of(gw)}/{name_of(gw)}"
             for ln, names in found:
                 attached[(gkey, ln["name"])] = attached.get((gkey, ln["name"]), 0) + 1
-                routes = gateway_api_routes(route, hosts, 0, grpc)
+                if route["kind"] in L4_ROUTE_KINDS:
+                    tcp = l4_route(route, hosts, bad)
+                    for h in names:
+                        l4.setdefault((gkey, ln["name"]), {}).setdefault(h, tcp)
+                    continue
+                routes = gateway_api_routes(route, hosts, 0, route["kind"] == "GRPCRoute")
                 for _, r in routes:
-                    for d in r.destinations:
-                        if d.host.rsplit(".svc.", 1)[0] in bad:
-                            d.service = ""      # unresolved backend: 500 (Gateway API)
+                    _unresolved(r.destinations, bad)
                 for h in names:
                     vhosts.setdefault((gkey, ln["name"]), {}).setdefault(h, []).extend(routes)
         if parents:
@@ -304,18 +332,25 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
         statuses = []
         conflicts = conflicted((gw.get("spec") or {}).get("listeners") or [])
         for ln in (gw.get("spec") or {}).get("listeners") or []:
-            st = ListenerStatus(ln["name"], attached.get((gkey, ln["name"]), 0), conflicted=conflicts.get(ln["name"], ""))
+            st = ListenerStatus(ln["name"], attached.get((gkey, ln["name"]), 0), conflicted=conflicts.get(ln["name"], ""),
+                                kinds=tuple(k for k in supported_kinds(ln) if kind_allowed(ln, k)))
             certs: list[TlsCertificate] = []
             if ln["protocol"] == "HTTPS":
                 certs, st.resolved = _certificates(gw, ln, secrets, grants)
             unsupported = [k["kind"] for k in (ln.get("allowedRoutes") or {}).get("kinds") or []
-                           if k["kind"] not in ROUTE_KINDS or k.get("group", GATEWAY_GROUP) != GATEWAY_GROUP]
+                           if k["kind"] not in supported_kinds(ln) or k.get("group", GATEWAY_GROUP) != GATEWAY_GROUP]
             if unsupported and st.resolved[0]:
-                st.resolved = (False, "InvalidRouteKinds", f"{', '.join(unsupported)}: Ambit's ingress gateway "
-                                                           "attaches HTTPRoutes and GRPCRoutes only")
+                st.resolved = (False, "InvalidRouteKinds", f"{', '.join(unsupported)}: a {ln['protocol']} listener "
+                                                           f"carries {' and '.join(supported_kinds(ln))} only")
             statuses.append(st)
             if (ln["protocol"] == "HTTPS" and not certs) or st.conflicted:
                 continue        # not served: ResolvedRefs or Conflicted says why
+            if ln["protocol"] in ("TLS", "TCP"):
+                model.listeners.append(IngressListener(
+                    name=ln["name"], port=int(ln["port"]), protocol=ln["protocol"], hostname=ln.get("hostname", ""),
+                    hosts=[WaypointRoutes(hostname=h, namespace=ns_of(gw), tcp=[r])
+                           for h, r in sorted(l4.get((gkey, ln["name"]), {}).items())]))
+                continue
             hosts_of = vhosts.get((gkey, ln["name"]), {})
             model.listeners.append(IngressListener(
                 name=ln["name"], port=int(ln["port"]), protocol=ln["protocol"], hostname=ln.get("hostname", ""),
@@ -327,6 +362,33 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
         out.gateways.append(model)
         out.listeners[gkey] = statuses
     return out
+
+
+def _not_ingress(idx: Index, route: Obj, i: int, p: Obj, warnings: list[FieldError]) -> None:
+    """A TLSRoute/TCPRoute whose parent is a Gateway but not an ingress one (a waypoint) is served by
+    nothing: say so (it is valid, and the Gateway may be re-classed later)."""
+    gw = next((g for g in idx.kind("Gateway") if _refs_gateway(p, ns_of(route), g)), None)
+    if gw is not None:
+        warnings.append(FieldError(f"{route['kind']}/{ns_of(route)}/{name_of(route)}", f"spec.parentRefs[{i}]",
+                                   f"Gateway {ns_of(gw)}/{name_of(gw)} is of class "
+                                   f"{(gw.get('spec') or {}).get('gatewayClassName')}: {route['kind']}s attach to "
+                                   f"ingress Gateways (class {' or '.join(INGRESS_CLASSES)}) only; not served"))
+
+
+def _unresolved(dests: list[RouteDestination], bad: set[str]) -> None:
+    """An unresolved backend keeps its share and gets no Service: Gateway API wants its requests
+    answered 500 and its connections (TLS/TCP) rejected, not spread over the other backends."""
+    for d in dests:
+        if d.host.rsplit(".svc.", 1)[0] in bad:
+            d.service = ""
+
+
+def l4_route(route: Obj, hosts: Hosts, bad: set[str]) -> TcpRoute:
+    """A TLSRoute's or TCPRoute's (single) rule: its weighted backends, each a Service port."""
+    rules = (route.get("spec") or {}).get("rules") or []
+    dests = [gw_backend(b, ns_of(route), hosts) for b in (rules[0].get("backendRefs") or [] if rules else [])]
+    _unresolved(dests, bad)
+    return TcpRoute(destinations=dests)
 
 
 def conflicted(listeners: list[Obj]) -> dict[str, str]:

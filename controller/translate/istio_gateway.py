@@ -11,6 +11,10 @@ Pure: objects in, listeners (added to the ingress models) and warnings out. Isti
 - each `servers[]` entry, per host, becomes a listener on `port.number`: HTTP, or HTTPS terminating
   TLS (mode SIMPLE) with the `kubernetes.io/tls` Secret `credentialName` from the gateway pods'
   namespace; `tls.httpsRedirect` on an HTTP server answers every request with a 301 to https;
+  TLS (mode PASSTHROUGH) takes the bound VirtualServices' `tls` routes (each `match.sniHosts` name,
+  intersected with the server host, routes by SNI), TCP their `tcp` routes (the first whose match
+  fits the port); a match's `port` must be the server's, its `gateways` narrow it; the first route
+  for a name wins, as Istio's filter chain order does;
 - a VirtualService binds with `gateways: [name | ns/name]` (a bare name is in the VirtualService's
   namespace); `mesh` in the list keeps it in the mesh too, and an `http[].match[].gateways` narrows a
   match to the gateways it names. A server host `ns/host` admits VirtualServices of namespace `ns`
@@ -18,8 +22,9 @@ Pure: objects in, listeners (added to the ingress models) and warnings out. Isti
   (`*` matches any) and become the listener's virtual hosts.
 
 What the data path cannot serve is said, not dropped: a Gateway that selects no ingress gateway, a
-missing or unusable Secret, a listener that conflicts with one already on its port, and a bound
-VirtualService's `tcp`/`tls` routes are warnings (`IngressResult.warnings`: the objects are valid
+missing or unusable Secret, a listener that conflicts with one already on its port, and a `tls`/`tcp`
+match on source or destination attributes (`sourceLabels`, `sourceNamespace`, `destinationSubnets`:
+meaningless for clients from outside the mesh; the match is not served) are warnings (`IngressResult.warnings`: the objects are valid
 and applied, as Istio accepts them; `ambit apply` and `ambit analyze` say what is not served).
 """
 
@@ -27,11 +32,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from ambit.model import HttpRoute, IngressGateway, IngressListener, Redirect, WaypointRoutes
+from ambit.model import HttpRoute, IngressGateway, IngressListener, Redirect, TcpRoute, WaypointRoutes
 from controller.kinds.istio_gateway import TLS_VERSIONS
 from controller.translate.index import Index, name_of, ns_of, selector_matches
-from controller.translate.ingress import IngressResult, conflicted, load_certificate, route_hostnames
-from controller.translate.routes import Hosts, vs_http_route
+from controller.translate.ingress import (
+    IngressResult,
+    conflicted,
+    intersect,
+    load_certificate,
+    route_hostnames,
+)
+from controller.translate.routes import Hosts, vs_destinations, vs_http_route
 from controller.validation import FieldError
 
 Obj = dict[str, Any]
@@ -92,7 +103,8 @@ def _https_redirect(source: str) -> HttpRoute:
 
 
 def _server_listeners(gw: Obj, server: Obj, index: int, ingress_ns: str, secrets: dict[str, Obj],
-                      services: list[tuple[Obj, list[HttpRoute]]], errors: list[FieldError]) -> list[IngressListener]:
+                      services: list[tuple[Obj, list[HttpRoute]]], hosts: Hosts,
+                      errors: list[FieldError]) -> list[IngressListener]:
     """One listener per host of one server, or [] when its certificate is unusable."""
     port, tls = server["port"], server.get("tls") or {}
     path = f"spec.servers[{index}]"
@@ -107,6 +119,16 @@ def _server_listeners(gw: Obj, server: Obj, index: int, ingress_ns: str, secrets
     out = []
     for host in server["hosts"]:
         allowed_ns, hostname = _host_parts(host, ns_of(gw))
+        if port["protocol"] in ("TLS", "TCP"):
+            mine = [(vs, rs) for vs, rs in services if allowed_ns in ("*", ns_of(vs))]
+            l4 = _l4_routes(server, hostname if port["protocol"] == "TLS" else "", mine,
+                            f"{ns_of(gw)}/{name_of(gw)}", hosts, errors)
+            out.append(IngressListener(
+                name=f"{ns_of(gw)}/{name_of(gw)}/{server.get('name') or port.get('name') or index}/{host}",
+                port=int(port["number"]), protocol=port["protocol"],
+                hostname=hostname if port["protocol"] == "TLS" else "",
+                hosts=[WaypointRoutes(hostname=h, namespace=ingress_ns, tcp=[r]) for h, r in sorted(l4.items())]))
+            continue
         vhosts: dict[str, list[HttpRoute]] = {}
         for vs, routes in services:
             if allowed_ns not in ("*", ns_of(vs)):
@@ -120,6 +142,37 @@ def _server_listeners(gw: Obj, server: Obj, index: int, ingress_ns: str, secrets
             port=int(port["number"]), protocol=port["protocol"], hostname=hostname,
             tls_min_version=TLS_VERSIONS.get(tls.get("minProtocolVersion", ""), ""), certificates=certs,
             hosts=[WaypointRoutes(hostname=h, namespace=ingress_ns, http=rs) for h, rs in sorted(vhosts.items())]))
+    return out
+
+
+_SOURCE_MATCHES = ("sourceLabels", "sourceNamespace", "destinationSubnets")
+
+
+def _l4_routes(server: Obj, hostname: str, bound: list[tuple[Obj, list[HttpRoute]]], gw_ref: str, hosts: Hosts,
+               errors: list[FieldError]) -> dict[str, TcpRoute]:
+    """A TLS (passthrough) or TCP server host's routes: SNI name ("*" on TCP) -> the first route."""
+    port, section = int(server["port"]["number"]), "tls" if server["port"]["protocol"] == "TLS" else "tcp"
+    out: dict[str, TcpRoute] = {}
+    for vs, _ in bound:
+        ns = ns_of(vs)
+        for i, r in enumerate((vs.get("spec") or {}).get(section) or []):
+            route = TcpRoute(source=_ref(vs), destinations=vs_destinations(r.get("route") or [], hosts, ns))
+            for j, m in enumerate(r.get("match") or [{}]):
+                if m.get("gateways") is not None and gw_ref not in bound_gateways(m["gateways"], ns):
+                    continue
+                if m.get("port") and int(m["port"]) != port:
+                    continue
+                odd = [k for k in _SOURCE_MATCHES if m.get(k)]
+                if odd:
+                    errors.append(FieldError(_ref(vs), f"spec.{section}[{i}].match[{j}]", f"{', '.join(odd)} "
+                                             f"cannot be matched at ingress gateway {gw_ref} (its clients are "
+                                             "outside the mesh); this match is not served there"))
+                    continue
+                names = [hostname or "*" if sni == "*" else intersect(hostname, sni)
+                         for sni in m.get("sniHosts") or []] if section == "tls" else ["*"]
+                for name in names:
+                    if name is not None:
+                        out.setdefault(name or "*", route)
     return out
 
 
@@ -147,14 +200,10 @@ def add_istio_gateways(idx: Index, hosts: Hosts, result: IngressResult) -> None:
         for vs in vss:
             if gw_ref not in bound_gateways((vs.get("spec") or {})["gateways"], ns_of(vs)):
                 continue
-            for section in ("tcp", "tls"):
-                if (vs.get("spec") or {}).get(section):
-                    errors.append(FieldError(_ref(vs), f"spec.{section}", f"{section} routes are not served by "
-                                             f"Ambit's ingress gateway yet; Gateway {gw_ref} serves the http routes"))
             bound.append((vs, _routes(vs, gw_ref, hosts)))
         for model in targets:
             listeners = [ln for i, s in enumerate((gw.get("spec") or {})["servers"])
-                         for ln in _server_listeners(gw, s, i, model.namespace, secrets, bound, errors)]
+                         for ln in _server_listeners(gw, s, i, model.namespace, secrets, bound, hosts, errors)]
             _merge(model, listeners, _ref(gw), errors)
 
 

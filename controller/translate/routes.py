@@ -137,7 +137,7 @@ def _vs_headers(h: Obj | None) -> HeaderRewrite | None:
                          response_add=dict(resp.get("add") or {}), response_remove=list(resp.get("remove") or []))
 
 
-def _vs_destinations(route: list[Obj], hosts: Hosts, ns: str) -> list[RouteDestination]:
+def vs_destinations(route: list[Obj], hosts: Hosts, ns: str) -> list[RouteDestination]:
     out = []
     for r in route:
         d = r["destination"]
@@ -166,7 +166,7 @@ def vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str,
     if h.get("match") and not matches:
         return None     # every match is bound elsewhere (to an ingress gateway, or to the mesh)
     route = HttpRoute(name=h.get("name", ""), source=source, matches=matches,
-                      destinations=_vs_destinations(h.get("route") or [], hosts, ns),
+                      destinations=vs_destinations(h.get("route") or [], hosts, ns),
                       timeout=_seconds(h.get("timeout")), headers=_vs_headers(h.get("headers")),
                       cors=h.get("corsPolicy"))
     if h.get("redirect"):
@@ -207,10 +207,10 @@ def vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str,
             route.fault.abort_grpc_status = a.get("grpcStatus", "")
             route.fault.abort_percent = _percent(a.get("percentage"), None)
     if h.get("mirror"):
-        route.mirrors.append(Mirror(_vs_destinations([{"destination": h["mirror"], "weight": 100}], hosts, ns)[0],
+        route.mirrors.append(Mirror(vs_destinations([{"destination": h["mirror"], "weight": 100}], hosts, ns)[0],
                                     _percent(h.get("mirrorPercentage"), h.get("mirrorPercent"))))
     for m in h.get("mirrors") or []:
-        route.mirrors.append(Mirror(_vs_destinations([{"destination": m["destination"], "weight": 100}], hosts, ns)[0],
+        route.mirrors.append(Mirror(vs_destinations([{"destination": m["destination"], "weight": 100}], hosts, ns)[0],
                                     _percent(m.get("percentage"), None)))
     return route
 
@@ -221,7 +221,7 @@ def _vs_routes(vs: Obj, hosts: Hosts) -> tuple[list[str], list[HttpRoute], list[
     http = [r for r in (vs_http_route(h, hosts, ns, source) for h in spec.get("http") or []) if r is not None]
     tcp = []
     for t in spec.get("tcp") or []:
-        dests = _vs_destinations(t.get("route") or [], hosts, ns)
+        dests = vs_destinations(t.get("route") or [], hosts, ns)
         for m in t.get("match") or [{}]:
             if _is_mesh(m.get("gateways")):
                 tcp.append(TcpRoute(source=source, port=int(m.get("port") or 0),
@@ -258,7 +258,7 @@ def _gw_header_filter(req: Obj | None, resp: Obj | None, base: HeaderRewrite | N
     return h
 
 
-def _gw_backend(b: Obj, ns: str, hosts: Hosts, weight_default: int = 1) -> RouteDestination:
+def gw_backend(b: Obj, ns: str, hosts: Hosts, weight_default: int = 1) -> RouteDestination:
     host = f"{b['name']}.{b.get('namespace') or ns}.svc.{hosts.cd}"
     headers = None
     for f in b.get("filters") or []:
@@ -301,7 +301,7 @@ def _gw_filters(route: HttpRoute, filters: list[Obj], ns: str, hosts: Hosts) -> 
                 pct = float(m["percent"])
             elif m.get("fraction"):
                 pct = 100.0 * m["fraction"]["numerator"] / m["fraction"].get("denominator", 100)
-            route.mirrors.append(Mirror(_gw_backend(m["backendRef"], ns, hosts), pct))
+            route.mirrors.append(Mirror(gw_backend(m["backendRef"], ns, hosts), pct))
 
 
 def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
@@ -327,7 +327,7 @@ def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
             if consumer:
                 match.source_namespace = ns
             route = HttpRoute(name=rule.get("name", ""), source=source, matches=[match],
-                              destinations=[_gw_backend(b, ns, hosts) for b in rule.get("backendRefs") or []],
+                              destinations=[gw_backend(b, ns, hosts) for b in rule.get("backendRefs") or []],
                               grpc=grpc)
             _gw_filters(route, rule.get("filters") or [], ns, hosts)
             t = rule.get("timeouts") or {}

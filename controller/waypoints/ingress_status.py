@@ -6,9 +6,11 @@ balancer address (`status.loadBalancer.ingress`: in a cluster the cloud's, in th
 else `AddressNotAssigned`; `addresses` lists it. Each listener: `Accepted`, `Conflicted` (ProtocolConflict,
 HostnameConflict: not served), `Programmed` (false when it is not served: conflicted, or its
 references do not resolve: an HTTPS listener without a usable certificate serves nothing),
-`ResolvedRefs` (InvalidCertificateRef, RefNotPermitted, InvalidRouteKinds) and `attachedRoutes`.
+`ResolvedRefs` (InvalidCertificateRef, RefNotPermitted, InvalidRouteKinds), `attachedRoutes` and
+`supportedKinds` (by protocol: HTTPRoute and GRPCRoute on HTTP/HTTPS, TLSRoute on TLS, TCPRoute on
+TCP; narrowed by `allowedRoutes.kinds`).
 
-HTTPRoute and GRPCRoute: one `parents[]` entry per parentRef naming an ingress Gateway, with `controllerName`,
+HTTPRoute, GRPCRoute, TLSRoute and TCPRoute: one `parents[]` entry per parentRef naming an ingress Gateway, with `controllerName`,
 `Accepted` (NotAllowedByListeners, NoMatchingListenerHostname, NoMatchingParent) and `ResolvedRefs`
 (BackendNotFound, RefNotPermitted). Entries other controllers wrote are kept.
 """
@@ -19,7 +21,6 @@ from typing import Any
 
 from controller.translate.ingress import (
     CONTROLLER_NAME,
-    ROUTE_KINDS,
     IngressResult,
     ListenerStatus,
     ParentStatus,
@@ -55,7 +56,7 @@ def gateway_status(gw: Obj, service: Obj | None, listeners: list[ListenerStatus]
         served = ok and not ls.conflicted
         why = msg or (f"{ls.conflicted}: another listener on the port takes it" if ls.conflicted else "")
         out.append({"name": ls.name, "attachedRoutes": ls.attached,
-                    "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": k} for k in ROUTE_KINDS],
+                    "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": k} for k in ls.kinds],
                     "conditions": [_cond("Accepted", True, "Accepted", "", gen),
                                    _cond("Conflicted", bool(ls.conflicted), ls.conflicted or "NoConflicts",
                                          why if ls.conflicted else "", gen),

@@ -29,6 +29,7 @@ import urllib3
 from kubernetes import client as kclient
 from kubernetes.client.exceptions import ApiException
 
+from controller.translate.ingress import ALL_ROUTE_KINDS
 from controller.waypoints import gateways as gws
 from controller.waypoints import ingress_status
 from controller.waypoints.advisories import WAYPOINT_ACCEPTED, ZTUNNEL_ACCEPTED, advisories, policy_conditions
@@ -56,12 +57,13 @@ RBAC_RULES = [
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways/status"], "verbs": ["get", "patch", "update"]},
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways/finalizers"], "verbs": ["update"]},
     # status.parents of the routes attached to ingress Gateways (controller/waypoints/ingress_status.py)
-    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["grpcroutes/status", "httproutes/status"],
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["grpcroutes/status", "httproutes/status",
+                                                   "tcproutes/status", "tlsroutes/status"],
      "verbs": ["get", "patch", "update"]},
 ]
 _PLURALS = {"ServiceAccount": "serviceaccounts", "Service": "services", "Deployment": "deployments",
             "Gateway": "gateways", "AuthorizationPolicy": "authorizationpolicies", "HTTPRoute": "httproutes",
-            "GRPCRoute": "grpcroutes"}
+            "GRPCRoute": "grpcroutes", "TLSRoute": "tlsroutes", "TCPRoute": "tcproutes"}
 
 
 def object_path(obj: Obj, sub: str = "", named: bool = True) -> str:
@@ -190,10 +192,11 @@ class KubeWaypointReconciler:
                     "application/merge-patch+json")
 
     def _route_status(self, objects: list[Obj], translation: Any) -> None:
-        """`status.parents` of the HTTPRoutes/GRPCRoutes attached to ingress Gateways (Gateway API's
+        """`status.parents` of the routes (HTTP, GRPC, TLS, TCP) attached to ingress Gateways (Gateway API's
         verdicts from the translation; other controllers' parents entries are kept)."""
         by_key = {(o.get("kind"), (o.get("metadata") or {}).get("namespace") or "default",
-                   (o.get("metadata") or {}).get("name")): o for o in objects if o.get("kind") in ("HTTPRoute", "GRPCRoute")}
+                   (o.get("metadata") or {}).get("name")): o for o in objects
+                  if o.get("kind") in ALL_ROUTE_KINDS}
         for key, parents in translation.ingress.routes.items():
             route = by_key.get(key)
             if route is None:

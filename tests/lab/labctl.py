@@ -20,7 +20,7 @@ AMBIT = [sys.executable, "-m", "ambitctl.cli"]
 # Test labs carry the pytest process id in their name, so two runs on one machine never tear down
 # each other's labs; `sweep_stale()` removes labs whose run died without cleaning up.
 RUN_ID = os.getpid()
-TEST_LAB_RE = re.compile(r"^(ambit-[a-z](\d+))[.-]")
+TEST_LAB_RE = re.compile(r"^(ambit-[a-z]+(\d+))[.-]")   # every test lab: ambit-<kind><pid>
 
 
 def lab_name_for(kind: str) -> str:
@@ -128,9 +128,9 @@ def artifacts(name: str) -> Path:
 @contextmanager
 def running_lab(base: Path, prefix: str, spec: Path, logs: str, *up_args: str,
                 env: Mapping[str, str] | None = None) -> Iterator[Lab]:
-    """A lab of a test module's own, named `<prefix><pid>` and brought up from `spec`. It is torn
+    """A lab of a test module's own, named `ambit-<prefix><pid>` (so `sweep_stale` finds it) and brought up from `spec`. It is torn
     down whatever happens, also when `up` fails half-way, and its logs are kept under `logs`."""
-    lab = Lab(base / "state", name=f"{prefix}{RUN_ID}")
+    lab = Lab(base / "state", name=lab_name_for(prefix))
     lab.env.update(env or {})
     try:
         lab.up("--spec", str(spec), *up_args)

@@ -90,9 +90,6 @@ def test_controller_outage_agent_restart_keeps_capture_and_resyncs_after(lab: La
     v2 = lab.pod("demo/echo-v2")                # on node2, like legacy/client
     url = f"http://{lab.pod('demo/echo-v1')['ip']}:8080/"
     lab.wait_for(lambda: agents_in_sync(lab), what="agents in sync before the outage")
-    _, st = status_json(lab)
-    version = st["version"]
-    assert agent_status(lab, "node2")["revision"] == version
     try:
         lab.ambit("lab", "stop", "controller")
         # What the agent last heard before the outage (a change still in flight at the check above

@@ -1,6 +1,6 @@
 """Issue 9, "capture covers every path into and out of an enrolled pod", attacked in a real lab.
 
-One lab of its own (name `hcap<pid>`): namespace `mesh` is ambient, under PeerAuthentication STRICT
+One lab of its own (name `ambit-hcap<pid>`): namespace `mesh` is ambient, under PeerAuthentication STRICT
 and an AuthorizationPolicy that admits only `mesh/client` (so: deny-all for anyone else).
 
     node1  mesh/server     enrolled; tests/lab/recorder.py on 8080 (app) and 8081 (its readiness probe)
@@ -39,7 +39,7 @@ from tests.support.wait import wait_for
 pytestmark = pytest.mark.lab
 
 RECORDER = str(Path(__file__).with_name("recorder.py"))
-TEST_LAB_RE = re.compile(r"^(hcap(\d+))[.-]")
+TEST_LAB_RE = re.compile(r"^(ambit-hcap(\d+))[.-]")
 ULA = "fd00:9::"          # a "global" IPv6 prefix the tests put on the pods' eth0 (the lab has none)
 
 STRICT = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.lab.labctl import RUN_ID, Lab, artifacts
+from tests.lab.labctl import Lab, artifacts, lab_name_for
 from tests.unit.ambitctl.authz_scenario import CASES, POLICIES
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
@@ -30,7 +30,7 @@ HTTP_CASES = [c for c in CASES if "iperf" not in c[1]]
 
 @pytest.fixture(scope="module")
 def clab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab(tmp_path_factory.mktemp("cl") / "state", name=f"cl{RUN_ID}")
+    lab = Lab(tmp_path_factory.mktemp("cl") / "state", name=lab_name_for("cl"))
     try:
         up = lab.ambit("lab", "up", "--name", lab.name)     # the built-in spec, as the authz scenario assumes
         lab.up_output = up.stdout + up.stderr  # type: ignore[attr-defined]

@@ -73,13 +73,9 @@ def test_every_first_connection_of_a_pod_started_through_cni_is_captured(lab: La
     got = lab.wait_for(lambda: captured(lab, "cni") >= want and captured(lab, "cni"), timeout=20,
                        what="an outbound access-log record for every CNI-started pod")
     assert got == want
-    # An app may fail after its connection was captured and handed to an HBONE tunnel: a rare stall
-    # of a *new* HBONE connection (about 1 in 200 here, cut by the server's 10 s preface timeout) is a
-    # known data-path bug, not a capture miss. What this test holds: each failed app's connection
-    # reached ztunnel and was sent into the mesh, never left uncaptured.
+    # And each app's first request was answered through its tunnel.
     records = {name: [r for r in lab.access_log("node1") if r.get("src.workload") == name] for name in failed}
-    print(f"apps failed after capture: {records}")
-    assert all(rs and all(r["route"] == "hbone" for r in rs) for rs in records.values()), records
+    assert not failed, f"apps whose first request failed, with their access-log records: {records}"
 
 
 def test_the_watch_path_alone_lets_first_connections_escape(lab: Lab) -> None:

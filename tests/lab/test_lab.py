@@ -54,6 +54,27 @@ def test_echo_sees_the_client_pod_ip(lab: Lab) -> None:
     assert r["peer"].split(":")[0] == legacy_ip
 
 
+def test_the_pods_gateway_mac_stays_put_while_ports_come_and_go(lab: Lab) -> None:
+    # A pod resolves its gateway (the node's br0) once; if br0's MAC followed its ports (a Linux
+    # bridge's default: the lowest port MAC), a pod starting or leaving beside it would send its
+    # neighbours' frames to an address nobody owns, and their new connections would stall.
+    nns = next(n["netns"] for n in lab.status()["nodes"] if n["name"] == "node1")
+
+    def mac() -> str:
+        return json.loads(subprocess.run(["ip", "-n", nns, "-j", "link", "show", "br0"], check=True,
+                                         capture_output=True, text=True).stdout)[0]["address"]
+    before = mac()
+    try:
+        # The lowest possible unicast MAC: a bridge that inherits its address would take it.
+        subprocess.run(["ip", "-n", nns, "link", "add", "gwtest0", "address", "00:00:00:00:00:01",
+                        "type", "veth", "peer", "name", "gwtest1"], check=True)
+        subprocess.run(["ip", "-n", nns, "link", "set", "gwtest0", "master", "br0", "up"], check=True)
+        assert mac() == before
+    finally:
+        subprocess.run(["ip", "-n", nns, "link", "del", "gwtest0"], check=False)
+    assert mac() == before
+
+
 def test_exec_runs_in_pod_netns_and_cgroup(lab: Lab) -> None:
     s = lab.status()
     pod = next(p for p in s["pods"] if p["namespace"] == "demo" and p["name"] == "client")

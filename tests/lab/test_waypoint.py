@@ -30,7 +30,7 @@ from ambitctl.lab import waypoints as waypoints_mod
 from ambitctl.lab.apps.grpc_echo import UNARY
 from ambitctl.lab.topology import LabNames
 from tests.lab.conftest import _artifacts
-from tests.lab.labctl import Lab, running_lab
+from tests.lab.labctl import Lab, lab_name_for, running_lab
 from tests.lab.test_mtls import underlay_capture
 from tests.support.jwks_server import JwksServer
 from waypoint.telemetry.metrics import HTTP_LABELS as ISTIO_HTTP_LABELS
@@ -458,7 +458,7 @@ def test_deleting_the_gateway_stops_the_waypoint_and_leaves_nothing(wlab: Lab) -
 
 
 def test_lab_down_removes_a_running_waypoint(tmp_path: Path) -> None:
-    lab = Lab(tmp_path / "state", name=f"hwq{os.getpid()}")
+    lab = Lab(tmp_path / "state", name=lab_name_for("hwq"))
     try:
         lab.up("--spec", str(SPEC))
         apply(lab, [GATEWAY], tmp_path, "gateway")

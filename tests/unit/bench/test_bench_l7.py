@@ -206,3 +206,81 @@ def test_the_resilient_waypoint_is_paired_with_the_plain_one() -> None:
         res.record("ambit-waypoint-resilient", "max_rps", rep, resilient)
     got = {(r.scenario, r.baseline): r.ratio for r in ratios.all_ratios(res) if r.metric == "max_rps"}
     assert got == {("ambit-waypoint-resilient", "ambit-waypoint"): pytest.approx(0.9)}
+
+
+def get_version_h2(port: int, canary: str | None) -> tuple[str, str]:
+    """(HTTP version, x-version) of one h2c prior-knowledge request, as the h2 scenarios send it."""
+    argv = ["curl", "-sS", "--fail", "--http2-prior-knowledge", "-o", "/dev/null", "-D", "-", "-m", "5",
+            *(["-H", f"{l7.CANARY_HEADER}: {canary}"] if canary else []), f"http://127.0.0.1:{port}/1k"]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    assert p.returncode == 0, p.stderr
+    return l7.parse_http_version(p.stdout), l7.parse_version_header(p.stdout)
+
+
+def _run_proxy(argv: list[str], ports: tuple[int, int], what: str):
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for port in ports:
+        wait_listening(port, p, what)
+    return p
+
+
+@pytest.mark.parametrize("proxy", ["nginx", "haproxy"])
+def test_h2c_listener_routes_by_x_canary_over_http2(tmp_path: Path, backends, proxy: str) -> None:
+    """The *-l7-h2 scenarios: the same process answers h2c with prior knowledge on its second port
+    with the same routing, while its HTTP/1.1 port keeps speaking HTTP/1.1."""
+    if not shutil.which(proxy) or not shutil.which("curl"):
+        pytest.skip(f"{proxy} or curl is not installed")
+    v1, v2 = backends
+    port, h2_port = free_port(), free_port()
+    if proxy == "nginx":
+        (tmp_path / "tmp").mkdir()
+        conf = l7.nginx_l7_conf(tmp_path, "127.0.0.1", port, "127.0.0.1", "127.0.0.2", h2_port)
+        conf = conf.replace(f"127.0.0.1:{planmod.HTTP_PORT};", f"127.0.0.1:{v1.port};")
+        conf = conf.replace(f"127.0.0.2:{planmod.HTTP_PORT};", f"127.0.0.1:{v2.port};")
+        f = tmp_path / "nginx.conf"
+        argv = ["nginx", "-c", str(f), "-p", str(tmp_path)]
+    else:
+        conf = l7.haproxy_l7_conf("127.0.0.1", port, "127.0.0.1", "127.0.0.2", h2_port)
+        conf = conf.replace(f"127.0.0.1:{planmod.HTTP_PORT}\n", f"127.0.0.1:{v1.port}\n")
+        conf = conf.replace(f"127.0.0.2:{planmod.HTTP_PORT}\n", f"127.0.0.1:{v2.port}\n")
+        f = tmp_path / "haproxy.cfg"
+        argv = ["haproxy", "-f", str(f), "-db"]
+    f.write_text(conf)
+    p = _run_proxy(argv, (port, h2_port), proxy)
+    try:
+        assert get_version_h2(h2_port, "true") == ("2", "v2")
+        assert get_version_h2(h2_port, None) == ("2", "v1")
+        assert get_version_h2(h2_port, "True") == ("2", "v1"), "exact match, case-sensitive, as the VirtualService"
+        assert get_version(port, "true") == "v2"
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
+
+
+def test_h2_scenarios_share_their_proxy_and_speak_h2c() -> None:
+    for name, proxy in (("nginx-l7-h2", "nginx"), ("haproxy-l7-h2", "haproxy"), ("ambit-waypoint-h2", "waypoint")):
+        sc = planmod.SCENARIOS[name]
+        assert sc.h2 and sc.l7 == proxy
+        assert not planmod.SCENARIOS[name.removesuffix("-h2")].h2
+    assert set(planmod.L7_H2_PORTS) == set(planmod.L7_PORTS)
+    assert not set(planmod.L7_H2_PORTS.values()) & set(planmod.L7_PORTS.values())
+    assert l7.L7Set(None, Path("/nonexistent"), ["nginx", "nginx", "waypoint", "waypoint"]).which == ["nginx", "waypoint"]
+
+
+def test_h2_ratios_pair_like_with_like() -> None:
+    """The HTTP/2 waypoint against the HTTP/2 proxies only, never against an HTTP/1.1 run."""
+    res = RunResults(reps=2)
+    for rep in range(2):
+        for sc, v in (("ambit-waypoint", 2.0), ("nginx-l7", 4.0), ("haproxy-l7", 5.0), ("ambit-waypoint-h2", 1.0),
+                      ("nginx-l7-h2", 8.0), ("haproxy-l7-h2", 10.0)):
+            res.record(sc, "max_rps", rep, v * 1000)
+    got = {(r.scenario, r.baseline): r.ratio for r in ratios.all_ratios(res) if r.metric == "max_rps"}
+    assert got == {("ambit-waypoint", "nginx-l7"): pytest.approx(0.5), ("ambit-waypoint", "haproxy-l7"): pytest.approx(0.4),
+                   ("ambit-waypoint-h2", "nginx-l7-h2"): pytest.approx(0.125),
+                   ("ambit-waypoint-h2", "haproxy-l7-h2"): pytest.approx(0.1)}
+
+
+def test_http_version_of_curl_headers() -> None:
+    assert l7.parse_http_version("HTTP/2 200 \r\nx-version: v2\r\n") == "2"
+    assert l7.parse_http_version("HTTP/1.1 200 OK\r\n") == "1.1"
+    assert l7.parse_http_version("") == ""

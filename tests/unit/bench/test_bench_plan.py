@@ -45,6 +45,10 @@ def test_tool_command_lines():
     assert tools.h2load_rate_argv("http://h/1k", 100, 5, 1, "/t/l.tsv") == [
         "h2load", "--h1", "-c", "1", "-m", "1", "--rps", "100", "-D", "5000ms", "--warm-up-time", "1000ms",
         "--log-file=/t/l.tsv", "http://h/1k"]
+    # the HTTP/2 scenarios: h2load's default for an http:// URL, h2c with prior knowledge
+    assert "--h1" not in tools.h2load_rate_argv("http://h/1k", 100, 5, 1, "/t/l.tsv", h2=True)
+    assert tools.h2load_max_argv("http://h/1k", 8, 5, 1, "/t/l.tsv")[:2] == ["h2load", "--h1"]
+    assert tools.h2load_max_argv("http://h/1k", 8, 5, 1, "/t/l.tsv", h2=True)[:3] == ["h2load", "-c", "8"]
     # wrk takes whole seconds only.
     assert tools.wrk_conn_argv("http://h/1k", 8, 1.5)[5:7] == ["-d", "2s"]
     assert tools.iperf3_argv("10.0.0.1", 5201, 4, 5)[:8] == ["iperf3", "-c", "10.0.0.1", "-p", "5201", "-P", "4", "-t"]

@@ -62,3 +62,38 @@ def test_empty_run_still_renders():
     md = render(results_with(3, {}))
     assert "_No scenario produced results._" in md
     assert md.count("⚪ not measured") == len(targets.TARGETS)
+
+
+def test_l7_h2_rows_targets_and_ratios_are_rendered():
+    res = results_with(2, {
+        "ambit-waypoint": {"l7_cpu_per_1k_max": [0.13, 0.13], "l7_rss_mb": [50.0, 52.0]},
+        "nginx-l7": {"l7_cpu_per_1k_max": [0.10, 0.10]},
+        "ambit-waypoint-h2": {"l7_cpu_per_1k_max": [0.30, 0.30], "max_rps": [2000.0, 2000.0]},
+        "nginx-l7-h2": {"l7_cpu_per_1k_max": [0.10, 0.10], "max_rps": [8000.0, 8000.0]},
+        "haproxy-l7-h2": {"l7_cpu_per_1k_max": [0.12, 0.12], "max_rps": [10000.0, 10000.0]},
+    })
+    md = report.render(res, META, targets.evaluate(res), ratios.all_ratios(res))
+    header = next(line for line in md.splitlines() if line.startswith("| metric |"))
+    assert header == "| metric | unit | ambit-waypoint | nginx-l7 | ambit-waypoint-h2 | nginx-l7-h2 | haproxy-l7-h2 |"
+    assert "| L7 proxy CPU-seconds per 1000 requests at max rate (nginx, haproxy or the waypoint alone) | CPU-s |" in md
+    assert "| ambit-waypoint-h2 | nginx-l7-h2 | 0.25× | 3.00× |" in md
+    assert "| ambit-waypoint-h2 | haproxy-l7-h2 | 0.20× | 2.50× |" in md
+    line = next(x for x in md.splitlines() if x.startswith("| Waypoint HTTP/2 CPU per request vs nginx h2c"))
+    assert "| ≤ 2× | 3.00× | ❌ missed by 1.000 (1.50× the target) |" in line
+    line = next(x for x in md.splitlines() if x.startswith("| Waypoint L7 hop CPU per request vs nginx"))
+    assert "| ≤ 1.5× | 1.30× | ✅ met |" in line
+    line = next(x for x in md.splitlines() if x.startswith("| Waypoint RSS, 1 worker"))
+    assert "| ≤ 60 MB | 51.0 MB | ✅ met |" in line
+
+
+def test_fixed_rate_runs_of_a_saturated_path_are_flagged():
+    res = results_with(2, {"ambit-waypoint": {"lat1000_p50_ms": [30.0, 0.6]}, "nginx-l7": {"lat1000_p50_ms": [0.4, 0.4]}})
+    res.detail("ambit-waypoint", "latency_1000", 0, {"achieved_rps": 540.0})
+    res.detail("ambit-waypoint", "latency_1000", 1, {"achieved_rps": 990.0})
+    res.detail("nginx-l7", "latency_1000", 0, {"achieved_rps": 1001.0})
+    md = report.render(res, META, targets.evaluate(res), ratios.all_ratios(res))
+    assert "**Saturated at a fixed rate:**" in md
+    assert "- ambit-waypoint at 1000 req/s answered rep 1: 540 req/s (1 of 2 reps)" in md
+    assert "nginx-l7 at" not in md
+    res.details["ambit-waypoint"]["latency_1000"][0]["achieved_rps"] = 950.0
+    assert "Saturated" not in report.render(res, META, targets.evaluate(res), ratios.all_ratios(res))

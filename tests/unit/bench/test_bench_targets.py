@@ -83,3 +83,35 @@ def test_issue_17_l4_targets_compare_with_the_better_tunnel_per_metric():
 def test_issue_17_ratio_targets_are_not_measured_without_a_tunnel():
     res = results_with(1, {CROSS: {"lat1000_p99_ms": [1.0]}})
     assert by_id(targets.evaluate(res))["l4-p99-vs-tunnel"].status == "not measured"
+
+
+L7_RUN = {
+    # the waypoint's own CPU per 1000 requests at max rate: 1.3× nginx's (HTTP/1.1), 2.5× (HTTP/2)
+    "ambit-waypoint": {"l7_cpu_per_1k_max": [0.13, 0.26], "lat1000_p50_ms": [0.50, 0.60],
+                       "proxy_cpu_per_1k": [0.30, 0.34], "l7_rss_mb": [55.0, 57.0]},
+    "nginx-l7": {"l7_cpu_per_1k_max": [0.10, 0.20], "lat1000_p50_ms": [0.30, 0.35]},
+    "ambit-waypoint-h2": {"l7_cpu_per_1k_max": [0.25, 0.25]},
+    "nginx-l7-h2": {"l7_cpu_per_1k_max": [0.10, 0.10]},
+    "direct": {"lat1000_p50_ms": [0.20, 0.30]},
+}
+
+
+def test_issue_17_l7_targets_from_a_run():
+    v = by_id(targets.evaluate(results_with(2, L7_RUN)))
+    assert v["waypoint-cpu-vs-nginx"].value == pytest.approx(1.3) and v["waypoint-cpu-vs-nginx"].status == "met"
+    # added p50: waypoint (0.30, 0.30) over direct, nginx (0.10, 0.05): medians 0.30 and 0.075
+    assert v["waypoint-added-p50-vs-nginx"].value == pytest.approx(0.225)
+    assert v["waypoint-added-p50-vs-nginx"].status == "missed"
+    assert v["waypoint-added-p50-vs-nginx"].shortfall == "by 0.175 ms (4.50× the target)"
+    assert v["waypoint-h2-cpu-vs-nginx"].value == pytest.approx(2.5) and v["waypoint-h2-cpu-vs-nginx"].status == "missed"
+    assert v["waypoint-path-cpu"].value == pytest.approx(0.32) and v["waypoint-path-cpu"].status == "missed"
+    assert v["waypoint-rss"].value == pytest.approx(56.0) and v["waypoint-rss"].status == "met"
+
+
+def test_l7_targets_need_their_peers_in_the_run():
+    """No nginx, no ratio; no direct, no "added" (not a silent 0 or an absolute p50)."""
+    run = {k: v for k, v in L7_RUN.items() if k not in ("nginx-l7", "direct")}
+    v = by_id(targets.evaluate(results_with(2, run)))
+    assert v["waypoint-cpu-vs-nginx"].status == "not measured"
+    assert v["waypoint-added-p50-vs-nginx"].status == "not measured"
+    assert v["waypoint-h2-cpu-vs-nginx"].value == pytest.approx(2.5), "its own pair is in the run"

@@ -254,9 +254,18 @@ def test_status_conditions_and_addresses() -> None:
 
 
 @pytest.mark.parametrize(("listener", "path", "reason"), [
-    ({"name": "t", "port": 9000, "protocol": "TCP"}, "spec.listeners[0].protocol", "not supported"),
+    ({"name": "u", "port": 9000, "protocol": "UDP"}, "spec.listeners[0].protocol", "not supported"),
     ({"name": "p", "port": 443, "protocol": "HTTPS", "tls": {"mode": "Passthrough", "certificateRefs": [{"name": "a"}]}},
-     "spec.listeners[0].tls.mode", "passthrough is not supported"),
+     "spec.listeners[0].tls.mode", "use protocol TLS"),
+    ({"name": "t", "port": 9000, "protocol": "TCP", "hostname": "a.example.com"}, "spec.listeners[0].hostname",
+     "must not be set when protocol is TCP"),
+    ({"name": "t", "port": 9000, "protocol": "TCP", "tls": {"mode": "Passthrough"}}, "spec.listeners[0].tls",
+     "must not be set"),
+    ({"name": "s", "port": 8443, "protocol": "TLS"}, "spec.listeners[0].tls", "required"),
+    ({"name": "s", "port": 8443, "protocol": "TLS", "tls": {"certificateRefs": [{"name": "a"}]}},
+     "spec.listeners[0].tls.mode", "must use mode Passthrough"),
+    ({"name": "s", "port": 8443, "protocol": "TLS", "tls": {"mode": "Passthrough", "certificateRefs": [{"name": "a"}]}},
+     "spec.listeners[0].tls.certificateRefs", "backend presents its own certificate"),
     ({"name": "n", "port": 443, "protocol": "HTTPS"}, "spec.listeners[0].tls", "required"),
     ({"name": "o", "port": 443, "protocol": "HTTPS",
       "tls": {"certificateRefs": [{"name": "a"}], "options": {"ambit.io/min-tls-version": "1.1"}}},

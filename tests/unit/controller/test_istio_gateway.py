@@ -111,18 +111,57 @@ def test_what_cannot_be_served_is_reported() -> None:
     got, errors = listeners([tls_secret("cert-a"), istio_gateway(https, clash),
                              istio_gateway(HTTP_8080, name="nowhere", selector={"app": "none"}),
                              vs("t", ["*"], ["bookinfo-gateway"], tcp=[{"route": [{"destination": {"host": "echo"}}]}])])
+    # (the tcp route: served by TCP servers only; this Gateway has none, as in Istio nothing takes it)
     assert got == {}
     assert any(e.startswith("spec.servers[0].tls.credentialName: Secret web/missing does not exist") for e in errors)
     assert any("port 80 host * on ingress gateway web/gw: ProtocolConflict" in e for e in errors)
     assert any(e.startswith("spec.selector: selects no ingress gateway's pods") for e in errors)
-    assert any(e.startswith("spec.tcp: tcp routes are not served by Ambit's ingress gateway") for e in errors)
+
+
+def test_tls_passthrough_and_tcp_servers_take_the_virtual_services_tls_and_tcp_routes() -> None:
+    """Istio's ingress-sni-passthrough task (nginx-gateway, PASSTHROUGH, tls.match.sniHosts) and its
+    TCP traffic shifting task (tcp-echo-gateway, tcp routes with weights), in shape."""
+    passthrough = {"port": {"number": 443, "name": "https", "protocol": "TLS"}, "hosts": ["*.example.com"],
+                   "tls": {"mode": "PASSTHROUGH"}}
+    tcp = {"port": {"number": 31400, "name": "tcp", "protocol": "TCP"}, "hosts": ["*"]}
+    dest = {"destination": {"host": "echo", "port": {"number": 80}}}
+    nginx = vs("nginx", ["nginx.example.com", "other.example.org"], ["bookinfo-gateway"], http=[], tls=[
+        {"match": [{"port": 443, "sniHosts": ["nginx.example.com"]}], "route": [dest]},
+        {"match": [{"sniHosts": ["other.example.org"]}], "route": [dest]},          # outside the server's host
+        {"match": [{"sniHosts": ["nginx.example.com"]}], "route": [dest]},          # shadowed by the first
+        {"match": [{"port": 8443, "sniHosts": ["x.example.com"]}], "route": [dest]},  # another port
+        {"match": [{"sniHosts": ["y.example.com"], "sourceLabels": {"app": "a"}}], "route": [dest]}])
+    echo = vs("tcp-echo", ["*"], ["bookinfo-gateway"], http=[], tcp=[
+        {"match": [{"port": 31400}], "route": [{**dest, "weight": 80},
+                                               {"destination": {"host": "echo", "subset": "v2",
+                                                                "port": {"number": 80}}, "weight": 20}]}])
+    got, errors = listeners([istio_gateway(passthrough, tcp), nginx, echo])
+    assert errors == ["spec.tls[4].match[0]: sourceLabels cannot be matched at ingress gateway web/bookinfo-gateway "
+                      "(its clients are outside the mesh); this match is not served there"]
+    p = got["web/bookinfo-gateway/https/*.example.com"]
+    assert (p.port, p.protocol, p.hostname) == (443, "TLS", "*.example.com")
+    [h] = p.hosts
+    assert h.hostname == "nginx.example.com" and h.tcp[0].source == "VirtualService/web/nginx"
+    assert h.tcp[0].destinations[0].service == "web/echo"
+    t = got["web/bookinfo-gateway/tcp/*"]
+    [star] = t.hosts
+    assert (t.protocol, t.hostname, star.hostname) == ("TCP", "", "*")
+    assert [(d.subset, d.weight) for d in star.tcp[0].destinations] == [("", 80), ("v2", 20)]
 
 
 @pytest.mark.parametrize(("server", "path", "reason"), [
-    ({"port": {"number": 31400, "name": "tcp", "protocol": "TCP"}, "hosts": ["*"]},
-     "spec.servers[0].port.protocol", '"TCP" is not supported by Ambit\'s ingress gateway yet'),
+    ({"port": {"number": 5353, "name": "dns", "protocol": "UDP"}, "hosts": ["*"]},
+     "spec.servers[0].port.protocol", '"UDP" is not supported by Ambit\'s ingress gateway yet'),
     ({"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["*"], "tls": {"mode": "PASSTHROUGH"}},
      "spec.servers[0].tls.mode", '"PASSTHROUGH" is not supported'),
+    ({"port": {"number": 443, "protocol": "TLS"}, "hosts": ["*"], "tls": {"mode": "SIMPLE", "credentialName": "c"}},
+     "spec.servers[0].tls.mode", '"SIMPLE" is not supported by Ambit\'s ingress gateway on a TLS server'),
+    ({"port": {"number": 443, "protocol": "TLS"}, "hosts": ["*"],
+      "tls": {"mode": "PASSTHROUGH", "credentialName": "c"}},
+     "spec.servers[0].tls.credentialName", "not used with PASSTHROUGH"),
+    ({"port": {"number": 443, "protocol": "TLS"}, "hosts": ["*"]}, "spec.servers[0].tls", "required"),
+    ({"port": {"number": 31400, "protocol": "TCP"}, "hosts": ["*"], "tls": {"mode": "PASSTHROUGH"}},
+     "spec.servers[0].tls", "must not be set when protocol is TCP"),
     ({"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["*"], "tls": {"mode": "SIMPLE"}},
      "spec.servers[0].tls.credentialName", "required"),
     ({"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["*"],

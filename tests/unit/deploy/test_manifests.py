@@ -122,7 +122,7 @@ def test_controller_may_list_and_watch_everything_its_kube_source_watches() -> N
         for verb in ("list", "watch"):
             assert allowed(docs, "mesh-ops", sa, t.group, t.plural, verb), f"{verb} {t.plural}.{t.group}"
         writes_status = t.group.endswith(STATUS_GROUP_SUFFIXES) or (t.group, t.plural) in {
-            ("gateway.networking.k8s.io", p) for p in ("gateways", "httproutes", "grpcroutes")}
+            ("gateway.networking.k8s.io", p) for p in ("gateways", "httproutes", "grpcroutes", "tlsroutes", "tcproutes")}
         assert allowed(docs, "mesh-ops", sa, t.group, f"{t.plural}/status", "patch") == writes_status, t.plural
     assert allowed(docs, "mesh-ops", sa, "authentication.k8s.io", "tokenreviews", "create")
     # Secrets: read cluster-wide, for ingress certificates (the source asks for kubernetes.io/tls only,

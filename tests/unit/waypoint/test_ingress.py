@@ -18,8 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ambit import model
 from ambit.model import HttpRoute, IngressGateway, IngressListener, TlsCertificate, WaypointRoutes
-from waypoint.ingress import build, host_match
+from tests.unit.waypoint.test_clienthello import client_hello
+from waypoint import ingress_listen
+from waypoint.ingress import build, choose_backend, host_match
 from waypoint.ingress_listen import IngressListeners
 
 
@@ -57,6 +60,100 @@ def test_ports_sni_and_virtual_hosts() -> None:
     assert plain.virtual_host("a.example.com") == "a.example.com" and plain.virtual_host("x.org") == "*"
     assert plain.conflicts == ("clash",) and plain.protocol == "HTTP"
     assert build(None).ports == {}
+
+
+def _l4(name: str, port: int, protocol: str, routes: dict[str, list[str]], hostname: str = "") -> IngressListener:
+    return IngressListener(name, port, protocol, hostname, hosts=[
+        WaypointRoutes(h, tcp=[model.TcpRoute(destinations=[model.RouteDestination(b, service=b) for b in backends])])
+        for h, backends in routes.items()])
+
+
+def test_passthrough_and_tcp_ports_route_connections_by_sni() -> None:
+    gw = IngressGateway("gw", "ns", listeners=[
+        _l4("pass", 8443, "TLS", {"a.example.com": ["a"], "*.example.com": ["wild"]}),
+        _l4("pass-any", 8443, "TLS", {"*": ["any"], "a.example.com": ["shadowed"]}),
+        _l4("tcp", 9000, "TCP", {"*": ["db"]}),
+        _l4("clash", 9000, "TLS", {"*": ["x"]})])
+    view = build(gw)
+    tls, tcp = view.ports[8443], view.ports[9000]
+    assert tls.l4_host("a.example.com") == "a.example.com" and tls.l4["a.example.com"].destinations[0].host == "a"
+    assert tls.l4_host("b.example.com") == "*.example.com"
+    assert tls.l4_host("other.org") == "*" and tls.l4_host(None) == "*"
+    assert tcp.l4_host("anything") == "*" and tcp.conflicts == ("clash",)
+    assert build(IngressGateway("gw", "ns", listeners=[_l4("p", 1, "TLS", {"a.example.com": ["a"]})])
+                 ).ports[1].l4_host("b.example.com") is None
+
+
+class _Draws:
+    def __init__(self, *draws: int) -> None:
+        self.draws = list(draws)
+
+    def randrange(self, stop: int) -> int:
+        return self.draws.pop(0) % stop
+
+
+def test_backends_are_chosen_by_weight_and_weight_zero_gets_nothing() -> None:
+    r = model.TcpRoute(destinations=[model.RouteDestination(h, weight=w) for h, w in (("a", 1), ("b", 3), ("c", 0))])
+    assert [choose_backend(r, _Draws(d)).host for d in (0, 1, 3)] == ["a", "b", "b"]
+    assert choose_backend(model.TcpRoute(destinations=[model.RouteDestination("a", weight=0)]), _Draws(0)) is None
+    assert choose_backend(model.TcpRoute(), _Draws(0)) is None
+
+
+def _no_relay(transport, down, early) -> None:
+    raise AssertionError("an HTTP/HTTPS port relays nothing")
+
+
+def test_l4_listeners_hand_over_what_they_route_and_close_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingress_listen, "HELLO_TIMEOUT", 0.3)
+    tls_port, tcp_port = _free_port(), _free_port()
+    handed: list[tuple[str, int, bytes]] = []
+
+    def relay(transport, down, early) -> None:     # the engine's opaque relay: say what it was given
+        handed.append((down.hostname, down.destination_port, early))
+        transport.write(f"to {down.hostname}".encode())
+        transport.close()
+
+    async def exchange(port: int, data: bytes) -> bytes:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            w.write(data)
+            return await asyncio.wait_for(r.read(100), 5)
+        except ConnectionError:
+            return b""
+        finally:
+            w.close()
+
+    async def run() -> None:
+        lst = IngressListeners("127.0.0.1", lambda plug, down: None, relay)
+        gw = IngressGateway("gw", "ns", listeners=[_l4("pass", tls_port, "TLS", {"a.example.com": ["a"]}),
+                                                   _l4("tcp", tcp_port, "TCP", {"*": ["db"]})])
+        await lst.update(build(gw))
+        try:
+            hello = client_hello("a.example.com")
+            # the hello, split across writes, is read whole and handed over untouched
+            r, w = await asyncio.open_connection("127.0.0.1", tls_port)
+            w.write(hello[:20])
+            await w.drain()
+            await asyncio.sleep(0.05)
+            w.write(hello[20:])
+            assert await asyncio.wait_for(r.read(100), 5) == b"to a.example.com"
+            w.close()
+            assert handed[-1] == ("a.example.com", tls_port, hello)
+            # a name no TLSRoute serves, no SNI, no TLS at all: closed, nothing handed over
+            for data in (client_hello("b.example.com"), client_hello(None), b"GET / HTTP/1.1\r\n\r\n"):
+                assert await exchange(tls_port, data) == b""
+            # half a hello, then silence: closed once the hello's time is up, never held open
+            assert await exchange(tls_port, client_hello("a.example.com")[:40]) == b""
+            assert len(handed) == 1
+            # TCP: every connection, at once, before the client says anything
+            r, w = await asyncio.open_connection("127.0.0.1", tcp_port)
+            assert await asyncio.wait_for(r.read(100), 5) == b"to *"
+            w.close()
+            assert handed[-1] == ("*", tcp_port, b"")
+        finally:
+            await lst.close()
+
+    asyncio.run(run())
 
 
 # -- real listeners ---------------------------------------------------------------------------------
@@ -122,7 +219,7 @@ def test_listeners_serve_each_hostname_its_certificate(tmp_path: Path) -> None:
         plug.transport.close()
 
     async def run() -> None:
-        lst = IngressListeners("127.0.0.1", serve)
+        lst = IngressListeners("127.0.0.1", serve, _no_relay)
         gw = IngressGateway("gw", "ns", listeners=[
             _listener("a", "a.example.com", port, certs=[certs["a.example.com"]]),
             _listener("b", "b.example.com", port, certs=[certs["b.example.com"]], minimum="1.3")])
