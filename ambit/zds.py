@@ -16,8 +16,12 @@ Conversation:
 from __future__ import annotations
 
 import array
+import contextlib
 import json
+import logging
+import os
 import socket
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -64,3 +68,42 @@ def recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
             os.close(fd)
         return None, []
     return json.loads(data), list(fds)
+
+
+def listen(path: Any) -> socket.socket:
+    """Bind the zds socket at `path` (a pathlib.Path), private to root (0600); a stale file from an
+    earlier process is replaced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.bind(str(path))
+    os.chmod(path, 0o600)
+    sock.listen(4)
+    return sock
+
+
+def close_listener(sock: socket.socket | None) -> None:
+    """Stop accepting (wakes a thread blocked in accept()); the socket file is left in place."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+
+def accept_loop(sock: socket.socket, serve: Callable[[socket.socket], None], log: logging.Logger,
+                disconnected: Callable[[], None] = lambda: None) -> None:
+    """Serve agents one at a time (there is one per node) until `close_listener(sock)`."""
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return          # close_listener()
+        log.info("agent connected")
+        try:
+            serve(conn)
+        except Exception:
+            log.exception("agent connection failed")
+        finally:
+            conn.close()
+            disconnected()

@@ -165,15 +165,17 @@ def clear_leftovers(names: LabNames) -> list[str]:
 
 
 @contextmanager
-def lab_up(work: Path, capture: str, name: str = LAB_NAME, wait_timeout: float = 60.0,
+def lab_up(work: Path, phase: str, name: str = LAB_NAME, wait_timeout: float = 60.0,
            l7: bool = False) -> Iterator[BenchLab]:
-    """Bring the bench lab up for the duration of the block; always tear it down."""
+    """Bring the bench lab of a phase (bench/plan.py) up for the duration of the block; always tear
+    it down."""
+    capture = "iptables" if phase == "iptables" else "ebpf"
     names = LabNames(name)
     left = clear_leftovers(names)
     if left:
         print(f"  removed leftovers of an earlier bench lab: {len(left)} objects", flush=True)
     spec = specmod.parse(spec_dict(work, l7=l7), source="<bench spec>")
-    base = work / f"lab-{capture}"
+    base = work / f"lab-{phase}"
     saved = dict(os.environ)
     rcv = next((p for p in spec.pods if p.name == tracing.RECEIVER_POD), None)
     if rcv is not None:     # the supervisor, hence the waypoint, inherits the tracing settings
@@ -181,14 +183,15 @@ def lab_up(work: Path, capture: str, name: str = LAB_NAME, wait_timeout: float =
         os.environ.update(tracing.waypoint_env(rcv.ip, tracing.sampling_file(work)))
     try:
         try:
-            st = labmod.up(spec, name=name, base=base, capture=capture, wait=False)
+            st = labmod.up(spec, name=name, base=base, capture=capture, wait=False,
+                           ztunnel_workers=0 if phase == "workers" else 1)
         finally:
             os.environ.clear()
             os.environ.update(saved)
         labmod.wait_ready(st, base, timeout=wait_timeout)
         yield BenchLab(spec=spec, base=base, capture=capture, names=names)
     finally:
-        save_logs(base, work / f"logs-{capture}")
+        save_logs(base, work / f"logs-{phase}")
         labmod.down(name, base, quiet=True)
 
 

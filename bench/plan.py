@@ -2,7 +2,8 @@
 
 A scenario is a client pod, a way to reach the server (its pod IP, or a local tunnel port) and the
 lab phase it needs. Phase "ebpf" is the lab brought up normally; phase "iptables" is a second lab
-brought up with `--capture iptables` (same ztunnels, iptables REDIRECT capture).
+brought up with `--capture iptables` (same ztunnels, iptables REDIRECT capture); phase "workers" a
+third, eBPF capture with one ztunnel worker process per CPU (`--ztunnel-workers 0`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ WEB_SERVICE = "web"
 class Scenario:
     name: str
     description: str
-    phase: str                  # "ebpf" | "iptables"
+    phase: str                  # "ebpf" | "iptables" | "workers"
     namespace: str
     client: str                 # pod name in `namespace`
     server: str = "server"
@@ -89,9 +90,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              l7="waypoint", h2=True),
     Scenario("ambit-iptables-capture", "as ambit-l4-cross-node, lab brought up with --capture iptables",
              "iptables", MESH_NS, "client", mesh=True),
+    Scenario("ambit-l4-workers", "as ambit-l4-cross-node, lab brought up with --ztunnel-workers 0: each ztunnel "
+             "runs one worker process per CPU (SO_REUSEPORT)", "workers", MESH_NS, "client", mesh=True),
 )}
 
-PHASES = ("ebpf", "iptables")
+PHASES = ("ebpf", "iptables", "workers")
 
 
 @dataclass

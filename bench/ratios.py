@@ -15,7 +15,7 @@ from bench import stats
 from bench.metrics import LAT_PS, RATES, metric
 from bench.results import RunResults
 
-AMBIT_SCENARIOS = ("ambit-l4-cross-node", "ambit-l4-same-node", "ambit-iptables-capture")
+AMBIT_SCENARIOS = ("ambit-l4-cross-node", "ambit-l4-same-node", "ambit-iptables-capture", "ambit-l4-workers")
 BASELINES = ("direct", "stunnel", "haproxy")
 RATIO_METRICS = (
     ("tput_1s_gbps", "tput_4s_gbps")

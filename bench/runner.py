@@ -135,7 +135,7 @@ class Runner:
         scs = self.plan.phase_scenarios(phase)
         if not scs:
             return
-        say(f"phase {phase}: bringing up lab {labenv.LAB_NAME!r} (capture {phase}) for {', '.join(s.name for s in scs)}")
+        say(f"phase {phase}: bringing up lab {labenv.LAB_NAME!r} for {', '.join(s.name for s in scs)}")
         try:
             with labenv.lab_up(self.work, phase, l7=any(s.l7 for s in scs)) as lab:
                 self._in_lab(lab, phase, scs)

@@ -1,151 +1,39 @@
 """Run a node's ztunnel: `python -m ztunnel --node NAME --zds-socket PATH [--controller TARGET]`.
 
-Every setting is in ztunnel/settings.py (`--help` lists them with their environment variables)."""
+Every setting is in ztunnel/settings.py (`--help` lists them with their environment variables).
+With more than one worker (`--workers`, default one per CPU) this process is the workers'
+supervisor (ztunnel/workers.py), which imports the proxy only when it serves traffic itself. (The
+settings alone still pull in grpc and h2, so a supervisor is ~59 MB RSS against a worker's ~63,
+most of it file-backed pages shared with the workers: docs/performance.md, "All cores".)"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ctypes
 import logging
 import os
-import signal
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import sys
 
-from ambit.configclient.credential import node_metadata
-from ambit.configclient.report import StatusReporter
-from ambit.dataplane import gctune, process
-from ambit.dataplane.feed import TapFeed, exposition
-from ambit.dataplane.tap import TapHub
-from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
-from ztunnel import admin, identity_setup
-from ztunnel.meshstate import MeshState, config_client
-from ztunnel.proxy import Proxy
+from ambit.dataplane import process
 from ztunnel.settings import ZtunnelSettings, load
-from ztunnel.tap import TapSink
-from ztunnel.zdsserver import ZdsServer
-
-
-def heap_trimmer() -> Callable[[], int] | None:
-    """glibc's malloc_trim(0), or None where there is none (musl, macOS).
-
-    Why: a burst (a throughput test, a thousand connections closing) frees megabytes that glibc
-    keeps in its heaps and arenas for reuse, so RSS stays at the high-water mark long after the
-    burst. malloc_trim hands whole free pages back (MADV_DONTNEED), also from the middle of the
-    heap, which glibc's own trim threshold never does. It costs well under a millisecond on an
-    idle ztunnel's heap."""
-    try:
-        fn = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-    return lambda: int(fn(0))
-
-
-async def trim_heap_periodically(interval: float, trim: Callable[[], int]) -> None:
-    """Trim every `interval` seconds, in a thread of its own, never on the event loop.
-
-    Why a thread: after a burst (1000 connections closing) the heap is fragmented and one
-    malloc_trim walks and madvises it for milliseconds (measured: 12-21 ms of CPU after a
-    fragmenting churn), which on the loop is a stall in every connection's latency. ctypes
-    releases the GIL for the call, so the loop keeps serving; it only waits where it mallocs
-    from the arena being trimmed."""
-    loop = asyncio.get_running_loop()
-    with ThreadPoolExecutor(1, thread_name_prefix="malloc-trim") as pool:
-        while True:
-            await asyncio.sleep(interval)
-            await loop.run_in_executor(pool, trim)
-
-
-async def amain(args: ZtunnelSettings) -> None:
-    loop = asyncio.get_running_loop()
-    log = logging.getLogger("ambit.ztunnel")
-    config = MeshState(root_namespace=args.root_namespace, trust_domain=args.trust_domain)
-    client = None
-    if args.controller:
-        # Start (and replay the file cache) before taking pods, so they meet a populated config.
-        client = config_client(config, args.controller, args.node, instance_id=os.urandom(4).hex(),
-                               cache_path=args.config_cache, token_file=args.node_token_file,
-                               trust=args.controller_tls.trust())
-        await client.start()
-    identities = ca_channel = None
-    ca_target = args.ca_target
-    if args.node_token_file and ca_target:
-        identities, ca_channel = identity_setup.build(ca_target, args.node, args.node_token_file, args.cert_ttl,
-                                                         args.cert_cache, args.controller_tls.trust())
-        identity_setup.retry_on_workload_updates(config, identities)
-    elif not args.node_token_file:
-        log.warning("no --node-token-file: no workload certificates; mesh destinations will be refused")
-    metrics = Metrics()
-    tap_hub = TapHub(f"ztunnel/{args.node}")        # `ambit tap`: admin GET /tap
-    proxy = Proxy(config=config, identities=identities, metrics=metrics, trust_domain=args.trust_domain,
-                  tunnel=args.tunnel, limits=args.limits)
-    # the Telemetry API's sink (on/off, mode, filter, format per workload), also feeding `ambit tap`
-    proxy.access_log = TapSink(proxy.access_log, tap_hub)
-    metrics.registry.register(proxy.health(client))
-    msrv = MetricsServer(metrics)
-    mhost, _, mport = (args.metrics_address or "").rpartition(":")
-    try:
-        await msrv.start(mhost or None, int(mport or 0), args.metrics_socket, reuse_port=True)
-    except OSError as e:
-        log.warning("metrics endpoint %s: %s", args.metrics_address, e)
-    adm = admin.AdminServer(admin.routes(config, client, proxy), tap=tap_hub)
-    host, _, port = (args.admin_address or "").rpartition(":")
-    try:
-        await adm.start(host or None, int(port or 0), args.admin_socket, reuse_port=True)
-    except OSError as e:
-        log.warning("admin endpoint %s: %s", args.admin_address, e)
-    reporter = feed = None
-    if client is not None:
-        reporter = StatusReporter(args.controller, client.node, lambda: admin.status_report(config, args.node, proxy),
-                                  interval=args.report_interval, trust=args.controller_tls.trust(),
-                                  metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
-        await reporter.start()
-        # `ambit tap`/`stat`/`top` in a cluster: the controller asks over a feed this proxy opens.
-        feed = TapFeed(args.controller, client.node, tap_hub, exposition(metrics.registry), trust=args.controller_tls.trust(),
-                       metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
-        await feed.start()
-    zds = ZdsServer(args.zds_socket, proxy.registry, loop)
-    zds.start()
-    log.info("ztunnel for %s ready; agent socket %s; controller %s; config version %s; CA %s", args.node,
-             args.zds_socket, args.controller or "-", config.version or "-",
-             ca_target if identities is not None else "-")
-    # Start-up is done: what exists now (modules, config, certificates) lives as long as ztunnel.
-    proxy.gc_stats = gctune.tune(args.gc_freeze, gctune.parse_threshold(args.gc_threshold))
-    trim = heap_trimmer() if args.memory_trim_interval > 0 else None
-    trimmer = asyncio.ensure_future(trim_heap_periodically(args.memory_trim_interval, trim)) if trim else None
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    # Stop accepting first (the agent's socket and every pod listener), then drain: a surge roll's
-    # new ztunnel takes the new connections meanwhile (docs/operations.md).
-    deadline = loop.time() + args.termination_drain
-    zds.stop()
-    await proxy.registry.shutdown(args.termination_drain)
-    if trimmer is not None:
-        trimmer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await trimmer
-    if reporter is not None:
-        await reporter.stop()
-    if feed is not None:
-        await feed.stop()
-    with contextlib.suppress(asyncio.TimeoutError):    # HBONE GOAWAYs: bounded by the same drain
-        await asyncio.wait_for(proxy.close(), max(0.1, deadline - loop.time()))
-    if identities is not None:
-        await identities.close()
-    if ca_channel is not None:
-        await ca_channel.close()
-    await msrv.close()
-    await adm.close()
-    if client is not None:
-        await client.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
-    process.run("ztunnel", load, amain, argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+
+    async def start(args: ZtunnelSettings) -> None:
+        if args.worker_index < 0 and args.worker_count > 1:
+            from ztunnel.pods import reuseport_supported
+            if reuseport_supported():
+                from ztunnel import workers
+                await workers.supervise(args, raw)
+                return
+            # Workers share listeners through SO_REUSEPORT groups, which ztunnel uses only where
+            # ambit_tc_in can hand inbound connections to them (Linux 6.5): else one process.
+            logging.getLogger("ambit.ztunnel").warning(
+                "--workers %d: kernel %s is older than 6.5 (no bpf_sk_assign to SO_REUSEPORT listeners); "
+                "running one process", args.worker_count, os.uname().release)
+        from ztunnel import serve
+        await serve.amain(args)
+    process.run("ztunnel", load, start, raw)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ then passed down. `python -m ztunnel --help` lists every one with its environmen
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from ambit.dataplane.ports import PORT_ADMIN, PORT_METRICS
 from ambit.dataplane.settings import TunnelSettings
 from ambit.settings import non_negative, option, positive
 from ztunnel.limits import ProxyLimits
+
+MAX_AUTO_WORKERS = 8    # `--workers 0` stops here: past that, HBONE pools per worker cost more than cores gain
 
 
 def _address(v: str) -> str | None:
@@ -62,9 +65,21 @@ class ZtunnelSettings:
         20.0, "on SIGTERM: close every pod listener at once (new connections go to the other ztunnel of a surge "
               "roll), then give open connections this many seconds before cutting them; keep it below the pod's "
               "terminationGracePeriodSeconds", check=non_negative)
+    workers: int = option(0, "worker processes sharing the node's listeners (SO_REUSEPORT), each with its own event "
+                          "loop and HBONE pool; 0: one per CPU this process may use, at most "
+                          f"{MAX_AUTO_WORKERS}; 1: a single process, no supervisor (docs/performance.md)",
+                          check=non_negative)
+    worker_index: int = option(-1, "set by the supervisor on each worker it starts (-1: not a worker)")
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     # Limits against hostile or noisy peers (docs/operations.md): flags without a group prefix.
     limits: ProxyLimits = field(default_factory=ProxyLimits, metadata={"prefix": ""})
+
+    @property
+    def worker_count(self) -> int:
+        """How many workers `--workers` asks for (0 resolved against this process's CPU affinity)."""
+        if self.workers:
+            return self.workers
+        return max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
 
     @property
     def ca_target(self) -> str | None:

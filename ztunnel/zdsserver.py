@@ -7,7 +7,6 @@ for the result so that the agent's ack means "listeners are open" (or "closed", 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -29,38 +28,18 @@ class ZdsServer:
         self.sock: socket.socket | None = None
 
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.sock.bind(str(self.path))
-        os.chmod(self.path, 0o600)
-        self.sock.listen(4)
+        self.sock = zds.listen(self.path)
         threading.Thread(target=self._accept_loop, name="zds", daemon=True).start()
 
     def stop(self) -> None:
         """Stop taking agents (ztunnel is shutting down); the socket file is left alone, since the
         new ztunnel of a surge roll may have bound that path already."""
-        if self.sock is not None:
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)
-            self.sock.close()
+        zds.close_listener(self.sock)
 
     def _accept_loop(self) -> None:
         assert self.sock is not None
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return          # stop()
-            log.info("agent connected")
-            try:
-                self._serve(conn)
-            except Exception:
-                log.exception("agent connection failed")
-            finally:
-                conn.close()
-                log.info("agent disconnected; keeping %d pods", len(self.registry.pods))
+        zds.accept_loop(self.sock, self._serve, log,
+                        lambda: log.info("agent disconnected; keeping %d pods", len(self.registry.pods)))
 
     def _call(self, coro) -> None:  # noqa: ANN001
         asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)

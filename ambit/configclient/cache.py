@@ -30,7 +30,7 @@ def save(path: Path, node_key: str, types: dict[str, CachedType]) -> None:
         },
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")   # per process: ztunnel workers share the path
     tmp.write_text(json.dumps(doc, sort_keys=True))
     os.replace(tmp, path)
 

@@ -205,7 +205,8 @@ def ztunnel_args(o: argparse.Namespace) -> list[str]:
             "--controller-root-cert", f"{ROOT_CERT_DIR}/root-cert.pem",
             "--controller-identity", f"spiffe://{o.trust_domain}/ns/{o.namespace}/sa/{CONTROLLER}",
             "--cert-cache", f"{RUN_DIR}/certs", "--metrics-address", f"0.0.0.0:{ZTUNNEL_METRICS_PORT}",
-            "--termination-drain", str(ZTUNNEL_DRAIN), "--log-level", o.log_level]
+            "--termination-drain", str(ZTUNNEL_DRAIN), "--log-level", o.log_level,
+            "--workers", str(o.ztunnel_workers)]
 
 
 def agent_args(o: argparse.Namespace) -> list[str]:
@@ -345,6 +346,12 @@ def _non_default_flags(o: argparse.Namespace) -> list[tuple[str, str]]:
 
 # -- the command ------------------------------------------------------------------------------------
 
+def _workers(v: str) -> int:
+    if not v.isdigit():
+        raise argparse.ArgumentTypeError(f"--ztunnel-workers {v!r}: must be a whole number >= 0 (0: one per CPU)")
+    return int(v)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the manifests instead of applying them")
     p.add_argument("--namespace", default="ambit-system", help="where the controller and node pods run")
@@ -358,6 +365,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"the Secret (in --namespace) holding the CA: created by the controller on first start "
                         f"(default {CA_SECRET}), or yours: ca.crt/ca.key, or cert-manager's tls.crt/tls.key/ca.crt")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--ztunnel-workers", type=_workers, default=0, metavar="N",
+                   help="worker processes per node ztunnel (0: one per CPU the container may use, at most 8; "
+                        "docs/performance.md)")
     p.add_argument("--outbound-traffic-policy", default="ALLOW_ANY", choices=("ALLOW_ANY", "REGISTRY_ONLY"),
                    help="MeshConfig outboundTrafficPolicy.mode: REGISTRY_ONLY refuses meshed pods' connections to "
                         "addresses the mesh does not know (docs/egress.md)")

@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--cert-ttl", type=float, metavar="SECONDS",
                     help="lifetime of workload certificates (default 24h; rotated at half-life), "
                          "e.g. 60 to watch rotation")
+    up.add_argument("--ztunnel-workers", type=int, default=1, metavar="N",
+                    help="worker processes per node ztunnel (default 1; 0: one per CPU, as in a cluster; "
+                         "docs/performance.md)")
     up.add_argument("--prometheus", action="store_true",
                     help="also run Prometheus (Debian's package) on 127.0.0.1, scraping the controller, every "
                          "ztunnel and every waypoint (docs/observability.md)")
@@ -82,8 +85,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     spec = lab.load_spec(args.spec, args.nodes)
     if args.cert_ttl is not None and args.cert_ttl < 10:
         raise lab.LabError(f"--cert-ttl {args.cert_ttl:g}: must be at least 10 seconds")
+    if args.ztunnel_workers < 0:
+        raise lab.LabError(f"--ztunnel-workers {args.ztunnel_workers}: must be >= 0 (0: one per CPU)")
     lab.up(spec, name=args.name, capture=args.capture, cert_ttl=args.cert_ttl, with_prometheus=args.prometheus,
-           with_tracing=args.tracing)
+           with_tracing=args.tracing, ztunnel_workers=args.ztunnel_workers)
     lab.progress(f"lab is up; state and logs in {paths.lab_dir()}")
     return 0
 

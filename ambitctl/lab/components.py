@@ -140,7 +140,7 @@ AGENT_ARGS_ENV = "AMBIT_LAB_AGENT_ARGS"     # the same for every node's agent (e
 
 
 def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
-              cert_ttl: float | None = None) -> list[ProcSpec]:
+              cert_ttl: float | None = None, ztunnel_workers: int = 1) -> list[ProcSpec]:
     procs: list[ProcSpec] = [controller_process(names, base, spec.trust_domain)]
     py = sys.executable
     for n in spec.nodes:
@@ -157,6 +157,7 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
                   "--trust-domain", spec.trust_domain, *controller_tls_args(base, spec.trust_domain),
                   "--metrics-socket", str(ztunnel_metrics_socket(base, n.name)),
                   "--report-interval", "3", "--termination-drain", str(ZTUNNEL_DRAIN),
+                  "--workers", str(ztunnel_workers),
                   *(["--cert-ttl", str(cert_ttl)] if cert_ttl else []),
                   *shlex.split(os.environ.get(ZTUNNEL_ARGS_ENV, ""))],
             stop_grace=ZTUNNEL_DRAIN + 2))

@@ -147,7 +147,11 @@ class FeedHub:
         if entry is None:                      # too late: that scrape is over
             return
         got, done, pending = entry
-        got[f.key] = metrics
+        # Several feeds under one key: a ztunnel's workers (ztunnel/workers.py), or both node pods
+        # of a surge roll. Each counts its own connections, so the node's answer is all of them;
+        # readers sum samples with equal labels (ambitctl/commands/top.py `parse`).
+        prior = got.get(f.key, "")
+        got[f.key] = prior + ("" if not prior or prior.endswith("\n") else "\n") + metrics
         pending.discard(id(f))
         if not pending:
             done.set()

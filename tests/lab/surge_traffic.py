@@ -52,6 +52,22 @@ def long_lived(host: str, port: int, stop: threading.Event) -> None:
         stop.wait(0.2)
 
 
+def start(lab, host: str = "echo.demo.svc.cluster.local", port: int = 8080):  # noqa: ANN001, ANN201
+    """(In the test process) run this script in the lab's demo/client pod; returns the Popen once
+    the script says it is ready. Stop it with `communicate(input="")`."""
+    import subprocess
+
+    from tests.lab.labctl import AMBIT, REPO
+    p = subprocess.Popen([*AMBIT, "lab", "exec", "demo/client", "--", sys.executable, __file__, host, str(port)],
+                         env=lab.env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    if not line or json.loads(line) != {"ready": True}:
+        p.kill()
+        raise AssertionError(f"traffic did not start: {line!r} {p.stderr.read()}")
+    return p
+
+
 def main() -> None:
     host, port = sys.argv[1], int(sys.argv[2])
     stop = threading.Event()

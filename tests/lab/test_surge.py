@@ -6,31 +6,24 @@ cleanly (EOF, not a reset). docs/operations.md, "Rolling the node DaemonSet"."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.lab.labctl import AMBIT, REPO
+from tests.lab import surge_traffic
 
 pytestmark = pytest.mark.lab
 
 SPEC = Path(__file__).parent / "specs" / "surge.yaml"
-TRAFFIC = Path(__file__).parent / "surge_traffic.py"
 
 
 def test_surge_roll_of_a_node_fails_no_new_connection(fresh_lab):
     lab = fresh_lab
     lab.up("--spec", str(SPEC))
     old = {c: lab.proc_pid(f"{c}/node1") for c in ("ztunnel", "agent")}
-    traffic = subprocess.Popen(
-        [*AMBIT, "lab", "exec", "demo/client", "--", sys.executable, str(TRAFFIC),
-         "echo.demo.svc.cluster.local", "8080"],
-        env=lab.env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    traffic = surge_traffic.start(lab)
     try:
-        assert json.loads(traffic.stdout.readline()) == {"ready": True}, traffic.stderr.read()
         began = time.time()
         rolled = lab.ambit("lab", "roll", "node1", "--surge", timeout=90)
         ended = time.time()

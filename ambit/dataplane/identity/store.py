@@ -37,7 +37,7 @@ class CertStore:
         doc = {"identity": cert.identity, "key_pem": cert.key_pem.decode(), "chain_pem": list(cert.chain_pem),
                "bundle_pems": cert.bundle.pems()}
         path = self._path(cert.identity)
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")   # per process: ztunnel workers share the dir
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, json.dumps(doc).encode())

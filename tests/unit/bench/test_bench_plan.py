@@ -53,3 +53,12 @@ def test_tool_command_lines():
     assert tools.wrk_conn_argv("http://h/1k", 8, 1.5)[5:7] == ["-d", "2s"]
     assert tools.iperf3_argv("10.0.0.1", 5201, 4, 5)[:8] == ["iperf3", "-c", "10.0.0.1", "-p", "5201", "-P", "4", "-t"]
     assert tools.LUA_CONN.exists()
+
+
+def test_workers_scenario_runs_in_its_own_lab_phase():
+    sc = planmod.SCENARIOS["ambit-l4-workers"]
+    assert sc.phase == "workers" and sc.mesh and sc.client_key == f"{planmod.MESH_NS}/client"
+    assert "workers" in planmod.PHASES
+    p = planmod.make_plan(quick=True, scenarios=["haproxy", "ambit-l4-workers"])
+    assert [s.name for s in p.phase_scenarios("workers")] == ["ambit-l4-workers"]
+    assert [s.name for s in p.phase_scenarios("ebpf")] == ["haproxy"]

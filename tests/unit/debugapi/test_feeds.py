@@ -63,6 +63,25 @@ def test_scrape_collects_each_feed_and_names_the_silent_ones() -> None:
     asyncio.run(main())
 
 
+def test_scrape_answers_of_one_proxys_workers_are_all_kept() -> None:
+    from ambitctl.commands.top import parse
+
+    async def main() -> None:
+        hub = FeedHub()
+        w0, w1 = hub.open_feed("ztunnel/n1"), hub.open_feed("ztunnel/n1")    # two workers of one node
+        task = asyncio.ensure_future(hub.scrape(timeout=0.5))
+        await asyncio.sleep(0)
+        sid = control(hub, w0)["scrape"]
+        assert control(hub, w1)["scrape"] == sid
+        series = 'istio_tcp_connections_opened_total{reporter="source"}'
+        hub.answer(w0, sid, f"{series} 2.0")
+        hub.answer(w1, sid, f"{series} 3.0\n")
+        got, missing = await task
+        assert missing == [] and list(got) == ["ztunnel/n1"]
+        assert parse(got["ztunnel/n1"]) == {("istio_tcp_connections_opened_total", (("reporter", "source"),)): 5.0}
+    asyncio.run(main())
+
+
 def test_proxy_feed_subscribes_only_while_tapped_and_uploads_only_matches() -> None:
     async def main() -> None:
         tap = TapHub("ztunnel/n1", queue_size=2)

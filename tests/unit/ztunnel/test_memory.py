@@ -8,8 +8,8 @@ import threading
 import tracemalloc
 
 from ztunnel import admin
-from ztunnel.__main__ import heap_trimmer, trim_heap_periodically
 from ztunnel.meshstate import MeshState
+from ztunnel.serve import heap_trimmer, trim_heap_periodically
 from ztunnel.settings import load as parse_args
 
 ROLLUP = """00400000-7ffd1e1f0000 ---p 00000000 00:00 0                          [rollup]

@@ -1,0 +1,172 @@
+"""ztunnel/workers.py without processes: the metrics merge, the worker flags, and the zds fan-out
+over real SEQPACKET sockets to stand-in workers that speak the zds protocol (tests/lab/
+test_ztunnel_workers.py runs real worker processes in a lab)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from ambit import zds
+from ztunnel.settings import MAX_AUTO_WORKERS, load
+from ztunnel.workers import Fanout, Worker, WorkerPaths, merge_expositions, worker_argv
+
+
+def test_merge_keeps_each_family_together_once_with_a_worker_label():
+    w0 = ('# HELP a_total A\n# TYPE a_total counter\na_total{x="1"} 2.0\n'
+          '# HELP g G\n# TYPE g gauge\ng 5.0\n')
+    w1 = ('# HELP a_total A\n# TYPE a_total counter\na_total{x="1"} 3.0\na_total{} 1.0\n'
+          '# HELP g G\n# TYPE g gauge\ng 7.0\n')
+    assert merge_expositions({"0": w0, "1": w1}).splitlines() == [
+        "# HELP a_total A", "# TYPE a_total counter",
+        'a_total{worker="0",x="1"} 2.0', 'a_total{worker="1",x="1"} 3.0', 'a_total{worker="1"} 1.0',
+        "# HELP g G", "# TYPE g gauge", 'g{worker="0"} 5.0', 'g{worker="1"} 7.0']
+
+
+def test_merge_parses_as_prometheus_text_with_histograms():
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    texts = {}
+    for i in ("0", "1"):
+        reg = CollectorRegistry()
+        Histogram("lat_seconds", "latency", ["dir"], registry=reg).labels("in").observe(0.01)
+        texts[i] = generate_latest(reg).decode()
+    fams = {f.name: f for f in text_string_to_metric_families(merge_expositions(texts))}
+    counts = [s for s in fams["lat_seconds"].samples if s.name == "lat_seconds_count"]
+    assert sorted(s.labels["worker"] for s in counts) == ["0", "1"]
+    assert all(s.labels["dir"] == "in" and s.value == 1.0 for s in counts)
+
+
+def test_a_worker_runs_as_one_process_on_private_sockets(tmp_path):
+    paths = WorkerPaths.under(tmp_path, 3)
+    argv = ["--node", "n1", "--zds-socket", "/run/zds.sock", "--workers", "4", "--admin-address", "127.0.0.1:15000"]
+    s = load(worker_argv(argv, 3, paths)[3:], environ={})
+    assert (s.workers, s.worker_count, s.worker_index) == (1, 1, 3)
+    assert (s.zds_socket, s.admin_socket, s.metrics_socket) == (paths.zds, paths.admin, paths.metrics)
+    assert s.admin_address == "" and s.metrics_address == ""     # the supervisor serves the node's ports
+    assert s.node == "n1"
+
+
+def test_zero_workers_means_one_per_usable_cpu_capped():
+    s = load(["--node", "n", "--zds-socket", "/z"], environ={})
+    assert s.worker_count == max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
+    with pytest.raises(ValueError, match="workers"):
+        load(["--node", "n", "--zds-socket", "/z", "--workers", "-1"], environ={})
+
+
+class StandIn(Worker):
+    """A worker process stood in for by a thread that answers zds requests and records them."""
+
+    def __init__(self, index: int, paths: WorkerPaths, refuse: set[str] = frozenset()) -> None:
+        super().__init__(index, paths)
+        self.got: list[tuple[str, str]] = []      # (type, uid)
+        self.refuse = refuse
+        self.up = True
+        paths.zds.parent.mkdir(parents=True, exist_ok=True)
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.srv.bind(str(paths.zds))
+        self.srv.listen(1)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def alive(self) -> bool:
+        return self.up
+
+    def _serve(self) -> None:
+        conn, _ = self.srv.accept()
+        while True:
+            msg, fds = zds.recv(conn)
+            if msg is None:
+                return
+            uid = msg.get("uid") or msg.get("pod", {}).get("uid", "")
+            assert (len(fds) == 1) == (msg["type"] == "add")
+            for fd in fds:
+                os.fstat(fd)        # a live fd, passed on
+                os.close(fd)
+            self.got.append((msg["type"], uid))
+            zds.send(conn, {"type": "error", "reason": "port in use"} if uid in self.refuse else {"type": "ack"})
+
+
+def pod(uid: str) -> dict:
+    return {"uid": uid, "name": uid, "namespace": "ns", "ip": "10.0.0.1", "node": "n", "service_account": "sa"}
+
+
+def add(fan: Fanout, uid: str) -> str | None:
+    r, w = os.pipe()
+    os.close(w)
+    return fan.handle({"type": "add", "pod": pod(uid)}, [r])
+
+
+def test_fanout_reaches_every_worker_and_replays_the_table_to_a_new_one(tmp_path: Path):
+    stopping = threading.Event()
+    w0 = StandIn(0, WorkerPaths.under(tmp_path, 0))
+    fan = Fanout(tmp_path / "zds.sock", [w0])
+    try:
+        assert add(fan, "a") == "no ztunnel worker is serving yet"     # the agent retries; kept for replay
+        fan.attach(w0, stopping)
+        assert w0.got == [("snapshot_start", ""), ("add", "a"), ("snapshot_end", "")]
+        assert add(fan, "b") is None
+        assert fan.handle({"type": "del", "uid": "a", "drain": 1.0}, []) is None
+        w1 = StandIn(1, WorkerPaths.under(tmp_path, 1), refuse={"c"})
+        fan.workers.append(w1)
+        fan.attach(w1, stopping)
+        assert w1.got == [("snapshot_start", ""), ("add", "b"), ("snapshot_end", "")]   # a was deleted
+        assert add(fan, "c") == "worker 1: port in use"      # every worker's answer counts
+        assert ("add", "c") in w0.got
+        # A worker that died is skipped (its restart gets a replay), not an error for the agent.
+        w1.unlink()
+        assert add(fan, "d") is None
+        assert sorted(fan.pods) == ["b", "c", "d"]
+    finally:
+        fan.close()
+
+
+def test_a_worker_linked_during_the_agents_snapshot_follows_that_snapshot(tmp_path: Path):
+    stopping = threading.Event()
+    w0 = StandIn(0, WorkerPaths.under(tmp_path, 0))
+    fan = Fanout(tmp_path / "zds.sock", [w0])
+    try:
+        fan.attach(w0, stopping)
+        add(fan, "old")
+        add(fan, "kept")
+        assert fan.handle({"type": "snapshot_start"}, []) is None
+        add(fan, "kept")
+        w1 = StandIn(1, WorkerPaths.under(tmp_path, 1))
+        fan.workers.append(w1)
+        fan.attach(w1, stopping)
+        # Only what the agent re-added so far, and no end: the agent's own end follows.
+        assert w1.got == [("snapshot_start", ""), ("add", "kept")]
+        add(fan, "new")
+        assert fan.handle({"type": "snapshot_end"}, []) is None
+        assert w1.got[-2:] == [("add", "new"), ("snapshot_end", "")]
+        assert sorted(fan.pods) == ["kept", "new"]          # "old" was not re-added: gone
+    finally:
+        fan.close()
+
+
+def test_the_agent_talks_to_the_supervisor_as_to_a_single_ztunnel(tmp_path: Path):
+    from agent.ztunnel_link import ZtunnelLink
+    from ambit.zds import PodInfo
+    netns = tmp_path / "netns"          # any file: the fan-out passes the fd on without using it
+    netns.write_text("")
+    stopping = threading.Event()
+    w0 = StandIn(0, WorkerPaths.under(tmp_path, 0), refuse={"bad"})
+    fan = Fanout(tmp_path / "zds.sock", [w0])
+    fan.attach(w0, stopping)
+    fan.start()
+    link = ZtunnelLink(tmp_path / "zds.sock", timeout=5)
+    try:
+        link.connect(deadline=float("inf"))
+        errors = link.snapshot([(PodInfo.from_dict(pod("ok")), str(netns)), (PodInfo.from_dict(pod("bad")), str(netns))])
+        assert [uid for uid, _ in errors] == ["bad"] and "worker 0: port in use" in errors[0][1]
+        link.delete("ok", 1.0)
+        link.ping()
+        assert w0.got[-4:] == [("add", "bad"), ("snapshot_end", ""), ("del", "ok"), ("ping", "")]
+        assert sorted(fan.pods) == ["bad"]      # kept: the agent retries it
+    finally:
+        link.close()
+        fan.stop()
+        fan.close()

@@ -1,0 +1,429 @@
+"""ztunnel on every core: a supervisor process and N worker processes (`--workers N`).
+
+Why processes: one asyncio loop uses one core, so with one process 4 streams went no faster than
+one (docs/performance.md). Each worker is a whole ztunnel (`--workers 1 --worker-index I`): its own
+event loop, HBONE pool, config stream and certificates. It opens its listeners in every pod netns
+with SO_REUSEPORT (the groups a surge roll already shares, ztunnel/listengroup.py), so the kernel
+spreads new connections across the workers, and a worker that dies leaves the others' listeners in
+the groups: new connections keep being accepted meanwhile.
+
+The supervisor serves no traffic (it opens no pod listener, config stream or TLS) and forks nothing: it spawns the
+workers as fresh interpreters, because grpc's threads do not survive fork. What it owns:
+- the agent's zds socket. It keeps every pod the agent handed over (metadata and netns fd) and
+  forwards each message to every worker; the agent's ack means every live worker opened the pod's
+  listeners. A restarted worker gets the whole table replayed as a snapshot before it counts as live.
+- worker restarts: a worker that exits while the supervisor is not stopping is started again.
+- the admin and metrics endpoints. Metrics are every worker's exposition merged, each sample with
+  a `worker` label (`merge_expositions`). Admin `/workers` lists the workers (pid, restarts, their
+  own admin and metrics sockets); `/healthz/*` is 200 only when every worker says so; other paths
+  are answered by the first worker that answers (its own view: `/pods`, `/config`, ...); `/tap`
+  streams are per worker (their sockets are in `/workers`).
+- SIGTERM: forwarded to every worker, which drain as a single ztunnel does; then it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ambit import zds
+from ambit.dataplane import endpoint
+from ambit.dataplane.endpoint import LocalEndpoint, Response
+from ztunnel.settings import ZtunnelSettings
+
+log = logging.getLogger("ambit.ztunnel.workers")
+
+PROM_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+RESTART_BACKOFF = 0.5       # seconds between two starts of the same worker (a crash loop spins no core)
+LINK_TIMEOUT = 30.0         # a worker answers each zds request within this (it waits on its own loop)
+
+
+@dataclass(frozen=True)
+class WorkerPaths:
+    """A worker's private sockets, next to the supervisor's zds socket (an emptyDir in a cluster)."""
+    zds: Path
+    admin: Path
+    metrics: Path
+
+    @classmethod
+    def under(cls, run_dir: Path, index: int) -> WorkerPaths:
+        return cls(run_dir / f"w{index}.zds.sock", run_dir / f"w{index}.admin.sock", run_dir / f"w{index}.metrics.sock")
+
+
+def run_dir(zds_socket: Path) -> Path:
+    """`zds.sock` -> `zds.workers/`: per zds socket, so a surge roll's two generations do not meet."""
+    return zds_socket.with_name(zds_socket.stem + ".workers")
+
+
+def worker_argv(argv: Sequence[str], index: int, paths: WorkerPaths) -> list[str]:
+    """The supervisor's own flags, then the ones that make a worker (argparse keeps the last)."""
+    return [sys.executable, "-m", "ztunnel", *argv, "--workers", "1", "--worker-index", str(index),
+            "--zds-socket", str(paths.zds), "--admin-socket", str(paths.admin), "--admin-address", "",
+            "--metrics-socket", str(paths.metrics), "--metrics-address", ""]
+
+
+_SAMPLE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def _relabel(line: str, label: str, value: str) -> str:
+    m = _SAMPLE.match(line)
+    if m is None:
+        return line
+    name, rest = m.group(0), line[m.end():]
+    if rest.startswith("{}"):
+        rest = rest[2:]
+    if rest.startswith("{"):
+        return f'{name}{{{label}="{value}",{rest[1:]}'
+    return f'{name}{{{label}="{value}"}}{rest}'
+
+
+def merge_expositions(per_worker: dict[str, str], label: str = "worker") -> str:
+    """Prometheus text expositions of several workers as one: each family's HELP/TYPE once (the
+    first worker's), then every worker's samples of it with `label` added. Families stay grouped,
+    as the text format requires."""
+    headers: dict[str, list[str]] = {}
+    samples: dict[str, list[str]] = {}
+    for worker, text in per_worker.items():
+        current = None
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            if line.startswith("#"):
+                parts = line.split(None, 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    current = parts[2]
+                    head = headers.setdefault(current, [])
+                    samples.setdefault(current, [])
+                    if not any(h.split(None, 3)[1] == parts[1] for h in head):
+                        head.append(line)
+                continue
+            family = current or _SAMPLE.match(line).group(0)  # type: ignore[union-attr]
+            headers.setdefault(family, [])
+            samples.setdefault(family, []).append(_relabel(line, label, worker))
+    out = []
+    for family, head in headers.items():
+        out += head
+        out += samples[family]
+    return "\n".join(out) + "\n"
+
+
+class Worker:
+    """One worker process and the supervisor's zds link to it."""
+
+    def __init__(self, index: int, paths: WorkerPaths) -> None:
+        self.index, self.paths = index, paths
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.link: socket.socket | None = None
+        self.linking = False
+        self.restarts = 0
+        self.started = 0.0
+
+    def spawn(self, argv: Sequence[str]) -> None:
+        self.link = None
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(worker_argv(argv, self.index, self.paths), preexec_fn=_die_with_parent)
+        log.info("worker %d started (pid %d)", self.index, self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def request(self, msg: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
+        """One zds request and its reply; OSError when the link is gone (the worker died)."""
+        sock = self.link
+        if sock is None:
+            raise OSError(f"worker {self.index} is not linked")
+        zds.send(sock, msg, fds)
+        reply, extra = zds.recv(sock)
+        for fd in extra:
+            os.close(fd)
+        if reply is None:
+            raise ConnectionError(f"worker {self.index} closed its zds socket")
+        return reply
+
+    def unlink(self) -> None:
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"index": self.index, "pid": self.proc.pid if self.proc else None, "alive": self.alive(),
+                "linked": self.link is not None, "restarts": self.restarts,
+                "admin_socket": str(self.paths.admin), "metrics_socket": str(self.paths.metrics)}
+
+
+def _prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()       # looked up here: between fork and exec only async-signal-safe work is safe
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM (a drain) if the supervisor dies, so no worker outlives it."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Fanout:
+    """The agent's zds socket, fanned out to every worker; the pod table for replays."""
+
+    def __init__(self, path: Path, workers: list[Worker]) -> None:
+        self.path, self.workers = path, workers
+        self.lock = threading.Lock()
+        self.pods: dict[str, tuple[dict[str, Any], int]] = {}   # uid -> (pod dict, netns fd we keep)
+        self.snapshot: set[str] | None = None                   # the agent's snapshot in progress
+        self.sock: socket.socket | None = None
+
+    # --- workers --------------------------------------------------------------------------------
+    def attach(self, w: Worker, stopping: threading.Event) -> None:
+        """Connect to a (re)started worker, replay every pod, then count it live (in a thread)."""
+        try:
+            while not stopping.is_set() and w.alive():
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                try:
+                    s.connect(str(w.paths.zds))
+                except OSError:
+                    s.close()
+                    time.sleep(0.1)
+                    continue
+                s.settimeout(LINK_TIMEOUT)
+                with self.lock:
+                    w.link = s
+                    try:
+                        self._replay(w)
+                    except OSError as e:
+                        log.warning("worker %d: replay failed: %s", w.index, e)
+                        w.unlink()
+                        continue
+                log.info("worker %d linked; serving %d pods", w.index, len(self.pods))
+                return
+        finally:
+            w.linking = False
+
+    def _replay(self, w: Worker) -> None:
+        """The table as a snapshot. While the agent's own snapshot is in progress, only the pods it
+        re-added so far, and no end: the agent's remaining adds and its snapshot_end follow."""
+        w.request({"type": "snapshot_start"})
+        for uid, (pod, fd) in self.pods.items():
+            if self.snapshot is None or uid in self.snapshot:
+                reply = w.request({"type": "add", "pod": pod}, [fd])
+                if reply.get("type") != "ack":
+                    log.warning("worker %d refused pod %s: %s", w.index, uid, reply.get("reason"))
+        if self.snapshot is None:
+            w.request({"type": "snapshot_end"})
+
+    # --- the agent --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.sock = zds.listen(self.path)
+        threading.Thread(target=self._accept_loop, name="zds-fanout", daemon=True).start()
+
+    def stop(self) -> None:
+        zds.close_listener(self.sock)
+
+    def close(self) -> None:
+        with self.lock:
+            for _pod, fd in self.pods.values():
+                os.close(fd)
+            self.pods.clear()
+            for w in self.workers:
+                w.unlink()
+
+    def _accept_loop(self) -> None:
+        assert self.sock is not None
+        zds.accept_loop(self.sock, self._serve, log)
+
+    def _serve(self, conn: socket.socket) -> None:
+        while True:
+            msg, fds = zds.recv(conn)
+            if msg is None:
+                return
+            ref = msg.get("uid") or msg.get("pod", {}).get("uid", "") or msg.get("type")
+            try:
+                error = self.handle(msg, fds)
+            except (ValueError, KeyError) as e:
+                error = str(e)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            zds.send(conn, {"type": "error", "ref": ref, "reason": error} if error else {"type": "ack", "ref": ref})
+
+    def handle(self, msg: dict[str, Any], fds: list[int]) -> str | None:
+        """Record the message, forward it to every live worker; the first refusal, or None."""
+        kind = msg.get("type")
+        with self.lock:
+            send_fds: list[int] | None = None
+            if kind == "add":
+                if len(fds) != 1:
+                    raise ValueError(f"add needs exactly one netns fd, got {len(fds)}")
+                uid = msg["pod"]["uid"]
+                self._forget(uid)
+                fd = fds.pop()
+                self.pods[uid] = (msg["pod"], fd)
+                send_fds = [fd]
+                if self.snapshot is not None:
+                    self.snapshot.add(uid)
+            elif kind == "del":
+                self._forget(msg["uid"])
+            elif kind == "snapshot_start":
+                self.snapshot = set()
+            elif kind == "snapshot_end":
+                for uid in set(self.pods) - (self.snapshot or set()):
+                    self._forget(uid)
+                self.snapshot = None
+            live = [w for w in self.workers if w.link is not None]
+            if not live:
+                return "no ztunnel worker is serving yet"
+            errors = []
+            for w in live:
+                try:
+                    reply = w.request(msg, send_fds)
+                except OSError as e:
+                    log.warning("worker %d: zds link lost: %s", w.index, e)
+                    w.unlink()          # the monitor restarts or re-links it, with a replay
+                    continue
+                if reply.get("type") != "ack":
+                    errors.append(f"worker {w.index}: {reply.get('reason')}")
+            return "; ".join(errors) or None
+
+    def _forget(self, uid: str) -> None:
+        old = self.pods.pop(uid, None)
+        if old is not None:
+            os.close(old[1])
+
+
+class SupervisorAdmin(LocalEndpoint):
+    """The node's admin endpoint in front of the workers' (see the module docstring)."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        super().__init__()
+        self.workers = workers
+
+    def handle(self, method: str, path: str) -> Response:
+        if path == "/workers":
+            return Response(200, json.dumps({"workers": [w.describe() for w in self.workers]}).encode())
+        if path.startswith("/tap"):
+            return Response(404, b'{"error": "tap streams are per worker: read /workers for their admin sockets"}\n')
+        answers = []
+        for w in self.workers:
+            try:
+                answers.append(endpoint.fetch(w.paths.admin, path))
+            except OSError:
+                answers.append((503, json.dumps({"error": f"worker {w.index} is not answering"}).encode()))
+            if not path.startswith("/healthz") and answers[-1][0] != 503:
+                break
+        status, body = max(answers, key=lambda a: a[0] != 200) if path.startswith("/healthz") else answers[-1]
+        kind = "application/json" if body[:1] in (b"{", b"[") else "text/plain"
+        return Response(status, body, kind)
+
+
+class SupervisorMetrics(LocalEndpoint):
+    """Every worker's metrics, merged with a `worker` label, plus each worker's restart count."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        super().__init__()
+        self.workers = workers
+
+    def handle(self, method: str, path: str) -> Response:
+        if method not in ("GET", "HEAD"):
+            return Response(405, b"metrics are read-only: use GET\n", "text/plain")
+        texts = {}
+        for w in self.workers:
+            with contextlib.suppress(OSError):
+                status, body = endpoint.fetch(w.paths.metrics, "/metrics")
+                if status == 200:
+                    texts[str(w.index)] = body.decode()
+        own = ["# HELP ambit_ztunnel_worker_restarts_total times the supervisor restarted this worker",
+               "# TYPE ambit_ztunnel_worker_restarts_total counter"]
+        own += [f'ambit_ztunnel_worker_restarts_total{{worker="{w.index}"}} {w.restarts}' for w in self.workers]
+        return Response(200, (merge_expositions(texts) + "\n".join(own) + "\n").encode(), PROM_TEXT)
+
+
+async def supervise(args: ZtunnelSettings, argv: Sequence[str]) -> None:
+    loop = asyncio.get_running_loop()
+    n = args.worker_count
+    rdir = run_dir(args.zds_socket)
+    rdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    workers = [Worker(i, WorkerPaths.under(rdir, i)) for i in range(n)]
+    fan = Fanout(args.zds_socket, workers)
+    stopping = threading.Event()
+    for w in workers:
+        w.spawn(argv)
+    adm, msrv = SupervisorAdmin(workers), SupervisorMetrics(workers)
+    for ep, address, sock in ((adm, args.admin_address, args.admin_socket),
+                              (msrv, args.metrics_address, args.metrics_socket)):
+        host, _, port = (address or "").rpartition(":")
+        try:
+            await ep.start(host or None, int(port or 0), sock, reuse_port=True)
+        except OSError as e:
+            log.warning("endpoint %s: %s", address, e)
+
+    async def monitor() -> None:
+        while not stopping.is_set():
+            for w in workers:
+                if not w.alive() and time.monotonic() - w.started >= RESTART_BACKOFF:
+                    code = w.proc.returncode if w.proc else None
+                    log.warning("worker %d (pid %s) exited with %s; restarting", w.index,
+                                w.proc.pid if w.proc else "-", code)
+                    with fan.lock:
+                        w.unlink()
+                    w.restarts += 1
+                    w.spawn(argv)
+                if w.link is None and not w.linking and w.alive():
+                    w.linking = True
+                    loop.run_in_executor(None, fan.attach, w, stopping)
+            await asyncio.sleep(0.1)
+
+    watch = asyncio.ensure_future(monitor())
+    # The agent's ack must mean "listeners are open": take the agent only once every worker is linked.
+    while not all(w.link is not None for w in workers):
+        await asyncio.sleep(0.1)
+    fan.start()
+    log.info("ztunnel supervisor for %s ready: %d workers; agent socket %s", args.node, n, args.zds_socket)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    stopping.set()
+    fan.stop()
+    watch.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watch
+    for w in workers:
+        if w.alive():
+            assert w.proc is not None
+            w.proc.send_signal(signal.SIGTERM)
+    deadline = loop.time() + args.termination_drain + 5.0
+    for w in workers:
+        if w.proc is not None:
+            try:
+                await loop.run_in_executor(None, w.proc.wait, max(0.1, deadline - loop.time()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+    fan.close()
+    await adm.close()
+    await msrv.close()
+    for w in workers:       # the workers' zds sockets (a worker leaves its own in place for a successor)
+        for path in (w.paths.zds, w.paths.admin, w.paths.metrics):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    with contextlib.suppress(OSError):
+        rdir.rmdir()
