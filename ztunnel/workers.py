@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -65,9 +66,21 @@ class WorkerPaths:
         return cls(run_dir / f"w{index}.zds.sock", run_dir / f"w{index}.admin.sock", run_dir / f"w{index}.metrics.sock")
 
 
+SUN_PATH_MAX = 107          # bytes of a unix socket path, without the trailing NUL (sockaddr_un)
+SHORT_RUN_BASE = Path("/run")
+
+
 def run_dir(zds_socket: Path) -> Path:
-    """`zds.sock` -> `zds.workers/`: per zds socket, so a surge roll's two generations do not meet."""
-    return zds_socket.with_name(zds_socket.stem + ".workers")
+    """`zds.sock` -> `zds.workers/`: per zds socket, so a surge roll's two generations do not meet.
+
+    When that directory is too deep for a unix socket path (a socket path over 107 bytes cannot be
+    bound), the workers' sockets go to `/run/ambit-ztw-<hash of the zds socket's path>/` instead:
+    still one directory per zds socket, and every process derives the same name."""
+    d = zds_socket.with_name(zds_socket.stem + ".workers")
+    if len(os.fsencode(WorkerPaths.under(d, 99).metrics)) <= SUN_PATH_MAX:
+        return d
+    h = hashlib.sha256(os.fsencode(zds_socket.absolute())).hexdigest()[:16]
+    return SHORT_RUN_BASE / f"ambit-ztw-{h}"
 
 
 def worker_argv(argv: Sequence[str], index: int, paths: WorkerPaths) -> list[str]:

@@ -240,7 +240,15 @@ def remove_runtime_files(base: Path, nodes: list[str]) -> None:
     """What the mesh components leave in the lab dir (sockets, node tokens, config caches, the CA,
     agent status files); `lab down` calls this so a later lab never starts from a stale cache."""
     import shutil
+
+    from ztunnel.workers import SHORT_RUN_BASE, run_dir
     for n in nodes:
+        # ztunnel workers' sockets, when the node dir was too deep for them (ztunnel/workers.py):
+        # one directory per zds socket of any generation (a surge roll names its own).
+        for zds in {zds_socket(base, n), *(base / n).glob("zds*.sock")}:
+            d = run_dir(zds)
+            if d.parent == SHORT_RUN_BASE:
+                shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(base / n, ignore_errors=True)
         agent_status_file(base, n).unlink(missing_ok=True)
     shutil.rmtree(base / "ca", ignore_errors=True)

@@ -13,7 +13,7 @@ import pytest
 
 from ambit import zds
 from ztunnel.settings import MAX_AUTO_WORKERS, load
-from ztunnel.workers import Fanout, Worker, WorkerPaths, merge_expositions, worker_argv
+from ztunnel.workers import SUN_PATH_MAX, Fanout, Worker, WorkerPaths, merge_expositions, run_dir, worker_argv
 
 
 def test_merge_keeps_each_family_together_once_with_a_worker_label():
@@ -49,6 +49,18 @@ def test_a_worker_runs_as_one_process_on_private_sockets(tmp_path):
     assert (s.zds_socket, s.admin_socket, s.metrics_socket) == (paths.zds, paths.admin, paths.metrics)
     assert s.admin_address == "" and s.metrics_address == ""     # the supervisor serves the node's ports
     assert s.node == "n1"
+
+
+def test_worker_sockets_always_fit_a_unix_socket_path(tmp_path):
+    # Next to the zds socket when they fit; otherwise a short directory of their own, the same for
+    # every process that names that zds socket, and distinct per zds socket (surge generations).
+    assert run_dir(Path("/var/run/ambit/zds.sock")) == Path("/var/run/ambit/zds.workers")
+    deep = tmp_path / ("d" * 60) / "node1"
+    a, b = run_dir(deep / "zds.sock"), run_dir(deep / "zds.2.sock")
+    assert a == run_dir(deep / "zds.sock") and a != b
+    for d in (a, b):
+        for p in (WorkerPaths.under(d, 99).zds, WorkerPaths.under(d, 99).metrics):
+            assert len(os.fsencode(p)) <= SUN_PATH_MAX
 
 
 def test_zero_workers_means_one_per_usable_cpu_capped():
