@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -41,6 +40,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from ambit import zds
 from ambit.dataplane import endpoint
@@ -90,49 +93,24 @@ def worker_argv(argv: Sequence[str], index: int, paths: WorkerPaths) -> list[str
             "--metrics-socket", str(paths.metrics), "--metrics-address", ""]
 
 
-_SAMPLE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-
-
-def _relabel(line: str, label: str, value: str) -> str:
-    m = _SAMPLE.match(line)
-    if m is None:
-        return line
-    name, rest = m.group(0), line[m.end():]
-    if rest.startswith("{}"):
-        rest = rest[2:]
-    if rest.startswith("{"):
-        return f'{name}{{{label}="{value}",{rest[1:]}'
-    return f'{name}{{{label}="{value}"}}{rest}'
-
-
-def merge_expositions(per_worker: dict[str, str], label: str = "worker") -> str:
-    """Prometheus text expositions of several workers as one: each family's HELP/TYPE once (the
-    first worker's), then every worker's samples of it with `label` added. Families stay grouped,
-    as the text format requires."""
-    headers: dict[str, list[str]] = {}
-    samples: dict[str, list[str]] = {}
+def merge_expositions(per_worker: dict[str, str], label: str = "worker", extra: Sequence[Metric] = ()) -> str:
+    """Prometheus text expositions of several workers as one: every family once, with every
+    worker's samples of it carrying `label`. prometheus_client parses and writes the text, so
+    escaping, histograms and counters' `_total`/`_created` samples follow its rules, not ours.
+    `extra`: the supervisor's own families, written after the workers'."""
+    families: dict[str, Metric] = {}
     for worker, text in per_worker.items():
-        current = None
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            if line.startswith("#"):
-                parts = line.split(None, 3)
-                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
-                    current = parts[2]
-                    head = headers.setdefault(current, [])
-                    samples.setdefault(current, [])
-                    if not any(h.split(None, 3)[1] == parts[1] for h in head):
-                        head.append(line)
-                continue
-            family = current or _SAMPLE.match(line).group(0)  # type: ignore[union-attr]
-            headers.setdefault(family, [])
-            samples.setdefault(family, []).append(_relabel(line, label, worker))
-    out = []
-    for family, head in headers.items():
-        out += head
-        out += samples[family]
-    return "\n".join(out) + "\n"
+        for fam in text_string_to_metric_families(text):
+            merged = families.setdefault(fam.name, Metric(fam.name, fam.documentation, fam.type, fam.unit))
+            merged.samples += [s._replace(labels={label: worker, **s.labels}) for s in fam.samples]
+
+    class _Merged:
+        def collect(self) -> list[Metric]:
+            return [*families.values(), *extra]
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged())
+    return generate_latest(registry).decode()
 
 
 class Worker:
@@ -364,10 +342,11 @@ class SupervisorMetrics(LocalEndpoint):
                 status, body = endpoint.fetch(w.paths.metrics, "/metrics")
                 if status == 200:
                     texts[str(w.index)] = body.decode()
-        own = ["# HELP ambit_ztunnel_worker_restarts_total times the supervisor restarted this worker",
-               "# TYPE ambit_ztunnel_worker_restarts_total counter"]
-        own += [f'ambit_ztunnel_worker_restarts_total{{worker="{w.index}"}} {w.restarts}' for w in self.workers]
-        return Response(200, (merge_expositions(texts) + "\n".join(own) + "\n").encode(), PROM_TEXT)
+        restarts = CounterMetricFamily("ambit_ztunnel_worker_restarts",
+                                       "times the supervisor restarted this worker", labels=["worker"])
+        for w in self.workers:
+            restarts.add_metric([str(w.index)], w.restarts)
+        return Response(200, merge_expositions(texts, extra=[restarts]).encode(), PROM_TEXT)
 
 
 async def supervise(args: ZtunnelSettings, argv: Sequence[str]) -> None:

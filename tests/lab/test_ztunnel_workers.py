@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ambit.dataplane import endpoint
 from ambit.dataplane.telemetry.metrics import scrape
@@ -21,7 +21,6 @@ from tests.lab import surge_traffic
 pytestmark = pytest.mark.lab
 
 SPEC = Path(__file__).parent / "specs" / "surge.yaml"
-OPENED = re.compile(r'^istio_tcp_connections_opened_total\{worker="(\d+)",.*\} ([0-9.e+]+)$', re.M)
 
 
 def workers(lab, node: str) -> list[dict]:
@@ -29,10 +28,11 @@ def workers(lab, node: str) -> list[dict]:
 
 
 def opened_per_worker(lab, node: str) -> dict[str, float]:
-    text = scrape(lab.dir / node / "metrics.sock")
     out: dict[str, float] = {}
-    for worker, value in OPENED.findall(text):
-        out[worker] = out.get(worker, 0.0) + float(value)
+    for fam in text_string_to_metric_families(scrape(lab.dir / node / "metrics.sock")):
+        for s in fam.samples:
+            if s.name == "istio_tcp_connections_opened_total":
+                out[s.labels["worker"]] = out.get(s.labels["worker"], 0.0) + s.value
     return out
 
 

@@ -41,6 +41,18 @@ def test_merge_parses_as_prometheus_text_with_histograms():
     assert all(s.labels["dir"] == "in" and s.value == 1.0 for s in counts)
 
 
+def test_the_supervisors_own_families_follow_the_workers():
+    from prometheus_client.metrics_core import CounterMetricFamily
+    from prometheus_client.parser import text_string_to_metric_families
+    restarts = CounterMetricFamily("ambit_ztunnel_worker_restarts", "restarts", labels=["worker"])
+    restarts.add_metric(["0"], 2)
+    text = merge_expositions({"0": "# TYPE g gauge\ng 5.0\n"}, extra=[restarts])
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert [(s.name, s.labels, s.value) for s in fams["ambit_ztunnel_worker_restarts"].samples] == [
+        ("ambit_ztunnel_worker_restarts_total", {"worker": "0"}, 2.0)]
+    assert [(s.labels, s.value) for s in fams["g"].samples] == [({"worker": "0"}, 5.0)]
+
+
 def test_a_worker_runs_as_one_process_on_private_sockets(tmp_path):
     paths = WorkerPaths.under(tmp_path, 3)
     argv = ["--node", "n1", "--zds-socket", "/run/zds.sock", "--workers", "4", "--admin-address", "127.0.0.1:15000"]
