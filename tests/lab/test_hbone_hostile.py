@@ -356,13 +356,15 @@ def listen_backlogs(lines: str) -> dict[int, int]:
 
 
 def test_every_ztunnel_listener_has_the_configured_backlog(hlab: Lab) -> None:
-    with background(hlab, TARGET, "no-accept-server", "--port", "5401") as srv:
+    # Port 541: below the pods' ephemeral range (1024-65000), so no socket of the earlier floods
+    # can hold it (a connection's local port there made the bind fail once).
+    with background(hlab, TARGET, "no-accept-server", "--port", "541") as srv:
         assert srv.line() == "ready"
         pod = listen_backlogs(hlab.exec(TARGET, "ss", "-Hltn", check=True).stdout)
     node = listen_backlogs(subprocess.run(["ip", "netns", "exec", f"{hlab.name}.node1", "ss", "-Hltn"],
                                           capture_output=True, text=True, check=True).stdout)
     # Control: the column is the backlog the program asked for (listen(1) there).
-    assert pod.get(5401) == 1, pod
+    assert pod.get(541) == 1, pod
     assert {p: pod.get(p) for p in (15001, 15006, 15008)} == {15001: 4096, 15006: 4096, 15008: 4096}, pod
     assert {p: node.get(p) for p in (15000, 15020)} == {15000: 4096, 15020: 4096}, node
 

@@ -151,7 +151,9 @@ def test_custom_objects_use_the_first_served_version_and_paging(emu: KubeEmulato
                      ("/apis/networking.ambit.io/v1/virtualservices", False),         # three pages of two
                      ("/apis/networking.ambit.io/v1/virtualservices", True),
                      ("/apis/networking.ambit.io/v1/virtualservices", True)]
-    assert {p for m, p, q in emu.requests if q.get("watch")} == {"/apis/networking.ambit.io/v1/virtualservices"}
+    # The watch follows the last page (synced is set in between): wait for it, then check its version.
+    watches = until(lambda: {p for m, p, q in emu.requests if q.get("watch")}, "the watch after the list")
+    assert watches == {"/apis/networking.ambit.io/v1/virtualservices"}
     emu.create(vs("late", group="networking.ambit.io"))
     until(lambda: "late" in r.names(), "a watched custom object")
 
