@@ -27,6 +27,10 @@ from ambit.configclient.node import NodeInfo
 from ambit.configclient.state import ConfigUpdate, TypeState
 from ambit.model import Resource
 
+# How long to wait for the controller's headers before writing anyway (an older controller sends
+# none until its first response).
+ADMISSION_WAIT = 2.0
+
 log = logging.getLogger("ambit.configclient")
 
 ApplyCallback = Callable[[ConfigUpdate], "None | Awaitable[None]"]
@@ -209,6 +213,7 @@ class ConfigClient:
         async with self._channel() as channel:
             call = config_pb2_grpc.ConfigServiceStub(channel).DeltaStream(metadata=md)
             try:
+                await self._admitted(call)
                 for t in self.types:
                     await call.write(config_pb2.DeltaRequest(
                         node=self.node.to_proto(),
@@ -230,6 +235,21 @@ class ConfigClient:
                     await call.write(await self._handle(resp))
             finally:
                 call.cancel()
+
+    async def _admitted(self, call: grpc.aio.StreamStreamCall) -> None:
+        """Wait for the controller's headers (it sends them once it has authenticated the node).
+
+        A refusal arrives here with its own status (UNAUTHENTICATED, and why); a write sent into a
+        stream the controller is closing would fail as INTERNAL instead and lose the reason. A
+        controller that predates early headers sends none until its first response, so after
+        ADMISSION_WAIT the client writes anyway.
+        """
+        try:
+            await asyncio.wait_for(asyncio.shield(call.initial_metadata()), ADMISSION_WAIT)
+        except TimeoutError:
+            return
+        if call.done():
+            await call.read()                # raises the controller's status
 
     async def _handle(self, resp: config_pb2.DeltaResponse) -> config_pb2.DeltaRequest:
         """Apply one response; return the ACK or NACK to send."""

@@ -191,6 +191,11 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             except StreamRefused as e:
                 log.warning("config stream refused from %s: %s: %s", context.peer(), e.code.name, e)
                 await context.abort(e.code, str(e))
+        # Admitted: the headers go now, before any request is read. The client waits for them (or
+        # for the refusal above) before it writes, so a refusal always reaches it with its status:
+        # a client write that races the server's close is failed by grpc as INTERNAL, which would
+        # hide why the stream was refused.
+        await context.send_initial_metadata(())
         first = await context.read()
         if first is grpc.aio.EOF:
             return

@@ -21,6 +21,7 @@ from ambit.model import Resource, Workload
 from controller.ca.credentials import BootstrapTokens
 from controller.configserver import ConfigServer
 from controller.configserver.auth import NodeAuthenticator, check_claim
+from ztunnel.meshstate import TYPES as ZTUNNEL_TYPES
 
 from .helpers import workload
 
@@ -50,12 +51,16 @@ class Served:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as ch:
             call = config_pb2_grpc.ConfigServiceStub(ch).DeltaStream(metadata=metadata)
             try:
-                # The server may refuse before the first message: then the write itself raises.
+                # As the ConfigClient does: the server's headers (it admitted us) or its refusal come
+                # first; a write racing a refusal would fail locally as INTERNAL.
+                await call.initial_metadata()
+                if call.done():
+                    return Refused(await call.code(), await call.details())
                 await call.write(config_pb2.DeltaRequest(node=node.to_proto(), type_url=Workload.TYPE,
                                                          subscribe=True))
                 return await asyncio.wait_for(call.read(), 10)
             except grpc.aio.AioRpcError:
-                # Refused before our first message: the write fails locally; the status is the server's.
+                # Refused after our first message (authorization): the read raises the server's status.
                 return Refused(await call.code(), await call.details())
             finally:
                 call.cancel()
@@ -140,6 +145,44 @@ def test_the_config_client_presents_the_token_file_and_retries_until_it_appears(
             finally:
                 await client.stop()
     run(go())
+
+
+def test_a_refused_client_always_logs_the_controllers_reason_never_a_local_internal_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Operators read the refusal in the component's log: every attempt with a wrong token must say
+    UNAUTHENTICATED and why. (Without waiting for the controller's headers, most attempts over TCP
+    failed their first write as `INTERNAL: Internal error from Core`, and the log flipped between
+    the two.)"""
+    token_file = tmp_path / "bootstrap-token"
+    token_file.write_text("wrong\n")
+
+    async def go() -> None:
+        async with Served() as s:
+            # ztunnel subscribes to six types, so it writes six requests as the stream opens.
+            client = ConfigClient(f"127.0.0.1:{s.port}", NodeInfo("ztunnel", "node-a"), list(ZTUNNEL_TYPES),
+                                  lambda u: None, metadata=node_metadata(token_file, "node-a"),
+                                  backoff=Backoff(initial=0.01, maximum=0.02))
+            seen: list[str] = []
+            note = client._note_failure
+
+            def record(why: str) -> None:
+                seen.append(why)
+                note(why)
+            client._note_failure = record        # type: ignore[method-assign]
+            await client.start()
+            try:
+                while len(seen) < 40:
+                    await asyncio.sleep(0.02)
+            finally:
+                await client.stop()
+            odd = [w for w in seen if not w.startswith("UNAUTHENTICATED: ")]
+            assert not odd, f"{len(odd)} of {len(seen)} attempts did not carry the refusal: {odd[:3]}"
+            assert "bootstrap token not valid for node 'node-a'" in seen[0], seen[0]
+
+    with caplog.at_level("WARNING", logger="ambit.configclient"):
+        run(go())
+    said = [r.getMessage() for r in caplog.records if r.name == "ambit.configclient"]
+    assert len(said) == 1 and "UNAUTHENTICATED" in said[0], said     # said once, not on every retry
 
 
 @pytest.mark.parametrize("node, why", [
