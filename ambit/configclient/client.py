@@ -213,14 +213,15 @@ class ConfigClient:
         async with self._channel() as channel:
             call = config_pb2_grpc.ConfigServiceStub(channel).DeltaStream(metadata=md)
             try:
-                await self._admitted(call)
-                for t in self.types:
+                for i, t in enumerate(self.types):
                     await call.write(config_pb2.DeltaRequest(
                         node=self.node.to_proto(),
                         type_url=t,
                         subscribe=True,
                         initial_resource_versions=self._states[t].versions(),
                     ))
+                    if i == 0:
+                        await self._admitted(call)
                 while True:
                     resp = await call.read()
                     if resp is grpc.aio.EOF:
@@ -237,12 +238,13 @@ class ConfigClient:
                 call.cancel()
 
     async def _admitted(self, call: grpc.aio.StreamStreamCall) -> None:
-        """Wait for the controller's headers (it sends them once it has authenticated the node).
+        """After the first request, wait for the controller's headers: it sends them once it has
+        authenticated the node and authorized what the request subscribes as.
 
-        A refusal arrives here with its own status (UNAUTHENTICATED, and why); a write sent into a
-        stream the controller is closing would fail as INTERNAL instead and lose the reason. A
-        controller that predates early headers sends none until its first response, so after
-        ADMISSION_WAIT the client writes anyway.
+        A refusal arrives here with its own status (UNAUTHENTICATED or PERMISSION_DENIED, and why);
+        a write sent into a stream the controller is closing would fail as INTERNAL instead and lose
+        the reason. A controller that predates early headers sends none until its first response,
+        so after ADMISSION_WAIT the client writes anyway.
         """
         try:
             await asyncio.wait_for(asyncio.shield(call.initial_metadata()), ADMISSION_WAIT)

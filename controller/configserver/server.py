@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import threading
@@ -33,6 +34,9 @@ from controller.configserver.subscription import Nack, Planned, SubscriberStatus
 log = logging.getLogger("ambit.controller.configserver")
 
 # Keepalive: find dead subscribers (node gone, partition) and accept the clients' own pings.
+# How long a refused (unauthenticated) stream may take to send its first request before the refusal.
+REFUSAL_DRAIN = 1.0
+
 SERVER_OPTIONS = (
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -184,18 +188,20 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
     async def DeltaStream(self, request_iterator, context):  # noqa: N802 - gRPC method name
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
+        # The client writes its first request, then waits for our headers (sent once the node is
+        # admitted) or our refusal before it writes the rest. A client write that races the
+        # server's close is failed by grpc as INTERNAL, which would hide why the stream was
+        # refused; so every refusal comes after the first request is read, and the headers go
+        # before the stream is served.
         authenticated: str | None = None
         if self.authenticator is not None:
             try:
                 authenticated = await self.authenticator.authenticate(metadata_of(context))
             except StreamRefused as e:
                 log.warning("config stream refused from %s: %s: %s", context.peer(), e.code.name, e)
+                with contextlib.suppress(Exception):      # bounded: an unauthenticated peer gets 1 s
+                    await asyncio.wait_for(context.read(), REFUSAL_DRAIN)
                 await context.abort(e.code, str(e))
-        # Admitted: the headers go now, before any request is read. The client waits for them (or
-        # for the refusal above) before it writes, so a refusal always reaches it with its status:
-        # a client write that races the server's close is failed by grpc as INTERNAL, which would
-        # hide why the stream was refused.
-        await context.send_initial_metadata(())
         first = await context.read()
         if first is grpc.aio.EOF:
             return
@@ -215,6 +221,7 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             except PermissionError as e:
                 log.warning("config stream refused for %s from %s: %s", node.key, context.peer(), e)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{node.key}: {e}")
+        await context.send_initial_metadata(())
         st = _Stream(Subscription(node, context.peer(), time.time()))
         self._register(st)
         reader = asyncio.create_task(self._read_loop(context, st, first))
@@ -285,8 +292,8 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             if not st.sub.waiting_for_answer:
                 st.dirty_since = None  # everything up to this snapshot is delivered
             return
+        self.pushes += 1        # before the write: a client may apply the response before write() returns
         await context.write(_response(planned))
-        self.pushes += 1
         self.metrics.pushes.labels(planned.type_url, st.sub.node.kind).inc()
         if st.dirty_since is not None:
             self.metrics.push_latency.observe(time.monotonic() - st.dirty_since)

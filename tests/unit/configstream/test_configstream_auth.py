@@ -51,17 +51,16 @@ class Served:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as ch:
             call = config_pb2_grpc.ConfigServiceStub(ch).DeltaStream(metadata=metadata)
             try:
-                # As the ConfigClient does: the server's headers (it admitted us) or its refusal come
-                # first; a write racing a refusal would fail locally as INTERNAL.
+                await call.write(config_pb2.DeltaRequest(node=node.to_proto(), type_url=Workload.TYPE,
+                                                         subscribe=True))
+                # As the ConfigClient does: after the first request, the server's headers (it
+                # admitted us) or its refusal, with its status.
                 await call.initial_metadata()
                 if call.done():
                     return Refused(await call.code(), await call.details())
-                await call.write(config_pb2.DeltaRequest(node=node.to_proto(), type_url=Workload.TYPE,
-                                                         subscribe=True))
                 return await asyncio.wait_for(call.read(), 10)
-            except grpc.aio.AioRpcError:
-                # Refused after our first message (authorization): the read raises the server's status.
-                return Refused(await call.code(), await call.details())
+            except grpc.aio.AioRpcError as e:
+                return Refused(e.code(), e.details() or "")
             finally:
                 call.cancel()
 
@@ -147,27 +146,34 @@ def test_the_config_client_presents_the_token_file_and_retries_until_it_appears(
     run(go())
 
 
+@pytest.mark.parametrize("case", ["wrong token", "waypoint pod unknown"])
 def test_a_refused_client_always_logs_the_controllers_reason_never_a_local_internal_error(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Operators read the refusal in the component's log: every attempt with a wrong token must say
-    UNAUTHENTICATED and why. (Without waiting for the controller's headers, most attempts over TCP
-    failed their first write as `INTERNAL: Internal error from Core`, and the log flipped between
-    the two.)"""
+        case: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Operators read the refusal in the component's log: every attempt must say UNAUTHENTICATED or
+    PERMISSION_DENIED and why. (Before the client waited for the controller's admission, most
+    attempts of a six-type subscriber failed a write as `INTERNAL: Internal error from Core`, and
+    the log flipped between the two.) A waypoint pod the controller has not seen yet is refused
+    PERMISSION_DENIED after its first request, until its informer catches up."""
     token_file = tmp_path / "bootstrap-token"
-    token_file.write_text("wrong\n")
 
-    async def go() -> None:
+    async def go() -> list[str]:
         async with Served() as s:
-            # ztunnel subscribes to six types, so it writes six requests as the stream opens.
-            client = ConfigClient(f"127.0.0.1:{s.port}", NodeInfo("ztunnel", "node-a"), list(ZTUNNEL_TYPES),
-                                  lambda u: None, metadata=node_metadata(token_file, "node-a"),
+            if case == "wrong token":
+                token_file.write_text("wrong\n")
+                node, code, why = NodeInfo("ztunnel", "node-a"), "UNAUTHENTICATED", "not valid for node 'node-a'"
+            else:
+                token_file.write_text(s.token["node-a"] + "\n")
+                node, code, why = (NodeInfo("waypoint", "wp-0", waypoint="demo/wp"), "PERMISSION_DENIED",
+                                   "hosts no pod demo/wp-0 of waypoint demo/wp")
+            client = ConfigClient(f"127.0.0.1:{s.port}", node, list(ZTUNNEL_TYPES), lambda u: None,
+                                  metadata=node_metadata(token_file, "node-a"),
                                   backoff=Backoff(initial=0.01, maximum=0.02))
             seen: list[str] = []
             note = client._note_failure
 
-            def record(why: str) -> None:
-                seen.append(why)
-                note(why)
+            def record(reason: str) -> None:
+                seen.append(reason)
+                note(reason)
             client._note_failure = record        # type: ignore[method-assign]
             await client.start()
             try:
@@ -175,14 +181,15 @@ def test_a_refused_client_always_logs_the_controllers_reason_never_a_local_inter
                     await asyncio.sleep(0.02)
             finally:
                 await client.stop()
-            odd = [w for w in seen if not w.startswith("UNAUTHENTICATED: ")]
+            odd = [w for w in seen if not w.startswith(f"{code}: ")]
             assert not odd, f"{len(odd)} of {len(seen)} attempts did not carry the refusal: {odd[:3]}"
-            assert "bootstrap token not valid for node 'node-a'" in seen[0], seen[0]
+            assert why in seen[0], seen[0]
+            return [code]
 
     with caplog.at_level("WARNING", logger="ambit.configclient"):
-        run(go())
+        code = run(go())[0]
     said = [r.getMessage() for r in caplog.records if r.name == "ambit.configclient"]
-    assert len(said) == 1 and "UNAUTHENTICATED" in said[0], said     # said once, not on every retry
+    assert len(said) == 1 and code in said[0], said     # said once, not on every retry
 
 
 @pytest.mark.parametrize("node, why", [
