@@ -33,7 +33,7 @@ def reset(leg: Leg) -> None:
             leg.transport.abort()
 
 
-@dataclass
+@dataclass(slots=True)
 class ConnBook:
     rec: ConnRecord
     metrics: Metrics

@@ -43,7 +43,7 @@ PASSTHROUGH, HBONE, REFUSE = "passthrough", "hbone", "refuse"
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Route:
     """The decision for one connection.
 

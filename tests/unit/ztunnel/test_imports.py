@@ -1,0 +1,24 @@
+"""What a ztunnel process loads: every module it imports stays mapped (and counted in its RSS) for
+its whole life, so the libraries only other components use must never be pulled in
+(docs/performance.md, "Round 5 (issue 17, L4): the ztunnel's memory floor")."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+# Each costs megabytes of resident memory and ztunnel needs none of them: the Kubernetes client and
+# YAML (the controller's and the CLI's), netlink and BPF loaders (the agent's), HTTP/1 libraries.
+NEVER = ("kubernetes", "yaml", "pyroute2", "bcc", "aiohttp", "requests", "h11", "numpy",
+         "controller", "agent", "waypoint", "ambitctl")
+
+
+def test_a_ztunnel_process_does_not_import_what_only_other_components_need():
+    code = ("import json, sys, ztunnel.__main__, ztunnel.serve, ztunnel.workers; "
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    loaded = set(json.loads(out.stdout))
+    assert "ztunnel" in loaded and "grpc" in loaded       # the probe really imported the ztunnel
+    assert sorted(loaded.intersection(NEVER)) == []
