@@ -237,7 +237,7 @@ class Runner:
             for label, pid in pids:
                 out = self.out_dir / f"{self.stamp}-{label}.folded"
                 argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
-                        "--format", "raw", "-d", str(max(1, round(seconds))), "-o", str(out)]
+                        "--format", "raw", "-r", "250", "-d", str(max(1, round(seconds))), "-o", str(out)]
                 spies.append((label, out, subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                                            stderr=subprocess.PIPE, text=True)))
         else:

@@ -36,10 +36,11 @@ from prometheus_client.exposition import generate_latest
 
 from ambit.dataplane.telemetry.children import CHILD_CACHE_SIZE, ChildCache
 from ambit.dataplane.telemetry.overrides import EXTRA, Pruned
+from ambit.dataplane.telemetry.peers import PeerLabels, peer_labels
 from ambit.model import Workload
 from ambit.telemetrymetrics import DEFAULT, MetricsConfig, relabel
 from waypoint.http.record import RequestRecord
-from waypoint.telemetry.peers import UNKNOWN, peer
+from waypoint.telemetry.peers import UNKNOWN
 
 HTTP_LABELS = (
     "reporter",
@@ -57,6 +58,7 @@ SIZE_BUCKETS = DURATION_BUCKETS
 REPORTER = "waypoint"
 DEFAULT_CLUSTER = "Kubernetes"
 
+_NO_PEER: PeerLabels = ("", "", "", "", "", "")    # a side whose workload is not known
 COUNTERS = ("REQUEST_COUNT", "GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES")
 ConfigFor = Callable[[str], MetricsConfig]      # "ns/name" of the request's Service -> its config
 
@@ -105,23 +107,25 @@ class HttpMetrics:
     def label_values(self, rec: RequestRecord, src: Workload | None, dst: Workload | None) -> tuple[str, ...]:
         """The 25 label values in HTTP_LABELS order."""
         d = rec.downstream
-        s = peer(src, d.source_identity)
-        t = peer(dst)
+        u = UNKNOWN
+        # (workload, namespace, app, version, canonical service, revision), cached per Workload object
+        s = peer_labels(src) if src is not None else _NO_PEER
+        t = peer_labels(dst) if dst is not None else _NO_PEER
+        s_principal = d.source_identity or (src.identity if src is not None else "")
+        t_principal = dst.identity if dst is not None else ""
         service = rec.service or d.service
         if service:
             ns, _, name = service.partition("/")
             fqdn = d.hostname if d.hostname and service == d.service else f"{name}.{ns}.svc.{self.cluster_domain}"
         else:
             ns, name, fqdn = "", "", _host(rec.authority)
-        u = UNKNOWN
         dst_cluster = self.cluster if dst is not None else u
         src_cluster = self.cluster if src is not None else u
         return (
             REPORTER,
-            s.workload or u, s.namespace or u, s.principal or u, s.app or u, s.version or u,
-            s.canonical_service or u, s.canonical_revision or u, src_cluster,
-            t.workload or u, t.namespace or u, t.principal or u, t.app or u, t.version or u,
-            fqdn or u, name or u, ns or u, t.canonical_service or u, t.canonical_revision or u, dst_cluster,
+            s[0] or u, s[1] or u, s_principal or u, s[2] or u, s[3] or u, s[4] or u, s[5] or u, src_cluster,
+            t[0] or u, t[1] or u, t_principal or u, t[2] or u, t[3] or u,
+            fqdn or u, name or u, ns or u, t[4] or u, t[5] or u, dst_cluster,
             "grpc" if rec.grpc else "http", str(rec.status), rec.grpc_status if rec.grpc else "",
             rec.response_flags or "-", "mutual_tls" if d.source_identity else "none",
         )
