@@ -60,6 +60,7 @@ from waypoint.tap import request_event
 from waypoint.telemetry.accesslog import RequestLog
 from waypoint.telemetry.clusters import ClusterCollector
 from waypoint.telemetry.hook import Telemetry
+from waypoint.telemetry.loglines import LogLines
 from waypoint.telemetry.metrics import HttpMetrics
 from waypoint.telemetry.mirrors import MirrorCollector
 from waypoint.telemetry.tracing_sdk import Tracing, TracingFor
@@ -114,7 +115,7 @@ class WaypointProxy:
         self.requests = 0
         # Istio's HTTP metrics (reporter="waypoint") and one access-log line per request, both with
         # the source and destination workloads resolved from the config by address.
-        self.telemetry = Telemetry(http_metrics, RequestLog(lambda line: access.info("%s", line),
+        self.telemetry = Telemetry(http_metrics, RequestLog(LogLines(access),
                                                             lambda svc: self.config.view.telemetry_for_waypoint(svc).access_log),
                                    lambda ip: self.config.view.by_ip.get(ip), tcp=tcp_metrics,
                                    metrics_for=lambda svc: self.config.view.telemetry_for_waypoint(svc).metrics)
