@@ -101,8 +101,13 @@ def is_grpc(headers: Iterable[tuple[str, str]]) -> bool:
     """content-type application/grpc, application/grpc+proto, ... (gRPC over HTTP/2 spec)."""
     for k, v in headers:
         if k == "content-type":
-            return v.lower().startswith("application/grpc")
+            return is_grpc_type(v)
     return False
+
+
+def is_grpc_type(content_type: str) -> bool:
+    """A content-type value of gRPC (see `is_grpc`)."""
+    return content_type.lower().startswith("application/grpc")
 
 
 # HTTP status of a local reply -> gRPC status, as Envoy maps them for gRPC clients
