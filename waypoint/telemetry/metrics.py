@@ -59,6 +59,7 @@ REPORTER = "waypoint"
 DEFAULT_CLUSTER = "Kubernetes"
 
 _NO_PEER: PeerLabels = ("", "", "", "", "", "")    # a side whose workload is not known
+_EVERY_REQUEST = ("REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE")
 COUNTERS = ("REQUEST_COUNT", "GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES")
 ConfigFor = Callable[[str], MetricsConfig]      # "ns/name" of the request's Service -> its config
 
@@ -103,6 +104,9 @@ class HttpMetrics:
         by_metric = dict(self.families)
         self._children: ChildCache[tuple[str, tuple[str, ...]], Any] = ChildCache(
             lambda key: by_metric[key[0]].labels(*key[1]), cache_size)
+        # Without Telemetry overrides: the four children every request touches, per label set.
+        self._plain: ChildCache[tuple[str, ...], tuple[Any, Any, Any, Any]] = ChildCache(
+            lambda values: tuple(self._children.get((m, (*values, ""))) for m in _EVERY_REQUEST), cache_size)
 
     def label_values(self, rec: RequestRecord, src: Workload | None, dst: Workload | None) -> tuple[str, ...]:
         """The 25 label values in HTTP_LABELS order."""
@@ -135,6 +139,16 @@ class HttpMetrics:
         identity); `dst`: the endpoint's workload it was forwarded to (None: a local reply)."""
         cfg = self.config_for(rec.service or rec.downstream.service)
         values = self.label_values(rec, src, dst)
+        if not cfg.tags and not cfg.disabled:     # Istio's labels on every family: one cache lookup
+            req, dur, size_in, size_out = self._plain.get(values)
+            req.inc()
+            dur.observe(rec.duration_ms)
+            size_in.observe(rec.bytes_received)
+            size_out.observe(rec.bytes_sent)
+            if rec.grpc:
+                self._children.get(("GRPC_REQUEST_MESSAGES", (*values, ""))).inc(rec.request_messages)
+                self._children.get(("GRPC_RESPONSE_MESSAGES", (*values, ""))).inc(rec.response_messages)
+            return
         attrs = {"response.code": rec.status, "request.method": rec.method, "request.path": rec.path,
                  "connection.mtls": bool(rec.downstream.source_identity)}
         amounts: tuple[tuple[str, float], ...] = (
