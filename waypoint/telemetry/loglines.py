@@ -12,14 +12,13 @@ handler configured) it hands each line to the logger as before. Lines are flushe
 
 from __future__ import annotations
 
-import asyncio
-import atexit
 import functools
 import logging
 import time
 from typing import TextIO
 
 from ambit.dataplane.process import LOG_FORMAT
+from ambit.dataplane.telemetry.accesslog import StreamSink
 
 
 @functools.lru_cache(maxsize=4)
@@ -55,38 +54,19 @@ def direct_stream(logger: logging.Logger, root: logging.Logger = logging.root) -
 class LogLines:
     """A line sink for `RequestLog`: `sink(line)` logs `line` at INFO on `logger`."""
 
-    MAX_PENDING = 256       # a bound, also should a scheduled flush never run (its loop closed)
-
     def __init__(self, logger: logging.Logger, root: logging.Logger = logging.root) -> None:
         self.logger = logger
-        self.stream = direct_stream(logger, root)
-        self._pending: list[str] = []
-        if self.stream is not None:
-            atexit.register(self.flush)
+        stream = direct_stream(logger, root)
+        self.stream = stream
+        # ztunnel's batching writer: one write+flush per loop iteration, at most 256 queued, at exit
+        self._batch = StreamSink(stream) if stream is not None else None
 
     def __call__(self, line: str) -> None:
-        if self.stream is None:
+        if self._batch is None:
             self.logger.info("%s", line)
-            return
-        if not self.logger.isEnabledFor(logging.INFO):
-            return
-        self._pending.append(f"{prefix(self.logger, time.time())}{line}\n")
-        n = len(self._pending)
-        if n >= self.MAX_PENDING:
-            self.flush()
-        elif n == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:    # no loop: write now
-                self.flush()
+        elif self.logger.isEnabledFor(logging.INFO):
+            self._batch.emit_line(f"{prefix(self.logger, time.time())}{line}")
 
     def flush(self) -> None:
-        if not self._pending or self.stream is None:
-            return
-        lines = "".join(self._pending)
-        self._pending.clear()
-        try:
-            self.stream.write(lines)
-            self.stream.flush()
-        except (OSError, ValueError):   # the log is gone (closed at exit): nothing to report it to
-            pass
+        if self._batch is not None:
+            self._batch.flush()
