@@ -109,6 +109,9 @@ def targets_table(verdicts: Sequence[targetmod.Verdict], profiles: Mapping[str, 
             "ztunnels spend their time in_")
         lines += ["", f"**Missed:** {', '.join(v.target.description for v in missed)}.", "",
                   f"**Where the time goes (py-spy):** {prof}"]
+    for key, line in sorted(profiles.items()):     # the waypoint's, one per waypoint scenario profiled
+        if key != "ztunnel":
+            lines += ["", f"**The waypoint (py-spy):** {line}"]
     return lines
 
 

@@ -201,38 +201,52 @@ class Runner:
         for rate in plan.rates:
             if rate == 1000 and rep == 0 and plan.profile and t.scenario.name == "ambit-l4-cross-node":
                 self.attempt(sc, f"latency-{rate}", rep,
-                             lambda rate=rate: self._profiled(lab, lambda: measures.latency_at_rate(
-                                 lab, t, plan, res, rep, rate, work)))
+                             lambda rate=rate: self._profiled(lambda: measures.latency_at_rate(
+                                 lab, t, plan, res, rep, rate, work), self._ztunnel_pids(lab), "ztunnel",
+                                 "most sampled functions (self time) at 1000 req/s",
+                                 plan.warmup + plan.seconds))
             else:
                 self.attempt(sc, f"latency-{rate}", rep,
                              lambda rate=rate: measures.latency_at_rate(lab, t, plan, res, rep, rate, work))
-        self.attempt(sc, "max-rate", rep, lambda: measures.max_rate(lab, t, plan, res, rep, work))
+        if rep == 0 and plan.profile and t.scenario.waypoint and t.l7_pids and sc not in self.profiles:
+            pids = [(f"{sc}-waypoint", pid) for pid in t.l7_pids()]
+            self.attempt(sc, "max-rate", rep, lambda: self._profiled(
+                lambda: measures.max_rate(lab, t, plan, res, rep, work), pids, sc,
+                f"most sampled functions (self time) of the waypoint at saturation ({sc})",
+                plan.warmup + (plan.max_seconds or plan.seconds)))
+        else:
+            self.attempt(sc, "max-rate", rep, lambda: measures.max_rate(lab, t, plan, res, rep, work))
         if not t.scenario.h2:       # wrk's HTTP/1.0 connect-request-close; an h2c-only listener refuses it
             self.attempt(sc, "new-connections", rep, lambda: measures.connection_rate(lab, t, plan, res, rep))
 
-    def _profiled(self, lab: BenchLab, fn: Callable[[], None]) -> None:
-        """Run `fn` with py-spy sampling each ztunnel; collapsed stacks go next to the results."""
+    @staticmethod
+    def _ztunnel_pids(lab: BenchLab) -> list[tuple[str, int]]:
+        """("ztunnel-<node>", pid) of each ztunnel in the lab."""
         from ambitctl.lab import state
+        return [(f"ztunnel-{pid_id.split('/', 1)[1]}", int(info["pid"]))
+                for pid_id, info in sorted(state.runtime(lab.base).items())
+                if pid_id.startswith("ztunnel/") and info.get("pid")]
+
+    def _profiled(self, fn: Callable[[], None], pids: list[tuple[str, int]], key: str, what: str,
+                  seconds: float) -> None:
+        """Run `fn` with py-spy sampling each (label, pid) on-CPU for `seconds`; collapsed stacks go
+        next to the results as <stamp>-<label>.folded, the summary line under profiles[key]."""
         spies = []
         spy = measures.py_spy()
         if spy:
-            rt = state.runtime(lab.base)
-            for pid_id, info in sorted(rt.items()):
-                if pid_id.startswith("ztunnel/") and info.get("pid"):
-                    node = pid_id.split("/", 1)[1]
-                    out = self.out_dir / f"{self.stamp}-ztunnel-{node}.folded"
-                    argv = [spy, "record", "--pid", str(info["pid"]), "--subprocesses", "--nonblocking",
-                            "--format", "raw", "-d", str(max(1, round(self.plan.warmup + self.plan.seconds))),
-                            "-o", str(out)]
-                    spies.append((node, out, subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                                                              stderr=subprocess.PIPE, text=True)))
+            for label, pid in pids:
+                out = self.out_dir / f"{self.stamp}-{label}.folded"
+                argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
+                        "--format", "raw", "-r", "250", "-d", str(max(1, round(seconds))), "-o", str(out)]
+                spies.append((label, out, subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                                           stderr=subprocess.PIPE, text=True)))
         else:
             self.results.notes.append("--profile: py-spy is not installed (pip install py-spy); no profile taken")
         try:
             fn()
         finally:
             shown = []
-            for node, out, p in spies:
+            for label, out, p in spies:
                 try:
                     _, err = p.communicate(timeout=60)
                 except subprocess.TimeoutExpired:
@@ -240,11 +254,11 @@ class Runner:
                     _, err = p.communicate()
                 top = profiles.top_frames(out.read_text()) if out.exists() else ""
                 if top:
-                    shown.append(f"ztunnel {node} ([{out.name}]({out.name})): {top}")
+                    shown.append(f"{label} ([{out.name}]({out.name})): {top}")
                 else:
-                    self.results.notes.append(f"py-spy on ztunnel {node} recorded nothing: {err.strip()[-200:]}")
+                    self.results.notes.append(f"py-spy on {label} recorded nothing: {err.strip()[-200:]}")
             if shown:
-                self.profiles["ztunnel"] = "most sampled functions (self time) at 1000 req/s — " + "; ".join(shown)
+                self.profiles[key] = f"{what} — " + "; ".join(shown)
 
     def run_config_push(self) -> None:
         if not self.plan.push_pods:

@@ -30,6 +30,7 @@ import random
 import socket
 import ssl
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -60,6 +61,7 @@ from waypoint.tap import request_event
 from waypoint.telemetry.accesslog import RequestLog
 from waypoint.telemetry.clusters import ClusterCollector
 from waypoint.telemetry.hook import Telemetry
+from waypoint.telemetry.loglines import LogLines
 from waypoint.telemetry.metrics import HttpMetrics
 from waypoint.telemetry.mirrors import MirrorCollector
 from waypoint.telemetry.tracing_sdk import Tracing, TracingFor
@@ -114,7 +116,7 @@ class WaypointProxy:
         self.requests = 0
         # Istio's HTTP metrics (reporter="waypoint") and one access-log line per request, both with
         # the source and destination workloads resolved from the config by address.
-        self.telemetry = Telemetry(http_metrics, RequestLog(lambda line: access.info("%s", line),
+        self.telemetry = Telemetry(http_metrics, RequestLog(LogLines(access),
                                                             lambda svc: self.config.view.telemetry_for_waypoint(svc).access_log),
                                    lambda ip: self.config.view.by_ip.get(ip), tcp=tcp_metrics,
                                    metrics_for=lambda svc: self.config.view.telemetry_for_waypoint(svc).metrics)
@@ -293,18 +295,26 @@ class WaypointProxy:
         svc = v.services.get(fwd.service)
         if svc is None:
             return None
-        labels = v.table.subset_labels(fwd.hostname or svc.hostname, fwd.subset) if fwd.subset else None
-        if fwd.subset and labels is None:
-            return None
         if svc.kind == "ServiceEntry" and svc.resolution == "NONE":
+            if fwd.subset and v.table.subset_labels(fwd.hostname or svc.hostname, fwd.subset) is None:
+                return None
             return endpoints.original(down.destination_ip, down.destination_port, svc) if down else None
-        return self._choose(endpoints.candidates(svc, fwd.port, labels, v.workloads, v.by_ip), cluster, exclude, key)
+        ck = (fwd.service, fwd.port, fwd.hostname, fwd.subset)
+        cached = v.candidates_cache.get(ck)
+        if cached is None:
+            labels = v.table.subset_labels(fwd.hostname or svc.hostname, fwd.subset) if fwd.subset else None
+            if fwd.subset and labels is None:
+                return None
+            cands = tuple(endpoints.candidates(svc, fwd.port, labels, v.workloads, v.by_ip))
+            cached = v.candidates_cache[ck] = (cands, tuple(p.address for p in cands))
+        return self._choose(cached[0], cluster, exclude, key, cached[1])
 
     @staticmethod
-    def _choose(cands: list[endpoints.Pick], cluster: Cluster, exclude: frozenset[str] = frozenset(),
-                key: HashKey | None = None) -> endpoints.Pick | None:
-        address = cluster.choose([p.address for p in cands], exclude, key)
-        return next((p for p in cands if p.address == address), None) if address is not None else None
+    def _choose(cands: Sequence[endpoints.Pick], cluster: Cluster, exclude: frozenset[str] = frozenset(),
+                key: HashKey | None = None, addresses: Sequence[str] | None = None) -> endpoints.Pick | None:
+        hosts = addresses if addresses is not None else [p.address for p in cands]
+        address = cluster.choose(hosts, exclude, key)
+        return next((p for p, a in zip(cands, hosts, strict=True) if a == address), None) if address is not None else None
 
     def _target(self, pick: endpoints.Pick, source_ip: str | None, cluster: Cluster | None = None,
                 response_headers: tuple[tuple[str, str], ...] = ()) -> UpstreamTarget | None:

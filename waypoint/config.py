@@ -62,6 +62,10 @@ class View:
     authn: AuthnSet = field(default_factory=AuthnSet)      # RequestAuthentication (JWT), before authz
     ingress: IngressView = field(default_factory=IngressView)   # an ingress gateway's listeners and routes
     _telemetry_cache: dict[str, TelemetryConfig] = field(default_factory=dict, compare=False, repr=False)
+    # (service, port, hostname, subset) -> its ready endpoints and their addresses (waypoint/app.py
+    # `_pick`): a pure function of this View, so cached for its life like the telemetry above
+    candidates_cache: dict[tuple[str, int, str, str], tuple[tuple[Any, ...], tuple[str, ...]]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def telemetry_for_waypoint(self, service: str = "") -> TelemetryConfig:
         """The Telemetry API's tracing and access logging for this waypoint (ambit.telemetry's

@@ -99,6 +99,10 @@ class HeaderOps:
     add: tuple[tuple[str, str], ...] = ()
 
     def apply(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The edited headers; `headers` itself when there are no edits (most routes have none,
+        and this runs twice per request)."""
+        if not (self.remove or self.set or self.add):
+            return headers
         drop = {n.lower() for n in self.remove} | {n.lower() for n, _ in self.set}
         out = [(k, v) for k, v in headers if k not in drop]
         out += [(n.lower(), v) for n, v in self.set]

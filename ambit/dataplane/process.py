@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 S = TypeVar("S")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"    # every proxy's log lines
 
 
 def run(prog: str, load: Callable[[Sequence[str] | None], S], amain: Callable[[S], Awaitable[Any]],
@@ -18,7 +19,7 @@ def run(prog: str, load: Callable[[Sequence[str] | None], S], amain: Callable[[S
     except ValueError as e:
         raise SystemExit(f"{prog}: {e}") from None
     logging.basicConfig(level=getattr(settings, "log_level", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=LOG_FORMAT)
     try:
         import uvloop
         uvloop.install()

@@ -200,8 +200,10 @@ def evaluate(policies: Iterable[Authorization], head: RequestHead, down: Downstr
     if foreign is not None:
         return Verdict(False, None, DENY, f"source identity {down.source_identity} is in the foreign trust "
                                           f"domain {foreign!r}")
-    r = _context(head, down, trust_domains, user)
     ps = list(policies)
+    if not ps:      # nothing to match: skip building the request's context (path normalization)
+        return _NO_POLICY
+    r = _context(head, down, trust_domains, user)
     audit = tuple(p.resource_name for p in ps if p.action == AUDIT and _policy_matches(p, r, deny=True))
     for p in ps:
         if p.action == DENY and _policy_matches(p, r, deny=True):

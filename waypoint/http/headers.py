@@ -15,11 +15,14 @@
 from __future__ import annotations
 
 import random as _random
-import uuid
 from collections.abc import Iterable
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
                         "proxy-authorization", "te", "transfer-encoding", "upgrade"})
+_NONE: frozenset[str] = frozenset()
+# RFC 4122 version 4: the variant bits 10 and the version nibble 4, as uuid.UUID(version=4) sets them
+_UUID_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_UUID_V4 = (0x8000 << 48) | (4 << 76)
 H2_PSEUDO = (":method", ":scheme", ":authority", ":path", ":status", ":protocol")
 
 
@@ -35,7 +38,11 @@ def connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
 def strip_hop_by_hop(headers: list[tuple[str, str]], *, keep_upgrade: bool = False) -> list[tuple[str, str]]:
     """`headers` without hop-by-hop headers. `keep_upgrade`: an upgrade passed through keeps
     `Upgrade` and gets `Connection: upgrade` back, so the next hop sees the handshake."""
-    named = connection_tokens(headers) - {"upgrade", "close", "keep-alive"} if headers else set()
+    named: set[str] | frozenset[str] = _NONE
+    for k, _ in headers:        # most messages name nothing in Connection: skip building the set
+        if k == "connection":
+            named = connection_tokens(headers) - {"upgrade", "close", "keep-alive"}
+            break
     out = []
     for k, v in headers:
         if k in named:
@@ -53,8 +60,11 @@ def strip_hop_by_hop(headers: list[tuple[str, str]], *, keep_upgrade: bool = Fal
 
 
 def request_id(rng: _random.Random) -> str:
-    """A UUID4 from the injected random source (tests pass a seeded one)."""
-    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    """A UUID4 from the injected random source (tests pass a seeded one): the text of
+    `uuid.UUID(int=bits, version=4)`, formatted directly (the UUID object costs more than the rest)."""
+    n = (rng.getrandbits(128) & _UUID_CLEAR) | _UUID_V4
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_traceparent(rng: _random.Random) -> str:
@@ -66,15 +76,23 @@ def new_traceparent(rng: _random.Random) -> str:
 
 def add_forwarded(headers: list[tuple[str, str]], scheme: str, rng: _random.Random) -> tuple[list[tuple[str, str]], str]:
     """`headers` with x-forwarded-proto, x-request-id and traceparent ensured; also the request id."""
-    names = {k for k, _ in headers}
+    proto = trace = False
+    rid = None
+    for k, v in headers:        # one pass: this runs for every request
+        if k == "x-forwarded-proto":
+            proto = True
+        elif k == "x-request-id":
+            if rid is None:
+                rid = v
+        elif k == "traceparent":
+            trace = True
     out = list(headers)
-    if "x-forwarded-proto" not in names:
+    if not proto:
         out.append(("x-forwarded-proto", scheme))
-    rid = next((v for k, v in headers if k == "x-request-id"), None)
     if rid is None:
         rid = request_id(rng)
         out.append(("x-request-id", rid))
-    if "traceparent" not in names:
+    if not trace:
         out.append(("traceparent", new_traceparent(rng)))
     return out, rid
 
@@ -83,8 +101,13 @@ def is_grpc(headers: Iterable[tuple[str, str]]) -> bool:
     """content-type application/grpc, application/grpc+proto, ... (gRPC over HTTP/2 spec)."""
     for k, v in headers:
         if k == "content-type":
-            return v.lower().startswith("application/grpc")
+            return is_grpc_type(v)
     return False
+
+
+def is_grpc_type(content_type: str) -> bool:
+    """A content-type value of gRPC (see `is_grpc`)."""
+    return content_type.lower().startswith("application/grpc")
 
 
 # HTTP status of a local reply -> gRPC status, as Envoy maps them for gRPC clients

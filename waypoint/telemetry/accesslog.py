@@ -29,15 +29,20 @@ ConfigFor = Callable[[str], "AccessLogConfig | None"]
 
 
 def request_line(rec: RequestRecord, src: Workload | None, dst: Workload | None) -> str:
-    d = json.loads(rec.line())
-    extra = {}
+    d = rec.fields()        # one JSON encoding per request, not the record's line decoded again
     if src is not None:
-        extra["source_workload"], extra["source_namespace"] = workload_name(src), src.namespace
+        _put(d, "source_workload", workload_name(src))
+        _put(d, "source_namespace", src.namespace)
     if dst is not None:
-        extra["destination_workload"], extra["destination_namespace"] = workload_name(dst), dst.namespace
-        extra["upstream_peer"] = dst.identity
-    d.update({k: v for k, v in extra.items() if v})
+        _put(d, "destination_workload", workload_name(dst))
+        _put(d, "destination_namespace", dst.namespace)
+        _put(d, "upstream_peer", dst.identity)
     return json.dumps(d)
+
+
+def _put(d: dict[str, Any], key: str, value: str) -> None:
+    if value:
+        d[key] = value
 
 
 def request_attrs(rec: RequestRecord) -> dict[str, Any]:

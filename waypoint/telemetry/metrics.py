@@ -36,10 +36,11 @@ from prometheus_client.exposition import generate_latest
 
 from ambit.dataplane.telemetry.children import CHILD_CACHE_SIZE, ChildCache
 from ambit.dataplane.telemetry.overrides import EXTRA, Pruned
+from ambit.dataplane.telemetry.peers import PeerLabels, peer_labels
 from ambit.model import Workload
 from ambit.telemetrymetrics import DEFAULT, MetricsConfig, relabel
 from waypoint.http.record import RequestRecord
-from waypoint.telemetry.peers import UNKNOWN, peer
+from waypoint.telemetry.peers import UNKNOWN
 
 HTTP_LABELS = (
     "reporter",
@@ -57,6 +58,8 @@ SIZE_BUCKETS = DURATION_BUCKETS
 REPORTER = "waypoint"
 DEFAULT_CLUSTER = "Kubernetes"
 
+_NO_PEER: PeerLabels = ("", "", "", "", "", "")    # a side whose workload is not known
+_EVERY_REQUEST = ("REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE")
 COUNTERS = ("REQUEST_COUNT", "GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES")
 ConfigFor = Callable[[str], MetricsConfig]      # "ns/name" of the request's Service -> its config
 
@@ -101,27 +104,32 @@ class HttpMetrics:
         by_metric = dict(self.families)
         self._children: ChildCache[tuple[str, tuple[str, ...]], Any] = ChildCache(
             lambda key: by_metric[key[0]].labels(*key[1]), cache_size)
+        # Without Telemetry overrides: the four children every request touches, per label set.
+        self._plain: ChildCache[tuple[str, ...], tuple[Any, Any, Any, Any]] = ChildCache(
+            lambda values: tuple(self._children.get((m, (*values, ""))) for m in _EVERY_REQUEST), cache_size)
 
     def label_values(self, rec: RequestRecord, src: Workload | None, dst: Workload | None) -> tuple[str, ...]:
         """The 25 label values in HTTP_LABELS order."""
         d = rec.downstream
-        s = peer(src, d.source_identity)
-        t = peer(dst)
+        u = UNKNOWN
+        # (workload, namespace, app, version, canonical service, revision), cached per Workload object
+        s = peer_labels(src) if src is not None else _NO_PEER
+        t = peer_labels(dst) if dst is not None else _NO_PEER
+        s_principal = d.source_identity or (src.identity if src is not None else "")
+        t_principal = dst.identity if dst is not None else ""
         service = rec.service or d.service
         if service:
             ns, _, name = service.partition("/")
             fqdn = d.hostname if d.hostname and service == d.service else f"{name}.{ns}.svc.{self.cluster_domain}"
         else:
             ns, name, fqdn = "", "", _host(rec.authority)
-        u = UNKNOWN
         dst_cluster = self.cluster if dst is not None else u
         src_cluster = self.cluster if src is not None else u
         return (
             REPORTER,
-            s.workload or u, s.namespace or u, s.principal or u, s.app or u, s.version or u,
-            s.canonical_service or u, s.canonical_revision or u, src_cluster,
-            t.workload or u, t.namespace or u, t.principal or u, t.app or u, t.version or u,
-            fqdn or u, name or u, ns or u, t.canonical_service or u, t.canonical_revision or u, dst_cluster,
+            s[0] or u, s[1] or u, s_principal or u, s[2] or u, s[3] or u, s[4] or u, s[5] or u, src_cluster,
+            t[0] or u, t[1] or u, t_principal or u, t[2] or u, t[3] or u,
+            fqdn or u, name or u, ns or u, t[4] or u, t[5] or u, dst_cluster,
             "grpc" if rec.grpc else "http", str(rec.status), rec.grpc_status if rec.grpc else "",
             rec.response_flags or "-", "mutual_tls" if d.source_identity else "none",
         )
@@ -131,6 +139,16 @@ class HttpMetrics:
         identity); `dst`: the endpoint's workload it was forwarded to (None: a local reply)."""
         cfg = self.config_for(rec.service or rec.downstream.service)
         values = self.label_values(rec, src, dst)
+        if not cfg.tags and not cfg.disabled:     # Istio's labels on every family: one cache lookup
+            req, dur, size_in, size_out = self._plain.get(values)
+            req.inc()
+            dur.observe(rec.duration_ms)
+            size_in.observe(rec.bytes_received)
+            size_out.observe(rec.bytes_sent)
+            if rec.grpc:
+                self._children.get(("GRPC_REQUEST_MESSAGES", (*values, ""))).inc(rec.request_messages)
+                self._children.get(("GRPC_RESPONSE_MESSAGES", (*values, ""))).inc(rec.response_messages)
+            return
         attrs = {"response.code": rec.status, "request.method": rec.method, "request.path": rec.path,
                  "connection.mtls": bool(rec.downstream.source_identity)}
         amounts: tuple[tuple[str, float], ...] = (

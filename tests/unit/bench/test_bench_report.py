@@ -43,6 +43,9 @@ def test_missed_target_says_by_how_much_and_leaves_a_profile_slot():
     assert "re-run with `--profile`" in md
     md2 = render(sample_results(), {"ztunnel": "ztunnel node1: ssl.py:read 40%"})
     assert "**Where the time goes (py-spy):** ztunnel node1: ssl.py:read 40%" in md2
+    assert "The waypoint (py-spy)" not in md2
+    md3 = render(sample_results(), {"ztunnel": "z", "ambit-waypoint": "waypoint at saturation: protocol.py:_write_out 42%"})
+    assert "**The waypoint (py-spy):** waypoint at saturation: protocol.py:_write_out 42%" in md3
 
 
 def test_ratios_istio_charts_errors_and_notes_are_rendered():

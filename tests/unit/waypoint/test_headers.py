@@ -4,8 +4,9 @@ RFC 9113 §8.2.2), x-request-id and traceparent as Envoy/Istio users expect."""
 from __future__ import annotations
 
 import random
+import uuid
 
-from waypoint.http.headers import add_forwarded, grpc_status_for, is_grpc, strip_hop_by_hop
+from waypoint.http.headers import add_forwarded, grpc_status_for, is_grpc, request_id, strip_hop_by_hop
 
 
 def test_hop_by_hop_and_connection_named_headers_are_removed() -> None:
@@ -30,6 +31,18 @@ def test_request_id_generated_when_absent_and_kept_when_present() -> None:
     assert ("x-request-id", rid) in out and len(rid) == 36 and rid[14] == "4"
     out2, rid2 = add_forwarded([("x-request-id", "abc")], "http", random.Random(1))
     assert rid2 == "abc" and [v for k, v in out2 if k == "x-request-id"] == ["abc"]
+
+
+def test_request_id_is_the_uuid4_of_the_random_bits() -> None:
+    for seed in range(200):
+        bits = random.Random(seed).getrandbits(128)
+        assert request_id(random.Random(seed)) == str(uuid.UUID(int=bits, version=4))
+
+
+def test_connection_named_headers_dropped_only_when_named() -> None:
+    h = [("connection", "x-secret, close"), ("x-secret", "1"), ("x-kept", "2"), ("keep-alive", "5")]
+    assert strip_hop_by_hop(h) == [("x-kept", "2")]
+    assert strip_hop_by_hop([("x-secret", "1"), ("te", "trailers")]) == [("x-secret", "1"), ("te", "trailers")]
 
 
 def test_trace_context_propagated_untouched_or_generated() -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
-from waypoint.http.headers import is_grpc
+from waypoint.http.headers import is_grpc_type
 from waypoint.http.http1.client import H1Client
 from waypoint.http.http1.wire import FLUSH_NOW, Refuse, encode_head, reason_phrase
 from waypoint.http.legs import Headers
@@ -165,31 +165,44 @@ class H1Server(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        size = len(self._url) + sum(len(k) + len(v) + 4 for k, v in self._headers)
+        headers = self._headers
+        # one pass over the headers for everything the head needs (this runs for every request)
+        size = len(self._url)
+        host = cl = ctype = None
+        te = expect = False
+        for k, v in headers:
+            size += len(k) + len(v) + 4
+            if k == "host":
+                if host is None:
+                    host = v
+            elif k == "transfer-encoding":
+                te = True
+            elif k == "content-length":
+                if cl is None:
+                    cl = v
+            elif k == "content-type":
+                if ctype is None:
+                    ctype = v
+            elif k == "expect" and v.lower() == "100-continue":
+                expect = True
         if size > self.settings.max_header_bytes:
             raise Refuse(431, "request headers too large")
         p = self.parser
         method = p.get_method().decode("latin-1")
         version = p.get_http_version()
-        headers = self._headers
         url = self._url.decode("latin-1")
-        authority = ""
-        for k, v in headers:
-            if k == "host":
-                authority = v
-                break
+        authority = host or ""
         if not url.startswith("/") and url != "*" and "://" in url:   # absolute-form (RFC 9112 §3.2.2)
             u = httptools.parse_url(self._url)
             authority = u.host.decode("latin-1") + (f":{u.port}" if u.port else "")
             url = (u.path or b"/").decode("latin-1") + ("?" + u.query.decode("latin-1") if u.query else "")
         if not authority and version == "1.1":     # RFC 9112 §3.2: a client MUST send Host
             raise Refuse(400, "missing host header")
-        te = any(k == "transfer-encoding" for k, _ in headers)
-        cl = next((v for k, v in headers if k == "content-length"), None)
         body = BODY_STREAM if te else (BODY_LENGTH if cl not in (None, "0") else BODY_NONE)
         upgrade = p.should_upgrade() and method != "CONNECT"
-        expect = any(k == "expect" and v.lower() == "100-continue" for k, v in headers) and version == "1.1"
-        head = RequestHead(method, url, authority, self.scheme, headers, version, is_grpc(headers))
+        expect = expect and version == "1.1"
+        grpc = ctype is not None and is_grpc_type(ctype)
+        head = RequestHead(method, url, authority, self.scheme, headers, version, grpc)
         ex = Exchange(self.engine, self, head, self.downstream, body=body, upgrade=upgrade, expect_continue=expect)
         ex.keep_alive = p.should_keep_alive()
         self.parsing = ex

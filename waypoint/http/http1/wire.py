@@ -28,8 +28,5 @@ class Refuse(Exception):
 
 
 def encode_head(first: bytes, headers: Headers) -> bytes:
-    parts = [first]
-    for k, v in headers:
-        parts.append(f"{k}: {v}\r\n".encode("latin-1"))
-    parts.append(b"\r\n")
-    return b"".join(parts)
+    """`first` (a status or request line), the header lines and the blank line: encoded once."""
+    return first + "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1") + b"\r\n"
