@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from ambitctl.lab.topology import BPF_PIN_ROOT
 from tests.lab import hoststate
 from tests.lab.labctl import Lab
 
@@ -140,11 +141,19 @@ def test_excluded_inbound_port_is_not_captured(lab: Lab) -> None:
     assert inbound_to(lab, "node2", f"{ex['ip']}:9090", before) == []
 
 
-def ambit_progs() -> dict[str, int]:
+def ambit_progs(lab: Lab) -> dict[str, int]:
+    """Ambit's BPF programs of `lab`, by name: those that use a map pinned under the lab's bpffs
+    directory (other tests' labs load programs of the same names at the same time)."""
+    maps = set()
+    for pin in (BPF_PIN_ROOT / lab.name).glob("*/maps/*"):
+        shown = subprocess.run(["bpftool", "-j", "map", "show", "pinned", str(pin)], capture_output=True, text=True)
+        if shown.returncode == 0:
+            maps.add(json.loads(shown.stdout)["id"])
+    assert maps, f"no maps pinned under {BPF_PIN_ROOT / lab.name}"
     out = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout)
     counts: dict[str, int] = {}
     for p in out:
-        if (p.get("name") or "").startswith("ambit_"):
+        if (p.get("name") or "").startswith("ambit_") and maps.intersection(p.get("map_ids") or ()):
             counts[p["name"]] = counts.get(p["name"], 0) + 1
     return counts
 
@@ -156,7 +165,8 @@ def cgroup_attachments(cgroup: str) -> list[tuple[str, str]]:
 
 def test_agent_restart_keeps_capture_without_gap_or_duplicates(lab: Lab) -> None:
     client, v2 = lab.pod("demo/client"), lab.pod("demo/echo-v2")
-    progs_before = ambit_progs()
+    progs_before = ambit_progs(lab)
+    assert progs_before.get("ambit_connect4") == 2, progs_before     # one per node
     attach_before = cgroup_attachments(client["cgroup"])
     assert attach_before, "the client's cgroup should carry Ambit's programs"
     pid = lab.proc_pid("agent/node1")
@@ -176,7 +186,7 @@ def test_agent_restart_keeps_capture_without_gap_or_duplicates(lab: Lab) -> None
     # The new agent adopted the pinned links: same attachments, no extra programs.
     lab.wait_for(lambda: lab.pod("demo/client")["capture"]["state"] == "captured", timeout=10, what="re-adopted")
     assert cgroup_attachments(client["cgroup"]) == attach_before
-    assert ambit_progs() == progs_before
+    assert ambit_progs(lab) == progs_before
     assert "adopted" in lab.log("agent", "node1")
 
 
