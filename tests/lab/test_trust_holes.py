@@ -268,28 +268,21 @@ class Refused:
 
 
 def first_response(lab: Lab, node: NodeInfo, md: list[tuple[str, str]] | None) -> Any:
-    """The server's first answer on a fresh stream. When the server refuses the stream while our first
-    message is still being written, gRPC's client core sometimes reports its own INTERNAL ("Internal
-    error from Core") instead of the server's status: that is the client losing the race, not an
-    answer, so ask again (a refusal is deterministic; three tries never all lose it in practice)."""
-    for _ in range(3):
-        r = _first_response(lab, node, md)
-        if not (isinstance(r, Refused) and r.code() == grpc.StatusCode.INTERNAL and "from Core" in r.details()):
-            return r
-    return r
-
-
-def _first_response(lab: Lab, node: NodeInfo, md: list[tuple[str, str]] | None) -> Any:
+    """The server's first answer on a fresh stream, or its refusal. The controller reads the first
+    request before it refuses a stream, and sends its headers once it admits one, so the client
+    waits for one or the other (as the ConfigClient does) and a refusal always carries its status."""
     async def go() -> Any:
         async with lab.controller_channel() as ch:
             call = config_pb2_grpc.ConfigServiceStub(ch).DeltaStream(metadata=md)
             try:
                 await call.write(config_pb2.DeltaRequest(node=node.to_proto(), type_url=Workload.TYPE,
                                                          subscribe=True))
+                await asyncio.wait_for(call.initial_metadata(), 10)
+                if call.done():
+                    return Refused(await call.code(), await call.details())
                 return await asyncio.wait_for(call.read(), 10)
-            except grpc.aio.AioRpcError:
-                # Refused before our first message: the write fails locally; the status is the server's.
-                return Refused(await call.code(), await call.details())
+            except grpc.aio.AioRpcError as e:
+                return Refused(e.code(), e.details() or "")
             finally:
                 call.cancel()
     return asyncio.run(go())
