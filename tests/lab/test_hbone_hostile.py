@@ -223,10 +223,10 @@ def test_a_tunnel_reset_while_its_app_connect_hangs_cancels_the_connect(hlab: La
     """The app's accept queue is full, so ztunnel's connects to it hang (up to its 10 s connect
     timeout); the peer resets the tunnels meanwhile: the connects are cancelled at once."""
     target = ip(hlab, TARGET)
-    with background(hlab, TARGET, "no-accept-server", "--port", "5400") as srv:
+    with background(hlab, TARGET, "no-accept-server", "--port", "540") as srv:
         assert srv.line() == "ready"
         r = tool(hlab, ATTACKER, "connect-then-reset", "--cert", cert, "--ip", target,
-                 "--authority", f"{target}:5400", "--n", "20", "--wait", "3")
+                 "--authority", f"{target}:540", "--n", "20", "--wait", "3")
         assert r["reset"] == 20 and r["answered"] <= 3, r       # most never got an answer: still connecting
         t0 = time.monotonic()
         hlab.wait_for(lambda: ztunnel_fds(hlab) <= baseline + 2, timeout=20, interval=0.2,
@@ -298,9 +298,9 @@ NOT_STARVED = 1024 * 1024
 
 def test_five_stalled_receivers_do_not_starve_a_bulk_flow_on_the_same_connection(hlab: Lab) -> None:
     client, server = ip(hlab, "demo/client"), ip(hlab, "demo/iperf")
-    with background(hlab, "demo/iperf", "slow-server", "--port", "5300") as slow:
+    with background(hlab, "demo/iperf", "slow-server", "--port", "530") as slow:
         assert slow.line() == "ready"
-        with background(hlab, "demo/client", "slow-senders", "--target", f"{server}:5300", "--n", "5",
+        with background(hlab, "demo/client", "slow-senders", "--target", f"{server}:530", "--n", "5",
                         "--duration", "14") as senders:
             assert json.loads(senders.line())["phase"] == "sending"
             time.sleep(4)       # each stalled tunnel takes its full stream window
@@ -330,13 +330,13 @@ def test_thousands_of_concurrent_connections_through_the_mesh(hlab: Lab) -> None
         soft = int(Path(f"/proc/{pid}/limits").read_text().split("Max open files")[1].split()[0])
         if soft < CONCURRENT + 1000:     # each ztunnel holds one socket per tunnel, plus its own
             pytest.skip(f"ztunnel RLIMIT_NOFILE {soft} is too low for {CONCURRENT} tunnels (run with ulimit -n 30000)")
-    with background(hlab, "demo/iperf", "echo-server", "--port", "7000") as echo:
+    with background(hlab, "demo/iperf", "echo-server", "--port", "700") as echo:
         assert echo.line() == "ready"
-        with background(hlab, "demo/client", "hold", "--target", f"{server}:7000", "--n", str(CONCURRENT),
+        with background(hlab, "demo/client", "hold", "--target", f"{server}:700", "--n", str(CONCURRENT),
                         "--hold", "5", "--parallel", "400") as h:
             held = json.loads(h.line(timeout=600))
             assert held["held"] == CONCURRENT, held
-            assert app_conns(hlab, "demo/iperf", 7000) == CONCURRENT    # all of them at once, app side
+            assert app_conns(hlab, "demo/iperf", 700) == CONCURRENT    # all of them at once, app side
             res = h.result(timeout=600)
     print(f"{CONCURRENT} concurrent connections: {res}")
     assert res.get("verified") == CONCURRENT and res.get("reverified") == CONCURRENT, res
@@ -385,25 +385,25 @@ def limited_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def test_a_noisy_pod_hits_its_own_limits_and_its_neighbours_are_served(limited_lab: Lab) -> None:
     lab = limited_lab
     v1, v2 = ip(lab, "demo/echo-v1"), ip(lab, "demo/echo-v2")
-    with background(lab, "demo/echo-v2", "echo-server", "--port", "7000") as e2, \
-            background(lab, "demo/echo-v1", "echo-server", "--port", "7000") as e1:
+    with background(lab, "demo/echo-v2", "echo-server", "--port", "700") as e2, \
+            background(lab, "demo/echo-v1", "echo-server", "--port", "700") as e1:
         assert e2.line() == "ready" and e1.line() == "ready"
         # Outbound: demo/client holds 50 connections through the mesh; 20 are its share.
-        with background(lab, "demo/client", "hold", "--target", f"{v2}:7000", "--n", "50", "--hold", "6",
+        with background(lab, "demo/client", "hold", "--target", f"{v2}:700", "--n", "50", "--hold", "6",
                         "--parallel", "50") as noisy:
             assert json.loads(noisy.line())["phase"] == "held"
             # Its neighbour on the same node (another pod, another identity) is unaffected.
-            other = tool(lab, "demo/client2", "hold", "--target", f"{v2}:7000", "--n", "15", "--hold", "0")
+            other = tool(lab, "demo/client2", "hold", "--target", f"{v2}:700", "--n", "15", "--hold", "0")
             res = noisy.result()
         assert other.get("verified") == 15 and other.get("reverified") == 15, other
         assert res.get("verified") == 20 and res.get("reverified") == 20, res     # control: its share works
         assert res.get("resets", 0) + sum(v for k, v in res.items() if k.startswith("error")) == 30, res
         # Plaintext inbound: a non-mesh source IP (PERMISSIVE) gets 20 connections to echo-v1, the
         # same as outbound; demo/client2 (over HBONE) still reaches echo-v1 meanwhile.
-        with background(lab, ATTACKER, "hold", "--target", f"{v1}:7000", "--n", "50", "--hold", "6",
+        with background(lab, ATTACKER, "hold", "--target", f"{v1}:700", "--n", "50", "--hold", "6",
                         "--parallel", "50") as noisy:
             assert json.loads(noisy.line())["phase"] == "held"
-            other = tool(lab, "demo/client2", "hold", "--target", f"{v1}:7000", "--n", "15", "--hold", "0")
+            other = tool(lab, "demo/client2", "hold", "--target", f"{v1}:700", "--n", "15", "--hold", "0")
             res = noisy.result()
         assert other.get("verified") == 15, other
         assert res.get("verified") == 20 and res.get("reverified") == 20, res
