@@ -39,16 +39,23 @@ class Telemetry:
         self.lookup = lookup
         self.tcp_metrics = tcp
         self.metrics_for = metrics_for or (lambda service: DEFAULT)
-        self._last: tuple[RequestRecord, tuple[Workload | None, Workload | None]] | None = None
+        # the last record's peers: a request's end asks for them up to three times (access log,
+        # metrics, tap), so each record's workloads are looked up once
+        self._memo: tuple[RequestRecord, str, str, tuple[Workload | None, Workload | None]] | None = None
 
     def peers(self, rec: RequestRecord) -> tuple[Workload | None, Workload | None]:
-        src_ip, dst_ip = rec.downstream.source_ip, address_ip(rec.upstream)
-        return (self.lookup(src_ip) if src_ip else None), (self.lookup(dst_ip) if dst_ip else None)
+        src_ip, upstream = rec.downstream.source_ip, rec.upstream
+        m = self._memo
+        if m is not None and m[0] is rec and m[1] == src_ip and m[2] == upstream:
+            return m[3]
+        dst_ip = address_ip(upstream)
+        found = (self.lookup(src_ip) if src_ip else None), (self.lookup(dst_ip) if dst_ip else None)
+        self._memo = (rec, src_ip, upstream, found)
+        return found
 
     def stats(self, rec: RequestRecord) -> None:
-        last, self._last = self._last, None
         if self.metrics is not None:
-            self.metrics.observe(rec, *(last[1] if last is not None and last[0] is rec else self.peers(rec)))
+            self.metrics.observe(rec, *self.peers(rec))
 
     def tcp_labels(self, rec: RequestRecord) -> ConnLabels:
         """Istio's TCP labels for an opaque tunnel, as the waypoint reports them."""
@@ -74,9 +81,5 @@ class Telemetry:
             self.tcp_metrics.conn_closed(self.tcp_labels(rec), rec.bytes_received, rec.bytes_sent, cfg)
 
     def access_log(self, rec: RequestRecord) -> None:
-        """The engine hands each record to `access_log` and then at once to `stats`: the peers
-        looked up here are kept for that one `stats` call."""
-        found = self.peers(rec)
-        self._last = (rec, found)
         if self.log is not None:
-            self.log.emit(rec, *found)
+            self.log.emit(rec, *self.peers(rec))

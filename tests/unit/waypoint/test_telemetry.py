@@ -195,3 +195,24 @@ def test_the_engine_hook_resolves_both_peers_by_ip_and_feeds_metrics_and_log() -
     assert address_ip("[fd00::1]:15008") == "fd00::1" and address_ip("10.0.0.1:80") == "10.0.0.1"
     assert address_ip("") == "" and address_ip("10.0.0.1") == "10.0.0.1"
     Telemetry(None, None, by_ip.get).stats(rec)     # telemetry off: nothing to do, nothing raised
+
+
+def test_a_records_workloads_are_looked_up_once_but_follow_its_upstream() -> None:
+    from waypoint.telemetry import Telemetry
+    by_ip = {"10.210.1.12": CLIENT, "10.210.2.11": ECHO_V2, "10.210.2.12": CLIENT}
+    asked: list[str] = []
+
+    def lookup(ip: str) -> Workload | None:
+        asked.append(ip)
+        return by_ip.get(ip)
+    t = Telemetry(HttpMetrics(), RequestLog(lambda _line: None), lookup)
+    rec = record()
+    t.access_log(rec)
+    t.stats(rec)
+    assert t.peers(rec) == (CLIENT, ECHO_V2)
+    assert asked == ["10.210.1.12", "10.210.2.11"]           # log, metrics and tap share one lookup
+    rec.upstream = "10.210.2.12:8080"                        # e.g. an opaque tunnel's upstream chosen late
+    assert t.peers(rec) == (CLIENT, CLIENT)
+    other = record()                                         # an equal but different record: its own lookup
+    t.peers(other)
+    assert len(asked) == 6
