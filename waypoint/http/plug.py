@@ -141,8 +141,13 @@ class HBONETransport(asyncio.Transport):
         self._lost = True
         if exc is None:
             self.stream.close()
-        if self._protocol is not None:
-            self._protocol.connection_lost(exc)
+        # The stream and this transport refer to each other, and so do this transport and its
+        # protocol: unlinked, a finished tunnel is freed by reference counting (no cycle for the
+        # collector; docs/performance.md, round 6).
+        self.stream.detach()
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.connection_lost(exc)
 
     # asyncio.Transport
     def write(self, data: Any) -> None:

@@ -1,0 +1,116 @@
+"""A finished request, and a finished downstream connection, are freed by reference counting alone.
+
+Why it matters: whatever a request or a tunnel leaves in a reference cycle (its exchange and try,
+the HTTP/1 server and its parser, the HBONE transport and stream, their futures) waits for the
+cyclic collector. Under load that is thousands of objects a second: collections run all the time,
+every full collection walks all of them (a 30–70 ms pause measured in the lab waypoint), and the
+waypoint's memory grows until one runs (docs/performance.md, round 6). Run on uvloop, the loop the
+waypoint runs on, in the shape it runs in: HTTP/1.1 in HBONE tunnels (real TLS 1.3), pooled
+HTTP/1.1 upstream, Istio's default retry policy (a `_Try` per request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import pytest
+import uvloop
+
+from ambit.dataplane.hbone import HBONEStream
+from tests.unit.dataplane.test_hbone import Mesh
+from tests.unit.waypoint.harness import Origin
+from tests.unit.waypoint.test_hbone_plug import _read_http1
+from waypoint.http.engine import Engine, UpstreamTarget
+from waypoint.http.plug import connect_tcp
+from waypoint.http.record import RequestRecord
+from waypoint.http.settings import HttpSettings
+from waypoint.request import Downstream, Forward, RequestHead
+
+pytestmark = pytest.mark.timeout(60)
+
+N = 20
+
+
+def garbage_of(loop: asyncio.AbstractEventLoop, work: Callable[[], Awaitable[None]]) -> Counter[str]:
+    """Types of the objects only the cyclic collector could free, left by `work()`."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        loop.run_until_complete(work())
+        gc.collect()
+        return Counter(type(o).__qualname__ for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def test_requests_and_tunnels_through_the_engine_leave_no_cycles(ca) -> None:  # noqa: ANN001
+    origin = Origin()
+    records: list[RequestRecord] = []
+    loop = uvloop.new_event_loop()
+
+    def decide(head: RequestHead, ds: Downstream) -> Forward:
+        return Forward(service="t/s", port=origin.port, route="t#0")
+
+    def upstream(fwd: Forward, head: RequestHead, down: Downstream,
+                 exclude: frozenset[str] = frozenset()) -> UpstreamTarget:
+        return UpstreamTarget(f"o:{fwd.port}", f"127.0.0.1:{fwd.port}", lambda: connect_tcp("127.0.0.1", fwd.port, 5))
+
+    async def new_engine() -> Engine:      # it binds to the running loop
+        return Engine(HttpSettings(), decide, upstream, access_log=records.append)
+
+    engine = loop.run_until_complete(new_engine())
+
+    async def waypoint(st: HBONEStream, peer: str, authority: str, headers: dict[str, str]) -> None:
+        st.respond(200)
+        await engine.serve_hbone(st, Downstream(source_identity=peer))
+
+    mesh = Mesh(ca, waypoint)
+
+    async def get(st: HBONEStream, path: str) -> None:
+        st.write(f"GET {path} HTTP/1.1\r\nHost: svc\r\n\r\n".encode())
+        assert (await _read_http1(st)).startswith(b"HTTP/1.1 200")
+
+    async def settle(n: int) -> None:
+        for _ in range(250):            # the record is emitted just after the response is written
+            if len(records) >= n and not engine.exchanges:
+                return
+            await asyncio.sleep(0.02)
+
+    async def keep_alive() -> None:     # N requests on one open tunnel
+        for i in range(N):
+            await get(st, f"/k{i}")
+        await settle(1 + N)
+
+    async def tunnels() -> None:        # N tunnels, one request each, ended by the client
+        for i in range(N):
+            t = await mesh.open()
+            await get(t, f"/t{i}")
+            t.write_eof()
+            assert await asyncio.wait_for(t.read(), 5) == b""
+            await asyncio.wait_for(t.wait_closed(), 5)
+        await settle(1 + 2 * N)
+        await asyncio.sleep(0.2)        # the engine's side of the last tunnel finishes after the client's
+
+    try:
+        loop.run_until_complete(mesh.__aenter__())
+        st = loop.run_until_complete(mesh.open())
+        loop.run_until_complete(get(st, "/warm"))  # the HBONE connection, the upstream pool and the certificates stay
+        requests = garbage_of(loop, keep_alive)
+        conns = garbage_of(loop, tunnels)
+        assert [r.path for r in records] == ["/warm", *(f"/k{i}" for i in range(N)), *(f"/t{i}" for i in range(N))]
+        assert requests == Counter(), f"requests left cycles: {requests.most_common(10)}"
+        assert conns == Counter(), f"tunnels left cycles: {conns.most_common(10)}"
+    finally:
+        async def teardown() -> None:
+            st.reset()
+            await engine.shutdown()
+            await mesh.__aexit__(None, None, None)
+        loop.run_until_complete(teardown())
+        loop.close()
+        origin.close()
