@@ -16,12 +16,15 @@ import gc
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 import uvloop
 
 from ambit.dataplane.hbone import HBONEStream
 from tests.unit.dataplane.test_hbone import Mesh
-from tests.unit.waypoint.harness import Origin
+from tests.unit.waypoint.harness import Origin, start_h2_origin
 from tests.unit.waypoint.test_hbone_plug import _read_http1
 from waypoint.http.engine import Engine, UpstreamTarget
 from waypoint.http.plug import connect_tcp
@@ -42,7 +45,7 @@ def garbage_of(loop: asyncio.AbstractEventLoop, work: Callable[[], Awaitable[Non
     try:
         loop.run_until_complete(work())
         gc.collect()
-        return Counter(type(o).__qualname__ for o in gc.garbage)
+        return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage)
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
@@ -114,3 +117,99 @@ def test_requests_and_tunnels_through_the_engine_leave_no_cycles(ca) -> None:  #
         loop.run_until_complete(teardown())
         loop.close()
         origin.close()
+
+
+def test_http2_streams_and_tunnels_leave_no_cycles(ca) -> None:  # noqa: ANN001
+    """The same for h2c downstream (prior knowledge, in HBONE) and HTTP/2 upstream: per stream and
+    per tunnel."""
+    records: list[RequestRecord] = []
+    loop = uvloop.new_event_loop()
+
+    async def setup() -> tuple[Engine, asyncio.AbstractServer, int]:
+        server, port = await start_h2_origin()
+
+        def decide(head: RequestHead, ds: Downstream) -> Forward:
+            return Forward(service="t/s", port=port, route="t#0")
+
+        def upstream(fwd: Forward, head: RequestHead, down: Downstream,
+                     exclude: frozenset[str] = frozenset()) -> UpstreamTarget:
+            return UpstreamTarget(f"o:{fwd.port}", f"127.0.0.1:{fwd.port}",
+                                  lambda: connect_tcp("127.0.0.1", fwd.port, 5), "h2")
+
+        return Engine(HttpSettings(), decide, upstream, access_log=records.append), server, port
+
+    engine, origin, _ = loop.run_until_complete(setup())
+
+    async def waypoint(st: HBONEStream, peer: str, authority: str, headers: dict[str, str]) -> None:
+        st.respond(200)
+        await engine.serve_hbone(st, Downstream(source_identity=peer))
+
+    mesh = Mesh(ca, waypoint)
+
+    def new_client() -> h2.connection.H2Connection:
+        c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        c.initiate_connection()
+        return c
+
+    async def get(st: HBONEStream, c: h2.connection.H2Connection, path: str) -> None:
+        sid = c.get_next_available_stream_id()
+        c.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "svc")],
+                       end_stream=True)
+        st.write(c.data_to_send())
+        status, ended = None, False
+        while not ended:
+            for ev in c.receive_data(await asyncio.wait_for(st.read(), 5)):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    status = dict(ev.headers)[":status"]
+                elif isinstance(ev, h2.events.DataReceived):
+                    c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                    ended = True
+            st.write(c.data_to_send())
+        assert status == "200"
+
+    async def settle(n: int) -> None:
+        for _ in range(250):
+            if len(records) >= n and not engine.exchanges:
+                return
+            await asyncio.sleep(0.02)
+
+    async def streams() -> None:        # N requests, each its own stream, on one open tunnel
+        for i in range(N):
+            await get(st, client, f"/s{i}")
+        await settle(1 + N)
+
+    clients: list[h2.connection.H2Connection] = []    # the h2 library's connections are cycles of their own
+
+    async def tunnels() -> None:        # N tunnels, one stream each, then GOAWAY and the end of the tunnel
+        for i in range(N):
+            t, c = await mesh.open(), new_client()
+            clients.append(c)
+            await get(t, c, f"/t{i}")
+            c.close_connection()
+            t.write(c.data_to_send())
+            t.write_eof()
+            while await asyncio.wait_for(t.read(), 5):
+                pass
+            await asyncio.wait_for(t.wait_closed(), 5)
+        await settle(1 + 2 * N)
+        await asyncio.sleep(0.2)
+
+    try:
+        loop.run_until_complete(mesh.__aenter__())
+        st, client = loop.run_until_complete(mesh.open()), new_client()
+        loop.run_until_complete(get(st, client, "/warm"))
+        per_stream = garbage_of(loop, streams)
+        per_tunnel = garbage_of(loop, tunnels)
+        assert [r.path for r in records] == ["/warm", *(f"/s{i}" for i in range(N)), *(f"/t{i}" for i in range(N))]
+        assert all(r.upstream_protocol == "h2" for r in records)
+        assert per_stream == Counter(), f"streams left cycles: {per_stream.most_common(10)}"
+        assert per_tunnel == Counter(), f"tunnels left cycles: {per_tunnel.most_common(10)}"
+    finally:
+        async def teardown() -> None:
+            st.reset()
+            await engine.shutdown()
+            await mesh.__aexit__(None, None, None)
+            origin.close()
+        loop.run_until_complete(teardown())
+        loop.close()
