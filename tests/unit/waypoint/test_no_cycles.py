@@ -27,7 +27,7 @@ from tests.unit.dataplane.test_hbone import Mesh
 from tests.unit.waypoint.harness import Origin, start_h2_origin
 from tests.unit.waypoint.test_hbone_plug import _read_http1
 from waypoint.http.engine import Engine, UpstreamTarget
-from waypoint.http.plug import connect_tcp
+from waypoint.http.plug import HBONETransport, connect_tcp
 from waypoint.http.record import RequestRecord
 from waypoint.http.settings import HttpSettings
 from waypoint.request import Downstream, Forward, RequestHead
@@ -100,15 +100,34 @@ def test_requests_and_tunnels_through_the_engine_leave_no_cycles(ca) -> None:  #
         await settle(1 + 2 * N)
         await asyncio.sleep(0.2)        # the engine's side of the last tunnel finishes after the client's
 
+    async def closed_by_the_waypoint() -> None:  # `Connection: close`: the waypoint ends the tunnel first
+        for i in range(N):
+            t = await mesh.open()
+            t.write(f"GET /c{i} HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n".encode())
+            reply = b""
+            while chunk := await asyncio.wait_for(t.read(), 5):
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 200")
+            t.write_eof()
+            await asyncio.wait_for(t.wait_closed(), 5)
+        await settle(1 + 3 * N)
+        await asyncio.sleep(0.2)
+
     try:
         loop.run_until_complete(mesh.__aenter__())
         st = loop.run_until_complete(mesh.open())
         loop.run_until_complete(get(st, "/warm"))  # the HBONE connection, the upstream pool and the certificates stay
         requests = garbage_of(loop, keep_alive)
         conns = garbage_of(loop, tunnels)
-        assert [r.path for r in records] == ["/warm", *(f"/k{i}" for i in range(N)), *(f"/t{i}" for i in range(N))]
+        closed = garbage_of(loop, closed_by_the_waypoint)
+        assert [r.path for r in records] == ["/warm", *(f"/k{i}" for i in range(N)), *(f"/t{i}" for i in range(N)),
+                                             *(f"/c{i}" for i in range(N))]
         assert requests == Counter(), f"requests left cycles: {requests.most_common(10)}"
         assert conns == Counter(), f"tunnels left cycles: {conns.most_common(10)}"
+        assert closed == Counter(), f"tunnels the waypoint closed left cycles: {closed.most_common(10)}"
+        # ...and nothing holds a finished tunnel afterwards (the close's linger timer is cancelled
+        # once the peer has ended its side): only the open keep-alive tunnel is alive
+        assert sum(isinstance(o, HBONETransport) for o in gc.get_objects()) == 1
     finally:
         async def teardown() -> None:
             st.reset()
