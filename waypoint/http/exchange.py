@@ -64,7 +64,7 @@ class Exchange:
                  "up_head", "pending", "pending_bytes", "req_ended", "req_trailers", "resp_started",
                  "resp_ended", "done", "last", "upgrade", "expect_continue", "retried", "_t0",
                  "upgraded", "_raw_ends", "keep_alive", "reset_code", "_attempt",
-                 "retry_policy", "rstate", "replay", "replay_bytes", "replayable", "leg", "timeout",
+                 "retry_policy", "rstate", "replay", "replay_bytes", "replayable", "_try", "timeout",
                  "per_try_timeout", "retry_flag", "_timer", "_try_timer", "_backoff", "shadows", "_fault_flags",
                  "_delay", "trace")
 
@@ -104,7 +104,7 @@ class Exchange:
         self.replay: list[bytes] | None = None  # the request body as received, for a retry
         self.replay_bytes = 0
         self.replayable = True          # False: the body outgrew retry_buffer_bytes, no more retries
-        self.leg: Exchange | _Try = self    # what the pools and the upstream leg of this try talk to
+        self._try: _Try | None = None        # the current try, when retries or a per-try timeout may abandon it
         self.timeout = 0.0              # the route timeout of this request (s); 0: none
         self.per_try_timeout = 0.0
         self.retry_flag = ""            # URX (retries exhausted) or UO (retry budget), added to the flags
@@ -119,6 +119,14 @@ class Exchange:
         self.last = engine.loop.time()
 
     # --- start: decide, then reply or forward ---------------------------------------------------
+
+    @property
+    def leg(self) -> Exchange | _Try:
+        """What the pools and the upstream leg of the current try talk to: a `_Try` when retries or
+        a per-try timeout may abandon the try, else the exchange itself. Computed, not stored: an
+        exchange holding itself (or a try holding it back) would be a reference cycle per request,
+        freed only by the cyclic collector (docs/performance.md, round 6)."""
+        return self._try if self._try is not None else self
 
     def start(self) -> None:
         e = self.engine
@@ -497,9 +505,9 @@ class Exchange:
     def _new_try(self) -> None:
         """The object the pools and the next try's upstream leg call back: a fresh `_Try` when the
         try may be abandoned (a retry or a per-try timeout can follow), else the exchange itself."""
-        if isinstance(self.leg, _Try):
-            self.leg.live = False
-        self.leg = _Try(self) if self.retry_policy is not None or self.per_try_timeout else self
+        if self._try is not None:
+            self._try.live = False
+        self._try = _Try(self) if self.retry_policy is not None or self.per_try_timeout else None
         self._arm_timeouts()
 
     def _arm_timeouts(self) -> None:
@@ -555,8 +563,8 @@ class Exchange:
         if up is not None:
             up.abort()
         self.engine.pools.attempt_over(self.leg)    # the abandoned try no longer counts against pool limits
-        if isinstance(self.leg, _Try):
-            self.leg.live = False
+        if self._try is not None:
+            self._try.live = False
         if self._try_timer is not None:
             self._try_timer.cancel()
             self._try_timer = None
@@ -674,6 +682,7 @@ class Exchange:
             rec.response_flags = f"{rec.response_flags},{self.retry_flag}" if rec.response_flags else self.retry_flag
         self._faults_end()
         self.engine.pools.attempt_over(self.leg)    # its request no longer counts against pool limits
+        self._try = None    # the try keeps its exchange, not the other way round: no cycle outlives the request
         rec.duration_ms = (time.monotonic() - self._t0) * 1000
         e = self.engine
         e.exchanges.discard(self)

@@ -107,6 +107,7 @@ class HBONETransport(asyncio.Transport):
         self._read_paused = False
         self._peer_eof = False
         self._lost = False
+        self._linger: asyncio.TimerHandle | None = None
 
     # Attachable
     def attach(self, protocol: asyncio.Protocol) -> None:
@@ -141,8 +142,16 @@ class HBONETransport(asyncio.Transport):
         self._lost = True
         if exc is None:
             self.stream.close()
-        if self._protocol is not None:
-            self._protocol.connection_lost(exc)
+        # The stream and this transport refer to each other, and so do this transport and its
+        # protocol: unlinked, a finished tunnel is freed by reference counting (no cycle for the
+        # collector; docs/performance.md, round 6).
+        self.stream.detach()
+        if self._linger is not None:    # the timer would hold this transport for `linger` seconds
+            self._linger.cancel()
+            self._linger = None
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.connection_lost(exc)
 
     # asyncio.Transport
     def write(self, data: Any) -> None:
@@ -176,9 +185,10 @@ class HBONETransport(asyncio.Transport):
         if self.stream.is_closed or self._peer_eof:
             self._finish(None)
         else:       # a peer that never ends its side would pin the tunnel: reset it after `linger`
-            asyncio.get_running_loop().call_later(self.linger, self._linger_expired)
+            self._linger = asyncio.get_running_loop().call_later(self.linger, self._linger_expired)
 
     def _linger_expired(self) -> None:
+        self._linger = None
         if not self._lost:
             self.stream.reset()
             self._finish(None)

@@ -24,6 +24,7 @@ How the h2 model maps onto nghttp2:
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import deque
 from typing import Any
 
@@ -126,7 +127,11 @@ class NgHttp2Connection:
         self._goaway_recv = False
         self._terminated = False
         self._error: str | None = None
-        self._handle = ffi.new_handle(self)
+        # The session's callbacks find this object through a handle. A handle to the object itself
+        # would keep it alive (it is stored here): a reference cycle per connection that only the
+        # cyclic collector frees. A handle to a weak reference does not; the object is alive
+        # whenever nghttp2 calls back, since only its own methods call nghttp2.
+        self._handle = ffi.new_handle(weakref.ref(self))
         pp = ffi.new("nghttp2_session **")
         new = L.nghttp2_session_client_new2 if client_side else L.nghttp2_session_server_new2
         rv = new(pp, _CALLBACKS[0], self._handle, _OPTION[0])
@@ -428,7 +433,7 @@ def _onerror(exc: Any, val: Any, tb: Any) -> None:
 
 @ffi.callback("nghttp2_on_begin_headers_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
 def _cb_begin_headers(session: Any, frame: Any, ud: Any) -> int:
-    c = _from_handle(ud)
+    c = _from_handle(ud)()
     c._hdrs = []
     c._hsize = 0
     c._hsid = frame.hd.stream_id
@@ -438,7 +443,7 @@ def _cb_begin_headers(session: Any, frame: Any, ud: Any) -> int:
 @ffi.callback("nghttp2_on_header_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
 def _cb_header(session: Any, frame: Any, name: Any, namelen: int, value: Any, valuelen: int, flags: int,
                ud: Any) -> int:
-    c = _from_handle(ud)
+    c = _from_handle(ud)()
     size = c._hsize + namelen + valuelen + 32
     if size > c.max_header_list_size:
         return c._too_big(frame.hd.stream_id)
@@ -449,26 +454,26 @@ def _cb_header(session: Any, frame: Any, name: Any, namelen: int, value: Any, va
 
 @ffi.callback("nghttp2_on_frame_recv_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
 def _cb_frame(session: Any, frame: Any, ud: Any) -> int:
-    _from_handle(ud)._on_frame(frame)
+    _from_handle(ud)()._on_frame(frame)
     return 0
 
 
 @ffi.callback("nghttp2_on_data_chunk_recv_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
 def _cb_data(session: Any, flags: int, sid: int, data: Any, length: int, ud: Any) -> int:
-    _from_handle(ud)._events.append(
+    _from_handle(ud)()._events.append(
         h2.events.DataReceived(stream_id=sid, data=ffi.unpack(data, length), flow_controlled_length=length))
     return 0
 
 
 @ffi.callback("nghttp2_on_stream_close_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
 def _cb_close(session: Any, sid: int, code: int, ud: Any) -> int:
-    _from_handle(ud)._on_close(sid, code)
+    _from_handle(ud)()._on_close(sid, code)
     return 0
 
 
 @ffi.callback("nghttp2_on_invalid_frame_recv_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
 def _cb_invalid(session: Any, frame: Any, code: int, ud: Any) -> int:
-    c = _from_handle(ud)
+    c = _from_handle(ud)()
     c._error = f"invalid {FRAME_NAMES.get(frame.hd.type, 'frame')} on stream {frame.hd.stream_id}: " + \
         ffi.string(c._L.nghttp2_strerror(code)).decode()
     return 0
@@ -476,13 +481,13 @@ def _cb_invalid(session: Any, frame: Any, code: int, ud: Any) -> int:
 
 @ffi.callback("nghttp2_error_callback2", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
 def _cb_error(session: Any, code: int, msg: Any, length: int, ud: Any) -> int:
-    _from_handle(ud)._error = ffi.unpack(msg, length).decode("utf-8", "replace")
+    _from_handle(ud)()._error = ffi.unpack(msg, length).decode("utf-8", "replace")
     return 0
 
 
 @ffi.callback("nghttp2_data_source_read_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
 def _cb_read(session: Any, sid: int, buf: Any, length: int, flags: Any, source: Any, ud: Any) -> int:
-    return _from_handle(ud)._read(sid, buf, length, flags)
+    return _from_handle(ud)()._read(sid, buf, length, flags)
 
 
 class _Lazy(list):

@@ -51,6 +51,8 @@ class H1Client(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.lost:
+            return
         if self._raw is not None:
             self._raw.raw_write(data)
             return
@@ -89,6 +91,10 @@ class H1Client(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._connection_lost()
+        self.parser = None  # type: ignore[assignment]   # it holds our callbacks: a cycle per connection
+
+    def _connection_lost(self) -> None:
         self.lost = True
         self.pools.closed(self)
         if self._raw is not None:

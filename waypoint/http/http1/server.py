@@ -68,6 +68,8 @@ class H1Server(asyncio.Protocol):
         self.last = self.engine.loop.time()
 
     def data_received(self, data: bytes) -> None:
+        if self.lost:
+            return
         self.last = self.engine.loop.time()
         if self._raw is not None:
             self._raw_from_client(data)
@@ -114,6 +116,7 @@ class H1Server(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.engine.conns.discard(self)
+        self.parser = None  # type: ignore[assignment]   # it holds our callbacks: a cycle per connection
         raw = self._raw
         if raw is not None:
             self._raw = None

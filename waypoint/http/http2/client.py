@@ -11,7 +11,7 @@ import h2.exceptions
 from h2.errors import ErrorCodes
 
 from waypoint.http.exchange import BODY_NONE, BODY_STREAM, Exchange
-from waypoint.http.http2.connection import H2Base, Stream, decode_headers, encode_headers
+from waypoint.http.http2.connection import H2Base, Stream, decode_headers, encode_headers, unlink
 from waypoint.http.legs import Headers
 
 if TYPE_CHECKING:
@@ -173,12 +173,14 @@ class H2Client(H2Base):
             st.reset(ErrorCodes.CANCEL)
         self.streams.pop(st.sid, None)
         st.ex.response_end(trailers)
+        unlink(st)
         self._next()
         self.maybe_done()
 
     def sent_end(self, st: Stream) -> None:
         if st.remote_ended:
             self.streams.pop(st.sid, None)
+            unlink(st)
             self._next()
 
     def _next(self) -> None:

@@ -118,6 +118,16 @@ class Stream:
     def on_unblocked(self) -> None: ...
 
 
+def unlink(st: Stream) -> None:
+    """Forget a stream's exchange once both are over: the connection has dropped the stream (no
+    event reaches it) and the exchange is done (it calls no leg any more). The two refer to each
+    other; left linked, every request would be a reference cycle that only the cyclic collector
+    frees (docs/performance.md, round 6)."""
+    ex = st.ex
+    if ex is not None and ex.done and st.sid not in st.conn.streams:
+        st.ex = None  # type: ignore[assignment]
+
+
 class H2Base(asyncio.Protocol):
     """One h2 connection (either end): receives and dispatches events, pumps stream queues within
     the peer's windows, acknowledges received DATA when its stream is not paused."""
@@ -245,6 +255,7 @@ class H2Base(asyncio.Protocol):
         if st.held:
             n, st.held = st.held, 0
             self.ack(st.sid, n)
+        unlink(st)
         self.maybe_done()
 
     def maybe_done(self) -> None:

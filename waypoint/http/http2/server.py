@@ -13,7 +13,7 @@ from hyperframe.frame import GoAwayFrame
 
 from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
 from waypoint.http.headers import is_grpc
-from waypoint.http.http2.connection import H2Base, Stream, decode_headers, encode_headers
+from waypoint.http.http2.connection import H2Base, Stream, decode_headers, encode_headers, unlink
 from waypoint.http.legs import Headers
 from waypoint.request import Downstream, LocalReply, RequestHead
 
@@ -59,6 +59,8 @@ class DownStream(Stream):
     def exchange_done(self, ex: object) -> None:
         if self.ended and self.sid in self.conn.streams:
             self.conn.drop(self)
+        else:
+            unlink(self)
 
     def on_blocked(self) -> None:
         self.ex.response_pause()
