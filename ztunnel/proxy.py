@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -60,13 +61,48 @@ log = logging.getLogger("ambit.ztunnel.proxy")
 OriginalDst = Callable[[socket.socket], tuple[str, int]]
 
 
+def connect_started(s: socket.socket, dst: tuple[str, int]) -> bool:
+    """Start a non-blocking connect of `s` to `dst`; True if it is already established.
+
+    A destination in the same netns (the app, on delivery) is reached over loopback, where the
+    kernel runs the whole handshake inside connect(): the socket is connected when the call
+    returns, although it says EINPROGRESS. Checking that (getpeername succeeds only once
+    connected) spares the connection a future, a timer and a loop iteration waiting for a
+    writability the socket already has. An immediate failure (a refused loopback connect) is left
+    pending on the socket for `connect_finished` to raise.
+    """
+    err = s.connect_ex(dst)
+    if err == 0:
+        return True
+    if err != errno.EINPROGRESS:
+        raise OSError(err, os.strerror(err))
+    try:
+        s.getpeername()
+    except OSError:
+        return False
+    return True
+
+
+async def connect_finished(loop: asyncio.AbstractEventLoop, s: socket.socket, dst: tuple[str, int]) -> None:
+    """Wait for a connect `connect_started` left in progress; raises its error."""
+    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+    try:
+        await loop.sock_connect(s, dst)     # EALREADY: waits for writability, then reads SO_ERROR
+    except OSError as e:
+        if e.errno != errno.EISCONN:        # established between the two calls
+            raise
+
+
 async def open_from(sock_factory: Callable[[], socket.socket], dst: tuple[str, int], timeout: float) -> Leg:
     """Connect a socket made by `sock_factory` (in a pod's netns) to `dst`; a relay leg on it."""
     loop = asyncio.get_running_loop()
     s = sock_factory()
     try:
-        async with asyncio.timeout(timeout):    # not wait_for: no extra task per connection
-            await loop.sock_connect(s, dst)
+        if not connect_started(s, dst):
+            async with asyncio.timeout(timeout):    # not wait_for: no extra task per connection
+                await connect_finished(loop, s, dst)
         _, leg = await loop.create_connection(Leg, sock=s)
     except BaseException:
         s.close()
@@ -87,7 +123,8 @@ async def resolve(host: str, port: int, timeout: float) -> tuple[str, int]:
 
 def traceparent() -> str:
     """A new W3C trace context for the tunnel (not sampled: ztunnel starts no spans itself)."""
-    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-00"
+    ids = os.urandom(24).hex()      # one getrandom() for both ids: trace (16 bytes) and parent (8)
+    return f"00-{ids[:32]}-{ids[32:]}-00"
 
 
 class _PodHBONE:
