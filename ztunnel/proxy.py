@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import socket
@@ -28,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ambit.dataplane import tls
+from ambit.dataplane.connect import connect, connect_finished, connect_started
 from ambit.dataplane.gctune import GCStats
 from ambit.dataplane.hbone import (
     HBONEClientPool,
@@ -61,48 +61,14 @@ log = logging.getLogger("ambit.ztunnel.proxy")
 OriginalDst = Callable[[socket.socket], tuple[str, int]]
 
 
-def connect_started(s: socket.socket, dst: tuple[str, int]) -> bool:
-    """Start a non-blocking connect of `s` to `dst`; True if it is already established.
-
-    A destination in the same netns (the app, on delivery) is reached over loopback, where the
-    kernel runs the whole handshake inside connect(): the socket is connected when the call
-    returns, although it says EINPROGRESS. Checking that (getpeername succeeds only once
-    connected) spares the connection a future, a timer and a loop iteration waiting for a
-    writability the socket already has. An immediate failure (a refused loopback connect) is left
-    pending on the socket for `connect_finished` to raise.
-    """
-    err = s.connect_ex(dst)
-    if err == 0:
-        return True
-    if err != errno.EINPROGRESS:
-        raise OSError(err, os.strerror(err))
-    try:
-        s.getpeername()
-    except OSError:
-        return False
-    return True
-
-
-async def connect_finished(loop: asyncio.AbstractEventLoop, s: socket.socket, dst: tuple[str, int]) -> None:
-    """Wait for a connect `connect_started` left in progress; raises its error."""
-    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err:
-        raise OSError(err, os.strerror(err))
-    try:
-        await loop.sock_connect(s, dst)     # EALREADY: waits for writability, then reads SO_ERROR
-    except OSError as e:
-        if e.errno != errno.EISCONN:        # established between the two calls
-            raise
-
-
 async def open_from(sock_factory: Callable[[], socket.socket], dst: tuple[str, int], timeout: float) -> Leg:
     """Connect a socket made by `sock_factory` (in a pod's netns) to `dst`; a relay leg on it."""
     loop = asyncio.get_running_loop()
     s = sock_factory()
     try:
-        if not connect_started(s, dst):
+        if not connect_started(s, dst):     # a local app: connected already, nothing to wait for
             async with asyncio.timeout(timeout):    # not wait_for: no extra task per connection
-                await connect_finished(loop, s, dst)
+                await connect_finished(s)
         _, leg = await loop.create_connection(Leg, sock=s)
     except BaseException:
         s.close()
@@ -240,7 +206,7 @@ class Proxy:
         try:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             async with asyncio.timeout(self.tunnel.connect_timeout):
-                await asyncio.get_running_loop().sock_connect(s, (key.dst_ip, port))
+                await connect(s, (key.dst_ip, port))
         except BaseException:
             s.close()
             raise
