@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ambit.dataplane import tls
+from ambit.dataplane.connect import connect, connect_finished, connect_started
 from ambit.dataplane.gctune import GCStats
 from ambit.dataplane.hbone import (
     HBONEClientPool,
@@ -65,8 +66,9 @@ async def open_from(sock_factory: Callable[[], socket.socket], dst: tuple[str, i
     loop = asyncio.get_running_loop()
     s = sock_factory()
     try:
-        async with asyncio.timeout(timeout):    # not wait_for: no extra task per connection
-            await loop.sock_connect(s, dst)
+        if not connect_started(s, dst):     # a local app: connected already, nothing to wait for
+            async with asyncio.timeout(timeout):    # not wait_for: no extra task per connection
+                await connect_finished(s)
         _, leg = await loop.create_connection(Leg, sock=s)
     except BaseException:
         s.close()
@@ -87,7 +89,8 @@ async def resolve(host: str, port: int, timeout: float) -> tuple[str, int]:
 
 def traceparent() -> str:
     """A new W3C trace context for the tunnel (not sampled: ztunnel starts no spans itself)."""
-    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-00"
+    ids = os.urandom(24).hex()      # one getrandom() for both ids: trace (16 bytes) and parent (8)
+    return f"00-{ids[:32]}-{ids[32:]}-00"
 
 
 class _PodHBONE:
@@ -203,7 +206,7 @@ class Proxy:
         try:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             async with asyncio.timeout(self.tunnel.connect_timeout):
-                await asyncio.get_running_loop().sock_connect(s, (key.dst_ip, port))
+                await connect(s, (key.dst_ip, port))
         except BaseException:
             s.close()
             raise

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ambit.dataplane import tls
+from ambit.dataplane.connect import connect
 from ambit.dataplane.hbone.connection import HBONEConnection, HBONEError
 from ambit.dataplane.hbone.frames import REFUSED_STREAM
 from ambit.dataplane.hbone.protocol import HBONEProtocol
@@ -71,7 +72,7 @@ async def tcp_connect(key: PoolKey, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (key.dst_ip, port))
+        await connect(sock, (key.dst_ip, port))     # not loop.sock_connect: see ambit/dataplane/connect.py
     except BaseException:
         sock.close()
         raise

@@ -455,3 +455,22 @@ def test_peer_shrinking_its_initial_window_makes_send_windows_negative_not_large
     c.receive_data(srv.data_to_send())
     assert c.send_window(sid) == 70_000 - 64_535
     assert c.send_data(sid, bytes(10_000)) == 70_000 - 64_535
+
+
+def test_connect_headers_are_plain_literals_that_a_reference_peer_decodes() -> None:
+    """HEADERS go out without Huffman coding (the values are new each tunnel; the pure-Python
+    Huffman coder cost more than the bytes it saved): the values are on the wire as they are, and
+    an independent decoder (the `h2` library) reads the request."""
+    c = HBONEConnection(client_side=True)
+    c.initiate()
+    ref = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+    ref.initiate_connection()
+    ref.receive_data(b"".join(c.data_to_send()))
+    c.receive_data(ref.data_to_send())
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    sid = c.open_stream("10.0.0.2:8080", [("traceparent", tp)])
+    wire = b"".join(c.data_to_send())
+    assert tp.encode() in wire and b"10.0.0.2:8080" in wire
+    [req] = [e for e in ref.receive_data(wire) if isinstance(e, h2.events.RequestReceived)]
+    assert req.stream_id == sid
+    assert dict(req.headers) == {":method": "CONNECT", ":authority": "10.0.0.2:8080", "traceparent": tp}
