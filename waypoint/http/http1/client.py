@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("waypoint.http")
 
 
+_LOST = httptools.HttpResponseParser(None)     # a lost connection's parser: holds no protocol
+
+
 class H1Client(asyncio.Protocol):
     """One upstream HTTP/1.1 connection; serves one exchange at a time (see the module docstring)."""
 
@@ -92,7 +95,7 @@ class H1Client(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connection_lost()
-        self.parser = None  # type: ignore[assignment]   # it holds our callbacks: a cycle per connection
+        self.parser = _LOST     # the parser holds our callbacks: a cycle per connection
 
     def _connection_lost(self) -> None:
         self.lost = True
