@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ambit.dataplane.endpoint import LocalEndpoint, Response
+from ambit.dataplane.memory import memory_report
 from ambit.dataplane.tap import TAP_PATH, TapHub, tap_response
 
 log = logging.getLogger("ambit.waypoint.admin")
@@ -53,7 +54,9 @@ def routes(proxy: Any, client: Any) -> dict[str, Handler]:
         return 200, proxy.clusters.dump()
 
     return {"/healthz/ready": ready, "/config_dump": config_dump, "/routes": route_dump, "/certs": certs,
-            "/stats": stats, "/clusters": clusters}
+            "/stats": stats, "/clusters": clusters,
+            # RSS/PSS split, threads, the collector; the top Python lines with PYTHONTRACEMALLOC=N
+            "/memory": lambda: (200, memory_report(gc_stats=getattr(proxy, "gc_stats", None)))}
 
 
 def status_report(proxy: Any, node: str) -> dict[str, Any]:

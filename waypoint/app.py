@@ -31,11 +31,12 @@ import socket
 import ssl
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
 from ambit import identity as spiffe
+from ambit import telemetry as telemetry_api
 from ambit.dataplane import tls
 from ambit.dataplane.hbone import HBONEClientPool, HBONEServer, HBONEStream
 from ambit.dataplane.identity import IdentityManager
@@ -64,10 +65,12 @@ from waypoint.telemetry.hook import Telemetry
 from waypoint.telemetry.loglines import LogLines
 from waypoint.telemetry.metrics import HttpMetrics
 from waypoint.telemetry.mirrors import MirrorCollector
-from waypoint.telemetry.tracing_sdk import Tracing, TracingFor
 from waypoint.telemetry.tracing_settings import settings_tracing, tracing_identity
 from waypoint.traffic.cluster import Cluster, Clusters
 from waypoint.traffic.hashkey import HashKey
+
+if TYPE_CHECKING:
+    from waypoint.telemetry.tracing_sdk import TracingFor
 
 log = logging.getLogger("ambit.waypoint")
 access = logging.getLogger("ambit.waypoint.access")
@@ -95,7 +98,11 @@ class WaypointProxy:
                  tcp_metrics: Metrics | None = None) -> None:
         self.settings = settings
         # what tracing applies: the injected resolver (Telemetry API), else the --tracing-* flags
-        self.tracing_for = tracing_for or self._telemetry_tracing(settings_tracing(settings))
+        flags = settings_tracing(settings)
+        self.tracing_for = tracing_for or self._telemetry_tracing(flags)
+        # the providers the flags name: their SDK and exporters are loaded at start (see `_tracing`)
+        self._flag_providers = flags("").providers if flags is not None else ()
+        self._traces = tracing_for is not None or bool(self._flag_providers)
         self.config = config
         self.identities = identities
         self.identity = settings.identity
@@ -123,6 +130,7 @@ class WaypointProxy:
         if http_metrics is not None:    # the Telemetry API's metrics overrides, per request's Service
             http_metrics.config_for = lambda svc: self.config.view.telemetry_for_waypoint(svc).metrics
         self.tap = TapHub(f"waypoint/{settings.waypoint}")      # `ambit tap` (admin GET /tap)
+        self.gc_stats: Any = None       # ambit.dataplane.gctune.GCStats once __main__ has tuned the collector
 
     def _telemetry_tracing(self, flags: TracingFor | None) -> TracingFor:
         """What a request to a Service is traced with: the Telemetry API's resolution for this
@@ -142,8 +150,7 @@ class WaypointProxy:
         self.engine = Engine(self.settings.http, self.decide, self.upstream, opaque=self.opaque,
                              access_log=self._access_log, stats=self._stats, rng=self.rng)
         self.engine.tcp_stats = self.telemetry.tcp  # type: ignore[attr-defined]   # opaque tunnels
-        if self.tracing_for is not None:
-            self.engine.tracing = Tracing(self.tracing_for, tracing_identity(self.settings), self.rng)
+        self._tracing(self._flag_providers)
         if self.settings.ingress:       # clients from outside the mesh, on the Gateway's listeners
             engine = self.engine
             self.ingress = IngressListeners(self.settings.ingress_address, engine.serve,
@@ -159,8 +166,29 @@ class WaypointProxy:
         self.server = HBONEServer(sock, self._server_context, self.on_connect)
         await self.server.start()
 
+    def _tracing(self, providers: Sequence[Any]) -> None:
+        """Give the engine its tracer once tracing is configured: the --tracing-* flags (at start) or
+        a MeshConfig tracing provider a Telemetry may name (at each config update). Until then the
+        OpenTelemetry SDK is not imported at all (~1 MB and 40 modules a waypoint without tracing
+        never uses: docs/performance.md, round 6). The named providers' exporters are imported here,
+        at config time, so a missing one fails now, naming the provider, not at the first request."""
+        providers = [p for p in providers if p.kind in ("opentelemetry", "zipkin")]
+        if self.engine is None or not (self._traces or providers):
+            return
+        from waypoint.telemetry import tracing_sdk
+        self._traces = True
+        for p in providers:
+            tracing_sdk.exporter_class(p)
+        if self.engine.tracing is None:
+            self.engine.tracing = tracing_sdk.Tracing(self.tracing_for, tracing_identity(self.settings), self.rng)
+
     async def on_config(self) -> None:
-        """After each config update: an ingress gateway's listeners follow its Gateway."""
+        """After each config update: tracing providers the mesh now defines are loaded (above); an
+        ingress gateway's listeners follow its Gateway."""
+        try:
+            self._tracing(list(telemetry_api.providers_of(self.config.view.mesh).values()))
+        except ImportError as e:
+            log.error("tracing provider's exporter cannot be loaded: %s; requests it traces will fail", e)
         if self.ingress is not None:
             await self.ingress.update(self.config.view.ingress)
 

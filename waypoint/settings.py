@@ -13,8 +13,13 @@ from pathlib import Path
 from ambit import settings
 from ambit.configclient.tls import ControllerTLSSettings, tls_field
 from ambit.dataplane.ports import PORT_ADMIN, PORT_HBONE
-from ambit.dataplane.settings import TunnelSettings
-from ambit.settings import option, positive
+from ambit.dataplane.settings import (
+    TunnelSettings,
+    gc_freeze_option,
+    gc_threshold_option,
+    memory_trim_interval_option,
+)
+from ambit.settings import non_negative, option, positive
 from waypoint.http.settings import HttpSettings
 
 WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
@@ -81,6 +86,12 @@ class WaypointSettings:
     tracing_tag: tuple[str, ...] = option((), "a custom span tag NAME=literal:VALUE|environment:VAR|header:NAME "
                                           "(repeatable)")
     tracing_disable_span_reporting: bool = option(False, "propagate trace headers but report no spans")
+    # memory and the collector, as ztunnel's (docs/performance.md, round 6: the waypoint's memory)
+    memory_trim_interval: float = memory_trim_interval_option()
+    malloc_arena_max: int = option(2, "cap on glibc's malloc arenas (mallopt M_ARENA_MAX, set at start); 0 keeps "
+                                   "glibc's default of 8 per core", check=non_negative)
+    gc_freeze: bool = gc_freeze_option()
+    gc_threshold: str = gc_threshold_option()
     http: HttpSettings = field(default_factory=HttpSettings)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
 

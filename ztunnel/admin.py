@@ -10,7 +10,6 @@ is computed from the current immutable config view, so a dump is always one cons
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ from typing import Any
 
 from ambit.configclient import ConfigClient
 from ambit.dataplane.endpoint import LocalEndpoint, Response
+from ambit.dataplane.memory import memory_report
 from ambit.dataplane.tap import TAP_PATH, TapHub, tap_response
 from ztunnel.meshstate import MeshState
 
@@ -91,53 +91,6 @@ def status_report(config: MeshState, node: str, proxy: Any = None) -> dict[str, 
             "connections": {"outbound": per_src.total() if per_src is not None else 0,
                             "inbound": per_dst.total() if per_dst is not None else 0,
                             "hbone_pool": sum(pool.connections().values()) if pool is not None else 0}}
-
-
-# --- /memory: where this process's memory is --------------------------------------------------
-
-SMAPS_FIELDS = {"Rss": "rss_kb", "Pss": "pss_kb", "Pss_Anon": "pss_anon_kb", "Pss_File": "pss_file_kb",
-                "Anonymous": "anon_kb", "Shared_Clean": "shared_clean_kb", "Private_Dirty": "private_dirty_kb"}
-
-
-def parse_smaps_rollup(text: str) -> dict[str, int]:
-    """The fields of /proc/<pid>/smaps_rollup that tell memory apart (kB): RSS counts shared
-    library pages in full, PSS divides them among the processes mapping them, anonymous memory is
-    this process's own heap, stacks and arenas."""
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key in SMAPS_FIELDS:
-            out[SMAPS_FIELDS[key]] = int(rest.split()[0])
-    return out
-
-
-def memory_report(top: int = 25, gc_stats: Any = None) -> dict[str, Any]:
-    """RSS/PSS split, threads and GC state; with tracing on (PYTHONTRACEMALLOC=N in ztunnel's
-    environment) also the `top` source lines holding the most Python memory. This is how the
-    memory budget in docs/performance.md was found, and how a regression is found again.
-    `gc_stats` (ambit.dataplane.gctune.GCStats) adds the collections and their pauses."""
-    import gc
-    import threading
-    import tracemalloc
-
-    out: dict[str, Any] = {}
-    with contextlib.suppress(OSError):
-        out.update(parse_smaps_rollup(Path("/proc/self/smaps_rollup").read_text()))
-    out["threads"] = sorted(t.name for t in threading.enumerate())
-    with contextlib.suppress(OSError):
-        out["os_threads"] = len(list(Path("/proc/self/task").iterdir()))
-    out["gc"] = {"counts": gc.get_count(), "frozen": gc.get_freeze_count(), "tracked": len(gc.get_objects()),
-                 "threshold": gc.get_threshold()}
-    if gc_stats is not None:
-        out["gc"].update(gc_stats.report())
-    if tracemalloc.is_tracing():
-        snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
-        traced, peak = tracemalloc.get_traced_memory()
-        out["tracemalloc"] = {
-            "traced_kb": traced // 1024, "peak_kb": peak // 1024,
-            "top": [{"where": f"{s.traceback[0].filename}:{s.traceback[0].lineno}", "kb": s.size // 1024,
-                     "blocks": s.count} for s in snap.statistics("lineno")[:top]]}
-    return out
 
 
 def _client_info(client: ConfigClient | None) -> dict[str, Any]:

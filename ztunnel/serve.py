@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from ambit.configclient.credential import node_metadata
 from ambit.configclient.report import StatusReporter
 from ambit.dataplane import gctune
 from ambit.dataplane.feed import TapFeed, exposition
+from ambit.dataplane.memory import heap_trimmer, trim_heap_periodically
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
 from ztunnel import admin, identity_setup
@@ -25,37 +23,6 @@ from ztunnel.proxy import Proxy
 from ztunnel.settings import ZtunnelSettings
 from ztunnel.tap import TapSink
 from ztunnel.zdsserver import ZdsServer
-
-
-def heap_trimmer() -> Callable[[], int] | None:
-    """glibc's malloc_trim(0), or None where there is none (musl, macOS).
-
-    Why: a burst (a throughput test, a thousand connections closing) frees megabytes that glibc
-    keeps in its heaps and arenas for reuse, so RSS stays at the high-water mark long after the
-    burst. malloc_trim hands whole free pages back (MADV_DONTNEED), also from the middle of the
-    heap, which glibc's own trim threshold never does. It costs well under a millisecond on an
-    idle ztunnel's heap."""
-    try:
-        fn = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-    return lambda: int(fn(0))
-
-
-async def trim_heap_periodically(interval: float, trim: Callable[[], int]) -> None:
-    """Trim every `interval` seconds, in a thread of its own, never on the event loop.
-
-    Why a thread: after a burst (1000 connections closing) the heap is fragmented and one
-    malloc_trim walks and madvises it for milliseconds (measured: 12-21 ms of CPU after a
-    fragmenting churn), which on the loop is a stall in every connection's latency. ctypes
-    releases the GIL for the call, so the loop keeps serving; it only waits where it mallocs
-    from the arena being trimmed."""
-    loop = asyncio.get_running_loop()
-    with ThreadPoolExecutor(1, thread_name_prefix="malloc-trim") as pool:
-        while True:
-            await asyncio.sleep(interval)
-            await loop.run_in_executor(pool, trim)
 
 
 async def amain(args: ZtunnelSettings) -> None:

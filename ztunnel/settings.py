@@ -10,9 +10,13 @@ from pathlib import Path
 
 from ambit import settings
 from ambit.configclient.tls import ControllerTLSSettings, tls_field
-from ambit.dataplane.gctune import check_threshold
 from ambit.dataplane.ports import PORT_ADMIN, PORT_METRICS
-from ambit.dataplane.settings import TunnelSettings
+from ambit.dataplane.settings import (
+    TunnelSettings,
+    gc_freeze_option,
+    gc_threshold_option,
+    memory_trim_interval_option,
+)
 from ambit.settings import non_negative, option, positive
 from ztunnel.limits import ProxyLimits
 
@@ -55,12 +59,9 @@ class ZtunnelSettings:
                              check=positive)
     cert_cache: Path | None = option(
         help="directory keeping current certificates (0600), so a restart serves during a CA outage")
-    memory_trim_interval: float = option(10.0, "seconds between returning freed heap memory to the OS "
-                                         "(malloc_trim); 0 disables", check=non_negative)
-    gc_freeze: bool = option(True, "after start-up, move every object to the collector's permanent generation "
-                             "(gc.freeze), so full collections no longer walk the ~200k start-up objects")
-    gc_threshold: str = option("", "the collector's thresholds 'gen0[,gen1[,gen2]]' ('' keeps Python's 700,10,10)",
-                               check=check_threshold)
+    memory_trim_interval: float = memory_trim_interval_option()
+    gc_freeze: bool = gc_freeze_option()
+    gc_threshold: str = gc_threshold_option()
     termination_drain: float = option(
         20.0, "on SIGTERM: close every pod listener at once (new connections go to the other ztunnel of a surge "
               "roll), then give open connections this many seconds before cutting them; keep it below the pod's "

@@ -7,7 +7,9 @@ the same everywhere: `--tunnel-connect-timeout`, `--tunnel-cert-wait`, ...
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from ambit.dataplane.gctune import check_threshold
 from ambit.settings import non_negative, option, positive
 
 
@@ -19,3 +21,21 @@ class TunnelSettings:
                               check=non_negative)
     drain: float = option(5.0, "seconds a pod's HBONE connections get to finish after it leaves (GOAWAY first)",
                           check=non_negative)
+
+
+# The memory and collector flags every proxy binary takes (ztunnel's and the waypoint's settings);
+# what they do and why: ambit/dataplane/memory.py, ambit/dataplane/gctune.py.
+
+def memory_trim_interval_option() -> Any:
+    return option(10.0, "seconds between returning freed heap memory to the OS (malloc_trim); 0 disables",
+                  check=non_negative)
+
+
+def gc_freeze_option() -> Any:
+    return option(True, "after start-up, move every object to the collector's permanent generation "
+                  "(gc.freeze), so full collections no longer walk the start-up objects")
+
+
+def gc_threshold_option() -> Any:
+    return option("", "the collector's thresholds 'gen0[,gen1[,gen2]]' ('' keeps Python's 700,10,10)",
+                  check=check_threshold)

@@ -52,20 +52,33 @@ def endpoint(p: Provider) -> str:
     return hostport
 
 
+def exporter_class(p: Provider) -> type[SpanExporter] | None:
+    """The SDK exporter class for one provider's kind, imported now (each pulls in its own
+    protobufs or HTTP client: only the kinds in use are loaded); None for a kind that carries no
+    spans. The waypoint calls it when a provider is configured, so an import error is a config-time
+    error."""
+    if p.kind == "zipkin":
+        from opentelemetry.exporter.zipkin.json import ZipkinExporter
+        return ZipkinExporter
+    if p.kind == "opentelemetry" and p.protocol == "http":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+        return HttpExporter
+    if p.kind == "opentelemetry":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+        return GrpcExporter
+    return None
+
+
 def exporter(p: Provider) -> SpanExporter | None:
     """The SDK exporter for one provider; None (with a warning naming it) for a kind that carries
     no spans."""
-    if p.kind == "zipkin":
-        from opentelemetry.exporter.zipkin.json import ZipkinExporter
-        return ZipkinExporter(endpoint=endpoint(p))
-    if p.kind == "opentelemetry" and p.protocol == "http":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-        return HttpExporter(endpoint=endpoint(p))
-    if p.kind == "opentelemetry":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-        return GrpcExporter(endpoint=endpoint(p), insecure=True)
-    log.warning("tracing provider %r of kind %r carries no spans: ignored for tracing", p.name, p.kind)
-    return None
+    cls = exporter_class(p)
+    if cls is None:
+        log.warning("tracing provider %r of kind %r carries no spans: ignored for tracing", p.name, p.kind)
+        return None
+    if p.kind == "opentelemetry" and p.protocol != "http":
+        return cls(endpoint=endpoint(p), insecure=True)  # type: ignore[call-arg]
+    return cls(endpoint=endpoint(p))  # type: ignore[call-arg]
 
 
 class Pipeline:

@@ -1,32 +1,14 @@
-"""ztunnel's memory tools: the admin /memory report and the heap trimmer."""
+"""ztunnel's memory tools: the admin /memory page and the trim flag (the tools themselves:
+tests/unit/dataplane/test_memory.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import tracemalloc
 
 from ztunnel import admin
 from ztunnel.meshstate import MeshState
-from ztunnel.serve import heap_trimmer, trim_heap_periodically
 from ztunnel.settings import load as parse_args
-
-ROLLUP = """00400000-7ffd1e1f0000 ---p 00000000 00:00 0                          [rollup]
-Rss:               62092 kB
-Pss:               32435 kB
-Pss_Anon:          29668 kB
-Pss_File:           2767 kB
-Shared_Clean:      32396 kB
-Private_Dirty:     29676 kB
-Anonymous:         29668 kB
-"""
-
-
-def test_smaps_rollup_fields():
-    assert admin.parse_smaps_rollup(ROLLUP) == {
-        "rss_kb": 62092, "pss_kb": 32435, "pss_anon_kb": 29668, "pss_file_kb": 2767,
-        "shared_clean_kb": 32396, "private_dirty_kb": 29676, "anon_kb": 29668}
 
 
 def test_memory_endpoint_reports_this_process():
@@ -38,57 +20,6 @@ def test_memory_endpoint_reports_this_process():
     assert "MainThread" in report["threads"] and report["os_threads"] >= 1
     assert report["gc"]["tracked"] > 0
     assert "tracemalloc" not in report or tracemalloc.is_tracing()
-
-
-def test_memory_endpoint_names_the_lines_holding_memory_when_tracing():
-    tracemalloc.start()
-    try:
-        hoard = [bytearray(4096) for _ in range(256)]   # 1 MiB allocated on one line of this file
-        report = admin.memory_report(top=10)
-    finally:
-        tracemalloc.stop()
-    top = report["tracemalloc"]["top"]
-    here = [t for t in top if t["where"].startswith(__file__)]
-    assert here and here[0]["kb"] >= 1024 and here[0]["blocks"] >= 256
-    assert len(top) <= 10 and len(hoard) == 256
-
-
-def test_heap_trimmer_returns_freed_memory_on_glibc():
-    trim = heap_trimmer()
-    assert trim is not None                      # Debian: glibc
-    junk = [bytearray(100_000) for _ in range(100)]
-    del junk
-    assert trim() in (0, 1)                      # 1: memory was released, 0: none to release
-
-
-def test_periodic_trim_runs_until_cancelled():
-    calls: list[int] = []
-
-    async def go() -> None:
-        task = asyncio.ensure_future(trim_heap_periodically(0.01, lambda: calls.append(1) or 0))
-        while len(calls) < 3:
-            await asyncio.sleep(0.01)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        n = len(calls)
-        await asyncio.sleep(0.05)
-        assert len(calls) == n                   # cancelled: no more trims
-
-    asyncio.run(go())
-
-
-def test_periodic_trim_runs_off_the_event_loop_thread():
-    threads: list[int] = []
-
-    async def go() -> None:
-        task = asyncio.ensure_future(trim_heap_periodically(0.01, lambda: threads.append(threading.get_ident()) or 0))
-        while not threads:
-            await asyncio.sleep(0.01)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    asyncio.run(go())
-    assert threads[0] != threading.get_ident()     # asyncio.run's loop runs in this thread
 
 
 def test_trim_interval_flag():

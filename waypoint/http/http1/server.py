@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("waypoint.http")
 
 
+_LOST = httptools.HttpRequestParser(None)     # a lost connection's parser: holds no protocol
+
+
 class H1Server(asyncio.Protocol):
     """One downstream HTTP/1.x connection (see the module docstring)."""
 
@@ -116,7 +119,7 @@ class H1Server(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.engine.conns.discard(self)
-        self.parser = None  # type: ignore[assignment]   # it holds our callbacks: a cycle per connection
+        self.parser = _LOST     # the parser holds our callbacks: a cycle per connection
         raw = self._raw
         if raw is not None:
             self._raw = None

@@ -1,0 +1,90 @@
+"""The waypoint's memory settings and its admin /memory page (the tools are
+ambit/dataplane/memory.py and gctune.py; docs/performance.md, round 6, says why each is on)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ambit import settings
+from tests.unit.waypoint.test_wiring import proxy
+from waypoint import admin
+from waypoint.settings import load
+
+BASE = ["--waypoint", "default/waypoint", "--pod-name", "waypoint-0", "--node", "node1"]
+
+
+def test_memory_flags_default_on_and_can_be_turned_off() -> None:
+    s = load(BASE, {})
+    assert (s.memory_trim_interval, s.malloc_arena_max, s.gc_freeze, s.gc_threshold) == (10.0, 2, True, "")
+    s = load([*BASE, "--memory-trim-interval", "0", "--malloc-arena-max", "0", "--no-gc-freeze"],
+             {"AMBIT_WAYPOINT_GC_THRESHOLD": "7000,20"})
+    assert (s.memory_trim_interval, s.malloc_arena_max, s.gc_freeze, s.gc_threshold) == (0.0, 0, False, "7000,20")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--malloc-arena-max", "-1"], "--malloc-arena-max.*must be >= 0"),
+    (["--memory-trim-interval", "-5"], "--memory-trim-interval.*must be >= 0"),
+    (["--gc-threshold", "0"], "--gc-threshold.*disables the collector"),
+])
+def test_bad_memory_settings_are_refused_naming_the_flag(argv: list[str], message: str) -> None:
+    with pytest.raises(settings.SettingsError, match=message):
+        load([*BASE, *argv], {})
+
+
+def test_admin_memory_page_reports_this_process() -> None:
+    srv = admin.AdminServer(admin.routes(proxy(), None))
+    r = srv.handle("GET", "/memory")
+    report = json.loads(r.body)
+    assert r.status == 200
+    assert report["rss_kb"] >= report["pss_kb"] > 0 and report["anon_kb"] > 0
+    assert "MainThread" in report["threads"] and report["gc"]["tracked"] > 0
+
+
+PROBE = """
+import asyncio, json, socket, sys
+from waypoint.app import WaypointProxy
+from waypoint.authz import Waypoint
+from waypoint.config import WaypointConfig
+from waypoint.settings import load
+
+async def main():
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    s = load(["--waypoint", "default/waypoint", "--pod-name", "w-0", "--node", "n1", "--listen", f"127.0.0.1:{port}",
+              *sys.argv[1:]], {})
+    p = WaypointProxy(s, WaypointConfig(Waypoint("default", "waypoint"), "cluster.local"), None)
+    await p.start()
+    out = {"tracer": p.engine.tracing is not None,
+           "sdk": "opentelemetry.sdk.trace" in sys.modules,
+           "otlp_grpc": "opentelemetry.exporter.otlp.proto.grpc.trace_exporter" in sys.modules,
+           "zipkin": "opentelemetry.exporter.zipkin.json" in sys.modules,
+           "cluster_tools": sorted(m for m in ("kubernetes", "yaml", "pyroute2", "bcc") if m in sys.modules)}
+    await p.close()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def _start_fresh(*argv: str) -> dict[str, bool]:
+    """Start a WaypointProxy in a fresh interpreter (nothing imported yet) and say what it loaded."""
+    p = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[3])
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_without_tracing_configured_the_opentelemetry_sdk_is_never_imported() -> None:
+    assert _start_fresh() == {"tracer": False, "sdk": False, "otlp_grpc": False, "zipkin": False,
+                              "cluster_tools": []}       # nor the CLI's and controller's libraries
+
+
+def test_a_configured_tracing_provider_loads_its_exporter_at_start_not_at_the_first_request() -> None:
+    assert _start_fresh("--tracing-otlp", "127.0.0.1:4317") == {"tracer": True, "sdk": True, "otlp_grpc": True,
+                                                                "zipkin": False, "cluster_tools": []}
