@@ -12,9 +12,8 @@ import signal
 
 from ambit.configclient.credential import node_metadata
 from ambit.configclient.report import StatusReporter
-from ambit.dataplane import gctune
+from ambit.dataplane import gctune, memory
 from ambit.dataplane.feed import TapFeed, exposition
-from ambit.dataplane.memory import heap_trimmer, trim_heap_periodically
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
 from ztunnel import admin, identity_setup
@@ -80,8 +79,7 @@ async def amain(args: ZtunnelSettings) -> None:
              ca_target if identities is not None else "-")
     # Start-up is done: what exists now (modules, config, certificates) lives as long as ztunnel.
     proxy.gc_stats = gctune.tune(args.gc_freeze, gctune.parse_threshold(args.gc_threshold))
-    trim = heap_trimmer() if args.memory_trim_interval > 0 else None
-    trimmer = asyncio.ensure_future(trim_heap_periodically(args.memory_trim_interval, trim)) if trim else None
+    trimmer = memory.start_trimming(args.memory_trim_interval)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -91,10 +89,7 @@ async def amain(args: ZtunnelSettings) -> None:
     deadline = loop.time() + args.termination_drain
     zds.stop()
     await proxy.registry.shutdown(args.termination_drain)
-    if trimmer is not None:
-        trimmer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await trimmer
+    await memory.stop_trimming(trimmer)
     if reporter is not None:
         await reporter.stop()
     if feed is not None:
