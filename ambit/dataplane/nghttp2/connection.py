@@ -33,9 +33,9 @@ import h2.exceptions
 
 from ambit.dataplane.nghttp2.ffi import ffi, lib
 
-# cffi's module-level functions, without `FFI`'s Python wrappers (one call per header field)
-_unpack = ffi._backend.unpack            # type: ignore[attr-defined]
-_from_handle = ffi._backend.from_handle  # type: ignore[attr-defined]
+# bound once (one call per header field); the out-of-line `ffi`'s methods are C functions, no wrappers
+_unpack = ffi.unpack
+_from_handle = ffi.from_handle
 
 log = logging.getLogger("ambit.nghttp2")
 
