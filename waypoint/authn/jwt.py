@@ -22,6 +22,11 @@ Semantics are Envoy's jwt_authn as Istio configures it (istio/istio pilot/pkg/se
   `outputClaimToHeaders` gets string/number/boolean claims (dotted names reach nested claims).
   Headers named as outputs are always removed from the incoming request first, so a client cannot
   forge them.
+
+PyJWT (and the parts of cryptography it loads) is imported when the first JWT rule is configured
+(`provider`, at a config update), not at start: a waypoint no RequestAuthentication applies to never
+loads it (docs/performance.md, round 7). A missing or broken PyJWT then fails that config update,
+which is NACKed with the reason, instead of the first request with a token.
 """
 
 from __future__ import annotations
@@ -30,14 +35,15 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
-from typing import Any
-
-import jwt
-from jwt.exceptions import PyJWKError, PyJWKSetError
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from ambit.model import JwtRule
 from waypoint.localreply import GRPC_UNAUTHENTICATED, local_reply
 from waypoint.request import EndUser, LocalReply, RequestHead
+
+if TYPE_CHECKING:
+    import jwt
 
 CLOCK_SKEW = 60.0                       # Envoy JwtProvider.clock_skew_seconds default
 DEFAULT_HEADER = {"name": "authorization", "prefix": "Bearer "}
@@ -68,7 +74,21 @@ class Provider:
     error: str = ""                     # why no key can be used (tokens of this issuer then fail)
 
 
+class PyJWTUnavailable(RuntimeError):
+    """PyJWT cannot be imported, so no JWT rule can be enforced (the config update is refused)."""
+
+
+def _pyjwt() -> ModuleType:
+    """The `jwt` module (PyJWT), imported on first use: at the first configured rule."""
+    try:
+        import jwt
+    except ImportError as e:
+        raise PyJWTUnavailable(f"RequestAuthentication jwtRules need PyJWT, which cannot be imported: {e}") from e
+    return jwt
+
+
 def provider(rule: JwtRule) -> Provider:
+    jwt = _pyjwt()          # also for a rule whose keys cannot be used: verify() decodes its tokens
     if rule.jwks_error:
         return Provider(rule, (), f"{NO_JWKS}: {rule.jwks_error}")
     keys: list[tuple[jwt.PyJWK, str]] = []
@@ -80,7 +100,7 @@ def provider(rule: JwtRule) -> Provider:
     for k in raw if isinstance(raw, list) else []:
         try:
             keys.append((jwt.PyJWK(k), str(k.get("alg") or "")))
-        except (PyJWKError, PyJWKSetError, ValueError, TypeError, KeyError, jwt.InvalidKeyError):
+        except (jwt.PyJWKError, jwt.PyJWKSetError, ValueError, TypeError, KeyError, jwt.InvalidKeyError):
             continue                    # a key PyJWT cannot use is skipped, as Envoy skips it
     return Provider(rule, tuple(keys), "" if keys else "Jwks has no usable key")
 
@@ -158,6 +178,7 @@ def _keys_for(p: Provider, kid: Any, alg: str) -> list[jwt.PyJWK]:
 
 def verify(p: Provider, token: str, now: float) -> tuple[dict[str, Any] | None, str]:
     """(claims, "") when `token` is valid for this provider at time `now`, else (None, why)."""
+    jwt = _pyjwt()          # already imported by provider(): a dict lookup
     try:
         header = jwt.get_unverified_header(token)
         unverified = jwt.decode(token, options={"verify_signature": False})

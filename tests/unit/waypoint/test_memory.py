@@ -88,3 +88,46 @@ def test_without_tracing_configured_the_opentelemetry_sdk_is_never_imported() ->
 def test_a_configured_tracing_provider_loads_its_exporter_at_start_not_at_the_first_request() -> None:
     assert _start_fresh("--tracing-otlp", "127.0.0.1:4317") == {"tracer": True, "sdk": True, "otlp_grpc": True,
                                                                 "zipkin": False, "cluster_tools": []}
+
+
+AUTHN_PROBE = """
+import json, sys
+if sys.argv[1:] == ["broken"]:
+    sys.modules["jwt"] = None        # PyJWT missing: `import jwt` raises ImportError
+import waypoint.__main__             # all a waypoint imports at start
+from ambit.configclient import ConfigUpdate
+from ambit.model import JwtRule, RequestAuthn
+from waypoint.authz import Waypoint
+from waypoint.config import TYPES, WaypointConfig
+
+out = {"at_start": sys.modules.get("jwt") is not None}
+cfg = WaypointConfig(Waypoint("default", "waypoint"), "cluster.local")
+ra = RequestAuthn("jwt", "default", scope="waypoint", target_refs=[{"kind": "Gateway", "name": "waypoint"}],
+                  rules=[JwtRule("https://issuer.example", jwks='{"keys": []}')])
+try:
+    for t in TYPES:
+        state = {ra.resource_name: ra} if t == RequestAuthn.TYPE else {}
+        cfg.apply(ConfigUpdate(t, "v1", state, frozenset(), state))
+    out["applied"] = len(cfg.view.authn.gateway)
+except Exception as e:
+    out["refused"] = f"{type(e).__name__}: {e}"
+out["after_config"] = sys.modules.get("jwt") is not None
+print(json.dumps(out))
+"""
+
+
+def _authn_fresh(*argv: str) -> dict[str, object]:
+    p = subprocess.run([sys.executable, "-c", AUTHN_PROBE, *argv], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[3])
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_pyjwt_is_imported_when_a_jwt_rule_is_configured_not_at_start() -> None:
+    assert _authn_fresh() == {"at_start": False, "applied": 1, "after_config": True}
+
+
+def test_a_missing_pyjwt_refuses_the_config_update_that_needs_it() -> None:
+    out = _authn_fresh("broken")
+    assert out["at_start"] is False and "applied" not in out      # the update is NACKed, not applied
+    assert str(out["refused"]).startswith("PyJWTUnavailable: RequestAuthentication jwtRules need PyJWT")
