@@ -5,17 +5,27 @@ controller validates user patterns with `compile_re2` and the waypoint compiles 
 function, so a pattern `ambit apply` accepts is exactly a pattern the waypoint can run, and a
 pattern it refuses is refused with RE2's own reason. google-re2 does the work; nothing here parses
 regexes.
+
+google-re2 (its module and the RE2 and abseil libraries, ~1 MB resident) is imported at the first
+pattern compiled, which is configuration time (route tables, policies), never a request: a waypoint
+whose configuration has no regex never loads it (docs/performance.md, round 7).
 """
 
 from __future__ import annotations
 
 import functools
+from types import ModuleType
 from typing import Any
 
-import re2
 
-_OPTIONS = re2.Options()
-_OPTIONS.log_errors = False       # RE2 would print every refused pattern to stderr
+@functools.cache
+def _re2() -> tuple[ModuleType, Any]:
+    """google-re2 and the options every pattern is compiled with."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False      # RE2 would print every refused pattern to stderr
+    return re2, options
 
 
 class RegexError(ValueError):
@@ -25,8 +35,9 @@ class RegexError(ValueError):
 @functools.lru_cache(maxsize=4096)
 def compile_re2(pattern: str) -> Any:
     """The compiled RE2 pattern, or RegexError with RE2's reason. Cached: routes share patterns."""
+    re2, options = _re2()
     try:
-        return re2.compile(pattern, options=_OPTIONS)
+        return re2.compile(pattern, options=options)
     except re2.error as e:
         reason = e.args[0] if e.args else str(e)
         if isinstance(reason, bytes):
