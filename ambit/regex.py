@@ -7,8 +7,9 @@ pattern it refuses is refused with RE2's own reason. google-re2 does the work; n
 regexes.
 
 google-re2 (its module and the RE2 and abseil libraries, ~1 MB resident) is imported at the first
-pattern compiled, which is configuration time (route tables, policies), never a request: a waypoint
-whose configuration has no regex never loads it (docs/performance.md, round 7).
+pattern compiled: at a config update for route matches and rewrites, at the first request an
+AuthorizationPolicy path template (`{*}`, `{**}`) is matched against (those compile on first use, as
+before). A waypoint whose configuration has no regex never loads it (docs/performance.md, round 7).
 """
 
 from __future__ import annotations
