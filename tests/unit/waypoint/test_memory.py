@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,12 +75,17 @@ asyncio.run(main())
 """
 
 
-def _start_fresh(*argv: str) -> dict[str, bool]:
-    """Start a WaypointProxy in a fresh interpreter (nothing imported yet) and say what it loaded."""
-    p = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=120,
+def _fresh(probe: str, *argv: str) -> dict[str, Any]:
+    """Run `probe` in a fresh interpreter (nothing imported yet); its last line of output, as JSON."""
+    p = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120,
                        cwd=Path(__file__).resolve().parents[3])
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _start_fresh(*argv: str) -> dict[str, Any]:
+    """Start a WaypointProxy in a fresh interpreter and say what it loaded."""
+    return _fresh(PROBE, *argv)
 
 
 def test_without_tracing_configured_the_opentelemetry_sdk_is_never_imported() -> None:
@@ -118,18 +124,11 @@ print(json.dumps(out))
 """
 
 
-def _authn_fresh(*argv: str) -> dict[str, object]:
-    p = subprocess.run([sys.executable, "-c", AUTHN_PROBE, *argv], capture_output=True, text=True, timeout=120,
-                       cwd=Path(__file__).resolve().parents[3])
-    assert p.returncode == 0, p.stderr[-2000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 def test_pyjwt_is_imported_when_a_jwt_rule_is_configured_not_at_start() -> None:
-    assert _authn_fresh() == {"at_start": False, "applied": 1, "after_config": True}
+    assert _fresh(AUTHN_PROBE) == {"at_start": False, "applied": 1, "after_config": True}
 
 
 def test_a_missing_pyjwt_refuses_the_config_update_that_needs_it() -> None:
-    out = _authn_fresh("broken")
+    out = _fresh(AUTHN_PROBE, "broken")
     assert out["at_start"] is False and "applied" not in out      # the update is NACKed, not applied
     assert str(out["refused"]).startswith("PyJWTUnavailable: RequestAuthentication jwtRules need PyJWT")
