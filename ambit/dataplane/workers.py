@@ -178,7 +178,11 @@ class SupervisorMetrics(LocalEndpoint):
                                        labels=["worker"])
         for w in self.workers:
             restarts.add_metric([str(w.index)], w.restarts)
-        return Response(200, merge_expositions(texts, extra=[restarts]).encode(), PROM_TEXT)
+        return Response(200, merge_expositions(texts, extra=[restarts, *self.extra()]).encode(), PROM_TEXT)
+
+    def extra(self) -> list[Metric]:
+        """The supervisor's own families beyond the restarts (a component's subclass adds them)."""
+        return []
 
 
 async def start_endpoints(admin: SupervisorAdmin, metrics: SupervisorMetrics, admin_address: str,
