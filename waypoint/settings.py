@@ -99,6 +99,8 @@ class WaypointSettings:
                           f"this process may use (affinity, capped by its cgroup's CPU quota), at most "
                           f"{MAX_AUTO_WORKERS}; 1: a single process, no supervisor", check=non_negative)
     worker_index: int = option(-1, "set by the supervisor on each worker it starts (-1: not a worker)")
+    run_dir: Path = option(Path("/run"), "where a supervisor makes its workers' socket directory (writable: an "
+                           "emptyDir in a cluster) when it has no --admin-socket to put it beside")
     handoff_socket: Path | None = option(help="set by the supervisor on each worker: the unix socket its HBONE "
                                          "connections are handed over on (instead of listening itself)")
     http: HttpSettings = field(default_factory=HttpSettings)

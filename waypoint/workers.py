@@ -54,15 +54,15 @@ HANDOFF = "handoff.sock"
 
 def run_dir(args: WaypointSettings) -> Path:
     """Where the workers' private sockets go: beside the supervisor's admin socket when it has one
-    (the lab: `<admin>.workers/`), else `/run/ambit-waypoint-<hash of the pod and Gateway>/` (a
-    cluster pod, or a path too deep for a unix socket)."""
+    (the lab: `<admin>.workers/`), else `<--run-dir>/ambit-waypoint-<hash of the pod and Gateway>/`
+    (a cluster pod, or a path too deep for a unix socket)."""
     base = args.admin_socket or args.metrics_socket
     if base is not None:
         d = base.with_name(base.stem + ".workers")
         if len(os.fsencode(d / "w99.metrics.sock")) <= SUN_PATH_MAX:
             return d
     h = hashlib.sha256(f"{args.waypoint}/{args.pod_name}/{base}".encode()).hexdigest()[:16]
-    return Path(os.environ.get("AMBIT_RUN_DIR", "/run")) / f"ambit-waypoint-{h}"
+    return args.run_dir / f"ambit-waypoint-{h}"
 
 
 class Worker(WorkerProcess):
