@@ -103,6 +103,24 @@ def _listener(address: str) -> socket.socket:
     return sock
 
 
+MIGRATE_SYSCTL = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def migrate_queued_connections(sysctl: Path = MIGRATE_SYSCTL) -> bool:
+    """An ingress gateway's workers share SO_REUSEPORT listeners: with `tcp_migrate_req=1` (Linux
+    5.14), connections queued on a worker's listener when it dies move to a sibling's instead of
+    being reset. The pod's netns is its own, so this changes nothing else; a pod that may not write
+    the sysctl (no NET_ADMIN: a cluster pod, unless the sysctl is allowed) keeps the kernel's
+    default, and says so."""
+    try:
+        if sysctl.read_text().strip() != "1":
+            sysctl.write_text("1\n")
+        return True
+    except OSError as e:
+        log.info("%s not set (%s): connections queued on a worker that dies are reset, not moved", sysctl, e)
+        return False
+
+
 class _Metrics(SupervisorMetrics):
     """The merged metrics, the restarts, and how many HBONE connections each worker was handed."""
 
@@ -132,6 +150,8 @@ async def supervise(args: WaypointSettings, argv: Sequence[str]) -> None:
     if not args.ingress:
         dealer = Dealer(_listener(args.listen), rdir / HANDOFF)
         dealer.start()
+    else:
+        migrate_queued_connections()
     workers = [Worker(i, rdir, dealer) for i in range(n)]
     for w in workers:
         w.spawn(w.argv(argv))
