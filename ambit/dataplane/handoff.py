@@ -221,8 +221,8 @@ class Receiver:
             except OSError as e:
                 log.warning("hand-off link: %s", e)
                 data, fds = b"", []
-            if not data and not fds:
-                log.warning("hand-off link to the supervisor closed: no new connections will come")
+            if not data and not fds:     # the supervisor is stopping (or gone: PDEATHSIG stops us too)
+                log.info("hand-off link to the supervisor closed: no new connections will come")
                 self.close()
                 return
             for fd in fds:
