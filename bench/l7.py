@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import tracing
+from bench import procstat, tracing
 from bench.plan import HTTP_PORT, L7_H2_PORTS, L7_PORTS, MESH_NS, PLAIN_NS, WEB_SERVICE
 
 CANARY_HEADER = "x-canary"
@@ -283,12 +283,14 @@ class L7Set:
         return lambda: [p.pid for p in [self.procs.get(name)] if p is not None and p.poll() is None]
 
     def waypoint_pids(self) -> list[int]:
-        """The lab's waypoint process(es): supervisor children whose id or argv names the waypoint."""
+        """The lab's waypoint process(es): supervisor children whose id or argv names the waypoint,
+        and with `--waypoint-workers`, each one's worker processes (its own children)."""
         from ambitctl.lab import state
         out = []
         for pid_id, info in state.runtime(self.lab.base).items():
             if info.get("pid") and "waypoint" in pid_id:
                 out.append(int(info["pid"]))
+                out += procstat.children(int(info["pid"]))
         return out
 
     def stop(self) -> None:

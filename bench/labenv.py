@@ -184,7 +184,8 @@ def lab_up(work: Path, phase: str, name: str = LAB_NAME, wait_timeout: float = 6
     try:
         try:
             st = labmod.up(spec, name=name, base=base, capture=capture, wait=False,
-                           ztunnel_workers=0 if phase == "workers" else 1)
+                           ztunnel_workers=0 if phase == "workers" else 1,
+                           waypoint_workers=0 if phase == "workers" else 1)
         finally:
             os.environ.clear()
             os.environ.update(saved)

@@ -92,6 +92,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "iptables", MESH_NS, "client", mesh=True),
     Scenario("ambit-l4-workers", "as ambit-l4-cross-node, lab brought up with --ztunnel-workers 0: each ztunnel "
              "runs one worker process per CPU (SO_REUSEPORT)", "workers", MESH_NS, "client", mesh=True),
+    Scenario("ambit-waypoint-workers", "as ambit-waypoint, in the workers lab: each ztunnel and the waypoint run one "
+             "worker process per CPU (the waypoint's supervisor hands HBONE connections to its workers in turn)",
+             "workers", MESH_NS, "client", mesh=True, l7="waypoint"),
 )}
 
 PHASES = ("ebpf", "iptables", "workers")

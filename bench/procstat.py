@@ -103,3 +103,18 @@ def pids_rss_mb(pids: Iterable[int]) -> float:
 
 def cgroup_rss_mb(cg: Path) -> float:
     return pids_rss_mb(cgroups.pids(cg))
+
+
+def children(pid: int) -> list[int]:
+    """`pid`'s child processes (every thread's list: a child belongs to the thread that forked it)."""
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for t in tasks:
+        try:
+            out += [int(c) for c in (t / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return out

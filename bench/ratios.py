@@ -51,7 +51,7 @@ def ratio(results: RunResults, scenario: str, baseline: str, key: str) -> Ratio 
 
 
 # The waypoint against nginx and HAProxy doing the same header routing (bench/l7.py).
-L7_SCENARIOS = ("ambit-waypoint", "ambit-waypoint-resilient")
+L7_SCENARIOS = ("ambit-waypoint", "ambit-waypoint-workers", "ambit-waypoint-resilient")
 # What resilience costs on the happy path: the waypoint with retries and a traffic policy against
 # the same waypoint and route without them, in the same run.
 RESILIENCE_PAIR = ("ambit-waypoint-resilient", "ambit-waypoint")

@@ -17,7 +17,8 @@ from bench.metrics import LAT_PS, RATES, fmt, metric
 from bench.results import RunResults
 
 SCENARIO_ORDER = ("direct", "ambit-l4-cross-node", "ambit-l4-same-node", "ambit-iptables-capture",
-                  "ambit-l4-workers", "stunnel", "haproxy", "ambit-waypoint", "ambit-waypoint-resilient",
+                  "ambit-l4-workers", "stunnel", "haproxy", "ambit-waypoint", "ambit-waypoint-workers",
+                  "ambit-waypoint-resilient",
                   "ambit-waypoint-traced", "nginx-l7", "haproxy-l7", "ambit-waypoint-h2", "nginx-l7-h2",
                   "haproxy-l7-h2")
 

@@ -52,6 +52,8 @@ class ControllerSettings:
         "", "with --kube: render and own a Deployment, Service and ServiceAccount per waypoint Gateway, running "
             "this image (empty: only write waypoint Gateway status; something else deploys the waypoints)")
     waypoint_pull_policy: str = option("IfNotPresent", "imagePullPolicy of the waypoint Deployments")
+    waypoint_workers: int = option(1, "--workers of the waypoint Deployments (0: one per CPU the pod may use)",
+                                   check=non_negative)
     waypoint_controller: str = option(
         "", "the config stream / CA address the waypoint pods dial (default ambit-controller.<root-namespace>.svc:15012)")
     debug_token_file: Path | None = option(

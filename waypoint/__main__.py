@@ -1,119 +1,29 @@
 """Run a waypoint: `python -m waypoint --waypoint NS/NAME --pod-name POD --node NODE ...`.
 
 Every setting is in waypoint/settings.py (`--help` lists them with their environment variables).
-The process: a config client (kind waypoint), an identity manager for the waypoint's own SPIFFE
-id, the HBONE listener (waypoint/app.py) and the admin/metrics endpoints."""
+With more than one worker (`--workers`) this process is the workers' supervisor
+(waypoint/workers.py), which imports the proxy only in its workers; else it is the waypoint itself
+(waypoint/serve.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-import signal
+import sys
 
-from ambit.backoff import Backoff
-from ambit.configclient import ConfigClient, NodeInfo, tls
-from ambit.configclient.credential import node_metadata, read_token
-from ambit.configclient.report import StatusReporter
-from ambit.dataplane import gctune, memory, process
-from ambit.dataplane.feed import TapFeed, exposition
-from ambit.dataplane.identity import GrpcCertificateFetcher, IdentityManager
-from ambit.dataplane.telemetry.health import HealthCollector
-from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
-from waypoint import admin
-from waypoint.app import WaypointProxy
-from waypoint.authz import Waypoint
-from waypoint.config import TYPES, WaypointConfig
+from ambit.dataplane import process
 from waypoint.settings import WaypointSettings, load
-from waypoint.telemetry.metrics import HttpMetrics
-
-
-def _split(address: str) -> tuple[str | None, int]:
-    host, _, port = (address or "").rpartition(":")
-    return host or None, int(port or 0)
-
-
-async def amain(args: WaypointSettings) -> None:
-    loop = asyncio.get_running_loop()
-    log = logging.getLogger("ambit.waypoint")
-    memory.limit_arenas(args.malloc_arena_max)     # before grpc's and the tracer's threads malloc
-    config = WaypointConfig(Waypoint(args.namespace, args.name, args.gateway_class, args.root_namespace),
-                            args.trust_domain, args.cluster_domain)
-    client = None
-    holder: list[WaypointProxy] = []
-
-    async def on_change(update) -> None:
-        config.apply(update)
-        if holder:              # an ingress gateway's listeners follow its Gateway
-            await holder[0].on_config()
-    if args.controller:
-        client = ConfigClient(args.controller, NodeInfo("waypoint", args.pod_name, args.waypoint, os.urandom(4).hex()),
-                              list(TYPES), on_change, trust=args.controller_tls.trust(),
-                              metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
-        await client.start()
-    identities = channel = None
-    if args.node_token_file and args.ca_target:
-        channel = tls.PinnedChannel(args.ca_target, args.controller_tls.trust())
-        token_file = args.node_token_file
-        fetcher = GrpcCertificateFetcher(channel, args.node, lambda: read_token(token_file))
-        identities = IdentityManager(fetcher, ttl=args.cert_ttl, backoff=Backoff(initial=0.25, maximum=30.0))
-        identities.prefetch([args.identity])
-    else:
-        log.warning("no --node-token-file/CA: no certificate, so no HBONE will be served")
-    metrics = Metrics()            # Istio's TCP families (opaque tunnels) and, on the same registry, HTTP
-    proxy = WaypointProxy(args, config, identities, http_metrics=HttpMetrics(metrics.registry),
-                          registry=metrics.registry, tcp_metrics=metrics)
-    await proxy.start()
-    holder.append(proxy)
-    adm = admin.AdminServer(admin.routes(proxy, client), tap=proxy.tap)
-    try:
-        await adm.start(*_split(args.admin_address), args.admin_socket)
-    except OSError as e:
-        log.warning("admin endpoint %s: %s", args.admin_address, e)
-    metrics.registry.register(HealthCollector(config=client, certs=identities))   # ambit_config_*, ambit_certificate*
-    msrv = MetricsServer(metrics)
-    try:
-        await msrv.start(*_split(args.metrics_address), args.metrics_socket)
-    except OSError as e:
-        log.warning("metrics endpoint %s: %s", args.metrics_address, e)
-    reporter = feed = None
-    if client is not None:
-        reporter = StatusReporter(args.controller, client.node, lambda: admin.status_report(proxy, args.node),
-                                  interval=args.report_interval, trust=args.controller_tls.trust(),
-                                  metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
-        await reporter.start()
-        # `ambit tap`/`stat`/`top` in a cluster: the controller asks over a feed this proxy opens.
-        feed = TapFeed(args.controller, client.node, proxy.tap, exposition(metrics.registry), trust=args.controller_tls.trust(),
-                       metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
-        await feed.start()
-    log.info("%s %s (%s) serving %s as %s; controller %s", "ingress gateway" if args.ingress else "waypoint",
-             args.waypoint, args.pod_name, "its Gateway's listeners" if args.ingress else f"HBONE on {args.listen}",
-             args.identity, args.controller or "-")
-    # Start-up is done: what exists now (modules, config, certificates) lives as long as the process.
-    proxy.gc_stats = gctune.tune(args.gc_freeze, gctune.parse_threshold(args.gc_threshold))
-    trimmer = memory.start_trimming(args.memory_trim_interval)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await memory.stop_trimming(trimmer)
-    if reporter is not None:
-        await reporter.stop()
-    if feed is not None:
-        await feed.stop()
-    await proxy.close()
-    await adm.close()
-    await msrv.close()
-    if identities is not None:
-        await identities.close()
-    if channel is not None:
-        await channel.close()
-    if client is not None:
-        await client.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
-    process.run("waypoint", load, amain, argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+
+    async def start(args: WaypointSettings) -> None:
+        if args.worker_index < 0 and args.worker_count > 1:
+            from waypoint import workers
+            await workers.supervise(args, raw)
+            return
+        from waypoint import serve
+        await serve.amain(args)
+    process.run("waypoint", load, start, raw)
 
 
 if __name__ == "__main__":

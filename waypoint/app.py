@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry
 from ambit import identity as spiffe
 from ambit import telemetry as telemetry_api
 from ambit.dataplane import tls
+from ambit.dataplane.handoff import Receiver
 from ambit.dataplane.hbone import HBONEClientPool, HBONEServer, HBONEStream
 from ambit.dataplane.identity import IdentityManager
 from ambit.dataplane.ports import LISTEN_BACKLOG
@@ -117,6 +118,7 @@ class WaypointProxy:
         self.pool = HBONEClientPool(self._client_context, handshake_timeout=settings.tunnel.connect_timeout)
         self.engine: Engine | None = None
         self.server: HBONEServer | None = None
+        self.handoff: Receiver | None = None            # a worker's link to its supervisor
         self.ingress: IngressListeners | None = None     # an ingress gateway's listeners (settings.ingress)
         self.tunnels = 0
         self.refused = 0
@@ -154,8 +156,15 @@ class WaypointProxy:
         if self.settings.ingress:       # clients from outside the mesh, on the Gateway's listeners
             engine = self.engine
             self.ingress = IngressListeners(self.settings.ingress_address, engine.serve,
-                                            lambda t, down, early: OpaqueRelay(engine, down, t, early, False))
+                                            lambda t, down, early: OpaqueRelay(engine, down, t, early, False),
+                                            reuse_port=self.settings.worker_index >= 0)
             await self.on_config()
+            return
+        if self.settings.handoff_socket is not None:     # a worker: the supervisor accepts (waypoint/workers.py)
+            self.server = HBONEServer(None, self._server_context, self.on_connect)
+            await self.server.start()
+            self.handoff = Receiver(self.settings.handoff_socket, self.settings.worker_index, self.server.adopt)
+            await self.handoff.start()
             return
         host, _, port = self.settings.listen.rpartition(":")
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -193,6 +202,8 @@ class WaypointProxy:
             await self.ingress.update(self.config.view.ingress)
 
     async def close(self) -> None:
+        if self.handoff is not None:
+            self.handoff.close()
         if self.ingress is not None:
             await self.ingress.close()
         if self.server is not None:

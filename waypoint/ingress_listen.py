@@ -192,8 +192,9 @@ class _L4Accepted(asyncio.Protocol):
 
 
 class IngressListeners:
-    def __init__(self, address: str, serve: Serve, relay: Relay) -> None:
+    def __init__(self, address: str, serve: Serve, relay: Relay, reuse_port: bool = False) -> None:
         self.address = address
+        self.reuse_port = reuse_port        # a worker: its siblings bind the same ports (waypoint/workers.py)
         self.serve = serve
         self.relay = relay
         self.ports: dict[int, _Port] = {}
@@ -225,6 +226,8 @@ class IngressListeners:
         sock = socket.socket(socket.AF_INET6 if ":" in self.address else socket.AF_INET, socket.SOCK_STREAM,
                              socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((self.address, p.port.port))

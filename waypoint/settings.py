@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ambit import settings
 from ambit.configclient.tls import ControllerTLSSettings, tls_field
+from ambit.dataplane.cpus import MAX_AUTO_WORKERS, resolve_count
 from ambit.dataplane.ports import PORT_ADMIN, PORT_HBONE
 from ambit.dataplane.settings import (
     TunnelSettings,
@@ -92,6 +93,16 @@ class WaypointSettings:
                                    "glibc's default of 8 per core", check=non_negative)
     gc_freeze: bool = gc_freeze_option()
     gc_threshold: str = gc_threshold_option()
+    workers: int = option(1, "worker processes, each a whole waypoint with its own event loop, pools and config "
+                          "stream; the supervisor accepts HBONE connections and deals them out in turn (an "
+                          "ingress gateway's workers share its listeners through SO_REUSEPORT); 0: one per CPU "
+                          f"this process may use (affinity, capped by its cgroup's CPU quota), at most "
+                          f"{MAX_AUTO_WORKERS}; 1: a single process, no supervisor", check=non_negative)
+    worker_index: int = option(-1, "set by the supervisor on each worker it starts (-1: not a worker)")
+    run_dir: Path = option(Path("/run"), "where a supervisor makes its workers' socket directory (writable: an "
+                           "emptyDir in a cluster) when it has no --admin-socket to put it beside")
+    handoff_socket: Path | None = option(help="set by the supervisor on each worker: the unix socket its HBONE "
+                                         "connections are handed over on (instead of listening itself)")
     http: HttpSettings = field(default_factory=HttpSettings)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
 
@@ -99,6 +110,11 @@ class WaypointSettings:
     def ingress(self) -> bool:
         """An ingress gateway: listeners from its Gateway, clients from outside the mesh."""
         return self.gateway_class in INGRESS_CLASSES
+
+    @property
+    def worker_count(self) -> int:
+        """How many workers `--workers` asks for (0: one per CPU this process may use)."""
+        return resolve_count(self.workers)
 
     @property
     def ca_target(self) -> str | None:

@@ -3,13 +3,13 @@ then passed down. `python -m ztunnel --help` lists every one with its environmen
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ambit import settings
 from ambit.configclient.tls import ControllerTLSSettings, tls_field
+from ambit.dataplane.cpus import MAX_AUTO_WORKERS, resolve_count
 from ambit.dataplane.ports import PORT_ADMIN, PORT_METRICS
 from ambit.dataplane.settings import (
     TunnelSettings,
@@ -19,8 +19,6 @@ from ambit.dataplane.settings import (
 )
 from ambit.settings import non_negative, option, positive
 from ztunnel.limits import ProxyLimits
-
-MAX_AUTO_WORKERS = 8    # `--workers 0` stops here: past that, HBONE pools per worker cost more than cores gain
 
 
 def _address(v: str) -> str | None:
@@ -67,7 +65,7 @@ class ZtunnelSettings:
               "roll), then give open connections this many seconds before cutting them; keep it below the pod's "
               "terminationGracePeriodSeconds", check=non_negative)
     workers: int = option(0, "worker processes sharing the node's listeners (SO_REUSEPORT), each with its own event "
-                          "loop and HBONE pool; 0: one per CPU this process may use, at most "
+                          "loop and HBONE pool; 0: one per CPU this process may use (affinity, capped by its cgroup's CPU quota), at most "
                           f"{MAX_AUTO_WORKERS}; 1: a single process, no supervisor (docs/performance.md)",
                           check=non_negative)
     worker_index: int = option(-1, "set by the supervisor on each worker it starts (-1: not a worker)")
@@ -77,10 +75,8 @@ class ZtunnelSettings:
 
     @property
     def worker_count(self) -> int:
-        """How many workers `--workers` asks for (0 resolved against this process's CPU affinity)."""
-        if self.workers:
-            return self.workers
-        return max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
+        """How many workers `--workers` asks for (0: one per CPU this process may use, its cgroup's quota included)."""
+        return resolve_count(self.workers)
 
     @property
     def ca_target(self) -> str | None:

@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import hashlib
-import json
 import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -41,19 +38,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
-from prometheus_client.parser import text_string_to_metric_families
-
 from ambit import zds
-from ambit.dataplane import endpoint
-from ambit.dataplane.endpoint import LocalEndpoint, Response
+from ambit.dataplane.workers import (
+    SUN_PATH_MAX,
+    SupervisorAdmin,
+    SupervisorMetrics,
+    WorkerProcess,
+    start_endpoints,
+    stop_workers,
+)
 from ztunnel.settings import ZtunnelSettings
 
 log = logging.getLogger("ambit.ztunnel.workers")
 
-PROM_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-RESTART_BACKOFF = 0.5       # seconds between two starts of the same worker (a crash loop spins no core)
 LINK_TIMEOUT = 30.0         # a worker answers each zds request within this (it waits on its own loop)
 
 
@@ -69,7 +66,6 @@ class WorkerPaths:
         return cls(run_dir / f"w{index}.zds.sock", run_dir / f"w{index}.admin.sock", run_dir / f"w{index}.metrics.sock")
 
 
-SUN_PATH_MAX = 107          # bytes of a unix socket path, without the trailing NUL (sockaddr_un)
 SHORT_RUN_BASE = Path("/run")
 
 
@@ -93,45 +89,18 @@ def worker_argv(argv: Sequence[str], index: int, paths: WorkerPaths) -> list[str
             "--metrics-socket", str(paths.metrics), "--metrics-address", ""]
 
 
-def merge_expositions(per_worker: dict[str, str], label: str = "worker", extra: Sequence[Metric] = ()) -> str:
-    """Prometheus text expositions of several workers as one: every family once, with every
-    worker's samples of it carrying `label`. prometheus_client parses and writes the text, so
-    escaping, histograms and counters' `_total`/`_created` samples follow its rules, not ours.
-    `extra`: the supervisor's own families, written after the workers'."""
-    families: dict[str, Metric] = {}
-    for worker, text in per_worker.items():
-        for fam in text_string_to_metric_families(text):
-            merged = families.setdefault(fam.name, Metric(fam.name, fam.documentation, fam.type, fam.unit))
-            merged.samples += [s._replace(labels={label: worker, **s.labels}) for s in fam.samples]
-
-    class _Merged:
-        def collect(self) -> list[Metric]:
-            return [*families.values(), *extra]
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Merged())
-    return generate_latest(registry).decode()
-
-
-class Worker:
+class Worker(WorkerProcess):
     """One worker process and the supervisor's zds link to it."""
 
     def __init__(self, index: int, paths: WorkerPaths) -> None:
-        self.index, self.paths = index, paths
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(index, paths.admin, paths.metrics)
+        self.paths = paths
         self.link: socket.socket | None = None
         self.linking = False
-        self.restarts = 0
-        self.started = 0.0
 
     def spawn(self, argv: Sequence[str]) -> None:
         self.link = None
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(worker_argv(argv, self.index, self.paths), preexec_fn=_die_with_parent)
-        log.info("worker %d started (pid %d)", self.index, self.proc.pid)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        super().spawn(worker_argv(argv, self.index, self.paths))
 
     def request(self, msg: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
         """One zds request and its reply; OSError when the link is gone (the worker died)."""
@@ -152,26 +121,7 @@ class Worker:
             self.link = None
 
     def describe(self) -> dict[str, Any]:
-        return {"index": self.index, "pid": self.proc.pid if self.proc else None, "alive": self.alive(),
-                "linked": self.link is not None, "restarts": self.restarts,
-                "admin_socket": str(self.paths.admin), "metrics_socket": str(self.paths.metrics)}
-
-
-def _prctl() -> Any:
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _prctl()       # looked up here: between fork and exec only async-signal-safe work is safe
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM (a drain) if the supervisor dies, so no worker outlives it."""
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+        return {**super().describe(), "linked": self.link is not None}
 
 
 class Fanout:
@@ -301,54 +251,6 @@ class Fanout:
             os.close(old[1])
 
 
-class SupervisorAdmin(LocalEndpoint):
-    """The node's admin endpoint in front of the workers' (see the module docstring)."""
-
-    def __init__(self, workers: list[Worker]) -> None:
-        super().__init__()
-        self.workers = workers
-
-    def handle(self, method: str, path: str) -> Response:
-        if path == "/workers":
-            return Response(200, json.dumps({"workers": [w.describe() for w in self.workers]}).encode())
-        if path.startswith("/tap"):
-            return Response(404, b'{"error": "tap streams are per worker: read /workers for their admin sockets"}\n')
-        answers = []
-        for w in self.workers:
-            try:
-                answers.append(endpoint.fetch(w.paths.admin, path))
-            except OSError:
-                answers.append((503, json.dumps({"error": f"worker {w.index} is not answering"}).encode()))
-            if not path.startswith("/healthz") and answers[-1][0] != 503:
-                break
-        status, body = max(answers, key=lambda a: a[0] != 200) if path.startswith("/healthz") else answers[-1]
-        kind = "application/json" if body[:1] in (b"{", b"[") else "text/plain"
-        return Response(status, body, kind)
-
-
-class SupervisorMetrics(LocalEndpoint):
-    """Every worker's metrics, merged with a `worker` label, plus each worker's restart count."""
-
-    def __init__(self, workers: list[Worker]) -> None:
-        super().__init__()
-        self.workers = workers
-
-    def handle(self, method: str, path: str) -> Response:
-        if method not in ("GET", "HEAD"):
-            return Response(405, b"metrics are read-only: use GET\n", "text/plain")
-        texts = {}
-        for w in self.workers:
-            with contextlib.suppress(OSError):
-                status, body = endpoint.fetch(w.paths.metrics, "/metrics")
-                if status == 200:
-                    texts[str(w.index)] = body.decode()
-        restarts = CounterMetricFamily("ambit_ztunnel_worker_restarts",
-                                       "times the supervisor restarted this worker", labels=["worker"])
-        for w in self.workers:
-            restarts.add_metric([str(w.index)], w.restarts)
-        return Response(200, merge_expositions(texts, extra=[restarts]).encode(), PROM_TEXT)
-
-
 async def supervise(args: ZtunnelSettings, argv: Sequence[str]) -> None:
     loop = asyncio.get_running_loop()
     n = args.worker_count
@@ -359,19 +261,13 @@ async def supervise(args: ZtunnelSettings, argv: Sequence[str]) -> None:
     stopping = threading.Event()
     for w in workers:
         w.spawn(argv)
-    adm, msrv = SupervisorAdmin(workers), SupervisorMetrics(workers)
-    for ep, address, sock in ((adm, args.admin_address, args.admin_socket),
-                              (msrv, args.metrics_address, args.metrics_socket)):
-        host, _, port = (address or "").rpartition(":")
-        try:
-            await ep.start(host or None, int(port or 0), sock, reuse_port=True)
-        except OSError as e:
-            log.warning("endpoint %s: %s", address, e)
+    adm, msrv = SupervisorAdmin(workers), SupervisorMetrics(workers, "ambit_ztunnel_worker_restarts")
+    await start_endpoints(adm, msrv, args.admin_address, args.admin_socket, args.metrics_address, args.metrics_socket)
 
     async def monitor() -> None:
         while not stopping.is_set():
             for w in workers:
-                if not w.alive() and time.monotonic() - w.started >= RESTART_BACKOFF:
+                if w.due_restart():
                     code = w.proc.returncode if w.proc else None
                     log.warning("worker %d (pid %s) exited with %s; restarting", w.index,
                                 w.proc.pid if w.proc else "-", code)
@@ -399,17 +295,7 @@ async def supervise(args: ZtunnelSettings, argv: Sequence[str]) -> None:
     watch.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watch
-    for w in workers:
-        if w.alive():
-            assert w.proc is not None
-            w.proc.send_signal(signal.SIGTERM)
-    deadline = loop.time() + args.termination_drain + 5.0
-    for w in workers:
-        if w.proc is not None:
-            try:
-                await loop.run_in_executor(None, w.proc.wait, max(0.1, deadline - loop.time()))
-            except subprocess.TimeoutExpired:
-                w.proc.kill()
+    await stop_workers(workers, args.termination_drain + 5.0)
     fan.close()
     await adm.close()
     await msrv.close()

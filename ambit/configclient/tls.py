@@ -24,13 +24,15 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import grpc
-from cryptography import x509
+from typing import TYPE_CHECKING, Any
 
 from ambit import identity as ident
 from ambit.settings import option
+
+# grpc and cryptography are imported where a channel or certificate is made, so a process that only
+# parses settings (a workers' supervisor) never loads them.
+if TYPE_CHECKING:
+    import grpc
 
 DEFAULT_IDENTITY = "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller"
 
@@ -79,6 +81,7 @@ class ControllerTrust:
         return pem
 
     def credentials(self) -> grpc.ChannelCredentials:
+        import grpc
         return grpc.ssl_channel_credentials(root_certificates=self.roots())
 
     def options(self) -> list[tuple[str, Any]]:
@@ -156,6 +159,7 @@ class PinnedChannel:
 def channel(target: str, trust: ControllerTrust | None, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
     """A channel to the controller at `target` (host:port or unix:PATH): TLS against `trust`, or
     plaintext when `trust` is None (only for a controller run with --insecure-config-stream)."""
+    import grpc
     if trust is None:
         return grpc.aio.insecure_channel(target, options=list(options))
     return grpc.aio.secure_channel(target, trust.credentials(), options=[*options, *trust.options()])
@@ -196,6 +200,7 @@ async def check_identity(target: str, trust: ControllerTrust, timeout: float = 1
 def _uri_sans(der: bytes | None) -> list[str]:
     if not der:
         return []
+    from cryptography import x509
     cert = x509.load_der_x509_certificate(der)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -144,6 +144,7 @@ def controller_args(o: argparse.Namespace) -> list[str]:
             "--metrics-port", str(METRICS_PORT), "--log-level", o.log_level,
             "--waypoint-image", o.image, "--waypoint-pull-policy", o.pull_policy,
             "--waypoint-controller", f"{CONTROLLER}.{o.namespace}.svc:{GRPC_PORT}",
+            "--waypoint-workers", str(o.waypoint_workers),
             "--mesh-config", f"{MESH_CONFIG_DIR}/mesh.yaml"]
 
 
@@ -348,7 +349,7 @@ def _non_default_flags(o: argparse.Namespace) -> list[tuple[str, str]]:
 
 def _workers(v: str) -> int:
     if not v.isdigit():
-        raise argparse.ArgumentTypeError(f"--ztunnel-workers {v!r}: must be a whole number >= 0 (0: one per CPU)")
+        raise argparse.ArgumentTypeError(f"{v!r}: must be a whole number >= 0 (0: one per CPU)")
     return int(v)
 
 
@@ -368,6 +369,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ztunnel-workers", type=_workers, default=0, metavar="N",
                    help="worker processes per node ztunnel (0: one per CPU the container may use, at most 8; "
                         "docs/performance.md)")
+    p.add_argument("--waypoint-workers", type=_workers, default=1, metavar="N",
+                   help="worker processes per waypoint pod (default 1: scale waypoints out by replicas; 0: one per "
+                        "CPU the pod may use, at most 8; docs/performance.md)")
     p.add_argument("--outbound-traffic-policy", default="ALLOW_ANY", choices=("ALLOW_ANY", "REGISTRY_ONLY"),
                    help="MeshConfig outboundTrafficPolicy.mode: REGISTRY_ONLY refuses meshed pods' connections to "
                         "addresses the mesh does not know (docs/egress.md)")

@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--ztunnel-workers", type=int, default=1, metavar="N",
                     help="worker processes per node ztunnel (default 1; 0: one per CPU, as in a cluster; "
                          "docs/performance.md)")
+    up.add_argument("--waypoint-workers", type=int, default=1, metavar="N",
+                    help="worker processes per waypoint and ingress gateway (default 1; 0: one per CPU; "
+                         "docs/performance.md)")
     up.add_argument("--prometheus", action="store_true",
                     help="also run Prometheus (Debian's package) on 127.0.0.1, scraping the controller, every "
                          "ztunnel and every waypoint (docs/observability.md)")
@@ -87,8 +90,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise lab.LabError(f"--cert-ttl {args.cert_ttl:g}: must be at least 10 seconds")
     if args.ztunnel_workers < 0:
         raise lab.LabError(f"--ztunnel-workers {args.ztunnel_workers}: must be >= 0 (0: one per CPU)")
+    if args.waypoint_workers < 0:
+        raise lab.LabError(f"--waypoint-workers {args.waypoint_workers}: must be >= 0 (0: one per CPU)")
     lab.up(spec, name=args.name, capture=args.capture, cert_ttl=args.cert_ttl, with_prometheus=args.prometheus,
-           with_tracing=args.tracing, ztunnel_workers=args.ztunnel_workers)
+           with_tracing=args.tracing, ztunnel_workers=args.ztunnel_workers, waypoint_workers=args.waypoint_workers)
     lab.progress(f"lab is up; state and logs in {paths.lab_dir()}")
     return 0
 

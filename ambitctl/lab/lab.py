@@ -88,7 +88,7 @@ def is_up(base: Path | None = None) -> bool:
 
 def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: str = "ebpf",
        wait: bool = True, cert_ttl: float | None = None, with_prometheus: bool = False,
-       with_tracing: bool = False, ztunnel_workers: int = 1) -> state.LabState:
+       with_tracing: bool = False, ztunnel_workers: int = 1, waypoint_workers: int = 1) -> state.LabState:
     base = base or paths.lab_dir()
     names = LabNames(name)
     if state.load(base) is not None:
@@ -116,7 +116,7 @@ def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: st
         st = state.LabState(name=name, lab_dir=str(base), spec=asdict(spec),
                             processes=components.processes(spec, names, base, capture, cert_ttl=cert_ttl,
                                                            ztunnel_workers=ztunnel_workers),
-                            capture=capture, etc_netns_created=etc_created)
+                            capture=capture, etc_netns_created=etc_created, waypoint_workers=waypoint_workers)
         if with_prometheus:
             prometheus.enable(st, base, names)
         if collector is not None:

@@ -57,6 +57,8 @@ class LabState:
     prometheus: dict[str, Any] = field(default_factory=dict)
     # `lab up --tracing`: {"ip", "grpc_port", "http_port", "socket"} of the trace collector (lab/tracing.py).
     tracing: dict[str, Any] = field(default_factory=dict)
+    # `lab up --waypoint-workers N`: every waypoint's `--workers` (waypoint/workers.py).
+    waypoint_workers: int = 1
 
     def proc(self, pid_id: str) -> ProcSpec:
         for p in self.processes:

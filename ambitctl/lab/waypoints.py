@@ -251,7 +251,7 @@ def reconcile(base: Path) -> tuple[list[str], bool]:
             store.apply(_store_objects(names, w))
             st.waypoints.append(w)
             st.processes.append(_process(base, names, w, st.spec.get("trust_domain", "cluster.local"),
-                                         tracing.waypoint_args(st)))
+                                         [*tracing.waypoint_args(st), "--workers", str(st.waypoint_workers)]))
             did.append(f"started {'ingress gateway' if w.get('ingress') else 'waypoint'} {key}: pod {w['pod']} on "
                        f"{w['node']}, {w['ip']}, VIP {w['vip']}")
         pending = any(w.get("removing") for w in st.waypoints)

@@ -44,7 +44,8 @@ INGRESS_CLASSES = ("ambit", "istio")
 READY_PORT = 15021            # Istio's status port: /healthz/ready
 METRICS_PORT = 15020
 TOKEN_DIR = "/var/run/secrets/ambit"
-ROOT_CERT_DIR = "/var/run/ambit-root"      # the ambit-root-cert ConfigMap (controller/ca/publish.py)
+ROOT_CERT_DIR = "/var/run/ambit-root"
+RUN_DIR = "/var/run/ambit"                 # an emptyDir: the worker supervisor's sockets (root FS is read-only)      # the ambit-root-cert ConfigMap (controller/ca/publish.py)
 CA_AUDIENCE = "ambit-ca"
 
 
@@ -59,6 +60,7 @@ class WaypointDeploySettings:
     pull_policy: str = "IfNotPresent"
     log_level: str = "INFO"
     replicas: int = 1
+    workers: int = 1                         # the waypoint's --workers (waypoint/workers.py)
 
 
 def owner_reference(gw: Obj) -> Obj:
@@ -91,7 +93,7 @@ def waypoint_args(gw: Obj, s: WaypointDeploySettings) -> list[str]:
             "--controller-root-cert", f"{ROOT_CERT_DIR}/{ROOT_KEY}",
             "--controller-identity", controller_identity(s.trust_domain, s.root_namespace),
             "--admin-address", f"0.0.0.0:{READY_PORT}", "--metrics-address", f"0.0.0.0:{METRICS_PORT}",
-            "--log-level", s.log_level]
+            "--log-level", s.log_level, "--workers", str(s.workers), "--run-dir", RUN_DIR]
 
 
 def service_account(gw: Obj) -> Obj:
@@ -146,7 +148,8 @@ def deployment(gw: Obj, s: WaypointDeploySettings, extra_ports: Iterable[int] = 
                             "runAsNonRoot": True, "runAsUser": 1337, "runAsGroup": 1337,
                             "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": [{"name": "ca-token", "mountPath": TOKEN_DIR, "readOnly": True},
-                         {"name": "root-cert", "mountPath": ROOT_CERT_DIR, "readOnly": True}],
+                         {"name": "root-cert", "mountPath": ROOT_CERT_DIR, "readOnly": True},
+                         {"name": "run", "mountPath": RUN_DIR}],
     }
     template_md: Obj = {"labels": pod_labels, "annotations": {
         **(infra.get("annotations") or {}), "prometheus.io/scrape": "true",
@@ -161,7 +164,8 @@ def deployment(gw: Obj, s: WaypointDeploySettings, extra_ports: Iterable[int] = 
                          "containers": [container],
                          "volumes": [{"name": "ca-token", "projected": {"sources": [{"serviceAccountToken": {
                              "audience": CA_AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}},
-                                     {"name": "root-cert", "configMap": {"name": ROOT_CONFIGMAP}}],
+                                     {"name": "root-cert", "configMap": {"name": ROOT_CONFIGMAP}},
+                                     {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
                      }}}}
 
 

@@ -120,11 +120,12 @@ class _ServerSide(HBONEProtocol):
 
 
 class HBONEServer:
-    """Serves HBONE on `sock` (already bound and listening); see the module docstring."""
+    """Serves HBONE on `sock` (already bound and listening), and on connections accepted elsewhere
+    and handed over (`adopt`: a supervisor's, waypoint/workers.py); see the module docstring."""
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | None,
         server_context: Callable[[], ssl.SSLContext],
         on_connect: OnConnect,
         *,
@@ -151,16 +152,37 @@ class HBONEServer:
         self.idle_closed = 0
         self._new_conn = connection_factory or (lambda: HBONEConnection(client_side=False))
         self._server: asyncio.AbstractServer | None = None
+        self._ctx: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections: set[HBONEProtocol] = set()
         self.handshake_failures = 0     # handshakes that completed but were refused afterwards
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        ctx = tls.selecting_server_context(self._server_context)
-        self._server = await loop.create_server(lambda: _ServerSide(self, loop), sock=self.sock, ssl=ctx,
-                                                ssl_handshake_timeout=self.handshake_timeout,
-                                                backlog=self.backlog)
+        self._ctx = tls.selecting_server_context(self._server_context)
+        if self.sock is not None:
+            self._server = await loop.create_server(lambda: _ServerSide(self, loop), sock=self.sock, ssl=self._ctx,
+                                                    ssl_handshake_timeout=self.handshake_timeout,
+                                                    backlog=self.backlog)
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Serve a connection another process accepted and handed over, exactly as one accepted
+        here: TLS on the accepted socket (not `start_tls`, see the module docstring), the same
+        handshake deadline and checks. Needs `start()` first."""
+        if self._ctx is None:
+            sock.close()
+            raise RuntimeError("HBONEServer.adopt before start()")
+        self._spawn(self._adopt(sock))
+
+    async def _adopt(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        try:
+            await loop.connect_accepted_socket(lambda: _ServerSide(self, loop), sock, ssl=self._ctx,
+                                               ssl_handshake_timeout=self.handshake_timeout)
+        except OSError as e:        # ssl.SSLError and TimeoutError included
+            log.info("HBONE connection handed over: TLS handshake failed: %s", e or type(e).__name__)
+            sock.close()
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting, GOAWAY every connection, let tunnels drain for `grace` s, then abort."""

@@ -325,3 +325,20 @@ def test_the_rendered_waypoint_arguments_are_the_waypoints_own() -> None:
     # kubelet probes the admin endpoint's readiness on the port the waypoint really listens on
     probe = c["readinessProbe"]["httpGet"]
     assert probe["path"] == "/healthz/ready" and int(s.admin_address.rsplit(":", 1)[1]) == probe["port"]
+
+
+def test_waypoint_workers_get_a_writable_run_dir() -> None:
+    """`--waypoint-workers N` reaches the pod's `--workers`, and the supervisor's socket directory
+    (`--run-dir`) is a mounted emptyDir: the container's root file system is read-only."""
+    from controller.waypoints.render import deployment
+    from waypoint.settings import load as waypoint_settings
+    gw = gateway("wp", "istio-waypoint")
+    gw["metadata"].setdefault("uid", "u1")
+    dep = deployment(gw, WaypointDeploySettings(image="ambit:test", controller_address="c:15012", workers=3))
+    pod = dep["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    s = waypoint_settings([a.replace("$(", "").replace(")", "") for a in c["args"]], {})
+    assert (s.workers, s.worker_count) == (3, 3)
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == str(s.run_dir)]
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == mount["name"])

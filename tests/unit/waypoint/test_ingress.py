@@ -243,3 +243,30 @@ def test_listeners_serve_each_hostname_its_certificate(tmp_path: Path) -> None:
             await lst.close()
 
     asyncio.run(run())
+
+
+def test_worker_listeners_share_their_ports_and_a_single_process_keeps_its_own() -> None:
+    """An ingress gateway's workers (waypoint/workers.py) each open the Gateway's ports with
+    SO_REUSEPORT, so both bind and the kernel spreads clients over them; a single process does not
+    let another socket share its port."""
+    tcp_port = _free_port()
+
+    def relay(transport, down, early) -> None:
+        transport.close()
+
+    async def run() -> None:
+        gw = IngressGateway("gw", "ns", listeners=[_l4("tcp", tcp_port, "TCP", {"*": ["db"]})])
+        a = IngressListeners("127.0.0.1", lambda plug, down: None, relay, reuse_port=True)
+        b = IngressListeners("127.0.0.1", lambda plug, down: None, relay, reuse_port=True)
+        single = IngressListeners("127.0.0.1", lambda plug, down: None, relay)
+        try:
+            await a.update(build(gw))
+            await b.update(build(gw))
+            assert tcp_port in a.ports and tcp_port in b.ports
+            await single.update(build(gw))              # refused: logged, the port left out
+            assert tcp_port not in single.ports
+        finally:
+            for lst in (a, b, single):
+                await lst.close()
+
+    asyncio.run(run())

@@ -1,4 +1,4 @@
-"""ztunnel/workers.py without processes: the metrics merge, the worker flags, and the zds fan-out
+"""ztunnel/workers.py without processes: the worker flags, and the zds fan-out
 over real SEQPACKET sockets to stand-in workers that speak the zds protocol (tests/lab/
 test_ztunnel_workers.py runs real worker processes in a lab)."""
 
@@ -12,45 +12,9 @@ from pathlib import Path
 import pytest
 
 from ambit import zds
+from ambit.dataplane.workers import SUN_PATH_MAX
 from ztunnel.settings import MAX_AUTO_WORKERS, load
-from ztunnel.workers import SUN_PATH_MAX, Fanout, Worker, WorkerPaths, merge_expositions, run_dir, worker_argv
-
-
-def test_merge_keeps_each_family_together_once_with_a_worker_label():
-    w0 = ('# HELP a_total A\n# TYPE a_total counter\na_total{x="1"} 2.0\n'
-          '# HELP g G\n# TYPE g gauge\ng 5.0\n')
-    w1 = ('# HELP a_total A\n# TYPE a_total counter\na_total{x="1"} 3.0\na_total{} 1.0\n'
-          '# HELP g G\n# TYPE g gauge\ng 7.0\n')
-    assert merge_expositions({"0": w0, "1": w1}).splitlines() == [
-        "# HELP a_total A", "# TYPE a_total counter",
-        'a_total{worker="0",x="1"} 2.0', 'a_total{worker="1",x="1"} 3.0', 'a_total{worker="1"} 1.0',
-        "# HELP g G", "# TYPE g gauge", 'g{worker="0"} 5.0', 'g{worker="1"} 7.0']
-
-
-def test_merge_parses_as_prometheus_text_with_histograms():
-    from prometheus_client import CollectorRegistry, Histogram, generate_latest
-    from prometheus_client.parser import text_string_to_metric_families
-    texts = {}
-    for i in ("0", "1"):
-        reg = CollectorRegistry()
-        Histogram("lat_seconds", "latency", ["dir"], registry=reg).labels("in").observe(0.01)
-        texts[i] = generate_latest(reg).decode()
-    fams = {f.name: f for f in text_string_to_metric_families(merge_expositions(texts))}
-    counts = [s for s in fams["lat_seconds"].samples if s.name == "lat_seconds_count"]
-    assert sorted(s.labels["worker"] for s in counts) == ["0", "1"]
-    assert all(s.labels["dir"] == "in" and s.value == 1.0 for s in counts)
-
-
-def test_the_supervisors_own_families_follow_the_workers():
-    from prometheus_client.metrics_core import CounterMetricFamily
-    from prometheus_client.parser import text_string_to_metric_families
-    restarts = CounterMetricFamily("ambit_ztunnel_worker_restarts", "restarts", labels=["worker"])
-    restarts.add_metric(["0"], 2)
-    text = merge_expositions({"0": "# TYPE g gauge\ng 5.0\n"}, extra=[restarts])
-    fams = {f.name: f for f in text_string_to_metric_families(text)}
-    assert [(s.name, s.labels, s.value) for s in fams["ambit_ztunnel_worker_restarts"].samples] == [
-        ("ambit_ztunnel_worker_restarts_total", {"worker": "0"}, 2.0)]
-    assert [(s.labels, s.value) for s in fams["g"].samples] == [({"worker": "0"}, 5.0)]
+from ztunnel.workers import Fanout, Worker, WorkerPaths, run_dir, worker_argv
 
 
 def test_a_worker_runs_as_one_process_on_private_sockets(tmp_path):

@@ -1,0 +1,157 @@
+"""Connections handed from a supervisor to workers (ambit/dataplane/handoff.py), over real TCP and
+unix sockets in one event loop: the deal is in turn, a gone worker gets nothing more, connections
+made while no worker is linked wait and are served, and an HBONE server serves handed connections
+over real mTLS on asyncio and uvloop (the waypoint's workers, waypoint/workers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from ambit.dataplane.handoff import Dealer, Receiver
+from ambit.dataplane.hbone import HBONEServer
+from tests.unit.dataplane.test_hbone import CLIENT, LOOPS, SERVER, Mesh, echo, listener, run
+
+
+class Worker:
+    """A stand-in worker: writes its index into every connection it is handed, then closes it."""
+
+    def __init__(self, path, index: int) -> None:
+        self.receiver = Receiver(path, index, self.on_conn)
+        self.index = index
+        self.got = 0
+
+    def on_conn(self, conn: socket.socket) -> None:
+        self.got += 1
+        conn.setblocking(True)
+        conn.sendall(b"%d" % self.index)
+        conn.close()
+
+
+async def who(port: int) -> int:
+    """Connect, and read which worker answered."""
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    data = await asyncio.wait_for(r.read(), 5)
+    w.close()
+    return int(data)
+
+
+async def settle(cond, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        assert loop.time() < end, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def test_connections_are_dealt_in_turn_and_a_gone_worker_gets_none(tmp_path) -> None:
+    async def main() -> None:
+        lsock = listener()
+        port = lsock.getsockname()[1]
+        dealer = Dealer(lsock, tmp_path / "handoff.sock")
+        dealer.start()
+        w0, w1 = Worker(dealer.path, 0), Worker(dealer.path, 1)
+        await w0.receiver.start()
+        await w1.receiver.start()
+        await settle(lambda: len(dealer.links) == 2)
+        assert [await who(port) for _ in range(4)] == [0, 1, 0, 1]
+        assert dealer.handed == {0: 2, 1: 2}
+        w1.receiver.close()                                   # worker 1 exits
+        await settle(lambda: list(dealer.links) == [0])
+        assert [await who(port) for _ in range(3)] == [0, 0, 0]
+        assert (w0.got, w1.got, dealer.dropped) == (5, 2, 0)
+        dealer.close()
+        w0.receiver.close()
+
+    asyncio.run(main())
+
+
+def test_connections_made_before_any_worker_links_wait_and_are_served(tmp_path) -> None:
+    async def main() -> None:
+        lsock = listener()
+        port = lsock.getsockname()[1]
+        dealer = Dealer(lsock, tmp_path / "handoff.sock")
+        dealer.start()
+        early = asyncio.ensure_future(who(port))
+        await asyncio.sleep(0.2)
+        assert not early.done()                               # in the backlog, not refused
+        w = Worker(dealer.path, 3)
+        await w.receiver.start()
+        assert await asyncio.wait_for(early, 5) == 3
+        dealer.close()
+        w.receiver.close()
+
+    asyncio.run(main())
+
+
+def test_a_restarted_worker_replaces_its_predecessors_link(tmp_path) -> None:
+    async def main() -> None:
+        lsock = listener()
+        port = lsock.getsockname()[1]
+        dealer = Dealer(lsock, tmp_path / "handoff.sock")
+        dealer.start()
+        old, new = Worker(dealer.path, 0), Worker(dealer.path, 0)
+        await old.receiver.start()
+        await settle(lambda: 0 in dealer.links)
+        await new.receiver.start()
+        await settle(lambda: old.receiver.sock is None or old.receiver.closed.done())
+        assert await who(port) == 0 and (old.got, new.got) == (0, 1)
+        dealer.close()
+        new.receiver.close()
+
+    asyncio.run(main())
+
+
+def test_a_bad_hello_is_refused(tmp_path) -> None:
+    async def main() -> None:
+        dealer = Dealer(listener(), tmp_path / "handoff.sock")
+        dealer.start()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect(str(dealer.path))
+        s.send(b"hello")
+        s.setblocking(False)
+        loop = asyncio.get_running_loop()
+        assert await asyncio.wait_for(loop.sock_recv(s, 16), 5) == b""      # closed on us
+        assert dealer.links == {}
+        s.close()
+        dealer.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_hbone_over_handed_connections(ca, tmp_path, loop_kind: str) -> None:
+    """The real thing: a client pool dials the supervisor's listener; a worker's HBONEServer that
+    listens on nothing does the TLS handshake on the handed socket (its ClientHello already
+    queued), authenticates the client and serves the tunnel."""
+    async def main() -> None:
+        async with Mesh(ca, echo) as m:         # gives the certificates and the pool; its own server idles
+            dealer = Dealer(listener(), tmp_path / "handoff.sock")
+            m.pool.port = dealer.listener.getsockname()[1]
+            dealer.start()
+            seen = []
+
+            async def record(st, peer, authority, headers):
+                seen.append((peer, authority))
+                await echo(st, peer, authority, headers)
+
+            worker = HBONEServer(None, lambda: m.cache.server(m.server_cert), record)
+            await worker.start()
+            rx = Receiver(dealer.path, 0, worker.adopt)
+            await rx.start()
+            st = await m.open("10.0.0.2:8080")
+            assert st.peer_identity == SERVER
+            st.write(b"through the hand-off")
+            await st.drain()
+            assert await st.readexactly(20) == b"through the hand-off"
+            st.write_eof()
+            assert await st.read() == b""
+            assert seen == [(CLIENT, "10.0.0.2:8080")] and dealer.handed == {0: 1} and m.seen == []
+            await m.pool.close()
+            rx.close()
+            await worker.close(grace=1)
+            dealer.close()
+
+    run(loop_kind, main)
