@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from ambit.dataplane.telemetry.children import CHILD_CACHE_SIZE, ChildCache
@@ -40,6 +40,7 @@ from ambit.dataplane.telemetry.peers import PeerLabels, peer_labels
 from ambit.model import Workload
 from ambit.telemetrymetrics import DEFAULT, MetricsConfig, relabel
 from waypoint.http.record import RequestRecord
+from waypoint.telemetry.families import Family
 from waypoint.telemetry.peers import UNKNOWN
 
 HTTP_LABELS = (
@@ -84,18 +85,16 @@ class HttpMetrics:
         self.cluster_domain = cluster_domain
         self.config_for: ConfigFor = config_for or (lambda service: DEFAULT)
         names = (*HTTP_LABELS, EXTRA)
-        # prometheus_client appends `_total` to counter names itself. Served by `Pruned`.
-        self.requests = Counter("istio_requests", "Requests handled by the waypoint", names, registry=None)
-        self.duration = Histogram("istio_request_duration_milliseconds", "Request duration (ms)", names,
-                                  buckets=DURATION_BUCKETS, registry=None)
-        self.request_bytes = Histogram("istio_request_bytes", "Request body size (bytes)", names,
-                                       buckets=SIZE_BUCKETS, registry=None)
-        self.response_bytes = Histogram("istio_response_bytes", "Response body size (bytes)", names,
-                                        buckets=SIZE_BUCKETS, registry=None)
-        self.request_messages = Counter("istio_request_messages", "gRPC messages from the client", names,
-                                        registry=None)
-        self.response_messages = Counter("istio_response_messages", "gRPC messages to the client", names,
-                                         registry=None)
+        # Plain-Python families (waypoint/telemetry/families.py): no lock per update. Served by `Pruned`.
+        self.requests = Family("istio_requests", "Requests handled by the waypoint", "counter", names)
+        self.duration = Family("istio_request_duration_milliseconds", "Request duration (ms)", "histogram", names,
+                               DURATION_BUCKETS)
+        self.request_bytes = Family("istio_request_bytes", "Request body size (bytes)", "histogram", names,
+                                    SIZE_BUCKETS)
+        self.response_bytes = Family("istio_response_bytes", "Response body size (bytes)", "histogram", names,
+                                     SIZE_BUCKETS)
+        self.request_messages = Family("istio_request_messages", "gRPC messages from the client", "counter", names)
+        self.response_messages = Family("istio_response_messages", "gRPC messages to the client", "counter", names)
         self.families: tuple[tuple[str, Any], ...] = (
             ("REQUEST_COUNT", self.requests), ("REQUEST_DURATION", self.duration),
             ("REQUEST_SIZE", self.request_bytes), ("RESPONSE_SIZE", self.response_bytes),
