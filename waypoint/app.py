@@ -125,12 +125,11 @@ class WaypointProxy:
         self.requests = 0
         # Istio's HTTP metrics (reporter="waypoint") and one access-log line per request, both with
         # the source and destination workloads resolved from the config by address.
-        self.telemetry = Telemetry(http_metrics, RequestLog(LogLines(access),
-                                                            lambda svc: self.config.view.telemetry_for_waypoint(svc).access_log),
+        # A request's Telemetry config (access logging, metrics overrides) is resolved once, by
+        # `Telemetry`, for both; the View caches it per Service and is replaced on each update.
+        self.telemetry = Telemetry(http_metrics, RequestLog(LogLines(access)),
                                    lambda ip: self.config.view.by_ip.get(ip), tcp=tcp_metrics,
-                                   metrics_for=lambda svc: self.config.view.telemetry_for_waypoint(svc).metrics)
-        if http_metrics is not None:    # the Telemetry API's metrics overrides, per request's Service
-            http_metrics.config_for = lambda svc: self.config.view.telemetry_for_waypoint(svc).metrics
+                                   telemetry_for=lambda svc: self.config.view.telemetry_for_waypoint(svc))
         self.tap = TapHub(f"waypoint/{settings.waypoint}")      # `ambit tap` (admin GET /tap)
         self.gc_stats: Any = None       # ambit.dataplane.gctune.GCStats once __main__ has tuned the collector
 

@@ -28,6 +28,13 @@ LineSink = Callable[[str], None]
 ConfigFor = Callable[[str], "AccessLogConfig | None"]
 
 
+class Unresolved:
+    """The type of UNRESOLVED: no config handed in, look it up with `config_for`."""
+
+
+UNRESOLVED = Unresolved()
+
+
 def request_line(rec: RequestRecord, src: Workload | None, dst: Workload | None) -> str:
     d = rec.fields()        # one JSON encoding per request, not the record's line decoded again
     if src is not None:
@@ -93,7 +100,18 @@ class RequestLog:
         self.config_for = config_for
         self.writer = AccessLogWriter(sink)
 
-    def emit(self, rec: RequestRecord, src: Workload | None, dst: Workload | None) -> None:
-        cfg = self.config_for(rec.service or rec.downstream.service) if self.config_for is not None else None
+    def emit(self, rec: RequestRecord, src: Workload | None, dst: Workload | None,
+             cfg: AccessLogConfig | None | Unresolved = UNRESOLVED) -> None:
+        """`cfg`: the request's access logging when the caller resolved it already (hook.Telemetry
+        resolves a request's Telemetry config once for the log and the metrics)."""
+        if cfg is UNRESOLVED:
+            cfg = self.config_for(rec.service or rec.downstream.service) if self.config_for is not None else None
+        assert not isinstance(cfg, Unresolved)
+        if cfg is None or not (cfg.disabled or cfg.filter or cfg.providers):
+            # the default (no Telemetry accessLogging): the built-in line, with no filter attributes
+            # or provider values built for it (what AccessLogWriter.write would do, minus those)
+            self.sink(request_line(rec, src, dst))
+            self.writer.written += 1
+            return
         self.writer.write(cfg, request_attrs(rec), lambda: request_values(rec, src, dst),
                           lambda: request_line(rec, src, dst))

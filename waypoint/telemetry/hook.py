@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from ambit.dataplane.telemetry.metrics import MUTUAL_TLS, NONE, ConnLabels, Metrics
 from ambit.model import Workload
+from ambit.telemetryconfig import TelemetryConfig
 from ambit.telemetrymetrics import DEFAULT, MetricsConfig
 from waypoint.http.record import RequestRecord
 from waypoint.telemetry.accesslog import RequestLog
@@ -30,15 +31,25 @@ def address_ip(address: str) -> str:
 
 class Telemetry:
     """`tcp`: Istio's TCP families for opaque tunnels (reporter="waypoint"), with `metrics_for`,
-    the Telemetry API's metrics config for a Service ("ns/name")."""
+    the Telemetry API's metrics config for a Service ("ns/name").
+
+    `telemetry_for` (the waypoint's View.telemetry_for_waypoint): when given, a request's Telemetry
+    config is resolved once here and handed to both the access log and the metrics (each would
+    otherwise resolve it through its own `config_for`), and `metrics_for` defaults to its metrics."""
 
     def __init__(self, metrics: HttpMetrics | None, log: RequestLog | None, lookup: Lookup,
-                 tcp: Metrics | None = None, metrics_for: Callable[[str], MetricsConfig] | None = None) -> None:
+                 tcp: Metrics | None = None, metrics_for: Callable[[str], MetricsConfig] | None = None,
+                 telemetry_for: Callable[[str], TelemetryConfig] | None = None) -> None:
         self.metrics = metrics
         self.log = log
         self.lookup = lookup
         self.tcp_metrics = tcp
+        self.telemetry_for = telemetry_for
+        if metrics_for is None and telemetry_for is not None:
+            metrics_for = lambda service: telemetry_for(service).metrics    # noqa: E731
         self.metrics_for = metrics_for or (lambda service: DEFAULT)
+        # the last record's Telemetry config (with telemetry_for): the log and the metrics share it
+        self._cfg_memo: tuple[RequestRecord, str, TelemetryConfig] | None = None
         # the last record's peers: a request's end asks for them up to three times (access log,
         # metrics, tap), so each record's workloads are looked up once
         self._memo: tuple[RequestRecord, str, str, tuple[Workload | None, Workload | None]] | None = None
@@ -53,9 +64,25 @@ class Telemetry:
         self._memo = (rec, src_ip, upstream, found)
         return found
 
+    def config(self, rec: RequestRecord) -> TelemetryConfig | None:
+        """The Telemetry config of the record's Service (None without `telemetry_for`), resolved
+        once per record: the config View may change between the log and the metrics of one record
+        only if an update lands between two callbacks of one loop iteration, and then the record
+        keeps the one it was logged with."""
+        if self.telemetry_for is None:
+            return None
+        service = rec.service or rec.downstream.service
+        m = self._cfg_memo
+        if m is not None and m[0] is rec and m[1] == service:
+            return m[2]
+        cfg = self.telemetry_for(service)
+        self._cfg_memo = (rec, service, cfg)
+        return cfg
+
     def stats(self, rec: RequestRecord) -> None:
         if self.metrics is not None:
-            self.metrics.observe(rec, *self.peers(rec))
+            cfg = self.config(rec)
+            self.metrics.observe(rec, *self.peers(rec), cfg.metrics if cfg is not None else None)
 
     def tcp_labels(self, rec: RequestRecord) -> ConnLabels:
         """Istio's TCP labels for an opaque tunnel, as the waypoint reports them."""
@@ -82,4 +109,8 @@ class Telemetry:
 
     def access_log(self, rec: RequestRecord) -> None:
         if self.log is not None:
-            self.log.emit(rec, *self.peers(rec))
+            cfg = self.config(rec)
+            if cfg is None:
+                self.log.emit(rec, *self.peers(rec))
+            else:
+                self.log.emit(rec, *self.peers(rec), cfg.access_log)

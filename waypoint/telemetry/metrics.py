@@ -133,10 +133,13 @@ class HttpMetrics:
             rec.response_flags or "-", "mutual_tls" if d.source_identity else "none",
         )
 
-    def observe(self, rec: RequestRecord, src: Workload | None, dst: Workload | None) -> None:
+    def observe(self, rec: RequestRecord, src: Workload | None, dst: Workload | None,
+                cfg: MetricsConfig | None = None) -> None:
         """Count one finished request. `src`: the workload behind the downstream (by its IP or
-        identity); `dst`: the endpoint's workload it was forwarded to (None: a local reply)."""
-        cfg = self.config_for(rec.service or rec.downstream.service)
+        identity); `dst`: the endpoint's workload it was forwarded to (None: a local reply).
+        `cfg`: the request's metrics config when the caller resolved it (else `config_for`)."""
+        if cfg is None:
+            cfg = self.config_for(rec.service or rec.downstream.service)
         values = self.label_values(rec, src, dst)
         if not cfg.tags and not cfg.disabled:     # Istio's labels on every family: one cache lookup
             req, dur, size_in, size_out = self._plain.get(values)

@@ -216,3 +216,31 @@ def test_a_records_workloads_are_looked_up_once_but_follow_its_upstream() -> Non
     other = record()                                         # an equal but different record: its own lookup
     t.peers(other)
     assert len(asked) == 6
+
+
+def test_a_records_telemetry_config_is_resolved_once_for_log_and_metrics_and_follows_updates() -> None:
+    from ambit.telemetryconfig import AccessLogConfig, TelemetryConfig
+    from ambit.telemetrymetrics import MetricsConfig
+    from waypoint.telemetry import Telemetry
+    asked: list[str] = []
+    current = [TelemetryConfig()]
+
+    def telemetry_for(service: str) -> TelemetryConfig:
+        asked.append(service)
+        return current[0]
+    lines: list[str] = []
+    m = HttpMetrics()
+    t = Telemetry(m, RequestLog(lines.append), {}.get, telemetry_for=telemetry_for)
+    rec = record()
+    t.access_log(rec)
+    t.stats(rec)
+    assert asked == ["demo/echo"] and len(lines) == 1
+    # an update (a new View) applies from the next record: access log off, request count disabled
+    current[0] = TelemetryConfig(access_log=AccessLogConfig(disabled=True),
+                                 metrics=MetricsConfig(disabled=frozenset({"REQUEST_COUNT"})))
+    nxt = record()
+    t.access_log(nxt)
+    t.stats(nxt)
+    assert asked == ["demo/echo", "demo/echo"] and len(lines) == 1
+    assert [s.value for s in families(m)["istio_requests"] if s.name == "istio_requests_total"] == [1.0]
+    assert t.metrics_for("demo/echo").disabled == {"REQUEST_COUNT"}    # opaque tunnels' TCP metrics too
