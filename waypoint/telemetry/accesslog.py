@@ -36,7 +36,29 @@ UNRESOLVED = Unresolved()
 
 
 def request_line(rec: RequestRecord, src: Workload | None, dst: Workload | None) -> str:
-    d = rec.fields()        # one JSON encoding per request, not the record's line decoded again
+    """The record's fields, then the resolved workloads', as one JSON object. The workloads' part
+    is the same for every request between two peers, so it is encoded once per pair (`_peer_json`)
+    and joined to the record's encoding: the same text as encoding the merged dict."""
+    line = json.dumps(rec.fields())     # one JSON encoding per request, not the record's line decoded again
+    if src is None and dst is None:
+        return line
+    tail = _peer_json(src, dst)
+    return f"{line[:-1]}, {tail}" if tail and line != "{}" else line
+
+
+# (id(src), id(dst)) -> (src, dst, their fields encoded without the opening brace, or "").
+# The workloads are kept so their ids cannot be reused while cached; the View replaces them on
+# every config update, so the cache is emptied when it outgrows PEER_JSON_CACHE.
+_PEERS: dict[tuple[int, int], tuple[Workload | None, Workload | None, str]] = {}
+PEER_JSON_CACHE = 4096
+
+
+def _peer_json(src: Workload | None, dst: Workload | None) -> str:
+    key = (id(src), id(dst))
+    hit = _PEERS.get(key)
+    if hit is not None and hit[0] is src and hit[1] is dst:
+        return hit[2]
+    d: dict[str, Any] = {}
     if src is not None:
         _put(d, "source_workload", workload_name(src))
         _put(d, "source_namespace", src.namespace)
@@ -44,7 +66,11 @@ def request_line(rec: RequestRecord, src: Workload | None, dst: Workload | None)
         _put(d, "destination_workload", workload_name(dst))
         _put(d, "destination_namespace", dst.namespace)
         _put(d, "upstream_peer", dst.identity)
-    return json.dumps(d)
+    tail = json.dumps(d)[1:] if d else ""
+    if len(_PEERS) >= PEER_JSON_CACHE:
+        _PEERS.clear()
+    _PEERS[key] = (src, dst, tail)
+    return tail
 
 
 def _put(d: dict[str, Any], key: str, value: str) -> None:

@@ -244,3 +244,21 @@ def test_a_records_telemetry_config_is_resolved_once_for_log_and_metrics_and_fol
     assert asked == ["demo/echo", "demo/echo"] and len(lines) == 1
     assert [s.value for s in families(m)["istio_requests"] if s.name == "istio_requests_total"] == [1.0]
     assert t.metrics_for("demo/echo").disabled == {"REQUEST_COUNT"}    # opaque tunnels' TCP metrics too
+
+
+@pytest.mark.parametrize("src,dst", [(CLIENT, ECHO_V2), (None, ECHO_V2), (CLIENT, None), (None, None),
+                                     (CLIENT, Workload(uid="bare", name="bare", namespace="", ips=["10.0.0.2"], node="n1",
+                                                       service_account="", identity=""))])
+def test_the_access_line_is_the_records_fields_then_the_workloads_in_one_json_object(
+        src: Workload | None, dst: Workload | None) -> None:
+    from waypoint.telemetry.accesslog import request_line
+    want = record(request_id="r1", start=1.7e9).fields()
+    for side, w in (("source", src), ("destination", dst)):
+        if w is not None:
+            want[f"{side}_workload"] = workload_name(w)
+            if w.namespace:
+                want[f"{side}_namespace"] = w.namespace
+    if dst is not None and dst.identity:
+        want["upstream_peer"] = dst.identity
+    for _ in range(2):      # the workloads' part is encoded once per pair, then reused
+        assert request_line(record(request_id="r1", start=1.7e9), src, dst) == json.dumps(want)
