@@ -4,6 +4,7 @@ Histogram expose for the same updates: dashboards and Prometheus read the same b
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -20,30 +21,29 @@ SERIES = (("waypoint", "200", ""), ("waypoint", "503", ""), ("waypoint", "200", 
 AMOUNTS = (0, 0.25, 0.5, 0.75, 1, 3, 5, 7.5, 10, 49.9, 50, 1000, 3600000, 3600001, 1e12)
 
 
-def _prometheus_client() -> CollectorRegistry:
+def _registry(counter: Any, histogram: Any) -> CollectorRegistry:
+    """The same updates on a counter and a histogram, served as the waypoint serves them."""
     reg = CollectorRegistry()
-    c = Counter("istio_requests", "Requests handled by the waypoint", NAMES, registry=None)
-    h = Histogram("istio_request_duration_milliseconds", "Request duration (ms)", NAMES,
-                  buckets=DURATION_BUCKETS, registry=None)
-    reg.register(Pruned([c, h]))
+    reg.register(Pruned([counter, histogram]))
     for i, values in enumerate(SERIES):
         for a in AMOUNTS[i:]:
-            c.labels(*values).inc(a)
-            h.labels(*values).observe(a)
+            counter.labels(*values).inc(a)
+            histogram.labels(*values).observe(a)
     return reg
+
+
+def _prometheus_client() -> CollectorRegistry:
+    return _registry(
+        Counter("istio_requests", "Requests handled by the waypoint", NAMES, registry=None),
+        Histogram("istio_request_duration_milliseconds", "Request duration (ms)", NAMES,
+                  buckets=DURATION_BUCKETS, registry=None))
 
 
 def _families() -> CollectorRegistry:
-    reg = CollectorRegistry()
-    c = Family("istio_requests", "Requests handled by the waypoint", "counter", NAMES)
-    h = Family("istio_request_duration_milliseconds", "Request duration (ms)", "histogram", NAMES,
-               DURATION_BUCKETS)
-    reg.register(Pruned([c, h]))
-    for i, values in enumerate(SERIES):
-        for a in AMOUNTS[i:]:
-            c.labels(*values).inc(a)
-            h.labels(*values).observe(a)
-    return reg
+    return _registry(
+        Family("istio_requests", "Requests handled by the waypoint", "counter", NAMES),
+        Family("istio_request_duration_milliseconds", "Request duration (ms)", "histogram", NAMES,
+               DURATION_BUCKETS))
 
 
 @pytest.mark.parametrize("created", [True, False])
