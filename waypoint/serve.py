@@ -7,16 +7,14 @@ endpoints."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import signal
 
 from ambit.backoff import Backoff
 from ambit.configclient import ConfigClient, NodeInfo, tls
 from ambit.configclient.credential import node_metadata, read_token
 from ambit.configclient.report import StatusReporter
-from ambit.dataplane import gctune, memory
+from ambit.dataplane import memory, process
 from ambit.dataplane.feed import TapFeed, exposition
 from ambit.dataplane.identity import GrpcCertificateFetcher, IdentityManager
 from ambit.dataplane.telemetry.health import HealthCollector
@@ -35,7 +33,6 @@ def _split(address: str) -> tuple[str | None, int]:
 
 
 async def amain(args: WaypointSettings) -> None:
-    loop = asyncio.get_running_loop()
     log = logging.getLogger("ambit.waypoint")
     memory.limit_arenas(args.malloc_arena_max)     # before grpc's and the tracer's threads malloc
     config = WaypointConfig(Waypoint(args.namespace, args.name, args.gateway_class, args.root_namespace),
@@ -90,13 +87,7 @@ async def amain(args: WaypointSettings) -> None:
     log.info("%s %s (%s) serving %s as %s; controller %s", "ingress gateway" if args.ingress else "waypoint",
              args.waypoint, args.pod_name, "its Gateway's listeners" if args.ingress else f"HBONE on {args.listen}",
              args.identity, args.controller or "-")
-    # Start-up is done: what exists now (modules, config, certificates) lives as long as the process.
-    proxy.gc_stats = gctune.tune(args.gc_freeze, gctune.parse_threshold(args.gc_threshold))
-    trimmer = memory.start_trimming(args.memory_trim_interval)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    trimmer = await process.serve_until_stopped(args, proxy)
     await memory.stop_trimming(trimmer)
     if reporter is not None:
         await reporter.stop()

@@ -8,11 +8,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 
 from ambit.configclient.credential import node_metadata
 from ambit.configclient.report import StatusReporter
-from ambit.dataplane import gctune, memory
+from ambit.dataplane import memory, process
 from ambit.dataplane.feed import TapFeed, exposition
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
@@ -77,13 +76,7 @@ async def amain(args: ZtunnelSettings) -> None:
     log.info("ztunnel for %s ready; agent socket %s; controller %s; config version %s; CA %s", args.node,
              args.zds_socket, args.controller or "-", config.version or "-",
              ca_target if identities is not None else "-")
-    # Start-up is done: what exists now (modules, config, certificates) lives as long as ztunnel.
-    proxy.gc_stats = gctune.tune(args.gc_freeze, gctune.parse_threshold(args.gc_threshold))
-    trimmer = memory.start_trimming(args.memory_trim_interval)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    trimmer = await process.serve_until_stopped(args, proxy)
     # Stop accepting first (the agent's socket and every pod listener), then drain: a surge roll's
     # new ztunnel takes the new connections meanwhile (docs/operations.md).
     deadline = loop.time() + args.termination_drain

@@ -138,3 +138,11 @@ def running_lab(base: Path, prefix: str, spec: Path, logs: str, *up_args: str,
     finally:
         lab.save_logs(artifacts(logs))
         lab.down()
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie (its sockets are closed) not yet reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

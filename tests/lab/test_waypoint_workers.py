@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ambit.dataplane import endpoint
 from ambit.dataplane.telemetry.metrics import scrape
 from ambitctl.lab import waypoints as waypoints_mod
-from tests.lab.labctl import running_lab
+from tests.lab.labctl import gone, running_lab
 from tests.lab.test_waypoint import GATEWAY, SPEC, apply, status_of, waypoints
 
 pytestmark = pytest.mark.lab
@@ -33,13 +33,6 @@ def requests_per_worker(lab) -> dict[str, float]:
             if s.name == "istio_requests_total" and s.labels.get("response_code") == "200":
                 out[s.labels["worker"]] = out.get(s.labels["worker"], 0.0) + s.value
     return out
-
-
-def gone(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def test_two_waypoint_workers_share_the_tunnels_and_a_killed_one_loses_no_new_request(tmp_path_factory):

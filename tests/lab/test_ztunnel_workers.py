@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ambit.dataplane import endpoint
 from ambit.dataplane.telemetry.metrics import scrape
 from tests.lab import surge_traffic
+from tests.lab.labctl import gone
 
 pytestmark = pytest.mark.lab
 
@@ -34,14 +35,6 @@ def opened_per_worker(lab, node: str) -> dict[str, float]:
             if s.name == "istio_tcp_connections_opened_total":
                 out[s.labels["worker"]] = out.get(s.labels["worker"], 0.0) + s.value
     return out
-
-
-def gone(pid: int) -> bool:
-    """Exited: no such process, or a zombie (its sockets are closed) not yet reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def test_two_workers_share_the_node_and_a_killed_one_loses_no_new_connection(fresh_lab):

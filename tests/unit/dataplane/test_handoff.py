@@ -46,12 +46,16 @@ async def settle(cond, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+def dealing(tmp_path) -> tuple[Dealer, int]:
+    """A started dealer on a fresh loopback listener, and the listener's port."""
+    dealer = Dealer(listener(), tmp_path / "handoff.sock")
+    dealer.start()
+    return dealer, dealer.listener.getsockname()[1]
+
+
 def test_connections_are_dealt_in_turn_and_a_gone_worker_gets_none(tmp_path) -> None:
     async def main() -> None:
-        lsock = listener()
-        port = lsock.getsockname()[1]
-        dealer = Dealer(lsock, tmp_path / "handoff.sock")
-        dealer.start()
+        dealer, port = dealing(tmp_path)
         w0, w1 = Worker(dealer.path, 0), Worker(dealer.path, 1)
         await w0.receiver.start()
         await w1.receiver.start()
@@ -70,10 +74,7 @@ def test_connections_are_dealt_in_turn_and_a_gone_worker_gets_none(tmp_path) -> 
 
 def test_connections_made_before_any_worker_links_wait_and_are_served(tmp_path) -> None:
     async def main() -> None:
-        lsock = listener()
-        port = lsock.getsockname()[1]
-        dealer = Dealer(lsock, tmp_path / "handoff.sock")
-        dealer.start()
+        dealer, port = dealing(tmp_path)
         early = asyncio.ensure_future(who(port))
         await asyncio.sleep(0.2)
         assert not early.done()                               # in the backlog, not refused
@@ -88,10 +89,7 @@ def test_connections_made_before_any_worker_links_wait_and_are_served(tmp_path) 
 
 def test_a_restarted_worker_replaces_its_predecessors_link(tmp_path) -> None:
     async def main() -> None:
-        lsock = listener()
-        port = lsock.getsockname()[1]
-        dealer = Dealer(lsock, tmp_path / "handoff.sock")
-        dealer.start()
+        dealer, port = dealing(tmp_path)
         old, new = Worker(dealer.path, 0), Worker(dealer.path, 0)
         await old.receiver.start()
         await settle(lambda: 0 in dealer.links)
@@ -106,8 +104,7 @@ def test_a_restarted_worker_replaces_its_predecessors_link(tmp_path) -> None:
 
 def test_a_bad_hello_is_refused(tmp_path) -> None:
     async def main() -> None:
-        dealer = Dealer(listener(), tmp_path / "handoff.sock")
-        dealer.start()
+        dealer, _ = dealing(tmp_path)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         s.connect(str(dealer.path))
         s.send(b"hello")
