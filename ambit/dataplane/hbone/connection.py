@@ -1,23 +1,30 @@
-"""Sans-IO HBONE: HTTP/2 CONNECT tunnels, with `h2` for control and our own DATA path.
+"""Sans-IO HBONE: HTTP/2 CONNECT tunnels, with libnghttp2 for control and our own DATA path.
 
-Why not just `h2`: pure-Python h2 parses every DATA frame into objects, copies payloads, and runs
-its state machine per frame; a receiving ztunnel spent a whole core on it and topped out at
-235–430 MB/s, while TLS itself does ~700 MB/s (notes/feasibility.md §5). So:
+Why not a whole HTTP/2 library: pure-Python `h2` parses every DATA frame into objects, copies
+payloads, and runs its state machine per frame; a receiving ztunnel spent a whole core on it and
+topped out at 235–430 MB/s, while TLS itself does ~700 MB/s (notes/feasibility.md §5). So:
 
 - **Receive.** We read the 9-byte frame headers ourselves. DATA payloads are handed out as
   `memoryview` slices of the bytes we were given, as they arrive (a 1 MiB frame is streamed, never
-  reassembled). WINDOW_UPDATE is handled here too. Every other frame is passed whole to h2.
+  reassembled). WINDOW_UPDATE, PING and GOAWAY are handled here too. Every other frame (HEADERS,
+  CONTINUATION, SETTINGS, RST_STREAM, PRIORITY, unknown types) is passed whole to the control codec.
+- **The control codec** is libnghttp2 through cffi (`ambit.dataplane.nghttp2`, the waypoint's
+  HTTP/2 codec): HPACK, header validation and the stream state machine in C (issue 17, round 7:
+  the `h2` library on the HEADERS path was 12–17 % of each ztunnel's CPU at new connections).
 - **Send.** DATA frame headers are built here and payloads are passed through untouched.
-- **Flow control** is entirely ours, for both directions. h2 never sees a non-empty DATA frame or
-  a WINDOW_UPDATE, so its own windows stay at their initial values and never interfere.
-- **h2's state machine stays exact.** Stream ends travel through h2: locally via
-  `h2.end_stream()` (an empty DATA frame with END_STREAM), remotely by feeding h2 an equivalent
-  empty DATA frame once the real one has been delivered. Resets, SETTINGS, PING and GOAWAY are h2's.
-  DATA for a stream we do not know is also shown to h2 (emptied), so it answers exactly as RFC 9113
-  wants (RST_STREAM for closed streams, GOAWAY for idle ones).
-- **GOAWAY is ours too**, both ways: h2 refuses every frame once it has seen or sent a GOAWAY, which
-  would kill in-flight tunnels. We keep h2 open, stop opening/accepting new streams ourselves, and
-  let existing streams drain.
+- **Flow control** is entirely ours, for both directions. The codec never sees a non-empty DATA
+  frame or a WINDOW_UPDATE, so its own windows stay at their initial values and never interfere.
+- **The codec's state machine stays exact.** Stream ends travel through it: locally as an empty
+  DATA frame with END_STREAM that it frames, remotely by feeding it an equivalent empty DATA frame
+  once the real one has been delivered. Resets and SETTINGS are the codec's. DATA for a stream we do
+  not know is judged here from the stream ids (idle: a connection error; closed: RST_STREAM
+  STREAM_CLOSED, unless we reset it ourselves, RFC 9113 §5.1).
+- **Settings.** We advertise our stream limit, but refuse streams over it ourselves
+  (REFUSED_STREAM, counted against the reset budget): the codec would end the whole connection.
+  So the SETTINGS frame on the wire is built here, and the codec's own (same values, no stream
+  limit) is discarded; it takes effect in the codec when the peer acknowledges ours.
+- **GOAWAY is ours**, both ways: we stop opening/accepting new streams ourselves and let existing
+  streams drain; the codec never sees a GOAWAY.
 
 Receive windows are replenished only when the consumer says it has consumed the bytes
 (`acknowledge`), so a slow reader pushes back on its sender and buffering per connection is
@@ -29,21 +36,18 @@ Use: feed `receive_data(bytes)`, act on the returned events, and write `data_to_
 from __future__ import annotations
 
 import contextlib
+import struct
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
-import h2.config
-import h2.connection
 import h2.events
 import h2.exceptions
-import h2.settings
-from h2.settings import SettingCodes
-from hpack import Encoder
 
 from ambit.dataplane.hbone import frames as f
 from ambit.dataplane.hbone import limits
 from ambit.dataplane.hbone.limits import Clock, ResetBudget
+from ambit.dataplane.nghttp2 import NgHttp2Connection
 
 MiB = 1024 * 1024
 DEFAULT_STREAM_WINDOW = 4 * MiB
@@ -55,7 +59,11 @@ DEFAULT_STREAM_WINDOW = 4 * MiB
 DEFAULT_CONNECTION_WINDOW = 16 * DEFAULT_STREAM_WINDOW
 DEFAULT_MAX_FRAME = 1 * MiB
 DEFAULT_MAX_STREAMS = limits.MAX_CONCURRENT_STREAMS
-_NO_H2_STREAM_LIMIT = 2**31 - 1   # h2 must not enforce it: it would kill the connection, not refuse
+_NO_CODEC_STREAM_LIMIT = 2**31 - 1   # the codec must not enforce it: it would kill the connection
+_RECENT_RESETS = 256      # streams we reset, remembered so that their late DATA is dropped quietly
+# SETTINGS ids (RFC 9113 §6.5.2)
+ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = 2, 3, 4, 5, 6
+_SETTING = struct.Struct(">HI")
 _COALESCE = 16 * 1024     # pieces smaller than this are copied together; larger ones go out as-is
 
 REASON_HEADER = "ambit-reason"
@@ -175,20 +183,6 @@ class _OtherFrame:
     length: int = 0
 
 
-class PlainEncoder(Encoder):
-    """HPACK without Huffman coding: string literals go out as they are.
-
-    A tunnel's header values are mostly new each time (the traceparent, the destination), so they
-    are sent as literals, and the `hpack` library's pure-Python Huffman coder was most of what
-    encoding them cost, on this side and again decoding them on the peer's (issue 17, round 6:
-    about 15 % of a tunnel's HBONE protocol work). Huffman coding is optional for the sender
-    (RFC 7541 §5.2); every decoder reads both forms. The price is a few bytes per HEADERS frame.
-    """
-
-    def encode(self, headers: Any, huffman: bool = False) -> bytes:
-        return super().encode(headers, huffman=False)
-
-
 class HBONEConnection:
     """One HTTP/2 connection carrying CONNECT tunnels; see the module docstring."""
 
@@ -225,25 +219,20 @@ class HBONEConnection:
         self.refused_streams = 0        # streams refused over MAX_CONCURRENT_STREAMS (REFUSED_STREAM)
         self.peer_resets = 0            # RST_STREAM received
 
-        config = h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8")
-        self._h2 = h2.connection.H2Connection(config)
-        self._h2.encoder = PlainEncoder()
-        initial = {
-            SettingCodes.INITIAL_WINDOW_SIZE: stream_window,
-            SettingCodes.MAX_FRAME_SIZE: max_frame,
-            SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
-            SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
-        }
+        # A header list over the limit is a flood: the connection ends, as it did with `h2`.
+        self._ng = NgHttp2Connection(client_side, max_concurrent_streams=_NO_CODEC_STREAM_LIMIT,
+                                     initial_window=stream_window, max_header_list_size=max_header_list_size,
+                                     max_frame_size=max_frame, header_list_overflow_fatal=True,
+                                     own_flood_limits=True)
+        initial = [(INITIAL_WINDOW_SIZE, stream_window), (MAX_FRAME_SIZE, max_frame),
+                   (MAX_CONCURRENT_STREAMS, max_concurrent_streams), (MAX_HEADER_LIST_SIZE, max_header_list_size)]
         if client_side:
-            initial[SettingCodes.ENABLE_PUSH] = 0
-        self._h2.local_settings = h2.settings.Settings(client=client_side, initial_values=initial)
-        # h2 sizes its inbound frame buffer from its *acknowledged* settings only (feasibility §5).
-        self._h2.max_inbound_frame_size = max_frame
-        self._h2.incoming_buffer.max_frame_size = max_frame
-        self._h2.decoder.max_header_list_size = max_header_list_size   # likewise: enforce from the start
+            initial.append((ENABLE_PUSH, 0))
         self._initial_settings = initial
 
         self._streams: dict[int, _Stream] = {}
+        self._highest_inbound = 0       # the highest stream id the peer opened
+        self._recent_resets: deque[int] = deque(maxlen=_RECENT_RESETS)
         self._peer_initial_window = f.DEFAULT_WINDOW
         self._max_out_frame = f.DEFAULT_MAX_FRAME
         self._conn_send_window = f.DEFAULT_WINDOW
@@ -270,13 +259,14 @@ class HBONEConnection:
 
     def initiate(self) -> None:
         """Queue the preface/SETTINGS and open the connection window to its configured size."""
-        self._h2.initiate_connection()
-        self._drain_h2()
-        # We advertised our stream limit; now take its enforcement away from h2, which would answer
-        # one stream too many with a connection error. `_on_request` refuses it (REFUSED_STREAM).
-        self._h2.local_settings = h2.settings.Settings(
-            client=self.client_side,
-            initial_values={**self._initial_settings, SettingCodes.MAX_CONCURRENT_STREAMS: _NO_H2_STREAM_LIMIT})
+        self._ng.initiate_connection()
+        # The codec's SETTINGS (and a client's preface) carry no stream limit: drop them and send
+        # ours; the peer's one ACK applies the codec's pending settings (see the module docstring).
+        self._ng.data_to_send()
+        if self.client_side:
+            self._emit(f.PREFACE)
+        payload = b"".join(_SETTING.pack(k, v) for k, v in self._initial_settings)
+        self._emit(f.pack_header(len(payload), f.SETTINGS, 0, 0) + payload)
         if self.connection_window > f.DEFAULT_WINDOW:
             self._emit(f.window_update(0, self.connection_window - f.DEFAULT_WINDOW))
 
@@ -302,8 +292,8 @@ class HBONEConnection:
             self._small.clear()
         self._out.append(piece)
 
-    def _drain_h2(self) -> None:
-        data = self._h2.data_to_send()
+    def _drain_codec(self) -> None:
+        data = self._ng.data_to_send()
         if data:
             self._emit(data)
 
@@ -316,7 +306,7 @@ class HBONEConnection:
     @property
     def can_open_stream(self) -> bool:
         return (self.closed is None and self.goaway_received is None and self.client_side
-                and self._h2.open_outbound_streams < self._h2.remote_settings.max_concurrent_streams)
+                and len(self._streams) < self._ng.remote_settings.max_concurrent_streams)
 
     @property
     def preface_received(self) -> bool:
@@ -356,13 +346,10 @@ class HBONEConnection:
         if not self.can_open_stream:
             why = self.closed or self.goaway_received
             raise HBONEError(f"cannot open a stream: {(why.reason or why.error_code) if why else 'stream limit'}")
-        sid = self._h2.get_next_available_stream_id()
-        hdrs = [(":method", "CONNECT"), (":authority", authority), *(headers or [])]
-        try:
-            self._h2.send_headers(sid, hdrs, end_stream=False)
-        except h2.exceptions.TooManyStreamsError:
-            raise HBONEError("peer's MAX_CONCURRENT_STREAMS reached") from None
-        self._drain_h2()
+        sid = self._ng.get_next_available_stream_id()
+        hdrs = [(b":method", b"CONNECT"), (b":authority", authority.encode()), *_encoded(headers)]
+        self._ng.send_headers(sid, hdrs, end_stream=False)
+        self._drain_codec()
         self._streams[sid] = _Stream(sid, send_window=self._peer_initial_window, recv_window=self.stream_window)
         return sid
 
@@ -372,19 +359,19 @@ class HBONEConnection:
         st = self._stream_or_raise(stream_id)
         if st.response:
             raise HBONEError(f"stream {stream_id}: response already sent")
-        hdrs = [(":status", str(status)), *(headers or [])]
+        hdrs = [(b":status", str(status).encode()), *_encoded(headers)]
         if reason:
-            hdrs.append((REASON_HEADER, reason))
+            hdrs.append((REASON_HEADER.encode(), _field_value(reason)))
         st.response = status
         if status == 200:
-            self._h2.send_headers(stream_id, hdrs, end_stream=False)
-            self._drain_h2()
+            self._ng.send_headers(stream_id, hdrs, end_stream=False)
+            self._drain_codec()
             return
-        self._h2.send_headers(stream_id, hdrs, end_stream=True)
+        self._ng.send_headers(stream_id, hdrs, end_stream=True)
         st.send_ended = True
         # The request body is of no use now: ask the client to stop, without an error.
         self._reset(st, f.NO_ERROR, emit=False)
-        self._drain_h2()
+        self._drain_codec()
 
     def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool = False) -> int:
         """Queue as much of `data` as the windows allow; returns how many bytes were taken.
@@ -417,8 +404,12 @@ class HBONEConnection:
         st = self._stream_or_raise(stream_id)
         if st.send_ended:
             return
-        self._h2.end_stream(stream_id)
-        self._drain_h2()
+        if self._peer_initial_window <= 0:
+            # The codec frames even an empty DATA frame only into a positive window, and its windows
+            # never move (module docstring): lend it one byte, which END_STREAM does not use.
+            self._feed_codec(f.window_update(stream_id, 1 - self._peer_initial_window), [])
+        self._ng.send_data(stream_id, b"", end_stream=True)
+        self._drain_codec()
         st.send_ended = True
         self._maybe_forget(st)
 
@@ -454,14 +445,15 @@ class HBONEConnection:
             self._conn_unacked = 0
 
     def ping(self, payload: bytes = b"ambitpng") -> None:
-        self._h2.ping(payload)
-        self._drain_h2()
+        if len(payload) != 8:
+            raise HBONEError("a PING carries exactly 8 bytes")
+        self._emit(f.pack_header(8, f.PING, 0, 0) + payload)
 
     def close(self, error_code: int = f.NO_ERROR, reason: str = "") -> None:
         """Send GOAWAY. Existing streams may finish; no new ones are opened or accepted."""
         if self.closed is not None or self._fatal:
             return
-        last = self._h2.highest_inbound_stream_id
+        last = self._highest_inbound
         self._emit(_goaway(last, error_code, reason))
         self.closed = ConnectionClosed(error_code, last, reason, remote=False)
 
@@ -488,7 +480,7 @@ class HBONEConnection:
             pos = take
             if not self._preface_left:
                 self._preface_seen = True
-                self._h2.receive_data(f.PREFACE)
+                self._feed_codec(f.PREFACE, events)
         while pos < n and not self._fatal:
             frame = self._frame
             if frame is None:
@@ -510,13 +502,16 @@ class HBONEConnection:
                 if len(frame.body) == frame.length:
                     self._frame = None
                     self._finish_other(frame, events)
-        self._drain_h2()
+        if not self._fatal:
+            self._drain_codec()
         return events
 
-    def _fail(self, events: list[Event], code: int, reason: str) -> list[Event]:
-        """Connection error: GOAWAY with `code`, stop parsing, reset every stream, tell the edge."""
-        self._drain_h2()
-        last = self._h2.highest_inbound_stream_id
+    def _fail(self, events: list[Event], code: int, reason: str, drain: bool = True) -> list[Event]:
+        """Connection error: GOAWAY with `code`, stop parsing, reset every stream, tell the edge.
+        `drain=False`: the codec failed, and what it queued (its own GOAWAY) is not sent."""
+        if drain and not self._fatal:
+            self._drain_codec()
+        last = self._highest_inbound
         self._emit(_goaway(last, code, reason))
         self._fatal = True
         self._frame = None
@@ -568,10 +563,13 @@ class HBONEConnection:
         self._conn_recv_window -= length
         st = self._streams.get(sid)
         if st is None:
-            # Not ours (closed, reset, or idle): let h2 judge an empty copy, return the window now.
-            self._feed_h2(f.data_header(0, sid, flags & f.END_STREAM), events)
-            if self._fatal:
+            # Not ours: idle (never opened) is a connection error; closed gets RST_STREAM, unless we
+            # reset it ourselves and this is DATA the peer sent before it saw that (RFC 9113 §5.1).
+            if self._is_idle(sid):
+                self._fail(events, f.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
                 return
+            if sid not in self._recent_resets:
+                self._emit(_rst_stream(sid, f.STREAM_CLOSED))
             self._ack_connection(length)
             target = None
         elif not st.receiving:
@@ -630,8 +628,8 @@ class HBONEConnection:
         self._frame = None
         st = fr.stream
         if st is not None and fr.flags & f.END_STREAM and self._streams.get(st.id) is st:
-            # Tell h2 about the end of stream with an empty DATA frame, so its state stays exact.
-            self._feed_h2(f.data_header(0, st.id, f.END_STREAM), events)
+            # Tell the codec about the end of stream with an empty DATA frame: its state stays exact.
+            self._feed_codec(f.data_header(0, st.id, f.END_STREAM), events)
 
     # other frames -------------------------------------------------------------------------------------------
 
@@ -643,11 +641,34 @@ class HBONEConnection:
         if ftype == f.GOAWAY:
             self._goaway_received(length, sid, bytes(fr.body), events)
             return
-        if ftype in (f.HEADERS, f.PUSH_PROMISE):
+        if ftype == f.PING:
+            self._ping_received(length, flags, sid, bytes(fr.body), events)
+            return
+        if ftype == f.PUSH_PROMISE:
+            # A client never sends it; we, as a client, disabled push (SETTINGS_ENABLE_PUSH 0).
+            self._fail(events, f.PROTOCOL_ERROR, "PUSH_PROMISE is not accepted")
+            return
+        if ftype in (f.HEADERS, f.CONTINUATION):
             self._in_header_block = not flags & f.END_HEADERS
-        elif ftype == f.CONTINUATION:
-            self._in_header_block = not flags & f.END_HEADERS
-        self._feed_h2(fr.header + bytes(fr.body), events)
+            if ftype == f.HEADERS and not self.client_side and sid % 2 and sid > self._highest_inbound:
+                self._highest_inbound = sid
+        self._feed_codec(fr.header + bytes(fr.body), events)
+
+    def _ping_received(self, length: int, flags: int, sid: int, body: bytes, events: list[Event]) -> None:
+        if sid != 0:
+            self._fail(events, f.PROTOCOL_ERROR, "PING on a stream")
+        elif length != 8:
+            self._fail(events, f.FRAME_SIZE_ERROR, "PING must be 8 bytes")
+        elif flags & 0x1:
+            events.append(PingAck(body))
+        else:
+            self._emit(f.pack_header(8, f.PING, 0x1, 0) + body)
+
+    def _is_idle(self, sid: int) -> bool:
+        """Never opened by either side (RFC 9113 §5.1): beyond what the opener has used so far."""
+        if (sid % 2 == 1) == self.client_side:      # our own side's ids
+            return sid >= self._ng.get_next_available_stream_id()
+        return sid > self._highest_inbound
 
     def _window_update(self, length: int, sid: int, body: bytes, events: list[Event]) -> None:
         if length != 4:
@@ -696,19 +717,15 @@ class HBONEConnection:
                 events.append(StreamReset(st.id, f.REFUSED_STREAM, remote=True))
         events.append(ev)
 
-    def _feed_h2(self, frame: bytes, events: list[Event]) -> None:
+    def _feed_codec(self, frame: bytes, events: list[Event]) -> None:
         try:
-            h2_events = self._h2.receive_data(frame)
+            codec_events = self._ng.receive_data(frame)
         except h2.exceptions.ProtocolError as e:
-            code = int(getattr(e, "error_code", f.PROTOCOL_ERROR) or f.PROTOCOL_ERROR)
-            self._fail(events, code, f"protocol error: {e}")
+            # The codec queued its GOAWAY (with the RFC's code); ours carries that code instead.
+            code = _goaway_code(self._ng.data_to_send()) or f.PROTOCOL_ERROR
+            self._fail(events, code, f"protocol error: {e}", drain=False)
             return
-        except (h2.exceptions.H2Error, ValueError) as e:
-            # Found by fuzzing: a header value that is not UTF-8 escapes h2 as UnicodeDecodeError,
-            # after HPACK has decoded it; the connection's header state is unknown, so end it.
-            self._fail(events, f.PROTOCOL_ERROR, f"malformed frame: {type(e).__name__}")
-            return
-        for ev in h2_events:
+        for ev in codec_events:
             if self._fatal:
                 break
             self._translate(ev, events)
@@ -720,6 +737,9 @@ class HBONEConnection:
             st = self._streams.get(ev.stream_id)
             if st is not None:
                 headers = _header_dict(ev.headers)
+                if headers is None:
+                    self._reset(st, f.PROTOCOL_ERROR, emit=True, events=events)
+                    return
                 st.response = int(headers.get(":status", "0"))
                 st.receiving = st.response == 200
                 events.append(ConnectResponse(ev.stream_id, st.response, headers))
@@ -734,6 +754,8 @@ class HBONEConnection:
             st = self._streams.pop(ev.stream_id, None)
             if st is not None:
                 events.append(StreamReset(ev.stream_id, int(ev.error_code), remote=ev.remote_reset))
+                if not ev.remote_reset:
+                    self._recent_resets.append(ev.stream_id)
             if ev.remote_reset:
                 self.peer_resets += 1
                 # Rapid reset is a server-side attack: a request cancelled before we answered it
@@ -743,15 +765,17 @@ class HBONEConnection:
                     self._spend_reset_budget(events)
         elif isinstance(ev, h2.events.RemoteSettingsChanged):
             self._on_settings(ev, events)
-        elif isinstance(ev, h2.events.PingAckReceived):
-            events.append(PingAck(ev.ping_data))
-        # DataReceived (only our empty frames), TrailersReceived, SettingsAcknowledged, PingReceived
-        # (h2 answers it), PriorityUpdated, UnknownFrameReceived: nothing to do.
+        # InformationalResponseReceived, TrailersReceived, SettingsAcknowledged: nothing to do.
 
     def _on_request(self, ev: h2.events.RequestReceived, events: list[Event]) -> None:
         headers = _header_dict(ev.headers)
         st = _Stream(ev.stream_id, send_window=self._peer_initial_window, recv_window=self.stream_window)
         self._streams[ev.stream_id] = st
+        if headers is None:
+            # A malformed request is a stream error (RFC 9113 §8.1.1), as the codec treats its own
+            # findings (a bad :authority, an uppercase name, ...).
+            self._reset(st, f.PROTOCOL_ERROR, emit=False)
+            return
         if self.closed is not None:
             self._reset(st, f.REFUSED_STREAM, emit=False)  # opened after our GOAWAY: not processed
             return
@@ -769,11 +793,11 @@ class HBONEConnection:
         events.append(ConnectRequest(ev.stream_id, headers[":authority"], headers))
 
     def _on_settings(self, ev: h2.events.RemoteSettingsChanged, events: list[Event]) -> None:
-        changed = ev.changed_settings
-        if SettingCodes.MAX_FRAME_SIZE in changed:
-            self._max_out_frame = min(self.max_frame, changed[SettingCodes.MAX_FRAME_SIZE].new_value)
-        if SettingCodes.INITIAL_WINDOW_SIZE in changed:
-            new = changed[SettingCodes.INITIAL_WINDOW_SIZE].new_value
+        changed = ev.changed_settings       # {id: value}, as the peer's frame lists them
+        if MAX_FRAME_SIZE in changed:
+            self._max_out_frame = min(self.max_frame, changed[MAX_FRAME_SIZE])
+        if INITIAL_WINDOW_SIZE in changed:
+            new = changed[INITIAL_WINDOW_SIZE]
             delta = new - self._peer_initial_window
             self._peer_initial_window = new
             for st in self._streams.values():
@@ -798,9 +822,10 @@ class HBONEConnection:
 
     def _reset(self, st: _Stream, code: int, *, emit: bool, events: list[Event] | None = None) -> None:
         self._streams.pop(st.id, None)
+        self._recent_resets.append(st.id)
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            self._h2.reset_stream(st.id, code)
-        self._drain_h2()
+            self._ng.reset_stream(st.id, code)
+        self._drain_codec()
         if emit and events is not None:
             events.append(StreamReset(st.id, code, remote=False))
 
@@ -815,10 +840,38 @@ def _goaway(last_stream_id: int, code: int, reason: str) -> bytes:
             + code.to_bytes(4, "big") + debug)
 
 
-def _header_dict(headers: list[tuple[str, str]] | list[tuple[bytes, bytes]]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in headers:
-        ks = k.decode() if isinstance(k, bytes) else k
-        vs = v.decode() if isinstance(v, bytes) else v
-        out[ks] = vs
-    return out
+def _rst_stream(stream_id: int, code: int) -> bytes:
+    return f.pack_header(4, f.RST_STREAM, 0, stream_id) + code.to_bytes(4, "big")
+
+
+def _goaway_code(wire: bytes) -> int | None:
+    """The error code of the first GOAWAY frame in `wire` (frames only), if there is one."""
+    pos = 0
+    while pos + f.HEADER_LEN <= len(wire):
+        length, ftype, _flags, _sid = f.unpack_header(wire[pos:pos + f.HEADER_LEN])
+        if ftype == f.GOAWAY and length >= 8:
+            start = pos + f.HEADER_LEN + 4
+            return int.from_bytes(wire[start:start + 4], "big")
+        pos += f.HEADER_LEN + length
+    return None
+
+
+def _encoded(headers: list[tuple[str, str]] | None) -> list[tuple[bytes, bytes]]:
+    return [(k.encode(), v.encode()) for k, v in headers or ()]
+
+
+def _field_value(text: str) -> bytes:
+    """A header value from free text (a reason): CR, LF and NUL are not allowed in one (RFC 9113
+    §8.2.1) and would make the peer refuse the whole response, so they become spaces."""
+    return text.translate(_NOT_IN_VALUES).strip().encode()
+
+
+_NOT_IN_VALUES = {0: " ", 10: " ", 13: " "}
+
+
+def _header_dict(headers: list[tuple[bytes, bytes]]) -> dict[str, str] | None:
+    """The header list as text; None if a name or value is not UTF-8 (a malformed message)."""
+    try:
+        return {k.decode(): v.decode() for k, v in headers}
+    except UnicodeDecodeError:
+        return None

@@ -1,7 +1,8 @@
 """HTTP/2 frame constants and the few frames we build by hand (RFC 9113 §4.1, §6.1, §6.9).
 
-Only DATA and WINDOW_UPDATE are built here: they are the per-byte hot path. Everything else
-(HEADERS, SETTINGS, RST_STREAM, PING, GOAWAY) goes through the `h2` library.
+DATA and WINDOW_UPDATE are built here: they are the per-byte hot path. HEADERS, RST_STREAM and
+SETTINGS ACKs come from libnghttp2 (connection.py); the few control frames connection.py builds
+itself (SETTINGS, PING, GOAWAY, RST_STREAM for closed streams) use `pack_header`.
 """
 
 from __future__ import annotations

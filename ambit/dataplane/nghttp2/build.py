@@ -89,6 +89,7 @@ int nghttp2_option_new(nghttp2_option **);
 void nghttp2_option_del(nghttp2_option *);
 void nghttp2_option_set_no_auto_window_update(nghttp2_option *, int);
 void nghttp2_option_set_stream_reset_rate_limit(nghttp2_option *, uint64_t, uint64_t);
+void nghttp2_option_set_max_continuations(nghttp2_option *, size_t);
 
 int nghttp2_session_server_new2(nghttp2_session **, const nghttp2_session_callbacks *, void *,
                                 const nghttp2_option *);

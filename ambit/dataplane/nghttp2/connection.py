@@ -103,12 +103,23 @@ class NgHttp2Connection:
     """One end of an HTTP/2 connection (see the module docstring)."""
 
     def __init__(self, client_side: bool, *, max_concurrent_streams: int = 100,
-                 initial_window: int = DEFAULT_WINDOW, max_header_list_size: int = 64 * 1024) -> None:
+                 initial_window: int = DEFAULT_WINDOW, max_header_list_size: int = 64 * 1024,
+                 max_frame_size: int | None = None, header_list_overflow_fatal: bool = False,
+                 own_flood_limits: bool = False) -> None:
+        """`max_frame_size`: SETTINGS_MAX_FRAME_SIZE to advertise (default: the protocol's 16 KiB).
+        `header_list_overflow_fatal`: a header list over `max_header_list_size` ends the connection
+        (`receive_data` raises) instead of resetting the stream; HBONE treats it as a flood.
+        `own_flood_limits`: the caller budgets stream resets and CONTINUATION frames itself (HBONE's
+        limits.py, configurable), so nghttp2's fixed limits (1000 resets then 33/s; 8 CONTINUATIONs)
+        are lifted rather than cutting in first."""
         L = lib()
         self.client_side = client_side
         self.max_header_list_size = max_header_list_size
+        self._overflow_fatal = header_list_overflow_fatal
         self._local = [(MAX_CONCURRENT_STREAMS, max_concurrent_streams), (INITIAL_WINDOW_SIZE, initial_window),
                        (MAX_HEADER_LIST_SIZE, max_header_list_size), (NO_RFC7540_PRIORITIES, 1)]
+        if max_frame_size is not None:
+            self._local.append((MAX_FRAME_SIZE, max_frame_size))
         if client_side:
             self._local.append((ENABLE_PUSH, 0))
         self._events: list[Any] = []
@@ -134,7 +145,7 @@ class NgHttp2Connection:
         self._handle = ffi.new_handle(weakref.ref(self))
         pp = ffi.new("nghttp2_session **")
         new = L.nghttp2_session_client_new2 if client_side else L.nghttp2_session_server_new2
-        rv = new(pp, _CALLBACKS[0], self._handle, _OPTION[0])
+        rv = new(pp, _CALLBACKS[0], self._handle, (_OPTION_OWN_LIMITS if own_flood_limits else _OPTION)[0])
         if rv != 0:
             raise MemoryError(ffi.string(L.nghttp2_strerror(rv)).decode())
         self._s = ffi.gc(pp[0], L.nghttp2_session_del)
@@ -194,6 +205,11 @@ class NgHttp2Connection:
 
     def get_next_available_stream_id(self) -> int:
         return self._L.nghttp2_session_get_next_stream_id(self._s)
+
+    @property
+    def highest_inbound_stream_id(self) -> int:
+        """The last stream the peer opened that this side processed (for GOAWAY), as h2 names it."""
+        return self._L.nghttp2_session_get_last_proc_stream_id(self._s)
 
     @property
     def max_outbound_frame_size(self) -> int:
@@ -407,6 +423,9 @@ class NgHttp2Connection:
         (nghttp2 answers TEMPORAL_CALLBACK_FAILURE with RST_STREAM INTERNAL_ERROR)."""
         self._hdrs = []
         self._hsid = 0
+        if self._overflow_fatal:
+            self._error = f"stream {sid}: header list over {self.max_header_list_size} bytes"
+            return ERR_CALLBACK_FAILURE
         log.info("HTTP/2 stream %d: header list over %d bytes, reset", sid, self.max_header_list_size)
         return ERR_TEMPORAL_CALLBACK_FAILURE
 
@@ -529,6 +548,14 @@ def _build_option() -> Any:
     return opt
 
 
+def _build_option_own_limits() -> Any:
+    opt = _build_option()
+    L = lib()
+    L.nghttp2_option_set_stream_reset_rate_limit(opt, 2**62, 2**62)
+    L.nghttp2_option_set_max_continuations(opt, 2**30)
+    return opt
+
+
 def _build_provider() -> Any:
     prd = ffi.new("nghttp2_data_provider *")
     prd.read_callback = _cb_read
@@ -537,4 +564,5 @@ def _build_provider() -> Any:
 
 _CALLBACKS = _Lazy(_build_callbacks)
 _OPTION = _Lazy(_build_option)
+_OPTION_OWN_LIMITS = _Lazy(_build_option_own_limits)
 _PROVIDER = _Lazy(_build_provider)
