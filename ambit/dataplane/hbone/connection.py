@@ -229,6 +229,9 @@ class HBONEConnection:
         if client_side:
             initial.append((ENABLE_PUSH, 0))
         self._initial_settings = initial
+        # The peer's stream limit as the codec holds it (100 until its SETTINGS say otherwise),
+        # mirrored from RemoteSettingsChanged: the pool asks `can_open_stream` for every tunnel.
+        self._peer_max_streams = self._ng.remote_settings.max_concurrent_streams
 
         self._streams: dict[int, _Stream] = {}
         self._highest_inbound = 0       # the highest stream id the peer opened
@@ -306,7 +309,7 @@ class HBONEConnection:
     @property
     def can_open_stream(self) -> bool:
         return (self.closed is None and self.goaway_received is None and self.client_side
-                and len(self._streams) < self._ng.remote_settings.max_concurrent_streams)
+                and len(self._streams) < self._peer_max_streams)
 
     @property
     def preface_received(self) -> bool:
@@ -794,6 +797,8 @@ class HBONEConnection:
 
     def _on_settings(self, ev: h2.events.RemoteSettingsChanged, events: list[Event]) -> None:
         changed = ev.changed_settings       # {id: value}, as the peer's frame lists them
+        if MAX_CONCURRENT_STREAMS in changed:
+            self._peer_max_streams = self._ng.remote_settings.max_concurrent_streams
         if MAX_FRAME_SIZE in changed:
             self._max_out_frame = min(self.max_frame, changed[MAX_FRAME_SIZE])
         if INITIAL_WINDOW_SIZE in changed:

@@ -526,3 +526,14 @@ def test_end_stream_goes_out_when_the_peer_allows_no_data() -> None:
     c.end_stream(sid)
     assert [e.stream_id for e in srv.receive_data(c.bytes_to_send())
             if isinstance(e, h2.events.StreamEnded)] == [sid]
+
+
+def test_client_opens_no_more_streams_than_the_server_allows() -> None:
+    """The server's SETTINGS_MAX_CONCURRENT_STREAMS bounds the client's open tunnels; a closed
+    tunnel frees its slot."""
+    p = Pair(max_concurrent_streams=2)
+    a, b = p.open(), p.open()
+    assert not p.c.can_open_stream
+    p.c.reset_stream(a)
+    p.pump()
+    assert p.c.can_open_stream and p.open() > b
