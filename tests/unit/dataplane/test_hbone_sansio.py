@@ -434,19 +434,28 @@ def test_plain_h2_client_against_our_server() -> None:
     assert ended and bytes(got) == payload
 
 
-def test_peer_shrinking_its_initial_window_makes_send_windows_negative_not_larger() -> None:
-    """RFC 9113 §6.9.2: a smaller SETTINGS_INITIAL_WINDOW_SIZE can drive windows below zero."""
+def tunnel_to_h2_server(initial_window: int | None = None) -> tuple[HBONEConnection, h2.connection.H2Connection, int]:
+    """Our client with one tunnel (200) to a plain `h2` server whose connection window is 10 MiB
+    and, if given, whose SETTINGS_INITIAL_WINDOW_SIZE is `initial_window`."""
     c = HBONEConnection(client_side=True)
     c.initiate()
     srv = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
     srv.initiate_connection()
     srv.increment_flow_control_window(10 * MiB)             # connection window is not the limit here
+    if initial_window is not None:
+        srv.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: initial_window})
     c.receive_data(srv.data_to_send())
     sid = c.open_stream("10.0.0.9:443")
     for ev in srv.receive_data(c.bytes_to_send()):
         if isinstance(ev, h2.events.RequestReceived):
             srv.send_headers(ev.stream_id, [(":status", "200")])
     c.receive_data(srv.data_to_send())
+    return c, srv, sid
+
+
+def test_peer_shrinking_its_initial_window_makes_send_windows_negative_not_larger() -> None:
+    """RFC 9113 §6.9.2: a smaller SETTINGS_INITIAL_WINDOW_SIZE can drive windows below zero."""
+    c, srv, sid = tunnel_to_h2_server()
     assert c.send_data(sid, bytes(100_000)) == 65_535       # the default stream window
     srv.receive_data(c.bytes_to_send())
     srv.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
@@ -511,17 +520,7 @@ def test_data_on_a_closed_stream_gets_stream_closed_unless_we_reset_it() -> None
 def test_end_stream_goes_out_when_the_peer_allows_no_data() -> None:
     """A peer whose SETTINGS_INITIAL_WINDOW_SIZE is 0 still gets our END_STREAM (an empty DATA
     frame uses no window), and the tunnel closes."""
-    c = HBONEConnection(client_side=True)
-    c.initiate()
-    srv = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
-    srv.initiate_connection()
-    srv.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-    c.receive_data(srv.data_to_send())
-    sid = c.open_stream("10.0.0.9:443")
-    for ev in srv.receive_data(c.bytes_to_send()):
-        if isinstance(ev, h2.events.RequestReceived):
-            srv.send_headers(ev.stream_id, [(":status", "200")])
-    c.receive_data(srv.data_to_send())
+    c, srv, sid = tunnel_to_h2_server(initial_window=0)
     assert c.send_window(sid) == 0
     c.end_stream(sid)
     assert [e.stream_id for e in srv.receive_data(c.bytes_to_send())
