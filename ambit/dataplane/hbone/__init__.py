@@ -1,6 +1,6 @@
 """HBONE: mTLS HTTP/2 CONNECT tunnels between ztunnels (and waypoints).
 
-- `connection.HBONEConnection`: sans-IO protocol core (h2 for control, our own DATA fast path)
+- `connection.HBONEConnection`: sans-IO protocol core (libnghttp2 for control, our own DATA fast path)
 - `stream.HBONEStream`: one tunnel as an asyncio byte stream with backpressure
 - `client.HBONEClientPool`: pooled client connections keyed by (src id, dst id, dst IP)
 - `server.HBONEServer`: accepts tunnels on a caller-supplied listening socket
