@@ -207,11 +207,6 @@ class NgHttp2Connection:
         return self._L.nghttp2_session_get_next_stream_id(self._s)
 
     @property
-    def highest_inbound_stream_id(self) -> int:
-        """The last stream the peer opened that this side processed (for GOAWAY), as h2 names it."""
-        return self._L.nghttp2_session_get_last_proc_stream_id(self._s)
-
-    @property
     def max_outbound_frame_size(self) -> int:
         return self._L.nghttp2_session_get_remote_settings(self._s, MAX_FRAME_SIZE)
 
