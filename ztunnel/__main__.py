@@ -2,9 +2,9 @@
 
 Every setting is in ztunnel/settings.py (`--help` lists them with their environment variables).
 With more than one worker (`--workers`, default one per CPU) this process is the workers'
-supervisor (ztunnel/workers.py), which imports the proxy only when it serves traffic itself. (The
-settings alone still pull in grpc and h2, so a supervisor is ~59 MB RSS against a worker's ~63,
-most of it file-backed pages shared with the workers: docs/performance.md, "All cores".)"""
+supervisor (ztunnel/workers.py), which imports the proxy only when it serves traffic itself; the
+settings load no grpc, TLS or codec either, so a supervisor is ~30 MB RSS against a worker's ~56
+(docs/performance.md, §34)."""
 
 from __future__ import annotations
 
