@@ -79,3 +79,18 @@ def test_zero_workers_is_one_per_usable_cpu_rounded_up_from_the_quota_and_capped
     assert resolve_count(0, quota=1.5) == min(cpus, 2)
     assert resolve_count(0, quota=1000.0) == min(cpus, MAX_AUTO_WORKERS)
     assert resolve_count(0, quota=1000.0, cap=1) == 1
+
+
+def test_a_supervisor_loads_no_grpc_tls_codec_or_engine():
+    """A supervisor only parses settings and fronts its workers (docs/performance.md §34): importing
+    what it runs must not load what only a worker uses. A fresh interpreter, as a supervisor starts."""
+    import subprocess
+    import sys
+    heavy = ("grpc", "cryptography", "h2", "hpack", "waypoint.http.engine", "ambit.dataplane.hbone.connection",
+             "ambit.configclient.client", "ambit.dataplane.nghttp2.connection")
+    code = ("import sys, waypoint.settings, waypoint.workers, ztunnel.settings, ztunnel.workers\n"
+            "waypoint.settings.load(['--waypoint', 'n/w', '--pod-name', 'p', '--node', 'n', '--workers', '2'], {})\n"
+            "ztunnel.settings.load(['--node', 'n', '--zds-socket', '/z', '--workers', '2'], {})\n"
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
