@@ -50,6 +50,7 @@ from waypoint.settings import WaypointSettings
 log = logging.getLogger("ambit.waypoint.workers")
 
 HANDOFF = "handoff.sock"
+OWNER = "supervisor.pid"
 
 
 def run_dir(args: WaypointSettings) -> Path:
@@ -146,6 +147,7 @@ async def supervise(args: WaypointSettings, argv: Sequence[str]) -> None:
     n = args.worker_count
     rdir = run_dir(args)
     rdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (rdir / OWNER).write_text(str(os.getpid()))      # this generation's: see remove_run_dir
     dealer = None
     if not args.ingress:
         dealer = Dealer(_listener(args.listen), rdir / HANDOFF)
@@ -173,7 +175,22 @@ async def supervise(args: WaypointSettings, argv: Sequence[str]) -> None:
             await asyncio.wait_for(stop.wait(), 0.1)
     if dealer is not None:
         dealer.close()          # new connections are refused from now; the workers drain theirs
+    # Now, not after the drain: whoever stops us (a kubelet, the lab) may SIGKILL us when its grace
+    # is over, and the directory would stay behind. The draining workers' sockets are bound already.
+    remove_run_dir(rdir)
     await stop_workers(workers, args.http.drain_timeout + 5.0)
     await adm.close()
     await msrv.close()
+
+
+def remove_run_dir(rdir: Path) -> bool:
+    """Remove the workers' socket directory, unless a successor (a restart that began while this
+    supervisor drains) has taken it over since: it is the same path, so it belongs to whoever wrote
+    `OWNER` last."""
+    try:
+        if (rdir / OWNER).read_text() != str(os.getpid()):
+            return False
+    except OSError:
+        return False
     shutil.rmtree(rdir, ignore_errors=True)
+    return True

@@ -46,6 +46,7 @@ class Dealer:
         self.dropped = 0                                # accepted, but no worker could take them
         self._next = 0
         self._unix: socket.socket | None = None
+        self._inode = 0
         self._reading = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -56,6 +57,7 @@ class Dealer:
         self._unix = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._unix.bind(str(self.path))
         os.chmod(self.path, 0o600)
+        self._inode = os.stat(self.path).st_ino
         self._unix.listen(16)
         self._unix.setblocking(False)
         self.listener.setblocking(False)
@@ -69,8 +71,9 @@ class Dealer:
         if self._unix is not None:
             self._loop.remove_reader(self._unix.fileno())
             self._unix.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            with contextlib.suppress(OSError):      # unless a successor bound the same path since
+                if os.stat(self.path).st_ino == self._inode:
+                    self.path.unlink()
         for index in list(self.links):
             self._drop(index)
 

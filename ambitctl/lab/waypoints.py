@@ -96,7 +96,8 @@ def _process(base: Path, names: LabNames, w: dict[str, Any], trust_domain: str,
               "--trust-domain", trust_domain, *components.controller_tls_args(base, trust_domain),
               "--gateway-class", w["class"],
               "--admin-socket", str(admin_socket(base, ns, name)),
-              "--metrics-socket", str(metrics_socket(base, ns, name)), "--report-interval", "3", *(extra or [])],
+              "--metrics-socket", str(metrics_socket(base, ns, name)), "--report-interval", "3",
+              "--run-dir", str(base / "run"), *(extra or [])],
         env={"POD_NAME": w["pod"], "POD_NAMESPACE": ns, "POD_IP": w["ip"], "NODE_NAME": node})
 
 

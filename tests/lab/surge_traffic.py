@@ -72,9 +72,9 @@ def main() -> None:
     host, port = sys.argv[1], int(sys.argv[2])
     stop = threading.Event()
     threads = [threading.Thread(target=f, args=(host, port, stop)) for f in (short_loop, long_lived)]
+    out({"ready": True})        # first: a fast short request must not print before it
     for th in threads:
         th.start()
-    out({"ready": True})
     sys.stdin.read()
     stop.set()
     for th in threads:

@@ -14,8 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ambit.dataplane import endpoint
 from ambit.dataplane.telemetry.metrics import scrape
+from ambitctl.lab import state
 from ambitctl.lab import waypoints as waypoints_mod
-from tests.lab.labctl import gone, running_lab
+from tests.lab.labctl import artifacts, gone, running_lab
 from tests.lab.test_waypoint import GATEWAY, SPEC, apply, status_of, waypoints
 
 pytestmark = pytest.mark.lab
@@ -75,10 +76,15 @@ def _two_workers(lab, tmp_path: Path) -> None:
     lab.wait_for(lambda: (w := workers(lab)[1])["restarts"] == 1 and w["alive"] and w["linked"]
                  and w["pid"] != victim, timeout=60, what="worker 1 restarted and linked")
     pids.add(workers(lab)[1]["pid"])
-    rdir = waypoints_mod.admin_socket(lab.dir, "default", "waypoint")
-    rdir = rdir.with_name(rdir.stem + ".workers")
+    # beside the admin socket, or under --run-dir when that path is too long for a unix socket
+    rdir = Path(workers(lab)[0]["admin_socket"]).parent
     assert (rdir / "handoff.sock").exists()
 
+    # Stopped as a kubelet stops a pod (SIGTERM to the process group, SIGKILL after a grace): every
+    # process goes, and the supervisor takes its socket directory with it.
+    with state.editing(lab.dir) as st:
+        st.proc("waypoint/default/waypoint").enabled = False
+    lab.wait_for(lambda: all(gone(p) for p in pids), timeout=30, what="the waypoint's processes to exit")
+    lab.save_logs(artifacts("waypoint-workers"))
+    assert not rdir.exists(), sorted(p.name for p in rdir.iterdir())
     lab.down()
-    assert [p for p in pids if not gone(p)] == []
-    assert not rdir.exists()

@@ -57,3 +57,16 @@ def test_the_supervisor_counts_what_it_handed_each_worker(tmp_path):
     assert [s.value for s in fams["ambit_waypoint_connections_dropped"].samples if s.name.endswith("_total")] == [1.0]
     assert {(s.labels["worker"], s.value) for s in fams["ambit_waypoint_worker_restarts"].samples
             if s.name.endswith("_total")} == {("0", 0.0), ("1", 2.0)}
+
+
+def test_a_stopping_supervisor_removes_its_socket_directory_unless_a_successor_took_it(tmp_path):
+    import os
+
+    from waypoint.workers import OWNER, remove_run_dir
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    for d, pid in ((mine, os.getpid()), (theirs, os.getpid() + 1)):
+        d.mkdir()
+        (d / OWNER).write_text(str(pid))
+        (d / "w0.admin.sock").write_text("")
+    assert remove_run_dir(mine) and not mine.exists()
+    assert not remove_run_dir(theirs) and (theirs / "w0.admin.sock").exists()
