@@ -27,7 +27,6 @@ import dataclasses
 import ipaddress
 import logging
 import random
-import socket
 import ssl
 import time
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ from ambit.dataplane import tls
 from ambit.dataplane.handoff import Receiver
 from ambit.dataplane.hbone import HBONEClientPool, HBONEServer, HBONEStream
 from ambit.dataplane.identity import IdentityManager
-from ambit.dataplane.ports import LISTEN_BACKLOG
+from ambit.dataplane.listen import tcp_listener
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics
 from ambit.telemetryconfig import TracingConfig
@@ -165,13 +164,7 @@ class WaypointProxy:
             self.handoff = Receiver(self.settings.handoff_socket, self.settings.worker_index, self.server.adopt)
             await self.handoff.start()
             return
-        host, _, port = self.settings.listen.rpartition(":")
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, int(port)))
-        sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)
-        self.server = HBONEServer(sock, self._server_context, self.on_connect)
+        self.server = HBONEServer(tcp_listener(self.settings.listen), self._server_context, self.on_connect)
         await self.server.start()
 
     def _tracing(self, providers: Sequence[Any]) -> None:

@@ -27,7 +27,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from ambit.dataplane.handoff import Dealer
-from ambit.dataplane.ports import LISTEN_BACKLOG
+from ambit.dataplane.listen import tcp_listener
 from ambit.dataplane.workers import (
     SUN_PATH_MAX,
     SupervisorAdmin,
@@ -91,19 +90,6 @@ class Worker(WorkerProcess):
         return d
 
 
-def _listener(address: str) -> socket.socket:
-    host, _, port = address.rpartition(":")
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, int(port)))
-        sock.listen(LISTEN_BACKLOG)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 MIGRATE_SYSCTL = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
 
@@ -150,7 +136,7 @@ async def supervise(args: WaypointSettings, argv: Sequence[str]) -> None:
     (rdir / OWNER).write_text(str(os.getpid()))      # this generation's: see remove_run_dir
     dealer = None
     if not args.ingress:
-        dealer = Dealer(_listener(args.listen), rdir / HANDOFF)
+        dealer = Dealer(tcp_listener(args.listen), rdir / HANDOFF)
         dealer.start()
     else:
         migrate_queued_connections()

@@ -44,8 +44,8 @@ INGRESS_CLASSES = ("ambit", "istio")
 READY_PORT = 15021            # Istio's status port: /healthz/ready
 METRICS_PORT = 15020
 TOKEN_DIR = "/var/run/secrets/ambit"
-ROOT_CERT_DIR = "/var/run/ambit-root"
-RUN_DIR = "/var/run/ambit"                 # an emptyDir: the worker supervisor's sockets (root FS is read-only)      # the ambit-root-cert ConfigMap (controller/ca/publish.py)
+ROOT_CERT_DIR = "/var/run/ambit-root"      # the ambit-root-cert ConfigMap (controller/ca/publish.py)
+RUN_DIR = "/var/run/ambit"                 # an emptyDir: the worker supervisor's sockets (root FS is read-only)
 CA_AUDIENCE = "ambit-ca"
 
 
