@@ -102,8 +102,10 @@ async def roundtrip(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes
         w.close()
 
 
-def mesh(ca, pas=()):
-    client, server = wl("client", CLIENT_IP), wl("echo", SERVER_IP)
+def mesh(ca, pas=(), client_ip: str = CLIENT_IP, server_ip: str = SERVER_IP):
+    """Two workloads on their own loopback addresses; a test module that runs beside this one under
+    xdist passes addresses of its own, since the app and HBONE ports are fixed."""
+    client, server = wl("client", client_ip), wl("echo", server_ip)
     cfg = config([client, server], pas=list(pas))
     identities = IdentityManager(LocalCAFetcher(ca))
     sink, metrics = ListSink(), Metrics()
