@@ -18,6 +18,8 @@ import uvloop
 from ambit.dataplane.settings import TunnelSettings
 from tests.unit.ztunnel.test_proxy_inprocess import (
     APP_PORT,
+    CLIENT_IP,
+    SERVER_IP,
     ListSink,
     echo_app,
     hbone_listener,
@@ -29,9 +31,6 @@ from tests.unit.ztunnel.test_proxy_inprocess import (
 from ztunnel.proxy import Proxy
 
 CONNS = 20
-# Addresses of this module's own: test_proxy_inprocess binds the same fixed ports on its addresses,
-# and xdist may run both at once.
-CLIENT_IP, SERVER_IP = "127.0.9.2", "127.0.9.3"
 
 
 def garbage_of(make_connections) -> Counter[str]:
@@ -54,7 +53,7 @@ def test_tunnelled_and_plaintext_connections_leave_no_cycles(ca):
     sink = ListSink()
 
     async def setup():
-        client, server, cfg, identities, _, metrics = mesh(ca, client_ip=CLIENT_IP, server_ip=SERVER_IP)
+        client, server, cfg, identities, _, metrics = mesh(ca)
         proxy = Proxy(cfg, identities=identities, metrics=metrics, access_log=sink,
                       original_dst=lambda s: (SERVER_IP, APP_PORT), tunnel=TunnelSettings(connect_timeout=5, cert_wait=5))
         cpod, spod = pod(client), pod(server)
@@ -62,7 +61,7 @@ def test_tunnelled_and_plaintext_connections_leave_no_cycles(ca):
         identities.prefetch([client.identity, server.identity])
         await identities.get(server.identity, 5)
         app = await echo_app(SERVER_IP, APP_PORT, [])
-        hbone = await proxy._serve_hbone(spod, hbone_listener(SERVER_IP))
+        hbone = await proxy._serve_hbone(spod, hbone_listener())
         out, out_port = await serve(proxy.outbound, cpod, "127.0.0.1")
         inb, inb_port = await serve(proxy.inbound_plaintext, spod, SERVER_IP)
         await roundtrip(out_port, b"warm")     # the pooled HBONE connection and the certificates stay

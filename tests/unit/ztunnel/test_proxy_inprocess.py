@@ -9,6 +9,7 @@ what makes `Proxy` testable here and lets the lab tests focus on the kernel's pa
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from dataclasses import dataclass, field
 
@@ -26,7 +27,11 @@ from tests.unit.ztunnel.meshcfg import config, wl
 from ztunnel.pods import PodProxy
 from ztunnel.proxy import Proxy
 
-CLIENT_IP, SERVER_IP, APP_PORT, HBONE_PORT = "127.0.0.2", "127.0.0.3", 18080, 15008
+# The app and HBONE ports are fixed (as in a pod), so each xdist worker gets loopback addresses of
+# its own: tests of this module, and test_no_cycles which borrows them, may run at once on others.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+CLIENT_IP, SERVER_IP = f"127.0.{10 + _WORKER}.2", f"127.0.{10 + _WORKER}.3"
+APP_PORT, HBONE_PORT = 18080, 15008
 
 
 @dataclass
@@ -102,10 +107,8 @@ async def roundtrip(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes
         w.close()
 
 
-def mesh(ca, pas=(), client_ip: str = CLIENT_IP, server_ip: str = SERVER_IP):
-    """Two workloads on their own loopback addresses; a test module that runs beside this one under
-    xdist passes addresses of its own, since the app and HBONE ports are fixed."""
-    client, server = wl("client", client_ip), wl("echo", server_ip)
+def mesh(ca, pas=()):
+    client, server = wl("client", CLIENT_IP), wl("echo", SERVER_IP)
     cfg = config([client, server], pas=list(pas))
     identities = IdentityManager(LocalCAFetcher(ca))
     sink, metrics = ListSink(), Metrics()
