@@ -17,6 +17,8 @@ proves the routing before anything is timed.
 - ambit-waypoint: client (enrolled, node1) → ztunnel → HBONE → waypoint → HBONE → ztunnel → web-v*
   (node2), mTLS on both hops, routed by the seed's VirtualService applied through `ambit apply`.
   It needs `python -m waypoint`; when that cannot start, the scenario is skipped with the reason.
+  Its access log is off (`access_log_off_yaml`, a Telemetry bound to the waypoint's Gateway), as
+  nginx's and HAProxy's are here and as Istio's default is; Ambit's own default logs every request.
 - ambit-waypoint-resilient: the same waypoint and route with a retry policy, timeouts and a
   DestinationRule traffic policy (LEAST_REQUEST, connection-pool limits, outlier detection, a retry
   budget) in place: what resilience costs on the happy path. The two waypoint scenarios share one
@@ -127,6 +129,25 @@ spec:
     - destination: {{host: {host}, subset: v2}}
   - route:
     - destination: {{host: {host}, subset: v1}}
+"""
+
+
+def access_log_off_yaml(namespace: str = MESH_NS, gateway: str = WAYPOINT_NAME) -> str:
+    """A Telemetry that turns the waypoint's access log off, and only the waypoint's.
+
+    nginx and HAProxy run here with no access log (`access_log off`, no `log` line), and Istio's
+    default (`meshConfig.accessLogFile` empty) logs nothing either; Ambit's waypoint logs every
+    request by default. Like for like, the waypoint scenarios run with this in place. `targetRefs`
+    binds waypoints only, so ztunnel's per-connection lines, in every mesh scenario, are untouched.
+    """
+    return f"""apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: {gateway}-no-access-log, namespace: {namespace}}}
+spec:
+  targetRefs:
+  - {{group: gateway.networking.k8s.io, kind: Gateway, name: {gateway}}}
+  accessLogging:
+  - disabled: true
 """
 
 
@@ -249,7 +270,7 @@ class L7Set:
         ok, why = waypoint_available()
         if not ok:
             return False, why
-        p = self._ambit("apply", "-f", "-", stdin=waypoint_yaml())
+        p = self._ambit("apply", "-f", "-", stdin=waypoint_yaml() + "---\n" + access_log_off_yaml())
         if p.returncode != 0:
             return False, f"ambit apply of the waypoint Gateway/VirtualService failed: {(p.stderr or p.stdout)[-300:]}"
         p = self._ambit("label", "namespace", MESH_NS, f"istio.io/use-waypoint={WAYPOINT_NAME}")

@@ -133,7 +133,9 @@ class RequestLog:
         if cfg is UNRESOLVED:
             cfg = self.config_for(rec.service or rec.downstream.service) if self.config_for is not None else None
         assert not isinstance(cfg, Unresolved)
-        if cfg is None or not (cfg.disabled or cfg.filter or cfg.providers):
+        if cfg is not None and cfg.disabled:
+            return      # logging off: no attributes built for a filter that cannot select
+        if cfg is None or not (cfg.filter or cfg.providers):
             # the default (no Telemetry accessLogging): the built-in line, with no filter attributes
             # or provider values built for it (what AccessLogWriter.write would do, minus those)
             self.sink(request_line(rec, src, dst))

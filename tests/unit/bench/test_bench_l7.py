@@ -145,6 +145,20 @@ def test_waypoint_yaml_is_the_seed_header_route_for_the_bench_service() -> None:
     assert vs["spec"]["hosts"] == [f"web.{planmod.MESH_NS}.svc.cluster.local"]
 
 
+def test_the_waypoint_scenarios_log_no_access_lines_and_ztunnel_keeps_its_own() -> None:
+    """Like for like with nginx's `access_log off`: the bench's Telemetry, as the controller accepts
+    and translates it, turns the waypoint's access log off and leaves ztunnel's lines on."""
+    from ambit.telemetry import for_waypoint, for_workload
+    from controller.translate.policy import translate_telemetry
+    from controller.validation import validate_object
+    (tel,) = yaml.safe_load_all(l7.access_log_off_yaml())
+    assert validate_object(tel) == []
+    policy = translate_telemetry(tel, "ambit-system")
+    assert for_waypoint([policy], None, planmod.MESH_NS, l7.WAYPOINT_NAME, f"{planmod.MESH_NS}/web").access_log.disabled
+    for side in ("CLIENT", "SERVER"):
+        assert not for_workload([policy], None, planmod.MESH_NS, {"app": "client"}, side).access_log.disabled
+
+
 def test_version_header_parsing() -> None:
     assert l7.parse_version_header("HTTP/1.1 200 OK\r\nServer: nginx\r\nX-Version: v2\r\n\r\n") == "v2"
     assert l7.parse_version_header("HTTP/1.1 200 OK\r\n\r\n") == ""
