@@ -37,8 +37,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help=f"run only these scenarios (repeatable): {', '.join(planmod.SCENARIOS)}")
     ap.add_argument("--no-push", action="store_true", help="skip the controller config push measure")
     ap.add_argument("--profile", action="store_true",
-                    help="record py-spy flame graphs of the ztunnels during one 1000 req/s run and of the waypoint during "
-                         "each waypoint scenario's first max-rate run (needs py-spy)")
+                    help="after each scenario's first rep, one extra, unrecorded run under py-spy --native: the ztunnels "
+                         "at 1000 req/s (cross-node), the waypoint at max rate (waypoint scenarios); needs py-spy")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"where results go (default {RESULTS_DIR})")
     ap.add_argument("--render", type=Path, metavar="RESULTS.json",
                     help="do not run: re-render the summary and charts of an earlier results file")

@@ -199,25 +199,29 @@ class Runner:
             self.attempt(sc, "throughput-1", rep, lambda: measures.throughput(lab, t, plan, res, rep, 1))
             self.attempt(sc, "throughput-4", rep, lambda: measures.throughput(lab, t, plan, res, rep, 4))
         for rate in plan.rates:
-            if rate == 1000 and rep == 0 and plan.profile and t.scenario.name == "ambit-l4-cross-node":
-                self.attempt(sc, f"latency-{rate}", rep,
-                             lambda rate=rate: self._profiled(lambda: measures.latency_at_rate(
-                                 lab, t, plan, res, rep, rate, work), self._ztunnel_pids(lab), "ztunnel",
-                                 "most sampled functions (self time) at 1000 req/s",
-                                 plan.warmup + plan.seconds))
-            else:
-                self.attempt(sc, f"latency-{rate}", rep,
-                             lambda rate=rate: measures.latency_at_rate(lab, t, plan, res, rep, rate, work))
-        if rep == 0 and plan.profile and t.scenario.waypoint and t.l7_pids and sc not in self.profiles:
-            pids = [(f"{sc}-waypoint", pid) for pid in t.l7_pids()]
-            self.attempt(sc, "max-rate", rep, lambda: self._profiled(
-                lambda: measures.max_rate(lab, t, plan, res, rep, work), pids, sc,
-                f"most sampled functions (self time) of the waypoint at saturation ({sc})",
-                plan.warmup + (plan.max_seconds or plan.seconds)))
-        else:
-            self.attempt(sc, "max-rate", rep, lambda: measures.max_rate(lab, t, plan, res, rep, work))
+            self.attempt(sc, f"latency-{rate}", rep,
+                         lambda rate=rate: measures.latency_at_rate(lab, t, plan, res, rep, rate, work))
+        self.attempt(sc, "max-rate", rep, lambda: measures.max_rate(lab, t, plan, res, rep, work))
         if not t.scenario.h2:       # wrk's HTTP/1.0 connect-request-close; an h2c-only listener refuses it
             self.attempt(sc, "new-connections", rep, lambda: measures.connection_rate(lab, t, plan, res, rep))
+        if rep == 0 and plan.profile:
+            self._profile_scenario(lab, t)
+
+    def _profile_scenario(self, lab: BenchLab, t: Target) -> None:
+        """`--profile`: one more run, recorded nowhere, under py-spy. A sampler that stops the process
+        (py-spy's default, needed for --native) must not touch the figures, hence the extra run."""
+        sc, plan, work = t.scenario.name, self.plan, self.work
+        scratch = RunResults(reps=1)
+        if sc == "ambit-l4-cross-node" and 1000 in plan.rates:
+            self.attempt(sc, "profile", None, lambda: self._profiled(
+                lambda: measures.latency_at_rate(lab, t, plan, scratch, 0, 1000, work), self._ztunnel_pids(lab),
+                "ztunnel", "most sampled functions (self time) at 1000 req/s", plan.warmup + plan.seconds))
+        elif t.scenario.waypoint and t.l7_pids and sc not in self.profiles:
+            pids = [(f"{sc}-waypoint", pid) for pid in t.l7_pids()]
+            self.attempt(sc, "profile", None, lambda: self._profiled(
+                lambda: measures.max_rate(lab, t, plan, scratch, 0, work), pids, sc,
+                f"most sampled functions (self time) of the waypoint at saturation ({sc})",
+                plan.warmup + (plan.max_seconds or plan.seconds)))
 
     @staticmethod
     def _ztunnel_pids(lab: BenchLab) -> list[tuple[str, int]]:
@@ -236,7 +240,10 @@ class Runner:
         if spy:
             for label, pid in pids:
                 out = self.out_dir / f"{self.stamp}-{label}.folded"
-                argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
+                # --native: C frames (uvloop, OpenSSL, the kernel's entry) as they are. Without it, and
+                # with --nonblocking, py-spy put most of the waypoint's CPython time on two frames
+                # (`Runner.run`, `_write_out`) here; perf disagreed (docs/performance.md, round 8).
+                argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--native",
                         "--format", "raw", "-r", "250", "-d", str(max(1, round(seconds))), "-o", str(out)]
                 spies.append((label, out, subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                                            stderr=subprocess.PIPE, text=True)))
