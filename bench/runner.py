@@ -216,8 +216,10 @@ class Runner:
             self.attempt(sc, "profile", None, lambda: self._profiled(
                 lambda: measures.latency_at_rate(lab, t, plan, scratch, 0, 1000, work), self._ztunnel_pids(lab),
                 "ztunnel", "most sampled functions (self time) at 1000 req/s", plan.warmup + plan.seconds))
-        elif t.scenario.waypoint and t.l7_pids and sc not in self.profiles:
-            pids = [(f"{sc}-waypoint", pid) for pid in t.l7_pids()]
+        elif t.scenario.waypoint and t.l7_pids and t.l7_pids() and sc not in self.profiles:
+            # the first pid is the waypoint's top process: py-spy --subprocesses follows its workers
+            # into the same file (one py-spy per pid would have three write one file)
+            pids = [(f"{sc}-waypoint", t.l7_pids()[0])]
             self.attempt(sc, "profile", None, lambda: self._profiled(
                 lambda: measures.max_rate(lab, t, plan, scratch, 0, work), pids, sc,
                 f"most sampled functions (self time) of the waypoint at saturation ({sc})",
