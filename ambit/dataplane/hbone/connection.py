@@ -257,6 +257,7 @@ class HBONEConnection:
         self.closed: ConnectionClosed | None = None   # set once we sent GOAWAY (or failed)
         self.goaway_received: ConnectionClosed | None = None
         self._fatal = False
+        self._codec_fed = False         # fed since the last drain: `receive_data` drains only then
 
     # --- setup -----------------------------------------------------------------------------------
 
@@ -296,6 +297,7 @@ class HBONEConnection:
         self._out.append(piece)
 
     def _drain_codec(self) -> None:
+        self._codec_fed = False
         data = self._ng.data_to_send()
         if data:
             self._emit(data)
@@ -422,30 +424,35 @@ class HBONEConnection:
         if st is not None:
             self._reset(st, error_code, emit=False)
 
-    def acknowledge(self, stream_id: int, nbytes: int) -> None:
+    def acknowledge(self, stream_id: int, nbytes: int) -> bool:
         """The reader consumed `nbytes` of this stream: return them to the peer's send windows.
 
         Updates are batched (a quarter window at a time) so bulk transfer costs one small frame per
-        ~1 MiB rather than one per read.
+        ~1 MiB rather than one per read. Returns True if a WINDOW_UPDATE was queued: most calls
+        queue nothing, and the edge then has nothing to flush (no loop callback per read).
         """
         if nbytes <= 0:
-            return
-        self._ack_connection(nbytes)
+            return False
+        queued = self._ack_connection(nbytes)
         st = self._streams.get(stream_id)
         if st is None or st.recv_ended:
-            return
+            return queued
         st.unacked += nbytes
         if st.unacked >= self.stream_window // 4:
             self._emit(f.window_update(stream_id, st.unacked))
             st.recv_window += st.unacked
             st.unacked = 0
+            return True
+        return queued
 
-    def _ack_connection(self, nbytes: int) -> None:
+    def _ack_connection(self, nbytes: int) -> bool:
         self._conn_unacked += nbytes
         if self._conn_unacked >= self.connection_window // 4 and not self._fatal:
             self._emit(f.window_update(0, self._conn_unacked))
             self._conn_recv_window += self._conn_unacked
             self._conn_unacked = 0
+            return True
+        return False
 
     def ping(self, payload: bytes = b"ambitpng") -> None:
         if len(payload) != 8:
@@ -484,8 +491,32 @@ class HBONEConnection:
             if not self._preface_left:
                 self._preface_seen = True
                 self._feed_codec(f.PREFACE, events)
+        hlen = f.HEADER_LEN
+        streams = self._streams
         while pos < n and not self._fatal:
             frame = self._frame
+            if frame is None and not self._hdr and n - pos >= hlen:
+                # Fast path, the common case: a whole frame header here. A whole, unpadded DATA
+                # frame for a stream that may receive it becomes its `Data` event at once, with no
+                # per-frame receive state; anything else goes the general way below.
+                header = data[pos:pos + hlen]
+                length, ftype, flags, sid = f.unpack_header(header)
+                end = pos + hlen + length
+                if (ftype == f.DATA and end <= n and not flags & f.PADDED and not self._in_header_block
+                        and length <= self._conn_recv_window and length <= self.max_frame):
+                    st = streams.get(sid)
+                    if st is not None and st.receiving and length <= st.recv_window:
+                        self._conn_recv_window -= length
+                        st.recv_window -= length
+                        if length:
+                            events.append(Data(sid, mv[pos + hlen:end]))
+                        pos = end
+                        if flags & f.END_STREAM:
+                            self._feed_codec(f.data_header(0, sid, f.END_STREAM), events)
+                        continue
+                pos += hlen
+                self._start_frame(header, events)
+                continue
             if frame is None:
                 take = min(f.HEADER_LEN - len(self._hdr), n - pos)
                 self._hdr += mv[pos:pos + take]
@@ -505,7 +536,7 @@ class HBONEConnection:
                 if len(frame.body) == frame.length:
                     self._frame = None
                     self._finish_other(frame, events)
-        if not self._fatal:
+        if self._codec_fed and not self._fatal:
             self._drain_codec()
         return events
 
@@ -721,6 +752,7 @@ class HBONEConnection:
         events.append(ev)
 
     def _feed_codec(self, frame: bytes, events: list[Event]) -> None:
+        self._codec_fed = True      # it may answer (SETTINGS ACK, PING ACK, RST_STREAM): drain it
         try:
             codec_events = self._ng.receive_data(frame)
         except h2.exceptions.ProtocolError as e:

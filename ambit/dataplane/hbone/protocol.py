@@ -147,8 +147,10 @@ class HBONEProtocol(asyncio.Protocol):
         self._schedule_flush()
 
     def acknowledge(self, stream_id: int, n: int) -> None:
-        self.conn.acknowledge(stream_id, n)
-        self._schedule_flush()
+        """A reader consumed `n` bytes. Flushed only if that queued a WINDOW_UPDATE (one per
+        quarter window), not once per read: a request's response costs no extra loop callback."""
+        if self.conn.acknowledge(stream_id, n):
+            self._schedule_flush()
 
     def respond(self, st: HBONEStream, status: int, reason: str, headers: list[tuple[str, str]] | None) -> None:
         self.conn.respond(st.stream_id, status, headers, reason)
