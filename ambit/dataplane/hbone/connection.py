@@ -389,9 +389,17 @@ class HBONEConnection:
             raise HBONEError(f"stream {stream_id}: already closed for sending")
         if self._fatal:
             raise HBONEError("connection is dead")
-        mv = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+        if type(data) is memoryview and data.format == "B":
+            mv = data       # a stream's queued piece: no second view
+        else:
+            mv = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
         n = max(0, min(len(mv), st.send_window, self._conn_send_window))  # windows may be negative
-        pos = 0
+        if n and n == len(mv) and n <= self._max_out_frame:
+            self._emit(f.data_header(n, stream_id))     # the common case: one whole frame
+            self._emit(mv)
+            pos = n
+        else:
+            pos = 0
         while pos < n:
             chunk = min(n - pos, self._max_out_frame)
             self._emit(f.data_header(chunk, stream_id))

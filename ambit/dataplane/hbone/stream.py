@@ -79,6 +79,7 @@ class HBONEStream:
         self._sink: StreamSink | None = None
         self._rx_paused = False       # push mode: window updates held back while paused
         self._rx_held = 0             # push mode: bytes delivered but not yet acknowledged
+        self._sink_held = False       # push mode: `writable()` said no; the sink waits for `tunnel_writable`
 
     def __repr__(self) -> str:
         return f"<HBONEStream {self.stream_id} {self.authority} peer={self.peer_identity}>"
@@ -158,7 +159,10 @@ class HBONEStream:
 
     def writable(self) -> bool:
         """True if `drain()` would return at once: below `high_water` and the connection not paused."""
-        return self._error is None and self._tx_bytes <= self.high_water and not self._proto.write_paused
+        ok = self._error is None and self._tx_bytes <= self.high_water and not self._proto.write_paused
+        if not ok:
+            self._sink_held = True    # the sink (relay) holds back now: wake it when there is room
+        return ok
 
     def _deliver(self, sink: StreamSink, v: memoryview) -> None:
         sink.tunnel_data(v)
@@ -362,8 +366,11 @@ class HBONEStream:
         self._maybe_closed()
 
     def drained(self) -> None:
-        """The connection framed some of our queue: wake a writer once it is below the high water."""
-        if self._tx_bytes <= self.high_water:
+        """The connection framed some of our queue: wake a writer once it is below the high water.
+
+        Only a writer that is held back: one waiting in `drain()`, or a sink that `writable()` told
+        no. In the common case (a request framed at once) nobody is, and nobody is called."""
+        if self._tx_bytes <= self.high_water and (self._sink_held or self._tx_waiter is not None):
             self._wake_writer()
 
     def writer_may_continue(self) -> None:
@@ -384,4 +391,5 @@ class HBONEStream:
         if w is not None and not w.done():
             w.set_result(None)
         if self._sink is not None and self._error is None:
+            self._sink_held = False
             self._sink.tunnel_writable()
