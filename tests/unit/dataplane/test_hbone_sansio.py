@@ -226,7 +226,9 @@ def test_stream_window_exhaustion_and_resumption() -> None:
     assert len(got) == 4 * MiB
     p.pump()
     assert WindowAvailable(sid) not in p.take("c", WindowAvailable)  # nothing consumed, no update
-    p.s.acknowledge(sid, MiB)                                        # a quarter window: update now
+    assert p.s.acknowledge(sid, MiB - 1) is False                    # below a quarter window: nothing
+    assert p.s.bytes_to_send() == b""                                # queued, nothing for the edge to flush
+    assert p.s.acknowledge(sid, 1) is True                           # a quarter window: update now
     p.pump()
     assert WindowAvailable(sid) in p.take("c", WindowAvailable)
     assert p.c.send_window(sid) == MiB
