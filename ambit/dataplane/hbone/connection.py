@@ -384,7 +384,9 @@ class HBONEConnection:
         `data` must not be mutated afterwards (large payloads are queued by reference). With
         `end_stream`, END_STREAM follows once all of `data` has been taken.
         """
-        st = self._stream_or_raise(stream_id)
+        st = self._streams.get(stream_id)
+        if st is None:
+            raise HBONEError(f"stream {stream_id} is not open")
         if st.send_ended:
             raise HBONEError(f"stream {stream_id}: already closed for sending")
         if self._fatal:
@@ -395,8 +397,14 @@ class HBONEConnection:
             mv = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
         n = max(0, min(len(mv), st.send_window, self._conn_send_window))  # windows may be negative
         if n and n == len(mv) and n <= self._max_out_frame:
-            self._emit(f.data_header(n, stream_id))     # the common case: one whole frame
-            self._emit(mv)
+            # The common case, one whole frame; a small one is copied next to its header at once.
+            if n < _COALESCE:
+                small = self._small
+                small += f.pack_header(n, f.DATA, 0, stream_id)
+                small += mv
+            else:
+                self._emit(f.pack_header(n, f.DATA, 0, stream_id))
+                self._emit(mv)
             pos = n
         else:
             pos = 0
@@ -441,7 +449,8 @@ class HBONEConnection:
         """
         if nbytes <= 0:
             return False
-        queued = self._ack_connection(nbytes)
+        self._conn_unacked += nbytes        # `_ack_connection`, inlined: this runs for every read
+        queued = self._conn_unacked >= self.connection_window // 4 and self._ack_connection(0)
         st = self._streams.get(stream_id)
         if st is None or st.recv_ended:
             return queued

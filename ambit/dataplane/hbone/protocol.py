@@ -144,7 +144,9 @@ class HBONEProtocol(asyncio.Protocol):
         each. `drain()` still sees the bytes as queued, so backpressure is unchanged.
         """
         self._pushq[st.stream_id] = st
-        self._schedule_flush()
+        if not self._flush_scheduled:       # `_schedule_flush`, inlined: this runs for every write
+            self._flush_scheduled = True
+            self.loop.call_soon(self._deferred_flush)
 
     def acknowledge(self, stream_id: int, n: int) -> None:
         """A reader consumed `n` bytes. Flushed only if that queued a WINDOW_UPDATE (one per
@@ -252,8 +254,9 @@ class HBONEProtocol(asyncio.Protocol):
                         n = conn.send_data(sid, view[:TURN] if len(view) > TURN else view)
                         if n:
                             progress = True
-                            st.sent(n)
-                    if st.outgoing() is None:
+                            if not st.sent(n):
+                                view = None
+                    if view is None:
                         del self._pushq[sid]
                         if st.eof_to_send:
                             conn.end_stream(sid)

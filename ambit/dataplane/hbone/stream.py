@@ -346,14 +346,17 @@ class HBONEStream:
         """The next queued piece to frame, or None when nothing is queued."""
         return self._tx[0] if self._tx else None
 
-    def sent(self, n: int) -> None:
-        """`n` bytes of `outgoing()` were framed into the connection."""
+    def sent(self, n: int) -> bool:
+        """`n` bytes of `outgoing()` were framed into the connection; True if more is queued (so the
+        connection need not ask `outgoing()` again to learn that the queue is empty)."""
         self._tx_bytes -= n
-        view = self._tx[0]
+        tx = self._tx
+        view = tx[0]
         if n == len(view):
-            self._tx.popleft()
+            tx.popleft()
         else:
-            self._tx[0] = view[n:]
+            tx[0] = view[n:]
+        return bool(tx)
 
     @property
     def eof_to_send(self) -> bool:
