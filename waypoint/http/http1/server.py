@@ -362,6 +362,10 @@ class H1Server(asyncio.Protocol):
             self._begin(nxt)
         else:
             self._resume("pipeline")
+            h = self._flush_handle
+            if h is not None:   # the response is whole and nothing follows it: write it now,
+                h.cancel()      # not from a handle at the end of the loop iteration
+                self._flush()
 
     # --- errors and timeouts --------------------------------------------------------------------
 
