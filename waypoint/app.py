@@ -74,6 +74,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ambit.waypoint")
 access = logging.getLogger("ambit.waypoint.access")
+_TARGETS_CACHED = 4096      # upstream targets cached per config View (endpoints x sources)
 
 
 def parse_authority(value: str) -> tuple[str, int]:
@@ -345,10 +346,34 @@ class WaypointProxy:
                 key: HashKey | None = None, addresses: Sequence[str] | None = None) -> endpoints.Pick | None:
         hosts = addresses if addresses is not None else [p.address for p in cands]
         address = cluster.choose(hosts, exclude, key)
-        return next((p for p, a in zip(cands, hosts, strict=True) if a == address), None) if address is not None else None
+        if address is None:
+            return None
+        try:
+            return cands[hosts.index(address)]
+        except ValueError:
+            return None
 
     def _target(self, pick: endpoints.Pick, source_ip: str | None, cluster: Cluster | None = None,
                 response_headers: tuple[tuple[str, str], ...] = ()) -> UpstreamTarget | None:
+        """The target for `pick`, from the View's cache unless it carries response headers (a hash
+        cookie): the same endpoint, source and cluster get the same target for the View's life
+        (one per request cost a dataclass, a connector closure and an f-string key)."""
+        if response_headers:
+            return self._new_target(pick, source_ip, cluster, response_headers)
+        cache = self.config.view.targets_cache
+        ck = (pick.address, pick.protocol, source_ip, id(cluster))
+        hit = cache.get(ck)
+        if hit is not None and hit[0] is cluster and (hit[1] is pick or hit[1] == pick):
+            return hit[2]
+        target = self._new_target(pick, source_ip, cluster, ())
+        if target is not None:
+            if len(cache) >= _TARGETS_CACHED:     # many sources: start over rather than grow
+                cache.clear()
+            cache[ck] = (cluster, pick, target)
+        return target
+
+    def _new_target(self, pick: endpoints.Pick, source_ip: str | None, cluster: Cluster | None,
+                    response_headers: tuple[tuple[str, str], ...]) -> UpstreamTarget | None:
         if pick.plain:      # a ServiceEntry endpoint outside the mesh: the waypoint dials it itself
             orig = origination(cluster.policy if cluster is not None else None, cluster.hostname if cluster else "")
             key = f"{pick.address}/{pick.protocol}{' tls' if orig else ''}"

@@ -66,6 +66,10 @@ class View:
     # `_pick`): a pure function of this View, so cached for its life like the telemetry above
     candidates_cache: dict[tuple[str, int, str, str], tuple[tuple[Any, ...], tuple[str, ...]]] = field(
         default_factory=dict, compare=False, repr=False)
+    # (address, protocol, source ip, cluster) -> the UpstreamTarget a request to that endpoint gets
+    # (waypoint/app.py `_target`): built once per View, not per request (it holds a connector)
+    targets_cache: dict[tuple[str, str, str | None, int], Any] = field(default_factory=dict, compare=False,
+                                                                       repr=False)
 
     def telemetry_for_waypoint(self, service: str = "") -> TelemetryConfig:
         """The Telemetry API's tracing and access logging for this waypoint (ambit.telemetry's

@@ -189,8 +189,14 @@ def _policy_matches(p: Authorization, r: _Request, *, deny: bool) -> bool:
 def _foreign(identity: str, tds: TrustDomains | None) -> str | None:
     if not identity or tds is None:
         return None
-    td = ident.to_principal(identity).split("/", 1)[0]
+    td = _trust_domain(identity)
     return None if tds.admits(td) else td
+
+
+@functools.lru_cache(maxsize=1024)
+def _trust_domain(identity: str) -> str:
+    """The trust domain of a SPIFFE identity (a pure function of it; every request asks)."""
+    return ident.to_principal(identity).split("/", 1)[0]
 
 
 def evaluate(policies: Iterable[Authorization], head: RequestHead, down: Downstream,

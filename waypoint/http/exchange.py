@@ -55,6 +55,8 @@ log = logging.getLogger("waypoint.http")
 
 RESET_BEFORE_HEADERS = "upstream connect error or disconnect/reset before headers. reset reason: "
 
+_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "2": "HTTP/2"}     # the record's protocol, by head.version
+
 # body framing of the request as received: no body, a Content-Length, or a stream of unknown length
 BODY_NONE, BODY_LENGTH, BODY_STREAM = "none", "length", "stream"
 
@@ -78,7 +80,8 @@ class Exchange:
         self.body = body
         self.upgrade = upgrade
         self.expect_continue = expect_continue
-        proto = "HTTP/2" if head.version == "2" else f"HTTP/{head.version}"
+        v = head.version
+        proto = _PROTOCOLS.get(v) or f"HTTP/{v}"
         self.record = RequestRecord(head.method, head.path, head.authority, proto, downstream, grpc=head.grpc,
                                     user_agent=head.header("user-agent") or "")
         self.forward: Forward | None = None

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
                         "proxy-authorization", "te", "transfer-encoding", "upgrade"})
 _NONE: frozenset[str] = frozenset()
+_CONNECTION_OPTIONS = frozenset({"upgrade", "close", "keep-alive"})   # Connection tokens that name no header
+_CONNECTION_ONLY = frozenset({"connection"})
 # RFC 4122 version 4: the variant bits 10 and the version nibble 4, as uuid.UUID(version=4) sets them
 _UUID_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
 _UUID_V4 = (0x8000 << 48) | (4 << 76)
@@ -38,10 +40,23 @@ def connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
 def strip_hop_by_hop(headers: list[tuple[str, str]], *, keep_upgrade: bool = False) -> list[tuple[str, str]]:
     """`headers` without hop-by-hop headers. `keep_upgrade`: an upgrade passed through keeps
     `Upgrade` and gets `Connection: upgrade` back, so the next hop sees the handshake."""
+    if not keep_upgrade:
+        present = HOP_BY_HOP.intersection([k for k, _ in headers])
+        if not present:
+            return list(headers)    # the common request: nothing to strip, one pass in C
+        if present == _CONNECTION_ONLY:     # the common response: `Connection: keep-alive` (or close)
+            kept = []
+            for h in headers:
+                if h[0] != "connection":
+                    kept.append(h)
+                elif h[1].strip().lower() not in _CONNECTION_OPTIONS:
+                    break           # it names headers (or several tokens): the general case below
+            else:
+                return kept
     named: set[str] | frozenset[str] = _NONE
     for k, _ in headers:        # most messages name nothing in Connection: skip building the set
         if k == "connection":
-            named = connection_tokens(headers) - {"upgrade", "close", "keep-alive"}
+            named = connection_tokens(headers) - _CONNECTION_OPTIONS
             break
     out = []
     for k, v in headers:

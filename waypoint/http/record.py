@@ -49,19 +49,28 @@ class RequestRecord:
         """The line's fields, empty values left out (the access log adds the resolved workloads to
         them and encodes once: this runs once per request)."""
         d = self.downstream
-        dst = f"{d.destination_ip}:{d.destination_port}" if d.destination_ip else ""
-        out = {
-            "start_time": _start_time(self.start),
-            "method": self.method, "path": self.path, "protocol": self.protocol,
-            "response_code": self.status, "response_flags": self.response_flags or "-",
-            "response_code_details": self.detail, "grpc_status": self.grpc_status,
-            "bytes_received": self.bytes_received, "bytes_sent": self.bytes_sent,
-            "duration": round(self.duration_ms), "upstream_host": self.upstream, "route_name": self.route,
-            "request_id": self.request_id, "authority": self.authority, "user_agent": self.user_agent,
-            "downstream_remote_address": self.downstream.source_ip, "downstream_local_address": dst,
-            "downstream_peer_principal": self.downstream.source_identity, "destination_service": self.service,
-        }
-        return {k: v for k, v in out.items() if v != ""}
+        out: dict[str, object] = {"start_time": _start_time(self.start)}
+        # built in the line's key order, each empty text left out as it goes (no dict to filter)
+        for k, v in (("method", self.method), ("path", self.path), ("protocol", self.protocol)):
+            if v != "":
+                out[k] = v
+        out["response_code"] = self.status
+        out["response_flags"] = self.response_flags or "-"
+        for k, v in (("response_code_details", self.detail), ("grpc_status", self.grpc_status)):
+            if v != "":
+                out[k] = v
+        out["bytes_received"] = self.bytes_received
+        out["bytes_sent"] = self.bytes_sent
+        out["duration"] = round(self.duration_ms)
+        for k, v in (("upstream_host", self.upstream), ("route_name", self.route), ("request_id", self.request_id),
+                     ("authority", self.authority), ("user_agent", self.user_agent),
+                     ("downstream_remote_address", d.source_ip),
+                     ("downstream_local_address", f"{d.destination_ip}:{d.destination_port}"
+                      if d.destination_ip else ""),
+                     ("downstream_peer_principal", d.source_identity), ("destination_service", self.service)):
+            if v != "":
+                out[k] = v
+        return out
 
 
 @functools.lru_cache(maxsize=4)

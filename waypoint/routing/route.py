@@ -25,6 +25,8 @@ Errors that are the configuration's, not the client's:
 
 from __future__ import annotations
 
+import functools
+
 from waypoint.localreply import local_reply
 from waypoint.request import Decision, Downstream, Forward, HeaderOps, RequestHead
 from waypoint.routing.matchers import RequestMatcher, StringMatcher
@@ -43,8 +45,7 @@ def route(table: RouteTable, head: RequestHead, down: Downstream, rand: RandomSo
     host = table.host_for(head, down)
     if host is None:
         if down.service:
-            return Forward(service=down.service, port=down.destination_port, hostname=down.hostname,
-                           route=DEFAULT)
+            return _default(down.service, down.destination_port, down.hostname)
         if down.destination_ip:     # a workload address: on to the original destination
             return Forward(service="", port=down.destination_port, route=PASSTHROUGH)
         return local_reply(head, 404, flags=NO_ROUTE, reason=f"no route for host {head.authority!r}")
@@ -52,13 +53,20 @@ def route(table: RouteTable, head: RequestHead, down: Downstream, rand: RandomSo
     routes = host.routes_for(port, down.source_namespace)
     if not routes:
         if host.service:
-            return Forward(service=host.service, port=port, hostname=host.hostname, route=DEFAULT)
+            return _default(host.service, port, host.hostname)
         return local_reply(head, 404, flags=NO_ROUTE, reason=f"no routes for host {host.hostname}")
     for r in routes:
         matched = _match(r, head, down)
         if matched is not False:
             return _decide(table, r, matched, head, down, rand)
     return local_reply(head, 404, flags=NO_ROUTE, reason=f"no route of {host.hostname} matched")
+
+
+@functools.lru_cache(maxsize=1024)
+def _default(service: str, port: int, hostname: str) -> Forward:
+    """A Service's default route: a frozen Forward per (service, port, hostname), made once
+    rather than per request (a frozen dataclass sets each of its ten fields through object)."""
+    return Forward(service=service, port=port, hostname=hostname, route=DEFAULT)
 
 
 def _match(r: CompiledRoute, head: RequestHead, down: Downstream) -> RequestMatcher | None | bool:

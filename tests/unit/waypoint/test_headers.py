@@ -68,3 +68,15 @@ def test_grpc_detection_and_status_mapping() -> None:
     assert not is_grpc([("content-type", "application/json")])
     # gRPC's http-grpc-status-mapping: 503 -> UNAVAILABLE, 403 -> PERMISSION_DENIED, 404 -> UNIMPLEMENTED
     assert (grpc_status_for(503), grpc_status_for(403), grpc_status_for(404), grpc_status_for(500)) == (14, 7, 12, 2)
+
+
+def test_a_lone_connection_option_is_dropped_and_anything_it_names_goes_the_general_way() -> None:
+    h = [("server", "x"), ("connection", "Keep-Alive"), ("content-length", "3")]
+    assert strip_hop_by_hop(h) == [("server", "x"), ("content-length", "3")]
+    h = [("connection", "keep-alive, x-secret"), ("x-secret", "1"), ("x-kept", "2")]
+    assert strip_hop_by_hop(h) == [("x-kept", "2")]
+    h = [("connection", "x-secret"), ("x-secret", "1")]
+    assert strip_hop_by_hop(h) == []
+    h = [("a", "1"), ("b", "2")]
+    out = strip_hop_by_hop(h)
+    assert out == h and out is not h        # a copy: callers may extend it

@@ -80,6 +80,26 @@ def test_decide_routes_and_the_upstream_is_pooled_per_endpoint_and_source() -> N
     assert target is not None and target.address.endswith(":8080") and "for 10.0.2.5" in target.key
 
 
+def test_an_endpoints_target_is_made_once_per_config_view_and_source() -> None:
+    p = proxy()
+    down, _ = p.downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80")
+    other, _ = p.downstream(FRONTEND, "10.0.2.6", "10.96.0.10:80")
+    head = RequestHead("GET", "/", "myapp")
+    d = p.decide(head, down)
+    assert isinstance(d, Forward) and down is not None and other is not None
+    made: dict[str, object] = {}
+    for _ in range(30):
+        t = p.upstream(d, head, down)
+        assert t is not None
+        assert made.setdefault(t.address, t) is t       # one target per endpoint and source
+    t = p.upstream(d, head, other)
+    assert t is not None and "for 10.0.2.6" in t.key and made[t.address] is not t
+    # a config update replaces the View, and its targets with it
+    p.config.apply(ConfigUpdate(Service.TYPE, "2", {}, frozenset(), {SVC.resource_name: SVC}))
+    t = p.upstream(d, head, down)
+    assert t is not None and made[t.address] is not t and made[t.address].key == t.key  # type: ignore[attr-defined]
+
+
 def test_a_denying_policy_answers_403_before_routing() -> None:
     from ambit.model import Match, Rule
     allow_get = Authorization(name="get-only", namespace="default", action="ALLOW", scope="waypoint",

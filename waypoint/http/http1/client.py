@@ -221,8 +221,12 @@ class H1Client(asyncio.Protocol):
         if status == 101:
             self._informational = True      # no message end: HttpParserUpgrade follows
             return
-        self._eof_body = not any(k in ("content-length", "transfer-encoding") for k, _ in self._headers) \
-            and status not in (204, 304) and not self._head_request
+        framed = False
+        for k, _ in self._headers:
+            if k == "content-length" or k == "transfer-encoding":
+                framed = True
+                break
+        self._eof_body = not framed and status not in (204, 304) and not self._head_request
         if ex is not None:
             ex.response_head(status, self._headers)
         if self._head_request:

@@ -278,9 +278,16 @@ class H1Server(asyncio.Protocol):
             self._keep_alive = False
             self._write(encode_head(b"HTTP/1.1 101 Switching Protocols\r\n", headers))
             return
-        has_len = any(k == "content-length" for k, _ in headers)
+        has_len = False
+        out = []
+        for h in headers:       # one pass: drop Connection (ours is set below), note a length
+            k = h[0]
+            if k == "connection":
+                continue
+            if k == "content-length":
+                has_len = True
+            out.append(h)
         no_body = self._head_request or status in (204, 304) or 100 <= status < 200
-        out = [h for h in headers if h[0] != "connection"]
         if ex is not None and (ex.upgrade or not ex.keep_alive):
             self._keep_alive = False    # (a refused upgrade: the client's next bytes are unframed)
         if not has_len and not no_body:
@@ -362,6 +369,10 @@ class H1Server(asyncio.Protocol):
             self._begin(nxt)
         else:
             self._resume("pipeline")
+            h = self._flush_handle
+            if h is not None:   # the response is whole and nothing follows it: write it now,
+                h.cancel()      # not from a handle at the end of the loop iteration
+                self._flush()
 
     # --- errors and timeouts --------------------------------------------------------------------
 
