@@ -1,0 +1,134 @@
+"""A probe of one scenario at a fixed rate: what each proxy spends per request, and where.
+
+`make bench` gives ratios; an A/B of one change on this shared 2-core box needs something finer
+(docs/performance.md, round 8, "How this round measured"). This brings up the bench's lab for one
+scenario, drives it as `latency_at_rate` does (one `h2load` client per 100 req/s, one connection
+each), and over a window reads, per proxy (the waypoint if the scenario has one, and each ztunnel):
+
+- `--mode io` (default): CPU seconds (cgroup or /proc), read and write syscalls
+  (`/proc/<pid>/io`) and voluntary context switches, each also per request;
+- `--mode perf`: `perf record --call-graph dwarf` of each proxy into WORK/probe-<name>.perf;
+- `--mode pyspy`: `py-spy record --native` (it stops the process per sample) into
+  WORK/probe-<name>.folded; `bench/profiles.py` reads it.
+
+    python -m bench.probe --scenario ambit-waypoint --seconds 10
+    PYTHONPATH=<other tree> python -m bench.probe ...      # the same probe of another tree
+
+Set AMBIT_BENCH_LAB_NAME to run beside another bench lab. Alternate the trees (A B B A) and read
+the figures pair by pair: on a shared box the CPU moves with the load around it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from bench import l7, labenv, measures, tools
+from bench.plan import SCENARIOS
+
+FIELDS = ("syscr", "syscw", "vcs")
+
+
+def parse_io(io_text: str, statuses: list[str]) -> dict[str, int]:
+    """syscr/syscw of /proc/<pid>/io, and the voluntary context switches of all its threads."""
+    d = {}
+    for line in io_text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("syscr", "syscw"):
+            d[key] = int(value)
+    d["vcs"] = sum(int(line.split()[1]) for s in statuses for line in s.splitlines()
+                   if line.startswith("voluntary_ctxt_switches"))
+    return d
+
+
+def per_request(before: Mapping[str, float], after: Mapping[str, float], requests: int) -> dict[str, float]:
+    """Each counter's growth over the window, divided by the requests served in it."""
+    if requests <= 0:
+        raise ValueError(f"per_request: requests={requests} must be positive")
+    return {k: (after[k] - before[k]) / requests for k in after if k in before}
+
+
+def _read(pid: int) -> dict[str, int]:
+    tasks = Path(f"/proc/{pid}/task")
+    statuses = [(t / "status").read_text() for t in tasks.iterdir()]
+    return parse_io(Path(f"/proc/{pid}/io").read_text(), statuses)
+
+
+def _recorder(mode: str, name: str, pid: int, seconds: float, work: Path) -> subprocess.Popen[str] | None:
+    out = work / f"probe-{name.replace('/', '-')}"
+    if mode == "perf":
+        argv = ["perf", "record", "-F", "499", "--call-graph", "dwarf,32768", "-o", f"{out}.perf", "-p", str(pid),
+                "--", "sleep", str(round(seconds))]
+    elif mode == "pyspy":
+        argv = [measures.py_spy() or "py-spy", "record", "--pid", str(pid), "--native", "--format", "raw", "-r", "250",
+                "-d", str(round(seconds)), "-o", f"{out}.folded"]
+    else:
+        return None
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scenario", default="ambit-waypoint", choices=sorted(SCENARIOS))
+    ap.add_argument("--rate", type=int, default=1000, help="requests per second (default 1000)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="the measured window (default 10)")
+    ap.add_argument("--mode", choices=("io", "perf", "pyspy"), default="io")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/ambit-probe"))
+    args = ap.parse_args()
+    sc = SCENARIOS[args.scenario]
+    if not sc.mesh:
+        ap.error(f"--scenario {sc.name}: not a mesh scenario (no ztunnel to probe)")
+    args.work.mkdir(parents=True, exist_ok=True)
+    from ambitctl.lab import state
+    with labenv.lab_up(args.work, sc.phase, l7=bool(sc.l7)) as lab:
+        l7set = l7.L7Set(lab, args.work, [sc.l7] if sc.l7 else [])
+        try:
+            failed = l7set.start() if sc.l7 else {}
+            if failed:
+                raise SystemExit(f"{sc.name}: {failed}")
+            if sc.l7:
+                l7set.activate(sc.l7)
+            labenv.wait_captured(lab, [sc.client_key])
+            t = measures.target_for(lab, sc, None, l7set.pids(sc.l7) if sc.l7 else None)
+            measures.check_path(lab, t)
+            pids = {k: int(v["pid"]) for k, v in state.runtime(lab.base).items()
+                    if k.startswith("ztunnel/") and v.get("pid")}
+            if sc.waypoint:
+                pids = {"waypoint": t.l7_pids()[0], **pids}
+            warmup = 2.0
+            loads = [lab.popen(sc.client_key, ["h2load", *([] if sc.h2 else ["--h1"]), "-c", "1", "-m", "1",
+                                                "--rps", f"{r:g}", "-D", f"{round(args.seconds + warmup + 2)}s", t.url],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                     for r in tools.split_rate(args.rate, 100)]
+            try:
+                time.sleep(warmup)
+                recs = [(n, _recorder(args.mode, n, p, args.seconds, args.work)) for n, p in pids.items()]
+                cpu0, io0 = t.proxy_cpu() if t.proxy_cpu else {}, {n: _read(p) for n, p in pids.items()}
+                time.sleep(args.seconds)
+                cpu1, io1 = t.proxy_cpu() if t.proxy_cpu else {}, {n: _read(p) for n, p in pids.items()}
+            finally:
+                for p in loads:
+                    p.wait(timeout=60)
+            requests = round(args.rate * args.seconds)
+            print(f"{sc.name}: {args.rate} req/s over {args.seconds:g} s (~{requests} requests), "
+                  f"load average {os.getloadavg()[0]:.2f}")
+            for name in cpu1:
+                print(f"  CPU {name}: {cpu1[name] - cpu0[name]:.3f} s, "
+                      f"{1e6 * (cpu1[name] - cpu0[name]) / requests:.0f} µs per request")
+            for name in pids:
+                each = per_request(io0[name], io1[name], requests)
+                print(f"  {name}: " + ", ".join(f"{k} {each[k]:.2f}" for k in FIELDS) + " per request")
+            for name, rec in recs:
+                if rec is not None:
+                    _, err = rec.communicate(timeout=120)
+                    print(f"  {args.mode} {name}: rc {rec.returncode} {err.strip()[-200:]}")
+        finally:
+            l7set.stop()
+
+
+if __name__ == "__main__":
+    main()
