@@ -192,6 +192,97 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
     return bytes(b)
 
 
+def _frames(wire: bytes) -> list[bytes]:
+    """`wire` cut into its frames, sorted: the codec answers SETTINGS and PING in an order that
+    depends on what one read held (both orders are valid HTTP/2), so only the set is compared."""
+    out, pos = [], 0
+    while pos < len(wire):
+        end = pos + f.HEADER_LEN + int.from_bytes(wire[pos:pos + 3], "big")
+        out.append(wire[pos:end])
+        pos = end
+    return sorted(out)
+
+
+# (stream window, connection window): HTTP/2's smallest for one of them, so that a burst overruns
+# that one alone
+WINDOWS = ((f.DEFAULT_WINDOW, 16 * f.DEFAULT_WINDOW), (16 * f.DEFAULT_WINDOW, f.DEFAULT_WINDOW))
+
+
+def _fed(chunks: list[bytes], windows: tuple[int, int]) -> tuple[list[object], list[bytes]]:
+    """Events (consecutive DATA of one stream joined, payloads as bytes) and the frames to send."""
+    s = HBONEConnection(client_side=False, stream_window=windows[0], connection_window=windows[1])
+    s.initiate()
+    s.bytes_to_send()
+    out: list[object] = []
+    for chunk in chunks:
+        for ev in s.receive_data(chunk):
+            if isinstance(ev, Data):
+                last = out[-1] if out else None
+                if isinstance(last, Data) and last.stream_id == ev.stream_id:
+                    out[-1] = Data(ev.stream_id, bytes(last.data) + bytes(ev.data))
+                    continue
+                ev = Data(ev.stream_id, bytes(ev.data))
+            out.append(ev)
+    return out, _frames(s.bytes_to_send())
+
+
+def _valid_conversation(rng: random.Random) -> bytes:
+    """A client's valid HBONE conversation: a few CONNECTs, then DATA (plain, padded, empty, ending
+    the stream) interleaved across them, with PINGs, a WINDOW_UPDATE and now and then a reset."""
+    enc = hpack.Encoder()
+    wire = bytearray(f.PREFACE + frame(f.SETTINGS, 0, 0, b""))
+    sids = [1 + 2 * i for i in range(rng.randint(1, 4))]
+    for sid in sids:
+        wire += frame(f.HEADERS, f.END_HEADERS, sid, headers_block(enc, [(":method", "CONNECT"),
+                                                                        (":authority", f"10.0.0.{sid}:80")]))
+    open_ = list(sids)
+    for _ in range(rng.randint(1, 12)):
+        if not open_:
+            break
+        sid, r = rng.choice(open_), rng.random()
+        payload = bytes(rng.randrange(256) for _ in range(rng.choice((0, 1, 9, 100, 1500))))
+        if r < 0.6:
+            wire += frame(f.DATA, 0, sid, payload)
+        elif r < 0.7:
+            wire += frame(f.DATA, f.PADDED, sid, bytes([3]) + payload + bytes(3))
+        elif r < 0.8:
+            wire += frame(f.DATA, f.END_STREAM, sid, payload)
+            open_.remove(sid)
+        elif r < 0.85:
+            wire += frame(f.RST_STREAM, 0, sid, (8).to_bytes(4, "big"))
+            open_.remove(sid)
+        elif r < 0.9:
+            wire += frame(f.PING, 0, 0, bytes(rng.randrange(256) for _ in range(8)))
+        elif r < 0.95:      # a peer ignoring our windows: 80 KiB where a window may allow 64
+            wire += b"".join(frame(f.DATA, 0, sid, bytes(f.DEFAULT_MAX_FRAME)) for _ in range(5))
+        else:
+            wire += frame(f.WINDOW_UPDATE, 0, 0, (1000).to_bytes(4, "big"))
+    return bytes(wire)
+
+
+def test_whole_reads_and_short_reads_agree_on_valid_and_mutated_conversations() -> None:
+    """`receive_data` has a fast path for whole, unpadded DATA frames inside one read
+    (docs/performance.md §36); fed 8 bytes at a time it never takes it. Both must say the same:
+    the same events in the same order and the same frames back, valid input or not."""
+    rng = random.Random(36)
+    seeds = _seed_conversations()
+    compared = 0
+    cases = [_valid_conversation(rng) for _ in range(250)] + [mutate(rng, rng.choice(seeds)) for _ in range(500)]
+    for data, windows in ((d, w) for d in cases for w in WINDOWS):
+        # reads shorter than a frame header never take the fast path
+        (events, frames), (events1, frames1) = (_fed([data], windows),
+                                                _fed([data[i:i + 8] for i in range(0, len(data), 8)], windows))
+        assert events == events1, data
+        if any(isinstance(ev, ConnectionClosed) and ev.fatal for ev in events):
+            # A connection error drops what the codec had queued in that read (its answers to
+            # earlier frames of the same read), so only the GOAWAY itself must agree.
+            assert [fr for fr in frames if fr[3] == f.GOAWAY] == [fr for fr in frames1 if fr[3] == f.GOAWAY], data
+        else:
+            assert frames == frames1, data
+            compared += 1
+    assert compared > 400, "too few conversations survived to compare their output"
+
+
 def long_run(cases: int, seed: int) -> int:
     rng = random.Random(seed)
     seeds = _seed_conversations()
