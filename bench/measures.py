@@ -327,3 +327,14 @@ def py_spy() -> str | None:
     """py-spy on PATH, or installed in this venv (pip puts it next to the interpreter)."""
     beside = Path(sys.executable).parent / "py-spy"
     return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+
+
+def py_spy_argv(spy: str, pid: int, seconds: float, out: Path) -> list[str]:
+    """py-spy recording `pid` and its children for `seconds` into `out` (collapsed stacks, 250 Hz).
+
+    --native: C frames (uvloop, OpenSSL, the kernel's entry) as they are. Without it, and with
+    --nonblocking, py-spy put most of the waypoint's CPython time on two frames (`Runner.run`,
+    `_write_out`) on this box; perf disagreed (docs/performance.md, round 8). --native stops the
+    process per sample: never during a run whose figures count."""
+    return [spy, "record", "--pid", str(pid), "--subprocesses", "--native", "--format", "raw", "-r", "250",
+            "-d", str(max(1, round(seconds))), "-o", str(out)]

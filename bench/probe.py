@@ -64,8 +64,7 @@ def _recorder(mode: str, name: str, pid: int, seconds: float, work: Path) -> sub
         argv = ["perf", "record", "-F", "499", "--call-graph", "dwarf,32768", "-o", f"{out}.perf", "-p", str(pid),
                 "--", "sleep", str(round(seconds))]
     elif mode == "pyspy":
-        argv = [measures.py_spy() or "py-spy", "record", "--pid", str(pid), "--native", "--format", "raw", "-r", "250",
-                "-d", str(round(seconds)), "-o", f"{out}.folded"]
+        argv = measures.py_spy_argv(measures.py_spy() or "py-spy", pid, seconds, Path(f"{out}.folded"))
     else:
         return None
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

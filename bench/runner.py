@@ -242,11 +242,7 @@ class Runner:
         if spy:
             for label, pid in pids:
                 out = self.out_dir / f"{self.stamp}-{label}.folded"
-                # --native: C frames (uvloop, OpenSSL, the kernel's entry) as they are. Without it, and
-                # with --nonblocking, py-spy put most of the waypoint's CPython time on two frames
-                # (`Runner.run`, `_write_out`) here; perf disagreed (docs/performance.md, round 8).
-                argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--native",
-                        "--format", "raw", "-r", "250", "-d", str(max(1, round(seconds))), "-o", str(out)]
+                argv = measures.py_spy_argv(spy, pid, seconds, out)
                 spies.append((label, out, subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                                            stderr=subprocess.PIPE, text=True)))
         else:
