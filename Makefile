@@ -50,7 +50,7 @@ bench-quick: setup
 	@$(PY) -m bench --quick
 
 proto: setup
-	@$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. ambit/api/config.proto ambit/api/ca.proto ambit/api/debug.proto
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --grpclib_python_out=. --pyi_out=. ambit/api/config.proto ambit/api/ca.proto ambit/api/debug.proto
 
 clean:
 	-@$(AMBIT) lab down 2>/dev/null || true

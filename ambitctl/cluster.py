@@ -29,7 +29,6 @@ from typing import Any
 from ambitctl.lab import components, paths, state
 
 Obj = dict[str, Any]
-MAX_REPLY = 256 * 1024 * 1024
 
 
 class TargetError(RuntimeError):
@@ -224,12 +223,10 @@ def debug_target(args: argparse.Namespace, cluster: bool | None = None) -> Debug
 
 async def _call(target: DebugTarget, method: str, request: Any, timeout: float) -> Any:
 
-    from ambit.api import debug_pb2_grpc
+    from ambit.api import debug_grpc
     from ambit.configclient import tls
-    # Metrics answers with every proxy's istio_* families: more than gRPC's default 4 MiB in a big mesh.
-    async with tls.channel(target.address, target.trust,
-                           options=(("grpc.max_receive_message_length", MAX_REPLY),)) as ch:
-        stub = debug_pb2_grpc.DebugServiceStub(ch)
+    async with tls.channel(target.address, target.trust) as ch:
+        stub = debug_grpc.DebugServiceStub(ch)
         return await getattr(stub, method)(request, metadata=(("authorization", f"Bearer {target.token}"),),
                                            timeout=timeout)
 
@@ -238,11 +235,13 @@ def call(target: DebugTarget, method: str, request: Any, timeout: float = 5.0) -
     """One debug API call; a gRPC failure becomes a TargetError naming the controller and why."""
     import asyncio
 
-    import grpc
+    from ambit.configclient import rpc
     try:
         return asyncio.run(_call(target, method, request, timeout))
-    except grpc.aio.AioRpcError as e:
-        raise TargetError(f"controller debug API at {target.address}: {e.code().name}: {e.details()}") from None
+    except Exception as e:
+        if rpc.failure(e) is None:
+            raise
+        raise TargetError(f"controller debug API at {target.address}: {rpc.describe(e)}") from None
 
 
 def proxy_status(target: DebugTarget, timeout: float = 5.0) -> Any:

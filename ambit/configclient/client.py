@@ -11,17 +11,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from ambit.aiotask import cancel
-from ambit.api import config_pb2, config_pb2_grpc
+from ambit.api import config_grpc, config_pb2
 from ambit.backoff import Backoff
-from ambit.configclient import cache, tls
+from ambit.configclient import cache, rpc, tls
 from ambit.configclient.codec import DecodeError, Encoded, resource_class
 from ambit.configclient.node import NodeInfo
 from ambit.configclient.state import ConfigUpdate, TypeState
@@ -35,17 +34,8 @@ log = logging.getLogger("ambit.configclient")
 
 ApplyCallback = Callable[[ConfigUpdate], "None | Awaitable[None]"]
 
-# Keepalive detects a controller that vanished without closing TCP (node lost, partition);
-# without it a client could wait on a dead stream for the kernel's TCP timeout (many minutes).
-DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    # Channels otherwise share connections (and their reconnect backoff) process-wide; a
-    # fresh channel per attempt must really start afresh.
-    ("grpc.use_local_subchannel_pool", 1),
-)
+if TYPE_CHECKING:
+    from grpclib.client import Channel, Stream
 
 
 class StreamClosed(ConnectionError):
@@ -73,7 +63,6 @@ class ConfigClient:
         trust: tls.ControllerTrust | None = None,
         metadata: Callable[[], Sequence[tuple[str, str]]] | None = None,
         backoff: Backoff | None = None,
-        channel_options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
     ):
         self.target = target
         self.node = node.validate()
@@ -87,7 +76,6 @@ class ConfigClient:
         self._trust = trust             # pinned root + the controller's identity; None: plaintext
         self._metadata = metadata       # e.g. credential.node_metadata(token_file, node); called per attempt
         self._backoff = (backoff or Backoff(initial=0.1, maximum=5.0)).attempts()
-        self._channel_options = list(channel_options)
         self._states = {t: TypeState(t) for t in self.types}
         self._synced: set[str] = set()
         self._synced_event: asyncio.Event | None = None
@@ -181,13 +169,12 @@ class ConfigClient:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except grpc.aio.AioRpcError as e:
-                self._note_failure(f"{e.code().name}: {e.details()}")
             except (StreamClosed, OSError) as e:     # OSError: no credential file, no socket yet, refused
-                self._note_failure(str(e))
+                self._note_failure(str(e) if not isinstance(e, ssl.SSLError) else rpc.describe(e))
             except Exception as e:  # noqa: BLE001 - any failure means: keep old config, reconnect
-                log.exception("config stream to %s failed", self.target)
-                self._note_failure(f"{type(e).__name__}: {e}")
+                if rpc.failure(e) is None:      # not the call's failure (a status, a lost stream): ours
+                    log.exception("config stream to %s failed", self.target)
+                self._note_failure(rpc.describe(e))
             delay = self._backoff.next_delay()
             log.info("config stream to %s: reconnecting in %.2fs", self.target, delay)
             await asyncio.sleep(delay)
@@ -201,30 +188,34 @@ class ConfigClient:
         self.connected_since = None
         self.last_error = why
 
-    def _channel(self) -> grpc.aio.Channel:
-        # A fresh channel per attempt keeps our backoff the only one in play (a long-lived channel
-        # applies its own reconnect backoff, up to two minutes, underneath ours).
-        return tls.channel(self.target, self._trust, self._channel_options)
+    def _channel(self) -> Channel:
+        # A fresh channel (one connection) per attempt keeps our backoff the only one in play.
+        return tls.channel(self.target, self._trust)
 
     async def _session(self) -> None:
         md = tuple(self._metadata()) if self._metadata is not None else None
         if self._trust is not None:     # prove it is the controller before the credential goes out
             await tls.check_identity(self.target, self._trust)
-        async with self._channel() as channel:
-            call = config_pb2_grpc.ConfigServiceStub(channel).DeltaStream(metadata=md)
+        async with self._channel() as channel, \
+                config_grpc.ConfigServiceStub(channel).DeltaStream.open(metadata=md) as call:
+            await call.send_request()
+            headers: asyncio.Future[None] | None = None
             try:
                 for i, t in enumerate(self.types):
-                    await call.write(config_pb2.DeltaRequest(
+                    await call.send_message(config_pb2.DeltaRequest(
                         node=self.node.to_proto(),
                         type_url=t,
                         subscribe=True,
                         initial_resource_versions=self._states[t].versions(),
                     ))
                     if i == 0:
-                        await self._admitted(call)
+                        headers = await self._admitted(call)
+                assert headers is not None
+                await headers                # the controller's headers (or its refusal) first
                 while True:
-                    resp = await call.read()
-                    if resp is grpc.aio.EOF:
+                    resp = await call.recv_message()
+                    if resp is None:
+                        await rpc.end_status(call)   # raises the controller's status, if not OK
                         raise StreamClosed("the controller closed the config stream")
                     if not self._connected:
                         self._connected = True
@@ -233,25 +224,27 @@ class ConfigClient:
                         self.last_error = ""
                         self._backoff.reset()
                         log.info("config stream to %s up", self.target)
-                    await call.write(await self._handle(resp))
+                    await call.send_message(await self._handle(resp))
             finally:
-                call.cancel()
+                if headers is not None and not headers.done():
+                    await cancel(headers)
 
-    async def _admitted(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _admitted(self, call: Stream[config_pb2.DeltaRequest, config_pb2.DeltaResponse]) -> asyncio.Future[None]:
         """After the first request, wait for the controller's headers: it sends them once it has
-        authenticated the node and authorized what the request subscribes as.
+        authenticated the node and authorized what the request subscribes as. Returns the wait,
+        for the caller to finish before it reads.
 
-        A refusal arrives here with its own status (UNAUTHENTICATED or PERMISSION_DENIED, and why);
-        a write sent into a stream the controller is closing would fail as INTERNAL instead and lose
-        the reason. A controller that predates early headers sends none until its first response,
-        so after ADMISSION_WAIT the client writes anyway.
+        A refusal arrives here with its own status (UNAUTHENTICATED or PERMISSION_DENIED, and why,
+        raised as GRPCError); a write sent into a stream the controller is closing would fail
+        instead and lose the reason. A controller that predates early headers sends none until its
+        first response, so after ADMISSION_WAIT the client writes anyway.
         """
+        headers = asyncio.ensure_future(call.recv_initial_metadata())
         try:
-            await asyncio.wait_for(asyncio.shield(call.initial_metadata()), ADMISSION_WAIT)
+            await asyncio.wait_for(asyncio.shield(headers), ADMISSION_WAIT)
         except TimeoutError:
-            return
-        if call.done():
-            await call.read()                # raises the controller's status
+            pass
+        return headers
 
     async def _handle(self, resp: config_pb2.DeltaResponse) -> config_pb2.DeltaRequest:
         """Apply one response; return the ACK or NACK to send."""

@@ -16,11 +16,9 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import grpc
-
 from ambit.aiotask import cancel
-from ambit.api import debug_pb2, debug_pb2_grpc
-from ambit.configclient import tls
+from ambit.api import debug_grpc, debug_pb2
+from ambit.configclient import rpc, tls
 from ambit.configclient.node import NodeInfo
 from ambit.version import VERSION
 
@@ -41,7 +39,8 @@ class StatusReporter:
         self.interval, self.timeout = interval, timeout
         self._metadata = metadata
         self._task: asyncio.Task[None] | None = None
-        # one channel for the reporter's life (gRPC reconnects it), rebuilt if the pinned root changes
+        # one channel for the reporter's life (a call after a lost connection makes a new one),
+        # rebuilt if the pinned root changes
         self._channel = tls.PinnedChannel(target, trust)
         self.sent = 0
         self.last_error = ""
@@ -61,8 +60,8 @@ class StatusReporter:
 
     async def send_once(self) -> None:
         md = tuple(self._metadata()) if self._metadata is not None else None   # re-read: tokens rotate
-        reply = await debug_pb2_grpc.DebugServiceStub(self._channel()).Report(self.report(), metadata=md,
-                                                                            timeout=self.timeout)
+        reply = await debug_grpc.DebugServiceStub(self._channel()).Report(self.report(), metadata=md,
+                                                                        timeout=self.timeout)
         self.controller_version = reply.controller_version
         self.sent += 1
 
@@ -76,7 +75,7 @@ class StatusReporter:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - reporting is best effort; say it once per failure kind
-                why = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else f"{e}"
+                why = rpc.describe(e) if rpc.failure(e) is not None else f"{e}"
                 if why != self.last_error:
                     log.warning("status report to %s failed: %s", self.target, why)
                 self.last_error = why

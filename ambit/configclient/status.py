@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ambit.api import config_pb2, config_pb2_grpc
+from ambit.api import config_grpc, config_pb2
 from ambit.configclient import tls
 
 
@@ -14,8 +14,8 @@ async def fetch_status(target: str, trust: tls.ControllerTrust | None = None,
     controller requires (the lab's admin token, or a Kubernetes bearer token in a cluster)."""
     md = (("authorization", f"Bearer {token}"),) if token else None
     async with tls.channel(target, trust) as channel:
-        return await config_pb2_grpc.ConfigServiceStub(channel).Status(config_pb2.StatusRequest(), metadata=md,
-                                                                      timeout=timeout)
+        return await config_grpc.ConfigServiceStub(channel).Status(config_pb2.StatusRequest(), metadata=md,
+                                                                  timeout=timeout)
 
 
 def _ago(ts, now: float) -> str:

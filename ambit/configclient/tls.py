@@ -10,8 +10,8 @@ comes back. As istiod's clients do:
   protects. The file is re-read on every connection attempt, so a root rotation that adds the new
   root to the mounted bundle (docs/operations.md) is picked up without a restart.
 * The controller's certificate must chain to that root and name the controller's SPIFFE id
-  (`spiffe://<td>/ns/<ns>/sa/<sa>`) as a URI SAN. gRPC checks the chain and a host name; it has no
-  hook for URI SANs, so the identity is checked in two ways: the certificate must carry the DNS
+  (`spiffe://<td>/ns/<ns>/sa/<sa>`) as a URI SAN. The gRPC channel checks the chain and a host
+  name (ambit.configclient.rpc); Python's ssl has no hook for URI SANs, so the identity is checked in two ways: the certificate must carry the DNS
   name derived from the id (`<sa>.<ns>.svc`, `server_name`), which the CA never puts in a workload
   certificate (they carry exactly one URI SAN, controller/ca/authority.py), and `check_identity`
   looks at the URI SAN of the certificate the controller presents, before a stream is opened.
@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ambit import identity as ident
 from ambit.settings import option
 
-# grpc and cryptography are imported where a channel or certificate is made, so a process that only
-# parses settings (a workers' supervisor) never loads them.
+# grpclib and cryptography are imported where a channel or certificate is made, so a process that
+# only parses settings (a workers' supervisor) never loads them.
 if TYPE_CHECKING:
-    import grpc
+    from grpclib.client import Channel
 
 DEFAULT_IDENTITY = "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller"
 
@@ -80,14 +79,6 @@ class ControllerTrust:
             raise ControllerUntrusted(f"controller root {self.root_file}: no PEM certificate in it")
         return pem
 
-    def credentials(self) -> grpc.ChannelCredentials:
-        import grpc
-        return grpc.ssl_channel_credentials(root_certificates=self.roots())
-
-    def options(self) -> list[tuple[str, Any]]:
-        return [("grpc.ssl_target_name_override", server_name(self.identity)),
-                ("grpc.default_authority", server_name(self.identity))]
-
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self.roots().decode())
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -133,10 +124,10 @@ class PinnedChannel:
     def __init__(self, target: str, trust: ControllerTrust | None) -> None:
         self.target, self.trust = target, trust
         self._roots = b""
-        self._channel: grpc.aio.Channel | None = None
-        self._old: list[grpc.aio.Channel] = []
+        self._channel: Channel | None = None
+        self._old: list[Channel] = []
 
-    def __call__(self) -> grpc.aio.Channel:
+    def __call__(self) -> Channel:
         roots = self._roots
         if self.trust is not None:
             try:
@@ -152,17 +143,19 @@ class PinnedChannel:
 
     async def close(self) -> None:
         for ch in [*self._old, *([self._channel] if self._channel is not None else [])]:
-            await ch.close()
+            ch.close()
         self._old, self._channel = [], None
 
 
-def channel(target: str, trust: ControllerTrust | None, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-    """A channel to the controller at `target` (host:port or unix:PATH): TLS against `trust`, or
-    plaintext when `trust` is None (only for a controller run with --insecure-config-stream)."""
-    import grpc
+def channel(target: str, trust: ControllerTrust | None) -> Channel:
+    """A channel to the controller at `target` (host:port or unix:PATH): TLS against `trust`
+    (chain to the pinned root, the controller's DNS name), or plaintext when `trust` is None (only
+    for a controller run with --insecure-config-stream). Call it in a running loop; close it (or use
+    `async with`) when done."""
+    from ambit.configclient import rpc
     if trust is None:
-        return grpc.aio.insecure_channel(target, options=list(options))
-    return grpc.aio.secure_channel(target, trust.credentials(), options=[*options, *trust.options()])
+        return rpc.channel(target)
+    return rpc.channel(target, trust.ssl_context(), server_name(trust.identity))
 
 
 async def check_identity(target: str, trust: ControllerTrust, timeout: float = 10.0) -> None:

@@ -20,12 +20,11 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-
-import grpc
+from typing import Any
 
 from ambit.aiotask import cancel
-from ambit.api import debug_pb2, debug_pb2_grpc
-from ambit.configclient import tls
+from ambit.api import debug_grpc, debug_pb2
+from ambit.configclient import rpc, tls
 from ambit.configclient.node import NodeInfo
 from ambit.dataplane.tap import Subscriber, TapHub
 from ambit.tapfilter import Filter, from_proto, matches_any
@@ -141,29 +140,42 @@ class TapFeed:
                 for w in waits:
                     w.cancel()
 
+    async def _send(self, call: Any) -> None:
+        async for up in self._uploads():
+            await call.send_message(up)
+
     async def _run(self) -> None:
         delay = self.backoff[0]
         while True:
             channel = tls.channel(self.target, self.trust)      # the pinned root, read anew each time
             try:
                 md = tuple(self._metadata()) if self._metadata is not None else None   # re-read: tokens rotate
-                call = debug_pb2_grpc.DebugServiceStub(channel).Feed(self._uploads(), metadata=md)
-                async for c in call:
-                    if not self.connected:
-                        self.connected, delay = True, self.backoff[0]
-                        if self.last_error:
-                            log.info("tap feed to %s: open again", self.target)
-                        self.last_error = ""
-                    self.control(c)
+                async with debug_grpc.DebugServiceStub(channel).Feed.open(metadata=md) as call:
+                    await call.send_request()
+                    sending = asyncio.ensure_future(self._send(call))
+                    try:
+                        async for c in call:
+                            if not self.connected:
+                                self.connected, delay = True, self.backoff[0]
+                                if self.last_error:
+                                    log.info("tap feed to %s: open again", self.target)
+                                self.last_error = ""
+                            self.control(c)
+                    finally:
+                        sending.cancel()
+                        await asyncio.wait([sending])
+                        if not sending.cancelled() and sending.exception() is not None:
+                            log.debug("tap feed to %s: upload failed: %s", self.target, sending.exception())
+                    await rpc.end_status(call)
                 why = "closed by the controller"
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - best effort; say it once per failure kind
-                why = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else f"{e}"
+                why = rpc.describe(e) if rpc.failure(e) is not None else f"{e}"
             finally:
                 self.connected = False
                 self._set_filters([])
-                await channel.close()
+                channel.close()
             if why != self.last_error:
                 log.warning("tap feed to %s: %s; retrying", self.target, why)
             self.last_error = why

@@ -138,22 +138,23 @@ def socket_producers(sockets: dict[str, Path]) -> dict[str, Producer]:
 async def _read_controller(target: Any, f: Filter, out: asyncio.Queue[tuple[str, Event]]) -> None:
     """A cluster: the controller's Tap stream, which merges every proxy's feed (filtered at the
     proxies). Its first status line lists the feeds; later lines name their proxy in `source`."""
-    import grpc
-
-    from ambit.api import debug_pb2, debug_pb2_grpc
-    from ambit.configclient import tls
+    from ambit.api import debug_grpc, debug_pb2
+    from ambit.configclient import rpc, tls
     from ambit.tapfilter import to_proto
     try:
-        async with tls.channel(target.address, target.trust) as ch:   # the controller's pinned root
-            call = debug_pb2_grpc.DebugServiceStub(ch).Tap(
-                debug_pb2.TapRequest(filter=to_proto(f)), metadata=(("authorization", f"Bearer {target.token}"),))
+        async with tls.channel(target.address, target.trust) as ch, \
+                debug_grpc.DebugServiceStub(ch).Tap.open(
+                    metadata=(("authorization", f"Bearer {target.token}"),)) as call:   # the pinned root
+            await call.send_message(debug_pb2.TapRequest(filter=to_proto(f)), end=True)
             async for m in call:
                 ev = json.loads(m.json)
                 await out.put(("controller" if ev.get("source") == "controller" else ev.get("source", "?"), ev))
         await out.put(("controller", {"type": "error", "error": "the controller closed the tap"}))
-    except grpc.aio.AioRpcError as e:
+    except Exception as e:
+        if rpc.failure(e) is None:
+            raise
         await out.put(("controller", {"type": "error", "fatal": True,
-                                      "error": f"debug API at {target.address}: {e.code().name}: {e.details()}"}))
+                                      "error": f"debug API at {target.address}: {rpc.describe(e)}"}))
 
 
 async def stream(producers: dict[str, Producer], f: Filter, emit: Any, warn: Any, max_events: int = 0,

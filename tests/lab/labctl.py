@@ -97,7 +97,7 @@ class Lab:
         return out
 
     def controller_channel(self) -> Any:
-        """A grpc.aio channel to the controller's socket over TLS, pinned to the lab's root, as the
+        """A grpclib channel to the controller's socket over TLS, pinned to the lab's root, as the
         lab's own agents and ztunnels reach it (ambit.configclient.tls)."""
         from ambit.configclient import tls
         from ambitctl.lab import components

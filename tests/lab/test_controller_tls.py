@@ -20,8 +20,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
-from ambit.api import ca_pb2, ca_pb2_grpc, config_pb2, config_pb2_grpc
+from ambit.api import ca_grpc, ca_pb2, ca_pb2_grpc, config_grpc, config_pb2, config_pb2_grpc
 from ambit.configclient import ConfigClient, NodeInfo, tls
 from ambit.configclient.credential import node_metadata
 from ambit.dataplane.identity import CertificateFetchError, GrpcCertificateFetcher, make_key_and_csr
@@ -93,28 +95,28 @@ async def try_certificate(lab: Lab, target: str) -> str:
 def test_plaintext_and_credential_less_clients_get_nothing(lab: Lab) -> None:
     sock = f"unix:{lab.dir / 'controller.sock'}"
 
-    async def go() -> tuple[grpc.StatusCode, grpc.StatusCode, grpc.StatusCode]:
+    async def go() -> tuple[grpc.StatusCode, Status, Status]:
         async with grpc.aio.insecure_channel(sock) as ch:         # no TLS at all: no handshake, nothing served
             with pytest.raises(grpc.aio.AioRpcError) as plain:
                 await config_pb2_grpc.ConfigServiceStub(ch).Status(config_pb2.StatusRequest(), timeout=5)
         async with lab.controller_channel() as ch:                # TLS, but no credential
             _, csr = make_key_and_csr(CLIENT_ID)
-            with pytest.raises(grpc.aio.AioRpcError) as ca:
-                await ca_pb2_grpc.CertificateServiceStub(ch).CreateCertificate(
+            with pytest.raises(GRPCError) as ca:
+                await ca_grpc.CertificateServiceStub(ch).CreateCertificate(
                     ca_pb2.CSRRequest(csr_pem=csr.decode(), identity=CLIENT_ID), timeout=5)
             # The server refuses on the call's metadata, before it reads a message, so the client
-            # reads without writing first: a write racing the server's close is failed by grpc's
-            # client as INTERNAL ("send failed"), which would hide the status the server sent.
-            call = config_pb2_grpc.ConfigServiceStub(ch).DeltaStream()
-            with pytest.raises(grpc.aio.AioRpcError) as stream:
-                await asyncio.wait_for(call.read(), 10)
-        assert "node credential" in (stream.value.details() or ""), stream.value.details()
-        return plain.value.code(), ca.value.code(), stream.value.code()
+            # reads without writing a message first.
+            with pytest.raises(GRPCError) as stream:
+                async with config_grpc.ConfigServiceStub(ch).DeltaStream.open() as call:
+                    await call.send_request()
+                    await asyncio.wait_for(call.recv_message(), 10)
+        assert "node credential" in (stream.value.message or ""), stream.value.message
+        return plain.value.code(), ca.value.status, stream.value.status
 
     plain, ca, stream = asyncio.run(go())
     assert plain == grpc.StatusCode.UNAVAILABLE
-    assert ca == grpc.StatusCode.UNAUTHENTICATED
-    assert stream == grpc.StatusCode.UNAUTHENTICATED
+    assert ca == Status.UNAUTHENTICATED
+    assert stream == Status.UNAUTHENTICATED
 
 
 def test_a_man_in_the_middle_is_refused_before_the_credential_leaves(lab: Lab, tmp_path: Path) -> None:

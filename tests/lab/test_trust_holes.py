@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import yaml
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
-from ambit.api import ca_pb2, ca_pb2_grpc, config_pb2, config_pb2_grpc
+from ambit.api import ca_grpc, ca_pb2, config_grpc, config_pb2
 from ambit.configclient import NodeInfo
 from ambit.dataplane import endpoint
 from ambit.dataplane.identity import GrpcCertificateFetcher, make_key_and_csr
@@ -257,10 +258,10 @@ def test_a_foreign_trust_domain_is_refused_until_it_is_an_alias(lab: Lab, tmp_pa
 
 @dataclass
 class Refused:
-    status: grpc.StatusCode
+    status: Status
     message: str
 
-    def code(self) -> grpc.StatusCode:
+    def code(self) -> Status:
         return self.status
 
     def details(self) -> str:
@@ -273,18 +274,16 @@ def first_response(lab: Lab, node: NodeInfo, md: list[tuple[str, str]] | None) -
     waits for one or the other (as the ConfigClient does) and a refusal always carries its status."""
     async def go() -> Any:
         async with lab.controller_channel() as ch:
-            call = config_pb2_grpc.ConfigServiceStub(ch).DeltaStream(metadata=md)
             try:
-                await call.write(config_pb2.DeltaRequest(node=node.to_proto(), type_url=Workload.TYPE,
-                                                         subscribe=True))
-                await asyncio.wait_for(call.initial_metadata(), 10)
-                if call.done():
-                    return Refused(await call.code(), await call.details())
-                return await asyncio.wait_for(call.read(), 10)
-            except grpc.aio.AioRpcError as e:
-                return Refused(e.code(), e.details() or "")
-            finally:
-                call.cancel()
+                async with config_grpc.ConfigServiceStub(ch).DeltaStream.open(metadata=md) as call:
+                    await call.send_message(config_pb2.DeltaRequest(node=node.to_proto(), type_url=Workload.TYPE,
+                                                                    subscribe=True))
+                    await asyncio.wait_for(call.recv_initial_metadata(), 10)   # a refusal raises here
+                    first = await asyncio.wait_for(call.recv_message(), 10)
+                    await call.cancel()
+                    return first
+            except GRPCError as e:
+                return Refused(e.status, e.message or "")
     return asyncio.run(go())
 
 
@@ -295,12 +294,12 @@ def test_the_config_stream_needs_the_node_credential_and_a_node_gets_only_its_sc
         return [("authorization", f"Bearer {token}"), ("x-ambit-node", node)]
 
     r = first_response(lab, NodeInfo("ztunnel", "node1"), None)
-    assert isinstance(r, Refused) and r.code() == grpc.StatusCode.UNAUTHENTICATED, r
+    assert isinstance(r, Refused) and r.code() == Status.UNAUTHENTICATED, r
     assert "needs the node credential" in r.details()
     r = first_response(lab, NodeInfo("agent", "node2"), creds("node2", tok["node1"]))
-    assert isinstance(r, Refused) and r.code() == grpc.StatusCode.UNAUTHENTICATED, r
+    assert isinstance(r, Refused) and r.code() == Status.UNAUTHENTICATED, r
     r = first_response(lab, NodeInfo("agent", "node2"), creds("node1", tok["node1"]))
-    assert isinstance(r, Refused) and r.code() == grpc.StatusCode.PERMISSION_DENIED, r
+    assert isinstance(r, Refused) and r.code() == Status.PERMISSION_DENIED, r
     assert "node 'node1''s, but the stream subscribes as agent/node2" in r.details()
 
     # The right credential: node1's agent view holds node1's pods only; its ztunnel's holds all.
@@ -322,13 +321,13 @@ def test_the_ca_refuses_an_absurd_ttl_cleanly(lab: Lab) -> None:
         async with lab.controller_channel() as ch:
             _, csr = make_key_and_csr(CLIENT_ID)
             try:
-                return await ca_pb2_grpc.CertificateServiceStub(ch).CreateCertificate(
+                return await ca_grpc.CertificateServiceStub(ch).CreateCertificate(
                     ca_pb2.CSRRequest(csr_pem=csr.decode(), identity=CLIENT_ID, ttl_seconds=ttl),
                     metadata=[("authorization", f"Bearer {token}"), ("x-ambit-node", "node1")], timeout=10)
-            except grpc.aio.AioRpcError as e:
+            except GRPCError as e:
                 return e
 
     r = asyncio.run(ask(2**62))
-    assert isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.INVALID_ARGUMENT, r
-    assert "ttl_seconds: 4611686018427387904 exceeds the maximum of 604800 seconds" in r.details()
+    assert isinstance(r, GRPCError) and r.status == Status.INVALID_ARGUMENT, r
+    assert "ttl_seconds: 4611686018427387904 exceeds the maximum of 604800 seconds" in (r.message or "")
     assert isinstance(asyncio.run(ask(600)), ca_pb2.CSRResponse), "the control: a sane TTL is served"

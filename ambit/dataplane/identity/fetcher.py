@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import grpc
+from ambit.api import ca_grpc, ca_pb2
+from ambit.configclient import rpc
 
-from ambit.api import ca_pb2, ca_pb2_grpc
+if TYPE_CHECKING:
+    from grpclib.client import Channel
 
 
 class CertificateFetchError(Exception):
-    """The CA refused or could not be reached; `code` is the gRPC status name when there is one."""
+    """The CA refused or could not be reached; `code` is the gRPC status name (UNAVAILABLE when
+    the CA could not be reached, DEADLINE_EXCEEDED when it did not answer in time)."""
 
     def __init__(self, identity: str, code: str, detail: str) -> None:
         super().__init__(f"fetching certificate for {identity} failed: {code}: {detail}")
@@ -40,7 +43,7 @@ class GrpcCertificateFetcher:
     rebuilt when the pinned root changes, as during a root rotation).
     """
 
-    def __init__(self, channel: grpc.aio.Channel | Callable[[], grpc.aio.Channel], node: str,
+    def __init__(self, channel: Channel | Callable[[], Channel], node: str,
                  token: Callable[[], str], *, timeout: float = 10.0) -> None:
         self._channel = channel
         self.node = node
@@ -50,10 +53,13 @@ class GrpcCertificateFetcher:
     async def fetch(self, identity: str, csr_pem: bytes, ttl_seconds: int) -> FetchResult:
         req = ca_pb2.CSRRequest(csr_pem=csr_pem.decode(), identity=identity, ttl_seconds=int(ttl_seconds))
         md = (("authorization", f"Bearer {self._token()}"), ("x-ambit-node", self.node))
+        channel = self._channel() if callable(self._channel) else self._channel
         try:
-            channel = self._channel if isinstance(self._channel, grpc.aio.Channel) else self._channel()
-            resp = await ca_pb2_grpc.CertificateServiceStub(channel).CreateCertificate(req, metadata=md,
-                                                                                      timeout=self.timeout)
-        except grpc.aio.AioRpcError as e:
-            raise CertificateFetchError(identity, e.code().name, e.details() or "") from None
+            resp = await ca_grpc.CertificateServiceStub(channel).CreateCertificate(req, metadata=md,
+                                                                                  timeout=self.timeout)
+        except Exception as e:
+            f = rpc.failure(e)
+            if f is None:
+                raise
+            raise CertificateFetchError(identity, *f) from None
         return FetchResult(list(resp.cert_chain), list(resp.trust_bundle))

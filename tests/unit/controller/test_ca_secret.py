@@ -22,12 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from cryptography import x509
+from grpclib.exceptions import GRPCError
 from kubernetes import client as k8s
 
-from ambit.api import ca_pb2, ca_pb2_grpc
+from ambit.api import ca_grpc, ca_pb2
 from ambit.configclient import tls
 from ambit.dataplane.identity import make_key_and_csr
 from ambit.kube.client import make_api_client
@@ -164,10 +164,10 @@ async def ask(address: str, trust: tls.ControllerTrust, token: str | None) -> tu
         _, csr = make_key_and_csr(IDENTITY)
         md = (("authorization", f"Bearer {token}"), ("x-ambit-node", "node-1")) if token else None
         try:
-            r = await ca_pb2_grpc.CertificateServiceStub(ch).CreateCertificate(
+            r = await ca_grpc.CertificateServiceStub(ch).CreateCertificate(
                 ca_pb2.CSRRequest(csr_pem=csr.decode(), identity=IDENTITY), metadata=md, timeout=10)
-        except grpc.aio.AioRpcError as e:
-            return e.code().name, e.details() or ""
+        except GRPCError as e:
+            return e.status.name, e.message or ""
         return "OK", x509.load_pem_x509_certificate(r.cert_chain[-1].encode()).subject.rfc4514_string()
 
 

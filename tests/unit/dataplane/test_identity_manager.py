@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from ambit.backoff import Backoff
+from ambit.configclient import tls
 from ambit.dataplane.identity import (
     CertificateUnavailable,
     CertStore,
@@ -199,7 +200,7 @@ def test_rotation_with_short_ttl_against_the_grpc_ca(ca) -> None:
         add_to_server(server, CertificateServicer(ca, tokens, lambda n: [("demo", "client")] if n == "node-1" else []))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        channel = tls.channel(f"127.0.0.1:{port}", None)      # the data plane's own gRPC client
         try:
             fetcher = GrpcCertificateFetcher(channel, "node-1", lambda: token)
             mgr = IdentityManager(fetcher, ttl=2)
@@ -218,7 +219,7 @@ def test_rotation_with_short_ttl_against_the_grpc_ca(ca) -> None:
             assert "PERMISSION_DENIED" in ei.value.reason and "prod/db" in ei.value.reason
             await mgr.close()
         finally:
-            await channel.close()
+            channel.close()
             await server.stop(None)
 
     asyncio.run(run())

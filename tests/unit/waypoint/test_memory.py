@@ -66,6 +66,8 @@ async def main():
            "otlp_grpc": "opentelemetry.exporter.otlp.proto.grpc.trace_exporter" in sys.modules,
            "zipkin": "opentelemetry.exporter.zipkin.json" in sys.modules,
            "cluster_tools": sorted(m for m in ("kubernetes", "yaml", "pyroute2", "bcc") if m in sys.modules),
+           # grpcio's C core is the controller's (its servers); the waypoint's clients are grpclib's
+           "grpc_core": "grpc" in sys.modules,
            # loaded when the config needs them (JWT rules, regexes), never at start; no C parser ever
            "lazy": sorted(m for m in ("jwt", "re2", "cffi", "pycparser") if m in sys.modules)}
     await p.close()
@@ -90,7 +92,7 @@ def _start_fresh(*argv: str) -> dict[str, Any]:
 
 def test_without_tracing_configured_the_opentelemetry_sdk_is_never_imported() -> None:
     assert _start_fresh() == {"tracer": False, "sdk": False, "otlp_grpc": False, "zipkin": False,
-                              "cluster_tools": [], "lazy": []}   # nor the CLI's and controller's libraries
+                              "cluster_tools": [], "grpc_core": False, "lazy": []}   # nor the CLI's and controller's libraries
 
 
 def test_a_configured_tracing_provider_loads_its_exporter_at_start_not_at_the_first_request() -> None:
