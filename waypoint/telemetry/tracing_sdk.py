@@ -64,8 +64,8 @@ def exporter_class(p: Provider) -> type[SpanExporter] | None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
         return HttpExporter
     if p.kind == "opentelemetry":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-        return GrpcExporter
+        from waypoint.telemetry.otlp_grpc import GrpclibSpanExporter
+        return GrpclibSpanExporter
     return None
 
 
@@ -76,8 +76,6 @@ def exporter(p: Provider) -> SpanExporter | None:
     if cls is None:
         log.warning("tracing provider %r of kind %r carries no spans: ignored for tracing", p.name, p.kind)
         return None
-    if p.kind == "opentelemetry" and p.protocol != "http":
-        return cls(endpoint=endpoint(p), insecure=True)  # type: ignore[call-arg]
     return cls(endpoint=endpoint(p))  # type: ignore[call-arg]
 
 

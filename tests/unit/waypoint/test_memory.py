@@ -63,7 +63,7 @@ async def main():
     await p.start()
     out = {"tracer": p.engine.tracing is not None,
            "sdk": "opentelemetry.sdk.trace" in sys.modules,
-           "otlp_grpc": "opentelemetry.exporter.otlp.proto.grpc.trace_exporter" in sys.modules,
+           "otlp_grpc": "waypoint.telemetry.otlp_grpc" in sys.modules,
            "zipkin": "opentelemetry.exporter.zipkin.json" in sys.modules,
            "cluster_tools": sorted(m for m in ("kubernetes", "yaml", "pyroute2", "bcc") if m in sys.modules),
            # grpcio's C core is the controller's (its servers); the waypoint's clients are grpclib's
@@ -97,7 +97,8 @@ def test_without_tracing_configured_the_opentelemetry_sdk_is_never_imported() ->
 
 def test_a_configured_tracing_provider_loads_its_exporter_at_start_not_at_the_first_request() -> None:
     assert _start_fresh("--tracing-otlp", "127.0.0.1:4317") == {"tracer": True, "sdk": True, "otlp_grpc": True,
-                                                                "zipkin": False, "cluster_tools": [], "lazy": []}
+                                                                "zipkin": False, "cluster_tools": [],
+                                                                "grpc_core": False, "lazy": []}
 
 
 AUTHN_PROBE = """

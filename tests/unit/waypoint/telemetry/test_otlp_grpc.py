@@ -1,0 +1,129 @@
+"""The waypoint's OTLP/gRPC span exporter on grpclib (waypoint/telemetry/otlp_grpc.py): its retry
+rule as a pure function, and its behaviour against a real grpcio collector that fails on purpose."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as pb_grpc
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.unit.waypoint.harness import free_port
+from waypoint.telemetry.otlp_grpc import MAX_TRIES, GrpclibSpanExporter, retry_delay
+
+
+def test_retry_delay_follows_the_sdk_exporter() -> None:
+    rand = random.Random(7)
+    assert retry_delay("INVALID_ARGUMENT", 0, 10, rand) is None           # not transient: no retry
+    assert retry_delay("UNAUTHENTICATED", 0, 10, rand) is None
+    d0, d2 = retry_delay("UNAVAILABLE", 0, 10, rand), retry_delay("UNAVAILABLE", 2, 10, rand)
+    assert d0 is not None and 0.8 <= d0 <= 1.2                           # 2^0 s ± 20 %
+    assert d2 is not None and 3.2 <= d2 <= 4.8                           # 2^2 s ± 20 %
+    assert retry_delay("UNAVAILABLE", MAX_TRIES - 1, 1000, rand) is None  # the last try
+    assert retry_delay("RESOURCE_EXHAUSTED", 3, 5.0, rand) is None        # 8 s would pass the deadline
+
+
+class Collector(pb_grpc.TraceServiceServicer):
+    """A collector that answers `fail_with` to the first `failures` calls, then accepts."""
+
+    def __init__(self, failures: int, fail_with: grpc.StatusCode) -> None:
+        self.failures, self.fail_with = failures, fail_with
+        self.calls = 0
+        self.spans: list[str] = []
+
+    def Export(self, request, context):  # noqa: N802 - gRPC method name
+        self.calls += 1
+        if self.calls <= self.failures:
+            context.abort(self.fail_with, "on purpose")
+        self.spans += [s.name for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+        return pb.ExportTraceServiceResponse()
+
+
+@pytest.fixture()
+def spans() -> list:
+    mem = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(mem))
+    with provider.get_tracer("t").start_as_current_span("GET /a"):
+        pass
+    return list(mem.get_finished_spans())
+
+
+def serve(collector: Collector, port: int = 0) -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    pb_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server, port
+
+
+@pytest.fixture()
+def exporter_for() -> Iterator:
+    made: list[GrpclibSpanExporter] = []
+
+    def make(endpoint: str, timeout: float = 10.0) -> GrpclibSpanExporter:
+        made.append(GrpclibSpanExporter(endpoint, timeout, rand=random.Random(1)))
+        return made[-1]
+    yield make
+    for e in made:
+        e.shutdown()
+
+
+def test_a_transient_failure_is_retried_and_the_batch_arrives(spans, exporter_for) -> None:
+    collector = Collector(1, grpc.StatusCode.UNAVAILABLE)
+    server, port = serve(collector)
+    try:
+        assert exporter_for(f"127.0.0.1:{port}").export(spans) is SpanExportResult.SUCCESS
+    finally:
+        server.stop(None)
+    assert collector.calls == 2 and collector.spans == ["GET /a"]
+
+
+def test_a_refusal_that_is_not_transient_drops_the_batch_after_one_try(spans, exporter_for) -> None:
+    collector = Collector(10, grpc.StatusCode.INVALID_ARGUMENT)
+    server, port = serve(collector)
+    try:
+        assert exporter_for(f"127.0.0.1:{port}").export(spans) is SpanExportResult.FAILURE
+    finally:
+        server.stop(None)
+    assert collector.calls == 1 and collector.spans == []
+
+
+def test_no_collector_fails_the_export_within_its_timeout_and_a_later_one_is_reached(spans, exporter_for) -> None:
+    port = free_port()
+    exp = exporter_for(f"127.0.0.1:{port}", timeout=1.5)
+    assert exp.export(spans) is SpanExportResult.FAILURE      # refused, retried once after ~1 s, given up
+    collector = Collector(0, grpc.StatusCode.OK)
+    server, _ = serve(collector, port)
+    try:
+        assert exp.export(spans) is SpanExportResult.SUCCESS   # the same exporter reconnects
+    finally:
+        server.stop(None)
+    assert collector.spans == ["GET /a"]
+
+
+def test_export_after_shutdown_is_refused_and_leaves_no_thread(spans, exporter_for) -> None:
+    collector = Collector(0, grpc.StatusCode.OK)
+    server, port = serve(collector)
+    try:
+        exp = exporter_for(f"127.0.0.1:{port}")
+        assert exp.export(spans) is SpanExportResult.SUCCESS
+        exp.shutdown()
+        assert exp.export(spans) is SpanExportResult.FAILURE
+    finally:
+        server.stop(None)
+    assert collector.calls == 1
+    assert not [t for t in threading.enumerate() if t.name == "otlp-grpc"]
+
+
+def test_a_malformed_endpoint_is_refused_when_configured() -> None:
+    with pytest.raises(ValueError, match="expected host:port"):
+        GrpclibSpanExporter("collector")

@@ -1,0 +1,141 @@
+"""Spans to an OTLP/gRPC collector over grpclib: the SDK's `SpanExporter` without grpcio's C core.
+
+OpenTelemetry's own OTLP/gRPC exporter runs on grpcio, which costs the waypoint about 19 MB of
+RSS (its C core's text, heap and threads) for one unary call a second; every other gRPC client in
+Ambit is already grpclib's (ambit/configclient/rpc.py). This keeps what the SDK's exporter does
+and changes only the transport:
+
+- the request is the SDK's own encoding (`opentelemetry.exporter.otlp.proto.common`'s
+  `encode_spans`, the OTLP protos of `opentelemetry-proto`), sent as
+  `opentelemetry.proto.collector.trace.v1.TraceService/Export`;
+- transient failures are retried as the SDK's exporter retries them: the same retryable codes,
+  backoff 2^n s with ±20 % jitter, at most 6 tries, never past the export's timeout (`retry_delay`,
+  a pure function);
+- plaintext, as the SDK's exporter was configured here (`insecure=True`), for Istio's
+  `opentelemetry` provider has no TLS settings of its own.
+
+The SDK calls `export` from its batch processor's thread; the calls run on a small event loop of
+the exporter's own, in a thread of its own, so a busy or stopped proxy loop never holds spans up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from ambit.configclient import rpc
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+
+log = logging.getLogger("ambit.waypoint.tracing")
+
+EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+# The SDK's OTLP/gRPC exporter's retryable codes and its limit on tries.
+RETRYABLE = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "OUT_OF_RANGE",
+                       "UNAVAILABLE", "DATA_LOSS"})
+MAX_TRIES = 6
+
+
+def retry_delay(code: str, attempt: int, remaining: float, rand: random.Random) -> float | None:
+    """Seconds to wait before trying again after try `attempt` (0-based) failed with `code`, or
+    None to give up: a code that is not transient, the last try, or a wait past the deadline."""
+    if code not in RETRYABLE or attempt + 1 >= MAX_TRIES:
+        return None
+    delay = 2 ** attempt * rand.uniform(0.8, 1.2)
+    return delay if delay <= remaining else None
+
+
+class GrpclibSpanExporter(SpanExporter):
+    """OTLP/gRPC span export to `endpoint` (`host:port`) with a per-export `timeout` in seconds."""
+
+    def __init__(self, endpoint: str, timeout: float = 10.0, rand: random.Random | None = None) -> None:
+        rpc.parse_target(endpoint)           # a malformed endpoint fails when configured, not per batch
+        self.endpoint, self.timeout = endpoint, timeout
+        self._rand = rand or random.Random()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._channel: Any = None
+        self._stopping = threading.Event()
+        self._last_error = ""
+
+    # ----- SpanExporter --------------------------------------------------------------------------
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._stopping.is_set():
+            return SpanExportResult.FAILURE
+        request = encode_spans(spans)
+        deadline = time.monotonic() + self.timeout
+        for attempt in range(MAX_TRIES):
+            try:
+                self._call(request, deadline)
+                if self._last_error:
+                    log.info("spans to %s: exported again", self.endpoint)
+                    self._last_error = ""
+                return SpanExportResult.SUCCESS
+            except Exception as e:  # noqa: BLE001 - a failed export drops its batch, never the proxy
+                f = rpc.failure(e)
+                code, why = f if f is not None else ("UNKNOWN", f"{type(e).__name__}: {e}")
+                if code == "UNAVAILABLE":
+                    self._run(self._reset())    # a fresh connection for the next try, as the SDK's does
+                delay = retry_delay(code, attempt, deadline - time.monotonic(), self._rand)
+                if delay is None or self._stopping.wait(delay):
+                    if f"{code}: {why}" != self._last_error:
+                        log.warning("spans to %s: export failed (%s: %s); batch of %d dropped",
+                                    self.endpoint, code, why, len(spans))
+                    self._last_error = f"{code}: {why}"
+                    return SpanExportResult.FAILURE
+        return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._reset(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True                          # nothing is buffered here: the batch processor holds spans
+
+    # ----- the loop ------------------------------------------------------------------------------
+
+    def _call(self, request: pb.ExportTraceServiceRequest, deadline: float) -> None:
+        self._run(self._send(request, max(0.001, deadline - time.monotonic())), deadline - time.monotonic() + 1)
+
+    async def _send(self, request: pb.ExportTraceServiceRequest, timeout: float) -> None:
+        from grpclib.client import UnaryUnaryMethod
+        if self._channel is None:
+            self._channel = rpc.channel(self.endpoint)
+        method = UnaryUnaryMethod(self._channel, EXPORT, pb.ExportTraceServiceRequest, pb.ExportTraceServiceResponse)
+        await method(request, timeout=timeout)
+
+    async def _reset(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def _run(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop()).result(timeout)
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever, name="otlp-grpc", daemon=True)
+                self._thread.start()
+            return self._loop
