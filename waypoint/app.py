@@ -250,8 +250,10 @@ class WaypointProxy:
         v = self.config.view
         return any(s in v.services and v.services[s].waypoint == self.settings.waypoint for s in wl.services)
 
-    async def on_connect(self, stream: HBONEStream, peer_identity: str, authority: str,
-                         headers: dict[str, str]) -> None:
+    def on_connect(self, stream: HBONEStream, peer_identity: str, authority: str,
+                   headers: dict[str, str]) -> None:
+        """HBONEServer's handler, a plain function: it answers at once and hands an admitted tunnel
+        to the engine's protocol as a sink, so a tunnel costs no task and no suspended frames."""
         peer = stream.get_extra_info("peername") or ("", 0)
         down, why = self.downstream(peer_identity, peer[0], authority)
         if down is None:
@@ -262,7 +264,7 @@ class WaypointProxy:
         stream.respond(200)
         self.tunnels += 1
         assert self.engine is not None
-        await self.engine.serve_hbone(stream, down)
+        self.engine.serve(HBONETransport(stream), down)
 
     # --- decisions (the sans-IO cores) ----------------------------------------------------------
 

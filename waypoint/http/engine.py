@@ -34,7 +34,7 @@ from waypoint.http.exchange import Exchange
 from waypoint.http.http1 import H1Server
 from waypoint.http.http2 import H2Server
 from waypoint.http.opaque import OpaqueRelay
-from waypoint.http.plug import Attachable, HBONETransport
+from waypoint.http.plug import Attachable
 from waypoint.http.pool import Pools
 from waypoint.http.record import RecordSink, discard
 from waypoint.http.settings import HttpSettings
@@ -42,7 +42,6 @@ from waypoint.request import Decision, Downstream, Forward, RequestHead
 from waypoint.resilience.mirror import MirrorGate
 
 if TYPE_CHECKING:
-    from ambit.dataplane.hbone.stream import HBONEStream
     from waypoint.traffic.cluster import Cluster
 
 log = logging.getLogger("waypoint.http")
@@ -98,12 +97,6 @@ class Engine:
     def serve(self, conn: Attachable, downstream: Downstream) -> None:
         """Serve an already connected stream (e.g. `HBONETransport(stream)`)."""
         conn.attach(self.protocol(downstream))
-
-    async def serve_hbone(self, stream: HBONEStream, downstream: Downstream) -> None:
-        """Serve one HBONE tunnel the waypoint accepted (and answered 200) until it closes: the
-        body of an `HBONEServer` on_connect handler, which must not return before the tunnel ends."""
-        self.serve(HBONETransport(stream), downstream)
-        await stream.wait_closed()
 
     def _arm(self) -> None:
         if self._sweeper is None and not self.draining:

@@ -11,6 +11,11 @@ together with the requested authority and headers; `on_connect` decides (authori
 with `stream.respond(200)` or an error status, and relays. Whatever it does, a misbehaving
 callback only ever affects its own stream.
 
+`on_connect` is either a coroutine function, run as a task that owns the tunnel until it returns
+(the tunnel is closed then), or a plain function that answers at once and hands the tunnel to a
+sink (`stream.attach`), for a handler with nothing to wait for: no task and no suspended frames
+per tunnel (the waypoint; docs/performance.md, round 9).
+
 Hostile peers (anyone holding a mesh certificate) are bounded here: the TLS handshake must finish
 within `handshake_timeout`, the HTTP/2 preface must follow within `preface_timeout`, a connection
 without tunnels is closed after `idle_timeout`, and one source identity may hold at most
@@ -36,7 +41,7 @@ from ambit.dataplane.ports import LISTEN_BACKLOG
 
 log = logging.getLogger("ambit.dataplane.hbone")
 
-OnConnect = Callable[[HBONEStream, str, str, dict[str, str]], Awaitable[None]]
+OnConnect = Callable[[HBONEStream, str, str, dict[str, str]], "Awaitable[None] | None"]
 
 HANDSHAKE_TIMEOUT = 10.0
 PREFACE_TIMEOUT = 10.0
@@ -212,23 +217,37 @@ class HBONEServer:
         task.add_done_callback(self._tasks.discard)
 
     def _on_request(self, st: HBONEStream) -> None:
-        self._spawn(self._serve_stream(st))
-
-    async def _serve_stream(self, st: HBONEStream) -> None:
         try:
-            await self.on_connect(st, st.peer_identity, st.authority, st.headers)
+            handling = self.on_connect(st, st.peer_identity, st.authority, st.headers)
+        except Exception as e:
+            self._failed(st, e)
+            return
+        if handling is not None:
+            self._spawn(self._serve_stream(st, handling))
+        elif not st.responded and not st.is_closed:
+            st.respond(500, "handler returned without answering")
+        elif not st.is_closed and not st.attached:       # refused, or answered with no sink to relay
+            st.close()
+
+    async def _serve_stream(self, st: HBONEStream, handling: Awaitable[None]) -> None:
+        try:
+            await handling
         except asyncio.CancelledError:
             st.reset()
             raise
         except Exception as e:
-            log.exception("HBONE on_connect for %s from %s failed", st.authority, st.peer_identity)
-            if not st.responded and not st.is_closed:
-                with contextlib.suppress(Exception):
-                    st.respond(500, f"internal error: {type(e).__name__}")
-            else:
-                st.reset()
+            self._failed(st, e)
             return
         if not st.responded and not st.is_closed:
             st.respond(500, "handler returned without answering")
         elif not st.is_closed:
             st.close()
+
+    @staticmethod
+    def _failed(st: HBONEStream, e: Exception) -> None:
+        log.exception("HBONE on_connect for %s from %s failed", st.authority, st.peer_identity, exc_info=e)
+        if not st.responded and not st.is_closed:
+            with contextlib.suppress(Exception):
+                st.respond(500, f"internal error: {type(e).__name__}")
+        else:
+            st.reset()

@@ -292,6 +292,11 @@ class HBONEStream:
     def responded(self) -> bool:
         return self._responded
 
+    @property
+    def attached(self) -> bool:
+        """A sink took the tunnel over (push mode, `attach`)."""
+        return self._sink is not None
+
     # --- the connection's side of the contract ------------------------------------------------------
     # HBONEProtocol (its only caller) drives a stream through these methods and nothing else: it
     # hands over what arrived (`feed`, `feed_eof`, `set_response`, `abort`) and pulls what the stream

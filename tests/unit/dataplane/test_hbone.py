@@ -74,7 +74,8 @@ async def digest(stream: HBONEStream, peer: str, authority: str, headers: dict[s
 class Mesh:
     """A CA-issued server identity on a listener, and a client pool with its own identity."""
 
-    def __init__(self, ca, on_connect, *, client_ca=None, server_identity: str = SERVER, **pool_kw) -> None:
+    def __init__(self, ca, on_connect, *, client_ca=None, server_identity: str = SERVER, plain: bool = False,
+                 **pool_kw) -> None:
         self.ca = ca
         self.cache = tls.ContextCache()
         self.server_cert = issue(ca, server_identity)
@@ -87,6 +88,10 @@ class Mesh:
             self.seen.append((peer, authority, headers))
             await on_connect(st, peer, authority, headers)
 
+        def record_plain(st, peer, authority, headers):      # a handler that is a plain function
+            self.seen.append((peer, authority, headers))
+            on_connect(st, peer, authority, headers)
+
         def server_ctx() -> ssl.SSLContext:
             return self.cache.server(self.server_cert)
 
@@ -94,7 +99,7 @@ class Mesh:
             assert identity == CLIENT
             return self.cache.client(self.client_cert)
 
-        self.server = HBONEServer(self.sock, server_ctx, record)
+        self.server = HBONEServer(self.sock, server_ctx, record_plain if plain else record)
         self.pool = HBONEClientPool(client_ctx, port=self.port, **pool_kw)
 
     async def __aenter__(self) -> Mesh:
@@ -294,6 +299,64 @@ def test_refusal_and_handler_errors_stay_on_their_stream(ca) -> None:
             ok.close()
 
     asyncio.run(main())
+
+
+class EchoSink:
+    """Push mode: echo every piece back and end when the client ends."""
+
+    def __init__(self, stream: HBONEStream) -> None:
+        self.stream = stream
+
+    def tunnel_data(self, data: memoryview) -> None:
+        self.stream.write(bytes(data))
+
+    def tunnel_eof(self) -> None:
+        self.stream.write_eof()
+
+    def tunnel_error(self, exc: Exception) -> None:
+        pass
+
+    def tunnel_writable(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_plain_handler_hands_the_tunnel_to_a_sink_and_runs_no_task(ca, loop_kind: str) -> None:
+    """`on_connect` as a plain function (the waypoint's): it answers at once and attaches a sink;
+    the server keeps the tunnel open for the sink without a task per tunnel, and still answers
+    for a handler that refused, forgot to answer, or raised."""
+    def handler(stream: HBONEStream, peer, authority, headers) -> None:
+        if authority.endswith(":403"):
+            stream.respond(403, "denied by policy ns/deny-all")
+        elif authority.endswith(":500"):
+            raise RuntimeError("boom")
+        elif authority.endswith(":204"):
+            return                                            # forgot to answer
+        else:
+            stream.respond(200)
+            stream.attach(EchoSink(stream))
+
+    async def main() -> None:
+        async with Mesh(ca, handler, plain=True) as m:
+            tunnels = [await m.open(f"10.0.0.2:{80 + i}") for i in range(3)]
+            assert m.server._tasks == set()                   # no task holds an open tunnel
+            for i, st in enumerate(tunnels):
+                st.write(b"ping %d" % i)
+                assert await st.readexactly(6) == b"ping %d" % i
+            for status, why in ((403, "denied by policy ns/deny-all"), (500, "RuntimeError"),
+                                (500, "handler returned without answering")):
+                port = 204 if "without" in why else status
+                with pytest.raises(HBONEConnectError) as ei:
+                    await m.open(f"10.0.0.2:{port}")
+                assert ei.value.status == status and why in ei.value.reason
+            for st in tunnels:                                # the refusals left the tunnels alone
+                st.write_eof()
+                assert await st.read() == b""
+                await st.wait_closed()
+            assert list(m.pool.connections().values()) == [1]     # one connection carried them all
+            assert list(m.pool.streams().values()) == [0]         # and no tunnel is left open on it
+
+    run(loop_kind, main)
 
 
 def test_dead_connection_is_evicted_and_replaced(ca) -> None:

@@ -62,11 +62,11 @@ def test_http1_over_hbone_down_and_h2_over_hbone_up(ca) -> None:  # noqa: ANN001
 
             engine = Engine(HttpSettings(), decide, upstream, access_log=records.append)
 
-            async def waypoint(st: HBONEStream, peer: str, authority: str, headers: dict[str, str]) -> None:
-                st.respond(200)
-                await engine.serve_hbone(st, Downstream(source_identity=peer))
+            def waypoint(st: HBONEStream, peer: str, authority: str, headers: dict[str, str]) -> None:
+                st.respond(200)                     # as WaypointProxy.on_connect: a plain handler, the tunnel to a sink
+                engine.serve(HBONETransport(st), Downstream(source_identity=peer))
 
-            async with Mesh(ca, waypoint) as m:
+            async with Mesh(ca, waypoint, plain=True) as m:
                 # HTTP/1.1 in a tunnel, two requests (keep-alive inside the tunnel), h1 and h2 upstream
                 st = await m.open()
                 st.write(b"GET /one HTTP/1.1\r\nHost: svc\r\n\r\n")

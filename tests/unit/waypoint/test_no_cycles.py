@@ -69,11 +69,11 @@ def test_requests_and_tunnels_through_the_engine_leave_no_cycles(ca) -> None:  #
 
     engine = loop.run_until_complete(new_engine())
 
-    async def waypoint(st: HBONEStream, peer: str, authority: str, headers: dict[str, str]) -> None:
-        st.respond(200)
-        await engine.serve_hbone(st, Downstream(source_identity=peer))
+    def waypoint(st: HBONEStream, peer: str, authority: str, headers: dict[str, str]) -> None:
+        st.respond(200)                     # as WaypointProxy.on_connect: a plain handler, the tunnel to a sink
+        engine.serve(HBONETransport(st), Downstream(source_identity=peer))
 
-    mesh = Mesh(ca, waypoint)
+    mesh = Mesh(ca, waypoint, plain=True)
 
     async def get(st: HBONEStream, path: str) -> None:
         st.write(f"GET {path} HTTP/1.1\r\nHost: svc\r\n\r\n".encode())
@@ -159,11 +159,11 @@ def test_http2_streams_and_tunnels_leave_no_cycles(ca) -> None:  # noqa: ANN001
 
     engine, origin, _ = loop.run_until_complete(setup())
 
-    async def waypoint(st: HBONEStream, peer: str, authority: str, headers: dict[str, str]) -> None:
-        st.respond(200)
-        await engine.serve_hbone(st, Downstream(source_identity=peer))
+    def waypoint(st: HBONEStream, peer: str, authority: str, headers: dict[str, str]) -> None:
+        st.respond(200)                     # as WaypointProxy.on_connect: a plain handler, the tunnel to a sink
+        engine.serve(HBONETransport(st), Downstream(source_identity=peer))
 
-    mesh = Mesh(ca, waypoint)
+    mesh = Mesh(ca, waypoint, plain=True)
 
     def new_client() -> h2.connection.H2Connection:
         c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
