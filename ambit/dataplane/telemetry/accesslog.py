@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
+from ambit.dataplane.accesslog_time import iso_time
+
 
 @dataclass
 class ConnRecord:
@@ -37,7 +39,7 @@ class ConnRecord:
 
     def line(self) -> str:
         d = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.start)) + f".{int(self.start % 1 * 1e6):06d}Z",
+            "time": iso_time(self.start),
             "direction": self.direction, "route": self.route,
             "src.addr": self.src_addr, "src.workload": self.src_workload, "src.namespace": self.src_namespace,
             "src.identity": self.src_identity,
