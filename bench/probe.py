@@ -69,7 +69,7 @@ def conn_load_argv(url: str, rate: int, seconds: float) -> list[str]:
     if rate < 10 or seconds <= 0:
         raise ValueError(f"conn_load_argv: rate={rate} must be at least 10 and seconds={seconds} positive")
     total = round(rate * seconds)
-    return ["h2load", "--h1", "-t", "1", "--rate", str(round(rate / 10)), "--rate-period", "0.1",
+    return ["h2load", "--h1", "-t", "1", "--rate", str(round(rate / 10)), "--rate-period", "100ms",
             "-c", str(total), "-n", str(total), "-T", "5", url]
 
 
@@ -127,8 +127,10 @@ def main() -> None:
                 argv = tools.wrk_conn_argv(t.url, 8, args.seconds)
                 loads = []
             elif args.load == "conn":
+                out = (args.work / "probe-load.log").open("w")     # h2load's summary: failures, if any
                 loads = [lab.popen(sc.client_key, conn_load_argv(t.url, args.rate, args.seconds + warmup + 2),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)]
+                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)]
+                out.close()
             else:
                 loads = [lab.popen(sc.client_key, ["h2load", *([] if sc.h2 else ["--h1"]), "-c", "1", "-m", "1",
                                                     "--rps", f"{r:g}", "-D", f"{round(args.seconds + warmup + 2)}s",

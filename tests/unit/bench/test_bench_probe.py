@@ -45,7 +45,7 @@ def test_the_connection_load_opens_one_client_per_request_at_the_rate() -> None:
     argv = probe.conn_load_argv("http://10.96.0.10:80/", 300, 12)
     opt = dict(zip(argv[1::], argv[2::], strict=False))
     assert argv[0] == "h2load" and "--h1" in argv and argv[-1] == "http://10.96.0.10:80/"
-    assert opt["--rate"] == "30" and opt["--rate-period"] == "0.1"
+    assert opt["--rate"] == "30" and opt["--rate-period"] == "100ms"
     assert opt["-c"] == opt["-n"] == "3600"
     with pytest.raises(ValueError, match="rate=5"):
         probe.conn_load_argv("http://x/", 5, 10)
