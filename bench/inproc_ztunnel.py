@@ -61,8 +61,10 @@ class _Fetcher:
         return FetchResult(chain, self.ca.trust_bundle().pems())
 
 
-class _LoopbackPod(PodProxy):
-    """A pod whose sockets are plain loopback ones bound to its address (no netns)."""
+class LoopbackPod(PodProxy):
+    """A pod whose netns is ours: sockets are plain loopback ones bound to its address, delivery binds
+    the client's address directly (what IP_TRANSPARENT does for a real pod). Shared with
+    tests/unit/ztunnel/test_proxy_inprocess.py."""
 
     def _bound(self, ip: str) -> socket.socket:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -125,8 +127,8 @@ async def _setup() -> tuple[Proxy, IdentityManager, list[asyncio.AbstractServer]
                   access_log=None, original_dst=lambda s: (VIP, SVC_PORT),
                   tunnel=TunnelSettings(connect_timeout=5, cert_wait=5))
     proxy.access_log = PolicySink(StreamSink(open(os.devnull, "w")), proxy.access_log_config)  # noqa: SIM115
-    cpod = _LoopbackPod(PodInfo(client.uid, client.name, "demo", CLIENT_IP, "node1", client.service_account), -1)
-    spod = _LoopbackPod(PodInfo(server.uid, server.name, "demo", SERVER_IP, "node1", server.service_account), -1)
+    cpod = LoopbackPod(PodInfo(client.uid, client.name, "demo", CLIENT_IP, "node1", client.service_account), -1)
+    spod = LoopbackPod(PodInfo(server.uid, server.name, "demo", SERVER_IP, "node1", server.service_account), -1)
     proxy.registry.by_ip[CLIENT_IP] = cpod
     identities.prefetch([client.identity, server.identity])
     await identities.get(server.identity, 10)
