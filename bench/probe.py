@@ -154,7 +154,7 @@ def main() -> None:
             if wrk is not None:
                 requests = wrk.requests
                 print(f"{sc.name}: wrk closed loop, {wrk.per_second:.0f} connections/s over {args.seconds:g} s "
-                      f"({requests} connections, {wrk.errors} errors), load average {os.getloadavg()[0]:.2f}")
+                      f"({requests} connections, {sum(wrk.errors.values())} errors), load average {os.getloadavg()[0]:.2f}")
             else:
                 requests = round(args.rate * args.seconds)
                 print(f"{sc.name}: {args.rate} {unit}s/s over {args.seconds:g} s (~{requests} {unit}s), "
