@@ -15,7 +15,8 @@ metrics. Both ztunnel sides, the client and the app run in this one process.
 Prints CPU µs per connection (best of `--runs`, the whole process: both ztunnel sides plus the
 in-process client and app, which are the same in every tree) and, with `--profile F`, one run
 under cProfile: Python calls per connection, all and those in ztunnel/ and ambit/ (exact, not
-sampled: the figure to compare on a busy box), and the top functions. Compare trees by running it
+sampled: the figure to compare on a busy box), and the top functions; with `--opcodes`, the
+bytecodes CPython executes per connection (bench/inproc_waypoint.py's counter). Compare trees by running it
 alternately with each on PYTHONPATH.
 """
 
@@ -179,6 +180,11 @@ async def _main(args: argparse.Namespace) -> None:
         await _window(port, max(args.concurrency, 200), args.concurrency)     # warm: pool, caches
         best = min([await _window(port, args.conns, args.concurrency) for _ in range(args.runs)])
         print(f"CPU per connection (best of {args.runs} x {args.conns}): {1e6 * best / args.conns:.1f} µs")
+        if args.opcodes:
+            from bench.inproc_waypoint import Opcodes
+            with Opcodes() as ops:
+                await _window(port, args.conns, args.concurrency)
+            print(f"opcodes: {ops.n / args.conns:.0f} bytecodes/connection ({args.conns} connections)")
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
@@ -199,6 +205,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--profile", default="", help="also one window under cProfile, stats written here")
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--opcodes", action="store_true",
+                    help="also one window counting CPython bytecodes per connection (deterministic, slow)")
     ap.add_argument("--asyncio", action="store_true", help="the stdlib loop instead of uvloop")
     args = ap.parse_args()
     if not args.asyncio:
