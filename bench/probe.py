@@ -2,8 +2,16 @@
 
 `make bench` gives ratios; an A/B of one change on this shared 2-core box needs something finer
 (docs/performance.md, round 8, "How this round measured"). This brings up the bench's lab for one
-scenario, drives it as `latency_at_rate` does (one `h2load` client per 100 req/s, one connection
-each), and over a window reads, per proxy (the waypoint if the scenario has one, and each ztunnel):
+scenario, drives it with one of three loads, and over a window reads, per proxy (the waypoint if
+the scenario has one, and each ztunnel):
+
+- `--load keepalive` (default): as `latency_at_rate`, one `h2load` client per 100 req/s, one
+  connection each: the cost of a request;
+- `--load conn`: NEW connections at a fixed `--rate` per second, one HTTP/1.1 request each (one
+  `h2load --rate` process opening a new client every 0.1 s period): the cost of a connection;
+- `--load wrk`: the bench's own closed-loop new-connection load (`tools.wrk_conn_argv`, 8 at a
+  time, HTTP/1.0 connect-request-close) for `--seconds`; figures per connection wrk made, and the
+  rate it reached;
 
 - `--mode io` (default): CPU seconds (cgroup or /proc), read and write syscalls
   (`/proc/<pid>/io`) and voluntary context switches, each also per request;
@@ -12,6 +20,7 @@ each), and over a window reads, per proxy (the waypoint if the scenario has one,
   WORK/probe-<name>.folded; `bench/profiles.py` reads it.
 
     python -m bench.probe --scenario ambit-waypoint --seconds 10
+    python -m bench.probe --scenario ambit-l4-cross-node --load conn --rate 300
     PYTHONPATH=<other tree> python -m bench.probe ...      # the same probe of another tree
 
 Set AMBIT_BENCH_LAB_NAME to run beside another bench lab. Alternate the trees (A B B A) and read
@@ -27,7 +36,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from bench import l7, labenv, measures, tools
+from bench import l7, labenv, measures, parsers, tools
 from bench.plan import SCENARIOS
 
 FIELDS = ("syscr", "syscw", "vcs")
@@ -52,6 +61,18 @@ def per_request(before: Mapping[str, float], after: Mapping[str, float], request
     return {k: (after[k] - before[k]) / requests for k in after if k in before}
 
 
+def conn_load_argv(url: str, rate: int, seconds: float) -> list[str]:
+    """h2load making `rate` new connections per second for `seconds`, one request on each.
+
+    h2load's `--rate` opens that many clients per `--rate-period`; with `-n` equal to `-c` each
+    client sends one request and closes: a fixed-rate, open-loop stream of new connections."""
+    if rate < 10 or seconds <= 0:
+        raise ValueError(f"conn_load_argv: rate={rate} must be at least 10 and seconds={seconds} positive")
+    total = round(rate * seconds)
+    return ["h2load", "--h1", "-t", "1", "--rate", str(round(rate / 10)), "--rate-period", "100ms",
+            "-c", str(total), "-n", str(total), "-T", "5", url]
+
+
 def _read(pid: int) -> dict[str, int]:
     tasks = Path(f"/proc/{pid}/task")
     statuses = [(t / "status").read_text() for t in tasks.iterdir()]
@@ -73,7 +94,10 @@ def _recorder(mode: str, name: str, pid: int, seconds: float, work: Path) -> sub
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenario", default="ambit-waypoint", choices=sorted(SCENARIOS))
-    ap.add_argument("--rate", type=int, default=1000, help="requests per second (default 1000)")
+    ap.add_argument("--load", choices=("keepalive", "conn", "wrk"), default="keepalive",
+                    help="requests on kept connections, new connections at --rate, or wrk's closed loop")
+    ap.add_argument("--rate", type=int, default=1000,
+                    help="requests (--load conn: connections) per second (default 1000)")
     ap.add_argument("--seconds", type=float, default=10.0, help="the measured window (default 10)")
     ap.add_argument("--mode", choices=("io", "perf", "pyspy"), default="io")
     ap.add_argument("--work", type=Path, default=Path("/tmp/ambit-probe"))
@@ -99,28 +123,48 @@ def main() -> None:
             if sc.waypoint:
                 pids = {"waypoint": t.l7_pids()[0], **pids}
             warmup = 2.0
-            loads = [lab.popen(sc.client_key, ["h2load", *([] if sc.h2 else ["--h1"]), "-c", "1", "-m", "1",
-                                                "--rps", f"{r:g}", "-D", f"{round(args.seconds + warmup + 2)}s", t.url],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-                     for r in tools.split_rate(args.rate, 100)]
+            if args.load == "wrk":
+                argv = tools.wrk_conn_argv(t.url, 8, args.seconds)
+                loads = []
+            elif args.load == "conn":
+                out = (args.work / "probe-load.log").open("w")     # h2load's summary: failures, if any
+                loads = [lab.popen(sc.client_key, conn_load_argv(t.url, args.rate, args.seconds + warmup + 2),
+                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)]
+                out.close()
+            else:
+                loads = [lab.popen(sc.client_key, ["h2load", *([] if sc.h2 else ["--h1"]), "-c", "1", "-m", "1",
+                                                    "--rps", f"{r:g}", "-D", f"{round(args.seconds + warmup + 2)}s",
+                                                    t.url],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                         for r in tools.split_rate(args.rate, 100)]
+            wrk = None
             try:
                 time.sleep(warmup)
                 recs = [(n, _recorder(args.mode, n, p, args.seconds, args.work)) for n, p in pids.items()]
                 cpu0, io0 = t.proxy_cpu() if t.proxy_cpu else {}, {n: _read(p) for n, p in pids.items()}
-                time.sleep(args.seconds)
+                if args.load == "wrk":
+                    wrk = parsers.parse_wrk(measures._run(lab, sc, argv, timeout=args.seconds + 30))
+                else:
+                    time.sleep(args.seconds)
                 cpu1, io1 = t.proxy_cpu() if t.proxy_cpu else {}, {n: _read(p) for n, p in pids.items()}
             finally:
                 for p in loads:
                     p.wait(timeout=60)
-            requests = round(args.rate * args.seconds)
-            print(f"{sc.name}: {args.rate} req/s over {args.seconds:g} s (~{requests} requests), "
-                  f"load average {os.getloadavg()[0]:.2f}")
+            unit = "request" if args.load == "keepalive" else "connection"
+            if wrk is not None:
+                requests = wrk.requests
+                print(f"{sc.name}: wrk closed loop, {wrk.per_second:.0f} connections/s over {args.seconds:g} s "
+                      f"({requests} connections, {sum(wrk.errors.values())} errors), load average {os.getloadavg()[0]:.2f}")
+            else:
+                requests = round(args.rate * args.seconds)
+                print(f"{sc.name}: {args.rate} {unit}s/s over {args.seconds:g} s (~{requests} {unit}s), "
+                      f"load average {os.getloadavg()[0]:.2f}")
             for name in cpu1:
                 print(f"  CPU {name}: {cpu1[name] - cpu0[name]:.3f} s, "
-                      f"{1e6 * (cpu1[name] - cpu0[name]) / requests:.0f} µs per request")
+                      f"{1e6 * (cpu1[name] - cpu0[name]) / requests:.0f} µs per {unit}")
             for name in pids:
                 each = per_request(io0[name], io1[name], requests)
-                print(f"  {name}: " + ", ".join(f"{k} {each[k]:.2f}" for k in FIELDS) + " per request")
+                print(f"  {name}: " + ", ".join(f"{k} {each[k]:.2f}" for k in FIELDS) + f" per {unit}")
             for name, rec in recs:
                 if rec is not None:
                     _, err = rec.communicate(timeout=120)

@@ -21,7 +21,6 @@ Statuses are HTTP's, as HBONE answers CONNECT with them: 400 malformed, 401 iden
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -29,7 +28,7 @@ from ambit.model import Workload
 from ambit.zds import PodInfo
 from ztunnel import authz, sourcecheck
 from ztunnel.meshstate import MeshState
-from ztunnel.routing import parse_addr, target_port, waypoint_pods
+from ztunnel.routing import canonical_ip, parse_addr, target_port, waypoint_pods
 
 POLICY_HEADER = "ambit-policy"     # response header naming the policy that refused a CONNECT
 
@@ -75,7 +74,7 @@ def forwarded_for(value: str | None) -> str | None:
                 elif node.count(":") == 1:          # ip:port
                     node = node.split(":", 1)[0]
                 try:
-                    return str(ipaddress.ip_address(node))
+                    return canonical_ip(node)
                 except ValueError:
                     raise ValueError(f"Forwarded header {value!r}: for={v.strip()!r} is not an IP address") from None
     return None

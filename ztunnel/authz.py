@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from ambit import identity as ident
 from ambit.model import Authorization, Match, PeerAuthn, Rule, Workload
@@ -100,11 +101,18 @@ def _source(conn: ConnInfo, trust_domains: TrustDomains | None = None) -> _Sourc
     principal = ident.to_principal(conn.src_identity)
     ns = conn.src_namespace
     if ns is None:
-        try:
-            ns = ident.parse(conn.src_identity, allow_schemeless=True).namespace
-        except ident.InvalidSpiffeId:
-            ns = None
+        ns = _namespace_of(conn.src_identity)
     return _Source(principal, ns, trust_domains)
+
+
+@lru_cache(maxsize=4096)
+def _namespace_of(identity: str) -> str | None:
+    """The namespace an identity names (None if it is no workload SPIFFE id). Cached: every
+    inbound tunnel parses its peer's identity, the same few per node (issue 17, round 9)."""
+    try:
+        return ident.parse(identity, allow_schemeless=True).namespace
+    except ident.InvalidSpiffeId:
+        return None
 
 
 def foreign_trust_domain(identity: str | None, trust_domains: TrustDomains | None) -> str | None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TypeVar
 
 from ambit.dataplane.ports import PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND
@@ -100,6 +101,16 @@ def format_addr(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+@lru_cache(maxsize=4096)
+def canonical_ip(text: str) -> str:
+    """`text` as `ipaddress` writes it; ValueError if it is no IP address (errors are not cached).
+
+    Cached because every connection parses the same few pod addresses two to four times (its
+    access line's Telemetry lookup, the CONNECT's :authority, the Forwarded header), and
+    `ipaddress.ip_address` is about a dozen Python calls each time (issue 17, round 9)."""
+    return str(ipaddress.ip_address(text))
+
+
 def parse_addr(value: str) -> tuple[str, int]:
     """The inverse of `format_addr`; raises ValueError naming the value when it is no `ip:port`."""
     host, sep, port = value.rpartition(":")
@@ -107,7 +118,7 @@ def parse_addr(value: str) -> tuple[str, int]:
         raise ValueError(f"{value!r} is not ip:port")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        ip = str(ipaddress.ip_address(host))
+        ip = canonical_ip(host)
         p = int(port)
     except ValueError:
         raise ValueError(f"{value!r} is not ip:port") from None

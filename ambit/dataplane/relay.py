@@ -23,7 +23,6 @@ counts when both directions are done (or one failed); cancelling it ends both si
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -64,8 +63,10 @@ class Leg(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        with contextlib.suppress(AttributeError, NotImplementedError):
+        try:        # (try, not contextlib.suppress: three Python calls fewer on every connection)
             self.transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        except (AttributeError, NotImplementedError):
+            pass
         cb, self._on_made = self._on_made, None
         if cb is not None:
             cb(self)
@@ -127,8 +128,10 @@ class Leg(asyncio.Protocol):
         """Half-close (FIN) if the transport can, otherwise nothing: the final close ends it."""
         t = self.transport
         if t is not None and not t.is_closing() and t.can_write_eof():
-            with contextlib.suppress(OSError, RuntimeError):
+            try:
                 t.write_eof()
+            except (OSError, RuntimeError):
+                pass
 
     def close(self) -> None:
         """Graceful: buffered bytes are still sent."""

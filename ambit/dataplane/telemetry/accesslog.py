@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
+from ambit.dataplane.accesslog_time import iso_time
+
 
 @dataclass
 class ConnRecord:
@@ -37,7 +39,7 @@ class ConnRecord:
 
     def line(self) -> str:
         d = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.start)) + f".{int(self.start % 1 * 1e6):06d}Z",
+            "time": iso_time(self.start),
             "direction": self.direction, "route": self.route,
             "src.addr": self.src_addr, "src.workload": self.src_workload, "src.namespace": self.src_namespace,
             "src.identity": self.src_identity,
@@ -51,7 +53,9 @@ class ConnRecord:
         if self.policy:
             d["policy"] = self.policy
         d.update(self.extra)
-        return json.dumps({k: v for k, v in d.items() if v != ""})
+        if "" in d.values():    # a scan in C; the filtering copy only for a line that has an empty field
+            d = {k: v for k, v in d.items() if v != ""}
+        return json.dumps(d)
 
 
 class AccessLogSink(Protocol):

@@ -158,23 +158,30 @@ class Metrics:
         self._children: ChildCache[tuple[str, tuple[str, ...]], Counter] = ChildCache(
             lambda key: families[key[0]].labels(*key[1]), cache_size)
 
-    def _inc(self, metric: str, labels: ConnLabels, cfg: MetricsConfig, amount: float = 1.0) -> None:
-        if not cfg.enabled(metric):
+    def _inc(self, metric: str, labels: ConnLabels, key: tuple[str, ...], cfg: MetricsConfig,
+             amount: float = 1.0) -> None:
+        """`key` is `labels.key()`, made once by the caller for all of a connection's counters."""
+        if metric in cfg.disabled:
             return
-        vals, extra = relabel(LABELS, labels.key(), cfg.tags_for(metric),
-                              {"connection.mtls": labels.connection_security_policy == MUTUAL_TLS})
-        self._children.get((metric, (*vals, extra))).inc(amount)
+        tags = cfg.tags_for(metric) if cfg.tags else ()
+        if tags:
+            vals, extra = relabel(LABELS, key, tags,
+                                  {"connection.mtls": labels.connection_security_policy == MUTUAL_TLS})
+            self._children.get((metric, (*vals, extra))).inc(amount)
+        else:       # what `relabel` returns without overrides, without its call and attributes
+            self._children.get((metric, (*key, ""))).inc(amount)
 
     def conn_opened(self, labels: ConnLabels, cfg: MetricsConfig = DEFAULT) -> None:
-        self._inc("TCP_OPENED_CONNECTIONS", labels, cfg)
+        self._inc("TCP_OPENED_CONNECTIONS", labels, labels.key(), cfg)
 
     def conn_closed(self, labels: ConnLabels, request_bytes: int, response_bytes: int,
                     cfg: MetricsConfig = DEFAULT) -> None:
-        self._inc("TCP_CLOSED_CONNECTIONS", labels, cfg)
+        key = labels.key()
+        self._inc("TCP_CLOSED_CONNECTIONS", labels, key, cfg)
         if request_bytes:
-            self._inc("TCP_RECEIVED_BYTES", labels, cfg, request_bytes)
+            self._inc("TCP_RECEIVED_BYTES", labels, key, cfg, request_bytes)
         if response_bytes:
-            self._inc("TCP_SENT_BYTES", labels, cfg, response_bytes)
+            self._inc("TCP_SENT_BYTES", labels, key, cfg, response_bytes)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

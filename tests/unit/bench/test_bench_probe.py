@@ -37,3 +37,15 @@ def test_per_request_divides_each_counters_growth() -> None:
     assert got == {"syscr": 1.0, "syscw": 2.0, "vcs": 0.5}
     with pytest.raises(ValueError, match="requests=0"):
         probe.per_request({}, {}, 0)
+
+
+def test_the_connection_load_opens_one_client_per_request_at_the_rate() -> None:
+    """--load conn: h2load opens rate/10 clients per 0.1 s period, each sending one request, so the
+    connections made equal the requests sent and arrive at `rate` per second."""
+    argv = probe.conn_load_argv("http://10.96.0.10:80/", 300, 12)
+    opt = dict(zip(argv[1::], argv[2::], strict=False))
+    assert argv[0] == "h2load" and "--h1" in argv and argv[-1] == "http://10.96.0.10:80/"
+    assert opt["--rate"] == "30" and opt["--rate-period"] == "100ms"
+    assert opt["-c"] == opt["-n"] == "3600"
+    with pytest.raises(ValueError, match="rate=5"):
+        probe.conn_load_argv("http://x/", 5, 10)

@@ -84,3 +84,28 @@ def test_ztunnel_series_honour_the_config() -> None:
                                        {**{k: v for k, v in labels.values().items() if k != "source_workload"},
                                         "mtls": "true"})
     assert sent == 40
+
+
+def test_ztunnel_series_without_overrides_carry_exactly_the_standard_labels() -> None:
+    """Metrics skips `relabel` when a metric has no tag overrides: its series must be what `relabel`
+    gives then (the standard labels as they are, nothing added), for the default config, a config
+    that only disables a metric, and one whose overrides are for other metrics."""
+    other = resolve([{"match": {"metric": "TCP_SENT_BYTES"}, "tagOverrides": {"mtls": {"value": "connection.mtls"}}}],
+                    SERVER)
+    only_off = resolve([{"match": {"metric": "TCP_RECEIVED_BYTES"}, "disabled": True}], SERVER)
+    labels = ConnLabels("destination", source_workload="a", destination_workload="echo",
+                        connection_security_policy=MUTUAL_TLS)
+    standard = labels.values()
+    assert relabel(tuple(standard), tuple(standard.values()), (), {}) == (tuple(standard.values()), "")
+    for cfg in (None, other, only_off):
+        m = Metrics(CollectorRegistry())
+        m.conn_opened(labels, *([cfg] if cfg else []))
+        m.conn_closed(labels, 10, 20, *([cfg] if cfg else []))
+        get = m.registry.get_sample_value
+        assert get("istio_tcp_connections_opened_total", standard) == 1
+        assert get("istio_tcp_connections_closed_total", standard) == 1
+        assert get("istio_tcp_received_bytes_total", standard) == (None if cfg is only_off else 10)
+        if cfg is other:
+            assert get("istio_tcp_sent_bytes_total", {**standard, "mtls": "true"}) == 20
+        else:
+            assert get("istio_tcp_sent_bytes_total", standard) == 20

@@ -84,3 +84,19 @@ def test_stream_over_a_unix_socket_and_unsubscribe_when_the_reader_goes(tmp_path
         await ep.close()
 
     asyncio.run(main())
+
+
+def test_the_access_time_stamp_matches_strftime_across_seconds_and_before_1970() -> None:
+    """iso_time keeps the last second's text: it must give what formatting each stamp afresh gives,
+    in and out of order, across second boundaries, and for stamps before 1970 (not cached)."""
+    import time
+
+    from ambit.dataplane.accesslog_time import iso_time
+
+    def fresh(t: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+    base = 1_790_000_000.0
+    stamps = [base + i * 0.37 for i in range(40)] + [base + 3.9999995, base + 1, base, 0.0, 0.5, -0.5, -1.25, -0.0]
+    for t in stamps + stamps[::-1]:
+        assert iso_time(t) == fresh(t), t

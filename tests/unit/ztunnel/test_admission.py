@@ -305,3 +305,11 @@ def test_the_waypoint_itself_is_admitted_and_its_forwarded_source_honoured() -> 
 def test_a_port_no_waypointed_service_exposes_stays_directly_reachable() -> None:
     a = hbone(_waypointed(), authority="10.210.1.10:9090", fwd=None)
     assert a.allowed, a.reason
+
+
+def test_a_forwarded_address_is_canonical_and_a_bad_one_refused_each_time() -> None:
+    """forwarded_for shares parse_addr's cached canonical_ip: the same answers on every call."""
+    for _ in range(2):
+        assert forwarded_for('for="[FD00:0::7]:1234"') == "fd00::7"
+        with pytest.raises(ValueError, match="not an IP address"):
+            forwarded_for("for=10.0.0.300")

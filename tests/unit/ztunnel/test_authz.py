@@ -339,3 +339,14 @@ def test_trust_domains_refuse_bad_names_and_describe_themselves() -> None:
     for bad in ("", "UPPER", "sp ace", "a/b", "-lead"):
         with pytest.raises(ValueError, match=r"trustDomainAliases\[0\]"):
             TrustDomains.of("a.b", [bad])
+
+
+@pytest.mark.parametrize(("identity", "allowed"), [(CLIENT, True), ("cluster.local/ns/demo/sa/client", True),
+                                                    (OTHER, False), ("spiffe://cluster.local/ns/demo", False),
+                                                    ("not an identity", False)])
+def test_the_namespace_a_peer_identity_names_decides_the_same_every_time(identity: str, allowed: bool) -> None:
+    """The namespace is parsed out of the identity once and cached: the second connection from the
+    same peer gets the same decision, and an identity naming no namespace never matches one."""
+    p = pol("from-demo", "ALLOW", rule([Match(namespaces=["demo"])]))
+    for _ in range(2):
+        assert evaluate([p], SERVER, conn(identity), ROOT).allowed is allowed

@@ -22,6 +22,7 @@ from ambit.dataplane.telemetry.accesslog import ConnRecord
 from ambit.dataplane.telemetry.metrics import Metrics
 from ambit.model import PeerAuthn
 from ambit.zds import PodInfo
+from bench.inproc_ztunnel import LoopbackPod
 from tests.unit.conftest import LocalCAFetcher
 from tests.unit.ztunnel.meshcfg import config, wl
 from ztunnel.pods import PodProxy
@@ -40,23 +41,6 @@ class ListSink:
 
     def emit(self, rec: ConnRecord) -> None:
         self.records.append(rec)
-
-
-class LoopbackPod(PodProxy):
-    """A pod whose netns is the test's own: sockets are plain, delivery binds the client's
-    loopback address directly (what IP_TRANSPARENT does for a real pod)."""
-
-    def _bound(self, ip: str) -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        s.setblocking(False)
-        s.bind((ip, 0))
-        return s
-
-    def socket(self) -> socket.socket:
-        return self._bound(self.pod.ip)         # in its own netns a pod's sockets leave from its IP
-
-    def delivery_socket(self, src_ip: str) -> socket.socket:
-        return self._bound(src_ip)
 
 
 def pod(w) -> LoopbackPod:

@@ -116,3 +116,16 @@ def test_addresses_round_trip(value: str, want: tuple[str, int]) -> None:
 def test_bad_addresses_are_refused_naming_the_value(bad: str) -> None:
     with pytest.raises(ValueError, match="10.1.2.3|host"):
         routing.parse_addr(bad)
+
+
+@pytest.mark.parametrize("value, want", [("010.1.2.3:80", None), ("[FD00:0::1]:80", ("fd00::1", 80)),
+                                         ("[::ffff:10.1.2.3]:443", ("::ffff:a01:203", 443))])
+def test_addresses_are_canonical_and_a_bad_one_is_refused_every_time(value: str, want: tuple[str, int] | None) -> None:
+    """The parsed IP is cached (canonical_ip): a second parse gives the same answer, and a refused
+    value is refused again (errors are not cached)."""
+    for _ in range(2):
+        if want is None:
+            with pytest.raises(ValueError, match="010.1.2.3"):
+                routing.parse_addr(value)
+        else:
+            assert routing.parse_addr(value) == want

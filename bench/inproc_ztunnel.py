@@ -1,0 +1,220 @@
+"""ztunnel's cost per NEW connection, in one process, without the lab.
+
+Why: the bench's "new tunnelled connections per second" is closed-loop wrk through two ztunnels on
+a shared 2-core box, where CPU per connection moves by tens of percent between neighbouring runs.
+This drives the same path of `ztunnel.proxy.Proxy` over loopback (127.0.0.0/8 addresses stand for
+the pods, as tests/unit/ztunnel/test_proxy_inprocess.py does): a client connects to the outbound
+handler, which reads the original destination (injected), routes through a Service VIP to the
+server workload, opens a tunnel on the pooled mTLS HBONE connection (real TLS 1.3, certificates
+from a real in-process CA), the inbound side admits it and connects to the app, the app answers
+one HTTP/1.0 request and closes, and both sides write their access line (to /dev/null) and Istio
+metrics. Both ztunnel sides, the client and the app run in this one process.
+
+    .venv/bin/python bench/inproc_ztunnel.py [--conns 2000] [--concurrency 8] [--runs 3] [--profile F]
+
+Prints CPU µs per connection (best of `--runs`, the whole process: both ztunnel sides plus the
+in-process client and app, which are the same in every tree) and, with `--profile F`, one run
+under cProfile: Python calls per connection, all and those in ztunnel/ and ambit/ (exact, not
+sampled: the figure to compare on a busy box), and the top functions; with `--opcodes`, the
+bytecodes CPython executes per connection (bench/inproc_waypoint.py's counter). Compare trees by running it
+alternately with each on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import datetime as dt
+import os
+import pstats
+import socket
+import sys
+import time
+
+from ambit.configclient import ConfigUpdate
+from ambit.dataplane.identity import FetchResult, IdentityManager
+from ambit.dataplane.settings import TunnelSettings
+from ambit.dataplane.telemetry.accesslog import PolicySink, StreamSink
+from ambit.dataplane.telemetry.metrics import Metrics
+from ambit.model import Endpoint, Service, ServicePort, Workload
+from ambit.zds import PodInfo
+from controller.ca import CertificateAuthority, generate_root
+from ztunnel.meshstate import MeshState
+from ztunnel.pods import PodProxy
+from ztunnel.proxy import Proxy
+
+TD = "cluster.local"
+CLIENT_IP, SERVER_IP, VIP = "127.0.60.2", "127.0.60.3", "127.0.60.100"
+APP_PORT, SVC_PORT, HBONE_PORT = 18180, 80, 15008
+REQUEST = b"GET / HTTP/1.0\r\nHost: echo\r\n\r\n"
+RESPONSE = b"HTTP/1.0 200 OK\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1024
+
+
+class _Fetcher:
+    """The CertificateFetcher protocol served by the in-process CA."""
+
+    def __init__(self, ca: CertificateAuthority) -> None:
+        self.ca = ca
+
+    async def fetch(self, identity: str, csr_pem: bytes, ttl_seconds: int) -> FetchResult:
+        chain = self.ca.sign_csr(csr_pem, identity, dt.timedelta(seconds=ttl_seconds))
+        return FetchResult(chain, self.ca.trust_bundle().pems())
+
+
+class LoopbackPod(PodProxy):
+    """A pod whose netns is ours: sockets are plain loopback ones bound to its address, delivery binds
+    the client's address directly (what IP_TRANSPARENT does for a real pod). Shared with
+    tests/unit/ztunnel/test_proxy_inprocess.py."""
+
+    def _bound(self, ip: str) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        s.setblocking(False)
+        s.bind((ip, 0))
+        return s
+
+    def socket(self) -> socket.socket:
+        return self._bound(self.pod.ip)
+
+    def delivery_socket(self, src_ip: str) -> socket.socket:
+        return self._bound(src_ip)
+
+
+def _workload(name: str, ip: str, services: dict[str, list[int]]) -> Workload:
+    return Workload(uid=f"uid-demo-{name}", name=name, namespace="demo", ips=[ip], node="node1",
+                    service_account=name, identity=f"spiffe://{TD}/ns/demo/sa/{name}", labels={"app": name},
+                    enrolled=True, protocol="HBONE", services=services)
+
+
+def _mesh() -> tuple[MeshState, Workload, Workload]:
+    client = _workload("client", CLIENT_IP, {})
+    server = _workload("echo", SERVER_IP, {"demo/echo": [APP_PORT]})
+    svc = Service(name="echo", namespace="demo", hostname="echo.demo.svc.cluster.local", vips=[VIP],
+                  ports=[ServicePort(SVC_PORT, APP_PORT, "http")],
+                  endpoints=[Endpoint(server.uid, SERVER_IP, "node1")])
+    cfg = MeshState(root_namespace="ambit-system")
+    for t, items in ((Workload.TYPE, {w.uid: w for w in (client, server)}), (Service.TYPE, {svc.resource_name: svc})):
+        cfg.apply(ConfigUpdate(t, "v1", items, frozenset(), items))
+    return cfg, client, server
+
+
+class _App(asyncio.Protocol):
+    """The server pod's app: one HTTP/1.0 response per connection, then close (as nginx does)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(RESPONSE)      # type: ignore[attr-defined]
+        self.transport.close()
+
+
+async def _client(port: int, n: int, failures: list[str]) -> None:
+    """One wrk connection at a time: connect, one request, read to EOF, close."""
+    for _ in range(n):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(REQUEST)
+        data = await r.read()
+        w.close()
+        if not data.startswith(b"HTTP/1.0 200"):
+            failures.append(repr(data[:60]))
+
+
+async def _setup() -> tuple[Proxy, IdentityManager, list[asyncio.AbstractServer], int]:
+    cfg, client, server = _mesh()
+    ca = CertificateAuthority(generate_root(TD), TD)
+    identities = IdentityManager(_Fetcher(ca))
+    proxy = Proxy(cfg, identities=identities, metrics=Metrics(),
+                  access_log=None, original_dst=lambda s: (VIP, SVC_PORT),
+                  tunnel=TunnelSettings(connect_timeout=5, cert_wait=5))
+    proxy.access_log = PolicySink(StreamSink(open(os.devnull, "w")), proxy.access_log_config)  # noqa: SIM115
+    cpod = LoopbackPod(PodInfo(client.uid, client.name, "demo", CLIENT_IP, "node1", client.service_account), -1)
+    spod = LoopbackPod(PodInfo(server.uid, server.name, "demo", SERVER_IP, "node1", server.service_account), -1)
+    proxy.registry.by_ip[CLIENT_IP] = cpod
+    identities.prefetch([client.identity, server.identity])
+    await identities.get(server.identity, 10)
+    await identities.get(client.identity, 10)
+    loop = asyncio.get_running_loop()
+    app = await loop.create_server(_App, SERVER_IP, APP_PORT, reuse_address=True)
+    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lst.bind((SERVER_IP, HBONE_PORT))
+    lst.listen(1024)
+    lst.setblocking(False)
+    hbone = await proxy._serve_hbone(spod, lst)
+    from ambit.dataplane.relay import Leg
+
+    def factory() -> Leg:
+        return Leg(on_made=lambda leg: cpod.track(proxy.outbound(cpod, leg)))
+    out = await loop.create_server(factory, "127.0.0.1", 0, reuse_address=True, backlog=1024)
+    port = out.sockets[0].getsockname()[1]
+    return proxy, identities, [app, out, hbone], port  # type: ignore[list-item]
+
+
+async def _window(port: int, conns: int, concurrency: int) -> float:
+    failures: list[str] = []
+    t0 = time.process_time()
+    await asyncio.gather(*(_client(port, conns // concurrency, failures) for _ in range(concurrency)))
+    await asyncio.sleep(0)
+    cpu = time.process_time() - t0
+    if failures:
+        raise SystemExit(f"{len(failures)} failed connections, e.g. {failures[0]}")
+    return cpu
+
+
+def _report_profile(prof: cProfile.Profile, conns: int, path: str, top: int) -> None:
+    prof.dump_stats(path)
+    st = pstats.Stats(path)
+    total = sum(v[1] for v in st.stats.values())      # type: ignore[attr-defined]
+    ours = sum(v[1] for k, v in st.stats.items()       # type: ignore[attr-defined]
+               if "/ztunnel/" in k[0] or "/ambit/" in k[0])
+    print(f"Python calls per connection: {total / conns:.1f} (in ztunnel/ and ambit/: {ours / conns:.1f})")
+    rows = sorted(st.stats.items(), key=lambda kv: -kv[1][1])[:top]   # type: ignore[attr-defined]
+    for (f, line, name), v in rows:
+        print(f"  {v[1] / conns:7.2f}/conn  {f.rsplit('/', 2)[-2:]}:{line} {name}")
+
+
+async def _main(args: argparse.Namespace) -> None:
+    proxy, identities, servers, port = await _setup()
+    try:
+        await _window(port, max(args.concurrency, 200), args.concurrency)     # warm: pool, caches
+        best = min([await _window(port, args.conns, args.concurrency) for _ in range(args.runs)])
+        print(f"CPU per connection (best of {args.runs} x {args.conns}): {1e6 * best / args.conns:.1f} µs")
+        if args.opcodes:
+            from bench.inproc_waypoint import Opcodes
+            with Opcodes() as ops:
+                await _window(port, args.conns, args.concurrency)
+            print(f"opcodes: {ops.n / args.conns:.0f} bytecodes/connection ({args.conns} connections)")
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            await _window(port, args.conns, args.concurrency)
+            prof.disable()
+            _report_profile(prof, args.conns, args.profile, args.top)
+    finally:
+        for s in servers:
+            s.close()
+        await proxy.close()
+        await identities.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--conns", type=int, default=2000, help="connections per window (default 2000)")
+    ap.add_argument("--concurrency", type=int, default=8, help="connections at a time, as wrk's (default 8)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--profile", default="", help="also one window under cProfile, stats written here")
+    ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--opcodes", action="store_true",
+                    help="also one window counting CPython bytecodes per connection (deterministic, slow)")
+    ap.add_argument("--asyncio", action="store_true", help="the stdlib loop instead of uvloop")
+    args = ap.parse_args()
+    if not args.asyncio:
+        import uvloop
+        uvloop.install()
+    asyncio.run(_main(args))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
