@@ -17,7 +17,8 @@ unmodified:
 - `POST` (create; a Service gets a cluster IP), `PUT` (update, with optimistic concurrency on
   metadata.resourceVersion: 409 Conflict when stale) and `DELETE` of objects, with the garbage
   collector's background cascade: deleting an object deletes every object whose
-  `metadata.ownerReferences` names its uid (transitively), as kube-controller-manager does.
+  `metadata.ownerReferences` names its uid (transitively), and an object written with an owner
+  whose uid no longer exists is deleted, as kube-controller-manager does.
 
 - `GET /api/v1/namespaces/NS/pods/NAME/log` (`container`, `tailLines`, `limitBytes`), answering
   what a test set with `set_log()`, as the API server proxies the kubelet's container logs;
@@ -272,7 +273,9 @@ class KubeEmulator:
                 o["spec"]["clusterIPs"] = [o["spec"]["clusterIP"]]
             store[key] = o
             self._record(t, "ADDED", o)
-            return copy.deepcopy(o)
+            out = copy.deepcopy(o)
+            self._collect_if_orphan(t, key, o)
+            return out
 
     def update(self, obj: Obj) -> Obj:
         with self._lock:
@@ -293,7 +296,9 @@ class KubeEmulator:
                 o["status"] = old["status"]
             store[key] = o
             self._record(t, "MODIFIED", o)
-            return copy.deepcopy(o)
+            out = copy.deepcopy(o)
+            self._collect_if_orphan(t, key, o)
+            return out
 
     def apply(self, obj: Obj) -> Obj:
         with self._lock:
@@ -305,6 +310,17 @@ class KubeEmulator:
         with self._lock:
             t = self._type_of({"apiVersion": api_version, "kind": kind})
             self._delete(t, (namespace if t.namespaced else "", name))
+
+    def _collect_if_orphan(self, t: ResourceType, key: tuple[str, str], o: Obj) -> None:
+        """The garbage collector's other half: an object written with an owner that no longer
+        exists (a controller acting on a stale cache after the owner's deletion) is deleted, as
+        kube-controller-manager deletes dependents whose owner's uid is gone."""
+        owners = {r.get("uid") for r in o["metadata"].get("ownerReferences") or []}
+        if not owners:
+            return
+        alive = {d["metadata"].get("uid") for objs in self._objects.values() for d in objs.values()}
+        if not owners <= alive:
+            self._delete(t, key)
 
     def _delete(self, t: ResourceType, key: tuple[str, str]) -> Obj:
         """Delete one object, then (the garbage collector) every object it owns, transitively."""

@@ -255,7 +255,10 @@ def test_ambit_waypoint_cli_against_the_cluster(cluster: tuple[KubeEmulator, Kub
         "ambit.io/waypoint-for": "all"}
     rc, out, _ = run("delete", "-n", "demo")
     assert (rc, out) == (0, "waypoint demo/waypoint deleted\n")
-    assert emu.get("apps/v1", "Deployment", "waypoint", "demo") is None
+    # The garbage collector takes the owned Deployment; as in Kubernetes, not necessarily before
+    # the delete returns (a reconcile of the update above may still be finishing).
+    wait_for(lambda: emu.get("apps/v1", "Deployment", "waypoint", "demo") is None,
+             what="the Deployment collected after its Gateway was deleted", timeout=15)
 
 
 def test_settled_waypoints_cost_no_api_calls_until_resync() -> None:
