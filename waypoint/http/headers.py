@@ -27,7 +27,8 @@ _CONNECTION_ONLY = frozenset({"connection"})
 _UUID_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
 _UUID_V4 = (0x8000 << 48) | (4 << 76)
 H2_PSEUDO = (":method", ":scheme", ":authority", ":path", ":status", ":protocol")
-_name = itemgetter(0)      # a header's name, for set operations over the names without Python bytecode
+# a header's name and value: map them over a header list to work on its names in C (no bytecode per header)
+header_name, header_value = itemgetter(0), itemgetter(1)
 
 
 def connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
@@ -43,9 +44,9 @@ def strip_hop_by_hop(headers: list[tuple[str, str]], *, keep_upgrade: bool = Fal
     """`headers` without hop-by-hop headers. `keep_upgrade`: an upgrade passed through keeps
     `Upgrade` and gets `Connection: upgrade` back, so the next hop sees the handshake."""
     if not keep_upgrade:
-        if HOP_BY_HOP.isdisjoint(map(_name, headers)):
+        if HOP_BY_HOP.isdisjoint(map(header_name, headers)):
             return list(headers)    # the common request: nothing to strip, one pass in C
-        present = HOP_BY_HOP.intersection(map(_name, headers))
+        present = HOP_BY_HOP.intersection(map(header_name, headers))
         if present == _CONNECTION_ONLY:     # the common response: `Connection: keep-alive` (or close)
             kept = []
             for h in headers:
