@@ -93,24 +93,19 @@ def new_traceparent(rng: _random.Random) -> str:
 
 
 def add_forwarded(headers: list[tuple[str, str]], scheme: str, rng: _random.Random) -> tuple[list[tuple[str, str]], str]:
-    """`headers` with x-forwarded-proto, x-request-id and traceparent ensured; also the request id."""
-    proto = trace = False
-    rid = None
-    for k, v in headers:        # one pass: this runs for every request
-        if k == "x-forwarded-proto":
-            proto = True
-        elif k == "x-request-id":
-            if rid is None:
-                rid = v
-        elif k == "traceparent":
-            trace = True
+    """`headers` with x-forwarded-proto, x-request-id and traceparent ensured; also the request id
+    (the first x-request-id the client sent). This runs for every request: the names are looked
+    at as a set made in C, not in a Python loop over the headers."""
+    names = set(map(header_name, headers))
     out = list(headers)
-    if not proto:
+    if "x-forwarded-proto" not in names:
         out.append(("x-forwarded-proto", scheme))
-    if rid is None:
+    if "x-request-id" in names:
+        rid = next(v for k, v in headers if k == "x-request-id")
+    else:
         rid = request_id(rng)
         out.append(("x-request-id", rid))
-    if not trace:
+    if "traceparent" not in names:
         out.append(("traceparent", new_traceparent(rng)))
     return out, rid
 

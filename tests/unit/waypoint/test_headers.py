@@ -80,3 +80,15 @@ def test_a_lone_connection_option_is_dropped_and_anything_it_names_goes_the_gene
     h = [("a", "1"), ("b", "2")]
     out = strip_hop_by_hop(h)
     assert out == h and out is not h        # a copy: callers may extend it
+
+
+def test_add_forwarded_keeps_what_the_client_sent_and_adds_the_rest_in_order() -> None:
+    sent = [("x-request-id", "first"), ("traceparent", "00-1-2-00"), ("x-request-id", "second"),
+            ("x-forwarded-proto", "https")]
+    out, rid = add_forwarded(sent, "http", random.Random(1))
+    assert out == sent and rid == "first"
+    out, rid = add_forwarded([("host", "a"), ("traceparent", "00-1-2-00")], "http", random.Random(1))
+    assert [k for k, _ in out] == ["host", "traceparent", "x-forwarded-proto", "x-request-id"]
+    assert rid == request_id(random.Random(1)) and ("x-forwarded-proto", "http") in out
+    out, _ = add_forwarded([], "https", random.Random(1))
+    assert [k for k, _ in out] == ["x-forwarded-proto", "x-request-id", "traceparent"]
