@@ -20,8 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.unit.waypoint.harness import Origin, Proxy, by_header, free_port
-from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, RESET_BEFORE_HEADERS
-from waypoint.http.http1.client import upstream_headers
+from waypoint.http.exchange import RESET_BEFORE_HEADERS
 from waypoint.http.http1.wire import encode_head
 from waypoint.http.settings import HttpSettings
 from waypoint.request import Decision, Downstream, Forward, LocalReply, RequestHead
@@ -313,23 +312,3 @@ def test_absolute_form_request_target(proxy: Proxy) -> None:
 def test_encode_head_is_the_line_each_header_line_and_a_blank_line(headers: list[tuple[str, str]]) -> None:
     expected = b"GET / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers).encode("latin-1") + b"\r\n"
     assert encode_head(b"GET / HTTP/1.1\r\n", headers) == expected
-
-
-def _upstream_reference(headers: list[tuple[str, str]], authority: str, body: str) -> list[tuple[str, str]]:
-    out = [("host", authority)]
-    cookies = [v for k, v in headers if k == "cookie"]
-    out += [(k, v) for k, v in headers if not (k in ("host", "cookie", "te") or k.startswith(":")
-                                                  or (k == "content-length" and body != BODY_LENGTH))]
-    return out + ([("cookie", "; ".join(cookies))] if cookies else [])
-
-
-def test_upstream_headers_agree_with_the_header_rules_on_random_requests() -> None:
-    """Host first, pseudo-headers, Host, TE and an unframed Content-Length dropped, Cookies joined
-    last: the same list whether the copy in C or the general walk builds it."""
-    import random as rnd
-    names = ["host", "cookie", "te", "content-length", ":path", "accept", "user-agent", "x-a", "!x", "1b", ";"]
-    r = rnd.Random(7)
-    for _ in range(3000):
-        headers = [(r.choice(names), r.choice(["v", "w", ""])) for _ in range(r.randrange(0, 6))]
-        body = r.choice([BODY_NONE, BODY_LENGTH, BODY_STREAM])
-        assert upstream_headers(headers, "svc:80", body) == _upstream_reference(headers, "svc:80", body), (headers, body)

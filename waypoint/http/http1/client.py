@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import httptools
 
 from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
-from waypoint.http.headers import header_name
 from waypoint.http.http1.wire import encode_head
 from waypoint.http.legs import Headers
 from waypoint.request import RequestHead
@@ -22,44 +21,6 @@ log = logging.getLogger("waypoint.http")
 
 
 _LOST = httptools.HttpResponseParser(None)     # a lost connection's parser: holds no protocol
-
-
-_NOT_COPIED = frozenset({"host", "cookie", "content-length", "te"})
-_HOST = frozenset({"host"})
-
-
-def upstream_headers(headers: Headers, authority: str, body: str) -> Headers:
-    """A request's headers as the HTTP/1.1 client sends them: Host (the request's authority)
-    first, then the rest in order without pseudo-headers, Host, TE and (unless the body has a
-    length) Content-Length, and the Cookie headers joined into one at the end (HTTP/2 clients
-    split them: RFC 9113 §8.2.3). When there is nothing to drop or join but one Host header (the
-    common request), the list is copied in C, not walked in Python (~20 bytecodes per header)."""
-    out: Headers = [("host", authority)]
-    names = list(map(header_name, headers))
-    special = _NOT_COPIED.intersection(names)
-    if (not special or special == _HOST) and min(names, default=";") >= ";" and names.count("host") <= 1:
-        if special:         # every name sorts at or after ";": none is a pseudo-header
-            i = names.index("host")
-            out += headers[:i]
-            out += headers[i + 1:]
-        else:
-            out += headers
-        return out
-    cookies = []
-    for k, v in headers:
-        if k == "host" or k.startswith(":"):
-            continue
-        if k == "cookie":
-            cookies.append(v)
-            continue
-        if k == "content-length" and body != BODY_LENGTH:
-            continue
-        if k == "te":
-            continue
-        out.append((k, v))
-    if cookies:
-        out.append(("cookie", "; ".join(cookies)))
-    return out
 
 
 class H1Client(asyncio.Protocol):
@@ -178,7 +139,21 @@ class H1Client(asyncio.Protocol):
         self._headers, self._trailers = [], None
         self._in_head, self._informational, self._eof_body = True, False, False
         self._head_request = head.method == "HEAD"
-        out = upstream_headers(head.headers, head.authority, ex.body)
+        out: Headers = [("host", head.authority)]
+        cookies = []
+        for k, v in head.headers:
+            if k == "host" or k.startswith(":"):
+                continue
+            if k == "cookie":
+                cookies.append(v)
+                continue
+            if k == "content-length" and ex.body != BODY_LENGTH:
+                continue
+            if k == "te":
+                continue
+            out.append((k, v))
+        if cookies:
+            out.append(("cookie", "; ".join(cookies)))
         self._chunked = ex.body == BODY_STREAM
         if self._chunked:
             out.append(("transfer-encoding", "chunked"))
