@@ -46,15 +46,15 @@ def strip_hop_by_hop(headers: list[tuple[str, str]], *, keep_upgrade: bool = Fal
     if not keep_upgrade:
         if HOP_BY_HOP.isdisjoint(map(header_name, headers)):
             return list(headers)    # the common request: nothing to strip, one pass in C
-        names = list(map(header_name, headers))
-        present = HOP_BY_HOP.intersection(names)
-        if present == _CONNECTION_ONLY and names.count("connection") == 1:
-            # the common response: one `Connection: keep-alive` (or close) and nothing else to
-            # drop; it is cut out by index, the rest copied in C
-            i = names.index("connection")
-            if headers[i][1].strip().lower() in _CONNECTION_OPTIONS:
-                kept = list(headers[:i])
-                kept += headers[i + 1:]
+        present = HOP_BY_HOP.intersection(map(header_name, headers))
+        if present == _CONNECTION_ONLY:     # the common response: `Connection: keep-alive` (or close)
+            kept = []
+            for h in headers:
+                if h[0] != "connection":
+                    kept.append(h)
+                elif h[1].strip().lower() not in _CONNECTION_OPTIONS:
+                    break           # it names headers (or several tokens): the general case below
+            else:
                 return kept
     named: set[str] | frozenset[str] = _NONE
     for k, _ in headers:        # most messages name nothing in Connection: skip building the set

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
-from waypoint.http.headers import header_name, header_value, is_grpc_type
+from waypoint.http.headers import is_grpc_type
 from waypoint.http.http1.client import H1Client
 from waypoint.http.http1.wire import FLUSH_NOW, Refuse, encode_head, reason_phrase
 from waypoint.http.legs import Headers
@@ -172,16 +172,25 @@ class H1Server(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         headers = self._headers
-        # what the head needs from the headers (this runs for every request), read in C over the
-        # list of names: the size, the first Host, Content-Length and Content-Type, whether there
-        # is a Transfer-Encoding and an `Expect: 100-continue`
-        names = list(map(header_name, headers))
-        size = len(self._url) + sum(map(len, names)) + sum(map(len, map(header_value, headers))) + 4 * len(names)
-        host = headers[names.index("host")][1] if "host" in names else None
-        te = "transfer-encoding" in names
-        cl = headers[names.index("content-length")][1] if "content-length" in names else None
-        ctype = headers[names.index("content-type")][1] if "content-type" in names else None
-        expect = "expect" in names and any(k == "expect" and v.lower() == "100-continue" for k, v in headers)
+        # one pass over the headers for everything the head needs (this runs for every request)
+        size = len(self._url)
+        host = cl = ctype = None
+        te = expect = False
+        for k, v in headers:
+            size += len(k) + len(v) + 4
+            if k == "host":
+                if host is None:
+                    host = v
+            elif k == "transfer-encoding":
+                te = True
+            elif k == "content-length":
+                if cl is None:
+                    cl = v
+            elif k == "content-type":
+                if ctype is None:
+                    ctype = v
+            elif k == "expect" and v.lower() == "100-continue":
+                expect = True
         if size > self.settings.max_header_bytes:
             raise Refuse(431, "request headers too large")
         p = self.parser
@@ -269,10 +278,15 @@ class H1Server(asyncio.Protocol):
             self._keep_alive = False
             self._write(encode_head(b"HTTP/1.1 101 Switching Protocols\r\n", headers))
             return
-        names = set(map(header_name, headers))     # in C: no Python bytecode per header
-        has_len = "content-length" in names
-        # Connection is dropped (ours is set below)
-        out = [h for h in headers if h[0] != "connection"] if "connection" in names else list(headers)
+        has_len = False
+        out = []
+        for h in headers:       # one pass: drop Connection (ours is set below), note a length
+            k = h[0]
+            if k == "connection":
+                continue
+            if k == "content-length":
+                has_len = True
+            out.append(h)
         no_body = self._head_request or status in (204, 304) or 100 <= status < 200
         if ex is not None and (ex.upgrade or not ex.keep_alive):
             self._keep_alive = False    # (a refused upgrade: the client's next bytes are unframed)
