@@ -27,8 +27,8 @@ _CONNECTION_ONLY = frozenset({"connection"})
 _UUID_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
 _UUID_V4 = (0x8000 << 48) | (4 << 76)
 H2_PSEUDO = (":method", ":scheme", ":authority", ":path", ":status", ":protocol")
-# a header's name and value: map them over a header list to work on its names in C (no bytecode per header)
-header_name, header_value = itemgetter(0), itemgetter(1)
+# a header's name: map it over a header list to test the names in C (no bytecode per header)
+header_name = itemgetter(0)
 
 
 def connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
@@ -93,19 +93,24 @@ def new_traceparent(rng: _random.Random) -> str:
 
 
 def add_forwarded(headers: list[tuple[str, str]], scheme: str, rng: _random.Random) -> tuple[list[tuple[str, str]], str]:
-    """`headers` with x-forwarded-proto, x-request-id and traceparent ensured; also the request id
-    (the first x-request-id the client sent). This runs for every request: the names are looked
-    at as a set made in C, not in a Python loop over the headers."""
-    names = set(map(header_name, headers))
+    """`headers` with x-forwarded-proto, x-request-id and traceparent ensured; also the request id."""
+    proto = trace = False
+    rid = None
+    for k, v in headers:        # one pass: this runs for every request
+        if k == "x-forwarded-proto":
+            proto = True
+        elif k == "x-request-id":
+            if rid is None:
+                rid = v
+        elif k == "traceparent":
+            trace = True
     out = list(headers)
-    if "x-forwarded-proto" not in names:
+    if not proto:
         out.append(("x-forwarded-proto", scheme))
-    if "x-request-id" in names:
-        rid = next(v for k, v in headers if k == "x-request-id")
-    else:
+    if rid is None:
         rid = request_id(rng)
         out.append(("x-request-id", rid))
-    if "traceparent" not in names:
+    if not trace:
         out.append(("traceparent", new_traceparent(rng)))
     return out, rid
 

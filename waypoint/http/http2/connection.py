@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from itertools import repeat
 from typing import TYPE_CHECKING
 
 import h2.config
@@ -17,7 +16,7 @@ import h2.exceptions
 import h2.settings
 
 from ambit.dataplane.nghttp2 import NgHttp2Connection
-from waypoint.http.headers import HOP_BY_HOP, header_name, header_value
+from waypoint.http.headers import HOP_BY_HOP
 from waypoint.http.legs import Headers
 
 if TYPE_CHECKING:
@@ -33,27 +32,16 @@ def decode_headers(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], 
     pseudo: dict[str, str] = {}
     out: Headers = []
     for k, v in headers:
-        if k[:1] == b":":
-            pseudo[k.decode("latin-1")] = v.decode("latin-1")
+        ks, vs = k.decode("latin-1"), v.decode("latin-1")
+        if ks.startswith(":"):
+            pseudo[ks] = vs
         else:
-            out.append((k.decode("latin-1"), v.decode("latin-1")))
+            out.append((ks, vs))
     return pseudo, out
-
-
-_NOT_SENT = HOP_BY_HOP | {"host"}     # never on an HTTP/2 wire (TE: trailers excepted, below)
-_LATIN1 = repeat("latin-1")
 
 
 def encode_headers(pseudo: list[tuple[str, str]], headers: Headers) -> list[tuple[bytes, bytes]]:
     out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pseudo]
-    names = set(map(header_name, headers))
-    if names.isdisjoint(_NOT_SENT) and min(names, default=";") >= ";":
-        # the common case: nothing to drop (no hop-by-hop, no Host, no pseudo-header: every name
-        # sorts at or after ";", so none starts with ":"), each pair encoded in C, no Python
-        # bytecode per header
-        out += zip(map(str.encode, map(header_name, headers), _LATIN1),
-                   map(str.encode, map(header_value, headers), _LATIN1), strict=True)
-        return out
     for k, v in headers:
         if k in HOP_BY_HOP and not (k == "te" and v == "trailers") or k == "host" or k.startswith(":"):
             continue
