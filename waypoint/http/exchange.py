@@ -31,7 +31,7 @@ the exchange itself (a try is only ever abandoned by `_schedule_retry`, which fi
 ends its pool claim: docs/performance.md §43).
 
 Most requests use none of the retry, timeout, fault, mirror and upgrade state: it lives in a `_Rare`
-made on first use (`Exchange.x`), so a plain request neither stores nor reads it (§42).
+made on first use (`Exchange.x`), so a plain request neither stores nor reads it (§43).
 """
 
 from __future__ import annotations
@@ -729,7 +729,7 @@ class Exchange:
 class _Rare:
     """An exchange's state that most requests never touch: retries (beyond the first try's
     leg), timeouts, fault injection, mirrors, an upgraded relay. Made on first use
-    (`Exchange._rare`), so a plain request stores and reads none of it (docs/performance.md §42)."""
+    (`Exchange._rare`), so a plain request stores and reads none of it (docs/performance.md §43)."""
 
     __slots__ = ("retried", "raw_ends", "rstate", "replayable", "try_", "timeout", "per_try_timeout",
                  "retry_flag", "timer", "try_timer", "backoff", "shadows", "fault_flags", "delay")
