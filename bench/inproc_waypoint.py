@@ -7,7 +7,7 @@ access line and Istio's metrics) over loopback TCP, with nginx as the origin and
 client in their own processes, so the process's CPU time is the waypoint's alone. HBONE is left
 out (plain TCP both ways): it is measured by the probe.
 
-    .venv/bin/python bench/inproc_waypoint.py [--rate 1000] [--seconds 5] [--runs 3] [--profile F]
+    .venv/bin/python bench/inproc_waypoint.py [--rate 1000] [--seconds 5] [--runs 3] [--profile F] [--h2c]
 
 Prints the best of `--runs` windows as CPU µs per request; `--opcodes` counts the bytecodes
 CPython executes per request instead (deterministic: the figure to compare on a busy box) (`--rate 0`: closed loop, as fast as
@@ -108,14 +108,17 @@ async def serve(proxy: WaypointProxy, origin_port: int) -> int:
     return server.sockets[0].getsockname()[1]
 
 
-async def drive(port: int, rate: int, seconds: float, conns: int) -> int:
-    """h2load --h1, `conns` connections; returns the 2xx responses."""
+async def drive(port: int, rate: int, seconds: float, conns: int, h2c: bool = False) -> int:
+    """h2load, `conns` connections, one request in flight on each: HTTP/1.1 (--h1), or with `h2c`
+    HTTP/2 with prior knowledge (the waypoint's h2c server side; the origin leg stays HTTP/1.1);
+    returns the 2xx responses."""
     url = f"http://127.0.0.1:{port}/"
     if rate:
         args = ["--rps", f"{rate / conns:g}", "-D", f"{seconds:g}"]
     else:
         args = ["-D", f"{seconds:g}"]
-    p = await asyncio.create_subprocess_exec("h2load", "--h1", "-c", str(conns), "-m", "1", *args, url,
+    proto = [] if h2c else ["--h1"]
+    p = await asyncio.create_subprocess_exec("h2load", *proto, "-c", str(conns), "-m", "1", *args, url,
                                              stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out = (await p.communicate())[0].decode()
     m = re.search(r"status codes: (\d+) 2xx", out)
@@ -156,19 +159,19 @@ async def main(a: argparse.Namespace) -> None:
     try:
         proxy = build_proxy(origin_port)
         port = await serve(proxy, origin_port)
-        await drive(port, 0, 1, a.conns)        # warm up: pools, caches, the allocator
+        await drive(port, 0, 1, a.conns, a.h2c)        # warm up: pools, caches, the allocator
         best = None
         for _ in range(a.runs):
             if a.opcodes:
                 with Opcodes() as ops:
-                    n = await drive(port, a.rate, a.seconds, a.conns)
+                    n = await drive(port, a.rate, a.seconds, a.conns, a.h2c)
                 print(f"opcodes: {ops.n / n:.0f} bytecodes/request ({n} requests)")
                 break
             prof = cProfile.Profile() if a.profile else None
             c0 = time.process_time()
             if prof:
                 prof.enable()
-            n = await drive(port, a.rate, a.seconds, a.conns)
+            n = await drive(port, a.rate, a.seconds, a.conns, a.h2c)
             if prof:
                 prof.disable()
             us = (time.process_time() - c0) / n * 1e6
@@ -182,7 +185,8 @@ async def main(a: argparse.Namespace) -> None:
                 st.sort_stats("tottime").print_stats(25)
                 break
         if best is not None:
-            print(f"best: {best:.1f} µs CPU/request (rate {a.rate or 'closed loop'}, {a.conns} connections)")
+            print(f"best: {best:.1f} µs CPU/request (rate {a.rate or 'closed loop'}, {a.conns} connections"
+                  f"{', h2c' if a.h2c else ''})")
         await proxy.engine.shutdown()   # type: ignore[union-attr]
     finally:
         nginx.terminate()
@@ -197,6 +201,7 @@ if __name__ == "__main__":
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--conns", type=int, default=10)
     ap.add_argument("--profile", help="write cProfile stats of one window here")
+    ap.add_argument("--h2c", action="store_true", help="the client speaks h2c (prior knowledge) instead of HTTP/1.1")
     ap.add_argument("--opcodes", action="store_true", help="count CPython bytecodes/request in one window instead")
     args = ap.parse_args()
     # the access line as the binary writes it (ambit.dataplane.process: one LOG_FORMAT stream handler)

@@ -26,7 +26,12 @@ once the head went downstream); each try may have a per-try timeout; a try's out
 connect failure, reset, per-try timeout) goes to the route's retry policy (Istio's default when the
 route has none) and, while no response byte went downstream and the request body is within
 `retry_buffer_bytes`, may start a new try after a backoff on another endpoint. Each try is handed to
-the pools as its own `_Try`, so a late callback from an abandoned try is dropped.
+the pools as its own `_Try`, so a late callback from an abandoned try is dropped; the first try is
+the exchange itself (a try is only ever abandoned by `_schedule_retry`, which first stops its leg and
+ends its pool claim: docs/performance.md §43).
+
+Most requests use none of the retry, timeout, fault, mirror and upgrade state: it lives in a `_Rare`
+made on first use (`Exchange.x`), so a plain request neither stores nor reads it (§43).
 """
 
 from __future__ import annotations
@@ -64,11 +69,8 @@ BODY_NONE, BODY_LENGTH, BODY_STREAM = "none", "length", "stream"
 class Exchange:
     __slots__ = ("engine", "down", "up", "head", "downstream", "body", "record", "forward", "target", "msgs",
                  "up_head", "pending", "pending_bytes", "req_ended", "req_trailers", "resp_started",
-                 "resp_ended", "done", "last", "upgrade", "expect_continue", "retried", "_t0",
-                 "upgraded", "_raw_ends", "keep_alive", "reset_code", "_attempt",
-                 "retry_policy", "rstate", "replay", "replay_bytes", "replayable", "_try", "timeout",
-                 "per_try_timeout", "retry_flag", "_timer", "_try_timer", "_backoff", "shadows", "_fault_flags",
-                 "_delay", "trace")
+                 "resp_ended", "done", "last", "upgrade", "expect_continue", "_t0", "upgraded", "keep_alive",
+                 "reset_code", "_attempt", "retry_policy", "replay", "replay_bytes", "trace", "x")
 
     def __init__(self, engine: Engine, down: DownLeg, head: RequestHead, downstream: Downstream, *,
                  body: str, upgrade: bool = False, expect_continue: bool = False) -> None:
@@ -96,28 +98,15 @@ class Exchange:
         self.resp_started = False
         self.resp_ended = False
         self.done = False
-        self.retried = False
         self.upgraded = False
         self.keep_alive = True          # the client wants the connection kept (HTTP/1)
         self.reset_code: int | None = None  # an HTTP/2 RST_STREAM code to pass on to the other leg
-        self._raw_ends = 0
         self._attempt = 0               # 0: no attempt open; 1: open, outcome unknown; 2: outcome reported
         self.retry_policy: retries.RetryPolicy | None = None   # None: no retries for this request
-        self.rstate: retries.RetryState | None = None           # created at the first retriable outcome
         self.replay: list[bytes] | None = None  # the request body as received, for a retry
         self.replay_bytes = 0
-        self.replayable = True          # False: the body outgrew retry_buffer_bytes, no more retries
-        self._try: _Try | None = None        # the current try, when retries or a per-try timeout may abandon it
-        self.timeout = 0.0              # the route timeout of this request (s); 0: none
-        self.per_try_timeout = 0.0
-        self.retry_flag = ""            # URX (retries exhausted) or UO (retry budget), added to the flags
-        self._timer: asyncio.TimerHandle | None = None       # the route timeout
-        self._try_timer: asyncio.TimerHandle | None = None   # the per-try timeout
-        self._backoff: asyncio.TimerHandle | None = None     # the wait before the next try
-        self.shadows: list[Shadow] = []     # mirrored copies in flight (waypoint/http/shadow.py)
-        self._fault_flags = ""              # DI when a delay was injected (waypoint.resilience.fault)
-        self._delay: asyncio.TimerHandle | None = None
         self.trace = None                   # its spans, when traced (waypoint/telemetry/tracing_sdk.py)
+        self.x: _Rare | None = None         # retry, timeout, fault, mirror, upgrade state, made on first use
         self._t0 = time.monotonic()
         self.last = engine.loop.time()
 
@@ -125,11 +114,19 @@ class Exchange:
 
     @property
     def leg(self) -> Exchange | _Try:
-        """What the pools and the upstream leg of the current try talk to: a `_Try` when retries or
-        a per-try timeout may abandon the try, else the exchange itself. Computed, not stored: an
-        exchange holding itself (or a try holding it back) would be a reference cycle per request,
-        freed only by the cyclic collector (docs/performance.md, round 6)."""
-        return self._try if self._try is not None else self
+        """What the pools and the upstream leg of the current try talk to: a `_Try` for a retry,
+        else (the first try) the exchange itself. Computed, not stored: an exchange holding itself
+        (or a try holding it back) would be a reference cycle per request, freed only by the cyclic
+        collector (docs/performance.md, round 6)."""
+        x = self.x
+        return x.try_ if x is not None and x.try_ is not None else self
+
+    def _rare(self) -> _Rare:
+        """The rarely used state, made on first use."""
+        x = self.x
+        if x is None:
+            x = self.x = _Rare()
+        return x
 
     def start(self) -> None:
         e = self.engine
@@ -173,14 +170,23 @@ class Exchange:
         if self.expect_continue:
             self.down.send_continue()       # Envoy's default: the proxy answers 100 Continue itself
         self._attempt_start()
-        self._new_try()
-        e.pools.acquire(target, self.leg)
+        self._arm_timeouts()        # the first try is the exchange itself (no `_Try`: see `_new_try`)
+        e.pools.acquire(target, self)
 
     # --- from the pools / upstream leg ----------------------------------------------------------
 
-    def bind(self, up: UpLeg) -> None:
+    # Each of these is called by the current try's upstream leg or pool claim: through its `_Try`
+    # (current=True) from the first retry on, else by the first try's, which is the exchange itself.
+    # A call without `current` once a `_Try` exists comes from the abandoned first try: dropped
+    # (`_superseded`), as a dead `_Try` drops its own.
+
+    def _superseded(self) -> bool:
+        x = self.x
+        return x is not None and x.try_ is not None
+
+    def bind(self, up: UpLeg, current: bool = False) -> None:
         """An upstream leg took the request head; send what body arrived meanwhile."""
-        if self.done:
+        if self.done or (self.x is not None and not current and self._superseded()):
             up.abort()
             return
         self.up = up
@@ -193,8 +199,8 @@ class Exchange:
         if was_full:
             self.down.resume_request()
 
-    def connect_failed(self, detail: str) -> None:
-        if self.done:
+    def connect_failed(self, detail: str, current: bool = False) -> None:
+        if self.done or (self.x is not None and not current and self._superseded()):
             return
         log.info("upstream %s: connect failed: %s", self.record.upstream, detail)
         self._attempt_result(attempt.Outcome(attempt.CONNECT_FAILURE))
@@ -202,23 +208,26 @@ class Exchange:
             return
         self.fail_before_headers("UF", "connection failure", detail)
 
-    def overflow(self) -> None:
+    def overflow(self, current: bool = False) -> None:
         """The upstream's connection limit and wait queue are full (Envoy: circuit breaker)."""
+        if self.x is not None and not current and self._superseded():
+            return
         route = self.forward.route if self.forward else ""
         self.reply(LocalReply(503, (RESET_BEFORE_HEADERS + "overflow").encode(),
                               headers=(("x-envoy-overloaded", "true"),), flags="UO", route=route,
                               reason="upstream connection limit"))
 
-    def upstream_reset(self, flags: str, reason: str, *, retryable: bool = False) -> None:
+    def upstream_reset(self, flags: str, reason: str, *, retryable: bool = False, current: bool = False) -> None:
         """The upstream reset the stream or closed the connection. `retryable`: it happened on a
         reused pooled connection before any response byte (the server closed an idle connection
         as we reused it), which is safe to try once more on a fresh connection if no body went."""
-        if self.done:
+        if self.done or (self.x is not None and not current and self._superseded()):
             return
         self.up = None
-        if retryable and not self.retried and self.body == BODY_NONE and not self.resp_started \
+        x = self.x
+        if retryable and (x is None or not x.retried) and self.body == BODY_NONE and not self.resp_started \
                 and self.target is not None:
-            self.retried = True
+            self._rare().retried = True
             self.engine.pools.acquire(self.target, self.leg, fresh=True)
             return
         if not self.resp_started:
@@ -241,10 +250,10 @@ class Exchange:
         self.reply(LocalReply(503, (RESET_BEFORE_HEADERS + reason).encode(), flags=flags, route=route,
                               reason=detail))
 
-    def response_head(self, status: int, headers: Headers, end: bool = False) -> None:
+    def response_head(self, status: int, headers: Headers, end: bool = False, current: bool = False) -> None:
         """The upstream's response head; `end`: it is the whole response (HTTP/2 END_STREAM on
         HEADERS: a gRPC trailers-only response must stay one HEADERS frame)."""
-        if self.done:
+        if self.done or (self.x is not None and not current and self._superseded()):
             return
         self.last = self.engine.loop.time()
         upgraded = status == 101 and self.upgrade
@@ -259,7 +268,8 @@ class Exchange:
             would = retries.would_retry_response(rp, status, grpc_status)
             if would and any(k == "x-envoy-overloaded" for k, _ in headers):
                 would = False       # Envoy never retries an answer of an overloaded upstream
-            if (would or self.rstate is not None) and self._retry(would):
+            x = self.x
+            if (would or (x is not None and x.rstate is not None)) and self._retry(would):
                 return
         headers = strip_hop_by_hop(headers, keep_upgrade=upgraded)
         if self.forward is not None:
@@ -269,9 +279,10 @@ class Exchange:
         self.resp_started = True
         self.record.status = status
         self.record.grpc_status = grpc_status
-        self.upgraded = upgraded
         if upgraded:
-            self._cancel_timers()
+            self.upgraded = True
+            if self.x is not None:
+                _cancel_timers(self.x)
         if end:
             self.resp_ended = True
             self.down.send_head(status, headers, True)
@@ -279,8 +290,8 @@ class Exchange:
             return
         self.down.send_head(status, headers, False)
 
-    def response_data(self, data: bytes) -> None:
-        if self.done:
+    def response_data(self, data: bytes, current: bool = False) -> None:
+        if self.done or (self.x is not None and not current and self._superseded()):
             return
         self.last = self.engine.loop.time()
         self.record.bytes_sent += len(data)
@@ -289,8 +300,8 @@ class Exchange:
             self.record.response_messages = self.msgs[1].count
         self.down.send_data(data)
 
-    def response_end(self, trailers: Headers | None) -> None:
-        if self.done:
+    def response_end(self, trailers: Headers | None, current: bool = False) -> None:
+        if self.done or (self.x is not None and not current and self._superseded()):
             return
         if trailers:
             for k, v in trailers:
@@ -310,12 +321,14 @@ class Exchange:
         if self.msgs is not None:
             self.msgs[0].feed(data)
             self.record.request_messages = self.msgs[0].count
-        if self.shadows:
-            shadow.tee(self.shadows, data)
+        x = self.x
+        if x is not None and x.shadows:
+            shadow.tee(x.shadows, data)
         if self.replay is not None:
             self.replay_bytes += len(data)
             if self.replay_bytes > self.engine.settings.retry_buffer_bytes:
-                self.replay, self.replayable = None, False      # too long to keep: no retries
+                self.replay = None          # too long to keep: no retries
+                self._rare().replayable = False
             else:
                 self.replay.append(data)
         up = self.up
@@ -332,8 +345,9 @@ class Exchange:
             return
         self.req_ended = True
         self.req_trailers = trailers
-        if self.shadows:
-            shadow.end(self.shadows, trailers)
+        x = self.x
+        if x is not None and x.shadows:
+            shadow.end(x.shadows, trailers)
         if self.up is not None and not self.done:
             self.up.send_end(trailers)
         if not self.done:
@@ -352,11 +366,13 @@ class Exchange:
 
     # --- backpressure ---------------------------------------------------------------------------
 
-    def request_pause(self) -> None:        # the upstream leg is full
-        self.down.pause_request()
+    def request_pause(self, current: bool = False) -> None:        # the upstream leg is full
+        if self.x is None or current or not self._superseded():
+            self.down.pause_request()
 
-    def request_resume(self) -> None:
-        self.down.resume_request()
+    def request_resume(self, current: bool = False) -> None:
+        if self.x is None or current or not self._superseded():
+            self.down.resume_request()
 
     def response_pause(self) -> None:       # the downstream leg is full
         if self.up is not None:
@@ -423,8 +439,9 @@ class Exchange:
 
     def raw_end(self) -> None:
         """One side of an upgraded connection closed; the second ends the exchange."""
-        self._raw_ends += 1
-        if self._raw_ends >= 2 and not self.done:
+        x = self._rare()
+        x.raw_ends += 1
+        if x.raw_ends >= 2 and not self.done:
             self.finish()
 
     # --- fault injection and mirroring (waypoint.resilience.fault, .mirror; waypoint/http/shadow.py) --
@@ -440,8 +457,9 @@ class Exchange:
         if f is not None:
             d = f.delay_for(self.engine.rng)
             if d > 0:
-                self._fault_flags = fault.DELAY_FLAG
-                self._delay = self.engine.loop.call_later(d, self._delay_over)
+                x = self._rare()
+                x.fault_flags = fault.DELAY_FLAG
+                x.delay = self.engine.loop.call_later(d, self._delay_over)
                 return True
             if self._abort(f):
                 return True
@@ -449,7 +467,7 @@ class Exchange:
         return False
 
     def _delay_over(self) -> None:
-        self._delay = None
+        self._rare().delay = None
         if self.done:
             return
         self.last = self.engine.loop.time()
@@ -474,20 +492,20 @@ class Exchange:
             return
         picked = mirror.pick(pol.mirrors, self.engine.rng)
         if picked:
-            self.shadows = shadow.start_shadows(self.engine, picked, self.forward, self.up_head, self.downstream,
+            self._rare().shadows = shadow.start_shadows(self.engine, picked, self.forward, self.up_head, self.downstream,
                                                 self.body, list(self.pending), self.req_ended, pol.timeout)
 
-    def _faults_end(self) -> None:
+    def _faults_end(self, x: _Rare) -> None:
         """At the end: DI leads the response flags; a pending delay is dropped; shadows whose
         request body will never be complete are cut."""
-        if self._delay is not None:
-            self._delay.cancel()
-            self._delay = None
-        if self._fault_flags:
-            self.record.response_flags = fault.merge_flags(self._fault_flags, self.record.response_flags)
-        if self.shadows:
-            shadow.cut(self.shadows)
-            self.shadows = []
+        if x.delay is not None:
+            x.delay.cancel()
+            x.delay = None
+        if x.fault_flags:
+            self.record.response_flags = fault.merge_flags(x.fault_flags, self.record.response_flags)
+        if x.shadows:
+            shadow.cut(x.shadows)
+            x.shadows = []
 
     # --- timeouts and retries (waypoint.resilience) ----------------------------------------------
 
@@ -500,36 +518,37 @@ class Exchange:
             if self.body != BODY_NONE:
                 self.replay = []
         route_timeout = p.timeout if p is not None else 0.0
-        self.timeout = request_timeout(route_timeout, self.head.grpc, self.head.header("grpc-timeout")) \
+        timeout = request_timeout(route_timeout, self.head.grpc, self.head.header("grpc-timeout")) \
             if self.head.grpc else route_timeout
-        if p is not None and not self.upgrade:
-            self.per_try_timeout = p.per_try_timeout
+        per_try = p.per_try_timeout if p is not None and not self.upgrade else 0.0
+        if timeout or per_try:
+            x = self._rare()
+            x.timeout, x.per_try_timeout = timeout, per_try
 
     def _new_try(self) -> None:
-        """The object the pools and the next try's upstream leg call back: a fresh `_Try` when the
-        try may be abandoned (a retry or a per-try timeout can follow), else the exchange itself."""
-        if self._try is not None:
-            self._try.live = False
-        self._try = _Try(self) if self.retry_policy is not None or self.per_try_timeout else None
+        """A retry: a fresh `_Try` for the pools and the try's upstream leg to call back, the one
+        before it dead. The first try needs none: it is the exchange itself, and the only way a
+        try is abandoned is `_schedule_retry`, which aborts its upstream leg and ends its pool
+        claim first, so nothing of it calls the exchange again (the h2c wait queue checks the
+        claim: `Pools.holds`)."""
+        x = self._rare()
+        if x.try_ is not None:
+            x.try_.live = False
+        x.try_ = _Try(self)
         self._arm_timeouts()
 
     def _arm_timeouts(self) -> None:
         """Once the request is whole and a try has started (so a fault delay before the first try,
         as Envoy's fault filter before its router, does not count): the route timeout starts, and
         the per-try timeout of the open try."""
-        if not self.req_ended or self.target is None:
+        x = self.x
+        if x is None or not self.req_ended or self.target is None:
             return
         loop = self.engine.loop
-        if self.timeout and self._timer is None:
-            self._timer = loop.call_later(self.timeout, self._route_expired)
-        if self.per_try_timeout and self._try_timer is None and self._backoff is None:
-            self._try_timer = loop.call_later(self.per_try_timeout, self._per_try_expired)
-
-    def _cancel_timers(self) -> None:
-        for h in (self._timer, self._try_timer, self._backoff):
-            if h is not None:
-                h.cancel()
-        self._timer = self._try_timer = self._backoff = None
+        if x.timeout and x.timer is None:
+            x.timer = loop.call_later(x.timeout, self._route_expired)
+        if x.per_try_timeout and x.try_timer is None and x.backoff is None:
+            x.try_timer = loop.call_later(x.per_try_timeout, self._per_try_expired)
 
     def _circuit(self):  # type: ignore[no-untyped-def]
         t = self.target
@@ -541,51 +560,54 @@ class Exchange:
         if rp is None:
             return False
         would = retries.would_retry_failure(rp, kind)
-        return (would or self.rstate is not None) and self._retry(would)
+        x = self.x
+        return (would or (x is not None and x.rstate is not None)) and self._retry(would)
 
     def _retry(self, would: bool) -> bool:
         """Decide on a try's outcome; schedule the next try and return True, or note why not."""
-        rs = self.rstate
+        x = self._rare()
+        rs = x.rstate
         if rs is None:
             assert self.retry_policy is not None
-            rs = self.rstate = retries.RetryState(self.retry_policy, self._circuit(), self.engine.rng)
-        if self.resp_started or self.done or not self.replayable:
+            rs = x.rstate = retries.RetryState(self.retry_policy, self._circuit(), self.engine.rng)
+        if self.resp_started or self.done or not x.replayable:
             would = False
         verdict = rs.decide(would)
         if verdict == retries.RETRY:
-            self._schedule_retry(rs)
+            self._schedule_retry(x, rs)
             return True
         if verdict == retries.LIMIT:
-            self.retry_flag = "URX"
+            x.retry_flag = "URX"
         elif verdict == retries.OVERFLOW:
-            self.retry_flag = "UO"
+            x.retry_flag = "UO"
         return False
 
-    def _schedule_retry(self, rs: retries.RetryState) -> None:
+    def _schedule_retry(self, x: _Rare, rs: retries.RetryState) -> None:
         up, self.up = self.up, None
         if up is not None:
             up.abort()
         self.engine.pools.attempt_over(self.leg)    # the abandoned try no longer counts against pool limits
-        if self._try is not None:
-            self._try.live = False
-        if self._try_timer is not None:
-            self._try_timer.cancel()
-            self._try_timer = None
+        if x.try_ is not None:
+            x.try_.live = False
+        if x.try_timer is not None:
+            x.try_timer.cancel()
+            x.try_timer = None
         self._attempt_end()
         t = self.target
         if t is not None:
             rs.tried.append(t.address)
         self.reset_code = None
         self.record.response_flags = ""
-        self._backoff = self.engine.loop.call_later(rs.delay, self._next_try)
+        x.backoff = self.engine.loop.call_later(rs.delay, self._next_try)
 
     def _next_try(self) -> None:
         """After the backoff: a new endpoint (not one tried before, when retryIgnorePreviousHosts),
         a new attempt, the buffered request body replayed."""
-        self._backoff = None
+        x = self._rare()
+        x.backoff = None
         if self.done:
             return
-        rs, fwd, e = self.rstate, self.forward, self.engine
+        rs, fwd, e = x.rstate, self.forward, self.engine
         assert rs is not None and fwd is not None and self.up_head is not None
         exclude = rs.exclude()
         cluster = self.target.cluster if self.target is not None else None
@@ -610,7 +632,7 @@ class Exchange:
         e.pools.acquire(target, self.leg)
 
     def _per_try_expired(self) -> None:
-        self._try_timer = None
+        self._rare().try_timer = None
         if self.done:
             return
         c = self._circuit()
@@ -622,7 +644,7 @@ class Exchange:
         self._timed_out("upstream per-try timeout")
 
     def _route_expired(self) -> None:
-        self._timer = None
+        self._rare().timer = None
         if self.done:
             return
         c = self._circuit()
@@ -677,15 +699,20 @@ class Exchange:
             return
         self.done = True
         self._attempt_end()
-        self._cancel_timers()
         rec = self.record
-        if self.rstate is not None:
-            self.rstate.end()
-        if self.retry_flag and self.retry_flag not in rec.response_flags.split(","):
-            rec.response_flags = f"{rec.response_flags},{self.retry_flag}" if rec.response_flags else self.retry_flag
-        self._faults_end()
-        self.engine.pools.attempt_over(self.leg)    # its request no longer counts against pool limits
-        self._try = None    # the try keeps its exchange, not the other way round: no cycle outlives the request
+        x = self.x
+        if x is not None:
+            _cancel_timers(x)
+            if x.rstate is not None:
+                x.rstate.end()
+            flag = x.retry_flag
+            if flag and flag not in rec.response_flags.split(","):
+                rec.response_flags = f"{rec.response_flags},{flag}" if rec.response_flags else flag
+            self._faults_end(x)
+            self.engine.pools.attempt_over(self.leg)    # its request no longer counts against pool limits
+            x.try_ = None   # the try keeps its exchange, not the other way round: no cycle outlives the request
+        else:
+            self.engine.pools.attempt_over(self)
         rec.duration_ms = (time.monotonic() - self._t0) * 1000
         e = self.engine
         e.exchanges.discard(self)
@@ -697,6 +724,38 @@ class Exchange:
         except Exception:
             log.exception("tracing, access-log or stats sink failed")
         self.down.exchange_done(self)
+
+
+class _Rare:
+    """An exchange's state that most requests never touch: retries (beyond the first try's
+    leg), timeouts, fault injection, mirrors, an upgraded relay. Made on first use
+    (`Exchange._rare`), so a plain request stores and reads none of it (docs/performance.md §43)."""
+
+    __slots__ = ("retried", "raw_ends", "rstate", "replayable", "try_", "timeout", "per_try_timeout",
+                 "retry_flag", "timer", "try_timer", "backoff", "shadows", "fault_flags", "delay")
+
+    def __init__(self) -> None:
+        self.retried = False            # a stale pooled connection was replaced once (upstream_reset)
+        self.raw_ends = 0               # sides of an upgraded relay that closed
+        self.rstate: retries.RetryState | None = None           # created at the first retriable outcome
+        self.replayable = True          # False: the body outgrew retry_buffer_bytes, no more retries
+        self.try_: _Try | None = None   # the current try from the first retry on
+        self.timeout = 0.0              # the route timeout of this request (s); 0: none
+        self.per_try_timeout = 0.0
+        self.retry_flag = ""            # URX (retries exhausted) or UO (retry budget), added to the flags
+        self.timer: asyncio.TimerHandle | None = None       # the route timeout
+        self.try_timer: asyncio.TimerHandle | None = None   # the per-try timeout
+        self.backoff: asyncio.TimerHandle | None = None     # the wait before the next try
+        self.shadows: list[Shadow] = []     # mirrored copies in flight (waypoint/http/shadow.py)
+        self.fault_flags = ""               # DI when a delay was injected (waypoint.resilience.fault)
+        self.delay: asyncio.TimerHandle | None = None
+
+
+def _cancel_timers(x: _Rare) -> None:
+    for h in (x.timer, x.try_timer, x.backoff):
+        if h is not None:
+            h.cancel()
+    x.timer = x.try_timer = x.backoff = None
 
 
 def _hashing(policy: object) -> bool:
@@ -753,41 +812,41 @@ class _Try:
 
     def bind(self, up: UpLeg) -> None:
         if self.live:
-            self.ex.bind(up)
+            self.ex.bind(up, True)
         else:
             up.abort()
 
     def connect_failed(self, detail: str) -> None:
         if self.live:
-            self.ex.connect_failed(detail)
+            self.ex.connect_failed(detail, True)
 
     def overflow(self) -> None:
         if self.live:
-            self.ex.overflow()
+            self.ex.overflow(True)
 
     def upstream_reset(self, flags: str, reason: str, *, retryable: bool = False) -> None:
         if self.live:
-            self.ex.upstream_reset(flags, reason, retryable=retryable)
+            self.ex.upstream_reset(flags, reason, retryable=retryable, current=True)
 
     def response_head(self, status: int, headers: Headers, end: bool = False) -> None:
         if self.live:
-            self.ex.response_head(status, headers, end)
+            self.ex.response_head(status, headers, end, True)
 
     def response_data(self, data: bytes) -> None:
         if self.live:
-            self.ex.response_data(data)
+            self.ex.response_data(data, True)
 
     def response_end(self, trailers: Headers | None) -> None:
         if self.live:
-            self.ex.response_end(trailers)
+            self.ex.response_end(trailers, True)
 
     def request_pause(self) -> None:
         if self.live:
-            self.ex.request_pause()
+            self.ex.request_pause(True)
 
     def request_resume(self) -> None:
         if self.live:
-            self.ex.request_resume()
+            self.ex.request_resume(True)
 
 
 def _grpc_message(msg: str) -> str:

@@ -199,6 +199,12 @@ class Pools:
         if claim is not None:
             claim.end()
 
+    def holds(self, ex: Exchange) -> bool:
+        """Does `ex`'s attempt still hold a claim? False once it is over: the exchange finished,
+        or a retry abandoned the try (whose leg may be the exchange itself: exchange.py `_new_try`),
+        so a queue still holding it must not serve it."""
+        return ex in self.claims
+
     def _overflow(self, claim: _Claim) -> None:
         self.claims.pop(claim.ex, None)
         claim.end()

@@ -6,7 +6,14 @@ from __future__ import annotations
 import random
 import uuid
 
-from waypoint.http.headers import add_forwarded, grpc_status_for, is_grpc, request_id, strip_hop_by_hop
+from waypoint.http.headers import (
+    HOP_BY_HOP,
+    add_forwarded,
+    grpc_status_for,
+    is_grpc,
+    request_id,
+    strip_hop_by_hop,
+)
 
 
 def test_hop_by_hop_and_connection_named_headers_are_removed() -> None:
@@ -80,3 +87,37 @@ def test_a_lone_connection_option_is_dropped_and_anything_it_names_goes_the_gene
     h = [("a", "1"), ("b", "2")]
     out = strip_hop_by_hop(h)
     assert out == h and out is not h        # a copy: callers may extend it
+
+
+def test_add_forwarded_keeps_what_the_client_sent_and_adds_the_rest_in_order() -> None:
+    sent = [("x-request-id", "first"), ("traceparent", "00-1-2-00"), ("x-request-id", "second"),
+            ("x-forwarded-proto", "https")]
+    out, rid = add_forwarded(sent, "http", random.Random(1))
+    assert out == sent and rid == "first"
+    out, rid = add_forwarded([("host", "a"), ("traceparent", "00-1-2-00")], "http", random.Random(1))
+    assert [k for k, _ in out] == ["host", "traceparent", "x-forwarded-proto", "x-request-id"]
+    assert rid == request_id(random.Random(1)) and ("x-forwarded-proto", "http") in out
+    out, _ = add_forwarded([], "https", random.Random(1))
+    assert [k for k, _ in out] == ["x-forwarded-proto", "x-request-id", "traceparent"]
+
+
+def _strip_reference(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """RFC 9110 §7.6.1 as the general path reads it: no hop-by-hop header (TE: trailers kept),
+    nothing the Connection headers name."""
+    named = {t.strip().lower() for k, v in headers if k == "connection" for t in v.split(",") if t.strip()}
+    named -= {"upgrade", "close", "keep-alive"}
+    out = []
+    for k, v in headers:
+        if k in named or (k in HOP_BY_HOP and not (k == "te" and v.strip().lower() == "trailers")):
+            continue
+        out.append((k, "trailers") if k == "te" else (k, v))
+    return out
+
+
+def test_strip_hop_by_hop_fast_paths_agree_with_the_rule_on_random_messages() -> None:
+    names = ["connection", "keep-alive", "te", "x-a", "content-length", "upgrade", "server", "date"]
+    values = ["keep-alive", "close", " Keep-Alive ", "x-a", "x-a, close", "trailers", "5", "v"]
+    r = random.Random(11)
+    for _ in range(4000):
+        headers = [(r.choice(names), r.choice(values)) for _ in range(r.randrange(0, 6))]
+        assert strip_hop_by_hop(headers) == _strip_reference(headers), headers

@@ -21,6 +21,7 @@ import pytest
 
 from tests.unit.waypoint.harness import Origin, Proxy, by_header, free_port
 from waypoint.http.exchange import RESET_BEFORE_HEADERS
+from waypoint.http.http1.wire import encode_head
 from waypoint.http.settings import HttpSettings
 from waypoint.request import Decision, Downstream, Forward, LocalReply, RequestHead
 
@@ -305,3 +306,9 @@ def test_absolute_form_request_target(proxy: Proxy) -> None:
     assert got["path"] == "/abs?q=1"
     assert dict(map(tuple, got["headers"]))["host"] == "svc.example:8080"
     assert proxy.find(lambda x: x.path == "/abs?q=1" and x.authority == "svc.example:8080")
+
+
+@pytest.mark.parametrize("headers", [[], [("host", "a")], [("content-type", "text/plain"), ("x-a", "b: c"), ("x-é", "ü")]])
+def test_encode_head_is_the_line_each_header_line_and_a_blank_line(headers: list[tuple[str, str]]) -> None:
+    expected = b"GET / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers).encode("latin-1") + b"\r\n"
+    assert encode_head(b"GET / HTTP/1.1\r\n", headers) == expected

@@ -23,6 +23,8 @@ import h2.events
 import pytest
 
 from tests.unit.waypoint.harness import GrpcOrigin, H2Origin, Origin, Proxy, by_header, free_port
+from waypoint.http.headers import HOP_BY_HOP
+from waypoint.http.http2.connection import encode_headers
 from waypoint.http.settings import HttpSettings
 from waypoint.request import Decision, Downstream, LocalReply, RequestHead
 
@@ -290,3 +292,21 @@ def test_early_response_stops_the_request_body(proxy: Proxy) -> None:
     status = next(dict(e.headers)[":status"] for e in events if isinstance(e, h2.events.ResponseReceived))
     reset = next(e for e in events if isinstance(e, h2.events.StreamReset))
     assert status == "403" and reset.error_code == 0
+
+
+def _encode_reference(pseudo: list[tuple[str, str]], headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """What goes on the wire: the pseudo-headers, then every header but hop-by-hop ones (TE:
+    trailers excepted), Host and pseudo-headers, latin-1, in order."""
+    out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pseudo]
+    return out + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers
+                  if not (k in HOP_BY_HOP and not (k == "te" and v == "trailers") or k == "host" or k.startswith(":"))]
+
+
+@pytest.mark.parametrize("headers", [
+    [], [("content-type", "text/plain"), ("server", "nginx"), ("x-é", "ü")], [(":path", "/"), ("a", "b")],
+    [("te", "trailers")], [("te", "gzip")], [("host", "h"), ("a", "b")], [("connection", "close"), ("a", "b")],
+    [("!x", "y"), ("1a", "b")], [(":", "y")], [(";", "y")], [("a", "b"), ("a", "c")],
+])
+def test_encode_headers_drops_what_http2_forbids_and_keeps_the_rest_in_order(headers: list[tuple[str, str]]) -> None:
+    for pseudo in ([], [(":status", "200")]):
+        assert encode_headers(pseudo, headers) == _encode_reference(pseudo, headers)

@@ -485,3 +485,30 @@ def test_an_endpoint_that_speaks_h2_keeps_streams_not_retried() -> None:
         assert a.events == ["bound", "reset UC"]               # processed, maybe: not sent again
         assert not pools._h1_only
     run(main)
+
+
+def test_an_h2_connections_wait_queue_skips_attempts_that_are_over() -> None:
+    """A request waiting for a stream slot whose attempt is over (the exchange finished, or a retry
+    abandoned the try; the first try's leg is the exchange itself) is neither opened, nor sent
+    elsewhere when the connection goes away, nor failed: only attempts the pools still hold are."""
+    async def main() -> None:
+        pools, cl, origin = setup(TrafficPolicy())
+        t = target(cl, origin, "10.0.0.9:9000/h2 for -", protocol="h2")
+        live, over = FakeExchange(pools, t), FakeExchange(pools, t)
+        for ex in (live, over):
+            pools.acquire(t, ex)  # type: ignore[arg-type]
+        await settle()
+        pools.attempt_over(over)  # type: ignore[arg-type]
+        assert pools.holds(live) and not pools.holds(over)  # type: ignore[arg-type]
+        c = H2Client(pools, "10.0.0.9:9000/h2 for -", HttpSettings())
+        opened: list[object] = []
+        c.open_stream = opened.append  # type: ignore[method-assign]
+        c.has_capacity = lambda: True  # type: ignore[method-assign]
+        c.waiting.extend([over, live])  # type: ignore[list-item]
+        c._next()
+        assert opened == [live]
+        c.waiting.extend([over, live])  # type: ignore[list-item]
+        c.pools = SimpleNamespace(h2_refused=lambda c: False, holds=pools.holds)  # type: ignore[assignment]
+        c._abort_all("connection termination")
+        assert over.events == ["bound"] and live.events[-1] == "again"
+    run(main)

@@ -7,6 +7,8 @@ import json
 import subprocess
 import time
 
+import pytest
+
 from tests.unit.waypoint.harness import Origin, Proxy, by_header
 from waypoint.http.record import RequestRecord
 from waypoint.request import Downstream
@@ -44,3 +46,19 @@ def test_each_request_reaches_access_log_and_stats_once() -> None:
     finally:
         p.close()
         o.close()
+
+
+def test_a_record_reads_its_defaults_until_set_and_takes_any_field_by_name() -> None:
+    down = Downstream(source_ip="10.0.0.1")
+    rec = RequestRecord("GET", "/", "svc", "HTTP/1.1", down)
+    assert (rec.status, rec.response_flags, rec.grpc, rec.grpc_status, rec.bytes_sent, rec.user_agent) == \
+        (0, "", False, "", 0, "")
+    rec.bytes_sent += 5
+    other = RequestRecord("GET", "/", "svc", "HTTP/1.1", down, grpc=True, user_agent="ua", status=503,
+                          response_flags="UF", start=rec.start)
+    assert (other.grpc, other.user_agent, other.status, other.response_flags) == (True, "ua", 503, "UF")
+    assert rec.bytes_sent == 5 and RequestRecord("GET", "/", "svc", "HTTP/1.1", down).bytes_sent == 0
+    assert other == RequestRecord("GET", "/", "svc", "HTTP/1.1", down, status=503, response_flags="UF",
+                                  grpc=True, user_agent="ua", start=rec.start)
+    with pytest.raises(TypeError):
+        RequestRecord("GET", "/", "svc", "HTTP/1.1", down, stauts=200)  # type: ignore[call-arg]

@@ -262,3 +262,32 @@ def test_the_access_line_is_the_records_fields_then_the_workloads_in_one_json_ob
         want["upstream_peer"] = dst.identity
     for _ in range(2):      # the workloads' part is encoded once per pair, then reused
         assert request_line(record(request_id="r1", start=1.7e9), src, dst) == json.dumps(want)
+
+
+def test_cached_label_values_equal_fresh_ones_as_status_flags_route_and_peers_change() -> None:
+    """The label cache (per peers, downstream, service, status, flags) gives exactly the values a
+    fresh computation gives, for every record in a sequence that varies what the labels read,
+    including a replaced Workload object (a new config View) and a record with no Service."""
+    m = HttpMetrics()
+    echo_v3 = wl("echo-v3-1", {"app": "echo", "version": "v3"})        # the pod as a later View has it
+    plain = Downstream(source_ip="10.210.1.13", destination_ip="10.96.0.11", destination_port=80)
+    records = [
+        (record(), CLIENT, ECHO_V2),
+        (record(status=503, response_flags="UF"), CLIENT, ECHO_V2),
+        (record(status=503, response_flags="UF,URX"), CLIENT, ECHO_V2),
+        (record(route="VirtualService/demo/echo#1", service="demo/other"), CLIENT, ECHO_V2),
+        (record(), CLIENT, echo_v3),
+        (record(), None, ECHO_V2),
+        (record(), CLIENT, None),
+        (record(grpc=True, grpc_status="14"), CLIENT, ECHO_V2),
+        (record(grpc=True, grpc_status="0"), CLIENT, ECHO_V2),
+        (record(downstream=plain, service="", authority="a.example:8080"), None, None),
+        (record(downstream=plain, service="", authority="b.example"), None, None),
+        (record(), CLIENT, ECHO_V2),
+    ]
+    for _ in range(2):      # the second pass is served from the cache
+        for rec, src, dst in records:
+            assert m.label_values(rec, src, dst) == m.compute_label_values(rec, src, dst)
+    assert m.label_values(records[1][0], CLIENT, ECHO_V2)[21:24] == ("503", "", "UF")
+    assert m.label_values(records[4][0], CLIENT, echo_v3)[9] == "echo-v3-1"
+    assert m.label_values(records[10][0], None, None)[14] == "b.example"

@@ -28,5 +28,12 @@ class Refuse(Exception):
 
 
 def encode_head(first: bytes, headers: Headers) -> bytes:
-    """`first` (a status or request line), the header lines and the blank line: encoded once."""
-    return first + "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1") + b"\r\n"
+    """`first` (a status or request line), the header lines and the blank line: encoded once.
+    The lines are joined in C (`": ".join` mapped over the (name, value) pairs), with no Python
+    bytecode per header (an f-string per header in a list comprehension was ~7)."""
+    if not headers:
+        return first + b"\r\n"
+    return first + "\r\n".join(map(_LINE, headers)).encode("latin-1") + b"\r\n\r\n"
+
+
+_LINE = ": ".join

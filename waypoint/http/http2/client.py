@@ -73,7 +73,8 @@ class H2Client(H2Base):
             st.ex.upstream_reset("UC", "connection termination", retryable=again)
         waiting, self.waiting = list(self.waiting), deque()
         for ex in waiting:
-            ex.upstream_reset("UC", "connection termination", retryable=True)
+            if self.pools.holds(ex):        # not an abandoned try
+                ex.upstream_reset("UC", "connection termination", retryable=True)
 
     def has_capacity(self) -> bool:
         if self.lost or self.closing:
@@ -165,7 +166,8 @@ class H2Client(H2Base):
                     st.ex.upstream_reset("UC", "connection termination", retryable=True)
             waiting, self.waiting = list(self.waiting), deque()
             for ex in waiting:
-                self.pools.acquire(ex.target, ex, fresh=True)  # type: ignore[arg-type]
+                if self.pools.holds(ex):    # not an abandoned try
+                    self.pools.acquire(ex.target, ex, fresh=True)  # type: ignore[arg-type]
             self.maybe_done()
 
     def _finish(self, st: Stream, trailers: Headers | None) -> None:
@@ -185,7 +187,9 @@ class H2Client(H2Base):
 
     def _next(self) -> None:
         while self.waiting and self.has_capacity():
-            self.open_stream(self.waiting.popleft())
+            ex = self.waiting.popleft()
+            if self.pools.holds(ex):        # not an abandoned try (or a finished exchange)
+                self.open_stream(ex)
 
     def check(self, now: float) -> None:
         if not self.streams and not self.waiting and now - self.last > self.settings.upstream_idle_timeout:

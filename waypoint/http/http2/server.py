@@ -12,7 +12,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
-from waypoint.http.headers import is_grpc
+from waypoint.http.headers import header_name, is_grpc
 from waypoint.http.http2.connection import H2Base, Stream, decode_headers, encode_headers, unlink
 from waypoint.http.legs import Headers
 from waypoint.request import Downstream, LocalReply, RequestHead
@@ -137,7 +137,8 @@ class H2Server(H2Base):
             return
         pseudo, headers = decode_headers(ev.headers)
         authority = pseudo.get(":authority") or next((v for k, v in headers if k == "host"), "")
-        headers = [(k, v) for k, v in headers if k != "host"]
+        if "host" in map(header_name, headers):       # rare in HTTP/2: test the names in C before copying
+            headers = [(k, v) for k, v in headers if k != "host"]
         method = pseudo.get(":method", "GET")
         head = RequestHead(method, pseudo.get(":path", "/"), authority, pseudo.get(":scheme", "http"),
                            headers, "2", is_grpc(headers))

@@ -313,3 +313,49 @@ def test_resets_follow_retry_on(kind: str) -> None:
     leg.upstream_reset("UR", "remote reset")
     retried = len(b.down.events) == 0
     assert retried is (kind == "refused")
+
+
+def test_the_first_try_is_the_exchange_and_a_retry_still_happens_with_late_first_try_calls_dropped() -> None:
+    """No `_Try` for the first try (it is the exchange itself); a retriable 503 still starts a
+    second try on a fresh `_Try`, and whatever the abandoned first leg calls afterwards (data, end,
+    a reset, a connect failure, backpressure, a late bind) changes nothing."""
+    b = Book(policy(retry=Retry(attempts=2, retry_on=["5xx"])), rng=0.5)
+    leg1, up1 = b.bind()
+    assert leg1 is b.ex and b.ex.x is None          # a plain try keeps no retry state at all
+    leg1.response_head(503, [])
+    assert up1.aborted and b.released == [b.ex] and b.down.events == []
+    b.loop.advance(0.0125)
+    leg2 = b.tries[-1][1]
+    assert len(b.tries) == 2 and leg2 is not b.ex
+    paused: list[str] = []
+    b.down.pause_request = lambda: paused.append("pause")  # type: ignore[method-assign]
+    leg1.response_data(b"late")
+    leg1.response_end(None)
+    leg1.upstream_reset("UC", "connection termination")
+    leg1.connect_failed("late")
+    leg1.overflow()
+    leg1.request_pause()
+    late = Up()
+    leg1.bind(late)
+    assert late.aborted and b.down.events == [] and paused == [] and len(b.tries) == 2
+    _, up2 = b.bind()
+    leg2.response_head(200, [], True)
+    assert b.down.events[0][:2] == ("head", 200) and b.records[0].upstream == "10.0.0.2:80"
+    assert b.records[0].response_flags == "" and not up2.aborted
+    assert b.released == [b.ex, leg2]
+
+
+def test_a_request_without_retries_or_timeouts_makes_no_rare_state() -> None:
+    b = Book(policy(retry=Retry(attempts=0)))
+    leg, _ = b.bind()
+    leg.response_head(200, [], True)
+    assert leg is b.ex and b.ex.x is None and b.records[0].status == 200
+
+
+def test_a_per_try_timeout_on_the_first_try_still_fires_without_retries() -> None:
+    b = Book(policy(per_try_timeout=0.2, retry=Retry(attempts=0)))
+    leg, up = b.bind()
+    assert leg is b.ex
+    b.loop.advance(0.2)
+    assert up.aborted and b.down.events[0][:2] == ("head", 504) and b.records[0].response_flags == "UT"
+    assert b.stats["upstream_rq_per_try_timeout"] == 1
