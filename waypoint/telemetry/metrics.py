@@ -63,7 +63,9 @@ _NO_PEER: PeerLabels = ("", "", "", "", "", "")    # a side whose workload is no
 _EVERY_REQUEST = ("REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE")
 COUNTERS = ("REQUEST_COUNT", "GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES")
 ConfigFor = Callable[[str], MetricsConfig]      # "ns/name" of the request's Service -> its config
-LABEL_CACHE_SIZE = 4096     # label value tuples kept (per peers, downstream, service, status, flags)
+# Label value tuples kept (per peers, downstream, service, status, flags). A Downstream is made per
+# tunnel, so short connections add entries used once: the bound caps what they hold (~0.7 KB each).
+LABEL_CACHE_SIZE = 1024
 
 
 def _host(authority: str) -> str:
