@@ -77,24 +77,19 @@ def exporter_for() -> Iterator:
         e.shutdown()
 
 
-def test_a_transient_failure_is_retried_and_the_batch_arrives(spans, exporter_for) -> None:
-    collector = Collector(1, grpc.StatusCode.UNAVAILABLE)
+@pytest.mark.parametrize(("failures", "code", "result", "calls", "arrived"), [
+    (1, grpc.StatusCode.UNAVAILABLE, SpanExportResult.SUCCESS, 2, ["GET /a"]),     # transient: retried
+    (10, grpc.StatusCode.INVALID_ARGUMENT, SpanExportResult.FAILURE, 1, []),      # not: dropped at once
+])
+def test_a_transient_failure_is_retried_and_any_other_drops_the_batch(spans, exporter_for, failures, code, result,
+                                                                       calls, arrived) -> None:
+    collector = Collector(failures, code)
     server, port = serve(collector)
     try:
-        assert exporter_for(f"127.0.0.1:{port}").export(spans) is SpanExportResult.SUCCESS
+        assert exporter_for(f"127.0.0.1:{port}").export(spans) is result
     finally:
         server.stop(None)
-    assert collector.calls == 2 and collector.spans == ["GET /a"]
-
-
-def test_a_refusal_that_is_not_transient_drops_the_batch_after_one_try(spans, exporter_for) -> None:
-    collector = Collector(10, grpc.StatusCode.INVALID_ARGUMENT)
-    server, port = serve(collector)
-    try:
-        assert exporter_for(f"127.0.0.1:{port}").export(spans) is SpanExportResult.FAILURE
-    finally:
-        server.stop(None)
-    assert collector.calls == 1 and collector.spans == []
+    assert collector.calls == calls and collector.spans == arrived
 
 
 def test_no_collector_fails_the_export_within_its_timeout_and_a_later_one_is_reached(spans, exporter_for) -> None:
