@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
-# The last whole second formatted, and its text: every connection's access line is stamped, and
-# strftime(gmtime()) is the costly part of a stamp, the same for all stamps within one second.
-# One tuple, replaced whole, so a reader never sees a second with another second's text.
-_last: tuple[int, str] = (-1, "")
+
+@functools.lru_cache(maxsize=4)
+def second_text(sec: int) -> str:
+    """Whole seconds since the epoch as RFC 3339 UTC without a fraction. Cached: every access line
+    and flow event of one second shares it, and gmtime + strftime are the costly part of a stamp
+    (docs/performance.md, rounds 6 and 9)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
 
 
 def iso_time(t: float) -> str:
-    global _last
     if t < 0:       # before 1970 int() rounds up, gmtime() down: no caching there
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
-    sec = int(t)
-    last = _last
-    if last[0] != sec:
-        last = _last = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
-    return last[1] + f".{int(t % 1 * 1e6):06d}Z"
+    return f"{second_text(int(t))}.{int(t % 1 * 1e6):06d}Z"

@@ -9,13 +9,13 @@ Istio users' log queries carry over. Empty values are left out.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ambit.dataplane.accesslog_time import second_text
 from waypoint.request import Downstream
 
 
@@ -99,15 +99,10 @@ class RequestRecord:
 _FIELDS = frozenset(f.name for f in dataclasses.fields(RequestRecord))
 
 
-@functools.lru_cache(maxsize=4)
-def _second_text(sec: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-
-
 def _start_time(t: float) -> str:
     """RFC 3339 UTC with milliseconds; the seconds part is formatted once per second, not per
     request (gmtime and strftime are a measurable share of a request's log line)."""
-    return f"{_second_text(int(t))}.{int(t % 1 * 1000):03d}Z"
+    return f"{second_text(int(t))}.{int(t % 1 * 1000):03d}Z"
 
 
 RecordSink = Callable[[RequestRecord], None]
