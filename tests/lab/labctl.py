@@ -141,8 +141,11 @@ def running_lab(base: Path, prefix: str, spec: Path, logs: str, *up_args: str,
 
 
 def gone(pid: int) -> bool:
-    """Exited: no such process, or a zombie (its sockets are closed) not yet reaped."""
+    """Exited: no such process, or a zombie not yet reaped whose threads have all exited (a
+    process's files, its sockets among them, are closed only when its last thread exits; the
+    leader shows as a zombie before that)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        zombie = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        return zombie and len(os.listdir(f"/proc/{pid}/task")) <= 1
     except OSError:
         return True

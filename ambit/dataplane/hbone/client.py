@@ -12,6 +12,11 @@ Idle connections are closed after `idle_timeout`. A connection is reused only wh
 it was made with is still the source's current one: after a certificate rotation new tunnels go
 over a fresh handshake with the new certificate, and the old connection is closed gracefully
 (GOAWAY; its open tunnels finish), so no session outlives the rotation by more than its tunnels.
+
+A tunnel is opened a second time, on a fresh connection, when the first try was refused
+(REFUSED_STREAM) or its pooled connection turned out dead before any answer (the peer's process was
+killed while the connection sat in the pool, and its RST was not read yet). Its data follows the
+200, so the first try sent the destination nothing.
 """
 
 from __future__ import annotations
@@ -149,6 +154,7 @@ class HBONEClientPool:
     async def _open(self, key: PoolKey, authority: str, headers: list[tuple[str, str]]) -> HBONEStream:
         for attempt in range(2):
             proto = await self._connection(key)
+            reused = proto in self._last_used         # carried a tunnel before this one
             try:
                 st = proto.open_stream(authority, headers)
             except HBONEError:
@@ -158,7 +164,12 @@ class HBONEClientPool:
             try:
                 resp = await st.wait_response()
             except StreamResetError as e:
-                if e.error_code == REFUSED_STREAM and attempt == 0:  # never processed: safe to retry
+                # Tried once more on a fresh connection: a stream the peer refused (never processed),
+                # and a pooled connection found dead only now (the peer process died, or the path
+                # broke, while it sat in the pool: its RST was not read yet when this tunnel took
+                # it). Either way no byte of the tunnel was sent (data follows the 200), so the
+                # destination saw at most a connection that carried nothing.
+                if attempt == 0 and (e.error_code == REFUSED_STREAM or (reused and proto.lost)):
                     continue
                 raise HBONEConnectError(key, authority, str(e)) from None
             except asyncio.CancelledError:

@@ -378,6 +378,27 @@ def test_dead_connection_is_evicted_and_replaced(ca) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_pooled_connection_that_died_unnoticed_costs_no_tunnel(ca, loop_kind: str) -> None:
+    """The peer's process died (a ztunnel worker killed) and its RST is not read yet when the next
+    tunnel picks the pooled connection: the CONNECT is lost with the connection before any answer,
+    so nothing reached the destination, and the pool opens it again over a fresh connection."""
+    async def main() -> None:
+        async with Mesh(ca, echo) as m:
+            st = await m.open()
+            st.close()
+            [server_proto] = m.server.connections
+            server_proto.abort()                  # no await after: the client has not seen it yet
+            st2 = await m.open()
+            st2.write(b"again")
+            assert await st2.readexactly(5) == b"again"
+            assert len(m.seen) in (2, 3)             # the lost CONNECT may have reached the server
+            assert list(m.pool.connections().values()) == [1]
+            st2.close()
+
+    run(loop_kind, main)
+
+
 def test_idle_pool_connection_closes_and_a_busy_one_stays_with_one_timer_each(ca) -> None:
     """The idle timer is armed once per connection (not re-created per tunnel); a connection that
     carries a tunnel outlives idle_timeout; once tunnel-less for idle_timeout it is closed."""
