@@ -72,7 +72,9 @@ class HBONEStream:
         self._rx: deque[memoryview] | tuple[()] = _NO_RX
         self._rx_bytes = 0
         self._rx_eof = False
-        self._tx: deque[memoryview] = deque()
+        # Made on a write and dropped when framed out: a held tunnel (idle between requests, or
+        # a waypoint's downstream tunnel) keeps no empty deque, as for `_rx`.
+        self._tx: deque[memoryview] | tuple[()] = _NO_RX
         self._tx_bytes = 0
         self._tx_eof = False          # write_eof() called
         self._tx_eof_sent = False
@@ -80,8 +82,11 @@ class HBONEStream:
         self._responded = False
         self._rx_waiter: asyncio.Future[None] | None = None
         self._tx_waiter: asyncio.Future[None] | None = None
-        self._response_waiter: asyncio.Future[ConnectResponse] = proto.loop.create_future()
-        self._closed: asyncio.Future[None] = proto.loop.create_future()
+        # Futures only for someone who waits: a server's stream never waits for a response, and
+        # few callers wait for the close (docs/performance.md, round 10).
+        self._response_waiter: asyncio.Future[ConnectResponse] | None = None
+        self._closed = False
+        self._closed_waiter: asyncio.Future[None] | None = None
         self._sink: StreamSink | None = None
         self._rx_paused = False       # push mode: window updates held back while paused
         self._rx_held = 0             # push mode: bytes delivered but not yet acknowledged
@@ -213,7 +218,10 @@ class HBONEStream:
         if not data:
             return
         view = memoryview(data if isinstance(data, bytes) else bytes(data))
-        self._tx.append(view)
+        tx = self._tx
+        if tx is _NO_RX:
+            tx = self._tx = deque()
+        tx.append(view)  # type: ignore[union-attr]
         self._tx_bytes += len(view)
         self._proto.push(self)
 
@@ -250,7 +258,7 @@ class HBONEStream:
 
         A relay calls `write_eof()` when its local side ends and `close()` when both sides are done.
         """
-        if self._error is not None or self._closed.done():
+        if self._error is not None or self._closed:
             return
         if self._rx_eof:
             self.write_eof()
@@ -262,15 +270,24 @@ class HBONEStream:
         function that unregisters it. Lets a server cancel work for a tunnel the peer gave up on."""
         def done(_f: asyncio.Future[None]) -> None:
             cb()
-        self._closed.add_done_callback(done)
-        return lambda: self._closed.remove_done_callback(done) and None
+        fut = self._closed_future()
+        fut.add_done_callback(done)
+        return lambda: fut.remove_done_callback(done) and None
 
     async def wait_closed(self) -> None:
-        await asyncio.shield(self._closed)
+        await asyncio.shield(self._closed_future())
 
     @property
     def is_closed(self) -> bool:
-        return self._closed.done()
+        return self._closed
+
+    def _closed_future(self) -> asyncio.Future[None]:
+        fut = self._closed_waiter
+        if fut is None:
+            fut = self._closed_waiter = self._proto.loop.create_future()
+            if self._closed:
+                fut.set_result(None)
+        return fut
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         """The underlying TLS transport's info (`ssl_object`, `peername`, `sockname`, ...)."""
@@ -327,12 +344,20 @@ class HBONEStream:
     def set_response(self, resp: ConnectResponse) -> None:
         """The CONNECT's response arrived (client side)."""
         self.response = resp
-        if not self._response_waiter.done():
-            self._response_waiter.set_result(resp)
+        w = self._response_waiter
+        if w is not None and not w.done():
+            w.set_result(resp)
 
     async def wait_response(self) -> ConnectResponse:
         """The CONNECT's response (client side); raises `StreamResetError` if the stream died first."""
-        return await self._response_waiter
+        if self.response is not None:
+            return self.response
+        if self._error is not None:
+            raise self._error
+        w = self._response_waiter
+        if w is None:
+            w = self._response_waiter = self._proto.loop.create_future()
+        return await w
 
     def abort(self, exc: Exception) -> int:
         """Abort: wake everyone with `exc`; returns unread bytes for the connection to reclaim."""
@@ -343,15 +368,15 @@ class HBONEStream:
         self._rx = _NO_RX
         self._rx_bytes = 0
         self._rx_held = 0
-        self._tx.clear()
+        self._tx = _NO_RX
         self._tx_bytes = 0
         self._wake_reader()
         self._wake_writer()
-        if not self._response_waiter.done():
-            self._response_waiter.set_exception(exc)
-            self._response_waiter.exception()  # mark retrieved: nobody may be waiting
-        if not self._closed.done():
-            self._closed.set_result(None)
+        w = self._response_waiter
+        if w is not None and not w.done():
+            w.set_exception(exc)
+            w.exception()  # mark retrieved: nobody may be waiting
+        self._set_closed()
         if first and self._sink is not None:
             self._sink.tunnel_error(exc)
         return dropped
@@ -367,10 +392,13 @@ class HBONEStream:
         tx = self._tx
         view = tx[0]
         if n == len(view):
-            tx.popleft()
-        else:
-            tx[0] = view[n:]
-        return bool(tx)
+            tx.popleft()  # type: ignore[union-attr]
+            if not tx:
+                self._tx = _NO_RX
+                return False
+            return True
+        tx[0] = view[n:]  # type: ignore[index]
+        return True
 
     @property
     def eof_to_send(self) -> bool:
@@ -395,8 +423,15 @@ class HBONEStream:
         self._wake_writer()
 
     def _maybe_closed(self) -> None:
-        if self._rx_eof and self._tx_eof_sent and not self._closed.done():
-            self._closed.set_result(None)
+        if self._rx_eof and self._tx_eof_sent:
+            self._set_closed()
+
+    def _set_closed(self) -> None:
+        if not self._closed:
+            self._closed = True
+            fut = self._closed_waiter
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
     def _wake_reader(self) -> None:
         w = self._rx_waiter
