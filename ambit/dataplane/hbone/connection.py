@@ -923,9 +923,27 @@ def _field_value(text: str) -> bytes:
 _NOT_IN_VALUES = {0: " ", 10: " ", 13: " "}
 
 
+# Header names (and the CONNECT method) as shared strings: every tunnel carries the same few, and a
+# held tunnel keeps its header dict, so each stream would otherwise hold its own copies (~0.3 KB
+# per tunnel, docs/performance.md, round 10). Bounded: a peer choosing names cannot grow it.
+_TEXT: dict[bytes, str] = {b":method": ":method", b":authority": ":authority", b"CONNECT": "CONNECT"}
+_TEXT_MAX = 64
+
+
+def _text(b: bytes) -> str:
+    s = _TEXT.get(b)
+    if s is None:
+        s = b.decode()
+        if len(_TEXT) < _TEXT_MAX:
+            _TEXT[b] = s
+    return s
+
+
 def _header_dict(headers: list[tuple[bytes, bytes]]) -> dict[str, str] | None:
-    """The header list as text; None if a name or value is not UTF-8 (a malformed message)."""
+    """The header list as text (names shared, see `_TEXT`); None if a name or value is not UTF-8
+    (a malformed message)."""
     try:
-        return {k.decode(): v.decode() for k, v in headers}
+        get = _TEXT.get
+        return {(get(k) or _text(k)): (get(v) or v.decode()) for k, v in headers}
     except UnicodeDecodeError:
         return None
