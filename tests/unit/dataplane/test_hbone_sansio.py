@@ -538,3 +538,20 @@ def test_client_opens_no_more_streams_than_the_server_allows() -> None:
     p.c.reset_stream(a)
     p.pump()
     assert p.c.can_open_stream and p.open() > b
+
+
+def test_connect_header_names_are_shared_and_a_peer_cannot_grow_the_table() -> None:
+    """Every tunnel's CONNECT carries the same names, shared as one string each; a peer sending a
+    new name per stream gets correct headers but adds nothing past the table's bound."""
+    from ambit.dataplane.hbone import connection as hc
+
+    a = hc._header_dict([(b":method", b"CONNECT"), (b":authority", b"10.0.0.2:80"), (b"x-a", b"1")])
+    b = hc._header_dict([(b":method", b"CONNECT"), (b":authority", b"10.0.0.3:80"), (b"x-a", b"2")])
+    assert a == {":method": "CONNECT", ":authority": "10.0.0.2:80", "x-a": "1"}
+    assert [k for k in a if k == "x-a"][0] is [k for k in b if k == "x-a"][0]
+    assert a[":method"] is b[":method"]
+    for i in range(500):
+        h = hc._header_dict([(f"x-name-{i}".encode(), b"v")])
+        assert h == {f"x-name-{i}": "v"}
+    assert len(hc._TEXT) <= hc._TEXT_MAX
+    assert hc._header_dict([(b"x-bad", b"\xff")]) is None
