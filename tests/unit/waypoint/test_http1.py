@@ -198,6 +198,32 @@ def test_pipelined_requests_answered_in_order(proxy: Proxy, origin: Origin) -> N
     assert origin.connections - before <= 1         # served one after another on one pooled connection
 
 
+
+def test_keep_alive_requests_one_at_a_time_and_no_parser_held_between_them(proxy: Proxy) -> None:
+    """A held keep-alive connection keeps no parser between requests (docs/performance.md §56);
+    each request that follows gets a fresh one and is answered, and one after a `Connection:
+    close` request is not served."""
+    from waypoint.http.http1.server import H1Server
+
+    def idle_parsers() -> list[object]:
+        return proxy.call(lambda: [c.parser for c in proxy.engine.conns if isinstance(c, H1Server)])  # type: ignore
+
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        f = s.makefile("rb")
+        for i in range(3):
+            s.sendall(b"GET /k%d HTTP/1.1\r\nHost: a\r\n\r\n" % i)
+            assert f.readline().startswith(b"HTTP/1.1 200")
+            length = 0
+            while (line := f.readline()) != b"\r\n":
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            assert json.loads(f.read(length))["path"] == f"/k{i}"
+            assert idle_parsers() == [None]
+        s.sendall(b"GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                  b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+        rest = f.read()
+    assert b"/after" not in rest
+
 def test_malformed_request_is_400(proxy: Proxy) -> None:
     out = raw(proxy, b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 400")

@@ -41,7 +41,8 @@ class H1Server(asyncio.Protocol):
         self.downstream = downstream
         self.scheme = scheme
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        # Made on data; dropped again between keep-alive requests (see `data_received`).
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] | tuple[()] = _NO_QUEUE   # [0] is being answered; the rest wait
         self.parsing: Exchange | None = None    # whose body the parser is reading
         self.closing = False                    # no more requests: close after the current response
@@ -88,8 +89,11 @@ class H1Server(asyncio.Protocol):
             return
         if self.closing and not self.queue and self.parsing is None:
             return
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpRequestParser(self)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self._upgrade_wait(data[e.args[0]:])
             return
@@ -108,6 +112,11 @@ class H1Server(asyncio.Protocol):
             self._head_bytes += len(data)
             if self._head_bytes > self.settings.max_header_bytes:
                 self._bad(431, "request headers too large")
+        elif self.parsing is None and not self.closing and parser.should_keep_alive():
+            # Between two keep-alive requests the parser holds nothing the next one needs: a held
+            # connection keeps none (~0.9 KB), and the next data makes a fresh one (~0.2 µs).
+            # After a `Connection: close` request it stays, so that data after it is refused.
+            self.parser = None
 
     def eof_received(self) -> bool:
         if self._raw is not None:
