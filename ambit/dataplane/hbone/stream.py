@@ -51,7 +51,8 @@ class StreamSink(Protocol):
     def tunnel_writable(self) -> None: ...
 
 
-_NO_RX: tuple[()] = ()
+# A stream's receive or send queue while it holds nothing: no empty deque per held tunnel.
+_NO_QUEUE: tuple[()] = ()
 
 
 class HBONEStream:
@@ -69,12 +70,12 @@ class HBONEStream:
         # Pull mode only (`read()`): a stream with a sink (every relay and the waypoint) never queues
         # what it receives, so its queue is made on the first queued piece; an empty deque costs
         # ~0.7 KB per stream, ~0.7 MB per 1000 tunnels (docs/performance.md, round 9).
-        self._rx: deque[memoryview] | tuple[()] = _NO_RX
+        self._rx: deque[memoryview] | tuple[()] = _NO_QUEUE
         self._rx_bytes = 0
         self._rx_eof = False
         # Made on a write and dropped when framed out: a held tunnel (idle between requests, or
         # a waypoint's downstream tunnel) keeps no empty deque, as for `_rx`.
-        self._tx: deque[memoryview] | tuple[()] = _NO_RX
+        self._tx: deque[memoryview] | tuple[()] = _NO_QUEUE
         self._tx_bytes = 0
         self._tx_eof = False          # write_eof() called
         self._tx_eof_sent = False
@@ -219,7 +220,7 @@ class HBONEStream:
             return
         view = memoryview(data if isinstance(data, bytes) else bytes(data))
         tx = self._tx
-        if tx is _NO_RX:
+        if tx is _NO_QUEUE:
             tx = self._tx = deque()
         tx.append(view)  # type: ignore[union-attr]
         self._tx_bytes += len(view)
@@ -327,7 +328,7 @@ class HBONEStream:
             self._deliver(sink, data)
             return
         rx = self._rx
-        if rx is _NO_RX:
+        if rx is _NO_QUEUE:
             rx = self._rx = deque()
         rx.append(data)  # type: ignore[union-attr]
         self._rx_bytes += len(data)
@@ -365,10 +366,10 @@ class HBONEStream:
         if first:
             self._error = exc
         dropped = self._rx_bytes + self._rx_held
-        self._rx = _NO_RX
+        self._rx = _NO_QUEUE
         self._rx_bytes = 0
         self._rx_held = 0
-        self._tx = _NO_RX
+        self._tx = _NO_QUEUE
         self._tx_bytes = 0
         self._wake_reader()
         self._wake_writer()
@@ -394,7 +395,7 @@ class HBONEStream:
         if n == len(view):
             tx.popleft()  # type: ignore[union-attr]
             if not tx:
-                self._tx = _NO_RX
+                self._tx = _NO_QUEUE
                 return False
             return True
         tx[0] = view[n:]  # type: ignore[index]
