@@ -5,8 +5,9 @@ RSS (its C core's text, heap and threads) for one unary call a second; every oth
 Ambit is already grpclib's (ambit/configclient/rpc.py). This keeps what the SDK's exporter does
 and changes only the transport:
 
-- the request is the SDK's own encoding (`opentelemetry.exporter.otlp.proto.common`'s
-  `encode_spans`, the OTLP protos of `opentelemetry-proto`), sent as
+- the request is an `ExportTraceServiceRequest` of opentelemetry-proto, written by
+  `otlp_wire.Encoder` (what the SDK's `encode_spans` means, without its per-attribute message
+  objects: §57 of docs/performance.md), sent as
   `opentelemetry.proto.collector.trace.v1.TraceService/Export`;
 - transient failures are retried as the SDK's exporter retries them: the same retryable codes,
   backoff 2^n s with ±20 % jitter, at most 6 tries, never past the export's timeout (`retry_delay`,
@@ -28,11 +29,11 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from ambit.configclient import rpc
+from waypoint.telemetry.otlp_wire import Encoder
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -55,6 +56,19 @@ def retry_delay(code: str, attempt: int, remaining: float, rand: random.Random) 
     return delay if delay <= remaining else None
 
 
+class Serialized:
+    """A request already in protobuf's wire format, for grpclib's codec (which asks the request
+    type for an instance and calls its `SerializeToString`)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - the protobuf message method grpclib calls
+        return self.data
+
+
 class GrpclibSpanExporter(SpanExporter):
     """OTLP/gRPC span export to `endpoint` (`host:port`) with a per-export `timeout` in seconds."""
 
@@ -68,13 +82,14 @@ class GrpclibSpanExporter(SpanExporter):
         self._channel: Any = None
         self._stopping = threading.Event()
         self._last_error = ""
+        self._encoder = Encoder()       # export calls never overlap: the batch processor holds its export lock
 
     # ----- SpanExporter --------------------------------------------------------------------------
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._stopping.is_set():
             return SpanExportResult.FAILURE
-        request = encode_spans(spans)
+        request = Serialized(self._encoder.request(spans))
         deadline = time.monotonic() + self.timeout
         for attempt in range(MAX_TRIES):
             try:
@@ -114,14 +129,14 @@ class GrpclibSpanExporter(SpanExporter):
 
     # ----- the loop ------------------------------------------------------------------------------
 
-    def _call(self, request: pb.ExportTraceServiceRequest, deadline: float) -> None:
+    def _call(self, request: Serialized, deadline: float) -> None:
         self._run(self._send(request, max(0.001, deadline - time.monotonic())), deadline - time.monotonic() + 1)
 
-    async def _send(self, request: pb.ExportTraceServiceRequest, timeout: float) -> None:
+    async def _send(self, request: Serialized, timeout: float) -> None:
         from grpclib.client import UnaryUnaryMethod
         if self._channel is None:
             self._channel = rpc.channel(self.endpoint)
-        method = UnaryUnaryMethod(self._channel, EXPORT, pb.ExportTraceServiceRequest, pb.ExportTraceServiceResponse)
+        method = UnaryUnaryMethod(self._channel, EXPORT, Serialized, pb.ExportTraceServiceResponse)
         await method(request, timeout=timeout)
 
     async def _reset(self) -> None:
