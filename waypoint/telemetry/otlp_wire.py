@@ -41,7 +41,7 @@ _pack_i = struct.Struct("<I").pack
 
 # Span flags (trace.proto `SpanFlags`): the parent's is-remote bit is known, and whether it is set.
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
-_CACHE_LIMIT = 4096      # encoded key-value pairs kept; cleared when full, so unique values cannot grow it
+_CACHE_LIMIT = 512       # encoded key-value pairs per cache generation (two are kept: see Encoder.attributes)
 
 
 def varint(n: int) -> bytes:
@@ -102,6 +102,7 @@ class Encoder:
 
     def __init__(self) -> None:
         self._kv: dict[tuple[str, type, Any], bytes] = {}
+        self._kv_old: dict[tuple[str, type, Any], bytes] = {}
         self._resources: dict[int, tuple[Any, bytes]] = {}
         self._scopes: dict[Any, bytes] = {}
 
@@ -171,7 +172,12 @@ class Encoder:
 
     def attributes(self, attrs: Mapping[str, Any], tag: int) -> bytes:
         """Each attribute as a length-delimited `KeyValue` field `tag`; pairs seen before come from
-        the cache. An attribute OTLP cannot carry is left out and logged."""
+        the cache. An attribute OTLP cannot carry is left out and logged.
+
+        The cache has two generations: when the young one is full it becomes the old one and the
+        previous old one is dropped, and a pair found in the old one moves back to the young.
+        Pairs that repeat (a route's, a peer's) stay; unique ones (request ids) age out, and the
+        cache never holds more than twice `_CACHE_LIMIT` pairs."""
         cache = self._kv
         out = []
         # The SDK's BoundedAttributes is a Mapping over a dict; its own items() goes through
@@ -180,7 +186,12 @@ class Encoder:
         for k, v in (inner if isinstance(inner, dict) else attrs).items():
             scalar = v.__class__ in _SCALARS
             if scalar:
-                hit = cache.get((k, v.__class__, v))
+                key = (k, v.__class__, v)
+                hit = cache.get(key)
+                if hit is None:
+                    hit = self._kv_old.get(key)
+                    if hit is not None:
+                        cache[key] = hit
                 if hit is not None:
                     out.append(hit)
                     continue
@@ -191,8 +202,9 @@ class Encoder:
                 continue
             if scalar:
                 if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                cache[(k, v.__class__, v)] = field
+                    self._kv_old, self._kv = cache, {}
+                    cache = self._kv
+                cache[key] = field
             out.append(field)
         return b"".join(out)
 
