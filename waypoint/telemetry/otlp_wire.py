@@ -10,14 +10,16 @@ costs a fraction of that, and what repeats from span to span (the resource, the 
 attribute's key and value) is encoded once and reused.
 
 What it writes is what `encode_spans(spans).SerializeToString()` means, field for field: the
-same grouping by resource and scope in first-seen order, the same fields set or left out (proto3:
+same grouping by resource and scope in first-seen order (resources by identity where the SDK
+compares them: the spans of one TracerProvider share its one Resource object, so the two agree;
+two equal Resource objects would give two groups), the same fields set or left out (proto3:
 a scalar at its default is not written; a oneof value and a present sub-message always are), the
-same span flags. `tests/unit/waypoint/test_otlp_wire.py` decodes both with the protobuf library
+same span flags. `tests/unit/waypoint/telemetry/test_otlp_wire.py` decodes both with the protobuf library
 and compares them. An attribute the SDK's encoder would reject (an int outside int64, a type
 with no OTLP value) is left out, as that encoder leaves it out.
 
 Pure: no I/O, no clock. Field numbers are those of opentelemetry-proto's `trace.proto`,
-`common.proto` and `resource.proto` (checked against the installed descriptors by the tests).
+`common.proto` and `resource.proto` (the tests' decoding with the installed protos checks them).
 """
 
 from __future__ import annotations
