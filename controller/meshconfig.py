@@ -170,18 +170,23 @@ def _provider(entry: Any, where: str) -> dict[str, Any]:
             out["port"] = int(spec["port"])
         except (TypeError, ValueError):
             raise ValueError(f"{where}: {kind}.port: expected a port number") from None
+        if not 0 < out["port"] < 65536:
+            raise ValueError(f"{where}: {kind}.port: {out['port']} is not a port (1-65535)")
         out["service"] = str(spec["service"])
+        if any(c in out["service"] for c in _NOT_IN_HOST):
+            raise ValueError(f"{where}: {kind}.service: {out['service']!r} is not a host name "
+                             "(a Service's FQDN, a host, or host:port)")
     if kind == "opentelemetry":
         http = spec.get("http")
         if http is not None:
             if not isinstance(http, dict) or set(http) - {"path"}:
                 raise ValueError(f"{where}: opentelemetry.http: only path is supported by Ambit (timeout, headers: "
                                  "the exporter's defaults apply)")
-            out["protocol"], out["path"] = "http", str(http.get("path") or "/v1/traces")
+            out["protocol"], out["path"] = "http", _url_path(http.get("path") or "/v1/traces", where, kind)
         else:
             out["protocol"] = "grpc"
     elif kind == "zipkin":
-        out["path"] = str(spec.get("path") or "/api/v2/spans")
+        out["path"] = _url_path(spec.get("path") or "/api/v2/spans", where, kind)
     elif kind == "envoyFileAccessLog":
         out["path"] = str(spec.get("path") or "/dev/stdout")
         out["log_format"], out["labels"] = _log_format(spec.get("logFormat"), f"{where}: envoyFileAccessLog")
@@ -189,6 +194,18 @@ def _provider(entry: Any, where: str) -> dict[str, Any]:
         out["protocol"] = "grpc"
         out["log_format"], out["labels"] = _log_format(spec.get("logFormat"), f"{where}: envoyOtelAls")
     return out
+
+
+_NOT_IN_HOST = frozenset("/?#@ \t\r\n")
+
+
+def _url_path(path: Any, where: str, kind: str) -> str:
+    """A collector's URL path, with one leading slash as Istio writes the URI ("v1/traces" and
+    "/v1/traces" are the same path)."""
+    text = str(path)
+    if any(c in text for c in " \t\r\n#"):
+        raise ValueError(f"{where}: {kind}.path: {text!r} is not a URL path")
+    return "/" + text.lstrip("/")
 
 
 def extension_providers(data: Any, where: str = "mesh config") -> list[dict[str, Any]]:

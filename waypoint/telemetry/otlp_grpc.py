@@ -11,7 +11,7 @@ and changes only the transport:
   `opentelemetry.proto.collector.trace.v1.TraceService/Export`;
 - transient failures are retried as the SDK's exporter retries them: the same retryable codes,
   backoff 2^n s with ±20 % jitter, at most 6 tries, never past the export's timeout (`retry_delay`,
-  a pure function);
+  on `export_retry`'s pure arithmetic);
 - plaintext, as the SDK's exporter was configured here (`insecure=True`), for Istio's
   `opentelemetry` provider has no TLS settings of its own.
 
@@ -33,6 +33,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from ambit.configclient import rpc
+from waypoint.telemetry import export_retry
+from waypoint.telemetry.export_retry import MAX_TRIES
 from waypoint.telemetry.otlp_wire import Encoder
 
 if TYPE_CHECKING:
@@ -41,19 +43,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("ambit.waypoint.tracing")
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-# The SDK's OTLP/gRPC exporter's retryable codes and its limit on tries.
+# The SDK's OTLP/gRPC exporter's retryable codes.
 RETRYABLE = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "OUT_OF_RANGE",
                        "UNAVAILABLE", "DATA_LOSS"})
-MAX_TRIES = 6
 
 
 def retry_delay(code: str, attempt: int, remaining: float, rand: random.Random) -> float | None:
     """Seconds to wait before trying again after try `attempt` (0-based) failed with `code`, or
     None to give up: a code that is not transient, the last try, or a wait past the deadline."""
-    if code not in RETRYABLE or attempt + 1 >= MAX_TRIES:
-        return None
-    delay = 2 ** attempt * rand.uniform(0.8, 1.2)
-    return delay if delay <= remaining else None
+    return export_retry.delay(attempt, remaining, rand) if code in RETRYABLE else None
 
 
 class Serialized:

@@ -57,16 +57,15 @@ def endpoint(p: Provider) -> str:
 
 
 def exporter_class(p: Provider) -> type[SpanExporter] | None:
-    """The SDK exporter class for one provider's kind, imported now (each pulls in its own
-    protobufs or HTTP client: only the kinds in use are loaded); None for a kind that carries no
-    spans. The waypoint calls it when a provider is configured, so an import error is a config-time
+    """The exporter class for one provider's kind, imported now (only the kinds in use are
+    loaded); None for a kind that carries no spans. The waypoint calls it when a provider is configured, so an import error is a config-time
     error."""
     if p.kind == "zipkin":
-        from opentelemetry.exporter.zipkin.json import ZipkinExporter
-        return ZipkinExporter
+        from waypoint.telemetry.http_export import ZipkinSpanExporter
+        return ZipkinSpanExporter
     if p.kind == "opentelemetry" and p.protocol == "http":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-        return HttpExporter
+        from waypoint.telemetry.http_export import OtlpHttpSpanExporter
+        return OtlpHttpSpanExporter
     if p.kind == "opentelemetry":
         from waypoint.telemetry.otlp_grpc import GrpclibSpanExporter
         return GrpclibSpanExporter
@@ -93,7 +92,11 @@ class Pipeline:
             "service.instance.id": ident.node_id}))
         self.exporting = 0
         for p in providers:
-            ex = exporter(p)
+            try:
+                ex = exporter(p)
+            except ValueError as e:     # an endpoint the controller's checks let through: never the request's failure
+                log.error("tracing provider %r: %s; its spans are not exported", p.name, e)
+                continue
             if ex is not None:
                 self.sdk.add_span_processor(BatchSpanProcessor(ex, schedule_delay_millis=delay_ms,
                                                                   max_export_batch_size=EXPORT_BATCH))

@@ -90,7 +90,7 @@ extensionProviders:
 - name: jaeger
   opentelemetry: {service: jaeger-collector.observability.svc.cluster.local, port: 4317}
 - name: otel-http
-  opentelemetry: {service: otel.observability, port: 4318, http: {path: /v1/traces}}
+  opentelemetry: {service: otel.observability, port: 4318, http: {path: v1/traces}}   # Istio adds the slash
 - name: zipkin
   zipkin: {service: zipkin.observability, port: 9411}
 - name: fluentd
@@ -130,6 +130,10 @@ def test_extension_and_default_providers_are_parsed_and_reach_mesh_settings(tmp_
     ("extensionProviders: [{name: d, envoyOtelAls: {service: x, port: 1}}]", "access logs over OTLP are not"),
     ("extensionProviders: [{name: d, carrierPigeon: {}}]", "carrierPigeon: unknown provider kind"),
     ("extensionProviders: [{name: d, zipkin: {service: x}}]", "service and port are required"),
+    ("extensionProviders: [{name: d, zipkin: {service: x, port: 70000}}]", "zipkin.port: 70000 is not a port"),
+    ("extensionProviders: [{name: d, opentelemetry: {service: 'http://x/y', port: 4317}}]",
+     "opentelemetry.service: 'http://x/y' is not a host name"),
+    ("extensionProviders: [{name: d, zipkin: {service: x, port: 1, path: '/a b'}}]", "zipkin.path: '/a b' is not"),
     ("extensionProviders: [{name: d, zipkin: {service: x, port: 1, maxTagLength: 5}}]", "maxTagLength"),
     ("extensionProviders: [{name: d, zipkin: {service: x, port: 1, traceContextOption: B3}}]",
      "traceContextOption: not supported"),

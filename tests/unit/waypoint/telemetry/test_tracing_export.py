@@ -187,3 +187,19 @@ def test_a_changed_config_switches_exporters(receiver: Receiver, origin: Origin)
     finally:
         p.close()
     assert {s.via for s in spans} == {"otlp-grpc", "zipkin"}
+
+
+def test_a_provider_whose_endpoint_cannot_be_used_is_logged_and_never_fails_a_request(
+        receiver: Receiver, origin: Origin, caplog: pytest.LogCaptureFixture) -> None:
+    """The controller refuses such a provider; one that comes through anyway (an older controller)
+    costs its own spans only: the request is served and the other provider still gets its spans."""
+    bad = Provider("bad", "zipkin", "127.0.0.1", 99999)
+    p = Proxy(by_header({"default": origin.port}))
+    try:
+        traced(p, TracingConfig((bad, grpc_provider(receiver)), 100.0))
+        status, _ = get(p.port, "/", {"traceparent": PARENT})
+        spans = of(receiver.wait(lambda s: len(of(s, TRACE)) >= 2), TRACE)
+    finally:
+        p.close()
+    assert status == 200 and {s.via for s in spans} == {"otlp-grpc"}
+    assert any("tracing provider 'bad'" in r.getMessage() and "not exported" in r.getMessage() for r in caplog.records)
