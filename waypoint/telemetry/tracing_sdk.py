@@ -1,6 +1,7 @@
-"""Tracing, the SDK edge: OpenTelemetry spans for the requests the waypoint traces, exported by a
-BatchSpanProcessor (its own thread: export never blocks the event loop) over OTLP gRPC, OTLP HTTP
-or Zipkin's v2 JSON API, as the `TracingConfig`'s providers say.
+"""Tracing, the SDK edge: OpenTelemetry spans for the requests the waypoint traces, handed to one
+BatchSpanProcessor per provider, whose thread exports them over OTLP gRPC, OTLP HTTP or Zipkin's
+v2 JSON API, as the `TracingConfig`'s providers say. (That thread shares the GIL with the event
+loop, so the exporters encode with little Python: otlp_wire.py, zipkin_json.py.)
 
 The engine holds one `Tracing`; an exchange asks it `server(...)` at the request head and gets a
 `RequestTrace` (or None: not traced, then no span object exists), which it tells about each try
@@ -19,13 +20,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from ambit.telemetryconfig import Provider, TracingConfig
 from waypoint.telemetry import tracing as tr
@@ -83,14 +82,16 @@ def exporter(p: Provider) -> SpanExporter | None:
 
 
 class Pipeline:
-    """A TracerProvider with one batch processor per exporting provider."""
+    """One batch processor per exporting provider, and what every span of this config carries
+    (the resource, the instrumentation scope)."""
 
     def __init__(self, providers: tuple[Provider, ...], ident: tr.Identity, delay_ms: int) -> None:
         self.providers = providers
-        self.sdk = TracerProvider(sampler=ALWAYS_ON, resource=Resource.create({
+        self.resource = Resource.create({
             "service.name": ident.service_name, "service.namespace": ident.namespace,
-            "service.instance.id": ident.node_id}))
-        self.exporting = 0
+            "service.instance.id": ident.node_id})
+        self.scope = InstrumentationScope("ambit.waypoint", "", "")   # what the SDK's get_tracer() would give
+        self.processors: list[BatchSpanProcessor] = []
         for p in providers:
             try:
                 ex = exporter(p)
@@ -98,14 +99,22 @@ class Pipeline:
                 log.error("tracing provider %r: %s; its spans are not exported", p.name, e)
                 continue
             if ex is not None:
-                self.sdk.add_span_processor(BatchSpanProcessor(ex, schedule_delay_millis=delay_ms,
-                                                                  max_export_batch_size=EXPORT_BATCH))
-                self.exporting += 1
-        self.tracer = self.sdk.get_tracer("ambit.waypoint")
+                self.processors.append(BatchSpanProcessor(ex, schedule_delay_millis=delay_ms,
+                                                          max_export_batch_size=EXPORT_BATCH))
+        self.exporting = len(self.processors)
+
+    def emit(self, span: ReadableSpan) -> None:
+        """A finished span to each provider's batch (each queues it, or drops it when its queue
+        is full, and its thread exports it)."""
+        for proc in self.processors:
+            proc.on_end(span)
 
     def shutdown(self) -> None:
         """Flush and stop, in a thread: an exporter may block for its timeout."""
-        threading.Thread(target=self.sdk.shutdown, name="tracing-shutdown", daemon=True).start()
+        def stop() -> None:
+            for proc in self.processors:
+                proc.shutdown()
+        threading.Thread(target=stop, name="tracing-shutdown", daemon=True).start()
 
 
 class Tracing:
@@ -152,24 +161,40 @@ class Tracing:
 
     def shutdown(self) -> None:
         if self._pipe is not None:
-            self._pipe.sdk.shutdown()
+            for proc in self._pipe.processors:
+                proc.shutdown()
             self._pipe = None
 
 
 class RequestTrace:
-    """The spans of one traced request: the server span, and the client span of the open try."""
+    """The spans of one traced request: the server span, and the client span of the open try.
 
-    __slots__ = ("tracing", "pipe", "span", "ctx", "client", "client_status", "client_outcome", "cluster",
-                 "target")
+    Spans are made finished: what a span needs is kept in slots while the request runs, and each
+    becomes the SDK's `ReadableSpan` (what span processors and exporters take) when it ends, handed
+    to the pipeline's batch processors. Not through the SDK's `Tracer`: a live SDK span cleans and
+    locks every attribute it is given and builds contexts for in-process propagation the waypoint
+    has no use for, about 60 µs of the event loop per traced request against about 15 here
+    (docs/performance.md, §60). The attributes are the waypoint's own strings (`tracing.py` builds
+    them), so there is nothing to clean; ids come from the injected random source, as the SDK's
+    `RandomIdGenerator` draws them from `random`.
+    """
+
+    __slots__ = ("pipe", "rng", "trace_id", "span_id", "context", "parent", "name", "start_ns", "attrs",
+                 "cluster", "client_id", "client_start", "client_status", "client_outcome", "target")
 
     def __init__(self, tracing: Tracing, pipe: Pipeline, cfg: TracingConfig, head: RequestHead,
                  down: Downstream, rec: RequestRecord, parent: tr.Context | None) -> None:
-        self.tracing = tracing
         self.pipe = pipe
-        parent_ctx = otel_context.Context()
+        self.rng = rng = tracing.rng
         if parent is not None:
-            parent_ctx = trace.set_span_in_context(NonRecordingSpan(SpanContext(
-                parent.trace_id, parent.span_id, is_remote=True, trace_flags=SAMPLED)), parent_ctx)
+            self.trace_id = parent.trace_id
+            self.parent: SpanContext | None = SpanContext(parent.trace_id, parent.span_id, is_remote=True,
+                                                          trace_flags=SAMPLED)
+        else:
+            self.trace_id = rng.getrandbits(128) or 1
+            self.parent = None
+        self.span_id = rng.getrandbits(64) or 1
+        self.context = SpanContext(self.trace_id, self.span_id, is_remote=False, trace_flags=SAMPLED)
         attrs = tr.server_start_attributes(
             tracing.ident, head.method, head.scheme, head.authority, head.path, rec.protocol, rec.request_id,
             rec.user_agent, down.source_ip, _downstream_cluster(down))
@@ -177,12 +202,12 @@ class RequestTrace:
             attrs = {k: v for k, v in attrs.items() if not k.startswith("istio.")}
         if cfg.custom_tags:
             attrs.update(tr.custom_tags(cfg.custom_tags, head.headers))
-        self.span = pipe.tracer.start_span(
-            tr.server_span_name(head.authority, down.hostname, down.destination_port), context=parent_ctx,
-            kind=SpanKind.SERVER, attributes=attrs, start_time=int(rec.start * 1e9))
-        self.ctx = trace.set_span_in_context(self.span)
+        self.attrs = attrs
+        self.name = tr.server_span_name(head.authority, down.hostname, down.destination_port)
+        self.start_ns = int(rec.start * 1e9)
         self.cluster = tr.cluster_name(down.hostname, down.destination_port)
-        self.client: trace.Span | None = None
+        self.client_id = 0              # the open try's span id; 0: none open
+        self.client_start = 0
         self.client_status = 0
         self.client_outcome = ""
         self.target: UpstreamTarget | None = None
@@ -191,39 +216,45 @@ class RequestTrace:
         """A new try: its client span, whose context replaces the trace headers going upstream."""
         self.try_end()
         self.target = target
-        self.client = c = self.pipe.tracer.start_span(tr.client_span_name(self.cluster), context=self.ctx,
-                                                      kind=SpanKind.CLIENT)
-        sc, parent = c.get_span_context(), self.span.get_span_context()
-        up_head.headers = tr.inject(up_head.headers, sc.trace_id, sc.span_id, True, parent.span_id)
+        self.client_id = cid = self.rng.getrandbits(64) or 1
+        self.client_start = time.time_ns()
+        up_head.headers = tr.inject(up_head.headers, self.trace_id, cid, True, self.span_id)
 
     def try_result(self, outcome: Outcome) -> None:
-        if self.client is not None:
+        if self.client_id:
             self.client_status = outcome.status
             self.client_outcome = "" if outcome.kind == "response" else outcome.kind
 
     def try_end(self) -> None:
-        c, self.client = self.client, None
-        if c is None:
+        cid, self.client_id = self.client_id, 0
+        if not cid:
             return
         t = self.target
-        c.set_attributes(tr.client_end_attributes(self.client_status, t.protocol if t else "",
-                                                  self.cluster, t.address if t else "", self.client_outcome))
-        if self.client_status == 0 or self.client_status >= 500:
-            c.set_status(Status(StatusCode.ERROR))
-        c.end()
+        attrs = tr.client_end_attributes(self.client_status, t.protocol if t else "", self.cluster,
+                                         t.address if t else "", self.client_outcome)
+        failed = self.client_status == 0 or self.client_status >= 500
+        self.pipe.emit(ReadableSpan(
+            tr.client_span_name(self.cluster), SpanContext(self.trace_id, cid, is_remote=False, trace_flags=SAMPLED),
+            self.context, self.pipe.resource, attrs, kind=SpanKind.CLIENT, status=_ERROR if failed else _UNSET,
+            start_time=self.client_start, end_time=time.time_ns(), instrumentation_scope=self.pipe.scope))
         self.client_status, self.client_outcome = 0, ""
 
     def finish(self, rec: RequestRecord) -> None:
-        if self.client is not None and not self.client_status and rec.upstream:
+        if self.client_id and not self.client_status and rec.upstream:
             self.client_status = rec.status if not rec.response_flags else self.client_status
         self.try_end()
-        s = self.span
-        s.set_attributes(tr.server_end_attributes(rec.status, rec.response_flags, rec.bytes_received,
-                                                  rec.bytes_sent, self.cluster, rec.upstream))
-        s.set_attribute("guid:x-request-id", rec.request_id)    # set by the exchange after the span began
-        if rec.status == 0 or rec.status >= 500:
-            s.set_status(Status(StatusCode.ERROR))
-        s.end(end_time=time.time_ns())
+        attrs = self.attrs
+        attrs.update(tr.server_end_attributes(rec.status, rec.response_flags, rec.bytes_received,
+                                              rec.bytes_sent, self.cluster, rec.upstream))
+        attrs["guid:x-request-id"] = rec.request_id    # set by the exchange after the span began
+        failed = rec.status == 0 or rec.status >= 500
+        self.pipe.emit(ReadableSpan(
+            self.name, self.context, self.parent, self.pipe.resource, attrs, kind=SpanKind.SERVER,
+            status=_ERROR if failed else _UNSET, start_time=self.start_ns, end_time=time.time_ns(),
+            instrumentation_scope=self.pipe.scope))
+
+
+_ERROR, _UNSET = Status(StatusCode.ERROR), Status(StatusCode.UNSET)
 
 
 def _downstream_cluster(down: Downstream) -> str:

@@ -119,6 +119,32 @@ def test_each_try_gets_its_own_client_span(receiver: Receiver) -> None:
     assert len({c.span_id for c in tries}) == 3
     assert all(c.attributes["error"] == "true" and c.attributes["error.reason"] == "connect_failure" for c in tries)
     assert server.attributes["http.status_code"] == "503" and "URX" in server.attributes["response_flags"]
+    assert server.error and all(c.error for c in tries)          # the spans' status, not just a tag
+    assert {s.trace_id for s in spans} == {server.trace_id}
+
+
+@pytest.mark.parametrize("kind,protocol", [("opentelemetry", "grpc"), ("zipkin", "")])
+def test_a_request_without_a_trace_starts_one(receiver: Receiver, origin: Origin, kind: str, protocol: str) -> None:
+    """Sampled here, no incoming context: a new trace whose root is the waypoint's server span; the
+    origin gets the client span's context; the client span lies within the server span."""
+    port = receiver.grpc_port if protocol == "grpc" else receiver.http_port
+    p = Proxy(by_header({"default": origin.port}))
+    try:
+        traced(p, TracingConfig((Provider("p", kind, "127.0.0.1", port, "", protocol),), 100.0))
+        status, echo = get(p.port, "/new")
+        spans = receiver.wait(lambda s: len(s) >= 2)
+    finally:
+        p.close()
+    assert status == 200 and len(spans) == 2
+    server = next(s for s in spans if s.kind == "SERVER")
+    client = next(s for s in spans if s.kind == "CLIENT")
+    assert server.parent_id in ("", "0" * 16) and client.parent_id == server.span_id
+    assert client.trace_id == server.trace_id and int(server.trace_id, 16) != 0
+    assert dict(echo["headers"])["traceparent"] == f"00-{server.trace_id}-{client.span_id}-01"
+    assert not server.error and not client.error
+    assert server.start_us <= client.start_us
+    assert client.start_us + client.duration_us <= server.start_us + server.duration_us + 1   # µs rounding
+    assert server.attributes["guid:x-request-id"] and server.attributes["http.status_code"] == "200"
 
 
 def test_not_sampled_means_no_span_and_an_unsampled_context(receiver: Receiver, origin: Origin) -> None:
