@@ -29,6 +29,8 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from waypoint.telemetry.pair_cache import PairCache
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import Event, ReadableSpan
     from opentelemetry.trace import Link, SpanContext
@@ -43,7 +45,7 @@ _pack_i = struct.Struct("<I").pack
 
 # Span flags (trace.proto `SpanFlags`): the parent's is-remote bit is known, and whether it is set.
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
-_CACHE_LIMIT = 512       # encoded key-value pairs per cache generation (two are kept: see Encoder.attributes)
+_CACHE_LIMIT = 512       # encoded span attributes per cache generation (two are kept: pair_cache.py)
 
 
 def varint(n: int) -> bytes:
@@ -103,8 +105,7 @@ class Encoder:
     """Encodes batches of spans; keeps what repeats between spans (resources, scopes, attributes)."""
 
     def __init__(self) -> None:
-        self._kv: dict[tuple[str, type, Any], bytes] = {}
-        self._kv_old: dict[tuple[str, type, Any], bytes] = {}
+        self._span_pairs: PairCache[bytes] = PairCache(_CACHE_LIMIT)
         self._resources: dict[int, tuple[Any, bytes]] = {}
         self._scopes: dict[Any, bytes] = {}
 
@@ -153,7 +154,7 @@ class Encoder:
             parts.append(b"\x41" + _pack_q(s.end_time))
         attrs = getattr(s, "_attributes", None) or s.attributes   # ReadableSpan.attributes wraps it in a proxy
         if attrs:
-            parts.append(self.attributes(attrs, 0x4A))
+            parts.append(self.attributes(attrs, _SPAN_ATTRIBUTES))
         if s.dropped_attributes:
             parts.append(b"\x50" + varint(s.dropped_attributes))
         for e in s.events:
@@ -173,42 +174,18 @@ class Encoder:
         return b"".join(parts)
 
     def attributes(self, attrs: Mapping[str, Any], tag: int) -> bytes:
-        """Each attribute as a length-delimited `KeyValue` field `tag`; pairs seen before come from
-        the cache. An attribute OTLP cannot carry is left out and logged.
-
-        The cache has two generations: when the young one is full it becomes the old one and the
-        previous old one is dropped, and a pair found in the old one moves back to the young.
-        Pairs that repeat (a route's, a peer's) stay; unique ones (request ids) age out, and the
-        cache never holds more than twice `_CACHE_LIMIT` pairs."""
-        cache = self._kv
-        out = []
+        """Each attribute as a length-delimited `KeyValue` field `tag`. A span's attributes (tag
+        0x4A) come from the pair cache when seen before; the rest (a resource's and a scope's,
+        encoded once per object; events' and links', rare) are encoded each time, so that a cached
+        field is only ever the field it was encoded as. An attribute OTLP cannot carry is left out
+        and logged."""
         # The SDK's BoundedAttributes is a Mapping over a dict; its own items() goes through
         # Mapping's generic __iter__/__getitem__, about 0.5 µs an attribute.
         inner = getattr(attrs, "_dict", None)
-        for k, v in (inner if isinstance(inner, dict) else attrs).items():
-            scalar = v.__class__ in _SCALARS
-            if scalar:
-                key = (k, v.__class__, v)
-                hit = cache.get(key)
-                if hit is None:
-                    hit = self._kv_old.get(key)
-                    if hit is not None:
-                        cache[key] = hit
-                if hit is not None:
-                    out.append(hit)
-                    continue
-            try:
-                field = _ld(tag, key_value(k, v))
-            except Unencodable as e:
-                log.warning("span attribute %r not exported: %s", k, e)
-                continue
-            if scalar:
-                if len(cache) >= _CACHE_LIMIT:
-                    self._kv_old, self._kv = cache, {}
-                    cache = self._kv
-                cache[key] = field
-            out.append(field)
-        return b"".join(out)
+        items = (inner if isinstance(inner, dict) else attrs).items()
+        if tag == _SPAN_ATTRIBUTES:
+            return b"".join(self._span_pairs.pieces(items, _span_attribute))
+        return b"".join(f for f in (_field(tag, k, v) for k, v in items) if f is not None)
 
     def _event(self, e: Event) -> bytes:
         parts = []
@@ -258,7 +235,19 @@ class Encoder:
         return hit
 
 
-_SCALARS = frozenset({str, bool, int})     # not float: -0.0 == 0.0 would share an encoding
+_SPAN_ATTRIBUTES = 0x4A        # Span.attributes, field 9
+
+
+def _field(tag: int, k: str, v: Any) -> bytes | None:
+    try:
+        return _ld(tag, key_value(k, v))
+    except Unencodable as e:
+        log.warning("span attribute %r not exported: %s", k, e)
+        return None
+
+
+def _span_attribute(k: str, v: Any) -> bytes | None:
+    return _field(_SPAN_ATTRIBUTES, k, v)
 
 
 def _flags(parent: SpanContext | None) -> int:

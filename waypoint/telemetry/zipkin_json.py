@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
+from waypoint.telemetry.pair_cache import PairCache
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import Event, ReadableSpan
 
@@ -36,7 +38,6 @@ _KINDS = (None, "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 _STATUS = {1: "OK", 2: "ERROR"}          # StatusCode's values; UNSET (0) writes no tag
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 _quote = encode_basestring_ascii          # a JSON string literal, in C
-_SCALARS = frozenset({str, bool, int})     # not float: -0.0 == 0.0 would share a pair
 _CACHE_LIMIT = 512       # tag pairs per cache generation
 
 
@@ -73,12 +74,11 @@ def tags(attrs: Mapping[str, Any] | None) -> dict[str, str]:
 class Encoder:
     """One exporter's encoder. Keeps the tags of the resources and scopes it has seen (a
     TracerProvider's spans share one Resource and one scope object: a handful per process), and
-    the JSON of recent tag pairs in two generations, as `otlp_wire.Encoder` keeps its fields."""
+    the JSON of recent span attributes (pair_cache.py)."""
 
     def __init__(self) -> None:
         self._tail: dict[tuple[int, int], _Tail] = {}
-        self._kv: dict[tuple[str, type, Any], str] = {}
-        self._kv_old: dict[tuple[str, type, Any], str] = {}
+        self._pairs: PairCache[str] = PairCache(_CACHE_LIMIT)
 
     def request(self, spans: Iterable[ReadableSpan]) -> bytes:
         return ("[" + ",".join([self.span_json(s) for s in spans]) + "]").encode()
@@ -101,7 +101,7 @@ class Encoder:
         parts = [f'{{"traceId":"{ctx.trace_id:032x}","id":"{ctx.span_id:016x}","name":{_quote(s.name)},'
                  f'"timestamp":{(start + 500) // 1000},"duration":{(end - start + 500) // 1000},'
                  f'"localEndpoint":{tail.endpoint_json},"kind":{_quote(kind) if kind else "null"}']
-        tags = self._pairs(inner)
+        tags = self._pairs.pieces(inner.items(), _pair)
         if tail.json:
             tags.append(tail.json)
         if extra:
@@ -114,35 +114,6 @@ class Encoder:
             parts.append(f',"parentId":"{s.parent.span_id:016x}"')
         parts.append("}")
         return "".join(parts)
-
-    def _pairs(self, attrs: dict[str, Any]) -> list[str]:
-        """Each attribute as a JSON `"key":"value"` pair, from the cache when seen before. The
-        cache has two generations: when the young one is full it becomes the old one and the
-        previous old one is dropped; a pair found in the old one moves back to the young."""
-        cache = self._kv
-        out = []
-        for k, v in attrs.items():
-            key = (k, v.__class__, v) if v.__class__ in _SCALARS else None
-            if key is not None:
-                hit = cache.get(key)
-                if hit is None:
-                    hit = self._kv_old.get(key)
-                    if hit is not None:
-                        cache[key] = hit
-                if hit is not None:
-                    out.append(hit)
-                    continue
-            tv = v if v.__class__ is str else tag_value(v)
-            if tv is None:
-                continue
-            pair = _quote(k) + ":" + _quote(tv)
-            if key is not None:
-                if len(cache) >= _CACHE_LIMIT:
-                    self._kv_old, self._kv = cache, {}
-                    cache = self._kv
-                cache[key] = pair
-            out.append(pair)
-        return out
 
     def span(self, s: ReadableSpan) -> dict[str, Any]:
         """One span as the dict the SDK's encoder builds (the general path)."""
@@ -196,6 +167,12 @@ class _Tail:
         self.tags = t
         self.keys = frozenset(t)
         self.json = _compact(t)[1:-1]
+
+
+def _pair(k: str, v: Any) -> str | None:
+    """An attribute as a JSON `"key":"value"` member, or None for a value the SDK leaves out."""
+    tv = v if v.__class__ is str else tag_value(v)
+    return None if tv is None else _quote(k) + ":" + _quote(tv)
 
 
 def _extra(s: ReadableSpan) -> dict[str, str]:

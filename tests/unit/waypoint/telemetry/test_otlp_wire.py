@@ -25,6 +25,7 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
+from tests.unit.waypoint.telemetry.spans import waypoint_spans
 from waypoint.telemetry import otlp_wire
 
 
@@ -45,28 +46,16 @@ def same(spans: list, enc: otlp_wire.Encoder | None = None) -> pb.ExportTraceSer
     return ours
 
 
-def test_a_waypoint_server_and_client_span_pair() -> None:
-    """The two spans of a traced request as the waypoint makes them: a remote parent, string
-    attributes, an error status on the client span."""
-    mem = InMemorySpanExporter()
-    tracer = provider(mem).get_tracer("ambit.waypoint")
-    parent = set_span_in_context(NonRecordingSpan(SpanContext(
-        0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, is_remote=True,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED))))
-    server = tracer.start_span("reviews.default.svc.cluster.local:9080/*", context=parent, kind=SpanKind.SERVER,
-                               attributes={"http.method": "GET", "http.url": "http://reviews/x?y=1",
-                                           "istio.namespace": "default", "upstream_cluster": "inbound|9080||",
-                                           "request_size": "0"})
-    client = tracer.start_span("outbound|9080||reviews", context=set_span_in_context(server), kind=SpanKind.CLIENT)
-    client.set_attributes({"http.status_code": "503", "response_flags": "UF"})
-    client.set_status(Status(StatusCode.ERROR))
-    client.end()
-    server.set_attribute("guid:x-request-id", "6d3c1b5e-…-ünïcode")
-    server.end()
-    msg = same(list(mem.get_finished_spans()))
-    spans = msg.resource_spans[0].scope_spans[0].spans
-    assert [s.kind for s in spans] == [3, 2]         # CLIENT, SERVER
-    assert spans[1].flags == 0x300                    # the parent is known, and remote
+def test_the_waypoint_s_own_spans() -> None:
+    """The spans of a traced request as the waypoint makes them (finished `ReadableSpan`s with a
+    plain attribute dict): a remote parent, a failed try and a good one, string attributes."""
+    spans = waypoint_spans()
+    msg = same(spans)
+    out = msg.resource_spans[0].scope_spans[0].spans
+    assert [s.kind for s in out] == [3, 3, 2]         # CLIENT, CLIENT, SERVER
+    assert out[2].flags == 0x300 and out[0].flags == 0x100   # the server's parent is remote; the clients' is not
+    assert out[0].status.code == 2 and out[2].status.code == 0
+    assert same(waypoint_spans((0,), parent=None)).resource_spans[0].scope_spans[0].spans[1].parent_span_id == b""
 
 
 def test_every_attribute_type_status_event_link_and_trace_state() -> None:
@@ -136,8 +125,26 @@ def test_the_attribute_cache_keeps_types_apart_and_stays_bounded() -> None:
             tracer.start_span("s", attributes={"id": f"{rng.getrandbits(64):x}", "route": "r1"}).end()
         same(list(mem.get_finished_spans()), enc)
         mem.clear()
-    assert len(enc._kv) + len(enc._kv_old) <= 2 * otlp_wire._CACHE_LIMIT
-    assert enc._kv.get(("route", str, "r1")) is not None      # the pair that repeats stayed
+    assert len(enc._span_pairs) <= 2 * otlp_wire._CACHE_LIMIT
+    assert enc._span_pairs.young.get(("route", str, "r1")) is not None      # the pair that repeats stayed
+
+
+def test_one_pair_in_a_resource_a_span_an_event_and_a_link() -> None:
+    """The same key and value as a resource attribute, a span attribute, an event's and a link's:
+    each is a different field of a different message, so no encoding of one may stand for another."""
+    mem = InMemorySpanExporter()
+    tracer = provider(mem, {"service.name": "wp"}).get_tracer("t")
+    link_ctx = SpanContext(0x5, 0x6, is_remote=True, trace_flags=TraceFlags(1))
+    for _ in range(2):
+        span = tracer.start_span("s", attributes={"service.name": "wp"},
+                                 links=[Link(link_ctx, {"service.name": "wp"})])
+        span.add_event("e", {"service.name": "wp"})
+        span.end()
+    msg = same(list(mem.get_finished_spans()))
+    for s in msg.resource_spans[0].scope_spans[0].spans:
+        assert [a.key for a in s.attributes] == ["service.name"] and s.trace_id != b"\0" * 16
+        assert [a.key for a in s.events[0].attributes] == ["service.name"]
+        assert [a.key for a in s.links[0].attributes] == ["service.name"]
 
 
 @pytest.mark.parametrize("n", [0, 1, 127, 128, 300, 16383, 16384, (1 << 63) - 1, (1 << 64) - 1])

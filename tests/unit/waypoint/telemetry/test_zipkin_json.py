@@ -14,15 +14,12 @@ from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import (
-    NonRecordingSpan,
-    SpanContext,
     SpanKind,
     Status,
     StatusCode,
-    TraceFlags,
-    set_span_in_context,
 )
 
+from tests.unit.waypoint.telemetry.spans import waypoint_spans
 from waypoint.telemetry import zipkin_json
 
 
@@ -63,29 +60,17 @@ def same(spans: list) -> list[dict[str, Any]]:
     return ours
 
 
-def test_a_waypoint_server_and_client_span_pair() -> None:
-    mem = InMemorySpanExporter()
-    tracer = provider(mem).get_tracer("ambit.waypoint")
-    parent = set_span_in_context(NonRecordingSpan(SpanContext(
-        0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, is_remote=True,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED))))
-    server = tracer.start_span("reviews.default.svc.cluster.local:9080/*", context=parent, kind=SpanKind.SERVER,
-                               attributes={"http.method": "GET", "http.url": "http://reviews/x?y=1",
-                                           "component": "proxy", "request_size": "0"})
-    client = tracer.start_span("outbound|9080||reviews", context=set_span_in_context(server), kind=SpanKind.CLIENT)
-    client.set_attributes({"http.status_code": "503", "response_flags": "UF"})
-    client.set_status(Status(StatusCode.ERROR, "upstream reset"))
-    client.end()
-    server.set_attribute("guid:x-request-id", "6d3c1b5e-…-ünïcode")
-    server.set_status(Status(StatusCode.OK))
-    server.end()
-    body = same(list(mem.get_finished_spans()))
-    c, s = body
-    assert (c["kind"], s["kind"]) == ("CLIENT", "SERVER")
-    assert s["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736" and s["parentId"] == "00f067aa0ba902b7"
-    assert c["parentId"] == s["id"] and s["localEndpoint"] == {"serviceName": "waypoint.default"}
-    assert c["tags"]["error"] == "upstream reset" and c["tags"]["otel.status_code"] == "ERROR"
-    assert s["tags"]["otel.library.name"] == "ambit.waypoint" and s["tags"]["service.namespace"] == "default"
+def test_the_waypoint_s_own_spans() -> None:
+    """The spans of a traced request as the waypoint makes them: a remote parent, a failed try and
+    a good one."""
+    c1, c2, srv = same(waypoint_spans())
+    assert (c1["kind"], srv["kind"]) == ("CLIENT", "SERVER")
+    assert srv["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736" and srv["parentId"] == "00f067aa0ba902b7"
+    assert c1["parentId"] == c2["parentId"] == srv["id"] and srv["localEndpoint"] == {"serviceName": "waypoint.default"}
+    assert c1["tags"]["error"] == "" and c1["tags"]["otel.status_code"] == "ERROR" and "error" not in c2["tags"]
+    assert srv["tags"]["otel.library.name"] == "ambit.waypoint" and srv["tags"]["team"] == "pay"
+    [_, root] = same(waypoint_spans((0,), parent=None))
+    assert "parentId" not in root
 
 
 def test_every_attribute_type_events_dropped_counts_and_kinds() -> None:
