@@ -57,8 +57,8 @@ def endpoint(p: Provider) -> str:
 
 def exporter_class(p: Provider) -> type[SpanExporter] | None:
     """The exporter class for one provider's kind, imported now (only the kinds in use are
-    loaded); None for a kind that carries no spans. The waypoint calls it when a provider is configured, so an import error is a config-time
-    error."""
+    loaded); None for a kind that carries no spans. The waypoint calls it when a provider is
+    configured, so an import error is a config-time error."""
     if p.kind == "zipkin":
         from waypoint.telemetry.http_export import ZipkinSpanExporter
         return ZipkinSpanExporter
