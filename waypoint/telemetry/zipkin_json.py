@@ -101,13 +101,13 @@ class Encoder:
         parts = [f'{{"traceId":"{ctx.trace_id:032x}","id":"{ctx.span_id:016x}","name":{_quote(s.name)},'
                  f'"timestamp":{(start + 500) // 1000},"duration":{(end - start + 500) // 1000},'
                  f'"localEndpoint":{tail.endpoint_json},"kind":{_quote(kind) if kind else "null"}']
-        tags = self._pairs.pieces(inner.items(), _pair)
+        members = self._pairs.pieces(inner.items(), _pair)
         if tail.json:
-            tags.append(tail.json)
+            members.append(tail.json)
         if extra:
-            tags.append(_compact(extra)[1:-1])
-        if tags:
-            parts.append(',"tags":{' + ",".join(tags) + "}")
+            members.append(_compact(extra)[1:-1])
+        if members:
+            parts.append(',"tags":{' + ",".join(members) + "}")
         if s.events:
             parts.append(',"annotations":' + _compact([_annotation(e) for e in s.events]))
         if s.parent is not None:
