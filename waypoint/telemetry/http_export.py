@@ -63,7 +63,7 @@ class HttpSpanExporter(SpanExporter):
         self._rand = rand or random.Random()
         self._conn: http.client.HTTPConnection | None = None
         self._stopping = threading.Event()
-        self._last_error = ""
+        self._failures = export_retry.FailureLog(endpoint)
         self._encode: Callable[[Iterable[ReadableSpan]], bytes] = self._encoder()
 
     def _encoder(self) -> Callable[[Iterable[ReadableSpan]], bytes]:
@@ -75,22 +75,10 @@ class HttpSpanExporter(SpanExporter):
         if self._stopping.is_set():
             return SpanExportResult.FAILURE
         body = self._encode(spans)
-        deadline = time.monotonic() + self.timeout
-        for attempt in range(export_retry.MAX_TRIES):
-            status, why, after = self._post(body, deadline)
-            if 200 <= status < 300:
-                if self._last_error:
-                    log.info("spans to %s: exported again", self.endpoint)
-                    self._last_error = ""
-                return SpanExportResult.SUCCESS
-            transient = status == 0 or status in export_retry.RETRYABLE_HTTP
-            wait = export_retry.delay(attempt, deadline - time.monotonic(), self._rand, after) if transient else None
-            if wait is None or self._stopping.wait(wait):
-                if why != self._last_error:
-                    log.warning("spans to %s: export failed (%s); batch of %d dropped", self.endpoint, why, len(spans))
-                self._last_error = why
-                return SpanExportResult.FAILURE
-        return SpanExportResult.FAILURE
+        failure = export_retry.attempts(lambda deadline: self._post(body, deadline), self.timeout, self._rand,
+                                        self._stopping)
+        self._failures.report(failure, len(spans))
+        return SpanExportResult.SUCCESS if failure is None else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
         self._stopping.set()
@@ -101,10 +89,10 @@ class HttpSpanExporter(SpanExporter):
 
     # ----- the connection ------------------------------------------------------------------------
 
-    def _post(self, body: bytes, deadline: float) -> tuple[int, str, float | None]:
-        """One POST: (status, why it failed, Retry-After seconds); status 0 when no answer came.
-        A kept-alive connection that fails before any answer (the collector closed it while it
-        was idle) is redialled once, at once; a timeout is not."""
+    def _post(self, body: bytes, deadline: float) -> export_retry.Failure | None:
+        """One POST: None when the collector took it (2xx). A kept-alive connection that fails
+        before any answer (the collector closed it while it was idle) is redialled once, at once;
+        a timeout is not. No answer, 429, 502, 503 and 504 are transient."""
         reused = self._conn is not None
         try:
             return self._request(body, deadline - time.monotonic())
@@ -116,9 +104,9 @@ class HttpSpanExporter(SpanExporter):
                 except (OSError, http.client.HTTPException) as e2:
                     self._close()
                     e = e2
-            return 0, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__, None
+            return export_retry.Failure(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__, True)
 
-    def _request(self, body: bytes, timeout: float) -> tuple[int, str, float | None]:
+    def _request(self, body: bytes, timeout: float) -> export_retry.Failure | None:
         if self._conn is None:
             self._conn = http.client.HTTPConnection(self._host, self._port, timeout=max(0.001, timeout))
         else:
@@ -130,8 +118,11 @@ class HttpSpanExporter(SpanExporter):
         resp.read(_RESPONSE_LIMIT)
         if not resp.isclosed() or resp.will_close:
             self._close()
-        after = export_retry.retry_after(resp.getheader("Retry-After"), time.time())
-        return resp.status, f"HTTP {resp.status} {resp.reason}".rstrip(), after
+        if 200 <= resp.status < 300:
+            return None
+        return export_retry.Failure(f"HTTP {resp.status} {resp.reason}".rstrip(),
+                                    resp.status in export_retry.RETRYABLE_HTTP,
+                                    export_retry.retry_after(resp.getheader("Retry-After"), time.time()))
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None

@@ -10,8 +10,8 @@ and changes only the transport:
   objects: §57 of docs/performance.md), sent as
   `opentelemetry.proto.collector.trace.v1.TraceService/Export`;
 - transient failures are retried as the SDK's exporter retries them: the same retryable codes,
-  backoff 2^n s with ±20 % jitter, at most 6 tries, never past the export's timeout (`retry_delay`,
-  on `export_retry`'s pure arithmetic);
+  backoff 2^n s with ±20 % jitter, at most 6 tries, never past the export's timeout
+  (`export_retry.attempts`, shared with the HTTP exporters);
 - plaintext, as the SDK's exporter was configured here (`insecure=True`), for Istio's
   `opentelemetry` provider has no TLS settings of its own.
 
@@ -34,7 +34,6 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from ambit.configclient import rpc
 from waypoint.telemetry import export_retry
-from waypoint.telemetry.export_retry import MAX_TRIES
 from waypoint.telemetry.otlp_wire import Encoder
 
 if TYPE_CHECKING:
@@ -46,12 +45,6 @@ EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 # The SDK's OTLP/gRPC exporter's retryable codes.
 RETRYABLE = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "OUT_OF_RANGE",
                        "UNAVAILABLE", "DATA_LOSS"})
-
-
-def retry_delay(code: str, attempt: int, remaining: float, rand: random.Random) -> float | None:
-    """Seconds to wait before trying again after try `attempt` (0-based) failed with `code`, or
-    None to give up: a code that is not transient, the last try, or a wait past the deadline."""
-    return export_retry.delay(attempt, remaining, rand) if code in RETRYABLE else None
 
 
 class Serialized:
@@ -79,7 +72,7 @@ class GrpclibSpanExporter(SpanExporter):
         self._thread: threading.Thread | None = None
         self._channel: Any = None
         self._stopping = threading.Event()
-        self._last_error = ""
+        self._failures = export_retry.FailureLog(endpoint)
         self._encoder = Encoder()       # export calls never overlap: the batch processor holds its export lock
 
     # ----- SpanExporter --------------------------------------------------------------------------
@@ -88,27 +81,10 @@ class GrpclibSpanExporter(SpanExporter):
         if self._stopping.is_set():
             return SpanExportResult.FAILURE
         request = Serialized(self._encoder.request(spans))
-        deadline = time.monotonic() + self.timeout
-        for attempt in range(MAX_TRIES):
-            try:
-                self._call(request, deadline)
-                if self._last_error:
-                    log.info("spans to %s: exported again", self.endpoint)
-                    self._last_error = ""
-                return SpanExportResult.SUCCESS
-            except Exception as e:  # noqa: BLE001 - a failed export drops its batch, never the proxy
-                f = rpc.failure(e)
-                code, why = f if f is not None else ("UNKNOWN", f"{type(e).__name__}: {e}")
-                if code == "UNAVAILABLE":
-                    self._run(self._reset())    # a fresh connection for the next try, as the SDK's does
-                delay = retry_delay(code, attempt, deadline - time.monotonic(), self._rand)
-                if delay is None or self._stopping.wait(delay):
-                    if f"{code}: {why}" != self._last_error:
-                        log.warning("spans to %s: export failed (%s: %s); batch of %d dropped",
-                                    self.endpoint, code, why, len(spans))
-                    self._last_error = f"{code}: {why}"
-                    return SpanExportResult.FAILURE
-        return SpanExportResult.FAILURE
+        failure = export_retry.attempts(lambda deadline: self._try(request, deadline), self.timeout, self._rand,
+                                        self._stopping)
+        self._failures.report(failure, len(spans))
+        return SpanExportResult.SUCCESS if failure is None else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
         self._stopping.set()
@@ -127,8 +103,16 @@ class GrpclibSpanExporter(SpanExporter):
 
     # ----- the loop ------------------------------------------------------------------------------
 
-    def _call(self, request: Serialized, deadline: float) -> None:
-        self._run(self._send(request, max(0.001, deadline - time.monotonic())), deadline - time.monotonic() + 1)
+    def _try(self, request: Serialized, deadline: float) -> export_retry.Failure | None:
+        try:
+            self._run(self._send(request, max(0.001, deadline - time.monotonic())), deadline - time.monotonic() + 1)
+        except Exception as e:  # noqa: BLE001 - a failed export drops its batch, never the proxy
+            f = rpc.failure(e)
+            code, why = f if f is not None else ("UNKNOWN", f"{type(e).__name__}: {e}")
+            if code == "UNAVAILABLE":
+                self._run(self._reset())    # a fresh connection for the next try, as the SDK's does
+            return export_retry.Failure(f"{code}: {why}", code in RETRYABLE)
+        return None
 
     async def _send(self, request: Serialized, timeout: float) -> None:
         from grpclib.client import UnaryUnaryMethod

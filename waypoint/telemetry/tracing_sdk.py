@@ -109,12 +109,14 @@ class Pipeline:
         for proc in self.processors:
             proc.on_end(span)
 
+    def close(self) -> None:
+        """Flush and stop each provider's batch, now."""
+        for proc in self.processors:
+            proc.shutdown()
+
     def shutdown(self) -> None:
-        """Flush and stop, in a thread: an exporter may block for its timeout."""
-        def stop() -> None:
-            for proc in self.processors:
-                proc.shutdown()
-        threading.Thread(target=stop, name="tracing-shutdown", daemon=True).start()
+        """`close`, in a thread: an exporter may block for its timeout."""
+        threading.Thread(target=self.close, name="tracing-shutdown", daemon=True).start()
 
 
 class Tracing:
@@ -161,8 +163,7 @@ class Tracing:
 
     def shutdown(self) -> None:
         if self._pipe is not None:
-            for proc in self._pipe.processors:
-                proc.shutdown()
+            self._pipe.close()
             self._pipe = None
 
 

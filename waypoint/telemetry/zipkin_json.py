@@ -84,28 +84,31 @@ class Encoder:
         return ("[" + ",".join([self.span_json(s) for s in spans]) + "]").encode()
 
     def span_json(self, s: ReadableSpan) -> str:
-        """One span's JSON object. Written from cached pieces; a span with an attribute that the
-        resource, the scope, the status or a dropped count would overwrite goes through `span`'s
-        dict, so that the same key never appears twice."""
+        """One span's JSON object, written from cached pieces. The tags are the span's attributes,
+        then the resource's and the scope's, then the status and dropped counts, later ones
+        winning as in the SDK's dict; when a later one would overwrite an attribute (rare), the
+        tags are merged first, so that no key is written twice."""
         tail = self._resource_and_scope(s.resource, s.instrumentation_scope)
         attrs = getattr(s, "_attributes", None) or s.attributes   # ReadableSpan.attributes wraps it in a proxy
         inner = getattr(attrs, "_dict", None)
         if not isinstance(inner, dict):
             inner = dict(attrs) if attrs else {}
         extra = _extra(s)
-        if not tail.keys.isdisjoint(inner) or (extra and not extra.keys().isdisjoint(inner)):
-            return _compact(self.span(s))
+        if tail.keys.isdisjoint(inner) and (not extra or extra.keys().isdisjoint(inner)):
+            members = self._pairs.pieces(inner.items(), _pair)
+            if tail.json:
+                members.append(tail.json)
+            if extra:
+                members.append(_compact(extra)[1:-1])
+        else:
+            merged = {**tags(inner), **tail.tags, **extra}
+            members = [_compact(merged)[1:-1]] if merged else []
         ctx = s.context
         start, end = s.start_time or 0, s.end_time or 0
         kind = _KINDS[s.kind.value]
         parts = [f'{{"traceId":"{ctx.trace_id:032x}","id":"{ctx.span_id:016x}","name":{_quote(s.name)},'
                  f'"timestamp":{(start + 500) // 1000},"duration":{(end - start + 500) // 1000},'
                  f'"localEndpoint":{tail.endpoint_json},"kind":{_quote(kind) if kind else "null"}']
-        members = self._pairs.pieces(inner.items(), _pair)
-        if tail.json:
-            members.append(tail.json)
-        if extra:
-            members.append(_compact(extra)[1:-1])
         if members:
             parts.append(',"tags":{' + ",".join(members) + "}")
         if s.events:
@@ -114,27 +117,6 @@ class Encoder:
             parts.append(f',"parentId":"{s.parent.span_id:016x}"')
         parts.append("}")
         return "".join(parts)
-
-    def span(self, s: ReadableSpan) -> dict[str, Any]:
-        """One span as the dict the SDK's encoder builds (the general path)."""
-        ctx = s.context
-        start, end = s.start_time or 0, s.end_time or 0
-        tail = self._resource_and_scope(s.resource, s.instrumentation_scope)
-        out: dict[str, Any] = {
-            "traceId": f"{ctx.trace_id:032x}", "id": f"{ctx.span_id:016x}", "name": s.name,
-            "timestamp": (start + 500) // 1000, "duration": (end - start + 500) // 1000,
-            "localEndpoint": tail.endpoint, "kind": _KINDS[s.kind.value],
-        }
-        t = tags(getattr(s, "_attributes", None) or s.attributes)
-        t.update(tail.tags)
-        t.update(_extra(s))
-        if t:
-            out["tags"] = t
-        if s.events:
-            out["annotations"] = [_annotation(e) for e in s.events]
-        if s.parent is not None:
-            out["parentId"] = f"{s.parent.span_id:016x}"
-        return out
 
     def _resource_and_scope(self, resource: Any, scope: Any) -> _Tail:
         key = (id(resource), id(scope))
@@ -150,13 +132,12 @@ class _Tail:
     """What a resource and a scope add to each of their spans: the local endpoint and the tags
     written after the span's own (so they win over an attribute of the same key, as in the SDK)."""
 
-    __slots__ = ("resource", "scope", "endpoint", "endpoint_json", "tags", "keys", "json")
+    __slots__ = ("resource", "scope", "endpoint_json", "tags", "keys", "json")
 
     def __init__(self, resource: Any, scope: Any) -> None:
         self.resource, self.scope = resource, scope      # held, so that their ids stay theirs
         rattrs = resource.attributes if resource is not None else {}
-        self.endpoint = {"serviceName": str(rattrs.get("service.name") or "unknown_service")}
-        self.endpoint_json = _compact(self.endpoint)
+        self.endpoint_json = _compact({"serviceName": str(rattrs.get("service.name") or "unknown_service")})
         t = tags(rattrs)
         if scope is not None:
             for k in ("otel.library.name", "otel.scope.name"):

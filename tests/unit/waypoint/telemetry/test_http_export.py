@@ -1,6 +1,6 @@
-"""The waypoint's OTLP/HTTP and Zipkin span exporters (waypoint/telemetry/http_export.py) and their
-retry rule (export_retry.py): the rule as pure functions, the exporters against a real HTTP/1.1
-collector on loopback that answers as it is told."""
+"""The waypoint's OTLP/HTTP and Zipkin span exporters (waypoint/telemetry/http_export.py) against a
+real HTTP/1.1 collector on loopback that answers as it is told (the retry rule itself:
+test_export_retry.py)."""
 
 from __future__ import annotations
 
@@ -21,32 +21,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.unit.waypoint.harness import free_port
-from waypoint.telemetry import export_retry
 from waypoint.telemetry.http_export import HttpSpanExporter, OtlpHttpSpanExporter, ZipkinSpanExporter
-
-# ----- the rule ----------------------------------------------------------------------------------
-
-
-def test_delay_follows_the_sdk_exporters() -> None:
-    rand = random.Random(7)
-    d0, d2 = export_retry.delay(0, 10, rand), export_retry.delay(2, 10, rand)
-    assert d0 is not None and 0.8 <= d0 <= 1.2                                   # 2^0 s ± 20 %
-    assert d2 is not None and 3.2 <= d2 <= 4.8                                   # 2^2 s ± 20 %
-    assert export_retry.delay(export_retry.MAX_TRIES - 1, 1000, rand) is None    # the last try
-    assert export_retry.delay(3, 5.0, rand) is None                              # 8 s would pass the deadline
-    assert export_retry.delay(0, 10, rand, retry_after=7.0) == 7.0               # the collector's word wins ...
-    assert export_retry.delay(0, 5, rand, retry_after=7.0) is None               # ... but not past the deadline
-
-
-@pytest.mark.parametrize(("value", "expected"), [
-    (None, None), ("3", 3.0), (" 0 ", 0.0), ("-4", 0.0), ("inf", None), ("soon", None),
-    ("Thu, 01 Jan 1970 00:01:40 GMT", 60.0),          # an HTTP-date: 100 s after the epoch, "now" is 40 s
-    ("Thu, 01 Jan 1970 00:00:10 GMT", 0.0),           # already past
-    ("Thu, 01 Jan 1970 00:01:40 -0000", 60.0),        # no zone said: UTC, as the SDK reads it
-])
-def test_retry_after_reads_seconds_and_http_dates(value: str | None, expected: float | None) -> None:
-    assert export_retry.retry_after(value, now=40.0) == expected
-
 
 # ----- a collector -------------------------------------------------------------------------------
 

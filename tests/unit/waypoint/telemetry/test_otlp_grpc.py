@@ -1,5 +1,5 @@
-"""The waypoint's OTLP/gRPC span exporter on grpclib (waypoint/telemetry/otlp_grpc.py): its retry
-rule as a pure function, and its behaviour against a real grpcio collector that fails on purpose."""
+"""The waypoint's OTLP/gRPC span exporter on grpclib (waypoint/telemetry/otlp_grpc.py) against a
+real grpcio collector that fails on purpose (the retry rule itself: test_export_retry.py)."""
 
 from __future__ import annotations
 
@@ -17,18 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.unit.waypoint.harness import free_port
-from waypoint.telemetry.otlp_grpc import MAX_TRIES, GrpclibSpanExporter, retry_delay
-
-
-def test_retry_delay_follows_the_sdk_exporter() -> None:
-    rand = random.Random(7)
-    assert retry_delay("INVALID_ARGUMENT", 0, 10, rand) is None           # not transient: no retry
-    assert retry_delay("UNAUTHENTICATED", 0, 10, rand) is None
-    d0, d2 = retry_delay("UNAVAILABLE", 0, 10, rand), retry_delay("UNAVAILABLE", 2, 10, rand)
-    assert d0 is not None and 0.8 <= d0 <= 1.2                           # 2^0 s ± 20 %
-    assert d2 is not None and 3.2 <= d2 <= 4.8                           # 2^2 s ± 20 %
-    assert retry_delay("UNAVAILABLE", MAX_TRIES - 1, 1000, rand) is None  # the last try
-    assert retry_delay("RESOURCE_EXHAUSTED", 3, 5.0, rand) is None        # 8 s would pass the deadline
+from waypoint.telemetry.otlp_grpc import GrpclibSpanExporter
 
 
 class Collector(pb_grpc.TraceServiceServicer):
