@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from ambit import identity as ident
 from ambit.settings import option
 
-# grpclib and cryptography are imported where a channel or certificate is made, so a process that
+# grpclib is imported where a channel is made, so a process that
 # only parses settings (a workers' supervisor) never loads them.
 if TYPE_CHECKING:
     from grpclib.client import Channel
@@ -177,26 +177,15 @@ async def check_identity(target: str, trust: ControllerTrust, timeout: float = 1
     except ssl.SSLError as e:
         raise ControllerUntrusted(f"controller at {target}: TLS handshake failed: {e}") from None
     try:
-        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        cert = writer.get_extra_info("ssl_object").getpeercert()
     finally:
         writer.close()
         try:
             await writer.wait_closed()
         except (OSError, ssl.SSLError):
             pass
-    uris = _uri_sans(der)
+    uris = [value for kind, value in (cert or {}).get("subjectAltName", ()) if kind == "URI"]
     if trust.identity not in uris:
         raise ControllerUntrusted(f"controller at {target}: certificate names {', '.join(uris) or 'no SPIFFE id'}, "
                                   f"not the controller's {trust.identity}")
 
-
-def _uri_sans(der: bytes | None) -> list[str]:
-    if not der:
-        return []
-    from cryptography import x509
-    cert = x509.load_der_x509_certificate(der)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return list(san.get_values_for_type(x509.UniformResourceIdentifier))

@@ -23,9 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-
-from ambit.dataplane.trust import UntrustedCertificate, spiffe_id_of
+from ambit.dataplane.sharedlib import mapped
+from ambit.dataplane.trust import UntrustedCertificate, spiffe_id_from_uris
 from ambit.identity import SpiffeId
 
 if TYPE_CHECKING:
@@ -55,7 +54,7 @@ class _LibSSL:
     @classmethod
     def get(cls) -> ctypes.CDLL:
         if cls._lib is None:
-            path = cls._find()
+            path = mapped("/libssl.so", "libssl.so.3")
             lib = ctypes.CDLL(path)
             lib.OpenSSL_version_num.restype = ctypes.c_ulong
             if lib.OpenSSL_version_num() != ssl.OPENSSL_VERSION_NUMBER:
@@ -66,15 +65,6 @@ class _LibSSL:
             lib.SSL_CTX_set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
             cls._lib = lib
         return cls._lib
-
-    @staticmethod
-    def _find() -> str:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                path = line.rstrip("\n").split(" ")[-1]
-                if "/libssl.so" in path:
-                    return path
-        return "libssl.so.3"
 
 
 def set_tls13_ciphersuites(ctx: ssl.SSLContext, suites: tuple[str, ...] = TLS13_SUITES) -> None:
@@ -206,13 +196,19 @@ class ContextCache:
 # --- after the handshake ---------------------------------------------------------------------------
 
 def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> SpiffeId:
-    """The SPIFFE id in the peer's (already chain-verified) leaf certificate."""
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
+    """The SPIFFE id in the peer's (already chain-verified) leaf certificate.
+
+    Read from `getpeercert()`, the fields `ssl` decodes from a verified certificate: every context
+    here requires and verifies the peer's certificate, so the dictionary is there whenever a
+    handshake completed.
+    """
+    cert = ssl_object.getpeercert()
+    if not cert:
         raise PeerIdentityError("peer presented no certificate")
+    uris = [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
     try:
-        return spiffe_id_of(x509.load_der_x509_certificate(der))
-    except (UntrustedCertificate, ValueError) as e:
+        return spiffe_id_from_uris(uris)
+    except UntrustedCertificate as e:
         raise PeerIdentityError(f"peer certificate has no usable identity: {e}") from None
 
 

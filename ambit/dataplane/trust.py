@@ -3,6 +3,9 @@
 It is a list, not a single root, so roots can be rotated without a flag day: publish the new root
 next to the old one, re-issue workload certificates from the new root, and drop the old root once
 no certificate chaining to it is still in use. Verification accepts a chain that leads to any root.
+
+Certificates here are libcrypto's (`ambit.dataplane.libcrypto.x509`), the OpenSSL that verifies
+the TLS handshakes, not the `cryptography` package (docs/performance.md, round 13).
 """
 
 from __future__ import annotations
@@ -11,13 +14,9 @@ import datetime as dt
 import hashlib
 from collections.abc import Iterable, Sequence
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
-
 from ambit import identity as ident
-
-_SHA256 = hashes.SHA256()
+from ambit.dataplane.libcrypto import OpenSSLError
+from ambit.dataplane.libcrypto.x509 import Certificate, verify_chain
 
 
 class UntrustedCertificate(ValueError):
@@ -27,11 +26,11 @@ class UntrustedCertificate(ValueError):
 class TrustBundle:
     """An ordered, de-duplicated set of root certificates."""
 
-    def __init__(self, roots: Iterable[x509.Certificate]) -> None:
+    def __init__(self, roots: Iterable[Certificate]) -> None:
         seen: set[bytes] = set()
-        self._roots: list[x509.Certificate] = []
+        self._roots: list[Certificate] = []
         for r in roots:
-            fp = r.fingerprint(_SHA256)
+            fp = r.fingerprint()
             if fp not in seen:
                 seen.add(fp)
                 self._roots.append(r)
@@ -41,21 +40,20 @@ class TrustBundle:
 
     @classmethod
     def from_pems(cls, pems: Iterable[str | bytes]) -> TrustBundle:
-        certs: list[x509.Certificate] = []
+        certs: list[Certificate] = []
         for i, p in enumerate(pems):
-            data = p.encode() if isinstance(p, str) else p
             try:
-                certs.extend(x509.load_pem_x509_certificates(data))
+                certs.extend(Certificate.load_pems(p))
             except ValueError as e:
                 raise ValueError(f"trust bundle: entry {i} is not PEM certificates ({e})") from None
         return cls(certs)
 
     @property
-    def roots(self) -> list[x509.Certificate]:
+    def roots(self) -> list[Certificate]:
         return list(self._roots)
 
     def pems(self) -> list[str]:
-        return [r.public_bytes(serialization.Encoding.PEM).decode() for r in self._roots]
+        return [r.pem() for r in self._roots]
 
     def pem_bundle(self) -> str:
         """All roots concatenated, as `ssl.SSLContext.load_verify_locations(cadata=...)` wants."""
@@ -65,51 +63,53 @@ class TrustBundle:
         """Stable digest of the bundle contents; TLS context caches key on it (per connection)."""
         if self._fingerprint is None:
             h = hashlib.sha256()
-            for r in sorted(x.fingerprint(_SHA256) for x in self._roots):
+            for r in sorted(x.fingerprint() for x in self._roots):
                 h.update(r)
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
-    def with_root(self, root: x509.Certificate) -> TrustBundle:
+    def with_root(self, root: Certificate) -> TrustBundle:
         return TrustBundle([*self._roots, root])
 
-    def without_root(self, root: x509.Certificate) -> TrustBundle:
-        fp = root.fingerprint(_SHA256)
-        return TrustBundle(r for r in self._roots if r.fingerprint(_SHA256) != fp)
+    def without_root(self, root: Certificate) -> TrustBundle:
+        fp = root.fingerprint()
+        return TrustBundle(r for r in self._roots if r.fingerprint() != fp)
 
-    def verify(self, chain: Sequence[x509.Certificate], *, now: dt.datetime | None = None) -> ident.SpiffeId:
+    def verify(self, chain: Sequence[Certificate], *, now: dt.datetime | None = None) -> ident.SpiffeId:
         """Verify a leaf-first chain against the roots and return the leaf's SPIFFE id.
 
-        Uses cryptography's RFC 5280 path builder (client-auth profile), so expiry, CA flags, path
-        length and signatures are checked by a maintained implementation, not by us.
+        OpenSSL's RFC 5280 path builder (TLS-client purpose, strict mode) checks expiry, CA flags,
+        path length and signatures: the same verifier as the handshakes, not code of ours.
         """
         if not chain:
             raise UntrustedCertificate("empty certificate chain")
-        builder = PolicyBuilder().store(Store(self._roots))
-        if now is not None:
-            builder = builder.time(now)
         try:
-            builder.build_client_verifier().verify(chain[0], list(chain[1:]))
-        except VerificationError as e:
+            verify_chain(self._roots, chain, at=None if now is None else now.timestamp())
+        except OpenSSLError as e:
             raise UntrustedCertificate(f"certificate does not chain to the trust bundle: {e}") from None
         return spiffe_id_of(chain[0])
 
     def verify_pems(self, chain_pems: Sequence[str], *, now: dt.datetime | None = None) -> ident.SpiffeId:
-        certs = [c for p in chain_pems for c in x509.load_pem_x509_certificates(p.encode())]
+        certs = [c for p in chain_pems for c in Certificate.load_pems(p)]
         return self.verify(certs, now=now)
 
 
-def spiffe_id_of(cert: x509.Certificate) -> ident.SpiffeId:
+def spiffe_id_of(cert: Certificate) -> ident.SpiffeId:
     """The single SPIFFE URI SAN of a workload certificate, or `UntrustedCertificate`."""
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        raise UntrustedCertificate("certificate has no subjectAltName") from None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        uris = cert.uri_sans()
+    except OpenSSLError as e:
+        raise UntrustedCertificate(str(e)) from None
+    if uris is None:
+        raise UntrustedCertificate("certificate has no subjectAltName")
+    return spiffe_id_from_uris(uris)
+
+
+def spiffe_id_from_uris(uris: Sequence[str]) -> ident.SpiffeId:
+    """The SPIFFE id of a certificate whose URI SANs are `uris`: exactly one, and valid."""
     if len(uris) != 1:
         raise UntrustedCertificate(f"certificate must have exactly one URI SAN, has {len(uris)}")
     try:
         return ident.parse(uris[0])
     except ident.InvalidSpiffeId as e:
         raise UntrustedCertificate(str(e)) from None
-

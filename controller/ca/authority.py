@@ -68,7 +68,7 @@ class CAMaterial:
         return [c for c in ordered if not _self_signed(c)]
 
     def trust_bundle(self) -> TrustBundle:
-        return TrustBundle([self.root, *self.extra_roots])
+        return TrustBundle.from_pems(c.public_bytes(serialization.Encoding.PEM) for c in [self.root, *self.extra_roots])
 
 
 def _now() -> dt.datetime:

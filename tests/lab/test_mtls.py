@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 import yaml
-from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from ambit.dataplane import endpoint
@@ -31,6 +30,7 @@ from ambit.dataplane.identity import (
     WorkloadCertificate,
     make_key_and_csr,
 )
+from ambit.dataplane.libcrypto.x509 import Certificate
 from ambit.dataplane.telemetry.metrics import scrape
 from ambit.dataplane.trust import TrustBundle, spiffe_id_of
 from tests.lab.labctl import Lab
@@ -182,10 +182,10 @@ def test_the_server_presents_the_destination_pods_spiffe_certificate(lab: Lab) -
                  "-showcerts", timeout=30)
     pems = re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", p.stdout, re.S)
     assert pems, f"no certificate from {v1['ip']}:15008: {p.stdout[-500:]} {p.stderr[-500:]}"
-    chain = [x509.load_pem_x509_certificate(c.encode()) for c in pems]
+    chain = [c for p in pems for c in Certificate.load_pems(p)]
     assert spiffe_id_of(chain[0]).uri == sid("demo", "echo")
     TrustBundle.from_pems([(lab.dir / "ca" / "ca.crt").read_text()]).verify(chain)   # issued by the lab's CA
-    served = chain[0].serial_number
+    served = chain[0].serial
     assert certs(lab, "node1")[sid("demo", "echo")]["serial"] == f"{served:x}", "the one ztunnel reports"
     assert re.search(r"TLSv1\.3", p.stdout), p.stdout[-800:]
 

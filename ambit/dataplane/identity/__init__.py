@@ -15,7 +15,6 @@ from ambit.dataplane.identity.fetcher import (
     FetchResult,
     GrpcCertificateFetcher,
 )
-from ambit.dataplane.identity.keys import make_key_and_csr
 from ambit.dataplane.identity.manager import (
     DEFAULT_TTL,
     CertificateUnavailable,
@@ -24,6 +23,7 @@ from ambit.dataplane.identity.manager import (
     next_delay,
 )
 from ambit.dataplane.identity.store import CertStore
+from ambit.dataplane.libcrypto.csr import make_key_and_csr
 
 __all__ = [
     "DEFAULT_TTL", "CertStore", "CertificateFetchError", "CertificateFetcher", "CertificateUnavailable",

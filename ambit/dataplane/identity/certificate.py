@@ -6,9 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
+from ambit.dataplane.libcrypto.x509 import Certificate
 from ambit.dataplane.trust import TrustBundle, spiffe_id_of
 
 
@@ -40,16 +38,12 @@ class WorkloadCertificate:
         if not chain:
             raise ValueError(f"certificate for {identity}: CA returned an empty chain")
         bundle = TrustBundle.from_pems(bundle_pems)
-        certs = [c for p in chain for c in x509.load_pem_x509_certificates(p.encode())]
+        certs = [c for p in chain for c in Certificate.load_pems(p)]
         leaf = certs[0]
         got = spiffe_id_of(leaf).uri
         if got != identity:
             raise ValueError(f"certificate for {identity}: CA issued {got}")
         bundle.verify(certs)  # a CA bug or a MITM on the CA channel must not hand us a foreign chain
-        key = serialization.load_pem_private_key(key_pem, None)
-        pub = serialization.PublicFormat.SubjectPublicKeyInfo
-        der = serialization.Encoding.DER
-        if key.public_key().public_bytes(der, pub) != leaf.public_key().public_bytes(der, pub):
+        if not leaf.matches_key(key_pem):
             raise ValueError(f"certificate for {identity}: leaf does not match our key")
-        return cls(identity, key_pem, chain, bundle, leaf.serial_number,
-                   leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp())
+        return cls(identity, key_pem, chain, bundle, leaf.serial, leaf.not_before, leaf.not_after)

@@ -28,8 +28,8 @@ from ambit.dataplane.identity.certificate import WorkloadCertificate
 from ambit.dataplane.identity.fetcher import (
     CertificateFetcher,
 )
-from ambit.dataplane.identity.keys import make_key_and_csr
 from ambit.dataplane.identity.store import CertStore
+from ambit.dataplane.libcrypto.csr import make_key_and_csr
 
 log = logging.getLogger("ambit.dataplane.identity")
 

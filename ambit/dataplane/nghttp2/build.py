@@ -18,10 +18,9 @@ After editing CDEF, regenerate: `python -m ambit.dataplane.nghttp2.build`; a uni
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from cffi import FFI
+from ambit.dataplane import cffi_build
 
 MODULE = "ambit.dataplane.nghttp2._cdefs"
 TARGET = Path(__file__).with_name("_cdefs.py")
@@ -123,13 +122,8 @@ const char *nghttp2_strerror(int);
 
 def generate() -> str:
     """The text of `_cdefs.py` for CDEF, as this cffi writes it."""
-    builder = FFI()
-    builder.cdef(CDEF)
-    builder.set_source(MODULE, None)
-    with tempfile.TemporaryDirectory() as tmp:
-        return Path(builder.compile(tmpdir=tmp)).read_text()
+    return cffi_build.generate(MODULE, CDEF)
 
 
 if __name__ == "__main__":
-    TARGET.write_text(generate())
-    print(f"wrote {TARGET}")
+    cffi_build.write(TARGET, generate())

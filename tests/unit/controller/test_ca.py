@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ambit.api import ca_pb2, ca_pb2_grpc
+from ambit.dataplane.libcrypto.x509 import Certificate
 from controller.ca import (
     BootstrapTokens,
     CAConfigError,
@@ -85,7 +86,7 @@ def test_storage_round_trip_key_is_0600_and_never_overwritten(tmp_path) -> None:
     assert again.cert == m.cert
     # The loaded key signs certificates that verify under the stored root.
     chain = CertificateAuthority(again, TD).sign_csr(make_csr(), ID)
-    assert TrustBundle([m.cert]).verify_pems(chain).uri == ID
+    assert TrustBundle.from_pems([m.cert.public_bytes(PEM)]).verify_pems(chain).uri == ID
 
 
 def test_storage_with_only_one_file_is_an_error(tmp_path) -> None:
@@ -284,7 +285,7 @@ def test_root_rotation_keeps_old_leaves_valid_until_the_old_root_is_dropped(tmp_
     assert bundle.verify_pems(old_leaf).uri == ID
     assert bundle.verify_pems(new_leaf).uri == ID
     # Step 2: the old root is removed; its leaves no longer verify, new ones still do.
-    final = bundle.without_root(old.material.cert)
+    final = bundle.without_root(Certificate.load_pems(old.material.cert.public_bytes(PEM))[0])
     assert final.verify_pems(new_leaf).uri == ID
     with pytest.raises(UntrustedCertificate, match="does not chain"):
         final.verify_pems(old_leaf)

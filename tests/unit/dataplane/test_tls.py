@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from ambit.dataplane import tls
 from ambit.dataplane.identity import WorkloadCertificate
+from ambit.dataplane.libcrypto.x509 import Certificate
 from controller.ca import generate_root
 from tests.unit.conftest import TD, issue
+from tests.unit.dataplane.memtls import handshake
 from tests.unit.dataplane.test_hbone import CLIENT, SERVER, HBONEClientPool, Mesh, echo
 
 
@@ -27,7 +29,7 @@ def test_context_cache_reuses_until_rotation_or_bundle_change(ca) -> None:
     # Same certificate, but a new root joined the bundle: the context must trust it too.
     new_root = generate_root(TD)
     widened = WorkloadCertificate(rotated.identity, rotated.key_pem, rotated.chain_pem,
-                                  rotated.bundle.with_root(new_root.cert), rotated.serial,
+                                  rotated.bundle.with_root(Certificate.load_pems(new_root.cert.public_bytes(Encoding.PEM))[0]), rotated.serial,
                                   rotated.not_before, rotated.not_after)
     assert cache.client(widened) is not c2
 
@@ -36,17 +38,7 @@ def test_peer_identity_check_on_a_real_handshake(ca) -> None:
     """In-memory TLS (no sockets): verify_peer accepts the right id and names both on mismatch."""
     client_ctx = tls.client_context(issue(ca, CLIENT))
     server_ctx = tls.server_context(issue(ca, SERVER))
-    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-    c = client_ctx.wrap_bio(c_in, c_out, server_hostname="10.0.0.2")
-    s = server_ctx.wrap_bio(s_in, s_out, server_side=True)
-    for _ in range(10):
-        for obj in (c, s):
-            try:
-                obj.do_handshake()
-            except ssl.SSLWantReadError:
-                pass
-        s_in.write(c_out.read())
-        c_in.write(s_out.read())
+    c, s = handshake(client_ctx, server_ctx)
     tls.check_negotiated(c)
     assert tls.verify_peer(c, SERVER).uri == SERVER
     assert tls.peer_identity(s).uri == CLIENT
