@@ -53,6 +53,9 @@ def memory_report(top: int = 25, gc_stats: Any = None) -> dict[str, Any]:
                  "threshold": gc.get_threshold()}
     if gc_stats is not None:
         out["gc"].update(gc_stats.report())
+    malloc = malloc_stats()
+    if malloc is not None:
+        out["malloc"] = malloc
     if tracemalloc.is_tracing():
         snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
         traced, peak = tracemalloc.get_traced_memory()
@@ -61,6 +64,28 @@ def memory_report(top: int = 25, gc_stats: Any = None) -> dict[str, Any]:
             "top": [{"where": f"{s.traceback[0].filename}:{s.traceback[0].lineno}", "kb": s.size // 1024,
                      "blocks": s.count} for s in snap.statistics("lineno")[:top]]}
     return out
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def malloc_stats() -> dict[str, int] | None:
+    """glibc's view of the C heap (mallinfo2, all arenas), kB: what malloc holds from the OS in
+    arenas and in separate mmaps, and how much of the arenas is in use. None without glibc 2.33+.
+
+    Why: memory that Python no longer traces can still be live in C (OpenSSL's buffers, uvloop's,
+    nghttp2's) or free but kept by glibc; `in_use_kb` against `arena_kb` tells the two apart."""
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    m = fn()
+    return {"arena_kb": m.arena // 1024, "in_use_kb": m.uordblks // 1024, "free_kb": m.fordblks // 1024,
+            "mmap_kb": m.hblkhd // 1024, "mmap_chunks": m.hblks}
 
 
 def heap_trimmer() -> Callable[[], int] | None:

@@ -29,8 +29,16 @@ from ambit.dataplane.hbone.stream import HBONEStream, StreamResetError
 log = logging.getLogger("ambit.dataplane.hbone")
 
 TURN = 1024 * 1024                  # bytes one stream may frame before the next gets a turn
-TRANSPORT_HIGH_WATER = 4 * 1024 * 1024
-TRANSPORT_LOW_WATER = 1024 * 1024
+# The TLS transport (uvloop's, as asyncio's) encrypts what it is handed into an OpenSSL memory BIO
+# and sends from there; while the socket is full, the BIO keeps everything written since, and
+# OpenSSL never shrinks a BIO. So what a connection may hand it decides what stays allocated for
+# the connection's life: a flush used to frame every stream's window (4 MiB each) before writing,
+# ~5-10 MB per pooled tunnel after a throughput burst (docs/performance.md, round 13). Now a flush
+# writes every TLS_BATCH framed bytes and stops when the transport passes TRANSPORT_HIGH_WATER
+# (uvloop's own default for TLS writes is 512 KiB); each call carries at most TLS_BATCH bytes.
+TRANSPORT_HIGH_WATER = 512 * 1024
+TRANSPORT_LOW_WATER = 128 * 1024
+TLS_BATCH = 256 * 1024
 
 
 class HBONEProtocol(asyncio.Protocol):
@@ -242,9 +250,15 @@ class HBONEProtocol(asyncio.Protocol):
             self._pushq.pop(st.stream_id, None)
 
     def _flush_tx(self) -> None:
-        """Frame queued stream bytes into the connection, round robin, as windows allow."""
+        """Frame queued stream bytes into the connection, round robin, as windows allow.
+
+        Framed bytes go to the transport every TLS_BATCH bytes, not once at the end, so a full
+        transport (`pause_writing`) stops the framing: the rest stays queued in its streams, by
+        reference, instead of a whole flush's worth (all the streams' windows, MBs) landing in the
+        TLS transport's memory BIO, which OpenSSL never shrinks (docs/performance.md, round 13)."""
         conn = self.conn
         progress = True
+        framed = 0
         while progress and self._pushq and not self.write_paused:
             progress = False
             for sid, st in list(self._pushq.items()):
@@ -254,6 +268,7 @@ class HBONEProtocol(asyncio.Protocol):
                         n = conn.send_data(sid, view[:TURN] if len(view) > TURN else view)
                         if n:
                             progress = True
+                            framed += n
                             if not st.sent(n):
                                 view = None
                     if view is None:
@@ -266,6 +281,11 @@ class HBONEProtocol(asyncio.Protocol):
                     self._drop(st, StreamResetError(sid, f.STREAM_CLOSED, remote=False, detail=str(e)))
                     continue
                 st.drained()
+                if framed >= TLS_BATCH:
+                    framed = 0
+                    self._write_out()
+                    if self.write_paused:
+                        break
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -287,7 +307,11 @@ class HBONEProtocol(asyncio.Protocol):
     def _write_out(self) -> None:
         out = self.conn.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(out)
+            if len(out) == 1 and len(out[0]) <= TLS_BATCH:
+                self.transport.write(out[0])
+            else:
+                for batch in tls_batches(out):
+                    self.transport.writelines(batch)
 
     def _maybe_finish(self) -> None:
         if self.streams or self.transport is None or self.transport.is_closing():
@@ -295,3 +319,28 @@ class HBONEProtocol(asyncio.Protocol):
         if self.conn.closed is not None or self.conn.goaway_received is not None:
             self._write_out()
             self.transport.close()
+
+
+def tls_batches(pieces: list[bytes | memoryview], limit: int = TLS_BATCH) -> list[list[bytes | memoryview]]:
+    """`pieces` in order, grouped into lists of at most `limit` bytes each (a larger piece is cut
+    into memoryview slices), so that no single TLS write buffers more than `limit` (TLS_BATCH)."""
+    batches: list[list[bytes | memoryview]] = []
+    batch: list[bytes | memoryview] = []
+    size = 0
+    for piece in pieces:
+        n = len(piece)
+        if size + n > limit and batch:
+            batches.append(batch)
+            batch, size = [], 0
+        if n > limit:
+            view = memoryview(piece)
+            for start in range(0, n - limit, limit):
+                batches.append([view[start:start + limit]])
+            piece = view[(n - 1) // limit * limit:]
+            n = len(piece)
+        batch.append(piece)
+        size += n
+    if batch:
+        batches.append(batch)
+    return batches
+

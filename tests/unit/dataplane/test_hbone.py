@@ -211,6 +211,7 @@ def test_large_transfer_arrives_intact_both_ways(ca, loop_kind: str) -> None:
             got = bytearray()
             while chunk := await st.read_chunk():
                 got += chunk
+            st.write_eof()
             assert hashlib.sha256(got).digest() == hashlib.sha256(DOWN).digest()
             st.write_eof()
 
@@ -627,3 +628,78 @@ def test_a_server_without_its_certificate_yet_refuses_the_handshake(ca) -> None:
             assert m.seen == [] and m.pool.connections() == {}
 
     asyncio.run(main())
+
+
+class _WriteSizes:
+    """A transport in front of the real one, recording how many bytes each call hands to TLS and
+    the most the TLS transport ever held unsent (its memory BIO and backlog)."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        self.inner, self.calls, self.peak = inner, [], 0
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(len(data))
+        self.inner.write(data)
+        self.peak = max(self.peak, self.inner.get_write_buffer_size())
+
+    def writelines(self, parts) -> None:
+        parts = list(parts)
+        self.calls.append(sum(len(p) for p in parts))
+        self.inner.writelines(parts)
+        self.peak = max(self.peak, self.inner.get_write_buffer_size())
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def test_tls_batches_keep_order_and_bound_every_batch() -> None:
+    from ambit.dataplane.hbone.protocol import tls_batches
+    limit = 1000
+    pieces = [b"a" * 10, b"b" * 999, b"c" * 1000, b"d" * 2501, memoryview(b"e" * 7), b"f" * 1001]
+    batches = tls_batches(pieces, limit)
+    assert b"".join(bytes(p) for b in batches for p in b) == b"".join(bytes(p) for p in pieces)
+    assert all(b and sum(len(p) for p in b) <= limit for b in batches)
+    assert [sum(len(p) for p in b) for b in batches] == [10, 999, 1000, 1000, 1000, 508, 1000, 1]
+    assert tls_batches([b"x"], limit) == [[b"x"]]
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_bulk_write_reaches_tls_in_bounded_batches_and_stops_when_it_is_full(ca, loop_kind: str) -> None:
+    """TLS transports encrypt each call whole into an OpenSSL memory BIO that never shrinks, so a
+    connection hands them at most TLS_BATCH bytes a call, and once the transport says it is full
+    (`pause_writing`) it stops framing: it holds at most its high-water mark, one turn and one batch,
+    not a whole window of every stream (docs/performance.md, round 13). The server's socket buffer is
+    small and the client reads late, so the transport fills up."""
+    from ambit.dataplane.hbone.protocol import TLS_BATCH, TRANSPORT_HIGH_WATER, TURN
+    payload = os.urandom(12 * MiB)
+    recorders: list[_WriteSizes] = []
+
+    async def blast(stream: HBONEStream, peer: str, authority: str, headers: dict[str, str]) -> None:
+        [proto] = m.server.connections
+        proto.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        recorders.append(_WriteSizes(proto.transport))
+        proto.transport = recorders[0]
+        stream.respond(200)
+        stream.write(payload)                      # one write of three stream windows
+        await stream.drain()
+        stream.write_eof()
+        while await stream.read_chunk():          # until the client's end
+            pass
+
+    async def main() -> None:
+        nonlocal m
+        async with Mesh(ca, blast) as m:
+            st = await m.open()
+            await asyncio.sleep(0.3)
+            got = bytearray()
+            while chunk := await asyncio.wait_for(st.read(), 30):
+                got += chunk
+            st.write_eof()
+            assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+            await st.wait_closed()
+
+    m: Mesh
+    run(loop_kind, main)
+    rec = recorders[0]
+    assert sum(rec.calls) > len(payload) and max(rec.calls) <= TLS_BATCH, (len(rec.calls), max(rec.calls))
+    assert 0 < rec.peak <= TRANSPORT_HIGH_WATER + TURN + TLS_BATCH, rec.peak
