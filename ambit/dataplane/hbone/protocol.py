@@ -307,8 +307,8 @@ class HBONEProtocol(asyncio.Protocol):
     def _write_out(self) -> None:
         out = self.conn.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
-            if len(out) == 1 and len(out[0]) <= TLS_BATCH:
-                self.transport.write(out[0])
+            if sum(map(len, out)) <= TLS_BATCH:
+                self.transport.writelines(out)
             else:
                 for batch in tls_batches(out):
                     self.transport.writelines(batch)
