@@ -343,4 +343,3 @@ def tls_batches(pieces: list[bytes | memoryview], limit: int = TLS_BATCH) -> lis
     if batch:
         batches.append(batch)
     return batches
-
