@@ -188,4 +188,3 @@ async def check_identity(target: str, trust: ControllerTrust, timeout: float = 1
     if trust.identity not in uris:
         raise ControllerUntrusted(f"controller at {target}: certificate names {', '.join(uris) or 'no SPIFFE id'}, "
                                   f"not the controller's {trust.identity}")
-
