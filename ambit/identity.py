@@ -90,3 +90,10 @@ def is_valid(value: str) -> bool:
 def to_principal(value: str) -> str:
     """Normalise a principal (with or without scheme) to Istio's schemeless form, without validating."""
     return value[len(SCHEME):] if value.startswith(SCHEME) else value
+
+
+def peercert_uris(cert: dict | None) -> list[str]:
+    """The URI subjectAltNames of a certificate as `ssl`'s `getpeercert()` decodes it (empty when
+    there is no certificate or no URI SAN): where the data plane and the config client read a
+    verified peer's SPIFFE id from, without parsing the certificate again."""
+    return [value for kind, value in (cert or {}).get("subjectAltName", ()) if kind == "URI"]

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 from ambit import identity as ident
 from ambit.settings import option
 
-# grpclib is imported where a channel is made, so a process that
-# only parses settings (a workers' supervisor) never loads them.
+# grpclib is imported where a channel is made, so a process that only parses settings (a workers'
+# supervisor) never loads it.
 if TYPE_CHECKING:
     from grpclib.client import Channel
 
@@ -184,7 +184,7 @@ async def check_identity(target: str, trust: ControllerTrust, timeout: float = 1
             await writer.wait_closed()
         except (OSError, ssl.SSLError):
             pass
-    uris = [value for kind, value in (cert or {}).get("subjectAltName", ()) if kind == "URI"]
+    uris = ident.peercert_uris(cert)
     if trust.identity not in uris:
         raise ControllerUntrusted(f"controller at {target}: certificate names {', '.join(uris) or 'no SPIFFE id'}, "
                                   f"not the controller's {trust.identity}")

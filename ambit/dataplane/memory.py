@@ -66,6 +66,14 @@ def memory_report(top: int = 25, gc_stats: Any = None) -> dict[str, Any]:
     return out
 
 
+def _glibc(name: str) -> Any:
+    """The C library's function `name`, or None where it has none (musl, macOS, old glibc)."""
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+
+
 class _MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
@@ -78,9 +86,8 @@ def malloc_stats() -> dict[str, int] | None:
 
     Why: memory that Python no longer traces can still be live in C (OpenSSL's buffers, uvloop's,
     nghttp2's) or free but kept by glibc; `in_use_kb` against `arena_kb` tells the two apart."""
-    try:
-        fn = ctypes.CDLL(None).mallinfo2
-    except (OSError, AttributeError):
+    fn = _glibc("mallinfo2")
+    if fn is None:
         return None
     fn.restype = _MallInfo2
     m = fn()
@@ -96,9 +103,8 @@ def heap_trimmer() -> Callable[[], int] | None:
     burst. malloc_trim hands whole free pages back (MADV_DONTNEED), also from the middle of the
     heap, which glibc's own trim threshold never does. It costs well under a millisecond on an
     idle proxy's heap."""
-    try:
-        fn = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    fn = _glibc("malloc_trim")
+    if fn is None:
         return None
     fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
     return lambda: int(fn(0))
@@ -129,9 +135,8 @@ def limit_arenas(n: int) -> bool:
     threads each can. Call it before those threads start."""
     if n <= 0:
         return False
-    try:
-        fn = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    fn = _glibc("mallopt")
+    if fn is None:
         return False
     fn.argtypes, fn.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return fn(M_ARENA_MAX, n) == 1

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from ambit.dataplane.sharedlib import mapped
 from ambit.dataplane.trust import UntrustedCertificate, spiffe_id_from_uris
-from ambit.identity import SpiffeId
+from ambit.identity import SpiffeId, peercert_uris
 
 if TYPE_CHECKING:
     from ambit.dataplane.identity import WorkloadCertificate
@@ -205,9 +205,8 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> SpiffeId:
     cert = ssl_object.getpeercert()
     if not cert:
         raise PeerIdentityError("peer presented no certificate")
-    uris = [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
     try:
-        return spiffe_id_from_uris(uris)
+        return spiffe_id_from_uris(peercert_uris(cert))
     except UntrustedCertificate as e:
         raise PeerIdentityError(f"peer certificate has no usable identity: {e}") from None
 

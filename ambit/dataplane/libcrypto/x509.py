@@ -70,7 +70,7 @@ class Certificate:
     def serial(self) -> int:
         c = lib()
         s = c.X509_get0_serialNumber(self._x)
-        value = int.from_bytes(ffi.unpack(ffi.cast("char *", c.ASN1_STRING_get0_data(s)), c.ASN1_STRING_length(s)))
+        value = int.from_bytes(_asn1_bytes(s))
         return -value if c.ASN1_STRING_type(s) == V_ASN1_NEG_INTEGER else value
 
     @property
@@ -101,8 +101,7 @@ class Certificate:
             for i in range(c.OPENSSL_sk_num(gens)):
                 value = c.GENERAL_NAME_get0_value(ffi.cast("GENERAL_NAME *", c.OPENSSL_sk_value(gens, i)), kind)
                 if kind[0] == GEN_URI:
-                    s = ffi.cast("ASN1_STRING *", value)
-                    raw = ffi.unpack(ffi.cast("char *", c.ASN1_STRING_get0_data(s)), c.ASN1_STRING_length(s))
+                    raw = _asn1_bytes(ffi.cast("ASN1_STRING *", value))
                     try:
                         uris.append(raw.decode("ascii"))
                     except UnicodeDecodeError:
@@ -132,6 +131,12 @@ class Certificate:
 
     def __repr__(self) -> str:
         return f"<Certificate serial={self.serial:x} sha256={self.fingerprint().hex()[:16]}>"
+
+
+def _asn1_bytes(s) -> bytes:
+    """The content octets of an ASN1_STRING (an INTEGER's magnitude, an IA5String's text)."""
+    c = lib()
+    return ffi.unpack(ffi.cast("char *", c.ASN1_STRING_get0_data(s)), c.ASN1_STRING_length(s))
 
 
 def _epoch(t) -> float:

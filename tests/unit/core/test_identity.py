@@ -42,3 +42,10 @@ def test_malformed_ids_are_refused_with_the_reason(value: str, reason: str) -> N
 def test_to_principal_strips_only_the_scheme() -> None:
     assert ident.to_principal("spiffe://td/ns/a/sa/b") == "td/ns/a/sa/b"
     assert ident.to_principal("td/ns/a/sa/*") == "td/ns/a/sa/*"
+
+
+def test_peercert_uris_reads_only_uri_sans_from_ssls_decoded_certificate():
+    cert = {"subject": ((("commonName", "x"),),),
+            "subjectAltName": (("DNS", "a.example"), ("URI", "spiffe://td/ns/a/sa/b"), ("URI", "urn:x"))}
+    assert ident.peercert_uris(cert) == ["spiffe://td/ns/a/sa/b", "urn:x"]
+    assert ident.peercert_uris({"subject": ()}) == [] and ident.peercert_uris(None) == []
