@@ -7,7 +7,7 @@ access line and Istio's metrics) over loopback TCP, with nginx as the origin and
 client in their own processes, so the process's CPU time is the waypoint's alone. HBONE is left
 out (plain TCP both ways): it is measured by the probe.
 
-    .venv/bin/python bench/inproc_waypoint.py [--rate 1000] [--seconds 5] [--runs 3] [--profile F] [--h2c]
+    .venv/bin/python bench/inproc_waypoint.py [--rate 1000] [--seconds 5] [--runs 3] [--profile F] [--h2c] [--opcodes [--top N]]
 
 Prints the best of `--runs` windows as CPU µs per request; `--opcodes` counts the bytecodes
 CPython executes per request instead (deterministic: the figure to compare on a busy box) (`--rate 0`: closed loop, as fast as
@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from ambit.configclient import ConfigUpdate
@@ -93,12 +94,19 @@ def build_proxy(origin_port: int) -> WaypointProxy:
 async def serve(proxy: WaypointProxy, origin_port: int) -> int:
     """The engine as `WaypointProxy.start` makes it, its upstream connecting over TCP to nginx
     instead of HBONE to the endpoint (the rest of the target, as chosen, is kept)."""
+    made: dict[int, tuple[UpstreamTarget, UpstreamTarget]] = {}
+
     def upstream(fwd, head, down, exclude=frozenset()):  # type: ignore[no-untyped-def]
         t = proxy.upstream(fwd, head, down, exclude)
         if t is None:
             return None
-        return UpstreamTarget(t.key, t.address, lambda: connect_tcp("127.0.0.1", origin_port, 5), t.protocol, t.cluster,
-                              t.response_headers)
+        # one replacement per target the waypoint made (it caches them per View), so the harness
+        # adds no dataclass per request that the real waypoint does not make
+        hit = made.get(id(t))
+        if hit is None or hit[0] is not t:
+            hit = made[id(t)] = (t, UpstreamTarget(t.key, t.address, lambda: connect_tcp("127.0.0.1", origin_port, 5),
+                                                   t.protocol, t.cluster, t.response_headers))
+        return hit[1]
 
     proxy.engine = engine = Engine(proxy.settings.http, proxy.decide, upstream, access_log=proxy._access_log,
                                    stats=proxy._stats, rng=proxy.rng)
@@ -133,8 +141,9 @@ class Opcodes:
     CPU time by ±20 % here, and this VM has no hardware instruction counter). Slow: use a short
     window."""
 
-    def __init__(self) -> None:
+    def __init__(self, by_function: bool = False) -> None:
         self.n = 0
+        self.by_function: Counter[str] | None = Counter() if by_function else None
 
     def _global(self, frame, event, arg):  # type: ignore[no-untyped-def]
         frame.f_trace_opcodes = True
@@ -143,6 +152,12 @@ class Opcodes:
     def _local(self, frame, event, arg):  # type: ignore[no-untyped-def]
         if event == "opcode":
             self.n += 1
+            if self.by_function is not None:
+                code = frame.f_code
+                name = f"{code.co_filename.rsplit('/', 3)[-1]}:{code.co_firstlineno}:{code.co_qualname}"
+                if code.co_filename == "<string>" and "self" in frame.f_locals:
+                    name += f" ({type(frame.f_locals['self']).__qualname__})"
+                self.by_function[name] += 1
         return self._local
 
     def __enter__(self) -> Opcodes:
@@ -163,9 +178,11 @@ async def main(a: argparse.Namespace) -> None:
         best = None
         for _ in range(a.runs):
             if a.opcodes:
-                with Opcodes() as ops:
+                with Opcodes(by_function=a.top > 0) as ops:
                     n = await drive(port, a.rate, a.seconds, a.conns, a.h2c)
                 print(f"opcodes: {ops.n / n:.0f} bytecodes/request ({n} requests)")
+                for name, k in (ops.by_function or Counter()).most_common(a.top):
+                    print(f"  {k / n:7.1f}  {name}")
                 break
             prof = cProfile.Profile() if a.profile else None
             c0 = time.process_time()
@@ -203,6 +220,7 @@ if __name__ == "__main__":
     ap.add_argument("--profile", help="write cProfile stats of one window here")
     ap.add_argument("--h2c", action="store_true", help="the client speaks h2c (prior knowledge) instead of HTTP/1.1")
     ap.add_argument("--opcodes", action="store_true", help="count CPython bytecodes/request in one window instead")
+    ap.add_argument("--top", type=int, default=0, help="with --opcodes: also the N functions executing the most")
     args = ap.parse_args()
     # the access line as the binary writes it (ambit.dataplane.process: one LOG_FORMAT stream handler)
     logging.basicConfig(stream=open(os.devnull, "w"), format=LOG_FORMAT, level=logging.INFO)  # noqa: SIM115

@@ -20,7 +20,9 @@ weighted, as Envoy's EDF scheduler does: weight = slow-start factor, divided by 
 + 1) for LEAST_REQUEST (Envoy's `active_request_bias` 1.0). `smooth_weighted` spreads picks in
 proportion to the weights (nginx's smooth weighted round robin: deterministic like EDF).
 
-Pure: the random source is injected.
+Pure: the random source is injected. A draw among n endpoints is `int(rng.random() * n)`: uniform
+to within n / 2**53, and two C calls where `randrange` runs two Python functions (~110 bytecodes
+per request, docs/performance.md §65). One usable endpoint is returned without a draw.
 """
 
 from __future__ import annotations
@@ -103,9 +105,13 @@ class LeastRequest(Balancer):
              weights: Sequence[float] | None = None) -> str:
         if weights is not None:
             return self._weighted.pick(hosts, [w / (active.get(h, 0) + 1) for h, w in zip(hosts, weights, strict=True)])
-        best = hosts[self.rng.randrange(len(hosts))]
+        n = len(hosts)
+        if n == 1:
+            return hosts[0]
+        draw = self.rng.random
+        best = hosts[int(draw() * n)]
         for _ in range(self.choice_count - 1):
-            h = hosts[self.rng.randrange(len(hosts))]
+            h = hosts[int(draw() * n)]
             if active.get(h, 0) < active.get(best, 0):
                 best = h
         return best
@@ -119,7 +125,8 @@ class Random(Balancer):
 
     def pick(self, hosts: Sequence[str], active: Mapping[str, int],
              weights: Sequence[float] | None = None) -> str:
-        return hosts[self.rng.randrange(len(hosts))]
+        n = len(hosts)
+        return hosts[0] if n == 1 else hosts[int(self.rng.random() * n)]
 
 
 def simple_balancer(lb: str, rng: random.Random) -> Balancer:

@@ -231,26 +231,28 @@ class Clusters:
     def __init__(self, clock: Clock, rng: random.Random) -> None:
         self.clock = clock
         self.rng = rng
-        self._clusters: dict[ClusterKey, Cluster] = {}
+        # keyed by the plain (service, port, subset) tuple: `get` runs for every request, and a
+        # tuple is hashed and compared in C where a ClusterKey costs ~60 bytecodes (§65)
+        self._clusters: dict[tuple[str, int, str], Cluster] = {}
         self._routes: Mapping[str, WaypointRoutes] = {}
 
     def update(self, routes_by_service: Mapping[str, WaypointRoutes]) -> None:
         """A new config: `routes_by_service` maps "ns/name" to the WaypointRoutes of its host."""
         self._routes = routes_by_service
-        keep: dict[ClusterKey, Cluster] = {}
-        for key, c in self._clusters.items():
+        keep: dict[tuple[str, int, str], Cluster] = {}
+        for t, c in self._clusters.items():
+            key = c.key
             if effective_policy(routes_by_service.get(key.service), key.port, key.subset) == c.policy:
-                keep[key] = c
+                keep[t] = c
         self._clusters = keep
 
     def get(self, service: str, port: int, subset: str = "", hostname: str = "") -> Cluster:
-        key = ClusterKey(service, port, subset)
-        c = self._clusters.get(key)
+        c = self._clusters.get((service, port, subset))
         if c is None:
             routes = self._routes.get(service)
-            c = Cluster(key, effective_policy(routes, port, subset), self.clock, self.rng,
-                        hostname or (routes.hostname if routes is not None else ""))
-            self._clusters[key] = c
+            c = Cluster(ClusterKey(service, port, subset), effective_policy(routes, port, subset), self.clock,
+                        self.rng, hostname or (routes.hostname if routes is not None else ""))
+            self._clusters[(service, port, subset)] = c
         return c
 
     def __iter__(self):  # type: ignore[no-untyped-def]
