@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("waypoint.http")
 
 
+# request headers `bind` does not copy as they are: one set test per ordinary header (§65)
+_NOT_COPIED = frozenset(("host", "te", "cookie", "content-length"))
 _LOST = httptools.HttpResponseParser(None)     # a lost connection's parser: holds no protocol
 
 
@@ -142,14 +144,13 @@ class H1Client(asyncio.Protocol):
         out: Headers = [("host", head.authority)]
         cookies = []
         for k, v in head.headers:
-            if k == "host" or k.startswith(":"):
+            if k in _NOT_COPIED:
+                if k == "cookie":
+                    cookies.append(v)
+                elif k == "content-length" and ex.body == BODY_LENGTH:
+                    out.append((k, v))
                 continue
-            if k == "cookie":
-                cookies.append(v)
-                continue
-            if k == "content-length" and ex.body != BODY_LENGTH:
-                continue
-            if k == "te":
+            if k[:1] == ":":
                 continue
             out.append((k, v))
         if cookies:
