@@ -211,9 +211,8 @@ def test_large_transfer_arrives_intact_both_ways(ca, loop_kind: str) -> None:
             got = bytearray()
             while chunk := await st.read_chunk():
                 got += chunk
-            st.write_eof()
+            st.write_eof()      # first: a failed assert must not leave the sender waiting
             assert hashlib.sha256(got).digest() == hashlib.sha256(DOWN).digest()
-            st.write_eof()
 
     run(loop_kind, main)
 
