@@ -33,7 +33,7 @@ from ztunnel.routing import canonical_ip, parse_addr, target_port, waypoint_pods
 POLICY_HEADER = "ambit-policy"     # response header naming the policy that refused a CONNECT
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Admission:
     allowed: bool
     status: int                      # 200 | 400 | 401 | 403

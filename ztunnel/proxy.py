@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ambit.dataplane import tls
@@ -310,15 +310,11 @@ class Proxy:
                 raise CertificateUnavailable(ident, "no server certificate yet")
             return self.contexts.server(cert)
 
-        async def on_connect(st: HBONEStream, peer_identity: str, authority: str, headers: dict[str, str]) -> None:
-            task = asyncio.current_task()
-            if task is not None:
-                pod.conns.add(task)     # so draining the pod waits for (then cuts) its tunnels
-            try:
-                await self.inbound_hbone(pod, st, peer_identity, authority, headers)
-            finally:
-                if task is not None:
-                    pod.conns.discard(task)
+        def on_connect(st: HBONEStream, peer_identity: str, authority: str,
+                       headers: dict[str, str]) -> Coroutine[Any, Any, None]:
+            # The coroutine itself, not an `async def` awaiting it: a wrapper's frame would stay with
+            # every held tunnel (docs/performance.md, §66).
+            return self.inbound_hbone(pod, st, peer_identity, authority, headers)
 
         lim = self.limits
         server = HBONEServer(
@@ -344,6 +340,9 @@ class Proxy:
         c.metrics_config = self.metrics_config(dest, SERVER)
         rec, labels = c.rec, c.labels
         assert labels is not None
+        task = asyncio.current_task()
+        if task is not None:
+            pod.conns.add(task)     # so draining the pod waits for (then cuts) its tunnels
         try:
             if st.is_closed:
                 rec.error = "tunnel reset by the peer before it was served"
@@ -372,20 +371,9 @@ class Proxy:
                 c.refuse(f"400 port {adm.dst_port} is a ztunnel listener (would loop back into ztunnel)", FLAG_DENY)
                 st.respond(400, f"port {adm.dst_port} is not a destination")
                 return
-            # A tunnel reset while its app connection is still being made cancels that connect.
-            task = asyncio.current_task()
-            connecting = True
-
-            def cancel_connect() -> None:
-                if connecting and task is not None:     # (the callback may run after we moved on)
-                    task.cancel()
-            unregister = st.on_closed(cancel_connect)
             try:
-                app = await open_from(lambda: pod.delivery_socket(adm.src_ip), (pod.pod.ip, adm.dst_port),
-                                      self.tunnel.connect_timeout)
+                app = await self._deliver(pod, st, adm.src_ip, adm.dst_port)
             except (TimeoutError, OSError) as e:
-                connecting = False
-                unregister()
                 c.refuse(f"503 cannot reach the app: {type(e).__name__}: {e}", FLAG_CONNECT)
                 st.respond(503, f"cannot reach {authority}: {e}")
                 return
@@ -393,8 +381,6 @@ class Proxy:
                 if st.is_closed:
                     rec.error = "tunnel reset by the peer while connecting to the app"
                 raise
-            connecting = False
-            unregister()
             local: Any = app.get_extra_info("sockname")
             rec.src_addr = f"{local[0]}:{local[1]}"     # what the app sees as its peer
             try:
@@ -407,7 +393,27 @@ class Proxy:
         except (TimeoutError, OSError) as e:
             rec.error = rec.error or f"{type(e).__name__}: {e}"
         finally:
+            if task is not None:
+                pod.conns.discard(task)
             c.finish()
+
+    async def _deliver(self, pod: PodProxy, st: HBONEStream, src_ip: str, port: int) -> Leg:
+        """The app connection for a tunnel. A tunnel reset while it is being made cancels the
+        connect. Its own coroutine so that the callbacks this needs are freed once the tunnel
+        relays, not kept with every held tunnel (docs/performance.md, §66)."""
+        task = asyncio.current_task()
+        connecting = True
+
+        def cancel_connect() -> None:
+            if connecting and task is not None:     # (the callback may run after we moved on)
+                task.cancel()
+        unregister = st.on_closed(cancel_connect)
+        try:
+            return await open_from(lambda: pod.delivery_socket(src_ip), (pod.pod.ip, port),
+                                   self.tunnel.connect_timeout)
+        finally:
+            connecting = False
+            unregister()
 
     # --- inbound plaintext -----------------------------------------------------------------------------
 

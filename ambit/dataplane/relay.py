@@ -23,8 +23,8 @@ counts when both directions are done (or one failed); cancelling it ends both si
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ambit.dataplane.hbone.stream import HBONEStream
@@ -158,6 +158,8 @@ class Leg(asyncio.Protocol):
 class _Relay:
     """What legs report to; ends once, with the byte counts."""
 
+    __slots__ = ("done", "over")
+
     def __init__(self) -> None:
         self.done: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
         self.over = False
@@ -194,6 +196,8 @@ class _Relay:
 
 class TCPRelay(_Relay):
     """Between two TCP connections (passthrough upstream, inbound plaintext delivery)."""
+
+    __slots__ = ("a", "b", "_eofs")
 
     def __init__(self, a: Leg, b: Leg) -> None:
         super().__init__()
@@ -242,6 +246,8 @@ class TunnelRelay(_Relay):
     App -> tunnel: the app's `bytes` are queued on the tunnel by reference. Tunnel -> app: payloads
     are written to the app as memoryviews into the TLS records they arrived in. FIN <-> END_STREAM.
     """
+
+    __slots__ = ("app", "tunnel", "down", "_up_done", "_down_done")
 
     def __init__(self, app: Leg, tunnel: HBONEStream) -> None:
         super().__init__()
@@ -322,13 +328,16 @@ class TunnelRelay(_Relay):
         self.app.close()
 
 
-async def relay(a: Leg, b: Leg) -> tuple[int, int]:
+def relay(a: Leg, b: Leg) -> Coroutine[Any, Any, tuple[int, int]]:
     """Relay between two TCP connections; returns (bytes a->b, bytes b->a). Errors on either side
-    end both directions (counted bytes are still returned)."""
-    return await TCPRelay(a, b).wait()
+    end both directions (counted bytes are still returned).
+
+    A plain function handing back `wait()`'s coroutine: an `async def` wrapper would add a coroutine
+    frame to every held connection for the whole of its life (docs/performance.md, §66)."""
+    return TCPRelay(a, b).wait()
 
 
-async def relay_tunnel(app: Leg, tunnel: HBONEStream) -> tuple[int, int]:
+def relay_tunnel(app: Leg, tunnel: HBONEStream) -> Coroutine[Any, Any, tuple[int, int]]:
     """Relay between a local TCP connection and an HBONE tunnel; returns (bytes app->tunnel,
-    bytes tunnel->app)."""
-    return await TunnelRelay(app, tunnel).wait()
+    bytes tunnel->app); a plain function, as `relay`."""
+    return TunnelRelay(app, tunnel).wait()

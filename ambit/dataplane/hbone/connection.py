@@ -80,7 +80,7 @@ class ConnectRequest:
     headers: dict[str, str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConnectResponse:
     """Client side: the answer to our CONNECT. `status` 200 means the tunnel is up."""
 
@@ -152,7 +152,7 @@ class HBONEError(Exception):
 
 # --- per-stream state ------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(slots=True)
 class _Stream:
     id: int
     send_window: int

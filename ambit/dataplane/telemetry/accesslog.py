@@ -17,7 +17,7 @@ from typing import Any, Protocol, TextIO
 from ambit.dataplane.accesslog_time import iso_time
 
 
-@dataclass
+@dataclass(slots=True)
 class ConnRecord:
     direction: str                  # outbound | inbound
     src_addr: str

@@ -55,7 +55,7 @@ MUTUAL_TLS, NONE = "mutual_tls", "none"
 NO_FLAGS, FLAG_DENY, FLAG_CONNECT = "-", "DENY", "CONNECT"   # denied by policy; upstream connect failed
 
 
-@dataclass
+@dataclass(slots=True)
 class ConnLabels:
     """Who talked to whom; empty strings are reported as "unknown", as Istio does.
 

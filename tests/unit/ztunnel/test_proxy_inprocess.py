@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
+import time
 from dataclasses import dataclass, field
 
 import pytest
 
+from ambit.dataplane import tls
+from ambit.dataplane.hbone import HBONEClientPool, HBONEConnectError
 from ambit.dataplane.identity import IdentityManager
 from ambit.dataplane.relay import Leg
 from ambit.dataplane.settings import TunnelSettings
@@ -159,6 +163,57 @@ def test_inbound_plaintext_follows_peer_authentication(ca, mode, delivered):
                 assert "STRICT" in sink.records[0].error
         finally:
             inb.close()
+            app.close()
+            await proxy.close()
+            await identities.close()
+    asyncio.run(go())
+
+
+def test_a_tunnel_given_up_while_its_app_connection_is_made_cancels_that_connect(ca):
+    """The destination app does not accept (its accept queue is full, so the SYN is dropped); the
+    source gives up on the tunnel. The inbound connect is cancelled at once, not left to its
+    timeout, the access line says why, and the pod's drain set forgets the tunnel."""
+    async def go() -> None:
+        client, server, cfg, identities, sink, metrics = mesh(ca)
+        proxy = Proxy(cfg, identities=identities, metrics=metrics, access_log=sink,
+                      tunnel=TunnelSettings(connect_timeout=30, cert_wait=5))
+        spod = pod(server)
+        identities.prefetch([client.identity, server.identity])
+        await identities.get(server.identity, 5)
+        await identities.get(client.identity, 5)
+        app = socket.socket()
+        app.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        app.bind((SERVER_IP, APP_PORT))
+        app.listen(0)                               # never accepted: one queued connection fills it
+        fillers = []
+        for _ in range(2):
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex((SERVER_IP, APP_PORT))
+            fillers.append(f)
+        hbone = await proxy._serve_hbone(spod, hbone_listener())
+        cache = tls.ContextCache()
+
+        async def client_ctx(identity: str) -> ssl.SSLContext:
+            return cache.client(identities.current(identity))
+        pool = HBONEClientPool(client_ctx, port=HBONE_PORT)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(HBONEConnectError):
+                await pool.connect(client.identity, server.identity, SERVER_IP, f"{SERVER_IP}:{APP_PORT}",
+                                   timeout=0.5)
+            for _ in range(100):
+                if sink.records:
+                    break
+                await asyncio.sleep(0.02)
+            assert [r.error for r in sink.records] == ["tunnel reset by the peer while connecting to the app"]
+            assert time.monotonic() - t0 < 5, "cancelled when the tunnel went, not at the 30 s connect timeout"
+            assert not spod.conns, "the pod's drain set no longer holds the tunnel"
+        finally:
+            await pool.close()
+            hbone.close()
+            for f in fillers:
+                f.close()
             app.close()
             await proxy.close()
             await identities.close()
