@@ -6,7 +6,7 @@ Why one class: every handler must, on every path (refused, failed, relayed, canc
 exactly the limits it took, count the connection as opened exactly once and closed exactly once,
 reset a refused client (RST, so it fails at once) or close a served one, and write one access-log
 line. Written out three times, those rules drifted; here they are in `finish()`, which the handlers
-call from their `finally`.
+call from their `finally`, or the relay calls when it ends (`hand_off`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import contextlib
 import socket
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from ambit.dataplane.hbone.limits import ConnLimiter
-from ambit.dataplane.relay import Leg
+from ambit.dataplane.relay import Leg, TCPRelay, TunnelRelay
 from ambit.dataplane.telemetry.accesslog import AccessLogSink, ConnRecord
 from ambit.dataplane.telemetry.metrics import ConnLabels, Metrics
 from ambit.telemetrymetrics import DEFAULT, MetricsConfig
@@ -45,7 +46,30 @@ class ConnBook:
     opened: bool = False
     sent: int = 0                           # towards the destination
     recv: int = 0                           # back from the destination
+    relaying: bool = False                  # handed to its relay, which finishes it (`hand_off`)
+    reverse: bool = False                   # the relay counts (recv, sent), not (sent, recv)
     _held: list[tuple[ConnLimiter, str]] = field(default_factory=list)
+    _drain: set[Any] | None = None
+
+    def hand_off(self, relay: TCPRelay | TunnelRelay, drain: set[Any], reverse: bool = False) -> None:
+        """Let `relay` carry the connection on with no task awaiting it, and finish the book when
+        it ends. The relay joins the pod's `drain` set until then, so draining the pod waits for
+        it and cancelling it cuts the connection.
+
+        Why: the handler's task, its context and its frames would otherwise stay with every open
+        connection (docs/performance.md, §67). The handler skips its own `finish` once this ran."""
+        self.relaying, self.reverse, self._drain = True, reverse, drain
+        drain.add(relay)
+        relay.on_end(self._relay_ended)
+
+    def _relay_ended(self, relay: Any, counts: tuple[int, int]) -> None:
+        if self._drain is not None:
+            self._drain.discard(relay)
+        if self.reverse:
+            self.recv, self.sent = counts
+        else:
+            self.sent, self.recv = counts
+        self.finish()
 
     def hold(self, limiter: ConnLimiter, key: str) -> bool:
         """Take one slot of `limiter` for `key` (released by `finish`); False, refused, when full."""

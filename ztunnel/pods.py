@@ -25,7 +25,7 @@ import re
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ambit.dataplane.ports import (
     AMBIT_LISTENER_MARK,
@@ -124,7 +124,7 @@ class PodProxy:
     pod: PodInfo
     netns_fd: int
     servers: list[Closable] = field(default_factory=list)
-    conns: set[asyncio.Task[None]] = field(default_factory=set)
+    conns: set[Any] = field(default_factory=set)    # handlers' tasks and relays: what draining waits for, then cuts
     draining: bool = False
 
     def socket(self) -> socket.socket:
@@ -164,7 +164,9 @@ class PodProxy:
         """Stop accepting; let open connections finish for up to `drain` seconds, then cut them."""
         self.stop_accepting()
         if self.conns and drain > 0:
-            await asyncio.wait(set(self.conns), timeout=drain)
+            # handlers' tasks, and the relays of connections past their set-up (`ConnBook.hand_off`)
+            await asyncio.wait({c if isinstance(c, asyncio.Future) else c.ended() for c in self.conns},
+                               timeout=drain)
         for t in list(self.conns):
             t.cancel()
         with contextlib.suppress(OSError):

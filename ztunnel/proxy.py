@@ -40,7 +40,7 @@ from ambit.dataplane.hbone import (
 from ambit.dataplane.hbone.limits import ConnLimiter
 from ambit.dataplane.identity import CertificateUnavailable, IdentityManager
 from ambit.dataplane.origdst import original_dst
-from ambit.dataplane.relay import Leg, relay, relay_tunnel
+from ambit.dataplane.relay import Leg, TCPRelay, TunnelRelay
 from ambit.dataplane.settings import TunnelSettings
 from ambit.dataplane.telemetry.accesslog import AccessLogSink, ConnRecord, PolicySink, StreamSink
 from ambit.dataplane.telemetry.health import HealthCollector
@@ -273,7 +273,7 @@ class Proxy:
                     forwarded_for=pod.pod.ip, traceparent=traceparent(), src_ip=pod.pod.ip,
                     timeout=self.tunnel.connect_timeout + self.cert_wait)
                 c.up()
-                c.sent, c.recv = await relay_tunnel(client, tunnel)
+                c.hand_off(TunnelRelay(client, tunnel), pod.conns)
             else:
                 assert route.dial is not None
                 dial = route.dial
@@ -282,7 +282,7 @@ class Proxy:
                     rec.extra["upstream"] = routing.format_addr(*dial)
                 upstream = await open_from(pod.socket, dial, self.tunnel.connect_timeout)
                 c.up()
-                c.sent, c.recv = await relay(client, upstream)
+                c.hand_off(TCPRelay(client, upstream), pod.conns)
         except CertificateUnavailable as e:
             c.refuse(f"no client certificate: {e}")
             log.warning("outbound %s -> %s refused: %s", rec.src_addr, rec.dst_addr, rec.error)
@@ -293,7 +293,8 @@ class Proxy:
         except (TimeoutError, OSError, ssl.SSLError) as e:
             c.refuse(f"{type(e).__name__}: {e}", FLAG_CONNECT)
         finally:
-            c.finish()
+            if not c.relaying:
+                c.finish()
 
     # --- inbound HBONE ---------------------------------------------------------------------------------
 
@@ -389,13 +390,14 @@ class Proxy:
                 reset(app)      # the tunnel went away meanwhile: never leave the app connection behind
                 raise
             c.up()
-            c.recv, c.sent = await relay_tunnel(app, st)
+            c.hand_off(TunnelRelay(app, st), pod.conns, reverse=True)
         except (TimeoutError, OSError) as e:
             rec.error = rec.error or f"{type(e).__name__}: {e}"
         finally:
             if task is not None:
                 pod.conns.discard(task)
-            c.finish()
+            if not c.relaying:
+                c.finish()
 
     async def _deliver(self, pod: PodProxy, st: HBONEStream, src_ip: str, port: int) -> Leg:
         """The app connection for a tunnel. A tunnel reset while it is being made cancels the
@@ -453,11 +455,12 @@ class Proxy:
             app = await open_from(lambda: pod.delivery_socket(peer[0]), (local[0], local[1]),
                                   self.tunnel.connect_timeout)
             c.up()
-            c.sent, c.recv = await relay(client, app)
+            c.hand_off(TCPRelay(client, app), pod.conns)
         except (TimeoutError, OSError) as e:
             c.refuse(f"{type(e).__name__}: {e}", FLAG_CONNECT)
         finally:
-            c.finish()
+            if not c.relaying:
+                c.finish()
 
     # --- helpers ---------------------------------------------------------------------------------------
 

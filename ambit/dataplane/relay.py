@@ -158,11 +158,12 @@ class Leg(asyncio.Protocol):
 class _Relay:
     """What legs report to; ends once, with the byte counts."""
 
-    __slots__ = ("done", "over")
+    __slots__ = ("_done", "over", "_on_end")
 
     def __init__(self) -> None:
-        self.done: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        self._done: asyncio.Future[tuple[int, int]] | None = None
         self.over = False
+        self._on_end: Callable[[_Relay, tuple[int, int]], None] | None = None
 
     def leg_data(self, leg: Leg, data: bytes) -> None: ...
     def leg_eof(self, leg: Leg) -> None: ...
@@ -178,17 +179,48 @@ class _Relay:
             return
         self.over = True
         self._close(failed)
-        if not self.done.done():
-            self.done.set_result(self.counts())
+        counts = self.counts()
+        cb, self._on_end = self._on_end, None
+        if cb is not None:      # soon, not from inside a leg's or the tunnel's callback
+            asyncio.get_running_loop().call_soon(cb, self, counts)
+        fut = self._done
+        if fut is not None and not fut.done():
+            fut.set_result(counts)
 
     def _close(self, failed: bool) -> None:
         raise NotImplementedError
+
+    def on_end(self, cb: Callable[[_Relay, tuple[int, int]], None]) -> None:
+        """Call `cb(relay, counts)` once the relay ends (soon, if it already has), with no task
+        awaiting it.
+
+        Why: a task awaiting `wait()` keeps a Task, its context and every frame of the await
+        chain for as long as the connection is open (docs/performance.md, §67). The relay drops
+        `cb` when it ends, so what `cb` refers to does not outlive the connection."""
+        if self.over:
+            asyncio.get_running_loop().call_soon(cb, self, self.counts())
+        else:
+            self._on_end = cb
+
+    def ended(self) -> asyncio.Future[tuple[int, int]]:
+        """A future done with the counts once the relay ends. Made on first use: a relay whose
+        end nobody awaits (see `on_end`) makes none."""
+        fut = self._done
+        if fut is None:
+            fut = self._done = asyncio.get_running_loop().create_future()
+            if self.over:
+                fut.set_result(self.counts())
+        return fut
+
+    def cancel(self) -> None:
+        """End the relay now: both sides closed, a tunnel reset (a pod drained past its deadline)."""
+        self._end(failed=True)
 
     async def wait(self) -> tuple[int, int]:
         """(bytes a->b, bytes b->a) once both directions are done or one failed. Cancelling the
         caller ends the relay (both sides closed, a tunnel reset)."""
         try:
-            return await self.done
+            return await self.ended()
         except BaseException:
             self._end(failed=True)
             raise

@@ -240,7 +240,7 @@ class HBONEServer:
             return
         if not st.responded and not st.is_closed:
             st.respond(500, "handler returned without answering")
-        elif not st.is_closed:
+        elif not st.is_closed and not st.attached:      # a sink (a relay) that took it over owns it
             st.close()
 
     @staticmethod

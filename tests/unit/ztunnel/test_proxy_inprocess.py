@@ -9,6 +9,7 @@ what makes `Proxy` testable here and lets the lab tests focus on the kernel's pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
@@ -214,6 +215,63 @@ def test_a_tunnel_given_up_while_its_app_connection_is_made_cancels_that_connect
             hbone.close()
             for f in fillers:
                 f.close()
+            app.close()
+            await proxy.close()
+            await identities.close()
+    asyncio.run(go())
+
+
+async def echo_until_eof(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    while data := await r.read(65536):
+        w.write(data)
+        await w.drain()
+    w.close()
+
+
+def test_draining_a_pod_waits_for_its_open_connections_then_cuts_them(ca):
+    """A relayed connection holds no task of its own (the relay finishes its access line), yet
+    draining the pod still finds it: one that ends within the drain time ends on its own, one
+    still open at the deadline is cut, and both are logged with their byte counts."""
+    async def go() -> None:
+        client, server, cfg, identities, sink, metrics = mesh(ca)
+        proxy = Proxy(cfg, identities=identities, metrics=metrics, access_log=sink,
+                      original_dst=lambda s: (SERVER_IP, APP_PORT))
+        spod = pod(server)
+        app = await asyncio.start_server(echo_until_eof, SERVER_IP, APP_PORT, reuse_address=True)
+        inb, inb_port = await serve(proxy.inbound_plaintext, spod, SERVER_IP)
+        try:
+            conns = []
+            for msg in (b"short", b"long-lived"):
+                r, w = await asyncio.open_connection(SERVER_IP, inb_port)
+                w.write(msg)
+                assert await asyncio.wait_for(r.readexactly(len(msg)), 5) == msg
+                conns.append((r, w))
+            await asyncio.sleep(0.05)
+            assert len(spod.conns) == 2
+            assert not any(isinstance(c, asyncio.Future) for c in spod.conns), "no task per relayed connection"
+
+            async def close_first_soon() -> None:
+                await asyncio.sleep(0.2)
+                conns[0][1].write_eof()
+            t0 = time.monotonic()
+            closer = asyncio.ensure_future(close_first_soon())
+            await spod.close(drain=1.0)
+            waited = time.monotonic() - t0
+            await closer
+            assert 0.9 <= waited < 3, f"drain waited {waited:.2f}s for the long-lived connection"
+            assert await asyncio.wait_for(conns[0][0].read(), 5) == b""          # ended on its own
+            with contextlib.suppress(ConnectionResetError):
+                assert await asyncio.wait_for(conns[1][0].read(), 5) == b""      # cut at the deadline
+            for _ in range(100):
+                if len(sink.records) == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert sorted(r.bytes_sent for r in sink.records) == [len(b"short"), len(b"long-lived")]
+            assert not spod.conns
+        finally:
+            for _, w in conns:
+                w.close()
+            inb.close()
             app.close()
             await proxy.close()
             await identities.close()
