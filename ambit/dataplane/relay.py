@@ -16,8 +16,9 @@ connection pins no chunk.
 - Errors on either side end both. A tunnel is reset (RST_STREAM), never the pooled connection it
   rides on.
 
-The owner keeps one coroutine per connection: it awaits `Relay.wait()`, which returns the byte
-counts when both directions are done (or one failed); cancelling it ends both sides.
+The owner learns the byte counts when both directions are done (or one failed) in one of two
+ways. It can await `wait()`, and cancelling that ends both sides. Or, as ztunnel does, it can
+register a callback with `on_end()` and keep no coroutine at all; `cancel()` ends both sides.
 """
 
 from __future__ import annotations
@@ -158,9 +159,10 @@ class Leg(asyncio.Protocol):
 class _Relay:
     """What legs report to; ends once, with the byte counts."""
 
-    __slots__ = ("_done", "over", "_on_end")
+    __slots__ = ("_loop", "_done", "over", "_on_end")
 
     def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._done: asyncio.Future[tuple[int, int]] | None = None
         self.over = False
         self._on_end: Callable[[_Relay, tuple[int, int]], None] | None = None
@@ -182,7 +184,7 @@ class _Relay:
         counts = self.counts()
         cb, self._on_end = self._on_end, None
         if cb is not None:      # soon, not from inside a leg's or the tunnel's callback
-            asyncio.get_running_loop().call_soon(cb, self, counts)
+            self._loop.call_soon(cb, self, counts)
         fut = self._done
         if fut is not None and not fut.done():
             fut.set_result(counts)
@@ -198,7 +200,7 @@ class _Relay:
         chain for as long as the connection is open (docs/performance.md, §67). The relay drops
         `cb` when it ends, so what `cb` refers to does not outlive the connection."""
         if self.over:
-            asyncio.get_running_loop().call_soon(cb, self, self.counts())
+            self._loop.call_soon(cb, self, self.counts())
         else:
             self._on_end = cb
 
@@ -207,7 +209,7 @@ class _Relay:
         end nobody awaits (see `on_end`) makes none."""
         fut = self._done
         if fut is None:
-            fut = self._done = asyncio.get_running_loop().create_future()
+            fut = self._done = self._loop.create_future()
             if self.over:
                 fut.set_result(self.counts())
         return fut
