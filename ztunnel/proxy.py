@@ -313,8 +313,8 @@ class Proxy:
 
         def on_connect(st: HBONEStream, peer_identity: str, authority: str,
                        headers: dict[str, str]) -> Coroutine[Any, Any, None]:
-            # The coroutine itself, not an `async def` awaiting it: a wrapper's frame would stay with
-            # every held tunnel (docs/performance.md, §66).
+            # The coroutine itself, not an `async def` awaiting it: one frame fewer per tunnel being
+            # set up (docs/performance.md, §66).
             return self.inbound_hbone(pod, st, peer_identity, authority, headers)
 
         lim = self.limits
@@ -401,8 +401,7 @@ class Proxy:
 
     async def _deliver(self, pod: PodProxy, st: HBONEStream, src_ip: str, port: int) -> Leg:
         """The app connection for a tunnel. A tunnel reset while it is being made cancels the
-        connect. Its own coroutine so that the callbacks this needs are freed once the tunnel
-        relays, not kept with every held tunnel (docs/performance.md, §66)."""
+        connect; the callback that does it lives only as long as the connect (§66)."""
         task = asyncio.current_task()
         connecting = True
 
