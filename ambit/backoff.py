@@ -33,7 +33,11 @@ class Backoff:
 
     def delay(self, failures: int, rand: float) -> float:
         """Delay after the `failures`-th consecutive failure (1-based); `rand` in [0, 1)."""
-        base = min(self.maximum, self.initial * self.multiplier ** max(0, failures - 1))
+        try:
+            growth = self.multiplier ** max(0, failures - 1)
+        except OverflowError:   # 2.0 ** 1024: after ~1000 failures in a row, long past the cap
+            growth = float("inf")
+        base = min(self.maximum, self.initial * growth)
         return base * (1.0 - self.jitter * rand)
 
     def attempts(self, rng: random.Random | None = None) -> Attempts:

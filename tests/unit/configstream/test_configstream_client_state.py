@@ -85,6 +85,16 @@ def test_backoff_grows_to_the_cap_with_jitter_and_resets():
     assert b.next_delay() <= 0.1
 
 
+def test_backoff_stays_at_the_cap_however_long_the_failures_last():
+    """A component refused for days keeps retrying at the cap: 2.0 ** 1024 overflows a float, and
+    that once ended the config client's reconnect loop after 1025 failures in a row."""
+    b = Backoff(initial=0.01, maximum=0.02, jitter=0.0)
+    assert [b.delay(n, 0.5) for n in (1, 2, 1025, 10**6)] == [0.01, 0.02, 0.02, 0.02]
+    attempts = b.attempts(random.Random(1))
+    attempts.failures = 5000
+    assert attempts.next_delay() == 0.02
+
+
 def test_node_info_validation_names_the_field():
     with pytest.raises(ValueError, match="node.kind: 'proxy'"):
         NodeInfo("proxy", "n").validate()

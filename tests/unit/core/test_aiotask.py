@@ -1,0 +1,59 @@
+"""`ambit.aiotask.cancel`: stopping a helper task must not swallow the caller's own cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ambit.aiotask import cancel
+
+
+def test_cancel_waits_for_the_task_to_unwind_and_absorbs_its_cancellation() -> None:
+    unwound: list[str] = []
+
+    async def helper() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0)
+            unwound.append("helper")
+
+    async def main() -> None:
+        t = asyncio.ensure_future(helper())
+        await asyncio.sleep(0)
+        await cancel(t)                     # no CancelledError here: the helper's is absorbed
+        assert unwound == ["helper"] and t.cancelled()
+        await cancel(None)
+    asyncio.run(main())
+
+
+def test_a_caller_cancelled_while_it_waits_in_cancel_is_still_cancelled() -> None:
+    """The config client's stop() once hung: its run loop was cancelled while a `finally` (run for
+    a refusal) awaited cancel(helper); the CancelledError was taken for the helper's, the refusal
+    went on up, and the loop retried with nobody left to stop it."""
+    async def slow_to_unwind() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0.2)        # unwinding takes a while
+
+    async def retry_loop(attempts: list[int]) -> None:
+        while len(attempts) < 5:            # bounded, so that the test fails rather than hangs
+            helper = asyncio.ensure_future(slow_to_unwind())
+            try:
+                try:
+                    await asyncio.sleep(0.01)
+                    raise ConnectionRefusedError("refused")
+                finally:
+                    await cancel(helper)
+            except ConnectionRefusedError:
+                attempts.append(1)
+
+    async def main() -> None:
+        attempts: list[int] = []
+        runner = asyncio.ensure_future(retry_loop(attempts))
+        await asyncio.sleep(0.1)            # inside the first attempt's cancel(helper)
+        runner.cancel()
+        await asyncio.wait({runner}, timeout=5)
+        assert runner.cancelled(), f"the loop went on after it was cancelled ({len(attempts)} more attempts)"
+        assert attempts == []
+    asyncio.run(main())
