@@ -46,10 +46,14 @@ class ConnBook:
     opened: bool = False
     sent: int = 0                           # towards the destination
     recv: int = 0                           # back from the destination
-    relaying: bool = False                  # handed to its relay, which finishes it (`hand_off`)
     reverse: bool = False                   # the relay counts (recv, sent), not (sent, recv)
     _held: list[tuple[ConnLimiter, str]] = field(default_factory=list)
-    _drain: set[Any] | None = None
+    _drain: set[Any] | None = None          # the pod's drain set, once handed to a relay (`hand_off`)
+
+    @property
+    def relaying(self) -> bool:
+        """Handed to its relay, which finishes the book when it ends: the handler must not."""
+        return self._drain is not None
 
     def hand_off(self, relay: TCPRelay | TunnelRelay, drain: set[Any], reverse: bool = False) -> None:
         """Let `relay` carry the connection on with no task awaiting it, and finish the book when
@@ -58,12 +62,12 @@ class ConnBook:
 
         Why: the handler's task, its context and its frames would otherwise stay with every open
         connection (docs/performance.md, §67). The handler skips its own `finish` once this ran."""
-        self.relaying, self.reverse, self._drain = True, reverse, drain
+        self.reverse, self._drain = reverse, drain
         drain.add(relay)
         relay.on_end(self._relay_ended)
 
     def _relay_ended(self, relay: Any, counts: tuple[int, int]) -> None:
-        if self._drain is not None:
+        if self._drain is not None:     # (always, once handed off)
             self._drain.discard(relay)
         if self.reverse:
             self.recv, self.sent = counts
