@@ -182,9 +182,11 @@ async def _main(args: argparse.Namespace) -> None:
         print(f"CPU per connection (best of {args.runs} x {args.conns}): {1e6 * best / args.conns:.1f} µs")
         if args.opcodes:
             from bench.inproc_waypoint import Opcodes
-            with Opcodes() as ops:
+            with Opcodes(by_function=True) as ops:
                 await _window(port, args.conns, args.concurrency)
             print(f"opcodes: {ops.n / args.conns:.0f} bytecodes/connection ({args.conns} connections)")
+            for name, k in (ops.by_function or {}).most_common(args.top):
+                print(f"  {k / args.conns:7.1f}  {name}")
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()

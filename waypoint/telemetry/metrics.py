@@ -35,12 +35,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from ambit.dataplane.telemetry.children import CHILD_CACHE_SIZE, ChildCache
+from ambit.dataplane.telemetry.families import Family
 from ambit.dataplane.telemetry.overrides import EXTRA, Pruned
 from ambit.dataplane.telemetry.peers import PeerLabels, peer_labels
 from ambit.model import Workload
 from ambit.telemetrymetrics import DEFAULT, MetricsConfig, relabel
 from waypoint.http.record import RequestRecord
-from waypoint.telemetry.families import Family
 from waypoint.telemetry.peers import UNKNOWN
 
 HTTP_LABELS = (
@@ -88,7 +88,7 @@ class HttpMetrics:
         self.cluster_domain = cluster_domain
         self.config_for: ConfigFor = config_for or (lambda service: DEFAULT)
         names = (*HTTP_LABELS, EXTRA)
-        # Plain-Python families (waypoint/telemetry/families.py): no lock per update. Served by `Pruned`.
+        # Plain-Python families (ambit/dataplane/telemetry/families.py): no lock per update. Served by `Pruned`.
         self.requests = Family("istio_requests", "Requests handled by the waypoint", "counter", names)
         self.duration = Family("istio_request_duration_milliseconds", "Request duration (ms)", "histogram", names,
                                DURATION_BUCKETS)

@@ -55,18 +55,18 @@ def test_a_connection_is_reported_with_istio_names_and_labels_over_the_unix_sock
     assert not sock.exists(), "the socket is removed on close"
 
 
-def test_cached_label_children_stay_bounded_and_keep_counting_after_eviction() -> None:
-    m = Metrics(cache_size=2)
+def test_each_label_set_counts_in_its_own_series_and_bytes_appear_with_the_first_byte() -> None:
+    m = Metrics()
     a, b, c = (ConnLabels("source", f"client-{i}") for i in range(3))
-    for labels in (a, b, c, a):        # c evicts a; a comes back through a fresh lookup
+    for labels in (a, b, c, a):
         m.conn_opened(labels)
-        m.conn_closed(labels, request_bytes=10, response_bytes=0)
-    assert len(m._children) == 2
+        m.conn_closed(labels, request_bytes=10 if labels is not b else 0, response_bytes=0)
     got = samples(m.exposition().decode())
     opened = {dict(k)["source_workload"]: v for (n, k), v in got.items() if n == "istio_tcp_connections_opened_total"}
     assert opened == {"client-0": 2, "client-1": 1, "client-2": 1}
     received = {dict(k)["source_workload"]: v for (n, k), v in got.items() if n == "istio_tcp_received_bytes_total"}
-    assert received["client-0"] == 20
+    assert received == {"client-0": 20, "client-2": 10}, "no series for a label set that never sent a byte"
+    assert not any(n == "istio_tcp_sent_bytes_total" for n, _ in got)
     flagged = ConnLabels("source", "client-0", response_flags="DENY")
     m.conn_opened(flagged)              # a changed label set is a different series, not a stale hit
     got = samples(m.exposition().decode())

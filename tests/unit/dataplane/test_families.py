@@ -1,5 +1,6 @@
-"""The waypoint's plain-Python metric families expose exactly what prometheus_client's Counter and
-Histogram expose for the same updates: dashboards and Prometheus read the same bytes."""
+"""The data plane's plain-Python metric families (ztunnel's TCP counters, the waypoint's HTTP ones)
+expose exactly what prometheus_client's Counter and Histogram expose for the same updates:
+dashboards and Prometheus read the same bytes."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client import metrics as pc_metrics
 from prometheus_client.exposition import generate_latest
 
+from ambit.dataplane.telemetry.families import Family
 from ambit.dataplane.telemetry.overrides import EXTRA, Pruned
-from waypoint.telemetry.families import Family
-from waypoint.telemetry.metrics import DURATION_BUCKETS
 
 NAMES = ("reporter", "response_code", EXTRA)
+# Istio's request-duration buckets (the waypoint's DURATION_BUCKETS)
+DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
+                    600000, 1800000, 3600000)
 SERIES = (("waypoint", "200", ""), ("waypoint", "503", ""), ("waypoint", "200", "team\x00a"))
 # on bounds, between them, below the first, above the last finite one, zero, fractions
 AMOUNTS = (0, 0.25, 0.5, 0.75, 1, 3, 5, 7.5, 10, 49.9, 50, 1000, 3600000, 3600001, 1e12)

@@ -2,13 +2,13 @@
 
 Why not prometheus_client's `Counter` and `Histogram`: each `inc`/`observe` on their children takes
 a lock (one per value; a histogram's `observe` takes two and scans its buckets in Python) and
-checks observability, and the waypoint updates four to six children per request on its one event
-loop thread. Here a child is a few slots: `inc` is one addition, `observe` one addition and one
-`bisect` into its bucket counts. The cost moves to the scrape, which builds the samples.
+checks observability, and a proxy updates them on its one event loop thread: the waypoint four
+to six children per request, ztunnel two to four per connection and side. Here a child is a few
+slots: `inc` is one addition, `observe` one addition and one `bisect` into its bucket counts. The cost moves to the scrape, which builds the samples.
 
 The exposition is the one prometheus_client gives for the same family (names, `_total`, `_bucket`
 with prometheus_client's `le` strings, `_count`, `_sum`, `_created`, sample and series order), so
-dashboards and the Prometheus lab tests see no difference; tests/unit/waypoint/test_families.py
+dashboards and the Prometheus lab tests see no difference; tests/unit/dataplane/test_families.py
 compares the two byte for byte. Scrapes may run on another thread: the collector copies the child
 dict before iterating, and a histogram's count is the sum of its buckets, as prometheus_client's.
 """
