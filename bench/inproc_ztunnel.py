@@ -49,6 +49,9 @@ CLIENT_IP, SERVER_IP, VIP = "127.0.60.2", "127.0.60.3", "127.0.60.100"
 APP_PORT, SVC_PORT, HBONE_PORT = 18180, 80, 15008
 REQUEST = b"GET / HTTP/1.0\r\nHost: echo\r\n\r\n"
 RESPONSE = b"HTTP/1.0 200 OK\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1024
+# `--requests K`: K keep-alive requests per connection, the steady state of the L4 latency runs
+KA_REQUEST = b"GET / HTTP/1.1\r\nHost: echo\r\n\r\n"
+KA_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1024
 
 
 class _Fetcher:
@@ -105,14 +108,22 @@ class _App(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if data.startswith(KA_REQUEST):
+            self.transport.write(KA_RESPONSE)   # type: ignore[attr-defined]
+            return
         self.transport.write(RESPONSE)      # type: ignore[attr-defined]
         self.transport.close()
 
 
-async def _client(port: int, n: int, failures: list[str]) -> None:
-    """One wrk connection at a time: connect, one request, read to EOF, close."""
+async def _client(port: int, n: int, failures: list[str], requests: int = 1) -> None:
+    """One wrk connection at a time: connect, `requests - 1` keep-alive requests, one last request,
+    read to EOF, close."""
     for _ in range(n):
         r, w = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(requests - 1):
+            w.write(KA_REQUEST)
+            if await r.readexactly(len(KA_RESPONSE)) != KA_RESPONSE:
+                failures.append("keep-alive response differs")
         w.write(REQUEST)
         data = await r.read()
         w.close()
@@ -151,10 +162,10 @@ async def _setup() -> tuple[Proxy, IdentityManager, list[asyncio.AbstractServer]
     return proxy, identities, [app, out, hbone], port  # type: ignore[list-item]
 
 
-async def _window(port: int, conns: int, concurrency: int) -> float:
+async def _window(port: int, conns: int, concurrency: int, requests: int = 1) -> float:
     failures: list[str] = []
     t0 = time.process_time()
-    await asyncio.gather(*(_client(port, conns // concurrency, failures) for _ in range(concurrency)))
+    await asyncio.gather(*(_client(port, conns // concurrency, failures, requests) for _ in range(concurrency)))
     await asyncio.sleep(0)
     cpu = time.process_time() - t0
     if failures:
@@ -178,15 +189,17 @@ async def _main(args: argparse.Namespace) -> None:
     proxy, identities, servers, port = await _setup()
     try:
         await _window(port, max(args.concurrency, 200), args.concurrency)     # warm: pool, caches
-        best = min([await _window(port, args.conns, args.concurrency) for _ in range(args.runs)])
-        print(f"CPU per connection (best of {args.runs} x {args.conns}): {1e6 * best / args.conns:.1f} µs")
+        k = args.requests
+        best = min([await _window(port, args.conns, args.concurrency, k) for _ in range(args.runs)])
+        print(f"CPU per connection of {k} request(s) (best of {args.runs} x {args.conns}): "
+              f"{1e6 * best / args.conns:.1f} µs")
         if args.opcodes:
             from bench.inproc_waypoint import Opcodes
             with Opcodes(by_function=True) as ops:
-                await _window(port, args.conns, args.concurrency)
-            print(f"opcodes: {ops.n / args.conns:.0f} bytecodes/connection ({args.conns} connections)")
-            for name, k in (ops.by_function or {}).most_common(args.top):
-                print(f"  {k / args.conns:7.1f}  {name}")
+                await _window(port, args.conns, args.concurrency, k)
+            print(f"opcodes: {ops.n / args.conns:.0f} bytecodes/connection of {k} request(s) ({args.conns} connections)")
+            for name, n in (ops.by_function or {}).most_common(args.top):
+                print(f"  {n / args.conns:7.1f}  {name}")
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
@@ -204,6 +217,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--conns", type=int, default=2000, help="connections per window (default 2000)")
     ap.add_argument("--concurrency", type=int, default=8, help="connections at a time, as wrk's (default 8)")
+    ap.add_argument("--requests", type=int, default=1,
+                    help="requests per connection, all but the last kept alive (default 1: wrk's new-connection run)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--profile", default="", help="also one window under cProfile, stats written here")
     ap.add_argument("--top", type=int, default=40)
