@@ -11,13 +11,17 @@ one HTTP/1.0 request and closes, and both sides write their access line (to /dev
 metrics. Both ztunnel sides, the client and the app run in this one process.
 
     .venv/bin/python bench/inproc_ztunnel.py [--conns 2000] [--concurrency 8] [--runs 3] [--profile F]
+                                             [--opcodes [--top N]] [--requests K]
 
 Prints CPU µs per connection (best of `--runs`, the whole process: both ztunnel sides plus the
 in-process client and app, which are the same in every tree) and, with `--profile F`, one run
 under cProfile: Python calls per connection, all and those in ztunnel/ and ambit/ (exact, not
 sampled: the figure to compare on a busy box), and the top functions; with `--opcodes`, the
-bytecodes CPython executes per connection (bench/inproc_waypoint.py's counter). Compare trees by running it
-alternately with each on PYTHONPATH.
+bytecodes CPython executes per connection (bench/inproc_waypoint.py's counter) and the N functions
+executing the most. `--requests K` sends K - 1 kept-alive HTTP/1.1 requests before the last one on
+each connection: the difference between K > 1 and K = 1, divided by K - 1, is the cost of a request
+on an open tunnel (the L4 latency runs' steady state). Compare trees by running it alternately with
+each on PYTHONPATH.
 """
 
 from __future__ import annotations
