@@ -139,7 +139,7 @@ class Metrics:
 
     A family's child is found by its label values in one dict lookup and counted with one
     addition: no lock and no observability check per update, as prometheus_client's `Counter` has
-    (about 130 bytecodes per update with its children cached, docs/performance.md §68). A scrape
+    (about 100 bytecodes more per update, with its children cached; docs/performance.md §68). A scrape
     reads what prometheus_client would serve for the same updates. Series live as long as the
     process, as prometheus_client keeps them.
     """
