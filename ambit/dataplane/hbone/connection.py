@@ -647,8 +647,9 @@ class HBONEConnection:
     def _continue_data(self, fr: _DataFrame, mv: memoryview, pos: int, n: int, events: list[Event]) -> int:
         if fr.stream is not None and self._streams.get(fr.stream.id) is not fr.stream:
             # Reset while this frame was arriving: drop the rest, but return its connection window.
+            # Its padding (`pad_left`) was returned when the pad length arrived: not twice.
             fr.stream = None
-            self._ack_connection(fr.payload_left + fr.pad_left)
+            self._ack_connection(fr.payload_left)
         if fr.need_pad_len:
             pad = mv[pos]
             pos += 1

@@ -555,3 +555,39 @@ def test_connect_header_names_are_shared_and_a_peer_cannot_grow_the_table() -> N
         assert h == {f"x-name-{i}": "v"}
     assert len(hc._TEXT) <= hc._TEXT_MAX
     assert hc._header_dict([(b"x-bad", b"\xff")]) is None
+
+
+def test_a_stream_reset_inside_a_padded_frame_returns_its_padding_once() -> None:
+    """Regression (fuzz round): a padded DATA frame whose stream we reset between two reads had
+    its padding returned to the peer twice (once when the pad length arrived, again with the
+    frame's unread rest), so every such frame grew the peer's connection window beyond what we
+    had agreed to buffer. The window we return must never exceed what the peer used."""
+    p = Pair(connection_window=f.DEFAULT_WINDOW, stream_window=f.DEFAULT_WINDOW)
+    sent = returned = 0
+    for _ in range(200):
+        sid = p.open()
+        payload = bytes([255]) + b"abc" + bytes(255)
+        wire = f.pack_header(len(payload), f.DATA, f.PADDED, sid) + payload
+        p.s.receive_data(wire[:13])                 # header, pad length, payload; padding to come
+        p.s.reset_stream(sid)
+        p.s.receive_data(wire[13:])
+        sent += len(payload)
+        p.s.acknowledge(sid, 3)                     # the reader consumes what it was given
+        out = p.s.bytes_to_send()
+        returned += sum(int.from_bytes(out[pos + 9:pos + 13], "big") & 0x7FFFFFFF
+                        for pos, (_, t, _, s) in _frame_offsets(out) if t == f.WINDOW_UPDATE and s == 0)
+        p.c_events += p.c.receive_data(out)
+        p.pump()
+        p.take("s", Data)
+        p.take("c", StreamReset)
+    assert not p.s.dead
+    assert returned <= sent
+
+
+def _frame_offsets(wire: bytes) -> list[tuple[int, tuple[int, int, int, int]]]:
+    out, pos = [], 0
+    while pos + 9 <= len(wire):
+        hdr = f.unpack_header(wire[pos:pos + 9])
+        out.append((pos, hdr))
+        pos += 9 + hdr[0]
+    return out
