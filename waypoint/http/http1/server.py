@@ -217,7 +217,12 @@ class H1Server(asyncio.Protocol):
         url = self._url.decode("latin-1")
         authority = host or ""
         if not url.startswith("/") and url != "*" and "://" in url:   # absolute-form (RFC 9112 §3.2.2)
-            u = httptools.parse_url(self._url)
+            try:
+                u = httptools.parse_url(self._url)
+            except httptools.HttpParserInvalidURLError:
+                raise Refuse(400, "malformed request target") from None
+            if not u.host:
+                raise Refuse(400, "malformed request target")
             authority = u.host.decode("latin-1") + (f":{u.port}" if u.port else "")
             url = (u.path or b"/").decode("latin-1") + ("?" + u.query.decode("latin-1") if u.query else "")
         if not authority and version == "1.1":     # RFC 9112 §3.2: a client MUST send Host

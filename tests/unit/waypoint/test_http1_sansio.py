@@ -1,0 +1,249 @@
+"""The HTTP/1.1 legs driven without sockets: the real engine, `H1Server` and `H1Client` on fake
+transports, against a scripted origin that parses what the proxy sends it (httptools) and answers
+each request with its target and body length. Hostile byte streams on both legs: what must hold is
+a 4xx (or a cut upstream) and a closed connection, never a traceback, a hang or unbounded
+buffering."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+import pytest
+
+from waypoint.http.engine import Engine, UpstreamTarget
+from waypoint.http.http1 import H1Server
+from waypoint.http.record import RequestRecord
+from waypoint.http.settings import HttpSettings
+from waypoint.request import Downstream, Forward
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self, proto: asyncio.BaseProtocol) -> None:
+        super().__init__()
+        self.proto = proto
+        self.written = bytearray()
+        self.closed = False
+        self.paused = False
+
+    def write(self, data: Any) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            asyncio.get_running_loop().call_soon(self.proto.connection_lost, None)  # type: ignore[attr-defined]
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.proto = protocol
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+def echo(url: bytes, body: bytes) -> bytes:
+    out = url + b" " + str(len(body)).encode()
+    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%b" % (len(out), out)
+
+
+class OriginConn:
+    """One upstream connection: parses the proxy's requests; `answer` each one when it is whole
+    (None: the test answers by hand through `send`)."""
+
+    def __init__(self, t: FakeTransport, answer: Callable[[bytes, bytes], bytes] | None) -> None:
+        self.t, self.answer = t, answer
+        self.reqs: list[tuple[bytes, bytes]] = []
+        self.parser = httptools.HttpRequestParser(self)
+        self._seen = 0
+        self._url = self._body = b""
+
+    def on_message_begin(self) -> None:
+        self._url = self._body = b""
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        self.reqs.append((self._url, self._body))
+
+    def pump(self) -> None:
+        new = bytes(self.t.written[self._seen:])
+        self._seen = len(self.t.written)
+        if new and not self.t.closed:
+            n = len(self.reqs)
+            self.parser.feed_data(new)
+            for url, body in self.reqs[n:]:
+                if self.answer is not None:
+                    self.send(self.answer(url, body))
+
+    def send(self, data: bytes) -> None:
+        if not self.t.closed:
+            self.t.proto.data_received(data)  # type: ignore[attr-defined]
+
+
+@dataclass
+class Run:
+    client: FakeTransport
+    server: H1Server
+    origins: list[OriginConn] = field(default_factory=list)
+    records: list[RequestRecord] = field(default_factory=list)
+    closed: bool = False        # the client connection was closed before the engine shut down
+
+    @property
+    def out(self) -> bytes:
+        return bytes(self.client.written)
+
+    @property
+    def upstream_requests(self) -> list[tuple[bytes, bytes]]:
+        return [r for o in self.origins for r in o.reqs]
+
+
+def drive(chunks: list[bytes], *, answer: Callable[[bytes, bytes], bytes] | None = echo,
+          settings: HttpSettings | None = None,
+          then: Callable[[Run], list[bytes]] | None = None) -> Run:
+    """Feed `chunks` to one downstream connection, a read at a time, letting the loop and the
+    origin run between reads; `then(run)` may play the origin's part by hand afterwards."""
+
+    async def main() -> Run:
+        run: Run | None = None
+
+        async def connect() -> Any:
+            class Plug:
+                def attach(self, proto: asyncio.Protocol) -> None:
+                    t = FakeTransport(proto)
+                    run.origins.append(OriginConn(t, answer))  # type: ignore[union-attr]
+                    proto.connection_made(t)
+            return Plug()
+
+        def upstream(fwd: Forward, head: Any, down: Downstream, exclude: frozenset[str] = frozenset()) -> UpstreamTarget:
+            return UpstreamTarget(key="origin:80", address="origin:80", connect=connect)
+
+        records: list[RequestRecord] = []
+        engine = Engine(dataclasses.replace(settings or HttpSettings(), drain_timeout=0), lambda h, d: Forward(service="t/x", port=80, route="r"),
+                        upstream, access_log=records.append)  # type: ignore[arg-type]
+        server = H1Server(engine, Downstream(source_ip="10.0.0.1"))
+        t = FakeTransport(server)
+        server.connection_made(t)
+        run = Run(t, server, records=records)
+
+        async def settle() -> None:
+            for _ in range(8):
+                await asyncio.sleep(0)
+                for o in run.origins:
+                    o.pump()
+
+        for c in chunks:
+            if t.closed:
+                break
+            server.data_received(c)
+            await settle()
+        if then is not None:
+            for c in then(run):
+                run.origins[-1].send(c)
+                await settle()
+        await settle()
+        run.closed = t.closed
+        await engine.shutdown()
+        return run
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def status_lines(out: bytes) -> list[bytes]:
+    return re.findall(rb"HTTP/1\.1 (\d{3})", out)
+
+
+# --- pipelining ---------------------------------------------------------------------------------
+
+PIPELINE = (b"GET /a HTTP/1.1\r\nhost: h\r\n\r\n"
+            b"POST /b HTTP/1.1\r\nhost: h\r\ncontent-length: 5\r\n\r\nhello"
+            b"POST /c HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nx-trailer: 1\r\n\r\n"
+            b"GET /d HTTP/1.1\r\nhost: h\r\n\r\n")
+
+
+def test_pipelined_requests_cut_at_any_byte_are_served_alike() -> None:
+    """Four pipelined requests (no body, Content-Length, chunked with an extension and a
+    trailer): cut into two reads at every byte, or fed a byte at a time, the origin sees the same
+    requests and the client the same responses, in order."""
+    whole = drive([PIPELINE])
+    assert whole.upstream_requests == [(b"/a", b""), (b"/b", b"hello"), (b"/c", b"abcde"), (b"/d", b"")]
+    assert status_lines(whole.out) == [b"200"] * 4 and not whole.closed
+    cuts = [[PIPELINE[:i], PIPELINE[i:]] for i in range(1, len(PIPELINE))]
+    for chunks in [*cuts, [PIPELINE[i:i + 1] for i in range(len(PIPELINE))]]:
+        run = drive(chunks)
+        assert (run.out, run.upstream_requests) == (whole.out, whole.upstream_requests), chunks[0]
+
+
+# --- malformed requests -------------------------------------------------------------------------
+
+HEAD = b"POST /x HTTP/1.1\r\nhost: h\r\n"
+MALFORMED = {
+    "obs-fold": b"GET / HTTP/1.1\r\nhost: h\r\nx-a: 1\r\n folded\r\n\r\n",
+    "cl-and-te": HEAD + b"content-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    "duplicate-cl": HEAD + b"content-length: 5\r\ncontent-length: 5\r\n\r\nhello",
+    "cl-list": HEAD + b"content-length: 5, 5\r\n\r\nhello",
+    "cl-sign": HEAD + b"content-length: +5\r\n\r\nhello",
+    "te-not-chunked-last": HEAD + b"transfer-encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+    "te-twice": HEAD + b"transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    "te-identity": HEAD + b"transfer-encoding: identity\r\n\r\nhello",
+    "chunk-size-overflow": HEAD + b"transfer-encoding: chunked\r\n\r\n1" + b"0" * 16 + b"\r\n",
+    "chunk-without-crlf": HEAD + b"transfer-encoding: chunked\r\n\r\n1\r\naX0\r\n\r\n",
+    "bare-lf": b"GET / HTTP/1.1\nhost: h\n\n",
+    "space-before-colon": b"GET / HTTP/1.1\r\nhost : h\r\n\r\n",
+    "nul-in-value": b"GET / HTTP/1.1\r\nhost: h\r\nx: a\x00b\r\n\r\n",
+    "bad-version": b"GET / HTTP/1.9\r\nhost: h\r\n\r\n",
+    "ctl-in-target": b"GET /a\x01b HTTP/1.1\r\nhost: h\r\n\r\n",
+    "no-host": b"GET / HTTP/1.1\r\n\r\n",
+    "absolute-form-without-host": b"GET http:///p HTTP/1.1\r\nhost: h\r\n\r\n",
+    "absolute-form-bad-port": b"GET http://h:99999/ HTTP/1.1\r\nhost: h\r\n\r\n",
+    "absolute-form-bad-scheme": b"GET a:// HTTP/1.1\r\nhost: h\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_a_malformed_request_is_400_and_nothing_after_it_is_served(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Request smuggling shapes and unparsable heads: 400, the connection closes, the origin sees
+    nothing (not even the valid request pipelined behind), and nothing is logged as an internal
+    error. Fed whole and a byte at a time."""
+    data = MALFORMED[name] + b"GET /after HTTP/1.1\r\nhost: h\r\n\r\n"
+    for chunks in ([data], [data[i:i + 1] for i in range(len(data))]):
+        run = drive(chunks)
+        assert status_lines(run.out) == [b"400"], run.out
+        assert run.client.closed and run.upstream_requests == []
+        # (a request whose head was whole has its own record: cut short by the error)
+        assert (run.records[-1].status, {r.response_flags for r in run.records}) == (400, {"DPE"})
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_a_valid_request_then_garbage_gets_its_answer_then_400() -> None:
+    run = drive([b"GET /a HTTP/1.1\r\nhost: h\r\n\r\n", b"\x16\x03\x01garbage\r\n\r\n",
+                 b"GET /b HTTP/1.1\r\nhost: h\r\n\r\n"])
+    assert status_lines(run.out) == [b"200", b"400"] and run.client.closed
+    assert run.upstream_requests == [(b"/a", b"")]
