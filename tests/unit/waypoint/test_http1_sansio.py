@@ -247,3 +247,31 @@ def test_a_valid_request_then_garbage_gets_its_answer_then_400() -> None:
                  b"GET /b HTTP/1.1\r\nhost: h\r\n\r\n"])
     assert status_lines(run.out) == [b"200", b"400"] and run.client.closed
     assert run.upstream_requests == [(b"/a", b"")]
+
+
+# --- unbounded buffering ------------------------------------------------------------------------
+
+def _endless(prefix: bytes, line: Callable[[int], bytes], n: int = 3000) -> list[bytes]:
+    return [prefix] + [line(i) for i in range(n)]
+
+
+def test_endless_request_trailers_are_431_not_buffered() -> None:
+    """Trailers count against the same limits as the head: a client that sends trailer lines
+    without end (or one endless trailer) gets 431 and a closed connection, not a waypoint that
+    buffers them all."""
+    head = b"POST /t HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+    settings = HttpSettings(max_header_bytes=8 * 1024, max_headers=50)
+    for chunks in (_endless(head, lambda i: b"x-t%d: %s\r\n" % (i, b"v" * 20)),           # many
+                   _endless(head + b"x-t: ", lambda i: b"v" * 100)):                      # one long
+        run = drive(chunks, settings=settings, answer=None)
+        assert status_lines(run.out) == [b"431"], run.out[:200]
+        assert run.client.closed
+        assert len(b"".join(chunks)) > 10 * settings.max_header_bytes     # (far more was sent)
+
+
+def test_request_trailers_within_the_limits_go_through() -> None:
+    body = b"1\r\na\r\n0\r\n" + b"".join(b"x-t%d: %s\r\n" % (i, b"v" * 50) for i in range(40)) + b"\r\n"
+    data = b"POST /t HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n" + body
+    for chunks in ([data], [data[i:i + 7] for i in range(0, len(data), 7)]):
+        run = drive(chunks, settings=HttpSettings(max_header_bytes=4 * 1024, max_headers=50))
+        assert status_lines(run.out) == [b"200"] and run.upstream_requests == [(b"/t", b"a")]

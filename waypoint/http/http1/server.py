@@ -58,6 +58,10 @@ class H1Server(asyncio.Protocol):
         self._url = b""
         self._headers: Headers = []
         self._trailers: Headers | None = None
+        # Bytes read since a chunk's size line with no chunk data after it: after the last chunk's,
+        # that is the trailer section, which counts against `max_header_bytes` as a head does.
+        # None: not there; -1: the size line came in this read (which held body bytes too).
+        self._tail: int | None = None
         # the response being sent
         self._chunked = False
         self._keep_alive = True
@@ -114,6 +118,10 @@ class H1Server(asyncio.Protocol):
             self._head_bytes += len(data)
             if self._head_bytes > self.settings.max_header_bytes:
                 self._bad(431, "request headers too large")
+        elif self._tail is not None:
+            self._tail = self._tail + len(data) if self._tail >= 0 else 0
+            if self._tail > self.settings.max_header_bytes:
+                self._bad(431, "request trailers too large")
         elif self.parsing is None and not self.closing and parser.should_keep_alive():
             # Between two keep-alive requests the parser holds nothing the next one needs: a held
             # connection keeps none (~0.9 KB), and the next data makes a fresh one (~0.2 µs).
@@ -170,6 +178,7 @@ class H1Server(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._trailers = None
+        self._tail = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -180,6 +189,8 @@ class H1Server(asyncio.Protocol):
             if self._trailers is None:
                 self._trailers = []
             self._trailers.append((k, v))
+            if len(self._trailers) > self.settings.max_headers:
+                raise Refuse(431, f"more than {self.settings.max_headers} request trailers")
             return
         self._headers.append((k, v))
         if len(self._headers) > self.settings.max_headers:
@@ -251,9 +262,16 @@ class H1Server(asyncio.Protocol):
             self._pause("pipeline")
 
     def on_body(self, body: bytes) -> None:
+        self._tail = None
         ex = self.parsing
         if ex is not None:
             ex.request_data(body)
+
+    def on_chunk_header(self) -> None:
+        self._tail = -1
+
+    def on_chunk_complete(self) -> None:
+        self._tail = None
 
     def on_message_complete(self) -> None:
         ex, self.parsing = self.parsing, None
