@@ -275,3 +275,40 @@ def test_request_trailers_within_the_limits_go_through() -> None:
     for chunks in ([data], [data[i:i + 7] for i in range(0, len(data), 7)]):
         run = drive(chunks, settings=HttpSettings(max_header_bytes=4 * 1024, max_headers=50))
         assert status_lines(run.out) == [b"200"] and run.upstream_requests == [(b"/t", b"a")]
+
+
+def test_an_endless_upstream_response_head_is_cut_off() -> None:
+    """An origin that sends header lines without end: the waypoint stops at `max_header_bytes`
+    (503 UPE to the client, as for any malformed response, and the upstream connection closed),
+    as it does for a client's head."""
+    settings = HttpSettings(max_header_bytes=8 * 1024)
+    run = drive([b"GET / HTTP/1.1\r\nhost: h\r\n\r\n"], answer=None, settings=settings,
+                then=lambda run: _endless(b"HTTP/1.1 200 OK\r\n", lambda i: b"x-h%d: %s\r\n" % (i, b"v" * 20)))
+    assert status_lines(run.out) == [b"503"], run.out[:200]
+    assert run.origins[0].t.closed
+    assert [r.response_flags for r in run.records] == ["UPE"]
+
+
+def test_endless_upstream_response_trailers_are_cut_off() -> None:
+    """The same for the response's trailers: the response already started, so the client
+    connection is cut (a truncated response, not a complete wrong one)."""
+    settings = HttpSettings(max_header_bytes=8 * 1024)
+    start = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+    for line in (lambda i: b"x-t%d: %s\r\n" % (i, b"v" * 20), lambda i: b"v" * 100):
+        prefix = start if line(0).startswith(b"x-") else start + b"x-t: "
+        run = drive([b"GET / HTTP/1.1\r\nhost: h\r\n\r\n"], answer=None, settings=settings,
+                    then=lambda run, p=prefix, ln=line: _endless(p, ln))
+        assert run.origins[0].t.closed and run.client.closed
+        assert not run.out.endswith(b"0\r\n\r\n")        # the response is not ended as if whole
+        assert [r.response_flags for r in run.records] == ["UPE"]
+
+
+def test_upstream_response_headers_and_trailers_within_the_limit_go_through() -> None:
+    settings = HttpSettings(max_header_bytes=8 * 1024)
+    many = b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 50) for i in range(100))
+    resp = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n" + many + b"\r\n2\r\nok\r\n0\r\n" + many + b"\r\n"
+    for step in (len(resp), 5):
+        run = drive([b"GET / HTTP/1.1\r\nhost: h\r\n\r\n"], answer=None, settings=settings,
+                    then=lambda run, s=step: [resp[i:i + s] for i in range(0, len(resp), s)])
+        assert status_lines(run.out) == [b"200"] and run.out.count(b"x-h99: ") == 2
+        assert not run.closed and [r.response_flags for r in run.records] == [""]

@@ -31,6 +31,7 @@ class H1Client(asyncio.Protocol):
     def __init__(self, pools: Pools, key: str) -> None:
         self.pools = pools
         self.key = key
+        self._max_head = pools.settings.max_header_bytes
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.ex: Exchange | None = None
@@ -43,6 +44,8 @@ class H1Client(asyncio.Protocol):
         self._headers: Headers = []
         self._trailers: Headers | None = None
         self._in_head = True
+        self._head_bytes = 0
+        self._tail: int | None = None     # the trailer section's bytes, as H1Server counts them
         self._informational = False
         self._eof_body = False        # response body delimited by connection close
         self._chunked = False
@@ -66,6 +69,8 @@ class H1Client(asyncio.Protocol):
             self._close(abort=True)
             return
         self._resp_bytes += len(data)
+        if self._in_head:
+            self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -85,6 +90,18 @@ class H1Client(asyncio.Protocol):
         except httptools.HttpParserError as e:
             log.info("upstream %s sent a malformed response: %s", self.key, e)
             self._fail("UPE", "protocol error")
+            return
+        # A head (or trailer section) without end is refused as a client's is (H1Server): its
+        # lines would be buffered here, and httptools buffers one endless line on its own.
+        if self._in_head and self.ex is not None:
+            if self._head_bytes > self._max_head:
+                log.info("upstream %s sent response headers over %d bytes", self.key, self._max_head)
+                self._fail("UPE", "response headers too large")
+        elif self._tail is not None:
+            self._tail = self._tail + len(data) if self._tail >= 0 else 0
+            if self._tail > self._max_head:
+                log.info("upstream %s sent response trailers over %d bytes", self.key, self._max_head)
+                self._fail("UPE", "response trailers too large")
 
     def eof_received(self) -> bool:
         if self._raw is not None:
@@ -140,6 +157,7 @@ class H1Client(asyncio.Protocol):
         self._resp_bytes = 0
         self._headers, self._trailers = [], None
         self._in_head, self._informational, self._eof_body = True, False, False
+        self._head_bytes, self._tail = 0, None
         self._head_request = head.method == "HEAD"
         out: Headers = [("host", head.authority)]
         cookies = []
@@ -202,6 +220,7 @@ class H1Client(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._headers, self._trailers = [], None
         self._in_head = True
+        self._head_bytes, self._tail = 0, None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         item = (name.decode("latin-1").lower(), value.decode("latin-1"))
@@ -234,8 +253,15 @@ class H1Client(asyncio.Protocol):
             self._complete()
 
     def on_body(self, body: bytes) -> None:
+        self._tail = None
         if self.ex is not None:
             self.ex.response_data(body)
+
+    def on_chunk_header(self) -> None:
+        self._tail = -1
+
+    def on_chunk_complete(self) -> None:
+        self._tail = None
 
     def on_message_complete(self) -> None:
         if self._informational:
