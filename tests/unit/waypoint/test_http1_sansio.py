@@ -221,6 +221,9 @@ MALFORMED = {
     "bad-version": b"GET / HTTP/1.9\r\nhost: h\r\n\r\n",
     "ctl-in-target": b"GET /a\x01b HTTP/1.1\r\nhost: h\r\n\r\n",
     "no-host": b"GET / HTTP/1.1\r\n\r\n",
+    # RFC 9112 §3.2: a 400, not a choice (routing by one Host while a hop behind reads the other)
+    "two-hosts": b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+    "two-hosts-http10": b"GET / HTTP/1.0\r\nhost: a\r\nHost: a\r\n\r\n",
     "absolute-form-without-host": b"GET http:///p HTTP/1.1\r\nhost: h\r\n\r\n",
     "absolute-form-bad-port": b"GET http://h:99999/ HTTP/1.1\r\nhost: h\r\n\r\n",
     "absolute-form-bad-scheme": b"GET a:// HTTP/1.1\r\nhost: h\r\n\r\n",

@@ -208,8 +208,9 @@ class H1Server(asyncio.Protocol):
             if k not in _HEAD_FIELDS:   # most headers: one set test (§65)
                 continue
             if k == "host":
-                if host is None:
-                    host = v
+                if host is not None:    # RFC 9112 §3.2: MUST be answered 400, never resolved by choosing
+                    raise Refuse(400, "more than one host header")
+                host = v
             elif k == "transfer-encoding":
                 te = True
             elif k == "content-length":
