@@ -310,3 +310,38 @@ def _encode_reference(pseudo: list[tuple[str, str]], headers: list[tuple[str, st
 def test_encode_headers_drops_what_http2_forbids_and_keeps_the_rest_in_order(headers: list[tuple[str, str]]) -> None:
     for pseudo in ([], [(":status", "200")]):
         assert encode_headers(pseudo, headers) == _encode_reference(pseudo, headers)
+
+
+@pytest.mark.parametrize("codec", ["nghttp2", "h2"])
+@pytest.mark.parametrize("path", ["/a b", "x", "/a HTTP/1.1", "/a\tb", "*"])
+def test_a_malformed_path_resets_its_stream_and_the_connection_serves_on(backends: dict, codec: str,
+                                                                         path: str) -> None:
+    """RFC 9113 §8.1.1: a `:path` that is no origin-form target (or "*" on a GET) is a stream error,
+    whichever codec parses it: RST_STREAM PROTOCOL_ERROR, nothing forwarded (it would land in the
+    origin's HTTP/1.1 request line as is), and the next stream on the connection is served."""
+    ports = {"default": backends["h1"].port}
+    p = Proxy(by_header(ports), settings=HttpSettings(h2_codec=codec))
+    try:
+        c = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
+        c.initiate_connection()
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            c.send_headers(1, [(":method", "GET"), (":scheme", "http"), (":authority", "web"), (":path", path)],
+                           end_stream=True)
+            c.send_headers(3, [(":method", "GET"), (":scheme", "http"), (":authority", "web"), (":path", "/ok")],
+                           end_stream=True)
+            s.sendall(c.data_to_send())
+            resets, statuses = {}, {}
+            while 3 not in statuses or 1 not in resets:
+                data = s.recv(65536)
+                assert data, f"connection closed; resets {resets}, statuses {statuses}"
+                for ev in c.receive_data(data):
+                    if isinstance(ev, h2.events.StreamReset):
+                        resets[ev.stream_id] = ev.error_code
+                    elif isinstance(ev, h2.events.ResponseReceived):
+                        statuses[ev.stream_id] = dict(ev.headers)[b":status"]
+                s.sendall(c.data_to_send())
+        assert resets == {1: h2.errors.ErrorCodes.PROTOCOL_ERROR}
+        assert statuses == {3: b"200"}
+    finally:
+        p.close()

@@ -136,11 +136,21 @@ class H2Server(H2Base):
                 pass
             return
         pseudo, headers = decode_headers(ev.headers)
+        path = pseudo.get(":path", "/")
+        if not _valid_path(path, pseudo.get(":method")):
+            # RFC 9113 §8.1.1: malformed, a stream error. nghttp2 finds it itself; the `h2` codec
+            # does not, and the path would end up in the upstream's HTTP/1.1 request line as is.
+            log.info("HTTP/2 stream %d: malformed :path %r, reset", sid, path[:100])
+            try:
+                self.h2.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+            except h2.exceptions.H2Error:
+                pass
+            return
         authority = pseudo.get(":authority") or next((v for k, v in headers if k == "host"), "")
         if "host" in map(header_name, headers):       # rare in HTTP/2: test the names in C before copying
             headers = [(k, v) for k, v in headers if k != "host"]
         method = pseudo.get(":method", "GET")
-        head = RequestHead(method, pseudo.get(":path", "/"), authority, pseudo.get(":scheme", "http"),
+        head = RequestHead(method, path, authority, pseudo.get(":scheme", "http"),
                            headers, "2", is_grpc(headers))
         if ev.stream_ended is not None:
             body = BODY_NONE
@@ -194,3 +204,11 @@ class H2Server(H2Base):
             self.transport.write(f.serialize())
         self.closing = True
         self.maybe_done()
+
+
+def _valid_path(path: str, method: str | None) -> bool:
+    """RFC 9113 §8.3.1: `:path` is an origin-form target (starts with "/"), or "*" for OPTIONS; no
+    space or control character (they would split or end an HTTP/1.1 request line). Two C calls."""
+    if path[:1] != "/" and not (path == "*" and method == "OPTIONS"):
+        return False
+    return path.isprintable() and " " not in path
