@@ -432,17 +432,25 @@ class H1Server(asyncio.Protocol):
         if self.queue and self.queue[0].resp_started:
             self.send_reset()
             return
+        parsing = self.parsing
+        answers = parsing is not None and not parsing.done
+        if answers:
+            # The error is in this request's body or trailers: the 400 answers it, so its own record
+            # says so (one access line and one count per request, as Envoy's), not a second record.
+            parsing.record.status = status      # type: ignore[union-attr]
+            parsing.record.detail = reason      # type: ignore[union-attr]
         for ex in list(self.queue):
             ex.request_abort("DPE")
         self.queue = _NO_QUEUE
         self.parsing = None
-        rec = RequestRecord("", self._url.decode("latin-1")[:256], "", "HTTP/1.1", self.downstream, status=status,
-                            response_flags="DPE", detail=reason)
-        try:
-            self.engine.access_log(rec)
-            self.engine.stats(rec)
-        except Exception:
-            log.exception("access-log sink failed")
+        if not answers:
+            rec = RequestRecord("", self._url.decode("latin-1")[:256], "", "HTTP/1.1", self.downstream,
+                                status=status, response_flags="DPE", detail=reason)
+            try:
+                self.engine.access_log(rec)
+                self.engine.stats(rec)
+            except Exception:
+                log.exception("access-log sink failed")
         body = reason.encode()
         if self.transport is not None and not self.lost:
             self._write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
