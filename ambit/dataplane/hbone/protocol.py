@@ -39,6 +39,10 @@ TURN = 1024 * 1024                  # bytes one stream may frame before the next
 TRANSPORT_HIGH_WATER = 512 * 1024
 TRANSPORT_LOW_WATER = 128 * 1024
 TLS_BATCH = 256 * 1024
+# A write up to this size, with nothing of its stream queued ahead of it, is framed when written
+# (`send_now`) instead of queued for the end of the loop iteration: most writes of a request or a
+# response. Larger ones take the queue, where streams take turns.
+DIRECT_MAX = 64 * 1024
 
 
 class HBONEProtocol(asyncio.Protocol):
@@ -69,6 +73,7 @@ class HBONEProtocol(asyncio.Protocol):
         self._early: list[bytes] = []
         self._pushq: dict[int, HBONEStream] = {}
         self._flush_scheduled = False
+        self._direct = 0        # bytes `send_now` framed since the last write to the transport
         self.closed: asyncio.Future[None] = loop.create_future()
         self.idle_since = loop.time()       # when the last stream went away (loop clock)
 
@@ -155,6 +160,33 @@ class HBONEProtocol(asyncio.Protocol):
         if not self._flush_scheduled:       # `_schedule_flush`, inlined: this runs for every write
             self._flush_scheduled = True
             self.loop.call_soon(self._deferred_flush)
+
+    def send_now(self, st: HBONEStream, view: memoryview) -> int:
+        """Frame a stream's write at once; returns the bytes framed (0: none, the stream queues it).
+
+        For a write with nothing of its stream queued ahead of it (the stream's to ask). The bytes
+        still reach the transport at the end of the loop iteration, with everything else framed in
+        it, so writes of many streams in one iteration still make one TLS record. Why: queueing
+        the write, its stream in `_pushq` and the flush's turn over it cost about 170 bytecodes per
+        DATA frame, most of a request's or response's send path (docs/performance.md, §69).
+
+        Nothing is framed while the transport is paused, for a write over DIRECT_MAX (the queue
+        gives streams turns), or once TLS_BATCH bytes wait for the transport (the queue writes them
+        out in batches: what the TLS transport buffers stays bounded). A stream the connection
+        refuses (reset, closed for sending) is left to the queue's flush, which drops it."""
+        n = len(view)
+        if self.write_paused or self.lost or n > DIRECT_MAX or self._direct >= TLS_BATCH:
+            return 0
+        try:
+            n = self.conn.send_data(st.stream_id, view)
+        except HBONEError:
+            return 0
+        if n:
+            self._direct += n
+            if not self._flush_scheduled:       # `_schedule_flush`, inlined
+                self._flush_scheduled = True
+                self.loop.call_soon(self._deferred_flush)
+        return n
 
     def acknowledge(self, stream_id: int, n: int) -> None:
         """A reader consumed `n` bytes. Flushed only if that queued a WINDOW_UPDATE (one per
@@ -305,6 +337,7 @@ class HBONEProtocol(asyncio.Protocol):
         self._write_out()
 
     def _write_out(self) -> None:
+        self._direct = 0
         out = self.conn.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
             if sum(map(len, out)) <= TLS_BATCH:

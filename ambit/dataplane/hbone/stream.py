@@ -228,6 +228,12 @@ class HBONEStream:
         view = memoryview(data if isinstance(data, bytes) else bytes(data))
         tx = self._tx
         if tx is _NO_QUEUE:
+            # Nothing of ours is queued ahead of it: the connection may frame it at once (§69).
+            n = self._proto.send_now(self, view)
+            if n == len(view):
+                return
+            if n:
+                view = view[n:]
             tx = self._tx = deque()
         tx.append(view)  # type: ignore[union-attr]
         self._tx_bytes += len(view)

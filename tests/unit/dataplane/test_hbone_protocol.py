@@ -1,0 +1,125 @@
+"""HBONEProtocol's send path on a fake transport: what a stream's `write()` puts on the wire, and when.
+
+A small write with nothing of its stream queued is framed at once (`send_now`, docs/performance.md
+§69), yet the transport still gets one write per loop iteration for all streams; what the windows
+or a paused transport hold back waits in the stream's queue and follows in order. The bytes are
+read back by a server-side `HBONEConnection`, as the peer would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ambit.dataplane.hbone import frames as f
+from ambit.dataplane.hbone.connection import Data, HBONEConnection
+from ambit.dataplane.hbone.protocol import DIRECT_MAX, HBONEProtocol
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def writelines(self, pieces: Any) -> None:
+        self.writes.append(b"".join(bytes(p) for p in pieces))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+class Wire:
+    """A client HBONEProtocol on a fake transport, and the server connection reading its bytes."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.t = FakeTransport()
+        self.proto = HBONEProtocol(HBONEConnection(client_side=True), loop=self.loop)
+        self.proto.connection_made(self.t)      # type: ignore[arg-type]
+        self.proto.start("spiffe://cluster.local/ns/demo/sa/server")
+        self.server = HBONEConnection(client_side=False)
+        self.server.initiate()
+        self.received: dict[int, bytearray] = {}
+        self.read()
+
+    def read(self) -> int:
+        """Feed the server what the client wrote so far; returns how many transport writes that was."""
+        n = len(self.t.writes)
+        for w in self.t.writes:
+            for ev in self.server.receive_data(w):
+                if isinstance(ev, Data):
+                    self.received.setdefault(ev.stream_id, bytearray()).extend(ev.data)
+        self.t.writes.clear()
+        return n
+
+    def open(self) -> Any:
+        return self.proto.open_stream("10.0.0.2:80", [])
+
+
+def test_small_writes_are_framed_at_once_and_leave_in_one_write_per_iteration() -> None:
+    asyncio.run(_small_writes_are_framed_at_once_and_leave_in_one_write_per_iteration())
+
+
+async def _small_writes_are_framed_at_once_and_leave_in_one_write_per_iteration() -> None:
+    w = Wire()
+    a, b = w.open(), w.open()
+    await asyncio.sleep(0)
+    w.read()
+    a.write(b"GET / HTTP/1.1\r\n\r\n")
+    b.write(b"x" * 1000)
+    a.write(b"more")
+    assert not w.t.writes, "the transport write waits for the end of the iteration"
+    await asyncio.sleep(0)
+    assert w.read() == 1, "all three writes, of two streams, in one transport write"
+    assert w.received == {a.stream_id: bytearray(b"GET / HTTP/1.1\r\n\r\nmore"), b.stream_id: bytearray(b"x" * 1000)}
+
+
+def test_what_the_window_holds_back_follows_in_order_once_it_opens() -> None:
+    asyncio.run(_what_the_window_holds_back_follows_in_order_once_it_opens())
+
+
+async def _what_the_window_holds_back_follows_in_order_once_it_opens() -> None:
+    w = Wire()
+    st = w.open()
+    await asyncio.sleep(0)
+    w.read()
+    chunks = [bytes([65 + i]) * 10_000 for i in range(9)]      # 90,000 bytes against a 65,535 window
+    for c in chunks:
+        st.write(c)
+    await asyncio.sleep(0)
+    w.read()
+    assert len(w.received[st.stream_id]) == f.DEFAULT_WINDOW
+    assert st._tx_bytes == 90_000 - f.DEFAULT_WINDOW, "the rest waits in the stream's queue"
+    st.write(b"tail")                   # behind the queue, never around it
+    w.proto.data_received(f.window_update(0, 1 << 20) + f.window_update(st.stream_id, 1 << 20))
+    await asyncio.sleep(0)
+    w.read()
+    assert bytes(w.received[st.stream_id]) == b"".join(chunks) + b"tail"
+
+
+def test_nothing_is_framed_while_the_transport_is_paused_or_for_a_large_write() -> None:
+    asyncio.run(_nothing_is_framed_while_the_transport_is_paused_or_for_a_large_write())
+
+
+async def _nothing_is_framed_while_the_transport_is_paused_or_for_a_large_write() -> None:
+    w = Wire()
+    st = w.open()
+    await asyncio.sleep(0)
+    w.read()
+    w.proto.data_received(f.window_update(0, 1 << 20) + f.window_update(st.stream_id, 1 << 20))
+    w.proto.pause_writing()
+    st.write(b"held")
+    assert st._tx_bytes == 4 and not w.proto.conn.data_to_send(), "queued, not framed"
+    w.proto.resume_writing()
+    big = b"z" * (DIRECT_MAX + 1)
+    st.write(big)
+    assert st._tx_bytes == len(big), "a large write takes the queue, where streams take turns"
+    st.write(b"after")                  # small, but behind the queue: never framed around it
+    await asyncio.sleep(0)
+    w.read()
+    assert bytes(w.received[st.stream_id]) == b"held" + big + b"after"
