@@ -65,6 +65,7 @@ _RECENT_RESETS = 256      # streams we reset, remembered so that their late DATA
 ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = 2, 3, 4, 5, 6
 _SETTING = struct.Struct(">HI")
 _COALESCE = 16 * 1024     # pieces smaller than this are copied together; larger ones go out as-is
+_unpack_header_at = f.unpack_header_at
 
 REASON_HEADER = "ambit-reason"
 
@@ -93,9 +94,11 @@ class ConnectResponse:
         return self.headers.get(REASON_HEADER, "")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Data:
-    """Tunnel bytes. `data` is a view into the buffer given to `receive_data`: do not mutate it."""
+    """Tunnel bytes. `data` is a view into the buffer given to `receive_data`: do not mutate it.
+    (Not frozen: one is made per DATA frame, and a frozen dataclass's `__init__` sets each field
+    through `object.__setattr__`.)"""
 
     stream_id: int
     data: memoryview
@@ -209,6 +212,9 @@ class HBONEConnection:
         self.client_side = client_side
         self.stream_window = stream_window
         self.connection_window = connection_window
+        # WINDOW_UPDATEs go out a quarter window at a time (`acknowledge`, run for every DATA frame)
+        self._stream_ack_at = stream_window // 4
+        self._conn_ack_at = connection_window // 4
         self.max_frame = max_frame
         if max_concurrent_streams < 1:
             raise ValueError(f"max_concurrent_streams {max_concurrent_streams} out of range")
@@ -449,22 +455,24 @@ class HBONEConnection:
         """
         if nbytes <= 0:
             return False
-        self._conn_unacked += nbytes        # `_ack_connection`, inlined: this runs for every read
-        queued = self._conn_unacked >= self.connection_window // 4 and self._ack_connection(0)
+        unacked = self._conn_unacked + nbytes       # `_ack_connection`, inlined: this runs for every read
+        self._conn_unacked = unacked
+        queued = unacked >= self._conn_ack_at and self._ack_connection(0)
         st = self._streams.get(stream_id)
         if st is None or st.recv_ended:
             return queued
-        st.unacked += nbytes
-        if st.unacked >= self.stream_window // 4:
-            self._emit(f.window_update(stream_id, st.unacked))
-            st.recv_window += st.unacked
+        unacked = st.unacked + nbytes
+        if unacked >= self._stream_ack_at:
+            self._emit(f.window_update(stream_id, unacked))
+            st.recv_window += unacked
             st.unacked = 0
             return True
+        st.unacked = unacked
         return queued
 
     def _ack_connection(self, nbytes: int) -> bool:
         self._conn_unacked += nbytes
-        if self._conn_unacked >= self.connection_window // 4 and not self._fatal:
+        if self._conn_unacked >= self._conn_ack_at and not self._fatal:
             self._emit(f.window_update(0, self._conn_unacked))
             self._conn_recv_window += self._conn_unacked
             self._conn_unacked = 0
@@ -508,31 +516,31 @@ class HBONEConnection:
             if not self._preface_left:
                 self._preface_seen = True
                 self._feed_codec(f.PREFACE, events)
-        hlen = f.HEADER_LEN
         streams = self._streams
         while pos < n and not self._fatal:
             frame = self._frame
-            if frame is None and not self._hdr and n - pos >= hlen:
+            if frame is None and not self._hdr and n - pos >= 9:      # f.HEADER_LEN
                 # Fast path, the common case: a whole frame header here. A whole, unpadded DATA
                 # frame for a stream that may receive it becomes its `Data` event at once, with no
-                # per-frame receive state; anything else goes the general way below.
-                header = data[pos:pos + hlen]
-                length, ftype, flags, sid = f.unpack_header(header)
-                end = pos + hlen + length
-                if (ftype == f.DATA and end <= n and not flags & f.PADDED and not self._in_header_block
+                # per-frame receive state; anything else goes the general way below. (Literals and
+                # an inline unpack: this runs for every DATA frame; f.DATA is 0, f.PADDED 0x8.)
+                hi, lo, ftype, flags, sid = _unpack_header_at(data, pos)
+                length = hi << 8 | lo
+                end = pos + 9 + length
+                if (ftype == 0 and end <= n and not flags & 0x8 and not self._in_header_block
                         and length <= self._conn_recv_window and length <= self.max_frame):
-                    st = streams.get(sid)
+                    st = streams.get(sid & 0x7FFFFFFF)
                     if st is not None and st.receiving and length <= st.recv_window:
                         self._conn_recv_window -= length
                         st.recv_window -= length
                         if length:
-                            events.append(Data(sid, mv[pos + hlen:end]))
+                            events.append(Data(st.id, mv[pos + 9:end]))
                         pos = end
                         if flags & f.END_STREAM:
-                            self._feed_codec(f.data_header(0, sid, f.END_STREAM), events)
+                            self._feed_codec(f.data_header(0, st.id, f.END_STREAM), events)
                         continue
-                pos += hlen
-                self._start_frame(header, events)
+                self._start_frame(data[pos:pos + 9], events)
+                pos += 9
                 continue
             if frame is None:
                 take = min(f.HEADER_LEN - len(self._hdr), n - pos)

@@ -47,6 +47,9 @@ MAX_WINDOW = 2**31 - 1
 MAX_FRAME_LIMIT = 2**24 - 1
 
 _HDR = struct.Struct(">HBBBI")  # 24-bit length split as (high 16, low 8), type, flags, stream id
+# (hi, lo, type, flags, stream id) of the header at `offset`, without a slice or a Python call:
+# the DATA receive path's one use per frame (the length is hi << 8 | lo; mask the id's reserved bit)
+unpack_header_at = _HDR.unpack_from
 _WU = struct.Struct(">HBBBII")
 
 
