@@ -298,11 +298,11 @@ class TunnelRelay(_Relay):
         if self.over:
             return
         try:
-            self.tunnel.write(data)
+            writable = self.tunnel.write(data)
         except (ConnectionError, RuntimeError):
             self._end(failed=True)
             return
-        if not self.tunnel.writable():
+        if not writable:
             leg.pause_reading()
 
     def leg_eof(self, leg: Leg) -> None:

@@ -158,11 +158,11 @@ class HBONETransport(asyncio.Transport):
         if self._closing or self._lost:
             return
         try:
-            self.stream.write(data)
+            writable = self.stream.write(data)
         except (ConnectionError, RuntimeError) as e:
             self._finish(e if isinstance(e, ConnectionError) else ConnectionResetError(str(e)))
             return
-        if not self._write_paused and not self.stream.writable() and self._protocol is not None:
+        if not writable and not self._write_paused and self._protocol is not None:
             self._write_paused = True
             self._protocol.pause_writing()
 

@@ -50,6 +50,7 @@ _HDR = struct.Struct(">HBBBI")  # 24-bit length split as (high 16, low 8), type,
 # (hi, lo, type, flags, stream id) of the header at `offset`, without a slice or a Python call:
 # the DATA receive path's one use per frame (the length is hi << 8 | lo; mask the id's reserved bit)
 unpack_header_at = _HDR.unpack_from
+HEADER = _HDR
 _WU = struct.Struct(">HBBBII")
 
 

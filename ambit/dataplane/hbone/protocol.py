@@ -256,7 +256,8 @@ class HBONEProtocol(asyncio.Protocol):
                     self._write_out()
                     if self.transport is not None:
                         self.transport.close()
-        self._maybe_finish()
+        if not self.streams:        # (`_maybe_finish` ends there when streams are open: every read)
+            self._maybe_finish()
 
     def _on_connect_request(self, ev: ConnectRequest) -> None:
         st = HBONEStream(self, ev.stream_id, authority=ev.authority, headers=ev.headers,

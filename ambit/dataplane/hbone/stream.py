@@ -217,27 +217,31 @@ class HBONEStream:
 
     # --- writing --------------------------------------------------------------------------------
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue bytes for the peer. Mutable buffers are copied; `bytes` are sent by reference."""
+    def write(self, data: bytes | bytearray | memoryview) -> bool:
+        """Queue bytes for the peer. Mutable buffers are copied; `bytes` are sent by reference.
+
+        Returns what `writable()` would say next (and, if False, the sink is woken when there is
+        room, as after `writable()`): a relay learns whether to hold back without a second call."""
         if self._error is not None:
             raise self._error
         if self._tx_eof:
             raise RuntimeError(f"{self!r}: write after write_eof()")
         if not data:
-            return
+            return self.writable()
         view = memoryview(data if isinstance(data, bytes) else bytes(data))
         tx = self._tx
         if tx is _NO_QUEUE:
             # Nothing of ours is queued ahead of it: the connection may frame it at once (§69).
             n = self._proto.send_now(self, view)
             if n == len(view):
-                return
+                return True     # (framed: nothing queued, and the transport was not paused)
             if n:
                 view = view[n:]
             tx = self._tx = deque()
         tx.append(view)  # type: ignore[union-attr]
         self._tx_bytes += len(view)
         self._proto.push(self)
+        return self.writable()
 
     async def drain(self) -> None:
         """Wait until the queue is below `high_water` and the connection can take more."""
