@@ -36,7 +36,7 @@ from ambit.dataplane.ports import (
     PORT_OUTBOUND,
 )
 from ambit.dataplane.relay import Leg
-from ambit.netns import entered
+from ambit.netns import entered, socket_at
 from ambit.zds import PodInfo
 from ztunnel import listengroup
 
@@ -129,8 +129,7 @@ class PodProxy:
 
     def socket(self) -> socket.socket:
         """A plain TCP socket in the pod's netns (for connections *from* the pod's address)."""
-        with entered(self.netns_fd):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        s = socket_at(self.netns_fd)
         s.setblocking(False)
         return s
 

@@ -70,3 +70,24 @@ def test_a_pods_own_listener_on_ztunnels_port_is_refused(netns: str, reuseport: 
             assert listengroup.listener_marks(PORT_OUTBOUND) == []
         finally:
             squat.close()
+
+
+def test_a_delivery_socket_is_made_in_the_pods_netns_and_the_thread_comes_home(netns: str) -> None:
+    """`socket_at` (every delivered connection's socket): made in the pod's netns, and the thread is
+    back in its own netns after each call, the home fd reused (ambit/netns.py)."""
+    import os
+
+    from ambit.netns import SO_NETNS_COOKIE, netns_cookie, socket_at
+    home = os.stat("/proc/thread-self/ns/net").st_ino
+    fd = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
+    try:
+        for _ in range(3):
+            s = socket_at(fd)
+            try:
+                cookie = int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+            finally:
+                s.close()
+            assert cookie == netns_cookie(netns) != netns_cookie()
+            assert os.stat("/proc/thread-self/ns/net").st_ino == home
+    finally:
+        os.close(fd)
