@@ -69,8 +69,6 @@ class H1Client(asyncio.Protocol):
             self._close(abort=True)
             return
         self._resp_bytes += len(data)
-        if self._in_head:
-            self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -92,11 +90,15 @@ class H1Client(asyncio.Protocol):
             self._fail("UPE", "protocol error")
             return
         # A head (or trailer section) without end is refused as a client's is (H1Server): its
-        # lines would be buffered here, and httptools buffers one endless line on its own.
-        if self._in_head and self.ex is not None:
-            if self._head_bytes > self._max_head:
-                log.info("upstream %s sent response headers over %d bytes", self.key, self._max_head)
-                self._fail("UPE", "response headers too large")
+        # lines would be buffered here, and httptools buffers one endless line on its own. Only
+        # reads that end inside the head are counted: most heads end in their first read, which
+        # then costs nothing here.
+        if self._in_head:
+            if self.ex is not None:
+                self._head_bytes += len(data)
+                if self._head_bytes > self._max_head:
+                    log.info("upstream %s sent response headers over %d bytes", self.key, self._max_head)
+                    self._fail("UPE", "response headers too large")
         elif self._tail is not None:
             self._tail = self._tail + len(data) if self._tail >= 0 else 0
             if self._tail > self._max_head:
@@ -157,7 +159,6 @@ class H1Client(asyncio.Protocol):
         self._resp_bytes = 0
         self._headers, self._trailers = [], None
         self._in_head, self._informational, self._eof_body = True, False, False
-        self._head_bytes, self._tail = 0, None
         self._head_request = head.method == "HEAD"
         out: Headers = [("host", head.authority)]
         cookies = []
