@@ -23,6 +23,7 @@ import pytest
 import uvloop
 
 from ambit.dataplane.hbone import HBONEStream
+from tests.support import cycles
 from tests.unit.dataplane.test_hbone import Mesh
 from tests.unit.waypoint.harness import Origin, start_h2_origin
 from tests.unit.waypoint.test_hbone_plug import _read_http1
@@ -38,20 +39,9 @@ N = 20
 
 
 def garbage_of(loop: asyncio.AbstractEventLoop, work: Callable[[], Awaitable[None]]) -> Counter[str]:
-    """Types of the objects only the cyclic collector could free, left by `work()`."""
-    for _ in range(10):     # to a fixed point: finalizers run by one collection (an earlier test's
-        if not gc.collect():    # loop, transports) can leave new garbage for the next
-            break
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        loop.run_until_complete(work())
-        gc.collect()
-        return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+    """Types of the objects only the cyclic collector could free, left by `work()`
+    (tests/support/cycles.py: another thread's garbage in the window is not counted)."""
+    return cycles.garbage_of(lambda: loop.run_until_complete(work()))
 
 
 def test_requests_and_tunnels_through_the_engine_leave_no_cycles(ca) -> None:  # noqa: ANN001

@@ -10,12 +10,12 @@ method, which is not ours to fix).
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections import Counter
 
 import uvloop
 
 from ambit.dataplane.settings import TunnelSettings
+from tests.support import cycles
 from tests.unit.ztunnel.test_proxy_inprocess import (
     APP_PORT,
     CLIENT_IP,
@@ -34,20 +34,9 @@ CONNS = 20
 
 
 def garbage_of(make_connections) -> Counter[str]:
-    """Types of the objects only the cyclic collector could free, left by `make_connections()`."""
-    for _ in range(10):     # to a fixed point: finalizers run by one collection (an earlier test's
-        if not gc.collect():    # loop, transports) can leave new garbage for the next
-            break
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        make_connections()
-        gc.collect()
-        return Counter(type(o).__qualname__ for o in gc.garbage)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+    """Types of the objects only the cyclic collector could free, left by `make_connections()`
+    (tests/support/cycles.py: another thread's garbage in the window is not counted)."""
+    return cycles.garbage_of(make_connections, qualified=False)
 
 
 def test_tunnelled_and_plaintext_connections_leave_no_cycles(ca):
