@@ -124,7 +124,12 @@ class NgHttp2Connection:
             self._local.append((ENABLE_PUSH, 0))
         self._events: list[Any] = []
         self._early: list[bytes] = []       # framed before `data_to_send` asked (see send_headers)
+        # Something was submitted (or received) since the last `_serialise` found nothing more to
+        # frame. nghttp2 queues frames only then, never on its own, so a clean session is not asked
+        # again: about half of the `mem_send` calls (two cffi calls per codec action) found nothing.
+        self._dirty = True
         self._pp = ffi.new("const char **")
+        self._max_out_frame: int | None = None   # the peer's SETTINGS_MAX_FRAME_SIZE, until its next SETTINGS
         self._rst_ready: list[int] = []     # RST_STREAM NO_ERROR to send after what is queued
         self._hdrs: list[tuple[bytes, bytes]] = []    # the header block being received (blocks
         self._hsize = 0                                 # never interleave: RFC 9113 §4.3)
@@ -156,24 +161,31 @@ class NgHttp2Connection:
 
     def initiate_connection(self) -> None:
         iv = ffi.new("nghttp2_settings_entry[]", self._local)
+        self._dirty = True
         self._check(self._L.nghttp2_submit_settings(self._s, 0, iv, len(self._local)))
 
     def increment_flow_control_window(self, increment: int, stream_id: int | None = None) -> None:
         """Connection window only (what the waypoint uses): raise it by `increment`."""
         cur = DEFAULT_WINDOW if stream_id is None else 0
+        self._dirty = True
         self._check(self._L.nghttp2_session_set_local_window_size(self._s, 0, stream_id or 0, cur + increment))
 
     def receive_data(self, data: bytes) -> list[Any]:
         events = self._events = []
+        self._dirty = True      # it may answer (SETTINGS and PING ACKs, RST_STREAM, GOAWAY)
         rv = self._L.nghttp2_session_mem_recv(self._s, data, len(data))
         if rv < 0:
             why = ffi.string(self._L.nghttp2_strerror(rv)).decode()
             self._L.nghttp2_session_terminate_session(self._s, PROTOCOL_ERROR)
             raise h2.exceptions.ProtocolError(why)
         # A connection error nghttp2 found queues its GOAWAY and ends reading once that is framed:
-        # frame it now (`data_to_send` returns it) so the error surfaces here, as in h2.
-        self._serialise(self._early)
-        if not self._goaway_recv and not self._terminated and not self._L.nghttp2_session_want_read(self._s):
+        # frame it now (`data_to_send` returns it) so the error surfaces here, as in h2. (Nothing
+        # framed: no GOAWAY, and no need to ask.)
+        early = self._early
+        before = len(early)
+        self._serialise(early)
+        if (len(early) != before and not self._goaway_recv and not self._terminated
+                and not self._L.nghttp2_session_want_read(self._s)):
             raise h2.exceptions.ProtocolError(self._error or "HTTP/2 connection error")
         return events
 
@@ -187,6 +199,8 @@ class NgHttp2Connection:
         return b"".join(parts) if len(parts) != 1 else parts[0]
 
     def _serialise(self, parts: list[bytes]) -> None:
+        if not self._dirty:
+            return
         L, s = self._L, self._s
         pp = self._pp
         while True:
@@ -202,13 +216,18 @@ class NgHttp2Connection:
                     L.nghttp2_submit_rst_stream(s, 0, sid, 0)
                 continue
             break
+        self._dirty = False
 
     def get_next_available_stream_id(self) -> int:
         return self._L.nghttp2_session_get_next_stream_id(self._s)
 
     @property
     def max_outbound_frame_size(self) -> int:
-        return self._L.nghttp2_session_get_remote_settings(self._s, MAX_FRAME_SIZE)
+        """Asked for every DATA frame the waypoint sends: one cffi call per SETTINGS, not per frame."""
+        m = self._max_out_frame
+        if m is None:
+            m = self._max_out_frame = self._L.nghttp2_session_get_remote_settings(self._s, MAX_FRAME_SIZE)
+        return m
 
     def local_flow_control_window(self, stream_id: int) -> int:
         """What may still be queued on `stream_id`: the peer's windows minus what is queued."""
@@ -222,6 +241,7 @@ class NgHttp2Connection:
         return max(0, w if w < c else c)
 
     def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool = False) -> None:
+        self._dirty = True
         nva, keep = _nva(headers)
         if stream_id in self._sent_head:            # trailers
             out = self._out.get(stream_id)
@@ -245,6 +265,7 @@ class NgHttp2Connection:
             self._serialise(self._early)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False, pad_length: Any = None) -> None:
+        self._dirty = True
         out = self._out.get(stream_id)
         if out is None:
             if self._L.nghttp2_session_get_stream_remote_window_size(self._s, stream_id) < 0:
@@ -262,6 +283,7 @@ class NgHttp2Connection:
             self._arm(stream_id, out)
 
     def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None:
+        self._dirty = True      # a WINDOW_UPDATE may be due
         self._L.nghttp2_session_consume(self._s, stream_id, acknowledged_size)
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
@@ -269,6 +291,7 @@ class NgHttp2Connection:
         RST_STREAM ahead of queued DATA and drops a queued HEADERS of a stream it is resetting, so
         RST_STREAM NO_ERROR (a complete response; RFC 9113 §8.1) waits until the stream's last
         frame is framed. Any other code aborts the stream: its unsent DATA is dropped."""
+        self._dirty = True
         if not error_code:
             out = self._out.get(stream_id)
             if out is not None and out.armed:
@@ -282,6 +305,7 @@ class NgHttp2Connection:
     def close_connection(self, error_code: int = 0, additional_data: bytes | None = None,
                          last_stream_id: int | None = None) -> None:
         self._terminated = True
+        self._dirty = True
         self._check(self._L.nghttp2_session_terminate_session(self._s, int(error_code)))
 
     # --- internals ------------------------------------------------------------------------------
@@ -299,6 +323,7 @@ class NgHttp2Connection:
         self._arm(stream_id, out)
 
     def _arm(self, stream_id: int, out: _Out) -> None:
+        self._dirty = True
         if not out.armed:
             out.armed = True
             out.deferred = False
@@ -400,6 +425,7 @@ class NgHttp2Connection:
                 ev = h2.events.SettingsAcknowledged()
                 ev.changed_settings = {}
             else:
+                self._max_out_frame = None      # (nghttp2 applied them on receipt)
                 ev = h2.events.RemoteSettingsChanged()
                 st = frame.settings
                 ev.changed_settings = {st.iv[i].settings_id: st.iv[i].value for i in range(st.niv)}

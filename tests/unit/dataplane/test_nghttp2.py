@@ -10,6 +10,7 @@ import h2.config
 import h2.connection
 import h2.events as E
 import h2.exceptions
+import h2.settings
 import pytest
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
@@ -200,3 +201,32 @@ def test_headers_on_a_closed_stream_and_garbage_frames() -> None:
     with pytest.raises(h2.exceptions.ProtocolError):
         s.receive_data(h.serialize())
     assert any(isinstance(f, GoAwayFrame) for f in frames(s.data_to_send()))
+
+
+def test_max_outbound_frame_size_follows_the_peers_settings() -> None:
+    """Read once per SETTINGS, not per frame (the waypoint asks for every DATA frame it sizes):
+    what a later SETTINGS says is what it answers next, never the value it read before."""
+    c, s = connected(NgHttp2Connection(True), oracle(False))
+    assert c.max_outbound_frame_size == 16384
+    s.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: 65536})
+    pump(s, c)
+    assert c.max_outbound_frame_size == 65536
+    s.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: 20000})
+    pump(s, c)
+    assert c.max_outbound_frame_size == 20000
+
+
+def test_what_the_codec_answers_by_itself_is_framed_after_each_receive() -> None:
+    """nghttp2 queues frames only when it is given something (a submit, or received bytes): the
+    codec asks it for output only then. What it answers on its own (a PING's ACK, a SETTINGS ACK)
+    follows the receive that caused it, and a clean session has nothing to send."""
+    c, s = connected(oracle(True), NgHttp2Connection(False))
+    assert s.data_to_send() == b""
+    c.ping(b"12345678")
+    pump(c, s)
+    c.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 50})
+    pump(c, s)
+    evs = pump(s, c)
+    assert [type(e).__name__ for e in evs] == ["PingAckReceived", "SettingsAcknowledged"]
+    assert evs[0].ping_data == b"12345678"
+    assert s.data_to_send() == b""
