@@ -61,15 +61,21 @@ class Wire:
         return self.proto.open_stream("10.0.0.2:80", [])
 
 
+async def opened(n: int) -> tuple[Wire, list[Any]]:
+    """A wire with `n` streams open, their HEADERS sent and read: what follows is what is tested."""
+    w = Wire()
+    streams = [w.open() for _ in range(n)]
+    await asyncio.sleep(0)
+    w.read()
+    return w, streams
+
+
 def test_small_writes_are_framed_at_once_and_leave_in_one_write_per_iteration() -> None:
     asyncio.run(_small_writes_are_framed_at_once_and_leave_in_one_write_per_iteration())
 
 
 async def _small_writes_are_framed_at_once_and_leave_in_one_write_per_iteration() -> None:
-    w = Wire()
-    a, b = w.open(), w.open()
-    await asyncio.sleep(0)
-    w.read()
+    w, (a, b) = await opened(2)
     a.write(b"GET / HTTP/1.1\r\n\r\n")
     b.write(b"x" * 1000)
     a.write(b"more")
@@ -84,10 +90,7 @@ def test_what_the_window_holds_back_follows_in_order_once_it_opens() -> None:
 
 
 async def _what_the_window_holds_back_follows_in_order_once_it_opens() -> None:
-    w = Wire()
-    st = w.open()
-    await asyncio.sleep(0)
-    w.read()
+    w, (st,) = await opened(1)
     chunks = [bytes([65 + i]) * 10_000 for i in range(9)]      # 90,000 bytes against a 65,535 window
     for c in chunks:
         st.write(c)
@@ -107,10 +110,7 @@ def test_nothing_is_framed_while_the_transport_is_paused_or_for_a_large_write() 
 
 
 async def _nothing_is_framed_while_the_transport_is_paused_or_for_a_large_write() -> None:
-    w = Wire()
-    st = w.open()
-    await asyncio.sleep(0)
-    w.read()
+    w, (st,) = await opened(1)
     w.proto.data_received(f.window_update(0, 1 << 20) + f.window_update(st.stream_id, 1 << 20))
     w.proto.pause_writing()
     st.write(b"held")

@@ -16,48 +16,12 @@ from typing import Any
 import httptools
 import pytest
 
+from tests.unit.waypoint.fakes import FakeTransport
 from waypoint.http.engine import Engine, UpstreamTarget
 from waypoint.http.http1 import H1Server
 from waypoint.http.record import RequestRecord
 from waypoint.http.settings import HttpSettings
 from waypoint.request import Downstream, Forward
-
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self, proto: asyncio.BaseProtocol) -> None:
-        super().__init__()
-        self.proto = proto
-        self.written = bytearray()
-        self.closed = False
-        self.paused = False
-
-    def write(self, data: Any) -> None:
-        self.written += bytes(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            asyncio.get_running_loop().call_soon(self.proto.connection_lost, None)  # type: ignore[attr-defined]
-
-    abort = close
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.proto = protocol
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
 
 
 def echo(url: bytes, body: bytes) -> bytes:

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ambit.model import TrafficPolicy
+from tests.unit.waypoint import fakes
 from waypoint.http.engine import UpstreamTarget
 from waypoint.http.exchange import BODY_NONE
 from waypoint.http.http2 import H2Client
@@ -22,33 +23,9 @@ from waypoint.traffic.cluster import Cluster, ClusterKey
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
 
-class FakeTransport(asyncio.Transport):
-    def __init__(self, proto: asyncio.Protocol) -> None:
-        super().__init__()
-        self.proto = proto
-        self.written = b""
-        self.closed = False
-
-    def write(self, data: Any) -> None:
-        self.written += bytes(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            asyncio.get_running_loop().call_soon(self.proto.connection_lost, None)
-
-    abort = close
-
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-    def can_write_eof(self) -> bool: return False
-    def get_extra_info(self, name: str, default: Any = None) -> Any: return default
-
+class FakeTransport(fakes.FakeTransport):
     def answer(self, raw: bytes = OK) -> None:
-        self.proto.data_received(raw)
+        super().answer(raw)
 
 
 class Origin:
