@@ -13,10 +13,14 @@ async def cancel(task: asyncio.Task[Any] | None) -> None:
     must still stop, or the loop it runs keeps going with nobody to end it."""
     if task is None:
         return
+    me = asyncio.current_task()
+    # Cancellations of the caller already pending are not ours to judge: a library may cancel a
+    # task to wake it and never take it back (grpclib does on a lost connection). Only one that
+    # arrives while we wait here is the caller's own.
+    before = me.cancelling() if me is not None else 0
     task.cancel()
     try:
         await task
     except asyncio.CancelledError:
-        me = asyncio.current_task()
-        if me is not None and me.cancelling():
+        if me is not None and me.cancelling() > before:
             raise

@@ -80,6 +80,7 @@ class ConfigClient:
         self._synced: set[str] = set()
         self._synced_event: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._connected = False
         self.connected_since: float | None = None
         self.last_error = ""
@@ -101,7 +102,11 @@ class ConfigClient:
     async def stop(self) -> None:
         if self._task is None:
             return
-        await cancel(self._task)
+        self._stopping = True       # (read by `_run`: see there)
+        try:
+            await cancel(self._task)
+        finally:
+            self._stopping = False
         self._task = None
         self._connected = False
 
@@ -169,15 +174,27 @@ class ConfigClient:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except (StreamClosed, OSError) as e:     # OSError: no credential file, no socket yet, refused
-                self._note_failure(str(e) if not isinstance(e, ssl.SSLError) else rpc.describe(e))
-            except Exception as e:  # noqa: BLE001 - any failure means: keep old config, reconnect
-                if rpc.failure(e) is None:      # not the call's failure (a status, a lost stream): ours
-                    log.exception("config stream to %s failed", self.target)
-                self._note_failure(rpc.describe(e))
+            except Exception as e:
+                if self._stopping:
+                    # `stop()` cancelled us, but the stream's teardown turned the cancellation into
+                    # an error of its own (grpclib does). Retrying here made `stop()` wait forever
+                    # while the loop kept dialling (seen once in `make test`, 158 attempts). A flag,
+                    # not `Task.cancelling()`: grpclib cancels the task itself to wake a reader on
+                    # a lost connection and never takes it back, so that count is not ours.
+                    raise asyncio.CancelledError() from e
+                self._failed(e)
             delay = self._backoff.next_delay()
             log.info("config stream to %s: reconnecting in %.2fs", self.target, delay)
             await asyncio.sleep(delay)
+
+    def _failed(self, e: Exception) -> None:
+        """One attempt failed: keep the old config, say why; the loop reconnects."""
+        if isinstance(e, (StreamClosed, OSError)):   # OSError: no credential file, no socket yet, refused
+            self._note_failure(str(e) if not isinstance(e, ssl.SSLError) else rpc.describe(e))
+            return
+        if rpc.failure(e) is None:      # not the call's failure (a status, a lost stream): ours
+            log.error("config stream to %s failed", self.target, exc_info=e)
+        self._note_failure(rpc.describe(e))
 
     def _note_failure(self, why: str) -> None:
         if self._connected:

@@ -102,3 +102,34 @@ def test_node_info_validation_names_the_field():
         NodeInfo("waypoint", "p").validate()
     with pytest.raises(ValueError, match="node.name: empty"):
         NodeInfo("agent", "").validate()
+
+
+@pytest.mark.timeout(20)     # before the fix, this hung: stop() waited on a client that never ended
+def test_stop_ends_the_client_even_when_the_stream_turns_the_cancellation_into_an_error():
+    """A stream library may catch the CancelledError of `stop()` in its teardown and raise its own
+    error instead (seen once in `make test`: stop() waited 60 s while the client kept reconnecting).
+    The client must stop anyway, not take it for one more failed attempt."""
+    import asyncio
+
+    from ambit.configclient import ConfigClient
+
+    attempts = 0
+
+    async def session() -> None:
+        nonlocal attempts
+        attempts += 1
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise ConnectionResetError("stream torn down") from None    # the cancellation, converted
+
+    async def go() -> None:
+        client = ConfigClient("127.0.0.1:1", NodeInfo("ztunnel", "node-a"), [Workload.TYPE], lambda u: None,
+                              backoff=Backoff(initial=0.01, maximum=0.02))
+        client._session = session       # type: ignore[method-assign]
+        await client.start()
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(client.stop(), 2)
+
+    asyncio.run(go())
+    assert attempts == 1

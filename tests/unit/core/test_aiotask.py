@@ -57,3 +57,28 @@ def test_a_caller_cancelled_while_it_waits_in_cancel_is_still_cancelled() -> Non
         assert runner.cancelled(), f"the loop went on after it was cancelled ({len(attempts)} more attempts)"
         assert attempts == []
     asyncio.run(main())
+
+
+def test_a_cancellation_a_library_took_earlier_is_not_taken_for_the_callers() -> None:
+    """grpclib wakes a reader on a lost connection by cancelling its task and raising its own error,
+    and never takes the cancellation back (`Task.cancelling()` stays above 0). A config client that
+    then cancels a helper in a `finally` must not read that as its own cancellation: it would end
+    its reconnect loop for good, with nobody having asked it to stop."""
+    async def helper() -> None:
+        await asyncio.sleep(60)
+
+    async def attempt() -> str:
+        me = asyncio.current_task()
+        assert me is not None
+        me.cancel()                         # as grpclib does to wake us ...
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            pass                            # ... and turns into an error of its own, no uncancel()
+        assert me.cancelling() == 1
+        h = asyncio.ensure_future(helper())
+        await asyncio.sleep(0)
+        await cancel(h)                     # must not raise: nobody cancelled us while we waited
+        return "retrying"
+
+    assert asyncio.run(attempt()) == "retrying"
