@@ -65,8 +65,8 @@ _RECENT_RESETS = 256      # streams we reset, remembered so that their late DATA
 ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = 2, 3, 4, 5, 6
 _SETTING = struct.Struct(">HI")
 _COALESCE = 16 * 1024     # pieces smaller than this are copied together; larger ones go out as-is
-_unpack_header_at = f.unpack_header_at
-_pack_header = f.HEADER.pack        # (length >> 8, length & 0xFF, type, flags, stream id)
+_unpack_header_at = f.HEADER.unpack_from  # (buffer, offset) -> (hi, lo, type, flags, stream id)
+_pack_header = f.HEADER.pack              # (length >> 8, length & 0xFF, type, flags, stream id)
 
 REASON_HEADER = "ambit-reason"
 

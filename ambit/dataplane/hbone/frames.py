@@ -46,21 +46,20 @@ DEFAULT_MAX_FRAME = 16_384
 MAX_WINDOW = 2**31 - 1
 MAX_FRAME_LIMIT = 2**24 - 1
 
-_HDR = struct.Struct(">HBBBI")  # 24-bit length split as (high 16, low 8), type, flags, stream id
-# (hi, lo, type, flags, stream id) of the header at `offset`, without a slice or a Python call:
-# the DATA receive path's one use per frame (the length is hi << 8 | lo; mask the id's reserved bit)
-unpack_header_at = _HDR.unpack_from
-HEADER = _HDR
+# A frame header: the 24-bit length split as (high 16, low 8), type, flags, stream id. The DATA
+# paths use its `pack` and `unpack_from` directly (no slice, no Python call per frame): the length
+# is hi << 8 | lo, and the stream id's reserved bit is theirs to mask.
+HEADER = struct.Struct(">HBBBI")
 _WU = struct.Struct(">HBBBII")
 
 
 def pack_header(length: int, ftype: int, flags: int, stream_id: int) -> bytes:
-    return _HDR.pack(length >> 8, length & 0xFF, ftype, flags, stream_id & 0x7FFFFFFF)
+    return HEADER.pack(length >> 8, length & 0xFF, ftype, flags, stream_id & 0x7FFFFFFF)
 
 
 def unpack_header(buf: bytes | bytearray | memoryview) -> tuple[int, int, int, int]:
     """(length, type, flags, stream id) of a 9-byte frame header (the reserved bit is ignored)."""
-    hi, lo, ftype, flags, sid = _HDR.unpack(buf)
+    hi, lo, ftype, flags, sid = HEADER.unpack(buf)
     return (hi << 8) | lo, ftype, flags, sid & 0x7FFFFFFF
 
 

@@ -265,8 +265,7 @@ class NgHttp2Connection:
             self._serialise(self._early)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False, pad_length: Any = None) -> None:
-        self._dirty = True
-        out = self._out.get(stream_id)
+        out = self._out.get(stream_id)      # (`_arm`, which every path ends in, marks the codec dirty)
         if out is None:
             if self._L.nghttp2_session_get_stream_remote_window_size(self._s, stream_id) < 0:
                 raise h2.exceptions.StreamClosedError(stream_id)
