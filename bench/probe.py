@@ -14,7 +14,10 @@ the scenario has one, and each ztunnel):
   rate it reached;
 
 - `--mode io` (default): CPU seconds (cgroup or /proc), read and write syscalls
-  (`/proc/<pid>/io`) and voluntary context switches, each also per request;
+  (`/proc/<pid>/io`) and voluntary context switches, each also per request; with the keepalive
+  load also the latency percentiles (as h2load timed them, warm-up included, no CO correction)
+  and how the slow requests (≥ the p99) group in time: requests of different clients slow
+  within 5 ms of each other are one stall of something they share, lone ones are not;
 - `--mode perf`: `perf record --call-graph dwarf` of each proxy into WORK/probe-<name>.perf;
 - `--mode pyspy`: `py-spy record --native` (it stops the process per sample) into
   WORK/probe-<name>.folded; `bench/profiles.py` reads it.
@@ -33,7 +36,8 @@ import argparse
 import os
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import l7, labenv, measures, parsers, tools
@@ -59,6 +63,50 @@ def per_request(before: Mapping[str, float], after: Mapping[str, float], request
     if requests <= 0:
         raise ValueError(f"per_request: requests={requests} must be positive")
     return {k: (after[k] - before[k]) / requests for k in after if k in before}
+
+
+@dataclass(frozen=True)
+class Burst:
+    """Slow requests that started within `gap_us` of each other."""
+
+    start_us: int           # the first one's start
+    requests: int
+    max_us: int             # the slowest one's duration
+
+
+def bursts(rows: Sequence[parsers.Request], threshold_us: int, gap_us: int = 5000) -> list[Burst]:
+    """Requests of at least `threshold_us`, grouped while each starts within `gap_us` of the
+    previous one, in time order. Many clients slow at once point at a stall they share (a proxy's
+    loop, the machine); lone slow requests at scheduling or the client."""
+    out: list[Burst] = []
+    last = None
+    for r in sorted((r for r in rows if r.duration_us >= threshold_us), key=lambda r: r.start_us):
+        if out and last is not None and r.start_us - last <= gap_us:
+            b = out[-1]
+            out[-1] = Burst(b.start_us, b.requests + 1, max(b.max_us, r.duration_us))
+        else:
+            out.append(Burst(r.start_us, 1, r.duration_us))
+        last = r.start_us
+    return out
+
+
+def latency_report(rows: Sequence[parsers.Request]) -> list[str]:
+    """Lines: the percentiles, then the slow requests' bursts (the five largest)."""
+    if not rows:
+        return ["latency: no request logged"]
+    d = sorted(r.duration_us for r in rows)
+    n = len(d)
+    p = {q: d[min(n - 1, int(n * q))] for q in (0.5, 0.9, 0.99, 0.999)}
+    lines = [f"latency ({n} requests, µs): p50 {p[0.5]}, p90 {p[0.9]}, p99 {p[0.99]}, p99.9 {p[0.999]}, "
+             f"max {d[-1]}"]
+    bs = bursts(rows, p[0.99])
+    if bs:
+        t0 = min(r.start_us for r in rows)
+        lone = sum(1 for b in bs if b.requests == 1)
+        lines.append(f"slow (≥ p99): {sum(b.requests for b in bs)} requests in {len(bs)} bursts, {lone} alone; "
+                     "largest: " + ", ".join(f"{b.requests} at +{(b.start_us - t0) / 1e6:.2f} s (max {b.max_us})"
+                                             for b in sorted(bs, key=lambda b: (-b.requests, b.start_us))[:5]))
+    return lines
 
 
 def conn_load_argv(url: str, rate: int, seconds: float) -> list[str]:
@@ -132,11 +180,13 @@ def main() -> None:
                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)]
                 out.close()
             else:
+                for old_log in args.work.glob("probe-h2load-*.tsv"):
+                    old_log.unlink()
                 loads = [lab.popen(sc.client_key, ["h2load", *([] if sc.h2 else ["--h1"]), "-c", "1", "-m", "1",
                                                     "--rps", f"{r:g}", "-D", f"{round(args.seconds + warmup + 2)}s",
-                                                    t.url],
+                                                    f"--log-file={args.work / f'probe-h2load-{i}.tsv'}", t.url],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-                         for r in tools.split_rate(args.rate, 100)]
+                         for i, r in enumerate(tools.split_rate(args.rate, 100))]
             wrk = None
             try:
                 time.sleep(warmup)
@@ -165,6 +215,11 @@ def main() -> None:
             for name in pids:
                 each = per_request(io0[name], io1[name], requests)
                 print(f"  {name}: " + ", ".join(f"{k} {each[k]:.2f}" for k in FIELDS) + f" per {unit}")
+            if args.load == "keepalive":
+                rows = [r for log in sorted(args.work.glob("probe-h2load-*.tsv"))
+                        for r in parsers.parse_h2load_log(log.read_text(), what=str(log))]
+                for line in latency_report(rows):
+                    print(f"  {line}")
             for name, rec in recs:
                 if rec is not None:
                     _, err = rec.communicate(timeout=120)
