@@ -8,20 +8,15 @@ than one minor apart, or a different major, is incompatible. A missing or unpars
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 
 COMPATIBLE, WARN, INCOMPATIBLE, UNKNOWN = "compatible", "warn", "incompatible", "unknown"
 
-
-def _own() -> str:
-    try:
-        return importlib.metadata.version("ambit")
-    except importlib.metadata.PackageNotFoundError:      # run from a source tree without install
-        return "0.0.0-dev"
-
-
-VERSION = _own()
+# The one place the version is written: pyproject.toml reads it from here (setuptools' dynamic
+# `attr`), so the installed metadata says the same. Read as a constant, not through
+# `importlib.metadata` at run time: that import (with the email, csv and zipfile modules it pulls
+# in) was 0.2-0.3 MB of a proxy's RSS (docs/performance.md §75).
+VERSION = "0.1.0"
 
 
 def parse(version: str) -> tuple[int, int, int] | None:

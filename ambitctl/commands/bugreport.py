@@ -119,11 +119,8 @@ class Archive:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("ambit")
-    except Exception:  # noqa: BLE001 - a bare checkout
-        return "dev"
+    from ambit.version import VERSION
+    return VERSION
 
 
 def _get(sock: Path, path: str) -> str:

@@ -57,11 +57,8 @@ OPT_OUT = {"ambit.io/dataplane-mode": "none"}
 
 
 def default_image() -> str:
-    try:
-        from importlib.metadata import version
-        return f"ambit:{version('ambit')}"
-    except Exception:  # noqa: BLE001 - not installed as a distribution (a bare checkout)
-        return "ambit:dev"
+    from ambit.version import VERSION
+    return f"ambit:{VERSION}"
 
 
 def _md(name: str, namespace: str | None = None, **labels: str) -> Obj:
