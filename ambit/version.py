@@ -14,7 +14,7 @@ COMPATIBLE, WARN, INCOMPATIBLE, UNKNOWN = "compatible", "warn", "incompatible", 
 
 # The one place the version is written: pyproject.toml reads it from here (setuptools' dynamic
 # `attr`), so the installed metadata says the same. Read as a constant, not through
-# `importlib.metadata` at run time: that import (with the email, csv and zipfile modules it pulls
+# `importlib.metadata` at run time: that import (with the email and csv modules it pulls
 # in) was 0.2-0.3 MB of a proxy's RSS (docs/performance.md §75).
 VERSION = "0.1.0"
 
