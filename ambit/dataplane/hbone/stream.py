@@ -63,7 +63,7 @@ class HBONEStream:
     __slots__ = ("_proto", "stream_id", "authority", "headers", "peer_identity", "high_water", "response",
                  "_rx", "_rx_bytes", "_rx_eof", "_tx", "_tx_bytes", "_tx_eof", "_tx_eof_sent", "_error",
                  "_responded", "_rx_waiter", "_tx_waiter", "_response_waiter", "_closed", "_closed_waiter",
-                 "_sink", "_rx_paused", "_rx_held", "_sink_held")
+                 "_close_cbs", "_sink", "_rx_paused", "_rx_held", "_sink_held")
 
     def __init__(self, proto: HBONEProtocol, stream_id: int, *, authority: str, headers: dict[str, str],
                  peer_identity: str, high_water: int = HIGH_WATER) -> None:
@@ -91,10 +91,14 @@ class HBONEStream:
         self._rx_waiter: asyncio.Future[None] | None = None
         self._tx_waiter: asyncio.Future[None] | None = None
         # Futures only for someone who waits: a server's stream never waits for a response, and
-        # few callers wait for the close (docs/performance.md, round 10).
+        # few callers wait for the close (docs/performance.md, round 10). Neither is kept once it
+        # has served: the response's waiter goes when the response is in, and `on_closed` keeps
+        # plain callbacks, dropped when unregistered (ztunnel's inbound registers one for the
+        # connect to the app only): a held tunnel holds no future (§76).
         self._response_waiter: asyncio.Future[ConnectResponse] | None = None
         self._closed = False
         self._closed_waiter: asyncio.Future[None] | None = None
+        self._close_cbs: list[Callable[[], None]] | None = None
         self._sink: StreamSink | None = None
         self._rx_paused = False       # push mode: window updates held back while paused
         self._rx_held = 0             # push mode: bytes delivered but not yet acknowledged
@@ -284,13 +288,23 @@ class HBONEStream:
             self.reset(f.CANCEL)
 
     def on_closed(self, cb: Callable[[], None]) -> Callable[[], None]:
-        """Call `cb` once the stream is closed or reset (at once if it already is); returns a
-        function that unregisters it. Lets a server cancel work for a tunnel the peer gave up on."""
-        def done(_f: asyncio.Future[None]) -> None:
-            cb()
-        fut = self._closed_future()
-        fut.add_done_callback(done)
-        return lambda: fut.remove_done_callback(done) and None
+        """Call `cb` soon (from the loop, as a future's callback) once the stream is closed or
+        reset, or soon now if it already is; returns a function that unregisters it. Lets a server
+        cancel work for a tunnel the peer gave up on."""
+        if self._closed:
+            return self._proto.loop.call_soon(cb).cancel
+        cbs = self._close_cbs
+        if cbs is None:
+            cbs = self._close_cbs = []
+        cbs.append(cb)
+
+        def unregister() -> None:
+            left = self._close_cbs
+            if left is not None and cb in left:
+                left.remove(cb)
+                if not left:
+                    self._close_cbs = None
+        return unregister
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed_future())
@@ -363,8 +377,10 @@ class HBONEStream:
         """The CONNECT's response arrived (client side)."""
         self.response = resp
         w = self._response_waiter
-        if w is not None and not w.done():
-            w.set_result(resp)
+        if w is not None:
+            self._response_waiter = None    # (its waiter holds it while it wakes)
+            if not w.done():
+                w.set_result(resp)
 
     async def wait_response(self) -> ConnectResponse:
         """The CONNECT's response (client side); raises `StreamResetError` if the stream died first."""
@@ -391,9 +407,11 @@ class HBONEStream:
         self._wake_reader()
         self._wake_writer()
         w = self._response_waiter
-        if w is not None and not w.done():
-            w.set_exception(exc)
-            w.exception()  # mark retrieved: nobody may be waiting
+        if w is not None:
+            self._response_waiter = None
+            if not w.done():
+                w.set_exception(exc)
+                w.exception()  # mark retrieved: nobody may be waiting
         self._set_closed()
         if first and self._sink is not None:
             self._sink.tunnel_error(exc)
@@ -450,6 +468,12 @@ class HBONEStream:
             fut = self._closed_waiter
             if fut is not None and not fut.done():
                 fut.set_result(None)
+            cbs = self._close_cbs
+            if cbs is not None:
+                self._close_cbs = None
+                call_soon = self._proto.loop.call_soon
+                for cb in cbs:
+                    call_soon(cb)
 
     def _wake_reader(self) -> None:
         w = self._rx_waiter

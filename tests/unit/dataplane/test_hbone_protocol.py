@@ -9,6 +9,7 @@ read back by a server-side `HBONEConnection`, as the peer would.
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 from ambit.dataplane.hbone import frames as f
@@ -123,3 +124,48 @@ async def _nothing_is_framed_while_the_transport_is_paused_or_for_a_large_write(
     await asyncio.sleep(0)
     w.read()
     assert bytes(w.received[st.stream_id]) == b"held" + big + b"after"
+
+
+def _futures_held_by(st: Any) -> list[asyncio.Future[Any]]:
+    return [r for r in gc.get_referents(st) if isinstance(r, asyncio.Future)]
+
+
+def test_a_tunnel_holds_no_future_once_its_response_is_in() -> None:
+    """A held tunnel (1000 of them in the bench's RSS run) keeps no waiter it no longer needs
+    (docs/performance.md §76): the response's future goes once the response is delivered."""
+    asyncio.run(_a_tunnel_holds_no_future_once_its_response_is_in())
+
+
+async def _a_tunnel_holds_no_future_once_its_response_is_in() -> None:
+    w, (st,) = await opened(1)
+    waiter = asyncio.ensure_future(st.wait_response())
+    await asyncio.sleep(0)
+    assert len(_futures_held_by(st)) == 1            # the waiter, while someone waits
+    w.server.respond(st.stream_id, 200, None)
+    w.proto.data_received(w.server.bytes_to_send())
+    assert (await waiter).status == 200
+    assert _futures_held_by(st) == []
+    assert (await st.wait_response()).status == 200  # asked again: answered from what it kept
+
+
+def test_on_closed_calls_back_when_the_peer_resets_unless_unregistered() -> None:
+    asyncio.run(_on_closed_calls_back_when_the_peer_resets_unless_unregistered())
+
+
+async def _on_closed_calls_back_when_the_peer_resets_unless_unregistered() -> None:
+    w, (a, b) = await opened(2)
+    calls: list[str] = []
+    a.on_closed(lambda: calls.append("a"))
+    unregister = b.on_closed(lambda: calls.append("b"))
+    assert _futures_held_by(a) == _futures_held_by(b) == []
+    unregister()
+    for st in (a, b):
+        w.server.reset_stream(st.stream_id, f.CANCEL)
+    w.proto.data_received(w.server.bytes_to_send())
+    assert a.is_closed and b.is_closed
+    assert calls == []              # from the loop, as a future's callbacks would be
+    await asyncio.sleep(0)
+    assert calls == ["a"]
+    a.on_closed(lambda: calls.append("late"))        # registered after the close: called soon
+    await asyncio.sleep(0)
+    assert calls == ["a", "late"]
