@@ -11,7 +11,7 @@ one HTTP/1.0 request and closes, and both sides write their access line (to /dev
 metrics. Both ztunnel sides, the client and the app run in this one process.
 
     .venv/bin/python bench/inproc_ztunnel.py [--conns 2000] [--concurrency 8] [--runs 3] [--profile F]
-                                             [--opcodes [--top N]] [--requests K]
+                                             [--opcodes [--top N]] [--requests K] [--hold N [--top N]]
 
 Prints CPU µs per connection (best of `--runs`, the whole process: both ztunnel sides plus the
 in-process client and app, which are the same in every tree) and, with `--profile F`, one run
@@ -22,6 +22,13 @@ executing the most. `--requests K` sends K - 1 kept-alive HTTP/1.1 requests befo
 each connection: the difference between K > 1 and K = 1, divided by K - 1, is the cost of a request
 on an open tunnel (the L4 latency runs' steady state). Compare trees by running it alternately with
 each on PYTHONPATH.
+
+`--hold N` measures memory instead: N connections opened through both sides, each with one
+kept-alive request answered, then held open; prints what they added per connection, by
+tracemalloc (Python's allocator: both ztunnel sides and the in-process client and app, whose
+asyncio streams appear as `asyncio/streams.py`) and by a count of live objects per type, and the
+`--top` allocation sites. The bench's "ztunnel RSS with 1000 connections" is this, plus what C
+libraries (OpenSSL, nghttp2) and the kernel's socket memory add.
 """
 
 from __future__ import annotations
@@ -177,6 +184,43 @@ async def _window(port: int, conns: int, concurrency: int, requests: int = 1) ->
     return cpu
 
 
+async def _hold(port: int, n: int, top: int) -> None:
+    import collections
+    import gc
+    import tracemalloc
+
+    def census() -> collections.Counter[str]:
+        return collections.Counter(type(o).__name__ for o in gc.get_objects())
+
+    gc.collect()
+    tracemalloc.start(1)
+    before, objs_before = tracemalloc.take_snapshot(), census()
+    held = []
+    try:
+        for _ in range(n):
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            held.append(w)
+            w.write(KA_REQUEST)
+            if await r.readexactly(len(KA_RESPONSE)) != KA_RESPONSE:
+                raise SystemExit("keep-alive response differs")
+        await asyncio.sleep(0.1)
+        gc.collect()
+        after, objs_after = tracemalloc.take_snapshot(), census()
+    finally:
+        tracemalloc.stop()
+        for w in held:
+            w.close()
+    diff = after.compare_to(before, "lineno")
+    print(f"{n} connections held: {sum(d.size_diff for d in diff) / n:.0f} traced bytes per connection "
+          "(both ztunnel sides, client and app)")
+    grown = sorted(((c - objs_before[t], t) for t, c in objs_after.items() if c - objs_before[t] >= n / 2),
+                   reverse=True)
+    print("objects per connection: " + ", ".join(f"{t} {k / n:.2f}" for k, t in grown))
+    for d in diff[:top]:
+        fr = d.traceback[0]
+        print(f"  {d.size_diff / n:7.0f} B {d.count_diff / n:5.2f} blocks  {fr.filename.rsplit('/', 2)[-2:]}:{fr.lineno}")
+
+
 def _report_profile(prof: cProfile.Profile, conns: int, path: str, top: int) -> None:
     prof.dump_stats(path)
     st = pstats.Stats(path)
@@ -193,6 +237,9 @@ async def _main(args: argparse.Namespace) -> None:
     proxy, identities, servers, port = await _setup()
     try:
         await _window(port, max(args.concurrency, 200), args.concurrency)     # warm: pool, caches
+        if args.hold:
+            await _hold(port, args.hold, args.top)
+            return
         k = args.requests
         best = min([await _window(port, args.conns, args.concurrency, k) for _ in range(args.runs)])
         print(f"CPU per connection of {k} request(s) (best of {args.runs} x {args.conns}): "
@@ -228,6 +275,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--opcodes", action="store_true",
                     help="also one window counting CPython bytecodes per connection (deterministic, slow)")
+    ap.add_argument("--hold", type=int, default=0, metavar="N",
+                    help="measure the memory N held connections add instead of CPU")
     ap.add_argument("--asyncio", action="store_true", help="the stdlib loop instead of uvloop")
     args = ap.parse_args()
     if not args.asyncio:

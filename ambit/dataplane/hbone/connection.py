@@ -39,7 +39,9 @@ import contextlib
 import struct
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import h2.events
 import h2.exceptions
@@ -69,6 +71,10 @@ _unpack_header_at = f.HEADER.unpack_from  # (buffer, offset) -> (hi, lo, type, f
 _pack_header = f.HEADER.pack              # (length >> 8, length & 0xFF, type, flags, stream id)
 
 REASON_HEADER = "ambit-reason"
+# What every tunnel's answer is: each client-side tunnel keeps its response for its life, so the
+# bare 200's headers are one shared read-only mapping rather than a dict per tunnel (§76).
+_OK_LIST = [(b":status", b"200")]
+_OK_HEADERS: Mapping[str, str] = MappingProxyType({":status": "200"})
 
 
 # --- events --------------------------------------------------------------------------------------
@@ -88,7 +94,7 @@ class ConnectResponse:
 
     stream_id: int
     status: int
-    headers: dict[str, str]
+    headers: Mapping[str, str]      # read-only: a bare 200's is one shared mapping (`_OK_HEADERS`)
 
     @property
     def reason(self) -> str:
@@ -798,7 +804,7 @@ class HBONEConnection:
         elif isinstance(ev, h2.events.ResponseReceived):
             st = self._streams.get(ev.stream_id)
             if st is not None:
-                headers = _header_dict(ev.headers)
+                headers = _OK_HEADERS if ev.headers == _OK_LIST else _header_dict(ev.headers)
                 if headers is None:
                     self._reset(st, f.PROTOCOL_ERROR, emit=True, events=events)
                     return

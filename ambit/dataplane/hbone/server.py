@@ -30,7 +30,8 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 
 from ambit.dataplane import tls
 from ambit.dataplane.hbone.connection import HBONEConnection
@@ -44,6 +45,7 @@ log = logging.getLogger("ambit.dataplane.hbone")
 OnConnect = Callable[[HBONEStream, str, str, dict[str, str]], "Awaitable[None] | None"]
 
 HANDSHAKE_TIMEOUT = 10.0
+_HANDED_OVER: Mapping[str, str] = MappingProxyType({})     # a served stream's headers, once its handler has them
 PREFACE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 3600.0       # Istio ztunnel's default for HBONE connections
 
@@ -219,6 +221,7 @@ class HBONEServer:
     def _on_request(self, st: HBONEStream) -> None:
         try:
             handling = self.on_connect(st, st.peer_identity, st.authority, st.headers)
+            st.headers = _HANDED_OVER     # the handler has them; a held tunnel keeps no copy (§76)
         except Exception as e:
             self._failed(st, e)
             return

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from ambit.dataplane.hbone import frames as f
@@ -65,7 +65,7 @@ class HBONEStream:
                  "_responded", "_rx_waiter", "_tx_waiter", "_response_waiter", "_closed", "_closed_waiter",
                  "_close_cbs", "_sink", "_rx_paused", "_rx_held", "_sink_held")
 
-    def __init__(self, proto: HBONEProtocol, stream_id: int, *, authority: str, headers: dict[str, str],
+    def __init__(self, proto: HBONEProtocol, stream_id: int, *, authority: str, headers: Mapping[str, str],
                  peer_identity: str, high_water: int = HIGH_WATER) -> None:
         self._proto = proto
         self.stream_id = stream_id

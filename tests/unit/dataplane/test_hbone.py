@@ -151,6 +151,29 @@ def test_echo_through_a_connect_stream(ca, loop_kind: str) -> None:
     run(loop_kind, main)
 
 
+def test_a_served_stream_gives_its_request_headers_to_the_handler_and_keeps_none(ca) -> None:
+    """The handler gets the CONNECT's headers; the stream, held for the tunnel's life, no longer
+    carries them (docs/performance.md §76)."""
+    streams: list[HBONEStream] = []
+
+    async def keep(st: HBONEStream, peer: str, authority: str, headers: dict[str, str]) -> None:
+        streams.append(st)
+        await echo(st, peer, authority, headers)
+
+    async def main() -> None:
+        async with Mesh(ca, keep) as m:
+            st = await m.open("10.0.0.2:8080", forwarded_for="10.0.0.1")
+            st.write(b"x")
+            assert await st.readexactly(1) == b"x"
+            [(_, _, headers)] = m.seen
+            assert headers["forwarded"] == "for=10.0.0.1"
+            assert dict(streams[0].headers) == {}
+            st.write_eof()
+            await asyncio.wait_for(st.wait_closed(), 5)
+
+    run("uvloop", main)
+
+
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_tls13_aes_gcm_h2_is_negotiated_both_sides(ca, loop_kind: str) -> None:
     async def main() -> None:

@@ -591,3 +591,29 @@ def _frame_offsets(wire: bytes) -> list[tuple[int, tuple[int, int, int, int]]]:
         out.append((pos, hdr))
         pos += 9 + hdr[0]
     return out
+
+
+def test_every_bare_200_shares_one_read_only_header_mapping_and_other_answers_keep_their_own() -> None:
+    """A client-side tunnel keeps its response for its whole life: the bare 200 that opens nearly
+    every tunnel is one shared mapping, not a dict per tunnel (docs/performance.md §76)."""
+    p = Pair()
+    resps = []
+    for _ in range(2):
+        sid = p.c.open_stream("10.0.0.2:8080", [])
+        p.pump()
+        p.take("s", ConnectRequest)
+        p.s.respond(sid, 200)
+        p.pump()
+        resps += p.take("c", ConnectResponse)
+    a, b = resps
+    assert a.status == b.status == 200 and a.reason == ""
+    assert a.headers == {":status": "200"} and a.headers is b.headers
+    with pytest.raises(TypeError):
+        a.headers["x"] = "y"        # type: ignore[index]
+    sid = p.c.open_stream("10.0.0.2:8080", [])
+    p.pump()
+    p.take("s", ConnectRequest)
+    p.s.respond(sid, 200, headers=[("x-peer", "v1")])
+    p.pump()
+    [c] = p.take("c", ConnectResponse)
+    assert c.headers == {":status": "200", "x-peer": "v1"} and c.headers is not a.headers
