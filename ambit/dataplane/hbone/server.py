@@ -45,9 +45,10 @@ log = logging.getLogger("ambit.dataplane.hbone")
 OnConnect = Callable[[HBONEStream, str, str, dict[str, str]], "Awaitable[None] | None"]
 
 HANDSHAKE_TIMEOUT = 10.0
-_HANDED_OVER: Mapping[str, str] = MappingProxyType({})     # a served stream's headers, once its handler has them
 PREFACE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 3600.0       # Istio ztunnel's default for HBONE connections
+# What a served stream's `headers` read once its handler has them (`_on_request`, §76).
+_HANDED_OVER: Mapping[str, str] = MappingProxyType({})
 
 
 class _ServerSide(HBONEProtocol):
