@@ -56,7 +56,7 @@ class HBONEProtocol(asyncio.Protocol):
         conn: HBONEConnection,
         *,
         loop: asyncio.AbstractEventLoop,
-        on_request: Callable[[HBONEStream], None] | None = None,
+        on_request: Callable[[HBONEStream, dict[str, str]], None] | None = None,
         on_unusable: Callable[[HBONEProtocol], None] | None = None,
     ) -> None:
         self.conn = conn
@@ -144,7 +144,7 @@ class HBONEProtocol(asyncio.Protocol):
 
     def open_stream(self, authority: str, headers: list[tuple[str, str]]) -> HBONEStream:
         sid = self.conn.open_stream(authority, headers)
-        st = HBONEStream(self, sid, authority=authority, headers=dict(headers), peer_identity=self.peer_identity)
+        st = HBONEStream(self, sid, authority=authority, peer_identity=self.peer_identity)
         self.streams[sid] = st
         self._schedule_flush()
         return st
@@ -260,13 +260,13 @@ class HBONEProtocol(asyncio.Protocol):
             self._maybe_finish()
 
     def _on_connect_request(self, ev: ConnectRequest) -> None:
-        st = HBONEStream(self, ev.stream_id, authority=ev.authority, headers=ev.headers,
-                         peer_identity=self.peer_identity)
+        # The request's headers go to `on_request` only: a held tunnel's stream keeps no copy (§76).
+        st = HBONEStream(self, ev.stream_id, authority=ev.authority, peer_identity=self.peer_identity)
         self.streams[ev.stream_id] = st
         if self.on_request is None:
             self.respond(st, 501, "this endpoint accepts no tunnels", None)
             return
-        self.on_request(st)
+        self.on_request(st, ev.headers)
 
     def _drop(self, st: HBONEStream, exc: Exception) -> None:
         if self.streams.pop(st.stream_id, None) is not None and not self.streams:

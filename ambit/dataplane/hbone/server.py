@@ -30,8 +30,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
-from types import MappingProxyType
+from collections.abc import Awaitable, Callable
 
 from ambit.dataplane import tls
 from ambit.dataplane.hbone.connection import HBONEConnection
@@ -47,8 +46,6 @@ OnConnect = Callable[[HBONEStream, str, str, dict[str, str]], "Awaitable[None] |
 HANDSHAKE_TIMEOUT = 10.0
 PREFACE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 3600.0       # Istio ztunnel's default for HBONE connections
-# What a served stream's `headers` read once its handler has them (`_on_request`, §76).
-_HANDED_OVER: Mapping[str, str] = MappingProxyType({})
 
 
 class _ServerSide(HBONEProtocol):
@@ -219,10 +216,9 @@ class HBONEServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _on_request(self, st: HBONEStream) -> None:
+    def _on_request(self, st: HBONEStream, headers: dict[str, str]) -> None:
         try:
-            handling = self.on_connect(st, st.peer_identity, st.authority, st.headers)
-            st.headers = _HANDED_OVER     # the handler has them; a held tunnel keeps no copy (§76)
+            handling = self.on_connect(st, st.peer_identity, st.authority, headers)
         except Exception as e:
             self._failed(st, e)
             return

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from ambit.dataplane.hbone import frames as f
@@ -60,17 +60,16 @@ class HBONEStream:
 
     # One per held tunnel: slots instead of an instance dict (~270 bytes less per tunnel;
     # docs/performance.md, §66).
-    __slots__ = ("_proto", "stream_id", "authority", "headers", "peer_identity", "high_water", "response",
+    __slots__ = ("_proto", "stream_id", "authority", "peer_identity", "high_water", "response",
                  "_rx", "_rx_bytes", "_rx_eof", "_tx", "_tx_bytes", "_tx_eof", "_tx_eof_sent", "_error",
                  "_responded", "_rx_waiter", "_tx_waiter", "_response_waiter", "_closed", "_closed_waiter",
                  "_close_cbs", "_sink", "_rx_paused", "_rx_held", "_sink_held")
 
-    def __init__(self, proto: HBONEProtocol, stream_id: int, *, authority: str, headers: Mapping[str, str],
-                 peer_identity: str, high_water: int = HIGH_WATER) -> None:
+    def __init__(self, proto: HBONEProtocol, stream_id: int, *, authority: str, peer_identity: str,
+                 high_water: int = HIGH_WATER) -> None:
         self._proto = proto
         self.stream_id = stream_id
         self.authority = authority
-        self.headers = headers
         self.peer_identity = peer_identity
         self.high_water = high_water
         self.response: ConnectResponse | None = None
