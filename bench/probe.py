@@ -79,9 +79,9 @@ def bursts(rows: Sequence[parsers.Request], threshold_us: int, gap_us: int = 500
     previous one, in time order. Many clients slow at once point at a stall they share (a proxy's
     loop, the machine); lone slow requests at scheduling or the client."""
     out: list[Burst] = []
-    last = None
+    last = 0
     for r in sorted((r for r in rows if r.duration_us >= threshold_us), key=lambda r: r.start_us):
-        if out and last is not None and r.start_us - last <= gap_us:
+        if out and r.start_us - last <= gap_us:
             b = out[-1]
             out[-1] = Burst(b.start_us, b.requests + 1, max(b.max_us, r.duration_us))
         else:
