@@ -58,3 +58,14 @@ def resolve_count(requested: int, *, cap: int = MAX_AUTO_WORKERS, quota: float |
     if quota is not None:
         cpus = min(cpus, max(1, math.ceil(quota)))
     return max(1, min(cpus, cap))
+
+
+def memory_request_mib(requested: int, *, first_mib: int, per_worker_mib: int,
+                       cap: int = MAX_AUTO_WORKERS) -> int:
+    """The memory request, in MiB, of a pod running a proxy with `--workers requested`: `first_mib`
+    for a single process, `per_worker_mib` more for each further worker (each is a whole proxy
+    process; docs/operations.md, "Memory requests"). A manifest cannot know the node `--workers 0`
+    will run on, so 0 is sized for `cap` workers: asking a node for too little is the dangerous
+    side, as the scheduler then packs the proxy below its working set."""
+    n = requested or cap
+    return first_mib + (max(1, n) - 1) * per_worker_mib

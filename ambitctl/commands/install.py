@@ -29,10 +29,13 @@ What runs:
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
 import yaml
+
+from ambit.dataplane.cpus import memory_request_mib
 
 Obj = dict[str, Any]
 
@@ -188,6 +191,30 @@ def controller_objects(o: argparse.Namespace) -> list[Obj]:
     ]
 
 
+# ztunnel's memory request (docs/operations.md, "Memory requests"): one process measured 29 MiB PSS
+# idle and about 50 MB RSS with 1000 connections held (bench/RESULTS.md); each further worker is a
+# whole ztunnel, 26 MiB PSS idle beside a 19 MiB supervisor.
+ZTUNNEL_MEMORY_FIRST_MIB = 256
+ZTUNNEL_MEMORY_PER_WORKER_MIB = 64
+_QUANTITY = re.compile(r"[1-9][0-9]*(Ki|Mi|Gi)")
+
+
+def ztunnel_memory_request(o: argparse.Namespace) -> str:
+    """`--ztunnel-memory-request`, or sized from `--ztunnel-workers` (0: for the most workers a
+    node may resolve it to, since the DaemonSet's request is the same on every node)."""
+    if o.ztunnel_memory_request:
+        return str(o.ztunnel_memory_request)
+    mib = memory_request_mib(o.ztunnel_workers, first_mib=ZTUNNEL_MEMORY_FIRST_MIB,
+                             per_worker_mib=ZTUNNEL_MEMORY_PER_WORKER_MIB)
+    return f"{mib}Mi"
+
+
+def _quantity(v: str) -> str:
+    if not _QUANTITY.fullmatch(v):
+        raise argparse.ArgumentTypeError(f"{v!r}: a memory quantity in Ki, Mi or Gi, e.g. 512Mi or 1Gi")
+    return v
+
+
 # ztunnel's drain on SIGTERM, inside the node pod's grace (its HBONE GOAWAYs included), as Istio's
 # ztunnel drains for terminationGracePeriodSeconds - 1.
 NODE_GRACE = 30
@@ -264,7 +291,7 @@ def node_daemonset(o: argparse.Namespace) -> Obj:
         # A request, and no memory limit: an OOM kill of ztunnel stops every enrolled pod of the node
         # (capture stays, fail closed), so a limit would turn one burst into a node-wide outage.
         # ztunnel bounds itself instead (docs/operations.md, "ztunnel limits"), as Istio's ztunnel chart does.
-        "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}},
+        "resources": {"requests": {"cpu": "200m", "memory": ztunnel_memory_request(o)}},
         # On SIGTERM (a roll, a node drain) it stops accepting at once; its open connections get
         # --termination-drain (ZTUNNEL_DRAIN) of the pod's grace, then are closed.
         "volumeMounts": [run, {"name": "ca-token", "mountPath": TOKEN_DIR, "readOnly": True},
@@ -366,6 +393,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ztunnel-workers", type=_workers, default=0, metavar="N",
                    help="worker processes per node ztunnel (0: one per CPU the container may use, at most 8; "
                         "docs/performance.md)")
+    p.add_argument("--ztunnel-memory-request", type=_quantity, default=None, metavar="QUANTITY",
+                   help=f"the ztunnel container's memory request (default: sized from --ztunnel-workers, "
+                        f"{ZTUNNEL_MEMORY_FIRST_MIB}Mi for one process and {ZTUNNEL_MEMORY_PER_WORKER_MIB}Mi per "
+                        f"further worker, and for 0 as many as 0 may resolve to; docs/operations.md)")
     p.add_argument("--waypoint-workers", type=_workers, default=1, metavar="N",
                    help="worker processes per waypoint pod (default 1: scale waypoints out by replicas; 0: one per "
                         "CPU the pod may use, at most 8; docs/performance.md)")
@@ -393,7 +424,8 @@ SET_KEYS = {"namespace": "namespace", "image": "image", "pullPolicy": "pull_poli
             "capture": "capture", "hostCgroup": "host_cgroup", "caSecret": "ca_secret", "logLevel": "log_level",
             "cniConfDir": "cni_conf_dir", "cniBinDir": "cni_bin_dir", "cniPython": "cni_python",
             "meshConfig.outboundTrafficPolicy.mode": "outbound_traffic_policy",     # istioctl's key
-            "outboundTrafficPolicy": "outbound_traffic_policy"}
+            "outboundTrafficPolicy": "outbound_traffic_policy", "ztunnelWorkers": "ztunnel_workers",
+            "ztunnelMemoryRequest": "ztunnel_memory_request", "waypointWorkers": "waypoint_workers"}
 
 
 def apply_sets(o: argparse.Namespace, sets: list[str]) -> argparse.Namespace:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ambit.configclient.tls import controller_identity
+from ambit.dataplane.cpus import memory_request_mib
 from controller.ca.publish import ROOT_CONFIGMAP, ROOT_KEY
 from controller.waypoints.gateways import GATEWAY_NAME_LABEL, HBONE_PORT
 
@@ -61,6 +62,23 @@ class WaypointDeploySettings:
     log_level: str = "INFO"
     replicas: int = 1
     workers: int = 1                         # the waypoint's --workers (waypoint/workers.py)
+
+
+# The waypoint's memory (docs/operations.md, "Memory requests"): one process measured about 50 MB RSS
+# at 1000 req/s (bench/RESULTS.md); each further worker is a whole waypoint with its own pools.
+WAYPOINT_MEMORY_FIRST_MIB = 128
+WAYPOINT_MEMORY_PER_WORKER_MIB = 64
+WAYPOINT_MEMORY_LIMIT_MIB = 1024
+
+
+def waypoint_resources(workers: int) -> Obj:
+    """Requests sized from `--workers` (0: for the most it may resolve to), and a limit of at least
+    twice the request: a limit under the workers' working set would OOM-kill one of them in turn."""
+    mib = memory_request_mib(workers, first_mib=WAYPOINT_MEMORY_FIRST_MIB,
+                             per_worker_mib=WAYPOINT_MEMORY_PER_WORKER_MIB)
+    limit = max(WAYPOINT_MEMORY_LIMIT_MIB, 2 * mib)
+    return {"requests": {"cpu": "100m", "memory": f"{mib}Mi"},
+            "limits": {"memory": f"{limit // 1024}Gi" if limit % 1024 == 0 else f"{limit}Mi"}}
 
 
 def owner_reference(gw: Obj) -> Obj:
@@ -143,7 +161,7 @@ def deployment(gw: Obj, s: WaypointDeploySettings, extra_ports: Iterable[int] = 
                   {"name": "http-metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": READY_PORT},
                            "periodSeconds": 5, "failureThreshold": 4},
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+        "resources": waypoint_resources(s.workers),
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "runAsNonRoot": True, "runAsUser": 1337, "runAsGroup": 1337,
                             "capabilities": {"drop": ["ALL"]}},

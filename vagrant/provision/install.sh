@@ -11,8 +11,10 @@ if ! command -v k3s >/dev/null; then
 fi
 kubectl wait --for=condition=Ready nodes --all --timeout=300s
 
-# `ambit install` renders the manifests from the same code the image runs.
-docker run --rm "$IMAGE" python3 -m ambitctl.cli install --dry-run --image "$IMAGE" \
+# `ambit install` renders the manifests from the same code the image runs. The VMs have 2 CPUs and
+# 2 GiB: two ztunnel workers, and a memory request sized for them, so that a surge roll's second
+# node pod still fits (docs/operations.md, "Memory requests").
+docker run --rm "$IMAGE" python3 -m ambitctl.cli install --dry-run --image "$IMAGE" --ztunnel-workers 2 \
     | kubectl apply --server-side --force-conflicts --field-manager=ambit -f -
 kubectl -n ambit-system rollout restart deployment/ambit-controller daemonset/ambit-node
 kubectl -n ambit-system rollout status deployment/ambit-controller --timeout=300s

@@ -345,3 +345,26 @@ def test_waypoint_workers_get_a_writable_run_dir() -> None:
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == str(s.run_dir)]
     assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == mount["name"])
+
+
+def _mib(q: str) -> int:
+    return int(q[:-2]) * (1024 if q.endswith("Gi") else 1)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4, 8, 0])
+def test_waypoint_memory_follows_its_workers(workers: int) -> None:
+    """Each waypoint worker is a whole process with its own pools, so the pod's memory request grows
+    with `--workers` (0 is sized for the most it may resolve to), and the limit stays at least twice
+    the request: a limit under the workers' working set would OOM-kill them in turn."""
+    from ambit.dataplane.cpus import MAX_AUTO_WORKERS
+    from controller.waypoints.render import deployment
+    gw = gateway("wp", "istio-waypoint")
+    gw["metadata"].setdefault("uid", "u1")
+    dep = deployment(gw, WaypointDeploySettings(image="ambit:test", controller_address="c:15012", workers=workers))
+    [c] = dep["spec"]["template"]["spec"]["containers"]
+    request, limit = _mib(c["resources"]["requests"]["memory"]), _mib(c["resources"]["limits"]["memory"])
+    n = workers or MAX_AUTO_WORKERS
+    assert request == 128 + 64 * (n - 1)
+    assert limit >= 2 * request and limit >= 1024
+    if workers == 1:        # a single-process waypoint's Deployment is what it was: no roll on upgrade
+        assert c["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}

@@ -94,3 +94,11 @@ def test_a_supervisor_loads_no_grpc_tls_codec_or_engine():
             f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_memory_request_grows_with_each_worker_and_auto_is_sized_for_the_cap() -> None:
+    from ambit.dataplane.cpus import memory_request_mib
+    assert memory_request_mib(1, first_mib=256, per_worker_mib=64) == 256
+    assert memory_request_mib(3, first_mib=256, per_worker_mib=64) == 384
+    assert memory_request_mib(0, first_mib=256, per_worker_mib=64) == 256 + 64 * (MAX_AUTO_WORKERS - 1)
+    assert memory_request_mib(0, first_mib=100, per_worker_mib=10, cap=2) == 110

@@ -374,3 +374,37 @@ def test_the_agent_installs_the_cni_plugin_into_the_hosts_cni_directories() -> N
     assert mounts[bins] == bins == "/opt/cni/bin"
     assert mounts[str(Path(sock).parent)] == str(Path(sock).parent)
     assert flag(args, "--cni-python") == "/usr/bin/python3"
+
+
+@pytest.mark.parametrize(("argv", "memory"), [
+    (["--ztunnel-workers", "1"], "256Mi"),
+    (["--ztunnel-workers", "2"], "320Mi"),
+    (["--ztunnel-workers", "4"], "448Mi"),
+    ([], "704Mi"),                  # --ztunnel-workers 0 may resolve to 8 on a large node
+    (["--ztunnel-workers", "4", "--ztunnel-memory-request", "1Gi"], "1Gi"),
+])
+def test_ztunnels_memory_request_follows_its_workers(argv: list[str], memory: str) -> None:
+    """Every worker is a whole ztunnel, so a request sized for one process would let the scheduler pack
+    a node below the working set of its workers; an explicit request wins."""
+    z = container(render(*argv), "DaemonSet", "ambit-node", "ztunnel")
+    assert z["resources"]["requests"]["memory"] == memory and "limits" not in z["resources"]
+    assert flag(z["args"], "--workers") == (argv[1] if argv else "0")
+
+
+@pytest.mark.parametrize("bad", ["512", "512M", "0Mi", "1.5Gi", "lots"])
+def test_a_memory_request_that_is_not_a_quantity_is_refused_naming_the_flag(
+        bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        install.parse(["--ztunnel-memory-request", bad])
+    err = capsys.readouterr().err
+    assert "--ztunnel-memory-request" in err and repr(bad) in err and "Mi" in err
+
+
+def test_set_reaches_the_workers_and_the_memory_request() -> None:
+    o = install.apply_sets(install.parse([]), ["ztunnelWorkers=2", "waypointWorkers=3"])
+    assert (o.ztunnel_workers, o.waypoint_workers) == (2, 3)
+    assert install.ztunnel_memory_request(o) == "320Mi"
+    o = install.apply_sets(o, ["ztunnelMemoryRequest=2Gi"])
+    assert install.ztunnel_memory_request(o) == "2Gi"
+    with pytest.raises(install.InstallError, match="ztunnel-memory-request"):
+        install.apply_sets(o, ["ztunnelMemoryRequest=2G"])

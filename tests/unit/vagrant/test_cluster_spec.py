@@ -82,3 +82,28 @@ def test_vagrantfile_declares_one_server_and_two_workers_with_k3s_options() -> N
     for opt in ("--disable traefik", "--disable servicelb", "--flannel-backend vxlan", "--node-ip"):
         assert opt in server
     assert "debian/bookworm64" in text
+
+
+def _mib(q: str) -> int:
+    m = re.fullmatch(r"(\d+)(Mi|Gi)", q)
+    assert m, q
+    return int(m.group(1)) * (1024 if m.group(2) == "Gi" else 1)
+
+
+def test_a_surge_roll_of_the_node_pod_fits_the_worker_vms() -> None:
+    """install.sh restarts the node DaemonSet (maxSurge 1): for a moment each worker VM holds two node
+    pods, and a second pod whose requests do not fit would hang the roll. The flags install.sh
+    passes must size ztunnel for the VMs' CPUs and memory (docs/operations.md, "Memory requests")."""
+    vagrantfile = (VAGRANT / "Vagrantfile").read_text()
+    cpus = {int(c) for c in re.findall(r"\.cpus = (\d+)", vagrantfile)}
+    memory = min(int(m) for m in re.findall(r'role: "agent", memory: (\d+)', vagrantfile))
+    script = (VAGRANT / "provision" / "install.sh").read_text()
+    line = script[script.index("ambitctl.cli install --dry-run"):].split("\\\n", 1)[0]
+    argv = line.split()[3:]
+    del argv[argv.index("--image"):argv.index("--image") + 2]     # "$IMAGE", the shell's
+    assert argv[argv.index("--ztunnel-workers") + 1] == str(max(cpus)), "one ztunnel worker per VM CPU"
+    docs = [d for d in yaml.safe_load_all(install.render(install.parse(argv))) if d]
+    [ds] = [d for d in docs if d["kind"] == "DaemonSet"]
+    node_pod = sum(_mib(c["resources"]["requests"]["memory"]) for c in ds["spec"]["template"]["spec"]["containers"])
+    # k3s reserves nothing by default; leave a third of the VM to the OS, k3s and the scenario pods
+    assert 2 * node_pod <= memory * 2 // 3, (node_pod, memory)
