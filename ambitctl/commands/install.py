@@ -196,22 +196,24 @@ def controller_objects(o: argparse.Namespace) -> list[Obj]:
 # whole ztunnel, 26 MiB PSS idle beside a 19 MiB supervisor.
 ZTUNNEL_MEMORY_FIRST_MIB = 256
 ZTUNNEL_MEMORY_PER_WORKER_MIB = 64
-_QUANTITY = re.compile(r"[1-9][0-9]*(Ki|Mi|Gi)")
+# A Kubernetes memory quantity: a plain number of bytes, or with a binary (Ki..Ei) or decimal
+# (k, M..E) suffix, as the API server takes it (its exponent form, 1e9, is not accepted here).
+_QUANTITY = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[KMGTPE]i|[kMGTPE])?")
 
 
 def ztunnel_memory_request(o: argparse.Namespace) -> str:
     """`--ztunnel-memory-request`, or sized from `--ztunnel-workers` (0: for the most workers a
     node may resolve it to, since the DaemonSet's request is the same on every node)."""
     if o.ztunnel_memory_request:
-        return str(o.ztunnel_memory_request)
+        return o.ztunnel_memory_request
     mib = memory_request_mib(o.ztunnel_workers, first_mib=ZTUNNEL_MEMORY_FIRST_MIB,
                              per_worker_mib=ZTUNNEL_MEMORY_PER_WORKER_MIB)
     return f"{mib}Mi"
 
 
 def _quantity(v: str) -> str:
-    if not _QUANTITY.fullmatch(v):
-        raise argparse.ArgumentTypeError(f"{v!r}: a memory quantity in Ki, Mi or Gi, e.g. 512Mi or 1Gi")
+    if not _QUANTITY.fullmatch(v) or not v.strip("0.KMGTPEik"):
+        raise argparse.ArgumentTypeError(f"{v!r}: a Kubernetes memory quantity above zero, e.g. 512Mi, 1Gi or 1G")
     return v
 
 

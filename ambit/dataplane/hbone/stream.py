@@ -287,9 +287,9 @@ class HBONEStream:
             self.reset(f.CANCEL)
 
     def on_closed(self, cb: Callable[[], None]) -> Callable[[], None]:
-        """Call `cb` soon (from the loop, as a future's callback) once the stream is closed or
-        reset, or soon now if it already is; returns a function that unregisters it. Lets a server
-        cancel work for a tunnel the peer gave up on."""
+        """Call `cb` from the loop (`call_soon`, never from inside the close) once the stream is
+        closed or reset, or soon now if it already is; returns a function that unregisters it. Lets
+        a server cancel work for a tunnel the peer gave up on."""
         if self._closed:
             return self._proto.loop.call_soon(cb).cancel
         cbs = self._close_cbs

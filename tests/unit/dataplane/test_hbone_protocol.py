@@ -163,7 +163,7 @@ async def _on_closed_calls_back_when_the_peer_resets_unless_unregistered() -> No
         w.server.reset_stream(st.stream_id, f.CANCEL)
     w.proto.data_received(w.server.bytes_to_send())
     assert a.is_closed and b.is_closed
-    assert calls == []              # from the loop, as a future's callbacks would be
+    assert calls == []              # from the loop, not from inside the close
     await asyncio.sleep(0)
     assert calls == ["a"]
     a.on_closed(lambda: calls.append("late"))        # registered after the close: called soon

@@ -391,13 +391,19 @@ def test_ztunnels_memory_request_follows_its_workers(argv: list[str], memory: st
     assert flag(z["args"], "--workers") == (argv[1] if argv else "0")
 
 
-@pytest.mark.parametrize("bad", ["512", "512M", "0Mi", "1.5Gi", "lots"])
+@pytest.mark.parametrize("good", ["512Mi", "1Gi", "1.5Gi", "1G", "800M", "536870912", "0.5Gi"])
+def test_any_kubernetes_memory_quantity_is_taken_as_given(good: str) -> None:
+    z = container(render("--ztunnel-memory-request", good), "DaemonSet", "ambit-node", "ztunnel")
+    assert z["resources"]["requests"]["memory"] == good
+
+
+@pytest.mark.parametrize("bad", ["0Mi", "0", "0.0Gi", "lots", "512MB", "1.5.0Gi", "Mi", "1gi", "1e9"])
 def test_a_memory_request_that_is_not_a_quantity_is_refused_naming_the_flag(
         bad: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         install.parse(["--ztunnel-memory-request", bad])
     err = capsys.readouterr().err
-    assert "--ztunnel-memory-request" in err and repr(bad) in err and "Mi" in err
+    assert "--ztunnel-memory-request" in err and repr(bad) in err and "quantity" in err
 
 
 def test_set_reaches_the_workers_and_the_memory_request() -> None:
@@ -407,4 +413,4 @@ def test_set_reaches_the_workers_and_the_memory_request() -> None:
     o = install.apply_sets(o, ["ztunnelMemoryRequest=2Gi"])
     assert install.ztunnel_memory_request(o) == "2Gi"
     with pytest.raises(install.InstallError, match="ztunnel-memory-request"):
-        install.apply_sets(o, ["ztunnelMemoryRequest=2G"])
+        install.apply_sets(o, ["ztunnelMemoryRequest=2GB"])
