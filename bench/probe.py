@@ -12,6 +12,8 @@ the scenario has one, and each ztunnel):
 - `--load wrk`: the bench's own closed-loop new-connection load (`tools.wrk_conn_argv`, 8 at a
   time, HTTP/1.0 connect-request-close) for `--seconds`; figures per connection wrk made, and the
   rate it reached;
+- `--load iperf`: the bench's throughput load (`iperf3 -P --streams`) for `--seconds`; figures per
+  MB that got through, and the rate (L4 scenarios only: no iperf3 behind an HTTP proxy);
 
 - `--mode io` (default): CPU seconds (cgroup or /proc), read and write syscalls
   (`/proc/<pid>/io`) and voluntary context switches, each also per request; with the keepalive
@@ -142,8 +144,10 @@ def _recorder(mode: str, name: str, pid: int, seconds: float, work: Path) -> sub
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenario", default="ambit-waypoint", choices=sorted(SCENARIOS))
-    ap.add_argument("--load", choices=("keepalive", "conn", "wrk"), default="keepalive",
-                    help="requests on kept connections, new connections at --rate, or wrk's closed loop")
+    ap.add_argument("--load", choices=("keepalive", "conn", "wrk", "iperf"), default="keepalive",
+                    help="requests on kept connections, new connections at --rate, wrk's closed loop, "
+                         "or iperf3's bulk streams")
+    ap.add_argument("--streams", type=int, default=4, help="iperf3's parallel streams (--load iperf)")
     ap.add_argument("--rate", type=int, default=1000,
                     help="requests (--load conn: connections) per second (default 1000)")
     ap.add_argument("--seconds", type=float, default=10.0, help="the measured window (default 10)")
@@ -153,6 +157,8 @@ def main() -> None:
     sc = SCENARIOS[args.scenario]
     if not sc.mesh:
         ap.error(f"--scenario {sc.name}: not a mesh scenario (no ztunnel to probe)")
+    if args.load == "iperf" and sc.l7:
+        ap.error(f"--load iperf: {sc.name} carries HTTP only (no iperf3 behind an HTTP proxy)")
     args.work.mkdir(parents=True, exist_ok=True)
     from ambitctl.lab import state
     with labenv.lab_up(args.work, sc.phase, l7=bool(sc.l7)) as lab:
@@ -174,6 +180,10 @@ def main() -> None:
             if args.load == "wrk":
                 argv = tools.wrk_conn_argv(t.url, 8, args.seconds)
                 loads = []
+            elif args.load == "iperf":
+                argv = tools.iperf3_argv(t.iperf_host, t.iperf_port, args.streams, round(args.seconds))
+                loads = []
+                warmup = 0.0
             elif args.load == "conn":
                 out = (args.work / "probe-load.log").open("w")     # h2load's summary: failures, if any
                 loads = [lab.popen(sc.client_key, conn_load_argv(t.url, args.rate, args.seconds + warmup + 2),
@@ -187,21 +197,28 @@ def main() -> None:
                                                     f"--log-file={args.work / f'probe-h2load-{i}.tsv'}", t.url],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
                          for i, r in enumerate(tools.split_rate(args.rate, 100))]
-            wrk = None
+            wrk = iperf = None
             try:
                 time.sleep(warmup)
                 recs = [(n, _recorder(args.mode, n, p, args.seconds, args.work)) for n, p in pids.items()]
                 cpu0, io0 = t.proxy_cpu() if t.proxy_cpu else {}, {n: _read(p) for n, p in pids.items()}
                 if args.load == "wrk":
                     wrk = parsers.parse_wrk(measures._run(lab, sc, argv, timeout=args.seconds + 30))
+                elif args.load == "iperf":
+                    iperf = parsers.parse_iperf3(measures._run(lab, sc, argv, timeout=args.seconds + 30))
                 else:
                     time.sleep(args.seconds)
                 cpu1, io1 = t.proxy_cpu() if t.proxy_cpu else {}, {n: _read(p) for n, p in pids.items()}
             finally:
                 for p in loads:
                     p.wait(timeout=60)
-            unit = "request" if args.load == "keepalive" else "connection"
-            if wrk is not None:
+            unit = {"keepalive": "request", "iperf": "MB"}.get(args.load, "connection")
+            if iperf is not None:
+                requests = max(1, round(iperf.bytes / 1e6))
+                print(f"{sc.name}: iperf3 -P {args.streams}, {iperf.gbit_per_second:.2f} Gbit/s over "
+                      f"{iperf.seconds:g} s ({requests} MB, {iperf.retransmits} retransmits), "
+                      f"load average {os.getloadavg()[0]:.2f}")
+            elif wrk is not None:
                 requests = wrk.requests
                 print(f"{sc.name}: wrk closed loop, {wrk.per_second:.0f} connections/s over {args.seconds:g} s "
                       f"({requests} connections, {sum(wrk.errors.values())} errors), load average {os.getloadavg()[0]:.2f}")
