@@ -103,6 +103,11 @@ class Service(Resource):
     resolution: str = ""
     subnets: list[str] = field(default_factory=list)
     export_to: list[str] = field(default_factory=list)
+    # Kubernetes `internalTrafficPolicy: Local`: a client reaches only the endpoints on its own
+    # node, and none when its node has none (kube-proxy's rule; Istio's ztunnel applies it as a
+    # strict NODE routing preference). ztunnel takes over Service balancing from kube-proxy for
+    # enrolled pods, so it must apply it too.
+    node_local: bool = False
 
     @property
     def resource_name(self) -> str:

@@ -429,8 +429,8 @@ def _waypoint_labels(good: list[Obj], st: _State) -> list[Finding]:
         else:
             continue
         out.append(Finding("AMB0108", object_ref(o), f"metadata.labels[{key}]",
-                           f"{why}: traffic that should go through a waypoint gets none (L7 policy and routes for it "
-                           f"are not enforced); create it with `ambit waypoint apply -n {ref.split('/')[0]} "
+                           f"{why}: ztunnel refuses the traffic that should go through it (it fails closed rather "
+                           f"than bypass the L7 policy); create it with `ambit waypoint apply -n {ref.split('/')[0]} "
                            f"--name {ref.split('/')[1]}` or fix the label"))
     return out
 

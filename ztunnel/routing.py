@@ -154,9 +154,10 @@ def via_waypoint(config: MeshState, waypoint: str, original: tuple[str, int], lb
 
 
 def decide(config: MeshState, dst_ip: str, dst_port: int, lb: RoundRobin | None = None,
-           src_namespace: str | None = None) -> Route:
+           src_namespace: str | None = None, src_node: str | None = None) -> Route:
     """Route a connection whose original destination is `dst_ip:dst_port`, opened by a pod in
-    `src_namespace` (None: every ServiceEntry is visible, whatever its exportTo)."""
+    `src_namespace` (None: every ServiceEntry is visible, whatever its exportTo) on node
+    `src_node` (None: a Service's `internalTrafficPolicy: Local` is not narrowed to a node)."""
     service: Service | None = None
     hit = _visible(config.lookup_service(dst_ip, dst_port), src_namespace)
     entry = None if hit is not None else _visible(config.lookup_entry(dst_ip, dst_port), src_namespace)
@@ -168,6 +169,12 @@ def decide(config: MeshState, dst_ip: str, dst_port: int, lb: RoundRobin | None 
         if service.kind == "ServiceEntry":
             return entry_route(config, service, svc_port, (dst_ip, dst_port), lb, vip=hit is not None)
         ready = [ep for ep in service.endpoints if ep.ready]
+        if service.node_local and src_node is not None:
+            ready = [ep for ep in ready if ep.node == src_node]
+            if not ready:
+                return Route(REFUSE, None, (dst_ip, dst_port), service=service,
+                             reason=f"service {service.resource_name} has internalTrafficPolicy Local and no "
+                                    f"ready endpoint on node {src_node or '(unknown)'}")
         if not ready:
             return Route(REFUSE, None, (dst_ip, dst_port), service=service,
                          reason=f"service {service.resource_name} port {dst_port} has no ready endpoint")

@@ -131,6 +131,7 @@ def translate_services(idx: Index, cluster_domain: str) -> list[Service]:
             name=name, namespace=ns, hostname=f"{name}.{ns}.svc.{cluster_domain}", vips=vips, ports=ports,
             endpoints=endpoints,
             waypoint=waypoint_ref(labels_of(svc), ns, fallback=namespace_waypoint(idx, ns)),
+            node_local=spec.get("internalTrafficPolicy") == "Local",
         ))
     return out
 

@@ -16,6 +16,8 @@ validator refuses what can never work; this module finds what is valid but does 
   enforced by nobody (JWTs are checked by waypoints only), and says so.
 - Routes (VirtualService, HTTPRoute, GRPCRoute) and DestinationRules for a host that no waypoint
   serves: the waypoint is what applies them, so until one serves the host they change nothing.
+- Namespaces, Pods and Services whose Ambit labels or balancing fields do nothing as written
+  (`controller.waypoints.label_advisories`).
 - Fields the waypoint accepts but does not apply (CORS, session persistence, locality load
   balancing, a few connection-pool knobs, TLS origination, PROXY protocol), fields it applies
   differently from Istio (a fault without a percentage, `exponentialDelay`, a mirror to a host that
@@ -37,6 +39,7 @@ from controller.translate.index import ns_of, waypoint_ref
 from controller.translate.routes import Hosts
 from controller.validation import object_ref, validate_object
 from controller.waypoints.gateways import WAYPOINT_CLASSES, is_waypoint, waypoint_for
+from controller.waypoints.label_advisories import label_notes
 
 Obj = dict[str, Any]
 
@@ -131,6 +134,8 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             out += telemetry_advisories(o, tr.mesh_settings[0] if tr.mesh_settings else None)
     out += telemetry_conflicts([o for o in good if o.get("kind") == "Telemetry"], root_namespace)
     out += _unserved_hosts(good, tr, gateways)
+    out += [Advisory(ref, path, why, NOT_ENFORCED, cause) for ref, path, why, cause in
+            label_notes(good, gateways, {(s.namespace, s.name): s.waypoint for s in tr.services})]
     return out
 
 

@@ -179,6 +179,23 @@ def test_changes_reach_every_ztunnel_within_a_second(lab: Lab) -> None:
     wait_until_everywhere(lab, lambda n: workload(n) is None, "the pod's removal")
 
 
+def test_internal_traffic_policy_local_keeps_clients_on_their_nodes_endpoints(lab: Lab) -> None:
+    """kube-proxy's rule, applied by ztunnel: echo-v1 runs on node1, echo-v2 on node2; through a
+    Service with `internalTrafficPolicy: Local`, demo/client (node1) reaches only echo-v1."""
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo-local", "namespace": "demo"},
+           "spec": {"clusterIP": "10.96.0.97", "selector": {"app": "echo"}, "internalTrafficPolicy": "Local",
+                    "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}}
+    try:
+        lab.ambit("apply", "-f", "-", input=yaml.safe_dump(svc))
+        wait_until_everywhere(lab, lambda n: any(s["name"] == "echo-local" and s.get("node_local") and
+                                                 len(s["endpoints"]) == 2 for s in zt(lab, n, "/services")),
+                              "the node-local service")
+        seen = {lab.curl("demo/client", "http://10.96.0.97:8080/")["version"] for _ in range(8)}
+        assert seen == {"v1"}, f"a node1 client reached {seen} through a Local service"
+    finally:
+        lab.ambit("delete", "svc", "echo-local", "-n", "demo", "--ignore-not-found", check=False)
+
+
 def test_a_vip_collision_is_nacked_by_ztunnels_and_shown_in_status(lab: Lab) -> None:
     """Two Services on one VIP: the store and the controller accept it (the Kubernetes API server
     would refuse the second), but a ztunnel cannot route an ambiguous VIP and refuses the update.

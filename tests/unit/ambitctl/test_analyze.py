@@ -177,6 +177,9 @@ def test_offline_targets_and_waypoints_of_unknown_kinds_are_not_reported() -> No
     found = significant(an.analyze([ap, svc], complete=True))      # the whole world: wp does not exist
     assert ("AMB0105", "AuthorizationPolicy/shop/p", "spec.targetRefs[0]") in found
     assert ("AMB0108", "Service/shop/ratings", "metadata.labels[ambit.io/use-waypoint]") in found
+    (msg,) = [f.message for f in an.analyze([ap, svc], complete=True) if f.code == "AMB0108"]
+    assert "ztunnel refuses the traffic that should go through it" in msg, \
+        "the label fails closed (ztunnel.routing.via_waypoint), it is not bypassed"
 
 
 def test_ingress_only_virtual_services_are_not_the_mesh_s() -> None:

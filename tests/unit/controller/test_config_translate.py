@@ -477,3 +477,13 @@ def test_routes_attached_to_a_waypoint_gateway_apply_to_its_services() -> None:
     assert sorted(r.hostname for r in t.waypoint_routes) == ["ratings.demo.svc.cluster.local",
                                                              "reviews.demo.svc.cluster.local"]
     assert all(r.waypoint == "demo/wp" for r in t.waypoint_routes)
+
+
+def test_internal_traffic_policy_local_reaches_the_model_and_cluster_is_the_default() -> None:
+    local = service("agent", {"app": "agent"}, [{"name": "http", "port": 80}])
+    local["spec"]["internalTrafficPolicy"] = "Local"
+    objs = [ns("demo", **{"ambit.io/dataplane-mode": "ambient"}), local,
+            service("web", {"app": "web"}, [{"name": "http", "port": 80}], cluster_ip="10.96.0.11")]
+    tr = translate(objs)
+    assert by_name(tr.services, "agent").node_local is True
+    assert by_name(tr.services, "web").node_local is False

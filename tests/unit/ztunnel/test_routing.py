@@ -129,3 +129,23 @@ def test_addresses_are_canonical_and_a_bad_one_is_refused_every_time(value: str,
                 routing.parse_addr(value)
         else:
             assert routing.parse_addr(value) == want
+
+
+def test_internal_traffic_policy_local_keeps_a_client_on_its_own_nodes_endpoints() -> None:
+    s = svc("agent", "10.96.0.30", [V1, V2])
+    s.node_local = True
+    cfg = config([V1, V2], [s])
+    lb = RoundRobin()
+    assert {decide(cfg, "10.96.0.30", 80, lb, "demo", "node2").target[0] for _ in range(4)} == {"10.210.2.10"}
+    assert {decide(cfg, "10.96.0.30", 80, lb, "demo", "node1").target[0] for _ in range(4)} == {"10.210.1.10"}
+    s.node_local = False
+    assert {decide(cfg, "10.96.0.30", 80, lb, "demo", "node2").target[0] for _ in range(4)} == \
+        {"10.210.1.10", "10.210.2.10"}, "Cluster (the default) balances over every node"
+
+
+def test_internal_traffic_policy_local_with_no_endpoint_on_the_node_refuses_as_kube_proxy_drops() -> None:
+    s = svc("agent", "10.96.0.30", [V1])
+    s.node_local = True
+    r = decide(config([V1], [s]), "10.96.0.30", 80, None, "demo", "node3")
+    assert r.kind == REFUSE and r.dial is None
+    assert "internalTrafficPolicy Local" in r.reason and "node3" in r.reason and "demo/agent" in r.reason

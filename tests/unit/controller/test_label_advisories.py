@@ -1,0 +1,74 @@
+"""Ambit labels and Service fields that do nothing as written are said out loud
+(controller.waypoints.label_advisories), through `ambit apply` and `ambit analyze`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from controller.waypoints.advisories import NOT_ENFORCED, advisories
+from tests.unit.controller.test_waypoint_advisories import ns, run, svc, waypoint
+
+
+def pod(name: str, namespace: str = "demo", **labels: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}", "labels": labels},
+            "spec": {"nodeName": "node1", "containers": [{"name": "app"}]},
+            "status": {"phase": "Running", "podIP": "10.210.1.9", "podIPs": [{"ip": "10.210.1.9"}]}}
+
+
+def found(objects: list[dict]) -> dict[tuple[str, str], str]:
+    out = {}
+    for a in advisories(objects):
+        assert a.condition == NOT_ENFORCED
+        out[(a.ref, a.path)] = a.reason
+    return out
+
+
+def test_a_misspelt_dataplane_mode_is_named_on_the_namespace_and_the_pod() -> None:
+    got = found([ns("shop", **{"ambit.io/dataplane-mode": "ambeint"}),
+                 pod("p", "shop", **{"istio.io/dataplane-mode": "ambiant"})])
+    assert "'ambeint' is neither 'ambient' nor 'none': the namespace's pods are not enrolled" in \
+        got[("Namespace/shop", "metadata.labels[ambit.io/dataplane-mode]")]
+    assert "this pod is not enrolled" in got[("Pod/shop/p", "metadata.labels[istio.io/dataplane-mode]")]
+    assert found([ns("shop", **{"ambit.io/dataplane-mode": "ambient"}),
+                  pod("p", "shop", **{"ambit.io/dataplane-mode": "none"})]) == {}
+
+
+def test_a_pod_naming_a_waypoint_that_serves_services_only_is_told_its_traffic_bypasses_it() -> None:
+    got = found([ns("demo", **{"ambit.io/dataplane-mode": "ambient"}), waypoint(),
+                 pod("db-0", **{"ambit.io/use-waypoint": "waypoint"})])
+    assert got == {("Pod/demo/db-0", "metadata.labels[ambit.io/use-waypoint]"): (
+        "waypoint demo/waypoint has waypoint-for 'service', which does not take traffic addressed to this pod's IP: "
+        "that traffic does not go through it (its L7 policy and routes do not apply); label the waypoint "
+        "waypoint-for 'workload' or 'all', or name another waypoint")}
+    # the same label is bound once the waypoint takes workload traffic; a namespace label is never flagged
+    assert found([ns("demo", **{"ambit.io/use-waypoint": "waypoint"}), waypoint(**{"istio.io/waypoint-for": "all"}),
+                  pod("db-0", **{"ambit.io/use-waypoint": "waypoint"})]) == {}
+
+
+def test_a_service_naming_a_workload_only_waypoint_is_told() -> None:
+    got = found([waypoint(**{"ambit.io/waypoint-for": "workload"}), svc("ratings", **{"istio.io/use-waypoint": "waypoint"})])
+    assert "does not take traffic addressed to this Service's VIP" in \
+        got[("Service/demo/ratings", "metadata.labels[istio.io/use-waypoint]")]
+
+
+def test_service_balancing_fields_the_mesh_does_not_apply_are_named() -> None:
+    sticky = svc("cart")
+    sticky["spec"]["sessionAffinity"] = "ClientIP"
+    local = svc("agent", **{"ambit.io/use-waypoint": "waypoint"})
+    local["spec"]["internalTrafficPolicy"] = "Local"
+    got = found([waypoint(), sticky, local])
+    assert "ClientIP is not applied to mesh clients" in got[("Service/demo/cart", "spec.sessionAffinity")]
+    assert "goes through waypoint demo/waypoint, which balances over the endpoints of every node" in \
+        got[("Service/demo/agent", "spec.internalTrafficPolicy")]
+    plain = svc("agent")
+    plain["spec"]["internalTrafficPolicy"] = "Local"      # no waypoint: ztunnel applies it, nothing to say
+    assert found([plain]) == {}
+
+
+def test_ambit_apply_prints_the_warning_and_creates_the_object(lab_dir: Path) -> None:
+    rc, out, err = run("apply", "-f", "-", stdin=yaml.safe_dump(ns("shop", **{"ambit.io/dataplane-mode": "ambeint"})))
+    assert rc == 0 and "namespace/shop created" in out
+    assert "Warning: Namespace/shop: metadata.labels[ambit.io/dataplane-mode]: 'ambeint' is neither" in err
