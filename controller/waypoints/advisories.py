@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ambit.resilience import RETRY_ON_NOT_APPLIED, retry_on_parts
 from controller.kinds.security import L4_CONDITION_KEYS
 from controller.translate import translate
 from controller.translate.index import ns_of, waypoint_ref
@@ -359,6 +360,28 @@ def _fault_fields(ref: str, fault: Obj | None, base: str) -> list[Advisory]:
     return out
 
 
+def _retry_on_fields(ref: str, retries: Obj | None, base: str) -> list[Advisory]:
+    """retryOn conditions Istio accepts and the waypoint does not apply (ambit.resilience); when
+    nothing the waypoint applies is left, the route retries nothing: said too, never silent."""
+    parts = retry_on_parts((retries or {}).get("retryOn") or "")
+    idle = [p for p in parts if p in RETRY_ON_NOT_APPLIED]
+    if not idle:
+        return []
+    out = [Advisory(ref, f"{base}.retryOn", f'"{p}" is accepted, not applied: {RETRY_ON_NOT_APPLIED[p]}',
+                    NOT_ENFORCED) for p in idle]
+    if len(idle) == len(parts):
+        out.append(Advisory(ref, f"{base}.retryOn", "no condition the waypoint applies is left: this route retries "
+                            "nothing (add e.g. connect-failure,refused-stream,unavailable, Istio's default)",
+                            NOT_ENFORCED))
+    return out
+
+
+def _stat_prefixes(ref: str, h: Obj, i: int) -> list[Advisory]:
+    return [Advisory(ref, f"spec.http[{i}].match[{j}].statPrefix", "accepted, not applied: the waypoint keeps no "
+                     "per-route statistics (Envoy's route.<statPrefix>.* stats); the istio_* metrics are unaffected",
+                     NOT_ENFORCED) for j, m in enumerate(h.get("match") or []) if m.get("statPrefix")]
+
+
 def _vs_fields(o: Obj, hosts: Any = None) -> list[Advisory]:
     spec, ref, out = o.get("spec") or {}, object_ref(o), []
     for i, h in enumerate(spec.get("http") or []):
@@ -366,6 +389,7 @@ def _vs_fields(o: Obj, hosts: Any = None) -> list[Advisory]:
             if h.get(f) is not None:
                 out.append(Advisory(ref, f"spec.http[{i}].{f}", NOT_YET_REASON.format(what=what), NOT_ENFORCED))
         out += _fault_fields(ref, h.get("fault"), f"spec.http[{i}].fault")
+        out += _retry_on_fields(ref, h.get("retries"), f"spec.http[{i}].retries") + _stat_prefixes(ref, h, i)
         if (h.get("retries") or {}).get("retryRemoteLocalities"):
             out.append(Advisory(ref, f"spec.http[{i}].retries.retryRemoteLocalities", "accepted, not applied: Ambit "
                                 "has no localities; retries go to any other endpoint of the cluster", NOT_ENFORCED))
