@@ -18,8 +18,6 @@ One routing model for the waypoint, whatever API the user wrote:
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from typing import Any
 
@@ -176,14 +174,9 @@ def vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str,
                                   code=int(r.get("redirectCode") or 301), derive_port=r.get("derivePort", ""))
     if h.get("directResponse"):
         d = h["directResponse"]
-        body = (d.get("body") or {})
-        text = body.get("string", "")
-        if "bytes" in body:
-            try:
-                text = base64.b64decode(body["bytes"]).decode("utf-8", "replace")
-            except (binascii.Error, ValueError):
-                text = ""
-        route.direct_response = DirectResponse(status=int(d["status"]), body=text)
+        body = d.get("body") or {}      # `bytes` is base64 (validated): carried as such, sent decoded
+        route.direct_response = DirectResponse(status=int(d["status"]), body=body.get("string", ""),
+                                               body_base64=body.get("bytes", ""))
     if h.get("rewrite"):
         rw = h["rewrite"]
         rr = rw.get("uriRegexRewrite") or {}
