@@ -34,7 +34,8 @@ from typing import Any
 from ambit.resilience import RETRY_ON_NOT_APPLIED, retry_on_parts
 from controller.kinds.security import L4_CONDITION_KEYS
 from controller.translate import translate
-from controller.translate.index import ns_of, waypoint_ref
+from controller.translate.destinationrules import rules_by_host
+from controller.translate.index import age_key, ns_of, waypoint_ref
 from controller.translate.routes import Hosts
 from controller.validation import object_ref, validate_object
 from controller.waypoints.gateways import WAYPOINT_CLASSES, is_waypoint, waypoint_for
@@ -44,6 +45,7 @@ Obj = dict[str, Any]
 ZTUNNEL_ACCEPTED = "ZtunnelAccepted"
 WAYPOINT_ACCEPTED = "WaypointAccepted"
 NOT_ENFORCED = "NotEnforced"          # routes and fields: a warning only, no status condition
+DR_MERGED = "Merged"                  # the cause of what a younger DestinationRule loses in a merge
 
 _L7_SOURCE = ("requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks")
 _L7_OPERATION = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
@@ -132,6 +134,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             out += telemetry_advisories(o, tr.mesh_settings[0] if tr.mesh_settings else None)
     out += telemetry_conflicts([o for o in good if o.get("kind") == "Telemetry"], root_namespace)
     out += _unserved_hosts(good, tr, gateways)
+    out += destination_rule_merges(good, hosts)
     return out
 
 
@@ -501,6 +504,15 @@ def _dr_fields(o: Obj, entry_hosts: set[str] = frozenset()) -> list[Advisory]:  
         out.append(Advisory(ref, "spec.workloadSelector", "not supported: a DestinationRule applies to every waypoint "
                             "that routes to its host, whichever clients it selects", NOT_ENFORCED))
     return out + _export_to(o)
+
+
+def destination_rule_merges(good: list[Obj], hosts: Hosts) -> list[Advisory]:
+    """What younger DestinationRules of a host lose when they are merged with the older ones, as
+    Istio merges them (controller.translate.destinationrules): a subset name already defined, a
+    second top-level trafficPolicy."""
+    drs = sorted((o for o in good if o.get("kind") == "DestinationRule"), key=age_key)
+    return [Advisory(object_ref(dr), path, why, NOT_ENFORCED, DR_MERGED)
+            for merged in rules_by_host(drs, hosts) for dr, path, why in merged.dropped]
 
 
 def _unserved(host: str, service: str, waypoint: str, gw: Obj | None, ns: str,
