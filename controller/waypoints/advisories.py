@@ -19,7 +19,10 @@ validator refuses what can never work; this module finds what is valid but does 
 - Fields the waypoint accepts but does not apply (CORS, session persistence, locality load
   balancing, a few connection-pool knobs, TLS origination, PROXY protocol), fields it applies
   differently from Istio (a fault without a percentage, `exponentialDelay`, a mirror to a host that
-  is no mesh Service), and VirtualService `delegate`, `tcp` and `tls` routes.
+  is no mesh Service), and VirtualService `delegate`, `tcp` and `tls` routes, `match.statPrefix`
+  and the `retryOn` values Istio accepts that the waypoint does not apply (ambit.resilience).
+- What a younger DestinationRule loses when it is merged with older ones for its host
+  (controller.translate.destinationrules): a subset name already defined, a second trafficPolicy.
 
 Pure: `advisories(objects)` takes a snapshot (Kubernetes-shaped objects) and returns `Advisory`s
 that name the object, the field and the reason. `ambit apply` prints them as warnings; the
