@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,7 +229,7 @@ class KubeSource:
                 log.warning("status of %s/%s: %s", t.kind, md.get("name"), e)
 
 
-def accepted_condition(obj: Obj, errors: list[FieldError], not_applied: list[FieldError] = ()) -> Obj:  # type: ignore[assignment]
+def accepted_condition(obj: Obj, errors: Sequence[FieldError], not_applied: Sequence[FieldError] = ()) -> Obj:
     """`errors`: validation's (the last valid version stays in force); `not_applied`: the
     translation's, for a valid version that is not applied as it is."""
     md = obj.get("metadata") or {}
@@ -245,7 +245,7 @@ def accepted_condition(obj: Obj, errors: list[FieldError], not_applied: list[Fie
             "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def _joined(errors: list[FieldError]) -> str:
+def _joined(errors: Sequence[FieldError]) -> str:
     return "; ".join(f"{e.path}: {e.reason}" if e.path else e.reason for e in errors)
 
 
