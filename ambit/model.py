@@ -7,7 +7,9 @@ to re-read Kubernetes objects or re-run selectors on its hot path.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -390,8 +392,18 @@ class Mirror:
 
 @dataclass
 class DirectResponse:
+    """A route's local answer. Its body is text (`body`: VirtualService `body.string`, sent UTF-8
+    encoded) or binary (`body_base64`: `body.bytes` as the VirtualService gives it, since the model
+    travels as JSON, which has no bytes); `payload` is exactly what goes on the wire. A waypoint
+    older than `body_base64` ignores it and answers such a route with an empty body."""
+
     status: int
     body: str = ""
+    body_base64: str = ""
+
+    @functools.cached_property
+    def payload(self) -> bytes:
+        return base64.b64decode(self.body_base64) if self.body_base64 else self.body.encode()
 
 
 @dataclass

@@ -6,10 +6,11 @@ or both) and optional traffic facts, and returns `Finding`s, each with a code, a
 than restating it:
 
 - `controller.validation` (every object is validated first: AMB0001),
-- `controller.translate` (hosts, Services, endpoints, the DestinationRule in force for each host and
-  the waypoint each Service uses, resolved exactly as the data plane will get them),
+- `controller.translate` (hosts, Services, endpoints, the DestinationRules in force for each host,
+  merged, and the waypoint each Service uses, resolved exactly as the data plane will get them),
 - `controller.waypoints.advisories` (what is accepted but not enforced: fail-closed L7 policy,
-  policies whose target is missing, routes no waypoint serves, fields not applied yet).
+  policies whose target is missing, routes no waypoint serves, fields not applied yet, what a
+  younger DestinationRule loses when merged with an older one: AMB0107).
 
 **What is known.** Analysing files alone (`-f` with no lab) must not call a reference broken just
 because its target lives elsewhere. A reference to a kind is therefore checked only when the state
@@ -29,7 +30,13 @@ from controller.translate import translate
 from controller.translate.index import age_key, labels_of, name_of, ns_of, selector_matches, waypoint_ref
 from controller.translate.routes import Hosts
 from controller.validation import object_ref, validate_object
-from controller.waypoints.advisories import NOT_ENFORCED, WAYPOINT_ACCEPTED, ZTUNNEL_ACCEPTED, advisories
+from controller.waypoints.advisories import (
+    DR_MERGED,
+    NOT_ENFORCED,
+    WAYPOINT_ACCEPTED,
+    ZTUNNEL_ACCEPTED,
+    advisories,
+)
 from controller.waypoints.gateways import WAYPOINT_CLASSES
 
 Obj = dict[str, Any]
@@ -51,7 +58,7 @@ CODES: dict[str, Code] = {c.code: c for c in (
     Code("AMB0002", ERROR, "TranslationError", "the object validates but cannot be translated as it is"),
     Code("AMB0101", ERROR, "ReferencedHostNotFound", "a route sends traffic to a host that is no Service"),
     Code("AMB0102", ERROR, "ReferencedSubsetNotFound",
-         "a route names a subset the DestinationRule in force for its host does not define"),
+         "a route names a subset the DestinationRules in force for its host do not define"),
     Code("AMB0103", WARNING, "SubsetSelectsNoPods", "a DestinationRule subset's labels match none of the host's pods"),
     Code("AMB0104", WARNING, "PolicySelectsNothing",
          "a policy's selector matches no pod, or its targetRefs name nothing that exists"),
@@ -59,7 +66,7 @@ CODES: dict[str, Code] = {c.code: c for c in (
          "a policy needs HTTP attributes where no waypoint enforces them: it fails closed"),
     Code("AMB0106", WARNING, "ConflictingRoutes", "several route objects configure one host"),
     Code("AMB0107", WARNING, "ConflictingDestinationRules",
-         "several DestinationRules name one host: only the oldest applies"),
+         "several DestinationRules name one host and are merged: a younger one's subset or trafficPolicy is dropped"),
     Code("AMB0108", ERROR, "WaypointNotFound", "a use-waypoint label names a Gateway that is not a waypoint"),
     Code("AMB0109", ERROR, "WeightNotHonoured",
          "a weighted destination cannot take its share: those requests fail"),
@@ -170,6 +177,8 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
                 continue            # the target may well exist outside the files
             if "which does not exist" in a.reason and not st.knows("Gateway"):
                 continue            # the Service's waypoint Gateway may exist outside the files
+        elif a.cause == DR_MERGED:
+            code = "AMB0107"
         elif a.cause == "NoWaypoint":
             if not st.knows("Service"):
                 continue            # "no Service named ... is known": nothing is known offline
@@ -245,23 +254,18 @@ def _pods_of(tr: Any, service: Any, subset_labels: dict[str, str] | None = None)
 
 
 def _subsets_in_force(tr: Any) -> dict[str, tuple[dict[str, dict[str, str]], str]]:
-    """host -> ({subset: labels}, the DestinationRule in force) from the translation."""
+    """host -> ({subset: labels}, the DestinationRules in force, merged) from the translation."""
     out = {}
     for wr in tr.waypoint_routes:
         drs = [s for s in wr.sources if s.startswith("DestinationRule/")]
         if drs:
-            out[wr.hostname] = ({s.name: s.labels for s in wr.subsets}, drs[0])
+            out[wr.hostname] = ({s.name: s.labels for s in wr.subsets}, ", ".join(drs))
     return out
 
 
 def _routes(good: list[Obj], st: _State, tr: Any, hosts: Hosts) -> list[Finding]:
     out = []
     subsets = _subsets_in_force(tr)
-    drs_by_host: dict[str, list[Obj]] = {}
-    for o in good:
-        if o.get("kind") == "DestinationRule":
-            for fq in hosts.expand((o.get("spec") or {}).get("host", ""), ns_of(o)):
-                drs_by_host.setdefault(fq, []).append(o)
     for o in good:
         if o.get("kind") not in ("HTTPRoute", "GRPCRoute") or not st.knows("Service"):
             continue
@@ -293,12 +297,8 @@ def _routes(good: list[Obj], st: _State, tr: Any, hosts: Hosts) -> list[Finding]
             defined, dr = subsets.get(d.host, ({}, ""))
             if d.subset not in defined:
                 if dr or st.knows("DestinationRule"):
-                    others = [object_ref(x) for x in drs_by_host.get(d.host, []) if object_ref(x) != dr
-                              and any(s.get("name") == d.subset for s in (x.get("spec") or {}).get("subsets") or [])]
-                    why = (f"the DestinationRule in force for {d.host} ({dr}) does not define it" if dr
+                    why = (f"the DestinationRules in force for {d.host} ({dr}) do not define it" if dr
                            else f"no DestinationRule defines subsets for {d.host}")
-                    if others:
-                        why += f"; {', '.join(others)} does, but is ignored because {dr} comes first"
                     out.append(Finding("AMB0102", d.ref, f"{d.path}.destination.subset",
                                        f'subset "{d.subset}" not found: {why}: requests routed here fail'))
                 continue
@@ -366,15 +366,12 @@ def _policies_without_pods(good: list[Obj], st: _State, root_namespace: str) -> 
 def _conflicts(good: list[Obj], hosts: Hosts) -> list[Finding]:
     out = []
     routes: dict[str, list[Obj]] = {}
-    drs: dict[str, list[Obj]] = {}
     for o in good:
         kind, spec, ns = o.get("kind"), o.get("spec") or {}, ns_of(o)
         if kind == "VirtualService" and (not spec.get("gateways") or "mesh" in spec["gateways"]):
             for h in spec.get("hosts") or []:
                 if "*" not in h:
                     routes.setdefault(hosts.fqdn(h, ns), []).append(o)
-        elif kind == "DestinationRule" and "*" not in spec.get("host", ""):
-            drs.setdefault(hosts.fqdn(spec["host"], ns), []).append(o)
     for host, vss in routes.items():
         if len(vss) > 1:
             vss = sorted(vss, key=age_key)          # the translation's order: oldest routes first
@@ -386,19 +383,7 @@ def _conflicts(good: list[Obj], hosts: Hosts) -> list[Finding]:
                         f"their routes are concatenated, {object_ref(first)}'s first, and the first match wins")
                 out.append(Finding("AMB0106", object_ref(o), "spec.hosts",
                                    f"host {host} is also configured by {object_ref(first)}: {tail}"))
-    for host, rules in drs.items():
-        if len(rules) > 1:
-            oldest = _oldest(rules)
-            for o in rules:
-                if o is not oldest:
-                    out.append(Finding("AMB0107", object_ref(o), "spec.host",
-                                       f"{object_ref(oldest)} also names host {host} and comes first (older, or first by "
-                                       "name): it applies and this DestinationRule is ignored (merge them into one)"))
     return out
-
-
-def _oldest(objs: list[Obj]) -> Obj:
-    return min(objs, key=age_key)
 
 
 # -- use-waypoint labels ----------------------------------------------------------------------------------

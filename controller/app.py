@@ -150,6 +150,12 @@ class Controller:
             self.version = version
             self.last_applied_at = time.time()
         self._set_own(own)
+        note = getattr(self.source, "set_translation_errors", None)
+        if note is not None:        # a source that writes status: valid objects it could not apply say so
+            try:
+                note(list(tr.errors))
+            except Exception:  # noqa: BLE001 - a status bug never blocks config
+                log.exception("passing translation errors to the source failed")
         if self.on_applied is not None:
             try:
                 self.on_applied(objects, tr)

@@ -5,8 +5,11 @@ Field names and shapes follow Istio's API reference; durations are Go-style stri
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
+from ambit.resilience import invalid_grpc_status, invalid_retry_on
 from controller.kinds.common import (
     Cidr,
     Duration,
@@ -57,23 +60,51 @@ HTTPRedirect = Obj({
                      "HTTPRoute RequestRedirect filter with path.type ReplacePrefixMatch",
 })
 
+
+
+def _invalid_base64(text: str) -> str | None:
+    """Istio's CRD declares `body.bytes` `format: byte`: standard base64, which the API server
+    checks; an undecodable value would otherwise become an empty body."""
+    try:
+        base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return "must be base64 (the body's bytes, standard alphabet, padded), got a value that does not decode"
+    return None
+
+
 HTTPDirectResponse = Obj({"status": Int(minimum=200, maximum=599),
-                          "body": Obj({"string": Str(), "bytes": Str()}, one_of=(("string", "bytes"),))},
+                          "body": Obj({"string": Str(), "bytes": Str(valid=_invalid_base64)},
+                                      one_of=(("string", "bytes"),))},
                          required=("status",))
 
 HTTPRewrite = Obj({"uri": Str(), "authority": Str(),
                    "uriRegexRewrite": Obj({"match": Regex, "rewrite": Str()}, required=("match", "rewrite"))},
                   one_of=(("uri", "uriRegexRewrite"),))
 
-HTTPRetry = Obj({"attempts": Int(minimum=0), "perTryTimeout": Duration(positive=True), "retryOn": Str(),
+
+
+def _check_retry(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """Istio's validateHTTPRetry: `attempts` 0 (or unset) disables retries, so a policy written
+    beside it would silently do nothing."""
+    if not value.get("attempts") and (value.get("retryOn") or value.get("perTryTimeout") is not None
+                                      or value.get("retryRemoteLocalities") is not None):
+        errs.append((join(path, "attempts"), "http retry policy configured when attempts are set to 0 (disabled): "
+                     "set attempts to the number of retries (Istio refuses this too)"))
+
+
+HTTPRetry = Obj({"attempts": Int(minimum=0), "perTryTimeout": Duration(positive=True),
+                 "retryOn": Str(valid=invalid_retry_on),
                  "retryRemoteLocalities": Bool(), "retryIgnorePreviousHosts": Bool(),
-                 "backoff": Duration(positive=True)})
+                 "backoff": Duration(positive=True)}, checks=(_check_retry,))
 
 HTTPFaultInjection = Obj({
     "delay": Obj({"fixedDelay": Duration(positive=True), "exponentialDelay": Duration(positive=True),
                   "percentage": Percent, "percent": Int(minimum=0, maximum=100)},
                  one_of=(("fixedDelay", "exponentialDelay"),), exactly_one=True),
-    "abort": Obj({"httpStatus": Int(minimum=200, maximum=599), "grpcStatus": Str(), "http2Error": Str(),
+    "abort": Obj({"httpStatus": Int(minimum=200, maximum=599), "grpcStatus": Str(valid=invalid_grpc_status),
+                  # Istio's validateHTTPFaultInjectionAbort refuses every http2Error, with this message
+                  "http2Error": Str(valid=lambda _: "HTTP/2 abort fault injection not supported yet (Istio refuses "
+                                    "it too): abort with httpStatus or grpcStatus"),
                   "percentage": Percent}, one_of=(("httpStatus", "grpcStatus", "http2Error"),), exactly_one=True),
 })
 
@@ -153,6 +184,11 @@ TLSRoute = Obj({
 
 
 def _check_vs(value: dict[str, Any], path: str, errs: Errors) -> None:
+    if not value.get("hosts"):
+        # Istio's validateVirtualService; only a delegate VirtualService may have none, and Ambit
+        # does not support delegation (a hostless VirtualService would route nothing)
+        errs.append((join(path, "hosts"), "virtual service must have at least one host (delegate VirtualServices, "
+                     "which have none, are not supported by Ambit)"))
     if not value.get("http") and not value.get("tcp") and not value.get("tls"):
         errs.append((path, "at least one of http, tcp or tls must be set"))
 

@@ -27,4 +27,9 @@ class Source(Protocol):
         """Validation errors of rejected objects; their last good version (if any) stays in force."""
 
 
+# A source may also have `set_translation_errors(errors: list[FieldError])`: the controller passes
+# each translation's errors (valid objects it could not apply) to it, so the Kubernetes source
+# writes them into those objects' `Accepted` condition (controller.sources.kube).
+
+
 __all__ = ["OnSnapshot", "Snapshot", "Source"]

@@ -9,8 +9,11 @@ whichever exist. Every change goes through the `LastGoodCache`, which validates 
 
 Snapshots are published from one thread, only once every type has been listed (so ztunnels never see
 pods without their policies), and debounced so a burst of events gives one snapshot.
-Optionally (`write_status=True`) the verdict of validation is written to each Istio/Ambit object's
-`status.conditions` (type `Accepted`), so `kubectl get -o yaml` shows why an object was rejected.
+Optionally (`write_status=True`) the verdict on each Istio/Ambit object is written to its
+`status.conditions` (type `Accepted`), so `kubectl get -o yaml` shows why an object was rejected:
+validation's, and the translation's for a valid object that still cannot be applied as it is (a
+ServiceEntry address another Service holds), which the controller passes in after each
+translation (`set_translation_errors`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +36,7 @@ from ambit.kube.resource import Resource
 from controller.kinds import KINDS
 from controller.sources import OnSnapshot
 from controller.sources.cache import CacheKey, LastGoodCache, cache_key
-from controller.validation import FieldError
+from controller.validation import FieldError, object_ref
 from controller.waypoints.gateways import is_waypoint
 
 log = logging.getLogger(__name__)
@@ -96,7 +99,9 @@ class KubeSource:
             for t in self.types}
         self.state: dict[WatchedType, TypeState] = {t: rf.state for t, rf in self.reflectors.items()}
         self._cond = threading.Condition()
-        self._status_q: queue.Queue[tuple[WatchedType, Obj, list[FieldError]] | None] = queue.Queue()
+        self._status_q: queue.Queue[tuple[WatchedType, Obj, list[FieldError], list[FieldError]] | None] = \
+            queue.Queue()
+        self._not_applied: dict[str, list[FieldError]] = {}    # ref -> the translation's errors for it
 
     # -- the Source interface ---------------------------------------------------------------------
     def run(self, on_snapshot: OnSnapshot, stop: threading.Event) -> None:
@@ -167,6 +172,22 @@ class KubeSource:
             for obj in rf.objects():
                 self._maybe_status(t, obj)
 
+    def set_translation_errors(self, errors: list[FieldError]) -> None:
+        """The translation's errors of the snapshot just translated: valid objects it could not
+        apply. Their `Accepted` condition says so, and goes back to True once the error is gone."""
+        fresh: dict[str, list[FieldError]] = {}
+        for e in errors:
+            fresh.setdefault(e.ref, []).append(e)
+        old, self._not_applied = self._not_applied, fresh
+        changed = {ref for ref in old.keys() | fresh.keys() if old.get(ref) != fresh.get(ref)}
+        if not changed or not self.write_status:
+            return
+        for t, rf in self.reflectors.items():
+            if t.group.endswith(STATUS_GROUP_SUFFIXES):
+                for obj in rf.objects():
+                    if object_ref(obj) in changed:
+                        self._maybe_status(t, obj)
+
     def _maybe_status(self, t: WatchedType, obj: Obj) -> None:
         if not self.write_status or (self.leader is not None and not self.leader()):
             return
@@ -176,22 +197,23 @@ class KubeSource:
             if is_waypoint(obj):
                 errors = self.cache.rejected().get(cache_key(obj), [])
                 if errors and _condition_differs(obj, accepted_condition(obj, errors)):
-                    self._status_q.put((t, obj, errors))
+                    self._status_q.put((t, obj, errors, []))
             return
         if not t.group.endswith(STATUS_GROUP_SUFFIXES):
             return
         errors = self.cache.rejected().get(cache_key(obj), [])
-        if _condition_differs(obj, accepted_condition(obj, errors)):
-            self._status_q.put((t, obj, errors))
+        not_applied = [] if errors else self._not_applied.get(object_ref(obj), [])
+        if _condition_differs(obj, accepted_condition(obj, errors, not_applied)):
+            self._status_q.put((t, obj, errors, not_applied))
 
     def _status_writer(self, stop: threading.Event) -> None:
         while not stop.is_set():
             item = self._status_q.get()
             if item is None:
                 return
-            t, obj, errors = item
+            t, obj, errors, not_applied = item
             md = obj.get("metadata") or {}
-            cond = accepted_condition(obj, errors)
+            cond = accepted_condition(obj, errors, not_applied)
             others = [c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") != "Accepted"]
             if t.kind == "Gateway":      # rejected: not Programmed either (Gateway API)
                 others = [c for c in others if c.get("type") != "Programmed"] + [
@@ -207,17 +229,24 @@ class KubeSource:
                 log.warning("status of %s/%s: %s", t.kind, md.get("name"), e)
 
 
-def accepted_condition(obj: Obj, errors: list[FieldError]) -> Obj:
+def accepted_condition(obj: Obj, errors: Sequence[FieldError], not_applied: Sequence[FieldError] = ()) -> Obj:
+    """`errors`: validation's (the last valid version stays in force); `not_applied`: the
+    translation's, for a valid version that is not applied as it is."""
     md = obj.get("metadata") or {}
     if errors:
-        msg = "; ".join(f"{e.path}: {e.reason}" if e.path else e.reason for e in errors)
         status, reason = "False", "Invalid"
-        msg += " (the last valid version, if any, stays in force)"
+        msg = _joined(errors) + " (the last valid version, if any, stays in force)"
+    elif not_applied:
+        status, reason, msg = "False", "TranslationError", _joined(not_applied)
     else:
         status, reason, msg = "True", "Accepted", "accepted by ambit"
     return {"type": "Accepted", "status": status, "reason": reason, "message": msg[:32768],
             "observedGeneration": md.get("generation", 0),
             "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _joined(errors: Sequence[FieldError]) -> str:
+    return "; ".join(f"{e.path}: {e.reason}" if e.path else e.reason for e in errors)
 
 
 def _condition_differs(obj: Obj, want: Obj) -> bool:

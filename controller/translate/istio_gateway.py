@@ -83,18 +83,37 @@ def _vhosts(server_host: str, vs: Obj) -> list[str]:
     return route_hostnames(server_host, [] if "*" in names else names)
 
 
-def _routes(vs: Obj, gw_ref: str, hosts: Hosts) -> list[HttpRoute]:
+def _routes(vs: Obj, gw_ref: str, hosts: Hosts, errors: list[FieldError]) -> list[HttpRoute]:
     ns = ns_of(vs)
 
     def bound(gws: list[str] | None) -> bool:     # a match's own `gateways` narrows the VirtualService's
         return gws is None or gw_ref in bound_gateways(gws, ns)
 
     out = []
-    for h in (vs.get("spec") or {}).get("http") or []:
-        r = vs_http_route(h, hosts, ns, _ref(vs), bound)
+    for i, h in enumerate((vs.get("spec") or {}).get("http") or []):
+        matches = h.get("match") or []
+        kept = [m for j, m in enumerate(matches)
+                if not bound(m.get("gateways")) or _servable(m, vs, f"spec.http[{i}].match[{j}]", gw_ref, errors)]
+        if matches and not [m for m in kept if bound(m.get("gateways"))]:
+            continue        # no match of this route is served here (none left would mean "every request")
+        r = vs_http_route({**h, "match": kept} if matches else h, hosts, ns, _ref(vs), bound)
         if r is not None:
             out.append(r)
     return out
+
+
+_SOURCE_MATCHES = ("sourceLabels", "sourceNamespace", "destinationSubnets")
+
+
+def _servable(m: Obj, vs: Obj, path: str, gw_ref: str, errors: list[FieldError]) -> bool:
+    """Can this match of a bound VirtualService match at the ingress gateway? Source and
+    destination attributes never do there (the gateway's clients are outside the mesh and carry
+    no labels or namespace): such a match is said and left out, never kept matching nothing."""
+    odd = [k for k in _SOURCE_MATCHES if m.get(k)]
+    if odd:
+        errors.append(FieldError(_ref(vs), path, f"{', '.join(odd)} cannot be matched at ingress gateway {gw_ref} "
+                                 "(its clients are outside the mesh); this match is not served there"))
+    return not odd
 
 
 def _https_redirect(source: str) -> HttpRoute:
@@ -145,9 +164,6 @@ def _server_listeners(gw: Obj, server: Obj, index: int, ingress_ns: str, secrets
     return out
 
 
-_SOURCE_MATCHES = ("sourceLabels", "sourceNamespace", "destinationSubnets")
-
-
 def _l4_routes(server: Obj, hostname: str, bound: list[tuple[Obj, list[HttpRoute]]], gw_ref: str, hosts: Hosts,
                errors: list[FieldError]) -> dict[str, TcpRoute]:
     """A TLS (passthrough) or TCP server host's routes: SNI name ("*" on TCP) -> the first route."""
@@ -162,11 +178,7 @@ def _l4_routes(server: Obj, hostname: str, bound: list[tuple[Obj, list[HttpRoute
                     continue
                 if m.get("port") and int(m["port"]) != port:
                     continue
-                odd = [k for k in _SOURCE_MATCHES if m.get(k)]
-                if odd:
-                    errors.append(FieldError(_ref(vs), f"spec.{section}[{i}].match[{j}]", f"{', '.join(odd)} "
-                                             f"cannot be matched at ingress gateway {gw_ref} (its clients are "
-                                             "outside the mesh); this match is not served there"))
+                if not _servable(m, vs, f"spec.{section}[{i}].match[{j}]", gw_ref, errors):
                     continue
                 names = [hostname or "*" if sni == "*" else intersect(hostname, sni)
                          for sni in m.get("sniHosts") or []] if section == "tls" else ["*"]
@@ -200,7 +212,7 @@ def add_istio_gateways(idx: Index, hosts: Hosts, result: IngressResult) -> None:
         for vs in vss:
             if gw_ref not in bound_gateways((vs.get("spec") or {})["gateways"], ns_of(vs)):
                 continue
-            bound.append((vs, _routes(vs, gw_ref, hosts)))
+            bound.append((vs, _routes(vs, gw_ref, hosts, errors)))
         for model in targets:
             listeners = [ln for i, s in enumerate((gw.get("spec") or {})["servers"])
                          for ln in _server_listeners(gw, s, i, model.namespace, secrets, bound, hosts, errors)]

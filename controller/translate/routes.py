@@ -12,14 +12,14 @@ One routing model for the waypoint, whatever API the user wrote:
   it sorts before the Service's own routes (GEP-1426; conformance mesh-consumer-route).
 - A VirtualService bound to `gateways` that do not include "mesh" is for ingress, not waypoints,
   and is skipped.
-- The oldest DestinationRule for a host wins; subset and port-level policies are merged over the
-  host-level one per sub-message (loadBalancer, connectionPool, outlierDetection, tls), as Istio does.
+- Several DestinationRules for one host are merged as Istio merges them (unique subsets
+  concatenated, the oldest trafficPolicy kept: controller.translate.destinationrules); subset and
+  port-level policies are merged over the host-level one per sub-message (loadBalancer,
+  connectionPool, outlierDetection, tls), as Istio does.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +44,7 @@ from ambit.model import (
     WaypointRoutes,
 )
 from controller.kinds.common import parse_duration
+from controller.translate.destinationrules import MergedRule, rules_in_force
 from controller.translate.index import Index, md, name_of, ns_of
 
 Obj = dict[str, Any]
@@ -176,14 +177,9 @@ def vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str,
                                   code=int(r.get("redirectCode") or 301), derive_port=r.get("derivePort", ""))
     if h.get("directResponse"):
         d = h["directResponse"]
-        body = (d.get("body") or {})
-        text = body.get("string", "")
-        if "bytes" in body:
-            try:
-                text = base64.b64decode(body["bytes"]).decode("utf-8", "replace")
-            except (binascii.Error, ValueError):
-                text = ""
-        route.direct_response = DirectResponse(status=int(d["status"]), body=text)
+        body = d.get("body") or {}      # `bytes` is base64 (validated): carried as such, sent decoded
+        route.direct_response = DirectResponse(status=int(d["status"]), body=body.get("string", ""),
+                                               body_base64=body.get("bytes", ""))
     if h.get("rewrite"):
         rw = h["rewrite"]
         rr = rw.get("uriRegexRewrite") or {}
@@ -496,8 +492,8 @@ def _port_policies(base: Obj, settings: list[Obj]) -> list[PortPolicy]:
     return [PortPolicy(port=int(s["port"]["number"]), policy=flatten_policy(_merge(base, s))) for s in settings]
 
 
-def _apply_dr(wr: WaypointRoutes, dr: Obj) -> None:
-    spec = dr.get("spec") or {}
+def _apply_dr(wr: WaypointRoutes, dr: MergedRule) -> None:
+    spec = dr.spec
     top = spec.get("trafficPolicy") or {}
     wr.policy = flatten_policy(top)
     wr.port_policies = _port_policies(top, top.get("portLevelSettings") or [])
@@ -513,7 +509,7 @@ def _apply_dr(wr: WaypointRoutes, dr: Obj) -> None:
                for p in sorted(host_pls.keys() | sub_pls.keys())]
         wr.subsets.append(Subset(name=s["name"], labels=dict(s.get("labels") or {}), policy=flatten_policy(merged),
                                  port_policies=pps))
-    wr.sources.append(_ref(dr))
+    wr.sources.extend(_ref(r) for r in dr.rules)
 
 
 # -- assembly ------------------------------------------------------------------------------------
@@ -551,10 +547,6 @@ def translate_routes(idx: Index, services: list[Service], cluster_domain: str,
     for fq, routes in gw_routes.items():
         entry(fq).http.extend(r for _, r in sorted(routes, key=lambda x: x[0]))
 
-    applied: set[str] = set()
-    for dr in idx.kind("DestinationRule"):     # oldest first: the first DR for a host wins
-        for fq in hosts.expand((dr.get("spec") or {})["host"], ns_of(dr)):
-            if fq not in applied:
-                applied.add(fq)
-                _apply_dr(entry(fq), dr)
+    for fq, merged in rules_in_force(idx.kind("DestinationRule"), hosts).items():
+        _apply_dr(entry(fq), merged)
     return [out[k] for k in sorted(out)]

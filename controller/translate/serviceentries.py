@@ -58,26 +58,38 @@ def _endpoint(e: Obj, ports: list[ServicePort]) -> Endpoint:
                     ports=eports, weight=int(e.get("weight") or 0), labels=dict(e.get("labels") or {}))
 
 
+def _address_conflicts(se: Obj, taken: dict[str, str]) -> list[FieldError]:
+    """An address of the entry that is already another Service's VIP (or an earlier entry's)."""
+    out = []
+    for i, a in enumerate((se.get("spec") or {}).get("addresses") or []):
+        vip = a if _is_subnet(a) else a.split("/")[0]
+        if vip in taken:
+            out.append(FieldError(f"ServiceEntry/{ns_of(se)}/{name_of(se)}", f"spec.addresses[{i}]",
+                                  f"{vip} is already the address of {taken[vip]}: a connection to it could not tell "
+                                  "the two apart, so this ServiceEntry is not applied (none of it)"))
+    return out
+
+
 def translate_service_entries(idx: Index, services: list[Service], errors: list[FieldError]) -> list[Service]:
-    """The registry Services of every ServiceEntry. An address that is already another Service's
-    VIP (or an earlier entry's) is left out and reported: ztunnel could not tell which one a
-    connection to it means, and would refuse the whole Service update."""
+    """The registry Services of every ServiceEntry. An entry with an address that is already
+    another Service's VIP (or an earlier entry's, by namespace and name) is not applied at all and
+    reported: ztunnel could not tell which one a connection to it means, and an entry applied
+    without one of its addresses would be half-applied. One verdict everywhere: `ambit apply`
+    refuses it, the controller leaves it out and writes Accepted=False on it (controller.sources.kube)."""
     taken = {vip: s.resource_name for s in services for vip in s.vips}
     out = []
     for se in sorted(idx.kind("ServiceEntry"), key=lambda o: (ns_of(o), name_of(o))):
         spec, ns = se.get("spec") or {}, ns_of(se)
+        conflicts = _address_conflicts(se, taken)
+        if conflicts:
+            errors.extend(conflicts)
+            continue
         resolution = spec.get("resolution") or "NONE"
         if resolution == "DNS_ROUND_ROBIN":     # one endpoint (or the host): the same to ztunnel
             resolution = "DNS"
-        addresses = []
-        for i, a in enumerate(spec.get("addresses") or []):
-            vip = a if _is_subnet(a) else a.split("/")[0]
-            if vip in taken:
-                errors.append(FieldError(f"ServiceEntry/{ns}/{name_of(se)}", f"spec.addresses[{i}]",
-                                         f"{vip} is already the address of {taken[vip]}; left out"))
-                continue
-            taken[vip] = f"ServiceEntry {ns}/{name_of(se)}"
-            addresses.append(a)
+        addresses = list(spec.get("addresses") or [])
+        for a in addresses:
+            taken[a if _is_subnet(a) else a.split("/")[0]] = f"ServiceEntry {ns}/{name_of(se)}"
         ports = _ports(spec)
         waypoint = waypoint_ref(labels_of(se), ns, fallback=namespace_waypoint(idx, ns))
         for i, host in enumerate(spec.get("hosts") or []):

@@ -21,7 +21,10 @@ validator refuses what can never work; this module finds what is valid but does 
 - Fields the waypoint accepts but does not apply (CORS, session persistence, locality load
   balancing, a few connection-pool knobs, TLS origination, PROXY protocol), fields it applies
   differently from Istio (a fault without a percentage, `exponentialDelay`, a mirror to a host that
-  is no mesh Service), and VirtualService `delegate`, `tcp` and `tls` routes.
+  is no mesh Service), and VirtualService `delegate`, `tcp` and `tls` routes, `match.statPrefix`
+  and the `retryOn` values Istio accepts that the waypoint does not apply (ambit.resilience).
+- What a younger DestinationRule loses when it is merged with older ones for its host
+  (controller.translate.destinationrules): a subset name already defined, a second trafficPolicy.
 
 Pure: `advisories(objects)` takes a snapshot (Kubernetes-shaped objects) and returns `Advisory`s
 that name the object, the field and the reason. `ambit apply` prints them as warnings; the
@@ -33,9 +36,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ambit.resilience import RETRY_ON_NOT_APPLIED, retry_on_parts
 from controller.kinds.security import L4_CONDITION_KEYS
 from controller.translate import translate
-from controller.translate.index import ns_of, waypoint_ref
+from controller.translate.destinationrules import rules_by_host
+from controller.translate.index import age_key, ns_of, waypoint_ref
 from controller.translate.routes import Hosts
 from controller.validation import object_ref, validate_object
 from controller.waypoints.gateways import WAYPOINT_CLASSES, is_waypoint, waypoint_for
@@ -46,6 +51,7 @@ Obj = dict[str, Any]
 ZTUNNEL_ACCEPTED = "ZtunnelAccepted"
 WAYPOINT_ACCEPTED = "WaypointAccepted"
 NOT_ENFORCED = "NotEnforced"          # routes and fields: a warning only, no status condition
+DR_MERGED = "Merged"                  # the cause of what a younger DestinationRule loses in a merge
 
 _L7_SOURCE = ("requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks")
 _L7_OPERATION = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
@@ -134,6 +140,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             out += telemetry_advisories(o, tr.mesh_settings[0] if tr.mesh_settings else None)
     out += telemetry_conflicts([o for o in good if o.get("kind") == "Telemetry"], root_namespace)
     out += _unserved_hosts(good, tr, gateways)
+    out += destination_rule_merges(good, hosts)
     out += [Advisory(ref, path, why, NOT_ENFORCED, cause) for ref, path, why, cause in
             label_notes(good, gateways, {(s.namespace, s.name): s.waypoint for s in tr.services})]
     return out
@@ -364,6 +371,28 @@ def _fault_fields(ref: str, fault: Obj | None, base: str) -> list[Advisory]:
     return out
 
 
+def _retry_on_fields(ref: str, retries: Obj | None, base: str) -> list[Advisory]:
+    """retryOn conditions Istio accepts and the waypoint does not apply (ambit.resilience); when
+    nothing the waypoint applies is left, the route retries nothing: said too, never silent."""
+    parts = retry_on_parts((retries or {}).get("retryOn") or "")
+    idle = [p for p in parts if p in RETRY_ON_NOT_APPLIED]
+    if not idle:
+        return []
+    out = [Advisory(ref, f"{base}.retryOn", f'"{p}" is accepted, not applied: {RETRY_ON_NOT_APPLIED[p]}',
+                    NOT_ENFORCED) for p in idle]
+    if len(idle) == len(parts):
+        out.append(Advisory(ref, f"{base}.retryOn", "no condition the waypoint applies is left: this route retries "
+                            "nothing (add e.g. connect-failure,refused-stream,unavailable, Istio's default)",
+                            NOT_ENFORCED))
+    return out
+
+
+def _stat_prefixes(ref: str, h: Obj, i: int) -> list[Advisory]:
+    return [Advisory(ref, f"spec.http[{i}].match[{j}].statPrefix", "accepted, not applied: the waypoint keeps no "
+                     "per-route statistics (Envoy's route.<statPrefix>.* stats); the istio_* metrics are unaffected",
+                     NOT_ENFORCED) for j, m in enumerate(h.get("match") or []) if m.get("statPrefix")]
+
+
 def _vs_fields(o: Obj, hosts: Any = None) -> list[Advisory]:
     spec, ref, out = o.get("spec") or {}, object_ref(o), []
     for i, h in enumerate(spec.get("http") or []):
@@ -371,6 +400,7 @@ def _vs_fields(o: Obj, hosts: Any = None) -> list[Advisory]:
             if h.get(f) is not None:
                 out.append(Advisory(ref, f"spec.http[{i}].{f}", NOT_YET_REASON.format(what=what), NOT_ENFORCED))
         out += _fault_fields(ref, h.get("fault"), f"spec.http[{i}].fault")
+        out += _retry_on_fields(ref, h.get("retries"), f"spec.http[{i}].retries") + _stat_prefixes(ref, h, i)
         if (h.get("retries") or {}).get("retryRemoteLocalities"):
             out.append(Advisory(ref, f"spec.http[{i}].retries.retryRemoteLocalities", "accepted, not applied: Ambit "
                                 "has no localities; retries go to any other endpoint of the cluster", NOT_ENFORCED))
@@ -482,6 +512,15 @@ def _dr_fields(o: Obj, entry_hosts: set[str] = frozenset()) -> list[Advisory]:  
         out.append(Advisory(ref, "spec.workloadSelector", "not supported: a DestinationRule applies to every waypoint "
                             "that routes to its host, whichever clients it selects", NOT_ENFORCED))
     return out + _export_to(o)
+
+
+def destination_rule_merges(good: list[Obj], hosts: Hosts) -> list[Advisory]:
+    """What younger DestinationRules of a host lose when they are merged with the older ones, as
+    Istio merges them (controller.translate.destinationrules): a subset name already defined, a
+    second top-level trafficPolicy."""
+    drs = sorted((o for o in good if o.get("kind") == "DestinationRule"), key=age_key)
+    return [Advisory(object_ref(dr), path, why, NOT_ENFORCED, DR_MERGED)
+            for merged in rules_by_host(drs, hosts) for dr, path, why in merged.dropped]
 
 
 def _unserved(host: str, service: str, waypoint: str, gw: Obj | None, ns: str,

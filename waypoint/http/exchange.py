@@ -204,7 +204,7 @@ class Exchange:
             return
         log.info("upstream %s: connect failed: %s", self.record.upstream, detail)
         self._attempt_result(attempt.Outcome(attempt.CONNECT_FAILURE))
-        if self._retry_failure(retries.CONNECT_FAILURE):
+        if self._retry_failure(retries.CONNECT_FAILURE, sent=False):
             return
         self.fail_before_headers("UF", "connection failure", detail)
 
@@ -223,6 +223,7 @@ class Exchange:
         as we reused it), which is safe to try once more on a fresh connection if no body went."""
         if self.done or (self.x is not None and not current and self._superseded()):
             return
+        sent = self.up is not None      # the try's head went upstream (`bind`)
         self.up = None
         x = self.x
         if retryable and (x is None or not x.retried) and self.body == BODY_NONE and not self.resp_started \
@@ -233,7 +234,7 @@ class Exchange:
         if not self.resp_started:
             self._attempt_result(attempt.Outcome(attempt.RESET))
             refused = self.reset_code == 7      # HTTP/2 REFUSED_STREAM
-            if self._retry_failure(retries.REFUSED_STREAM if refused else retries.RESET):
+            if self._retry_failure(retries.REFUSED_STREAM if refused else retries.RESET, sent):
                 return
             self.fail_before_headers(flags, reason, reason)
         else:
@@ -266,8 +267,10 @@ class Exchange:
         rp = self.retry_policy
         if rp is not None and not upgraded:
             would = retries.would_retry_response(rp, status, grpc_status)
-            if would and any(k == "x-envoy-overloaded" for k, _ in headers):
-                would = False       # Envoy never retries an answer of an overloaded upstream
+            if would or "envoy-ratelimited" in rp.retry_on:     # only then can Envoy's headers matter
+                would = retries.would_retry_response(
+                    rp, status, grpc_status, overloaded=any(k == "x-envoy-overloaded" for k, _ in headers),
+                    ratelimited=any(k == "x-envoy-ratelimited" for k, _ in headers))
             x = self.x
             if (would or (x is not None and x.rstate is not None)) and self._retry(would):
                 return
@@ -554,22 +557,26 @@ class Exchange:
         t = self.target
         return t.cluster.retries if t is not None and t.cluster is not None else None
 
-    def _retry_failure(self, kind: str) -> bool:
-        """A try failed locally before a response head: True when another try was scheduled."""
+    def _retry_failure(self, kind: str, sent: bool) -> bool:
+        """A try failed locally before a response head: True when another try was scheduled.
+        `sent`: this try had sent its head upstream (for `reset-before-request`)."""
         rp = self.retry_policy
         if rp is None:
             return False
-        would = retries.would_retry_failure(rp, kind)
         x = self.x
-        return (would or (x is not None and x.rstate is not None)) and self._retry(would)
+        rs = x.rstate if x is not None else None
+        would = retries.would_retry_failure(rp, kind, started=sent or (rs is not None and rs.started))
+        return (would or rs is not None) and self._retry(would, sent)
 
-    def _retry(self, would: bool) -> bool:
-        """Decide on a try's outcome; schedule the next try and return True, or note why not."""
+    def _retry(self, would: bool, sent: bool = True) -> bool:
+        """Decide on a try's outcome; schedule the next try and return True, or note why not.
+        `sent`: the try had sent its head upstream (a response says so)."""
         x = self._rare()
         rs = x.rstate
         if rs is None:
             assert self.retry_policy is not None
             rs = x.rstate = retries.RetryState(self.retry_policy, self._circuit(), self.engine.rng)
+        rs.started = rs.started or sent
         if self.resp_started or self.done or not x.replayable:
             would = False
         verdict = rs.decide(would)
@@ -639,7 +646,7 @@ class Exchange:
         if c is not None:
             c.count("upstream_rq_per_try_timeout")
         self._attempt_result(attempt.Outcome(attempt.TIMEOUT))
-        if not self.resp_started and self._retry_failure(retries.PER_TRY_TIMEOUT):
+        if not self.resp_started and self._retry_failure(retries.PER_TRY_TIMEOUT, self.up is not None):
             return
         self._timed_out("upstream per-try timeout")
 

@@ -30,21 +30,15 @@ import random
 from dataclasses import dataclass
 
 from ambit.model import Fault
+from ambit.resilience import GRPC_CODES, grpc_code
 from waypoint.request import LocalReply
+
+__all__ = ["GRPC_CODES", "FaultPolicy", "compile_fault", "draw", "grpc_code", "merge_flags", "per_million"]
 
 MILLION = 1_000_000
 ABORT_BODY = b"fault filter abort"
 ABORT_DETAIL = "fault_filter_abort"
 DELAY_FLAG, ABORT_FLAG = "DI", "FI"
-
-# grpc/grpc doc/statuscodes.md; the names Istio accepts (istio/istio:pkg/config/validation
-# `grpc.SupportedGRPCStatus`).
-GRPC_CODES = {
-    "OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
-    "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9,
-    "ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14,
-    "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
-}
 
 
 def per_million(percent: float) -> int:
@@ -61,16 +55,6 @@ def draw(numerator: int, rng: random.Random) -> bool:
     if numerator <= 0:
         return False
     return numerator >= MILLION or rng.randrange(MILLION) < numerator
-
-
-def grpc_code(name: str) -> int | None:
-    """A gRPC status name ("UNAVAILABLE") or number ("14") as its code; None if unknown."""
-    n = name.strip().upper()
-    if n in GRPC_CODES:
-        return GRPC_CODES[n]
-    if n.isdigit() and int(n) <= 16:
-        return int(n)
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +90,9 @@ class FaultPolicy:
 def compile_fault(f: Fault | None) -> FaultPolicy | None:
     """None when the route has no fault that can ever apply (nothing to do per request).
 
-    An unknown `grpcStatus` name (Istio's validation rejects it) or an `httpStatus` outside
-    200..599 (Envoy's range; Istio's validation: 200..599 too) compiles to no abort."""
+    An unknown `grpcStatus` name or an `httpStatus` outside 200..599 (Envoy's range) compiles to
+    no abort; the controller refuses both, as Istio's validation does, so only a model that did not
+    come through it can carry one."""
     if f is None:
         return None
     delay = f.delay if f.delay > 0 else 0.0

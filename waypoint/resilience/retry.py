@@ -15,7 +15,14 @@ Sources:
   never an `x-envoy-overloaded` answer), `wouldRetryFromReset` (5xx / gateway-error / reset retry
   every reset, a per-try timeout included; refused-stream only REFUSED_STREAM; connect-failure only
   connection failures), `shouldRetry` (the order: success accounting, limit, circuit breaker),
-  JitteredBackOffStrategy (next = random % interval, interval doubling up to max = 10 x base).
+  JitteredBackOffStrategy (next = random % interval, interval doubling up to max = 10 x base);
+  a response carrying `x-envoy-ratelimited` is retried only under `envoy-ratelimited`, whatever its
+  status; `reset-before-request` retries a failure only while no try of the request has sent a
+  byte upstream (the router's sticky `upstream_request_started_`).
+
+Which retryOn values exist is Istio's list (`ambit.resilience`, which the controller validates
+against); of those, `retriable-headers` and `http3-post-connect-failure` are not applied here
+(`RetryPolicy.unknown`, warned about by `ambit apply`).
 
 `RetryState` is the per-request state machine; the cluster-wide limit (retry budget or
 max_retries) is a `waypoint.resilience.budget.RetryCircuit` passed in. Pure: the random source is
@@ -28,13 +35,11 @@ import random
 from dataclasses import dataclass
 
 from ambit.model import Retry
+from ambit.resilience import RETRY_ON_APPLIED, RETRY_ON_GRPC
 
 # retryOn conditions Ambit honours (Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on values)
-HTTP_ON = frozenset({"5xx", "gateway-error", "reset", "connect-failure", "refused-stream",
-                     "retriable-4xx", "retriable-status-codes"})
-GRPC_ON = {"cancelled": "1", "deadline-exceeded": "4", "resource-exhausted": "8", "unavailable": "14",
-           "internal": "13"}
-KNOWN_ON = HTTP_ON | frozenset(GRPC_ON)
+GRPC_ON = RETRY_ON_GRPC
+KNOWN_ON = RETRY_ON_APPLIED
 
 DEFAULT_ON = frozenset({"connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"})
 BASE_INTERVAL = 0.025           # Envoy's upstream.base_retry_backoff_ms default
@@ -53,7 +58,7 @@ class RetryPolicy:
     codes: frozenset[int] = frozenset()         # retriable-status-codes
     base_interval: float = BASE_INTERVAL
     ignore_previous_hosts: bool = True          # Envoy's previous_hosts retry host predicate
-    unknown: tuple[str, ...] = ()               # retryOn values Ambit does not know (ignored, reported)
+    unknown: tuple[str, ...] = ()               # retryOn values not applied (`ambit apply` warns)
 
     @property
     def max_interval(self) -> float:
@@ -97,11 +102,16 @@ def compile_retry(r: Retry | None) -> RetryPolicy | None:
                        r.ignore_previous_hosts, tuple(unknown))
 
 
-def would_retry_response(p: RetryPolicy, status: int, grpc_status: str = "", overloaded: bool = False) -> bool:
-    """Envoy's wouldRetryFromHeaders: is this response head worth another try?"""
+def would_retry_response(p: RetryPolicy, status: int, grpc_status: str = "", overloaded: bool = False,
+                         ratelimited: bool = False) -> bool:
+    """Envoy's wouldRetryFromHeaders: is this response head worth another try? `overloaded`,
+    `ratelimited`: it carries `x-envoy-overloaded` (never retried) or `x-envoy-ratelimited` (an
+    upstream Envoy's rate limit: retried under `envoy-ratelimited` only, whatever its status)."""
     if overloaded:
         return False
     on = p.retry_on
+    if ratelimited:
+        return "envoy-ratelimited" in on
     if "5xx" in on and 500 <= status <= 599:
         return True
     if "gateway-error" in on and status in (502, 503, 504):
@@ -113,11 +123,14 @@ def would_retry_response(p: RetryPolicy, status: int, grpc_status: str = "", ove
     return bool(grpc_status) and grpc_status in p.grpc_codes
 
 
-def would_retry_failure(p: RetryPolicy, kind: str) -> bool:
+def would_retry_failure(p: RetryPolicy, kind: str, started: bool = True) -> bool:
     """Envoy's wouldRetryFromReset: is this local failure (`CONNECT_FAILURE`, `RESET`,
-    `REFUSED_STREAM`, `PER_TRY_TIMEOUT`) worth another try?"""
+    `REFUSED_STREAM`, `PER_TRY_TIMEOUT`) worth another try? `started`: a try of this request (this
+    one or an earlier one) sent its head upstream; `reset-before-request` retries only before."""
     on = p.retry_on
     if "5xx" in on or "gateway-error" in on or "reset" in on:
+        return True
+    if not started and "reset-before-request" in on:
         return True
     if kind == REFUSED_STREAM:
         return "refused-stream" in on
@@ -152,7 +165,7 @@ class RetryState:
     next decision (or the end); a decision not to retry after a granted retry counts
     `upstream_rq_retry_success`."""
 
-    __slots__ = ("policy", "circuit", "left", "backoff", "armed", "delay", "retries", "tried")
+    __slots__ = ("policy", "circuit", "left", "backoff", "armed", "delay", "retries", "tried", "started")
 
     def __init__(self, policy: RetryPolicy, circuit: object, rng: random.Random) -> None:
         self.policy = policy
@@ -163,6 +176,7 @@ class RetryState:
         self.delay = 0.0
         self.retries = 0
         self.tried: list[str] = []      # addresses tried, for the previous-hosts predicate
+        self.started = False            # a try sent its head upstream (reset-before-request: no more)
 
     def decide(self, would_retry: bool) -> str:
         c = self.circuit

@@ -94,7 +94,7 @@ def _decide(table: RouteTable, r: CompiledRoute, matched: RequestMatcher | None,
                            route=r.name, reason="redirect")
     if model.direct_response is not None:
         d = model.direct_response
-        return local_reply(head, d.status, d.body, headers=_reply_headers(r, []), route=r.name,
+        return local_reply(head, d.status, d.payload, headers=_reply_headers(r, []), route=r.name,
                            reason="direct response")
     chosen = choose(r.destinations, r.weights, rand) if r.destinations else None
     if chosen is None:

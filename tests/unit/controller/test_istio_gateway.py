@@ -103,6 +103,29 @@ def test_https_redirect_and_match_level_gateways() -> None:
     assert [r for h in got["web/bookinfo-gateway/http/*"].hosts for r in h.http] == [] and errors == []
 
 
+def test_http_source_matches_are_reported_and_not_served_at_the_ingress_gateway() -> None:
+    """Clients of an ingress gateway are outside the mesh: an http match on sourceLabels or
+    sourceNamespace can never match there. Said, as for tls/tcp matches, and left out: a route
+    whose every match is left out is not served there (it must not become a catch-all)."""
+    edge = vs("edge", ["*"], ["bookinfo-gateway", "mesh"])
+    dest = edge["spec"]["http"][0]["route"]
+    edge["spec"]["http"] = [
+        {"match": [{"uri": {"prefix": "/admin"}, "sourceLabels": {"app": "curl"}}], "route": dest},
+        {"match": [{"uri": {"prefix": "/a"}, "sourceNamespace": "ops"}, {"uri": {"prefix": "/b"}}], "route": dest},
+        {"route": dest}]
+    tr = translate(BASE + [INGRESS, istio_gateway(HTTP_8080), edge])
+    assert [f"{e.path}: {e.reason}" for e in tr.ingress.warnings] == [
+        f"spec.http[{i}].match[0]: {attr} cannot be matched at ingress gateway web/bookinfo-gateway (its clients "
+        "are outside the mesh); this match is not served there" for i, attr in ((0, "sourceLabels"),
+                                                                                (1, "sourceNamespace"))]
+    [ln] = [ln for ln in tr.ingress.gateways[0].listeners if ln.port == 8080]
+    [vhost] = ln.hosts
+    assert [[m.path.value if m.path else None for m in r.matches] for r in vhost.http] == [["/b"], []]
+    # the mesh keeps every match: in-mesh clients do carry labels and a namespace
+    mesh = next(w for w in tr.waypoint_routes if w.http)
+    assert [m.source_labels for m in mesh.http[0].matches] == [{"app": "curl"}]
+
+
 def test_what_cannot_be_served_is_reported() -> None:
     https = {"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["a.example.com"],
              "tls": {"mode": "SIMPLE", "credentialName": "missing"}}

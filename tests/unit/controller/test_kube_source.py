@@ -186,3 +186,42 @@ def test_default_types_cover_every_registered_kind(emu: KubeEmulator, run) -> No
     r = run(types)
     assert r.names("Pod") == {"a"}
     assert all(s.synced for s in r.source.state.values())
+
+
+def test_a_service_entry_the_translation_refuses_is_not_accepted_in_its_status(emu: KubeEmulator) -> None:
+    """One verdict in the lab and in a cluster: a ServiceEntry whose address another Service holds is
+    not applied, and its status says so (Accepted=False, the translation's reason), not "accepted by
+    ambit"; once the conflict is gone it is applied and Accepted again."""
+    from prometheus_client import CollectorRegistry
+
+    from controller.app import Controller
+    from controller.configserver import ConfigServer
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": "demo"},
+           "spec": {"clusterIP": "10.96.0.10", "selector": {"app": "reviews"}, "ports": [{"port": 80}]}}
+    se = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "legacy", "namespace": "demo"},
+          "spec": {"hosts": ["legacy.example.com"], "addresses": ["10.96.0.10", "192.0.2.50"], "resolution": "STATIC",
+                   "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}], "endpoints": [{"address": "192.0.2.7"}]}}
+    emu.create(svc)
+    emu.create(se)
+    source = KubeSource(make_api_client(emu.url), debounce=0.01, write_status=True, backoff=(0.05, 0.3))
+    ctl = Controller(source, ConfigServer(debounce=0.0, registry=CollectorRegistry()))
+    stop = threading.Event()
+    ctl.run_source(stop)
+
+    def accepted() -> dict[str, Any]:
+        got = emu.get("networking.istio.io/v1", "ServiceEntry", "legacy", "demo") or {}
+        return next((c for c in (got.get("status") or {}).get("conditions") or [] if c["type"] == "Accepted"), {})
+    try:
+        wait_for(lambda: accepted().get("status") == "False", "the refusal in status", timeout=15)
+        cond = accepted()
+        assert cond["reason"] == "TranslationError"
+        assert cond["message"].startswith("spec.addresses[0]: 10.96.0.10 is already the address of demo/reviews")
+        assert "this ServiceEntry is not applied" in cond["message"]
+        assert not [s for s in ctl.translation.services if s.name == "legacy.example.com"]
+        emu.delete("v1", "Service", "reviews", "demo")
+        wait_for(lambda: accepted().get("status") == "True", "Accepted once the address is free", timeout=15)
+        assert [s.vips for s in ctl.translation.services if s.name == "legacy.example.com"] == [["10.96.0.10",
+                                                                                                "192.0.2.50"]]
+    finally:
+        stop.set()
+        source.api.close()

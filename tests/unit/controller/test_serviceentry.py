@@ -184,15 +184,20 @@ def test_istio_leniencies_protocol_case_sniffing_by_name_and_addresses_of_severa
     assert b.endpoints == a.endpoints
 
 
-def test_an_address_another_service_holds_is_left_out_and_reported() -> None:
+def test_an_entry_with_an_address_another_service_holds_is_not_applied_and_reported() -> None:
+    """Not half-applied: the whole entry is left out (its other address and its host included), and
+    the error says so; the same error refuses it in `ambit apply` and marks its status in a cluster."""
     k8s = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "demo"},
            "spec": {"clusterIP": "10.96.0.5", "ports": [{"port": 80}], "selector": {"app": "web"}}}
-    tr = translate([k8s, se({"hosts": ["a.example"], "addresses": ["10.96.0.5"], "ports": [{"number": 80,
-                                                                                         "name": "http"}]})])
-    entry = next(s for s in tr.services if s.kind == "ServiceEntry")
-    assert entry.vips == []
-    assert [(e.ref, e.path) for e in tr.errors] == [("ServiceEntry/demo/ext", "spec.addresses[0]")]
-    assert "already the address of demo/web" in tr.errors[0].reason
+    clash = se({"hosts": ["a.example"], "addresses": ["192.0.2.9", "10.96.0.5"],
+                "ports": [{"number": 80, "name": "http"}]})
+    later = se({"hosts": ["b.example"], "addresses": ["192.0.2.9"], "ports": [{"number": 80, "name": "http"}]},
+               name="later")
+    tr = translate([k8s, clash, later])
+    assert [(s.name, s.vips) for s in tr.services if s.kind == "ServiceEntry"] == [("b.example", ["192.0.2.9"])]
+    assert [(e.ref, e.path) for e in tr.errors] == [("ServiceEntry/demo/ext", "spec.addresses[1]")]
+    assert tr.errors[0].reason == ("10.96.0.5 is already the address of demo/web: a connection to it could not tell "
+                                   "the two apart, so this ServiceEntry is not applied (none of it)")
 
 
 def test_policies_targeting_a_service_entry_bind_to_each_of_its_hosts() -> None:

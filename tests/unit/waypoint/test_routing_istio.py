@@ -3,6 +3,7 @@ see ../shared/notes/l7-semantics.md §1) through the real translation and `route
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -191,6 +192,20 @@ def test_direct_response_with_route_response_headers() -> None:
              "headers": {"response": {"set": {"x-teapot": "yes"}}}}])
     assert isinstance(d, LocalReply) and (d.status, d.body, d.flags) == (418, b"short and stout", "")
     assert dict(d.headers) == {"content-type": "text/plain", "x-teapot": "yes"}
+
+
+def test_direct_response_bytes_reach_the_wire_as_the_decoded_bytes() -> None:
+    """`body.bytes` is base64 (Istio: `format: byte`): the client gets exactly the decoded bytes,
+    binary included, after the model went over the config stream (JSON) to the waypoint."""
+    from ambit.configclient.codec import decode, encode
+    from tests.unit.waypoint.support import translated
+    from waypoint.routing import build_table
+    png = b"\x89PNG\r\n\x1a\n\xff\x00"
+    http = [{"directResponse": {"status": 200, "body": {"bytes": base64.b64encode(png).decode()}}}]
+    sent = [encode(w) for w in translated(objects() + [vs(http)]).waypoint_routes]
+    got = [decode("ambit.io/WaypointRoutes", e.name, e.body) for e in sent]
+    d = decide(build_table(got), req("/", authority="myapp"), down())
+    assert isinstance(d, LocalReply) and (d.status, d.body) == (200, png)
 
 
 # -- header operations ----------------------------------------------------------------------------

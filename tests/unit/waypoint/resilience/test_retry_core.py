@@ -77,6 +77,26 @@ def test_would_retry_failure(on: str, kind: str, want: bool) -> None:
     assert r.would_retry_failure(r.compile_retry(Retry(attempts=1, retry_on=[on])), kind) is want
 
 
+@pytest.mark.parametrize(("kind", "started", "want"), [
+    (r.CONNECT_FAILURE, False, True), (r.RESET, False, True), (r.PER_TRY_TIMEOUT, False, True),
+    (r.RESET, True, False), (r.REFUSED_STREAM, True, False), (r.CONNECT_FAILURE, True, False),
+])
+def test_reset_before_request_retries_only_until_a_try_sent_its_head(kind: str, started: bool, want: bool) -> None:
+    """Envoy's wouldRetryFromReset: `reset-before-request` retries a failure while no byte of the
+    request went upstream (router `upstream_request_started_`, sticky over the tries)."""
+    p = r.compile_retry(Retry(attempts=1, retry_on=["reset-before-request"]))
+    assert p.retry_on == {"reset-before-request"} and p.unknown == ()
+    assert r.would_retry_failure(p, kind, started=started) is want
+
+
+def test_an_envoy_ratelimited_answer_is_retried_under_envoy_ratelimited_only() -> None:
+    """Envoy's wouldRetryFromHeaders: `x-envoy-ratelimited` decides alone, whatever the status."""
+    rl = r.compile_retry(Retry(attempts=1, retry_on=["envoy-ratelimited"]))
+    assert r.would_retry_response(rl, 429, ratelimited=True) and not r.would_retry_response(rl, 429)
+    five = r.compile_retry(Retry(attempts=1, retry_on=["5xx"]))
+    assert r.would_retry_response(five, 503) and not r.would_retry_response(five, 503, ratelimited=True)
+
+
 def test_route_policy_compiles_retry_and_timeouts() -> None:
     from ambit.model import HttpRoute
     rp = compile_policy(HttpRoute(name="x", timeout=2.0, backend_timeout=0.5, retries=Retry(attempts=1, retry_on=["5xx"])))

@@ -315,6 +315,42 @@ def test_resets_follow_retry_on(kind: str) -> None:
     assert retried is (kind == "refused")
 
 
+def test_reset_before_request_retries_until_a_try_sent_its_head() -> None:
+    """Envoy: `reset-before-request` retries a failure only while no try has sent a byte upstream
+    (the router's `upstream_request_started_`, kept over the tries)."""
+    b = Book(policy(retry=Retry(attempts=3, retry_on=["reset-before-request"])), rng=0.0)
+    b.tries[-1][1].connect_failed("refused")        # nothing sent: retried
+    b.loop.advance(0)
+    assert len(b.tries) == 2 and b.down.events == []
+    leg, _ = b.bind()                               # this try's head went upstream
+    leg.upstream_reset("UR", "remote reset")
+    assert b.down.events[0][:2] == ("head", 503) and len(b.tries) == 2
+    assert b.records[0].response_flags == "UR"
+
+    b = Book(policy(retry=Retry(attempts=3, retry_on=["reset-before-request", "503"])), rng=0.0)
+    b.tries[-1][1].connect_failed("refused")
+    b.loop.advance(0)
+    leg, _ = b.bind()
+    leg.response_head(503, [], True)                # reached the upstream; retried as a status code
+    b.loop.advance(0)
+    assert len(b.tries) == 3 and b.down.events == []
+    b.tries[-1][1].connect_failed("refused")        # an earlier try had started: no more
+    assert b.down.events[0][:2] == ("head", 503) and len(b.tries) == 3
+    assert b.records[0].response_flags == "UF"
+
+
+def test_an_answer_carrying_x_envoy_ratelimited_follows_envoy_ratelimited() -> None:
+    b = Book(policy(retry=Retry(attempts=1, retry_on=["envoy-ratelimited"])), rng=0.0)
+    leg, _ = b.bind()
+    leg.response_head(429, [("x-envoy-ratelimited", "true")], True)
+    b.loop.advance(0)
+    assert len(b.tries) == 2 and b.down.events == []
+    b = Book(policy(retry=Retry(attempts=1, retry_on=["5xx"])), rng=0.0)
+    leg, _ = b.bind()
+    leg.response_head(503, [("x-envoy-ratelimited", "true")], True)    # 5xx does not retry a rate limit
+    assert b.down.events[0][:2] == ("head", 503) and len(b.tries) == 1
+
+
 def test_the_first_try_is_the_exchange_and_a_retry_still_happens_with_late_first_try_calls_dropped() -> None:
     """No `_Try` for the first try (it is the exchange itself); a retriable 503 still starts a
     second try on a fresh `_Try`, and whatever the abandoned first leg calls afterwards (data, end,

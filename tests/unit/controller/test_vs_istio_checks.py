@@ -1,0 +1,127 @@
+"""VirtualService values Istio refuses are refused by name, and values Istio accepts that the
+waypoint does not apply are warned about: retryOn, retries without attempts, fault.abort
+grpcStatus/http2Error, hosts, directResponse.body.bytes, match.statPrefix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controller.validation import validate_object
+from controller.waypoints.advisories import NOT_ENFORCED, advisories
+
+ROUTE = [{"destination": {"host": "web"}}]
+
+
+def vs(http: dict[str, Any], **spec: Any) -> dict:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "r", "namespace": "demo"},
+            "spec": {"hosts": ["web"], "http": [{"route": ROUTE, **http}], **spec}}
+
+
+def errors(obj: dict) -> list[tuple[str, str]]:
+    return [(e.path, e.reason) for e in validate_object(obj)]
+
+
+SERVED = [
+    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo", "labels": {"ambit.io/use-waypoint": "wp"}}},
+    {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "demo"},
+     "spec": {"clusterIP": "10.96.0.10", "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}},
+    {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "wp", "namespace": "demo"},
+     "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}},
+]
+
+
+def warnings(obj: dict) -> list[tuple[str, str]]:
+    return [(a.path, a.reason) for a in advisories([*SERVED, obj]) if a.condition == NOT_ENFORCED]
+
+
+# -- retries ------------------------------------------------------------------------------------
+
+def test_a_retry_on_typo_is_refused_with_istios_message() -> None:
+    got = errors(vs({"retries": {"attempts": 3, "retryOn": "5xxx,gateway-eror"}}))
+    [(path, reason)] = got
+    assert path == "spec.http[0].retries.retryOn"
+    assert reason.startswith('"5xxx" is not a valid retryOn policy; "gateway-eror" is not a valid retryOn policy')
+
+
+@pytest.mark.parametrize("retry_on", ["5xx,gateway-error", "503, 409", "reset-before-request,envoy-ratelimited",
+                                      "retriable-headers", "http3-post-connect-failure", "cancelled,unavailable"])
+def test_every_istio_retry_on_value_and_status_code_is_accepted(retry_on: str) -> None:
+    assert errors(vs({"retries": {"attempts": 2, "retryOn": retry_on}})) == []
+
+
+def test_a_number_that_is_no_http_status_is_refused() -> None:
+    [(path, reason)] = errors(vs({"retries": {"attempts": 2, "retryOn": "5xx,999"}}))
+    assert path == "spec.http[0].retries.retryOn" and reason.startswith('"999" is not a valid retryOn policy')
+
+
+@pytest.mark.parametrize("retries", [{"retryOn": "5xx"}, {"attempts": 0, "perTryTimeout": "1s"},
+                                     {"retryRemoteLocalities": False}])
+def test_a_retry_policy_without_attempts_is_refused_not_silently_disabled(retries: dict) -> None:
+    assert errors(vs({"retries": retries})) == [(
+        "spec.http[0].retries.attempts", "http retry policy configured when attempts are set to 0 (disabled): set "
+        "attempts to the number of retries (Istio refuses this too)")]
+    assert errors(vs({"retries": {"attempts": 0}})) == []      # disabling retries on purpose stays fine
+
+
+def test_retry_on_values_the_waypoint_does_not_apply_are_warned_about() -> None:
+    found = warnings(vs({"retries": {"attempts": 2, "retryOn": "5xx,retriable-headers"}}))
+    assert found == [("spec.http[0].retries.retryOn", '"retriable-headers" is accepted, not applied: a VirtualService '
+                      "cannot list the retriable response headers (Istio sets none either) and the waypoint does not "
+                      "read x-envoy-retriable-header-names")]
+
+
+def test_a_retry_on_of_only_unapplied_values_says_the_route_retries_nothing() -> None:
+    found = warnings(vs({"retries": {"attempts": 2, "retryOn": "http3-post-connect-failure"}}))
+    assert [p for p, _ in found] == ["spec.http[0].retries.retryOn"] * 2
+    assert "never over HTTP/3" in found[0][1] and "this route retries nothing" in found[1][1]
+
+
+def test_applied_retry_on_values_give_no_warning() -> None:
+    assert warnings(vs({"retries": {"attempts": 2, "retryOn": "reset-before-request,envoy-ratelimited,503"}})) == []
+
+
+# -- fault.abort ----------------------------------------------------------------------------------
+
+def test_an_unknown_grpc_status_is_refused_with_istios_message() -> None:
+    assert errors(vs({"fault": {"abort": {"grpcStatus": "UNAVAILBLE", "percentage": {"value": 100}}}})) == [(
+        "spec.http[0].fault.abort.grpcStatus", 'gRPC status "UNAVAILBLE" is not supported. See '
+        "https://github.com/grpc/grpc/blob/master/doc/statuscodes.md for a list of supported codes, for example "
+        "'NOT_FOUND'")]
+    for ok in ("UNAVAILABLE", "NOT_FOUND", "14"):
+        assert errors(vs({"fault": {"abort": {"grpcStatus": ok, "percentage": {"value": 100}}}})) == []
+
+
+def test_http2_error_is_refused_as_istio_does() -> None:
+    [(path, reason)] = errors(vs({"fault": {"abort": {"http2Error": "REFUSED_STREAM", "percentage": {"value": 1}}}}))
+    assert path == "spec.http[0].fault.abort.http2Error"
+    assert reason.startswith("HTTP/2 abort fault injection not supported yet")
+
+
+# -- hosts, directResponse, statPrefix --------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", [{}, {"hosts": []}])
+def test_a_virtual_service_without_hosts_is_refused(spec: dict) -> None:
+    obj = vs({})
+    obj["spec"].pop("hosts")
+    obj["spec"].update(spec)
+    [(path, reason)] = errors(obj)
+    assert path == "spec.hosts" and reason.startswith("virtual service must have at least one host")
+
+
+@pytest.mark.parametrize("text", ["this is not base64!", "iVBORw0KGgr", "aGk=\n!"])
+def test_direct_response_bytes_must_be_base64(text: str) -> None:
+    obj = vs({"directResponse": {"status": 200, "body": {"bytes": text}}})
+    obj["spec"]["http"][0].pop("route")
+    [(path, reason)] = errors(obj)
+    assert path == "spec.http[0].directResponse.body.bytes" and reason.startswith("must be base64")
+    obj["spec"]["http"][0]["directResponse"]["body"]["bytes"] = "iVBORw0KGgr/"
+    assert errors(obj) == []
+
+
+def test_stat_prefix_is_warned_about_by_its_path() -> None:
+    found = warnings(vs({"match": [{"uri": {"prefix": "/a"}}, {"uri": {"prefix": "/"}, "statPrefix": "root"}]}))
+    assert [p for p, _ in found] == ["spec.http[0].match[1].statPrefix"]
+    assert found[0][1].startswith("accepted, not applied: the waypoint keeps no per-route statistics")
