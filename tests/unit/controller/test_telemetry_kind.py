@@ -7,11 +7,13 @@ import copy
 
 import yaml
 
-from ambit.model import MeshSettings
+from ambit.model import AccessLogEntry, MeshSettings, TracingEntry
+from ambit.telemetry import CLIENT, SERVER, for_waypoint, for_workload
 from controller.translate import translate
 from controller.translate.policy import translate_telemetry
 from controller.validation import validate_object
 from controller.waypoints.advisories import advisories, telemetry_advisories
+from waypoint.telemetry.tracing import custom_tags
 
 from .ctl_examples import EXAMPLES
 
@@ -27,8 +29,9 @@ def seed(ns: str = "ambit-system") -> dict:
 def test_the_seed_is_accepted_and_its_sampling_and_providers_are_kept() -> None:
     assert validate_object(seed()) == []
     t = translate([seed()]).telemetry[0]
-    assert (t.scope, t.sampling_percent, t.tracing_providers, t.metrics_providers, t.access_log_providers) == \
-        ("global", 10.0, ["jaeger"], ["prometheus"], ["fluentd"])
+    assert (t.scope, t.tracing, t.metrics_providers, t.access_logging) == \
+        ("global", [TracingEntry(providers=["jaeger"], sampling_percent=10.0)], ["prometheus"],
+         [AccessLogEntry(providers=["fluentd"])])
 
 
 def test_the_misspelt_sampling_field_is_named_with_a_suggestion() -> None:
@@ -56,12 +59,11 @@ def test_sections_translate_with_unset_fields_left_to_inherit() -> None:
                                      "filter": {"expression": "response.code >= 400"}},
                                     {"disabled": False}]}}
     t = translate_telemetry(o, "ambit-system")
-    assert (t.scope, t.selector, t.has_access_logging, t.has_tracing) == ("workload", {"app": "web"}, True, False)
-    assert (t.access_log_providers, t.access_log_mode, t.access_log_filter, t.access_log_disabled) == \
-        (["envoy"], "SERVER", "response.code >= 400", False)
-    assert t.disable_span_reporting is None and t.sampling_percent is None
+    assert (t.scope, t.selector, t.tracing) == ("workload", {"app": "web"}, [])
+    assert t.access_logging == [AccessLogEntry(mode="SERVER", providers=["envoy"], filter="response.code >= 400"),
+                                AccessLogEntry(disabled=False)]
     t2 = translate_telemetry({**o, "spec": {"accessLogging": [{"providers": []}]}}, "ambit-system")
-    assert t2.access_log_disabled is None and t2.scope == "namespace"
+    assert t2.access_logging == [AccessLogEntry()] and t2.scope == "namespace"
 
 
 def test_undefined_providers_are_warned_by_name_and_defined_ones_are_not() -> None:
@@ -115,5 +117,44 @@ def test_tracing_request_id_sampling_and_istio_tags_translate() -> None:
     o["spec"]["tracing"][0].update(useRequestIdForTraceSampling=False, enableIstioTags=False)
     assert validate_object(o) == []
     t = translate_telemetry(o, "ambit-system")
-    assert (t.use_request_id_sampling, t.enable_istio_tags) == (False, False)
-    assert (translate_telemetry(seed("app"), "ambit-system").enable_istio_tags is None)
+    assert (t.tracing[0].use_request_id_sampling, t.tracing[0].enable_istio_tags) == (False, False)
+    assert translate_telemetry(seed("app"), "ambit-system").tracing[0].enable_istio_tags is None
+
+
+def telemetry(name: str, spec: dict, ns: str = "app") -> dict:
+    return {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry", "metadata": {"name": name, "namespace": ns},
+            "spec": spec}
+
+
+def test_entries_with_different_modes_each_apply_to_their_own_side_only() -> None:
+    """The audit's case: a CLIENT-only `disabled: true` next to a SERVER entry naming a provider.
+    Istio's mergeLogs/mergeTracing apply each entry to its own mode: the client side is off, the
+    server side logs with its provider; CLIENT sampling does not land on the SERVER side."""
+    o = telemetry("modes", {
+        "accessLogging": [{"match": {"mode": "CLIENT"}, "disabled": True},
+                          {"match": {"mode": "SERVER"}, "providers": [{"name": "envoy"}]}],
+        "tracing": [{"match": {"mode": "CLIENT"}, "randomSamplingPercentage": 0},
+                    {"match": {"mode": "SERVER"}, "randomSamplingPercentage": 100}]})
+    assert validate_object(o) == []
+    pols = translate([o]).telemetry
+    client = for_workload(pols, None, "app", {"app": "web"}, CLIENT)
+    server = for_workload(pols, None, "app", {"app": "web"}, SERVER)
+    assert client.access_log.disabled and client.access_log.providers == ()
+    assert not server.access_log.disabled and [p.name for p in server.access_log.providers] == ["envoy"]
+    assert (client.tracing.sampling_percent, server.tracing.sampling_percent) == (0.0, 100.0)
+    waypoint = for_waypoint(pols, None, "app", "waypoint")        # the SERVER side of its requests
+    assert not waypoint.access_log.disabled and waypoint.tracing.sampling_percent == 100.0
+
+
+def test_custom_tag_default_values_reach_the_span() -> None:
+    """customTags header/environment `defaultValue`: the tag gets it when the header or variable is absent."""
+    o = telemetry("tags", {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}],
+                           "tracing": [{"customTags": {
+                               "tenant": {"header": {"name": "x-tenant", "defaultValue": "unknown-tenant"}},
+                               "zone": {"environment": {"name": "NO_SUCH_VAR", "defaultValue": "zone-default"}},
+                               "team": {"header": {"name": "x-team"}}}}]})
+    assert validate_object(o) == []
+    tags = for_waypoint(translate([o]).telemetry, None, "app", "waypoint").tracing.custom_tags
+    assert custom_tags(tags, [], environ={}) == {"tenant": "unknown-tenant", "zone": "zone-default"}
+    assert custom_tags(tags, [("x-tenant", "acme"), ("x-team", "blue")], environ={"NO_SUCH_VAR": "eu-1"}) == \
+        {"tenant": "acme", "zone": "eu-1", "team": "blue"}
