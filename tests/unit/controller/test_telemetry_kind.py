@@ -16,6 +16,7 @@ from controller.waypoints.advisories import advisories, telemetry_advisories
 from waypoint.telemetry.tracing import custom_tags
 
 from .ctl_examples import EXAMPLES
+from .test_waypoint_advisories import ns, svc, waypoint
 
 SEED = yaml.safe_load((EXAMPLES / "istio" / "telemetry.yaml").read_text())
 
@@ -83,7 +84,8 @@ def test_two_namespace_wide_telemetries_and_a_root_selector_are_warned() -> None
     root_sel = seed()
     root_sel["metadata"]["name"] = "root-sel"
     root_sel["spec"]["selector"] = {"matchLabels": {"app": "web"}}
-    found = [str(x) for x in advisories([a, b, root_sel]) if "not defined" not in str(x)]
+    found = [str(x) for x in advisories([a, b, root_sel]) if "not defined" not in str(x)
+             and "applied by no proxy" not in str(x)]      # root-sel traces a selected workload: warned too
     assert found == [
         "Telemetry/ambit-system/root-sel: spec.selector: a selector in the root namespace (ambit-system) is not "
         "mesh-wide, as in Istio: it selects workloads of ambit-system only",
@@ -158,3 +160,79 @@ def test_custom_tag_default_values_reach_the_span() -> None:
     assert custom_tags(tags, [], environ={}) == {"tenant": "unknown-tenant", "zone": "zone-default"}
     assert custom_tags(tags, [("x-tenant", "acme"), ("x-team", "blue")], environ={"NO_SUCH_VAR": "eu-1"}) == \
         {"tenant": "acme", "zone": "eu-1", "team": "blue"}
+
+
+def _waypoint_scene() -> list[dict]:
+    """Namespace app, its waypoint, Service web (using it) and Service batch (using none)."""
+    return [ns("app"), waypoint(namespace="app"), svc("web", "app", **{"istio.io/use-waypoint": "waypoint"}),
+            svc("batch", "app")]
+
+
+def test_telemetry_targets_nothing_serves_are_warned_as_authorization_policies_are() -> None:
+    """The audit's case: targetRefs [GatewayClass ambit-waypoint, Gateway waypiont] was accepted in silence
+    and bound nothing."""
+    o = telemetry("bad-target", {"targetRefs": [{"kind": "GatewayClass", "name": "ambit-waypoint"},
+                                                {"kind": "Gateway", "name": "waypiont"},
+                                                {"kind": "Service", "name": "batch"},
+                                                {"kind": "Service", "name": "web"},
+                                                {"kind": "Gateway", "name": "waypoint"}],
+                                 "accessLogging": [{"disabled": True}]})
+    found = {a.path: a for a in advisories([*_waypoint_scene(), o]) if a.ref == "Telemetry/app/bad-target"}
+    assert sorted(found) == ["spec.targetRefs[0]", "spec.targetRefs[1]", "spec.targetRefs[2]"], found
+    assert "GatewayClass target is accepted but not applied to a Telemetry" in found["spec.targetRefs[0]"].reason
+    assert (found["spec.targetRefs[1]"].cause, found["spec.targetRefs[2]"].cause) == ("TargetNotFound",
+                                                                                      "AncestorNotBound")
+    assert 'no waypoint Gateway "app/waypiont"' in found["spec.targetRefs[1]"].reason
+    assert 'Service "app/batch" uses no waypoint' in found["spec.targetRefs[2]"].reason
+
+
+def test_a_telemetry_targeting_a_service_entry_applies_at_its_waypoint_for_its_hosts() -> None:
+    entry = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+             "metadata": {"name": "ext", "namespace": "app", "labels": {"istio.io/use-waypoint": "waypoint"}},
+             "spec": {"hosts": ["api.example.com"], "ports": [{"number": 80, "name": "http"}],
+                      "resolution": "DNS"}}
+    o = telemetry("egress-logs", {"targetRefs": [{"kind": "ServiceEntry", "group": "networking.istio.io",
+                                                  "name": "ext"}], "accessLogging": [{"disabled": True}]})
+    objs = [*_waypoint_scene(), entry, o]
+    assert [a for a in advisories(objs) if a.ref == "Telemetry/app/egress-logs"] == []
+    pols = translate(objs).telemetry
+    assert for_waypoint(pols, None, "app", "waypoint", "app/api.example.com").access_log.disabled
+    assert not for_waypoint(pols, None, "app", "waypoint", "app/web").access_log.disabled
+
+
+def test_tracing_no_proxy_applies_is_warned_and_points_to_target_refs() -> None:
+    """ztunnel does not trace and a waypoint traces as the SERVER side: tracing for a selected
+    workload, CLIENT-side tracing, and CLIENT entries of a targetRefs Telemetry change nothing."""
+    sel = telemetry("trace-reviews", {"selector": {"matchLabels": {"app": "web"}},
+                                      "tracing": [{"randomSamplingPercentage": 100}]})
+    at_waypoint = telemetry("trace-waypoint", {"selector": {"matchLabels": {
+        "gateway.networking.k8s.io/gateway-name": "waypoint"}}, "tracing": [{"randomSamplingPercentage": 100}]})
+    clients = telemetry("trace-clients", {"tracing": [{"match": {"mode": "CLIENT"}, "randomSamplingPercentage": 100}],
+                                          "accessLogging": [{"match": {"mode": "CLIENT"}, "disabled": True}]})
+    bound = telemetry("bound", {"targetRefs": [{"kind": "Gateway", "name": "waypoint"}],
+                                "accessLogging": [{"match": {"mode": "CLIENT"}, "disabled": True}],
+                                "metrics": [{"overrides": [{"match": {"mode": "SERVER"}, "disabled": True},
+                                                           {"match": {"mode": "CLIENT"}, "disabled": True}]}]})
+    found = {(a.ref, a.path): a.reason for a in advisories([*_waypoint_scene(), sel, at_waypoint, clients, bound])
+             if a.ref.startswith("Telemetry/")}
+    assert sorted(found) == [("Telemetry/app/bound", "spec.accessLogging[0].match.mode"),
+                             ("Telemetry/app/bound", "spec.metrics[0].overrides[1].match.mode"),
+                             ("Telemetry/app/trace-clients", "spec.tracing[0].match.mode"),
+                             ("Telemetry/app/trace-reviews", "spec.selector")], found
+    assert "ztunnel does not trace" in found[("Telemetry/app/trace-reviews", "spec.selector")]
+    assert "targetRefs" in found[("Telemetry/app/trace-reviews", "spec.selector")]
+    assert "CLIENT is applied by no proxy for tracing" in found[("Telemetry/app/trace-clients", "spec.tracing[0].match.mode")]
+    assert "binds waypoints only" in found[("Telemetry/app/bound", "spec.accessLogging[0].match.mode")]
+
+
+def test_providers_of_the_wrong_kind_for_tracing_or_access_logging_are_warned_as_for_metrics() -> None:
+    o = telemetry("wrong-kinds", {"tracing": [{"providers": [{"name": "envoy"}]}],
+                                  "accessLogging": [{"providers": [{"name": "prometheus"}]}]})
+    found = [str(a) for a in telemetry_advisories(o, None)]
+    assert found == [
+        'Telemetry/app/wrong-kinds: spec.tracing[0].providers[0].name: tracing provider "envoy" is of kind '
+        "envoyFileAccessLog: spans go to opentelemetry and zipkin providers only, so it gets nothing (as in Istio); "
+        "name a tracing provider",
+        'Telemetry/app/wrong-kinds: spec.accessLogging[0].providers[0].name: access-log provider "prometheus" is of '
+        "kind prometheus: access logs go to envoyFileAccessLog providers only, so it gets nothing (as in Istio); "
+        "without an access-log provider in force the proxy writes its built-in line"]
