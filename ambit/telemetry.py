@@ -31,6 +31,7 @@ the proxy's own default log applies (access logging on, in its built-in JSON lin
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,56 +119,42 @@ def _pick(names: Iterable[str], known: Mapping[str, Provider]) -> tuple[Provider
     return tuple(known[n] for n in names if n in known)
 
 
+def _override(acc: Any, entry: TracingEntry | AccessLogEntry) -> None:
+    """Istio's field-by-field merge: each field of `acc` that `entry` sets (not None, "" or empty)
+    takes the entry's value; the others keep what broader levels and earlier entries said."""
+    for f in dataclasses.fields(entry):
+        v = getattr(entry, f.name)
+        if hasattr(acc, f.name) and v is not None and v != "" and v != [] and v != {}:
+            setattr(acc, f.name, v)
+
+
 @dataclass
 class _Tracing:
-    """The tracing fields as entries are applied, broadest first (each overrides what it sets)."""
+    """The tracing fields as entries are applied, broadest first (named as `TracingEntry`'s)."""
 
     providers: list[str]
-    sampling: float = TracingConfig().sampling_percent
-    tags: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    disable_spans: bool = False
-    use_request_id: bool = True
-    istio_tags: bool = True
-
-    def add(self, e: TracingEntry) -> None:
-        if e.providers:
-            self.providers = list(e.providers)
-        if e.sampling_percent is not None:
-            self.sampling = e.sampling_percent
-        if e.custom_tags:
-            self.tags = e.custom_tags
-        if e.disable_span_reporting is not None:
-            self.disable_spans = e.disable_span_reporting
-        if e.use_request_id_sampling is not None:
-            self.use_request_id = e.use_request_id_sampling
-        if e.enable_istio_tags is not None:
-            self.istio_tags = e.enable_istio_tags
+    sampling_percent: float = TracingConfig().sampling_percent
+    custom_tags: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    disable_span_reporting: bool = False
+    use_request_id_sampling: bool = True
+    enable_istio_tags: bool = True
 
     def config(self, known: Mapping[str, Provider]) -> TracingConfig:
         return TracingConfig(
             providers=tuple(p for p in _pick(self.providers, known) if p.kind in TRACING_KINDS),
-            sampling_percent=self.sampling, custom_tags=_tags(self.tags), disable_span_reporting=self.disable_spans,
-            use_request_id=self.use_request_id, istio_tags=self.istio_tags)
+            sampling_percent=self.sampling_percent, custom_tags=_tags(self.custom_tags),
+            disable_span_reporting=self.disable_span_reporting, use_request_id=self.use_request_id_sampling,
+            istio_tags=self.enable_istio_tags)
 
 
 @dataclass
 class _AccessLog:
-    """The access-log fields as entries are applied, as `_Tracing`."""
+    """The access-log fields as entries are applied (named as `AccessLogEntry`'s)."""
 
     providers: list[str]
     disabled: bool = False
     mode: str = "CLIENT_AND_SERVER"
     filter: str = ""
-
-    def add(self, e: AccessLogEntry) -> None:
-        if e.providers:
-            self.providers = list(e.providers)
-        if e.disabled is not None:
-            self.disabled = e.disabled
-        if e.mode:
-            self.mode = e.mode
-        if e.filter:
-            self.filter = e.filter
 
     def config(self, known: Mapping[str, Provider]) -> AccessLogConfig:
         return AccessLogConfig(providers=tuple(p for p in _pick(self.providers, known) if p.kind in ACCESS_LOG_KINDS),
@@ -188,12 +175,9 @@ def resolve(policies: Iterable[TelemetryPolicy], mesh: MeshSettings | None, s: S
             metric_names = list(p.metrics_providers)
         for o in p.metrics_overrides:
             metrics.add(o, s.side)
-        for t in p.tracing:
-            if _applies(t.mode, s.side):
-                tracing.add(t)
-        for a in p.access_logging:
-            if _applies(a.mode, s.side):
-                access.add(a)
+        for entry in (*p.tracing, *p.access_logging):
+            if _applies(entry.mode, s.side):
+                _override(tracing if isinstance(entry, TracingEntry) else access, entry)
     prom = any(p.kind == "prometheus" for p in _pick(metric_names, known))
     # Ambit's proxies export Prometheus only: with no Prometheus provider in force, Istio would
     # generate no Prometheus metrics for this proxy, so none are reported.
