@@ -419,6 +419,8 @@ class WaypointProxy:
         return connect
 
     def _l4_verdict(self, down: Downstream) -> Verdict:
+        """The L4 view of the policies' verdict on a non-HTTP tunnel: a head with no method or path,
+        so HTTP attributes are judged as waypoint/authz/l4.py says."""
         v = self.config.view
         head = RequestHead(method="", path="", authority=f"{down.destination_ip}:{down.destination_port}")
         return authorize(v.l4_policies, head, down, v.trust_domains)[1]

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ambit.telemetry import ACCESS_LOG_KINDS, GATEWAY_LABEL, TRACING_KINDS
+from ambit.telemetry import ACCESS_LOG_KINDS, GATEWAY_LABEL, TRACING_KINDS, providers_of
 from controller.kinds.security import L4_CONDITION_KEYS
 from controller.translate import translate
 from controller.translate.index import ns_of, waypoint_ref
@@ -156,7 +156,6 @@ def telemetry_advisories(o: Obj, mesh: Any) -> list[Advisory]:
     and that is not built in (`envoy`, `prometheus`), or one whose kind its section cannot use (a
     log provider for tracing ...): Istio ignores such a provider, and so does Ambit, so the
     Telemetry does less than it says. `mesh`: the MeshSettings in force."""
-    from ambit.telemetry import providers_of
     known = providers_of(mesh)
     spec, ref, out = o.get("spec") or {}, object_ref(o), []
     for section, (kinds, why) in _SECTION_KINDS.items():
