@@ -520,11 +520,39 @@ class WaypointRoutes(Resource):
 
 
 @dataclass
-class TelemetryPolicy(Resource):
-    """A Telemetry resource: tracing sampling and providers, metrics and access-log switches.
+class TracingEntry:
+    """One `tracing[]` entry of a Telemetry. It applies to the side(s) its own `match.mode` names
+    (Istio's mergeTracing), so a CLIENT entry and a SERVER entry of one resource stay apart; what it
+    leaves unset (None, empty) is inherited from earlier entries and broader levels."""
 
-    Fields left unset (None, "", no providers) inherit from the broader level (mesh < namespace <
-    workload / targetRefs), see ambit.telemetry: a set field overrides, a provider list replaces.
+    mode: str = ""                      # CLIENT_AND_SERVER | CLIENT | SERVER ("": both)
+    providers: list[str] = field(default_factory=list)
+    sampling_percent: float | None = None
+    custom_tags: dict[str, dict[str, Any]] = field(default_factory=dict)   # tag -> {literal|environment|header}
+    disable_span_reporting: bool | None = None
+    use_request_id_sampling: bool | None = None     # useRequestIdForTraceSampling
+    enable_istio_tags: bool | None = None           # enableIstioTags
+
+
+@dataclass
+class AccessLogEntry:
+    """One `accessLogging[]` entry of a Telemetry, applied to the side(s) its own `match.mode`
+    names (Istio's mergeLogs), as `TracingEntry`."""
+
+    mode: str = ""                      # CLIENT_AND_SERVER | CLIENT | SERVER ("": both)
+    providers: list[str] = field(default_factory=list)
+    disabled: bool | None = None
+    filter: str = ""
+
+
+@dataclass
+class TelemetryPolicy(Resource):
+    """A Telemetry resource: tracing and access-log entries, metrics providers and overrides.
+
+    Entries are kept apart, in order, each with its own `match.mode`: the resolver applies an entry
+    only to the side it names. Fields an entry leaves unset (None, "", no providers) inherit from
+    earlier entries and the broader level (mesh < namespace < workload / targetRefs), see
+    ambit.telemetry: a set field overrides, a provider list replaces.
     """
 
     TYPE: ClassVar[str] = "ambit.io/Telemetry"
@@ -533,21 +561,10 @@ class TelemetryPolicy(Resource):
     scope: str = "namespace"            # global | namespace | workload | waypoint
     selector: dict[str, str] = field(default_factory=dict)
     target_refs: list[dict[str, str]] = field(default_factory=list)
-    tracing_providers: list[str] = field(default_factory=list)
-    sampling_percent: float | None = None
-    custom_tags: dict[str, dict[str, Any]] = field(default_factory=dict)
-    disable_span_reporting: bool | None = None
-    use_request_id_sampling: bool | None = None     # tracing useRequestIdForTraceSampling
-    enable_istio_tags: bool | None = None           # tracing enableIstioTags
+    tracing: list[TracingEntry] = field(default_factory=list)
     metrics_providers: list[str] = field(default_factory=list)
     metrics_overrides: list[dict[str, Any]] = field(default_factory=list)
-    access_log_providers: list[str] = field(default_factory=list)
-    access_log_disabled: bool | None = None
-    access_log_filter: str = ""
-    access_log_mode: str = ""           # CLIENT_AND_SERVER | CLIENT | SERVER ("" inherits)
-    tracing_mode: str = ""
-    has_tracing: bool = False           # the resource has a tracing / accessLogging section
-    has_access_logging: bool = False
+    access_logging: list[AccessLogEntry] = field(default_factory=list)
 
     @property
     def resource_name(self) -> str:
@@ -649,6 +666,8 @@ _NESTED: dict[str, Any] = {
     "TlsCertificate": TlsCertificate,
     "IngressListener": IngressListener,
     "WaypointRoutes": WaypointRoutes,
+    "TracingEntry": TracingEntry,
+    "AccessLogEntry": AccessLogEntry,
 }
 
 

@@ -4,20 +4,21 @@ them on each config update.
 
 Precedence (Istio's "Telemetry API" docs): the root namespace's Telemetry without a selector is
 mesh-wide; a namespace's Telemetry without a selector overrides it for that namespace; one with a
-selector (or, for a waypoint, `targetRefs` naming its Gateway or one of its Services) overrides
-both for what it selects. At each level, a section (`tracing`, `accessLogging`) that is present
-overrides field by field what it sets: a provider list *replaces* the inherited one, and
-`randomSamplingPercentage`, `disableSpanReporting`, `customTags`, `useRequestIdForTraceSampling`,
-`enableIstioTags`, `disabled`, `match.mode` and
-`filter` override when set. Where nothing names providers, MeshConfig `defaultProviders` apply.
+selector (or, for a waypoint, `targetRefs` naming its Gateway, one of its Services, or a ServiceEntry
+it serves) overrides both for what it selects. At each level, each entry of a section (`tracing[]`,
+`accessLogging[]`), in order, overrides field by field what it sets: a provider list *replaces* the
+inherited one, and `randomSamplingPercentage`, `disableSpanReporting`, `customTags` (the whole map),
+`useRequestIdForTraceSampling`, `enableIstioTags`, `disabled` and `filter` override when set. Where
+nothing names providers, MeshConfig `defaultProviders` apply.
 `metrics` overrides merge per metric and label, narrower levels last (ambit.telemetrymetrics);
 a metrics provider list replaces the inherited one, and without a Prometheus provider in it (the
 default is `prometheus`) the proxy side reports no metrics, as Istio generates none.
 
 Which side a proxy is (`match.mode`): for ztunnel, the source workload's side of a connection is
 CLIENT and the destination's is SERVER (each side resolved for its own workload); a waypoint is
-the SERVER side of the requests it serves, as in Istio's ambient mode. A section whose mode does
-not include the proxy's side does not apply to it.
+the SERVER side of the requests it serves, as in Istio's ambient mode. Each entry applies only to
+the side(s) its own `match.mode` names (Istio's mergeTracing/mergeLogs): entries of one resource
+with different modes stay apart, so a CLIENT-only `disabled: true` leaves the SERVER side logging.
 
 Istio calls two selector-less Telemetries in one namespace (or two selecting one workload) invalid;
 Ambit applies them in name order, and `ambit apply` warns. A selector in the root namespace selects
@@ -30,11 +31,12 @@ the proxy's own default log applies (access logging on, in its built-in JSON lin
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ambit.model import MeshSettings, TelemetryPolicy
+from ambit.model import AccessLogEntry, MeshSettings, TelemetryPolicy, TracingEntry
 from ambit.telemetryconfig import AccessLogConfig, Provider, TelemetryConfig, TracingConfig
 from ambit.telemetrymetrics import FAMILIES, MetricsConfig, MetricsMerge
 
@@ -45,6 +47,9 @@ BUILTIN_PROVIDERS: dict[str, dict[str, Any]] = {
     "prometheus": {"name": "prometheus", "kind": "prometheus"},
 }
 GATEWAY_LABEL = "gateway.networking.k8s.io/gateway-name"
+# The provider kinds each section uses; a provider of another kind does nothing there (warned at apply).
+TRACING_KINDS = ("opentelemetry", "zipkin")
+ACCESS_LOG_KINDS = ("envoyFileAccessLog", "envoyOtelAls")
 CLIENT, SERVER = "CLIENT", "SERVER"
 
 
@@ -81,10 +86,12 @@ def _level(p: TelemetryPolicy, s: Subject) -> int:
         if not s.gateway:
             return -1       # targetRefs bind waypoints and gateways, never a ztunnel's workload
         for r in p.target_refs:
-            kind, name, ns = r.get("kind", ""), r.get("name", ""), r.get("namespace") or p.namespace
-            if kind == "Gateway" and ns == s.namespace and name == s.gateway:
+            kind, name = r.get("kind", ""), r.get("name", "")
+            if r.get("namespace") not in (None, "", p.namespace):
+                continue    # another namespace's target: refused by validation, never bound (as Istio)
+            if kind == "Gateway" and p.namespace == s.namespace and name == s.gateway:
                 return 2
-            if kind == "Service" and s.service and f"{ns}/{name}" == s.service:
+            if kind == "Service" and s.service and f"{p.namespace}/{name}" == s.service:
                 return 2
         return -1
     selected = all(s.labels.get(k) == v for k, v in p.selector.items())
@@ -112,15 +119,55 @@ def _pick(names: Iterable[str], known: Mapping[str, Provider]) -> tuple[Provider
     return tuple(known[n] for n in names if n in known)
 
 
+def _override(acc: Any, entry: TracingEntry | AccessLogEntry) -> None:
+    """Istio's field-by-field merge: each field of `acc` that `entry` sets (not None, "" or empty)
+    takes the entry's value; the others keep what broader levels and earlier entries said."""
+    for f in dataclasses.fields(entry):
+        v = getattr(entry, f.name)
+        if hasattr(acc, f.name) and v is not None and v != "" and v != [] and v != {}:
+            setattr(acc, f.name, v)
+
+
+@dataclass
+class _Tracing:
+    """The tracing fields as entries are applied, broadest first (named as `TracingEntry`'s)."""
+
+    providers: list[str]
+    sampling_percent: float = TracingConfig().sampling_percent
+    custom_tags: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    disable_span_reporting: bool = False
+    use_request_id_sampling: bool = True
+    enable_istio_tags: bool = True
+
+    def config(self, known: Mapping[str, Provider]) -> TracingConfig:
+        return TracingConfig(
+            providers=tuple(p for p in _pick(self.providers, known) if p.kind in TRACING_KINDS),
+            sampling_percent=self.sampling_percent, custom_tags=_tags(self.custom_tags),
+            disable_span_reporting=self.disable_span_reporting, use_request_id=self.use_request_id_sampling,
+            istio_tags=self.enable_istio_tags)
+
+
+@dataclass
+class _AccessLog:
+    """The access-log fields as entries are applied (named as `AccessLogEntry`'s)."""
+
+    providers: list[str]
+    disabled: bool = False
+    mode: str = "CLIENT_AND_SERVER"
+    filter: str = ""
+
+    def config(self, known: Mapping[str, Provider]) -> AccessLogConfig:
+        return AccessLogConfig(providers=tuple(p for p in _pick(self.providers, known) if p.kind in ACCESS_LOG_KINDS),
+                               disabled=self.disabled, mode=self.mode, filter=self.filter)
+
+
 def resolve(policies: Iterable[TelemetryPolicy], mesh: MeshSettings | None, s: Subject) -> TelemetryConfig:
-    """The effective tracing and access logging for `s`."""
+    """The effective tracing and access logging for `s`: every entry that applies to `s`'s side, in
+    order (levels broadest first, then each resource's entries as written)."""
     known = providers_of(mesh)
     defaults = mesh.default_providers if mesh is not None else {}
-    tr_names: list[str] = list(defaults.get("tracing", []))
-    sampling, tags, disable_spans = TracingConfig().sampling_percent, {}, False
-    use_request_id, istio_tags = True, True
-    al_names: list[str] = list(defaults.get("accessLogging", []))
-    disabled, mode, flt = False, "CLIENT_AND_SERVER", ""
+    tracing = _Tracing(list(defaults.get("tracing", [])))
+    access = _AccessLog(list(defaults.get("accessLogging", [])))
     metric_names: list[str] = list(defaults.get("metrics", [])) or ["prometheus"]
     metrics = MetricsMerge()
     for p in ordered(policies, s):
@@ -128,50 +175,28 @@ def resolve(policies: Iterable[TelemetryPolicy], mesh: MeshSettings | None, s: S
             metric_names = list(p.metrics_providers)
         for o in p.metrics_overrides:
             metrics.add(o, s.side)
-        if p.has_tracing and _applies(p.tracing_mode, s.side):
-            if p.tracing_providers:
-                tr_names = list(p.tracing_providers)
-            if p.sampling_percent is not None:
-                sampling = p.sampling_percent
-            if p.custom_tags:
-                tags = dict(p.custom_tags)
-            if p.disable_span_reporting is not None:
-                disable_spans = p.disable_span_reporting
-            if p.use_request_id_sampling is not None:
-                use_request_id = p.use_request_id_sampling
-            if p.enable_istio_tags is not None:
-                istio_tags = p.enable_istio_tags
-        if p.has_access_logging and _applies(p.access_log_mode, s.side):
-            if p.access_log_providers:
-                al_names = list(p.access_log_providers)
-            if p.access_log_disabled is not None:
-                disabled = p.access_log_disabled
-            if p.access_log_mode:
-                mode = p.access_log_mode
-            if p.access_log_filter:
-                flt = p.access_log_filter
-    tracing = TracingConfig(
-        providers=tuple(p for p in _pick(tr_names, known) if p.kind in ("opentelemetry", "zipkin")),
-        sampling_percent=sampling, custom_tags=_tags(tags), disable_span_reporting=disable_spans,
-        use_request_id=use_request_id, istio_tags=istio_tags)
-    access = AccessLogConfig(
-        providers=tuple(p for p in _pick(al_names, known) if p.kind in ("envoyFileAccessLog", "envoyOtelAls")),
-        disabled=disabled, mode=mode, filter=flt)
+        for entry in (*p.tracing, *p.access_logging):
+            if _applies(entry.mode, s.side):
+                _override(tracing if isinstance(entry, TracingEntry) else access, entry)
     prom = any(p.kind == "prometheus" for p in _pick(metric_names, known))
     # Ambit's proxies export Prometheus only: with no Prometheus provider in force, Istio would
     # generate no Prometheus metrics for this proxy, so none are reported.
-    return TelemetryConfig(tracing, access, metrics.result() if prom else MetricsConfig(disabled=frozenset(FAMILIES)))
+    return TelemetryConfig(tracing.config(known), access.config(known),
+                           metrics.result() if prom else MetricsConfig(disabled=frozenset(FAMILIES)))
 
 
 def _tags(tags: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[str, str, str], ...]:
+    """customTags as the tracer takes them: (tag, kind, value). An environment or header tag's
+    `defaultValue` is carried as `name|default` (waypoint/telemetry/tracing.py `custom_tags`)."""
     out = []
     for tag, spec in sorted(tags.items()):
         if "literal" in spec:
             out.append((tag, "literal", str(spec["literal"].get("value", ""))))
-        elif "environment" in spec:
-            out.append((tag, "environment", str(spec["environment"].get("name", ""))))
-        elif "header" in spec:
-            out.append((tag, "header", str(spec["header"].get("name", ""))))
+            continue
+        for kind in ("environment", "header"):
+            if kind in spec:
+                name, default = str(spec[kind].get("name", "")), spec[kind].get("defaultValue")
+                out.append((tag, kind, f"{name}|{default}" if default else name))
     return tuple(out)
 
 
@@ -195,7 +220,8 @@ def unknown_providers(policy: TelemetryPolicy, mesh: MeshSettings | None) -> lis
     define: Istio ignores them, so they are worth a warning."""
     known = providers_of(mesh)
     out = []
-    for section, names in (("tracing", policy.tracing_providers), ("metrics", policy.metrics_providers),
-                           ("accessLogging", policy.access_log_providers)):
+    for section, names in (("tracing", [n for t in policy.tracing for n in t.providers]),
+                           ("metrics", policy.metrics_providers),
+                           ("accessLogging", [n for a in policy.access_logging for n in a.providers])):
         out += [(section, n) for n in names if n not in known]
     return out

@@ -45,7 +45,7 @@ from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics
 from ambit.telemetryconfig import TracingConfig
 from waypoint import endpoints
-from waypoint.authz import authorize
+from waypoint.authz import Verdict, authorize
 from waypoint.config import WaypointConfig
 from waypoint.http import Engine, HBONETransport, RequestRecord, UpstreamTarget
 from waypoint.http.attempt import CONNECT_FAILURE, Outcome
@@ -271,19 +271,25 @@ class WaypointProxy:
     def decide(self, head: RequestHead, down: Downstream) -> Decision:
         """RequestAuthentication (a 401, or the token/output header edits), then authorization,
         then routing: Istio's filter order (jwt_authn, rbac, router). An ingress gateway routes on
-        the routes attached to the listener port the request came in on, by its Host."""
+        the routes attached to the listener port the request came in on, by its Host. The AUDIT
+        policies the request matched ride on the decision to its access-log line (`audit`, as
+        ztunnel's), whatever the decision."""
         v = self.config.view
         authn = v.authn.authenticate(head, down, self.wall_clock())
         if authn.reply is not None:
             return authn.reply
         if authn.headers is not None:
             head.headers = authn.headers
-        reply, _verdict = authorize(v.policies, head, down, v.trust_domains, authn.user)
+        reply, verdict = authorize(v.policies, head, down, v.trust_domains, authn.user)
         if reply is not None:
-            return reply
-        if self.ingress is not None:
-            return self._route_ingress(head, down)
-        return route(v.table, head, down, self.rng)
+            decision: Decision = reply
+        elif self.ingress is not None:
+            decision = self._route_ingress(head, down)
+        else:
+            decision = route(v.table, head, down, self.rng)
+        if verdict.audit:       # AUDIT policies never decide; the access log names those that matched
+            decision = dataclasses.replace(decision, audit=verdict.audit)
+        return decision
 
     def _route_ingress(self, head: RequestHead, down: Downstream) -> Decision:
         # An edge proxy appends its client's address to X-Forwarded-For (Envoy's use_remote_address,
@@ -412,24 +418,37 @@ class WaypointProxy:
             return HBONETransport(st)
         return connect
 
-    def admit_opaque(self, down: Downstream) -> str:
-        """L4 policy for a non-HTTP tunnel: "" when allowed, else why not (see the module docstring)."""
+    def _l4_verdict(self, down: Downstream) -> Verdict:
+        """The L4 view of the policies' verdict on a non-HTTP tunnel: a head with no method or path,
+        so HTTP attributes are judged as waypoint/authz/l4.py says."""
         v = self.config.view
         head = RequestHead(method="", path="", authority=f"{down.destination_ip}:{down.destination_port}")
-        reply, verdict = authorize(v.l4_policies, head, down, v.trust_domains)
-        return verdict.reason if reply is not None else ""
+        return authorize(v.l4_policies, head, down, v.trust_domains)[1]
+
+    def admit_opaque(self, down: Downstream) -> str:
+        """L4 policy for a non-HTTP tunnel: "" when allowed, else why not (see the module docstring)."""
+        verdict = self._l4_verdict(down)
+        return "" if verdict.allowed else verdict.reason
 
     async def opaque(self, down: Downstream) -> Attachable | None:
-        """L4 forwarding for a non-HTTP tunnel, after L4 policy (see the module docstring)."""
-        v = self.config.view
-        why = self.admit_opaque(down)
-        if why:
+        """L4 forwarding for a non-HTTP tunnel, after L4 policy (see the module docstring). The
+        AUDIT policies an admitted tunnel matched ride on the connection (`audit`) to its
+        access-log line, as `upstream` does to its metrics."""
+        verdict = self._l4_verdict(down)
+        if not verdict.allowed:
             log.info("opaque tunnel from %s (%s) to %s:%s denied: %s", down.source_ip, down.source_identity,
-                     down.destination_ip, down.destination_port, why)
+                     down.destination_ip, down.destination_port, verdict.reason)
             return None
+        conn = await (self._ingress_opaque(down) if self.ingress is not None else self._mesh_opaque(down))
+        if conn is not None and verdict.audit:
+            conn.audit = verdict.audit  # type: ignore[attr-defined]   # for the tunnel's access-log line
+        return conn
+
+    async def _mesh_opaque(self, down: Downstream) -> Attachable | None:
+        """A mesh tunnel to a Service this waypoint fronts (an endpoint by the Service port's
+        cluster), or to one of its workloads addressed directly."""
+        v = self.config.view
         cluster: Cluster | None = None
-        if self.ingress is not None:
-            return await self._ingress_opaque(down)
         if down.service:
             # the Service port's cluster balances opaque connections too (no hash key: a
             # consistent-hash cluster spreads them at random, as Envoy's tcp_proxy without a hash)

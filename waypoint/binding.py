@@ -4,8 +4,8 @@
 
 A policy with scope "waypoint" applies to every request through this waypoint when it names its
 `Gateway`, or its `GatewayClass` from the root namespace; to requests for one Service when it
-names that `Service`. `selector` and namespace-wide policies are the destination ztunnel's, not
-the waypoint's.
+names that `Service`, in the policy's own namespace (Istio refuses cross-namespace targetRefs).
+`selector` and namespace-wide policies are the destination ztunnel's, not the waypoint's.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ def bind(policies: Iterable[P], waypoint: Waypoint) -> Bound[P]:
         if p.scope != "waypoint":
             continue
         for ref in p.target_refs:
-            kind, name = ref.get("kind", ""), ref.get("name", "")
-            ns = ref.get("namespace") or p.namespace
+            kind, name, ns = ref.get("kind", ""), ref.get("name", ""), p.namespace
+            if ref.get("namespace") not in (None, "", ns):
+                continue        # another namespace's target: refused by validation, never bound (as Istio)
             if kind == "Gateway" and (ns, name) == (waypoint.namespace, waypoint.name):
                 gateway.append(p)
                 break

@@ -124,8 +124,9 @@ class WaypointConfig:
         tel = tuple(sorted((cast(TelemetryPolicy, t) for t in state[TelemetryPolicy.TYPE].values()),
                            key=lambda t: t.resource_name))
         for t in tel:       # a filter the controller let through but this build cannot run: say so
-            if t.access_log_filter and (why := check_filter(t.access_log_filter)):
-                log.warning("Telemetry %s: accessLogging filter %r ignored: %s", t.resource_name, t.access_log_filter, why)
+            for a in t.access_logging:
+                if a.filter and (why := check_filter(a.filter)):
+                    log.warning("Telemetry %s: accessLogging filter %r ignored: %s", t.resource_name, a.filter, why)
         authn = authn_set((cast(RequestAuthn, r) for r in state[RequestAuthn.TYPE].values()), self.waypoint)
         for p in {id(p): p for ps in (authn.gateway, *authn.by_service.values()) for p in ps}.values():
             if p.error:         # a key set that cannot be used: that issuer's tokens get 401; say why

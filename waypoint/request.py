@@ -115,7 +115,8 @@ class Forward:
     """Send the request upstream to one backend of `service` ("ns/name"), `subset` of it, `port`.
 
     `path`/`authority` are the rewritten values (None: unchanged). `route` names the route for
-    logs and metrics ("Kind/ns/name#index")."""
+    logs and metrics ("Kind/ns/name#index"). `audit` names the AUDIT policies the request matched,
+    for its access-log line (set by the waypoint's decide, after routing)."""
 
     service: str
     port: int
@@ -127,6 +128,7 @@ class Forward:
     response_headers: HeaderOps = HeaderOps()
     route: str = ""
     policy: Any = None          # the route's waypoint.resilience.policy.RoutePolicy; None: the defaults
+    audit: tuple[str, ...] = ()     # the AUDIT AuthorizationPolicies ("ns/name") the request matched
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ class LocalReply:
     grpc_status: int | None = None          # for gRPC requests: answered as trailers-only
     route: str = ""
     reason: str = ""                        # for the access log: why
+    audit: tuple[str, ...] = ()             # the AUDIT AuthorizationPolicies ("ns/name") the request matched
 
 
 Decision = Forward | LocalReply

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from ambit.regex import check_re2
-from controller.kinds.schema import Arr, Int, Map, Num, Obj, Str
+from controller.kinds.schema import Arr, Errors, Int, Map, Num, Obj, Str, join
 
 # -- durations -------------------------------------------------------------------------------------
 
@@ -196,9 +196,39 @@ Strings = Arr(Str())
 
 WorkloadSelector = Obj({"matchLabels": Labels}, description="Selects pods by labels in the policy's namespace.")
 
+# The API group of each policy target kind Istio accepts (pilot's allowedTargetRefs); a targetRef
+# whose group is another binds nothing in Istio (its policy matcher compares group and kind), so it
+# is refused. An empty group is read as the kind's own (Istio reads it as core: only a Service).
+TARGET_GROUPS = {
+    "Gateway": ("", "gateway.networking.k8s.io"),
+    "Service": ("", "core"),
+    "GatewayClass": ("", "gateway.networking.k8s.io"),
+    "ServiceEntry": ("", "networking.istio.io", "networking.ambit.io"),
+}
+TARGET_KINDS = tuple(TARGET_GROUPS)
+
+
+def _check_target(ref: dict[str, Any], path: str, errs: Errors) -> None:
+    """One targetRef of a policy (AuthorizationPolicy, RequestAuthentication, Telemetry), as Istio
+    checks it: no namespace (its CRDs refuse any value, so one namespace cannot lock down, open up
+    or reconfigure another namespace's waypoint or Services), and one of the target kinds with that
+    kind's group."""
+    if ref.get("namespace"):
+        errs.append((join(path, "namespace"), f'cross namespace referencing is not currently supported (got '
+                                              f'"{ref["namespace"]}"): a policy binds targets in its own namespace '
+                                              "only; leave namespace empty"))
+    kind, group = ref.get("kind"), ref.get("group") or ""
+    if kind not in TARGET_GROUPS:
+        errs.append((join(path, "kind"), f"must be one of {', '.join(TARGET_KINDS)}, got \"{kind}\""))
+    elif group not in TARGET_GROUPS[kind]:
+        own = " or ".join(f'"{g}"' for g in TARGET_GROUPS[kind] if g)
+        errs.append((join(path, "group"), f'a {kind} is in group {own}, got "{group}": a targetRef with another '
+                                          "group binds nothing (leave group empty for the kind's own)"))
+
+
 PolicyTargetReference = Obj(
     {"group": Str(), "kind": Str(min_len=1), "name": Str(min_len=1), "namespace": Str()},
-    required=("kind", "name"),
+    required=("kind", "name"), checks=(_check_target,),
 )
 
 PortSelector = Obj({"number": Port})

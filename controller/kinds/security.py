@@ -93,8 +93,6 @@ Rule = Obj({
     "when": Arr(Condition, min_items=1),
 })
 
-TARGET_KINDS = ("Gateway", "Service", "GatewayClass", "ServiceEntry")
-
 
 def _check_authz(value: dict[str, Any], path: str, errs: Errors) -> None:
     action = value.get("action", "ALLOW")
@@ -103,16 +101,6 @@ def _check_authz(value: dict[str, Any], path: str, errs: Errors) -> None:
                      "CUSTOM (external authorization) is not supported by Ambit; use ALLOW, DENY or AUDIT"))
     elif value.get("provider") is not None:
         errs.append((join(path, "provider"), "provider is only valid with action CUSTOM"))
-    check_target_kinds(value, path, errs)
-
-
-def check_target_kinds(value: dict[str, Any], path: str, errs: Errors) -> None:
-    """targetRef(s) of a security policy name one of Istio's policy target kinds."""
-    refs = ([(join(path, "targetRef"), value["targetRef"])] if value.get("targetRef") else []) + [
-        (f"{join(path, 'targetRefs')}[{i}]", r) for i, r in enumerate(value.get("targetRefs") or [])]
-    for p, r in refs:
-        if r.get("kind") not in TARGET_KINDS:
-            errs.append((join(p, "kind"), f"must be one of {', '.join(TARGET_KINDS)}, got \"{r.get('kind')}\""))
 
 
 AuthorizationPolicySpec = Obj({
@@ -212,4 +200,4 @@ RequestAuthenticationSpec = Obj({
     "targetRef": PolicyTargetReference,
     "targetRefs": Arr(PolicyTargetReference),
     "jwtRules": Arr(JwtRule),
-}, one_of=(("selector", "targetRef", "targetRefs"),), checks=(check_target_kinds,))
+}, one_of=(("selector", "targetRef", "targetRefs"),))

@@ -102,7 +102,7 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
         for src, timeout in jwks_fetches(o).items():
             out.jwks_fetches[src] = max(out.jwks_fetches.get(src, 0.0), timeout)
     out.telemetry = [translate_telemetry(o, root_namespace) for o in idx.kind("Telemetry")]
-    expand_entry_targets([*out.authorizations, *out.request_authns], idx)
+    expand_entry_targets([*out.authorizations, *out.request_authns, *out.telemetry], idx)
     out.waypoint_routes = translate_routes(idx, out.services, cluster_domain, ingress_names(idx))
     hosts = Hosts(out.services, cluster_domain)
     out.ingress = translate_ingress(idx, hosts)

@@ -19,7 +19,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ambit.model import Authorization, JwtRule, Match, PeerAuthn, RequestAuthn, Rule, TelemetryPolicy
+from ambit.model import (
+    AccessLogEntry,
+    Authorization,
+    JwtRule,
+    Match,
+    PeerAuthn,
+    RequestAuthn,
+    Rule,
+    TelemetryPolicy,
+    TracingEntry,
+)
 from controller.kinds.common import parse_duration
 from controller.kinds.security import L4_CONDITION_KEYS
 from controller.translate.index import name_of, ns_of
@@ -183,39 +193,42 @@ def translate_peer_authn(obj: Obj, root_namespace: str) -> PeerAuthn:
     )
 
 
+def _opt_bool(entry: Obj, key: str) -> bool | None:
+    return bool(entry[key]) if entry.get(key) is not None else None
+
+
+def _mode(entry: Obj) -> str:
+    return (entry.get("match") or {}).get("mode") or ""
+
+
+def _tracing_entry(tr: Obj) -> TracingEntry:
+    pct = tr.get("randomSamplingPercentage")
+    return TracingEntry(mode=_mode(tr), providers=[p["name"] for p in tr.get("providers") or []],
+                        sampling_percent=float(pct) if pct is not None else None,
+                        custom_tags=dict(tr.get("customTags") or {}),
+                        disable_span_reporting=_opt_bool(tr, "disableSpanReporting"),
+                        use_request_id_sampling=_opt_bool(tr, "useRequestIdForTraceSampling"),
+                        enable_istio_tags=_opt_bool(tr, "enableIstioTags"))
+
+
+def _access_log_entry(a: Obj) -> AccessLogEntry:
+    return AccessLogEntry(mode=_mode(a), providers=[p["name"] for p in a.get("providers") or []],
+                          disabled=_opt_bool(a, "disabled"), filter=(a.get("filter") or {}).get("expression") or "")
+
+
 def translate_telemetry(obj: Obj, root_namespace: str) -> TelemetryPolicy:
-    """One Telemetry; within a resource, later entries of a section override earlier ones (field by
-    field, provider lists replace), as across levels (ambit.telemetry)."""
+    """One Telemetry. Its `tracing` and `accessLogging` entries are kept apart, in order, each with
+    its own `match.mode`: the resolver (ambit.telemetry) applies each only to the side it names, as
+    Istio's mergeTracing/mergeLogs do, so a CLIENT-only entry never lands on the SERVER side."""
     spec = obj.get("spec") or {}
     ns = ns_of(obj)
     scope, selector, refs = _scope(spec, ns, root_namespace)
-    t = TelemetryPolicy(name=name_of(obj), namespace=ns, scope=scope, selector=selector, target_refs=refs)
-    for tr in spec.get("tracing") or []:
-        t.has_tracing = True
-        if tr.get("providers"):
-            t.tracing_providers = [p["name"] for p in tr["providers"]]
-        if tr.get("randomSamplingPercentage") is not None:
-            t.sampling_percent = float(tr["randomSamplingPercentage"])
-        t.custom_tags.update(tr.get("customTags") or {})
-        if tr.get("disableSpanReporting") is not None:
-            t.disable_span_reporting = bool(tr["disableSpanReporting"])
-        if tr.get("useRequestIdForTraceSampling") is not None:
-            t.use_request_id_sampling = bool(tr["useRequestIdForTraceSampling"])
-        if tr.get("enableIstioTags") is not None:
-            t.enable_istio_tags = bool(tr["enableIstioTags"])
-        t.tracing_mode = (tr.get("match") or {}).get("mode") or t.tracing_mode
+    t = TelemetryPolicy(name=name_of(obj), namespace=ns, scope=scope, selector=selector, target_refs=refs,
+                        tracing=[_tracing_entry(tr) for tr in spec.get("tracing") or []],
+                        access_logging=[_access_log_entry(a) for a in spec.get("accessLogging") or []])
     for m in spec.get("metrics") or []:
         t.metrics_providers += [p["name"] for p in m.get("providers") or []]
         t.metrics_overrides += list(m.get("overrides") or [])
-    for a in spec.get("accessLogging") or []:
-        t.has_access_logging = True
-        if a.get("providers"):
-            t.access_log_providers = [p["name"] for p in a["providers"]]
-        if a.get("disabled") is not None:
-            t.access_log_disabled = bool(a["disabled"])
-        if (a.get("filter") or {}).get("expression"):
-            t.access_log_filter = a["filter"]["expression"]
-        t.access_log_mode = (a.get("match") or {}).get("mode") or t.access_log_mode
     return t
 
 

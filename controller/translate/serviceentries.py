@@ -115,9 +115,10 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
 
 
 def expand_entry_targets(policies: list[Any], idx: Index) -> None:
-    """A policy's `targetRefs` naming a ServiceEntry bind it, at the entry's waypoint, to each of
-    the entry's hosts: the refs become Service refs to the hosts' registry Services (named by host),
-    which is how waypoints bind (waypoint/binding.py). In place."""
+    """A policy's (AuthorizationPolicy, RequestAuthentication, Telemetry) `targetRefs` naming a
+    ServiceEntry bind it, at the entry's waypoint, to each of the entry's hosts: the refs become
+    Service refs to the hosts' registry Services (named by host), which is how waypoints bind
+    (waypoint/binding.py, ambit/telemetry.py). In place."""
     hosts = {(ns_of(se), name_of(se)): list((se.get("spec") or {}).get("hosts") or [])
              for se in idx.kind("ServiceEntry")}
     for p in policies:
@@ -128,6 +129,6 @@ def expand_entry_targets(policies: list[Any], idx: Index) -> None:
             if r.get("kind") != "ServiceEntry":
                 refs.append(r)
                 continue
-            ns = r.get("namespace") or p.namespace
+            ns = p.namespace    # a target in another namespace is refused by validation (as Istio)
             refs += [{"group": "", "kind": "Service", "name": h, "namespace": ns} for h in hosts.get((ns, r.get("name")), [])]
         p.target_refs = refs

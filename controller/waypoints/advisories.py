@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ambit.resilience import RETRY_ON_NOT_APPLIED, retry_on_parts
+from ambit.telemetry import ACCESS_LOG_KINDS, GATEWAY_LABEL, TRACING_KINDS, providers_of
 from controller.kinds.security import L4_CONDITION_KEYS
 from controller.translate import translate
 from controller.translate.destinationrules import rules_by_host
@@ -138,6 +139,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             out += _entry_fields(o, svc_waypoint.get((ns_of(o), f"ServiceEntry/{(o.get('metadata') or {}).get('name')}"), ""))
         elif kind == "Telemetry":
             out += telemetry_advisories(o, tr.mesh_settings[0] if tr.mesh_settings else None)
+            out += telemetry_targets(o, gateways, svc_waypoint, root_namespace) + telemetry_sides(o, gateways)
     out += telemetry_conflicts([o for o in good if o.get("kind") == "Telemetry"], root_namespace)
     out += _unserved_hosts(good, tr, gateways)
     out += destination_rule_merges(good, hosts)
@@ -148,33 +150,98 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
 
 # -- Telemetry ----------------------------------------------------------------------------------
 
+# Per section: the provider kinds that get something from it, and what a provider of another kind means.
+_SECTION_KINDS = {
+    "metrics": (("prometheus",), "metrics provider \"{name}\" is of kind {kind}: Ambit's proxies export metrics to "
+                "Prometheus only, so it gets nothing; without a Prometheus provider in force the selected proxies "
+                "report no metrics"),
+    "tracing": (TRACING_KINDS, "tracing provider \"{name}\" is of kind {kind}: spans go to opentelemetry and "
+                "zipkin providers only, so it gets nothing (as in Istio); name a tracing provider"),
+    "accessLogging": (ACCESS_LOG_KINDS, "access-log provider \"{name}\" is of kind {kind}: access logs go to "
+                      "envoyFileAccessLog providers only, so it gets nothing (as in Istio); without an access-log "
+                      "provider in force the proxy writes its built-in line"),
+}
+
+
 def telemetry_advisories(o: Obj, mesh: Any) -> list[Advisory]:
     """A Telemetry naming a provider that the mesh config (`extensionProviders`) does not define
-    and that is not built in (`envoy`, `prometheus`): Istio ignores such a provider, and so does
-    Ambit, so the Telemetry does less than it says. `mesh`: the MeshSettings in force."""
-    from ambit.telemetry import providers_of
+    and that is not built in (`envoy`, `prometheus`), or one whose kind its section cannot use (a
+    log provider for tracing ...): Istio ignores such a provider, and so does Ambit, so the
+    Telemetry does less than it says. `mesh`: the MeshSettings in force."""
     known = providers_of(mesh)
     spec, ref, out = o.get("spec") or {}, object_ref(o), []
-    for section in ("tracing", "metrics", "accessLogging"):
+    for section, (kinds, why) in _SECTION_KINDS.items():
         for i, entry in enumerate(spec.get(section) or []):
             for j, p in enumerate(entry.get("providers") or []):
-                name = p.get("name", "")
+                name, path = p.get("name", ""), f"spec.{section}[{i}].providers[{j}].name"
                 if name not in known:
-                    out.append(Advisory(ref, f"spec.{section}[{i}].providers[{j}].name", (
+                    out.append(Advisory(ref, path, (
                         f'provider "{name}" is not defined in the mesh config\'s extensionProviders (defined: '
                         f'{", ".join(sorted(known))}): it is ignored, as in Istio; define it (docs/observability.md '
                         '"Telemetry API")'), NOT_ENFORCED, "ProviderNotFound"))
-                elif section == "metrics" and known[name].kind != "prometheus":
-                    out.append(Advisory(ref, f"spec.metrics[{i}].providers[{j}].name", (
-                        f'metrics provider "{name}" is of kind {known[name].kind}: Ambit\'s proxies export metrics '
-                        'to Prometheus only, so it gets nothing; without a Prometheus provider in force the '
-                        'selected proxies report no metrics'), NOT_ENFORCED, "UnsupportedValue"))
+                elif known[name].kind not in kinds:
+                    out.append(Advisory(ref, path, why.format(name=name, kind=known[name].kind), NOT_ENFORCED,
+                                        "UnsupportedValue"))
     for i, entry in enumerate(spec.get("metrics") or []):
         if entry.get("reportingInterval"):
             out.append(Advisory(ref, f"spec.metrics[{i}].reportingInterval", (
                 "reportingInterval is not supported by Ambit: ztunnel and the waypoint add a TCP connection's "
                 "bytes to istio_tcp_*_bytes_total when it closes, not periodically"), NOT_ENFORCED,
                 "UnsupportedValue"))
+    return out
+
+
+def telemetry_targets(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str],
+                      root_namespace: str) -> list[Advisory]:
+    """A Telemetry's targetRefs are applied by the waypoint serving each target, and by nothing else
+    (ztunnel ignores targetRefs, as Istio's): a missing or unserved target gets the advisory an
+    AuthorizationPolicy gets. A GatewayClass target is accepted (Istio's validation does) but not
+    applied to Telemetry by Ambit: said so instead."""
+    spec, ref = o.get("spec") or {}, object_ref(o)
+    targets = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
+    classes = {f"spec.targetRefs[{i}]" if spec.get("targetRefs") else "spec.targetRef"
+               for i, t in enumerate(targets) if t.get("kind") == "GatewayClass"}
+    out = [Advisory(ref, path, "a GatewayClass target is accepted but not applied to a Telemetry by Ambit: no "
+                    "proxy applies this binding; target the waypoint (kind Gateway) or its Services, or put a "
+                    "Telemetry without selector in the root namespace for the whole mesh", NOT_ENFORCED,
+                    "UnsupportedValue") for path in sorted(classes)]
+    return out + [a for a in _targets(o, targets, gateways, svc_waypoint, root_namespace) if a.path not in classes]
+
+
+def _selects_a_waypoint(labels: dict[str, str], ns: str, gateways: dict[tuple[str, str], Obj]) -> bool:
+    """Whether a selector selects a waypoint of `ns` (a waypoint resolves Telemetry with its
+    Gateway-name labels, ambit/telemetry.py `for_waypoint`)."""
+    return any(gns == ns and all({GATEWAY_LABEL: name, "istio.io/gateway-name": name}.get(k) == v
+                                 for k, v in labels.items()) for gns, name in gateways)
+
+
+def telemetry_sides(o: Obj, gateways: dict[tuple[str, str], Obj]) -> list[Advisory]:
+    """Telemetry no proxy applies, by side: ztunnel does not trace, and a waypoint is the SERVER side
+    of the requests it serves; so tracing for a selected workload (unless the selector selects a
+    waypoint), CLIENT-side tracing, and any CLIENT-side entry of a targetRefs Telemetry (which
+    binds waypoints only) change nothing."""
+    spec, ref, ns = o.get("spec") or {}, object_ref(o), ns_of(o)
+    out: list[Advisory] = []
+    labels = (spec.get("selector") or {}).get("matchLabels") or {}
+    if spec.get("tracing") and labels and not _selects_a_waypoint(labels, ns, gateways):
+        out.append(Advisory(ref, "spec.selector", (
+            "tracing for the workloads a selector selects is applied by no proxy: ztunnel does not trace, and a "
+            "waypoint traces the requests it serves as the SERVER side; bind the Telemetry to the waypoint with "
+            "targetRefs (kind Service or Gateway) to trace requests to a Service"), NOT_ENFORCED, "UnsupportedValue"))
+    bound = bool(spec.get("targetRef") or spec.get("targetRefs"))
+    entries = [(f"spec.tracing[{i}]", e) for i, e in enumerate(spec.get("tracing") or [])]
+    if bound:
+        entries += [(f"spec.accessLogging[{i}]", e) for i, e in enumerate(spec.get("accessLogging") or [])]
+        entries += [(f"spec.metrics[{i}].overrides[{j}]", e) for i, m in enumerate(spec.get("metrics") or [])
+                    for j, e in enumerate(m.get("overrides") or [])]
+    for path, e in entries:
+        if (e.get("match") or {}).get("mode") == "CLIENT":
+            what = "tracing" if path.startswith("spec.tracing") else "a targetRefs Telemetry"
+            out.append(Advisory(ref, f"{path}.match.mode", (
+                f"CLIENT is applied by no proxy for {what}: "
+                + ("ztunnel does not trace, and " if what == "tracing" else "it binds waypoints only, and ")
+                + "a waypoint is the SERVER side of the requests it serves; use SERVER or CLIENT_AND_SERVER"),
+                NOT_ENFORCED, "UnsupportedValue"))
     return out
 
 

@@ -139,6 +139,8 @@ class Exchange:
         except Exception:
             log.exception("decide failed for %s %s", head.method, head.path)
             decision = LocalReply(500, b"internal error", reason="decide failed")
+        if decision.audit:
+            self.record.audit = decision.audit
         if isinstance(decision, LocalReply):
             self.reply(decision)
             return

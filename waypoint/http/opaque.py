@@ -111,6 +111,9 @@ class OpaqueRelay:
         self.up = up = _Side(self, "up")
         plug.attach(up)
         self.record.upstream = getattr(plug, "upstream", "")
+        audit = getattr(plug, "audit", ())      # the AUDIT policies the tunnel matched (waypoint/app.py `opaque`)
+        if audit:
+            self.record.audit = audit
         self._tcp_stats("open")
         self._arm(getattr(plug, "idle_timeout", 0.0) or self.engine.settings.tcp_idle_timeout)
         if self.done:

@@ -3,7 +3,8 @@
 `line()` is the JSON line, with the keys of Istio's default JSON access-log format (Envoy's
 operators: `start_time`, `response_code`, `response_flags`, `upstream_host`, `route_name`,
 `request_id` (x-request-id), `authority`, `user_agent`, `downstream_remote_address`, ...), so
-Istio users' log queries carry over. Empty values are left out.
+Istio users' log queries carry over, and `audit`: the AUDIT AuthorizationPolicies the request
+matched, as ztunnel's access record names them. Empty values are left out.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class RequestRecord:
     response_messages: int = 0
     detail: str = ""                        # why, for local replies and failures
     user_agent: str = ""
+    audit: tuple[str, ...] = ()             # the AUDIT AuthorizationPolicies ("ns/name") the request matched
 
     def __init__(self, method: str, path: str, authority: str, protocol: str, downstream: Downstream,
                  grpc: bool = False, user_agent: str = "", **fields: Any) -> None:
@@ -93,6 +95,8 @@ class RequestRecord:
                      ("downstream_peer_principal", d.source_identity), ("destination_service", self.service)):
             if v != "":
                 out[k] = v
+        if self.audit:      # ztunnel's access record names matched AUDIT policies alike
+            out["audit"] = list(self.audit)
         return out
 
 

@@ -84,7 +84,8 @@ def test_all_examples_translate_together() -> None:
     [pa] = t.peer_authns
     assert (pa.mode, pa.root) == ("STRICT", False)
     [tel] = t.telemetry
-    assert (tel.sampling_percent, tel.tracing_providers, tel.access_log_providers) == (10.0, ["jaeger"], ["fluentd"])
+    assert ([(e.sampling_percent, e.providers) for e in tel.tracing], [e.providers for e in tel.access_logging]) == \
+        ([(10.0, ["jaeger"])], [["fluentd"]])
     assert by_name(t.workloads, "myapp-1").identity == "spiffe://cluster.local/ns/default/sa/myapp"
 
 

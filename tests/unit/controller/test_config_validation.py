@@ -348,6 +348,38 @@ def test_authorization_policy_rejections(spec: dict, path: str, fragment: str) -
     assert [(e.path, fragment in e.reason) for e in errors] == [(path, True)], errors
 
 
+@pytest.mark.parametrize("api_version,kind", [("security.istio.io/v1", "AuthorizationPolicy"),
+                                              ("security.istio.io/v1", "RequestAuthentication"),
+                                              ("telemetry.istio.io/v1", "Telemetry")])
+def test_policy_targets_in_another_namespace_or_group_are_refused(api_version: str, kind: str) -> None:
+    """As Istio's CRDs (`targetRef(s).namespace`: "cross namespace referencing is not currently
+    supported") and validation (group and kind must be a supported target's): a policy in tenant-b
+    cannot bind demo's waypoint, and a ref whose group is not its kind's binds nothing."""
+    obj = {"apiVersion": api_version, "kind": kind, "metadata": {"name": "p", "namespace": "tenant-b"},
+           "spec": {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint",
+                                    "namespace": "demo"},
+                                   {"kind": "Service", "group": "apps", "name": "reviews"},
+                                   {"kind": "Gateway", "group": "networking.istio.io", "name": "waypoint"},
+                                   {"kind": "Service", "group": "core", "name": "ok", "namespace": "tenant-b"},
+                                   {"kind": "ServiceEntry", "group": "networking.istio.io", "name": "ok"},
+                                   {"kind": "Gateway", "name": "ok", "namespace": ""}]}}
+    got = [str(e) for e in validate_object(obj)]
+    assert got == [
+        f'{kind}/tenant-b/p: spec.targetRefs[0].namespace: cross namespace referencing is not currently supported '
+        '(got "demo"): a policy binds targets in its own namespace only; leave namespace empty',
+        f'{kind}/tenant-b/p: spec.targetRefs[1].group: a Service is in group "core", got "apps": a targetRef with '
+        "another group binds nothing (leave group empty for the kind's own)",
+        f'{kind}/tenant-b/p: spec.targetRefs[2].group: a Gateway is in group "gateway.networking.k8s.io", got '
+        '"networking.istio.io": a targetRef with another group binds nothing (leave group empty for the kind\'s own)',
+        f'{kind}/tenant-b/p: spec.targetRefs[3].namespace: cross namespace referencing is not currently supported '
+        '(got "tenant-b"): a policy binds targets in its own namespace only; leave namespace empty',
+    ], got
+    obj["spec"] = {"targetRef": {"kind": "HTTPRoute", "name": "r"}}
+    assert [str(e) for e in validate_object(obj)] == [
+        f'{kind}/tenant-b/p: spec.targetRef.kind: must be one of Gateway, Service, GatewayClass, ServiceEntry, '
+        'got "HTTPRoute"']
+
+
 def test_peer_authentication_port_level_needs_a_selector() -> None:
     pa = {"apiVersion": "security.istio.io/v1beta1", "kind": "PeerAuthentication",
           "metadata": {"name": "p", "namespace": "demo"},

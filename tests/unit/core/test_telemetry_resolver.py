@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ambit.model import MeshSettings, TelemetryPolicy
+from ambit.model import AccessLogEntry, MeshSettings, TelemetryPolicy, TracingEntry
 from ambit.telemetry import CLIENT, SERVER, for_waypoint, for_workload, unknown_providers
 
 MESH = MeshSettings("cluster.local", extension_providers=[
@@ -13,8 +13,11 @@ MESH = MeshSettings("cluster.local", extension_providers=[
 ], default_providers={"tracing": ["otel"], "accessLogging": ["envoy"]})
 
 
-def tel(name: str, ns: str, scope: str = "namespace", **kw: object) -> TelemetryPolicy:
-    return TelemetryPolicy(name=name, namespace=ns, scope=scope, **kw)  # type: ignore[arg-type]
+def tel(name: str, ns: str, scope: str = "namespace", tracing: TracingEntry | None = None,
+        log: AccessLogEntry | None = None, **kw: object) -> TelemetryPolicy:
+    """A Telemetry with (at most) one tracing and one access-log entry."""
+    return TelemetryPolicy(name=name, namespace=ns, scope=scope, tracing=[tracing] if tracing else [],  # type: ignore[arg-type]
+                           access_logging=[log] if log else [], **kw)
 
 
 def test_defaults_come_from_mesh_config_default_providers() -> None:
@@ -27,11 +30,11 @@ def test_defaults_come_from_mesh_config_default_providers() -> None:
 
 
 def test_namespace_overrides_mesh_and_workload_overrides_namespace_field_by_field() -> None:
-    mesh = tel("mesh", "ambit-system", "global", has_tracing=True, sampling_percent=10.0,
-               tracing_providers=["zipkin"], has_access_logging=True, access_log_filter="response.code >= 500")
-    ns = tel("ns", "app", has_access_logging=True, access_log_disabled=True, has_tracing=True, sampling_percent=50.0)
-    wl = tel("wl", "app", "workload", selector={"app": "web"}, has_access_logging=True, access_log_disabled=False,
-             access_log_filter="response.code >= 400", access_log_providers=["json-log"])
+    mesh = tel("mesh", "ambit-system", "global", TracingEntry(sampling_percent=10.0, providers=["zipkin"]),
+               AccessLogEntry(filter="response.code >= 500"))
+    ns = tel("ns", "app", log=AccessLogEntry(disabled=True), tracing=TracingEntry(sampling_percent=50.0))
+    wl = tel("wl", "app", "workload", selector={"app": "web"}, log=AccessLogEntry(
+        disabled=False, filter="response.code >= 400", providers=["json-log"]))
     pols = [wl, ns, mesh]      # arrival order does not matter
     web = for_workload(pols, MESH, "app", {"app": "web"}, SERVER)
     assert not web.access_log.disabled and web.access_log.filter == "response.code >= 400"
@@ -45,7 +48,7 @@ def test_namespace_overrides_mesh_and_workload_overrides_namespace_field_by_fiel
 
 
 def test_match_mode_applies_a_section_to_one_side_only() -> None:
-    off_for_clients = tel("t", "app", has_access_logging=True, access_log_disabled=True, access_log_mode="CLIENT")
+    off_for_clients = tel("t", "app", log=AccessLogEntry(disabled=True, mode="CLIENT"))
     assert for_workload([off_for_clients], MESH, "app", {}, CLIENT).access_log.disabled
     assert not for_workload([off_for_clients], MESH, "app", {}, SERVER).access_log.disabled
     # a waypoint is the server side
@@ -54,9 +57,9 @@ def test_match_mode_applies_a_section_to_one_side_only() -> None:
 
 def test_waypoint_targetrefs_gateway_and_service() -> None:
     gw = tel("gw", "app", "waypoint", target_refs=[{"kind": "Gateway", "name": "waypoint"}],
-             has_access_logging=True, access_log_filter="response.code == 503")
+             log=AccessLogEntry(filter="response.code == 503"))
     svc = tel("svc", "app", "waypoint", target_refs=[{"kind": "Service", "name": "reviews"}],
-              has_access_logging=True, access_log_disabled=True)
+              log=AccessLogEntry(disabled=True))
     assert for_waypoint([gw, svc], MESH, "app", "waypoint").access_log.filter == "response.code == 503"
     assert for_waypoint([gw, svc], MESH, "app", "waypoint", "app/reviews").access_log.disabled
     assert not for_waypoint([gw, svc], MESH, "app", "waypoint", "app/ratings").access_log.disabled
@@ -66,9 +69,8 @@ def test_waypoint_targetrefs_gateway_and_service() -> None:
 
 
 def test_undefined_providers_are_dropped_and_reported() -> None:
-    seed = tel("mesh-default", "ambit-system", "global", has_tracing=True, tracing_providers=["jaeger"],
-               sampling_percent=10.0, metrics_providers=["prometheus"], has_access_logging=True,
-               access_log_providers=["fluentd"])
+    seed = tel("mesh-default", "ambit-system", "global", TracingEntry(providers=["jaeger"], sampling_percent=10.0),
+               AccessLogEntry(providers=["fluentd"]), metrics_providers=["prometheus"])
     cfg = for_workload([seed], None, "app", {}, SERVER)
     assert cfg.tracing.providers == () and cfg.access_log.providers == () and cfg.tracing.sampling_percent == 10.0
     assert unknown_providers(seed, None) == [("tracing", "jaeger"), ("accessLogging", "fluentd")]
@@ -82,27 +84,25 @@ def test_undefined_providers_are_dropped_and_reported() -> None:
 
 
 def test_disable_span_reporting_and_custom_tags_override() -> None:
-    mesh = tel("m", "ambit-system", "global", has_tracing=True, disable_span_reporting=True,
-               custom_tags={"team": {"literal": {"value": "a"}}})
-    ns = tel("n", "app", has_tracing=True, disable_span_reporting=False,
-             custom_tags={"env": {"environment": {"name": "STAGE"}}})
+    mesh = tel("m", "ambit-system", "global", TracingEntry(disable_span_reporting=True,
+                                                           custom_tags={"team": {"literal": {"value": "a"}}}))
+    ns = tel("n", "app", tracing=TracingEntry(disable_span_reporting=False,
+                                              custom_tags={"env": {"environment": {"name": "STAGE"}}}))
     cfg = for_workload([mesh, ns], MESH, "app", {}, SERVER).tracing
     assert cfg.enabled and cfg.custom_tags == (("env", "environment", "STAGE"),)
     assert not for_workload([mesh, ns], MESH, "x", {}, SERVER).tracing.enabled
 
 
 def test_a_selector_in_the_root_namespace_selects_there_only() -> None:
-    root_sel = tel("r", "ambit-system", "global", selector={"app": "web"}, has_access_logging=True,
-                   access_log_disabled=True)
+    root_sel = tel("r", "ambit-system", "global", selector={"app": "web"}, log=AccessLogEntry(disabled=True))
     assert not for_workload([root_sel], MESH, "app", {"app": "web"}, SERVER).access_log.disabled
     assert for_workload([root_sel], MESH, "ambit-system", {"app": "web"}, SERVER).access_log.disabled
 
 
 def test_request_id_sampling_and_istio_tags_default_on_and_override_by_level() -> None:
     assert for_workload([], MESH, "app", {}, SERVER).tracing.use_request_id
-    mesh = tel("mesh", "ambit-system", "global", has_tracing=True, use_request_id_sampling=False,
-               enable_istio_tags=False)
-    ns = tel("ns", "app", has_tracing=True, enable_istio_tags=True)
+    mesh = tel("mesh", "ambit-system", "global", TracingEntry(use_request_id_sampling=False, enable_istio_tags=False))
+    ns = tel("ns", "app", tracing=TracingEntry(enable_istio_tags=True))
     cfg = for_waypoint([mesh, ns], MESH, "app", "waypoint").tracing
     assert (cfg.use_request_id, cfg.istio_tags) == (False, True)
     other = for_waypoint([mesh, ns], MESH, "shop", "waypoint").tracing

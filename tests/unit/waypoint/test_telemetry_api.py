@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from ambit.configclient import ConfigUpdate
-from ambit.model import MeshSettings, TelemetryPolicy
+from ambit.model import AccessLogEntry, MeshSettings, TelemetryPolicy, TracingEntry
 from waypoint.authz import Waypoint
 from waypoint.config import TYPES, WaypointConfig
 from waypoint.telemetry import RequestLog
@@ -28,10 +28,10 @@ def config(*tels: TelemetryPolicy) -> WaypointConfig:
 
 
 def test_namespace_off_service_on_with_filter_and_json_provider() -> None:
-    cfg = config(TelemetryPolicy("off", "demo", has_access_logging=True, access_log_disabled=True),
+    cfg = config(TelemetryPolicy("off", "demo", access_logging=[AccessLogEntry(disabled=True)]),
                  TelemetryPolicy("echo", "demo", scope="waypoint", target_refs=[{"kind": "Service", "name": "echo"}],
-                                 has_access_logging=True, access_log_disabled=False,
-                                 access_log_filter="response.code >= 400", access_log_providers=["json-log"]))
+                                 access_logging=[AccessLogEntry(disabled=False, filter="response.code >= 400",
+                                                                providers=["json-log"])]))
     assert cfg.synced
     view = cfg.view
     assert view.telemetry_for_waypoint("demo/other").access_log.disabled
@@ -54,7 +54,7 @@ def test_without_telemetry_every_request_gets_the_builtin_line() -> None:
 
 def test_gateway_target_and_istio_text_format() -> None:
     cfg = config(TelemetryPolicy("gw", "demo", scope="waypoint", target_refs=[{"kind": "Gateway", "name": "waypoint"}],
-                                 has_access_logging=True, access_log_providers=["envoy"]))
+                                 access_logging=[AccessLogEntry(providers=["envoy"])]))
     lines: list[str] = []
     RequestLog(lines.append, lambda svc: cfg.view.telemetry_for_waypoint(svc).access_log).emit(
         record(status=404, response_flags="NR", request_id="r-1"), CLIENT, None)
@@ -64,8 +64,7 @@ def test_gateway_target_and_istio_text_format() -> None:
 
 def test_config_dump_shows_the_telemetries_and_the_waypoint_level_access_log() -> None:
     cfg = config(TelemetryPolicy("gw", "demo", scope="waypoint", target_refs=[{"kind": "Gateway", "name": "waypoint"}],
-                                 has_access_logging=True, access_log_providers=["envoy"],
-                                 access_log_filter="response.code >= 500"))
+                                 access_logging=[AccessLogEntry(providers=["envoy"], filter="response.code >= 500")]))
     d = cfg.dump()
     assert d["telemetry"] == ["demo/gw"]
     assert d["access_log"] == {"disabled": False, "mode": "CLIENT_AND_SERVER", "filter": "response.code >= 500",
@@ -83,10 +82,10 @@ def test_the_telemetry_api_decides_the_waypoints_tracing_over_its_flags() -> Non
     mesh = MeshSettings("cluster.local", extension_providers=[
         {"name": "otel", "kind": "opentelemetry", "service": "otel.obs.svc.cluster.local", "port": 4317}])
     cfg = WaypointConfig(Waypoint("demo", "waypoint"), "cluster.local")
-    tels = {"mesh": TelemetryPolicy("mesh", "ambit-system", scope="global", has_tracing=True,
-                                    tracing_providers=["otel"], sampling_percent=10.0),
+    tels = {"mesh": TelemetryPolicy("mesh", "ambit-system", scope="global",
+                                    tracing=[TracingEntry(providers=["otel"], sampling_percent=10.0)]),
             "echo": TelemetryPolicy("echo", "demo", scope="waypoint", target_refs=[{"kind": "Service", "name": "echo"}],
-                                    has_tracing=True, sampling_percent=100.0)}
+                                    tracing=[TracingEntry(sampling_percent=100.0)])}
     for t in TYPES:
         state = {"mesh": mesh} if t == MeshSettings.TYPE else tels if t == TelemetryPolicy.TYPE else {}
         cfg.apply(ConfigUpdate(t, "v1", state, frozenset(), state))  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ import io
 
 from ambit.configclient.state import TypeState
 from ambit.dataplane.telemetry.accesslog import ConnRecord, PolicySink, StreamSink
-from ambit.model import MeshSettings, TelemetryPolicy
+from ambit.model import AccessLogEntry, MeshSettings, TelemetryPolicy
 from tests.unit.configstream.helpers import workload
 from ztunnel.meshstate import MeshState
 from ztunnel.proxy import Proxy
@@ -22,9 +22,9 @@ def lab() -> tuple[MeshState, Proxy, io.StringIO]:
     client = workload("client", "node1", ip="10.1.0.1", ns="quiet", labels={"app": "client"})
     full(cfg, "v1", [web, api, client], mesh=MeshSettings("cluster.local"))
     push(cfg, TypeState(TelemetryPolicy.TYPE), "v1", [
-        TelemetryPolicy("off", "quiet", has_access_logging=True, access_log_disabled=True),
-        TelemetryPolicy("web", "quiet", scope="workload", selector={"app": "web"}, has_access_logging=True,
-                        access_log_disabled=False, access_log_providers=["envoy"], access_log_mode="SERVER")])
+        TelemetryPolicy("off", "quiet", access_logging=[AccessLogEntry(disabled=True)]),
+        TelemetryPolicy("web", "quiet", scope="workload", selector={"app": "web"}, access_logging=[
+            AccessLogEntry(disabled=False, providers=["envoy"], mode="SERVER")])])
     out = io.StringIO()
     proxy = Proxy(cfg)
     proxy.access_log = PolicySink(StreamSink(out), proxy.access_log_config)
