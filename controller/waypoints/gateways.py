@@ -17,6 +17,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from controller.translate.waypoints import NOT_A_WAYPOINT
+
 Obj = dict[str, Any]
 
 WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
@@ -42,6 +44,12 @@ def waypoint_for(gw: Obj) -> str:
         if k in labels:
             return labels[k]
     return "service"
+
+
+def valid_waypoint_for(gw: Obj) -> bool:
+    """Whether the waypoint-for label is one of the four values: a Gateway whose label is not is
+    not a waypoint (controller.translate.waypoints), is not deployed, and its status says why."""
+    return waypoint_for(gw) in WAYPOINT_FOR_VALUES
 
 
 def gateway_ref(gw: Obj) -> str:
@@ -83,8 +91,8 @@ def desired_status(gw: Obj, service: Obj | None, errors: list[str] | None = None
     if errors:
         conds.append(_cond("Accepted", False, "Invalid", "; ".join(errors), gen))
         conds.append(_cond("Programmed", False, "Invalid", "the Gateway is not accepted", gen))
-    elif wf not in WAYPOINT_FOR_VALUES:
-        msg = f'label waypoint-for "{wf}" is not one of {", ".join(WAYPOINT_FOR_VALUES)}'
+    elif not valid_waypoint_for(gw):
+        msg = f'label waypoint-for "{wf}" is not one of {", ".join(WAYPOINT_FOR_VALUES)}: {NOT_A_WAYPOINT}'
         conds.append(_cond("Accepted", False, "Invalid", msg, gen))
         conds.append(_cond("Programmed", False, "Invalid", "the Gateway is not accepted", gen))
     else:

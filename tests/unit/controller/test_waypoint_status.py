@@ -58,6 +58,7 @@ def test_bad_waypoint_for_is_not_accepted() -> None:
     st = gws.desired_status(gateway(**{"ambit.io/waypoint-for": "everything"}), service())
     assert conds(st) == {"Accepted": ("False", "Invalid"), "Programmed": ("False", "Invalid")}
     assert "everything" in st["conditions"][0]["message"]
+    assert "not used as a waypoint" in st["conditions"][0]["message"]     # what the translation says too
 
 
 def test_transition_times_survive_an_unchanged_status() -> None:
