@@ -171,6 +171,17 @@ def kind_allowed(listener: Obj, kind: str) -> bool:
     return not kinds or any(k["kind"] == kind and k.get("group", GATEWAY_GROUP) == GATEWAY_GROUP for k in kinds)
 
 
+def route_kinds_resolved(listener: Obj) -> tuple[bool, str, str]:
+    """A listener's `ResolvedRefs` as far as its `allowedRoutes.kinds` go: a kind its protocol cannot
+    carry is `InvalidRouteKinds`."""
+    unsupported = [k["kind"] for k in (listener.get("allowedRoutes") or {}).get("kinds") or []
+                   if k["kind"] not in supported_kinds(listener) or k.get("group", GATEWAY_GROUP) != GATEWAY_GROUP]
+    if unsupported:
+        return (False, "InvalidRouteKinds", f"{', '.join(unsupported)}: a {listener['protocol']} listener carries "
+                                            f"{' and '.join(supported_kinds(listener))} only")
+    return (True, "ResolvedRefs", "")
+
+
 def _refs_gateway(p: Obj, route_ns: str, gw: Obj) -> bool:
     return (p.get("kind", "Gateway") == "Gateway" and p.get("group", GATEWAY_GROUP) == GATEWAY_GROUP
             and (p.get("namespace") or route_ns) == ns_of(gw) and p["name"] == name_of(gw))
@@ -363,11 +374,8 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
             certs: list[TlsCertificate] = []
             if ln["protocol"] == "HTTPS":
                 certs, st.resolved = _certificates(gw, ln, secrets, grants)
-            unsupported = [k["kind"] for k in (ln.get("allowedRoutes") or {}).get("kinds") or []
-                           if k["kind"] not in supported_kinds(ln) or k.get("group", GATEWAY_GROUP) != GATEWAY_GROUP]
-            if unsupported and st.resolved[0]:
-                st.resolved = (False, "InvalidRouteKinds", f"{', '.join(unsupported)}: a {ln['protocol']} listener "
-                                                           f"carries {' and '.join(supported_kinds(ln))} only")
+            if st.resolved[0]:
+                st.resolved = route_kinds_resolved(ln)
             statuses.append(st)
             if (ln["protocol"] == "HTTPS" and not certs) or st.conflicted:
                 continue        # not served: ResolvedRefs or Conflicted says why

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from controller.translate.ingress import kind_allowed, route_kinds_resolved, supported_kinds
 from controller.translate.waypoints import NOT_A_WAYPOINT
 
 Obj = dict[str, Any]
@@ -107,16 +108,18 @@ def desired_status(gw: Obj, service: Obj | None, errors: list[str] | None = None
     accepted = conds[0]["status"] == "True"
     listeners = []
     for lst in spec.get("listeners") or []:
+        resolved = route_kinds_resolved(lst)
         listeners.append({
             "name": lst.get("name", ""),
-            "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
-                               {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}],
+            # what its protocol carries, narrowed by allowedRoutes.kinds (controller.translate.parents honours it)
+            "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": k} for k in supported_kinds(lst)
+                               if kind_allowed(lst, k)],
             "attachedRoutes": 0,
             "conditions": [
                 _cond("Accepted", accepted, "Accepted" if accepted else "Invalid", "", gen),
                 _cond("Programmed", accepted and bool(vips),
                       "Programmed" if accepted and vips else ("Invalid" if not accepted else "Pending"), "", gen),
-                _cond("ResolvedRefs", True, "ResolvedRefs", "", gen),
+                _cond("ResolvedRefs", *resolved, gen),
             ],
         })
     status: Obj = {"conditions": conds, "listeners": listeners}
