@@ -74,7 +74,17 @@ CODES: dict[str, Code] = {c.code: c for c in (
          "mTLS is STRICT where ztunnel has seen plaintext clients, which STRICT refuses"),
     Code("AMB0111", WARNING, "RouteNotServed", "routes or a DestinationRule for a host no waypoint serves"),
     Code("AMB0112", INFO, "NotEnforced", "a field is accepted but not enforced (yet)"),
+    # Gateway API references (controller.translate.parents)
+    Code("AMB0120", WARNING, "ParentNotFound",
+         "a route's parentRef or a VirtualService's gateways name a Gateway that does not exist: it attaches nowhere there"),
+    Code("AMB0121", WARNING, "RouteNotAccepted",
+         "a route's parent does not accept it (the listener's allowedRoutes, or a sectionName/port it does not have)"),
+    Code("AMB0122", ERROR, "RefNotPermitted",
+         "a route's backend is in another namespace and no ReferenceGrant there permits it: its requests get 500"),
 )}
+# advisory cause -> (code, the kind that must be known to say it: what is elsewhere may exist)
+_PARENT_CODES = {"ParentNotFound": ("AMB0120", "Gateway"), "NotAllowedByListeners": ("AMB0121", ""),
+                 "NoMatchingParent": ("AMB0121", ""), "RefNotPermitted": ("AMB0122", "ReferenceGrant")}
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,10 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             if not st.knows("Service"):
                 continue            # "no Service named ... is known": nothing is known offline
             code = "AMB0111"
+        elif a.cause in _PARENT_CODES:
+            code, needed = _PARENT_CODES[a.cause]
+            if needed and not st.knows(needed):
+                continue            # the Gateway (the ReferenceGrant) may well exist outside the files
         else:
             assert a.condition == NOT_ENFORCED
             code = "AMB0112"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.kinds.common import GwDuration, Labels, Port, Regex, Strings
-from controller.kinds.schema import AnyValue, Arr, Errors, Int, Map, Obj, Str, join
+from controller.kinds.common import GwDuration, Labels, Port, Regex, Strings, parse_duration
+from controller.kinds.schema import AnyValue, Arr, Check, Errors, Int, Map, Obj, Str, join
 
 WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
 INGRESS_CLASSES = ("ambit", "istio")       # an ingress gateway (docs/ingress.md); `istio` as Istio names it
@@ -100,6 +100,68 @@ def Filter(types: tuple[str, ...]) -> Obj:  # noqa: N802 - a schema constructor
 HTTPFilter = Filter(FILTER_TYPES)
 GRPCFilter = Filter(("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "ExtensionRef"))
 
+# Gateway API's CEL rules on a filter list (HTTPRoute: a rule's and a backendRef's; GRPCRoute: the
+# header modifiers only), with its own messages: the API server refuses these in a cluster.
+HTTP_UNREPEATABLE = ("CORS", "RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite")
+GRPC_UNREPEATABLE = ("RequestHeaderModifier", "ResponseHeaderModifier")
+
+
+def _check_filter_list(filters: list[dict[str, Any]], path: str, errs: Errors, unrepeatable: tuple[str, ...]) -> None:
+    types = [f.get("type") for f in filters]
+    if "RequestRedirect" in types and "URLRewrite" in types:
+        errs.append((path, "May specify either httpRouteFilterRequestRedirect or httpRouteFilterRequestRewrite, "
+                           "but not both"))
+    errs.extend((path, f"{t} filter cannot be repeated") for t in unrepeatable if types.count(t) > 1)
+
+
+def _prefix_replaced(filters: list[dict[str, Any]], kind: str) -> bool:
+    """Whether a `kind` filter (RequestRedirect, URLRewrite) replaces the matched path prefix."""
+    field = _FILTER_FIELD[kind]
+    return any(f.get("type") == kind and ((f.get(field) or {}).get("path") or {}).get("type") == "ReplacePrefixMatch"
+               and ((f.get(field) or {}).get("path") or {}).get("replacePrefixMatch") is not None for f in filters)
+
+
+def _one_prefix_match(rule: dict[str, Any]) -> bool:
+    """Exactly one match, on a PathPrefix (the CRD's defaults: no `matches` is one PathPrefix "/"
+    match, and a match without `path` matches PathPrefix "/")."""
+    matches = rule.get("matches")
+    if matches is None:
+        return True
+    return len(matches) == 1 and ((matches[0].get("path") or {}).get("type") or "PathPrefix") == "PathPrefix"
+
+
+def _check_http_rule(rule: dict[str, Any], path: str, errs: Errors) -> None:
+    """HTTPRouteRule's CEL rules (gateway.networking.k8s.io_httproutes.yaml), with their messages."""
+    filters, backends = rule.get("filters") or [], rule.get("backendRefs") or []
+    _check_filter_list(filters, join(path, "filters"), errs, HTTP_UNREPEATABLE)
+    if backends and any(f.get("type") == "RequestRedirect" for f in filters):
+        errs.append((path, "RequestRedirect filter must not be used together with backendRefs"))
+    if _one_prefix_match(rule):
+        return
+    for kind, within in (("RequestRedirect", "Within backendRefs, when using"),
+                         ("URLRewrite", "Within backendRefs, When using")):    # (upstream's capital W)
+        if _prefix_replaced(filters, kind):
+            errs.append((path, f"When using {kind} filter with path.replacePrefixMatch, exactly one PathPrefix "
+                               "match must be specified"))
+        if any(_prefix_replaced(b.get("filters") or [], kind) for b in backends):
+            errs.append((path, f"{within} {kind} filter with path.replacePrefixMatch, exactly one PathPrefix match "
+                               "must be specified"))
+
+
+def _check_http_backend_filters(value: dict[str, Any], path: str, errs: Errors) -> None:
+    _check_filter_list(value.get("filters") or [], join(path, "filters"), errs, HTTP_UNREPEATABLE)
+
+
+def _check_grpc_filters(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """A GRPCRoute rule's or backendRef's filters."""
+    _check_filter_list(value.get("filters") or [], join(path, "filters"), errs, GRPC_UNREPEATABLE)
+
+
+def _check_timeouts(value: dict[str, Any], path: str, errs: Errors) -> None:
+    request, backend = value.get("request"), value.get("backendRequest")
+    if request and backend and parse_duration(request) != 0 and parse_duration(backend) > parse_duration(request):
+        errs.append((path, "backendRequest timeout cannot be longer than request timeout"))
+
 
 def _check_backend(value: dict[str, Any], path: str, errs: Errors) -> None:
     if value.get("kind", "Service") == "Service" and value.get("group", "") in ("", "core"):
@@ -109,12 +171,30 @@ def _check_backend(value: dict[str, Any], path: str, errs: Errors) -> None:
         errs.append((join(path, "kind"), f"only Service backends are supported, got \"{value.get('kind')}\""))
 
 
-def BackendRef(filter_schema: Obj) -> Obj:  # noqa: N802 - a schema constructor
+def BackendRef(filter_schema: Obj, check_filters: Check) -> Obj:  # noqa: N802 - a schema constructor
     return BackendObjectRef.extend({"weight": Int(minimum=0, maximum=1000000), "filters": Arr(filter_schema)},
-                                   checks=(_check_backend,))
+                                   checks=(_check_backend, check_filters))
+
+
+def _check_parent_sections(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """Gateway API's CEL rules on `parentRefs` (every route kind's CRD): several references to one
+    parent (group, kind, name, namespace as written) must each name a different `sectionName`."""
+    by_parent: dict[tuple[str, str, str, str], list[str]] = {}
+    for p in value.get("parentRefs") or []:
+        key = (p.get("group", GATEWAY_GROUP), p.get("kind", "Gateway"), p.get("name", ""), p.get("namespace") or "")
+        by_parent.setdefault(key, []).append(p.get("sectionName") or "")
+    sections = [s for s in by_parent.values() if len(s) > 1]
+    where = join(path, "parentRefs")
+    if any(len({bool(x) for x in s}) > 1 for s in sections):
+        errs.append((where, "sectionName must be specified when parentRefs includes 2 or more references to the "
+                            "same parent"))
+    if any(len(set(s)) < len(s) for s in sections):
+        errs.append((where, "sectionName must be unique when parentRefs includes 2 or more references to the same "
+                            "parent"))
 
 
 def _check_parents(value: dict[str, Any], path: str, errs: Errors) -> None:
+    _check_parent_sections(value, path, errs)
     for i, p in enumerate(value.get("parentRefs") or []):
         kind = p.get("kind", "Gateway")
         group = p.get("group", "gateway.networking.k8s.io" if kind == "Gateway" else "")
@@ -130,11 +210,11 @@ HTTPRouteRule = Obj({
     "name": Str(),
     "matches": Arr(HTTPRouteMatch),
     "filters": Arr(HTTPFilter),
-    "backendRefs": Arr(BackendRef(HTTPFilter)),
-    "timeouts": Obj({"request": GwDuration, "backendRequest": GwDuration}),
+    "backendRefs": Arr(BackendRef(HTTPFilter, _check_http_backend_filters)),
+    "timeouts": Obj({"request": GwDuration, "backendRequest": GwDuration}, checks=(_check_timeouts,)),
     "retry": Obj({"codes": Arr(Int(minimum=400, maximum=599)), "attempts": Int(minimum=0), "backoff": GwDuration}),
     "sessionPersistence": AnyValue(),
-})
+}, checks=(_check_http_rule,))
 
 HTTPRouteSpec = Obj({
     "parentRefs": Arr(ParentReference),
@@ -159,9 +239,9 @@ GRPCRouteRule = Obj({
     "matches": Arr(Obj({"method": GRPCMethodMatch.extend(checks=(_check_grpc_method,)),
                         "headers": Arr(HeaderMatch)})),
     "filters": Arr(GRPCFilter),
-    "backendRefs": Arr(BackendRef(GRPCFilter)),
+    "backendRefs": Arr(BackendRef(GRPCFilter, _check_grpc_filters)),
     "sessionPersistence": AnyValue(),
-})
+}, checks=(_check_grpc_filters,))
 
 GRPCRouteSpec = Obj({"parentRefs": Arr(ParentReference), "hostnames": Strings, "rules": Arr(GRPCRouteRule)},
                     checks=(_check_parents,))
@@ -200,14 +280,33 @@ def _check_gateway(value: dict[str, Any], path: str, errs: Errors) -> None:
         if listener["name"] in names:
             errs.append((join(p, "name"), f'duplicate listener name "{listener["name"]}"'))
         names.add(listener["name"])
-        if value["gatewayClassName"] in WAYPOINT_CLASSES and listener["protocol"] not in ("HBONE", "HTTP"):
-            errs.append((join(p, "protocol"),
-                         f'a waypoint listener must use protocol HBONE or HTTP, got "{listener["protocol"]}"'))
+        if value["gatewayClassName"] in WAYPOINT_CLASSES:
+            _check_waypoint_listener(listener, p, errs)
         if value["gatewayClassName"] in INGRESS_CLASSES:
             _check_ingress_listener(listener, p, errs)
     if value["gatewayClassName"] in INGRESS_CLASSES and value.get("addresses"):
         errs.append((join(path, "addresses"), "requested addresses are not supported by Ambit's ingress gateway: "
                                               "its address is its Service's (a LoadBalancer, or the lab pod's)"))
+    if value["gatewayClassName"] in WAYPOINT_CLASSES and value.get("addresses"):
+        errs.append((join(path, "addresses"), "requested addresses are not supported by Ambit's waypoints: a "
+                                              "waypoint's address is its Service's cluster IP, which Kubernetes "
+                                              "assigns"))
+
+
+# A waypoint listener's fields that have no meaning for it, refused rather than accepted and ignored.
+_WAYPOINT_LISTENER_REFUSED = {
+    "hostname": "not supported on a waypoint listener: a waypoint serves every Service that uses it, whatever "
+                "its name; narrow a route with its own hostnames",
+    "tls": "not supported on a waypoint listener: a waypoint terminates HBONE, mutual TLS with its mesh "
+           "identity, and takes no certificates",
+}
+
+
+def _check_waypoint_listener(listener: dict[str, Any], path: str, errs: Errors) -> None:
+    if listener["protocol"] not in ("HBONE", "HTTP"):
+        errs.append((join(path, "protocol"),
+                     f'a waypoint listener must use protocol HBONE or HTTP, got "{listener["protocol"]}"'))
+    errs.extend((join(path, f), why) for f, why in _WAYPOINT_LISTENER_REFUSED.items() if listener.get(f) is not None)
 
 
 def _check_ingress_listener(listener: dict[str, Any], path: str, errs: Errors) -> None:
@@ -279,8 +378,10 @@ GatewaySpec = Obj({
     "listeners": Arr(Listener, min_items=1),
     "allowedListeners": AllowedListeners,
     "addresses": Arr(Obj({"type": Str(), "value": Str(min_len=1)}, required=("value",))),
-    "infrastructure": Obj({"labels": Labels, "annotations": Map(Str()),
-                           "parametersRef": Obj({"group": Str(), "kind": Str(), "name": Str()})}),
+    "infrastructure": Obj({"labels": Labels, "annotations": Map(Str())}, unsupported={
+        "parametersRef": "infrastructure.parametersRef is not supported by Ambit: it renders its gateways' "
+                         "Deployment and Service itself and reads no parameters object; use infrastructure.labels "
+                         "and annotations (copied onto them)"}),
 }, required=("gatewayClassName", "listeners"), checks=(_check_gateway,), unsupported={
     "tls": "spec.tls (Gateway-level frontend and backend TLS) is not supported by Ambit: a waypoint's traffic is "
            "HBONE mutual TLS with mesh identities on both sides",
@@ -289,6 +390,7 @@ GatewaySpec = Obj({
 def _check_l4_route(value: dict[str, Any], path: str, errs: Errors) -> None:
     """TLSRoute and TCPRoute attach to ingress Gateways only, and have one rule: they match nothing
     but the listener (and, TLSRoute, the SNI), so a second rule could never be chosen."""
+    _check_parent_sections(value, path, errs)
     for i, p in enumerate(value.get("parentRefs") or []):
         if p.get("kind", "Gateway") != "Gateway" or p.get("group", GATEWAY_GROUP) != GATEWAY_GROUP:
             errs.append((f"{join(path, 'parentRefs')}[{i}]",

@@ -26,8 +26,9 @@ from ambit.model import (
 )
 from controller.kinds import BY_KIND
 from controller.translate.index import Index
-from controller.translate.ingress import IngressResult, ingress_names, translate_ingress
+from controller.translate.ingress import IngressResult, translate_ingress
 from controller.translate.istio_gateway import add_istio_gateways
+from controller.translate.parents import Parents, resolve_parents
 from controller.translate.policy import (
     jwks_fetches,
     translate_authorization,
@@ -57,6 +58,7 @@ class Translation:
     errors: list[FieldError] = field(default_factory=list)
     jwks_fetches: dict[str, float] = field(default_factory=dict)   # key sets to fetch: source -> timeout
     ingress: IngressResult = field(default_factory=IngressResult)   # ingress Gateways, their routes' status
+    parents: Parents = field(default_factory=Parents)   # routes' mesh parents: targets, notices (warnings)
 
     def resources(self) -> list[Any]:
         """Every model resource, in one list."""
@@ -103,9 +105,11 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
             out.jwks_fetches[src] = max(out.jwks_fetches.get(src, 0.0), timeout)
     out.telemetry = [translate_telemetry(o, root_namespace) for o in idx.kind("Telemetry")]
     expand_entry_targets([*out.authorizations, *out.request_authns, *out.telemetry], idx)
-    out.waypoint_routes = translate_routes(idx, out.services, cluster_domain, ingress_names(idx))
     hosts = Hosts(out.services, cluster_domain)
+    out.parents = resolve_parents(idx, hosts)
+    out.waypoint_routes = translate_routes(idx, out.services, cluster_domain, out.parents)
     out.ingress = translate_ingress(idx, hosts)
+    out.parents.merge_status(out.ingress.routes)
     add_istio_gateways(idx, hosts, out.ingress)
     for lst in (out.services, out.authorizations, out.peer_authns, out.telemetry, out.request_authns):
         lst.sort(key=lambda r: r.resource_name)

@@ -63,7 +63,9 @@ ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")    # what attaches to HTTP/HTTPS listen
 L4_ROUTE_KINDS = ("TLSRoute", "TCPRoute")
 ALL_ROUTE_KINDS = ROUTE_KINDS + L4_ROUTE_KINDS
 # the route kinds a listener of each protocol carries (and lists in its status' supportedKinds)
-KINDS_BY_PROTOCOL = {"HTTP": ROUTE_KINDS, "HTTPS": ROUTE_KINDS, "TLS": ("TLSRoute",), "TCP": ("TCPRoute",)}
+# (HBONE: a waypoint's listener, controller.translate.parents; ingress listeners never use it)
+KINDS_BY_PROTOCOL = {"HTTP": ROUTE_KINDS, "HTTPS": ROUTE_KINDS, "TLS": ("TLSRoute",), "TCP": ("TCPRoute",),
+                     "HBONE": ROUTE_KINDS}
 
 
 @dataclass
@@ -169,6 +171,17 @@ def kind_allowed(listener: Obj, kind: str) -> bool:
     return not kinds or any(k["kind"] == kind and k.get("group", GATEWAY_GROUP) == GATEWAY_GROUP for k in kinds)
 
 
+def route_kinds_resolved(listener: Obj) -> tuple[bool, str, str]:
+    """A listener's `ResolvedRefs` as far as its `allowedRoutes.kinds` go: a kind its protocol cannot
+    carry is `InvalidRouteKinds`."""
+    unsupported = [k["kind"] for k in (listener.get("allowedRoutes") or {}).get("kinds") or []
+                   if k["kind"] not in supported_kinds(listener) or k.get("group", GATEWAY_GROUP) != GATEWAY_GROUP]
+    if unsupported:
+        return (False, "InvalidRouteKinds", f"{', '.join(unsupported)}: a {listener['protocol']} listener carries "
+                                            f"{' and '.join(supported_kinds(listener))} only")
+    return (True, "ResolvedRefs", "")
+
+
 def _refs_gateway(p: Obj, route_ns: str, gw: Obj) -> bool:
     return (p.get("kind", "Gateway") == "Gateway" and p.get("group", GATEWAY_GROUP) == GATEWAY_GROUP
             and (p.get("namespace") or route_ns) == ns_of(gw) and p["name"] == name_of(gw))
@@ -213,26 +226,50 @@ def granted(grants: list[Obj], frm: tuple[str, str, str], to: tuple[str, str, st
     return False
 
 
-def resolve_backends(route: Obj, services: set[str],
-                     grants: list[Obj] | None = None) -> tuple[tuple[bool, str, str], set[str]]:
-    """ResolvedRefs for a route's backendRefs, and the hosts ("name.ns") that may not be used."""
+@dataclass(frozen=True)
+class BackendVerdict:
+    """A backendRef that does not resolve: where it is, its host ("name.ns") and Gateway API's
+    `ResolvedRefs` verdict (RefNotPermitted, BackendNotFound)."""
+
+    path: str                   # spec.rules[0].backendRefs[1]
+    host: str
+    resolved: tuple[bool, str, str]
+
+
+def backend_verdicts(route: Obj, services: set[str], grants: list[Obj],
+                     exempt: frozenset[str] | set[str] = frozenset()) -> list[BackendVerdict]:
+    """Every backendRef of `route` that may not be used. `exempt`: "ns/name" of Services that need
+    no ReferenceGrant (a GAMMA route's own parent Service, controller.translate.parents)."""
     rns = ns_of(route)
-    bad: set[str] = set()
-    verdict = (True, "ResolvedRefs", "")
-    for rule in (route.get("spec") or {}).get("rules") or []:
-        for b in rule.get("backendRefs") or []:
+    out = []
+    for i, rule in enumerate((route.get("spec") or {}).get("rules") or []):
+        for j, b in enumerate(rule.get("backendRefs") or []):
             bns = b.get("namespace") or rns
-            if bns != rns and not granted(grants or [], (GATEWAY_GROUP, route.get("kind", "HTTPRoute"), rns),
-                                          ("", "Service", bns, b["name"])):
-                bad.add(f"{b['name']}.{bns}")
-                verdict = (False, "RefNotPermitted",
-                           f"backend {bns}/{b['name']} is in another namespace and no ReferenceGrant there "
-                           f"permits it")
-            elif f"{bns}/{b['name']}" not in services:
-                bad.add(f"{b['name']}.{bns}")
-                if verdict[0]:
-                    verdict = (False, "BackendNotFound", f"Service {bns}/{b['name']} does not exist")
-    return verdict, bad
+            ref = f"{bns}/{b['name']}"
+            if bns != rns and ref not in exempt and not granted(
+                    grants, (GATEWAY_GROUP, route.get("kind", "HTTPRoute"), rns), ("", "Service", bns, b["name"])):
+                why = (False, "RefNotPermitted",
+                       f"backend {ref} is in another namespace and no ReferenceGrant there permits it")
+            elif ref not in services:
+                why = (False, "BackendNotFound", f"Service {ref} does not exist")
+            else:
+                continue
+            out.append(BackendVerdict(f"spec.rules[{i}].backendRefs[{j}]", f"{b['name']}.{bns}", why))
+    return out
+
+
+def resolve_backends(route: Obj, services: set[str], grants: list[Obj] | None = None,
+                     exempt: frozenset[str] | set[str] = frozenset()) -> tuple[tuple[bool, str, str], set[str]]:
+    """ResolvedRefs for a route's backendRefs (a reference not permitted first, then a missing
+    Service), and the hosts ("name.ns") that may not be used."""
+    found = backend_verdicts(route, services, grants or [], exempt)
+    return resolved_refs(found), {v.host for v in found}
+
+
+def resolved_refs(found: list[BackendVerdict]) -> tuple[bool, str, str]:
+    """The route's `ResolvedRefs`: a reference not permitted first, then a missing Service."""
+    worst = sorted(found, key=lambda v: v.resolved[1] != "RefNotPermitted")
+    return worst[0].resolved if worst else (True, "ResolvedRefs", "")
 
 
 # -- certificates ----------------------------------------------------------------------------------
@@ -321,7 +358,7 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
                     continue
                 routes = gateway_api_routes(route, hosts, 0, route["kind"] == "GRPCRoute")
                 for _, r in routes:
-                    _unresolved(r.destinations, bad)
+                    unresolved(r.destinations, bad)
                 for h in names:
                     vhosts.setdefault((gkey, ln["name"]), {}).setdefault(h, []).extend(routes)
         if parents:
@@ -337,11 +374,8 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
             certs: list[TlsCertificate] = []
             if ln["protocol"] == "HTTPS":
                 certs, st.resolved = _certificates(gw, ln, secrets, grants)
-            unsupported = [k["kind"] for k in (ln.get("allowedRoutes") or {}).get("kinds") or []
-                           if k["kind"] not in supported_kinds(ln) or k.get("group", GATEWAY_GROUP) != GATEWAY_GROUP]
-            if unsupported and st.resolved[0]:
-                st.resolved = (False, "InvalidRouteKinds", f"{', '.join(unsupported)}: a {ln['protocol']} listener "
-                                                           f"carries {' and '.join(supported_kinds(ln))} only")
+            if st.resolved[0]:
+                st.resolved = route_kinds_resolved(ln)
             statuses.append(st)
             if (ln["protocol"] == "HTTPS" and not certs) or st.conflicted:
                 continue        # not served: ResolvedRefs or Conflicted says why
@@ -375,7 +409,7 @@ def _not_ingress(idx: Index, route: Obj, i: int, p: Obj, warnings: list[FieldErr
                                    f"ingress Gateways (class {' or '.join(INGRESS_CLASSES)}) only; not served"))
 
 
-def _unresolved(dests: list[RouteDestination], bad: set[str]) -> None:
+def unresolved(dests: list[RouteDestination], bad: set[str]) -> None:
     """An unresolved backend keeps its share and gets no Service: Gateway API wants its requests
     answered 500 and its connections (TLS/TCP) rejected, not spread over the other backends."""
     for d in dests:
@@ -387,7 +421,7 @@ def l4_route(route: Obj, hosts: Hosts, bad: set[str]) -> TcpRoute:
     """A TLSRoute's or TCPRoute's (single) rule: its weighted backends, each a Service port."""
     rules = (route.get("spec") or {}).get("rules") or []
     dests = [gw_backend(b, ns_of(route), hosts) for b in (rules[0].get("backendRefs") or [] if rules else [])]
-    _unresolved(dests, bad)
+    unresolved(dests, bad)
     return TcpRoute(destinations=dests)
 
 

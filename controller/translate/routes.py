@@ -7,6 +7,9 @@ One routing model for the waypoint, whatever API the user wrote:
 - VirtualService routes keep their order (first match wins). Gateway API rules are split into one
   route per match and sorted by the Gateway API precedence (exact path, longest prefix, method,
   most headers, most query params, oldest route), after any VirtualService routes for the host.
+- Which hosts (and ports) an HTTPRoute/GRPCRoute applies to through its parentRefs, and which of its
+  backends it may not use, is controller.translate.parents's (Service and waypoint parents,
+  listeners' allowedRoutes, sectionName/port, ReferenceGrant).
 - A GAMMA consumer route (an HTTPRoute/GRPCRoute attached to a Service in another namespace)
   applies only to requests from its own namespace: its matches carry that `source_namespace`, and
   it sorts before the Service's own routes (GEP-1426; conformance mesh-consumer-route).
@@ -20,8 +23,9 @@ One routing model for the waypoint, whatever API the user wrote:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ambit.model import (
     DirectResponse,
@@ -46,6 +50,9 @@ from ambit.model import (
 from controller.kinds.common import parse_duration
 from controller.translate.destinationrules import MergedRule, rules_in_force
 from controller.translate.index import Index, md, name_of, ns_of
+
+if TYPE_CHECKING:
+    from controller.translate.parents import Parents
 
 Obj = dict[str, Any]
 
@@ -379,29 +386,6 @@ def _precedence(m: HttpMatch, obj: Obj, rule_index: int, match_index: int) -> tu
 gateway_api_routes = _gw_routes     # the ingress gateway's routes are built the same way
 
 
-def _gw_targets(obj: Obj, hosts: Hosts, services: list[Service],
-                ingress: frozenset[str] | set[str] = frozenset()) -> list[tuple[str, int, bool]]:
-    """(fqdn, port, consumer) for each parent: a Service (GAMMA; `consumer` when it is in another
-    namespace than the route) or a waypoint Gateway's services. Parents that are `ingress`
-    Gateways are left to controller.translate.ingress."""
-    spec, ns = obj.get("spec") or {}, ns_of(obj)
-    out = []
-    for p in spec.get("parentRefs") or []:
-        pns = p.get("namespace") or ns
-        port = int(p.get("port") or 0)
-        if p.get("kind", "Gateway") == "Service":
-            out.append((f"{p['name']}.{pns}.svc.{hosts.cd}", port, pns != ns))
-        else:
-            gw = f"{pns}/{p['name']}"
-            if gw in ingress:
-                continue
-            if spec.get("hostnames"):
-                out += [(fq, port, False) for h in spec["hostnames"] for fq in hosts.expand(h, ns)]
-            else:
-                out += [(s.hostname, port, False) for s in services if s.waypoint == gw]
-    return out
-
-
 # -- DestinationRule -----------------------------------------------------------------------------
 
 _POLICY_PARTS = ("loadBalancer", "connectionPool", "outlierDetection", "tls", "retryBudget")
@@ -514,8 +498,8 @@ def _apply_dr(wr: WaypointRoutes, dr: MergedRule) -> None:
 
 # -- assembly ------------------------------------------------------------------------------------
 
-def translate_routes(idx: Index, services: list[Service], cluster_domain: str,
-                     ingress: frozenset[str] | set[str] = frozenset()) -> list[WaypointRoutes]:
+def translate_routes(idx: Index, services: list[Service], cluster_domain: str, parents: Parents) -> list[WaypointRoutes]:
+    """`parents`: which hosts each HTTPRoute/GRPCRoute applies to (controller.translate.parents)."""
     hosts = Hosts(services, cluster_domain)
     out: dict[str, WaypointRoutes] = {}
 
@@ -540,8 +524,8 @@ def translate_routes(idx: Index, services: list[Service], cluster_domain: str,
     gw_routes: dict[str, list[tuple[tuple[Any, ...], HttpRoute]]] = {}
     for kind, grpc in (("HTTPRoute", False), ("GRPCRoute", True)):
         for obj in idx.kind(kind):
-            for fq, port, consumer in _gw_targets(obj, hosts, services, ingress):
-                gw_routes.setdefault(fq, []).extend(_gw_routes(obj, hosts, port, grpc, consumer))
+            for fq, built in parents.attached(obj, functools.partial(_gw_routes, obj, hosts, grpc=grpc)):
+                gw_routes.setdefault(fq, []).extend(built)
                 if _ref(obj) not in entry(fq).sources:
                     entry(fq).sources.append(_ref(obj))
     for fq, routes in gw_routes.items():

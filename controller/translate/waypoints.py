@@ -9,7 +9,9 @@ makes those references effective:
 - a Service keeps its `waypoint` only when the Gateway serves services (`service`/`all`), a
   Workload only when it serves workloads (`workload`/`all`). A reference to a Gateway that does
   not exist (yet) is kept as written: ztunnel then finds no waypoint pod and refuses the traffic,
-  failing closed rather than skipping the L7 policy the user meant to apply;
+  failing closed rather than skipping the L7 policy the user meant to apply. A Gateway whose
+  `waypoint-for` is none of the four values is no waypoint either (a translation error, and
+  `Accepted=False` in its status): its name is not guessed at;
 - the waypoint's own pods (label `gateway.networking.k8s.io/gateway-name: <gateway>`) and its own
   Service (named after the Gateway) never use a waypoint, whatever their namespace says: traffic
   to a waypoint through itself would loop;
@@ -27,6 +29,10 @@ from controller.validation import FieldError
 WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
 WAYPOINT_FOR_LABELS = ("ambit.io/waypoint-for", "istio.io/waypoint-for")
 WAYPOINT_FOR = ("service", "workload", "all", "none")
+# What an invalid waypoint-for label makes of the Gateway, everywhere: the translation (here), the
+# status (controller.waypoints.gateways) and the deployment (controller.waypoints.reconcile).
+NOT_A_WAYPOINT = ("the Gateway is not accepted and not used as a waypoint (not deployed; the Services and pods "
+                  "that name it have their traffic refused, failing closed)")
 GATEWAY_NAME_LABELS = ("gateway.networking.k8s.io/gateway-name", "istio.io/gateway-name")
 
 
@@ -40,9 +46,9 @@ def waypoint_gateways(idx: Index, errors: list[FieldError] | None = None) -> dic
         if value not in WAYPOINT_FOR:
             if errors is not None:
                 errors.append(FieldError(f"Gateway/{ns_of(gw)}/{name_of(gw)}", "metadata.labels",
-                                         f"waypoint-for {value!r} is not one of {', '.join(WAYPOINT_FOR)}; "
-                                         "serving services (the default)"))
-            value = "service"
+                                         f"waypoint-for {value!r} is not one of {', '.join(WAYPOINT_FOR)}: "
+                                         f"{NOT_A_WAYPOINT}"))
+            continue
         out[f"{ns_of(gw)}/{name_of(gw)}"] = value
     return out
 

@@ -123,6 +123,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             svc_waypoint[(ns_of(o), f"ServiceEntry/{meta.get('name', '')}")] = waypoint_ref(
                 meta.get("labels") or {}, ns_of(o), fallback=waypoint_ref(ns_labels.get(ns_of(o), {}), ns_of(o)))
     out += [Advisory(w.ref, w.path, w.reason, "NotEnforced", "NotServed") for w in tr.ingress.warnings]
+    out += [Advisory(n.ref, n.path, n.reason, NOT_ENFORCED, n.cause) for n in tr.parents.notices]  # route parents
     for o in good:
         kind = o.get("kind")
         if kind == "AuthorizationPolicy":

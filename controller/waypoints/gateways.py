@@ -17,6 +17,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from controller.translate.ingress import kind_allowed, route_kinds_resolved, supported_kinds
+from controller.translate.waypoints import NOT_A_WAYPOINT
+
 Obj = dict[str, Any]
 
 WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
@@ -42,6 +45,12 @@ def waypoint_for(gw: Obj) -> str:
         if k in labels:
             return labels[k]
     return "service"
+
+
+def valid_waypoint_for(gw: Obj) -> bool:
+    """Whether the waypoint-for label is one of the four values: a Gateway whose label is not is
+    not a waypoint (controller.translate.waypoints), is not deployed, and its status says why."""
+    return waypoint_for(gw) in WAYPOINT_FOR_VALUES
 
 
 def gateway_ref(gw: Obj) -> str:
@@ -83,8 +92,8 @@ def desired_status(gw: Obj, service: Obj | None, errors: list[str] | None = None
     if errors:
         conds.append(_cond("Accepted", False, "Invalid", "; ".join(errors), gen))
         conds.append(_cond("Programmed", False, "Invalid", "the Gateway is not accepted", gen))
-    elif wf not in WAYPOINT_FOR_VALUES:
-        msg = f'label waypoint-for "{wf}" is not one of {", ".join(WAYPOINT_FOR_VALUES)}'
+    elif not valid_waypoint_for(gw):
+        msg = f'label waypoint-for "{wf}" is not one of {", ".join(WAYPOINT_FOR_VALUES)}: {NOT_A_WAYPOINT}'
         conds.append(_cond("Accepted", False, "Invalid", msg, gen))
         conds.append(_cond("Programmed", False, "Invalid", "the Gateway is not accepted", gen))
     else:
@@ -99,16 +108,18 @@ def desired_status(gw: Obj, service: Obj | None, errors: list[str] | None = None
     accepted = conds[0]["status"] == "True"
     listeners = []
     for lst in spec.get("listeners") or []:
+        resolved = route_kinds_resolved(lst)
         listeners.append({
             "name": lst.get("name", ""),
-            "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
-                               {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}],
+            # what its protocol carries, narrowed by allowedRoutes.kinds (controller.translate.parents honours it)
+            "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": k} for k in supported_kinds(lst)
+                               if kind_allowed(lst, k)],
             "attachedRoutes": 0,
             "conditions": [
                 _cond("Accepted", accepted, "Accepted" if accepted else "Invalid", "", gen),
                 _cond("Programmed", accepted and bool(vips),
                       "Programmed" if accepted and vips else ("Invalid" if not accepted else "Pending"), "", gen),
-                _cond("ResolvedRefs", True, "ResolvedRefs", "", gen),
+                _cond("ResolvedRefs", *resolved, gen),
             ],
         })
     status: Obj = {"conditions": conds, "listeners": listeners}

@@ -10,9 +10,10 @@ references do not resolve: an HTTPS listener without a usable certificate serves
 `supportedKinds` (by protocol: HTTPRoute and GRPCRoute on HTTP/HTTPS, TLSRoute on TLS, TCPRoute on
 TCP; narrowed by `allowedRoutes.kinds`).
 
-HTTPRoute, GRPCRoute, TLSRoute and TCPRoute: one `parents[]` entry per parentRef naming an ingress Gateway, with `controllerName`,
-`Accepted` (NotAllowedByListeners, NoMatchingListenerHostname, NoMatchingParent) and `ResolvedRefs`
-(BackendNotFound, RefNotPermitted). Entries other controllers wrote are kept.
+HTTPRoute, GRPCRoute, TLSRoute and TCPRoute: one `parents[]` entry per parentRef naming an ingress Gateway,
+and (HTTPRoute, GRPCRoute) per mesh parent: a Service or a waypoint Gateway (controller.translate.parents),
+with `controllerName`, `Accepted` (NotAllowedByListeners, NoMatchingListenerHostname, NoMatchingParent)
+and `ResolvedRefs` (BackendNotFound, RefNotPermitted). Entries other controllers wrote are kept.
 """
 
 from __future__ import annotations

@@ -2,15 +2,15 @@
 
 After each translated snapshot (`Controller.on_applied`), `KubeWaypointReconciler.reconcile`:
 - the same for ingress Gateways (class ambit/istio: controller.waypoints.ingress_status, a
-  LoadBalancer Service; HTTPRoute status is written in the lab only, the ClusterRole grants no
-  httproutes/status);
+  LoadBalancer Service), and the `status.parents` of the routes attached to them or to mesh
+  parents (Services, waypoints);
 - writes each waypoint Gateway's status (`gateways.desired_status`: Accepted, Programmed,
   addresses, listeners) when it differs, as a merge patch of `/status`;
 - with deploy settings, makes sure each waypoint Gateway owns its ServiceAccount, Service and
-  Deployment (`render`): created when missing, updated when the fields the controller owns
-  drifted, left alone (and reported) when an object of that name exists that the controller did
-  not create. Deleting the Gateway deletes them through their ownerReferences (the garbage
-  collector's job, not ours);
+  Deployment (`render`; not one whose `waypoint-for` label is invalid, which is no waypoint):
+  created when missing, updated when the fields the controller owns drifted, left alone (and
+  reported) when an object of that name exists that the controller did not create. Deleting the
+  Gateway deletes them through their ownerReferences (the garbage collector's job, not ours);
 - writes the `ZtunnelAccepted` / `WaypointAccepted` condition of each AuthorizationPolicy
   (`advisories.policy_conditions`), keeping the conditions others wrote.
 A failed write is logged and retried on the next snapshot; it never blocks the config flow.
@@ -131,7 +131,8 @@ class KubeWaypointReconciler:
             ports = _served_ports(gw, translation)       # an Istio Gateway's new port redeploys too
             key = (md.get("uid", ""), md.get("resourceVersion", ""), ports)
             live.add(key)
-            if self.deploy is not None and key[0] and now - self._settled.get(key, -1e18) >= self.resync:
+            if self.deploy is not None and key[0] and (is_ingress(gw) or gws.valid_waypoint_for(gw)) and \
+                    now - self._settled.get(key, -1e18) >= self.resync:
                 if self._deploy(gw, ports):
                     self._settled[key] = now
             if self.write_status:
@@ -192,8 +193,9 @@ class KubeWaypointReconciler:
                     "application/merge-patch+json")
 
     def _route_status(self, objects: list[Obj], translation: Any) -> None:
-        """`status.parents` of the routes (HTTP, GRPC, TLS, TCP) attached to ingress Gateways (Gateway API's
-        verdicts from the translation; other controllers' parents entries are kept)."""
+        """`status.parents` of the routes (HTTP, GRPC, TLS, TCP) attached to ingress Gateways, and of the
+        HTTP/GRPC routes' mesh parents (Services, waypoints): Gateway API's verdicts from the translation;
+        other controllers' parents entries are kept."""
         by_key = {(o.get("kind"), (o.get("metadata") or {}).get("namespace") or "default",
                    (o.get("metadata") or {}).get("name")): o for o in objects
                   if o.get("kind") in ALL_ROUTE_KINDS}

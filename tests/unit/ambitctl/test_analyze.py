@@ -53,7 +53,20 @@ def test_each_fixture_finds_its_problem_and_nothing_else(fixture: Path) -> None:
 def test_the_fixtures_cover_every_listed_problem() -> None:
     covered = {tuple(e.split())[0] for f in FIXTURE_FILES for e in directives(f, "expect")}
     assert {"AMB0001", "AMB0101", "AMB0102", "AMB0103", "AMB0104", "AMB0105", "AMB0106", "AMB0107",
-            "AMB0108", "AMB0109", "AMB0110"} <= covered
+            "AMB0108", "AMB0109", "AMB0110", "AMB0120", "AMB0121", "AMB0122"} <= covered
+
+
+def test_files_alone_do_not_call_a_gateway_or_a_grant_missing() -> None:
+    """A route whose parent Gateway, or whose backend's ReferenceGrant, may live outside the files is
+    not reported from the files alone; with the whole world (--assume-complete) it is."""
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r", "namespace": "shop"},
+             "spec": {"parentRefs": [{"name": "edge"}, {"group": "", "kind": "Service", "name": "reviews"}],
+                      "rules": [{"backendRefs": [{"name": "ledger", "namespace": "payments", "port": 80}]}]}}
+    reviews = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": "shop"},
+               "spec": {"clusterIP": "10.96.1.10", "ports": [{"name": "http", "port": 9080}]}}
+    assert not {c for c, _, _ in significant(an.analyze([route, reviews], complete=False))} & {"AMB0120", "AMB0122"}
+    codes = {(c, p) for c, _, p in significant(an.analyze([route, reviews], complete=True))}
+    assert {("AMB0120", "spec.parentRefs[0]"), ("AMB0122", "spec.rules[0].backendRefs[0]")} <= codes
 
 
 @pytest.mark.parametrize("example", example_files(), ids=lambda p: f"{p.parent.name}/{p.name}")

@@ -470,8 +470,13 @@ def test_grpcroute_methods_become_paths() -> None:
         (True, "exact", "/pkg.Reviews/Get"), (True, "prefix", "/pkg.Admin/")]
 
 
+WAYPOINT_WP = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "wp", "namespace": "demo"},
+               "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": 15008,
+                                                                             "protocol": "HBONE"}]}}
+
+
 def test_routes_attached_to_a_waypoint_gateway_apply_to_its_services() -> None:
-    objs = [ns("demo", **{"ambit.io/use-waypoint": "wp"}), *SVCS,
+    objs = [ns("demo", **{"ambit.io/use-waypoint": "wp"}), *SVCS, WAYPOINT_WP,
             {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "all", "namespace": "demo"},
              "spec": {"parentRefs": [{"name": "wp"}], "rules": [{"backendRefs": [{"name": "reviews", "port": 9080}]}]}}]
     t = translate(objs)

@@ -53,7 +53,15 @@ def test_without_the_gateway_references_stay_as_written_and_the_pod_is_plain() -
     assert by_name(t.workloads, "wp-0").protocol == "TCP"
 
 
-def test_an_unknown_waypoint_for_value_is_reported_and_serves_services() -> None:
+def test_an_unknown_waypoint_for_value_makes_no_waypoint_and_its_traffic_fails_closed() -> None:
+    """One verdict, as the Gateway's status says (Accepted=False) and the reconciler does (no
+    deployment): the Gateway is not a waypoint. The Service keeps its reference, and ztunnel, finding
+    no waypoint pod (the Gateway's pod is not one), refuses its traffic rather than bypass it."""
     t = translate(objects(gateway(waypoint_for="everything")))
-    assert any("waypoint-for 'everything'" in str(e) for e in t.errors)
+    [e] = t.errors
+    assert (e.ref, e.path) == ("Gateway/demo/wp", "metadata.labels")
+    assert "waypoint-for 'everything' is not one of" in e.reason and "not used as a waypoint" in e.reason
+    assert "serving services" not in e.reason
     assert by_name(t.services, "echo").waypoint == "demo/wp"
+    assert by_name(t.workloads, "wp-0").protocol == "TCP"       # not a waypoint pod
+    assert by_name(t.services, "wp").waypoint == "demo/wp"      # nor its Service the waypoint's own

@@ -135,6 +135,25 @@ def test_other_gateway_classes_are_not_claimed(cluster: tuple[KubeEmulator, Kube
     assert "status" not in emu.get(GW_V1, "Gateway", "ingress", "demo")
 
 
+def test_a_waypoint_with_an_invalid_waypoint_for_is_not_deployed(
+        cluster: tuple[KubeEmulator, KubeWaypointReconciler]) -> None:
+    """No waypoint (the translation's verdict, and its status's): nothing is deployed for it."""
+    emu, _ = cluster
+    emu.create(gateway("typo", **{"ambit.io/waypoint-for": "services"}))
+    emu.create(gateway("good", **{"ambit.io/waypoint-for": "service"}))
+    wait_for(lambda: emu.get("apps/v1", "Deployment", "good", "demo"), timeout=10, what="the valid waypoint deployed")
+
+    def refused() -> dict[str, Any] | None:
+        st = (emu.get(GW_V1, "Gateway", "typo", "demo") or {}).get("status") or {}
+        return next((c for c in st.get("conditions") or [] if c["type"] == "Accepted"), None)
+    accepted = wait_for(refused, timeout=10, what="the typo'd waypoint's status")
+    assert (accepted["status"], accepted["reason"]) == ("False", "Invalid")
+    assert "not used as a waypoint" in accepted["message"]
+    # the reconciler writes a Gateway's status after deploying it, in the same pass: none was
+    for kind, av in (("Deployment", "apps/v1"), ("Service", "v1"), ("ServiceAccount", "v1")):
+        assert emu.get(av, kind, "typo", "demo") is None, kind
+
+
 def test_ingress_gateway_owns_a_loadbalancer_service_and_is_programmed_at_its_address() -> None:
     """An ingress Gateway (class ambit): a Deployment running the proxy in ingress mode on the
     listener ports and a LoadBalancer Service exposing them; once the (emulated) cloud gives that

@@ -58,6 +58,7 @@ def test_bad_waypoint_for_is_not_accepted() -> None:
     st = gws.desired_status(gateway(**{"ambit.io/waypoint-for": "everything"}), service())
     assert conds(st) == {"Accepted": ("False", "Invalid"), "Programmed": ("False", "Invalid")}
     assert "everything" in st["conditions"][0]["message"]
+    assert "not used as a waypoint" in st["conditions"][0]["message"]     # what the translation says too
 
 
 def test_transition_times_survive_an_unchanged_status() -> None:
@@ -103,3 +104,18 @@ def test_lab_store_gets_gateway_and_policy_status_once(tmp_path: Path) -> None:
     store.apply([policy])
     lab.reconcile(store.list())
     assert store.get("AuthorizationPolicy", "demo", "p")["status"]["conditions"] == []
+
+
+def test_listener_supported_kinds_follow_allowed_routes_kinds() -> None:
+    """A waypoint honours its listener's allowedRoutes.kinds (controller.translate.parents); its status
+    says which kinds it takes, and that a kind it cannot carry is an invalid one."""
+    gw = gateway()
+    gw["spec"]["listeners"][0]["allowedRoutes"] = {"kinds": [{"kind": "GRPCRoute"}]}
+    [lst] = gws.desired_status(gw, service())["listeners"]
+    assert lst["supportedKinds"] == [{"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}]
+    gw["spec"]["listeners"][0]["allowedRoutes"] = {"kinds": [{"kind": "TCPRoute"}]}
+    [lst] = gws.desired_status(gw, service())["listeners"]
+    assert lst["supportedKinds"] == []
+    resolved = {c["type"]: c for c in lst["conditions"]}["ResolvedRefs"]
+    assert (resolved["status"], resolved["reason"]) == ("False", "InvalidRouteKinds")
+    assert "TCPRoute" in resolved["message"]

@@ -1,0 +1,135 @@
+"""Gateway API rules the upstream CRDs enforce with CEL (the API server refuses these objects in a
+cluster, so `ambit apply` refuses them in the lab too, with Gateway API's own messages), and the
+Gateway fields a waypoint (or any Ambit gateway) cannot honour, refused by name."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from controller.validation import validate_object
+
+GW = "gateway.networking.k8s.io/v1"
+
+
+def route(rule: dict[str, Any], parents: list[dict[str, Any]] | None = None, kind: str = "HTTPRoute") -> dict[str, Any]:
+    return {"apiVersion": GW, "kind": kind, "metadata": {"name": "r", "namespace": "demo"},
+            "spec": {"parentRefs": parents or [{"group": "", "kind": "Service", "name": "reviews"}], "rules": [rule]}}
+
+
+def errors(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(e.path, e.reason) for e in validate_object(obj)]
+
+
+BACKEND = {"name": "reviews", "port": 9080}
+REDIRECT = {"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}
+REWRITE = {"type": "URLRewrite", "urlRewrite": {"hostname": "internal.example"}}
+SET_HEADER = {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x", "value": "1"}]}}
+SET_RESPONSE = {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "x", "value": "1"}]}}
+
+
+# -- HTTPRoute rules (gateway.networking.k8s.io_httproutes.yaml x-kubernetes-validations) ---------------
+
+def test_a_redirect_with_backends_is_refused() -> None:
+    assert errors(route({"filters": [REDIRECT], "backendRefs": [BACKEND]})) == [
+        ("spec.rules[0]", "RequestRedirect filter must not be used together with backendRefs")]
+    assert errors(route({"filters": [REDIRECT]})) == []
+
+
+def test_a_redirect_and_a_rewrite_in_one_rule_are_refused() -> None:
+    assert errors(route({"filters": [REDIRECT, REWRITE]})) == [
+        ("spec.rules[0].filters",
+         "May specify either httpRouteFilterRequestRedirect or httpRouteFilterRequestRewrite, but not both")]
+
+
+@pytest.mark.parametrize("f", [SET_HEADER, SET_RESPONSE, REDIRECT, REWRITE], ids=lambda f: f["type"])
+def test_a_filter_upstream_forbids_repeating_is_refused(f: dict[str, Any]) -> None:
+    rule: dict[str, Any] = {"filters": [f, copy.deepcopy(f)]}
+    if f is not REDIRECT:
+        rule["backendRefs"] = [BACKEND]
+    assert errors(route(rule)) == [("spec.rules[0].filters", f"{f['type']} filter cannot be repeated")]
+
+
+def test_repeated_filters_on_a_backend_are_refused_too() -> None:
+    assert errors(route({"backendRefs": [{**BACKEND, "filters": [SET_HEADER, SET_HEADER]}]})) == [
+        ("spec.rules[0].backendRefs[0].filters", "RequestHeaderModifier filter cannot be repeated")]
+
+
+def test_a_grpc_route_may_not_repeat_a_header_modifier() -> None:
+    r = route({"filters": [SET_RESPONSE, SET_RESPONSE], "backendRefs": [BACKEND]}, kind="GRPCRoute")
+    assert errors(r) == [("spec.rules[0].filters", "ResponseHeaderModifier filter cannot be repeated")]
+    mirrors = {"type": "RequestMirror", "requestMirror": {"backendRef": BACKEND}}
+    assert errors(route({"filters": [mirrors, mirrors], "backendRefs": [BACKEND]}, kind="GRPCRoute")) == []
+
+
+def test_a_backend_timeout_longer_than_the_request_timeout_is_refused() -> None:
+    for timeouts, ok in (({"request": "1s", "backendRequest": "10s"}, False),
+                         ({"request": "10s", "backendRequest": "1s"}, True),
+                         ({"request": "1s", "backendRequest": "1s"}, True),
+                         ({"request": "0s", "backendRequest": "10s"}, True),      # 0s: no request timeout
+                         ({"request": "1m", "backendRequest": "59s"}, True),
+                         ({"backendRequest": "10s"}, True)):
+        found = errors(route({"timeouts": timeouts, "backendRefs": [BACKEND]}))
+        assert found == ([] if ok else [("spec.rules[0].timeouts",
+                                         "backendRequest timeout cannot be longer than request timeout")]), timeouts
+
+
+def test_replace_prefix_match_needs_exactly_one_path_prefix_match() -> None:
+    prefix_rewrite = {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}}
+    exact = [{"path": {"type": "Exact", "value": "/v1"}}]
+    assert errors(route({"matches": exact, "filters": [prefix_rewrite], "backendRefs": [BACKEND]})) == [
+        ("spec.rules[0]", "When using URLRewrite filter with path.replacePrefixMatch, exactly one PathPrefix match "
+                          "must be specified")]
+    for matches in (None, [{"path": {"type": "PathPrefix", "value": "/v1"}}], [{"headers": [{"name": "a", "value": "b"}]}]):
+        rule = {"filters": [prefix_rewrite], "backendRefs": [BACKEND]}
+        if matches is not None:
+            rule["matches"] = matches     # none: one PathPrefix "/" match (the CRD's default); no path: PathPrefix "/"
+        assert errors(route(rule)) == [], matches
+    two = [{"path": {"type": "PathPrefix", "value": "/a"}}, {"path": {"type": "PathPrefix", "value": "/b"}}]
+    prefix_redirect = {"type": "RequestRedirect",
+                       "requestRedirect": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}}
+    assert [r for _, r in errors(route({"matches": two, "filters": [prefix_redirect]}))] == [
+        "When using RequestRedirect filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified"]
+
+
+def test_two_references_to_one_parent_need_distinct_section_names() -> None:
+    svc = {"group": "", "kind": "Service", "name": "reviews"}
+    assert errors(route({"backendRefs": [BACKEND]}, [{**svc, "port": 9080}, {**svc, "port": 9090}])) == [
+        ("spec.parentRefs", "sectionName must be unique when parentRefs includes 2 or more references to the same parent")]
+    assert errors(route({"backendRefs": [BACKEND]}, [{**svc, "sectionName": "http"}, svc])) == [
+        ("spec.parentRefs", "sectionName must be specified when parentRefs includes 2 or more references to the same "
+                            "parent")]
+    assert errors(route({"backendRefs": [BACKEND]}, [{**svc, "sectionName": "http"}, {**svc, "sectionName": "admin"}])) == []
+    assert errors(route({"backendRefs": [BACKEND]}, [svc, {**svc, "name": "ratings"}])) == []
+
+
+# -- Gateway fields Ambit cannot honour ----------------------------------------------------------------
+
+def gateway(cls: str = "ambit-waypoint", listener: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "wp", "namespace": "demo"},
+            "spec": {"gatewayClassName": cls, "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE",
+                                                             **(listener or {})}], **spec}}
+
+
+def test_a_waypoint_refuses_addresses_listener_hostnames_and_tls() -> None:
+    found = errors(gateway(listener={"hostname": "only.example.com",
+                                     "tls": {"mode": "Terminate", "certificateRefs": [{"name": "cert"}]}},
+                           addresses=[{"type": "IPAddress", "value": "10.96.7.7"}]))
+    assert [p for p, _ in found] == ["spec.listeners[0].hostname", "spec.listeners[0].tls", "spec.addresses"]
+    assert all("not supported" in r for _, r in found)
+    assert "cluster IP" in dict(found)["spec.addresses"]
+    assert errors(gateway()) == []
+
+
+@pytest.mark.parametrize("cls, listener", [("ambit-waypoint", None),
+                                           ("ambit", {"name": "http", "port": 80, "protocol": "HTTP"})])
+def test_infrastructure_parameters_ref_is_refused_for_every_class(cls: str, listener: dict[str, Any] | None) -> None:
+    gw = gateway(cls, infrastructure={"labels": {"team": "a"},
+                                      "parametersRef": {"group": "", "kind": "ConfigMap", "name": "tuning"}})
+    if listener:
+        gw["spec"]["listeners"] = [listener]
+    [(path, reason)] = errors(gw)
+    assert path == "spec.infrastructure.parametersRef" and "not supported by Ambit" in reason
+    assert "infrastructure.labels and annotations" in reason
