@@ -37,13 +37,12 @@ from controller.kinds import KINDS
 from controller.sources import OnSnapshot
 from controller.sources.cache import CacheKey, LastGoodCache, cache_key
 from controller.validation import FieldError, object_ref
-from controller.waypoints.gateways import is_waypoint
+from controller.waypoints.gateways import STATUS_GROUP_SUFFIXES, is_waypoint
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 _BUILTIN_GROUPS = ("", "discovery.k8s.io")
-STATUS_GROUP_SUFFIXES = (".istio.io", ".ambit.io")   # kinds whose status we may write (free-form)
 
 TypeState = ReflectorState          # what one type's reflector knows and has done
 

@@ -44,7 +44,13 @@ from controller.translate.destinationrules import rules_by_host
 from controller.translate.index import age_key, ns_of, waypoint_ref
 from controller.translate.routes import Hosts
 from controller.validation import object_ref, validate_object
-from controller.waypoints.gateways import WAYPOINT_CLASSES, is_waypoint, waypoint_for
+from controller.waypoints.gateways import (
+    STATUS_GROUP_SUFFIXES,
+    WAYPOINT_CLASSES,
+    is_waypoint,
+    merge_conditions,
+    waypoint_for,
+)
 from controller.waypoints.label_advisories import label_notes
 
 Obj = dict[str, Any]
@@ -396,6 +402,44 @@ def _fail_safe_attributes(spec: Obj, ref: str) -> list[Advisory]:
             out.append(Advisory(ref, f"spec.rules[{i}].when[{j}].key", f'"{key}" is not supported by the waypoint: '
                                 f"{effect}", NOT_ENFORCED))
     return out
+
+
+ENFORCED = "Enforced"
+# The condition types the controller owns on Istio and Ambit objects (`object_conditions`): a type
+# that no longer applies is taken away, other writers' types are kept.
+OWNED_CONDITIONS = (ZTUNNEL_ACCEPTED, WAYPOINT_ACCEPTED, ENFORCED)
+
+
+def has_free_status(obj: Obj) -> bool:
+    """An Istio or Ambit object: its status takes the controller's conditions. (Gateway API kinds
+    have their own status shapes, written by `controller.waypoints.ingress_status` and `gateways`.)"""
+    return str(obj.get("apiVersion") or "").split("/")[0].endswith(STATUS_GROUP_SUFFIXES)
+
+
+def object_conditions(obj: Obj, found: list[Advisory]) -> list[Obj]:
+    """The conditions an Istio or Ambit object gets from the advisories, so that a cluster user sees
+    on the object what `ambit apply` prints in the lab: an AuthorizationPolicy's `ZtunnelAccepted`
+    / `WaypointAccepted` (`policy_conditions`), and for any of these kinds `Enforced=False` naming
+    each field accepted but not applied (absent when everything is applied). Without transition
+    times (the writer adds them)."""
+    out = policy_conditions(obj, found) if obj.get("kind") == "AuthorizationPolicy" else []
+    kept = (NOT_ENFORCED,) if obj.get("kind") == "AuthorizationPolicy" else (NOT_ENFORCED, WAYPOINT_ACCEPTED)
+    mine = [a for a in found if a.ref == object_ref(obj) and a.condition in kept]
+    if mine:
+        out.append({"type": ENFORCED, "status": "False", "reason": mine[0].cause or NOT_ENFORCED,
+                    "message": "; ".join(f"{a.path}: {a.reason}" if a.path else a.reason for a in mine)[:32768],
+                    "observedGeneration": int((obj.get("metadata") or {}).get("generation") or 0)})
+    return out
+
+
+def conditions_update(obj: Obj, want: list[Obj]) -> list[Obj] | None:
+    """`obj`'s conditions with `want` merged in (transition times kept where the status did not
+    change) and owned types that no longer apply taken away; None when nothing would change."""
+    old = list((obj.get("status") or {}).get("conditions") or [])
+    mine = {c["type"] for c in want}
+    merged = [c for c in merge_conditions(old, want) if c.get("type") not in OWNED_CONDITIONS or c["type"] in mine]
+    untimed = [[{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in cs] for cs in (merged, old)]
+    return None if untimed[0] == untimed[1] else merged
 
 
 def policy_conditions(obj: Obj, found: list[Advisory]) -> list[Obj]:

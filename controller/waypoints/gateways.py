@@ -28,6 +28,8 @@ WAYPOINT_FOR_VALUES = ("service", "workload", "all", "none")
 HBONE_PORT = 15008
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 CONTROLLER_NAME = "ambit.io/waypoint-controller"
+# API groups whose kinds' status is free-form conditions the controller may write (Istio's, Ambit's).
+STATUS_GROUP_SUFFIXES = (".istio.io", ".ambit.io")
 
 
 def _md(o: Obj) -> Obj:

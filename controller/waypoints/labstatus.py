@@ -2,7 +2,8 @@
 
 The same statuses as in a cluster (`reconcile.KubeWaypointReconciler`): each waypoint Gateway's
 `Accepted`/`Programmed`/`addresses` (its Service is the one the lab creates for the waypoint pod),
-and each AuthorizationPolicy's `ZtunnelAccepted`/`WaypointAccepted`. One store transaction per
+each AuthorizationPolicy's `ZtunnelAccepted`/`WaypointAccepted`, and any Istio or Ambit object's
+`Enforced=False` for fields accepted but not applied (`advisories.object_conditions`). One store transaction per
 pass, and only when something differs (times aside), so the snapshot our write causes changes
 nothing and the loop ends. `ambit get gateway -o yaml` and `ambit waypoint status` read them.
 """
@@ -15,16 +16,10 @@ from typing import Any
 from ambit.labstore import Key, LabStore, key_of
 from controller.waypoints import gateways as gws
 from controller.waypoints import ingress_status
-from controller.waypoints.advisories import WAYPOINT_ACCEPTED, ZTUNNEL_ACCEPTED, advisories, policy_conditions
+from controller.waypoints.advisories import advisories, conditions_update, has_free_status, object_conditions
 
 log = logging.getLogger("ambit.controller.waypoints")
 Obj = dict[str, Any]
-POLICY_CONDITIONS = (ZTUNNEL_ACCEPTED, WAYPOINT_ACCEPTED)
-
-
-def _untimed(conds: list[Obj]) -> list[Obj]:
-    return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in conds]
-
 
 def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", translation: Any = None,
                      root_namespace: str = "ambit-system") -> dict[Key, Obj]:
@@ -38,17 +33,11 @@ def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", 
     if translation is not None:     # ingress Gateways and their routes (controller.waypoints.ingress_status)
         out.update(ingress_status.desired(objects, translation.ingress))
     found = advisories(objects, cluster_domain, translation, root_namespace)
-    for p in objects:
-        if p.get("kind") != "AuthorizationPolicy":
-            continue
-        want = policy_conditions(p, found)
-        mine = {c["type"] for c in want}
-        old_status = p.get("status") or {}
-        old = list(old_status.get("conditions") or [])
-        merged = [c for c in gws.merge_conditions(old, want)
-                  if c.get("type") not in POLICY_CONDITIONS or c["type"] in mine]
-        if _untimed(merged) != _untimed(old):
-            out[key_of(p)] = {**old_status, "conditions": merged}
+    for o in objects:
+        if has_free_status(o):
+            merged = conditions_update(o, object_conditions(o, found))
+            if merged is not None:
+                out[key_of(o)] = {**(o.get("status") or {}), "conditions": merged}
     return out
 
 

@@ -29,10 +29,11 @@ import urllib3
 from kubernetes import client as kclient
 from kubernetes.client.exceptions import ApiException
 
+from controller.kinds import BY_KIND
 from controller.translate.ingress import ALL_ROUTE_KINDS
 from controller.waypoints import gateways as gws
 from controller.waypoints import ingress_status
-from controller.waypoints.advisories import WAYPOINT_ACCEPTED, ZTUNNEL_ACCEPTED, advisories, policy_conditions
+from controller.waypoints.advisories import advisories, conditions_update, has_free_status, object_conditions
 from controller.waypoints.render import (
     WaypointDeploySettings,
     apply_update,
@@ -44,8 +45,6 @@ from controller.waypoints.render import (
 
 log = logging.getLogger("ambit.controller.waypoints")
 Obj = dict[str, Any]
-
-POLICY_CONDITIONS = (ZTUNNEL_ACCEPTED, WAYPOINT_ACCEPTED)
 
 # What the reconciler writes beyond the status of the Istio/Ambit kinds (which `ambit install`
 # grants from controller.sources.kube.STATUS_GROUP_SUFFIXES): its ClusterRole adds these rules.
@@ -70,7 +69,8 @@ def object_path(obj: Obj, sub: str = "", named: bool = True) -> str:
     api_version = obj.get("apiVersion", "v1")
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     md = obj.get("metadata") or {}
-    path = f"{base}/namespaces/{md.get('namespace') or 'default'}/{_PLURALS[obj['kind']]}"
+    plural = _PLURALS.get(obj["kind"]) or BY_KIND[obj["kind"]].plural    # Istio's and Ambit's kinds: their spec's
+    path = f"{base}/namespaces/{md.get('namespace') or 'default'}/{plural}"
     if named:
         path += f"/{md['name']}"
     return path + (f"/{sub}" if sub else "")
@@ -209,24 +209,17 @@ class KubeWaypointReconciler:
                             {"status": want}, "application/merge-patch+json")
 
     def _policy_status(self, objects: list[Obj], translation: Any) -> None:
+        """The advisories' conditions on Istio and Ambit objects (`advisories.object_conditions`)."""
         found = advisories(objects, self.cluster_domain, translation, self.root_namespace)
-        for p in objects:
-            if p.get("kind") != "AuthorizationPolicy":
+        for o in objects:
+            if not has_free_status(o):
                 continue
-            want = policy_conditions(p, found)
-            mine = {c["type"] for c in want}
-            old = list((p.get("status") or {}).get("conditions") or [])
-            merged = [c for c in gws.merge_conditions(old, want) if c.get("type") not in POLICY_CONDITIONS
-                      or c["type"] in mine]          # a condition that no longer applies goes
-            if _untimed(merged) == _untimed(old):
+            merged = conditions_update(o, object_conditions(o, found))
+            if merged is None:
                 continue
-            md = p.get("metadata") or {}
-            self._write(f"status of AuthorizationPolicy {md.get('namespace')}/{md.get('name')}", "PATCH",
-                        object_path(p, "status"), {"status": {"conditions": merged}}, "application/merge-patch+json")
-
-
-def _untimed(conds: list[Obj]) -> list[Obj]:
-    return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in conds]
+            md = o.get("metadata") or {}
+            self._write(f"status of {o.get('kind')} {md.get('namespace')}/{md.get('name')}", "PATCH",
+                        object_path(o, "status"), {"status": {"conditions": merged}}, "application/merge-patch+json")
 
 
 def _served_ports(gw: Obj, translation: Any) -> tuple[int, ...]:

@@ -238,6 +238,29 @@ def test_policy_with_http_rules_and_no_waypoint_gets_a_condition(
     assert "spec.rules[0].to[0].operation.methods" in c["message"]
 
 
+def test_a_field_accepted_but_not_applied_shows_on_the_object_and_goes_when_removed(
+        cluster: tuple[KubeEmulator, KubeWaypointReconciler]) -> None:
+    """What `ambit apply` warns about in the lab reaches a cluster user on the object itself
+    (`Enforced=False`), not only through `ambit analyze`."""
+    emu, _ = cluster
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+          "metadata": {"name": "reviews", "namespace": "demo"},
+          "spec": {"hosts": ["reviews"], "http": [{"corsPolicy": {"allowOrigins": [{"exact": "https://a.example"}]},
+                                                   "route": [{"destination": {"host": "reviews"}}]}]}}
+    emu.create(vs)
+
+    def cond() -> dict[str, Any] | None:
+        st = (emu.get("networking.istio.io/v1", "VirtualService", "reviews", "demo") or {}).get("status") or {}
+        return next((c for c in st.get("conditions") or [] if c["type"] == "Enforced"), None)
+    c = wait_for(cond, timeout=10, what="Enforced")
+    assert c["status"] == "False" and "spec.http[0].corsPolicy: " in c["message"], c
+    del vs["spec"]["http"][0]["corsPolicy"]
+    cur = emu.get("networking.istio.io/v1", "VirtualService", "reviews", "demo")
+    emu.update({**cur, "spec": vs["spec"]})
+    wait_for(lambda: "spec.http[0].corsPolicy" not in (cond() or {}).get("message", ""), timeout=10,
+             what="the CORS advisory gone")
+
+
 def test_ambit_waypoint_cli_against_the_cluster(cluster: tuple[KubeEmulator, KubeWaypointReconciler]) -> None:
     """`ambit waypoint --kube-host`: apply (with --enroll-namespace and --wait, which the running
     controller satisfies), list, status, delete (the garbage collector takes the Deployment)."""

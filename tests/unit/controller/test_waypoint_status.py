@@ -106,6 +106,22 @@ def test_lab_store_gets_gateway_and_policy_status_once(tmp_path: Path) -> None:
     assert store.get("AuthorizationPolicy", "demo", "p")["status"]["conditions"] == []
 
 
+def test_lab_store_gets_enforced_false_for_fields_accepted_but_not_applied(tmp_path: Path) -> None:
+    store = LabStore(tmp_path / "store.json")
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+          "metadata": {"name": "d", "namespace": "demo"},
+          "spec": {"host": "web", "trafficPolicy": {"tls": {"mode": "SIMPLE"}}}}
+    store.apply([gateway(), service(), dr])
+    LabWaypointStatus(store).reconcile(store.list())
+    [c] = store.get("DestinationRule", "demo", "d")["status"]["conditions"]
+    assert (c["type"], c["status"]) == ("Enforced", "False") and "spec.trafficPolicy.tls: " in c["message"]
+    del dr["spec"]["trafficPolicy"]
+    store.apply([dr])
+    LabWaypointStatus(store).reconcile(store.list())
+    assert all("trafficPolicy" not in c["message"]
+               for c in store.get("DestinationRule", "demo", "d")["status"]["conditions"])
+
+
 def test_listener_supported_kinds_follow_allowed_routes_kinds() -> None:
     """A waypoint honours its listener's allowedRoutes.kinds (controller.translate.parents); its status
     says which kinds it takes, and that a kind it cannot carry is an invalid one."""
