@@ -68,7 +68,7 @@ def grpc_code(name: str) -> int | None:
     n = name.strip().upper()
     if n in GRPC_CODES:
         return GRPC_CODES[n]
-    if n.isdigit() and int(n) <= 16:
+    if n.isascii() and n.isdigit() and int(n) <= 16:      # (isdigit alone takes "²": int() raises)
         return int(n)
     return None
 
