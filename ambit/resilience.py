@@ -40,7 +40,7 @@ def retry_on_parts(retry_on: str) -> list[str]:
 
 def is_status_code(part: str) -> bool:
     """An HTTP status code, as Istio tells one (`http.StatusText(i) != ""`): a retriable status."""
-    if not part.isdigit():
+    if not (part.isascii() and part.isdigit()):        # (isdigit alone takes "²": int() raises)
         return False
     try:
         HTTPStatus(int(part))
@@ -73,7 +73,7 @@ def grpc_code(name: str) -> int | None:
     n = name.strip().upper()
     if n in GRPC_CODES:
         return GRPC_CODES[n]
-    if n.isdigit() and int(n) <= 16:
+    if n.isascii() and n.isdigit() and int(n) <= 16:      # (isdigit alone takes "²": int() raises)
         return int(n)
     return None
 

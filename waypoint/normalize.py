@@ -2,13 +2,21 @@
 it (`normalize_path: true`, no slash merging; istio.io docs/reference/config/security/normalization,
 Envoy http_connection_manager `normalize_path`, implemented with Chromium's URL canonicalizer).
 
-Without it `/api/../admin` would slip past a DENY on `/admin*`. The engine applies it once to the
-request head, so routing, authorization and the upstream all see the same path:
+Without it `/api/../admin` would slip past a DENY on `/admin*`. The engine applies it once, to the
+request head as it parses it (`request_path`), so routing, authorization, the access log and the
+upstream all see the same path, as Envoy's connection manager rewrites `:path` before its filters
+and its router run:
 - percent-encoded unreserved characters are decoded (`%2E` → `.`, `%41` → `A`) and other
   escapes are upper-cased (`%2f` → `%2F`, which stays encoded: it is not a separator);
 - backslashes become slashes, as the canonicalizer treats them for http(s) URLs;
 - `.` and `..` segments are removed (RFC 3986 §5.2.4), never above the root;
 - the query string is left as it is.
+
+A `#fragment` in the request target is refused (`request_path` raises; the engine answers 400), as
+Envoy does by default since 1.19.1/1.18.4/1.17.4/1.16.5 (`envoy.reloadable_features.
+http_reject_path_with_fragment`): RFC 9112 §3.2 and RFC 9113 §8.3.1 leave no room for one, and an
+origin that drops it would serve `/admin` for `/admin#x`, a path no rule named. (Istio's bootstrap
+turns that flag off, so Istio's proxies strip the fragment instead; docs/security.md.)
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ from __future__ import annotations
 import re
 
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+# a path that starts with "/" and has none of these is already normalized
+_NEEDS_WORK = re.compile(r"^(?!/)|[%\\]|/\.").search
+_SUSPECT = re.compile(r"[#%\\]|/\.").search      # ... and without a fragment: the common request
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
@@ -44,7 +55,9 @@ def _remove_dot_segments(path: str) -> str:
 
 
 def normalize_path(path: str) -> str:
-    """The normalized `path` (path plus optional "?query"); see the module docstring."""
+    """The normalized `path` (path plus optional "?query"); see the module docstring. Idempotent."""
+    if _NEEDS_WORK(path) is None:   # most paths: one regex scan in C
+        return path
     only, sep, query = path.partition("?")
     if "%" in only:
         only = _ESCAPE.sub(_unescape, only)
@@ -54,3 +67,18 @@ def normalize_path(path: str) -> str:
     if "/." in only:
         only = _remove_dot_segments(only)
     return only + sep + query
+
+
+class FragmentInPath(ValueError):
+    """The request target has a `#fragment` (refused: see the module docstring)."""
+
+
+def request_path(target: str) -> str:
+    """The path (and query) the engine routes, authorizes and forwards for a request target in
+    origin form: normalized once. Raises `FragmentInPath` for a target with a `#`. Runs for every
+    request: a target with no `%`, backslash, dot segment or `#` costs one regex scan."""
+    if _SUSPECT(target) is None:
+        return target
+    if "#" in target:
+        raise FragmentInPath("fragment in the request path")
+    return target if target == "*" else normalize_path(target)

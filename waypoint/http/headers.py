@@ -3,8 +3,17 @@
 - Hop-by-hop headers describe one connection, not the message (RFC 9110 §7.6.1): `Connection` and
   every header it names, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`,
   `Proxy-Authorization`, `TE` (except `TE: trailers`, which gRPC needs on HTTP/2), `Transfer-Encoding`
-  (each leg frames its own body) and `Upgrade` (kept only on an upgrade the proxy passes through).
+  (each leg frames its own body), `Upgrade` (kept only on an upgrade the proxy passes through) and
+  `HTTP2-Settings` (RFC 7540 §3.2.1: it belongs to the h2c upgrade of one connection).
   HTTP/2 forbids all of them on the wire (RFC 9113 §8.2.2), so they go on both translations too.
+- Upgrades: only WebSocket is tunnelled, as Istio configures Envoy (`upgrade_configs`: websocket);
+  `Upgrade: h2c` is stripped and the request served as HTTP/1.1 (Envoy's HTTP/1 codec: "removing
+  unsupported h2c upgrade headers", envoyproxy/envoy#7981): passed on, an h2c-capable backend's
+  101 would turn the connection into HTTP/2 straight to it, past routing and authorization. Any
+  other upgrade gets 403, as Envoy answers one it is not configured for (`upgrade_failed`).
+- The authority (Host, or absolute-form's host) must be RFC 3986's `host [":" port]` with no
+  userinfo (RFC 9110 §4.2.4) and a port up to 65535 (`valid_authority`); RFC 9112 §3.2 asks a 400
+  for anything else.
 - `x-request-id` is kept when present and generated (a UUID4) when absent, as Envoy does for a
   request it treats as internal (the waypoint's HCM sets `use_remote_address: false`).
 - W3C `traceparent`/`tracestate` and B3 `x-b3-*` pass untouched; a request without a `traceparent`
@@ -15,11 +24,12 @@
 from __future__ import annotations
 
 import random as _random
+import re
 from collections.abc import Iterable
 from operator import itemgetter
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
-                        "proxy-authorization", "te", "transfer-encoding", "upgrade"})
+                        "proxy-authorization", "te", "transfer-encoding", "upgrade", "http2-settings"})
 _NONE: frozenset[str] = frozenset()
 _CONNECTION_OPTIONS = frozenset({"upgrade", "close", "keep-alive"})   # Connection tokens that name no header
 _CONNECTION_ONLY = frozenset({"connection"})
@@ -29,6 +39,24 @@ _UUID_V4 = (0x8000 << 48) | (4 << 76)
 H2_PSEUDO = (":method", ":scheme", ":authority", ":path", ":status", ":protocol")
 # a header's name: map it over a header list to test the names in C (no bytecode per header)
 header_name = itemgetter(0)
+TUNNELLED_UPGRADES = frozenset({"websocket"})   # Upgrade values relayed after a 101 (Istio's HCM)
+H2C = "h2c"
+_PORT = r"(?::(?:[0-9]{0,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+# RFC 3986 §3.2.2 host: IP-literal (IPv6 or IPvFuture) or reg-name (IPv4 is one), then the port
+_AUTHORITY = re.compile(
+    r"(?:\[(?:[0-9A-Fa-f:.]+|[vV][0-9A-Fa-f]+\.[A-Za-z0-9._~!$&'()*+,;=:-]+)\]"
+    r"|(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)" + _PORT)
+
+
+def valid_authority(authority: str) -> bool:
+    """Is `authority` a `host [":" port]` (see the module docstring)? One regex match in C."""
+    return _AUTHORITY.fullmatch(authority) is not None
+
+
+def upgrade_value(headers: Iterable[tuple[str, str]]) -> str:
+    """The request's `Upgrade` value, trimmed and lower-case, several fields joined with ","
+    (compared whole, as Envoy compares it)."""
+    return ",".join(v.strip() for k, v in headers if k == "upgrade").lower()
 
 
 def connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:

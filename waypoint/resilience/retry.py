@@ -88,7 +88,7 @@ def compile_retry(r: Retry | None) -> RetryPolicy | None:
         part = part.strip()
         if not part:
             continue
-        if part.isdigit():
+        if part.isascii() and part.isdigit():     # (isdigit alone takes "²": int() raises)
             codes.add(int(part))
         elif part in KNOWN_ON:
             on.add(part)

@@ -17,20 +17,22 @@
 
 from __future__ import annotations
 
+import re
+
 TIMEOUT_BODY = b"upstream request timeout"
 
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+# ASCII digits only: str.isdigit() takes "²" (and int() then raises), int() takes "+1", " 1", "1_0"
+_GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])").fullmatch
 
 
 def parse_grpc_timeout(value: str | None) -> float:
-    """`grpc-timeout` (gRPC over HTTP/2: 1-8 digits and a unit H M S m u n) in seconds; 0 when
-    absent or malformed (as Envoy's Grpc::Common::getGrpcTimeout, which ignores a bad header)."""
-    if not value or len(value) < 2 or len(value) > 9:
+    """`grpc-timeout` (gRPC over HTTP/2: 1-8 ASCII digits and a unit H M S m u n) in seconds; 0
+    when absent or malformed (as Envoy's Grpc::Common::getGrpcTimeout, which ignores a bad header)."""
+    m = _GRPC_TIMEOUT(value) if value else None
+    if m is None:
         return 0.0
-    digits, unit = value[:-1], value[-1]
-    if not digits.isdigit() or unit not in _UNITS:
-        return 0.0
-    return int(digits) * _UNITS[unit]
+    return int(m.group(1)) * _UNITS[m.group(2)]
 
 
 def request_timeout(route_timeout: float, grpc: bool, grpc_timeout: str | None) -> float:

@@ -33,7 +33,7 @@ def split_authority(authority: str) -> tuple[str, int | None]:
         host, _, port = authority.partition(":")
     else:
         host, port = authority, ""
-    return host, int(port) if port.isdigit() else None
+    return host, int(port) if port.isascii() and port.isdigit() else None     # (isdigit alone takes "²")
 
 
 def location(r: Redirect, head: RequestHead, down: Downstream, matched: StringMatcher | None) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ Headers = list[tuple[str, str]]
 # every header this module reads or writes: stripped before the waypoint's own context is injected
 TRACE_HEADERS = frozenset(("traceparent", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
                            "x-b3-sampled", "x-b3-flags"))
+_HEX = re.compile(r"[0-9a-fA-F]+").fullmatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +42,10 @@ class Context:
 
 
 def _hex(s: str, lengths: tuple[int, ...]) -> int | None:
-    if len(s) not in lengths:
+    """Hex digits only: int(s, 16) alone also takes "+", "_" and spaces."""
+    if len(s) not in lengths or _HEX(s) is None:
         return None
-    try:
-        v = int(s, 16)
-    except ValueError:
-        return None
-    return v or None        # all-zero ids are invalid in both W3C and B3
+    return int(s, 16) or None        # all-zero ids are invalid in both W3C and B3
 
 
 def parse_traceparent(v: str) -> Context | None:
@@ -58,12 +57,9 @@ def parse_traceparent(v: str) -> Context | None:
     if parts[0] == "00" and len(parts) != 4:
         return None
     tid, sid = _hex(parts[1], (32,)), _hex(parts[2], (16,))
-    try:
-        flags = int(parts[3], 16)
-    except ValueError:
+    if tid is None or sid is None or _HEX(parts[3]) is None:
         return None
-    if tid is None or sid is None:
-        return None
+    flags = int(parts[3], 16)
     return Context(tid, sid, bool(flags & 1))
 
 

@@ -105,8 +105,12 @@ class NgHttp2Connection:
     def __init__(self, client_side: bool, *, max_concurrent_streams: int = 100,
                  initial_window: int = DEFAULT_WINDOW, max_header_list_size: int = 64 * 1024,
                  max_frame_size: int | None = None, header_list_overflow_fatal: bool = False,
-                 own_flood_limits: bool = False) -> None:
+                 own_flood_limits: bool = False, max_header_count: int = 2**31) -> None:
         """`max_frame_size`: SETTINGS_MAX_FRAME_SIZE to advertise (default: the protocol's 16 KiB).
+        `max_header_count`: a header block with more fields (pseudo-headers included, as Envoy's
+        `max_headers_count` counts them) is refused as one over `max_header_list_size` is, while it
+        is decoded: HPACK lets a 1-byte field name an indexed entry, so bytes alone do not bound the
+        fields (and the ~100 bytes of Python each costs) a client can make a stream hold.
         `header_list_overflow_fatal`: a header list over `max_header_list_size` ends the connection
         (`receive_data` raises) instead of resetting the stream; HBONE treats it as a flood.
         `own_flood_limits`: the caller budgets stream resets and CONTINUATION frames itself (HBONE's
@@ -115,6 +119,7 @@ class NgHttp2Connection:
         L = lib()
         self.client_side = client_side
         self.max_header_list_size = max_header_list_size
+        self.max_header_count = max_header_count
         self._overflow_fatal = header_list_overflow_fatal
         self._local = [(MAX_CONCURRENT_STREAMS, max_concurrent_streams), (INITIAL_WINDOW_SIZE, initial_window),
                        (MAX_HEADER_LIST_SIZE, max_header_list_size), (NO_RFC7540_PRIORITIES, 1)]
@@ -439,14 +444,16 @@ class NgHttp2Connection:
             self._events.append(ev)
 
     def _too_big(self, sid: int) -> int:
-        """RFC 9113 §10.5.1: the header list is over the limit we advertised: refuse the stream
-        (nghttp2 answers TEMPORAL_CALLBACK_FAILURE with RST_STREAM INTERNAL_ERROR)."""
+        """RFC 9113 §10.5.1: the header list is over the limit we advertised (or has too many
+        fields): refuse the stream (nghttp2 answers TEMPORAL_CALLBACK_FAILURE with RST_STREAM
+        INTERNAL_ERROR, as Envoy resets a stream over its limits)."""
         self._hdrs = []
         self._hsid = 0
+        why = f"header list over {self.max_header_list_size} bytes or {self.max_header_count} fields"
         if self._overflow_fatal:
-            self._error = f"stream {sid}: header list over {self.max_header_list_size} bytes"
+            self._error = f"stream {sid}: {why}"
             return ERR_CALLBACK_FAILURE
-        log.info("HTTP/2 stream %d: header list over %d bytes, reset", sid, self.max_header_list_size)
+        log.info("HTTP/2 stream %d: %s, reset", sid, why)
         return ERR_TEMPORAL_CALLBACK_FAILURE
 
     def _on_close(self, sid: int, code: int) -> None:
@@ -484,10 +491,11 @@ def _cb_header(session: Any, frame: Any, name: Any, namelen: int, value: Any, va
                ud: Any) -> int:
     c = _from_handle(ud)()
     size = c._hsize + namelen + valuelen + 32
-    if size > c.max_header_list_size:
+    hdrs = c._hdrs
+    if size > c.max_header_list_size or len(hdrs) >= c.max_header_count:   # checked before it is kept
         return c._too_big(frame.hd.stream_id)
     c._hsize = size
-    c._hdrs.append((_unpack(name, namelen), _unpack(value, valuelen)))
+    hdrs.append((_unpack(name, namelen), _unpack(value, valuelen)))
     return 0
 
 

@@ -147,6 +147,26 @@ def test_oversized_header_list_resets_that_stream_only() -> None:
     assert kinds(pump(c, s)) == ["RequestReceived", "StreamEnded"]
 
 
+def test_too_many_header_fields_reset_that_stream_before_they_are_kept() -> None:
+    """HPACK makes a repeated field one byte on the wire, so the byte limit alone let 1600 fields
+    (~270 KiB of Python) through in 1.6 KB. The count is checked as each field is decoded: the
+    stream is refused at the 11th field with 10 kept, and pseudo-headers count, as Envoy counts them."""
+    c, s = connected(oracle(True), NgHttp2Connection(False, max_header_count=10))
+    kept_at_refusal: list[int] = []
+    refuse = s._too_big
+    s._too_big = lambda sid: kept_at_refusal.append(len(s._hdrs)) or refuse(sid)
+    c.send_headers(1, REQ + [(b"x-same", b"v")] * 1600, end_stream=True)
+    data = c.data_to_send()
+    assert len(data) < 2500 and s.receive_data(data) == []
+    assert kept_at_refusal == [10]
+    out = frames(s.data_to_send())
+    assert [type(f) for f in out] == [RstStreamFrame] and out[0].stream_id == 1 and out[0].error_code == 2
+    c.send_headers(3, REQ + [(b"x-a", b"1")] * 4, end_stream=True)     # 10 fields: served
+    assert kinds(pump(c, s)) == ["RequestReceived", "StreamEnded"]
+    c.send_headers(5, REQ + [(b"x-a", b"1")] * 5, end_stream=True)     # 11: refused
+    assert pump(c, s) == [] and kept_at_refusal == [10, 10]
+
+
 def test_rst_stream_flood_ends_in_goaway() -> None:
     """CVE-2023-44487 (rapid reset): open-and-cancel beyond nghttp2's budget (1000 burst) is answered
     with GOAWAY, and no event is left half-delivered."""

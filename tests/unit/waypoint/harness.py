@@ -1,8 +1,10 @@
 """Real servers and the engine on loopback, for tests that drive them with real clients.
 
 - `Origin`: an HTTP/1.1 origin (the standard library's threading server) that echoes what it got
-  as JSON, streams, dies mid-response, or upgrades to a raw echo (WebSocket-style handshake).
-- `H2Origin`: an h2c origin (the `h2` library) that echoes, for HTTP/2 backends.
+  as JSON, streams, dies mid-response, answers with N extra headers (`/headers=N`), or upgrades to
+  a raw echo (WebSocket-style handshake).
+- `H2Origin`: an h2c origin (the `h2` library) that echoes (or answers `/headers=N` with N extra
+  headers), for HTTP/2 backends.
 - `GrpcOrigin`: a grpcio server with unary and streaming echo methods on raw bytes.
 - `Proxy`: the engine on its own event loop thread, listening on 127.0.0.1, with a stub `decide`
   and an `upstream` that maps `Forward.port` to a local backend.
@@ -107,6 +109,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"b" * size)
             return
+        if path.startswith("/headers="):
+            self.send_response(200)
+            for i in range(int(path.split("=", 1)[1])):
+                self.send_header(f"x-h{i}", "v")
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+            return
         if path.startswith("/slow"):
             time.sleep(float(path.split("=", 1)[1]))
         out = json.dumps({"method": self.command, "path": path, "headers": [[k.lower(), v] for k, v in self.headers.items()],
@@ -192,6 +202,10 @@ class _H2OriginProtocol(asyncio.Protocol):
                     self.c.send_headers(ev.stream_id, [(":status", "200")])
                     self.c.send_data(ev.stream_id, b"partial")
                     self.c.reset_stream(ev.stream_id, 8)
+                    continue
+                if path.startswith("/headers="):
+                    extra = [(f"x-h{i}", "v") for i in range(int(path.split("=", 1)[1]))]
+                    self.c.send_headers(ev.stream_id, [(":status", "200"), *extra], end_stream=True)
                     continue
                 out = json.dumps({"headers": r["headers"], "body_len": r["body"]}).encode()
                 self.c.send_headers(ev.stream_id, [(":status", "200"), ("content-type", "application/json"),

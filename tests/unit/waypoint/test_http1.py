@@ -250,9 +250,11 @@ def test_backend_dies_mid_response(proxy: Proxy) -> None:
     assert curl(url(proxy, "/alive")).returncode == 0
 
 
-def test_websocket_upgrade_passthrough(proxy: Proxy) -> None:
+@pytest.mark.parametrize("token", [b"websocket", b"WebSocket"])
+def test_websocket_upgrade_passthrough(proxy: Proxy, token: bytes) -> None:
+    """The one upgrade tunnelled (Istio's upgrade_configs; the token compared without case)."""
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
-        s.sendall(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: " + token + b"\r\n"
                   b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
         head = b""
         while b"\r\n\r\n" not in head:

@@ -28,6 +28,7 @@ from tests.unit.waypoint.support import (
     upstream_headers,
 )
 from waypoint.request import Downstream, Forward, LocalReply
+from waypoint.routing.redirect import split_authority
 
 V1, V2 = f"{MESH_NS}/echo-v1", f"{MESH_NS}/echo-v2"
 
@@ -175,6 +176,13 @@ def test_a_redirect_without_a_port_keeps_a_non_default_service_port() -> None:
     t = table_of(conformance_services() + objs)
     d = decide(t, req("/hostname-redirect", authority="echo:8080"), to("echo", port=8080))
     assert isinstance(d, LocalReply) and dict(d.headers)["location"] == "http://example.org:8080/hostname-redirect"
+
+
+@pytest.mark.parametrize("authority", ["echo:\xb2", "echo:1\xb3", "echo:+80", "echo: 80"])
+def test_a_request_port_that_is_no_ascii_number_is_no_port(authority: str) -> None:
+    """str.isdigit() is True for "²" and int() then raises (the redirect became a 500); int() alone
+    would take "+80" and " 80". None of them is a port (RFC 3986: port = *DIGIT)."""
+    assert split_authority(authority) == ("echo", None)
 
 
 # -- MeshHTTPRouteWeight --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Bad input never hangs or crashes: an unparsable request gets 400, a head above `
 or with more than `max_headers` headers 431, a head not complete within `header_timeout` 408; each
 with a log line and an access-log record, then the connection closes.
 
+Only WebSocket upgrades are tunnelled; `h2c` is stripped, others get 403 (waypoint/http/headers.py).
 `Upgrade` (WebSocket): the request goes upstream with its Upgrade header; bytes the client sends
 after the head wait (reading paused) until the answer. On 101 both connections become a raw relay;
 on anything else the response is sent and the connection closes.

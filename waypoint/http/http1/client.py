@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
-from waypoint.http.http1.wire import encode_head
+from waypoint.http.http1.wire import Refuse, encode_head
 from waypoint.http.legs import Headers
 from waypoint.request import RequestHead
 
@@ -32,6 +32,7 @@ class H1Client(asyncio.Protocol):
         self.pools = pools
         self.key = key
         self._max_head = pools.settings.max_header_bytes
+        self._max_headers = pools.settings.max_headers
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.ex: Exchange | None = None
@@ -83,7 +84,10 @@ class H1Client(asyncio.Protocol):
             if rest:
                 server.raw_write(rest)  # type: ignore[attr-defined]
         except httptools.HttpParserCallbackError as e:
-            log.error("HTTP/1 client callback failed", exc_info=e.__context__)
+            if isinstance(e.__context__, Refuse):
+                log.info("upstream %s: %s", self.key, e.__context__)
+            else:
+                log.error("HTTP/1 client callback failed", exc_info=e.__context__)
             self._fail("UPE", "protocol error")
         except httptools.HttpParserError as e:
             log.info("upstream %s sent a malformed response: %s", self.key, e)
@@ -226,11 +230,14 @@ class H1Client(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         item = (name.decode("latin-1").lower(), value.decode("latin-1"))
         if self._in_head:
-            self._headers.append(item)
+            fields = self._headers
         else:
             if self._trailers is None:
                 self._trailers = []
-            self._trailers.append(item)
+            fields = self._trailers
+        fields.append(item)
+        if len(fields) > self._max_headers:     # Envoy's max_headers_count holds upstream too: 503 UPE
+            raise Refuse(503, f"more than {self._max_headers} response header fields")
 
     def on_headers_complete(self) -> None:
         self._in_head = False

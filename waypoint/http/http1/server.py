@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 import httptools
 
 from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
-from waypoint.http.headers import is_grpc_type
+from waypoint.http.headers import H2C, TUNNELLED_UPGRADES, is_grpc_type, upgrade_value, valid_authority
 from waypoint.http.http1.client import H1Client
 from waypoint.http.http1.wire import FLUSH_NOW, Refuse, encode_head, reason_phrase
 from waypoint.http.legs import Headers
 from waypoint.http.record import RequestRecord
+from waypoint.normalize import FragmentInPath, request_path
 from waypoint.request import Downstream, LocalReply, RequestHead
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ _NO_REASONS: frozenset[str] = frozenset()
 
 class H1Server(asyncio.Protocol):
     """One downstream HTTP/1.x connection (see the module docstring)."""
+
+    _h2c = False        # the request just parsed asked for h2c, stripped: plain HTTP/1.1 follows it
 
     def __init__(self, engine: Engine, downstream: Downstream, scheme: str = "http") -> None:
         self.engine = engine
@@ -102,6 +105,9 @@ class H1Server(asyncio.Protocol):
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self._upgrade_wait(data[e.args[0]:])
+            if self._h2c:       # parse what follows as HTTP/1.1, in a later callback (no recursion)
+                self._h2c = False
+                self.engine.loop.call_soon(self._parse_on)
             return
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
@@ -228,19 +234,18 @@ class H1Server(asyncio.Protocol):
         version = p.get_http_version()
         url = self._url.decode("latin-1")
         authority = host or ""
+        if host is not None and not valid_authority(host):     # RFC 9112 §3.2: 400
+            raise Refuse(400, "invalid host header")
         if not url.startswith("/") and url != "*" and "://" in url:   # absolute-form (RFC 9112 §3.2.2)
-            try:
-                u = httptools.parse_url(self._url)
-            except httptools.HttpParserInvalidURLError:
-                raise Refuse(400, "malformed request target") from None
-            if not u.host:
-                raise Refuse(400, "malformed request target")
-            authority = u.host.decode("latin-1") + (f":{u.port}" if u.port else "")
-            url = (u.path or b"/").decode("latin-1") + ("?" + u.query.decode("latin-1") if u.query else "")
+            authority, url = _absolute_form(self._url)
+        try:
+            url = request_path(url)     # normalized once, for routing, authorization and upstream
+        except FragmentInPath as e:
+            raise Refuse(400, str(e)) from None
         if not authority and version == "1.1":     # RFC 9112 §3.2: a client MUST send Host
             raise Refuse(400, "missing host header")
         body = BODY_STREAM if te else (BODY_LENGTH if cl not in (None, "0") else BODY_NONE)
-        upgrade = p.should_upgrade() and method != "CONNECT"
+        upgrade = p.should_upgrade() and method != "CONNECT" and self._tunnel(headers, body)
         expect = expect and version == "1.1"
         grpc = ctype is not None and is_grpc_type(ctype)
         head = RequestHead(method, url, authority, self.scheme, headers, version, grpc)
@@ -303,6 +308,19 @@ class H1Server(asyncio.Protocol):
             t.write(buf[0] if len(buf) == 1 else b"".join(buf))
 
     # --- DownLeg ------------------------------------------------------------------------------------
+
+    def _tunnel(self, headers: Headers, body: str) -> bool:
+        """An upgrade request: tunnel it (WebSocket), serve it as plain HTTP/1.1 (h2c, stripped),
+        or refuse it (403, Envoy's `upgrade_failed`); waypoint/http/headers.py has why."""
+        value = upgrade_value(headers)
+        if value in TUNNELLED_UPGRADES:
+            return True
+        if value != H2C:
+            raise Refuse(403, "upgrade failed")
+        if body != BODY_NONE:   # httptools skips the body of an upgrade request: it cannot be relayed
+            raise Refuse(400, "h2c upgrade request with a body")
+        self._h2c = True
+        return False
 
     def _begin(self, ex: Exchange) -> None:
         self._chunked = False
@@ -506,6 +524,13 @@ class H1Server(asyncio.Protocol):
         self._upgrade_buf = [rest] if rest else []
         self._pause("upgrade")
 
+    def _parse_on(self) -> None:
+        """After a stripped h2c upgrade: what followed it is parsed as HTTP/1.1 after all."""
+        buf, self._upgrade_buf = self._upgrade_buf or [], None
+        self._resume("upgrade")
+        for data in buf:
+            self.data_received(data)
+
     def start_raw(self, ex: Exchange) -> None:
         """The upstream answered 101: from now on bytes pass untouched both ways."""
         self._raw = ex
@@ -545,3 +570,19 @@ class H1Server(asyncio.Protocol):
 
     def raw_close(self) -> None:
         self._close()
+
+
+def _absolute_form(target: bytes) -> tuple[str, str]:
+    """(authority, path) of an absolute-form target; IPv6 hosts keep their brackets. A target with
+    userinfo (RFC 9110 §4.2.4) or a fragment is refused, as is a host `valid_authority` refuses."""
+    try:
+        u = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        raise Refuse(400, "malformed request target") from None
+    if not u.host or u.userinfo or b"#" in target:
+        raise Refuse(400, "malformed request target")
+    host = u.host.decode("latin-1")
+    authority = (f"[{host}]" if ":" in host else host) + (f":{u.port}" if u.port else "")
+    if not valid_authority(authority):
+        raise Refuse(400, "malformed request target")
+    return authority, (u.path or b"/").decode("latin-1") + ("?" + u.query.decode("latin-1") if u.query else "")

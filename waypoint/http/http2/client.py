@@ -123,13 +123,18 @@ class H2Client(H2Base):
             st = self.streams.get(ev.stream_id)
             if st is not None:
                 pseudo, headers = decode_headers(ev.headers)
+                status = pseudo.get(":status", "")
+                if len(ev.headers) > self.settings.max_headers or not _valid_status(status):
+                    # the `h2` codec lets both through (nghttp2 refuses them itself: StreamReset)
+                    self._refuse(st, f"{len(ev.headers)} header fields, :status {status[:8]!r}")
+                    return
                 end = ev.stream_ended is not None
                 if end:
                     st.remote_ended = True
                     if not st.ended:
                         st.reset(ErrorCodes.CANCEL)
                     self.streams.pop(st.sid, None)
-                st.ex.response_head(int(pseudo.get(":status", "502")), headers, end)
+                st.ex.response_head(int(status), headers, end)
                 if end:
                     self._next()
                     self.maybe_done()
@@ -149,7 +154,10 @@ class H2Client(H2Base):
                 st.ended = True
                 st.ex.reset_code = ev.error_code
                 refused = ev.error_code == ErrorCodes.REFUSED_STREAM and not st.ex.resp_started
-                st.ex.upstream_reset("UR", "remote reset", retryable=refused)
+                if ev.remote_reset:
+                    st.ex.upstream_reset("UR", "remote reset", retryable=refused)
+                else:   # nghttp2 reset it: the upstream broke the protocol (or our header limits)
+                    st.ex.upstream_reset("UPE", "protocol error")
             self._next()
         elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
             self.spoke_h2 = self.spoke_h2 or isinstance(ev, h2.events.RemoteSettingsChanged)
@@ -169,6 +177,15 @@ class H2Client(H2Base):
                 if self.pools.holds(ex):    # not an abandoned try
                     self.pools.acquire(ex.target, ex, fresh=True)  # type: ignore[arg-type]
             self.maybe_done()
+
+    def _refuse(self, st: Stream, why: str) -> None:
+        """A response head the engine will not relay: reset the stream, 503 UPE for its request."""
+        log.info("upstream %s sent a malformed response on stream %d: %s", self.key, st.sid, why)
+        ex = st.ex
+        self.reset(st, ErrorCodes.PROTOCOL_ERROR)
+        st.ended = True
+        ex.upstream_reset("UPE", "protocol error")
+        self._next()
 
     def _finish(self, st: Stream, trailers: Headers | None) -> None:
         if not st.ended:                # the server answered before the request ended: stop it
@@ -205,3 +222,8 @@ class H2Client(H2Base):
                 pass
             self.flush()
             self.transport.close()
+
+
+def _valid_status(status: str) -> bool:
+    """Three ASCII digits (RFC 9113 §8.3.2, RFC 9110 §15); int() alone would take "+20" or " 200"."""
+    return len(status) == 3 and status.isascii() and status.isdigit()

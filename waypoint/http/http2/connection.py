@@ -54,7 +54,8 @@ def new_codec(s: HttpSettings, client_side: bool) -> h2.connection.H2Connection 
     `h2` library (the fallback and test oracle). Both expose h2's `H2Connection` surface and events."""
     if s.h2_codec == "nghttp2":
         return NgHttp2Connection(client_side, max_concurrent_streams=s.h2_max_concurrent_streams,
-                                 initial_window=s.h2_window, max_header_list_size=s.max_header_bytes)
+                                 initial_window=s.h2_window, max_header_list_size=s.max_header_bytes,
+                                 max_header_count=s.max_headers)
     c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=client_side, header_encoding=None))
     c.local_settings = h2.settings.Settings(client=client_side, initial_values={
         h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: s.h2_max_concurrent_streams,

@@ -12,9 +12,10 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
-from waypoint.http.headers import header_name, is_grpc
+from waypoint.http.headers import header_name, is_grpc, valid_authority
 from waypoint.http.http2.connection import H2Base, Stream, decode_headers, encode_headers, unlink
 from waypoint.http.legs import Headers
+from waypoint.normalize import FragmentInPath, request_path
 from waypoint.request import Downstream, LocalReply, RequestHead
 
 if TYPE_CHECKING:
@@ -135,18 +136,25 @@ class H2Server(H2Base):
             except h2.exceptions.H2Error:
                 pass
             return
+        if len(ev.headers) > self.settings.max_headers:
+            # nghttp2's header callback resets such a stream before it is whole (ambit/dataplane/
+            # nghttp2); the `h2` codec collects it: refused here, as Envoy (http2.too_many_headers)
+            self._malformed(sid, f"more than {self.settings.max_headers} header fields", ErrorCodes.INTERNAL_ERROR)
+            return
         pseudo, headers = decode_headers(ev.headers)
         path = pseudo.get(":path", "/")
-        if not _valid_path(path, pseudo.get(":method")):
-            # RFC 9113 §8.1.1: malformed, a stream error. nghttp2 finds it itself; the `h2` codec
-            # does not, and the path would end up in the upstream's HTTP/1.1 request line as is.
-            log.info("HTTP/2 stream %d: malformed :path %r, reset", sid, path[:100])
-            try:
-                self.h2.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
-            except h2.exceptions.H2Error:
-                pass
-            return
         authority = pseudo.get(":authority") or next((v for k, v in headers if k == "host"), "")
+        if not _valid_path(path, pseudo.get(":method")) or not valid_authority(authority):
+            # RFC 9113 §8.1.1: malformed, a stream error. nghttp2 finds most of it itself; the `h2`
+            # codec does not, and the path would end up in the upstream's HTTP/1.1 request line as
+            # is. An authority with userinfo (§8.3.1) gets here with either codec.
+            self._malformed(sid, f"malformed :path {path[:100]!r} or :authority {authority[:100]!r}")
+            return
+        try:
+            path = request_path(path)   # normalized once, for routing, authorization and upstream
+            bad = None
+        except FragmentInPath as e:     # Envoy's default: 400 (waypoint/normalize.py)
+            bad = LocalReply(400, str(e).encode(), flags="DPE", reason=str(e))
         if "host" in map(header_name, headers):       # rare in HTTP/2: test the names in C before copying
             headers = [(k, v) for k, v in headers if k != "host"]
         method = pseudo.get(":method", "GET")
@@ -167,7 +175,25 @@ class H2Server(H2Base):
         if method == "CONNECT":
             ex.reply(LocalReply(405, b"CONNECT is not supported", reason="CONNECT"))
             return
-        ex.start()
+        if bad is not None:
+            ex.reply(bad)
+            return
+        try:
+            ex.start()
+        except Exception:   # a bug: end the stream now, not at the stream idle timeout
+            log.exception("HTTP/2 stream %d: starting the request failed", sid)
+            if ex.resp_started:
+                st.send_reset()
+                ex.finish()
+            else:
+                ex.reply(LocalReply(500, b"internal error", reason="internal error"))
+
+    def _malformed(self, sid: int, why: str, code: int = ErrorCodes.PROTOCOL_ERROR) -> None:
+        log.info("HTTP/2 stream %d: %s, reset", sid, why)
+        try:
+            self.h2.reset_stream(sid, code)
+        except h2.exceptions.H2Error:
+            pass
 
     def sent_end(self, st: Stream) -> None:
         if st.ex.done:

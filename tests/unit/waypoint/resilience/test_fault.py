@@ -77,6 +77,7 @@ def test_grpc_names_map_to_codes() -> None:
     assert grpc_code("UNAVAILABLE") == 14 and grpc_code("unavailable") == 14
     assert grpc_code("DEADLINE_EXCEEDED") == 4 and grpc_code("14") == 14
     assert grpc_code("NOT_A_CODE") is None and grpc_code("99") is None
+    assert grpc_code("\xb2") is None and grpc_code("1\xb3") is None     # isdigit() is True for these; int() raises
     assert len(GRPC_CODES) == 17
 
 

@@ -200,6 +200,10 @@ def test_budget_is_percent_of_active_with_a_minimum() -> None:
 @pytest.mark.parametrize(("value", "want"), [
     ("1S", 1.0), ("500m", 0.5), ("2M", 120.0), ("1H", 3600.0), ("100u", 1e-4), ("5n", 5e-9),
     ("", 0.0), (None, 0.0), ("S", 0.0), ("1x", 0.0), ("123456789S", 0.0), ("-1S", 0.0),
+    # not 1-8 ASCII digits: ignored, as Envoy ignores them (str.isdigit() takes "²", int() then raises;
+    # int() alone takes a sign, spaces and underscores)
+    ("\xb2S", 0.0), ("1\xb3S", 0.0), ("\xb9S", 0.0), ("\u0663S", 0.0), ("+1S", 0.0), (" 1S", 0.0), ("1_0S", 0.0),
+    ("12345678S", 12345678.0),
 ])
 def test_parse_grpc_timeout(value: str | None, want: float) -> None:
     assert parse_grpc_timeout(value) == pytest.approx(want)

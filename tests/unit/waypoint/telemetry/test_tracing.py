@@ -29,7 +29,12 @@ def test_traceparent_is_parsed_with_its_sampled_flag() -> None:
                                  "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
                                  "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
                                  "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
-                                 "00-zzf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"])
+                                 "00-zzf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                                 # int(s, 16) would take these: a sign, an underscore, a space
+                                 "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                                 "00-4bf92f3577b34da6_3ce929d0e0e4736-00f067aa0ba902b7-01",
+                                 "00-4bf92f3577b34da6a3ce929d0e0e4736- 0f067aa0ba902b7-01",
+                                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-+1"])
 def test_invalid_traceparent_is_no_context(bad: str) -> None:
     assert tr.parse_traceparent(bad) is None
 
