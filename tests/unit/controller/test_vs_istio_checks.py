@@ -55,6 +55,8 @@ def test_every_istio_retry_on_value_and_status_code_is_accepted(retry_on: str) -
 def test_a_number_that_is_no_http_status_is_refused() -> None:
     [(path, reason)] = errors(vs({"retries": {"attempts": 2, "retryOn": "5xx,999"}}))
     assert path == "spec.http[0].retries.retryOn" and reason.startswith('"999" is not a valid retryOn policy')
+    [(_, reason)] = errors(vs({"retries": {"attempts": 2, "retryOn": "5\u00b23"}}))     # isdigit() is True; int() raises
+    assert reason.startswith('"5\u00b23" is not a valid retryOn policy')
 
 
 @pytest.mark.parametrize("retries", [{"retryOn": "5xx"}, {"attempts": 0, "perTryTimeout": "1s"},
