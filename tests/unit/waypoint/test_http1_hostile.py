@@ -18,6 +18,7 @@ import httptools
 import pytest
 
 from tests.unit.waypoint.harness import Proxy, RawOrigin, by_header
+from waypoint.http.http1.server import PIPELINE_DEPTH
 from waypoint.http.settings import HttpSettings
 
 pytestmark = pytest.mark.timeout(60)
@@ -144,6 +145,30 @@ def exchanges(p: Proxy) -> int:
     return p.call(lambda: len(p.engine.exchanges))  # type: ignore
 
 
+# --- D2: an upgrade request's body ----------------------------------------------------------------
+
+def test_an_upgrade_requests_body_goes_upstream_and_the_next_client_on_its_connection_is_intact(
+        proxy: Proxy, origin: RawOrigin) -> None:
+    """The body after an `Upgrade` head (not upgraded: answered 200) is the request's body: it is
+    sent, so the pooled connection stays in step and the next client's request on it arrives whole
+    (it used to lose its first bytes to the origin, which was still reading the body)."""
+    a = send(proxy, b"POST /up HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                    b"Content-Length: 4\r\n\r\nxxxx")
+    assert statuses(a) == [200]
+    assert origin.wait_requests(1)[0][1:] == ("POST", "/up", b"xxxx")
+    b = send(proxy, b"GET /client-b HTTP/1.1\r\nHost: a\r\n\r\n", n=1)
+    assert [body for _, _, body in responses(b)] == [b"GET /client-b 0 1"]     # its own answer, on connection 1
+    assert origin.wait_requests(2)[1] == (1, "GET", "/client-b", b"")
+
+
+def test_an_upgrade_request_with_a_chunked_body_is_refused_before_going_upstream(
+        proxy: Proxy, origin: RawOrigin) -> None:
+    out = send(proxy, b"POST /up HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n4\r\nxxxx\r\n0\r\n\r\n")
+    assert statuses(out) == [501]
+    assert origin.requests == [] and b"".join(origin.raw.values()) == b""
+
+
 # --- D5, D14: bytes after a response, bodies where none may be, invalid status codes -----------------
 
 @pytest.mark.parametrize("target", ["/two", "/extra", "/s204smuggle", "/s304body"])
@@ -200,3 +225,216 @@ def test_a_204_with_content_length_0_loses_the_header(proxy: Proxy, origin: RawO
     head = out.split(b"\r\n\r\n", 1)[0].lower()
     assert head.startswith(b"http/1.1 204") and b"content-length" not in head and b"x-a: 1" in head
     assert responses(out)[1][2] == b"GET /next 0 1"     # a valid 204: its connection is reused
+
+
+# --- D9: Transfer-Encoding ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("te", "status"), [("gzip", 501), ("xchunked", 501), ("identity", 501),
+                                            ("gzip, chunked", 501), ("chunked, gzip", 400),
+                                            ("chunked;x=1", 400), ("chunked,", 400)])
+def test_a_transfer_encoding_other_than_chunked_is_refused_before_anything_goes_upstream(
+        proxy: Proxy, origin: RawOrigin, te: str, status: int) -> None:
+    """With a pooled connection idle (where the head used to be written before the refusal), the
+    origin receives nothing: 501 for a coding the waypoint does not implement (Envoy's answer;
+    `gzip, chunked` was re-chunked with the gzip coding dropped), 400 when the framing itself is
+    broken (RFC 9112 §6.3)."""
+    assert statuses(send(proxy, b"GET /warm HTTP/1.1\r\nHost: a\r\n\r\n", n=1)) == [200]
+    before = bytes(origin.raw[1])
+    out = send(proxy, b"POST /delete-everything HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: %b\r\n\r\n"
+                      b"5\r\nhello\r\n0\r\n\r\n" % te.encode())
+    assert statuses(out) == [status]
+    time.sleep(0.1)
+    assert bytes(origin.raw[1]) == before and len(origin.raw) == 1
+    assert [t for _, _, t, _ in origin.requests] == ["/warm"]
+
+
+# --- D3: the requests before a bad one are answered first ----------------------------------------
+
+@pytest.mark.parametrize("data", [
+    b"GET /1 HTTP/1.0\r\n\r\nGET /2 HTTP/1.0\r\n\r\n",
+    b"GET /1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nX",
+    b"GET /1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n",
+])
+def test_bytes_after_a_request_that_ends_the_connection_are_ignored_after_its_response(
+        proxy: Proxy, origin: RawOrigin, data: bytes) -> None:
+    """RFC 9112 §9.6: the response, then the close; what followed is never parsed or served (it
+    used to abort the request in flight: no response at all)."""
+    got = responses(send(proxy, data))
+    assert [(s, b) for s, _, b in got] == [(200, b"GET /1 0 1")] and got[0][1]["connection"] == "close"
+    assert [t for _, _, t, _ in origin.requests] == ["/1"]
+
+
+@pytest.mark.parametrize(("data", "status"), [
+    (b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", 400),
+    (b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /2 HTTP/1.1\r\nHost: a\r\nHost: x\r\n\r\n", 400),
+    (b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\nGET /3 HTTP/1.1\r\nHost: a\r\n"
+     b"Transfer-Encoding: gzip\r\n\r\n", 501),
+    (b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nPOST /2 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+])
+def test_a_bad_pipelined_request_is_answered_after_those_before_it(
+        proxy: Proxy, origin: RawOrigin, data: bytes, status: int) -> None:
+    """Their responses in order, then the error, then the close (as Envoy and nginx; it used to be
+    a close with nothing, though the origin had run the first requests)."""
+    got = responses(send(proxy, data))
+    n = len(got) - 1
+    assert [s for s, _, _ in got] == [200] * n + [status] and n >= 1
+    assert [t for _, _, t, _ in origin.requests] == [f"/{i}" for i in range(1, n + 1)]
+    assert "connection" not in got[0][1] and got[-1][1]["connection"] == "close"
+
+
+def test_a_bad_request_while_one_is_in_flight_waits_for_its_response(proxy: Proxy, origin: RawOrigin) -> None:
+    with connect(proxy) as s:
+        s.sendall(b"GET /hold/1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert origin.wait_requests(1)
+        s.sendall(b"GET /2 HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n")
+        time.sleep(0.2)
+        origin.release()
+        got = responses(read(s))
+    assert [(st, b) for st, _, b in got] == [(200, b"GET /hold/1 0 1"),
+                                              (400, b"malformed request: Invalid header token")]
+
+
+def test_a_bad_request_after_a_response_that_is_streaming_lets_it_finish(proxy: Proxy, origin: RawOrigin) -> None:
+    """The response being sent is complete, then the 400 (a later request's error used to reset
+    the connection and truncate it)."""
+    with connect(proxy) as s:
+        s.sendall(b"GET /trickle HTTP/1.1\r\nHost: a\r\n\r\n")
+        first = read(s, until=lambda o: b"first" in o)
+        s.sendall(b"GET /2 HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n")
+        time.sleep(0.2)
+        origin.release()
+        got = responses(first + read(s))
+    assert [(st, b) for st, _, b in got] == [(200, b"firstsecond"), (400, b"malformed request: Invalid header token")]
+
+
+def test_a_pipelined_head_times_out_only_once_it_is_its_turn(origin: RawOrigin) -> None:
+    """A partial head behind a request in flight: the in-flight response, then 408 (the head
+    timeout used to close the connection under the request in flight, with nothing sent)."""
+    p = proxy_for(origin, header_timeout=0.5)
+    try:
+        with connect(p) as s:
+            s.sendall(b"GET /hold/1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHo")
+            assert origin.wait_requests(1)
+            time.sleep(1.2)         # over the head timeout: the head waits for its turn
+            origin.release()
+            got = responses(read(s))
+        assert [(st, b) for st, _, b in got] == [(200, b"GET /hold/1 0 1"), (408, b"request header timeout")]
+    finally:
+        p.close()
+
+
+# --- D10, D15: head and trailer limits count the head's and the trailers' own bytes ----------------
+
+def test_a_head_cut_by_a_read_after_a_long_body_is_not_too_large(proxy: Proxy, origin: RawOrigin) -> None:
+    """A 70 kB body and the start of the next head in one write: the body is not the head's (it
+    was counted as such: 431, and the POST's response lost)."""
+    with connect(proxy) as s:
+        s.sendall(b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 70000\r\n\r\n" + b"x" * 70000 + b"GET /2 HTTP/1.1\r\nHo")
+        assert origin.wait_requests(1)
+        s.sendall(b"st: a\r\n\r\n")
+        got = responses(read(s, until=lambda o: len(responses(o)) == 2))
+    assert [(st, b) for st, _, b in got] == [(200, b"POST /1 70000 1"), (200, b"GET /2 0 1")]
+
+
+def test_request_trailers_over_the_limit_are_431_when_they_come_in_one_read(proxy: Proxy, origin: RawOrigin) -> None:
+    """The same limit as a head's: a 70 kB trailer section in the read of the last chunk (it was
+    not counted: 200)."""
+    out = send(proxy, b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+                      b"X-T: " + b"a" * 70000 + b"\r\n\r\n")
+    assert statuses(out) == [431]
+    assert proxy.find(lambda r: r.status == 431 and r.detail == "request trailers too large")
+
+
+# --- D11: pipelining is bounded ------------------------------------------------------------------
+
+def test_a_deep_pipeline_is_parsed_a_few_requests_ahead_and_freed_when_the_client_goes(origin: RawOrigin) -> None:
+    """1500 pipelined requests behind one the origin holds: at most PIPELINE_DEPTH become
+    exchanges (each read's requests all did: thousands), and when the client goes, only the one
+    in flight is left (the half-close rule: it may still be answered)."""
+    p = proxy_for(origin, stream_idle_timeout=2.0)
+    try:
+        with connect(p) as s:
+            s.sendall(b"GET /hold/x HTTP/1.1\r\nHost: a\r\n\r\n" * 1500)
+            assert origin.wait_requests(1)
+            seen = []
+            for _ in range(30):         # until the count settles
+                seen.append(exchanges(p))
+                if seen[-3:] == [seen[-1]] * 3 and len(seen) > 3:
+                    break
+                time.sleep(0.05)
+            assert seen[-1] == PIPELINE_DEPTH
+        assert wait_for(lambda: exchanges(p) <= 1)
+        origin.release()
+        assert p.live_exchanges(5) == 0
+    finally:
+        p.close()
+
+
+def test_requests_held_back_from_a_deep_pipeline_are_all_answered_in_order(proxy: Proxy, origin: RawOrigin) -> None:
+    """With bodies, written at once and in small pieces (reads that end inside heads and bodies)."""
+    reqs = [b"POST /p%d HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%b" % (i, i, b"b" * i) if i % 2 else
+            b"GET /p%d HTTP/1.1\r\nHost: a\r\nX-Pad: %b\r\n\r\n" % (i, b"p" * i) for i in range(60)]
+    data = b"".join(reqs)
+    expect = [f"{'POST' if i % 2 else 'GET'} /p{i} {i if i % 2 else 0}" for i in range(60)]
+    for step in (len(data), 37):
+        with connect(proxy) as s:
+            for i in range(0, len(data), step):
+                s.sendall(data[i:i + step])
+            got = responses(read(s, until=lambda o: len(responses(o)) == 60))
+        assert [b.decode().rsplit(" ", 1)[0] for _, _, b in got] == expect
+
+
+# --- D12: CONNECT ---------------------------------------------------------------------------------
+
+def test_a_pipelined_connect_is_405_like_a_first_one(proxy: Proxy, origin: RawOrigin) -> None:
+    out = send(proxy, b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nCONNECT app:80 HTTP/1.1\r\nHost: app:80\r\n\r\n")
+    assert statuses(out) == [200, 405]
+    assert [(m, t) for _, m, t, _ in origin.requests] == [("GET", "/first")]
+
+
+# --- D16: empty lines between requests ------------------------------------------------------------
+
+def test_a_few_empty_lines_before_a_request_are_ignored_more_are_refused(proxy: Proxy, origin: RawOrigin) -> None:
+    """RFC 9112 §2.2 (at least one empty line is ignored); a client sending only empty lines
+    gets 400 (it held the connection for ever)."""
+    with connect(proxy) as s:
+        s.sendall(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n\r\n")
+        assert statuses(read(s, until=lambda o: len(responses(o)) == 1)) == [200]
+        s.sendall(b"\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert statuses(read(s, until=lambda o: len(responses(o)) == 1)) == [200]
+        for _ in range(5):
+            s.sendall(b"\r\n")
+            time.sleep(0.05)
+        assert statuses(read(s)) == [400]
+
+
+def test_empty_lines_do_not_keep_an_idle_connection_open(origin: RawOrigin) -> None:
+    """They are not activity: the idle timeout runs from the last response (each byte of them
+    used to restart it)."""
+    p = proxy_for(origin, idle_timeout=0.5)
+    try:
+        with connect(p) as s:
+            s.sendall(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert statuses(read(s, until=lambda o: len(responses(o)) == 1)) == [200]
+            closed = False
+            for _ in range(8):          # a byte of an empty line every 0.4 s, 8 in all: not refused
+                try:
+                    s.sendall(b"\r")
+                except OSError:
+                    closed = True
+                if closed or closed_within(s, 0.4):
+                    closed = True
+                    break
+            assert closed
+    finally:
+        p.close()
+
+
+def closed_within(s: socket.socket, timeout: float) -> bool:
+    s.settimeout(timeout)
+    try:
+        return s.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
