@@ -15,7 +15,10 @@
   each endpoint open one connection over the limit; Ambit does not, so the backend never sees more
   than maxConnections).
 - A connection is closed after `maxRequestsPerConnection` requests (1: no keep-alive).
-- A connection goes back only after a clean end of both messages; no liveness probe per request:
+- A connection goes back only after a clean end of both messages, at the end of the read that
+  ended the response (nothing may follow it: bytes after a complete response close the
+  connection, H1Client); until then it is `held`, and a request of its key waits for it rather
+  than opening another. No liveness probe per request:
   a reused connection that turns out closed before any response byte is retried once on a fresh
   one (`Exchange.upstream_reset(retryable=True)`).
 - h2c (and HTTP/1.1 clusters whose policy has `h2UpgradePolicy: UPGRADE`): one multiplexed
@@ -144,6 +147,7 @@ class Pools:
         self._seq = itertools.count()
         self._upgraded: set[H2Client] = set()              # h2c connections to HTTP/1.1 ports
         self._h1_only: dict[str, float] = {}                # keys that refused h2c, until when
+        self.held: H1Client | None = None       # a connection whose response just ended (release)
 
     def breaker(self, target: UpstreamTarget) -> Breaker:
         """The target's cluster's breaker; a target without a cluster (a workload addressed
@@ -217,7 +221,8 @@ class Pools:
         it and the cluster may have one more; at the limit, close an idle connection of another
         key of the cluster to make room (its close wakes the waiters)."""
         q = self.queues.get(b, {}).get(key)
-        if q is None or q.live <= self.connecting.get(key, 0):
+        held = self.held
+        if q is None or q.live <= self.connecting.get(key, 0) + (held is not None and held.key == key):
             return False
         if b.try_connect():
             target = next((c.target for c in q.items if c.waiting), None)
@@ -334,7 +339,8 @@ class Pools:
         self._serve(c)
 
     def release(self, c: H1Client) -> None:
-        """`c` finished an exchange cleanly: its request is over; serve the next one."""
+        """`c` finished an exchange cleanly (it was `held`): its request is over; serve the next one."""
+        self.held = None
         claim = self._bound.pop(c, None)
         if claim is not None:
             claim.end()
@@ -342,6 +348,8 @@ class Pools:
 
     def closed(self, c: H1Client) -> None:
         """An HTTP/1.1 connection closed: its slot frees up for a waiting request."""
+        if self.held is c:
+            self.held = None
         self.forget(c)
         claim = self._bound.pop(c, None)
         if claim is not None:

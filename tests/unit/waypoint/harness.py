@@ -6,6 +6,8 @@
 - `H2Origin`: an h2c origin (the `h2` library) that echoes (or answers `/headers=N` with N extra
   headers), for HTTP/2 backends.
 - `GrpcOrigin`: a grpcio server with unary and streaming echo methods on raw bytes.
+- `RawOrigin`: an HTTP/1.1 origin that records what it got and answers canned bytes, to misbehave
+  on purpose (responses framed wrong, bytes after a response, answers held back).
 - `Proxy`: the engine on its own event loop thread, listening on 127.0.0.1, with a stub `decide`
   and an `upstream` that maps `Forward.port` to a local backend.
 """
@@ -28,6 +30,7 @@ import grpc
 import h2.config
 import h2.connection
 import h2.events
+import httptools
 
 from waypoint.http.engine import Engine, UpstreamTarget
 from waypoint.http.plug import connect_tcp
@@ -240,6 +243,141 @@ class GrpcOrigin:
 
     def close(self) -> None:
         self.server.stop(0)
+
+
+class _RawOriginConn(asyncio.Protocol):
+    """One connection to a `RawOrigin`."""
+
+    def __init__(self, origin: RawOrigin) -> None:
+        self.o = origin
+        self.skip = 0           # body bytes of an upgrade request still to read
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t = transport
+        self.o.conns.append(self)
+        self.n = len(self.o.raw) + 1
+        self.o.raw[self.n] = bytearray()
+        self.p = httptools.HttpRequestParser(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.o.raw[self.n] += data
+        while data:
+            if self.skip:
+                part, data = data[:self.skip], data[self.skip:]
+                self.skip -= len(part)
+                self.body += part
+                if not self.skip:
+                    self._record()
+                continue
+            try:
+                self.p.feed_data(data)
+                data = b""
+            except httptools.HttpParserUpgrade as e:    # answered at once; a Content-Length body follows
+                data = data[e.args[0]:]
+                self.p = httptools.HttpRequestParser(self)
+                self.skip = int(dict(self.headers).get("content-length", "0"))
+                self._answer(self.target, f"{self.method} {self.target} upgrade {self.n}".encode())
+                if not self.skip:
+                    self._record()
+            except httptools.HttpParserError:
+                self.t.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")  # type: ignore[attr-defined]
+                self.t.close()
+                return
+
+    def on_message_begin(self) -> None:
+        self.target, self.headers, self.body = "", [], b""
+
+    def on_url(self, url: bytes) -> None:
+        self.target += url.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.method = self.p.get_method().decode()
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        if self.p.should_upgrade():
+            return      # (HttpParserUpgrade follows)
+        self._record()
+        self._answer(self.target, f"{self.method} {self.target} {len(self.body)} {self.n}".encode())
+
+    def _record(self) -> None:
+        self.o.requests.append((self.n, self.method, self.target, self.body))
+
+    def _answer(self, target: str, default: bytes) -> None:
+        if target.startswith("/hold/"):
+            self.o.held.append((self, target[len("/hold"):], default))
+            return
+        canned = self.o.canned.get(target)
+        if canned is None:
+            canned = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%b" % (len(default), default)
+        elif isinstance(canned, tuple):     # the first part now, the second once released
+            self.o.held.append((self, None, canned[1]))
+            canned = canned[0]
+        self.send(canned)
+
+    def send(self, data: bytes) -> None:
+        if not self.t.is_closing():
+            self.t.write(data)  # type: ignore[attr-defined]
+
+
+class RawOrigin:
+    """An HTTP/1.1 origin on its own loop thread that misbehaves on purpose. Every request is
+    recorded as parsed, `(connection number, method, target, body)`, and every byte received per
+    connection (`raw`). A target in `canned` is answered with those bytes verbatim (a pair: the
+    first part now, the second after `release()`); `/hold/<rest>` is answered as `/<rest>` would be,
+    once `release()` is called; anything else 200 with `<method> <target> <body length>
+    <connection>`. An upgrade request is answered at once, as one the server does not upgrade (nginx
+    `return 200`), and its Content-Length body is read after it."""
+
+    def __init__(self, canned: dict[str, bytes | tuple[bytes, bytes]] | None = None) -> None:
+        self.canned = canned or {}
+        self.requests: list[tuple[int, str, str, bytes]] = []
+        self.raw: dict[int, bytearray] = {}
+        self.held: list[tuple[_RawOriginConn, str | None, bytes]] = []
+        self.conns: list[_RawOriginConn] = []
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.srv = self.loop.run_until_complete(
+                self.loop.create_server(lambda: _RawOriginConn(self), "127.0.0.1", 0))
+            self.port = self.srv.sockets[0].getsockname()[1]
+            ready.set()
+            self.loop.run_forever()
+
+        threading.Thread(target=run, daemon=True).start()
+        ready.wait(10)
+
+    def release(self) -> None:
+        """Send what is held back."""
+        def go() -> None:
+            held, self.held = self.held, []
+            for conn, target, data in held:
+                if target is None:
+                    conn.send(data)
+                else:
+                    conn._answer(target, data)
+        self.loop.call_soon_threadsafe(go)
+
+    def wait_requests(self, n: int, timeout: float = 5.0) -> list[tuple[int, str, str, bytes]]:
+        deadline = time.time() + timeout
+        while len(self.requests) < n and time.time() < deadline:
+            time.sleep(0.01)
+        return list(self.requests)
+
+    def close(self) -> None:
+        def stop() -> None:
+            self.srv.close()
+            for c in self.conns:
+                c.t.close()
+            self.loop.call_soon(self.loop.stop)
+        self.loop.call_soon_threadsafe(stop)
 
 
 def by_header(backends: dict[str, int]) -> Callable[[RequestHead, Downstream], Decision]:

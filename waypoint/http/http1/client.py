@@ -1,4 +1,5 @@
-"""The upstream HTTP/1.1 connection: one exchange at a time, pooled between them (pool.py)."""
+"""The upstream HTTP/1.1 connection: one exchange at a time, pooled between them (pool.py) when
+nothing about its framing is in doubt (the package docstring has the rules)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class H1Client(asyncio.Protocol):
         self._in_head = True
         self._head_bytes = 0
         self._tail: int | None = None     # the trailer section's bytes, as H1Server counts them
+        self._trailer_bytes = 0           # its parsed fields' bytes
         self._informational = False
         self._eof_body = False        # response body delimited by connection close
         self._chunked = False
@@ -83,15 +85,21 @@ class H1Client(asyncio.Protocol):
             server.start_raw(ex)  # type: ignore[attr-defined]
             if rest:
                 server.raw_write(rest)  # type: ignore[attr-defined]
+            return
         except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__context__, Refuse):
-                log.info("upstream %s: %s", self.key, e.__context__)
+            cause = e.__context__
+            if isinstance(cause, Refuse):
+                log.info("upstream %s sent an invalid response: %s", self.key, cause)
             else:
-                log.error("HTTP/1 client callback failed", exc_info=e.__context__)
+                log.error("HTTP/1 client callback failed", exc_info=cause)
             self._fail("UPE", "protocol error")
+            return
         except httptools.HttpParserError as e:
             log.info("upstream %s sent a malformed response: %s", self.key, e)
             self._fail("UPE", "protocol error")
+            return
+        if self.pools.held is self:     # the response ended in this read, and nothing came after it
+            self.pools.release(self)
             return
         # A head (or trailer section) without end is refused as a client's is (H1Server): its
         # lines would be buffered here, and httptools buffers one endless line on its own. Only
@@ -104,7 +112,9 @@ class H1Client(asyncio.Protocol):
                     log.info("upstream %s sent response headers over %d bytes", self.key, self._max_head)
                     self._fail("UPE", "response headers too large")
         elif self._tail is not None:
-            self._tail = self._tail + len(data) if self._tail >= 0 else 0
+            # (the read with the last chunk's size line holds body bytes too: of it, only the
+            # trailer fields parsed so far count)
+            self._tail = self._tail + len(data) if self._tail >= 0 else self._trailer_bytes if self._trailers else 0
             if self._tail > self._max_head:
                 log.info("upstream %s sent response trailers over %d bytes", self.key, self._max_head)
                 self._fail("UPE", "response trailers too large")
@@ -223,6 +233,8 @@ class H1Client(asyncio.Protocol):
     # --- httptools callbacks --------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.ex is None:     # bytes after a complete response: never another request's response
+            raise Refuse(502, "data after a complete response")
         self._headers, self._trailers = [], None
         self._in_head = True
         self._head_bytes, self._tail = 0, None
@@ -233,8 +245,11 @@ class H1Client(asyncio.Protocol):
             fields = self._headers
         else:
             if self._trailers is None:
-                self._trailers = []
+                self._trailers, self._trailer_bytes = [], 0
             fields = self._trailers
+            self._trailer_bytes += len(item[0]) + len(item[1]) + 4
+            if self._trailer_bytes > self._max_head:
+                raise Refuse(502, f"response trailers over {self._max_head} bytes")
         fields.append(item)
         if len(fields) > self._max_headers:     # Envoy's max_headers_count holds upstream too: 503 UPE
             raise Refuse(503, f"more than {self._max_headers} response header fields")
@@ -243,22 +258,40 @@ class H1Client(asyncio.Protocol):
         self._in_head = False
         status = self.parser.get_status_code()
         ex = self.ex
-        if 100 <= status < 200 and status != 101:
-            self._informational = True      # 100 Continue (already answered downstream) and 1xx: dropped
-            return
-        if status == 101:
-            self._informational = True      # no message end: HttpParserUpgrade follows
+        if status < 200 or status > 599:
+            if status < 100 or status > 599:    # RFC 9110 §15: three digits, 100 to 599
+                raise Refuse(502, f"status code {status}")
+            # 100 Continue (already answered downstream) and 1xx: dropped; 101: no message end,
+            # HttpParserUpgrade follows
+            self._informational = True
             return
         framed = False
-        for k, _ in self._headers:
-            if k == "content-length" or k == "transfer-encoding":
+        for k, v in self._headers:
+            if k == "content-length":
                 framed = True
                 break
-        self._eof_body = not framed and status not in (204, 304) and not self._head_request
+            if k == "transfer-encoding":
+                if v.lower() != "chunked":      # only `chunked` is read, as Envoy's codec: never a coding dropped
+                    raise Refuse(502, f"transfer-encoding {v[:64]!r}")
+                framed = True       # (no break: a second Transfer-Encoding may name another coding)
+        if framed:
+            if status == 204:
+                self._no_content()
+            self._eof_body = False
+        else:
+            self._eof_body = status != 204 and status != 304 and not self._head_request
         if ex is not None:
             ex.response_head(status, self._headers)
         if self._head_request:
             self._complete()
+
+    def _no_content(self) -> None:
+        """A 204 has no body and no length (RFC 9110 §8.6, §15.3.5): `content-length: 0` is
+        dropped; a length or a Transfer-Encoding that says otherwise is a protocol error (Envoy)."""
+        for k, v in self._headers:
+            if k == "transfer-encoding" or (k == "content-length" and int(v) != 0):
+                raise Refuse(502, f"204 response with {k}: {v[:64]}")
+        self._headers = [h for h in self._headers if h[0] != "content-length"]
 
     def on_body(self, body: bytes) -> None:
         self._tail = None
@@ -281,22 +314,27 @@ class H1Client(asyncio.Protocol):
     # --- the end of a response ------------------------------------------------------------------
 
     def _complete(self) -> None:
-        """The response ended. The connection goes back to the pool *before* the exchange ends,
-        so a request the ending starts (the next pipelined one) can reuse it."""
+        """The response ended. A connection that can be reused goes back to the pool at the end of
+        the read (`data_received`), once nothing came after the response in it: bytes after a
+        complete response close the connection (Envoy: "extraneous data after response
+        complete"), never becoming the response of the next request bound to it, maybe another
+        client's. Meanwhile the pool counts it as a connection about to be free, so a request the
+        ending starts (the next pipelined one) waits for it rather than opening another."""
         ex, self.ex = self.ex, None
         trailers = self._trailers
-        reusable = (not self.lost and self._req_done and not self._eof_body and not self._head_request
-                    and self.parser.should_keep_alive())
         if self._paused:
             self.resume_response()
-        if reusable:
-            self.pools.release(self)
+        if (not self.lost and self._req_done and not self._eof_body and not self._head_request
+                and self.parser.should_keep_alive()):
+            self.pools.held = self
         else:
             self._close()
         if ex is not None:
             ex.response_end(trailers)
 
     def _fail(self, flags: str, reason: str, retryable: bool = False) -> None:
+        if self.pools.held is self:
+            self.pools.held = None
         ex, self.ex = self.ex, None
         self._close(abort=True)
         if ex is not None:

@@ -1,5 +1,5 @@
 """HTTP/1.1 bytes the engine writes itself: status lines and header blocks (parsing is httptools'),
-plus the errors a parser callback raises to refuse a request."""
+plus the errors a parser callback raises to refuse a message, and the Transfer-Encoding rule."""
 
 from __future__ import annotations
 
@@ -20,11 +20,33 @@ FLUSH_NOW = 64 * 1024
 
 
 class Refuse(Exception):
-    """Raised from a parser callback: answer `status` and close."""
+    """Raised from a parser callback: answer `status` and close (the server); the upstream sent
+    something it must not, 503 `UPE` and close (the client)."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
+
+
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")   # RFC 9110 §5.6.2, lower-cased
+
+
+def check_transfer_encoding(value: str) -> None:
+    """A request's Transfer-Encoding (all its fields, joined with ", "): only exactly `chunked`
+    is read, as Envoy's codec does. Anything else raises `Refuse`, from `on_headers_complete`, so
+    before anything goes upstream (llhttp checks the coding only after that callback): 400 when
+    the value is malformed or `chunked` is not the final coding, once (RFC 9112 §6.3: the body's
+    length is unknowable); 501 for a coding the waypoint does not implement (RFC 9112 §6.1; `gzip,
+    chunked` too: re-chunking it would drop the gzip coding)."""
+    codings = [c.strip().lower() for c in value.split(",")]
+    if codings == ["chunked"]:
+        return
+    names = [c.split(";", 1)[0].rstrip() for c in codings]
+    if not all(n and _TOKEN.issuperset(n) for n in names):
+        raise Refuse(400, "malformed transfer-encoding")
+    if "chunked" in names and (names.count("chunked") > 1 or codings[-1] != "chunked"):
+        raise Refuse(400, "transfer-encoding chunked must be the final coding, once, without parameters")
+    raise Refuse(501, f"transfer-encoding {value[:64]!r} is not implemented")
 
 
 def encode_head(first: bytes, headers: Headers) -> bytes:
