@@ -242,20 +242,24 @@ class H1Client(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         item = (name.decode("latin-1").lower(), value.decode("latin-1"))
         if self._in_head:
-            fields = self._headers
-        else:
-            if self._trailers is None:
-                self._trailers, self._trailer_bytes = [], 0
-            fields = self._trailers
-            self._trailer_bytes += len(item[0]) + len(item[1]) + 4
-            if self._trailer_bytes > self._max_head:
-                raise Refuse(502, f"response trailers over {self._max_head} bytes")
+            # (counted once the head is complete, `on_headers_complete`: a head is at most one
+            # read, and a per-field check cost ~50 bytecodes per response)
+            self._headers.append(item)
+            return
+        if self._trailers is None:
+            self._trailers, self._trailer_bytes = [], 0
+        fields = self._trailers
+        self._trailer_bytes += len(item[0]) + len(item[1]) + 4
+        if self._trailer_bytes > self._max_head:
+            raise Refuse(502, f"response trailers over {self._max_head} bytes")
         fields.append(item)
         if len(fields) > self._max_headers:     # Envoy's max_headers_count holds upstream too: 503 UPE
-            raise Refuse(503, f"more than {self._max_headers} response header fields")
+            raise Refuse(503, f"more than {self._max_headers} response trailer fields")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if len(self._headers) > self._max_headers:     # Envoy's max_headers_count holds upstream too: 503 UPE
+            raise Refuse(503, f"more than {self._max_headers} response header fields")
         status = self.parser.get_status_code()
         ex = self.ex
         if status < 200 or status > 599:
