@@ -51,7 +51,7 @@ from controller.translate.ingress import (
 )
 from controller.translate.istio_gateway import bound_gateways, is_istio_gateway
 from controller.translate.routes import Hosts
-from controller.translate.waypoints import WAYPOINT_CLASSES, waypoint_gateways
+from controller.translate.waypoints import SERVES_SERVICES, WAYPOINT_CLASSES, waypoint_gateways
 
 Obj = dict[str, Any]
 RouteKey = tuple[str, str, str]         # (kind, namespace, name)
@@ -217,7 +217,7 @@ class _Resolver:
         if not targets:
             serves = self.waypoints[gkey]
             why = (f"waypoint {gkey} serves {serves} traffic, not Service traffic (label it ambit.io/waypoint-for="
-                   "service or all)" if serves not in ("service", "all") else
+                   "service or all)" if serves not in SERVES_SERVICES else
                    f"no Service uses waypoint {gkey} (label a Service or its namespace "
                    f"ambit.io/use-waypoint={gkey.split('/', 1)[1]})")
             self.out.notices.append(Notice(_ref(obj), f"spec.parentRefs[{i}]",

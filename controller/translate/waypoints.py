@@ -34,6 +34,9 @@ WAYPOINT_FOR = ("service", "workload", "all", "none")
 NOT_A_WAYPOINT = ("the Gateway is not accepted and not used as a waypoint (not deployed; the Services and pods "
                   "that name it have their traffic refused, failing closed)")
 GATEWAY_NAME_LABELS = ("gateway.networking.k8s.io/gateway-name", "istio.io/gateway-name")
+# The waypoint-for values that take traffic addressed to a Service's VIP, and to a pod's IP.
+SERVES_SERVICES = ("service", "all")
+SERVES_WORKLOADS = ("workload", "all")
 
 
 def waypoint_gateways(idx: Index, errors: list[FieldError] | None = None) -> dict[str, str]:
@@ -64,11 +67,11 @@ def apply_waypoints(gateways: dict[str, str], services: list[Service], workloads
     for svc in services:
         if svc.resource_name in gateways:
             svc.waypoint = ""
-        elif svc.waypoint in gateways and gateways[svc.waypoint] not in ("service", "all"):
+        elif svc.waypoint in gateways and gateways[svc.waypoint] not in SERVES_SERVICES:
             svc.waypoint = ""
     for wl in workloads:
         if gateway_of(wl) in gateways:
             wl.waypoint = ""
             wl.protocol = "HBONE"
-        elif wl.waypoint in gateways and gateways[wl.waypoint] not in ("workload", "all"):
+        elif wl.waypoint in gateways and gateways[wl.waypoint] not in SERVES_WORKLOADS:
             wl.waypoint = ""

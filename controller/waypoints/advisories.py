@@ -43,6 +43,7 @@ from controller.translate import translate
 from controller.translate.destinationrules import rules_by_host
 from controller.translate.index import age_key, ns_of, waypoint_ref
 from controller.translate.routes import Hosts
+from controller.translate.waypoints import SERVES_SERVICES
 from controller.validation import object_ref, validate_object
 from controller.waypoints.gateways import (
     STATUS_GROUP_SUFFIXES,
@@ -278,7 +279,7 @@ def telemetry_conflicts(telemetries: list[Obj], root_namespace: str) -> list[Adv
 
 
 def _serves_services(gw: Obj | None) -> bool:
-    return gw is not None and waypoint_for(gw) in ("service", "all")
+    return gw is not None and waypoint_for(gw) in SERVES_SERVICES
 
 
 # -- AuthorizationPolicy -------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any
 
 from ambit.enrolment import AMBIENT, MODE_LABELS, OPT_OUT
 from controller.translate.index import WAYPOINT_LABELS, labels_of, name_of, ns_of, waypoint_ref
+from controller.translate.waypoints import SERVES_SERVICES, SERVES_WORKLOADS
 from controller.validation import object_ref
 from controller.waypoints.gateways import waypoint_for
 
@@ -35,7 +36,7 @@ Obj = dict[str, Any]
 Note = tuple[str, str, str, str]        # (Kind/namespace/name, field, reason, cause)
 
 # What each waypoint-for value takes, by the kind whose own label names the waypoint.
-_SERVES = {"Service": ("service", "all"), "Pod": ("workload", "all")}
+_SERVES = {"Service": SERVES_SERVICES, "Pod": SERVES_WORKLOADS}
 
 
 def label_notes(objects: list[Obj], gateways: dict[tuple[str, str], Obj],
