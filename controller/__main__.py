@@ -55,11 +55,12 @@ def make_source(args: ControllerSettings, leader: Callable[[], bool] | None = No
                       leader=leader)
 
 
-def waypoint_hook(args: ControllerSettings, leader: Callable[[], bool] | None = None
+def waypoint_hook(args: ControllerSettings, leader: Callable[[], bool] | None = None, source: Source | None = None
                   ) -> Callable[[Snapshot, Translation], None] | None:
     """The controller's writes for waypoint Gateways after each snapshot: their status and
     AuthorizationPolicy conditions (lab store, or the API unless --no-status) and, with
-    --waypoint-image in a cluster, their Deployment/Service/ServiceAccount."""
+    --waypoint-image in a cluster, their Deployment/Service/ServiceAccount. Routes the `source`
+    refused are left to it (`KubeSource.refused_routes`)."""
     if args.lab_store:
         from ambit.labstore import LabStore
         from controller.waypoints.labstatus import LabWaypointStatus
@@ -82,7 +83,8 @@ def waypoint_hook(args: ControllerSettings, leader: Callable[[], bool] | None = 
             workers=args.waypoint_workers)
     rec = KubeWaypointReconciler(make_api_client(args.kube_host, args.kubeconfig), deploy,
                                  cluster_domain=args.cluster_domain, root_namespace=args.root_namespace,
-                                 write_status=not args.no_status)
+                                 write_status=not args.no_status,
+                                 refused_routes=getattr(source, "refused_routes", frozenset))
 
     def kube_waypoints(objects: Snapshot, tr: Translation) -> None:
         if leader is None or leader():        # followers serve; the leader writes
@@ -188,7 +190,8 @@ async def amain(args: ControllerSettings) -> int:
                 def node_tokens(objects: Snapshot, _tr: Translation) -> None:
                     ensure_node_tokens(tokens, node_names(objects), token_dir)
                 hooks.append(node_tokens)
-    waypoints = waypoint_hook(args, leader)
+    source = make_source(args, leader)
+    waypoints = waypoint_hook(args, leader, source)
     if waypoints is not None:
         hooks.append(waypoints)
 
@@ -205,7 +208,6 @@ async def amain(args: ControllerSettings) -> int:
         log.error("--trust-domain / --trust-domain-alias: %s", e)
         return 2
     watcher = meshconfig.Watcher(args.mesh_config) if args.mesh_config else None
-    source = make_source(args, leader)
     controller = Controller(source, server, trust_domain=args.trust_domain,
                             root_namespace=args.root_namespace, cluster_domain=args.cluster_domain,
                             on_applied=on_applied,

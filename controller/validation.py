@@ -6,7 +6,7 @@ and the reason, so a user can fix a file without guessing. Schemas live in `cont
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,11 @@ class ValidationError(ValueError):
     def __init__(self, errors: list[FieldError]):
         self.errors = list(errors)
         super().__init__("\n".join(str(e) for e in self.errors))
+
+
+def reasons(errors: Sequence[FieldError]) -> str:
+    """The errors of one object as one line, `path: reason; ...` (a status condition's message)."""
+    return "; ".join(f"{e.path}: {e.reason}" if e.path else e.reason for e in errors)
 
 
 def object_ref(obj: Any) -> str:

@@ -13,7 +13,9 @@ Optionally (`write_status=True`) the verdict on each Istio/Ambit object is writt
 `status.conditions` (type `Accepted`), so `kubectl get -o yaml` shows why an object was rejected:
 validation's, and the translation's for a valid object that still cannot be applied as it is (a
 ServiceEntry address another Service holds), which the controller passes in after each
-translation (`set_translation_errors`).
+translation (`set_translation_errors`). A Gateway API route whose newest version validation refused
+gets `status.parents` saying so (`ingress_status.refused_route_status`); a valid route's status is
+the waypoint reconciler's, which skips the routes `refused_routes()` names.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ from ambit.kube.resource import Resource
 from controller.kinds import KINDS
 from controller.sources import OnSnapshot
 from controller.sources.cache import CacheKey, LastGoodCache, cache_key
-from controller.validation import FieldError, object_ref
+from controller.translate.ingress import ALL_ROUTE_KINDS, GATEWAY_GROUP, is_ingress
+from controller.translate.parents import is_gateway_parent, is_service_parent
+from controller.validation import FieldError, object_ref, reasons
 from controller.waypoints.gateways import STATUS_GROUP_SUFFIXES, is_waypoint
+from controller.waypoints.ingress_status import refused_route_status, untimed
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +103,7 @@ class KubeSource:
             for t in self.types}
         self.state: dict[WatchedType, TypeState] = {t: rf.state for t, rf in self.reflectors.items()}
         self._cond = threading.Condition()
-        self._status_q: queue.Queue[tuple[WatchedType, Obj, list[FieldError], list[FieldError]] | None] = \
-            queue.Queue()
+        self._status_q: queue.Queue[tuple[WatchedType, Obj, Obj] | None] = queue.Queue()   # (type, obj, status)
         self._not_applied: dict[str, list[FieldError]] = {}    # ref -> the translation's errors for it
 
     # -- the Source interface ---------------------------------------------------------------------
@@ -187,6 +191,11 @@ class KubeSource:
                     if object_ref(obj) in changed:
                         self._maybe_status(t, obj)
 
+    def refused_routes(self) -> set[tuple[str, str, str]]:
+        """(kind, namespace, name) of the Gateway API routes whose newest version validation refused:
+        their status is written here, and the waypoint reconciler leaves them alone."""
+        return {(k[1], k[2], k[3]) for k in self.cache.rejected() if k[0] == GATEWAY_GROUP and k[1] in ALL_ROUTE_KINDS}
+
     def _maybe_status(self, t: WatchedType, obj: Obj) -> None:
         if not self.write_status or (self.leader is not None and not self.leader()):
             return
@@ -196,28 +205,49 @@ class KubeSource:
             if is_waypoint(obj):
                 errors = self.cache.rejected().get(cache_key(obj), [])
                 if errors and _condition_differs(obj, accepted_condition(obj, errors)):
-                    self._status_q.put((t, obj, errors, []))
+                    self._status_q.put((t, obj, _conditions_status(obj, accepted_condition(obj, errors))))
+            return
+        if t.group == GATEWAY_GROUP and t.kind in ALL_ROUTE_KINDS:
+            self._maybe_route_status(t, obj)
             return
         if not t.group.endswith(STATUS_GROUP_SUFFIXES):
             return
         errors = self.cache.rejected().get(cache_key(obj), [])
         not_applied = [] if errors else self._not_applied.get(object_ref(obj), [])
-        if _condition_differs(obj, accepted_condition(obj, errors, not_applied)):
-            self._status_q.put((t, obj, errors, not_applied))
+        cond = accepted_condition(obj, errors, not_applied)
+        if _condition_differs(obj, cond):
+            self._status_q.put((t, obj, _conditions_status(obj, cond)))
+
+    def _maybe_route_status(self, t: WatchedType, obj: Obj) -> None:
+        """A refused route's `status.parents` (its parents that are ours: Services, and Gateways of
+        an ambit class); a valid one's is the reconciler's."""
+        key = cache_key(obj)
+        errors = self.cache.rejected().get(key, [])
+        if not errors:
+            return
+        good = {cache_key(o): o for o in self.cache.objects()}
+        gateways = {(k[2], k[3]): o for k, o in good.items() if k[0] == GATEWAY_GROUP and k[1] == "Gateway"}
+
+        def ours(p: Obj, ns: str) -> bool:
+            if is_service_parent(p):
+                return True
+            gw = gateways.get((p.get("namespace") or ns, p["name"])) if is_gateway_parent(p) else None
+            return gw is not None and (is_waypoint(gw) or is_ingress(gw))
+        want = refused_route_status(obj, errors, ours, good.get(key))
+        if want is None:
+            log.warning("%s refused (%s); none of its parents is ambit's, so no status is written",
+                        object_ref(obj), reasons(errors))
+        elif untimed(want) != untimed(obj.get("status")):
+            self._status_q.put((t, obj, want))
 
     def _status_writer(self, stop: threading.Event) -> None:
         while not stop.is_set():
             item = self._status_q.get()
             if item is None:
                 return
-            t, obj, errors, not_applied = item
+            t, obj, status = item
             md = obj.get("metadata") or {}
-            cond = accepted_condition(obj, errors, not_applied)
-            others = [c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") != "Accepted"]
-            if t.kind == "Gateway":      # rejected: not Programmed either (Gateway API)
-                others = [c for c in others if c.get("type") != "Programmed"] + [
-                    {**cond, "type": "Programmed", "message": "the Gateway is not accepted"}]
-            patch = {"status": {"conditions": others + [cond]}}
+            patch = {"status": status}
             try:
                 path = t.path(self.state[t].version, md.get("namespace"), md.get("name"), "status")
                 resp = self._request("PATCH", path, body=patch, headers={"Content-Type": "application/merge-patch+json"})
@@ -228,24 +258,30 @@ class KubeSource:
                 log.warning("status of %s/%s: %s", t.kind, md.get("name"), e)
 
 
+def _conditions_status(obj: Obj, cond: Obj) -> Obj:
+    """The object's status with `cond` in place of its `Accepted` condition (others' kept). A
+    rejected Gateway is not `Programmed` either (Gateway API)."""
+    others = [c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") != "Accepted"]
+    if obj.get("kind") == "Gateway":
+        others = [c for c in others if c.get("type") != "Programmed"] + [
+            {**cond, "type": "Programmed", "message": "the Gateway is not accepted"}]
+    return {"conditions": others + [cond]}
+
+
 def accepted_condition(obj: Obj, errors: Sequence[FieldError], not_applied: Sequence[FieldError] = ()) -> Obj:
     """`errors`: validation's (the last valid version stays in force); `not_applied`: the
     translation's, for a valid version that is not applied as it is."""
     md = obj.get("metadata") or {}
     if errors:
         status, reason = "False", "Invalid"
-        msg = _joined(errors) + " (the last valid version, if any, stays in force)"
+        msg = reasons(errors) + " (the last valid version, if any, stays in force)"
     elif not_applied:
-        status, reason, msg = "False", "TranslationError", _joined(not_applied)
+        status, reason, msg = "False", "TranslationError", reasons(not_applied)
     else:
         status, reason, msg = "True", "Accepted", "accepted by ambit"
     return {"type": "Accepted", "status": status, "reason": reason, "message": msg[:32768],
             "observedGeneration": md.get("generation", 0),
             "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def _joined(errors: Sequence[FieldError]) -> str:
-    return "; ".join(f"{e.path}: {e.reason}" if e.path else e.reason for e in errors)
 
 
 def _condition_differs(obj: Obj, want: Obj) -> bool:

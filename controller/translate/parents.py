@@ -115,11 +115,11 @@ def _ref(obj: Obj) -> str:
     return f"{obj.get('kind')}/{ns_of(obj)}/{name_of(obj)}"
 
 
-def _is_service(p: Obj) -> bool:
+def is_service_parent(p: Obj) -> bool:
     return p.get("kind", "Gateway") == "Service" and p.get("group", "") in ("", "core")
 
 
-def _is_gateway(p: Obj) -> bool:
+def is_gateway_parent(p: Obj) -> bool:
     return p.get("kind", "Gateway") == "Gateway" and p.get("group", GATEWAY_GROUP) == GATEWAY_GROUP
 
 
@@ -144,12 +144,12 @@ class _Resolver:
             pns = p.get("namespace") or rns
             gkey = f"{pns}/{p['name']}"
             exempt: frozenset[str] = frozenset()
-            if _is_service(p):
+            if is_service_parent(p):
                 exempt = frozenset({gkey})
                 found = self._service_parent(obj, i, p, pns)
-            elif _is_gateway(p) and gkey in self.ingress:
+            elif is_gateway_parent(p) and gkey in self.ingress:
                 found = None        # controller.translate.ingress attaches it and writes its status
-            elif _is_gateway(p):
+            elif is_gateway_parent(p):
                 found = self._waypoint_parent(obj, i, p, gkey)
                 if found is None:
                     continue
@@ -230,7 +230,7 @@ class _Resolver:
             for obj in self.idx.kind(kind):
                 for i, p in enumerate((obj.get("spec") or {}).get("parentRefs") or []):
                     gkey = f"{p.get('namespace') or ns_of(obj)}/{p['name']}"
-                    if _is_gateway(p) and gkey not in self.gateways:
+                    if is_gateway_parent(p) and gkey not in self.gateways:
                         self.out.notices.append(_missing(obj, f"spec.parentRefs[{i}]", gkey))
         istio = {f"{ns_of(g)}/{name_of(g)}" for g in self.idx.kind("Gateway") if is_istio_gateway(g)}
         for vs in self.idx.kind("VirtualService"):

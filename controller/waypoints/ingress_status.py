@@ -14,21 +14,31 @@ HTTPRoute, GRPCRoute, TLSRoute and TCPRoute: one `parents[]` entry per parentRef
 and (HTTPRoute, GRPCRoute) per mesh parent: a Service or a waypoint Gateway (controller.translate.parents),
 with `controllerName`, `Accepted` (NotAllowedByListeners, NoMatchingListenerHostname, NoMatchingParent)
 and `ResolvedRefs` (BackendNotFound, RefNotPermitted). Entries other controllers wrote are kept.
+
+A route whose newest version validation refused never reaches the translation (its last valid
+version stays in force), so its status comes from `refused_route_status` instead: `Accepted=False
+UnsupportedValue` on each of its parents that is ours, at the refused generation, naming the fields
+and what stays in force. The kube source writes it (controller.sources.kube); the reconciler leaves
+such a route alone until a valid version replaces it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from controller.translate.ingress import (
+    ALL_ROUTE_KINDS,
     CONTROLLER_NAME,
     IngressResult,
     ListenerStatus,
     ParentStatus,
 )
+from controller.validation import FieldError, reasons
 from controller.waypoints.gateways import _cond, merge_conditions
 
 Obj = dict[str, Any]
+RouteKey = tuple[str, str, str]     # (kind, namespace, name)
 
 
 def lb_addresses(service: Obj | None) -> list[Obj]:
@@ -89,6 +99,54 @@ def route_status(route: Obj, parents: list[ParentStatus], now: float | None = No
     return {**(route.get("status") or {}), "parents": mine + others}
 
 
+def has_entries(route: Obj) -> bool:
+    """Whether the route's status has a `parents` entry of ours."""
+    return any(isinstance(o, dict) and o.get("controllerName") == CONTROLLER_NAME
+               for o in ((route.get("status") or {}).get("parents")) or [])
+
+
+MAX_PARENTS = 32        # status.parents' maxItems in Gateway API's CRDs
+
+
+def refused_route_status(route: Obj, errors: Sequence[FieldError], ours: Callable[[Obj, str], bool],
+                         in_force: Obj | None, now: float | None = None) -> Obj | None:
+    """The whole new status of a route whose newest version (`route`, as the API server holds it)
+    validation refused; None when none of its parents is ours.
+
+    Each parentRef that `ours(ref, route namespace)` claims gets `Accepted=False UnsupportedValue`
+    (Gateway API's reason for a value an implementation does not support) at the refused
+    generation. The message names each refused field and says what is in force instead: the last
+    valid version (`in_force`, by its generation) or nothing. The parentRefs are the refused
+    version's, or, when those are unusable (the refusal may be about them), the version in force's.
+    Other conditions of ours (`ResolvedRefs` of the version in force) are kept with their own
+    `observedGeneration`; other controllers' entries are kept."""
+    md = route.get("metadata") or {}
+    gen = int(md.get("generation") or 0)
+    ns = md.get("namespace") or "default"
+
+    def claimed(obj: Obj | None) -> list[Obj]:
+        refs = ((obj or {}).get("spec") or {}).get("parentRefs")
+        refs = refs if isinstance(refs, list) else []
+        return [p for p in refs if isinstance(p, dict) and isinstance(p.get("name"), str) and ours(p, ns)]
+
+    refs = (claimed(route) or claimed(in_force))[:MAX_PARENTS]
+    if not refs:
+        return None
+    why = reasons(errors)
+    kept = "nothing of it is applied" if in_force is None else \
+        f"its last valid version (generation {int((in_force.get('metadata') or {}).get('generation') or 0)}) stays in force"
+    message = f"refused by ambit: {why}; {kept}"[:32768]
+    old = list(((route.get("status") or {}).get("parents")) or [])
+    mine = []
+    for p in refs:
+        prev = next((o for o in old if isinstance(o, dict) and o.get("controllerName") == CONTROLLER_NAME
+                     and _same_ref(o.get("parentRef") or {}, p)), None)
+        mine.append({"parentRef": dict(p), "controllerName": CONTROLLER_NAME, "conditions": merge_conditions(
+            (prev or {}).get("conditions"), [_cond("Accepted", False, "UnsupportedValue", message, gen)], now)})
+    others = [o for o in old if isinstance(o, dict) and o.get("controllerName") != CONTROLLER_NAME]
+    return {**(route.get("status") or {}), "parents": mine + others}
+
+
 def untimed(status: Obj | None) -> Obj:
     """A status without transition times, to tell whether a write would change anything."""
     def strip(conds: list[Obj]) -> list[Obj]:
@@ -117,11 +175,25 @@ def desired(objects: list[Obj], result: IngressResult) -> dict[tuple[str, str, s
         want = gateway_status(gw, gws.find_service(gw, objects), listeners)
         if gws.status_differs(gw.get("status"), want):
             out[("Gateway", ns, name)] = gws.with_times(gw.get("status"), want)
-    for key, parents in result.routes.items():
-        route = by_key.get(key)
-        if route is None:
+    out.update(route_updates(objects, result))
+    return out
+
+
+def route_updates(objects: list[Obj], result: IngressResult, refused: Collection[RouteKey] = ()
+                  ) -> dict[RouteKey, Obj]:
+    """(kind, ns, name) -> new status, for the routes whose status should change: those with
+    verdicts, and those with entries of ours and no verdict now (say, valid again after a refusal:
+    they lose them). `refused` routes are left alone (their status is `refused_route_status`)."""
+    out: dict[RouteKey, Obj] = {}
+    for route in objects:
+        if route.get("kind") not in ALL_ROUTE_KINDS:
             continue
-        want = route_status(route, parents)
+        md = route.get("metadata") or {}
+        key = (route["kind"], md.get("namespace") or "default", md.get("name") or "")
+        parents = result.routes.get(key)
+        if key in refused or (parents is None and not has_entries(route)):
+            continue
+        want = route_status(route, parents or [])
         if untimed(want) != untimed(route.get("status")):
-            out[key] = want   # type: ignore[index]
+            out[key] = want
     return out

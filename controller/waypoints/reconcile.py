@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import urllib3
@@ -79,8 +79,12 @@ def object_path(obj: Obj, sub: str = "", named: bool = True) -> str:
 class KubeWaypointReconciler:
     def __init__(self, api: kclient.ApiClient, deploy: WaypointDeploySettings | None = None, *,
                  cluster_domain: str = "cluster.local", root_namespace: str = "ambit-system",
-                 write_status: bool = True, resync: float = 60.0, clock: Callable[[], float] = time.monotonic):
+                 write_status: bool = True, resync: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 refused_routes: Callable[[], Collection[tuple[str, str, str]]] = frozenset):
         self.root_namespace = root_namespace
+        # routes whose newest version validation refused: the source writes their status
+        # (controller.sources.kube), and the version in force here would contradict it
+        self.refused_routes = refused_routes
         # (gateway uid, resourceVersion) -> when its objects were last found as wanted: a snapshot
         # caused by anything else then costs no API calls; drift is repaired within `resync` s.
         self._settled: dict[tuple[str, str, tuple[int, ...]], float] = {}
@@ -195,18 +199,13 @@ class KubeWaypointReconciler:
     def _route_status(self, objects: list[Obj], translation: Any) -> None:
         """`status.parents` of the routes (HTTP, GRPC, TLS, TCP) attached to ingress Gateways, and of the
         HTTP/GRPC routes' mesh parents (Services, waypoints): Gateway API's verdicts from the translation;
-        other controllers' parents entries are kept."""
+        other controllers' parents entries are kept. A route with entries of ours and no parent of
+        ours now (say, once valid again after a refusal) loses them; a refused one is not touched."""
         by_key = {(o.get("kind"), (o.get("metadata") or {}).get("namespace") or "default",
-                   (o.get("metadata") or {}).get("name")): o for o in objects
-                  if o.get("kind") in ALL_ROUTE_KINDS}
-        for key, parents in translation.ingress.routes.items():
-            route = by_key.get(key)
-            if route is None:
-                continue
-            want = ingress_status.route_status(route, parents)
-            if ingress_status.untimed(want) != ingress_status.untimed(route.get("status")):
-                self._write(f"status of {key[0]} {key[1]}/{key[2]}", "PATCH", object_path(route, "status"),
-                            {"status": want}, "application/merge-patch+json")
+                   (o.get("metadata") or {}).get("name")): o for o in objects if o.get("kind") in ALL_ROUTE_KINDS}
+        for key, want in ingress_status.route_updates(objects, translation.ingress, self.refused_routes()).items():
+            self._write(f"status of {key[0]} {key[1]}/{key[2]}", "PATCH", object_path(by_key[key], "status"),
+                        {"status": want}, "application/merge-patch+json")
 
     def _policy_status(self, objects: list[Obj], translation: Any) -> None:
         """The advisories' conditions on Istio and Ambit objects (`advisories.object_conditions`)."""
