@@ -20,11 +20,9 @@ from ambit.dataplane.settings import (
     gc_threshold_option,
     memory_trim_interval_option,
 )
+from ambit.gatewayclasses import INGRESS_CLASSES, WAYPOINT_CLASSES
 from ambit.settings import non_negative, option, positive
 from waypoint.http.settings import HttpSettings
-
-WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
-INGRESS_CLASSES = ("ambit", "istio")         # the same binary as an ingress gateway (docs/ingress.md)
 
 
 def _address(v: str) -> str | None:

@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from ambit import cgroups
+from ambit.gatewayclasses import INGRESS_CLASSES, WAYPOINT_CLASSES
 from ambit.labstore import LabStore
 from ambit.netns import NETNS_RUN_DIR
 from ambitctl.lab import components, outside, paths, state, topology, tracing
 from ambitctl.lab.topology import LabNames
 
-WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
-INGRESS_CLASSES = ("ambit", "istio")
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 NODE_ANNOTATION = "lab.ambit.io/node"
 FIRST_HOST = 200            # waypoint pod addresses and VIPs are allocated from .200 upwards

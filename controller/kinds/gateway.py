@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ambit.gatewayclasses import INGRESS_CLASSES, WAYPOINT_CLASSES
 from controller.kinds.common import GwDuration, Labels, Port, Regex, Strings, parse_duration
 from controller.kinds.schema import AnyValue, Arr, Check, Errors, Int, Map, Obj, Str, join
 
-WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
-INGRESS_CLASSES = ("ambit", "istio")       # an ingress gateway (docs/ingress.md); `istio` as Istio names it
 INGRESS_PROTOCOLS = ("HTTP", "HTTPS", "TLS", "TCP")
 TLS_MIN_VERSION_OPTION = "ambit.io/min-tls-version"
 TLS_VERSIONS = ("1.2", "1.3")

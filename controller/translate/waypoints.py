@@ -22,11 +22,11 @@ makes those references effective:
 
 from __future__ import annotations
 
+from ambit.gatewayclasses import WAYPOINT_CLASSES
 from ambit.model import Service, Workload
 from controller.translate.index import Index, first_label, labels_of, name_of, ns_of
 from controller.validation import FieldError
 
-WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
 WAYPOINT_FOR_LABELS = ("ambit.io/waypoint-for", "istio.io/waypoint-for")
 WAYPOINT_FOR = ("service", "workload", "all", "none")
 # What an invalid waypoint-for label makes of the Gateway, everywhere: the translation (here), the

@@ -17,12 +17,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ambit.gatewayclasses import WAYPOINT_CLASSES
 from controller.translate.ingress import kind_allowed, route_kinds_resolved, supported_kinds
 from controller.translate.waypoints import NOT_A_WAYPOINT
 
 Obj = dict[str, Any]
 
-WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
 WAYPOINT_FOR_LABELS = ("ambit.io/waypoint-for", "istio.io/waypoint-for")
 WAYPOINT_FOR_VALUES = ("service", "workload", "all", "none")
 HBONE_PORT = 15008

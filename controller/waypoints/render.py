@@ -34,6 +34,7 @@ from typing import Any
 from ambit.configclient.tls import controller_identity
 from ambit.dataplane.cpus import memory_request_mib
 from controller.ca.publish import ROOT_CONFIGMAP, ROOT_KEY
+from controller.translate.ingress import is_ingress
 from controller.waypoints.gateways import GATEWAY_NAME_LABEL, HBONE_PORT
 
 Obj = dict[str, Any]
@@ -41,7 +42,6 @@ Obj = dict[str, Any]
 MANAGED_BY_LABEL = "ambit.io/managed-by"
 MANAGED_BY = "waypoint-controller"
 OPT_OUT = {"ambit.io/dataplane-mode": "none", "istio.io/dataplane-mode": "none"}
-INGRESS_CLASSES = ("ambit", "istio")
 READY_PORT = 15021            # Istio's status port: /healthz/ready
 METRICS_PORT = 15020
 TOKEN_DIR = "/var/run/secrets/ambit"
@@ -116,10 +116,6 @@ def waypoint_args(gw: Obj, s: WaypointDeploySettings) -> list[str]:
 
 def service_account(gw: Obj) -> Obj:
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(gw)}
-
-
-def is_ingress(gw: Obj) -> bool:
-    return gw.get("kind") == "Gateway" and (gw.get("spec") or {}).get("gatewayClassName") in INGRESS_CLASSES
 
 
 def listener_ports(gw: Obj, extra: Iterable[int] = ()) -> list[int]:

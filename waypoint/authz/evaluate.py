@@ -36,7 +36,6 @@ from waypoint.normalize import normalize_path
 from waypoint.request import Downstream, EndUser, LocalReply, RequestHead
 
 ALLOW, DENY, AUDIT = "ALLOW", "DENY", "AUDIT"
-WAYPOINT_CLASSES = ("ambit-waypoint", "istio-waypoint")
 DENIED_BODY = "RBAC: access denied"
 RBAC_FLAG = "RBAC"
 
