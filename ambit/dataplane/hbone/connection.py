@@ -146,13 +146,15 @@ class WindowAvailable:
 class ConnectionClosed:
     """GOAWAY sent or received: no new streams. Streams up to `last_stream_id` may finish, unless
     `fatal` (a connection error), in which case every stream is already reset and the transport
-    should be closed once `data_to_send()` is flushed."""
+    should be closed once `data_to_send()` is flushed. `abort`: the peer does not read what we send,
+    so the transport should be aborted rather than closed (a close would wait for it to read)."""
 
     error_code: int
     last_stream_id: int
     reason: str
     remote: bool
     fatal: bool = False
+    abort: bool = False
 
 
 @dataclass(frozen=True)
@@ -587,16 +589,18 @@ class HBONEConnection:
             self._drain_codec()
         return events
 
-    def _fail(self, events: list[Event], code: int, reason: str, drain: bool = True) -> list[Event]:
+    def _fail(self, events: list[Event], code: int, reason: str, drain: bool = True,
+              abort: bool = False) -> list[Event]:
         """Connection error: GOAWAY with `code`, stop parsing, reset every stream, tell the edge.
-        `drain=False`: the codec failed, and what it queued (its own GOAWAY) is not sent."""
+        `drain=False`: the codec failed, and what it queued (its own GOAWAY) is not sent.
+        `abort`: the peer does not read (`ConnectionClosed.abort`)."""
         if drain and not self._fatal:
             self._drain_codec()
         last = self._highest_inbound
         self._emit(_goaway(last, code, reason))
         self._fatal = True
         self._frame = None
-        self.closed = ConnectionClosed(code, last, reason, remote=False, fatal=True)
+        self.closed = ConnectionClosed(code, last, reason, remote=False, fatal=True, abort=abort)
         for st in list(self._streams.values()):
             events.append(StreamReset(st.id, code, remote=False))
         self._streams.clear()
@@ -918,7 +922,7 @@ class HBONEConnection:
         self._unsent_answers += 1
         if self._unsent_answers > self.max_unsent_answers and not self._fatal:
             self._fail(events, f.ENHANCE_YOUR_CALM,
-                       f"peer does not read: over {self.max_unsent_answers} answers to its frames unsent")
+                       f"peer does not read: over {self.max_unsent_answers} answers to its frames unsent", abort=True)
 
     def _peer_error(self, st: _Stream, code: int, events: list[Event], *, emit: bool = True) -> None:
         """Reset `st` for the peer's protocol error: an answer queued and a reset the peer caused,

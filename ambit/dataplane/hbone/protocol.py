@@ -258,9 +258,9 @@ class HBONEProtocol(asyncio.Protocol):
                 if self.on_unusable is not None:
                     self.on_unusable(self)
                 if ev.fatal and self.transport is not None:
-                    if self.write_paused:
+                    if self.write_paused or ev.abort:
                         # The peer does not read: its GOAWAY would wait behind all the rest, and
-                        # a close with it.
+                        # a close with it, while we read and discard what it keeps sending.
                         self.transport.abort()
                     else:
                         self._write_out()

@@ -63,3 +63,10 @@ def test_answers_held_while_paused_go_out_when_the_transport_drains() -> None:
     assert b"".join(t.writes).count(f.pack_header(8, f.PING, f.ACK, 0) + b"12345678") == 10
     assert not t.aborted and not t.closed
     proto.loop.close()
+
+
+def test_a_flood_of_answers_in_one_read_aborts_rather_than_waits_on_a_close() -> None:
+    proto, t = served()
+    proto.data_received(PING * (limits.MAX_UNSENT_ANSWERS + 1))     # one read, never answered
+    assert t.aborted and not t.closed
+    proto.loop.close()
