@@ -17,6 +17,7 @@ builds the client that feeds it.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -294,7 +295,10 @@ class MeshState:
     """The config ztunnel routes and enforces by. `apply` is the ConfigClient callback.
 
     `synced` is True once every type has accepted a response from the controller (a state read
-    from the file cache serves traffic but does not count: it may be stale).
+    from the file cache serves traffic but does not count: it may be stale). `populated` is True
+    once every type holds a state, from the controller or the cache: before that an empty view
+    would admit anything (no PeerAuthentication, no AuthorizationPolicy), so ztunnel takes no pod
+    until then (ztunnel/serve.py).
     """
 
     root_namespace: str = "ambit-system"
@@ -304,6 +308,7 @@ class MeshState:
     updated_at: float = 0.0
     rejections: dict[str, Rejection] = field(default_factory=dict)   # type URL -> rejection in force
     _synced: set[str] = field(default_factory=set)
+    _applied: set[str] = field(default_factory=set)     # from the controller or the cache
     _listeners: list[Callable[[ConfigView, ConfigUpdate], None]] = field(default_factory=list)
     _telemetry_cache: tuple[ConfigView | None, dict[tuple[str, str], TelemetryConfig]] = (None, {})
 
@@ -317,6 +322,7 @@ class MeshState:
         self.version = update.system_version
         self.rejections.pop(update.type_url, None)   # a later good state supersedes the rejection
         self.updated_at = time.time()
+        self._applied.add(update.type_url)
         if not update.from_cache:
             self._synced.add(update.type_url)
         for fn in list(self._listeners):
@@ -330,6 +336,18 @@ class MeshState:
     @property
     def synced(self) -> bool:
         return self._synced.issuperset(REQUIRED)
+
+    @property
+    def populated(self) -> bool:
+        return self._applied.issuperset(REQUIRED)
+
+    async def wait_populated(self) -> None:
+        """Return once `populated` (see the class docstring)."""
+        if self.populated:
+            return
+        done = asyncio.Event()
+        self.on_change(lambda _view, _update: done.set() if self.populated else None)
+        await done.wait()
 
     @property
     def versions(self) -> Mapping[str, str]:

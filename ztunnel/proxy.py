@@ -87,6 +87,14 @@ async def resolve(host: str, port: int, timeout: float) -> tuple[str, int]:
     return str(addr[0]), int(addr[1])
 
 
+def gone(client: Leg) -> None:
+    """A captured connection the client reset before its handler ran (the kernel no longer knows
+    its peer): nothing to serve or to log. Without this check every such connection, which any pod
+    can make at will, ended in an ERROR traceback ("Task exception was never retrieved")."""
+    log.debug("captured connection reset by the client before it was handled")
+    reset(client)
+
+
 def traceparent() -> str:
     """A new W3C trace context for the tunnel (not sampled: ztunnel starts no spans itself)."""
     ids = os.urandom(24).hex()      # one getrandom() for both ids: trace (16 bytes) and parent (8)
@@ -220,6 +228,9 @@ class Proxy:
     async def outbound(self, pod: PodProxy, client: Leg) -> None:
         sock: Any = client.get_extra_info("socket")
         peer: Any = client.get_extra_info("peername")
+        if peer is None:
+            gone(client)
+            return
         c = self._book(ConnRecord("outbound", src_addr=f"{pod.pod.ip}:{peer[1]}", dst_addr="",
                                   src_workload=pod.pod.name, src_namespace=pod.pod.namespace,
                                   route=routing.PASSTHROUGH), client=client)
@@ -420,6 +431,9 @@ class Proxy:
 
     async def inbound_plaintext(self, pod: PodProxy, client: Leg) -> None:
         peer: Any = client.get_extra_info("peername")
+        if peer is None:
+            gone(client)
+            return
         # eBPF (sk_assign): the local address is the original destination; iptables: conntrack.
         local = self.original_dst(client.get_extra_info("socket"))  # type: ignore[arg-type]
         dest = self.workload_of(pod.pod)

@@ -71,6 +71,13 @@ async def amain(args: ZtunnelSettings) -> None:
         feed = TapFeed(args.controller, client.node, tap_hub, exposition(metrics.registry), trust=args.controller_tls.trust(),
                        metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
         await feed.start()
+    if client is not None and not config.populated:
+        # No cache and no answer yet: an empty config admits anything (no PeerAuthentication, no
+        # AuthorizationPolicy). Take no pod until it arrives: their capture drops meanwhile, as
+        # it does while ztunnel is down, instead of serving them without their policy.
+        log.warning("no mesh config yet (no cache; controller %s has not answered): taking no pods until it "
+                    "arrives", args.controller)
+        await config.wait_populated()
     zds = ZdsServer(args.zds_socket, proxy.registry, loop)
     zds.start()
     log.info("ztunnel for %s ready; agent socket %s; controller %s; config version %s; CA %s", args.node,

@@ -5,8 +5,14 @@ SO_MARK=AMBIT_MARK). For the app's replies to come back to ztunnel over lo inste
 eth0 towards the real client, the pod netns needs:
 
     net.ipv4.tcp_fwmark_accept = 1                   accepted sockets inherit the SYN's mark
+    net.ipv4.fwmark_reflect = 1                      so do the kernel's own replies (a RST from a
+                                                     closed port, ICMP)
     ip rule add fwmark 0x539/0xfff lookup 133        marked traffic uses table 133 ...
     ip route add local 0.0.0.0/0 dev lo table 133    ... where every address is local
+
+Without fwmark_reflect, the RST for ztunnel's SYN to a port nothing listens on left by eth0 towards
+the real client: ztunnel's connect waited for its timeout (10 s) and the client hung meanwhile,
+instead of being refused at once.
 
 Every function runs its netlink work from a thread that has setns()'d into the pod
 (`ambit.netns.entered`), so sockets are created in the pod netns and the agent's own stays intact.
@@ -34,6 +40,8 @@ CLSACT_PRIO = 0xA5B    # our filter's priority on clsact ingress: removal touche
 _RT_SCOPE_HOST = 254
 _RTPROT_STATIC = 4
 _FWMARK_SYSCTL = "/proc/sys/net/ipv4/tcp_fwmark_accept"
+_REFLECT_SYSCTL = "/proc/sys/net/ipv4/fwmark_reflect"
+_MARK_SYSCTLS = (_FWMARK_SYSCTL, _REFLECT_SYSCTL)
 # When one of a SO_REUSEPORT group's listeners closes, move its queued connections (and half-open
 # ones) to another listener of the group instead of resetting them: the old ztunnel of a surge
 # roll closes its listeners while the new one's stay (Linux 5.14; absent before, then skipped).
@@ -118,7 +126,8 @@ def setup_delivery(netns_path: str | Path) -> None:
     """Idempotently install the sysctl, rule and route for source-preserving delivery."""
     with entered(netns_path):
         # /proc/sys/net follows the calling thread's netns.
-        Path(_FWMARK_SYSCTL).write_text("1\n")
+        for path in _MARK_SYSCTLS:
+            Path(path).write_text("1\n")
         with contextlib.suppress(FileNotFoundError):
             Path(_MIGRATE_SYSCTL).write_text("1\n")
         with IPRoute() as ipr:
@@ -133,10 +142,9 @@ def setup_delivery(netns_path: str | Path) -> None:
 def teardown_delivery(netns_path: str | Path) -> None:
     """Remove what setup_delivery added (a missing piece is fine: teardown is idempotent)."""
     with entered(netns_path):
-        with contextlib.suppress(OSError):
-            Path(_FWMARK_SYSCTL).write_text("0\n")
-        with contextlib.suppress(OSError):
-            Path(_MIGRATE_SYSCTL).write_text("0\n")
+        for path in (*_MARK_SYSCTLS, _MIGRATE_SYSCTL):
+            with contextlib.suppress(OSError):
+                Path(path).write_text("0\n")
         with IPRoute() as ipr:
             for _ in _our_rules(ipr):
                 with contextlib.suppress(NetlinkError):
@@ -152,9 +160,9 @@ def teardown_delivery(netns_path: str | Path) -> None:
 
 
 def delivery_state(netns_path: str | Path) -> tuple[bool, bool, bool]:
-    """(fwmark_accept on, rule present, route present): for tests and `ambit check`."""
+    """(fwmark_accept and fwmark_reflect on, rule present, route present): for tests and `ambit check`."""
     with entered(netns_path):
-        sysctl = Path(_FWMARK_SYSCTL).read_text().strip() == "1"
+        sysctl = all(Path(p).read_text().strip() == "1" for p in _MARK_SYSCTLS)
         with IPRoute() as ipr:
             rule = bool(_our_rules(ipr))
             route = bool(ipr.get_routes(family=2, table=AMBIT_ROUTE_TABLE))

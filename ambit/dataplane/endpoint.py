@@ -2,8 +2,11 @@
 
 A proxy runs in the node netns; a unix socket in the lab dir lets tools in the host netns reach
 the same endpoint without entering it. The server side reads one request with httptools (bounded
-in size and time, so a stuck or hostile local client cannot pin it) and asks the subclass for the
-answer through `handle(method, path)`, a plain function that tests call without sockets. The
+in size and in time, the whole request and not each read, so a stuck or hostile client cannot pin
+it) and asks the subclass for the answer through `handle(method, path)`, a plain function that
+tests call without sockets. Each listener serves at most `max_connections` at once and resets the
+rest: the metrics port listens on every address of the node (Prometheus scrapes it), so any pod
+can reach it, and connections trickling a byte at a time must not take the proxy's every fd. The
 client side is what the CLI, the lab and the tests use to read any endpoint over its unix socket.
 """
 
@@ -15,7 +18,7 @@ import http.client
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,8 @@ from ambit.dataplane.ports import LISTEN_BACKLOG
 log = logging.getLogger("ambit.dataplane.endpoint")
 
 MAX_REQUEST = 64 * 1024     # a local GET never needs more
-READ_TIMEOUT = 10.0
+READ_TIMEOUT = 10.0         # for the whole request
+MAX_CONNECTIONS = 256       # per listener, at once: scrapers and operators need a few
 
 
 class Response:
@@ -63,10 +67,12 @@ def request_path(url: bytes) -> str:
 class LocalEndpoint:
     """Serves `handle(method, path)` on TCP and/or a unix socket, one request per connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_connections: int = MAX_CONNECTIONS) -> None:
         self._servers: list[asyncio.Server] = []
         self._unix_path: Path | None = None
         self._unix_ino = 0
+        self.max_connections = max_connections
+        self.refused = 0        # connections reset over `max_connections`
 
     def handle(self, method: str, path: str) -> Response:
         raise NotImplementedError
@@ -77,14 +83,15 @@ class LocalEndpoint:
         in the lab, where both node pods share the node netns); a unix path is taken over by the
         newest, and `close()` unlinks it only while it is still this endpoint's."""
         if host is not None and port:
-            self._servers.append(await asyncio.start_server(self._serve, host, port, reuse_address=True,
+            self._servers.append(await asyncio.start_server(self._limited(), host, port, reuse_address=True,
                                                                     reuse_port=reuse_port or None,
                                                                     backlog=LISTEN_BACKLOG))
         if unix_path is not None:
             unix_path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 unix_path.unlink()
-            self._servers.append(await asyncio.start_unix_server(self._serve, str(unix_path), backlog=LISTEN_BACKLOG))
+            self._servers.append(await asyncio.start_unix_server(self._limited(), str(unix_path),
+                                                                 backlog=LISTEN_BACKLOG))
             unix_path.chmod(0o600)
             self._unix_path = unix_path
             self._unix_ino = unix_path.stat().st_ino
@@ -100,23 +107,43 @@ class LocalEndpoint:
                 if self._unix_path.stat().st_ino == self._unix_ino:
                     self._unix_path.unlink()
 
+    def _limited(self) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        """`_serve` for one listener, at most `max_connections` at once (the module docstring)."""
+        active = 0
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal active
+            if active >= self.max_connections:
+                self.refused += 1
+                if self.refused % 1000 == 1:
+                    log.warning("local endpoint: %d connections open, resetting more (%d so far)",
+                                active, self.refused)
+                writer.transport.abort()
+                return
+            active += 1
+            try:
+                await self._serve(reader, writer)
+            finally:
+                active -= 1
+        return serve
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         req = _Request()
         parser = httptools.HttpRequestParser(req)
         method = "GET"
         try:
             total = 0
-            while not req.complete:
-                async with asyncio.timeout(READ_TIMEOUT):
+            async with asyncio.timeout(READ_TIMEOUT):
+                while not req.complete:
                     data = await reader.read(16384)
-                if not data:
-                    return
-                total += len(data)
-                if total > MAX_REQUEST:
-                    resp = Response(413, b'{"error": "request too large"}\n')
-                    break
-                parser.feed_data(data)
-            else:
+                    if not data:
+                        return
+                    total += len(data)
+                    if total > MAX_REQUEST:
+                        resp = Response(413, b'{"error": "request too large"}\n')
+                        break
+                    parser.feed_data(data)
+            if req.complete:
                 method = parser.get_method().decode()
                 resp = self.handle(method, request_path(req.url))
             reason = http.client.responses.get(resp.status, "")

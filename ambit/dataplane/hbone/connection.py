@@ -26,6 +26,14 @@ topped out at 235–430 MB/s, while TLS itself does ~700 MB/s (notes/feasibility
 - **GOAWAY is ours**, both ways: we stop opening/accepting new streams ourselves and let existing
   streams drain; the codec never sees a GOAWAY.
 
+**Answers a peer does not read are bounded.** PING and SETTINGS ACKs and the RST_STREAMs its
+errors cost are queued until the edge takes them (`data_to_send`), which it does only while the
+transport accepts writes; more than `max_unsent_answers` of them waiting is a flood by a peer that
+sends without reading (CVE-2019-9512/9515): GOAWAY(ENHANCE_YOUR_CALM). And a stream we must reset
+for the peer's protocol error (WINDOW_UPDATE of 0, DATA on a half-closed stream, a malformed
+request, ...) spends its reset budget as a reset it sent would ("MadeYouReset", CVE-2025-8671):
+either way the peer made us set up and tear down a stream.
+
 Receive windows are replenished only when the consumer says it has consumed the bytes
 (`acknowledge`), so a slow reader pushes back on its sender and buffering per connection is
 bounded by the connection window.
@@ -138,13 +146,15 @@ class WindowAvailable:
 class ConnectionClosed:
     """GOAWAY sent or received: no new streams. Streams up to `last_stream_id` may finish, unless
     `fatal` (a connection error), in which case every stream is already reset and the transport
-    should be closed once `data_to_send()` is flushed."""
+    should be closed once `data_to_send()` is flushed. `abort`: the peer does not read what we send,
+    so the transport should be aborted rather than closed (a close would wait for it to read)."""
 
     error_code: int
     last_stream_id: int
     reason: str
     remote: bool
     fatal: bool = False
+    abort: bool = False
 
 
 @dataclass(frozen=True)
@@ -207,6 +217,7 @@ class HBONEConnection:
         max_header_list_size: int = limits.MAX_HEADER_LIST_SIZE,
         max_header_block: int = limits.MAX_HEADER_BLOCK,
         max_continuations: int = limits.MAX_CONTINUATIONS,
+        max_unsent_answers: int = limits.MAX_UNSENT_ANSWERS,
         reset_budget: ResetBudget | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -228,9 +239,14 @@ class HBONEConnection:
         self.max_concurrent_streams = max_concurrent_streams
         self.max_header_block = max_header_block
         self.max_continuations = max_continuations
+        if max_unsent_answers < 1:
+            raise ValueError(f"max_unsent_answers {max_unsent_answers} out of range")
+        self.max_unsent_answers = max_unsent_answers
+        self._unsent_answers = 0        # answers the peer's frames made us queue, not yet taken
         self.reset_budget = reset_budget if reset_budget is not None else ResetBudget(clock=clock)
         self.refused_streams = 0        # streams refused over MAX_CONCURRENT_STREAMS (REFUSED_STREAM)
         self.peer_resets = 0            # RST_STREAM received
+        self.peer_error_resets = 0      # streams we reset for the peer's protocol errors
 
         # A header list over the limit is a flood: the connection ends, as it did with `h2`.
         self._ng = NgHttp2Connection(client_side, max_concurrent_streams=_NO_CODEC_STREAM_LIMIT,
@@ -295,6 +311,7 @@ class HBONEConnection:
             self._out.append(bytes(self._small))
             self._small.clear()
         out, self._out = self._out, []
+        self._unsent_answers = 0
         return out
 
     def bytes_to_send(self) -> bytes:
@@ -572,16 +589,18 @@ class HBONEConnection:
             self._drain_codec()
         return events
 
-    def _fail(self, events: list[Event], code: int, reason: str, drain: bool = True) -> list[Event]:
+    def _fail(self, events: list[Event], code: int, reason: str, drain: bool = True,
+              abort: bool = False) -> list[Event]:
         """Connection error: GOAWAY with `code`, stop parsing, reset every stream, tell the edge.
-        `drain=False`: the codec failed, and what it queued (its own GOAWAY) is not sent."""
+        `drain=False`: the codec failed, and what it queued (its own GOAWAY) is not sent.
+        `abort`: the peer does not read (`ConnectionClosed.abort`)."""
         if drain and not self._fatal:
             self._drain_codec()
         last = self._highest_inbound
         self._emit(_goaway(last, code, reason))
         self._fatal = True
         self._frame = None
-        self.closed = ConnectionClosed(code, last, reason, remote=False, fatal=True)
+        self.closed = ConnectionClosed(code, last, reason, remote=False, fatal=True, abort=abort)
         for st in list(self._streams.values()):
             events.append(StreamReset(st.id, code, remote=False))
         self._streams.clear()
@@ -636,15 +655,15 @@ class HBONEConnection:
                 return
             if sid not in self._recent_resets:
                 self._emit(_rst_stream(sid, f.STREAM_CLOSED))
+                self._answered(events)
             self._ack_connection(length)
             target = None
         elif not st.receiving:
-            code = f.STREAM_CLOSED if st.recv_ended else f.PROTOCOL_ERROR
-            self._reset(st, code, emit=True, events=events)
+            self._peer_error(st, f.STREAM_CLOSED if st.recv_ended else f.PROTOCOL_ERROR, events)
             self._ack_connection(length)
             target = None
         elif length > st.recv_window:
-            self._reset(st, f.FLOW_CONTROL_ERROR, emit=True, events=events)
+            self._peer_error(st, f.FLOW_CONTROL_ERROR, events)
             self._ack_connection(length)
             target = None
         else:
@@ -719,6 +738,10 @@ class HBONEConnection:
             self._in_header_block = not flags & f.END_HEADERS
             if ftype == f.HEADERS and not self.client_side and sid % 2 and sid > self._highest_inbound:
                 self._highest_inbound = sid
+        elif ftype == f.SETTINGS and not flags & f.ACK:
+            self._answered(events)      # the codec ACKs it
+            if self._fatal:
+                return
         self._feed_codec(fr.header + bytes(fr.body), events)
 
     def _ping_received(self, length: int, flags: int, sid: int, body: bytes, events: list[Event]) -> None:
@@ -726,10 +749,11 @@ class HBONEConnection:
             self._fail(events, f.PROTOCOL_ERROR, "PING on a stream")
         elif length != 8:
             self._fail(events, f.FRAME_SIZE_ERROR, "PING must be 8 bytes")
-        elif flags & 0x1:
+        elif flags & f.ACK:
             events.append(PingAck(body))
         else:
             self._emit(f.pack_header(8, f.PING, 0x1, 0) + body)
+            self._answered(events)
 
     def _is_idle(self, sid: int) -> bool:
         """Never opened by either side (RFC 9113 §5.1): beyond what the opener has used so far."""
@@ -757,11 +781,11 @@ class HBONEConnection:
         if st is None:
             return  # may legitimately arrive after a stream closed (RFC 9113 §6.9)
         if inc == 0:
-            self._reset(st, f.PROTOCOL_ERROR, emit=True, events=events)
+            self._peer_error(st, f.PROTOCOL_ERROR, events)
             return
         st.send_window += inc
         if st.send_window > f.MAX_WINDOW:
-            self._reset(st, f.FLOW_CONTROL_ERROR, emit=True, events=events)
+            self._peer_error(st, f.FLOW_CONTROL_ERROR, events)
             return
         events.append(WindowAvailable(sid))
 
@@ -786,6 +810,7 @@ class HBONEConnection:
 
     def _feed_codec(self, frame: bytes, events: list[Event]) -> None:
         self._codec_fed = True      # it may answer (SETTINGS ACK, PING ACK, RST_STREAM): drain it
+        invalid = self._ng.invalid_frames
         try:
             codec_events = self._ng.receive_data(frame)
         except h2.exceptions.ProtocolError as e:
@@ -793,6 +818,14 @@ class HBONEConnection:
             code = _goaway_code(self._ng.data_to_send()) or f.PROTOCOL_ERROR
             self._fail(events, code, f"protocol error: {e}", drain=False)
             return
+        if self._ng.invalid_frames != invalid:
+            # A stream error the codec answered itself (a malformed request: RST_STREAM), which the
+            # peer caused as it would with a reset of its own (module docstring).
+            self.peer_error_resets += 1
+            self._answered(events)
+            self._spend_reset_budget(events)
+            if self._fatal:
+                return
         for ev in codec_events:
             if self._fatal:
                 break
@@ -806,7 +839,7 @@ class HBONEConnection:
             if st is not None:
                 headers = _OK_HEADERS if ev.headers == _OK_LIST else _header_dict(ev.headers)
                 if headers is None:
-                    self._reset(st, f.PROTOCOL_ERROR, emit=True, events=events)
+                    self._peer_error(st, f.PROTOCOL_ERROR, events)
                     return
                 st.response = int(headers.get(":status", "0"))
                 st.receiving = st.response == 200
@@ -842,7 +875,7 @@ class HBONEConnection:
         if headers is None:
             # A malformed request is a stream error (RFC 9113 §8.1.1), as the codec treats its own
             # findings (a bad :authority, an uppercase name, ...).
-            self._reset(st, f.PROTOCOL_ERROR, emit=False)
+            self._peer_error(st, f.PROTOCOL_ERROR, events, emit=False)
             return
         if self.closed is not None:
             self._reset(st, f.REFUSED_STREAM, emit=False)  # opened after our GOAWAY: not processed
@@ -883,6 +916,21 @@ class HBONEConnection:
     def _spend_reset_budget(self, events: list[Event]) -> None:
         if not self.reset_budget.spend() and not self._fatal:
             self._fail(events, f.ENHANCE_YOUR_CALM, "too many stream resets")
+
+    def _answered(self, events: list[Event]) -> None:
+        """The peer's frame made us queue an answer: one more it has not read (module docstring)."""
+        self._unsent_answers += 1
+        if self._unsent_answers > self.max_unsent_answers and not self._fatal:
+            self._fail(events, f.ENHANCE_YOUR_CALM,
+                       f"peer does not read: over {self.max_unsent_answers} answers to its frames unsent", abort=True)
+
+    def _peer_error(self, st: _Stream, code: int, events: list[Event], *, emit: bool = True) -> None:
+        """Reset `st` for the peer's protocol error: an answer queued and a reset the peer caused,
+        so it spends the reset budget ("MadeYouReset", module docstring)."""
+        self.peer_error_resets += 1
+        self._reset(st, code, emit=emit, events=events)
+        self._answered(events)
+        self._spend_reset_budget(events)
 
     def _stream_or_raise(self, stream_id: int) -> _Stream:
         st = self._streams.get(stream_id)

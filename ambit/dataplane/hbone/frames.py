@@ -26,6 +26,7 @@ CONTINUATION = 0x9
 
 # Flags
 END_STREAM = 0x1
+ACK = 0x1           # on SETTINGS and PING
 END_HEADERS = 0x4
 PADDED = 0x8
 

@@ -4,8 +4,9 @@ Nothing here does I/O or reads a clock on its own: the clock is injected, so eve
 unit-tested without sleeping, and the asyncio edge only asks "may I?" and says "done".
 
 - `ResetBudget`: a token bucket on the stream resets a peer causes (RST_STREAM it sends, streams we
-  must refuse). Rapid reset (CVE-2023-44487) costs the server a stream setup per pair while the
-  peer pays two tiny frames; past the budget the connection gets GOAWAY(ENHANCE_YOUR_CALM), as
+  must refuse, streams we must reset for its protocol errors: "MadeYouReset", CVE-2025-8671).
+  Rapid reset (CVE-2023-44487) costs the server a stream setup per pair while the peer pays two
+  tiny frames; past the budget the connection gets GOAWAY(ENHANCE_YOUR_CALM), as
   Envoy's premature-reset check and nginx's `keepalive_requests`-style limits do.
 - `ConnLimiter`: counts concurrent connections per key (source identity, source IP, destination
   pod) against one limit, so one noisy pod cannot take every fd of a node's ztunnel.
@@ -28,6 +29,9 @@ MAX_HEADER_BLOCK = 64 * 1024        # encoded header block (HEADERS + CONTINUATI
 MAX_CONTINUATIONS = 16              # CONTINUATION frames per header block
 RESET_BURST = 400                   # resets a peer may cause at once ...
 RESET_RATE = 100.0                  # ... and per second after that
+# Answers (PING and SETTINGS ACKs, RST_STREAMs) a peer may make us queue while it does not read
+# them: past this the connection ends (ENHANCE_YOUR_CALM), as Go's maxQueuedControlFrames does.
+MAX_UNSENT_ANSWERS = 10_000
 
 
 @dataclass

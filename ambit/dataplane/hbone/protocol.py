@@ -2,6 +2,11 @@
 
 All protocol decisions live in the sans-IO `HBONEConnection`; this class only moves bytes, wakes
 streams, and keeps transport backpressure (pause/resume_writing) and stream queues in step.
+While the transport is paused nothing more is handed to it: what the connection queues meanwhile
+(answers to the peer's PINGs and SETTINGS, RST_STREAMs, WINDOW_UPDATEs) waits in the connection,
+which bounds it (`max_unsent_answers`), so a peer that sends without reading cannot grow the
+transport's buffer without end (CVE-2019-9512/9515). Only a graceful close hands them over
+regardless; a connection that failed while paused is aborted.
 An error on one stream never touches the others or the connection.
 """
 
@@ -252,9 +257,13 @@ class HBONEProtocol(asyncio.Protocol):
                     log.warning("HBONE connection to %s failed: %s", self.peer_identity, ev.reason)
                 if self.on_unusable is not None:
                     self.on_unusable(self)
-                if ev.fatal:
-                    self._write_out()
-                    if self.transport is not None:
+                if ev.fatal and self.transport is not None:
+                    if self.write_paused or ev.abort:
+                        # The peer does not read: its GOAWAY would wait behind all the rest, and
+                        # a close with it, while we read and discard what it keeps sending.
+                        self.transport.abort()
+                    else:
+                        self._write_out()
                         self.transport.close()
         if not self.streams:        # (`_maybe_finish` ends there when streams are open: every read)
             self._maybe_finish()
@@ -337,7 +346,11 @@ class HBONEProtocol(asyncio.Protocol):
             return
         self._write_out()
 
-    def _write_out(self) -> None:
+    def _write_out(self, last: bool = False) -> None:
+        """Hand what the connection queued to the transport, unless the transport is paused (the
+        connection keeps it, bounded; module docstring) and this is not the connection's `last`."""
+        if self.write_paused and not last:
+            return
         self._direct = 0
         out = self.conn.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
@@ -351,7 +364,7 @@ class HBONEProtocol(asyncio.Protocol):
         if self.streams or self.transport is None or self.transport.is_closing():
             return
         if self.conn.closed is not None or self.conn.goaway_received is not None:
-            self._write_out()
+            self._write_out(last=True)
             self.transport.close()
 
 

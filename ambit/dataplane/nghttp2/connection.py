@@ -148,6 +148,9 @@ class NgHttp2Connection:
         self._goaway_recv = False
         self._terminated = False
         self._error: str | None = None
+        # Frames nghttp2 found invalid and answered itself (a malformed request: RST_STREAM), so a
+        # caller that budgets the resets a peer causes (HBONE) can count them.
+        self.invalid_frames = 0
         # The session's callbacks find this object through a handle. A handle to the object itself
         # would keep it alive (it is stored here): a reference cycle per connection that only the
         # cyclic collector frees. A handle to a weak reference does not; the object is alive
@@ -521,6 +524,7 @@ def _cb_close(session: Any, sid: int, code: int, ud: Any) -> int:
 @ffi.callback("nghttp2_on_invalid_frame_recv_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
 def _cb_invalid(session: Any, frame: Any, code: int, ud: Any) -> int:
     c = _from_handle(ud)()
+    c.invalid_frames += 1
     c._error = f"invalid {FRAME_NAMES.get(frame.hd.type, 'frame')} on stream {frame.hd.stream_id}: " + \
         ffi.string(c._L.nghttp2_strerror(code)).decode()
     return 0
