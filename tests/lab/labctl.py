@@ -24,6 +24,10 @@ TEST_LAB_RE = re.compile(r"^(ambit-[a-z]+(\d+))[.-]")   # every test lab: ambit-
 
 
 def lab_name_for(kind: str) -> str:
+    # `sweep_stale` reads the pid back as the name's trailing digits: a kind ending in a digit
+    # ("zp2") would be read as another pid, found dead, and the lab torn down mid-run
+    if not re.fullmatch(r"[a-z]+", kind):
+        raise ValueError(f"test lab kind {kind!r}: lower-case letters only (the pid follows it)")
     return f"ambit-{kind}{RUN_ID}"
 
 
