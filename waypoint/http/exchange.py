@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("waypoint.http")
 
 RESET_BEFORE_HEADERS = "upstream connect error or disconnect/reset before headers. reset reason: "
+RETRY_BUFFER_OVERFLOW_BODY = b"exceeded request buffer limit while retrying upstream"
 
 _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "2": "HTTP/2"}     # the record's protocol, by head.version
 
@@ -333,7 +334,11 @@ class Exchange:
             self.replay_bytes += len(data)
             if self.replay_bytes > self.engine.settings.retry_buffer_bytes:
                 self.replay = None          # too long to keep: no retries
-                self._rare().replayable = False
+                x = self._rare()
+                x.replayable = False
+                if x.backoff is not None:   # a retry was waiting for its backoff: it has no body to send
+                    self._replay_overflowed(x)
+                    return
             else:
                 self.replay.append(data)
         up = self.up
@@ -639,6 +644,21 @@ class Exchange:
         self._attempt_start()
         self._new_try()
         e.pools.acquire(target, self.leg)
+
+    def _replay_overflowed(self, x: _Rare) -> None:
+        """The body outgrew `retry_buffer_bytes` while a retry waited for its backoff: the next try
+        could only send the body's tail, so there is none. Envoy's router answers this case 507
+        (router.cc decodeData: "exceeded request buffer limit while retrying upstream", details
+        request_payload_exceeded_retry_buffer_limit) and counts retry_or_shadow_abandoned."""
+        if x.backoff is not None:
+            x.backoff.cancel()
+            x.backoff = None
+        c = self._circuit()
+        if c is not None:
+            c.count("retry_or_shadow_abandoned")
+        route = self.forward.route if self.forward else ""
+        self.reply(LocalReply(507, RETRY_BUFFER_OVERFLOW_BODY, route=route,
+                              reason="request_payload_exceeded_retry_buffer_limit"))
 
     def _per_try_expired(self) -> None:
         self._rare().try_timer = None

@@ -35,7 +35,8 @@ from ambit.model import TrafficPolicy
 UNLIMITED = 2**32 - 1
 
 COUNTERS = ("upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_retry_overflow",
-            "upstream_rq_retry_limit_exceeded", "upstream_rq_timeout", "upstream_rq_per_try_timeout")
+            "upstream_rq_retry_limit_exceeded", "upstream_rq_timeout", "upstream_rq_per_try_timeout",
+            "retry_or_shadow_abandoned")
 
 
 class RetryCircuit:

@@ -395,3 +395,23 @@ def test_a_per_try_timeout_on_the_first_try_still_fires_without_retries() -> Non
     b.loop.advance(0.2)
     assert up.aborted and b.down.events[0][:2] == ("head", 504) and b.records[0].response_flags == "UT"
     assert b.stats["upstream_rq_per_try_timeout"] == 1
+
+
+def test_a_body_outgrowing_the_retry_buffer_during_the_backoff_is_not_retried_truncated_but_answered_507() -> None:
+    """The first try failed before sending; while the retry waits for its backoff the body passes
+    `retry_buffer_bytes`. The retry could only send the body's tail (with the end), a corrupt
+    request: Envoy answers 507 instead, and so does the waypoint."""
+    b = Book(policy(retry=Retry(attempts=2, retry_on=["connect-failure"])), body=BODY_LENGTH, rng=0.5)
+    b.engine.settings = HttpSettings(retry_buffer_bytes=10)
+    b.ex.request_data(b"AAAA")
+    b.tries[-1][1].connect_failed("refused")       # retried after a backoff
+    b.ex.request_data(b"BBBBBBBBBB")               # 14 bytes kept: over the limit, in the backoff
+    b.loop.advance(1.0)
+    assert len(b.tries) == 1                        # no second try with the start of the body missing
+    assert b.down.events[0][:2] == ("head", 507)
+    assert ("data", b"exceeded request buffer limit while retrying upstream") in b.down.events
+    assert b.records[0].detail == "request_payload_exceeded_retry_buffer_limit"
+    assert b.stats["retry_or_shadow_abandoned"] == 1 and b.cluster.retries.active_retries == 0
+    b.ex.request_data(b"CC")                        # the rest of the upload is dropped
+    b.ex.request_end()
+    assert len(b.tries) == 1
