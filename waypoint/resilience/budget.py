@@ -69,10 +69,14 @@ class RetryCircuit:
     def requests_in_interval(self) -> int:
         """Requests started in the last `interval` (with `budgetInterval`)."""
         assert self.clock is not None
-        now, width, b = self.clock(), self.interval / 10, self._buckets
+        self._expire(self.clock())
+        return self._in_window
+
+    def _expire(self, now: float) -> None:
+        """Drop the buckets that closed more than an interval ago (Envoy's expiry timers)."""
+        width, b = self.interval / 10, self._buckets
         while b and b[0][0] + width + self.interval <= now:
             self._in_window -= int(b.popleft()[1])
-        return self._in_window
 
     def can_retry(self) -> bool:
         return self.active_retries < self.limit()
@@ -90,7 +94,8 @@ class RetryCircuit:
             now, b = self.clock(), self._buckets
             if b and now < b[-1][0] + self.interval / 10:
                 b[-1][1] += 1
-            else:
+            else:               # a new bucket: expire old ones here too, or a cluster that never
+                self._expire(now)   # retries would keep one per tenth of an interval forever
                 b.append([now, 1])
             self._in_window += 1
 

@@ -238,3 +238,17 @@ def test_budget_interval_counts_requests_started_in_the_window() -> None:
 def test_budget_interval_is_ignored_without_a_budget() -> None:
     c = RetryCircuit(TrafficPolicy(retry_budget=False, retry_budget_interval=10.0), clock=lambda: 0.0)
     assert c.interval == 0 and c.limit() == UNLIMITED
+
+
+def test_budget_interval_window_stays_bounded_when_no_retry_is_ever_asked_for() -> None:
+    """The window's buckets expire as requests start, not only when a retry asks for the limit: a
+    cluster that never retries must not keep a bucket per tenth of an interval forever."""
+    now = [0.0]
+    c = RetryCircuit(TrafficPolicy(retry_budget=True, retry_budget_percent=50.0, retry_budget_min_concurrency=1,
+                                   retry_budget_interval=1.0), clock=lambda: now[0])
+    for _ in range(10_000):             # 1000 s of traffic, 10 requests a second
+        c.request_started()
+        c.request_ended()
+        now[0] += 0.1
+    assert len(c._buckets) <= 12
+    assert c.requests_in_interval() == 10
