@@ -287,8 +287,13 @@ class Exchange:
         self.record.grpc_status = grpc_status
         if upgraded:
             self.upgraded = True
-            if self.x is not None:
-                _cancel_timers(self.x)
+        x = self.x
+        if x is not None:
+            if upgraded:
+                _cancel_timers(x)
+            elif x.try_timer is not None:   # Envoy ignores the per-try timeout once the response
+                x.try_timer.cancel()        # started downstream: only the route timeout still runs
+                x.try_timer = None
         if end:
             self.resp_ended = True
             self.down.send_head(status, headers, True)
@@ -667,8 +672,10 @@ class Exchange:
         c = self._circuit()
         if c is not None:
             c.count("upstream_rq_per_try_timeout")
+        if self.resp_started:       # (the timer is cancelled at the response head; never cut a response)
+            return
         self._attempt_result(attempt.Outcome(attempt.TIMEOUT))
-        if not self.resp_started and self._retry_failure(retries.PER_TRY_TIMEOUT, self.up is not None):
+        if self._retry_failure(retries.PER_TRY_TIMEOUT, self.up is not None):
             return
         self._timed_out("upstream per-try timeout")
 

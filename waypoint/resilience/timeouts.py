@@ -4,8 +4,11 @@
   runs from when the downstream request is fully received until the upstream response is complete
   (envoyproxy/envoy api/envoy/config/route/v3/route_components.proto RouteAction.timeout). 0: none,
   Istio's default for HTTP (route.go setTimeout, `Notimeout`).
-- The per-try timeout (`retries.perTryTimeout`, HTTPRoute `timeouts.backendRequest`) bounds each
-  try; it starts when the try has the whole request (RetryPolicy.per_try_timeout).
+- The per-try timeout (`retries.perTryTimeout`, HTTPRoute `timeouts.backendRequest` with a
+  `retry`) bounds each try; it starts when the try has the whole request and stops counting once
+  the response has started downstream (envoyproxy/envoy source/common/router/upstream_request.cc
+  onPerTryTimeout: "ignore the per try timeout and let the response continue up to the global
+  timeout"). Without a `retry`, Istio makes `backendRequest` the route timeout (policy.py).
 - gRPC: Istio sets `max_grpc_timeout` to the route timeout (route.go setTimeout), so Envoy uses
   the request's `grpc-timeout` header capped at the route timeout, 0 meaning infinity on either
   side (envoyproxy/envoy source/common/router/config_impl/router.cc FilterUtility::finalTimeout).

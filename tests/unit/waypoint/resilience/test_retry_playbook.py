@@ -415,3 +415,24 @@ def test_a_body_outgrowing_the_retry_buffer_during_the_backoff_is_not_retried_tr
     b.ex.request_data(b"CC")                        # the rest of the upload is dropped
     b.ex.request_end()
     assert len(b.tries) == 1
+
+
+def test_a_per_try_timeout_does_not_cut_a_response_already_streaming_downstream() -> None:
+    """Envoy ignores a per-try timeout once the response started downstream and lets it run up to
+    the route timeout (upstream_request.cc onPerTryTimeout): a slow download is not reset."""
+    b = Book(policy(timeout=3.0, per_try_timeout=0.5, retry=Retry(attempts=2, retry_on=["5xx"])))
+    leg, up = b.bind()
+    leg.response_head(200, [("content-length", "10")])
+    leg.response_data(b"12345")
+    b.loop.advance(1.0)                             # past the per-try timeout: the response goes on
+    assert ("reset",) not in b.down.events and not up.aborted
+    leg.response_data(b"67890")
+    leg.response_end(None)
+    assert b.down.events[-2:] == [("end",), ("done",)] and b.records[0].response_flags == ""
+    assert b.stats["upstream_rq_per_try_timeout"] == 0
+
+    b = Book(policy(timeout=3.0, per_try_timeout=0.5, retry=Retry(attempts=2, retry_on=["5xx"])))
+    leg, up = b.bind()
+    leg.response_head(200, [("content-length", "10")])
+    b.loop.advance(3.0)                             # the route timeout still covers the response
+    assert b.down.events[-2:] == [("reset",), ("done",)] and b.records[0].response_flags == "UT"
