@@ -50,7 +50,7 @@ from waypoint.http.record import RequestRecord
 from waypoint.request import Downstream, Forward, LocalReply, RequestHead
 from waypoint.resilience import fault, mirror
 from waypoint.resilience import retry as retries
-from waypoint.resilience.timeouts import TIMEOUT_BODY, request_timeout
+from waypoint.resilience.timeouts import TIMEOUT_BODY, request_timeout, upstream_grpc_timeout
 
 if TYPE_CHECKING:
     from waypoint.http.engine import Engine, UpstreamTarget
@@ -151,6 +151,10 @@ class Exchange:
         headers = [(k, v) for k, v in head.headers if k != "expect"] if self.expect_continue else head.headers
         headers = fwd.request_headers.apply(strip_hop_by_hop(headers, keep_upgrade=self.upgrade))
         authority = fwd.authority or head.authority
+        if head.grpc and self.x is not None:    # the upstream is told the deadline it has (Envoy's)
+            deadline = upstream_grpc_timeout(self.x.timeout, self.x.per_try_timeout)
+            if deadline is not None:
+                headers = [(k, v) for k, v in headers if k != "grpc-timeout"] + [("grpc-timeout", deadline)]
         self.up_head = RequestHead(head.method, fwd.path or head.path, authority, head.scheme, headers,
                                    head.version, head.grpc)
         if not self._faults():      # waypoint.resilience.fault: aborted, or delayed (resumes in _forward_on)

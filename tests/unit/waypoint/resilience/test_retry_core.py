@@ -10,7 +10,12 @@ from ambit.model import Retry, TrafficPolicy
 from waypoint.resilience import retry as r
 from waypoint.resilience.budget import UNLIMITED, RetryCircuit
 from waypoint.resilience.policy import compile_policy
-from waypoint.resilience.timeouts import parse_grpc_timeout, request_timeout
+from waypoint.resilience.timeouts import (
+    grpc_timeout_value,
+    parse_grpc_timeout,
+    request_timeout,
+    upstream_grpc_timeout,
+)
 
 
 class FixedRandom(random.Random):
@@ -252,3 +257,19 @@ def test_budget_interval_window_stays_bounded_when_no_retry_is_ever_asked_for() 
         now[0] += 0.1
     assert len(c._buckets) <= 12
     assert c.requests_in_interval() == 10
+
+
+def test_the_upstream_grpc_timeout_is_the_deadline_the_waypoint_applies() -> None:
+    """Envoy's finalTimeout with max_grpc_timeout set (Istio always sets it): grpc-timeout upstream
+    is the per-try timeout, or the request's timeout, in Grpc::Common::toGrpcTimeout's format."""
+    assert upstream_grpc_timeout(2.0, 0.0) == "2000m"
+    assert upstream_grpc_timeout(2.0, 0.5) == "500m"
+    assert upstream_grpc_timeout(0.0, 0.5) == "500m"
+    assert upstream_grpc_timeout(2.0, 2.0) == "2000m"        # a per-try timeout not below the route's is dropped
+    assert upstream_grpc_timeout(0.0, 0.0) is None            # no timeout: the header is left alone
+    assert grpc_timeout_value(0.0001) == "1m"
+    assert grpc_timeout_value(99_999.999) == "99999999m" and grpc_timeout_value(100_000.0) == "100000S"
+    assert grpc_timeout_value(1e9) == "16666666M" and grpc_timeout_value(1e11) == "27777777H"
+    assert grpc_timeout_value(1e15) == "99999999H"
+    for v in ("2000m", "100000S", "16666666M", "27777777H"):
+        assert parse_grpc_timeout(v) > 0

@@ -436,3 +436,17 @@ def test_a_per_try_timeout_does_not_cut_a_response_already_streaming_downstream(
     leg.response_head(200, [("content-length", "10")])
     b.loop.advance(3.0)                             # the route timeout still covers the response
     assert b.down.events[-2:] == [("reset",), ("done",)] and b.records[0].response_flags == "UT"
+
+
+def test_the_upstream_grpc_timeout_carries_the_deadline_the_waypoint_applies() -> None:
+    """Envoy rewrites grpc-timeout to the timeout it applies (the per-try one if set), so the gRPC
+    server knows its real deadline: a client's 10 s under a 2 s route timeout goes up as 2 s."""
+    b = Book(policy(timeout=2.0), grpc=True, headers=[("grpc-timeout", "10S")])
+    assert ("grpc-timeout", "2000m") in b.ex.up_head.headers
+    assert [k for k, _ in b.ex.up_head.headers].count("grpc-timeout") == 1
+    b = Book(policy(timeout=2.0, per_try_timeout=0.5, retry=Retry(attempts=1, retry_on=["5xx"])), grpc=True)
+    assert ("grpc-timeout", "500m") in b.ex.up_head.headers
+    b = Book(policy(), grpc=True, headers=[("grpc-timeout", "3S")])     # no route timeout: the client's
+    assert ("grpc-timeout", "3000m") in b.ex.up_head.headers
+    b = Book(policy(), grpc=True)
+    assert "grpc-timeout" not in dict(b.ex.up_head.headers)
