@@ -108,5 +108,7 @@ class RetryCircuit:
 
     def stats(self) -> dict[str, float]:
         out: dict[str, float] = dict(self.counters)
-        out["circuit_breakers_default_rq_retry_open"] = 1 if self.active_retries >= self.limit() else 0
+        limit = self.limit()
+        out["circuit_breakers_default_rq_retry_open"] = 1 if self.active_retries >= limit else 0
+        out["circuit_breakers_default_remaining_retries"] = max(0, limit - self.active_retries)
         return out

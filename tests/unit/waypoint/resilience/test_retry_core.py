@@ -181,7 +181,9 @@ def test_max_retries_caps_concurrent_retries() -> None:
     assert a.decide(True) == r.RETRY
     assert b.decide(True) == r.OVERFLOW
     assert c.counters["upstream_rq_retry_overflow"] == 1 and c.stats()["circuit_breakers_default_rq_retry_open"] == 1
+    assert c.stats()["circuit_breakers_default_remaining_retries"] == 0    # Istio's track_remaining
     a.decide(False)
+    assert c.stats()["circuit_breakers_default_remaining_retries"] == 1
     assert b.decide(True) == r.RETRY
 
 
