@@ -50,7 +50,7 @@ from waypoint.http.record import RequestRecord
 from waypoint.request import Downstream, Forward, LocalReply, RequestHead
 from waypoint.resilience import fault, mirror
 from waypoint.resilience import retry as retries
-from waypoint.resilience.timeouts import TIMEOUT_BODY, request_timeout
+from waypoint.resilience.timeouts import TIMEOUT_BODY, request_timeout, upstream_grpc_timeout
 
 if TYPE_CHECKING:
     from waypoint.http.engine import Engine, UpstreamTarget
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("waypoint.http")
 
 RESET_BEFORE_HEADERS = "upstream connect error or disconnect/reset before headers. reset reason: "
+RETRY_BUFFER_OVERFLOW_BODY = b"exceeded request buffer limit while retrying upstream"
 
 _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "2": "HTTP/2"}     # the record's protocol, by head.version
 
@@ -150,6 +151,10 @@ class Exchange:
         headers = [(k, v) for k, v in head.headers if k != "expect"] if self.expect_continue else head.headers
         headers = fwd.request_headers.apply(strip_hop_by_hop(headers, keep_upgrade=self.upgrade))
         authority = fwd.authority or head.authority
+        if head.grpc and self.x is not None:    # the upstream is told the deadline it has (Envoy's)
+            deadline = upstream_grpc_timeout(self.x.timeout, self.x.per_try_timeout)
+            if deadline is not None:
+                headers = [(k, v) for k, v in headers if k != "grpc-timeout"] + [("grpc-timeout", deadline)]
         self.up_head = RequestHead(head.method, fwd.path or head.path, authority, head.scheme, headers,
                                    head.version, head.grpc)
         if not self._faults():      # waypoint.resilience.fault: aborted, or delayed (resumes in _forward_on)
@@ -286,8 +291,13 @@ class Exchange:
         self.record.grpc_status = grpc_status
         if upgraded:
             self.upgraded = True
-            if self.x is not None:
-                _cancel_timers(self.x)
+        x = self.x
+        if x is not None:
+            if upgraded:
+                _cancel_timers(x)
+            elif x.try_timer is not None:   # Envoy ignores the per-try timeout once the response
+                x.try_timer.cancel()        # started downstream: only the route timeout still runs
+                x.try_timer = None
         if end:
             self.resp_ended = True
             self.down.send_head(status, headers, True)
@@ -333,7 +343,11 @@ class Exchange:
             self.replay_bytes += len(data)
             if self.replay_bytes > self.engine.settings.retry_buffer_bytes:
                 self.replay = None          # too long to keep: no retries
-                self._rare().replayable = False
+                x = self._rare()
+                x.replayable = False
+                if x.backoff is not None:   # a retry was waiting for its backoff: it has no body to send
+                    self._replay_overflowed(x)
+                    return
             else:
                 self.replay.append(data)
         up = self.up
@@ -640,6 +654,21 @@ class Exchange:
         self._new_try()
         e.pools.acquire(target, self.leg)
 
+    def _replay_overflowed(self, x: _Rare) -> None:
+        """The body outgrew `retry_buffer_bytes` while a retry waited for its backoff: the next try
+        could only send the body's tail, so there is none. Envoy's router answers this case 507
+        (router.cc decodeData: "exceeded request buffer limit while retrying upstream", details
+        request_payload_exceeded_retry_buffer_limit) and counts retry_or_shadow_abandoned."""
+        if x.backoff is not None:
+            x.backoff.cancel()
+            x.backoff = None
+        c = self._circuit()
+        if c is not None:
+            c.count("retry_or_shadow_abandoned")
+        route = self.forward.route if self.forward else ""
+        self.reply(LocalReply(507, RETRY_BUFFER_OVERFLOW_BODY, route=route,
+                              reason="request_payload_exceeded_retry_buffer_limit"))
+
     def _per_try_expired(self) -> None:
         self._rare().try_timer = None
         if self.done:
@@ -647,8 +676,10 @@ class Exchange:
         c = self._circuit()
         if c is not None:
             c.count("upstream_rq_per_try_timeout")
+        if self.resp_started:       # (the timer is cancelled at the response head; never cut a response)
+            return
         self._attempt_result(attempt.Outcome(attempt.TIMEOUT))
-        if not self.resp_started and self._retry_failure(retries.PER_TRY_TIMEOUT, self.up is not None):
+        if self._retry_failure(retries.PER_TRY_TIMEOUT, self.up is not None):
             return
         self._timed_out("upstream per-try timeout")
 

@@ -20,7 +20,8 @@
   connection, H1Client); until then it is `held`, and a request of its key waits for it rather
   than opening another. No liveness probe per request:
   a reused connection that turns out closed before any response byte is retried once on a fresh
-  one (`Exchange.upstream_reset(retryable=True)`).
+  one (`Exchange.upstream_reset(retryable=True)`), for a body-less request with an idempotent
+  method (the server may have applied a POST before it closed: H1Client).
 - h2c (and HTTP/1.1 clusters whose policy has `h2UpgradePolicy: UPGRADE`): one multiplexed
   connection per key, another when the first is full (the server's SETTINGS_MAX_CONCURRENT_STREAMS),
   going away (GOAWAY) or spent (`maxRequestsPerConnection`) and the cluster's connection limit

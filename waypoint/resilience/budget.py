@@ -35,7 +35,8 @@ from ambit.model import TrafficPolicy
 UNLIMITED = 2**32 - 1
 
 COUNTERS = ("upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_retry_overflow",
-            "upstream_rq_retry_limit_exceeded", "upstream_rq_timeout", "upstream_rq_per_try_timeout")
+            "upstream_rq_retry_limit_exceeded", "upstream_rq_timeout", "upstream_rq_per_try_timeout",
+            "retry_or_shadow_abandoned")
 
 
 class RetryCircuit:
@@ -68,10 +69,14 @@ class RetryCircuit:
     def requests_in_interval(self) -> int:
         """Requests started in the last `interval` (with `budgetInterval`)."""
         assert self.clock is not None
-        now, width, b = self.clock(), self.interval / 10, self._buckets
+        self._expire(self.clock())
+        return self._in_window
+
+    def _expire(self, now: float) -> None:
+        """Drop the buckets that closed more than an interval ago (Envoy's expiry timers)."""
+        width, b = self.interval / 10, self._buckets
         while b and b[0][0] + width + self.interval <= now:
             self._in_window -= int(b.popleft()[1])
-        return self._in_window
 
     def can_retry(self) -> bool:
         return self.active_retries < self.limit()
@@ -89,7 +94,8 @@ class RetryCircuit:
             now, b = self.clock(), self._buckets
             if b and now < b[-1][0] + self.interval / 10:
                 b[-1][1] += 1
-            else:
+            else:               # a new bucket: expire old ones here too, or a cluster that never
+                self._expire(now)   # retries would keep one per tenth of an interval forever
                 b.append([now, 1])
             self._in_window += 1
 
@@ -102,5 +108,7 @@ class RetryCircuit:
 
     def stats(self) -> dict[str, float]:
         out: dict[str, float] = dict(self.counters)
-        out["circuit_breakers_default_rq_retry_open"] = 1 if self.active_retries >= self.limit() else 0
+        limit = self.limit()
+        out["circuit_breakers_default_rq_retry_open"] = 1 if self.active_retries >= limit else 0
+        out["circuit_breakers_default_remaining_retries"] = max(0, limit - self.active_retries)
         return out

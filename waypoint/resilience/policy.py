@@ -27,6 +27,14 @@ class RoutePolicy:
 
 
 def compile_policy(r: HttpRoute) -> RoutePolicy:
-    per_try = (r.retries.per_try_timeout if r.retries is not None else 0.0) or r.backend_timeout
-    return RoutePolicy(timeout=r.timeout, per_try_timeout=per_try, retry=compile_retry(r.retries),
+    """An HTTPRoute's `timeouts.backendRequest` is each try's timeout when the rule has a `retry`;
+    without one, Istio's conversion makes it the route timeout (in place of `timeouts.request`:
+    istio/istio pilot/pkg/config/kube/gateway/conversion.go), which also covers the response body,
+    where a per-try timeout stops counting once the response has started."""
+    timeout, per_try = r.timeout, 0.0
+    if r.retries is not None:
+        per_try = r.retries.per_try_timeout or r.backend_timeout
+    elif r.backend_timeout:
+        timeout = r.backend_timeout
+    return RoutePolicy(timeout=timeout, per_try_timeout=per_try, retry=compile_retry(r.retries),
                        fault=compile_fault(r.fault), mirrors=compile_mirrors(r.mirrors))

@@ -127,8 +127,13 @@ class OutlierDetector:
     # --- results --------------------------------------------------------------------------------
 
     def result(self, host: str, outcome: Outcome, now: float) -> None:
-        """An attempt's outcome on `host` (waypoint/http/attempt.py)."""
-        s = self.hosts.setdefault(host, HostState())
+        """An attempt's outcome on `host` (waypoint/http/attempt.py). An endpoint the cluster no
+        longer has (a request that was in flight when it left) is ignored, as Envoy ignores a
+        removed host's results: it must not come back as a phantom that can be ejected and count
+        against `max_ejection_percent`."""
+        s = self.hosts.get(host)
+        if s is None:
+            return
         if outcome.local_origin:
             if self.cfg.split:
                 s.clocal += 1

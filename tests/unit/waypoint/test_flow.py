@@ -151,6 +151,31 @@ def test_stale_pooled_connection_is_retried_once() -> None:
         srv.sock.close()
 
 
+def test_a_non_idempotent_request_on_a_stale_pooled_connection_is_not_sent_again() -> None:
+    """The server read the POST and closed without answering: it may have applied it, so the
+    waypoint must not send it again on its own (RFC 9110 §9.2.2; Envoy never does). The client
+    gets Envoy's 503 UC; a GET in the same spot is resent (test above)."""
+    srv = ClosesIdle()
+    p = Proxy(by_header({"default": srv.port}))
+    try:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            answers = []
+            for method in ("GET", "POST"):
+                s.sendall(f"{method} / HTTP/1.1\r\nHost: a\r\ncontent-length: 0\r\n\r\n".encode())
+                resp = b""
+                while not (resp.endswith(b"ok") or resp.endswith(b"termination")):
+                    chunk = s.recv(4096)
+                    assert chunk, resp
+                    resp += chunk
+                answers.append(resp.split(b"\r\n")[0])
+        assert answers == [b"HTTP/1.1 200 OK", b"HTTP/1.1 503 Service Unavailable"]
+        assert srv.connections == 1
+        assert [r.response_flags for r in p.wait_records(2)] == ["", "UC"]
+    finally:
+        p.close()
+        srv.sock.close()
+
+
 def test_connection_limit_queues_then_overflows(origin: Origin) -> None:
     """2 connections, 2 waiting: of 6 slow requests 4 succeed over at most 2 upstream connections
     and 2 get Envoy's overflow answer at once (503, x-envoy-overloaded, UO). The first two go

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("waypoint.http")
 
 
+# methods a request may be sent again with (RFC 9110 §9.2.2): repeating them changes nothing
+IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
+
 # request headers `bind` does not copy as they are: one set test per ordinary header (§65)
 _NOT_COPIED = frozenset(("host", "te", "cookie", "content-length"))
 _LOST = httptools.HttpResponseParser(None)     # a lost connection's parser: holds no protocol
@@ -148,7 +151,12 @@ class H1Client(asyncio.Protocol):
         if self._eof_body and not self._in_head:
             self._complete()
             return
-        self._fail("UC", "connection termination", retryable=self.reused and self._resp_bytes == 0)
+        # A reused connection closed before any response byte: most likely the server closed it
+        # idle as we reused it, but it may have read (and applied) the request. Sent again only
+        # when that is harmless, an idempotent method (RFC 9110 §9.2.2); Envoy never resends.
+        self._fail("UC", "connection termination",
+                   retryable=self.reused and self._resp_bytes == 0 and ex.up_head is not None
+                   and ex.up_head.method in IDEMPOTENT)
 
     def pause_writing(self) -> None:
         if self._raw is not None:

@@ -10,7 +10,12 @@ from ambit.model import Retry, TrafficPolicy
 from waypoint.resilience import retry as r
 from waypoint.resilience.budget import UNLIMITED, RetryCircuit
 from waypoint.resilience.policy import compile_policy
-from waypoint.resilience.timeouts import parse_grpc_timeout, request_timeout
+from waypoint.resilience.timeouts import (
+    grpc_timeout_value,
+    parse_grpc_timeout,
+    request_timeout,
+    upstream_grpc_timeout,
+)
 
 
 class FixedRandom(random.Random):
@@ -176,7 +181,9 @@ def test_max_retries_caps_concurrent_retries() -> None:
     assert a.decide(True) == r.RETRY
     assert b.decide(True) == r.OVERFLOW
     assert c.counters["upstream_rq_retry_overflow"] == 1 and c.stats()["circuit_breakers_default_rq_retry_open"] == 1
+    assert c.stats()["circuit_breakers_default_remaining_retries"] == 0    # Istio's track_remaining
     a.decide(False)
+    assert c.stats()["circuit_breakers_default_remaining_retries"] == 1
     assert b.decide(True) == r.RETRY
 
 
@@ -238,3 +245,33 @@ def test_budget_interval_counts_requests_started_in_the_window() -> None:
 def test_budget_interval_is_ignored_without_a_budget() -> None:
     c = RetryCircuit(TrafficPolicy(retry_budget=False, retry_budget_interval=10.0), clock=lambda: 0.0)
     assert c.interval == 0 and c.limit() == UNLIMITED
+
+
+def test_budget_interval_window_stays_bounded_when_no_retry_is_ever_asked_for() -> None:
+    """The window's buckets expire as requests start, not only when a retry asks for the limit: a
+    cluster that never retries must not keep a bucket per tenth of an interval forever."""
+    now = [0.0]
+    c = RetryCircuit(TrafficPolicy(retry_budget=True, retry_budget_percent=50.0, retry_budget_min_concurrency=1,
+                                   retry_budget_interval=1.0), clock=lambda: now[0])
+    for _ in range(10_000):             # 1000 s of traffic, 10 requests a second
+        c.request_started()
+        c.request_ended()
+        now[0] += 0.1
+    assert len(c._buckets) <= 12
+    assert c.requests_in_interval() == 10
+
+
+def test_the_upstream_grpc_timeout_is_the_deadline_the_waypoint_applies() -> None:
+    """Envoy's finalTimeout with max_grpc_timeout set (Istio always sets it): grpc-timeout upstream
+    is the per-try timeout, or the request's timeout, in Grpc::Common::toGrpcTimeout's format."""
+    assert upstream_grpc_timeout(2.0, 0.0) == "2000m"
+    assert upstream_grpc_timeout(2.0, 0.5) == "500m"
+    assert upstream_grpc_timeout(0.0, 0.5) == "500m"
+    assert upstream_grpc_timeout(2.0, 2.0) == "2000m"        # a per-try timeout not below the route's is dropped
+    assert upstream_grpc_timeout(0.0, 0.0) is None            # no timeout: the header is left alone
+    assert grpc_timeout_value(0.0001) == "1m"
+    assert grpc_timeout_value(99_999.999) == "99999999m" and grpc_timeout_value(100_000.0) == "100000S"
+    assert grpc_timeout_value(1e9) == "16666666M" and grpc_timeout_value(1e11) == "27777777H"
+    assert grpc_timeout_value(1e15) == "99999999H"
+    for v in ("2000m", "100000S", "16666666M", "27777777H"):
+        assert parse_grpc_timeout(v) > 0

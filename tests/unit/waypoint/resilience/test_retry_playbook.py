@@ -395,3 +395,58 @@ def test_a_per_try_timeout_on_the_first_try_still_fires_without_retries() -> Non
     b.loop.advance(0.2)
     assert up.aborted and b.down.events[0][:2] == ("head", 504) and b.records[0].response_flags == "UT"
     assert b.stats["upstream_rq_per_try_timeout"] == 1
+
+
+def test_a_body_outgrowing_the_retry_buffer_during_the_backoff_is_not_retried_truncated_but_answered_507() -> None:
+    """The first try failed before sending; while the retry waits for its backoff the body passes
+    `retry_buffer_bytes`. The retry could only send the body's tail (with the end), a corrupt
+    request: Envoy answers 507 instead, and so does the waypoint."""
+    b = Book(policy(retry=Retry(attempts=2, retry_on=["connect-failure"])), body=BODY_LENGTH, rng=0.5)
+    b.engine.settings = HttpSettings(retry_buffer_bytes=10)
+    b.ex.request_data(b"AAAA")
+    b.tries[-1][1].connect_failed("refused")       # retried after a backoff
+    b.ex.request_data(b"BBBBBBBBBB")               # 14 bytes kept: over the limit, in the backoff
+    b.loop.advance(1.0)
+    assert len(b.tries) == 1                        # no second try with the start of the body missing
+    assert b.down.events[0][:2] == ("head", 507)
+    assert ("data", b"exceeded request buffer limit while retrying upstream") in b.down.events
+    assert b.records[0].detail == "request_payload_exceeded_retry_buffer_limit"
+    assert b.stats["retry_or_shadow_abandoned"] == 1 and b.cluster.retries.active_retries == 0
+    b.ex.request_data(b"CC")                        # the rest of the upload is dropped
+    b.ex.request_end()
+    assert len(b.tries) == 1
+
+
+def test_a_per_try_timeout_does_not_cut_a_response_already_streaming_downstream() -> None:
+    """Envoy ignores a per-try timeout once the response started downstream and lets it run up to
+    the route timeout (upstream_request.cc onPerTryTimeout): a slow download is not reset."""
+    b = Book(policy(timeout=3.0, per_try_timeout=0.5, retry=Retry(attempts=2, retry_on=["5xx"])))
+    leg, up = b.bind()
+    leg.response_head(200, [("content-length", "10")])
+    leg.response_data(b"12345")
+    b.loop.advance(1.0)                             # past the per-try timeout: the response goes on
+    assert ("reset",) not in b.down.events and not up.aborted
+    leg.response_data(b"67890")
+    leg.response_end(None)
+    assert b.down.events[-2:] == [("end",), ("done",)] and b.records[0].response_flags == ""
+    assert b.stats["upstream_rq_per_try_timeout"] == 0
+
+    b = Book(policy(timeout=3.0, per_try_timeout=0.5, retry=Retry(attempts=2, retry_on=["5xx"])))
+    leg, up = b.bind()
+    leg.response_head(200, [("content-length", "10")])
+    b.loop.advance(3.0)                             # the route timeout still covers the response
+    assert b.down.events[-2:] == [("reset",), ("done",)] and b.records[0].response_flags == "UT"
+
+
+def test_the_upstream_grpc_timeout_carries_the_deadline_the_waypoint_applies() -> None:
+    """Envoy rewrites grpc-timeout to the timeout it applies (the per-try one if set), so the gRPC
+    server knows its real deadline: a client's 10 s under a 2 s route timeout goes up as 2 s."""
+    b = Book(policy(timeout=2.0), grpc=True, headers=[("grpc-timeout", "10S")])
+    assert ("grpc-timeout", "2000m") in b.ex.up_head.headers
+    assert [k for k, _ in b.ex.up_head.headers].count("grpc-timeout") == 1
+    b = Book(policy(timeout=2.0, per_try_timeout=0.5, retry=Retry(attempts=1, retry_on=["5xx"])), grpc=True)
+    assert ("grpc-timeout", "500m") in b.ex.up_head.headers
+    b = Book(policy(), grpc=True, headers=[("grpc-timeout", "3S")])     # no route timeout: the client's
+    assert ("grpc-timeout", "3000m") in b.ex.up_head.headers
+    b = Book(policy(), grpc=True)
+    assert "grpc-timeout" not in dict(b.ex.up_head.headers)

@@ -32,3 +32,17 @@ def test_retry_budget_interval_is_translated() -> None:
     p = wr.policy
     assert (p.retry_budget, p.retry_budget_percent, p.retry_budget_min_concurrency, p.retry_budget_interval,
             p.max_retries) == (True, 25.0, 1, 10.0, 7)
+
+
+def test_httproute_backend_request_without_retry_is_the_route_timeout() -> None:
+    """Istio's gateway conversion: without `retry`, `timeouts.backendRequest` becomes the route
+    timeout (replacing `request`), which covers the whole response; with `retry`, each try's."""
+    wr = routes_for(SVCS + [httproute("r", [
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/a"}}], "backendRefs": [{"name": "reviews", "port": 9080}],
+         "timeouts": {"request": "2s", "backendRequest": "500ms"}},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/b"}}], "backendRefs": [{"name": "reviews", "port": 9080}],
+         "timeouts": {"request": "2s", "backendRequest": "500ms"}, "retry": {"codes": [503]}},
+    ])], HOST)
+    a, b = (compile_policy(r) for r in wr.http)
+    assert (a.timeout, a.per_try_timeout, a.retry) == (0.5, 0.0, None)
+    assert (b.timeout, b.per_try_timeout) == (2.0, 0.5)

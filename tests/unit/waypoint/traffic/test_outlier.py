@@ -143,3 +143,16 @@ def test_config_from_policy_and_defaults() -> None:
     c = OutlierConfig.from_policy(TrafficPolicy(outlier_detection=True))
     assert c is not None and (c.consecutive_5xx, c.interval, c.base_ejection_time, c.max_ejection_percent,
                               c.min_health_percent, c.max_ejection_time) == (5, 10.0, 30.0, 10, 0, 300.0)
+
+
+def test_a_late_outcome_from_an_endpoint_that_left_is_ignored() -> None:
+    """Requests still in flight to a pod that left the Service (a rolling update) fail after the
+    cluster dropped it. Envoy ignores their results (onConsecutiveErrorWorker: the host has no
+    monitor any more); a phantom endpoint must not come back, be ejected, and use up
+    maxEjectionPercent (or count in its denominator) for the endpoints that are really there."""
+    d, ev = detector(max_ejection_percent=25)
+    d.set_hosts(["b", "c", "d"])                    # "a" left
+    feed(d, "a", [E503] * 3)
+    assert "a" not in d.hosts and d.ejected_count == 0 and ev == []
+    feed(d, "b", [E500] * 3)                        # 1/3 > 25 %: not ejected, as with 3 endpoints
+    assert not d.is_ejected("b") and d.counters["ejections_overflow"] == 1
