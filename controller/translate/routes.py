@@ -203,12 +203,14 @@ def vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str,
         if f.get("delay"):
             d = f["delay"]
             route.fault.delay = _seconds(d.get("fixedDelay") or d.get("exponentialDelay"))
-            route.fault.delay_percent = _percent(d.get("percentage"), d.get("percent"))
+            # Istio: a fault without a percentage is injected into no request (delay: the deprecated
+            # `percent`, 0 when unset; abort: an unset percentage); `ambit apply` warns about it
+            route.fault.delay_percent = _percent(d.get("percentage"), d.get("percent"), default=0.0)
         if f.get("abort"):
             a = f["abort"]
             route.fault.abort_status = int(a.get("httpStatus") or 0)
             route.fault.abort_grpc_status = a.get("grpcStatus", "")
-            route.fault.abort_percent = _percent(a.get("percentage"), None)
+            route.fault.abort_percent = _percent(a.get("percentage"), None, default=0.0)
     if h.get("mirror"):
         route.mirrors.append(Mirror(vs_destinations([{"destination": h["mirror"], "weight": 100}], hosts, ns)[0],
                                     _percent(h.get("mirrorPercentage"), h.get("mirrorPercent"))))
@@ -336,7 +338,7 @@ def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
             t = rule.get("timeouts") or {}
             route.timeout = _seconds(t.get("request"))
             route.backend_timeout = _seconds(t.get("backendRequest"))
-            if rule.get("retry"):
+            if rule.get("retry") is not None:       # `retry: {}` is 2 attempts, as in Istio
                 r = rule["retry"]
                 # Istio (gateway/conversion.go): attempts default to 2 when unset
                 route.retries = Retry(attempts=2 if r.get("attempts") is None else int(r["attempts"]),

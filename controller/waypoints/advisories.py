@@ -476,8 +476,8 @@ def _fault_fields(ref: str, fault: Obj | None, base: str) -> list[Advisory]:
         if not f:
             continue
         if f.get("percentage") is None and f.get("percent") is None:
-            out.append(Advisory(ref, f"{base}.{part}", f"no percentage: Ambit injects this {part} into every request "
-                                "(Istio injects it into none); set percentage.value to say which", NOT_ENFORCED))
+            out.append(Advisory(ref, f"{base}.{part}", f"no percentage: this {part} is injected into no request, "
+                                "as in Istio; set percentage.value (0-100) to say which", NOT_ENFORCED))
         if part == "delay" and f.get("exponentialDelay"):
             out.append(Advisory(ref, f"{base}.delay.exponentialDelay", "applied as a fixed delay of that duration "
                                 "(Istio does not apply exponentialDelay)", NOT_ENFORCED))

@@ -383,7 +383,8 @@ def test_virtual_service_resilience_fields_are_normalised() -> None:
     assert (d.host, d.service, d.subset, d.port, d.weight) == ("reviews.demo.svc.cluster.local", "demo/reviews", "v2", 9080, 100)
     assert r.timeout == 1.5
     assert (r.retries.attempts, r.retries.per_try_timeout, r.retries.retry_on) == (3, 0.3, ["5xx", "connect-failure"])
-    assert (r.fault.delay, r.fault.delay_percent, r.fault.abort_status, r.fault.abort_percent) == (2.0, 10.0, 503, 100.0)
+    # an abort without a percentage is injected into no request, as Istio translates it
+    assert (r.fault.delay, r.fault.delay_percent, r.fault.abort_status, r.fault.abort_percent) == (2.0, 10.0, 503, 0.0)
     assert (r.mirrors[0].destination.service, r.mirrors[0].percent) == ("demo/ratings", 5.5)
     assert (r.rewrite.path, r.rewrite.path_mode) == ("/v2/api", "prefix")
     assert (r.headers.request_set, r.headers.request_remove) == ({"x-a": "1"}, ["x-b"])

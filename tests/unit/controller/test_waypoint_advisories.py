@@ -150,7 +150,7 @@ def test_resilience_fields_are_applied_without_warnings_and_the_rest_is_named() 
         ("DestinationRule/demo/d", "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive"),
         ("DestinationRule/demo/d", "spec.trafficPolicy.connectionPool.http.http2KeepAlive"),
         ("DestinationRule/demo/d", "spec.trafficPolicy.tls")}
-    assert "Ambit injects this delay into every request (Istio injects it into none)" in \
+    assert "this delay is injected into no request, as in Istio" in \
         found[("VirtualService/demo/r", "spec.http[0].fault.delay")]
     assert "shadow.example.com is not a Service the mesh knows" in \
         found[("VirtualService/demo/r", "spec.http[0].mirrors[1].destination.host")]

@@ -46,3 +46,12 @@ def test_httproute_backend_request_without_retry_is_the_route_timeout() -> None:
     a, b = (compile_policy(r) for r in wr.http)
     assert (a.timeout, a.per_try_timeout, a.retry) == (0.5, 0.0, None)
     assert (b.timeout, b.per_try_timeout) == (2.0, 0.5)
+
+
+def test_an_empty_httproute_retry_is_istios_two_attempts() -> None:
+    """`retry: {}` asks for retries with every default (Istio: 2 attempts); it used to be read as
+    no retry at all."""
+    wr = routes_for(SVCS + [httproute("r", [
+        {"backendRefs": [{"name": "reviews", "port": 9080}], "retry": {}}])], HOST)
+    [p] = (compile_policy(r) for r in wr.http)
+    assert p.retry is not None and p.retry.num_retries == 2
