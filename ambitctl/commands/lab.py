@@ -54,15 +54,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.set_defaults(func=cmd_exec)
 
     lg = ls.add_parser("logs", help="show a component's log")
-    lg.add_argument("component", help="controller | agent | ztunnel | waypoint | NS/POD | supervisor")
-    lg.add_argument("--node")
+    lg.add_argument("component", help="controller | supervisor | agent[/NODE] | ztunnel[/NODE] | "
+                                      "waypoint[/NS/NAME] | NS/POD")
+    lg.add_argument("--node", help="the node of an agent or ztunnel (or write agent/NODE)")
     lg.add_argument("-f", "--follow", action="store_true")
     lg.set_defaults(func=cmd_logs)
 
     for action in ("stop", "start", "restart"):
         a = ls.add_parser(action, help=f"{action} a lab process (e.g. controller, agent --node node1)")
-        a.add_argument("component")
-        a.add_argument("--node")
+        a.add_argument("component", help="controller | agent[/NODE] | ztunnel[/NODE] | waypoint[/NS/NAME] | "
+                                         "NS/POD, as `ambit lab status` names them")
+        a.add_argument("--node", help="the node of an agent or ztunnel (or write agent/NODE)")
         a.set_defaults(func=cmd_proc, action=action)
 
     ro = ls.add_parser("roll", help="replace a node's agent and ztunnel as a DaemonSet update does")
@@ -153,7 +155,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    f = lab.log_file(args.component, args.node)
+    from ambitctl.lab import logs
+    f = logs.log_file(args.component, args.node)
     if not f.exists():
         print(f"error: no log at {f} (is the component running?)", file=sys.stderr)
         return 1
@@ -163,27 +166,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def proc_id(component: str, node: str | None) -> str:
-    if "/" in component:
-        return f"pod/{component}"
-    if component in ("agent", "ztunnel", "waypoint"):
-        if not node:
-            raise lab.LabError(f"{component} runs per node: give --node")
-        return f"{component}/{node}"
-    return component
-
-
 def cmd_proc(args: argparse.Namespace) -> int:
-    pid_id = proc_id(args.component, args.node)
+    from ambitctl.lab import logs
     with state.editing() as st:
+        pid_id = logs.process_id(args.component, args.node, st)
         try:
             p = st.proc(pid_id)
         except KeyError:
             raise lab.LabError(f"no lab process {pid_id!r} (have: {', '.join(x.id for x in st.processes)})") from None
-        if args.action == "stop":
-            p.enabled = False
-        elif args.action == "start":
-            p.enabled = True
+        # restart: a stopped process is started again too, as `kubectl rollout restart` would
+        p.enabled = args.action != "stop"
     if args.action == "restart":
         pid = state.runtime().get(pid_id, {}).get("pid")
         if pid:
