@@ -64,8 +64,8 @@ def _streams(args: argparse.Namespace) -> tuple[TextIO, TextIO]:
 
 
 def _backend(args: argparse.Namespace) -> Backend:
-    if getattr(args, "kube", False) or getattr(args, "kubeconfig", None) or getattr(args, "kube_host", None):
-        return KubeBackend(args.kube_host, args.kubeconfig)
+    if _is_kube(args):
+        return KubeBackend(args.kube_host, args.kubeconfig, args.context)
     return LabBackend(LabStore(store_path()))
 
 
@@ -197,7 +197,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _is_kube(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "kube", False) or getattr(args, "kubeconfig", None) or getattr(args, "kube_host", None))
+    """A cluster when asked for in any of kubectl's ways (`--context` and `--kubeconfig` too, as
+    the other read commands take them), else the lab store."""
+    return bool(getattr(args, "kube", False) or getattr(args, "kubeconfig", None) or getattr(args, "kube_host", None)
+                or getattr(args, "context", None))
 
 
 def cluster_rows(clusters: list[Obj]) -> list[list[str]]:
@@ -293,7 +296,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         sp.add_argument("-n", "--namespace", default="default", help="the waypoint's namespace")
         sp.add_argument("--kube", action="store_true",
                         help="act on a cluster (kubeconfig / in-cluster credentials) instead of the lab store")
-        sp.add_argument("--kubeconfig", help="with --kube: this kubeconfig file")
+        sp.add_argument("--kubeconfig", help="this kubeconfig file (implies --kube)")
+        sp.add_argument("--context", help="this kubeconfig context (implies --kube)")
         sp.add_argument("--kube-host", help="with --kube: a plain-HTTP API server URL (e.g. `kubectl proxy`)")
         if name:
             sp.add_argument("--name", default="waypoint", help="the waypoint's name (default: waypoint)")

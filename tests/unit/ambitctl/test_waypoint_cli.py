@@ -98,3 +98,23 @@ def test_apply_enroll_needs_the_namespace(store: LabStore) -> None:
     rc, _, err = run("apply", "-n", "nowhere", "--enroll-namespace")
     assert rc == 1 and 'namespace "nowhere" not found' in err
     assert store.get("Gateway", "nowhere", "waypoint") is None
+
+
+def test_context_picks_the_cluster_as_the_other_read_commands_do(store: LabStore, tmp_path: Path) -> None:
+    """`--context` (kubectl's habit, taken by every read command) selects that kubeconfig context's
+    cluster, not the lab store; before, it was an unrecognised argument."""
+    from tests.support.kube_emulator import KubeEmulator
+    with KubeEmulator() as emu:
+        emu.create(waypoint.gateway("waypoint", "prod", "service"))
+        cfg = tmp_path / "kubeconfig"
+        cfg.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "dead",
+            "clusters": [{"name": "dead", "cluster": {"server": "http://127.0.0.1:1"}},
+                         {"name": "emu", "cluster": {"server": emu.url}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "dead", "context": {"cluster": "dead", "user": "u"}},
+                         {"name": "prod", "context": {"cluster": "emu", "user": "u"}}]}))
+        rc, out, err = run("list", "-A", "--kubeconfig", str(cfg), "--context", "prod")
+    assert rc == 0, err
+    assert [ln.split()[:2] for ln in out.splitlines()[1:]] == [["prod", "waypoint"]], out
+    assert not store.list("Gateway")
