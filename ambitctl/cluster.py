@@ -133,12 +133,18 @@ class ClusterSnapshot:
                       key=lambda o: ((o.get("metadata") or {}).get("namespace", ""), o["metadata"].get("name", "")))
 
 
-def lab_objects() -> list[Obj]:
+def lab_store() -> Any:
+    """The lab's store, for a command that reads it: never created here (an empty one would make
+    `no lab` look like `no objects`, and leave a lab directory behind)."""
     from ambit.labstore import LabStore
     path = paths.lab_dir() / "store.json"
     if not path.exists():
         raise TargetError(f"no lab is up (no {path}); set AMBIT_LAB_DIR, run `ambit lab up`, or pass --context")
-    return list(LabStore(path).snapshot().objects.values())
+    return LabStore(path)
+
+
+def lab_objects() -> list[Obj]:
+    return list(lab_store().snapshot().objects.values())
 
 
 def objects(args: argparse.Namespace) -> list[Obj]:

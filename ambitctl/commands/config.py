@@ -423,7 +423,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             return 1
         snap: Any = cluster.ClusterSnapshot(cluster.cluster_objects(cluster.api_client(args), ns))
     else:
-        store = _store()
+        store = cluster.lab_store()
         snap = store.snapshot()
     objs = _select(spec, snap, ns, names, selector)
     rc = 0

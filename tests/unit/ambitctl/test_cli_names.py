@@ -108,7 +108,7 @@ def _error_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 @pytest.mark.parametrize("argv", [["lab", "stop", "controller"], ["lab", "logs", "ztunnel"],
-                                  ["lab", "logs", "waypoint"]])
+                                  ["lab", "logs", "waypoint"], ["get", "po", "-A"]])
 def test_no_lab_is_one_line(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                             capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("AMBIT_LAB_DIR", str(tmp_path / "none"))
