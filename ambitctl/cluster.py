@@ -189,13 +189,17 @@ def controller_trust(args: argparse.Namespace | None, cluster: bool) -> Any:
 def _published_root(args: argparse.Namespace | None, namespace: str) -> str:
     from kubernetes import client as k8s
     from kubernetes.client.exceptions import ApiException
+    client = api_client(args or argparse.Namespace())
     try:
-        cm = k8s.CoreV1Api(api_client(args or argparse.Namespace())).read_namespaced_config_map(ROOT_CONFIGMAP, namespace)
+        cm = k8s.CoreV1Api(client).read_namespaced_config_map(ROOT_CONFIGMAP, namespace, _request_timeout=(5.0, 30.0))
     except ApiException as e:
         if e.status == 404:
             return ""
         raise TargetError(f"cannot read ConfigMap {namespace}/{ROOT_CONFIGMAP} (the controller's root): "
                           f"{e.status} {e.reason}") from None
+    except Exception as e:  # noqa: BLE001 - urllib3 errors: the API server is unreachable
+        raise TargetError(f"cannot reach the API server ({client.configuration.host}) to read ConfigMap "
+                          f"{namespace}/{ROOT_CONFIGMAP} (the controller's root): {e}") from None
     return (cm.data or {}).get(ROOT_KEY, "")
 
 

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ambitctl.cli import main
+from ambitctl.cluster import ROOT_CERT_ENV
 from ambitctl.lab import logs, state
 from ambitctl.lab.lab import LabError
 
@@ -129,3 +131,28 @@ def test_python_dash_m_ambitctl() -> None:
     assert r.returncode == 0, r.stderr
     from ambit.version import VERSION
     assert r.stdout.strip() == VERSION
+
+
+def _closed_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", [["status"], ["proxy-status"], ["tap", "--duration", "1"]])
+def test_an_unreachable_api_server_is_one_line(command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The debug API's commands read the controller's root from the API server first: an API server
+    that cannot be reached was a urllib3 traceback."""
+    monkeypatch.setenv("AMBIT_LAB_DIR", str(tmp_path / "none"))
+    monkeypatch.delenv(ROOT_CERT_ENV, raising=False)
+    port = _closed_port()
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "a",
+        "clusters": [{"name": "a", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "a", "context": {"cluster": "a", "user": "u"}}]}))
+    err = _error_line([*command, "--kubeconfig", str(cfg), "--controller", f"127.0.0.1:{port}"], capsys)
+    assert f"cannot reach the API server (http://127.0.0.1:{port})" in err
