@@ -208,4 +208,16 @@ def cmd_label(args: argparse.Namespace) -> int:
     rev = lab.label_namespace(args.name, labels)
     print(json.dumps({"namespace": args.name, "revision": rev}) if os.environ.get("AMBIT_JSON")
           else f"namespace/{args.name} labeled")
+    _label_warnings(args.name)
     return 0
+
+
+def _label_warnings(namespace: str) -> None:
+    """What `ambit apply` of the labelled Namespace would warn about (a dataplane-mode value that
+    enrols nothing, say): a label is configuration too, and must not be a silent no-op."""
+    from ambit.labstore import LabStore
+    from ambitctl.commands.config import not_enforced
+    objs = list(LabStore(paths.store_path()).snapshot().objects.values())
+    mine = [o for o in objs if o.get("kind") == "Namespace" and o["metadata"].get("name") == namespace]
+    for w in not_enforced(mine, objs):
+        print(f"Warning: {w}", file=sys.stderr)

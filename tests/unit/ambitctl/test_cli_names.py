@@ -156,3 +156,20 @@ def test_an_unreachable_api_server_is_one_line(command: list[str], tmp_path: Pat
         "contexts": [{"name": "a", "context": {"cluster": "a", "user": "u"}}]}))
     err = _error_line([*command, "--kubeconfig", str(cfg), "--controller", f"127.0.0.1:{port}"], capsys)
     assert f"cannot reach the API server (http://127.0.0.1:{port})" in err
+
+
+def test_label_warns_as_apply_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo in the enrolment label's value enrols nothing: `ambit label` says so, as `ambit apply`
+    of the same Namespace does (it used to say only `labeled`)."""
+    from ambit.labstore import LabStore
+    monkeypatch.setenv("AMBIT_LAB_DIR", str(tmp_path))
+    LabStore(tmp_path / "store.json").apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "legacy"}}])
+    with pytest.raises(SystemExit) as e:
+        main(["label", "ns", "legacy", "ambit.io/dataplane-mode=ambiant"])
+    out, err = capsys.readouterr()
+    assert e.value.code == 0 and out == "namespace/legacy labeled\n"
+    assert err.startswith("Warning: Namespace/legacy: metadata.labels[ambit.io/dataplane-mode]: 'ambiant' is neither")
+    with pytest.raises(SystemExit):
+        main(["label", "ns", "legacy", "ambit.io/dataplane-mode=ambient"])
+    assert capsys.readouterr().err == ""
