@@ -74,7 +74,8 @@ def format_status(resp: Any, target: str, now: float | None = None) -> str:
         st = (f"up {_ago(s.connected_since, now)}" if s.connected
               else f"gone {_ago(s.disconnected_at, now)}")
         for i, t in enumerate(s.types):
-            sync = "NACK" if nacking(t) else ("in sync" if t.in_sync else "pending")
+            # a component that is gone waits for nothing: "pending" would say a response is on its way
+            sync = "-" if not s.connected else "NACK" if nacking(t) else "in sync" if t.in_sync else "pending"
             rows.append([who if i == 0 else "", (s.node.instance_id or "-") if i == 0 else "", st if i == 0 else "",
                          _short(t.type_url), t.acked_version or "-", sync, str(t.resources)])
             if t.HasField("last_nack") and (s.connected and nacking(t)):
