@@ -15,6 +15,7 @@ from ambitctl.term import intermixed
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lab", help="the netns lab: nodes and pods on this machine")
     ls = p.add_subparsers(dest="lab_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])     # `ambit lab`: its actions, not every command
 
     up = ls.add_parser("up", help="build the lab and start its processes")
     up.add_argument("--spec", help="lab spec YAML (default: the built-in demo spec)")

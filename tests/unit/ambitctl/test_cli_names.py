@@ -173,3 +173,11 @@ def test_label_warns_as_apply_does(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with pytest.raises(SystemExit):
         main(["label", "ns", "legacy", "ambit.io/dataplane-mode=ambient"])
     assert capsys.readouterr().err == ""
+
+
+def test_lab_alone_lists_the_lab_actions(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["lab"])
+    assert e.value.code == 2
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ambit lab ") and "roll" in out
