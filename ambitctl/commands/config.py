@@ -24,7 +24,7 @@ from ambitctl import selectors
 from ambitctl.lab.paths import store_path
 from ambitctl.term import intermixed
 from controller.kinds import KindSpec, all_names, by_name, spec_of
-from controller.validation import ValidationError, object_key, validate_all
+from controller.validation import ValidationError, object_key, object_ref, validate_all
 
 Obj = dict[str, Any]
 
@@ -234,9 +234,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
             targets = []
             for o in objs:
                 spec = spec_of(o)
-                if spec is None or not (o.get("metadata") or {}).get("name"):
-                    raise InputError(f"cannot delete {o.get('kind')!r} {o.get('metadata', {}).get('name')!r}: "
-                                     "kind and metadata.name are required")
+                md = o.get("metadata") if isinstance(o.get("metadata"), dict) else {}
+                if spec is None or not isinstance(md.get("name"), str) or not md["name"]:
+                    raise InputError(f"cannot delete {object_ref(o)}: a known kind and metadata.name are required")
                 targets.append((spec, o.get("apiVersion", ""), object_key(o)))
         else:
             _kind_slash_name(args)
