@@ -121,20 +121,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 # -- ambit ztunnel-config ------------------------------------------------------------------------------
 
-def fetch_node(base: Path, node: str, section: str) -> Any:
+def fetch_node(base: Path, node: str, section: str) -> tuple[Any, str]:
+    """One node's section and the config version its ztunnel holds, from its admin socket."""
     from ambit.dataplane import endpoint
     sock = components.ztunnel_admin_socket(base, node)
     path = {"all": "/config_dump"}.get(section, f"/{section}")
     try:
         status, body = endpoint.get_json(sock, path)
-    except OSError as e:
+        if status != 200:
+            raise MeshCommandError(f"ztunnel on {node}: {path} answered HTTP {status}: {body}")
+        if section == "all":
+            for extra in ("certs", "connections"):
+                body[extra] = endpoint.get_json(sock, f"/{extra}")[1]
+            return body, body.get("version", "")
+        return body, (endpoint.get_json(sock, "/healthz/ready")[1] or {}).get("version", "")
+    except (OSError, ValueError) as e:
         raise MeshCommandError(f"ztunnel on {node}: cannot reach its admin socket {sock}: {e}") from None
-    if status != 200:
-        raise MeshCommandError(f"ztunnel on {node}: {path} answered HTTP {status}: {body}")
-    if section == "all":
-        for extra in ("certs", "connections"):
-            body[extra] = endpoint.get_json(sock, f"/{extra}")[1]
-    return body
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -255,19 +257,21 @@ def cmd_ztunnel_config(args: argparse.Namespace) -> int:
         raise MeshCommandError(f"no node {args.node!r} in the lab (have: {', '.join(_lab_nodes(base))})")
     results: dict[str, Any] = {}
     versions: dict[str, str] = {}
-    for node in nodes:
-        results[node] = fetch_node(base, node, args.section)
-        if args.section != "all":
-            from ambit.dataplane import endpoint
-            _, ready = endpoint.get_json(components.ztunnel_admin_socket(base, node), "/healthz/ready")
-            versions[node] = ready.get("version", "")
-        else:
-            versions[node] = results[node].get("version", "")
+    failed = []
+    for node in nodes:      # one ztunnel that is down (restarting, rolled) must not hide the others
+        try:
+            results[node], versions[node] = fetch_node(base, node, args.section)
+        except MeshCommandError as e:
+            if args.node:
+                raise
+            failed.append(str(e))
     if args.output in ("json", "yaml"):
         print(_dump(results, args.output))
-    else:
-        print("\n\n".join(format_node(n, args.section, results[n], versions[n]) for n in nodes))
-    return 0
+    elif results:
+        print("\n\n".join(format_node(n, args.section, results[n], versions[n]) for n in results))
+    for e in failed:
+        print(f"error: {e}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _dump(doc: Any, fmt: str) -> str:
