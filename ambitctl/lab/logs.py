@@ -2,7 +2,7 @@
 component name means.
 
 Both accept the names `ambit lab status` prints (`ztunnel/node1`, `waypoint/default/waypoint`,
-`demo/client`) as well as the short forms (`ztunnel --node node1`, a bare `waypoint` when one
+`demo/client`, a waypoint's pod `default/waypoint-0`) as well as the short forms (`ztunnel --node node1`, a bare `waypoint` when one
 runs), and answer a wrong name with the names that exist, never with a path that happens not to
 exist. Waypoints are looked up among the ones running, not among log files: the log of a deleted
 waypoint stays behind and must not make `lab logs waypoint` ambiguous.
@@ -61,6 +61,12 @@ def _is_pod(component: str, st: state.LabState | None) -> bool:
     return st is not None and component in {f"{p['namespace']}/{p['name']}" for p in st.spec.get("pods", [])}
 
 
+def _waypoint_pod(component: str, st: state.LabState | None) -> str:
+    """"NS/NAME" of the waypoint whose pod `component` ("NS/POD", as `lab status` lists it) is, or ""."""
+    return next((f"{w['namespace']}/{w['name']}" for w in (st.waypoints if st else [])
+                 if component == f"{w['namespace']}/{w['pod']}"), "")
+
+
 def process_id(component: str, node: str | None, st: state.LabState) -> str:
     """The supervisor's id of a component: `controller`, `ztunnel/node1`, `waypoint/NS/NAME`,
     `pod/NS/POD`."""
@@ -69,6 +75,8 @@ def process_id(component: str, node: str | None, st: state.LabState) -> str:
     logs = paths.log_dir(Path(st.lab_dir))
     if _is_pod(component, st) or component in ids:
         return f"pod/{component}" if _is_pod(component, st) else component
+    if _waypoint_pod(component, st):
+        return f"waypoint/{_waypoint_pod(component, st)}"
     if kind in PER_NODE and (rest or node):
         return f"{kind}/{_per_node(kind, rest or node, st, logs)}"
     if kind == "waypoint":
@@ -88,6 +96,8 @@ def log_file(component: str, node: str | None, base: Path | None = None) -> Path
     kind, _, rest = component.partition("/")
     if _is_pod(component, st):
         return d / f"pod-{component.replace('/', '-')}.log"
+    if _waypoint_pod(component, st):
+        return d / f"waypoint-{_waypoint_pod(component, st).replace('/', '-')}.log"
     if kind in PER_NODE and "/" not in rest:
         return d / f"{kind}-{_per_node(kind, rest or node, st, d)}.log"
     if kind == "waypoint" and rest.count("/") <= 1:

@@ -34,7 +34,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     spec = {"nodes": [{"name": "node1"}, {"name": "node2"}],
             "pods": [{"namespace": "demo", "name": "client"}]}
     st = state.LabState(name="t", lab_dir=str(tmp_path), spec=spec, processes=procs,
-                        waypoints=[{"namespace": "default", "name": "waypoint"}])
+                        waypoints=[{"namespace": "default", "name": "waypoint", "pod": "waypoint-0"}])
     state.save(st, tmp_path)
     (tmp_path / "logs").mkdir()
     for f in ("controller", "ztunnel-node1", "ztunnel-node2", "waypoint-default-waypoint",
@@ -49,6 +49,7 @@ def test_logs_take_the_names_lab_status_prints(lab: Path) -> None:
     assert logs.log_file("ztunnel", "node2") == d / "ztunnel-node2.log"
     assert logs.log_file("waypoint/default/waypoint", None) == d / "waypoint-default-waypoint.log"
     assert logs.log_file("demo/client", None) == d / "pod-demo-client.log"
+    assert logs.log_file("default/waypoint-0", None) == d / "waypoint-default-waypoint.log"   # its pod
 
 
 def test_logs_of_the_one_running_waypoint_despite_a_deleted_ones_log(lab: Path) -> None:
@@ -60,7 +61,7 @@ def test_logs_of_the_one_running_waypoint_despite_a_deleted_ones_log(lab: Path) 
 def test_waypoint_log_names_match_exactly(lab: Path) -> None:
     (lab / "logs" / "waypoint-default-waypoint2.log").write_text("")
     with state.editing(lab) as st:
-        st.waypoints.append({"namespace": "default", "name": "waypoint2"})
+        st.waypoints.append({"namespace": "default", "name": "waypoint2", "pod": "waypoint2-0"})
     assert logs.log_file("waypoint/default/waypoint", None) == lab / "logs" / "waypoint-default-waypoint.log"
     with pytest.raises(LabError, match=r"several waypoints.*waypoint/default/waypoint, waypoint/default/waypoint2"):
         logs.log_file("waypoint", None)
@@ -84,6 +85,7 @@ def test_process_ids_from_every_form(lab: Path) -> None:
     assert logs.process_id("agent", "node2", st) == "agent/node2"
     assert logs.process_id("demo/client", None, st) == "pod/demo/client"
     assert logs.process_id("controller", None, st) == "controller"
+    assert logs.process_id("default/waypoint-0", None, st) == "waypoint/default/waypoint"
     with pytest.raises(LabError, match="no node 'node9'"):
         logs.process_id("agent", "node9", st)
 
