@@ -283,7 +283,23 @@ def cmd_delete(args: argparse.Namespace) -> int:
     for n in names:
         if n in present:
             print(f"waypoint {args.namespace}/{n} deleted", file=out)
+    _still_used(be, args.namespace, [n for n in names if n in present], err)
     return rc
+
+
+def _still_used(be: Backend, namespace: str, deleted: list[str], err: TextIO) -> None:
+    """Warn when the namespace still names a deleted waypoint: ztunnel then refuses the traffic
+    that should go through it (fails closed), so a delete alone silently cuts the namespace off."""
+    try:
+        labels = be.namespace_labels(namespace) or {}
+    except BackendError:
+        return
+    for key in USE_LABELS:
+        if labels.get(key) in deleted:
+            print(f"Warning: namespace {namespace} still has {key}={labels[key]}: ztunnel refuses the traffic "
+                  f"of its Services that should go through that waypoint (it fails closed, never bypasses it) "
+                  f"until the label is removed (`ambit label ns {namespace} {key}-`) or the waypoint is applied "
+                  "again", file=err)
 
 
 # -- wiring ----------------------------------------------------------------------------------------

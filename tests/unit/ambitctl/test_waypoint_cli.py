@@ -118,3 +118,16 @@ def test_context_picks_the_cluster_as_the_other_read_commands_do(store: LabStore
     assert rc == 0, err
     assert [ln.split()[:2] for ln in out.splitlines()[1:]] == [["prod", "waypoint"]], out
     assert not store.list("Gateway")
+
+
+def test_delete_warns_while_the_namespace_still_uses_the_waypoint(store: LabStore) -> None:
+    """Deleting the waypoint of an enrolled namespace leaves ztunnel refusing that namespace's
+    traffic (fail closed): the delete says so and how to undo it; it said only `deleted`."""
+    run("apply", "-n", "demo", "--enroll-namespace")
+    run("apply", "-n", "demo", "--name", "spare")
+    rc, out, err = run("delete", "-n", "demo", "spare")
+    assert rc == 0 and out == "waypoint demo/spare deleted\n" and err == ""
+    rc, out, err = run("delete", "-n", "demo")
+    assert rc == 0 and out == "waypoint demo/waypoint deleted\n"
+    assert err.startswith("Warning: namespace demo still has ambit.io/use-waypoint=waypoint: ztunnel refuses")
+    assert "`ambit label ns demo ambit.io/use-waypoint-`" in err
