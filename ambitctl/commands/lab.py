@@ -214,11 +214,12 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def _label_warnings(namespace: str) -> None:
-    """What `ambit apply` of the labelled Namespace would warn about (a dataplane-mode value that
-    enrols nothing, say): a label is configuration too, and must not be a silent no-op."""
+    """What `ambit analyze` finds about the labelled Namespace (an enrolment value that enrols
+    nothing, a use-waypoint naming no waypoint, which fails its traffic closed): a label is
+    configuration too, and must not be a silent no-op."""
     from ambit.labstore import LabStore
-    from ambitctl.commands.config import not_enforced
+    from ambitctl.analyze import analyze
     objs = list(LabStore(paths.store_path()).snapshot().objects.values())
-    mine = [o for o in objs if o.get("kind") == "Namespace" and o["metadata"].get("name") == namespace]
-    for w in not_enforced(mine, objs):
-        print(f"Warning: {w}", file=sys.stderr)
+    for f in analyze(objs, complete=True):
+        if f.ref == f"Namespace/{namespace}":
+            print(f"Warning: {f.ref}: {f.path}: {f.message}", file=sys.stderr)

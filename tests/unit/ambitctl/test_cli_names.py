@@ -175,6 +175,10 @@ def test_label_warns_as_apply_does(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with pytest.raises(SystemExit):
         main(["label", "ns", "legacy", "ambit.io/dataplane-mode=ambient"])
     assert capsys.readouterr().err == ""
+    with pytest.raises(SystemExit):         # no such waypoint: the namespace's traffic is refused
+        main(["label", "ns", "legacy", "ambit.io/use-waypoint=wp"])
+    assert capsys.readouterr().err.startswith('Warning: Namespace/legacy: metadata.labels[ambit.io/use-waypoint]: '
+                                              'no Gateway "legacy/wp" exists: ztunnel refuses')
 
 
 def test_lab_alone_lists_the_lab_actions(capsys: pytest.CaptureFixture[str]) -> None:
