@@ -96,11 +96,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return 1
     try:
         be = _backend(args)
+        # In the lab too (a cluster's API server refuses the Gateway itself): a typo in -n would
+        # otherwise run a waypoint pod in a namespace that does not exist
+        labels = be.namespace_labels(args.namespace) if args.enroll_namespace or not _is_kube(args) else {}
+        if labels is None:
+            print(f'error: namespace "{args.namespace}" not found; create it first', file=err)
+            return 1
         if args.enroll_namespace:
-            labels = be.namespace_labels(args.namespace)
-            if labels is None:
-                print(f'error: namespace "{args.namespace}" not found; create it first', file=err)
-                return 1
             bound = next((labels[k] for k in USE_LABELS if labels.get(k)), None)
             if bound not in (None, args.name) and not args.overwrite:
                 print(f'error: namespace "{args.namespace}" already uses waypoint "{bound}"; pass --overwrite to use '

@@ -98,6 +98,10 @@ def test_apply_enroll_needs_the_namespace(store: LabStore) -> None:
     rc, _, err = run("apply", "-n", "nowhere", "--enroll-namespace")
     assert rc == 1 and 'namespace "nowhere" not found' in err
     assert store.get("Gateway", "nowhere", "waypoint") is None
+    # without --enroll-namespace too (a typo in -n started a waypoint pod in no namespace)
+    rc, _, err = run("apply", "-n", "nowhere")
+    assert rc == 1 and 'namespace "nowhere" not found' in err
+    assert store.get("Gateway", "nowhere", "waypoint") is None
 
 
 def test_context_picks_the_cluster_as_the_other_read_commands_do(store: LabStore, tmp_path: Path) -> None:
