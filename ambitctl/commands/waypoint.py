@@ -198,6 +198,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if all(_programmed(g) == "True" for g in gws) else 1
 
 
+def _in_namespace(fn: Any) -> Any:
+    """kubectl's default namespace: the kubeconfig context's on a cluster, `default` in the lab."""
+    def run(args: argparse.Namespace) -> int:
+        if not args.namespace:
+            from ambitctl import cluster
+            args.namespace = cluster.default_namespace(args) if _is_kube(args) and not args.kube_host else "default"
+        return int(fn(args))
+    return run
+
+
 def _is_kube(args: argparse.Namespace) -> bool:
     """A cluster when asked for in any of kubectl's ways (`--context` and `--kubeconfig` too, as
     the other read commands take them), else the lab store."""
@@ -311,7 +321,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sub = p.add_subparsers(dest="waypoint_command", metavar="COMMAND", required=True)
 
     def common(sp: argparse.ArgumentParser, name: bool = True) -> None:
-        sp.add_argument("-n", "--namespace", default="default", help="the waypoint's namespace")
+        sp.add_argument("-n", "--namespace", default=None,
+                        help="the waypoint's namespace (default: the kubeconfig context's with --kube, else default)")
         sp.add_argument("--kube", action="store_true",
                         help="act on a cluster (kubeconfig / in-cluster credentials) instead of the lab store")
         sp.add_argument("--kubeconfig", help="this kubeconfig file (implies --kube)")
@@ -333,12 +344,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                             help="with --enroll-namespace: replace the namespace's current waypoint")
             sp.add_argument("--wait", action="store_true", help="wait until the waypoint is programmed")
             sp.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (default 60)")
-        sp.set_defaults(func=fn)
+        sp.set_defaults(func=_in_namespace(fn))
 
     sp = sub.add_parser("list", help="list waypoints")
     common(sp, name=False)
     sp.add_argument("-A", "--all-namespaces", action="store_true")
-    sp.set_defaults(func=cmd_list)
+    sp.set_defaults(func=_in_namespace(cmd_list))
 
     sp = sub.add_parser("status", help="show waypoints' status conditions (exit 1 unless all are programmed)")
     common(sp, name=False)
@@ -347,13 +358,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     help="with --kube: the controller's debug API HOST:PORT, to show the clusters each waypoint "
                          "pod reported (default $AMBIT_CONTROLLER)")
     sp.add_argument("--token", help="with --controller: the debug API bearer token (default: the kubeconfig user's)")
-    sp.set_defaults(func=cmd_status)
+    sp.set_defaults(func=_in_namespace(cmd_status))
 
     sp = sub.add_parser("delete", help="delete waypoints (default: the one named waypoint)")
     common(sp, name=False)
     sp.add_argument("names", nargs="*", metavar="NAME")
     sp.add_argument("--all", action="store_true", help="every waypoint in the namespace")
-    sp.set_defaults(func=cmd_delete)
+    sp.set_defaults(func=_in_namespace(cmd_delete))
 
 
 __all__ = ["WAYPOINT_CLASSES", "gateway", "register"]

@@ -117,11 +117,16 @@ def test_context_picks_the_cluster_as_the_other_read_commands_do(store: LabStore
                          {"name": "emu", "cluster": {"server": emu.url}}],
             "users": [{"name": "u", "user": {"token": "t"}}],
             "contexts": [{"name": "dead", "context": {"cluster": "dead", "user": "u"}},
-                         {"name": "prod", "context": {"cluster": "emu", "user": "u"}}]}))
+                         {"name": "prod", "context": {"cluster": "emu", "user": "u", "namespace": "prod"}}]}))
         rc, out, err = run("list", "-A", "--kubeconfig", str(cfg), "--context", "prod")
-    assert rc == 0, err
-    assert [ln.split()[:2] for ln in out.splitlines()[1:]] == [["prod", "waypoint"]], out
+        assert rc == 0, err
+        assert [ln.split()[:2] for ln in out.splitlines()[1:]] == [["prod", "waypoint"]], out
+        # no -n: the context's namespace, as kubectl (it was always "default")
+        rc, out, err = run("status", "--kubeconfig", str(cfg), "--context", "prod")
+        assert [ln.split()[:2] for ln in out.splitlines()[1:]] == [["prod", "waypoint"]], (out, err)
     assert not store.list("Gateway")
+    rc, out, err = run("list")        # the lab: default
+    assert rc == 0 and "No waypoints found in namespace default." in out + err
 
 
 def test_delete_warns_while_the_namespace_still_uses_the_waypoint(store: LabStore) -> None:
