@@ -105,12 +105,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     except cluster.TargetError as e:
         raise MeshCommandError(str(e)) from None
     target = dt.address
+    from ambit.configclient import rpc
     try:
         resp = asyncio.run(fetch_status(target, dt.trust, timeout=args.timeout, token=dt.token))
-    except Exception as e:  # noqa: BLE001 - grpc raises its own error types; one line is enough
-        details = e.details() if callable(getattr(e, "details", None)) else str(e)
-        code = e.code().name + ": " if callable(getattr(e, "code", None)) else ""
-        raise MeshCommandError(f"cannot read the controller's status at {target}: {code}{details}") from None
+    except Exception as e:  # noqa: BLE001 - gRPC and socket errors; one line is enough
+        why = rpc.describe(e) if rpc.failure(e) is not None else str(e)    # as every debug API command says it
+        raise MeshCommandError(f"cannot read the controller's status at {target}: {why}") from None
     if args.output in ("json", "yaml"):
         print(_dump(status_to_dict(resp), args.output))
     else:

@@ -4,8 +4,12 @@ StatusResponse: what SYNC says for components that are connected and for ones th
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+import pytest
 
 from ambit.api import config_pb2
+from ambitctl.cli import main
 from ambitctl.commands.mesh import format_status
 
 
@@ -35,3 +39,24 @@ def test_sync_of_connected_and_gone_components() -> None:
     assert _row(text, "ztunnel/node3")["SYNC"] == "in sync"
     gone = _row(text, "ztunnel/node2")
     assert gone["STATE"] == "gone 1m40s" and gone["SYNC"] == "-"
+
+
+def test_a_refused_status_call_is_one_readable_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The controller's refusal (grpclib's GRPCError) printed as a tuple repr:
+    `(<Status.UNAUTHENTICATED: 16>, "...", None)`; it reads as every debug API command says it."""
+    from grpclib.const import Status
+    from grpclib.exceptions import GRPCError
+
+    import ambit.configclient
+
+    async def refused(*args: object, **kw: object) -> None:
+        raise GRPCError(Status.UNAUTHENTICATED, "debug API: not the debug token")
+    monkeypatch.setenv("AMBIT_LAB_DIR", str(tmp_path))
+    (tmp_path / "store.json").write_text('{"revision": 0, "objects": []}')
+    monkeypatch.setattr(ambit.configclient, "fetch_status", refused)
+    with pytest.raises(SystemExit) as e:
+        main(["status", "--token", "wrong"])
+    assert e.value.code == 1
+    assert capsys.readouterr().err == (f"error: cannot read the controller's status at unix:{tmp_path}/controller.sock: "
+                                       "UNAUTHENTICATED: debug API: not the debug token\n")
