@@ -239,7 +239,8 @@ def cluster_node(target: Any, node: str, section: str) -> tuple[Any, str]:
 
 def cmd_ztunnel_config(args: argparse.Namespace) -> int:
     from ambitctl import cluster
-    if cluster.in_cluster(args):                     # through the controller, never the nodes
+    # A cluster, or --controller (in the lab too, as tap/stat/top): through the controller, never the nodes
+    if cluster.in_cluster(args) or args.controller:
         target = cluster.debug_target(args)
         known = sorted(p.node.name for p in cluster.proxy_status(target).proxies
                        if p.node.kind == "ztunnel" and p.connected)

@@ -64,3 +64,29 @@ def test_a_node_that_is_down_does_not_hide_the_others(lab: Path, capsys: pytest.
     with pytest.raises(SystemExit) as e:
         main(["ztunnel-config", "certs", "--node", "node2"])
     assert e.value.code == 1 and capsys.readouterr().out == ""
+
+
+def test_controller_flag_in_the_lab_reads_through_the_controller(lab: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`--controller` was accepted and ignored in the lab (the admin sockets were read); it takes the
+    debug API path there too, as tap, stat and top do."""
+    from types import SimpleNamespace
+
+    from ambitctl import cluster
+    asked: list[str] = []
+
+    def proxy_status(target: cluster.DebugTarget) -> SimpleNamespace:
+        asked.append(target.address)
+        node = SimpleNamespace(kind="ztunnel", name="node2")
+        return SimpleNamespace(proxies=[SimpleNamespace(node=node, connected=True)])
+
+    def proxy_config(target: cluster.DebugTarget, proxy: str) -> dict[str, object]:
+        asked.append(proxy)
+        return {"config": {}, "report": {"certs": [CERT], "config_version": "v9"}}
+    monkeypatch.setattr(cluster, "proxy_status", proxy_status)
+    monkeypatch.setattr(cluster, "proxy_config", proxy_config)
+    with pytest.raises(SystemExit) as e:
+        main(["ztunnel-config", "certs", "--controller", "unix:/elsewhere.sock", "--token", "t"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and asked == ["unix:/elsewhere.sock", "ztunnel/node2"]
+    assert out.startswith("ztunnel/node2  config version v9\n")     # node2's ztunnel is down in the lab
