@@ -133,12 +133,18 @@ class ClusterSnapshot:
                       key=lambda o: ((o.get("metadata") or {}).get("namespace", ""), o["metadata"].get("name", "")))
 
 
-def lab_objects() -> list[Obj]:
+def lab_store() -> Any:
+    """The lab's store, for a command that reads it: never created here (an empty one would make
+    `no lab` look like `no objects`, and leave a lab directory behind)."""
     from ambit.labstore import LabStore
     path = paths.lab_dir() / "store.json"
     if not path.exists():
         raise TargetError(f"no lab is up (no {path}); set AMBIT_LAB_DIR, run `ambit lab up`, or pass --context")
-    return list(LabStore(path).snapshot().objects.values())
+    return LabStore(path)
+
+
+def lab_objects() -> list[Obj]:
+    return list(lab_store().snapshot().objects.values())
 
 
 def objects(args: argparse.Namespace) -> list[Obj]:
@@ -183,13 +189,17 @@ def controller_trust(args: argparse.Namespace | None, cluster: bool) -> Any:
 def _published_root(args: argparse.Namespace | None, namespace: str) -> str:
     from kubernetes import client as k8s
     from kubernetes.client.exceptions import ApiException
+    client = api_client(args or argparse.Namespace())
     try:
-        cm = k8s.CoreV1Api(api_client(args or argparse.Namespace())).read_namespaced_config_map(ROOT_CONFIGMAP, namespace)
+        cm = k8s.CoreV1Api(client).read_namespaced_config_map(ROOT_CONFIGMAP, namespace, _request_timeout=(5.0, 30.0))
     except ApiException as e:
         if e.status == 404:
             return ""
         raise TargetError(f"cannot read ConfigMap {namespace}/{ROOT_CONFIGMAP} (the controller's root): "
                           f"{e.status} {e.reason}") from None
+    except Exception as e:  # noqa: BLE001 - urllib3 errors: the API server is unreachable
+        raise TargetError(f"cannot reach the API server ({client.configuration.host}) to read ConfigMap "
+                          f"{namespace}/{ROOT_CONFIGMAP} (the controller's root): {e}") from None
     return (cm.data or {}).get(ROOT_KEY, "")
 
 

@@ -62,3 +62,18 @@ def intermixed(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     if not isinstance(parser, _Intermixed):
         parser.__class__ = type(f"Intermixed{type(parser).__name__}", (_Intermixed, type(parser)), {})
     return parser
+
+
+def at_least_zero(convert: Any) -> Any:
+    """An argparse type for a count or a number of seconds where 0 means "no limit": a negative
+    value is refused by name rather than taken as a limit already reached (the command would
+    stop at once and exit 0)."""
+    def parse(text: str) -> Any:
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {convert.__name__} value: {text!r}") from None
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0 (0: no limit), got {text}")
+        return v
+    return parse

@@ -7,15 +7,19 @@ from kubernetes import client as kclient
 from kubernetes import config as kconfig
 
 
-def make_api_client(host: str | None = None, kubeconfig: str | None = None) -> kclient.ApiClient:
+def make_api_client(host: str | None = None, kubeconfig: str | None = None,
+                    context: str | None = None) -> kclient.ApiClient:
     """An ApiClient for `host` (plain HTTP: tests, `kubectl proxy`), else in-cluster credentials (a
-    pod's service account), else `kubeconfig` / $KUBECONFIG / ~/.kube/config."""
+    pod's service account), else `kubeconfig` / $KUBECONFIG / ~/.kube/config. A `context` names a
+    kubeconfig context, so it skips the in-cluster credentials as kubectl --context does."""
     cfg = kclient.Configuration()
     if host:
         cfg.host = host
     else:
         try:
+            if context:
+                raise kconfig.ConfigException("a kubeconfig context was asked for")
             kconfig.load_incluster_config(client_configuration=cfg)
         except kconfig.ConfigException:
-            kconfig.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+            kconfig.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
     return kclient.ApiClient(cfg)

@@ -70,7 +70,7 @@ def cluster_traffic(args: argparse.Namespace) -> tuple[list[an.PlaintextTraffic]
     from ambit.api import debug_pb2
     from ambitctl import cluster
     try:
-        target = cluster.debug_target(args, True)
+        target = cluster.debug_target(args)       # a cluster's, or the lab's with --controller
         resp = cluster.call(target, "Metrics", debug_pb2.MetricsRequest(timeout=3.0), 8.0)
     except Exception as e:  # noqa: BLE001 - TargetError or the gRPC error: the note names it
         details = e.details() if callable(getattr(e, "details", None)) else str(e)
@@ -137,7 +137,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             objects[id(o)] = o
     traffic: list[an.PlaintextTraffic] = []
     if lab is not None and not args.no_traffic:
-        traffic, why = cluster_traffic(args) if in_cluster else lab_traffic()
+        # --controller in the lab: through its debug API too, as tap/stat/top (it was ignored)
+        traffic, why = cluster_traffic(args) if in_cluster or args.controller else lab_traffic()
         if why:
             print(f"note: traffic facts incomplete ({why}); AMB0110 may miss problems", file=err)
     found = an.analyze(list(objects.values()), complete=lab is not None or args.assume_complete, traffic=traffic)

@@ -43,13 +43,18 @@ def _objects(args: argparse.Namespace) -> list[dict[str, Any]]:
     from ambit.labstore import LabStore
     from ambitctl.commands.config import load_manifests, set_namespace
     from ambitctl.lab.paths import store_path
-    from controller.validation import object_key
+    from controller.validation import ValidationError, object_key, validate_all
     objs: dict[Any, dict[str, Any]] = {}
     if store_path().exists():
         objs.update(LabStore(store_path()).snapshot().objects)
     if args.filename:
         files = load_manifests(args.filename, getattr(args, "stdin", None))
         set_namespace(files, None)
+        try:   # a policy `ambit apply` would refuse must not be left out of the answer without a word
+            validate_all(files)
+        except ValidationError as e:
+            raise ac.CheckError(f"-f: {len(e.errors)} problem(s), `ambit apply` would refuse these files: "
+                                + "; ".join(str(fe) for fe in e.errors)) from None
         for o in files:
             objs[object_key(o)] = o
     if not objs:

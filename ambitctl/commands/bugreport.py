@@ -208,11 +208,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def cmd_bug_report(args: argparse.Namespace) -> int:
     from ambitctl.lab.paths import lab_dir
-    out = Path(args.output or f"ambit-bug-report-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.tar.gz")
+    name = f"ambit-bug-report-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.tar.gz"
+    out = Path(args.output or name)
+    if out.is_dir():            # -o DIR: the report goes into it, under its usual name
+        out = out / name
     from ambitctl import cluster
     if args.log_tail <= 0:
         print("error: --log-tail must be > 0 bytes", file=sys.stderr)
         return 2
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        print(f"error: cannot write {out}: {parent} is not a directory this user can write to", file=sys.stderr)
+        return 1
     if cluster.in_cluster(args):
         from ambitctl.commands import bugreport_cluster
         try:

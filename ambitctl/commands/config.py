@@ -24,7 +24,7 @@ from ambitctl import selectors
 from ambitctl.lab.paths import store_path
 from ambitctl.term import intermixed
 from controller.kinds import KindSpec, all_names, by_name, spec_of
-from controller.validation import ValidationError, object_key, validate_all
+from controller.validation import ValidationError, object_key, object_ref, validate_all
 
 Obj = dict[str, Any]
 
@@ -149,12 +149,34 @@ def plan_apply(objs: list[Obj], current: dict[tuple[str, str, str], Obj]) -> App
     _lab_mesh_providers(tr)
     refs = {object_ref(o) for o in objs}
     plan.errors = [str(fe) for fe in tr.errors if fe.ref in refs]
-    plan.warnings = not_enforced(objs, everything, tr)
+    plan.warnings = _missing_namespaces(objs, current) + not_enforced(objs, everything, tr)
     for o in objs:
         before = current.get(object_key(o))
         plan.verdicts.append("created" if before is None else
                              "unchanged" if _comparable(before, "status" in o) == _comparable(o) else "configured")
     return plan
+
+
+# The mesh's root namespace (the controller's --root-namespace): mesh-wide policy lives there, and
+# the lab has no Namespace object for it.
+ROOT_NAMESPACE = "ambit-system"
+
+
+def _missing_namespaces(objs: list[Obj], current: dict[tuple[str, str, str], Obj]) -> list[str]:
+    """A namespaced object in a namespace the lab does not have (a typo in -n or metadata.namespace)
+    would be refused by a cluster's API server; the lab store keeps it, so say that it applies to
+    nothing there. Nothing to say without a lab (a dry run of files alone knows no namespaces)."""
+    have = {key[2] for key in current if key[0] == "Namespace"}
+    if not have:
+        return []
+    have |= {o["metadata"]["name"] for o in objs if o.get("kind") == "Namespace"}
+    out = []
+    for o in objs:
+        spec, ns = spec_of(o), o["metadata"].get("namespace", "")
+        if spec is not None and spec.namespaced and ns not in have and ns != ROOT_NAMESPACE:
+            out.append(f'{object_ref(o)}: metadata.namespace: namespace "{ns}" does not exist in the lab (it has '
+                       f"{', '.join(sorted(have))}): stored, but a cluster's API server would refuse it")
+    return out
 
 
 def _lab_mesh_providers(tr: Any) -> None:
@@ -234,9 +256,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
             targets = []
             for o in objs:
                 spec = spec_of(o)
-                if spec is None or not (o.get("metadata") or {}).get("name"):
-                    raise InputError(f"cannot delete {o.get('kind')!r} {o.get('metadata', {}).get('name')!r}: "
-                                     "kind and metadata.name are required")
+                md = o.get("metadata") if isinstance(o.get("metadata"), dict) else {}
+                if spec is None or not isinstance(md.get("name"), str) or not md["name"]:
+                    raise InputError(f"cannot delete {object_ref(o)}: a known kind and metadata.name are required")
                 targets.append((spec, o.get("apiVersion", ""), object_key(o)))
         else:
             _kind_slash_name(args)
@@ -423,7 +445,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             return 1
         snap: Any = cluster.ClusterSnapshot(cluster.cluster_objects(cluster.api_client(args), ns))
     else:
-        store = _store()
+        store = cluster.lab_store()
         snap = store.snapshot()
     objs = _select(spec, snap, ns, names, selector)
     rc = 0

@@ -456,10 +456,12 @@ class InstallError(RuntimeError):
 
 
 def target_version(o: argparse.Namespace) -> str:
-    """The version being installed: the image's tag when it is one (ambit:0.2.0), else this CLI's."""
-    from ambitctl.kubeapply import parse_version
-    tag = o.image.rsplit(":", 1)[-1] if ":" in o.image.rsplit("/", 1)[-1] else ""
-    return tag if parse_version(tag) else default_image().rsplit(":", 1)[-1]
+    """The version being installed: the image's tag (ambit:0.2.0), else, for an image without a
+    tag (`reg/ambit`, `reg/ambit@sha256:...`), this CLI's. A tag that is no version (`dev`,
+    `latest`) is kept as it is, so `ambit upgrade` refuses it without --force (docs/operations.md
+    "Upgrading"): read as this CLI's version, any image passed as compatible."""
+    last = o.image.split("@", 1)[0].rsplit("/", 1)[-1]     # a digest is not a tag; reg:5000/ is no tag
+    return (last.rsplit(":", 1)[-1] if ":" in last else "") or default_image().rsplit(":", 1)[-1]
 
 
 def settings_of(o: argparse.Namespace) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from ambitctl.term import intermixed
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lab", help="the netns lab: nodes and pods on this machine")
     ls = p.add_subparsers(dest="lab_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])     # `ambit lab`: its actions, not every command
 
     up = ls.add_parser("up", help="build the lab and start its processes")
     up.add_argument("--spec", help="lab spec YAML (default: the built-in demo spec)")
@@ -54,15 +55,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.set_defaults(func=cmd_exec)
 
     lg = ls.add_parser("logs", help="show a component's log")
-    lg.add_argument("component", help="controller | agent | ztunnel | waypoint | NS/POD | supervisor")
-    lg.add_argument("--node")
+    lg.add_argument("component", help="controller | supervisor | agent[/NODE] | ztunnel[/NODE] | "
+                                      "waypoint[/NS/NAME] | NS/POD")
+    lg.add_argument("--node", help="the node of an agent or ztunnel (or write agent/NODE)")
     lg.add_argument("-f", "--follow", action="store_true")
     lg.set_defaults(func=cmd_logs)
 
     for action in ("stop", "start", "restart"):
         a = ls.add_parser(action, help=f"{action} a lab process (e.g. controller, agent --node node1)")
-        a.add_argument("component")
-        a.add_argument("--node")
+        a.add_argument("component", help="controller | agent[/NODE] | ztunnel[/NODE] | waypoint[/NS/NAME] | "
+                                         "NS/POD, as `ambit lab status` names them")
+        a.add_argument("--node", help="the node of an agent or ztunnel (or write agent/NODE)")
         a.set_defaults(func=cmd_proc, action=action)
 
     ro = ls.add_parser("roll", help="replace a node's agent and ztunnel as a DaemonSet update does")
@@ -153,7 +156,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    f = lab.log_file(args.component, args.node)
+    from ambitctl.lab import logs
+    f = logs.log_file(args.component, args.node)
     if not f.exists():
         print(f"error: no log at {f} (is the component running?)", file=sys.stderr)
         return 1
@@ -163,27 +167,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def proc_id(component: str, node: str | None) -> str:
-    if "/" in component:
-        return f"pod/{component}"
-    if component in ("agent", "ztunnel", "waypoint"):
-        if not node:
-            raise lab.LabError(f"{component} runs per node: give --node")
-        return f"{component}/{node}"
-    return component
-
-
 def cmd_proc(args: argparse.Namespace) -> int:
-    pid_id = proc_id(args.component, args.node)
+    from ambitctl.lab import logs
     with state.editing() as st:
+        pid_id = logs.process_id(args.component, args.node, st)
         try:
             p = st.proc(pid_id)
         except KeyError:
             raise lab.LabError(f"no lab process {pid_id!r} (have: {', '.join(x.id for x in st.processes)})") from None
-        if args.action == "stop":
-            p.enabled = False
-        elif args.action == "start":
-            p.enabled = True
+        # restart: a stopped process is started again too, as `kubectl rollout restart` would
+        p.enabled = args.action != "stop"
     if args.action == "restart":
         pid = state.runtime().get(pid_id, {}).get("pid")
         if pid:
@@ -216,4 +209,17 @@ def cmd_label(args: argparse.Namespace) -> int:
     rev = lab.label_namespace(args.name, labels)
     print(json.dumps({"namespace": args.name, "revision": rev}) if os.environ.get("AMBIT_JSON")
           else f"namespace/{args.name} labeled")
+    _label_warnings(args.name)
     return 0
+
+
+def _label_warnings(namespace: str) -> None:
+    """What `ambit analyze` finds about the labelled Namespace (an enrolment value that enrols
+    nothing, a use-waypoint naming no waypoint, which fails its traffic closed): a label is
+    configuration too, and must not be a silent no-op."""
+    from ambit.labstore import LabStore
+    from ambitctl.analyze import analyze
+    objs = list(LabStore(paths.store_path()).snapshot().objects.values())
+    for f in analyze(objs, complete=True):
+        if f.ref == f"Namespace/{namespace}":
+            print(f"Warning: {f.ref}: {f.path}: {f.message}", file=sys.stderr)

@@ -74,7 +74,8 @@ def format_status(resp: Any, target: str, now: float | None = None) -> str:
         st = (f"up {_ago(s.connected_since, now)}" if s.connected
               else f"gone {_ago(s.disconnected_at, now)}")
         for i, t in enumerate(s.types):
-            sync = "NACK" if nacking(t) else ("in sync" if t.in_sync else "pending")
+            # a component that is gone waits for nothing: "pending" would say a response is on its way
+            sync = "-" if not s.connected else "NACK" if nacking(t) else "in sync" if t.in_sync else "pending"
             rows.append([who if i == 0 else "", (s.node.instance_id or "-") if i == 0 else "", st if i == 0 else "",
                          _short(t.type_url), t.acked_version or "-", sync, str(t.resources)])
             if t.HasField("last_nack") and (s.connected and nacking(t)):
@@ -104,12 +105,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     except cluster.TargetError as e:
         raise MeshCommandError(str(e)) from None
     target = dt.address
+    from ambit.configclient import rpc
     try:
         resp = asyncio.run(fetch_status(target, dt.trust, timeout=args.timeout, token=dt.token))
-    except Exception as e:  # noqa: BLE001 - grpc raises its own error types; one line is enough
-        details = e.details() if callable(getattr(e, "details", None)) else str(e)
-        code = e.code().name + ": " if callable(getattr(e, "code", None)) else ""
-        raise MeshCommandError(f"cannot read the controller's status at {target}: {code}{details}") from None
+    except Exception as e:  # noqa: BLE001 - gRPC and socket errors; one line is enough
+        why = rpc.describe(e) if rpc.failure(e) is not None else str(e)    # as every debug API command says it
+        raise MeshCommandError(f"cannot read the controller's status at {target}: {why}") from None
     if args.output in ("json", "yaml"):
         print(_dump(status_to_dict(resp), args.output))
     else:
@@ -120,20 +121,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 # -- ambit ztunnel-config ------------------------------------------------------------------------------
 
-def fetch_node(base: Path, node: str, section: str) -> Any:
+def fetch_node(base: Path, node: str, section: str) -> tuple[Any, str]:
+    """One node's section and the config version its ztunnel holds, from its admin socket."""
     from ambit.dataplane import endpoint
     sock = components.ztunnel_admin_socket(base, node)
     path = {"all": "/config_dump"}.get(section, f"/{section}")
     try:
         status, body = endpoint.get_json(sock, path)
-    except OSError as e:
+        if status != 200:
+            raise MeshCommandError(f"ztunnel on {node}: {path} answered HTTP {status}: {body}")
+        if section == "all":
+            for extra in ("certs", "connections"):
+                body[extra] = endpoint.get_json(sock, f"/{extra}")[1]
+            return body, body.get("version", "")
+        return body, (endpoint.get_json(sock, "/healthz/ready")[1] or {}).get("version", "")
+    except (OSError, ValueError) as e:
         raise MeshCommandError(f"ztunnel on {node}: cannot reach its admin socket {sock}: {e}") from None
-    if status != 200:
-        raise MeshCommandError(f"ztunnel on {node}: {path} answered HTTP {status}: {body}")
-    if section == "all":
-        for extra in ("certs", "connections"):
-            body[extra] = endpoint.get_json(sock, f"/{extra}")[1]
-    return body
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -236,7 +239,8 @@ def cluster_node(target: Any, node: str, section: str) -> tuple[Any, str]:
 
 def cmd_ztunnel_config(args: argparse.Namespace) -> int:
     from ambitctl import cluster
-    if cluster.in_cluster(args):                     # through the controller, never the nodes
+    # A cluster, or --controller (in the lab too, as tap/stat/top): through the controller, never the nodes
+    if cluster.in_cluster(args) or args.controller:
         target = cluster.debug_target(args)
         known = sorted(p.node.name for p in cluster.proxy_status(target).proxies
                        if p.node.kind == "ztunnel" and p.connected)
@@ -254,19 +258,21 @@ def cmd_ztunnel_config(args: argparse.Namespace) -> int:
         raise MeshCommandError(f"no node {args.node!r} in the lab (have: {', '.join(_lab_nodes(base))})")
     results: dict[str, Any] = {}
     versions: dict[str, str] = {}
-    for node in nodes:
-        results[node] = fetch_node(base, node, args.section)
-        if args.section != "all":
-            from ambit.dataplane import endpoint
-            _, ready = endpoint.get_json(components.ztunnel_admin_socket(base, node), "/healthz/ready")
-            versions[node] = ready.get("version", "")
-        else:
-            versions[node] = results[node].get("version", "")
+    failed = []
+    for node in nodes:      # one ztunnel that is down (restarting, rolled) must not hide the others
+        try:
+            results[node], versions[node] = fetch_node(base, node, args.section)
+        except MeshCommandError as e:
+            if args.node:
+                raise
+            failed.append(str(e))
     if args.output in ("json", "yaml"):
         print(_dump(results, args.output))
-    else:
-        print("\n\n".join(format_node(n, args.section, results[n], versions[n]) for n in nodes))
-    return 0
+    elif results:
+        print("\n\n".join(format_node(n, args.section, results[n], versions[n]) for n in results))
+    for e in failed:
+        print(f"error: {e}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _dump(doc: Any, fmt: str) -> str:

@@ -33,7 +33,7 @@ from typing import Any, TextIO
 
 from ambit.tapfilter import Filter, event_matches, validate_status
 from ambitctl import cluster
-from ambitctl.term import intermixed, paint
+from ambitctl.term import at_least_zero, intermixed, paint
 
 Event = dict[str, Any]
 
@@ -215,8 +215,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="only L7 requests with this response status (comma: any of)")
     p.add_argument("--verdict", default="", choices=("allowed", "denied", "error"))
     p.add_argument("--layer", default="", choices=("L4", "L7", "l4", "l7"))
-    p.add_argument("--max-events", type=int, default=0, help="stop after this many flows (default: never)")
-    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (default: never)")
+    p.add_argument("--max-events", type=at_least_zero(int), default=0,
+                   help="stop after this many flows (default 0: never)")
+    p.add_argument("--duration", type=at_least_zero(float), default=0.0,
+                   help="stop after this many seconds (default 0: never)")
     p.add_argument("-o", "--output", choices=("text", "wide", "json"), default="text")
     cluster.add_arguments(p)
     intermixed(p)

@@ -64,8 +64,8 @@ def _streams(args: argparse.Namespace) -> tuple[TextIO, TextIO]:
 
 
 def _backend(args: argparse.Namespace) -> Backend:
-    if getattr(args, "kube", False) or getattr(args, "kubeconfig", None) or getattr(args, "kube_host", None):
-        return KubeBackend(args.kube_host, args.kubeconfig)
+    if _is_kube(args):
+        return KubeBackend(args.kube_host, args.kubeconfig, args.context)
     return LabBackend(LabStore(store_path()))
 
 
@@ -96,11 +96,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return 1
     try:
         be = _backend(args)
+        # In the lab too (a cluster's API server refuses the Gateway itself): a typo in -n would
+        # otherwise run a waypoint pod in a namespace that does not exist
+        labels = be.namespace_labels(args.namespace) if args.enroll_namespace or not _is_kube(args) else {}
+        if labels is None:
+            print(f'error: namespace "{args.namespace}" not found; create it first', file=err)
+            return 1
         if args.enroll_namespace:
-            labels = be.namespace_labels(args.namespace)
-            if labels is None:
-                print(f'error: namespace "{args.namespace}" not found; create it first', file=err)
-                return 1
             bound = next((labels[k] for k in USE_LABELS if labels.get(k)), None)
             if bound not in (None, args.name) and not args.overwrite:
                 print(f'error: namespace "{args.namespace}" already uses waypoint "{bound}"; pass --overwrite to use '
@@ -196,8 +198,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if all(_programmed(g) == "True" for g in gws) else 1
 
 
+def _in_namespace(fn: Any) -> Any:
+    """kubectl's default namespace: the kubeconfig context's on a cluster, `default` in the lab."""
+    def run(args: argparse.Namespace) -> int:
+        if not args.namespace:
+            from ambitctl import cluster
+            args.namespace = cluster.default_namespace(args) if _is_kube(args) and not args.kube_host else "default"
+        return int(fn(args))
+    return run
+
+
 def _is_kube(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "kube", False) or getattr(args, "kubeconfig", None) or getattr(args, "kube_host", None))
+    """A cluster when asked for in any of kubectl's ways (`--context` and `--kubeconfig` too, as
+    the other read commands take them), else the lab store."""
+    return bool(getattr(args, "kube", False) or getattr(args, "kubeconfig", None) or getattr(args, "kube_host", None)
+                or getattr(args, "context", None))
 
 
 def cluster_rows(clusters: list[Obj]) -> list[list[str]]:
@@ -280,7 +295,23 @@ def cmd_delete(args: argparse.Namespace) -> int:
     for n in names:
         if n in present:
             print(f"waypoint {args.namespace}/{n} deleted", file=out)
+    _still_used(be, args.namespace, [n for n in names if n in present], err)
     return rc
+
+
+def _still_used(be: Backend, namespace: str, deleted: list[str], err: TextIO) -> None:
+    """Warn when the namespace still names a deleted waypoint: ztunnel then refuses the traffic
+    that should go through it (fails closed), so a delete alone silently cuts the namespace off."""
+    try:
+        labels = be.namespace_labels(namespace) or {}
+    except BackendError:
+        return
+    for key in USE_LABELS:
+        if labels.get(key) in deleted:
+            print(f"Warning: namespace {namespace} still has {key}={labels[key]}: ztunnel refuses the traffic "
+                  f"of its Services that should go through that waypoint (it fails closed, never bypasses it) "
+                  f"until the label is removed (`ambit label ns {namespace} {key}-`) or the waypoint is applied "
+                  "again", file=err)
 
 
 # -- wiring ----------------------------------------------------------------------------------------
@@ -290,10 +321,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sub = p.add_subparsers(dest="waypoint_command", metavar="COMMAND", required=True)
 
     def common(sp: argparse.ArgumentParser, name: bool = True) -> None:
-        sp.add_argument("-n", "--namespace", default="default", help="the waypoint's namespace")
+        sp.add_argument("-n", "--namespace", default=None,
+                        help="the waypoint's namespace (default: the kubeconfig context's with --kube, else default)")
         sp.add_argument("--kube", action="store_true",
                         help="act on a cluster (kubeconfig / in-cluster credentials) instead of the lab store")
-        sp.add_argument("--kubeconfig", help="with --kube: this kubeconfig file")
+        sp.add_argument("--kubeconfig", help="this kubeconfig file (implies --kube)")
+        sp.add_argument("--context", help="this kubeconfig context (implies --kube)")
         sp.add_argument("--kube-host", help="with --kube: a plain-HTTP API server URL (e.g. `kubectl proxy`)")
         if name:
             sp.add_argument("--name", default="waypoint", help="the waypoint's name (default: waypoint)")
@@ -311,12 +344,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                             help="with --enroll-namespace: replace the namespace's current waypoint")
             sp.add_argument("--wait", action="store_true", help="wait until the waypoint is programmed")
             sp.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (default 60)")
-        sp.set_defaults(func=fn)
+        sp.set_defaults(func=_in_namespace(fn))
 
     sp = sub.add_parser("list", help="list waypoints")
     common(sp, name=False)
     sp.add_argument("-A", "--all-namespaces", action="store_true")
-    sp.set_defaults(func=cmd_list)
+    sp.set_defaults(func=_in_namespace(cmd_list))
 
     sp = sub.add_parser("status", help="show waypoints' status conditions (exit 1 unless all are programmed)")
     common(sp, name=False)
@@ -325,13 +358,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     help="with --kube: the controller's debug API HOST:PORT, to show the clusters each waypoint "
                          "pod reported (default $AMBIT_CONTROLLER)")
     sp.add_argument("--token", help="with --controller: the debug API bearer token (default: the kubeconfig user's)")
-    sp.set_defaults(func=cmd_status)
+    sp.set_defaults(func=_in_namespace(cmd_status))
 
     sp = sub.add_parser("delete", help="delete waypoints (default: the one named waypoint)")
     common(sp, name=False)
     sp.add_argument("names", nargs="*", metavar="NAME")
     sp.add_argument("--all", action="store_true", help="every waypoint in the namespace")
-    sp.set_defaults(func=cmd_delete)
+    sp.set_defaults(func=_in_namespace(cmd_delete))
 
 
 __all__ = ["WAYPOINT_CLASSES", "gateway", "register"]

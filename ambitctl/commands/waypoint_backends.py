@@ -59,12 +59,12 @@ class LabBackend:
 
 
 class KubeBackend:
-    def __init__(self, host: str | None = None, kubeconfig: str | None = None):
+    def __init__(self, host: str | None = None, kubeconfig: str | None = None, context: str | None = None):
         from kubernetes import client as kclient
 
         from ambit.kube.client import make_api_client
         try:
-            api = make_api_client(host, kubeconfig)
+            api = make_api_client(host, kubeconfig, context)
         except Exception as e:  # noqa: BLE001 - kubeconfig errors come in many types
             raise BackendError(f"cannot reach the cluster: {e}") from None
         self.custom = kclient.CustomObjectsApi(api)

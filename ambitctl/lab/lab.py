@@ -275,32 +275,6 @@ def exec_in_pod(target: str, argv: list[str], base: Path | None = None) -> None:
     os.execvp("ip", ["ip", "netns", "exec", names.pod_netns(ns, name), *argv])
 
 
-def log_file(component: str, node: str | None, base: Path | None = None) -> Path:
-    d = paths.log_dir(base)
-    if component == "waypoint" or (component.startswith("waypoint/") and component.count("/") == 2):
-        # one log per waypoint Gateway: waypoint-<ns>-<name>.log (the supervisor's process id)
-        want = component.partition("/")[2].replace("/", "-")
-        cands = sorted(d.glob(f"waypoint-{want or ''}*.log"))
-        if len(cands) == 1:
-            return cands[0]
-        raise LabError(f"{'no' if not cands else 'several'} waypoint logs; name one as waypoint/NS/NAME "
-                       f"({', '.join(c.stem.split('-', 1)[1] for c in cands) or 'none is running'})")
-    if "/" in component:
-        return d / f"pod-{component.replace('/', '-')}.log"
-    if component in ("controller", "supervisor"):
-        return d / f"{component}.log"
-    if component in ("agent", "ztunnel"):
-        if node is None:
-            st = state.load(base)
-            cands = sorted(d.glob(f"{component}-*.log"))
-            if len(cands) == 1 or (cands and st is None):
-                return cands[0]
-            raise LabError(f"{component} runs on every node; pick one with --node "
-                           f"({', '.join(c.stem.split('-', 1)[1] for c in cands)})")
-        return d / f"{component}-{node}.log"
-    raise LabError(f"unknown component {component!r}: controller, agent, ztunnel, waypoint[/NS/NAME], or NS/POD")
-
-
 def label_namespace(ns: str, assignments: list[str], base: Path | None = None) -> int:
     from controller.kinds.common import label_key_reason, label_value_reason
     set_: dict[str, str] = {}

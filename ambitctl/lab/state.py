@@ -88,7 +88,10 @@ def load(base: Path | None = None) -> LabState | None:
 def editing(base: Path | None = None):
     """Read-modify-write the state under a lock."""
     lock = (base or paths.lab_dir()) / "state.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:   # no lab directory: say so, not which lock file could not be made
+        raise FileNotFoundError(f"no lab is up (no state in {lock.parent})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         st = load(base)

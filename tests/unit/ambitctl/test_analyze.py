@@ -203,3 +203,22 @@ def test_ingress_only_virtual_services_are_not_the_mesh_s() -> None:
     svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "shop"},
            "spec": {"clusterIP": "10.96.1.11", "ports": [{"port": 80}]}}
     assert not [f for f in an.analyze([vs, svc], complete=True) if f.code == "AMB0101"]
+
+
+def test_controller_flag_in_the_lab_reads_traffic_through_it(lab_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--controller` in the lab was accepted and ignored (traffic facts came from the node sockets):
+    it reads them through that controller's debug API `Metrics`, as stat/top do."""
+    from types import SimpleNamespace
+
+    from ambitctl import cluster
+    LabStore(store_path()).apply(load(FIXTURES / "strict-plaintext.yaml"))
+    asked: list[str] = []
+
+    def call(target: cluster.DebugTarget, method: str, request: object, timeout: float) -> SimpleNamespace:
+        asked.append(f"{target.address} {method}")
+        return SimpleNamespace(metrics={"ztunnel/n1": (FIXTURES / "strict-plaintext.metrics").read_text()}, missing=[])
+    monkeypatch.setattr(cluster, "call", call)
+    rc, out, _ = run("analyze", "-A")
+    assert "AMB0110" not in out and asked == []                      # the lab's sockets: no lab state here
+    rc, out, err = run("analyze", "-A", "--controller", "unix:/elsewhere.sock", "--token", "t")
+    assert asked == ["unix:/elsewhere.sock Metrics"] and "[AMB0110]" in out, err

@@ -125,3 +125,21 @@ def test_a_status_written_by_the_controller_is_not_a_change(lab_dir: Path) -> No
     assert out.endswith("unchanged (dry run)\n"), out
     rc, out, _ = run("apply", "-f", str(EXAMPLES / "istio" / "peer-authentication.yaml"), "-n", "demo")
     assert out.endswith("unchanged\n"), out
+
+
+def test_a_namespace_the_lab_does_not_have_is_warned(lab_dir: Path) -> None:
+    """`-n defualt` put the object where nothing lives, silently (kubectl is refused by the API server)."""
+    LabStore(store_path()).apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}
+                                  for n in ("default", "demo")])
+    vs = str(EXAMPLES / "istio" / "virtual-service.yaml")
+    for dry in ((), ("--dry-run",)):
+        rc, _, err = run("apply", *dry, "-f", vs, "-n", "defualt")
+        assert rc == 0
+        assert ('Warning: VirtualService/defualt/myapp: metadata.namespace: namespace "defualt" does not exist in '
+                "the lab (it has default, demo)") in err
+    rc, _, err = run("apply", "-f", vs, "-n", "demo")
+    assert rc == 0 and "does not exist" not in err
+    rc, out, err = run("apply", "-n", "shop", "-f", "-", stdin="apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"
+                       "---\n" + (EXAMPLES / "istio" / "virtual-service.yaml").read_text())
+    assert rc == 0 and "does not exist" not in err      # the batch creates it
+    assert LabStore(store_path()).get("VirtualService", "shop", "myapp") is not None

@@ -136,3 +136,18 @@ def test_a_jwt_header_is_verified_as_the_waypoint_verifies_it() -> None:
     [hop] = r.paths[0].hops
     assert not r.allowed and hop.where == "waypoint default/waypoint (RequestAuthentication)"
     assert hop.reason == "401 Jwt is expired"
+
+
+def test_a_policy_apply_would_refuse_is_an_error_not_left_out(lab_store: LabStore, tmp_path: Path) -> None:
+    """-f with a DENY policy that does not validate (a typo in `action`): the answer was ALLOWED,
+    decided as if the file were not there; it is the validation error `ambit apply` would give."""
+    bad = tmp_path / "deny.yaml"
+    bad.write_text("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+                   "metadata: {name: deny-client, namespace: demo}\n"
+                   "spec: {action: DENNY, rules: [{from: [{source: {namespaces: [demo]}}]}]}\n")
+    rc, out, err = run("authz", "check", "demo/client", "echo.demo:8080", "-f", str(bad))
+    assert rc == 1 and out == ""
+    assert err.count("\n") == 1 and 'AuthorizationPolicy/demo/deny-client: spec.action: must be one of' in err
+    bad.write_text("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: deny-client\n")
+    rc, out, err = run("authz", "check", "demo/client", "echo.demo:8080", "-f", str(bad))
+    assert rc == 1 and "metadata: required field is missing" in err      # was an AttributeError

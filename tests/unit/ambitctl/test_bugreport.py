@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
+
+from ambitctl.cli import main
 from ambitctl.commands.bugreport import build, redact
 
 PEM = ("-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBkg4LVWM9nuwNSk3yByxZpYRTBnVJk5jYkmMTBdpAcqoAoGCCqGSM49\n"
@@ -59,3 +63,29 @@ def test_redact_keeps_ordinary_text() -> None:
     text = "GET /api 200 in 3ms; tokens_per_s=12 is not secret? route demo/echo keys=2"
     assert redact("plain line: src=client dst=echo") == "plain line: src=client dst=echo"
     assert "GET /api 200" in redact(text)
+
+
+def test_output_to_a_directory_or_nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`-o DIR` was an IsADirectoryError traceback; `-o` into a missing directory a bare errno line."""
+    from ambitctl.commands import bugreport
+    monkeypatch.setenv("AMBIT_LAB_DIR", str(lab(tmp_path)))
+    written: list[Path] = []
+
+    def fake_build(base: Path, out: Path, log_tail: int) -> SimpleNamespace:
+        out.write_bytes(b"x")
+        written.append(out)
+        return SimpleNamespace(members=["a"], errors=[])
+    monkeypatch.setattr(bugreport, "build", fake_build)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    with pytest.raises(SystemExit) as e:
+        main(["bug-report", "-o", str(reports)])
+    assert e.value.code == 0
+    assert [p.parent for p in written] == [reports] and written[0].name.startswith("ambit-bug-report-")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["bug-report", "-o", str(tmp_path / "nowhere" / "r.tgz")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err == (f"error: cannot write {tmp_path}/nowhere/r.tgz: {tmp_path}/nowhere is not "
+                                         "a directory this user can write to\n")

@@ -127,3 +127,17 @@ def test_no_cluster_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     args = build_parser().parse_args(["uninstall", "--server", "http://127.0.0.1:9"])
     assert args.func(args) == 1
     assert "cannot reach the API server" in capsys.readouterr().err
+
+
+def test_an_image_tag_that_is_no_version_needs_force(emu: KubeEmulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/operations.md "Upgrading": `ambit:dev` is refused unless --force. Its tag was read as
+    this CLI's version, so any `:dev` or `:latest` image passed as compatible."""
+    assert run(capsys, emu, "install", "--image", "ambit:0.1.0")[0] == 0
+    rc, _, err = run(capsys, emu, "upgrade", "--image", "reg/ambit:dev", "--dry-run")
+    assert rc == 1 and "'dev' is not MAJOR.MINOR.PATCH" in err
+    rc, _, err = run(capsys, emu, "upgrade", "--image", "reg/ambit:dev", "--force", "--dry-run")
+    assert rc == 0 and "--force given" in err
+    # no tag (a digest, a registry port): the version is this CLI's
+    for image in ("reg:5000/ambit", f"reg/ambit@sha256:{'0' * 64}"):
+        rc, _, err = run(capsys, emu, "upgrade", "--image", image, "--dry-run")
+        assert rc == 0 and "compatible" in err, (image, err)

@@ -310,3 +310,12 @@ def test_good_labels_are_accepted(store: LabStore) -> None:
 def test_apply_checks_labels_of_every_object_by_the_same_rules() -> None:
     errs = validate_object(pod("x", **{"bad key": "v", "ok": "bad value"}))
     assert sorted(e.path for e in errs) == ["metadata.labels[bad key]", "metadata.labels[ok]"]
+
+
+def test_delete_of_a_malformed_file_is_one_line(store: LabStore, tmp_path: Path) -> None:
+    """`metadata` that is not a map was an AttributeError traceback."""
+    f = tmp_path / "bad.yaml"
+    f.write_text("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: reviews\n")
+    rc, _, err = run("delete", "-f", str(f))
+    assert rc == 1 and err == ("error: cannot delete VirtualService/default/<no name>: a known kind and "
+                               "metadata.name are required\n")

@@ -125,3 +125,13 @@ def test_stream_merges_components_filters_and_reports_missing_ones(tmp_path: Pat
     assert [e["status"] for e in got] == [503, 502]
     assert all(e["source"] == "waypoint/demo/wp" for e in got)
     assert any("ztunnel/gone" in w and "cannot connect" in w for w in warns)
+
+
+@pytest.mark.parametrize("flag", ["--max-events", "--duration"])
+def test_a_negative_limit_is_refused_not_taken_as_reached(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--max-events -1` stopped at once and exited 0, as if the tap had run."""
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["tap", flag, "-1"])
+    assert e.value.code == 2
+    assert f"argument {flag}: must be >= 0" in capsys.readouterr().err
+    assert getattr(build_parser().parse_args(["tap", flag, "0"]), flag[2:].replace("-", "_")) == 0

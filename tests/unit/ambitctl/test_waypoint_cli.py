@@ -98,3 +98,45 @@ def test_apply_enroll_needs_the_namespace(store: LabStore) -> None:
     rc, _, err = run("apply", "-n", "nowhere", "--enroll-namespace")
     assert rc == 1 and 'namespace "nowhere" not found' in err
     assert store.get("Gateway", "nowhere", "waypoint") is None
+    # without --enroll-namespace too (a typo in -n started a waypoint pod in no namespace)
+    rc, _, err = run("apply", "-n", "nowhere")
+    assert rc == 1 and 'namespace "nowhere" not found' in err
+    assert store.get("Gateway", "nowhere", "waypoint") is None
+
+
+def test_context_picks_the_cluster_as_the_other_read_commands_do(store: LabStore, tmp_path: Path) -> None:
+    """`--context` (kubectl's habit, taken by every read command) selects that kubeconfig context's
+    cluster, not the lab store; before, it was an unrecognised argument."""
+    from tests.support.kube_emulator import KubeEmulator
+    with KubeEmulator() as emu:
+        emu.create(waypoint.gateway("waypoint", "prod", "service"))
+        cfg = tmp_path / "kubeconfig"
+        cfg.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "dead",
+            "clusters": [{"name": "dead", "cluster": {"server": "http://127.0.0.1:1"}},
+                         {"name": "emu", "cluster": {"server": emu.url}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "dead", "context": {"cluster": "dead", "user": "u"}},
+                         {"name": "prod", "context": {"cluster": "emu", "user": "u", "namespace": "prod"}}]}))
+        rc, out, err = run("list", "-A", "--kubeconfig", str(cfg), "--context", "prod")
+        assert rc == 0, err
+        assert [ln.split()[:2] for ln in out.splitlines()[1:]] == [["prod", "waypoint"]], out
+        # no -n: the context's namespace, as kubectl (it was always "default")
+        rc, out, err = run("status", "--kubeconfig", str(cfg), "--context", "prod")
+        assert [ln.split()[:2] for ln in out.splitlines()[1:]] == [["prod", "waypoint"]], (out, err)
+    assert not store.list("Gateway")
+    rc, out, err = run("list")        # the lab: default
+    assert rc == 0 and "No waypoints found in namespace default." in out + err
+
+
+def test_delete_warns_while_the_namespace_still_uses_the_waypoint(store: LabStore) -> None:
+    """Deleting the waypoint of an enrolled namespace leaves ztunnel refusing that namespace's
+    traffic (fail closed): the delete says so and how to undo it; it said only `deleted`."""
+    run("apply", "-n", "demo", "--enroll-namespace")
+    run("apply", "-n", "demo", "--name", "spare")
+    rc, out, err = run("delete", "-n", "demo", "spare")
+    assert rc == 0 and out == "waypoint demo/spare deleted\n" and err == ""
+    rc, out, err = run("delete", "-n", "demo")
+    assert rc == 0 and out == "waypoint demo/waypoint deleted\n"
+    assert err.startswith("Warning: namespace demo still has ambit.io/use-waypoint=waypoint: ztunnel refuses")
+    assert "`ambit label ns demo ambit.io/use-waypoint-`" in err
