@@ -1,4 +1,4 @@
-"""The controller's mesh config file (`--mesh-config`): Istio's MeshState, the fields Ambit honours.
+"""The controller's mesh config file (`--mesh-config`): Istio's MeshConfig, the fields Ambit honours.
 
     trustDomainAliases: [old.td, partner.mesh]
     extensionProviders:                 # what a Telemetry's provider names refer to

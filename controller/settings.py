@@ -24,7 +24,8 @@ class ControllerSettings:
     trust_domain_alias: tuple[str, ...] = option(
         (), "accept identities of this trust domain as the mesh's own (Istio's trustDomainAliases)")
     mesh_config: Path | None = option(
-        help="mesh config file (YAML, Istio MeshState fields Ambit honours: trustDomainAliases); watched, may be absent")
+        help="mesh config file (YAML, the Istio MeshConfig fields Ambit honours: trustDomainAliases, "
+             "extensionProviders, defaultProviders, outboundTrafficPolicy); watched, may be absent")
     root_namespace: str = option("ambit-system", "the mesh root namespace")
     cluster_domain: str = option("cluster.local", "the cluster's DNS domain")
     ca_dir: Path | None = option(help="serve the CA, keeping its key material here (created on first start)")
