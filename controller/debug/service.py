@@ -157,6 +157,7 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
             async for m in uploads:
                 await self._upload(feed, m)
         reading = asyncio.ensure_future(receive())
+        changed: asyncio.Future[Any] | None = None
         try:
             while not reading.done():
                 changed = asyncio.ensure_future(feed.changed.wait())
@@ -167,6 +168,8 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
                     yield debug_pb2.FeedControl(filters=[to_proto(f) for f in c["filters"]], scrape=c["scrape"],
                                                 generation=c["generation"])
         finally:
+            if changed is not None:     # the stream ended (or the server stopped) mid-wait: no task left pending
+                changed.cancel()
             reading.cancel()
             if reading.done() and not reading.cancelled() and reading.exception() is not None:
                 log.info("feed %s: %s", node.key, reading.exception())

@@ -102,3 +102,29 @@ def test_proxy_feed_subscribes_only_while_tapped_and_uploads_only_matches() -> N
 def test_istio_families_keeps_help_type_and_samples() -> None:
     text = "# HELP istio_x x\n# TYPE istio_x counter\nistio_x{a=\"1\"} 2\n# HELP process_y y\nprocess_y 1\n"
     assert istio_families(text) == "# HELP istio_x x\n# TYPE istio_x counter\nistio_x{a=\"1\"} 2\n"
+
+
+def test_a_feed_the_server_ends_mid_wait_leaves_no_task_pending() -> None:
+    """A proxy's feed cancelled while it waits for new filters (the controller stopping, the RPC
+    cut) must not leave its wait behind: it was logged as 'Task was destroyed but it is pending'."""
+    from prometheus_client import CollectorRegistry
+
+    from controller.configserver import ConfigServer
+    from controller.debug.service import DebugServicer
+
+    async def main() -> list[asyncio.Task[object]]:
+        svc = DebugServicer(ConfigServer(registry=CollectorRegistry()), None)
+        never = asyncio.Event()
+
+        async def uploads():  # noqa: ANN202 - an async generator of FeedUpload
+            yield debug_pb2.FeedUpload(node=NodeInfo("ztunnel", "n1").to_proto())
+            await never.wait()
+        gen = svc.Feed(uploads(), None)
+        await gen.__anext__()                   # the current filters, at once
+        waiting = asyncio.ensure_future(gen.__anext__())
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await asyncio.sleep(0)
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    assert asyncio.run(main()) == []
