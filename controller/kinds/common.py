@@ -64,7 +64,7 @@ _GW_DURATION = re.compile(GW_DURATION_PATTERN)
 
 
 def _check_gw_duration(text: str) -> str | None:
-    if not _GW_DURATION.match(text):
+    if not _GW_DURATION.fullmatch(text):
         return f'must be a Gateway API duration such as "10s", "500ms" or "1h30m", got "{text}"'
     return None
 
@@ -137,13 +137,13 @@ _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 
 
 def _check_subdomain(text: str) -> str | None:
-    if len(text) > 253 or not _DNS1123_SUBDOMAIN.match(text):
+    if len(text) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(text):
         return f'must be a lowercase RFC 1123 name (a-z, 0-9, "-", "."), got "{text}"'
     return None
 
 
 def _check_label(text: str) -> str | None:
-    if len(text) > 63 or not _DNS1123_LABEL.match(text):
+    if len(text) > 63 or not _DNS1123_LABEL.fullmatch(text):
         return f'must be a lowercase RFC 1123 label (a-z, 0-9, "-"), got "{text}"'
     return None
 
@@ -162,14 +162,14 @@ def label_key_reason(key: Any) -> str | None:
     prefix, slash, name = key.rpartition("/")
     if slash and not prefix:
         return f'label key "{key}": the prefix before "/" must not be empty'
-    if prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
+    if prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix)):
         return (f'label key "{key}": the prefix "{prefix}" must be a lowercase DNS subdomain '
                 '(a-z, 0-9, "-", "."; at most 253 characters)')
     if not name:
         return f'label key "{key}": the name part must not be empty'
     if len(name) > 63:
         return f'label key "{key}": the name part must be no more than 63 characters'
-    if not _QUALIFIED_NAME.match(name):
+    if not _QUALIFIED_NAME.fullmatch(name):
         return f'label key "{key}": the name part {_NAME_RULE}'
     return None
 
@@ -181,7 +181,7 @@ def label_value_reason(value: Any) -> str | None:
         return f"label values must be strings, got {value!r}"
     if len(value) > 63:
         return f'label value "{value}": must be no more than 63 characters'
-    if value and not _QUALIFIED_NAME.match(value):
+    if value and not _QUALIFIED_NAME.fullmatch(value):
         return f'label value "{value}": must be empty or {_NAME_RULE.removeprefix("must ")}'
     return None
 

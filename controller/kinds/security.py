@@ -70,7 +70,7 @@ _CONDITION_KEYS = re.compile(
 
 def _check_condition(value: dict[str, Any], path: str, errs: Errors) -> None:
     key = value["key"]
-    if not _CONDITION_KEYS.match(key):
+    if not _CONDITION_KEYS.fullmatch(key):
         errs.append((join(path, "key"), f'unknown condition key "{key}"'))
         return
     if not value.get("values") and not value.get("notValues"):
@@ -161,7 +161,7 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 def _check_header_name(text: str) -> str | None:
-    return None if _HEADER_NAME.match(text) else f'must be an HTTP header name, got "{text}"'
+    return None if _HEADER_NAME.fullmatch(text) else f'must be an HTTP header name, got "{text}"'
 
 
 def _check_jwt_rule(value: dict[str, Any], path: str, errs: Errors) -> None:

@@ -40,7 +40,7 @@ from controller.translate.routes import Hosts, translate_routes
 from controller.translate.serviceentries import expand_entry_targets, translate_service_entries
 from controller.translate.waypoints import apply_waypoints, waypoint_gateways
 from controller.translate.workloads import translate_services, translate_workloads
-from controller.validation import FieldError, validate_object
+from controller.validation import FieldError, validate_object, without_nulls
 
 __all__ = ["Translation", "translate"]
 
@@ -90,7 +90,7 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
         if errors:
             out.errors.extend(errors)
         else:
-            good.append(obj)
+            good.append(without_nulls(obj))     # a `field: null` is unset here as in validation
     idx = Index.build(good)
     out.services = translate_services(idx, cluster_domain)
     out.workloads = translate_workloads(idx, out.services, trust_domain)

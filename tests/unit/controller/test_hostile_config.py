@@ -1,0 +1,132 @@
+"""Regressions found by fuzzing the configuration kinds: objects that crashed validation or the
+whole translation, values that slipped past a check, and messages that echoed hostile values raw.
+
+The rule under test: bad input gets a clear error naming the object, the field and the reason, and
+the rest of the snapshot still translates.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from controller.translate import translate
+from controller.validation import FieldError, validate_object
+from tests.unit.controller.test_config_translate import ns, pod, service
+
+
+def world() -> list[dict[str, Any]]:
+    """A namespace with one Service and its pod: what must still translate beside a bad object."""
+    return [ns("demo", **{"ambit.io/dataplane-mode": "ambient"}),
+            service("reviews", {"app": "reviews"}, [{"name": "http", "port": 9080, "targetPort": 9080}]),
+            pod("reviews-1", "10.244.1.10", labels={"app": "reviews"})]
+
+
+def route(**path: Any) -> dict[str, Any]:
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "demo"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "reviews", "port": 9080}],
+                     "rules": [{"matches": [{"path": path}], "backendRefs": [{"name": "reviews", "port": 9080}]}]}}
+
+
+def errors(obj: Any) -> list[str]:
+    return [str(e) for e in validate_object(obj)]
+
+
+# -- `field: null` is unset, for the translation as for validation ---------------------------------
+
+@pytest.mark.parametrize("path", [{"type": "PathPrefix", "value": None}, {"type": None, "value": "/api"}],
+                         ids=["value-null", "type-null"])
+def test_a_null_path_field_is_unset_and_the_route_translates(path: dict[str, Any]) -> None:
+    obj = route(**path)
+    assert validate_object(obj) == []          # raised AttributeError ('NoneType'.startswith) before
+    t = translate([*world(), obj])             # raised KeyError: None before
+    assert t.errors == []
+    (http,) = [r for r in t.waypoint_routes if r.service == "demo/reviews"][0].http
+    (m,) = http.matches
+    assert (m.path.kind, m.path.value) == ("path_prefix", path["value"] or "/")
+
+
+def test_a_null_service_target_port_means_the_port_itself() -> None:
+    svc = service("ratings", {"app": "reviews"}, [{"name": "http", "port": 9080, "targetPort": None}],
+                  cluster_ip="10.96.0.11")
+    t = translate([*world(), svc])             # raised TypeError: int(None) before
+    assert t.errors == []
+    ratings = [s for s in t.services if s.name == "ratings"][0]
+    assert [(p.port, p.target_port) for p in ratings.ports] == [(9080, 9080)]
+
+
+def test_an_istio_gateway_without_spec_is_refused_naming_the_missing_fields() -> None:
+    gw = {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "gw", "namespace": "demo"}}
+    want = ["Gateway/demo/gw: spec.selector: required field is missing",
+            "Gateway/demo/gw: spec.servers: required field is missing"]
+    assert errors(gw) == want
+    assert errors({**gw, "spec": None}) == want
+    t = translate([*world(), gw])              # raised KeyError: 'servers' before
+    assert [str(e) for e in t.errors] == want
+    assert any(s.name == "reviews" for s in t.services)
+
+
+# -- checks that a trailing newline slipped past (`$` matches before a final "\n") ----------------
+
+@pytest.mark.parametrize("mutate, path", [
+    (lambda o: o["metadata"].__setitem__("name", "r\n"), "metadata.name"),
+    (lambda o: o["metadata"].__setitem__("namespace", "demo\n"), "metadata.namespace"),
+    (lambda o: o["metadata"].__setitem__("labels", {"app": "x\n"}), "metadata.labels[app]"),
+    (lambda o: o["spec"]["rules"][0].__setitem__("timeouts", {"request": "1s\n"}), "spec.rules[0].timeouts.request"),
+], ids=["name", "namespace", "label", "gateway-api-duration"])
+def test_a_trailing_newline_is_refused(mutate: Any, path: str) -> None:
+    obj = route(type="PathPrefix", value="/")
+    mutate(obj)
+    found = validate_object(obj)
+    assert [e.path for e in found] == [path]
+    translate([*world(), obj])                 # the duration raised ValueError here before
+
+
+# -- metadata the translation reads -------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("uid", ["x"], 'must be a string, got ["x"]'),
+    ("creationTimestamp", 7, "must be a string, got 7"),
+    ("creationTimestamp", "yesterday", 'must be an RFC 3339 time such as "2024-01-31T12:00:00Z", got "yesterday"'),
+    ("generation", -1, "must be an integer >= 0, got -1"),
+])
+def test_metadata_the_translation_reads_is_checked(field: str, value: Any, reason: str) -> None:
+    p = pod("reviews-2", "10.244.1.11", labels={"app": "reviews"})
+    p["metadata"][field] = value
+    assert errors(p) == [f"Pod/demo/reviews-2: metadata.{field}: {reason}"]
+    t = translate([*world(), p])               # TypeError (unhashable uid, int < str) before
+    assert [w.name for w in t.workloads] == ["reviews-1"]
+
+
+def test_valid_metadata_is_accepted() -> None:
+    p = pod("reviews-2", "10.244.1.11", labels={"app": "reviews"})
+    p["metadata"].update(creationTimestamp="2026-01-02T03:04:05.123456+02:00", generation=3, resourceVersion="12")
+    assert errors(p) == []
+
+
+# -- messages quote hostile values safely ---------------------------------------------------------
+
+def test_messages_escape_control_characters_and_stay_bounded() -> None:
+    obj = route(type="PathPrefix", value="/")
+    obj["metadata"]["labels"] = {"app": "x\nPod/demo/other: spec: forged\u202e" + "y" * 100_000}
+    (e,) = validate_object(obj)
+    text = str(e)
+    assert "\n" not in text and "\u202e" not in text
+    assert "x\\nPod/demo/other: spec: forged\\u202e" in text
+    assert len(text) < 3000
+    assert e.ref == "HTTPRoute/demo/r" and e.path == "metadata.labels[app]"
+
+
+def test_a_field_error_keeps_what_is_printable() -> None:
+    e = FieldError("VirtualService/demo/vs", "spec.hosts[0]", 'must not be "é☃😀"')
+    assert str(e) == 'VirtualService/demo/vs: spec.hosts[0]: must not be "é☃😀"'
+
+
+def test_dropping_nulls_leaves_the_callers_object_as_it_was() -> None:
+    obj = route(type="PathPrefix", value=None)
+    before = copy.deepcopy(obj)
+    assert translate([*world(), obj]).errors == []
+    assert obj == before                       # the source's cache keeps what the API server sent
