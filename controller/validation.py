@@ -155,6 +155,20 @@ def validate_object(obj: Any) -> list[FieldError]:
     return [FieldError(ref, p, r) for p, r in errs]
 
 
+def split_valid(objs: Iterable[Any]) -> tuple[list[Obj], list[FieldError]]:
+    """The valid objects as the translation must read them (`without_nulls`), and every error of
+    the others: what the translation, the advisories and `ambit analyze` each start from."""
+    good: list[Obj] = []
+    errors: list[FieldError] = []
+    for obj in objs:
+        found = validate_object(obj)
+        if found:
+            errors.extend(found)
+        else:
+            good.append(without_nulls(obj))
+    return good, errors
+
+
 def validate(obj: Any) -> None:
     """Raise ValidationError if the object is invalid."""
     errors = validate_object(obj)

@@ -203,3 +203,17 @@ def test_ingress_only_virtual_services_are_not_the_mesh_s() -> None:
     svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "shop"},
            "spec": {"clusterIP": "10.96.1.11", "ports": [{"port": 80}]}}
     assert not [f for f in an.analyze([vs, svc], complete=True) if f.code == "AMB0101"]
+
+
+def test_a_null_field_is_unset_for_the_analyzers_too() -> None:
+    """`weight:` with nothing is a valid (unset) field: the AMB0109 check read it as int(None) and
+    `ambit analyze` died with a TypeError instead of reporting anything."""
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "r", "namespace": "demo"},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "reviews"}],
+                      "rules": [{"backendRefs": [{"name": "reviews", "port": 9080, "weight": None}]}]}}
+    found = an.analyze([route], complete=False)
+    assert [f.code for f in found if f.code in ("AMB0001", "AMB0109")] == []
+    zero = {**route, "spec": {**route["spec"], "rules": [{"backendRefs": [
+        {"name": "reviews", "port": 9080, "weight": 0}, {"name": "ratings", "port": 9080, "weight": None}]}]}}
+    assert "AMB0109" not in [f.code for f in an.analyze([zero], complete=False)]   # unset weighs 1

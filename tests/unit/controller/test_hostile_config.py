@@ -167,3 +167,20 @@ def test_a_regex_whose_program_is_too_large_is_refused() -> None:
     assert e.path == "spec.rules[0].matches[0].path.value"
     assert "pattern too large: its RE2 program size is" in e.reason and "the limit is 32768" in e.reason
     assert validate_object(route(type="RegularExpression", value="/[a-z]{1,1000}")) == []
+
+
+def test_the_last_good_cache_hands_out_objects_without_nulls() -> None:
+    """Every consumer of a source's snapshot (translation, waypoint reconciler, advisories) reads
+    the object as validation did."""
+    from controller.sources.cache import LastGoodCache
+
+    cache = LastGoodCache()
+    obj = route(type="PathPrefix", value=None)
+    assert cache.upsert(obj) == []
+    (held,) = cache.objects()
+    assert held["spec"]["rules"][0]["matches"][0]["path"] == {"type": "PathPrefix"}
+    assert obj["spec"]["rules"][0]["matches"][0]["path"] == {"type": "PathPrefix", "value": None}
+    version = cache.version
+    cache.upsert(copy.deepcopy(obj))
+    assert cache.version == version          # the same object again is no change
+
