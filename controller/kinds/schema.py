@@ -29,6 +29,8 @@ def show(value: Any) -> str:
         s = json.dumps(value, sort_keys=True, default=str)
     except (TypeError, ValueError):  # pragma: no cover - values come from YAML/JSON
         s = repr(value)
+    except RecursionError:          # a value nested deeper than json (or repr) can walk
+        return f"<a {type(value).__name__} nested too deeply to show>"
     return s if len(s) <= 60 else s[:57] + "..."
 
 

@@ -184,3 +184,14 @@ def test_the_last_good_cache_hands_out_objects_without_nulls() -> None:
     cache.upsert(copy.deepcopy(obj))
     assert cache.version == version          # the same object again is no change
 
+
+
+def test_a_value_nested_too_deeply_to_quote_is_still_refused_by_name() -> None:
+    """Quoting the bad value (json.dumps) raised RecursionError out of validation."""
+    deep: Any = "x"
+    for _ in range(3000):
+        deep = {"a": deep}
+    obj = route(type="PathPrefix", value="/")
+    obj["metadata"]["creationTimestamp"] = deep
+    (e,) = validate_object(obj)
+    assert (e.path, e.reason) == ("metadata.creationTimestamp", "must be a string, got <a dict nested too deeply to show>")
