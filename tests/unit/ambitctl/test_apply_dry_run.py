@@ -125,3 +125,53 @@ def test_a_status_written_by_the_controller_is_not_a_change(lab_dir: Path) -> No
     assert out.endswith("unchanged (dry run)\n"), out
     rc, out, _ = run("apply", "-f", str(EXAMPLES / "istio" / "peer-authentication.yaml"), "-n", "demo")
     assert out.endswith("unchanged\n"), out
+
+
+# -- manifests read as strictly as kubectl reads them ----------------------------------------------
+
+DENY_THEN_ALLOW = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: demo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+  action: ALLOW
+"""
+
+
+@pytest.mark.parametrize("command", ["apply", "analyze"])
+def test_a_key_written_twice_is_refused_naming_both_lines(lab_dir: Path, command: str) -> None:
+    """PyYAML kept the last `action`: a DENY policy was applied as ALLOW, silently."""
+    argv = ("apply", "--dry-run", "-f", "-") if command == "apply" else ("analyze", "--offline", "-f", "-")
+    rc, out, err = run(*argv, stdin=DENY_THEN_ALLOW)
+    assert rc == 1 and out == ""
+    assert err.strip() == 'error: <stdin>: not valid YAML: line 8: mapping key "action" already defined at line 6'
+    merged = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: demo}
+spec:
+  <<: {hosts: [other]}
+  hosts: [echo]
+  http: [{route: [{destination: {host: echo}}]}]
+"""
+    rc, out, err = run(*argv, stdin=merged)      # an explicit key overriding a merged one is YAML
+    assert rc == 0, err
+
+
+def test_a_billion_laughs_manifest_is_refused_at_once(lab_dir: Path) -> None:
+    """Nine anchors of nine aliases each: ~700 bytes that expand to ~10^9 nodes. Quoting the label
+    value in the error (json) walked all of them: `ambit apply --dry-run` hung, eating memory."""
+    bomb = "".join(f"  x{i}: &x{i} [" + ",".join([f"*x{i - 1}"] * 9) + "]\n" for i in range(1, 9))
+    doc = ("apiVersion: networking.istio.io/v1\nkind: VirtualService\nstatus:\n  x0: &x0 [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n"
+           + bomb + "metadata: {name: bomb, namespace: demo, labels: {app: *x8}}\n"
+           "spec: {hosts: [echo], http: [{route: [{destination: {host: echo}}]}]}\n")
+    rc, _, err = run("apply", "--dry-run", "-f", "-", stdin=doc)
+    assert rc == 1
+    assert "not valid YAML: document contains excessive aliasing: its" in err
+
+
+def test_a_manifest_nested_too_deeply_is_refused_without_a_traceback(lab_dir: Path) -> None:
+    rc, _, err = run("apply", "--dry-run", "-f", "-", stdin="a: " + "[" * 3000 + "]" * 3000 + "\n")
+    assert (rc, err.strip()) == (1, "error: <stdin>: not valid YAML: nested too deeply to read")
