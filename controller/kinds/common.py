@@ -112,10 +112,19 @@ def port_key(k: Any) -> str | None:
 
 
 def _check_cidr(text: str) -> str | None:
+    """An address or `address/prefix-length`, as Istio's net/netip reads them. Python's parser also
+    takes forms Istio refuses and that read unlike what they seem: a netmask or a *hostmask* after
+    the slash ("10.0.0.0/0.255.255.255" is a /8), a leading-zero length, an IPv6 zone ("%eth0")."""
+    bad = f'must be an IP address or CIDR such as "10.0.0.0/8", got "{text}"'
+    _, slash, bits = text.partition("/")
+    if "%" in text:
+        return f"{bad}: an IPv6 zone (%...) names an interface, not a range"
+    if slash and not (bits.isdigit() and bits.isascii() and (bits == "0" or not bits.startswith("0"))):
+        return f"{bad}: after the slash goes a prefix length in decimal (0..32, 0..128)"
     try:
         ipaddress.ip_network(text, strict=False)
     except ValueError:
-        return f'must be an IP address or CIDR such as "10.0.0.0/8", got "{text}"'
+        return bad
     return None
 
 
@@ -127,6 +136,8 @@ def _check_ip(text: str) -> str | None:
         ipaddress.ip_address(text)
     except ValueError:
         return f'must be an IP address, got "{text}"'
+    if "%" in text:
+        return f'must be an IP address without an IPv6 zone (%...), got "{text}"'
     return None
 
 

@@ -195,3 +195,23 @@ def test_a_value_nested_too_deeply_to_quote_is_still_refused_by_name() -> None:
     obj["metadata"]["creationTimestamp"] = deep
     (e,) = validate_object(obj)
     assert (e.path, e.reason) == ("metadata.creationTimestamp", "must be a string, got <a dict nested too deeply to show>")
+
+
+# -- CIDRs as Istio (Go's net/netip) reads them --------------------------------------------------------
+
+def ip_blocks(*blocks: str) -> dict[str, Any]:
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "ap", "namespace": "demo"},
+            "spec": {"action": "DENY", "rules": [{"from": [{"source": {"ipBlocks": list(blocks)}}]}]}}
+
+
+@pytest.mark.parametrize("block, why", [
+    ("10.0.0.0/0.255.255.255", "prefix length in decimal"),    # Python read this hostmask as a /8
+    ("10.0.0.0/255.0.0.0", "prefix length in decimal"),
+    ("10.0.0.0/08", "prefix length in decimal"),
+    ("fe80::1%eth0/64", "IPv6 zone"),
+])
+def test_a_cidr_istio_refuses_is_refused(block: str, why: str) -> None:
+    (e,) = validate_object(ip_blocks("192.0.2.0/24", block))
+    assert e.path == "spec.rules[0].from[0].source.ipBlocks[1]" and why in e.reason
+    assert validate_object(ip_blocks("10.0.0.0/8", "10.0.0.1/8", "10.0.0.5", "::/0", "0.0.0.0/0", "2001:db8::/32")) == []
