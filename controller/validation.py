@@ -115,6 +115,11 @@ def without_nulls(obj: Any) -> Any:
     return {**{k: obj[k] for k in _HEADER if k in obj}, **pruned}
 
 
+def _missing_or_wrong(value: Any, what: str) -> str:
+    """Absent (or empty) is "missing"; a value of another type says so, rather than "missing"."""
+    return "required field is missing" if value is None or value == "" else f"must be {what}, got {show(value)}"
+
+
 def validate_object(obj: Any) -> list[FieldError]:
     """Every problem with one object (empty when it is valid)."""
     ref = object_ref(obj)
@@ -128,16 +133,16 @@ def validate_object(obj: Any) -> list[FieldError]:
     if refused is not None:
         return [FieldError(ref, "kind", refused)]
     if not isinstance(kind, str) or not kind:
-        errs.append(("kind", "required field is missing"))
+        errs.append(("kind", _missing_or_wrong(kind, "a string")))
     elif spec is None:
         errs.append(("kind", f'unknown kind "{kind}" (known: {", ".join(sorted(BY_KIND))})'))
     if not isinstance(api_version, str) or not api_version:
-        errs.append(("apiVersion", "required field is missing"))
+        errs.append(("apiVersion", _missing_or_wrong(api_version, "a string")))
     elif spec is not None and not spec.accepts(api_version):
         errs.append(("apiVersion", f'{kind} is not served as "{api_version}"; use one of {", ".join(spec.api_versions())}'))
     md = obj.get("metadata")
     if not isinstance(md, dict):
-        errs.append(("metadata", "required field is missing"))
+        errs.append(("metadata", _missing_or_wrong(md, "a map")))
     else:
         name = md.get("name")
         if not name:

@@ -215,3 +215,16 @@ def test_a_cidr_istio_refuses_is_refused(block: str, why: str) -> None:
     (e,) = validate_object(ip_blocks("192.0.2.0/24", block))
     assert e.path == "spec.rules[0].from[0].source.ipBlocks[1]" and why in e.reason
     assert validate_object(ip_blocks("10.0.0.0/8", "10.0.0.1/8", "10.0.0.5", "::/0", "0.0.0.0/0", "2001:db8::/32")) == []
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("apiVersion", ["v1"], 'must be a string, got ["v1"]'),
+    ("kind", 7, "must be a string, got 7"),
+    ("metadata", "r", 'must be a map, got "r"'),
+])
+def test_a_header_field_of_the_wrong_type_is_not_called_missing(field: str, value: Any, reason: str) -> None:
+    obj = route(type="PathPrefix", value="/")
+    obj[field] = value
+    assert (field, reason) in [(e.path, e.reason) for e in validate_object(obj)]
+    del obj[field]
+    assert (field, "required field is missing") in [(e.path, e.reason) for e in validate_object(obj)]
