@@ -11,7 +11,9 @@ configuration a user hands to `ambit apply` or `ambit analyze`:
   JSON for the store), so the command hangs and eats memory. Like go-yaml, a document whose aliases
   expand it far beyond what was written is refused.
 
-A document nested deeper than the parser can follow is refused too, rather than a traceback.
+A document nested deeper than the parser can follow is refused too, rather than a traceback; an
+unquoted date stays a string, as kubectl reads it, and YAML types JSON lacks (`!!set`, `!!binary`)
+are refused.
 """
 
 from __future__ import annotations
@@ -57,6 +59,23 @@ class _StrictLoader(yaml.SafeLoader):
                                         f"at line {first + 1}")
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
+
+
+def _as_written(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
+    return loader.construct_scalar(node)
+
+
+def _not_json(loader: yaml.SafeLoader, node: Node) -> Any:
+    raise ManifestYAMLError(f"line {node.start_mark.line + 1}: a YAML {node.tag.rsplit(':', 1)[-1]} has no JSON "
+                            "form, and a Kubernetes object is JSON")
+
+
+# An unquoted date stays the string it is, as in kubectl's YAML-to-JSON (PyYAML made it a datetime,
+# which the lab store's JSON could not hold: `ambit apply` died with a traceback after its dry run
+# had said "created"). Types JSON lacks are refused.
+_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _as_written)
+for _tag in ("binary", "set", "omap", "pairs"):
+    _StrictLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _not_json)
 
 
 def _check_aliasing(root: Node) -> None:

@@ -175,3 +175,19 @@ def test_a_billion_laughs_manifest_is_refused_at_once(lab_dir: Path) -> None:
 def test_a_manifest_nested_too_deeply_is_refused_without_a_traceback(lab_dir: Path) -> None:
     rc, _, err = run("apply", "--dry-run", "-f", "-", stdin="a: " + "[" * 3000 + "]" * 3000 + "\n")
     assert (rc, err.strip()) == (1, "error: <stdin>: not valid YAML: nested too deeply to read")
+
+
+def test_an_unquoted_date_stays_a_string_and_a_set_is_refused(lab_dir: Path) -> None:
+    """PyYAML made `2024-01-01T00:00:00Z` a datetime: the dry run said "created", then the real
+    apply died with a traceback (the store's JSON cannot hold a datetime)."""
+    doc = ("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ts, namespace: demo}\n"
+           "spec: {hosts: [echo], http: [{route: [{destination: {host: echo}}]}]}\n"
+           "status: {observed: 2024-01-01T00:00:00Z}\n")
+    rc, out, err = run("apply", "-f", "-", stdin=doc)
+    assert rc == 0, err
+    assert out.strip() == "virtualservice.networking.istio.io/ts created"
+    stored = LabStore(store_path()).snapshot().objects[("VirtualService", "demo", "ts")]
+    assert stored["status"] == {"observed": "2024-01-01T00:00:00Z"}
+    rc, _, err = run("apply", "-f", "-", stdin="apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\nstatus: !!set {a}\n")
+    assert (rc, err.strip()) == (1, "error: <stdin>: not valid YAML: line 4: a YAML set has no JSON form, and a "
+                                    "Kubernetes object is JSON")
