@@ -70,11 +70,11 @@ def parse(value: str, *, allow_schemeless: bool = False) -> SpiffeId:
     if len(parts) != 5 or parts[1] != "ns" or parts[3] != "sa":
         raise InvalidSpiffeId(value, "path must be /ns/<namespace>/sa/<service-account>")
     td, _, ns, _, sa = parts
-    if not td or not _TRUST_DOMAIN.match(td):
+    if not td or not _TRUST_DOMAIN.fullmatch(td):
         raise InvalidSpiffeId(value, f"bad trust domain {td!r}")
-    if len(ns) > 63 or not _NAMESPACE.match(ns):
+    if len(ns) > 63 or not _NAMESPACE.fullmatch(ns):
         raise InvalidSpiffeId(value, f"bad namespace {ns!r}")
-    if len(sa) > 253 or not _SERVICE_ACCOUNT.match(sa):
+    if len(sa) > 253 or not _SERVICE_ACCOUNT.fullmatch(sa):
         raise InvalidSpiffeId(value, f"bad service account {sa!r}")
     return SpiffeId(td, ns, sa)
 

@@ -29,7 +29,7 @@ _TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
 
 def validate(value: str, where: str) -> str:
     """Return `value` if it is a usable trust domain name; else raise ValueError naming `where`."""
-    if not isinstance(value, str) or not _TRUST_DOMAIN.match(value) or len(value) > 255:
+    if not isinstance(value, str) or not _TRUST_DOMAIN.fullmatch(value) or len(value) > 255:
         raise ValueError(f"{where}: {value!r} is not a trust domain (lowercase letters, digits, '.', '-', '_')")
     return value
 

@@ -29,7 +29,7 @@ from typing import Any
 from controller.translate import translate
 from controller.translate.index import age_key, labels_of, name_of, ns_of, selector_matches, waypoint_ref
 from controller.translate.routes import Hosts
-from controller.validation import object_ref, validate_object
+from controller.validation import object_ref, split_valid
 from controller.waypoints.advisories import (
     DR_MERGED,
     NOT_ENFORCED,
@@ -140,12 +140,8 @@ def analyze(objects: Iterable[Obj], *, complete: bool, traffic: list[PlaintextTr
     """Every finding for a snapshot. `complete`: the snapshot is the whole world (the lab's store)."""
     objs = [o for o in objects if isinstance(o, dict)]
     out: list[Finding] = []
-    good = []
-    for o in objs:
-        errs = validate_object(o)
-        out += [Finding("AMB0001", e.ref, e.path, e.reason) for e in errs]
-        if not errs:
-            good.append(o)
+    good, errors = split_valid(objs)
+    out += [Finding("AMB0001", e.ref, e.path, e.reason) for e in errors]
     st = _State(good, complete, {o.get("kind", "") for o in good})
     tr = translate(good, cluster_domain=cluster_domain, root_namespace=root_namespace)
     out += [Finding("AMB0002", e.ref, e.path, e.reason) for e in tr.errors]

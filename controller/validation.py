@@ -6,15 +6,31 @@ and the reason, so a user can fix a file without guessing. Schemas live in `cont
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from controller.kinds import BY_KIND, spec_for, spec_of, unsupported_kind
 from controller.kinds.common import Labels, Name, NamespaceName
-from controller.kinds.schema import Errors, Map, Str, show
+from controller.kinds.schema import Errors, Int, Map, Str, show
 
 Obj = dict[str, Any]
+
+
+# Longest ref, path and reason an error keeps: a valid ref is at most ~340 characters (kind, a
+# 63-character namespace, a 253-character name); longer ones come from hostile values quoted back.
+_REF_MAX, _PATH_MAX, _REASON_MAX = 400, 512, 2048
+
+
+def printable(text: str, limit: int) -> str:
+    """`text` safe to print in a log line, a terminal or a status condition: control and format
+    characters (newlines, NUL, escape sequences, right-to-left overrides) escaped as `\\n`,
+    `\\x00`, `\\u202e`, so a quoted value can neither forge another error line nor hide text, and
+    at most `limit` characters, so a megabyte value does not make a megabyte message."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -22,6 +38,14 @@ class FieldError:
     ref: str        # Kind/namespace/name (Kind/name for cluster-scoped kinds)
     path: str       # spec.http[0].match[0].uri.regex ("" for the object as a whole)
     reason: str
+
+    def __post_init__(self) -> None:
+        # Reasons quote the values they refuse: whatever the object holds is made printable and
+        # bounded here, once, for every producer (validation, translation, advisories).
+        for name, limit in (("ref", _REF_MAX), ("path", _PATH_MAX), ("reason", _REASON_MAX)):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, printable(value, limit))
 
     def __str__(self) -> str:
         return f"{self.ref}: {self.path}: {self.reason}" if self.path else f"{self.ref}: {self.reason}"
@@ -62,7 +86,43 @@ def object_key(obj: Obj) -> tuple[str, str, str]:
     return (obj.get("kind", ""), ns, md.get("name", ""))
 
 
-_METADATA_CHECKS: dict[str, Any] = {"labels": Labels, "annotations": Map(Str())}
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
+
+
+def _check_timestamp(text: str) -> str | None:
+    if not _TIMESTAMP.fullmatch(text):
+        return f'must be an RFC 3339 time such as "2024-01-31T12:00:00Z", got {show(text)}'
+    return None
+
+
+# The metadata the translation reads: the API server sets these in a cluster, but the lab store and
+# `ambit apply` take them as written, and a list where a string belongs would otherwise fail the
+# whole translation (an unhashable uid, a creationTimestamp that does not sort with the others).
+_METADATA_CHECKS: dict[str, Any] = {
+    "labels": Labels, "annotations": Map(Str()), "uid": Str(), "resourceVersion": Str(),
+    "generation": Int(minimum=0), "creationTimestamp": Str(valid=_check_timestamp),
+    "deletionTimestamp": Str(valid=_check_timestamp),
+}
+_HEADER = ("apiVersion", "kind", "metadata")
+
+
+def without_nulls(obj: Any) -> Any:
+    """The object as validation reads it and translation must use it: known fields set to null
+    (YAML `field:` with nothing) dropped, as the API server prunes them. The same object when it
+    has none (or is of no known kind)."""
+    spec = spec_of(obj)
+    if spec is None:
+        return obj
+    body = {k: v for k, v in obj.items() if k not in _HEADER}
+    pruned = spec.body.without_nulls(body)
+    if pruned is body:
+        return obj
+    return {**{k: obj[k] for k in _HEADER if k in obj}, **pruned}
+
+
+def _missing_or_wrong(value: Any, what: str) -> str:
+    """Absent (or empty) is "missing"; a value of another type says so, rather than "missing"."""
+    return "required field is missing" if value is None or value == "" else f"must be {what}, got {show(value)}"
 
 
 def validate_object(obj: Any) -> list[FieldError]:
@@ -70,6 +130,7 @@ def validate_object(obj: Any) -> list[FieldError]:
     ref = object_ref(obj)
     if not isinstance(obj, dict):
         return [FieldError(ref, "", f"must be a Kubernetes object (a map), got {show(obj)}")]
+    obj = without_nulls(obj)
     errs: Errors = []
     api_version, kind = obj.get("apiVersion"), obj.get("kind")
     spec = spec_for(api_version, kind)
@@ -77,16 +138,16 @@ def validate_object(obj: Any) -> list[FieldError]:
     if refused is not None:
         return [FieldError(ref, "kind", refused)]
     if not isinstance(kind, str) or not kind:
-        errs.append(("kind", "required field is missing"))
+        errs.append(("kind", _missing_or_wrong(kind, "a string")))
     elif spec is None:
         errs.append(("kind", f'unknown kind "{kind}" (known: {", ".join(sorted(BY_KIND))})'))
     if not isinstance(api_version, str) or not api_version:
-        errs.append(("apiVersion", "required field is missing"))
+        errs.append(("apiVersion", _missing_or_wrong(api_version, "a string")))
     elif spec is not None and not spec.accepts(api_version):
         errs.append(("apiVersion", f'{kind} is not served as "{api_version}"; use one of {", ".join(spec.api_versions())}'))
     md = obj.get("metadata")
     if not isinstance(md, dict):
-        errs.append(("metadata", "required field is missing"))
+        errs.append(("metadata", _missing_or_wrong(md, "a map")))
     else:
         name = md.get("name")
         if not name:
@@ -99,9 +160,23 @@ def validate_object(obj: Any) -> list[FieldError]:
             if md.get(f) is not None:
                 schema.check(md[f], f"metadata.{f}", errs)
     if spec is not None:
-        body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+        body = {k: v for k, v in obj.items() if k not in _HEADER}
         spec.body.check(body, "", errs)
     return [FieldError(ref, p, r) for p, r in errs]
+
+
+def split_valid(objs: Iterable[Any]) -> tuple[list[Obj], list[FieldError]]:
+    """The valid objects as the translation must read them (`without_nulls`), and every error of
+    the others: what the translation, the advisories and `ambit analyze` each start from."""
+    good: list[Obj] = []
+    errors: list[FieldError] = []
+    for obj in objs:
+        found = validate_object(obj)
+        if found:
+            errors.extend(found)
+        else:
+            good.append(without_nulls(obj))
+    return good, errors
 
 
 def validate(obj: Any) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ambit.api import config_pb2
 
 KINDS = ("ztunnel", "agent", "waypoint")
+MAX_FIELD = 253
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,13 @@ class NodeInfo:
         """Raise ValueError naming the field and the reason; return self so calls can chain."""
         if self.kind not in KINDS:
             raise ValueError(f"node.kind: {self.kind!r} is not one of {', '.join(KINDS)}")
+        for name in ("name", "waypoint", "instance_id"):
+            value = getattr(self, name)
+            if len(value) > MAX_FIELD or not value.isprintable():
+                # They go into the controller's log lines and status: no control characters
+                # (forged lines), no megabytes (a Kubernetes name is at most 253 characters).
+                raise ValueError(f"node.{name}: must be at most {MAX_FIELD} printable characters, got "
+                                 f"{value[:64]!r}{'...' if len(value) > 64 else ''} ({len(value)} characters)")
         if not self.name:
             raise ValueError(f"node.name: empty for a {self.kind} (it must name the node or pod)")
         if self.kind == "waypoint":

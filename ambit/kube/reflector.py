@@ -162,6 +162,16 @@ class Reflector:
                 if stop.is_set():
                     return
                 self._failed(stop, backoff, f"{type(e).__name__}: {str(e).strip()[:300]}")
+            except Exception as e:  # noqa: BLE001 - the reflector must outlive any one object
+                # A response no handler above expects (an object nested too deeply for json, a
+                # consumer that fails on one object) would otherwise end this thread: the
+                # collection would silently stop being watched until a restart. Relist instead,
+                # so that once the object is fixed or deleted the collection is whole again.
+                if stop.is_set():
+                    return
+                self.log.exception("%s: unexpected failure", self.resource.name)
+                relist = True
+                self._failed(stop, backoff, f"{type(e).__name__}: {str(e).strip()[:300]}")
 
     def _failed(self, stop: threading.Event, backoff: Attempts, error: str) -> None:
         self.state.last_error = error

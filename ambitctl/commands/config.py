@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import yaml
 
 from ambit.labstore import LabStore, StoreError
-from ambitctl import selectors
+from ambitctl import manifestyaml, selectors
 from ambitctl.lab.paths import store_path
 from ambitctl.term import intermixed
 from controller.kinds import KindSpec, all_names, by_name, spec_of
@@ -46,8 +46,8 @@ def _files(target: str) -> list[Path]:
 
 def _documents(text: str, origin: str) -> list[Obj]:
     try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as e:
+        docs = list(manifestyaml.load_all(text))
+    except (yaml.YAMLError, manifestyaml.ManifestYAMLError) as e:
         raise InputError(f"{origin}: not valid YAML: {e}") from None
     out: list[Obj] = []
     for i, d in enumerate(docs):

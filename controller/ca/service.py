@@ -20,6 +20,7 @@ from ambit.api import ca_pb2, ca_pb2_grpc
 from controller.ca.authority import CertificateAuthority, CSRRejected
 from controller.ca.credentials import NodeCredentialVerifier, Unauthenticated, scope_of
 from controller.ca.node_auth import authorize, within_scope
+from controller.validation import printable
 
 log = logging.getLogger("ambit.ca")
 
@@ -92,7 +93,10 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
         self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, node: str, requested: str, reason: str
     ) -> NoReturn:
         self.refused[code.name] = self.refused.get(code.name, 0) + 1
-        log.warning("refused certificate: node=%s identity=%s code=%s reason=%s", node or "-", requested, code.name, reason)
+        # `requested` (and reasons quoting it) come from a caller not yet authenticated: printable
+        # and bounded, so a "\n" in it cannot forge an "issued certificate" line in this log.
+        log.warning("refused certificate: node=%s identity=%s code=%s reason=%s", printable(node or "-", 256),
+                    printable(requested, 512), code.name, printable(reason, 2048))
         await context.abort(code, reason)
         raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 

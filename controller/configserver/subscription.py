@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from ambit.configclient.codec import Encoded
 from ambit.configclient.node import NodeInfo
 from controller.configserver.scope import type_rank
+from controller.validation import printable
+
+NACK_MESSAGE_MAX = 4096
 
 ViewFn = Callable[[str], Mapping[str, Encoded]]  # type URL -> the subscriber's current view
 
@@ -116,7 +119,9 @@ class Subscription:
         inf = self._take(nonce)
         if inf is None:
             return None
-        nack = Nack(inf.planned.system_version, nonce, message, now)
+        # The client's words go to the controller's log and to `ambit proxy-status`: made printable
+        # and bounded, so a NACK can neither forge log lines nor hold megabytes per subscriber.
+        nack = Nack(inf.planned.system_version, nonce, printable(message, NACK_MESSAGE_MAX), now)
         ts = self.types.get(inf.planned.type_url)
         if ts is not None:
             ts.last_nack = nack

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from controller.kinds import core, gateway, istio_gateway, networking, security, serviceentry, telemetry
-from controller.kinds.schema import AnyValue, Obj, Schema
+from controller.kinds.schema import AnyValue, Errors, Obj, Schema
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,15 @@ class KindSpec:
 
 
 def _mesh(spec: Schema) -> Obj:
-    return Obj({"spec": spec, "status": AnyValue()})
+    def missing_spec(value: dict, path: str, errs: Errors) -> None:
+        """A kind whose spec has required fields refuses an object with no spec by naming them
+        (`spec.servers: required field is missing`), rather than passing it to the translation
+        to fail there. Not `required=("spec",)`: that would change the CRDs' schemas."""
+        if value.get("spec") is None:
+            spec.check({}, "spec", errs)
+
+    return Obj({"spec": spec, "status": AnyValue()},
+               checks=(missing_spec,) if isinstance(spec, Obj) and spec.required else ())
 
 
 def _with_ambit(upstream: str, versions: tuple[str, ...], ambit: str) -> tuple[tuple[str, tuple[str, ...]], ...]:

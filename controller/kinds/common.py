@@ -64,7 +64,7 @@ _GW_DURATION = re.compile(GW_DURATION_PATTERN)
 
 
 def _check_gw_duration(text: str) -> str | None:
-    if not _GW_DURATION.match(text):
+    if not _GW_DURATION.fullmatch(text):
         return f'must be a Gateway API duration such as "10s", "500ms" or "1h30m", got "{text}"'
     return None
 
@@ -112,10 +112,19 @@ def port_key(k: Any) -> str | None:
 
 
 def _check_cidr(text: str) -> str | None:
+    """An address or `address/prefix-length`, as Istio's net/netip reads them. Python's parser also
+    takes forms Istio refuses and that read unlike what they seem: a netmask or a *hostmask* after
+    the slash ("10.0.0.0/0.255.255.255" is a /8), a leading-zero length, an IPv6 zone ("%eth0")."""
+    bad = f'must be an IP address or CIDR such as "10.0.0.0/8", got "{text}"'
+    _, slash, bits = text.partition("/")
+    if "%" in text:
+        return f"{bad}: an IPv6 zone (%...) names an interface, not a range"
+    if slash and not (bits.isdigit() and bits.isascii() and (bits == "0" or not bits.startswith("0"))):
+        return f"{bad}: after the slash goes a prefix length in decimal (0..32, 0..128)"
     try:
         ipaddress.ip_network(text, strict=False)
     except ValueError:
-        return f'must be an IP address or CIDR such as "10.0.0.0/8", got "{text}"'
+        return bad
     return None
 
 
@@ -127,6 +136,8 @@ def _check_ip(text: str) -> str | None:
         ipaddress.ip_address(text)
     except ValueError:
         return f'must be an IP address, got "{text}"'
+    if "%" in text:
+        return f'must be an IP address without an IPv6 zone (%...), got "{text}"'
     return None
 
 
@@ -137,13 +148,13 @@ _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 
 
 def _check_subdomain(text: str) -> str | None:
-    if len(text) > 253 or not _DNS1123_SUBDOMAIN.match(text):
+    if len(text) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(text):
         return f'must be a lowercase RFC 1123 name (a-z, 0-9, "-", "."), got "{text}"'
     return None
 
 
 def _check_label(text: str) -> str | None:
-    if len(text) > 63 or not _DNS1123_LABEL.match(text):
+    if len(text) > 63 or not _DNS1123_LABEL.fullmatch(text):
         return f'must be a lowercase RFC 1123 label (a-z, 0-9, "-"), got "{text}"'
     return None
 
@@ -162,14 +173,14 @@ def label_key_reason(key: Any) -> str | None:
     prefix, slash, name = key.rpartition("/")
     if slash and not prefix:
         return f'label key "{key}": the prefix before "/" must not be empty'
-    if prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
+    if prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix)):
         return (f'label key "{key}": the prefix "{prefix}" must be a lowercase DNS subdomain '
                 '(a-z, 0-9, "-", "."; at most 253 characters)')
     if not name:
         return f'label key "{key}": the name part must not be empty'
     if len(name) > 63:
         return f'label key "{key}": the name part must be no more than 63 characters'
-    if not _QUALIFIED_NAME.match(name):
+    if not _QUALIFIED_NAME.fullmatch(name):
         return f'label key "{key}": the name part {_NAME_RULE}'
     return None
 
@@ -181,7 +192,7 @@ def label_value_reason(value: Any) -> str | None:
         return f"label values must be strings, got {value!r}"
     if len(value) > 63:
         return f'label value "{value}": must be no more than 63 characters'
-    if value and not _QUALIFIED_NAME.match(value):
+    if value and not _QUALIFIED_NAME.fullmatch(value):
         return f'label value "{value}": must be empty or {_NAME_RULE.removeprefix("must ")}'
     return None
 

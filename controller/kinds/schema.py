@@ -29,6 +29,8 @@ def show(value: Any) -> str:
         s = json.dumps(value, sort_keys=True, default=str)
     except (TypeError, ValueError):  # pragma: no cover - values come from YAML/JSON
         s = repr(value)
+    except RecursionError:          # a value nested deeper than json (or repr) can walk
+        return f"<a {type(value).__name__} nested too deeply to show>"
     return s if len(s) <= 60 else s[:57] + "..."
 
 
@@ -54,6 +56,13 @@ class Schema:
 
     def openapi(self) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def without_nulls(self, value: Any) -> Any:
+        """`value` with every known field whose value is null dropped, as the API server prunes
+        them: `check` reads `field: null` as unset, so the translation must see it unset too (it
+        reads `.get(field, default)`, which a null defeats). The same object when nothing is
+        null; a copy of only the parts that change otherwise."""
+        return value
 
     def _doc(self, d: dict[str, Any]) -> dict[str, Any]:
         if self.description:
@@ -204,6 +213,12 @@ class Arr(Schema):
         for i, v in enumerate(value):
             self.items.check(v, join(path, i), errs)
 
+    def without_nulls(self, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        items = [self.items.without_nulls(v) for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+
     def openapi(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": "array", "items": self.items.openapi()}
         if self.min_items:
@@ -234,6 +249,12 @@ class Map(Schema):
                 errs.append((sub, f"map keys must be strings, got {show(k)}"))
                 continue
             self.values.check(v, sub, errs)
+
+    def without_nulls(self, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        out = {k: self.values.without_nulls(v) for k, v in value.items()}
+        return value if all(out[k] is v for k, v in value.items()) else out
 
     def openapi(self) -> dict[str, Any]:
         return self._doc({"type": "object", "additionalProperties": self.values.openapi()})
@@ -307,6 +328,18 @@ class Obj(Schema):
         if len(errs) == before:
             for c in self.checks:
                 c(value, path, errs)
+
+    def without_nulls(self, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for k, v in value.items():
+            sub = self.fields.get(k) if isinstance(k, str) else None
+            if sub is None:
+                out[k] = v
+            elif v is not None:
+                out[k] = sub.without_nulls(v)
+        return value if len(out) == len(value) and all(out[k] is v for k, v in value.items()) else out
 
     def openapi(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": "object"}

@@ -52,11 +52,37 @@ Source = Obj({
     "notTrustDomains": 'notTrustDomains is not supported by Ambit yet: use notPrincipals: ["<trust-domain>/*"]',
 })
 
+# A path template's literal segments: RFC 3986 pchars, as Istio's CheckValidPathTemplate requires.
+_PATH_LITERAL = re.compile(r"[a-zA-Z0-9\-._~%!$&'()+,;:@=]+")
+
+
+def _check_path_template(text: str) -> str | None:
+    """Istio's rules for a path with `{*}` or `{**}`: each segment is `{*}`, `{**}` (the last
+    operator) or a literal of RFC 3986 path characters. The waypoint compiles a template into an RE2
+    pattern, so a segment outside these rules (a `{`, an em dash) would fail at every request."""
+    if "{*}" not in text and "{**}" not in text:
+        return None
+    seen_any = False
+    for seg in text.strip("/").split("/"):
+        if seg in ("{*}", "{**}"):
+            if seen_any:
+                return f'invalid path template "{text}": {{**}} must be the last operator'
+            seen_any = seg == "{**}"
+        elif "{" in seg or "}" in seg:
+            return f'invalid path template "{text}": contains "{{" or "}}" beyond a {{*}} or {{**}} segment'
+        elif not _PATH_LITERAL.fullmatch(seg):
+            return (f'invalid path template "{text}": segment "{seg}" must be RFC 3986 path characters '
+                    "(a-z, A-Z, 0-9 and -._~%!$&'()+,;:@=)")
+    return None
+
+
+PathTemplates = Arr(Str(valid=_check_path_template))
+
 Operation = Obj({
     "hosts": Strings, "notHosts": Strings,
     "ports": Arr(PortString), "notPorts": Arr(PortString),
     "methods": Strings, "notMethods": Strings,
-    "paths": Strings, "notPaths": Strings,
+    "paths": PathTemplates, "notPaths": PathTemplates,
 }, checks=(_not_empty(OPERATION_FIELDS, "an operation"),))
 
 # Condition keys Istio documents (https://istio.io/latest/docs/reference/config/security/conditions/).
@@ -70,7 +96,7 @@ _CONDITION_KEYS = re.compile(
 
 def _check_condition(value: dict[str, Any], path: str, errs: Errors) -> None:
     key = value["key"]
-    if not _CONDITION_KEYS.match(key):
+    if not _CONDITION_KEYS.fullmatch(key):
         errs.append((join(path, "key"), f'unknown condition key "{key}"'))
         return
     if not value.get("values") and not value.get("notValues"):
@@ -161,7 +187,7 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 def _check_header_name(text: str) -> str | None:
-    return None if _HEADER_NAME.match(text) else f'must be an HTTP header name, got "{text}"'
+    return None if _HEADER_NAME.fullmatch(text) else f'must be an HTTP header name, got "{text}"'
 
 
 def _check_jwt_rule(value: dict[str, Any], path: str, errs: Errors) -> None:

@@ -63,7 +63,7 @@ def _check_tag(value: Any, path: str, errs: Errors) -> None:
 
 
 def _label_name(name: Any) -> str | None:
-    if isinstance(name, str) and LABEL_NAME.match(name) and not name.startswith("__"):
+    if isinstance(name, str) and LABEL_NAME.fullmatch(name) and not name.startswith("__"):
         return None
     return f"{name!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)"
 

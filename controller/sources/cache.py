@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from controller.kinds import spec_of
-from controller.validation import FieldError, validate_object
+from controller.validation import FieldError, validate_object, without_nulls
 
 Obj = dict[str, Any]
 CacheKey = tuple[str, str, str, str]   # (group, kind, namespace, name)
@@ -45,6 +45,7 @@ class LastGoodCache:
                 self._errors[key] = errors
             else:
                 self._errors.pop(key, None)
+                obj = without_nulls(obj)    # what validation read: every consumer sees `field: null` unset
                 if self._good.get(key) != obj:
                     self._good[key] = obj
                     self.version += 1

@@ -40,7 +40,7 @@ from controller.translate.routes import Hosts, translate_routes
 from controller.translate.serviceentries import expand_entry_targets, translate_service_entries
 from controller.translate.waypoints import apply_waypoints, waypoint_gateways
 from controller.translate.workloads import translate_services, translate_workloads
-from controller.validation import FieldError, validate_object
+from controller.validation import FieldError, split_valid
 
 __all__ = ["Translation", "translate"]
 
@@ -82,15 +82,7 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     """`jwks`: the key sets the controller fetched for RequestAuthentication `jwksUri`s (source ->
     (JSON, error)); what is still to fetch is in `Translation.jwks_fetches`."""
     out = Translation(mesh_settings=[MeshSettings(trust_domain, list(trust_domain_aliases))])
-    good = []
-    for obj in objects:
-        if not isinstance(obj, dict) or obj.get("kind") not in BY_KIND:
-            continue
-        errors = validate_object(obj)
-        if errors:
-            out.errors.extend(errors)
-        else:
-            good.append(obj)
+    good, out.errors = split_valid(o for o in objects if isinstance(o, dict) and o.get("kind") in BY_KIND)
     idx = Index.build(good)
     out.services = translate_services(idx, cluster_domain)
     out.workloads = translate_workloads(idx, out.services, trust_domain)

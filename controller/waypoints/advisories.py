@@ -44,7 +44,7 @@ from controller.translate.destinationrules import rules_by_host
 from controller.translate.index import age_key, ns_of, waypoint_ref
 from controller.translate.routes import Hosts
 from controller.translate.waypoints import SERVES_SERVICES
-from controller.validation import object_ref, validate_object
+from controller.validation import object_ref, split_valid
 from controller.waypoints.gateways import (
     STATUS_GROUP_SUFFIXES,
     WAYPOINT_CLASSES,
@@ -108,7 +108,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
                root_namespace: str = "ambit-system") -> list[Advisory]:
     """Every advisory for the valid objects of a snapshot. `translation`: the snapshot's
     `controller.translate.Translation` when the caller has it (the controller does), else computed."""
-    good = [o for o in objects if isinstance(o, dict) and not validate_object(o)]
+    good, _ = split_valid(o for o in objects if isinstance(o, dict))
     out: list[Advisory] = []
     gateways = {(ns_of(g), (g.get("metadata") or {}).get("name", "")): g for g in good if is_waypoint(g)}
     tr = translation if translation is not None else translate(good, cluster_domain=cluster_domain)

@@ -222,3 +222,17 @@ def test_controller_flag_in_the_lab_reads_traffic_through_it(lab_dir: Path, monk
     assert "AMB0110" not in out and asked == []                      # the lab's sockets: no lab state here
     rc, out, err = run("analyze", "-A", "--controller", "unix:/elsewhere.sock", "--token", "t")
     assert asked == ["unix:/elsewhere.sock Metrics"] and "[AMB0110]" in out, err
+
+
+def test_a_null_field_is_unset_for_the_analyzers_too() -> None:
+    """`weight:` with nothing is a valid (unset) field: the AMB0109 check read it as int(None) and
+    `ambit analyze` died with a TypeError instead of reporting anything."""
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "r", "namespace": "demo"},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "reviews"}],
+                      "rules": [{"backendRefs": [{"name": "reviews", "port": 9080, "weight": None}]}]}}
+    found = an.analyze([route], complete=False)
+    assert [f.code for f in found if f.code in ("AMB0001", "AMB0109")] == []
+    zero = {**route, "spec": {**route["spec"], "rules": [{"backendRefs": [
+        {"name": "reviews", "port": 9080, "weight": 0}, {"name": "ratings", "port": 9080, "weight": None}]}]}}
+    assert "AMB0109" not in [f.code for f in an.analyze([zero], complete=False)]   # unset weighs 1

@@ -143,3 +143,69 @@ def test_a_namespace_the_lab_does_not_have_is_warned(lab_dir: Path) -> None:
                        "---\n" + (EXAMPLES / "istio" / "virtual-service.yaml").read_text())
     assert rc == 0 and "does not exist" not in err      # the batch creates it
     assert LabStore(store_path()).get("VirtualService", "shop", "myapp") is not None
+
+
+# -- manifests read as strictly as kubectl reads them ----------------------------------------------
+
+DENY_THEN_ALLOW = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: demo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+  action: ALLOW
+"""
+
+
+@pytest.mark.parametrize("command", ["apply", "analyze"])
+def test_a_key_written_twice_is_refused_naming_both_lines(lab_dir: Path, command: str) -> None:
+    """PyYAML kept the last `action`: a DENY policy was applied as ALLOW, silently."""
+    argv = ("apply", "--dry-run", "-f", "-") if command == "apply" else ("analyze", "--offline", "-f", "-")
+    rc, out, err = run(*argv, stdin=DENY_THEN_ALLOW)
+    assert rc == 1 and out == ""
+    assert err.strip() == 'error: <stdin>: not valid YAML: line 8: mapping key "action" already defined at line 6'
+    merged = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: demo}
+spec:
+  <<: {hosts: [other]}
+  hosts: [echo]
+  http: [{route: [{destination: {host: echo}}]}]
+"""
+    rc, out, err = run(*argv, stdin=merged)      # an explicit key overriding a merged one is YAML
+    assert rc == 0, err
+
+
+def test_a_billion_laughs_manifest_is_refused_at_once(lab_dir: Path) -> None:
+    """Nine anchors of nine aliases each: ~700 bytes that expand to ~10^9 nodes. Quoting the label
+    value in the error (json) walked all of them: `ambit apply --dry-run` hung, eating memory."""
+    bomb = "".join(f"  x{i}: &x{i} [" + ",".join([f"*x{i - 1}"] * 9) + "]\n" for i in range(1, 9))
+    doc = ("apiVersion: networking.istio.io/v1\nkind: VirtualService\nstatus:\n  x0: &x0 [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n"
+           + bomb + "metadata: {name: bomb, namespace: demo, labels: {app: *x8}}\n"
+           "spec: {hosts: [echo], http: [{route: [{destination: {host: echo}}]}]}\n")
+    rc, _, err = run("apply", "--dry-run", "-f", "-", stdin=doc)
+    assert rc == 1
+    assert "not valid YAML: document contains excessive aliasing: its" in err
+
+
+def test_a_manifest_nested_too_deeply_is_refused_without_a_traceback(lab_dir: Path) -> None:
+    rc, _, err = run("apply", "--dry-run", "-f", "-", stdin="a: " + "[" * 3000 + "]" * 3000 + "\n")
+    assert (rc, err.strip()) == (1, "error: <stdin>: not valid YAML: nested too deeply to read")
+
+
+def test_an_unquoted_date_stays_a_string_and_a_set_is_refused(lab_dir: Path) -> None:
+    """PyYAML made `2024-01-01T00:00:00Z` a datetime: the dry run said "created", then the real
+    apply died with a traceback (the store's JSON cannot hold a datetime)."""
+    doc = ("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ts, namespace: demo}\n"
+           "spec: {hosts: [echo], http: [{route: [{destination: {host: echo}}]}]}\n"
+           "status: {observed: 2024-01-01T00:00:00Z}\n")
+    rc, out, err = run("apply", "-f", "-", stdin=doc)
+    assert rc == 0, err
+    assert out.strip() == "virtualservice.networking.istio.io/ts created"
+    stored = LabStore(store_path()).snapshot().objects[("VirtualService", "demo", "ts")]
+    assert stored["status"] == {"observed": "2024-01-01T00:00:00Z"}
+    rc, _, err = run("apply", "-f", "-", stdin="apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\nstatus: !!set {a}\n")
+    assert (rc, err.strip()) == (1, "error: <stdin>: not valid YAML: line 4: a YAML set has no JSON form, and a "
+                                    "Kubernetes object is JSON")

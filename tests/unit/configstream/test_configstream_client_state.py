@@ -133,3 +133,12 @@ def test_stop_ends_the_client_even_when_the_stream_turns_the_cancellation_into_a
 
     asyncio.run(go())
     assert attempts == 1
+
+
+@pytest.mark.parametrize("field, value", [("name", "node-1\nforged"), ("name", "n" * 254),
+                                          ("instance_id", "\x1b[2J"), ("waypoint", "demo/" + "w" * 300)])
+def test_node_info_fields_are_bounded_and_printable(field: str, value: str):
+    kw = {"kind": "waypoint", "name": "p", "waypoint": "demo/wp", field: value}
+    with pytest.raises(ValueError, match=f"node.{field}: must be at most 253 printable characters"):
+        NodeInfo(**kw).validate()
+    assert NodeInfo("waypoint", "waypoint-7d9c-x2", "demo/wp", "3f2a").validate()

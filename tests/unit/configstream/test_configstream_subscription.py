@@ -127,3 +127,14 @@ def test_snapshot_rejects_bad_input_naming_the_entry():
         Snapshot.build({Workload.TYPE: [workload("a", "n"), workload("a", "n")]}, "v1", 1)
     with pytest.raises(ValueError, match="version must be a non-empty string"):
         Snapshot.build({}, "", 1)
+
+
+def test_a_nack_message_is_made_printable_and_bounded():
+    """A client's NACK text goes to the controller's log and `ambit proxy-status` as it came: a
+    newline forged log lines, and a 4 MB message was held per subscriber."""
+    sub = Subscription(ZT)
+    sub.subscribe(Workload.TYPE, {})
+    p = step(sub, snap(1, [workload("a", "node-a")]))
+    nack = sub.on_nack(p.nonce, "bad\nWARNING ambit.ca issued certificate: node=evil" + "x" * 1_000_000, now=1.0)
+    assert nack.message.startswith("bad\\nWARNING ambit.ca issued")
+    assert "\n" not in nack.message and len(nack.message) <= 4096

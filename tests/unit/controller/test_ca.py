@@ -419,3 +419,20 @@ def test_grpc_refuses_silly_ttls_with_invalid_argument_and_still_serves(ca, capl
 
     asyncio.run(run())
     assert any("ttl_seconds: 4611686018427387904 exceeds" in r.getMessage() for r in caplog.records)
+
+
+def test_a_refused_identity_cannot_forge_a_line_in_the_ca_log(ca, caplog) -> None:
+    """The identity comes from a caller not yet authenticated, and was logged as it came: a newline
+    in it wrote a fake "issued certificate" line, in the log operators read to spot stolen credentials."""
+    caplog.set_level(logging.INFO, logger="ambit.ca")
+    forged = f"x\nINFO ambit.ca issued certificate: node=node-1 identity=spiffe://{TD}/ns/prod/sa/db"
+
+    async def run() -> None:
+        async with _Harness(ca, {"node-1": [("demo", "client")]}) as h:
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await h.call("node-1", None, forged)
+            assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    asyncio.run(run())
+    (line,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert "\n" not in line and "identity=x\\nINFO ambit.ca issued certificate" in line

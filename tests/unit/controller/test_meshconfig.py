@@ -148,3 +148,11 @@ def test_provider_kinds_and_fields_ambit_does_not_do_are_refused_by_name(tmp_pat
     with pytest.raises(ValueError) as e:
         meshconfig.load(f, "cluster.local")
     assert msg in str(e.value)
+
+
+def test_an_alias_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "mesh.yaml"
+    f.write_text('trustDomainAliases: ["old.td\\n"]\n')
+    with pytest.raises(ValueError) as ei:
+        meshconfig.load(f, "cluster.local")
+    assert "trustDomainAliases[0]: 'old.td\\n' is not a trust domain" in str(ei.value)

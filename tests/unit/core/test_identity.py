@@ -49,3 +49,15 @@ def test_peercert_uris_reads_only_uri_sans_from_ssls_decoded_certificate():
             "subjectAltName": (("DNS", "a.example"), ("URI", "spiffe://td/ns/a/sa/b"), ("URI", "urn:x"))}
     assert ident.peercert_uris(cert) == ["spiffe://td/ns/a/sa/b", "urn:x"]
     assert ident.peercert_uris({"subject": ()}) == [] and ident.peercert_uris(None) == []
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ("spiffe://cluster.local/ns/demo/sa/client\n", "bad service account 'client\\n'"),
+    ("spiffe://cluster.local/ns/demo\n/sa/client", "bad namespace 'demo\\n'"),
+    ("spiffe://cluster.local\n/ns/demo/sa/client", "bad trust domain 'cluster.local\\n'"),
+])
+def test_a_trailing_newline_is_no_part_of_a_valid_id(value: str, reason: str) -> None:
+    """`$` matches before a final newline: each part is matched whole."""
+    with pytest.raises(ident.InvalidSpiffeId) as ei:
+        ident.parse(value)
+    assert reason in str(ei.value)

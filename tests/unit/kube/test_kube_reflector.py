@@ -279,3 +279,37 @@ def test_a_kind_the_typed_api_lacks_is_refused_up_front() -> None:
             Reflector(client, Resource("", ("v1",), "widgets", "Widget", True))
     finally:
         client.close()
+
+
+def test_a_failure_on_one_object_does_not_end_the_watch(emu: KubeEmulator) -> None:
+    """Anything unexpected on one object (here a consumer that fails on it, as an object nested
+    too deeply for json does) ended the reflector's thread: the collection was never watched again.
+    It relists instead, and is whole again once the object is gone."""
+    seen: list[Change] = []
+
+    def consumer(change: Change) -> None:
+        if any(o["metadata"]["name"] == "deep" for o in change.objects) and change.type != DELETED:
+            raise RecursionError("maximum recursion depth exceeded")
+        seen.append(change)
+
+    emu.create(pod("a"))
+    emu.create(pod("deep"))
+    client = make_api_client(emu.url)
+    rf = Reflector(client, PODS, consumer, backoff=(0.05, 0.3))
+    stop = threading.Event()
+    thread = threading.Thread(target=rf.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        until(lambda: rf.state.reconnects >= 1, "the failure to be retried")
+        assert thread.is_alive()
+        assert "RecursionError" in rf.state.last_error
+        emu.delete("v1", "Pod", "deep", "demo")
+        emu.create(pod("b"))
+        until(lambda: any(c.type in (LISTED, ADDED) and "b" in {o["metadata"]["name"] for o in c.objects}
+                          for c in seen), "the collection watched again")
+        assert {o["metadata"]["name"] for o in rf.objects()} == {"a", "b"}
+    finally:
+        stop.set()
+        rf.abort()
+        thread.join(timeout=10)
+        client.close()
