@@ -59,8 +59,8 @@ def waypoint_hook(args: ControllerSettings, leader: Callable[[], bool] | None = 
                   ) -> Callable[[Snapshot, Translation], None] | None:
     """The controller's writes for waypoint Gateways after each snapshot: their status and
     AuthorizationPolicy conditions (lab store, or the API unless --no-status) and, with
-    --waypoint-image in a cluster, their Deployment/Service/ServiceAccount. Routes the `source`
-    refused are left to it (`KubeSource.refused_routes`)."""
+    --waypoint-image in a cluster, their Deployment/Service/ServiceAccount. Gateway API objects
+    the `source` refused are left to it (`KubeSource.refused`)."""
     if args.lab_store:
         from ambit.labstore import LabStore
         from controller.waypoints.labstatus import LabWaypointStatus
@@ -84,7 +84,7 @@ def waypoint_hook(args: ControllerSettings, leader: Callable[[], bool] | None = 
     rec = KubeWaypointReconciler(make_api_client(args.kube_host, args.kubeconfig), deploy,
                                  cluster_domain=args.cluster_domain, root_namespace=args.root_namespace,
                                  write_status=not args.no_status,
-                                 refused_routes=getattr(source, "refused_routes", frozenset))
+                                 refused=getattr(source, "refused", frozenset))
 
     def kube_waypoints(objects: Snapshot, tr: Translation) -> None:
         if leader is None or leader():        # followers serve; the leader writes

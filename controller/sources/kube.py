@@ -14,8 +14,9 @@ Optionally (`write_status=True`) the verdict on each Istio/Ambit object is writt
 validation's, and the translation's for a valid object that still cannot be applied as it is (a
 ServiceEntry address another Service holds), which the controller passes in after each
 translation (`set_translation_errors`). A Gateway API route whose newest version validation refused
-gets `status.parents` saying so (`ingress_status.refused_route_status`); a valid route's status is
-the waypoint reconciler's, which skips the routes `refused_routes()` names.
+gets `status.parents` saying so (`ingress_status.refused_route_status`), and a waypoint or ingress
+Gateway `Accepted`/`Programmed=False`; a valid one's status is the waypoint reconciler's, which
+skips the objects `refused()` names.
 """
 
 from __future__ import annotations
@@ -191,18 +192,20 @@ class KubeSource:
                     if object_ref(obj) in changed:
                         self._maybe_status(t, obj)
 
-    def refused_routes(self) -> set[tuple[str, str, str]]:
-        """(kind, namespace, name) of the Gateway API routes whose newest version validation refused:
-        their status is written here, and the waypoint reconciler leaves them alone."""
-        return {(k[1], k[2], k[3]) for k in self.cache.rejected() if k[0] == GATEWAY_GROUP and k[1] in ALL_ROUTE_KINDS}
+    def refused(self) -> set[tuple[str, str, str]]:
+        """(kind, namespace, name) of the Gateway API objects (Gateways, routes) whose newest version
+        validation refused: their status is written here, and the waypoint reconciler, which sees
+        only the version in force, leaves them alone."""
+        return {(k[1], k[2], k[3]) for k in self.cache.rejected() if k[0] == GATEWAY_GROUP}
 
     def _maybe_status(self, t: WatchedType, obj: Obj) -> None:
         if not self.write_status or (self.leader is not None and not self.leader()):
             return
-        if t.kind == "Gateway":
-            # A waypoint Gateway's status is the waypoint reconciler's (controller.waypoints); only
-            # a version validation rejected is written here, since the reconciler never sees it.
-            if is_waypoint(obj):
+        if t.group == GATEWAY_GROUP and t.kind == "Gateway":
+            # A waypoint or ingress Gateway's status is the waypoint reconciler's (controller.waypoints);
+            # only a version validation rejected is written here, since the reconciler never sees it.
+            # Other classes are other controllers'.
+            if is_waypoint(obj) or is_ingress(obj):
                 errors = self.cache.rejected().get(cache_key(obj), [])
                 if errors and _condition_differs(obj, accepted_condition(obj, errors)):
                     self._status_q.put((t, obj, _conditions_status(obj, accepted_condition(obj, errors))))
@@ -262,7 +265,7 @@ def _conditions_status(obj: Obj, cond: Obj) -> Obj:
     """The object's status with `cond` in place of its `Accepted` condition (others' kept). A
     rejected Gateway is not `Programmed` either (Gateway API)."""
     others = [c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") != "Accepted"]
-    if obj.get("kind") == "Gateway":
+    if obj.get("kind") == "Gateway" and str(obj.get("apiVersion", "")).startswith(GATEWAY_GROUP + "/"):
         others = [c for c in others if c.get("type") != "Programmed"] + [
             {**cond, "type": "Programmed", "message": "the Gateway is not accepted"}]
     return {"conditions": others + [cond]}

@@ -80,11 +80,12 @@ class KubeWaypointReconciler:
     def __init__(self, api: kclient.ApiClient, deploy: WaypointDeploySettings | None = None, *,
                  cluster_domain: str = "cluster.local", root_namespace: str = "ambit-system",
                  write_status: bool = True, resync: float = 60.0, clock: Callable[[], float] = time.monotonic,
-                 refused_routes: Callable[[], Collection[tuple[str, str, str]]] = frozenset):
+                 refused: Callable[[], Collection[tuple[str, str, str]]] = frozenset):
         self.root_namespace = root_namespace
-        # routes whose newest version validation refused: the source writes their status
-        # (controller.sources.kube), and the version in force here would contradict it
-        self.refused_routes = refused_routes
+        # Gateway API objects whose newest version validation refused, as (kind, ns, name): the
+        # source writes their status (controller.sources.kube); the version in force here would
+        # contradict it
+        self.refused = refused
         # (gateway uid, resourceVersion) -> when its objects were last found as wanted: a snapshot
         # caused by anything else then costs no API calls; drift is repaired within `resync` s.
         self._settled: dict[tuple[str, str, tuple[int, ...]], float] = {}
@@ -130,6 +131,7 @@ class KubeWaypointReconciler:
         waypoints = [o for o in objects if gws.is_waypoint(o) or is_ingress(o)]
         now = self.clock()
         live = set()
+        refused = self.refused() if self.write_status else frozenset()
         for gw in waypoints:
             md = gw.get("metadata") or {}
             ports = _served_ports(gw, translation)       # an Istio Gateway's new port redeploys too
@@ -139,13 +141,13 @@ class KubeWaypointReconciler:
                     now - self._settled.get(key, -1e18) >= self.resync:
                 if self._deploy(gw, ports):
                     self._settled[key] = now
-            if self.write_status:
+            if self.write_status and ("Gateway", md.get("namespace") or "default", md.get("name")) not in refused:
                 self._gateway_status(gw, objects, translation)
         self._settled = {k: v for k, v in self._settled.items() if k in live}
         if self.write_status:
             self._policy_status(objects, translation)
             if translation is not None:
-                self._route_status(objects, translation)
+                self._route_status(objects, translation, refused)
 
     def _deploy(self, gw: Obj, ports: tuple[int, ...] = ()) -> bool:
         """Create or update the Gateway's objects; True when all are as wanted (nothing failed)."""
@@ -196,14 +198,14 @@ class KubeWaypointReconciler:
         self._write(f"status of Gateway {gws.gateway_ref(gw)}", "PATCH", object_path(gw, "status"), body,
                     "application/merge-patch+json")
 
-    def _route_status(self, objects: list[Obj], translation: Any) -> None:
+    def _route_status(self, objects: list[Obj], translation: Any, refused: Collection[tuple[str, str, str]]) -> None:
         """`status.parents` of the routes (HTTP, GRPC, TLS, TCP) attached to ingress Gateways, and of the
         HTTP/GRPC routes' mesh parents (Services, waypoints): Gateway API's verdicts from the translation;
         other controllers' parents entries are kept. A route with entries of ours and no parent of
         ours now (say, once valid again after a refusal) loses them; a refused one is not touched."""
         by_key = {(o.get("kind"), (o.get("metadata") or {}).get("namespace") or "default",
                    (o.get("metadata") or {}).get("name")): o for o in objects if o.get("kind") in ALL_ROUTE_KINDS}
-        for key, want in ingress_status.route_updates(objects, translation.ingress, self.refused_routes()).items():
+        for key, want in ingress_status.route_updates(objects, translation.ingress, refused).items():
             self._write(f"status of {key[0]} {key[1]}/{key[2]}", "PATCH", object_path(by_key[key], "status"),
                         {"status": want}, "application/merge-patch+json")
 

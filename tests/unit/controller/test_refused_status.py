@@ -1,5 +1,6 @@
-"""A Gateway API route whose newest version validation refuses, in a cluster: the controller's
-KubeSource and KubeWaypointReconciler against the API-server emulator (no mocks).
+"""Objects whose newest version validation refuses, in a cluster: the controller's KubeSource and
+KubeWaypointReconciler against the API-server emulator (no mocks). Gateway API routes first, then
+ingress and Istio Gateways.
 
 Without this, `kubectl get httproute -o yaml` kept the verdict on the last valid version (or showed
 nothing at all for a route never valid) while the new spec did nothing: the refusal was only in the
@@ -50,7 +51,7 @@ def cluster() -> Iterator[tuple[KubeEmulator, KubeSource, KubeWaypointReconciler
                          "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}})
     emu.create(service("echo"))
     source = KubeSource(make_api_client(emu.url), debounce=0.01, write_status=True, backoff=(0.05, 0.3))
-    rec = KubeWaypointReconciler(make_api_client(emu.url), None, refused_routes=source.refused_routes)
+    rec = KubeWaypointReconciler(make_api_client(emu.url), None, refused=source.refused)
     stop = threading.Event()
     t = threading.Thread(target=source.run, args=(lambda objs: rec.reconcile(objs, translate(objs)), stop),
                          daemon=True)
@@ -89,7 +90,7 @@ def test_a_refused_update_is_on_the_route_and_the_last_valid_version_is_named(cl
     assert (cond["status"], cond["reason"]) == ("False", "UnsupportedValue")
     assert "spec.rules[0].backendRefs[0].weight" in cond["message"]
     assert cond["message"].endswith("its last valid version (generation 1) stays in force")
-    assert source.refused_routes() == {("HTTPRoute", NS, "canary")}
+    assert source.refused() == {("HTTPRoute", NS, "canary")}
 
     # a pass of the reconciler over the version in force (say, another object changed) leaves it
     objects = source.cache.objects()
@@ -100,7 +101,7 @@ def test_a_refused_update_is_on_the_route_and_the_last_valid_version_is_named(cl
     emu.update(fixed)
     wait_for(lambda: accepted(parents(emu)[0]) == {**accepted(parents(emu)[0]), "status": "True",
                                                     "observedGeneration": 3}, "the verdict on the fixed version")
-    assert source.refused_routes() == set()
+    assert source.refused() == set()
 
 
 def test_a_route_never_valid_says_nothing_of_it_is_applied(cluster) -> None:
@@ -136,3 +137,41 @@ def test_other_controllers_entries_are_kept(cluster) -> None:
     ps = wait_for(lambda: len(parents(emu)) == 2 and parents(emu), "our entry beside theirs", timeout=15)
     assert [p["controllerName"] for p in ps] == [CONTROLLER_NAME, "example.com/other"]
     assert ps[1] == theirs
+
+
+def conditions(emu: KubeEmulator, api_version: str, name: str) -> dict[str, dict[str, Any]]:
+    got = emu.get(api_version, "Gateway", name, NS) or {}
+    return {c["type"]: c for c in (got.get("status") or {}).get("conditions") or []}
+
+
+def test_an_ingress_gateway_refused_says_so_and_the_reconciler_leaves_it(cluster) -> None:
+    """An invalid ingress Gateway (class ambit) got no condition at all: only waypoints did."""
+    emu, source, rec = cluster
+    gw = {"apiVersion": GW_V1, "kind": "Gateway", "metadata": {"name": "edge", "namespace": NS},
+          "spec": {"gatewayClassName": "ambit", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}
+    emu.create(gw)
+    wait_for(lambda: conditions(emu, GW_V1, "edge").get("Accepted", {}).get("status") == "True", "accepted")
+    bad = copy.deepcopy(gw)
+    bad["spec"]["listeners"][0]["protocol"] = "UDP"
+    emu.update(bad)
+    wait_for(lambda: conditions(emu, GW_V1, "edge")["Accepted"]["status"] == "False", "the refusal", timeout=15)
+    c = conditions(emu, GW_V1, "edge")
+    assert (c["Accepted"]["reason"], c["Accepted"]["observedGeneration"]) == ("Invalid", 2)
+    assert "spec.listeners[0].protocol" in c["Accepted"]["message"]
+    assert (c["Programmed"]["status"], c["Programmed"]["reason"]) == ("False", "Invalid")
+    assert ("Gateway", NS, "edge") in source.refused()
+    objects = source.cache.objects()            # a pass over the version in force leaves it
+    rec.reconcile(objects, translate(objects))
+    assert conditions(emu, GW_V1, "edge")["Accepted"]["status"] == "False"
+
+
+def test_an_istio_gateway_refused_gets_accepted_false(cluster) -> None:
+    """Its kind is Gateway too: the Gateway API branch took it and wrote nothing."""
+    emu, _, _ = cluster
+    emu.create({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "nospec", "namespace": NS},
+                "spec": {"selector": {"istio": "ingressgateway"}}})
+    wait_for(lambda: "Accepted" in conditions(emu, "networking.istio.io/v1", "nospec"), "the refusal", timeout=15)
+    c = conditions(emu, "networking.istio.io/v1", "nospec")
+    assert (c["Accepted"]["status"], c["Accepted"]["reason"]) == ("False", "Invalid")
+    assert "spec.servers" in c["Accepted"]["message"]
+    assert "Programmed" not in c                # a Gateway API condition; Istio's Gateway has none
