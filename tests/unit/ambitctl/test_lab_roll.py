@@ -40,7 +40,11 @@ def test_adopting_spec_takes_the_running_process_over_and_the_old_one_is_stopped
 
 def test_a_changed_spec_is_stopped_without_blocking_and_killed_after_its_grace() -> None:
     spec = ProcSpec("agent/node1", "agent", ["a"], "/cg", stop_grace=0.0)
-    p = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 60"], start_new_session=True)
+    # a process that ignores SIGTERM: only once the trap is set (on a busy machine a TERM sent
+    # before it would end the shell at once, and the old process would be gone too early)
+    p = subprocess.Popen(["sh", "-c", "trap '' TERM; echo ready; exec sleep 60"], start_new_session=True,
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline() == "ready\n"
     children = {spec.id: supervisor.Child(spec, popen=p)}
     draining: list = []
     try:
