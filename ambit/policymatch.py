@@ -33,10 +33,15 @@ def network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
 
 
 def in_blocks(ip: str, blocks: Iterable[str]) -> bool:
+    """Whether `ip` is inside one of `blocks`. An IPv4-mapped IPv6 address (`::ffff:10.0.0.5`, as a
+    dual-stack socket reports an IPv4 peer) is its IPv4 address, as Envoy and ztunnel canonicalise
+    it: else a DENY on `10.0.0.0/8` would not match such a peer (fail open), nor an ALLOW."""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
         return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
     for b in blocks:
         net = network(b)
         if net is not None and addr.version == net.version and addr in net:

@@ -64,6 +64,10 @@ class TypeSub:
     last_nack: Nack | None = None
     nacked_generation: int | None = None
     needs_reply: bool = True
+    # The client's last answer for this type was a NACK: it still shows that rejection (ztunnel's
+    # `rejections`) until a response it applies, so one is sent even when the content it holds
+    # is what the config has become (the bad object deleted, say).
+    rejecting: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class Subscription:
         if ts is not None:
             ts.known = inf.target
             ts.acked_version = inf.planned.system_version
+            ts.rejecting = False
         return inf.planned
 
     def on_nack(self, nonce: str, message: str, now: float) -> Nack | None:
@@ -126,6 +131,7 @@ class Subscription:
         if ts is not None:
             ts.last_nack = nack
             ts.nacked_generation = inf.generation
+            ts.rejecting = True
         return nack
 
     def _take(self, nonce: str) -> _Inflight | None:
@@ -150,7 +156,7 @@ class Subscription:
             current = view(ts.type_url)
             changed = tuple(e for name, e in sorted(current.items()) if ts.known.get(name) != e.version)
             removed = tuple(sorted(n for n in ts.known if n not in current))
-            if not changed and not removed and not ts.needs_reply:
+            if not changed and not removed and not ts.needs_reply and not ts.rejecting:
                 ts.acked_version = version  # it already holds exactly this version's content
                 continue
             planned = Planned(ts.type_url, version, str(next(self._nonces)), changed, removed)

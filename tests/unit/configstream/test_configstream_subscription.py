@@ -87,6 +87,24 @@ def test_nack_keeps_the_old_state_and_is_not_resent_until_the_next_update():
     assert [e.name for e in p.resources] == ["bad", "c"]
 
 
+def test_a_nack_is_superseded_even_when_the_config_returns_to_what_the_client_holds():
+    """The bad object deleted: the content is the client's again, and nothing used to be sent, so
+    the client kept reporting its rejection (ztunnel-config's 'last rejection') until it
+    reconnected. An empty response with the new version lets it apply, clear it and ACK."""
+    sub = Subscription(ZT)
+    sub.subscribe(Workload.TYPE, {})
+    a = workload("a", "node-a")
+    sub.on_ack(step(sub, snap(1, [a])).nonce)
+    sub.on_nack(step(sub, snap(2, [a, workload("bad", "node-a")])).nonce, "cannot apply bad", now=1.0)
+    s3 = snap(3, [a])
+    p = step(sub, s3)
+    assert p is not None and (p.system_version, p.resources, p.removed) == ("v3", (), ())
+    sub.on_ack(p.nonce)
+    assert step(sub, snap(4, [a])) is None, "once ACKed, an unchanged update sends nothing again"
+    st = sub.status(lambda t: s3.view(ZT, t)).types[0]
+    assert st.acked_version == "v4" and st.in_sync
+
+
 def test_stale_nonces_are_ignored():
     sub = Subscription(ZT)
     sub.subscribe(Workload.TYPE, {})

@@ -50,6 +50,11 @@ _AFTER_CLOSE = "Data after `Connection: close`"
 _QUIET = (0, "")    # `_error` when the connection is to close after the queued responses, with no error
 
 
+def _found(at: int) -> int | None:
+    """`request_start`'s answer as `_locate`'s: None for not found."""
+    return at if at >= 0 else None
+
+
 class _Overrun(Exception):
     """Raised from `on_headers_complete`: PIPELINE_DEPTH requests are queued; stop parsing here."""
 
@@ -240,7 +245,7 @@ class H1Server(asyncio.Protocol):
         n = self._head_bytes
         if n < 0:       # the head began in this read
             at = self._locate(data, marks, (self._marks - marks + 1) // 2)
-            if at >= 0:
+            if at is not None:
                 part = bytearray(data[at:])
                 self._carry = (self._marks, part)
                 n = len(part)
@@ -285,20 +290,23 @@ class H1Server(asyncio.Protocol):
         elif self.parser is not None and not self.closing and self.parser.should_keep_alive():
             self.parser = None
 
-    def _locate(self, data: bytes, marks: int, n: int) -> int:
+    def _locate(self, data: bytes, marks: int, n: int) -> int | None:
         """Where in `data` (a read that began when `_marks` was `marks`) the n-th request that
-        began in it begins; -1 when that cannot be known."""
+        began in it begins; None when that cannot be known. n = 0 is the request whose head the
+        read began inside: a negative offset, into the head bytes carried from earlier reads."""
         if not marks & 1:               # the read began between two messages
-            return request_start(data, n)
+            return _found(request_start(data, n))
         carry = self._carry
         if carry is None or carry[0] != marks:
-            return -1
+            return None
         kept = carry[1]
         if isinstance(kept, int):       # it began with the rest of a Content-Length body
-            at = request_start(memoryview(data)[kept:], n)
-            return kept + at if at >= 0 else -1
+            at = request_start(memoryview(data)[kept:], n) if n else -1
+            return kept + at if at >= 0 else None
+        if n == 0:                      # it began inside the head of the request in question
+            return -len(kept)
         at = request_start(bytes(kept) + data, n + 1)   # it began inside a head: parse from its start
-        return at - len(kept) if at >= 0 else -1
+        return at - len(kept) if at >= 0 else None
 
     # --- pipelining: at most PIPELINE_DEPTH requests parsed ---------------------------------------
 
@@ -308,7 +316,7 @@ class H1Server(asyncio.Protocol):
         at = self._locate(data, marks, (self._marks - marks + 1) // 2)
         self._marks += 1        # the request held back begins again, in a fresh parser
         self.parser = None
-        if at < 0:
+        if at is None:
             # Where the held-back request begins is unknown (this read began in a chunked body):
             # answer those queued, then close; a client retries unanswered pipelined requests
             # (RFC 9112 §9.3.2).
@@ -320,7 +328,12 @@ class H1Server(asyncio.Protocol):
             return
         self._held, self._held_bytes = [], 0
         self._divert = self._hold
-        self._hold(data[at:])
+        if at < 0:      # its head began in an earlier read: the carried bytes are its start
+            carry = self._carry
+            assert carry is not None and isinstance(carry[1], bytearray)
+            self._hold(bytes(carry[1][at:]) + data)
+        else:
+            self._hold(data[at:])
 
     def _hold(self, data: bytes) -> None:
         held = self._held
