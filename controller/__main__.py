@@ -266,7 +266,8 @@ async def amain(args: ControllerSettings) -> int:
 
     from controller.debug import DebugServicer
     try:
-        DebugServicer(server, debug_readers(args)).add_to_server(grpc_server)
+        debug = DebugServicer(server, debug_readers(args))
+        debug.add_to_server(grpc_server)
     except ValueError as e:
         log.error("%s", e)
         return 2
@@ -319,6 +320,8 @@ async def amain(args: ControllerSettings) -> int:
             await asyncio.wait_for(done.wait(), 0.5)
     log.info("controller stopping")
     stop.set()
+    server.end_streams()        # streams end cleanly (clients reconnect) instead of being cancelled
+    debug.close()
     await grpc_server.stop(1.0)
     source_thread.join(timeout=5)
     if elector is not None:

@@ -51,6 +51,10 @@ class Subscriber:
         self.delivered += len(out)
         return out
 
+    def wake(self) -> None:
+        """End a `wait` now (the server is shutting down: its reader stops waiting)."""
+        self._wake.set()
+
     async def wait(self, timeout: float) -> None:
         if self.queue:
             return

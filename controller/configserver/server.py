@@ -300,6 +300,14 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
 
     # ----- registry of subscribers -----------------------------------------------------------
 
+    def end_streams(self) -> None:
+        """The server is stopping: end every config stream now (each client reconnects, to
+        another replica in a cluster), so that each RPC returns before the server's grace runs
+        out; a handler grpc has to cancel is logged as an unhandled exception."""
+        for st in list(self._streams.values()):
+            st.ended = True
+            st.wake.set()
+
     def _register(self, st: _Stream) -> None:
         key = st.sub.node.key
         # A subscriber that came back is no longer "recently disconnected".

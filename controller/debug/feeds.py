@@ -55,6 +55,7 @@ class FeedHub:
         self._scrape_ids = itertools.count(1)
         self._scrapes: dict[int, tuple[dict[str, str], asyncio.Event, set[int]]] = {}
         self.generation = 0                    # of the filters: bumped on every reader change
+        self.closing = False                   # the controller is stopping: feeds and taps end
         self._applied = asyncio.Condition()
 
     # -- feeds -----------------------------------------------------------------------------------
@@ -85,6 +86,16 @@ class FeedHub:
                 r.sub.offer(status)
 
     # -- readers ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """End every feed and tap stream now, so that each RPC returns before the server's grace
+        runs out (a handler grpc has to cancel is logged as an unhandled exception); proxies
+        reconnect their feed to whichever controller serves next."""
+        self.closing = True
+        for f in self.feeds.values():
+            f.changed.set()
+        for r in self.readers:
+            r.sub.wake()
+
     def add_reader(self, flt: Filter) -> Reader | None:
         if len(self.readers) >= self.max_readers:
             return None

@@ -159,11 +159,11 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
         reading = asyncio.ensure_future(receive())
         changed: asyncio.Future[Any] | None = None
         try:
-            while not reading.done():
+            while not reading.done() and not self.feeds.closing:
                 changed = asyncio.ensure_future(feed.changed.wait())
                 await asyncio.wait({reading, changed}, return_when=asyncio.FIRST_COMPLETED)
                 changed.cancel()
-                if feed.changed.is_set():
+                if feed.changed.is_set() and not self.feeds.closing:
                     c = control(self.feeds, feed)
                     yield debug_pb2.FeedControl(filters=[to_proto(f) for f in c["filters"]], scrape=c["scrape"],
                                                 generation=c["generation"])
@@ -210,7 +210,7 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
                 yield _event({"type": "error", "error": f"not yet tapping (no answer in {FILTER_WAIT:.0f}s): "
                                                         f"{', '.join(late)}"})
             reported = 0
-            while True:
+            while not self.feeds.closing:
                 await reader.sub.wait(HEARTBEAT)
                 batch = reader.sub.drain()
                 for ev in batch:
@@ -220,6 +220,10 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
                     yield _event({"type": "status", "source": "controller", "dropped": reported})
         finally:
             self.feeds.remove_reader(reader)
+
+    def close(self) -> None:
+        """The controller is stopping: end the feed and tap streams (`FeedHub.close`)."""
+        self.feeds.close()
 
     async def Metrics(self, request, context):  # noqa: N802
         await self._reader(context)

@@ -419,3 +419,26 @@ def test_authorizer_refuses_a_stream_claiming_another_node():
             await bad.stop()
             await srv.stop(0)
     run(main())
+
+
+def test_ending_the_streams_returns_every_handler_and_clients_come_back():
+    """The controller stopping ends its streams itself, before the server's grace runs out: a
+    handler grpc has to cancel was logged as 'Exception not handled' with a traceback, one per
+    connected proxy. The client sees the stream end and reconnects (to the next controller)."""
+    async def main():
+        srv = ConfigServer(registry=CollectorRegistry())
+        srv.update(base_state(), "v1")
+        port = await srv.start()
+        rec = Recorder()
+        c = client(port, rec)
+        await c.start()
+        try:
+            await eventually(lambda: len(srv._streams) == 1, what="the stream")
+            first = next(iter(srv._streams.values()))
+            srv.end_streams()
+            await eventually(lambda: first not in srv._streams.values(), timeout=2, what="the handler to return")
+            await eventually(lambda: len(srv._streams) == 1, what="the client to come back")
+        finally:
+            await c.stop()
+            await srv.stop(0)
+    run(main())

@@ -128,3 +128,27 @@ def test_a_feed_the_server_ends_mid_wait_leaves_no_task_pending() -> None:
         await asyncio.sleep(0)
         return [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
     assert asyncio.run(main()) == []
+
+
+def test_closing_the_hub_ends_a_proxys_feed_stream() -> None:
+    """The controller stopping ends each feed RPC itself (grpc cancelling it logged a traceback)."""
+    from prometheus_client import CollectorRegistry
+
+    from controller.configserver import ConfigServer
+    from controller.debug.service import DebugServicer
+
+    async def main() -> int:
+        svc = DebugServicer(ConfigServer(registry=CollectorRegistry()), None)
+        never = asyncio.Event()
+
+        async def uploads():  # noqa: ANN202 - an async generator of FeedUpload
+            yield debug_pb2.FeedUpload(node=NodeInfo("ztunnel", "n1").to_proto())
+            await never.wait()
+        sent = [m async for m in _until_closed(svc, svc.Feed(uploads(), None))]
+        return len(sent)
+
+    async def _until_closed(svc, gen):  # noqa: ANN001, ANN202
+        async for m in gen:
+            yield m
+            asyncio.get_running_loop().call_later(0.05, svc.close)
+    assert asyncio.run(asyncio.wait_for(main(), 5)) == 1
