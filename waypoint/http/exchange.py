@@ -444,7 +444,12 @@ class Exchange:
         up, self.up = self.up, None
         if up is not None:
             up.abort()
-        self._attempt_result(attempt.Outcome(attempt.TIMEOUT))
+        if self.req_ended and not self.resp_started:
+            # Only a silent upstream counts against the endpoint (outlier detection): a request
+            # still arriving is the client's stall, a response under way may be stalled by either
+            # side (a client that stopped reading holds the upstream back), and a healthy endpoint
+            # must not be ejected for a slow client.
+            self._attempt_result(attempt.Outcome(attempt.TIMEOUT))
         if self.resp_started:
             self.record.response_flags = "SI"
             self.down.send_reset()

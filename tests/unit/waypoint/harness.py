@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import grpc
 import h2.config
@@ -395,11 +396,12 @@ class Proxy:
 
     def __init__(self, decide: Callable[[RequestHead, Downstream], Decision], *,
                  protocols: dict[int, str] | None = None, settings: HttpSettings | None = None,
-                 opaque_port: int | None = None) -> None:
+                 opaque_port: int | None = None, cluster: Any = None) -> None:
         self.records: list[RequestRecord] = []
         self.stats: list[RequestRecord] = []
         self.protocols = protocols or {}
         self.settings = settings or HttpSettings()
+        self.cluster = cluster          # every upstream's cluster (outlier detection, limits), if given
         self.loop = new_loop()
         self.engine: Engine | None = None
         ready = threading.Event()
@@ -418,7 +420,7 @@ class Proxy:
             port = fwd.port
             return UpstreamTarget(key=f"127.0.0.1:{port}", address=f"127.0.0.1:{port}",
                                   connect=lambda: connect_tcp("127.0.0.1", port, 5),
-                                  protocol=self.protocols.get(port, "http1"))
+                                  protocol=self.protocols.get(port, "http1"), cluster=self.cluster)
 
         async def opaque(ds: Downstream) -> object:
             return await connect_tcp("127.0.0.1", opaque_port, 5) if opaque_port else None

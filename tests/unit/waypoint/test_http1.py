@@ -340,3 +340,33 @@ def test_absolute_form_request_target(proxy: Proxy) -> None:
 def test_encode_head_is_the_line_each_header_line_and_a_blank_line(headers: list[tuple[str, str]]) -> None:
     expected = b"GET / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers).encode("latin-1") + b"\r\n"
     assert encode_head(b"GET / HTTP/1.1\r\n", headers) == expected
+
+
+def test_a_stalled_request_body_does_not_count_against_the_endpoint() -> None:
+    """A client that stalls its upload gets 408 (SI): that is its own doing, and was recorded as a
+    timeout of the endpoint, so with consecutiveGatewayErrors: 1 a healthy endpoint was ejected.
+    A silent upstream (504 SI) still counts."""
+    import random
+
+    from ambit.model import TrafficPolicy
+    from waypoint.traffic.cluster import Cluster, ClusterKey
+
+    o = Origin()
+    host = f"127.0.0.1:{o.port}"
+    policy = TrafficPolicy(outlier_detection=True, consecutive_gateway_errors=1, consecutive_5xx_errors=0,
+                           max_ejection_percent=100)
+    box: list[Cluster] = []
+    p = Proxy(by_header({"default": o.port}), settings=HttpSettings(stream_idle_timeout=0.5))
+    try:
+        p.call(lambda: box.append(Cluster(ClusterKey("test/default", o.port), policy, p.loop.time,
+                                          random.Random(1), "default.test.svc.cluster.local")))
+        cluster = p.cluster = box[0]
+        p.call(lambda: cluster.choose([host]))          # the cluster's endpoints
+        out = raw(p, b"POST /stall HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly-some")
+        assert out.startswith(b"HTTP/1.1 408")
+        assert not p.call(lambda: cluster.outlier.is_ejected(host))     # type: ignore[union-attr]
+        assert curl("-i", url(p, "/slow=2")).stdout.startswith(b"HTTP/1.1 504")
+        assert p.call(lambda: cluster.outlier.is_ejected(host))         # type: ignore[union-attr]
+    finally:
+        p.close()
+        o.close()
