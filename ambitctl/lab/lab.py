@@ -267,8 +267,9 @@ def exec_in_pod(target: str, argv: list[str], base: Path | None = None) -> None:
     pod = next((p for p in st.spec["pods"] if p["namespace"] == ns and p["name"] == name), None)
     pod = pod or next(({"node": w["node"]} for w in st.waypoints if w["namespace"] == ns and w["pod"] == name), None)
     if pod is None:
-        raise LabError(f"no pod {target} in the lab (have: "
-                       f"{', '.join(p['namespace'] + '/' + p['name'] for p in st.spec['pods'])})")
+        have = [p["namespace"] + "/" + p["name"] for p in st.spec["pods"]] + \
+            [w["namespace"] + "/" + w["pod"] for w in st.waypoints]
+        raise LabError(f"no pod {target} in the lab (have: {', '.join(have)})")
     names = LabNames(st.name)
     # Join the cgroup BEFORE `ip netns exec`, which remounts /sys (feasibility §1).
     cgroups.join(names.pod_cgroup(pod["node"], ns, name))

@@ -187,3 +187,10 @@ def test_lab_alone_lists_the_lab_actions(capsys: pytest.CaptureFixture[str]) -> 
     assert e.value.code == 2
     out = capsys.readouterr().out
     assert out.startswith("usage: ambit lab ") and "roll" in out
+
+
+def test_lab_exec_of_an_unknown_pod_lists_the_waypoint_pods_too(lab: Path) -> None:
+    """A waypoint's pod can be exec'd (`lab exec default/waypoint-0`), so the list says so."""
+    from ambitctl.lab.lab import exec_in_pod
+    with pytest.raises(LabError, match=r"no pod demo/nope in the lab \(have: demo/client, default/waypoint-0\)"):
+        exec_in_pod("demo/nope", ["true"], lab)
