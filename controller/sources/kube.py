@@ -237,9 +237,9 @@ class KubeSource:
             gw = gateways.get((p.get("namespace") or ns, p["name"])) if is_gateway_parent(p) else None
             return gw is not None and (is_waypoint(gw) or is_ingress(gw))
         want = refused_route_status(obj, errors, ours, good.get(key))
-        if want is None:
-            log.warning("%s refused (%s); none of its parents is ambit's, so no status is written",
-                        object_ref(obj), reasons(errors))
+        if want is None:    # another controller's route: its refusal is in `ambit status`, not on it
+            log.debug("%s refused (%s); none of its parents is ambit's, so no status is written",
+                      object_ref(obj), reasons(errors))
         elif untimed(want) != untimed(obj.get("status")):
             self._status_q.put((t, obj, want))
 
