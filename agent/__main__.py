@@ -86,7 +86,11 @@ class Agent:
                 refused = str(e)
             # Capture goes in place even when ztunnel could not serve the pod: inbound is then
             # dropped and outbound refused (fail closed) until a retried hand-off succeeds.
-            self.engine.enrol(cap)
+            try:
+                self.engine.enrol(cap)
+            except Exception:
+                self._undo_handoff(ref)
+                raise
             self.applied[ref.uid] = ref
             self.errors.pop(ref.uid, None)
             if refused:
@@ -99,6 +103,24 @@ class Agent:
         except Exception as e:  # one bad pod must not stop the node
             self.errors[ref.uid] = str(e)
             log.error("cannot enrol %s: %s", ref.key, e)
+
+    def _undo_handoff(self, ref: PodRef) -> None:
+        """Capture failed after ztunnel took the pod. A pod that was not captured before (its
+        sandbox went away mid-enrolment, say) is never in `applied`, so no later unenrol would
+        tell ztunnel: its listeners would hold the pod's netns alive for good. Take it back now.
+        A pod captured before keeps ztunnel: its old capture is still in place."""
+        if ref.uid not in self.applied:
+            self._ztunnel_delete(ref.uid, 0.0)
+
+    def _ztunnel_delete(self, uid: str, drain: float) -> None:
+        """Tell ztunnel to stop serving a pod. A refusal is logged; a lost link is raised (the
+        replay after reconnecting leaves ztunnel with our pods only)."""
+        try:
+            self.link.delete(uid, drain)
+        except ZtunnelError as e:
+            if not self.link.connected():
+                raise
+            log.warning("ztunnel: %s", e)
 
     def _handoff_failed(self, uid: str, error: str) -> None:
         a = self.handoff.failed(uid, self.clock(), reason_of(error))
@@ -132,12 +154,7 @@ class Agent:
         self.applied.pop(uid, None)
         self.errors.pop(uid, None)
         self.handoff.forget(uid)
-        try:
-            self.link.delete(uid, self.drain)
-        except ZtunnelError as e:
-            if not self.link.connected():
-                raise
-            log.warning("ztunnel: %s", e)
+        self._ztunnel_delete(uid, self.drain)
         log.info("unenrolled %s", uid)
 
     def reconcile(self, view: PodView) -> None:

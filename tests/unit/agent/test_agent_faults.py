@@ -1,0 +1,79 @@
+"""The agent under faults: a pod whose sandbox goes away mid-enrolment, and the like. What must hold:
+nothing stays behind in ztunnel (its listeners would keep the pod's netns alive), and a pod that was
+captured before is not left without ztunnel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.__main__ import Agent
+from agent.enrolment import LocalPod, PodRef
+from tests.unit.agent.test_agent_cni import View
+from tests.unit.agent.test_agent_handoff import FakeEngine, FakeLink
+
+
+class FailingEngine(FakeEngine):
+    """Capture fails for the pods in `broken` (the netns or cgroup vanished under it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken: set[str] = set()
+
+    def enrol(self, cap) -> None:  # noqa: ANN001
+        if cap.uid in self.broken:
+            raise ValueError(f"pod {cap.uid!r}: cgroup_path: {cap.cgroup_path} is not a cgroup directory")
+        if cap.uid not in self.enrolled_uids:
+            super().enrol(cap)
+
+
+class RecordingLink(FakeLink):
+    def __init__(self) -> None:
+        super().__init__(refusals=0)
+        self.serving: set[str] = set()
+
+    def add(self, pod, netns_path: str) -> None:  # noqa: ANN001
+        super().add(pod, netns_path)
+        self.serving.add(pod.uid)
+
+    def delete(self, uid: str, drain: float) -> None:
+        self.serving.discard(uid)
+
+
+def ref(tmp_path: Path, uid: str = "u1", ip: str = "10.0.0.5") -> PodRef:
+    cg = tmp_path / f"cg-{uid}"
+    cg.mkdir(exist_ok=True)
+    return PodRef(uid=uid, name=f"pod-{uid}", namespace="mesh", ip=ip, service_account="sa",
+                  netns=str(tmp_path / f"netns-{uid}"), cgroup=str(cg))
+
+
+def agent(tmp_path: Path) -> tuple[Agent, FailingEngine, RecordingLink]:
+    engine, link = FailingEngine(), RecordingLink()
+    return Agent("node1", source=None, engine=engine, link=link, node_ip="10.0.0.1",
+                 status_file=tmp_path / "status.json"), engine, link
+
+
+def view(rev: str, *refs: PodRef) -> View:
+    return View(rev, [LocalPod(r.key, enrolled=True, ref=r) for r in refs])
+
+
+def test_a_pod_whose_capture_fails_after_the_hand_off_is_taken_back_from_ztunnel(tmp_path: Path) -> None:
+    a, engine, link = agent(tmp_path)
+    r = ref(tmp_path)
+    engine.broken.add(r.uid)                      # its sandbox is being torn down
+    a.reconcile(view("1", r))
+    assert link.adds == ["u1"]
+    assert "u1" in a.errors and engine.enrolled_uids == []
+    assert link.serving == set(), "ztunnel still serves a pod the agent does not capture (netns held)"
+    a.reconcile(view("2"))                        # the pod is gone: nothing left anywhere
+    assert link.serving == set() and a.errors == {}
+
+
+def test_a_captured_pod_whose_refresh_fails_keeps_ztunnel(tmp_path: Path) -> None:
+    a, engine, link = agent(tmp_path)
+    r = ref(tmp_path)
+    a.reconcile(view("1", r))
+    assert engine.enrolled_uids == ["u1"] and link.serving == {"u1"}
+    engine.broken.add(r.uid)
+    a.reconcile(view("2", PodRef(**{**r.__dict__, "annotations": (("ambit.io/exclude-outbound-ports", "5432"),)})))
+    assert "u1" in a.errors
+    assert link.serving == {"u1"}, "the pod is still captured: taking ztunnel away would cut it off"
