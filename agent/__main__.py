@@ -11,7 +11,8 @@ sandbox and before any container runs, so even an app's first connection is capt
 source (watch or config stream) is the reconciler for every pod, including those that existed
 before the agent. A pod enrolled by the plugin is kept until its DEL, or until the source shows it
 (then the source's record takes over); a source that has not caught up within `cni_grace` seconds
-does not keep it forever.
+does not keep it forever. A restarted agent keeps, the same way, the pods it finds captured that no
+view shows yet (`_adopted_kept`): the previous agent's record of its plugin pods died with it.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Agent:
         self.lock = threading.RLock()           # the CNI server's requests vs the reconcile loop
         self.cni: dict[str, tuple[PodRef, float]] = {}  # uid -> (ref, when) enrolled by the plugin
         self.cni_grace = 60.0
+        self.adopted: dict[str, float] = {}     # uid -> when: pods a previous agent captured, not yet in a view
         self.ztunnel_sync = 5.0                 # seconds between checks of the node's ztunnel set
 
     # -- capture ----------------------------------------------------------------------------
@@ -169,7 +171,7 @@ class Agent:
         # Retry pods that failed before (their ref may be unchanged).
         current = {uid: r for uid, r in self.applied.items()}
         p = enrolment.plan(current, want)
-        for uid in p.remove:
+        for uid in self._adopted_kept(p.remove, want):
             self.unenrol(uid)
         for ref in p.add + p.update:
             problem = enrolment.missing_paths(ref)
@@ -184,6 +186,18 @@ class Agent:
             if uid not in self.applied:
                 self.handoff.forget(uid)
         self.write_status()
+
+    def _adopted_kept(self, remove: list[str], want: dict[str, PodRef]) -> list[str]:
+        """`remove` without the adopted pods kept for now. A pod the previous agent captured at
+        sandbox creation (CNI ADD) is in no view until it runs, and that agent's record of it died
+        with it: removing its capture would let its app start unprotected. So a pod adopted from
+        the pins that no view shows yet keeps its capture while its sandbox (netns) lives, for the
+        same grace as the plugin's own pods (see the module docstring)."""
+        now = self.clock()
+        for uid, since in list(self.adopted.items()):
+            if uid in want or now - since > self.cni_grace or not self.engine.sandbox_alive(uid):
+                del self.adopted[uid]
+        return [uid for uid in remove if uid not in self.adopted]
 
     def _with_cni_pods(self, want: dict[str, PodRef]) -> dict[str, PodRef]:
         """`want` plus the plugin's pods the source does not show yet (see the module docstring)."""
@@ -290,10 +304,7 @@ class Agent:
         os.replace(tmp, self.status_file)
 
     def run(self, stop: threading.Event, heartbeat: float = 0.5) -> None:
-        # Pods a previous agent enrolled are captured already (pinned links); we know their uids
-        # but not their refs until the first view arrives.
-        for uid in self.engine.enrolled():
-            self.applied[uid] = None
+        self.adopt()
         views: queue.Queue[PodView] = queue.Queue()
 
         def feed() -> None:
@@ -317,6 +328,13 @@ class Agent:
                 continue
             with self.lock:
                 self._step(last, view, stop)
+
+    def adopt(self) -> None:
+        """Pods a previous agent enrolled are captured already (pinned links); we know their uids
+        but not their refs until a view shows them (`_adopted_kept`)."""
+        for uid in self.engine.enrolled():
+            self.applied[uid] = None
+            self.adopted[uid] = self.clock()
 
     def sync_ztunnels(self) -> None:
         """Forget the ztunnels whose cgroup is gone (the old node pod of a surge roll, once it is

@@ -77,3 +77,51 @@ def test_a_captured_pod_whose_refresh_fails_keeps_ztunnel(tmp_path: Path) -> Non
     a.reconcile(view("2", PodRef(**{**r.__dict__, "annotations": (("ambit.io/exclude-outbound-ports", "5432"),)})))
     assert "u1" in a.errors
     assert link.serving == {"u1"}, "the pod is still captured: taking ztunnel away would cut it off"
+
+
+class PinnedEngine(FailingEngine):
+    """What a restarted agent finds: pods the previous one captured, and whether their netns lives."""
+
+    def __init__(self, uids: list[str]) -> None:
+        super().__init__()
+        self.enrolled_uids = list(uids)
+        self.dead: set[str] = set()
+
+    def enrolled(self) -> set[str]:
+        return set(self.enrolled_uids)
+
+    def sandbox_alive(self, uid: str) -> bool:
+        return uid not in self.dead
+
+
+def restarted(tmp_path: Path, uids: list[str]) -> tuple[Agent, PinnedEngine, list[float]]:
+    now = [50.0]
+    engine = PinnedEngine(uids)
+    a = Agent("node1", source=None, engine=engine, link=RecordingLink(), node_ip="10.0.0.1",
+              status_file=tmp_path / "status.json")
+    a.clock = lambda: now[0]
+    a.adopt()
+    return a, engine, now
+
+
+def test_a_restarted_agent_keeps_a_pod_captured_at_sandbox_creation_until_a_view_shows_it(tmp_path: Path) -> None:
+    # The previous agent captured u1 at its CNI ADD; its app has not started, so no view shows it.
+    a, engine, now = restarted(tmp_path, ["u1"])
+    a.reconcile(view("1"))
+    assert engine.enrolled_uids == ["u1"], "the pod's capture was removed: its app would start unprotected"
+    now[0] += 5
+    r = ref(tmp_path)
+    a.reconcile(view("2", r))                    # it runs: the source's record takes over
+    assert engine.enrolled_uids == ["u1"] and a.applied["u1"] == r
+    a.reconcile(view("3"))                       # and the source says it is gone
+    assert engine.enrolled_uids == []
+
+
+def test_a_restarted_agent_drops_adopted_pods_whose_sandbox_is_gone_or_no_view_shows(tmp_path: Path) -> None:
+    a, engine, now = restarted(tmp_path, ["gone", "stale"])
+    engine.dead.add("gone")                      # deleted while the agent was down
+    a.reconcile(view("1"))
+    assert engine.enrolled_uids == ["stale"]
+    now[0] += a.cni_grace + 1                    # never shown by the source: not kept forever
+    a.reconcile(view("2"))
+    assert engine.enrolled_uids == []
