@@ -305,11 +305,20 @@ class Agent:
 
     def run(self, stop: threading.Event, heartbeat: float = 0.5) -> None:
         self.adopt()
-        views: queue.Queue[PodView] = queue.Queue()
+        views: queue.Queue[PodView | BaseException] = queue.Queue()
 
         def feed() -> None:
-            for v in self.source.views(stop):
-                views.put(v)
+            # A source that dies must end the agent, not leave it reconciling its last view for
+            # ever (new pods uncaptured, label changes ignored) while it looks alive. Capture stays
+            # pinned through the restart, so pods stay protected meanwhile.
+            try:
+                for v in self.source.views(stop):
+                    views.put(v)
+            except BaseException as e:  # noqa: BLE001 - handed to the agent's loop
+                views.put(e)
+            else:
+                if not stop.is_set():
+                    views.put(RuntimeError("the pod source ended"))
         threading.Thread(target=feed, name="pod-source", daemon=True).start()
         last: PodView | None = None
         synced = self.clock()
@@ -318,11 +327,14 @@ class Agent:
                 synced = self.clock()
                 self.sync_ztunnels()
             try:
-                view: PodView | None = views.get(timeout=heartbeat)
-                while not views.empty():        # only the newest view matters
-                    view = views.get_nowait()
+                got = views.get(timeout=heartbeat)
+                while not views.empty() and not isinstance(got, BaseException):
+                    got = views.get_nowait()    # only the newest view matters
             except queue.Empty:
-                view = None
+                got = None
+            if isinstance(got, BaseException):
+                raise RuntimeError(f"pod source failed: {got}") from got
+            view: PodView | None = got
             last = view or last
             if last is None:
                 continue
@@ -450,7 +462,11 @@ def main(argv: list[str] | None = None) -> None:
         from agent.cni.server import CniServer
         CniServer(args.cni_socket, agent).start(stop)
         install_cni(args, stop)
-    agent.run(stop)
+    try:
+        agent.run(stop)
+    except RuntimeError as e:   # the pod source died: exit, to be restarted (capture stays pinned)
+        log.error("%s: exiting, capture kept in place", e)
+        raise SystemExit(1) from None
     # A normal stop keeps capture in place (pods stay protected while the agent restarts);
     # `--uninstall` removes it, and so does a stop once the agent's DaemonSet is deleted
     # (--cleanup-on-delete; agent/shutdown.py).

@@ -4,7 +4,10 @@ captured before is not left without ztunnel."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+
+import pytest
 
 from agent.__main__ import Agent
 from agent.enrolment import LocalPod, PodRef
@@ -37,6 +40,9 @@ class RecordingLink(FakeLink):
 
     def delete(self, uid: str, drain: float) -> None:
         self.serving.discard(uid)
+
+    def ping(self) -> None:
+        pass
 
 
 def ref(tmp_path: Path, uid: str = "u1", ip: str = "10.0.0.5") -> PodRef:
@@ -125,3 +131,30 @@ def test_a_restarted_agent_drops_adopted_pods_whose_sandbox_is_gone_or_no_view_s
     now[0] += a.cni_grace + 1                    # never shown by the source: not kept forever
     a.reconcile(view("2"))
     assert engine.enrolled_uids == []
+
+
+class DyingSource:
+    """Gives one view, then fails (the API client cannot be built, the sandbox lookup raises...)."""
+
+    def __init__(self, r: PodRef) -> None:
+        self.r = r
+
+    def views(self, stop):  # noqa: ANN001, ANN201
+        yield view("1", self.r)
+        raise OSError("sandbox lookup: permission denied")
+
+
+def test_an_agent_whose_pod_source_dies_stops_instead_of_running_blind(tmp_path: Path) -> None:
+    engine, link = PinnedEngine(["u1"]), RecordingLink()      # captured by an earlier agent
+    a = Agent("node1", source=DyingSource(ref(tmp_path)), engine=engine, link=link, node_ip="10.0.0.1",
+              status_file=tmp_path / "status.json")
+    stop = threading.Event()
+    bound = threading.Timer(30, stop.set)       # only bounds the old behaviour (looping for ever)
+    bound.start()
+    try:
+        with pytest.raises(RuntimeError, match="pod source failed: sandbox lookup"):
+            a.run(stop, heartbeat=0.05)
+    finally:
+        bound.cancel()
+        stop.set()
+    assert engine.enrolled_uids == ["u1"], "capture stays in place for the restart"
