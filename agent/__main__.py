@@ -11,7 +11,8 @@ sandbox and before any container runs, so even an app's first connection is capt
 source (watch or config stream) is the reconciler for every pod, including those that existed
 before the agent. A pod enrolled by the plugin is kept until its DEL, or until the source shows it
 (then the source's record takes over); a source that has not caught up within `cni_grace` seconds
-does not keep it forever.
+does not keep it forever. A restarted agent keeps, the same way, the pods it finds captured that no
+view shows yet (`_adopted_kept`): the previous agent's record of its plugin pods died with it.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Agent:
         self.lock = threading.RLock()           # the CNI server's requests vs the reconcile loop
         self.cni: dict[str, tuple[PodRef, float]] = {}  # uid -> (ref, when) enrolled by the plugin
         self.cni_grace = 60.0
+        self.adopted: dict[str, float] = {}     # uid -> when: pods a previous agent captured, not yet in a view
         self.ztunnel_sync = 5.0                 # seconds between checks of the node's ztunnel set
 
     # -- capture ----------------------------------------------------------------------------
@@ -86,7 +88,11 @@ class Agent:
                 refused = str(e)
             # Capture goes in place even when ztunnel could not serve the pod: inbound is then
             # dropped and outbound refused (fail closed) until a retried hand-off succeeds.
-            self.engine.enrol(cap)
+            try:
+                self.engine.enrol(cap)
+            except Exception:
+                self._undo_handoff(ref)
+                raise
             self.applied[ref.uid] = ref
             self.errors.pop(ref.uid, None)
             if refused:
@@ -99,6 +105,24 @@ class Agent:
         except Exception as e:  # one bad pod must not stop the node
             self.errors[ref.uid] = str(e)
             log.error("cannot enrol %s: %s", ref.key, e)
+
+    def _undo_handoff(self, ref: PodRef) -> None:
+        """Capture failed after ztunnel took the pod. A pod that was not captured before (its
+        sandbox went away mid-enrolment, say) is never in `applied`, so no later unenrol would
+        tell ztunnel: its listeners would hold the pod's netns alive for good. Take it back now.
+        A pod captured before keeps ztunnel: its old capture is still in place."""
+        if ref.uid not in self.applied:
+            self._ztunnel_delete(ref.uid, 0.0)
+
+    def _ztunnel_delete(self, uid: str, drain: float) -> None:
+        """Tell ztunnel to stop serving a pod. A refusal is logged; a lost link is raised (the
+        replay after reconnecting leaves ztunnel with our pods only)."""
+        try:
+            self.link.delete(uid, drain)
+        except ZtunnelError as e:
+            if not self.link.connected():
+                raise
+            log.warning("ztunnel: %s", e)
 
     def _handoff_failed(self, uid: str, error: str) -> None:
         a = self.handoff.failed(uid, self.clock(), reason_of(error))
@@ -132,12 +156,7 @@ class Agent:
         self.applied.pop(uid, None)
         self.errors.pop(uid, None)
         self.handoff.forget(uid)
-        try:
-            self.link.delete(uid, self.drain)
-        except ZtunnelError as e:
-            if not self.link.connected():
-                raise
-            log.warning("ztunnel: %s", e)
+        self._ztunnel_delete(uid, self.drain)
         log.info("unenrolled %s", uid)
 
     def reconcile(self, view: PodView) -> None:
@@ -152,7 +171,7 @@ class Agent:
         # Retry pods that failed before (their ref may be unchanged).
         current = {uid: r for uid, r in self.applied.items()}
         p = enrolment.plan(current, want)
-        for uid in p.remove:
+        for uid in self._adopted_kept(p.remove, want):
             self.unenrol(uid)
         for ref in p.add + p.update:
             problem = enrolment.missing_paths(ref)
@@ -167,6 +186,18 @@ class Agent:
             if uid not in self.applied:
                 self.handoff.forget(uid)
         self.write_status()
+
+    def _adopted_kept(self, remove: list[str], want: dict[str, PodRef]) -> list[str]:
+        """`remove` without the adopted pods kept for now. A pod the previous agent captured at
+        sandbox creation (CNI ADD) is in no view until it runs, and that agent's record of it died
+        with it: removing its capture would let its app start unprotected. So a pod adopted from
+        the pins that no view shows yet keeps its capture while its sandbox (netns) lives, for the
+        same grace as the plugin's own pods (see the module docstring)."""
+        now = self.clock()
+        for uid, since in list(self.adopted.items()):
+            if uid in want or now - since > self.cni_grace or not self.engine.sandbox_alive(uid):
+                del self.adopted[uid]
+        return [uid for uid in remove if uid not in self.adopted]
 
     def _with_cni_pods(self, want: dict[str, PodRef]) -> dict[str, PodRef]:
         """`want` plus the plugin's pods the source does not show yet (see the module docstring)."""
@@ -273,15 +304,21 @@ class Agent:
         os.replace(tmp, self.status_file)
 
     def run(self, stop: threading.Event, heartbeat: float = 0.5) -> None:
-        # Pods a previous agent enrolled are captured already (pinned links); we know their uids
-        # but not their refs until the first view arrives.
-        for uid in self.engine.enrolled():
-            self.applied[uid] = None
-        views: queue.Queue[PodView] = queue.Queue()
+        self.adopt()
+        views: queue.Queue[PodView | BaseException] = queue.Queue()
 
         def feed() -> None:
-            for v in self.source.views(stop):
-                views.put(v)
+            # A source that dies must end the agent, not leave it reconciling its last view for
+            # ever (new pods uncaptured, label changes ignored) while it looks alive. Capture stays
+            # pinned through the restart, so pods stay protected meanwhile.
+            try:
+                for v in self.source.views(stop):
+                    views.put(v)
+            except BaseException as e:  # noqa: BLE001 - handed to the agent's loop
+                views.put(e)
+            else:
+                if not stop.is_set():
+                    views.put(RuntimeError("the pod source ended"))
         threading.Thread(target=feed, name="pod-source", daemon=True).start()
         last: PodView | None = None
         synced = self.clock()
@@ -290,16 +327,26 @@ class Agent:
                 synced = self.clock()
                 self.sync_ztunnels()
             try:
-                view: PodView | None = views.get(timeout=heartbeat)
-                while not views.empty():        # only the newest view matters
-                    view = views.get_nowait()
+                got = views.get(timeout=heartbeat)
+                while not views.empty() and not isinstance(got, BaseException):
+                    got = views.get_nowait()    # only the newest view matters
             except queue.Empty:
-                view = None
+                got = None
+            if isinstance(got, BaseException):
+                raise RuntimeError(f"pod source failed: {got}") from got
+            view: PodView | None = got
             last = view or last
             if last is None:
                 continue
             with self.lock:
                 self._step(last, view, stop)
+
+    def adopt(self) -> None:
+        """Pods a previous agent enrolled are captured already (pinned links); we know their uids
+        but not their refs until a view shows them (`_adopted_kept`)."""
+        for uid in self.engine.enrolled():
+            self.applied[uid] = None
+            self.adopted[uid] = self.clock()
 
     def sync_ztunnels(self) -> None:
         """Forget the ztunnels whose cgroup is gone (the old node pod of a surge roll, once it is
@@ -415,7 +462,11 @@ def main(argv: list[str] | None = None) -> None:
         from agent.cni.server import CniServer
         CniServer(args.cni_socket, agent).start(stop)
         install_cni(args, stop)
-    agent.run(stop)
+    try:
+        agent.run(stop)
+    except RuntimeError as e:   # the pod source died: exit, to be restarted (capture stays pinned)
+        log.error("%s: exiting, capture kept in place", e)
+        raise SystemExit(1) from None
     # A normal stop keeps capture in place (pods stay protected while the agent restarts);
     # `--uninstall` removes it, and so does a stop once the agent's DaemonSet is deleted
     # (--cleanup-on-delete; agent/shutdown.py).

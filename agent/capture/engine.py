@@ -391,6 +391,13 @@ class CaptureEngine:
         raw = self._maps["ambit_meta"].get(maps.meta_key(uid))
         return maps.Meta.unpack(maps.meta_key(uid), raw) if raw else None
 
+    def sandbox_alive(self, uid: str) -> bool:
+        """Whether the netns this pod was captured in still exists (its sandbox has not gone)."""
+        with self._lock:
+            self._require_loaded()
+            meta = self._meta(uid)
+            return meta is not None and _same_netns(meta)
+
     def enrolled(self) -> set[str]:
         """Pods captured on this node, including those enrolled by an earlier agent process."""
         with self._lock:

@@ -1,0 +1,105 @@
+"""The node agent under faults, read from real traffic: no window in which an enrolled pod takes a
+connection that did not go through ztunnel.
+
+A pod captured at sandbox creation (the CNI plugin's ADD) is in no view of the pod source until its
+app runs (the API says Pending while images are pulled). An agent restarted in that window must
+keep its capture: the app must never take a plaintext connection from outside the mesh.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ambit.netns import preexec_enter, socket_in
+from ambitctl.lab import components
+from ambitctl.lab.runtime import Pod, Runtime
+from tests.lab.labctl import Lab
+
+pytestmark = pytest.mark.lab
+
+# The app: accepts one connection and prints what it got (nothing, if nothing reaches it).
+APP = ("import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+       "s.bind(('0.0.0.0', 8080)); s.listen(); s.settimeout(10)\n"
+       "try:\n c, _ = s.accept(); c.settimeout(2); print(c.recv(100).decode(), flush=True)\n"
+       "except OSError: pass\n")
+
+
+def start_app(lab: Lab, rt: Runtime, pod: Pod) -> subprocess.Popen[str]:
+    """The pod's app, in its netns and cgroup (as the runtime starts a container), once listening."""
+    app = subprocess.Popen([sys.executable, "-c", APP], stdout=subprocess.PIPE, text=True,
+                           preexec_fn=preexec_enter(rt.netns(pod), rt.cgroup(pod)))
+    lab.wait_for(lambda: b":1F90 " in subprocess.run(["ip", "netns", "exec", rt.netns(pod).name, "cat", "/proc/net/tcp"],
+                                                     capture_output=True).stdout, 10, 0.1, "the app listening")
+    return app
+
+
+def plaintext(netns: str, ip: str, payload: str) -> None:
+    """Connect from outside the mesh (a non-enrolled pod's netns, this test's own cgroup) and send."""
+    s = socket_in(netns)
+    s.settimeout(3)
+    try:
+        s.connect((ip, 8080))
+        s.sendall(payload.encode())
+    except OSError:
+        pass
+    finally:
+        s.close()
+
+
+def test_an_agent_restart_keeps_a_pod_captured_at_sandbox_creation_before_it_runs(lab: Lab) -> None:
+    rt = Runtime.for_lab(lab.dir)
+    net = rt.nodes["node1"]["pod_cidr"].rsplit(".", 1)[0]
+    pod = Pod(name="pending", namespace="demo", node="node1", ip=f"{net}.240", service_account="client",
+              labels={"app": "pending"})
+    pins = Path("/sys/fs/bpf/ambit") / lab.name / "node1" / "pods" / pod.uid
+    status = components.agent_status_file(lab.dir, "node1")
+    rt.create(pod)                                   # CNI ADD: captured; the API still says Pending
+    app = None
+    try:
+        assert pins.is_dir(), "the plugin's ADD should have captured the pod"
+        old = lab.proc_pid("agent/node1")
+        assert old
+        os.kill(old, signal.SIGKILL)
+        lab.wait_for(lambda: (lab.proc_pid("agent/node1") or old) != old, 30, 0.2, "the agent restarted")
+        written = status.stat().st_mtime_ns
+        lab.wait_for(lambda: status.stat().st_mtime_ns != written, 60, 0.2, "the new agent's first reconcile")
+        assert pins.is_dir(), "the restarted agent removed the capture of a pod that has not started yet"
+        # Its app starts now, and a pod outside the mesh connects to it in plaintext.
+        app = start_app(lab, rt, pod)
+        token = f"AGF-{uuid.uuid4().hex[:12]}"
+        plaintext(lab.pod("demo/optout")["netns"], pod.ip, token)
+        out, _ = app.communicate(timeout=30)
+        assert token not in out, "plaintext from outside the mesh reached the pod's app, bypassing ztunnel"
+    finally:
+        if app is not None and app.poll() is None:
+            app.kill()
+            app.wait()
+        rt.remove(pod)
+    lab.wait_for(lambda: not pins.exists(), 30, 0.2, "the removed pod unenrolled")
+
+
+def test_plaintext_control_reaches_an_uncaptured_app(lab: Lab) -> None:
+    """The probe above can see a bypass: the same connection reaches an app that is not captured."""
+    rt = Runtime.for_lab(lab.dir)
+    net = rt.nodes["node1"]["pod_cidr"].rsplit(".", 1)[0]
+    pod = Pod(name="uncaptured", namespace="legacy", node="node1", ip=f"{net}.241", service_account="default")
+    rt.create(pod)
+    app = start_app(lab, rt, pod)
+    try:
+        token = f"AGF-{uuid.uuid4().hex[:12]}"
+        plaintext(lab.pod("demo/optout")["netns"], pod.ip, token)
+        out, _ = app.communicate(timeout=30)
+        assert token in out
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait()
+        rt.remove(pod)
+
