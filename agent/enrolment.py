@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ambit.enrolment import is_enrolled, opted_out
+from ambit.enrolment import SANDBOX_PHASES, is_enrolled, opted_out
 from ambit.probes import probe_ports
 
 OPTED_OUT_REASON = "opted out by label"
@@ -65,7 +65,7 @@ def capture_annotations(annotations: dict[str, str]) -> tuple[tuple[str, str], .
 def pod_ref(pod: dict[str, Any]) -> PodRef | None:
     md, spec, status = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status", {})
     ip = status.get("podIP")
-    if not ip or status.get("phase", "Running") != "Running":
+    if not ip or status.get("phase", "Running") not in SANDBOX_PHASES:
         return None
     ann = md.get("annotations") or {}
     return PodRef(uid=md.get("uid") or f"{md.get('namespace')}.{md.get('name')}", name=md["name"],

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import enrolment
 from agent.enrolment import LocalPod
-from ambit.enrolment import is_enrolled
+from ambit.enrolment import SANDBOX_PHASES, is_enrolled
 from ambit.kube.resource import Resource as KubeResource
 
 if TYPE_CHECKING:
@@ -243,9 +243,9 @@ def __getattr__(name: str) -> Any:
 
 
 def _wants_sandbox(pod: dict[str, Any], namespaces: dict[str, dict[str, str]]) -> bool:
-    """Worth a look on the host: a running, enrolled pod with its own netns."""
+    """Worth a look on the host: an enrolled pod with its own netns, up (`SANDBOX_PHASES`)."""
     md, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
-    if spec.get("hostNetwork") or status.get("phase") != "Running" or not status.get("podIP"):
+    if spec.get("hostNetwork") or status.get("phase") not in SANDBOX_PHASES or not status.get("podIP"):
         return False
     return is_enrolled(md.get("labels") or {}, namespaces.get(md.get("namespace", "default"), {}))
 

@@ -11,6 +11,11 @@ from __future__ import annotations
 MODE_LABELS = ("ambit.io/dataplane-mode", "istio.io/dataplane-mode")
 AMBIENT = "ambient"
 OPT_OUT = "none"
+# The phases of a pod whose sandbox is up and may send traffic. A Pending pod with an address runs
+# its init containers (which may connect: fetch a secret, wait for a database) and starts its app
+# any moment, whatever the image pull takes; Istio's ambient mesh includes it too. The controller
+# makes such pods workloads and the agent captures them; only Running pods are Service endpoints.
+SANDBOX_PHASES = ("Running", "Pending")
 
 
 def mode(labels: dict[str, str]) -> str | None:

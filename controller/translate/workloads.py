@@ -38,6 +38,13 @@ def is_running(pod: Obj) -> bool:
             and not md(pod).get("deletionTimestamp"))
 
 
+def has_sandbox(pod: Obj) -> bool:
+    """Pods that are workloads of the mesh: Running or Pending with an address, not being deleted
+    (`ambit.enrolment.SANDBOX_PHASES`); only Running ones are Service endpoints (`is_running`)."""
+    return ((pod.get("status") or {}).get("phase") in enrolment.SANDBOX_PHASES and bool(pod_ips(pod))
+            and not md(pod).get("deletionTimestamp"))
+
+
 def pod_ready(pod: Obj) -> bool:
     for c in (pod.get("status") or {}).get("conditions") or []:
         if c.get("type") == "Ready":
@@ -183,7 +190,7 @@ def translate_workloads(idx: Index, services: list[Service], trust_domain: str) 
             target[key] = [p.port for p in svc.ports]
     out = []
     for pod in idx.kind("Pod"):
-        if not is_running(pod):
+        if not has_sandbox(pod):
             continue
         meta, ns = md(pod), ns_of(pod)
         sa = service_account(pod)

@@ -24,9 +24,17 @@ def test_istio_label_is_honoured_for_migration() -> None:
     assert enrolment.desired("node1", [pod("a", ns="x")], {"x": {"istio.io/dataplane-mode": "ambient"}})
 
 
-def test_pod_opt_out_and_not_running_pods() -> None:
-    pods = [pod("a", labels={"ambit.io/dataplane-mode": "none"}), pod("b", ip=None), pod("c", phase="Pending")]
+def test_pod_opt_out_and_pods_without_a_sandbox() -> None:
+    pods = [pod("a", labels={"ambit.io/dataplane-mode": "none"}), pod("b", ip=None), pod("c", phase="Succeeded"),
+            pod("d", ip=None, phase="Pending")]
     assert enrolment.desired("node1", pods, AMBIENT) == {}
+
+
+def test_a_pending_pod_with_an_address_is_enrolled() -> None:
+    """Its sandbox is up: init containers run (and may connect) and the app starts any moment,
+    however long the image pull. It was left out until Running, so once the CNI plugin's grace had
+    passed (a slow pull) its first connections bypassed ztunnel."""
+    assert set(enrolment.desired("node1", [pod("c", phase="Pending")], AMBIENT)) == {"uid-demo-c"}
 
 
 def test_plan_adds_removes_and_updates_on_annotation_change() -> None:

@@ -164,8 +164,9 @@ def test_workload_identity_and_lab_annotations() -> None:
 
 def test_pods_without_ip_or_not_running_are_skipped() -> None:
     t = translate([pod("pending", None, phase="Pending"), pod("noip", None), pod("done", "10.0.0.3", phase="Succeeded"),
-                   pod("ok", "10.0.0.4")])
-    assert [w.name for w in t.workloads] == ["ok"]
+                   pod("ok", "10.0.0.4"), pod("pulling", "10.0.0.5", phase="Pending")])
+    # a Pending pod with an address is a workload: its init containers connect, the agent captures it
+    assert [w.name for w in t.workloads] == ["ok", "pulling"]
 
 
 def test_waypoint_from_pod_or_namespace_labels() -> None:
