@@ -171,6 +171,10 @@ class H2Client(H2Base):
                 if sid > last:          # never processed: safe to send elsewhere
                     del self.streams[sid]
                     st.ended = True
+                    # as REFUSED_STREAM (nghttp2 closes them so, and Envoy retries them under
+                    # `refused-stream`): a request with a body, which the pool's own retry leaves
+                    # out, then goes to the route's retry policy as a refused stream, not a reset
+                    st.ex.reset_code = ErrorCodes.REFUSED_STREAM
                     st.ex.upstream_reset("UC", "connection termination", retryable=True)
             waiting, self.waiting = list(self.waiting), deque()
             for ex in waiting:
