@@ -147,3 +147,32 @@ def test_a_post_above_a_goaways_last_stream_id_is_retried_as_a_refused_stream(
         assert p.live_exchanges() == 0
     finally:
         p.close()
+
+
+@pytest.fixture
+def breaks_protocol() -> Iterator[ScriptedH2Origin]:
+    """Answers every request with a DATA frame on stream 0, an HTTP/2 connection error (RFC 9113
+    §6.1): the codec refuses the connection."""
+    def answer(conn: _ScriptedH2, sid: int, path: str) -> None:
+        conn.t.write(b"\x00\x00\x02\x00\x00\x00\x00\x00\x00ab")  # type: ignore[attr-defined]
+
+    o = ScriptedH2Origin(answer)
+    yield o
+    o.close()
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_an_upstream_h2_protocol_error_is_503_upe_not_a_connection_termination(
+        breaks_protocol: ScriptedH2Origin, codec: str) -> None:
+    """The access log must say whose fault it was: the upstream broke HTTP/2 (UPE, "protocol
+    error", as Envoy), it did not just close its connection (UC)."""
+    p = Proxy(by_header({"default": breaks_protocol.port}), protocols={breaks_protocol.port: "h2"},
+              settings=HttpSettings(h2_codec=codec))
+    try:
+        out = h1_exchange(p, b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 503 ") and out.endswith(b"reset reason: protocol error"), out
+        rec = p.find(lambda r: r.path == "/x")[0]
+        assert (rec.status, rec.response_flags, rec.detail) == (503, "UPE", "protocol error")
+        assert p.live_exchanges() == 0
+    finally:
+        p.close()

@@ -67,10 +67,18 @@ class H2Client(H2Base):
         # An endpoint the pool upgraded to h2c (h2UpgradePolicy) that never spoke h2 processed
         # none of the streams: each may go again, over HTTP/1.1 (pool.py `h2_refused`).
         again = self.pools.h2_refused(self)
+        # A protocol error (a frame the codec refuses) is the upstream's fault, as Envoy's UPE
+        # says; the connection, about to close, takes no stream meanwhile.
+        flags, reason = "UC", "connection termination"
+        if why == "protocol error":
+            if not again:
+                flags, reason = "UPE", why
+            self.closing = True
+            self.pools.forget(self)
         streams, self.streams = list(self.streams.values()), {}
         for st in streams:
             st.ended = True
-            st.ex.upstream_reset("UC", "connection termination", retryable=again)
+            st.ex.upstream_reset(flags, reason, retryable=again)
         waiting, self.waiting = list(self.waiting), deque()
         for ex in waiting:
             if self.pools.holds(ex):        # not an abandoned try
