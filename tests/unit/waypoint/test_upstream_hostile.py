@@ -10,6 +10,7 @@ retried as the route's retry policy says (Istio's default retries `refused-strea
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -55,6 +56,8 @@ class _ScriptedH2(asyncio.Protocol):
                 self.o.requests.append((path, self.bodies[ev.stream_id]))
                 self.o.answer(self, ev.stream_id, path)
         self.flush()
+        if self.o.on_data is not None:
+            self.o.on_data()
 
     def respond(self, sid: int, body: bytes) -> None:
         self.c.send_headers(sid, [(":status", "200"), ("content-length", str(len(body)))])
@@ -69,8 +72,10 @@ class _ScriptedH2(asyncio.Protocol):
 class ScriptedH2Origin:
     """An h2c origin on its own loop thread; `answer` decides what each request gets."""
 
-    def __init__(self, answer: Callable[[_ScriptedH2, int, str], None]) -> None:
+    def __init__(self, answer: Callable[[_ScriptedH2, int, str], None],
+                 on_data: Callable[[], None] | None = None) -> None:
         self.answer = answer
+        self.on_data = on_data          # called after each read (e.g. to send more as windows open)
         self.requests: list[tuple[str, int]] = []      # (path, request body bytes), as they ended
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -176,3 +181,104 @@ def test_an_upstream_h2_protocol_error_is_503_upe_not_a_connection_termination(
         assert p.live_exchanges() == 0
     finally:
         p.close()
+
+
+class _Bulk:
+    """What a `ScriptedH2Origin` answers each request with: `size` bytes, sent as the proxy's
+    windows allow (more whenever a WINDOW_UPDATE comes)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.left: dict[tuple[int, int], tuple[_ScriptedH2, int, int]] = {}
+
+    def answer(self, conn: _ScriptedH2, sid: int, path: str) -> None:
+        conn.c.send_headers(sid, [(":status", "200"), ("content-length", str(self.size))])
+        self.left[(id(conn), sid)] = (conn, sid, self.size)
+        self.pump()
+
+    def pump(self) -> None:
+        for key, (conn, sid, left) in list(self.left.items()):
+            while left:
+                n = min(conn.c.local_flow_control_window(sid), conn.c.max_outbound_frame_size, left)
+                if n <= 0:
+                    break
+                left -= n
+                conn.c.send_data(sid, b"b" * n, end_stream=not left)
+            if left:
+                self.left[key] = (conn, sid, left)
+            else:
+                del self.left[key]
+            conn.flush()
+
+
+class LazyH2Client:
+    """A raw h2c client of the proxy that acknowledges DATA only when told to read (one stream
+    at a time)."""
+
+    def __init__(self, port: int) -> None:
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.c.initiate_connection()
+        self.s.sendall(self.c.data_to_send())
+
+    def get(self, path: str) -> int:
+        sid = self.c.get_next_available_stream_id()
+        self.c.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "a")],
+                            end_stream=True)
+        self.s.sendall(self.c.data_to_send())
+        return sid
+
+    def read(self, sid: int) -> tuple[int, bool]:
+        """Read stream `sid` to its end, acknowledging its DATA: (body bytes, ended cleanly)."""
+        body = 0
+        while True:
+            for ev in self.c.receive_data(self.s.recv(65536)):
+                if getattr(ev, "stream_id", None) != sid:
+                    continue
+                if isinstance(ev, h2.events.DataReceived):
+                    body += len(ev.data)
+                    self.c.acknowledge_received_data(ev.flow_controlled_length, sid)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    return body, True
+                elif isinstance(ev, h2.events.StreamReset):
+                    return body, False
+            self.s.sendall(self.c.data_to_send())
+
+    def close(self) -> None:
+        self.s.close()
+
+
+@pytest.fixture
+def bulk_origin() -> Iterator[tuple[ScriptedH2Origin, _Bulk]]:
+    bulk = _Bulk(400 * 1024)
+    o = ScriptedH2Origin(bulk.answer, on_data=bulk.pump)
+    yield o, bulk
+    o.close()
+
+
+def slow_client_proxy(origin: ScriptedH2Origin, codec: str) -> Proxy:
+    """Windows small enough that a 400 KiB response is paused on its way to an h2 client that
+    reads nothing (`buffer_bytes` queued), and big enough that it all comes in one window."""
+    return Proxy(by_header({"default": origin.port}), protocols={origin.port: "h2"},
+                 settings=HttpSettings(h2_codec=codec, h2_window=512 * 1024, buffer_bytes=16 * 1024,
+                                       stream_idle_timeout=3.0))
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_paused_response_that_ends_is_sent_out_without_an_error(
+        bulk_origin: tuple[ScriptedH2Origin, _Bulk], codec: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Once its queue drained, a downstream stream whose exchange was over resumed that exchange's
+    source, gone: an AttributeError traceback ("HTTP/2 event 'WindowUpdated' failed") per large
+    response to a slow HTTP/2 client."""
+    o, bulk = bulk_origin
+    p = slow_client_proxy(o, codec)
+    client = LazyH2Client(p.port)
+    try:
+        sid = client.get("/big")
+        assert p.find(lambda r: r.path == "/big")
+        assert client.read(sid) == (bulk.size, True)
+        assert p.live_exchanges() == 0
+    finally:
+        client.close()
+        p.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

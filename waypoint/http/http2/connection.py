@@ -220,7 +220,9 @@ class H2Base(asyncio.Protocol):
             st.out.clear()
             self.drop(st)
         limit = self.settings.buffer_bytes
-        if not st.blocked and st.out_bytes > limit:
+        if st.ex is None:       # its end went out and its exchange is done (`unlink`): no source to pace
+            pass
+        elif not st.blocked and st.out_bytes > limit:
             st.blocked = True
             st.on_blocked()
         elif st.blocked and st.out_bytes <= limit // 2:
