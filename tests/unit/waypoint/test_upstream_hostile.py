@@ -50,7 +50,8 @@ class _ScriptedH2(asyncio.Protocol):
                 self.bodies[ev.stream_id] = 0
             elif isinstance(ev, h2.events.DataReceived):
                 self.bodies[ev.stream_id] += len(ev.data)
-                self.c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                if self.o.ack:
+                    self.c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             elif isinstance(ev, h2.events.StreamEnded):
                 path = self.paths[ev.stream_id]
                 self.o.requests.append((path, self.bodies[ev.stream_id]))
@@ -73,9 +74,10 @@ class ScriptedH2Origin:
     """An h2c origin on its own loop thread; `answer` decides what each request gets."""
 
     def __init__(self, answer: Callable[[_ScriptedH2, int, str], None],
-                 on_data: Callable[[], None] | None = None) -> None:
+                 on_data: Callable[[], None] | None = None, ack: bool = True) -> None:
         self.answer = answer
         self.on_data = on_data          # called after each read (e.g. to send more as windows open)
+        self.ack = ack                  # False: request DATA is never acknowledged (no WINDOW_UPDATE)
         self.requests: list[tuple[str, int]] = []      # (path, request body bytes), as they ended
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -187,13 +189,17 @@ class _Bulk:
     """What a `ScriptedH2Origin` answers each request with: `size` bytes, sent as the proxy's
     windows allow (more whenever a WINDOW_UPDATE comes)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, reset: bool = False) -> None:
         self.size = size
+        self.reset = reset      # end responses to /reset... with RST_STREAM instead of END_STREAM
         self.left: dict[tuple[int, int], tuple[_ScriptedH2, int, int]] = {}
+        self.resets: set[int] = set()
 
     def answer(self, conn: _ScriptedH2, sid: int, path: str) -> None:
         conn.c.send_headers(sid, [(":status", "200"), ("content-length", str(self.size))])
         self.left[(id(conn), sid)] = (conn, sid, self.size)
+        if self.reset and path.startswith("/reset"):
+            self.resets.add(sid)
         self.pump()
 
     def pump(self) -> None:
@@ -203,7 +209,9 @@ class _Bulk:
                 if n <= 0:
                     break
                 left -= n
-                conn.c.send_data(sid, b"b" * n, end_stream=not left)
+                conn.c.send_data(sid, b"b" * n, end_stream=not left and sid not in self.resets)
+            if not left and sid in self.resets:
+                conn.c.reset_stream(sid)
             if left:
                 self.left[key] = (conn, sid, left)
             else:
@@ -221,12 +229,28 @@ class LazyH2Client:
         self.c.initiate_connection()
         self.s.sendall(self.c.data_to_send())
 
-    def get(self, path: str) -> int:
+    def get(self, path: str, end: bool = True, to: str = "default") -> int:
         sid = self.c.get_next_available_stream_id()
-        self.c.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "a")],
-                            end_stream=True)
+        self.c.send_headers(sid, [(":method", "POST" if not end else "GET"), (":path", path), (":scheme", "http"),
+                                  (":authority", "a"), ("x-to", to)], end_stream=end)
         self.s.sendall(self.c.data_to_send())
         return sid
+
+    def upload(self, sid: int, size: int) -> None:
+        """Send `size` body bytes on `sid` as the proxy's windows allow (waiting for them to open:
+        a socket timeout if they never do)."""
+        while size:
+            n = min(self.c.local_flow_control_window(sid), self.c.max_outbound_frame_size, size)
+            if n <= 0:
+                self.c.receive_data(self.s.recv(65536))
+                continue
+            self.c.send_data(sid, b"u" * n)
+            size -= n
+            self.s.sendall(self.c.data_to_send())
+
+    def reset(self, sid: int) -> None:
+        self.c.reset_stream(sid)
+        self.s.sendall(self.c.data_to_send())
 
     def read(self, sid: int) -> tuple[int, bool]:
         """Read stream `sid` to its end, acknowledging its DATA: (body bytes, ended cleanly)."""
@@ -249,8 +273,8 @@ class LazyH2Client:
 
 
 @pytest.fixture
-def bulk_origin() -> Iterator[tuple[ScriptedH2Origin, _Bulk]]:
-    bulk = _Bulk(400 * 1024)
+def bulk_origin(request: pytest.FixtureRequest) -> Iterator[tuple[ScriptedH2Origin, _Bulk]]:
+    bulk = _Bulk(400 * 1024, reset=getattr(request, "param", "") == "reset")
     o = ScriptedH2Origin(bulk.answer, on_data=bulk.pump)
     yield o, bulk
     o.close()
@@ -262,6 +286,33 @@ def slow_client_proxy(origin: ScriptedH2Origin, codec: str) -> Proxy:
     return Proxy(by_header({"default": origin.port}), protocols={origin.port: "h2"},
                  settings=HttpSettings(h2_codec=codec, h2_window=512 * 1024, buffer_bytes=16 * 1024,
                                        stream_idle_timeout=3.0))
+
+
+@pytest.mark.parametrize("bulk_origin", ["end", "reset"], indirect=True)
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_response_that_ends_while_its_client_is_slow_gives_the_upstream_connection_its_window_back(
+        bulk_origin: tuple[ScriptedH2Origin, _Bulk], codec: str) -> None:
+    """The client reads nothing of each response until the upstream has sent it whole: the proxy
+    holds back its acknowledgements (backpressure), and the response ends (or the upstream resets
+    it, after its body) while they are held. The
+    upstream connection, pooled, must get that window back: it did not, so once the bytes leaked
+    so reached its window, every later stream on it stalled (reset, SI, at the stream idle
+    timeout)."""
+    o, bulk = bulk_origin
+    p = slow_client_proxy(o, codec)
+    client = LazyH2Client(p.port)
+    try:
+        for path in ("/reset1", "/reset2", "/reset3"):      # on the same upstream connection
+            sid = client.get(path)
+            assert p.find(lambda r, path=path: r.path == path)     # (its upstream response ended)
+            size, ended = client.read(sid)
+            assert ended is not bulk.reset and (bulk.reset or size == bulk.size), path
+        assert client.read(client.get("/last")) == (bulk.size, True)
+        assert [r.response_flags for r in p.records] == ["UR" if bulk.reset else ""] * 3 + [""]
+        assert p.live_exchanges() == 0
+    finally:
+        client.close()
+        p.close()
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -282,3 +333,37 @@ def test_a_paused_response_that_ends_is_sent_out_without_an_error(
         client.close()
         p.close()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_client_reset_of_a_paused_upload_gives_the_client_connection_its_window_back(codec: str) -> None:
+    """Uploads to an upstream that never opens its window are paused (the proxy holds back its
+    acknowledgements); the client gives up on each with RST_STREAM. What the proxy held took the
+    client connection's window too: it was never given back, so after a few such uploads the
+    client could send nothing more on its connection, to any upstream."""
+    def ok(conn: _ScriptedH2, sid: int, path: str) -> None:
+        conn.respond(sid, b"%d" % conn.bodies[sid])
+
+    stingy, echo = ScriptedH2Origin(ok, ack=False), ScriptedH2Origin(ok)
+    p = Proxy(by_header({"default": echo.port, "stingy": stingy.port}),
+              protocols={stingy.port: "h2", echo.port: "h2"},
+              settings=HttpSettings(h2_codec=codec, h2_window=512 * 1024, buffer_bytes=16 * 1024))
+    client = LazyH2Client(p.port)
+    try:
+        for i in range(3):
+            sid = client.get(f"/stuck{i}", end=False, to="stingy")
+            client.upload(sid, 300 * 1024)      # within the stream's window, beyond the upstream's
+            client.reset(sid)
+            assert p.find(lambda r, i=i: r.path == f"/stuck{i}")
+        sid = client.get("/after", end=False)
+        client.upload(sid, 300 * 1024)
+        client.c.end_stream(sid)
+        client.s.sendall(client.c.data_to_send())
+        assert client.read(sid) == (len(b"%d" % (300 * 1024)), True)
+        assert [r.response_flags for r in p.records] == ["DR", "DR", "DR", ""]
+        assert p.live_exchanges() == 0
+    finally:
+        client.close()
+        p.close()
+        stingy.close()
+        echo.close()

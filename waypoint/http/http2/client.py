@@ -160,6 +160,7 @@ class H2Client(H2Base):
             st = self.streams.pop(ev.stream_id, None)
             if st is not None:
                 st.ended = True
+                self.settle(st)
                 st.ex.reset_code = ev.error_code
                 refused = ev.error_code == ErrorCodes.REFUSED_STREAM and not st.ex.resp_started
                 if ev.remote_reset:
@@ -203,6 +204,7 @@ class H2Client(H2Base):
         if not st.ended:                # the server answered before the request ended: stop it
             st.reset(ErrorCodes.CANCEL)
         self.streams.pop(st.sid, None)
+        self.settle(st)
         st.ex.response_end(trailers)
         unlink(st)
         self._next()
