@@ -10,9 +10,9 @@ retried as the route's retry policy says (Istio's default retries `refused-strea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
-import threading
 from collections.abc import Callable, Iterator
 
 import h2.config
@@ -20,7 +20,7 @@ import h2.connection
 import h2.events
 import pytest
 
-from tests.unit.waypoint.harness import Proxy, by_header
+from tests.unit.waypoint.harness import Proxy, by_header, serve_on_thread
 from waypoint.http.settings import HttpSettings
 
 pytestmark = pytest.mark.timeout(60)
@@ -79,23 +79,34 @@ class ScriptedH2Origin:
         self.on_data = on_data          # called after each read (e.g. to send more as windows open)
         self.ack = ack                  # False: request DATA is never acknowledged (no WINDOW_UPDATE)
         self.requests: list[tuple[str, int]] = []      # (path, request body bytes), as they ended
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.srv = self.loop.run_until_complete(
-                self.loop.create_server(lambda: _ScriptedH2(self), "127.0.0.1", 0))
-            self.port = self.srv.sockets[0].getsockname()[1]
-            ready.set()
-            self.loop.run_forever()
-
-        threading.Thread(target=run, daemon=True).start()
-        ready.wait(10)
+        self.loop, self.srv, self.port = serve_on_thread(lambda: _ScriptedH2(self))
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.srv.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def h2_proxy(codec: str, default: ScriptedH2Origin, **others: ScriptedH2Origin | float) -> Proxy:
+    """The engine in front of h2c origins (`x-to: NAME` picks one of `others`); the rest of
+    `others` are `HttpSettings` fields."""
+    origins = {"default": default, **{k: v for k, v in others.items() if isinstance(v, ScriptedH2Origin)}}
+    settings = {k: v for k, v in others.items() if not isinstance(v, ScriptedH2Origin)}
+    return Proxy(by_header({k: o.port for k, o in origins.items()}), protocols={o.port: "h2" for o in origins.values()},
+                 settings=HttpSettings(h2_codec=codec, **settings))  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def h2_setup(codec: str, answer: Callable[[_ScriptedH2, int, str], None]) -> Iterator[tuple[ScriptedH2Origin, Proxy]]:
+    """A `ScriptedH2Origin` answering with `answer` behind the engine; at the end, no exchange
+    may be left open."""
+    o = ScriptedH2Origin(answer)
+    p = h2_proxy(codec, o)
+    try:
+        yield o, p
+        assert p.live_exchanges() == 0
+    finally:
+        p.close()
+        o.close()
 
 
 def h1_exchange(p: Proxy, raw: bytes) -> bytes:
@@ -119,8 +130,7 @@ def _length(out: bytes) -> int:
     return 0
 
 
-@pytest.fixture
-def goaway_once() -> Iterator[ScriptedH2Origin]:
+def goaway_once() -> Callable[[_ScriptedH2, int, str], None]:
     """The first request gets GOAWAY(last_stream_id=0): "I processed none of your streams" (a
     server shutting down gracefully as the request arrives); later requests are answered."""
     sent = []
@@ -132,57 +142,37 @@ def goaway_once() -> Iterator[ScriptedH2Origin]:
             return
         conn.respond(sid, b"ok")
 
-    o = ScriptedH2Origin(answer)
-    yield o
-    o.close()
+    return answer
 
 
 @pytest.mark.parametrize("codec", CODECS)
-def test_a_post_above_a_goaways_last_stream_id_is_retried_as_a_refused_stream(
-        goaway_once: ScriptedH2Origin, codec: str) -> None:
+def test_a_post_above_a_goaways_last_stream_id_is_retried_as_a_refused_stream(codec: str) -> None:
     """RFC 9113 §6.8: streams above GOAWAY's last stream id were not processed and may be sent
     again; nghttp2 (and so Envoy) closes them as REFUSED_STREAM, which Istio's default policy
     retries (`refused-stream`). A request with a body is no exception: its body is replayed."""
-    p = Proxy(by_header({"default": goaway_once.port}), protocols={goaway_once.port: "h2"},
-              settings=HttpSettings(h2_codec=codec))
-    try:
+    with h2_setup(codec, goaway_once()) as (o, p):
         out = h1_exchange(p, b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello")
         assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"ok"), out
-        assert goaway_once.requests == [("/x", 5), ("/x", 5)]   # the whole body, both times
+        assert o.requests == [("/x", 5), ("/x", 5)]   # the whole body, both times
         rec = p.find(lambda r: r.path == "/x")[0]
         assert rec.status == 200 and rec.response_flags == ""
-        assert p.live_exchanges() == 0
-    finally:
-        p.close()
 
 
-@pytest.fixture
-def breaks_protocol() -> Iterator[ScriptedH2Origin]:
-    """Answers every request with a DATA frame on stream 0, an HTTP/2 connection error (RFC 9113
-    §6.1): the codec refuses the connection."""
-    def answer(conn: _ScriptedH2, sid: int, path: str) -> None:
-        conn.t.write(b"\x00\x00\x02\x00\x00\x00\x00\x00\x00ab")  # type: ignore[attr-defined]
-
-    o = ScriptedH2Origin(answer)
-    yield o
-    o.close()
+def breaks_protocol(conn: _ScriptedH2, sid: int, path: str) -> None:
+    """Answers with a DATA frame on stream 0, an HTTP/2 connection error (RFC 9113 §6.1): the
+    codec refuses the connection."""
+    conn.t.write(b"\x00\x00\x02\x00\x00\x00\x00\x00\x00ab")  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("codec", CODECS)
-def test_an_upstream_h2_protocol_error_is_503_upe_not_a_connection_termination(
-        breaks_protocol: ScriptedH2Origin, codec: str) -> None:
+def test_an_upstream_h2_protocol_error_is_503_upe_not_a_connection_termination(codec: str) -> None:
     """The access log must say whose fault it was: the upstream broke HTTP/2 (UPE, "protocol
     error", as Envoy), it did not just close its connection (UC)."""
-    p = Proxy(by_header({"default": breaks_protocol.port}), protocols={breaks_protocol.port: "h2"},
-              settings=HttpSettings(h2_codec=codec))
-    try:
+    with h2_setup(codec, breaks_protocol) as (_, p):
         out = h1_exchange(p, b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 503 ") and out.endswith(b"reset reason: protocol error"), out
         rec = p.find(lambda r: r.path == "/x")[0]
         assert (rec.status, rec.response_flags, rec.detail) == (503, "UPE", "protocol error")
-        assert p.live_exchanges() == 0
-    finally:
-        p.close()
 
 
 class _Bulk:
@@ -283,9 +273,7 @@ def bulk_origin(request: pytest.FixtureRequest) -> Iterator[tuple[ScriptedH2Orig
 def slow_client_proxy(origin: ScriptedH2Origin, codec: str) -> Proxy:
     """Windows small enough that a 400 KiB response is paused on its way to an h2 client that
     reads nothing (`buffer_bytes` queued), and big enough that it all comes in one window."""
-    return Proxy(by_header({"default": origin.port}), protocols={origin.port: "h2"},
-                 settings=HttpSettings(h2_codec=codec, h2_window=512 * 1024, buffer_bytes=16 * 1024,
-                                       stream_idle_timeout=3.0))
+    return h2_proxy(codec, origin, h2_window=512 * 1024, buffer_bytes=16 * 1024, stream_idle_timeout=3.0)
 
 
 @pytest.mark.parametrize("bulk_origin", ["end", "reset"], indirect=True)
@@ -345,9 +333,7 @@ def test_a_client_reset_of_a_paused_upload_gives_the_client_connection_its_windo
         conn.respond(sid, b"%d" % conn.bodies[sid])
 
     stingy, echo = ScriptedH2Origin(ok, ack=False), ScriptedH2Origin(ok)
-    p = Proxy(by_header({"default": echo.port, "stingy": stingy.port}),
-              protocols={stingy.port: "h2", echo.port: "h2"},
-              settings=HttpSettings(h2_codec=codec, h2_window=512 * 1024, buffer_bytes=16 * 1024))
+    p = h2_proxy(codec, echo, stingy=stingy, h2_window=512 * 1024, buffer_bytes=16 * 1024)
     client = LazyH2Client(p.port)
     try:
         for i in range(3):
