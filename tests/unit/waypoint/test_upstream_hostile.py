@@ -353,3 +353,42 @@ def test_a_client_reset_of_a_paused_upload_gives_the_client_connection_its_windo
         p.close()
         stingy.close()
         echo.close()
+
+
+@pytest.mark.parametrize("refusal", ["goaway", "rst_stream"])
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_refused_stream_sent_again_is_not_later_reset_downstream_as_refused(codec: str, refusal: str) -> None:
+    """A stream the upstream refused (above its GOAWAY's last stream id, or RST_STREAM
+    REFUSED_STREAM) is sent again and answered; when that answer then stalls (the stream idle
+    timeout), the client's stream is reset INTERNAL_ERROR, never REFUSED_STREAM: that code tells
+    a client the request was not processed, so it may send it again, and this one was."""
+    sent = []
+
+    def answer(conn: _ScriptedH2, sid: int, path: str) -> None:
+        if not sent:
+            sent.append(sid)
+            if refusal == "goaway":
+                conn.c.close_connection(last_stream_id=0)
+            else:
+                conn.c.reset_stream(sid, 7)
+            return
+        conn.c.send_headers(sid, [(":status", "200")])
+        conn.c.send_data(sid, b"partial")                   # and never more
+
+    o = ScriptedH2Origin(answer)
+    p = h2_proxy(codec, o, stream_idle_timeout=1.0)
+    client = LazyH2Client(p.port)
+    try:
+        sid = client.get("/x")
+        client.s.settimeout(10)
+        codes = []
+        while not codes:
+            for ev in client.c.receive_data(client.s.recv(65536)):
+                if isinstance(ev, h2.events.StreamReset) and ev.stream_id == sid:
+                    codes.append(ev.error_code)
+        assert codes == [2]                                 # INTERNAL_ERROR
+        assert p.find(lambda r: r.path == "/x")[0].response_flags == "SI"
+    finally:
+        client.close()
+        p.close()
+        o.close()
