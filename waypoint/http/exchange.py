@@ -236,6 +236,7 @@ class Exchange:
         if retryable and (x is None or not x.retried) and self.body == BODY_NONE and not self.resp_started \
                 and self.target is not None:
             self._rare().retried = True
+            self.reset_code = None      # (the refused stream's: a later reset passes on its own code)
             self.engine.pools.acquire(self.target, self.leg, fresh=True)
             return
         if not self.resp_started:

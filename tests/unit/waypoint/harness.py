@@ -326,6 +326,23 @@ class _RawOriginConn(asyncio.Protocol):
             self.t.write(data)  # type: ignore[attr-defined]
 
 
+def serve_on_thread(factory: Callable[[], asyncio.Protocol]) -> tuple[asyncio.AbstractEventLoop, asyncio.Server, int]:
+    """A loopback server of `factory`'s protocols on its own event loop thread: (loop, server, port)."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    out: list[asyncio.Server] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        out.append(loop.run_until_complete(loop.create_server(factory, "127.0.0.1", 0)))
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=run, daemon=True).start()
+    ready.wait(10)
+    return loop, out[0], out[0].sockets[0].getsockname()[1]
+
+
 class RawOrigin:
     """An HTTP/1.1 origin on its own loop thread that misbehaves on purpose. Every request is
     recorded as parsed, `(connection number, method, target, body)`, and every byte received per
@@ -341,19 +358,7 @@ class RawOrigin:
         self.raw: dict[int, bytearray] = {}
         self.held: list[tuple[_RawOriginConn, str | None, bytes]] = []
         self.conns: list[_RawOriginConn] = []
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.srv = self.loop.run_until_complete(
-                self.loop.create_server(lambda: _RawOriginConn(self), "127.0.0.1", 0))
-            self.port = self.srv.sockets[0].getsockname()[1]
-            ready.set()
-            self.loop.run_forever()
-
-        threading.Thread(target=run, daemon=True).start()
-        ready.wait(10)
+        self.loop, self.srv, self.port = serve_on_thread(lambda: _RawOriginConn(self))
 
     def release(self) -> None:
         """Send what is held back."""

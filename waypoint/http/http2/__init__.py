@@ -7,6 +7,8 @@ connection that multiplexes the exchanges the pool gives it.
 Flow control is where an HTTP/2 proxy goes wrong, so, on both sides:
 - received DATA is acknowledged (WINDOW_UPDATE) only once the other leg took it; while the other
   leg is full (`pause_*`), acknowledgements are held back, so the peer stops after one window;
+  when the stream ends or is reset, what it held is acknowledged (`H2Base.settle`): the held
+  DATA took the connection's window too, and a pooled connection must not lose it;
 - DATA to send waits in a per-stream queue for the peer's window; above `buffer_bytes` queued the
   exchange pauses the sending side's source.
 So memory per stream is bounded by one window plus `buffer_bytes`, whatever the peers do.

@@ -67,10 +67,18 @@ class H2Client(H2Base):
         # An endpoint the pool upgraded to h2c (h2UpgradePolicy) that never spoke h2 processed
         # none of the streams: each may go again, over HTTP/1.1 (pool.py `h2_refused`).
         again = self.pools.h2_refused(self)
+        # A protocol error (a frame the codec refuses) is the upstream's fault, as Envoy's UPE
+        # says; the connection, about to close, takes no stream meanwhile.
+        flags, reason = "UC", "connection termination"
+        if why == "protocol error":
+            if not again:
+                flags, reason = "UPE", why
+            self.closing = True
+            self.pools.forget(self)
         streams, self.streams = list(self.streams.values()), {}
         for st in streams:
             st.ended = True
-            st.ex.upstream_reset("UC", "connection termination", retryable=again)
+            st.ex.upstream_reset(flags, reason, retryable=again)
         waiting, self.waiting = list(self.waiting), deque()
         for ex in waiting:
             if self.pools.holds(ex):        # not an abandoned try
@@ -152,6 +160,7 @@ class H2Client(H2Base):
             st = self.streams.pop(ev.stream_id, None)
             if st is not None:
                 st.ended = True
+                self.settle(st)
                 st.ex.reset_code = ev.error_code
                 refused = ev.error_code == ErrorCodes.REFUSED_STREAM and not st.ex.resp_started
                 if ev.remote_reset:
@@ -171,6 +180,10 @@ class H2Client(H2Base):
                 if sid > last:          # never processed: safe to send elsewhere
                     del self.streams[sid]
                     st.ended = True
+                    # as REFUSED_STREAM (nghttp2 closes them so, and Envoy retries them under
+                    # `refused-stream`): a request with a body, which the pool's own retry leaves
+                    # out, then goes to the route's retry policy as a refused stream, not a reset
+                    st.ex.reset_code = ErrorCodes.REFUSED_STREAM
                     st.ex.upstream_reset("UC", "connection termination", retryable=True)
             waiting, self.waiting = list(self.waiting), deque()
             for ex in waiting:
@@ -191,6 +204,7 @@ class H2Client(H2Base):
         if not st.ended:                # the server answered before the request ended: stop it
             st.reset(ErrorCodes.CANCEL)
         self.streams.pop(st.sid, None)
+        self.settle(st)
         st.ex.response_end(trailers)
         unlink(st)
         self._next()

@@ -220,7 +220,9 @@ class H2Base(asyncio.Protocol):
             st.out.clear()
             self.drop(st)
         limit = self.settings.buffer_bytes
-        if not st.blocked and st.out_bytes > limit:
+        if st.ex is None:       # its end went out and its exchange is done (`unlink`): no source to pace
+            pass
+        elif not st.blocked and st.out_bytes > limit:
             st.blocked = True
             st.on_blocked()
         elif st.blocked and st.out_bytes <= limit // 2:
@@ -253,11 +255,18 @@ class H2Base(asyncio.Protocol):
 
     def drop(self, st: Stream) -> None:
         self.streams.pop(st.sid, None)
+        self.settle(st)
+        unlink(st)
+        self.maybe_done()
+
+    def settle(self, st: Stream) -> None:
+        """`st` is over (ended, reset): acknowledge what it held back while paused. Its DATA took
+        the connection's window too (RFC 9113 §6.9), which nothing else gives back: left held, a
+        response that ended while its client was slow shrank the connection's window for good,
+        and a pooled connection whose window reached 0 stalled every later stream on it."""
         if st.held:
             n, st.held = st.held, 0
             self.ack(st.sid, n)
-        unlink(st)
-        self.maybe_done()
 
     def maybe_done(self) -> None:
         if self.closing and not self.streams and self.transport is not None and not self.lost:

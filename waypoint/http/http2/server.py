@@ -118,6 +118,7 @@ class H2Server(H2Base):
             if st is not None:
                 st.ended = True
                 st.out.clear()
+                self.settle(st)
                 st.ex.reset_code = ev.error_code
                 st.ex.request_abort("DR")
             self.maybe_done()
