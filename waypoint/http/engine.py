@@ -126,7 +126,9 @@ class Engine:
             await asyncio.sleep(0.05)
         for c in list(self.conns):
             c.abort()
-        self.pools.close()
+        dials = self.pools.close()
+        if dials:       # let the cancelled dials finish: one pending when the loop closes is an error
+            await asyncio.gather(*dials, return_exceptions=True)
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

@@ -544,7 +544,10 @@ class Pools:
                 if b.idle and id(b) not in used:
                     del self._fallback[k]
 
-    def close(self) -> None:
+    def close(self) -> list[asyncio.Task[None]]:
+        """Close every connection, cancel the dials in progress and end what waits for one;
+        returns the cancelled dials, for the caller to await (a dial left pending when the loop
+        closes is an error from inside asyncio)."""
         for lst in self.idle.values():
             for c in lst:
                 c._close()
@@ -552,7 +555,8 @@ class Pools:
         for lst in list(self.h2.values()):
             for c in list(lst):
                 c.shutdown()
-        for t in self._tasks:
+        dials = list(self._tasks)
+        for t in dials:
             t.cancel()
         queues, self.queues = self.queues, {}
         for keys in queues.values():
@@ -561,3 +565,4 @@ class Pools:
                     if claim.waiting:
                         claim.end()
                         claim.ex.connect_failed("shutting down")
+        return dials

@@ -341,3 +341,28 @@ def test_upstream_response_headers_and_trailers_within_the_limit_go_through() ->
                     then=lambda run, s=step: [resp[i:i + s] for i in range(0, len(resp), s)])
         assert status_lines(run.out) == [b"200"] and run.out.count(b"x-h98: ") == 2
         assert not run.closed and [r.response_flags for r in run.records] == [""]
+
+
+def test_shutdown_leaves_no_dial_pending() -> None:
+    """A dial still in progress when the waypoint shuts down is cancelled and awaited: one left
+    pending when the loop closed was an error from inside asyncio (seen as an unraisable warning)."""
+    async def main() -> list[asyncio.Task[object]]:
+        never = asyncio.Event()
+
+        async def connect() -> Any:
+            await never.wait()
+
+        def upstream(fwd: Forward, head: Any, down: Downstream, exclude: frozenset[str] = frozenset()) -> UpstreamTarget:
+            return UpstreamTarget(key="origin:80", address="origin:80", connect=connect)
+
+        engine = Engine(dataclasses.replace(HttpSettings(), drain_timeout=0),
+                        lambda h, d: Forward(service="t/x", port=80, route="r"), upstream)  # type: ignore[arg-type]
+        server = H1Server(engine, Downstream(source_ip="10.0.0.1"))
+        t = FakeTransport(server)
+        server.connection_made(t)
+        server.data_received(b"GET /a HTTP/1.1\r\nhost: h\r\n\r\n")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await engine.shutdown()
+        return [x for x in asyncio.all_tasks() if x is not asyncio.current_task() and not x.done()]
+    assert asyncio.run(main()) == []
