@@ -79,9 +79,11 @@ for _tag in ("binary", "set", "omap", "pairs"):
 
 
 def _check_aliasing(root: Node) -> None:
-    """Refuse a document whose aliases expand it beyond the bound (without expanding it)."""
+    """Refuse a document whose aliases expand it beyond the bound (without expanding it), or that
+    contains itself (`&a [*a]`: JSON cannot hold it, and walking it never ends)."""
     sizes: dict[int, int] = {}
     written: set[int] = set()
+    visiting: set[int] = set()      # nodes whose subtree is being walked: meeting one again is a cycle
     stack: list[tuple[Node, bool]] = [(root, False)]
     while stack:                    # post-order, iteratively: deep documents must not recurse here
         node, ready = stack.pop()
@@ -89,10 +91,15 @@ def _check_aliasing(root: Node) -> None:
             continue
         children = _children(node)
         if not ready:
+            if id(node) in visiting:
+                raise ManifestYAMLError(f"line {node.start_mark.line + 1}: an alias refers to a node that "
+                                        "contains it; a Kubernetes object cannot contain itself")
+            visiting.add(id(node))
             written.add(id(node))
             stack.append((node, True))
             stack.extend((c, False) for c in children if id(c) not in sizes)
             continue
+        visiting.discard(id(node))
         sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
     expanded = sizes[id(root)]
     if expanded > max(_ALIAS_FLOOR, _ALIAS_RATIO * len(written)):

@@ -190,6 +190,14 @@ def test_a_billion_laughs_manifest_is_refused_at_once(lab_dir: Path) -> None:
     assert "not valid YAML: document contains excessive aliasing: its" in err
 
 
+def test_a_manifest_that_contains_itself_is_refused_at_once(lab_dir: Path) -> None:
+    """`&x [*x]`: YAML allows a node to contain itself; the aliasing check walked it for ever."""
+    doc = ("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: loop, namespace: demo}\n"
+           "status: {x: &x [1, *x]}\nspec: {hosts: [echo], http: [{route: [{destination: {host: echo}}]}]}\n")
+    rc, _, err = run("apply", "--dry-run", "-f", "-", stdin=doc)
+    assert rc == 1 and "a Kubernetes object cannot contain itself" in err
+
+
 def test_a_manifest_nested_too_deeply_is_refused_without_a_traceback(lab_dir: Path) -> None:
     rc, _, err = run("apply", "--dry-run", "-f", "-", stdin="a: " + "[" * 3000 + "]" * 3000 + "\n")
     assert (rc, err.strip()) == (1, "error: <stdin>: not valid YAML: nested too deeply to read")
