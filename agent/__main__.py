@@ -189,7 +189,7 @@ class Agent:
 
     def _adopted_kept(self, remove: list[str], want: dict[str, PodRef]) -> list[str]:
         """`remove` without the adopted pods kept for now. A pod the previous agent captured at
-        sandbox creation (CNI ADD) is in no view until it runs, and that agent's record of it died
+        sandbox creation (CNI ADD) is in no view until the API server shows its address, and that agent's record of it died
         with it: removing its capture would let its app start unprotected. So a pod adopted from
         the pins that no view shows yet keeps its capture while its sandbox (netns) lives, for the
         same grace as the plugin's own pods (see the module docstring)."""
