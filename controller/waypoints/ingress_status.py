@@ -34,11 +34,11 @@ from controller.translate.ingress import (
     ListenerStatus,
     ParentStatus,
 )
+from controller.translate.parents import RouteKey
 from controller.validation import FieldError, reasons
 from controller.waypoints.gateways import _cond, merge_conditions
 
 Obj = dict[str, Any]
-RouteKey = tuple[str, str, str]     # (kind, namespace, name)
 
 
 def lb_addresses(service: Obj | None) -> list[Obj]:

@@ -30,14 +30,13 @@ from kubernetes import client as kclient
 from kubernetes.client.exceptions import ApiException
 
 from controller.kinds import BY_KIND
-from controller.translate.ingress import ALL_ROUTE_KINDS
+from controller.translate.ingress import ALL_ROUTE_KINDS, is_ingress
 from controller.waypoints import gateways as gws
 from controller.waypoints import ingress_status
 from controller.waypoints.advisories import advisories, conditions_update, has_free_status, object_conditions
 from controller.waypoints.render import (
     WaypointDeploySettings,
     apply_update,
-    is_ingress,
     is_managed,
     needs_update,
     render,

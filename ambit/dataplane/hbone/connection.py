@@ -821,9 +821,7 @@ class HBONEConnection:
         if self._ng.invalid_frames != invalid:
             # A stream error the codec answered itself (a malformed request: RST_STREAM), which the
             # peer caused as it would with a reset of its own (module docstring).
-            self.peer_error_resets += 1
-            self._answered(events)
-            self._spend_reset_budget(events)
+            self._charge_peer_error(events)
             if self._fatal:
                 return
         for ev in codec_events:
@@ -927,8 +925,13 @@ class HBONEConnection:
     def _peer_error(self, st: _Stream, code: int, events: list[Event], *, emit: bool = True) -> None:
         """Reset `st` for the peer's protocol error: an answer queued and a reset the peer caused,
         so it spends the reset budget ("MadeYouReset", module docstring)."""
-        self.peer_error_resets += 1
         self._reset(st, code, emit=emit, events=events)
+        self._charge_peer_error(events)
+
+    def _charge_peer_error(self, events: list[Event]) -> None:
+        """A stream reset for the peer's error (ours or the codec's): an answer it has not read
+        yet, and a reset it caused, spent from its budget."""
+        self.peer_error_resets += 1
         self._answered(events)
         self._spend_reset_budget(events)
 
