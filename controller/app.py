@@ -26,7 +26,7 @@ from ambit.model import Workload
 from controller.configserver import ConfigServer
 from controller.jwks import JwksCache
 from controller.sources import Snapshot, Source
-from controller.translate import Translation, translate
+from controller.translate import Translation, TranslationBug, translate
 from controller.translate.waypoints import gateway_of
 from controller.validation import FieldError
 
@@ -127,8 +127,12 @@ class Controller:
                 m.extension_providers, m.default_providers = self.mesh_telemetry
                 m.outbound_traffic_policy = self.outbound_traffic_policy
         except Exception as e:  # noqa: BLE001 - a translation bug must not take the mesh down
-            log.exception("translation failed; keeping the previous config (version %s)", self.version or "-")
-            own.append(FieldError("controller", "", f"translation failed: {type(e).__name__}: {e}"))
+            ref = e.ref if isinstance(e, TranslationBug) else "controller"
+            log.exception("translation failed at %s; keeping the previous config (version %s)",
+                          ref, self.version or "-")
+            reason = str(e) if isinstance(e, TranslationBug) else f"{type(e).__name__}: {e}"
+            own.append(FieldError(ref, "", f"translation failed (a bug in Ambit; the previous config "
+                                           f"stays in force for the whole mesh): {reason}"))
             self._set_own(own)
             return
         by_type = tr.by_type()

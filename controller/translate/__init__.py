@@ -9,9 +9,9 @@ Objects of kinds Ambit does not know are ignored.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ambit.model import (
     RESOURCE_TYPES,
@@ -40,9 +40,32 @@ from controller.translate.routes import Hosts, translate_routes
 from controller.translate.serviceentries import expand_entry_targets, translate_service_entries
 from controller.translate.waypoints import apply_waypoints, waypoint_gateways
 from controller.translate.workloads import translate_services, translate_workloads
-from controller.validation import FieldError, split_valid
+from controller.validation import FieldError, object_ref, split_valid
 
-__all__ = ["Translation", "translate"]
+__all__ = ["Translation", "TranslationBug", "translate"]
+
+T = TypeVar("T")
+
+
+class TranslationBug(Exception):
+    """A translator raised on a valid object: a bug in Ambit, not in the object. It carries the
+    object's ref, so the controller's error (its log, `ambit status`, the object's status) names
+    the object to look at, and `ambit analyze` reproduces it, instead of "controller"."""
+
+    def __init__(self, ref: str, cause: Exception) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.ref = ref
+
+
+def _each(objs: Iterable[dict[str, Any]], fn: Callable[[dict[str, Any]], T]) -> list[T]:
+    """`[fn(o) for o in objs]`, naming the object a translator raised on."""
+    out: list[T] = []
+    for o in objs:
+        try:
+            out.append(fn(o))
+        except Exception as e:  # noqa: BLE001 - re-raised, with the object named
+            raise TranslationBug(object_ref(o), e) from e
+    return out
 
 
 @dataclass
@@ -88,14 +111,15 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     out.workloads = translate_workloads(idx, out.services, trust_domain)
     out.services.extend(translate_service_entries(idx, out.services, out.errors))     # after the workloads: they back no pod
     apply_waypoints(waypoint_gateways(idx, out.errors), out.services, out.workloads)
-    out.authorizations = [translate_authorization(o, trust_domain, root_namespace)
-                          for o in idx.kind("AuthorizationPolicy")]
-    out.peer_authns = [translate_peer_authn(o, root_namespace) for o in idx.kind("PeerAuthentication")]
-    for o in idx.kind("RequestAuthentication"):
-        out.request_authns.append(translate_request_authn(o, root_namespace, jwks or {}))
-        for src, timeout in jwks_fetches(o).items():
+    out.authorizations = _each(idx.kind("AuthorizationPolicy"),
+                               lambda o: translate_authorization(o, trust_domain, root_namespace))
+    out.peer_authns = _each(idx.kind("PeerAuthentication"), lambda o: translate_peer_authn(o, root_namespace))
+    out.request_authns = _each(idx.kind("RequestAuthentication"),
+                               lambda o: translate_request_authn(o, root_namespace, jwks or {}))
+    for fetches in _each(idx.kind("RequestAuthentication"), jwks_fetches):
+        for src, timeout in fetches.items():
             out.jwks_fetches[src] = max(out.jwks_fetches.get(src, 0.0), timeout)
-    out.telemetry = [translate_telemetry(o, root_namespace) for o in idx.kind("Telemetry")]
+    out.telemetry = _each(idx.kind("Telemetry"), lambda o: translate_telemetry(o, root_namespace))
     expand_entry_targets([*out.authorizations, *out.request_authns, *out.telemetry], idx)
     hosts = Hosts(out.services, cluster_domain)
     out.parents = resolve_parents(idx, hosts)
