@@ -166,6 +166,11 @@ def _percent(p: Obj | None, legacy: int | None, default: float = 100.0) -> float
     return default
 
 
+# The redirect codes Envoy's RedirectAction has; Istio validation admits any 3xx as redirectCode
+# but drops a route with another one, so its requests go on to the next route.
+VS_REDIRECT_CODES = (301, 302, 303, 307, 308)
+
+
 def vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str,
                    bound: Callable[[list[str] | None], bool] = _is_mesh) -> HttpRoute | None:
     """One `http` entry as a route; `bound` says which matches apply where it is being built (their
@@ -173,6 +178,8 @@ def vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str,
     matches = [_vs_match(m) for m in h.get("match") or [] if bound(m.get("gateways"))]
     if h.get("match") and not matches:
         return None     # every match is bound elsewhere (to an ingress gateway, or to the mesh)
+    if h.get("redirect") and int(h["redirect"].get("redirectCode") or 301) not in VS_REDIRECT_CODES:
+        return None     # Istio drops it (route.go ApplyRedirect: "not yet supported"); `ambit apply` warns
     route = HttpRoute(name=h.get("name", ""), source=source, matches=matches,
                       destinations=vs_destinations(h.get("route") or [], hosts, ns),
                       timeout=_seconds(h.get("timeout")), headers=_vs_headers(h.get("headers")),
