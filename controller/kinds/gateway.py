@@ -79,6 +79,18 @@ def _check_filter(value: dict[str, Any], path: str, errs: Errors) -> None:
             errs.append((join(path, other), f"must not be set when type is {kind}"))
 
 
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+
+
+def _check_redirect_code(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """Gateway API's enum on `statusCode` (HTTPRequestRedirectFilter): the API server refuses any
+    other 3xx, which the range check alone would let through as a reply such as 304 + Location."""
+    code = value.get("statusCode")
+    if code is not None and code not in REDIRECT_CODES:
+        errs.append((join(path, "statusCode"), f"Unsupported value: {code}: supported values: "
+                     + ", ".join(f'"{c}"' for c in REDIRECT_CODES)))
+
+
 def Filter(types: tuple[str, ...]) -> Obj:  # noqa: N802 - a schema constructor
     return Obj({
         "type": Str(enum=types),
@@ -89,7 +101,8 @@ def Filter(types: tuple[str, ...]) -> Obj:  # noqa: N802 - a schema constructor
                                               required=("numerator",))},
                              required=("backendRef",), one_of=(("percent", "fraction"),)),
         "requestRedirect": Obj({"scheme": Str(enum=("http", "https")), "hostname": Str(), "path": PathModifier,
-                                "port": Port, "statusCode": Int(minimum=301, maximum=308)}),
+                                "port": Port, "statusCode": Int(minimum=301, maximum=308)},
+                               checks=(_check_redirect_code,)),
         "urlRewrite": Obj({"hostname": Str(), "path": PathModifier}),
         "extensionRef": Obj({"group": Str(), "kind": Str(), "name": Str()}),
         "cors": AnyValue(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 Obj = dict[str, Any]
@@ -42,9 +43,24 @@ def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def age_key(obj: Obj) -> tuple[str, str, str]:
+def created_at(obj: Obj) -> float:
+    """creationTimestamp as seconds since the epoch; 0 (oldest) when unset or unreadable.
+
+    Compared as an instant, not as text: RFC 3339, which `ambit apply` admits, also writes
+    fractional seconds and offsets ("...T01:00:00+02:00" is before "...T00:00:00Z"), and text
+    order gets those wrong."""
+    text = md(obj).get("creationTimestamp")
+    if not isinstance(text, str) or not text:
+        return 0.0
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def age_key(obj: Obj) -> tuple[float, str, str]:
     """Oldest first, then by namespace/name: the tie-break Istio and Gateway API both use."""
-    return (md(obj).get("creationTimestamp") or "", ns_of(obj), name_of(obj))
+    return (created_at(obj), ns_of(obj), name_of(obj))
 
 
 @dataclass

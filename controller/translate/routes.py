@@ -49,7 +49,7 @@ from ambit.model import (
 )
 from controller.kinds.common import parse_duration
 from controller.translate.destinationrules import MergedRule, rules_in_force
-from controller.translate.index import Index, md, name_of, ns_of
+from controller.translate.index import Index, age_key, name_of, ns_of
 
 if TYPE_CHECKING:
     from controller.translate.parents import Parents
@@ -166,6 +166,11 @@ def _percent(p: Obj | None, legacy: int | None, default: float = 100.0) -> float
     return default
 
 
+# The redirect codes Envoy's RedirectAction has; Istio validation admits any 3xx as redirectCode
+# but drops a route with another one, so its requests go on to the next route.
+VS_REDIRECT_CODES = (301, 302, 303, 307, 308)
+
+
 def vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str,
                    bound: Callable[[list[str] | None], bool] = _is_mesh) -> HttpRoute | None:
     """One `http` entry as a route; `bound` says which matches apply where it is being built (their
@@ -173,6 +178,8 @@ def vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str,
     matches = [_vs_match(m) for m in h.get("match") or [] if bound(m.get("gateways"))]
     if h.get("match") and not matches:
         return None     # every match is bound elsewhere (to an ingress gateway, or to the mesh)
+    if h.get("redirect") and int(h["redirect"].get("redirectCode") or 301) not in VS_REDIRECT_CODES:
+        return None     # Istio drops it (route.go ApplyRedirect: "not yet supported"); `ambit apply` warns
     route = HttpRoute(name=h.get("name", ""), source=source, matches=matches,
                       destinations=vs_destinations(h.get("route") or [], hosts, ns),
                       timeout=_seconds(h.get("timeout")), headers=_vs_headers(h.get("headers")),
@@ -237,11 +244,25 @@ def _vs_routes(vs: Obj, hosts: Hosts) -> tuple[list[str], list[HttpRoute], list[
 # -- Gateway API ---------------------------------------------------------------------------------
 
 def _gw_header_matches(ms: list[Obj] | None, lower: bool = True) -> list[HeaderMatch]:
-    out = []
+    """Header (`lower`: names are case-insensitive) or query-parameter matches. Gateway API
+    (HTTPHeaderMatch, HTTPQueryParamMatch): of entries with equivalent names only the first counts,
+    the later ones MUST be ignored, so `x: a` then `X: b` matches a request with `x: a`."""
+    out: dict[str, HeaderMatch] = {}
     for m in ms or []:
         kind = "regex" if m.get("type") == "RegularExpression" else "exact"
-        out.append(HeaderMatch(name=m["name"].lower() if lower else m["name"], match=StringMatch(kind, m["value"])))
-    return out
+        name = m["name"].lower() if lower else m["name"]
+        out.setdefault(name, HeaderMatch(name=name, match=StringMatch(kind, m["value"])))
+    return list(out.values())
+
+
+def _gw_path_modifier(path: Obj) -> tuple[str, str]:
+    """(replacement, "full" | "prefix") of an HTTPPathModifier (URLRewrite, RequestRedirect).
+    A ReplacePrefixMatch of "" strips the matched prefix exactly as "/" does (Gateway API's table
+    in HTTPPathModifier: `/foo/bar` with prefix `/foo` and "" gives `/bar`), so it becomes "/":
+    an empty replacement would otherwise read as no path change at all."""
+    if path.get("type") == "ReplaceFullPath":
+        return path.get("replaceFullPath", ""), "full"
+    return path.get("replacePrefixMatch") or "/", "prefix"
 
 
 def _gw_path(p: Obj | None) -> StringMatch:
@@ -281,12 +302,9 @@ def _gw_filters(route: HttpRoute, filters: list[Obj], ns: str, hosts: Hosts) -> 
                                               route.headers)
         elif t == "RequestRedirect":
             r = f["requestRedirect"]
-            path = r.get("path") or {}
-            full = path.get("type") == "ReplaceFullPath"
+            value, mode = _gw_path_modifier(r["path"]) if r.get("path") else ("", "full")
             route.redirect = Redirect(scheme=r.get("scheme", ""), authority=r.get("hostname", ""),
-                                      port=int(r.get("port") or 0),
-                                      path=path.get("replaceFullPath" if full else "replacePrefixMatch", ""),
-                                      path_mode="full" if full or not path else "prefix",
+                                      port=int(r.get("port") or 0), path=value, path_mode=mode,
                                       code=int(r.get("statusCode") or 302),
                                       # Gateway API: without a port, the scheme's port if a scheme
                                       # is given, else the listener's (for a mesh route, the Service
@@ -295,10 +313,8 @@ def _gw_filters(route: HttpRoute, filters: list[Obj], ns: str, hosts: Hosts) -> 
                                       ("FROM_PROTOCOL_DEFAULT" if r.get("scheme") else "FROM_REQUEST_PORT"))
         elif t == "URLRewrite":
             r = f["urlRewrite"]
-            path = r.get("path") or {}
-            full = path.get("type") == "ReplaceFullPath"
-            route.rewrite = Rewrite(path=path.get("replaceFullPath" if full else "replacePrefixMatch", ""),
-                                    path_mode="full" if full else "prefix", authority=r.get("hostname", ""))
+            value, mode = _gw_path_modifier(r["path"]) if r.get("path") else ("", "prefix")
+            route.rewrite = Rewrite(path=value, path_mode=mode, authority=r.get("hostname", ""))
         elif t == "RequestMirror":
             m = f["requestMirror"]
             pct = 100.0
@@ -380,9 +396,8 @@ def _precedence(m: HttpMatch, obj: Obj, rule_index: int, match_index: int) -> tu
         path_rank = (1, -len(p.value))
     else:
         path_rank = (2, 0)
-    meta = md(obj)
     return (path_rank, 0 if m.method else 1, -len(m.headers), -len(m.query),
-            meta.get("creationTimestamp") or "", ns_of(obj), name_of(obj), rule_index, match_index)
+            *age_key(obj), rule_index, match_index)
 
 
 gateway_api_routes = _gw_routes     # the ingress gateway's routes are built the same way

@@ -42,7 +42,7 @@ from controller.kinds.security import L4_CONDITION_KEYS
 from controller.translate import translate
 from controller.translate.destinationrules import rules_by_host
 from controller.translate.index import age_key, ns_of, waypoint_ref
-from controller.translate.routes import Hosts
+from controller.translate.routes import VS_REDIRECT_CODES, Hosts
 from controller.translate.waypoints import SERVES_SERVICES
 from controller.validation import object_ref, split_valid
 from controller.waypoints.gateways import (
@@ -525,6 +525,11 @@ def _vs_fields(o: Obj, hosts: Any = None) -> list[Advisory]:
                     f"spec.http[{i}].mirrors[{j - (1 if h.get('mirror') else 0)}].destination.host"
                 out.append(Advisory(ref, where, f"{m.get('host')} is not a Service the mesh knows: no copy is sent "
                                     "(Ambit mirrors to mesh Services only)", NOT_ENFORCED))
+        code = (h.get("redirect") or {}).get("redirectCode")
+        if code is not None and code not in VS_REDIRECT_CODES:
+            out.append(Advisory(ref, f"spec.http[{i}].redirect.redirectCode", f"{code} is accepted, not applied: "
+                                "as in Istio, a redirect code other than 301, 302, 303, 307 or 308 drops this route "
+                                "(requests it matches go on to the next route)", NOT_ENFORCED))
         if h.get("delegate"):
             out.append(Advisory(ref, f"spec.http[{i}].delegate",
                                 "delegate is not supported: this route has no destination (requests it matches get "

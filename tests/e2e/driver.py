@@ -166,12 +166,23 @@ def outbound_from(d: Driver, pod: str, since: int = 0) -> list[dict[str, Any]]:
             if r.get("direction") == "outbound" and r.get("src.namespace") == ns and r.get("src.workload") == name]
 
 
-def http_get(d: Driver, pod: str, url: str, timeout: float = 5) -> dict[str, Any]:
-    """GET `url` from `pod` with curl; the echo app's JSON reply."""
-    p = d.exec(pod, ["curl", "-sS", "--fail", "-m", str(timeout), url], timeout=timeout + 30)
+def http_get(d: Driver, pod: str, url: str, timeout: float = 5, curl_opts: tuple[str, ...] = ()) -> dict[str, Any]:
+    """GET `url` from `pod` with curl (and `curl_opts`); the echo app's JSON reply."""
+    p = d.exec(pod, ["curl", "-sS", "--fail", "-m", str(timeout), *curl_opts, url], timeout=timeout + 30)
     if p.returncode != 0:
         raise AssertionError(f"curl from {pod} to {url} failed ({p.returncode}): {p.stderr.strip()}")
     return json.loads(p.stdout.splitlines()[0])
+
+
+def http_get_many(d: Driver, pod: str, url: str, n: int, *curl_opts: str) -> list[dict[str, Any]]:
+    """`n` GETs of `url` from `pod` in one curl (URL globbing: one process, one keep-alive
+    connection; a waypoint still routes each request on its own); the echo app's replies."""
+    p = d.exec(pod, ["curl", "-sS", "--fail", "-m", "60", "-w", "\n", *curl_opts, f"{url}?n=[1-{n}]"], timeout=90)
+    if p.returncode != 0:
+        raise AssertionError(f"curl from {pod} to {url} failed ({p.returncode}): {p.stderr.strip()}")
+    out = [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+    assert len(out) == n, p.stdout[-500:]
+    return out
 
 
 def captured(d: Driver, pod: str, url: str, settle: float = 1.0) -> bool:

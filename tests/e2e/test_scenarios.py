@@ -5,14 +5,26 @@
 
 from __future__ import annotations
 
-import pytest
+from collections import Counter
+from pathlib import Path
 
-from tests.e2e.driver import Driver, captured, eventually, http_get, outbound_from
+import pytest
+import yaml
+
+from tests.e2e.driver import Driver, captured, eventually, http_get, http_get_many, outbound_from
 
 pytestmark = pytest.mark.lab
 
 ECHO = "http://echo.demo.svc.cluster.local:8080"
 MODE = "ambit.io/dataplane-mode"
+USE_WAYPOINT = "ambit.io/use-waypoint"
+EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "examples"
+# The Services httproute-split.yaml sends to (the example names them; the demo apps have only `echo`)
+VERSION_SERVICES = "\n---\n".join(
+    yaml.safe_dump({"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"echo-{v}", "namespace": "demo"},
+                    "spec": {"selector": {"app": "echo", "version": v},
+                             "ports": [{"name": "http", "port": 8080, "targetPort": "http"}]}})
+    for v in ("v1", "v2"))
 
 
 def test_pod_reaches_a_service_by_dns_name_through_the_mesh(driver: Driver) -> None:
@@ -44,3 +56,69 @@ def test_a_pod_opted_out_by_label_is_not_captured(driver: Driver) -> None:
     assert http_get(driver, "demo/optout", url)["pod"] == "echo-v2", "opted out, and still connected"
     assert not captured(driver, "demo/optout", url)
     assert captured(driver, "demo/client", url), "the control: same namespace, same node, same target"
+
+
+def pods(replies: list[dict]) -> Counter[str]:
+    return Counter(r["pod"] for r in replies)
+
+
+def test_httproute_split_example_sends_canaries_to_v2_and_splits_the_rest_80_20(driver: Driver) -> None:
+    """shared/examples/gateway-api/waypoint.yaml and httproute-split.yaml applied verbatim (with the
+    Services echo-v1/echo-v2 they name, and demo bound to the waypoint): `x-canary: true` goes to
+    echo-v2, everything else 80/20. 1000 requests: echo-v2's count has mean 200 and sd
+    sqrt(1000*.2*.8) = 12.6; +-4 sd (51) fails a correct split with probability < 1e-4 and tells
+    80/20 from 50/50 (500) or 90/10 (100)."""
+    waypoint = (EXAMPLES / "gateway-api" / "waypoint.yaml").read_text()
+    split = (EXAMPLES / "gateway-api" / "httproute-split.yaml").read_text()
+    url = f"{ECHO}/split"
+    # control: without the route a canary header changes nothing. Without a waypoint ztunnel picks
+    # a backend per connection, so one connection per request.
+    def canaries_reach_v1() -> bool:
+        canary = ("-H", "x-canary: true")
+        return any(http_get(driver, "demo/client", url, curl_opts=canary)["pod"] == "echo-v1" for _ in range(12))
+    assert canaries_reach_v1()
+    driver.apply(VERSION_SERVICES)
+    driver.apply(waypoint)
+    driver.label_namespace("demo", f"{USE_WAYPOINT}=waypoint")
+    try:
+        driver.apply(split)
+        eventually(lambda: pods(http_get_many(driver, "demo/client", url, 20, "-H", "x-canary: true"))
+                   == {"echo-v2": 20}, "the HTTPRoute in force at the waypoint", timeout=60, interval=1)
+        assert pods(http_get_many(driver, "demo/client", url, 50, "-H", "x-canary: true")) == {"echo-v2": 50}
+        # header values match exactly (case-sensitive): these are not canaries
+        for other in ("x-canary: True", "x-canary: false"):
+            assert "echo-v1" in pods(http_get_many(driver, "demo/client", url, 30, "-H", other)), other
+        got = pods(http_get_many(driver, "demo/client", url, 1000))
+        print(f"httproute-split over 1000: {dict(got)}")
+        assert set(got) <= {"echo-v1", "echo-v2"} and abs(got["echo-v2"] - 200) <= 51, got
+    finally:
+        driver.delete(split)
+        driver.label_namespace("demo", f"{USE_WAYPOINT}-")
+        driver.delete(waypoint)
+        driver.delete(VERSION_SERVICES)
+    eventually(canaries_reach_v1, "demo back without the route and the waypoint", timeout=30, interval=1)
+
+
+def test_peer_authentication_example_strict_refuses_plaintext_and_keeps_mesh_traffic(driver: Driver) -> None:
+    """shared/examples/istio/peer-authentication.yaml (STRICT, no namespace: applied to demo, as
+    `kubectl apply -n demo` would): a client outside the mesh is refused by a reset (never a hang),
+    a mesh client still gets through; deleting it lets the plaintext client back in."""
+    [pa] = [d for d in yaml.safe_load_all((EXAMPLES / "istio" / "peer-authentication.yaml").read_text()) if d]
+    assert "namespace" not in pa["metadata"]
+    pa["metadata"]["namespace"] = "demo"
+    text = yaml.safe_dump(pa)
+    url = f"http://{driver.pod_ip('demo/echo-v1')}:8080/"
+    assert http_get(driver, "legacy/client", url)["pod"] == "echo-v1"     # control: plaintext admitted
+
+    def refused() -> bool:
+        rc = driver.exec("legacy/client", ["curl", "-sS", "-m", "10", url], timeout=40).returncode
+        assert rc != 28, "the refusal must close the connection, not leave curl hanging"
+        return rc in (7, 52, 55, 56)
+    driver.apply(text)
+    try:
+        eventually(refused, "STRICT refusing legacy/client", timeout=20, interval=0.5)
+        assert refused()
+        assert http_get(driver, "demo/client", url)["pod"] == "echo-v1"
+    finally:
+        driver.delete(text)
+    eventually(lambda: not refused(), "legacy/client admitted again", timeout=20, interval=0.5)

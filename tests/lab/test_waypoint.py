@@ -245,6 +245,27 @@ def test_an_httproute_sends_everything_to_myapp_v2(wlab: Lab) -> None:
         delete(wlab, f)
 
 
+def test_destination_rule_tls_istio_mutual_is_warned_and_traffic_stays_mesh_mtls(wlab: Lab) -> None:
+    """shared/examples/istio/destination-rule-tls.yaml verbatim (no namespace: `default`, where
+    myapp is). Documented (configuration.md, DestinationRule): `tls` does not apply to in-mesh
+    traffic, which is HBONE mutual TLS anyway, and `ambit apply` says so; the rule is stored and
+    myapp keeps answering every request through the waypoint, the client's mesh identity seen."""
+    f = EXAMPLES / "istio" / "destination-rule-tls.yaml"
+    p = wlab.ambit("apply", "-f", str(f))
+    try:
+        assert ("DestinationRule/default/myapp-tls: spec.trafficPolicy.tls: accepted, not applied: in-mesh "
+                "traffic is always HBONE mutual TLS") in p.stderr, p.stderr
+        assert "myapp-tls" in wlab.ambit("get", "destinationrule", "-n", "default").stdout
+        got = versions(many(wlab, "default/frontend", "http://myapp/", 30, "-H", "x-request-id: hwp-drtls"))
+        assert set(got) == {"v1", "v2", "v3"}, got
+        lines = [json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(wlab).splitlines()
+                 if "hwp-drtls" in x and "ambit.waypoint.access" in x]
+        assert len(lines) == 30 and all(x["response_code"] == 200 and x["downstream_peer_principal"]
+                                        == "spiffe://cluster.local/ns/default/sa/frontend" for x in lines), lines[:2]
+    finally:
+        wlab.ambit("delete", "-f", str(f), check=False)
+
+
 # --- end-user authentication (RequestAuthentication) ----------------------------------------------
 
 ISSUER = "https://issuer.lab"

@@ -133,3 +133,30 @@ def test_infrastructure_parameters_ref_is_refused_for_every_class(cls: str, list
     [(path, reason)] = errors(gw)
     assert path == "spec.infrastructure.parametersRef" and "not supported by Ambit" in reason
     assert "infrastructure.labels and annotations" in reason
+
+
+# -- values Gateway API's CRD enums refuse, and filters Ambit refuses ------------------------------------
+
+@pytest.mark.parametrize("code", [304, 305, 306])
+def test_a_redirect_status_code_outside_gateway_apis_enum_is_refused(code: int) -> None:
+    redirect = {"type": "RequestRedirect", "requestRedirect": {"statusCode": code}}
+    assert errors(route({"filters": [redirect]})) == [
+        ("spec.rules[0].filters[0].requestRedirect.statusCode",
+         f'Unsupported value: {code}: supported values: "301", "302", "303", "307", "308"')]
+    for ok in (301, 302, 303, 307, 308):
+        assert errors(route({"filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": ok}}]})) == []
+
+
+@pytest.mark.parametrize("kind,f,why", [
+    ("HTTPRoute", {"type": "ExtensionRef", "extensionRef": {"group": "x.io", "kind": "F", "name": "f"}},
+     "ExtensionRef filters are not supported by Ambit"),
+    ("HTTPRoute", {"type": "CORS", "cors": {"allowOrigins": ["https://a.example"]}},
+     "CORS filters are not supported by Ambit yet; use a VirtualService corsPolicy"),
+    ("GRPCRoute", {"type": "ExtensionRef", "extensionRef": {"group": "x.io", "kind": "F", "name": "f"}},
+     "ExtensionRef filters are not supported by Ambit"),
+])
+def test_filters_ambit_does_not_support_are_refused_by_name(kind: str, f: dict[str, Any], why: str) -> None:
+    # the refusal names the field: these must never be accepted and silently not applied
+    assert errors(route({"filters": [f], "backendRefs": [BACKEND]}, kind=kind)) == [
+        ("spec.rules[0].filters[0].type", why)]
+    assert errors(route({"filters": [], "backendRefs": [BACKEND]}, kind=kind)) == []     # control

@@ -235,3 +235,14 @@ def test_request_authentication_not_bound_to_a_waypoint_is_named() -> None:
     assert a.path == "spec.targetRefs[0]" and 'no waypoint Gateway "demo/nope"' in a.reason
     gw = ra(targetRefs=[{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}])
     assert advisories([gw, waypoint()]) == []
+
+
+def test_a_redirect_code_that_drops_the_route_is_named() -> None:
+    served = [ns("demo", **{"ambit.io/use-waypoint": "waypoint"}), svc("reviews"), waypoint()]
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "r", "namespace": "demo"},
+          "spec": {"hosts": ["reviews"], "http": [{"redirect": {"uri": "/n", "redirectCode": 304}},
+                                                  {"redirect": {"uri": "/n", "redirectCode": 308}}]}}
+    found = {(a.ref, a.path): a.reason for a in advisories([*served, vs])}
+    assert found == {("VirtualService/demo/r", "spec.http[0].redirect.redirectCode"):
+                     "304 is accepted, not applied: as in Istio, a redirect code other than 301, 302, 303, 307 or 308 "
+                     "drops this route (requests it matches go on to the next route)"}

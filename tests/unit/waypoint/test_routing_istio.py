@@ -187,6 +187,15 @@ def test_virtual_service_redirect(redirect: dict[str, Any], authority: str, sche
     assert urlsplit(location).path.startswith("/")
 
 
+@pytest.mark.parametrize("code", [300, 304, 305, 399])
+def test_a_redirect_code_envoy_lacks_drops_the_route_as_istio_does(code: int) -> None:
+    """Istio validation admits any 3xx as redirectCode, and its translation then drops the route
+    (route.go ApplyRedirect): its requests go on to the next route, never answered with that code."""
+    http = [{"match": [{"uri": {"prefix": "/old"}}], "redirect": {"uri": "/new", "redirectCode": code}}, rule(None, "b")]
+    assert where(http, path="/old/x") == "default/b"
+    assert where([{**http[0], "redirect": {"uri": "/new", "redirectCode": 307}}, http[1]], path="/old/x") == "307"
+
+
 def test_direct_response_with_route_response_headers() -> None:
     d = go([{"directResponse": {"status": 418, "body": {"string": "short and stout"}},
              "headers": {"response": {"set": {"x-teapot": "yes"}}}}])
