@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from controller.translate.index import name_of, ns_of
+from controller.translate.index import ns_of
+from controller.validation import object_ref
 
 if TYPE_CHECKING:
     from controller.translate.routes import Hosts
@@ -35,10 +36,6 @@ class MergedRule:
     spec: Obj                       # the merged spec: what the waypoint applies
     rules: list[Obj]                # the rules merged, oldest first
     dropped: list[tuple[Obj, str, str]] = field(default_factory=list)   # (rule, field path, why)
-
-
-def _ref(obj: Obj) -> str:
-    return f"DestinationRule/{ns_of(obj)}/{name_of(obj)}"
 
 
 def merge_rules(rules: list[Obj], host: str) -> MergedRule:
@@ -55,7 +52,7 @@ def merge_rules(rules: list[Obj], host: str) -> MergedRule:
             name = s.get("name")
             if name in owner:
                 out.dropped.append((dr, f"spec.subsets[{i}]", (
-                    f'not applied: {_ref(owner[name])} is older and already defines subset "{name}" for {host}; '
+                    f'not applied: {object_ref(owner[name])} is older and already defines subset "{name}" for {host}; '
                     "the older one applies (Istio merges the DestinationRules of one host the same way)")))
                 continue
             owner[name] = dr
@@ -66,7 +63,7 @@ def merge_rules(rules: list[Obj], host: str) -> MergedRule:
             spec["trafficPolicy"], policy_of = own["trafficPolicy"], dr
         else:
             out.dropped.append((dr, "spec.trafficPolicy", (
-                f"not applied: {_ref(policy_of)} is older and already sets the trafficPolicy for {host}; Istio "
+                f"not applied: {object_ref(policy_of)} is older and already sets the trafficPolicy for {host}; Istio "
                 "merges the DestinationRules of one host by keeping the first trafficPolicy and adding new subsets "
                 "(move this policy there, or into a subset)")))
     spec["subsets"] = subsets

@@ -43,7 +43,7 @@ from controller.translate.ingress import (
     route_hostnames,
 )
 from controller.translate.routes import Hosts, vs_destinations, vs_http_route
-from controller.validation import FieldError
+from controller.validation import FieldError, object_ref
 
 Obj = dict[str, Any]
 ISTIO_GROUPS = ("networking.istio.io", "networking.ambit.io")
@@ -65,10 +65,6 @@ def bound_gateways(gateways: list[str] | None, vs_ns: str) -> set[str]:
     if not gateways:
         return {"mesh"}
     return {g if g == "mesh" or "/" in g else f"{vs_ns}/{g}" for g in gateways}
-
-
-def _ref(obj: Obj) -> str:
-    return f"{obj['kind']}/{ns_of(obj)}/{name_of(obj)}"
 
 
 def _host_parts(host: str, gw_ns: str) -> tuple[str, str]:
@@ -96,7 +92,7 @@ def _routes(vs: Obj, gw_ref: str, hosts: Hosts, errors: list[FieldError]) -> lis
                 if not bound(m.get("gateways")) or _servable(m, vs, f"spec.http[{i}].match[{j}]", gw_ref, errors)]
         if matches and not [m for m in kept if bound(m.get("gateways"))]:
             continue        # no match of this route is served here (none left would mean "every request")
-        r = vs_http_route({**h, "match": kept} if matches else h, hosts, ns, _ref(vs), bound)
+        r = vs_http_route({**h, "match": kept} if matches else h, hosts, ns, object_ref(vs), bound)
         if r is not None:
             out.append(r)
     return out
@@ -111,7 +107,7 @@ def _servable(m: Obj, vs: Obj, path: str, gw_ref: str, errors: list[FieldError])
     no labels or namespace): such a match is said and left out, never kept matching nothing."""
     odd = [k for k in _SOURCE_MATCHES if m.get(k)]
     if odd:
-        errors.append(FieldError(_ref(vs), path, f"{', '.join(odd)} cannot be matched at ingress gateway {gw_ref} "
+        errors.append(FieldError(object_ref(vs), path, f"{', '.join(odd)} cannot be matched at ingress gateway {gw_ref} "
                                  "(its clients are outside the mesh); this match is not served there"))
     return not odd
 
@@ -132,7 +128,7 @@ def _server_listeners(gw: Obj, server: Obj, index: int, ingress_ns: str, secrets
         cert, why = load_certificate(secrets.get(f"{ingress_ns}/{tls['credentialName']}"),
                                      f"{ingress_ns}/{tls['credentialName']}")
         if cert is None:
-            errors.append(FieldError(_ref(gw), f"{path}.tls.credentialName", f"{why}; the server is not served"))
+            errors.append(FieldError(object_ref(gw), f"{path}.tls.credentialName", f"{why}; the server is not served"))
             return []
         certs = [cert]
     out = []
@@ -155,7 +151,7 @@ def _server_listeners(gw: Obj, server: Obj, index: int, ingress_ns: str, secrets
             for h in _vhosts(hostname, vs):
                 vhosts.setdefault(h, []).extend(routes)
         if tls.get("httpsRedirect"):
-            vhosts = {h: [_https_redirect(_ref(gw))] for h in vhosts or {hostname or "*": []}}
+            vhosts = {h: [_https_redirect(object_ref(gw))] for h in vhosts or {hostname or "*": []}}
         out.append(IngressListener(
             name=f"{ns_of(gw)}/{name_of(gw)}/{server.get('name') or port.get('name') or index}/{host}",
             port=int(port["number"]), protocol=port["protocol"], hostname=hostname,
@@ -172,7 +168,7 @@ def _l4_routes(server: Obj, hostname: str, bound: list[tuple[Obj, list[HttpRoute
     for vs, _ in bound:
         ns = ns_of(vs)
         for i, r in enumerate((vs.get("spec") or {}).get(section) or []):
-            route = TcpRoute(source=_ref(vs), destinations=vs_destinations(r.get("route") or [], hosts, ns))
+            route = TcpRoute(source=object_ref(vs), destinations=vs_destinations(r.get("route") or [], hosts, ns))
             for j, m in enumerate(r.get("match") or [{}]):
                 if m.get("gateways") is not None and gw_ref not in bound_gateways(m["gateways"], ns):
                     continue
@@ -204,7 +200,7 @@ def add_istio_gateways(idx: Index, hosts: Hosts, result: IngressResult) -> None:
         targets = [m for m in models if m.resource_name in ingress
                    and selector_matches(selector, pod_labels(ingress[m.resource_name]))]
         if not targets:
-            errors.append(FieldError(_ref(gw), "spec.selector", "selects no ingress gateway's pods: deploy one as a "
+            errors.append(FieldError(object_ref(gw), "spec.selector", "selects no ingress gateway's pods: deploy one as a "
                                      "Gateway API Gateway of class ambit whose spec.infrastructure.labels carry "
                                      "these labels (docs/ingress.md); nothing serves this Gateway"))
             continue
@@ -216,7 +212,7 @@ def add_istio_gateways(idx: Index, hosts: Hosts, result: IngressResult) -> None:
         for model in targets:
             listeners = [ln for i, s in enumerate((gw.get("spec") or {})["servers"])
                          for ln in _server_listeners(gw, s, i, model.namespace, secrets, bound, hosts, errors)]
-            _merge(model, listeners, _ref(gw), errors)
+            _merge(model, listeners, object_ref(gw), errors)
 
 
 def _merge(model: IngressGateway, listeners: list[IngressListener], ref: str, errors: list[FieldError]) -> None:

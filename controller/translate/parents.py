@@ -52,6 +52,7 @@ from controller.translate.ingress import (
 from controller.translate.istio_gateway import bound_gateways, is_istio_gateway
 from controller.translate.routes import Hosts
 from controller.translate.waypoints import SERVES_SERVICES, WAYPOINT_CLASSES, waypoint_gateways
+from controller.validation import object_ref
 
 Obj = dict[str, Any]
 RouteKey = tuple[str, str, str]         # (kind, namespace, name)
@@ -111,10 +112,6 @@ def _key(obj: Obj) -> RouteKey:
     return (obj.get("kind", ""), ns_of(obj), name_of(obj))
 
 
-def _ref(obj: Obj) -> str:
-    return f"{obj.get('kind')}/{ns_of(obj)}/{name_of(obj)}"
-
-
 def is_service_parent(p: Obj) -> bool:
     return p.get("kind", "Gateway") == "Service" and p.get("group", "") in ("", "core")
 
@@ -168,13 +165,13 @@ class _Resolver:
         if statuses:
             self.out.status[_key(obj)] = statuses
         for v in refused.values():
-            self.out.notices.append(Notice(_ref(obj), v.path, (
+            self.out.notices.append(Notice(object_ref(obj), v.path, (
                 f"{v.resolved[2]} ({obj.get('kind')}s from namespace {rns}): requests routed to it are answered "
                 f"500, as Gateway API requires; add a ReferenceGrant in namespace {v.host.split('.', 1)[1]}"),
                 "RefNotPermitted"))
 
     def _not_accepted(self, obj: Obj, i: int, reason: str, message: str, hint: str = "") -> Found:
-        self.out.notices.append(Notice(_ref(obj), f"spec.parentRefs[{i}]", f"{message}: the route does not apply "
+        self.out.notices.append(Notice(object_ref(obj), f"spec.parentRefs[{i}]", f"{message}: the route does not apply "
                                        f"through this parent (Gateway API: Accepted=False {reason}){hint}", reason))
         return (False, reason, message), []
 
@@ -220,7 +217,7 @@ class _Resolver:
                    "service or all)" if serves not in SERVES_SERVICES else
                    f"no Service uses waypoint {gkey} (label a Service or its namespace "
                    f"ambit.io/use-waypoint={gkey.split('/', 1)[1]})")
-            self.out.notices.append(Notice(_ref(obj), f"spec.parentRefs[{i}]",
+            self.out.notices.append(Notice(object_ref(obj), f"spec.parentRefs[{i}]",
                                            f"{why}: the route applies to nothing through this parent", NO_WAYPOINT))
         return ACCEPTED, targets
 
@@ -238,14 +235,14 @@ class _Resolver:
                 for k, g in enumerate(names or []):
                     gkey = next(iter(bound_gateways([g], ns_of(vs))))
                     if gkey != "mesh" and gkey not in istio:
-                        self.out.notices.append(Notice(_ref(vs), f"{path}[{k}]", (
+                        self.out.notices.append(Notice(object_ref(vs), f"{path}[{k}]", (
                             f'no Istio Gateway (networking.istio.io) "{gkey}" exists: the VirtualService is bound to '
                             'nothing through it (check the name and namespace; "mesh" binds it to the mesh)'),
                             PARENT_NOT_FOUND))
 
 
 def _missing(obj: Obj, path: str, gkey: str) -> Notice:
-    return Notice(_ref(obj), path, f'no Gateway "{gkey}" exists: this parentRef attaches the route to nothing '
+    return Notice(object_ref(obj), path, f'no Gateway "{gkey}" exists: this parentRef attaches the route to nothing '
                   "(check the name and namespace)", PARENT_NOT_FOUND)
 
 

@@ -49,7 +49,8 @@ from ambit.model import (
 )
 from controller.kinds.common import parse_duration
 from controller.translate.destinationrules import MergedRule, rules_in_force
-from controller.translate.index import Index, age_key, name_of, ns_of
+from controller.translate.index import Index, age_key, ns_of
+from controller.validation import object_ref
 
 if TYPE_CHECKING:
     from controller.translate.parents import Parents
@@ -93,10 +94,6 @@ class Hosts:
 
 def _seconds(v: str | None) -> float:
     return parse_duration(v) if v else 0.0
-
-
-def _ref(obj: Obj) -> str:
-    return f"{obj['kind']}/{ns_of(obj)}/{name_of(obj)}"
 
 
 # -- VirtualService ------------------------------------------------------------------------------
@@ -228,7 +225,7 @@ def vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str,
 
 
 def _vs_routes(vs: Obj, hosts: Hosts) -> tuple[list[str], list[HttpRoute], list[TcpRoute]]:
-    spec, ns, source = vs.get("spec") or {}, ns_of(vs), _ref(vs)
+    spec, ns, source = vs.get("spec") or {}, ns_of(vs), object_ref(vs)
     targets = [fq for h in spec.get("hosts") or [] for fq in hosts.expand(h, ns)]
     http = [r for r in (vs_http_route(h, hosts, ns, source) for h in spec.get("http") or []) if r is not None]
     tcp = []
@@ -332,7 +329,7 @@ def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
     `consumer`: the route is in another namespace than the Service it is attached to (a GAMMA
     consumer route), so it applies only to requests from its own namespace, and before the
     Service's own (producer) routes (GEP-1426; conformance mesh-consumer-route)."""
-    spec, ns, source = obj.get("spec") or {}, ns_of(obj), _ref(obj)
+    spec, ns, source = obj.get("spec") or {}, ns_of(obj), object_ref(obj)
     out = []
     for ri, rule in enumerate(spec.get("rules") or [{}]):
         matches = rule.get("matches") or [{}]
@@ -510,7 +507,7 @@ def _apply_dr(wr: WaypointRoutes, dr: MergedRule) -> None:
                for p in sorted(host_pls.keys() | sub_pls.keys())]
         wr.subsets.append(Subset(name=s["name"], labels=dict(s.get("labels") or {}), policy=flatten_policy(merged),
                                  port_policies=pps))
-    wr.sources.extend(_ref(r) for r in dr.rules)
+    wr.sources.extend(object_ref(r) for r in dr.rules)
 
 
 # -- assembly ------------------------------------------------------------------------------------
@@ -536,15 +533,15 @@ def translate_routes(idx: Index, services: list[Service], cluster_domain: str, p
             e = entry(fq)
             e.http.extend(http)
             e.tcp.extend(tcp)
-            e.sources.append(_ref(vs))
+            e.sources.append(object_ref(vs))
 
     gw_routes: dict[str, list[tuple[tuple[Any, ...], HttpRoute]]] = {}
     for kind, grpc in (("HTTPRoute", False), ("GRPCRoute", True)):
         for obj in idx.kind(kind):
             for fq, built in parents.attached(obj, functools.partial(_gw_routes, obj, hosts, grpc=grpc)):
                 gw_routes.setdefault(fq, []).extend(built)
-                if _ref(obj) not in entry(fq).sources:
-                    entry(fq).sources.append(_ref(obj))
+                if object_ref(obj) not in entry(fq).sources:
+                    entry(fq).sources.append(object_ref(obj))
     for fq, routes in gw_routes.items():
         entry(fq).http.extend(r for _, r in sorted(routes, key=lambda x: x[0]))
 
