@@ -399,6 +399,20 @@ class CaptureEngine:
             meta = self._meta(uid)
             return meta is not None and _same_netns(meta)
 
+    def sandbox_replaced(self, uid: str) -> bool:
+        """Whether the pod's netns path now names another netns than the one it was captured in:
+        its sandbox was re-created there (same uid, path and IP: nothing else tells). Compared by
+        netns cookie, which the kernel never reuses (an inode number is reused once freed)."""
+        with self._lock:
+            self._require_loaded()
+            meta = self._meta(uid)
+            if meta is None or not meta.netns_path:
+                return False
+            try:
+                return netns_cookie(meta.netns_path) != meta.netns
+            except OSError:         # gone (or not a netns): nothing there to capture
+                return False
+
     def enrolled(self) -> set[str]:
         """Pods captured on this node, including those enrolled by an earlier agent process."""
         with self._lock:
