@@ -5,14 +5,14 @@ test's own, deleted from a hook at each step; always removed at the end."""
 from __future__ import annotations
 
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from agent.capture import engine, iptables, maps, podnet
-from ambit.netns import entered, netns_cookie, netns_path
+from ambit.netns import netns_cookie, netns_path
+from tests.lab.labctl import scratch_netns
 
 pytestmark = pytest.mark.lab
 
@@ -21,14 +21,8 @@ POD_IP, NODE_IP = "10.78.0.11", "10.78.0.1"
 
 @pytest.fixture
 def pod_ns() -> Iterator[str]:
-    name = f"ztf-un-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        with entered(name):
-            subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    with scratch_netns("ztf-un") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 
 def enrolled(name: str, mode: int) -> maps.Meta:

@@ -7,7 +7,6 @@ once its last stream ends. The server-side budget is tests/unit/ztunnel/test_hbo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import h2.config
 import h2.connection
@@ -18,10 +17,7 @@ from ambit.dataplane.hbone import frames as f
 from ambit.dataplane.hbone.connection import ConnectionClosed, Data, HBONEConnection, StreamReset
 from ambit.dataplane.hbone.protocol import HBONEProtocol
 from tests.unit.dataplane.test_hbone_unread import Transport
-
-
-def _window_update(sid: int, inc: int) -> bytes:
-    return f.pack_header(4, f.WINDOW_UPDATE, 0, sid) + inc.to_bytes(4, "big")
+from tests.unit.ztunnel.test_hbone_probe2 import PEER_ERRORS, _data_over_the_window, _window_update
 
 
 class BrokenServer:
@@ -52,29 +48,9 @@ class BrokenServer:
         return sid
 
 
-def _zero_window_update(s: BrokenServer, sid: int) -> bytes:
-    return _window_update(sid, 0)
-
-
-def _window_overflow(s: BrokenServer, sid: int) -> bytes:
-    return _window_update(sid, 0x7FFFFFFF)
-
-
-def _data_after_end_stream(s: BrokenServer, sid: int) -> bytes:
-    s.h2.end_stream(sid)
-    return s.h2.data_to_send() + f.pack_header(1, f.DATA, 0, sid) + b"x"
-
-
-def _data_over_the_window(s: BrokenServer, sid: int) -> bytes:
-    return f.pack_header(70_000, f.DATA, 0, sid) + bytes(70_000)      # the stream window is 65535
-
-
-SERVER_ERRORS: dict[str, Callable[[BrokenServer, int], bytes]] = {
-    "WINDOW_UPDATE of 0": _zero_window_update,
-    "WINDOW_UPDATE overflowing the window": _window_overflow,
-    "DATA after END_STREAM": _data_after_end_stream,
-    "DATA over the stream window": _data_over_the_window,
-}
+# The errors a hostile client makes our server commit, made here by a broken server: the same
+# frames (each builder only needs the peer's `h2` connection).
+SERVER_ERRORS = PEER_ERRORS
 
 
 @pytest.mark.parametrize("make_error", SERVER_ERRORS.values(), ids=SERVER_ERRORS.keys())
