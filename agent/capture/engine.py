@@ -406,12 +406,15 @@ class CaptureEngine:
         with self._lock:
             self._require_loaded()
             meta = self._meta(uid)
-            if meta is None or not meta.netns_path:
+            if meta is None or not meta.netns_path or meta.netns_path.startswith("/proc/"):
+                # A pid's netns path that names another netns is a recycled pid, not a sandbox
+                # re-created (that has a new pid): the next view finds the pod's new path.
                 return False
             try:
-                return netns_cookie(meta.netns_path) != meta.netns
+                cookie = netns_cookie(meta.netns_path)
             except OSError:         # gone (or not a netns): nothing there to capture
                 return False
+            return cookie != meta.netns and cookie != netns_cookie()    # never the node's own
 
     def enrolled(self) -> set[str]:
         """Pods captured on this node, including those enrolled by an earlier agent process."""
