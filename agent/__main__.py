@@ -151,6 +151,15 @@ class Agent:
         if changed:
             self.write_status()
 
+    def recapture_replaced(self) -> None:
+        """Capture again the pods whose sandbox was re-created at the same netns path (the same
+        uid, path and IP: the same ref, so no plan sees a change). Their capture and ztunnel's
+        listeners are in the old netns; the new one would run uncaptured."""
+        for uid, ref in list(self.applied.items()):
+            if ref is not None and self.engine.sandbox_replaced(uid):
+                log.info("%s: a new netns at %s (sandbox re-created): capturing it again", ref.key, ref.netns)
+                self.enrol(ref)
+
     def unenrol(self, uid: str) -> None:
         self.engine.unenrol(uid)
         self.applied.pop(uid, None)
@@ -179,6 +188,7 @@ class Agent:
                 self.errors[ref.uid] = problem
                 continue
             self.enrol(ref)
+        self.recapture_replaced()
         for uid in list(self.errors):
             if uid not in want:
                 self.errors.pop(uid)
@@ -370,6 +380,7 @@ class Agent:
             else:
                 self.link.ping()            # notices a restarted ztunnel within a heartbeat
                 self.retry_handoffs()
+                self.recapture_replaced()   # a sandbox re-created with no change any view shows
         except ZtunnelError as e:
             log.warning("%s; reconnecting", e)
             self.link.close()

@@ -209,7 +209,7 @@ class PodRegistry:
             raise ListenerError(errno.ESHUTDOWN, "ztunnel is shutting down")
         old = self.pods.get(pod.uid)
         if old is not None:
-            if old.pod == pod:
+            if old.pod == pod and _same_netns(old.netns_fd, netns_fd):
                 os.close(netns_fd)  # same pod replayed after an agent reconnect: keep serving
                 return
             await self.remove(pod.uid, drain=0)
@@ -293,3 +293,11 @@ class PodRegistry:
         # outbound tunnels now draining.
         await asyncio.gather(*(px.close(drain) for px in proxies), *self._draining, return_exceptions=True)
         return open_conns
+
+
+def _same_netns(a: int, b: int) -> bool:
+    """Do two netns fds name one netns? (A pod's sandbox re-created at the same path is another.)
+    By nsfs inode: safe here, as the fd we hold keeps the first one alive, so its number is not
+    reused meanwhile."""
+    sa, sb = os.fstat(a), os.fstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)

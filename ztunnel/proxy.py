@@ -357,7 +357,7 @@ class Proxy:
             pod.conns.add(task)     # so draining the pod waits for (then cuts) its tunnels
         try:
             if st.is_closed:
-                rec.error = "tunnel reset by the peer before it was served"
+                rec.error = f"tunnel gone before it was served: {st.error or 'closed'}"
                 return
             if not c.hold(self.per_dst_pod, pod.pod.uid):
                 c.refuse(f"503 destination pod has {self.per_dst_pod.limit} inbound connections open (limit)",
@@ -391,7 +391,7 @@ class Proxy:
                 return
             except asyncio.CancelledError:
                 if st.is_closed:
-                    rec.error = "tunnel reset by the peer while connecting to the app"
+                    rec.error = f"tunnel gone while connecting to the app: {st.error or 'closed'}"
                 raise
             local: Any = app.get_extra_info("sockname")
             rec.src_addr = f"{local[0]}:{local[1]}"     # what the app sees as its peer

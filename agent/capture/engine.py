@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -398,6 +399,23 @@ class CaptureEngine:
             meta = self._meta(uid)
             return meta is not None and _same_netns(meta)
 
+    def sandbox_replaced(self, uid: str) -> bool:
+        """Whether the pod's netns path now names another netns than the one it was captured in:
+        its sandbox was re-created there (same uid, path and IP: nothing else tells). Compared by
+        netns cookie, which the kernel never reuses (an inode number is reused once freed)."""
+        with self._lock:
+            self._require_loaded()
+            meta = self._meta(uid)
+            if meta is None or not meta.netns_path or meta.netns_path.startswith("/proc/"):
+                # A pid's netns path that names another netns is a recycled pid, not a sandbox
+                # re-created (that has a new pid): the next view finds the pod's new path.
+                return False
+            try:
+                cookie = netns_cookie(meta.netns_path)
+            except OSError:         # gone (or not a netns): nothing there to capture
+                return False
+            return cookie != meta.netns and cookie != netns_cookie()    # never the node's own
+
     def enrolled(self) -> set[str]:
         """Pods captured on this node, including those enrolled by an earlier agent process."""
         with self._lock:
@@ -468,17 +486,42 @@ def _same_netns(meta: maps.Meta) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _held_netns(meta: maps.Meta) -> Iterator[str | None]:
+    """The pod's netns held open for the body, as a path naming the held netns (/proc/<pid>/fd/N,
+    good for setns and nsenter alike); None if it is gone, or its path now names another netns.
+
+    Why held: a sandbox may be deleted at any moment, also between checking its path and using it
+    (the agent then died on the error). A held netns cannot vanish; one already gone took its
+    rules with it, so there is nothing to clean up in it."""
+    try:
+        fd = os.open(meta.netns_path, os.O_RDONLY | os.O_CLOEXEC) if meta.netns_path else -1
+    except OSError:
+        fd = -1
+    try:
+        same = fd >= 0 and netns_cookie(fd) == meta.netns
+    except OSError:         # not a netns (the path was reused)
+        same = False
+    try:
+        yield f"/proc/{os.getpid()}/fd/{fd}" if same else None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def cleanup_pod_netns(meta: maps.Meta) -> None:
-    if not _same_netns(meta):
-        return
-    with contextlib.suppress(Exception):
-        if meta.tc_mode == maps.TC_CLSACT:
-            podnet.clsact_detach(meta.netns_path)
-    if meta.mode == maps.MODE_IPTABLES:
-        iptables.remove(meta.netns_path)
-    podnet.teardown_delivery(meta.netns_path)
-    with contextlib.suppress(Exception):
-        podnet.set_ipv6(meta.netns_path, enabled=True)
+    """Undo enrolment's changes inside the pod's netns, if it still exists (see `_held_netns`)."""
+    with _held_netns(meta) as ns:
+        if ns is None:
+            return
+        with contextlib.suppress(Exception):
+            if meta.tc_mode == maps.TC_CLSACT:
+                podnet.clsact_detach(ns)
+        if meta.mode == maps.MODE_IPTABLES:
+            iptables.remove(ns)
+        podnet.teardown_delivery(ns)
+        with contextlib.suppress(Exception):
+            podnet.set_ipv6(ns, enabled=True)
 
 
 def delete_pod_entries(m: dict[str, libbpf.RawMap], meta: maps.Meta) -> None:

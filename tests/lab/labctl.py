@@ -153,3 +153,20 @@ def gone(pid: int) -> bool:
         return zombie and len(os.listdir(f"/proc/{pid}/task")) <= 1
     except OSError:
         return True
+
+
+@contextmanager
+def scratch_netns(prefix: str) -> Iterator[str]:
+    """A netns of a test's own, `<prefix>-<random>`, with lo up; deleted afterwards whatever
+    happened (also when the test deleted it already)."""
+    import uuid
+
+    from ambit.netns import entered
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        with entered(name):
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)

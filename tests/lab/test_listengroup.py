@@ -4,14 +4,13 @@ SO_REUSEPORT, a pod's own listener on the port is refused whether or not it set 
 from __future__ import annotations
 
 import socket
-import subprocess
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from ambit.dataplane.ports import AMBIT_LISTENER_MARK, PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND
 from ambit.netns import entered
+from tests.lab.labctl import scratch_netns
 from ztunnel import listengroup
 from ztunnel.pods import ListenerError, open_listeners
 
@@ -20,14 +19,8 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = f"ambit-lg-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        with entered(name):
-            subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    with scratch_netns("ambit-lg") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _squatter(reuseport: bool) -> socket.socket:

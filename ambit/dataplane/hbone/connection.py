@@ -28,11 +28,19 @@ topped out at 235–430 MB/s, while TLS itself does ~700 MB/s (notes/feasibility
 
 **Answers a peer does not read are bounded.** PING and SETTINGS ACKs and the RST_STREAMs its
 errors cost are queued until the edge takes them (`data_to_send`), which it does only while the
-transport accepts writes; more than `max_unsent_answers` of them waiting is a flood by a peer that
-sends without reading (CVE-2019-9512/9515): GOAWAY(ENHANCE_YOUR_CALM). And a stream we must reset
-for the peer's protocol error (WINDOW_UPDATE of 0, DATA on a half-closed stream, a malformed
-request, ...) spends its reset budget as a reset it sent would ("MadeYouReset", CVE-2025-8671):
-either way the peer made us set up and tear down a stream.
+transport accepts writes. While it does not (the edge sets `output_paused`), more than
+`max_unsent_answers` of them waiting is a flood by a peer that sends without reading
+(CVE-2019-9512/9515): GOAWAY(ENHANCE_YOUR_CALM). While it does, one read may hold any number of
+them (a chatty peer's 20,000 PINGs): the edge writes them out after the read.
+
+**A stream we must reset for the peer's protocol error** (WINDOW_UPDATE of 0, DATA on a
+half-closed stream, a malformed request, ...) is reported with that reason (`StreamReset.reason`).
+Server side it spends the peer's reset budget as a reset it sent would ("MadeYouReset",
+CVE-2025-8671): either way the peer made us set up and tear down a stream. The budget protects a
+server from its clients, as Envoy's flood checks do: client side, a server that breaks the
+protocol is not flooding us (it serves only the streams we open), so it is not charged; the
+connection is retired instead (`ConnectionClosed`, not fatal: no new streams, the pool drops it,
+and the streams in flight on it finish).
 
 Receive windows are replenished only when the consumer says it has consumed the bytes
 (`acknowledge`), so a slow reader pushes back on its sender and buffering per connection is
@@ -71,6 +79,7 @@ DEFAULT_MAX_FRAME = 1 * MiB
 DEFAULT_MAX_STREAMS = limits.MAX_CONCURRENT_STREAMS
 _NO_CODEC_STREAM_LIMIT = 2**31 - 1   # the codec must not enforce it: it would kill the connection
 _RECENT_RESETS = 256      # streams we reset, remembered so that their late DATA is dropped quietly
+_PEER_ERROR = "for the peer's protocol error: "   # a `StreamReset.reason` we give
 # SETTINGS ids (RFC 9113 §6.5.2)
 ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = 2, 3, 4, 5, 6
 _SETTING = struct.Struct(">HI")
@@ -128,11 +137,14 @@ class StreamEnded:
 
 @dataclass(frozen=True)
 class StreamReset:
-    """The stream is gone (RST_STREAM sent or received); `remote` says who reset it."""
+    """The stream is gone (RST_STREAM sent or received); `remote` says who reset it. `reason`:
+    why we reset it, when it was for the peer's protocol error (so a log can say so, rather than
+    blame whoever reset it)."""
 
     stream_id: int
     error_code: int
     remote: bool
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -242,7 +254,10 @@ class HBONEConnection:
         if max_unsent_answers < 1:
             raise ValueError(f"max_unsent_answers {max_unsent_answers} out of range")
         self.max_unsent_answers = max_unsent_answers
-        self._unsent_answers = 0        # answers the peer's frames made us queue, not yet taken
+        self._unsent_answers = 0        # answers the peer's frames made us queue while paused
+        # Set by the edge while its transport takes no writes (the peer does not read): answers
+        # queued meanwhile are counted against `max_unsent_answers` (`_answered`).
+        self.output_paused = False
         self.reset_budget = reset_budget if reset_budget is not None else ResetBudget(clock=clock)
         self.refused_streams = 0        # streams refused over MAX_CONCURRENT_STREAMS (REFUSED_STREAM)
         self.peer_resets = 0            # RST_STREAM received
@@ -283,7 +298,7 @@ class HBONEConnection:
         self._header_block_bytes = 0
         self._continuations = 0
 
-        self.closed: ConnectionClosed | None = None   # set once we sent GOAWAY (or failed)
+        self.closed: ConnectionClosed | None = None   # set once we sent GOAWAY, failed or retired
         self.goaway_received: ConnectionClosed | None = None
         self._fatal = False
         self._codec_fed = False         # fed since the last drain: `receive_data` drains only then
@@ -405,7 +420,7 @@ class HBONEConnection:
         self._ng.send_headers(stream_id, hdrs, end_stream=True)
         st.send_ended = True
         # The request body is of no use now: ask the client to stop, without an error.
-        self._reset(st, f.NO_ERROR, emit=False)
+        self._reset(st, f.NO_ERROR)
         self._drain_codec()
 
     def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool = False) -> int:
@@ -468,7 +483,7 @@ class HBONEConnection:
         """Abort one stream (RST_STREAM). Other streams are unaffected. No-op if already gone."""
         st = self._streams.get(stream_id)
         if st is not None:
-            self._reset(st, error_code, emit=False)
+            self._reset(st, error_code)
 
     def acknowledge(self, stream_id: int, nbytes: int) -> bool:
         """The reader consumed `nbytes` of this stream: return them to the peer's send windows.
@@ -659,11 +674,13 @@ class HBONEConnection:
             self._ack_connection(length)
             target = None
         elif not st.receiving:
-            self._peer_error(st, f.STREAM_CLOSED if st.recv_ended else f.PROTOCOL_ERROR, events)
+            self._peer_error(st, f.STREAM_CLOSED if st.recv_ended else f.PROTOCOL_ERROR, events,
+                             "DATA after END_STREAM" if st.recv_ended else "DATA before the stream was accepted")
             self._ack_connection(length)
             target = None
         elif length > st.recv_window:
-            self._peer_error(st, f.FLOW_CONTROL_ERROR, events)
+            self._peer_error(st, f.FLOW_CONTROL_ERROR, events,
+                             f"DATA of {length} bytes over the stream window {st.recv_window}")
             self._ack_connection(length)
             target = None
         else:
@@ -781,11 +798,11 @@ class HBONEConnection:
         if st is None:
             return  # may legitimately arrive after a stream closed (RFC 9113 §6.9)
         if inc == 0:
-            self._peer_error(st, f.PROTOCOL_ERROR, events)
+            self._peer_error(st, f.PROTOCOL_ERROR, events, "WINDOW_UPDATE of 0")
             return
         st.send_window += inc
         if st.send_window > f.MAX_WINDOW:
-            self._peer_error(st, f.FLOW_CONTROL_ERROR, events)
+            self._peer_error(st, f.FLOW_CONTROL_ERROR, events, "WINDOW_UPDATE overflowing the send window")
             return
         events.append(WindowAvailable(sid))
 
@@ -804,7 +821,7 @@ class HBONEConnection:
         if self.client_side:
             # Streams the peer never processed are refused: the edge may retry them elsewhere.
             for st in [s for s in self._streams.values() if s.id > last]:
-                self._reset(st, f.REFUSED_STREAM, emit=False)
+                self._reset(st, f.REFUSED_STREAM)
                 events.append(StreamReset(st.id, f.REFUSED_STREAM, remote=True))
         events.append(ev)
 
@@ -821,7 +838,7 @@ class HBONEConnection:
         if self._ng.invalid_frames != invalid:
             # A stream error the codec answered itself (a malformed request: RST_STREAM), which the
             # peer caused as it would with a reset of its own (module docstring).
-            self._charge_peer_error(events)
+            self._charge_peer_error(events, "a malformed message")
             if self._fatal:
                 return
         for ev in codec_events:
@@ -837,7 +854,7 @@ class HBONEConnection:
             if st is not None:
                 headers = _OK_HEADERS if ev.headers == _OK_LIST else _header_dict(ev.headers)
                 if headers is None:
-                    self._peer_error(st, f.PROTOCOL_ERROR, events)
+                    self._peer_error(st, f.PROTOCOL_ERROR, events, "response headers that are not UTF-8")
                     return
                 st.response = int(headers.get(":status", "0"))
                 st.receiving = st.response == 200
@@ -852,7 +869,10 @@ class HBONEConnection:
         elif isinstance(ev, h2.events.StreamReset):
             st = self._streams.pop(ev.stream_id, None)
             if st is not None:
-                events.append(StreamReset(ev.stream_id, int(ev.error_code), remote=ev.remote_reset))
+                # The codec resets a stream of its own accord only for the peer's error (a malformed
+                # message): ours (`_reset`) are forgotten before it is told.
+                events.append(StreamReset(ev.stream_id, int(ev.error_code), remote=ev.remote_reset,
+                                          reason="" if ev.remote_reset else _PEER_ERROR + "a malformed message"))
                 if not ev.remote_reset:
                     self._recent_resets.append(ev.stream_id)
             if ev.remote_reset:
@@ -873,16 +893,16 @@ class HBONEConnection:
         if headers is None:
             # A malformed request is a stream error (RFC 9113 §8.1.1), as the codec treats its own
             # findings (a bad :authority, an uppercase name, ...).
-            self._peer_error(st, f.PROTOCOL_ERROR, events, emit=False)
+            self._peer_error(st, f.PROTOCOL_ERROR, events, "request headers that are not UTF-8", emit=False)
             return
         if self.closed is not None:
-            self._reset(st, f.REFUSED_STREAM, emit=False)  # opened after our GOAWAY: not processed
+            self._reset(st, f.REFUSED_STREAM)  # opened after our GOAWAY: not processed
             return
         if len(self._streams) > self.max_concurrent_streams:
             # Over the limit we advertised: refuse this stream only (RFC 9113 §5.1.2), before any
             # work is done for it. A peer that keeps doing so spends its reset budget.
             self.refused_streams += 1
-            self._reset(st, f.REFUSED_STREAM, emit=False)
+            self._reset(st, f.REFUSED_STREAM)
             self._spend_reset_budget(events)
             return
         if headers.get(":method") != "CONNECT" or not headers.get(":authority"):
@@ -916,24 +936,45 @@ class HBONEConnection:
             self._fail(events, f.ENHANCE_YOUR_CALM, "too many stream resets")
 
     def _answered(self, events: list[Event]) -> None:
-        """The peer's frame made us queue an answer: one more it has not read (module docstring)."""
+        """The peer's frame made us queue an answer. Counted only while the edge holds our output
+        (`output_paused`): then it is one more the peer has not read (module docstring). Otherwise
+        the edge writes it out after this read, however many one read held."""
+        if not self.output_paused:
+            return
         self._unsent_answers += 1
         if self._unsent_answers > self.max_unsent_answers and not self._fatal:
             self._fail(events, f.ENHANCE_YOUR_CALM,
                        f"peer does not read: over {self.max_unsent_answers} answers to its frames unsent", abort=True)
 
-    def _peer_error(self, st: _Stream, code: int, events: list[Event], *, emit: bool = True) -> None:
-        """Reset `st` for the peer's protocol error: an answer queued and a reset the peer caused,
-        so it spends the reset budget ("MadeYouReset", module docstring)."""
-        self._reset(st, code, emit=emit, events=events)
-        self._charge_peer_error(events)
+    def _peer_error(self, st: _Stream, code: int, events: list[Event], why: str, *, emit: bool = True) -> None:
+        """Reset `st` for the peer's protocol error `why` (see `_charge_peer_error`)."""
+        self._reset(st, code)
+        if emit:
+            events.append(StreamReset(st.id, code, remote=False, reason=_PEER_ERROR + why))
+        self._charge_peer_error(events, f"{why} on stream {st.id}")
 
-    def _charge_peer_error(self, events: list[Event]) -> None:
-        """A stream reset for the peer's error (ours or the codec's): an answer it has not read
-        yet, and a reset it caused, spent from its budget."""
+    def _charge_peer_error(self, events: list[Event], why: str) -> None:
+        """A stream reset for the peer's error (ours or the codec's): an answer it has not read yet.
+
+        Server side, also a reset the peer caused, spent from its budget ("MadeYouReset", module
+        docstring): the flood defences protect a server from its clients. Client side, a server
+        that breaks the protocol is not flooding us (it serves only what we open) but is not to be
+        trusted with more: the connection is retired (`_retire`), and the streams in flight on it,
+        healthy so far, finish there."""
         self.peer_error_resets += 1
         self._answered(events)
-        self._spend_reset_budget(events)
+        if self.client_side:
+            self._retire(events, f"retired: the peer's protocol error ({why})")
+        else:
+            self._spend_reset_budget(events)
+
+    def _retire(self, events: list[Event], reason: str) -> None:
+        """Client side: no new streams here; the edge takes the connection out of its pool and
+        closes it once its last stream ends. No GOAWAY is sent: a client's says nothing a server
+        needs (it opens no streams), and some servers end every stream on receiving one."""
+        if self.closed is None and not self._fatal:
+            self.closed = ConnectionClosed(f.NO_ERROR, self._highest_inbound, reason, remote=False)
+            events.append(self.closed)
 
     def _stream_or_raise(self, stream_id: int) -> _Stream:
         st = self._streams.get(stream_id)
@@ -941,14 +982,13 @@ class HBONEConnection:
             raise HBONEError(f"stream {stream_id} is not open")
         return st
 
-    def _reset(self, st: _Stream, code: int, *, emit: bool, events: list[Event] | None = None) -> None:
+    def _reset(self, st: _Stream, code: int) -> None:
+        """RST_STREAM `st` (the caller says who needs to know)."""
         self._streams.pop(st.id, None)
         self._recent_resets.append(st.id)
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self._ng.reset_stream(st.id, code)
         self._drain_codec()
-        if emit and events is not None:
-            events.append(StreamReset(st.id, code, remote=False))
 
     def _maybe_forget(self, st: _Stream) -> None:
         if st.send_ended and st.recv_ended:

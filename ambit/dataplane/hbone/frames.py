@@ -41,6 +41,15 @@ REFUSED_STREAM = 0x7
 CANCEL = 0x8
 CONNECT_ERROR = 0xA
 ENHANCE_YOUR_CALM = 0xB
+_ERROR_NAMES = {0x0: "NO_ERROR", 0x1: "PROTOCOL_ERROR", 0x2: "INTERNAL_ERROR", 0x3: "FLOW_CONTROL_ERROR",
+                0x4: "SETTINGS_TIMEOUT", 0x5: "STREAM_CLOSED", 0x6: "FRAME_SIZE_ERROR", 0x7: "REFUSED_STREAM",
+                0x8: "CANCEL", 0x9: "COMPRESSION_ERROR", 0xA: "CONNECT_ERROR", 0xB: "ENHANCE_YOUR_CALM",
+                0xC: "INADEQUATE_SECURITY", 0xD: "HTTP_1_1_REQUIRED"}
+
+
+def error_name(code: int) -> str:
+    """An error code as RFC 9113 §7 names it (for logs), or its number if it has no name."""
+    return _ERROR_NAMES.get(code, f"error {code}")
 
 DEFAULT_WINDOW = 65_535
 DEFAULT_MAX_FRAME = 16_384

@@ -4,9 +4,10 @@ All protocol decisions live in the sans-IO `HBONEConnection`; this class only mo
 streams, and keeps transport backpressure (pause/resume_writing) and stream queues in step.
 While the transport is paused nothing more is handed to it: what the connection queues meanwhile
 (answers to the peer's PINGs and SETTINGS, RST_STREAMs, WINDOW_UPDATEs) waits in the connection,
-which bounds it (`max_unsent_answers`), so a peer that sends without reading cannot grow the
-transport's buffer without end (CVE-2019-9512/9515). Only a graceful close hands them over
-regardless; a connection that failed while paused is aborted.
+which bounds the answers (`max_unsent_answers`, counted only while paused: `conn.output_paused`),
+so a peer that sends without reading cannot grow the transport's buffer without end
+(CVE-2019-9512/9515), while a peer that reads may send any number of PINGs in one read. Only a
+graceful close hands them over regardless; a connection that failed while paused is aborted.
 An error on one stream never touches the others or the connection.
 """
 
@@ -132,10 +133,10 @@ class HBONEProtocol(asyncio.Protocol):
             self.closed.set_result(None)
 
     def pause_writing(self) -> None:
-        self.write_paused = True
+        self.write_paused = self.conn.output_paused = True
 
     def resume_writing(self) -> None:
-        self.write_paused = False
+        self.write_paused = self.conn.output_paused = False
         self._flush_tx()
         self._write_out()
         for st in list(self.streams.values()):
@@ -249,12 +250,14 @@ class HBONEProtocol(asyncio.Protocol):
             elif isinstance(ev, StreamReset):
                 st = self.streams.get(ev.stream_id)
                 if st is not None:
-                    self._drop(st, StreamResetError(ev.stream_id, ev.error_code, ev.remote))
+                    self._drop(st, StreamResetError(ev.stream_id, ev.error_code, ev.remote, ev.reason))
             elif isinstance(ev, ConnectionClosed):
                 if ev.remote:
                     log.debug("GOAWAY from %s: code %d %s", self.peer_identity, ev.error_code, ev.reason)
-                else:
+                elif ev.fatal:
                     log.warning("HBONE connection to %s failed: %s", self.peer_identity, ev.reason)
+                else:       # retired (a server's protocol error): its streams finish, no new ones
+                    log.warning("HBONE connection to %s %s", self.peer_identity, ev.reason)
                 if self.on_unusable is not None:
                     self.on_unusable(self)
                 if ev.fatal and self.transport is not None:
@@ -287,9 +290,12 @@ class HBONEProtocol(asyncio.Protocol):
 
     def _forget_if_done(self, st: HBONEStream) -> None:
         if st.is_closed:
+            self._pushq.pop(st.stream_id, None)
             if self.streams.pop(st.stream_id, None) is not None and not self.streams:
                 self.idle_since = self.loop.time()
-            self._pushq.pop(st.stream_id, None)
+                # The last stream of a closing (or retired) connection may end with our own EOF:
+                # nothing then reads again to close it, and no pool holds it any more.
+                self._maybe_finish()
 
     def _flush_tx(self) -> None:
         """Frame queued stream bytes into the connection, round robin, as windows allow.

@@ -34,8 +34,9 @@ class StreamResetError(ConnectionResetError):
     """The tunnel was aborted (RST_STREAM) or its connection died."""
 
     def __init__(self, stream_id: int, error_code: int, remote: bool, detail: str = "") -> None:
-        who = "peer" if remote else "local"
-        super().__init__(f"HBONE stream {stream_id} reset by {who} (error {error_code}){': ' + detail if detail else ''}")
+        who = "the peer" if remote else "us"
+        super().__init__(f"HBONE stream {stream_id} reset by {who} ({f.error_name(error_code)})"
+                         f"{' ' + detail if detail.startswith('for ') else ': ' + detail if detail else ''}")
         self.stream_id = stream_id
         self.error_code = error_code
         self.remote = remote
@@ -311,6 +312,11 @@ class HBONEStream:
     @property
     def is_closed(self) -> bool:
         return self._closed
+
+    @property
+    def error(self) -> Exception | None:
+        """Why the tunnel was aborted, if it was: a `StreamResetError` says who reset it and why."""
+        return self._error
 
     def _closed_future(self) -> asyncio.Future[None]:
         fut = self._closed_waiter

@@ -27,6 +27,9 @@ class FailingEngine(FakeEngine):
             raise ValueError(f"pod {cap.uid!r}: cgroup_path: {cap.cgroup_path} is not a cgroup directory")
         if cap.uid not in self.enrolled_uids:
             super().enrol(cap)
+        else:
+            self.captures.append(cap.uid)
+            self.replaced.discard(cap.uid)
 
 
 class RecordingLink(FakeLink):
@@ -158,3 +161,21 @@ def test_an_agent_whose_pod_source_dies_stops_instead_of_running_blind(tmp_path:
         bound.cancel()
         stop.set()
     assert engine.enrolled_uids == ["u1"], "capture stays in place for the restart"
+
+
+def test_a_sandbox_re_created_at_the_same_path_with_the_same_ip_is_captured_again(tmp_path: Path) -> None:
+    """Same uid, netns path and IP: the same ref, so no plan sees a change; but capture and
+    ztunnel's listeners are in the old netns. The agent notices (netns cookie) and enrols again,
+    on the next view and on a heartbeat with no view."""
+    a, engine, link = agent(tmp_path)
+    r = ref(tmp_path)
+    a.reconcile(view("1", r))
+    assert link.adds == ["u1"] and engine.captures == ["u1"]
+    engine.replaced.add("u1")
+    a.reconcile(view("2", r))
+    assert link.adds == ["u1", "u1"] and engine.captures == ["u1", "u1"]
+    a.reconcile(view("3", r))                   # captured in the new one now: nothing more
+    assert engine.captures == ["u1", "u1"]
+    engine.replaced.add("u1")                   # again, with no view change: the heartbeat sees it
+    a._step(view("3", r), None, threading.Event())
+    assert link.adds == ["u1"] * 3 and engine.captures == ["u1"] * 3 and a.applied["u1"] == r

@@ -32,9 +32,16 @@ class FakeLink:
 class FakeEngine:
     def __init__(self) -> None:
         self.enrolled_uids: list[str] = []
+        self.captures: list[str] = []       # every enrol, refreshes included
+        self.replaced: set[str] = set()     # pods whose netns path now names a new netns
 
     def enrol(self, cap) -> None:  # noqa: ANN001
+        self.captures.append(cap.uid)
+        self.replaced.discard(cap.uid)
         self.enrolled_uids.append(cap.uid)
+
+    def sandbox_replaced(self, uid: str) -> bool:
+        return uid in self.replaced
 
     def unenrol(self, uid: str) -> None:
         self.enrolled_uids.remove(uid)

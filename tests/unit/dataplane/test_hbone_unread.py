@@ -31,9 +31,9 @@ class Transport(FakeTransport):
         return self.aborted or self.closed
 
 
-def served() -> tuple[HBONEProtocol, Transport]:
+def served(**conn_kw) -> tuple[HBONEProtocol, Transport]:
     t = Transport()
-    proto = HBONEProtocol(HBONEConnection(client_side=False), loop=asyncio.new_event_loop())
+    proto = HBONEProtocol(HBONEConnection(client_side=False, **conn_kw), loop=asyncio.new_event_loop())
     proto.connection_made(t)        # type: ignore[arg-type]
     proto.start("spiffe://cluster.local/ns/demo/sa/attacker")
     proto.data_received(f.PREFACE + f.pack_header(0, f.SETTINGS, 0, 0))
@@ -65,8 +65,75 @@ def test_answers_held_while_paused_go_out_when_the_transport_drains() -> None:
     proto.loop.close()
 
 
-def test_a_flood_of_answers_in_one_read_aborts_rather_than_waits_on_a_close() -> None:
+def test_a_flood_of_answers_in_one_read_while_paused_aborts_rather_than_waits_on_a_close() -> None:
     proto, t = served()
+    proto.pause_writing()
     proto.data_received(PING * (limits.MAX_UNSENT_ANSWERS + 1))     # one read, never answered
     assert t.aborted and not t.closed
+    proto.loop.close()
+
+
+class Socket(Transport):
+    """A transport with a socket buffer: it pauses the protocol over `HIGH` buffered bytes, as
+    asyncio's do, and resumes it once the peer has read them (`peer_reads`)."""
+
+    HIGH = 64 * 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proto: HBONEProtocol | None = None
+        self.buffered = 0
+        self.most_buffered = 0
+
+    def writelines(self, pieces) -> None:
+        super().writelines(pieces)
+        self.buffered += len(self.writes[-1])
+        self.most_buffered = max(self.most_buffered, self.buffered)
+        if self.buffered > self.HIGH and self.proto is not None and not self.proto.write_paused:
+            self.proto.pause_writing()
+
+    def peer_reads(self) -> None:
+        self.buffered = 0
+        assert self.proto is not None
+        if self.proto.write_paused:
+            self.proto.resume_writing()
+
+
+def on_a_socket() -> tuple[HBONEProtocol, Socket]:
+    t = Socket()
+    proto = HBONEProtocol(HBONEConnection(client_side=False), loop=asyncio.new_event_loop())
+    t.proto = proto
+    proto.connection_made(t)        # type: ignore[arg-type]
+    proto.start("spiffe://cluster.local/ns/demo/sa/chatty")
+    proto.data_received(f.PREFACE + f.pack_header(0, f.SETTINGS, 0, 0))
+    return proto, t
+
+
+def test_a_peer_that_reads_is_never_cut_by_a_large_ping_batch() -> None:
+    """A legitimate, chatty peer: many more PINGs than the limit in one read, again and again; it
+    reads our answers between its batches, so every PING is answered and the connection lives."""
+    proto, t = on_a_socket()
+    batch = 3 * limits.MAX_UNSENT_ANSWERS
+    for _ in range(5):
+        proto.data_received(PING * batch)
+        t.peer_reads()
+    assert not t.aborted and not t.closed and not proto.conn.dead
+    assert b"".join(t.writes).count(f.pack_header(8, f.PING, f.ACK, 0) + b"12345678") == 5 * batch
+    proto.loop.close()
+
+
+def test_a_peer_that_does_not_read_is_cut_and_what_it_makes_us_hold_stays_bounded() -> None:
+    """The same PINGs from a peer that never reads: once the socket buffer is full, the answers are
+    held (bounded) and the connection is aborted past the limit; what was handed to the transport
+    and held in the connection never exceeds one read plus the buffer plus the limit."""
+    proto, t = on_a_socket()
+    answer = len(PING)
+    batch = 1000
+    sent = 0
+    while not t.aborted and sent < 20 * limits.MAX_UNSENT_ANSWERS:
+        proto.data_received(PING * batch)
+        sent += batch
+    assert t.aborted and proto.conn.dead
+    assert sent <= limits.MAX_UNSENT_ANSWERS + batch + (t.HIGH // answer + batch)
+    assert t.most_buffered <= t.HIGH + batch * answer + 1024
     proto.loop.close()

@@ -88,6 +88,7 @@ def test_a_peer_that_never_reads_its_answers_is_cut_off(frame: bytes) -> None:
     a = Attacker()
     a.s.data_to_send()
     # The edge takes nothing while its transport is full: the answers stay queued, and are bounded.
+    a.s.output_paused = True
     limit = limits.MAX_UNSENT_ANSWERS
     sent = 0
     while not a.s.dead and sent < 5 * limit:
@@ -121,3 +122,34 @@ def test_malformed_requests_the_codec_resets_spend_the_reset_budget() -> None:
     assert not a.of(ConnectRequest)      # none of them was a tunnel ...
     assert a.s.dead and 390 <= rounds <= 410     # ... and each cost the budget a refused stream does
     assert a.goaway() is not None and a.goaway().error_code == f.ENHANCE_YOUR_CALM
+
+
+@pytest.mark.parametrize("frame", [PING, SETTINGS], ids=["PING", "SETTINGS"])
+def test_one_read_of_more_answers_than_the_limit_is_answered_while_the_edge_writes(frame: bytes) -> None:
+    a = Attacker()
+    a.raw(frame * (3 * limits.MAX_UNSENT_ANSWERS))      # the edge is not paused: it writes them all
+    assert not a.s.dead and len(a.s.bytes_to_send()) >= 3 * limits.MAX_UNSENT_ANSWERS * 9
+
+
+@pytest.mark.parametrize("make_error", PEER_ERRORS.values(), ids=PEER_ERRORS.keys())
+def test_a_stream_reset_for_the_peers_error_says_we_reset_it_and_why(make_error) -> None:
+    """What the tunnel handler (and so the access log) is told: reset by us, for the peer's
+    protocol error, named; not "reset by the peer"."""
+    import h2.config
+    import h2.connection
+
+    from tests.unit.dataplane.test_hbone_unread import served
+    proto, _t = served(**({"stream_window": 65535} if make_error is _data_over_the_window else {}))
+    tunnels: list = []
+    proto.on_request = lambda st, headers: tunnels.append(st)
+    a = Attacker()
+    a.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    a.h2.initiate_connection()
+    a.h2.data_to_send()
+    sid = a.connect()
+    proto.data_received(a.h2.data_to_send() + make_error(a, sid))
+    [st] = tunnels
+    why = str(st.error)
+    assert st.is_closed and "reset by us" in why and "for the peer's protocol error: " in why, why
+    assert "by the peer" not in why
+    proto.loop.close()
