@@ -245,6 +245,12 @@ class Exchange:
             if self._retry_failure(retries.REFUSED_STREAM if refused else retries.RESET, sent):
                 return
             self.fail_before_headers(flags, reason, reason)
+        elif not self.record.bytes_sent and self.down.retract_head():
+            # The head came in the same read as the failure and none of it has left the proxy:
+            # the client gets Envoy's answer before headers, not an empty reply under a record
+            # that says 200 (a reset now would discard the queued head with the connection).
+            self.resp_started = False
+            self.fail_before_headers(flags, reason, reason)
         else:
             self.record.response_flags = flags
             self.record.detail = reason
@@ -252,12 +258,14 @@ class Exchange:
             self.finish()
 
     def fail_before_headers(self, flags: str, reason: str, detail: str) -> None:
+        """Envoy's answer to an upstream failure before the response head: 502 for a protocol
+        error (router.cc `onUpstreamReset`, since envoyproxy/envoy#15033), else 503."""
         up, self.up = self.up, None
         if up is not None:
             up.abort()
         route = self.forward.route if self.forward else ""
-        self.reply(LocalReply(503, (RESET_BEFORE_HEADERS + reason).encode(), flags=flags, route=route,
-                              reason=detail))
+        self.reply(LocalReply(502 if flags == "UPE" else 503, (RESET_BEFORE_HEADERS + reason).encode(), flags=flags,
+                              route=route, reason=detail))
 
     def response_head(self, status: int, headers: Headers, end: bool = False, current: bool = False) -> None:
         """The upstream's response head; `end`: it is the whole response (HTTP/2 END_STREAM on

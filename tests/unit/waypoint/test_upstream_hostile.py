@@ -165,14 +165,14 @@ def breaks_protocol(conn: _ScriptedH2, sid: int, path: str) -> None:
 
 
 @pytest.mark.parametrize("codec", CODECS)
-def test_an_upstream_h2_protocol_error_is_503_upe_not_a_connection_termination(codec: str) -> None:
+def test_an_upstream_h2_protocol_error_is_502_upe_not_a_connection_termination(codec: str) -> None:
     """The access log must say whose fault it was: the upstream broke HTTP/2 (UPE, "protocol
     error", as Envoy), it did not just close its connection (UC)."""
     with h2_setup(codec, breaks_protocol) as (_, p):
         out = h1_exchange(p, b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
-        assert out.startswith(b"HTTP/1.1 503 ") and out.endswith(b"reset reason: protocol error"), out
+        assert out.startswith(b"HTTP/1.1 502 ") and out.endswith(b"reset reason: protocol error"), out
         rec = p.find(lambda r: r.path == "/x")[0]
-        assert (rec.status, rec.response_flags, rec.detail) == (503, "UPE", "protocol error")
+        assert (rec.status, rec.response_flags, rec.detail) == (502, "UPE", "protocol error")
 
 
 class _Bulk:

@@ -11,6 +11,7 @@ import h2.exceptions
 from h2.errors import ErrorCodes
 
 from waypoint.http.exchange import BODY_NONE, BODY_STREAM, Exchange
+from waypoint.http.headers import MAX_INFORMATIONAL
 from waypoint.http.http2.connection import H2Base, Stream, decode_headers, encode_headers, unlink
 from waypoint.http.legs import Headers
 
@@ -24,7 +25,7 @@ log = logging.getLogger("waypoint.http")
 class UpStream(Stream):
     """An upstream stream: the exchange's UpLeg."""
 
-    __slots__ = ()
+    __slots__ = ("n1xx",)       # informational heads received; unset (0) until the first one
 
     def abort(self) -> None:
         code = getattr(self.ex, "reset_code", None) or ErrorCodes.CANCEL
@@ -190,9 +191,15 @@ class H2Client(H2Base):
                 if self.pools.holds(ex):    # not an abandoned try
                     self.pools.acquire(ex.target, ex, fresh=True)  # type: ignore[arg-type]
             self.maybe_done()
+        elif isinstance(ev, h2.events.InformationalResponseReceived):     # (rare: last in the chain)
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                n = st.n1xx = getattr(st, "n1xx", 0) + 1  # type: ignore[attr-defined]
+                if n > MAX_INFORMATIONAL:       # dropped as they come, as HTTP/1.1's: bounded the same
+                    self._refuse(st, f"more than {MAX_INFORMATIONAL} informational (1xx) responses")
 
     def _refuse(self, st: Stream, why: str) -> None:
-        """A response head the engine will not relay: reset the stream, 503 UPE for its request."""
+        """A response head the engine will not relay: reset the stream, 502 UPE for its request."""
         log.info("upstream %s sent a malformed response on stream %d: %s", self.key, st.sid, why)
         ex = st.ex
         self.reset(st, ErrorCodes.PROTOCOL_ERROR)

@@ -82,6 +82,9 @@ class Down:
     def send_reset(self) -> None:
         self.events.append(("reset",))
 
+    def retract_head(self) -> bool:
+        return False        # (a head here has gone out)
+
     def send_continue(self) -> None: ...
     def pause_request(self) -> None: ...
     def resume_request(self) -> None: ...
