@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("waypoint.http")
 
+REFUSED = "remote refused stream reset"     # Envoy's reason for RST_STREAM REFUSED_STREAM (flag UR)
+
 
 class UpStream(Stream):
     """An upstream stream: the exchange's UpLeg."""
@@ -163,9 +165,10 @@ class H2Client(H2Base):
                 st.ended = True
                 self.settle(st)
                 st.ex.reset_code = ev.error_code
-                refused = ev.error_code == ErrorCodes.REFUSED_STREAM and not st.ex.resp_started
-                if ev.remote_reset:
-                    st.ex.upstream_reset("UR", "remote reset", retryable=refused)
+                refused = ev.error_code == ErrorCodes.REFUSED_STREAM
+                if ev.remote_reset:     # Envoy's reset reasons: RemoteRefusedStreamReset or RemoteReset, both UR
+                    st.ex.upstream_reset("UR", REFUSED if refused else "remote reset",
+                                         retryable=refused and not st.ex.resp_started)
                 else:   # nghttp2 reset it: the upstream broke the protocol (or our header limits)
                     st.ex.upstream_reset("UPE", "protocol error")
             self._next()
@@ -183,9 +186,12 @@ class H2Client(H2Base):
                     st.ended = True
                     # as REFUSED_STREAM (nghttp2 closes them so, and Envoy retries them under
                     # `refused-stream`): a request with a body, which the pool's own retry leaves
-                    # out, then goes to the route's retry policy as a refused stream, not a reset
+                    # out, then goes to the route's retry policy as a refused stream, not a reset.
+                    # Envoy's flag is UR ("remote refused stream reset"), not UC: the connection
+                    # was not terminated under it (streams at or below the last id, lost when the
+                    # connection then closes, are UC "connection termination", `_abort_all`).
                     st.ex.reset_code = ErrorCodes.REFUSED_STREAM
-                    st.ex.upstream_reset("UC", "connection termination", retryable=True)
+                    st.ex.upstream_reset("UR", REFUSED, retryable=True)
             waiting, self.waiting = list(self.waiting), deque()
             for ex in waiting:
                 if self.pools.holds(ex):    # not an abandoned try
