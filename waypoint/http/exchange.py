@@ -580,6 +580,7 @@ class Exchange:
         loop = self.engine.loop
         if x.timeout and x.timer is None:
             x.timer = loop.call_later(x.timeout, self._route_expired)
+            x.deadline = loop.time() + x.timeout
         if x.per_try_timeout and x.try_timer is None and x.backoff is None:
             x.try_timer = loop.call_later(x.per_try_timeout, self._per_try_expired)
 
@@ -664,9 +665,24 @@ class Exchange:
         self.pending_bytes = 0
         if not self.req_ended:
             self.down.resume_request()      # a pause by the abandoned try's leg no longer applies
+        if self.head.grpc and x.deadline:
+            self._grpc_time_left(x)
         self._attempt_start()
         self._new_try()
         e.pools.acquire(target, self.leg)
+
+    def _grpc_time_left(self, x: _Rare) -> None:
+        """A retry of a gRPC request tells the upstream the time it has: min(per-try timeout, what
+        is left of the route timeout), as Envoy's router rewrites `grpc-timeout` for each retry
+        (doRetry: setTimeoutHeaders with the elapsed time). The first try's header said the
+        whole timeout; a retry sent that again would outlive the request."""
+        h = self.up_head
+        assert h is not None
+        elapsed = x.timeout - (x.deadline - self.engine.loop.time())
+        value = upstream_grpc_timeout(x.timeout, x.per_try_timeout, elapsed)
+        if value is not None:
+            headers = [(k, v) for k, v in h.headers if k != "grpc-timeout"] + [("grpc-timeout", value)]
+            self.up_head = RequestHead(h.method, h.path, h.authority, h.scheme, headers, h.version, h.grpc)
 
     def _replay_overflowed(self, x: _Rare) -> None:
         """The body outgrew `retry_buffer_bytes` while a retry waited for its backoff: the next try
@@ -786,7 +802,7 @@ class _Rare:
     (`Exchange._rare`), so a plain request stores and reads none of it (docs/performance.md §43)."""
 
     __slots__ = ("retried", "raw_ends", "rstate", "replayable", "try_", "timeout", "per_try_timeout",
-                 "retry_flag", "timer", "try_timer", "backoff", "shadows", "fault_flags", "delay")
+                 "retry_flag", "timer", "try_timer", "backoff", "shadows", "fault_flags", "delay", "deadline")
 
     def __init__(self) -> None:
         self.retried = False            # a stale pooled connection was replaced once (upstream_reset)
@@ -798,6 +814,7 @@ class _Rare:
         self.per_try_timeout = 0.0
         self.retry_flag = ""            # URX (retries exhausted) or UO (retry budget), added to the flags
         self.timer: asyncio.TimerHandle | None = None       # the route timeout
+        self.deadline = 0.0                                 # when it expires (loop time); 0: not started
         self.try_timer: asyncio.TimerHandle | None = None   # the per-try timeout
         self.backoff: asyncio.TimerHandle | None = None     # the wait before the next try
         self.shadows: list[Shadow] = []     # mirrored copies in flight (waypoint/http/shadow.py)
