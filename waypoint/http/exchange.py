@@ -245,6 +245,12 @@ class Exchange:
             if self._retry_failure(retries.REFUSED_STREAM if refused else retries.RESET, sent):
                 return
             self.fail_before_headers(flags, reason, reason)
+        elif not self.record.bytes_sent and self.down.retract_head():
+            # The head came in the same read as the failure and none of it has left the proxy:
+            # the client gets Envoy's answer before headers, not an empty reply under a record
+            # that says 200 (a reset now would discard the queued head with the connection).
+            self.resp_started = False
+            self.fail_before_headers(flags, reason, reason)
         else:
             self.record.response_flags = flags
             self.record.detail = reason
@@ -252,12 +258,14 @@ class Exchange:
             self.finish()
 
     def fail_before_headers(self, flags: str, reason: str, detail: str) -> None:
+        """Envoy's answer to an upstream failure before the response head: 502 for a protocol
+        error (router.cc `onUpstreamReset`, since envoyproxy/envoy#15033), else 503."""
         up, self.up = self.up, None
         if up is not None:
             up.abort()
         route = self.forward.route if self.forward else ""
-        self.reply(LocalReply(503, (RESET_BEFORE_HEADERS + reason).encode(), flags=flags, route=route,
-                              reason=detail))
+        self.reply(LocalReply(502 if flags == "UPE" else 503, (RESET_BEFORE_HEADERS + reason).encode(), flags=flags,
+                              route=route, reason=detail))
 
     def response_head(self, status: int, headers: Headers, end: bool = False, current: bool = False) -> None:
         """The upstream's response head; `end`: it is the whole response (HTTP/2 END_STREAM on
@@ -572,6 +580,7 @@ class Exchange:
         loop = self.engine.loop
         if x.timeout and x.timer is None:
             x.timer = loop.call_later(x.timeout, self._route_expired)
+            x.deadline = loop.time() + x.timeout
         if x.per_try_timeout and x.try_timer is None and x.backoff is None:
             x.try_timer = loop.call_later(x.per_try_timeout, self._per_try_expired)
 
@@ -656,9 +665,24 @@ class Exchange:
         self.pending_bytes = 0
         if not self.req_ended:
             self.down.resume_request()      # a pause by the abandoned try's leg no longer applies
+        if self.head.grpc and x.deadline:
+            self._grpc_time_left(x)
         self._attempt_start()
         self._new_try()
         e.pools.acquire(target, self.leg)
+
+    def _grpc_time_left(self, x: _Rare) -> None:
+        """A retry of a gRPC request tells the upstream the time it has: min(per-try timeout, what
+        is left of the route timeout), as Envoy's router rewrites `grpc-timeout` for each retry
+        (doRetry: setTimeoutHeaders with the elapsed time). The first try's header said the
+        whole timeout; a retry sent that again would outlive the request."""
+        h = self.up_head
+        assert h is not None
+        elapsed = x.timeout - (x.deadline - self.engine.loop.time())
+        value = upstream_grpc_timeout(x.timeout, x.per_try_timeout, elapsed)
+        if value is not None:
+            headers = [(k, v) for k, v in h.headers if k != "grpc-timeout"] + [("grpc-timeout", value)]
+            self.up_head = RequestHead(h.method, h.path, h.authority, h.scheme, headers, h.version, h.grpc)
 
     def _replay_overflowed(self, x: _Rare) -> None:
         """The body outgrew `retry_buffer_bytes` while a retry waited for its backoff: the next try
@@ -778,7 +802,7 @@ class _Rare:
     (`Exchange._rare`), so a plain request stores and reads none of it (docs/performance.md §43)."""
 
     __slots__ = ("retried", "raw_ends", "rstate", "replayable", "try_", "timeout", "per_try_timeout",
-                 "retry_flag", "timer", "try_timer", "backoff", "shadows", "fault_flags", "delay")
+                 "retry_flag", "timer", "try_timer", "backoff", "shadows", "fault_flags", "delay", "deadline")
 
     def __init__(self) -> None:
         self.retried = False            # a stale pooled connection was replaced once (upstream_reset)
@@ -790,6 +814,7 @@ class _Rare:
         self.per_try_timeout = 0.0
         self.retry_flag = ""            # URX (retries exhausted) or UO (retry budget), added to the flags
         self.timer: asyncio.TimerHandle | None = None       # the route timeout
+        self.deadline = 0.0                                 # when it expires (loop time); 0: not started
         self.try_timer: asyncio.TimerHandle | None = None   # the per-try timeout
         self.backoff: asyncio.TimerHandle | None = None     # the wait before the next try
         self.shadows: list[Shadow] = []     # mirrored copies in flight (waypoint/http/shadow.py)

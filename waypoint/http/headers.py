@@ -36,6 +36,10 @@ _CONNECTION_ONLY = frozenset({"connection"})
 # RFC 4122 version 4: the variant bits 10 and the version nibble 4, as uuid.UUID(version=4) sets them
 _UUID_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
 _UUID_V4 = (0x8000 << 48) | (4 << 76)
+# Informational (1xx) heads one upstream response may carry before its final head (103 Early Hints
+# repeated, 100 Continue): they are dropped, not relayed, and each is bounded like a final head;
+# more of them is 502 UPE, so an upstream streaming 1xx heads cannot keep the proxy parsing for ever.
+MAX_INFORMATIONAL = 16
 H2_PSEUDO = (":method", ":scheme", ":authority", ":path", ":status", ":protocol")
 # a header's name: map it over a header list to test the names in C (no bytecode per header)
 header_name = itemgetter(0)

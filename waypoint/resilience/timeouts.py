@@ -15,7 +15,9 @@
 - The upstream is told the deadline: for a gRPC request with a timeout, `grpc-timeout` is rewritten
   to the per-try timeout if there is one (and it is below the route timeout), else the request's
   timeout (FilterUtility::finalTimeout with `max_grpc_timeout` set, as Istio always sets it: "This
-  ensures that the optional per try timeout is reflected in grpc-timeout"); `upstream_grpc_timeout`.
+  ensures that the optional per try timeout is reflected in grpc-timeout"); a retry is told what
+  is left: min(per-try timeout, route timeout minus the time since it started), as Envoy's router
+  rewrites the header for each retry (`upstream_grpc_timeout`).
 - Expiry before the response head: 504 `upstream request timeout`, response flag UT; a gRPC request
   gets it as trailers-only with grpc-status UNAVAILABLE (14): Envoy's local reply maps 504 with
   Grpc::Utility::httpToGrpcStatus, it does not answer DEADLINE_EXCEEDED. After the head went
@@ -73,12 +75,18 @@ def grpc_timeout_value(seconds: float) -> str:
     return f"{t}{units[i]}"
 
 
-def upstream_grpc_timeout(timeout: float, per_try: float) -> str | None:
-    """The `grpc-timeout` to send upstream for a gRPC request whose timeout is `timeout` and
-    per-try timeout `per_try` (0: none), or None to leave the header as it is (no timeout): the
-    per-try timeout when set and below the route timeout (Envoy drops a per-try timeout that is not),
-    else the request's timeout."""
+def upstream_grpc_timeout(timeout: float, per_try: float, elapsed: float = 0.0) -> str | None:
+    """The `grpc-timeout` to send upstream for a try of a gRPC request whose timeout is `timeout`
+    and per-try timeout `per_try` (0: none), `elapsed` seconds into `timeout`; None to leave the
+    header as it is (no timeout). Envoy's FilterUtility::setTimeoutHeaders, which its router calls
+    for the first try and again for each retry: the per-try timeout when set and below the route
+    timeout (Envoy drops a per-try timeout that is not), else the request's timeout, and never
+    more than what is left of the request's timeout (at least 1 ms)."""
     if per_try and timeout and per_try >= timeout:
         per_try = 0.0
     expected = per_try or timeout
-    return grpc_timeout_value(expected) if expected > 0 else None
+    if expected <= 0:
+        return None
+    if timeout > 0:
+        expected = min(expected, timeout - elapsed)     # (spent: grpc_timeout_value gives 1m)
+    return grpc_timeout_value(expected)

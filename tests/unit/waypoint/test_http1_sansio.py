@@ -307,12 +307,12 @@ def test_request_trailers_within_the_limits_go_through() -> None:
 
 def test_an_endless_upstream_response_head_is_cut_off() -> None:
     """An origin that sends header lines without end: the waypoint stops at `max_header_bytes`
-    (503 UPE to the client, as for any malformed response, and the upstream connection closed),
+    (502 UPE to the client, as for any malformed response, and the upstream connection closed),
     as it does for a client's head."""
     settings = HttpSettings(max_header_bytes=8 * 1024)
     run = drive([b"GET / HTTP/1.1\r\nhost: h\r\n\r\n"], answer=None, settings=settings,
                 then=lambda run: _endless(b"HTTP/1.1 200 OK\r\n", lambda i: b"x-h%d: %s\r\n" % (i, b"v" * 20)))
-    assert status_lines(run.out) == [b"503"], run.out[:200]
+    assert status_lines(run.out) == [b"502"], run.out[:200]
     assert run.origins[0].t.closed
     assert [r.response_flags for r in run.records] == ["UPE"]
 

@@ -165,14 +165,14 @@ def breaks_protocol(conn: _ScriptedH2, sid: int, path: str) -> None:
 
 
 @pytest.mark.parametrize("codec", CODECS)
-def test_an_upstream_h2_protocol_error_is_503_upe_not_a_connection_termination(codec: str) -> None:
+def test_an_upstream_h2_protocol_error_is_502_upe_not_a_connection_termination(codec: str) -> None:
     """The access log must say whose fault it was: the upstream broke HTTP/2 (UPE, "protocol
     error", as Envoy), it did not just close its connection (UC)."""
     with h2_setup(codec, breaks_protocol) as (_, p):
         out = h1_exchange(p, b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
-        assert out.startswith(b"HTTP/1.1 503 ") and out.endswith(b"reset reason: protocol error"), out
+        assert out.startswith(b"HTTP/1.1 502 ") and out.endswith(b"reset reason: protocol error"), out
         rec = p.find(lambda r: r.path == "/x")[0]
-        assert (rec.status, rec.response_flags, rec.detail) == (503, "UPE", "protocol error")
+        assert (rec.status, rec.response_flags, rec.detail) == (502, "UPE", "protocol error")
 
 
 class _Bulk:
@@ -392,3 +392,37 @@ def test_a_refused_stream_sent_again_is_not_later_reset_downstream_as_refused(co
         client.close()
         p.close()
         o.close()
+
+
+def _always_goaway(conn: _ScriptedH2, sid: int, path: str) -> None:
+    conn.c.close_connection(last_stream_id=0)          # "I processed none of your streams"
+
+
+def _always_refused(conn: _ScriptedH2, sid: int, path: str) -> None:
+    conn.c.reset_stream(sid, 7)                         # RST_STREAM REFUSED_STREAM
+
+
+def _goaway_then_close(conn: _ScriptedH2, sid: int, path: str) -> None:
+    conn.c.close_connection(last_stream_id=sid)        # processed (or may be): then the connection goes
+    conn.flush()
+    conn.t.close()
+
+
+@pytest.mark.parametrize(("answer", "flags", "reason"), [
+    (_always_goaway, "UR,URX", "remote refused stream reset"),
+    (_always_refused, "UR,URX", "remote refused stream reset"),
+    (_goaway_then_close, "UC", "connection termination"),
+])
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_refused_stream_is_ur_and_a_terminated_connection_uc(
+        codec: str, answer: Callable[[_ScriptedH2, int, str], None], flags: str, reason: str) -> None:
+    """Envoy's response flags: a stream the upstream refused, by RST_STREAM REFUSED_STREAM or by
+    being above its GOAWAY's last stream id (nghttp2 closes those as REFUSED_STREAM), is reset
+    reason `remote refused stream reset`, flag UR (retried under `refused-stream` until the retries
+    run out: URX); a stream the connection's close took is UC `connection termination`. A refused
+    stream after GOAWAY was logged UC, as if the connection had been cut under it."""
+    with h2_setup(codec, answer) as (_, p):
+        out = h1_exchange(p, b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 503 ") and out.endswith(b"reset reason: " + reason.encode()), out
+        rec = p.find(lambda r: r.path == "/x")[0]
+        assert (rec.status, rec.response_flags, rec.detail) == (503, flags, reason)

@@ -19,7 +19,7 @@ or with more than `max_headers` headers 431 (trailers alike), a head not complet
 is broken), more than a few empty lines between requests 400; each with a log line and an
 access-log record. The requests before the bad one are answered first, then the error, then the
 connection closes. An upstream response with a status outside 100..599, a coding other than
-`chunked`, or a 204 with a length is 503 `UPE`, and its connection is closed.
+`chunked`, or a 204 with a length is 502 `UPE`, and its connection is closed.
 
 Only WebSocket upgrades are tunnelled; `h2c` is stripped, others get 403 (waypoint/http/headers.py).
 `Upgrade` (WebSocket): the request goes upstream with its Upgrade header, and its Content-Length

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
+from waypoint.http.headers import MAX_INFORMATIONAL
 from waypoint.http.http1.wire import Refuse, encode_head
 from waypoint.http.legs import Headers
 from waypoint.request import RequestHead
@@ -53,6 +54,8 @@ class H1Client(asyncio.Protocol):
         self._tail: int | None = None     # the trailer section's bytes, as H1Server counts them
         self._trailer_bytes = 0           # its parsed fields' bytes
         self._informational = False
+        self._n1xx = 0                # 1xx heads of the response to request number `_n1xx_of`
+        self._n1xx_of = 0
         self._eof_body = False        # response body delimited by connection close
         self._chunked = False
         self._paused = False
@@ -111,7 +114,7 @@ class H1Client(asyncio.Protocol):
         if self._in_head:
             if self.ex is not None:
                 self._head_bytes += len(data)
-                if self._head_bytes > self._max_head:
+                if self._head_bytes > self._max_head and not self._head_fits(data):
                     log.info("upstream %s sent response headers over %d bytes", self.key, self._max_head)
                     self._fail("UPE", "response headers too large")
         elif self._tail is not None:
@@ -121,6 +124,17 @@ class H1Client(asyncio.Protocol):
             if self._tail > self._max_head:
                 log.info("upstream %s sent response trailers over %d bytes", self.key, self._max_head)
                 self._fail("UPE", "response trailers too large")
+
+    def _head_fits(self, data: bytes) -> bool:
+        """The read put the head under way over the limit, counted whole: recount only that
+        head's own bytes. 1xx heads (103 Early Hints) have no body, so when one ended in this
+        read the head under way began after its blank line (a final head's end would have left
+        the head): the 1xx heads before it are not its bytes. Only an over-limit read gets here."""
+        i, j = data.rfind(b"\n\r\n"), data.rfind(b"\n\n")
+        end = max(i + 3 if i >= 0 else 0, j + 2 if j >= 0 else 0)
+        if end:
+            self._head_bytes = len(data) - end
+        return self._head_bytes <= self._max_head
 
     def eof_received(self) -> bool:
         if self._raw is not None:
@@ -261,21 +275,26 @@ class H1Client(asyncio.Protocol):
         if self._trailer_bytes > self._max_head:
             raise Refuse(502, f"response trailers over {self._max_head} bytes")
         fields.append(item)
-        if len(fields) > self._max_headers:     # Envoy's max_headers_count holds upstream too: 503 UPE
-            raise Refuse(503, f"more than {self._max_headers} response trailer fields")
+        if len(fields) > self._max_headers:     # Envoy's max_headers_count holds upstream too: 502 UPE
+            raise Refuse(502, f"more than {self._max_headers} response trailer fields")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if len(self._headers) > self._max_headers:     # Envoy's max_headers_count holds upstream too: 503 UPE
-            raise Refuse(503, f"more than {self._max_headers} response header fields")
+        if len(self._headers) > self._max_headers:     # Envoy's max_headers_count holds upstream too: 502 UPE
+            raise Refuse(502, f"more than {self._max_headers} response header fields")
         status = self.parser.get_status_code()
         ex = self.ex
         if status < 200 or status > 599:
             if status < 100 or status > 599:    # RFC 9110 §15: three digits, 100 to 599
                 raise Refuse(502, f"status code {status}")
-            # 100 Continue (already answered downstream) and 1xx: dropped; 101: no message end,
-            # HttpParserUpgrade follows
+            # 100 Continue (already answered downstream) and 1xx: dropped, at most MAX_INFORMATIONAL
+            # of them per response; 101: no message end, HttpParserUpgrade follows
             self._informational = True
+            if self._n1xx_of != self.requests:      # (counted here, not reset per request in `bind`)
+                self._n1xx_of, self._n1xx = self.requests, 0
+            self._n1xx += 1
+            if self._n1xx > MAX_INFORMATIONAL:
+                raise Refuse(502, f"more than {MAX_INFORMATIONAL} informational (1xx) responses")
             return
         framed = False
         for k, v in self._headers:

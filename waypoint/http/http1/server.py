@@ -594,6 +594,18 @@ class H1Server(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def retract_head(self) -> bool:
+        """Take back the response head `send_head` queued, if none of it has been written: an
+        upstream failure in the same read as its head can then still be answered (502/503)
+        rather than cut. Only the error path calls it, so `send_head` notes nothing: the head
+        is the last queued write (nothing of its body went, and a flush empties the queue)."""
+        buf = self._wbuf
+        if self.lost or not buf or not buf[-1].startswith(b"HTTP/1.1 ") or buf[-1].startswith(b"HTTP/1.1 1"):
+            return False
+        self._wbuf_bytes -= len(buf.pop())
+        self._chunked = False
+        return True
+
     def pause_request(self) -> None:
         self._pause("backpressure")
 

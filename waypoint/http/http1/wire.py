@@ -21,7 +21,7 @@ FLUSH_NOW = 64 * 1024
 
 class Refuse(Exception):
     """Raised from a parser callback: answer `status` and close (the server); the upstream sent
-    something it must not, 503 `UPE` and close (the client)."""
+    something it must not, 502 `UPE` and close (the client; the status given is not used)."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)

@@ -11,6 +11,7 @@ import h2.exceptions
 from h2.errors import ErrorCodes
 
 from waypoint.http.exchange import BODY_NONE, BODY_STREAM, Exchange
+from waypoint.http.headers import MAX_INFORMATIONAL
 from waypoint.http.http2.connection import H2Base, Stream, decode_headers, encode_headers, unlink
 from waypoint.http.legs import Headers
 
@@ -20,11 +21,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("waypoint.http")
 
+REFUSED = "remote refused stream reset"     # Envoy's reason for RST_STREAM REFUSED_STREAM (flag UR)
+
 
 class UpStream(Stream):
     """An upstream stream: the exchange's UpLeg."""
 
-    __slots__ = ()
+    __slots__ = ("n1xx",)       # informational heads received; unset (0) until the first one
 
     def abort(self) -> None:
         code = getattr(self.ex, "reset_code", None) or ErrorCodes.CANCEL
@@ -162,9 +165,10 @@ class H2Client(H2Base):
                 st.ended = True
                 self.settle(st)
                 st.ex.reset_code = ev.error_code
-                refused = ev.error_code == ErrorCodes.REFUSED_STREAM and not st.ex.resp_started
-                if ev.remote_reset:
-                    st.ex.upstream_reset("UR", "remote reset", retryable=refused)
+                refused = ev.error_code == ErrorCodes.REFUSED_STREAM
+                if ev.remote_reset:     # Envoy's reset reasons: RemoteRefusedStreamReset or RemoteReset, both UR
+                    st.ex.upstream_reset("UR", REFUSED if refused else "remote reset",
+                                         retryable=refused and not st.ex.resp_started)
                 else:   # nghttp2 reset it: the upstream broke the protocol (or our header limits)
                     st.ex.upstream_reset("UPE", "protocol error")
             self._next()
@@ -182,17 +186,26 @@ class H2Client(H2Base):
                     st.ended = True
                     # as REFUSED_STREAM (nghttp2 closes them so, and Envoy retries them under
                     # `refused-stream`): a request with a body, which the pool's own retry leaves
-                    # out, then goes to the route's retry policy as a refused stream, not a reset
+                    # out, then goes to the route's retry policy as a refused stream, not a reset.
+                    # Envoy's flag is UR ("remote refused stream reset"), not UC: the connection
+                    # was not terminated under it (streams at or below the last id, lost when the
+                    # connection then closes, are UC "connection termination", `_abort_all`).
                     st.ex.reset_code = ErrorCodes.REFUSED_STREAM
-                    st.ex.upstream_reset("UC", "connection termination", retryable=True)
+                    st.ex.upstream_reset("UR", REFUSED, retryable=True)
             waiting, self.waiting = list(self.waiting), deque()
             for ex in waiting:
                 if self.pools.holds(ex):    # not an abandoned try
                     self.pools.acquire(ex.target, ex, fresh=True)  # type: ignore[arg-type]
             self.maybe_done()
+        elif isinstance(ev, h2.events.InformationalResponseReceived):     # (rare: last in the chain)
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                n = st.n1xx = getattr(st, "n1xx", 0) + 1  # type: ignore[attr-defined]
+                if n > MAX_INFORMATIONAL:       # dropped as they come, as HTTP/1.1's: bounded the same
+                    self._refuse(st, f"more than {MAX_INFORMATIONAL} informational (1xx) responses")
 
     def _refuse(self, st: Stream, why: str) -> None:
-        """A response head the engine will not relay: reset the stream, 503 UPE for its request."""
+        """A response head the engine will not relay: reset the stream, 502 UPE for its request."""
         log.info("upstream %s sent a malformed response on stream %d: %s", self.key, st.sid, why)
         ex = st.ex
         self.reset(st, ErrorCodes.PROTOCOL_ERROR)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -49,6 +50,26 @@ def encode_headers(pseudo: list[tuple[str, str]], headers: Headers) -> list[tupl
     return out
 
 
+class _H2Codec(h2.connection.H2Connection):
+    """h2's connection with a body that disagrees with its content-length a stream error, as RFC
+    9113 §8.1.1 says ("malformed ... MUST be treated as a stream error of type PROTOCOL_ERROR") and
+    nghttp2 (and so Envoy) treats it: h2 raises it out of `receive_data` as a connection error,
+    which failed every stream of the connection (a pooled upstream's included) for one bad one.
+    The stream is reset PROTOCOL_ERROR and reported as nghttp2 reports its own resets (a
+    `StreamReset` that is not remote); the frame's bytes are given back to the connection window."""
+
+    def _receive_data_frame(self, frame: Any) -> tuple[list[Any], list[h2.events.Event]]:
+        try:
+            return super()._receive_data_frame(frame)
+        except h2.exceptions.InvalidBodyLengthError as e:
+            sid = frame.stream_id
+            log.info("HTTP/2 stream %d: %s", sid, e)
+            self.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            self.acknowledge_received_data(frame.flow_controlled_length, sid)
+            return [], [h2.events.StreamReset(stream_id=sid, error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR,
+                                              remote_reset=False)]
+
+
 def new_codec(s: HttpSettings, client_side: bool) -> h2.connection.H2Connection | NgHttp2Connection:
     """The sans-IO HTTP/2 connection of `s.h2_codec`: libnghttp2 (C, the default) or the pure-Python
     `h2` library (the fallback and test oracle). Both expose h2's `H2Connection` surface and events."""
@@ -56,7 +77,7 @@ def new_codec(s: HttpSettings, client_side: bool) -> h2.connection.H2Connection 
         return NgHttp2Connection(client_side, max_concurrent_streams=s.h2_max_concurrent_streams,
                                  initial_window=s.h2_window, max_header_list_size=s.max_header_bytes,
                                  max_header_count=s.max_headers)
-    c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=client_side, header_encoding=None))
+    c = _H2Codec(config=h2.config.H2Configuration(client_side=client_side, header_encoding=None))
     c.local_settings = h2.settings.Settings(client=client_side, initial_values={
         h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: s.h2_max_concurrent_streams,
         h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: s.h2_window,

@@ -51,6 +51,11 @@ class DownStream(Stream):
     def send_reset(self) -> None:
         self.reset(getattr(self.ex, "reset_code", None) or ErrorCodes.INTERNAL_ERROR)
 
+    def retract_head(self) -> bool:
+        """An HTTP/2 head cannot be taken back once submitted (the codec has HPACK-encoded it, or
+        nghttp2 holds it): the stream is reset instead (nghttp2 drops its queued HEADERS then)."""
+        return False
+
     def pause_request(self) -> None:
         self.hold()
 

@@ -82,6 +82,9 @@ class Down:
     def send_reset(self) -> None:
         self.events.append(("reset",))
 
+    def retract_head(self) -> bool:
+        return False        # (a head here has gone out)
+
     def send_continue(self) -> None: ...
     def pause_request(self) -> None: ...
     def resume_request(self) -> None: ...
@@ -450,3 +453,38 @@ def test_the_upstream_grpc_timeout_carries_the_deadline_the_waypoint_applies() -
     assert ("grpc-timeout", "3000m") in b.ex.up_head.headers
     b = Book(policy(), grpc=True)
     assert "grpc-timeout" not in dict(b.ex.up_head.headers)
+
+
+def test_each_grpc_try_is_told_the_time_left_not_the_whole_timeout() -> None:
+    """Envoy's router rewrites `grpc-timeout` for each retry (setTimeoutHeaders with the time
+    elapsed): min(per-try timeout, what is left of the route timeout). Every try was told the full
+    per-try (or route) timeout, so a late retry's upstream worked on past the request's end."""
+    b = Book(policy(timeout=5.0, per_try_timeout=2.0, retry=Retry(attempts=3, retry_on=["5xx"], backoff=0.01)),
+             rng=0.0, grpc=True, headers=[("grpc-timeout", "10S")])
+
+    def sent() -> str | None:
+        return b.tries[-1][1].up_head.header("grpc-timeout")
+
+    leg, _ = b.bind()
+    assert sent() == "2000m"                    # the per-try timeout, below the route's 5 s
+    b.loop.advance(1.5)
+    leg.response_head(503, [])                  # 1.5 s in: retried (backoff 0 with this random)
+    b.loop.advance(0.0)
+    assert len(b.tries) == 2 and sent() == "2000m"      # 3.5 s left: the per-try timeout
+    b.bind()
+    b.loop.advance(2.0)                         # its per-try timeout: 3.5 s in, retried
+    assert len(b.tries) == 3 and sent() == "1500m"      # what is left of the 5 s
+    b.bind()
+    b.loop.advance(1.5)
+    assert b.down.events[0][:2] == ("head", 200) and b.down.events[0][2]["grpc-status"] == "14"
+    assert b.records[0].response_flags == "UT"
+
+
+def test_a_grpc_retry_without_a_route_timeout_gets_the_whole_per_try_timeout() -> None:
+    b = Book(policy(per_try_timeout=2.0, retry=Retry(attempts=3, retry_on=["5xx"], backoff=0.01)),
+             rng=0.0, grpc=True)
+    leg, _ = b.bind()
+    b.loop.advance(1.5)
+    leg.response_head(503, [])
+    b.loop.advance(0.0)
+    assert [t[1].up_head.header("grpc-timeout") for t in b.tries] == ["2000m", "2000m"]
