@@ -145,6 +145,14 @@ class TokenReviewVerifier:
         if status is None or not status.authenticated:
             err = getattr(status, "error", None) or "not authenticated"
             raise Unauthenticated(f"TokenReview: {err}")
+        # An authenticator that is not audience-aware ignores spec.audiences and answers with no
+        # status.audiences ("valid for the API server's audience"): the API says to check it, or a
+        # token minted for someone else would pass for one minted for the CA.
+        confirmed = sorted(set(status.audiences or ()) & set(self.audiences))
+        if not confirmed:
+            raise Unauthenticated(f"TokenReview: the API server did not confirm the audience {self.audiences} "
+                                  f"(status.audiences {list(status.audiences or [])}); its token authenticator "
+                                  "is not audience-aware")
         user = status.user
         username = getattr(user, "username", None) or ""
         workload = "" if username in self.allowed_users else self._workload_of(username)

@@ -66,6 +66,21 @@ def test_other_tokens_are_refused_saying_why(verifier, token: str, node: str, wh
         verifier.review(token, node)
 
 
+def test_a_review_that_does_not_confirm_the_audience_is_refused(emu: KubeEmulator, verifier) -> None:
+    """The TokenReview API: "a client that sets spec.audiences should validate that a compatible
+    audience identifier is returned in status.audiences"; an empty one means the token is valid for
+    the API server's own audience. Behind an authenticator that is not audience-aware, a token meant
+    for the API server (or any other audience) was taken as a CA credential."""
+    emu.audience_aware = False
+    try:
+        for token in ("zt-other-aud", "zt-1"):
+            with pytest.raises(Unauthenticated, match=r"did not confirm the audience \['ambit-ca'\]"):
+                verifier.review(token, "node-1")
+    finally:
+        emu.audience_aware = True
+    assert verifier.review("zt-1", "node-1") == "node-1"
+
+
 def test_the_ca_gives_a_waypoint_token_its_own_identity_only(verifier) -> None:
     """The node credential may get every identity of its node's pods; a waypoint's own token may
     get the waypoint's identity only, although the frontend pod runs on the same node."""
