@@ -18,7 +18,7 @@ import grpc
 
 from ambit.api import ca_pb2, ca_pb2_grpc
 from controller.ca.authority import CertificateAuthority, CSRRejected
-from controller.ca.credentials import NodeCredentialVerifier, Unauthenticated, scope_of
+from controller.ca.credentials import CredentialCheckBusy, NodeCredentialVerifier, Unauthenticated, scope_of
 from controller.ca.node_auth import authorize, within_scope
 from controller.validation import printable
 
@@ -68,6 +68,8 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
             node = await self.verifier.verify(auth[len("Bearer "):].strip(), claimed)
         except Unauthenticated as e:
             await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, claimed, requested, str(e))
+        except CredentialCheckBusy as e:
+            await self._refuse(context, grpc.StatusCode.UNAVAILABLE, claimed, requested, str(e))
         pods = self.pods_on_node(node)
         if inspect.isawaitable(pods):
             pods = await pods
