@@ -99,7 +99,9 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
         # and bounded, so a "\n" in it cannot forge an "issued certificate" line in this log.
         log.warning("refused certificate: node=%s identity=%s code=%s reason=%s", printable(node or "-", 256),
                     printable(requested, 512), code.name, printable(reason, 2048))
-        await context.abort(code, reason)
+        # Bounded for the client too: gRPC clients refuse trailers past 8-16 KiB, and then see
+        # RESOURCE_EXHAUSTED about metadata instead of the reason.
+        await context.abort(code, printable(reason, 2048))
         raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 
