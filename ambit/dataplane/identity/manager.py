@@ -37,7 +37,8 @@ from ambit.dataplane.identity.fetcher import (
 )
 from ambit.dataplane.identity.store import CertStore
 from ambit.dataplane.libcrypto.csr import make_key_and_csr
-from ambit.dataplane.trust import TrustBundle
+from ambit.dataplane.libcrypto.x509 import Certificate
+from ambit.dataplane.trust import TrustBundle, UntrustedCertificate
 
 log = logging.getLogger("ambit.dataplane.identity")
 
@@ -180,6 +181,24 @@ class IdentityManager:
                      ", ".join(renewed))
         return renewed
 
+    def _chains_to_pinned(self, cert: WorkloadCertificate) -> bool:
+        """May a stored certificate be served? The store re-verifies it against the bundle stored
+        with it, which a foreign file brings along; so it must also chain to a pinned root (when
+        the pinned bundle can be read: if not, the stored bundle is all there is to go by)."""
+        if self.pinned_roots is None:
+            return True
+        try:
+            pinned = TrustBundle.from_pems([self.pinned_roots()])
+        except Exception:  # noqa: BLE001 - unreadable: as without a pinned bundle
+            return True
+        try:
+            pinned.verify([c for p in cert.chain_pem for c in Certificate.load_pems(p)])
+        except (UntrustedCertificate, ValueError) as exc:
+            log.warning("stored certificate for %s (serial %x) ignored: not under the pinned roots: %s",
+                        cert.identity, cert.serial, exc)
+            return False
+        return True
+
     async def _watch_roots(self) -> None:
         while True:
             self.check_roots()
@@ -256,6 +275,8 @@ class IdentityManager:
             e = _Entry(identity)
             if self.store is not None:
                 e.cert = self.store.load(identity, self.clock.now())
+                if e.cert is not None and not self._chains_to_pinned(e.cert):
+                    e.cert = None
                 if e.cert is not None:
                     log.info("certificate for %s: serial %x from the store, valid until %s", identity,
                              e.cert.serial, _iso(e.cert.not_after))

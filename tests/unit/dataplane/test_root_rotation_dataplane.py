@@ -161,3 +161,36 @@ def test_ztunnels_identities_follow_the_pinned_root_file(tmp_path, monkeypatch) 
 
     asyncio.run(run())
 
+
+
+def test_a_stored_certificate_of_a_foreign_root_is_not_served(tmp_path) -> None:
+    """The store re-verified a file against the bundle stored in it: a self-consistent file from
+    another CA (its own root in its bundle) was served after a restart, and its root trusted for
+    every peer of that identity."""
+    async def run() -> None:
+        clock = FakeClock()
+        mesh, foreign = CertificateAuthority(generate_root(TD), TD), CertificateAuthority(generate_root(TD), TD)
+        pinned = tmp_path / "root-cert.pem"
+        publish(pinned, mesh.material)
+        CertStore(tmp_path / "certs").save(issue(foreign, CLIENT))
+        fetcher = LocalCAFetcher(mesh)
+        fetcher.fail_next = 1                               # the CA is down as we start
+        mgr = IdentityManager(fetcher, ttl=3600, clock=clock, pinned_roots=pinned.read_bytes,
+                              store=CertStore(tmp_path / "certs"))
+        mgr.prefetch([CLIENT])
+        await settle()
+        assert mgr.current(CLIENT) is None, "the foreign certificate was served"
+        await clock.advance_to(clock.next_wake)             # the CA is back
+        got = await mgr.get(CLIENT, timeout=5)
+        mesh.trust_bundle().verify_pems(list(got.chain_pem))
+        await mgr.close()
+
+        good = issue(mesh, CLIENT)                          # the mesh's own stored certificate: served at once
+        CertStore(tmp_path / "certs").save(good)
+        fetcher.fail_next = 1
+        again = IdentityManager(fetcher, ttl=3600, clock=clock, pinned_roots=pinned.read_bytes,
+                                store=CertStore(tmp_path / "certs"))
+        assert (await again.get(CLIENT, timeout=0.1)).serial == good.serial
+        await again.close()
+
+    asyncio.run(run())
