@@ -51,10 +51,13 @@ async def amain(args: WaypointSettings) -> None:
         await client.start()
     identities = channel = None
     if args.node_token_file and args.ca_target:
-        channel = tls.PinnedChannel(args.ca_target, args.controller_tls.trust())
+        trust = args.controller_tls.trust()
+        channel = tls.PinnedChannel(args.ca_target, trust)
         token_file = args.node_token_file
         fetcher = GrpcCertificateFetcher(channel, args.node, lambda: read_token(token_file))
-        identities = IdentityManager(fetcher, ttl=args.cert_ttl, backoff=Backoff(initial=0.25, maximum=30.0))
+        # In a root rotation the pinned bundle moves first; the certificate follows it at once.
+        identities = IdentityManager(fetcher, ttl=args.cert_ttl, backoff=Backoff(initial=0.25, maximum=30.0),
+                                     pinned_roots=trust.roots if trust is not None else None)
         identities.prefetch([args.identity])
     else:
         log.warning("no --node-token-file/CA: no certificate, so no HBONE will be served")

@@ -36,11 +36,13 @@ def build(target: str, node: str, token_file: Path, ttl: float = DEFAULT_TTL, ca
           trust: ControllerTrust | None = None) -> tuple[IdentityManager, tls.PinnedChannel]:
     """An IdentityManager fetching from the CA at `target` (`host:port` or `unix:PATH`) as `node`,
     over TLS against `trust` (the pinned controller root), keeping its certificates in `cache_dir`
-    if given (see `CertStore`)."""
+    if given (see `CertStore`), and renewing them when the pinned bundle changes."""
     channel = tls.PinnedChannel(target, trust)
     fetcher = GrpcCertificateFetcher(channel, node, lambda: read_token(token_file))
     store = CertStore(cache_dir) if cache_dir is not None else None
-    return IdentityManager(fetcher, ttl=ttl, backoff=BACKOFF, store=store), channel
+    # The pinned bundle moves first in a root rotation: certificates follow it (manager docstring).
+    roots = trust.roots if trust is not None else None
+    return IdentityManager(fetcher, ttl=ttl, backoff=BACKOFF, store=store, pinned_roots=roots), channel
 
 
 def retry_on_workload_updates(config: MeshState, identities: IdentityManager) -> None:

@@ -27,6 +27,7 @@ DEFAULT_MAX_TTL = dt.timedelta(days=7)
 ROOT_LIFETIME = dt.timedelta(days=3650)
 # Clock-skew allowance: peers whose clocks lag a little must still accept a fresh certificate.
 MAX_BACKDATE = dt.timedelta(minutes=5)
+SHOWN_NAMES = 5     # unwanted CSR names quoted in a refusal
 
 CAKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -248,8 +249,11 @@ class CertificateAuthority:
         names = list(san)
         others = [n for n in names if not (isinstance(n, x509.UniformResourceIdentifier) and n.value == requested)]
         if others:
-            shown = ", ".join(f"{type(n).__name__}:{n.value}" for n in others)
-            raise CSRRejected(requested, f"CSR asks for names other than the requested identity: {shown}")
+            # A few of them: the reason goes back in the gRPC status, and a CSR of 100,000 names
+            # made a 3 MB one that the client's metadata limit turned into RESOURCE_EXHAUSTED.
+            shown = ", ".join(f"{type(n).__name__}:{n.value}" for n in others[:SHOWN_NAMES])
+            more = f" (and {len(others) - SHOWN_NAMES} more)" if len(others) > SHOWN_NAMES else ""
+            raise CSRRejected(requested, f"CSR asks for names other than the requested identity: {shown}{more}")
 
     def _issue_leaf(
         self, pub: ec.EllipticCurvePublicKey, spiffe: ident.SpiffeId, ttl: dt.timedelta, now: dt.datetime

@@ -20,9 +20,14 @@ import hmac
 import json
 import os
 import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
+
+from ambit.clock import Monotonic
 
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 SA_PREFIX = "system:serviceaccount:"
@@ -49,6 +54,20 @@ def scope_of(caller: str) -> str:
 
 class Unauthenticated(Exception):
     """The node credential is missing, unknown or does not belong to the claimed node."""
+
+
+class CredentialCheckBusy(Exception):
+    """Too many credential checks are in flight (a flood of unknown tokens): this one is refused
+    now, as UNAVAILABLE, and the client retries with its backoff."""
+
+
+# TokenReviewVerifier's bounds (see its `verify`). A confirmed token is taken again for a minute
+# without a TokenReview, as the API server's own webhook token cache does (2 min by default): a
+# token revoked meanwhile still passes for that long, while node authorization stays live.
+REVIEW_CACHE_TTL = 60.0
+REVIEW_CACHE_SIZE = 4096
+MAX_PENDING_REVIEWS = 64
+REVIEW_THREADS = 8
 
 
 class NodeCredentialVerifier(Protocol):
@@ -124,7 +143,9 @@ class TokenReviewVerifier:
     """
 
     def __init__(self, api_client: Any, allowed_users: set[str], audiences: list[str] | None = None,
-                 workload_accounts: Callable[[str, str], bool] | None = None) -> None:
+                 workload_accounts: Callable[[str, str], bool] | None = None, *,
+                 max_pending: int = MAX_PENDING_REVIEWS, cache_ttl: float = REVIEW_CACHE_TTL,
+                 clock: Monotonic = time.monotonic) -> None:
         from kubernetes import client as k8s
 
         self._api = k8s.AuthenticationV1Api(api_client)
@@ -132,6 +153,11 @@ class TokenReviewVerifier:
         self.allowed_users = set(allowed_users)
         self.audiences = audiences or ["ambit-ca"]
         self.workload_accounts = workload_accounts
+        self.max_pending, self.cache_ttl, self._clock = max_pending, cache_ttl, clock
+        self._pending = 0
+        self._confirmed: OrderedDict[bytes, tuple[float, Caller]] = OrderedDict()   # digest -> (until, caller)
+        # Its own threads: the blocking client must neither hold the event loop nor share a pool.
+        self._executor = ThreadPoolExecutor(REVIEW_THREADS, thread_name_prefix="token-review")
 
     def _workload_of(self, username: str) -> str:
         if self.workload_accounts is None or not username.startswith(SA_PREFIX):
@@ -145,6 +171,13 @@ class TokenReviewVerifier:
         if status is None or not status.authenticated:
             err = getattr(status, "error", None) or "not authenticated"
             raise Unauthenticated(f"TokenReview: {err}")
+        # An authenticator that is not audience-aware ignores spec.audiences and answers with no
+        # status.audiences ("valid for the API server's audience"): the API says to check it, or a
+        # token minted for someone else would pass for one minted for the CA.
+        if not set(status.audiences or ()) & set(self.audiences):
+            raise Unauthenticated(f"TokenReview: the API server did not confirm the audience {self.audiences} "
+                                  f"(status.audiences {list(status.audiences or [])}); its token authenticator "
+                                  "is not audience-aware")
         user = status.user
         username = getattr(user, "username", None) or ""
         workload = "" if username in self.allowed_users else self._workload_of(username)
@@ -159,5 +192,25 @@ class TokenReviewVerifier:
         return Caller(nodes[0], workload)
 
     async def verify(self, token: str, claimed_node: str) -> str:
-        # The kubernetes client is blocking; keep the CA's event loop free.
-        return await asyncio.to_thread(self.review, token, claimed_node)
+        """`review`, off the event loop, with two bounds against a flood of unknown tokens (any pod
+        can reach the controller, and each unknown token costs a TokenReview): a credential the
+        API server confirmed within `cache_ttl` is taken again without asking, so known nodes are
+        never queued behind the flood; and past `max_pending` checks in flight a new one is refused
+        at once (`CredentialCheckBusy`) instead of queueing without bound."""
+        key = hashlib.sha256(f"{claimed_node}\n{token}".encode()).digest()
+        hit = self._confirmed.get(key)
+        if hit is not None and hit[0] > self._clock():
+            return hit[1]
+        if self._pending >= self.max_pending:
+            raise CredentialCheckBusy(f"{self._pending} credential checks are pending at the API server; "
+                                      "try again later")
+        self._pending += 1
+        try:
+            caller = await asyncio.get_running_loop().run_in_executor(self._executor, self.review, token, claimed_node)
+        finally:
+            self._pending -= 1
+        self._confirmed[key] = (self._clock() + self.cache_ttl, caller)
+        self._confirmed.move_to_end(key)
+        while len(self._confirmed) > REVIEW_CACHE_SIZE:
+            self._confirmed.popitem(last=False)
+        return caller

@@ -18,7 +18,7 @@ import grpc
 
 from ambit.api import ca_pb2, ca_pb2_grpc
 from controller.ca.authority import CertificateAuthority, CSRRejected
-from controller.ca.credentials import NodeCredentialVerifier, Unauthenticated, scope_of
+from controller.ca.credentials import CredentialCheckBusy, NodeCredentialVerifier, Unauthenticated, scope_of
 from controller.ca.node_auth import authorize, within_scope
 from controller.validation import printable
 
@@ -68,6 +68,8 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
             node = await self.verifier.verify(auth[len("Bearer "):].strip(), claimed)
         except Unauthenticated as e:
             await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, claimed, requested, str(e))
+        except CredentialCheckBusy as e:
+            await self._refuse(context, grpc.StatusCode.UNAVAILABLE, claimed, requested, str(e))
         pods = self.pods_on_node(node)
         if inspect.isawaitable(pods):
             pods = await pods
@@ -97,7 +99,9 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
         # and bounded, so a "\n" in it cannot forge an "issued certificate" line in this log.
         log.warning("refused certificate: node=%s identity=%s code=%s reason=%s", printable(node or "-", 256),
                     printable(requested, 512), code.name, printable(reason, 2048))
-        await context.abort(code, reason)
+        # Bounded for the client too: gRPC clients refuse trailers past 8-16 KiB, and then see
+        # RESOURCE_EXHAUSTED about metadata instead of the reason.
+        await context.abort(code, printable(reason, 2048))
         raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 import grpc
 
 from ambit.configclient.node import NodeInfo
-from controller.ca.credentials import NodeCredentialVerifier, Unauthenticated, scope_of
+from controller.ca.credentials import CredentialCheckBusy, NodeCredentialVerifier, Unauthenticated, scope_of
 
 NODE_HEADER = "x-ambit-node"
 NODE_KINDS = ("ztunnel", "agent")        # the kinds a node credential speaks for
@@ -91,6 +91,8 @@ class NodeAuthenticator:
             return await self.verifier.verify(auth[len("Bearer "):].strip(), claimed)
         except Unauthenticated as e:
             raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, f"config stream: {e}") from None
+        except CredentialCheckBusy as e:
+            raise StreamRefused(grpc.StatusCode.UNAVAILABLE, f"config stream: {e}") from None
 
     def authorize(self, authenticated_node: str, node: NodeInfo) -> NodeInfo:
         """The NodeInfo to scope by (the authenticated one), or StreamRefused(PERMISSION_DENIED)."""

@@ -155,6 +155,12 @@ class KubeEmulator:
         self._sockets: set[socket.socket] = set()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._tokens: dict[str, Obj] = {}
+        # False: TokenReview answers as an authenticator that is not audience-aware (a webhook
+        # token authenticator may be): it ignores spec.audiences and returns no status.audiences,
+        # which the API documents as "valid for the API server's own audience".
+        self.audience_aware = True
+        self._reviews_open = threading.Event()
+        self._reviews_open.set()
         self._logs: dict[tuple[str, str, str], str] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
@@ -226,6 +232,16 @@ class KubeEmulator:
             with self._lock:
                 self._held = False
                 self._lock.notify_all()
+
+    @contextmanager
+    def hold_token_reviews(self) -> Iterator[None]:
+        """While held, TokenReviews wait unanswered (an API server slowed by a flood); on exit they
+        are answered."""
+        self._reviews_open.clear()
+        try:
+            yield
+        finally:
+            self._reviews_open.set()
 
     def watch_requests(self, plural: str) -> list[dict[str, str]]:
         return [q for m, p, q in list(self.requests) if m == "GET" and p.endswith("/" + plural) and q.get("watch")]
@@ -521,12 +537,16 @@ class KubeEmulator:
                                         "extra": {}}, "audiences": ["https://kubernetes.default.svc"]}
 
     def _token_review(self, h: BaseHTTPRequestHandler, body: Obj) -> None:
+        while not self._reviews_open.wait(0.05) and not self._closing:
+            pass
         spec = body.get("spec") or {}
         known = self._tokens.get(spec.get("token") or "")
         wanted = spec.get("audiences") or []
         status: Obj
         if known is None:
             status = {"authenticated": False, "error": "[invalid bearer token, token lookup failed]"}
+        elif not self.audience_aware:
+            status = {"authenticated": True, "user": known["user"]}
         elif wanted and not set(wanted) & set(known["audiences"]):
             status = {"authenticated": False, "error": "[invalid bearer token, token audiences "
                       f"{json.dumps(known['audiences'])} is invalid for the target audiences {json.dumps(wanted)}]"}

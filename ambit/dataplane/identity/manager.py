@@ -7,6 +7,13 @@ invisible to traffic. Failures retry with jittered exponential backoff, so a fle
 not stampede a recovering CA. Connections for a pod whose first certificate has not arrived yet
 wait for it with a bound and then fail with `CertificateUnavailable`, which names the reason.
 
+Peers are verified against the trust bundle that came with each certificate. A root rotation
+changes the pinned bundle (the `ambit-root-cert` ConfigMap, read through `pinned_roots`) first;
+waiting for half-lives to carry the new root would leave certificates trusting the old root alone
+for up to 12 h, and refusing every peer the new root signs once it does. So the pinned bundle is
+polled, and a certificate whose bundle differs from it is renewed at once (spread over
+`ROOTS_SPREAD` so a fleet does not hit the CA together), once per pinned bundle.
+
 Time comes from an injected `Clock`, so the schedule is tested without real sleeping.
 """
 
@@ -30,10 +37,14 @@ from ambit.dataplane.identity.fetcher import (
 )
 from ambit.dataplane.identity.store import CertStore
 from ambit.dataplane.libcrypto.csr import make_key_and_csr
+from ambit.dataplane.libcrypto.x509 import Certificate
+from ambit.dataplane.trust import TrustBundle, UntrustedCertificate
 
 log = logging.getLogger("ambit.dataplane.identity")
 
 DEFAULT_TTL = 24 * 3600.0
+ROOTS_POLL = 10.0       # how often the pinned root bundle is re-read
+ROOTS_SPREAD = 30.0     # renewals for a changed bundle start within this many seconds
 
 
 class CertificateUnavailable(Exception):
@@ -79,6 +90,7 @@ class _Entry:
     next_attempt: float = 0.0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    renewed_for_roots: str = ""     # the pinned bundle (fingerprint) a renewal was started for
 
 
 class IdentityManager:
@@ -94,6 +106,7 @@ class IdentityManager:
         rng: random.Random | None = None,
         on_update: Callable[[WorkloadCertificate], Any] | None = None,
         store: CertStore | None = None,
+        pinned_roots: Callable[[], bytes] | None = None,
     ) -> None:
         self.fetcher = fetcher
         self.ttl = ttl
@@ -102,8 +115,10 @@ class IdentityManager:
         self.rng = rng or random.Random()
         self.on_update = on_update
         self.store = store
+        self.pinned_roots = pinned_roots
         self._entries: dict[str, _Entry] = {}
         self._closed = False
+        self._roots_task: asyncio.Task[None] | None = None
 
     # public API
 
@@ -139,6 +154,55 @@ class IdentityManager:
                 e.task = asyncio.get_running_loop().create_task(self._run(e), name=f"cert:{e.identity}")
                 retried.append(e.identity)
         return retried
+
+    def check_roots(self) -> list[str]:
+        """Renew every certificate whose trust bundle is not the pinned one (a root was added or
+        dropped), once per pinned bundle; returns the identities renewed. An unreadable or
+        malformed pinned bundle changes nothing: the certificates keep the bundle they have."""
+        if self._closed or self.pinned_roots is None:
+            return []
+        try:
+            pinned = TrustBundle.from_pems([self.pinned_roots()]).fingerprint()
+        except Exception as exc:  # noqa: BLE001 - a missing or half-written file: try at the next poll
+            log.debug("pinned root bundle not readable: %s", exc)
+            return []
+        renewed = []
+        for e in self._entries.values():
+            if e.cert is None or e.cert.bundle.fingerprint() == pinned or e.renewed_for_roots == pinned:
+                continue
+            e.renewed_for_roots = pinned
+            if e.task is not None:
+                e.task.cancel()
+            e.task = asyncio.get_running_loop().create_task(
+                self._run(e, first_delay=self.rng.random() * ROOTS_SPREAD), name=f"cert:{e.identity}")
+            renewed.append(e.identity)
+        if renewed:
+            log.info("the pinned root bundle (%s) differs from the certificates' own: renewing %s", pinned,
+                     ", ".join(renewed))
+        return renewed
+
+    def _chains_to_pinned(self, cert: WorkloadCertificate) -> bool:
+        """May a stored certificate be served? The store re-verifies it against the bundle stored
+        with it, which a foreign file brings along; so it must also chain to a pinned root (when
+        the pinned bundle can be read: if not, the stored bundle is all there is to go by)."""
+        if self.pinned_roots is None:
+            return True
+        try:
+            pinned = TrustBundle.from_pems([self.pinned_roots()])
+        except Exception:  # noqa: BLE001 - unreadable: as without a pinned bundle
+            return True
+        try:
+            pinned.verify([c for p in cert.chain_pem for c in Certificate.load_pems(p)])
+        except (UntrustedCertificate, ValueError) as exc:
+            log.warning("stored certificate for %s (serial %x) ignored: not under the pinned roots: %s",
+                        cert.identity, cert.serial, exc)
+            return False
+        return True
+
+    async def _watch_roots(self) -> None:
+        while True:
+            self.check_roots()
+            await self.clock.sleep(ROOTS_POLL)
 
     def expiries(self) -> dict[str, float | None]:
         """identity -> its certificate's notAfter (unix time), None while it has none (metrics)."""
@@ -190,6 +254,9 @@ class IdentityManager:
     async def close(self) -> None:
         self._closed = True
         tasks = [e.task for e in self._entries.values() if e.task]
+        if self._roots_task is not None:
+            tasks.append(self._roots_task)
+            self._roots_task = None
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -208,11 +275,15 @@ class IdentityManager:
             e = _Entry(identity)
             if self.store is not None:
                 e.cert = self.store.load(identity, self.clock.now())
+                if e.cert is not None and not self._chains_to_pinned(e.cert):
+                    e.cert = None
                 if e.cert is not None:
                     log.info("certificate for %s: serial %x from the store, valid until %s", identity,
                              e.cert.serial, _iso(e.cert.not_after))
             self._entries[identity] = e
             e.task = asyncio.get_running_loop().create_task(self._run(e), name=f"cert:{identity}")
+            if self.pinned_roots is not None and self._roots_task is None:
+                self._roots_task = asyncio.get_running_loop().create_task(self._watch_roots(), name="cert-roots")
         return e
 
     @staticmethod
@@ -234,11 +305,13 @@ class IdentityManager:
         res = await self.fetcher.fetch(identity, csr_pem, int(self.ttl))
         return WorkloadCertificate.from_pems(identity, key_pem, res.chain_pem, res.trust_bundle)
 
-    async def _run(self, e: _Entry) -> None:
-        if e.cert is not None and e.failures == 0:   # loaded from the store: renew at its half-life
-            delay = next_delay(e.cert, 0, self.clock.now(), self.backoff, self.rng.random())
-            e.next_attempt = self.clock.now() + delay
-            await self.clock.sleep(delay)
+    async def _run(self, e: _Entry, first_delay: float | None = None) -> None:
+        if first_delay is None and e.cert is not None and e.failures == 0:
+            # loaded from the store: renew at its half-life
+            first_delay = next_delay(e.cert, 0, self.clock.now(), self.backoff, self.rng.random())
+        if first_delay is not None:
+            e.next_attempt = self.clock.now() + first_delay
+            await self.clock.sleep(first_delay)
         while True:
             try:
                 cert = await self._fetch_once(e.identity)

@@ -22,8 +22,10 @@ class CertStore:
     Trade-off: the keys are on the node's disk. They are the keys the node holds anyway (it is
     authorized for exactly these identities), for at most one certificate lifetime; put the
     directory on tmpfs (an emptyDir with medium Memory) to keep them off persistent storage.
-    Everything read back is re-verified (`WorkloadCertificate.from_pems`): a tampered or foreign
-    file is ignored, never used.
+    Everything read back is re-verified (`WorkloadCertificate.from_pems`): a tampered file (a chain
+    that is not for its key or identity, or does not verify against the bundle stored with it) is
+    ignored. A foreign but self-consistent file brings its own bundle, so the identity manager also
+    requires the chain to lead to a pinned root (`IdentityManager._chains_to_pinned`).
     """
 
     def __init__(self, directory: str | Path) -> None:

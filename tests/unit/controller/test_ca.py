@@ -436,3 +436,22 @@ def test_a_refused_identity_cannot_forge_a_line_in_the_ca_log(ca, caplog) -> Non
     asyncio.run(run())
     (line,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert "\n" not in line and "identity=x\\nINFO ambit.ca issued certificate" in line
+
+
+def test_a_csr_with_thousands_of_names_is_refused_with_a_reason_the_client_receives(ca) -> None:
+    """The refusal quoted every unwanted name: 2,000 of them made a 60 kB status message, past the
+    client's metadata limit, so the caller saw RESOURCE_EXHAUSTED about metadata, not why."""
+    names = [x509.DNSName(f"host{i}.example.com") for i in range(2000)]
+
+    async def run() -> None:
+        async with _Harness(ca, {"node-1": [("demo", "client")]}) as h:
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await h.call("node-1", h.token["node-1"], ID, make_csr(names))
+            assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, ei.value.details()
+            assert ei.value.details() == ("CSR asks for names other than the requested identity: "
+                                          "DNSName:host0.example.com, DNSName:host1.example.com, "
+                                          "DNSName:host2.example.com, DNSName:host3.example.com, "
+                                          "DNSName:host4.example.com (and 1995 more)")
+            assert (await h.call("node-1", h.token["node-1"], ID)).cert_chain   # and it still serves
+
+    asyncio.run(run())

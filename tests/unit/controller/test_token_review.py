@@ -13,7 +13,7 @@ from ambit.api import ca_pb2, ca_pb2_grpc
 from ambit.configclient.node import NodeInfo
 from ambit.kube.client import make_api_client
 from controller.ca import CertificateAuthority, TokenReviewVerifier, Unauthenticated, generate_root
-from controller.ca.credentials import scope_of
+from controller.ca.credentials import REVIEW_CACHE_TTL, CredentialCheckBusy, scope_of
 from controller.ca.service import CertificateServicer, add_to_server
 from controller.configserver.auth import check_claim
 from tests.support.kube_emulator import KubeEmulator
@@ -64,6 +64,76 @@ def test_ztunnel_token_is_a_node_credential_and_a_waypoint_token_is_scoped_to_it
 def test_other_tokens_are_refused_saying_why(verifier, token: str, node: str, why: str) -> None:
     with pytest.raises(Unauthenticated, match=why.replace("(", r"\(").replace(")", r"\)")):
         verifier.review(token, node)
+
+
+def test_a_review_that_does_not_confirm_the_audience_is_refused(emu: KubeEmulator, verifier) -> None:
+    """The TokenReview API: "a client that sets spec.audiences should validate that a compatible
+    audience identifier is returned in status.audiences"; an empty one means the token is valid for
+    the API server's own audience. Behind an authenticator that is not audience-aware, a token meant
+    for the API server (or any other audience) was taken as a CA credential."""
+    emu.audience_aware = False
+    try:
+        for token in ("zt-other-aud", "zt-1"):
+            with pytest.raises(Unauthenticated, match=r"did not confirm the audience \['ambit-ca'\]"):
+                verifier.review(token, "node-1")
+    finally:
+        emu.audience_aware = True
+    assert verifier.review("zt-1", "node-1") == "node-1"
+
+
+def test_a_flood_of_unknown_tokens_neither_queues_known_nodes_nor_piles_up(emu: KubeEmulator) -> None:
+    """Any pod reaches the controller, and every unknown token cost a TokenReview on a small thread
+    pool shared by the CA and the config stream: 2,000 bogus requests kept a real node's request
+    waiting 15 s behind them (/tmp/caa/flood.py). A node confirmed within the last minute is now
+    answered without a review, and a new check past the bound is refused at once as busy."""
+    t = [0.0]
+    v = TokenReviewVerifier(make_api_client(emu.url), {ZTUNNEL}, max_pending=4, clock=lambda: t[0])
+
+    def reviews() -> int:
+        return sum(1 for _m, p, _q in list(emu.requests) if p.endswith("/tokenreviews"))
+
+    async def run() -> None:
+        assert await v.verify("zt-1", "node-1") == "node-1"
+        before = reviews()
+        with emu.hold_token_reviews():                 # the API server is slow under the flood
+            flood = [asyncio.ensure_future(v.verify(f"bogus-{i}", "node-1")) for i in range(4)]
+            await asyncio.sleep(0)
+            node = await asyncio.wait_for(v.verify("zt-1", "node-1"), 10)
+            assert node == "node-1" and scope_of(node) == ""
+            with pytest.raises(CredentialCheckBusy, match="4 credential checks are pending"):
+                await v.verify("bogus-more", "node-1")
+        results = await asyncio.gather(*flood, return_exceptions=True)
+        assert all(isinstance(r, Unauthenticated) for r in results), results
+        assert reviews() == before + 4, "the known node was not reviewed again, the refused one not at all"
+        t[0] += REVIEW_CACHE_TTL + 1                  # a minute later the token is reviewed again
+        assert await v.verify("zt-1", "node-1") == "node-1" and reviews() == before + 5
+        assert await v.verify("zt-1", "node-1") == "node-1" and reviews() == before + 5
+
+    asyncio.run(run())
+
+
+def test_a_busy_verifier_is_unavailable_not_unauthenticated_at_the_ca() -> None:
+    class Busy:
+        async def verify(self, token: str, claimed_node: str) -> str:
+            raise CredentialCheckBusy("64 credential checks are pending at the API server; try again later")
+
+    async def run() -> None:
+        ca = CertificateAuthority(generate_root(TD), TD)
+        server = grpc.aio.server()
+        add_to_server(server, CertificateServicer(ca, Busy(), lambda n: PODS.get(n, [])))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await ca_pb2_grpc.CertificateServiceStub(ch).CreateCertificate(
+                        ca_pb2.CSRRequest(csr_pem=make_csr().decode(), identity=spiffe("default", "frontend")),
+                        metadata=[("authorization", "Bearer zt-1"), ("x-ambit-node", "node-1")])
+            assert ei.value.code() == grpc.StatusCode.UNAVAILABLE and "pending" in ei.value.details()
+        finally:
+            await server.stop(None)
+
+    asyncio.run(run())
 
 
 def test_the_ca_gives_a_waypoint_token_its_own_identity_only(verifier) -> None:
