@@ -16,13 +16,16 @@ ServiceEntry address another Service holds), which the controller passes in afte
 translation (`set_translation_errors`). A Gateway API route whose newest version validation refused
 gets `status.parents` saying so (`ingress_status.refused_route_status`), and a waypoint or ingress
 Gateway `Accepted`/`Programmed=False`; a valid one's status is the waypoint reconciler's, which
-skips the objects `refused()` names.
+skips the objects `refused()` names. Status is written on one thread, conditional on the
+resourceVersion it was computed from (409: read again, write what is needed now), leadership
+checked before each write, failures retried and rewrites of a contested object paced
+(`statuspace.StatusPace`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +42,7 @@ from ambit.kube.resource import Resource
 from controller.kinds import KINDS
 from controller.sources import OnSnapshot
 from controller.sources.cache import CacheKey, LastGoodCache, cache_key
+from controller.sources.statuspace import StatusPace
 from controller.translate.ingress import ALL_ROUTE_KINDS, GATEWAY_GROUP, is_ingress
 from controller.translate.parents import is_gateway_parent, is_service_parent
 from controller.validation import FieldError, object_ref, reasons
@@ -104,7 +108,9 @@ class KubeSource:
             for t in self.types}
         self.state: dict[WatchedType, TypeState] = {t: rf.state for t, rf in self.reflectors.items()}
         self._cond = threading.Condition()
-        self._status_q: queue.Queue[tuple[WatchedType, Obj, Obj] | None] = queue.Queue()   # (type, obj, status)
+        self._status_cv = threading.Condition()
+        self.status_pace: StatusPace[tuple[WatchedType, CacheKey], tuple[WatchedType, Obj]] = StatusPace()
+        self.clock: Callable[[], float] = time.monotonic
         self._not_applied: dict[str, list[FieldError]] = {}    # ref -> the translation's errors for it
 
     # -- the Source interface ---------------------------------------------------------------------
@@ -122,7 +128,8 @@ class KubeSource:
             self._cond.notify_all()
         for rf in self.reflectors.values():
             rf.abort()
-        self._status_q.put(None)
+        with self._status_cv:
+            self._status_cv.notify_all()
         for th in threads + [pub]:
             th.join(timeout=5)
 
@@ -199,8 +206,16 @@ class KubeSource:
         return {(k[1], k[2], k[3]) for k in self.cache.rejected() if k[0] == GATEWAY_GROUP}
 
     def _maybe_status(self, t: WatchedType, obj: Obj) -> None:
+        """Queue a status write for `obj` if it is ours to write and not already right."""
         if not self.write_status or (self.leader is not None and not self.leader()):
             return
+        if self._desired_status(t, obj) is not None:
+            with self._status_cv:
+                self.status_pace.put((t, cache_key(obj)), (t, obj))
+                self._status_cv.notify()
+
+    def _desired_status(self, t: WatchedType, obj: Obj) -> Obj | None:
+        """The status to write for `obj` as it is now (None: it is right already, or not ours)."""
         if t.group == GATEWAY_GROUP and t.kind == "Gateway":
             # A waypoint or ingress Gateway's status is the waypoint reconciler's (controller.waypoints);
             # only a version validation rejected is written here, since the reconciler never sees it.
@@ -208,26 +223,24 @@ class KubeSource:
             if is_waypoint(obj) or is_ingress(obj):
                 errors = self.cache.rejected().get(cache_key(obj), [])
                 if errors and _condition_differs(obj, accepted_condition(obj, errors)):
-                    self._status_q.put((t, obj, _conditions_status(obj, accepted_condition(obj, errors))))
-            return
+                    return _conditions_status(obj, accepted_condition(obj, errors))
+            return None
         if t.group == GATEWAY_GROUP and t.kind in ALL_ROUTE_KINDS:
-            self._maybe_route_status(t, obj)
-            return
+            return self._route_status(obj)
         if not t.group.endswith(STATUS_GROUP_SUFFIXES):
-            return
+            return None
         errors = self.cache.rejected().get(cache_key(obj), [])
         not_applied = [] if errors else self._not_applied.get(object_ref(obj), [])
         cond = accepted_condition(obj, errors, not_applied)
-        if _condition_differs(obj, cond):
-            self._status_q.put((t, obj, _conditions_status(obj, cond)))
+        return _conditions_status(obj, cond) if _condition_differs(obj, cond) else None
 
-    def _maybe_route_status(self, t: WatchedType, obj: Obj) -> None:
+    def _route_status(self, obj: Obj) -> Obj | None:
         """A refused route's `status.parents` (its parents that are ours: Services, and Gateways of
         an ambit class); a valid one's is the reconciler's."""
         key = cache_key(obj)
         errors = self.cache.rejected().get(key, [])
         if not errors:
-            return
+            return None
         good = {cache_key(o): o for o in self.cache.objects()}
         gateways = {(k[2], k[3]): o for k, o in good.items() if k[0] == GATEWAY_GROUP and k[1] == "Gateway"}
 
@@ -240,25 +253,63 @@ class KubeSource:
         if want is None:    # another controller's route: its refusal is in `ambit status`, not on it
             log.debug("%s refused (%s); none of its parents is ambit's, so no status is written",
                       object_ref(obj), reasons(errors))
-        elif untimed(want) != untimed(obj.get("status")):
-            self._status_q.put((t, obj, want))
+            return None
+        return want if untimed(want) != untimed(obj.get("status")) else None
 
     def _status_writer(self, stop: threading.Event) -> None:
+        """Write queued statuses one at a time, paced by `status_pace` (retries, rewrites)."""
         while not stop.is_set():
-            item = self._status_q.get()
-            if item is None:
-                return
-            t, obj, status = item
+            with self._status_cv:
+                now = self.clock()
+                nxt = self.status_pace.take(now)
+                if nxt is None:
+                    due = self.status_pace.due()
+                    self._status_cv.wait(1.0 if due is None else min(1.0, max(0.0, due - now)))
+                    continue
+            key, item = nxt
+            ok = self._write_status(*item)
+            with self._status_cv:
+                contested = self.status_pace.done(key, item, ok, self.clock())
+            if contested:
+                log.warning("status of %s is set back each time it is written (another writer disagrees: a second "
+                            "controller without leader election, or another version?); rewriting it only after "
+                            "a backoff", object_ref(item[1]))
+
+    def _write_status(self, t: WatchedType, obj: Obj) -> bool:
+        """PATCH `obj`'s status, conditional on the resourceVersion it was computed from; on 409
+        Conflict read the object again and write what it needs now. False: retry later."""
+        for attempt in (1, 2):
+            if self.leader is not None and not self.leader():
+                return True         # no longer ours to write: a replica that stepped down stops at once
+            want = self._desired_status(t, obj)
+            if want is None:
+                return True
             md = obj.get("metadata") or {}
-            patch = {"status": status}
+            path = t.path(self.state[t].version, md.get("namespace"), md.get("name"))
+            patch: Obj = {"status": want}
+            if md.get("resourceVersion"):
+                patch["metadata"] = {"resourceVersion": md["resourceVersion"]}
             try:
-                path = t.path(self.state[t].version, md.get("namespace"), md.get("name"), "status")
-                resp = self._request("PATCH", path, body=patch, headers={"Content-Type": "application/merge-patch+json"})
-                resp.read()
-                if resp.status >= 300:
-                    log.warning("status of %s/%s: HTTP %s", t.kind, md.get("name"), resp.status)
-            except (urllib3.exceptions.HTTPError, ApiException, OSError) as e:
-                log.warning("status of %s/%s: %s", t.kind, md.get("name"), e)
+                resp = self._request("PATCH", path + "/status", body=patch,
+                                     headers={"Content-Type": "application/merge-patch+json"})
+                body = resp.read()
+                if resp.status == 409 and attempt == 1:
+                    fresh = self._request("GET", path)
+                    data = fresh.read()
+                    if fresh.status == 200:
+                        obj = json.loads(data)
+                        continue
+                    resp = fresh
+            except (urllib3.exceptions.HTTPError, ApiException, OSError, ValueError) as e:
+                log.warning("status of %s: %s; will retry", object_ref(obj), e)
+                return False
+            if resp.status == 404:
+                return True         # deleted meanwhile
+            if resp.status >= 300:
+                log.warning("status of %s: HTTP %s %s; will retry", object_ref(obj), resp.status, body[:200])
+                return False
+            return True
+        return False
 
 
 def _conditions_status(obj: Obj, cond: Obj) -> Obj:

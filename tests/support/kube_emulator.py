@@ -11,7 +11,8 @@ unmodified:
   ("too old resource version"), as etcd compaction causes on a real cluster;
 - custom resources under `/apis/<group>/<version>/...` only for installed groups (404 otherwise),
   each group served at all its versions;
-- `GET` of one object and `PATCH`/`PUT` of `/status` (merge patch), for status conditions;
+- `GET` of one object and `PATCH`/`PUT` of `/status` (merge patch), for status conditions; a body
+  naming `metadata.resourceVersion` is conditional on it (409 Conflict when stale);
 - Secrets and coordination.k8s.io/v1 Leases among the built-in kinds (the controller's CA Secret
   and its leader election);
 - `POST` (create; a Service gets a cluster IP), `PUT` (update, with optimistic concurrency on
@@ -695,6 +696,11 @@ class KubeEmulator:
                 return
             if not is_status or method not in ("PUT", "PATCH"):
                 self._send_json(h, 405, _status(405, "MethodNotAllowed", "only status can be written here"))
+                return
+            rv = (body.get("metadata") or {}).get("resourceVersion")
+            if rv and rv != obj["metadata"].get("resourceVersion"):     # a patch naming a resourceVersion is conditional
+                self._send_json(h, 409, _status(409, "Conflict", f'Operation cannot be fulfilled on {t.plural} '
+                                                f'"{name}": the object has been modified'))
                 return
             new_status = body.get("status") if method == "PUT" else _merge_patch(obj.get("status"), body.get("status"))
             self._rv += 1
