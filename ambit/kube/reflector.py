@@ -78,6 +78,7 @@ class ReflectorState:
     relists: int = 0            # lists after a 410 Gone
     watches: int = 0
     reconnects: int = 0         # attempts after an error (dropped connection, server error)
+    failures: int = 0           # consecutive failed attempts (0 once a list or watch makes progress)
     events: int = 0
     bookmarks: int = 0
     last_error: str = ""
@@ -182,9 +183,11 @@ class Reflector:
                 if relist:
                     self._list()
                     relist = False
+                    st.failures = 0
                 self._watch(stop)
                 if self._watch_progressed():
                     backoff.reset()             # the server ended a healthy watch: watch again now
+                    st.failures = 0
                 elif not stop.is_set():
                     self._failed(stop, backoff, "the watch ended at once with no event")
             except _Gone as e:
@@ -195,6 +198,7 @@ class Reflector:
                               if isinstance(e, _TooLarge) else "expired")
                 if self._watch_progressed():
                     backoff.reset()
+                    st.failures = 0
                 else:                           # expired again at once: wait before listing again
                     stop.wait(backoff.next_delay())
             except _Missing:
@@ -231,6 +235,7 @@ class Reflector:
     def _failed(self, stop: threading.Event, backoff: Attempts, error: str) -> None:
         self.state.last_error = error
         self.state.reconnects += 1
+        self.state.failures += 1
         self.log.warning("%s: %s; retrying", self.resource.name, error)
         stop.wait(backoff.next_delay())
 
@@ -315,6 +320,7 @@ class Reflector:
             raise
         self._resp = resp
         self._watch_opened = self.clock()
+        st.failures = 0                 # the server answers (a watch that then ends at once counts again)
         st.watches += 1
         try:
             if stop.is_set():           # stopped before `abort` could see this response

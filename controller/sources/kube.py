@@ -84,6 +84,10 @@ class WatchedType(Resource):
 # tokens, application credentials) ever reaches the controller (docs/security.md).
 FIELD_SELECTORS = {"Secret": "type=kubernetes.io/tls"}
 
+# Consecutive failed requests of one kind before it is reported (errors(), `ambit status`): a dropped
+# watch that reconnects at once is routine, three failures in a row (over a second) are not.
+FAILING_AFTER = 3
+
 
 def default_types() -> list[WatchedType]:
     """Every group/kind in the registry: core kinds, Istio's groups, Ambit's groups, Gateway API."""
@@ -134,7 +138,14 @@ class KubeSource:
             th.join(timeout=5)
 
     def errors(self) -> list[FieldError]:
-        return self.cache.errors()
+        """Validation's errors, and the kinds the API server has been failing to serve: `ambit
+        status` shows that the config in force is the last one listed, not the cluster's now."""
+        return self.source_errors() + self.cache.errors()
+
+    def source_errors(self) -> list[FieldError]:
+        return [FieldError(f"kubernetes-api/{t.name}", "", f"{st.failures} list/watch requests in a row failed "
+                           f"(last: {st.last_error}); the objects last listed stay in force")
+                for t, st in self.state.items() if st.failures >= FAILING_AFTER]
 
     def synced(self) -> bool:
         return all(s.synced for s in self.state.values())

@@ -309,3 +309,19 @@ def test_two_controllers_that_disagree_do_not_rewrite_status_in_a_loop(emu: Kube
     writes = status_patches(emu)
     time.sleep(0.5)
     assert status_patches(emu) == writes, "no rewrite before the backoff"
+
+
+def test_a_kind_the_api_server_keeps_failing_is_reported_and_cleared(emu: KubeEmulator, run) -> None:
+    """An API server that errs for good left the controller serving its last listed config with
+    nothing to say so: `ambit status` (the source's errors) now names the kind and the error."""
+    emu.create(deny("d1"))
+    r = run([AP, PODS])
+    emu.inject(Fault(path="/authorizationpolicies", status=503))
+    emu.drop_watches()
+    wait_for(lambda: r.source.errors(), "the failing kind to be reported")
+    [e] = r.source.errors()
+    assert e.ref == "kubernetes-api/authorizationpolicies.security.istio.io"
+    assert "503" in e.reason and "the objects last listed stay in force" in e.reason
+    assert r.names("AuthorizationPolicy") == {"d1"}, "the last listed config stays"
+    emu.clear_faults()
+    wait_for(lambda: not r.source.errors(), "the report to clear once the API server answers")
