@@ -18,7 +18,10 @@ The classic loop, through the official client's listers (auth, TLS, kubeconfig c
   does: a server (or a proxy in front of it) that answers that way is never hammered in a loop.
 - A collection the server does not serve (404: a CRD group not installed) is tried at each of the
   resource's versions; when `missing_retry` is set it then counts as synced and empty, and is
-  retried every `missing_retry` seconds (when not set, it is an error like any other). A collection
+  retried every `missing_retry` seconds (when not set, it is an error like any other), unless
+  `confirm_missing` says otherwise (the controller asks whether the CRD exists: an API server that
+  is starting answers 404 for the CRDs it has not loaded yet, and "none" would be a first config
+  without the group's AuthorizationPolicies: fail open). A collection
   that *was* listed and then answers 404 keeps its objects until it is listed again: a CRD's
   objects are deleted (watch events) before the CRD goes, whereas an API server that is starting
   answers 404 for CRDs it has not loaded yet, and treating that as "none" would drop every
@@ -149,8 +152,10 @@ class Reflector:
                  on_change: Callable[[Change], None] | None = None, *, watch_timeout: int = 300,
                  backoff: tuple[float, float] = (0.2, 10.0), page_size: int = 500,
                  missing_retry: float | None = None, logger: logging.Logger | None = None,
-                 min_watch: float = 1.0, clock: Callable[[], float] = time.monotonic):
+                 min_watch: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 confirm_missing: Callable[[], bool] | None = None):
         self.resource = resource
+        self.confirm_missing = confirm_missing      # is a 404 at the first list really "not installed"?
         self.min_watch = min_watch
         self.clock = clock
         self._watch_opened: float | None = None    # clock() when the current watch was answered
@@ -207,11 +212,13 @@ class Reflector:
                     self._failed(stop, backoff, f"{self.resource.name} is not served (404) any more; keeping its "
                                                 f"{len(st.objects)} objects until it is listed again")
                     continue
-                if self.missing_retry is not None:
+                if self.missing_retry is not None and self._absent():
                     self._mark_missing()
                     stop.wait(self.missing_retry)
                     continue
-                self._failed(stop, backoff, f"{self.resource.name} is not served (404)")
+                self._failed(stop, backoff, f"{self.resource.name} is not served (404)" + (
+                    "" if self.missing_retry is None else ", but its CustomResourceDefinition exists: the API "
+                                                          "server has not loaded it yet?"))
             except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as e:
                 if stop.is_set():
                     return
@@ -226,6 +233,17 @@ class Reflector:
                 self.log.exception("%s: unexpected failure", self.resource.name)
                 relist = True
                 self._failed(stop, backoff, f"{type(e).__name__}: {str(e).strip()[:300]}")
+
+    def _absent(self) -> bool:
+        """Is a collection that answers 404 really not installed (`confirm_missing`)? A failure to
+        tell counts as no: it is retried as an error rather than taken for empty."""
+        if self.confirm_missing is None:
+            return True
+        try:
+            return self.confirm_missing()
+        except Exception as e:  # noqa: BLE001 - any failure to confirm: not confirmed
+            self.log.warning("%s: cannot tell whether it is installed: %s", self.resource.name, e)
+            return False
 
     def _watch_progressed(self) -> bool:
         """Did the last watch deliver something, or stay open `min_watch` seconds?"""

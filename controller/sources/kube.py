@@ -3,9 +3,9 @@
 One reflector thread per resource type (`ambit.kube.reflector`, shared with the agent) keeps that
 type's objects: list (paged), watch from the list's resourceVersion with bookmarks, relist on 410
 Gone (so objects deleted unseen disappear), reconnect with backoff on a dropped connection (so no
-event is lost or applied twice). A custom-resource group that is not installed (404) is skipped
-quietly and retried every `missing_retry` seconds; both Istio's groups and Ambit's are watched,
-whichever exist. Every change goes through the `LastGoodCache`, which validates it.
+event is lost or applied twice). A custom-resource group that is not installed (404, and no
+CustomResourceDefinition serving it: `_crd_absent`) is skipped quietly and retried every
+`missing_retry` seconds; both Istio's groups and Ambit's are watched, whichever exist. Every change goes through the `LastGoodCache`, which validates it.
 
 Snapshots are published from one thread, only once every type has been listed (so ztunnels never see
 pods without their policies), and debounced so a burst of events gives one snapshot.
@@ -88,6 +88,9 @@ FIELD_SELECTORS = {"Secret": "type=kubernetes.io/tls"}
 # watch that reconnects at once is routine, three failures in a row (over a second) are not.
 FAILING_AFTER = 3
 
+# Whether a kind that answers 404 is really not installed is read from its CustomResourceDefinition.
+CRD_RBAC = {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get"]}
+
 
 def default_types() -> list[WatchedType]:
     """Every group/kind in the registry: core kinds, Istio's groups, Ambit's groups, Gateway API."""
@@ -108,7 +111,8 @@ class KubeSource:
         self.cache = LastGoodCache()
         self.reflectors: dict[WatchedType, Reflector] = {
             t: Reflector(api_client, t, lambda change, t=t: self._apply(t, change), watch_timeout=watch_timeout,
-                         backoff=backoff, page_size=page_size, missing_retry=missing_retry, logger=log)
+                         backoff=backoff, page_size=page_size, missing_retry=missing_retry, logger=log,
+                         confirm_missing=(lambda t=t: self._crd_absent(t)) if t.optional else None)
             for t in self.types}
         self.state: dict[WatchedType, TypeState] = {t: rf.state for t, rf in self.reflectors.items()}
         self._cond = threading.Condition()
@@ -116,6 +120,7 @@ class KubeSource:
         self.status_pace: StatusPace[tuple[WatchedType, CacheKey], tuple[WatchedType, Obj]] = StatusPace()
         self.clock: Callable[[], float] = time.monotonic
         self._not_applied: dict[str, list[FieldError]] = {}    # ref -> the translation's errors for it
+        self._crd_unreadable_logged = False
 
     # -- the Source interface ---------------------------------------------------------------------
     def run(self, on_snapshot: OnSnapshot, stop: threading.Event) -> None:
@@ -185,6 +190,26 @@ class KubeSource:
         req = self.api.param_serialize(method=method, resource_path=path, header_params=dict(headers or {}),
                                        body=body, auth_settings=["BearerToken"])
         return self.api.call_api(*req, _request_timeout=(10.0, 30.0))
+
+    def _crd_absent(self, t: WatchedType) -> bool:
+        """Is `t` really not installed? Its CustomResourceDefinition is read from etcd by the API
+        server's own handler, which answers while the server is still loading CRDs (when their
+        collections answer 404). No CRD, or one that serves none of our versions: absent. Without
+        RBAC to read CRDs (an install from before this rule) a 404 is taken at its word, as before."""
+        resp = self._request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{t.plural}.{t.group}")
+        body = resp.read()
+        if resp.status == 404:
+            return True
+        if resp.status in (401, 403):
+            if not self._crd_unreadable_logged:
+                self._crd_unreadable_logged = True
+                log.warning("cannot read CustomResourceDefinitions (HTTP %s; RBAC: get customresourcedefinitions): a "
+                            "kind that answers 404 is taken as not installed", resp.status)
+            return True
+        if resp.status >= 300:
+            raise ValueError(f"reading its CustomResourceDefinition: HTTP {resp.status}")
+        served = {v.get("name") for v in (json.loads(body).get("spec") or {}).get("versions") or [] if v.get("served")}
+        return not served & set(t.versions)
 
     # -- status conditions ------------------------------------------------------------------------
     def resync_status(self) -> None:

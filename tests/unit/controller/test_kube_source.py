@@ -325,3 +325,18 @@ def test_a_kind_the_api_server_keeps_failing_is_reported_and_cleared(emu: KubeEm
     assert r.names("AuthorizationPolicy") == {"d1"}, "the last listed config stays"
     emu.clear_faults()
     wait_for(lambda: not r.source.errors(), "the report to clear once the API server answers")
+
+
+def test_the_first_snapshot_waits_for_a_crd_the_api_server_has_not_loaded_yet(emu: KubeEmulator, run) -> None:
+    """An API server that is starting answers 404 for CRDs it has not loaded yet. The controller
+    took that for "not installed": its first config held no AuthorizationPolicy of the group, so
+    every DENY policy was off (fail open) until the next retry, 30 s later."""
+    emu.create({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                "metadata": {"name": "authorizationpolicies.security.istio.io"},
+                "spec": {"group": "security.istio.io", "versions": [{"name": "v1", "served": True}]}})
+    emu.create(deny("d1"))
+    loading = emu.inject(Fault(path="/apis/security.istio.io/", status=404, times=6))
+    r = run([PODS, AP], missing_retry=30.0)
+    assert loading.hits == 6
+    assert [o["metadata"]["name"] for o in r.snapshots[0] if o["kind"] == "AuthorizationPolicy"] == ["d1"]
+
