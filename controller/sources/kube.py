@@ -303,7 +303,11 @@ class KubeSource:
                     self._status_cv.wait(1.0 if due is None else min(1.0, max(0.0, due - now)))
                     continue
             key, item = nxt
-            ok = self._write_status(*item)
+            try:
+                ok = self._write_status(*item)
+            except Exception:  # noqa: BLE001 - one object must not end the writer (every later status lost)
+                log.exception("status of %s: writing it failed", object_ref(item[1]))
+                ok = True       # not retried: the same object would fail the same way; its next change retries
             with self._status_cv:
                 contested = self.status_pace.done(key, item, ok, self.clock())
             if contested:
