@@ -15,7 +15,12 @@ Every write goes through the API server's optimistic concurrency (the Lease's re
 of two replicas that both see an expired Lease only one write succeeds, the other gets 409
 Conflict and follows. A leader that cannot renew steps down once `renew_deadline` has passed
 since its last successful renewal, which is shorter than the lease duration: it stops writing
-before anyone else may take over.
+before anyone else may take over. Its term is counted from the `renewTime` it wrote (the clock
+read before the write), not from when the API server answered: a renewal the server took 12 s to
+accept would otherwise have let it lead until 22 s after the `renewTime` the others see, while
+they take the Lease over at 15 s. Every request has a timeout, so a hung API server cannot hold
+the elector's thread, and no failure ends it (an API server that refused connections for a moment
+ended it for good: the replica never led again).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import urllib3
 
 log = logging.getLogger("ambit.controller.leader")
 
@@ -72,7 +79,8 @@ class LeaseElector:
         self.lease_duration, self.renew_deadline, self.retry_period = lease_duration, renew_deadline, retry_period
         self.on_change = on_change
         self.clock = clock
-        self._renewed_at: float | None = None       # clock() of our last successful create/renew/takeover
+        self._renewed_at: float | None = None       # the renewTime of our last successful create/renew/takeover
+        self._timeout = (min(5.0, renew_deadline / 2), renew_deadline / 2)   # connect, read: per request
         self._leading = False
         self.transitions = 0                         # leadership gained, for metrics and tests
 
@@ -86,12 +94,15 @@ class LeaseElector:
         """Read the Lease and act on it once; True while we lead."""
         from kubernetes.client.exceptions import ApiException
         try:
-            lease = self._api.read_namespaced_lease(self.name, self.namespace)
+            lease = self._api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self._timeout)
         except ApiException as e:
             if e.status != 404:
                 log.warning("lease %s/%s: read failed: %s %s", self.namespace, self.name, e.status, e.reason)
                 return self._settle()
             lease = None
+        except (urllib3.exceptions.HTTPError, OSError) as e:      # refused, reset, timed out
+            log.warning("lease %s/%s: read failed: %s", self.namespace, self.name, e)
+            return self._settle()
         spec = lease.spec if lease is not None else None
         view = None if lease is None else LeaseView(spec.holder_identity if spec else None,
                                                     spec.renew_time if spec else None,
@@ -100,22 +111,27 @@ class LeaseElector:
         if action == FOLLOW:
             self._renewed_at = None
             return self._settle()
+        started = self.clock()
         try:
-            self._write(action, lease)
-            self._renewed_at = self.clock()
+            self._write(action, lease, started)
+            self._renewed_at = started          # the renewTime the others see, however slow the write was
         except ApiException as e:
             if e.status not in (409, 404):      # 409: another replica wrote first; 404: deleted meanwhile
                 log.warning("lease %s/%s: %s failed: %s %s", self.namespace, self.name, action, e.status, e.reason)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            log.warning("lease %s/%s: %s failed: %s", self.namespace, self.name, action, e)
         return self._settle()
 
-    def _write(self, action: str, lease: Any) -> None:
-        now = self._now()
+    def _write(self, action: str, lease: Any, at: float | None = None) -> None:
+        """Write the Lease as `action` says, with renewTime `at` (the clock's now by default)."""
+        now = dt.datetime.fromtimestamp(self.clock() if at is None else at, dt.UTC)
         k8s = self._k8s
         if action == CREATE:
             self._api.create_namespaced_lease(self.namespace, k8s.V1Lease(
                 metadata=k8s.V1ObjectMeta(name=self.name, namespace=self.namespace),
                 spec=k8s.V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=self.lease_duration,
-                                     acquire_time=now, renew_time=now, lease_transitions=0)))
+                                     acquire_time=now, renew_time=now, lease_transitions=0)),
+                _request_timeout=self._timeout)
             return
         spec = lease.spec or k8s.V1LeaseSpec()
         spec.renew_time = now
@@ -125,7 +141,7 @@ class LeaseElector:
             spec.acquire_time = now
             spec.lease_transitions = (spec.lease_transitions or 0) + 1
         lease.spec = spec          # metadata.resourceVersion stays: a stale read gets 409 Conflict
-        self._api.replace_namespaced_lease(self.name, self.namespace, lease)
+        self._api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=self._timeout)
 
     def _settle(self) -> bool:
         leading = self.is_leader()
@@ -146,7 +162,12 @@ class LeaseElector:
         """Try every `retry_period` until `stop`; then give the Lease up if we hold it, so the next
         replica need not wait for it to expire (client-go's ReleaseOnCancel)."""
         while not stop.is_set():
-            self.try_once()
+            try:
+                self.try_once()
+            except Exception:  # noqa: BLE001 - the election must outlive any one failure: a dead
+                # thread would never lead again, and the replicas' writes (status, waypoints) stop
+                log.exception("lease %s/%s: election attempt failed", self.namespace, self.name)
+                self._settle()
             stop.wait(self.retry_period)
         if self.is_leader():
             self.release()
@@ -154,13 +175,15 @@ class LeaseElector:
     def release(self) -> None:
         from kubernetes.client.exceptions import ApiException
         try:
-            lease = self._api.read_namespaced_lease(self.name, self.namespace)
+            lease = self._api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self._timeout)
             if lease.spec is not None and lease.spec.holder_identity == self.identity:
                 lease.spec.holder_identity = None
                 lease.spec.renew_time = None
-                self._api.replace_namespaced_lease(self.name, self.namespace, lease)
+                self._api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=self._timeout)
         except ApiException as e:
             log.warning("lease %s/%s: release failed: %s %s", self.namespace, self.name, e.status, e.reason)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            log.warning("lease %s/%s: release failed: %s", self.namespace, self.name, e)
         self._renewed_at = None
         self._settle()
 

@@ -7,12 +7,25 @@ The classic loop, through the official client's listers (auth, TLS, kubeconfig c
   (timeoutSeconds), watch again from that resourceVersion.
 
 - 410 Gone (the resourceVersion was compacted away) -> relist, replacing the whole cache, so objects
-  deleted while we could not see events disappear too.
+  deleted while we could not see events disappear too. So does "Too large resource version" (504,
+  cause ResourceVersionTooLarge): the server is behind the resourceVersion we hold, as after an etcd
+  restore from a backup; watching on from it would wait for ever and miss every write made since.
 - Any other failure (dropped connection, server error) -> reconnect with jittered exponential
   backoff and watch from the last resourceVersion seen, so no event is lost and none applied twice.
+- The backoff is reset only by a watch that made progress (an event or bookmark, or `min_watch`
+  seconds open). A watch the server ends at once with nothing in it, or a relist whose watch is
+  refused as expired again, waits the backoff before the next request, as client-go's reflector
+  does: a server (or a proxy in front of it) that answers that way is never hammered in a loop.
 - A collection the server does not serve (404: a CRD group not installed) is tried at each of the
   resource's versions; when `missing_retry` is set it then counts as synced and empty, and is
-  retried every `missing_retry` seconds (when not set, it is an error like any other).
+  retried every `missing_retry` seconds (when not set, it is an error like any other), unless
+  `confirm_missing` says otherwise (the controller asks whether the CRD exists: an API server that
+  is starting answers 404 for the CRDs it has not loaded yet, and "none" would be a first config
+  without the group's AuthorizationPolicies: fail open). A collection
+  that *was* listed and then answers 404 keeps its objects until it is listed again: a CRD's
+  objects are deleted (watch events) before the CRD goes, whereas an API server that is starting
+  answers 404 for CRDs it has not loaded yet, and treating that as "none" would drop every
+  AuthorizationPolicy of the group (fail open) for as long as the 404s last.
 
 Events are parsed from the raw stream, not deserialized into the client's models: those validate
 strictly and would turn a field the model does not know into a lost event.
@@ -26,6 +39,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +81,7 @@ class ReflectorState:
     relists: int = 0            # lists after a 410 Gone
     watches: int = 0
     reconnects: int = 0         # attempts after an error (dropped connection, server error)
+    failures: int = 0           # consecutive failed attempts (0 once a list or watch makes progress)
     events: int = 0
     bookmarks: int = 0
     last_error: str = ""
@@ -74,6 +89,27 @@ class ReflectorState:
 
 class _Gone(Exception):
     pass
+
+
+class _TooLarge(_Gone):
+    """The server has not reached our resourceVersion (it went back: an etcd restore)."""
+
+
+def _too_large(status: Obj) -> bool:
+    """client-go's isTooLargeResourceVersionError: the ResourceVersionTooLarge cause, or (older
+    servers) a 504 Timeout saying "Too large resource version"."""
+    causes = (status.get("details") or {}).get("causes") or []
+    if any(isinstance(c, dict) and c.get("reason") == "ResourceVersionTooLarge" for c in causes):
+        return True
+    return status.get("code") == 504 and "Too large resource version" in str(status.get("message") or "")
+
+
+def _status_body(e: ApiException) -> Obj:
+    try:
+        body = json.loads(e.body or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 class _Missing(Exception):
@@ -115,8 +151,15 @@ class Reflector:
     def __init__(self, api_client: kclient.ApiClient, resource: Resource,
                  on_change: Callable[[Change], None] | None = None, *, watch_timeout: int = 300,
                  backoff: tuple[float, float] = (0.2, 10.0), page_size: int = 500,
-                 missing_retry: float | None = None, logger: logging.Logger | None = None):
+                 missing_retry: float | None = None, logger: logging.Logger | None = None,
+                 min_watch: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 confirm_missing: Callable[[], bool] | None = None):
         self.resource = resource
+        self.confirm_missing = confirm_missing      # is a 404 at the first list really "not installed"?
+        self.min_watch = min_watch
+        self.clock = clock
+        self._watch_opened: float | None = None    # clock() when the current watch was answered
+        self._watch_seen = 0                       # events and bookmarks it delivered
         self.on_change = on_change
         self.watch_timeout = watch_timeout
         self.backoff = backoff
@@ -140,28 +183,46 @@ class Reflector:
         backoff = Backoff(*self.backoff).attempts()
         relist = True
         while not stop.is_set():
+            self._watch_opened, self._watch_seen = None, 0
             try:
                 if relist:
                     self._list()
                     relist = False
-                    backoff.reset()
+                    st.failures = 0
                 self._watch(stop)
-                backoff.reset()                 # the server ended the watch cleanly: watch again now
-            except _Gone:
+                if self._watch_progressed():
+                    backoff.reset()             # the server ended a healthy watch: watch again now
+                    st.failures = 0
+                elif not stop.is_set():
+                    self._failed(stop, backoff, "the watch ended at once with no event")
+            except _Gone as e:
                 st.relists += 1
                 relist = True
-                self.log.info("%s: resourceVersion %s expired; relisting", self.resource.name, st.resource_version)
+                self.log.info("%s: resourceVersion %s %s; relisting", self.resource.name, st.resource_version,
+                              "is ahead of the server (etcd restored from a backup?)"
+                              if isinstance(e, _TooLarge) else "expired")
+                if self._watch_progressed():
+                    backoff.reset()
+                    st.failures = 0
+                else:                           # expired again at once: wait before listing again
+                    stop.wait(backoff.next_delay())
             except _Missing:
                 relist = True
-                if self.missing_retry is not None:
+                if st.synced and not st.missing:
+                    self._failed(stop, backoff, f"{self.resource.name} is not served (404) any more; keeping its "
+                                                f"{len(st.objects)} objects until it is listed again")
+                    continue
+                if self.missing_retry is not None and self._absent():
                     self._mark_missing()
                     stop.wait(self.missing_retry)
                     continue
-                self._failed(stop, backoff, f"{self.resource.name} is not served (404)")
+                self._failed(stop, backoff, f"{self.resource.name} is not served (404)" + (
+                    "" if self.missing_retry is None else ", but its CustomResourceDefinition exists: the API "
+                                                          "server has not loaded it yet?"))
             except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as e:
                 if stop.is_set():
                     return
-                self._failed(stop, backoff, f"{type(e).__name__}: {str(e).strip()[:300]}")
+                self._failed(stop, backoff, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
             except Exception as e:  # noqa: BLE001 - the reflector must outlive any one object
                 # A response no handler above expects (an object nested too deeply for json, a
                 # consumer that fails on one object) would otherwise end this thread: the
@@ -173,9 +234,26 @@ class Reflector:
                 relist = True
                 self._failed(stop, backoff, f"{type(e).__name__}: {str(e).strip()[:300]}")
 
+    def _absent(self) -> bool:
+        """Is a collection that answers 404 really not installed (`confirm_missing`)? A failure to
+        tell counts as no: it is retried as an error rather than taken for empty."""
+        if self.confirm_missing is None:
+            return True
+        try:
+            return self.confirm_missing()
+        except Exception as e:  # noqa: BLE001 - any failure to confirm: not confirmed
+            self.log.warning("%s: cannot tell whether it is installed: %s", self.resource.name, e)
+            return False
+
+    def _watch_progressed(self) -> bool:
+        """Did the last watch deliver something, or stay open `min_watch` seconds?"""
+        opened = self._watch_opened
+        return self._watch_seen > 0 or (opened is not None and self.clock() - opened >= self.min_watch)
+
     def _failed(self, stop: threading.Event, backoff: Attempts, error: str) -> None:
         self.state.last_error = error
         self.state.reconnects += 1
+        self.state.failures += 1
         self.log.warning("%s: %s; retrying", self.resource.name, error)
         stop.wait(backoff.next_delay())
 
@@ -195,7 +273,8 @@ class Reflector:
     # -- list -------------------------------------------------------------------------------------
     def _list(self) -> None:
         st = self.state
-        for version in [st.version] if st.version else self.resource.versions:
+        versions = [st.version] * bool(st.version) + [v for v in self.resource.versions if v != st.version]
+        for version in versions:
             try:
                 items, rv = self._list_pages(version)
             except ApiException as e:
@@ -252,10 +331,14 @@ class Reflector:
         except ApiException as e:
             if e.status == 410:
                 raise _Gone() from e
+            if e.status == 504 and _too_large(_status_body(e)):
+                raise _TooLarge() from e
             if e.status == 404:
                 raise _Missing() from e
             raise
         self._resp = resp
+        self._watch_opened = self.clock()
+        st.failures = 0                 # the server answers (a watch that then ends at once counts again)
         st.watches += 1
         try:
             if stop.is_set():           # stopped before `abort` could see this response
@@ -275,12 +358,15 @@ class Reflector:
         if etype == "ERROR":
             if obj.get("code") == 410:
                 raise _Gone()
+            if _too_large(obj):
+                raise _TooLarge()
             raise ValueError(f"{name}: watch error: {obj.get('message') or obj}")
         if etype not in (ADDED, MODIFIED, DELETED, "BOOKMARK"):
             raise ValueError(f"{name}: unknown watch event type {etype!r}")
         st = self.state
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         change = None
+        self._watch_seen += 1
         with self.lock:
             if etype == "BOOKMARK":
                 st.bookmarks += 1

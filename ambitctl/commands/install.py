@@ -77,7 +77,7 @@ def controller_rules() -> list[Obj]:
     """list/watch of every type the controller's KubeSource watches, status of the mesh kinds it
     writes conditions to, TokenReviews for the CA's node credentials, and what it writes for
     waypoint Gateways (their status; their Deployment, Service and ServiceAccount)."""
-    from controller.sources.kube import STATUS_GROUP_SUFFIXES, default_types
+    from controller.sources.kube import CRD_RBAC, STATUS_GROUP_SUFFIXES, default_types
     watched: dict[str, set[str]] = {}
     status: dict[str, set[str]] = {}
     for t in default_types():
@@ -89,6 +89,7 @@ def controller_rules() -> list[Obj]:
     rules += [{"apiGroups": [g], "resources": sorted(r), "verbs": ["get", "patch", "update"]}
               for g, r in sorted(status.items())]
     rules.append({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]})
+    rules.append(dict(CRD_RBAC))        # is a kind answering 404 really not installed? (controller.sources.kube)
     # the mesh root it publishes (controller/ca/publish.py): root namespace and each waypoint's namespace
     rules.append({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]})
     from controller.waypoints.reconcile import RBAC_RULES

@@ -38,36 +38,44 @@ class LastGoodCache:
 
     def upsert(self, obj: Obj) -> list[FieldError]:
         """Take a new version of an object; returns its validation errors (empty when accepted)."""
-        key = cache_key(obj)
         errors = self._validate(obj)
         with self._lock:
-            if errors:
-                self._errors[key] = errors
-            else:
-                self._errors.pop(key, None)
-                obj = without_nulls(obj)    # what validation read: every consumer sees `field: null` unset
-                if self._good.get(key) != obj:
-                    self._good[key] = obj
-                    self.version += 1
+            self._take(cache_key(obj), obj, errors)
         return errors
+
+    def _take(self, key: CacheKey, obj: Obj, errors: list[FieldError]) -> None:
+        """Under the lock: `obj` (validated, with `errors`) as the newest version of `key`."""
+        if errors:
+            self._errors[key] = errors
+            return
+        self._errors.pop(key, None)
+        obj = without_nulls(obj)    # what validation read: every consumer sees `field: null` unset
+        if self._good.get(key) != obj:
+            self._good[key] = obj
+            self.version += 1
 
     def delete(self, key: CacheKey) -> None:
         with self._lock:
-            self._errors.pop(key, None)
-            if self._good.pop(key, None) is not None:
-                self.version += 1
+            self._drop(key)
+
+    def _drop(self, key: CacheKey) -> None:
+        self._errors.pop(key, None)
+        if self._good.pop(key, None) is not None:
+            self.version += 1
 
     def replace(self, objs: Iterable[Obj], owns: Callable[[CacheKey], bool]) -> None:
         """Make the cache hold exactly `objs` among the keys `owns` selects (a relist): objects
-        that are gone from the source are dropped, even if they disappeared while we were not looking."""
-        objs = list(objs)
-        fresh = {cache_key(o) for o in objs}
+        that are gone from the source are dropped, even if they disappeared while we were not looking.
+        Applied whole, under one lock: a reader never sees the deletions of a relist without its
+        additions (an ALLOW policy replaced by a DENY one while the watch was down must never read
+        as "neither": no ALLOW policy left admits everything)."""
+        checked = [(cache_key(o), o, self._validate(o)) for o in objs]
+        fresh = {key for key, _, _ in checked}
         with self._lock:
-            stale = [k for k in set(self._good) | set(self._errors) if owns(k) and k not in fresh]
-        for k in stale:
-            self.delete(k)
-        for o in objs:
-            self.upsert(o)
+            for k in [k for k in set(self._good) | set(self._errors) if owns(k) and k not in fresh]:
+                self._drop(k)
+            for key, o, errors in checked:
+                self._take(key, o, errors)
 
     def objects(self) -> list[Obj]:
         with self._lock:

@@ -3,9 +3,9 @@
 One reflector thread per resource type (`ambit.kube.reflector`, shared with the agent) keeps that
 type's objects: list (paged), watch from the list's resourceVersion with bookmarks, relist on 410
 Gone (so objects deleted unseen disappear), reconnect with backoff on a dropped connection (so no
-event is lost or applied twice). A custom-resource group that is not installed (404) is skipped
-quietly and retried every `missing_retry` seconds; both Istio's groups and Ambit's are watched,
-whichever exist. Every change goes through the `LastGoodCache`, which validates it.
+event is lost or applied twice). A custom-resource group that is not installed (404, and no
+CustomResourceDefinition serving it: `_crd_absent`) is skipped quietly and retried every
+`missing_retry` seconds; both Istio's groups and Ambit's are watched, whichever exist. Every change goes through the `LastGoodCache`, which validates it.
 
 Snapshots are published from one thread, only once every type has been listed (so ztunnels never see
 pods without their policies), and debounced so a burst of events gives one snapshot.
@@ -16,13 +16,16 @@ ServiceEntry address another Service holds), which the controller passes in afte
 translation (`set_translation_errors`). A Gateway API route whose newest version validation refused
 gets `status.parents` saying so (`ingress_status.refused_route_status`), and a waypoint or ingress
 Gateway `Accepted`/`Programmed=False`; a valid one's status is the waypoint reconciler's, which
-skips the objects `refused()` names.
+skips the objects `refused()` names. Status is written on one thread, conditional on the
+resourceVersion it was computed from (409: read again, write what is needed now), leadership
+checked before each write, failures retried and rewrites of a contested object paced
+(`statuspace.StatusPace`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +42,7 @@ from ambit.kube.resource import Resource
 from controller.kinds import KINDS
 from controller.sources import OnSnapshot
 from controller.sources.cache import CacheKey, LastGoodCache, cache_key
+from controller.sources.statuspace import StatusPace
 from controller.translate.ingress import ALL_ROUTE_KINDS, GATEWAY_GROUP, is_ingress
 from controller.translate.parents import is_gateway_parent, is_service_parent
 from controller.validation import FieldError, object_ref, reasons
@@ -80,6 +84,13 @@ class WatchedType(Resource):
 # tokens, application credentials) ever reaches the controller (docs/security.md).
 FIELD_SELECTORS = {"Secret": "type=kubernetes.io/tls"}
 
+# Consecutive failed requests of one kind before it is reported (errors(), `ambit status`): a dropped
+# watch that reconnects at once is routine, three failures in a row (over a second) are not.
+FAILING_AFTER = 3
+
+# Whether a kind that answers 404 is really not installed is read from its CustomResourceDefinition.
+CRD_RBAC = {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get"]}
+
 
 def default_types() -> list[WatchedType]:
     """Every group/kind in the registry: core kinds, Istio's groups, Ambit's groups, Gateway API."""
@@ -100,12 +111,16 @@ class KubeSource:
         self.cache = LastGoodCache()
         self.reflectors: dict[WatchedType, Reflector] = {
             t: Reflector(api_client, t, lambda change, t=t: self._apply(t, change), watch_timeout=watch_timeout,
-                         backoff=backoff, page_size=page_size, missing_retry=missing_retry, logger=log)
+                         backoff=backoff, page_size=page_size, missing_retry=missing_retry, logger=log,
+                         confirm_missing=(lambda t=t: self._crd_absent(t)) if t.optional else None)
             for t in self.types}
         self.state: dict[WatchedType, TypeState] = {t: rf.state for t, rf in self.reflectors.items()}
         self._cond = threading.Condition()
-        self._status_q: queue.Queue[tuple[WatchedType, Obj, Obj] | None] = queue.Queue()   # (type, obj, status)
+        self._status_cv = threading.Condition()
+        self.status_pace: StatusPace[tuple[WatchedType, CacheKey], tuple[WatchedType, Obj]] = StatusPace()
+        self.clock: Callable[[], float] = time.monotonic
         self._not_applied: dict[str, list[FieldError]] = {}    # ref -> the translation's errors for it
+        self._crd_unreadable_logged = False
 
     # -- the Source interface ---------------------------------------------------------------------
     def run(self, on_snapshot: OnSnapshot, stop: threading.Event) -> None:
@@ -122,12 +137,20 @@ class KubeSource:
             self._cond.notify_all()
         for rf in self.reflectors.values():
             rf.abort()
-        self._status_q.put(None)
+        with self._status_cv:
+            self._status_cv.notify_all()
         for th in threads + [pub]:
             th.join(timeout=5)
 
     def errors(self) -> list[FieldError]:
-        return self.cache.errors()
+        """Validation's errors, and the kinds the API server has been failing to serve: `ambit
+        status` shows that the config in force is the last one listed, not the cluster's now."""
+        return self.source_errors() + self.cache.errors()
+
+    def source_errors(self) -> list[FieldError]:
+        return [FieldError(f"kubernetes-api/{t.name}", "", f"{st.failures} list/watch requests in a row failed "
+                           f"(last: {st.last_error}); the objects last listed stay in force")
+                for t, st in self.state.items() if st.failures >= FAILING_AFTER]
 
     def synced(self) -> bool:
         return all(s.synced for s in self.state.values())
@@ -168,6 +191,26 @@ class KubeSource:
                                        body=body, auth_settings=["BearerToken"])
         return self.api.call_api(*req, _request_timeout=(10.0, 30.0))
 
+    def _crd_absent(self, t: WatchedType) -> bool:
+        """Is `t` really not installed? Its CustomResourceDefinition is read from etcd by the API
+        server's own handler, which answers while the server is still loading CRDs (when their
+        collections answer 404). No CRD, or one that serves none of our versions: absent. Without
+        RBAC to read CRDs (an install from before this rule) a 404 is taken at its word, as before."""
+        resp = self._request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{t.plural}.{t.group}")
+        body = resp.read()
+        if resp.status == 404:
+            return True
+        if resp.status in (401, 403):
+            if not self._crd_unreadable_logged:
+                self._crd_unreadable_logged = True
+                log.warning("cannot read CustomResourceDefinitions (HTTP %s; RBAC: get customresourcedefinitions): a "
+                            "kind that answers 404 is taken as not installed", resp.status)
+            return True
+        if resp.status >= 300:
+            raise ValueError(f"reading its CustomResourceDefinition: HTTP {resp.status}")
+        served = {v.get("name") for v in (json.loads(body).get("spec") or {}).get("versions") or [] if v.get("served")}
+        return not served & set(t.versions)
+
     # -- status conditions ------------------------------------------------------------------------
     def resync_status(self) -> None:
         """Check every object's status condition again (a replica that just became the leader
@@ -199,8 +242,16 @@ class KubeSource:
         return {(k[1], k[2], k[3]) for k in self.cache.rejected() if k[0] == GATEWAY_GROUP}
 
     def _maybe_status(self, t: WatchedType, obj: Obj) -> None:
+        """Queue a status write for `obj` if it is ours to write and not already right."""
         if not self.write_status or (self.leader is not None and not self.leader()):
             return
+        if self._desired_status(t, obj) is not None:
+            with self._status_cv:
+                self.status_pace.put((t, cache_key(obj)), (t, obj))
+                self._status_cv.notify()
+
+    def _desired_status(self, t: WatchedType, obj: Obj) -> Obj | None:
+        """The status to write for `obj` as it is now (None: it is right already, or not ours)."""
         if t.group == GATEWAY_GROUP and t.kind == "Gateway":
             # A waypoint or ingress Gateway's status is the waypoint reconciler's (controller.waypoints);
             # only a version validation rejected is written here, since the reconciler never sees it.
@@ -208,26 +259,24 @@ class KubeSource:
             if is_waypoint(obj) or is_ingress(obj):
                 errors = self.cache.rejected().get(cache_key(obj), [])
                 if errors and _condition_differs(obj, accepted_condition(obj, errors)):
-                    self._status_q.put((t, obj, _conditions_status(obj, accepted_condition(obj, errors))))
-            return
+                    return _conditions_status(obj, accepted_condition(obj, errors))
+            return None
         if t.group == GATEWAY_GROUP and t.kind in ALL_ROUTE_KINDS:
-            self._maybe_route_status(t, obj)
-            return
+            return self._route_status(obj)
         if not t.group.endswith(STATUS_GROUP_SUFFIXES):
-            return
+            return None
         errors = self.cache.rejected().get(cache_key(obj), [])
         not_applied = [] if errors else self._not_applied.get(object_ref(obj), [])
         cond = accepted_condition(obj, errors, not_applied)
-        if _condition_differs(obj, cond):
-            self._status_q.put((t, obj, _conditions_status(obj, cond)))
+        return _conditions_status(obj, cond) if _condition_differs(obj, cond) else None
 
-    def _maybe_route_status(self, t: WatchedType, obj: Obj) -> None:
+    def _route_status(self, obj: Obj) -> Obj | None:
         """A refused route's `status.parents` (its parents that are ours: Services, and Gateways of
         an ambit class); a valid one's is the reconciler's."""
         key = cache_key(obj)
         errors = self.cache.rejected().get(key, [])
         if not errors:
-            return
+            return None
         good = {cache_key(o): o for o in self.cache.objects()}
         gateways = {(k[2], k[3]): o for k, o in good.items() if k[0] == GATEWAY_GROUP and k[1] == "Gateway"}
 
@@ -240,25 +289,67 @@ class KubeSource:
         if want is None:    # another controller's route: its refusal is in `ambit status`, not on it
             log.debug("%s refused (%s); none of its parents is ambit's, so no status is written",
                       object_ref(obj), reasons(errors))
-        elif untimed(want) != untimed(obj.get("status")):
-            self._status_q.put((t, obj, want))
+            return None
+        return want if untimed(want) != untimed(obj.get("status")) else None
 
     def _status_writer(self, stop: threading.Event) -> None:
+        """Write queued statuses one at a time, paced by `status_pace` (retries, rewrites)."""
         while not stop.is_set():
-            item = self._status_q.get()
-            if item is None:
-                return
-            t, obj, status = item
-            md = obj.get("metadata") or {}
-            patch = {"status": status}
+            with self._status_cv:
+                now = self.clock()
+                nxt = self.status_pace.take(now)
+                if nxt is None:
+                    due = self.status_pace.due()
+                    self._status_cv.wait(1.0 if due is None else min(1.0, max(0.0, due - now)))
+                    continue
+            key, item = nxt
             try:
-                path = t.path(self.state[t].version, md.get("namespace"), md.get("name"), "status")
-                resp = self._request("PATCH", path, body=patch, headers={"Content-Type": "application/merge-patch+json"})
-                resp.read()
-                if resp.status >= 300:
-                    log.warning("status of %s/%s: HTTP %s", t.kind, md.get("name"), resp.status)
-            except (urllib3.exceptions.HTTPError, ApiException, OSError) as e:
-                log.warning("status of %s/%s: %s", t.kind, md.get("name"), e)
+                ok = self._write_status(*item)
+            except Exception:  # noqa: BLE001 - one object must not end the writer (every later status lost)
+                log.exception("status of %s: writing it failed", object_ref(item[1]))
+                ok = True       # not retried: the same object would fail the same way; its next change retries
+            with self._status_cv:
+                contested = self.status_pace.done(key, item, ok, self.clock())
+            if contested:
+                log.warning("status of %s is set back each time it is written (another writer disagrees: a second "
+                            "controller without leader election, or another version?); rewriting it only after "
+                            "a backoff", object_ref(item[1]))
+
+    def _write_status(self, t: WatchedType, obj: Obj) -> bool:
+        """PATCH `obj`'s status, conditional on the resourceVersion it was computed from; on 409
+        Conflict read the object again and write what it needs now. False: retry later."""
+        for attempt in (1, 2):
+            if self.leader is not None and not self.leader():
+                return True         # no longer ours to write: a replica that stepped down stops at once
+            want = self._desired_status(t, obj)
+            if want is None:
+                return True
+            md = obj.get("metadata") or {}
+            path = t.path(self.state[t].version, md.get("namespace"), md.get("name"))
+            patch: Obj = {"status": want}
+            if md.get("resourceVersion"):
+                patch["metadata"] = {"resourceVersion": md["resourceVersion"]}
+            try:
+                resp = self._request("PATCH", path + "/status", body=patch,
+                                     headers={"Content-Type": "application/merge-patch+json"})
+                body = resp.read()
+                if resp.status == 409 and attempt == 1:
+                    fresh = self._request("GET", path)
+                    data = fresh.read()
+                    if fresh.status == 200:
+                        obj = json.loads(data)
+                        continue
+                    resp = fresh
+            except (urllib3.exceptions.HTTPError, ApiException, OSError, ValueError) as e:
+                log.warning("status of %s: %s; will retry", object_ref(obj), e)
+                return False
+            if resp.status == 404:
+                return True         # deleted meanwhile
+            if resp.status >= 300:
+                log.warning("status of %s: HTTP %s %s; will retry", object_ref(obj), resp.status, body[:200])
+                return False
+            return True
+        return False
 
 
 def _conditions_status(obj: Obj, cond: Obj) -> Obj:

@@ -11,7 +11,8 @@ unmodified:
   ("too old resource version"), as etcd compaction causes on a real cluster;
 - custom resources under `/apis/<group>/<version>/...` only for installed groups (404 otherwise),
   each group served at all its versions;
-- `GET` of one object and `PATCH`/`PUT` of `/status` (merge patch), for status conditions;
+- `GET` of one object and `PATCH`/`PUT` of `/status` (merge patch), for status conditions; a body
+  naming `metadata.resourceVersion` is conditional on it (409 Conflict when stale);
 - Secrets and coordination.k8s.io/v1 Leases among the built-in kinds (the controller's CA Secret
   and its leader election);
 - `POST` (create; a Service gets a cluster IP), `PUT` (update, with optimistic concurrency on
@@ -41,6 +42,14 @@ For kubectl (tests/unit/vagrant/test_kube_driver.py drives the e2e KubeDriver th
 Knobs for tests: `compact()`, `drop_watches()` (closes every open watch mid-stream, like a broken
 connection), `hold_watches()` (new watch requests wait: a window in which changes happen unseen),
 `bookmark()`, `install_group()`, and `requests` (a log of every request, to assert what a client did).
+
+Faults (`inject(Fault(...))`, `clear_faults()`): the requests a `Fault` matches (method, a path
+fragment, watch or not) are answered with an error status (429/500/503/504, with `Retry-After`), a
+delay first, a watch that ends at once with no event, or a watch whose first event is cut off
+mid-JSON (`truncate`: the connection closes inside a chunk) — what an overloaded or restarting API
+server, or a proxy in front of it, does. `restore(rv)` puts the resourceVersion back, as an etcd
+restore from backup does: a watch from a resourceVersion the server has not reached gets 504
+"Too large resource version", as the API server's watch cache answers.
 """
 
 from __future__ import annotations
@@ -118,6 +127,10 @@ BUILTIN_GROUPS = ("", "discovery.k8s.io", "apps", "rbac.authorization.k8s.io", "
                   "coordination.k8s.io")
 
 
+_REASONS = {409: "Conflict", 410: "Expired", 429: "TooManyRequests", 500: "InternalError",
+            503: "ServiceUnavailable", 504: "Timeout"}
+
+
 def crd_types(group: str) -> list[ResourceType]:
     versions, kinds = _MESH_GROUPS[group]
     return [ResourceType(group, versions, plural, kind, True) for plural, kind in kinds]
@@ -130,6 +143,31 @@ def _status(code: int, reason: str, message: str) -> Obj:
 
 class _Dropped(Exception):
     pass
+
+
+@dataclass
+class Fault:
+    """How to answer the requests that match: `method` (None: any), `path` (a fragment of the URL
+    path), `watch` (True: watches only, False: everything else, None: both); `times` answers
+    (None: until cleared). `status` > 0 answers that HTTP error (with `retry_after` seconds);
+    `delay` waits first; `watch_end` answers a watch with 200 and ends it at once; `truncate`
+    sends half of an event line and drops the connection."""
+
+    path: str = ""
+    method: str | None = "GET"
+    watch: bool | None = None
+    status: int = 0
+    retry_after: int | None = None
+    delay: float = 0.0
+    watch_end: bool = False
+    truncate: bool = False
+    times: int | None = None
+    hits: int = 0
+
+    def matches(self, method: str, path: str, query: dict[str, str]) -> bool:
+        is_watch = query.get("watch") in ("1", "true")
+        return ((self.method is None or self.method == method) and self.path in path
+                and (self.watch is None or self.watch == is_watch) and (self.times is None or self.hits < self.times))
 
 
 class KubeEmulator:
@@ -162,6 +200,7 @@ class KubeEmulator:
         self._reviews_open = threading.Event()
         self._reviews_open.set()
         self._logs: dict[tuple[str, str, str], str] = {}
+        self._faults: list[Fault] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="kube-emulator", daemon=True)
@@ -207,6 +246,26 @@ class KubeEmulator:
             self._compacted = self._rv
             self._events = []
             return self._compacted
+
+    def inject(self, fault: Fault) -> Fault:
+        """Answer matching requests as `fault` says (the first matching fault wins); returns it, so a
+        test can read `hits`."""
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def restore(self, rv: int) -> None:
+        """An etcd restore from a backup taken at `rv`: the resourceVersion goes back to `rv` (objects
+        stay as they are; the test writes what the backup held) and the event history is gone."""
+        with self._lock:
+            self._rv = rv
+            self._events = []
+            self._compacted = 0
+            self._lock.notify_all()
 
     def drop_watches(self) -> None:
         """Break every open watch connection mid-stream (no terminating chunk), as a network fault would."""
@@ -581,6 +640,11 @@ class KubeEmulator:
         with self._lock:
             self.requests.append((method, url.path, query))
             t, version, ns, name, is_status = self._route(url.path)
+            fault = next((f for f in self._faults if f.matches(method, url.path, query)), None)
+            if fault is not None:
+                fault.hits += 1
+        if fault is not None and self._faulted(h, fault):
+            return
         if method == "POST" and url.path.rstrip("/") == "/apis/authentication.k8s.io/v1/tokenreviews":
             length = int(h.headers.get("Content-Length") or 0)
             self._token_review(h, json.loads(h.rfile.read(length) or b"{}"))
@@ -653,12 +717,51 @@ class KubeEmulator:
             if not is_status or method not in ("PUT", "PATCH"):
                 self._send_json(h, 405, _status(405, "MethodNotAllowed", "only status can be written here"))
                 return
+            rv = (body.get("metadata") or {}).get("resourceVersion")
+            if rv and rv != obj["metadata"].get("resourceVersion"):     # a patch naming a resourceVersion is conditional
+                self._send_json(h, 409, _status(409, "Conflict", f'Operation cannot be fulfilled on {t.plural} '
+                                                f'"{name}": the object has been modified'))
+                return
             new_status = body.get("status") if method == "PUT" else _merge_patch(obj.get("status"), body.get("status"))
             self._rv += 1
             obj["status"] = new_status
             obj["metadata"]["resourceVersion"] = str(self._rv)
             self._record(t, "MODIFIED", obj)
             self._send_json(h, 200, self._present(t, version, obj, with_type=True))
+
+    def _faulted(self, h: BaseHTTPRequestHandler, fault: Fault) -> bool:
+        """Answer as `fault` says; False when the request is then served normally (a delay alone)."""
+        if fault.delay:
+            time.sleep(fault.delay)
+        if fault.status:
+            length = int(h.headers.get("Content-Length") or 0)
+            if length:
+                h.rfile.read(length)
+            body = json.dumps(_status(fault.status, _REASONS.get(fault.status, "InternalError"),
+                                      f"injected fault: {fault.status}")).encode()
+            h.send_response(fault.status)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(body)))
+            if fault.retry_after is not None:
+                h.send_header("Retry-After", str(fault.retry_after))
+            h.end_headers()
+            h.wfile.write(body)
+            return True
+        if fault.watch_end or fault.truncate:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Transfer-Encoding", "chunked")
+            h.end_headers()
+            if fault.truncate:      # a chunk header promising more than is sent, then the connection goes
+                line = b'{"type": "ADDED", "object": {"metadata": {"name": "half'
+                h.wfile.write(f"{len(line) * 2:x}\r\n".encode() + line)
+                h.wfile.flush()
+                h.close_connection = True
+                h.connection.shutdown(socket.SHUT_RDWR)
+            else:
+                self._end(h)
+            return True
+        return False
 
     def _post(self, h: BaseHTTPRequestHandler, t: ResourceType, version: str, ns: str | None, body: Obj) -> None:
         body = dict(body)
@@ -750,8 +853,18 @@ class KubeEmulator:
                     since = self._rv
                 elif since < self._compacted:
                     initial = None
+                elif since > self._rv:      # the watch cache has not reached it (after an etcd restore)
+                    initial = "too large"
                 else:
                     initial = []
+            if initial == "too large":
+                send({"type": "ERROR", "object": {**_status(504, "Timeout", f"Too large resource version: {since}, "
+                                                            f"current: {self._rv}"),
+                                                  "details": {"causes": [{"reason": "ResourceVersionTooLarge",
+                                                                          "message": "Too large resource version"}],
+                                                              "retryAfterSeconds": 1}}})
+                self._end(h)
+                return
             if initial is None:
                 send({"type": "ERROR", "object": _status(
                     410, "Expired", f"too old resource version: {since} ({self._compacted})")})

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from ambit.backoff import Backoff
 from controller.sources.kube import KubeSource, WatchedType, default_types, make_api_client
-from tests.support.kube_emulator import KubeEmulator
+from controller.sources.statuspace import StatusPace
+from controller.validation import FieldError
+from tests.support.kube_emulator import Fault, KubeEmulator
 from tests.support.wait import wait_for
 
 PODS = WatchedType("", ("v1",), "pods", "Pod", True)
@@ -225,3 +229,114 @@ def test_a_service_entry_the_translation_refuses_is_not_accepted_in_its_status(e
     finally:
         stop.set()
         source.api.close()
+
+
+# -- status writes under API faults -----------------------------------------------------------------
+
+def deny(name: str) -> dict[str, Any]:
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": "demo"}, "spec": {"action": "DENY", "rules": [{}]}}
+
+
+AP = WatchedType("security.istio.io", ("v1", "v1beta1"), "authorizationpolicies", "AuthorizationPolicy", True)
+
+
+def conditions(emu: KubeEmulator, name: str) -> dict[str, dict[str, Any]]:
+    got = emu.get("security.istio.io/v1", "AuthorizationPolicy", name, "demo") or {}
+    return {c["type"]: c for c in (got.get("status") or {}).get("conditions") or []}
+
+
+def status_patches(emu: KubeEmulator) -> int:
+    return sum(1 for m, p, _ in list(emu.requests) if m == "PATCH" and p.endswith("/status"))
+
+
+def test_a_failed_status_write_is_retried(emu: KubeEmulator, run) -> None:
+    """A 500 on the status write was logged and dropped: the condition stayed unwritten until the
+    object next changed."""
+    fault = emu.inject(Fault(path="/status", method="PATCH", status=500, times=2))
+    emu.create(deny("d1"))
+    run([AP], write_status=True)
+    wait_for(lambda: "Accepted" in conditions(emu, "d1"), "the status written after the failures")
+    assert fault.hits == 2
+
+
+def test_a_conflicting_status_write_reads_the_object_again(emu: KubeEmulator, run) -> None:
+    """The write is conditional on the resourceVersion it was computed from; on 409 Conflict the
+    object is read again and its status written from the fresh version, keeping the condition
+    another controller wrote meanwhile (an unconditional patch of `conditions` erased it)."""
+    fault = emu.inject(Fault(path="/status", method="PATCH", delay=0.5, times=1))     # a slow API server
+    emu.create(deny("d1"))
+    run([AP], write_status=True)
+    wait_for(lambda: fault.hits == 1, "the first status write")
+    other = emu.get("security.istio.io/v1", "AuthorizationPolicy", "d1", "demo")
+    other["status"] = {"conditions": [{"type": "Reconciled", "status": "True", "reason": "Other", "message": "",
+                                       "observedGeneration": 1}]}
+    since = int(emu.update(other)["metadata"]["resourceVersion"])    # another writer, while ours is in flight
+    wait_for(lambda: "Accepted" in conditions(emu, "d1"), "the status written after the conflict")
+    assert set(conditions(emu, "d1")) == {"Accepted", "Reconciled"}
+    later = [o for rv, _, _, o in list(emu._events) if rv > since and o["metadata"]["name"] == "d1"]
+    assert later and all(any(c["type"] == "Reconciled" for c in o["status"]["conditions"]) for o in later), \
+        "the other writer's condition was never erased, not even for a moment"
+
+
+def test_a_replica_that_stepped_down_writes_none_of_its_queued_statuses(emu: KubeEmulator, run) -> None:
+    """Leadership was checked when a write was queued, not when it was made: a replica that lost
+    the Lease while the API server was slow went on writing its whole backlog as a follower."""
+    leading = [True]
+    slow = emu.inject(Fault(path="/status", method="PATCH", delay=1.0, times=1))
+    for name in ("d1", "d2", "d3"):
+        emu.create(deny(name))
+    run([AP], write_status=True, leader=lambda: leading[0])
+    wait_for(lambda: slow.hits == 1, "the first (slow) status write")
+    leading[0] = False                                # the Lease is lost meanwhile
+    wait_for(lambda: sum("Accepted" in conditions(emu, n) for n in ("d1", "d2", "d3")) == 1, "the write in flight")
+    time.sleep(0.3)
+    assert status_patches(emu) == 1, "nothing written after stepping down"
+
+
+def test_two_controllers_that_disagree_do_not_rewrite_status_in_a_loop(emu: KubeEmulator, run,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Writing a status changes the object; when another writer sets it back (two controllers
+    without leader election, or of two versions), each reacted to the other at once, for ever."""
+    emu.create(deny("d1"))
+    a = run([AP], write_status=True)
+    b = run([AP], write_status=True)
+    for r in (a, b):
+        r.source.status_pace = StatusPace(rewrite=Backoff(60.0, 60.0))
+    wait_for(lambda: conditions(emu, "d1").get("Accepted", {}).get("status") == "True", "the first status")
+    b.source.set_translation_errors([FieldError("AuthorizationPolicy/demo/d1", "spec", "b disagrees")])
+    wait_for(lambda: caplog.text.count("is set back each time it is written") == 2, "both to see the disagreement")
+    writes = status_patches(emu)
+    time.sleep(0.5)
+    assert status_patches(emu) == writes, "no rewrite before the backoff"
+
+
+def test_a_kind_the_api_server_keeps_failing_is_reported_and_cleared(emu: KubeEmulator, run) -> None:
+    """An API server that errs for good left the controller serving its last listed config with
+    nothing to say so: `ambit status` (the source's errors) now names the kind and the error."""
+    emu.create(deny("d1"))
+    r = run([AP, PODS])
+    emu.inject(Fault(path="/authorizationpolicies", status=503))
+    emu.drop_watches()
+    wait_for(lambda: r.source.errors(), "the failing kind to be reported")
+    [e] = r.source.errors()
+    assert e.ref == "kubernetes-api/authorizationpolicies.security.istio.io"
+    assert "503" in e.reason and "the objects last listed stay in force" in e.reason
+    assert r.names("AuthorizationPolicy") == {"d1"}, "the last listed config stays"
+    emu.clear_faults()
+    wait_for(lambda: not r.source.errors(), "the report to clear once the API server answers")
+
+
+def test_the_first_snapshot_waits_for_a_crd_the_api_server_has_not_loaded_yet(emu: KubeEmulator, run) -> None:
+    """An API server that is starting answers 404 for CRDs it has not loaded yet. The controller
+    took that for "not installed": its first config held no AuthorizationPolicy of the group, so
+    every DENY policy was off (fail open) until the next retry, 30 s later."""
+    emu.create({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                "metadata": {"name": "authorizationpolicies.security.istio.io"},
+                "spec": {"group": "security.istio.io", "versions": [{"name": "v1", "served": True}]}})
+    emu.create(deny("d1"))
+    loading = emu.inject(Fault(path="/apis/security.istio.io/", status=404, times=6))
+    r = run([PODS, AP], missing_retry=30.0)
+    assert loading.hits == 6
+    assert [o["metadata"]["name"] for o in r.snapshots[0] if o["kind"] == "AuthorizationPolicy"] == ["d1"]
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 
 import pytest
 from kubernetes import client as k8s
@@ -12,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ambit.kube.client import make_api_client
 from controller.leader import CREATE, FOLLOW, RENEW, TAKEOVER, LeaseElector, LeaseView, decide
-from tests.support.kube_emulator import KubeEmulator
+from tests.support.kube_emulator import Fault, KubeEmulator
 from tests.support.wait import wait_for
 
 NS, NAME = "ambit-system", "ambit-controller"
@@ -109,3 +110,40 @@ def test_a_stopping_leader_releases_the_lease_so_the_next_need_not_wait(emu: Kub
 def test_renew_deadline_must_be_shorter_than_the_lease() -> None:
     with pytest.raises(ValueError, match="shorter than the lease duration"):
         LeaseElector(None, NS, NAME, "x", lease_duration=10, renew_deadline=10)
+
+
+def test_a_slow_renewal_does_not_outlast_the_lease_the_others_see(emu: KubeEmulator) -> None:
+    """The leader counted its term from when the API server *answered* its renewal, the others from
+    the renewTime it wrote: a renewal that took 12 s let it lead until 22 s after that renewTime,
+    while another replica takes the Lease over at 15 s. Two leaders, both writing."""
+    clock = Clock()
+    a, b = elector(emu, "pod-a", clock), elector(emu, "pod-b", clock)
+    assert a.try_once()
+    slow = emu.inject(Fault(path=f"/leases/{NAME}", method="PUT", delay=2.0, times=1))
+    renewing = threading.Thread(target=a.try_once)
+    renewing.start()
+    wait_for(lambda: slow.hits == 1, timeout=10, what="the renewal to reach the API server")
+    clock.t += 12                                       # the API server takes 12 s to accept it
+    renewing.join(10)
+    clock.t += 3.5                                      # 15.5 s after the renewTime a wrote
+    assert b.try_once() is True                         # the Lease expired: b takes it over
+    assert a.is_leader() is False, "a must have stepped down before b could take over"
+
+
+def test_the_election_survives_an_api_server_that_refuses_connections(emu: KubeEmulator) -> None:
+    """A refused connection (an API server restarting) raised out of the election loop and ended
+    its thread: the replica never led again, so status and waypoint writes stopped for good."""
+    port = int(emu.url.rsplit(":", 1)[1])
+    emu.stop()                                          # nothing listens there now
+    a = LeaseElector(make_api_client(f"http://127.0.0.1:{port}"), NS, NAME, "pod-a", lease_duration=15,
+                     renew_deadline=10, retry_period=0.05, clock=Clock())
+    stop = threading.Event()
+    thread = a.start(stop)
+    try:
+        time.sleep(0.5)                                 # the outage: several attempts are refused
+        with KubeEmulator(port=port):                   # the API server is back
+            wait_for(a.is_leader, timeout=10, what="pod-a leading once the API server is back")
+            assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(5)

@@ -14,7 +14,7 @@ import pytest
 from ambit.kube.client import make_api_client
 from ambit.kube.reflector import ADDED, DELETED, LISTED, MODIFIED, Change, Reflector
 from ambit.kube.resource import Resource, field_selector_matches, label_selector_matches
-from tests.support.kube_emulator import KubeEmulator
+from tests.support.kube_emulator import Fault, KubeEmulator
 
 PODS = Resource("", ("v1",), "pods", "Pod", True)
 VS = Resource("networking.istio.io", ("v1", "v1beta1"), "virtualservices", "VirtualService", True)
@@ -241,6 +241,66 @@ def test_a_server_that_is_down_is_retried(emu: KubeEmulator, reflect) -> None:
     r = reflect(VS, url="http://127.0.0.1:9")                 # the discard port: nothing listens
     until(lambda: r.st.reconnects >= 2, "retries")
     assert not r.st.synced and "Error" in r.st.last_error
+
+
+def test_a_resource_version_ahead_of_the_server_relists(emu: KubeEmulator, reflect) -> None:
+    """After an etcd restore the server's resourceVersion goes back; a watch from ours gets "Too
+    large resource version". Watching on from it waited for ever and missed every write made since
+    (a new DENY policy never applied, restored-away objects kept): it must relist."""
+    emu.create(pod("a"))
+    backup = emu.resource_version
+    emu.create(pod("lost"))                                   # written after the backup was taken
+    r = reflect(PODS)
+    until(lambda: r.names() == {"a", "lost"}, "the first list")
+    with emu.hold_watches():
+        emu.drop_watches()
+        until(lambda: emu.open_watches() == 0, "the watch to drop")
+        emu._objects[("", "pods")].pop(("demo", "lost"))     # the backup does not hold it
+        emu.restore(backup)
+    until(lambda: r.names() == {"a"}, "the relist after the restore")
+    assert r.st.relists == 1
+    emu.create(pod("new"))
+    until(lambda: r.names() == {"a", "new"}, "the write made after the restore")
+
+
+def test_a_collection_that_was_listed_keeps_its_objects_on_a_404(emu: KubeEmulator, reflect) -> None:
+    """An API server that is starting answers 404 for custom resources it has not loaded yet. Taking
+    that for "not installed" emptied the collection: every AuthorizationPolicy of the group gone
+    from the config (fail open) while the 404s lasted. A CRD that really goes deletes its objects
+    (watch events) first, so a collection once listed keeps what it holds until it is listed again."""
+    emu.create(vs("ratings"))
+    r = reflect(VS, missing_retry=0.05)
+    until(lambda: r.names() == {"ratings"}, "the first list")
+    n = len(r.changes)
+    fault = emu.inject(Fault(path="/apis/networking.istio.io", status=404, times=6))
+    emu.drop_watches()
+    emu.compact()
+    until(lambda: fault.hits >= 6, "the 404s")
+    emu.clear_faults()
+    emu.create(vs("reviews"))
+    until(lambda: r.names() == {"ratings", "reviews"}, "the collection listed again")
+    assert all(c.objects for c in r.changes[n:] if c.type == LISTED), "the collection was never emptied"
+    assert not r.st.missing
+
+
+def test_a_watch_that_ends_at_once_waits_the_backoff(emu: KubeEmulator, reflect) -> None:
+    """A server (or a proxy before it) that ends every watch at once with nothing in it was watched
+    again at once, for ever: a request loop as fast as the server answers."""
+    fault = emu.inject(Fault(path="/pods", watch=True, watch_end=True))
+    r = reflect(PODS, backoff=(60.0, 60.0))
+    until(lambda: r.st.last_error == "the watch ended at once with no event", "the empty watch to count as a failure")
+    time.sleep(0.3)
+    assert fault.hits == 1, "no second watch before the backoff"
+
+
+def test_a_relist_whose_watch_expires_at_once_waits_the_backoff(emu: KubeEmulator, reflect) -> None:
+    """410 Gone right after a relist, again and again, was a list-watch loop with no pause: every
+    round lists the whole collection from the API server."""
+    fault = emu.inject(Fault(path="/pods", watch=True, status=410))
+    r = reflect(PODS, backoff=(60.0, 60.0))
+    until(lambda: r.st.relists >= 1, "the first 410")
+    time.sleep(0.3)
+    assert (fault.hits, len(emu.list_requests("pods"))) == (1, 1), "no relist before the backoff"
 
 
 # -- selectors and resources (pure) -------------------------------------------------------------------
