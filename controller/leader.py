@@ -8,9 +8,14 @@ ConfigMap), so two replicas never fight over an object.
 The rules (`decide`, pure, with the clock injected):
 * no Lease: create it, holding it;
 * held by us: renew (`renewTime` = now);
-* held by another whose `renewTime + leaseDurationSeconds` has passed (or never renewed): take it
-  over, counting a transition;
+* held by another whose record has not changed for `leaseDurationSeconds` *by our own clock*
+  (or never renewed): take it over, counting a transition;
 * otherwise follow.
+As client-go, a follower counts expiry from when *it* last saw the Lease record change, never from
+the `renewTime` another replica's clock wrote: with clocks 20 s apart, a leader's fresh renewal
+looked 5 s expired to a follower ahead of it, and two replicas led at once. The price, also
+client-go's: a replica that starts next to an abandoned Lease waits one lease duration before it
+takes it (a stopping leader releases it, so that wait is only after a crash).
 Every write goes through the API server's optimistic concurrency (the Lease's resourceVersion):
 of two replicas that both see an expired Lease only one write succeeds, the other gets 409
 Conflict and follows. A leader that cannot renew steps down once `renew_deadline` has passed
@@ -80,6 +85,8 @@ class LeaseElector:
         self.on_change = on_change
         self.clock = clock
         self._renewed_at: float | None = None       # the renewTime of our last successful create/renew/takeover
+        self._observed: tuple[Any, ...] | None = None   # the Lease record as last read
+        self._observed_at = 0.0                      # our clock when that record last changed
         self._timeout = (min(5.0, renew_deadline / 2), renew_deadline / 2)   # connect, read: per request
         self._leading = False
         self.transitions = 0                         # leadership gained, for metrics and tests
@@ -103,11 +110,7 @@ class LeaseElector:
         except (urllib3.exceptions.HTTPError, OSError) as e:      # refused, reset, timed out
             log.warning("lease %s/%s: read failed: %s", self.namespace, self.name, e)
             return self._settle()
-        spec = lease.spec if lease is not None else None
-        view = None if lease is None else LeaseView(spec.holder_identity if spec else None,
-                                                    spec.renew_time if spec else None,
-                                                    spec.lease_duration_seconds if spec else None)
-        action = decide(view, self.identity, self._now(), self.lease_duration)
+        action = decide(self._observe(lease), self.identity, self._now(), self.lease_duration)
         if action == FOLLOW:
             self._renewed_at = None
             return self._settle()
@@ -121,6 +124,19 @@ class LeaseElector:
         except (urllib3.exceptions.HTTPError, OSError) as e:
             log.warning("lease %s/%s: %s failed: %s", self.namespace, self.name, action, e)
         return self._settle()
+
+    def _observe(self, lease: Any) -> LeaseView | None:
+        """The Lease as `decide` reads it, its renewal timed by our clock: the moment we first saw
+        its current record (client-go's observedTime), not the `renewTime` the holder's clock wrote."""
+        spec = lease.spec if lease is not None else None
+        if spec is None:
+            return None if lease is None else LeaseView(None, None, None)
+        record = (spec.holder_identity, spec.renew_time, spec.lease_duration_seconds, spec.acquire_time,
+                  spec.lease_transitions)
+        if record != self._observed:
+            self._observed, self._observed_at = record, self.clock()
+        seen = dt.datetime.fromtimestamp(self._observed_at, dt.UTC) if spec.renew_time is not None else None
+        return LeaseView(spec.holder_identity, seen, spec.lease_duration_seconds)
 
     def _write(self, action: str, lease: Any, at: float | None = None) -> None:
         """Write the Lease as `action` says, with renewTime `at` (the clock's now by default)."""

@@ -82,6 +82,8 @@ def test_of_two_replicas_racing_for_an_expired_lease_only_one_wins(emu: KubeEmul
     assert old.try_once()
     clock.t += 60                                              # the old leader died long ago
     a, b = elector(emu, "pod-a", clock), elector(emu, "pod-b", clock)
+    assert a.try_once() is False and b.try_once() is False    # new replicas first see the Lease ...
+    clock.t += 15                                              # ... and take it once it stood still that long
     stale = lease(emu)                                         # a reads the Lease ...
     assert b.try_once() is True                                # ... b takes it over meanwhile ...
     with pytest.raises(ApiException) as e:                     # ... a's write on its stale read conflicts
@@ -118,7 +120,7 @@ def test_a_slow_renewal_does_not_outlast_the_lease_the_others_see(emu: KubeEmula
     while another replica takes the Lease over at 15 s. Two leaders, both writing."""
     clock = Clock()
     a, b = elector(emu, "pod-a", clock), elector(emu, "pod-b", clock)
-    assert a.try_once()
+    assert a.try_once() and b.try_once() is False
     slow = emu.inject(Fault(path=f"/leases/{NAME}", method="PUT", delay=2.0, times=1))
     renewing = threading.Thread(target=a.try_once)
     renewing.start()
@@ -147,3 +149,21 @@ def test_the_election_survives_an_api_server_that_refuses_connections(emu: KubeE
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_a_follower_ahead_of_the_leaders_clock_does_not_take_a_live_lease(emu: KubeEmulator) -> None:
+    """Followers compared the holder's renewTime with their own clock: a leader whose clock ran
+    20 s behind looked expired to the others at every renewal, and two replicas led at once.
+    Expiry is counted from when the follower saw the record change, by its own clock."""
+    behind, ahead = Clock(T0.timestamp() - 20), Clock()
+    a, b = elector(emu, "pod-a", behind), elector(emu, "pod-b", ahead)
+    for _ in range(3):
+        assert a.try_once() is True
+        assert b.try_once() is False, "b took a Lease its holder renews"
+        behind.t += 5
+        ahead.t += 5
+    # a dies: b takes over a full lease duration after it last saw a renewal, by b's own clock
+    ahead.t += 9                        # 14 s after b last saw the record change
+    assert b.try_once() is False
+    ahead.t += 1
+    assert b.try_once() is True
