@@ -58,6 +58,8 @@ class Agent:
         self.excluded: dict[str, str] = {}     # pod key -> reason it is not enrolled
         self.revision = ""                      # the source's revision of the view last reconciled
         self.handoff = HandoffRetry()           # captured pods ztunnel could not serve yet: retried
+        self.capture_retry = HandoffRetry()     # pods the engine failed to enrol or unenrol: retried
+        self.capture_failures = {"enrol": 0, "unenrol": 0}  # counters, in the status file
         self.clock = time.monotonic
         self.lock = threading.RLock()           # the CNI server's requests vs the reconcile loop
         self.cni: dict[str, tuple[PodRef, float]] = {}  # uid -> (ref, when) enrolled by the plugin
@@ -95,6 +97,7 @@ class Agent:
                 raise
             self.applied[ref.uid] = ref
             self.errors.pop(ref.uid, None)
+            self.capture_retry.forget(ref.uid)
             if refused:
                 self._handoff_failed(ref.uid, refused)
             else:
@@ -104,7 +107,21 @@ class Agent:
             raise
         except Exception as e:  # one bad pod must not stop the node
             self.errors[ref.uid] = str(e)
-            log.error("cannot enrol %s: %s", ref.key, e)
+            self._capture_failed("enrol", ref.uid, ref.key, e)
+
+    def _capture_failed(self, op: str, uid: str, key: str, e: Exception) -> None:
+        """Count, log (naming the pod and the error) and schedule the retry of a failed engine call.
+        Whatever failed (netlink, iptables, a full BPF map, EPERM, a netns gone), it is this pod's
+        problem: the others are still reconciled, and this one is tried again with backoff."""
+        self.capture_failures[op] += 1
+        a = self.capture_retry.failed(uid, self.clock(), f"{type(e).__name__}: {e}")
+        log.error("cannot %s %s: %s; attempt %d failed, next in %.1fs", op, key, a.reason, a.failures,
+                  a.next_at - self.clock())
+
+    def _retry_due(self, uid: str) -> bool:
+        """Whether a pod whose engine call failed may be tried again now (its backoff is over)."""
+        a = self.capture_retry.pending.get(uid)
+        return a is None or a.next_at <= self.clock()
 
     def _undo_handoff(self, ref: PodRef) -> None:
         """Capture failed after ztunnel took the pod. A pod that was not captured before (its
@@ -156,17 +173,31 @@ class Agent:
         uid, path and IP: the same ref, so no plan sees a change). Their capture and ztunnel's
         listeners are in the old netns; the new one would run uncaptured."""
         for uid, ref in list(self.applied.items()):
-            if ref is not None and self.engine.sandbox_replaced(uid):
+            try:
+                replaced = ref is not None and self.engine.sandbox_replaced(uid)
+            except Exception as e:  # noqa: BLE001 - this pod's problem; looked at again next time
+                log.warning("%s: cannot check its netns: %s", ref.key if ref else uid, e)
+                continue
+            if replaced:
                 log.info("%s: a new netns at %s (sandbox re-created): capturing it again", ref.key, ref.netns)
                 self.enrol(ref)
 
-    def unenrol(self, uid: str) -> None:
-        self.engine.unenrol(uid)
+    def unenrol(self, uid: str) -> bool:
+        """Stop capturing a pod; whether that worked. On failure the pod stays in `applied` (still
+        captured, still served by ztunnel) and is retried (`_capture_failed`)."""
+        try:
+            self.engine.unenrol(uid)
+        except Exception as e:  # noqa: BLE001 - one bad pod must not stop the node
+            ref = self.applied.get(uid)
+            self._capture_failed("unenrol", uid, ref.key if ref is not None else uid, e)
+            return False
+        self.capture_retry.forget(uid)
         self.applied.pop(uid, None)
         self.errors.pop(uid, None)
         self.handoff.forget(uid)
         self._ztunnel_delete(uid, self.drain)
         log.info("unenrolled %s", uid)
+        return True
 
     def reconcile(self, view: PodView) -> None:
         # Whichever source the view came from, enrolment was decided in one place before this
@@ -176,18 +207,23 @@ class Agent:
         self.revision = view.revision
         self.excluded = {p.key: p.reason for p in pods if not p.enrolled and p.reason}
         want = self._with_cni_pods(want)
+        for uid, r in want.items():
+            if uid in self.refs and self.refs[uid] != r:
+                self.capture_retry.forget(uid)  # a changed pod is worth trying at once
         self.refs = want
-        # Retry pods that failed before (their ref may be unchanged).
+        # Retry pods that failed before (their ref may be unchanged), once their backoff is over.
         current = {uid: r for uid, r in self.applied.items()}
         p = enrolment.plan(current, want)
         for uid in self._adopted_kept(p.remove, want):
-            self.unenrol(uid)
+            if self._retry_due(uid):
+                self.unenrol(uid)
         for ref in p.add + p.update:
             problem = enrolment.missing_paths(ref)
             if problem:     # one pod we cannot act on (yet) is that pod's status, not the node's
                 self.errors[ref.uid] = problem
                 continue
-            self.enrol(ref)
+            if self._retry_due(ref.uid):
+                self.enrol(ref)
         self.recapture_replaced()
         for uid in list(self.errors):
             if uid not in want:
@@ -195,6 +231,9 @@ class Agent:
         for uid in list(self.handoff.pending):
             if uid not in self.applied:
                 self.handoff.forget(uid)
+        for uid in list(self.capture_retry.pending):
+            if uid not in want and uid not in self.applied:
+                self.capture_retry.forget(uid)
         self.write_status()
 
     def _adopted_kept(self, remove: list[str], want: dict[str, PodRef]) -> list[str]:
@@ -205,9 +244,18 @@ class Agent:
         same grace as the plugin's own pods (see the module docstring)."""
         now = self.clock()
         for uid, since in list(self.adopted.items()):
-            if uid in want or now - since > self.cni_grace or not self.engine.sandbox_alive(uid):
+            if uid in want or now - since > self.cni_grace or not self._sandbox_alive(uid):
                 del self.adopted[uid]
         return [uid for uid in remove if uid not in self.adopted]
+
+    def _sandbox_alive(self, uid: str) -> bool:
+        """Whether the pod's captured netns still exists; when that cannot be told, assume it does
+        (keeping a capture fails closed, dropping it might not)."""
+        try:
+            return bool(self.engine.sandbox_alive(uid))
+        except Exception as e:  # noqa: BLE001 - this pod's problem, not the node's
+            log.warning("pod %s: cannot check its netns: %s", uid, e)
+            return True
 
     def _with_cni_pods(self, want: dict[str, PodRef]) -> dict[str, PodRef]:
         """`want` plus the plugin's pods the source does not show yet (see the module docstring)."""
@@ -297,18 +345,26 @@ class Agent:
         for uid, ref in self.refs.items():
             failing = self.handoff.status(uid, self.clock())
             if uid in self.errors:
-                pods[ref.key] = {"state": "error", "reason": self.errors[uid], "uid": uid}
+                retry = self.capture_retry.status(uid, self.clock()) or {}
+                pods[ref.key] = {"state": "error", "reason": self.errors[uid], "uid": uid,
+                                 "captured": uid in self.applied,
+                                 **{k: retry[k] for k in ("failures", "retryIn") if k in retry}}
             elif uid in self.applied and failing is not None:
                 pods[ref.key] = {**failing, "uid": uid}
             elif uid in self.applied:
                 pods[ref.key] = {"state": "captured", "uid": uid}
         for key, why in self.excluded.items():
             pods[key] = {"state": "opted-out", "reason": why}
+        for uid in self.capture_retry.pending.keys() - self.refs.keys():   # still captured: unenrol failed
+            old = self.applied.get(uid)
+            pods[old.key if old is not None else uid] = {
+                **(self.capture_retry.status(uid, self.clock()) or {}), "state": "unenrol-failed", "uid": uid}
         try:
             stats = self.engine.stats()
         except Exception:
             stats = {}
-        doc = {"node": self.node, "time": time.time(), "revision": self.revision, "pods": pods, "stats": stats}
+        doc = {"node": self.node, "time": time.time(), "revision": self.revision, "pods": pods, "stats": stats,
+               "captureFailures": dict(self.capture_failures)}
         tmp = self.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, self.status_file)
@@ -380,6 +436,8 @@ class Agent:
             else:
                 self.link.ping()            # notices a restarted ztunnel within a heartbeat
                 self.retry_handoffs()
+                if self.capture_retry.due(self.clock()):
+                    self.reconcile(last)    # pods whose capture (or its removal) failed, once due
                 self.recapture_replaced()   # a sandbox re-created with no change any view shows
         except ZtunnelError as e:
             log.warning("%s; reconnecting", e)

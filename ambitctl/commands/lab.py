@@ -123,7 +123,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  {'POD':<22} {'NODE':<7} {'IP':<13} {'PID':<8} {'CAPTURE':<10}")
     for p in s["pods"]:
         cap = p["capture"] if isinstance(p["capture"], str) else p["capture"].get("state", "?")
-        if isinstance(p["capture"], dict) and p["capture"].get("state") == "capture-failed":
+        if isinstance(p["capture"], dict) and p["capture"].get("state") in ("capture-failed", "error", "unenrol-failed"):
             cap += f": {p['capture'].get('reason', '?')}"      # never a bare "captured" that is not
         print(f"  {p['namespace'] + '/' + p['name']:<22} {p['node']:<7} {p['ip']:<13} "
               f"{p['pid'] or '-'!s:<8} {cap:<10}")
