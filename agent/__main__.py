@@ -10,9 +10,12 @@ Pods reach the agent two ways. The CNI plugin (agent/cni) asks, while the runtim
 sandbox and before any container runs, so even an app's first connection is captured; the pod
 source (watch or config stream) is the reconciler for every pod, including those that existed
 before the agent. A pod enrolled by the plugin is kept until its DEL, or until the source shows it
-(then the source's record takes over); a source that has not caught up within `cni_grace` seconds
-does not keep it forever. A restarted agent keeps, the same way, the pods it finds captured that no
-view shows yet (`_adopted_kept`): the previous agent's record of its plugin pods died with it.
+(then the source's record takes over), for as long as the source has not caught up: however slow
+the API server is to show the pod's IP, its app never runs uncaptured. It is let go only when its
+sandbox (netns) is gone, the source says it is not to be captured, or the source showed it and no
+longer does (deleted) (`_kept_by_sandbox`). A restarted agent keeps, the same way, the pods it
+finds captured that no view shows yet (`_adopted_kept`): the previous agent's record of its plugin
+pods died with it.
 """
 
 from __future__ import annotations
@@ -62,9 +65,9 @@ class Agent:
         self.capture_failures = {"enrol": 0, "unenrol": 0}  # counters, in the status file
         self.clock = time.monotonic
         self.lock = threading.RLock()           # the CNI server's requests vs the reconcile loop
-        self.cni: dict[str, tuple[PodRef, float]] = {}  # uid -> (ref, when) enrolled by the plugin
-        self.cni_grace = 60.0
-        self.adopted: dict[str, float] = {}     # uid -> when: pods a previous agent captured, not yet in a view
+        self.cni: dict[str, PodRef] = {}        # uid -> ref: enrolled by the plugin, in no view yet
+        self.adopted: set[str] = set()          # pods a previous agent captured, in no view yet
+        self.shown: set[str] = set()            # uids of the pods the last view showed
         self.ztunnel_sync = 5.0                 # seconds between checks of the node's ztunnel set
 
     # -- capture ----------------------------------------------------------------------------
@@ -204,9 +207,10 @@ class Agent:
         # (the agent's rule for Kubernetes objects, the controller's for Workloads).
         pods = view.local_pods(self.node)
         want = enrolment.to_capture(pods)
+        shown, refused = enrolment.known_uids(pods)
         self.revision = view.revision
         self.excluded = {p.key: p.reason for p in pods if not p.enrolled and p.reason}
-        want = self._with_cni_pods(want)
+        want = self._with_cni_pods(want, shown, refused)
         for uid, r in want.items():
             if uid in self.refs and self.refs[uid] != r:
                 self.capture_retry.forget(uid)  # a changed pod is worth trying at once
@@ -214,9 +218,10 @@ class Agent:
         # Retry pods that failed before (their ref may be unchanged), once their backoff is over.
         current = {uid: r for uid, r in self.applied.items()}
         p = enrolment.plan(current, want)
-        for uid in self._adopted_kept(p.remove, want):
+        for uid in self._adopted_kept(p.remove, want, shown, refused):
             if self._retry_due(uid):
                 self.unenrol(uid)
+        self.shown = shown
         for ref in p.add + p.update:
             problem = enrolment.missing_paths(ref)
             if problem:     # one pod we cannot act on (yet) is that pod's status, not the node's
@@ -236,17 +241,25 @@ class Agent:
                 self.capture_retry.forget(uid)
         self.write_status()
 
-    def _adopted_kept(self, remove: list[str], want: dict[str, PodRef]) -> list[str]:
+    def _adopted_kept(self, remove: list[str], want: dict[str, PodRef], shown: set[str],
+                      refused: set[str]) -> list[str]:
         """`remove` without the adopted pods kept for now. A pod the previous agent captured at
-        sandbox creation (CNI ADD) is in no view until the API server shows its address, and that agent's record of it died
-        with it: removing its capture would let its app start unprotected. So a pod adopted from
-        the pins that no view shows yet keeps its capture while its sandbox (netns) lives, for the
-        same grace as the plugin's own pods (see the module docstring)."""
-        now = self.clock()
-        for uid, since in list(self.adopted.items()):
-            if uid in want or now - since > self.cni_grace or not self._sandbox_alive(uid):
-                del self.adopted[uid]
+        sandbox creation (CNI ADD) is in no view until the API server shows its address, and that
+        agent's record of it died with it: removing its capture would let its app start
+        unprotected. So a pod adopted from the pins keeps its capture by the plugin pods' rule."""
+        for uid in list(self.adopted):
+            if uid in want or not self._kept_by_sandbox(uid, shown, refused):
+                self.adopted.discard(uid)
         return [uid for uid in remove if uid not in self.adopted]
+
+    def _kept_by_sandbox(self, uid: str, shown: set[str], refused: set[str]) -> bool:
+        """Whether a pod captured at sandbox creation, which no view shows as one to capture, keeps
+        its capture: yes while its netns lives, unless the source says no (not enrolled, opted
+        out) or showed the pod and no longer does (deleted). No time limit: a pod whose IP the API
+        server is slow to show runs its app all the same, and must not run it uncaptured."""
+        if uid in refused or (uid in self.shown and uid not in shown):
+            return False
+        return self._sandbox_alive(uid)
 
     def _sandbox_alive(self, uid: str) -> bool:
         """Whether the pod's captured netns still exists; when that cannot be told, assume it does
@@ -257,12 +270,11 @@ class Agent:
             log.warning("pod %s: cannot check its netns: %s", uid, e)
             return True
 
-    def _with_cni_pods(self, want: dict[str, PodRef]) -> dict[str, PodRef]:
+    def _with_cni_pods(self, want: dict[str, PodRef], shown: set[str], refused: set[str]) -> dict[str, PodRef]:
         """`want` plus the plugin's pods the source does not show yet (see the module docstring)."""
-        now = self.clock()
-        for uid, (ref, since) in list(self.cni.items()):
-            if uid in want or ref.key in self.excluded or now - since > self.cni_grace:
-                del self.cni[uid]           # the source knows it now (or has said no, or never will)
+        for uid, ref in list(self.cni.items()):
+            if uid in want or ref.key in self.excluded or not self._kept_by_sandbox(uid, shown, refused):
+                del self.cni[uid]           # the source knows it now (or has said no, or it is gone)
             else:
                 want = {**want, uid: ref}
         return want
@@ -302,7 +314,7 @@ class Agent:
                 self.refs.pop(ref.uid, None)
                 self.write_status()
                 return why
-            self.cni[ref.uid] = (ref, self.clock())
+            self.cni[ref.uid] = ref
             self.write_status()
         return None
 
@@ -412,7 +424,7 @@ class Agent:
         but not their refs until a view shows them (`_adopted_kept`)."""
         for uid in self.engine.enrolled():
             self.applied[uid] = None
-            self.adopted[uid] = self.clock()
+            self.adopted.add(uid)
 
     def sync_ztunnels(self) -> None:
         """Forget the ztunnels whose cgroup is gone (the old node pod of a surge roll, once it is

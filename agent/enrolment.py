@@ -44,13 +44,18 @@ class LocalPod:
 
     `enrolled` is the decision (made by `local_pods` below, or by the controller); `ref` is what
     capturing needs (None while the pod is not running with an IP); `reason` says why a pod is not
-    enrolled when that is worth showing (an opt-out), for the agent's status file.
+    enrolled when that is worth showing (an opt-out), for the agent's status file. Every pod of the
+    node the source knows has a record, enrolled or not.
     """
 
     key: str                    # "namespace/name"
     enrolled: bool
     ref: PodRef | None = None
     reason: str = ""
+    # The pod's uid when there is no ref: the source knows the pod (it exists, and this is its
+    # decision) even before it runs with an IP. The agent keeps a pod it captured at sandbox
+    # creation until a source says otherwise (agent/__main__.py, `_kept_by_sandbox`).
+    uid: str = ""
 
 
 def pod_opted_out(labels: dict[str, str]) -> bool:
@@ -78,7 +83,8 @@ def pod_ref(pod: dict[str, Any]) -> PodRef | None:
 
 
 def local_pods(node: str, pods: list[dict[str, Any]], namespaces: dict[str, dict[str, str]]) -> list[LocalPod]:
-    """The records of the pods on `node` in an enrolled namespace: enrolled, or opted out."""
+    """The records of the pods on `node`: enrolled (with a ref once running with an IP), or not
+    (with the reason when it is an opt-out)."""
     out: list[LocalPod] = []
     for pod in pods:
         if (pod.get("spec") or {}).get("nodeName") != node:
@@ -87,19 +93,24 @@ def local_pods(node: str, pods: list[dict[str, Any]], namespaces: dict[str, dict
         labels = md.get("labels") or {}
         ns_labels = namespaces.get(md.get("namespace", "default"), {})
         key = f"{md.get('namespace', 'default')}/{md.get('name')}"
+        uid = md.get("uid") or f"{md.get('namespace')}.{md.get('name')}"
         if not is_enrolled(labels, ns_labels, bool((pod.get("spec") or {}).get("hostNetwork"))):
-            if opted_out(labels) and is_enrolled({}, ns_labels):
-                out.append(LocalPod(key, enrolled=False, reason=OPTED_OUT_REASON))
+            why = OPTED_OUT_REASON if opted_out(labels) and is_enrolled({}, ns_labels) else ""
+            out.append(LocalPod(key, enrolled=False, reason=why, uid=uid))
             continue
-        ref = pod_ref(pod)
-        if ref is not None:
-            out.append(LocalPod(key, enrolled=True, ref=ref))
+        out.append(LocalPod(key, enrolled=True, ref=pod_ref(pod), uid=uid))
     return out
 
 
 def to_capture(records: list[LocalPod]) -> dict[str, PodRef]:
     """uid -> PodRef of the records that must be captured."""
     return {r.ref.uid: r.ref for r in records if r.enrolled and r.ref is not None}
+
+
+def known_uids(records: list[LocalPod]) -> tuple[set[str], set[str]]:
+    """(uids of every pod the records show, uids of those the source says not to capture)."""
+    uids = {r.ref.uid if r.ref is not None else r.uid for r in records}
+    return uids - {""}, {r.ref.uid if r.ref is not None else r.uid for r in records if not r.enrolled} - {""}
 
 
 def desired(node: str, pods: list[dict[str, Any]], namespaces: dict[str, dict[str, str]]) -> dict[str, PodRef]:

@@ -67,10 +67,11 @@ def workload_pods(node: str, workloads: Iterable[Workload]) -> list[LocalPod]:
             continue
         key = f"{w.namespace}/{w.name}"
         if not w.enrolled:
-            if enrolment.pod_opted_out(w.labels):
-                out.append(LocalPod(key, enrolled=False, reason=enrolment.OPTED_OUT_REASON))
+            why = enrolment.OPTED_OUT_REASON if enrolment.pod_opted_out(w.labels) else ""
+            out.append(LocalPod(key, enrolled=False, reason=why, uid=w.uid))
             continue
         if not w.ips:           # the controller sends running pods only; without an IP nothing to capture
+            out.append(LocalPod(key, enrolled=True, uid=w.uid))
             continue
         ref = PodRef(uid=w.uid, name=w.name, namespace=w.namespace, ip=w.ips[0],
                      service_account=w.service_account or "default", netns=w.netns, cgroup=w.cgroup,
@@ -166,7 +167,7 @@ class StreamPodSource:
                 # The version is part of the signature: the status file's revision must be the
                 # newest config held (the one a restarted agent reloads from its cache), even when
                 # that version changed nothing on this node.
-                sig = json.dumps([view.revision, [[p.key, p.enrolled, p.reason, p.ref and asdict(p.ref)]
+                sig = json.dumps([view.revision, [[p.key, p.enrolled, p.reason, p.uid, p.ref and asdict(p.ref)]
                                                   for p in view.pods]], sort_keys=True, default=str)
                 if sig != last_sig:     # a config change, or a sandbox that (dis)appeared
                     last_sig = sig

@@ -54,11 +54,28 @@ def test_a_cni_pod_outlives_views_that_do_not_show_it_until_the_view_takes_over(
     assert engine.enrolled_uids == []
 
 
-def test_a_cni_pod_the_source_never_shows_is_dropped_after_the_grace(tmp_path: Path) -> None:
+def test_a_cni_pod_stays_captured_while_its_sandbox_lives_however_slow_the_source(tmp_path: Path) -> None:
+    """The API server may take minutes to show a pod's IP while its app runs: dropping capture
+    after a grace would let the app run uncaptured (a STRICT bypass). Only the sandbox going ends it."""
     a, engine, now = agent(tmp_path)
     assert a.cni_add(request(tmp_path)) is None
-    now[0] += a.cni_grace + 1
+    now[0] += 3600
     a.reconcile(View("1", []))
+    assert engine.enrolled_uids == ["u1"], "the pod's app runs uncaptured"
+    engine.dead.add("u1")                           # its netns is gone (and its DEL was missed)
+    a.reconcile(View("2", []))
+    assert engine.enrolled_uids == [] and a.cni == {}
+
+
+def test_a_cni_pod_is_dropped_once_the_source_says_not_to_capture_it_or_that_it_is_gone(tmp_path: Path) -> None:
+    a, engine, _ = agent(tmp_path)
+    a.cni_add(request(tmp_path))
+    a.reconcile(View("1", [LocalPod("mesh/web", enrolled=False, uid="u1")]))   # its namespace left ambient
+    assert engine.enrolled_uids == []
+    a.cni_add(request(tmp_path))
+    a.reconcile(View("2", [LocalPod("mesh/web", enrolled=True, uid="u1")]))    # known, no IP yet: kept
+    assert engine.enrolled_uids == ["u1"]
+    a.reconcile(View("3", []))                                                 # deleted from the API
     assert engine.enrolled_uids == []
 
 

@@ -94,13 +94,9 @@ class PinnedEngine(FailingEngine):
     def __init__(self, uids: list[str]) -> None:
         super().__init__()
         self.enrolled_uids = list(uids)
-        self.dead: set[str] = set()
 
     def enrolled(self) -> set[str]:
         return set(self.enrolled_uids)
-
-    def sandbox_alive(self, uid: str) -> bool:
-        return uid not in self.dead
 
 
 def restarted(tmp_path: Path, uids: list[str]) -> tuple[Agent, PinnedEngine, list[float]]:
@@ -126,13 +122,18 @@ def test_a_restarted_agent_keeps_a_pod_captured_at_sandbox_creation_until_a_view
     assert engine.enrolled_uids == []
 
 
-def test_a_restarted_agent_drops_adopted_pods_whose_sandbox_is_gone_or_no_view_shows(tmp_path: Path) -> None:
-    a, engine, now = restarted(tmp_path, ["gone", "stale"])
+def test_a_restarted_agent_drops_adopted_pods_whose_sandbox_is_gone_or_the_source_refuses(tmp_path: Path) -> None:
+    a, engine, now = restarted(tmp_path, ["gone", "slow", "out"])
     engine.dead.add("gone")                      # deleted while the agent was down
     a.reconcile(view("1"))
-    assert engine.enrolled_uids == ["stale"]
-    now[0] += a.cni_grace + 1                    # never shown by the source: not kept forever
+    assert engine.enrolled_uids == ["slow", "out"]
+    now[0] += 3600                               # the API server is slow to show them: still captured
     a.reconcile(view("2"))
+    assert engine.enrolled_uids == ["slow", "out"]
+    a.reconcile(View("3", [LocalPod("mesh/out", enrolled=False, uid="out")]))   # no longer ambient
+    assert engine.enrolled_uids == ["slow"]
+    engine.dead.add("slow")                      # its sandbox went (the DEL went to the old agent)
+    a.reconcile(view("4"))
     assert engine.enrolled_uids == []
 
 

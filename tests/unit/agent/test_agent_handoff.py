@@ -34,6 +34,7 @@ class FakeEngine:
         self.enrolled_uids: list[str] = []
         self.captures: list[str] = []       # every enrol, refreshes included
         self.replaced: set[str] = set()     # pods whose netns path now names a new netns
+        self.dead: set[str] = set()         # pods whose captured netns is gone
 
     def enrol(self, cap) -> None:  # noqa: ANN001
         self.captures.append(cap.uid)
@@ -42,6 +43,9 @@ class FakeEngine:
 
     def sandbox_replaced(self, uid: str) -> bool:
         return uid in self.replaced
+
+    def sandbox_alive(self, uid: str) -> bool:
+        return uid not in self.dead
 
     def unenrol(self, uid: str) -> None:
         self.enrolled_uids.remove(uid)

@@ -73,3 +73,13 @@ def test_one_rule_for_controller_and_agent() -> None:
 
 def test_a_pod_can_enrol_itself_in_an_unlabelled_namespace() -> None:
     assert enrolment.desired("node1", [pod("a", ns="legacy", labels={"ambit.io/dataplane-mode": "ambient"})], AMBIENT)
+
+
+def test_every_pod_of_the_node_is_known_with_the_decision_even_before_it_has_an_ip() -> None:
+    """The agent keeps a pod the CNI plugin captured until the API server says something about it:
+    so a pod without an IP yet is "known, to capture", and a pod of a plain namespace "known, no"."""
+    pods = [pod("a", ip=None, phase="Pending"), pod("b", ns="legacy"), pod("c", node="node2"),
+            pod("d", labels={"ambit.io/dataplane-mode": "none"})]
+    shown, refused = enrolment.known_uids(enrolment.local_pods("node1", pods, AMBIENT))
+    assert shown == {"uid-demo-a", "uid-legacy-b", "uid-demo-d"}
+    assert refused == {"uid-legacy-b", "uid-demo-d"}

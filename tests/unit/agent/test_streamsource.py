@@ -38,9 +38,12 @@ def test_the_controllers_decision_is_the_one_applied() -> None:
         wl("elsewhere", node="node2"),
         wl("no-ip", ips=()),
     ])
-    assert [(p.key, p.enrolled, p.reason) for p in pods] == [
-        ("demo/in", True, ""), ("demo/out", False, enrolment.OPTED_OUT_REASON)]
+    assert [(p.key, p.enrolled, p.reason, p.ref is not None) for p in pods] == [
+        ("demo/in", True, "", True), ("demo/no-ip", True, "", False),
+        ("demo/out", False, enrolment.OPTED_OUT_REASON, False), ("demo/plain", False, "", False)]
     assert list(enrolment.to_capture(pods)) == ["uid-in"]
+    # Every pod of the node is known, so the agent can tell "not shown yet" from "refused".
+    assert enrolment.known_uids(pods) == ({"uid-in", "uid-no-ip", "uid-out", "uid-plain"}, {"uid-out", "uid-plain"})
 
 
 def test_a_workload_becomes_the_ref_the_kubernetes_sources_would_make() -> None:
