@@ -175,13 +175,14 @@ class Agent:
         """Capture again the pods whose sandbox was re-created at the same netns path (the same
         uid, path and IP: the same ref, so no plan sees a change). Their capture and ztunnel's
         listeners are in the old netns; the new one would run uncaptured."""
-        for uid, ref in list(self.applied.items()):
-            try:
-                replaced = ref is not None and self.engine.sandbox_replaced(uid)
-            except Exception as e:  # noqa: BLE001 - this pod's problem; looked at again next time
-                log.warning("%s: cannot check its netns: %s", ref.key if ref else uid, e)
-                continue
-            if replaced:
+        refs = {uid: ref for uid, ref in self.applied.items() if ref is not None}
+        try:
+            replaced = self.engine.replaced_sandboxes(refs)     # one sweep: this runs every heartbeat
+        except Exception as e:  # noqa: BLE001 - looked at again next time
+            log.warning("cannot check the captured pods' netns: %s", e)
+            return
+        for uid, ref in refs.items():
+            if uid in replaced and self._retry_due(uid):    # a failing re-capture waits its backoff
                 log.info("%s: a new netns at %s (sandbox re-created): capturing it again", ref.key, ref.netns)
                 self.enrol(ref)
 

@@ -25,7 +25,7 @@ import ipaddress
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +117,7 @@ class CaptureEngine:
         self._prog_fds: dict[str, int] = {}      # pin name -> fd
         self._maps: dict[str, libbpf.RawMap] = {}
         self._tcx_ok: bool | None = None if tc_attach == "auto" else tc_attach == "tcx"
+        self._held: dict[str, _HeldNetns] = {}   # uid -> its captured netns, open (`replaced_sandboxes`)
 
     # ---- loading and adoption ---------------------------------------------------------------
 
@@ -211,6 +212,7 @@ class CaptureEngine:
                 # Same pod uid, new sandbox (netns) or other capture mode: start clean.
                 self._unenrol_locked(pod.uid)
             fresh = self._meta(pod.uid) is None
+            self._release(pod.uid)      # the next sweep holds the netns captured now
             try:
                 self._enrol_locked(pod, cookie)
             except BaseException:
@@ -380,6 +382,7 @@ class CaptureEngine:
             self._unenrol_locked(uid)
 
     def _unenrol_locked(self, uid: str) -> None:
+        self._release(uid)
         meta = self._meta(uid)
         pin_dir = self.layout.pod(uid)
         if pin_dir.exists():
@@ -400,21 +403,63 @@ class CaptureEngine:
             return meta is not None and _same_netns(meta)
 
     def sandbox_replaced(self, uid: str) -> bool:
-        """Whether the pod's netns path now names another netns than the one it was captured in:
-        its sandbox was re-created there (same uid, path and IP: nothing else tells). Compared by
-        netns cookie, which the kernel never reuses (an inode number is reused once freed)."""
+        """Whether the pod's netns path now names another netns than the one it was captured in
+        (see `replaced_sandboxes`)."""
+        return uid in self.replaced_sandboxes([uid])
+
+    def replaced_sandboxes(self, uids: Iterable[str]) -> set[str]:
+        """The pods among `uids` whose netns path now names another netns than the one they were
+        captured in: their sandbox was re-created there (same uid, path and IP: nothing else tells).
+
+        The agent asks every heartbeat for every captured pod, so this is one lock for the sweep
+        and, per pod, one stat(2) in the steady state. What makes a stat enough: the netns each pod
+        was captured in is held open here (`_HeldNetns`), so it cannot be freed and its inode
+        number cannot be reused; the path has the same (st_dev, st_ino) exactly when it names the
+        same netns. Only a changed or new identity costs a netns cookie read (which the kernel
+        never reuses), checked against the pod's current ambit_meta entry (another agent of the
+        node may have captured the new netns already). A netns whose path is gone is let go."""
+        uids = set(uids)
+        out: set[str] = set()
         with self._lock:
             self._require_loaded()
-            meta = self._meta(uid)
-            if meta is None or not meta.netns_path or meta.netns_path.startswith("/proc/"):
-                # A pid's netns path that names another netns is a recycled pid, not a sandbox
-                # re-created (that has a new pid): the next view finds the pod's new path.
-                return False
-            try:
-                cookie = netns_cookie(meta.netns_path)
-            except OSError:         # gone (or not a netns): nothing there to capture
-                return False
-            return cookie != meta.netns and cookie != netns_cookie()    # never the node's own
+            for uid in self._held.keys() - uids:
+                self._release(uid)
+            own: list[int] = []
+            for uid in sorted(uids):
+                held = self._held.get(uid)
+                try:
+                    if held is not None and held.same(os.stat(held.path)):
+                        continue
+                    self._release(uid)
+                    if self._replaced_locked(uid, own):
+                        out.add(uid)
+                except OSError as e:    # gone, not a netns, or its meta unreadable: this pod only
+                    self._release(uid)
+                    if e.errno not in (errno.ENOENT, errno.EINVAL):    # gone, or not a netns
+                        log.warning("pod %s: cannot check its netns: %s", uid, e)
+        return out
+
+    def _replaced_locked(self, uid: str, own: list[int]) -> bool:
+        """The slow path of `replaced_sandboxes` for one pod: compare cookies, and hold the netns
+        when it is the captured one. `own` caches the node's own netns cookie for the sweep."""
+        meta = self._meta(uid)
+        if meta is None or not meta.netns_path or meta.netns_path.startswith("/proc/"):
+            # A pid's netns path that names another netns is a recycled pid, not a sandbox
+            # re-created (that has a new pid): the next view finds the pod's new path.
+            return False
+        fresh = _HeldNetns.open(meta.netns_path)
+        if fresh.cookie == meta.netns:
+            self._held[uid] = fresh
+            return False
+        fresh.close()
+        if not own:
+            own.append(netns_cookie())
+        return fresh.cookie != own[0]           # never the node's own
+
+    def _release(self, uid: str) -> None:
+        held = self._held.pop(uid, None)
+        if held is not None:
+            held.close()
 
     def enrolled(self) -> set[str]:
         """Pods captured on this node, including those enrolled by an earlier agent process."""
@@ -440,6 +485,8 @@ class CaptureEngine:
             self._close()
 
     def _close(self) -> None:
+        for uid in list(self._held):
+            self._release(uid)
         if self._module is not None:
             self._module.cleanup()
             self._module = None
@@ -471,6 +518,37 @@ class CaptureEngine:
         """How many (netns, port) original-destination entries are live (for leak checks)."""
         with self._lock:
             return len(self._maps["ambit_port_dst"].keys())
+
+
+@dataclass
+class _HeldNetns:
+    """A pod's captured netns, held open: while it is, the netns lives, so its inode number is not
+    reused, and a stat of the pod's path tells whether the path still names it. Holding it extends
+    nothing in practice: it is let go when the path is gone or names another netns (then the sweep
+    that notices releases it) and on unenrol, and ztunnel's listeners hold a served pod's netns
+    anyway."""
+
+    path: str
+    fd: int
+    dev: int
+    ino: int
+    cookie: int
+
+    @classmethod
+    def open(cls, path: str) -> _HeldNetns:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            return cls(path, fd, st.st_dev, st.st_ino, netns_cookie(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def same(self, st: os.stat_result) -> bool:
+        return (st.st_dev, st.st_ino) == (self.dev, self.ino)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 # ---- shared by unenrol and purge (no compiled module needed) ----------------------------------

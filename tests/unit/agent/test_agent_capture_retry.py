@@ -41,6 +41,11 @@ class FaultyEngine(FailingEngine):
         self._fault("replaced", uid)
         return super().sandbox_replaced(uid)
 
+    def replaced_sandboxes(self, uids) -> set[str]:  # noqa: ANN001
+        for uid in sorted(uids):
+            self._fault("replaced", uid)
+        return super().replaced_sandboxes(uids)
+
 
 def agent(tmp_path: Path) -> tuple[Agent, FaultyEngine, RecordingLink, list[float]]:
     now = [100.0]
@@ -113,11 +118,13 @@ def test_an_enrol_error_is_retried_with_backoff_until_the_pod_is_captured(tmp_pa
     assert status(tmp_path)["pods"]["mesh/pod-u1"] == {"state": "captured", "uid": "u1"}
 
 
-def test_a_failing_netns_check_of_one_pod_does_not_end_the_heartbeat(tmp_path: Path) -> None:
+def test_a_failing_netns_check_does_not_end_the_heartbeat(tmp_path: Path) -> None:
     a, engine, link, now = agent(tmp_path)
     r1, r2 = ref(tmp_path, "u1", "10.0.0.5"), ref(tmp_path, "u2", "10.0.0.6")
     a.reconcile(view("1", r1, r2))
     engine.faults["u1"] = OSError(errno.EIO, "cannot read ambit_meta")
     engine.replaced.add("u2")
+    heartbeat(a, view("1", r1, r2))             # the agent lives on, and looks again next time
+    del engine.faults["u1"]
     heartbeat(a, view("1", r1, r2))
     assert engine.captures == ["u1", "u2", "u2"], "u2's re-created sandbox is captured again"

@@ -44,6 +44,9 @@ class FakeEngine:
     def sandbox_replaced(self, uid: str) -> bool:
         return uid in self.replaced
 
+    def replaced_sandboxes(self, uids) -> set[str]:  # noqa: ANN001
+        return {uid for uid in uids if self.sandbox_replaced(uid)}
+
     def sandbox_alive(self, uid: str) -> bool:
         return uid not in self.dead
 
