@@ -27,6 +27,7 @@ IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 
 # request headers `bind` does not copy as they are: one set test per ordinary header (§65)
 _NOT_COPIED = frozenset(("host", "te", "cookie", "content-length"))
+_FRAMING = frozenset(("content-length", "transfer-encoding"))   # the response fields that frame its body
 _LOST = httptools.HttpResponseParser(None)     # a lost connection's parser: holds no protocol
 
 
@@ -298,13 +299,14 @@ class H1Client(asyncio.Protocol):
             return
         framed = False
         for k, v in self._headers:
+            if k not in _FRAMING:       # most fields: one set test
+                continue
             if k == "content-length":
                 framed = True
                 break
-            if k == "transfer-encoding":
-                if v.lower() != "chunked":      # only `chunked` is read, as Envoy's codec: never a coding dropped
-                    raise Refuse(502, f"transfer-encoding {v[:64]!r}")
-                framed = True       # (no break: a second Transfer-Encoding may name another coding)
+            if v.lower() != "chunked":      # only `chunked` is read, as Envoy's codec: never a coding dropped
+                raise Refuse(502, f"transfer-encoding {v[:64]!r}")
+            framed = True       # (no break: a second Transfer-Encoding may name another coding)
         if framed:
             if status == 204:
                 self._no_content()
