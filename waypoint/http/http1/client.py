@@ -75,8 +75,8 @@ class H1Client(asyncio.Protocol):
             self._raw.raw_write(data)
             return
         ex = self.ex
-        if ex is None:          # bytes on an idle connection: the server is confused; drop it
-            self._close(abort=True)
+        if ex is None:
+            self._idle_data(data)
             return
         self._resp_bytes += len(data)
         try:
@@ -125,6 +125,16 @@ class H1Client(asyncio.Protocol):
             if self._tail > self._max_head:
                 log.info("upstream %s sent response trailers over %d bytes", self.key, self._max_head)
                 self._fail("UPE", "response trailers too large")
+
+    def _idle_data(self, data: bytes) -> None:
+        """Bytes on an idle connection (pooled, or not yet given a request): no request is waiting
+        for them, so the server is broken or confused, and kept they would be read as the next
+        request's response, maybe another client's. The connection leaves the pool now and is
+        closed, unread, as Envoy closes an upstream HTTP/1.1 connection that receives data with no
+        request active; the next request gets another connection. Only this branch pays for it."""
+        log.info("upstream %s sent %d bytes on an idle connection: closed, unread", self.key, len(data))
+        self.pools.forget(self)
+        self._close(abort=True)
 
     def _head_fits(self, data: bytes) -> bool:
         """The read put the head under way over the limit, counted whole: recount only that
