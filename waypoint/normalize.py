@@ -27,6 +27,11 @@ _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 # a path that starts with "/" and has none of these is already normalized
 _NEEDS_WORK = re.compile(r"^(?!/)|[%\\]|/\.").search
 _SUSPECT = re.compile(r"[#%\\]|/\.").search      # ... and without a fragment: the common request
+# A target that is plain, printable ASCII from "/" on, with no `#`, `%`, backslash, space or dot
+# segment start ("/."), in any segment or the query: the common request. It is valid as an HTTP/2
+# `:path` and is its own normalized form, so `plain_target` (one C match) stands for the whole
+# check (`request_path`, and HTTP/2's `_valid_path`); anything else takes the full one.
+plain_target = re.compile(r'(?:/(?!\.)[!"$&-.0-\[\]-~]*)+').fullmatch
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 

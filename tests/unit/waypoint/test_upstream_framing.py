@@ -8,12 +8,16 @@ parsing heads.
   reply under a record that says 200; once the head went out, the response is cut instead.
 - The head limit counts one head: 1xx heads (103 Early Hints) before the final head in the same
   read are not its bytes. At most `MAX_INFORMATIONAL` 1xx heads per response (502 `UPE` beyond).
+- Bytes on an idle pooled connection close it (logged) and never reach the next request.
 """
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
+from tests.unit.waypoint.harness import Proxy, RawOrigin, by_header
 from tests.unit.waypoint.test_http1_sansio import drive, status_lines
 from tests.unit.waypoint.test_upstream_hostile import CODECS, _ScriptedH2, h1_exchange, h2_setup
 from waypoint.http.headers import MAX_INFORMATIONAL
@@ -158,3 +162,40 @@ def _wait(cond: object, timeout: float = 5.0) -> bool:
     while not cond() and time.time() < deadline:  # type: ignore[operator]
         time.sleep(0.01)
     return bool(cond())  # type: ignore[operator]
+
+
+IDLE_OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+@pytest.mark.parametrize("stray", [b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nEVIL", b"\n"],
+                         ids=["a-whole-response", "one-byte"])
+def test_bytes_on_an_idle_pooled_connection_close_it_and_never_reach_the_next_request(
+        stray: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """An origin sends bytes after its response completed, while its connection sits idle in the
+    pool: they must never become the next request's response (maybe another client's). The
+    connection leaves the pool and closes unread, the next request goes out on a new connection
+    and gets its own answer, and the log says why the connection went (an operator chasing
+    connection churn to a broken upstream sees it)."""
+    o = RawOrigin({"/a": (IDLE_OK, stray)})
+    p = Proxy(by_header({"default": o.port}))
+    caplog.set_level("INFO", logger="waypoint.http")
+    try:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            s.sendall(b"GET /a HTTP/1.1\r\nhost: h\r\n\r\n")
+            assert _read_response(s).endswith(b"\r\n\r\nok")
+            assert _wait(lambda: p.call(lambda: sum(map(len, p.engine.pools.idle.values()))) == 1)  # type: ignore[union-attr]
+            o.release()     # the stray bytes, on the idle connection
+            assert _wait(lambda: "on an idle connection" in caplog.text), caplog.text
+            assert p.call(lambda: sum(map(len, p.engine.pools.idle.values()))) == 0  # type: ignore[union-attr]
+            s.sendall(b"GET /b HTTP/1.1\r\nhost: h\r\n\r\n")
+            second = b""
+            while not second.endswith(b"GET /b 0 2") and b"EVIL" not in second and len(second) < 4096:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                second += chunk
+        assert second.startswith(b"HTTP/1.1 200 ") and second.endswith(b"GET /b 0 2"), second
+        assert [(c, t) for c, _, t, _ in o.wait_requests(2)] == [(1, "/a"), (2, "/b")]
+    finally:
+        p.close()
+        o.close()

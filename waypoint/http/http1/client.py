@@ -27,6 +27,7 @@ IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 
 # request headers `bind` does not copy as they are: one set test per ordinary header (§65)
 _NOT_COPIED = frozenset(("host", "te", "cookie", "content-length"))
+_FRAMING = frozenset(("content-length", "transfer-encoding"))   # the response fields that frame its body
 _LOST = httptools.HttpResponseParser(None)     # a lost connection's parser: holds no protocol
 
 
@@ -74,8 +75,8 @@ class H1Client(asyncio.Protocol):
             self._raw.raw_write(data)
             return
         ex = self.ex
-        if ex is None:          # bytes on an idle connection: the server is confused; drop it
-            self._close(abort=True)
+        if ex is None:
+            self._idle_data(data)
             return
         self._resp_bytes += len(data)
         try:
@@ -124,6 +125,16 @@ class H1Client(asyncio.Protocol):
             if self._tail > self._max_head:
                 log.info("upstream %s sent response trailers over %d bytes", self.key, self._max_head)
                 self._fail("UPE", "response trailers too large")
+
+    def _idle_data(self, data: bytes) -> None:
+        """Bytes on an idle connection (pooled, or not yet given a request): no request is waiting
+        for them, so the server is broken or confused, and kept they would be read as the next
+        request's response, maybe another client's. The connection leaves the pool now and is
+        closed, unread, as Envoy closes an upstream HTTP/1.1 connection that receives data with no
+        request active; the next request gets another connection. Only this branch pays for it."""
+        log.info("upstream %s sent %d bytes on an idle connection: closed, unread", self.key, len(data))
+        self.pools.forget(self)
+        self._close(abort=True)
 
     def _head_fits(self, data: bytes) -> bool:
         """The read put the head under way over the limit, counted whole: recount only that
@@ -298,13 +309,14 @@ class H1Client(asyncio.Protocol):
             return
         framed = False
         for k, v in self._headers:
+            if k not in _FRAMING:       # most fields: one set test
+                continue
             if k == "content-length":
                 framed = True
                 break
-            if k == "transfer-encoding":
-                if v.lower() != "chunked":      # only `chunked` is read, as Envoy's codec: never a coding dropped
-                    raise Refuse(502, f"transfer-encoding {v[:64]!r}")
-                framed = True       # (no break: a second Transfer-Encoding may name another coding)
+            if v.lower() != "chunked":      # only `chunked` is read, as Envoy's codec: never a coding dropped
+                raise Refuse(502, f"transfer-encoding {v[:64]!r}")
+            framed = True       # (no break: a second Transfer-Encoding may name another coding)
         if framed:
             if status == 204:
                 self._no_content()

@@ -12,13 +12,20 @@ from typing import TYPE_CHECKING
 import httptools
 
 from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
-from waypoint.http.headers import H2C, TUNNELLED_UPGRADES, is_grpc_type, upgrade_value, valid_authority
+from waypoint.http.headers import (
+    H2C,
+    TUNNELLED_UPGRADES,
+    is_grpc_type,
+    known_authorities,
+    upgrade_value,
+    valid_authority,
+)
 from waypoint.http.http1.boundary import request_start
 from waypoint.http.http1.client import H1Client
 from waypoint.http.http1.wire import FLUSH_NOW, Refuse, check_transfer_encoding, encode_head, reason_phrase
 from waypoint.http.legs import Headers
 from waypoint.http.record import RequestRecord
-from waypoint.normalize import FragmentInPath, request_path
+from waypoint.normalize import FragmentInPath, plain_target, request_path
 from waypoint.request import Downstream, LocalReply, RequestHead
 
 if TYPE_CHECKING:
@@ -104,6 +111,10 @@ class H1Server(asyncio.Protocol):
         self._head_bytes = 0        # -1: the head began in the read being parsed
         self._url = b""
         self._headers: Headers = []
+        # read for every request or field: bound once per connection, not looked up each time
+        self._max_headers = self.settings.max_headers
+        self._max_head = self.settings.max_header_bytes
+        self._loop = engine.loop        # (no bound method kept: one object less per connection)
         self._trailers: Headers | None = None
         self._trailer_bytes = 0
         # Bytes read since a chunk's size line with no chunk data after it: after the last chunk's,
@@ -130,7 +141,7 @@ class H1Server(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.engine.conns.add(self)
-        self.last = self.engine.loop.time()
+        self.last = self._loop.time()
 
     def data_received(self, data: bytes) -> None:
         if self.lost:
@@ -148,7 +159,7 @@ class H1Server(asyncio.Protocol):
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
-            self.last = self.engine.loop.time()
+            self.last = self._loop.time()
             self._upgrade_wait(data[e.args[0]:])
             if self._h2c:       # parse what follows as HTTP/1.1, in a later callback (no recursion)
                 self._h2c = False
@@ -176,7 +187,7 @@ class H1Server(asyncio.Protocol):
             elif self._marks == marks:      # nothing but empty lines
                 self._blank_read(len(data))
             else:
-                self.last = self.engine.loop.time()
+                self.last = self._loop.time()
                 self._carry = None
                 if not self.closing and parser.should_keep_alive():
                     # Between two keep-alive requests the parser holds nothing the next one needs:
@@ -185,7 +196,7 @@ class H1Server(asyncio.Protocol):
                     # it is refused.
                     self.parser = None
         else:
-            self.last = self.engine.loop.time()
+            self.last = self._loop.time()
             self._in_body(data)
 
     def eof_received(self) -> bool:
@@ -358,7 +369,7 @@ class H1Server(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._marks += 1
         self._in_head = True
-        self._head_start = self.engine.loop.time()
+        self._head_start = self._loop.time()
         self._head_bytes = -1
         self._url = b""
         self._headers = []
@@ -373,9 +384,10 @@ class H1Server(asyncio.Protocol):
         if not self._in_head:
             self._trailer(k, v)
             return
-        self._headers.append((k, v))
-        if len(self._headers) > self.settings.max_headers:
-            raise Refuse(431, f"more than {self.settings.max_headers} request headers")
+        headers = self._headers
+        headers.append((k, v))
+        if len(headers) > self._max_headers:
+            raise Refuse(431, f"more than {self._max_headers} request headers")
 
     def _trailer(self, k: str, v: str) -> None:
         """A trailer field: the trailer section has the head's limits, on its parsed size too."""
@@ -414,7 +426,7 @@ class H1Server(asyncio.Protocol):
                     ctype = v
             elif k == "expect" and v.lower() == "100-continue":
                 expect = True
-        if size > self.settings.max_header_bytes:
+        if size > self._max_head:
             raise Refuse(431, "request headers too large")
         if te is not None:      # refused before anything goes upstream (llhttp checks it after this)
             check_transfer_encoding(te)
@@ -423,14 +435,15 @@ class H1Server(asyncio.Protocol):
         version = p.get_http_version()
         url = self._url.decode("latin-1")
         authority = host or ""
-        if host is not None and not valid_authority(host):     # RFC 9112 §3.2: 400
+        if host is not None and host not in known_authorities and not valid_authority(host):   # RFC 9112 §3.2: 400
             raise Refuse(400, "invalid host header")
-        if not url.startswith("/") and url != "*" and "://" in url:   # absolute-form (RFC 9112 §3.2.2)
-            authority, url = _absolute_form(self._url)
-        try:
-            url = request_path(url)     # normalized once, for routing, authorization and upstream
-        except FragmentInPath as e:
-            raise Refuse(400, str(e)) from None
+        if plain_target(url) is None:   # (a plain origin-form target is already checked and normalized)
+            if not url.startswith("/") and url != "*" and "://" in url:   # absolute-form (RFC 9112 §3.2.2)
+                authority, url = _absolute_form(self._url)
+            try:
+                url = request_path(url)     # normalized once, for routing, authorization and upstream
+            except FragmentInPath as e:
+                raise Refuse(400, str(e)) from None
         if not authority and version == "1.1":     # RFC 9112 §3.2: a client MUST send Host
             raise Refuse(400, "missing host header")
         body = BODY_STREAM if te else (BODY_LENGTH if cl not in (None, "0") else BODY_NONE)
@@ -640,7 +653,7 @@ class H1Server(asyncio.Protocol):
         q.popleft()  # type: ignore[union-attr]
         if not q:
             self.queue = _NO_QUEUE
-        self.last = self.engine.loop.time()
+        self.last = self._loop.time()
         if self.closing or not self._keep_alive:
             self._close()
             return

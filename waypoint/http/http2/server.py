@@ -12,10 +12,10 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
-from waypoint.http.headers import header_name, is_grpc, valid_authority
+from waypoint.http.headers import header_name, is_grpc, known_authorities, valid_authority
 from waypoint.http.http2.connection import H2Base, Stream, decode_headers, encode_headers, unlink
 from waypoint.http.legs import Headers
-from waypoint.normalize import FragmentInPath, request_path
+from waypoint.normalize import FragmentInPath, plain_target, request_path
 from waypoint.request import Downstream, LocalReply, RequestHead
 
 if TYPE_CHECKING:
@@ -135,7 +135,8 @@ class H2Server(H2Base):
 
     def _request(self, ev: h2.events.RequestReceived) -> None:
         sid = ev.stream_id
-        self.highest = max(self.highest, sid)
+        if sid > self.highest:      # (a compare, not a call of max())
+            self.highest = sid
         if self.goaway_sid is not None and sid > self.goaway_sid:
             try:
                 self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
@@ -150,17 +151,21 @@ class H2Server(H2Base):
         pseudo, headers = decode_headers(ev.headers)
         path = pseudo.get(":path", "/")
         authority = pseudo.get(":authority") or next((v for k, v in headers if k == "host"), "")
-        if not _valid_path(path, pseudo.get(":method")) or not valid_authority(authority):
-            # RFC 9113 §8.1.1: malformed, a stream error. nghttp2 finds most of it itself; the `h2`
-            # codec does not, and the path would end up in the upstream's HTTP/1.1 request line as
-            # is. An authority with userinfo (§8.3.1) gets here with either codec.
-            self._malformed(sid, f"malformed :path {path[:100]!r} or :authority {authority[:100]!r}")
+        bad = None
+        if authority not in known_authorities and not valid_authority(authority):
+            self._malformed(sid, f"malformed :authority {authority[:100]!r}")
             return
-        try:
-            path = request_path(path)   # normalized once, for routing, authorization and upstream
-            bad = None
-        except FragmentInPath as e:     # Envoy's default: 400 (waypoint/normalize.py)
-            bad = LocalReply(400, str(e).encode(), flags="DPE", reason=str(e))
+        if plain_target(path) is None:     # (a plain target is a valid :path, already normalized)
+            if not _valid_path(path, pseudo.get(":method")):
+                # RFC 9113 §8.1.1: malformed, a stream error. nghttp2 finds most of it itself; the
+                # `h2` codec does not, and the path would end up in the upstream's HTTP/1.1 request
+                # line as is. An authority with userinfo (§8.3.1) gets here with either codec.
+                self._malformed(sid, f"malformed :path {path[:100]!r}")
+                return
+            try:
+                path = request_path(path)   # normalized once, for routing, authorization and upstream
+            except FragmentInPath as e:     # Envoy's default: 400 (waypoint/normalize.py)
+                bad = LocalReply(400, str(e).encode(), flags="DPE", reason=str(e))
         if "host" in map(header_name, headers):       # rare in HTTP/2: test the names in C before copying
             headers = [(k, v) for k, v in headers if k != "host"]
         method = pseudo.get(":method", "GET")
