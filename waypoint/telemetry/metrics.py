@@ -61,6 +61,7 @@ DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 1000
                     600000, 1800000, 3600000)
 SIZE_BUCKETS = DURATION_BUCKETS
 REPORTER = "waypoint"
+LATEST = "latest"       # Istio's canonical revision of a source it knows nothing about
 DEFAULT_CLUSTER = "Kubernetes"
 
 _NO_PEER: PeerLabels = ("", "", "", "", "", "")    # a side whose workload is not known
@@ -172,7 +173,10 @@ class HttpMetrics:
         src_cluster = self.cluster if src is not None else u
         return (
             REPORTER,
-            s[0] or u, s[1] or u, s_principal or u, s[2] or u, s[3] or u, s[4] or u, s[5] or u, src_cluster,
+            # An unknown source still has the namespace of the SPIFFE id it presented, and its
+            # revision defaults to "latest", as Istio's stats filter reports a server-side peer.
+            s[0] or u, s[1] or d.source_namespace or u, s_principal or u, s[2] or u, s[3] or u, s[4] or u,
+            s[5] or LATEST, src_cluster,
             t[0] or u, t[1] or u, t_principal or u, t[2] or u, t[3] or u,
             fqdn or u, name or u, ns or u, t[4] or u, t[5] or u, dst_cluster,
             "grpc" if rec.grpc else "http", str(rec.status), grpc_status_label(rec),

@@ -339,3 +339,17 @@ def test_arbitrary_grpc_status_values_share_one_series() -> None:
         m.observe(record(grpc=True, protocol="HTTP/2", grpc_status=f"x{i}"), CLIENT, ECHO_V2)
     (s,) = [s for s in families(m)["istio_requests"] if s.name == "istio_requests_total"]
     assert s.value == 80 and s.labels["grpc_response_status"] == "-1"
+
+
+def test_an_unknown_source_keeps_its_spiffe_namespace_and_istios_default_revision() -> None:
+    """A peer the config does not know (its IP is no workload's) but that presented a SPIFFE id:
+    Istio's stats filter takes source_workload_namespace from the id, and reports the source's
+    canonical revision as "latest" (unknown as a default only where Istio has one)."""
+    m = HttpMetrics()
+    down = Downstream(source_identity=CLIENT_ID, source_ip="10.9.9.9", source_namespace="demo",
+                      service="demo/echo", hostname="echo.demo.svc.cluster.local")
+    m.observe(record(downstream=down), None, ECHO_V2)
+    (s,) = [s for s in families(m)["istio_requests"] if s.name == "istio_requests_total"]
+    assert (s.labels["source_workload"], s.labels["source_workload_namespace"], s.labels["source_principal"],
+            s.labels["source_canonical_revision"], s.labels["source_canonical_service"]) == \
+        ("unknown", "demo", CLIENT_ID, "latest", "unknown")
