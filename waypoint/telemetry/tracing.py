@@ -63,6 +63,9 @@ def parse_traceparent(v: str) -> Context | None:
     return Context(tid, sid, bool(flags & 1))
 
 
+_B3_STATES = frozenset(("0", "1", "d"))       # the single header's sampling states
+
+
 def _b3_sampled(v: str | None) -> bool | None:
     if v is None or v == "":
         return None
@@ -71,12 +74,19 @@ def _b3_sampled(v: str | None) -> bool | None:
 
 def parse_b3_single(v: str) -> Context | None:
     """`b3: {traceid}-{spanid}[-{sampled}[-{parentspanid}]]`; a lone `0`/`1`/`d` is a decision
-    without ids, which we read as no context (the caller samples)."""
+    without ids, which we read as no context (the caller samples). Anything else malformed is no
+    context either, as Envoy's B3 extractor refuses it: a sampling state other than `0`, `1`, `d`
+    (read as "not sampled", it would silently drop the trace here and at every hop after), a
+    parent span id that is not 16 hex digits, or more fields."""
     parts = v.strip().split("-")
-    if len(parts) < 2:
+    if not 2 <= len(parts) <= 4:
         return None
     tid, sid = _hex(parts[0], (16, 32)), _hex(parts[1], (16,))
     if tid is None or sid is None:
+        return None
+    if len(parts) > 2 and parts[2] not in _B3_STATES:
+        return None
+    if len(parts) == 4 and _hex(parts[3], (16,)) is None:
         return None
     return Context(tid, sid, _b3_sampled(parts[2] if len(parts) > 2 else None))
 

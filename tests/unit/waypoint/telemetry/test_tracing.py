@@ -51,6 +51,21 @@ def test_b3_single_and_multi() -> None:
     assert ctx is not None and ctx.sampled is True      # debug implies sampled
 
 
+@pytest.mark.parametrize("bad", ["4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-banana",
+                                 "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-true",
+                                 "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-",
+                                 "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1-zz",
+                                 "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1-00f067aa0ba902b7-x"])
+def test_a_malformed_b3_single_header_is_no_context(bad: str) -> None:
+    """Envoy's B3 extractor refuses these; read as "not sampled" they would drop the trace at this
+    hop and every hop after, whatever the sampling percentage."""
+    assert tr.parse_b3_single(bad) is None
+    ctx, _ = tr.extract([("b3", bad)])
+    assert ctx is None and tr.sample(ctx, False, 100.0, random.Random(1))
+    assert tr.parse_b3_single("4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-d-00f067aa0ba902b7") == \
+        tr.Context(TID, SID, True)
+
+
 def test_traceparent_wins_over_b3() -> None:
     ctx, _ = tr.extract([("b3", "a3ce929d0e0e4736-00f067aa0ba902b7-0"),
                          ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")])
