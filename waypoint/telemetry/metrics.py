@@ -78,6 +78,22 @@ LABEL_CACHE_SIZE = 1024
 _GRPC_MAX_KNOWN, _GRPC_INVALID = 16, "-1"
 
 
+# The methods an HTTP/1 client can send through the waypoint (llhttp's, as Envoy's HTTP/1 codec
+# knows them; any other token is refused with 400 there). HTTP/2 carries any token in `:method`.
+KNOWN_METHODS = frozenset((
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    "ACL", "BIND", "CHECKOUT", "COPY", "LINK", "LOCK", "M-SEARCH", "MERGE", "MKACTIVITY", "MKCALENDAR",
+    "MKCOL", "MOVE", "NOTIFY", "PROPFIND", "PROPPATCH", "PURGE", "REBIND", "REPORT", "SEARCH", "SOURCE",
+    "SUBSCRIBE", "UNBIND", "UNLINK", "UNLOCK", "UNSUBSCRIBE", "QUERY"))
+
+
+def method_label(method: str) -> str:
+    """`request.method` as a metrics override reads it: a known method as is, any other "unknown".
+    An HTTP/2 client chooses `:method` freely, so a label upserted from the raw method would let
+    it add a series per request."""
+    return method if method in KNOWN_METHODS else UNKNOWN
+
+
 def grpc_status_label(rec: RequestRecord) -> str:
     """`grpc_response_status` as Istio's stats filter reports it (Envoy's `Common::getGrpcStatus`
     with trailers, headers and the stream info): "" for a non-gRPC request; the `grpc-status` the
@@ -201,7 +217,7 @@ class HttpMetrics:
                 self._children.get(("GRPC_REQUEST_MESSAGES", (*values, ""))).inc(rec.request_messages)
                 self._children.get(("GRPC_RESPONSE_MESSAGES", (*values, ""))).inc(rec.response_messages)
             return
-        attrs = {"response.code": rec.status, "request.method": rec.method, "request.path": rec.path,
+        attrs = {"response.code": rec.status, "request.method": method_label(rec.method), "request.path": rec.path,
                  "connection.mtls": bool(rec.downstream.source_identity)}
         amounts: tuple[tuple[str, float], ...] = (
             ("REQUEST_COUNT", 1.0), ("REQUEST_DURATION", rec.duration_ms), ("REQUEST_SIZE", rec.bytes_received),

@@ -8,6 +8,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ambit.model import Workload
+from ambit.telemetry import SERVER
+from ambit.telemetrymetrics import resolve
 from waypoint.http.record import RequestRecord
 from waypoint.request import Downstream
 from waypoint.telemetry import (
@@ -353,3 +355,18 @@ def test_an_unknown_source_keeps_its_spiffe_namespace_and_istios_default_revisio
     assert (s.labels["source_workload"], s.labels["source_workload_namespace"], s.labels["source_principal"],
             s.labels["source_canonical_revision"], s.labels["source_canonical_service"]) == \
         ("unknown", "demo", CLIENT_ID, "latest", "unknown")
+
+
+def test_a_method_label_from_a_metrics_override_stays_bounded_under_random_methods() -> None:
+    """Telemetry `tagOverrides: {method: {value: request.method}}`: an HTTP/2 client picks any
+    `:method` token, so each random one would be a new series. Known methods keep their name,
+    every other token is "unknown"."""
+    cfg = resolve([{"match": {"metric": "REQUEST_COUNT"}, "tagOverrides": {"method": {"value": "request.method"}}}],
+                  SERVER)
+    m = HttpMetrics(config_for=lambda service: cfg)
+    for i in range(30):
+        m.observe(record(method=f"M{i:04X}", protocol="HTTP/2"), CLIENT, ECHO_V2)
+    for method in ("GET", "PROPFIND", "GET"):
+        m.observe(record(method=method), CLIENT, ECHO_V2)
+    counts = {s.labels["method"]: s.value for s in families(m)["istio_requests"] if s.name == "istio_requests_total"}
+    assert counts == {"unknown": 30, "GET": 2, "PROPFIND": 1}
