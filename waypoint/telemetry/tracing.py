@@ -174,15 +174,13 @@ def new_ids(rng: random.Random) -> tuple[int, int]:
 # --- names and attributes ---------------------------------------------------------------------
 
 
-def host_port(authority: str, hostname: str, port: int) -> str:
-    """`<host>:<port>`: the service FQDN when the waypoint knows it, else the Host header's."""
-    host = hostname or (authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority)
-    return f"{host}:{port}" if port else (hostname or authority)
-
-
-def server_span_name(authority: str, hostname: str, port: int) -> str:
-    """Istio's route decorator operation: `<host>:<port>/*`."""
-    return f"{host_port(authority, hostname, port)}/*"
+def server_span_name(destination_ip: str, hostname: str, port: int) -> str:
+    """Istio's route decorator operation: `<host>:<port>/*`, the host being the Service's FQDN,
+    else (a tunnel addressed to a pod) the address the tunnel named. Never the Host header:
+    tracing backends index span names (Jaeger's operations, Tempo's `name`), and a client sending
+    a fresh Host per request would add one per request."""
+    host = hostname or (f"[{destination_ip}]" if ":" in destination_ip else destination_ip) or "unknown"
+    return f"{host}:{port}/*" if port else f"{host}/*"
 
 
 def cluster_name(hostname: str, port: int) -> str:
