@@ -13,10 +13,13 @@ existing dashboards' `histogram_quantile` queries read the same `le` values.
 Labels are Istio's 25 (HTTP_LABELS). Their values:
 - request_protocol: `grpc` for gRPC requests, `http` for HTTP/1.x and HTTP/2 (Istio's values);
 - response_code: the HTTP status sent downstream, `0` when none was (a reset before headers);
-- grpc_response_status: the gRPC status code from the trailers, "" for non-gRPC requests;
+- grpc_response_status: the gRPC status code from the trailers (or a trailers-only head), normalised
+  as Envoy does (`grpc_status_label`), "" for non-gRPC requests;
 - response_flags: Envoy's flags (UH, NR, UF, ...), `-` for none;
-- destination_service: the FQDN of the Service the request was routed to; when none was (no
-  route), the request's authority host, with name and namespace "unknown", as Envoy does;
+- destination_service: the FQDN of the Service the request was routed to (or whose address the
+  tunnel named); when there is none (a tunnel addressed to a pod), the destination workload's
+  canonical service, else "unknown", as Istio's waypoint (host-header fallback off) reports it.
+  Never the request's Host: that would let any client create series without bound;
 - connection_security_policy: `mutual_tls` when the downstream presented a SPIFFE identity (HBONE),
   `none` otherwise;
 - source_cluster / destination_cluster: the cluster id (Istio's default `Kubernetes`).
@@ -40,6 +43,7 @@ from ambit.dataplane.telemetry.overrides import EXTRA, Pruned
 from ambit.dataplane.telemetry.peers import PeerLabels, peer_labels
 from ambit.model import Workload
 from ambit.telemetrymetrics import DEFAULT, MetricsConfig, relabel
+from waypoint.http.headers import grpc_status_for
 from waypoint.http.record import RequestRecord
 from waypoint.telemetry.peers import UNKNOWN
 
@@ -57,6 +61,7 @@ DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 1000
                     600000, 1800000, 3600000)
 SIZE_BUCKETS = DURATION_BUCKETS
 REPORTER = "waypoint"
+LATEST = "latest"       # Istio's canonical revision of a source it knows nothing about
 DEFAULT_CLUSTER = "Kubernetes"
 
 _NO_PEER: PeerLabels = ("", "", "", "", "", "")    # a side whose workload is not known
@@ -68,10 +73,40 @@ ConfigFor = Callable[[str], MetricsConfig]      # "ns/name" of the request's Ser
 LABEL_CACHE_SIZE = 1024
 
 
-def _host(authority: str) -> str:
-    if authority.startswith("["):
-        return authority.split("]", 1)[0] + "]"
-    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+# Envoy's highest well-known gRPC status (UNAUTHENTICATED) and the code it reports for anything else
+# (envoy source/common/grpc/common.cc `getGrpcStatus`: WellKnownGrpcStatus::MaximumKnown, InvalidCode).
+_GRPC_MAX_KNOWN, _GRPC_INVALID = 16, "-1"
+
+
+# The methods an HTTP/1 client can send through the waypoint (llhttp's, as Envoy's HTTP/1 codec
+# knows them; any other token is refused with 400 there). HTTP/2 carries any token in `:method`.
+KNOWN_METHODS = frozenset((
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    "ACL", "BIND", "CHECKOUT", "COPY", "LINK", "LOCK", "M-SEARCH", "MERGE", "MKACTIVITY", "MKCALENDAR",
+    "MKCOL", "MOVE", "NOTIFY", "PROPFIND", "PROPPATCH", "PURGE", "REBIND", "REPORT", "SEARCH", "SOURCE",
+    "SUBSCRIBE", "UNBIND", "UNLINK", "UNLOCK", "UNSUBSCRIBE", "QUERY"))
+
+
+def method_label(method: str) -> str:
+    """`request.method` as a metrics override reads it: a known method as is, any other "unknown".
+    An HTTP/2 client chooses `:method` freely, so a label upserted from the raw method would let
+    it add a series per request."""
+    return method if method in KNOWN_METHODS else UNKNOWN
+
+
+def grpc_status_label(rec: RequestRecord) -> str:
+    """`grpc_response_status` as Istio's stats filter reports it (Envoy's `Common::getGrpcStatus`
+    with trailers, headers and the stream info): "" for a non-gRPC request; the `grpc-status` the
+    response carried when it is a well-known code (0..16, any other value, digits or not, is
+    "-1"), so an upstream that sends arbitrary strings cannot grow the label's values without
+    bound; with no `grpc-status` at all, the HTTP status mapped as Envoy maps it (503 -> 14,
+    200 -> 2 UNKNOWN), and "" when no response status was sent either."""
+    if not rec.grpc:
+        return ""
+    raw = rec.grpc_status
+    if raw:
+        return str(int(raw)) if raw.isascii() and raw.isdigit() and int(raw) <= _GRPC_MAX_KNOWN else _GRPC_INVALID
+    return str(grpc_status_for(rec.status)) if rec.status else ""
 
 
 class HttpMetrics:
@@ -118,11 +153,10 @@ class HttpMetrics:
         request. The key holds everything `compute_label_values` reads: the Workload and
         Downstream objects by identity (the config stream replaces them, never mutates them; the
         entry keeps the objects, so a reused id never matches), and the record's fields by value
-        (the authority only matters when no Service is known). Cleared at LABEL_CACHE_SIZE."""
+        (never the authority: no label reads it). Cleared at LABEL_CACHE_SIZE."""
         d = rec.downstream
         service = rec.service
-        key = (id(src), id(dst), id(d), service, "" if service or d.service else rec.authority, rec.grpc,
-               rec.status, rec.grpc_status, rec.response_flags)
+        key = (id(src), id(dst), id(d), service, rec.grpc, rec.status, rec.grpc_status, rec.response_flags)
         hit = self._values.get(key)
         if hit is not None and hit[0] is src and hit[1] is dst and hit[2] is d:
             return hit[3]
@@ -146,15 +180,22 @@ class HttpMetrics:
             ns, _, name = service.partition("/")
             fqdn = d.hostname if d.hostname and service == d.service else f"{name}.{ns}.svc.{self.cluster_domain}"
         else:
-            ns, name, fqdn = "", "", _host(rec.authority)
+            # No Service (a tunnel addressed to a pod, with no route to one): Istio's waypoint
+            # stats filter runs with `disable_host_header_fallback` and reports the endpoint's
+            # canonical service, else "unknown". Never the request's Host: any client could mint
+            # a new series per request by sending random Host headers.
+            ns, name, fqdn = t[1], t[4], t[4]
         dst_cluster = self.cluster if dst is not None else u
         src_cluster = self.cluster if src is not None else u
         return (
             REPORTER,
-            s[0] or u, s[1] or u, s_principal or u, s[2] or u, s[3] or u, s[4] or u, s[5] or u, src_cluster,
+            # An unknown source still has the namespace of the SPIFFE id it presented, and its
+            # revision defaults to "latest", as Istio's stats filter reports a server-side peer.
+            s[0] or u, s[1] or d.source_namespace or u, s_principal or u, s[2] or u, s[3] or u, s[4] or u,
+            s[5] or LATEST, src_cluster,
             t[0] or u, t[1] or u, t_principal or u, t[2] or u, t[3] or u,
             fqdn or u, name or u, ns or u, t[4] or u, t[5] or u, dst_cluster,
-            "grpc" if rec.grpc else "http", str(rec.status), rec.grpc_status if rec.grpc else "",
+            "grpc" if rec.grpc else "http", str(rec.status), grpc_status_label(rec),
             rec.response_flags or "-", "mutual_tls" if d.source_identity else "none",
         )
 
@@ -176,7 +217,7 @@ class HttpMetrics:
                 self._children.get(("GRPC_REQUEST_MESSAGES", (*values, ""))).inc(rec.request_messages)
                 self._children.get(("GRPC_RESPONSE_MESSAGES", (*values, ""))).inc(rec.response_messages)
             return
-        attrs = {"response.code": rec.status, "request.method": rec.method, "request.path": rec.path,
+        attrs = {"response.code": rec.status, "request.method": method_label(rec.method), "request.path": rec.path,
                  "connection.mtls": bool(rec.downstream.source_identity)}
         amounts: tuple[tuple[str, float], ...] = (
             ("REQUEST_COUNT", 1.0), ("REQUEST_DURATION", rec.duration_ms), ("REQUEST_SIZE", rec.bytes_received),

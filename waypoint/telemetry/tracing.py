@@ -63,6 +63,9 @@ def parse_traceparent(v: str) -> Context | None:
     return Context(tid, sid, bool(flags & 1))
 
 
+_B3_STATES = frozenset(("0", "1", "d"))       # the single header's sampling states
+
+
 def _b3_sampled(v: str | None) -> bool | None:
     if v is None or v == "":
         return None
@@ -71,12 +74,19 @@ def _b3_sampled(v: str | None) -> bool | None:
 
 def parse_b3_single(v: str) -> Context | None:
     """`b3: {traceid}-{spanid}[-{sampled}[-{parentspanid}]]`; a lone `0`/`1`/`d` is a decision
-    without ids, which we read as no context (the caller samples)."""
+    without ids, which we read as no context (the caller samples). Anything else malformed is no
+    context either, as Envoy's B3 extractor refuses it: a sampling state other than `0`, `1`, `d`
+    (read as "not sampled", it would silently drop the trace here and at every hop after), a
+    parent span id that is not 16 hex digits, or more fields."""
     parts = v.strip().split("-")
-    if len(parts) < 2:
+    if not 2 <= len(parts) <= 4:
         return None
     tid, sid = _hex(parts[0], (16, 32)), _hex(parts[1], (16,))
     if tid is None or sid is None:
+        return None
+    if len(parts) > 2 and parts[2] not in _B3_STATES:
+        return None
+    if len(parts) == 4 and _hex(parts[3], (16,)) is None:
         return None
     return Context(tid, sid, _b3_sampled(parts[2] if len(parts) > 2 else None))
 
@@ -164,15 +174,13 @@ def new_ids(rng: random.Random) -> tuple[int, int]:
 # --- names and attributes ---------------------------------------------------------------------
 
 
-def host_port(authority: str, hostname: str, port: int) -> str:
-    """`<host>:<port>`: the service FQDN when the waypoint knows it, else the Host header's."""
-    host = hostname or (authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority)
-    return f"{host}:{port}" if port else (hostname or authority)
-
-
-def server_span_name(authority: str, hostname: str, port: int) -> str:
-    """Istio's route decorator operation: `<host>:<port>/*`."""
-    return f"{host_port(authority, hostname, port)}/*"
+def server_span_name(destination_ip: str, hostname: str, port: int) -> str:
+    """Istio's route decorator operation: `<host>:<port>/*`, the host being the Service's FQDN,
+    else (a tunnel addressed to a pod) the address the tunnel named. Never the Host header:
+    tracing backends index span names (Jaeger's operations, Tempo's `name`), and a client sending
+    a fresh Host per request would add one per request."""
+    host = hostname or (f"[{destination_ip}]" if ":" in destination_ip else destination_ip) or "unknown"
+    return f"{host}:{port}/*" if port else f"{host}/*"
 
 
 def cluster_name(hostname: str, port: int) -> str:

@@ -204,7 +204,7 @@ class RequestTrace:
         if cfg.custom_tags:
             attrs.update(tr.custom_tags(cfg.custom_tags, head.headers))
         self.attrs = attrs
-        self.name = tr.server_span_name(head.authority, down.hostname, down.destination_port)
+        self.name = tr.server_span_name(down.destination_ip, down.hostname, down.destination_port)
         self.start_ns = int(rec.start * 1e9)
         self.cluster = tr.cluster_name(down.hostname, down.destination_port)
         self.client_id = 0              # the open try's span id; 0: none open

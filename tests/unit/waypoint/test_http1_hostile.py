@@ -370,6 +370,26 @@ def test_a_deep_pipeline_is_parsed_a_few_requests_ahead_and_freed_when_the_clien
         p.close()
 
 
+def test_a_client_that_closes_while_waiting_is_a_downstream_disconnect(origin: RawOrigin) -> None:
+    """A client gives up (a timeout) and closes its socket; through ztunnel that arrives as the
+    tunnel's half-close. Envoy ends the request there: response code 0, flag DC, upstream reset.
+    Answering it later and recording the origin's 200 made client timeouts count as successes."""
+    p = proxy_for(origin, stream_idle_timeout=60.0)
+    try:
+        with connect(p) as s:
+            s.sendall(b"GET /hold/gone HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert origin.wait_requests(1)
+            s.shutdown(socket.SHUT_WR)
+            assert p.live_exchanges(5) == 0        # ended at the FIN, not when the origin answers
+            origin.release()
+            s.settimeout(5)
+            assert s.recv(65536) == b""
+        [rec] = p.find(lambda r: r.path == "/hold/gone")
+        assert (rec.status, rec.response_flags) == (0, "DC")
+    finally:
+        p.close()
+
+
 def test_requests_held_back_from_a_deep_pipeline_are_all_answered_in_order(proxy: Proxy, origin: RawOrigin) -> None:
     """With bodies, written at once and in small pieces (reads that end inside heads and bodies)."""
     reqs = [b"POST /p%d HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%b" % (i, i, b"b" * i) if i % 2 else

@@ -8,6 +8,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ambit.model import Workload
+from ambit.telemetry import SERVER
+from ambit.telemetrymetrics import resolve
 from waypoint.http.record import RequestRecord
 from waypoint.request import Downstream
 from waypoint.telemetry import (
@@ -104,7 +106,7 @@ def test_grpc_local_replies_and_unknown_peers() -> None:
     g = total[("200", "grpc")]
     assert g["grpc_response_status"] == "7" and g["source_cluster"] == "lab" and g["destination_cluster"] == "lab"
     nr = total[("404", "http")]
-    assert nr["response_flags"] == "NR" and nr["destination_service"] == "nowhere.demo"
+    assert nr["response_flags"] == "NR" and nr["destination_service"] == "unknown"
     assert nr["destination_service_name"] == "unknown" and nr["destination_workload"] == "unknown"
     assert nr["source_workload"] == "unknown" and nr["source_principal"] == CLIENT_ID
     assert nr["destination_cluster"] == "unknown" and nr["destination_canonical_revision"] == "unknown"
@@ -290,4 +292,81 @@ def test_cached_label_values_equal_fresh_ones_as_status_flags_route_and_peers_ch
             assert m.label_values(rec, src, dst) == m.compute_label_values(rec, src, dst)
     assert m.label_values(records[1][0], CLIENT, ECHO_V2)[21:24] == ("503", "", "UF")
     assert m.label_values(records[4][0], CLIENT, echo_v3)[9] == "echo-v3-1"
-    assert m.label_values(records[10][0], None, None)[14] == "b.example"
+    assert m.label_values(records[10][0], None, None)[14] == "unknown"
+
+
+def test_random_host_headers_without_a_service_add_no_series() -> None:
+    """A tunnel addressed to a pod (no Service) carries whatever Host the client sent. Istio's
+    waypoint reports the endpoint's canonical service there (host-header fallback off), so a
+    client sending a fresh Host per request must not mint a series per request."""
+    m = HttpMetrics()
+    pod = Downstream(source_identity=CLIENT_ID, source_ip="10.210.1.12", destination_ip="10.210.2.11",
+                     destination_port=8080)
+    for i in range(50):
+        m.observe(record(downstream=pod, service="", authority=f"r{i}.attacker.example"), CLIENT, ECHO_V2)
+        m.observe(record(downstream=pod, service="", authority=f"n{i}.attacker.example", status=404,
+                         response_flags="NR", upstream=""), CLIENT, None)
+    series = [s for s in families(m)["istio_requests"] if s.name == "istio_requests_total"]
+    assert len(series) == 2
+    by_code = {s.labels["response_code"]: s for s in series}
+    assert by_code["200"].value == 50 and by_code["404"].value == 50
+    routed = by_code["200"].labels
+    assert (routed["destination_service"], routed["destination_service_name"],
+            routed["destination_service_namespace"]) == ("echo", "echo", "demo")
+    nr = by_code["404"].labels
+    assert (nr["destination_service"], nr["destination_service_name"], nr["destination_service_namespace"]) == \
+        ("unknown", "unknown", "unknown")
+
+
+@pytest.mark.parametrize("grpc_status,status,want", [
+    ("0", 200, "0"), ("16", 200, "16"), ("007", 200, "7"),
+    ("17", 200, "-1"), ("99999", 200, "-1"), ("banana", 200, "-1"), ("-3", 200, "-1"), ("\u0663", 200, "-1"),
+    ("", 503, "14"), ("", 404, "12"), ("", 200, "2"),     # no grpc-status: Envoy maps the HTTP status
+    ("", 0, ""),                                         # reset before any response: no status at all
+])
+def test_grpc_response_status_is_envoys_normalised_code(grpc_status: str, status: int, want: str) -> None:
+    """The label takes Envoy's value (`Grpc::Common::getGrpcStatus`): a well-known code, "-1" for
+    anything else an upstream sends (so it cannot create series without bound), and the HTTP
+    status mapped when the response carried no grpc-status."""
+    m = HttpMetrics()
+    m.observe(record(grpc=True, protocol="HTTP/2", grpc_status=grpc_status, status=status), CLIENT, ECHO_V2)
+    (s,) = [s for s in families(m)["istio_requests"] if s.name == "istio_requests_total"]
+    assert s.labels["grpc_response_status"] == want
+
+
+def test_arbitrary_grpc_status_values_share_one_series() -> None:
+    m = HttpMetrics()
+    for i in range(40):
+        m.observe(record(grpc=True, protocol="HTTP/2", grpc_status=f"{1000 + i}"), CLIENT, ECHO_V2)
+        m.observe(record(grpc=True, protocol="HTTP/2", grpc_status=f"x{i}"), CLIENT, ECHO_V2)
+    (s,) = [s for s in families(m)["istio_requests"] if s.name == "istio_requests_total"]
+    assert s.value == 80 and s.labels["grpc_response_status"] == "-1"
+
+
+def test_an_unknown_source_keeps_its_spiffe_namespace_and_istios_default_revision() -> None:
+    """A peer the config does not know (its IP is no workload's) but that presented a SPIFFE id:
+    Istio's stats filter takes source_workload_namespace from the id, and reports the source's
+    canonical revision as "latest" (unknown as a default only where Istio has one)."""
+    m = HttpMetrics()
+    down = Downstream(source_identity=CLIENT_ID, source_ip="10.9.9.9", source_namespace="demo",
+                      service="demo/echo", hostname="echo.demo.svc.cluster.local")
+    m.observe(record(downstream=down), None, ECHO_V2)
+    (s,) = [s for s in families(m)["istio_requests"] if s.name == "istio_requests_total"]
+    assert (s.labels["source_workload"], s.labels["source_workload_namespace"], s.labels["source_principal"],
+            s.labels["source_canonical_revision"], s.labels["source_canonical_service"]) == \
+        ("unknown", "demo", CLIENT_ID, "latest", "unknown")
+
+
+def test_a_method_label_from_a_metrics_override_stays_bounded_under_random_methods() -> None:
+    """Telemetry `tagOverrides: {method: {value: request.method}}`: an HTTP/2 client picks any
+    `:method` token, so each random one would be a new series. Known methods keep their name,
+    every other token is "unknown"."""
+    cfg = resolve([{"match": {"metric": "REQUEST_COUNT"}, "tagOverrides": {"method": {"value": "request.method"}}}],
+                  SERVER)
+    m = HttpMetrics(config_for=lambda service: cfg)
+    for i in range(30):
+        m.observe(record(method=f"M{i:04X}", protocol="HTTP/2"), CLIENT, ECHO_V2)
+    for method in ("GET", "PROPFIND", "GET"):
+        m.observe(record(method=method), CLIENT, ECHO_V2)
+    counts = {s.labels["method"]: s.value for s in families(m)["istio_requests"] if s.name == "istio_requests_total"}
+    assert counts == {"unknown": 30, "GET": 2, "PROPFIND": 1}

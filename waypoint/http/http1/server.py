@@ -215,8 +215,14 @@ class H1Server(asyncio.Protocol):
         if cut is not None and not cut.done:    # the request was cut short: nothing to answer
             cut.request_abort("DC")
             return False
-        # A client that half-closes after its request still gets the response (HTTP/1.0 style).
-        return bool(self.queue)
+        # A FIN from an HTTP/1 client is a disconnect, as Envoy's HTTP connection manager takes it
+        # (no half-close on HTTP/1): the request in flight ends with DC and response code 0, and
+        # is not answered. A client that timed out (curl -m, a deadline) closes its socket, which
+        # ztunnel carries as the tunnel's half-close; counting the late response as its status
+        # would show a client timeout as a success on every dashboard.
+        for ex in list(q):
+            ex.request_abort("DC")  # type: ignore[union-attr]
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from ambit.telemetryconfig import Provider
+from ambit.telemetryconfig import Provider, TracingConfig
+from waypoint.http.record import RequestRecord
+from waypoint.request import Downstream, RequestHead
 from waypoint.telemetry import tracing as tr
-from waypoint.telemetry.tracing_sdk import endpoint
+from waypoint.telemetry.tracing_sdk import Pipeline, RequestTrace, Tracing, endpoint
 from waypoint.telemetry.tracing_settings import SamplingFile, from_flags
 
 TID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -49,6 +51,21 @@ def test_b3_single_and_multi() -> None:
     ctx, _ = tr.extract([("x-b3-traceid", "a3ce929d0e0e4736"), ("x-b3-spanid", "00f067aa0ba902b7"),
                          ("x-b3-flags", "1")])
     assert ctx is not None and ctx.sampled is True      # debug implies sampled
+
+
+@pytest.mark.parametrize("bad", ["4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-banana",
+                                 "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-true",
+                                 "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-",
+                                 "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1-zz",
+                                 "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1-00f067aa0ba902b7-x"])
+def test_a_malformed_b3_single_header_is_no_context(bad: str) -> None:
+    """Envoy's B3 extractor refuses these; read as "not sampled" they would drop the trace at this
+    hop and every hop after, whatever the sampling percentage."""
+    assert tr.parse_b3_single(bad) is None
+    ctx, _ = tr.extract([("b3", bad)])
+    assert ctx is None and tr.sample(ctx, False, 100.0, random.Random(1))
+    assert tr.parse_b3_single("4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-d-00f067aa0ba902b7") == \
+        tr.Context(TID, SID, True)
 
 
 def test_traceparent_wins_over_b3() -> None:
@@ -107,9 +124,11 @@ def test_inject_replaces_every_trace_header_in_three_formats() -> None:
 
 
 def test_span_names_are_istios() -> None:
-    assert tr.server_span_name("echo:8080", "echo.default.svc.cluster.local", 80) == \
+    assert tr.server_span_name("10.96.0.11", "echo.default.svc.cluster.local", 80) == \
         "echo.default.svc.cluster.local:80/*"
-    assert tr.server_span_name("echo:8080", "", 8080) == "echo:8080/*"
+    # a tunnel addressed to a pod: its address, whatever Host the client sent (bounded names)
+    assert tr.server_span_name("10.210.2.11", "", 8080) == "10.210.2.11:8080/*"
+    assert tr.server_span_name("fd00::b", "", 8080) == "[fd00::b]:8080/*"
     assert tr.client_span_name(tr.cluster_name("echo.default.svc.cluster.local", 80)) == \
         "router outbound|80||echo.default.svc.cluster.local egress"
 
@@ -166,3 +185,19 @@ def test_sampling_file_switches_at_runtime(tmp_path: Path) -> None:
     f.unlink()
     now[0] = 5.0
     assert sf().sampling_percent == 5.0
+
+
+def test_a_pod_addressed_requests_span_name_does_not_follow_the_host_header() -> None:
+    """Tracing backends index span names; a client sending random Host headers to a pod behind
+    the waypoint must not make one span name per request."""
+    ident = tr.Identity("waypoint~10.0.0.1~wp-0.default~default.svc.cluster.local", "waypoint", namespace="default")
+    tracing = Tracing(lambda _s: TracingConfig(), ident, random.Random(3))
+    pipe = Pipeline((), ident, 1000)
+    down = Downstream(source_identity="spiffe://cluster.local/ns/default/sa/a", source_ip="10.0.1.5",
+                      destination_ip="10.210.2.11", destination_port=8080)
+    names = set()
+    for _ in range(20):
+        head = RequestHead("GET", "/", f"{uuid.uuid4()}.attacker.example")
+        rec = RequestRecord("GET", "/", head.authority, "HTTP/1.1", down)
+        names.add(RequestTrace(tracing, pipe, TracingConfig(), head, down, rec, None).name)
+    assert names == {"10.210.2.11:8080/*"}
