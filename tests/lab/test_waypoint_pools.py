@@ -318,11 +318,11 @@ def test_idle_timeout_closes_idle_upstream_connections(plab: Lab) -> None:
 
 def test_h2_upgrade_policy_speaks_h2c_to_an_http_port(plab: Lab) -> None:
     """cb-h2's port is named `http` but its app (gRPC) speaks only h2c: an HTTP/1.1 request through
-    the waypoint fails (503) until h2UpgradePolicy UPGRADE makes the waypoint speak h2c to it;
+    the waypoint fails (502, an upstream protocol error, as Envoy) until h2UpgradePolicy UPGRADE makes the waypoint speak h2c to it;
     then the gRPC server's own HTTP/2 answer comes back. (The seed destination-rule.yaml sets
     UPGRADE for HTTP/1.1-only apps: tests/lab/test_waypoint.py shows those still answered.)"""
     code, _ = status_of(plab, CLIENT, "http://cb-h2/")
-    assert code == 503, code
+    assert code == 502, code
     f = apply(plab, [dr("cb-h2", "cb-h2", {"tcp": {"maxConnections": 3}, "http": {"h2UpgradePolicy": "UPGRADE"}})],
               plab.tmp, "cb-h2")  # type: ignore[attr-defined]
     try:
