@@ -7,8 +7,9 @@ so it is not for whoever reaches the controller's port:
   checked by a TokenReview, and then the user or one of its groups must be allowed
   (`--debug-readers`, default the cluster admins' group `system:masters`).
 
-Both raise `Unauthenticated` naming what is wrong; the servicer turns it into UNAUTHENTICATED or
-PERMISSION_DENIED.
+Both raise `Unauthenticated` or `Forbidden` naming what is wrong; the servicer turns it into
+UNAUTHENTICATED or PERMISSION_DENIED (and `CredentialCheckBusy`, too many reviews in flight, into
+UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import os
 import secrets
 from pathlib import Path
 from typing import Any, Protocol
+
+from controller.ca.credentials import MAX_PENDING_REVIEWS, CredentialCheckBusy
 
 
 class Unauthenticated(Exception):
@@ -53,8 +56,10 @@ class TokenFileReaders:
 
 
 class TokenReviewReaders:
-    def __init__(self, api_client: Any, readers: tuple[str, ...] = ("group:system:masters",)) -> None:
+    def __init__(self, api_client: Any, readers: tuple[str, ...] = ("group:system:masters",),
+                 max_pending: int = MAX_PENDING_REVIEWS) -> None:
         from kubernetes import client as k8s
+        self.max_pending, self._pending = max_pending, 0
         self._api = k8s.AuthenticationV1Api(api_client)
         self._k8s = k8s
         bad = [r for r in readers if not r.startswith(("user:", "group:"))]
@@ -79,4 +84,13 @@ class TokenReviewReaders:
     async def check(self, token: str) -> str:
         if not token:
             raise Unauthenticated("no bearer token")
-        return await asyncio.to_thread(self.review, token)
+        # Bounded like the node credential's reviews: a flood of made-up tokens queues no more
+        # than `max_pending` calls (each holding its headers) before they are refused at once.
+        if self._pending >= self.max_pending:
+            raise CredentialCheckBusy(f"{self._pending} credential checks are pending at the API server; "
+                                      "try again later")
+        self._pending += 1
+        try:
+            return await asyncio.to_thread(self.review, token)
+        finally:
+            self._pending -= 1
