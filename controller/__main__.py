@@ -85,7 +85,8 @@ def waypoint_hook(args: ControllerSettings, leader: Callable[[], bool] | None = 
     rec = KubeWaypointReconciler(make_api_client(args.kube_host, args.kubeconfig), deploy,
                                  cluster_domain=args.cluster_domain, root_namespace=args.root_namespace,
                                  write_status=not args.no_status,
-                                 refused=getattr(source, "refused", frozenset))
+                                 refused=getattr(source, "refused", frozenset),
+                                 may_write=leader or (lambda: True))
 
     def kube_waypoints(objects: Snapshot, tr: Translation) -> None:
         if leader is None or leader():        # followers serve; the leader writes
