@@ -94,6 +94,7 @@ class KubeWaypointReconciler:
         self._pace: StatusPace[str, Callable[[], bool]] = StatusPace(retry=retry) if retry else StatusPace()
         self._lock = threading.RLock()
         self._timer: threading.Timer | None = None
+        self._failing: set[str] = set()
         # Gateway API objects whose newest version validation refused, as (kind, ns, name): the
         # source writes their status (controller.sources.kube); the version in force here would
         # contradict it
@@ -140,9 +141,15 @@ class KubeWaypointReconciler:
     # -- the pass --------------------------------------------------------------------------------------
     # -- retrying failed writes ---------------------------------------------------------------------
     def _attempt(self, key: str, write: Callable[[], bool]) -> bool:
-        """Run `write`; a failure is queued to run again after the key's backoff."""
+        """Run `write`; a failure is queued to run again after the key's backoff. Only keys that
+        failed are tracked (a success resets them), so writes that never fail cost no memory."""
         ok = write()
-        self._pace.done(key, write, ok, self.clock())
+        if not ok or key in self._failing:
+            self._pace.done(key, write, ok, self.clock())
+            if ok:
+                self._failing.discard(key)
+            else:
+                self._failing.add(key)
         return ok
 
     def _schedule(self) -> None:
