@@ -18,11 +18,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from grpclib.client import Channel
 from grpclib.exceptions import GRPCError
+from prometheus_client import CollectorRegistry
 
-from ambit.api import ca_grpc, ca_pb2, config_pb2, debug_grpc, debug_pb2
+from ambit.api import ca_grpc, ca_pb2, config_grpc, config_pb2, debug_grpc, debug_pb2
 from ambit.configclient import tls
+from controller.ca.credentials import BootstrapTokens
+from controller.configserver import ConfigServer
+from controller.configserver.auth import NodeAuthenticator
+from controller.configserver.server import SERVER_OPTIONS
+from controller.grpcgate import CallGate
 from tests.support.kube_emulator import KubeEmulator
 from tests.unit.controller.test_ca_secret import NS, TD, published_root, start_controller, stop
 
@@ -88,3 +96,43 @@ def test_a_caller_without_a_valid_credential_is_refused_before_its_request_is_re
 def test_a_caller_with_the_node_credential_is_read_and_held_to_the_size_limit(controller: dict[str, Any]) -> None:
     code, message = asyncio.run(call(controller, "CreateCertificate", "zt-1"))
     assert code == "RESOURCE_EXHAUSTED", (code, message)
+
+
+def test_a_refused_config_stream_is_read_for_its_reason_one_at_a_time() -> None:
+    """A refused config stream's first request is read (so its client learns why) by one refusal at
+    a time: while one waits for its first request, another refused stream is answered without its
+    oversized request being read (UNAUTHENTICATED, not RESOURCE_EXHAUSTED)."""
+    async def go() -> tuple[str, str]:
+        config = ConfigServer(debounce=0.0, registry=CollectorRegistry(),
+                              authenticator=NodeAuthenticator(BootstrapTokens()))
+        gate = CallGate(max_draining=1, drain_timeout=30.0)
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[gate])
+        config.add_to_server(server)
+        gate.guard(config.guards())
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        md = {"authorization": "Bearer made-up", "x-ambit-node": "node-1"}
+        try:
+            async with Channel("127.0.0.1", port) as ch:
+                stub = config_grpc.ConfigServiceStub(ch)
+                async with stub.DeltaStream.open(metadata=md, timeout=30) as holding:
+                    await holding.send_request()            # headers, and no first request yet
+                    while gate.draining < 1:
+                        await asyncio.sleep(0.01)
+                    try:
+                        async with stub.DeltaStream.open(metadata=md, timeout=30) as s:
+                            await s.send_message(config_pb2.DeltaRequest(
+                                node=NODE, type_url="ambit.io/Workload", subscribe=True,
+                                initial_resource_versions={"w": "v" * OVER}))
+                            await s.recv_message()
+                    except GRPCError as e:
+                        return e.status.name, e.message or ""
+                    finally:
+                        await holding.cancel()
+                return "OK", ""
+        finally:
+            await server.stop(None)
+
+    code, message = asyncio.run(go())
+    assert code == "UNAUTHENTICATED", (code, message)
+    assert "bootstrap token not valid" in message, message
