@@ -14,14 +14,14 @@ UNAVAILABLE).
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import hmac
 import os
 import secrets
 from pathlib import Path
 from typing import Any, Protocol
 
-from controller.ca.credentials import MAX_PENDING_REVIEWS, CredentialCheckBusy
+from controller.ca.credentials import MAX_PENDING_REVIEWS, Reviews
 
 
 class Unauthenticated(Exception):
@@ -59,7 +59,7 @@ class TokenReviewReaders:
     def __init__(self, api_client: Any, readers: tuple[str, ...] = ("group:system:masters",),
                  max_pending: int = MAX_PENDING_REVIEWS) -> None:
         from kubernetes import client as k8s
-        self.max_pending, self._pending = max_pending, 0
+        self.reviews: Reviews[str] = Reviews(max_pending=max_pending, name="reader-review")
         self._api = k8s.AuthenticationV1Api(api_client)
         self._k8s = k8s
         bad = [r for r in readers if not r.startswith(("user:", "group:"))]
@@ -84,13 +84,6 @@ class TokenReviewReaders:
     async def check(self, token: str) -> str:
         if not token:
             raise Unauthenticated("no bearer token")
-        # Bounded like the node credential's reviews: a flood of made-up tokens queues no more
-        # than `max_pending` calls (each holding its headers) before they are refused at once.
-        if self._pending >= self.max_pending:
-            raise CredentialCheckBusy(f"{self._pending} credential checks are pending at the API server; "
-                                      "try again later")
-        self._pending += 1
-        try:
-            return await asyncio.to_thread(self.review, token)
-        finally:
-            self._pending -= 1
+        # Cached and bounded like the node credential's reviews (`Reviews`): a flood of made-up
+        # tokens queues no more than `max_pending` calls before they are refused at once.
+        return await self.reviews.check(token, functools.partial(self.review, token))
