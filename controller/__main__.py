@@ -26,6 +26,7 @@ from ambit.trustdomain import TrustDomains
 from controller import meshconfig
 from controller.app import Controller, StatusServer
 from controller.configserver.server import SERVER_OPTIONS
+from controller.grpcgate import CallGate
 from controller.jwks import JwksCache
 from controller.settings import ControllerSettings
 from controller.settings import load as load_settings
@@ -84,7 +85,8 @@ def waypoint_hook(args: ControllerSettings, leader: Callable[[], bool] | None = 
     rec = KubeWaypointReconciler(make_api_client(args.kube_host, args.kubeconfig), deploy,
                                  cluster_domain=args.cluster_domain, root_namespace=args.root_namespace,
                                  write_status=not args.no_status,
-                                 refused=getattr(source, "refused", frozenset))
+                                 refused=getattr(source, "refused", frozenset),
+                                 may_write=leader or (lambda: True))
 
     def kube_waypoints(objects: Snapshot, tr: Translation) -> None:
         if leader is None or leader():        # followers serve; the leader writes
@@ -166,8 +168,11 @@ async def amain(args: ControllerSettings) -> int:
         return controller_box[0].errors() if controller_box else []
 
     server = StatusServer(errors, debounce=args.debounce)
-    grpc_server = grpc.aio.server(options=SERVER_OPTIONS)
+    # Every call's credential is checked before its request is read (controller/grpcgate.py).
+    gate = CallGate()
+    grpc_server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[gate])
     server.add_to_server(grpc_server)
+    gate.guard(server.guards())
 
     hooks: list[Callable[[Snapshot, Translation], None]] = []
     on_lead: list[Callable[[], None]] = []      # run on gaining leadership (writes skipped while following)
@@ -238,6 +243,7 @@ async def amain(args: ControllerSettings) -> int:
         except CAConfigError as e:
             log.error("CA: %s", e)
             return 2
+        gate.guard(ca_servicer.guards())
         if args.kube:
             publish, new_term = root_publisher(args, ca_servicer.ca.trust_bundle().pems(), leader)
             hooks.append(publish)
@@ -268,6 +274,7 @@ async def amain(args: ControllerSettings) -> int:
     try:
         debug = DebugServicer(server, debug_readers(args))
         debug.add_to_server(grpc_server)
+        gate.guard(debug.guards())
     except ValueError as e:
         log.error("%s", e)
         return 2

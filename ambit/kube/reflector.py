@@ -12,6 +12,11 @@ The classic loop, through the official client's listers (auth, TLS, kubeconfig c
   restore from a backup; watching on from it would wait for ever and miss every write made since.
 - Any other failure (dropped connection, server error) -> reconnect with jittered exponential
   backoff and watch from the last resourceVersion seen, so no event is lost and none applied twice.
+- A paged list whose continue token expires (410 on a later page: the server compacted past the
+  list's resourceVersion) starts over from the first page after the backoff, as a failure: one
+  expiring on every page (a server compacting faster than a page is fetched) would otherwise be a
+  loop of first pages as fast as the server answers. client-go instead falls back to one unpaged
+  list; starting over keeps the pages, and the backoff's first delay is short.
 - The backoff is reset only by a watch that made progress (an event or bookmark, or `min_watch`
   seconds open). A watch the server ends at once with nothing in it, or a relist whose watch is
   refused as expired again, waits the backoff before the next request, as client-go's reflector
@@ -114,6 +119,11 @@ def _status_body(e: ApiException) -> Obj:
 
 class _Missing(Exception):
     pass
+
+
+class _ContinueExpired(Exception):
+    """A later page's continue token was refused as expired (410): the list starts over, after the
+    backoff, as any failed request does."""
 
 
 def make_lister(api_client: kclient.ApiClient, resource: Resource, version: str) -> Lister:
@@ -219,6 +229,8 @@ class Reflector:
                 self._failed(stop, backoff, f"{self.resource.name} is not served (404)" + (
                     "" if self.missing_retry is None else ", but its CustomResourceDefinition exists: the API "
                                                           "server has not loaded it yet?"))
+            except _ContinueExpired as e:
+                self._failed(stop, backoff, str(e))
             except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as e:
                 if stop.is_set():
                     return
@@ -300,8 +312,8 @@ class Reflector:
                               _request_timeout=(10, 60), **self._selectors())
             except ApiException as e:
                 if e.status == 410 and cont:    # the continue token expired mid-list: start over
-                    items, cont = [], ""
-                    continue
+                    raise _ContinueExpired(f"the list's continue token expired after {len(items)} objects "
+                                           f"(410); listing again from the first page") from None
                 raise
             data = json.loads(resp.data)
             items += data.get("items") or []

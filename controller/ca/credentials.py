@@ -15,6 +15,7 @@ Two implementations of one small interface:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -25,12 +26,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from ambit.clock import Monotonic
 
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 SA_PREFIX = "system:serviceaccount:"
+T = TypeVar("T")
 
 
 class Caller(str):
@@ -68,6 +70,44 @@ REVIEW_CACHE_TTL = 60.0
 REVIEW_CACHE_SIZE = 4096
 MAX_PENDING_REVIEWS = 64
 REVIEW_THREADS = 8
+
+
+class Reviews(Generic[T]):
+    """TokenReviews off the event loop, with two bounds against a flood of unknown tokens (any pod
+    can reach the controller, and each unknown token costs a TokenReview): a credential the API
+    server confirmed within `cache_ttl` is taken again without asking, so known callers are never
+    queued behind the flood (and a call checked before its request is read, then by its method,
+    costs one review); and past `max_pending` reviews in flight a new one is refused at once
+    (`CredentialCheckBusy`) instead of queueing without bound."""
+
+    def __init__(self, *, max_pending: int = MAX_PENDING_REVIEWS, cache_ttl: float = REVIEW_CACHE_TTL,
+                 clock: Monotonic = time.monotonic, name: str = "token-review") -> None:
+        self.max_pending, self.cache_ttl, self._clock = max_pending, cache_ttl, clock
+        self.pending = 0
+        self._confirmed: OrderedDict[bytes, tuple[float, T]] = OrderedDict()   # digest -> (until, result)
+        # Its own threads: the blocking client must neither hold the event loop nor share a pool.
+        self._executor = ThreadPoolExecutor(REVIEW_THREADS, thread_name_prefix=name)
+
+    async def check(self, key: str, review: Callable[[], T]) -> T:
+        """`review()`'s result for `key` (the token and whatever it is checked against), cached
+        when it returns; its exception (not cached) when it raises."""
+        digest = hashlib.sha256(key.encode()).digest()
+        hit = self._confirmed.get(digest)
+        if hit is not None and hit[0] > self._clock():
+            return hit[1]
+        if self.pending >= self.max_pending:
+            raise CredentialCheckBusy(f"{self.pending} credential checks are pending at the API server; "
+                                      "try again later")
+        self.pending += 1
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, review)
+        finally:
+            self.pending -= 1
+        self._confirmed[digest] = (self._clock() + self.cache_ttl, result)
+        self._confirmed.move_to_end(digest)
+        while len(self._confirmed) > REVIEW_CACHE_SIZE:
+            self._confirmed.popitem(last=False)
+        return result
 
 
 class NodeCredentialVerifier(Protocol):
@@ -153,11 +193,7 @@ class TokenReviewVerifier:
         self.allowed_users = set(allowed_users)
         self.audiences = audiences or ["ambit-ca"]
         self.workload_accounts = workload_accounts
-        self.max_pending, self.cache_ttl, self._clock = max_pending, cache_ttl, clock
-        self._pending = 0
-        self._confirmed: OrderedDict[bytes, tuple[float, Caller]] = OrderedDict()   # digest -> (until, caller)
-        # Its own threads: the blocking client must neither hold the event loop nor share a pool.
-        self._executor = ThreadPoolExecutor(REVIEW_THREADS, thread_name_prefix="token-review")
+        self.reviews: Reviews[Caller] = Reviews(max_pending=max_pending, cache_ttl=cache_ttl, clock=clock)
 
     def _workload_of(self, username: str) -> str:
         if self.workload_accounts is None or not username.startswith(SA_PREFIX):
@@ -192,25 +228,5 @@ class TokenReviewVerifier:
         return Caller(nodes[0], workload)
 
     async def verify(self, token: str, claimed_node: str) -> str:
-        """`review`, off the event loop, with two bounds against a flood of unknown tokens (any pod
-        can reach the controller, and each unknown token costs a TokenReview): a credential the
-        API server confirmed within `cache_ttl` is taken again without asking, so known nodes are
-        never queued behind the flood; and past `max_pending` checks in flight a new one is refused
-        at once (`CredentialCheckBusy`) instead of queueing without bound."""
-        key = hashlib.sha256(f"{claimed_node}\n{token}".encode()).digest()
-        hit = self._confirmed.get(key)
-        if hit is not None and hit[0] > self._clock():
-            return hit[1]
-        if self._pending >= self.max_pending:
-            raise CredentialCheckBusy(f"{self._pending} credential checks are pending at the API server; "
-                                      "try again later")
-        self._pending += 1
-        try:
-            caller = await asyncio.get_running_loop().run_in_executor(self._executor, self.review, token, claimed_node)
-        finally:
-            self._pending -= 1
-        self._confirmed[key] = (self._clock() + self.cache_ttl, caller)
-        self._confirmed.move_to_end(key)
-        while len(self._confirmed) > REVIEW_CACHE_SIZE:
-            self._confirmed.popitem(last=False)
-        return caller
+        """`review`, off the event loop, cached and bounded (`Reviews`)."""
+        return await self.reviews.check(f"{claimed_node}\n{token}", functools.partial(self.review, token, claimed_node))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import NoReturn
 
 import grpc
@@ -20,6 +20,7 @@ from ambit.api import ca_pb2, ca_pb2_grpc
 from controller.ca.authority import CertificateAuthority, CSRRejected
 from controller.ca.credentials import CredentialCheckBusy, NodeCredentialVerifier, Unauthenticated, scope_of
 from controller.ca.node_auth import authorize, within_scope
+from controller.grpcgate import CallRefused, Guard, metadata_dict, method_path
 from controller.validation import printable
 
 log = logging.getLogger("ambit.ca")
@@ -57,19 +58,12 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
     async def CreateCertificate(  # noqa: N802 - gRPC method name
         self, request: ca_pb2.CSRRequest, context: grpc.aio.ServicerContext
     ) -> ca_pb2.CSRResponse:
-        md = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        claimed = md.get(NODE_HEADER, "")
-        auth = md.get("authorization", "")
+        md = metadata_dict(context.invocation_metadata())
         requested = request.identity
-        if not claimed or not auth.startswith("Bearer "):
-            await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, claimed, requested,
-                               "missing 'authorization: Bearer <token>' or 'x-ambit-node' metadata")
         try:
-            node = await self.verifier.verify(auth[len("Bearer "):].strip(), claimed)
-        except Unauthenticated as e:
-            await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, claimed, requested, str(e))
-        except CredentialCheckBusy as e:
-            await self._refuse(context, grpc.StatusCode.UNAVAILABLE, claimed, requested, str(e))
+            node = await self.authenticate(md)
+        except CallRefused as e:
+            await self._refuse(context, e.code, md.get(NODE_HEADER, ""), requested, str(e))
         pods = self.pods_on_node(node)
         if inspect.isawaitable(pods):
             pods = await pods
@@ -90,6 +84,33 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
         log.info("issued certificate: node=%s identity=%s ttl=%s", node, requested, ttl or self.ca.default_ttl)
         self.issued += 1
         return ca_pb2.CSRResponse(cert_chain=chain, trust_bundle=self.ca.trust_bundle().pems())
+
+    async def authenticate(self, metadata: Mapping[str, str]) -> str:
+        """The node (or waypoint Caller) the metadata's credential authenticates, or CallRefused."""
+        claimed = metadata.get(NODE_HEADER, "")
+        auth = metadata.get("authorization", "")
+        if not claimed or not auth.startswith("Bearer "):
+            raise CallRefused(grpc.StatusCode.UNAUTHENTICATED,
+                              "missing 'authorization: Bearer <token>' or 'x-ambit-node' metadata")
+        try:
+            return await self.verifier.verify(auth[len("Bearer "):].strip(), claimed)
+        except Unauthenticated as e:
+            raise CallRefused(grpc.StatusCode.UNAUTHENTICATED, str(e)) from None
+        except CredentialCheckBusy as e:
+            raise CallRefused(grpc.StatusCode.UNAVAILABLE, str(e)) from None
+
+    async def _gate_check(self, metadata: Mapping[str, str]) -> str:
+        """`authenticate` for the server's CallGate, counting its refusals as the handler's."""
+        try:
+            return await self.authenticate(metadata)
+        except CallRefused as e:
+            self.refused[e.code.name] = self.refused.get(e.code.name, 0) + 1
+            raise
+
+    def guards(self) -> dict[str, Guard]:
+        """CreateCertificate's credential check, for the server's CallGate: a caller without the
+        node credential is refused before its CSR is read (controller/grpcgate.py)."""
+        return {method_path(ca_pb2.DESCRIPTOR, "CertificateService", "CreateCertificate"): Guard(self._gate_check)}
 
     async def _refuse(
         self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, node: str, requested: str, reason: str

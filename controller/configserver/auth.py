@@ -30,6 +30,7 @@ import grpc
 
 from ambit.configclient.node import NodeInfo
 from controller.ca.credentials import CredentialCheckBusy, NodeCredentialVerifier, Unauthenticated, scope_of
+from controller.grpcgate import CallRefused, metadata_dict
 
 NODE_HEADER = "x-ambit-node"
 NODE_KINDS = ("ztunnel", "agent")        # the kinds a node credential speaks for
@@ -38,12 +39,8 @@ NODE_KINDS = ("ztunnel", "agent")        # the kinds a node credential speaks fo
 WaypointPods = Callable[[str], "set[tuple[str, str, str]] | frozenset[tuple[str, str, str]]"]
 
 
-class StreamRefused(Exception):
+class StreamRefused(CallRefused):
     """Refuse the stream with `code`; the message says why (it goes to the client and the log)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def check_claim(authenticated_node: str, node: NodeInfo,
@@ -106,4 +103,4 @@ class NodeAuthenticator:
 
 
 def metadata_of(context: grpc.aio.ServicerContext) -> dict[str, str]:
-    return {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    return metadata_dict(context.invocation_metadata())

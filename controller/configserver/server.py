@@ -30,6 +30,7 @@ from controller.configserver.auth import NodeAuthenticator, StreamRefused, metad
 from controller.configserver.metrics import ConfigMetrics
 from controller.configserver.snapshot import Snapshot
 from controller.configserver.subscription import Nack, Planned, SubscriberStatus, Subscription
+from controller.grpcgate import CallGate, Guard, method_path
 
 log = logging.getLogger("ambit.controller.configserver")
 
@@ -44,7 +45,12 @@ SERVER_OPTIONS = (
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.http2.bdp_probe", 0),
 )
+
+
+DELTA_STREAM = method_path(config_pb2.DESCRIPTOR, "ConfigService", "DeltaStream")
+STATUS = method_path(config_pb2.DESCRIPTOR, "ConfigService", "Status")
 
 
 class BadRequest(Exception):
@@ -157,7 +163,9 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         """Serve on `address` on a server of our own; return the bound port."""
         if self._server is not None:
             raise RuntimeError("ConfigServer.start: already started")
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        gate = CallGate()
+        gate.guard(self.guards())
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[gate])
         self.add_to_server(server)
         port = (server.add_secure_port(address, credentials) if credentials is not None
                 else server.add_insecure_port(address))
@@ -174,6 +182,15 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         """
         self._loop = asyncio.get_running_loop()
         config_pb2_grpc.add_ConfigServiceServicer_to_server(self, server)
+
+    def guards(self) -> dict[str, Guard]:
+        """The stream's credential check, for the server's CallGate: a caller without the node
+        credential is refused before its first request is buffered (controller/grpcgate.py)."""
+        return {DELTA_STREAM: Guard(self._check_credential, drain=True)}
+
+    async def _check_credential(self, metadata: Mapping[str, str]) -> None:
+        if self.authenticator is not None:
+            await self.authenticator.authenticate(metadata)
 
     async def stop(self, grace: float | None = None) -> None:
         if self._flush_handle is not None:

@@ -7,18 +7,21 @@ so it is not for whoever reaches the controller's port:
   checked by a TokenReview, and then the user or one of its groups must be allowed
   (`--debug-readers`, default the cluster admins' group `system:masters`).
 
-Both raise `Unauthenticated` naming what is wrong; the servicer turns it into UNAUTHENTICATED or
-PERMISSION_DENIED.
+Both raise `Unauthenticated` or `Forbidden` naming what is wrong; the servicer turns it into
+UNAUTHENTICATED or PERMISSION_DENIED (and `CredentialCheckBusy`, too many reviews in flight, into
+UNAVAILABLE).
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import hmac
 import os
 import secrets
 from pathlib import Path
 from typing import Any, Protocol
+
+from controller.ca.credentials import MAX_PENDING_REVIEWS, Reviews
 
 
 class Unauthenticated(Exception):
@@ -53,8 +56,10 @@ class TokenFileReaders:
 
 
 class TokenReviewReaders:
-    def __init__(self, api_client: Any, readers: tuple[str, ...] = ("group:system:masters",)) -> None:
+    def __init__(self, api_client: Any, readers: tuple[str, ...] = ("group:system:masters",),
+                 max_pending: int = MAX_PENDING_REVIEWS) -> None:
         from kubernetes import client as k8s
+        self.reviews: Reviews[str] = Reviews(max_pending=max_pending, name="reader-review")
         self._api = k8s.AuthenticationV1Api(api_client)
         self._k8s = k8s
         bad = [r for r in readers if not r.startswith(("user:", "group:"))]
@@ -79,4 +84,6 @@ class TokenReviewReaders:
     async def check(self, token: str) -> str:
         if not token:
             raise Unauthenticated("no bearer token")
-        return await asyncio.to_thread(self.review, token)
+        # Cached and bounded like the node credential's reviews (`Reviews`): a flood of made-up
+        # tokens queues no more than `max_pending` calls before they are refused at once.
+        return await self.reviews.check(token, functools.partial(self.review, token))

@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -23,17 +25,21 @@ from ambit.configclient.node import NodeInfo
 from ambit.dataplane.tap import HEARTBEAT
 from ambit.tapfilter import from_proto, to_proto
 from ambit.version import VERSION
+from controller.ca.credentials import CredentialCheckBusy
 from controller.configserver.auth import StreamRefused, metadata_of
-from controller.configserver.server import ConfigServer
+from controller.configserver.server import STATUS, ConfigServer
 from controller.debug.feeds import FeedHub, control
 from controller.debug.proxystatus import proxy_status
 from controller.debug.readers import Forbidden, ReaderAuth, Unauthenticated
 from controller.debug.reports import ReportStore
+from controller.grpcgate import CallRefused, Guard, method_path
 
 log = logging.getLogger("ambit.controller.debug")
 MAX_REPORT = 256 * 1024
 FILTER_WAIT = 5.0            # seconds a new tap waits for every proxy to apply its filter
 MAX_UPLOAD_EVENTS = 1000      # flows per feed upload; more are counted as dropped
+READER_METHODS = ("ProxyStatus", "ProxyConfig", "Tap", "Metrics")
+PROXY_METHODS = {"Report": "status report", "Feed": "feed"}     # method -> how refusals name it
 
 
 class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
@@ -51,6 +57,26 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
         # rejected object: it takes the same reader credential as the debug API.
         self.config.status_guard = self._reader
 
+    def guards(self) -> dict[str, Guard]:
+        """The credential checks of every method (and of the config service's Status), for the
+        server's CallGate: a caller without the credential is refused before its request is read."""
+        out = {method_path(debug_pb2.DESCRIPTOR, "DebugService", m): Guard(self.reader_of) for m in READER_METHODS}
+        out[STATUS] = Guard(self.reader_of)
+        for m, label in PROXY_METHODS.items():
+            out[method_path(debug_pb2.DESCRIPTOR, "DebugService", m)] = Guard(
+                functools.partial(self._proxy_credential, label=label))
+        return out
+
+    async def _proxy_credential(self, metadata: Mapping[str, str], label: str) -> str:
+        """The node a proxy's credential authenticates, or StreamRefused naming `label`."""
+        auth = self.config.authenticator
+        if auth is None:
+            return ""
+        try:
+            return await auth.authenticate(metadata)
+        except StreamRefused as e:
+            raise StreamRefused(e.code, str(e).replace("config stream", label)) from None
+
     # -- proxies ---------------------------------------------------------------------------------
     async def _proxy(self, msg: Any, context: Any, what: str, label: str) -> NodeInfo:
         """The proxy a report or feed speaks for: its node, checked against its node credential
@@ -62,7 +88,7 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
         auth = self.config.authenticator
         if auth is not None:
             try:
-                node = auth.authorize(await auth.authenticate(metadata_of(context)), node)
+                node = auth.authorize(await self._proxy_credential(metadata_of(context), label), node)
             except StreamRefused as e:
                 log.warning("%s refused from %s: %s", label, context.peer(), e)
                 await context.abort(e.code, str(e).replace("config stream", label))
@@ -86,20 +112,28 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
         return debug_pb2.ReportReply(controller_version=VERSION, interval=self.report_interval)
 
     # -- readers ---------------------------------------------------------------------------------
-    async def _reader(self, context: Any) -> str:
+    async def reader_of(self, metadata: Mapping[str, str]) -> str:
+        """The reader the metadata's bearer token authenticates, or CallRefused saying why."""
         if self.readers is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                "the debug API has no readers configured (controller --debug-token-file, "
-                                "or --kube for TokenReview)")
-        auth = metadata_of(context).get("authorization", "")
+            raise CallRefused(grpc.StatusCode.UNAVAILABLE,
+                              "the debug API has no readers configured (controller --debug-token-file, "
+                              "or --kube for TokenReview)")
+        auth = metadata.get("authorization", "")
         token = auth[len("Bearer "):].strip() if auth.startswith("Bearer ") else ""
         try:
-            assert self.readers is not None
             return await self.readers.check(token)
         except Unauthenticated as e:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"debug API: {e}")
+            raise CallRefused(grpc.StatusCode.UNAUTHENTICATED, f"debug API: {e}") from None
         except Forbidden as e:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"debug API: {e}")
+            raise CallRefused(grpc.StatusCode.PERMISSION_DENIED, f"debug API: {e}") from None
+        except CredentialCheckBusy as e:
+            raise CallRefused(grpc.StatusCode.UNAVAILABLE, f"debug API: {e}") from None
+
+    async def _reader(self, context: Any) -> str:
+        try:
+            return await self.reader_of(metadata_of(context))
+        except CallRefused as e:
+            await context.abort(e.code, str(e))
         raise AssertionError("unreachable")
 
     def status_response(self) -> debug_pb2.ProxyStatusResponse:

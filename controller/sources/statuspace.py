@@ -94,6 +94,15 @@ class StatusPace(Generic[K, V]):
         """Pending keys held back (by a retry or rewrite backoff) at `now`."""
         return {k for k in self._pending if self._track(k).not_before > now}
 
+    def pending(self) -> set[K]:
+        """The keys with a write waiting (due or held back)."""
+        return set(self._pending)
+
+    def drop_pending(self) -> None:
+        """Drop every pending write, keeping each key's failure count (its next failure backs off
+        further): the caller is about to compute them all again from a newer state."""
+        self._pending.clear()
+
     def forget(self, key: K) -> None:
         self._pending.pop(key, None)
         self._tracks.pop(key, None)

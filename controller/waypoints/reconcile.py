@@ -13,14 +13,18 @@ After each translated snapshot (`Controller.on_applied`), `KubeWaypointReconcile
   Gateway deletes them through their ownerReferences (the garbage collector's job, not ours);
 - writes the `ZtunnelAccepted` / `WaypointAccepted` condition of each AuthorizationPolicy
   (`advisories.policy_conditions`), keeping the conditions others wrote.
-A failed write is logged and retried on the next snapshot; it never blocks the config flow.
-Only what differs is written, so a snapshot caused by our own write ends the loop.
+A failed write (an API error, a dropped connection) is logged and retried on its own, with the
+status writer's pacing (`controller.sources.statuspace.StatusPace`: 0.5 s doubling to 30 s, jittered,
+per object), until it succeeds or the next snapshot computes every write again: on a quiet cluster
+no snapshot may come, and a waypoint would stay without its Deployment. It never blocks the config
+flow. Only what differs is written, so a snapshot caused by our own write ends the loop.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection
 from typing import Any
@@ -29,7 +33,9 @@ import urllib3
 from kubernetes import client as kclient
 from kubernetes.client.exceptions import ApiException
 
+from ambit.backoff import Backoff
 from controller.kinds import BY_KIND
+from controller.sources.statuspace import StatusPace
 from controller.translate.ingress import ALL_ROUTE_KINDS, is_ingress
 from controller.waypoints import gateways as gws
 from controller.waypoints import ingress_status
@@ -79,8 +85,16 @@ class KubeWaypointReconciler:
     def __init__(self, api: kclient.ApiClient, deploy: WaypointDeploySettings | None = None, *,
                  cluster_domain: str = "cluster.local", root_namespace: str = "ambit-system",
                  write_status: bool = True, resync: float = 60.0, clock: Callable[[], float] = time.monotonic,
-                 refused: Callable[[], Collection[tuple[str, str, str]]] = frozenset):
+                 refused: Callable[[], Collection[tuple[str, str, str]]] = frozenset,
+                 may_write: Callable[[], bool] = lambda: True, retry: Backoff | None = None):
         self.root_namespace = root_namespace
+        # Failed writes, retried on a timer thread (`_retry_due`) until they succeed or the next
+        # pass computes them again; `may_write` (leading) is checked before each retry round.
+        self.may_write = may_write
+        self._pace: StatusPace[str, Callable[[], bool]] = StatusPace(retry=retry) if retry else StatusPace()
+        self._lock = threading.RLock()
+        self._timer: threading.Timer | None = None
+        self._failing: set[str] = set()
         # Gateway API objects whose newest version validation refused, as (kind, ns, name): the
         # source writes their status (controller.sources.kube); the version in force here would
         # contradict it
@@ -125,7 +139,59 @@ class KubeWaypointReconciler:
         return True
 
     # -- the pass --------------------------------------------------------------------------------------
+    # -- retrying failed writes ---------------------------------------------------------------------
+    def _attempt(self, key: str, write: Callable[[], bool]) -> bool:
+        """Run `write`; a failure is queued to run again after the key's backoff. Only keys that
+        failed are tracked (a success resets them), so writes that never fail cost no memory."""
+        ok = write()
+        if not ok or key in self._failing:
+            self._pace.done(key, write, ok, self.clock())
+            if ok:
+                self._failing.discard(key)
+            else:
+                self._failing.add(key)
+        return ok
+
+    def _schedule(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        due = self._pace.due()
+        if due is None:
+            return
+        self._timer = threading.Timer(max(0.0, due - self.clock()), self._retry_due)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _retry_due(self) -> None:
+        """Run the failed writes whose backoff has passed (the timer's thread)."""
+        with self._lock:
+            self._timer = None
+            if not self.may_write():            # a new leader writes from its own pass
+                self._pace.drop_pending()
+                return
+            while (nxt := self._pace.take(self.clock())) is not None:
+                self._attempt(*nxt)
+            self._schedule()
+
+    def retrying(self) -> set[str]:
+        """The writes waiting for a retry ("objects of waypoint ns/name", "status of Gateway ns/name")."""
+        with self._lock:
+            return self._pace.pending()
+
+    def close(self) -> None:
+        """Stop retrying (the controller is stopping)."""
+        with self._lock:
+            self._pace.drop_pending()
+            self._schedule()
+
     def reconcile(self, objects: list[Obj], translation: Any = None) -> None:
+        with self._lock:
+            self._pace.drop_pending()       # this pass computes every write again
+            self._reconcile(objects, translation)
+            self._schedule()
+
+    def _reconcile(self, objects: list[Obj], translation: Any = None) -> None:
         self.errors = []
         waypoints = [o for o in objects if gws.is_waypoint(o) or is_ingress(o)]
         now = self.clock()
@@ -138,8 +204,8 @@ class KubeWaypointReconciler:
             live.add(key)
             if self.deploy is not None and key[0] and (is_ingress(gw) or gws.valid_waypoint_for(gw)) and \
                     now - self._settled.get(key, -1e18) >= self.resync:
-                if self._deploy(gw, ports):
-                    self._settled[key] = now
+                self._attempt(f"objects of waypoint {gws.gateway_ref(gw)}",
+                              lambda gw=gw, ports=ports, key=key: self._deploy_settled(gw, ports, key))
             if self.write_status and ("Gateway", md.get("namespace") or "default", md.get("name")) not in refused:
                 self._gateway_status(gw, objects, translation)
         self._settled = {k: v for k, v in self._settled.items() if k in live}
@@ -147,6 +213,13 @@ class KubeWaypointReconciler:
             self._policy_status(objects, translation)
             if translation is not None:
                 self._route_status(objects, translation, refused)
+
+    def _deploy_settled(self, gw: Obj, ports: tuple[int, ...], key: tuple[str, str, tuple[int, ...]]) -> bool:
+        """`_deploy`, remembering a success so the next snapshots skip it until `resync`."""
+        if not self._deploy(gw, ports):
+            return False
+        self._settled[key] = self.clock()
+        return True
 
     def _deploy(self, gw: Obj, ports: tuple[int, ...] = ()) -> bool:
         """Create or update the Gateway's objects; True when all are as wanted (nothing failed)."""
@@ -194,8 +267,7 @@ class KubeWaypointReconciler:
         if not gws.status_differs(old, want):
             return
         body = {"status": gws.with_times(old, want)}
-        self._write(f"status of Gateway {gws.gateway_ref(gw)}", "PATCH", object_path(gw, "status"), body,
-                    "application/merge-patch+json")
+        self._patch_status(f"status of Gateway {gws.gateway_ref(gw)}", object_path(gw, "status"), body)
 
     def _route_status(self, objects: list[Obj], translation: Any, refused: Collection[tuple[str, str, str]]) -> None:
         """`status.parents` of the routes (HTTP, GRPC, TLS, TCP) attached to ingress Gateways, and of the
@@ -205,8 +277,8 @@ class KubeWaypointReconciler:
         by_key = {(o.get("kind"), (o.get("metadata") or {}).get("namespace") or "default",
                    (o.get("metadata") or {}).get("name")): o for o in objects if o.get("kind") in ALL_ROUTE_KINDS}
         for key, want in ingress_status.route_updates(objects, translation.ingress, refused).items():
-            self._write(f"status of {key[0]} {key[1]}/{key[2]}", "PATCH", object_path(by_key[key], "status"),
-                        {"status": want}, "application/merge-patch+json")
+            self._patch_status(f"status of {key[0]} {key[1]}/{key[2]}", object_path(by_key[key], "status"),
+                               {"status": want})
 
     def _policy_status(self, objects: list[Obj], translation: Any) -> None:
         """The advisories' conditions on Istio and Ambit objects (`advisories.object_conditions`)."""
@@ -218,8 +290,12 @@ class KubeWaypointReconciler:
             if merged is None:
                 continue
             md = o.get("metadata") or {}
-            self._write(f"status of {o.get('kind')} {md.get('namespace')}/{md.get('name')}", "PATCH",
-                        object_path(o, "status"), {"status": {"conditions": merged}}, "application/merge-patch+json")
+            self._patch_status(f"status of {o.get('kind')} {md.get('namespace')}/{md.get('name')}",
+                               object_path(o, "status"), {"status": {"conditions": merged}})
+
+    def _patch_status(self, what: str, path: str, body: Obj) -> bool:
+        """A merge patch of `/status`, retried until it succeeds or the next pass replaces it."""
+        return self._attempt(what, lambda: self._write(what, "PATCH", path, body, "application/merge-patch+json"))
 
 
 def _served_ports(gw: Obj, translation: Any) -> tuple[int, ...]:

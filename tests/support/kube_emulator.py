@@ -44,8 +44,8 @@ connection), `hold_watches()` (new watch requests wait: a window in which change
 `bookmark()`, `install_group()`, and `requests` (a log of every request, to assert what a client did).
 
 Faults (`inject(Fault(...))`, `clear_faults()`): the requests a `Fault` matches (method, a path
-fragment, watch or not) are answered with an error status (429/500/503/504, with `Retry-After`), a
-delay first, a watch that ends at once with no event, or a watch whose first event is cut off
+fragment, watch or not, a later list page or not) are answered with an error status
+(410/429/500/503/504, with `Retry-After`), a delay first, a watch that ends at once with no event, or a watch whose first event is cut off
 mid-JSON (`truncate`: the connection closes inside a chunk) — what an overloaded or restarting API
 server, or a proxy in front of it, does. `restore(rv)` puts the resourceVersion back, as an etcd
 restore from backup does: a watch from a resourceVersion the server has not reached gets 504
@@ -148,7 +148,8 @@ class _Dropped(Exception):
 @dataclass
 class Fault:
     """How to answer the requests that match: `method` (None: any), `path` (a fragment of the URL
-    path), `watch` (True: watches only, False: everything else, None: both); `times` answers
+    path), `watch` (True: watches only, False: everything else, None: both), `continued` (True: only
+    the pages after a list's first); `times` answers
     (None: until cleared). `status` > 0 answers that HTTP error (with `retry_after` seconds);
     `delay` waits first; `watch_end` answers a watch with 200 and ends it at once; `truncate`
     sends half of an event line and drops the connection."""
@@ -156,6 +157,7 @@ class Fault:
     path: str = ""
     method: str | None = "GET"
     watch: bool | None = None
+    continued: bool | None = None     # True: only list pages after the first (a `continue` token)
     status: int = 0
     retry_after: int | None = None
     delay: float = 0.0
@@ -167,7 +169,9 @@ class Fault:
     def matches(self, method: str, path: str, query: dict[str, str]) -> bool:
         is_watch = query.get("watch") in ("1", "true")
         return ((self.method is None or self.method == method) and self.path in path
-                and (self.watch is None or self.watch == is_watch) and (self.times is None or self.hits < self.times))
+                and (self.watch is None or self.watch == is_watch)
+                and (self.continued is None or self.continued == bool(query.get("continue")))
+                and (self.times is None or self.hits < self.times))
 
 
 class KubeEmulator:

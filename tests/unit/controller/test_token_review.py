@@ -182,3 +182,31 @@ def test_a_waypoint_token_subscribes_as_its_own_waypoint_only(verifier) -> None:
     # the node credential still may subscribe as the node's ztunnel (positive control)
     node = verifier.review("zt-1", "node-1")
     assert check_claim(node, NodeInfo("ztunnel", "node-1"), pods, scope_of(node)) == ""
+
+
+def test_debug_readers_are_reviewed_once_and_a_flood_of_made_up_tokens_is_bounded(emu: KubeEmulator) -> None:
+    """Every reader call is checked before its request is read and again by its method
+    (controller/grpcgate.py): a confirmed reader costs one TokenReview, not one per check; and
+    made-up bearer tokens queued reviews without bound (one thread each, each call held)."""
+    from controller.debug.readers import TokenReviewReaders
+    from controller.debug.readers import Unauthenticated as NotReader
+    emu.add_token("ops-1", "ops", "reader")
+    readers = TokenReviewReaders(make_api_client(emu.url), ("user:system:serviceaccount:ops:reader",), max_pending=2)
+
+    def reviews() -> int:
+        return sum(1 for _m, p, _q in list(emu.requests) if p.endswith("/tokenreviews"))
+
+    async def run() -> None:
+        assert await readers.check("ops-1") == "system:serviceaccount:ops:reader"
+        before = reviews()
+        with emu.hold_token_reviews():
+            flood = [asyncio.ensure_future(readers.check(f"bogus-{i}")) for i in range(2)]
+            await asyncio.sleep(0)
+            assert await asyncio.wait_for(readers.check("ops-1"), 10) == "system:serviceaccount:ops:reader"
+            with pytest.raises(CredentialCheckBusy, match="2 credential checks are pending"):
+                await readers.check("bogus-more")
+        results = await asyncio.gather(*flood, return_exceptions=True)
+        assert all(isinstance(r, NotReader) for r in results), results
+        assert reviews() == before + 2, "the confirmed reader was not reviewed again, the refused token not at all"
+
+    asyncio.run(run())

@@ -303,6 +303,22 @@ def test_a_relist_whose_watch_expires_at_once_waits_the_backoff(emu: KubeEmulato
     assert (fault.hits, len(emu.list_requests("pods"))) == (1, 1), "no relist before the backoff"
 
 
+
+def test_a_list_whose_continue_token_expires_on_every_page_waits_the_backoff(emu: KubeEmulator, reflect) -> None:
+    """A continue token refused as expired (410) on every page, by a server that compacts faster
+    than a page is fetched, restarted the list at once, for ever: a loop of first pages as fast as
+    the server answers, with nothing in `ambit status` saying why the kind never synced."""
+    for name in ("a", "b", "c"):
+        emu.create(pod(name))
+    fault = emu.inject(Fault(path="/pods", watch=False, continued=True, status=410))
+    r = reflect(PODS, page_size=1, backoff=(60.0, 60.0))
+    until(lambda: "continue token" in r.st.last_error, "the expired page to count as a failure")
+    assert "expired" in r.st.last_error and r.st.failures == 1
+    time.sleep(0.3)
+    assert (fault.hits, len(emu.list_requests("pods"))) == (1, 2), "no new list before the backoff"
+    assert not r.st.synced
+
+
 # -- selectors and resources (pure) -------------------------------------------------------------------
 
 def test_field_selector_matching() -> None:
