@@ -25,6 +25,7 @@ from ambit.model import (
     Workload,
 )
 from controller.kinds import BY_KIND
+from controller.translate.blame import TranslationBug, blame
 from controller.translate.index import Index
 from controller.translate.ingress import IngressResult, translate_ingress
 from controller.translate.istio_gateway import add_istio_gateways
@@ -40,31 +41,19 @@ from controller.translate.routes import Hosts, translate_routes
 from controller.translate.serviceentries import expand_entry_targets, translate_service_entries
 from controller.translate.waypoints import apply_waypoints, waypoint_gateways
 from controller.translate.workloads import translate_services, translate_workloads
-from controller.validation import FieldError, object_ref, split_valid
+from controller.validation import FieldError, split_valid
 
 __all__ = ["Translation", "TranslationBug", "translate"]
 
 T = TypeVar("T")
 
 
-class TranslationBug(Exception):
-    """A translator raised on a valid object: a bug in Ambit, not in the object. It carries the
-    object's ref, so the controller's error (its log, `ambit status`, the object's status) names
-    the object to look at, and `ambit analyze` reproduces it, instead of "controller"."""
-
-    def __init__(self, ref: str, cause: Exception) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}")
-        self.ref = ref
-
-
 def _each(objs: Iterable[dict[str, Any]], fn: Callable[[dict[str, Any]], T]) -> list[T]:
     """`[fn(o) for o in objs]`, naming the object a translator raised on."""
     out: list[T] = []
     for o in objs:
-        try:
+        with blame(o):
             out.append(fn(o))
-        except Exception as e:  # noqa: BLE001 - re-raised, with the object named
-            raise TranslationBug(object_ref(o), e) from e
     return out
 
 

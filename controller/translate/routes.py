@@ -48,6 +48,7 @@ from ambit.model import (
     WaypointRoutes,
 )
 from controller.kinds.common import parse_duration
+from controller.translate.blame import blame
 from controller.translate.destinationrules import MergedRule, rules_in_force
 from controller.translate.index import Index, age_key, ns_of
 from controller.validation import object_ref
@@ -528,7 +529,8 @@ def translate_routes(idx: Index, services: list[Service], cluster_domain: str, p
         spec = vs.get("spec") or {}
         if not _is_mesh(spec.get("gateways")):
             continue
-        targets, http, tcp = _vs_routes(vs, hosts)
+        with blame(vs):
+            targets, http, tcp = _vs_routes(vs, hosts)
         for fq in targets:
             e = entry(fq)
             e.http.extend(http)
@@ -538,7 +540,9 @@ def translate_routes(idx: Index, services: list[Service], cluster_domain: str, p
     gw_routes: dict[str, list[tuple[tuple[Any, ...], HttpRoute]]] = {}
     for kind, grpc in (("HTTPRoute", False), ("GRPCRoute", True)):
         for obj in idx.kind(kind):
-            for fq, built in parents.attached(obj, functools.partial(_gw_routes, obj, hosts, grpc=grpc)):
+            with blame(obj):
+                attached = list(parents.attached(obj, functools.partial(_gw_routes, obj, hosts, grpc=grpc)))
+            for fq, built in attached:
                 gw_routes.setdefault(fq, []).extend(built)
                 if object_ref(obj) not in entry(fq).sources:
                     entry(fq).sources.append(object_ref(obj))

@@ -54,3 +54,21 @@ def test_a_translation_bug_names_the_object_and_keeps_the_config_in_force() -> N
 
     ctl.on_snapshot([NS, peer_authn("fine")])       # taking the object back clears it
     assert not ctl.errors()
+
+
+def test_a_route_translator_bug_names_the_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    import controller.translate.routes as routes
+
+    def buggy(vs, hosts):
+        raise IndexError("list index out of range")
+    monkeypatch.setattr(routes, "_vs_routes", buggy)
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+          "metadata": {"name": "reviews", "namespace": "shop"},
+          "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]}}
+    ctl = Controller(_NoSource(), ConfigServer(debounce=0.0, registry=CollectorRegistry()))
+    ctl.on_snapshot([NS])
+    good = ctl.version
+    ctl.on_snapshot([NS, vs])
+    assert ctl.version == good
+    [err] = ctl.errors()
+    assert err.ref == "VirtualService/shop/reviews" and "IndexError" in err.reason
