@@ -451,7 +451,8 @@ class Agent:
                 self.retry_handoffs()
                 if self.capture_retry.due(self.clock()):
                     self.reconcile(last)    # pods whose capture (or its removal) failed, once due
-                self.recapture_replaced()   # a sandbox re-created with no change any view shows
+                else:                       # (reconcile sweeps too)
+                    self.recapture_replaced()   # a sandbox re-created with no change any view shows
         except ZtunnelError as e:
             log.warning("%s; reconnecting", e)
             self.link.close()

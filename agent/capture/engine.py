@@ -573,18 +573,14 @@ def _held_netns(meta: maps.Meta) -> Iterator[str | None]:
     (the agent then died on the error). A held netns cannot vanish; one already gone took its
     rules with it, so there is nothing to clean up in it."""
     try:
-        fd = os.open(meta.netns_path, os.O_RDONLY | os.O_CLOEXEC) if meta.netns_path else -1
-    except OSError:
-        fd = -1
+        held = _HeldNetns.open(meta.netns_path) if meta.netns_path else None
+    except OSError:         # gone, or not a netns (the path was reused)
+        held = None
     try:
-        same = fd >= 0 and netns_cookie(fd) == meta.netns
-    except OSError:         # not a netns (the path was reused)
-        same = False
-    try:
-        yield f"/proc/{os.getpid()}/fd/{fd}" if same else None
+        yield f"/proc/{os.getpid()}/fd/{held.fd}" if held is not None and held.cookie == meta.netns else None
     finally:
-        if fd >= 0:
-            os.close(fd)
+        if held is not None:
+            held.close()
 
 
 def cleanup_pod_netns(meta: maps.Meta) -> None:
