@@ -23,14 +23,12 @@ The classic loop, through the official client's listers (auth, TLS, kubeconfig c
   does: a server (or a proxy in front of it) that answers that way is never hammered in a loop.
 - A collection the server does not serve (404: a CRD group not installed) is tried at each of the
   resource's versions; when `missing_retry` is set it then counts as synced and empty, and is
-  retried every `missing_retry` seconds (when not set, it is an error like any other), unless
-  `confirm_missing` says otherwise (the controller asks whether the CRD exists: an API server that
-  is starting answers 404 for the CRDs it has not loaded yet, and "none" would be a first config
-  without the group's AuthorizationPolicies: fail open). A collection
-  that *was* listed and then answers 404 keeps its objects until it is listed again: a CRD's
-  objects are deleted (watch events) before the CRD goes, whereas an API server that is starting
-  answers 404 for CRDs it has not loaded yet, and treating that as "none" would drop every
-  AuthorizationPolicy of the group (fail open) for as long as the 404s last.
+  retried every `missing_retry` seconds (when not set, it is an error like any other). An API
+  server that is starting answers 404 for the CRDs it has not loaded yet, and taking that for
+  "none" would be a config without the group's AuthorizationPolicies (fail open). So a first 404
+  counts as empty only if `confirm_missing` agrees (the controller asks whether the CRD exists),
+  and a collection that *was* listed keeps its objects on a 404 until it is listed again (a CRD's
+  objects are deleted, as watch events, before the CRD goes).
 
 Events are parsed from the raw stream, not deserialized into the client's models: those validate
 strictly and would turn a field the model does not know into a lost event.
