@@ -32,18 +32,16 @@ which is NACKed with the reason, instead of the first request with a token.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ambit.model import JwtRule
 from waypoint.localreply import GRPC_UNAUTHENTICATED, local_reply
 from waypoint.request import EndUser, LocalReply, RequestHead
-
-if TYPE_CHECKING:
-    import jwt
 
 CLOCK_SKEW = 60.0                       # Envoy JwtProvider.clock_skew_seconds default
 DEFAULT_HEADER = {"name": "authorization", "prefix": "Bearer "}
@@ -66,11 +64,22 @@ NO_JWKS = "Jwks remote fetch is failed"
 
 
 @dataclass(frozen=True)
+class Key:
+    """One usable JWK: `key` is what PyJWT verifies with, always the public half (a JWKS that also
+    publishes a private part still verifies, as Envoy reads only the public members)."""
+
+    key: Any
+    key_type: str                       # the JWK's kty
+    key_id: str | None                  # its kid
+    alg: str                            # the JWK's own "alg" (it then takes that alg only), or ""
+
+
+@dataclass(frozen=True)
 class Provider:
     """One jwtRules entry with its key set parsed (once per config update, not per request)."""
 
     rule: JwtRule
-    keys: tuple[tuple[jwt.PyJWK, str], ...]    # (key, the JWK's own "alg" or "")
+    keys: tuple[Key, ...]
     error: str = ""                     # why no key can be used (tokens of this issuer then fail)
 
 
@@ -91,7 +100,7 @@ def provider(rule: JwtRule) -> Provider:
     jwt = _pyjwt()          # also for a rule whose keys cannot be used: verify() decodes its tokens
     if rule.jwks_error:
         return Provider(rule, (), f"{NO_JWKS}: {rule.jwks_error}")
-    keys: list[tuple[jwt.PyJWK, str]] = []
+    keys: list[Key] = []
     try:
         data = json.loads(rule.jwks)
         raw = data.get("keys") if isinstance(data, dict) and "keys" in data else [data]
@@ -99,10 +108,22 @@ def provider(rule: JwtRule) -> Provider:
         return Provider(rule, (), "Jwks is not valid JSON")
     for k in raw if isinstance(raw, list) else []:
         try:
-            keys.append((jwt.PyJWK(k), str(k.get("alg") or "")))
+            jwk = jwt.PyJWK(k)
+            keys.append(Key(_public(jwk.key), jwk.key_type, jwk.key_id, str(k.get("alg") or "")))
         except (jwt.PyJWKError, jwt.PyJWKSetError, ValueError, TypeError, KeyError, jwt.InvalidKeyError):
             continue                    # a key PyJWT cannot use is skipped, as Envoy skips it
     return Provider(rule, tuple(keys), "" if keys else "Jwks has no usable key")
+
+
+def _public(key: Any) -> Any:
+    """The verifying half of a key: PyJWT builds a private key object from a JWK with "d", and a
+    private key object cannot verify (AttributeError on every token)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+    if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+                  | ed448.Ed448PrivateKey):
+        return key.public_key()
+    return key
 
 
 def providers(rules: Iterable[JwtRule]) -> tuple[Provider, ...]:
@@ -165,10 +186,10 @@ def extract(rule: JwtRule, head: RequestHead) -> list[_Token]:
     return out
 
 
-def _keys_for(p: Provider, kid: Any, alg: str) -> list[jwt.PyJWK]:
+def _keys_for(p: Provider, kid: Any, alg: str) -> list[Key]:
     out = []
-    for k, pinned in p.keys:
-        if alg not in _ALGS.get(k.key_type, ()) or (pinned and pinned != alg):   # a pinned key takes its alg only
+    for k in p.keys:
+        if alg not in _ALGS.get(k.key_type, ()) or (k.alg and k.alg != alg):   # a pinned key takes its alg only
             continue
         if kid is not None and k.key_id is not None and k.key_id != kid:
             continue
@@ -216,7 +237,8 @@ def _times(claims: dict[str, Any], now: float) -> tuple[dict[str, Any] | None, s
     """exp and nbf against the injected clock (PyJWT's own check reads the wall clock)."""
     exp, nbf = claims.get("exp"), claims.get("nbf")
     for v in (exp, nbf):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+        # Python's json reads NaN and Infinity, which compare false with everything: never expired
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
             return None, MALFORMED
     if exp is not None and now > exp + CLOCK_SKEW:
         return None, EXPIRED
@@ -245,23 +267,34 @@ def _scalar(v: Any) -> str | None:
     return None
 
 
+def header_value(v: Any) -> str | None:
+    """A claim as a header value, or None when it cannot be one: not a string, number or boolean
+    (Istio copies scalars only), or holding a control character (CR/LF would end the header line
+    on an HTTP/1.1 upstream: a claim could inject headers). Text is sent as its UTF-8 bytes, as
+    Envoy sends it; a header value here is a str of bytes (latin-1, the engine's convention)."""
+    s = _scalar(v)
+    if s is None or any(c < " " and c != "\t" or c == "\x7f" for c in s):
+        return None
+    return s if s.isascii() else s.encode("utf-8").decode("latin-1")
+
+
 def _output_names(ps: tuple[Provider, ...]) -> set[str]:
     names = {p.rule.output_payload_to_header.lower() for p in ps if p.rule.output_payload_to_header}
     return names | {c["header"].lower() for p in ps for c in p.rule.output_claim_to_headers}
 
 
-def _edited(p: Provider, tok: _Token, claims: dict[str, Any], head: RequestHead,
-            scrub: set[str]) -> list[tuple[str, str]]:
-    drop = set(scrub)
-    if tok.header and not p.rule.forward_original_token:
-        drop.add(tok.header)
+def _edited(verified: list[tuple[Provider, _Token, dict[str, Any]]], head: RequestHead,
+            drop: set[str]) -> list[tuple[str, str]]:
+    """The request's headers after the verified tokens' edits: `drop` (the output headers a client
+    may have sent, the token headers not forwarded) removed, then each verifying rule's outputs."""
     out = [(k, v) for k, v in head.headers if k not in drop]
-    if p.rule.output_payload_to_header:
-        out.append((p.rule.output_payload_to_header.lower(), tok.value.split(".")[1]))
-    for c in p.rule.output_claim_to_headers:
-        v = _scalar(claim(claims, c["claim"]))
-        if v is not None:
-            out.append((c["header"].lower(), v))
+    for p, tok, claims in verified:
+        if p.rule.output_payload_to_header:
+            out.append((p.rule.output_payload_to_header.lower(), tok.value.split(".")[1]))
+        for c in p.rule.output_claim_to_headers:
+            v = header_value(claim(claims, c["claim"]))
+            if v is not None:
+                out.append((c["header"].lower(), v))
     return out
 
 
@@ -272,25 +305,47 @@ def unauthorized(head: RequestHead, why: str) -> LocalReply:
                        headers=(("www-authenticate", f'Bearer realm="{realm}", error="invalid_token"'),))
 
 
+def _judge(candidates: list[tuple[Provider, _Token]], now: float) -> tuple[Any, str]:
+    """((provider, token, claims), "") when one of the providers whose locations hold this token
+    verifies it, else (None, why): the first real error (a token of another issuer is the next
+    provider's to judge, so "issuer is not configured" only when no provider knows it)."""
+    why = ""
+    for p, tok in candidates:
+        claims, err = verify(p, tok.value, now)
+        if claims is not None:
+            return (p, tok, claims), ""
+        if not why or why == UNKNOWN_ISSUER:
+            why = err
+    return None, why
+
+
 def authenticate(ps: tuple[Provider, ...], head: RequestHead, now: float) -> Outcome:
-    """The JWT verdict for one request (see the module docstring). `now` is Unix time."""
+    """The JWT verdict for one request (see the module docstring). `now` is Unix time.
+
+    Every token the request carries must verify, not just one: Envoy's rule (authenticator.cc,
+    "a request has a good token and a bad one ... the backend may mistakenly use the bad token"),
+    which Istio's requirement keeps (each provider's token, if present, must be valid). The end
+    user is the first token's (headers, then parameters, then cookies; rules in order)."""
     if not ps:
         return _PASS
     scrub = _output_names(ps)
-    first_error = ""
+    found: dict[str, list[tuple[Provider, _Token]]] = {}     # token -> the rules whose locations hold it
     for p in ps:
         for tok in extract(p.rule, head):
-            claims, why = verify(p, tok.value, now)
-            if claims is None:
-                # a token of another issuer is the next provider's to judge: report the real error
-                if not first_error or first_error == UNKNOWN_ISSUER:
-                    first_error = why
-                continue
-            user = EndUser(f"{claims.get('iss', '')}/{claims.get('sub', '')}", claims)
-            return Outcome(user=user, headers=_edited(p, tok, claims, head, scrub),
-                           reason=f"jwt: {user.principal}")
-    if first_error:
-        return Outcome(reply=unauthorized(head, first_error), reason=f"jwt: {first_error}")
+            found.setdefault(tok.value, []).append((p, tok))
+    verified: list[tuple[Provider, _Token, dict[str, Any]]] = []
+    drop = set(scrub)
+    for candidates in found.values():
+        ok, why = _judge(candidates, now)
+        if ok is None:
+            return Outcome(reply=unauthorized(head, why), reason=f"jwt: {why}")
+        verified.append(ok)
+        # every header the verifying rule found this token in, unless that rule forwards it
+        drop.update(t.header for q, t in candidates if q is ok[0] and t.header and not q.rule.forward_original_token)
+    if verified:
+        claims = verified[0][2]
+        user = EndUser(f"{claims.get('iss', '')}/{claims.get('sub', '')}", claims)
+        return Outcome(user=user, headers=_edited(verified, head, drop), reason=f"jwt: {user.principal}")
     if scrub and any(k in scrub for k, _ in head.headers):
         return Outcome(headers=[(k, v) for k, v in head.headers if k not in scrub])
     return _PASS

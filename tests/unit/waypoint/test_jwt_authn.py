@@ -167,3 +167,52 @@ def test_binding_by_target_refs() -> None:
     bad = head(bearer(token(exp=NOW - 100)))
     assert s.authenticate(bad, Downstream(service="default/myapp"), NOW).reply is not None
     assert s.authenticate(bad, Downstream(service="default/other"), NOW).reply is None
+
+
+def test_every_token_in_the_request_must_verify_not_just_one() -> None:
+    """Envoy's rule: a good token next to a bad one is refused, else the backend could read the
+    bad one (forwarded, since only the good one's header is removed) as if it had been checked."""
+    good, forged = token(), token(key=OTHER_KEY)
+    for req in (head(bearer(forged), path=f"/x?access_token={good}"),      # forged header, good param
+                head(bearer(good), path=f"/x?access_token={forged}"),      # good header, forged param
+                head(bearer(good), bearer(forged))):                       # two headers
+        out = run(req)
+        assert out.user is None and out.reply is not None
+        assert (out.reply.status, out.reply.body) == (401, b"Jwt verification fails")
+    # the same good token in two locations is one token
+    assert run(head(bearer(good), path=f"/x?access_token={good}")).user is not None
+    # two valid tokens of two rules at their own locations: both pass, the first names the user
+    other = JwtRule("https://other.example", jwks=json.dumps({"keys": [jwk(OTHER_KEY, "o")]}),
+                    from_headers=[{"name": "x-other-jwt", "prefix": ""}])
+    bob = jwt.encode({"iss": "https://other.example", "sub": "bob"}, OTHER_KEY, algorithm="RS256", headers={"kid": "o"})
+    out = run(head(bearer(good), ("x-other-jwt", bob)), rule(), other)
+    assert out.user is not None and out.user.principal == f"{ISS}/alice" and out.headers == []
+
+
+def test_a_claim_that_cannot_be_a_header_value_is_not_copied() -> None:
+    """outputClaimToHeaders: a claim with CR/LF (or any control character) would end the header
+    line on an HTTP/1.1 upstream and inject headers; it is not copied. Text goes as UTF-8 bytes
+    (a header value is a latin-1 str of bytes in the engine), as Envoy sends it."""
+    r = rule(output_claim_to_headers=[{"header": "x-sub", "claim": "sub"}])
+    for sub in ("alice\r\nx-evil: 1", "alice\nx", "a\x00b", "a\x7fb"):
+        out = run(head(bearer(token(sub=sub))), r)
+        assert out.user is not None and out.headers == []
+    out = run(head(bearer(token(sub="José 王"))), r)
+    assert out.headers == [("x-sub", "José 王".encode().decode("latin-1"))]
+    assert run(head(bearer(token(sub="a\tb"))), r).headers == [("x-sub", "a\tb")]
+
+
+def test_a_key_set_with_private_members_verifies_with_the_public_half() -> None:
+    """A JWK with "d" makes PyJWT build a private key, which cannot verify: every token of the
+    issuer raised (a 500) instead of verifying as Envoy does, reading only n and e."""
+    priv = {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(RSA_KEY)), "kid": "rsa1"}
+    r = rule(jwks=json.dumps({"keys": [priv]}))
+    assert run(head(bearer(token())), r).user is not None
+    assert run(head(bearer(token(key=OTHER_KEY))), r).reply.body == b"Jwt verification fails"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("exp", [float("nan"), float("inf")])
+def test_a_non_finite_exp_is_malformed_not_eternal(exp: float) -> None:
+    """Python's json reads NaN and Infinity; NaN compares false with any time, so it never expired."""
+    out = run(head(bearer(token(exp=exp))))
+    assert out.reply is not None and out.reply.status == 401
