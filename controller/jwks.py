@@ -19,13 +19,16 @@ does the waiting.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import socket
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from controller.kinds.security import jwks_problem
 
@@ -35,11 +38,90 @@ MAX_BYTES = 1 << 20
 Get = Callable[[str, float], bytes]
 
 
+class _Deadline:
+    """Ends one fetch when its `timeout` is up. A socket timeout bounds each read only, so a
+    server sending a byte now and then held the fetch (and the one thread that refreshes every key
+    set) for as long as it liked: at the deadline this shuts the fetch's sockets down, which ends
+    any read blocked on them."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for s in self._socks:
+                try:
+                    socket.socket.shutdown(s, socket.SHUT_RDWR)    # the plain socket's, under any TLS
+                except OSError:
+                    pass
+
+    def watch(self, s: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(s)
+        if self.expired:
+            self._expire()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def connection(self, base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+        deadline = self
+
+        class Watched(base):  # type: ignore[valid-type,misc]
+            def connect(self) -> None:
+                super().connect()
+                deadline.watch(self.sock)
+        return Watched
+
+
+class _HTTP(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
+        return super().do_open(self.deadline.connection(http_class), req, **kw)
+
+
+class _HTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
+        return super().do_open(self.deadline.connection(http_class), req, **kw)
+
+
 def http_get(url: str, timeout: float) -> bytes:
-    """GET `url` (http or https, the system's CAs), at most MAX_BYTES. Raises OSError/ValueError."""
+    """GET `url` (http or https, the system's CAs, redirects followed), at most MAX_BYTES, all
+    within `timeout` seconds. Only http and https: urlopen's default opener also reads file://
+    and ftp:// URLs (an OpenID issuer or a redirect could name one). Raises OSError/ValueError."""
+    deadline = _Deadline(timeout)
+    opener = urllib.request.OpenerDirector()
+    for h in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), _HTTP(deadline), _HTTPS(deadline),
+              urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPRedirectHandler(),
+              urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(h)
     req = urllib.request.Request(url, headers={"accept": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - schemes checked by validation
-        body = r.read(MAX_BYTES + 1)
+    try:
+        with opener.open(req, timeout=timeout) as r:
+            body = r.read(MAX_BYTES + 1)
+    except (OSError, http.client.HTTPException) as e:
+        if deadline.expired:
+            raise TimeoutError(f"no complete answer within {timeout:g}s") from e
+        if isinstance(e, OSError):
+            raise
+        raise OSError(f"not an HTTP response ({type(e).__name__}: {str(e).strip()[:64]!r})") from e
+    finally:
+        deadline.cancel()
+    if deadline.expired:
+        raise TimeoutError(f"no complete answer within {timeout:g}s")
     if len(body) > MAX_BYTES:
         raise ValueError(f"larger than {MAX_BYTES} bytes")
     return body
@@ -83,8 +165,11 @@ class JwksCache:
             if problem:
                 raise ValueError(f"the key set {problem}")
             error = ""
-        except (OSError, ValueError) as e:
-            keys, error = "", f"fetching {source.removeprefix('oidc:')} failed: {e}"
+        except Exception as e:  # noqa: BLE001 - anything a source answers is that source's failure alone
+            # (http.client's HTTPException for a garbled response, RecursionError for JSON nested
+            # too deep are neither OSError nor ValueError: they escaped, and ended the refresh pass
+            # before the other sources were fetched)
+            keys, error = "", f"fetching {source.removeprefix('oidc:')} failed: {e or type(e).__name__}"
         with self._lock:
             before = self._entries.get(source)
             old = (before.keys, before.error) if before else None
@@ -106,6 +191,9 @@ class JwksCache:
         url = source
         if source.startswith("oidc:"):
             issuer = source[len("oidc:"):]
+            if not issuer.startswith(("http://", "https://")):
+                raise ValueError(f"the issuer {issuer} is not an http(s) URL, so it has no OpenID discovery "
+                                 "document: set jwks or jwksUri")
             doc = json.loads(self.get(issuer.rstrip("/") + "/.well-known/openid-configuration", timeout))
             url = doc.get("jwks_uri") if isinstance(doc, dict) else None
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):

@@ -152,3 +152,92 @@ def test_a_new_jwks_uri_is_published_at_once_failing_closed_and_fetched_in_the_b
     assert (r.rules[0].jwks, r.rules[0].jwks_error) == (k1, "")
     ctl._jwks_wake.set()                            # let the thread see the stop
     t.join(5)
+
+
+class _RawServer:
+    """A loopback server that answers every connection with `answer(conn)`: for identity providers
+    that misbehave on the wire."""
+
+    def __init__(self, answer: Any) -> None:
+        import socket
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/jwks.json"
+        self.answer = answer
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: Any) -> None:
+        with conn:
+            conn.recv(65536)
+            try:
+                self.answer(conn)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_garbled_answer_is_that_sources_failure_and_the_others_are_still_fetched(served: JwksServer) -> None:
+    """A non-HTTP answer (http.client's BadStatusLine) or JSON nested too deep (RecursionError)
+    escaped the fetch: the refresh pass ended there, the sources after it were never fetched (their
+    issuers' tokens stayed 401), and the broken one recorded no error."""
+    k1 = served.rotate("k1")
+    garbled = _RawServer(lambda c: c.sendall(b"garbage\r\n\r\n"))
+    deep = b"[" * 100_000
+    nested = _RawServer(lambda c: c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(deep), deep)))
+    try:
+        server = ConfigServer(debounce=0.0, registry=CollectorRegistry())
+        ctl = Controller(_NoSource(), server, jwks=JwksCache(refresh=600))
+        good = f"{served.base}/jwks.json"
+        ctl.on_snapshot([ra([{"issuer": "https://a", "jwksUri": garbled.url},
+                             {"issuer": "https://b", "jwksUri": nested.url},
+                             {"issuer": served.issuer, "jwksUri": good}],
+                            targetRefs=[{"kind": "Service", "group": "", "name": "s"}])])
+        assert ctl.refresh_jwks()
+        got = ctl.jwks.resolved()
+        assert got[good] == (k1, "")
+        assert got[garbled.url][0] == "" and "not an HTTP response" in got[garbled.url][1]
+        assert got[nested.url][0] == "" and "failed" in got[nested.url][1]
+    finally:
+        garbled.close()
+        nested.close()
+
+
+def test_the_timeout_bounds_the_whole_fetch_not_each_read() -> None:
+    """A server dripping its answer a byte at a time never let a read wait `timeout`, so the fetch
+    (and the one refresher thread, every issuer's rotation) waited as long as the server liked."""
+    import time
+
+    from controller.jwks import http_get
+
+    def drip(c: Any) -> None:
+        c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 40\r\n\r\n")
+        for _ in range(40):
+            time.sleep(0.1)
+            c.sendall(b" ")
+    slow = _RawServer(drip)
+    try:
+        with pytest.raises(TimeoutError):
+            http_get(slow.url, 0.5)
+    finally:
+        slow.close()
+
+
+def test_openid_discovery_reads_http_urls_only(tmp_path: Any) -> None:
+    """The issuer of a rule without jwks/jwksUri names the discovery document; urlopen read
+    file:// (and ftp://) URLs too, so an issuer "file:///..." read the controller's files."""
+    doc = tmp_path / ".well-known" / "openid-configuration"
+    doc.parent.mkdir()
+    doc.write_text(json.dumps({"jwks_uri": "file:///etc/hostname"}))
+    cache = JwksCache()
+    cache.fetch(f"oidc:file://{tmp_path}", 1.0)
+    keys, error = cache.resolved()[f"oidc:file://{tmp_path}"]
+    assert keys == "" and "is not an http(s) URL" in error
