@@ -190,10 +190,31 @@ def _check_header_name(text: str) -> str | None:
     return None if _HEADER_NAME.fullmatch(text) else f'must be an HTTP header name, got "{text}"'
 
 
+# Headers the proxy itself owns: the message's framing, the connection's options, the routing
+# authority. As a JWT output, the waypoint removes the client's own from every request and writes a
+# claim in its place: `content-length` from a claim re-framed the body on an HTTP/1.1 upstream (the
+# rest of the body read as a second request: smuggling).
+PROXY_OWNED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive",
+                                 "proxy-connection", "te", "trailer", "upgrade", "http2-settings", "expect"})
+
+
+def _owned(name: Any) -> str | None:
+    if isinstance(name, str) and name.lower() in PROXY_OWNED_HEADERS:
+        return f'"{name}" is a header the proxy owns (framing, connection or Host); it cannot carry a JWT output'
+    return None
+
+
 def _check_jwt_rule(value: dict[str, Any], path: str, errs: Errors) -> None:
     outs = [c.get("header", "").lower() for c in value.get("outputClaimToHeaders") or []]
     if len(set(outs)) != len(outs):
         errs.append((join(path, "outputClaimToHeaders"), "a header may be set from one claim only"))
+    why = _owned(value.get("outputPayloadToHeader"))
+    if why:
+        errs.append((join(path, "outputPayloadToHeader"), why))
+    for i, c in enumerate(value.get("outputClaimToHeaders") or []):
+        why = _owned(c.get("header")) if isinstance(c, dict) else None
+        if why:
+            errs.append((f"{join(path, 'outputClaimToHeaders')}[{i}].header", why))
 
 
 JwtHeader = Obj({"name": Str(min_len=1, valid=_check_header_name), "prefix": Str()}, required=("name",))

@@ -69,6 +69,14 @@ def test_istios_documented_shape_is_accepted() -> None:
     ({"issuer": "i", "timeout": "soon"}, "spec.jwtRules[0].timeout", "must be a duration"),
     ({"issuer": "i", "outputClaimToHeaders": [{"header": "x-a", "claim": "a"}, {"header": "X-A", "claim": "b"}]},
      "spec.jwtRules[0].outputClaimToHeaders", "one claim only"),
+    # a JWT output in a header the proxy owns: content-length from a claim re-framed the body
+    # upstream (the rest of it read as a second request); the client's own was removed from every request
+    ({"issuer": "i", "outputClaimToHeaders": [{"header": "x-a", "claim": "a"}, {"header": "Content-Length", "claim": "n"}]},
+     "spec.jwtRules[0].outputClaimToHeaders[1].header", "a header the proxy owns"),
+    ({"issuer": "i", "outputPayloadToHeader": "transfer-encoding"}, "spec.jwtRules[0].outputPayloadToHeader",
+     "a header the proxy owns"),
+    ({"issuer": "i", "outputClaimToHeaders": [{"header": "host", "claim": "a"}]},
+     "spec.jwtRules[0].outputClaimToHeaders[0].header", "a header the proxy owns"),
 ])
 def test_bad_fields_are_named(rule: dict[str, Any], path: str, reason: str) -> None:
     [(p, r)] = errors(ra([rule]))
