@@ -215,22 +215,39 @@ def verify(p: Provider, token: str, now: float) -> tuple[dict[str, Any] | None, 
     keys = _keys_for(p, header.get("kid"), alg)
     if not keys:
         return None, NO_KEY
-    opts = {"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": bool(p.rule.audiences)}
+    opts = {"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False}
     claims = None
     for k in keys:
         try:
             claims = jwt.decode(token, k.key, algorithms=[alg], issuer=p.rule.issuer,
-                                audience=p.rule.audiences or None, options=opts)  # type: ignore[arg-type]
+                                options=opts)  # type: ignore[arg-type]
             break
-        except (jwt.InvalidAudienceError, jwt.MissingRequiredClaimError):
-            return None, BAD_AUDIENCE
         except (jwt.InvalidSignatureError, jwt.InvalidKeyError, jwt.DecodeError, TypeError, ValueError):
             continue
         except jwt.PyJWTError:
             return None, BAD_SIGNATURE
     if claims is None:
         return None, BAD_SIGNATURE
+    if p.rule.audiences and not _audience_allowed(p.rule.audiences, claims.get("aud")):
+        return None, BAD_AUDIENCE
     return _times(claims, now)
+
+
+def _sanitized(aud: str) -> str:
+    """Envoy's audience form (jwt_verify_lib check_audience.cc): without an http:// or https://
+    prefix and a trailing slash, so `https://api.example.com/` and `api.example.com` are one."""
+    out = aud.removeprefix("http://") if aud.startswith("http://") else aud.removeprefix("https://")
+    return out[:-1] if out.endswith("/") else out
+
+
+def _audience_allowed(configured: list[str], aud: Any) -> bool:
+    """`aud` (a string or a list of strings) holds one of the configured audiences, as Envoy
+    compares them (sanitized). A token without `aud` has none: refused when audiences are set."""
+    got = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    if not all(isinstance(a, str) for a in got):
+        return False
+    want = {_sanitized(a) for a in configured}
+    return any(_sanitized(a) in want for a in got)
 
 
 def _times(claims: dict[str, Any], now: float) -> tuple[dict[str, Any] | None, str]:

@@ -216,3 +216,19 @@ def test_a_non_finite_exp_is_malformed_not_eternal(exp: float) -> None:
     """Python's json reads NaN and Infinity; NaN compares false with any time, so it never expired."""
     out = run(head(bearer(token(exp=exp))))
     assert out.reply is not None and out.reply.status == 401
+
+
+@pytest.mark.parametrize("aud, configured", [
+    ("https://app/", ["app"]), ("app", ["https://app/"]), (["x", "http://app"], ["app/"]), ("app", ["app"]),
+])
+def test_audiences_compare_as_envoy_sanitizes_them(aud: Any, configured: list[str]) -> None:
+    """Envoy compares audiences without an http(s):// prefix and a trailing slash: a token for
+    `https://app/` is one for `app`. Compared exactly, the user's valid token got 401."""
+    out = run(head(bearer(token(aud=aud))), rule(audiences=configured))
+    assert out.reply is None and out.user is not None
+
+
+@pytest.mark.parametrize("aud", ["https://other/", ["app2", "xapp"], [], 7, ["app", 7]])
+def test_other_audiences_are_still_refused(aud: Any) -> None:
+    out = run(head(bearer(token(aud=aud))), rule(audiences=["app"]))
+    assert out.reply is not None and out.reply.body == b"Audiences in Jwt are not allowed"
