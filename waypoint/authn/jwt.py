@@ -7,19 +7,21 @@ Semantics are Envoy's jwt_authn as Istio configures it (istio/istio pilot/pkg/se
 
 - A request without a token (in any provider's locations) passes unauthenticated: whether that
   is allowed is AuthorizationPolicy's call (`requestPrincipals`).
-- A request with a token passes when one provider verifies it; otherwise it gets **401** with
-  Envoy's reason (`Jwt is expired`, `Jwt verification fails`, `Audiences in Jwt are not allowed`,
+- A request with tokens passes when each of them is verified by a provider whose locations hold
+  it (Envoy: all tokens must be valid); otherwise it gets **401** with Envoy's reason (`Jwt is expired`, `Jwt verification fails`, `Audiences in Jwt are not allowed`,
   ...) and `www-authenticate: Bearer realm="<url>", error="invalid_token"`.
 - Token locations: `fromHeaders` (name, optional prefix such as "Bearer "), `fromParams`,
   `fromCookies`; with none set, `Authorization: Bearer <token>` and the `access_token` query
   parameter (Envoy's defaults).
 - Verification: signature against the rule's JWKS (key chosen by `kid`, else every key whose type
   fits the token's `alg`), `iss` equal to the issuer, `aud` containing one of `audiences` (when
-  set), and `exp`/`nbf` against the injected clock with Envoy's 60 s clock skew. The signature and
-  claim decoding are PyJWT's; only the time check is here, because PyJWT reads the wall clock.
+  set; compared as Envoy sanitizes them), and `exp`/`nbf` against the injected clock with Envoy's
+  60 s clock skew. The signature and claim decoding are PyJWT's; the audience and time checks are
+  here, because Envoy's audience comparison is not exact and PyJWT reads the wall clock.
 - After success: without `forwardOriginalToken` the header that carried the token is removed
   (Envoy removes header tokens only); `outputPayloadToHeader` gets the token's base64url payload;
-  `outputClaimToHeaders` gets string/number/boolean claims (dotted names reach nested claims).
+  `outputClaimToHeaders` gets string/number/boolean claims (dotted names reach nested claims;
+  UTF-8; not a claim holding a control character).
   Headers named as outputs are always removed from the incoming request first, so a client cannot
   forge them.
 
