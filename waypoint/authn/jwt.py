@@ -37,7 +37,6 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from http.cookies import CookieError, SimpleCookie
 from types import ModuleType
 from typing import Any
 
@@ -152,16 +151,25 @@ class _Token:
     header: str = ""                    # the header it came from ("" for a parameter or cookie)
 
 
-def _cookies(head: RequestHead) -> dict[str, str]:
-    raw = head.header("cookie")
-    if not raw:
-        return {}
-    c: SimpleCookie = SimpleCookie()
-    try:
-        c.load(raw)
-    except CookieError:
-        return {}
-    return {k: m.value for k, m in c.items()}
+def _cookies(head: RequestHead, names: list[str]) -> list[str]:
+    """Every value of the cookies `names`, in order, as Envoy's parseCookies reads them: `;`-separated
+    `name=value` pairs, a value's double quotes removed. Every one, not one per name: with
+    `session=<forged>; session=<good>` the good one alone was checked (SimpleCookie keeps the last)
+    while a backend that reads the first got the forged one; and SimpleCookie gives up on the whole
+    header at a pair it does not like, so a token after one went unchecked."""
+    out = []
+    for k, raw in head.headers:
+        if k != "cookie":
+            continue
+        for pair in raw.split(";"):
+            name, eq, v = pair.strip().partition("=")
+            if eq and name.strip() in names:
+                v = v.strip()
+                if len(v) >= 2 and v[0] == v[-1] == '"':
+                    v = v[1:-1]
+                if v:
+                    out.append(v)
+    return out
 
 
 def extract(rule: JwtRule, head: RequestHead) -> list[_Token]:
@@ -183,8 +191,7 @@ def extract(rule: JwtRule, head: RequestHead) -> list[_Token]:
     if params:
         out += [_Token(v) for k, v in head.query if k in params and v]
     if rule.from_cookies:
-        jar = _cookies(head)
-        out += [_Token(jar[c]) for c in rule.from_cookies if jar.get(c)]
+        out += [_Token(v) for v in _cookies(head, rule.from_cookies)]
     return out
 
 

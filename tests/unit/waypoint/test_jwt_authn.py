@@ -232,3 +232,16 @@ def test_audiences_compare_as_envoy_sanitizes_them(aud: Any, configured: list[st
 def test_other_audiences_are_still_refused(aud: Any) -> None:
     out = run(head(bearer(token(aud=aud))), rule(audiences=["app"]))
     assert out.reply is not None and out.reply.body == b"Audiences in Jwt are not allowed"
+
+
+@pytest.mark.parametrize("cookies", [
+    lambda good, forged: [("cookie", f"session={forged}; session={good}")],      # a backend reading the first
+    lambda good, forged: [("cookie", f"session={forged}"), ("cookie", f"session={good}")],
+    lambda good, forged: [("cookie", f'a="b; session={forged}')],               # SimpleCookie gave up: unchecked
+    lambda good, forged: [("cookie", f'a=b c=d; session="{forged}"')],
+])
+def test_every_cookie_token_is_checked(cookies: Any) -> None:
+    r = rule(from_cookies=["session"])
+    out = run(head(*cookies(token(), token(key=OTHER_KEY))), r)
+    assert out.reply is not None and out.reply.body == b"Jwt verification fails"
+    assert run(head(("cookie", f'x=1; session="{token()}"; y')), r).user is not None
