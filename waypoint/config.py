@@ -130,7 +130,8 @@ class WaypointConfig:
         authn = authn_set((cast(RequestAuthn, r) for r in state[RequestAuthn.TYPE].values()), self.waypoint)
         for p in {id(p): p for ps in (authn.gateway, *authn.by_service.values()) for p in ps}.values():
             if p.error:         # a key set that cannot be used: that issuer's tokens get 401; say why
-                log.warning("RequestAuthentication issuer %s: %s", p.rule.issuer, p.error)
+                log.warning("RequestAuthentication issuer %s: %s%s", p.rule.issuer, p.error,
+                            f": {p.detail}" if p.detail else "")
         gw = state[IngressGateway.TYPE].get(f"{self.waypoint.namespace}/{self.waypoint.name}")
         ingress = build_ingress(cast(IngressGateway, gw) if gw is not None else None, self.cluster_domain)
         for port in ingress.ports.values():

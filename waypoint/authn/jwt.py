@@ -81,7 +81,9 @@ class Provider:
 
     rule: JwtRule
     keys: tuple[Key, ...]
-    error: str = ""                     # why no key can be used (tokens of this issuer then fail)
+    error: str = ""                     # why no key can be used (tokens of this issuer then fail): the 401's body
+    detail: str = ""                    # more of why, for the waypoint's log only: it names the identity
+                                        # provider's URL and the fetch's error, none of a client's business
 
 
 class PyJWTUnavailable(RuntimeError):
@@ -100,7 +102,7 @@ def _pyjwt() -> ModuleType:
 def provider(rule: JwtRule) -> Provider:
     jwt = _pyjwt()          # also for a rule whose keys cannot be used: verify() decodes its tokens
     if rule.jwks_error:
-        return Provider(rule, (), f"{NO_JWKS}: {rule.jwks_error}")
+        return Provider(rule, (), NO_JWKS, rule.jwks_error)
     keys: list[Key] = []
     try:
         data = json.loads(rule.jwks)

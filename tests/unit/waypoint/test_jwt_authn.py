@@ -245,3 +245,12 @@ def test_every_cookie_token_is_checked(cookies: Any) -> None:
     out = run(head(*cookies(token(), token(key=OTHER_KEY))), r)
     assert out.reply is not None and out.reply.body == b"Jwt verification fails"
     assert run(head(("cookie", f'x=1; session="{token()}"; y')), r).user is not None
+
+
+def test_a_key_set_fetch_failure_is_not_told_to_the_client() -> None:
+    """The 401 says Envoy's "Jwks remote fetch is failed", not the controller's error, which names
+    the identity provider's (often internal) URL and what the fetch met."""
+    why = "fetching http://10.1.2.3:8080/internal/jwks failed: <urlopen error [Errno 111] Connection refused>"
+    out = run(head(bearer(token())), rule(jwks="", jwks_error=why))
+    assert out.reply is not None and out.reply.body == b"Jwks remote fetch is failed"
+    assert providers([rule(jwks="", jwks_error=why)])[0].detail == why      # the waypoint's log says it
