@@ -308,6 +308,12 @@ def test_request_authentication_with_a_jwks_uri_and_a_policy_requiring_a_princip
         assert status_of(wlab, "default/frontend", "http://myapp/jwt", "-H", f"authorization: Bearer {forged}")[1] \
             == "Jwt verification fails"
         assert code(None) == 200                                      # no token: passes (no policy yet)
+        # every token must verify: a forged header next to a valid ?access_token= was admitted, and
+        # the forged header forwarded to the backend (HTTP/1.1 and HTTP/2 alike)
+        for version in ("--http1.1", "--http2-prior-knowledge"):
+            both = status_of(wlab, "default/frontend", f"http://myapp/jwt?access_token={good}", version,
+                             "-H", f"authorization: Bearer {forged}")
+            assert both == (401, "Jwt verification fails"), (version, both)
         g = apply(wlab, [ap], wlab.tmp, "require-jwt")  # type: ignore[attr-defined]
         wlab.wait_for(lambda: code(None) == 403, timeout=15, interval=0.5, what="requestPrincipals policy")
         assert code(good) == 200

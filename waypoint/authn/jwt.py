@@ -8,8 +8,9 @@ Semantics are Envoy's jwt_authn as Istio configures it (istio/istio pilot/pkg/se
 - A request without a token (in any provider's locations) passes unauthenticated: whether that
   is allowed is AuthorizationPolicy's call (`requestPrincipals`).
 - A request with tokens passes when each of them is verified by a provider whose locations hold
-  it (Envoy: all tokens must be valid); otherwise it gets **401** with Envoy's reason (`Jwt is expired`, `Jwt verification fails`, `Audiences in Jwt are not allowed`,
-  ...) and `www-authenticate: Bearer realm="<url>", error="invalid_token"`.
+  it (Envoy: all tokens must be valid); otherwise it gets **401** with Envoy's reason (`Jwt is
+  expired`, `Jwt verification fails`, `Audiences in Jwt are not allowed`, ...) and
+  `www-authenticate: Bearer realm="<url>", error="invalid_token"`.
 - Token locations: `fromHeaders` (name, optional prefix such as "Bearer "), `fromParams`,
   `fromCookies`; with none set, `Authorization: Bearer <token>` and the `access_token` query
   parameter (Envoy's defaults).
@@ -311,7 +312,10 @@ def _output_names(ps: tuple[Provider, ...]) -> set[str]:
     return names | {c["header"].lower() for p in ps for c in p.rule.output_claim_to_headers}
 
 
-def _edited(verified: list[tuple[Provider, _Token, dict[str, Any]]], head: RequestHead,
+_Verified = tuple[Provider, _Token, dict[str, Any]]     # a token, the rule that verified it, its claims
+
+
+def _edited(verified: list[_Verified], head: RequestHead,
             drop: set[str]) -> list[tuple[str, str]]:
     """The request's headers after the verified tokens' edits: `drop` (the output headers a client
     may have sent, the token headers not forwarded) removed, then each verifying rule's outputs."""
@@ -333,7 +337,7 @@ def unauthorized(head: RequestHead, why: str) -> LocalReply:
                        headers=(("www-authenticate", f'Bearer realm="{realm}", error="invalid_token"'),))
 
 
-def _judge(candidates: list[tuple[Provider, _Token]], now: float) -> tuple[Any, str]:
+def _judge(candidates: list[tuple[Provider, _Token]], now: float) -> tuple[_Verified | None, str]:
     """((provider, token, claims), "") when one of the providers whose locations hold this token
     verifies it, else (None, why): the first real error (a token of another issuer is the next
     provider's to judge, so "issuer is not configured" only when no provider knows it)."""
@@ -361,7 +365,7 @@ def authenticate(ps: tuple[Provider, ...], head: RequestHead, now: float) -> Out
     for p in ps:
         for tok in extract(p.rule, head):
             found.setdefault(tok.value, []).append((p, tok))
-    verified: list[tuple[Provider, _Token, dict[str, Any]]] = []
+    verified: list[_Verified] = []
     drop = set(scrub)
     for candidates in found.values():
         ok, why = _judge(candidates, now)
