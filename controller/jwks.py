@@ -80,22 +80,23 @@ class _Deadline:
         return Watched
 
 
-class _HTTP(urllib.request.HTTPHandler):
+class _Watched:
+    """A urllib handler whose connections `deadline` watches."""
+
     def __init__(self, deadline: _Deadline) -> None:
         super().__init__()
         self.deadline = deadline
 
     def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
-        return super().do_open(self.deadline.connection(http_class), req, **kw)
+        return super().do_open(self.deadline.connection(http_class), req, **kw)  # type: ignore[misc]
 
 
-class _HTTPS(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
+class _HTTP(_Watched, urllib.request.HTTPHandler):
+    pass
 
-    def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
-        return super().do_open(self.deadline.connection(http_class), req, **kw)
+
+class _HTTPS(_Watched, urllib.request.HTTPSHandler):
+    pass
 
 
 def http_get(url: str, timeout: float) -> bytes:
