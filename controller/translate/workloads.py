@@ -104,10 +104,14 @@ def _resolve_for_pod(ports: list[ServicePort], pod: Obj | None) -> list[ServiceP
 
 
 def translate_services(idx: Index, cluster_domain: str) -> list[Service]:
-    pods_by_ns: dict[str, list[Obj]] = {}
+    # Running pods by namespace and label: a selector's candidates are the pods that carry its
+    # rarest label, not the whole namespace (200 Services over 2,000 pods: 400,000 label checks).
+    pods_by_label: dict[str, dict[tuple[str, str], list[Obj]]] = {}
     for pod in idx.kind("Pod"):
         if is_running(pod):
-            pods_by_ns.setdefault(ns_of(pod), []).append(pod)
+            mine = pods_by_label.setdefault(ns_of(pod), {})
+            for kv in labels_of(pod).items():
+                mine.setdefault(kv, []).append(pod)
     pods_by_uid = {md(p).get("uid"): p for p in idx.kind("Pod") if md(p).get("uid")}
     slices: dict[tuple[str, str], list[Obj]] = {}
     for s in idx.kind("EndpointSlice"):
@@ -128,7 +132,9 @@ def translate_services(idx: Index, cluster_domain: str) -> list[Service]:
             if (ns, name) in slices:
                 endpoints = _endpoints_from_slices(slices[(ns, name)], ports, named, pods_by_uid)
             else:
-                endpoints = _endpoints_from_selector(spec.get("selector") or {}, pods_by_ns.get(ns, []), ports, named)
+                selector = spec.get("selector") or {}
+                endpoints = _endpoints_from_selector(selector, _candidates(selector, pods_by_label.get(ns, {})),
+                                                     ports, named)
             if named:   # the Service-level number: the first endpoint's resolution, for display and simple callers
                 for sp in ports:
                     for ep in endpoints:
@@ -143,6 +149,13 @@ def translate_services(idx: Index, cluster_domain: str) -> list[Service]:
                 node_local=spec.get("internalTrafficPolicy") == "Local",
             ))
     return out
+
+
+def _candidates(selector: dict[str, str], by_label: dict[tuple[str, str], list[Obj]]) -> list[Obj]:
+    """The running pods (in namespace order) that carry the selector's rarest label: every pod it
+    selects is among them."""
+    lists = [by_label.get(kv, []) for kv in selector.items()]
+    return min(lists, key=len) if lists else []
 
 
 def _endpoints_from_selector(selector: dict[str, str], pods: list[Obj], ports: list[ServicePort],
