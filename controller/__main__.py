@@ -25,7 +25,7 @@ import grpc
 from ambit.trustdomain import TrustDomains
 from controller import meshconfig
 from controller.app import Controller, StatusServer
-from controller.configserver.server import SERVER_OPTIONS
+from controller.configserver.server import server_options
 from controller.grpcgate import CallGate
 from controller.jwks import JwksCache
 from controller.settings import ControllerSettings
@@ -170,7 +170,7 @@ async def amain(args: ControllerSettings) -> int:
     server = StatusServer(errors, debounce=args.debounce)
     # Every call's credential is checked before its request is read (controller/grpcgate.py).
     gate = CallGate()
-    grpc_server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[gate])
+    grpc_server = grpc.aio.server(options=server_options(args.max_connections), interceptors=[gate])
     server.add_to_server(grpc_server)
     gate.guard(server.guards())
 

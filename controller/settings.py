@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ambit import settings
 from ambit.settings import non_negative, option
+from controller.configserver.server import MAX_CONNECTIONS
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ class ControllerSettings:
         1200.0, "seconds between re-fetches of RequestAuthentication jwksUri key sets, so key rotations reach the "
                 "waypoints (Istio's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL, 20m)",
         check=lambda v: None if v > 0 else "must be > 0")
+    max_connections: int = option(
+        MAX_CONNECTIONS, "connections the gRPC port (config stream and CA) holds at once; a connection beyond is closed at "
+                "accept (0: no bound). About 50 KB each; every ztunnel worker, agent and waypoint holds one",
+        check=non_negative)
     debounce: float = option(0.03, "seconds a burst of changes is coalesced", check=non_negative)
     log_level: str = option("INFO", "logging level")
 

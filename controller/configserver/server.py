@@ -34,10 +34,21 @@ from controller.grpcgate import CallGate, Guard, method_path
 
 log = logging.getLogger("ambit.controller.configserver")
 
-# Keepalive: find dead subscribers (node gone, partition) and accept the clients' own pings.
 # How long a refused (unauthenticated) stream may take to send its first request before the refusal.
 REFUSAL_DRAIN = 1.0
 
+# What an anonymous peer can hold is bounded (docs/security.md, "The controller's ports"): the TLS
+# handshake and HTTP/2 preface must be done in HANDSHAKE_TIMEOUT_MS (grpc's default is 120 s), a
+# connection with no call open is closed after IDLE_CONNECTION_MS (a refused call leaves its
+# connection idle; grpc clients reconnect on their next call), and at most `max_connections` are
+# held at once: beyond that a new connection is closed at accept. Each held TLS connection costs
+# the controller about 50 KB; the default, 10,000, suits a mesh of about 1,000 nodes of 8 ztunnel
+# workers (each worker holds its own config stream) and keeps a full house near 500 MB.
+MAX_CONNECTIONS = 10_000
+HANDSHAKE_TIMEOUT_MS = 10_000
+IDLE_CONNECTION_MS = 300_000
+
+# Keepalive: find dead subscribers (node gone, partition) and accept the clients' own pings.
 SERVER_OPTIONS = (
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -46,7 +57,16 @@ SERVER_OPTIONS = (
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.http2.bdp_probe", 0),
+    ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+    ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
 )
+
+
+def server_options(max_connections: int = MAX_CONNECTIONS) -> tuple[tuple[str, int], ...]:
+    """SERVER_OPTIONS with the connection bound (0: none)."""
+    if max_connections <= 0:
+        return SERVER_OPTIONS
+    return (*SERVER_OPTIONS, ("grpc.max_allowed_incoming_connections", max_connections))
 
 
 DELTA_STREAM = method_path(config_pb2.DESCRIPTOR, "ConfigService", "DeltaStream")
@@ -159,13 +179,14 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
     # ----- serving ---------------------------------------------------------------------------
 
     async def start(self, address: str = "127.0.0.1:0",
-                    credentials: grpc.ServerCredentials | None = None) -> int:
+                    credentials: grpc.ServerCredentials | None = None,
+                    max_connections: int = MAX_CONNECTIONS) -> int:
         """Serve on `address` on a server of our own; return the bound port."""
         if self._server is not None:
             raise RuntimeError("ConfigServer.start: already started")
         gate = CallGate()
         gate.guard(self.guards())
-        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[gate])
+        server = grpc.aio.server(options=server_options(max_connections), interceptors=[gate])
         self.add_to_server(server)
         port = (server.add_secure_port(address, credentials) if credentials is not None
                 else server.add_insecure_port(address))

@@ -51,6 +51,7 @@ from ambit.model import (
     WaypointRoutes,
 )
 from controller.kinds.gateway import INGRESS_CLASSES, TLS_MIN_VERSION_OPTION
+from controller.translate.blame import blame
 from controller.translate.index import Index, name_of, ns_of
 from controller.translate.routes import Hosts, gateway_api_routes, gw_backend
 from controller.validation import FieldError
@@ -338,63 +339,65 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
     # (gateway, listener name) -> SNI name ("*": any) -> the TLSRoute/TCPRoute's route (first wins)
     l4: dict[tuple[str, str], dict[str, TcpRoute]] = {}
     for route in [r for k in ALL_ROUTE_KINDS for r in idx.kind(k)]:
-        parents = []
-        resolved, bad = resolve_backends(route, services, grants)
-        for i, p in enumerate((route.get("spec") or {}).get("parentRefs") or []):
-            gw = next((g for g in gateways if _refs_gateway(p, ns_of(route), g)), None)
-            if gw is None:
-                if route["kind"] in L4_ROUTE_KINDS:
-                    _not_ingress(idx, route, i, p, out.warnings)
-                continue
-            found, reason, message = attach(p, route, gw, idx.ns_labels(ns_of(route)))
-            parents.append(ParentStatus(p, (bool(found), reason, message), resolved))
-            gkey = f"{ns_of(gw)}/{name_of(gw)}"
-            for ln, names in found:
-                attached[(gkey, ln["name"])] = attached.get((gkey, ln["name"]), 0) + 1
-                if route["kind"] in L4_ROUTE_KINDS:
-                    tcp = l4_route(route, hosts, bad)
-                    for h in names:
-                        l4.setdefault((gkey, ln["name"]), {}).setdefault(h, tcp)
+        with blame(route):
+            parents = []
+            resolved, bad = resolve_backends(route, services, grants)
+            for i, p in enumerate((route.get("spec") or {}).get("parentRefs") or []):
+                gw = next((g for g in gateways if _refs_gateway(p, ns_of(route), g)), None)
+                if gw is None:
+                    if route["kind"] in L4_ROUTE_KINDS:
+                        _not_ingress(idx, route, i, p, out.warnings)
                     continue
-                routes = gateway_api_routes(route, hosts, 0, route["kind"] == "GRPCRoute")
-                for _, r in routes:
-                    unresolved(r.destinations, bad)
-                for h in names:
-                    vhosts.setdefault((gkey, ln["name"]), {}).setdefault(h, []).extend(routes)
-        if parents:
-            out.routes[(route["kind"], ns_of(route), name_of(route))] = parents
+                found, reason, message = attach(p, route, gw, idx.ns_labels(ns_of(route)))
+                parents.append(ParentStatus(p, (bool(found), reason, message), resolved))
+                gkey = f"{ns_of(gw)}/{name_of(gw)}"
+                for ln, names in found:
+                    attached[(gkey, ln["name"])] = attached.get((gkey, ln["name"]), 0) + 1
+                    if route["kind"] in L4_ROUTE_KINDS:
+                        tcp = l4_route(route, hosts, bad)
+                        for h in names:
+                            l4.setdefault((gkey, ln["name"]), {}).setdefault(h, tcp)
+                        continue
+                    routes = gateway_api_routes(route, hosts, 0, route["kind"] == "GRPCRoute")
+                    for _, r in routes:
+                        unresolved(r.destinations, bad)
+                    for h in names:
+                        vhosts.setdefault((gkey, ln["name"]), {}).setdefault(h, []).extend(routes)
+            if parents:
+                out.routes[(route["kind"], ns_of(route), name_of(route))] = parents
     for gw in gateways:
-        gkey = f"{ns_of(gw)}/{name_of(gw)}"
-        model = IngressGateway(name_of(gw), ns_of(gw), (gw.get("spec") or {})["gatewayClassName"])
-        statuses = []
-        conflicts = conflicted((gw.get("spec") or {}).get("listeners") or [])
-        for ln in (gw.get("spec") or {}).get("listeners") or []:
-            st = ListenerStatus(ln["name"], attached.get((gkey, ln["name"]), 0), conflicted=conflicts.get(ln["name"], ""),
-                                kinds=tuple(k for k in supported_kinds(ln) if kind_allowed(ln, k)))
-            certs: list[TlsCertificate] = []
-            if ln["protocol"] == "HTTPS":
-                certs, st.resolved = _certificates(gw, ln, secrets, grants)
-            if st.resolved[0]:
-                st.resolved = route_kinds_resolved(ln)
-            statuses.append(st)
-            if (ln["protocol"] == "HTTPS" and not certs) or st.conflicted:
-                continue        # not served: ResolvedRefs or Conflicted says why
-            if ln["protocol"] in ("TLS", "TCP"):
+        with blame(gw):
+            gkey = f"{ns_of(gw)}/{name_of(gw)}"
+            model = IngressGateway(name_of(gw), ns_of(gw), (gw.get("spec") or {})["gatewayClassName"])
+            statuses = []
+            conflicts = conflicted((gw.get("spec") or {}).get("listeners") or [])
+            for ln in (gw.get("spec") or {}).get("listeners") or []:
+                st = ListenerStatus(ln["name"], attached.get((gkey, ln["name"]), 0), conflicted=conflicts.get(ln["name"], ""),
+                                    kinds=tuple(k for k in supported_kinds(ln) if kind_allowed(ln, k)))
+                certs: list[TlsCertificate] = []
+                if ln["protocol"] == "HTTPS":
+                    certs, st.resolved = _certificates(gw, ln, secrets, grants)
+                if st.resolved[0]:
+                    st.resolved = route_kinds_resolved(ln)
+                statuses.append(st)
+                if (ln["protocol"] == "HTTPS" and not certs) or st.conflicted:
+                    continue        # not served: ResolvedRefs or Conflicted says why
+                if ln["protocol"] in ("TLS", "TCP"):
+                    model.listeners.append(IngressListener(
+                        name=ln["name"], port=int(ln["port"]), protocol=ln["protocol"], hostname=ln.get("hostname", ""),
+                        hosts=[WaypointRoutes(hostname=h, namespace=ns_of(gw), tcp=[r])
+                               for h, r in sorted(l4.get((gkey, ln["name"]), {}).items())]))
+                    continue
+                hosts_of = vhosts.get((gkey, ln["name"]), {})
                 model.listeners.append(IngressListener(
                     name=ln["name"], port=int(ln["port"]), protocol=ln["protocol"], hostname=ln.get("hostname", ""),
-                    hosts=[WaypointRoutes(hostname=h, namespace=ns_of(gw), tcp=[r])
-                           for h, r in sorted(l4.get((gkey, ln["name"]), {}).items())]))
-                continue
-            hosts_of = vhosts.get((gkey, ln["name"]), {})
-            model.listeners.append(IngressListener(
-                name=ln["name"], port=int(ln["port"]), protocol=ln["protocol"], hostname=ln.get("hostname", ""),
-                tls_min_version=((ln.get("tls") or {}).get("options") or {}).get(TLS_MIN_VERSION_OPTION, ""),
-                certificates=certs,
-                hosts=[WaypointRoutes(hostname=h, namespace=ns_of(gw),
-                                      http=[r for _, r in sorted(rs, key=lambda x: x[0])])
-                       for h, rs in sorted(hosts_of.items())]))
-        out.gateways.append(model)
-        out.listeners[gkey] = statuses
+                    tls_min_version=((ln.get("tls") or {}).get("options") or {}).get(TLS_MIN_VERSION_OPTION, ""),
+                    certificates=certs,
+                    hosts=[WaypointRoutes(hostname=h, namespace=ns_of(gw),
+                                          http=[r for _, r in sorted(rs, key=lambda x: x[0])])
+                           for h, rs in sorted(hosts_of.items())]))
+            out.gateways.append(model)
+            out.listeners[gkey] = statuses
     return out
 
 

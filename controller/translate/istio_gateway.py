@@ -34,6 +34,7 @@ from typing import Any
 
 from ambit.model import HttpRoute, IngressGateway, IngressListener, Redirect, TcpRoute, WaypointRoutes
 from controller.kinds.istio_gateway import TLS_VERSIONS
+from controller.translate.blame import blame
 from controller.translate.index import Index, name_of, ns_of, selector_matches
 from controller.translate.ingress import (
     IngressResult,
@@ -195,24 +196,25 @@ def add_istio_gateways(idx: Index, hosts: Hosts, result: IngressResult) -> None:
     secrets = {f"{ns_of(s)}/{name_of(s)}": s for s in idx.kind("Secret")}
     vss = [vs for vs in idx.kind("VirtualService") if (vs.get("spec") or {}).get("gateways")]
     for gw in istio:
-        gw_ref = f"{ns_of(gw)}/{name_of(gw)}"
-        selector = (gw.get("spec") or {}).get("selector") or {}
-        targets = [m for m in models if m.resource_name in ingress
-                   and selector_matches(selector, pod_labels(ingress[m.resource_name]))]
-        if not targets:
-            errors.append(FieldError(object_ref(gw), "spec.selector", "selects no ingress gateway's pods: deploy one as a "
-                                     "Gateway API Gateway of class ambit whose spec.infrastructure.labels carry "
-                                     "these labels (docs/ingress.md); nothing serves this Gateway"))
-            continue
-        bound = []
-        for vs in vss:
-            if gw_ref not in bound_gateways((vs.get("spec") or {})["gateways"], ns_of(vs)):
+        with blame(gw):
+            gw_ref = f"{ns_of(gw)}/{name_of(gw)}"
+            selector = (gw.get("spec") or {}).get("selector") or {}
+            targets = [m for m in models if m.resource_name in ingress
+                       and selector_matches(selector, pod_labels(ingress[m.resource_name]))]
+            if not targets:
+                errors.append(FieldError(object_ref(gw), "spec.selector", "selects no ingress gateway's pods: deploy one as a "
+                                         "Gateway API Gateway of class ambit whose spec.infrastructure.labels carry "
+                                         "these labels (docs/ingress.md); nothing serves this Gateway"))
                 continue
-            bound.append((vs, _routes(vs, gw_ref, hosts, errors)))
-        for model in targets:
-            listeners = [ln for i, s in enumerate((gw.get("spec") or {})["servers"])
-                         for ln in _server_listeners(gw, s, i, model.namespace, secrets, bound, hosts, errors)]
-            _merge(model, listeners, object_ref(gw), errors)
+            bound = []
+            for vs in vss:
+                if gw_ref not in bound_gateways((vs.get("spec") or {})["gateways"], ns_of(vs)):
+                    continue
+                bound.append((vs, _routes(vs, gw_ref, hosts, errors)))
+            for model in targets:
+                listeners = [ln for i, s in enumerate((gw.get("spec") or {})["servers"])
+                             for ln in _server_listeners(gw, s, i, model.namespace, secrets, bound, hosts, errors)]
+                _merge(model, listeners, object_ref(gw), errors)
 
 
 def _merge(model: IngressGateway, listeners: list[IngressListener], ref: str, errors: list[FieldError]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ambit.model import Endpoint, Service, ServicePort
 from controller.kinds.serviceentry import is_ip
+from controller.translate.blame import blame
 from controller.translate.index import Index, labels_of, name_of, namespace_waypoint, ns_of, waypoint_ref
 from controller.translate.workloads import port_protocol
 from controller.validation import FieldError
@@ -79,38 +80,39 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
     taken = {vip: s.resource_name for s in services for vip in s.vips}
     out = []
     for se in sorted(idx.kind("ServiceEntry"), key=lambda o: (ns_of(o), name_of(o))):
-        spec, ns = se.get("spec") or {}, ns_of(se)
-        conflicts = _address_conflicts(se, taken)
-        if conflicts:
-            errors.extend(conflicts)
-            continue
-        resolution = spec.get("resolution") or "NONE"
-        if resolution == "DNS_ROUND_ROBIN":     # one endpoint (or the host): the same to ztunnel
-            resolution = "DNS"
-        addresses = list(spec.get("addresses") or [])
-        for a in addresses:
-            taken[a if _is_subnet(a) else a.split("/")[0]] = f"ServiceEntry {ns}/{name_of(se)}"
-        ports = _ports(spec)
-        waypoint = waypoint_ref(labels_of(se), ns, fallback=namespace_waypoint(idx, ns))
-        for i, host in enumerate(spec.get("hosts") or []):
-            if resolution == "NONE":
-                endpoints: list[Endpoint] = []
-            elif spec.get("endpoints"):
-                endpoints = [_endpoint(e, ports) for e in spec["endpoints"]]
-            elif resolution == "DNS" and not host.startswith("*"):
-                endpoints = [Endpoint(workload_uid="", ip="", hostname=host)]
-            else:
-                endpoints = []      # a wildcard has no address to resolve: connections to it are refused
-            mine = addresses if i == 0 else []      # an address means one host to ztunnel: the first
-            out.append(Service(
-                name=host, namespace=ns, hostname=host,
-                vips=[a.split("/")[0] for a in mine if not _is_subnet(a)],
-                subnets=[a for a in mine if _is_subnet(a)],
-                ports=[ServicePort(p.port, p.target_port, p.name, p.protocol) for p in ports],
-                endpoints=endpoints, waypoint=waypoint, kind="ServiceEntry",
-                location=spec.get("location") or "MESH_EXTERNAL", resolution=resolution,
-                export_to=export_to(spec, ns),
-            ))
+        with blame(se):
+            spec, ns = se.get("spec") or {}, ns_of(se)
+            conflicts = _address_conflicts(se, taken)
+            if conflicts:
+                errors.extend(conflicts)
+                continue
+            resolution = spec.get("resolution") or "NONE"
+            if resolution == "DNS_ROUND_ROBIN":     # one endpoint (or the host): the same to ztunnel
+                resolution = "DNS"
+            addresses = list(spec.get("addresses") or [])
+            for a in addresses:
+                taken[a if _is_subnet(a) else a.split("/")[0]] = f"ServiceEntry {ns}/{name_of(se)}"
+            ports = _ports(spec)
+            waypoint = waypoint_ref(labels_of(se), ns, fallback=namespace_waypoint(idx, ns))
+            for i, host in enumerate(spec.get("hosts") or []):
+                if resolution == "NONE":
+                    endpoints: list[Endpoint] = []
+                elif spec.get("endpoints"):
+                    endpoints = [_endpoint(e, ports) for e in spec["endpoints"]]
+                elif resolution == "DNS" and not host.startswith("*"):
+                    endpoints = [Endpoint(workload_uid="", ip="", hostname=host)]
+                else:
+                    endpoints = []      # a wildcard has no address to resolve: connections to it are refused
+                mine = addresses if i == 0 else []      # an address means one host to ztunnel: the first
+                out.append(Service(
+                    name=host, namespace=ns, hostname=host,
+                    vips=[a.split("/")[0] for a in mine if not _is_subnet(a)],
+                    subnets=[a for a in mine if _is_subnet(a)],
+                    ports=[ServicePort(p.port, p.target_port, p.name, p.protocol) for p in ports],
+                    endpoints=endpoints, waypoint=waypoint, kind="ServiceEntry",
+                    location=spec.get("location") or "MESH_EXTERNAL", resolution=resolution,
+                    export_to=export_to(spec, ns),
+                ))
     return out
 
 

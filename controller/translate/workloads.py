@@ -7,6 +7,7 @@ from typing import Any
 from ambit import enrolment
 from ambit.model import Endpoint, Service, ServicePort, Workload, spiffe_id
 from ambit.probes import probe_ports
+from controller.translate.blame import blame
 from controller.translate.index import (
     CGROUP_ANNOTATION,
     NETNS_ANNOTATION,
@@ -103,10 +104,14 @@ def _resolve_for_pod(ports: list[ServicePort], pod: Obj | None) -> list[ServiceP
 
 
 def translate_services(idx: Index, cluster_domain: str) -> list[Service]:
-    pods_by_ns: dict[str, list[Obj]] = {}
+    # Running pods by namespace and label: a selector's candidates are the pods that carry its
+    # rarest label, not the whole namespace (200 Services over 2,000 pods: 400,000 label checks).
+    pods_by_label: dict[str, dict[tuple[str, str], list[Obj]]] = {}
     for pod in idx.kind("Pod"):
         if is_running(pod):
-            pods_by_ns.setdefault(ns_of(pod), []).append(pod)
+            mine = pods_by_label.setdefault(ns_of(pod), {})
+            for kv in labels_of(pod).items():
+                mine.setdefault(kv, []).append(pod)
     pods_by_uid = {md(p).get("uid"): p for p in idx.kind("Pod") if md(p).get("uid")}
     slices: dict[tuple[str, str], list[Obj]] = {}
     for s in idx.kind("EndpointSlice"):
@@ -116,31 +121,41 @@ def translate_services(idx: Index, cluster_domain: str) -> list[Service]:
 
     out = []
     for svc in idx.kind("Service"):
-        spec = svc.get("spec") or {}
-        if spec.get("type") == "ExternalName":
-            continue
-        name, ns = name_of(svc), ns_of(svc)
-        vips = [ip for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip and ip != "None"]
-        ports = _service_ports(svc)
-        named = any(p.target_port_name for p in ports)
-        if (ns, name) in slices:
-            endpoints = _endpoints_from_slices(slices[(ns, name)], ports, named, pods_by_uid)
-        else:
-            endpoints = _endpoints_from_selector(spec.get("selector") or {}, pods_by_ns.get(ns, []), ports, named)
-        if named:   # the Service-level number: the first endpoint's resolution, for display and simple callers
-            for sp in ports:
-                for ep in endpoints:
-                    resolved = next((p.target_port for p in ep.ports if p.port == sp.port and p.target_port), 0)
-                    if resolved:
-                        sp.target_port = resolved
-                        break
-        out.append(Service(
-            name=name, namespace=ns, hostname=f"{name}.{ns}.svc.{cluster_domain}", vips=vips, ports=ports,
-            endpoints=endpoints,
-            waypoint=waypoint_ref(labels_of(svc), ns, fallback=namespace_waypoint(idx, ns)),
-            node_local=spec.get("internalTrafficPolicy") == "Local",
-        ))
+        with blame(svc):
+            spec = svc.get("spec") or {}
+            if spec.get("type") == "ExternalName":
+                continue
+            name, ns = name_of(svc), ns_of(svc)
+            vips = [ip for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip and ip != "None"]
+            ports = _service_ports(svc)
+            named = any(p.target_port_name for p in ports)
+            if (ns, name) in slices:
+                endpoints = _endpoints_from_slices(slices[(ns, name)], ports, named, pods_by_uid)
+            else:
+                selector = spec.get("selector") or {}
+                endpoints = _endpoints_from_selector(selector, _candidates(selector, pods_by_label.get(ns, {})),
+                                                     ports, named)
+            if named:   # the Service-level number: the first endpoint's resolution, for display and simple callers
+                for sp in ports:
+                    for ep in endpoints:
+                        resolved = next((p.target_port for p in ep.ports if p.port == sp.port and p.target_port), 0)
+                        if resolved:
+                            sp.target_port = resolved
+                            break
+            out.append(Service(
+                name=name, namespace=ns, hostname=f"{name}.{ns}.svc.{cluster_domain}", vips=vips, ports=ports,
+                endpoints=endpoints,
+                waypoint=waypoint_ref(labels_of(svc), ns, fallback=namespace_waypoint(idx, ns)),
+                node_local=spec.get("internalTrafficPolicy") == "Local",
+            ))
     return out
+
+
+def _candidates(selector: dict[str, str], by_label: dict[tuple[str, str], list[Obj]]) -> list[Obj]:
+    """The running pods (in namespace order) that carry the selector's rarest label: every pod it
+    selects is among them."""
+    lists = [by_label.get(kv, []) for kv in selector.items()]
+    return min(lists, key=len) if lists else []
 
 
 def _endpoints_from_selector(selector: dict[str, str], pods: list[Obj], ports: list[ServicePort],
@@ -190,28 +205,29 @@ def translate_workloads(idx: Index, services: list[Service], trust_domain: str) 
             target[key] = [p.port for p in svc.ports]
     out = []
     for pod in idx.kind("Pod"):
-        if not has_sandbox(pod):
-            continue
-        meta, ns = md(pod), ns_of(pod)
-        sa = service_account(pod)
-        ns_labels = idx.ns_labels(ns)
-        ips = pod_ips(pod)
-        enrolled = is_enrolled(pod, ns_labels)
-        services_of = dict(by_ip.get((ns, ips[0]), {}))
-        services_of.update(by_uid.get(meta.get("uid", ""), {}))
-        annotations = dict(meta.get("annotations") or {})
-        out.append(Workload(
-            uid=meta.get("uid") or f"{ns}/{meta.get('name')}",
-            name=meta.get("name", ""), namespace=ns, ips=ips,
-            node=(pod.get("spec") or {}).get("nodeName", ""),
-            service_account=sa, identity=spiffe_id(trust_domain, ns, sa),
-            labels=labels_of(pod), enrolled=enrolled,
-            waypoint=waypoint_ref(labels_of(pod), ns, fallback=waypoint_ref(ns_labels, ns)),
-            protocol="HBONE" if enrolled else "TCP",
-            services=dict(sorted(services_of.items())),
-            annotations=annotations,
-            probe_ports=probe_ports(pod),
-            netns=annotations.get(NETNS_ANNOTATION, ""),
-            cgroup=annotations.get(CGROUP_ANNOTATION, ""),
-        ))
+        with blame(pod):
+            if not has_sandbox(pod):
+                continue
+            meta, ns = md(pod), ns_of(pod)
+            sa = service_account(pod)
+            ns_labels = idx.ns_labels(ns)
+            ips = pod_ips(pod)
+            enrolled = is_enrolled(pod, ns_labels)
+            services_of = dict(by_ip.get((ns, ips[0]), {}))
+            services_of.update(by_uid.get(meta.get("uid", ""), {}))
+            annotations = dict(meta.get("annotations") or {})
+            out.append(Workload(
+                uid=meta.get("uid") or f"{ns}/{meta.get('name')}",
+                name=meta.get("name", ""), namespace=ns, ips=ips,
+                node=(pod.get("spec") or {}).get("nodeName", ""),
+                service_account=sa, identity=spiffe_id(trust_domain, ns, sa),
+                labels=labels_of(pod), enrolled=enrolled,
+                waypoint=waypoint_ref(labels_of(pod), ns, fallback=waypoint_ref(ns_labels, ns)),
+                protocol="HBONE" if enrolled else "TCP",
+                services=dict(sorted(services_of.items())),
+                annotations=annotations,
+                probe_ports=probe_ports(pod),
+                netns=annotations.get(NETNS_ANNOTATION, ""),
+                cgroup=annotations.get(CGROUP_ANNOTATION, ""),
+            ))
     return out

@@ -72,3 +72,45 @@ def test_a_route_translator_bug_names_the_route(monkeypatch: pytest.MonkeyPatch)
     assert ctl.version == good
     [err] = ctl.errors()
     assert err.ref == "VirtualService/shop/reviews" and "IndexError" in err.reason
+
+
+SVC = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+       "spec": {"selector": {"app": "web"}, "clusterIP": "10.96.0.9", "ports": [{"port": 80}]}}
+POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-1", "namespace": "shop", "uid": "u1",
+                                                      "labels": {"app": "web"}},
+       "spec": {"nodeName": "node1", "containers": [{"name": "c"}]},
+       "status": {"phase": "Running", "podIP": "10.1.0.5", "podIPs": [{"ip": "10.1.0.5"}]}}
+ENTRY = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "ext", "namespace": "shop"},
+         "spec": {"hosts": ["api.example.com"], "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+                  "resolution": "DNS"}}
+INGRESS = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "edge", "namespace": "shop"},
+           "spec": {"gatewayClassName": "ambit", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}
+ROUTE = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "front", "namespace": "shop"},
+         "spec": {"parentRefs": [{"name": "edge"}], "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}
+ISTIO_GW = {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "legacy", "namespace": "shop"},
+            "spec": {"selector": {"istio": "ingressgateway"},
+                     "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}
+
+
+@pytest.mark.parametrize(("module", "helper", "ref"), [
+    ("workloads", "_service_ports", "Service/shop/web"),
+    ("workloads", "service_account", "Pod/shop/web-1"),
+    ("serviceentries", "_ports", "ServiceEntry/shop/ext"),
+    ("ingress", "conflicted", "Gateway/shop/edge"),
+    ("ingress", "resolve_backends", "HTTPRoute/shop/front"),
+    ("istio_gateway", "object_ref", "Gateway/shop/legacy"),
+])
+def test_a_bug_in_the_service_workload_and_ingress_passes_names_the_object(
+        monkeypatch: pytest.MonkeyPatch, module: str, helper: str, ref: str) -> None:
+    """Not only the policy and route translators: a bug on one Service, Pod, ServiceEntry, ingress
+    Gateway, ingress route or Istio Gateway is reported on that object, not on "controller"."""
+    import importlib
+
+    mod = importlib.import_module(f"controller.translate.{module}")
+
+    def buggy(*args, **kwargs):
+        raise TypeError("unexpected shape")
+    monkeypatch.setattr(mod, helper, buggy)
+    with pytest.raises(translate_pkg.TranslationBug) as bug:
+        translate_pkg.translate([NS, SVC, POD, ENTRY, INGRESS, ROUTE, ISTIO_GW])
+    assert bug.value.ref == ref and "TypeError: unexpected shape" in str(bug.value)
