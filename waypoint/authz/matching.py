@@ -1,13 +1,23 @@
 """How one AuthorizationPolicy attribute matches one request, with Istio's semantics
 (istio pilot/pkg/security/authz/model: permission.go, principal.go, matcher/*.go).
 
-- Strings (principals, namespaces, methods, header values): exact, `prefix*`, `*suffix`, or `*`
-  (any non-empty value).
+- Strings (principals, namespaces, methods): exact, `prefix*`, `*suffix`, or `*` (any non-empty
+  value).
+- Header values (`request.headers[name]`): Envoy matches the header's values joined with ","
+  and Istio compiles each value into a regex that matches the joined string or any one of its
+  comma-separated elements (`^v$|^v,.*|.*,v,.*|.*,v$`), and `*` into `present_match` (an empty
+  value is present). So `admin` matches `x-user: guest` + `x-user: admin` (`guest,admin`); else
+  a DENY on `admin` would be dodged by sending the header twice. `any_header`; `strict=True`
+  keeps the whole-value, non-empty `*` reading, used only where it makes a DENY wider (see
+  `evaluate.match_matches`).
 - Paths: the same, plus templates: `{*}` is one path segment and `{**}` any rest of the path
   (compiled to RE2). Paths are compared without the query string: `/api/*` is the prefix `/api/`
   and does not match `/api`.
-- Hosts: case-insensitive, and a host without a port also matches the authority with a port
-  (`example.com` matches `example.com:8080`), as Istio's host matcher does.
+- Hosts: case-insensitive against the whole `:authority`, port included, as Istio's
+  `HostMatcher` (exact/prefix/suffix with `ignore_case`, `*` = present): `example.com` does not
+  match `example.com:8080` (Istio's advice: list `example.com:*` too). `any_host` with
+  `port_tolerant=True` also lets a host without a port match the authority with one; it is used
+  only where that makes a DENY wider or an ALLOW narrower (see `evaluate.match_matches`).
 - Principals: the source's SPIFFE id without `spiffe://`, after expanding the policy's trust
   domain over the mesh's aliases (see `ambit.trustdomain`).
 - End-user attributes (`request.auth.principal`, `.audiences`, `.presenter`, `.claims[a][b]`):
@@ -61,10 +71,20 @@ def any_path(patterns: list[str], path: str) -> bool:
     return any(path_match(p, path) for p in patterns)
 
 
-def any_host(patterns: list[str], authority: str) -> bool:
+def any_header(patterns: list[str], value: str | None, *, strict: bool = False) -> bool:
+    """Istio's header match on the joined `value` (None: absent); see the module docstring."""
+    if value is None:
+        return False
+    if strict:
+        return any(string_match(p, value) for p in patterns)
+    elements = value.split(",") if "," in value else ()
+    return any(p == "*" or string_match(p, value) or any(string_match(p, e) for e in elements) for p in patterns)
+
+
+def any_host(patterns: list[str], authority: str, *, port_tolerant: bool = False) -> bool:
     a = authority.lower()
-    bare = a.rsplit(":", 1)[0] if a.count(":") == 1 else a
-    return any(string_match(p.lower(), a) or string_match(p.lower(), bare) for p in patterns)
+    bare = a.rsplit(":", 1)[0] if port_tolerant and a.count(":") == 1 else a
+    return any(string_match(p.lower(), a) or (bare is not a and string_match(p.lower(), bare)) for p in patterns)
 
 
 def any_method(patterns: list[str], method: str) -> bool:
