@@ -3,8 +3,12 @@
 A TCP tunnel has a source identity, namespace and address and a destination port, but no method,
 path, host or header. Rules that need those are treated as Istio treats them for TCP traffic:
 
-- in an ALLOW policy, a match that names an HTTP attribute can never match (it is dropped), so
-  such a rule admits no TCP tunnel: an ALLOW for `GET /api/*` does not open the port to raw TCP;
+- in an ALLOW policy, a rule that names an HTTP attribute anywhere (in any of its `from`, `to` or
+  `when` entries) is dropped whole, so it admits no TCP tunnel: an ALLOW for `GET /api/*` does not
+  open the port to raw TCP, and neither does `to: [{methods: [GET]}, {ports: ["9000"]}]` open port
+  9000 (Istio's builder skips the whole rule on a TCP filter chain when one of its permissions or
+  principals is HTTP only: pilot/pkg/security/authz/model/model.go `Generate`, testdata
+  action-allow-HTTP-for-TCP-filter);
 - in a DENY (or AUDIT) policy, the HTTP attributes are removed and the rest still applies: a DENY
   for `POST` from some principal denies that principal's TCP tunnels outright (more restrictive,
   fail safe), as ztunnel does with L7 rules it cannot evaluate.
@@ -32,14 +36,16 @@ def _strip(m: Match) -> Match:
     return dataclasses.replace(m, **{f: type(getattr(m, f))() for f in HTTP_FIELDS})
 
 
-def _rule(rule: Rule, allow: bool) -> Rule:
+def _rule(rule: Rule, allow: bool) -> Rule | None:
+    """The rule's L4 view; None (dropped) for an ALLOW rule that needs HTTP anywhere."""
     if allow:
-        return Rule(clauses=[[m for m in clause if not _http(m)] for clause in rule.clauses], has_l7=rule.has_l7)
+        return None if any(_http(m) for clause in rule.clauses for m in clause) else rule
     return Rule(clauses=[[_strip(m) for m in clause] for clause in rule.clauses], has_l7=rule.has_l7)
 
 
 def l4_policy(p: Authorization) -> Authorization:
-    return dataclasses.replace(p, http_rules=[_rule(r, p.action == ALLOW) for r in p.http_rules])
+    rules = (_rule(r, p.action == ALLOW) for r in p.http_rules)
+    return dataclasses.replace(p, http_rules=[r for r in rules if r is not None])
 
 
 def l4_policy_set(pset: PolicySet) -> PolicySet:
