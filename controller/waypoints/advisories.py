@@ -302,11 +302,34 @@ def _ztunnel_effect(spec: Obj) -> str:
             else f"in a {action} policy their L4 part applies to every request it matches")
 
 
+SELECTS_WAYPOINT = "SelectsWaypoint"
+
+
+def _selected_waypoints(o: Obj, gateways: dict[tuple[str, str], Obj], root_namespace: str) -> list[str]:
+    """The waypoints ("ns/name") whose pods a selector policy selects by their Gateway-name label:
+    from its namespace, or from any namespace for a root-namespace policy."""
+    labels = ((o.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    ns = ns_of(o)
+    if not labels:
+        return []
+    return [f"{gns}/{name}" for gns, name in sorted(gateways)
+            if _selects_a_waypoint(labels, gns, {(gns, name): {}}) and ns in (gns, root_namespace)]
+
+
 def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str],
             root_namespace: str) -> list[Advisory]:
     spec, ref = o.get("spec") or {}, object_ref(o)
     targets = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
     if not targets:
+        waypoints = _selected_waypoints(o, gateways, root_namespace)
+        if waypoints:
+            # Istio's pre-1.22 way to bind a policy to a waypoint; Istio now ignores it, and so does
+            # every Ambit proxy: a waypoint binds targetRefs only, ztunnel does not capture its pods.
+            return [Advisory(ref, "spec.selector", (
+                f"selects the pods of waypoint {wp}: a waypoint enforces only policies bound with targetRefs and "
+                "ztunnel does not capture a waypoint's pods, so this policy is enforced nowhere (Istio ignores it "
+                f"too); bind it with targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, "
+                f"name: {wp.split('/', 1)[1]}}}]"), NOT_ENFORCED, SELECTS_WAYPOINT) for wp in waypoints]
         effect = _ztunnel_effect(spec)
         out = []
         for i, rule in enumerate(spec.get("rules") or []):
