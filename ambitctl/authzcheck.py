@@ -271,9 +271,8 @@ def _via_waypoint(cfg: MeshState, objects: list[Obj], source: Workload, route: r
                       source_labels=tuple(sorted(source.labels.items())), destination_ip=route.target[0],
                       destination_port=route.target[1], service=svc.resource_name if svc else "",
                       hostname=svc.hostname if svc else "")
-    authority = f"{svc.hostname}:{route.target[1]}" if svc else f"{route.target[0]}:{route.target[1]}"
-    head = RequestHead(request.method, request.path, authority,
-                       headers=[(k.lower(), v) for k, v in request.headers])
+    head = RequestHead(request.method, request.path, _authority(request, svc, route.target),
+                       headers=[(k.lower(), v) for k, v in request.headers if k.lower() != "host"])
     # RequestAuthentication first (a JWT in an Authorization header or wherever its rules look), as the
     # waypoint does; the verified end user is what requestPrincipals and request.auth.* read
     authn = authn_set(request_authns, me).authenticate(head, down, time.time())
@@ -313,6 +312,16 @@ def _via_waypoint(cfg: MeshState, objects: list[Obj], source: Workload, route: r
         p.hops.insert(0, hop)
         out.append(p)
     return out
+
+
+def _authority(request: Request, svc: Service | None, target: tuple[str, int]) -> str:
+    """The Host a client sends: `-H host=...` when given (hosts/notHosts match it whole, as the
+    waypoint does), else what curl sends for the Service's name, `name:port`, without `:80`."""
+    given = [v for k, v in request.headers if k.lower() in ("host", ":authority")]
+    if given:
+        return given[-1]
+    host = svc.hostname if svc else target[0]
+    return host if target[1] == 80 else f"{host}:{target[1]}"
 
 
 def _gateway_class(objects: list[Obj], waypoint: str) -> str:
