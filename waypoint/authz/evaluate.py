@@ -29,7 +29,17 @@ from ambit import identity as ident
 from ambit.model import Authorization, Match, Rule
 from ambit.policymatch import in_blocks, string_match
 from ambit.trustdomain import TrustDomains
-from waypoint.authz.matching import any_auth, any_header, any_host, any_method, any_path, any_string
+from waypoint.authz.matching import (
+    ISTIO,
+    WHOLE,
+    WIDE,
+    any_auth,
+    any_header,
+    any_host,
+    any_method,
+    any_path,
+    any_string,
+)
 from waypoint.binding import Waypoint, bind
 from waypoint.localreply import GRPC_PERMISSION_DENIED, local_reply
 from waypoint.normalize import normalize_path
@@ -110,13 +120,13 @@ def _principal(patterns: list[str], r: _Request) -> bool:
     return False
 
 
-def _headers(conds: dict[str, list[str]], r: _Request) -> bool:
-    """Every named header matches one of its values (Istio's header match, `any_header`)."""
-    return all(any_header(vals, r.head.header(name)) for name, vals in conds.items())
+def _headers(conds: dict[str, list[str]], r: _Request, how: str) -> bool:
+    """Every named header matches one of its values (`any_header`)."""
+    return all(any_header(vals, r.head.header(name), how) for name, vals in conds.items())
 
 
-def _any_header(conds: dict[str, list[str]], r: _Request, strict: bool) -> bool:
-    return any(any_header(vals, r.head.header(name), strict=strict) for name, vals in conds.items())
+def _any_header(conds: dict[str, list[str]], r: _Request, how: str) -> bool:
+    return any(any_header(vals, r.head.header(name), how) for name, vals in conds.items())
 
 
 def match_matches(m: Match, r: _Request, *, deny: bool) -> bool:
@@ -124,7 +134,8 @@ def match_matches(m: Match, r: _Request, *, deny: bool) -> bool:
     AUDIT, so unsupported attributes count as matched (fail safe); for an ALLOW they never do.
     Where Ambit reads a field more carefully than Istio, it does so only to deny more: a host
     without a port also matches the authority with one in a DENY's `hosts` and an ALLOW's
-    `notHosts`; a `notValues` header exclusion in a DENY needs the whole value to match (so
+    `notHosts`; a header element matches without its spaces in a DENY's `values` and an ALLOW's
+    `notValues`; a `notValues` header exclusion in a DENY needs the whole value to match (so
     `x: good` + `x: bad` is not excused by `notValues: [good]`).
     Straight-line tests, cheapest and most selective first: this runs for every request."""
     if m.unsupported and not deny:
@@ -154,9 +165,9 @@ def match_matches(m: Match, r: _Request, *, deny: bool) -> bool:
         return False
     if m.not_hosts and any_host(m.not_hosts, h.authority, port_tolerant=not deny):
         return False
-    if m.request_headers and not _headers(m.request_headers, r):
+    if m.request_headers and not _headers(m.request_headers, r, WIDE if deny else ISTIO):
         return False
-    if m.not_request_headers and _any_header(m.not_request_headers, r, deny):
+    if m.not_request_headers and _any_header(m.not_request_headers, r, WHOLE if deny else WIDE):
         return False
     if m.request_principals and not any_string(m.request_principals, r.user and r.user.principal):
         return False

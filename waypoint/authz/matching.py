@@ -7,8 +7,11 @@
   and Istio compiles each value into a regex that matches the joined string or any one of its
   comma-separated elements (`^v$|^v,.*|.*,v,.*|.*,v$`), and `*` into `present_match` (an empty
   value is present). So `admin` matches `x-user: guest` + `x-user: admin` (`guest,admin`); else
-  a DENY on `admin` would be dodged by sending the header twice. `any_header`; `strict=True`
-  keeps the whole-value, non-empty `*` reading, used only where it makes a DENY wider (see
+  a DENY on `admin` would be dodged by sending the header twice. `any_header` reads a header in
+  one of three ways: ISTIO (the above); WIDE, which also matches an element without the spaces
+  around it (`guest, admin` has the element `admin`), used where a match can only deny more (a
+  DENY's `values`, an ALLOW's `notValues`); and WHOLE (the whole value, `*` non-empty), used for a
+  DENY's `notValues`, so that only a value that is entirely allowed excuses a request (see
   `evaluate.match_matches`).
 - Paths: the same, plus templates: `{*}` is one path segment and `{**}` any rest of the path
   (compiled to RE2). Paths are compared without the query string: `/api/*` is the prefix `/api/`
@@ -71,13 +74,18 @@ def any_path(patterns: list[str], path: str) -> bool:
     return any(path_match(p, path) for p in patterns)
 
 
-def any_header(patterns: list[str], value: str | None, *, strict: bool = False) -> bool:
-    """Istio's header match on the joined `value` (None: absent); see the module docstring."""
+ISTIO, WIDE, WHOLE = "istio", "wide", "whole"      # how `any_header` reads a header (module docstring)
+
+
+def any_header(patterns: list[str], value: str | None, how: str = ISTIO) -> bool:
+    """A header match on the joined `value` (None: absent); see the module docstring."""
     if value is None:
         return False
-    if strict:
+    if how == WHOLE:
         return any(string_match(p, value) for p in patterns)
-    elements = value.split(",") if "," in value else ()
+    elements = value.split(",") if "," in value else []
+    if how == WIDE and elements:
+        elements += [e.strip(" \t") for e in elements]
     return any(p == "*" or string_match(p, value) or any(string_match(p, e) for e in elements) for p in patterns)
 
 

@@ -49,6 +49,10 @@ def when_header(name: str, values: list[str] | None = None, not_values: list[str
     (when_header("x-user", ["adm*"]), "DENY", [("x-user", "guest"), ("x-user", "admin")], False),
     (when_header("x-user", ["*min"]), "DENY", [("x-user", "admin"), ("x-user", "guest")], False),
     (when_header("x-user", ["admin"]), "DENY", [("x-user", "guest,admin")], False),
+    # ... nor by one line with spaces after the commas (a DENY reads the elements trimmed too)
+    (when_header("x-user", ["admin"]), "DENY", [("x-user", "guest, admin")], False),
+    (when_header("x-user", ["admin"]), "ALLOW", [("x-user", "guest, admin")], False),   # Istio's regex: " admin"
+    (when_header("x-env", not_values=["prod"]), "ALLOW", [("x-env", "dev, prod")], False),
     # `*` is present_match: an empty value is present, so it cannot dodge a DENY on presence
     (when_header("x-debug", ["*"]), "DENY", [("x-debug", "")], False),
     (when_header("x-debug", ["*"]), "DENY", [], True),
