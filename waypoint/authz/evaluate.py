@@ -38,6 +38,7 @@ from waypoint.authz.matching import (
     any_host,
     any_method,
     any_path,
+    any_request_principal,
     any_string,
 )
 from waypoint.binding import Waypoint, bind
@@ -169,13 +170,13 @@ def match_matches(m: Match, r: _Request, *, deny: bool) -> bool:
         return False
     if m.not_request_headers and _any_header(m.not_request_headers, r, WHOLE if deny else WIDE):
         return False
-    if m.request_principals and not any_string(m.request_principals, r.user and r.user.principal):
+    if m.request_principals and not any_request_principal(m.request_principals, r.user, wide=deny):
         return False
-    if m.not_request_principals and any_string(m.not_request_principals, r.user and r.user.principal):
+    if m.not_request_principals and any_request_principal(m.not_request_principals, r.user, wide=not deny):
         return False
-    if m.auth and not all(any_auth(k, vals, r.user) for k, vals in m.auth.items()):
+    if m.auth and not all(any_auth(k, vals, r.user, wide=deny) for k, vals in m.auth.items()):
         return False
-    if m.not_auth and any(any_auth(k, vals, r.user) for k, vals in m.not_auth.items()):
+    if m.not_auth and any(any_auth(k, vals, r.user, wide=not deny) for k, vals in m.not_auth.items()):
         return False
     if m.ip_blocks and not in_blocks(d.source_ip, m.ip_blocks):
         return False

@@ -25,7 +25,9 @@
   domain over the mesh's aliases (see `ambit.trustdomain`).
 - End-user attributes (`request.auth.principal`, `.audiences`, `.presenter`, `.claims[a][b]`):
   string matching against the verified JWT; a list claim (e.g. `groups`) matches when one of its
-  string elements does, as Istio's list matcher does. No JWT: nothing matches.
+  string elements does, as Istio's list matcher does. No JWT: nothing matches. Request principals
+  (`requestPrincipals`, `request.auth.principal`) match the token's issuer and subject apart, as
+  Istio splits the pattern at its last "/" (`request_principal_match`).
 - IP blocks: CIDRs or single addresses; `remoteIpBlocks` is the same peer address here (a
   waypoint does not trust X-Forwarded-For: Istio's default of zero trusted hops).
 """
@@ -125,5 +127,43 @@ def auth_values(key: str, user: EndUser) -> list[str]:
     return [v for v in cur if isinstance(v, str)] if isinstance(cur, list) else []
 
 
-def any_auth(key: str, patterns: list[str], user: EndUser | None) -> bool:
+def _claim(user: EndUser, name: str) -> str:
+    v = user.claims.get(name)
+    return v if isinstance(v, str) else ""
+
+
+def request_principal_match(pattern: str, user: EndUser) -> bool:
+    """Istio's request principal match (model/generator.go `requestPrincipalGenerator`): the
+    pattern is split at its last "/" into an issuer and a subject matched against the token's
+    `iss` and `sub` separately, so a wildcard never reaches across the boundary: `https://idp/*` is
+    issuer `https://idp` exactly (not `https://idp/other`), `*/alice` is subject `alice` exactly
+    (not `mallory/alice`); `*` is any issuer and any subject, both non-empty."""
+    iss, sub = _claim(user, "iss"), _claim(user, "sub")
+    idx = pattern.rfind("/")
+    p_iss, p_sub = (pattern[:idx], pattern[idx + 1:]) if idx >= 0 else (pattern, "")
+    if pattern == "*":
+        return bool(iss) and bool(sub)
+    if pattern.startswith("*"):
+        if idx < 0:
+            return bool(iss) and sub.endswith(pattern[1:])
+        return (bool(iss) if p_iss == "*" else iss.endswith(p_iss[1:])) and sub == p_sub
+    if pattern.endswith("*"):
+        if idx < 0:
+            return iss.startswith(pattern[:-1]) and bool(sub)
+        return iss == p_iss and (bool(sub) if p_sub == "*" else sub.startswith(p_sub[:-1]))
+    return iss == p_iss and sub == p_sub
+
+
+def any_request_principal(patterns: list[str], user: EndUser | None, *, wide: bool) -> bool:
+    """`requestPrincipals` (and `request.auth.principal`). `wide`: also match the joined
+    "<iss>/<sub>" as one string, as Ambit did before; used only where a match can only deny more
+    (a DENY's positive field, an ALLOW's negative one)."""
+    if user is None:
+        return False
+    return any(request_principal_match(p, user) or (wide and string_match(p, user.principal)) for p in patterns)
+
+
+def any_auth(key: str, patterns: list[str], user: EndUser | None, *, wide: bool = False) -> bool:
+    if key == "request.auth.principal":
+        return any_request_principal(patterns, user, wide=wide)
     return user is not None and any(string_match(p, v) for v in auth_values(key, user) for p in patterns)

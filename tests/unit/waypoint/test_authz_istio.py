@@ -18,7 +18,7 @@ from tests.unit.waypoint.support import req
 from tests.unit.waypoint.test_authz import FRONTEND, WP, allowed, down, policies, to_service
 from waypoint.authz import authorize, policy_set
 from waypoint.authz.l4 import l4_policy_set
-from waypoint.request import RequestHead
+from waypoint.request import EndUser, RequestHead
 
 
 def head(path: str = "/", method: str = "GET", authority: str = "myapp",
@@ -150,3 +150,35 @@ def tcp_allowed(rules: list[dict[str, Any]], action: str) -> bool:
 ])
 def test_waypoint_l4_view(rules: list[dict[str, Any]], action: str, ok: bool) -> None:
     assert tcp_allowed(rules, action) is ok
+
+
+# -- request principals: issuer and subject apart, split at the pattern's last "/" ----------------
+
+def user(iss: str, sub: str) -> EndUser:
+    return EndUser(f"{iss}/{sub}", {"iss": iss, "sub": sub})
+
+
+def rp(values: list[str], field: str = "requestPrincipals") -> list[dict]:
+    return [{"from": [{"source": {field: values}}]}]
+
+
+@pytest.mark.parametrize("rules,action,who,ok", [
+    (rp(["https://idp.example.com/*"]), "ALLOW", user("https://idp.example.com", "alice"), True),
+    (rp(["https://idp.example.com/*"]), "ALLOW", user("https://idp.example.com/evil", "x"), False),   # iss exact
+    (rp(["*/alice"]), "ALLOW", user("https://any", "alice"), True),
+    (rp(["*/alice"]), "ALLOW", user("https://idp", "mallory/alice"), False),                           # sub exact
+    (rp(["https://idp/ali*"]), "ALLOW", user("https://idp", "alice"), True),
+    (rp(["*idp/alice"]), "ALLOW", user("https://idp", "alice"), True),
+    (rp(["*"]), "ALLOW", user("https://idp", "alice"), True),
+    (rp(["*"]), "ALLOW", None, False),
+    ([{"when": [{"key": "request.auth.principal", "values": ["https://idp.example.com/*"]}]}], "ALLOW",
+     user("https://idp.example.com/evil", "x"), False),
+    # a DENY still catches the joined reading: it can only deny more
+    (rp(["https://idp.example.com/*"]), "DENY", user("https://idp.example.com/evil", "x"), False),
+    (rp(["https://idp.example.com/*"], "notRequestPrincipals"), "DENY", user("https://idp.example.com/evil", "x"),
+     False),
+    (rp(["https://idp.example.com/*"], "notRequestPrincipals"), "DENY", user("https://idp.example.com", "x"), True),
+])
+def test_request_principals(rules: list[dict], action: str, who: EndUser | None, ok: bool) -> None:
+    ps = policies(to_service(rules, action))
+    assert allowed(ps, head(), down(), None, who) is ok
