@@ -36,16 +36,18 @@ def _strip(m: Match) -> Match:
     return dataclasses.replace(m, **{f: type(getattr(m, f))() for f in HTTP_FIELDS})
 
 
-def _rule(rule: Rule, allow: bool) -> Rule | None:
-    """The rule's L4 view; None (dropped) for an ALLOW rule that needs HTTP anywhere."""
+def _rule(rule: Rule, allow: bool) -> Rule:
+    """The rule's L4 view. An ALLOW rule that needs HTTP anywhere becomes one that matches nothing
+    (a clause with no alternative), kept in its place so `spec.rules[i]` still names it."""
     if allow:
-        return None if any(_http(m) for clause in rule.clauses for m in clause) else rule
+        if any(_http(m) for clause in rule.clauses for m in clause):
+            return Rule(clauses=[[]], has_l7=rule.has_l7)
+        return rule
     return Rule(clauses=[[_strip(m) for m in clause] for clause in rule.clauses], has_l7=rule.has_l7)
 
 
 def l4_policy(p: Authorization) -> Authorization:
-    rules = (_rule(r, p.action == ALLOW) for r in p.http_rules)
-    return dataclasses.replace(p, http_rules=[r for r in rules if r is not None])
+    return dataclasses.replace(p, http_rules=[_rule(r, p.action == ALLOW) for r in p.http_rules])
 
 
 def l4_policy_set(pset: PolicySet) -> PolicySet:
