@@ -123,6 +123,11 @@ def test_hosts(rules: list[dict], action: str, authority: str, ok: bool) -> None
     ([{"when": [{"key": "destination.port", "notValues": ["80"]}]}], "ALLOW", head(), FRONTEND, False),
     ([{"when": [{"key": "connection.sni", "values": ["x"]}]}], "DENY", head(), FRONTEND, False),   # fail safe
     ([{"when": [{"key": "connection.sni", "values": ["x"]}]}], "ALLOW", head(), FRONTEND, False),
+    # remoteIpBlocks: zero trusted hops (Istio's default), so a client's X-Forwarded-For is no evidence
+    ([{"from": [{"source": {"remoteIpBlocks": ["1.2.3.4"]}}]}], "ALLOW",
+     head(headers=[("x-forwarded-for", "1.2.3.4")]), FRONTEND, False),
+    ([{"from": [{"source": {"notRemoteIpBlocks": ["10.244.1.5"]}}]}], "DENY",
+     head(headers=[("x-forwarded-for", "10.244.1.5")]), FRONTEND, True),
 ])
 def test_istio_outcomes(rules: list[dict] | None, action: str, h: RequestHead, identity: str, ok: bool) -> None:
     assert decide(rules, action, h, identity) is ok
