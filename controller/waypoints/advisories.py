@@ -331,7 +331,7 @@ def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tup
                 f"too); bind it with targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, "
                 f"name: {wp.split('/', 1)[1]}}}]"), NOT_ENFORCED, SELECTS_WAYPOINT) for wp in waypoints]
         effect = _ztunnel_effect(spec)
-        out = []
+        out = _inner_wildcards(spec, ref, at_waypoint=False)
         for i, rule in enumerate(spec.get("rules") or []):
             for path in _l7_fields(rule, f"spec.rules[{i}]"):
                 out.append(Advisory(ref, path, (
@@ -339,7 +339,8 @@ def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tup
                     "bind the policy to a waypoint with targetRefs (kind Service or Gateway) "
                     "instead of a selector"), ZTUNNEL_ACCEPTED, "UnsupportedValue"))
         return out
-    return _fail_safe_attributes(spec, ref) + _targets(o, targets, gateways, svc_waypoint, root_namespace)
+    return (_fail_safe_attributes(spec, ref) + _inner_wildcards(spec, ref, at_waypoint=True)
+            + _targets(o, targets, gateways, svc_waypoint, root_namespace))
 
 
 def _request_authn(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str],
@@ -426,6 +427,30 @@ def _fail_safe_attributes(spec: Obj, ref: str) -> list[Advisory]:
             out.append(Advisory(ref, f"spec.rules[{i}].when[{j}].key", f'"{key}" is not supported by the waypoint: '
                                 f"{effect}", NOT_ENFORCED))
     return out
+
+
+def _inner_wildcards(spec: Obj, ref: str, at_waypoint: bool) -> list[Advisory]:
+    """Values with a `*` that is neither first nor last: a wildcard only in a namespace at a
+    waypoint (Istio's Envoy matcher); a principal, or a namespace at ztunnel (as Istio's ztunnel),
+    takes it literally, and no SPIFFE id or namespace contains a `*`: the value matches nothing."""
+    fields = ("principals", "notPrincipals") if at_waypoint else (
+        "principals", "notPrincipals", "namespaces", "notNamespaces")
+    keys = ("source.principal",) if at_waypoint else ("source.principal", "source.namespace")
+    where = "a waypoint" if at_waypoint else "ztunnel"
+    found: list[tuple[str, str]] = []
+    for i, rule in enumerate(spec.get("rules") or []):
+        for j, f in enumerate(rule.get("from") or []):
+            src = f.get("source") or {}
+            found += [(f"spec.rules[{i}].from[{j}].source.{k}[{n}]", v) for k in fields
+                      for n, v in enumerate(src.get(k) or []) if "*" in str(v)[1:-1]]
+        for j, c in enumerate(rule.get("when") or []):
+            if c.get("key") in keys:
+                found += [(f"spec.rules[{i}].when[{j}].{k}[{n}]", v) for k in ("values", "notValues")
+                          for n, v in enumerate(c.get(k) or []) if "*" in str(v)[1:-1]]
+    return [Advisory(ref, path, (
+        f'"{v}": a "*" is a wildcard only at the start or the end of a value; {where} matches this one '
+        "literally, and no identity or namespace contains a \"*\", so it matches nothing (as in Istio)"),
+        NOT_ENFORCED, "UnsupportedValue") for path, v in found]
 
 
 ENFORCED = "Enforced"

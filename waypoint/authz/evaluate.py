@@ -37,9 +37,9 @@ from waypoint.authz.matching import (
     any_header,
     any_host,
     any_method,
+    any_namespace,
     any_path,
     any_request_principal,
-    any_string,
 )
 from waypoint.binding import Waypoint, bind
 from waypoint.localreply import GRPC_PERMISSION_DENIED, local_reply
@@ -158,9 +158,9 @@ def match_matches(m: Match, r: _Request, *, deny: bool) -> bool:
         return False
     if m.not_principals and _principal(m.not_principals, r):
         return False
-    if m.namespaces and not any_string(m.namespaces, r.namespace):
+    if m.namespaces and not any_namespace(m.namespaces, r.namespace):
         return False
-    if m.not_namespaces and any_string(m.not_namespaces, r.namespace):
+    if m.not_namespaces and any_namespace(m.not_namespaces, r.namespace):
         return False
     if m.hosts and not any_host(m.hosts, h.authority, port_tolerant=deny):
         return False

@@ -2,7 +2,7 @@
 (istio pilot/pkg/security/authz/model: permission.go, principal.go, matcher/*.go).
 
 - Strings (principals, namespaces, methods): exact, `prefix*`, `*suffix`, or `*` (any non-empty
-  value).
+  value). A `*` inside a namespace (`team-*-prod`) is a wildcard too, as in Istio's Envoy matcher.
 - Header values (`request.headers[name]`): Envoy matches the header's values joined with ","
   and Istio compiles each value into a regex that matches the joined string or any one of its
   comma-separated elements (`^v$|^v,.*|.*,v,.*|.*,v$`), and `*` into `present_match` (an empty
@@ -35,6 +35,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 from ambit.policymatch import string_match
@@ -44,6 +45,21 @@ from waypoint.request import EndUser
 
 def any_string(patterns: list[str], value: str | None) -> bool:
     return value is not None and any(string_match(p, value) for p in patterns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _namespace_glob(pattern: str) -> Any:
+    return compile_re2(".*".join(re.escape(part) for part in pattern.split("*")))
+
+
+def any_namespace(patterns: list[str], namespace: str | None) -> bool:
+    """`namespaces` as Istio's Envoy matcher reads them (model/generator.go `srcNamespaceGenerator`:
+    every `*` becomes `.*` in `.*/ns/<value>/.*`), so `team-*-prod` matches `team-a-prod`; a `*`
+    only at an end is the usual prefix/suffix/presence match."""
+    if namespace is None:
+        return False
+    return any(full_match(_namespace_glob(p), namespace) if "*" in p[1:-1] else string_match(p, namespace)
+               for p in patterns)
 
 
 @functools.lru_cache(maxsize=4096)

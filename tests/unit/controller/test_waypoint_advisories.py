@@ -271,3 +271,23 @@ def test_a_selector_policy_on_a_waypoints_pods_is_named_enforced_nowhere() -> No
     # a selector for an application's pods is the destination ztunnel's, as before
     found = advisories([ns("demo"), waypoint(), policy({"selector": {"matchLabels": {"app": "web"}}, **deny})])
     assert [(a.path, a.condition) for a in found] == [("spec.rules[0].to[0].operation.paths", ZTUNNEL_ACCEPTED)]
+
+
+def test_a_star_inside_a_principal_or_a_ztunnel_namespace_is_named() -> None:
+    """Istio's wildcards are a leading or trailing `*`: `cluster.local/ns/*/sa/x` matches no
+    identity anywhere, and `team-*-prod` no namespace at ztunnel (a waypoint reads it as Istio's
+    Envoy does, a wildcard). Accepted as Istio accepts them, but said out loud."""
+    rules = [{"from": [{"source": {"principals": ["cluster.local/ns/*/sa/x", "*/sa/x"],
+                                   "namespaces": ["team-*-prod", "team-*"]}}],
+              "when": [{"key": "source.namespace", "notValues": ["a*b"]}]}]
+    found = advisories([ns("demo"), policy({"selector": {"matchLabels": {"app": "web"}}, "action": "DENY",
+                                            "rules": rules})])
+    assert [(a.path, a.condition) for a in found] == [
+        ("spec.rules[0].from[0].source.principals[0]", NOT_ENFORCED),
+        ("spec.rules[0].from[0].source.namespaces[0]", NOT_ENFORCED),
+        ("spec.rules[0].when[0].notValues[0]", NOT_ENFORCED)]
+    assert "ztunnel matches this one literally" in found[0].reason and "matches nothing" in found[0].reason
+    at_waypoint = advisories([ns("demo"), svc("web", **{"istio.io/use-waypoint": "waypoint"}), waypoint(),
+                              policy({"targetRefs": [{"kind": "Service", "group": "", "name": "web"}],
+                                      "action": "DENY", "rules": rules})])
+    assert [a.path for a in at_waypoint] == ["spec.rules[0].from[0].source.principals[0]"]

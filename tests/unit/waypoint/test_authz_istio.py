@@ -123,6 +123,10 @@ def test_hosts(rules: list[dict], action: str, authority: str, ok: bool) -> None
     ([{"when": [{"key": "destination.port", "notValues": ["80"]}]}], "ALLOW", head(), FRONTEND, False),
     ([{"when": [{"key": "connection.sni", "values": ["x"]}]}], "DENY", head(), FRONTEND, False),   # fail safe
     ([{"when": [{"key": "connection.sni", "values": ["x"]}]}], "ALLOW", head(), FRONTEND, False),
+    # a `*` inside a namespace is a wildcard, as in Istio's Envoy matcher (`.*/ns/team-.*-prod/.*`)
+    ([{"from": [{"source": {"namespaces": ["de*lt"]}}]}], "DENY", head(), FRONTEND, False),
+    ([{"from": [{"source": {"namespaces": ["d*x*t"]}}]}], "DENY", head(), FRONTEND, True),
+    ([{"from": [{"source": {"notNamespaces": ["d*ult"]}}]}], "ALLOW", head(), FRONTEND, False),
     # remoteIpBlocks: zero trusted hops (Istio's default), so a client's X-Forwarded-For is no evidence
     ([{"from": [{"source": {"remoteIpBlocks": ["1.2.3.4"]}}]}], "ALLOW",
      head(headers=[("x-forwarded-for", "1.2.3.4")]), FRONTEND, False),
