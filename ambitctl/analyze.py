@@ -33,6 +33,7 @@ from controller.validation import object_ref, split_valid
 from controller.waypoints.advisories import (
     DR_MERGED,
     NOT_ENFORCED,
+    SELECTS_WAYPOINT,
     WAYPOINT_ACCEPTED,
     ZTUNNEL_ACCEPTED,
     advisories,
@@ -185,6 +186,8 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
                 continue            # the Service's waypoint Gateway may exist outside the files
         elif a.cause == DR_MERGED:
             code = "AMB0107"
+        elif a.cause == SELECTS_WAYPOINT:
+            code = "AMB0104"        # it selects pods, but none that any proxy enforces it on
         elif a.cause == "NoWaypoint":
             if not st.knows("Service"):
                 continue            # "no Service named ... is known": nothing is known offline

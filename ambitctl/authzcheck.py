@@ -12,7 +12,9 @@ through its own `apply`; then each hop is decided by the code that decides it in
    `-H "authorization=Bearer <token>"`, is verified against the rules' keys, `jwksUri`s fetched as
    the controller fetches them; an invalid one is the waypoint's 401), then L7 authorization
    (`waypoint.authz.evaluate.policy_set` and `authorize`) with the source's identity, the verified
-   end user, the method, path and headers;
+   end user, the method, path and headers (the Host: `-H host=...`, else what curl sends). A
+   non-HTTP client (`--tcp`) is judged as the waypoint judges an opaque tunnel, by the policies'
+   L4 view (`waypoint.authz.l4`);
 3. at the destination pod: its ztunnel's admission (`ztunnel.admission.admit_hbone` for HBONE,
    with the waypoint's identity and `Forwarded: for=` when it came through one, or
    `admit_plaintext`: PeerAuthentication, then L4 policy with no identity).
@@ -37,6 +39,7 @@ from waypoint.authn import authn_set
 from waypoint.authz.evaluate import DENY as L7_DENY
 from waypoint.authz.evaluate import Verdict, Waypoint, authorize, policy_set
 from waypoint.authz.evaluate import evaluate as l7_evaluate
+from waypoint.authz.l4 import l4_policy_set
 from waypoint.request import Downstream, EndUser, RequestHead
 from ztunnel import admission, authz, routing
 from ztunnel.meshstate import MeshState
@@ -102,6 +105,7 @@ class Request:
     method: str = "GET"
     path: str = "/"
     headers: tuple[tuple[str, str], ...] = ()
+    tcp: bool = False           # a non-HTTP client: the waypoint relays it as opaque TCP (its L4 view)
 
 
 def check(objects: list[Obj], src: str, dst: str, request: Request = Request(), *,
@@ -117,7 +121,7 @@ def check(objects: list[Obj], src: str, dst: str, request: Request = Request(), 
     cfg = mesh_state(tr, root_namespace)
     source = _source(cfg, src)
     dst_ip, dst_port, target = _destination(cfg, dst, cluster_domain)
-    req_text = f"{request.method} {request.path}"
+    req_text = "TCP" if request.tcp else f"{request.method} {request.path}"
     res = Result(f"{source.namespace}/{source.name}", target, req_text, [])
     src_ip = source.ips[0]
     if source.protocol != "HBONE":
@@ -271,23 +275,29 @@ def _via_waypoint(cfg: MeshState, objects: list[Obj], source: Workload, route: r
                       source_labels=tuple(sorted(source.labels.items())), destination_ip=route.target[0],
                       destination_port=route.target[1], service=svc.resource_name if svc else "",
                       hostname=svc.hostname if svc else "")
-    authority = f"{svc.hostname}:{route.target[1]}" if svc else f"{route.target[0]}:{route.target[1]}"
-    head = RequestHead(request.method, request.path, authority,
-                       headers=[(k.lower(), v) for k, v in request.headers])
-    # RequestAuthentication first (a JWT in an Authorization header or wherever its rules look), as the
-    # waypoint does; the verified end user is what requestPrincipals and request.auth.* read
-    authn = authn_set(request_authns, me).authenticate(head, down, time.time())
-    if authn.reply is not None:
-        return [Path("", [Hop(f"waypoint {route.waypoint} (RequestAuthentication)", False,
-                              f"401 {authn.reason.removeprefix('jwt: ')}")])]
-    if authn.headers is not None:
-        head.headers = authn.headers
     pset = policy_set(cfg.view.authorizations, me)
-    _, verdict = authorize(pset, head, down, cfg.trust_domains, authn.user)
-    hop = Hop(f"waypoint {route.waypoint} (L7)", verdict.allowed, verdict.reason)
+    if request.tcp:     # relayed as opaque TCP: the L4 view, a head with no method or path (waypoint/app.py)
+        pset = l4_policy_set(pset)
+        head = RequestHead("", "", f"{route.target[0]}:{route.target[1]}")
+        user = None
+    else:
+        head = RequestHead(request.method, request.path, _authority(request, svc, route.target),
+                           headers=[(k.lower(), v) for k, v in request.headers if k.lower() != "host"])
+        # RequestAuthentication first (a JWT in an Authorization header or wherever its rules look), as the
+        # waypoint does; the verified end user is what requestPrincipals and request.auth.* read
+        authn = authn_set(request_authns, me).authenticate(head, down, time.time())
+        if authn.reply is not None:
+            return [Path("", [Hop(f"waypoint {route.waypoint} (RequestAuthentication)", False,
+                                  f"401 {authn.reason.removeprefix('jwt: ')}")])]
+        if authn.headers is not None:
+            head.headers = authn.headers
+        user = authn.user
+    _, verdict = authorize(pset, head, down, cfg.trust_domains, user)
+    hop = Hop(f"waypoint {route.waypoint} ({'L4, opaque TCP' if request.tcp else 'L7'})", verdict.allowed,
+              verdict.reason)
     if verdict.policy and "," not in verdict.policy:
         hop.policy = f"AuthorizationPolicy {verdict.policy}"
-        hop.rule = _l7_rule(pset.for_request(down), verdict, head, down, cfg, authn.user)
+        hop.rule = _l7_rule(pset.for_request(down), verdict, head, down, cfg, user)
     if not verdict.allowed:
         return [Path("", [hop])]
     # The waypoint then opens HBONE to an endpoint, as itself, saying who the client was.
@@ -313,6 +323,16 @@ def _via_waypoint(cfg: MeshState, objects: list[Obj], source: Workload, route: r
         p.hops.insert(0, hop)
         out.append(p)
     return out
+
+
+def _authority(request: Request, svc: Service | None, target: tuple[str, int]) -> str:
+    """The Host a client sends: `-H host=...` when given (hosts/notHosts match it whole, as the
+    waypoint does), else what curl sends for the Service's name, `name:port`, without `:80`."""
+    given = [v for k, v in request.headers if k.lower() in ("host", ":authority")]
+    if given:
+        return given[-1]
+    host = svc.hostname if svc else target[0]
+    return host if target[1] == 80 else f"{host}:{target[1]}"
 
 
 def _gateway_class(objects: list[Obj], waypoint: str) -> str:

@@ -49,7 +49,10 @@ from ambit.trustdomain import TrustDomains
 
 ALLOW, DENY, AUDIT = "ALLOW", "DENY", "AUDIT"
 STRICT, PERMISSIVE, DISABLE, UNSET = "STRICT", "PERMISSIVE", "DISABLE", "UNSET"
-L7_REASON = "policy has L7 rules and the destination has no waypoint; failing safe"
+# Whether or not the destination has a waypoint: a selector (or namespace) policy is ztunnel's, and
+# ztunnel cannot see HTTP; only a policy bound with targetRefs is the waypoint's.
+L7_REASON = ("policy has L7 rules, which ztunnel cannot evaluate (a waypoint enforces only targetRefs policies); "
+             "failing safe")
 
 
 @dataclass(frozen=True, slots=True)

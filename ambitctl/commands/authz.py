@@ -1,4 +1,4 @@
-"""`ambit authz check SRC DST[:PORT] [--method M --path P --header K=V]`: would this request be
+"""`ambit authz check SRC DST[:PORT] [--method M --path P --header K=V | --tcp]`: would this request be
 allowed, and which policy and rule decide? The data plane's own evaluators decide (see
 ambitctl/authzcheck.py). Exit 0 when allowed, 3 when denied, 1 when the check cannot run."""
 
@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("-X", "--method", default="GET")
     c.add_argument("--path", default="/")
     c.add_argument("-H", "--header", action="append", default=[], metavar="K=V", help="a request header (repeatable)")
+    c.add_argument("--tcp", action="store_true",
+                   help="a non-HTTP client: a waypoint judges it by its policies' L4 view (HTTP rules cannot match it)")
     c.add_argument("-f", "--filename", action="append", metavar="FILE|DIR|-",
                    help="decide against these manifests on top of the lab's state (e.g. a policy not applied yet)")
     c.add_argument("--root-namespace", default="ambit-system")
@@ -87,7 +89,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         headers.append((k, v))
     try:
         result = ac.check(_objects(args), args.src, args.dst,
-                          ac.Request(args.method.upper(), args.path, tuple(headers)),
+                          ac.Request(args.method.upper(), args.path, tuple(headers), tcp=args.tcp),
                           root_namespace=args.root_namespace)
     except ac.CheckError as e:
         print(f"error: {e}", file=err)

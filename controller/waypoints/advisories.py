@@ -302,13 +302,36 @@ def _ztunnel_effect(spec: Obj) -> str:
             else f"in a {action} policy their L4 part applies to every request it matches")
 
 
+SELECTS_WAYPOINT = "SelectsWaypoint"
+
+
+def _selected_waypoints(o: Obj, gateways: dict[tuple[str, str], Obj], root_namespace: str) -> list[str]:
+    """The waypoints ("ns/name") whose pods a selector policy selects by their Gateway-name label:
+    from its namespace, or from any namespace for a root-namespace policy."""
+    labels = ((o.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    ns = ns_of(o)
+    if not labels:
+        return []
+    return [f"{gns}/{name}" for gns, name in sorted(gateways)
+            if _selects_a_waypoint(labels, gns, {(gns, name): {}}) and ns in (gns, root_namespace)]
+
+
 def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str],
             root_namespace: str) -> list[Advisory]:
     spec, ref = o.get("spec") or {}, object_ref(o)
     targets = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
     if not targets:
+        waypoints = _selected_waypoints(o, gateways, root_namespace)
+        if waypoints:
+            # Istio's pre-1.22 way to bind a policy to a waypoint; Istio now ignores it, and so does
+            # every Ambit proxy: a waypoint binds targetRefs only, ztunnel does not capture its pods.
+            return [Advisory(ref, "spec.selector", (
+                f"selects the pods of waypoint {wp}: a waypoint enforces only policies bound with targetRefs and "
+                "ztunnel does not capture a waypoint's pods, so this policy is enforced nowhere (Istio ignores it "
+                f"too); bind it with targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, "
+                f"name: {wp.split('/', 1)[1]}}}]"), NOT_ENFORCED, SELECTS_WAYPOINT) for wp in waypoints]
         effect = _ztunnel_effect(spec)
-        out = []
+        out = _inner_wildcards(spec, ref, at_waypoint=False)
         for i, rule in enumerate(spec.get("rules") or []):
             for path in _l7_fields(rule, f"spec.rules[{i}]"):
                 out.append(Advisory(ref, path, (
@@ -316,7 +339,8 @@ def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tup
                     "bind the policy to a waypoint with targetRefs (kind Service or Gateway) "
                     "instead of a selector"), ZTUNNEL_ACCEPTED, "UnsupportedValue"))
         return out
-    return _fail_safe_attributes(spec, ref) + _targets(o, targets, gateways, svc_waypoint, root_namespace)
+    return (_fail_safe_attributes(spec, ref) + _inner_wildcards(spec, ref, at_waypoint=True)
+            + _targets(o, targets, gateways, svc_waypoint, root_namespace))
 
 
 def _request_authn(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str],
@@ -403,6 +427,30 @@ def _fail_safe_attributes(spec: Obj, ref: str) -> list[Advisory]:
             out.append(Advisory(ref, f"spec.rules[{i}].when[{j}].key", f'"{key}" is not supported by the waypoint: '
                                 f"{effect}", NOT_ENFORCED))
     return out
+
+
+def _inner_wildcards(spec: Obj, ref: str, at_waypoint: bool) -> list[Advisory]:
+    """Values with a `*` that is neither first nor last: a wildcard only in a namespace at a
+    waypoint (Istio's Envoy matcher); a principal, or a namespace at ztunnel (as Istio's ztunnel),
+    takes it literally, and no SPIFFE id or namespace contains a `*`: the value matches nothing."""
+    fields = ("principals", "notPrincipals") if at_waypoint else (
+        "principals", "notPrincipals", "namespaces", "notNamespaces")
+    keys = ("source.principal",) if at_waypoint else ("source.principal", "source.namespace")
+    where = "a waypoint" if at_waypoint else "ztunnel"
+    found: list[tuple[str, str]] = []
+    for i, rule in enumerate(spec.get("rules") or []):
+        for j, f in enumerate(rule.get("from") or []):
+            src = f.get("source") or {}
+            found += [(f"spec.rules[{i}].from[{j}].source.{k}[{n}]", v) for k in fields
+                      for n, v in enumerate(src.get(k) or []) if "*" in str(v)[1:-1]]
+        for j, c in enumerate(rule.get("when") or []):
+            if c.get("key") in keys:
+                found += [(f"spec.rules[{i}].when[{j}].{k}[{n}]", v) for k in ("values", "notValues")
+                          for n, v in enumerate(c.get(k) or []) if "*" in str(v)[1:-1]]
+    return [Advisory(ref, path, (
+        f'"{v}": a "*" is a wildcard only at the start or the end of a value; {where} matches this one '
+        "literally, and no identity or namespace contains a \"*\", so it matches nothing (as in Istio)"),
+        NOT_ENFORCED, "UnsupportedValue") for path, v in found]
 
 
 ENFORCED = "Enforced"

@@ -135,3 +135,32 @@ def test_kubectl_habits_and_dry_run_on_the_lab(clab: Lab) -> None:
     p = clab.ambit("check", check=False)            # not a terminal: no colour
     assert "\033" not in p.stdout
     assert "==> lab is up" in clab.up_output and "\033" not in clab.up_output  # type: ignore[attr-defined]
+
+
+RAW = ("import socket,sys\n"
+       "s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=5)\n"
+       "s.sendall(b'\\x16hello, not http\\r\\n\\r\\n')\n"
+       "out=b''\n"
+       "try:\n"
+       "    while True:\n"
+       "        b=s.recv(4096)\n"
+       "        if not b: break\n"
+       "        out+=b\n"
+       "except OSError: pass\n"
+       "sys.stdout.write(out[:12].decode('latin-1'))\n")
+
+
+def test_authz_check_tcp_agrees_with_the_waypoints_opaque_path(clab: Lab) -> None:
+    """A non-HTTP client through the waypoint: `authz check --tcp` says the Gateway's DENY of paths,
+    stripped of its HTTP attributes, denies the tunnel; on the wire the waypoint closes it unanswered,
+    while the same bytes to a pod without a waypoint reach its HTTP server, which answers them (its
+    error page: the probe works)."""
+    p = clab.ambit("authz", "check", "demo/client", "myapp.default:80", "--tcp", "-o", "json", check=False)
+    said = json.loads(p.stdout)
+    assert p.returncode == 3 and not said["allowed"], p.stdout
+    hop = said["paths"][0]["hops"][0]
+    assert hop["where"] == "waypoint default/waypoint (L4, opaque TCP)" and hop["policy"].endswith("default/no-admin")
+    got = clab.exec("demo/client", "python3", "-c", RAW, "myapp.default.svc.cluster.local", "80", timeout=40)
+    assert got.stdout == "", got.stdout + got.stderr
+    control = clab.exec("demo/client", "python3", "-c", RAW, "echo.demo.svc.cluster.local", "8080", timeout=40)
+    assert control.stdout != "", control.stderr

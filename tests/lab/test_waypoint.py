@@ -271,6 +271,49 @@ def test_destination_rule_tls_istio_mutual_is_warned_and_traffic_stays_mesh_mtls
 ISSUER = "https://issuer.lab"
 
 
+def test_a_deny_on_a_header_value_holds_when_curl_repeats_the_header_or_sends_it_empty(wlab: Lab) -> None:
+    """Istio matches `request.headers[..]` against the values joined with "," (any element matches)
+    and `*` as present: a client that sends the header twice, or empty, is still denied, over
+    HTTP/1.1 and HTTP/2 alike."""
+    ap = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+          "metadata": {"name": "deny-admin-header", "namespace": "default"},
+          "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "myapp"}], "action": "DENY",
+                   "rules": [{"when": [{"key": "request.headers[x-user]", "values": ["admin"]}]},
+                             {"when": [{"key": "request.headers[x-debug]", "values": ["*"]}]}]}}
+    f = apply(wlab, [ap], wlab.tmp, "deny-header")  # type: ignore[attr-defined]
+    try:
+        wlab.wait_for(lambda: status_of(wlab, "default/frontend", "http://myapp/h", "-H", "x-user: admin")[0] == 403,
+                      timeout=15, interval=0.5, what="policy in force")
+        for proto in ([], ["--http2-prior-knowledge"]):
+            assert status_of(wlab, "default/frontend", "http://myapp/h", *proto, "-H", "x-user: guest")[0] == 200
+            assert status_of(wlab, "default/frontend", "http://myapp/h", *proto,
+                             "-H", "x-user: guest", "-H", "x-user: admin") == (403, "RBAC: access denied"), proto
+            assert status_of(wlab, "default/frontend", "http://myapp/h", *proto,
+                             "-H", "x-debug;") == (403, "RBAC: access denied"), proto     # `x-debug:` empty
+    finally:
+        delete(wlab, f)
+
+
+def test_an_allow_on_hosts_matches_the_host_curl_sends_whole(wlab: Lab) -> None:
+    """Istio's host match is the whole Host (or :authority), case-insensitive: `myapp` admits what
+    curl sends for http://myapp/ (no :80) in any case, over HTTP/1.1 and HTTP/2, not `myapp:80`."""
+    ap = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+          "metadata": {"name": "allow-host", "namespace": "default"},
+          "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "myapp"}],
+                   "rules": [{"to": [{"operation": {"hosts": ["myapp"]}}]}]}}
+    f = apply(wlab, [ap], wlab.tmp, "allow-host")  # type: ignore[attr-defined]
+    try:
+        wlab.wait_for(lambda: status_of(wlab, "default/frontend", "http://myapp/", "-H", "Host: other")[0] == 403,
+                      timeout=15, interval=0.5, what="policy in force")
+        for proto in ([], ["--http2-prior-knowledge"]):
+            assert status_of(wlab, "default/frontend", "http://myapp/", *proto)[0] == 200, proto
+            assert status_of(wlab, "default/frontend", "http://myapp/", *proto, "-H", "Host: MyApp")[0] == 200, proto
+            assert status_of(wlab, "default/frontend", "http://myapp/", *proto,
+                             "-H", "Host: myapp:80") == (403, "RBAC: access denied"), proto
+    finally:
+        delete(wlab, f)
+
+
 def test_request_authentication_with_a_jwks_uri_and_a_policy_requiring_a_principal(wlab: Lab) -> None:
     """JWTs checked at the waypoint against keys the controller fetched from the lab host's JWKS
     server (jwksUri): valid admitted, forged/expired/wrong-audience 401, no token passes until a

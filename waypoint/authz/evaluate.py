@@ -29,7 +29,18 @@ from ambit import identity as ident
 from ambit.model import Authorization, Match, Rule
 from ambit.policymatch import in_blocks, string_match
 from ambit.trustdomain import TrustDomains
-from waypoint.authz.matching import any_auth, any_host, any_method, any_path, any_string
+from waypoint.authz.matching import (
+    ISTIO,
+    WHOLE,
+    WIDE,
+    any_auth,
+    any_header,
+    any_host,
+    any_method,
+    any_namespace,
+    any_path,
+    any_request_principal,
+)
 from waypoint.binding import Waypoint, bind
 from waypoint.localreply import GRPC_PERMISSION_DENIED, local_reply
 from waypoint.normalize import normalize_path
@@ -110,18 +121,23 @@ def _principal(patterns: list[str], r: _Request) -> bool:
     return False
 
 
-def _headers(conds: dict[str, list[str]], r: _Request) -> bool:
-    """Every named header matches one of its values."""
-    return all(any_string(vals, r.head.header(name)) for name, vals in conds.items())
+def _headers(conds: dict[str, list[str]], r: _Request, how: str) -> bool:
+    """Every named header matches one of its values (`any_header`)."""
+    return all(any_header(vals, r.head.header(name), how) for name, vals in conds.items())
 
 
-def _any_header(conds: dict[str, list[str]], r: _Request) -> bool:
-    return any(any_string(vals, r.head.header(name)) for name, vals in conds.items())
+def _any_header(conds: dict[str, list[str]], r: _Request, how: str) -> bool:
+    return any(any_header(vals, r.head.header(name), how) for name, vals in conds.items())
 
 
 def match_matches(m: Match, r: _Request, *, deny: bool) -> bool:
     """Every positive field set matches and no negative one does. `deny`: this decides a DENY or
     AUDIT, so unsupported attributes count as matched (fail safe); for an ALLOW they never do.
+    Where Ambit reads a field more carefully than Istio, it does so only to deny more: a host
+    without a port also matches the authority with one in a DENY's `hosts` and an ALLOW's
+    `notHosts`; a header element matches without its spaces in a DENY's `values` and an ALLOW's
+    `notValues`; a `notValues` header exclusion in a DENY needs the whole value to match (so
+    `x: good` + `x: bad` is not excused by `notValues: [good]`).
     Straight-line tests, cheapest and most selective first: this runs for every request."""
     if m.unsupported and not deny:
         return False
@@ -142,25 +158,25 @@ def match_matches(m: Match, r: _Request, *, deny: bool) -> bool:
         return False
     if m.not_principals and _principal(m.not_principals, r):
         return False
-    if m.namespaces and not any_string(m.namespaces, r.namespace):
+    if m.namespaces and not any_namespace(m.namespaces, r.namespace):
         return False
-    if m.not_namespaces and any_string(m.not_namespaces, r.namespace):
+    if m.not_namespaces and any_namespace(m.not_namespaces, r.namespace):
         return False
-    if m.hosts and not any_host(m.hosts, h.authority):
+    if m.hosts and not any_host(m.hosts, h.authority, port_tolerant=deny):
         return False
-    if m.not_hosts and any_host(m.not_hosts, h.authority):
+    if m.not_hosts and any_host(m.not_hosts, h.authority, port_tolerant=not deny):
         return False
-    if m.request_headers and not _headers(m.request_headers, r):
+    if m.request_headers and not _headers(m.request_headers, r, WIDE if deny else ISTIO):
         return False
-    if m.not_request_headers and _any_header(m.not_request_headers, r):
+    if m.not_request_headers and _any_header(m.not_request_headers, r, WHOLE if deny else WIDE):
         return False
-    if m.request_principals and not any_string(m.request_principals, r.user and r.user.principal):
+    if m.request_principals and not any_request_principal(m.request_principals, r.user, wide=deny):
         return False
-    if m.not_request_principals and any_string(m.not_request_principals, r.user and r.user.principal):
+    if m.not_request_principals and any_request_principal(m.not_request_principals, r.user, wide=not deny):
         return False
-    if m.auth and not all(any_auth(k, vals, r.user) for k, vals in m.auth.items()):
+    if m.auth and not all(any_auth(k, vals, r.user, wide=deny) for k, vals in m.auth.items()):
         return False
-    if m.not_auth and any(any_auth(k, vals, r.user) for k, vals in m.not_auth.items()):
+    if m.not_auth and any(any_auth(k, vals, r.user, wide=not deny) for k, vals in m.not_auth.items()):
         return False
     if m.ip_blocks and not in_blocks(d.source_ip, m.ip_blocks):
         return False

@@ -3,8 +3,12 @@
 A TCP tunnel has a source identity, namespace and address and a destination port, but no method,
 path, host or header. Rules that need those are treated as Istio treats them for TCP traffic:
 
-- in an ALLOW policy, a match that names an HTTP attribute can never match (it is dropped), so
-  such a rule admits no TCP tunnel: an ALLOW for `GET /api/*` does not open the port to raw TCP;
+- in an ALLOW policy, a rule that names an HTTP attribute anywhere (in any of its `from`, `to` or
+  `when` entries) is dropped whole, so it admits no TCP tunnel: an ALLOW for `GET /api/*` does not
+  open the port to raw TCP, and neither does `to: [{methods: [GET]}, {ports: ["9000"]}]` open port
+  9000 (Istio's builder skips the whole rule on a TCP filter chain when one of its permissions or
+  principals is HTTP only: pilot/pkg/security/authz/model/model.go `Generate`, testdata
+  action-allow-HTTP-for-TCP-filter);
 - in a DENY (or AUDIT) policy, the HTTP attributes are removed and the rest still applies: a DENY
   for `POST` from some principal denies that principal's TCP tunnels outright (more restrictive,
   fail safe), as ztunnel does with L7 rules it cannot evaluate.
@@ -33,8 +37,12 @@ def _strip(m: Match) -> Match:
 
 
 def _rule(rule: Rule, allow: bool) -> Rule:
+    """The rule's L4 view. An ALLOW rule that needs HTTP anywhere becomes one that matches nothing
+    (a clause with no alternative), kept in its place so `spec.rules[i]` still names it."""
     if allow:
-        return Rule(clauses=[[m for m in clause if not _http(m)] for clause in rule.clauses], has_l7=rule.has_l7)
+        if any(_http(m) for clause in rule.clauses for m in clause):
+            return Rule(clauses=[[]], has_l7=rule.has_l7)
+        return rule
     return Rule(clauses=[[_strip(m) for m in clause] for clause in rule.clauses], has_l7=rule.has_l7)
 
 

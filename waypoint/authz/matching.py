@@ -1,18 +1,33 @@
 """How one AuthorizationPolicy attribute matches one request, with Istio's semantics
 (istio pilot/pkg/security/authz/model: permission.go, principal.go, matcher/*.go).
 
-- Strings (principals, namespaces, methods, header values): exact, `prefix*`, `*suffix`, or `*`
-  (any non-empty value).
+- Strings (principals, namespaces, methods): exact, `prefix*`, `*suffix`, or `*` (any non-empty
+  value). A `*` inside a namespace (`team-*-prod`) is a wildcard too, as in Istio's Envoy matcher.
+- Header values (`request.headers[name]`): Envoy matches the header's values joined with ","
+  and Istio compiles each value into a regex that matches the joined string or any one of its
+  comma-separated elements (`^v$|^v,.*|.*,v,.*|.*,v$`), and `*` into `present_match` (an empty
+  value is present). So `admin` matches `x-user: guest` + `x-user: admin` (`guest,admin`); else
+  a DENY on `admin` would be dodged by sending the header twice. `any_header` reads a header in
+  one of three ways: ISTIO (the above); WIDE, which also matches an element without the spaces
+  around it (`guest, admin` has the element `admin`), used where a match can only deny more (a
+  DENY's `values`, an ALLOW's `notValues`); and WHOLE (the whole value, `*` non-empty), used for a
+  DENY's `notValues`, so that only a value that is entirely allowed excuses a request (see
+  `evaluate.match_matches`).
 - Paths: the same, plus templates: `{*}` is one path segment and `{**}` any rest of the path
   (compiled to RE2). Paths are compared without the query string: `/api/*` is the prefix `/api/`
   and does not match `/api`.
-- Hosts: case-insensitive, and a host without a port also matches the authority with a port
-  (`example.com` matches `example.com:8080`), as Istio's host matcher does.
+- Hosts: case-insensitive against the whole `:authority`, port included, as Istio's
+  `HostMatcher` (exact/prefix/suffix with `ignore_case`, `*` = present): `example.com` does not
+  match `example.com:8080` (Istio's advice: list `example.com:*` too). `any_host` with
+  `port_tolerant=True` also lets a host without a port match the authority with one; it is used
+  only where that makes a DENY wider or an ALLOW narrower (see `evaluate.match_matches`).
 - Principals: the source's SPIFFE id without `spiffe://`, after expanding the policy's trust
   domain over the mesh's aliases (see `ambit.trustdomain`).
 - End-user attributes (`request.auth.principal`, `.audiences`, `.presenter`, `.claims[a][b]`):
   string matching against the verified JWT; a list claim (e.g. `groups`) matches when one of its
-  string elements does, as Istio's list matcher does. No JWT: nothing matches.
+  string elements does, as Istio's list matcher does. No JWT: nothing matches. Request principals
+  (`requestPrincipals`, `request.auth.principal`) match the token's issuer and subject apart, as
+  Istio splits the pattern at its last "/" (`request_principal_match`).
 - IP blocks: CIDRs or single addresses; `remoteIpBlocks` is the same peer address here (a
   waypoint does not trust X-Forwarded-For: Istio's default of zero trusted hops).
 """
@@ -20,6 +35,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 from ambit.policymatch import string_match
@@ -29,6 +45,21 @@ from waypoint.request import EndUser
 
 def any_string(patterns: list[str], value: str | None) -> bool:
     return value is not None and any(string_match(p, value) for p in patterns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _namespace_glob(pattern: str) -> Any:
+    return compile_re2(".*".join(re.escape(part) for part in pattern.split("*")))
+
+
+def any_namespace(patterns: list[str], namespace: str | None) -> bool:
+    """`namespaces` as Istio's Envoy matcher reads them (model/generator.go `srcNamespaceGenerator`:
+    every `*` becomes `.*` in `.*/ns/<value>/.*`), so `team-*-prod` matches `team-a-prod`; a `*`
+    only at an end is the usual prefix/suffix/presence match."""
+    if namespace is None:
+        return False
+    return any(full_match(_namespace_glob(p), namespace) if "*" in p[1:-1] else string_match(p, namespace)
+               for p in patterns)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -61,10 +92,25 @@ def any_path(patterns: list[str], path: str) -> bool:
     return any(path_match(p, path) for p in patterns)
 
 
-def any_host(patterns: list[str], authority: str) -> bool:
+ISTIO, WIDE, WHOLE = "istio", "wide", "whole"      # how `any_header` reads a header (module docstring)
+
+
+def any_header(patterns: list[str], value: str | None, how: str = ISTIO) -> bool:
+    """A header match on the joined `value` (None: absent); see the module docstring."""
+    if value is None:
+        return False
+    if how == WHOLE:
+        return any(string_match(p, value) for p in patterns)
+    elements = value.split(",") if "," in value else []
+    if how == WIDE and elements:
+        elements += [e.strip(" \t") for e in elements]
+    return any(p == "*" or string_match(p, value) or any(string_match(p, e) for e in elements) for p in patterns)
+
+
+def any_host(patterns: list[str], authority: str, *, port_tolerant: bool = False) -> bool:
     a = authority.lower()
-    bare = a.rsplit(":", 1)[0] if a.count(":") == 1 else a
-    return any(string_match(p.lower(), a) or string_match(p.lower(), bare) for p in patterns)
+    bare = a.rsplit(":", 1)[0] if port_tolerant and a.count(":") == 1 else a
+    return any(string_match(p.lower(), a) or (bare is not a and string_match(p.lower(), bare)) for p in patterns)
 
 
 def any_method(patterns: list[str], method: str) -> bool:
@@ -97,5 +143,43 @@ def auth_values(key: str, user: EndUser) -> list[str]:
     return [v for v in cur if isinstance(v, str)] if isinstance(cur, list) else []
 
 
-def any_auth(key: str, patterns: list[str], user: EndUser | None) -> bool:
+def _claim(user: EndUser, name: str) -> str:
+    v = user.claims.get(name)
+    return v if isinstance(v, str) else ""
+
+
+def request_principal_match(pattern: str, user: EndUser) -> bool:
+    """Istio's request principal match (model/generator.go `requestPrincipalGenerator`): the
+    pattern is split at its last "/" into an issuer and a subject matched against the token's
+    `iss` and `sub` separately, so a wildcard never reaches across the boundary: `https://idp/*` is
+    issuer `https://idp` exactly (not `https://idp/other`), `*/alice` is subject `alice` exactly
+    (not `mallory/alice`); `*` is any issuer and any subject, both non-empty."""
+    iss, sub = _claim(user, "iss"), _claim(user, "sub")
+    idx = pattern.rfind("/")
+    p_iss, p_sub = (pattern[:idx], pattern[idx + 1:]) if idx >= 0 else (pattern, "")
+    if pattern == "*":
+        return bool(iss) and bool(sub)
+    if pattern.startswith("*"):
+        if idx < 0:
+            return bool(iss) and sub.endswith(pattern[1:])
+        return (bool(iss) if p_iss == "*" else iss.endswith(p_iss[1:])) and sub == p_sub
+    if pattern.endswith("*"):
+        if idx < 0:
+            return iss.startswith(pattern[:-1]) and bool(sub)
+        return iss == p_iss and (bool(sub) if p_sub == "*" else sub.startswith(p_sub[:-1]))
+    return iss == p_iss and sub == p_sub
+
+
+def any_request_principal(patterns: list[str], user: EndUser | None, *, wide: bool) -> bool:
+    """`requestPrincipals` (and `request.auth.principal`). `wide`: also match the joined
+    "<iss>/<sub>" as one string, as Ambit did before; used only where a match can only deny more
+    (a DENY's positive field, an ALLOW's negative one)."""
+    if user is None:
+        return False
+    return any(request_principal_match(p, user) or (wide and string_match(p, user.principal)) for p in patterns)
+
+
+def any_auth(key: str, patterns: list[str], user: EndUser | None, *, wide: bool = False) -> bool:
+    if key == "request.auth.principal":
+        return any_request_principal(patterns, user, wide=wide)
     return user is not None and any(string_match(p, v) for v in auth_values(key, user) for p in patterns)

@@ -151,3 +151,35 @@ def test_a_policy_apply_would_refuse_is_an_error_not_left_out(lab_store: LabStor
     bad.write_text("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: deny-client\n")
     rc, out, err = run("authz", "check", "demo/client", "echo.demo:8080", "-f", str(bad))
     assert rc == 1 and 'metadata: must be a map, got "deny-client"' in err      # was an AttributeError
+
+
+def test_the_host_is_what_the_client_sends_and_hosts_rules_see_it_whole() -> None:
+    """hosts/notHosts match the whole Host, as Istio's (and so the waypoint's) matcher does: the
+    check sends what curl sends for the Service (no `:80`), or `-H host=...` when given."""
+    only_fqdn = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                 "metadata": {"name": "only-fqdn", "namespace": "default"},
+                 "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "myapp"}], "action": "DENY",
+                          "rules": [{"to": [{"operation": {"notHosts": ["myapp.default.svc.cluster.local"]}}]}]}}
+    objs = OBJECTS + [only_fqdn]
+
+    def check(*headers: tuple[str, str]) -> ac.Result:
+        return ac.check(objs, "default/frontend", "myapp.default:80", ac.Request("GET", "/api/x", headers))
+
+    assert check().allowed
+    assert check(("host", "MYAPP.default.svc.cluster.local")).allowed
+    denied = check(("host", "evil.example"))
+    assert not denied.allowed and decider(denied) == ("default/only-fqdn", "spec.rules[0]")
+    assert not check(("Host", "myapp.default.svc.cluster.local:8080")).allowed     # Istio: the port is part of it
+
+
+def test_a_non_http_client_is_judged_by_the_waypoints_l4_view(lab_store: LabStore) -> None:
+    """--tcp: the waypoint relays a non-HTTP tunnel as opaque TCP and judges it by its policies' L4
+    view (waypoint/authz/l4.py, as Istio's TCP chain): the DENY of paths and methods loses its HTTP
+    attributes and so denies every tunnel; without --tcp the same client's GET is allowed."""
+    http = ac.check(OBJECTS, "demo/client", "myapp.default:80", ac.Request("GET", "/", (("x-team", "blue"),)))
+    assert http.allowed and decider(http) == ("default/myapp-api", "spec.rules[2]")
+    tcp = ac.check(OBJECTS, "demo/client", "myapp.default:80", ac.Request(tcp=True))
+    assert not tcp.allowed and decider(tcp) == ("default/no-admin", "spec.rules[0]")
+    assert tcp.paths[0].hops[0].where == "waypoint default/waypoint (L4, opaque TCP)"
+    rc, out, _ = run("authz", "check", "demo/client", "myapp.default", "--tcp", "-f", str(POLICIES))
+    assert rc == 3 and "(TCP)" in out and "[AuthorizationPolicy default/no-admin, spec.rules[0]]" in out

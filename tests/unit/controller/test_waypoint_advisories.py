@@ -15,6 +15,7 @@ from controller.waypoints.advisories import (
     WAYPOINT_ACCEPTED,
     ZTUNNEL_ACCEPTED,
     advisories,
+    object_conditions,
     policy_conditions,
 )
 
@@ -246,3 +247,47 @@ def test_a_redirect_code_that_drops_the_route_is_named() -> None:
     assert found == {("VirtualService/demo/r", "spec.http[0].redirect.redirectCode"):
                      "304 is accepted, not applied: as in Istio, a redirect code other than 301, 302, 303, 307 or 308 "
                      "drops this route (requests it matches go on to the next route)"}
+
+
+def test_a_selector_policy_on_a_waypoints_pods_is_named_enforced_nowhere() -> None:
+    """Istio's pre-1.22 way to bind a policy to a waypoint (`selector: istio.io/gateway-name`) is
+    ignored by Istio today, and by every Ambit proxy: a waypoint binds targetRefs only and ztunnel
+    does not capture its pods. Accepting it silently would leave a DENY enforced nowhere."""
+    deny = {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}
+    for label in ("istio.io/gateway-name", "gateway.networking.k8s.io/gateway-name"):
+        p = policy({"selector": {"matchLabels": {label: "waypoint"}}, **deny})
+        found = advisories([ns("demo"), waypoint(), p])
+        assert [(a.path, a.condition, a.cause) for a in found] == [("spec.selector", NOT_ENFORCED, "SelectsWaypoint")]
+        assert "enforced nowhere" in found[0].reason and "targetRefs" in found[0].reason
+        [cond] = object_conditions(p, found)
+        assert (cond["type"], cond["status"], cond["reason"]) == ("Enforced", "False", "SelectsWaypoint")
+    # a waypoint of another namespace is not selected; the root namespace selects every namespace's
+    l4_deny = {"action": "DENY", "rules": [{"from": [{"source": {"namespaces": ["legacy"]}}]}]}
+    other = policy({"selector": {"matchLabels": {"istio.io/gateway-name": "waypoint"}}, **l4_deny})
+    assert advisories([ns("demo"), ns("prod"), waypoint(namespace="prod"), other]) == []
+    root = {**other, "metadata": {"name": "p", "namespace": "ambit-system"}}
+    assert [a.path for a in advisories([ns("ambit-system"), ns("prod"), waypoint(namespace="prod"), root])] == [
+        "spec.selector"]
+    # a selector for an application's pods is the destination ztunnel's, as before
+    found = advisories([ns("demo"), waypoint(), policy({"selector": {"matchLabels": {"app": "web"}}, **deny})])
+    assert [(a.path, a.condition) for a in found] == [("spec.rules[0].to[0].operation.paths", ZTUNNEL_ACCEPTED)]
+
+
+def test_a_star_inside_a_principal_or_a_ztunnel_namespace_is_named() -> None:
+    """Istio's wildcards are a leading or trailing `*`: `cluster.local/ns/*/sa/x` matches no
+    identity anywhere, and `team-*-prod` no namespace at ztunnel (a waypoint reads it as Istio's
+    Envoy does, a wildcard). Accepted as Istio accepts them, but said out loud."""
+    rules = [{"from": [{"source": {"principals": ["cluster.local/ns/*/sa/x", "*/sa/x"],
+                                   "namespaces": ["team-*-prod", "team-*"]}}],
+              "when": [{"key": "source.namespace", "notValues": ["a*b"]}]}]
+    found = advisories([ns("demo"), policy({"selector": {"matchLabels": {"app": "web"}}, "action": "DENY",
+                                            "rules": rules})])
+    assert [(a.path, a.condition) for a in found] == [
+        ("spec.rules[0].from[0].source.principals[0]", NOT_ENFORCED),
+        ("spec.rules[0].from[0].source.namespaces[0]", NOT_ENFORCED),
+        ("spec.rules[0].when[0].notValues[0]", NOT_ENFORCED)]
+    assert "ztunnel matches this one literally" in found[0].reason and "matches nothing" in found[0].reason
+    at_waypoint = advisories([ns("demo"), svc("web", **{"istio.io/use-waypoint": "waypoint"}), waypoint(),
+                              policy({"targetRefs": [{"kind": "Service", "group": "", "name": "web"}],
+                                      "action": "DENY", "rules": rules})])
+    assert [a.path for a in at_waypoint] == ["spec.rules[0].from[0].source.principals[0]"]

@@ -149,7 +149,8 @@ def test_audit_never_decides_but_is_reported() -> None:
     ({"paths": ["/files/{**}"]}, "GET", "/files/a/b/c", "myapp", 80, True),
     ({"notPaths": ["/private/*"]}, "GET", "/private/x", "myapp", 80, False),
     ({"notPaths": ["/private/*"]}, "GET", "/public", "myapp", 80, True),
-    ({"hosts": ["MyApp.example.com"]}, "GET", "/", "myapp.example.com:8080", 80, True),   # case, port
+    ({"hosts": ["MyApp.example.com"]}, "GET", "/", "myapp.example.com", 80, True),        # case
+    ({"hosts": ["MyApp.example.com:*"]}, "GET", "/", "myapp.example.com:8080", 80, True),   # Istio: the port too
     ({"hosts": ["*.example.com"]}, "GET", "/", "myapp.example.com", 80, True),
     ({"hosts": ["myapp.example.com"]}, "GET", "/", "other.example.com", 80, False),
     ({"notHosts": ["myapp"]}, "GET", "/", "myapp:80", 80, False),
