@@ -10,6 +10,7 @@ import ipaddress
 import re
 from typing import Any
 
+from ambit.httpfields import PROXY_OWNED_HEADERS
 from ambit.regex import check_re2
 from controller.kinds.schema import Arr, Errors, Int, Map, Num, Obj, Str, join
 
@@ -252,3 +253,69 @@ def StringMatch(allow_empty: bool = False) -> Obj:  # noqa: N802 - a schema cons
     """Istio StringMatch: exactly one of exact, prefix, regex (headers may be `{}` = present)."""
     return Obj({"exact": Str(), "prefix": Str(), "regex": Regex},
                one_of=(("exact", "prefix", "regex"),), exactly_one=not allow_empty)
+
+
+# -- HTTP header names and values ------------------------------------------------------------------
+
+# RFC 9110 §5.1 field-name (a token); Gateway API's HTTPHeaderName pattern.
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+\-.^_\x60|~]+$"
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+def header_name_reason(text: Any) -> str | None:
+    """Why `text` is not an HTTP header name (RFC 9110 token), or None."""
+    if isinstance(text, str) and _HEADER_NAME.fullmatch(text):
+        return None
+    return f'must be an HTTP header name, got "{text}"'
+
+
+def header_value_reason(text: str) -> str | None:
+    """Why `text` cannot be an HTTP header value, or None. A control character other than HTAB (CR
+    and LF above all) would end the header line on an HTTP/1.1 leg: a value could inject headers
+    or a whole request. Envoy refuses them in configuration too (its HTTP_HEADER_VALUE check)."""
+    bad = next((c for c in text if (c < " " and c != "\t") or c == "\x7f"), None)
+    if bad is None:
+        return None
+    return f"must not contain control characters (found {bad!r}): it would end the header line"
+
+
+def header_op_reason(name: Any, op: str, request: bool) -> str | None:
+    """Why a route may not `op` ("set", "add" or "remove") the header `name` on a request (or a
+    response), or None. Setting Host (or `:authority`) on a request rewrites the authority, as in
+    Istio; any other change to a header the proxy owns, or to a pseudo-header, is refused rather
+    than silently dropped."""
+    if not isinstance(name, str):
+        return header_name_reason(name)
+    n = name.lower()
+    if request and n in ("host", ":authority"):
+        return None if op == "set" else f'"{name}" cannot be {op_past(op)}: set it to rewrite the authority'
+    if n.startswith(":"):
+        return f'"{name}" is a pseudo-header: a route cannot modify it (only set :authority, on a request)'
+    if n in PROXY_OWNED_HEADERS:
+        return (f'"{name}" is a header the proxy owns (the message\'s framing or the connection\'s options): '
+                "a route cannot modify it")
+    return header_name_reason(name)
+
+
+def op_past(op: str) -> str:
+    return {"set": "set", "add": "added", "remove": "removed"}.get(op, op)
+
+
+def header_ops_checks(request: bool) -> Any:
+    """An Obj check of a header-operations object (`set`, `add`: a map, as Istio's, or a list of
+    {name, value}, as Gateway API's; `remove`: names): each name must be one a route may change
+    (`header_op_reason`), on a request or a response."""
+    def check(value: dict[str, Any], path: str, errs: Errors) -> None:
+        for op in ("set", "add", "remove"):
+            items = value.get(op)
+            if isinstance(items, dict):
+                names = [(f"{join(path, op)}[{k}]", k) for k in items]
+            elif isinstance(items, list):
+                names = [(f"{join(path, op)}[{i}]" + (".name" if isinstance(e, dict) else ""),
+                          e.get("name") if isinstance(e, dict) else e) for i, e in enumerate(items)]
+            else:
+                continue
+            for where, name in names:
+                why = header_op_reason(name, op, request) if name else None
+                if why:
+                    errs.append((where, why))
+    return check

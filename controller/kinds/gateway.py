@@ -6,7 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 from ambit.gatewayclasses import INGRESS_CLASSES, WAYPOINT_CLASSES
-from controller.kinds.common import GwDuration, Labels, Port, Regex, Strings, parse_duration
+from controller.kinds.common import (
+    GwDuration,
+    Labels,
+    Port,
+    Regex,
+    Strings,
+    header_ops_checks,
+    header_value_reason,
+    parse_duration,
+)
 from controller.kinds.schema import AnyValue, Arr, Check, Errors, Int, Map, Obj, Str, join
 
 INGRESS_PROTOCOLS = ("HTTP", "HTTPS", "TLS", "TCP")
@@ -47,8 +56,11 @@ HTTPRouteMatch = Obj({
     "method": Str(enum=HTTP_METHODS),
 })
 
-HeaderValue = Obj({"name": Str(min_len=1), "value": Str()}, required=("name", "value"))
-HeaderFilter = Obj({"set": Arr(HeaderValue), "add": Arr(HeaderValue), "remove": Strings})
+HeaderValue = Obj({"name": Str(min_len=1), "value": Str(valid=header_value_reason)}, required=("name", "value"))
+RequestHeaderFilter = Obj({"set": Arr(HeaderValue), "add": Arr(HeaderValue), "remove": Strings},
+                          checks=(header_ops_checks(True),))
+ResponseHeaderFilter = Obj({"set": Arr(HeaderValue), "add": Arr(HeaderValue), "remove": Strings},
+                           checks=(header_ops_checks(False),))
 
 BackendObjectRef = Obj({"group": Str(), "kind": Str(), "name": Str(min_len=1), "namespace": Str(), "port": Port},
                        required=("name",))
@@ -94,8 +106,8 @@ def _check_redirect_code(value: dict[str, Any], path: str, errs: Errors) -> None
 def Filter(types: tuple[str, ...]) -> Obj:  # noqa: N802 - a schema constructor
     return Obj({
         "type": Str(enum=types),
-        "requestHeaderModifier": HeaderFilter,
-        "responseHeaderModifier": HeaderFilter,
+        "requestHeaderModifier": RequestHeaderFilter,
+        "responseHeaderModifier": ResponseHeaderFilter,
         "requestMirror": Obj({"backendRef": BackendObjectRef, "percent": Int(minimum=0, maximum=100),
                               "fraction": Obj({"numerator": Int(minimum=0), "denominator": Int(minimum=1)},
                                               required=("numerator",))},

@@ -21,6 +21,8 @@ from controller.kinds.common import (
     StringMatch,
     Strings,
     WorkloadSelector,
+    header_ops_checks,
+    header_value_reason,
 )
 from controller.kinds.schema import Arr, Bool, Errors, Int, Map, Num, Obj, Str, join
 
@@ -28,8 +30,11 @@ from controller.kinds.schema import Arr, Bool, Errors, Int, Map, Num, Obj, Str, 
 
 Destination = Obj({"host": Str(min_len=1), "subset": Str(), "port": PortSelector}, required=("host",))
 
-HeaderOps = Obj({"set": Map(Str()), "add": Map(Str()), "remove": Strings})
-Headers = Obj({"request": HeaderOps, "response": HeaderOps})
+HeaderValues = Map(Str(valid=header_value_reason))
+Headers = Obj({
+    "request": Obj({"set": HeaderValues, "add": HeaderValues, "remove": Strings}, checks=(header_ops_checks(True),)),
+    "response": Obj({"set": HeaderValues, "add": HeaderValues, "remove": Strings}, checks=(header_ops_checks(False),)),
+})
 
 HTTPMatchRequest = Obj({
     "name": Str(),

@@ -8,6 +8,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from ambit.httpfields import PROXY_OWNED_HEADERS
 from controller.kinds.common import (
     Cidr,
     Duration,
@@ -15,6 +16,7 @@ from controller.kinds.common import (
     PortString,
     Strings,
     WorkloadSelector,
+    header_name_reason,
     port_key,
 )
 from controller.kinds.schema import Arr, Bool, Errors, Map, Obj, Str, join
@@ -183,21 +185,6 @@ def _check_uri(text: str) -> str | None:
     return None
 
 
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-
-
-def _check_header_name(text: str) -> str | None:
-    return None if _HEADER_NAME.fullmatch(text) else f'must be an HTTP header name, got "{text}"'
-
-
-# Headers the proxy itself owns: the message's framing, the connection's options, the routing
-# authority. As a JWT output, the waypoint removes the client's own from every request and writes a
-# claim in its place: `content-length` from a claim re-framed the body on an HTTP/1.1 upstream (the
-# rest of the body read as a second request: smuggling).
-PROXY_OWNED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive",
-                                 "proxy-connection", "te", "trailer", "upgrade", "http2-settings", "expect"})
-
-
 def _owned(name: Any) -> str | None:
     if isinstance(name, str) and name.lower() in PROXY_OWNED_HEADERS:
         return f'"{name}" is a header the proxy owns (framing, connection or Host); it cannot carry a JWT output'
@@ -217,8 +204,8 @@ def _check_jwt_rule(value: dict[str, Any], path: str, errs: Errors) -> None:
             errs.append((f"{join(path, 'outputClaimToHeaders')}[{i}].header", why))
 
 
-JwtHeader = Obj({"name": Str(min_len=1, valid=_check_header_name), "prefix": Str()}, required=("name",))
-ClaimToHeader = Obj({"header": Str(min_len=1, valid=_check_header_name), "claim": Str(min_len=1)},
+JwtHeader = Obj({"name": Str(min_len=1, valid=header_name_reason), "prefix": Str()}, required=("name",))
+ClaimToHeader = Obj({"header": Str(min_len=1, valid=header_name_reason), "claim": Str(min_len=1)},
                     required=("header", "claim"))
 
 JwtRule = Obj({
@@ -229,7 +216,7 @@ JwtRule = Obj({
     "fromHeaders": Arr(JwtHeader),
     "fromParams": Arr(Str(min_len=1)),
     "fromCookies": Arr(Str(min_len=1)),
-    "outputPayloadToHeader": Str(valid=_check_header_name),
+    "outputPayloadToHeader": Str(valid=header_name_reason),
     "forwardOriginalToken": Bool(),
     "outputClaimToHeaders": Arr(ClaimToHeader),
     "jwks_uri": Str(valid=_check_uri, description="The deprecated spelling of jwksUri (jwksUri wins)."),

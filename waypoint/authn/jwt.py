@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from ambit.httpfields import wire_value
 from ambit.model import JwtRule
 from waypoint.localreply import GRPC_UNAUTHENTICATED, local_reply
 from waypoint.request import EndUser, LocalReply, RequestHead
@@ -304,7 +305,7 @@ def header_value(v: Any) -> str | None:
     s = _scalar(v)
     if s is None or any(c < " " and c != "\t" or c == "\x7f" for c in s):
         return None
-    return s if s.isascii() else s.encode("utf-8").decode("latin-1")
+    return wire_value(s)
 
 
 def _output_names(ps: tuple[Provider, ...]) -> set[str]:

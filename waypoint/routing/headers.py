@@ -6,21 +6,29 @@ it) applies the weighted cluster's first and the route's after, so on a conflict
 wins (envoy source/common/router/config_impl.cc `finalizeRequestHeaders`). Gateway API filters map
 to the same two levels. `compose(first, then)` folds two levels into one `HeaderOps`.
 
-Setting `host` or `:authority` is a host rewrite (Istio route.go `TranslateHeadersOperations`);
-other pseudo-headers cannot be set and are dropped.
+Setting `host` or `:authority` is a host rewrite (Istio route.go `TranslateHeadersOperations`).
+The controller refuses operations on pseudo-headers and on the headers the proxy owns (framing,
+connection options: a route's `content-length` re-framed a body upstream); they are dropped here
+too, so a config that skipped validation cannot smuggle. A value is sent as its UTF-8 bytes, as
+Envoy sends one: the engine's header values are strings of bytes (latin-1), and a value outside
+latin-1 failed to encode (500 on HTTP/1.1, a request never answered on HTTP/2).
 """
 
 from __future__ import annotations
 
+from ambit.httpfields import PROXY_OWNED_HEADERS, wire_value
 from ambit.model import HeaderRewrite
 from waypoint.request import HeaderOps
 
 
+def _changeable(name: str) -> bool:
+    return not name.startswith(":") and name.lower() not in PROXY_OWNED_HEADERS
+
+
 def _ops(set_: dict[str, str], add: dict[str, str], remove: list[str]) -> HeaderOps:
-    return HeaderOps(remove=tuple(n.lower() for n in remove if not n.startswith(":")),
-                     set=tuple((n.lower(), v) for n, v in set_.items() if not n.startswith(":")
-                               and n.lower() != "host"),
-                     add=tuple((n.lower(), v) for n, v in add.items() if not n.startswith(":")))
+    return HeaderOps(remove=tuple(n.lower() for n in remove if _changeable(n)),
+                     set=tuple((n.lower(), wire_value(v)) for n, v in set_.items() if _changeable(n)),
+                     add=tuple((n.lower(), wire_value(v)) for n, v in add.items() if _changeable(n)))
 
 
 def request_ops(h: HeaderRewrite | None) -> HeaderOps:
