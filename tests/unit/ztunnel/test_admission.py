@@ -124,7 +124,7 @@ def test_l7_only_allow_without_waypoint_fails_safe_and_says_why() -> None:
                        rules=[Rule(clauses=[[Match(principals=["cluster.local/ns/demo/sa/client"])]], has_l7=True)])
     a = hbone(config([ECHO, CLIENT], auths=[l7]))
     assert (a.allowed, a.policy) == (False, "demo/get-only")
-    assert "no waypoint" in a.reason
+    assert "ztunnel cannot evaluate" in a.reason and "targetRefs" in a.reason
 
 
 def test_a_pod_unknown_to_the_config_still_gets_its_namespace_policy() -> None:
