@@ -298,6 +298,11 @@ class WaypointProxy:
         head.headers = [(k, v) for k, v in head.headers if k != "x-forwarded-for"] + [
             ("x-forwarded-for", f"{prior},{down.source_ip}" if prior else down.source_ip)]
         port = self.config.view.ingress.ports.get(down.destination_port)
+        if port is not None and down.listener:      # HTTPS: the Host must be the SNI's listener's
+            status = port.misdirected(down.listener, head.host)
+            if status:
+                return local_reply(head, status, flags="NR", reason=f"host {head.authority!r} is not served by "
+                                   f"listener {down.listener}, which the TLS server name chose")
         host = port.virtual_host(head.host) if port is not None else None
         if port is None or host is None:
             return local_reply(head, 404, flags="NR", reason=f"no route for host {head.authority!r}")
