@@ -146,7 +146,8 @@ class _L4Accepted(asyncio.Protocol):
 
     def __init__(self, port: _Port, relay: Relay) -> None:
         self._port, self._relay = port, relay
-        self._buffer = b""
+        self._buffer = bytearray()          # everything read, handed over with the connection
+        self._hello = clienthello.HelloReader()
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._peer = ""
@@ -161,7 +162,7 @@ class _L4Accepted(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        v = clienthello.parse(self._buffer)
+        v = self._hello.feed(data)
         if isinstance(v, clienthello.Malformed):
             self._refuse(v.reason)
         elif isinstance(v, clienthello.Hello):
@@ -169,7 +170,7 @@ class _L4Accepted(asyncio.Protocol):
             if host is None:
                 self._refuse(f"no TLSRoute serves {v.server_name or 'a client without SNI'}")
             else:
-                self._hand_over(host, self._buffer)
+                self._hand_over(host, bytes(self._buffer))
 
     def eof_received(self) -> bool:
         self._refuse("closed before its ClientHello")
