@@ -29,7 +29,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -388,10 +388,13 @@ class WaypointProxy:
     def _new_target(self, pick: endpoints.Pick, source_ip: str | None, cluster: Cluster | None,
                     response_headers: tuple[tuple[str, str], ...]) -> UpstreamTarget | None:
         if pick.plain:      # a ServiceEntry endpoint outside the mesh: the waypoint dials it itself
-            orig = origination(cluster.policy if cluster is not None else None, cluster.hostname if cluster else "")
+            policy, host = (cluster.policy, cluster.hostname) if cluster is not None else (None, "")
+            orig = origination(policy, host)
             key = f"{pick.address}/{pick.protocol}{' tls' if orig else ''}"
-            return UpstreamTarget(key, pick.address, self._plain_connector(pick, orig), pick.protocol, cluster,
-                                  response_headers)
+            # the connector asks again per connection: the files' current contents (rotated CA or client cert)
+            return UpstreamTarget(key, pick.address,
+                                  self._plain_connector(pick, (lambda: origination(policy, host)) if orig else None),
+                                  pick.protocol, cluster, response_headers)
         if not pick.mesh:
             log.warning("endpoint %s (%s) is not in the mesh; the waypoint reaches endpoints over HBONE only",
                         pick.address, pick.workload)
@@ -401,9 +404,10 @@ class WaypointProxy:
         return UpstreamTarget(key, pick.address, self._connector(pick, source_ip), pick.protocol, cluster,
                               response_headers)
 
-    def _plain_connector(self, pick: endpoints.Pick, orig: Origination | None):
+    def _plain_connector(self, pick: endpoints.Pick, current: Callable[[], Origination | None] | None):
         async def connect() -> Attachable:
             timeout = self.settings.tunnel.connect_timeout
+            orig = current() if current is not None else None
             if orig is None:
                 return await connect_tcp(pick.ip, pick.port, timeout)
             plug = await connect_tcp(pick.ip, pick.port, timeout, orig.context, orig.sni)
