@@ -54,7 +54,7 @@ from waypoint.http.plug import Attachable, connect_tcp
 from waypoint.ingress import choose_backend
 from waypoint.ingress_listen import IngressListeners
 from waypoint.localreply import local_reply
-from waypoint.origination import Origination, check_peer, origination
+from waypoint.origination import ORIGINATING, Origination, check_peer, origination
 from waypoint.request import Decision, Downstream, Forward, RequestHead
 from waypoint.routing import route
 from waypoint.settings import WaypointSettings
@@ -319,7 +319,29 @@ class WaypointProxy:
         if pick is None:
             return None
         cookie = (("set-cookie", key.set_cookie),) if key is not None and key.set_cookie else ()
-        return self._target(pick, down.source_ip, cluster, cookie)
+        name = ""
+        if pick.plain and cluster.hostname.startswith("*."):
+            name = self._wildcard_origin(cluster, head)
+            if name is None:
+                return None
+        return self._target(pick, down.source_ip, cluster, cookie, name)
+
+    @staticmethod
+    def _wildcard_origin(cluster: Cluster, head: RequestHead) -> str | None:
+        """For TLS origination to a wildcard ServiceEntry host (`*.example.com`) without a
+        DestinationRule `sni`: the request's host, which is the SNI sent and the name verified
+        (Envoy's auto_sni and auto_san_validation, which Istio sets), when the wildcard covers it;
+        None (refused: 503) when it does not. "" when nothing is originated or `sni` is set.
+        Without this the SNI was the literal "*.example.com", which no server answers as meant."""
+        policy = cluster.policy
+        if policy is None or policy.tls_mode not in ORIGINATING or policy.sni:
+            return ""
+        name = head.host.lower().rstrip(".")
+        if name.endswith(cluster.hostname[1:]) and len(name) > len(cluster.hostname) - 1:
+            return name
+        log.info("request for %r refused: TLS origination to %s verifies the request's host, which it does not cover",
+                 head.authority, cluster.hostname)
+        return None
 
     def cluster(self, service: str, port: int, subset: str = "", hostname: str = "") -> Cluster:
         """The cluster of (service, port, subset) under the current config (waypoint/traffic)."""
@@ -367,18 +389,18 @@ class WaypointProxy:
             return None
 
     def _target(self, pick: endpoints.Pick, source_ip: str | None, cluster: Cluster | None = None,
-                response_headers: tuple[tuple[str, str], ...] = ()) -> UpstreamTarget | None:
+                response_headers: tuple[tuple[str, str], ...] = (), name: str = "") -> UpstreamTarget | None:
         """The target for `pick`, from the View's cache unless it carries response headers (a hash
-        cookie): the same endpoint, source and cluster get the same target for the View's life
-        (one per request cost a dataclass, a connector closure and an f-string key)."""
+        cookie): the same endpoint, source, cluster (and originated TLS name) get the same target
+        for the View's life (one per request cost a dataclass, a connector closure and an f-string key)."""
         if response_headers:
-            return self._new_target(pick, source_ip, cluster, response_headers)
+            return self._new_target(pick, source_ip, cluster, response_headers, name)
         cache = self.config.view.targets_cache
-        ck = (pick.address, pick.protocol, source_ip, id(cluster))
+        ck = (pick.address, pick.protocol, source_ip, id(cluster), name)
         hit = cache.get(ck)
         if hit is not None and hit[0] is cluster and (hit[1] is pick or hit[1] == pick):
             return hit[2]
-        target = self._new_target(pick, source_ip, cluster, ())
+        target = self._new_target(pick, source_ip, cluster, (), name)
         if target is not None:
             if len(cache) >= _TARGETS_CACHED:     # many sources: start over rather than grow
                 cache.clear()
@@ -386,11 +408,12 @@ class WaypointProxy:
         return target
 
     def _new_target(self, pick: endpoints.Pick, source_ip: str | None, cluster: Cluster | None,
-                    response_headers: tuple[tuple[str, str], ...]) -> UpstreamTarget | None:
+                    response_headers: tuple[tuple[str, str], ...], name: str = "") -> UpstreamTarget | None:
         if pick.plain:      # a ServiceEntry endpoint outside the mesh: the waypoint dials it itself
-            policy, host = (cluster.policy, cluster.hostname) if cluster is not None else (None, "")
+            policy, host = (cluster.policy, name or cluster.hostname) if cluster is not None else (None, "")
             orig = origination(policy, host)
-            key = f"{pick.address}/{pick.protocol}{' tls' if orig else ''}"
+            # pooled per TLS name too: a connection verified for one name never carries another's requests
+            key = f"{pick.address}/{pick.protocol}{f' tls {orig.sni}' if orig else ''}"
             # the connector asks again per connection: the files' current contents (rotated CA or client cert)
             return UpstreamTarget(key, pick.address,
                                   self._plain_connector(pick, (lambda: origination(policy, host)) if orig else None),

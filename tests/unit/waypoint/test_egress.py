@@ -154,7 +154,7 @@ def test_a_rotated_ca_bundle_is_in_force_for_the_next_upstream_connection(tmp_pa
         port = server.sockets[0].getsockname()[1]
         pick = endpoints.Pick("127.0.0.1", port, "", "http1", "", False, True)
         target = p._new_target(pick, None, SimpleNamespace(policy=policy, hostname="api.example.com"), ())
-        assert target is not None and target.key.endswith(" tls")
+        assert target is not None and "tls" in target.key
         out = []
         try:
             for pem in (good, other + b"\n", good + b"\n\n"):   # trusted, rotated away, back
@@ -170,3 +170,53 @@ def test_a_rotated_ca_bundle_is_in_force_for_the_next_upstream_connection(tmp_pa
         return out
 
     assert asyncio.run(run()) == [True, False, True]
+
+
+def test_origination_to_a_wildcard_host_names_and_verifies_the_requests_host(tmp_path: Path) -> None:
+    """A ServiceEntry host `*.wiki.example` (resolution NONE) with a DestinationRule SIMPLE and no
+    `sni`: the SNI sent and the name verified are the request's host, as Envoy's auto_sni and
+    auto_san_validation (which Istio sets) make them; a host the wildcard does not cover is refused.
+    Before, the SNI was the literal "*.wiki.example" and the certificate had to name it."""
+    from types import SimpleNamespace
+
+    from waypoint.app import WaypointProxy
+    from waypoint.authz import Waypoint
+    from waypoint.config import WaypointConfig
+    from waypoint.request import Downstream, Forward, RequestHead
+    from waypoint.settings import load
+
+    ca, cert, key = _ca("wiki-ca", tmp_path, "en.wiki.example")
+    (tmp_path / "ca.pem").write_bytes(ca)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    seen: list[str | None] = []
+    server_ctx.sni_callback = lambda obj, name, ctx: seen.append(name)
+    policy = TrafficPolicy(tls_mode="SIMPLE", ca_certificates=str(tmp_path / "ca.pem"))
+    cluster = SimpleNamespace(policy=policy, hostname="*.wiki.example", hash_key=lambda head, down: None)
+    p = WaypointProxy(load(["--waypoint", "demo/egress", "--pod-name", "egress-0", "--node", "node1"]),
+                      WaypointConfig(Waypoint("demo", "egress"), "cluster.local"), None)
+
+    async def run() -> None:
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        pick = endpoints.Pick("127.0.0.1", port, "", "http1", "", False, True)
+        p.cluster = lambda *a, **k: cluster         # type: ignore[method-assign]
+        p._pick = lambda *a, **k: pick              # type: ignore[method-assign]
+        fwd, down = Forward(service="demo/*.wiki.example", port=443), Downstream(destination_ip="127.0.0.1",
+                                                                                 destination_port=port)
+        try:
+            target = p.upstream(fwd, RequestHead("GET", "/", "EN.wiki.example:443"), down)
+            assert target is not None
+            plug = await target.connect()
+            plug.transport.close()
+            assert seen == ["en.wiki.example"]
+            assert p.upstream(fwd, RequestHead("GET", "/", "evil.example"), down) is None
+            assert p.upstream(fwd, RequestHead("GET", "/", "wiki.example"), down) is None
+            other = p.upstream(fwd, RequestHead("GET", "/", "de.wiki.example"), down)
+            assert other is not None and other.key != target.key, "one pool per TLS name"
+            with pytest.raises(ssl.SSLError):        # the server's certificate does not name de.wiki.example
+                await other.connect()
+        finally:
+            server.close()
+
+    asyncio.run(run())
