@@ -125,7 +125,9 @@ EGRESS_NS = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "isti
 EGRESS_WAYPOINT = {
     "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
     "metadata": {"name": "waypoint", "namespace": "istio-egress", "annotations": {"lab.ambit.io/node": "node2"}},
-    "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+    # demo's ServiceEntry uses it from another namespace: the listener must admit demo (Istio alike)
+    "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE",
+                                                                  "allowedRoutes": {"namespaces": {"from": "All"}}}]},
 }
 
 
