@@ -622,6 +622,9 @@ class IngressListener:
     tls_min_version: str = ""           # "" | "1.2" | "1.3"
     certificates: list[TlsCertificate] = field(default_factory=list)
     hosts: list[WaypointRoutes] = field(default_factory=list)
+    # The Istio Gateway server this listener is one host of ("": a Gateway API listener, its own
+    # group). A TLS connection serves the Hosts of the listeners of its SNI's group, no others.
+    server: str = ""
 
 
 @dataclass

@@ -29,7 +29,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -54,7 +54,7 @@ from waypoint.http.plug import Attachable, connect_tcp
 from waypoint.ingress import choose_backend
 from waypoint.ingress_listen import IngressListeners
 from waypoint.localreply import local_reply
-from waypoint.origination import Origination, check_peer, origination
+from waypoint.origination import ORIGINATING, Origination, check_peer, origination
 from waypoint.request import Decision, Downstream, Forward, RequestHead
 from waypoint.routing import route
 from waypoint.settings import WaypointSettings
@@ -298,6 +298,11 @@ class WaypointProxy:
         head.headers = [(k, v) for k, v in head.headers if k != "x-forwarded-for"] + [
             ("x-forwarded-for", f"{prior},{down.source_ip}" if prior else down.source_ip)]
         port = self.config.view.ingress.ports.get(down.destination_port)
+        if port is not None and down.listener:      # HTTPS: the Host must be the SNI's listener's
+            status = port.misdirected(down.listener, head.host)
+            if status:
+                return local_reply(head, status, flags="NR", reason=f"host {head.authority!r} is not served by "
+                                   f"listener {down.listener}, which the TLS server name chose")
         host = port.virtual_host(head.host) if port is not None else None
         if port is None or host is None:
             return local_reply(head, 404, flags="NR", reason=f"no route for host {head.authority!r}")
@@ -314,7 +319,29 @@ class WaypointProxy:
         if pick is None:
             return None
         cookie = (("set-cookie", key.set_cookie),) if key is not None and key.set_cookie else ()
-        return self._target(pick, down.source_ip, cluster, cookie)
+        name = ""
+        if pick.plain and cluster.hostname.startswith("*."):
+            name = self._wildcard_origin(cluster, head)
+            if name is None:
+                return None
+        return self._target(pick, down.source_ip, cluster, cookie, name)
+
+    @staticmethod
+    def _wildcard_origin(cluster: Cluster, head: RequestHead) -> str | None:
+        """For TLS origination to a wildcard ServiceEntry host (`*.example.com`) without a
+        DestinationRule `sni`: the request's host, which is the SNI sent and the name verified
+        (Envoy's auto_sni and auto_san_validation, which Istio sets), when the wildcard covers it;
+        None (refused: 503) when it does not. "" when nothing is originated or `sni` is set.
+        Without this the SNI was the literal "*.example.com", which no server answers as meant."""
+        policy = cluster.policy
+        if policy is None or policy.tls_mode not in ORIGINATING or policy.sni:
+            return ""
+        name = head.host.lower().rstrip(".")
+        if name.endswith(cluster.hostname[1:]) and len(name) > len(cluster.hostname) - 1:
+            return name
+        log.info("request for %r refused: TLS origination to %s verifies the request's host, which it does not cover",
+                 head.authority, cluster.hostname)
+        return None
 
     def cluster(self, service: str, port: int, subset: str = "", hostname: str = "") -> Cluster:
         """The cluster of (service, port, subset) under the current config (waypoint/traffic)."""
@@ -362,18 +389,18 @@ class WaypointProxy:
             return None
 
     def _target(self, pick: endpoints.Pick, source_ip: str | None, cluster: Cluster | None = None,
-                response_headers: tuple[tuple[str, str], ...] = ()) -> UpstreamTarget | None:
+                response_headers: tuple[tuple[str, str], ...] = (), name: str = "") -> UpstreamTarget | None:
         """The target for `pick`, from the View's cache unless it carries response headers (a hash
-        cookie): the same endpoint, source and cluster get the same target for the View's life
-        (one per request cost a dataclass, a connector closure and an f-string key)."""
+        cookie): the same endpoint, source, cluster (and originated TLS name) get the same target
+        for the View's life (one per request cost a dataclass, a connector closure and an f-string key)."""
         if response_headers:
-            return self._new_target(pick, source_ip, cluster, response_headers)
+            return self._new_target(pick, source_ip, cluster, response_headers, name)
         cache = self.config.view.targets_cache
-        ck = (pick.address, pick.protocol, source_ip, id(cluster))
+        ck = (pick.address, pick.protocol, source_ip, id(cluster), name)
         hit = cache.get(ck)
         if hit is not None and hit[0] is cluster and (hit[1] is pick or hit[1] == pick):
             return hit[2]
-        target = self._new_target(pick, source_ip, cluster, ())
+        target = self._new_target(pick, source_ip, cluster, (), name)
         if target is not None:
             if len(cache) >= _TARGETS_CACHED:     # many sources: start over rather than grow
                 cache.clear()
@@ -381,12 +408,16 @@ class WaypointProxy:
         return target
 
     def _new_target(self, pick: endpoints.Pick, source_ip: str | None, cluster: Cluster | None,
-                    response_headers: tuple[tuple[str, str], ...]) -> UpstreamTarget | None:
+                    response_headers: tuple[tuple[str, str], ...], name: str = "") -> UpstreamTarget | None:
         if pick.plain:      # a ServiceEntry endpoint outside the mesh: the waypoint dials it itself
-            orig = origination(cluster.policy if cluster is not None else None, cluster.hostname if cluster else "")
-            key = f"{pick.address}/{pick.protocol}{' tls' if orig else ''}"
-            return UpstreamTarget(key, pick.address, self._plain_connector(pick, orig), pick.protocol, cluster,
-                                  response_headers)
+            policy, host = (cluster.policy, name or cluster.hostname) if cluster is not None else (None, "")
+            orig = origination(policy, host)
+            # pooled per TLS name too: a connection verified for one name never carries another's requests
+            key = f"{pick.address}/{pick.protocol}{f' tls {orig.sni}' if orig else ''}"
+            # the connector asks again per connection: the files' current contents (rotated CA or client cert)
+            return UpstreamTarget(key, pick.address,
+                                  self._plain_connector(pick, (lambda: origination(policy, host)) if orig else None),
+                                  pick.protocol, cluster, response_headers)
         if not pick.mesh:
             log.warning("endpoint %s (%s) is not in the mesh; the waypoint reaches endpoints over HBONE only",
                         pick.address, pick.workload)
@@ -396,9 +427,10 @@ class WaypointProxy:
         return UpstreamTarget(key, pick.address, self._connector(pick, source_ip), pick.protocol, cluster,
                               response_headers)
 
-    def _plain_connector(self, pick: endpoints.Pick, orig: Origination | None):
+    def _plain_connector(self, pick: endpoints.Pick, current: Callable[[], Origination | None] | None):
         async def connect() -> Attachable:
             timeout = self.settings.tunnel.connect_timeout
+            orig = current() if current is not None else None
             if orig is None:
                 return await connect_tcp(pick.ip, pick.port, timeout)
             plug = await connect_tcp(pick.ip, pick.port, timeout, orig.context, orig.sni)

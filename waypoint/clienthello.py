@@ -4,7 +4,8 @@ An ingress listener in TLS passthrough mode routes a connection by the name the 
 then relays its bytes untouched to a backend that terminates TLS itself; so the gateway peeks at
 the first handshake message and never answers it. `parse(buffer)` is called with everything read so
 far and says: more bytes needed, the hello (and its SNI, or None), or why the bytes are no
-ClientHello. It is pure and bounded:
+ClientHello (`HelloReader` says the same as bytes arrive, in time linear in them). It is pure
+and bounded:
 
 - records must be TLS handshake records (type 22, version 3.x, at most 2^14 bytes each, RFC 8446
   5.1); the hello may span several (a post-quantum key share makes it large), never interleaved
@@ -14,7 +15,8 @@ ClientHello. It is pure and bounded:
 - every length inside must fit its container exactly (session id, cipher suites, compression
   methods, extensions, the server_name list); a duplicated extension is malformed (RFC 8446 4.2);
 - the name is a DNS host name (RFC 6066 3: `host_name`, ASCII, no trailing dot), returned
-  lower-cased; an SNI extension without a host_name entry is malformed.
+  lower-cased; an SNI extension without a host_name entry, or with two (RFC 6066 3: the gateway
+  and the backend could each take another), is malformed.
 
 The caller bounds the time it waits (waypoint/ingress_listen.py).
 """
@@ -58,49 +60,78 @@ class _Bad(Exception):
 
 def parse(buffer: bytes) -> Verdict:
     """What the bytes read so far are: see the module docstring."""
-    try:
-        hs = _handshake_bytes(buffer)
-        if hs is None or len(hs) < 4:
-            return _more(buffer)
+    return HelloReader().feed(buffer)
+
+
+class HelloReader:
+    """`parse`, fed as bytes arrive: each byte is examined once, however the hello is cut.
+
+    Why not `parse(everything so far)` on each read: a client that cuts its hello into 1-byte
+    records, one per TCP segment, made that re-walk every record for every segment, quadratic
+    (seconds of CPU per connection within the hello timeout, enough for a few clients to starve the
+    gateway). Here complete records are consumed as they complete; only an unfinished record's
+    bytes (at most 5 + 2^14) are held besides the handshake bytes."""
+
+    def __init__(self) -> None:
+        self._pending = bytearray()     # the start of a record not complete yet
+        self._hs = bytearray()          # handshake bytes of the complete records so far
+        self._read = 0
+        self._verdict: Verdict = NEED_MORE
+
+    def feed(self, data: bytes) -> Verdict:
+        """The verdict with `data` added to what was fed before (once decided, it stays)."""
+        if self._verdict is not NEED_MORE:
+            return self._verdict
+        self._read += len(data)
+        try:
+            self._verdict = self._decide(data)
+        except _Bad as e:
+            self._verdict = Malformed(str(e))
+        return self._verdict
+
+    def _decide(self, data: bytes) -> Verdict:
+        self._records(data)
+        hs = self._hs
+        if len(hs) < 4:
+            return self._more()
         if hs[0] != CLIENT_HELLO:
             return Malformed(f"first handshake message is type {hs[0]}, not a ClientHello")
         length = int.from_bytes(hs[1:4], "big")
         if length > MAX_HELLO:
             return Malformed(f"ClientHello of {length} bytes is over the {MAX_HELLO} byte limit")
         if len(hs) < 4 + length:
-            return _more(buffer)
-        return Hello(_server_name(hs[4:4 + length]))
-    except _Bad as e:
-        return Malformed(str(e))
+            return self._more()
+        return Hello(_server_name(bytes(hs[4:4 + length])))
 
+    def _more(self) -> Verdict:
+        return NEED_MORE if self._read <= MAX_BUFFER else Malformed(f"no complete ClientHello in {self._read} bytes")
 
-def _more(buffer: bytes) -> Verdict:
-    return NEED_MORE if len(buffer) <= MAX_BUFFER else Malformed(f"no complete ClientHello in {len(buffer)} bytes")
+    def _records(self, data: bytes) -> None:
+        """Move the handshake bytes of the records `data` completes into `_hs`; stop at the end of
+        the hello (what follows is not ours to read)."""
+        buf = self._pending
+        buf += data
+        if buf and buf[0] != HANDSHAKE:
+            raise _Bad(f"record type {buf[0]}, not a TLS handshake")
+        pos = 0
+        while len(buf) - pos >= 5 and not self._complete():
+            ctype, major, length = buf[pos], buf[pos + 1], int.from_bytes(buf[pos + 3:pos + 5], "big")
+            if ctype != HANDSHAKE:
+                raise _Bad(f"record type {ctype}, not a TLS handshake")
+            if major != 3:
+                raise _Bad(f"record version {major}.{buf[pos + 2]}, not TLS")
+            if length == 0 or length > MAX_RECORD:
+                raise _Bad(f"handshake record of {length} bytes")
+            if len(buf) - pos - 5 < length:
+                break
+            self._hs += buf[pos + 5:pos + 5 + length]
+            pos += 5 + length
+        if pos:
+            del buf[:pos]
 
-
-def _handshake_bytes(buffer: bytes) -> bytes | None:
-    """The handshake bytes of the complete records at the start of `buffer` (None: no record yet)."""
-    out = bytearray()
-    pos = 0
-    while len(buffer) - pos >= 5:
-        ctype, major, length = buffer[pos], buffer[pos + 1], int.from_bytes(buffer[pos + 3:pos + 5], "big")
-        if ctype != HANDSHAKE:
-            raise _Bad(f"record type {ctype}, not a TLS handshake")
-        if major != 3:
-            raise _Bad(f"record version {major}.{buffer[pos + 2]}, not TLS")
-        if length == 0 or length > MAX_RECORD:
-            raise _Bad(f"handshake record of {length} bytes")
-        if len(buffer) - pos - 5 < length:
-            break
-        out += buffer[pos + 5:pos + 5 + length]
-        pos += 5 + length
-        if len(out) >= 4 and len(out) >= 4 + int.from_bytes(out[1:4], "big"):
-            break       # the hello is complete: what follows is not ours to read
-    if pos == 0:
-        if len(buffer) >= 1 and buffer[0] != HANDSHAKE:
-            raise _Bad(f"record type {buffer[0]}, not a TLS handshake")
-        return None
-    return bytes(out)
+    def _complete(self) -> bool:
+        hs = self._hs
+        return len(hs) >= 4 and len(hs) >= 4 + int.from_bytes(hs[1:4], "big")
 
 
 class _Reader:
@@ -160,7 +191,9 @@ def _host_name(data: bytes) -> str:
     host = None
     while names.left:
         kind, value = names.int(1, "server_name type"), names.vector(2, "server name")
-        if kind == 0 and host is None:
+        if kind == 0:
+            if host is not None:    # RFC 6066 3: one name per type; which one a backend takes is its own
+                raise _Bad("server_name extension with more than one host_name")
             host = value
     if host is None:
         raise _Bad("server_name extension without a host_name")

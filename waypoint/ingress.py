@@ -11,6 +11,9 @@ A TLS (passthrough) or TCP port routes connections, not requests: `l4_route(sni)
 TLSRoute's backends for the ClientHello's name (same matching as HTTPS listeners), a TCP port's
 TCPRoute takes every connection ("*").
 
+On an HTTPS port the Host must also select the listener (group) the SNI chose: otherwise 421 or 404
+(`IngressPort.misdirected`), never a route of another listener.
+
 Hostname matching, for both SNI and Host, is Gateway API's: an exact name first, then the longest
 `*.suffix` wildcard that matches (one label or more), then a listener/virtual host for any name
 ("" / "*").
@@ -44,6 +47,12 @@ def host_match(candidates: Iterable[str], name: str) -> str | None:
     return next((c for c in cands if c in ("", "*")), None)
 
 
+def listener_group(ln: IngressListener) -> str:
+    """The listeners one TLS connection may serve Hosts of: an Istio Gateway server's (one listener
+    per host), else the listener alone."""
+    return ln.server or ln.name
+
+
 @dataclass(frozen=True)
 class IngressPort:
     """Everything served on one port."""
@@ -69,6 +78,18 @@ class IngressPort:
     def virtual_host(self, host: str) -> str | None:
         """The route table host (a hostname of the route table) a request's Host selects."""
         return host_match(self.table.hosts, host)
+
+    def misdirected(self, group: str, host: str) -> int:
+        """0 when a request for `host` may be served on a TLS connection whose SNI chose listener
+        group `group` (`listener_group`), else the status to answer it with: 421 Misdirected
+        Request when the Host selects another group's listener, 404 when it selects none (Gateway
+        API's `Listener.hostname`; Istio's per-server routes alike). Without this, a client could
+        handshake with one listener (its certificate, its minimum TLS version) and be routed by
+        another's Host: SNI/Host domain fronting."""
+        chosen = self.listener_for_sni(host)
+        if chosen is None:
+            return 404
+        return 0 if listener_group(chosen) == group else 421
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from ambit.dataplane.tls import load_chain_from_memory
 from ambit.model import IngressListener
 from waypoint import clienthello
 from waypoint.http.plug import Plug
-from waypoint.ingress import L4_PROTOCOLS, IngressPort, IngressView
+from waypoint.ingress import L4_PROTOCOLS, IngressPort, IngressView, listener_group
 from waypoint.request import Downstream
 
 log = logging.getLogger("ambit.waypoint.ingress")
@@ -65,6 +65,7 @@ class _Port:
         self.port = port
         self.contexts: dict[str, ssl.SSLContext] = {}     # listener name -> context
         self.minimum: dict[int, ssl.TLSVersion] = {}      # id(context) -> its listener's minimum
+        self.group: dict[int, str] = {}                   # id(context) -> its listener's group
         self._fingerprints: dict[str, str] = {}
         self.server: asyncio.AbstractServer | None = None
 
@@ -81,9 +82,13 @@ class _Port:
                     continue
                 self.contexts[ln.name], self._fingerprints[ln.name] = ctx, fp
                 self.minimum[id(ctx)] = ctx.minimum_version
+            if ln.name in self.contexts:
+                self.group[id(self.contexts[ln.name])] = listener_group(ln)
         names = {ln.name for ln in port.listeners}
         for gone in set(self.contexts) - names:
-            self.minimum.pop(id(self.contexts.pop(gone)), None)
+            ctx = self.contexts.pop(gone)
+            self.minimum.pop(id(ctx), None)
+            self.group.pop(id(ctx), None)
             self._fingerprints.pop(gone, None)
 
     def base_context(self) -> ssl.SSLContext:
@@ -128,7 +133,11 @@ class _Accepted(Plug):
             transport.close()
             return
         peer = transport.get_extra_info("peername") or ("", 0)
-        self._serve(self, Downstream(source_ip=peer[0], destination_port=self._port.port.port))
+        obj = transport.get_extra_info("ssl_object")
+        # HTTPS: the listener group whose context the SNI callback swapped in; "" on plain HTTP.
+        # An unknown context (no callback ran) gets a group no Host selects: 404/421, not a route.
+        group = "" if obj is None else self._port.group.get(id(obj.context), "-")
+        self._serve(self, Downstream(source_ip=peer[0], destination_port=self._port.port.port, listener=group))
 
 
 class _L4Accepted(asyncio.Protocol):
@@ -137,7 +146,8 @@ class _L4Accepted(asyncio.Protocol):
 
     def __init__(self, port: _Port, relay: Relay) -> None:
         self._port, self._relay = port, relay
-        self._buffer = b""
+        self._buffer = bytearray()          # everything read, handed over with the connection
+        self._hello = clienthello.HelloReader()
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._peer = ""
@@ -152,7 +162,7 @@ class _L4Accepted(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        v = clienthello.parse(self._buffer)
+        v = self._hello.feed(data)
         if isinstance(v, clienthello.Malformed):
             self._refuse(v.reason)
         elif isinstance(v, clienthello.Hello):
@@ -160,7 +170,7 @@ class _L4Accepted(asyncio.Protocol):
             if host is None:
                 self._refuse(f"no TLSRoute serves {v.server_name or 'a client without SNI'}")
             else:
-                self._hand_over(host, self._buffer)
+                self._hand_over(host, bytes(self._buffer))
 
     def eof_received(self) -> bool:
         self._refuse("closed before its ClientHello")

@@ -11,11 +11,15 @@ or MUTUAL on an external host makes the waypoint speak TLS upstream while the ap
 - DISABLE, unset, or ISTIO_MUTUAL (which means HBONE mTLS, the mesh's own): plain TCP.
 
 Contexts are built once per policy and cached: loading files per connection would cost a read
-and a parse on every upstream connect.
+and a parse on every upstream connect. The cache is checked per connection against the files'
+stat, so a rotated CA bundle or client certificate takes effect on the next connection (before, the
+first version read stayed in force until the waypoint restarted: a CA removed from the bundle was
+still trusted).
 """
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 
@@ -35,36 +39,50 @@ def check_peer(cert: dict, names: tuple[str, ...]) -> str:
     """"" when the server certificate (`getpeercert()`) names one of `names`, else why not."""
     if not names:
         return ""
-    sans = {v for k, v in cert.get("subjectAltName", ()) if k in ("DNS", "IP Address")}
-    for n in names:
+    sans = {v.lower() for k, v in cert.get("subjectAltName", ()) if k in ("DNS", "IP Address")}
+    for n in (n.lower() for n in names):        # DNS names compare without case (RFC 6125 6.4.1)
         for s in sans:
             if s == n or (s.startswith("*.") and n.count(".") >= 2 and n.split(".", 1)[1] == s[2:]):
                 return ""
     return f"server certificate names {', '.join(sorted(sans)) or 'nothing'}, not {', '.join(names)}"
 
 
-_CACHE: dict[tuple, Origination] = {}
+_CACHE: dict[tuple, tuple[tuple, Origination]] = {}     # policy key -> (its files' stamps, context)
+
+
+def _stamps(*paths: str) -> tuple:
+    """What tells a file's contents changed without reading it: (inode, size, mtime) per path."""
+    out = []
+    for p in paths:
+        if p:
+            st = os.stat(p)
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 def origination(policy: TrafficPolicy | None, host: str) -> Origination | None:
     """The TLS to originate for `host` under `policy`, or None for plain TCP. Raises OSError /
-    ssl.SSLError when a named file cannot be read (the connection then fails, and says why)."""
+    ssl.SSLError when a named file cannot be read (the connection then fails, and says why).
+    Called per upstream connection: a file replaced since (a rotated CA bundle, client
+    certificate or key, as Istio's agent watches them) is read again; an unchanged one costs a stat."""
     if policy is None or policy.tls_mode not in ORIGINATING:
         return None
+    if policy.tls_mode == "MUTUAL" and not (policy.client_certificate and policy.private_key):
+        raise ssl.SSLError("tls mode MUTUAL needs clientCertificate and privateKey")
     key = (policy.tls_mode, policy.ca_certificates, policy.client_certificate, policy.private_key,
            policy.insecure_skip_verify, policy.sni or host, tuple(policy.subject_alt_names))
+    stamps = _stamps(policy.ca_certificates, policy.client_certificate, policy.private_key)
     hit = _CACHE.get(key)
-    if hit is not None:
-        return hit
+    if hit is not None and hit[0] == stamps:
+        return hit[1]
     ctx = ssl.create_default_context(cafile=policy.ca_certificates or None)
     ctx.check_hostname = False          # checked against subjectAltNames or the SNI by check_peer
     if policy.insecure_skip_verify:
         ctx.verify_mode = ssl.CERT_NONE
     if policy.tls_mode == "MUTUAL":
-        if not policy.client_certificate or not policy.private_key:
-            raise ssl.SSLError("tls mode MUTUAL needs clientCertificate and privateKey")
         ctx.load_cert_chain(policy.client_certificate, policy.private_key)
     sni = policy.sni or host
     names = () if policy.insecure_skip_verify else tuple(policy.subject_alt_names) or (sni,)
-    out = _CACHE[key] = Origination(ctx, sni, names)
+    out = Origination(ctx, sni, names)
+    _CACHE[key] = (stamps, out)
     return out

@@ -67,6 +67,7 @@ class Downstream:
     destination_port: int = 0
     service: str = ""                       # "ns/name" of the destination Service, if known
     hostname: str = ""                      # its FQDN
+    listener: str = ""                      # ingress HTTPS: the listener group the SNI chose
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,11 @@ Given the source workload and the original destination (what the app connected t
   plaintext: a mesh destination is reached over mTLS or not at all;
 - a **ServiceEntry host** (its VIP, a STATIC endpoint, an address in its CIDRs; see
   `entry_route`): its endpoints by weight, or the original destination for resolution NONE;
-  plain TCP for MESH_EXTERNAL. Entries not exported to the source's namespace are ignored;
+  plain TCP for MESH_EXTERNAL. Entries not exported to the source's namespace are ignored. An
+  address that is a workload's (a pod's) is never an entry's, as in Istio's ztunnel (workload
+  addresses first): a ServiceEntry is a namespace's object, and one claiming another namespace's
+  pod (an endpoint, an `addresses` IP or a CIDR over the pod range) would otherwise send every
+  namespace's connections to that pod through its own waypoint, or as plain TCP instead of HBONE;
 - anything else (a non-mesh pod, an address outside the cluster): **passthrough**, plain TCP
   from the source pod's netns, unless the mesh's `outboundTrafficPolicy` is REGISTRY_ONLY and the
   address is no workload at all: then a `refuse` naming the policy.
@@ -160,7 +164,11 @@ def decide(config: MeshState, dst_ip: str, dst_port: int, lb: RoundRobin | None 
     `src_node` (None: a Service's `internalTrafficPolicy: Local` is not narrowed to a node)."""
     service: Service | None = None
     hit = _visible(config.lookup_service(dst_ip, dst_port), src_namespace)
-    entry = None if hit is not None else _visible(config.lookup_entry(dst_ip, dst_port), src_namespace)
+    pod = config.lookup_workload(dst_ip)
+    if pod is not None and hit is not None and hit[0].kind == "ServiceEntry":
+        hit = None      # a pod's address is the pod's, whatever a ServiceEntry claims (see below)
+    entry = None if hit is not None or pod is not None else \
+        _visible(config.lookup_entry(dst_ip, dst_port), src_namespace)
     if hit is not None or entry is not None:
         service, svc_port = hit or entry  # type: ignore[misc]
         if service.waypoint:
@@ -183,7 +191,7 @@ def decide(config: MeshState, dst_ip: str, dst_port: int, lb: RoundRobin | None 
         wl = config.workload(ep.workload_uid) if ep.workload_uid else None
         wl = wl or config.lookup_workload(dst_ip)
     else:
-        wl = config.lookup_workload(dst_ip)
+        wl = pod
         if wl is not None and wl.protocol == "HBONE" and wl.waypoint:
             return via_waypoint(config, wl.waypoint, (dst_ip, dst_port), lb, None,
                                 f"workload {wl.namespace}/{wl.name}")

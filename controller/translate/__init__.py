@@ -29,7 +29,7 @@ from controller.translate.blame import TranslationBug, blame
 from controller.translate.index import Index
 from controller.translate.ingress import IngressResult, translate_ingress
 from controller.translate.istio_gateway import add_istio_gateways
-from controller.translate.parents import Parents, resolve_parents
+from controller.translate.parents import Notice, Parents, resolve_parents
 from controller.translate.policy import (
     jwks_fetches,
     translate_authorization,
@@ -39,7 +39,7 @@ from controller.translate.policy import (
 )
 from controller.translate.routes import Hosts, translate_routes
 from controller.translate.serviceentries import expand_entry_targets, translate_service_entries
-from controller.translate.waypoints import apply_waypoints, waypoint_gateways
+from controller.translate.waypoints import apply_waypoints, waypoint_admits, waypoint_gateways
 from controller.translate.workloads import translate_services, translate_workloads
 from controller.validation import FieldError, split_valid
 
@@ -99,7 +99,8 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     out.services = translate_services(idx, cluster_domain)
     out.workloads = translate_workloads(idx, out.services, trust_domain)
     out.services.extend(translate_service_entries(idx, out.services, out.errors))     # after the workloads: they back no pod
-    apply_waypoints(waypoint_gateways(idx, out.errors), out.services, out.workloads)
+    unbound = apply_waypoints(waypoint_gateways(idx, out.errors), out.services, out.workloads,
+                              lambda wp, ns: waypoint_admits(idx, wp, ns))
     out.authorizations = _each(idx.kind("AuthorizationPolicy"),
                                lambda o: translate_authorization(o, trust_domain, root_namespace))
     out.peer_authns = _each(idx.kind("PeerAuthentication"), lambda o: translate_peer_authn(o, root_namespace))
@@ -112,6 +113,7 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     expand_entry_targets([*out.authorizations, *out.request_authns, *out.telemetry], idx)
     hosts = Hosts(out.services, cluster_domain)
     out.parents = resolve_parents(idx, hosts)
+    out.parents.notices.extend(Notice(ref, "metadata.labels", why, "WaypointNotAllowed") for ref, why in unbound)
     out.waypoint_routes = translate_routes(idx, out.services, cluster_domain, out.parents)
     out.ingress = translate_ingress(idx, hosts)
     out.parents.merge_status(out.ingress.routes)

@@ -133,6 +133,7 @@ def _server_listeners(gw: Obj, server: Obj, index: int, ingress_ns: str, secrets
             return []
         certs = [cert]
     out = []
+    group = f"{ns_of(gw)}/{name_of(gw)}/{server.get('name') or port.get('name') or index}"
     for host in server["hosts"]:
         allowed_ns, hostname = _host_parts(host, ns_of(gw))
         if port["protocol"] in ("TLS", "TCP"):
@@ -140,7 +141,7 @@ def _server_listeners(gw: Obj, server: Obj, index: int, ingress_ns: str, secrets
             l4 = _l4_routes(server, hostname if port["protocol"] == "TLS" else "", mine,
                             f"{ns_of(gw)}/{name_of(gw)}", hosts, errors)
             out.append(IngressListener(
-                name=f"{ns_of(gw)}/{name_of(gw)}/{server.get('name') or port.get('name') or index}/{host}",
+                name=f"{group}/{host}",
                 port=int(port["number"]), protocol=port["protocol"],
                 hostname=hostname if port["protocol"] == "TLS" else "",
                 hosts=[WaypointRoutes(hostname=h, namespace=ingress_ns, tcp=[r]) for h, r in sorted(l4.items())]))
@@ -154,10 +155,11 @@ def _server_listeners(gw: Obj, server: Obj, index: int, ingress_ns: str, secrets
         if tls.get("httpsRedirect"):
             vhosts = {h: [_https_redirect(object_ref(gw))] for h in vhosts or {hostname or "*": []}}
         out.append(IngressListener(
-            name=f"{ns_of(gw)}/{name_of(gw)}/{server.get('name') or port.get('name') or index}/{host}",
+            name=f"{group}/{host}",
             port=int(port["number"]), protocol=port["protocol"], hostname=hostname,
             tls_min_version=TLS_VERSIONS.get(tls.get("minProtocolVersion", ""), ""), certificates=certs,
-            hosts=[WaypointRoutes(hostname=h, namespace=ingress_ns, http=rs) for h, rs in sorted(vhosts.items())]))
+            hosts=[WaypointRoutes(hostname=h, namespace=ingress_ns, http=rs) for h, rs in sorted(vhosts.items())],
+            server=group))
     return out
 
 

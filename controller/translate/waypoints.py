@@ -12,6 +12,11 @@ makes those references effective:
   failing closed rather than skipping the L7 policy the user meant to apply. A Gateway whose
   `waypoint-for` is none of the four values is no waypoint either (a translation error, and
   `Accepted=False` in its status): its name is not guessed at;
+- a waypoint in another namespace is used only when its HBONE listener's `allowedRoutes.namespaces`
+  admits the using namespace (`Same` by default), as Istio requires for a cross-namespace waypoint:
+  otherwise any namespace could send its traffic (a ServiceEntry's egress, say) through another
+  team's waypoint, with its identity and address, and the reference is dropped and said
+  (`WaypointNotAllowed`): the traffic does not go through that waypoint;
 - the waypoint's own pods (label `gateway.networking.k8s.io/gateway-name: <gateway>`) and its own
   Service (named after the Gateway) never use a waypoint, whatever their namespace says: traffic
   to a waypoint through itself would loop;
@@ -22,9 +27,12 @@ makes those references effective:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ambit.gatewayclasses import WAYPOINT_CLASSES
 from ambit.model import Service, Workload
 from controller.translate.index import Index, first_label, labels_of, name_of, ns_of
+from controller.translate.ingress import namespace_allowed
 from controller.validation import FieldError
 
 WAYPOINT_FOR_LABELS = ("ambit.io/waypoint-for", "istio.io/waypoint-for")
@@ -62,16 +70,52 @@ def gateway_of(wl: Workload) -> str:
     return f"{wl.namespace}/{name}" if name else ""
 
 
-def apply_waypoints(gateways: dict[str, str], services: list[Service], workloads: list[Workload]) -> None:
-    """Make the use-waypoint references effective (see the module docstring). In place."""
+def waypoint_admits(idx: Index, waypoint: str, namespace: str) -> bool:
+    """Does waypoint Gateway `waypoint` ("ns/name") take traffic of resources in `namespace`? Its
+    HBONE listeners' (else all its listeners') `allowedRoutes.namespaces`, `Same` by default."""
+    gw_ns, _, name = waypoint.partition("/")
+    if gw_ns == namespace:
+        return True
+    gw = next((g for g in idx.kind("Gateway") if ns_of(g) == gw_ns and name_of(g) == name), None)
+    if gw is None:
+        return True     # not (yet) a Gateway: kept as written, refused by ztunnel (fail closed)
+    listeners = [ln for ln in (gw.get("spec") or {}).get("listeners") or [] if isinstance(ln, dict)]
+    listeners = [ln for ln in listeners if ln.get("protocol") == "HBONE"] or listeners
+    return any(namespace_allowed(ln, gw_ns, namespace, idx.ns_labels(namespace)) for ln in listeners)
+
+
+def apply_waypoints(gateways: dict[str, str], services: list[Service], workloads: list[Workload],
+                    admits: Callable[[str, str], bool] = lambda wp, ns: True) -> list[tuple[str, str]]:
+    """Make the use-waypoint references effective (see the module docstring). In place; returns
+    what was dropped because the waypoint does not admit the namespace, as (object, why): one per
+    Service and one per namespace's workloads."""
+    notices: list[tuple[str, str]] = []
     for svc in services:
         if svc.resource_name in gateways:
             svc.waypoint = ""
         elif svc.waypoint in gateways and gateways[svc.waypoint] not in SERVES_SERVICES:
             svc.waypoint = ""
+        elif svc.waypoint in gateways and not admits(svc.waypoint, svc.namespace):
+            kind = "ServiceEntry host" if svc.kind == "ServiceEntry" else "Service"
+            notices.append(_not_admitted(f"{kind}/{svc.namespace}/{svc.name}", svc.waypoint, svc.namespace))
+            svc.waypoint = ""
+    refused: dict[tuple[str, str], list[str]] = {}
     for wl in workloads:
         if gateway_of(wl) in gateways:
             wl.waypoint = ""
             wl.protocol = "HBONE"
         elif wl.waypoint in gateways and gateways[wl.waypoint] not in SERVES_WORKLOADS:
             wl.waypoint = ""
+        elif wl.waypoint in gateways and not admits(wl.waypoint, wl.namespace):
+            refused.setdefault((wl.namespace, wl.waypoint), []).append(wl.name)
+            wl.waypoint = ""
+    for (ns, wp), pods in sorted(refused.items()):
+        notices.append(_not_admitted(f"Pod/{ns}/{', '.join(sorted(pods))}", wp, ns))
+    return notices
+
+
+def _not_admitted(ref: str, waypoint: str, namespace: str) -> tuple[str, str]:
+    return ref, (f"waypoint {waypoint} does not admit namespace {namespace} (its HBONE "
+                  "listener's allowedRoutes.namespaces; Same by default): this traffic does not go through it, nor "
+                  "its L7 policy; set allowedRoutes.namespaces on the waypoint (from: All, or a Selector) or use "
+                  "a waypoint of this namespace")

@@ -125,7 +125,9 @@ EGRESS_NS = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "isti
 EGRESS_WAYPOINT = {
     "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
     "metadata": {"name": "waypoint", "namespace": "istio-egress", "annotations": {"lab.ambit.io/node": "node2"}},
-    "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+    # demo's ServiceEntry uses it from another namespace: the listener must admit demo (Istio alike)
+    "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE",
+                                                                  "allowedRoutes": {"namespaces": {"from": "All"}}}]},
 }
 
 
@@ -189,3 +191,35 @@ def test_egress_through_a_waypoint_with_authorization_and_tls_origination(lab: L
         assert code == 0 and seen["tls"] is True and seen["path"] == "/mutual", seen
     finally:
         delete(lab, *reversed(objs))
+
+
+def test_a_service_entry_over_the_pod_range_does_not_take_other_namespaces_pod_traffic(lab: Lab) -> None:
+    """A ServiceEntry of namespace "tenant" whose CIDR covers every pod: demo/client's connection to
+    demo/echo-v2's address must stay HBONE to echo-v2 (here under STRICT, which refuses plain TCP),
+    not become the entry's plain-TCP passthrough (before: so it did, and echo-v2's ztunnel refused it)."""
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tenant"}}
+    host = "pods.tenant.example"
+    se = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+          "metadata": {"name": "all-pods", "namespace": "tenant"},
+          "spec": {"hosts": [host], "addresses": ["10.210.0.0/16"], "resolution": "NONE",
+                   "location": "MESH_EXTERNAL", "ports": [{"number": 8080, "name": "http", "protocol": "HTTP"}]}}
+    strict = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+              "metadata": {"name": "strict", "namespace": "demo"}, "spec": {"mtls": {"mode": "STRICT"}}}
+    echo_ip = lab.pod("demo/echo-v2")["ip"]
+    apply(lab, ns, strict)
+    try:
+        assert lab.curl("demo/client", f"http://{echo_ip}:8080/")["namespace"] == "demo"
+        apply(lab, se)
+
+        def entry_in_force() -> bool:   # an address of its CIDR that is no pod is the entry's
+            lab.curl_rc("demo/client", "http://10.210.9.9:8080/", timeout=1)
+            return any(r.get("dst.service") == host for r in lab.access_log("node1"))
+        lab.wait_for(entry_in_force, timeout=15, what="the ServiceEntry in force at ztunnel")
+        for i in range(3):
+            p = lab.exec("demo/client", "curl", "-sS", "-m", "5", f"http://{echo_ip}:8080/pod-{i}", timeout=30)
+            assert p.returncode == 0 and json.loads(p.stdout)["namespace"] == "demo", p.stderr
+        mine = [r for r in lab.access_log("node1") if r.get("direction") == "outbound"
+                and str(r.get("dst.addr", "")).startswith(f"{echo_ip}:")]
+        assert mine and all(r.get("dst.service") != host for r in mine[-3:]), mine[-3:]
+    finally:
+        delete(lab, se, strict, ns)

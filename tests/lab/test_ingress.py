@@ -170,6 +170,19 @@ def test_outside_client_reaches_mesh_services_through_the_ingress_gateway(lab: L
         # a hostname no listener serves: no certificate, the handshake is refused
         p = outside_curl(lab, "https://c.example.org/", "--cacert", str(ca), "--resolve", f"c.example.org:443:{ip}")
         assert p.returncode != 0
+        # domain fronting: SNI a.example.com (its certificate, its listener) but the Host of listener
+        # https-b is misdirected (Gateway API Listener.hostname: 421), in HTTP/1.1 and HTTP/2 alike;
+        # a Host no listener serves is 404; SNI and Host agreeing still reach echo
+        for version in ("--http1.1", "--http2"):
+            p = outside_curl(lab, f"https://{HOSTS[0]}/", version, "--cacert", str(ca), "-H", f"Host: {HOSTS[1]}",
+                             "-o", "/dev/null", "-w", "%{http_code} %{http_version}", *resolve)
+            assert p.stdout in ("421 1.1", "421 2"), (version, p.stdout, p.stderr)
+            p = outside_curl(lab, f"https://{HOSTS[0]}/", version, "--cacert", str(ca), "-H", "Host: nope.example.net",
+                             "-o", "/dev/null", "-w", "%{http_code}", *resolve)
+            assert p.stdout == "404", (version, p.stdout, p.stderr)
+            p = outside_curl(lab, f"https://{HOSTS[1]}/", version, "--cacert", str(ca), "-o", "/dev/null",
+                             "-w", "%{http_code}", *resolve)
+            assert p.stdout == "200", (version, p.stdout, p.stderr)
         # a Host no route serves: 404 from the gateway
         p = outside_curl(lab, "http://nope.example.net/", "-o", "/dev/null", "-w", "%{http_code}",
                          "--resolve", f"nope.example.net:80:{ip}")

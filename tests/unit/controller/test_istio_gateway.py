@@ -86,6 +86,8 @@ def test_https_with_credential_name_host_intersection_and_namespace_form() -> No
     # ns/host admits that namespace's VirtualServices only, and only the hosts both sides accept
     assert [h.hostname for h in wild.hosts] == ["a.example.com"]
     assert [(h.hostname, [r.source for r in h.http]) for h in b.hosts] == [("b.example.com", ["VirtualService/team/b"])]
+    # the hosts of one server share its TLS connections (a Host of the other is not misdirected)
+    assert wild.server == b.server == "web/bookinfo-gateway/https"
 
 
 def test_https_redirect_and_match_level_gateways() -> None:

@@ -255,3 +255,36 @@ def test_what_a_waypoint_does_not_do_with_a_bound_entry_is_warned_and_only_that(
                 "endpoints": [{"address": "198.51.100.7", "weight": 2}]}, name="plain")
     found = {(a.ref, a.path) for a in advisories([none, weighted, plain])}
     assert found == {("ServiceEntry/demo/weighted", "spec.endpoints[0].weight")}
+
+
+def test_a_waypoint_of_another_namespace_is_used_only_when_it_admits_the_namespace() -> None:
+    """Istio: a cross-namespace waypoint takes a namespace's traffic only when its HBONE listener's
+    allowedRoutes.namespaces admits it (Same by default). Before, any namespace could bind its
+    ServiceEntry, Services or pods to another team's waypoint (say the shared egress waypoint, whose
+    address external firewalls trust) by a label."""
+    from controller.translate import translate
+
+    def waypoint(allowed: dict[str, Any] | None) -> dict[str, Any]:
+        ln: dict[str, Any] = {"name": "mesh", "port": 15008, "protocol": "HBONE"}
+        if allowed is not None:
+            ln["allowedRoutes"] = {"namespaces": allowed}
+        return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                "metadata": {"name": "waypoint", "namespace": "istio-egress"},
+                "spec": {"gatewayClassName": "istio-waypoint", "listeners": [ln]}}
+
+    use = {"istio.io/use-waypoint": "waypoint", "istio.io/use-waypoint-namespace": "istio-egress"}
+    entry = se({"hosts": ["api.example"], "addresses": ["240.240.0.30"], "resolution": "STATIC",
+                "endpoints": [{"address": "198.51.100.9"}], "ports": [{"number": 80, "name": "http"}]},
+               name="api", ns="tenant", **use)
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "tenant", "labels": use},
+           "spec": {"clusterIP": "10.96.0.40", "ports": [{"port": 80}]}}
+    tenant = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tenant", "labels": {"team": "a"}}}
+    for allowed, bound in ((None, False), ({"from": "Same"}, False), ({"from": "All"}, True),
+                           ({"from": "Selector", "selector": {"matchLabels": {"team": "a"}}}, True),
+                           ({"from": "Selector", "selector": {"matchLabels": {"team": "b"}}}, False)):
+        t = translate([tenant, waypoint(allowed), entry, svc])
+        got = {s.name: s.waypoint for s in t.services if s.namespace == "tenant"}
+        want = "istio-egress/waypoint" if bound else ""
+        assert got == {"api.example": want, "web": want}, (allowed, got)
+        notes = [n for n in t.parents.notices if n.cause == "WaypointNotAllowed"]
+        assert bool(notes) != bound and all("does not admit namespace tenant" in n.reason for n in notes), notes

@@ -9,7 +9,7 @@ import ssl
 
 import pytest
 
-from waypoint.clienthello import MAX_BUFFER, NEED_MORE, Hello, Malformed, parse
+from waypoint.clienthello import MAX_BUFFER, NEED_MORE, Hello, HelloReader, Malformed, parse
 
 
 def client_hello(server_name: str | None, **ctx_opts: object) -> bytes:
@@ -138,3 +138,36 @@ def test_undecided_input_is_bounded() -> None:
     assert parse(data[:1000]) == NEED_MORE
     v = parse(data)
     assert isinstance(v, Malformed) and "no complete ClientHello" in v.reason
+
+
+def test_a_hello_fed_as_it_arrives_is_read_once_however_it_is_cut() -> None:
+    """The listener feeds each read to one `HelloReader`: a hello cut into 1-byte records, one per
+    read, gets the same verdict as whole, and so does undecided input past the bound. (Re-parsing
+    everything read on each read was quadratic: seconds of CPU per connection for such a client.)"""
+    hello = client_hello("pass.example.com")
+    for size, step in ((1, 6), (1, 1), (7, 5), (100, 33), (16384, 1000)):
+        cut = records(hello, size)
+        r = HelloReader()
+        verdicts = [r.feed(cut[i:i + step]) for i in range(0, len(cut), step)]
+        assert verdicts[-1] == Hello("pass.example.com"), (size, step)
+        assert all(v == NEED_MORE for v in verdicts[:-1]), (size, step)
+        assert r.feed(b"\x17\x03\x03\x00\x01x") == Hello("pass.example.com"), "decided: stays"
+    hs = b"\x01" + (20000).to_bytes(3, "big") + bytes(20000)
+    data = b"".join(b"\x16\x03\x01\x00\x01" + hs[i:i + 1] for i in range(0, 7000))
+    r = HelloReader()
+    verdicts = [r.feed(data[i:i + 6]) for i in range(0, len(data), 6)]
+    assert isinstance(verdicts[-1], Malformed) and "no complete ClientHello" in verdicts[-1].reason
+    assert isinstance(HelloReader().feed(b"GET / HTTP/1.1\r\n"), Malformed)
+
+
+def test_a_server_name_list_with_two_host_names_is_malformed() -> None:
+    """RFC 6066 3: one name per type. The gateway routing by the first while a backend serves the
+    last would route one name and serve another."""
+    hello = client_hello("pass.example.com")
+    i = hello.index(b"pass.example.com")
+    second = b"\x00" + len(b"other.example.com").to_bytes(2, "big") + b"other.example.com"
+    body = _splice(hello, i + len(b"pass.example.com"), 0, second)
+    for pos in (i - 5, i - 7):      # the server_name list and extension lengths; the first name's stays
+        _bump(body, pos, 2, len(second))
+    v = parse(bytes(body))
+    assert isinstance(v, Malformed) and "more than one host_name" in v.reason, v

@@ -3,9 +3,16 @@ originates to them (waypoint/endpoints.py, waypoint/origination.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import ssl
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from ambit.model import Endpoint, Service, ServicePort, TrafficPolicy, Workload
 from waypoint import endpoints
@@ -84,3 +91,132 @@ def test_the_waypoint_knows_entry_addresses_reached_without_the_vip_and_none_goe
     assert endpoints.entry_at(svcs, "198.51.100.7", 80, "other/waypoint") is None, "not bound to this waypoint"
     p = endpoints.original("203.0.113.99", 80, wide)
     assert (p.ip, p.port, p.plain, p.protocol) == ("203.0.113.99", 80, True, "http1")
+
+
+def test_server_names_compare_without_case() -> None:
+    """RFC 6125 6.4.1: DNS names are case-insensitive; a certificate naming API.Example.com is the
+    server api.example.com (before: refused)."""
+    cert = {"subjectAltName": (("DNS", "API.Example.com"), ("DNS", "*.Wild.Example"))}
+    assert check_peer(cert, ("api.example.com",)) == ""
+    assert check_peer(cert, ("Edge.wild.example",)) == ""
+    assert check_peer(cert, ("other.example.com",)) != ""
+
+
+def _ca(cn: str, tmp_path: Path, server: str = "") -> tuple[bytes, Path, Path]:
+    """A CA's PEM, and (server != "") a certificate and key it signed for `server`, as files."""
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(hours=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    pem = ca.public_bytes(serialization.Encoding.PEM)
+    if not server:
+        return pem, Path(), Path()
+    skey = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, server)]))
+            .issuer_name(name).public_key(skey.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(server)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert, keyfile = tmp_path / f"{cn}.crt", tmp_path / f"{cn}.key"
+    cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(skey.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return pem, cert, keyfile
+
+
+def test_a_rotated_ca_bundle_is_in_force_for_the_next_upstream_connection(tmp_path: Path) -> None:
+    """caCertificates is a file the operator rotates (Istio's agent watches it). The waypoint's
+    upstream connector asks for the origination per connection: once the bundle no longer holds the
+    server's CA, the next connection is refused; once it does again, it is accepted. Before, the
+    first version read stayed in force until the waypoint restarted."""
+    from types import SimpleNamespace
+
+    from waypoint.app import WaypointProxy
+    from waypoint.authz import Waypoint
+    from waypoint.config import WaypointConfig
+    from waypoint.settings import load
+
+    good, cert, key = _ca("good-ca", tmp_path, "api.example.com")
+    other, _, _ = _ca("other-ca", tmp_path)
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(good)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    policy = TrafficPolicy(tls_mode="SIMPLE", ca_certificates=str(bundle))
+    p = WaypointProxy(load(["--waypoint", "demo/egress", "--pod-name", "egress-0", "--node", "node1"]),
+                      WaypointConfig(Waypoint("demo", "egress"), "cluster.local"), None)
+
+    async def run() -> list[bool]:
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        pick = endpoints.Pick("127.0.0.1", port, "", "http1", "", False, True)
+        target = p._new_target(pick, None, SimpleNamespace(policy=policy, hostname="api.example.com"), ())
+        assert target is not None and "tls" in target.key
+        out = []
+        try:
+            for pem in (good, other + b"\n", good + b"\n\n"):   # trusted, rotated away, back
+                bundle.write_bytes(pem)
+                try:
+                    plug = await target.connect()
+                    plug.transport.close()
+                    out.append(True)
+                except ssl.SSLError:
+                    out.append(False)
+        finally:
+            server.close()
+        return out
+
+    assert asyncio.run(run()) == [True, False, True]
+
+
+def test_origination_to_a_wildcard_host_names_and_verifies_the_requests_host(tmp_path: Path) -> None:
+    """A ServiceEntry host `*.wiki.example` (resolution NONE) with a DestinationRule SIMPLE and no
+    `sni`: the SNI sent and the name verified are the request's host, as Envoy's auto_sni and
+    auto_san_validation (which Istio sets) make them; a host the wildcard does not cover is refused.
+    Before, the SNI was the literal "*.wiki.example" and the certificate had to name it."""
+    from types import SimpleNamespace
+
+    from waypoint.app import WaypointProxy
+    from waypoint.authz import Waypoint
+    from waypoint.config import WaypointConfig
+    from waypoint.request import Downstream, Forward, RequestHead
+    from waypoint.settings import load
+
+    ca, cert, key = _ca("wiki-ca", tmp_path, "en.wiki.example")
+    (tmp_path / "ca.pem").write_bytes(ca)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    seen: list[str | None] = []
+    server_ctx.sni_callback = lambda obj, name, ctx: seen.append(name)
+    policy = TrafficPolicy(tls_mode="SIMPLE", ca_certificates=str(tmp_path / "ca.pem"))
+    cluster = SimpleNamespace(policy=policy, hostname="*.wiki.example", hash_key=lambda head, down: None)
+    p = WaypointProxy(load(["--waypoint", "demo/egress", "--pod-name", "egress-0", "--node", "node1"]),
+                      WaypointConfig(Waypoint("demo", "egress"), "cluster.local"), None)
+
+    async def run() -> None:
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        pick = endpoints.Pick("127.0.0.1", port, "", "http1", "", False, True)
+        p.cluster = lambda *a, **k: cluster         # type: ignore[method-assign]
+        p._pick = lambda *a, **k: pick              # type: ignore[method-assign]
+        fwd, down = Forward(service="demo/*.wiki.example", port=443), Downstream(destination_ip="127.0.0.1",
+                                                                                 destination_port=port)
+        try:
+            target = p.upstream(fwd, RequestHead("GET", "/", "EN.wiki.example:443"), down)
+            assert target is not None
+            plug = await target.connect()
+            plug.transport.close()
+            assert seen == ["en.wiki.example"]
+            assert p.upstream(fwd, RequestHead("GET", "/", "evil.example"), down) is None
+            assert p.upstream(fwd, RequestHead("GET", "/", "wiki.example"), down) is None
+            other = p.upstream(fwd, RequestHead("GET", "/", "de.wiki.example"), down)
+            assert other is not None and other.key != target.key, "one pool per TLS name"
+            with pytest.raises(ssl.SSLError):        # the server's certificate does not name de.wiki.example
+                await other.connect()
+        finally:
+            server.close()
+
+    asyncio.run(run())

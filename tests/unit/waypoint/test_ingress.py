@@ -214,7 +214,10 @@ def test_listeners_serve_each_hostname_its_certificate(tmp_path: Path) -> None:
     ca, certs = _issue(tmp_path, ("a.example.com", "b.example.com", "c.example.com"))
     port = _free_port()
 
+    seen: list[str] = []
+
     def serve(plug, down) -> None:      # the engine's place: answer who we are
+        seen.append(down.listener)
         plug.transport.write(f"port {down.destination_port} from {down.source_ip}".encode())
         plug.transport.close()
 
@@ -227,6 +230,7 @@ def test_listeners_serve_each_hostname_its_certificate(tmp_path: Path) -> None:
         try:
             assert await _handshake(port, ca, "a.example.com") == ("a.example.com", f"port {port} from 127.0.0.1".encode())
             assert (await _handshake(port, ca, "b.example.com"))[0] == "b.example.com"
+            assert seen[-1] == "b", "the engine learns which listener the SNI chose (its Host must agree)"
             assert await _refused(_handshake(port, ca, "c.example.com"))    # the unrecognized_name alert
             # TLS 1.2 is fine for a, below b's minimum: the connection is closed unanswered
             assert (await _handshake(port, ca, "a.example.com", ssl.TLSVersion.TLSv1_2))[1].startswith(b"port")
@@ -270,3 +274,53 @@ def test_worker_listeners_share_their_ports_and_a_single_process_keeps_its_own()
                 await lst.close()
 
     asyncio.run(run())
+
+
+# -- SNI / Host agreement (domain fronting) ---------------------------------------------------------
+
+def _fronting_gateway() -> IngressGateway:
+    """a.example.com (TLS 1.3 only), b.example.com, *.example.com on 443; an Istio server for two hosts."""
+    istio = [IngressListener(f"ns/igw/https-cd/{h}", 443, "HTTPS", h, "", [],
+                             [WaypointRoutes(h, http=[HttpRoute(source="VirtualService/ns/cd")])], server="ns/igw/https-cd")
+             for h in ("c.example.org", "d.example.org")]
+    return IngressGateway("gw", "ns", listeners=[
+        _listener("a", "a.example.com", minimum="1.3", hosts=["a.example.com"]),
+        _listener("b", "b.example.com", hosts=["b.example.com"]),
+        _listener("wild", "*.example.com", hosts=["*.example.com"]), *istio])
+
+
+def test_a_host_of_another_listener_than_the_sni_chose_is_misdirected() -> None:
+    """Gateway API `Listener.hostname`: the Host must select the listener the SNI chose; another
+    listener's Host is 421, a Host no listener serves 404 (Istio: one server's routes per TLS
+    connection, and the hosts of one server share them)."""
+    port = build(_fronting_gateway()).ports[443]
+    assert port.misdirected("a", "a.example.com") == 0
+    assert port.misdirected("b", "a.example.com") == 421        # SNI b (TLS 1.2 allowed), Host a
+    assert port.misdirected("wild", "a.example.com") == 421     # a more specific listener serves it
+    assert port.misdirected("wild", "x.example.com") == 0       # one wildcard listener, two names
+    assert port.misdirected("a", "nope.example.net") == 404
+    assert port.misdirected("ns/igw/https-cd", "d.example.org") == 0
+    assert port.misdirected("ns/igw/https-cd", "b.example.com") == 421
+
+
+def test_the_gateway_answers_a_fronted_request_421_and_routes_an_agreeing_one() -> None:
+    from ambit.configclient import ConfigUpdate
+    from waypoint.app import WaypointProxy
+    from waypoint.authz import Waypoint
+    from waypoint.config import WaypointConfig
+    from waypoint.request import Downstream, LocalReply, RequestHead
+    from waypoint.settings import load
+
+    cfg = WaypointConfig(Waypoint("ns", "gw"), "cluster.local")
+    gw = _fronting_gateway()
+    cfg.apply(ConfigUpdate(IngressGateway.TYPE, "1", {}, frozenset(), {gw.resource_name: gw}))
+    p = WaypointProxy(load(["--waypoint", "ns/gw", "--pod-name", "gw-0", "--node", "node1",
+                            "--gateway-class", "ambit"]), cfg, None)
+    p.ingress = IngressListeners("127.0.0.1", lambda plug, down: None, _no_relay)    # an ingress gateway, unopened
+    sni_b = Downstream(source_ip="198.51.100.1", destination_port=443, listener="b")
+    d = p.decide(RequestHead("GET", "/", "a.example.com"), sni_b)
+    assert isinstance(d, LocalReply) and d.status == 421, d
+    d = p.decide(RequestHead("GET", "/", "b.example.com:443"), sni_b)
+    assert not isinstance(d, LocalReply) or d.status not in (404, 421), d
+    d = p.decide(RequestHead("GET", "/", "nope.example.net"), sni_b)
+    assert isinstance(d, LocalReply) and d.status == 404

@@ -131,3 +131,28 @@ def test_the_proxy_resolves_a_dns_endpoint_with_the_nodes_resolver_and_fails_the
     assert ip in ("127.0.0.1", "::1") and port == 8080
     with pytest.raises(OSError):     # what the outbound handler turns into a refused connection
         asyncio.run(resolve("no-such-host.invalid", 80, 5))
+
+
+def test_a_service_entry_never_claims_another_namespaces_pod() -> None:
+    """A ServiceEntry is a namespace's object. One in namespace "attacker" naming a pod of namespace
+    "bank" (a STATIC endpoint bound to its own waypoint, an `addresses` IP, a CIDR over the pod
+    range) must not take other namespaces' connections to that pod: they stay HBONE to the pod, as
+    in Istio's ztunnel (workload addresses first). Before, they went through the attacker's
+    waypoint, or as plain TCP."""
+    bank = wl("bank", "10.210.2.40", ns="bank")
+    wp = wl("waypoint-0", "10.210.2.50", ns="attacker")
+    wp.labels["gateway.networking.k8s.io/gateway-name"] = "waypoint"
+    claims = [entry("bank.evil", endpoints=[Endpoint("", bank.ips[0])], ns="attacker", waypoint="attacker/waypoint"),
+              entry("vip.evil", vips=[bank.ips[0]], endpoints=[Endpoint("", "198.51.100.7")], ns="attacker"),
+              entry("pods.evil", resolution="NONE", subnets=["10.210.0.0/16"], ns="attacker"),
+              entry("pods.evil", resolution="NONE", subnets=["10.210.0.0/16"], ns="attacker",
+                    waypoint="attacker/waypoint")]
+    for claim in claims:
+        for mesh in (None, REGISTRY_ONLY):
+            r = decide(config([POD, bank, wp], [claim], mesh=mesh), bank.ips[0], 80, src_namespace="demo")
+            assert (r.kind, r.dial, r.identity, r.waypoint) == (HBONE, (bank.ips[0], 15008), bank.identity, ""), \
+                (claim.hostname, r)
+            assert r.service is None
+    # what is no pod is still the entry's
+    r = decide(config([POD, bank, wp], [claims[2]]), "10.210.9.9", 80, src_namespace="demo")
+    assert (r.kind, r.service.hostname) == (PASSTHROUGH, "pods.evil")
