@@ -1,0 +1,92 @@
+"""Run inside a client pod by tests/lab/test_waypoint_drain.py: one HTTP/1.1 keep-alive connection
+and one HTTP/2 (prior knowledge) connection to `http://HOST:PORT/`, each with one request in flight
+that the echo backend answers `DELAY` seconds late. Prints `{"sent": true}` once both requests are
+sent (the test then stops the waypoint), then one JSON line saying what each connection got: the
+response status, HTTP/1's `Connection` header, and the last stream id of HTTP/2's GOAWAY."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import sys
+import threading
+
+import hpack
+from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, SettingsFrame
+
+
+def h1(host: str, port: int, delay: str, out: dict, sent: threading.Event) -> None:
+    c = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        c.request("GET", "/warm")               # the connection is up and routed before the slow one
+        c.getresponse().read()
+        c.request("GET", "/slow", headers={"x-echo-delay": delay})
+        sent.set()
+        r = c.getresponse()
+        r.read()
+        out["h1"] = {"status": r.status, "connection": r.getheader("connection")}
+    except Exception as e:  # noqa: BLE001 - how it failed is the result
+        out["h1"] = {"error": f"{type(e).__name__}: {e}"}
+    finally:
+        sent.set()
+        c.close()
+
+
+def h2c(host: str, port: int, delay: str, out: dict, sent: threading.Event) -> None:
+    """Frames by hand (hyperframe, hpack): the `h2` library stops reading at a GOAWAY, but the
+    streams it lets finish are answered after it, and that answer is what this checks."""
+    res: dict = {"status": None, "goaway_last_stream": None, "ended": False}
+    try:
+        s = socket.create_connection((host, port), timeout=30)
+        enc, dec = hpack.Encoder(), hpack.Decoder()
+        head = enc.encode([(":method", "GET"), (":path", "/slow"), (":scheme", "http"),
+                           (":authority", f"{host}:{port}"), ("x-echo-delay", delay)])
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize()
+                  + HeadersFrame(1, head, flags=["END_HEADERS", "END_STREAM"]).serialize())
+        sent.set()
+        buf = b""
+        while not res["ended"]:
+            data = s.recv(65536)
+            if not data:
+                break
+            buf += data
+            while len(buf) >= 9:
+                frame, length = Frame.parse_frame_header(memoryview(buf[:9]))
+                if len(buf) < 9 + length:
+                    break
+                frame.parse_body(memoryview(buf[9:9 + length]))
+                buf = buf[9 + length:]
+                if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
+                    s.sendall(SettingsFrame(0, flags=["ACK"]).serialize())
+                elif isinstance(frame, GoAwayFrame):
+                    res["goaway_last_stream"] = frame.last_stream_id
+                elif isinstance(frame, HeadersFrame) and frame.stream_id == 1:
+                    res["status"] = int(dict(dec.decode(frame.data))[":status"])
+                if frame.stream_id == 1 and "END_STREAM" in frame.flags:
+                    res["ended"] = True
+        s.close()
+    except Exception as e:  # noqa: BLE001 - how it failed is the result
+        res["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        sent.set()
+    out["h2"] = res
+
+
+def main() -> None:
+    host, port, delay = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    out: dict = {}
+    events = [threading.Event(), threading.Event()]
+    threads = [threading.Thread(target=f, args=(host, port, delay, out, ev)) for f, ev in zip((h1, h2c), events, strict=True)]
+    for t in threads:
+        t.start()
+    for ev in events:
+        ev.wait()
+    print(json.dumps({"sent": True}), flush=True)
+    for t in threads:
+        t.join()
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
