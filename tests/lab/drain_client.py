@@ -1,8 +1,10 @@
 """Run inside a client pod by tests/lab/test_waypoint_drain.py: one HTTP/1.1 keep-alive connection
 and one HTTP/2 (prior knowledge) connection to `http://HOST:PORT/`, each with one request in flight
-that the echo backend answers `DELAY` seconds late. Prints `{"sent": true}` once both requests are
-sent (the test then stops the waypoint), then one JSON line saying what each connection got: the
-response status, HTTP/1's `Connection` header, and the last stream id of HTTP/2's GOAWAY."""
+that the echo backend answers `DELAY` seconds late, and one idle HTTP/1.1 keep-alive connection.
+Prints `{"sent": true}` once both requests are sent (the test then stops the waypoint); when a line
+comes on stdin (the waypoint is draining), the idle connection sends its next request. Then one
+JSON line says what each connection got: the response status, HTTP/1's `Connection` header, and
+the last stream id of HTTP/2's GOAWAY."""
 
 from __future__ import annotations
 
@@ -30,6 +32,24 @@ def h1(host: str, port: int, delay: str, out: dict, sent: threading.Event) -> No
         out["h1"] = {"error": f"{type(e).__name__}: {e}"}
     finally:
         sent.set()
+        c.close()
+
+
+def h1_idle(host: str, port: int, out: dict, ready: threading.Event, go: threading.Event) -> None:
+    c = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        c.request("GET", "/warm")
+        c.getresponse().read()
+        ready.set()
+        go.wait()
+        c.request("GET", "/next")
+        r = c.getresponse()
+        r.read()
+        out["h1_idle"] = {"status": r.status, "connection": r.getheader("connection")}
+    except Exception as e:  # noqa: BLE001 - how it failed is the result
+        out["h1_idle"] = {"error": f"{type(e).__name__}: {e}"}
+    finally:
+        ready.set()
         c.close()
 
 
@@ -76,13 +96,17 @@ def h2c(host: str, port: int, delay: str, out: dict, sent: threading.Event) -> N
 def main() -> None:
     host, port, delay = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     out: dict = {}
-    events = [threading.Event(), threading.Event()]
-    threads = [threading.Thread(target=f, args=(host, port, delay, out, ev)) for f, ev in zip((h1, h2c), events, strict=True)]
+    events = [threading.Event(), threading.Event(), threading.Event()]
+    go = threading.Event()
+    threads = [threading.Thread(target=f, args=(host, port, delay, out, ev)) for f, ev in zip((h1, h2c), events[:2], strict=True)]
+    threads.append(threading.Thread(target=h1_idle, args=(host, port, out, events[2], go)))
     for t in threads:
         t.start()
     for ev in events:
         ev.wait()
     print(json.dumps({"sent": True}), flush=True)
+    sys.stdin.readline()
+    go.set()
     for t in threads:
         t.join()
     print(json.dumps(out), flush=True)
