@@ -18,36 +18,25 @@ import hpack
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, SettingsFrame
 
 
-def h1(host: str, port: int, delay: str, out: dict, sent: threading.Event) -> None:
-    c = http.client.HTTPConnection(host, port, timeout=30)
-    try:
-        c.request("GET", "/warm")               # the connection is up and routed before the slow one
-        c.getresponse().read()
-        c.request("GET", "/slow", headers={"x-echo-delay": delay})
-        sent.set()
-        r = c.getresponse()
-        r.read()
-        out["h1"] = {"status": r.status, "connection": r.getheader("connection")}
-    except Exception as e:  # noqa: BLE001 - how it failed is the result
-        out["h1"] = {"error": f"{type(e).__name__}: {e}"}
-    finally:
-        sent.set()
-        c.close()
-
-
-def h1_idle(host: str, port: int, out: dict, ready: threading.Event, go: threading.Event) -> None:
+def h1(host: str, port: int, out: dict, key: str, ready: threading.Event, go: threading.Event | None,
+       headers: dict[str, str]) -> None:
+    """One keep-alive connection: a first request (the connection is up and routed), then the one
+    whose answer is the result, sent at once (`go` None: `ready` once it is sent) or when `go` is
+    set (an idle connection: `ready` once the first is answered)."""
     c = http.client.HTTPConnection(host, port, timeout=30)
     try:
         c.request("GET", "/warm")
         c.getresponse().read()
+        if go is not None:
+            ready.set()
+            go.wait()
+        c.request("GET", f"/{key}", headers=headers)
         ready.set()
-        go.wait()
-        c.request("GET", "/next")
         r = c.getresponse()
         r.read()
-        out["h1_idle"] = {"status": r.status, "connection": r.getheader("connection")}
+        out[key] = {"status": r.status, "connection": r.getheader("connection")}
     except Exception as e:  # noqa: BLE001 - how it failed is the result
-        out["h1_idle"] = {"error": f"{type(e).__name__}: {e}"}
+        out[key] = {"error": f"{type(e).__name__}: {e}"}
     finally:
         ready.set()
         c.close()
@@ -96,13 +85,14 @@ def h2c(host: str, port: int, delay: str, out: dict, sent: threading.Event) -> N
 def main() -> None:
     host, port, delay = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     out: dict = {}
-    events = [threading.Event(), threading.Event(), threading.Event()]
+    ready = [threading.Event(), threading.Event(), threading.Event()]
     go = threading.Event()
-    threads = [threading.Thread(target=f, args=(host, port, delay, out, ev)) for f, ev in zip((h1, h2c), events[:2], strict=True)]
-    threads.append(threading.Thread(target=h1_idle, args=(host, port, out, events[2], go)))
+    threads = [threading.Thread(target=h1, args=(host, port, out, "h1", ready[0], None, {"x-echo-delay": delay})),
+               threading.Thread(target=h2c, args=(host, port, delay, out, ready[1])),
+               threading.Thread(target=h1, args=(host, port, out, "h1_idle", ready[2], go, {}))]
     for t in threads:
         t.start()
-    for ev in events:
+    for ev in ready:
         ev.wait()
     print(json.dumps({"sent": True}), flush=True)
     sys.stdin.readline()
