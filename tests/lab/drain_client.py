@@ -1,4 +1,4 @@
-"""Run inside a client pod by tests/lab/test_waypoint_drain.py: one HTTP/1.1 keep-alive connection
+"""Run inside a client pod by tests/lab/test_waypoint_restarts.py: one HTTP/1.1 keep-alive connection
 and one HTTP/2 (prior knowledge) connection to `http://HOST:PORT/`, each with one request in flight
 that the echo backend answers `DELAY` seconds late, and one idle HTTP/1.1 keep-alive connection.
 Prints `{"sent": true}` once both requests are sent (the test then stops the waypoint); when a line
