@@ -13,9 +13,13 @@ import json
 import socket
 import sys
 import threading
+from pathlib import Path
 
 import hpack
-from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
+from hyperframe.frame import GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))     # run by path, in a pod: the repository
+from tests.support.h2frames import split_frames  # noqa: E402
 
 
 def h1(host: str, port: int, out: dict, key: str, ready: threading.Event, go: threading.Event | None,
@@ -73,13 +77,8 @@ def h2c(host: str, port: int, delay: str, out: dict, sent: threading.Event, go: 
                 continue
             if not data:
                 break
-            buf += data
-            while len(buf) >= 9:
-                frame, length = Frame.parse_frame_header(memoryview(buf[:9]))
-                if len(buf) < 9 + length:
-                    break
-                frame.parse_body(memoryview(buf[9:9 + length]))
-                buf = buf[9 + length:]
+            frames, buf = split_frames(buf + data)
+            for frame in frames:
                 if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
                     s.sendall(SettingsFrame(0, flags=["ACK"]).serialize())
                 elif isinstance(frame, GoAwayFrame):
