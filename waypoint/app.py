@@ -199,10 +199,19 @@ class WaypointProxy:
             self.handoff.close()
         if self.ingress is not None:
             await self.ingress.close()
+        # The HBONE GOAWAY and the HTTP drain together, not one after the other: a tunnel carries a
+        # client's keep-alive HTTP/1 or HTTP/2 connection, which ends only when the engine tells
+        # it to (`Connection: close` on its next response, GOAWAY), so waiting for the tunnels
+        # first held every such client until the deadline and then cut it, mid-request if one was
+        # in flight. gather() starts them in this order: the HBONE server stops taking tunnels
+        # (synchronously, before its first await) before the engine starts draining.
+        draining = []
         if self.server is not None:
-            await self.server.close(grace=self.settings.http.drain_timeout)
+            draining.append(self.server.close(grace=self.settings.http.drain_timeout))
         if self.engine is not None:
-            await self.engine.shutdown()
+            draining.append(self.engine.shutdown())
+        await asyncio.gather(*draining)
+        if self.engine is not None:
             if self.engine.tracing is not None:     # flush the spans still batched
                 await asyncio.get_running_loop().run_in_executor(None, self.engine.tracing.shutdown)
         await self.pool.close()

@@ -16,7 +16,7 @@ from ambit.configclient.credential import node_metadata, read_token
 from ambit.configclient.report import StatusReporter
 from ambit.dataplane import memory, process
 from ambit.dataplane.feed import TapFeed, exposition
-from ambit.dataplane.identity import GrpcCertificateFetcher, IdentityManager
+from ambit.dataplane.identity import CertStore, GrpcCertificateFetcher, IdentityManager
 from ambit.dataplane.telemetry.health import HealthCollector
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
 from waypoint import admin
@@ -46,7 +46,7 @@ async def amain(args: WaypointSettings) -> None:
             await holder[0].on_config()
     if args.controller:
         client = ConfigClient(args.controller, NodeInfo("waypoint", args.pod_name, args.waypoint, os.urandom(4).hex()),
-                              list(TYPES), on_change, trust=args.controller_tls.trust(),
+                              list(TYPES), on_change, trust=args.controller_tls.trust(), cache_path=args.config_cache,
                               metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
         await client.start()
     identities = channel = None
@@ -57,7 +57,8 @@ async def amain(args: WaypointSettings) -> None:
         fetcher = GrpcCertificateFetcher(channel, args.node, lambda: read_token(token_file))
         # In a root rotation the pinned bundle moves first; the certificate follows it at once.
         identities = IdentityManager(fetcher, ttl=args.cert_ttl, backoff=Backoff(initial=0.25, maximum=30.0),
-                                     pinned_roots=trust.roots if trust is not None else None)
+                                     pinned_roots=trust.roots if trust is not None else None,
+                                     store=CertStore(args.cert_cache) if args.cert_cache is not None else None)
         identities.prefetch([args.identity])
     else:
         log.warning("no --node-token-file/CA: no certificate, so no HBONE will be served")

@@ -55,6 +55,10 @@ class WaypointSettings:
     pod_name: str = option(help="this waypoint pod's name (the config stream subscriber name)", required=True)
     node: str = option(help="the node this pod runs on: whose credential it presents (lab)", required=True)
     controller: str | None = option(help="config stream target: host:port or unix:PATH")
+    config_cache: Path | None = option(
+        help="file keeping the last good config, so a restarted waypoint serves before the controller answers")
+    cert_cache: Path | None = option(
+        help="directory keeping the waypoint's current certificate (0600), so a restart serves during a CA outage")
     ca: str | None = option(help="CA target (default: the --controller target)")
     node_token_file: Path | None = option(help="the node credential for the CA and the config stream")
     controller_tls: ControllerTLSSettings = tls_field()

@@ -144,14 +144,31 @@ def waypoint_pods(config: MeshState, waypoint: str) -> list[Workload]:
     return sorted(out, key=lambda w: w.uid)
 
 
+def ready_waypoint_pods(config: MeshState, waypoint: str, pods: list[Workload]) -> list[Workload]:
+    """Of `pods`, those that are ready endpoints of the waypoint's own Service (named after its
+    Gateway): during a rolling update of the waypoint's Deployment, its new pod is a workload as
+    soon as it runs, before its process listens or holds a certificate, and tunnels sent to it
+    then fail. The Service's EndpointSlices carry the pod's readiness (its /healthz/ready probe).
+    All of `pods` when none is ready or the Service is not known (yet): a waypoint pod enforces
+    the policy itself, so this is a choice of pod, never of whether policy applies."""
+    svc = config.view.services.get(waypoint)
+    if svc is None:
+        return pods
+    uids = {ep.workload_uid for ep in svc.endpoints if ep.ready and ep.workload_uid}
+    ips = {ep.ip for ep in svc.endpoints if ep.ready}
+    ready = [w for w in pods if w.uid in uids or w.ips[0] in ips]
+    return ready or pods
+
+
 def via_waypoint(config: MeshState, waypoint: str, original: tuple[str, int], lb: RoundRobin | None,
                  service: Service | None, what: str) -> Route:
-    """HBONE to a pod of `waypoint` carrying `original` as the :authority (see the module docstring)."""
+    """HBONE to a (ready) pod of `waypoint` carrying `original` as the :authority (see the module
+    docstring)."""
     pods = waypoint_pods(config, waypoint)
     if not pods:
         return Route(REFUSE, None, original, service=service, waypoint=waypoint,
                      reason=f"{what} uses waypoint {waypoint}, which has no pod; refusing rather than bypass it")
-    wp = (lb or RoundRobin()).pick(f"waypoint:{waypoint}", pods)
+    wp = (lb or RoundRobin()).pick(f"waypoint:{waypoint}", ready_waypoint_pods(config, waypoint, pods))
     ip = wp.ips[0]
     return Route(HBONE, (ip, PORT_HBONE), original, workload=wp, service=service, identity=wp.identity,
                  waypoint=waypoint)

@@ -196,6 +196,7 @@ class Fanout:
         while True:
             msg, fds = zds.recv(conn)
             if msg is None:
+                self._abandon_snapshot()
                 return
             ref = msg.get("uid") or msg.get("pod", {}).get("uid", "") or msg.get("type")
             try:
@@ -244,6 +245,14 @@ class Fanout:
                 if reply.get("type") != "ack":
                     errors.append(f"worker {w.index}: {reply.get('reason')}")
             return "; ".join(errors) or None
+
+    def _abandon_snapshot(self) -> None:
+        """The agent went away between its snapshot_start and snapshot_end (it restarted, or was
+        killed): the pods it had not re-added yet are still the node's, since only an end removes
+        any. Without this, a worker (re)started before the next agent's snapshot would be replayed
+        only the dead agent's half of one, with no end, and serve none of the other pods."""
+        with self.lock:
+            self.snapshot = None
 
     def _forget(self, uid: str) -> None:
         old = self.pods.pop(uid, None)

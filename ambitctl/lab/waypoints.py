@@ -53,6 +53,12 @@ def metrics_socket(base: Path, ns: str, name: str) -> Path:
     return base / "waypoints" / f"{ns}.{name}.metrics.sock"
 
 
+def cache_dir(base: Path, ns: str, name: str) -> Path:
+    """The waypoint's config and certificate caches (a cluster keeps them in the pod's emptyDir):
+    its restarts serve before the controller answers. Removed with the waypoint's pod."""
+    return base / "waypoints" / f"{ns}.{name}.cache"
+
+
 def gateways(store: LabStore) -> dict[str, dict[str, Any]]:
     """"ns/name" -> Gateway object, for every waypoint or ingress Gateway in the store."""
     out = {}
@@ -96,6 +102,8 @@ def _process(base: Path, names: LabNames, w: dict[str, Any], trust_domain: str,
               "--gateway-class", w["class"],
               "--admin-socket", str(admin_socket(base, ns, name)),
               "--metrics-socket", str(metrics_socket(base, ns, name)), "--report-interval", "3",
+              "--config-cache", str(cache_dir(base, ns, name) / "config.json"),
+              "--cert-cache", str(cache_dir(base, ns, name) / "certs"),
               "--run-dir", str(base / "run"), *(extra or [])],
         env={"POD_NAME": w["pod"], "POD_NAMESPACE": ns, "POD_IP": w["ip"], "NODE_NAME": node})
 
@@ -206,6 +214,7 @@ def reconcile(base: Path) -> tuple[list[str], bool]:
             key = f"{w['namespace']}/{w['name']}"
             if w.get("removing"):
                 _remove_pod(names, w)
+                shutil.rmtree(cache_dir(base, w["namespace"], w["name"]), ignore_errors=True)
                 store.delete(_store_keys(w))
                 did.append(f"removed waypoint {key} (pod {w['pod']}, {w['ip']})")
                 continue

@@ -47,6 +47,9 @@ METRICS_PORT = 15020
 TOKEN_DIR = "/var/run/secrets/ambit"
 ROOT_CERT_DIR = "/var/run/ambit-root"      # the ambit-root-cert ConfigMap (controller/ca/publish.py)
 RUN_DIR = "/var/run/ambit"                 # an emptyDir: the worker supervisor's sockets (root FS is read-only)
+# and the config and certificate caches: room for a large mesh's config, since a pod whose emptyDir
+# outgrows its sizeLimit is evicted (a cache write that fails only logs a warning)
+RUN_DIR_SIZE = "64Mi"
 CA_AUDIENCE = "ambit-ca"
 
 
@@ -111,7 +114,9 @@ def waypoint_args(gw: Obj, s: WaypointDeploySettings) -> list[str]:
             "--controller-root-cert", f"{ROOT_CERT_DIR}/{ROOT_KEY}",
             "--controller-identity", controller_identity(s.trust_domain, s.root_namespace),
             "--admin-address", f"0.0.0.0:{READY_PORT}", "--metrics-address", f"0.0.0.0:{METRICS_PORT}",
-            "--log-level", s.log_level, "--workers", str(s.workers), "--run-dir", RUN_DIR]
+            "--log-level", s.log_level, "--workers", str(s.workers), "--run-dir", RUN_DIR,
+            # in the pod's emptyDir: a restarted container serves at once, even while the controller is away
+            "--config-cache", f"{RUN_DIR}/config-cache.json", "--cert-cache", f"{RUN_DIR}/certs"]
 
 
 def service_account(gw: Obj) -> Obj:
@@ -179,7 +184,7 @@ def deployment(gw: Obj, s: WaypointDeploySettings, extra_ports: Iterable[int] = 
                          "volumes": [{"name": "ca-token", "projected": {"sources": [{"serviceAccountToken": {
                              "audience": CA_AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}},
                                      {"name": "root-cert", "configMap": {"name": ROOT_CONFIGMAP}},
-                                     {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
+                                     {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": RUN_DIR_SIZE}}],
                      }}}}
 
 

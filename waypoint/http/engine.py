@@ -115,9 +115,11 @@ class Engine:
             self._arm()
 
     async def shutdown(self) -> None:
-        """GOAWAY to HTTP/2 clients, `Connection: close` to HTTP/1 ones, then `drain_timeout` for
-        open requests to finish; whatever is left is aborted. Close the listener (or stop
-        accepting tunnels) first: tunnels still being sniffed are closed, not served."""
+        """GOAWAY to HTTP/2 clients, `Connection: close` on HTTP/1 ones' next response, then
+        `drain_timeout` for open requests to finish and for idle HTTP/1 clients to send one more
+        (H1Server.shutdown says why they are not closed at once); whatever is left is aborted
+        (an idle HTTP/1 connection is closed). Close the listener (or stop accepting tunnels)
+        first: tunnels still being sniffed are closed, not served."""
         self.draining = True
         for c in list(self.conns):
             c.shutdown()

@@ -18,10 +18,11 @@ def wl(name: str, ip: str, ns: str = "demo", sa: str = "", node: str = "node1", 
 
 
 def svc(name: str, vip: str, endpoints: list[Workload], port: int = 80, target: int = 8080, ns: str = "demo",
-        ready: dict[str, bool] | None = None, waypoint: str = "") -> Service:
+        ready: dict[str, bool] | None = None, waypoint: str = "", by_ip: bool = False) -> Service:
+    """`by_ip`: endpoints without a workload uid (an EndpointSlice entry without a targetRef)."""
     return Service(name=name, namespace=ns, hostname=f"{name}.{ns}.svc.cluster.local", vips=[vip],
                    ports=[ServicePort(port, target, "http")],
-                   endpoints=[Endpoint(w.uid, w.ips[0], w.node, ready=(ready or {}).get(w.name, True))
+                   endpoints=[Endpoint("" if by_ip else w.uid, w.ips[0], w.node, ready=(ready or {}).get(w.name, True))
                               for w in endpoints],
                    waypoint=waypoint)
 

@@ -100,6 +100,24 @@ def test_waypoint_pods_round_robin() -> None:
     assert {decide(cfg, "10.96.0.10", 80, lb).dial[0] for _ in range(4)} == {"10.210.1.200", "10.210.2.200"}
 
 
+def test_a_waypoint_pod_not_ready_yet_gets_no_tunnel_while_another_is_ready() -> None:
+    # A rolling update of the waypoint's Deployment: the new pod runs (a workload) but its probe has
+    # not passed, so its Service's endpoint is not ready: every tunnel goes to the ready pod. Once
+    # no pod is ready (or the Service is not known), every pod is a candidate again.
+    new = wl("wp-1", "10.210.2.200", sa="wp", labels={"gateway.networking.k8s.io/gateway-name": "wp"})
+    echo = svc("echo", "10.96.0.10", [V1], waypoint="demo/wp")
+    for own in (svc("wp", "10.96.0.200", [WP, new], port=15008, target=15008, ready={"wp-1": False}),
+                svc("wp", "10.96.0.200", [WP, new], port=15008, target=15008, ready={"wp-1": False}, by_ip=True)):
+        lb = RoundRobin()
+        cfg = config([V1, WP, new], [echo, own])
+        assert {decide(cfg, "10.96.0.10", 80, lb).dial[0] for _ in range(4)} == {"10.210.1.200"}
+    none_ready = svc("wp", "10.96.0.200", [WP, new], port=15008, target=15008, ready={"wp-0": False, "wp-1": False})
+    for services in ([echo, none_ready], [echo]):
+        lb = RoundRobin()
+        assert {decide(config([V1, WP, new], services), "10.96.0.10", 80, lb).dial[0]
+                for _ in range(4)} == {"10.210.1.200", "10.210.2.200"}
+
+
 def test_an_endpoint_is_matched_to_its_workload_by_ip_when_the_uid_is_unknown() -> None:
     s = svc("echo", "10.96.0.10", [V1])
     s.endpoints = [Endpoint("", "10.210.1.10")]

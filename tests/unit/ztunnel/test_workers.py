@@ -158,3 +158,40 @@ def test_the_agent_talks_to_the_supervisor_as_to_a_single_ztunnel(tmp_path: Path
         link.close()
         fan.stop()
         fan.close()
+
+
+def test_an_agent_gone_mid_snapshot_leaves_no_partial_snapshot_for_a_restarted_worker(tmp_path: Path):
+    # The agent restarts (or is killed) between its snapshot_start and snapshot_end: the pods it
+    # had not re-added yet are still the node's, and a worker (re)started afterwards must be
+    # given every one of them, and a snapshot_end, not the dead agent's half of a snapshot.
+    netns = tmp_path / "netns"
+    netns.write_text("")
+    stopping = threading.Event()
+    w0 = StandIn(0, WorkerPaths.under(tmp_path, 0))
+    fan = Fanout(tmp_path / "zds.sock", [w0])
+    fan.attach(w0, stopping)
+    add(fan, "a")
+    add(fan, "b")
+    fan.start()
+    try:
+        agent = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        agent.connect(str(tmp_path / "zds.sock"))
+        for msg, fds in (({"type": "snapshot_start"}, None), ({"type": "add", "pod": pod("a")}, [os.open(netns, os.O_RDONLY)])):
+            zds.send(agent, msg, fds)
+            for fd in fds or ():
+                os.close(fd)
+            assert zds.recv(agent)[0]["type"] == "ack"
+        agent.close()           # gone before re-adding "b" and before its snapshot_end
+        nxt = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        nxt.connect(str(tmp_path / "zds.sock"))     # agents are served one at a time: once this one
+        zds.send(nxt, {"type": "ping"})             # is answered, the first one's end was handled
+        assert zds.recv(nxt)[0]["type"] == "ack"
+        w1 = StandIn(1, WorkerPaths.under(tmp_path, 1))
+        fan.workers.append(w1)
+        fan.attach(w1, stopping)
+        assert (w1.got[0], sorted(w1.got[1:-1]), w1.got[-1]) == (("snapshot_start", ""), [("add", "a"), ("add", "b")],
+                                                                 ("snapshot_end", ""))
+        nxt.close()
+    finally:
+        fan.stop()
+        fan.close()

@@ -541,7 +541,7 @@ class H1Server(asyncio.Protocol):
     def _begin(self, ex: Exchange) -> None:
         self._chunked = False
         self._continued = False
-        self._keep_alive = ex.keep_alive and not self.closing
+        self._keep_alive = ex.keep_alive and not self.closing and not self.engine.draining
         self._head_request = ex.head.method == "HEAD"
         ex.start()
 
@@ -764,10 +764,13 @@ class H1Server(asyncio.Protocol):
             self._close()
 
     def shutdown(self) -> None:
-        """Drain: close now if idle, else after the current response."""
-        self.closing = True
-        if not self.queue and self._raw is None:
-            self._close()
+        """Drain (the engine is `draining`): a request being answered closes the connection after
+        its response, which says `Connection: close`; so does the next request of an idle one
+        (`_begin`). An idle connection is not closed now, as Envoy's drain does not: the client
+        may be sending its next request at this instant, and a close would fail that request
+        where the drain meant to answer it and move the client on. The drain's end closes it."""
+        if self.queue or self._raw is not None:
+            self.closing = True
 
     def _close(self) -> None:
         self._flush()
@@ -775,7 +778,11 @@ class H1Server(asyncio.Protocol):
             self.transport.close()
 
     def abort(self) -> None:
-        if self.transport is not None:
+        """The drain is over: cut what is still open. An idle connection has nothing to cut and
+        ends with a FIN; a request still in flight is reset."""
+        if not self.queue and self._raw is None and not self._in_head:
+            self._close()
+        elif self.transport is not None:
             self.transport.abort()
 
     def _pause(self, why: str) -> None:

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("waypoint.http")
 
+MAX_STREAM_ID = 2**31 - 1   # a GOAWAY naming it refuses no stream: the drain's notice (H2Server.shutdown)
+GOAWAY_NOTICE = 1.0         # seconds from that notice to the final GOAWAY (at most half the drain)
+
 
 class DownStream(Stream):
     """A downstream stream: the exchange's DownLeg."""
@@ -84,6 +87,7 @@ class H2Server(H2Base):
         self.downstream = downstream
         self.goaway_sid: int | None = None
         self.highest = 0
+        self._notice: asyncio.TimerHandle | None = None     # the drain's first GOAWAY is out (shutdown)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -92,6 +96,8 @@ class H2Server(H2Base):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.engine.conns.discard(self)
+        if self._notice is not None:
+            self._notice.cancel()
         self._abort_all("connection lost")
 
     def _abort_all(self, why: str) -> None:
@@ -229,18 +235,32 @@ class H2Server(H2Base):
             self.shutdown()
 
     def shutdown(self) -> None:
-        """GOAWAY (NO_ERROR) naming the last stream we will serve; close once those are done."""
+        """GOAWAY (NO_ERROR) naming the last stream we will serve; close once those are done.
+
+        In the engine's drain, first a GOAWAY that refuses nothing (last stream 2^31-1, RFC 9113
+        §6.8, as Envoy's drain): a stream the client opens while the GOAWAY is on its way is
+        served, where a GOAWAY naming the highest stream so far would refuse it and fail that
+        request. The final GOAWAY follows `GOAWAY_NOTICE` seconds later (a round trip, with room)."""
         if self.lost or self.goaway_sid is not None:
+            return
+        if self.engine.draining and self._notice is None:
+            self.flush()
+            self._goaway(MAX_STREAM_ID)
+            self._notice = self.engine.loop.call_later(min(GOAWAY_NOTICE, self.settings.drain_timeout / 2),
+                                                       self.shutdown)
             return
         self.flush()        # frames h2 already produced go first
         self.goaway_sid = self.highest
+        self._goaway(self.highest)
+        self.closing = True
+        self.maybe_done()
+
+    def _goaway(self, last_stream_id: int) -> None:
         f = GoAwayFrame(0)
-        f.last_stream_id = self.highest
+        f.last_stream_id = last_stream_id
         f.error_code = 0
         if self.transport is not None:
             self.transport.write(f.serialize())
-        self.closing = True
-        self.maybe_done()
 
 
 def _valid_path(path: str, method: str | None) -> bool:
