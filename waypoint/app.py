@@ -421,8 +421,9 @@ class WaypointProxy:
         if pick.plain:      # a ServiceEntry endpoint outside the mesh: the waypoint dials it itself
             policy, host = (cluster.policy, name or cluster.hostname) if cluster is not None else (None, "")
             orig = origination(policy, host)
-            # pooled per TLS name too: a connection verified for one name never carries another's requests
-            key = f"{pick.address}/{pick.protocol}{f' tls {orig.sni}' if orig else ''}"
+            # pooled per TLS settings too: a connection verified for one name (or with one CA, one client
+            # certificate, verification off) never carries the requests of a cluster that asks otherwise
+            key = f"{pick.address}/{pick.protocol}{f' tls {orig.settings!r}' if orig else ''}"
             # the connector asks again per connection: the files' current contents (rotated CA or client cert)
             return UpstreamTarget(key, pick.address,
                                   self._plain_connector(pick, (lambda: origination(policy, host)) if orig else None),

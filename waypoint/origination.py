@@ -33,6 +33,8 @@ class Origination:
     context: ssl.SSLContext
     sni: str
     names: tuple[str, ...]      # acceptable server names; () when verification is off
+    settings: tuple = ()        # what made it (mode, files, verification, SNI, names): connections
+                                # pooled together must share all of it, not only the SNI
 
 
 def check_peer(cert: dict, names: tuple[str, ...]) -> str:
@@ -83,6 +85,6 @@ def origination(policy: TrafficPolicy | None, host: str) -> Origination | None:
         ctx.load_cert_chain(policy.client_certificate, policy.private_key)
     sni = policy.sni or host
     names = () if policy.insecure_skip_verify else tuple(policy.subject_alt_names) or (sni,)
-    out = Origination(ctx, sni, names)
+    out = Origination(ctx, sni, names, key)
     _CACHE[key] = (stamps, out)
     return out

@@ -220,3 +220,29 @@ def test_origination_to_a_wildcard_host_names_and_verifies_the_requests_host(tmp
             server.close()
 
     asyncio.run(run())
+
+
+def test_clusters_with_other_tls_settings_never_share_an_upstream_pool(tmp_path: Path) -> None:
+    """Upstream connections are pooled by target key. Two clusters that reach one endpoint with the
+    same SNI but other TLS settings (one skips verification, one trusts only its own CA, or another
+    client certificate) must not share a pool: a connection the lax one opened would carry the strict
+    one's requests unverified. Before, the key held the SNI only."""
+    from types import SimpleNamespace
+
+    from waypoint.app import WaypointProxy
+    from waypoint.authz import Waypoint
+    from waypoint.config import WaypointConfig
+    from waypoint.settings import load
+
+    good, cert, key = _ca("good-ca", tmp_path, "api.example.com")
+    (tmp_path / "ca.pem").write_bytes(good)
+    lax = TrafficPolicy(tls_mode="SIMPLE", insecure_skip_verify=True)
+    strict = TrafficPolicy(tls_mode="SIMPLE", ca_certificates=str(tmp_path / "ca.pem"))
+    p = WaypointProxy(load(["--waypoint", "demo/egress", "--pod-name", "egress-0", "--node", "node1"]),
+                      WaypointConfig(Waypoint("demo", "egress"), "cluster.local"), None)
+    pick = endpoints.Pick("127.0.0.1", 8443, "", "http1", "", False, True)
+    keys = {p._new_target(pick, None, SimpleNamespace(policy=policy, hostname="api.example.com"), ()).key
+            for policy in (lax, strict, TrafficPolicy(tls_mode="SIMPLE", sni="api.example.com"))}
+    assert len(keys) == 3
+    again = p._new_target(pick, None, SimpleNamespace(policy=strict, hostname="api.example.com"), ())
+    assert again.key in keys       # the same settings share one pool
