@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("waypoint.http")
 
 DEFAULT_WINDOW = 65535
+# Bytes a connection may write while its transport is over the high-water mark, i.e. while the
+# peer is not reading: answers to its PINGs, SETTINGS and bad frames, response heads. No DATA is
+# among them (`pump` waits for `resume_writing`). Past this the peer is flooding us without
+# reading (CVE-2019-9512/9515/9518) and the connection is aborted. 1 MiB is ~60,000 PING ACKs, or
+# a 1 KiB response head for each of 1,024 streams; Envoy's limit is 10,000 outbound frames.
+MAX_UNREAD_BYTES = 1024 * 1024
 
 
 def decode_headers(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], Headers]:
@@ -57,6 +63,8 @@ class _H2Codec(h2.connection.H2Connection):
     which failed every stream of the connection (a pooled upstream's included) for one bad one.
     The stream is reset PROTOCOL_ERROR and reported as nghttp2 reports its own resets (a
     `StreamReset` that is not remote); the frame's bytes are given back to the connection window."""
+
+    invalid_frames = 0      # nghttp2's count of stream errors it answered unseen; h2 reports each
 
     def _receive_data_frame(self, frame: Any) -> tuple[list[Any], list[h2.events.Event]]:
         try:
@@ -164,6 +172,12 @@ class H2Base(asyncio.Protocol):
         self._flush_handle: asyncio.Handle | None = None
         self.loop = asyncio.get_running_loop()
         self.last = self.loop.time()
+        # The transport is over its high-water mark (the peer does not read as fast as we write):
+        # no DATA goes into the codec until it drains, so a peer with a large window that never
+        # reads cannot make us buffer whole responses (or, upstream, whole uploads) in the
+        # transport; streams over `buffer_bytes` pause their sources instead.
+        self.write_paused = False
+        self.unread = 0                 # bytes written since the transport paused (`MAX_UNREAD_BYTES`)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -210,13 +224,36 @@ class H2Base(asyncio.Protocol):
         self._flush_handle = None
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.lost:
+            if self.write_paused:
+                self.unread += len(data)
+                if self.unread > MAX_UNREAD_BYTES:
+                    self._flooded()
+                    return
             self.transport.write(data)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.unread = 0
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.pump_all()
+
+    def _flooded(self) -> None:
+        """The peer made us write `MAX_UNREAD_BYTES` while it read nothing: abort (a GOAWAY would
+        only join what it does not read)."""
+        log.warning("HTTP/2 peer %s does not read: over %d bytes of answers to its frames unsent, connection "
+                    "aborted", self.peer(), MAX_UNREAD_BYTES)
+        self.lost = True
+        self._abort_all("peer does not read")
+        if self.transport is not None:
+            self.transport.abort()
 
     def pump(self, st: Stream) -> None:
         """Send what the windows allow of `st`'s queue; end the stream when it is empty."""
         h = self.h2
         try:
-            while st.out:
+            while st.out and not self.write_paused:
                 win = min(h.local_flow_control_window(st.sid), h.max_outbound_frame_size)
                 if win <= 0:
                     break
