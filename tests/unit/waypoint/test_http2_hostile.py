@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 
@@ -189,3 +190,59 @@ def test_pings_do_not_keep_a_connection_without_streams_past_the_idle_timeout(or
         s.close()
     finally:
         p.close()
+
+
+class _StuckH2Origin:
+    """An h2c origin that opens a 2 GiB window for every stream and then reads nothing."""
+
+    def __init__(self) -> None:
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(8)
+        self.port = self.srv.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            huge = 2**31 - 1
+            c.sendall(frame(4, 0, 0, struct.pack(">HI", 4, huge)) + frame(8, 0, 0, struct.pack(">I", huge - 65535))
+                      + frame(4, 1, 0, b""))
+            self.conns.append(c)
+
+    def close(self) -> None:
+        self.srv.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_an_upstream_that_never_reads_cannot_make_the_waypoint_buffer_a_whole_upload() -> None:
+    stuck = _StuckH2Origin()
+    p = Proxy(by_header({"default": stuck.port}), protocols={stuck.port: "h2"})
+    try:
+        s = dial(p)
+        size = 64_000_000
+        s.sendall(b"POST /up HTTP/1.1\r\nhost: a\r\ncontent-length: %d\r\n\r\n" % size)
+        s.setblocking(False)
+        chunk = b"u" * 65536
+        sent, most = 0, 0
+        deadline = time.time() + 4        # the old code took the 64 MB within ~1 s
+        while time.time() < deadline and sent < size and most <= 16_000_000:
+            try:
+                sent += s.send(chunk)
+            except BlockingIOError:
+                time.sleep(0.01)
+            most = max(most, p.call(lambda: sum(c.transport.get_write_buffer_size()  # type: ignore[union-attr]
+                                                for cs in p.engine.pools.h2.values()  # type: ignore[union-attr]
+                                                for c in cs if c.transport is not None)))  # type: ignore[arg-type]
+        assert most < 4_000_000, f"{most} bytes of an upload buffered for an upstream that reads nothing"
+        assert sent < size, "the client was never paused"
+        s.close()
+    finally:
+        p.close()
+        stuck.close()
