@@ -189,8 +189,10 @@ class H2Base(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last = self.loop.time()
+        h = self.h2
+        invalid = h.invalid_frames
         try:
-            events = self.h2.receive_data(data)
+            events = h.receive_data(data)
         except h2.exceptions.ProtocolError as e:
             log.info("HTTP/2 protocol error from %s: %s", self.peer(), e)
             self.flush()
@@ -203,7 +205,14 @@ class H2Base(asyncio.Protocol):
                 self.event(ev)
             except Exception:
                 log.exception("HTTP/2 event %r failed", type(ev).__name__)
+        if h.invalid_frames != invalid:
+            # streams nghttp2 reset itself for the peer's error, unseen (before a head was whole)
+            self._reset_caused(h.invalid_frames - invalid)
         self.flush()
+
+    def _reset_caused(self, n: int = 1) -> None:
+        """The peer reset `n` streams it had not been answered on, or made us reset them for its
+        protocol errors: the server budgets them (server.py); a client's upstream is not flooding."""
 
     def event(self, ev: h2.events.Event) -> None:
         raise NotImplementedError

@@ -108,17 +108,9 @@ class H2Server(H2Base):
             st.ex.request_abort("DC")
         self.streams.clear()
 
-    def data_received(self, data: bytes) -> None:
-        h = self.h2
-        invalid = h.invalid_frames
-        super().data_received(data)
-        if h.invalid_frames != invalid and not self.lost:
-            # streams nghttp2 reset itself for the client's error before the request was whole
-            self._reset_caused(h.invalid_frames - invalid)
-
     def _reset_caused(self, n: int = 1) -> None:
         """The client reset `n` unanswered streams, or made us reset them: spend its budget."""
-        if self.resets.spend(n) or self.goaway_sid == -1:
+        if self.resets.spend(n) or self.goaway_sid == -1 or self.lost:
             return
         log.warning("HTTP/2 client %s reset (or made us reset) too many streams: GOAWAY(ENHANCE_YOUR_CALM)",
                     self.peer())
