@@ -145,8 +145,14 @@ def _bad_length(enc: hpack.Encoder, sid: int) -> bytes:
     return frame(1, 4, sid, head) + frame(0, 1, sid, b"xx")        # a body over its content-length
 
 
-@pytest.mark.parametrize("codec,attack", [("h2", _rapid), ("nghttp2", _bad_length), ("h2", _bad_length)],
-                         ids=["rapid-reset-h2", "made-you-reset-nghttp2", "made-you-reset-h2"])
+def _bad_head(enc: hpack.Encoder, sid: int) -> bytes:
+    head = enc.encode([(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/"), ("X-Up", "1")])
+    return frame(1, 5, sid, head)       # an uppercase field name: malformed, reset before it is a request
+
+
+@pytest.mark.parametrize("codec,attack", [("h2", _rapid), ("nghttp2", _bad_length), ("h2", _bad_length),
+                                          ("nghttp2", _bad_head)],
+                         ids=["rapid-reset-h2", "made-you-reset-nghttp2", "made-you-reset-h2", "malformed-head-nghttp2"])
 def test_streams_the_client_resets_or_makes_us_reset_are_bounded(origin: Origin, codec: str, attack: object) -> None:
     p = start(origin, codec)
     try:
