@@ -33,6 +33,11 @@ DEFAULT_WINDOW = 65535
 # reading (CVE-2019-9512/9515/9518) and the connection is aborted. 1 MiB is ~60,000 PING ACKs, or
 # a 1 KiB response head for each of 1,024 streams; Envoy's limit is 10,000 outbound frames.
 MAX_UNREAD_BYTES = 1024 * 1024
+# DATA moved into the codec since the last flush: past this, `pump` flushes at once, so that the
+# transport sees it and can say it is full (`pause_writing`) before more is moved. Flushed once per
+# loop iteration only, as many upstream reads as one iteration delivers (5 MB under uvloop) went
+# into the transport of a client that reads nothing.
+FLUSH_AT = 128 * 1024
 
 
 def decode_headers(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], Headers]:
@@ -178,6 +183,7 @@ class H2Base(asyncio.Protocol):
         # transport; streams over `buffer_bytes` pause their sources instead.
         self.write_paused = False
         self.unread = 0                 # bytes written since the transport paused (`MAX_UNREAD_BYTES`)
+        self.moved = 0                  # DATA bytes given to the codec since the last flush (`FLUSH_AT`)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -231,6 +237,7 @@ class H2Base(asyncio.Protocol):
 
     def flush(self) -> None:
         self._flush_handle = None
+        self.moved = 0
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.lost:
             if self.write_paused:
@@ -272,8 +279,12 @@ class H2Base(asyncio.Protocol):
                 else:
                     st.out[0] = chunk[win:]
                     chunk = chunk[:win]
-                st.out_bytes -= len(chunk)
+                n = len(chunk)
+                st.out_bytes -= n
                 h.send_data(st.sid, chunk)
+                self.moved += n
+                if self.moved > FLUSH_AT:
+                    self.flush()        # (the transport may pause us: the loop then stops)
             if not st.out and st.end_pending and not st.ended:
                 st.ended = True
                 if st.trailers:
