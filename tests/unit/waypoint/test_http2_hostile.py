@@ -281,3 +281,44 @@ def test_a_body_sent_as_tiny_or_empty_data_frames_is_held_at_about_its_size(code
     finally:
         p.close()
         held.close()
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_stream_over_the_concurrency_limit_is_refused_alone(codec: str) -> None:
+    """Sent before the client has our SETTINGS (so it may not know the limit). The `h2` codec ended
+    the connection; nghttp2 refuses the stream (and ends the connection once the limit is acked)."""
+    held = RawOrigin()
+    p = Proxy(by_header({"default": held.port}), settings=HttpSettings(h2_codec=codec, h2_max_concurrent_streams=4))
+    try:
+        s = dial(p)
+        enc = hpack.Encoder()
+        out = PREFACE + frame(4, 0, 0, b"")
+        for i in range(5):
+            out += frame(1, 5, 1 + 2 * i, enc.encode([(":method", "GET"), (":scheme", "http"), (":authority", "a"),
+                                                      (":path", "/hold/x")]))
+        s.sendall(out)
+        held.wait_requests(4)
+        held.release()
+        s.settimeout(5)
+        got, answered = b"", set()
+        refused = False
+        while len(answered) < 4:
+            d = s.recv(65536)
+            assert d, "the connection was closed"
+            got += d
+            i = 0
+            while i + 9 <= len(got):
+                n = int.from_bytes(got[i:i + 3], "big")
+                if i + 9 + n > len(got):
+                    break
+                ftype, sid = got[i + 3], int.from_bytes(got[i + 5:i + 9], "big")
+                if ftype == 3 and sid == 9:
+                    refused = int.from_bytes(got[i + 9:i + 13], "big") == 7      # REFUSED_STREAM
+                elif ftype == 1:
+                    answered.add(sid)
+                i += 9 + n
+        assert answered == {1, 3, 5, 7} and refused and not goaway_codes(got)
+        s.close()
+    finally:
+        p.close()
+        held.close()

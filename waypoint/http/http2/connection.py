@@ -15,6 +15,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
+from hyperframe.frame import RstStreamFrame
 
 from ambit.dataplane.nghttp2 import NgHttp2Connection
 from waypoint.http.headers import HOP_BY_HOP
@@ -70,6 +72,22 @@ class _H2Codec(h2.connection.H2Connection):
     `StreamReset` that is not remote); the frame's bytes are given back to the connection window."""
 
     invalid_frames = 0      # nghttp2's count of stream errors it answered unseen; h2 reports each
+
+    def _receive_headers_frame(self, frame: Any) -> tuple[list[Any], list[h2.events.Event]]:
+        """A stream over our SETTINGS_MAX_CONCURRENT_STREAMS is refused alone (RFC 9113 §5.1.2: a
+        stream error, REFUSED_STREAM, as nghttp2 does); h2 raised it as a connection error, which
+        ended the client's other streams (up to 1,024 in flight) with it."""
+        try:
+            return super()._receive_headers_frame(frame)
+        except h2.exceptions.TooManyStreamsError:
+            sid = frame.stream_id
+            self.decoder.decode(frame.data, raw=True)       # its block still updates HPACK state
+            self.highest_inbound_stream_id = max(self.highest_inbound_stream_id, sid)
+            self._closed_streams[sid] = h2.stream.StreamClosedBy.SEND_RST_STREAM
+            f = RstStreamFrame(sid)
+            f.error_code = h2.errors.ErrorCodes.REFUSED_STREAM
+            log.info("HTTP/2 stream %d: over the concurrent stream limit, refused", sid)
+            return [f], []
 
     def _receive_data_frame(self, frame: Any) -> tuple[list[Any], list[h2.events.Event]]:
         try:
