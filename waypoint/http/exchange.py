@@ -43,6 +43,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from waypoint.http import attempt, shadow
+from waypoint.http.chunks import keep
 from waypoint.http.grpcframes import MessageCounter
 from waypoint.http.headers import add_forwarded, grpc_status_for, strip_hop_by_hop
 from waypoint.http.legs import DownLeg, Headers, UpLeg
@@ -338,7 +339,9 @@ class Exchange:
     # --- from the downstream leg ----------------------------------------------------------------
 
     def request_data(self, data: bytes) -> None:
-        if self.done or self.resp_ended:
+        if self.done or self.resp_ended or not data:
+            # (empty: an HTTP/2 DATA frame without payload, which the `h2` codec reports; kept,
+            # each took a list slot of the retry buffer without counting against it)
             return
         self.last = self.engine.loop.time()
         self.record.bytes_received += len(data)
@@ -358,12 +361,12 @@ class Exchange:
                     self._replay_overflowed(x)
                     return
             else:
-                self.replay.append(data)
+                keep(self.replay, data)
         up = self.up
         if up is not None:
             up.send_data(data)
             return
-        self.pending.append(data)
+        keep(self.pending, data)
         self.pending_bytes += len(data)
         if self.pending_bytes > self.engine.settings.buffer_bytes:
             self.down.pause_request()

@@ -35,6 +35,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from waypoint.http import attempt
+from waypoint.http.chunks import keep
 from waypoint.request import Forward
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ class Shadow:
         if self.up is not None and not self.paused:
             self.up.send_data(data)
             return
-        self.pending.append(data)
+        keep(self.pending, data)
         self.pending_bytes += len(data)
         if self.pending_bytes > self.engine.settings.mirror_buffer_bytes:
             self._end("cut")

@@ -15,6 +15,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
+from hyperframe.frame import RstStreamFrame
 
 from ambit.dataplane.nghttp2 import NgHttp2Connection
 from waypoint.http.headers import HOP_BY_HOP
@@ -27,6 +29,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("waypoint.http")
 
 DEFAULT_WINDOW = 65535
+# Bytes a connection may write while its transport is over the high-water mark, i.e. while the
+# peer is not reading: answers to its PINGs, SETTINGS and bad frames, response heads. No DATA is
+# among them (`pump` waits for `resume_writing`). Past this the peer is flooding us without
+# reading (CVE-2019-9512/9515/9518) and the connection is aborted. 1 MiB is ~60,000 PING ACKs, or
+# a 1 KiB response head for each of 1,024 streams; Envoy's limit is 10,000 outbound frames.
+MAX_UNREAD_BYTES = 1024 * 1024
+# DATA moved into the codec since the last flush: past this, `pump` flushes at once, so that the
+# transport sees it and can say it is full (`pause_writing`) before more is moved. Flushed once per
+# loop iteration only, as many upstream reads as one iteration delivers (5 MB under uvloop) went
+# into the transport of a client that reads nothing.
+FLUSH_AT = 128 * 1024
 
 
 def decode_headers(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], Headers]:
@@ -57,6 +70,24 @@ class _H2Codec(h2.connection.H2Connection):
     which failed every stream of the connection (a pooled upstream's included) for one bad one.
     The stream is reset PROTOCOL_ERROR and reported as nghttp2 reports its own resets (a
     `StreamReset` that is not remote); the frame's bytes are given back to the connection window."""
+
+    invalid_frames = 0      # nghttp2's count of stream errors it answered unseen; h2 reports each
+
+    def _receive_headers_frame(self, frame: Any) -> tuple[list[Any], list[h2.events.Event]]:
+        """A stream over our SETTINGS_MAX_CONCURRENT_STREAMS is refused alone (RFC 9113 §5.1.2: a
+        stream error, REFUSED_STREAM, as nghttp2 does); h2 raised it as a connection error, which
+        ended the client's other streams (up to 1,024 in flight) with it."""
+        try:
+            return super()._receive_headers_frame(frame)
+        except h2.exceptions.TooManyStreamsError:
+            sid = frame.stream_id
+            self.decoder.decode(frame.data, raw=True)       # its block still updates HPACK state
+            self.highest_inbound_stream_id = max(self.highest_inbound_stream_id, sid)
+            self._closed_streams[sid] = h2.stream.StreamClosedBy.SEND_RST_STREAM
+            f = RstStreamFrame(sid)
+            f.error_code = h2.errors.ErrorCodes.REFUSED_STREAM
+            log.info("HTTP/2 stream %d: over the concurrent stream limit, refused", sid)
+            return [f], []
 
     def _receive_data_frame(self, frame: Any) -> tuple[list[Any], list[h2.events.Event]]:
         try:
@@ -164,6 +195,13 @@ class H2Base(asyncio.Protocol):
         self._flush_handle: asyncio.Handle | None = None
         self.loop = asyncio.get_running_loop()
         self.last = self.loop.time()
+        # The transport is over its high-water mark (the peer does not read as fast as we write):
+        # no DATA goes into the codec until it drains, so a peer with a large window that never
+        # reads cannot make us buffer whole responses (or, upstream, whole uploads) in the
+        # transport; streams over `buffer_bytes` pause their sources instead.
+        self.write_paused = False
+        self.unread = 0                 # bytes written since the transport paused (`MAX_UNREAD_BYTES`)
+        self.moved = 0                  # DATA bytes given to the codec since the last flush (`FLUSH_AT`)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -175,8 +213,10 @@ class H2Base(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last = self.loop.time()
+        h = self.h2
+        invalid = h.invalid_frames
         try:
-            events = self.h2.receive_data(data)
+            events = h.receive_data(data)
         except h2.exceptions.ProtocolError as e:
             log.info("HTTP/2 protocol error from %s: %s", self.peer(), e)
             self.flush()
@@ -189,7 +229,14 @@ class H2Base(asyncio.Protocol):
                 self.event(ev)
             except Exception:
                 log.exception("HTTP/2 event %r failed", type(ev).__name__)
+        if h.invalid_frames != invalid:
+            # streams nghttp2 reset itself for the peer's error, unseen (before a head was whole)
+            self._reset_caused(h.invalid_frames - invalid)
         self.flush()
+
+    def _reset_caused(self, n: int = 1) -> None:
+        """The peer reset `n` streams it had not been answered on, or made us reset them for its
+        protocol errors: the server budgets them (server.py); a client's upstream is not flooding."""
 
     def event(self, ev: h2.events.Event) -> None:
         raise NotImplementedError
@@ -208,15 +255,39 @@ class H2Base(asyncio.Protocol):
 
     def flush(self) -> None:
         self._flush_handle = None
+        self.moved = 0
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.lost:
+            if self.write_paused:
+                self.unread += len(data)
+                if self.unread > MAX_UNREAD_BYTES:
+                    self._flooded()
+                    return
             self.transport.write(data)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.unread = 0
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.pump_all()
+
+    def _flooded(self) -> None:
+        """The peer made us write `MAX_UNREAD_BYTES` while it read nothing: abort (a GOAWAY would
+        only join what it does not read)."""
+        log.warning("HTTP/2 peer %s does not read: over %d bytes of answers to its frames unsent, connection "
+                    "aborted", self.peer(), MAX_UNREAD_BYTES)
+        self.lost = True
+        self._abort_all("peer does not read")
+        if self.transport is not None:
+            self.transport.abort()
 
     def pump(self, st: Stream) -> None:
         """Send what the windows allow of `st`'s queue; end the stream when it is empty."""
         h = self.h2
         try:
-            while st.out:
+            while st.out and not self.write_paused:
                 win = min(h.local_flow_control_window(st.sid), h.max_outbound_frame_size)
                 if win <= 0:
                     break
@@ -226,8 +297,12 @@ class H2Base(asyncio.Protocol):
                 else:
                     st.out[0] = chunk[win:]
                     chunk = chunk[:win]
-                st.out_bytes -= len(chunk)
+                n = len(chunk)
+                st.out_bytes -= n
                 h.send_data(st.sid, chunk)
+                self.moved += n
+                if self.moved > FLUSH_AT:
+                    self.flush()        # (the transport may pause us: the loop then stops)
             if not st.out and st.end_pending and not st.ended:
                 st.ended = True
                 if st.trailers:

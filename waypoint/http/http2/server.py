@@ -11,6 +11,7 @@ import h2.exceptions
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
+from ambit.dataplane.hbone.limits import ResetBudget
 from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
 from waypoint.http.headers import header_name, is_grpc, known_authorities, valid_authority
 from waypoint.http.http2.connection import H2Base, Stream, decode_headers, encode_headers, unlink
@@ -88,6 +89,13 @@ class H2Server(H2Base):
         self.goaway_sid: int | None = None
         self.highest = 0
         self._notice: asyncio.TimerHandle | None = None     # the drain's first GOAWAY is out (shutdown)
+        # Streams the client resets before their response starts (rapid reset, CVE-2023-44487) or
+        # makes us reset for its protocol error (a body longer than its content-length, a
+        # malformed head: MadeYouReset, CVE-2025-8671) cost a stream setup, often an upstream
+        # connection, each. Past this budget: GOAWAY(ENHANCE_YOUR_CALM). nghttp2 1.52 counts
+        # only the former (1,000, then 33/s) and the `h2` codec neither.
+        self.resets = ResetBudget()
+        self.idle_since: float | None = None     # no stream open since (checked by the tick)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -105,6 +113,22 @@ class H2Server(H2Base):
             st.ended = True
             st.ex.request_abort("DC")
         self.streams.clear()
+
+    def _reset_caused(self, n: int = 1) -> None:
+        """The client reset `n` unanswered streams, or made us reset them: spend its budget."""
+        if self.resets.spend(n) or self.goaway_sid == -1 or self.lost:
+            return
+        log.warning("HTTP/2 client %s reset (or made us reset) too many streams: GOAWAY(ENHANCE_YOUR_CALM)",
+                    self.peer())
+        self.goaway_sid = -1        # no later stream of this connection is served
+        try:
+            self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        except h2.exceptions.H2Error:
+            pass
+        self.flush()
+        self._abort_all("too many resets")
+        if self.transport is not None:
+            self.transport.close()
 
     def event(self, ev: h2.events.Event) -> None:
         if isinstance(ev, h2.events.DataReceived):
@@ -130,8 +154,12 @@ class H2Server(H2Base):
                 st.ended = True
                 st.out.clear()
                 self.settle(st)
-                st.ex.reset_code = ev.error_code
-                st.ex.request_abort("DR")
+                ex = st.ex
+                ex.reset_code = ev.error_code
+                ex.request_abort("DR")
+                # a request cancelled before its answer began, or one we reset for the client's error
+                if not ev.remote_reset or not ex.resp_started:
+                    self._reset_caused()
             self.maybe_done()
         elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
             self.pump_all()
@@ -141,6 +169,7 @@ class H2Server(H2Base):
 
     def _request(self, ev: h2.events.RequestReceived) -> None:
         sid = ev.stream_id
+        self.idle_since = None
         if sid > self.highest:      # (a compare, not a call of max())
             self.highest = sid
         if self.goaway_sid is not None and sid > self.goaway_sid:
@@ -211,6 +240,7 @@ class H2Server(H2Base):
             self.h2.reset_stream(sid, code)
         except h2.exceptions.H2Error:
             pass
+        self._reset_caused()
 
     def sent_end(self, st: Stream) -> None:
         if st.ex.done:
@@ -231,7 +261,13 @@ class H2Server(H2Base):
         for st in list(self.streams.values()):
             if not st.ex.done:
                 st.ex.check(now)
-        if not self.streams and now - self.last > self.settings.idle_timeout:
+        # Idle is time without a stream, not without bytes (Envoy's idle_timeout): a client that
+        # sends a PING, or one byte of a header block, now and then holds no connection forever.
+        if self.streams:
+            self.idle_since = None
+        elif self.idle_since is None:
+            self.idle_since = now
+        elif now - self.idle_since > self.settings.idle_timeout:
             self.shutdown()
 
     def shutdown(self) -> None:
