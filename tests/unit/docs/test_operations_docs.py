@@ -37,5 +37,6 @@ def test_every_flag_of_every_binary_is_documented() -> None:
 def test_the_check_sees_a_missing_flag() -> None:
     """Not vacuous: every binary has flags, and dropping one flag's mention is reported."""
     assert all(flags_of(parser(cls, b, environ={})) for b, cls in BINARIES.items())
-    doc = read("operations.md").replace("--http-h2-codec", "the codec flag")
-    assert missing_flags(doc) == ["waypoint: --http-h2-codec"]
+    doc = read("operations.md")
+    assert "waypoint: --http-h2-codec" not in missing_flags(doc)
+    assert "waypoint: --http-h2-codec" in missing_flags(doc.replace("--http-h2-codec", "the codec flag"))
