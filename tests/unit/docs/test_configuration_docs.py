@@ -112,6 +112,13 @@ def test_every_unsupported_kind_is_named() -> None:
     assert not missing, "docs/configuration.md does not name these refused kinds:\n  " + "\n  ".join(missing)
 
 
+def test_every_short_name_is_listed() -> None:
+    """`ambit get KIND` takes every short name a kind has; the list in the document is complete."""
+    listed = code_names(section(read("configuration.md"), "Applying, listing and deleting in the lab"))
+    missing = sorted({n for k in KINDS for n in k.short_names} - listed)
+    assert not missing, f"docs/configuration.md does not list these short names: {', '.join(missing)}"
+
+
 def test_the_check_sees_a_missing_field() -> None:
     """The walk is not vacuous: removing one field's mention from its section is reported."""
     doc = read("configuration.md")
