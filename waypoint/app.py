@@ -203,11 +203,13 @@ class WaypointProxy:
         # client's keep-alive HTTP/1 or HTTP/2 connection, which ends only when the engine tells
         # it to (`Connection: close` on its next response, GOAWAY), so waiting for the tunnels
         # first held every such client until the deadline and then cut it, mid-request if one was
-        # in flight. gather() starts them in this order: the HBONE server stops taking tunnels
-        # (synchronously, before its first await) before the engine starts draining.
+        # in flight. gather() starts them in this order: the HBONE server GOAWAYs its connections
+        # (synchronously, before its first await) before the engine starts draining; it keeps
+        # accepting for `drain_accept` s, and the engine serves what arrives as draining.
         draining = []
         if self.server is not None:
-            draining.append(self.server.close(grace=self.settings.http.drain_timeout))
+            draining.append(self.server.close(grace=self.settings.http.drain_timeout,
+                                              accept_for=self.settings.http.drain_accept))
         if self.engine is not None:
             draining.append(self.engine.shutdown())
         await asyncio.gather(*draining)

@@ -104,7 +104,10 @@ def _process(base: Path, names: LabNames, w: dict[str, Any], trust_domain: str,
               "--metrics-socket", str(metrics_socket(base, ns, name)), "--report-interval", "3",
               "--config-cache", str(cache_dir(base, ns, name) / "config.json"),
               "--cert-cache", str(cache_dir(base, ns, name) / "certs"),
-              "--run-dir", str(base / "run"), *(extra or [])],
+              "--run-dir", str(base / "run"),
+              # one pod per waypoint, restarted in place, and no endpoint propagation to wait out:
+              # accepting on after SIGTERM would only delay every stop (a cluster's default is 2 s)
+              "--http-drain-accept", "0", *(extra or [])],
         env={"POD_NAME": w["pod"], "POD_NAMESPACE": ns, "POD_IP": w["ip"], "NODE_NAME": node})
 
 

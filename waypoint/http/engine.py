@@ -182,16 +182,18 @@ class TunnelProtocol(asyncio.Protocol):
         assert t is not None
         early = bytes(self.detector.buffer)
         self.detector.buffer.clear()
-        if self.engine.draining:        # shutting down: no new work
-            t.close()
-            return
         if verdict is Verdict.OPAQUE:
             OpaqueRelay(self.engine, self.downstream, t, early, eof)
             return
-        proto: asyncio.Protocol = H1Server(self.engine, self.downstream) if verdict is Verdict.HTTP1 \
+        proto: H1Server | H2Server = H1Server(self.engine, self.downstream) if verdict is Verdict.HTTP1 \
             else H2Server(self.engine, self.downstream)
         t.set_protocol(proto)
         proto.connection_made(t)
+        # A tunnel that arrives while the engine drains (the HBONE listener accepts for a while
+        # after SIGTERM: `HBONEServer.close(accept_for=...)`) is served, and told to go like the
+        # others: `Connection: close` on its response (H1Server reads `engine.draining`), GOAWAY.
+        if self.engine.draining and isinstance(proto, H2Server):
+            proto.shutdown()
         proto.data_received(early)
         if eof and not proto.eof_received():
             t.close()

@@ -68,6 +68,10 @@ class HttpSettings:
                            "pure-Python h2 library: about 4x the codec CPU, 1.7x the hop's)", check=_codec)
     drain_timeout: float = option(5.0, "seconds open requests get to finish at shutdown (after GOAWAY)",
                                   check=non_negative)
+    drain_accept: float = option(2.0, "seconds the waypoint keeps accepting tunnels after SIGTERM (within --http-"
+                                 "drain-timeout): its peers learn the pod is going about a second later, and "
+                                 "meanwhile still send it new tunnels, which are served and told to go",
+                                 check=non_negative)
     mirror_max_active: int = option(256, "mirrored (shadow) requests in flight at once; beyond, a shadow is dropped "
                                     "and counted, never queued (Envoy has no such bound)", check=non_negative)
     mirror_buffer_bytes: int = option(1024 * 1024, "request body bytes a shadow may hold while its upstream is not "

@@ -189,15 +189,27 @@ class HBONEServer:
             log.info("HBONE connection handed over: TLS handshake failed: %s", e or type(e).__name__)
             sock.close()
 
-    async def close(self, grace: float = 5.0) -> None:
-        """Stop accepting, GOAWAY every connection, let tunnels drain for `grace` s, then abort."""
+    async def close(self, grace: float = 5.0, accept_for: float = 0.0) -> None:
+        """GOAWAY every connection, let tunnels drain for `grace` s, then abort.
+
+        The listener stops accepting at once, or after `accept_for` s (at most `grace`): a pod
+        being terminated stays in its peers' endpoints until they hear otherwise, and a tunnel they
+        send meanwhile would meet a closed port (a reset, a failed request). Connections accepted
+        in that window are served and GOAWAYed with the rest when it ends, as Envoy keeps its
+        listeners during a graceful drain."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        for p in list(self.connections):
+            p.close("server shutting down")
+        if accept_for > 0:
+            await asyncio.sleep(min(accept_for, grace))
         if self._server is not None:
             self._server.close()
         for p in list(self.connections):
-            p.close("server shutting down")
+            p.close("server shutting down")     # those that came in the window (close is idempotent)
         conns = [p.closed for p in self.connections]
         if conns:
-            _, pending = await asyncio.wait(conns, timeout=grace)
+            _, pending = await asyncio.wait(conns, timeout=max(0.0, deadline - loop.time()))
             if pending:
                 for p in list(self.connections):
                     p.abort()

@@ -727,3 +727,29 @@ def test_a_bulk_write_reaches_tls_in_bounded_batches_and_stops_when_it_is_full(c
     rec = recorders[0]
     assert sum(rec.calls) > len(payload) and max(rec.calls) <= TLS_BATCH, (len(rec.calls), max(rec.calls))
     assert 0 < rec.peak <= TRANSPORT_HIGH_WATER + TURN + TLS_BATCH, rec.peak
+
+
+def test_server_close_can_keep_accepting_for_a_while_and_serves_what_comes(ca) -> None:
+    """A terminating waypoint stays in its peers' endpoints until they hear it is going: with
+    `accept_for`, tunnels they open meanwhile (on a new connection: the old one got GOAWAY) are
+    served; after the window the port is closed. Before, the port closed at once and such a tunnel
+    met a reset."""
+    async def main() -> None:
+        async with Mesh(ca, echo) as m:
+            st = await m.open()
+            closing = asyncio.ensure_future(m.server.close(grace=10, accept_for=1.5))
+            await asyncio.sleep(0.2)
+            late = await m.open()                       # a new connection, accepted in the window
+            late.write(b"still served")
+            assert await late.readexactly(12) == b"still served"
+            late.write_eof()
+            assert await late.read() == b""
+            st.write(b"old one too")
+            assert await st.readexactly(11) == b"old one too"
+            st.write_eof()
+            assert await st.read() == b""
+            await asyncio.wait_for(closing, 10)
+            with pytest.raises((OSError, HBONEConnectError, ssl.SSLError)):
+                await m.open()
+
+    asyncio.run(main())
