@@ -47,12 +47,14 @@ def test_surge_roll_of_a_node_fails_no_new_connection(fresh_lab):
     assert [r for r in short if r["t"] > ended], "no short connection was made after the roll"
 
     # The long-lived connection: one socket, served through the roll, then either still serving or
-    # ended by the old ztunnel's drain with EOF (RemoteDisconnected), never a reset.
+    # ended by the old ztunnel's drain with EOF, never a reset. An L4 drain knows no HTTP: its EOF
+    # comes between two requests (RemoteDisconnected) or, on a loaded machine, inside a response
+    # still being relayed (IncompleteRead); a reset would be ConnectionResetError.
     assert long and long[0]["ok"], long[:3]
     assert len({r["port"] for r in long if r["ok"]}) == 1
     assert [r for r in long if r["ok"] and r["t"] > began], "the long-lived connection did not outlive the roll's start"
     if not long[-1]["ok"]:
-        assert long[-1]["errtype"] == "RemoteDisconnected", long[-1]
+        assert long[-1]["errtype"] in ("RemoteDisconnected", "IncompleteRead"), long[-1]
     print(f"short connections: {len(short)}, long-lived: {len(long)} requests, ended {long[-1]}")
     log = lab.log("ztunnel", "node1")
     assert "stopping: listeners of" in log and "draining" in log
