@@ -160,12 +160,14 @@ class WaypointProxy:
             await self.on_config()
             return
         if self.settings.handoff_socket is not None:     # a worker: the supervisor accepts (waypoint/workers.py)
-            self.server = HBONEServer(None, self._server_context, self.on_connect)
+            self.server = HBONEServer(None, self._server_context, self.on_connect,
+                                      max_connections=self.settings.max_connections)
             await self.server.start()
             self.handoff = Receiver(self.settings.handoff_socket, self.settings.worker_index, self.server.adopt)
             await self.handoff.start()
             return
-        self.server = HBONEServer(tcp_listener(self.settings.listen), self._server_context, self.on_connect)
+        self.server = HBONEServer(tcp_listener(self.settings.listen), self._server_context, self.on_connect,
+                                  max_connections=self.settings.max_connections)
         await self.server.start()
 
     def _tracing(self, providers: Sequence[Any]) -> None:
