@@ -162,10 +162,9 @@ def test_the_hbone_listener_takes_its_connection_bound_from_max_connections() ->
     /stats reports the connections refused over it."""
     import asyncio
     import json as _json
+    import socket
 
     from waypoint import admin
-
-    import socket
 
     async def main() -> None:
         with socket.socket() as free:
