@@ -23,22 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from ambit.accept import ACCEPT_RETRY_DELAY, out_of_resources
+
 log = logging.getLogger("ambit.dataplane.handoff")
 
 ACCEPT_BATCH = 64           # connections accepted per wakeup before the loop serves other work
 HELLO_TIMEOUT = 1.0         # a worker sends its hello right after connecting
-# Out of descriptors (or kernel memory), accept() fails while the listener stays readable: retrying
-# on the next wakeup spun a core and logged each time. Stop reading the listener for this long, as
-# asyncio's own servers do (ACCEPT_RETRY_DELAY); connections wait in the backlog meanwhile.
-ACCEPT_RETRY_DELAY = 1.0
-_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
 class Dealer:
@@ -157,7 +153,7 @@ class Dealer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                if e.errno in _OUT_OF_RESOURCES:
+                if out_of_resources(e):
                     self._back_off(e)
                 else:
                     log.warning("accept failed: %s", e)
@@ -170,7 +166,8 @@ class Dealer:
                 return
 
     def _back_off(self, e: OSError) -> None:
-        """Out of descriptors: leave the backlog alone for ACCEPT_RETRY_DELAY (see there)."""
+        """Out of descriptors: stop reading the listener for ACCEPT_RETRY_DELAY (ambit/accept.py);
+        retrying at the next wakeup spun a core. Connections wait in the backlog meanwhile."""
         assert self._loop is not None
         self.accept_backoffs += 1
         log.warning("accept failed: %s; not accepting for %.1fs", e, ACCEPT_RETRY_DELAY)
