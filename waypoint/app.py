@@ -156,7 +156,8 @@ class WaypointProxy:
             engine = self.engine
             self.ingress = IngressListeners(self.settings.ingress_address, engine.serve,
                                             lambda t, down, early: OpaqueRelay(engine, down, t, early, False),
-                                            reuse_port=self.settings.worker_index >= 0)
+                                            reuse_port=self.settings.worker_index >= 0,
+                                            max_connections=self.settings.max_connections)
             await self.on_config()
             return
         if self.settings.handoff_socket is not None:     # a worker: the supervisor accepts (waypoint/workers.py)

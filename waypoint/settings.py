@@ -67,7 +67,8 @@ class WaypointSettings:
                                 "ambit or istio: run as that ingress Gateway", check=_gateway_class)
     ingress_address: str = option("0.0.0.0", "the address an ingress gateway's listeners bind")
     listen: str = option(f"0.0.0.0:{PORT_HBONE}", "HBONE listener HOST:PORT", check=_address)
-    max_connections: int = option(8192, "HBONE connections each process (each worker) serves at once; more are "
+    max_connections: int = option(8192, "HBONE connections (an ingress gateway: connections on all its ports) each "
+                                  "process (each worker) serves at once; more are "
                                   "reset, counted (/stats overloaded) and logged. ~65 KiB each when idle: the "
                                   "default keeps a 1 GiB pod clear of its OOM kill (Envoy: "
                                   "global_downstream_max_connections)", check=positive)
