@@ -21,9 +21,12 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ambit.accept import ACCEPT_RETRY_DELAY, out_of_resources
 
 MAX_MSG = 64 * 1024
 
@@ -93,11 +96,20 @@ def close_listener(sock: socket.socket | None) -> None:
 
 def accept_loop(sock: socket.socket, serve: Callable[[socket.socket], None], log: logging.Logger,
                 disconnected: Callable[[], None] = lambda: None) -> None:
-    """Serve agents one at a time (there is one per node) until `close_listener(sock)`."""
+    """Serve agents one at a time (there is one per node) until `close_listener(sock)`.
+
+    Out of descriptors (EMFILE and friends) accept() fails while the listener is still open: that
+    is waited out, not taken for `close_listener`. It used to end the loop for good, and the
+    agent, which reconnects, never reached ztunnel again: no pod was captured or released until
+    ztunnel restarted."""
     while True:
         try:
             conn, _ = sock.accept()
-        except OSError:
+        except OSError as e:
+            if out_of_resources(e) and sock.fileno() != -1:
+                log.warning("accepting the agent failed: %s; retrying in %.0fs", e, ACCEPT_RETRY_DELAY)
+                time.sleep(ACCEPT_RETRY_DELAY)
+                continue
             return          # close_listener()
         log.info("agent connected")
         try:

@@ -48,6 +48,8 @@ def routes(proxy: Any, client: Any) -> dict[str, Handler]:
 
     def stats() -> tuple[int, Any]:
         return 200, {"tunnels": proxy.tunnels, "refused": proxy.refused, "requests": proxy.requests,
+                     "overloaded": (proxy.server.over_limit if proxy.server is not None else 0)
+                     + (proxy.ingress.overloaded if proxy.ingress is not None else 0),
                      "mirrors": proxy.engine.mirrors.stats() if proxy.engine is not None else {}}
 
     def clusters() -> tuple[int, Any]:

@@ -156,16 +156,19 @@ class WaypointProxy:
             engine = self.engine
             self.ingress = IngressListeners(self.settings.ingress_address, engine.serve,
                                             lambda t, down, early: OpaqueRelay(engine, down, t, early, False),
-                                            reuse_port=self.settings.worker_index >= 0)
+                                            reuse_port=self.settings.worker_index >= 0,
+                                            max_connections=self.settings.max_connections)
             await self.on_config()
             return
         if self.settings.handoff_socket is not None:     # a worker: the supervisor accepts (waypoint/workers.py)
-            self.server = HBONEServer(None, self._server_context, self.on_connect)
+            self.server = HBONEServer(None, self._server_context, self.on_connect,
+                                      max_connections=self.settings.max_connections)
             await self.server.start()
             self.handoff = Receiver(self.settings.handoff_socket, self.settings.worker_index, self.server.adopt)
             await self.handoff.start()
             return
-        self.server = HBONEServer(tcp_listener(self.settings.listen), self._server_context, self.on_connect)
+        self.server = HBONEServer(tcp_listener(self.settings.listen), self._server_context, self.on_connect,
+                                  max_connections=self.settings.max_connections)
         await self.server.start()
 
     def _tracing(self, providers: Sequence[Any]) -> None:

@@ -15,6 +15,11 @@ so each hostname gets its own certificate. A client whose SNI selects no listene
 so the base context allows TLS 1.2 and 1.3 and a listener's `ambit.io/min-tls-version` is checked
 right after the handshake: a connection below it is closed before a byte of HTTP is read.
 
+Connections: at most `max_connections` at once over all ports (`--max-connections`); one more is
+aborted as soon as it is accepted (after its TLS handshake on HTTPS), counted in `overloaded` and
+logged once per 1,000. Closed connections leave the count by themselves (a weak set, pruned of
+closing transports when full), so nothing per connection has to be told.
+
 Listeners follow the config: `update(view)` opens new ports, closes removed ones, reopens a port
 whose protocol changed, and swaps certificates in place (new handshakes see them at once).
 """
@@ -26,6 +31,7 @@ import hashlib
 import logging
 import socket
 import ssl
+import weakref
 from collections.abc import Callable
 
 from ambit.dataplane.ports import LISTEN_BACKLOG
@@ -61,8 +67,9 @@ def listener_context(ln: IngressListener) -> ssl.SSLContext:
 class _Port:
     """One listening port: its socket, server, and (HTTPS) the contexts its SNI chooses from."""
 
-    def __init__(self, port: IngressPort) -> None:
+    def __init__(self, port: IngressPort, listeners: IngressListeners) -> None:
         self.port = port
+        self.listeners = listeners
         self.contexts: dict[str, ssl.SSLContext] = {}     # listener name -> context
         self.minimum: dict[int, ssl.TLSVersion] = {}      # id(context) -> its listener's minimum
         self.group: dict[int, str] = {}                   # id(context) -> its listener's group
@@ -128,6 +135,9 @@ class _Accepted(Plug):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if not self._port.listeners.admit(transport):
+            transport.abort()
+            return
         if not self._port.admitted(transport):
             log.info("TLS connection on port %d closed: below the listener's minimum TLS version", self._port.port.port)
             transport.close()
@@ -153,6 +163,9 @@ class _L4Accepted(asyncio.Protocol):
         self._peer = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._port.listeners.admit(transport):
+            transport.abort()
+            return
         self._transport = transport  # type: ignore[assignment]
         self._peer = (transport.get_extra_info("peername") or ("", 0))[0]
         if self._port.port.protocol == "TCP":
@@ -202,13 +215,32 @@ class _L4Accepted(asyncio.Protocol):
 
 
 class IngressListeners:
-    def __init__(self, address: str, serve: Serve, relay: Relay, reuse_port: bool = False) -> None:
+    def __init__(self, address: str, serve: Serve, relay: Relay, reuse_port: bool = False,
+                 max_connections: int | None = None) -> None:
         self.address = address
+        self.max_connections = max_connections
+        self.open: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+        self.overloaded = 0             # connections aborted because `max_connections` were open
         self.reuse_port = reuse_port        # a worker: its siblings bind the same ports (waypoint/workers.py)
         self.serve = serve
         self.relay = relay
         self.ports: dict[int, _Port] = {}
         self._lock = asyncio.Lock()
+
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Count `transport` in, unless `max_connections` are open (see the module docstring)."""
+        limit = self.max_connections
+        if limit is not None and len(self.open) >= limit:
+            for t in [t for t in self.open if t.is_closing()]:
+                self.open.discard(t)
+            if len(self.open) >= limit:
+                self.overloaded += 1
+                if self.overloaded % 1000 == 1:
+                    log.warning("ingress at its limit of %d connections: new connections are aborted (%d so far)",
+                                limit, self.overloaded)
+                return False
+        self.open.add(transport)
+        return True
 
     async def update(self, view: IngressView) -> None:
         async with self._lock:
@@ -222,7 +254,7 @@ class IngressListeners:
                 if number in self.ports:
                     self.ports[number].refresh(ip)
                     continue
-                p = _Port(ip)
+                p = _Port(ip, self)
                 p.refresh(ip)
                 try:
                     await self._open(p)

@@ -67,6 +67,11 @@ class WaypointSettings:
                                 "ambit or istio: run as that ingress Gateway", check=_gateway_class)
     ingress_address: str = option("0.0.0.0", "the address an ingress gateway's listeners bind")
     listen: str = option(f"0.0.0.0:{PORT_HBONE}", "HBONE listener HOST:PORT", check=_address)
+    max_connections: int = option(8192, "HBONE connections (an ingress gateway: connections on all its ports) each "
+                                  "process (each worker) serves at once; more are "
+                                  "reset, counted (/stats overloaded) and logged. ~65 KiB each when idle: the "
+                                  "default keeps a 1 GiB pod clear of its OOM kill (Envoy: "
+                                  "global_downstream_max_connections)", check=positive)
     root_namespace: str = option("ambit-system", "the mesh root namespace")
     trust_domain: str = option("cluster.local", "the mesh trust domain")
     cluster_domain: str = option("cluster.local", "the cluster DNS domain (route host names)")

@@ -29,6 +29,8 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from ambit.accept import ACCEPT_RETRY_DELAY, out_of_resources
+
 log = logging.getLogger("ambit.dataplane.handoff")
 
 ACCEPT_BATCH = 64           # connections accepted per wakeup before the loop serves other work
@@ -44,6 +46,8 @@ class Dealer:
         self.links: dict[int, socket.socket] = {}       # worker index -> its link
         self.handed: dict[int, int] = {}                # worker index -> connections handed so far
         self.dropped = 0                                # accepted, but no worker could take them
+        self.accept_backoffs = 0                        # accept() out of descriptors: paused
+        self._backoff: asyncio.TimerHandle | None = None
         self._next = 0
         self._unix: socket.socket | None = None
         self._inode = 0
@@ -67,6 +71,9 @@ class Dealer:
         """Stop accepting (the listener is closed: the supervisor is stopping) and drop every link."""
         assert self._loop is not None
         self._pause()
+        if self._backoff is not None:
+            self._backoff.cancel()
+            self._backoff = None
         self.listener.close()
         if self._unix is not None:
             self._loop.remove_reader(self._unix.fileno())
@@ -129,7 +136,7 @@ class Dealer:
 
     # --- connections ------------------------------------------------------------------------------
     def _resume(self) -> None:
-        if not self._reading and self.links and self._loop is not None:
+        if not self._reading and self.links and self._loop is not None and self._backoff is None:
             self._loop.add_reader(self.listener.fileno(), self._on_accept)
             self._reading = True
 
@@ -145,8 +152,11 @@ class Dealer:
                 conn, _addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:            # EMFILE and friends: say so, try again on the next wakeup
-                log.warning("accept failed: %s", e)
+            except OSError as e:
+                if out_of_resources(e):
+                    self._back_off(e)
+                else:
+                    log.warning("accept failed: %s", e)
                 return
             try:
                 self.deal(conn)
@@ -154,6 +164,19 @@ class Dealer:
                 conn.close()                # the worker holds its own copy now
             if not self.links:
                 return
+
+    def _back_off(self, e: OSError) -> None:
+        """Out of descriptors: stop reading the listener for ACCEPT_RETRY_DELAY (ambit/accept.py);
+        retrying at the next wakeup spun a core. Connections wait in the backlog meanwhile."""
+        assert self._loop is not None
+        self.accept_backoffs += 1
+        log.warning("accept failed: %s; not accepting for %.1fs", e, ACCEPT_RETRY_DELAY)
+        self._pause()
+        self._backoff = self._loop.call_later(ACCEPT_RETRY_DELAY, self._retry_accept)
+
+    def _retry_accept(self) -> None:
+        self._backoff = None
+        self._resume()
 
     def deal(self, conn: socket.socket) -> int | None:
         """Hand `conn` to the next linked worker; which one, or None if none could take it."""

@@ -62,6 +62,11 @@ class HttpSettings:
                                      check=non_negative)
     h2_max_concurrent_streams: int = option(1024, "HTTP/2 streams a downstream client may open at once",
                                             check=positive)
+    h2_connection_buffer_bytes: int = option(
+        1024 * 1024, "response bytes queued on one downstream HTTP/2 connection, all streams together, past "
+        "which a stream that cannot send (its window is closed) pauses its upstream; bounds what a client that "
+        "opens many streams and reads none holds (Envoy: per_connection_buffer_limit_bytes, 1 MiB)",
+        check=positive)
     h2_window: int = option(1024 * 1024, "HTTP/2 receive window per stream and per connection (bytes)",
                             check=positive)
     h2_codec: str = option("nghttp2", "HTTP/2 codec of both legs: nghttp2 (libnghttp2 through cffi, C) or h2 (the "

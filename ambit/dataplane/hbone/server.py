@@ -18,9 +18,13 @@ per tunnel (the waypoint; docs/performance.md, round 9).
 
 Hostile peers (anyone holding a mesh certificate) are bounded here: the TLS handshake must finish
 within `handshake_timeout`, the HTTP/2 preface must follow within `preface_timeout`, a connection
-without tunnels is closed after `idle_timeout`, and one source identity may hold at most
-`per_identity` connections (a `ConnLimiter` shared by all of a node's pods). The HTTP/2 limits
-(streams, header blocks, resets) are `HBONEConnection`'s.
+without tunnels is closed after `idle_timeout`, one source identity may hold at most
+`per_identity` connections (a `ConnLimiter` shared by all of a node's pods), and the listener as a
+whole at most `max_connections` (Envoy's `global_downstream_max_connections`): an idle mTLS
+connection costs ~65 KiB here, so without it ~16,000 connections from any mesh certificate would
+take a 1 GiB pod to its OOM kill, and every tunnel with it. Past the bound a handshaken connection
+is reset, counted in `over_limit` and logged. The HTTP/2 limits (streams, header blocks, resets)
+are `HBONEConnection`'s.
 """
 
 from __future__ import annotations
@@ -70,6 +74,9 @@ class _ServerSide(HBONEProtocol):
         except (ssl.SSLError, ValueError, AttributeError) as e:
             self.server.handshake_failures += 1
             log.info("HBONE connection from %s refused: %s", transport.get_extra_info("peername"), e)
+            transport.abort()
+            return
+        if not self.server.admit():
             transport.abort()
             return
         limiter = self.server.per_identity
@@ -138,6 +145,7 @@ class HBONEServer:
         preface_timeout: float = PREFACE_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT,
         per_identity: ConnLimiter | None = None,
+        max_connections: int | None = None,
         backlog: int = LISTEN_BACKLOG,
         connection_factory: Callable[[], HBONEConnection] | None = None,
     ) -> None:
@@ -152,6 +160,10 @@ class HBONEServer:
         self.preface_timeout = preface_timeout
         self.idle_timeout = idle_timeout
         self.per_identity = per_identity
+        if max_connections is not None and max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        self.max_connections = max_connections
+        self.over_limit = 0             # connections reset because `max_connections` were open
         self.backlog = backlog
         self.preface_timeouts = 0
         self.idle_closed = 0
@@ -222,6 +234,17 @@ class HBONEServer:
             await self._server.wait_closed()
 
     # --- internals -----------------------------------------------------------------------------
+
+    def admit(self) -> bool:
+        """May one more connection be served (`max_connections`)? A refusal is counted, and logged
+        the first time and every 1,000th after, so a flood says so without flooding the log."""
+        if self.max_connections is None or len(self.connections) < self.max_connections:
+            return True
+        self.over_limit += 1
+        if self.over_limit % 1000 == 1:
+            log.warning("HBONE listener at its limit of %d connections: new connections are reset "
+                        "(%d so far)", self.max_connections, self.over_limit)
+        return False
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

@@ -26,3 +26,42 @@ def test_message_and_fd_round_trip(tmp_path) -> None:
     a.close()
     assert zds.recv(b) == (None, [])
     b.close()
+
+
+def test_the_accept_loop_outlives_running_out_of_descriptors(tmp_path) -> None:
+    """ztunnel at its fd limit when the agent (re)connects: accept() fails with EMFILE. That used
+    to end the accept loop for good (taken for `close_listener`), so the agent never reached
+    ztunnel again; now it waits and serves the agent once descriptors are free."""
+    import contextlib
+    import logging
+    import resource
+    import threading
+
+    path = str(tmp_path / "zds.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)
+    served = threading.Event()
+    agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    loop = threading.Thread(target=zds.accept_loop, args=(listener, lambda c: served.set(),
+                                                          logging.getLogger("test")), daemon=True)
+    try:
+        agent.connect(path)                     # waits in the backlog
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        with contextlib.suppress(OSError):
+            while True:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+        loop.start()
+        assert not served.wait(0.3)             # accept() fails meanwhile
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert served.wait(10), "the accept loop gave up at EMFILE"
+    zds.close_listener(listener)
+    loop.join(5)
+    assert not loop.is_alive()
+    agent.close()

@@ -6,6 +6,10 @@ over real mTLS on asyncio and uvloop (the waypoint's workers, waypoint/workers.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import resource
 import socket
 
 import pytest
@@ -152,3 +156,39 @@ def test_hbone_over_handed_connections(ca, tmp_path, loop_kind: str) -> None:
             dealer.close()
 
     run(loop_kind, main)
+
+
+def test_out_of_descriptors_the_dealer_backs_off_and_recovers(tmp_path, caplog) -> None:
+    """At the fd limit accept() fails with EMFILE while the listener stays readable. Before, the
+    dealer retried at every wakeup: a core spun and a warning was logged each time. It now pauses
+    (once, logged once), and once descriptors are free again the waiting connection is served."""
+    async def main() -> None:
+        dealer, port = dealing(tmp_path)
+        w0 = Worker(dealer.path, 0)
+        await w0.receiver.start()
+        await settle(lambda: len(dealer.links) == 1)
+        client = socket.create_connection(("127.0.0.1", port))   # waits in the backlog
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fillers: list[int] = []
+        try:
+            highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+            with contextlib.suppress(OSError):
+                while True:
+                    fillers.append(os.open("/dev/null", os.O_RDONLY))
+            with caplog.at_level(logging.WARNING, logger="ambit.dataplane.handoff"):
+                for _ in range(200):            # 200 turns of the loop with the listener readable
+                    await asyncio.sleep(0)
+            failures = [r for r in caplog.records if "accept failed" in r.getMessage()]
+            assert 1 <= len(failures) <= 2, len(failures)
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        client.setblocking(False)
+        await settle(lambda: w0.got == 1)       # accepted once the backoff is over
+        client.close()
+        dealer.close()
+        w0.receiver.close()
+
+    asyncio.run(main())

@@ -753,3 +753,55 @@ def test_server_close_can_keep_accepting_for_a_while_and_serves_what_comes(ca) -
                 await m.open()
 
     asyncio.run(main())
+
+
+def test_the_listener_serves_at_most_max_connections_and_resets_the_rest(ca) -> None:
+    """A flood of handshaken mTLS connections (any mesh certificate) is bounded per listener: past
+    `max_connections` a new one is reset and counted, those open keep working, and a slot freed
+    is taken again. Before, every connection was served until the pod's OOM kill."""
+    H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
+
+    async def main() -> None:
+        async with Mesh(ca, echo) as m:
+            m.server.max_connections = 3
+            ctx = m.cache.client(m.client_cert)
+
+            async def raw() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+                r, w = await asyncio.open_connection("127.0.0.1", m.port, ssl=ctx, server_hostname=None)
+                w.write(H2_PREFACE)
+                await w.drain()
+                return r, w
+
+            held = [await raw() for _ in range(3)]
+            for r, _w in held:      # each is served: the server's SETTINGS arrive
+                assert await asyncio.wait_for(r.read(9), 10)
+            r, w = await raw()
+            try:
+                got = await asyncio.wait_for(r.read(), 10)
+            except (ConnectionResetError, ssl.SSLError):
+                got = b""
+            assert got == b""                                       # reset, never served
+            w.close()
+            assert m.server.over_limit == 1 and len(m.server.connections) == 3
+            held.pop()[1].close()
+            for _ in range(200):
+                if len(m.server.connections) < 3:
+                    break
+                await asyncio.sleep(0.01)
+            r, w = await raw()
+            assert await asyncio.wait_for(r.read(9), 10)
+            assert m.server.over_limit == 1
+            w.close()
+            for _r, w2 in held:
+                w2.close()
+            for _ in range(200):
+                if not m.server.connections:
+                    break
+                await asyncio.sleep(0.01)
+            st = await m.open()                         # tunnels flow as before
+            st.write(b"served")
+            assert await st.readexactly(6) == b"served"
+            st.write_eof()
+            assert await st.read() == b""
+
+    run("asyncio", main)

@@ -322,3 +322,82 @@ def test_a_stream_over_the_concurrency_limit_is_refused_alone(codec: str) -> Non
     finally:
         p.close()
         held.close()
+
+
+def queued(p: Proxy) -> int:
+    """Response bytes the engine's downstream HTTP/2 connections hold queued on their streams."""
+    return p.call(lambda: sum(st.out_bytes for c in list(p.engine.conns)  # type: ignore[union-attr]
+                              for st in list(getattr(c, "streams", {}).values())))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_many_zero_window_streams_hold_about_the_connection_budget(origin: Origin, codec: str) -> None:
+    """A client that opens many streams with a window of 0 and reads nothing: what the connection
+    holds queued is bounded by its budget (plus a read per stream), not streams x `buffer_bytes`.
+    Before, each stream held up to two `buffer_bytes` (~350 MiB for 1,024 streams)."""
+    p = start(origin, codec)
+    try:
+        s = dial(p)
+        enc = hpack.Encoder()
+        out = PREFACE + frame(4, 0, 0, struct.pack(">HI", 4, 0))      # SETTINGS_INITIAL_WINDOW_SIZE = 0
+        streams = 64
+        for i in range(streams):
+            out += frame(1, 5, 1 + 2 * i, enc.encode([(":method", "GET"), (":scheme", "http"),
+                                                      (":authority", "a"), (":path", "/big=2000000")]))
+        s.sendall(out)
+        most, still = 0, 0
+        while still < 20:                   # until it stops growing (a second without a new peak)
+            now = queued(p)
+            still = 0 if now > most else still + 1
+            most = max(most, now)
+            time.sleep(0.05)
+        # the old code held ~24 MB here; now the 1 MiB budget and what was in flight when it was hit
+        assert most < 4_000_000, f"{most} bytes queued for {streams} zero-window streams"
+        s.close()
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_streams_paused_by_the_connection_budget_finish_once_the_client_reads(origin: Origin, codec: str) -> None:
+    """The budget pauses streams, it must never strand them: a client that opens its windows late
+    gets every response whole."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+
+    p = start(origin, codec)
+    try:
+        s = dial(p)
+        s.settimeout(20)
+        c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        c.local_settings = h2.settings.Settings(client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        c.initiate_connection()
+        size, sids = 700_000, [1 + 2 * i for i in range(16)]
+        for sid in sids:
+            c.send_headers(sid, [(":method", "GET"), (":scheme", "http"), (":authority", "a"),
+                                 (":path", f"/big={size}")], end_stream=True)
+        s.sendall(c.data_to_send())
+        time.sleep(1)                       # the responses pile up against the closed windows
+        c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        c.increment_flow_control_window(2**30)
+        s.sendall(c.data_to_send())
+        got = dict.fromkeys(sids, 0)
+        ended: set[int] = set()
+        while len(ended) < len(sids):
+            data = s.recv(1 << 20)
+            assert data, f"connection closed with {len(ended)} of {len(sids)} responses ended"
+            for ev in c.receive_data(data):
+                if isinstance(ev, h2.events.DataReceived):
+                    got[ev.stream_id] += len(ev.data)
+                    c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    ended.add(ev.stream_id)
+                elif isinstance(ev, h2.events.StreamReset):
+                    raise AssertionError(f"stream {ev.stream_id} reset")
+            s.sendall(c.data_to_send())
+        assert got == dict.fromkeys(sids, size)
+        s.close()
+    finally:
+        p.close()

@@ -324,3 +324,56 @@ def test_the_gateway_answers_a_fronted_request_421_and_routes_an_agreeing_one() 
     assert not isinstance(d, LocalReply) or d.status not in (404, 421), d
     d = p.decide(RequestHead("GET", "/", "nope.example.net"), sni_b)
     assert isinstance(d, LocalReply) and d.status == 404
+
+
+def test_the_ingress_serves_at_most_max_connections_over_all_its_ports() -> None:
+    """A flood of connections from the internet: past `max_connections` (HTTP and TCP ports
+    together) a new one is aborted unserved and counted, and a slot a client frees is taken again.
+    Before, every connection was served until the pod ran out of memory or descriptors."""
+    http_port, tcp_port = _free_port(), _free_port()
+    served: list[object] = []
+
+    def serve(plug, down) -> None:          # the engine's place: hold the connection, say nothing
+        served.append(plug)
+
+    def relay(transport, down, early) -> None:
+        served.append(transport)
+
+    async def closed_unserved(port: int) -> bool:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            return await asyncio.wait_for(r.read(), 5) == b""
+        except ConnectionError:
+            return True
+        finally:
+            w.close()
+
+    async def settle(cond) -> None:
+        for _ in range(500):
+            if cond():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("condition not reached")
+
+    async def run() -> None:
+        lst = IngressListeners("127.0.0.1", serve, relay, max_connections=2)
+        gw = IngressGateway("gw", "ns", listeners=[_listener("web", "", http_port, "HTTP"),
+                                                   _l4("tcp", tcp_port, "TCP", {"*": ["db"]})])
+        await lst.update(build(gw))
+        try:
+            _r1, w1 = await asyncio.open_connection("127.0.0.1", http_port)
+            _r2, w2 = await asyncio.open_connection("127.0.0.1", tcp_port)
+            await settle(lambda: len(served) == 2)
+            assert await closed_unserved(http_port) and await closed_unserved(tcp_port)
+            assert lst.overloaded == 2 and len(served) == 2
+            served[0].transport.close()                 # the engine is done with one: its slot is free again
+            w1.close()
+            _r3, w3 = await asyncio.open_connection("127.0.0.1", http_port)
+            await settle(lambda: len(served) == 3)
+            assert lst.overloaded == 2
+            w2.close()
+            w3.close()
+        finally:
+            await lst.close()
+
+    asyncio.run(run())

@@ -155,3 +155,33 @@ def test_admin_endpoint_answers_from_the_config_and_is_not_ready_without_a_certi
     assert dump["services"] == ["default/myapp"] and dump["identity"] == "spiffe://cluster.local/ns/default/sa/waypoint"
     assert srv.handle("GET", "/routes").status == 200 and srv.handle("GET", "/certs").status == 200
     assert srv.handle("POST", "/config_dump").status == 405 and srv.handle("GET", "/nope").status == 404
+
+
+def test_the_hbone_listener_takes_its_connection_bound_from_max_connections() -> None:
+    """`--max-connections` reaches the listener (a flag left unread would be a silent no-op), and
+    /stats reports the connections refused over it."""
+    import asyncio
+    import json as _json
+    import socket
+
+    from waypoint import admin
+
+    async def main() -> None:
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+        s = load(["--waypoint", "default/waypoint", "--pod-name", "waypoint-0", "--node", "node2",
+                  "--listen", f"127.0.0.1:{port}", "--max-connections", "7"])
+        p = WaypointProxy(s, WaypointConfig(Waypoint("default", "waypoint"), "cluster.local"), None)
+        await p.start()
+        try:
+            assert p.server is not None and p.server.max_connections == 7
+            stats = _json.loads(admin.AdminServer(admin.routes(p, None)).handle("GET", "/stats").body)
+            assert stats["overloaded"] == 0
+        finally:
+            assert p.server is not None
+            await p.server.close(grace=0.1)
+            assert p.server.sock is not None
+            p.server.sock.close()
+
+    asyncio.run(main())

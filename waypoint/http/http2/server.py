@@ -84,6 +84,7 @@ class H2Server(H2Base):
 
     def __init__(self, engine: Engine, downstream: Downstream) -> None:
         super().__init__(engine.settings, client_side=False)
+        self.budget = engine.settings.h2_connection_buffer_bytes    # (an upstream connection has none)
         self.engine = engine
         self.downstream = downstream
         self.goaway_sid: int | None = None
@@ -152,7 +153,7 @@ class H2Server(H2Base):
             st = self.streams.pop(ev.stream_id, None)
             if st is not None:
                 st.ended = True
-                st.out.clear()
+                self.discard(st)
                 self.settle(st)
                 ex = st.ex
                 ex.reset_code = ev.error_code
