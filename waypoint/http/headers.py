@@ -167,7 +167,8 @@ def add_forwarded(headers: list[tuple[str, str]], scheme: str, rng: _random.Rand
 
 
 def is_grpc(headers: Iterable[tuple[str, str]]) -> bool:
-    """content-type application/grpc, application/grpc+proto, ... (gRPC over HTTP/2 spec)."""
+    """content-type application/grpc, application/grpc+proto, ... (gRPC over HTTP/2 spec; not
+    gRPC-Web, see `is_grpc_type`)."""
     for k, v in headers:
         if k == "content-type":
             return is_grpc_type(v)
@@ -175,8 +176,12 @@ def is_grpc(headers: Iterable[tuple[str, str]]) -> bool:
 
 
 def is_grpc_type(content_type: str) -> bool:
-    """A content-type value of gRPC (see `is_grpc`)."""
-    return content_type.lower().startswith("application/grpc")
+    """A content-type value of gRPC (see `is_grpc`): `application/grpc` alone or with a `+suffix`,
+    as Envoy's Grpc::Common::hasGrpcContentType. gRPC-Web (`application/grpc-web...`) is not gRPC:
+    its clients get plain HTTP local replies (a 403 stays a 403), no grpc-timeout deadline, no
+    gRPC retry conditions, as through Envoy without a grpc_web filter."""
+    ct = content_type.lower()
+    return ct.startswith("application/grpc") and (len(ct) == 16 or ct[16] == "+")
 
 
 # HTTP status of a local reply -> gRPC status, as Envoy maps them for gRPC clients
