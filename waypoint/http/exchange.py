@@ -430,8 +430,8 @@ class Exchange:
             if msg:
                 headers.append(("grpc-message", _grpc_message(msg)))
             # trailers-only: the body went into grpc-message, so the body's own content-type
-            # (text/plain) must not follow; a second content-type makes clients that keep the last
-            # one (grpc-go) fail the call as a non-gRPC response (UNKNOWN) instead of its status
+            # (text/plain) must not follow: content-type is a singleton (RFC 9110), and a client or
+            # intermediary that keeps the last value sees a non-gRPC response (Envoy sends one)
             headers += [(k, v) for k, v in r.headers if k.lower() != "content-type"]
             rec.status = 200
             self.resp_started = True
