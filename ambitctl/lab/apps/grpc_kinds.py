@@ -15,6 +15,8 @@ Service `ambit.lab.Kinds` (h2c), raw bytes messages (no generated code needed):
 - `Stats`: JSON {calls: {method: n}, cancelled: [method...], timeouts: [seconds left when the call arrived, for calls with a deadline]}: which calls ended
   without the handler finishing (the client's cancel or deadline reached the server).
 
+Also `grpc.health.v1.Health` (Check, Watch), always SERVING.
+
 `python -m ambitctl.lab.apps.grpc_kinds --port 9000` serves.
 """
 
@@ -132,6 +134,27 @@ def _id(b: bytes) -> bytes:
     return b
 
 
+SERVING = b"\x08\x01"        # grpc.health.v1.HealthCheckResponse{status: SERVING}, protobuf wire form
+
+
+def _health_check(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return SERVING
+
+
+def _health_watch(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+    yield SERVING
+    while context.is_active():      # Watch streams status changes; this server never changes
+        time.sleep(0.1)
+
+
+def health_handler() -> grpc.GenericRpcHandler:
+    """grpc.health.v1.Health (Check, Watch) without grpcio-health-checking: always SERVING."""
+    return grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+        "Check": grpc.unary_unary_rpc_method_handler(_health_check, _id, _id),
+        "Watch": grpc.unary_stream_rpc_method_handler(_health_watch, _id, _id),
+    })
+
+
 def handler(k: Kinds) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE, {
         "Unary": grpc.unary_unary_rpc_method_handler(k.unary, _id, _id),
@@ -148,7 +171,7 @@ OPTIONS = [("grpc.max_receive_message_length", MAX), ("grpc.max_send_message_len
 def serve(port: int, host: str = "0.0.0.0") -> tuple[grpc.Server, int]:
     """A started server and its bound port (port 0 picks one)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=OPTIONS)
-    server.add_generic_rpc_handlers((handler(Kinds()),))
+    server.add_generic_rpc_handlers((handler(Kinds()), health_handler()))
     bound = server.add_insecure_port(f"{host}:{port}")
     if not bound:
         raise OSError(f"grpc-kinds: cannot listen on {host}:{port}")
