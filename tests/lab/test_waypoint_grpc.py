@@ -1,13 +1,16 @@
-"""gRPC local replies end to end: a real grpcio client and curl in a lab pod, ztunnel, the real
-waypoint process, ztunnel, a real grpcio server (tests/lab/specs/grpc.yaml).
+"""gRPC through the waypoint end to end: a real grpcio client and curl in a lab pod, ztunnel, the
+real waypoint process, ztunnel, real grpcio servers (tests/lab/specs/grpc.yaml).
 
-An AuthorizationPolicy denies one method; the waypoint answers as Envoy does: a gRPC request gets a
-trailers-only reply (HTTP 200, one content-type application/grpc, grpc-status 7, grpc-message),
-a gRPC-Web request (not gRPC for Envoy) a plain 403 with its body.
+- An AuthorizationPolicy denies one method; the waypoint answers as Envoy does: a gRPC request gets
+  a trailers-only reply (HTTP 200, one content-type application/grpc, grpc-status 7,
+  grpc-message), a gRPC-Web request (not gRPC for Envoy) a plain 403 with its body.
+- Outlier detection counts a gRPC failure (HTTP 200, grpc-status INTERNAL) as the 500 it maps to,
+  as Envoy's router does, and ejects the endpoint that keeps failing.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -61,7 +64,7 @@ def post(lab: Lab, content_type: str) -> tuple[list[str], str]:
 @pytest.fixture(scope="module")
 def glab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with running_lab(tmp_path_factory.mktemp("glab"), "grpc", SPEC, "grpc-lab") as lab:
-        tmp = tmp_path_factory.mktemp("gcfg")
+        tmp = lab.tmp = tmp_path_factory.mktemp("gcfg")  # type: ignore[attr-defined]
         apply(lab, [GATEWAY], tmp, "gateway")
         lab.wait_for(lambda: [w for w in waypoints(lab) if w["ready"]], timeout=30, what="waypoint ready")
         apply(lab, [DENY], tmp, "deny")
@@ -85,3 +88,24 @@ def test_grpc_web_denial_is_plain_http(glab: Lab) -> None:
     assert lines[0] == "HTTP/2 403", lines
     assert not any(x.startswith("grpc-") for x in lines) and "content-type: text/plain" in lines, lines
     assert body == "RBAC: access denied"
+
+
+def test_outlier_detection_ejects_a_grpc_endpoint_that_answers_internal(glab: Lab) -> None:
+    # echo-bad answers every call INTERNAL (trailers-only, HTTP 200; not UNAVAILABLE, which Istio's
+    # default retry policy would retry onto echo-ok); two in a row eject it
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+          "metadata": {"name": "echo-outlier", "namespace": "default"},
+          "spec": {"host": "echo", "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}, "outlierDetection": {
+              "consecutive5xxErrors": 2, "interval": "30s", "baseEjectionTime": "60s", "maxEjectionPercent": 50}}}}
+    apply(glab, [dr], glab.tmp, "outlier")  # type: ignore[attr-defined]
+
+    def tally(n: int) -> dict[str, int]:
+        p = glab.exec(CLIENT, sys.executable, "-m", "ambitctl.lab.apps.grpc_echo", "call", "echo:9000",
+                      "--repeat", str(n), "--tally", timeout=60)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    # without the mapping, echo-bad's failures (HTTP 200) never count and every 2nd call fails
+    # for good; with it, echo-bad is out after two of them, for baseEjectionTime
+    glab.wait_for(lambda: tally(20) == {"OK": 20}, timeout=30, interval=0.5,
+                  what="20 calls in a row answered, echo-bad ejected")
+    assert tally(20) == {"OK": 20}

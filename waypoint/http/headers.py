@@ -191,3 +191,17 @@ _HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 5
 
 def grpc_status_for(http_status: int) -> int:
     return _HTTP_TO_GRPC.get(http_status, 2)
+
+
+# gRPC status -> HTTP status, as Envoy reads a gRPC answer for outlier detection
+# (envoy source/common/grpc/status.cc `Utility::grpcToHttpStatus`; anything else is 500).
+_GRPC_TO_HTTP = {0: 200, 1: 499, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400, 10: 409,
+                 11: 400, 12: 501, 13: 500, 14: 503, 15: 500, 16: 401}
+
+
+def http_status_for_grpc(grpc_status: str) -> int:
+    """The HTTP status Envoy counts for a `grpc-status` value (one that is not a known code, or no
+    number at all, is Envoy's InvalidCode: 500)."""
+    if grpc_status.isascii() and grpc_status.isdigit():
+        return _GRPC_TO_HTTP.get(int(grpc_status), 500)
+    return 500
