@@ -190,6 +190,7 @@ _HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 5
 
 
 def grpc_status_for(http_status: int) -> int:
+    """Envoy's HTTP → gRPC status mapping for local replies (anything unlisted is UNKNOWN)."""
     return _HTTP_TO_GRPC.get(http_status, 2)
 
 
