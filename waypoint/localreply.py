@@ -3,25 +3,17 @@
 One place builds them so routing and authorization answer alike: a gRPC request gets its HTTP
 status mapped to a gRPC status (Envoy `Grpc::Utility::httpToGrpcStatus`, used by
 `sendLocalReply` for gRPC requests, which then answers trailers-only), and a reply with a body
-says `content-type: text/plain`, as Envoy's local replies do.
+says `content-type: text/plain`, as Envoy's local replies do (a gRPC reply carries the body as
+grpc-message, without that content-type: the engine's `Exchange.reply`).
 """
 
 from __future__ import annotations
 
+from waypoint.http.headers import grpc_status_for
 from waypoint.request import LocalReply, RequestHead
 
-# gRPC status codes (grpc/grpc doc/statuscodes.md).
-GRPC_UNKNOWN, GRPC_INTERNAL, GRPC_UNAUTHENTICATED = 2, 13, 16
-GRPC_PERMISSION_DENIED, GRPC_UNIMPLEMENTED, GRPC_UNAVAILABLE = 7, 12, 14
-
-_HTTP_TO_GRPC = {400: GRPC_INTERNAL, 401: GRPC_UNAUTHENTICATED, 403: GRPC_PERMISSION_DENIED,
-                 404: GRPC_UNIMPLEMENTED, 429: GRPC_UNAVAILABLE, 502: GRPC_UNAVAILABLE,
-                 503: GRPC_UNAVAILABLE, 504: GRPC_UNAVAILABLE}
-
-
-def grpc_status_for(http_status: int) -> int:
-    """Envoy's HTTP → gRPC status mapping for local replies (anything unlisted is UNKNOWN)."""
-    return _HTTP_TO_GRPC.get(http_status, GRPC_UNKNOWN)
+# gRPC status codes that authorization and authentication answer (grpc/grpc doc/statuscodes.md).
+GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED = 7, 16
 
 
 def local_reply(head: RequestHead, status: int, body: bytes | str = b"", *, flags: str = "",

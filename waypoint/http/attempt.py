@@ -2,7 +2,8 @@
 balancing counts active requests, outlier detection counts failures, retries decide on it).
 
 Kinds, with Envoy's classification for outlier detection (outlier.rst): a `response` is an
-*externally originated* result (its status decides: 5xx, gateway error 502/503/504); the others are
+*externally originated* result (its status decides: 5xx, gateway error 502/503/504; for a gRPC
+request a trailers-only `grpc-status`, mapped to HTTP as Envoy does); the others are
 *locally originated* failures: `connect_failure` (UF), `reset` (UR/UC: the upstream reset or closed
 before the response head), `timeout` (UT: the per-try or route timeout fired before the head).
 """
@@ -10,6 +11,8 @@ before the response head), `timeout` (UT: the per-try or route timeout fired bef
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from waypoint.http.headers import http_status_for_grpc
 
 RESPONSE = "response"
 CONNECT_FAILURE = "connect_failure"
@@ -29,12 +32,8 @@ class Outcome:
         return self.kind in LOCAL_ORIGIN
 
     @property
-    def gateway_error(self) -> bool:
-        """Envoy's gateway errors: 502, 503, 504 answers, and every local-origin failure."""
-        return self.local_origin or self.status in (502, 503, 504)
-
-    @property
-    def server_error(self) -> bool:
-        """5xx answers and every local-origin failure (what `consecutive5xxErrors` counts when
-        `splitExternalLocalOriginErrors` is off)."""
-        return self.local_origin or self.status >= 500
+    def outlier_status(self) -> int:
+        """The status outlier detection counts for a `response`: a gRPC answer's `grpc-status`
+        as Envoy's router maps it (UNAVAILABLE is a 503, INTERNAL a 500, ...), since a gRPC
+        failure comes as HTTP 200; otherwise the HTTP status (router.cc onUpstreamHeaders)."""
+        return http_status_for_grpc(self.grpc_status) if self.grpc_status else self.status

@@ -429,9 +429,13 @@ class Exchange:
             headers = [("content-type", "application/grpc"), ("grpc-status", str(code))]
             if msg:
                 headers.append(("grpc-message", _grpc_message(msg)))
+            # trailers-only: the body went into grpc-message, so the body's own content-type
+            # (text/plain) must not follow: content-type is a singleton (RFC 9110), and a client or
+            # intermediary that keeps the last value sees a non-gRPC response (Envoy sends one)
+            headers += [(k, v) for k, v in r.headers if k.lower() != "content-type"]
             rec.status = 200
             self.resp_started = True
-            self.down.send_head(200, headers + list(r.headers), True)
+            self.down.send_head(200, headers, True)
         else:
             headers = list(r.headers)
             names = {k.lower() for k, _ in headers}

@@ -167,7 +167,8 @@ def add_forwarded(headers: list[tuple[str, str]], scheme: str, rng: _random.Rand
 
 
 def is_grpc(headers: Iterable[tuple[str, str]]) -> bool:
-    """content-type application/grpc, application/grpc+proto, ... (gRPC over HTTP/2 spec)."""
+    """content-type application/grpc, application/grpc+proto, ... (gRPC over HTTP/2 spec; not
+    gRPC-Web, see `is_grpc_type`)."""
     for k, v in headers:
         if k == "content-type":
             return is_grpc_type(v)
@@ -175,8 +176,12 @@ def is_grpc(headers: Iterable[tuple[str, str]]) -> bool:
 
 
 def is_grpc_type(content_type: str) -> bool:
-    """A content-type value of gRPC (see `is_grpc`)."""
-    return content_type.lower().startswith("application/grpc")
+    """A content-type value of gRPC (see `is_grpc`): `application/grpc` alone or with a `+suffix`,
+    as Envoy's Grpc::Common::hasGrpcContentType. gRPC-Web (`application/grpc-web...`) is not gRPC:
+    its clients get plain HTTP local replies (a 403 stays a 403), no grpc-timeout deadline, no
+    gRPC retry conditions, as through Envoy without a grpc_web filter."""
+    ct = content_type.lower()
+    return ct.startswith("application/grpc") and (len(ct) == 16 or ct[16] == "+")
 
 
 # HTTP status of a local reply -> gRPC status, as Envoy maps them for gRPC clients
@@ -185,4 +190,19 @@ _HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 5
 
 
 def grpc_status_for(http_status: int) -> int:
+    """Envoy's HTTP → gRPC status mapping for local replies (anything unlisted is UNKNOWN)."""
     return _HTTP_TO_GRPC.get(http_status, 2)
+
+
+# gRPC status -> HTTP status, as Envoy reads a gRPC answer for outlier detection
+# (envoy source/common/grpc/status.cc `Utility::grpcToHttpStatus`; anything else is 500).
+_GRPC_TO_HTTP = {0: 200, 1: 499, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400, 10: 409,
+                 11: 400, 12: 501, 13: 500, 14: 503, 15: 500, 16: 401}
+
+
+def http_status_for_grpc(grpc_status: str) -> int:
+    """The HTTP status Envoy counts for a `grpc-status` value (one that is not a known code, or no
+    number at all, is Envoy's InvalidCode: 500)."""
+    if grpc_status.isascii() and grpc_status.isdigit():
+        return _GRPC_TO_HTTP.get(int(grpc_status), 500)
+    return 500

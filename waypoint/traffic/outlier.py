@@ -5,7 +5,8 @@ docs/root/intro/arch_overview/upstream/outlier.rst). Only Istio's consecutive-er
 exist (Istio disables success-rate ejection).
 
 Per endpoint, counters of consecutive failures, reset by a success:
-- `consecutive_5xx`: 5xx answers, and (unless `split`) local-origin failures counted as 503
+- `consecutive_5xx`: 5xx answers (a gRPC trailers-only answer counts its grpc-status mapped to
+  HTTP: UNAVAILABLE 503, INTERNAL/UNKNOWN 500, ...), and (unless `split`) local-origin failures counted as 503
   (connect failure, reset) or 504 (timeout), as Envoy's `putResultNoLocalExternalSplit` maps them.
   0 disables it (Istio sets its enforcement to 0).
 - `consecutive_gateway`: 502/503/504 (and the same local failures unless `split`). 0: off (Istio
@@ -144,7 +145,7 @@ class OutlierDetector:
             return
         if self.cfg.split:
             s.clocal = 0        # the connection worked: Envoy's localOriginNoFailure
-        self._http(host, s, outcome.status, now)
+        self._http(host, s, outcome.outlier_status, now)
 
     def local_success(self, host: str) -> None:
         """A connection to `host` succeeded with no HTTP exchange (opaque forwarding)."""

@@ -73,6 +73,10 @@ def test_forwarded_proto_set_when_absent_only() -> None:
 def test_grpc_detection_and_status_mapping() -> None:
     assert is_grpc([("content-type", "application/grpc+proto")])
     assert not is_grpc([("content-type", "application/json")])
+    assert is_grpc([("content-type", "application/grpc")]) and is_grpc([("content-type", "Application/GRPC+json")])
+    # gRPC-Web and look-alikes are not gRPC (Envoy's Grpc::Common::hasGrpcContentType)
+    for ct in ("application/grpc-web", "application/grpc-web+proto", "application/grpc-web-text", "application/grpcx"):
+        assert not is_grpc([("content-type", ct)]), ct
     # gRPC's http-grpc-status-mapping: 503 -> UNAVAILABLE, 403 -> PERMISSION_DENIED, 404 -> UNIMPLEMENTED
     assert (grpc_status_for(503), grpc_status_for(403), grpc_status_for(404), grpc_status_for(500)) == (14, 7, 12, 2)
 

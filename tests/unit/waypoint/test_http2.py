@@ -26,6 +26,7 @@ from tests.unit.waypoint.harness import GrpcOrigin, H2Origin, Origin, Proxy, by_
 from waypoint.http.headers import HOP_BY_HOP
 from waypoint.http.http2.connection import encode_headers
 from waypoint.http.settings import HttpSettings
+from waypoint.localreply import local_reply
 from waypoint.request import Decision, Downstream, LocalReply, RequestHead
 
 pytestmark = pytest.mark.timeout(90)
@@ -49,6 +50,8 @@ def proxy(backends: dict) -> Iterator[Proxy]:
     def decide(head: RequestHead, ds: Downstream) -> Decision:
         if head.path == "/echo.Echo/Denied":
             return LocalReply(403, b"RBAC: access denied")
+        if head.path == "/echo.Echo/Policy":        # as authorization answers (a text/plain body)
+            return local_reply(head, 403, "RBAC: access denied")
         if head.grpc:
             if head.header("x-to") == "dead":
                 return base(head, ds)
@@ -175,6 +178,29 @@ def test_grpc_local_reply_is_trailers_only(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as e:
         channel.unary_unary("/echo.Echo/Unary")(b"x", timeout=10, metadata=(("x-to", "dead"),))
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _policy_denial(proxy: Proxy, content_type: str) -> tuple[list[str], bytes]:
+    r = curl("--http2-prior-knowledge", "-i", "-X", "POST", "-H", f"content-type: {content_type}",
+             "--data-binary", "", f"http://127.0.0.1:{proxy.port}/echo.Echo/Policy")
+    head, _, body = r.stdout.partition(b"\r\n\r\n")
+    return [x.strip() for x in head.decode().split("\r\n")], body
+
+
+def test_grpc_local_reply_has_one_content_type(proxy: Proxy) -> None:
+    """The text/plain of a local reply's body does not follow it into a gRPC trailers-only reply:
+    two content-types make grpc-go (which keeps the last) fail the call as UNKNOWN."""
+    lines, _ = _policy_denial(proxy, "application/grpc")
+    assert lines[0] == "HTTP/2 200"
+    assert [x for x in lines if x.startswith("content-type:")] == ["content-type: application/grpc"], lines
+    assert "grpc-status: 7" in lines and "grpc-message: RBAC: access denied" in lines
+
+
+def test_grpc_web_gets_plain_http_local_replies(proxy: Proxy) -> None:
+    """gRPC-Web is not gRPC (Envoy's hasGrpcContentType): a denial stays a 403 with its body."""
+    lines, body = _policy_denial(proxy, "application/grpc-web+proto")
+    assert lines[0] == "HTTP/2 403" and not any(x.startswith("grpc-status") for x in lines), lines
+    assert body == b"RBAC: access denied"
 
 
 def _h2load(port: int, path: str, n: int, c: int, m: int, *extra: str) -> str:

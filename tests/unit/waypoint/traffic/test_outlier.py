@@ -52,6 +52,26 @@ def test_gateway_errors_detector() -> None:
     assert d.counters["ejections_enforced_consecutive_gateway_failure"] == 1
 
 
+def test_grpc_failures_count_by_their_grpc_status() -> None:
+    """A gRPC failure is HTTP 200 with grpc-status in a trailers-only head; Envoy's router counts
+    it mapped to HTTP (UNAVAILABLE 503, INTERNAL 500, DEADLINE_EXCEEDED 504), so a gRPC backend
+    that keeps answering UNAVAILABLE is ejected like one answering 503."""
+    unavailable, internal = Outcome(RESPONSE, 200, "14"), Outcome(RESPONSE, 200, "13")
+    d, ev = detector()
+    feed(d, "a", [unavailable, internal, Outcome(RESPONSE, 200, "4")])
+    assert d.is_ejected("a") and ev == [("eject", "a", "consecutive_5xx", 10.0)]
+    d, _ = detector(consecutive_5xx=0, consecutive_gateway=2)
+    feed(d, "a", [unavailable, unavailable])
+    assert d.is_ejected("a")
+    # client-side codes are no server error, and an OK resets the count
+    d, _ = detector()
+    feed(d, "b", [Outcome(RESPONSE, 200, c) for c in ("3", "5", "7", "16", "1")])
+    feed(d, "b", [unavailable, unavailable, Outcome(RESPONSE, 200, "0"), unavailable])
+    assert not d.is_ejected("b")
+    feed(d, "c", [Outcome(RESPONSE, 200, "x"), Outcome(RESPONSE, 200, "99"), internal])   # InvalidCode: 500
+    assert d.is_ejected("c")
+
+
 def test_split_counts_local_origin_failures_apart() -> None:
     d, ev = detector(split=True, consecutive_local=2)
     feed(d, "a", [CF, E500, CF, E500])               # a response resets the local count
