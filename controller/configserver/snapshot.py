@@ -15,20 +15,46 @@ from ambit.configclient.node import NodeInfo
 from ambit.model import Resource
 from controller.configserver.scope import scope, scope_key
 
-View = dict[str, Encoded]  # name -> encoded resource
+
+
+class View(dict[str, Encoded]):
+    """What one scope key (every ztunnel, say) should hold of one type: name -> encoded resource.
+
+    Shared by the subscribers of that key, and so is what is derived from it: `versions` (what a
+    subscriber holds once it ACKs the view: one dict for 100 ztunnels, not 100 copies of 10,000
+    names) and `deltas` (Subscription's changes from a state it held before, computed once per
+    such state rather than once per subscriber). Neither a view nor its `versions` is ever edited.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._versions: dict[str, str] | None = None
+        self.deltas: dict[int, tuple[Mapping[str, str], tuple[Encoded, ...], tuple[str, ...]]] = {}
+
+    @property
+    def versions(self) -> dict[str, str]:
+        if self._versions is None:
+            self._versions = {n: e.version for n, e in self.items()}
+        return self._versions
 
 
 class Snapshot:
-    def __init__(self, resources: dict[str, list[Resource]], version: str, generation: int):
+    def __init__(self, resources: dict[str, list[Resource]], version: str, generation: int,
+                 encoded: Mapping[int, Encoded] | None = None):
+        """`encoded`: the resources' encodings by `id`, when the caller already made them (the
+        controller does, for the content version); any missing one is encoded here."""
         self.resources = resources
         self.version = version
         self.generation = generation
         self.created = time.monotonic()
-        self._encoded: dict[int, Encoded] = {id(r): encode(r) for rs in resources.values() for r in rs}
+        given = encoded or {}
+        self._encoded: dict[int, Encoded] = {id(r): given.get(id(r)) or encode(r)
+                                             for rs in resources.values() for r in rs}
         self._views: dict[tuple[tuple[str, ...], str], View] = {}
 
     @classmethod
-    def build(cls, resources_by_type: Mapping[str, Sequence[Resource]], version: str, generation: int) -> Snapshot:
+    def build(cls, resources_by_type: Mapping[str, Sequence[Resource]], version: str, generation: int,
+              encoded: Mapping[int, Encoded] | None = None) -> Snapshot:
         """Validate the translation's output; raise ValueError naming the offending entry."""
         if not isinstance(version, str) or not version:
             raise ValueError(f"update: version must be a non-empty string, got {version!r}")
@@ -48,14 +74,14 @@ class Snapshot:
                 seen.add(name)
                 checked.append(r)
             out[type_url] = checked
-        return cls(out, version, generation)
+        return cls(out, version, generation, encoded)
 
     def view(self, node: NodeInfo, type_url: str) -> View:
         """What `node` should hold of `type_url` now (memoized per scope key)."""
         key = (scope_key(node), type_url)
         v = self._views.get(key)
         if v is None:
-            v = {}
+            v = View()
             for r in scope(node, type_url, self.resources):
                 e = self._encoded.get(id(r))
                 v[r.resource_name] = e if e is not None else encode(r)
@@ -63,4 +89,4 @@ class Snapshot:
         return v
 
     def versions(self, node: NodeInfo, type_url: str) -> dict[str, str]:
-        return {n: e.version for n, e in self.view(node, type_url).items()}
+        return dict(self.view(node, type_url).versions)
