@@ -137,22 +137,56 @@ def measure(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, float, Any]:
     return best, peak, result
 
 
+class _NoSource:
+    """A Source that never runs: the bench hands snapshots to the controller itself."""
+
+    def run(self, on_snapshot: Any, stop: Any) -> None:  # pragma: no cover - never run
+        raise NotImplementedError
+
+    def errors(self) -> list[Any]:
+        return []
+
+
+def on_snapshot(objects: list[Obj]) -> Any:
+    """One pass of the controller's flow, as a source triggers it: translate, version, publish."""
+    from prometheus_client import CollectorRegistry
+
+    from controller.app import Controller
+    from controller.configserver import ConfigServer
+
+    ctl = Controller(_NoSource(), ConfigServer(registry=CollectorRegistry()))
+    ctl.on_snapshot(objects)
+    return ctl
+
+
 def stages(objs: list[Obj]) -> dict[str, Callable[[], Any]]:
-    """The controller's per-snapshot stages, each a thunk over `objs`."""
+    """The controller's per-snapshot stages, each a thunk over `objs` (as the source's last-good
+    cache hands them over, which is what the controller translates)."""
     from controller.app import content_version
+    from controller.sources.cache import LastGoodCache
     from controller.translate import translate
     from controller.validation import split_valid
     from controller.waypoints.advisories import advisories
 
-    tr = translate(objs)
+    cache = LastGoodCache()
+    cache.replace(objs, owns=lambda _k: True)
+    snap = cache.objects()
+    tr = translate(snap)
     by_type = tr.by_type()
     churned = churn(objs, 50, random.Random(2))
     by_type2 = translate(churned).by_type()
+
+    def relist() -> LastGoodCache:
+        c = LastGoodCache()
+        c.replace(objs, owns=lambda _k: True)
+        return c
     return {
-        "split_valid": lambda: split_valid(objs),
-        "translate": lambda: translate(objs),
+        "relist": relist,                       # a full list into the last-good cache (memory: the cache)
+        "split_valid": lambda: split_valid(snap),
+        "translate": lambda: translate(snap),
         "content_version": lambda: content_version(by_type),
-        "advisories": lambda: advisories(objs, translation=tr),
+        "on_snapshot": lambda: on_snapshot(snap),   # translate + version + server snapshot
+        "advisories": lambda: advisories(snap, translation=tr),
         "snapshot_build": lambda: Snapshot.build(by_type, "v1", 1),
         "subscribers": lambda: push_round(by_type, by_type2),
     }

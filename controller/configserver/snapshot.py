@@ -16,7 +16,6 @@ from ambit.model import Resource
 from controller.configserver.scope import scope, scope_key
 
 
-
 class View(dict[str, Encoded]):
     """What one scope key (every ztunnel, say) should hold of one type: name -> encoded resource.
 
