@@ -31,9 +31,13 @@ class Resource:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
-        """`dataclasses.asdict(self)`, equal to it, about five times faster: the controller encodes
-        every resource of every snapshot (10,000 workloads), and asdict deep-copies each string."""
+        """Equal to `dataclasses.asdict(self)`, without its deep copy of every string: the
+        controller encodes every resource of every snapshot (10,000 workloads)."""
         return _as_dict(self)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls: type[T], d: dict[str, Any]) -> T:
+        return _from_dict(cls, d)
 
 
 _ATOM_TYPES = frozenset((str, int, float, bool, type(None)))   # what asdict's deepcopy returns as it is
@@ -64,10 +68,6 @@ def _as_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return cls((_as_dict(k), _as_dict(v)) for k, v in obj.items())
     return copy.deepcopy(obj)
-
-    @classmethod
-    def from_dict(cls: type[T], d: dict[str, Any]) -> T:
-        return _from_dict(cls, d)
 
 
 def _from_dict(cls: Any, d: Any) -> Any:

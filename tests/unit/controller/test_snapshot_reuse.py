@@ -104,6 +104,7 @@ def test_to_dict_is_dataclasses_asdict(seed: int) -> None:
     assert len(resources) > 100
     for r in resources:
         assert r.to_dict() == dataclasses.asdict(r)
+        assert type(r).from_dict(r.to_dict()) == r
 
 
 def test_the_content_version_from_shared_encodings_is_the_same() -> None:
