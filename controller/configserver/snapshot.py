@@ -16,6 +16,10 @@ from ambit.model import Resource
 from controller.configserver.scope import scope, scope_key
 
 
+class Versions(dict[str, str]):
+    """name -> version of a `View`: shared by its subscribers once they ACK it, never edited."""
+
+
 class View(dict[str, Encoded]):
     """What one scope key (every ztunnel, say) should hold of one type: name -> encoded resource.
 
@@ -27,13 +31,13 @@ class View(dict[str, Encoded]):
 
     def __init__(self) -> None:
         super().__init__()
-        self._versions: dict[str, str] | None = None
+        self._versions: Versions | None = None
         self.deltas: dict[int, tuple[Mapping[str, str], tuple[Encoded, ...], tuple[str, ...]]] = {}
 
     @property
-    def versions(self) -> dict[str, str]:
+    def versions(self) -> Versions:
         if self._versions is None:
-            self._versions = {n: e.version for n, e in self.items()}
+            self._versions = Versions((n, e.version) for n, e in self.items())
         return self._versions
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from ambit.configclient.codec import Encoded
 from ambit.configclient.node import NodeInfo
 from controller.configserver.scope import type_rank
+from controller.configserver.snapshot import Versions
 from controller.validation import printable
 
 NACK_MESSAGE_MAX = 4096
@@ -103,7 +104,9 @@ def delta(known: Mapping[str, str], current: Mapping[str, Encoded]) -> tuple[tup
     A server `View` remembers the answer per `known` state (by identity, holding it, so the id is
     not reused): the 100 ztunnels that ACKed the same previous view share one `known` dict
     (`target_of`), so one update costs one pass over 10,000 names, not one per subscriber."""
-    memo = getattr(current, "deltas", None)
+    # Only a view's shared `versions` are remembered: a subscriber's own (from subscribe) is
+    # seen once, and keeping it would hold a copy of the state per subscriber.
+    memo = getattr(current, "deltas", None) if isinstance(known, Versions) else None
     if isinstance(memo, dict):
         hit = memo.get(id(known))
         if hit is not None and hit[0] is known:
