@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 
 from ambit.configclient.codec import Encoded, encode
 from ambit.configclient.node import NodeInfo
-from ambit.model import Resource
-from controller.configserver.scope import scope, scope_key
+from ambit.model import Resource, Workload
+from controller.configserver.scope import scope, scope_key, workloads_by_node
 
 
 class Versions(dict[str, str]):
@@ -54,6 +54,7 @@ class Snapshot:
         self._encoded: dict[int, Encoded] = {id(r): given.get(id(r)) or encode(r)
                                              for rs in resources.values() for r in rs}
         self._views: dict[tuple[tuple[str, ...], str], View] = {}
+        self._by_node: dict[str, list[Resource]] | None = None     # agents' Workloads, built once
 
     @classmethod
     def build(cls, resources_by_type: Mapping[str, Sequence[Resource]], version: str, generation: int,
@@ -85,7 +86,12 @@ class Snapshot:
         v = self._views.get(key)
         if v is None:
             v = View()
-            for r in scope(node, type_url, self.resources):
+            by_node = None
+            if node.kind == "agent" and type_url == Workload.TYPE:
+                if self._by_node is None:
+                    self._by_node = workloads_by_node(self.resources.get(Workload.TYPE, []))
+                by_node = self._by_node
+            for r in scope(node, type_url, self.resources, by_node):
                 e = self._encoded.get(id(r))
                 v[r.resource_name] = e if e is not None else encode(r)
             self._views[key] = v

@@ -118,3 +118,16 @@ def test_ztunnels_that_hold_the_same_view_share_its_delta() -> None:
     assert [e.name for e in planned[-1].resources] == ["b"]
     assert planned[-1].resources is planned[-2].resources is planned[-3].resources, "one delta, not one each"
     assert len({id(sub.types[Workload.TYPE].known) for sub in subs}) == 1, "one held-state dict, not one each"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_each_agent_gets_the_workloads_of_its_node_from_the_shared_index(seed: int) -> None:
+    rng = random.Random(seed)
+    pods: dict[str, Workload] = {}
+    snap = random_snapshot(rng, pods, 1)
+    for gen in range(2, 6):
+        snap = random_snapshot(rng, pods, gen)
+    for n in [*NODES, "node-without-pods"]:
+        view = snap.view(NodeInfo("agent", n), Workload.TYPE)
+        assert list(view) == [w.uid for w in snap.resources[Workload.TYPE] if w.node == n]
+        assert snap.view(NodeInfo("agent", n), Service.TYPE).keys() == {s.resource_name for s in snap.resources[Service.TYPE]}
