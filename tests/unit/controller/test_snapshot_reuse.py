@@ -110,3 +110,15 @@ def test_to_dict_is_dataclasses_asdict(seed: int) -> None:
 def test_the_content_version_from_shared_encodings_is_the_same() -> None:
     by_type = translate(cluster(200)).by_type()
     assert content_version(by_type, encode_all(by_type)) == content_version(by_type)
+
+
+def test_ambit_analyze_validates_each_object_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ambitctl.analyze import analyze
+
+    objs = spoil(cluster(200), random.Random(7))
+    pruned: list[Any] = []
+    real = validation.without_nulls
+    monkeypatch.setattr(validation, "without_nulls", lambda o: pruned.append(o) or real(o))
+    found = analyze(objs, complete=True)
+    assert len(pruned) == len(objs), f"{len(pruned)} validations for {len(objs)} objects"
+    assert any(f.code == "AMB0001" for f in found), "the invalid objects are still reported"
