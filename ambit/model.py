@@ -8,6 +8,7 @@ to re-read Kubernetes objects or re-run selectors on its hot path.
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import functools
 from dataclasses import dataclass, field
@@ -30,11 +31,43 @@ class Resource:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        """Equal to `dataclasses.asdict(self)`, without its deep copy of every string: the
+        controller encodes every resource of every snapshot (10,000 workloads)."""
+        return _as_dict(self)  # type: ignore[no-any-return]
 
     @classmethod
     def from_dict(cls: type[T], d: dict[str, Any]) -> T:
         return _from_dict(cls, d)
+
+
+_ATOM_TYPES = frozenset((str, int, float, bool, type(None)))   # what asdict's deepcopy returns as it is
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _as_dict(obj: Any) -> Any:
+    """`dataclasses.asdict`'s conversion (dataclasses to dicts, containers rebuilt as their own
+    type, anything else deep-copied), with the field names cached per class and immutable
+    scalars kept as they are."""
+    cls = type(obj)
+    if cls in _ATOM_TYPES:
+        return obj
+    names = _FIELD_NAMES.get(cls)
+    if names is None and dataclasses.is_dataclass(cls):
+        names = _FIELD_NAMES.setdefault(cls, tuple(f.name for f in dataclasses.fields(cls)))
+    if names is not None:
+        return {n: v if type(v := getattr(obj, n)) in _ATOM_TYPES else _as_dict(v) for n in names}
+    if cls is list:
+        return [v if type(v) in _ATOM_TYPES else _as_dict(v) for v in obj]
+    if cls is dict:
+        return {k if type(k) in _ATOM_TYPES else _as_dict(k): v if type(v) in _ATOM_TYPES else _as_dict(v)
+                for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return cls(*[_as_dict(v) for v in obj])
+    if isinstance(obj, (list, tuple)):
+        return cls(_as_dict(v) for v in obj)
+    if isinstance(obj, dict):
+        return cls((_as_dict(k), _as_dict(v)) for k, v in obj.items())
+    return copy.deepcopy(obj)
 
 
 def _from_dict(cls: Any, d: Any) -> Any:

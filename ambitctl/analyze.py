@@ -29,7 +29,7 @@ from typing import Any
 from controller.translate import translate
 from controller.translate.index import age_key, labels_of, name_of, ns_of, selector_matches, waypoint_ref
 from controller.translate.routes import Hosts
-from controller.validation import object_ref, split_valid
+from controller.validation import Validated, object_ref, split_valid
 from controller.waypoints.advisories import (
     DR_MERGED,
     NOT_ENFORCED,
@@ -142,6 +142,7 @@ def analyze(objects: Iterable[Obj], *, complete: bool, traffic: list[PlaintextTr
     objs = [o for o in objects if isinstance(o, dict)]
     out: list[Finding] = []
     good, errors = split_valid(objs)
+    good = Validated(good)      # known good now: the translation and the advisories do not validate it again
     out += [Finding("AMB0001", e.ref, e.path, e.reason) for e in errors]
     st = _State(good, complete, {o.get("kind", "") for o in good})
     tr = translate(good, cluster_domain=cluster_domain, root_namespace=root_namespace)
@@ -358,6 +359,9 @@ def _policies_without_pods(good: list[Obj], st: _State, root_namespace: str) -> 
     if not st.knows("Pod"):
         return []
     pods = [o for o in good if o.get("kind") == "Pod"]
+    pods_in: dict[str, list[Obj]] = {}      # by namespace, once: not 1,000 policies x 10,000 pods
+    for p in pods:
+        pods_in.setdefault(ns_of(p), []).append(p)
     out = []
     for o in good:
         f = _SELECTED.get(o.get("kind", ""))
@@ -365,7 +369,7 @@ def _policies_without_pods(good: list[Obj], st: _State, root_namespace: str) -> 
         if not sel:
             continue
         ns = ns_of(o)
-        scope = pods if ns == root_namespace else [p for p in pods if ns_of(p) == ns]
+        scope = pods if ns == root_namespace else pods_in.get(ns, [])
         if not any(selector_matches(sel, labels_of(p)) for p in scope):
             where = "in the mesh" if ns == root_namespace else f"in namespace {ns}"
             out.append(Finding("AMB0104", object_ref(o), f"spec.{f}.matchLabels",

@@ -127,16 +127,22 @@ def _missing_or_wrong(value: Any, what: str) -> str:
 
 def validate_object(obj: Any) -> list[FieldError]:
     """Every problem with one object (empty when it is valid)."""
+    return _checked(obj)[1]
+
+
+def _checked(obj: Any) -> tuple[Any, list[FieldError]]:
+    """(`without_nulls(obj)`, its problems): pruning walks the whole object, so it is done once
+    for both validation and the caller that keeps the valid object."""
     ref = object_ref(obj)
     if not isinstance(obj, dict):
-        return [FieldError(ref, "", f"must be a Kubernetes object (a map), got {show(obj)}")]
+        return obj, [FieldError(ref, "", f"must be a Kubernetes object (a map), got {show(obj)}")]
     obj = without_nulls(obj)
     errs: Errors = []
     api_version, kind = obj.get("apiVersion"), obj.get("kind")
     spec = spec_for(api_version, kind)
     refused = unsupported_kind(api_version, kind)
     if refused is not None:
-        return [FieldError(ref, "kind", refused)]
+        return obj, [FieldError(ref, "kind", refused)]
     if not isinstance(kind, str) or not kind:
         errs.append(("kind", _missing_or_wrong(kind, "a string")))
     elif spec is None:
@@ -162,20 +168,44 @@ def validate_object(obj: Any) -> list[FieldError]:
     if spec is not None:
         body = {k: v for k, v in obj.items() if k not in _HEADER}
         spec.body.check(body, "", errs)
-    return [FieldError(ref, p, r) for p, r in errs]
+    return obj, [FieldError(ref, p, r) for p, r in errs]
+
+
+class Validated(list[Obj]):
+    """A snapshot whose every object passed `validate_object` and is in `without_nulls` form:
+    what `controller.sources.cache.LastGoodCache` hands out. `split_valid` takes it as it is
+    instead of validating 10,000 unchanged objects again on every snapshot (two thirds of a
+    translation's time at that size). Validation reads nothing but the object, so this is exact
+    as long as nobody edits the objects in place, which no consumer does (the cache replaces an
+    object, never edits it); the list itself refuses edits, so nothing unvalidated joins it."""
+
+    def _refuse(self, *_: Any, **__: Any) -> None:
+        raise TypeError("a Validated snapshot is read-only: build a new list to change it")
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse  # type: ignore[assignment]
+    __setitem__ = __delitem__ = _refuse  # type: ignore[assignment]
+
+    def __iadd__(self, _: Any) -> Validated:
+        raise TypeError("a Validated snapshot is read-only: build a new list to change it")
+
+    def __imul__(self, _: Any) -> Validated:
+        raise TypeError("a Validated snapshot is read-only: build a new list to change it")
 
 
 def split_valid(objs: Iterable[Any]) -> tuple[list[Obj], list[FieldError]]:
     """The valid objects as the translation must read them (`without_nulls`), and every error of
-    the others: what the translation, the advisories and `ambit analyze` each start from."""
+    the others: what the translation, the advisories and `ambit analyze` each start from. A
+    `Validated` snapshot is known good already: it comes back as it is, with no errors."""
+    if isinstance(objs, Validated):
+        return list(objs), []
     good: list[Obj] = []
     errors: list[FieldError] = []
     for obj in objs:
-        found = validate_object(obj)
+        pruned, found = _checked(obj)
         if found:
             errors.extend(found)
         else:
-            good.append(without_nulls(obj))
+            good.append(pruned)
     return good, errors
 
 

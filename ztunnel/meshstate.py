@@ -68,6 +68,7 @@ class ConfigView:
 
     workloads: Mapping[str, Workload] = field(default_factory=lambda: _EMPTY)              # uid ->
     workloads_by_ip: Mapping[str, Workload] = field(default_factory=lambda: _EMPTY)        # pod IP ->
+    workload_ips: Mapping[str, tuple[tuple[str, Workload], ...]] = field(default_factory=lambda: _EMPTY)  # IP -> claims
     services: Mapping[str, Service] = field(default_factory=lambda: _EMPTY)                # "ns/name" ->
     services_by_vip: Mapping[str, Service] = field(default_factory=lambda: _EMPTY)         # VIP ->
     service_ports: Mapping[tuple[str, int], tuple[Service, ServicePort]] = field(default_factory=lambda: _EMPTY)  # (VIP, port) ->
@@ -116,36 +117,99 @@ def _fail(type_url: str, problems: list[str]) -> None:
         raise ConfigRejected(f"{type_url}: {shown}")
 
 
-def index_workloads(state: Mapping[str, Workload]) -> tuple[dict[str, Workload], dict[str, Workload]]:
-    """(by uid, by IP). Several plain-TCP workloads may share an IP (host-network pods share their
-    node's); two HBONE workloads may not: inbound traffic to that IP would have two identities."""
+def _workload_problems(name: str, w: Workload, problems: list[str]) -> list[str]:
+    """Check one workload (appending to `problems`); returns its IPs, normalized."""
+    where = f"Workload {w.namespace}/{w.name} (uid {name})"
+    if not w.ips:
+        problems.append(f"{where}: ips: empty")
+    ips = []
+    for i, raw in enumerate(w.ips):
+        ip = _ip(raw, f"{where}: ips[{i}]", problems)
+        if ip is not None:
+            ips.append(ip)
+    if w.protocol == "HBONE":
+        try:
+            ident.parse(w.identity)
+        except ident.InvalidSpiffeId as e:
+            problems.append(f"{where}: identity: {e}")
+    elif w.protocol != "TCP":
+        problems.append(f"{where}: protocol: {w.protocol!r} is not HBONE or TCP")
+    return ips
+
+
+def _choose(ip: str, claims: tuple[tuple[str, Workload], ...], problems: list[str]) -> Workload:
+    """The workload an IP means. Several plain-TCP workloads may share an IP (host-network pods
+    share their node's); two HBONE workloads may not: inbound traffic to that IP would have two
+    identities."""
+    ws = [w for _, w in claims]
+    mesh = [w for w in ws if w.protocol == "HBONE"]
+    if len(mesh) > 1:
+        who = ", ".join(f"{w.namespace}/{w.name}" for w in mesh)
+        problems.append(f"IP {ip} is claimed by more than one mesh workload ({who}); "
+                        "its identity would be ambiguous")
+    return mesh[0] if mesh else min(ws, key=lambda w: (w.namespace, w.name, w.uid))
+
+
+Indexed = tuple[dict[str, Workload], dict[str, Workload], dict[str, tuple[tuple[str, Workload], ...]]]
+
+
+def index_workloads(state: Mapping[str, Workload]) -> Indexed:
+    """(by uid, by IP, every IP's claims). Raises ConfigRejected naming every problem."""
     problems: list[str] = []
-    by_ip: dict[str, list[Workload]] = {}
+    by_ip: dict[str, list[tuple[str, Workload]]] = {}
     for name, w in sorted(state.items()):
-        where = f"Workload {w.namespace}/{w.name} (uid {name})"
-        if not w.ips:
-            problems.append(f"{where}: ips: empty")
-        for i, raw in enumerate(w.ips):
-            ip = _ip(raw, f"{where}: ips[{i}]", problems)
-            if ip is not None:
-                by_ip.setdefault(ip, []).append(w)
-        if w.protocol == "HBONE":
-            try:
-                ident.parse(w.identity)
-            except ident.InvalidSpiffeId as e:
-                problems.append(f"{where}: identity: {e}")
-        elif w.protocol != "TCP":
-            problems.append(f"{where}: protocol: {w.protocol!r} is not HBONE or TCP")
-    chosen: dict[str, Workload] = {}
-    for ip, ws in sorted(by_ip.items()):
-        mesh = [w for w in ws if w.protocol == "HBONE"]
-        if len(mesh) > 1:
-            who = ", ".join(f"{w.namespace}/{w.name}" for w in mesh)
-            problems.append(f"IP {ip} is claimed by more than one mesh workload ({who}); "
-                            "its identity would be ambiguous")
-        chosen[ip] = mesh[0] if mesh else min(ws, key=lambda w: (w.namespace, w.name, w.uid))
+        for ip in _workload_problems(name, w, problems):
+            by_ip.setdefault(ip, []).append((name, w))
+    claims = {ip: tuple(c) for ip, c in by_ip.items()}
+    chosen = {ip: _choose(ip, claims[ip], problems) for ip in sorted(claims)}
     _fail(Workload.TYPE, problems)
-    return dict(state), chosen
+    return dict(state), chosen, claims
+
+
+def index_workload_delta(view: ConfigView, update: ConfigUpdate) -> Indexed | None:
+    """`index_workloads(update.state)`, from `view`'s indexes and the delta alone: a pod's churn
+    re-checks and re-chooses what it touches, not 10,000 workloads (250 ms per update at that
+    size, on the event loop). The same result and the same rejection, since the view's
+    workloads all passed the checks together; None when the delta is not over `view` (or is
+    most of the state), and the caller rebuilds."""
+    prev, state = view.workloads, update.state
+    touched = set(update.changed) | set(update.removed)
+    if len(touched) * 4 > len(state):
+        return None
+    kept = 0
+    for name, w in prev.items():
+        if name not in touched:
+            if state.get(name) is not w:
+                return None         # the view is not what this delta was computed against
+            kept += 1
+    if kept != len(state) - sum(1 for n in touched if n in state):
+        return None
+    problems: list[str] = []
+    claims = dict(view.workload_ips)
+    affected: set[str] = set()
+    for name in touched:
+        old = prev.get(name)
+        if old is not None:
+            for ip in _workload_problems(name, old, []):
+                rest = tuple(c for c in claims.get(ip, ()) if c[0] != name)
+                if rest:
+                    claims[ip] = rest
+                else:
+                    claims.pop(ip, None)
+                affected.add(ip)
+    for name in sorted(n for n in touched if n in state):
+        w = cast(Workload, state[name])
+        for ip in _workload_problems(name, w, problems):
+            claims[ip] = tuple(sorted((*claims.get(ip, ()), (name, w)), key=lambda c: c[0]))
+            affected.add(ip)
+    chosen = dict(view.workloads_by_ip)
+    for ip in sorted(affected):
+        if ip in claims:
+            chosen[ip] = _choose(ip, claims[ip], problems)
+        else:
+            chosen.pop(ip, None)
+    _fail(Workload.TYPE, problems)
+    return dict(state), chosen, claims
 
 
 @dataclass(frozen=True)
@@ -267,9 +331,10 @@ def next_view(view: ConfigView, update: ConfigUpdate) -> ConfigView:
     t, state = update.type_url, update.state
     versions = MappingProxyType({**view.versions, t: update.system_version})
     if t == Workload.TYPE:
-        by_uid, by_ip = index_workloads(state)  # type: ignore[arg-type]
+        by_uid, by_ip, claims = (index_workload_delta(view, update)
+                                 or index_workloads(state))  # type: ignore[arg-type]
         return replace(view, workloads=MappingProxyType(by_uid), workloads_by_ip=MappingProxyType(by_ip),
-                       versions=versions)
+                       workload_ips=MappingProxyType(claims), versions=versions)
     if t == Service.TYPE:
         ix = index_services(state)  # type: ignore[arg-type]
         return replace(view, services=MappingProxyType(ix.by_name), services_by_vip=MappingProxyType(ix.by_vip),

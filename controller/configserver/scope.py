@@ -69,12 +69,25 @@ def scope_key(node: NodeInfo) -> tuple[str, ...]:
     return (node.kind,)
 
 
-def scope(node: NodeInfo, type_url: str, snapshot: Snapshot) -> list[Resource]:
+def workloads_by_node(workloads: Sequence[Resource]) -> dict[str, list[Resource]]:
+    """Workloads by node, in snapshot order: every agent's Workload view in one pass (filtering
+    10,000 workloads once per agent is 100 passes on 100 nodes)."""
+    out: dict[str, list[Resource]] = {}
+    for w in workloads:
+        out.setdefault(cast(Workload, w).node, []).append(w)
+    return out
+
+
+def scope(node: NodeInfo, type_url: str, snapshot: Snapshot,
+          by_node: Mapping[str, list[Resource]] | None = None) -> list[Resource]:
     """The resources of `type_url` that `node` receives, given the whole `snapshot` (type -> list).
 
     The whole snapshot is passed because some views depend on other types (a waypoint's
-    Workloads are the ones backing its Services).
+    Workloads are the ones backing its Services). `by_node`: `workloads_by_node` of the
+    snapshot's Workloads, when the caller keeps it for all agents.
     """
+    if node.kind == "agent" and type_url == Workload.TYPE and by_node is not None:
+        return list(by_node.get(node.name, ()))
     resources = list(snapshot.get(type_url, ()))
     if type_url == IngressGateway.TYPE:
         return [g for g in resources if node.kind == "waypoint" and g.resource_name == node.waypoint]

@@ -24,6 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CollectorRegistry
 
 from ambit.api import config_pb2, config_pb2_grpc
+from ambit.configclient.codec import Encoded
 from ambit.configclient.node import NodeInfo
 from ambit.model import RESOURCE_TYPES, Resource
 from controller.configserver.auth import NodeAuthenticator, StreamRefused, metadata_of
@@ -135,13 +136,15 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         """The version being served (an update becomes visible here after the debounce)."""
         return self._snapshot.version
 
-    def update(self, resources_by_type: Mapping[str, Sequence[Resource]], version: str) -> None:
+    def update(self, resources_by_type: Mapping[str, Sequence[Resource]], version: str,
+               encoded: Mapping[int, Encoded] | None = None) -> None:
         """Replace the whole desired state. Types absent from `resources_by_type` become empty.
+        `encoded`: the resources' encodings by `id`, when the caller made them already.
 
         Safe to call from any thread; validation errors raise here (ValueError naming the entry).
         """
         with self._lock:
-            snap = Snapshot.build(resources_by_type, version, self._generation + 1)
+            snap = Snapshot.build(resources_by_type, version, self._generation + 1, encoded)
             self._generation = snap.generation
             self._latest = snap
             if self._pending_since is None:

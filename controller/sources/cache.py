@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from controller.kinds import spec_of
-from controller.validation import FieldError, validate_object, without_nulls
+from controller.validation import FieldError, Validated, validate_object, without_nulls
 
 Obj = dict[str, Any]
 CacheKey = tuple[str, str, str, str]   # (group, kind, namespace, name)
@@ -78,8 +78,12 @@ class LastGoodCache:
                 self._take(key, o, errors)
 
     def objects(self) -> list[Obj]:
+        """The good objects. With the standard validation they come as a `Validated` snapshot, so
+        the translation does not validate them again: the cache only ever replaces an object (a new
+        dict per update), never edits one it has handed out."""
         with self._lock:
-            return [self._good[k] for k in sorted(self._good)]
+            good = [self._good[k] for k in sorted(self._good)]
+        return Validated(good) if self._validate is validate_object else good
 
     def errors(self) -> list[FieldError]:
         with self._lock:

@@ -41,7 +41,7 @@ from controller.translate.routes import Hosts, translate_routes
 from controller.translate.serviceentries import expand_entry_targets, translate_service_entries
 from controller.translate.waypoints import apply_waypoints, waypoint_admits, waypoint_gateways
 from controller.translate.workloads import translate_services, translate_workloads
-from controller.validation import FieldError, split_valid
+from controller.validation import FieldError, Validated, split_valid
 
 __all__ = ["Translation", "TranslationBug", "translate"]
 
@@ -94,7 +94,8 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     """`jwks`: the key sets the controller fetched for RequestAuthentication `jwksUri`s (source ->
     (JSON, error)); what is still to fetch is in `Translation.jwks_fetches`."""
     out = Translation(mesh_settings=[MeshSettings(trust_domain, list(trust_domain_aliases))])
-    good, out.errors = split_valid(o for o in objects if isinstance(o, dict) and o.get("kind") in BY_KIND)
+    good, out.errors = split_valid(objects if isinstance(objects, Validated) else    # every kind is known
+                                   (o for o in objects if isinstance(o, dict) and o.get("kind") in BY_KIND))
     idx = Index.build(good)
     out.services = translate_services(idx, cluster_domain)
     out.workloads = translate_workloads(idx, out.services, trust_domain)

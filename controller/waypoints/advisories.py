@@ -108,7 +108,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
                root_namespace: str = "ambit-system") -> list[Advisory]:
     """Every advisory for the valid objects of a snapshot. `translation`: the snapshot's
     `controller.translate.Translation` when the caller has it (the controller does), else computed."""
-    good, _ = split_valid(o for o in objects if isinstance(o, dict))
+    good, _ = split_valid(objects)     # a Validated snapshot as it is; the errors of the others are not ours
     out: list[Advisory] = []
     gateways = {(ns_of(g), (g.get("metadata") or {}).get("name", "")): g for g in good if is_waypoint(g)}
     tr = translation if translation is not None else translate(good, cluster_domain=cluster_domain)
