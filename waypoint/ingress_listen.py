@@ -17,8 +17,10 @@ right after the handshake: a connection below it is closed before a byte of HTTP
 
 Connections: at most `max_connections` at once over all ports (`--max-connections`); one more is
 aborted as soon as it is accepted (after its TLS handshake on HTTPS), counted in `overloaded` and
-logged once per 1,000. Closed connections leave the count by themselves (a weak set, pruned of
-closing transports when full), so nothing per connection has to be told.
+logged once per 1,000. The open transports are kept in a set pruned of closed ones every
+`PRUNE_EVERY` admissions and whenever it is full, so nothing per connection has to be told when it
+closes (the engine may own the transport by then). Not a weak set: uvloop's TLS transports take no
+weak reference (adding one raised in `connection_made`, and every HTTPS connection was reset).
 
 Listeners follow the config: `update(view)` opens new ports, closes removed ones, reopens a port
 whose protocol changed, and swaps certificates in place (new handshakes see them at once).
@@ -31,7 +33,6 @@ import hashlib
 import logging
 import socket
 import ssl
-import weakref
 from collections.abc import Callable
 
 from ambit.dataplane.ports import LISTEN_BACKLOG
@@ -48,6 +49,7 @@ VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 ALPN = ["h2", "http/1.1"]
 
 HELLO_TIMEOUT = 10.0    # seconds a passthrough client has to send its ClientHello
+PRUNE_EVERY = 64        # admissions between two sweeps of the closed transports out of `open`
 
 Serve = Callable[[Plug, Downstream], None]
 # relay(transport, downstream, bytes already read): the engine's opaque relay to the route's backend
@@ -219,7 +221,8 @@ class IngressListeners:
                  max_connections: int | None = None) -> None:
         self.address = address
         self.max_connections = max_connections
-        self.open: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+        self.open: set[asyncio.BaseTransport] = set()
+        self._admitted = 0
         self.overloaded = 0             # connections aborted because `max_connections` were open
         self.reuse_port = reuse_port        # a worker: its siblings bind the same ports (waypoint/workers.py)
         self.serve = serve
@@ -230,9 +233,11 @@ class IngressListeners:
     def admit(self, transport: asyncio.BaseTransport) -> bool:
         """Count `transport` in, unless `max_connections` are open (see the module docstring)."""
         limit = self.max_connections
-        if limit is not None and len(self.open) >= limit:
-            for t in [t for t in self.open if t.is_closing()]:
-                self.open.discard(t)
+        if limit is None:
+            return True
+        self._admitted += 1
+        if self._admitted % PRUNE_EVERY == 0 or len(self.open) >= limit:
+            self.open = {t for t in self.open if not t.is_closing()}
             if len(self.open) >= limit:
                 self.overloaded += 1
                 if self.overloaded % 1000 == 1:
