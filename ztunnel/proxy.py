@@ -37,7 +37,7 @@ from ambit.dataplane.hbone import (
     HBONEStream,
     PoolKey,
 )
-from ambit.dataplane.hbone.limits import ConnLimiter
+from ambit.dataplane.hbone.limits import DEFENSES, REFUSED, ConnLimiter
 from ambit.dataplane.identity import CertificateUnavailable, IdentityManager
 from ambit.dataplane.origdst import original_dst
 from ambit.dataplane.relay import Leg, TCPRelay, TunnelRelay
@@ -494,8 +494,10 @@ class Proxy:
         return HealthCollector(
             config=client, certs=self.identities,
             connections=lambda: {"outbound": self.per_src_pod.total(), "inbound": self.per_dst_pod.total()},
-            refused=lambda: {lim.what: lim.refused for lim in limiters},
-            pool=lambda: sum(self.pool.connections().values()) if self.pool is not None else 0)
+            refused=lambda: {**{lim.what: lim.refused for lim in limiters},
+                             "preface_timeout": REFUSED["preface_timeout"]},
+            pool=lambda: sum(self.pool.connections().values()) if self.pool is not None else 0,
+            defenses=lambda: dict(DEFENSES))
 
     def connections(self) -> dict[str, Any]:
         """For the admin endpoint: pooled HBONE connections and their open tunnels."""
