@@ -16,8 +16,8 @@ from ambit.configclient.credential import node_metadata, read_token
 from ambit.configclient.report import StatusReporter
 from ambit.dataplane import memory, process
 from ambit.dataplane.feed import TapFeed, exposition
-from ambit.dataplane.identity import CertStore, GrpcCertificateFetcher, IdentityManager
 from ambit.dataplane.hbone.limits import DEFENSES, REFUSED
+from ambit.dataplane.identity import CertStore, GrpcCertificateFetcher, IdentityManager
 from ambit.dataplane.telemetry.health import HealthCollector
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
 from waypoint import admin
@@ -33,13 +33,14 @@ def _split(address: str) -> tuple[str | None, int]:
     return host or None, int(port or 0)
 
 
-
-def health_collector(client: Any = None, identities: Any = None) -> HealthCollector:
+def health_collector(client: ConfigClient | None = None,
+                     identities: IdentityManager | None = None) -> HealthCollector:
     """The waypoint's `ambit_*` families: config, certificates, and the protections it applied
     (`ambit_connections_refused_total{limit}`, `ambit_protocol_defenses_total{defense}`, counted
     in ambit.dataplane.hbone.limits where each fires), read at scrape time."""
     return HealthCollector(config=client, certs=identities, refused=lambda: dict(REFUSED),
                            defenses=lambda: dict(DEFENSES))
+
 
 async def amain(args: WaypointSettings) -> None:
     log = logging.getLogger("ambit.waypoint")
