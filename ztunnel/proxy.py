@@ -26,6 +26,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from ambit.accept import BACKOFFS
 from ambit.dataplane import tls
 from ambit.dataplane.connect import connect, connect_finished, connect_started
 from ambit.dataplane.gctune import GCStats
@@ -497,7 +498,7 @@ class Proxy:
             refused=lambda: {**{lim.what: lim.refused for lim in limiters},
                              "preface_timeout": REFUSED["preface_timeout"]},
             pool=lambda: sum(self.pool.connections().values()) if self.pool is not None else 0,
-            defenses=lambda: dict(DEFENSES))
+            defenses=lambda: dict(DEFENSES), backoffs=lambda: dict(BACKOFFS))
 
     def connections(self) -> dict[str, Any]:
         """For the admin endpoint: pooled HBONE connections and their open tunnels."""
