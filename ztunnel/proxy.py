@@ -491,11 +491,13 @@ class Proxy:
     def health(self, client: Any = None) -> HealthCollector:
         """ztunnel's `ambit_*` families (ambit/dataplane/telemetry/health.py), read at scrape time:
         `client` is the config stream client, if any."""
-        limiters = (self.per_src_pod, self.per_dst_pod, self.per_source_ip, self.per_identity)
+        # `limit` values are short identifiers (alert rules match them), not the limiters' log wording.
+        limiters = {"outbound_per_pod": self.per_src_pod, "inbound_per_pod": self.per_dst_pod,
+                    "plaintext_per_source_ip": self.per_source_ip, "per_identity": self.per_identity}
         return HealthCollector(
             config=client, certs=self.identities,
             connections=lambda: {"outbound": self.per_src_pod.total(), "inbound": self.per_dst_pod.total()},
-            refused=lambda: {**{lim.what: lim.refused for lim in limiters},
+            refused=lambda: {**{name: lim.refused for name, lim in limiters.items()},
                              "preface_timeout": REFUSED["preface_timeout"]},
             pool=lambda: sum(self.pool.connections().values()) if self.pool is not None else 0,
             defenses=lambda: dict(DEFENSES), backoffs=lambda: dict(BACKOFFS))

@@ -79,3 +79,14 @@ def test_a_peer_that_never_sends_the_preface_is_counted(ca) -> None:
 
     asyncio.run(main())
     assert scraped(REFUSED, limit="preface_timeout") == before + 1
+
+
+def test_refusals_by_ztunnels_connection_limits_carry_short_limit_names() -> None:
+    proxy = Proxy()
+    proxy.per_identity.limit = 1
+    assert proxy.per_identity.acquire("spiffe://cluster.local/ns/a/sa/b")
+    assert not proxy.per_identity.acquire("spiffe://cluster.local/ns/a/sa/b")
+    text = exposition(proxy.health())
+    assert sample(text, REFUSED, limit="per_identity") == 1
+    for lim in ("outbound_per_pod", "inbound_per_pod", "plaintext_per_source_ip", "preface_timeout"):
+        assert sample(text, REFUSED, limit=lim) is not None, lim
