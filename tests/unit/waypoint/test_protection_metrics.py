@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 
-import hpack
 import pytest
 
 from ambit.dataplane.workers import merge_expositions
@@ -17,12 +16,10 @@ from tests.unit.scrape import exposition, sample
 from tests.unit.waypoint.harness import Origin
 from tests.unit.waypoint.test_http2_hostile import (
     ENHANCE_YOUR_CALM,
-    PREFACE,
     _rapid,
-    dial,
-    frame,
     goaway_codes,
-    read_until_closed,
+    ping_flood,
+    reset_attack,
     start,
 )
 from waypoint.http.http2 import connection as h2conn
@@ -49,17 +46,8 @@ def test_a_rapid_reset_goaway_is_counted_in_the_exposition_and_survives_the_work
     before = scraped(DEFENSES, defense="reset_budget")
     p = start(origin, "h2")
     try:
-        s = dial(p)
-        enc = hpack.Encoder()
-        s.sendall(PREFACE + frame(4, 0, 0, b""))
-        try:
-            for i in range(2000):
-                s.sendall(_rapid(enc, 1 + 2 * i))
-        except OSError:
-            pass
-        closed, got = read_until_closed(s)
+        closed, got = reset_attack(p, _rapid)
         assert closed and ENHANCE_YOUR_CALM in goaway_codes(got)
-        s.close()
     finally:
         p.close()
     assert scraped(DEFENSES, defense="reset_budget") == before + 1
@@ -72,18 +60,7 @@ def test_a_client_that_does_not_read_its_answers_is_counted(origin: Origin, monk
     before = scraped(DEFENSES, defense="unread_flood")
     p = start(origin, "h2")
     try:
-        s = dial(p, rcvbuf=4096)
-        s.sendall(PREFACE + frame(4, 0, 0, b""))
-        pings = frame(6, 0, 0, b"12345678") * 1000
-        cut = False
-        for _ in range(1000):
-            try:
-                s.sendall(pings)
-            except OSError:
-                cut = True
-                break
-        assert cut or read_until_closed(s, 10)[0]
-        s.close()
+        assert ping_flood(p)
     finally:
         p.close()
     assert scraped(DEFENSES, defense="unread_flood") >= before + 1
