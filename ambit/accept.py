@@ -14,6 +14,11 @@ import errno
 OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 ACCEPT_RETRY_DELAY = 1.0
 
+# Times each of this process's accept loops paused so, by loop (`hbone_handoff`: the waypoint
+# supervisor's HBONE listener; `zds`: ztunnel's socket for the agent); a loop adds its key at 0 when
+# it starts. Exported as `ambit_accept_backoffs_total{listener}` (docs/observability.md).
+BACKOFFS: dict[str, int] = {}
+
 
 def out_of_resources(e: OSError) -> bool:
     """Does `e` mean "not now" (wait and accept again) rather than "this listener is done"?"""

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ambit.accept import ACCEPT_RETRY_DELAY, out_of_resources
+from ambit.accept import ACCEPT_RETRY_DELAY, BACKOFFS, out_of_resources
 
 MAX_MSG = 64 * 1024
 
@@ -102,11 +102,13 @@ def accept_loop(sock: socket.socket, serve: Callable[[socket.socket], None], log
     is waited out, not taken for `close_listener`. It used to end the loop for good, and the
     agent, which reconnects, never reached ztunnel again: no pod was captured or released until
     ztunnel restarted."""
+    BACKOFFS.setdefault("zds", 0)
     while True:
         try:
             conn, _ = sock.accept()
         except OSError as e:
             if out_of_resources(e) and sock.fileno() != -1:
+                BACKOFFS["zds"] += 1
                 log.warning("accepting the agent failed: %s; retrying in %.0fs", e, ACCEPT_RETRY_DELAY)
                 time.sleep(ACCEPT_RETRY_DELAY)
                 continue

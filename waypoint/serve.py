@@ -16,6 +16,7 @@ from ambit.configclient.credential import node_metadata, read_token
 from ambit.configclient.report import StatusReporter
 from ambit.dataplane import memory, process
 from ambit.dataplane.feed import TapFeed, exposition
+from ambit.dataplane.hbone.limits import DEFENSES, REFUSED
 from ambit.dataplane.identity import CertStore, GrpcCertificateFetcher, IdentityManager
 from ambit.dataplane.telemetry.health import HealthCollector
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
@@ -30,6 +31,15 @@ from waypoint.telemetry.metrics import HttpMetrics
 def _split(address: str) -> tuple[str | None, int]:
     host, _, port = (address or "").rpartition(":")
     return host or None, int(port or 0)
+
+
+def health_collector(client: ConfigClient | None = None,
+                     identities: IdentityManager | None = None) -> HealthCollector:
+    """The waypoint's `ambit_*` families: config, certificates, and the protections it applied
+    (`ambit_connections_refused_total{limit}`, `ambit_protocol_defenses_total{defense}`, counted
+    in ambit.dataplane.hbone.limits where each fires), read at scrape time."""
+    return HealthCollector(config=client, certs=identities, refused=lambda: dict(REFUSED),
+                           defenses=lambda: dict(DEFENSES))
 
 
 async def amain(args: WaypointSettings) -> None:
@@ -72,7 +82,7 @@ async def amain(args: WaypointSettings) -> None:
         await adm.start(*_split(args.admin_address), args.admin_socket)
     except OSError as e:
         log.warning("admin endpoint %s: %s", args.admin_address, e)
-    metrics.registry.register(HealthCollector(config=client, certs=identities))   # ambit_config_*, ambit_certificate*
+    metrics.registry.register(health_collector(client, identities))
     msrv = MetricsServer(metrics)
     try:
         await msrv.start(*_split(args.metrics_address), args.metrics_socket)

@@ -117,7 +117,7 @@ class _Metrics(SupervisorMetrics):
 
     def extra(self) -> list[Metric]:
         if self.dealer is None:
-            return []
+            return super().extra()
         handed = CounterMetricFamily("ambit_waypoint_worker_connections_handed",
                                      "HBONE connections the supervisor handed to this worker", labels=["worker"])
         for w in self.workers:
@@ -125,7 +125,7 @@ class _Metrics(SupervisorMetrics):
         dropped = CounterMetricFamily("ambit_waypoint_connections_dropped",
                                       "HBONE connections accepted that no worker could take")
         dropped.add_metric([], self.dealer.dropped)
-        return [handed, dropped]
+        return [*super().extra(), handed, dropped]
 
 
 async def supervise(args: WaypointSettings, argv: Sequence[str]) -> None:

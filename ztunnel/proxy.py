@@ -26,6 +26,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from ambit.accept import BACKOFFS
 from ambit.dataplane import tls
 from ambit.dataplane.connect import connect, connect_finished, connect_started
 from ambit.dataplane.gctune import GCStats
@@ -37,7 +38,7 @@ from ambit.dataplane.hbone import (
     HBONEStream,
     PoolKey,
 )
-from ambit.dataplane.hbone.limits import ConnLimiter
+from ambit.dataplane.hbone.limits import DEFENSES, REFUSED, ConnLimiter
 from ambit.dataplane.identity import CertificateUnavailable, IdentityManager
 from ambit.dataplane.origdst import original_dst
 from ambit.dataplane.relay import Leg, TCPRelay, TunnelRelay
@@ -490,12 +491,16 @@ class Proxy:
     def health(self, client: Any = None) -> HealthCollector:
         """ztunnel's `ambit_*` families (ambit/dataplane/telemetry/health.py), read at scrape time:
         `client` is the config stream client, if any."""
-        limiters = (self.per_src_pod, self.per_dst_pod, self.per_source_ip, self.per_identity)
+        # `limit` values are short identifiers (alert rules match them), not the limiters' log wording.
+        limiters = {"outbound_per_pod": self.per_src_pod, "inbound_per_pod": self.per_dst_pod,
+                    "plaintext_per_source_ip": self.per_source_ip, "per_identity": self.per_identity}
         return HealthCollector(
             config=client, certs=self.identities,
             connections=lambda: {"outbound": self.per_src_pod.total(), "inbound": self.per_dst_pod.total()},
-            refused=lambda: {lim.what: lim.refused for lim in limiters},
-            pool=lambda: sum(self.pool.connections().values()) if self.pool is not None else 0)
+            refused=lambda: {**{name: lim.refused for name, lim in limiters.items()},
+                             "preface_timeout": REFUSED["preface_timeout"]},
+            pool=lambda: sum(self.pool.connections().values()) if self.pool is not None else 0,
+            defenses=lambda: dict(DEFENSES), backoffs=lambda: dict(BACKOFFS))
 
     def connections(self) -> dict[str, Any]:
         """For the admin endpoint: pooled HBONE connections and their open tunnels."""

@@ -29,7 +29,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from ambit.accept import ACCEPT_RETRY_DELAY, out_of_resources
+from ambit.accept import ACCEPT_RETRY_DELAY, BACKOFFS, out_of_resources
 
 log = logging.getLogger("ambit.dataplane.handoff")
 
@@ -47,6 +47,7 @@ class Dealer:
         self.handed: dict[int, int] = {}                # worker index -> connections handed so far
         self.dropped = 0                                # accepted, but no worker could take them
         self.accept_backoffs = 0                        # accept() out of descriptors: paused
+        BACKOFFS.setdefault("hbone_handoff", 0)
         self._backoff: asyncio.TimerHandle | None = None
         self._next = 0
         self._unix: socket.socket | None = None
@@ -170,6 +171,7 @@ class Dealer:
         retrying at the next wakeup spun a core. Connections wait in the backlog meanwhile."""
         assert self._loop is not None
         self.accept_backoffs += 1
+        BACKOFFS["hbone_handoff"] += 1
         log.warning("accept failed: %s; not accepting for %.1fs", e, ACCEPT_RETRY_DELAY)
         self._pause()
         self._backoff = self._loop.call_later(ACCEPT_RETRY_DELAY, self._retry_accept)

@@ -36,8 +36,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from ambit.accept import BACKOFFS
 from ambit.dataplane import endpoint
 from ambit.dataplane.endpoint import LocalEndpoint, Response
+from ambit.dataplane.telemetry.health import backoff_family
 
 log = logging.getLogger("ambit.dataplane.workers")
 
@@ -181,8 +183,9 @@ class SupervisorMetrics(LocalEndpoint):
         return Response(200, merge_expositions(texts, extra=[restarts, *self.extra()]).encode(), PROM_TEXT)
 
     def extra(self) -> list[Metric]:
-        """The supervisor's own families beyond the restarts (a component's subclass adds them)."""
-        return []
+        """The supervisor's own families beyond the restarts (a component's subclass adds to them):
+        its accept loops' backoffs (the ZDS fan-out's, the HBONE dealer's) run here, not in a worker."""
+        return [backoff_family(BACKOFFS)]
 
 
 async def start_endpoints(admin: SupervisorAdmin, metrics: SupervisorMetrics, admin_address: str,

@@ -64,7 +64,7 @@ import h2.exceptions
 
 from ambit.dataplane.hbone import frames as f
 from ambit.dataplane.hbone import limits
-from ambit.dataplane.hbone.limits import Clock, ResetBudget
+from ambit.dataplane.hbone.limits import DEFENSES, Clock, ResetBudget
 from ambit.dataplane.nghttp2 import NgHttp2Connection
 
 MiB = 1024 * 1024
@@ -642,6 +642,7 @@ class HBONEConnection:
                 self._continuations = 0
                 self._header_block_bytes = length
             if self._header_block_bytes > self.max_header_block or self._continuations > self.max_continuations:
+                DEFENSES["header_flood"] += 1
                 self._fail(events, f.ENHANCE_YOUR_CALM,
                            f"header block over {self.max_header_block} bytes or {self.max_continuations} CONTINUATIONs")
                 return
@@ -933,6 +934,7 @@ class HBONEConnection:
 
     def _spend_reset_budget(self, events: list[Event]) -> None:
         if not self.reset_budget.spend() and not self._fatal:
+            DEFENSES["reset_budget"] += 1
             self._fail(events, f.ENHANCE_YOUR_CALM, "too many stream resets")
 
     def _answered(self, events: list[Event]) -> None:
@@ -943,6 +945,7 @@ class HBONEConnection:
             return
         self._unsent_answers += 1
         if self._unsent_answers > self.max_unsent_answers and not self._fatal:
+            DEFENSES["unread_flood"] += 1
             self._fail(events, f.ENHANCE_YOUR_CALM,
                        f"peer does not read: over {self.max_unsent_answers} answers to its frames unsent", abort=True)
 

@@ -34,6 +34,21 @@ RESET_RATE = 100.0                  # ... and per second after that
 MAX_UNSENT_ANSWERS = 10_000
 
 
+# Protocol-level defences this process has applied, by name: `ambit_protocol_defenses_total{defense}`
+# (ambit/dataplane/telemetry/health.py, docs/observability.md). Incremented in place where the
+# defence fires (one dict store, no lock: each process has one event loop), read at scrape time.
+# - `reset_budget`: a peer reset (or made us reset) too many streams: GOAWAY(ENHANCE_YOUR_CALM);
+# - `header_flood`: a header block over its size or CONTINUATION bound: GOAWAY(ENHANCE_YOUR_CALM);
+# - `unread_flood`: a peer made us queue answers it does not read: connection aborted.
+DEFENSES: dict[str, int] = dict.fromkeys(("reset_budget", "header_flood", "unread_flood"), 0)
+# Connections this process's HBONE/ingress listeners refused or closed by a process-wide bound, by
+# bound: `ambit_connections_refused_total{limit}` (kept here, not per listener, so the counter never
+# goes down when a listener goes away with its pod).
+# - `max_connections`: the listener had `max_connections` open: the new one was reset;
+# - `preface_timeout`: no HTTP/2 preface within the deadline after the TLS handshake: closed.
+REFUSED: dict[str, int] = dict.fromkeys(("max_connections", "preface_timeout"), 0)
+
+
 @dataclass
 class ResetBudget:
     """Token bucket: `burst` resets at once, refilled at `rate` per second. `spend()` is False once

@@ -14,7 +14,12 @@ alert covers every component (tell them apart by the scrape's `component` / `app
 - `ambit_certificates{state}`: identities managed, by state (`valid`, `expired`, `pending`).
 - `ambit_connections_open{direction}`: connections open now (ztunnel: `outbound` from its pods,
   `inbound` to them).
-- `ambit_connections_refused_total{limit}`: connections refused by a connection limit.
+- `ambit_connections_refused_total{limit}`: connections refused or closed by a connection bound
+  (a limit, or a deadline a connection missed before it carried anything: `preface_timeout`).
+- `ambit_protocol_defenses_total{defense}`: protocol-level defences applied to a hostile or broken
+  peer (ambit.dataplane.hbone.limits.DEFENSES: `reset_budget`, `header_flood`, `unread_flood`).
+- `ambit_accept_backoffs_total{listener}`: times an accept loop paused for want of descriptors or
+  kernel memory (EMFILE, ENFILE, ENOBUFS, ENOMEM: ambit/accept.py), by loop.
 - `ambit_hbone_pool_connections`: pooled HBONE (mTLS) connections to other proxies.
 
 Nothing here is touched per request or connection: a collector reads the objects that already keep
@@ -97,15 +102,21 @@ class HealthCollector(Collector):
     - `certs`: its identity manager;
     - `connections`: () -> {direction: open connections};
     - `refused`: () -> {limit: connections refused by that limit};
-    - `pool`: () -> pooled HBONE connections.
+    - `pool`: () -> pooled HBONE connections;
+    - `defenses`: () -> {defense: times applied};
+    - `backoffs`: () -> {accept loop: times it paused}.
     """
 
     def __init__(self, *, config: ConfigSource | None = None, certs: CertSource | None = None,
                  connections: Callable[[], Mapping[str, int]] | None = None,
                  refused: Callable[[], Mapping[str, int]] | None = None,
-                 pool: Callable[[], int] | None = None, clock: Callable[[], float] = time.time) -> None:
+                 pool: Callable[[], int] | None = None,
+                 defenses: Callable[[], Mapping[str, int]] | None = None,
+                 backoffs: Callable[[], Mapping[str, int]] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config, self.certs, self.connections = config, certs, connections
-        self.refused, self.pool, self.clock = refused, pool, clock
+        self.refused, self.pool, self.defenses, self.clock = refused, pool, defenses, clock
+        self.backoffs = backoffs
 
     def collect(self) -> Iterator[Metric]:
         yield from config_families(self.config)
@@ -117,7 +128,8 @@ class HealthCollector(Collector):
                 g.add_metric([d], float(n))
             yield g
         if self.refused is not None:
-            c = CounterMetricFamily("ambit_connections_refused", "Connections refused by a connection limit",
+            c = CounterMetricFamily("ambit_connections_refused",
+                                    "Connections refused or closed by a connection limit or deadline",
                                     labels=["limit"])
             for what, n in sorted(self.refused().items()):
                 c.add_metric([what], float(n))
@@ -125,6 +137,24 @@ class HealthCollector(Collector):
         if self.pool is not None:
             yield _gauge("ambit_hbone_pool_connections", "Pooled HBONE (mTLS) connections to other proxies",
                          float(self.pool()))
+        if self.defenses is not None:
+            d = CounterMetricFamily("ambit_protocol_defenses",
+                                    "Protocol-level defences applied to a hostile or broken peer", labels=["defense"])
+            for what, n in sorted(self.defenses().items()):
+                d.add_metric([what], float(n))
+            yield d
+        if self.backoffs is not None:
+            yield backoff_family(self.backoffs())
+
+
+def backoff_family(backoffs: Mapping[str, int]) -> Metric:
+    """`ambit_accept_backoffs_total{listener}` (a supervisor's own families use it too)."""
+    c = CounterMetricFamily("ambit_accept_backoffs",
+                            "Times an accept loop paused for want of descriptors or kernel memory",
+                            labels=["listener"])
+    for what, n in sorted(backoffs.items()):
+        c.add_metric([what], float(n))
+    return c
 
 
 def describe(collector: Any) -> list[str]:

@@ -6,7 +6,10 @@ import os
 import socket
 
 from ambit import zds
+from ambit.dataplane.workers import SupervisorMetrics
 from ambit.zds import PodInfo
+from tests.unit.scrape import exposition, sample
+from ztunnel.proxy import Proxy
 
 
 def test_message_and_fd_round_trip(tmp_path) -> None:
@@ -37,6 +40,7 @@ def test_the_accept_loop_outlives_running_out_of_descriptors(tmp_path) -> None:
     import resource
     import threading
 
+    before = backoffs("zds")
     path = str(tmp_path / "zds.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -65,3 +69,11 @@ def test_the_accept_loop_outlives_running_out_of_descriptors(tmp_path) -> None:
     loop.join(5)
     assert not loop.is_alive()
     agent.close()
+    # An operator sees it: ztunnel's own exposition (one process) and its supervisor's (workers).
+    assert backoffs("zds") >= before + 1
+    supervisor = SupervisorMetrics([], "ambit_ztunnel_worker_restarts").handle("GET", "/metrics").body.decode()
+    assert (sample(supervisor, "ambit_accept_backoffs_total", listener="zds") or 0) >= before + 1
+
+
+def backoffs(listener: str) -> float:
+    return sample(exposition(Proxy().health()), "ambit_accept_backoffs_total", listener=listener) or 0.0

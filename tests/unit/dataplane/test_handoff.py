@@ -14,9 +14,12 @@ import socket
 
 import pytest
 
+from ambit.accept import BACKOFFS
 from ambit.dataplane.handoff import Dealer, Receiver
 from ambit.dataplane.hbone import HBONEServer
+from ambit.dataplane.workers import SupervisorMetrics
 from tests.unit.dataplane.test_hbone import CLIENT, LOOPS, SERVER, Mesh, echo, listener, run
+from tests.unit.scrape import sample
 
 
 class Worker:
@@ -163,6 +166,7 @@ def test_out_of_descriptors_the_dealer_backs_off_and_recovers(tmp_path, caplog) 
     dealer retried at every wakeup: a core spun and a warning was logged each time. It now pauses
     (once, logged once), and once descriptors are free again the waiting connection is served."""
     async def main() -> None:
+        before = BACKOFFS.get("hbone_handoff", 0)
         dealer, port = dealing(tmp_path)
         w0 = Worker(dealer.path, 0)
         await w0.receiver.start()
@@ -181,6 +185,9 @@ def test_out_of_descriptors_the_dealer_backs_off_and_recovers(tmp_path, caplog) 
                     await asyncio.sleep(0)
             failures = [r for r in caplog.records if "accept failed" in r.getMessage()]
             assert 1 <= len(failures) <= 2, len(failures)
+            # An operator sees it in the supervisor's metrics, not only in its log.
+            text = SupervisorMetrics([], "ambit_waypoint_worker_restarts").handle("GET", "/metrics").body.decode()
+            assert sample(text, "ambit_accept_backoffs_total", listener="hbone_handoff") == before + len(failures)
         finally:
             for fd in fillers:
                 os.close(fd)

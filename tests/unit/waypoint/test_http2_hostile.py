@@ -116,22 +116,25 @@ def test_a_ping_flood_that_is_never_read_is_cut(origin: Origin, monkeypatch: pyt
     monkeypatch.setattr(h2conn, "MAX_UNREAD_BYTES", 64 * 1024)      # (1 MiB would take longer to reach)
     p = start(origin, "h2")
     try:
-        s = dial(p, rcvbuf=4096)
+        assert ping_flood(p), "a PING flood never read was answered into an unbounded buffer"
+    finally:
+        p.close()
+
+
+def ping_flood(p: Proxy) -> bool:
+    """PINGs on a connection that reads nothing: was it cut?"""
+    s = dial(p, rcvbuf=4096)
+    try:
         s.sendall(PREFACE + frame(4, 0, 0, b""))
         pings = frame(6, 0, 0, b"12345678") * 1000
-        cut = False
         for _ in range(1000):       # up to 1M PINGs: 17 MB of ACKs, far past the kernel's buffers
             try:
                 s.sendall(pings)
             except OSError:
-                cut = True
-                break
-        if not cut:
-            cut = read_until_closed(s, 10)[0]
-        assert cut, "a PING flood never read was answered into an unbounded buffer"
-        s.close()
+                return True
+        return read_until_closed(s, 10)[0]
     finally:
-        p.close()
+        s.close()
 
 
 def _rapid(enc: hpack.Encoder, sid: int) -> bytes:
@@ -156,20 +159,27 @@ def _bad_head(enc: hpack.Encoder, sid: int) -> bytes:
 def test_streams_the_client_resets_or_makes_us_reset_are_bounded(origin: Origin, codec: str, attack: object) -> None:
     p = start(origin, codec)
     try:
-        s = dial(p)
-        enc = hpack.Encoder()
-        s.sendall(PREFACE + frame(4, 0, 0, b""))
-        try:
-            for i in range(2000):
-                s.sendall(attack(enc, 1 + 2 * i))  # type: ignore[operator]
-        except OSError:
-            pass
-        closed, got = read_until_closed(s)
+        closed, got = reset_attack(p, attack)
         assert closed and ENHANCE_YOUR_CALM in goaway_codes(got), (closed, goaway_codes(got))
-        s.close()
         assert p.live_exchanges() == 0
     finally:
         p.close()
+
+
+def reset_attack(p: Proxy, attack: object) -> tuple[bool, bytes]:
+    """Send 2,000 streams built by `attack` on one connection: (closed by the waypoint, what it sent)."""
+    s = dial(p)
+    enc = hpack.Encoder()
+    s.sendall(PREFACE + frame(4, 0, 0, b""))
+    try:
+        for i in range(2000):
+            s.sendall(attack(enc, 1 + 2 * i))  # type: ignore[operator]
+    except OSError:
+        pass
+    try:
+        return read_until_closed(s)
+    finally:
+        s.close()
 
 
 @pytest.mark.parametrize("codec", CODECS)

@@ -20,10 +20,12 @@ from cryptography.x509.oid import NameOID
 
 from ambit import model
 from ambit.model import HttpRoute, IngressGateway, IngressListener, TlsCertificate, WaypointRoutes
+from tests.unit.scrape import exposition, sample
 from tests.unit.waypoint.test_clienthello import client_hello
 from waypoint import ingress_listen
 from waypoint.ingress import build, choose_backend, host_match
 from waypoint.ingress_listen import IngressListeners
+from waypoint.serve import health_collector
 
 
 @pytest.mark.parametrize(("name", "want"), [
@@ -355,6 +357,11 @@ def test_the_ingress_serves_at_most_max_connections_over_all_its_ports() -> None
             await asyncio.sleep(0.01)
         raise AssertionError("condition not reached")
 
+    def refused() -> float | None:     # what the waypoint's metrics endpoint says
+        return sample(exposition(health_collector()), "ambit_connections_refused_total", limit="max_connections")
+
+    before = refused() or 0.0
+
     async def run() -> None:
         lst = IngressListeners("127.0.0.1", serve, relay, max_connections=2)
         gw = IngressGateway("gw", "ns", listeners=[_listener("web", "", http_port, "HTTP"),
@@ -366,6 +373,7 @@ def test_the_ingress_serves_at_most_max_connections_over_all_its_ports() -> None
             await settle(lambda: len(served) == 2)
             assert await closed_unserved(http_port) and await closed_unserved(tcp_port)
             assert lst.overloaded == 2 and len(served) == 2
+            assert refused() == before + 2
             served[0].transport.close()                 # the engine is done with one: its slot is free again
             w1.close()
             _r3, w3 = await asyncio.open_connection("127.0.0.1", http_port)

@@ -18,6 +18,7 @@ import h2.settings
 import h2.stream
 from hyperframe.frame import RstStreamFrame
 
+from ambit.dataplane.hbone.limits import DEFENSES
 from ambit.dataplane.nghttp2 import NgHttp2Connection
 from waypoint.http.headers import HOP_BY_HOP
 from waypoint.http.legs import Headers
@@ -281,6 +282,7 @@ class H2Base(asyncio.Protocol):
     def _flooded(self) -> None:
         """The peer made us write `MAX_UNREAD_BYTES` while it read nothing: abort (a GOAWAY would
         only join what it does not read)."""
+        DEFENSES["unread_flood"] += 1
         log.warning("HTTP/2 peer %s does not read: over %d bytes of answers to its frames unsent, connection "
                     "aborted", self.peer(), MAX_UNREAD_BYTES)
         self.lost = True

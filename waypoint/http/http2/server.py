@@ -11,7 +11,7 @@ import h2.exceptions
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
-from ambit.dataplane.hbone.limits import ResetBudget
+from ambit.dataplane.hbone.limits import DEFENSES, ResetBudget
 from waypoint.http.exchange import BODY_LENGTH, BODY_NONE, BODY_STREAM, Exchange
 from waypoint.http.headers import header_name, is_grpc, known_authorities, valid_authority
 from waypoint.http.http2.connection import H2Base, Stream, decode_headers, encode_headers, unlink
@@ -119,6 +119,7 @@ class H2Server(H2Base):
         """The client reset `n` unanswered streams, or made us reset them: spend its budget."""
         if self.resets.spend(n) or self.goaway_sid == -1 or self.lost:
             return
+        DEFENSES["reset_budget"] += 1
         log.warning("HTTP/2 client %s reset (or made us reset) too many streams: GOAWAY(ENHANCE_YOUR_CALM)",
                     self.peer())
         self.goaway_sid = -1        # no later stream of this connection is served
