@@ -44,8 +44,8 @@ def content_version(by_type: dict[str, list[Any]], encoded: Mapping[int, Encoded
     """A version naming exactly this model: the hash of every (type, name, resource version).
     `encoded`: `encode_all(by_type)`, when the caller has it."""
     h = hashlib.sha256()
+    found = encoded or {}
     for t in sorted(by_type):
-        found = encoded or {}
         for e in sorted((found.get(id(r)) or encode(r) for r in by_type[t]), key=lambda e: e.name):
             h.update(f"{t}\0{e.name}\0{e.version}\n".encode())
     return "v" + h.hexdigest()[:12]

@@ -35,7 +35,7 @@ import socket
 import ssl
 from collections.abc import Callable
 
-from ambit.dataplane.hbone.limits import REFUSED
+from ambit.dataplane.hbone.limits import refused_at_bound
 from ambit.dataplane.ports import LISTEN_BACKLOG
 from ambit.dataplane.tls import load_chain_from_memory
 from ambit.model import IngressListener
@@ -241,10 +241,7 @@ class IngressListeners:
             self.open = {t for t in self.open if not t.is_closing()}
             if len(self.open) >= limit:
                 self.overloaded += 1
-                REFUSED["max_connections"] += 1
-                if self.overloaded % 1000 == 1:
-                    log.warning("ingress at its limit of %d connections: new connections are aborted (%d so far)",
-                                limit, self.overloaded)
+                refused_at_bound(self.overloaded, "ingress", limit, "aborted")
                 return False
         self.open.add(transport)
         return True

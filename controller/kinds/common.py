@@ -287,17 +287,14 @@ def header_op_reason(name: Any, op: str, request: bool) -> str | None:
         return header_name_reason(name)
     n = name.lower()
     if request and n in ("host", ":authority"):
-        return None if op == "set" else f'"{name}" cannot be {op_past(op)}: set it to rewrite the authority'
+        done = "added" if op == "add" else "removed"
+        return None if op == "set" else f'"{name}" cannot be {done}: set it to rewrite the authority'
     if n.startswith(":"):
         return f'"{name}" is a pseudo-header: a route cannot modify it (only set :authority, on a request)'
     if n in PROXY_OWNED_HEADERS:
         return (f'"{name}" is a header the proxy owns (the message\'s framing or the connection\'s options): '
                 "a route cannot modify it")
     return header_name_reason(name)
-
-
-def op_past(op: str) -> str:
-    return {"set": "set", "add": "added", "remove": "removed"}.get(op, op)
 
 
 def header_ops_checks(request: bool) -> Any:

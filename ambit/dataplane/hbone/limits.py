@@ -14,11 +14,14 @@ unit-tested without sleeping, and the asyncio edge only asks "may I?" and says "
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from ambit.clock import Monotonic
+
+log = logging.getLogger("ambit.dataplane.limits")
 
 Clock = Monotonic
 
@@ -47,6 +50,15 @@ DEFENSES: dict[str, int] = dict.fromkeys(("reset_budget", "header_flood", "unrea
 # - `max_connections`: the listener had `max_connections` open: the new one was reset;
 # - `preface_timeout`: no HTTP/2 preface within the deadline after the TLS handshake: closed.
 REFUSED: dict[str, int] = dict.fromkeys(("max_connections", "preface_timeout"), 0)
+
+
+def refused_at_bound(n: int, where: str, limit: int, action: str) -> None:
+    """The `n`th connection `where` refused at its `max_connections` (`limit`): counted in
+    REFUSED, and logged the first time and every 1,000th after, so a flood says so without
+    flooding the log. One place for the HBONE listener and the ingress's ports."""
+    REFUSED["max_connections"] += 1
+    if n % 1000 == 1:
+        log.warning("%s at its limit of %d connections: new connections are %s (%d so far)", where, limit, action, n)
 
 
 @dataclass

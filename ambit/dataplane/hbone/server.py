@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable
 
 from ambit.dataplane import tls
 from ambit.dataplane.hbone.connection import HBONEConnection
-from ambit.dataplane.hbone.limits import REFUSED, ConnLimiter
+from ambit.dataplane.hbone.limits import REFUSED, ConnLimiter, refused_at_bound
 from ambit.dataplane.hbone.protocol import HBONEProtocol
 from ambit.dataplane.hbone.stream import HBONEStream
 from ambit.dataplane.ports import LISTEN_BACKLOG
@@ -242,10 +242,7 @@ class HBONEServer:
         if self.max_connections is None or len(self.connections) < self.max_connections:
             return True
         self.over_limit += 1
-        REFUSED["max_connections"] += 1
-        if self.over_limit % 1000 == 1:
-            log.warning("HBONE listener at its limit of %d connections: new connections are reset "
-                        "(%d so far)", self.max_connections, self.over_limit)
+        refused_at_bound(self.over_limit, "HBONE listener", self.max_connections, "reset")
         return False
 
     def _spawn(self, coro: Awaitable[None]) -> None:
