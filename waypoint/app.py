@@ -39,6 +39,7 @@ from ambit import telemetry as telemetry_api
 from ambit.dataplane import tls
 from ambit.dataplane.handoff import Receiver
 from ambit.dataplane.hbone import HBONEClientPool, HBONEServer, HBONEStream
+from ambit.dataplane.hbone.limits import ConnLimiter
 from ambit.dataplane.identity import IdentityManager
 from ambit.dataplane.listen import tcp_listener
 from ambit.dataplane.tap import TapHub
@@ -118,6 +119,9 @@ class WaypointProxy:
         self.pool = HBONEClientPool(self._client_context, handshake_timeout=settings.tunnel.connect_timeout)
         self.engine: Engine | None = None
         self.server: HBONEServer | None = None
+        # One source identity may not take every `max_connections` slot (a noisy or hostile workload
+        # starving the namespace's others); ztunnel has the same bound, node-wide.
+        self.per_identity = ConnLimiter(settings.max_connections_per_identity, "HBONE connections per identity")
         self.handoff: Receiver | None = None            # a worker's link to its supervisor
         self.ingress: IngressListeners | None = None     # an ingress gateway's listeners (settings.ingress)
         self.tunnels = 0
@@ -162,13 +166,13 @@ class WaypointProxy:
             return
         if self.settings.handoff_socket is not None:     # a worker: the supervisor accepts (waypoint/workers.py)
             self.server = HBONEServer(None, self._server_context, self.on_connect,
-                                      max_connections=self.settings.max_connections)
+                                      max_connections=self.settings.max_connections, per_identity=self.per_identity)
             await self.server.start()
             self.handoff = Receiver(self.settings.handoff_socket, self.settings.worker_index, self.server.adopt)
             await self.handoff.start()
             return
         self.server = HBONEServer(tcp_listener(self.settings.listen), self._server_context, self.on_connect,
-                                  max_connections=self.settings.max_connections)
+                                  max_connections=self.settings.max_connections, per_identity=self.per_identity)
         await self.server.start()
 
     def _tracing(self, providers: Sequence[Any]) -> None:

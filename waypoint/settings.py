@@ -72,6 +72,10 @@ class WaypointSettings:
                                   "reset, counted (/stats overloaded) and logged. ~65 KiB each when idle: the "
                                   "default keeps a 1 GiB pod clear of its OOM kill (Envoy: "
                                   "global_downstream_max_connections)", check=positive)
+    max_connections_per_identity: int = option(
+        1024, "HBONE connections one source identity (SPIFFE ID) may hold at once, each process (each worker); "
+        "more are reset after the handshake and counted, so one workload cannot take every "
+        "--max-connections slot (ztunnel's --max-hbone-conns-per-identity; 0: unlimited)", check=non_negative)
     root_namespace: str = option("ambit-system", "the mesh root namespace")
     trust_domain: str = option("cluster.local", "the mesh trust domain")
     cluster_domain: str = option("cluster.local", "the cluster DNS domain (route host names)")

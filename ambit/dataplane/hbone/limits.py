@@ -48,8 +48,10 @@ DEFENSES: dict[str, int] = dict.fromkeys(("reset_budget", "header_flood", "unrea
 # bound: `ambit_connections_refused_total{limit}` (kept here, not per listener, so the counter never
 # goes down when a listener goes away with its pod).
 # - `max_connections`: the listener had `max_connections` open: the new one was reset;
-# - `preface_timeout`: no HTTP/2 preface within the deadline after the TLS handshake: closed.
-REFUSED: dict[str, int] = dict.fromkeys(("max_connections", "preface_timeout"), 0)
+# - `preface_timeout`: no HTTP/2 preface within the deadline after the TLS handshake: closed;
+# - `per_identity`: the peer's identity already held its limit of connections: the new one was
+#   reset (ztunnel reads its node-wide limiter's own count instead).
+REFUSED: dict[str, int] = dict.fromkeys(("max_connections", "preface_timeout", "per_identity"), 0)
 
 
 def refused_at_bound(n: int, where: str, limit: int, action: str) -> None:

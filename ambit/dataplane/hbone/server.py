@@ -19,7 +19,8 @@ per tunnel (the waypoint; docs/performance.md, round 9).
 Hostile peers (anyone holding a mesh certificate) are bounded here: the TLS handshake must finish
 within `handshake_timeout`, the HTTP/2 preface must follow within `preface_timeout`, a connection
 without tunnels is closed after `idle_timeout`, one source identity may hold at most
-`per_identity` connections (a `ConnLimiter` shared by all of a node's pods), and the listener as a
+`per_identity` connections (ztunnel: a `ConnLimiter` shared by all of a node's pods; the waypoint:
+one per process), and the listener as a
 whole at most `max_connections` (Envoy's `global_downstream_max_connections`): an idle mTLS
 connection costs ~65 KiB here, so without it ~16,000 connections from any mesh certificate would
 take a 1 GiB pod to its OOM kill, and every tunnel with it. Past the bound a handshaken connection
@@ -81,8 +82,11 @@ class _ServerSide(HBONEProtocol):
             return
         limiter = self.server.per_identity
         if limiter is not None and not limiter.acquire(peer.uri):
-            log.warning("HBONE connection from %s (%s) refused: %d connections from that identity already",
-                        transport.get_extra_info("peername"), peer.uri, limiter.limit)
+            REFUSED["per_identity"] += 1
+            if limiter.refused % 1000 == 1:     # a flood says so without flooding the log
+                log.warning("HBONE connection from %s (%s) refused: %d connections from that identity already "
+                            "(%d refused so far)", transport.get_extra_info("peername"), peer.uri, limiter.limit,
+                            limiter.refused)
             transport.abort()
             return
         self.server.connections.add(self)

@@ -10,7 +10,9 @@ import asyncio
 
 import pytest
 
+from ambit.dataplane.hbone.limits import ConnLimiter
 from ambit.dataplane.workers import merge_expositions
+from tests.unit.conftest import issue, sid
 from tests.unit.dataplane.test_hbone import Mesh, echo
 from tests.unit.scrape import exposition, sample
 from tests.unit.waypoint.harness import Origin
@@ -94,10 +96,50 @@ def test_hbone_connections_over_max_connections_and_without_a_preface_are_counte
     assert scraped(REFUSED, limit="max_connections") == over + 1
 
 
+def test_one_identity_cannot_take_every_slot_and_its_refusals_are_counted(ca) -> None:
+    """`--max-connections-per-identity`: the identity at its bound gets its next connection reset,
+    counted as `limit="per_identity"`; another identity is still served, and a slot freed by a
+    closed connection can be taken again."""
+    H2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
+    before = scraped(REFUSED, limit="per_identity")
+
+    async def served(ctx) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        r, w = await asyncio.open_connection("127.0.0.1", m.port, ssl=ctx, server_hostname=None)
+        w.write(H2)
+        try:
+            got = await asyncio.wait_for(r.read(9), 10)     # the server's SETTINGS, or b"" when reset
+        except (ConnectionResetError, OSError):
+            got = b""
+        return r, w, got
+
+    async def main() -> None:
+        nonlocal m
+        async with Mesh(ca, echo) as m:
+            m.server.per_identity = ConnLimiter(2, "HBONE connections per identity")
+            greedy = m.cache.client(m.client_cert)
+            other = m.cache.client(issue(ca, sid("demo", "other")))
+            held = [await served(greedy) for _ in range(2)]
+            assert all(got for _, _, got in held)
+            _, w3, got3 = await served(greedy)
+            assert got3 == b""                                  # the third from the same identity: reset
+            _, w4, got4 = await served(other)
+            assert got4                                         # another identity: served
+            held[0][1].close()
+            await asyncio.sleep(0.2)
+            _, w5, got5 = await served(greedy)
+            assert got5                                         # a freed slot is taken again
+            for w in (held[1][1], w3, w4, w5):
+                w.close()
+
+    m: Mesh
+    asyncio.run(main())
+    assert scraped(REFUSED, limit="per_identity") == before + 1
+
+
 def test_the_families_are_exposed_before_anything_fired() -> None:
     """An alert on `increase(...) > 0` needs the series to exist at 0 first."""
     text = exposition(health_collector())
     for d in ("reset_budget", "header_flood", "unread_flood"):
         assert sample(text, DEFENSES, defense=d) is not None
-    for lim in ("max_connections", "preface_timeout"):
+    for lim in ("max_connections", "preface_timeout", "per_identity"):
         assert sample(text, REFUSED, limit=lim) is not None

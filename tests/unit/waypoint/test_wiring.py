@@ -158,7 +158,7 @@ def test_admin_endpoint_answers_from_the_config_and_is_not_ready_without_a_certi
 
 
 def test_the_hbone_listener_takes_its_connection_bound_from_max_connections() -> None:
-    """`--max-connections` reaches the listener (a flag left unread would be a silent no-op), and
+    """`--max-connections` and `--max-connections-per-identity` reach the listener (a flag left unread would be a silent no-op), and
     /stats reports the connections refused over it."""
     import asyncio
     import json as _json
@@ -171,11 +171,13 @@ def test_the_hbone_listener_takes_its_connection_bound_from_max_connections() ->
             free.bind(("127.0.0.1", 0))
             port = free.getsockname()[1]
         s = load(["--waypoint", "default/waypoint", "--pod-name", "waypoint-0", "--node", "node2",
-                  "--listen", f"127.0.0.1:{port}", "--max-connections", "7"])
+                  "--listen", f"127.0.0.1:{port}", "--max-connections", "7",
+                  "--max-connections-per-identity", "3"])
         p = WaypointProxy(s, WaypointConfig(Waypoint("default", "waypoint"), "cluster.local"), None)
         await p.start()
         try:
             assert p.server is not None and p.server.max_connections == 7
+            assert p.server.per_identity is not None and p.server.per_identity.limit == 3
             stats = _json.loads(admin.AdminServer(admin.routes(p, None)).handle("GET", "/stats").body)
             assert stats["overloaded"] == 0
         finally:
