@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -167,7 +168,7 @@ async def amain(args: ControllerSettings) -> int:
     def errors() -> list[FieldError]:
         return controller_box[0].errors() if controller_box else []
 
-    server = StatusServer(errors, debounce=args.debounce)
+    server = StatusServer(errors, debounce=args.debounce, max_streams_per_client=args.max_config_streams_per_client)
     # Every call's credential is checked before its request is read (controller/grpcgate.py).
     gate = CallGate()
     grpc_server = grpc.aio.server(options=server_options(args.max_connections), interceptors=[gate])
@@ -239,7 +240,10 @@ async def amain(args: ControllerSettings) -> int:
             verifier = TokenReviewVerifier(make_api_client(args.kube_host, args.kubeconfig), {sa},
                                            workload_accounts=controller.is_waypoint_account)
         try:
-            ca_servicer = mount_ca(grpc_server, ca_storage(args), args.trust_domain, verifier, controller.pods_on_node)
+            from controller.fairness import RequestRate
+            ca_rate = RequestRate(args.ca_request_rate, args.ca_request_burst, time.monotonic)
+            ca_servicer = mount_ca(grpc_server, ca_storage(args), args.trust_domain, verifier, controller.pods_on_node,
+                                   ca_rate)
         except CAConfigError as e:
             log.error("CA: %s", e)
             return 2

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ambit import settings
 from ambit.settings import non_negative, option
-from controller.configserver.server import MAX_CONNECTIONS
+from controller.ca.service import CA_REQUEST_BURST, CA_REQUEST_RATE
+from controller.configserver.server import MAX_CONNECTIONS, MAX_STREAMS_PER_CLIENT
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,17 @@ class ControllerSettings:
         MAX_CONNECTIONS, "connections the gRPC port (config stream and CA) holds at once; a connection beyond is closed at "
                 "accept (0: no bound). About 50 KB each; every ztunnel worker, agent and waypoint holds one",
         check=non_negative)
+    max_config_streams_per_client: int = option(
+        MAX_STREAMS_PER_CLIENT, "config streams one credential (a node's, or a waypoint's own token) holds open at "
+        "once; past it a new stream is refused RESOURCE_EXHAUSTED (0: no bound). A node holds one per ztunnel worker, "
+        "one for its agent and one per waypoint pod using its credential", check=non_negative)
+    ca_request_burst: int = option(
+        CA_REQUEST_BURST, "certificate requests one credential may make at once (a node's start-up or a root "
+        "rotation: one per identity on the node per ztunnel process); then --ca-request-rate",
+        check=lambda v: None if v >= 1 else "must be >= 1")
+    ca_request_rate: float = option(
+        CA_REQUEST_RATE, "certificate requests per second one credential may make after its burst; past it a "
+        "request is refused RESOURCE_EXHAUSTED naming when to retry (0: no bound)", check=non_negative)
     debounce: float = option(0.03, "seconds a burst of changes is coalesced", check=non_negative)
     log_level: str = option("INFO", "logging level")
 

@@ -2,7 +2,9 @@
 
 Order of checks matters: authenticate the node first (UNAUTHENTICATED), then node authorization
 (PERMISSION_DENIED), and only then parse and sign the CSR (INVALID_ARGUMENT), so an unauthenticated
-caller learns nothing about which identities exist. Every refusal is logged with the node, the
+caller learns nothing about which identities exist. Between authentication and authorization each
+credential spends a token of its own bucket (controller/fairness.py, RESOURCE_EXHAUSTED past it),
+so a node asking in a tight loop takes its own share of the CA and no more. Every refusal is logged with the node, the
 requested identity and the reason, because these logs are how an operator spots a stolen credential.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import NoReturn
 
@@ -20,6 +23,7 @@ from ambit.api import ca_pb2, ca_pb2_grpc
 from controller.ca.authority import CertificateAuthority, CSRRejected
 from controller.ca.credentials import CredentialCheckBusy, NodeCredentialVerifier, Unauthenticated, scope_of
 from controller.ca.node_auth import authorize, within_scope
+from controller.fairness import RequestRate
 from controller.grpcgate import CallRefused, Guard, metadata_dict, method_path
 from controller.validation import printable
 
@@ -27,6 +31,15 @@ log = logging.getLogger("ambit.ca")
 
 PodsOnNode = Callable[[str], Iterable[tuple[str, str]] | Awaitable[Iterable[tuple[str, str]]]]
 NODE_HEADER = "x-ambit-node"
+
+# Certificate requests per credential (a node's, or a waypoint's own token): a burst, then a rate.
+# The burst is a node's start-up, or a root rotation, done at once: one certificate per identity on
+# the node (kubelet's default is 110 pods, large nodes run 250) per ztunnel process asking; 1,000
+# costs the CA about 0.5 s of CPU (a signature is about 0.5 ms). The rate, refilled after, is far
+# above steady need (every identity renews at half of its 24 h life: 250 identities are one request
+# every 3 minutes) and keeps a credential asking in a tight loop to about 0.5% of one CPU.
+CA_REQUEST_BURST = 1000
+CA_REQUEST_RATE = 10.0
 
 
 def requested_ttl(seconds: int, max_ttl: dt.timedelta) -> dt.timedelta | None:
@@ -47,10 +60,12 @@ def requested_ttl(seconds: int, max_ttl: dt.timedelta) -> dt.timedelta | None:
 class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
     """Signs CSRs for authenticated nodes, for identities of pods on those nodes only."""
 
-    def __init__(self, ca: CertificateAuthority, verifier: NodeCredentialVerifier, pods_on_node: PodsOnNode) -> None:
+    def __init__(self, ca: CertificateAuthority, verifier: NodeCredentialVerifier, pods_on_node: PodsOnNode,
+                 rate: RequestRate | None = None) -> None:
         self.ca = ca
         self.verifier = verifier
         self.pods_on_node = pods_on_node
+        self.rate = rate if rate is not None else RequestRate(CA_REQUEST_RATE, CA_REQUEST_BURST, time.monotonic)
         # Plain counts, read at scrape time (controller/health.py): ambit_ca_*.
         self.issued = 0
         self.refused: dict[str, int] = {}       # gRPC status code name -> refusals
@@ -64,6 +79,13 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
             node = await self.authenticate(md)
         except CallRefused as e:
             await self._refuse(context, e.code, md.get(NODE_HEADER, ""), requested, str(e))
+        over = self.rate.take((str(node), scope_of(node)))
+        if over is not None:
+            who = f"node {node!r}" + (f" (service account {scope_of(node)})" if scope_of(node) else "")
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, node, requested,
+                               f"{who} is over the CA's per-client limit ({over.limit}: {self.rate.burst} "
+                               f"certificate requests at once, then {self.rate.rate:g} per second); "
+                               f"retry in {over.retry_after:g} s")
         pods = self.pods_on_node(node)
         if inspect.isawaitable(pods):
             pods = await pods

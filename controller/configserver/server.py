@@ -27,10 +27,12 @@ from ambit.api import config_pb2, config_pb2_grpc
 from ambit.configclient.codec import Encoded
 from ambit.configclient.node import NodeInfo
 from ambit.model import RESOURCE_TYPES, Resource
+from controller.ca.credentials import scope_of
 from controller.configserver.auth import NodeAuthenticator, StreamRefused, metadata_of
 from controller.configserver.metrics import ConfigMetrics
 from controller.configserver.snapshot import Snapshot
 from controller.configserver.subscription import Nack, Planned, SubscriberStatus, Subscription
+from controller.fairness import PerKeyCount
 from controller.grpcgate import CallGate, Guard, method_path
 
 log = logging.getLogger("ambit.controller.configserver")
@@ -46,6 +48,14 @@ REFUSAL_DRAIN = 1.0
 # the controller about 50 KB; the default, 10,000, suits a mesh of about 1,000 nodes of 8 ztunnel
 # workers (each worker holds its own config stream) and keeps a full house near 500 MB.
 MAX_CONNECTIONS = 10_000
+
+# Config streams one credential may hold open at once. Each stream costs the controller its own
+# subscription (the versions it holds of every resource in its view) and a push per change, and
+# HTTP/2 lets one connection carry thousands: without a bound one node could hold any number. A
+# node holds one per ztunnel worker (one per CPU by default: up to 192 on the largest nodes), one
+# for its agent and one per waypoint pod subscribing with the node's credential, twice over for a
+# moment when they reconnect before the controller notices the old streams dead (keepalive: 40 s).
+MAX_STREAMS_PER_CLIENT = 512
 HANDSHAKE_TIMEOUT_MS = 10_000
 IDLE_CONNECTION_MS = 300_000
 
@@ -104,9 +114,11 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
 
     def __init__(self, *, debounce: float = 0.03, registry: CollectorRegistry | None = None,
                  keep_disconnected: float = 600.0, max_disconnected: int = 512,
-                 authorize: Authorizer | None = None, authenticator: NodeAuthenticator | None = None):
+                 authorize: Authorizer | None = None, authenticator: NodeAuthenticator | None = None,
+                 max_streams_per_client: int = MAX_STREAMS_PER_CLIENT):
         if debounce < 0:
             raise ValueError(f"ConfigServer.debounce: {debounce} is negative")
+        self.streams_per_client = PerKeyCount(max_streams_per_client)
         self.debounce = debounce
         self._authorize = authorize
         self.authenticator = authenticator
@@ -262,6 +274,23 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             except PermissionError as e:
                 log.warning("config stream refused for %s from %s: %s", node.key, context.peer(), e)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{node.key}: {e}")
+        client = (str(authenticated), scope_of(authenticated)) if authenticated is not None else (node.name, "")
+        if not self.streams_per_client.acquire(client):
+            who = f"node {client[0]!r}" + (f" (service account {client[1]})" if client[1] else "")
+            bound = self.streams_per_client.limit
+            log.warning("config stream refused for %s from %s: %s holds %d streams, the per-client bound",
+                        node.key, context.peer(), who, bound)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{node.key}: the credential of {who} holds {bound} config streams, the "
+                                "controller's per-client bound (config_streams_per_client, "
+                                "--max-config-streams-per-client); retry once one of them has ended")
+        try:
+            await self._serve(context, node, first)
+        finally:
+            self.streams_per_client.release(client)
+
+    async def _serve(self, context, node: NodeInfo, first: config_pb2.DeltaRequest) -> None:
+        """Serve an admitted stream until it ends (the client's, the server's, or an error)."""
         await context.send_initial_metadata(())
         st = _Stream(Subscription(node, context.peer(), time.time()))
         self._register(st)

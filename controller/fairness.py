@@ -1,0 +1,102 @@
+"""Sans-IO bounds that keep one client of the controller (a greedy node, a stolen node credential)
+from starving the others. Nothing here does I/O or reads a clock of its own: the clock is
+injected, so each bound is unit-tested without sleeping, and the gRPC edge only asks "may it?".
+
+- `RequestRate`: a token bucket per requester (the CA's: one per authenticated credential). Signing
+  a CSR costs the CA's event loop about half a millisecond of CPU, so one credential asking in a
+  tight loop would take the CA (and the config pushes sharing its loop) from every other node.
+- `PerKeyCount`: concurrent holdings per key (the config stream's: open streams per credential),
+  each of which costs the controller memory and push work.
+
+Refusals are counted in `REFUSED` by limit: `ambit_controller_limited_total{limit}`
+(controller/health.py, docs/observability.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from ambit.clock import Monotonic
+
+# Refusals by limit, read at scrape time (one event loop per controller: plain increments).
+# - `ca_request_rate`: a credential asked for certificates faster than its bucket refills;
+# - `config_streams_per_client`: a credential held its bound of open config streams.
+REFUSED: dict[str, int] = dict.fromkeys(("ca_request_rate", "config_streams_per_client"), 0)
+
+# How many requesters' buckets are remembered (each key is an authenticated credential, so only
+# the mesh's own nodes and waypoints make them); past this the least recently used is forgotten,
+# which at worst gives that requester a fresh burst: never a refusal it did not earn.
+MAX_BUCKETS = 65_536
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request was refused, for the client's message: which limit, and when to retry."""
+
+    limit: str
+    retry_after: float       # seconds until the requester may ask again
+
+
+class RequestRate:
+    """A token bucket per key: `burst` requests at once, then `rate` per second.
+
+    `take(key)` spends one token and returns None, or returns a Refusal (spending nothing) when the
+    key's bucket is empty; `retry_after` is when one token will be back. rate 0 turns the bound off.
+    """
+
+    def __init__(self, rate: float, burst: int, clock: Monotonic, *, limit: str = "ca_request_rate",
+                 max_keys: int = MAX_BUCKETS) -> None:
+        if rate < 0 or burst < 1:
+            raise ValueError(f"{limit}: needs rate >= 0 and burst >= 1, got rate {rate}, burst {burst}")
+        self.rate, self.burst, self.clock, self.limit, self.max_keys = rate, burst, clock, limit, max_keys
+        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()   # key -> (tokens, at)
+
+    def take(self, key: Hashable) -> Refusal | None:
+        if self.rate == 0:
+            return None
+        now = self.clock()
+        tokens, at = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + max(0.0, now - at) * self.rate)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            REFUSED[self.limit] += 1
+            return Refusal(self.limit, math.ceil((1 - tokens) / self.rate * 10) / 10)
+        self._buckets[key] = (tokens - 1, now)
+        if len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return None
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class PerKeyCount:
+    """Concurrent holdings per key, at most `limit` each (0: no bound). Every `acquire` that
+    returns True is paired with one `release`."""
+
+    def __init__(self, limit: int, *, name: str = "config_streams_per_client") -> None:
+        if limit < 0:
+            raise ValueError(f"{name}: must be >= 0, got {limit}")
+        self.limit, self.name = limit, name
+        self._n: dict[Hashable, int] = {}
+
+    def acquire(self, key: Hashable) -> bool:
+        n = self._n.get(key, 0)
+        if self.limit and n >= self.limit:
+            REFUSED[self.name] += 1
+            return False
+        self._n[key] = n + 1
+        return True
+
+    def release(self, key: Hashable) -> None:
+        n = self._n.get(key, 0) - 1
+        if n > 0:
+            self._n[key] = n
+        else:
+            self._n.pop(key, None)
+
+    def count(self, key: Hashable) -> int:
+        return self._n.get(key, 0)

@@ -1,0 +1,199 @@
+"""One greedy or compromised client cannot starve the controller's other clients.
+
+- The CA: each credential has a token bucket (controller/fairness.py). A node asking for
+  certificates in a tight loop is refused RESOURCE_EXHAUSTED, told which limit and when to retry,
+  while every other node is still served; a node's start-up (one certificate per identity on it,
+  hundreds at once) passes on the defaults.
+- The config stream: one credential holds at most `max_streams_per_client` streams, however many
+  it multiplexes on one connection; the next is refused RESOURCE_EXHAUSTED naming the bound, other
+  nodes are still served, and a stream that ends frees its place.
+
+Real grpc.aio servers on 127.0.0.1 and real grpc clients; the bucket's clock is injected, so no
+assertion depends on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ambit.api import config_pb2, config_pb2_grpc
+from ambit.configclient import NodeInfo
+from ambit.model import Workload
+from controller import fairness
+from controller.ca import CertificateAuthority, generate_root
+from controller.ca.credentials import BootstrapTokens
+from controller.configserver import ConfigServer
+from controller.configserver.auth import NodeAuthenticator
+from controller.fairness import PerKeyCount, Refusal, RequestRate
+from controller.health import ControllerHealth
+from tests.unit.configstream.helpers import workload
+from tests.unit.controller.test_ca import TD, _Harness
+
+# --- the sans-IO cores ---------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_bucket_gives_its_burst_then_its_rate_and_says_when_to_retry() -> None:
+    clock = FakeClock()
+    rate = RequestRate(2.0, 3, clock)
+    assert [rate.take("a") for _ in range(3)] == [None, None, None]
+    assert rate.take("a") == Refusal("ca_request_rate", 0.5)        # one token back in 0.5 s
+    assert rate.take("b") is None                                   # another key has its own bucket
+    clock.t += 0.5
+    assert rate.take("a") is None
+    assert rate.take("a") == Refusal("ca_request_rate", 0.5)
+    clock.t += 3600                                                 # refilled up to the burst, not past it
+    assert [rate.take("a") for _ in range(4)] == [None, None, None, Refusal("ca_request_rate", 0.5)]
+
+
+def test_a_bucket_with_rate_zero_is_no_bound_and_bad_settings_are_refused() -> None:
+    rate = RequestRate(0.0, 1, FakeClock())
+    assert all(rate.take("a") is None for _ in range(100))
+    with pytest.raises(ValueError, match="burst >= 1"):
+        RequestRate(1.0, 0, FakeClock())
+
+
+def test_the_table_of_buckets_is_bounded() -> None:
+    rate = RequestRate(1.0, 2, FakeClock(), max_keys=10)
+    for i in range(1000):
+        rate.take(i)
+    assert len(rate) == 10
+
+
+def test_a_count_per_key_refuses_past_its_limit_and_a_release_frees_a_place() -> None:
+    count = PerKeyCount(2)
+    before = fairness.REFUSED["config_streams_per_client"]
+    assert count.acquire("a") and count.acquire("a") and not count.acquire("a")
+    assert count.acquire("b")
+    count.release("a")
+    assert count.acquire("a") and count.count("a") == 2
+    assert fairness.REFUSED["config_streams_per_client"] == before + 1
+
+
+# --- the CA over gRPC ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> CertificateAuthority:
+    return CertificateAuthority(generate_root(TD), TD)
+
+
+def test_a_node_asking_in_a_tight_loop_is_refused_with_the_limit_and_when_to_retry_others_still_served(ca) -> None:
+    clock = FakeClock()
+    pods = {"node-1": [("demo", "client")], "node-2": [("prod", "db")]}
+
+    async def run() -> None:
+        async with _Harness(ca, pods, rate=RequestRate(1.0, 5, clock)) as h:
+            ids = {"node-1": f"spiffe://{TD}/ns/demo/sa/client", "node-2": f"spiffe://{TD}/ns/prod/sa/db"}
+            for _ in range(5):
+                assert (await h.call("node-1", h.token["node-1"], ids["node-1"])).cert_chain
+            before = fairness.REFUSED["ca_request_rate"]
+            for _ in range(20):         # the flood: every one refused, none signed
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await h.call("node-1", h.token["node-1"], ids["node-1"])
+                assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert ei.value.details() == ("node 'node-1' is over the CA's per-client limit (ca_request_rate: 5 "
+                                          "certificate requests at once, then 1 per second); retry in 1 s")
+            assert fairness.REFUSED["ca_request_rate"] == before + 20
+            assert h.servicer.issued == 5 and h.servicer.refused == {"RESOURCE_EXHAUSTED": 20}
+            # Another node is served meanwhile, and node-1 again once its bucket refilled.
+            assert (await h.call("node-2", h.token["node-2"], ids["node-2"])).cert_chain
+            clock.t += 1.0
+            assert (await h.call("node-1", h.token["node-1"], ids["node-1"])).cert_chain
+            # What the controller's /metrics shows (controller/health.py).
+            health = {m.name: m for m in ControllerHealth(_NoController(), h.servicer).collect()}
+            limited = {s.labels["limit"]: s.value for s in health["ambit_controller_limited"].samples}
+            assert limited["ca_request_rate"] == fairness.REFUSED["ca_request_rate"]
+            refused = {s.labels["code"]: s.value for s in health["ambit_ca_requests_refused"].samples}
+            assert refused["RESOURCE_EXHAUSTED"] == 20
+
+    asyncio.run(run())
+
+
+def test_a_nodes_start_up_of_hundreds_of_identities_passes_on_the_default_limits(ca) -> None:
+    """300 service accounts on one node (past kubelet's 110-pod default and a 250-pod large node),
+    each asked for at once, as a ztunnel starting on that node does."""
+    accounts = [("demo", f"sa-{i}") for i in range(300)]
+
+    async def run() -> None:
+        async with _Harness(ca, {"node-1": accounts}) as h:
+            got = await asyncio.gather(*(h.call("node-1", h.token["node-1"], f"spiffe://{TD}/ns/{ns}/sa/{sa}")
+                                         for ns, sa in accounts), return_exceptions=True)
+            failed = [g for g in got if isinstance(g, BaseException)]
+            assert not failed, failed[:3]
+            assert h.servicer.issued == 300
+
+    asyncio.run(run())
+
+
+class _NoController:
+    version, last_applied_at, snapshots = "", 0.0, 0
+
+
+# --- the config stream over gRPC ----------------------------------------------------------------------
+
+
+async def _open(stub: config_pb2_grpc.ConfigServiceStub, node: NodeInfo, token: str):
+    """Open a config stream as `node`; the call (admitted: its first response read) or the AioRpcError."""
+    call = stub.DeltaStream(metadata=[("authorization", f"Bearer {token}"), ("x-ambit-node", node.name)])
+    await call.write(config_pb2.DeltaRequest(node=node.to_proto(), type_url=Workload.TYPE, subscribe=True))
+    await call.initial_metadata()
+    if call.done():
+        code, details = await call.code(), await call.details()
+        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+    await asyncio.wait_for(call.read(), 10)
+    return call
+
+
+def test_one_credential_cannot_hold_more_than_its_config_streams_and_others_are_still_served() -> None:
+    tokens = BootstrapTokens()
+    token = {n: tokens.issue(n) for n in ("node-a", "node-b")}
+    server = ConfigServer(debounce=0.0, registry=CollectorRegistry(), authenticator=NodeAuthenticator(tokens),
+                          max_streams_per_client=4)
+    server.update({Workload.TYPE: [workload("a1", "node-a"), workload("b1", "node-b", ip="10.0.2.1")]}, "v1")
+
+    async def go() -> None:
+        port = await server.start()
+        try:
+            # Every stream of node-a on ONE connection: HTTP/2 multiplexing, not a connection bound, is the way in.
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = config_pb2_grpc.ConfigServiceStub(ch)
+                held = [await _open(stub, NodeInfo("ztunnel", "node-a", instance_id=f"w{i}"), token["node-a"])
+                        for i in range(4)]
+                assert all(isinstance(c, grpc.aio.StreamStreamCall) for c in held), held
+                before = fairness.REFUSED["config_streams_per_client"]
+                for kind in ("ztunnel", "agent"):
+                    over = await _open(stub, NodeInfo(kind, "node-a"), token["node-a"])
+                    assert isinstance(over, grpc.aio.AioRpcError), "a stream past the bound was served"
+                    assert over.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert f"{kind}/node-a: the credential of node 'node-a' holds 4 config streams" in over.details()
+                    assert "--max-config-streams-per-client" in over.details()
+                assert fairness.REFUSED["config_streams_per_client"] == before + 2
+                assert len(server.status()) == 4
+                other = await _open(stub, NodeInfo("ztunnel", "node-b"), token["node-b"])
+                assert isinstance(other, grpc.aio.StreamStreamCall)
+                other.cancel()
+                held.pop().cancel()             # a stream that ends frees its place
+                for _ in range(100):
+                    if server.streams_per_client.count(("node-a", "")) < 4:
+                        break
+                    await asyncio.sleep(0.05)
+                again = await _open(stub, NodeInfo("agent", "node-a"), token["node-a"])
+                assert isinstance(again, grpc.aio.StreamStreamCall)
+                for c in [*held, again]:
+                    c.cancel()
+        finally:
+            await server.stop(None)
+
+    asyncio.run(asyncio.wait_for(go(), 60))
