@@ -137,11 +137,14 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
     async def _refuse(
         self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, node: str, requested: str, reason: str
     ) -> NoReturn:
-        self.refused[code.name] = self.refused.get(code.name, 0) + 1
+        n = self.refused[code.name] = self.refused.get(code.name, 0) + 1
         # `requested` (and reasons quoting it) come from a caller not yet authenticated: printable
-        # and bounded, so a "\n" in it cannot forge an "issued certificate" line in this log.
-        log.warning("refused certificate: node=%s identity=%s code=%s reason=%s", printable(node or "-", 256),
-                    printable(requested, 512), code.name, printable(reason, 2048))
+        # and bounded, so a "\n" in it cannot forge an "issued certificate" line in this log. A
+        # client over its rate is logged the first time and every 1,000th after (the metric counts
+        # each), so a tight loop of requests cannot become a tight loop of log lines.
+        if code != grpc.StatusCode.RESOURCE_EXHAUSTED or n % 1000 == 1:
+            log.warning("refused certificate: node=%s identity=%s code=%s reason=%s", printable(node or "-", 256),
+                        printable(requested, 512), code.name, printable(reason, 2048))
         # Bounded for the client too: gRPC clients refuse trailers past 8-16 KiB, and then see
         # RESOURCE_EXHAUSTED about metadata instead of the reason.
         await context.abort(code, printable(reason, 2048))

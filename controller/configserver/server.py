@@ -27,6 +27,7 @@ from ambit.api import config_pb2, config_pb2_grpc
 from ambit.configclient.codec import Encoded
 from ambit.configclient.node import NodeInfo
 from ambit.model import RESOURCE_TYPES, Resource
+from controller import fairness
 from controller.ca.credentials import scope_of
 from controller.configserver.auth import NodeAuthenticator, StreamRefused, metadata_of
 from controller.configserver.metrics import ConfigMetrics
@@ -278,8 +279,10 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         if not self.streams_per_client.acquire(client):
             who = f"node {client[0]!r}" + (f" (service account {client[1]})" if client[1] else "")
             bound = self.streams_per_client.limit
-            log.warning("config stream refused for %s from %s: %s holds %d streams, the per-client bound",
-                        node.key, context.peer(), who, bound)
+            if fairness.REFUSED["config_streams_per_client"] % 1000 == 1:   # a loop of retries is no loop of logs
+                log.warning("config stream refused for %s from %s: %s holds %d streams, the per-client bound "
+                            "(%d refused so far)", node.key, context.peer(), who, bound,
+                            fairness.REFUSED["config_streams_per_client"])
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{node.key}: the credential of {who} holds {bound} config streams, the "
                                 "controller's per-client bound (config_streams_per_client, "
