@@ -21,10 +21,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc
-
 from ambit.trustdomain import TrustDomains
 from controller import meshconfig
+from controller.acceptgate import make_server, serve
 from controller.app import Controller, StatusServer
 from controller.configserver.server import server_options
 from controller.grpcgate import CallGate
@@ -171,7 +170,9 @@ async def amain(args: ControllerSettings) -> int:
     server = StatusServer(errors, debounce=args.debounce, max_streams_per_client=args.max_config_streams_per_client)
     # Every call's credential is checked before its request is read (controller/grpcgate.py).
     gate = CallGate()
-    grpc_server = grpc.aio.server(options=server_options(args.max_connections), interceptors=[gate])
+    # Connections are admitted per peer address before grpc sees them (controller/acceptgate.py).
+    grpc_server, accept = make_server(args.listen, args.max_connections, args.max_connections_per_peer,
+                                      server_options, [gate])
     server.add_to_server(grpc_server)
     gate.guard(server.guards())
 
@@ -314,13 +315,12 @@ async def amain(args: ControllerSettings) -> int:
         return 0 if done.is_set() else 1
 
     _unlink_stale_socket(args.listen)
-    port = (grpc_server.add_secure_port(args.listen, serving.credentials()) if serving is not None
-            else grpc_server.add_insecure_port(args.listen))
-    if port == 0:
-        log.error("cannot listen on %s", args.listen)
+    try:
+        await serve(grpc_server, accept, args.listen, serving.credentials() if serving is not None else None)
+    except OSError as e:
+        log.error("%s", e)
         stop.set()
         return 1
-    await grpc_server.start()
     log.info("controller serving config version %s on %s%s", controller.version, args.listen,
              f" over TLS as {args.identity} (with CA)" if serving is not None else " (plaintext)")
     while not done.is_set() and not stop.is_set():
@@ -334,6 +334,8 @@ async def amain(args: ControllerSettings) -> int:
     server.end_streams()        # streams end cleanly (clients reconnect) instead of being cancelled
     debug.close()
     await grpc_server.stop(1.0)
+    if accept is not None:
+        await accept.stop()
     source_thread.join(timeout=5)
     if elector is not None:
         elector_thread.join(timeout=5)       # it gives the Lease up on the way out

@@ -7,6 +7,9 @@ injected, so each bound is unit-tested without sleeping, and the gRPC edge only 
   tight loop would take the CA (and the config pushes sharing its loop) from every other node.
 - `PerKeyCount`: concurrent holdings per key (the config stream's: open streams per credential),
   each of which costs the controller memory and push work.
+- `ConnectionAdmission`: the gRPC port's connections, at most so many in all and so many per peer
+  address (controller/acceptgate.py asks it at accept, before any TLS work), so one address cannot
+  take every slot of the port from the mesh's nodes.
 
 Refusals are counted in `REFUSED` by limit: `ambit_controller_limited_total{limit}`
 (controller/health.py, docs/observability.md).
@@ -14,6 +17,7 @@ Refusals are counted in `REFUSED` by limit: `ambit_controller_limited_total{limi
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -23,8 +27,11 @@ from ambit.clock import Monotonic
 
 # Refusals by limit, read at scrape time (one event loop per controller: plain increments).
 # - `ca_request_rate`: a credential asked for certificates faster than its bucket refills;
-# - `config_streams_per_client`: a credential held its bound of open config streams.
-REFUSED: dict[str, int] = dict.fromkeys(("ca_request_rate", "config_streams_per_client"), 0)
+# - `config_streams_per_client`: a credential held its bound of open config streams;
+# - `connections_per_peer`: a peer address held its bound of connections to the gRPC port;
+# - `max_connections`: the gRPC port held its bound of connections in all.
+REFUSED: dict[str, int] = dict.fromkeys(
+    ("ca_request_rate", "config_streams_per_client", "connections_per_peer", "max_connections"), 0)
 
 # How many requesters' buckets are remembered (each key is an authenticated credential, so only
 # the mesh's own nodes and waypoints make them); past this the least recently used is forgotten,
@@ -100,3 +107,44 @@ class PerKeyCount:
 
     def count(self, key: Hashable) -> int:
         return self._n.get(key, 0)
+
+
+def peer_key(address: str) -> str:
+    """What one peer is, for its connection bound: its IPv4 address, or the /64 of its IPv6 address
+    (a host is given a whole /64, and picks any address in it at will). An IPv4-mapped IPv6 address
+    is its IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class ConnectionAdmission:
+    """Connections held at once: at most `max_total` in all and `per_peer` per `peer_key` (0: no
+    bound). `admit(address)` returns None (admitted: pair it with one `release(address)`) or the
+    name of the bound that refused it."""
+
+    def __init__(self, max_total: int, per_peer: int) -> None:
+        if max_total < 0:
+            raise ValueError(f"max_connections: must be >= 0, got {max_total}")
+        self.max_total = max_total
+        self.per_peer = PerKeyCount(per_peer, name="connections_per_peer")
+        self.total = 0
+
+    def admit(self, address: str) -> str | None:
+        if self.max_total and self.total >= self.max_total:
+            REFUSED["max_connections"] += 1
+            return "max_connections"
+        if not self.per_peer.acquire(peer_key(address)):
+            return "connections_per_peer"
+        self.total += 1
+        return None
+
+    def release(self, address: str) -> None:
+        self.per_peer.release(peer_key(address))
+        self.total -= 1

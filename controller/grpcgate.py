@@ -34,6 +34,7 @@ from typing import Any
 
 import grpc
 
+from controller.acceptgate import peer_of
 from controller.validation import printable
 
 log = logging.getLogger("ambit.controller.grpcgate")
@@ -95,7 +96,7 @@ class CallGate(grpc.aio.ServerInterceptor):
         code, message = refused.code, printable(str(refused), 2048)
 
         async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
-            log.warning("refused a call to %s from %s before reading it: %s: %s", method, context.peer(),
+            log.warning("refused a call to %s from %s before reading it: %s: %s", method, peer_of(context),
                         code.name, message)
             if drain and self.draining < self.max_draining:
                 self.draining += 1

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ambit import settings
 from ambit.settings import non_negative, option
+from controller.acceptgate import MAX_CONNECTIONS_PER_PEER
 from controller.ca.service import CA_REQUEST_BURST, CA_REQUEST_RATE
 from controller.configserver.server import MAX_CONNECTIONS, MAX_STREAMS_PER_CLIENT
 
@@ -92,6 +93,10 @@ class ControllerSettings:
         MAX_CONNECTIONS, "connections the gRPC port (config stream and CA) holds at once; a connection beyond is closed at "
                 "accept (0: no bound). About 50 KB each; every ztunnel worker, agent and waypoint holds one",
         check=non_negative)
+    max_connections_per_peer: int = option(
+        MAX_CONNECTIONS_PER_PEER, "connections one peer address (an IPv6 /64) holds to the gRPC port at once; a "
+        "connection beyond is reset at accept, before any TLS work (0: no bound; a unix --listen has none). Nodes "
+        "behind one NAT share an address: raise it to their number times a node's connections", check=non_negative)
     max_config_streams_per_client: int = option(
         MAX_STREAMS_PER_CLIENT, "config streams one credential (a node's, or a waypoint's own token) holds open at "
         "once; past it a new stream is refused RESOURCE_EXHAUSTED (0: no bound). A node holds one per ztunnel worker, "

@@ -28,6 +28,7 @@ from ambit.configclient.codec import Encoded
 from ambit.configclient.node import NodeInfo
 from ambit.model import RESOURCE_TYPES, Resource
 from controller import fairness
+from controller.acceptgate import MAX_CONNECTIONS_PER_PEER, AcceptGate, make_server, peer_of, serve
 from controller.ca.credentials import scope_of
 from controller.configserver.auth import NodeAuthenticator, StreamRefused, metadata_of
 from controller.configserver.metrics import ConfigMetrics
@@ -140,6 +141,7 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         self._flush_handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
+        self._accept: AcceptGate | None = None
         self.pushes = 0  # responses sent in total (also in the metrics; handy for tests and logs)
 
     # ----- the desired state -----------------------------------------------------------------
@@ -196,19 +198,16 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
 
     async def start(self, address: str = "127.0.0.1:0",
                     credentials: grpc.ServerCredentials | None = None,
-                    max_connections: int = MAX_CONNECTIONS) -> int:
+                    max_connections: int = MAX_CONNECTIONS,
+                    max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER) -> int:
         """Serve on `address` on a server of our own; return the bound port."""
         if self._server is not None:
             raise RuntimeError("ConfigServer.start: already started")
         gate = CallGate()
         gate.guard(self.guards())
-        server = grpc.aio.server(options=server_options(max_connections), interceptors=[gate])
+        server, self._accept = make_server(address, max_connections, max_connections_per_peer, server_options, [gate])
         self.add_to_server(server)
-        port = (server.add_secure_port(address, credentials) if credentials is not None
-                else server.add_insecure_port(address))
-        if port == 0:
-            raise OSError(f"ConfigServer.start: cannot bind {address}")
-        await server.start()
+        port = await serve(server, self._accept, address, credentials)
         self._server = server
         return port
 
@@ -236,6 +235,9 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self._accept is not None:
+            await self._accept.stop()
+            self._accept = None
 
     # ----- the stream ------------------------------------------------------------------------
 
@@ -252,7 +254,7 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             try:
                 authenticated = await self.authenticator.authenticate(metadata_of(context))
             except StreamRefused as e:
-                log.warning("config stream refused from %s: %s: %s", context.peer(), e.code.name, e)
+                log.warning("config stream refused from %s: %s: %s", peer_of(context), e.code.name, e)
                 with contextlib.suppress(Exception):      # bounded: an unauthenticated peer gets 1 s
                     await asyncio.wait_for(context.read(), REFUSAL_DRAIN)
                 await context.abort(e.code, str(e))
@@ -267,13 +269,13 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             try:
                 node = self.authenticator.authorize(authenticated, node)
             except StreamRefused as e:
-                log.warning("config stream refused from %s: %s: %s", context.peer(), e.code.name, e)
+                log.warning("config stream refused from %s: %s: %s", peer_of(context), e.code.name, e)
                 await context.abort(e.code, str(e))
         if self._authorize is not None:
             try:
                 self._authorize(node, context)
             except PermissionError as e:
-                log.warning("config stream refused for %s from %s: %s", node.key, context.peer(), e)
+                log.warning("config stream refused for %s from %s: %s", node.key, peer_of(context), e)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{node.key}: {e}")
         client = (str(authenticated), scope_of(authenticated)) if authenticated is not None else (node.name, "")
         if not self.streams_per_client.acquire(client):
@@ -281,7 +283,7 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             bound = self.streams_per_client.limit
             if fairness.REFUSED["config_streams_per_client"] % 1000 == 1:   # a loop of retries is no loop of logs
                 log.warning("config stream refused for %s from %s: %s holds %d streams, the per-client bound "
-                            "(%d refused so far)", node.key, context.peer(), who, bound,
+                            "(%d refused so far)", node.key, peer_of(context), who, bound,
                             fairness.REFUSED["config_streams_per_client"])
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{node.key}: the credential of {who} holds {bound} config streams, the "
@@ -295,7 +297,7 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
     async def _serve(self, context, node: NodeInfo, first: config_pb2.DeltaRequest) -> None:
         """Serve an admitted stream until it ends (the client's, the server's, or an error)."""
         await context.send_initial_metadata(())
-        st = _Stream(Subscription(node, context.peer(), time.time()))
+        st = _Stream(Subscription(node, peer_of(context), time.time()))
         self._register(st)
         reader = asyncio.create_task(self._read_loop(context, st, first))
         try:

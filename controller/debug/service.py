@@ -25,6 +25,7 @@ from ambit.configclient.node import NodeInfo
 from ambit.dataplane.tap import HEARTBEAT
 from ambit.tapfilter import from_proto, to_proto
 from ambit.version import VERSION
+from controller.acceptgate import peer_of
 from controller.ca.credentials import CredentialCheckBusy
 from controller.configserver.auth import StreamRefused, metadata_of
 from controller.configserver.server import STATUS, ConfigServer
@@ -90,7 +91,7 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
             try:
                 node = auth.authorize(await self._proxy_credential(metadata_of(context), label), node)
             except StreamRefused as e:
-                log.warning("%s refused from %s: %s", label, context.peer(), e)
+                log.warning("%s refused from %s: %s", label, peer_of(context), e)
                 await context.abort(e.code, str(e).replace("config stream", label))
         return node
 
