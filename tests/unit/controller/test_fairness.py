@@ -4,6 +4,8 @@
   certificates in a tight loop is refused RESOURCE_EXHAUSTED, told which limit and when to retry,
   while every other node is still served; a node's start-up (one certificate per identity on it,
   hundreds at once) passes on the defaults.
+- The gRPC port: one address holds at most `max_connections_per_peer` of its connections (an
+  accept gate in front of grpc, controller/acceptgate.py), so it cannot lock the nodes out.
 - The config stream: one credential holds at most `max_streams_per_client` streams, however many
   it multiplexes on one connection; the next is refused RESOURCE_EXHAUSTED naming the bound, other
   nodes are still served, and a stream that ends frees its place.
@@ -15,6 +17,7 @@ assertion depends on timing.
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import grpc
 import pytest
@@ -28,7 +31,7 @@ from controller.ca import CertificateAuthority, generate_root
 from controller.ca.credentials import BootstrapTokens
 from controller.configserver import ConfigServer
 from controller.configserver.auth import NodeAuthenticator
-from controller.fairness import PerKeyCount, Refusal, RequestRate
+from controller.fairness import ConnectionAdmission, PerKeyCount, Refusal, RequestRate, peer_key
 from controller.health import ControllerHealth
 from tests.unit.configstream.helpers import workload
 from tests.unit.controller.test_ca import TD, _Harness
@@ -194,6 +197,111 @@ def test_one_credential_cannot_hold_more_than_its_config_streams_and_others_are_
                 for c in [*held, again]:
                     c.cancel()
         finally:
+            await server.stop(None)
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+
+
+# --- the gRPC port's connections ----------------------------------------------------------------------
+
+
+def test_a_peer_is_its_ipv4_address_or_its_ipv6_64() -> None:
+    assert peer_key("10.0.0.7") == "10.0.0.7"
+    assert peer_key("::ffff:10.0.0.7") == "10.0.0.7"
+    assert peer_key("2001:db8:1:2::1") == peer_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert peer_key("2001:db8:1:3::1") != peer_key("2001:db8:1:2::1")
+
+
+def test_admission_bounds_each_peer_and_the_whole() -> None:
+    adm = ConnectionAdmission(max_total=5, per_peer=2)
+    assert [adm.admit("10.0.0.1") for _ in range(3)] == [None, None, "connections_per_peer"]
+    assert [adm.admit(f"10.0.0.{i}") for i in (2, 3, 4, 5)] == [None, None, None, "max_connections"]
+    adm.release("10.0.0.1")
+    assert adm.admit("10.0.0.1") is None and adm.total == 5
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")   # + empty SETTINGS
+
+
+def _connect_from(source: str, port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    s.sendall(PREFACE)
+    return s
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_one_address_cannot_take_every_slot_of_the_grpc_port_and_others_still_get_config() -> None:
+    """The port holds 10 connections. Before, one address took all 10 (HTTP/2 prefaces, no call:
+    held until the 5-minute idle timeout) and every node was closed at accept. Now one address
+    holds at most 4; the rest are reset at accept, and a real grpc client elsewhere is served,
+    with its own address in the subscribers' status."""
+    server = ConfigServer(debounce=0.0, registry=CollectorRegistry())
+    server.update({Workload.TYPE: [workload("a1", "node-a")]}, "v1")
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        port = await server.start("127.0.0.1:0", max_connections=10, max_connections_per_peer=4)
+        before = fairness.REFUSED["connections_per_peer"]
+        flood: list[socket.socket] = []
+        try:
+            for _ in range(12):
+                flood.append(await loop.run_in_executor(None, _connect_from, "127.0.0.2", port))
+            closed = await asyncio.gather(*(loop.run_in_executor(None, _closed_within, s, 2.0) for s in flood))
+            assert closed.count(False) == 4, closed
+            assert fairness.REFUSED["connections_per_peer"] == before + 8
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                call = await _open(config_pb2_grpc.ConfigServiceStub(ch), NodeInfo("ztunnel", "node-a"), "unused")
+                assert isinstance(call, grpc.aio.StreamStreamCall), call
+                (sub,) = server.status()
+                assert sub.peer.startswith("ipv4:127.0.0.1:"), sub.peer     # the client's, not the gate's
+                call.cancel()
+            # The flood's held connections are its own to free: then that address gets in again.
+            for s in flood:
+                s.close()
+            for _ in range(100):
+                if server._accept is not None and server._accept.admission.total == 0:
+                    break
+                await asyncio.sleep(0.05)
+            again = await loop.run_in_executor(None, _connect_from, "127.0.0.2", port)
+            assert not await loop.run_in_executor(None, _closed_within, again, 0.5)
+            again.close()
+        finally:
+            for s in flood:
+                s.close()
+            await server.stop(None)
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_a_large_node_keeps_hundreds_of_connections_on_the_default_bound() -> None:
+    """A node of many ztunnel workers (each with a config stream and a CA channel) from one address."""
+    server = ConfigServer(debounce=0.0, registry=CollectorRegistry())
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        port = await server.start("127.0.0.1:0")
+        held: list[socket.socket] = []
+        try:
+            for _ in range(400):
+                held.append(await loop.run_in_executor(None, _connect_from, "127.0.0.3", port))
+            assert not await loop.run_in_executor(None, _closed_within, held[-1], 0.5)
+            assert server._accept is not None and server._accept.admission.total == 400
+        finally:
+            for s in held:
+                s.close()
             await server.stop(None)
 
     asyncio.run(asyncio.wait_for(go(), 60))
