@@ -208,6 +208,10 @@ class AcceptGate:
             log.warning("gRPC port: cannot pass a connection from %s to grpc: %s", peer, e)
             splice.close()
             return
+        except BaseException:           # cancelled (the gate is stopping)
+            sock.close()
+            splice.close()
+            raise
         if splice.closed:               # the client left meanwhile
             transport.close()
             return
