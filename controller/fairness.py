@@ -5,8 +5,8 @@ injected, so each bound is unit-tested without sleeping, and the gRPC edge only 
 - `RequestRate`: a token bucket per requester (the CA's: one per authenticated credential). Signing
   a CSR costs the CA's event loop about half a millisecond of CPU, so one credential asking in a
   tight loop would take the CA (and the config pushes sharing its loop) from every other node.
-- `PerKeyCount`: concurrent holdings per key (the config stream's: open streams per credential),
-  each of which costs the controller memory and push work.
+- Concurrent holdings per key (the config stream's open streams per credential, each costing the
+  controller memory and push work) are counted by the data plane's `ConnLimiter`.
 - `ConnectionAdmission`: the gRPC port's connections, at most so many in all and so many per peer
   address (controller/acceptgate.py asks it at accept, before any TLS work), so one address cannot
   take every slot of the port from the mesh's nodes.
@@ -24,6 +24,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from ambit.clock import Monotonic
+from ambit.dataplane.hbone.limits import ConnLimiter
 
 # Refusals by limit, read at scrape time (one event loop per controller: plain increments).
 # - `ca_request_rate`: a credential asked for certificates faster than its bucket refills;
@@ -80,35 +81,6 @@ class RequestRate:
         return len(self._buckets)
 
 
-class PerKeyCount:
-    """Concurrent holdings per key, at most `limit` each (0: no bound). Every `acquire` that
-    returns True is paired with one `release`."""
-
-    def __init__(self, limit: int, *, name: str = "config_streams_per_client") -> None:
-        if limit < 0:
-            raise ValueError(f"{name}: must be >= 0, got {limit}")
-        self.limit, self.name = limit, name
-        self._n: dict[Hashable, int] = {}
-
-    def acquire(self, key: Hashable) -> bool:
-        n = self._n.get(key, 0)
-        if self.limit and n >= self.limit:
-            REFUSED[self.name] += 1
-            return False
-        self._n[key] = n + 1
-        return True
-
-    def release(self, key: Hashable) -> None:
-        n = self._n.get(key, 0) - 1
-        if n > 0:
-            self._n[key] = n
-        else:
-            self._n.pop(key, None)
-
-    def count(self, key: Hashable) -> int:
-        return self._n.get(key, 0)
-
-
 def peer_key(address: str) -> str:
     """What one peer is, for its connection bound: its IPv4 address, or the /64 of its IPv6 address
     (a host is given a whole /64, and picks any address in it at will). An IPv4-mapped IPv6 address
@@ -133,7 +105,7 @@ class ConnectionAdmission:
         if max_total < 0:
             raise ValueError(f"max_connections: must be >= 0, got {max_total}")
         self.max_total = max_total
-        self.per_peer = PerKeyCount(per_peer, name="connections_per_peer")
+        self.per_peer = ConnLimiter(per_peer, "connections per peer address")
         self.total = 0
 
     def admit(self, address: str) -> str | None:
@@ -141,6 +113,7 @@ class ConnectionAdmission:
             REFUSED["max_connections"] += 1
             return "max_connections"
         if not self.per_peer.acquire(peer_key(address)):
+            REFUSED["connections_per_peer"] += 1
             return "connections_per_peer"
         self.total += 1
         return None

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from ambit.api import config_pb2, config_pb2_grpc
 from ambit.configclient.codec import Encoded
 from ambit.configclient.node import NodeInfo
+from ambit.dataplane.hbone.limits import ConnLimiter
 from ambit.model import RESOURCE_TYPES, Resource
 from controller import fairness
 from controller.acceptgate import MAX_CONNECTIONS_PER_PEER, AcceptGate, make_server, peer_of, serve
@@ -34,7 +35,6 @@ from controller.configserver.auth import NodeAuthenticator, StreamRefused, metad
 from controller.configserver.metrics import ConfigMetrics
 from controller.configserver.snapshot import Snapshot
 from controller.configserver.subscription import Nack, Planned, SubscriberStatus, Subscription
-from controller.fairness import PerKeyCount
 from controller.grpcgate import CallGate, Guard, method_path
 
 log = logging.getLogger("ambit.controller.configserver")
@@ -120,7 +120,7 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
                  max_streams_per_client: int = MAX_STREAMS_PER_CLIENT):
         if debounce < 0:
             raise ValueError(f"ConfigServer.debounce: {debounce} is negative")
-        self.streams_per_client = PerKeyCount(max_streams_per_client)
+        self.streams_per_client = ConnLimiter(max_streams_per_client, "config streams per client")
         self.debounce = debounce
         self._authorize = authorize
         self.authenticator = authenticator
@@ -279,6 +279,7 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{node.key}: {e}")
         client = (str(authenticated), scope_of(authenticated)) if authenticated is not None else (node.name, "")
         if not self.streams_per_client.acquire(client):
+            fairness.REFUSED["config_streams_per_client"] += 1
             who = f"node {client[0]!r}" + (f" (service account {client[1]})" if client[1] else "")
             bound = self.streams_per_client.limit
             if fairness.REFUSED["config_streams_per_client"] % 1000 == 1:   # a loop of retries is no loop of logs

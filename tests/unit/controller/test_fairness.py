@@ -31,10 +31,11 @@ from controller.ca import CertificateAuthority, generate_root
 from controller.ca.credentials import BootstrapTokens
 from controller.configserver import ConfigServer
 from controller.configserver.auth import NodeAuthenticator
-from controller.fairness import ConnectionAdmission, PerKeyCount, Refusal, RequestRate, peer_key
+from controller.fairness import ConnectionAdmission, Refusal, RequestRate, peer_key
 from controller.health import ControllerHealth
 from tests.unit.configstream.helpers import workload
 from tests.unit.controller.test_ca import TD, _Harness
+from tests.unit.controller.test_grpc_connections import _closed_within, connect_from
 
 # --- the sans-IO cores ---------------------------------------------------------------------------------
 
@@ -72,16 +73,6 @@ def test_the_table_of_buckets_is_bounded() -> None:
     for i in range(1000):
         rate.take(i)
     assert len(rate) == 10
-
-
-def test_a_count_per_key_refuses_past_its_limit_and_a_release_frees_a_place() -> None:
-    count = PerKeyCount(2)
-    before = fairness.REFUSED["config_streams_per_client"]
-    assert count.acquire("a") and count.acquire("a") and not count.acquire("a")
-    assert count.acquire("b")
-    count.release("a")
-    assert count.acquire("a") and count.count("a") == 2
-    assert fairness.REFUSED["config_streams_per_client"] == before + 1
 
 
 # --- the CA over gRPC ---------------------------------------------------------------------------------
@@ -220,29 +211,6 @@ def test_admission_bounds_each_peer_and_the_whole() -> None:
     assert adm.admit("10.0.0.1") is None and adm.total == 5
 
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")   # + empty SETTINGS
-
-
-def _connect_from(source: str, port: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind((source, 0))
-    s.connect(("127.0.0.1", port))
-    s.sendall(PREFACE)
-    return s
-
-
-def _closed_within(sock: socket.socket, seconds: float) -> bool:
-    sock.settimeout(seconds)
-    try:
-        while True:
-            if not sock.recv(65536):
-                return True
-    except TimeoutError:
-        return False
-    except ConnectionResetError:
-        return True
-
-
 def test_one_address_cannot_take_every_slot_of_the_grpc_port_and_others_still_get_config() -> None:
     """The port holds 10 connections. Before, one address took all 10 (HTTP/2 prefaces, no call:
     held until the 5-minute idle timeout) and every node was closed at accept. Now one address
@@ -258,7 +226,7 @@ def test_one_address_cannot_take_every_slot_of_the_grpc_port_and_others_still_ge
         flood: list[socket.socket] = []
         try:
             for _ in range(12):
-                flood.append(await loop.run_in_executor(None, _connect_from, "127.0.0.2", port))
+                flood.append(await loop.run_in_executor(None, connect_from, "127.0.0.2", port))
             closed = await asyncio.gather(*(loop.run_in_executor(None, _closed_within, s, 2.0) for s in flood))
             assert closed.count(False) == 4, closed
             assert fairness.REFUSED["connections_per_peer"] == before + 8
@@ -275,7 +243,7 @@ def test_one_address_cannot_take_every_slot_of_the_grpc_port_and_others_still_ge
                 if server._accept is not None and server._accept.admission.total == 0:
                     break
                 await asyncio.sleep(0.05)
-            again = await loop.run_in_executor(None, _connect_from, "127.0.0.2", port)
+            again = await loop.run_in_executor(None, connect_from, "127.0.0.2", port)
             assert not await loop.run_in_executor(None, _closed_within, again, 0.5)
             again.close()
         finally:
@@ -296,7 +264,7 @@ def test_a_large_node_keeps_hundreds_of_connections_on_the_default_bound() -> No
         held: list[socket.socket] = []
         try:
             for _ in range(400):
-                held.append(await loop.run_in_executor(None, _connect_from, "127.0.0.3", port))
+                held.append(await loop.run_in_executor(None, connect_from, "127.0.0.3", port))
             assert not await loop.run_in_executor(None, _closed_within, held[-1], 0.5)
             assert server._accept is not None and server._accept.admission.total == 400
         finally:

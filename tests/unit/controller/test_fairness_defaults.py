@@ -23,8 +23,7 @@ from controller.ca import CertificateAuthority, generate_root
 from controller.configserver import ConfigServer
 from tests.unit.configstream.helpers import workload
 from tests.unit.controller.test_ca import TD, _Harness
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")   # + empty SETTINGS
+from tests.unit.controller.test_grpc_connections import connect_from
 
 
 def test_a_node_asking_for_certificates_in_a_loop_is_cut_at_its_share_and_others_are_served() -> None:
@@ -95,14 +94,7 @@ def test_one_address_cannot_lock_the_nodes_out_of_the_grpc_port() -> None:
         port = await server.start("127.0.0.1:0", max_connections=1500)
 
         def flood() -> list[socket.socket]:
-            held = []
-            for _ in range(1500):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                s.bind(("127.0.0.2", 0))
-                s.connect(("127.0.0.1", port))
-                s.sendall(PREFACE)
-                held.append(s)
-            return held
+            return [connect_from("127.0.0.2", port) for _ in range(1500)]
 
         held = await loop.run_in_executor(None, flood)
         try:
