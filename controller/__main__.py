@@ -23,7 +23,7 @@ from typing import Any
 
 from ambit.trustdomain import TrustDomains
 from controller import meshconfig
-from controller.acceptgate import make_server, serve
+from controller.acceptgate import descriptors_needed, make_server, raise_descriptor_limit, serve
 from controller.app import Controller, StatusServer
 from controller.configserver.server import server_options
 from controller.grpcgate import CallGate
@@ -171,6 +171,9 @@ async def amain(args: ControllerSettings) -> int:
     # Every call's credential is checked before its request is read (controller/grpcgate.py).
     gate = CallGate()
     # Connections are admitted per peer address before grpc sees them (controller/acceptgate.py).
+    short = raise_descriptor_limit(descriptors_needed(args.max_connections, args.max_connections_per_peer, args.listen))
+    if short:
+        log.warning("%s", short)
     grpc_server, accept = make_server(args.listen, args.max_connections, args.max_connections_per_peer,
                                       server_options, [gate])
     server.add_to_server(grpc_server)

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import secrets
 import shutil
 import socket
@@ -244,6 +245,28 @@ class AcceptGate:
                 await asyncio.wait_for(server.wait_closed(), 5)
         _PREFIXES.discard(self.prefix)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def descriptors_needed(max_connections: int, per_peer: int, listen: str) -> int:
+    """File descriptors the gRPC port may hold: one per connection served directly, three through
+    the gate (the client's, the gate's side of grpc's socket, grpc's), and 1,024 for the rest."""
+    return (3 if gated(listen, per_peer) else 1) * max_connections + 1024
+
+
+def raise_descriptor_limit(needed: int) -> str:
+    """Raise this process's soft descriptor limit to its hard limit, as Go's runtime does for every
+    Go program (container runtimes may start processes at a soft limit of 1,024, which would stop
+    accepting far below --max-connections). A warning when even the hard limit is below `needed`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if hard != resource.RLIM_INFINITY and soft < needed:
+        return (f"the descriptor limit is {soft}, below the {needed} the gRPC port may need "
+                "(--max-connections; three per connection with --max-connections-per-peer): connections past it "
+                "wait in the backlog; raise the container's nofile limit or lower --max-connections")
+    return ""
 
 
 def make_server(listen: str, max_connections: int, per_peer: int,

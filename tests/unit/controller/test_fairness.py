@@ -17,6 +17,7 @@ assertion depends on timing.
 from __future__ import annotations
 
 import asyncio
+import resource
 import socket
 
 import grpc
@@ -27,6 +28,7 @@ from ambit.api import config_pb2, config_pb2_grpc
 from ambit.configclient import NodeInfo
 from ambit.model import Workload
 from controller import fairness
+from controller.acceptgate import descriptors_needed, raise_descriptor_limit
 from controller.ca import CertificateAuthority, generate_root
 from controller.ca.credentials import BootstrapTokens
 from controller.configserver import ConfigServer
@@ -273,3 +275,20 @@ def test_a_large_node_keeps_hundreds_of_connections_on_the_default_bound() -> No
             await server.stop(None)
 
     asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_the_controller_raises_its_descriptor_limit_and_says_when_even_the_hard_one_is_short() -> None:
+    """Through the gate a connection holds three descriptors; a container started at a soft limit
+    of 1,024 would stop accepting near 330 connections without this."""
+    assert descriptors_needed(10_000, 1000, "0.0.0.0:15012") == 31_024
+    assert descriptors_needed(10_000, 0, "0.0.0.0:15012") == descriptors_needed(10_000, 1000, "unix:/x") == 11_024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 1024:
+        pytest.skip(f"needs a finite hard descriptor limit above 1024, have {hard}")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+        assert raise_descriptor_limit(hard) == ""
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+        assert f"the descriptor limit is {hard}, below the {hard + 1}" in raise_descriptor_limit(hard + 1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
