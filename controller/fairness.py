@@ -52,7 +52,8 @@ class RequestRate:
     """A token bucket per key: `burst` requests at once, then `rate` per second.
 
     `take(key)` spends one token and returns None, or returns a Refusal (spending nothing) when the
-    key's bucket is empty; `retry_after` is when one token will be back. rate 0 turns the bound off.
+    key's bucket is empty; `retry_after` is when one token will be back. `check(key)` is `take`
+    without spending: whether a request would pass, asked before it is read. rate 0: no bound.
     """
 
     def __init__(self, rate: float, burst: int, clock: Monotonic, *, limit: str = "ca_request_rate",
@@ -63,6 +64,12 @@ class RequestRate:
         self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()   # key -> (tokens, at)
 
     def take(self, key: Hashable) -> Refusal | None:
+        return self._ask(key, spend=True)
+
+    def check(self, key: Hashable) -> Refusal | None:
+        return self._ask(key, spend=False)
+
+    def _ask(self, key: Hashable, spend: bool) -> Refusal | None:
         if self.rate == 0:
             return None
         now = self.clock()
@@ -72,7 +79,7 @@ class RequestRate:
             self._buckets[key] = (tokens, now)
             REFUSED[self.limit] += 1
             return Refusal(self.limit, math.ceil((1 - tokens) / self.rate * 10) / 10)
-        self._buckets[key] = (tokens - 1, now)
+        self._buckets[key] = (tokens - 1 if spend else tokens, now)
         if len(self._buckets) > self.max_keys:
             self._buckets.popitem(last=False)
         return None

@@ -23,7 +23,7 @@ from ambit.api import ca_pb2, ca_pb2_grpc
 from controller.ca.authority import CertificateAuthority, CSRRejected
 from controller.ca.credentials import CredentialCheckBusy, NodeCredentialVerifier, Unauthenticated, scope_of
 from controller.ca.node_auth import authorize, within_scope
-from controller.fairness import RequestRate
+from controller.fairness import Refusal, RequestRate
 from controller.grpcgate import CallRefused, Guard, metadata_dict, method_path
 from controller.validation import printable
 
@@ -81,11 +81,7 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
             await self._refuse(context, e.code, md.get(NODE_HEADER, ""), requested, str(e))
         over = self.rate.take((str(node), scope_of(node)))
         if over is not None:
-            who = f"node {node!r}" + (f" (service account {scope_of(node)})" if scope_of(node) else "")
-            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, node, requested,
-                               f"{who} is over the CA's per-client limit ({over.limit}: {self.rate.burst} "
-                               f"certificate requests at once, then {self.rate.rate:g} per second); "
-                               f"retry in {over.retry_after:g} s")
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, node, requested, self._over(node, over))
         pods = self.pods_on_node(node)
         if inspect.isawaitable(pods):
             pods = await pods
@@ -121,10 +117,22 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
         except CredentialCheckBusy as e:
             raise CallRefused(grpc.StatusCode.UNAVAILABLE, str(e)) from None
 
+    def _over(self, node: str, over: Refusal) -> str:
+        who = f"node {node!r}" + (f" (service account {scope_of(node)})" if scope_of(node) else "")
+        return (f"{who} is over the CA's per-client limit ({over.limit}: {self.rate.burst} certificate requests "
+                f"at once, then {self.rate.rate:g} per second); retry in {over.retry_after:g} s")
+
     async def _gate_check(self, metadata: Mapping[str, str]) -> str:
-        """`authenticate` for the server's CallGate, counting its refusals as the handler's."""
+        """`authenticate` and the request rate for the server's CallGate, counting its refusals as
+        the handler's: a credential over its rate is refused before its request (up to 4 MiB) is
+        read, so a loop of large requests costs the CA no more than a loop of small ones. The
+        handler spends the token."""
         try:
-            return await self.authenticate(metadata)
+            node = await self.authenticate(metadata)
+            over = self.rate.check((str(node), scope_of(node)))
+            if over is not None:
+                raise CallRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, self._over(node, over))
+            return node
         except CallRefused as e:
             self.refused[e.code.name] = self.refused.get(e.code.name, 0) + 1
             raise
