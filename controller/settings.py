@@ -99,8 +99,8 @@ class ControllerSettings:
         "behind one NAT share an address: raise it to their number times a node's connections", check=non_negative)
     max_config_streams_per_client: int = option(
         MAX_STREAMS_PER_CLIENT, "config streams one credential (a node's, or a waypoint's own token) holds open at "
-        "once; past it a new stream is refused RESOURCE_EXHAUSTED (0: no bound). A node holds one per ztunnel worker, "
-        "one for its agent and one per waypoint pod using its credential", check=non_negative)
+        "once, and debug feeds likewise (counted apart); past it a new one is refused RESOURCE_EXHAUSTED (0: no bound). "
+        "A node holds one per ztunnel worker, one for its agent and one per waypoint pod using its credential", check=non_negative)
     ca_request_burst: int = option(
         CA_REQUEST_BURST, "certificate requests one credential may make at once (a node's start-up or a root "
         "rotation: one per identity on the node per ztunnel process); then --ca-request-rate",

@@ -22,11 +22,13 @@ import grpc
 
 from ambit.api import debug_pb2, debug_pb2_grpc
 from ambit.configclient.node import NodeInfo
+from ambit.dataplane.hbone.limits import ConnLimiter
 from ambit.dataplane.tap import HEARTBEAT
 from ambit.tapfilter import from_proto, to_proto
 from ambit.version import VERSION
+from controller import fairness
 from controller.acceptgate import peer_of
-from controller.ca.credentials import CredentialCheckBusy
+from controller.ca.credentials import CredentialCheckBusy, scope_of
 from controller.configserver.auth import StreamRefused, metadata_of
 from controller.configserver.server import STATUS, ConfigServer
 from controller.debug.feeds import FeedHub, control
@@ -51,6 +53,9 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
         self.readers = readers
         self.reports = reports or ReportStore(ttl=max(60.0, 6 * report_interval))
         self.report_interval = report_interval
+        # Feeds one credential holds open at once: the config stream's bound, counted apart (a proxy
+        # opens one of each). Every scrape asks every feed, so feeds without bound are work without bound.
+        self.feeds_per_client = ConnLimiter(config.streams_per_client.limit, "feeds per client")
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         debug_pb2_grpc.add_DebugServiceServicer_to_server(self, server)
@@ -82,18 +87,25 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
     async def _proxy(self, msg: Any, context: Any, what: str, label: str) -> NodeInfo:
         """The proxy a report or feed speaks for: its node, checked against its node credential
         (scoped as the config stream is), or the call aborted."""
+        return (await self._proxy_client(msg, context, what, label))[0]
+
+    async def _proxy_client(self, msg: Any, context: Any, what: str, label: str) -> tuple[NodeInfo, tuple[str, str]]:
+        """`_proxy`, and the credential it came with: (node, "ns/sa" of a waypoint's own token)."""
         try:
             node = NodeInfo.from_proto(msg).validate()
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what}.{e}")
         auth = self.config.authenticator
+        client = (node.name, "")
         if auth is not None:
             try:
-                node = auth.authorize(await self._proxy_credential(metadata_of(context), label), node)
+                caller = await self._proxy_credential(metadata_of(context), label)
+                node = auth.authorize(caller, node)
+                client = (str(caller), scope_of(caller))
             except StreamRefused as e:
                 log.warning("%s refused from %s: %s", label, peer_of(context), e)
                 await context.abort(e.code, str(e).replace("config stream", label))
-        return node
+        return node, client
 
     async def Report(self, request, context):  # noqa: N802 - gRPC method name
         node = await self._proxy(request.node, context, "ProxyReport", "status report")
@@ -184,7 +196,14 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
             first = await uploads.__anext__()
         except StopAsyncIteration:
             return
-        node = await self._proxy(first.node, context, "FeedUpload", "feed")
+        node, client = await self._proxy_client(first.node, context, "FeedUpload", "feed")
+        if not self.feeds_per_client.acquire(client):
+            fairness.REFUSED["feeds_per_client"] += 1
+            who = f"node {client[0]!r}" + (f" (service account {client[1]})" if client[1] else "")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{node.key}: the credential of {who} holds {self.feeds_per_client.limit} feeds, the "
+                                "controller's per-client bound (feeds_per_client, --max-config-streams-per-client); "
+                                "retry once one of them has ended")
         feed = self.feeds.open_feed(node.key)
         log.info("feed open: %s", node.key)
 
@@ -209,6 +228,7 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
             if reading.done() and not reading.cancelled() and reading.exception() is not None:
                 log.info("feed %s: %s", node.key, reading.exception())
             self.feeds.close_feed(feed)
+            self.feeds_per_client.release(client)
             log.info("feed closed: %s", node.key)
 
     async def _upload(self, feed: Any, m: Any) -> None:

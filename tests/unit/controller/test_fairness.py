@@ -24,7 +24,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ambit.api import ca_pb2, ca_pb2_grpc, config_pb2, config_pb2_grpc
+from ambit.api import ca_pb2, ca_pb2_grpc, config_pb2, config_pb2_grpc, debug_pb2, debug_pb2_grpc
 from ambit.configclient import NodeInfo
 from ambit.model import Workload
 from controller import fairness
@@ -33,6 +33,7 @@ from controller.ca import CertificateAuthority, CertificateServicer, add_to_serv
 from controller.ca.credentials import BootstrapTokens
 from controller.configserver import ConfigServer
 from controller.configserver.auth import NodeAuthenticator
+from controller.debug import DebugServicer, TokenFileReaders
 from controller.fairness import ConnectionAdmission, Refusal, RequestRate, peer_key
 from controller.grpcgate import CallGate
 from controller.health import ControllerHealth
@@ -337,3 +338,49 @@ def test_a_credential_over_its_rate_is_refused_before_its_request_is_read(ca) ->
             await server.stop(None)
 
     asyncio.run(run())
+
+
+def test_one_credential_cannot_hold_more_feeds_than_its_bound(tmp_path) -> None:
+    """Every `ambit top` scrape asks every feed: one node's credential holding feeds without bound
+    made each scrape's work its own. The config stream's per-client bound holds for feeds too."""
+    tokens = BootstrapTokens()
+    token = {n: tokens.issue(n) for n in ("node-a", "node-b")}
+
+    async def run() -> None:
+        cfg = ConfigServer(registry=CollectorRegistry(), authenticator=NodeAuthenticator(tokens),
+                           max_streams_per_client=2)
+        server = grpc.aio.server()
+        cfg.add_to_server(server)
+        debug = DebugServicer(cfg, TokenFileReaders(tmp_path / "t"))
+        debug.add_to_server(server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = debug_pb2_grpc.DebugServiceStub(ch)
+
+                async def feed(node: str):
+                    md = [("authorization", f"Bearer {token[node]}"), ("x-ambit-node", node)]
+                    call = stub.Feed(metadata=md)
+                    await call.write(debug_pb2.FeedUpload(node=NodeInfo("ztunnel", node).to_proto()))
+                    try:
+                        await asyncio.wait_for(call.read(), 10)     # the current filters, sent at once
+                    except grpc.aio.AioRpcError as e:
+                        return e
+                    return call
+
+                held = [await feed("node-a"), await feed("node-a")]
+                assert all(isinstance(c, grpc.aio.StreamStreamCall) for c in held), held
+                before = fairness.REFUSED["feeds_per_client"]
+                over = await feed("node-a")
+                assert isinstance(over, grpc.aio.AioRpcError) and over.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "ztunnel/node-a: the credential of node 'node-a' holds 2 feeds" in (over.details() or "")
+                assert fairness.REFUSED["feeds_per_client"] == before + 1
+                other = await feed("node-b")
+                assert isinstance(other, grpc.aio.StreamStreamCall)
+                for c in [*held, other]:
+                    c.cancel()
+        finally:
+            await server.stop(None)
+
+    asyncio.run(asyncio.wait_for(run(), 60))
