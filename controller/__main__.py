@@ -280,7 +280,9 @@ async def amain(args: ControllerSettings) -> int:
 
     from controller.debug import DebugServicer
     try:
-        debug = DebugServicer(server, debug_readers(args))
+        from controller.fairness import RequestRate
+        debug = DebugServicer(server, debug_readers(args), report_rate=RequestRate(
+            args.status_report_rate, args.status_report_burst, time.monotonic, limit="report_rate"))
         debug.add_to_server(grpc_server)
         gate.guard(debug.guards())
     except ValueError as e:

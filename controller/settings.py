@@ -12,6 +12,7 @@ from ambit.settings import non_negative, option
 from controller.acceptgate import MAX_CONNECTIONS_PER_PEER
 from controller.ca.service import CA_REQUEST_BURST, CA_REQUEST_RATE
 from controller.configserver.server import MAX_CONNECTIONS, MAX_STREAMS_PER_CLIENT
+from controller.debug.service import REPORT_BURST, REPORT_RATE
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,13 @@ class ControllerSettings:
     ca_request_rate: float = option(
         CA_REQUEST_RATE, "certificate requests per second one credential may make after its burst; past it a "
         "request is refused RESOURCE_EXHAUSTED naming when to retry (0: no bound)", check=non_negative)
+    status_report_burst: int = option(
+        REPORT_BURST, "proxy status reports one credential may send at once (every proxy process of a node reports "
+        "when it starts); then --status-report-rate", check=lambda v: None if v >= 1 else "must be >= 1")
+    status_report_rate: float = option(
+        REPORT_RATE, "proxy status reports per second one credential may send after its burst (each process reports "
+        "every 10 s); past it a report is refused RESOURCE_EXHAUSTED naming when to retry (0: no bound)",
+        check=non_negative)
     debounce: float = option(0.03, "seconds a burst of changes is coalesced", check=non_negative)
     log_level: str = option("INFO", "logging level")
 
