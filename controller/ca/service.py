@@ -3,8 +3,9 @@
 Order of checks matters: authenticate the node first (UNAUTHENTICATED), then node authorization
 (PERMISSION_DENIED), and only then parse and sign the CSR (INVALID_ARGUMENT), so an unauthenticated
 caller learns nothing about which identities exist. Between authentication and authorization each
-credential spends a token of its own bucket (controller/fairness.py, RESOURCE_EXHAUSTED past it),
-so a node asking in a tight loop takes its own share of the CA and no more. Every refusal is logged with the node, the
+credential spends a token of its own bucket (controller/fairness.py; RESOURCE_EXHAUSTED past it,
+before the request is read when the server's CallGate asks first), so a node asking in a tight
+loop takes its own share of the CA and no more. Every refusal is logged with the node, the
 requested identity and the reason, because these logs are how an operator spots a stolen credential.
 """
 

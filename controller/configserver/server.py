@@ -48,8 +48,11 @@ REFUSAL_DRAIN = 1.0
 # connection idle; grpc clients reconnect on their next call), and at most `max_connections` are
 # held at once: beyond that a new connection is closed at accept. Each held TLS connection costs
 # the controller about 50 KB; the default, 10,000, suits a mesh of about 1,000 nodes of 8 ztunnel
-# workers (each worker holds its own config stream) and keeps a full house near 500 MB.
+# workers (each worker holds its own config stream) and keeps a full house near 500 MB. One peer
+# address holds at most `max_connections_per_peer` of them (controller/acceptgate.py).
 MAX_CONNECTIONS = 10_000
+HANDSHAKE_TIMEOUT_MS = 10_000
+IDLE_CONNECTION_MS = 300_000
 
 # Config streams one credential may hold open at once. Each stream costs the controller its own
 # subscription (the versions it holds of every resource in its view) and a push per change, and
@@ -58,8 +61,6 @@ MAX_CONNECTIONS = 10_000
 # for its agent and one per waypoint pod subscribing with the node's credential, twice over for a
 # moment when they reconnect before the controller notices the old streams dead (keepalive: 40 s).
 MAX_STREAMS_PER_CLIENT = 512
-HANDSHAKE_TIMEOUT_MS = 10_000
-IDLE_CONNECTION_MS = 300_000
 
 # Keepalive: find dead subscribers (node gone, partition) and accept the clients' own pings.
 SERVER_OPTIONS = (
