@@ -340,6 +340,19 @@ def test_a_credential_over_its_rate_is_refused_before_its_request_is_read(ca) ->
     asyncio.run(run())
 
 
+async def _gated_server(cfg: ConfigServer, debug: DebugServicer) -> tuple[grpc.aio.Server, int]:
+    """The config and debug services on a grpc.aio server with the controller's CallGate, started."""
+    gate = CallGate()
+    server = grpc.aio.server(interceptors=[gate])
+    cfg.add_to_server(server)
+    debug.add_to_server(server)
+    gate.guard(cfg.guards())
+    gate.guard(debug.guards())
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
 def test_one_credential_cannot_hold_more_feeds_than_its_bound(tmp_path) -> None:
     """Every `ambit top` scrape asks every feed: one node's credential holding feeds without bound
     made each scrape's work its own. The config stream's per-client bound holds for feeds too."""
@@ -349,12 +362,7 @@ def test_one_credential_cannot_hold_more_feeds_than_its_bound(tmp_path) -> None:
     async def run() -> None:
         cfg = ConfigServer(registry=CollectorRegistry(), authenticator=NodeAuthenticator(tokens),
                            max_streams_per_client=2)
-        server = grpc.aio.server()
-        cfg.add_to_server(server)
-        debug = DebugServicer(cfg, TokenFileReaders(tmp_path / "t"))
-        debug.add_to_server(server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
+        server, port = await _gated_server(cfg, DebugServicer(cfg, TokenFileReaders(tmp_path / "t")))
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
                 stub = debug_pb2_grpc.DebugServiceStub(ch)
@@ -398,14 +406,7 @@ def test_a_credential_reporting_in_a_loop_is_cut_at_its_rate_before_its_reports_
         cfg = ConfigServer(registry=CollectorRegistry(), authenticator=NodeAuthenticator(tokens))
         debug = DebugServicer(cfg, TokenFileReaders(tmp_path / "t"),
                               report_rate=RequestRate(1.0, 2, clock, limit="report_rate"))
-        gate = CallGate()
-        server = grpc.aio.server(interceptors=[gate])
-        cfg.add_to_server(server)
-        debug.add_to_server(server)
-        gate.guard(cfg.guards())
-        gate.guard(debug.guards())
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
+        server, port = await _gated_server(cfg, debug)
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
                 stub = debug_pb2_grpc.DebugServiceStub(ch)
