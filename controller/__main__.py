@@ -17,13 +17,13 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc
-
 from ambit.trustdomain import TrustDomains
 from controller import meshconfig
+from controller.acceptgate import descriptors_needed, make_server, raise_descriptor_limit, serve
 from controller.app import Controller, StatusServer
 from controller.configserver.server import server_options
 from controller.grpcgate import CallGate
@@ -167,10 +167,15 @@ async def amain(args: ControllerSettings) -> int:
     def errors() -> list[FieldError]:
         return controller_box[0].errors() if controller_box else []
 
-    server = StatusServer(errors, debounce=args.debounce)
+    server = StatusServer(errors, debounce=args.debounce, max_streams_per_client=args.max_config_streams_per_client)
     # Every call's credential is checked before its request is read (controller/grpcgate.py).
     gate = CallGate()
-    grpc_server = grpc.aio.server(options=server_options(args.max_connections), interceptors=[gate])
+    # Connections are admitted per peer address before grpc sees them (controller/acceptgate.py).
+    short = raise_descriptor_limit(descriptors_needed(args.max_connections, args.max_connections_per_peer, args.listen))
+    if short:
+        log.warning("%s", short)
+    grpc_server, accept = make_server(args.listen, args.max_connections, args.max_connections_per_peer,
+                                      server_options, [gate])
     server.add_to_server(grpc_server)
     gate.guard(server.guards())
 
@@ -239,7 +244,10 @@ async def amain(args: ControllerSettings) -> int:
             verifier = TokenReviewVerifier(make_api_client(args.kube_host, args.kubeconfig), {sa},
                                            workload_accounts=controller.is_waypoint_account)
         try:
-            ca_servicer = mount_ca(grpc_server, ca_storage(args), args.trust_domain, verifier, controller.pods_on_node)
+            from controller.fairness import RequestRate
+            ca_rate = RequestRate(args.ca_request_rate, args.ca_request_burst, time.monotonic)
+            ca_servicer = mount_ca(grpc_server, ca_storage(args), args.trust_domain, verifier, controller.pods_on_node,
+                                   ca_rate)
         except CAConfigError as e:
             log.error("CA: %s", e)
             return 2
@@ -272,7 +280,9 @@ async def amain(args: ControllerSettings) -> int:
 
     from controller.debug import DebugServicer
     try:
-        debug = DebugServicer(server, debug_readers(args))
+        from controller.fairness import RequestRate
+        debug = DebugServicer(server, debug_readers(args), report_rate=RequestRate(
+            args.status_report_rate, args.status_report_burst, time.monotonic, limit="report_rate"))
         debug.add_to_server(grpc_server)
         gate.guard(debug.guards())
     except ValueError as e:
@@ -310,13 +320,12 @@ async def amain(args: ControllerSettings) -> int:
         return 0 if done.is_set() else 1
 
     _unlink_stale_socket(args.listen)
-    port = (grpc_server.add_secure_port(args.listen, serving.credentials()) if serving is not None
-            else grpc_server.add_insecure_port(args.listen))
-    if port == 0:
-        log.error("cannot listen on %s", args.listen)
+    try:
+        await serve(grpc_server, accept, args.listen, serving.credentials() if serving is not None else None)
+    except OSError as e:
+        log.error("%s", e)
         stop.set()
         return 1
-    await grpc_server.start()
     log.info("controller serving config version %s on %s%s", controller.version, args.listen,
              f" over TLS as {args.identity} (with CA)" if serving is not None else " (plaintext)")
     while not done.is_set() and not stop.is_set():
@@ -330,6 +339,8 @@ async def amain(args: ControllerSettings) -> int:
     server.end_streams()        # streams end cleanly (clients reconnect) instead of being cancelled
     debug.close()
     await grpc_server.stop(1.0)
+    if accept is not None:
+        await accept.stop()
     source_thread.join(timeout=5)
     if elector is not None:
         elector_thread.join(timeout=5)       # it gives the Lease up on the way out

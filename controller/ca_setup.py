@@ -32,6 +32,7 @@ from controller.ca import (
     load_or_create,
 )
 from controller.ca.service import PodsOnNode
+from controller.fairness import RequestRate
 
 SERVING_TTL = dt.timedelta(days=30)
 
@@ -42,13 +43,13 @@ TOKEN_DIGESTS = "node-token-digests.json"
 
 
 def mount_ca(server: grpc.aio.Server, storage: CAStorage, trust_domain: str, verifier: NodeCredentialVerifier,
-             pods_on_node: PodsOnNode) -> CertificateServicer:
+             pods_on_node: PodsOnNode, rate: RequestRate | None = None) -> CertificateServicer:
     """Load (or create, on first start) the CA kept in `storage` (a directory, or a Secret) and
-    serve CreateCertificate; the servicer (its `.ca`, its issuance counts) is returned for the
+    serve CreateCertificate (`rate`: each credential's request bound; None: the defaults); the servicer (its `.ca`, its issuance counts) is returned for the
     controller's metrics."""
     material = load_or_create(storage, trust_domain)
     ca = CertificateAuthority(material, trust_domain)
-    servicer = CertificateServicer(ca, verifier, pods_on_node)
+    servicer = CertificateServicer(ca, verifier, pods_on_node, rate)
     add_to_server(server, servicer)
     log.info("CA for trust domain %s from %s (root %s)", trust_domain, getattr(storage, "where", storage),
              material.root.subject.rfc4514_string() or "<empty subject>")

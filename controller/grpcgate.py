@@ -34,6 +34,7 @@ from typing import Any
 
 import grpc
 
+from controller.acceptgate import peer_of
 from controller.validation import printable
 
 log = logging.getLogger("ambit.controller.grpcgate")
@@ -73,6 +74,7 @@ class CallGate(grpc.aio.ServerInterceptor):
         self.max_draining, self.drain_timeout = max_draining, drain_timeout
         self.draining = 0
         self.refused = 0
+        self.exhausted = 0      # of which RESOURCE_EXHAUSTED: a client over its rate (controller/fairness.py)
 
     def guard(self, guards: Mapping[str, Guard]) -> None:
         """Register the checks of some methods ("/package.Service/Method" -> Guard)."""
@@ -93,10 +95,17 @@ class CallGate(grpc.aio.ServerInterceptor):
         only what it asks for), or after reading its first message within the drain bounds."""
         self.refused += 1
         code, message = refused.code, printable(str(refused), 2048)
+        # A client over its rate is logged the first time and every 1,000th after: its loop of
+        # requests must not become a loop of log lines (the metric counts each).
+        quiet = False
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            self.exhausted += 1
+            quiet = self.exhausted % 1000 != 1
 
         async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
-            log.warning("refused a call to %s from %s before reading it: %s: %s", method, context.peer(),
-                        code.name, message)
+            if not quiet:
+                log.warning("refused a call to %s from %s before reading it: %s: %s", method, peer_of(context),
+                            code.name, message)
             if drain and self.draining < self.max_draining:
                 self.draining += 1
                 try:

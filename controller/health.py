@@ -9,7 +9,11 @@ same ideas, ambit/dataplane/telemetry/health.py, plus the CA's):
   its chain) expires.
 - `ambit_ca_certificates_issued_total`: workload certificates signed.
 - `ambit_ca_requests_refused_total{code}`: CSRs refused, by gRPC status (UNAUTHENTICATED: bad node
-  credential; PERMISSION_DENIED: an identity not on the node; INVALID_ARGUMENT: a bad CSR or TTL).
+  credential; PERMISSION_DENIED: an identity not on the node; INVALID_ARGUMENT: a bad CSR or TTL;
+  RESOURCE_EXHAUSTED: a credential over its request rate).
+- `ambit_controller_limited_total{limit}`: requests and streams refused by a per-client bound
+  (controller/fairness.py): `ca_request_rate` (a credential asked for certificates faster than its
+  bucket refills), `config_streams_per_client` (a credential held its bound of open config streams).
 
 The config stream's own families (`ambit_config_pushes_total`, `ambit_config_connected_subscribers`,
 `ambit_config_nacks_total`, `ambit_config_push_latency_seconds`) are in configserver/metrics.py.
@@ -32,6 +36,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from controller import fairness
+
 
 class ControllerHealth(Collector):
     def __init__(self, controller: Any, ca_servicer: Any = None, clock: Callable[[], float] = time.time) -> None:
@@ -50,6 +56,11 @@ class ControllerHealth(Collector):
                                 "Unix time of the last snapshot applied (0: none yet)",
                                 value=float(c.last_applied_at))
         yield CounterMetricFamily("ambit_config_updates", "Snapshots of the sources translated", value=c.snapshots)
+        limited = CounterMetricFamily("ambit_controller_limited",
+                                      "Requests and streams refused by a per-client bound, by bound", labels=["limit"])
+        for limit, n in fairness.REFUSED.items():
+            limited.add_metric([limit], float(n))
+        yield limited
         s = self.ca_servicer
         if s is None:
             return

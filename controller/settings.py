@@ -9,7 +9,10 @@ from pathlib import Path
 
 from ambit import settings
 from ambit.settings import non_negative, option
-from controller.configserver.server import MAX_CONNECTIONS
+from controller.acceptgate import MAX_CONNECTIONS_PER_PEER
+from controller.ca.service import CA_REQUEST_BURST, CA_REQUEST_RATE
+from controller.configserver.server import MAX_CONNECTIONS, MAX_STREAMS_PER_CLIENT
+from controller.debug.service import REPORT_BURST, REPORT_RATE
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,28 @@ class ControllerSettings:
     max_connections: int = option(
         MAX_CONNECTIONS, "connections the gRPC port (config stream and CA) holds at once; a connection beyond is closed at "
                 "accept (0: no bound). About 50 KB each; every ztunnel worker, agent and waypoint holds one",
+        check=non_negative)
+    max_connections_per_peer: int = option(
+        MAX_CONNECTIONS_PER_PEER, "connections one peer address (an IPv6 /64) holds to the gRPC port at once; a "
+        "connection beyond is reset at accept, before any TLS work (0: no bound; a unix --listen has none). Nodes "
+        "behind one NAT share an address: raise it to their number times a node's connections", check=non_negative)
+    max_config_streams_per_client: int = option(
+        MAX_STREAMS_PER_CLIENT, "config streams one credential (a node's, or a waypoint's own token) holds open at "
+        "once, and debug feeds likewise (counted apart); past it a new one is refused RESOURCE_EXHAUSTED (0: no bound). "
+        "A node holds one per ztunnel worker, one for its agent and one per waypoint pod using its credential", check=non_negative)
+    ca_request_burst: int = option(
+        CA_REQUEST_BURST, "certificate requests one credential may make at once (a node's start-up or a root "
+        "rotation: one per identity on the node per ztunnel process); then --ca-request-rate",
+        check=lambda v: None if v >= 1 else "must be >= 1")
+    ca_request_rate: float = option(
+        CA_REQUEST_RATE, "certificate requests per second one credential may make after its burst; past it a "
+        "request is refused RESOURCE_EXHAUSTED naming when to retry (0: no bound)", check=non_negative)
+    status_report_burst: int = option(
+        REPORT_BURST, "proxy status reports one credential may send at once (every proxy process of a node reports "
+        "when it starts); then --status-report-rate", check=lambda v: None if v >= 1 else "must be >= 1")
+    status_report_rate: float = option(
+        REPORT_RATE, "proxy status reports per second one credential may send after its burst (each process reports "
+        "every 10 s); past it a report is refused RESOURCE_EXHAUSTED naming when to retry (0: no bound)",
         check=non_negative)
     debounce: float = option(0.03, "seconds a burst of changes is coalesced", check=non_negative)
     log_level: str = option("INFO", "logging level")

@@ -2,7 +2,10 @@
 
 Order of checks matters: authenticate the node first (UNAUTHENTICATED), then node authorization
 (PERMISSION_DENIED), and only then parse and sign the CSR (INVALID_ARGUMENT), so an unauthenticated
-caller learns nothing about which identities exist. Every refusal is logged with the node, the
+caller learns nothing about which identities exist. Between authentication and authorization each
+credential spends a token of its own bucket (controller/fairness.py; RESOURCE_EXHAUSTED past it,
+before the request is read when the server's CallGate asks first), so a node asking in a tight
+loop takes its own share of the CA and no more. Every refusal is logged with the node, the
 requested identity and the reason, because these logs are how an operator spots a stolen credential.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import NoReturn
 
@@ -20,6 +24,7 @@ from ambit.api import ca_pb2, ca_pb2_grpc
 from controller.ca.authority import CertificateAuthority, CSRRejected
 from controller.ca.credentials import CredentialCheckBusy, NodeCredentialVerifier, Unauthenticated, scope_of
 from controller.ca.node_auth import authorize, within_scope
+from controller.fairness import Refusal, RequestRate
 from controller.grpcgate import CallRefused, Guard, metadata_dict, method_path
 from controller.validation import printable
 
@@ -27,6 +32,15 @@ log = logging.getLogger("ambit.ca")
 
 PodsOnNode = Callable[[str], Iterable[tuple[str, str]] | Awaitable[Iterable[tuple[str, str]]]]
 NODE_HEADER = "x-ambit-node"
+
+# Certificate requests per credential (a node's, or a waypoint's own token): a burst, then a rate.
+# The burst is a node's start-up, or a root rotation, done at once: one certificate per identity on
+# the node (kubelet's default is 110 pods, large nodes run 250) per ztunnel process asking; 1,000
+# costs the CA about 0.5 s of CPU (a signature is about 0.5 ms). The rate, refilled after, is far
+# above steady need (every identity renews at half of its 24 h life: 250 identities are one request
+# every 3 minutes) and keeps a credential asking in a tight loop to about 0.5% of one CPU.
+CA_REQUEST_BURST = 1000
+CA_REQUEST_RATE = 10.0
 
 
 def requested_ttl(seconds: int, max_ttl: dt.timedelta) -> dt.timedelta | None:
@@ -47,10 +61,12 @@ def requested_ttl(seconds: int, max_ttl: dt.timedelta) -> dt.timedelta | None:
 class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
     """Signs CSRs for authenticated nodes, for identities of pods on those nodes only."""
 
-    def __init__(self, ca: CertificateAuthority, verifier: NodeCredentialVerifier, pods_on_node: PodsOnNode) -> None:
+    def __init__(self, ca: CertificateAuthority, verifier: NodeCredentialVerifier, pods_on_node: PodsOnNode,
+                 rate: RequestRate | None = None) -> None:
         self.ca = ca
         self.verifier = verifier
         self.pods_on_node = pods_on_node
+        self.rate = rate if rate is not None else RequestRate(CA_REQUEST_RATE, CA_REQUEST_BURST, time.monotonic)
         # Plain counts, read at scrape time (controller/health.py): ambit_ca_*.
         self.issued = 0
         self.refused: dict[str, int] = {}       # gRPC status code name -> refusals
@@ -64,6 +80,9 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
             node = await self.authenticate(md)
         except CallRefused as e:
             await self._refuse(context, e.code, md.get(NODE_HEADER, ""), requested, str(e))
+        over = self.rate.take((str(node), scope_of(node)))
+        if over is not None:
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, node, requested, self._over(node, over))
         pods = self.pods_on_node(node)
         if inspect.isawaitable(pods):
             pods = await pods
@@ -99,10 +118,22 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
         except CredentialCheckBusy as e:
             raise CallRefused(grpc.StatusCode.UNAVAILABLE, str(e)) from None
 
+    def _over(self, node: str, over: Refusal) -> str:
+        who = f"node {node!r}" + (f" (service account {scope_of(node)})" if scope_of(node) else "")
+        return (f"{who} is over the CA's per-client limit ({over.limit}: {self.rate.burst} certificate requests "
+                f"at once, then {self.rate.rate:g} per second); retry in {over.retry_after:g} s")
+
     async def _gate_check(self, metadata: Mapping[str, str]) -> str:
-        """`authenticate` for the server's CallGate, counting its refusals as the handler's."""
+        """`authenticate` and the request rate for the server's CallGate, counting its refusals as
+        the handler's: a credential over its rate is refused before its request (up to 4 MiB) is
+        read, so a loop of large requests costs the CA no more than a loop of small ones. The
+        handler spends the token."""
         try:
-            return await self.authenticate(metadata)
+            node = await self.authenticate(metadata)
+            over = self.rate.check((str(node), scope_of(node)))
+            if over is not None:
+                raise CallRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, self._over(node, over))
+            return node
         except CallRefused as e:
             self.refused[e.code.name] = self.refused.get(e.code.name, 0) + 1
             raise
@@ -115,11 +146,14 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
     async def _refuse(
         self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, node: str, requested: str, reason: str
     ) -> NoReturn:
-        self.refused[code.name] = self.refused.get(code.name, 0) + 1
+        n = self.refused[code.name] = self.refused.get(code.name, 0) + 1
         # `requested` (and reasons quoting it) come from a caller not yet authenticated: printable
-        # and bounded, so a "\n" in it cannot forge an "issued certificate" line in this log.
-        log.warning("refused certificate: node=%s identity=%s code=%s reason=%s", printable(node or "-", 256),
-                    printable(requested, 512), code.name, printable(reason, 2048))
+        # and bounded, so a "\n" in it cannot forge an "issued certificate" line in this log. A
+        # client over its rate is logged the first time and every 1,000th after (the metric counts
+        # each), so a tight loop of requests cannot become a tight loop of log lines.
+        if code != grpc.StatusCode.RESOURCE_EXHAUSTED or n % 1000 == 1:
+            log.warning("refused certificate: node=%s identity=%s code=%s reason=%s", printable(node or "-", 256),
+                        printable(requested, 512), code.name, printable(reason, 2048))
         # Bounded for the client too: gRPC clients refuse trailers past 8-16 KiB, and then see
         # RESOURCE_EXHAUSTED about metadata instead of the reason.
         await context.abort(code, printable(reason, 2048))

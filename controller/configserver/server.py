@@ -26,7 +26,11 @@ from prometheus_client import CollectorRegistry
 from ambit.api import config_pb2, config_pb2_grpc
 from ambit.configclient.codec import Encoded
 from ambit.configclient.node import NodeInfo
+from ambit.dataplane.hbone.limits import ConnLimiter
 from ambit.model import RESOURCE_TYPES, Resource
+from controller import fairness
+from controller.acceptgate import MAX_CONNECTIONS_PER_PEER, AcceptGate, make_server, peer_of, serve
+from controller.ca.credentials import scope_of
 from controller.configserver.auth import NodeAuthenticator, StreamRefused, metadata_of
 from controller.configserver.metrics import ConfigMetrics
 from controller.configserver.snapshot import Snapshot
@@ -44,10 +48,19 @@ REFUSAL_DRAIN = 1.0
 # connection idle; grpc clients reconnect on their next call), and at most `max_connections` are
 # held at once: beyond that a new connection is closed at accept. Each held TLS connection costs
 # the controller about 50 KB; the default, 10,000, suits a mesh of about 1,000 nodes of 8 ztunnel
-# workers (each worker holds its own config stream) and keeps a full house near 500 MB.
+# workers (each worker holds its own config stream) and keeps a full house near 500 MB. One peer
+# address holds at most `max_connections_per_peer` of them (controller/acceptgate.py).
 MAX_CONNECTIONS = 10_000
 HANDSHAKE_TIMEOUT_MS = 10_000
 IDLE_CONNECTION_MS = 300_000
+
+# Config streams one credential may hold open at once. Each stream costs the controller its own
+# subscription (the versions it holds of every resource in its view) and a push per change, and
+# HTTP/2 lets one connection carry thousands: without a bound one node could hold any number. A
+# node holds one per ztunnel worker (one per CPU by default: up to 192 on the largest nodes), one
+# for its agent and one per waypoint pod subscribing with the node's credential, twice over for a
+# moment when they reconnect before the controller notices the old streams dead (keepalive: 40 s).
+MAX_STREAMS_PER_CLIENT = 512
 
 # Keepalive: find dead subscribers (node gone, partition) and accept the clients' own pings.
 SERVER_OPTIONS = (
@@ -104,9 +117,11 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
 
     def __init__(self, *, debounce: float = 0.03, registry: CollectorRegistry | None = None,
                  keep_disconnected: float = 600.0, max_disconnected: int = 512,
-                 authorize: Authorizer | None = None, authenticator: NodeAuthenticator | None = None):
+                 authorize: Authorizer | None = None, authenticator: NodeAuthenticator | None = None,
+                 max_streams_per_client: int = MAX_STREAMS_PER_CLIENT):
         if debounce < 0:
             raise ValueError(f"ConfigServer.debounce: {debounce} is negative")
+        self.streams_per_client = ConnLimiter(max_streams_per_client, "config streams per client")
         self.debounce = debounce
         self._authorize = authorize
         self.authenticator = authenticator
@@ -127,6 +142,7 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         self._flush_handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
+        self._accept: AcceptGate | None = None
         self.pushes = 0  # responses sent in total (also in the metrics; handy for tests and logs)
 
     # ----- the desired state -----------------------------------------------------------------
@@ -183,19 +199,16 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
 
     async def start(self, address: str = "127.0.0.1:0",
                     credentials: grpc.ServerCredentials | None = None,
-                    max_connections: int = MAX_CONNECTIONS) -> int:
+                    max_connections: int = MAX_CONNECTIONS,
+                    max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER) -> int:
         """Serve on `address` on a server of our own; return the bound port."""
         if self._server is not None:
             raise RuntimeError("ConfigServer.start: already started")
         gate = CallGate()
         gate.guard(self.guards())
-        server = grpc.aio.server(options=server_options(max_connections), interceptors=[gate])
+        server, self._accept = make_server(address, max_connections, max_connections_per_peer, server_options, [gate])
         self.add_to_server(server)
-        port = (server.add_secure_port(address, credentials) if credentials is not None
-                else server.add_insecure_port(address))
-        if port == 0:
-            raise OSError(f"ConfigServer.start: cannot bind {address}")
-        await server.start()
+        port = await serve(server, self._accept, address, credentials)
         self._server = server
         return port
 
@@ -223,6 +236,9 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self._accept is not None:
+            await self._accept.stop()
+            self._accept = None
 
     # ----- the stream ------------------------------------------------------------------------
 
@@ -239,7 +255,7 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             try:
                 authenticated = await self.authenticator.authenticate(metadata_of(context))
             except StreamRefused as e:
-                log.warning("config stream refused from %s: %s: %s", context.peer(), e.code.name, e)
+                log.warning("config stream refused from %s: %s: %s", peer_of(context), e.code.name, e)
                 with contextlib.suppress(Exception):      # bounded: an unauthenticated peer gets 1 s
                     await asyncio.wait_for(context.read(), REFUSAL_DRAIN)
                 await context.abort(e.code, str(e))
@@ -254,16 +270,36 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             try:
                 node = self.authenticator.authorize(authenticated, node)
             except StreamRefused as e:
-                log.warning("config stream refused from %s: %s: %s", context.peer(), e.code.name, e)
+                log.warning("config stream refused from %s: %s: %s", peer_of(context), e.code.name, e)
                 await context.abort(e.code, str(e))
         if self._authorize is not None:
             try:
                 self._authorize(node, context)
             except PermissionError as e:
-                log.warning("config stream refused for %s from %s: %s", node.key, context.peer(), e)
+                log.warning("config stream refused for %s from %s: %s", node.key, peer_of(context), e)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{node.key}: {e}")
+        client = (str(authenticated), scope_of(authenticated)) if authenticated is not None else (node.name, "")
+        if not self.streams_per_client.acquire(client):
+            fairness.REFUSED["config_streams_per_client"] += 1
+            who = f"node {client[0]!r}" + (f" (service account {client[1]})" if client[1] else "")
+            bound = self.streams_per_client.limit
+            if fairness.REFUSED["config_streams_per_client"] % 1000 == 1:   # a loop of retries is no loop of logs
+                log.warning("config stream refused for %s from %s: %s holds %d streams, the per-client bound "
+                            "(%d refused so far)", node.key, peer_of(context), who, bound,
+                            fairness.REFUSED["config_streams_per_client"])
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{node.key}: the credential of {who} holds {bound} config streams, the "
+                                "controller's per-client bound (config_streams_per_client, "
+                                "--max-config-streams-per-client); retry once one of them has ended")
+        try:
+            await self._serve(context, node, first)
+        finally:
+            self.streams_per_client.release(client)
+
+    async def _serve(self, context, node: NodeInfo, first: config_pb2.DeltaRequest) -> None:
+        """Serve an admitted stream until it ends (the client's, the server's, or an error)."""
         await context.send_initial_metadata(())
-        st = _Stream(Subscription(node, context.peer(), time.time()))
+        st = _Stream(Subscription(node, peer_of(context), time.time()))
         self._register(st)
         reader = asyncio.create_task(self._read_loop(context, st, first))
         try:

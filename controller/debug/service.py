@@ -15,6 +15,7 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,34 +23,51 @@ import grpc
 
 from ambit.api import debug_pb2, debug_pb2_grpc
 from ambit.configclient.node import NodeInfo
+from ambit.dataplane.hbone.limits import ConnLimiter
 from ambit.dataplane.tap import HEARTBEAT
 from ambit.tapfilter import from_proto, to_proto
 from ambit.version import VERSION
-from controller.ca.credentials import CredentialCheckBusy
+from controller import fairness
+from controller.acceptgate import peer_of
+from controller.ca.credentials import CredentialCheckBusy, scope_of
 from controller.configserver.auth import StreamRefused, metadata_of
 from controller.configserver.server import STATUS, ConfigServer
 from controller.debug.feeds import FeedHub, control
 from controller.debug.proxystatus import proxy_status
 from controller.debug.readers import Forbidden, ReaderAuth, Unauthenticated
 from controller.debug.reports import ReportStore
+from controller.fairness import Refusal, RequestRate
 from controller.grpcgate import CallRefused, Guard, method_path
 
 log = logging.getLogger("ambit.controller.debug")
 MAX_REPORT = 256 * 1024
 FILTER_WAIT = 5.0            # seconds a new tap waits for every proxy to apply its filter
 MAX_UPLOAD_EVENTS = 1000      # flows per feed upload; more are counted as dropped
+# Status reports per credential: a burst, then a rate (controller/fairness.py). Each proxy process
+# reports every `report_interval` (10 s), so a node of 192 ztunnel workers, its agent and its
+# waypoints makes about 20 a second, all at once when it starts. Parsing one costs the event loop
+# up to 2.5 ms (256 KiB of JSON): one credential reporting in a loop took 85% of it (338 a second,
+# measured), and now takes at most 30 a second.
+REPORT_BURST = 512
+REPORT_RATE = 30.0
 READER_METHODS = ("ProxyStatus", "ProxyConfig", "Tap", "Metrics")
 PROXY_METHODS = {"Report": "status report", "Feed": "feed"}     # method -> how refusals name it
 
 
 class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
     def __init__(self, config: ConfigServer, readers: ReaderAuth | None, reports: ReportStore | None = None,
-                 report_interval: float = 10.0, feeds: FeedHub | None = None) -> None:
+                 report_interval: float = 10.0, feeds: FeedHub | None = None,
+                 report_rate: RequestRate | None = None) -> None:
         self.config = config
+        self.report_rate = (report_rate if report_rate is not None
+                            else RequestRate(REPORT_RATE, REPORT_BURST, time.monotonic, limit="report_rate"))
         self.feeds = feeds or FeedHub()
         self.readers = readers
         self.reports = reports or ReportStore(ttl=max(60.0, 6 * report_interval))
         self.report_interval = report_interval
+        # Feeds one credential holds open at once: the config stream's bound, counted apart (a proxy
+        # opens one of each). Every scrape asks every feed, so feeds without bound are work without bound.
+        self.feeds_per_client = ConnLimiter(config.streams_per_client.limit, "feeds per client")
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         debug_pb2_grpc.add_DebugServiceServicer_to_server(self, server)
@@ -64,38 +82,57 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
         out[STATUS] = Guard(self.reader_of)
         for m, label in PROXY_METHODS.items():
             out[method_path(debug_pb2.DESCRIPTOR, "DebugService", m)] = Guard(
-                functools.partial(self._proxy_credential, label=label))
+                functools.partial(self._proxy_credential, label=label, rated=m == "Report"))
         return out
 
-    async def _proxy_credential(self, metadata: Mapping[str, str], label: str) -> str:
-        """The node a proxy's credential authenticates, or StreamRefused naming `label`."""
+    def _over_rate(self, node: NodeInfo | None, client: tuple[str, str], over: Refusal) -> str:
+        who = f"node {client[0]!r}" + (f" (service account {client[1]})" if client[1] else "")
+        return (f"{node.key + ': ' if node else ''}the credential of {who} is over the controller's per-client limit "
+                f"({over.limit}: {self.report_rate.burst} status reports at once, then {self.report_rate.rate:g} per "
+                f"second); retry in {over.retry_after:g} s")
+
+    async def _proxy_credential(self, metadata: Mapping[str, str], label: str, rated: bool = False) -> str:
+        """The node a proxy's credential authenticates, or StreamRefused naming `label`. `rated`:
+        also refuse a credential over its report rate, before its report (up to 256 KiB) is read."""
         auth = self.config.authenticator
         if auth is None:
             return ""
         try:
-            return await auth.authenticate(metadata)
+            caller = await auth.authenticate(metadata)
         except StreamRefused as e:
             raise StreamRefused(e.code, str(e).replace("config stream", label)) from None
+        client = (str(caller), scope_of(caller))
+        over = self.report_rate.check(client) if rated else None
+        if over is not None:
+            raise StreamRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, self._over_rate(None, client, over))
+        return caller
 
     # -- proxies ---------------------------------------------------------------------------------
-    async def _proxy(self, msg: Any, context: Any, what: str, label: str) -> NodeInfo:
+    async def _proxy_client(self, msg: Any, context: Any, what: str, label: str) -> tuple[NodeInfo, tuple[str, str]]:
         """The proxy a report or feed speaks for: its node, checked against its node credential
-        (scoped as the config stream is), or the call aborted."""
+        (scoped as the config stream is), or the call aborted; and the credential it came with
+        (node, "ns/sa" of a waypoint's own token), which its per-client bounds count by."""
         try:
             node = NodeInfo.from_proto(msg).validate()
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what}.{e}")
         auth = self.config.authenticator
+        client = (node.name, "")
         if auth is not None:
             try:
-                node = auth.authorize(await self._proxy_credential(metadata_of(context), label), node)
+                caller = await self._proxy_credential(metadata_of(context), label)
+                node = auth.authorize(caller, node)
+                client = (str(caller), scope_of(caller))
             except StreamRefused as e:
-                log.warning("%s refused from %s: %s", label, context.peer(), e)
+                log.warning("%s refused from %s: %s", label, peer_of(context), e)
                 await context.abort(e.code, str(e).replace("config stream", label))
-        return node
+        return node, client
 
     async def Report(self, request, context):  # noqa: N802 - gRPC method name
-        node = await self._proxy(request.node, context, "ProxyReport", "status report")
+        node, client = await self._proxy_client(request.node, context, "ProxyReport", "status report")
+        over = self.report_rate.take(client)
+        if over is not None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._over_rate(node, client, over))
         if len(request.state_json) > MAX_REPORT:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"ProxyReport.state_json: {len(request.state_json)} bytes, over {MAX_REPORT}")
@@ -183,7 +220,14 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
             first = await uploads.__anext__()
         except StopAsyncIteration:
             return
-        node = await self._proxy(first.node, context, "FeedUpload", "feed")
+        node, client = await self._proxy_client(first.node, context, "FeedUpload", "feed")
+        if not self.feeds_per_client.acquire(client):
+            fairness.REFUSED["feeds_per_client"] += 1
+            who = f"node {client[0]!r}" + (f" (service account {client[1]})" if client[1] else "")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{node.key}: the credential of {who} holds {self.feeds_per_client.limit} feeds, the "
+                                "controller's per-client bound (feeds_per_client, --max-config-streams-per-client); "
+                                "retry once one of them has ended")
         feed = self.feeds.open_feed(node.key)
         log.info("feed open: %s", node.key)
 
@@ -208,6 +252,7 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
             if reading.done() and not reading.cancelled() and reading.exception() is not None:
                 log.info("feed %s: %s", node.key, reading.exception())
             self.feeds.close_feed(feed)
+            self.feeds_per_client.release(client)
             log.info("feed closed: %s", node.key)
 
     async def _upload(self, feed: Any, m: Any) -> None:

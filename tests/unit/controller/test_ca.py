@@ -308,15 +308,16 @@ def test_bundle_rejects_expired_and_foreign_leaves(ca: CertificateAuthority) -> 
 class _Harness:
     """A real grpc.aio server on 127.0.0.1 (TLS with a CA-issued serving cert) and a client channel."""
 
-    def __init__(self, ca: CertificateAuthority, pods: dict[str, list[tuple[str, str]]]) -> None:
+    def __init__(self, ca: CertificateAuthority, pods: dict[str, list[tuple[str, str]]], rate=None) -> None:
         self.ca = ca
+        self.rate = rate        # the CA's per-credential bound (controller/fairness.py); None: the defaults
         self.tokens = BootstrapTokens()
         self.token = {n: self.tokens.issue(n) for n in pods}
         self.pods = pods
 
     async def __aenter__(self) -> _Harness:
         self.server = grpc.aio.server()
-        self.servicer = CertificateServicer(self.ca, self.tokens, lambda n: self.pods.get(n, []))
+        self.servicer = CertificateServicer(self.ca, self.tokens, lambda n: self.pods.get(n, []), self.rate)
         add_to_server(self.server, self.servicer)
         chain, key = self.ca.issue_serving_certificate(["127.0.0.1"])
         creds = grpc.ssl_server_credentials([(key.encode(), "".join(chain).encode())])

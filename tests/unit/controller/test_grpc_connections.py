@@ -20,6 +20,15 @@ from controller.app import StatusServer
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")   # + empty SETTINGS
 
 
+def connect_from(source: str, port: int) -> socket.socket:
+    """A connection to 127.0.0.1:`port` from the loopback address `source`, its HTTP/2 preface sent."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    s.sendall(PREFACE)
+    return s
+
+
 def _closed_within(sock: socket.socket, seconds: float) -> bool:
     """True if the peer closed `sock` (EOF or reset) within `seconds`, reading what it sent before."""
     sock.settimeout(seconds)
