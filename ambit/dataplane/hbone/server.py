@@ -3,9 +3,12 @@
 The caller creates the socket (ztunnel opens it inside the destination pod's netns, on :15008) and
 supplies the TLS context through a provider called for every handshake (from OpenSSL's servername
 callback, see `tls.selecting_server_context`), so a rotated certificate or trust bundle applies to
-the next handshake without restarting the listener. TLS is set up by asyncio's server itself, not
-by `start_tls` on an accepted plain transport: uvloop's `start_tls` stalls when the ClientHello is
-already queued on the socket, which is the normal case for a busy server. After the handshake
+the next handshake without restarting the listener. The accept loop is ours
+(ambit/dataplane/acceptloop.py: TCP_DEFER_ACCEPT, so silent peers stay in the kernel) and each
+connection's TLS is set up by `loop.connect_accepted_socket(ssl=...)` in a task that is the
+handle to abort it, not by `start_tls` on an accepted plain transport: uvloop's `start_tls` stalls
+when the ClientHello is already queued on the socket, which is the normal case for a busy server.
+After the handshake
 the client's SPIFFE id is extracted from its verified certificate and passed to `on_connect`
 together with the requested authority and headers; `on_connect` decides (authorization), answers
 with `stream.respond(200)` or an error status, and relays. Whatever it does, a misbehaving
@@ -16,6 +19,10 @@ callback only ever affects its own stream.
 sink (`stream.attach`), for a handler with nothing to wait for: no task and no suspended frames
 per tunnel (the waypoint; docs/performance.md, round 9).
 
+Peers without a certificate are bounded too: at most `pending.limit` handshakes may be under way
+(a `PendingHandshakes` shared by all of a process's listeners; past it the oldest is aborted for
+the new one) and `pending.per_source` from one source IP (past it the new connection is reset),
+counted in `ambit_connections_refused_total{limit="pending_handshakes"|"pending_handshakes_per_source"}`.
 Hostile peers (anyone holding a mesh certificate) are bounded here: the TLS handshake must finish
 within `handshake_timeout`, the HTTP/2 preface must follow within `preface_timeout`, a connection
 without tunnels is closed after `idle_timeout`, one source identity may hold at most
@@ -31,14 +38,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
 from ambit.dataplane import tls
+from ambit.dataplane.acceptloop import AcceptLoop, reset
 from ambit.dataplane.hbone.connection import HBONEConnection
-from ambit.dataplane.hbone.limits import REFUSED, ConnLimiter, refused_at_bound
+from ambit.dataplane.hbone.limits import REFUSED, ConnLimiter, PendingHandshakes, refused_at_bound
 from ambit.dataplane.hbone.protocol import HBONEProtocol
 from ambit.dataplane.hbone.stream import HBONEStream
 from ambit.dataplane.ports import LISTEN_BACKLOG
@@ -149,6 +158,7 @@ class HBONEServer:
         max_connections: int | None = None,
         backlog: int = LISTEN_BACKLOG,
         connection_factory: Callable[[], HBONEConnection] | None = None,
+        pending: PendingHandshakes | None = None,
     ) -> None:
         for name, v in (("handshake_timeout", handshake_timeout), ("preface_timeout", preface_timeout),
                         ("idle_timeout", idle_timeout)):
@@ -169,7 +179,8 @@ class HBONEServer:
         self.preface_timeouts = 0
         self.idle_closed = 0
         self._new_conn = connection_factory or (lambda: HBONEConnection(client_side=False))
-        self._server: asyncio.AbstractServer | None = None
+        self.pending = pending if pending is not None else PendingHandshakes()
+        self._accept: AcceptLoop | None = None
         self._ctx: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections: set[HBONEProtocol] = set()
@@ -178,28 +189,59 @@ class HBONEServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._ctx = tls.selecting_server_context(self._server_context)
+        self._factory = lambda: _ServerSide(self, loop)
         if self.sock is not None:
-            self._server = await loop.create_server(lambda: _ServerSide(self, loop), sock=self.sock, ssl=self._ctx,
-                                                    ssl_handshake_timeout=self.handshake_timeout,
-                                                    backlog=self.backlog)
+            self.sock.listen(self.backlog)
+            self._accept = AcceptLoop(self.sock, self._accepted, defer=self.handshake_timeout)
+            self._accept.start()
 
     def adopt(self, sock: socket.socket) -> None:
         """Serve a connection another process accepted and handed over, exactly as one accepted
         here: TLS on the accepted socket (not `start_tls`, see the module docstring), the same
-        handshake deadline and checks. Needs `start()` first."""
+        bounds, handshake deadline and checks. Needs `start()` first."""
         if self._ctx is None:
             sock.close()
             raise RuntimeError("HBONEServer.adopt before start()")
-        self._spawn(self._adopt(sock))
+        try:
+            source = sock.getpeername()[0]
+        except OSError:             # already reset by the peer
+            sock.close()
+            return
+        self._accepted(sock, source)
 
-    async def _adopt(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
+    def _accepted(self, sock: socket.socket, source: str) -> None:
+        """A connection to handshake, unless its source has too many under way; the oldest pending
+        handshake makes room if the process has `pending.limit` (see the module docstring)."""
+        task = asyncio.ensure_future(self._handshake(sock))
+        pending = self.pending
+        if not pending.enter(task, source):
+            task.cancel()           # never started: the socket is ours to close
+            reset(sock)
+            refused_at_bound(pending.refused, f"HBONE listener (from {source})", pending.per_source,
+                             "reset", "pending_handshakes_per_source")
+            return
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._handshake_done, sock))
+        oldest = pending.evicted
+        if oldest is not None:
+            oldest.cancel()         # type: ignore[attr-defined]    # a task of this or another listener
+            refused_at_bound(pending.dropped, "HBONE listeners", pending.limit,
+                             "taking the place of the oldest handshake", "pending_handshakes")
+
+    def _handshake_done(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.pending.leave(task)
+        if task.cancelled():        # aborted before it ran (`_handshake` swallows a later cancel)
+            sock.close()
+
+    async def _handshake(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         try:
-            await loop.connect_accepted_socket(lambda: _ServerSide(self, loop), sock, ssl=self._ctx,
-                                               ssl_handshake_timeout=self.handshake_timeout)
-        except OSError as e:        # ssl.SSLError and TimeoutError included
-            log.info("HBONE connection handed over: TLS handshake failed: %s", e or type(e).__name__)
+            await asyncio.get_running_loop().connect_accepted_socket(
+                self._factory, sock, ssl=self._ctx, ssl_handshake_timeout=self.handshake_timeout)
+        except (OSError, asyncio.CancelledError) as e:     # ssl.SSLError and TimeoutError included
+            # debug: a flood of these must not flood the log (the refusals are counted)
+            log.debug("HBONE connection: TLS handshake failed: %s", e or type(e).__name__)
             sock.close()
 
     async def close(self, grace: float = 5.0, accept_for: float = 0.0) -> None:
@@ -216,8 +258,8 @@ class HBONEServer:
             p.close("server shutting down")
         if accept_for > 0:
             await asyncio.sleep(min(accept_for, grace))
-        if self._server is not None:
-            self._server.close()
+        if self._accept is not None:
+            self._accept.close()
         for p in list(self.connections):
             p.close("server shutting down")     # those that came in the window (close is idempotent)
         conns = [p.closed for p in self.connections]
@@ -231,8 +273,6 @@ class HBONEServer:
         for t in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        if self._server is not None:
-            await self._server.wait_closed()
 
     # --- internals -----------------------------------------------------------------------------
 

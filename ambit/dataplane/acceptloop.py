@@ -1,0 +1,116 @@
+"""An accept loop of our own for a TLS listener, so that connections count from `accept()`.
+
+Why not `loop.create_server(ssl=...)`: asyncio (and uvloop) make the protocol at accept but tell it
+nothing until the handshake is done, and nothing at all when it fails, so a server cannot count,
+bound or abort the connections still in their handshake; those need no certificate and pin
+~50-70 KiB each (docs/security.md, "Connection floods"). Here each accepted socket is handed to
+`on_conn(sock, source_ip)`, which starts the handshake itself (`loop.connect_accepted_socket`,
+not `start_tls`: see ambit/dataplane/hbone/server.py) and so holds a handle it can abort.
+
+The listening socket gets TCP_DEFER_ACCEPT (`defer` seconds, nginx's `listen ... deferred`): the
+kernel wakes the listener only once a connection's first bytes arrived, so a peer that connects
+and sends nothing costs a request sock in the kernel (bounded by the backlog, then SYN cookies,
+which cost nothing) instead of a connection here. Linux hands such a connection over anyway when
+the period ends (at the next SYN-ACK retransmission), and then the handshake deadline applies.
+
+`accept()` failing for want of descriptors or memory pauses the loop for ACCEPT_RETRY_DELAY
+(ambit/accept.py), counted in `ambit_accept_backoffs_total{listener="tls"}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+from collections.abc import Callable
+
+from ambit.accept import ACCEPT_RETRY_DELAY, BACKOFFS, out_of_resources
+
+log = logging.getLogger("ambit.dataplane.accept")
+
+ACCEPT_BATCH = 64           # connections accepted per wakeup before the loop serves other work
+BACKOFF_KEY = "tls"
+
+OnConn = Callable[[socket.socket, str], None]
+
+
+def defer_accept(sock: socket.socket, seconds: float) -> None:
+    """Set TCP_DEFER_ACCEPT on a listening socket (where the platform has it)."""
+    opt = getattr(socket, "TCP_DEFER_ACCEPT", None)
+    if opt is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, opt, max(1, math.ceil(seconds)))
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with a RST (SO_LINGER 0): nothing is left in TIME_WAIT for a refused peer."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+
+
+class AcceptLoop:
+    """Accepts on `sock` (bound and listening) and hands each connection to `on_conn`."""
+
+    def __init__(self, sock: socket.socket, on_conn: OnConn, defer: float) -> None:
+        self.sock = sock
+        self.on_conn = on_conn
+        self.defer = defer
+        self.backoffs = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading = False
+        self._backoff: asyncio.TimerHandle | None = None
+        BACKOFFS.setdefault(BACKOFF_KEY, 0)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.sock.setblocking(False)
+        defer_accept(self.sock, self.defer)
+        self._resume()
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket."""
+        self._pause()
+        if self._backoff is not None:
+            self._backoff.cancel()
+            self._backoff = None
+        self.sock.close()
+
+    def _resume(self) -> None:
+        if not self._reading and self._loop is not None and self.sock.fileno() >= 0:
+            self._loop.add_reader(self.sock.fileno(), self._on_accept)
+            self._reading = True
+
+    def _pause(self) -> None:
+        if self._reading and self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._reading = False
+
+    def _on_accept(self) -> None:
+        accept, on_conn = self.sock.accept, self.on_conn
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, addr = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if out_of_resources(e):
+                    self._back_off(e)
+                else:
+                    log.warning("accept failed: %s", e)
+                return
+            on_conn(conn, addr[0])
+
+    def _back_off(self, e: OSError) -> None:
+        assert self._loop is not None
+        self.backoffs += 1
+        BACKOFFS[BACKOFF_KEY] += 1
+        log.warning("accept failed: %s; not accepting for %.1fs", e, ACCEPT_RETRY_DELAY)
+        self._pause()
+        self._backoff = self._loop.call_later(ACCEPT_RETRY_DELAY, self._retry)
+
+    def _retry(self) -> None:
+        self._backoff = None
+        self._resume()
