@@ -1,4 +1,5 @@
-"""An accept loop of our own for a TLS listener, so that connections count from `accept()`.
+"""An accept loop of our own for a TLS listener, so that connections count from `accept()`, and
+the handshakes it starts, bounded while they are under way (`Handshakes`).
 
 Why not `loop.create_server(ssl=...)`: asyncio (and uvloop) make the protocol at accept but tell it
 nothing until the handshake is done, and nothing at all when it fails, so a server cannot count,
@@ -13,6 +14,12 @@ and sends nothing costs a request sock in the kernel (bounded by the backlog, th
 which cost nothing) instead of a connection here. Linux hands such a connection over anyway when
 the period ends (at the next SYN-ACK retransmission), and then the handshake deadline applies.
 
+`Handshakes.accepted(sock, source)` starts one handshake under a `PendingHandshakes` bound (which
+several listeners of a process may share): a source over its cap is reset at once, and when the
+process is at its limit the oldest handshake under way is aborted for the new one. Refusals are
+counted in `ambit_connections_refused_total{limit="pending_handshakes"|"pending_handshakes_per_source"}`
+and logged once per 1,000. Handshake failures are logged at debug only: a flood makes thousands.
+
 `accept()` failing for want of descriptors or memory pauses the loop for ACCEPT_RETRY_DELAY
 (ambit/accept.py), counted in `ambit_accept_backoffs_total{listener="tls"}`.
 """
@@ -21,12 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import socket
+import ssl
 from collections.abc import Callable
 
 from ambit.accept import ACCEPT_RETRY_DELAY, BACKOFFS, out_of_resources
+from ambit.dataplane.hbone.limits import PendingHandshakes, refused_at_bound
 
 log = logging.getLogger("ambit.dataplane.accept")
 
@@ -114,3 +124,54 @@ class AcceptLoop:
     def _retry(self) -> None:
         self._backoff = None
         self._resume()
+
+
+class Handshakes:
+    """Starts the TLS handshake of accepted sockets (`loop.connect_accepted_socket`, one task each:
+    the handle that aborts it) under the `pending` bound. `where` names the listener in logs."""
+
+    def __init__(self, factory: Callable[[], asyncio.BaseProtocol], context: ssl.SSLContext,
+                 handshake_timeout: float, pending: PendingHandshakes, where: str) -> None:
+        self.factory = factory
+        self.context = context
+        self.handshake_timeout = handshake_timeout
+        self.pending = pending
+        self.where = where
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def accepted(self, sock: socket.socket, source: str) -> None:
+        task = asyncio.ensure_future(self._handshake(sock))
+        pending = self.pending
+        if not pending.enter(task, source):
+            task.cancel()           # never started: the socket is ours to close
+            reset(sock)
+            refused_at_bound(pending.refused, f"{self.where} (from {source})", pending.per_source,
+                             "reset", "pending_handshakes_per_source")
+            return
+        self.tasks.add(task)
+        task.add_done_callback(functools.partial(self._done, sock))
+        oldest = pending.evicted
+        if oldest is not None:
+            oldest.cancel()         # type: ignore[attr-defined]    # a task of this or another listener
+            refused_at_bound(pending.dropped, self.where, pending.limit,
+                             "taking the place of the oldest handshake", "pending_handshakes")
+
+    def _done(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.pending.leave(task)
+        if task.cancelled():        # aborted before it ran (`_handshake` swallows a later cancel)
+            sock.close()
+
+    async def _handshake(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                self.factory, sock, ssl=self.context, ssl_handshake_timeout=self.handshake_timeout)
+        except (OSError, asyncio.CancelledError) as e:     # ssl.SSLError and TimeoutError included
+            log.debug("%s: TLS handshake failed: %s", self.where, e or type(e).__name__)
+            sock.close()
+
+    def abort(self) -> None:
+        """Abort every handshake under way (the listener is closing)."""
+        for t in list(self.tasks):
+            t.cancel()

@@ -38,14 +38,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
 from ambit.dataplane import tls
-from ambit.dataplane.acceptloop import AcceptLoop, reset
+from ambit.dataplane.acceptloop import AcceptLoop, Handshakes
 from ambit.dataplane.hbone.connection import HBONEConnection
 from ambit.dataplane.hbone.limits import REFUSED, ConnLimiter, PendingHandshakes, refused_at_bound
 from ambit.dataplane.hbone.protocol import HBONEProtocol
@@ -181,6 +180,7 @@ class HBONEServer:
         self._new_conn = connection_factory or (lambda: HBONEConnection(client_side=False))
         self.pending = pending if pending is not None else PendingHandshakes()
         self._accept: AcceptLoop | None = None
+        self._handshakes: Handshakes | None = None
         self._ctx: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections: set[HBONEProtocol] = set()
@@ -189,17 +189,18 @@ class HBONEServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._ctx = tls.selecting_server_context(self._server_context)
-        self._factory = lambda: _ServerSide(self, loop)
+        self._handshakes = Handshakes(lambda: _ServerSide(self, loop), self._ctx, self.handshake_timeout,
+                                      self.pending, "HBONE listener")
         if self.sock is not None:
             self.sock.listen(self.backlog)
-            self._accept = AcceptLoop(self.sock, self._accepted, defer=self.handshake_timeout)
+            self._accept = AcceptLoop(self.sock, self._handshakes.accepted, defer=self.handshake_timeout)
             self._accept.start()
 
     def adopt(self, sock: socket.socket) -> None:
         """Serve a connection another process accepted and handed over, exactly as one accepted
         here: TLS on the accepted socket (not `start_tls`, see the module docstring), the same
         bounds, handshake deadline and checks. Needs `start()` first."""
-        if self._ctx is None:
+        if self._handshakes is None:
             sock.close()
             raise RuntimeError("HBONEServer.adopt before start()")
         try:
@@ -207,42 +208,7 @@ class HBONEServer:
         except OSError:             # already reset by the peer
             sock.close()
             return
-        self._accepted(sock, source)
-
-    def _accepted(self, sock: socket.socket, source: str) -> None:
-        """A connection to handshake, unless its source has too many under way; the oldest pending
-        handshake makes room if the process has `pending.limit` (see the module docstring)."""
-        task = asyncio.ensure_future(self._handshake(sock))
-        pending = self.pending
-        if not pending.enter(task, source):
-            task.cancel()           # never started: the socket is ours to close
-            reset(sock)
-            refused_at_bound(pending.refused, f"HBONE listener (from {source})", pending.per_source,
-                             "reset", "pending_handshakes_per_source")
-            return
-        self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._handshake_done, sock))
-        oldest = pending.evicted
-        if oldest is not None:
-            oldest.cancel()         # type: ignore[attr-defined]    # a task of this or another listener
-            refused_at_bound(pending.dropped, "HBONE listeners", pending.limit,
-                             "taking the place of the oldest handshake", "pending_handshakes")
-
-    def _handshake_done(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self.pending.leave(task)
-        if task.cancelled():        # aborted before it ran (`_handshake` swallows a later cancel)
-            sock.close()
-
-    async def _handshake(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                self._factory, sock, ssl=self._ctx, ssl_handshake_timeout=self.handshake_timeout)
-        except (OSError, asyncio.CancelledError) as e:     # ssl.SSLError and TimeoutError included
-            # debug: a flood of these must not flood the log (the refusals are counted)
-            log.debug("HBONE connection: TLS handshake failed: %s", e or type(e).__name__)
-            sock.close()
+        self._handshakes.accepted(sock, source)
 
     async def close(self, grace: float = 5.0, accept_for: float = 0.0) -> None:
         """GOAWAY every connection, let tunnels drain for `grace` s, then abort.
@@ -260,6 +226,8 @@ class HBONEServer:
             await asyncio.sleep(min(accept_for, grace))
         if self._accept is not None:
             self._accept.close()
+        if self._handshakes is not None:
+            self._handshakes.abort()
         for p in list(self.connections):
             p.close("server shutting down")     # those that came in the window (close is idempotent)
         conns = [p.closed for p in self.connections]
