@@ -11,7 +11,9 @@ exactly one each. Owning the listener has two more effects:
 - while no worker is linked (at start-up), connections wait in the listener's backlog and are
   dealt once one links, rather than being refused.
 The cost is one `accept` and one `sendmsg` in the supervisor per connection, which is negligible
-for long-lived HBONE connections.
+for long-lived HBONE connections. The listener gets TCP_DEFER_ACCEPT (ambit/dataplane/acceptloop.py),
+so peers that connect and send nothing are neither accepted nor handed out; the worker bounds the
+handshakes under way (`HBONEServer.adopt`).
 
 The protocol, on a SOCK_SEQPACKET socket the supervisor binds:
 - a worker connects and sends `w<index>` (its link);
@@ -30,6 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ambit.accept import ACCEPT_RETRY_DELAY, BACKOFFS, out_of_resources
+from ambit.dataplane.acceptloop import defer_accept
+from ambit.dataplane.hbone.server import HANDSHAKE_TIMEOUT
 
 log = logging.getLogger("ambit.dataplane.handoff")
 
@@ -66,6 +70,7 @@ class Dealer:
         self._unix.listen(16)
         self._unix.setblocking(False)
         self.listener.setblocking(False)
+        defer_accept(self.listener, HANDSHAKE_TIMEOUT)
         self._loop.add_reader(self._unix.fileno(), self._on_link)
 
     def close(self) -> None:
