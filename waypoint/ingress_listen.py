@@ -300,7 +300,7 @@ class IngressListeners:
             if p.port.protocol == "HTTPS":
                 p.handshakes = Handshakes(factory, p.base_context(), HANDSHAKE_TIMEOUT, self.pending,
                                           f"ingress port {p.port.port}")
-                p.accept = AcceptLoop(sock, p.handshakes.accepted, defer=HANDSHAKE_TIMEOUT)
+                p.accept = AcceptLoop(sock, p.handshakes.accepted, HANDSHAKE_TIMEOUT)
                 p.accept.start()
                 return
             # backlog: create_server listen()s again, with its own default of 100 unless told

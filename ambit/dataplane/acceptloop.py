@@ -8,11 +8,15 @@ bound or abort the connections still in their handshake; those need no certifica
 `on_conn(sock, source_ip)`, which starts the handshake itself (`loop.connect_accepted_socket`,
 not `start_tls`: see ambit/dataplane/hbone/server.py) and so holds a handle it can abort.
 
-The listening socket gets TCP_DEFER_ACCEPT (`defer` seconds, nginx's `listen ... deferred`): the
-kernel wakes the listener only once a connection's first bytes arrived, so a peer that connects
-and sends nothing costs a request sock in the kernel (bounded by the backlog, then SYN cookies,
-which cost nothing) instead of a connection here. Linux hands such a connection over anyway when
-the period ends (at the next SYN-ACK retransmission), and then the handshake deadline applies.
+The listening socket gets TCP_DEFER_ACCEPT (nginx's `listen ... deferred`): the kernel wakes the
+listener only once a connection's first bytes arrived, so a peer that connects and sends nothing
+costs a request sock in the kernel (bounded by the backlog, then SYN cookies, which cost nothing)
+instead of a connection here. Linux hands such a connection over anyway when the period ends (at
+the SYN-ACK retransmission after it: 1, 3, 7, 15 s...), so the period is half the handshake
+deadline (`defer_for`), and a connection accepted with nothing to read gets `SILENT_GRACE` to
+start its handshake rather than the whole deadline: it has been silent for the period already (or
+it came through SYN cookies, which skip the deferral, and its ClientHello is a round trip away).
+A silent peer is so closed within about the handshake deadline of its connect, as before.
 
 `Handshakes.accepted(sock, source)` starts one handshake under a `PendingHandshakes` bound (which
 several listeners of a process may share): a source over its cap is reset at once, and when the
@@ -42,16 +46,24 @@ log = logging.getLogger("ambit.dataplane.accept")
 
 ACCEPT_BATCH = 64           # connections accepted per wakeup before the loop serves other work
 BACKOFF_KEY = "tls"
+SILENT_GRACE = 1.0          # seconds to handshake for a connection accepted with nothing to read
 
 OnConn = Callable[[socket.socket, str], None]
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
-def defer_accept(sock: socket.socket, seconds: float) -> None:
+def defer_for(handshake_timeout: float) -> int:
+    """The TCP_DEFER_ACCEPT period for a listener whose handshakes have `handshake_timeout`: Linux
+    ends it at a SYN-ACK retransmission (up to about twice as late), then `SILENT_GRACE` follows."""
+    return max(1, math.ceil(handshake_timeout / 2))
+
+
+def defer_accept(sock: socket.socket, handshake_timeout: float) -> None:
     """Set TCP_DEFER_ACCEPT on a listening socket (where the platform has it)."""
     opt = getattr(socket, "TCP_DEFER_ACCEPT", None)
     if opt is not None:
         with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, opt, max(1, math.ceil(seconds)))
+            sock.setsockopt(socket.IPPROTO_TCP, opt, defer_for(handshake_timeout))
 
 
 def reset(sock: socket.socket) -> None:
@@ -64,10 +76,10 @@ def reset(sock: socket.socket) -> None:
 class AcceptLoop:
     """Accepts on `sock` (bound and listening) and hands each connection to `on_conn`."""
 
-    def __init__(self, sock: socket.socket, on_conn: OnConn, defer: float) -> None:
+    def __init__(self, sock: socket.socket, on_conn: OnConn, handshake_timeout: float) -> None:
         self.sock = sock
         self.on_conn = on_conn
-        self.defer = defer
+        self.handshake_timeout = handshake_timeout
         self.backoffs = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
@@ -77,7 +89,7 @@ class AcceptLoop:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.sock.setblocking(False)
-        defer_accept(self.sock, self.defer)
+        defer_accept(self.sock, self.handshake_timeout)
         self._resume()
 
     def close(self) -> None:
@@ -140,7 +152,17 @@ class Handshakes:
         self.tasks: set[asyncio.Task[None]] = set()
 
     def accepted(self, sock: socket.socket, source: str) -> None:
-        task = asyncio.ensure_future(self._handshake(sock))
+        timeout = self.handshake_timeout
+        try:
+            if not sock.recv(1, _PEEK):
+                sock.close()        # gone already
+                return
+        except BlockingIOError:     # silent through the deferral (see the module docstring)
+            timeout = min(timeout, SILENT_GRACE)
+        except OSError:
+            sock.close()
+            return
+        task = asyncio.ensure_future(self._handshake(sock, timeout))
         pending = self.pending
         if not pending.enter(task, source):
             task.cancel()           # never started: the socket is ours to close
@@ -162,11 +184,11 @@ class Handshakes:
         if task.cancelled():        # aborted before it ran (`_handshake` swallows a later cancel)
             sock.close()
 
-    async def _handshake(self, sock: socket.socket) -> None:
+    async def _handshake(self, sock: socket.socket, timeout: float) -> None:
         sock.setblocking(False)
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                self.factory, sock, ssl=self.context, ssl_handshake_timeout=self.handshake_timeout)
+                self.factory, sock, ssl=self.context, ssl_handshake_timeout=timeout)
         except (OSError, asyncio.CancelledError) as e:     # ssl.SSLError and TimeoutError included
             log.debug("%s: TLS handshake failed: %s", self.where, e or type(e).__name__)
             sock.close()

@@ -193,7 +193,7 @@ class HBONEServer:
                                       self.pending, "HBONE listener")
         if self.sock is not None:
             self.sock.listen(self.backlog)
-            self._accept = AcceptLoop(self.sock, self._handshakes.accepted, defer=self.handshake_timeout)
+            self._accept = AcceptLoop(self.sock, self._handshakes.accepted, self.handshake_timeout)
             self._accept.start()
 
     def adopt(self, sock: socket.socket) -> None:

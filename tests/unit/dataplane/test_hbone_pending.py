@@ -114,9 +114,13 @@ def test_partial_client_hellos_are_bounded_and_a_real_client_gets_through(ca, lo
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_silent_connections_hold_nothing_in_the_server(ca, loop_kind: str) -> None:
     """200 connections that send nothing: the kernel keeps them (TCP_DEFER_ACCEPT) and the server
-    accepts none, so they hold no descriptor, no TLS state and no slot; a client still connects."""
+    accepts none, so they hold no descriptor, no TLS state and no slot; a client still connects.
+    When the kernel hands them over at the end of the deferral they are closed, within about the
+    handshake deadline of their connect, as before."""
     async def main() -> None:
-        async with Mesh(ca, echo) as m:
+        m = Mesh(ca, echo)
+        m.server.handshake_timeout = 4.0        # deferred ~3 s, then SILENT_GRACE
+        async with m:
             await tunnel_echoes(m)
             fds = open_fds()
             socks = flood(m.port, "127.0.0.7", 200, data=b"")
@@ -125,6 +129,7 @@ def test_silent_connections_hold_nothing_in_the_server(ca, loop_kind: str) -> No
             # the clients' own 200 descriptors, none of the server's (the old code accepted all 200)
             assert open_fds() - fds < 200 + 20
             assert len(m.server.pending) == 0
+            await wait_for(lambda: all(map(closed_by_server, socks)), "silent connections were never closed", 20)
             for s in socks:
                 s.close()
     run(loop_kind, main)
