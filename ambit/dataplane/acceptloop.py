@@ -25,7 +25,8 @@ counted in `ambit_connections_refused_total{limit="pending_handshakes"|"pending_
 and logged once per 1,000. Handshake failures are logged at debug only: a flood makes thousands.
 
 `accept()` failing for want of descriptors or memory pauses the loop for ACCEPT_RETRY_DELAY
-(ambit/accept.py), counted in `ambit_accept_backoffs_total{listener="tls"}`.
+(ambit/accept.py), counted in `ambit_accept_backoffs_total{listener}` (`tls`, or the owner's key:
+the waypoint supervisor's hand-off, ambit/dataplane/handoff.py, reads its listener with this loop).
 """
 
 from __future__ import annotations
@@ -74,38 +75,44 @@ def reset(sock: socket.socket) -> None:
 
 
 class AcceptLoop:
-    """Accepts on `sock` (bound and listening) and hands each connection to `on_conn`."""
+    """Accepts on `sock` (bound and listening) and hands each connection to `on_conn`; `pause()`
+    leaves new connections in the backlog until `resume()` (also between two of one batch)."""
 
-    def __init__(self, sock: socket.socket, on_conn: OnConn, handshake_timeout: float) -> None:
+    def __init__(self, sock: socket.socket, on_conn: OnConn, handshake_timeout: float,
+                 backoff_key: str = BACKOFF_KEY, ready: Callable[[], bool] = lambda: True) -> None:
         self.sock = sock
+        self.ready = ready              # may it read now (the hand-off: is a worker linked)?
         self.on_conn = on_conn
         self.handshake_timeout = handshake_timeout
+        self.backoff_key = backoff_key
         self.backoffs = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
         self._backoff: asyncio.TimerHandle | None = None
-        BACKOFFS.setdefault(BACKOFF_KEY, 0)
+        BACKOFFS.setdefault(backoff_key, 0)
 
-    def start(self) -> None:
+    def start(self, reading: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
         self.sock.setblocking(False)
         defer_accept(self.sock, self.handshake_timeout)
-        self._resume()
+        if reading:
+            self.resume()
 
     def close(self) -> None:
         """Stop accepting and close the listening socket."""
-        self._pause()
+        self.pause()
         if self._backoff is not None:
             self._backoff.cancel()
             self._backoff = None
         self.sock.close()
 
-    def _resume(self) -> None:
-        if not self._reading and self._loop is not None and self.sock.fileno() >= 0:
+    def resume(self) -> None:
+        if (not self._reading and self._loop is not None and self._backoff is None and self.sock.fileno() >= 0
+                and self.ready()):
             self._loop.add_reader(self.sock.fileno(), self._on_accept)
             self._reading = True
 
-    def _pause(self) -> None:
+    def pause(self) -> None:
         if self._reading and self._loop is not None:
             self._loop.remove_reader(self.sock.fileno())
             self._reading = False
@@ -113,6 +120,8 @@ class AcceptLoop:
     def _on_accept(self) -> None:
         accept, on_conn = self.sock.accept, self.on_conn
         for _ in range(ACCEPT_BATCH):
+            if not self._reading:
+                return
             try:
                 conn, addr = accept()
             except (BlockingIOError, InterruptedError):
@@ -128,14 +137,14 @@ class AcceptLoop:
     def _back_off(self, e: OSError) -> None:
         assert self._loop is not None
         self.backoffs += 1
-        BACKOFFS[BACKOFF_KEY] += 1
+        BACKOFFS[self.backoff_key] += 1
         log.warning("accept failed: %s; not accepting for %.1fs", e, ACCEPT_RETRY_DELAY)
-        self._pause()
+        self.pause()
         self._backoff = self._loop.call_later(ACCEPT_RETRY_DELAY, self._retry)
 
     def _retry(self) -> None:
         self._backoff = None
-        self._resume()
+        self.resume()
 
 
 class Handshakes:
