@@ -43,7 +43,7 @@ import ssl
 from collections.abc import Callable
 
 from ambit.dataplane.acceptloop import AcceptLoop, Handshakes
-from ambit.dataplane.hbone.limits import PendingHandshakes, refused_at_bound
+from ambit.dataplane.hbone.limits import HANDSHAKE_TIMEOUT, PendingHandshakes, refused_at_bound
 from ambit.dataplane.ports import LISTEN_BACKLOG
 from ambit.dataplane.tls import load_chain_from_memory
 from ambit.model import IngressListener
@@ -58,7 +58,6 @@ VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 ALPN = ["h2", "http/1.1"]
 
 HELLO_TIMEOUT = 10.0    # seconds a passthrough client has to send its ClientHello
-HANDSHAKE_TIMEOUT = 10.0    # seconds an HTTPS client has to finish its TLS handshake (as HBONE's)
 PRUNE_EVERY = 64        # admissions between two sweeps of the closed transports out of `open`
 
 Serve = Callable[[Plug, Downstream], None]

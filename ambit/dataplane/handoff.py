@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ambit.dataplane.acceptloop import AcceptLoop
-from ambit.dataplane.hbone.server import HANDSHAKE_TIMEOUT
+from ambit.dataplane.hbone.limits import HANDSHAKE_TIMEOUT
 
 log = logging.getLogger("ambit.dataplane.handoff")
 

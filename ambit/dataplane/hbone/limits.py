@@ -137,6 +137,10 @@ class ConnLimiter:
         return len(self._n)
 
 
+# Seconds an inbound TLS handshake may take (HBONEServer's default, the ingress's HTTPS ports'); here,
+# not in server.py, so that the waypoint supervisor's accept loop reads it without loading HBONE.
+HANDSHAKE_TIMEOUT = 10.0
+
 # Defaults for TLS handshakes under way, per process (docs/operations.md): a pending handshake pins
 # ~50-70 KiB (OpenSSL's buffers, the transports, the protocol), so 1,024 of them stay near 70 MiB.
 # A legitimate handshake is pending for a round trip or two, so a source with 128 at once is flooding.

@@ -46,7 +46,13 @@ from collections.abc import Awaitable, Callable
 from ambit.dataplane import tls
 from ambit.dataplane.acceptloop import AcceptLoop, Handshakes
 from ambit.dataplane.hbone.connection import HBONEConnection
-from ambit.dataplane.hbone.limits import REFUSED, ConnLimiter, PendingHandshakes, refused_at_bound
+from ambit.dataplane.hbone.limits import (
+    HANDSHAKE_TIMEOUT,
+    REFUSED,
+    ConnLimiter,
+    PendingHandshakes,
+    refused_at_bound,
+)
 from ambit.dataplane.hbone.protocol import HBONEProtocol
 from ambit.dataplane.hbone.stream import HBONEStream
 from ambit.dataplane.ports import LISTEN_BACKLOG
@@ -55,7 +61,6 @@ log = logging.getLogger("ambit.dataplane.hbone")
 
 OnConnect = Callable[[HBONEStream, str, str, dict[str, str]], "Awaitable[None] | None"]
 
-HANDSHAKE_TIMEOUT = 10.0
 PREFACE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 3600.0       # Istio ztunnel's default for HBONE connections
 
