@@ -67,14 +67,21 @@ IDLE_TIMEOUT = 3600.0       # Istio ztunnel's default for HBONE connections
 
 class _ServerSide(HBONEProtocol):
     """An accepted HBONE connection: asyncio hands it the TLS transport once the handshake is done;
-    it checks the negotiated policy and the peer's identity before speaking HTTP/2."""
+    it checks the negotiated policy and the peer's identity before speaking HTTP/2.
+
+    It is made when the connection is accepted but sets up HBONE (`HBONEProtocol.__init__`: the
+    HTTP/2 session, ~23 KiB with nghttp2's) only in `connection_made`, after the handshake: a
+    connection still in its handshake holds no more than the TLS state, and asyncio calls nothing
+    else on the protocol before (nor anything at all when the handshake fails)."""
 
     def __init__(self, server: HBONEServer, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(server._new_conn(), loop=loop, on_request=server._on_request)
         self.server = server
-        self._timer: asyncio.TimerHandle | None = None
+        self._accepted_on = loop
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self.server
+        HBONEProtocol.__init__(self, server._new_conn(), loop=self._accepted_on, on_request=server._on_request)
+        self._timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
