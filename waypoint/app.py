@@ -39,7 +39,7 @@ from ambit import telemetry as telemetry_api
 from ambit.dataplane import tls
 from ambit.dataplane.handoff import Receiver
 from ambit.dataplane.hbone import HBONEClientPool, HBONEServer, HBONEStream
-from ambit.dataplane.hbone.limits import ConnLimiter
+from ambit.dataplane.hbone.limits import ConnLimiter, PendingHandshakes
 from ambit.dataplane.identity import IdentityManager
 from ambit.dataplane.listen import tcp_listener
 from ambit.dataplane.tap import TapHub
@@ -161,19 +161,25 @@ class WaypointProxy:
             self.ingress = IngressListeners(self.settings.ingress_address, engine.serve,
                                             lambda t, down, early: OpaqueRelay(engine, down, t, early, False),
                                             reuse_port=self.settings.worker_index >= 0,
-                                            max_connections=self.settings.max_connections)
+                                            max_connections=self.settings.max_connections,
+                                            pending=self._pending_handshakes())
             await self.on_config()
             return
         if self.settings.handoff_socket is not None:     # a worker: the supervisor accepts (waypoint/workers.py)
             self.server = HBONEServer(None, self._server_context, self.on_connect,
-                                      max_connections=self.settings.max_connections, per_identity=self.per_identity)
+                                      max_connections=self.settings.max_connections,
+                                      pending=self._pending_handshakes(), per_identity=self.per_identity)
             await self.server.start()
             self.handoff = Receiver(self.settings.handoff_socket, self.settings.worker_index, self.server.adopt)
             await self.handoff.start()
             return
         self.server = HBONEServer(tcp_listener(self.settings.listen), self._server_context, self.on_connect,
-                                  max_connections=self.settings.max_connections, per_identity=self.per_identity)
+                                  max_connections=self.settings.max_connections, pending=self._pending_handshakes(),
+                                  per_identity=self.per_identity)
         await self.server.start()
+
+    def _pending_handshakes(self) -> PendingHandshakes:
+        return PendingHandshakes(self.settings.max_pending_handshakes, self.settings.max_pending_handshakes_per_source)
 
     def _tracing(self, providers: Sequence[Any]) -> None:
         """Give the engine its tracer once tracing is configured: the --tracing-* flags (at start) or

@@ -22,6 +22,13 @@ logged once per 1,000. The open transports are kept in a set pruned of closed on
 closes (the engine may own the transport by then). Not a weak set: uvloop's TLS transports take no
 weak reference (adding one raised in `connection_made`, and every HTTPS connection was reset).
 
+TLS handshakes: on HTTPS ports the accept loop is ours (ambit/dataplane/acceptloop.py): silent
+peers stay in the kernel (TCP_DEFER_ACCEPT), a handshake must finish within `HANDSHAKE_TIMEOUT`
+(asyncio's default was 60 s), and at most `--max-pending-handshakes` are under way over all ports
+(the oldest aborted for a new one), `--max-pending-handshakes-per-source` from one IP; those need
+no certificate and pin ~50-70 KiB each, and `max_connections` counts a connection only once its
+handshake is done.
+
 Listeners follow the config: `update(view)` opens new ports, closes removed ones, reopens a port
 whose protocol changed, and swaps certificates in place (new handshakes see them at once).
 """
@@ -35,7 +42,8 @@ import socket
 import ssl
 from collections.abc import Callable
 
-from ambit.dataplane.hbone.limits import refused_at_bound
+from ambit.dataplane.acceptloop import AcceptLoop, Handshakes
+from ambit.dataplane.hbone.limits import HANDSHAKE_TIMEOUT, PendingHandshakes, refused_at_bound
 from ambit.dataplane.ports import LISTEN_BACKLOG
 from ambit.dataplane.tls import load_chain_from_memory
 from ambit.model import IngressListener
@@ -77,7 +85,9 @@ class _Port:
         self.minimum: dict[int, ssl.TLSVersion] = {}      # id(context) -> its listener's minimum
         self.group: dict[int, str] = {}                   # id(context) -> its listener's group
         self._fingerprints: dict[str, str] = {}
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.AbstractServer | None = None     # plain ports
+        self.accept: AcceptLoop | None = None                 # HTTPS ports: our own accept loop ...
+        self.handshakes: Handshakes | None = None             # ... and the handshakes it starts
 
     def refresh(self, port: IngressPort) -> None:
         self.port = port
@@ -219,9 +229,10 @@ class _L4Accepted(asyncio.Protocol):
 
 class IngressListeners:
     def __init__(self, address: str, serve: Serve, relay: Relay, reuse_port: bool = False,
-                 max_connections: int | None = None) -> None:
+                 max_connections: int | None = None, pending: PendingHandshakes | None = None) -> None:
         self.address = address
         self.max_connections = max_connections
+        self.pending = pending if pending is not None else PendingHandshakes()     # over all HTTPS ports
         self.open: set[asyncio.BaseTransport] = set()
         self._admitted = 0
         self.overloaded = 0             # connections aborted because `max_connections` were open
@@ -279,14 +290,20 @@ class IngressListeners:
             sock.bind((self.address, p.port.port))
             sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
-            tls = p.base_context() if p.port.protocol == "HTTPS" else None
             if p.port.protocol in L4_PROTOCOLS:
                 def factory() -> asyncio.Protocol:
                     return _L4Accepted(p, self.relay)
             else:
                 def factory() -> asyncio.Protocol:
                     return _Accepted(p, self.serve)
-            p.server = await asyncio.get_running_loop().create_server(factory, sock=sock, ssl=tls)
+            if p.port.protocol == "HTTPS":
+                p.handshakes = Handshakes(factory, p.base_context(), HANDSHAKE_TIMEOUT, self.pending,
+                                          f"ingress port {p.port.port}")
+                p.accept = AcceptLoop(sock, p.handshakes.accepted, HANDSHAKE_TIMEOUT)
+                p.accept.start()
+                return
+            # backlog: create_server listen()s again, with its own default of 100 unless told
+            p.server = await asyncio.get_running_loop().create_server(factory, sock=sock, backlog=LISTEN_BACKLOG)
         except BaseException:
             sock.close()
             raise
@@ -295,6 +312,10 @@ class IngressListeners:
         p = self.ports.pop(number)
         if p.server is not None:
             p.server.close()
+        if p.accept is not None:
+            p.accept.close()
+        if p.handshakes is not None:
+            p.handshakes.abort()
         log.info("ingress stopped listening on port %d", number)
 
     async def close(self) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from ambit import settings
 from ambit.configclient.tls import ControllerTLSSettings, tls_field
 from ambit.dataplane.cpus import MAX_AUTO_WORKERS, resolve_count
+from ambit.dataplane.hbone.limits import MAX_PENDING_HANDSHAKES, MAX_PENDING_HANDSHAKES_PER_SOURCE
 from ambit.dataplane.ports import PORT_ADMIN, PORT_HBONE
 from ambit.dataplane.settings import (
     TunnelSettings,
@@ -76,6 +77,14 @@ class WaypointSettings:
         1024, "HBONE connections one source identity (SPIFFE ID) may hold at once, each process (each worker); "
         "more are reset after the handshake and counted, so one workload cannot take every "
         "--max-connections slot (ztunnel's --max-hbone-conns-per-identity; 0: unlimited)", check=non_negative)
+    max_pending_handshakes: int = option(
+        MAX_PENDING_HANDSHAKES, "TLS handshakes under way (HBONE; an ingress gateway: its HTTPS ports) each process "
+        "(each worker) holds; past it the oldest is aborted for the new one, counted "
+        "(ambit_connections_refused_total{limit=\"pending_handshakes\"}). ~50-70 KiB each, and they need no "
+        "certificate (0: unlimited)", check=non_negative)
+    max_pending_handshakes_per_source: int = option(
+        MAX_PENDING_HANDSHAKES_PER_SOURCE, "TLS handshakes under way from one source IP; past it a new connection "
+        "is reset (0: unlimited)", check=non_negative)
     root_namespace: str = option("ambit-system", "the mesh root namespace")
     trust_domain: str = option("cluster.local", "the mesh trust domain")
     cluster_domain: str = option("cluster.local", "the cluster DNS domain (route host names)")

@@ -9,6 +9,9 @@ Why these defaults:
   much sooner (60 s), so this only reaps peers that hold connections open on purpose.
 - 10 s TLS handshake and HTTP/2 preface timeouts: a handshake on a loaded node takes milliseconds;
   ~46 kB is pinned per pending handshake, so a slow-loris peer must not keep them.
+- 1,024 TLS handshakes under way per process, 128 from one source IP: they need no certificate and
+  pin ~50-70 KiB each, so without a cap a few thousand connections a second that never finish
+  their ClientHello held gigabytes; a legitimate one is pending for a round trip.
 - Per-source and per-pod connection caps: far above what one workload needs (the lab holds 10,000
   tunnels from one pod), far below what exhausts a node (fds, ~7 kB per idle connection).
 """
@@ -31,6 +34,12 @@ class ProxyLimits:
     hbone_idle_timeout: float = option(3600.0, "seconds an inbound HBONE connection may carry no tunnel before GOAWAY")
     tls_handshake_timeout: float = option(10.0, "seconds for an inbound TLS handshake on :15008")
     hbone_preface_timeout: float = option(10.0, "seconds from the TLS handshake to the peer's HTTP/2 preface")
+    max_pending_handshakes: int = option(hl.MAX_PENDING_HANDSHAKES,
+                                         "inbound TLS handshakes under way on :15008, all pods of this process "
+                                         "(each worker) together; past it the oldest is aborted (0: unlimited)")
+    max_pending_handshakes_per_source: int = option(hl.MAX_PENDING_HANDSHAKES_PER_SOURCE,
+                                                    "inbound TLS handshakes under way on :15008 from one source "
+                                                    "IP; past it a new connection is reset (0: unlimited)")
     max_hbone_conns_per_identity: int = option(1024, "inbound HBONE connections per source identity, node-wide "
                                                      "(0: unlimited)")
     max_plaintext_per_source_ip: int = option(4096, "inbound plaintext connections per source IP, node-wide "

@@ -38,7 +38,7 @@ from ambit.dataplane.hbone import (
     HBONEStream,
     PoolKey,
 )
-from ambit.dataplane.hbone.limits import DEFENSES, REFUSED, ConnLimiter
+from ambit.dataplane.hbone.limits import DEFENSES, REFUSED, ConnLimiter, PendingHandshakes
 from ambit.dataplane.identity import CertificateUnavailable, IdentityManager
 from ambit.dataplane.origdst import original_dst
 from ambit.dataplane.relay import Leg, TCPRelay, TunnelRelay
@@ -145,6 +145,9 @@ class Proxy:
         self.per_source_ip = ConnLimiter(limits.max_plaintext_per_source_ip, "plaintext connections per source IP")
         self.per_dst_pod = ConnLimiter(limits.max_inbound_per_pod, "inbound connections per pod")
         self.per_src_pod = ConnLimiter(limits.max_outbound_per_pod, "outbound connections per pod")
+        # TLS handshakes under way on every pod's :15008, process-wide as the caps above are node-wide
+        self.pending_handshakes = PendingHandshakes(limits.max_pending_handshakes,
+                                                    limits.max_pending_handshakes_per_source)
         self.loops_refused = 0
         self.hbone_servers: set[HBONEServer] = set()     # for the hostile-peer counters
         self.contexts = tls.ContextCache()
@@ -333,7 +336,7 @@ class Proxy:
         server = HBONEServer(
             sock, server_context, on_connect, handshake_timeout=lim.tls_handshake_timeout,
             preface_timeout=lim.hbone_preface_timeout, idle_timeout=lim.hbone_idle_timeout,
-            per_identity=self.per_identity,
+            per_identity=self.per_identity, pending=self.pending_handshakes,
             connection_factory=lambda: HBONEConnection(client_side=False, max_concurrent_streams=lim.hbone_max_streams))
         self.hbone_servers.add(server)
         await server.start()
@@ -498,7 +501,8 @@ class Proxy:
             config=client, certs=self.identities,
             connections=lambda: {"outbound": self.per_src_pod.total(), "inbound": self.per_dst_pod.total()},
             refused=lambda: {**{name: lim.refused for name, lim in limiters.items()},
-                             "preface_timeout": REFUSED["preface_timeout"]},
+                             **{k: REFUSED[k] for k in ("preface_timeout", "pending_handshakes",
+                                                        "pending_handshakes_per_source")}},
             pool=lambda: sum(self.pool.connections().values()) if self.pool is not None else 0,
             defenses=lambda: dict(DEFENSES), backoffs=lambda: dict(BACKOFFS))
 

@@ -11,7 +11,9 @@ exactly one each. Owning the listener has two more effects:
 - while no worker is linked (at start-up), connections wait in the listener's backlog and are
   dealt once one links, rather than being refused.
 The cost is one `accept` and one `sendmsg` in the supervisor per connection, which is negligible
-for long-lived HBONE connections.
+for long-lived HBONE connections. The listener gets TCP_DEFER_ACCEPT (ambit/dataplane/acceptloop.py),
+so peers that connect and send nothing are neither accepted nor handed out; the worker bounds the
+handshakes under way (`HBONEServer.adopt`).
 
 The protocol, on a SOCK_SEQPACKET socket the supervisor binds:
 - a worker connects and sends `w<index>` (its link);
@@ -29,11 +31,11 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from ambit.accept import ACCEPT_RETRY_DELAY, BACKOFFS, out_of_resources
+from ambit.dataplane.acceptloop import AcceptLoop
+from ambit.dataplane.hbone.limits import HANDSHAKE_TIMEOUT
 
 log = logging.getLogger("ambit.dataplane.handoff")
 
-ACCEPT_BATCH = 64           # connections accepted per wakeup before the loop serves other work
 HELLO_TIMEOUT = 1.0         # a worker sends its hello right after connecting
 
 
@@ -46,13 +48,12 @@ class Dealer:
         self.links: dict[int, socket.socket] = {}       # worker index -> its link
         self.handed: dict[int, int] = {}                # worker index -> connections handed so far
         self.dropped = 0                                # accepted, but no worker could take them
-        self.accept_backoffs = 0                        # accept() out of descriptors: paused
-        BACKOFFS.setdefault("hbone_handoff", 0)
-        self._backoff: asyncio.TimerHandle | None = None
+        # accept() out of descriptors pauses it (ambit/accept.py): `accept_backoffs`
+        self._accept = AcceptLoop(listener, self._accepted, HANDSHAKE_TIMEOUT, backoff_key="hbone_handoff",
+                                  ready=lambda: bool(self.links))
         self._next = 0
         self._unix: socket.socket | None = None
         self._inode = 0
-        self._reading = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -65,17 +66,13 @@ class Dealer:
         self._inode = os.stat(self.path).st_ino
         self._unix.listen(16)
         self._unix.setblocking(False)
-        self.listener.setblocking(False)
+        self._accept.start(reading=False)       # once a worker links
         self._loop.add_reader(self._unix.fileno(), self._on_link)
 
     def close(self) -> None:
         """Stop accepting (the listener is closed: the supervisor is stopping) and drop every link."""
         assert self._loop is not None
-        self._pause()
-        if self._backoff is not None:
-            self._backoff.cancel()
-            self._backoff = None
-        self.listener.close()
+        self._accept.close()
         if self._unix is not None:
             self._loop.remove_reader(self._unix.fileno())
             self._unix.close()
@@ -111,7 +108,7 @@ class Dealer:
         assert self._loop is not None
         self._loop.add_reader(conn.fileno(), self._on_link_readable, index, conn)
         log.info("worker %d linked for connection hand-off", index)
-        self._resume()
+        self._accept.resume()
 
     def _on_link_readable(self, index: int, conn: socket.socket) -> None:
         """A worker never writes after its hello: readable means EOF (it exited) or an error."""
@@ -133,52 +130,20 @@ class Dealer:
         self._loop.remove_reader(conn.fileno())
         conn.close()
         if not self.links:
-            self._pause()
+            self._accept.pause()
 
     # --- connections ------------------------------------------------------------------------------
-    def _resume(self) -> None:
-        if not self._reading and self.links and self._loop is not None and self._backoff is None:
-            self._loop.add_reader(self.listener.fileno(), self._on_accept)
-            self._reading = True
+    @property
+    def accept_backoffs(self) -> int:
+        return self._accept.backoffs
 
-    def _pause(self) -> None:
-        """No worker: leave new connections in the backlog until one links."""
-        if self._reading and self._loop is not None:
-            self._loop.remove_reader(self.listener.fileno())
-            self._reading = False
-
-    def _on_accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, _addr = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                if out_of_resources(e):
-                    self._back_off(e)
-                else:
-                    log.warning("accept failed: %s", e)
-                return
-            try:
-                self.deal(conn)
-            finally:
-                conn.close()                # the worker holds its own copy now
-            if not self.links:
-                return
-
-    def _back_off(self, e: OSError) -> None:
-        """Out of descriptors: stop reading the listener for ACCEPT_RETRY_DELAY (ambit/accept.py);
-        retrying at the next wakeup spun a core. Connections wait in the backlog meanwhile."""
-        assert self._loop is not None
-        self.accept_backoffs += 1
-        BACKOFFS["hbone_handoff"] += 1
-        log.warning("accept failed: %s; not accepting for %.1fs", e, ACCEPT_RETRY_DELAY)
-        self._pause()
-        self._backoff = self._loop.call_later(ACCEPT_RETRY_DELAY, self._retry_accept)
-
-    def _retry_accept(self) -> None:
-        self._backoff = None
-        self._resume()
+    def _accepted(self, conn: socket.socket, _source: str) -> None:
+        try:
+            self.deal(conn)
+        finally:
+            conn.close()                # the worker holds its own copy now
+        if not self.links:
+            self._accept.pause()        # no worker: leave new connections in the backlog
 
     def deal(self, conn: socket.socket) -> int | None:
         """Hand `conn` to the next linked worker; which one, or None if none could take it."""

@@ -250,17 +250,29 @@ def slow_preface(a: argparse.Namespace) -> None:
     out(handshake=peer, closed=closed, seconds=round(time.monotonic() - t0, 2))
 
 
+# A TLS record header and the first bytes of a ClientHello: the server waits for the rest.
+PARTIAL_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01"
+
+
 def handshake_hoard(a: argparse.Namespace) -> None:
-    """`--n` TCP connections to :15008 that never send a ClientHello: when are they all closed?"""
+    """`--n` TCP connections to :15008 that never send a ClientHello (`--partial`: only its first
+    bytes): when are they all closed, and how many are still open after 2 s?"""
     socks = []
     for _ in range(a.n):
         s = socket.create_connection((a.ip, HBONE), timeout=5)
+        if a.partial:
+            s.sendall(PARTIAL_HELLO)
         s.setblocking(False)
         socks.append(s)
     t0 = time.monotonic()
     opened = len(socks)
     open_socks = set(socks)
+    open_at_2s = None
+    if a.partial:
+        print(json.dumps({"phase": "sent"}), flush=True)
     while open_socks and time.monotonic() - t0 < a.wait:
+        if open_at_2s is None and time.monotonic() - t0 >= 2:
+            open_at_2s = len(open_socks)
         for s in list(open_socks):
             try:
                 if s.recv(1) == b"":
@@ -272,7 +284,9 @@ def handshake_hoard(a: argparse.Namespace) -> None:
         time.sleep(0.2)
     for s in socks:
         s.close()
-    out(opened=opened, still_open=len(open_socks), seconds=round(time.monotonic() - t0, 2))
+    if open_at_2s is None:          # all closed before then, or --wait was shorter
+        open_at_2s = len(open_socks)
+    out(opened=opened, still_open=len(open_socks), seconds=round(time.monotonic() - t0, 2), open_at_2s=open_at_2s)
 
 
 # --- bystander and apps ----------------------------------------------------------------------------------
@@ -442,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
     add("no-accept-server", no_accept_server, ("--port", {"type": int, "required": True}))
     add("slow-preface", slow_preface, cert, ip, ("--wait", {"type": float, "default": 30}))
     add("handshake-hoard", handshake_hoard, ip, ("--n", {"type": int, "default": 200}),
-        ("--wait", {"type": float, "default": 30}))
+        ("--wait", {"type": float, "default": 30}), ("--partial", {"action": "store_true"}))
     add("bystander", bystander, ("--target", {"required": True}), ("--duration", {"type": float, "default": 15}),
         ("--interval", {"type": float, "default": 0.05}))
     add("echo-server", echo_server, ("--port", {"type": int, "required": True}))

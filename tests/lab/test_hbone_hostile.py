@@ -269,6 +269,25 @@ def test_slow_preface_and_handshake_hoarding_are_bounded(hlab: Lab, cert: str, b
     settle(hlab, baseline, "slow preface")
 
 
+def test_partial_client_hellos_are_bounded_and_a_client_still_connects(hlab: Lab, cert: str, baseline: int) -> None:
+    """300 connections to :15008 from one address that stop inside their ClientHello (no
+    certificate needed): ztunnel held every one for the 10 s handshake timeout, uncounted. Now at
+    most --max-pending-handshakes-per-source (128) stay, the rest are reset at once, and a client
+    at another address (demo/optout, outside the mesh, with a mesh certificate) still gets its
+    tunnel meanwhile."""
+    target = ip(hlab, TARGET)
+    with bystander(hlab, duration=14), \
+            background(hlab, ATTACKER, "handshake-hoard", "--ip", target, "--n", "300", "--wait", "30",
+                       "--partial") as hoard:
+        assert json.loads(hoard.line())["phase"] == "sent"
+        ok = tool(hlab, "demo/optout", "connect", "--cert", cert, "--ip", target, "--authority", f"{target}:8080")
+        h = hoard.result()
+    assert ok["statuses"] == {f"{target}:8080": 200}, ok
+    assert h["opened"] == 300 and h["still_open"] == 0, h
+    assert h["open_at_2s"] <= 128, f"{h['open_at_2s']} partial handshakes held from one address (cap 128)"
+    settle(hlab, baseline, "partial ClientHellos")
+
+
 # --- head-of-line blocking ------------------------------------------------------------------------------
 
 def iperf_intervals(lab: Lab, server_ip: str, seconds: int = 5,

@@ -10,6 +10,9 @@ unit-tested without sleeping, and the asyncio edge only asks "may I?" and says "
   Envoy's premature-reset check and nginx's `keepalive_requests`-style limits do.
 - `ConnLimiter`: counts concurrent connections per key (source identity, source IP, destination
   pod) against one limit, so one noisy pod cannot take every fd of a node's ztunnel.
+- `PendingHandshakes`: TLS handshakes under way (accepted, not yet handshaken), at most `limit` in
+  all (the oldest one is dropped for a new one) and `per_source` per source IP (a new one is
+  refused), so peers that need no certificate cannot pin memory without bound.
 """
 
 from __future__ import annotations
@@ -50,17 +53,21 @@ DEFENSES: dict[str, int] = dict.fromkeys(("reset_budget", "header_flood", "unrea
 # - `max_connections`: the listener had `max_connections` open: the new one was reset;
 # - `preface_timeout`: no HTTP/2 preface within the deadline after the TLS handshake: closed;
 # - `per_identity`: the peer's identity already held its limit of connections: the new one was
-#   reset (ztunnel reads its node-wide limiter's own count instead).
-REFUSED: dict[str, int] = dict.fromkeys(("max_connections", "preface_timeout", "per_identity"), 0)
+#   reset (ztunnel reads its node-wide limiter's own count instead);
+# - `pending_handshakes`: `PendingHandshakes.limit` handshakes were under way: the oldest was aborted;
+# - `pending_handshakes_per_source`: its source IP had `per_source` under way: the new one was closed.
+REFUSED: dict[str, int] = dict.fromkeys(("max_connections", "preface_timeout", "per_identity", "pending_handshakes",
+                                         "pending_handshakes_per_source"), 0)
 
 
-def refused_at_bound(n: int, where: str, limit: int, action: str) -> None:
-    """The `n`th connection `where` refused at its `max_connections` (`limit`): counted in
-    REFUSED, and logged the first time and every 1,000th after, so a flood says so without
-    flooding the log. One place for the HBONE listener and the ingress's ports."""
-    REFUSED["max_connections"] += 1
+def refused_at_bound(n: int, where: str, limit: int, action: str, bound: str = "max_connections") -> None:
+    """The `n`th connection `where` refused at `bound` (`limit` connections): counted in
+    REFUSED[bound], and logged the first time and every 1,000th after, so a flood says so without
+    flooding the log. One place for the HBONE listener, the ingress's ports and their handshakes."""
+    REFUSED[bound] += 1
     if n % 1000 == 1:
-        log.warning("%s at its limit of %d connections: new connections are %s (%d so far)", where, limit, action, n)
+        log.warning("%s at its limit of %d %s: new connections are %s (%d so far)", where, limit,
+                    "connections" if bound == "max_connections" else bound.replace("_", " "), action, n)
 
 
 @dataclass
@@ -130,3 +137,76 @@ class ConnLimiter:
 
     def __len__(self) -> int:
         return len(self._n)
+
+
+# Seconds an inbound TLS handshake may take (HBONEServer's default, the ingress's HTTPS ports'); here,
+# not in server.py, so that the waypoint supervisor's accept loop reads it without loading HBONE.
+HANDSHAKE_TIMEOUT = 10.0
+
+# Defaults for TLS handshakes under way, per process (docs/operations.md): a pending handshake pins
+# ~50-70 KiB (OpenSSL's buffers, the transports, the protocol), so 1,024 of them stay near 70 MiB.
+# A legitimate handshake is pending for a round trip or two, so a source with 128 at once is flooding.
+MAX_PENDING_HANDSHAKES = 1024
+MAX_PENDING_HANDSHAKES_PER_SOURCE = 128
+
+
+class PendingHandshakes:
+    """TLS handshakes under way, by token (the accepted socket), oldest first.
+
+    `enter(token, source)` admits a handshake: False when `source` already has `per_source` under
+    way (the caller closes the new connection: the flooder pays, not the others). When `limit` are
+    under way in all it still admits, and returns the oldest token in `evicted` for the caller to
+    abort: a peer that completes its handshake in a round trip is never the oldest for long, while
+    a silent or dripping one is, so a flood from many sources cannot lock legitimate clients out
+    as refusing the newest would (a full house of silent peers held for the whole handshake
+    timeout). Every admitted token is paired with one `leave(token)`. 0 means unlimited.
+    """
+
+    def __init__(self, limit: int = MAX_PENDING_HANDSHAKES,
+                 per_source: int = MAX_PENDING_HANDSHAKES_PER_SOURCE) -> None:
+        for name, v in (("limit", limit), ("per_source", per_source)):
+            if v < 0:
+                raise ValueError(f"pending handshakes {name} must be >= 0 (0: unlimited), got {v}")
+        self.limit = limit
+        self.per_source = per_source
+        self._pending: dict[Hashable, str] = {}     # insertion order: the oldest first
+        self._per: dict[str, int] = {}
+        self.evicted: Hashable | None = None        # set by enter(): the token the caller must abort
+        self.dropped = 0                            # handshakes evicted at `limit`
+        self.refused = 0                            # connections refused at `per_source`
+
+    def enter(self, token: Hashable, source: str) -> bool:
+        self.evicted = None
+        n = self._per.get(source, 0)
+        if self.per_source and n >= self.per_source:
+            self.refused += 1
+            return False
+        if self.limit and len(self._pending) >= self.limit:
+            oldest = next(iter(self._pending))
+            self.leave(oldest)
+            self.evicted = oldest
+            self.dropped += 1
+            n = self._per.get(source, 0)
+        self._pending[token] = source
+        self._per[source] = n + 1
+        return True
+
+    def leave(self, token: Hashable) -> None:
+        """The handshake of `token` ended (done, failed or aborted); a token not pending is ignored."""
+        source = self._pending.pop(token, None)
+        if source is None:
+            return
+        n = self._per[source] - 1
+        if n:
+            self._per[source] = n
+        else:
+            del self._per[source]
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def __contains__(self, token: Hashable) -> bool:
+        return token in self._pending
+
+    def from_source(self, source: str) -> int:
+        return self._per.get(source, 0)

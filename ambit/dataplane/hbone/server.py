@@ -3,9 +3,12 @@
 The caller creates the socket (ztunnel opens it inside the destination pod's netns, on :15008) and
 supplies the TLS context through a provider called for every handshake (from OpenSSL's servername
 callback, see `tls.selecting_server_context`), so a rotated certificate or trust bundle applies to
-the next handshake without restarting the listener. TLS is set up by asyncio's server itself, not
-by `start_tls` on an accepted plain transport: uvloop's `start_tls` stalls when the ClientHello is
-already queued on the socket, which is the normal case for a busy server. After the handshake
+the next handshake without restarting the listener. The accept loop is ours
+(ambit/dataplane/acceptloop.py: TCP_DEFER_ACCEPT, so silent peers stay in the kernel) and each
+connection's TLS is set up by `loop.connect_accepted_socket(ssl=...)` in a task that is the
+handle to abort it, not by `start_tls` on an accepted plain transport: uvloop's `start_tls` stalls
+when the ClientHello is already queued on the socket, which is the normal case for a busy server.
+After the handshake
 the client's SPIFFE id is extracted from its verified certificate and passed to `on_connect`
 together with the requested authority and headers; `on_connect` decides (authorization), answers
 with `stream.respond(200)` or an error status, and relays. Whatever it does, a misbehaving
@@ -16,6 +19,10 @@ callback only ever affects its own stream.
 sink (`stream.attach`), for a handler with nothing to wait for: no task and no suspended frames
 per tunnel (the waypoint; docs/performance.md, round 9).
 
+Peers without a certificate are bounded too: at most `pending.limit` handshakes may be under way
+(a `PendingHandshakes` shared by all of a process's listeners; past it the oldest is aborted for
+the new one) and `pending.per_source` from one source IP (past it the new connection is reset),
+counted in `ambit_connections_refused_total{limit="pending_handshakes"|"pending_handshakes_per_source"}`.
 Hostile peers (anyone holding a mesh certificate) are bounded here: the TLS handshake must finish
 within `handshake_timeout`, the HTTP/2 preface must follow within `preface_timeout`, a connection
 without tunnels is closed after `idle_timeout`, one source identity may hold at most
@@ -38,8 +45,15 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 from ambit.dataplane import tls
+from ambit.dataplane.acceptloop import AcceptLoop, Handshakes
 from ambit.dataplane.hbone.connection import HBONEConnection
-from ambit.dataplane.hbone.limits import REFUSED, ConnLimiter, refused_at_bound
+from ambit.dataplane.hbone.limits import (
+    HANDSHAKE_TIMEOUT,
+    REFUSED,
+    ConnLimiter,
+    PendingHandshakes,
+    refused_at_bound,
+)
 from ambit.dataplane.hbone.protocol import HBONEProtocol
 from ambit.dataplane.hbone.stream import HBONEStream
 from ambit.dataplane.ports import LISTEN_BACKLOG
@@ -48,21 +62,27 @@ log = logging.getLogger("ambit.dataplane.hbone")
 
 OnConnect = Callable[[HBONEStream, str, str, dict[str, str]], "Awaitable[None] | None"]
 
-HANDSHAKE_TIMEOUT = 10.0
 PREFACE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 3600.0       # Istio ztunnel's default for HBONE connections
 
 
 class _ServerSide(HBONEProtocol):
     """An accepted HBONE connection: asyncio hands it the TLS transport once the handshake is done;
-    it checks the negotiated policy and the peer's identity before speaking HTTP/2."""
+    it checks the negotiated policy and the peer's identity before speaking HTTP/2.
+
+    It is made when the connection is accepted but sets up HBONE (`HBONEProtocol.__init__`: the
+    HTTP/2 session, ~23 KiB with nghttp2's) only in `connection_made`, after the handshake: a
+    connection still in its handshake holds no more than the TLS state, and asyncio calls nothing
+    else on the protocol before (nor anything at all when the handshake fails)."""
 
     def __init__(self, server: HBONEServer, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(server._new_conn(), loop=loop, on_request=server._on_request)
         self.server = server
-        self._timer: asyncio.TimerHandle | None = None
+        self._accepted_on = loop
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self.server
+        HBONEProtocol.__init__(self, server._new_conn(), loop=self._accepted_on, on_request=server._on_request)
+        self._timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -153,6 +173,7 @@ class HBONEServer:
         max_connections: int | None = None,
         backlog: int = LISTEN_BACKLOG,
         connection_factory: Callable[[], HBONEConnection] | None = None,
+        pending: PendingHandshakes | None = None,
     ) -> None:
         for name, v in (("handshake_timeout", handshake_timeout), ("preface_timeout", preface_timeout),
                         ("idle_timeout", idle_timeout)):
@@ -173,7 +194,9 @@ class HBONEServer:
         self.preface_timeouts = 0
         self.idle_closed = 0
         self._new_conn = connection_factory or (lambda: HBONEConnection(client_side=False))
-        self._server: asyncio.AbstractServer | None = None
+        self.pending = pending if pending is not None else PendingHandshakes()
+        self._accept: AcceptLoop | None = None
+        self._handshakes: Handshakes | None = None
         self._ctx: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections: set[HBONEProtocol] = set()
@@ -182,29 +205,26 @@ class HBONEServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._ctx = tls.selecting_server_context(self._server_context)
+        self._handshakes = Handshakes(lambda: _ServerSide(self, loop), self._ctx, self.handshake_timeout,
+                                      self.pending, "HBONE listener")
         if self.sock is not None:
-            self._server = await loop.create_server(lambda: _ServerSide(self, loop), sock=self.sock, ssl=self._ctx,
-                                                    ssl_handshake_timeout=self.handshake_timeout,
-                                                    backlog=self.backlog)
+            self.sock.listen(self.backlog)
+            self._accept = AcceptLoop(self.sock, self._handshakes.accepted, self.handshake_timeout)
+            self._accept.start()
 
     def adopt(self, sock: socket.socket) -> None:
         """Serve a connection another process accepted and handed over, exactly as one accepted
         here: TLS on the accepted socket (not `start_tls`, see the module docstring), the same
-        handshake deadline and checks. Needs `start()` first."""
-        if self._ctx is None:
+        bounds, handshake deadline and checks. Needs `start()` first."""
+        if self._handshakes is None:
             sock.close()
             raise RuntimeError("HBONEServer.adopt before start()")
-        self._spawn(self._adopt(sock))
-
-    async def _adopt(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        sock.setblocking(False)
         try:
-            await loop.connect_accepted_socket(lambda: _ServerSide(self, loop), sock, ssl=self._ctx,
-                                               ssl_handshake_timeout=self.handshake_timeout)
-        except OSError as e:        # ssl.SSLError and TimeoutError included
-            log.info("HBONE connection handed over: TLS handshake failed: %s", e or type(e).__name__)
+            source = sock.getpeername()[0]
+        except OSError:             # already reset by the peer
             sock.close()
+            return
+        self._handshakes.accepted(sock, source)
 
     async def close(self, grace: float = 5.0, accept_for: float = 0.0) -> None:
         """GOAWAY every connection, let tunnels drain for `grace` s, then abort.
@@ -220,8 +240,10 @@ class HBONEServer:
             p.close("server shutting down")
         if accept_for > 0:
             await asyncio.sleep(min(accept_for, grace))
-        if self._server is not None:
-            self._server.close()
+        if self._accept is not None:
+            self._accept.close()
+        if self._handshakes is not None:
+            self._handshakes.abort()
         for p in list(self.connections):
             p.close("server shutting down")     # those that came in the window (close is idempotent)
         conns = [p.closed for p in self.connections]
@@ -235,8 +257,6 @@ class HBONEServer:
         for t in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        if self._server is not None:
-            await self._server.wait_closed()
 
     # --- internals -----------------------------------------------------------------------------
 

@@ -23,7 +23,8 @@ from tests.unit.scrape import sample
 
 
 class Worker:
-    """A stand-in worker: writes its index into every connection it is handed, then closes it."""
+    """A stand-in worker: reads the client's first byte, writes its index into every connection it
+    is handed, then closes it."""
 
     def __init__(self, path, index: int) -> None:
         self.receiver = Receiver(path, index, self.on_conn)
@@ -32,14 +33,18 @@ class Worker:
 
     def on_conn(self, conn: socket.socket) -> None:
         self.got += 1
+        with contextlib.suppress(BlockingIOError):     # there already: the listener defers accept
+            conn.recv(1, socket.MSG_DONTWAIT)
         conn.setblocking(True)
         conn.sendall(b"%d" % self.index)
         conn.close()
 
 
 async def who(port: int) -> int:
-    """Connect, and read which worker answered."""
+    """Connect, send a byte (a TLS client speaks first: the listener defers silent connections),
+    and read which worker answered."""
     r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"\x16")
     data = await asyncio.wait_for(r.read(), 5)
     w.close()
     return int(data)
@@ -161,6 +166,25 @@ def test_hbone_over_handed_connections(ca, tmp_path, loop_kind: str) -> None:
     run(loop_kind, main)
 
 
+def test_a_silent_connection_is_not_handed_to_a_worker(tmp_path) -> None:
+    """A peer that connects and sends nothing stays in the kernel (TCP_DEFER_ACCEPT): the dealer
+    hands it to no worker, where it used to hold a TLS handshake for its whole timeout."""
+    async def main() -> None:
+        dealer, port = dealing(tmp_path)
+        w0 = Worker(dealer.path, 0)
+        await w0.receiver.start()
+        await settle(lambda: len(dealer.links) == 1)
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        assert await who(port) == 0             # accepted and dealt after the silent ones connected
+        assert w0.got == 1
+        for s in silent:
+            s.close()
+        dealer.close()
+        w0.receiver.close()
+
+    asyncio.run(main())
+
+
 def test_out_of_descriptors_the_dealer_backs_off_and_recovers(tmp_path, caplog) -> None:
     """At the fd limit accept() fails with EMFILE while the listener stays readable. Before, the
     dealer retried at every wakeup: a core spun and a warning was logged each time. It now pauses
@@ -172,6 +196,7 @@ def test_out_of_descriptors_the_dealer_backs_off_and_recovers(tmp_path, caplog) 
         await w0.receiver.start()
         await settle(lambda: len(dealer.links) == 1)
         client = socket.create_connection(("127.0.0.1", port))   # waits in the backlog
+        client.sendall(b"\x16")         # TCP_DEFER_ACCEPT: a silent one would not be accepted at all
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         fillers: list[int] = []
         try:

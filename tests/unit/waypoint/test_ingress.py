@@ -19,7 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ambit import model
+from ambit.dataplane.hbone.limits import REFUSED, PendingHandshakes
 from ambit.model import HttpRoute, IngressGateway, IngressListener, TlsCertificate, WaypointRoutes
+from tests.unit.dataplane.test_hbone_pending import closed_by_server, flood, wait_for
 from tests.unit.scrape import exposition, sample
 from tests.unit.waypoint.test_clienthello import client_hello
 from waypoint import ingress_listen
@@ -381,6 +383,40 @@ def test_the_ingress_serves_at_most_max_connections_over_all_its_ports() -> None
             assert lst.overloaded == 2
             w2.close()
             w3.close()
+        finally:
+            await lst.close()
+
+    asyncio.run(run())
+
+
+def test_https_handshakes_under_way_are_bounded_and_a_client_is_still_served(tmp_path: Path) -> None:
+    """Clients that stop inside their ClientHello on an HTTPS port need no certificate; they were
+    held for asyncio's 60 s handshake timeout, uncounted. Now at most `pending.limit` are under way
+    over all ports (the oldest aborted), `per_source` from one IP (the next one reset), and a real
+    client still gets its answer."""
+    ca, certs = _issue(tmp_path, ("a.example.com",))
+    port = _free_port()
+
+    def serve(plug, down) -> None:
+        plug.transport.write(b"served")
+        plug.transport.close()
+
+    async def run() -> None:
+        lst = IngressListeners("127.0.0.1", serve, _no_relay, pending=PendingHandshakes(limit=8, per_source=4))
+        await lst.update(build(IngressGateway("gw", "ns", listeners=[
+            _listener("a", "a.example.com", port, certs=[certs["a.example.com"]])])))
+        before = dict(REFUSED)
+        try:
+            socks = flood(port, "127.0.0.2", 6)                 # 2 over its source's cap
+            for i in range(3, 6):
+                socks += flood(port, f"127.0.0.{i}", 4)         # 18 in all, 8 may stay
+            assert await _handshake(port, ca, "a.example.com") == ("a.example.com", b"served")
+            await wait_for(lambda: sum(map(closed_by_server, socks)) >= len(socks) - 8,
+                           "the ingress still holds more than 8 handshakes under way")
+            assert REFUSED["pending_handshakes_per_source"] - before["pending_handshakes_per_source"] == 2
+            assert len(lst.pending) <= 8
+            for s in socks:
+                s.close()
         finally:
             await lst.close()
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from ambit.dataplane.hbone import frames as f
 from ambit.dataplane.hbone import limits
 from ambit.dataplane.hbone.limits import ResetBudget
@@ -15,6 +17,7 @@ from tests.unit.dataplane.test_hbone import Mesh, echo
 from tests.unit.dataplane.test_hbone_unread import PING, served
 from tests.unit.scrape import exposition, sample
 from tests.unit.ztunnel.test_hbone_hostile import Attacker, Clock
+from ztunnel.limits import ProxyLimits
 from ztunnel.proxy import Proxy
 
 DEFENSES = "ambit_protocol_defenses_total"
@@ -88,5 +91,15 @@ def test_refusals_by_ztunnels_connection_limits_carry_short_limit_names() -> Non
     assert not proxy.per_identity.acquire("spiffe://cluster.local/ns/a/sa/b")
     text = exposition(proxy.health())
     assert sample(text, REFUSED, limit="per_identity") == 1
-    for lim in ("outbound_per_pod", "inbound_per_pod", "plaintext_per_source_ip", "preface_timeout"):
+    for lim in ("outbound_per_pod", "inbound_per_pod", "plaintext_per_source_ip", "preface_timeout",
+                "pending_handshakes", "pending_handshakes_per_source"):
         assert sample(text, REFUSED, limit=lim) is not None, lim
+
+
+def test_every_pods_hbone_listener_shares_the_process_pending_handshake_bound() -> None:
+    """The bound on TLS handshakes under way is ztunnel's, not each pod's: 100 pods must not mean
+    100 times the memory a flood may pin."""
+    proxy = Proxy(limits=ProxyLimits(max_pending_handshakes=7, max_pending_handshakes_per_source=3))
+    assert (proxy.pending_handshakes.limit, proxy.pending_handshakes.per_source) == (7, 3)
+    with pytest.raises(ValueError, match="max_pending_handshakes"):
+        ProxyLimits(max_pending_handshakes=-1)
