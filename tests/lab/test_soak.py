@@ -2,7 +2,8 @@
 component holds must not grow with the churn (docs/operations.md, "Memory over time").
 
 Each round starts a bare pod (new name and uid, its own app/version labels: a workload of its own,
-as a Job's pod is) on alternating nodes through the lab's container runtime, which talks through the
+as a Job's pod is; every third one in a namespace enrolled for it and deleted after it) on
+alternating nodes through the lab's container runtime, which talks through the
 mesh: L4 to a pod over HBONE, HTTP/1.1, h2c and gRPC through the waypoint, and a client that goes
 away mid-request. The pod is removed, then a set of configuration (AuthorizationPolicy,
 PeerAuthentication, a VirtualService with fault, retries and mirroring, DestinationRule, HTTPRoute,
@@ -184,7 +185,13 @@ def test_churn_leaves_no_growth_behind(slab: Lab) -> None:
 
     for i in range(ROUNDS):
         node = NODES[i % 2]
-        pod = Pod(name=f"churn-{i}", namespace="default", node=node, ip=f"{nets[node]}.{100 + i % 90}",
+        # every third pod in a namespace of its own, enrolled for it and deleted after it
+        ns = f"churn{i}" if i % 3 == 1 else "default"
+        if ns != "default":
+            lab.ambit("apply", "-f", "-", input=yaml.safe_dump(
+                {"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": ns, "labels": {"ambit.io/dataplane-mode": "ambient"}}}))
+        pod = Pod(name=f"churn-{i}", namespace=ns, node=node, ip=f"{nets[node]}.{100 + i % 90}",
                   service_account=f"churn{i % 3}", labels={"app": f"churn{i}", "version": f"v{i}"})
         rt.create(pod)
         try:
@@ -192,6 +199,8 @@ def test_churn_leaves_no_growth_behind(slab: Lab) -> None:
                      stderr=subprocess.DEVNULL).wait(timeout=60)
         finally:
             rt.remove(pod)
+            if ns != "default":
+                lab.ambit("delete", "namespace", ns)
         removed_at[pod.name] = time.monotonic()
         docs = config(i) + ([second_waypoint(i)] if i % 6 == 3 else [])
         lab.ambit("apply", "-f", "-", input=yaml.safe_dump_all(docs))
