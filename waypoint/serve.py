@@ -72,8 +72,10 @@ async def amain(args: WaypointSettings) -> None:
         identities.prefetch([args.identity])
     else:
         log.warning("no --node-token-file/CA: no certificate, so no HBONE will be served")
-    metrics = Metrics()            # Istio's TCP families (opaque tunnels) and, on the same registry, HTTP
-    proxy = WaypointProxy(args, config, identities, http_metrics=HttpMetrics(metrics.registry),
+    # Istio's TCP families (opaque tunnels) and, on the same registry, HTTP
+    metrics = Metrics(expiry=args.metrics_expiry)
+    proxy = WaypointProxy(args, config, identities,
+                          http_metrics=HttpMetrics(metrics.registry, expiry=args.metrics_expiry),
                           registry=metrics.registry, tcp_metrics=metrics)
     await proxy.start()
     holder.append(proxy)

@@ -20,6 +20,7 @@ from ambit.dataplane.settings import (
     gc_freeze_option,
     gc_threshold_option,
     memory_trim_interval_option,
+    metrics_expiry_option,
 )
 from ambit.gatewayclasses import INGRESS_CLASSES, WAYPOINT_CLASSES
 from ambit.settings import non_negative, option, positive
@@ -95,6 +96,7 @@ class WaypointSettings:
                                     check=positive)
     metrics_address: str = option("", "Prometheus metrics HOST:PORT ('' to disable)", check=_address)
     metrics_socket: Path | None = option(help="metrics on a unix socket as well")
+    metrics_expiry: float = metrics_expiry_option()
     cert_ttl: float = option(24 * 3600.0, "lifetime (seconds) requested for the waypoint's certificate",
                              check=positive)
     log_level: str = option("INFO", "logging level")

@@ -42,7 +42,7 @@ async def amain(args: ZtunnelSettings) -> None:
         identity_setup.retry_on_workload_updates(config, identities)
     elif not args.node_token_file:
         log.warning("no --node-token-file: no workload certificates; mesh destinations will be refused")
-    metrics = Metrics()
+    metrics = Metrics(expiry=args.metrics_expiry)
     tap_hub = TapHub(f"ztunnel/{args.node}")        # `ambit tap`: admin GET /tap
     proxy = Proxy(config=config, identities=identities, metrics=metrics, trust_domain=args.trust_domain,
                   tunnel=args.tunnel, limits=args.limits)

@@ -16,6 +16,7 @@ from ambit.dataplane.settings import (
     gc_freeze_option,
     gc_threshold_option,
     memory_trim_interval_option,
+    metrics_expiry_option,
 )
 from ambit.settings import non_negative, option, positive
 from ztunnel.limits import ProxyLimits
@@ -47,6 +48,7 @@ class ZtunnelSettings:
     metrics_address: str = option(f"0.0.0.0:{PORT_METRICS}",
                                   "Prometheus metrics HOST:PORT in ztunnel's netns ('' to disable)", check=_address)
     metrics_socket: Path | None = option(help="metrics on a unix socket as well (the lab's host-side scrape)")
+    metrics_expiry: float = metrics_expiry_option()
     log_level: str = option("INFO", "logging level")
     # mTLS identities (without a node token: no certificates, no HBONE; plaintext passthrough only)
     ca: str | None = option(help="CA target: host:port or unix:PATH (default: the --controller target)")

@@ -31,6 +31,18 @@ def memory_trim_interval_option() -> Any:
                   check=non_negative)
 
 
+# Istio's series of a workload live in its proxy until the proxy restarts, unless stats eviction is on
+# (`sidecar.istio.io/statsEvictionInterval`); a node's ztunnel and a namespace's waypoint see every pod
+# that ever talked through them, so Ambit evicts by default (docs/operations.md, "Memory over time").
+METRICS_EXPIRY = 3600.0
+
+
+def metrics_expiry_option() -> Any:
+    return option(METRICS_EXPIRY, "seconds a Prometheus series (istio_*) may go without an update before it is "
+                  "dropped (its pod or route is likely gone); 0 keeps every series for the process's life",
+                  check=non_negative)
+
+
 def gc_freeze_option() -> Any:
     return option(True, "after start-up, move every object to the collector's permanent generation "
                   "(gc.freeze), so full collections no longer walk the start-up objects")

@@ -137,6 +137,7 @@ ZTUNNEL_DRAIN = 3.0
 # An agent told to stop may uninstall every pod's capture first (--cleanup-on-delete): give it time.
 AGENT_STOP_GRACE = 10.0
 AGENT_ARGS_ENV = "AMBIT_LAB_AGENT_ARGS"     # the same for every node's agent (e.g. --cleanup-on-delete)
+WAYPOINT_ARGS_ENV = "AMBIT_LAB_WAYPOINT_ARGS"    # the same for every waypoint (e.g. --metrics-expiry)
 
 
 def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",

@@ -27,6 +27,8 @@ underlay), and the lab's "outside" netns (ambitctl/lab/outside.py) is created wi
 from __future__ import annotations
 
 import ipaddress
+import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -107,7 +109,8 @@ def _process(base: Path, names: LabNames, w: dict[str, Any], trust_domain: str,
               "--run-dir", str(base / "run"),
               # one pod per waypoint, restarted in place, and no endpoint propagation to wait out:
               # accepting on after SIGTERM would only delay every stop (a cluster's default is 2 s)
-              "--http-drain-accept", "0", *(extra or [])],
+              "--http-drain-accept", "0", *(extra or []),
+              *shlex.split(os.environ.get(components.WAYPOINT_ARGS_ENV, ""))],
         env={"POD_NAME": w["pod"], "POD_NAMESPACE": ns, "POD_IP": w["ip"], "NODE_NAME": node})
 
 

@@ -57,13 +57,27 @@ def rates(old: Scrape, new: Scrape) -> list[Rate]:
 
 
 class Window:
-    """The scrapes of the last `seconds`; `rates()` spans the oldest to the newest of them."""
+    """The scrapes of the last `seconds`; `rates()` spans the oldest to the newest of them.
+
+    Every scrape parses its keys afresh (a tuple of some 28 label pairs, about 5 KB a series), and
+    the window holds a scrape every few seconds for a minute: kept as parsed, a waypoint with 10,000
+    series cost the controller a gigabyte. So a key already seen in the previous scrape is replaced
+    by that scrape's object, and the window holds one key per series, not one per series and scrape.
+    Only the keys of the newest scrape are remembered for this, so gone series are not kept."""
 
     def __init__(self, seconds: float = 60.0) -> None:
         self.seconds = seconds
         self.scrapes: deque[Scrape] = deque()
+        self._keys: dict[Key, Key] = {}
 
     def add(self, s: Scrape) -> None:
+        known, keys, samples = self._keys, {}, {}
+        for key, value in s.samples.items():
+            key = known.get(key, key)
+            keys[key] = key
+            samples[key] = value
+        self._keys = keys
+        s = Scrape(s.at, samples)
         self.scrapes.append(s)
         while len(self.scrapes) > 2 and s.at - self.scrapes[1].at >= self.seconds:
             self.scrapes.popleft()

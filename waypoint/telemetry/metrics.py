@@ -31,6 +31,7 @@ View) apply per family: a disabled metric is not counted, `tagOverrides` rewrite
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -117,22 +118,27 @@ class HttpMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, *, cluster: str = DEFAULT_CLUSTER,
                  cluster_domain: str = "cluster.local", cache_size: int = CHILD_CACHE_SIZE,
-                 config_for: ConfigFor | None = None) -> None:
+                 config_for: ConfigFor | None = None, expiry: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry or CollectorRegistry()
         self.cluster = cluster or UNKNOWN
         self.cluster_domain = cluster_domain
         self.config_for: ConfigFor = config_for or (lambda service: DEFAULT)
         names = (*HTTP_LABELS, EXTRA)
-        # Plain-Python families (ambit/dataplane/telemetry/families.py): no lock per update. Served by `Pruned`.
-        self.requests = Family("istio_requests", "Requests handled by the waypoint", "counter", names)
+        # Plain-Python families (ambit/dataplane/telemetry/families.py): no lock per update. Served by
+        # `Pruned`. A series idle for `expiry` seconds is dropped (0: never), see Family.
+        self.requests = Family("istio_requests", "Requests handled by the waypoint", "counter", names,
+                               expiry=expiry, clock=clock)
         self.duration = Family("istio_request_duration_milliseconds", "Request duration (ms)", "histogram", names,
-                               DURATION_BUCKETS)
+                               DURATION_BUCKETS, expiry=expiry, clock=clock)
         self.request_bytes = Family("istio_request_bytes", "Request body size (bytes)", "histogram", names,
-                                    SIZE_BUCKETS)
+                                    SIZE_BUCKETS, expiry=expiry, clock=clock)
         self.response_bytes = Family("istio_response_bytes", "Response body size (bytes)", "histogram", names,
-                                     SIZE_BUCKETS)
-        self.request_messages = Family("istio_request_messages", "gRPC messages from the client", "counter", names)
-        self.response_messages = Family("istio_response_messages", "gRPC messages to the client", "counter", names)
+                                     SIZE_BUCKETS, expiry=expiry, clock=clock)
+        self.request_messages = Family("istio_request_messages", "gRPC messages from the client", "counter", names,
+                                       expiry=expiry, clock=clock)
+        self.response_messages = Family("istio_response_messages", "gRPC messages to the client", "counter", names,
+                                        expiry=expiry, clock=clock)
         self.families: tuple[tuple[str, Any], ...] = (
             ("REQUEST_COUNT", self.requests), ("REQUEST_DURATION", self.duration),
             ("REQUEST_SIZE", self.request_bytes), ("RESPONSE_SIZE", self.response_bytes),
@@ -144,8 +150,15 @@ class HttpMetrics:
         # Without Telemetry overrides: the four children every request touches, per label set.
         self._plain: ChildCache[tuple[str, ...], tuple[Any, Any, Any, Any]] = ChildCache(
             lambda values: tuple(self._children.get((m, (*values, ""))) for m in _EVERY_REQUEST), cache_size)
+        # A dropped series' child must not stay cached: its counts would go to a child no scrape sees.
+        for _, fam in self.families:
+            fam.on_evict.append(self._forget_children)
         # label values by what they are made of (see label_values): the objects, kept to check ids
         self._values: dict[tuple[object, ...], tuple[object, object, object, tuple[str, ...]]] = {}
+
+    def _forget_children(self) -> None:
+        self._children.clear()
+        self._plain.clear()
 
     def label_values(self, rec: RequestRecord, src: Workload | None, dst: Workload | None) -> tuple[str, ...]:
         """The 25 label values in HTTP_LABELS order, cached: a waypoint's requests share a few

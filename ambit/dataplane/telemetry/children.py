@@ -40,5 +40,9 @@ class ChildCache(Generic[K, V]):
             self._d.popitem(last=False)
         return v
 
+    def clear(self) -> None:
+        """Forget every child (their family dropped some: ambit.dataplane.telemetry.families)."""
+        self._d.clear()
+
     def __len__(self) -> int:
         return len(self._d)

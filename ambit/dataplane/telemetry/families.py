@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import metrics as _pc_metrics
 from prometheus_client.metrics_core import Metric
@@ -52,13 +52,29 @@ class HistogramChild:
         self.counts[bisect_left(self.bounds, amount)] += 1
 
 
+def _activity(child: CounterChild | HistogramChild) -> float:
+    """What changes whenever a child is updated: a counter's value, a histogram's observation count
+    (its sum may not move: an observation of 0)."""
+    return child.value if isinstance(child, CounterChild) else float(sum(child.counts))
+
+
 class Family:
     """One metric family with labels (`kind` "counter" or "histogram"); `labels(*values)` gives the
-    series' child, created on first use and kept for the process's life, as prometheus_client does.
-    `collect()` is the Collector interface (the family is served through overrides.Pruned)."""
+    series' child, created on first use. `collect()` is the Collector interface (the family is
+    served through overrides.Pruned).
+
+    With `expiry` > 0 a series not updated for `expiry` seconds is dropped (Envoy's stats eviction,
+    Istio's `sidecar.istio.io/statsEvictionInterval`): label values name pods, workloads, principals
+    and services, and a mesh whose pods come and go would otherwise keep every one it ever saw, in
+    the proxy's memory and in every scrape. A dropped series that is counted again starts from zero,
+    which Prometheus reads as a counter reset. The check costs nothing per update: a sweep compares
+    each child with what it was at the previous sweep, and runs only when a new series is created
+    (the only way the family grows), at most once per `expiry / 2`. `on_evict` callbacks run after
+    a sweep dropped something, for callers that cache children (they must forget them)."""
 
     def __init__(self, name: str, documentation: str, kind: str, labelnames: Sequence[str],
-                 buckets: Sequence[float] = ()) -> None:
+                 buckets: Sequence[float] = (), expiry: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if kind not in ("counter", "histogram"):
             raise ValueError(f"Family {name}: kind {kind!r} is not counter or histogram")
         self.name = name
@@ -74,15 +90,47 @@ class Family:
         self.bounds = tuple(bounds)
         self._le = tuple(floatToGoString(b) for b in self.bounds)
         self._children: dict[tuple[str, ...], CounterChild | HistogramChild] = {}
+        if expiry < 0:
+            raise ValueError(f"Family {name}: expiry {expiry} is negative")
+        self.expiry = expiry
+        self.clock = clock
+        self.on_evict: list[Callable[[], None]] = []
+        self._seen: dict[tuple[str, ...], tuple[float, float]] = {}     # values -> (activity, since)
+        self._next_sweep = clock() + expiry / 2
 
     def labels(self, *values: str) -> CounterChild | HistogramChild:
         child = self._children.get(values)
         if child is None:
             if len(values) != len(self.labelnames):
                 raise ValueError(f"Family {self.name}: {len(values)} label values for {len(self.labelnames)} labels")
+            if self.expiry and self.clock() >= self._next_sweep:
+                self.sweep()
             child = CounterChild() if self.kind == "counter" else HistogramChild(self.bounds)
             self._children[values] = child
         return child
+
+    def sweep(self) -> int:
+        """Drop the series not updated since a sweep at least `expiry` seconds ago; returns how many."""
+        now = self.clock()
+        self._next_sweep = now + self.expiry / 2
+        seen, gone = self._seen, []
+        for values, child in self._children.items():
+            act = _activity(child)
+            mark = seen.get(values)
+            if mark is None or mark[0] != act:
+                seen[values] = (act, now)
+            elif now - mark[1] >= self.expiry:
+                gone.append(values)
+        for values in gone:
+            del self._children[values]
+            del seen[values]
+        if gone:
+            for forget in self.on_evict:
+                forget()
+        return len(gone)
+
+    def __len__(self) -> int:
+        return len(self._children)
 
     def collect(self) -> Iterable[Metric]:
         metric = Metric(self.name, self.documentation, self.kind)

@@ -23,6 +23,8 @@ netns.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,18 +142,23 @@ class Metrics:
     A family's child is found by its label values in one dict lookup and counted with one
     addition: no lock and no observability check per update, as prometheus_client's `Counter` has
     (about 100 bytecodes more per update, with its children cached; docs/performance.md §68). A scrape
-    reads what prometheus_client would serve for the same updates. Series live as long as the
-    process, as prometheus_client keeps them.
+    reads what prometheus_client would serve for the same updates. A series not updated for
+    `expiry` seconds is dropped (0: kept for the process's life; Family explains why and how).
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, expiry: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry or CollectorRegistry()
         names = (*LABELS, EXTRA)
         # Served by `Pruned`, which applies the Telemetry API's label overrides.
-        self.opened = Family("istio_tcp_connections_opened", "TCP connections opened", "counter", names)
-        self.closed = Family("istio_tcp_connections_closed", "TCP connections closed", "counter", names)
-        self.received = Family("istio_tcp_received_bytes", "Bytes received (client to server)", "counter", names)
-        self.sent = Family("istio_tcp_sent_bytes", "Bytes sent (server to client)", "counter", names)
+        self.opened = Family("istio_tcp_connections_opened", "TCP connections opened", "counter", names,
+                             expiry=expiry, clock=clock)
+        self.closed = Family("istio_tcp_connections_closed", "TCP connections closed", "counter", names,
+                             expiry=expiry, clock=clock)
+        self.received = Family("istio_tcp_received_bytes", "Bytes received (client to server)", "counter", names,
+                               expiry=expiry, clock=clock)
+        self.sent = Family("istio_tcp_sent_bytes", "Bytes sent (server to client)", "counter", names,
+                           expiry=expiry, clock=clock)
         self.families = {"TCP_OPENED_CONNECTIONS": self.opened, "TCP_CLOSED_CONNECTIONS": self.closed,
                          "TCP_RECEIVED_BYTES": self.received, "TCP_SENT_BYTES": self.sent}
         self.registry.register(Pruned(self.families.values()))

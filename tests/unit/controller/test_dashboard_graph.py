@@ -141,6 +141,25 @@ def test_window_keeps_the_last_minute_of_scrapes() -> None:
     assert [r.value for r in w.rates()] == [1.0]
 
 
+def test_the_window_holds_one_key_per_series_whatever_the_number_of_scrapes() -> None:
+    # A waypoint's series carry some 28 labels: kept once per scrape (20 a minute), 10,000 series
+    # cost the controller a gigabyte. The window keeps one key object per series it still sees.
+    def text(n: int, value: int) -> str:
+        return "# TYPE istio_requests counter\n" + "".join(
+            f'istio_requests_total{{reporter="waypoint",source_workload="w{i}",response_code="200"}} {value}\n'
+            for i in range(n))
+    w = Window(60.0)
+    for t in range(20):
+        w.add(Scrape(3.0 * t, parse(text(300, t), {"job": "waypoint", "namespace": "default"})))
+    keys = {id(k) for s in w.scrapes for k in s.samples}
+    assert len(keys) == 300
+    assert {r.value for r in w.rates()} == {1 / 3}
+    # Series that are gone are not remembered once the window no longer holds them.
+    for t in range(20, 45):
+        w.add(Scrape(3.0 * t, parse(text(10, t), {"job": "waypoint"})))
+    assert len({id(k) for s in w.scrapes for k in s.samples}) == 10
+
+
 def test_access_log_lines_are_matched_to_nodes() -> None:
     zt = accesslogs.record_of('access {"src.workload": "shopper", "src.namespace": "shop", '
                               '"dst.workload": "cart-v1", "dst.namespace": "shop", "dst.service": "cart.shop.svc.cluster.local"}')
