@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ambit.dataplane.endpoint import LocalEndpoint, Response
+from ambit.dataplane.endpoint import HealthEndpoint, LocalEndpoint, Response
 from ambit.dataplane.memory import memory_report
 from ambit.dataplane.tap import TAP_PATH, TapHub, tap_response
 
@@ -100,3 +100,18 @@ class AdminServer(LocalEndpoint):
 
 def _json(obj: Any) -> bytes:
     return json.dumps(obj, indent=1, sort_keys=True, default=str).encode() + b"\n"
+
+
+async def start_status(admin: LocalEndpoint, address: str) -> HealthEndpoint | None:
+    """`--status-address`: `admin`'s readiness alone on HOST:PORT (None when '' or not bindable,
+    which is logged: the probe then fails and says why)."""
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    status = HealthEndpoint(admin)
+    try:
+        await status.start(host or None, int(port), reuse_port=True)
+    except OSError as e:
+        log.warning("status endpoint %s: %s", address, e)
+        return None
+    return status

@@ -84,6 +84,7 @@ async def amain(args: WaypointSettings) -> None:
         await adm.start(*_split(args.admin_address), args.admin_socket)
     except OSError as e:
         log.warning("admin endpoint %s: %s", args.admin_address, e)
+    status = await admin.start_status(adm, args.status_address)
     metrics.registry.register(health_collector(client, identities))
     msrv = MetricsServer(metrics)
     try:
@@ -111,6 +112,8 @@ async def amain(args: WaypointSettings) -> None:
         await feed.stop()
     await proxy.close()
     await adm.close()
+    if status is not None:
+        await status.close()
     await msrv.close()
     if identities is not None:
         await identities.close()

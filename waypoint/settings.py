@@ -92,6 +92,10 @@ class WaypointSettings:
     admin_address: str = option(f"127.0.0.1:{PORT_ADMIN}", "admin endpoint HOST:PORT in the pod's netns ('' to "
                                 "disable)", check=_address)
     admin_socket: Path | None = option(help="admin endpoint on a unix socket as well (the lab's host-side view)")
+    status_address: str = option(
+        "", "HOST:PORT serving the admin endpoint's /healthz/ready and nothing else: Istio's status port (15021), "
+            "for the kubelet's probe on the pod IP while the admin endpoint (config dump, certificates, taps) "
+            "stays on loopback ('' : off)", check=_address)
     report_interval: float = option(10.0, "seconds between status reports to the controller's debug API",
                                     check=positive)
     metrics_address: str = option("", "Prometheus metrics HOST:PORT ('' to disable)", check=_address)

@@ -44,6 +44,7 @@ from ambit.dataplane.workers import (
     start_endpoints,
     stop_workers,
 )
+from waypoint.admin import start_status
 from waypoint.settings import WaypointSettings
 
 log = logging.getLogger("ambit.waypoint.workers")
@@ -76,7 +77,7 @@ class Worker(WorkerProcess):
     def argv(self, argv: Sequence[str]) -> list[str]:
         """The supervisor's own flags, then the ones that make a worker (argparse keeps the last)."""
         own = [sys.executable, "-m", "waypoint", *argv, "--workers", "1", "--worker-index", str(self.index),
-               "--admin-socket", str(self.admin), "--admin-address", "",
+               "--admin-socket", str(self.admin), "--admin-address", "", "--status-address", "",
                "--metrics-socket", str(self.metrics), "--metrics-address", ""]
         if self.dealer is not None:
             own += ["--handoff-socket", str(self.dealer.path)]
@@ -145,6 +146,7 @@ async def supervise(args: WaypointSettings, argv: Sequence[str]) -> None:
         w.spawn(w.argv(argv))
     adm, msrv = SupervisorAdmin(workers), _Metrics(workers, dealer)
     await start_endpoints(adm, msrv, args.admin_address, args.admin_socket, args.metrics_address, args.metrics_socket)
+    status = await start_status(adm, args.status_address)
     log.info("waypoint supervisor for %s (%s) ready: %d workers%s", args.waypoint, args.pod_name, n,
              f"; HBONE on {args.listen}, handed out in turn" if dealer else "; ingress listeners per worker")
     stop = asyncio.Event()
@@ -166,6 +168,8 @@ async def supervise(args: WaypointSettings, argv: Sequence[str]) -> None:
     remove_run_dir(rdir)
     await stop_workers(workers, args.http.drain_timeout + 5.0)
     await adm.close()
+    if status is not None:
+        await status.close()
     await msrv.close()
 
 

@@ -160,6 +160,24 @@ class LocalEndpoint:
             writer.close()
 
 
+class HealthEndpoint(LocalEndpoint):
+    """The readiness path (`/healthz/ready`) of another endpoint, and nothing else: what a pod may
+    expose on its IP for the kubelet's probe and load balancers (Istio's status port, 15021), while
+    the admin endpoint (config dump, certificates, live taps) stays on loopback."""
+
+    PATH = "/healthz/ready"
+
+    def __init__(self, admin: LocalEndpoint) -> None:
+        super().__init__()
+        self.admin = admin
+
+    def handle(self, method: str, path: str) -> Response:
+        if path.rstrip("/") != self.PATH:
+            return Response(404, json.dumps({"error": f"no such path {path!r}: this port serves only "
+                                                      f"{self.PATH}"}).encode() + b"\n")
+        return self.admin.handle(method, self.PATH)
+
+
 async def _stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, resp: Response, reason: str) -> None:
     """Write a streamed response until the client closes (noticed by a read returning EOF, or by
     a failed write), then stop the stream so its producer lets go of its subscription."""

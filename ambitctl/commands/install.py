@@ -173,9 +173,13 @@ def controller_objects(o: argparse.Namespace) -> list[Obj]:
             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]}},
-            "volumeMounts": [{"name": "mesh-config", "mountPath": MESH_CONFIG_DIR, "readOnly": True}],
+            # The root filesystem is read-only; the gRPC port's accept gate keeps grpc's unix socket
+            # in a private directory under /tmp (controller/acceptgate.py, tempfile.mkdtemp).
+            "volumeMounts": [{"name": "mesh-config", "mountPath": MESH_CONFIG_DIR, "readOnly": True},
+                             {"name": "tmp", "mountPath": "/tmp"}],
         }],
-        "volumes": [{"name": "mesh-config", "configMap": {"name": MESH_CONFIG}}],
+        "volumes": [{"name": "mesh-config", "configMap": {"name": MESH_CONFIG}},
+                    {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}],
     }
     return [
         mesh_config(o),

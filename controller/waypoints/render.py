@@ -42,7 +42,8 @@ Obj = dict[str, Any]
 MANAGED_BY_LABEL = "ambit.io/managed-by"
 MANAGED_BY = "waypoint-controller"
 OPT_OUT = {"ambit.io/dataplane-mode": "none", "istio.io/dataplane-mode": "none"}
-READY_PORT = 15021            # Istio's status port: /healthz/ready
+READY_PORT = 15021            # Istio's status port: /healthz/ready, nothing else (--status-address)
+ADMIN_PORT = 15000            # the admin endpoint, on the pod's loopback only
 METRICS_PORT = 15020
 TOKEN_DIR = "/var/run/secrets/ambit"
 ROOT_CERT_DIR = "/var/run/ambit-root"      # the ambit-root-cert ConfigMap (controller/ca/publish.py)
@@ -113,7 +114,10 @@ def waypoint_args(gw: Obj, s: WaypointDeploySettings) -> list[str]:
             # config stream and CA over TLS, pinned to the root the controller publishes in this namespace
             "--controller-root-cert", f"{ROOT_CERT_DIR}/{ROOT_KEY}",
             "--controller-identity", controller_identity(s.trust_domain, s.root_namespace),
-            "--admin-address", f"0.0.0.0:{READY_PORT}", "--metrics-address", f"0.0.0.0:{METRICS_PORT}",
+            # the admin endpoint (config dump, certificates, live taps) on loopback only; the pod IP's
+            # status port answers /healthz/ready alone, for the kubelet's probe
+            "--admin-address", f"127.0.0.1:{ADMIN_PORT}", "--status-address", f"0.0.0.0:{READY_PORT}",
+            "--metrics-address", f"0.0.0.0:{METRICS_PORT}",
             "--log-level", s.log_level, "--workers", str(s.workers), "--run-dir", RUN_DIR,
             # in the pod's emptyDir: a restarted container serves at once, even while the controller is away
             "--config-cache", f"{RUN_DIR}/config-cache.json", "--cert-cache", f"{RUN_DIR}/certs"]

@@ -355,7 +355,7 @@ def test_the_rendered_waypoint_arguments_are_the_waypoints_own() -> None:
     would crash-loop every waypoint pod in a cluster."""
     import re as _re
 
-    from controller.waypoints.render import deployment
+    from controller.waypoints.render import deployment, service
     from waypoint.settings import load as waypoint_settings
     gw = gateway("wp", "istio-waypoint")
     gw["metadata"].setdefault("uid", "u1")
@@ -367,9 +367,19 @@ def test_the_rendered_waypoint_arguments_are_the_waypoints_own() -> None:
     assert s.waypoint == "demo/wp" and s.pod_name == "<POD_NAME>" and s.node == "<NODE_NAME>"
     assert s.service_account == "wp" and s.gateway_class == "istio-waypoint"
     assert s.controller == "ambit-controller:15012"
-    # kubelet probes the admin endpoint's readiness on the port the waypoint really listens on
+    # kubelet probes readiness on the port the waypoint really serves it on: the status port, which
+    # answers /healthz/ready alone; the admin endpoint (config dump, certificates, taps) is loopback only,
+    # neither a container port nor behind the Service
     probe = c["readinessProbe"]["httpGet"]
-    assert probe["path"] == "/healthz/ready" and int(s.admin_address.rsplit(":", 1)[1]) == probe["port"]
+    status_host, _, status_port = s.status_address.rpartition(":")
+    assert probe["path"] == "/healthz/ready" and int(status_port) == probe["port"]
+    admin_host, _, admin_port = s.admin_address.rpartition(":")
+    assert admin_host == "127.0.0.1", "the admin endpoint must not face the network"
+    assert int(admin_port) not in {p["containerPort"] for p in c["ports"]}
+    svc = service(gw)
+    assert int(admin_port) not in {p["targetPort"] for p in svc["spec"]["ports"]}
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} <= {p["containerPort"] for p in c["ports"]}
+    assert int(status_port) in {p["containerPort"] for p in c["ports"]}
 
 
 def test_waypoint_workers_get_a_writable_run_dir() -> None:

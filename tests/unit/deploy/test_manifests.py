@@ -414,3 +414,32 @@ def test_set_reaches_the_workers_and_the_memory_request() -> None:
     assert install.ztunnel_memory_request(o) == "2Gi"
     with pytest.raises(install.InstallError, match="ztunnel-memory-request"):
         install.apply_sets(o, ["ztunnelMemoryRequest=2GB"])
+
+
+def test_controller_has_a_writable_temporary_directory_on_its_read_only_root() -> None:
+    """With the gate in front of its gRPC port (the manifests' --listen is TCP and
+    --max-connections-per-peer is on by default) the controller makes grpc's private socket
+    directory with tempfile.mkdtemp at start; on a read-only root file system without a writable
+    temporary directory that raises, and the controller crash-loops before serving anything."""
+    import tempfile
+
+    from controller import acceptgate
+    from controller.__main__ import parse_args
+    docs = render()
+    c = container(docs, "Deployment", "ambit-controller", "controller")
+    args = parse_args(expand(c["args"], c))
+    assert acceptgate.gated(args.listen, args.max_connections_per_peer)
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e.get("value") for e in c.get("env") or []}
+    tmp = env.get("TMPDIR") or "/tmp"
+    gate = acceptgate.AcceptGate(1, 1)
+    try:
+        assert gate.backend_path.startswith(tempfile.gettempdir() + "/"), "the gate's directory is the temp dir's"
+    finally:
+        import shutil
+        shutil.rmtree(gate._dir, ignore_errors=True)
+        acceptgate._PREFIXES.discard(gate.prefix)
+    pod = one(docs, "Deployment", "ambit-controller")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == tmp]
+    assert not mount.get("readOnly") and "emptyDir" in volumes[mount["name"]]

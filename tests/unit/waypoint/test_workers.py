@@ -23,9 +23,10 @@ def test_a_worker_is_one_process_on_private_sockets_fed_by_the_hand_off(tmp_path
     dealer = Dealer.__new__(Dealer)
     dealer.path = tmp_path / HANDOFF
     w = Worker(2, tmp_path, dealer)
-    s = load(w.argv([*BASE, "--workers", "4", "--admin-address", "127.0.0.1:15021"])[3:], {})
+    s = load(w.argv([*BASE, "--workers", "4", "--admin-address", "127.0.0.1:15000",
+                     "--status-address", "0.0.0.0:15021"])[3:], {})
     assert (s.workers, s.worker_count, s.worker_index) == (1, 1, 2)
-    assert (s.admin_address, s.metrics_address) == ("", "")
+    assert (s.admin_address, s.metrics_address, s.status_address) == ("", "", "")     # the supervisor's ports
     assert (s.admin_socket, s.metrics_socket, s.handoff_socket) == (
         tmp_path / "w2.admin.sock", tmp_path / "w2.metrics.sock", tmp_path / HANDOFF)
     # an ingress gateway's workers listen themselves (SO_REUSEPORT): no hand-off
