@@ -97,11 +97,19 @@ def controller_rules() -> list[Obj]:
 
 
 def node_rules() -> list[Obj]:
-    """What the agent's KubePodSource lists and watches, and the DaemonSet it reads when it stops."""
+    """What the agent's KubePodSource lists and watches (every node's pods: RBAC cannot scope by
+    field selector)."""
     from agent.podsource import RBAC_GROUP, RBAC_VERBS, RESOURCES
-    from agent.shutdown import RBAC
     return [{"apiGroups": [RBAC_GROUP], "resources": sorted(r.plural for r in RESOURCES),
-             "verbs": list(RBAC_VERBS)}, dict(RBAC)]
+             "verbs": list(RBAC_VERBS)}]
+
+
+def node_namespace_rules() -> list[Obj]:
+    """In the install namespace only: the one DaemonSet the agent reads when it stops
+    (`--cleanup-on-delete`, agent/shutdown.py), by name; every other DaemonSet's pod template
+    (their env, their images) is none of its business."""
+    from agent.shutdown import RBAC
+    return [{**RBAC, "resourceNames": [NODE]}]
 
 
 def _rbac(name: str, namespace: str, sa: str, rules: list[Obj]) -> list[Obj]:
@@ -356,6 +364,7 @@ def objects(o: argparse.Namespace) -> list[Obj]:
             + _rbac(CONTROLLER, o.namespace, CONTROLLER, controller_rules())
             + _namespaced_rbac(CONTROLLER, o.namespace, CONTROLLER, controller_namespace_rules())
             + _rbac(NODE, o.namespace, ZTUNNEL_SA, node_rules())
+            + _namespaced_rbac(NODE, o.namespace, ZTUNNEL_SA, node_namespace_rules())
             + controller_objects(o) + [node_daemonset(o)])
 
 

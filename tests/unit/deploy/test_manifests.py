@@ -157,6 +157,31 @@ def test_node_pods_may_watch_what_the_agent_watches_and_nothing_more() -> None:
     assert not allowed(docs, "ambit-system", sa, "authentication.k8s.io", "tokenreviews", "create")
 
 
+def namespaced_grants(docs: list[Obj], namespace: str, sa: str) -> list[Obj]:
+    """The rules of every Role bound to `sa` in `namespace`."""
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == namespace}
+    return [rule for b in docs if b["kind"] == "RoleBinding" and b["metadata"]["namespace"] == namespace
+            and any(s["kind"] == "ServiceAccount" and s["name"] == sa and s["namespace"] == namespace
+                    for s in b["subjects"])
+            for rule in roles[b["roleRef"]["name"]]["rules"]]
+
+
+def test_the_agent_reads_its_own_daemonset_and_no_other() -> None:
+    """`--cleanup-on-delete NS/NAME` reads one DaemonSet when the agent stops (agent/shutdown.py): a
+    cluster-wide `get daemonsets` would hand every node's credential the pod templates (env, images)
+    of every DaemonSet in the cluster."""
+    docs = render("--namespace", "mesh-ops")
+    ds = one(docs, "DaemonSet", "ambit-node")
+    sa = ds["spec"]["template"]["spec"]["serviceAccountName"]
+    agent = container(docs, "DaemonSet", "ambit-node", "agent")
+    ns, _, name = flag(agent["args"], "--cleanup-on-delete").partition("/")
+    assert ns == "$(POD_NAMESPACE)" and name == ds["metadata"]["name"]
+    assert not allowed(docs, "mesh-ops", sa, "apps", "daemonsets", "get"), "no cluster-wide DaemonSet reads"
+    grants = [r for r in namespaced_grants(docs, "mesh-ops", sa) if "daemonsets" in r["resources"]]
+    assert grants == [{"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"],
+                       "resourceNames": [name]}]
+
+
 # -- arguments, ports, paths ------------------------------------------------------------------------
 
 def test_controller_arguments_parse_and_match_the_service_and_the_ca_admission() -> None:
