@@ -13,8 +13,11 @@ kubectl wait --for=condition=Ready nodes --all --timeout=300s
 
 # `ambit install` renders the manifests from the same code the image runs. The VMs have 2 CPUs and
 # 2 GiB: two ztunnel workers, and a memory request sized for them, so that a surge roll's second
-# node pod still fits (docs/operations.md, "Memory requests").
+# node pod still fits (docs/operations.md, "Memory requests"). k3s's containerd reads its CNI
+# configuration and plugins from its own directories, not /etc/cni/net.d and /opt/cni/bin: the agent
+# chains ambit-cni there, or the runtime never runs it.
 docker run --rm "$IMAGE" python3 -m ambitctl.cli install --dry-run --image "$IMAGE" --ztunnel-workers 2 \
+    --cni-conf-dir /var/lib/rancher/k3s/agent/etc/cni/net.d --cni-bin-dir /var/lib/rancher/k3s/data/cni \
     | kubectl apply --server-side --force-conflicts --field-manager=ambit -f -
 kubectl -n ambit-system rollout restart deployment/ambit-controller daemonset/ambit-node
 kubectl -n ambit-system rollout status deployment/ambit-controller --timeout=300s

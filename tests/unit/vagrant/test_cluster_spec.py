@@ -90,6 +90,25 @@ def _mib(q: str) -> int:
     return int(m.group(1)) * (1024 if m.group(2) == "Gi" else 1)
 
 
+def _install_argv(script: str) -> list[str]:
+    """The `ambit install` arguments of install.sh (its continuation lines joined, up to the pipe)."""
+    cmd = script[script.index("ambitctl.cli install --dry-run"):].replace("\\\n", " ").split("|", 1)[0]
+    return cmd.split()[3:]
+
+
+def test_the_cni_plugin_is_chained_where_k3s_runs_cni_from() -> None:
+    """The cluster is k3s (provision/k3s.sh), whose containerd reads CNI configuration from
+    /var/lib/rancher/k3s/agent/etc/cni/net.d and plugins from /var/lib/rancher/k3s/data/cni: an
+    agent chaining ambit-cni into the default /etc/cni/net.d is never run by the runtime, and every
+    pod's start races its capture (docs/operations.md, "Race-free pod start")."""
+    assert "k3s" in (VAGRANT / "provision" / "k3s.sh").read_text()
+    argv = _install_argv((VAGRANT / "provision" / "install.sh").read_text())
+    del argv[argv.index("--image"):argv.index("--image") + 2]     # "$IMAGE", the shell's
+    o = install.parse(argv)
+    assert o.cni_conf_dir == "/var/lib/rancher/k3s/agent/etc/cni/net.d"
+    assert o.cni_bin_dir == "/var/lib/rancher/k3s/data/cni"
+
+
 def test_a_surge_roll_of_the_node_pod_fits_the_worker_vms() -> None:
     """install.sh restarts the node DaemonSet (maxSurge 1): for a moment each worker VM holds two node
     pods, and a second pod whose requests do not fit would hang the roll. The flags install.sh
@@ -98,8 +117,7 @@ def test_a_surge_roll_of_the_node_pod_fits_the_worker_vms() -> None:
     cpus = {int(c) for c in re.findall(r"\.cpus = (\d+)", vagrantfile)}
     memory = min(int(m) for m in re.findall(r'role: "agent", memory: (\d+)', vagrantfile))
     script = (VAGRANT / "provision" / "install.sh").read_text()
-    line = script[script.index("ambitctl.cli install --dry-run"):].split("\\\n", 1)[0]
-    argv = line.split()[3:]
+    argv = _install_argv(script)
     del argv[argv.index("--image"):argv.index("--image") + 2]     # "$IMAGE", the shell's
     assert argv[argv.index("--ztunnel-workers") + 1] == str(max(cpus)), "one ztunnel worker per VM CPU"
     docs = [d for d in yaml.safe_load_all(install.render(install.parse(argv))) if d]
