@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ambit.configclient.tls import controller_identity
-from ambit.dataplane.cpus import memory_request_mib
+from ambit.dataplane.cpus import MAX_AUTO_WORKERS, memory_request_mib
+from ambit.dataplane.hbone.limits import MAX_PENDING_HANDSHAKES
 from controller.ca.publish import ROOT_CONFIGMAP, ROOT_KEY
 from controller.translate.ingress import is_ingress
 from controller.waypoints.gateways import GATEWAY_NAME_LABEL, HBONE_PORT
@@ -73,6 +74,23 @@ class WaypointDeploySettings:
 WAYPOINT_MEMORY_FIRST_MIB = 128
 WAYPOINT_MEMORY_PER_WORKER_MIB = 64
 WAYPOINT_MEMORY_LIMIT_MIB = 1024
+# What the pod as a whole holds at most: the waypoint's defaults for one process (--max-connections,
+# --max-pending-handshakes), which keep a 1 GiB pod clear of its OOM kill (docs/security.md,
+# "Connection floods": ~65 KiB an idle HBONE connection, ~56 KiB a pending handshake). Both bounds
+# are per process, so a pod of N workers gives each worker 1/N of them: N full-size bounds would
+# take N times the memory and the pod's limit would kill it in the middle of a flood.
+WAYPOINT_POD_CONNECTIONS = 8192
+WAYPOINT_POD_PENDING_HANDSHAKES = MAX_PENDING_HANDSHAKES
+
+
+def worker_bounds(workers: int) -> list[str]:
+    """The per-worker share of the pod's connection bounds (0: for the most workers it may resolve
+    to); nothing for one process, whose defaults are the pod's."""
+    n = workers or MAX_AUTO_WORKERS
+    if n <= 1:
+        return []
+    return ["--max-connections", str(max(1, WAYPOINT_POD_CONNECTIONS // n)),
+            "--max-pending-handshakes", str(max(1, WAYPOINT_POD_PENDING_HANDSHAKES // n))]
 
 
 def waypoint_resources(workers: int) -> Obj:
@@ -118,7 +136,7 @@ def waypoint_args(gw: Obj, s: WaypointDeploySettings) -> list[str]:
             # status port answers /healthz/ready alone, for the kubelet's probe
             "--admin-address", f"127.0.0.1:{ADMIN_PORT}", "--status-address", f"0.0.0.0:{READY_PORT}",
             "--metrics-address", f"0.0.0.0:{METRICS_PORT}",
-            "--log-level", s.log_level, "--workers", str(s.workers), "--run-dir", RUN_DIR,
+            "--log-level", s.log_level, "--workers", str(s.workers), *worker_bounds(s.workers), "--run-dir", RUN_DIR,
             # in the pod's emptyDir: a restarted container serves at once, even while the controller is away
             "--config-cache", f"{RUN_DIR}/config-cache.json", "--cert-cache", f"{RUN_DIR}/certs"]
 

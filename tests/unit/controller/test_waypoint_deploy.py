@@ -420,3 +420,29 @@ def test_waypoint_memory_follows_its_workers(workers: int) -> None:
     assert limit >= 2 * request and limit >= 1024
     if workers == 1:        # a single-process waypoint's Deployment is what it was: no roll on upgrade
         assert c["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 4, 8, 0])
+def test_a_connection_flood_at_every_workers_bound_stays_inside_the_pods_limit(workers: int) -> None:
+    """--max-connections and --max-pending-handshakes bound each waypoint *process*, sized so one
+    process at its bounds stays inside a 1 GiB pod (docs/security.md, "Connection floods": ~65 KiB an
+    idle HBONE connection, ~56 KiB a pending handshake, ~50 MB a working process, bench/RESULTS.md).
+    A pod of N workers must not let N full bounds add up past its memory limit: the OOM kill the
+    bounds exist to prevent would then drop every connection of the namespace."""
+    import re as _re
+
+    from ambit.dataplane.cpus import MAX_AUTO_WORKERS
+    from controller.waypoints.render import deployment
+    from waypoint.settings import load as waypoint_settings
+    gw = gateway("wp", "istio-waypoint")
+    gw["metadata"].setdefault("uid", "u1")
+    dep = deployment(gw, WaypointDeploySettings(image="ambit:test", controller_address="c:15012", workers=workers))
+    [c] = dep["spec"]["template"]["spec"]["containers"]
+    s = waypoint_settings([_re.sub(r"\$\((\w+)\)", r"<\1>", a) for a in c["args"]], {})
+    n = s.workers or MAX_AUTO_WORKERS
+    per_process_kib = s.max_connections * 65 + s.max_pending_handshakes * 56 + 50 * 1024
+    assert n * per_process_kib <= _mib(c["resources"]["limits"]["memory"]) * 1024, (n, s.max_connections)
+    # and the pod still takes the connections one process took
+    assert n * s.max_connections >= 8192 - n and n * s.max_pending_handshakes >= 1024 - n
+    if workers == 1:
+        assert "--max-connections" not in c["args"], "a single-process waypoint's Deployment is what it was"
