@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import resource
 import secrets
 import shutil
 import socket
@@ -33,6 +32,7 @@ from typing import Any
 
 import grpc
 
+from ambit import rlimits
 from controller import fairness
 from controller.fairness import ConnectionAdmission
 
@@ -257,12 +257,9 @@ def raise_descriptor_limit(needed: int) -> str:
     """Raise this process's soft descriptor limit to its hard limit, as Go's runtime does for every
     Go program (container runtimes may start processes at a soft limit of 1,024, which would stop
     accepting far below --max-connections). A warning when even the hard limit is below `needed`."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    if hard != resource.RLIM_INFINITY and soft < needed:
+    rlimits.raise_nofile()
+    soft = rlimits.short_of(needed)
+    if soft is not None:
         return (f"the descriptor limit is {soft}, below the {needed} the gRPC port may need "
                 "(--max-connections; three per connection with --max-connections-per-peer): connections past it "
                 "wait in the backlog; raise the container's nofile limit or lower --max-connections")

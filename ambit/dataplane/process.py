@@ -9,8 +9,12 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from ambit import rlimits
+
 S = TypeVar("S")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"    # every proxy's log lines
+NOFILE_PER_CONNECTION = 2     # a downstream connection and the upstream one it is proxied to
+NOFILE_SPARE = 1024           # pools, listeners, the process's own files
 
 
 def run(prog: str, load: Callable[[Sequence[str] | None], S], amain: Callable[[S], Awaitable[Any]],
@@ -21,6 +25,13 @@ def run(prog: str, load: Callable[[Sequence[str] | None], S], amain: Callable[[S
         raise SystemExit(f"{prog}: {e}") from None
     logging.basicConfig(level=getattr(settings, "log_level", "INFO"),
                         format=LOG_FORMAT)
+    # Before any listener: a container's soft limit of 1,024 would cap the connection bounds (ambit/rlimits.py).
+    soft, _ = rlimits.raise_nofile()
+    needed = NOFILE_PER_CONNECTION * int(getattr(settings, "max_connections", 0) or 0) + NOFILE_SPARE
+    if rlimits.short_of(needed) is not None:
+        logging.getLogger("ambit.process").warning(
+            "%s: the descriptor limit is %d, below the %d that --max-connections may need: accept() fails "
+            "with EMFILE before the bound; raise the container's nofile limit", prog, soft, needed)
     try:
         import uvloop
         uvloop.install()

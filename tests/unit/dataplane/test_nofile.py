@@ -1,0 +1,59 @@
+"""A proxy started at a container runtime's soft descriptor limit (1,024 under a far higher hard one:
+containerd 2 under systemd) raises it to the hard limit before it listens, or accept() fails with
+EMFILE near a thousand connections, far below the waypoint's --max-connections (8,192). A pod spec
+cannot set rlimits, so only the process can. The real binary, started the way a runtime starts it."""
+
+from __future__ import annotations
+
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _limits(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no Max open files line")
+
+
+def test_the_waypoint_raises_a_runtimes_soft_descriptor_limit_to_the_hard_one() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip(f"the hard descriptor limit here is {hard}: nothing to raise to")
+
+    def runtime_default() -> None:      # the child starts as a runtime would start it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+    p = subprocess.Popen([sys.executable, "-m", "waypoint", "--waypoint", "demo/wp", "--pod-name", "wp-0",
+                          "--node", "n1", "--listen", f"127.0.0.1:{_free_port()}", "--admin-address", "",
+                          "--metrics-address", ""],
+                         cwd=REPO, preexec_fn=runtime_default, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while _limits(p.pid)[0] == 1024 and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert p.poll() is None, p.stderr.read() if p.stderr else ""
+        assert _limits(p.pid) == (hard, hard)
+    finally:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
