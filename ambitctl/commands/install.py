@@ -86,8 +86,8 @@ def controller_rules() -> list[Obj]:
             status.setdefault(t.group, set()).add(f"{t.plural}/status")
     rules = [{"apiGroups": [g], "resources": sorted(r), "verbs": ["get", "list", "watch"]}
              for g, r in sorted(watched.items())]
-    rules += [{"apiGroups": [g], "resources": sorted(r), "verbs": ["get", "patch", "update"]}
-              for g, r in sorted(status.items())]
+    # status is only ever merge-patched (controller/sources/kube.py _write_status)
+    rules += [{"apiGroups": [g], "resources": sorted(r), "verbs": ["patch"]} for g, r in sorted(status.items())]
     rules.append({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]})
     rules.append(dict(CRD_RBAC))        # is a kind answering 404 really not installed? (controller.sources.kube)
     # the mesh root it publishes (controller/ca/publish.py): root namespace and each waypoint's namespace

@@ -58,12 +58,13 @@ Obj = dict[str, Any]
 RBAC_RULES = [
     {"apiGroups": [""], "resources": ["serviceaccounts", "services"], "verbs": ["get", "create", "update"]},
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create", "update"]},
-    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways/status"], "verbs": ["get", "patch", "update"]},
+    # status is only merge-patched (_patch_status)
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways/status"], "verbs": ["patch"]},
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways/finalizers"], "verbs": ["update"]},
     # status.parents of the routes attached to ingress Gateways (controller/waypoints/ingress_status.py)
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["grpcroutes/status", "httproutes/status",
                                                    "tcproutes/status", "tlsroutes/status"],
-     "verbs": ["get", "patch", "update"]},
+     "verbs": ["patch"]},
 ]
 _PLURALS = {"ServiceAccount": "serviceaccounts", "Service": "services", "Deployment": "deployments",
             "Gateway": "gateways", "AuthorizationPolicy": "authorizationpolicies", "HTTPRoute": "httproutes",

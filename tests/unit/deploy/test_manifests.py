@@ -124,6 +124,8 @@ def test_controller_may_list_and_watch_everything_its_kube_source_watches() -> N
         writes_status = t.group.endswith(STATUS_GROUP_SUFFIXES) or (t.group, t.plural) in {
             ("gateway.networking.k8s.io", p) for p in ("gateways", "httproutes", "grpcroutes", "tlsroutes", "tcproutes")}
         assert allowed(docs, "mesh-ops", sa, t.group, f"{t.plural}/status", "patch") == writes_status, t.plural
+        for verb in ("get", "update"):       # status is only merge-patched, never read or replaced whole
+            assert not allowed(docs, "mesh-ops", sa, t.group, f"{t.plural}/status", verb), (verb, t.plural)
     assert allowed(docs, "mesh-ops", sa, "authentication.k8s.io", "tokenreviews", "create")
     # Secrets: read cluster-wide, for ingress certificates (the source asks for kubernetes.io/tls only,
     # tests/unit/controller/test_kube_source_secrets.py); never written outside its own namespace
