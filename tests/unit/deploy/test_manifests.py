@@ -278,6 +278,10 @@ def test_agent_arguments_are_its_own_and_complete_with_the_entrypoints_cgroup() 
     assert {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}["AMBIT_ZTUNNEL_POD_UID"] == "metadata.uid"
     assert required <= given | {"--ztunnel-cgroup"}, f"missing: {required - given}"
     assert "--store" not in given, "without --store the agent watches the Kubernetes API"
+    # and they parse with the agent's own settings, as the entrypoint execs them
+    from agent.settings import load as agent_settings
+    s = agent_settings([*args, "--ztunnel-cgroup", "/sys/fs/cgroup/kubepods.slice/pod"], {})
+    assert s.store is None and s.controller is None and s.cleanup_on_delete == "<POD_NAMESPACE>/ambit-node"
     assert flag(args, "--capture") == "iptables"
     assert flag(args, "--node-ip") == "<HOST_IP>"
     # agent and ztunnel meet on the same socket, in the volume both mount.
