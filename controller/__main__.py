@@ -112,10 +112,10 @@ def make_elector(args: ControllerSettings, on_change: Callable[[bool], None]) ->
         return None
     import socket
 
-    from controller.leader import LeaseElector
+    from controller.leader import LEASE_NAME, LeaseElector
     from controller.sources.kube import make_api_client
     me = args.pod_name or os.environ.get("POD_NAME") or socket.gethostname()
-    return LeaseElector(make_api_client(args.kube_host, args.kubeconfig), args.root_namespace, "ambit-controller", me,
+    return LeaseElector(make_api_client(args.kube_host, args.kubeconfig), args.root_namespace, LEASE_NAME, me,
                         on_change=on_change)
 
 

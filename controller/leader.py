@@ -43,6 +43,7 @@ import urllib3
 log = logging.getLogger("ambit.controller.leader")
 
 CREATE, RENEW, TAKEOVER, FOLLOW = "create", "renew", "takeover", "follow"
+LEASE_NAME = "ambit-controller"     # in the root namespace; the manifests grant get/update on it by name
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,11 @@ def controller_rules() -> list[Obj]:
     rules.append({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]})
     rules.append(dict(CRD_RBAC))        # is a kind answering 404 really not installed? (controller.sources.kube)
     # the mesh root it publishes (controller/ca/publish.py): root namespace and each waypoint's namespace
-    rules.append({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]})
+    # by name: it reads and replaces ambit-root-cert alone (create cannot be limited by name)
+    from controller.ca.publish import ROOT_CONFIGMAP
+    rules.append({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "update"],
+                  "resourceNames": [ROOT_CONFIGMAP]})
+    rules.append({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]})
     from controller.waypoints.reconcile import RBAC_RULES
     return rules + [dict(r) for r in RBAC_RULES]
 
@@ -126,8 +130,11 @@ def _rbac(name: str, namespace: str, sa: str, rules: list[Obj]) -> list[Obj]:
 def controller_namespace_rules() -> list[Obj]:
     """In the root namespace only: the CA Secret (--ca-secret: read, or created on first start)
     and the leader-election Lease (controller/leader.py)."""
+    from controller.leader import LEASE_NAME
     return [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
-            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "update"],
+             "resourceNames": [LEASE_NAME]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}]
 
 
 def _namespaced_rbac(name: str, namespace: str, sa: str, rules: list[Obj]) -> list[Obj]:
