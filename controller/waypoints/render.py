@@ -33,7 +33,7 @@ from typing import Any
 
 from ambit.configclient.tls import controller_identity
 from ambit.dataplane.cpus import MAX_AUTO_WORKERS, memory_request_mib
-from ambit.dataplane.hbone.limits import MAX_PENDING_HANDSHAKES
+from ambit.dataplane.hbone.limits import MAX_PENDING_HANDSHAKES, MAX_PENDING_HANDSHAKES_PER_SOURCE
 from controller.ca.publish import ROOT_CONFIGMAP, ROOT_KEY
 from controller.translate.ingress import is_ingress
 from controller.waypoints.gateways import GATEWAY_NAME_LABEL, HBONE_PORT
@@ -78,9 +78,13 @@ WAYPOINT_MEMORY_LIMIT_MIB = 1024
 # --max-pending-handshakes), which keep a 1 GiB pod clear of its OOM kill (docs/security.md,
 # "Connection floods": ~65 KiB an idle HBONE connection, ~56 KiB a pending handshake). Both bounds
 # are per process, so a pod of N workers gives each worker 1/N of them: N full-size bounds would
-# take N times the memory and the pod's limit would kill it in the middle of a flood.
-WAYPOINT_POD_CONNECTIONS = 8192
-WAYPOINT_POD_PENDING_HANDSHAKES = MAX_PENDING_HANDSHAKES
+# take N times the memory and the pod's limit would kill it in the middle of a flood. The fairness
+# bounds inside them (per source identity, per source IP) shrink alike: the supervisor deals
+# connections to the workers in turn, so a source's share of the pod stays what it was, and a
+# per-source bound as large as a worker's whole bound would let one source fill a worker.
+WAYPOINT_POD_BOUNDS = {"--max-connections": 8192, "--max-connections-per-identity": 1024,
+                       "--max-pending-handshakes": MAX_PENDING_HANDSHAKES,
+                       "--max-pending-handshakes-per-source": MAX_PENDING_HANDSHAKES_PER_SOURCE}
 
 
 def worker_bounds(workers: int) -> list[str]:
@@ -89,8 +93,7 @@ def worker_bounds(workers: int) -> list[str]:
     n = workers or MAX_AUTO_WORKERS
     if n <= 1:
         return []
-    return ["--max-connections", str(max(1, WAYPOINT_POD_CONNECTIONS // n)),
-            "--max-pending-handshakes", str(max(1, WAYPOINT_POD_PENDING_HANDSHAKES // n))]
+    return [a for flag, pod in WAYPOINT_POD_BOUNDS.items() for a in (flag, str(max(1, pod // n)))]
 
 
 def waypoint_resources(workers: int) -> Obj:

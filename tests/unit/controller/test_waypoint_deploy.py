@@ -442,7 +442,11 @@ def test_a_connection_flood_at_every_workers_bound_stays_inside_the_pods_limit(w
     n = s.workers or MAX_AUTO_WORKERS
     per_process_kib = s.max_connections * 65 + s.max_pending_handshakes * 56 + 50 * 1024
     assert n * per_process_kib <= _mib(c["resources"]["limits"]["memory"]) * 1024, (n, s.max_connections)
-    # and the pod still takes the connections one process took
+    # and the pod still takes the connections one process took; one source's share of it is what it
+    # was, and stays below a worker's whole bound (the supervisor deals connections in turn)
     assert n * s.max_connections >= 8192 - n and n * s.max_pending_handshakes >= 1024 - n
+    assert n * s.max_connections_per_identity <= 1024 and n * s.max_pending_handshakes_per_source <= 128
+    assert s.max_connections_per_identity < s.max_connections or n == 1
+    assert s.max_pending_handshakes_per_source < s.max_pending_handshakes or n == 1
     if workers == 1:
         assert "--max-connections" not in c["args"], "a single-process waypoint's Deployment is what it was"
