@@ -526,8 +526,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.cleanup_on_delete:
         from agent.shutdown import prepare
         threading.Thread(target=prepare, name="shutdown-prepare", daemon=True).start()
+    if args.status_file is not None:
+        # The readiness probe reads this file: one a previous run left behind (it outlives a container
+        # restart in the shared volume) would call this agent ready before its first reconcile.
+        args.status_file.unlink(missing_ok=True)
     t0 = time.monotonic()
-    engine.load()
+    try:
+        engine.load()
+    except ValueError as e:     # a flag that names no cgroup: say so, not a traceback
+        raise SystemExit(f"agent: --ztunnel-cgroup: {e}") from None
     log.info("eBPF programs ready in %.2fs; adopted %d pods", time.monotonic() - t0, len(engine.enrolled()))
     source: PodSource
     if args.controller:

@@ -68,8 +68,14 @@ def test_an_agent_restart_keeps_a_pod_captured_at_sandbox_creation_before_it_run
         assert old
         os.kill(old, signal.SIGKILL)
         lab.wait_for(lambda: (lab.proc_pid("agent/node1") or old) != old, 30, 0.2, "the agent restarted")
-        written = status.stat().st_mtime_ns
-        lab.wait_for(lambda: status.stat().st_mtime_ns != written, 60, 0.2, "the new agent's first reconcile")
+        written = status.stat().st_mtime_ns if status.exists() else 0
+
+        def rewritten() -> bool:
+            try:
+                return status.stat().st_mtime_ns != written
+            except FileNotFoundError:       # the new agent removed the old one and has not written yet
+                return False
+        lab.wait_for(rewritten, 60, 0.2, "the new agent's first reconcile")
         assert pins.is_dir(), "the restarted agent removed the capture of a pod that has not started yet"
         # Its app starts now, and a pod outside the mesh connects to it in plaintext.
         app = start_app(lab, rt, pod)
@@ -103,3 +109,18 @@ def test_plaintext_control_reaches_an_uncaptured_app(lab: Lab) -> None:
             app.wait()
         rt.remove(pod)
 
+
+
+def test_a_starting_agent_is_not_ready_on_a_status_file_its_previous_run_left(tmp_path: Path) -> None:
+    """The DaemonSet's readiness probe is `test -s <status file>`, and the file outlives a container
+    restart in the shared volume: the agent removes it first, so it is ready only once it has
+    written its own (here it stops at a bad --ztunnel-cgroup, with a message naming the flag)."""
+    status = tmp_path / "agent-status.json"
+    status.write_text('{"node": "node1", "pods": {}}')
+    r = subprocess.run([sys.executable, "-m", "agent", "--node", "node1", "--zds-socket", str(tmp_path / "zds"),
+                        "--ztunnel-cgroup", str(tmp_path / "no-such-cgroup"), "--node-ip", "10.0.0.1",
+                        "--store", str(tmp_path / "store.json"), "--pin-base", str(tmp_path / "pins"),
+                        "--status-file", str(status)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "--ztunnel-cgroup" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not status.exists(), "a stale status file would make the probe call the new agent ready"
