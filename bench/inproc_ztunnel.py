@@ -52,7 +52,7 @@ from ambit.model import Endpoint, Service, ServicePort, Workload
 from ambit.zds import PodInfo
 from controller.ca import CertificateAuthority, generate_root
 from ztunnel.meshstate import MeshState
-from ztunnel.pods import PodProxy
+from ztunnel.pods import PodProxy, serve_plaintext
 from ztunnel.proxy import Proxy
 
 TD = "cluster.local"
@@ -164,12 +164,9 @@ async def _setup() -> tuple[Proxy, IdentityManager, list[asyncio.AbstractServer]
     lst.listen(1024)
     lst.setblocking(False)
     hbone = await proxy._serve_hbone(spod, lst)
-    from ambit.dataplane.relay import Leg
-
-    def factory() -> Leg:
-        return Leg(on_made=lambda leg: cpod.track(proxy.outbound(cpod, leg)))
-    out = await loop.create_server(factory, "127.0.0.1", 0, reuse_address=True, backlog=1024)
-    port = out.sockets[0].getsockname()[1]
+    capture = socket.create_server(("127.0.0.1", 0), backlog=1024)     # the pod's outbound listener
+    out = serve_plaintext(cpod, capture, proxy.outbound)
+    port = capture.getsockname()[1]
     return proxy, identities, [app, out, hbone], port  # type: ignore[list-item]
 
 

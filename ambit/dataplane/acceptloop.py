@@ -76,9 +76,11 @@ def reset(sock: socket.socket) -> None:
 
 class AcceptLoop:
     """Accepts on `sock` (bound and listening) and hands each connection to `on_conn`; `pause()`
-    leaves new connections in the backlog until `resume()` (also between two of one batch)."""
+    leaves new connections in the backlog until `resume()` (also between two of one batch).
+    `handshake_timeout` None: no TCP_DEFER_ACCEPT (a plaintext listener, whose protocol may have
+    the server speak first: ztunnel's capture listeners, ztunnel/pods.py)."""
 
-    def __init__(self, sock: socket.socket, on_conn: OnConn, handshake_timeout: float,
+    def __init__(self, sock: socket.socket, on_conn: OnConn, handshake_timeout: float | None,
                  backoff_key: str = BACKOFF_KEY, ready: Callable[[], bool] = lambda: True) -> None:
         self.sock = sock
         self.ready = ready              # may it read now (the hand-off: is a worker linked)?
@@ -94,7 +96,8 @@ class AcceptLoop:
     def start(self, reading: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
         self.sock.setblocking(False)
-        defer_accept(self.sock, self.handshake_timeout)
+        if self.handshake_timeout is not None:
+            defer_accept(self.sock, self.handshake_timeout)
         if reading:
             self.resume()
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from ambit.dataplane import tls
+from ambit.dataplane.acceptloop import AcceptLoop
 from ambit.dataplane.hbone import HBONEClientPool, HBONEConnectError
 from ambit.dataplane.identity import IdentityManager
-from ambit.dataplane.relay import Leg
 from ambit.dataplane.settings import TunnelSettings
 from ambit.dataplane.telemetry.accesslog import ConnRecord
 from ambit.dataplane.telemetry.metrics import Metrics
@@ -30,7 +30,7 @@ from ambit.zds import PodInfo
 from bench.inproc_ztunnel import LoopbackPod
 from tests.unit.conftest import LocalCAFetcher
 from tests.unit.ztunnel.meshcfg import config, wl
-from ztunnel.pods import PodProxy
+from ztunnel.pods import PodProxy, serve_plaintext
 from ztunnel.proxy import Proxy
 
 # The app and HBONE ports are fixed (as in a pod), so each xdist worker gets loopback addresses of
@@ -63,14 +63,10 @@ async def echo_app(host: str, port: int, seen: list[tuple[str, bytes]]) -> async
     return await asyncio.start_server(handle, host, port, reuse_address=True)
 
 
-async def serve(handler, pod_proxy: PodProxy, host: str, port: int = 0) -> tuple[asyncio.Server, int]:
+async def serve(handler, pod_proxy: PodProxy, host: str, port: int = 0) -> tuple[AcceptLoop, int]:
     """A listener whose accepted connections go to `handler(pod, leg)`, as PodRegistry wires them."""
-    loop = asyncio.get_running_loop()
-
-    def factory() -> Leg:
-        return Leg(on_made=lambda leg: pod_proxy.track(handler(pod_proxy, leg)))
-    srv = await loop.create_server(factory, host, port, reuse_address=True)
-    return srv, srv.sockets[0].getsockname()[1]
+    sock = socket.create_server((host, port))     # SO_REUSEADDR, as create_server(reuse_address=True)
+    return serve_plaintext(pod_proxy, sock, handler), sock.getsockname()[1]
 
 
 def hbone_listener(ip: str = SERVER_IP, port: int = HBONE_PORT) -> socket.socket:
