@@ -15,10 +15,12 @@ import argparse
 import asyncio
 import gc
 import multiprocessing as mp
+import queue
 import resource
 import time
 from typing import Any
 
+BATCH = 100         # subscribers opened at once
 STEP_SETTLE = 2.0   # seconds after a step for the controller's pushes and frees to settle
 
 
@@ -97,14 +99,14 @@ def _clients(port: int, commands: Any, done: Any) -> None:
                 while len(idle) > n:
                     await idle.pop().close()
             else:
-                while len(streams) < n:
-                    streams.append(asyncio.create_task(subscriber(len(streams))))
-                    if len(streams) % 50 == 0:
-                        await asyncio.sleep(0)       # let the first ones sync as the rest open
                 while len(synced) < n:
+                    # In batches, each synced before the next opens: one client process parsing
+                    # thousands of initial syncs at once misses the controller's keepalive pings.
+                    while len(streams) < min(n, len(synced) + BATCH):
+                        streams.append(asyncio.create_task(subscriber(len(streams))))
                     if any(t.done() for t in streams):
                         raise RuntimeError([t.exception() for t in streams if t.done()][:1])
-                    await asyncio.sleep(0.2)
+                    await asyncio.sleep(0.1)
             done.put(len(synced))
         for t in streams:
             t.cancel()
@@ -126,7 +128,13 @@ def measure(pods: int, connections: int, subscribers: list[int]) -> list[tuple[s
         started = time.perf_counter()
         if kind != "empty":
             commands.put((kind, n))
-            done.get()
+            while True:                      # the clients' process may die (descriptors): say so, do not hang
+                try:
+                    done.get(timeout=1)
+                    break
+                except queue.Empty:
+                    if not cli.is_alive():
+                        raise RuntimeError(f"the clients' process ended at {kind} {n}") from None
         time.sleep(STEP_SETTLE)
         mib = rss_mib(ctl.pid)
         out.append((kind, n, mib))
