@@ -49,7 +49,9 @@ REFUSAL_DRAIN = 1.0
 # connection idle; grpc clients reconnect on their next call), and at most `max_connections` are
 # held at once: beyond that a new connection is closed at accept. Each held TLS connection costs
 # the controller about 50 KB; the default, 10,000, suits a mesh of about 1,000 nodes of 8 ztunnel
-# workers (each worker holds its own config stream) and keeps a full house near 500 MB. One peer
+# workers (each worker holds its own config stream); a full house of them, each carrying a config
+# stream, is about 1 GiB at 10,000 pods, which the manifests' limit holds under the memory guard
+# (controller/sizing.py, controller/memguard.py). One peer
 # address holds at most `max_connections_per_peer` of them (controller/acceptgate.py).
 MAX_CONNECTIONS = 10_000
 HANDSHAKE_TIMEOUT_MS = 10_000
