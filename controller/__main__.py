@@ -28,6 +28,7 @@ from controller.app import Controller, StatusServer
 from controller.configserver.server import server_options
 from controller.grpcgate import CallGate
 from controller.jwks import JwksCache
+from controller.memguard import MemoryGuard
 from controller.settings import ControllerSettings
 from controller.settings import load as load_settings
 from controller.sources import Snapshot, Source
@@ -167,7 +168,12 @@ async def amain(args: ControllerSettings) -> int:
     def errors() -> list[FieldError]:
         return controller_box[0].errors() if controller_box else []
 
-    server = StatusServer(errors, debounce=args.debounce, max_streams_per_client=args.max_config_streams_per_client)
+    guard = MemoryGuard.from_proc(args.memory_guard_fraction)
+    if guard.threshold is not None:
+        log.info("memory guard: new config streams are refused past %d MiB (%.0f%% of %d MiB, %s)",
+                 guard.threshold >> 20, guard.fraction * 100, (guard.limit or 0) >> 20, guard.source)
+    server = StatusServer(errors, debounce=args.debounce, max_streams_per_client=args.max_config_streams_per_client,
+                          memory_guard=guard)
     # Every call's credential is checked before its request is read (controller/grpcgate.py).
     gate = CallGate()
     # Connections are admitted per peer address before grpc sees them (controller/acceptgate.py).

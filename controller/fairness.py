@@ -32,10 +32,12 @@ from ambit.dataplane.hbone.limits import ConnLimiter
 # - `feeds_per_client`: a credential held as many debug feeds (the same bound, counted apart);
 # - `report_rate`: a credential sent status reports faster than its bucket refills;
 # - `connections_per_peer`: a peer address held its bound of connections to the gRPC port;
-# - `max_connections`: the gRPC port held its bound of connections in all.
+# - `max_connections`: the gRPC port held its bound of connections in all;
+# - `memory`: a config stream opened while the process held --memory-guard-fraction of its cgroup's
+#   memory limit (controller/memguard.py).
 REFUSED: dict[str, int] = dict.fromkeys(
     ("ca_request_rate", "report_rate", "config_streams_per_client", "feeds_per_client", "connections_per_peer",
-     "max_connections"), 0)
+     "max_connections", "memory"), 0)
 
 # How many requesters' buckets are remembered (each key is an authenticated credential, so only
 # the mesh's own nodes and waypoints make them); past this the least recently used is forgotten,

@@ -13,6 +13,7 @@ from controller.acceptgate import MAX_CONNECTIONS_PER_PEER
 from controller.ca.service import CA_REQUEST_BURST, CA_REQUEST_RATE
 from controller.configserver.server import MAX_CONNECTIONS, MAX_STREAMS_PER_CLIENT
 from controller.debug.service import REPORT_BURST, REPORT_RATE
+from controller.memguard import MEMORY_GUARD_FRACTION
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,12 @@ class ControllerSettings:
         MAX_STREAMS_PER_CLIENT, "config streams one credential (a node's, or a waypoint's own token) holds open at "
         "once, and debug feeds likewise (counted apart); past it a new one is refused RESOURCE_EXHAUSTED (0: no bound). "
         "A node holds one per ztunnel worker, one for its agent and one per waypoint pod using its credential", check=non_negative)
+    memory_guard_fraction: float = option(
+        MEMORY_GUARD_FRACTION, "once the process's resident memory reaches this fraction of its cgroup's memory limit "
+        "(memory.max, read at start), a new config stream is refused RESOURCE_EXHAUSTED (counted as "
+        "ambit_controller_limited_total{limit=\"memory\"}) and the streams already served go on, so a mesh larger "
+        "than the limit was sized for is refused at its edge instead of OOM-killed (0: no guard; no limit: none)",
+        check=lambda v: None if 0 <= v < 1 else "must be >= 0 and < 1")
     ca_request_burst: int = option(
         CA_REQUEST_BURST, "certificate requests one credential may make at once (a node's start-up or a root "
         "rotation: one per identity on the node per ztunnel process); then --ca-request-rate",

@@ -36,6 +36,8 @@ from typing import Any
 import yaml
 
 from ambit.dataplane.cpus import memory_request_mib
+from controller.sizing import memory_limit_mib
+from controller.sizing import memory_request_mib as controller_memory_request_mib
 
 Obj = dict[str, Any]
 
@@ -185,7 +187,11 @@ def controller_objects(o: argparse.Namespace) -> list[Obj]:
                       {"name": "http-metrics", "containerPort": METRICS_PORT}],
             # It binds its port only after translating the first snapshot: open port = ready.
             "readinessProbe": {"tcpSocket": {"port": GRPC_PORT}, "periodSeconds": 5},
-            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+            # Sized from measured costs (controller/sizing.py; docs/operations.md, "Sizing the
+            # controller"): the request is a 1,000-pod cluster's working set, the limit holds the
+            # defaults' full house within the memory guard's fraction of it.
+            "resources": {"requests": {"cpu": "100m", "memory": f"{controller_memory_request_mib()}Mi"},
+                          "limits": {"memory": f"{memory_limit_mib()}Mi"}},
             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]}},
             # The root filesystem is read-only; the gRPC port's accept gate keeps grpc's unix socket

@@ -36,6 +36,7 @@ from controller.configserver.metrics import ConfigMetrics
 from controller.configserver.snapshot import Snapshot
 from controller.configserver.subscription import Nack, Planned, SubscriberStatus, Subscription
 from controller.grpcgate import CallGate, Guard, method_path
+from controller.memguard import MemoryGuard
 
 log = logging.getLogger("ambit.controller.configserver")
 
@@ -48,7 +49,9 @@ REFUSAL_DRAIN = 1.0
 # connection idle; grpc clients reconnect on their next call), and at most `max_connections` are
 # held at once: beyond that a new connection is closed at accept. Each held TLS connection costs
 # the controller about 50 KB; the default, 10,000, suits a mesh of about 1,000 nodes of 8 ztunnel
-# workers (each worker holds its own config stream) and keeps a full house near 500 MB. One peer
+# workers (each worker holds its own config stream); a full house of them, each carrying a config
+# stream, is about 1 GiB at 10,000 pods, which the manifests' limit holds under the memory guard
+# (controller/sizing.py, controller/memguard.py). One peer
 # address holds at most `max_connections_per_peer` of them (controller/acceptgate.py).
 MAX_CONNECTIONS = 10_000
 HANDSHAKE_TIMEOUT_MS = 10_000
@@ -118,10 +121,12 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
     def __init__(self, *, debounce: float = 0.03, registry: CollectorRegistry | None = None,
                  keep_disconnected: float = 600.0, max_disconnected: int = 512,
                  authorize: Authorizer | None = None, authenticator: NodeAuthenticator | None = None,
-                 max_streams_per_client: int = MAX_STREAMS_PER_CLIENT):
+                 max_streams_per_client: int = MAX_STREAMS_PER_CLIENT, memory_guard: MemoryGuard | None = None):
         if debounce < 0:
             raise ValueError(f"ConfigServer.debounce: {debounce} is negative")
         self.streams_per_client = ConnLimiter(max_streams_per_client, "config streams per client")
+        # New streams are refused once the process holds its share of the cgroup's memory limit.
+        self.memory_guard = memory_guard
         self.debounce = debounce
         self._authorize = authorize
         self.authenticator = authenticator
@@ -278,6 +283,8 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             except PermissionError as e:
                 log.warning("config stream refused for %s from %s: %s", node.key, peer_of(context), e)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{node.key}: {e}")
+        if self.memory_guard is not None and (used := self.memory_guard.over()) is not None:
+            await self._refuse_for_memory(context, node, used)
         client = (str(authenticated), scope_of(authenticated)) if authenticated is not None else (node.name, "")
         if not self.streams_per_client.acquire(client):
             fairness.REFUSED["config_streams_per_client"] += 1
@@ -295,6 +302,21 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             await self._serve(context, node, first)
         finally:
             self.streams_per_client.release(client)
+
+    async def _refuse_for_memory(self, context, node: NodeInfo, used: int) -> None:
+        """Refuse a new stream: the controller holds `used` bytes, past its guard. The client backs
+        off and keeps its last good config; the streams already served go on."""
+        guard = self.memory_guard
+        assert guard is not None and guard.limit is not None
+        fairness.REFUSED["memory"] += 1
+        said = (f"the controller holds {used >> 20} MiB, over {guard.fraction:.0%} of its memory limit "
+                f"({guard.limit >> 20} MiB, {guard.source or 'cgroup'}; --memory-guard-fraction)")
+        if fairness.REFUSED["memory"] % 1000 == 1:
+            log.warning("config stream refused for %s from %s: %s (%d refused so far)", node.key, peer_of(context),
+                        said, fairness.REFUSED["memory"])
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"{node.key}: {said}; new config streams are refused until it has room "
+                            "(docs/operations.md, \"Sizing the controller\"); retry later")
 
     async def _serve(self, context, node: NodeInfo, first: config_pb2.DeltaRequest) -> None:
         """Serve an admitted stream until it ends (the client's, the server's, or an error)."""

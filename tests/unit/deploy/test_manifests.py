@@ -492,3 +492,27 @@ def test_controller_has_a_writable_temporary_directory_on_its_read_only_root() -
     volumes = {v["name"]: v for v in pod["volumes"]}
     [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == tmp]
     assert not mount.get("readOnly") and "emptyDir" in volumes[mount["name"]]
+
+
+def _mib(quantity: str) -> float:
+    units = {"Mi": 1, "Gi": 1024}
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+def test_the_controllers_memory_holds_its_measured_working_set_and_its_defaults_full_house() -> None:
+    """The request is at least a 1,000-pod cluster's measured working set (and the ~150 MB seen in
+    the lab under pod churn); the limit serves every default connection carrying a subscription at
+    10,000 pods before the memory guard refuses, so no default lets the process pass its own limit
+    (controller/sizing.py, docs/operations.md "Sizing the controller")."""
+    from controller import sizing
+    from controller.__main__ import parse_args
+
+    c = container(render(), "Deployment", "ambit-controller", "controller")
+    request, limit = _mib(c["resources"]["requests"]["memory"]), _mib(c["resources"]["limits"]["memory"])
+    assert request >= sizing.working_set_mib(sizing.TYPICAL) >= 150 * 1e6 / 2**20, c["resources"]
+    args = parse_args(expand(c["args"], c))
+    assert args.memory_guard_fraction > 0, "the manifest turns the memory guard off"
+    full = sizing.Load(pods=10_000, subscriptions=args.max_connections, connections=args.max_connections)
+    assert limit * args.memory_guard_fraction >= sizing.working_set_mib(full), (
+        f"the controller's limit {limit:.0f} MiB refuses new streams at {args.memory_guard_fraction:.0%} before "
+        f"--max-connections {args.max_connections} is served ({sizing.working_set_mib(full):.0f} MiB)")
