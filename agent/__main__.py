@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -496,6 +497,22 @@ def _refresh_cni_token(conf_dir: Path, stop: threading.Event, every: float = 60.
             log.warning("cannot refresh the CNI plugin's token: %s", e)
 
 
+def trim_heap(stop: threading.Event, interval: float, trim: Callable[[], int] | None) -> None:
+    """Hand freed heap back to the OS now, then every `interval` seconds until `stop` (a thread).
+
+    Why: loading the eBPF programs compiles them (bcc, LLVM), which mallocs and frees tens of MB;
+    glibc keeps what was freed, resident. Measured on the lab after 600 churned pods: 72 MB of
+    arena, 14 MB of it in use, 58 MB free; one malloc_trim took the agent from 199 to 145 MB RSS.
+    Without it the agent's RSS also crept up with pod churn (+4 to +9 KB a pod) while its Python
+    objects stayed flat: pages of that free heap touched again, not a leak (docs/operations.md,
+    "Memory over time"). Off the reconcile thread: a trim walks the heap for milliseconds."""
+    if trim is None or interval <= 0:
+        return
+    trim()
+    while not stop.wait(interval):
+        trim()
+
+
 def uninstall_cni(args: Any) -> None:
     if args.cni_conf_dir is None:
         return
@@ -536,6 +553,9 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:     # a flag that names no cgroup: say so, not a traceback
         raise SystemExit(f"agent: --ztunnel-cgroup: {e}") from None
     log.info("eBPF programs ready in %.2fs; adopted %d pods", time.monotonic() - t0, len(engine.enrolled()))
+    from ambit.dataplane.memory import heap_trimmer
+    threading.Thread(target=trim_heap, args=(stop, args.memory_trim_interval, heap_trimmer()), daemon=True,
+                     name="malloc-trim").start()
     source: PodSource
     if args.controller:
         from agent.streamsource import StreamPodSource

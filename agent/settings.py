@@ -37,6 +37,9 @@ class AgentSettings:
     capture: str = option("ebpf", "capture mechanism", check=one_of("ebpf", "iptables"))
     status_file: Path | None = option(help="where the agent writes each pod's capture state")
     drain: float = option(5.0, "seconds open connections get on unenrol", check=non_negative)
+    memory_trim_interval: float = option(
+        60.0, "seconds between returning freed heap memory to the OS (malloc_trim), first once the eBPF programs "
+              "are loaded; 0 disables", check=non_negative)
     uninstall: bool = option(False, "remove every program, link and pin, then exit")
     cleanup_on_delete: str | None = option(
         help="NAMESPACE/NAME of this agent's DaemonSet: on SIGTERM, if it is gone or being deleted, remove every "

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 KEEPALIVE_TIME = 20.0
 KEEPALIVE_TIMEOUT = 10.0
+# Closed streams an HTTP/2 connection to the controller remembers (h2 keeps 65,536: see
+# `_bounded_closed_streams`).
+MAX_CLOSED_STREAMS = 256
 
 
 def parse_target(target: str) -> tuple[str | None, int | None, str | None]:
@@ -45,7 +48,6 @@ def parse_target(target: str) -> tuple[str | None, int | None, str | None]:
 def channel(target: str, ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None) -> Channel:
     """A grpclib channel to `target`: TLS with `ssl_context` (ALPN h2 is added, as gRPC servers
     require it) checked against `server_hostname`, or plaintext. Must be called in a running loop."""
-    from grpclib.client import Channel
     from grpclib.config import Configuration
     host, port, path = parse_target(target)
     if ssl_context is not None:
@@ -58,9 +60,48 @@ def channel(target: str, ssl_context: ssl.SSLContext | None = None, server_hostn
         _http2_max_pings_without_data=0, _http2_min_sent_ping_interval_without_data=KEEPALIVE_TIME,
         ssl_target_name_override=server_hostname if ssl_context is not None else None,
     )
+    cls = _bounded_channel_class()
     if path is not None:
-        return Channel(path=path, ssl=ssl_context, config=config)
-    return Channel(host, port, ssl=ssl_context, config=config)
+        return cls(path=path, ssl=ssl_context, config=config)
+    return cls(host, port, ssl=ssl_context, config=config)
+
+
+_BOUNDED: Any = None
+
+
+def _bounded_channel_class() -> Any:
+    """grpclib's Channel whose HTTP/2 connection remembers at most `MAX_CLOSED_STREAMS` closed
+    streams (made once, on first use, so that importing this module does not load grpclib).
+
+    Why: `h2` remembers every closed stream's id (up to 65,536 per connection) to tell a frame for a
+    stream it reset from one for a stream it never saw. A channel here lives as long as its
+    process and every unary call is a stream: the status report every `--report-interval`, a
+    certificate for each identity a new pod brings. So a ztunnel's and an agent's memory rose
+    with calls, by about 115 bytes each, up to 7.5 MB per channel (measured: about 3 calls per
+    churned pod on the lab, a week of reports every 10 s to reach the cap). A frame for a stream
+    forgotten this way is still refused, as h2 refuses any frame for a closed stream; only
+    whether it was reset by us is no longer told apart, and the controller sends none."""
+    global _BOUNDED
+    if _BOUNDED is None:
+        from grpclib.client import Channel, Handler
+        from grpclib.protocol import H2Protocol
+
+        class BoundedH2Protocol(H2Protocol):
+            def connection_made(self, transport: Any) -> None:
+                super().connection_made(transport)
+                _bounded_closed_streams(self.connection._connection)
+
+        class BoundedChannel(Channel):
+            def _protocol_factory(self) -> H2Protocol:
+                return BoundedH2Protocol(Handler(), self._config, self._h2_config)
+
+        _BOUNDED = BoundedChannel
+    return _BOUNDED
+
+
+def _bounded_closed_streams(h2_connection: Any) -> None:
+    """Cap `h2_connection`'s memory of closed streams at `MAX_CLOSED_STREAMS` (h2.utilities.SizeLimitDict)."""
+    h2_connection._closed_streams._size_limit = MAX_CLOSED_STREAMS
 
 
 def failure(e: BaseException) -> tuple[str, str] | None:

@@ -21,6 +21,7 @@ metrics (waypoint/telemetry/metrics.py), so both report the same values for the 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 from ambit.model import Workload
@@ -75,23 +76,38 @@ class Peer:
 
 PeerLabels = tuple[str, str, str, str, str, str]     # workload, namespace, app, version, canonical service, revision
 _CACHE_SIZE = 4096
-_by_id: dict[int, tuple[Workload, PeerLabels]] = {}
+# id(workload) -> (a weak reference to it, its labels). Weak: the entry goes when its Workload does.
+_by_id: dict[int, tuple[weakref.ref[Workload], PeerLabels]] = {}
+
+
+def _forget(key: int, ref: weakref.ref[Workload]) -> None:
+    """A cached Workload is gone: drop its entry (unless the id already names a later object's)."""
+    hit = _by_id.get(key)
+    if hit is not None and hit[0] is ref:
+        del _by_id[key]
 
 
 def peer_labels(w: Workload) -> PeerLabels:
     """(workload, namespace, app, version, canonical service, canonical revision) of a workload,
     cached per Workload object: ztunnel labels every connection, and the config stream replaces a
-    Workload object (never mutates it) when the pod changes. The cache holds the object itself, so
-    an id is never mistaken for a later object's; it is cleared when it reaches its bound."""
-    hit = _by_id.get(id(w))
-    if hit is not None and hit[0] is w:
+    Workload object (never mutates it) when the pod changes.
+
+    The cache holds a weak reference, so an entry lives exactly as long as its Workload: a
+    replaced or gone pod's Workload (its labels, annotations, the decoded config behind them) is
+    freed with it. Before, the cache held the object itself until 4,096 had been seen: on a node
+    whose pods churn it kept about 2 dead Workloads per pod gone (3-4 KB each with what they
+    reference), the rise of ztunnel's tracked objects and RSS in the soak (docs/operations.md,
+    "Memory over time"). The bound stays for a process seeing more live Workloads than that."""
+    key = id(w)
+    hit = _by_id.get(key)
+    if hit is not None and hit[0]() is w:
         return hit[1]
     labels = w.labels
     v = (workload_name(w), w.namespace, _first(labels, APP), _first(labels, VERSION),
          _first(labels, CANONICAL_NAME) or workload_name(w), _first(labels, CANONICAL_REVISION) or "latest")
     if len(_by_id) >= _CACHE_SIZE:
         _by_id.clear()
-    _by_id[id(w)] = (w, v)
+    _by_id[key] = (weakref.ref(w, lambda ref, key=key: _forget(key, ref)), v)
     return v
 
 

@@ -112,6 +112,31 @@ def test_ztunnel_fills_every_label_from_the_workloads_and_the_service() -> None:
     assert wp_peers.peer is peer
 
 
+def test_peer_labels_do_not_keep_the_workloads_of_gone_pods() -> None:
+    """A node whose pods churn: every pod's Workload is labelled for its connections and then
+    replaced or deleted by the config stream. The label cache must not keep it alive: before, it
+    held each Workload object (with its labels and annotations) until 4,096 had been seen, about
+    +4 KB of ztunnel's memory per churned pod (docs/operations.md, "Memory over time")."""
+    import gc
+    import weakref
+
+    from ambit.dataplane.telemetry import peers
+    live = wl("echo-v1-7d9c8b5f4-x2x8q", {"app": "echo", "version": "v1"}, ECHO_ID)
+    first = peers.peer_labels(live)
+    assert peers.peer_labels(live) is first         # a live workload still hits
+    before = len(peers._by_id)
+    gone = []
+    for i in range(300):
+        w = wl(f"churn-{i}", {"app": f"churn{i}", "version": f"v{i}", "x": "y" * 100}, ECHO_ID)
+        assert peers.peer_labels(w)[0] == f"churn-{i}"
+        gone.append(weakref.ref(w))
+        del w
+    gc.collect()
+    assert [r for r in gone if r() is not None] == [], "gone pods' Workloads are still held"
+    assert len(peers._by_id) <= before, f"{len(peers._by_id) - before} entries of gone Workloads kept"
+    assert peers.peer_labels(live) is first         # and its entry stayed
+
+
 def test_peer_labels_are_cached_per_workload_object_and_follow_a_replaced_one() -> None:
     from ambit.dataplane.telemetry.peers import peer_labels
     a = wl("echo-v1-7d9c8b5f4-x2x8q", {"app": "echo", "version": "v1", "pod-template-hash": "7d9c8b5f4"}, ECHO_ID)
