@@ -543,10 +543,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.cleanup_on_delete:
         from agent.shutdown import prepare
         threading.Thread(target=prepare, name="shutdown-prepare", daemon=True).start()
-    if args.status_file is not None:
-        # The readiness probe reads this file: one a previous run left behind (it outlives a container
-        # restart in the shared volume) would call this agent ready before its first reconcile.
-        args.status_file.unlink(missing_ok=True)
     t0 = time.monotonic()
     try:
         engine.load()

@@ -111,16 +111,11 @@ def test_plaintext_control_reaches_an_uncaptured_app(lab: Lab) -> None:
 
 
 
-def test_a_starting_agent_is_not_ready_on_a_status_file_its_previous_run_left(tmp_path: Path) -> None:
-    """The DaemonSet's readiness probe is `test -s <status file>`, and the file outlives a container
-    restart in the shared volume: the agent removes it first, so it is ready only once it has
-    written its own (here it stops at a bad --ztunnel-cgroup, with a message naming the flag)."""
-    status = tmp_path / "agent-status.json"
-    status.write_text('{"node": "node1", "pods": {}}')
+def test_a_bad_ztunnel_cgroup_is_a_message_naming_the_flag_not_a_traceback(tmp_path: Path) -> None:
+    """An agent given a --ztunnel-cgroup that is no cgroup stops with one line that names the flag."""
     r = subprocess.run([sys.executable, "-m", "agent", "--node", "node1", "--zds-socket", str(tmp_path / "zds"),
                         "--ztunnel-cgroup", str(tmp_path / "no-such-cgroup"), "--node-ip", "10.0.0.1",
-                        "--store", str(tmp_path / "store.json"), "--pin-base", str(tmp_path / "pins"),
-                        "--status-file", str(status)], capture_output=True, text=True, timeout=60)
+                        "--store", str(tmp_path / "store.json"), "--pin-base", str(tmp_path / "pins")],
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "--ztunnel-cgroup" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert not status.exists(), "a stale status file would make the probe call the new agent ready"
