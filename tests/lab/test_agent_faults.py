@@ -8,10 +8,12 @@ keep its capture: the app must never take a plaintext connection from outside th
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -66,14 +68,16 @@ def test_an_agent_restart_keeps_a_pod_captured_at_sandbox_creation_before_it_run
         assert pins.is_dir(), "the plugin's ADD should have captured the pod"
         old = lab.proc_pid("agent/node1")
         assert old
+        killed_at = time.time()
         os.kill(old, signal.SIGKILL)
         lab.wait_for(lambda: (lab.proc_pid("agent/node1") or old) != old, 30, 0.2, "the agent restarted")
-        written = status.stat().st_mtime_ns if status.exists() else 0
 
         def rewritten() -> bool:
+            # The new agent's own status (its time stamp is after the kill): read by content, not by
+            # mtime, which the new agent may have changed before this test read it.
             try:
-                return status.stat().st_mtime_ns != written
-            except FileNotFoundError:       # the new agent removed the old one and has not written yet
+                return json.loads(status.read_text()).get("time", 0) > killed_at
+            except (OSError, ValueError):
                 return False
         lab.wait_for(rewritten, 60, 0.2, "the new agent's first reconcile")
         assert pins.is_dir(), "the restarted agent removed the capture of a pod that has not started yet"
