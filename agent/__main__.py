@@ -36,7 +36,9 @@ from typing import Any
 from agent import enrolment
 from agent.enrolment import PodRef
 from agent.handoff import HandoffRetry, reason_of
+from agent.metrics import AgentMetrics
 from agent.podsource import LabPodSource, PodSource, PodView
+from agent.repair import LABEL, Failing, Repair, RepairPlanner, RepairSettings
 from agent.settings import load as load_settings
 from agent.ztunnel_link import ZtunnelError, ZtunnelLink, ZtunnelRefused
 from ambit.zds import PodInfo
@@ -48,7 +50,8 @@ REQUIRED_CHECKS = ("kernel", "bpf-syscall", "cgroup-v2", "bcc-sched-cls", "bcc-c
 
 class Agent:
     def __init__(self, node: str, source: PodSource, engine: Any, link: ZtunnelLink,
-                 node_ip: str, status_file: Path | None = None, drain: float = 5.0):
+                 node_ip: str, status_file: Path | None = None, drain: float = 5.0,
+                 repair: RepairSettings | None = None, repairer: Any = None, metrics: AgentMetrics | None = None):
         self.node = node
         self.source = source
         self.engine = engine
@@ -70,6 +73,13 @@ class Agent:
         self.adopted: set[str] = set()          # pods a previous agent captured, in no view yet
         self.shown: set[str] = set()            # uids of the pods the last view showed
         self.ztunnel_sync = 5.0                 # seconds between checks of the node's ztunnel set
+        # Pods whose capture keeps failing: repaired per --repair-pods (agent/repair.py) by
+        # `repairer` (agent/repair_kube.py) on a thread of its own, off the reconcile loop.
+        self.repair = RepairPlanner(repair or RepairSettings())
+        self.repairer = repairer
+        self.repairs: queue.Queue[Repair] = queue.Queue()
+        self.repair_counts: dict[str, int] = {}   # "action/result" -> count, in the status file
+        self.metrics = metrics or AgentMetrics()
 
     # -- capture ----------------------------------------------------------------------------
     def _capture(self, ref: PodRef) -> Any:
@@ -241,6 +251,7 @@ class Agent:
         for uid in list(self.capture_retry.pending):
             if uid not in want and uid not in self.applied:
                 self.capture_retry.forget(uid)
+        self.plan_repairs()
         self.write_status()
 
     def _adopted_kept(self, remove: list[str], want: dict[str, PodRef], shown: set[str],
@@ -280,6 +291,66 @@ class Agent:
             else:
                 want = {**want, uid: ref}
         return want
+
+    # -- repairing pods whose capture keeps failing (agent/repair.py) ---------------------------
+    def uncaptured(self) -> list[Failing]:
+        """Enrolled pods running uncaptured: the engine failed to capture them and no old capture
+        is in place. A pod the CNI plugin is adding is not one (its ADD fails: it never starts)."""
+        out = []
+        for uid, ref in self.refs.items():
+            a = self.capture_retry.pending.get(uid)
+            if a is not None and uid not in self.applied and uid not in self.cni:
+                out.append(Failing(uid, ref.namespace, ref.name, a.failures, a.reason))
+        return out
+
+    def plan_repairs(self) -> None:
+        """Queue the repairs now due (the planner bounds when, and how many)."""
+        failing = self.uncaptured()
+        self.metrics.uncaptured.set(len(failing))
+        if self.repairer is None:           # --repair-pods off: retries only
+            return
+        captured = {uid for uid in self.applied if uid not in self.errors}
+        labelled = {uid: (r.namespace, r.name) for uid, r in self.refs.items() if LABEL in dict(r.labels)}
+        limited = self.repair.limited
+        for r in self.repair.plan(self.clock(), failing, captured, labelled, set(self.refs)):
+            self.repairs.put(r)
+        if self.repair.limited > limited:
+            self._count(self.repair.settings.mode, "limited", self.repair.limited - limited)
+
+    def _count(self, action: str, result: str, n: int = 1) -> None:
+        self.metrics.repairs.labels(action, result).inc(n)
+        k = f"{action}/{result}"
+        self.repair_counts[k] = self.repair_counts.get(k, 0) + n
+
+    def carry_out_repair(self, r: Repair) -> None:
+        """One repair, against the API server (the repair worker's thread, or a test's)."""
+        try:
+            done, why = self.repairer.carry_out(r)
+        except Exception as e:  # noqa: BLE001 - the API server refused or is away: due again later
+            with self.lock:
+                self.repair.undo(r)
+                self._count(r.action, "failed")
+                self.write_status()
+            log.error("cannot %s uncaptured pod %s: %s", r.action, r.key, e)
+            return
+        with self.lock:
+            self._count(done or r.action, "success" if done else "skipped")
+            self.write_status()
+        if not done:
+            log.info("not repairing %s (%s): %s", r.key, r.action, why)
+            return
+        if done == "unlabel":
+            log.info("%s is captured now: label %s removed", r.key, LABEL)
+        else:
+            log.warning("uncaptured pod %s: %s (%s)", r.key, "deleted" if done == "delete" else "labelled", why)
+
+    def repair_worker(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                r = self.repairs.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self.carry_out_repair(r)
 
     # -- the CNI plugin's requests (agent/cni/server.py) ------------------------------------------
     def cni_add(self, pod: dict[str, Any]) -> str | None:
@@ -378,7 +449,7 @@ class Agent:
         except Exception:
             stats = {}
         doc = {"node": self.node, "time": time.time(), "revision": self.revision, "pods": pods, "stats": stats,
-               "captureFailures": dict(self.capture_failures)}
+               "captureFailures": dict(self.capture_failures), "repairs": dict(self.repair_counts)}
         tmp = self.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, self.status_file)
@@ -400,6 +471,8 @@ class Agent:
                 if not stop.is_set():
                     views.put(RuntimeError("the pod source ended"))
         threading.Thread(target=feed, name="pod-source", daemon=True).start()
+        if self.repairer is not None:
+            threading.Thread(target=self.repair_worker, args=(stop,), name="pod-repair", daemon=True).start()
         last: PodView | None = None
         synced = self.clock()
         while not stop.is_set():
@@ -454,10 +527,28 @@ class Agent:
                     self.reconcile(last)    # pods whose capture (or its removal) failed, once due
                 else:                       # (reconcile sweeps too)
                     self.recapture_replaced()   # a sandbox re-created with no change any view shows
+                    self.plan_repairs()     # a failing pod's bound may pass between attempts
         except ZtunnelError as e:
             log.warning("%s; reconnecting", e)
             self.link.close()
             stop.wait(0.2)
+
+
+def make_repairer(args: Any) -> Any:
+    """The API client --repair-pods acts through (None when off). No credentials is a start-up
+    error naming the flag: a repair that silently never happens would leave the STRICT gap open."""
+    if args.repair_pods == "off":
+        return None
+    from agent.repair_kube import KubeRepairer
+    from ambit.kube.client import make_api_client
+    try:
+        api = make_api_client(args.kube_api)
+    except Exception as e:  # noqa: BLE001 - no in-cluster credentials and no kubeconfig
+        raise SystemExit(f"agent: --repair-pods {args.repair_pods}: cannot reach the Kubernetes API: {e}") from None
+    log.info("--repair-pods %s: pods uncaptured for %.0fs and %d attempts are %s (at most %d at once, then one "
+             "every %.0fs)", args.repair_pods, args.repair_after, args.repair_min_attempts,
+             "deleted" if args.repair_pods == "delete" else "labelled", args.repair_burst, args.repair_interval)
+    return KubeRepairer(api, args.node)
 
 
 def preflight() -> None:
@@ -562,8 +653,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from agent.podsource import KubePodSource
         source = KubePodSource(args.node)
+    metrics = AgentMetrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
     agent = Agent(args.node, source, engine, ZtunnelLink(args.zds_socket), args.node_ip,
-                  args.status_file, args.drain)
+                  args.status_file, args.drain, repair=args.repair_settings(),
+                  repairer=make_repairer(args), metrics=metrics)
     if args.cni_socket is not None:
         from agent.cni.server import CniServer
         CniServer(args.cni_socket, agent).start(stop)

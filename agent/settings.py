@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import repair
 from ambit import settings
 from ambit.configclient.tls import ControllerTLSSettings, tls_field
-from ambit.settings import non_negative, one_of, option
+from ambit.settings import non_negative, one_of, option, positive
 
 
 @dataclass(frozen=True)
@@ -55,16 +56,34 @@ class AgentSettings:
                                                  "that runs the plugin file")
     cni_lab_store: Path | None = option(
         help="lab only: the plugin looks pods up in this lab store instead of the Kubernetes API server")
-    kube_api: str | None = option(help="API server URL for --cleanup-on-delete (plain HTTP: tests, kubectl "
-                                       "proxy; default: in-cluster, then kubeconfig)")
+    kube_api: str | None = option(help="API server URL for --cleanup-on-delete and --repair-pods (plain HTTP: tests, "
+                                       "kubectl proxy; default: in-cluster, then kubeconfig)")
+    repair_pods: str = option(
+        "off", "what to do with a running enrolled pod whose capture keeps failing (it runs uncaptured: plaintext "
+               "from outside the mesh is not refused): 'label' labels it ambit.io/uncaptured=true with an Event, "
+               "'delete' deletes it (if a controller owns it, else labels it) so it is re-created through the CNI "
+               "plugin, which fails closed; 'off' only retries (ambit install sets 'delete')",
+        check=one_of(*repair.MODES))
+    repair_after: float = option(60.0, "seconds of failed capture before --repair-pods acts", check=non_negative)
+    repair_min_attempts: int = option(3, "failed capture attempts, at least, before --repair-pods acts",
+                                      check=non_negative)
+    repair_burst: int = option(3, "repairs the agent may make at once", check=positive)
+    repair_interval: float = option(30.0, "seconds per further repair once the burst is spent (a node whose capture "
+                                          "is broken for every pod repairs them slowly)", check=non_negative)
+    metrics_port: int = option(0, "serve the agent's Prometheus metrics on this port (0: off)", check=non_negative)
+
+    def repair_settings(self) -> repair.RepairSettings:
+        return repair.RepairSettings(mode=self.repair_pods, after=self.repair_after,
+                                     min_attempts=self.repair_min_attempts, burst=self.repair_burst,
+                                     interval=self.repair_interval)
 
     def check(self) -> str | None:
         if self.controller and self.store:
             return "--controller and --store are two sources of pods; give one"
         if self.cleanup_on_delete is not None and self.cleanup_on_delete.count("/") != 1:
             return f"--cleanup-on-delete {self.cleanup_on_delete!r}: expected NAMESPACE/NAME"
-        if self.kube_api and not self.cleanup_on_delete:
-            return "--kube-api is only used by --cleanup-on-delete"
+        if self.kube_api and not self.cleanup_on_delete and self.repair_pods == "off":
+            return "--kube-api is only used by --cleanup-on-delete and --repair-pods"
         if (self.cni_conf_dir is None) != (self.cni_bin_dir is None):
             return "--cni-conf-dir and --cni-bin-dir go together"
         if (self.cni_conf_dir or self.cni_lab_store) and not self.cni_socket:

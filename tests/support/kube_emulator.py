@@ -12,11 +12,14 @@ unmodified:
 - custom resources under `/apis/<group>/<version>/...` only for installed groups (404 otherwise),
   each group served at all its versions;
 - `GET` of one object and `PATCH`/`PUT` of `/status` (merge patch), for status conditions; a body
-  naming `metadata.resourceVersion` is conditional on it (409 Conflict when stale);
+  naming `metadata.resourceVersion` (or `metadata.uid`) is conditional on it (409 Conflict when
+  stale); a pod's status patch may write its labels and annotations, as the pod status strategy
+  allows (the agent labels uncaptured pods so: agent/repair_kube.py);
 - Secrets and coordination.k8s.io/v1 Leases among the built-in kinds (the controller's CA Secret
   and its leader election);
 - `POST` (create; a Service gets a cluster IP), `PUT` (update, with optimistic concurrency on
-  metadata.resourceVersion: 409 Conflict when stale) and `DELETE` of objects, with the garbage
+  metadata.resourceVersion: 409 Conflict when stale) and `DELETE` of objects (a body's
+  `preconditions` uid / resourceVersion are checked: 409 Conflict), with the garbage
   collector's background cascade: deleting an object deletes every object whose
   `metadata.ownerReferences` names its uid (transitively), and an object written with an owner
   whose uid no longer exists is deleted, as kube-controller-manager does.
@@ -109,6 +112,9 @@ BUILTIN = [
     ResourceType("", ("v1",), "serviceaccounts", "ServiceAccount", True),
     ResourceType("discovery.k8s.io", ("v1",), "endpointslices", "EndpointSlice", True),
     ResourceType("apps", ("v1",), "deployments", "Deployment", True),
+    # what owns a Deployment's pods, and the Events the agent records on pods it repairs (agent/repair_kube.py)
+    ResourceType("apps", ("v1",), "replicasets", "ReplicaSet", True),
+    ResourceType("", ("v1",), "events", "Event", True),
     # what `ambit install` writes (tests/unit/ambitctl/test_install_cluster.py)
     ResourceType("apps", ("v1",), "daemonsets", "DaemonSet", True),
     ResourceType("", ("v1",), "configmaps", "ConfigMap", True),
@@ -691,6 +697,13 @@ class KubeEmulator:
                 self._send_json(h, 200, self._present(t, version, obj, with_type=True))
                 return
             if method == "DELETE" and not is_status:
+                pre = body.get("preconditions") or {}
+                stale = [f for f in ("uid", "resourceVersion") if pre.get(f) and pre[f] != obj["metadata"].get(f)]
+                if stale:
+                    self._send_json(h, 409, _status(409, "Conflict", f"Precondition failed: {stale[0]} in precondition: "
+                                                    f"{pre[stale[0]]}, {stale[0]} in object meta: "
+                                                    f"{obj['metadata'].get(stale[0])}"))
+                    return
                 gone = self._delete(t, key)
                 self._send_json(h, 200, self._present(t, version, gone, with_type=True))
                 return
@@ -726,7 +739,18 @@ class KubeEmulator:
                 self._send_json(h, 409, _status(409, "Conflict", f'Operation cannot be fulfilled on {t.plural} '
                                                 f'"{name}": the object has been modified'))
                 return
+            uid = (body.get("metadata") or {}).get("uid")
+            if uid and uid != obj["metadata"].get("uid"):   # a uid in the body is a precondition
+                self._send_json(h, 409, _status(409, "Conflict", f"Precondition failed: UID in precondition: {uid}, "
+                                                f"UID in object meta: {obj['metadata'].get('uid')}"))
+                return
             new_status = body.get("status") if method == "PUT" else _merge_patch(obj.get("status"), body.get("status"))
+            if t.kind == "Pod" and method == "PATCH":
+                # The pod status strategy keeps metadata changes: labels and annotations can be
+                # written through pods/status, the lower privilege (Istio's CNI labels pods so).
+                for f in ("labels", "annotations"):
+                    if f in (body.get("metadata") or {}):
+                        obj["metadata"][f] = _merge_patch(obj["metadata"].get(f) or {}, body["metadata"][f])
             self._rv += 1
             obj["status"] = new_status
             obj["metadata"]["resourceVersion"] = str(self._rv)
