@@ -23,6 +23,10 @@ class AgentMetrics:
             "Repairs of uncaptured pods (--repair-pods): action label, delete or unlabel; result success, "
             "skipped (the pod changed, went or is bare), failed (the API server refused) or limited (rate)",
             ["action", "result"], registry=self.registry)
+        for action in ("label", "delete", "unlabel"):   # every series from 0: alerts have a baseline
+            for result in ("success", "skipped", "failed", "limited"):
+                if not (action == "unlabel" and result == "limited"):
+                    self.repairs.labels(action, result)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from outside the pod
         from prometheus_client import start_http_server

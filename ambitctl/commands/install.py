@@ -22,7 +22,7 @@ What runs:
   and waypoints mount and pin. Replicas elect a leader with the Lease ambit-controller. It also deploys waypoints: per waypoint Gateway a Deployment, Service and
   ServiceAccount it owns (controller.waypoints.render), and writes their status.
 - `ambit-node` (DaemonSet, one pod per node): the agent and ztunnel, sharing the zds socket in an
-  emptyDir; ztunnel's Istio-named metrics on 15020. hostPID gives the agent every pod's /proc/<pid>/ns/net; the host's cgroup v2 tree,
+  emptyDir; ztunnel's Istio-named metrics on 15020, the agent's on 15014. hostPID gives the agent every pod's /proc/<pid>/ns/net; the host's cgroup v2 tree,
   bpffs, /var/run/netns and (for bcc) the host's kernel headers are mounted in.
 """
 
@@ -47,6 +47,7 @@ ZTUNNEL_SA = "ztunnel"             # the controller's CA admits ztunnels by this
 GRPC_PORT = 15012                  # config stream + CA
 METRICS_PORT = 15014
 ZTUNNEL_METRICS_PORT = 15020
+AGENT_METRICS_PORT = 15014          # as Istio's CNI node agent: uncaptured pods and their repairs
 CA_AUDIENCE = "ambit-ca"           # the audience of the token ztunnel presents to the CA
 RUN_DIR = "/var/run/ambit"         # the emptyDir agent and ztunnel share
 CNI_RUN_DIR = "/var/run/ambit-cni"  # host directory of the agent's socket for the CNI plugin
@@ -102,12 +103,15 @@ def controller_rules() -> list[Obj]:
     return rules + [dict(r) for r in RBAC_RULES]
 
 
-def node_rules() -> list[Obj]:
+def node_rules(repair_pods: str = "off") -> list[Obj]:
     """What the agent's KubePodSource lists and watches (every node's pods: RBAC cannot scope by
-    field selector)."""
+    field selector), and what `--repair-pods` calls (agent/repair_kube.py): for `label` reading a
+    pod, patching pods/status (the lower privilege, metadata included) and creating Events; for
+    `delete` deleting pods too; for `off` nothing."""
     from agent.podsource import RBAC_GROUP, RBAC_VERBS, RESOURCES
+    from agent.repair_kube import rbac_rules
     return [{"apiGroups": [RBAC_GROUP], "resources": sorted(r.plural for r in RESOURCES),
-             "verbs": list(RBAC_VERBS)}]
+             "verbs": list(RBAC_VERBS)}, *rbac_rules(repair_pods)]
 
 
 def node_namespace_rules() -> list[Obj]:
@@ -274,7 +278,9 @@ def agent_args(o: argparse.Namespace) -> list[str]:
             # the chained CNI plugin (agent/cni): its socket and the node's CNI directories are host
             # paths mounted at the same path, so what the agent writes into the conflist is true on the host
             "--cni-socket", f"{CNI_RUN_DIR}/cni.sock", "--cni-conf-dir", o.cni_conf_dir,
-            "--cni-bin-dir", o.cni_bin_dir, "--cni-python", o.cni_python]
+            "--cni-bin-dir", o.cni_bin_dir, "--cni-python", o.cni_python,
+            # a running pod whose capture keeps failing is a STRICT gap: label or delete it (agent/repair.py)
+            "--repair-pods", o.repair_pods, "--metrics-port", str(AGENT_METRICS_PORT)]
 
 
 def _host(name: str, path: str, type_: str = "Directory") -> Obj:
@@ -289,6 +295,7 @@ def node_daemonset(o: argparse.Namespace) -> Obj:
         "name": "agent", "image": o.image, "imagePullPolicy": o.pull_policy,
         "command": [ENTRYPOINT, "python3", "-m", "agent"], "args": agent_args(o),
         "env": env + _env(AMBIT_ZTUNNEL_POD_UID="metadata.uid"),
+        "ports": [{"name": "agent-metrics", "containerPort": AGENT_METRICS_PORT}],
         "securityContext": {"privileged": True},     # BPF, cgroup attach, setns, bidirectional mounts
         "readinessProbe": {"exec": {"command": ["test", "-s", f"{RUN_DIR}/agent-status.json"]},
                            "periodSeconds": 5},
@@ -376,7 +383,7 @@ def objects(o: argparse.Namespace) -> list[Obj]:
     return ([ns] + crds()
             + _rbac(CONTROLLER, o.namespace, CONTROLLER, controller_rules())
             + _namespaced_rbac(CONTROLLER, o.namespace, CONTROLLER, controller_namespace_rules())
-            + _rbac(NODE, o.namespace, ZTUNNEL_SA, node_rules())
+            + _rbac(NODE, o.namespace, ZTUNNEL_SA, node_rules(o.repair_pods))
             + _namespaced_rbac(NODE, o.namespace, ZTUNNEL_SA, node_namespace_rules())
             + controller_objects(o) + [node_daemonset(o)])
 
@@ -438,6 +445,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the nodes' CNI plugin directory (k3s: /var/lib/rancher/k3s/data/cni)")
     p.add_argument("--cni-python", default="/usr/bin/python3",
                    help="the nodes' Python 3, which runs the CNI plugin (standard library only)")
+    p.add_argument("--repair-pods", default="delete", choices=("off", "label", "delete"),
+                   help="what each node's agent does with a running enrolled pod whose capture keeps failing (it "
+                        "runs uncaptured, a STRICT gap): delete it if a controller owns it, so it is re-created "
+                        "through the CNI plugin, which fails closed (default); label it; or only retry (off). The "
+                        "node's RBAC grants what the mode needs (docs/operations.md)")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -454,7 +466,8 @@ SET_KEYS = {"namespace": "namespace", "image": "image", "pullPolicy": "pull_poli
             "cniConfDir": "cni_conf_dir", "cniBinDir": "cni_bin_dir", "cniPython": "cni_python",
             "meshConfig.outboundTrafficPolicy.mode": "outbound_traffic_policy",     # istioctl's key
             "outboundTrafficPolicy": "outbound_traffic_policy", "ztunnelWorkers": "ztunnel_workers",
-            "ztunnelMemoryRequest": "ztunnel_memory_request", "waypointWorkers": "waypoint_workers"}
+            "ztunnelMemoryRequest": "ztunnel_memory_request", "waypointWorkers": "waypoint_workers",
+            "repairPods": "repair_pods"}
 
 
 def apply_sets(o: argparse.Namespace, sets: list[str]) -> argparse.Namespace:

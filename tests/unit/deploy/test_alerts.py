@@ -81,6 +81,24 @@ TESTS = {
                  "exp_alerts": [{"exp_labels": {"severity": "warning", "instance": "ctl", "limit": "ca_request_rate"}}]},
             ],
         },
+        {   # capture: a node with an uncaptured pod; one whose repairs are rate-limited; a healthy one
+            "interval": "1m",
+            "input_series": [
+                {"series": 'ambit_agent_uncaptured_pods{instance="node-a"}', "values": "0 0 1 1 1 1 1 0"},
+                {"series": 'ambit_agent_uncaptured_pods{instance="node-b"}', "values": "0 1 0 1 0 1 0 0"},
+                {"series": 'ambit_agent_pod_repairs_total{instance="node-a",action="delete",result="limited"}',
+                 "values": "0 0 0 0 4 9 9"},
+                {"series": 'ambit_agent_pod_repairs_total{instance="node-b",action="delete",result="success"}',
+                 "values": "0 0 1 1 2 2 2"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "AmbitPodsUncaptured",
+                 "exp_alerts": [{"exp_labels": {"severity": "critical", "instance": "node-a"}}]},
+                {"eval_time": "5m", "alertname": "AmbitPodRepairFailing",
+                 "exp_alerts": [{"exp_labels": {"severity": "warning", "instance": "node-a", "action": "delete",
+                                                "result": "limited"}}]},
+            ],
+        },
     ],
 }
 

@@ -153,10 +153,35 @@ def test_node_pods_may_watch_what_the_agent_watches_and_nothing_more() -> None:
     for r in RESOURCES:
         for verb in ("list", "watch"):
             assert allowed(docs, "ambit-system", sa, "", r.plural, verb), f"{verb} {r.plural}"
-    for verb in ("create", "update", "patch", "delete"):
-        assert not allowed(docs, "ambit-system", sa, "", "pods", verb)
     assert not allowed(docs, "ambit-system", sa, "", "secrets", "get")
     assert not allowed(docs, "ambit-system", sa, "authentication.k8s.io", "tokenreviews", "create")
+
+
+# What each --repair-pods mode may do to pods beyond list/watch: the calls of agent/repair_kube.py
+# (tests/unit/agent/test_repair_kube.py checks them against the requests on the wire), no more.
+REPAIR_GRANTS = {
+    "off": set(),
+    "label": {("pods", "get"), ("pods/status", "patch"), ("events", "create")},
+    "delete": {("pods", "get"), ("pods", "delete"), ("pods/status", "patch"), ("events", "create")},
+}
+
+
+@pytest.mark.parametrize("mode", ["off", "label", "delete", None])
+def test_node_pods_may_repair_pods_exactly_as_their_mode_needs(mode: str | None) -> None:
+    """Deleting pods is granted only with `--repair-pods delete` (the default: an uncaptured pod is a
+    STRICT gap, and a deleted pod comes back through the CNI plugin, which fails closed); never
+    create, update or patch of pods, and never an Event's update or delete."""
+    docs = render(*(["--repair-pods", mode] if mode else []))
+    mode = mode or "delete"
+    sa = one(docs, "DaemonSet", "ambit-node")["spec"]["template"]["spec"]["serviceAccountName"]
+    checked = [(r, v) for r in ("pods", "pods/status", "events")
+               for v in ("get", "create", "update", "patch", "delete", "deletecollection")]
+    granted = {(r, v) for r, v in checked if allowed(docs, "ambit-system", sa, "", r, v)}
+    assert granted == REPAIR_GRANTS[mode]
+    agent = container(docs, "DaemonSet", "ambit-node", "agent")
+    assert flag(agent["args"], "--repair-pods") == mode
+    port = int(flag(agent["args"], "--metrics-port"))
+    assert {"name": "agent-metrics", "containerPort": port} in agent["ports"]
 
 
 def namespaced_grants(docs: list[Obj], namespace: str, sa: str) -> list[Obj]:
