@@ -104,7 +104,8 @@ class RepairPlanner:
     since: dict[str, float] = field(default_factory=dict)      # uid -> first failure seen
     repaired: dict[str, Repair] = field(default_factory=dict)   # uid -> what was done (once per pod)
     unlabelling: set[str] = field(default_factory=set)         # uids whose label removal is asked
-    limited: int = 0                                           # repairs held back by the bucket
+    held: set[str] = field(default_factory=set)                # uids due but held back by the bucket
+    limited: int = 0                                           # pods held back (each once while held)
     bucket: TokenBucket = field(init=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +124,7 @@ class RepairPlanner:
         for uid in list(self.since):
             if uid not in failing_uids:
                 del self.since[uid]
+        self.held &= failing_uids
         for uid in list(self.repaired):
             if uid in captured or uid not in known:     # healed (may fail and be repaired again) or gone
                 del self.repaired[uid]
@@ -138,8 +140,11 @@ class RepairPlanner:
             if f.uid in self.repaired or f.failures < s.min_attempts or now - first < s.after:
                 continue
             if not self.bucket.take(now):
-                self.limited += 1
+                if f.uid not in self.held:
+                    self.held.add(f.uid)
+                    self.limited += 1
                 continue
+            self.held.discard(f.uid)
             why = f"capture has failed {f.failures} times over {now - first:.0f}s: {f.reason}"
             r = Repair(f.uid, f.namespace, f.name, s.mode, why)
             self.repaired[f.uid] = r

@@ -48,6 +48,7 @@ def test_a_node_whose_capture_is_broken_for_every_pod_repairs_a_few_then_one_per
     assert len(p.plan(0.0, pods, set(), {}, known)) == 3
     assert p.limited == 17
     assert p.plan(10.0, pods, set(), {}, known) == [], "no token yet"
+    assert p.limited == 17, "a pod held back is counted once, not every turn of the loop"
     assert len(p.plan(30.0, pods, set(), {}, known)) == 1
     assert len(p.plan(90.0, pods, set(), {}, known)) == 2, "a token per 30 s"
     assert len(p.plan(10_000.0, pods, set(), {}, known)) == 3, "never more than the burst at once"

@@ -149,3 +149,21 @@ def test_the_agent_with_repair_off_only_retries(kube: KubeEmulator, tmp_path: Pa
     a._step(view("1", r), None, threading.Event())
     assert a.repairs.empty() and kube.get("v1", "Pod", "pod-u1", "mesh") is not None
     assert a.metrics.uncaptured._value.get() == 1
+
+
+def test_an_agent_told_to_repair_without_api_credentials_does_not_start(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repair that could never happen would leave the STRICT gap open while the flag says closed."""
+    from agent.__main__ import make_repairer
+    from agent.settings import load
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    args = load(["--node", "n", "--zds-socket", "z", "--ztunnel-cgroup", "c", "--node-ip", "10.0.0.1",
+                 "--repair-pods", "label"], {})
+    with pytest.raises(SystemExit, match="--repair-pods label: cannot reach the Kubernetes API"):
+        make_repairer(args)
+    off = load(["--node", "n", "--zds-socket", "z", "--ztunnel-cgroup", "c", "--node-ip", "10.0.0.1"], {})
+    assert off.repair_pods == "off" and make_repairer(off) is None
+    with pytest.raises(ValueError, match="--kube-api is only used by"):
+        load(["--node", "n", "--zds-socket", "z", "--ztunnel-cgroup", "c", "--node-ip", "10.0.0.1",
+              "--kube-api", "http://x"], {})
