@@ -16,6 +16,10 @@ sandbox (netns) is gone, the source says it is not to be captured, or the source
 longer does (deleted) (`_kept_by_sandbox`). A restarted agent keeps, the same way, the pods it
 finds captured that no view shows yet (`_adopted_kept`): the previous agent's record of its plugin
 pods died with it.
+
+A pod the source enrolled while it was already running, whose capture keeps failing, runs
+uncaptured (a STRICT gap) while it is retried; `--repair-pods` labels or deletes it once a bound
+has passed (agent/repair.py), on a thread of its own (`repair_worker`).
 """
 
 from __future__ import annotations
