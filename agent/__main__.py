@@ -83,6 +83,7 @@ class Agent:
         self.repairer = repairer
         self.repairs: queue.Queue[Repair] = queue.Queue()
         self.repair_counts: dict[str, int] = {}   # "action/result" -> count, in the status file
+        self.labelled: dict[str, tuple[str, str]] = {}  # uid -> (ns, name) this agent labelled
         self.metrics = metrics or AgentMetrics()
 
     # -- capture ----------------------------------------------------------------------------
@@ -314,7 +315,11 @@ class Agent:
         if self.repairer is None:           # --repair-pods off: retries only
             return
         captured = {uid for uid in self.applied if uid not in self.errors}
+        # The label as the view shows it (a restarted agent cleans up after its predecessor), and
+        # as this agent set it (a source that does not carry pod labels: the config stream, the lab).
+        self.labelled = {uid: k for uid, k in self.labelled.items() if uid in self.refs}
         labelled = {uid: (r.namespace, r.name) for uid, r in self.refs.items() if LABEL in dict(r.labels)}
+        labelled |= self.labelled
         limited = self.repair.limited
         for r in self.repair.plan(self.clock(), failing, captured, labelled, set(self.refs)):
             self.repairs.put(r)
@@ -332,13 +337,17 @@ class Agent:
             done, why = self.repairer.carry_out(r)
         except Exception as e:  # noqa: BLE001 - the API server refused or is away: due again later
             with self.lock:
-                self.repair.undo(r)
+                self.repair.undo(r, self.clock())
                 self._count(r.action, "failed")
                 self.write_status()
             log.error("cannot %s uncaptured pod %s: %s", r.action, r.key, e)
             return
         with self.lock:
             self._count(done or r.action, "success" if done else "skipped")
+            if done == "label":
+                self.labelled[r.uid] = (r.namespace, r.name)
+            elif r.action == "unlabel":
+                self.labelled.pop(r.uid, None)
             self.write_status()
         if not done:
             log.info("not repairing %s (%s): %s", r.key, r.action, why)

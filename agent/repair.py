@@ -103,7 +103,7 @@ class RepairPlanner:
     settings: RepairSettings
     since: dict[str, float] = field(default_factory=dict)      # uid -> first failure seen
     repaired: dict[str, Repair] = field(default_factory=dict)   # uid -> what was done (once per pod)
-    unlabelling: set[str] = field(default_factory=set)         # uids whose label removal is asked
+    unlabelling: dict[str, float] = field(default_factory=dict)   # uid -> when its label removal is due again
     held: set[str] = field(default_factory=set)                # uids due but held back by the bucket
     limited: int = 0                                           # pods held back (each once while held)
     bucket: TokenBucket = field(init=False)
@@ -128,10 +128,10 @@ class RepairPlanner:
         for uid in list(self.repaired):
             if uid in captured or uid not in known:     # healed (may fail and be repaired again) or gone
                 del self.repaired[uid]
-        self.unlabelling &= set(labelled)
+        self.unlabelling = {uid: at for uid, at in self.unlabelling.items() if uid in labelled}
         for uid, (ns, name) in sorted(labelled.items(), key=lambda kv: kv[1]):
-            if uid in captured and uid not in self.unlabelling:     # the label would lie now
-                self.unlabelling.add(uid)
+            if uid in captured and self.unlabelling.get(uid, now) <= now:     # the label would lie now
+                self.unlabelling[uid] = float("inf")                         # asked: until it fails
                 out.append(Repair(uid, ns, name, "unlabel", "capture is in place"))
         if s.mode == "off":
             return out
@@ -151,11 +151,11 @@ class RepairPlanner:
             out.append(r)
         return out
 
-    def undo(self, r: Repair) -> None:
-        """`r` could not be carried out (the API server refused): it is due again at once, still
-        within the rate."""
+    def undo(self, r: Repair, now: float) -> None:
+        """`r` could not be carried out (the API server refused): a repair is due again at once,
+        still within the rate; a label removal after `interval` (it is not rate-limited)."""
         if r.action == "unlabel":
-            self.unlabelling.discard(r.uid)
+            self.unlabelling[r.uid] = now + max(self.settings.interval, 1.0)
         else:
             self.repaired.pop(r.uid, None)
 

@@ -57,8 +57,17 @@ def test_a_node_whose_capture_is_broken_for_every_pod_repairs_a_few_then_one_per
 def test_a_refused_repair_is_due_again() -> None:
     p = planner(after=0.0, min_attempts=1)
     [r] = p.plan(0.0, [failing("u1", 1)], set(), {}, {"u1"})
-    p.undo(r)
+    p.undo(r, 0.0)
     assert [x.uid for x in p.plan(1.0, [failing("u1", 2)], set(), {}, {"u1"})] == ["u1"]
+
+
+def test_a_refused_label_removal_is_asked_again_after_the_interval_not_every_turn() -> None:
+    p = planner("label", interval=30.0)
+    labelled = {"u1": ("mesh", "pod-u1")}
+    [r] = p.plan(0.0, [], {"u1"}, labelled, {"u1"})
+    p.undo(r, 0.0)
+    assert p.plan(10.0, [], {"u1"}, labelled, {"u1"}) == []
+    assert [x.action for x in p.plan(30.0, [], {"u1"}, labelled, {"u1"})] == ["unlabel"]
 
 
 def test_a_captured_pod_that_carries_the_label_has_it_removed_once() -> None:
