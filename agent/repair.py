@@ -17,8 +17,8 @@ delete  delete the pod, with its uid as a precondition, so its controller re-cre
 The bound is both a duration and a count: `after` seconds since the first failed attempt AND at
 least `min_attempts` failed attempts. A count alone would fire in about 4 s (the backoff starts at
 0.5 s), before a transient error (a netns race, a map briefly full during churn) clears; a duration
-alone could fire after one slow attempt. 60 s and 3 attempts: with the 0.5 s doubling backoff
-that is the 7th attempt, and it bounds the STRICT gap of one pod to about a minute.
+alone could fire after one slow attempt. 60 s and 3 attempts: with the 0.5 s doubling backoff 7
+attempts have failed by then, and the STRICT gap of one pod is bounded to about a minute.
 
 Rate: a token bucket (`burst` repairs at once, one more every `interval` seconds), so a node whose
 capture is broken for every pod does not delete all its pods at once; the rest wait, counted as
