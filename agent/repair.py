@@ -15,7 +15,7 @@ delete  delete the pod, with its uid as a precondition, so its controller re-cre
         a controller comes back: a bare pod is labelled instead (deleting it would lose it).
 
 The bound is both a duration and a count: `after` seconds since the first failed attempt AND at
-least `min_attempts` failed attempts. A count alone would fire in about 4 s (the backoff starts at
+least `min_attempts` failed attempts. A count of 3 alone would fire within 2 s (the backoff starts at
 0.5 s), before a transient error (a netns race, a map briefly full during churn) clears; a duration
 alone could fire after one slow attempt. 60 s and 3 attempts: with the 0.5 s doubling backoff 7
 attempts have failed by then, and the STRICT gap of one pod is bounded to about a minute.
