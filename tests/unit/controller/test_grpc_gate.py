@@ -184,7 +184,7 @@ def test_config_streams_claiming_megabytes_of_resources_do_not_hold_megabytes_ea
         controller: dict[str, Any]) -> None:
     """A subscribe's `initial_resource_versions` is the client's word, up to grpc's 4 MiB. Ten
     streams of one authenticated node, each claiming 270,000 resources it was never sent and never
-    ACKing, took the controller from 109 to about 900 MiB (a dict of the claim per stream, and
+    ACKing, took the controller from 109 to 765 MiB (a dict of the claim per stream, and
     the removal of every name in a response the client does not read); one credential may hold
     512 streams. The server now keeps the claim compactly and removes at most MAX_GONE names
     outside the view per subscribe."""
