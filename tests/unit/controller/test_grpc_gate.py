@@ -56,18 +56,20 @@ def controller() -> Iterator[dict[str, Any]]:
         emu.stop()
 
 
-async def call(c: dict[str, Any], method: str, token: str) -> tuple[str, str]:
-    """(status name, message) of `method` with an oversized request, as node-1 with `token`."""
+async def call(c: dict[str, Any], method: str, token: str, size: int = OVER) -> tuple[str, str]:
+    """(status name, message) of `method` with a request of about `size` bytes, as node-1 with
+    `token`."""
     md = {"authorization": f"Bearer {token}", "x-ambit-node": "node-1"}
     async with tls.channel(c["address"], c["trust"]) as ch:
         try:
             if method == "CreateCertificate":
                 await ca_grpc.CertificateServiceStub(ch).CreateCertificate(
-                    ca_pb2.CSRRequest(csr_pem="A" * OVER, identity="spiffe://cluster.local/ns/default/sa/x"),
+                    ca_pb2.CSRRequest(csr_pem="A" * size, identity="spiffe://cluster.local/ns/default/sa/x"),
                     metadata=md, timeout=30)
             elif method == "Report":
                 await debug_grpc.DebugServiceStub(ch).Report(
-                    debug_pb2.ProxyReport(node=NODE, version="A" * OVER), metadata=md, timeout=30)
+                    debug_pb2.ProxyReport(node=NODE, version="1", state_json=b"{" + b" " * size + b"}"),
+                    metadata=md, timeout=30)
             elif method == "ProxyConfig":
                 await debug_grpc.DebugServiceStub(ch).ProxyConfig(
                     debug_pb2.ProxyConfigRequest(proxy="A" * OVER), metadata=md, timeout=30)
@@ -139,26 +141,6 @@ def test_a_refused_config_stream_is_read_for_its_reason_one_at_a_time() -> None:
     assert "bootstrap token not valid" in message, message
 
 
-async def _oversized_for_node(c: dict[str, Any], method: str, size: int) -> tuple[str, str]:
-    """(status, message) of `method` with a request of about `size` bytes, as the authenticated
-    node-1: under grpc's 4 MiB but over what that method needs."""
-    md = {"authorization": "Bearer zt-1", "x-ambit-node": "node-1"}
-    async with tls.channel(c["address"], c["trust"]) as ch:
-        try:
-            if method == "CreateCertificate":
-                await ca_grpc.CertificateServiceStub(ch).CreateCertificate(
-                    ca_pb2.CSRRequest(csr_pem="A" * size, identity="spiffe://cluster.local/ns/default/sa/x"),
-                    metadata=md, timeout=30)
-            else:
-                assert method == "Report"
-                await debug_grpc.DebugServiceStub(ch).Report(
-                    debug_pb2.ProxyReport(node=NODE, version="1", state_json=b"{" + b" " * size + b"}"),
-                    metadata=md, timeout=30)
-        except GRPCError as e:
-            return e.status.name, e.message or ""
-    return "OK", ""
-
-
 @pytest.mark.parametrize("method, size, bound", [
     ("CreateCertificate", 200 << 10, "65536"),       # a CSR is about 1 KiB
     ("Report", 1 << 20, "327680"),                    # a report's state is at most 256 KiB
@@ -168,7 +150,7 @@ def test_an_authenticated_node_is_held_to_each_methods_own_message_bound(
     """Was: read and parsed up to grpc's 4 MiB for every method (a 200 KiB "CSR" was parsed and
     refused as a bad CSR; a 1 MiB report was parsed, then refused INVALID_ARGUMENT). Now refused
     RESOURCE_EXHAUSTED, unparsed, by a message naming the method and its bound."""
-    code, message = asyncio.run(_oversized_for_node(controller, method, size))
+    code, message = asyncio.run(call(controller, method, "zt-1", size))
     assert code == "RESOURCE_EXHAUSTED", (code, message)
     assert method in message and f"bound of {bound} bytes" in message, message
 
