@@ -82,6 +82,24 @@ def test_scrape_answers_of_one_proxys_workers_are_all_kept() -> None:
     asyncio.run(main())
 
 
+def test_a_feed_answers_a_scrape_once() -> None:
+    """Was: every upload of a feed carrying the scrape's id was appended to the answer, so one
+    authenticated feed could grow it by a 4 MiB message at a time for as long as the scrape waited
+    for the others (up to 30 s), and double its own samples in `ambit top`."""
+    async def main() -> None:
+        hub = FeedHub()
+        a, b = hub.open_feed("ztunnel/n1"), hub.open_feed("ztunnel/n2")
+        task = asyncio.ensure_future(hub.scrape(timeout=5))
+        await asyncio.sleep(0)
+        sid = control(hub, a)["scrape"]
+        for _ in range(3):
+            hub.answer(a, sid, "istio_x 1\n")
+        hub.answer(b, sid, "istio_y 1\n")
+        got, missing = await task
+        assert got == {"ztunnel/n1": "istio_x 1\n", "ztunnel/n2": "istio_y 1\n"} and missing == []
+    asyncio.run(main())
+
+
 def test_proxy_feed_subscribes_only_while_tapped_and_uploads_only_matches() -> None:
     async def main() -> None:
         tap = TapHub("ztunnel/n1", queue_size=2)
