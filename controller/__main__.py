@@ -249,6 +249,12 @@ async def amain(args: ControllerSettings) -> int:
             sa = args.ztunnel_service_account or f"system:serviceaccount:{args.root_namespace}:ztunnel"
             verifier = TokenReviewVerifier(make_api_client(args.kube_host, args.kubeconfig), {sa},
                                            workload_accounts=controller.is_waypoint_account)
+            reviews = verifier
+
+            def bound_objects(objects: Snapshot, _tr: Translation) -> None:
+                """A cached TokenReview holds while its pod, account and node are watched."""
+                reviews.observe(objects)
+            hooks.append(bound_objects)
         try:
             from controller.fairness import RequestRate
             ca_rate = RequestRate(args.ca_request_rate, args.ca_request_burst, time.monotonic)

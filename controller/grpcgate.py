@@ -35,6 +35,7 @@ from typing import Any
 import grpc
 
 from controller.acceptgate import peer_of
+from controller.msgsize import limited
 from controller.validation import printable
 
 log = logging.getLogger("ambit.controller.grpcgate")
@@ -59,6 +60,8 @@ Check = Callable[[Mapping[str, str]], Awaitable[Any]]
 class Guard:
     check: Check
     drain: bool = False         # read (and drop) the first request before refusing
+    max_message: int = 0        # bytes one request message of a caller that passed may hold
+                                # (controller/msgsize.py); 0: the server's own bound
 
 
 def metadata_dict(pairs: Any) -> dict[str, str]:
@@ -88,7 +91,10 @@ class CallGate(grpc.aio.ServerInterceptor):
             await guard.check(metadata_dict(details.invocation_metadata))
         except CallRefused as e:
             return self._refusal(details.method, e, guard.drain)
-        return await continuation(details)
+        handler = await continuation(details)
+        if guard.max_message and handler is not None:
+            return limited(handler, details.method, guard.max_message)
+        return handler
 
     def _refusal(self, method: str, refused: CallRefused, drain: bool) -> grpc.RpcMethodHandler:
         """A handler that refuses without reading the request (a request-streaming handler reads

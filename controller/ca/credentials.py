@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from ambit.clock import Monotonic
+from controller.ca.liveness import POD_NAME_EXTRA, POD_UID_EXTRA, Bound, Live
 
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 SA_PREFIX = "system:serviceaccount:"
@@ -42,10 +43,11 @@ class Caller(str):
     account's certificate and, on the config stream, only that waypoint's view."""
 
     workload: str
+    bound: Bound | None     # what the token is bound to (a TokenReview's), for a cached review
 
-    def __new__(cls, node: str, workload: str = "") -> Caller:
+    def __new__(cls, node: str, workload: str = "", bound: Bound | None = None) -> Caller:
         c = super().__new__(cls, node)
-        c.workload = workload
+        c.workload, c.bound = workload, bound
         return c
 
 
@@ -64,8 +66,10 @@ class CredentialCheckBusy(Exception):
 
 
 # TokenReviewVerifier's bounds (see its `verify`). A confirmed token is taken again for a minute
-# without a TokenReview, as the API server's own webhook token cache does (2 min by default): a
-# token revoked meanwhile still passes for that long, while node authorization stays live.
+# without a TokenReview, as the API server's own webhook token cache does (2 min by default), but
+# only while the pod, service account and node it is bound to are still in the controller's
+# watch (controller/ca/liveness.py): a deleted pod's token is reviewed again at its next call.
+# Node authorization stays live.
 REVIEW_CACHE_TTL = 60.0
 REVIEW_CACHE_SIZE = 4096
 MAX_PENDING_REVIEWS = 64
@@ -88,12 +92,13 @@ class Reviews(Generic[T]):
         # Its own threads: the blocking client must neither hold the event loop nor share a pool.
         self._executor = ThreadPoolExecutor(REVIEW_THREADS, thread_name_prefix=name)
 
-    async def check(self, key: str, review: Callable[[], T]) -> T:
+    async def check(self, key: str, review: Callable[[], T], still: Callable[[T], bool] | None = None) -> T:
         """`review()`'s result for `key` (the token and whatever it is checked against), cached
-        when it returns; its exception (not cached) when it raises."""
+        when it returns; its exception (not cached) when it raises. A cached result is taken only
+        while `still(result)` holds."""
         digest = hashlib.sha256(key.encode()).digest()
         hit = self._confirmed.get(digest)
-        if hit is not None and hit[0] > self._clock():
+        if hit is not None and hit[0] > self._clock() and (still is None or still(hit[1])):
             return hit[1]
         if self.pending >= self.max_pending:
             raise CredentialCheckBusy(f"{self.pending} credential checks are pending at the API server; "
@@ -194,6 +199,16 @@ class TokenReviewVerifier:
         self.audiences = audiences or ["ambit-ca"]
         self.workload_accounts = workload_accounts
         self.reviews: Reviews[Caller] = Reviews(max_pending=max_pending, cache_ttl=cache_ttl, clock=clock)
+        self.live: Live | None = None       # the cluster as last watched (None: not yet: the TTL alone)
+
+    def observe(self, objects: Any) -> None:
+        """The controller's latest snapshot (any thread): a cached review holds only while what
+        its token is bound to is in it."""
+        self.live = Live.of(objects)
+
+    def _still(self, caller: Caller) -> bool:
+        live = self.live
+        return live is None or caller.bound is None or live.holds(caller.bound)
 
     def _workload_of(self, username: str) -> str:
         if self.workload_accounts is None or not username.startswith(SA_PREFIX):
@@ -225,8 +240,14 @@ class TokenReviewVerifier:
             raise Unauthenticated("TokenReview: token is not bound to a node (no node-name claim)")
         if nodes[0] != claimed_node:
             raise Unauthenticated(f"TokenReview: token belongs to node {nodes[0]!r}, not {claimed_node!r}")
-        return Caller(nodes[0], workload)
+        ns, _, sa = username[len(SA_PREFIX):].partition(":") if username.startswith(SA_PREFIX) else ("", "", "")
+        extra = user.extra or {}
+        bound = Bound(ns, sa, (extra.get(POD_NAME_EXTRA) or [""])[0], (extra.get(POD_UID_EXTRA) or [""])[0],
+                      nodes[0]) if ns and sa else None
+        return Caller(nodes[0], workload, bound)
 
     async def verify(self, token: str, claimed_node: str) -> str:
-        """`review`, off the event loop, cached and bounded (`Reviews`)."""
-        return await self.reviews.check(f"{claimed_node}\n{token}", functools.partial(self.review, token, claimed_node))
+        """`review`, off the event loop, cached and bounded (`Reviews`), the cache only while the
+        token's pod, service account and node are still watched (`observe`)."""
+        return await self.reviews.check(f"{claimed_node}\n{token}", functools.partial(self.review, token, claimed_node),
+                                        self._still)

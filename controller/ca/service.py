@@ -26,6 +26,7 @@ from controller.ca.credentials import CredentialCheckBusy, NodeCredentialVerifie
 from controller.ca.node_auth import authorize, within_scope
 from controller.fairness import Refusal, RequestRate
 from controller.grpcgate import CallRefused, Guard, metadata_dict, method_path
+from controller.msgsize import SMALL
 from controller.validation import printable
 
 log = logging.getLogger("ambit.ca")
@@ -141,7 +142,8 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
     def guards(self) -> dict[str, Guard]:
         """CreateCertificate's credential check, for the server's CallGate: a caller without the
         node credential is refused before its CSR is read (controller/grpcgate.py)."""
-        return {method_path(ca_pb2.DESCRIPTOR, "CertificateService", "CreateCertificate"): Guard(self._gate_check)}
+        return {method_path(ca_pb2.DESCRIPTOR, "CertificateService", "CreateCertificate"):
+                Guard(self._gate_check, max_message=SMALL)}
 
     async def _refuse(
         self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, node: str, requested: str, reason: str

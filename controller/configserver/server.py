@@ -34,7 +34,14 @@ from controller.ca.credentials import scope_of
 from controller.configserver.auth import NodeAuthenticator, StreamRefused, metadata_of
 from controller.configserver.metrics import ConfigMetrics
 from controller.configserver.snapshot import Snapshot
-from controller.configserver.subscription import Nack, Planned, SubscriberStatus, Subscription
+from controller.configserver.subscription import (
+    MAX_GONE,
+    Claim,
+    Nack,
+    Planned,
+    SubscriberStatus,
+    Subscription,
+)
 from controller.grpcgate import CallGate, Guard, method_path
 from controller.memguard import MemoryGuard
 
@@ -149,6 +156,7 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         self._server: grpc.aio.Server | None = None
         self._accept: AcceptGate | None = None
         self.pushes = 0  # responses sent in total (also in the metrics; handy for tests and logs)
+        self.claims_cut = 0  # subscribes whose claim of gone resources was cut to MAX_GONE (for the log's rate)
 
     # ----- the desired state -----------------------------------------------------------------
 
@@ -299,7 +307,9 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
                                 "controller's per-client bound (config_streams_per_client, "
                                 "--max-config-streams-per-client); retry once one of them has ended")
         try:
-            await self._serve(context, node, first)
+            box = [first]
+            del first               # _read_loop takes it from the box: no frame keeps it after
+            await self._serve(context, node, box)
         finally:
             self.streams_per_client.release(client)
 
@@ -318,7 +328,7 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
                             f"{node.key}: {said}; new config streams are refused until it has room "
                             "(docs/operations.md, \"Sizing the controller\"); retry later")
 
-    async def _serve(self, context, node: NodeInfo, first: config_pb2.DeltaRequest) -> None:
+    async def _serve(self, context, node: NodeInfo, first: list[config_pb2.DeltaRequest]) -> None:
         """Serve an admitted stream until it ends (the client's, the server's, or an error)."""
         await context.send_initial_metadata(())
         st = _Stream(Subscription(node, peer_of(context), time.time()))
@@ -337,12 +347,13 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             reader.cancel()
             self._unregister(st)
 
-    async def _read_loop(self, context, st: _Stream, first: config_pb2.DeltaRequest) -> None:
-        req = first
-        try:
+    async def _read_loop(self, context, st: _Stream, first: list[config_pb2.DeltaRequest]) -> None:
+        req = first.pop()       # held by no one else: a request is freed once handled, not kept
+        try:                    # for the stream's life (a subscribe's parsed message is megabytes)
             while True:
                 self._handle_request(st, req)
                 st.wake.set()
+                req = None
                 req = await context.read()
                 if req is grpc.aio.EOF:
                     break
@@ -378,7 +389,15 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         known = set(RESOURCE_TYPES) | set(self._snapshot.resources) | set(self._latest.resources)
         if req.type_url not in known:
             raise BadRequest(f"DeltaRequest.type_url: unknown type {req.type_url!r} (known: {', '.join(sorted(known))})")
-        sub.subscribe(req.type_url, dict(req.initial_resource_versions))
+        # kept compact (Claim), not as the dict the client could make as large as its message
+        claim = Claim(req.initial_resource_versions, self._snapshot.view(sub.node, req.type_url))
+        if claim.dropped:
+            self.claims_cut += 1
+        if claim.dropped and self.claims_cut % 1000 == 1:       # a loop of subscribes is no loop of logs
+            log.warning("%s subscribed to %s claiming %d more resources outside its view than the %d it is "
+                        "told to remove now; the rest are removed when a later stream claims them",
+                        sub.node.key, req.type_url, claim.dropped, MAX_GONE)
+        sub.subscribe(req.type_url, claim)
 
     def _record_nack(self, sub: Subscription, type_url: str, nack: Nack) -> None:
         self.metrics.nacks.labels(type_url, sub.node.kind).inc()

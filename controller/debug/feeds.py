@@ -158,6 +158,8 @@ class FeedHub:
         if entry is None:                      # too late: that scrape is over
             return
         got, done, pending = entry
+        if id(f) not in pending:               # one answer per feed and scrape: a feed answering again and
+            return                             # again (4 MiB each) made the answer grow until the scrape's end
         # Several feeds under one key: a ztunnel's workers (ztunnel/workers.py), or both node pods
         # of a surge roll. Each counts its own connections, so the node's answer is all of them;
         # readers sum samples with equal labels (ambitctl/commands/top.py `parse`).

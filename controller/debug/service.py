@@ -38,6 +38,7 @@ from controller.debug.readers import Forbidden, ReaderAuth, Unauthenticated
 from controller.debug.reports import ReportStore
 from controller.fairness import Refusal, RequestRate
 from controller.grpcgate import CallRefused, Guard, method_path
+from controller.msgsize import SMALL
 
 log = logging.getLogger("ambit.controller.debug")
 MAX_REPORT = 256 * 1024
@@ -78,11 +79,15 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
     def guards(self) -> dict[str, Guard]:
         """The credential checks of every method (and of the config service's Status), for the
         server's CallGate: a caller without the credential is refused before its request is read."""
-        out = {method_path(debug_pb2.DESCRIPTOR, "DebugService", m): Guard(self.reader_of) for m in READER_METHODS}
-        out[STATUS] = Guard(self.reader_of)
+        out = {method_path(debug_pb2.DESCRIPTOR, "DebugService", m): Guard(self.reader_of, max_message=SMALL)
+               for m in READER_METHODS}
+        out[STATUS] = Guard(self.reader_of, max_message=SMALL)
         for m, label in PROXY_METHODS.items():
+            # a report: its state (MAX_REPORT) and a node; a feed upload: up to the server's 4 MiB
+            # (a scrape answer carries up to 2 MiB of metrics, ambit/dataplane/feed.py MAX_METRICS)
             out[method_path(debug_pb2.DESCRIPTOR, "DebugService", m)] = Guard(
-                functools.partial(self._proxy_credential, label=label, rated=m == "Report"))
+                functools.partial(self._proxy_credential, label=label, rated=m == "Report"),
+                max_message=MAX_REPORT + SMALL if m == "Report" else 0)
         return out
 
     def _over_rate(self, node: NodeInfo | None, client: tuple[str, str], over: Refusal) -> str:

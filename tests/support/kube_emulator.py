@@ -550,13 +550,17 @@ class KubeEmulator:
         h.wfile.write(data)
 
     def add_token(self, token: str, namespace: str, service_account: str, *, node: str = "", pod: str = "",
-                  audiences: Iterable[str] = ("ambit-ca",)) -> None:
-        """Register a projected service-account token for TokenReview (bound to `pod` on `node`)."""
+                  audiences: Iterable[str] = ("ambit-ca",), pod_uid: str = "") -> None:
+        """Register a projected service-account token for TokenReview (bound to `pod` on `node`).
+        With `pod_uid` it is bound as the API server binds it: refused ("service account token has
+        been invalidated") once that pod (by UID) or its service account is not among the objects."""
         extra: dict[str, list[str]] = {}
         if node:
             extra["authentication.kubernetes.io/node-name"] = [node]
         if pod:
             extra["authentication.kubernetes.io/pod-name"] = [pod]
+        if pod_uid:
+            extra["authentication.kubernetes.io/pod-uid"] = [pod_uid]
         self._tokens[token] = {"user": {"username": f"system:serviceaccount:{namespace}:{service_account}",
                                         "uid": str(uuid.uuid4()),
                                         "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}",
@@ -605,6 +609,18 @@ class KubeEmulator:
         self._tokens[token] = {"user": {"username": username, "uid": str(uuid.uuid4()), "groups": list(groups),
                                         "extra": {}}, "audiences": ["https://kubernetes.default.svc"]}
 
+    def _binding_holds(self, user: Obj) -> bool:
+        """A token registered with a pod UID: its pod (that UID) and service account still exist."""
+        uid = (user.get("extra") or {}).get("authentication.kubernetes.io/pod-uid")
+        if not uid:
+            return True
+        ns, _, sa = user["username"].removeprefix("system:serviceaccount:").partition(":")
+        pod_name = user["extra"]["authentication.kubernetes.io/pod-name"][0]
+        with self._lock:
+            pod = self._objects.get(("", "pods"), {}).get((ns, pod_name))
+            account = self._objects.get(("", "serviceaccounts"), {}).get((ns, sa))
+        return pod is not None and pod["metadata"].get("uid") == uid[0] and account is not None
+
     def _token_review(self, h: BaseHTTPRequestHandler, body: Obj) -> None:
         while not self._reviews_open.wait(0.05) and not self._closing:
             pass
@@ -614,6 +630,8 @@ class KubeEmulator:
         status: Obj
         if known is None:
             status = {"authenticated": False, "error": "[invalid bearer token, token lookup failed]"}
+        elif not self._binding_holds(known["user"]):
+            status = {"authenticated": False, "error": "[invalid bearer token, service account token has been invalidated]"}
         elif not self.audience_aware:
             status = {"authenticated": True, "user": known["user"]}
         elif wanted and not set(wanted) & set(known["audiences"]):

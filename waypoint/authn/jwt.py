@@ -7,10 +7,17 @@ Semantics are Envoy's jwt_authn as Istio configures it (istio/istio pilot/pkg/se
 
 - A request without a token (in any provider's locations) passes unauthenticated: whether that
   is allowed is AuthorizationPolicy's call (`requestPrincipals`).
-- A request with tokens passes when each of them is verified by a provider whose locations hold
-  it (Envoy: all tokens must be valid); otherwise it gets **401** with Envoy's reason (`Jwt is
-  expired`, `Jwt verification fails`, `Audiences in Jwt are not allowed`, ...) and
-  `www-authenticate: Bearer realm="<url>", error="invalid_token"`.
+- A request with a token passes when a provider whose locations hold it verifies it; otherwise it
+  gets **401** with Envoy's reason (`Jwt is expired`, `Jwt verification fails`, `Audiences in Jwt
+  are not allowed`, ...) and `www-authenticate: Bearer realm="<url>", error="invalid_token"`.
+- Several distinct tokens: each must verify (Envoy's rule), and then the request is still refused
+  (401, `SEVERAL`): Istio documents several valid JWTs as unsupported, "the output principal of
+  such requests is undefined". In Envoy it is: Istio gives every provider `payload_in_metadata:
+  payload`, so each good token overwrites the one payload RBAC reads, the claim headers get every
+  token's values, and the outer `requires_any` stops at the first provider that verifies (a token
+  in another provider's location is not even checked). Authorizing on one token while the
+  upstream receives another user's token or claim headers is a confused deputy; refusing is the
+  only deterministic answer. The same token in several locations is one token.
 - Token locations: `fromHeaders` (name, optional prefix such as "Bearer "), `fromParams`,
   `fromCookies`; with none set, `Authorization: Bearer <token>` and the `access_token` query
   parameter (Envoy's defaults).
@@ -64,6 +71,8 @@ EXPIRED = "Jwt is expired"
 NOT_YET = "Jwt not yet valid"
 BAD_AUDIENCE = "Audiences in Jwt are not allowed"
 NO_JWKS = "Jwks remote fetch is failed"
+# Not Envoy's: Istio calls a request with several valid JWTs unsupported, its principal undefined.
+SEVERAL = "More than one Jwt in the request: send one token (the end user would be ambiguous)"
 
 
 @dataclass(frozen=True)
@@ -331,11 +340,12 @@ def _edited(verified: list[_Verified], head: RequestHead,
     return out
 
 
-def unauthorized(head: RequestHead, why: str) -> LocalReply:
-    """Envoy's jwt_authn rejection: 401, the reason as the body, and a Bearer challenge."""
+def unauthorized(head: RequestHead, why: str, error: str = "invalid_token") -> LocalReply:
+    """Envoy's jwt_authn rejection: 401, the reason as the body, and a Bearer challenge (RFC 6750's
+    `invalid_request` for several tokens, "uses more than one method for including an access token")."""
     realm = f"{head.scheme}://{head.authority}{head.path_only}"
     return local_reply(head, 401, why, reason=f"jwt: {why}", grpc_status=GRPC_UNAUTHENTICATED,
-                       headers=(("www-authenticate", f'Bearer realm="{realm}", error="invalid_token"'),))
+                       headers=(("www-authenticate", f'Bearer realm="{realm}", error="{error}"'),))
 
 
 def _judge(candidates: list[tuple[Provider, _Token]], now: float) -> tuple[_Verified | None, str]:
@@ -357,8 +367,9 @@ def authenticate(ps: tuple[Provider, ...], head: RequestHead, now: float) -> Out
 
     Every token the request carries must verify, not just one: Envoy's rule (authenticator.cc,
     "a request has a good token and a bad one ... the backend may mistakenly use the bad token"),
-    which Istio's requirement keeps (each provider's token, if present, must be valid). The end
-    user is the first token's (headers, then parameters, then cookies; rules in order)."""
+    which Istio's requirement keeps (each provider's token, if present, must be valid). Then at
+    most one distinct token may be left: two valid tokens would let AuthorizationPolicy judge one
+    user while the upstream reads the other's token or claim headers."""
     if not ps:
         return _PASS
     scrub = _output_names(ps)
@@ -375,6 +386,8 @@ def authenticate(ps: tuple[Provider, ...], head: RequestHead, now: float) -> Out
         verified.append(ok)
         # every header the verifying rule found this token in, unless that rule forwards it
         drop.update(t.header for q, t in candidates if q is ok[0] and t.header and not q.rule.forward_original_token)
+    if len(verified) > 1:
+        return Outcome(reply=unauthorized(head, SEVERAL, "invalid_request"), reason=f"jwt: {SEVERAL}")
     if verified:
         claims = verified[0][2]
         user = EndUser(f"{claims.get('iss', '')}/{claims.get('sub', '')}", claims)

@@ -156,3 +156,28 @@ def test_a_nack_message_is_made_printable_and_bounded():
     nack = sub.on_nack(p.nonce, "bad\nWARNING ambit.ca issued certificate: node=evil" + "x" * 1_000_000, now=1.0)
     assert nack.message.startswith("bad\\nWARNING ambit.ca issued")
     assert "\n" not in nack.message and len(nack.message) <= 4096
+
+
+def test_a_claim_is_kept_compactly_and_removes_at_most_max_gone_names_outside_the_view():
+    """The server's copy of a subscribe's initial versions (Claim): the claimed version of each
+    name in the view still saves resending it, the names outside it are removed, but no more than
+    MAX_GONE of them per subscribe (the claim is the client's word, up to 4 MiB of it)."""
+    from controller.configserver.subscription import Claim
+
+    a, b = workload("a", "node-a"), workload("b", "node-b")
+    s = snap(5, [a, b])
+    claimed = {"a": encode(a).version, "b": "stale", **{f"gone{i}": "v" for i in range(30)}}
+    claim = Claim(claimed, s.view(ZT, Workload.TYPE), max_gone=20)
+    assert claim.dropped == 10 and len(claim) == 22
+    sub = Subscription(ZT)
+    sub.subscribe(Workload.TYPE, claim)
+    p = step(sub, s)
+    assert [e.name for e in p.resources] == ["b"]               # a is held, b is stale
+    assert len(p.removed) == 20 and all(n.startswith("gone") for n in p.removed)
+    st = sub.status(lambda t: s.view(ZT, t)).types[0]
+    assert not st.in_sync and st.resources == 22
+    sub.on_ack(p.nonce)
+    assert sub.status(lambda t: s.view(ZT, t)).types[0].in_sync
+    # a claim of the view exactly is in sync
+    assert Claim({"a": encode(a).version, "b": encode(b).version}, s.view(ZT, Workload.TYPE)) == \
+        {"a": encode(a).version, "b": encode(b).version}

@@ -210,3 +210,50 @@ def test_debug_readers_are_reviewed_once_and_a_flood_of_made_up_tokens_is_bounde
         assert reviews() == before + 2, "the confirmed reader was not reviewed again, the refused token not at all"
 
     asyncio.run(run())
+
+
+def test_a_cached_review_ends_when_the_pod_its_token_is_bound_to_is_deleted(emu: KubeEmulator) -> None:
+    """A confirmed token was taken again for 60 s without a TokenReview: a deleted ztunnel pod's
+    token (or a stolen copy of it) still got certificates for up to a minute after the API server
+    had invalidated it. istiod reviews every call. Now a cached review holds only while the pod (by
+    UID), service account and node it is bound to are in the controller's watch (`observe`, fed
+    the controller's snapshot; here listed from the emulator with the official client)."""
+    from kubernetes import client as k8s
+
+    emu.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}})
+    emu.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "ztunnel", "namespace": "ambit-system"}})
+    pod = emu.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ztunnel-gone", "namespace": "ambit-system"},
+                      "spec": {"nodeName": "node-1", "serviceAccountName": "ztunnel", "containers": [{"name": "z"}]}})
+    emu.add_token("zt-bound", "ambit-system", "ztunnel", node="node-1", pod="ztunnel-gone",
+                  pod_uid=pod["metadata"]["uid"])
+    api = make_api_client(emu.url)
+    t = [0.0]
+    v = TokenReviewVerifier(api, {ZTUNNEL}, clock=lambda: t[0])
+
+    def watched() -> list[dict]:
+        core = k8s.CoreV1Api(api)
+        out = []
+        for kind, items in (("Pod", core.list_pod_for_all_namespaces().items),
+                            ("ServiceAccount", core.list_service_account_for_all_namespaces().items),
+                            ("Node", core.list_node().items)):
+            out += [{"kind": kind, "metadata": {"name": o.metadata.name, "namespace": o.metadata.namespace,
+                                                "uid": o.metadata.uid}} for o in items]
+        return out
+
+    def reviews() -> int:
+        return sum(1 for _m, p, _q in list(emu.requests) if p.endswith("/tokenreviews"))
+
+    async def run() -> None:
+        v.observe(watched())
+        assert await v.verify("zt-bound", "node-1") == "node-1"
+        before = reviews()
+        t[0] += 30
+        assert await v.verify("zt-bound", "node-1") == "node-1" and reviews() == before   # cached
+        emu.delete("v1", "Pod", "ztunnel-gone", "ambit-system")
+        v.observe(watched())
+        t[0] += 1                                      # well within the cache's minute
+        with pytest.raises(Unauthenticated, match="invalidated"):
+            await v.verify("zt-bound", "node-1")
+        assert reviews() == before + 1
+
+    asyncio.run(run())

@@ -181,12 +181,28 @@ def test_every_token_in_the_request_must_verify_not_just_one() -> None:
         assert (out.reply.status, out.reply.body) == (401, b"Jwt verification fails")
     # the same good token in two locations is one token
     assert run(head(bearer(good), path=f"/x?access_token={good}")).user is not None
-    # two valid tokens of two rules at their own locations: both pass, the first names the user
+
+
+def test_two_valid_tokens_are_refused_whatever_rules_verify_them() -> None:
+    """Istio: several valid JWTs are unsupported, the principal undefined (in Envoy each good token
+    overwrites the one `payload` RBAC reads). Was: accepted, the first token named the user for
+    AuthorizationPolicy while the upstream got the other token (parameter, forwarded header) and
+    both tokens' claim headers. Now 401 with a reason, not a guess."""
+    good = token()
     other = JwtRule("https://other.example", jwks=json.dumps({"keys": [jwk(OTHER_KEY, "o")]}),
                     from_headers=[{"name": "x-other-jwt", "prefix": ""}])
     bob = jwt.encode({"iss": "https://other.example", "sub": "bob"}, OTHER_KEY, algorithm="RS256", headers={"kid": "o"})
-    out = run(head(bearer(good), ("x-other-jwt", bob)), rule(), other)
-    assert out.user is not None and out.user.principal == f"{ISS}/alice" and out.headers == []
+    fwd = rule(forward_original_token=True, output_claim_to_headers=[{"header": "x-sub", "claim": "sub"}])
+    for req, rules in ((head(bearer(good), ("x-other-jwt", bob)), (rule(), other)),       # two rules
+                       (head(bearer(good), bearer(token(sub="bob"))), (fwd,)),              # one rule, two headers
+                       (head(bearer(good), path=f"/x?access_token={token(sub='bob')}"), (rule(),))):
+        out = run(req, *rules)
+        assert out.user is None and out.reply is not None and out.reply.status == 401
+        assert out.reply.body.startswith(b"More than one Jwt")
+        assert any(k == "www-authenticate" and 'error="invalid_request"' in v for k, v in out.reply.headers)
+    # one token, found by both rules (a shared location) or in two locations, is still one token
+    assert run(head(bearer(good), path=f"/x?access_token={good}"), rule(), other).user is not None
+    assert run(head(bearer(good)), rule(), rule(output_payload_to_header="x-p")).user is not None
 
 
 def test_a_claim_that_cannot_be_a_header_value_is_not_copied() -> None:

@@ -84,3 +84,20 @@ def test_a_forged_token_next_to_a_valid_one_is_refused(wire: tuple[Proxy, RawOri
          f"http://127.0.0.1:{proxy.port}/both?access_token={token()}"], capture_output=True, timeout=20)
     assert forged_header.stdout == b"401", forged_header.stderr
     assert not any(b"/both" in bytes(raw) for raw in origin.raw.values())
+
+
+@pytest.mark.parametrize("version", PROTOCOLS)
+def test_two_valid_tokens_of_two_users_are_refused(wire: tuple[Proxy, RawOrigin], version: str) -> None:
+    """Was 200 with the first token's user for authorization, while the upstream got both users'
+    `x-sub` headers and the second token in the query: a backend reading either could act as bob
+    on a request authorized as alice. Istio leaves the principal undefined; Ambit refuses."""
+    proxy, origin = wire
+    path = f"/two{version.replace('-', '')}"
+    r = subprocess.run(
+        ["curl", "-sS", version, "-m", "10", "-w", "\n%{http_code}",
+         "-H", f"authorization: Bearer {token()}",
+         f"http://127.0.0.1:{proxy.port}{path}?access_token={token(sub='bob')}"], capture_output=True, timeout=20)
+    body, _, code = r.stdout.rpartition(b"\n")
+    assert code == b"401", r.stderr
+    assert body.startswith(b"More than one Jwt in the request")
+    assert not any(path.encode() in bytes(raw) for raw in origin.raw.values())
