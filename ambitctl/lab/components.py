@@ -220,7 +220,7 @@ def not_ready(st: LabState, base: Path) -> list[str]:
         if (not _zds_of(st, n["name"]).exists() or not ztunnel_synced(base, n["name"])
                 or not ztunnel_certs_ready(base, n["name"])):
             waiting.append(f"ztunnel/{n['name']}")
-        if not agent_status_file(base, n["name"]).exists():
+        if not agent_ready(base, n["name"], rt.get(f"agent/{n['name']}", {}).get("pid")):
             waiting.append(f"agent/{n['name']}")
     for p in st.spec["pods"]:
         pid = rt.get(f"pod/{p['namespace']}/{p['name']}", {}).get("pid")
@@ -228,6 +228,15 @@ def not_ready(st: LabState, base: Path) -> list[str]:
         if pid and want and not want <= listening_ports(pid):
             waiting.append(f"pod/{p['namespace']}/{p['name']}")
     return waiting
+
+
+def agent_ready(base: Path, node: str, pid: int | None) -> bool:
+    """Is the node's agent process `pid` ready: has it, itself, written the node's status file (its
+    first reconcile done: eBPF loaded, pods handed to ztunnel)? The check of the manifest's exec
+    probe (ambit/readymark.py), naming the process: a file left by an agent that died, or written
+    by the other agent of a surge roll, is not this one's readiness."""
+    from ambit import readymark
+    return pid is not None and readymark.file_problem(agent_status_file(base, node), pid) is None
 
 
 def _zds_of(st: LabState, node: str) -> Path:
