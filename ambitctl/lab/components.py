@@ -217,8 +217,7 @@ def not_ready(st: LabState, base: Path) -> list[str]:
     if not controller_socket(base).exists():   # it binds only once its first config is translated
         waiting.append("controller")
     for n in st.spec["nodes"]:
-        if (not _zds_of(st, n["name"]).exists() or not ztunnel_synced(base, n["name"])
-                or not ztunnel_certs_ready(base, n["name"])):
+        if not _zds_of(st, n["name"]).exists() or not ztunnel_ready(base, n["name"]):
             waiting.append(f"ztunnel/{n['name']}")
         if not agent_ready(base, n["name"], rt.get(f"agent/{n['name']}", {}).get("pid")):
             waiting.append(f"agent/{n['name']}")
@@ -272,24 +271,16 @@ def remove_runtime_files(base: Path, nodes: list[str]) -> None:
     tracing.remove(base)                                       # the collector's query socket
 
 
-def ztunnel_synced(base: Path, node: str) -> bool:
-    """Has the node's ztunnel received the controller's config (its admin /healthz/ready)?"""
+def ztunnel_ready(base: Path, node: str) -> bool:
+    """Is the node's ztunnel ready: its admin /healthz/ready, the endpoint the kubelet's probe asks
+    (config synced from the controller, a valid certificate for every identity of the pods it
+    serves, not stopping). Without the certificates a lab would be "up" while its first mTLS
+    connections still wait for the CA."""
     from ambit.dataplane import endpoint
     try:
         return endpoint.get_json(ztunnel_admin_socket(base, node), "/healthz/ready", timeout=1.0)[0] == 200
     except (OSError, ValueError):
         return False
-
-
-def ztunnel_certs_ready(base: Path, node: str) -> bool:
-    """Does the node's ztunnel hold a valid certificate for every identity it manages (admin /certs)?
-    Without this a lab would be "up" while its first mTLS connections still wait for the CA."""
-    from ambit.dataplane import endpoint
-    try:
-        status, certs = endpoint.get_json(ztunnel_admin_socket(base, node), "/certs", timeout=1.0)
-    except (OSError, ValueError):
-        return False
-    return status == 200 and all(c.get("state") == "VALID" for c in certs or [])
 
 
 def capture_status(st: LabState, base: Path) -> dict[str, Any]:
