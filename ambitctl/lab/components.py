@@ -214,7 +214,7 @@ def not_ready(st: LabState, base: Path) -> list[str]:
     waiting = []
     if not prometheus.ready(st):
         waiting.append("prometheus")
-    if not controller_socket(base).exists():   # it binds only once its first config is translated
+    if not controller_ready(base):
         waiting.append("controller")
     for n in st.spec["nodes"]:
         if not _zds_of(st, n["name"]).exists() or not ztunnel_ready(base, n["name"]):
@@ -227,6 +227,20 @@ def not_ready(st: LabState, base: Path) -> list[str]:
         if pid and want and not want <= listening_ports(pid):
             waiting.append(f"pod/{p['namespace']}/{p['name']}")
     return waiting
+
+
+def controller_ready(base: Path) -> bool:
+    """Does the controller accept on its socket? It binds only once its first config is translated;
+    a connect, as the manifest's tcpSocket probe does, not the socket file's presence: a controller
+    killed hard leaves the file behind, with nothing listening."""
+    import socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(controller_socket(base)))
+        except OSError:
+            return False
+    return True
 
 
 def agent_ready(base: Path, node: str, pid: int | None) -> bool:
