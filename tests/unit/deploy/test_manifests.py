@@ -271,6 +271,12 @@ def test_ztunnel_arguments_parse_and_reach_the_controller_service() -> None:
     assert args.admin_address.startswith("127.0.0.1:"), "the admin endpoint must not face the network"
     probe = c["readinessProbe"]["exec"]["command"]
     assert flag(probe, "--unix-socket") == str(args.admin_socket) and probe[-1].endswith("/healthz/ready")
+    # the path is one ztunnel's admin endpoint serves, and curl fails (-f) on its 503
+    from urllib.parse import urlsplit
+
+    from ztunnel import admin
+    from ztunnel.meshstate import MeshState
+    assert urlsplit(probe[-1]).path in admin.routes(MeshState()) and "-sf" in probe
 
 
 def agent_usage() -> tuple[set[str], set[str]]:
