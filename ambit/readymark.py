@@ -30,11 +30,12 @@ WRITER = "writer"       # the key of the writer's stamp in the status document
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
-def _start_time(pid: int) -> int | None:
+def start_time(pid: int, proc: Path = Path("/proc")) -> int | None:
     """The start time of `pid` in clock ticks since boot (/proc/PID/stat, field 22), or None when
-    there is no such process. The command name (field 2) may hold spaces and ')': split after it."""
+    there is no such process: with the pid, what tells one process from a later one given the same
+    pid. The command name (field 2) may hold spaces and ')': split after the last one."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = (proc / str(pid) / "stat").read_text()
     except OSError:
         return None
     fields = stat[stat.rfind(")") + 2:].split()
@@ -54,7 +55,7 @@ def _boot_id() -> str:
 def writer(pid: int | None = None) -> dict[str, Any]:
     """The stamp of the process `pid` (this one by default), to store under WRITER."""
     pid = os.getpid() if pid is None else pid
-    return {"pid": pid, "start": _start_time(pid), "boot": _boot_id()}
+    return {"pid": pid, "start": start_time(pid), "boot": _boot_id()}
 
 
 def problem(doc: Any, pid: int | None = None) -> str | None:
@@ -70,7 +71,7 @@ def problem(doc: Any, pid: int | None = None) -> str | None:
         return "the status file was written before this boot"
     if pid is not None and w["pid"] != pid:
         return f"the status file was written by pid {w['pid']}, not by pid {pid}"
-    if w.get("start") is None or _start_time(w["pid"]) != w.get("start"):
+    if w.get("start") is None or start_time(w["pid"]) != w.get("start"):
         return f"the status file's writer (pid {w['pid']}) is no longer running: left by a previous run"
     return None
 
