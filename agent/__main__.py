@@ -386,8 +386,9 @@ class Agent:
                "captureFailures": dict(self.capture_failures), readymark.WRITER: self.writer}
         tmp = self.status_file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(doc))
+        inode = tmp.stat().st_ino       # before the rename: another writer may replace it right after
         os.replace(tmp, self.status_file)
-        self.status_inode = self.status_file.stat().st_ino
+        self.status_inode = inode
 
     def keep_status(self) -> None:
         """Write the status again if the file is no longer the one this process wrote (another
