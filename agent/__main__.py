@@ -45,6 +45,7 @@ from agent.podsource import LabPodSource, PodSource, PodView
 from agent.repair import LABEL, Failing, Repair, RepairPlanner, RepairSettings
 from agent.settings import load as load_settings
 from agent.ztunnel_link import ZtunnelError, ZtunnelLink, ZtunnelRefused
+from ambit import readymark
 from ambit.zds import PodInfo
 
 log = logging.getLogger("ambit.agent")
@@ -85,6 +86,8 @@ class Agent:
         self.repair_counts: dict[str, int] = {}   # "action/result" -> count, in the status file
         self.labelled: dict[str, tuple[str, str]] = {}  # uid -> (ns, name) this agent labelled
         self.metrics = metrics or AgentMetrics()
+        self.writer = readymark.writer()        # this process, stamped in the status file (readiness)
+        self.status_inode = 0                   # the status file as this process last wrote it
 
     # -- capture ----------------------------------------------------------------------------
     def _capture(self, ref: PodRef) -> Any:
@@ -461,11 +464,29 @@ class Agent:
             stats = self.engine.stats()
         except Exception:
             stats = {}
+        # The writer's stamp is what the readiness probe checks (ambit/readymark.py): a file left
+        # by a previous run of the agent is not this one's, so it does not make the pod Ready.
         doc = {"node": self.node, "time": time.time(), "revision": self.revision, "pods": pods, "stats": stats,
-               "captureFailures": dict(self.capture_failures), "repairs": dict(self.repair_counts)}
-        tmp = self.status_file.with_suffix(".tmp")
+               "captureFailures": dict(self.capture_failures), "repairs": dict(self.repair_counts),
+               readymark.WRITER: self.writer}
+        tmp = self.status_file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(doc))
+        inode = tmp.stat().st_ino       # before the rename: another writer may replace it right after
         os.replace(tmp, self.status_file)
+        self.status_inode = inode
+
+    def keep_status(self) -> None:
+        """Write the status again if the file is no longer the one this process wrote (another
+        writer replaced it, or it was removed): readiness is read from its writer stamp, and in a
+        surge roll of the lab the old agent shares the path. Once written, a stat per heartbeat."""
+        if self.status_file is None or not self.status_inode:
+            return              # nothing written yet: not ready until the first reconcile
+        try:
+            ours = self.status_file.stat().st_ino == self.status_inode
+        except OSError:
+            ours = False
+        if not ours:
+            self.write_status()
 
     def run(self, stop: threading.Event, heartbeat: float = 0.5) -> None:
         self.adopt()
@@ -536,6 +557,7 @@ class Agent:
             else:
                 self.link.ping()            # notices a restarted ztunnel within a heartbeat
                 self.retry_handoffs()
+                self.keep_status()
                 if self.capture_retry.due(self.clock()):
                     self.reconcile(last)    # pods whose capture (or its removal) failed, once due
                 else:                       # (reconcile sweeps too)

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ambit import cgroups
+from ambit.readymark import start_time
 
 log = logging.getLogger("ambit.agent.sandboxes")
 
@@ -116,20 +117,6 @@ def pod_cgroups(cgroup_root: Path) -> dict[str, Path]:
     return out
 
 
-def _start_time(proc: Path, pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (clock ticks after boot); None if the process is gone."""
-    try:
-        stat = (proc / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rfind(")") + 2:].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
 def _ns_id(path: Path) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -169,7 +156,7 @@ class SandboxFinder:
             return None
         candidates = []
         for pid in set(cgroups.pids(cg)):
-            started = _start_time(self.proc, pid)
+            started = start_time(pid, self.proc)
             ns = self.proc / str(pid) / "ns" / "net"
             ident = _ns_id(ns) if started is not None else None
             if ident is not None:

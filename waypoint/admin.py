@@ -25,9 +25,11 @@ def routes(proxy: Any, client: Any) -> dict[str, Handler]:
     def ready() -> tuple[int, Any]:
         cert = proxy.identities.current(proxy.identity) if proxy.identities is not None else None
         synced = client is None or config.synced
-        ok = synced and cert is not None and (proxy.server is not None or proxy.ingress is not None)
+        stopping = bool(getattr(proxy, "stopping", False))
+        ok = (synced and cert is not None and (proxy.server is not None or proxy.ingress is not None)
+              and not stopping)
         return (200 if ok else 503), {"ready": ok, "synced": synced, "certificate": cert is not None,
-                                      "version": config.version, "identity": proxy.identity}
+                                      "stopping": stopping, "version": config.version, "identity": proxy.identity}
 
     def config_dump() -> tuple[int, Any]:
         out = config.dump()

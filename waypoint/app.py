@@ -119,6 +119,7 @@ class WaypointProxy:
         self.pool = HBONEClientPool(self._client_context, handshake_timeout=settings.tunnel.connect_timeout)
         self.engine: Engine | None = None
         self.server: HBONEServer | None = None
+        self.stopping = False       # SIGTERM: draining; /healthz/ready says 503 from now on
         # One source identity may not take every `max_connections` slot (a noisy or hostile workload
         # starving the namespace's others); ztunnel has the same bound, node-wide.
         self.per_identity = ConnLimiter(settings.max_connections_per_identity, "HBONE connections per identity")
@@ -208,6 +209,9 @@ class WaypointProxy:
             await self.ingress.update(self.config.view.ingress)
 
     async def close(self) -> None:
+        # Not ready from the first moment of the drain, before any listener closes, as Envoy's
+        # /ready says DRAINING: whoever still reads readiness stops sending new work here.
+        self.stopping = True
         if self.handoff is not None:
             self.handoff.close()
         if self.ingress is not None:

@@ -69,15 +69,30 @@ def routes(config: MeshState, client: ConfigClient | None = None, proxy: Any = N
         return 200, view() if callable(view) else {"serving": [], "failed": []}
 
     def ready() -> tuple[int, Any]:
-        # Without a controller there is nothing to wait for; with one, serving a cached state is
-        # fine but "ready" means the controller has confirmed every type.
-        ok = client is None or config.synced
-        body = {"ready": ok, "synced": config.synced, "version": config.version, **_client_info(client)}
+        # Ready means able to serve every pod handed over: the controller has confirmed every type
+        # (without a controller there is nothing to wait for; a cached state serves, but is not
+        # "ready"), every identity of those pods has a valid certificate (without one, inbound
+        # handshakes are refused and outbound ones wait for the CA), and not stopping (SIGTERM:
+        # the listeners are closing). The kubelet's probe and the lab ask only this.
+        synced = client is None or config.synced
+        missing = _without_certificate(proxy)
+        stopping = bool(getattr(getattr(proxy, "registry", None), "shutting_down", False))
+        ok = synced and not missing and not stopping
+        body = {"ready": ok, "synced": config.synced, "version": config.version, "stopping": stopping,
+                "certificates_missing": missing, **_client_info(client)}
         return (200 if ok else 503), body
 
     return {"/config_dump": config_dump, "/workloads": workloads, "/services": services,
             "/policies": policies, "/certs": certs, "/connections": connections, "/pods": pods, "/healthz/ready": ready,
             "/memory": lambda: (200, memory_report(gc_stats=getattr(proxy, "gc_stats", None)))}
+
+
+def _without_certificate(proxy: Any) -> list[str]:
+    """The identities ztunnel manages (those of the pods it serves) with no valid certificate now."""
+    ids = getattr(proxy, "identities", None)
+    if ids is None:
+        return []
+    return [i for i in ids.identities() if ids.current(i) is None]
 
 
 def status_report(config: MeshState, node: str, proxy: Any = None) -> dict[str, Any]:

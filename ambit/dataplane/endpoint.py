@@ -77,6 +77,12 @@ class LocalEndpoint:
     def handle(self, method: str, path: str) -> Response:
         raise NotImplementedError
 
+    async def respond(self, method: str, path: str) -> Response:
+        """The answer to one request: `handle`'s, on the loop. An endpoint whose answer waits on
+        another process (a supervisor asking its workers) runs `handle` off the loop instead: the
+        loop also carries the process's traffic, and a wedged peer must not stall it."""
+        return self.handle(method, path)
+
     async def start(self, host: str | None, port: int, unix_path: Path | None = None,
                     reuse_port: bool = False) -> None:
         """`reuse_port`: a successor may listen on the same TCP port beside this one (a surge roll
@@ -145,7 +151,7 @@ class LocalEndpoint:
                     parser.feed_data(data)
             if req.complete:
                 method = parser.get_method().decode()
-                resp = self.handle(method, request_path(req.url))
+                resp = await self.respond(method, request_path(req.url))
             reason = http.client.responses.get(resp.status, "")
             if resp.stream is not None:
                 await _stream(reader, writer, resp, reason)
@@ -176,6 +182,11 @@ class HealthEndpoint(LocalEndpoint):
             return Response(404, json.dumps({"error": f"no such path {path!r}: this port serves only "
                                                       f"{self.PATH}"}).encode() + b"\n")
         return self.admin.handle(method, self.PATH)
+
+    async def respond(self, method: str, path: str) -> Response:
+        if path.rstrip("/") != self.PATH:
+            return self.handle(method, path)
+        return await self.admin.respond(method, self.PATH)
 
 
 async def _stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, resp: Response, reason: str) -> None:

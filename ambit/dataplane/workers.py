@@ -140,11 +140,27 @@ class SupervisorAdmin(LocalEndpoint):
         super().__init__()
         self.workers = workers
 
+    async def respond(self, method: str, path: str) -> Response:
+        # Only the workers' sockets are asked off the loop (up to the fetch's timeout for a wedged
+        # worker): this loop hands out pods or connections meanwhile.
+        if self._local(path) is not None:
+            return self.handle(method, path)
+        return self._merge(path, await asyncio.to_thread(self._ask, path))
+
     def handle(self, method: str, path: str) -> Response:
+        local = self._local(path)
+        return local if local is not None else self._merge(path, self._ask(path))
+
+    def _local(self, path: str) -> Response | None:
         if path == "/workers":
             return Response(200, json.dumps({"workers": [w.describe() for w in self.workers]}).encode())
         if path.startswith("/tap"):
             return Response(404, b'{"error": "tap streams are per worker: read /workers for their admin sockets"}\n')
+        return None
+
+    def _ask(self, path: str) -> list[tuple[int, bytes]]:
+        """The workers' answers to `path` (blocking): every worker's for /healthz, else up to the
+        first that answers."""
         answers = []
         for w in self.workers:
             try:
@@ -153,6 +169,12 @@ class SupervisorAdmin(LocalEndpoint):
                 answers.append((503, json.dumps({"error": f"worker {w.index} is not answering"}).encode()))
             if not path.startswith("/healthz") and answers[-1][0] != 503:
                 break
+        return answers
+
+    @staticmethod
+    def _merge(path: str, answers: list[tuple[int, bytes]]) -> Response:
+        if not answers:
+            return Response(503, b'{"error": "no worker"}\n')
         status, body = max(answers, key=lambda a: a[0] != 200) if path.startswith("/healthz") else answers[-1]
         kind = "application/json" if body[:1] in (b"{", b"[") else "text/plain"
         return Response(status, body, kind)
@@ -167,15 +189,28 @@ class SupervisorMetrics(LocalEndpoint):
         self.workers = workers
         self.restarts_family = restarts_family
 
+    async def respond(self, method: str, path: str) -> Response:
+        # The workers' expositions are read off the loop, as SupervisorAdmin's answers are.
+        if method not in ("GET", "HEAD"):
+            return self.handle(method, path)
+        return self._render(await asyncio.to_thread(self._texts))
+
     def handle(self, method: str, path: str) -> Response:
         if method not in ("GET", "HEAD"):
             return Response(405, b"metrics are read-only: use GET\n", "text/plain")
+        return self._render(self._texts())
+
+    def _texts(self) -> dict[str, str]:
+        """Every answering worker's exposition, by worker index (blocking)."""
         texts = {}
         for w in self.workers:
             with contextlib.suppress(OSError):
                 status, body = endpoint.fetch(w.metrics, "/metrics")
                 if status == 200:
                     texts[str(w.index)] = body.decode()
+        return texts
+
+    def _render(self, texts: dict[str, str]) -> Response:
         restarts = CounterMetricFamily(self.restarts_family, "times the supervisor restarted this worker",
                                        labels=["worker"])
         for w in self.workers:

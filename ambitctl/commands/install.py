@@ -297,8 +297,12 @@ def node_daemonset(o: argparse.Namespace) -> Obj:
         "env": env + _env(AMBIT_ZTUNNEL_POD_UID="metadata.uid"),
         "ports": [{"name": "agent-metrics", "containerPort": AGENT_METRICS_PORT}],
         "securityContext": {"privileged": True},     # BPF, cgroup attach, setns, bidirectional mounts
-        "readinessProbe": {"exec": {"command": ["test", "-s", f"{RUN_DIR}/agent-status.json"]},
-                           "periodSeconds": 5},
+        # Ready once this very process wrote its status (its first reconcile: eBPF loaded, pods
+        # handed to ztunnel). The file outlives a container restart in the pod's emptyDir, so its
+        # writer stamp is checked, not its presence (ambit/readymark.py). Python starts in the
+        # probe: a timeout above the default second.
+        "readinessProbe": {"exec": {"command": ["python3", "-m", "ambit.readymark", f"{RUN_DIR}/agent-status.json"]},
+                           "periodSeconds": 5, "timeoutSeconds": 5},
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "volumeMounts": [
             run,

@@ -214,13 +214,12 @@ def not_ready(st: LabState, base: Path) -> list[str]:
     waiting = []
     if not prometheus.ready(st):
         waiting.append("prometheus")
-    if not controller_socket(base).exists():   # it binds only once its first config is translated
+    if not controller_ready(base):
         waiting.append("controller")
     for n in st.spec["nodes"]:
-        if (not _zds_of(st, n["name"]).exists() or not ztunnel_synced(base, n["name"])
-                or not ztunnel_certs_ready(base, n["name"])):
+        if not _zds_of(st, n["name"]).exists() or not ztunnel_ready(base, n["name"]):
             waiting.append(f"ztunnel/{n['name']}")
-        if not agent_status_file(base, n["name"]).exists():
+        if not agent_ready(base, n["name"], rt.get(f"agent/{n['name']}", {}).get("pid")):
             waiting.append(f"agent/{n['name']}")
     for p in st.spec["pods"]:
         pid = rt.get(f"pod/{p['namespace']}/{p['name']}", {}).get("pid")
@@ -228,6 +227,29 @@ def not_ready(st: LabState, base: Path) -> list[str]:
         if pid and want and not want <= listening_ports(pid):
             waiting.append(f"pod/{p['namespace']}/{p['name']}")
     return waiting
+
+
+def controller_ready(base: Path) -> bool:
+    """Does the controller accept on its socket? It binds only once its first config is translated;
+    a connect, as the manifest's tcpSocket probe does, not the socket file's presence: a controller
+    killed hard leaves the file behind, with nothing listening."""
+    import socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(controller_socket(base)))
+        except OSError:
+            return False
+    return True
+
+
+def agent_ready(base: Path, node: str, pid: int | None) -> bool:
+    """Is the node's agent process `pid` ready: has it, itself, written the node's status file (its
+    first reconcile done: eBPF loaded, pods handed to ztunnel)? The check of the manifest's exec
+    probe (ambit/readymark.py), naming the process: a file left by an agent that died, or written
+    by the other agent of a surge roll, is not this one's readiness."""
+    from ambit import readymark
+    return pid is not None and readymark.file_problem(agent_status_file(base, node), pid) is None
 
 
 def _zds_of(st: LabState, node: str) -> Path:
@@ -263,24 +285,16 @@ def remove_runtime_files(base: Path, nodes: list[str]) -> None:
     tracing.remove(base)                                       # the collector's query socket
 
 
-def ztunnel_synced(base: Path, node: str) -> bool:
-    """Has the node's ztunnel received the controller's config (its admin /healthz/ready)?"""
+def ztunnel_ready(base: Path, node: str) -> bool:
+    """Is the node's ztunnel ready: its admin /healthz/ready, the endpoint the kubelet's probe asks
+    (config synced from the controller, a valid certificate for every identity of the pods it
+    serves, not stopping). Without the certificates a lab would be "up" while its first mTLS
+    connections still wait for the CA."""
     from ambit.dataplane import endpoint
     try:
         return endpoint.get_json(ztunnel_admin_socket(base, node), "/healthz/ready", timeout=1.0)[0] == 200
     except (OSError, ValueError):
         return False
-
-
-def ztunnel_certs_ready(base: Path, node: str) -> bool:
-    """Does the node's ztunnel hold a valid certificate for every identity it manages (admin /certs)?
-    Without this a lab would be "up" while its first mTLS connections still wait for the CA."""
-    from ambit.dataplane import endpoint
-    try:
-        status, certs = endpoint.get_json(ztunnel_admin_socket(base, node), "/certs", timeout=1.0)
-    except (OSError, ValueError):
-        return False
-    return status == 200 and all(c.get("state") == "VALID" for c in certs or [])
 
 
 def capture_status(st: LabState, base: Path) -> dict[str, Any]:

@@ -90,6 +90,10 @@ def _captured(base: Path, node: str) -> set[str]:
     return {p["uid"] for p in pods.values() if p.get("state") == "captured" and p.get("uid")}
 
 
+def _new_agent_ready(base: Path, node: str, proc_id: str) -> bool:
+    return components.agent_ready(base, node, state.runtime(base).get(proc_id, {}).get("pid"))
+
+
 def roll(node: str, surge: bool, base: Path, timeout: float = 60.0,
          progress: Callable[[str], None] = lambda _m: None) -> None:
     deadline = time.monotonic() + timeout
@@ -127,8 +131,9 @@ def roll(node: str, surge: bool, base: Path, timeout: float = 60.0,
     for cg in (zt.cgroup, ag.cgroup):          # the kubelet removes a deleted pod's cgroup ...
         cgroups.remove_tree(Path(cg))
     old_zds.unlink(missing_ok=True)             # ... and its emptyDir
-    _wait(lambda: components.ztunnel_synced(base, node) and components.ztunnel_certs_ready(base, node)
-          and _captured(base, node) <= _serving(base, node), f"the new node pod of {node} to be ready", deadline)
+    _wait(lambda: components.ztunnel_ready(base, node) and _new_agent_ready(base, node, aid)
+          and _captured(base, node) <= _serving(base, node),
+          f"the new node pod of {node} to be ready", deadline)
     progress(f"node {node} rolled ({'surge' if surge else 'stop, then start'})")
 
 
@@ -141,9 +146,11 @@ def _surge(node: str, base: Path, new_zt: ProcSpec, new_ag: ProcSpec, deadline: 
     with state.editing(base) as s:
         s.processes += [replace(new_zt, id=zid + SURGE), replace(new_ag, id=aid + SURGE)]
     # The new ztunnel takes over the node's admin socket once it runs; it serves a pod once the new
-    # agent handed it over (both ztunnels listen in the pod's netns then).
-    _wait(lambda: _inode(admin) not in (0, admin_before) and components.ztunnel_synced(base, node)
-          and components.ztunnel_certs_ready(base, node) and _captured(base, node) <= _serving(base, node),
+    # agent handed it over (both ztunnels listen in the pod's netns then). The new agent is ready
+    # (its own status, not the old agent's, in the file both write) as the kubelet's probe has it.
+    _wait(lambda: _inode(admin) not in (0, admin_before) and components.ztunnel_ready(base, node)
+          and _new_agent_ready(base, node, aid + SURGE)
+          and _captured(base, node) <= _serving(base, node),
           "the new node pod to serve every captured pod", deadline)
     progress(f"stopping the old node pod of {node} (its ztunnel drains for up to {ZTUNNEL_DRAIN:g}s)")
     with state.editing(base) as s:

@@ -95,6 +95,50 @@ def test_an_agent_restart_keeps_a_pod_captured_at_sandbox_creation_before_it_run
     lab.wait_for(lambda: not pins.exists(), 30, 0.2, "the removed pod unenrolled")
 
 
+def agent_probe(status: Path) -> list[str]:
+    """The agent container's readiness probe as deploy/ambit.yaml renders it, on the lab's file."""
+    from ambitctl.commands import install
+    ds = next(d for d in install.objects(install.parse([])) if d["kind"] == "DaemonSet")
+    agent = next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "agent")
+    cmd = agent["readinessProbe"]["exec"]["command"]
+    return [sys.executable if a == "python3" else a for a in cmd[:-1]] + [str(status)]
+
+
+def test_a_restarted_agent_is_not_ready_until_it_has_handed_its_pods_to_ztunnel(lab: Lab) -> None:
+    """After a container restart the previous run's status file is still in the pod's volume. The
+    probe must not pass on it: the new agent is ready only once it has done its own first
+    reconcile (eBPF loaded, the node's pods handed to ztunnel). ztunnel is stopped (SIGSTOP)
+    so the new agent cannot get that far."""
+    status = components.agent_status_file(lab.dir, "node1")
+    probe = agent_probe(status)
+    assert subprocess.run(probe, capture_output=True).returncode == 0, "the running agent should be ready"
+    zt = lab.proc_pid("ztunnel/node1")
+    old = lab.proc_pid("agent/node1")
+    assert zt and old
+    started = lab.log("agent", "node1").count("eBPF programs ready")
+    os.killpg(zt, signal.SIGSTOP)
+    try:
+        os.kill(old, signal.SIGKILL)
+        lab.wait_for(lambda: (lab.proc_pid("agent/node1") or old) != old, 30, 0.2, "the agent restarted")
+        # Past its start (eBPF loaded, adopted the pinned pods), now waiting for ztunnel.
+        lab.wait_for(lambda: lab.log("agent", "node1").count("eBPF programs ready") > started, 60, 0.5,
+                     "the new agent's start")
+        r = subprocess.run(probe, capture_output=True, text=True)
+        assert r.returncode != 0, "the probe passed on the status file the killed agent left"
+        assert "previous run" in r.stdout, r.stdout
+        assert "agent/node1" in components.not_ready(lab_state(lab), lab.dir)
+    finally:
+        os.killpg(zt, signal.SIGCONT)
+    lab.wait_for(lambda: subprocess.run(probe, capture_output=True).returncode == 0, 60, 0.2,
+                 "the new agent ready once ztunnel answers")
+    assert "agent/node1" not in components.not_ready(lab_state(lab), lab.dir)
+
+
+def lab_state(lab: Lab):  # noqa: ANN201
+    from ambitctl.lab import state
+    return state.load(lab.dir)
+
+
 def test_plaintext_control_reaches_an_uncaptured_app(lab: Lab) -> None:
     """The probe above can see a bypass: the same connection reaches an app that is not captured."""
     rt = Runtime.for_lab(lab.dir)

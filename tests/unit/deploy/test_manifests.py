@@ -296,6 +296,12 @@ def test_ztunnel_arguments_parse_and_reach_the_controller_service() -> None:
     assert args.admin_address.startswith("127.0.0.1:"), "the admin endpoint must not face the network"
     probe = c["readinessProbe"]["exec"]["command"]
     assert flag(probe, "--unix-socket") == str(args.admin_socket) and probe[-1].endswith("/healthz/ready")
+    # the path is one ztunnel's admin endpoint serves, and curl fails (-f) on its 503
+    from urllib.parse import urlsplit
+
+    from ztunnel import admin
+    from ztunnel.meshstate import MeshState
+    assert urlsplit(probe[-1]).path in admin.routes(MeshState()) and "-sf" in probe
 
 
 def agent_usage() -> tuple[set[str], set[str]]:
@@ -335,7 +341,36 @@ def test_agent_arguments_are_its_own_and_complete_with_the_entrypoints_cgroup() 
     assert shared == {m["mountPath"] for m in z["volumeMounts"] if m["name"] == "run"}
     assert any(sock.startswith(p + "/") for p in shared)
     assert c["readinessProbe"]["exec"]["command"][-1] == flag(args, "--status-file")
+    assert c["readinessProbe"]["timeoutSeconds"] >= 2, "the probe starts a Python: the default 1s is too short"
     assert flag(args, "--pin-base").startswith("/sys/fs/bpf/")
+
+
+AGENT_WRITES_ITS_STATUS = """
+import sys
+from pathlib import Path
+from agent.__main__ import Agent
+Agent("node1", source=None, engine=None, link=None, node_ip="10.0.0.1", status_file=Path(sys.argv[1])).write_status()
+"""
+
+
+def test_agent_probe_is_not_ready_on_the_status_file_a_previous_run_left(tmp_path: Path) -> None:
+    """A container restart keeps the pod's emptyDir, so the old run's status file is still there when
+    the new agent starts: the probe must not pass on it (it did with `test -s`), only once the running
+    agent has written its own status."""
+    c = container(render(), "DaemonSet", "ambit-node", "agent")
+    status = tmp_path / "agent-status.json"
+    probe = [sys.executable if a == "python3" else a for a in c["readinessProbe"]["exec"]["command"][:-1]]
+    probe.append(str(status))
+
+    def ready() -> bool:
+        return subprocess.run(probe, capture_output=True, text=True, cwd=REPO).returncode == 0
+    assert not ready(), "ready before any agent wrote a status"
+    subprocess.run([sys.executable, "-c", AGENT_WRITES_ITS_STATUS, str(status)], cwd=REPO, check=True)
+    assert status.stat().st_size > 0
+    assert not ready(), "ready on the status file of an agent that is gone (a restarted container's first seconds)"
+    from agent.__main__ import Agent
+    Agent("node1", source=None, engine=None, link=None, node_ip="10.0.0.1", status_file=status).write_status()
+    assert ready(), "not ready on the status the running agent wrote"
 
 
 def test_node_pod_has_the_host_access_capture_needs() -> None:

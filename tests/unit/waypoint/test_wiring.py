@@ -187,3 +187,37 @@ def test_the_hbone_listener_takes_its_connection_bound_from_max_connections() ->
             p.server.sock.close()
 
     asyncio.run(main())
+
+
+def test_readiness_is_withdrawn_when_the_drain_begins_before_the_listener_closes(ca) -> None:  # noqa: ANN001
+    """SIGTERM: the waypoint keeps accepting for `--http-drain-accept` seconds while whoever reads its
+    readiness moves away; /healthz/ready must say 503 from the start of that drain (it said 200)."""
+    import asyncio
+    import json as _json
+    import socket
+
+    from ambit.dataplane.identity import IdentityManager
+    from tests.unit.conftest import LocalCAFetcher
+    from waypoint import admin
+
+    async def main() -> None:
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+        s = load(["--waypoint", "default/waypoint", "--pod-name", "waypoint-0", "--node", "node2",
+                  "--listen", f"127.0.0.1:{port}"])
+        ids = IdentityManager(LocalCAFetcher(ca))
+        await ids.get(s.identity, 5)
+        p = WaypointProxy(s, WaypointConfig(Waypoint("default", "waypoint"), "cluster.local"), ids)
+        await p.start()
+        srv = admin.AdminServer(admin.routes(p, None))
+        assert srv.handle("GET", "/healthz/ready").status == 200
+        closing = asyncio.ensure_future(p.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done() and p.server is not None and p.server.sock is not None, "still accepting"
+        r = srv.handle("GET", "/healthz/ready")
+        assert r.status == 503 and _json.loads(r.body)["stopping"] is True
+        await closing
+        await ids.close()
+
+    asyncio.run(main())
