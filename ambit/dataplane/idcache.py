@@ -62,7 +62,9 @@ class IdCache(Generic[V]):
         w = self._watch.get(oid)
         if w is None or w[0] is not ref:       # cleared since, or the id is a later object's
             return
-        del self._watch[oid]
+        # pop, not del: the last reference may go in another thread (a span exporter's record)
+        # while the loop's thread clears the cache
+        self._watch.pop(oid, None)
         pop = self._entries.pop
         for key in w[1]:
             pop(key, None)
