@@ -12,7 +12,7 @@ HBONE to its own :15008, delivered to its app), then is removed (`PodRegistry.re
 Workload deleted. As in the soak, each pod has its own app/version labels and namespace every third
 pod, and three service accounts take turns, so identities are fetched and forgotten.
 
-    .venv/bin/python bench/inproc_churn.py [--pods 3000] [--every 250] [--warm 300] [--expiry 20]
+    .venv/bin/python bench/inproc_churn.py [--pods 3000] [--every 250] [--warm 500] [--expiry 20] [--ips 250]
 
 Every `--every` pods (after a full collection and malloc_trim, as ztunnel trims every 10 s) it
 prints the live objects tracked by the collector, RSS and glibc's bytes in use, and at the end the
@@ -139,7 +139,8 @@ async def main(a: argparse.Namespace) -> None:
         for i in range(a.pods):
             now[0] += 1.0
             ns = f"churn{i}" if i % 3 == 1 else "default"
-            ip = f"127.61.{i // 200 % 250}.{i % 200 + 10}"
+            k = i % a.ips              # a node's pod addresses are reused as its pods come and go
+            ip = f"127.61.{k // 200}.{k % 200 + 10}"
             w = workload(f"churn-{i}", ns, ip, f"churn{i % 3}", {"app": f"churn{i}", "version": f"v{i}"})
             state[w.uid] = w
             cfg.apply(ConfigUpdate(Workload.TYPE, str(i + 1), {w.uid: w}, frozenset(), dict(state)))
@@ -215,6 +216,8 @@ if __name__ == "__main__":
     ap.add_argument("--every", type=int, default=250, help="measure every N pods")
     ap.add_argument("--warm", type=int, default=500, help="fit the slopes from this pod on")
     ap.add_argument("--expiry", type=float, default=20.0, help="series expiry, in pods (default 20)")
+    ap.add_argument("--ips", type=int, default=250,
+                    help="pod addresses, reused in turn as a node's pod CIDR is (default 250)")
     ap.add_argument("--trace", type=int, default=0, metavar="N",
                     help="also trace allocations (slower) and print the N sites that grew most")
     ap.add_argument("--asyncio", action="store_true", help="the stdlib loop instead of uvloop")
