@@ -71,7 +71,8 @@ _EVERY_REQUEST = ("REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE
 COUNTERS = ("REQUEST_COUNT", "GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES")
 ConfigFor = Callable[[str], MetricsConfig]      # "ns/name" of the request's Service -> its config
 # Label value tuples kept (per peers, downstream, service, status, flags). A Downstream is made per
-# tunnel, so short connections add entries used once: the bound caps what they hold (~0.7 KB each).
+# tunnel: a closed tunnel's entries go with it (IdCache), and the bound (insertions between clears)
+# caps what many open ones hold (~0.7 KB each).
 LABEL_CACHE_SIZE = 1024
 
 
