@@ -29,7 +29,6 @@ import collections
 import gc
 import os
 import socket
-import sys
 import tracemalloc
 
 from ambit.configclient import ConfigUpdate
@@ -40,7 +39,18 @@ from ambit.dataplane.telemetry.accesslog import PolicySink, StreamSink
 from ambit.dataplane.telemetry.metrics import Metrics
 from ambit.model import Endpoint, Service, ServicePort, Workload
 from ambit.zds import PodInfo
-from bench.inproc_ztunnel import APP_PORT, HBONE_PORT, REQUEST, RESPONSE, SVC_PORT, TD, LoopbackPod, _Fetcher
+from bench.inproc_ztunnel import (
+    APP_PORT,
+    HBONE_PORT,
+    REQUEST,
+    RESPONSE,
+    SVC_PORT,
+    TD,
+    LoopbackPod,
+    _Fetcher,
+    pod_listener,
+    run,
+)
 from controller.ca import CertificateAuthority, generate_root
 from ztunnel.meshstate import MeshState
 from ztunnel.pods import serve_plaintext
@@ -65,15 +75,6 @@ def workload(name: str, ns: str, ip: str, sa: str, labels: dict[str, str],
     return Workload(uid=f"uid-{ns}-{name}", name=name, namespace=ns, ips=[ip], node="node1", service_account=sa,
                     identity=f"spiffe://{TD}/ns/{ns}/sa/{sa}", labels=labels, enrolled=True, protocol="HBONE",
                     services=services or {})
-
-
-def listener(ip: str, port: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((ip, port))
-    s.listen(128)
-    s.setblocking(False)
-    return s
 
 
 async def fetch(port: int) -> None:
@@ -126,7 +127,7 @@ async def main(a: argparse.Namespace) -> None:
         proxy.registry.by_ip[p.pod.ip] = p
         proxy.registry._notify("add", p)
     fixed.append(await loop.create_server(App, SERVER_IP, APP_PORT, reuse_address=True))
-    fixed.append(await proxy._serve_hbone(spod, listener(SERVER_IP, HBONE_PORT)))
+    fixed.append(await proxy._serve_hbone(spod, pod_listener(SERVER_IP, HBONE_PORT)))
     csock = socket.create_server(("127.0.0.1", 0), backlog=128)
     fixed.append(serve_plaintext(cpod, csock, proxy.outbound))
     client_port = csock.getsockname()[1]
@@ -149,7 +150,7 @@ async def main(a: argparse.Namespace) -> None:
             out = socket.create_server(("127.0.0.1", 0), backlog=16)
             out_port = out.getsockname()[1]
             targets[out_port] = (VIP, SVC_PORT)
-            pod.servers.append(await proxy._serve_hbone(pod, listener(ip, HBONE_PORT)))
+            pod.servers.append(await proxy._serve_hbone(pod, pod_listener(ip, HBONE_PORT)))
             pod.servers.append(serve_plaintext(pod, out, proxy.outbound))
             proxy.registry.pods[w.uid] = pod
             proxy.registry.by_ip[ip] = pod
@@ -221,9 +222,4 @@ if __name__ == "__main__":
     ap.add_argument("--trace", type=int, default=0, metavar="N",
                     help="also trace allocations (slower) and print the N sites that grew most")
     ap.add_argument("--asyncio", action="store_true", help="the stdlib loop instead of uvloop")
-    args = ap.parse_args()
-    if not args.asyncio:
-        import uvloop
-        uvloop.install()
-    asyncio.run(main(args))
-    sys.stdout.flush()
+    run(main, ap.parse_args())
