@@ -42,6 +42,8 @@ import pstats
 import socket
 import sys
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from ambit.configclient import ConfigUpdate
 from ambit.dataplane.identity import FetchResult, IdentityManager
@@ -92,6 +94,26 @@ class LoopbackPod(PodProxy):
 
     def delivery_socket(self, src_ip: str) -> socket.socket:
         return self._bound(src_ip)
+
+
+def pod_listener(ip: str, port: int, backlog: int = 128) -> socket.socket:
+    """A pod's listener on its loopback address (its :15008, as PodRegistry hands it to
+    `_serve_hbone`). Shared with bench/inproc_churn.py and tests/unit/ztunnel/test_proxy_inprocess.py."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((ip, port))
+    s.listen(backlog)
+    s.setblocking(False)
+    return s
+
+
+def run(main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]], args: argparse.Namespace) -> None:
+    """`main(args)` on uvloop, as ztunnel runs (the stdlib loop with `args.asyncio`)."""
+    if not args.asyncio:
+        import uvloop
+        uvloop.install()
+    asyncio.run(main(args))
+    sys.stdout.flush()
 
 
 def _workload(name: str, ip: str, services: dict[str, list[int]]) -> Workload:
@@ -158,12 +180,7 @@ async def _setup() -> tuple[Proxy, IdentityManager, list[asyncio.AbstractServer]
     await identities.get(client.identity, 10)
     loop = asyncio.get_running_loop()
     app = await loop.create_server(_App, SERVER_IP, APP_PORT, reuse_address=True)
-    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lst.bind((SERVER_IP, HBONE_PORT))
-    lst.listen(1024)
-    lst.setblocking(False)
-    hbone = await proxy._serve_hbone(spod, lst)
+    hbone = await proxy._serve_hbone(spod, pod_listener(SERVER_IP, HBONE_PORT, 1024))
     capture = socket.create_server(("127.0.0.1", 0), backlog=1024)     # the pod's outbound listener
     out = serve_plaintext(cpod, capture, proxy.outbound)
     port = capture.getsockname()[1]
@@ -275,12 +292,7 @@ def main() -> None:
     ap.add_argument("--hold", type=int, default=0, metavar="N",
                     help="measure the memory N held connections add instead of CPU")
     ap.add_argument("--asyncio", action="store_true", help="the stdlib loop instead of uvloop")
-    args = ap.parse_args()
-    if not args.asyncio:
-        import uvloop
-        uvloop.install()
-    asyncio.run(_main(args))
-    sys.stdout.flush()
+    run(_main, ap.parse_args())
 
 
 if __name__ == "__main__":

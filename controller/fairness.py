@@ -17,12 +17,12 @@ Refusals are counted in `REFUSED` by limit: `ambit_controller_limited_total{limi
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from ambit.accept import peer_key
 from ambit.clock import Monotonic
 from ambit.dataplane.hbone.limits import ConnLimiter
 
@@ -91,21 +91,6 @@ class RequestRate:
 
     def __len__(self) -> int:
         return len(self._buckets)
-
-
-def peer_key(address: str) -> str:
-    """What one peer is, for its connection bound: its IPv4 address, or the /64 of its IPv6 address
-    (a host is given a whole /64, and picks any address in it at will). An IPv4-mapped IPv6 address
-    is its IPv4 address."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 class ConnectionAdmission:

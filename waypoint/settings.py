@@ -84,8 +84,8 @@ class WaypointSettings:
         "(ambit_connections_refused_total{limit=\"pending_handshakes\"}). ~50-70 KiB each, and they need no "
         "certificate (0: unlimited)", check=non_negative)
     max_pending_handshakes_per_source: int = option(
-        MAX_PENDING_HANDSHAKES_PER_SOURCE, "TLS handshakes under way from one source IP; past it a new connection "
-        "is reset (0: unlimited)", check=non_negative)
+        MAX_PENDING_HANDSHAKES_PER_SOURCE, "TLS handshakes under way from one source (an IPv4 address, an IPv6 "
+        "/64); past it a new connection is reset (0: unlimited)", check=non_negative)
     root_namespace: str = option("ambit-system", "the mesh root namespace")
     trust_domain: str = option("cluster.local", "the mesh trust domain")
     cluster_domain: str = option("cluster.local", "the cluster DNS domain (route host names)")

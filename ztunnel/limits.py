@@ -39,7 +39,8 @@ class ProxyLimits:
                                          "(each worker) together; past it the oldest is aborted (0: unlimited)")
     max_pending_handshakes_per_source: int = option(hl.MAX_PENDING_HANDSHAKES_PER_SOURCE,
                                                     "inbound TLS handshakes under way on :15008 from one source "
-                                                    "IP; past it a new connection is reset (0: unlimited)")
+                                                    "(an IPv4 address, an IPv6 /64); past it a new connection "
+                                                    "is reset (0: unlimited)")
     max_hbone_conns_per_identity: int = option(1024, "inbound HBONE connections per source identity, node-wide "
                                                      "(0: unlimited)")
     max_plaintext_per_source_ip: int = option(4096, "inbound plaintext connections per source IP, node-wide "

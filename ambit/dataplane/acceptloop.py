@@ -19,7 +19,8 @@ it came through SYN cookies, which skip the deferral, and its ClientHello is a r
 A silent peer is so closed within about the handshake deadline of its connect, as before.
 
 `Handshakes.accepted(sock, source)` starts one handshake under a `PendingHandshakes` bound (which
-several listeners of a process may share): a source over its cap is reset at once, and when the
+several listeners of a process may share): a source over its cap (an IPv4 address, an IPv6 /64:
+`ambit.accept.peer_key`) is reset at once, and when the
 process is at its limit the oldest handshake under way is aborted for the new one. Refusals are
 counted in `ambit_connections_refused_total{limit="pending_handshakes"|"pending_handshakes_per_source"}`
 and logged once per 1,000. Handshake failures are logged at debug only: a flood makes thousands.
@@ -40,7 +41,7 @@ import socket
 import ssl
 from collections.abc import Callable
 
-from ambit.accept import ACCEPT_RETRY_DELAY, BACKOFFS, out_of_resources
+from ambit.accept import ACCEPT_RETRY_DELAY, BACKOFFS, out_of_resources, peer_key
 from ambit.dataplane.hbone.limits import PendingHandshakes, refused_at_bound
 
 log = logging.getLogger("ambit.dataplane.accept")
@@ -179,7 +180,7 @@ class Handshakes:
         if not pending.enter(task, source):
             task.cancel()           # never started: the socket is ours to close
             reset(sock)
-            refused_at_bound(pending.refused, f"{self.where} (from {source})", pending.per_source,
+            refused_at_bound(pending.refused, f"{self.where} (from {peer_key(source)})", pending.per_source,
                              "reset", "pending_handshakes_per_source")
             return
         self.tasks.add(task)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ambit.dataplane.idcache import IdCache
 from ambit.model import Workload
 from ambit.telemetryconfig import AccessLogConfig
 from ambit.telemetrylog import AccessLogWriter
@@ -46,18 +47,18 @@ def request_line(rec: RequestRecord, src: Workload | None, dst: Workload | None)
     return f"{line[:-1]}, {tail}" if tail and line != "{}" else line
 
 
-# (id(src), id(dst)) -> (src, dst, their fields encoded without the opening brace, or "").
-# The workloads are kept so their ids cannot be reused while cached; the View replaces them on
-# every config update, so the cache is emptied when it outgrows PEER_JSON_CACHE.
-_PEERS: dict[tuple[int, int], tuple[Workload | None, Workload | None, str]] = {}
+# (id(src), id(dst)) -> their fields encoded without the opening brace, or "". The cache holds no
+# reference to the workloads (IdCache): an entry goes when either Workload does, so the View's
+# replaced and deleted Workloads are freed, and a new one reusing a freed one's id starts afresh.
 PEER_JSON_CACHE = 4096
+_PEERS: IdCache[str] = IdCache(PEER_JSON_CACHE)
 
 
 def _peer_json(src: Workload | None, dst: Workload | None) -> str:
     key = (id(src), id(dst))
     hit = _PEERS.get(key)
-    if hit is not None and hit[0] is src and hit[1] is dst:
-        return hit[2]
+    if hit is not None:
+        return hit
     d: dict[str, Any] = {}
     if src is not None:
         _put(d, "source_workload", workload_name(src))
@@ -67,9 +68,7 @@ def _peer_json(src: Workload | None, dst: Workload | None) -> str:
         _put(d, "destination_namespace", dst.namespace)
         _put(d, "upstream_peer", dst.identity)
     tail = json.dumps(d)[1:] if d else ""
-    if len(_PEERS) >= PEER_JSON_CACHE:
-        _PEERS.clear()
-    _PEERS[key] = (src, dst, tail)
+    _PEERS.put(key, tail, src, dst)
     return tail
 
 

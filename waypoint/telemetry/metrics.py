@@ -38,6 +38,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
+from ambit.dataplane.idcache import IdCache
 from ambit.dataplane.telemetry.children import CHILD_CACHE_SIZE, ChildCache
 from ambit.dataplane.telemetry.families import Family
 from ambit.dataplane.telemetry.overrides import EXTRA, Pruned
@@ -70,7 +71,8 @@ _EVERY_REQUEST = ("REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE
 COUNTERS = ("REQUEST_COUNT", "GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES")
 ConfigFor = Callable[[str], MetricsConfig]      # "ns/name" of the request's Service -> its config
 # Label value tuples kept (per peers, downstream, service, status, flags). A Downstream is made per
-# tunnel, so short connections add entries used once: the bound caps what they hold (~0.7 KB each).
+# tunnel: a closed tunnel's entries go with it (IdCache), and the bound (insertions between clears)
+# caps what many open ones hold (~0.7 KB each).
 LABEL_CACHE_SIZE = 1024
 
 
@@ -153,8 +155,8 @@ class HttpMetrics:
         # A dropped series' child must not stay cached: its counts would go to a child no scrape sees.
         for _, fam in self.families:
             fam.on_evict.append(self._forget_children)
-        # label values by what they are made of (see label_values): the objects, kept to check ids
-        self._values: dict[tuple[object, ...], tuple[object, object, object, tuple[str, ...]]] = {}
+        # label values by what they are made of (see label_values); never keeps those objects alive
+        self._values: IdCache[tuple[str, ...]] = IdCache(LABEL_CACHE_SIZE)
 
     def _forget_children(self) -> None:
         self._children.clear()
@@ -164,19 +166,18 @@ class HttpMetrics:
         """The 25 label values in HTTP_LABELS order, cached: a waypoint's requests share a few
         (peers, route, status, flags) combinations, and building the tuple was ~160 bytecodes per
         request. The key holds everything `compute_label_values` reads: the Workload and
-        Downstream objects by identity (the config stream replaces them, never mutates them; the
-        entry keeps the objects, so a reused id never matches), and the record's fields by value
-        (never the authority: no label reads it). Cleared at LABEL_CACHE_SIZE."""
+        Downstream objects by identity (the config stream replaces them, never mutates them), and
+        the record's fields by value (never the authority: no label reads it). The cache holds no
+        reference to those objects (IdCache): an entry is dropped when one of them is freed, so
+        churned pods' Workloads and closed tunnels' Downstreams are not kept, and a freed object's
+        id reused by a new one never finds its entry. Cleared every LABEL_CACHE_SIZE insertions."""
         d = rec.downstream
-        service = rec.service
-        key = (id(src), id(dst), id(d), service, rec.grpc, rec.status, rec.grpc_status, rec.response_flags)
+        key = (id(src), id(dst), id(d), rec.service, rec.grpc, rec.status, rec.grpc_status, rec.response_flags)
         hit = self._values.get(key)
-        if hit is not None and hit[0] is src and hit[1] is dst and hit[2] is d:
-            return hit[3]
+        if hit is not None:
+            return hit
         values = self.compute_label_values(rec, src, dst)
-        if len(self._values) >= LABEL_CACHE_SIZE:
-            self._values.clear()
-        self._values[key] = (src, dst, d, values)
+        self._values.put(key, values, src, dst, d)
         return values
 
     def compute_label_values(self, rec: RequestRecord, src: Workload | None, dst: Workload | None) -> tuple[str, ...]:

@@ -11,8 +11,9 @@ unit-tested without sleeping, and the asyncio edge only asks "may I?" and says "
 - `ConnLimiter`: counts concurrent connections per key (source identity, source IP, destination
   pod) against one limit, so one noisy pod cannot take every fd of a node's ztunnel.
 - `PendingHandshakes`: TLS handshakes under way (accepted, not yet handshaken), at most `limit` in
-  all (the oldest one is dropped for a new one) and `per_source` per source IP (a new one is
-  refused), so peers that need no certificate cannot pin memory without bound.
+  all (the oldest one is dropped for a new one) and `per_source` per source (a new one is
+  refused), so peers that need no certificate cannot pin memory without bound. A source is
+  `ambit.accept.peer_key`'s: an IPv4 address, an IPv6 /64 (as the controller's accept gate).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+from ambit.accept import peer_key
 from ambit.clock import Monotonic
 
 log = logging.getLogger("ambit.dataplane.limits")
@@ -154,7 +156,11 @@ class PendingHandshakes:
     """TLS handshakes under way, by token (the accepted socket), oldest first.
 
     `enter(token, source)` admits a handshake: False when `source` already has `per_source` under
-    way (the caller closes the new connection: the flooder pays, not the others). When `limit` are
+    way (the caller closes the new connection: the flooder pays, not the others). Sources are
+    counted by `peer_key`: an IPv4 address, or an IPv6 address's /64 (a v4-mapped one as its IPv4
+    address). A host is given a whole /64 and may connect from any address in it, so a count per
+    IPv6 address bound nothing: a flood spread over its /64 was held by `limit` alone, evicting
+    legitimate handshakes as fast as it connected. When `limit` are
     under way in all it still admits, and returns the oldest token in `evicted` for the caller to
     abort: a peer that completes its handshake in a round trip is never the oldest for long, while
     a silent or dripping one is, so a flood from many sources cannot lock legitimate clients out
@@ -177,6 +183,7 @@ class PendingHandshakes:
 
     def enter(self, token: Hashable, source: str) -> bool:
         self.evicted = None
+        source = peer_key(source)
         n = self._per.get(source, 0)
         if self.per_source and n >= self.per_source:
             self.refused += 1
@@ -209,4 +216,5 @@ class PendingHandshakes:
         return token in self._pending
 
     def from_source(self, source: str) -> int:
-        return self._per.get(source, 0)
+        """Handshakes under way from `source`'s peer (its IPv4 address, its IPv6 /64)."""
+        return self._per.get(peer_key(source), 0)

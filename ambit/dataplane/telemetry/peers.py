@@ -21,9 +21,9 @@ metrics (waypoint/telemetry/metrics.py), so both report the same values for the 
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
+from ambit.dataplane.idcache import IdCache
 from ambit.model import Workload
 
 UNKNOWN = "unknown"
@@ -76,15 +76,9 @@ class Peer:
 
 PeerLabels = tuple[str, str, str, str, str, str]     # workload, namespace, app, version, canonical service, revision
 _CACHE_SIZE = 4096
-# id(workload) -> (a weak reference to it, its labels). Weak: the entry goes when its Workload does.
-_by_id: dict[int, tuple[weakref.ref[Workload], PeerLabels]] = {}
-
-
-def _forget(key: int, ref: weakref.ref[Workload]) -> None:
-    """A cached Workload is gone: drop its entry (unless the id already names a later object's)."""
-    hit = _by_id.get(key)
-    if hit is not None and hit[0] is ref:
-        del _by_id[key]
+# id(workload) -> its labels; an entry goes when its Workload does (ambit.dataplane.idcache)
+_cache: IdCache[PeerLabels] = IdCache(_CACHE_SIZE)
+_get = _cache.get
 
 
 def peer_labels(w: Workload) -> PeerLabels:
@@ -92,22 +86,21 @@ def peer_labels(w: Workload) -> PeerLabels:
     cached per Workload object: ztunnel labels every connection, and the config stream replaces a
     Workload object (never mutates it) when the pod changes.
 
-    The cache holds a weak reference, so an entry lives exactly as long as its Workload: a
-    replaced or gone pod's Workload (its labels, annotations, the decoded config behind them) is
-    freed with it. Before, the cache held the object itself until 4,096 had been seen: on a node
-    whose pods churn it kept about 2 dead Workloads per pod gone (3-4 KB each with what they
-    reference), the rise of ztunnel's tracked objects and RSS in the soak (docs/operations.md,
-    "Memory over time"). The bound stays for a process seeing more live Workloads than that."""
+    The cache does not keep the Workload alive (IdCache): an entry lives exactly as long as its
+    Workload, so a replaced or gone pod's Workload (its labels, annotations, the decoded config
+    behind them) is freed with it. Before, the cache held the object itself until 4,096 had been
+    seen: on a node whose pods churn it kept about 2 dead Workloads per pod gone (3-4 KB each with
+    what they reference), the rise of ztunnel's tracked objects and RSS in the soak
+    (docs/operations.md, "Memory over time"). The bound stays for a process seeing more live
+    Workloads than that."""
     key = id(w)
-    hit = _by_id.get(key)
-    if hit is not None and hit[0]() is w:
-        return hit[1]
+    v = _get(key)
+    if v is not None:
+        return v
     labels = w.labels
     v = (workload_name(w), w.namespace, _first(labels, APP), _first(labels, VERSION),
          _first(labels, CANONICAL_NAME) or workload_name(w), _first(labels, CANONICAL_REVISION) or "latest")
-    if len(_by_id) >= _CACHE_SIZE:
-        _by_id.clear()
-    _by_id[key] = (weakref.ref(w, lambda ref, key=key: _forget(key, ref)), v)
+    _cache.put(key, v, w)
     return v
 
 

@@ -10,6 +10,7 @@ import socket
 
 import pytest
 
+from ambit.accept import peer_key
 from ambit.dataplane.hbone.limits import REFUSED, PendingHandshakes
 from tests.unit.dataplane.test_hbone import LOOPS, Mesh, echo, run
 
@@ -84,6 +85,36 @@ def test_pending_handshakes_evicts_the_oldest_and_caps_a_source() -> None:
         PendingHandshakes(1, -1)
 
 
+def test_the_per_source_cap_counts_an_ipv6_64_as_one_source_as_the_controllers_gate_does() -> None:
+    """An IPv6 host has a whole /64 and may connect from any address in it: counted per address,
+    a flood spread over its /64 met only the process-wide bound, evicting every other peer's
+    handshakes. Counted per /64 (ambit.accept.peer_key, the controller's accept gate's key), its
+    third is refused here and the others' handshakes stay; an IPv4 client seen by a dual-stack
+    listener (`::ffff:a.b.c.d`) is its IPv4 address."""
+    p = PendingHandshakes(limit=8, per_source=2)
+    assert p.enter("x1", "2001:db8:1:2::1") and p.enter("x2", "2001:db8:1:2:ffff::9")
+    assert not p.enter("x3", "2001:db8:1:2:dead:beef:0:1") and p.refused == 1   # the same /64
+    assert p.from_source("2001:db8:1:2::77") == 2
+    assert p.enter("y1", "2001:db8:1:3::1") and p.evicted is None           # the next /64 is another host
+    assert p.enter("v1", "10.0.0.7") and p.enter("v2", "::ffff:10.0.0.7")
+    assert not p.enter("v3", "10.0.0.7") and p.refused == 2
+    assert p.from_source("10.0.0.7") == p.from_source("::ffff:10.0.0.7") == 2
+    assert p.enter("z1", "fe80::1%eth0") and p.from_source("fe80::2") == 1  # a scope id is not part of it
+    assert p.dropped == 0
+    for t in ("x1", "x2", "y1", "v1", "v2", "z1"):
+        p.leave(t)
+    assert len(p) == 0 and p._per == {}
+
+
+def test_peer_key() -> None:
+    assert peer_key("10.0.0.7") == "10.0.0.7"
+    assert peer_key("::ffff:10.0.0.7") == "10.0.0.7"
+    assert peer_key("2001:db8:1:2::1") == peer_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert peer_key("2001:db8:1:3::1") != peer_key("2001:db8:1:2::1")
+    assert peer_key("::1") == "::/64" and peer_key("fe80::1%eth0") == "fe80::/64"
+    assert peer_key("not an address") == "not an address" and peer_key("a:b") == "a:b"
+
+
 # --- real sockets ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
@@ -133,3 +164,73 @@ def test_silent_connections_hold_nothing_in_the_server(ca, loop_kind: str) -> No
             for s in socks:
                 s.close()
     run(loop_kind, main)
+
+
+IPV6_FLOOD = r"""
+import asyncio, json, socket, ssl, subprocess
+for cmd in (["ip", "link", "set", "lo", "up"],
+            # AnyIP: every address of these /64s is this host's, as a host given a /64 has them
+            ["ip", "-6", "route", "add", "local", "2001:db8:1:2::/64", "dev", "lo"],
+            ["ip", "-6", "route", "add", "local", "2001:db8:1:3::/64", "dev", "lo"]):
+    subprocess.run(cmd, check=True)
+from ambit.dataplane.acceptloop import AcceptLoop, Handshakes
+from ambit.dataplane.hbone.limits import PendingHandshakes
+
+PARTIAL_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01"
+
+async def main():
+    ls = socket.socket(socket.AF_INET6)
+    ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)     # dual stack: IPv4 peers as ::ffff:a.b.c.d
+    ls.bind(("::", 0))
+    ls.listen(512)
+    port = ls.getsockname()[1]
+    pending = PendingHandshakes(limit=64, per_source=8)
+    accept = AcceptLoop(ls, Handshakes(asyncio.Protocol, ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), 60.0, pending,
+                                       "test"), 60.0)
+    accept.on_conn = accept.on_conn.accepted
+    accept.start()
+    socks, sent = [], 0
+    for source, dest, n in ([(f"2001:db8:1:2::{i:x}", "::1", 1) for i in range(1, 41)]    # 40 addresses, one /64
+                            + [("2001:db8:1:3::5", "::1", 3), ("127.0.0.2", "127.0.0.1", 12)]):
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET6 if ":" in source else socket.AF_INET)
+            s.setsockopt(socket.SOL_IP, 15, 1)      # IP_FREEBIND: an address of the local route, not of lo
+            s.bind((source, 0))
+            s.connect((dest, port))
+            s.sendall(PARTIAL_HELLO)
+            socks.append(s)
+            sent += 1
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 20
+    while len(pending) + pending.refused < sent and loop.time() < end:
+        await asyncio.sleep(0.02)
+    print(json.dumps({"sent": sent, "pending": len(pending), "refused": pending.refused, "dropped": pending.dropped,
+                      "first_64": pending.from_source("2001:db8:1:2::1"), "second_64": pending.from_source("2001:db8:1:3::1"),
+                      "ipv4": pending.from_source("127.0.0.2")}))
+    accept.close()
+    for s in socks:
+        s.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace of its own")
+def test_a_flood_spread_over_an_ipv6_64_is_capped_as_one_source_on_real_sockets() -> None:
+    """Real sockets on a dual-stack listener, in a network namespace of the test's own (every
+    address of two /64s made local): 40 partial ClientHellos from 40 addresses of one /64, 3 from
+    another /64, 12 from one IPv4 address (seen as ::ffff:127.0.0.2). Per /64 and per IPv4
+    address, each source holds at most its 8; before, the 40 addresses were 40 sources and all
+    40 held a slot (a /64 holds 2^64 addresses, so only the process-wide bound held it)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    p = subprocess.run(["unshare", "--net", sys.executable, "-c", IPV6_FLOOD], capture_output=True, text=True,
+                       timeout=60, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out == {"sent": 55, "pending": 8 + 3 + 8, "refused": 32 + 4, "dropped": 0,
+                   "first_64": 8, "second_64": 3, "ipv4": 8}

@@ -124,7 +124,7 @@ def test_peer_labels_do_not_keep_the_workloads_of_gone_pods() -> None:
     live = wl("echo-v1-7d9c8b5f4-x2x8q", {"app": "echo", "version": "v1"}, ECHO_ID)
     first = peers.peer_labels(live)
     assert peers.peer_labels(live) is first         # a live workload still hits
-    before = len(peers._by_id)
+    before = len(peers._cache)
     gone = []
     for i in range(300):
         w = wl(f"churn-{i}", {"app": f"churn{i}", "version": f"v{i}", "x": "y" * 100}, ECHO_ID)
@@ -133,7 +133,7 @@ def test_peer_labels_do_not_keep_the_workloads_of_gone_pods() -> None:
         del w
     gc.collect()
     assert [r for r in gone if r() is not None] == [], "gone pods' Workloads are still held"
-    assert len(peers._by_id) <= before, f"{len(peers._by_id) - before} entries of gone Workloads kept"
+    assert len(peers._cache) <= before, f"{len(peers._cache) - before} entries of gone Workloads kept"
     assert peers.peer_labels(live) is first         # and its entry stayed
 
 

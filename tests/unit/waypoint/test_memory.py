@@ -135,3 +135,57 @@ def test_a_missing_pyjwt_refuses_the_config_update_that_needs_it() -> None:
     out = _fresh(AUTHN_PROBE, "broken")
     assert out["at_start"] is False and "applied" not in out      # the update is NACKed, not applied
     assert str(out["refused"]).startswith("PyJWTUnavailable: RequestAuthentication jwtRules need PyJWT")
+
+
+def test_telemetry_caches_do_not_keep_the_workloads_of_gone_pods() -> None:
+    """Pods churn behind a waypoint: every request's metrics labels and access-log line are made from
+    the source and destination Workloads the config View resolves, and each config update replaces
+    those objects. The label-value cache (~1,024 entries) and the access log's peer cache (~4,096)
+    held the Workloads (and each tunnel's Downstream) until they filled: dead pods' objects kept
+    alive on a waypoint whose pods churn. Through the real hooks (`_access_log`, `_stats`) and View."""
+    import gc
+    import weakref
+
+    from ambit.configclient import ConfigUpdate
+    from ambit.model import Workload
+    from waypoint.app import WaypointProxy
+    from waypoint.authz import Waypoint
+    from waypoint.config import WaypointConfig
+    from waypoint.http.record import RequestRecord
+    from waypoint.request import Downstream
+    from waypoint.telemetry.metrics import HttpMetrics
+
+    cfg = WaypointConfig(Waypoint("default", "waypoint"), "cluster.local")
+    p = WaypointProxy(load(BASE, {}), cfg, None, http_metrics=HttpMetrics())
+    lines: list[str] = []
+    assert p.telemetry.log is not None
+    p.telemetry.log.sink = lines.append
+    ips = [f"10.0.1.{i}" for i in range(1, 5)]
+    gone: list[weakref.ref[object]] = []
+    current: dict[str, Workload] = {}
+    for rnd in range(60):
+        gone.extend(weakref.ref(w) for w in current.values())
+        current = {f"uid-{rnd}-{i}": Workload(uid=f"uid-{rnd}-{i}", name=f"app-{i}-{rnd}", namespace="default",
+                                              ips=[ip], node="node1", service_account="app",
+                                              identity="spiffe://cluster.local/ns/default/sa/app",
+                                              labels={"app": f"app{i}", "version": f"v{rnd}"})
+                   for i, ip in enumerate(ips)}
+        cfg.apply(ConfigUpdate(Workload.TYPE, str(rnd), current, frozenset(), current))
+        for src in ips:
+            down = Downstream(source_identity="spiffe://cluster.local/ns/default/sa/app", source_ip=src,
+                              destination_ip="10.96.0.10", destination_port=80)
+            gone.append(weakref.ref(down))
+            for dst in ips:
+                rec = RequestRecord("GET", "/", "app", "HTTP/1.1", down, status=200, upstream=f"{dst}:8080")
+                p._access_log(rec)
+                p._stats(rec)
+        del down, rec
+    # a last request on a tunnel still open (the hooks remember the last record's peers)
+    rec = RequestRecord("GET", "/", "app", "HTTP/1.1", Downstream(source_ip=ips[0]), status=200,
+                        upstream=f"{ips[1]}:8080")
+    p._access_log(rec)
+    p._stats(rec)
+    assert '"source_workload": "app-0-59"' in lines[-1] and '"destination_workload": "app-1-59"' in lines[-1]
+    gc.collect()
+    held = [r() for r in gone if r() is not None]
+    assert held == [], f"{len(held)} objects of gone pods and closed tunnels still held, e.g. {held[0]!r:.120}"

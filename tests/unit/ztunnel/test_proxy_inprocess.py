@@ -27,7 +27,7 @@ from ambit.dataplane.telemetry.accesslog import ConnRecord
 from ambit.dataplane.telemetry.metrics import Metrics
 from ambit.model import PeerAuthn
 from ambit.zds import PodInfo
-from bench.inproc_ztunnel import LoopbackPod
+from bench.inproc_ztunnel import LoopbackPod, pod_listener
 from tests.unit.conftest import LocalCAFetcher
 from tests.unit.ztunnel.meshcfg import config, wl
 from ztunnel.pods import PodProxy, serve_plaintext
@@ -71,12 +71,7 @@ async def serve(handler, pod_proxy: PodProxy, host: str, port: int = 0) -> tuple
 
 def hbone_listener(ip: str = SERVER_IP, port: int = HBONE_PORT) -> socket.socket:
     """The destination pod's 15008 listener, as PodRegistry hands it to `_serve_hbone`."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((ip, port))
-    s.listen(128)
-    s.setblocking(False)
-    return s
+    return pod_listener(ip, port)
 
 
 async def roundtrip(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
