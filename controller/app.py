@@ -285,6 +285,23 @@ class Controller:
                 except Exception:  # noqa: BLE001 - as in _on_snapshot
                     log.exception("post-snapshot hook failed")
 
+    def run_reapplier(self, stop: threading.Event, wake: threading.Event, tick: float = 1.0) -> threading.Thread:
+        """`reapply` whenever `wake` is set: something other than a snapshot changed what a status
+        write says (an ingress pod's report of a port it cannot bind: ReportStore.on_change). On a
+        thread of its own: the report arrives on the gRPC loop, and the writes wait on the API."""
+        def run() -> None:
+            while not stop.is_set():
+                if not wake.wait(tick):
+                    continue
+                wake.clear()
+                try:
+                    self.reapply()
+                except Exception:  # noqa: BLE001 - a failed pass must not stop later ones
+                    log.exception("re-running the post-snapshot duties failed")
+        t = threading.Thread(target=run, name="reapply", daemon=True)
+        t.start()
+        return t
+
     def run_source(self, stop: threading.Event) -> threading.Thread:
         """Run the source on a thread of its own (it blocks); returns the thread."""
         def run() -> None:
