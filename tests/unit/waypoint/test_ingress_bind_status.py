@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,8 +92,9 @@ def test_unbindable_listener_is_reported_in_gateway_status_and_heals(tmp_path: P
             return ln if _conds(ln).get("Accepted", {}).get("status") == "False" else None
         try:
             ln = wait_for(refused, timeout=30, what="the busy listener's Accepted=False")
-        except Exception:
-            print((tmp_path / "ingress.log").read_text(), (tmp_path / "controller.log").read_text())
+        except AssertionError:
+            print("Gateway status:", (emu.get(GW_V1, "Gateway", "gw", "web") or {}).get("status"))
+            print((tmp_path / "ingress.log").read_text())
             raise
         c = _conds(ln)
         assert c["Accepted"]["reason"] == "PortUnavailable"
