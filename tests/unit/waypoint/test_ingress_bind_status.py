@@ -71,14 +71,15 @@ def test_unbindable_listener_is_reported_in_gateway_status_and_heals(tmp_path: P
                     "spec": {"gatewayClassName": "ambit", "listeners": [
                         {"name": "busy", "port": busy, "protocol": "HTTP"},
                         {"name": "free", "port": free, "protocol": "HTTP"}]}})
-        cport = free_port()
+        cport, mport = free_port(), free_port()
         target = f"127.0.0.1:{cport}"
         for name, argv in (
                 ("controller", ["-m", "controller", "--kube", "--kube-host", emu.url, "--listen", target,
                                 "--insecure-config-stream", "--debounce", "0.01", "--dashboard-address", ""]),
                 ("ingress", ["-m", "waypoint", "--waypoint", "web/gw", "--pod-name", "gw-abc", "--node", "node-1", "--gateway-class",
                              "ambit", "--controller", target, "--ingress-address", "127.0.0.1",
-                             "--admin-address", "", "--report-interval", "0.3"])):
+                             "--admin-address", "", "--report-interval", "0.3",
+                             "--metrics-address", f"127.0.0.1:{mport}"])):
             log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed below
             logs.append(log)
             procs.append(subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
@@ -109,6 +110,10 @@ def test_unbindable_listener_is_reported_in_gateway_status_and_heals(tmp_path: P
         gw = _conds((emu.get(GW_V1, "Gateway", "gw", "web") or {}).get("status"))
         assert (gw["Programmed"]["status"], gw["Programmed"]["reason"]) == ("False", "Pending")
         assert str(busy) in gw["Programmed"]["message"]
+        # ... and its metrics count it, for the alert (deploy/alerts.yaml: AmbitIngressListenerUnbound)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+        assert "ambit_listeners_unbound 1.0" in text
+        assert f'ambit_listener_bind_failures_total{{port="{busy}"}}' in text
 
         # free the port: the ingress binds it without a restart, and the status follows
         held.close()
@@ -123,6 +128,8 @@ def test_unbindable_listener_is_reported_in_gateway_status_and_heals(tmp_path: P
         assert e.value.code == 404
         gw = _conds((emu.get(GW_V1, "Gateway", "gw", "web") or {}).get("status"))
         assert gw["Programmed"]["status"] == "True"
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+        assert "ambit_listeners_unbound 0.0" in text
     finally:
         for p in procs:
             p.terminate()
