@@ -61,7 +61,7 @@ def make_source(args: ControllerSettings, leader: Callable[[], bool] | None = No
 
 
 def waypoint_hook(args: ControllerSettings, leader: Callable[[], bool] | None = None, source: Source | None = None,
-                  unbound: Callable[[str], Mapping[str, str]] = lambda _ref: {}
+                  unbound: Callable[[str], Mapping[str, Mapping[int, str]]] = lambda _ref: {}
                   ) -> Callable[[Snapshot, Translation], None] | None:
     """The controller's writes for waypoint Gateways after each snapshot: their status and
     AuthorizationPolicy conditions (lab store, or the API unless --no-status) and, with

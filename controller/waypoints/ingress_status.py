@@ -63,12 +63,12 @@ MAX_PODS_NAMED = 3          # pods a bind failure message names; the rest are co
 MAX_ERROR = 256             # characters of one pod's reported error kept
 
 
-def bind_failures(reports: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, str]:
-    """listener name -> why it is not served, from the status reports (pod name, state) of one
-    ingress Gateway's pods: the ports a pod reported `bound: false` (state["ingress"], from
-    waypoint.ingress_binds.BindState.report). A listener fails when any pod fails to bind its
-    port: the Service sends that pod its share of the port's connections, which are refused.
-    Malformed entries (the report is the proxy's JSON) are skipped."""
+def bind_failures(reports: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, dict[int, str]]:
+    """listener name -> port -> why it is not served there, from the status reports (pod name,
+    state) of one ingress Gateway's pods: the ports a pod reported `bound: false`
+    (state["ingress"], from waypoint.ingress_binds.BindState.report). A listener fails when any
+    pod fails to bind its port: the Service sends that pod its share of the port's connections,
+    which are refused. Malformed entries (the report is the proxy's JSON) are skipped."""
     failing: dict[str, dict[int, list[str]]] = {}
     pods = 0
     for pod, state in reports:
@@ -79,27 +79,34 @@ def bind_failures(reports: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str,
         for e in entries:
             if not isinstance(e, dict) or e.get("bound") is not False or not isinstance(e.get("port"), int):
                 continue
-            names = [n for n in e.get("listeners") or [] if isinstance(n, str)]
             why = f"pod {pod}: {str(e.get('error') or 'not bound')[:MAX_ERROR]}"
-            for n in names:
-                failing.setdefault(n, {}).setdefault(e["port"], []).append(why)
-    out = {}
+            for n in e.get("listeners") or []:
+                if isinstance(n, str):
+                    failing.setdefault(n, {}).setdefault(e["port"], []).append(why)
+    out: dict[str, dict[int, str]] = {}
     for name, by_port in failing.items():
-        parts = []
-        for port, whys in sorted(by_port.items()):
+        for port, whys in by_port.items():
             more = f"; and {len(whys) - MAX_PODS_NAMED} more" if len(whys) > MAX_PODS_NAMED else ""
-            parts.append(f"port {port} cannot be bound on {len(whys)} of {pods} ingress pod(s) "
-                         f"({'; '.join(sorted(whys)[:MAX_PODS_NAMED])}{more})")
-        out[name] = "; ".join(parts) + "; the pods retry the bind"
+            out.setdefault(name, {})[port] = (
+                f"port {port} cannot be bound on {len(whys)} of {pods} ingress pod(s) "
+                f"({'; '.join(sorted(whys)[:MAX_PODS_NAMED])}{more}); the pods retry the bind")
     return out
 
 
+def _spec_ports(gw: Obj) -> dict[str, Any]:
+    return {ln.get("name"): ln.get("port") for ln in ((gw.get("spec") or {}).get("listeners") or [])
+            if isinstance(ln, dict)}
+
+
 def gateway_status(gw: Obj, service: Obj | None, listeners: list[ListenerStatus],
-                   unbound: Mapping[str, str] | None = None) -> Obj:
-    """The Gateway's whole status; `unbound` (listener name -> message, `bind_failures`) names the
-    listeners whose port the pods could not bind."""
+                   binds: Mapping[str, Mapping[int, str]] | None = None) -> Obj:
+    """The Gateway's whole status; `binds` (`bind_failures`) names the listeners whose port the
+    pods could not bind (only at the port the Gateway gives the listener now: a report from
+    before a port change says nothing of the new port)."""
     gen = int((gw.get("metadata") or {}).get("generation") or 0)
-    unbound = {ls.name: unbound[ls.name] for ls in listeners if unbound and ls.name in unbound}
+    ports = _spec_ports(gw)
+    unbound = {ls.name: (binds or {})[ls.name][ports[ls.name]] for ls in listeners
+               if ports.get(ls.name) in (binds or {}).get(ls.name, {})}
     addrs = lb_addresses(service)
     conds = [_cond("Accepted", True, "Accepted", "accepted by ambit as an ingress gateway", gen)]
     if addrs and unbound:
@@ -215,7 +222,8 @@ def untimed(status: Obj | None) -> Obj:
 
 
 def desired(objects: list[Obj], result: IngressResult,
-            unbound: Callable[[str], Mapping[str, str]] = lambda _ref: {}) -> dict[tuple[str, str, str], Obj]:
+            unbound: Callable[[str], Mapping[str, Mapping[int, str]]] = lambda _ref: {}
+            ) -> dict[tuple[str, str, str], Obj]:
     """(kind, ns, name) -> new status, for ingress Gateways and routes whose status should change;
     `unbound(gateway ref)` is `bind_failures` of that Gateway's pods."""
     from controller.waypoints import gateways as gws

@@ -24,7 +24,7 @@ Obj = dict[str, Any]
 
 def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", translation: Any = None,
                      root_namespace: str = "ambit-system",
-                     unbound: Callable[[str], Mapping[str, str]] = lambda _ref: {}) -> dict[Key, Obj]:
+                     unbound: Callable[[str], Mapping[str, Mapping[int, str]]] = lambda _ref: {}) -> dict[Key, Obj]:
     """(kind, ns, name) -> the whole new status, for every object whose status should change;
     `unbound(gateway ref)`: the ingress listeners its pods cannot bind (ingress_status.bind_failures)."""
     out: dict[Key, Obj] = {}
@@ -46,7 +46,7 @@ def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", 
 
 class LabWaypointStatus:
     def __init__(self, store: LabStore, cluster_domain: str = "cluster.local", root_namespace: str = "ambit-system",
-                 unbound: Callable[[str], Mapping[str, str]] = lambda _ref: {}):
+                 unbound: Callable[[str], Mapping[str, Mapping[int, str]]] = lambda _ref: {}):
         self.store = store
         self.unbound = unbound
         self.root_namespace = root_namespace

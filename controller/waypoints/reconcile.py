@@ -88,7 +88,7 @@ class KubeWaypointReconciler:
                  write_status: bool = True, resync: float = 60.0, clock: Callable[[], float] = time.monotonic,
                  refused: Callable[[], Collection[tuple[str, str, str]]] = frozenset,
                  may_write: Callable[[], bool] = lambda: True, retry: Backoff | None = None,
-                 unbound: Callable[[str], Mapping[str, str]] = lambda _ref: {}):
+                 unbound: Callable[[str], Mapping[str, Mapping[int, str]]] = lambda _ref: {}):
         self.root_namespace = root_namespace
         # ingress Gateway ref -> the listeners its pods report they cannot bind (ingress_status.bind_failures)
         self.unbound = unbound

@@ -16,7 +16,10 @@ from controller.waypoints import ingress_status
 from waypoint.ingress_binds import BindState, describe
 
 GW = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-      "metadata": {"name": "gw", "namespace": "web", "generation": 3}}
+      "metadata": {"name": "gw", "namespace": "web", "generation": 3},
+      "spec": {"gatewayClassName": "ambit", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"},
+                                                          {"name": "admin", "port": 8080, "protocol": "HTTP"},
+                                                          {"name": "extra", "port": 8080, "protocol": "HTTP"}]}}
 SVC = {"kind": "Service", "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}}
 LISTENERS = [ListenerStatus("http"), ListenerStatus("admin"), ListenerStatus("extra")]
 IN_USE = "bind 0.0.0.0:8080: [Errno 98] Address already in use (EADDRINUSE)"
@@ -67,7 +70,7 @@ def test_once_every_pod_binds_the_status_recovers() -> None:
 
 
 def test_without_an_address_the_gateway_still_waits_for_it() -> None:
-    st = ingress_status.gateway_status(GW, None, LISTENERS, {"admin": "port 8080 cannot be bound"})
+    st = ingress_status.gateway_status(GW, None, LISTENERS, {"admin": {8080: "port 8080 cannot be bound"}})
     assert _conds(st)["Programmed"][:2] == ("False", "AddressNotAssigned")
     assert _listener(st, "admin")["Accepted"][:2] == ("False", "PortUnavailable")
 
@@ -79,9 +82,21 @@ def test_malformed_reports_are_skipped_and_many_pods_are_counted_not_listed() ->
     assert ingress_status.bind_failures(bad) == {}
     many = [(f"gw-{i}", report({"port": 443, "listeners": ["https"], "bound": False, "error": "x" * 1000}))
             for i in range(5)]
-    msg = ingress_status.bind_failures(many)["https"]
+    msg = ingress_status.bind_failures(many)["https"][443]
     assert "5 of 5 ingress pod(s)" in msg and "and 2 more" in msg and "gw-4" not in msg
     assert len(msg) < 5 * ingress_status.MAX_ERROR
+
+
+def test_a_report_about_a_port_the_listener_no_longer_has_is_ignored() -> None:
+    """The Gateway moved listener admin from 8080 to 8081; a report from before the change (the pod
+    has not applied it yet) says nothing of 8081."""
+    moved = {**GW, "spec": {"listeners": [{"name": "http", "port": 80}, {"name": "admin", "port": 8081},
+                                          {"name": "extra", "port": 8080}]}}
+    binds = ingress_status.bind_failures([("gw-a", report(
+        {"port": 8080, "listeners": ["admin", "extra"], "bound": False, "error": IN_USE}))])
+    st = ingress_status.gateway_status(moved, SVC, LISTENERS, binds)
+    assert _listener(st, "admin")["Accepted"][:2] == ("True", "Accepted")
+    assert _listener(st, "extra")["Accepted"][:2] == ("False", "PortUnavailable")
 
 
 def test_report_store_signals_when_the_binds_change_not_at_every_retry() -> None:
