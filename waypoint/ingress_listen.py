@@ -307,9 +307,8 @@ class IngressListeners:
             await self._open(p)
         except OSError as e:
             why = describe(self.address, ip.port, e)
-            first = ip.port not in self.binds.failed
             changed = self.binds.failed_bind(ip.port, ip.protocol, names, why)
-            if first or changed:
+            if changed:         # logged once per failure, not at every retry
                 log.warning("listener(s) %s on port %d (%s) serve nothing: %s; retrying with backoff",
                             ", ".join(names), ip.port, ip.protocol, why)
             task = self._retries.get(ip.port)
