@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ambit.trustdomain import TrustDomains
@@ -34,6 +34,9 @@ from controller.settings import load as load_settings
 from controller.sources import Snapshot, Source
 from controller.translate import Translation
 from controller.validation import FieldError
+
+# seconds between a proxy's status reports (its --report-interval default): reports live six of them
+REPORT_INTERVAL = 10.0
 
 log = logging.getLogger("ambit.controller")
 FIRST_SNAPSHOT_TIMEOUT = 300.0   # a large cluster's first list can be slow; the lab's takes ms
@@ -57,16 +60,18 @@ def make_source(args: ControllerSettings, leader: Callable[[], bool] | None = No
                       leader=leader)
 
 
-def waypoint_hook(args: ControllerSettings, leader: Callable[[], bool] | None = None, source: Source | None = None
+def waypoint_hook(args: ControllerSettings, leader: Callable[[], bool] | None = None, source: Source | None = None,
+                  unbound: Callable[[str], Mapping[str, Mapping[int, str]]] = lambda _ref: {}
                   ) -> Callable[[Snapshot, Translation], None] | None:
     """The controller's writes for waypoint Gateways after each snapshot: their status and
     AuthorizationPolicy conditions (lab store, or the API unless --no-status) and, with
     --waypoint-image in a cluster, their Deployment/Service/ServiceAccount. Gateway API objects
-    the `source` refused are left to it (`KubeSource.refused`)."""
+    the `source` refused are left to it (`KubeSource.refused`). `unbound(gateway ref)`: the
+    listeners an ingress Gateway's pods report they cannot bind (ingress_status.bind_failures)."""
     if args.lab_store:
         from ambit.labstore import LabStore
         from controller.waypoints.labstatus import LabWaypointStatus
-        lab = LabWaypointStatus(LabStore(args.lab_store), args.cluster_domain, args.root_namespace)
+        lab = LabWaypointStatus(LabStore(args.lab_store), args.cluster_domain, args.root_namespace, unbound)
 
         def lab_waypoints(objects: Snapshot, tr: Translation) -> None:
             lab.reconcile(objects, tr)
@@ -87,7 +92,7 @@ def waypoint_hook(args: ControllerSettings, leader: Callable[[], bool] | None = 
                                  cluster_domain=args.cluster_domain, root_namespace=args.root_namespace,
                                  write_status=not args.no_status,
                                  refused=getattr(source, "refused", frozenset),
-                                 may_write=leader or (lambda: True))
+                                 may_write=leader or (lambda: True), unbound=unbound)
 
     def kube_waypoints(objects: Snapshot, tr: Translation) -> None:
         if leader is None or leader():        # followers serve; the leader writes
@@ -207,7 +212,13 @@ async def amain(args: ControllerSettings) -> int:
                     ensure_node_tokens(tokens, node_names(objects), token_dir)
                 hooks.append(node_tokens)
     source = make_source(args, leader)
-    waypoints = waypoint_hook(args, leader, source)
+    # The proxies' status reports (the debug API's Report): an ingress pod's ports it cannot bind
+    # go into its Gateway's status, rewritten (`reapply`) as soon as a report changes them.
+    from controller.debug.reports import ReportStore
+    from controller.waypoints.ingress_status import bind_failures
+    rewrite = threading.Event()
+    reports = ReportStore(ttl=max(60.0, 6 * REPORT_INTERVAL), on_change=rewrite.set)
+    waypoints = waypoint_hook(args, leader, source, lambda ref: bind_failures(reports.of_waypoint(ref)))
     if waypoints is not None:
         hooks.append(waypoints)
 
@@ -293,7 +304,7 @@ async def amain(args: ControllerSettings) -> int:
     from controller.debug import DebugServicer
     try:
         from controller.fairness import RequestRate
-        debug = DebugServicer(server, debug_readers(args), report_rate=RequestRate(
+        debug = DebugServicer(server, debug_readers(args), reports, REPORT_INTERVAL, report_rate=RequestRate(
             args.status_report_rate, args.status_report_burst, time.monotonic, limit="report_rate"))
         debug.add_to_server(grpc_server)
         gate.guard(debug.guards())
@@ -318,6 +329,7 @@ async def amain(args: ControllerSettings) -> int:
         on_lead.extend([controller.reapply, *([resync] if resync else [])])
         elector_thread = elector.start(stop)
     source_thread = controller.run_source(stop)
+    controller.run_reapplier(stop, rewrite)
     controller.run_jwks_refresher(stop)
     from controller.dashboard.wiring import start as start_dashboard
     stop_dashboard = start_dashboard(args, controller)

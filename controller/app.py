@@ -205,19 +205,9 @@ class Controller:
         return changed
 
     def run_jwks_refresher(self, stop: threading.Event, tick: float = 1.0) -> threading.Thread:
-        def run() -> None:
-            while not stop.is_set():
-                self._jwks_wake.wait(tick)      # every tick, or at once for a new jwksUri
-                self._jwks_wake.clear()
-                if stop.is_set():
-                    return
-                try:
-                    self.refresh_jwks()
-                except Exception:  # noqa: BLE001 - a refresh bug must not stop later refreshes
-                    log.exception("JWKS refresh failed")
-        t = threading.Thread(target=run, name="jwks", daemon=True)
-        t.start()
-        return t
+        # every tick, or at once for a new jwksUri
+        return _woken_thread("jwks", stop, self._jwks_wake, self.refresh_jwks, "JWKS refresh failed", tick,
+                             every_tick=True)
 
     def _set_own(self, own: list[FieldError]) -> None:
         with self._lock:
@@ -285,6 +275,12 @@ class Controller:
                 except Exception:  # noqa: BLE001 - as in _on_snapshot
                     log.exception("post-snapshot hook failed")
 
+    def run_reapplier(self, stop: threading.Event, wake: threading.Event, tick: float = 1.0) -> threading.Thread:
+        """`reapply` whenever `wake` is set: something other than a snapshot changed what a status
+        write says (an ingress pod's report of a port it cannot bind: ReportStore.on_change). On a
+        thread of its own: the report arrives on the gRPC loop, and the writes wait on the API."""
+        return _woken_thread("reapply", stop, wake, self.reapply, "re-running the post-snapshot duties failed", tick)
+
     def run_source(self, stop: threading.Event) -> threading.Thread:
         """Run the source on a thread of its own (it blocks); returns the thread."""
         def run() -> None:
@@ -311,3 +307,24 @@ class StatusServer(ConfigServer):
         for e in self._errors():
             resp.config_errors.append(config_pb2.ConfigError(ref=e.ref, path=e.path, reason=e.reason))
         return resp
+
+
+def _woken_thread(name: str, stop: threading.Event, wake: threading.Event, work: Callable[[], Any],
+                  failure: str, tick: float, every_tick: bool = False) -> threading.Thread:
+    """A daemon thread running `work` whenever `wake` is set (and, `every_tick`, every `tick`
+    seconds) until `stop`; a failure is logged and the next wake runs it again."""
+    def run() -> None:
+        while not stop.is_set():
+            woken = wake.wait(tick)
+            wake.clear()
+            if stop.is_set():
+                return
+            if not (woken or every_tick):
+                continue
+            try:
+                work()
+            except Exception:  # noqa: BLE001 - one failed run must not stop later ones
+                log.exception("%s", failure)
+    t = threading.Thread(target=run, name=name, daemon=True)
+    t.start()
+    return t

@@ -28,8 +28,12 @@ def routes(proxy: Any, client: Any) -> dict[str, Handler]:
         stopping = bool(getattr(proxy, "stopping", False))
         ok = (synced and cert is not None and (proxy.server is not None or proxy.ingress is not None)
               and not stopping)
+        # A port that cannot be bound does not make the pod unready (docs/ingress.md, "Ports that
+        # cannot be bound"): the Gateway's status says so, and the body here names it.
+        unbound = [f["port"] for f in proxy.ingress.binds.report() if not f["bound"]] if proxy.ingress else []
         return (200 if ok else 503), {"ready": ok, "synced": synced, "certificate": cert is not None,
-                                      "stopping": stopping, "version": config.version, "identity": proxy.identity}
+                                      "stopping": stopping, "version": config.version, "identity": proxy.identity,
+                                      **({"unbound_ports": unbound} if proxy.ingress is not None else {})}
 
     def config_dump() -> tuple[int, Any]:
         out = config.dump()
@@ -65,7 +69,9 @@ def routes(proxy: Any, client: Any) -> dict[str, Handler]:
 
 def status_report(proxy: Any, node: str) -> dict[str, Any]:
     """What a waypoint reports to the controller's debug API (ambit.configclient.report): its
-    certificate, request/tunnel counters and, per cluster, endpoints healthy vs ejected."""
+    certificate, request/tunnel counters, per cluster, endpoints healthy vs ejected and, for an
+    ingress gateway, each port's bind outcome (`ingress`: the controller writes the Gateway
+    listeners' status from it, controller.waypoints.ingress_status.bind_failures)."""
     clusters = []
     for c in proxy.clusters.dump():
         eps = c.get("endpoints") or []
@@ -75,7 +81,8 @@ def status_report(proxy: Any, node: str) -> dict[str, Any]:
     return {"node": node, "identity": proxy.identity, "config_version": proxy.config.version,
             "synced": proxy.config.synced,
             "certs": proxy.identities.dump() if proxy.identities is not None else [],
-            "requests": proxy.requests, "tunnels": proxy.tunnels, "refused": proxy.refused, "clusters": clusters}
+            "requests": proxy.requests, "tunnels": proxy.tunnels, "refused": proxy.refused, "clusters": clusters,
+            **({"ingress": proxy.ingress.binds.report()} if proxy.ingress is not None else {})}
 
 
 class AdminServer(LocalEndpoint):

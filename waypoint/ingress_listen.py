@@ -31,6 +31,14 @@ handshake is done.
 
 Listeners follow the config: `update(view)` opens new ports, closes removed ones, reopens a port
 whose protocol changed, and swaps certificates in place (new handshakes see them at once).
+
+A port that cannot be bound (in use, privileged without CAP_NET_BIND_SERVICE, an address not on the
+host) is not skipped silently: its outcome goes to `binds` (waypoint/ingress_binds.py), which the
+status reports carry to the controller (the listener's `Accepted=False PortUnavailable` in the
+Gateway's status), `on_change` is called so the report goes at once, and the bind is retried
+with backoff (`BIND_RETRY`: 1 s doubling to 30 s, jittered) for as long as the Gateway wants the
+port, so freeing the port heals the listener without a restart. Envoy, by contrast, rejects the
+listener update and never retries (istio/istio#7765, envoyproxy/envoy#3395).
 """
 
 from __future__ import annotations
@@ -38,10 +46,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import socket
 import ssl
 from collections.abc import Callable
 
+from ambit.aiotask import cancel
+from ambit.backoff import Backoff
 from ambit.dataplane.acceptloop import AcceptLoop, Handshakes
 from ambit.dataplane.hbone.limits import HANDSHAKE_TIMEOUT, PendingHandshakes, refused_at_bound
 from ambit.dataplane.ports import LISTEN_BACKLOG
@@ -50,6 +61,7 @@ from ambit.model import IngressListener
 from waypoint import clienthello
 from waypoint.http.plug import Plug
 from waypoint.ingress import L4_PROTOCOLS, IngressPort, IngressView, listener_group
+from waypoint.ingress_binds import BindState, describe
 from waypoint.request import Downstream
 
 log = logging.getLogger("ambit.waypoint.ingress")
@@ -59,6 +71,7 @@ ALPN = ["h2", "http/1.1"]
 
 HELLO_TIMEOUT = 10.0    # seconds a passthrough client has to send its ClientHello
 PRUNE_EVERY = 64        # admissions between two sweeps of the closed transports out of `open`
+BIND_RETRY = Backoff(initial=1.0, maximum=30.0)     # a port that could not be bound is tried again
 
 Serve = Callable[[Plug, Downstream], None]
 # relay(transport, downstream, bytes already read): the engine's opaque relay to the route's backend
@@ -241,6 +254,12 @@ class IngressListeners:
         self.relay = relay
         self.ports: dict[int, _Port] = {}
         self._lock = asyncio.Lock()
+        self.binds = BindState()                        # bound and failing ports, for the status report
+        self.on_change: Callable[[], None] = lambda: None   # a port's bind outcome changed
+        self.retry = BIND_RETRY
+        self._want: dict[int, IngressPort] = {}         # what the config asks for now
+        self._retries: dict[int, asyncio.Task[None]] = {}
+        self._rng = random.Random()
 
     def admit(self, transport: asyncio.BaseTransport) -> bool:
         """Count `transport` in, unless `max_connections` are open (see the module docstring)."""
@@ -259,25 +278,66 @@ class IngressListeners:
 
     async def update(self, view: IngressView) -> None:
         async with self._lock:
+            self._want = dict(view.ports)
+            changed = False
             for number in list(self.ports):
                 p = self.ports[number]
                 if number not in view.ports or view.ports[number].protocol != p.port.protocol:
                     await self._close(number)
+            for number in [n for n in self.binds.failed if n not in view.ports]:
+                await cancel(self._retries.pop(number, None))
+                changed = self.binds.forget(number) or changed
             for number, ip in sorted(view.ports.items()):
                 for name in ip.conflicts:
                     log.warning("listener %s on port %d left out: port %d serves %s", name, number, number, ip.protocol)
                 if number in self.ports:
                     self.ports[number].refresh(ip)
                     continue
-                p = _Port(ip, self)
-                p.refresh(ip)
-                try:
-                    await self._open(p)
-                except OSError as e:
-                    log.warning("cannot listen on %s:%d: %s", self.address, number, e)
-                    continue
-                self.ports[number] = p
-                log.info("ingress listening on %s:%d (%s)", self.address, number, ip.protocol)
+                changed = await self._bind(ip) or changed
+        if changed:
+            self.on_change()
+
+    async def _bind(self, ip: IngressPort) -> bool:
+        """Open `ip`'s port (under the lock); a failure is recorded and retried. True when the
+        bind state changed."""
+        p = _Port(ip, self)
+        p.refresh(ip)
+        names = [ln.name for ln in ip.listeners]
+        try:
+            await self._open(p)
+        except OSError as e:
+            why = describe(self.address, ip.port, e)
+            changed = self.binds.failed_bind(ip.port, ip.protocol, names, why)
+            if changed:         # logged once per failure, not at every retry
+                log.warning("listener(s) %s on port %d (%s) serve nothing: %s; retrying with backoff",
+                            ", ".join(names), ip.port, ip.protocol, why)
+            task = self._retries.get(ip.port)
+            if task is None or task.done():
+                self._retries[ip.port] = asyncio.create_task(self._retry(ip.port), name=f"ingress-bind:{ip.port}")
+            return changed
+        self.ports[ip.port] = p
+        healed = self.binds.ok(ip.port, ip.protocol, names)
+        log.info("ingress listening on %s:%d (%s)%s", self.address, ip.port, ip.protocol,
+                 " after failing to bind" if healed else "")
+        return True
+
+    async def _retry(self, number: int) -> None:
+        """Bind `number` again after the backoff, until it binds or the Gateway drops the port."""
+        while True:
+            failure = self.binds.failed.get(number)
+            if failure is None:
+                return
+            await asyncio.sleep(self.retry.delay(failure.attempts, self._rng.random()))
+            async with self._lock:
+                ip = self._want.get(number)
+                if ip is None or number in self.ports:
+                    return
+                changed = await self._bind(ip)
+                bound = number in self.ports
+            if changed:
+                self.on_change()
+            if bound:
+                return
 
     async def _open(self, p: _Port) -> None:
         sock = socket.socket(socket.AF_INET6 if ":" in self.address else socket.AF_INET, socket.SOCK_STREAM,
@@ -310,6 +370,7 @@ class IngressListeners:
 
     async def _close(self, number: int) -> None:
         p = self.ports.pop(number)
+        self.binds.forget(number)
         if p.server is not None:
             p.server.close()
         if p.accept is not None:
@@ -320,5 +381,8 @@ class IngressListeners:
 
     async def close(self) -> None:
         async with self._lock:
+            self._want = {}
+            for number in list(self._retries):
+                await cancel(self._retries.pop(number))
             for number in list(self.ports):
                 await self._close(number)

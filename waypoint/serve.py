@@ -34,12 +34,14 @@ def _split(address: str) -> tuple[str | None, int]:
 
 
 def health_collector(client: ConfigClient | None = None,
-                     identities: IdentityManager | None = None) -> HealthCollector:
-    """The waypoint's `ambit_*` families: config, certificates, and the protections it applied
+                     identities: IdentityManager | None = None, proxy: WaypointProxy | None = None) -> HealthCollector:
+    """The waypoint's `ambit_*` families: config, certificates, the protections it applied
     (`ambit_connections_refused_total{limit}`, `ambit_protocol_defenses_total{defense}`, counted
-    in ambit.dataplane.hbone.limits where each fires), read at scrape time."""
+    in ambit.dataplane.hbone.limits where each fires) and, on an ingress gateway, its listener
+    binds (`ambit_listener_bind_failures_total{port}`, `ambit_listeners_unbound`), read at scrape time."""
+    binds = proxy.ingress.binds if proxy is not None and proxy.ingress is not None else None
     return HealthCollector(config=client, certs=identities, refused=lambda: dict(REFUSED),
-                           defenses=lambda: dict(DEFENSES))
+                           defenses=lambda: dict(DEFENSES), binds=binds)
 
 
 async def amain(args: WaypointSettings) -> None:
@@ -85,7 +87,7 @@ async def amain(args: WaypointSettings) -> None:
     except OSError as e:
         log.warning("admin endpoint %s: %s", args.admin_address, e)
     status = await admin.start_status(adm, args.status_address)
-    metrics.registry.register(health_collector(client, identities))
+    metrics.registry.register(health_collector(client, identities, proxy))
     msrv = MetricsServer(metrics)
     try:
         await msrv.start(*_split(args.metrics_address), args.metrics_socket)
@@ -97,6 +99,8 @@ async def amain(args: WaypointSettings) -> None:
                                   interval=args.report_interval, trust=args.controller_tls.trust(),
                                   metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)
         await reporter.start()
+        if proxy.ingress is not None:       # a port's bind outcome reaches the Gateway's status at once
+            proxy.ingress.on_change = reporter.wake
         # `ambit tap`/`stat`/`top` in a cluster: the controller asks over a feed this proxy opens.
         feed = TapFeed(args.controller, client.node, proxy.tap, exposition(metrics.registry), trust=args.controller_tls.trust(),
                        metadata=node_metadata(args.node_token_file, args.node) if args.node_token_file else None)

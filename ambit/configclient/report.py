@@ -5,7 +5,8 @@ know is the proxy's own state: its build version, its certificates and their exp
 connection/request counters, a waypoint's clusters' health. `StatusReporter` sends that, as a
 small JSON object, every `interval` seconds over the same channel kind and the same node
 credential as the config stream. A failed report is logged once and retried at the next tick; it
-never affects the data path.
+never affects the data path. `wake()` sends the next report at once: a state the controller acts
+on (an ingress port that cannot be bound) should not wait for the tick.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class StatusReporter:
         # rebuilt if the pinned root changes
         self._channel = tls.PinnedChannel(target, trust)
         self.sent = 0
+        self._wake = asyncio.Event()
         self.last_error = ""
         self.controller_version = ""
 
@@ -53,6 +55,10 @@ class StatusReporter:
         await cancel(self._task)
         self._task = None
         await self._channel.close()
+
+    def wake(self) -> None:
+        """Report now rather than at the next tick."""
+        self._wake.set()
 
     def report(self) -> debug_pb2.ProxyReport:
         state = json.dumps(self.collect(), sort_keys=True, default=str).encode()
@@ -79,4 +85,8 @@ class StatusReporter:
                 if why != self.last_error:
                     log.warning("status report to %s failed: %s", self.target, why)
                 self.last_error = why
-            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()

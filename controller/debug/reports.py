@@ -1,7 +1,13 @@
 """The proxies' latest status reports, kept in memory by the controller (sans-IO: the clock is
 injected). A report lives `ttl` seconds after its arrival: a proxy that stops reporting vanishes
 from the reports rather than showing a stale certificate state forever; proxy-status still lists
-it from the config stream, with no report age."""
+it from the config stream, with no report age.
+
+An ingress gateway's reports carry its ports' bind outcomes, which the controller writes into its
+Gateway's status (controller.waypoints.ingress_status.bind_failures): `on_change` is called when
+a report's `watched(state)` differs from that proxy's previous one, or a report with a non-empty
+one expires, so the status is rewritten without waiting for the next snapshot. It must not block
+(the caller is the gRPC handler): it wakes a thread that does the writing."""
 
 from __future__ import annotations
 
@@ -13,6 +19,16 @@ from typing import Any
 from ambit.configclient.node import NodeInfo
 
 
+def ingress_binds(state: dict[str, Any]) -> tuple[Any, ...]:
+    """What of an ingress gateway's report the Gateway's status depends on: its unbound ports,
+    their listeners and errors (not the attempt counts, which change at every retry)."""
+    entries = state.get("ingress")
+    if not isinstance(entries, list):
+        return ()
+    return tuple(sorted(repr((e.get("port"), e.get("listeners"), e.get("error"))) for e in entries
+                        if isinstance(e, dict) and e.get("bound") is False))
+
+
 @dataclass(frozen=True)
 class Report:
     node: NodeInfo
@@ -22,16 +38,26 @@ class Report:
 
 
 class ReportStore:
-    def __init__(self, ttl: float = 120.0, clock: Callable[[], float] = time.time, max_reports: int = 10_000):
+    def __init__(self, ttl: float = 120.0, clock: Callable[[], float] = time.time, max_reports: int = 10_000,
+                 on_change: Callable[[], None] | None = None,
+                 watched: Callable[[dict[str, Any]], tuple[Any, ...]] = ingress_binds):
         self.ttl, self._clock, self.max_reports = ttl, clock, max_reports
         self._by_key: dict[str, Report] = {}
+        self.on_change, self.watched = on_change, watched
 
     def put(self, node: NodeInfo, version: str, state: dict[str, Any]) -> None:
         """Keep the newest report of `node` (keyed like the config stream, NodeInfo.key)."""
         self._expire()
         if node.key not in self._by_key and len(self._by_key) >= self.max_reports:
             raise OverflowError(f"{self.max_reports} proxies already report; refusing {node.key}")
+        old = self._by_key.get(node.key)
         self._by_key[node.key] = Report(node, version, state, self._clock())
+        if self.on_change is not None and self.watched(state) != (self.watched(old.state) if old else ()):
+            self.on_change()
+
+    def of_waypoint(self, ref: str) -> list[tuple[str, dict[str, Any]]]:
+        """(pod name, state) of each waypoint/ingress pod of Gateway `ref` (namespace/name) that reports."""
+        return [(r.node.name, r.state) for r in self.all() if r.node.kind == "waypoint" and r.node.waypoint == ref]
 
     def get(self, key: str) -> Report | None:
         self._expire()
@@ -47,4 +73,6 @@ class ReportStore:
     def _expire(self) -> None:
         cutoff = self._clock() - self.ttl
         for k in [k for k, r in self._by_key.items() if r.received < cutoff]:
-            del self._by_key[k]
+            gone = self._by_key.pop(k)
+            if self.on_change is not None and self.watched(gone.state):
+                self.on_change()

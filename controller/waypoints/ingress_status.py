@@ -10,6 +10,14 @@ references do not resolve: an HTTPS listener without a usable certificate serves
 `supportedKinds` (by protocol: HTTPRoute and GRPCRoute on HTTP/HTTPS, TLSRoute on TLS, TCPRoute on
 TCP; narrowed by `allowedRoutes.kinds`).
 
+A listener whose port the ingress pods cannot bind (in use, privileged without the capability, an
+address not on the node) serves nothing, whatever its configuration says: the pods report each
+port's bind outcome with their status reports (waypoint/ingress_binds.py), `bind_failures` turns
+the reports of a Gateway's pods into one message per listener, and the listener gets
+`Accepted=False PortUnavailable` (Gateway API's reason for "the port is already in use") and
+`Programmed=False PortUnavailable`, the Gateway `Programmed=False Pending`, each naming the port,
+the pods and the OS error. The pods retry the bind; their next report after a success clears it.
+
 HTTPRoute, GRPCRoute, TLSRoute and TCPRoute: one `parents[]` entry per parentRef naming an ingress Gateway,
 and (HTTPRoute, GRPCRoute) per mesh parent: a Service or a waypoint Gateway (controller.translate.parents),
 with `controllerName`, `Accepted` (NotAllowedByListeners, NoMatchingListenerHostname, NoMatchingParent)
@@ -24,7 +32,7 @@ such a route alone until a valid version replaces it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from controller.translate.ingress import (
@@ -51,11 +59,60 @@ def lb_addresses(service: Obj | None) -> list[Obj]:
     return out
 
 
-def gateway_status(gw: Obj, service: Obj | None, listeners: list[ListenerStatus]) -> Obj:
+MAX_PODS_NAMED = 3          # pods a bind failure message names; the rest are counted
+MAX_ERROR = 256             # characters of one pod's reported error kept
+
+
+def bind_failures(reports: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, dict[int, str]]:
+    """listener name -> port -> why it is not served there, from the status reports (pod name,
+    state) of one ingress Gateway's pods: the ports a pod reported `bound: false`
+    (state["ingress"], from waypoint.ingress_binds.BindState.report). A listener fails when any
+    pod fails to bind its port: the Service sends that pod its share of the port's connections,
+    which are refused. Malformed entries (the report is the proxy's JSON) are skipped."""
+    failing: dict[str, dict[int, list[str]]] = {}
+    pods = 0
+    for pod, state in reports:
+        entries = state.get("ingress") if isinstance(state, Mapping) else None
+        if not isinstance(entries, list):
+            continue
+        pods += 1
+        for e in entries:
+            if not isinstance(e, dict) or e.get("bound") is not False or not isinstance(e.get("port"), int):
+                continue
+            why = f"pod {pod}: {str(e.get('error') or 'not bound')[:MAX_ERROR]}"
+            for n in e.get("listeners") or []:
+                if isinstance(n, str):
+                    failing.setdefault(n, {}).setdefault(e["port"], []).append(why)
+    out: dict[str, dict[int, str]] = {}
+    for name, by_port in failing.items():
+        for port, whys in by_port.items():
+            more = f"; and {len(whys) - MAX_PODS_NAMED} more" if len(whys) > MAX_PODS_NAMED else ""
+            out.setdefault(name, {})[port] = (
+                f"port {port} cannot be bound on {len(whys)} of {pods} ingress pod(s) "
+                f"({'; '.join(sorted(whys)[:MAX_PODS_NAMED])}{more}); the pods retry the bind")
+    return out
+
+
+def _spec_ports(gw: Obj) -> dict[str, Any]:
+    return {ln.get("name"): ln.get("port") for ln in ((gw.get("spec") or {}).get("listeners") or [])
+            if isinstance(ln, dict)}
+
+
+def gateway_status(gw: Obj, service: Obj | None, listeners: list[ListenerStatus],
+                   binds: Mapping[str, Mapping[int, str]] | None = None) -> Obj:
+    """The Gateway's whole status; `binds` (`bind_failures`) names the listeners whose port the
+    pods could not bind (only at the port the Gateway gives the listener now: a report from
+    before a port change says nothing of the new port)."""
     gen = int((gw.get("metadata") or {}).get("generation") or 0)
+    ports = _spec_ports(gw)
+    unbound = {ls.name: (binds or {})[ls.name][ports[ls.name]] for ls in listeners
+               if ports.get(ls.name) in (binds or {}).get(ls.name, {})}
     addrs = lb_addresses(service)
     conds = [_cond("Accepted", True, "Accepted", "accepted by ambit as an ingress gateway", gen)]
-    if addrs:
+    if addrs and unbound:
+        conds.append(_cond("Programmed", False, "Pending", "listener(s) not served: " + "; ".join(
+            f"{n}: {m}" for n, m in sorted(unbound.items())), gen))
+    elif addrs:
         conds.append(_cond("Programmed", True, "Programmed",
                            f"serving on {', '.join(a['value'] for a in addrs)}", gen))
     else:
@@ -66,14 +123,18 @@ def gateway_status(gw: Obj, service: Obj | None, listeners: list[ListenerStatus]
         ok, reason, msg = ls.resolved
         served = ok and not ls.conflicted
         why = msg or (f"{ls.conflicted}: another listener on the port takes it" if ls.conflicted else "")
+        programmed = _cond("Programmed", served and bool(addrs),
+                           "Programmed" if served and addrs else ("Invalid" if not served else "Pending"), why, gen)
+        accepted = _cond("Accepted", True, "Accepted", "", gen)
+        if ls.name in unbound:
+            accepted = _cond("Accepted", False, "PortUnavailable", unbound[ls.name], gen)
+            programmed = _cond("Programmed", False, "PortUnavailable", unbound[ls.name], gen)
         out.append({"name": ls.name, "attachedRoutes": ls.attached,
                     "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": k} for k in ls.kinds],
-                    "conditions": [_cond("Accepted", True, "Accepted", "", gen),
+                    "conditions": [accepted,
                                    _cond("Conflicted", bool(ls.conflicted), ls.conflicted or "NoConflicts",
                                          why if ls.conflicted else "", gen),
-                                   _cond("Programmed", served and bool(addrs),
-                                         "Programmed" if served and addrs else ("Invalid" if not served else "Pending"),
-                                         why, gen),
+                                   programmed,
                                    _cond("ResolvedRefs", ok, reason, msg, gen)]})
     return {"conditions": conds, "listeners": out, "addresses": addrs}
 
@@ -160,8 +221,11 @@ def untimed(status: Obj | None) -> Obj:
     return s
 
 
-def desired(objects: list[Obj], result: IngressResult) -> dict[tuple[str, str, str], Obj]:
-    """(kind, ns, name) -> new status, for ingress Gateways and routes whose status should change."""
+def desired(objects: list[Obj], result: IngressResult,
+            unbound: Callable[[str], Mapping[str, Mapping[int, str]]] = lambda _ref: {}
+            ) -> dict[tuple[str, str, str], Obj]:
+    """(kind, ns, name) -> new status, for ingress Gateways and routes whose status should change;
+    `unbound(gateway ref)` is `bind_failures` of that Gateway's pods."""
     from controller.waypoints import gateways as gws
     out: dict[tuple[str, str, str], Obj] = {}
     by_key = {(o.get("kind"), (o.get("metadata") or {}).get("namespace") or "default",
@@ -172,7 +236,7 @@ def desired(objects: list[Obj], result: IngressResult) -> dict[tuple[str, str, s
         gw = by_key.get(("Gateway", ns, name))
         if gw is None:
             continue
-        want = gateway_status(gw, gws.find_service(gw, objects), listeners)
+        want = gateway_status(gw, gws.find_service(gw, objects), listeners, unbound(gkey))
         if gws.status_differs(gw.get("status"), want):
             out[("Gateway", ns, name)] = gws.with_times(gw.get("status"), want)
     out.update(route_updates(objects, result))

@@ -11,6 +11,7 @@ nothing and the loop ends. `ambit get gateway -o yaml` and `ambit waypoint statu
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ambit.labstore import Key, LabStore, key_of
@@ -22,8 +23,10 @@ log = logging.getLogger("ambit.controller.waypoints")
 Obj = dict[str, Any]
 
 def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", translation: Any = None,
-                     root_namespace: str = "ambit-system") -> dict[Key, Obj]:
-    """(kind, ns, name) -> the whole new status, for every object whose status should change."""
+                     root_namespace: str = "ambit-system",
+                     unbound: Callable[[str], Mapping[str, Mapping[int, str]]] = lambda _ref: {}) -> dict[Key, Obj]:
+    """(kind, ns, name) -> the whole new status, for every object whose status should change;
+    `unbound(gateway ref)`: the ingress listeners its pods cannot bind (ingress_status.bind_failures)."""
     out: dict[Key, Obj] = {}
     for gw in objects:
         if gws.is_waypoint(gw):
@@ -31,7 +34,7 @@ def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", 
             if gws.status_differs(gw.get("status"), want):
                 out[key_of(gw)] = gws.with_times(gw.get("status"), want)
     if translation is not None:     # ingress Gateways and their routes (controller.waypoints.ingress_status)
-        out.update(ingress_status.desired(objects, translation.ingress))
+        out.update(ingress_status.desired(objects, translation.ingress, unbound))
     found = advisories(objects, cluster_domain, translation, root_namespace)
     for o in objects:
         if has_free_status(o):
@@ -42,13 +45,15 @@ def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", 
 
 
 class LabWaypointStatus:
-    def __init__(self, store: LabStore, cluster_domain: str = "cluster.local", root_namespace: str = "ambit-system"):
+    def __init__(self, store: LabStore, cluster_domain: str = "cluster.local", root_namespace: str = "ambit-system",
+                 unbound: Callable[[str], Mapping[str, Mapping[int, str]]] = lambda _ref: {}):
         self.store = store
+        self.unbound = unbound
         self.root_namespace = root_namespace
         self.cluster_domain = cluster_domain
 
     def reconcile(self, objects: list[Obj], translation: Any = None) -> None:
-        updates = desired_statuses(objects, self.cluster_domain, translation, self.root_namespace)
+        updates = desired_statuses(objects, self.cluster_domain, translation, self.root_namespace, self.unbound)
         if not updates:
             return
 

@@ -26,7 +26,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import urllib3
@@ -87,8 +87,11 @@ class KubeWaypointReconciler:
                  cluster_domain: str = "cluster.local", root_namespace: str = "ambit-system",
                  write_status: bool = True, resync: float = 60.0, clock: Callable[[], float] = time.monotonic,
                  refused: Callable[[], Collection[tuple[str, str, str]]] = frozenset,
-                 may_write: Callable[[], bool] = lambda: True, retry: Backoff | None = None):
+                 may_write: Callable[[], bool] = lambda: True, retry: Backoff | None = None,
+                 unbound: Callable[[str], Mapping[str, Mapping[int, str]]] = lambda _ref: {}):
         self.root_namespace = root_namespace
+        # ingress Gateway ref -> the listeners its pods report they cannot bind (ingress_status.bind_failures)
+        self.unbound = unbound
         # Failed writes, retried on a timer thread (`_retry_due`) until they succeed or the next
         # pass computes them again; `may_write` (leading) is checked before each retry round.
         self.may_write = may_write
@@ -261,7 +264,8 @@ class KubeWaypointReconciler:
             listeners = translation.ingress.listeners.get(gws.gateway_ref(gw)) if translation is not None else None
             if listeners is None:
                 return
-            want = ingress_status.gateway_status(gw, gws.find_service(gw, objects), listeners)
+            want = ingress_status.gateway_status(gw, gws.find_service(gw, objects), listeners,
+                                                 self.unbound(gws.gateway_ref(gw)))
         else:
             want = gws.desired_status(gw, gws.find_service(gw, objects))
         old = gw.get("status") or {}

@@ -21,6 +21,9 @@ alert covers every component (tell them apart by the scrape's `component` / `app
 - `ambit_accept_backoffs_total{listener}`: times an accept loop paused for want of descriptors or
   kernel memory (EMFILE, ENFILE, ENOBUFS, ENOMEM: ambit/accept.py), by loop.
 - `ambit_hbone_pool_connections`: pooled HBONE (mTLS) connections to other proxies.
+- `ambit_listener_bind_failures_total{port}`: an ingress gateway's failed binds of a listener port
+  (each retry counts); `ambit_listeners_unbound`: the ports its Gateway asks for that are not bound
+  now (waypoint/ingress_binds.py).
 
 Nothing here is touched per request or connection: a collector reads the objects that already keep
 these numbers (the config client, the identity manager, the connection limiters) when Prometheus
@@ -95,6 +98,14 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
+class BindSource(Protocol):
+    """An ingress gateway's listener binds (waypoint.ingress_binds.BindState)."""
+
+    failures_total: Mapping[int, int]
+
+    def unbound(self) -> int: ...
+
+
 class HealthCollector(Collector):
     """The `ambit_*` families of one proxy; every argument is optional (a part it lacks is absent).
 
@@ -104,7 +115,8 @@ class HealthCollector(Collector):
     - `refused`: () -> {limit: connections refused by that limit};
     - `pool`: () -> pooled HBONE connections;
     - `defenses`: () -> {defense: times applied};
-    - `backoffs`: () -> {accept loop: times it paused}.
+    - `backoffs`: () -> {accept loop: times it paused};
+    - `binds`: an ingress gateway's listener binds (`failures_total` by port, `unbound()`).
     """
 
     def __init__(self, *, config: ConfigSource | None = None, certs: CertSource | None = None,
@@ -113,10 +125,12 @@ class HealthCollector(Collector):
                  pool: Callable[[], int] | None = None,
                  defenses: Callable[[], Mapping[str, int]] | None = None,
                  backoffs: Callable[[], Mapping[str, int]] | None = None,
+                 binds: BindSource | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.config, self.certs, self.connections = config, certs, connections
         self.refused, self.pool, self.defenses, self.clock = refused, pool, defenses, clock
         self.backoffs = backoffs
+        self.binds = binds
 
     def collect(self) -> Iterator[Metric]:
         yield from config_families(self.config)
@@ -145,6 +159,15 @@ class HealthCollector(Collector):
             yield d
         if self.backoffs is not None:
             yield backoff_family(self.backoffs())
+        if self.binds is not None:
+            b = CounterMetricFamily("ambit_listener_bind_failures",
+                                    "Failed binds of an ingress gateway's listener port (each retry counts)",
+                                    labels=["port"])
+            for port, n in sorted(self.binds.failures_total.items()):
+                b.add_metric([str(port)], float(n))
+            yield b
+            yield _gauge("ambit_listeners_unbound", "Ingress gateway ports its Gateway asks for that are not bound now",
+                         float(self.binds.unbound()))
 
 
 def backoff_family(backoffs: Mapping[str, int]) -> Metric:

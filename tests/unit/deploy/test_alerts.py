@@ -81,6 +81,17 @@ TESTS = {
                  "exp_alerts": [{"exp_labels": {"severity": "warning", "instance": "ctl", "limit": "ca_request_rate"}}]},
             ],
         },
+        {   # ingress: a pod that cannot bind a port; one whose bind failed once and healed at the retry
+            "interval": "1m",
+            "input_series": [
+                {"series": 'ambit_listeners_unbound{instance="gw-a"}', "values": "0 1 1 1 1 1"},
+                {"series": 'ambit_listeners_unbound{instance="gw-b"}', "values": "0 1 0 0 0 0"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "4m", "alertname": "AmbitIngressListenerUnbound",
+                 "exp_alerts": [{"exp_labels": {"severity": "critical", "instance": "gw-a"}}]},
+            ],
+        },
         {   # capture: a node with an uncaptured pod; one whose repairs are rate-limited; a healthy one
             "interval": "1m",
             "input_series": [

@@ -421,3 +421,45 @@ def test_https_handshakes_under_way_are_bounded_and_a_client_is_still_served(tmp
             await lst.close()
 
     asyncio.run(run())
+
+
+def test_a_port_that_cannot_be_bound_is_recorded_retried_and_forgotten_when_dropped() -> None:
+    """A held port: the listener's failure is recorded (reported to the controller) and retried
+    with backoff, binds once freed; a port the Gateway drops stops being retried."""
+    async def main() -> None:
+        held = socket.socket()
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        busy = held.getsockname()[1]
+        lst = IngressListeners("127.0.0.1", lambda plug, down: None, _no_relay)
+        lst.retry = ingress_listen.Backoff(initial=0.05, maximum=0.1)
+        changes: list[int] = []
+        lst.on_change = lambda: changes.append(1)
+        view = build(IngressGateway("gw", "ns", listeners=[_listener("web", "", port=busy, protocol="HTTP")]))
+        try:
+            await lst.update(view)
+            [failed] = [f for f in lst.binds.report() if not f["bound"]]
+            assert failed["listeners"] == ["web"] and "EADDRINUSE" in failed["error"] and changes
+            await wait_for(lambda: lst.binds.failures_total[busy] >= 3, "retries")    # retried on its own
+            assert busy not in lst.ports
+            held.close()
+            await wait_for(lambda: busy in lst.ports, "the bind")                # freed: bound, no config change
+            assert lst.binds.unbound() == 0 and lst.binds.report()[0]["bound"] is True
+            with socket.create_connection(("127.0.0.1", busy), timeout=2):
+                pass
+            # a port the Gateway no longer has: no failure kept, no retry left running
+            again = socket.socket()
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            await lst.update(build(IngressGateway("gw", "ns", listeners=[])))
+            again.bind(("127.0.0.1", busy))
+            again.listen(1)
+            await lst.update(view)
+            assert lst.binds.unbound() == 1
+            await lst.update(build(IngressGateway("gw", "ns", listeners=[])))
+            assert lst.binds.report() == [] and all(t.done() for t in lst._retries.values())
+            again.close()
+        finally:
+            held.close()
+            await lst.close()
+    asyncio.run(main())
