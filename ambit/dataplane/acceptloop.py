@@ -171,6 +171,16 @@ class AcceptLoop:
         self.resume()
 
 
+def _held(gate: CertificateGate) -> bool:
+    """`gate.held()`; one that fails counts as held: the servername callback then decides, as
+    without a gate."""
+    try:
+        return gate.held()
+    except Exception as e:  # noqa: BLE001 - see above
+        log.warning("certificate gate failed: %s", e)
+        return True
+
+
 class Handshakes:
     """Starts the TLS handshake of accepted sockets (`loop.connect_accepted_socket`, one task each:
     the handle that aborts it) under the `pending` bound. `where` names the listener in logs.
@@ -224,7 +234,7 @@ class Handshakes:
         sock.setblocking(False)
         gate = self.gate
         try:
-            if gate is not None and not gate.held():
+            if gate is not None and not _held(gate):
                 timeout = await self._wait_for_certificate(gate, timeout)
             await asyncio.get_running_loop().connect_accepted_socket(
                 self.factory, sock, ssl=self.context, ssl_handshake_timeout=timeout)
@@ -237,7 +247,11 @@ class Handshakes:
         Without it the handshake goes on, to be refused by the servername callback as before."""
         loop = asyncio.get_running_loop()
         began = loop.time()
-        came = await gate.wait(wait_bound(timeout))
+        try:
+            came = await gate.wait(wait_bound(timeout))
+        except Exception as e:  # noqa: BLE001 - a broken gate must not leak the socket: handshake as before
+            log.warning("%s: waiting for the server certificate failed: %s", self.where, e)
+            came = False
         waited = loop.time() - began
         log.debug("%s: a handshake waited %.1fs for the server certificate: %s", self.where, waited,
                   "proceeding" if came else "still none")

@@ -227,8 +227,10 @@ class IdentityManager:
         starts if the identity was not managed yet, or now if it was waiting out a backoff
         (`_on_demand`)."""
         entry = self._ensure(identity)
-        if entry.cert is None or not entry.cert.valid_at(self.clock.now()):
-            self._on_demand(entry)
+        cert = entry.cert
+        if cert is not None and cert.valid_at(self.clock.now()):
+            return cert             # the common case: every outbound connection asks
+        self._on_demand(entry)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
