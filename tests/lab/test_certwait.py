@@ -26,15 +26,11 @@ from ambit.dataplane import endpoint
 from ambitctl.lab import components
 from ambitctl.lab.runtime import Pod, Runtime
 from tests.lab.labctl import AMBIT, REPO, Lab
+from tests.lab.test_readiness import serving
 
 pytestmark = pytest.mark.lab
 
 IDENTITY = "spiffe://cluster.local/ns/demo/sa/late-identity"
-
-
-def serving(lab: Lab, node: str) -> set[str]:
-    status, doc = endpoint.get_json(components.ztunnel_admin_socket(lab.dir, node), "/pods", timeout=2.0)
-    return {p["uid"] for p in (doc or {}).get("serving", [])} if status == 200 else set()
 
 
 def knows(lab: Lab, node: str, ip: str) -> bool:
@@ -43,7 +39,9 @@ def knows(lab: Lab, node: str, ip: str) -> bool:
 
 
 def missing_certificates(lab: Lab, node: str) -> list[str]:
-    _status, body = endpoint.get_json(components.ztunnel_admin_socket(lab.dir, node), "/healthz/ready")
+    """The identities `node`'s ztunnel serves a pod of without a certificate (its readiness body)."""
+    _status, body = endpoint.get_json(components.ztunnel_admin_socket(lab.dir, node), "/healthz/ready",
+                                      timeout=2.0)
     return list((body or {}).get("certificates_missing", []))
 
 

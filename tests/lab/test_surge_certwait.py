@@ -20,21 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from ambit.dataplane import endpoint
-from ambitctl.lab import components
 from tests.lab.labctl import AMBIT, REPO
+from tests.lab.test_certwait import missing_certificates
 
 pytestmark = pytest.mark.lab
 
 SPEC = Path(__file__).parent / "specs" / "surge_certwait.yaml"
 ECHO = "spiffe://cluster.local/ns/demo/sa/echo"
 SOURCES = [f"demo/src{i}" for i in range(1, 9)]
-
-
-def missing_certificates(lab, node: str) -> list[str]:  # noqa: ANN001
-    _status, body = endpoint.get_json(components.ztunnel_admin_socket(lab.dir, node), "/healthz/ready",
-                                      timeout=2.0)
-    return list((body or {}).get("certificates_missing", []))
 
 
 def test_surge_roll_while_the_ca_is_slow_refuses_no_new_inbound_connection(fresh_lab) -> None:
