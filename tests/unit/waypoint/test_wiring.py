@@ -221,3 +221,45 @@ def test_readiness_is_withdrawn_when_the_drain_begins_before_the_listener_closes
         await ids.close()
 
     asyncio.run(main())
+
+
+def test_a_tunnel_handshake_that_comes_before_the_waypoints_certificate_waits_for_it(ca) -> None:  # noqa: ANN001
+    """The waypoint's HBONE listener, like ztunnel's, picks its certificate in a callback that cannot
+    wait: a handshake arriving while its certificate is still being fetched (the CA slow, a new
+    replica) was refused. It now waits for the certificate (ambit/dataplane/identity/wait.py)."""
+    import asyncio
+    import socket
+
+    from ambit.dataplane import tls
+    from ambit.dataplane.identity import IdentityManager
+    from tests.unit.conftest import issue, sid
+    from tests.unit.dataplane.test_certificate_wait import HeldCA
+    from tests.unit.dataplane.test_hbone_pending import wait_for
+
+    async def main() -> None:
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+        s = load(["--waypoint", "default/waypoint", "--pod-name", "waypoint-0", "--node", "node2",
+                  "--listen", f"127.0.0.1:{port}"])
+        fetcher = HeldCA(ca)
+        ids = IdentityManager(fetcher)
+        ids.prefetch([s.identity])
+        p = WaypointProxy(s, WaypointConfig(Waypoint("default", "waypoint"), "cluster.local"), ids)
+        await p.start()
+        try:
+            ctx = tls.client_context(issue(ca, sid("demo", "client")))
+            connecting = asyncio.ensure_future(asyncio.open_connection(
+                "127.0.0.1", port, ssl=ctx, server_hostname="waypoint", ssl_handshake_timeout=20))
+            assert p.server is not None
+            await wait_for(lambda: len(p.server.pending) == 1, "the handshake waiting for the certificate")
+            assert not connecting.done()
+            fetcher.answer.set()                    # the CA answers
+            _r, w = await connecting
+            assert tls.peer_identity(w.get_extra_info("ssl_object")).uri == s.identity
+            w.transport.abort()
+        finally:
+            await p.close()
+            await ids.close()
+
+    asyncio.run(main())
