@@ -157,21 +157,28 @@ def test_admin_endpoint_answers_from_the_config_and_is_not_ready_without_a_certi
     assert srv.handle("POST", "/config_dump").status == 405 and srv.handle("GET", "/nope").status == 404
 
 
+LISTENING = ["--waypoint", "default/waypoint", "--pod-name", "waypoint-0", "--node", "node2", "--listen"]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for a waypoint's HBONE listener)."""
+    import socket
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        return free.getsockname()[1]
+
+
 def test_the_hbone_listener_takes_its_connection_bound_from_max_connections() -> None:
     """`--max-connections` and `--max-connections-per-identity` reach the listener (a flag left unread would be a silent no-op), and
     /stats reports the connections refused over it."""
     import asyncio
     import json as _json
-    import socket
 
     from waypoint import admin
 
     async def main() -> None:
-        with socket.socket() as free:
-            free.bind(("127.0.0.1", 0))
-            port = free.getsockname()[1]
-        s = load(["--waypoint", "default/waypoint", "--pod-name", "waypoint-0", "--node", "node2",
-                  "--listen", f"127.0.0.1:{port}", "--max-connections", "7",
+        port = free_port()
+        s = load([*LISTENING, f"127.0.0.1:{port}", "--max-connections", "7",
                   "--max-connections-per-identity", "3"])
         p = WaypointProxy(s, WaypointConfig(Waypoint("default", "waypoint"), "cluster.local"), None)
         await p.start()
@@ -194,18 +201,14 @@ def test_readiness_is_withdrawn_when_the_drain_begins_before_the_listener_closes
     readiness moves away; /healthz/ready must say 503 from the start of that drain (it said 200)."""
     import asyncio
     import json as _json
-    import socket
 
     from ambit.dataplane.identity import IdentityManager
     from tests.unit.conftest import LocalCAFetcher
     from waypoint import admin
 
     async def main() -> None:
-        with socket.socket() as free:
-            free.bind(("127.0.0.1", 0))
-            port = free.getsockname()[1]
-        s = load(["--waypoint", "default/waypoint", "--pod-name", "waypoint-0", "--node", "node2",
-                  "--listen", f"127.0.0.1:{port}"])
+        port = free_port()
+        s = load([*LISTENING, f"127.0.0.1:{port}"])
         ids = IdentityManager(LocalCAFetcher(ca))
         await ids.get(s.identity, 5)
         p = WaypointProxy(s, WaypointConfig(Waypoint("default", "waypoint"), "cluster.local"), ids)
@@ -228,7 +231,6 @@ def test_a_tunnel_handshake_that_comes_before_the_waypoints_certificate_waits_fo
     wait: a handshake arriving while its certificate is still being fetched (the CA slow, a new
     replica) was refused. It now waits for the certificate (ambit/dataplane/identity/wait.py)."""
     import asyncio
-    import socket
 
     from ambit.dataplane import tls
     from ambit.dataplane.identity import IdentityManager
@@ -237,11 +239,8 @@ def test_a_tunnel_handshake_that_comes_before_the_waypoints_certificate_waits_fo
     from tests.unit.dataplane.test_hbone_pending import wait_for
 
     async def main() -> None:
-        with socket.socket() as free:
-            free.bind(("127.0.0.1", 0))
-            port = free.getsockname()[1]
-        s = load(["--waypoint", "default/waypoint", "--pod-name", "waypoint-0", "--node", "node2",
-                  "--listen", f"127.0.0.1:{port}"])
+        port = free_port()
+        s = load([*LISTENING, f"127.0.0.1:{port}"])
         fetcher = HeldCA(ca)
         ids = IdentityManager(fetcher)
         ids.prefetch([s.identity])
