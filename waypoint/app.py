@@ -41,6 +41,7 @@ from ambit.dataplane.handoff import Receiver
 from ambit.dataplane.hbone import HBONEClientPool, HBONEServer, HBONEStream
 from ambit.dataplane.hbone.limits import ConnLimiter, PendingHandshakes
 from ambit.dataplane.identity import IdentityManager
+from ambit.dataplane.identity.wait import IdentityGate
 from ambit.dataplane.listen import tcp_listener
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics
@@ -169,14 +170,15 @@ class WaypointProxy:
         if self.settings.handoff_socket is not None:     # a worker: the supervisor accepts (waypoint/workers.py)
             self.server = HBONEServer(None, self._server_context, self.on_connect,
                                       max_connections=self.settings.max_connections,
-                                      pending=self._pending_handshakes(), per_identity=self.per_identity)
+                                      pending=self._pending_handshakes(), per_identity=self.per_identity,
+                                      certificate_gate=self._certificate_gate())
             await self.server.start()
             self.handoff = Receiver(self.settings.handoff_socket, self.settings.worker_index, self.server.adopt)
             await self.handoff.start()
             return
         self.server = HBONEServer(tcp_listener(self.settings.listen), self._server_context, self.on_connect,
                                   max_connections=self.settings.max_connections, pending=self._pending_handshakes(),
-                                  per_identity=self.per_identity)
+                                  per_identity=self.per_identity, certificate_gate=self._certificate_gate())
         await self.server.start()
 
     def _pending_handshakes(self) -> PendingHandshakes:
@@ -236,6 +238,11 @@ class WaypointProxy:
         await self.pool.close()
 
     # --- TLS ----------------------------------------------------------------------------------
+
+    def _certificate_gate(self) -> IdentityGate | None:
+        """A tunnel's handshake that arrives before the waypoint's certificate waits for it (within
+        the handshake deadline) rather than being refused: ambit/dataplane/identity/wait.py."""
+        return IdentityGate(self.identities, lambda: self.identity) if self.identities is not None else None
 
     def _server_context(self) -> ssl.SSLContext:
         cert = self.identities.current(self.identity) if self.identities is not None else None

@@ -40,6 +40,7 @@ from ambit.dataplane.hbone import (
 )
 from ambit.dataplane.hbone.limits import DEFENSES, REFUSED, ConnLimiter, PendingHandshakes
 from ambit.dataplane.identity import CertificateUnavailable, IdentityManager
+from ambit.dataplane.identity.wait import IdentityGate
 from ambit.dataplane.origdst import original_dst
 from ambit.dataplane.relay import Leg, TCPRelay, TunnelRelay
 from ambit.dataplane.settings import TunnelSettings
@@ -319,7 +320,8 @@ class Proxy:
 
         def server_context() -> ssl.SSLContext:
             # Called per handshake, synchronously (OpenSSL's servername callback): no waiting here.
-            # The pod's certificate was prefetched when it arrived; until it is there, refuse.
+            # The pod's certificate was prefetched when it arrived; a handshake that came before it
+            # waited for it first (the gate below), so this refuses only once that wait ran out.
             ident = self.identity_of(pod.pod)
             cert = identities.current(ident)
             if cert is None:
@@ -337,6 +339,7 @@ class Proxy:
             sock, server_context, on_connect, handshake_timeout=lim.tls_handshake_timeout,
             preface_timeout=lim.hbone_preface_timeout, idle_timeout=lim.hbone_idle_timeout,
             per_identity=self.per_identity, pending=self.pending_handshakes,
+            certificate_gate=IdentityGate(identities, lambda: self.identity_of(pod.pod)),
             connection_factory=lambda: HBONEConnection(client_side=False, max_concurrent_streams=lim.hbone_max_streams))
         self.hbone_servers.add(server)
         await server.start()

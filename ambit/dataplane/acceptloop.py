@@ -25,6 +25,10 @@ process is at its limit the oldest handshake under way is aborted for the new on
 counted in `ambit_connections_refused_total{limit="pending_handshakes"|"pending_handshakes_per_source"}`
 and logged once per 1,000. Handshake failures are logged at debug only: a flood makes thousands.
 
+A handshake whose server certificate is not there yet (a `CertificateGate` says so) first waits
+for it, within its deadline, rather than being refused: ambit/dataplane/identity/wait.py. The wait
+is part of the handshake's task, so it counts toward the same bounds.
+
 `accept()` failing for want of descriptors or memory pauses the loop for ACCEPT_RETRY_DELAY
 (ambit/accept.py), counted in `ambit_accept_backoffs_total{listener}` (`tls`, or the owner's key:
 the waypoint supervisor's hand-off, ambit/dataplane/handoff.py, reads its listener with this loop).
@@ -40,6 +44,7 @@ import math
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Protocol
 
 from ambit.accept import ACCEPT_RETRY_DELAY, BACKOFFS, out_of_resources, peer_key
 from ambit.dataplane.hbone.limits import PendingHandshakes, refused_at_bound
@@ -49,9 +54,25 @@ log = logging.getLogger("ambit.dataplane.accept")
 ACCEPT_BATCH = 64           # connections accepted per wakeup before the loop serves other work
 BACKOFF_KEY = "tls"
 SILENT_GRACE = 1.0          # seconds to handshake for a connection accepted with nothing to read
+HANDSHAKE_RESERVE = 1.0     # of a deadline, kept for the handshake after a certificate wait (<= half)
 
 OnConn = Callable[[socket.socket, str], None]
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
+class CertificateGate(Protocol):
+    """Asked before a handshake: is the server certificate there (`held`, synchronous and cheap:
+    the common case), and if not, wait up to `timeout` s for it (`wait`, True: it came)."""
+
+    def held(self) -> bool: ...
+
+    async def wait(self, timeout: float) -> bool: ...
+
+
+def wait_bound(deadline: float) -> float:
+    """How long a handshake with `deadline` s may wait for its certificate: the deadline less a
+    reserve for the handshake itself (`HANDSHAKE_RESERVE`, at most half of the deadline)."""
+    return max(0.0, deadline - min(HANDSHAKE_RESERVE, deadline / 2))
 
 
 def defer_for(handshake_timeout: float) -> int:
@@ -151,12 +172,25 @@ class AcceptLoop:
         self.resume()
 
 
+def _held(gate: CertificateGate) -> bool:
+    """`gate.held()`; one that fails counts as held: the servername callback then decides, as
+    without a gate."""
+    try:
+        return gate.held()
+    except Exception as e:  # noqa: BLE001 - see above
+        log.warning("certificate gate failed: %s", e)
+        return True
+
+
 class Handshakes:
     """Starts the TLS handshake of accepted sockets (`loop.connect_accepted_socket`, one task each:
-    the handle that aborts it) under the `pending` bound. `where` names the listener in logs."""
+    the handle that aborts it) under the `pending` bound. `where` names the listener in logs.
+    `gate`: the handshake waits for its server certificate first when it is not there yet."""
 
     def __init__(self, factory: Callable[[], asyncio.BaseProtocol], context: ssl.SSLContext,
-                 handshake_timeout: float, pending: PendingHandshakes, where: str) -> None:
+                 handshake_timeout: float, pending: PendingHandshakes, where: str,
+                 gate: CertificateGate | None = None) -> None:
+        self.gate = gate
         self.factory = factory
         self.context = context
         self.handshake_timeout = handshake_timeout
@@ -199,12 +233,30 @@ class Handshakes:
 
     async def _handshake(self, sock: socket.socket, timeout: float) -> None:
         sock.setblocking(False)
+        gate = self.gate
         try:
+            if gate is not None and not _held(gate):
+                timeout = await self._wait_for_certificate(gate, timeout)
             await asyncio.get_running_loop().connect_accepted_socket(
                 self.factory, sock, ssl=self.context, ssl_handshake_timeout=timeout)
         except (OSError, asyncio.CancelledError) as e:     # ssl.SSLError and TimeoutError included
             log.debug("%s: TLS handshake failed: %s", self.where, e or type(e).__name__)
             sock.close()
+
+    async def _wait_for_certificate(self, gate: CertificateGate, timeout: float) -> float:
+        """Wait (`wait_bound` of the deadline) for the certificate; what is left of the deadline.
+        Without it the handshake goes on, to be refused by the servername callback as before."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            came = await gate.wait(wait_bound(timeout))
+        except Exception as e:  # noqa: BLE001 - a broken gate must not leak the socket: handshake as before
+            log.warning("%s: waiting for the server certificate failed: %s", self.where, e)
+            came = False
+        waited = loop.time() - began
+        log.debug("%s: a handshake waited %.1fs for the server certificate: %s", self.where, waited,
+                  "proceeding" if came else "still none")
+        return max(timeout - waited, timeout - wait_bound(timeout))
 
     def abort(self) -> None:
         """Abort every handshake under way (the listener is closing)."""

@@ -3,7 +3,9 @@
 The caller creates the socket (ztunnel opens it inside the destination pod's netns, on :15008) and
 supplies the TLS context through a provider called for every handshake (from OpenSSL's servername
 callback, see `tls.selecting_server_context`), so a rotated certificate or trust bundle applies to
-the next handshake without restarting the listener. The accept loop is ours
+the next handshake without restarting the listener. That callback cannot wait, so with a
+`certificate_gate` a handshake arriving before the certificate waits for it before it starts
+(within its deadline: ambit/dataplane/identity/wait.py) instead of being refused. The accept loop is ours
 (ambit/dataplane/acceptloop.py: TCP_DEFER_ACCEPT, so silent peers stay in the kernel) and each
 connection's TLS is set up by `loop.connect_accepted_socket(ssl=...)` in a task that is the
 handle to abort it, not by `start_tls` on an accepted plain transport: uvloop's `start_tls` stalls
@@ -45,7 +47,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 from ambit.dataplane import tls
-from ambit.dataplane.acceptloop import AcceptLoop, Handshakes
+from ambit.dataplane.acceptloop import AcceptLoop, CertificateGate, Handshakes
 from ambit.dataplane.hbone.connection import HBONEConnection
 from ambit.dataplane.hbone.limits import (
     HANDSHAKE_TIMEOUT,
@@ -174,6 +176,7 @@ class HBONEServer:
         backlog: int = LISTEN_BACKLOG,
         connection_factory: Callable[[], HBONEConnection] | None = None,
         pending: PendingHandshakes | None = None,
+        certificate_gate: CertificateGate | None = None,
     ) -> None:
         for name, v in (("handshake_timeout", handshake_timeout), ("preface_timeout", preface_timeout),
                         ("idle_timeout", idle_timeout)):
@@ -195,6 +198,7 @@ class HBONEServer:
         self.idle_closed = 0
         self._new_conn = connection_factory or (lambda: HBONEConnection(client_side=False))
         self.pending = pending if pending is not None else PendingHandshakes()
+        self.certificate_gate = certificate_gate
         self._accept: AcceptLoop | None = None
         self._handshakes: Handshakes | None = None
         self._ctx: ssl.SSLContext | None = None
@@ -206,7 +210,7 @@ class HBONEServer:
         loop = asyncio.get_running_loop()
         self._ctx = tls.selecting_server_context(self._server_context)
         self._handshakes = Handshakes(lambda: _ServerSide(self, loop), self._ctx, self.handshake_timeout,
-                                      self.pending, "HBONE listener")
+                                      self.pending, "HBONE listener", self.certificate_gate)
         if self.sock is not None:
             self.sock.listen(self.backlog)
             self._accept = AcceptLoop(self.sock, self._handshakes.accepted, self.handshake_timeout)

@@ -5,7 +5,11 @@ P-256 key and CSR, asks the CA through a pluggable fetcher, and rotates at half 
 certificate's actual validity, so a CA outage of up to half a lifetime (12 h by default) is
 invisible to traffic. Failures retry with jittered exponential backoff, so a fleet of nodes does
 not stampede a recovering CA. Connections for a pod whose first certificate has not arrived yet
-wait for it with a bound and then fail with `CertificateUnavailable`, which names the reason.
+(outbound, and inbound handshakes: ambit/dataplane/identity/wait.py) wait for it with a bound and
+then fail with `CertificateUnavailable`, which names the reason. A connection that waits while the
+identity sits out a backoff has the next attempt start now (`get`), at most once per
+`DEMAND_RETRY` per identity: a waiting client is a reason to ask, but a flood of them must not
+become a flood of CSRs at a CA that is down.
 
 Peers are verified against the trust bundle that came with each certificate. A root rotation
 changes the pinned bundle (the `ambit-root-cert` ConfigMap, read through `pinned_roots`) first;
@@ -45,6 +49,7 @@ log = logging.getLogger("ambit.dataplane.identity")
 DEFAULT_TTL = 24 * 3600.0
 ROOTS_POLL = 10.0       # how often the pinned root bundle is re-read
 ROOTS_SPREAD = 30.0     # renewals for a changed bundle start within this many seconds
+DEMAND_RETRY = 1.0      # a waiting connection cuts a backoff short at most this often per identity
 
 
 class CertificateUnavailable(Exception):
@@ -91,6 +96,8 @@ class _Entry:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     renewed_for_roots: str = ""     # the pinned bundle (fingerprint) a renewal was started for
+    fetching: bool = False          # an attempt is in flight (not sleeping out a delay)
+    last_attempt: float = float("-inf")     # when the last attempt started (clock.now())
 
 
 class IdentityManager:
@@ -216,8 +223,14 @@ class IdentityManager:
         return None
 
     async def get(self, identity: str, timeout: float) -> WorkloadCertificate:
-        """A valid certificate for `identity`, waiting at most `timeout` seconds for one."""
+        """A valid certificate for `identity`, waiting at most `timeout` seconds for one. The fetch
+        starts if the identity was not managed yet, or now if it was waiting out a backoff
+        (`_on_demand`)."""
         entry = self._ensure(identity)
+        cert = entry.cert
+        if cert is not None and cert.valid_at(self.clock.now()):
+            return cert             # the common case: every outbound connection asks
+        self._on_demand(entry)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -286,6 +299,16 @@ class IdentityManager:
                 self._roots_task = asyncio.get_running_loop().create_task(self._watch_roots(), name="cert-roots")
         return e
 
+    def _on_demand(self, e: _Entry) -> None:
+        """A connection waits for `e`'s certificate: if no attempt is in flight and the last one
+        failed, start the next now instead of at the end of its backoff, unless one started less
+        than `DEMAND_RETRY` ago (then the waiter waits for the scheduled one, or its bound)."""
+        if (self._closed or e.fetching or e.failures == 0 or e.task is None
+                or self.clock.now() - e.last_attempt < DEMAND_RETRY):
+            return
+        e.task.cancel()
+        e.task = asyncio.get_running_loop().create_task(self._run(e), name=f"cert:{e.identity}")
+
     @staticmethod
     def _state(e: _Entry, now: float) -> str:
         if e.cert is None:
@@ -313,9 +336,11 @@ class IdentityManager:
             e.next_attempt = self.clock.now() + first_delay
             await self.clock.sleep(first_delay)
         while True:
+            e.fetching, e.last_attempt = True, self.clock.now()
             try:
                 cert = await self._fetch_once(e.identity)
             except asyncio.CancelledError:
+                e.fetching = False
                 raise
             except Exception as exc:  # any failure: keep the old cert, back off, retry
                 e.failures += 1
@@ -335,6 +360,7 @@ class IdentityManager:
                         self.on_update(cert)
                     except Exception:
                         log.exception("on_update callback failed for %s", e.identity)
+            e.fetching = False
             e.changed.set()
             now = self.clock.now()
             delay = next_delay(e.cert, e.failures, now, self.backoff, self.rng.random())

@@ -157,21 +157,28 @@ def test_admin_endpoint_answers_from_the_config_and_is_not_ready_without_a_certi
     assert srv.handle("POST", "/config_dump").status == 405 and srv.handle("GET", "/nope").status == 404
 
 
+LISTENING = ["--waypoint", "default/waypoint", "--pod-name", "waypoint-0", "--node", "node2", "--listen"]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for a waypoint's HBONE listener)."""
+    import socket
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        return free.getsockname()[1]
+
+
 def test_the_hbone_listener_takes_its_connection_bound_from_max_connections() -> None:
     """`--max-connections` and `--max-connections-per-identity` reach the listener (a flag left unread would be a silent no-op), and
     /stats reports the connections refused over it."""
     import asyncio
     import json as _json
-    import socket
 
     from waypoint import admin
 
     async def main() -> None:
-        with socket.socket() as free:
-            free.bind(("127.0.0.1", 0))
-            port = free.getsockname()[1]
-        s = load(["--waypoint", "default/waypoint", "--pod-name", "waypoint-0", "--node", "node2",
-                  "--listen", f"127.0.0.1:{port}", "--max-connections", "7",
+        port = free_port()
+        s = load([*LISTENING, f"127.0.0.1:{port}", "--max-connections", "7",
                   "--max-connections-per-identity", "3"])
         p = WaypointProxy(s, WaypointConfig(Waypoint("default", "waypoint"), "cluster.local"), None)
         await p.start()
@@ -194,18 +201,14 @@ def test_readiness_is_withdrawn_when_the_drain_begins_before_the_listener_closes
     readiness moves away; /healthz/ready must say 503 from the start of that drain (it said 200)."""
     import asyncio
     import json as _json
-    import socket
 
     from ambit.dataplane.identity import IdentityManager
     from tests.unit.conftest import LocalCAFetcher
     from waypoint import admin
 
     async def main() -> None:
-        with socket.socket() as free:
-            free.bind(("127.0.0.1", 0))
-            port = free.getsockname()[1]
-        s = load(["--waypoint", "default/waypoint", "--pod-name", "waypoint-0", "--node", "node2",
-                  "--listen", f"127.0.0.1:{port}"])
+        port = free_port()
+        s = load([*LISTENING, f"127.0.0.1:{port}"])
         ids = IdentityManager(LocalCAFetcher(ca))
         await ids.get(s.identity, 5)
         p = WaypointProxy(s, WaypointConfig(Waypoint("default", "waypoint"), "cluster.local"), ids)
@@ -219,5 +222,43 @@ def test_readiness_is_withdrawn_when_the_drain_begins_before_the_listener_closes
         assert r.status == 503 and _json.loads(r.body)["stopping"] is True
         await closing
         await ids.close()
+
+    asyncio.run(main())
+
+
+def test_a_tunnel_handshake_that_comes_before_the_waypoints_certificate_waits_for_it(ca) -> None:  # noqa: ANN001
+    """The waypoint's HBONE listener, like ztunnel's, picks its certificate in a callback that cannot
+    wait: a handshake arriving while its certificate is still being fetched (the CA slow, a new
+    replica) was refused. It now waits for the certificate (ambit/dataplane/identity/wait.py)."""
+    import asyncio
+
+    from ambit.dataplane import tls
+    from ambit.dataplane.identity import IdentityManager
+    from tests.unit.conftest import issue, sid
+    from tests.unit.dataplane.test_certificate_wait import HeldCA
+    from tests.unit.dataplane.test_hbone_pending import wait_for
+
+    async def main() -> None:
+        port = free_port()
+        s = load([*LISTENING, f"127.0.0.1:{port}"])
+        fetcher = HeldCA(ca)
+        ids = IdentityManager(fetcher)
+        ids.prefetch([s.identity])
+        p = WaypointProxy(s, WaypointConfig(Waypoint("default", "waypoint"), "cluster.local"), ids)
+        await p.start()
+        try:
+            ctx = tls.client_context(issue(ca, sid("demo", "client")))
+            connecting = asyncio.ensure_future(asyncio.open_connection(
+                "127.0.0.1", port, ssl=ctx, server_hostname="waypoint", ssl_handshake_timeout=20))
+            assert p.server is not None
+            await wait_for(lambda: len(p.server.pending) == 1, "the handshake waiting for the certificate")
+            assert not connecting.done()
+            fetcher.answer.set()                    # the CA answers
+            _r, w = await connecting
+            assert tls.peer_identity(w.get_extra_info("ssl_object")).uri == s.identity
+            w.transport.abort()
+        finally:
+            await p.close()
+            await ids.close()
 
     asyncio.run(main())
