@@ -122,7 +122,8 @@ def make_elector(args: ControllerSettings, on_change: Callable[[bool], None]) ->
     from controller.sources.kube import make_api_client
     me = args.pod_name or os.environ.get("POD_NAME") or socket.gethostname()
     return LeaseElector(make_api_client(args.kube_host, args.kubeconfig), args.root_namespace, LEASE_NAME, me,
-                        on_change=on_change)
+                        lease_duration=args.leader_lease_duration, renew_deadline=args.leader_renew_deadline,
+                        retry_period=args.leader_retry_period, on_change=on_change)
 
 
 def root_publisher(args: ControllerSettings, pems: list[str], leader: Callable[[], bool] | None

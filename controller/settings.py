@@ -41,6 +41,17 @@ class ControllerSettings:
         True, "with --kube: elect a leader over the Lease <root-namespace>/ambit-controller; only the leader writes "
               "status, waypoint Deployments and the ambit-root-cert ConfigMap (every replica serves and signs)")
     pod_name: str = option("", "this replica's name in the Lease (default: $POD_NAME, else the host name)")
+    leader_lease_duration: int = option(
+        15, "with leader election: seconds a follower waits, after it last saw the Lease change, before it takes "
+            "it over (client-go's LeaseDuration); bounds failover after a leader crash",
+        check=lambda v: None if v >= 1 else "must be >= 1")
+    leader_renew_deadline: float = option(
+        10.0, "with leader election: seconds after its last successful renewal a leader stops writing; shorter "
+              "than --leader-lease-duration, so it stops before anyone may take over",
+        check=lambda v: None if v > 0 else "must be > 0")
+    leader_retry_period: float = option(
+        2.0, "with leader election: seconds between Lease reads and renewals",
+        check=lambda v: None if v > 0 else "must be > 0")
     controller_service_account: str = option(
         "ambit-controller", "with --ca-dir: the controller's service account; it serves TLS as "
         "spiffe://<trust-domain>/ns/<root-namespace>/sa/<this>, DNS name <this>.<root-namespace>.svc")
@@ -133,6 +144,12 @@ class ControllerSettings:
             return "--ca-secret needs --kube (the lab keeps its CA in --ca-dir)"
         if self.ca_secret and self.ca_dir:
             return "--ca-secret and --ca-dir both name where the CA lives: pass one"
+        if not self.leader_renew_deadline < self.leader_lease_duration:
+            return (f"--leader-renew-deadline {self.leader_renew_deadline} must be shorter than "
+                    f"--leader-lease-duration {self.leader_lease_duration}, or two replicas could lead at once")
+        if not self.leader_retry_period < self.leader_renew_deadline:
+            return (f"--leader-retry-period {self.leader_retry_period} must be shorter than "
+                    f"--leader-renew-deadline {self.leader_renew_deadline}, or a leader steps down between renewals")
         return None
 
     @property

@@ -1,0 +1,233 @@
+"""Two controller replicas (real `python -m controller` processes, leader election on, short Lease
+timings) against one API-server emulator (tests/support/kube_emulator.py, real list/watch over
+HTTP, the official client): what a platform team running more than one replica relies on.
+
+* a follower serves a complete, current config (an ingress connected to it serves a route created
+  after it started);
+* a leader killed with SIGKILL is replaced within the lease duration, and the new leader writes the
+  status the old one would have;
+* a leader paused (SIGSTOP) past its lease writes nothing once it resumes: the replica that took
+  over keeps the Lease and the status it wrote stands.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.kube_emulator import KubeEmulator
+from tests.support.wait import wait_for
+
+ROOT = Path(__file__).resolve().parents[3]
+GW_V1 = "gateway.networking.k8s.io/v1"
+NS = "ambit-system"
+# short Lease timings (the defaults are 15 / 10 / 2 s): failover bounded by about 2 + 0.2 s
+LEASE = ["--leader-lease-duration", "2", "--leader-renew-deadline", "1.5", "--leader-retry-period", "0.2"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _connectable(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _conds(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in (obj or {}).get("conditions") or []}
+
+
+def holder(emu: KubeEmulator) -> str | None:
+    lease = emu.get("coordination.k8s.io/v1", "Lease", "ambit-controller", NS) or {}
+    return (lease.get("spec") or {}).get("holderIdentity")
+
+
+class Cluster:
+    """The emulator, and the processes started against it (stopped, and their logs closed, at the end)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.emu = KubeEmulator().start()
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: list[Any] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
+        self.logs.append(log)
+        p = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = p
+        return p
+
+    def controller(self, name: str) -> str:
+        """Start replica `name` (its Lease identity); its gRPC address once it listens."""
+        port = free_port()
+        p = self.start(name, ["-m", "controller", "--kube", "--kube-host", self.emu.url,
+                              "--listen", f"127.0.0.1:{port}", "--insecure-config-stream", "--debounce", "0.01",
+                              "--dashboard-address", "", "--pod-name", name, *LEASE])
+        wait_for(lambda: _connectable(port) or p.poll() is not None, timeout=30, what=f"{name} listening")
+        assert p.poll() is None, self.log(name)
+        return f"127.0.0.1:{port}"
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text()
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        for f in self.logs:
+            f.close()
+        self.emu.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        c.emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "web"}})
+        yield c
+    finally:
+        c.stop()
+
+
+def ingress_gateway(emu: KubeEmulator, name: str, listeners: list[dict[str, Any]], ip: str = "10.96.0.60") -> None:
+    emu.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "web"},
+                "spec": {"clusterIP": ip, "type": "LoadBalancer", "ports": [{"port": 80}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.1"}]}}})
+    emu.create({"apiVersion": GW_V1, "kind": "Gateway", "metadata": {"name": name, "namespace": "web"},
+                "spec": {"gatewayClassName": "ambit", "listeners": listeners}})
+
+
+def gateway_status(emu: KubeEmulator, name: str) -> dict[str, dict[str, Any]]:
+    return _conds((emu.get(GW_V1, "Gateway", name, "web") or {}).get("status"))
+
+
+def two_replicas(c: Cluster) -> tuple[str, str]:
+    """Replica a (the leader: it starts first and creates the Lease), then replica b (a follower)."""
+    a = c.controller("ctl-a")
+    wait_for(lambda: holder(c.emu) == "ctl-a", timeout=10, what="ctl-a holding the Lease")
+    b = c.controller("ctl-b")
+    return a, b
+
+
+def test_follower_serves_a_complete_current_config(cluster: Cluster) -> None:
+    """An ingress connected to the follower gets its Gateway and a route created after both started."""
+    emu = cluster.emu
+    port = free_port()
+    ingress_gateway(emu, "gw", [{"name": "http", "port": port, "protocol": "HTTP"}])
+    _, b = two_replicas(cluster)
+    cluster.start("ingress", ["-m", "waypoint", "--waypoint", "web/gw", "--pod-name", "gw-abc", "--node", "node-1",
+                              "--gateway-class", "ambit", "--controller", b, "--ingress-address", "127.0.0.1",
+                              "--admin-address", "", "--metrics-address", ""])
+
+    def status(path: str) -> int:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return 0
+    wait_for(lambda: status("/") == 404, timeout=30, what="the ingress (fed by the follower) serving its listener")
+    # a route created now, with a backend that answers: the follower's watch must carry it
+    backend = free_port()
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", backend))
+    srv.listen(8)
+    srv.close()         # a refused backend is enough: 503 (not 404) proves the route arrived
+    emu.create({"apiVersion": GW_V1, "kind": "HTTPRoute", "metadata": {"name": "r", "namespace": "web"},
+                "spec": {"parentRefs": [{"name": "gw"}], "rules": [
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/r"}}],
+                     "backendRefs": [{"name": "gw", "port": 80}]}]}})
+    wait_for(lambda: status("/r") not in (0, 404), timeout=30,
+             what="the follower's config carrying the route created after it started")
+    assert holder(emu) == "ctl-a"      # b served all this as a follower
+
+
+def test_sigkill_leader_failover_resumes_status_writes(cluster: Cluster) -> None:
+    """Kill the leader: the follower takes the Lease once it has seen it unchanged for the lease
+    duration, and writes the status of a Gateway created after the kill."""
+    emu = cluster.emu
+    ingress_gateway(emu, "one", [{"name": "http", "port": free_port(), "protocol": "HTTP"}])
+    two_replicas(cluster)
+    wait_for(lambda: gateway_status(emu, "one").get("Accepted"), timeout=15, what="the leader writing status")
+    cluster.procs["ctl-a"].send_signal(signal.SIGKILL)
+    cluster.procs["ctl-a"].wait(5)
+    ingress_gateway(emu, "two", [{"name": "http", "port": free_port(), "protocol": "HTTP"}], ip="10.96.0.61")
+    wait_for(lambda: holder(emu) == "ctl-b", timeout=15, what="ctl-b taking the Lease over")
+    wait_for(lambda: gateway_status(emu, "two").get("Accepted"), timeout=15,
+             what="the new leader writing the status of a Gateway created after the failover")
+
+
+def test_paused_leader_writes_nothing_once_it_resumes(cluster: Cluster) -> None:
+    """SIGSTOP the leader past its lease: b takes over; a Gateway b then accepts and writes is
+    changed while a is paused; once a resumes (with its stale view) it neither takes the Lease back
+    nor writes that Gateway's status."""
+    emu = cluster.emu
+    ingress_gateway(emu, "one", [{"name": "http", "port": free_port(), "protocol": "HTTP"}])
+    two_replicas(cluster)
+    wait_for(lambda: gateway_status(emu, "one").get("Accepted"), timeout=15, what="the leader writing status")
+    a = cluster.procs["ctl-a"]
+    a.send_signal(signal.SIGSTOP)
+    wait_for(lambda: holder(emu) == "ctl-b", timeout=15, what="ctl-b taking the Lease from the paused ctl-a")
+    emu.create({"apiVersion": GW_V1, "kind": "Gateway", "metadata": {"name": "two", "namespace": "web"},
+                "spec": {"gatewayClassName": "ambit", "listeners": [
+                    {"name": "http", "port": free_port(), "protocol": "HTTP"}]}})
+    wait_for(lambda: gateway_status(emu, "two").get("Accepted"), timeout=15, what="ctl-b writing status")
+    before = emu.resource_version
+    a.send_signal(signal.SIGCONT)
+    # a catches up (its watch resumes) and reads the Lease at least a few times
+    wait_for(lambda: "is not the leader" in cluster.log("ctl-a"), timeout=15, what="ctl-a stepping down")
+    time.sleep(1.0)   # a few of a's retry periods (0.2 s) and debounces: anything it would write, it has
+    assert holder(emu) == "ctl-b"
+    assert a.poll() is None
+    log = cluster.log("ctl-a")
+    assert log.count("leading as ctl-a") == 1, log
+    assert emu.resource_version >= before
+
+
+def test_bind_failure_reported_to_the_follower_reaches_the_leaders_status(cluster: Cluster) -> None:
+    """An ingress connected to the follower cannot bind a port: the Gateway status the leader writes says so."""
+    emu = cluster.emu
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.bind(("127.0.0.1", 0))
+    held.listen(8)
+    try:
+        busy = held.getsockname()[1]
+        ingress_gateway(emu, "gw", [{"name": "busy", "port": busy, "protocol": "HTTP"}])
+        _, b = two_replicas(cluster)
+        cluster.start("ingress", ["-m", "waypoint", "--waypoint", "web/gw", "--pod-name", "gw-abc", "--node",
+                                  "node-1", "--gateway-class", "ambit", "--controller", b, "--ingress-address",
+                                  "127.0.0.1", "--admin-address", "", "--report-interval", "0.3",
+                                  "--metrics-address", ""])
+
+        def refused() -> dict[str, Any] | None:
+            st = (emu.get(GW_V1, "Gateway", "gw", "web") or {}).get("status") or {}
+            ln = next((ln for ln in st.get("listeners") or [] if ln["name"] == "busy"), None)
+            return ln if _conds(ln).get("Accepted", {}).get("status") == "False" else None
+        ln = wait_for(refused, timeout=20, what="the busy listener's Accepted=False, reported to the follower")
+        assert _conds(ln)["Accepted"]["reason"] == "PortUnavailable"
+        assert holder(emu) == "ctl-a"
+    finally:
+        held.close()
