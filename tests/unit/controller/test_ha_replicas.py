@@ -7,7 +7,9 @@ HTTP, the official client): what a platform team running more than one replica r
 * a leader killed with SIGKILL is replaced within the lease duration, and the new leader writes the
   status the old one would have;
 * a leader paused (SIGSTOP) past its lease writes nothing once it resumes: the replica that took
-  over keeps the Lease and the status it wrote stands.
+  over keeps the Lease and the status it wrote stands;
+* (known limitation, strict xfail) a proxy's status report reaching a follower does not reach the
+  Gateway status the leader writes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.kube_emulator import KubeEmulator
+from tests.support.kube_emulator import Fault, KubeEmulator
 from tests.support.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -148,13 +150,7 @@ def test_follower_serves_a_complete_current_config(cluster: Cluster) -> None:
         except OSError:
             return 0
     wait_for(lambda: status("/") == 404, timeout=30, what="the ingress (fed by the follower) serving its listener")
-    # a route created now, with a backend that answers: the follower's watch must carry it
-    backend = free_port()
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", backend))
-    srv.listen(8)
-    srv.close()         # a refused backend is enough: 503 (not 404) proves the route arrived
+    # a route created now (its backend Service has no endpoints: 503, not 404, proves it arrived)
     emu.create({"apiVersion": GW_V1, "kind": "HTTPRoute", "metadata": {"name": "r", "namespace": "web"},
                 "spec": {"parentRefs": [{"name": "gw"}], "rules": [
                     {"matches": [{"path": {"type": "PathPrefix", "value": "/r"}}],
@@ -194,20 +190,26 @@ def test_paused_leader_writes_nothing_once_it_resumes(cluster: Cluster) -> None:
                 "spec": {"gatewayClassName": "ambit", "listeners": [
                     {"name": "http", "port": free_port(), "protocol": "HTTP"}]}})
     wait_for(lambda: gateway_status(emu, "two").get("Accepted"), timeout=15, what="ctl-b writing status")
-    before = emu.resource_version
+    time.sleep(0.5)     # b's writes for "two" settle (its later passes find nothing to change)
+    # count every status write from now on: b has nothing left to write, so any is a's
+    writes = emu.inject(Fault(path="/status", method=None))
     a.send_signal(signal.SIGCONT)
-    # a catches up (its watch resumes) and reads the Lease at least a few times
+    # a catches up (its watch resumes, it reads the Lease) and steps down
     wait_for(lambda: "is not the leader" in cluster.log("ctl-a"), timeout=15, what="ctl-a stepping down")
-    time.sleep(1.0)   # a few of a's retry periods (0.2 s) and debounces: anything it would write, it has
+    time.sleep(1.0)   # several of a's retry periods (0.2 s) and debounces: anything it would write, it has
     assert holder(emu) == "ctl-b"
     assert a.poll() is None
     log = cluster.log("ctl-a")
     assert log.count("leading as ctl-a") == 1, log
-    assert emu.resource_version >= before
+    assert writes.hits == 0, f"{writes.hits} status writes after the paused ex-leader resumed"
 
 
+@pytest.mark.xfail(strict=True, reason="known limitation (docs/operations.md, 'Running more than one controller'): "
+                   "reports are kept in the memory of the replica they reach, and only the leader writes status")
 def test_bind_failure_reported_to_the_follower_reaches_the_leaders_status(cluster: Cluster) -> None:
-    """An ingress connected to the follower cannot bind a port: the Gateway status the leader writes says so."""
+    """An ingress connected to the follower cannot bind a port: the Gateway status the leader writes
+    should say so. It does not: the follower keeps the report, the leader never sees it. Strict, so
+    the day reports reach the leader this test says to drop the mark and the documented limitation."""
     emu = cluster.emu
     held = socket.socket()
     held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -226,7 +228,7 @@ def test_bind_failure_reported_to_the_follower_reaches_the_leaders_status(cluste
             st = (emu.get(GW_V1, "Gateway", "gw", "web") or {}).get("status") or {}
             ln = next((ln for ln in st.get("listeners") or [] if ln["name"] == "busy"), None)
             return ln if _conds(ln).get("Accepted", {}).get("status") == "False" else None
-        ln = wait_for(refused, timeout=20, what="the busy listener's Accepted=False, reported to the follower")
+        ln = wait_for(refused, timeout=10, what="the busy listener's Accepted=False, reported to the follower")
         assert _conds(ln)["Accepted"]["reason"] == "PortUnavailable"
         assert holder(emu) == "ctl-a"
     finally:
