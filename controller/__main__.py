@@ -215,10 +215,16 @@ async def amain(args: ControllerSettings) -> int:
     source = make_source(args, leader)
     # The proxies' status reports (the debug API's Report): an ingress pod's ports it cannot bind
     # go into its Gateway's status, rewritten (`reapply`) as soon as a report changes them.
-    from controller.debug.reports import ReportStore
+    # A follower does not write status, and its reports reach no one who does: it says so.
+    from controller.debug.reports import ReportStore, unheeded_binds
     from controller.waypoints.ingress_status import bind_failures
     rewrite = threading.Event()
-    reports = ReportStore(ttl=max(60.0, 6 * REPORT_INTERVAL), on_change=rewrite.set)
+
+    def reports_changed() -> None:
+        rewrite.set()
+        if leader is not None and not leader() and (unheeded := unheeded_binds(reports)):
+            log.warning("%s", unheeded)
+    reports = ReportStore(ttl=max(60.0, 6 * REPORT_INTERVAL), on_change=reports_changed)
     waypoints = waypoint_hook(args, leader, source, lambda ref: bind_failures(reports.of_waypoint(ref)))
     if waypoints is not None:
         hooks.append(waypoints)

@@ -73,6 +73,26 @@ class ReportStore:
     def _expire(self) -> None:
         cutoff = self._clock() - self.ttl
         for k in [k for k, r in self._by_key.items() if r.received < cutoff]:
-            gone = self._by_key.pop(k)
-            if self.on_change is not None and self.watched(gone.state):
+            gone = self._by_key.pop(k, None)     # None: an on_change that read the store expired it
+            if gone is not None and self.on_change is not None and self.watched(gone.state):
                 self.on_change()
+
+
+def unheeded_binds(store: ReportStore) -> str | None:
+    """What a replica that does not lead must say when a report changes an ingress pod's unbound
+    ports: only the leader writes Gateway status, from the reports *it* holds, and reports are not
+    shared between replicas, so these failures will not show in the status (docs/operations.md,
+    "Running more than one controller"). None when no reporting pod has an unbound port."""
+    pods = []
+    for r in store.all():
+        entries = r.state.get("ingress") if r.node.kind == "waypoint" else None
+        ports = sorted({e["port"] for e in entries if isinstance(e, dict) and e.get("bound") is False
+                        and isinstance(e.get("port"), int)}) if isinstance(entries, list) else []
+        if ports:
+            pods.append(f"Gateway {r.node.waypoint} pod {r.node.name}: port(s) {', '.join(map(str, ports))}")
+    if not pods:
+        return None
+    return ("ingress pods connected to this replica report ports they cannot bind, but this replica is not the "
+            "leader and reports are not shared: the Gateway status the leader writes does not show them "
+            "(docs/operations.md, 'Running more than one controller'; their ambit_listeners_unbound metric "
+            "does): " + "; ".join(sorted(pods)))

@@ -204,32 +204,51 @@ def test_paused_leader_writes_nothing_once_it_resumes(cluster: Cluster) -> None:
     assert writes.hits == 0, f"{writes.hits} status writes after the paused ex-leader resumed"
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation (docs/operations.md, 'Running more than one controller'): "
-                   "reports are kept in the memory of the replica they reach, and only the leader writes status")
-def test_bind_failure_reported_to_the_follower_reaches_the_leaders_status(cluster: Cluster) -> None:
-    """An ingress connected to the follower cannot bind a port: the Gateway status the leader writes
-    should say so. It does not: the follower keeps the report, the leader never sees it. Strict, so
-    the day reports reach the leader this test says to drop the mark and the documented limitation."""
-    emu = cluster.emu
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port someone else listens on (what the ingress's listener wants)."""
     held = socket.socket()
     held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     held.bind(("127.0.0.1", 0))
     held.listen(8)
-    try:
-        busy = held.getsockname()[1]
-        ingress_gateway(emu, "gw", [{"name": "busy", "port": busy, "protocol": "HTTP"}])
-        _, b = two_replicas(cluster)
-        cluster.start("ingress", ["-m", "waypoint", "--waypoint", "web/gw", "--pod-name", "gw-abc", "--node",
-                                  "node-1", "--gateway-class", "ambit", "--controller", b, "--ingress-address",
-                                  "127.0.0.1", "--admin-address", "", "--report-interval", "0.3",
-                                  "--metrics-address", ""])
+    yield held.getsockname()[1]
+    held.close()
 
-        def refused() -> dict[str, Any] | None:
-            st = (emu.get(GW_V1, "Gateway", "gw", "web") or {}).get("status") or {}
-            ln = next((ln for ln in st.get("listeners") or [] if ln["name"] == "busy"), None)
-            return ln if _conds(ln).get("Accepted", {}).get("status") == "False" else None
-        ln = wait_for(refused, timeout=10, what="the busy listener's Accepted=False, reported to the follower")
-        assert _conds(ln)["Accepted"]["reason"] == "PortUnavailable"
-        assert holder(emu) == "ctl-a"
-    finally:
-        held.close()
+
+def ingress_on_the_follower(cluster: Cluster, busy: int) -> None:
+    """Leader a, follower b, and an ingress connected to b whose one listener cannot bind `busy`."""
+    ingress_gateway(cluster.emu, "gw", [{"name": "busy", "port": busy, "protocol": "HTTP"}])
+    _, b = two_replicas(cluster)
+    cluster.start("ingress", ["-m", "waypoint", "--waypoint", "web/gw", "--pod-name", "gw-abc", "--node",
+                              "node-1", "--gateway-class", "ambit", "--controller", b, "--ingress-address",
+                              "127.0.0.1", "--admin-address", "", "--report-interval", "0.3",
+                              "--metrics-address", ""])
+
+
+def test_a_follower_warns_that_reported_bind_failures_miss_the_status(cluster: Cluster, busy_port: int) -> None:
+    """Until reports reach the leader, the follower that holds one says, naming the Gateway, pod and
+    port, that the Gateway status will not show it (no silent no-op)."""
+    ingress_on_the_follower(cluster, busy_port)
+    line = wait_for(lambda: next((ln for ln in cluster.log("ctl-b").splitlines() if "cannot bind" in ln), None),
+                    timeout=20, what="ctl-b warning about the unbound port it alone knows")
+    assert "WARNING" in line and "not the leader" in line
+    assert f"Gateway web/gw pod gw-abc: port(s) {busy_port}" in line
+    assert "cannot bind" not in cluster.log("ctl-a")      # the leader never heard of it
+
+
+@pytest.mark.xfail(strict=True, reason="known limitation (docs/operations.md, 'Running more than one controller'): "
+                   "reports are kept in the memory of the replica they reach, and only the leader writes status")
+def test_bind_failure_reported_to_the_follower_reaches_the_leaders_status(cluster: Cluster, busy_port: int) -> None:
+    """An ingress connected to the follower cannot bind a port: the Gateway status the leader writes
+    should say so. It does not: the follower keeps the report, the leader never sees it. Strict, so
+    the day reports reach the leader this test says to drop the mark and the documented limitation."""
+    emu = cluster.emu
+    ingress_on_the_follower(cluster, busy_port)
+
+    def refused() -> dict[str, Any] | None:
+        st = (emu.get(GW_V1, "Gateway", "gw", "web") or {}).get("status") or {}
+        ln = next((ln for ln in st.get("listeners") or [] if ln["name"] == "busy"), None)
+        return ln if _conds(ln).get("Accepted", {}).get("status") == "False" else None
+    ln = wait_for(refused, timeout=10, what="the busy listener's Accepted=False, reported to the follower")
+    assert _conds(ln)["Accepted"]["reason"] == "PortUnavailable"
+    assert holder(emu) == "ctl-a"
