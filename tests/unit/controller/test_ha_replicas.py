@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from tests.support.kube_emulator import Fault, KubeEmulator
+from tests.support.net import connectable, free_port
 from tests.support.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -35,17 +36,6 @@ GW_V1 = "gateway.networking.k8s.io/v1"
 NS = "ambit-system"
 # short Lease timings (the defaults are 15 / 10 / 2 s): failover bounded by about 2 + 0.2 s
 LEASE = ["--leader-lease-duration", "2", "--leader-renew-deadline", "1.5", "--leader-retry-period", "0.2"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _connectable(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _conds(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -79,7 +69,7 @@ class Cluster:
         p = self.start(name, ["-m", "controller", "--kube", "--kube-host", self.emu.url,
                               "--listen", f"127.0.0.1:{port}", "--insecure-config-stream", "--debounce", "0.01",
                               "--dashboard-address", "", "--pod-name", name, *LEASE])
-        wait_for(lambda: _connectable(port) or p.poll() is not None, timeout=30, what=f"{name} listening")
+        wait_for(lambda: connectable(port) or p.poll() is not None, timeout=30, what=f"{name} listening")
         assert p.poll() is None, self.log(name)
         return f"127.0.0.1:{port}"
 

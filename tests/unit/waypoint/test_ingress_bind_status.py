@@ -20,21 +20,11 @@ from typing import Any
 import pytest
 
 from tests.support.kube_emulator import KubeEmulator
+from tests.support.net import connectable, free_port
 from tests.support.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 GW_V1 = "gateway.networking.k8s.io/v1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _connectable(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _conds(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -84,7 +74,7 @@ def test_unbindable_listener_is_reported_in_gateway_status_and_heals(tmp_path: P
             logs.append(log)
             procs.append(subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
             if name == "controller":
-                wait_for(lambda: _connectable(cport) or procs[0].poll() is not None, timeout=30,
+                wait_for(lambda: connectable(cport) or procs[0].poll() is not None, timeout=30,
                          what="controller listening")
                 assert procs[0].poll() is None, (tmp_path / "controller.log").read_text()
 
