@@ -215,8 +215,8 @@ class Proxy:
         otherwise leave its old identity managed for ever, renewing against the CA, listed in
         /certs and, once the CA refuses it, keeping ztunnel NotReady (`certificates_missing`)."""
         ids = self.identities
-        if ids is None:
-            return
+        if ids is None or self.registry.shutting_down:
+            return      # stopping: no pod is "served", but the draining connections still use theirs
         wanted = {self.identity_of(p.pod) for p in self.registry.pods.values()}
         managed = set(ids.identities())
         for ident in managed - wanted:

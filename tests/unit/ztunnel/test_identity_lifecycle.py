@@ -120,3 +120,20 @@ def test_a_pod_leaving_after_its_identity_changed_takes_the_old_identity_with_it
         await proxy.close()
         await ids.close()
     asyncio.run(main())
+
+
+def test_a_workload_update_while_stopping_keeps_the_draining_pods_identities(ca, no_netns) -> None:  # noqa: ANN001
+    """SIGTERM closes every pod's listeners at once (no pod is served any more) while their open
+    connections drain: a Workload update meanwhile must not drop the certificates they use."""
+    async def main() -> None:
+        web = wl("web", "10.1.0.5")
+        cfg = config([web])
+        ids = IdentityManager(LocalCAFetcher(ca))
+        proxy = Proxy(config=cfg, identities=ids)
+        await proxy.registry.add(info(web), -1)
+        await proxy.registry.shutdown(0)
+        update_workloads(cfg, "v2", web, wl("api", "10.1.0.6"))
+        assert ids.identities() == [web.identity]
+        await proxy.close()
+        await ids.close()
+    asyncio.run(main())
