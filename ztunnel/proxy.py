@@ -27,6 +27,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ambit.accept import BACKOFFS
+from ambit.configclient import ConfigUpdate
 from ambit.dataplane import tls
 from ambit.dataplane.connect import connect, connect_finished, connect_started
 from ambit.dataplane.gctune import GCStats
@@ -161,6 +162,8 @@ class Proxy:
         self.registry = PodRegistry(self.outbound, self.inbound_plaintext,
                                     serve_hbone=self._serve_hbone if identities is not None else None)
         self.registry.listeners.append(self._pod_event)
+        if config is not None and identities is not None:
+            config.on_change(self._on_config_change)
 
     # --- identities ---------------------------------------------------------------------------------
 
@@ -192,19 +195,38 @@ class Proxy:
         return self.workload_of(pod).identity
 
     def _pod_event(self, event: str, proxy: PodProxy) -> None:
-        """Prefetch a pod's certificate when it arrives; forget it (and close the pod's pooled
-        connections) when the last pod with that identity leaves."""
+        """A pod arrived or left: its pooled connections close when it leaves, and the managed
+        identities follow the pods served (`sync_identities`)."""
         if self.identities is None:
             return
-        ident = self.identity_of(proxy.pod)
-        if event == "add":
-            self.identities.prefetch([ident])
-            return
-        if self.pool is not None:
+        if event == "remove" and self.pool is not None:
             self.pool.close_where(lambda k: k.src_ip == proxy.pod.ip, "source pod left the node")
-        if not any(self.identity_of(p.pod) == ident for p in self.registry.pods.values()):
-            self.identities.forget(ident)
+        self.sync_identities()
+
+    def _on_config_change(self, _view: object, update: ConfigUpdate) -> None:
+        """A pod's identity follows its Workload (its service account may change while it is served)."""
+        if update.type_url == Workload.TYPE:
+            self.sync_identities()
+
+    def sync_identities(self) -> None:
+        """Manage a certificate for exactly the identities the served pods have now: prefetch the new
+        ones (the first connection finds a certificate), forget the others. Recomputed from the pods
+        rather than tracked per event: a pod whose Workload changed its identity while served would
+        otherwise leave its old identity managed for ever, renewing against the CA, listed in
+        /certs and, once the CA refuses it, keeping ztunnel NotReady (`certificates_missing`)."""
+        ids = self.identities
+        if ids is None or self.registry.shutting_down:
+            return      # stopping: no pod is "served", but the draining connections still use theirs
+        wanted = {self.identity_of(p.pod) for p in self.registry.pods.values()}
+        managed = set(ids.identities())
+        for ident in managed - wanted:
+            ids.forget(ident)
             self.contexts.forget(ident)
+        for ident in sorted(wanted - managed):
+            try:
+                ids.prefetch([ident])
+            except Exception as e:  # noqa: BLE001 - one bad identity must not stop the others (or NACK a config)
+                log.warning("cannot manage a certificate for %s: %s", ident, e)
 
     async def _client_context(self, identity: str) -> ssl.SSLContext:
         assert self.identities is not None

@@ -17,6 +17,15 @@ PORT_ADMIN = 15000      # 127.0.0.1: config dump, certificates, workloads
 PORT_METRICS = 15020
 PORT_READY = 15021
 ZTUNNEL_PORTS = (PORT_OUTBOUND, PORT_INBOUND, PORT_HBONE, PORT_METRICS, PORT_READY)
+# What an ingress gateway pod binds for itself (controller/waypoints/render.py), by port: a Gateway
+# listener or Istio Gateway server there could never bind (0.0.0.0:P clashes with 127.0.0.1:P too),
+# so validation refuses it (controller/kinds/common.py, `check_ingress_port`). Its HBONE port is
+# not among them: an ingress pod serves its listeners only.
+INGRESS_POD_PORTS = {
+    PORT_ADMIN: "the admin endpoint (127.0.0.1:15000, the pod's loopback)",
+    PORT_METRICS: "the Prometheus metrics endpoint",
+    PORT_READY: "the status port (/healthz/ready, the kubelet's readiness probe)",
+}
 
 # The socket mark ztunnel sets (SO_MARK) on its *source-preserving delivery* sockets in a pod
 # netns: bound to the client's IP with IP_TRANSPARENT and connected to the app. With

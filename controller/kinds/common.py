@@ -10,6 +10,7 @@ import ipaddress
 import re
 from typing import Any
 
+from ambit.dataplane.ports import INGRESS_POD_PORTS
 from ambit.httpfields import PROXY_OWNED_HEADERS
 from ambit.regex import check_re2
 from controller.kinds.schema import Arr, Errors, Int, Map, Num, Obj, Str, join
@@ -93,6 +94,18 @@ Regex = Str(valid=check_regex)
 
 Port = Int(minimum=1, maximum=65535)
 PortOrZero = Int(minimum=0, maximum=65535)
+
+
+def check_ingress_port(port: int, path: str, errs: Errors) -> None:
+    """An ingress gateway listener's port must not be one its pod binds for itself: it could never be
+    bound, and only the listener's status at run time (`Accepted=False PortUnavailable`) would say so.
+    Istio documents these ports as its proxy's own ("Ports used by Istio") and skips a gateway server
+    that conflicts with them at run time, with a log line; here the object is refused up front."""
+    what = INGRESS_POD_PORTS.get(port)
+    if what is not None:
+        errs.append((path, f"port {port} is reserved by the ingress gateway pod for {what}; a listener there "
+                           f"could never bind: use another port (reserved: "
+                           f"{', '.join(map(str, sorted(INGRESS_POD_PORTS)))})"))
 
 
 def _check_port_string(text: str) -> str | None:

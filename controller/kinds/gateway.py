@@ -12,6 +12,7 @@ from controller.kinds.common import (
     Port,
     Regex,
     Strings,
+    check_ingress_port,
     header_ops_checks,
     header_value_reason,
     parse_duration,
@@ -338,6 +339,7 @@ def _check_ingress_listener(listener: dict[str, Any], path: str, errs: Errors) -
     by SNI (TLSRoute); TCP (TCPRoute). What is not built (TLS termination on a TLS listener, UDP)
     is refused rather than accepted and ignored."""
     proto, tls = listener["protocol"], listener.get("tls")
+    check_ingress_port(listener["port"], join(path, "port"), errs)
     if proto not in INGRESS_PROTOCOLS:
         errs.append((join(path, "protocol"), f'"{proto}" is not supported by Ambit\'s ingress gateway; '
                                              f'use one of {", ".join(INGRESS_PROTOCOLS)}'))

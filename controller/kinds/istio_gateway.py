@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.kinds.common import Labels, Port
+from controller.kinds.common import Labels, Port, check_ingress_port
 from controller.kinds.schema import Arr, Bool, Errors, Obj, Str, join
 
 SERVER_PROTOCOLS = ("HTTP", "HTTPS", "TLS", "TCP")
@@ -63,6 +63,7 @@ def _check_host(value: str) -> str | None:
 
 def _check_server(value: dict[str, Any], path: str, errs: Errors) -> None:
     proto, tls = value["port"]["protocol"], value.get("tls") or {}
+    check_ingress_port(value["port"]["number"], join(join(path, "port"), "number"), errs)
     pp = join(join(path, "port"), "protocol")
     if proto not in SERVER_PROTOCOLS:
         errs.append((pp, f'"{proto}" {_NOT_BUILT} yet; use one of {", ".join(SERVER_PROTOCOLS)}'))

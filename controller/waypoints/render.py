@@ -34,6 +34,7 @@ from typing import Any
 from ambit.configclient.tls import controller_identity
 from ambit.dataplane.cpus import MAX_AUTO_WORKERS, memory_request_mib
 from ambit.dataplane.hbone.limits import MAX_PENDING_HANDSHAKES, MAX_PENDING_HANDSHAKES_PER_SOURCE
+from ambit.dataplane.ports import PORT_ADMIN, PORT_METRICS, PORT_READY
 from controller.ca.publish import ROOT_CONFIGMAP, ROOT_KEY
 from controller.translate.ingress import is_ingress
 from controller.waypoints.gateways import GATEWAY_NAME_LABEL, HBONE_PORT
@@ -43,9 +44,10 @@ Obj = dict[str, Any]
 MANAGED_BY_LABEL = "ambit.io/managed-by"
 MANAGED_BY = "waypoint-controller"
 OPT_OUT = {"ambit.io/dataplane-mode": "none", "istio.io/dataplane-mode": "none"}
-READY_PORT = 15021            # Istio's status port: /healthz/ready, nothing else (--status-address)
-ADMIN_PORT = 15000            # the admin endpoint, on the pod's loopback only
-METRICS_PORT = 15020
+# The pod's own endpoints; a Gateway listener on one of them is refused (ambit.dataplane.ports.INGRESS_POD_PORTS).
+READY_PORT = PORT_READY       # Istio's status port: /healthz/ready, nothing else (--status-address)
+ADMIN_PORT = PORT_ADMIN       # the admin endpoint, on the pod's loopback only
+METRICS_PORT = PORT_METRICS
 TOKEN_DIR = "/var/run/secrets/ambit"
 ROOT_CERT_DIR = "/var/run/ambit-root"      # the ambit-root-cert ConfigMap (controller/ca/publish.py)
 RUN_DIR = "/var/run/ambit"                 # an emptyDir: the worker supervisor's sockets (root FS is read-only)

@@ -37,7 +37,7 @@ def istio_objects(secrets: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
              "metadata": {"name": GATEWAY, "namespace": NS, "annotations": {"lab.ambit.io/node": "node1"}},
              "spec": {"gatewayClassName": "ambit", "infrastructure": {"labels": {"istio": "ingressgateway"}},
-                      "listeners": [{"name": "status", "port": 15021, "protocol": "HTTP"}]}},
+                      "listeners": [{"name": "http-alt", "port": 8080, "protocol": "HTTP"}]}},
             {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
              "metadata": {"name": "bookinfo-gateway", "namespace": NS},
              "spec": {"selector": {"istio": "ingressgateway"}, "servers": [
