@@ -22,7 +22,8 @@ What runs:
   and waypoints mount and pin. Replicas elect a leader with the Lease ambit-controller. It also deploys waypoints: per waypoint Gateway a Deployment, Service and
   ServiceAccount it owns (controller.waypoints.render), and writes their status.
 - `ambit-node` (DaemonSet, one pod per node): the agent and ztunnel, sharing the zds socket in an
-  emptyDir; ztunnel's Istio-named metrics on 15020, the agent's on 15014. hostPID gives the agent every pod's /proc/<pid>/ns/net; the host's cgroup v2 tree,
+  emptyDir; ztunnel's Istio-named metrics on 15020, the agent's on 15014 (with its readiness,
+  /healthz/ready). hostPID gives the agent every pod's /proc/<pid>/ns/net; the host's cgroup v2 tree,
   bpffs, /var/run/netns and (for bcc) the host's kernel headers are mounted in.
 """
 
