@@ -5,8 +5,8 @@ metrics are still served on the same port."""
 
 from __future__ import annotations
 
-import http.client
 import json
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +25,11 @@ from tests.unit.waypoint.harness import free_port
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+    """(status, body) of a GET with curl, an HTTP client of its own as the kubelet's probe is."""
+    out = subprocess.run(["curl", "-s", "--max-time", "5", "-w", "\n%{http_code}", f"http://127.0.0.1:{port}{path}"],
+                         capture_output=True, check=True).stdout
+    body, _, code = out.rpartition(b"\n")
+    return int(code), body
 
 
 class LostLink(FakeLink):
