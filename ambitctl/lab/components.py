@@ -248,8 +248,8 @@ def agent_ready(base: Path, node: str, pid: int | None) -> bool:
     first reconcile done: eBPF loaded, pods handed to ztunnel)? The writer-stamp check
     (ambit/readymark.py), naming the process: a file left by an agent that died, or written by the
     other agent of a surge roll, is not this one's readiness. The same moment as the manifest's
-    probe, /healthz/ready (agent/health.py), which the lab's agents do not serve: they share the
-    node netns, two of them during a surge roll, and are started without --metrics-port."""
+    probe, /healthz/ready (agent/health.py), which the lab's agents serve only when given
+    --metrics-port (AGENT_ARGS_ENV): a surge roll runs two agents of a node in its netns."""
     from ambit import readymark
     return pid is not None and readymark.file_problem(agent_status_file(base, node), pid) is None
 
