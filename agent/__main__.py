@@ -88,6 +88,9 @@ class Agent:
         self.metrics = metrics or AgentMetrics()
         self.writer = readymark.writer()        # this process, stamped in the status file (readiness)
         self.status_inode = 0                   # the status file as this process last wrote it
+        # Set by the first status written (the end of the first reconcile): readiness, as the
+        # status file's writer stamp says it and /healthz/ready answers it (agent/health.py).
+        self.reported = False
 
     # -- capture ----------------------------------------------------------------------------
     def _capture(self, ref: PodRef) -> Any:
@@ -440,8 +443,15 @@ class Agent:
         self.write_status()
 
     def write_status(self) -> None:
-        if self.status_file is None:
-            return
+        """Write the status file (when there is one), and from then on report ready: every caller
+        runs after the first reconcile, so the first write is its end, for the file's writer stamp
+        (ambit/readymark.py) and /healthz/ready (agent/health.py) alike."""
+        if self.status_file is not None:
+            self._write_status_file()
+        self.reported = True
+
+    def _write_status_file(self) -> None:
+        assert self.status_file is not None
         pods: dict[str, Any] = {}
         for uid, ref in self.refs.items():
             failing = self.handoff.status(uid, self.clock())
@@ -689,11 +699,12 @@ def main(argv: list[str] | None = None) -> None:
         from agent.podsource import KubePodSource
         source = KubePodSource(args.node)
     metrics = AgentMetrics()
-    if args.metrics_port:
-        metrics.serve(args.metrics_port)
     agent = Agent(args.node, source, engine, ZtunnelLink(args.zds_socket), args.node_ip,
                   args.status_file, args.drain, repair=args.repair_settings(),
                   repairer=make_repairer(args), metrics=metrics)
+    if args.metrics_port:   # the metrics and /healthz/ready, the kubelet's probe (agent/health.py)
+        from agent import health
+        health.serve(metrics, health.readiness(lambda: agent.reported, stop), args.metrics_port)
     if args.cni_socket is not None:
         from agent.cni.server import CniServer
         CniServer(args.cni_socket, agent).start(stop)

@@ -1,4 +1,5 @@
-"""The node agent's Prometheus metrics (`--metrics-port`), in a registry of their own.
+"""The node agent's Prometheus metrics, in a registry of their own (served on `--metrics-port` with
+the readiness path: agent/health.py).
 
 Why these two: an enrolled pod that runs uncaptured is a STRICT gap (plaintext from outside the mesh
 reaches it), so how many there are is worth an alert whatever `--repair-pods` says, and what the
@@ -27,7 +28,3 @@ class AgentMetrics:
             for result in ("success", "skipped", "failed", "limited"):
                 if not (action == "unlabel" and result == "limited"):
                     self.repairs.labels(action, result)
-
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from outside the pod
-        from prometheus_client import start_http_server
-        start_http_server(port, addr, registry=self.registry)

@@ -11,11 +11,12 @@ another boot id. Nothing is ever deleted, so a second process sharing the path (
 roll, where both generations of a node's agent write the same file) is never made to see
 "nothing" by the other's start.
 
-`python3 -m ambit.readymark FILE [--pid PID]` is the exec readiness probe (exit 0 ready, 1 not,
-with the reason on stdout, which the kubelet records in the pod's events). The kubelet cannot name
-the process it probes, so without --pid any live writer will do: the file is in the pod's own
-emptyDir, so a live writer is this pod's process. The lab, which shares one path between the two
-generations of a surge roll, names the process it asks about (--pid).
+`python3 -m ambit.readymark FILE [--pid PID]` checks it from outside (exit 0 ready, 1 not, with
+the reason on stdout). Without --pid any live writer will do (a file in a pod's own emptyDir: a
+live writer is that pod's process). The lab, which shares one path between the two generations of
+a surge roll, names the process it asks about (--pid). The cluster's node pod no longer execs it
+as its readiness probe (a Python started every period on every node): the agent answers the same
+condition over HTTP from its memory (agent/health.py).
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ What runs:
   and waypoints mount and pin. Replicas elect a leader with the Lease ambit-controller. It also deploys waypoints: per waypoint Gateway a Deployment, Service and
   ServiceAccount it owns (controller.waypoints.render), and writes their status.
 - `ambit-node` (DaemonSet, one pod per node): the agent and ztunnel, sharing the zds socket in an
-  emptyDir; ztunnel's Istio-named metrics on 15020, the agent's on 15014. hostPID gives the agent every pod's /proc/<pid>/ns/net; the host's cgroup v2 tree,
+  emptyDir; ztunnel's Istio-named metrics on 15020, the agent's on 15014 (with its readiness,
+  /healthz/ready). hostPID gives the agent every pod's /proc/<pid>/ns/net; the host's cgroup v2 tree,
   bpffs, /var/run/netns and (for bcc) the host's kernel headers are mounted in.
 """
 
@@ -48,6 +49,7 @@ GRPC_PORT = 15012                  # config stream + CA
 METRICS_PORT = 15014
 ZTUNNEL_METRICS_PORT = 15020
 AGENT_METRICS_PORT = 15014          # as Istio's CNI node agent: uncaptured pods and their repairs
+AGENT_READY_PATH = "/healthz/ready"  # on AGENT_METRICS_PORT (agent/health.py)
 CA_AUDIENCE = "ambit-ca"           # the audience of the token ztunnel presents to the CA
 RUN_DIR = "/var/run/ambit"         # the emptyDir agent and ztunnel share
 CNI_RUN_DIR = "/var/run/ambit-cni"  # host directory of the agent's socket for the CNI plugin
@@ -297,12 +299,12 @@ def node_daemonset(o: argparse.Namespace) -> Obj:
         "env": env + _env(AMBIT_ZTUNNEL_POD_UID="metadata.uid"),
         "ports": [{"name": "agent-metrics", "containerPort": AGENT_METRICS_PORT}],
         "securityContext": {"privileged": True},     # BPF, cgroup attach, setns, bidirectional mounts
-        # Ready once this very process wrote its status (its first reconcile: eBPF loaded, pods
-        # handed to ztunnel). The file outlives a container restart in the pod's emptyDir, so its
-        # writer stamp is checked, not its presence (ambit/readymark.py). Python starts in the
-        # probe: a timeout above the default second.
-        "readinessProbe": {"exec": {"command": ["python3", "-m", "ambit.readymark", f"{RUN_DIR}/agent-status.json"]},
-                           "periodSeconds": 5, "timeoutSeconds": 5},
+        # Ready once this very process has done its first reconcile (eBPF loaded, pods handed to
+        # ztunnel), and no longer once it stops: answered from its memory on its metrics port
+        # (agent/health.py), as Istio's CNI agent answers /readyz. An exec probe would start a
+        # Python on every node every period (ambit/readymark.py still checks the status file).
+        "readinessProbe": {"httpGet": {"path": AGENT_READY_PATH, "port": AGENT_METRICS_PORT},
+                           "periodSeconds": 5},
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "volumeMounts": [
             run,

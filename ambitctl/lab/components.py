@@ -245,9 +245,11 @@ def controller_ready(base: Path) -> bool:
 
 def agent_ready(base: Path, node: str, pid: int | None) -> bool:
     """Is the node's agent process `pid` ready: has it, itself, written the node's status file (its
-    first reconcile done: eBPF loaded, pods handed to ztunnel)? The check of the manifest's exec
-    probe (ambit/readymark.py), naming the process: a file left by an agent that died, or written
-    by the other agent of a surge roll, is not this one's readiness."""
+    first reconcile done: eBPF loaded, pods handed to ztunnel)? The writer-stamp check
+    (ambit/readymark.py), naming the process: a file left by an agent that died, or written by the
+    other agent of a surge roll, is not this one's readiness. The same moment as the manifest's
+    probe, /healthz/ready (agent/health.py), which the lab's agents serve only when given
+    --metrics-port (AGENT_ARGS_ENV): a surge roll runs two agents of a node in its netns."""
     from ambit import readymark
     return pid is not None and readymark.file_problem(agent_status_file(base, node), pid) is None
 

@@ -15,14 +15,19 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ambit import readymark
 from ambit.netns import preexec_enter, socket_in
 from ambitctl.lab import components
+from ambitctl.lab.components import AGENT_ARGS_ENV
 from ambitctl.lab.runtime import Pod, Runtime
-from tests.lab.labctl import Lab
+from ambitctl.lab.topology import LabNames
+from tests.lab.conftest import MESH_SPEC
+from tests.lab.labctl import Lab, running_lab
 
 pytestmark = pytest.mark.lab
 
@@ -95,23 +100,42 @@ def test_an_agent_restart_keeps_a_pod_captured_at_sandbox_creation_before_it_run
     lab.wait_for(lambda: not pins.exists(), 30, 0.2, "the removed pod unenrolled")
 
 
-def agent_probe(status: Path) -> list[str]:
-    """The agent container's readiness probe as deploy/ambit.yaml renders it, on the lab's file."""
+def agent_probe() -> tuple[int, str]:
+    """(port, path) of the agent container's readiness probe as deploy/ambit.yaml renders it."""
     from ambitctl.commands import install
     ds = next(d for d in install.objects(install.parse([])) if d["kind"] == "DaemonSet")
     agent = next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "agent")
-    cmd = agent["readinessProbe"]["exec"]["command"]
-    return [sys.executable if a == "python3" else a for a in cmd[:-1]] + [str(status)]
+    get = agent["readinessProbe"]["httpGet"]
+    return int(get["port"]), get["path"]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """The mesh lab, its agents serving the manifest's probe port (the lab's do not by default: a
+    surge roll runs two agents of a node in its netns), so the kubelet's probe can be asked here."""
+    port, _ = agent_probe()
+    with running_lab(tmp_path_factory.mktemp("af"), "af", MESH_SPEC, "agent-faults-lab",
+                     env={AGENT_ARGS_ENV: f"--metrics-port {port}"}) as lab:
+        yield lab
+
+
+def probe(lab: Lab, node: str) -> tuple[int, str]:
+    """The kubelet's httpGet probe of the node's agent, from the node pod's netns: (status, body);
+    status 0 when nothing answers (connection refused)."""
+    port, path = agent_probe()
+    r = subprocess.run(["ip", "netns", "exec", LabNames(lab.name).node_netns(node), "curl", "-s", "-m", "3",
+                        "-w", "\n%{http_code}", f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True)
+    body, _, code = r.stdout.rpartition("\n")
+    return int(code or 0), body
 
 
 def test_a_restarted_agent_is_not_ready_until_it_has_handed_its_pods_to_ztunnel(lab: Lab) -> None:
     """After a container restart the previous run's status file is still in the pod's volume. The
-    probe must not pass on it: the new agent is ready only once it has done its own first
-    reconcile (eBPF loaded, the node's pods handed to ztunnel). ztunnel is stopped (SIGSTOP)
-    so the new agent cannot get that far."""
+    probe must not pass: the new agent is ready only once it has done its own first reconcile (eBPF
+    loaded, the node's pods handed to ztunnel). ztunnel is stopped (SIGSTOP) so the new agent cannot
+    get that far; the lab's own check (the status file's writer stamp) says the same."""
     status = components.agent_status_file(lab.dir, "node1")
-    probe = agent_probe(status)
-    assert subprocess.run(probe, capture_output=True).returncode == 0, "the running agent should be ready"
+    assert probe(lab, "node1")[0] == 200, "the running agent should be ready"
     zt = lab.proc_pid("ztunnel/node1")
     old = lab.proc_pid("agent/node1")
     assert zt and old
@@ -120,17 +144,18 @@ def test_a_restarted_agent_is_not_ready_until_it_has_handed_its_pods_to_ztunnel(
     try:
         os.kill(old, signal.SIGKILL)
         lab.wait_for(lambda: (lab.proc_pid("agent/node1") or old) != old, 30, 0.2, "the agent restarted")
-        # Past its start (eBPF loaded, adopted the pinned pods), now waiting for ztunnel.
+        # Past its start (eBPF loaded, adopted the pinned pods, serving), now waiting for ztunnel.
         lab.wait_for(lambda: lab.log("agent", "node1").count("eBPF programs ready") > started, 60, 0.5,
                      "the new agent's start")
-        r = subprocess.run(probe, capture_output=True, text=True)
-        assert r.returncode != 0, "the probe passed on the status file the killed agent left"
-        assert "previous run" in r.stdout, r.stdout
+        lab.wait_for(lambda: probe(lab, "node1")[0] != 0, 30, 0.2, "the new agent's probe port answering")
+        status_code, body = probe(lab, "node1")
+        assert status_code == 503, f"the probe passed on an agent that has not handed its pods to ztunnel: {body}"
+        assert "first reconcile" in json.loads(body)["reason"]
+        assert "previous run" in (readymark.file_problem(status) or ""), "the killed agent's file is there"
         assert "agent/node1" in components.not_ready(lab_state(lab), lab.dir)
     finally:
         os.killpg(zt, signal.SIGCONT)
-    lab.wait_for(lambda: subprocess.run(probe, capture_output=True).returncode == 0, 60, 0.2,
-                 "the new agent ready once ztunnel answers")
+    lab.wait_for(lambda: probe(lab, "node1")[0] == 200, 60, 0.2, "the new agent ready once ztunnel answers")
     assert "agent/node1" not in components.not_ready(lab_state(lab), lab.dir)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.metrics import AgentMetrics
 from agent.podsource import RESOURCES
 from ambitctl.commands import install
 from controller.sources.kube import STATUS_GROUP_SUFFIXES, default_types
@@ -340,37 +341,26 @@ def test_agent_arguments_are_its_own_and_complete_with_the_entrypoints_cgroup() 
     shared = {m["mountPath"] for m in c["volumeMounts"] if m["name"] == "run"}
     assert shared == {m["mountPath"] for m in z["volumeMounts"] if m["name"] == "run"}
     assert any(sock.startswith(p + "/") for p in shared)
-    assert c["readinessProbe"]["exec"]["command"][-1] == flag(args, "--status-file")
-    assert c["readinessProbe"]["timeoutSeconds"] >= 2, "the probe starts a Python: the default 1s is too short"
     assert flag(args, "--pin-base").startswith("/sys/fs/bpf/")
 
 
-AGENT_WRITES_ITS_STATUS = """
-import sys
-from pathlib import Path
-from agent.__main__ import Agent
-Agent("node1", source=None, engine=None, link=None, node_ip="10.0.0.1", status_file=Path(sys.argv[1])).write_status()
-"""
-
-
-def test_agent_probe_is_not_ready_on_the_status_file_a_previous_run_left(tmp_path: Path) -> None:
-    """A container restart keeps the pod's emptyDir, so the old run's status file is still there when
-    the new agent starts: the probe must not pass on it (it did with `test -s`), only once the running
-    agent has written its own status."""
+def test_agent_probe_asks_the_port_and_path_the_agent_serves() -> None:
+    """The readiness probe is an httpGet the agent answers from memory (agent/health.py), not an exec
+    that starts a Python on every node every period; its port must be one the agent's own arguments
+    make it serve (`--metrics-port` is off by default), and its path the agent's readiness, not the
+    metrics (which are 200 from the first second)."""
     c = container(render(), "DaemonSet", "ambit-node", "agent")
-    status = tmp_path / "agent-status.json"
-    probe = [sys.executable if a == "python3" else a for a in c["readinessProbe"]["exec"]["command"][:-1]]
-    probe.append(str(status))
-
-    def ready() -> bool:
-        return subprocess.run(probe, capture_output=True, text=True, cwd=REPO).returncode == 0
-    assert not ready(), "ready before any agent wrote a status"
-    subprocess.run([sys.executable, "-c", AGENT_WRITES_ITS_STATUS, str(status)], cwd=REPO, check=True)
-    assert status.stat().st_size > 0
-    assert not ready(), "ready on the status file of an agent that is gone (a restarted container's first seconds)"
-    from agent.__main__ import Agent
-    Agent("node1", source=None, engine=None, link=None, node_ip="10.0.0.1", status_file=status).write_status()
-    assert ready(), "not ready on the status the running agent wrote"
+    probe = c["readinessProbe"]
+    assert set(probe) & {"exec", "httpGet", "tcpSocket", "grpc"} == {"httpGet"}
+    from agent import health
+    from agent.settings import load as agent_settings
+    s = agent_settings([*expand(c["args"], c), "--ztunnel-cgroup", "/sys/fs/cgroup/kubepods.slice/pod"], {})
+    assert s.metrics_port and probe["httpGet"]["port"] == s.metrics_port, "the probe asks a port the agent does not serve"
+    assert {"name": "agent-metrics", "containerPort": s.metrics_port} in c["ports"]
+    assert probe["httpGet"]["path"] == health.READY_PATH
+    status = health.AgentEndpoint(AgentMetrics(), lambda: "not yet").handle("GET", probe["httpGet"]["path"]).status
+    assert status == 503, "the probe's path is not the agent's readiness"
+    assert not c.get("livenessProbe"), "no liveness probe (docs/operations.md, readiness)"
 
 
 def test_node_pod_has_the_host_access_capture_needs() -> None:
