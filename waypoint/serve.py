@@ -16,7 +16,7 @@ from ambit.configclient.credential import node_metadata, read_token
 from ambit.configclient.report import StatusReporter
 from ambit.dataplane import memory, process
 from ambit.dataplane.feed import TapFeed, exposition
-from ambit.dataplane.hbone.limits import DEFENSES, REFUSED
+from ambit.dataplane.hbone.limits import CERTIFICATE_WAITS, DEFENSES, REFUSED
 from ambit.dataplane.identity import CertStore, GrpcCertificateFetcher, IdentityManager
 from ambit.dataplane.telemetry.health import HealthCollector
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
@@ -38,10 +38,13 @@ def health_collector(client: ConfigClient | None = None,
     """The waypoint's `ambit_*` families: config, certificates, the protections it applied
     (`ambit_connections_refused_total{limit}`, `ambit_protocol_defenses_total{defense}`, counted
     in ambit.dataplane.hbone.limits where each fires) and, on an ingress gateway, its listener
-    binds (`ambit_listener_bind_failures_total{port}`, `ambit_listeners_unbound`), read at scrape time."""
+    binds (`ambit_listener_bind_failures_total{port}`, `ambit_listeners_unbound`), else the HBONE
+    handshakes that waited for its certificate (`ambit_handshake_certificate_waits_total{outcome}`),
+    read at scrape time."""
     binds = proxy.ingress.binds if proxy is not None and proxy.ingress is not None else None
+    waits = (lambda: dict(CERTIFICATE_WAITS)) if binds is None else None
     return HealthCollector(config=client, certs=identities, refused=lambda: dict(REFUSED),
-                           defenses=lambda: dict(DEFENSES), binds=binds)
+                           defenses=lambda: dict(DEFENSES), binds=binds, certificate_waits=waits)
 
 
 async def amain(args: WaypointSettings) -> None:

@@ -39,7 +39,7 @@ from ambit.dataplane.hbone import (
     HBONEStream,
     PoolKey,
 )
-from ambit.dataplane.hbone.limits import DEFENSES, REFUSED, ConnLimiter, PendingHandshakes
+from ambit.dataplane.hbone.limits import CERTIFICATE_WAITS, DEFENSES, REFUSED, ConnLimiter, PendingHandshakes
 from ambit.dataplane.identity import CertificateUnavailable, IdentityManager
 from ambit.dataplane.identity.wait import IdentityGate
 from ambit.dataplane.origdst import original_dst
@@ -529,7 +529,8 @@ class Proxy:
                              **{k: REFUSED[k] for k in ("preface_timeout", "pending_handshakes",
                                                         "pending_handshakes_per_source")}},
             pool=lambda: sum(self.pool.connections().values()) if self.pool is not None else 0,
-            defenses=lambda: dict(DEFENSES), backoffs=lambda: dict(BACKOFFS))
+            defenses=lambda: dict(DEFENSES), backoffs=lambda: dict(BACKOFFS),
+            certificate_waits=lambda: dict(CERTIFICATE_WAITS))
 
     def connections(self) -> dict[str, Any]:
         """For the admin endpoint: pooled HBONE connections and their open tunnels."""

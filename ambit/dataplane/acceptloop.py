@@ -47,7 +47,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ambit.accept import ACCEPT_RETRY_DELAY, BACKOFFS, out_of_resources, peer_key
-from ambit.dataplane.hbone.limits import PendingHandshakes, refused_at_bound
+from ambit.dataplane.hbone.limits import CERTIFICATE_WAITS, PendingHandshakes, refused_at_bound
 
 log = logging.getLogger("ambit.dataplane.accept")
 
@@ -254,6 +254,7 @@ class Handshakes:
             log.warning("%s: waiting for the server certificate failed: %s", self.where, e)
             came = False
         waited = loop.time() - began
+        CERTIFICATE_WAITS["came" if came else "none"] += 1
         log.debug("%s: a handshake waited %.1fs for the server certificate: %s", self.where, waited,
                   "proceeding" if came else "still none")
         return max(timeout - waited, timeout - wait_bound(timeout))

@@ -60,6 +60,12 @@ DEFENSES: dict[str, int] = dict.fromkeys(("reset_budget", "header_flood", "unrea
 # - `pending_handshakes_per_source`: its source IP had `per_source` under way: the new one was closed.
 REFUSED: dict[str, int] = dict.fromkeys(("max_connections", "preface_timeout", "per_identity", "pending_handshakes",
                                          "pending_handshakes_per_source"), 0)
+# Inbound handshakes that arrived before their server certificate and waited for it
+# (ambit/dataplane/acceptloop.py, `Handshakes`): `ambit_handshake_certificate_waits_total{outcome}`.
+# - `came`: the certificate came within the bound and the handshake went on;
+# - `none`: still none at the bound: the servername callback refused the handshake, as it did
+#   without a wait. A rising `none` is a CA that does not sign for this node's pods.
+CERTIFICATE_WAITS: dict[str, int] = dict.fromkeys(("came", "none"), 0)
 
 
 def refused_at_bound(n: int, where: str, limit: int, action: str, bound: str = "max_connections") -> None:

@@ -126,11 +126,13 @@ class HealthCollector(Collector):
                  defenses: Callable[[], Mapping[str, int]] | None = None,
                  backoffs: Callable[[], Mapping[str, int]] | None = None,
                  binds: BindSource | None = None,
+                 certificate_waits: Callable[[], Mapping[str, int]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.config, self.certs, self.connections = config, certs, connections
         self.refused, self.pool, self.defenses, self.clock = refused, pool, defenses, clock
         self.backoffs = backoffs
         self.binds = binds
+        self.certificate_waits = certificate_waits
 
     def collect(self) -> Iterator[Metric]:
         yield from config_families(self.config)
@@ -159,6 +161,13 @@ class HealthCollector(Collector):
             yield d
         if self.backoffs is not None:
             yield backoff_family(self.backoffs())
+        if self.certificate_waits is not None:
+            w = CounterMetricFamily("ambit_handshake_certificate_waits",
+                                    "Inbound handshakes that waited for their server certificate, by outcome: "
+                                    "came, or none (then refused)", labels=["outcome"])
+            for outcome, n in sorted(self.certificate_waits().items()):
+                w.add_metric([outcome], float(n))
+            yield w
         if self.binds is not None:
             b = CounterMetricFamily("ambit_listener_bind_failures",
                                     "Failed binds of an ingress gateway's listener port (each retry counts)",

@@ -16,7 +16,7 @@ from ambit.backoff import Backoff
 from ambit.dataplane import tls
 from ambit.dataplane.acceptloop import wait_bound
 from ambit.dataplane.hbone import HBONEClientPool, HBONEServer
-from ambit.dataplane.hbone.limits import PendingHandshakes
+from ambit.dataplane.hbone.limits import CERTIFICATE_WAITS, PendingHandshakes
 from ambit.dataplane.identity import CertificateUnavailable, FetchResult, IdentityManager
 from ambit.dataplane.identity.wait import IdentityGate
 from tests.unit.conftest import LocalCAFetcher, issue
@@ -125,6 +125,8 @@ class Server:
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_a_tunnel_to_a_listener_without_its_certificate_yet_succeeds_once_the_ca_answers(ca, loop_kind) -> None:
+    came = CERTIFICATE_WAITS["came"]
+
     async def main() -> None:
         async with Server(ca) as s:
             pool = s.pool()
@@ -143,9 +145,12 @@ def test_a_tunnel_to_a_listener_without_its_certificate_yet_succeeds_once_the_ca
                 await pool.close()
 
     run(loop_kind, main)
+    assert CERTIFICATE_WAITS["came"] == came + 1     # ambit_handshake_certificate_waits_total{outcome="came"}
 
 
 def test_a_certificate_that_does_not_come_within_the_bound_refuses_the_handshake_as_before(ca, caplog) -> None:
+    none = CERTIFICATE_WAITS["none"]
+
     async def main() -> None:
         async with Server(ca, handshake_timeout=1.0) as s:
             with pytest.raises((ssl.SSLError, ConnectionError)):
@@ -156,6 +161,7 @@ def test_a_certificate_that_does_not_come_within_the_bound_refuses_the_handshake
         asyncio.run(main())
     assert "for the server certificate: still none" in caplog.text      # it waited first...
     assert "refusing a TLS handshake: no server certificate" in caplog.text     # ...then as before
+    assert CERTIFICATE_WAITS["none"] == none + 1     # ambit_handshake_certificate_waits_total{outcome="none"}
 
 
 def test_handshakes_waiting_for_a_certificate_count_toward_the_pending_bound(ca) -> None:

@@ -103,3 +103,16 @@ def test_every_pods_hbone_listener_shares_the_process_pending_handshake_bound() 
     assert (proxy.pending_handshakes.limit, proxy.pending_handshakes.per_source) == (7, 3)
     with pytest.raises(ValueError, match="max_pending_handshakes"):
         ProxyLimits(max_pending_handshakes=-1)
+
+
+def test_handshakes_that_waited_for_a_certificate_are_in_ztunnels_exposition() -> None:
+    """Inbound handshakes that waited for their server certificate (ambit/dataplane/acceptloop.py)
+    are counted by outcome; a rising `none` is a CA that does not sign for this node's pods."""
+    name = "ambit_handshake_certificate_waits_total"
+    before = scraped(name, outcome="none")
+    limits.CERTIFICATE_WAITS["none"] += 1
+    try:
+        assert scraped(name, outcome="none") == before + 1
+        assert scraped(name, outcome="came") >= 0
+    finally:
+        limits.CERTIFICATE_WAITS["none"] -= 1
