@@ -98,6 +98,15 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
+def _by_label(family: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, doc: str, label: str,
+              values: Mapping[Any, int]) -> Metric:
+    """One family with a sample per key of `values` (a counter dict read at scrape time), in order."""
+    f = family(name, doc, labels=[label])
+    for key, n in sorted(values.items()):
+        f.add_metric([str(key)], float(n))
+    return f
+
+
 class BindSource(Protocol):
     """An ingress gateway's listener binds (waypoint.ingress_binds.BindState)."""
 
@@ -139,54 +148,35 @@ class HealthCollector(Collector):
         if self.certs is not None:
             yield from cert_families(self.certs.expiries(), self.clock())
         if self.connections is not None:
-            g = GaugeMetricFamily("ambit_connections_open", "Connections open now", labels=["direction"])
-            for d, n in sorted(self.connections().items()):
-                g.add_metric([d], float(n))
-            yield g
+            yield _by_label(GaugeMetricFamily, "ambit_connections_open", "Connections open now", "direction",
+                            self.connections())
         if self.refused is not None:
-            c = CounterMetricFamily("ambit_connections_refused",
-                                    "Connections refused or closed by a connection limit or deadline",
-                                    labels=["limit"])
-            for what, n in sorted(self.refused().items()):
-                c.add_metric([what], float(n))
-            yield c
+            yield _by_label(CounterMetricFamily, "ambit_connections_refused",
+                            "Connections refused or closed by a connection limit or deadline", "limit", self.refused())
         if self.pool is not None:
             yield _gauge("ambit_hbone_pool_connections", "Pooled HBONE (mTLS) connections to other proxies",
                          float(self.pool()))
         if self.defenses is not None:
-            d = CounterMetricFamily("ambit_protocol_defenses",
-                                    "Protocol-level defences applied to a hostile or broken peer", labels=["defense"])
-            for what, n in sorted(self.defenses().items()):
-                d.add_metric([what], float(n))
-            yield d
+            yield _by_label(CounterMetricFamily, "ambit_protocol_defenses",
+                            "Protocol-level defences applied to a hostile or broken peer", "defense", self.defenses())
         if self.backoffs is not None:
             yield backoff_family(self.backoffs())
         if self.certificate_waits is not None:
-            w = CounterMetricFamily("ambit_handshake_certificate_waits",
-                                    "Inbound handshakes that waited for their server certificate, by outcome: "
-                                    "came, or none (then refused)", labels=["outcome"])
-            for outcome, n in sorted(self.certificate_waits().items()):
-                w.add_metric([outcome], float(n))
-            yield w
+            yield _by_label(CounterMetricFamily, "ambit_handshake_certificate_waits",
+                            "Inbound handshakes that waited for their server certificate, by outcome: came, or none "
+                            "(then refused)", "outcome", self.certificate_waits())
         if self.binds is not None:
-            b = CounterMetricFamily("ambit_listener_bind_failures",
-                                    "Failed binds of an ingress gateway's listener port (each retry counts)",
-                                    labels=["port"])
-            for port, n in sorted(self.binds.failures_total.items()):
-                b.add_metric([str(port)], float(n))
-            yield b
+            yield _by_label(CounterMetricFamily, "ambit_listener_bind_failures",
+                            "Failed binds of an ingress gateway's listener port (each retry counts)", "port",
+                            self.binds.failures_total)
             yield _gauge("ambit_listeners_unbound", "Ingress gateway ports its Gateway asks for that are not bound now",
                          float(self.binds.unbound()))
 
 
 def backoff_family(backoffs: Mapping[str, int]) -> Metric:
     """`ambit_accept_backoffs_total{listener}` (a supervisor's own families use it too)."""
-    c = CounterMetricFamily("ambit_accept_backoffs",
-                            "Times an accept loop paused for want of descriptors or kernel memory",
-                            labels=["listener"])
-    for what, n in sorted(backoffs.items()):
-        c.add_metric([what], float(n))
-    return c
+    return _by_label(CounterMetricFamily, "ambit_accept_backoffs",
+                     "Times an accept loop paused for want of descriptors or kernel memory", "listener", backoffs)
 
 
 def describe(collector: Any) -> list[str]:
