@@ -173,5 +173,7 @@ def test_label_marks_an_uncaptured_pod_and_unmarks_it_once_captured(label_lab: L
         u.heal()                                    # capture works again: the agent's next retry takes it
         lab.wait_for(lambda: agent_status(lab).get("state") == "captured", 60, 0.2, "the pod captured")
         lab.wait_for(lambda: label() is None, 30, 0.2, "the label removed")
+        # The Normal Event is recorded after the label's removal: wait for it rather than read once.
+        lab.wait_for(lambda: len(u.events()) >= 2, 10, 0.1, "the PodCaptured Event")
         assert [(e["reason"], e["type"]) for e in u.events()] == [("UncapturedPodLabelled", "Warning"),
                                                                    ("PodCaptured", "Normal")]
