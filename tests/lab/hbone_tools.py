@@ -292,13 +292,19 @@ def handshake_hoard(a: argparse.Namespace) -> None:
 # --- bystander and apps ----------------------------------------------------------------------------------
 
 def bystander(a: argparse.Namespace) -> None:
-    """GET `--url` every `--interval` s for `--duration` s (a fresh connection each); success and p99."""
+    """GET `--url` every `--interval` s (a fresh connection each); success and p99. It runs for
+    `--duration` s, or, with `--stop-file`, until that file exists and it has made `--min-requests`
+    requests (`--duration` then only bounds it): the attack it watches decides how long it runs."""
     host, _, port = a.target.rpartition(":")
     lat: list[float] = []
     fails = 0
     errors: collections.Counter[str] = collections.Counter()
     end = time.monotonic() + a.duration
-    while time.monotonic() < end:
+
+    def done() -> bool:
+        return (a.stop_file is not None and len(lat) + fails >= a.min_requests
+                and os.path.exists(a.stop_file))
+    while time.monotonic() < end and not done():
         t0 = time.monotonic()
         try:
             conn = http.client.HTTPConnection(host, int(port), timeout=2)
@@ -458,7 +464,8 @@ def main(argv: list[str] | None = None) -> None:
     add("handshake-hoard", handshake_hoard, ip, ("--n", {"type": int, "default": 200}),
         ("--wait", {"type": float, "default": 30}), ("--partial", {"action": "store_true"}))
     add("bystander", bystander, ("--target", {"required": True}), ("--duration", {"type": float, "default": 15}),
-        ("--interval", {"type": float, "default": 0.05}))
+        ("--interval", {"type": float, "default": 0.05}), ("--stop-file", {"default": None}),
+        ("--min-requests", {"type": int, "default": 200}))
     add("echo-server", echo_server, ("--port", {"type": int, "required": True}))
     add("slow-server", slow_server, ("--port", {"type": int, "required": True}))
     add("slow-senders", slow_senders, ("--target", {"required": True}), ("--n", {"type": int, "default": 5}),
