@@ -169,8 +169,9 @@ def bind_reports(args: ControllerSettings, hooks: list[Callable[[Snapshot, Trans
     condition back off the Pods it watches: reports reach whichever replica the ingress is
     connected to, and only the leader writes status. The writer's `observe` joins `hooks` (before
     the Gateway status hook, which reads it); a written condition comes back as a Pod change, a
-    new snapshot. In the lab (one controller, no Pods to write to) the reports held in memory are
-    read directly, and a report that changes them reruns the status writes at once."""
+    new snapshot. The reports of pods that are not watched (nowhere to write them) count from
+    memory, as in the lab (one controller, no Pods): read directly, and a report that changes
+    them reruns the status writes at once."""
     from controller.debug.reports import ReportStore
     from controller.waypoints.ingress_status import bind_failures
     ttl = max(60.0, 6 * REPORT_INTERVAL)
@@ -184,9 +185,14 @@ def bind_reports(args: ControllerSettings, hooks: list[Callable[[Snapshot, Trans
     from controller.waypoints.podcondition import PodConditionWriter
     writer = PodConditionWriter(make_api_client(args.kube_host, args.kubeconfig))
     hooks.append(writer.observe)
-    return (ReportStore(ttl=ttl, on_report=writer.offer), lambda ref: bind_failures(writer.of_gateway(ref)),
-            lambda stop, _controller: woken_thread("pod-conditions", stop, writer.wake, writer.flush,
-                                                   "writing ingress pods' ListenersBound conditions failed", 1.0))
+    rewrite = threading.Event()
+    reports = ReportStore(ttl=ttl, on_change=rewrite.set, on_report=writer.offer)
+
+    def start(stop: threading.Event, controller: Controller) -> None:
+        controller.run_reapplier(stop, rewrite)         # reports of pods that are not watched
+        woken_thread("pod-conditions", stop, writer.wake, writer.flush,
+                     "writing ingress pods' ListenersBound conditions failed", 1.0)
+    return reports, lambda ref: bind_failures(writer.unreported(reports.of_waypoint(ref), ref)), start
 
 
 def node_names(objects: Snapshot) -> list[str]:

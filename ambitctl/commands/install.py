@@ -80,8 +80,9 @@ def _md(name: str, namespace: str | None = None, **labels: str) -> Obj:
 
 def controller_rules() -> list[Obj]:
     """list/watch of every type the controller's KubeSource watches, status of the mesh kinds it
-    writes conditions to, pods/status (ingress pods' ListenersBound condition), TokenReviews for the CA's node credentials, and what it writes for
-    waypoint Gateways (their status; their Deployment, Service and ServiceAccount)."""
+    writes conditions to, pods/status (ingress pods' ListenersBound condition), TokenReviews for
+    the CA's node credentials, and what it writes for waypoint Gateways (their status; their
+    Deployment, Service and ServiceAccount)."""
     from controller.sources.kube import CRD_RBAC, STATUS_GROUP_SUFFIXES, default_types
     watched: dict[str, set[str]] = {}
     status: dict[str, set[str]] = {}

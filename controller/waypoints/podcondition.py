@@ -18,7 +18,10 @@ ingress pods that report to it, and the leader reads them all back off the watch
 Only a pod the controller watches, in the Gateway's namespace and labelled with its name, is
 written: the report's node identity is already authorised to that pod when node credentials are
 on (controller/configserver/auth.py), and without them (--insecure-config-stream) a report still
-cannot write any other pod. A report naming a pod that is not there is logged, once per pod.
+cannot write any other pod. A report naming a pod that is not there (an ingress outside the
+cluster, or one whose pods lack the label: only possible without node credentials) is logged,
+once per pod, and counts from the memory of the replica holding it (`unreported`): in the
+Gateway status only while that replica leads, as before pods carried it.
 """
 
 from __future__ import annotations
@@ -36,7 +39,14 @@ from kubernetes.client.exceptions import ApiException
 
 from ambit.configclient.node import NodeInfo
 from controller.translate.waypoints import GATEWAY_NAME_LABELS
-from controller.waypoints.bindcondition import condition_of, condition_on, failures, gateway_of_pod, same, with_times
+from controller.waypoints.bindcondition import (
+    condition_of,
+    condition_on,
+    failures,
+    gateway_of_pod,
+    same,
+    with_times,
+)
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -95,6 +105,17 @@ class PodConditionWriter:
         with self._lock:
             return list(self._by_gateway.get(ref, ()))
 
+    def watches(self, ref: str, pod: str) -> bool:
+        """Is `pod` a watched pod of Gateway `ref` (so its condition, not a report in memory, counts)?"""
+        with self._lock:
+            view = self._pods.get((ref.split("/", 1)[0], pod))
+        return view is not None and view.gateway == ref
+
+    def unreported(self, reports: Iterable[tuple[str, Obj]], ref: str) -> list[tuple[str, Obj]]:
+        """The pods' conditions of Gateway `ref`, and the reports held in memory (`reports`: pod,
+        state) of its pods that are not watched, whose failures have nowhere else to go."""
+        return self.of_gateway(ref) + [(pod, st) for pod, st in reports if not self.watches(ref, pod)]
+
     # -- what the reports say (the replica they reach) -------------------------------------------------
     def offer(self, node: NodeInfo, state: dict[str, Any]) -> None:
         """A report arrived (any proxy's): queue its pod's condition if the pod says otherwise."""
@@ -126,8 +147,9 @@ class PodConditionWriter:
                 if cond["status"] == "False" and key not in self._warned and len(self._warned) < MAX_WARNED:
                     self._warned.add(key)
                     log.warning("ingress pod %s/%s of Gateway %s reports listener ports it cannot bind (%s), but no "
-                                "pod %s/%s labelled gateway.networking.k8s.io/gateway-name=%s is watched: the "
-                                "Gateway status cannot show it", ns, name, gw, cond["message"], ns, name,
+                                "pod %s/%s labelled gateway.networking.k8s.io/gateway-name=%s is watched to write "
+                                "it onto: it stays in this replica's memory, and the Gateway status shows it only "
+                                "while this replica leads", ns, name, gw, cond["message"], ns, name,
                                 gw.split("/", 1)[1])
                 return
             if same(view.condition, cond):

@@ -226,7 +226,7 @@ KUBELET_READY = {"type": "Ready", "status": "True", "lastTransitionTime": "2026-
 def ingress_pod(emu: KubeEmulator, name: str = "gw-abc") -> None:
     """The ingress pod as the cluster has it: labelled with its Gateway's name, with the kubelet's conditions."""
     emu.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
-                    "name": name, "namespace": "web", "uid": f"uid-{name}",
+                    "name": name, "namespace": "web",
                     "labels": {"gateway.networking.k8s.io/gateway-name": "gw"}},
                 "spec": {"nodeName": "node-1", "serviceAccountName": "gw", "containers": [{"name": "istio-proxy"}]},
                 "status": {"phase": "Running", "podIP": "10.244.0.9", "conditions": [dict(KUBELET_READY)]}})
