@@ -207,7 +207,7 @@ class Controller:
     def run_jwks_refresher(self, stop: threading.Event, tick: float = 1.0) -> threading.Thread:
         # every tick, or at once for a new jwksUri
         return woken_thread("jwks", stop, self._jwks_wake, self.refresh_jwks, "JWKS refresh failed", tick,
-                             every_tick=True)
+                            every_tick=True)
 
     def _set_own(self, own: list[FieldError]) -> None:
         with self._lock:
@@ -310,7 +310,7 @@ class StatusServer(ConfigServer):
 
 
 def woken_thread(name: str, stop: threading.Event, wake: threading.Event, work: Callable[[], Any],
-                  failure: str, tick: float, every_tick: bool = False) -> threading.Thread:
+                 failure: str, tick: float, every_tick: bool = False) -> threading.Thread:
     """A daemon thread running `work` whenever `wake` is set (and, `every_tick`, every `tick`
     seconds) until `stop`; a failure is logged and the next wake runs it again."""
     def run() -> None:
