@@ -158,6 +158,43 @@ def ca_storage(args: ControllerSettings) -> Any:
     return DirectoryStorage(args.ca_dir)
 
 
+def bind_reports(args: ControllerSettings, hooks: list[Callable[[Snapshot, Translation], None]]) -> tuple[
+        Any, Callable[[str], Mapping[str, Mapping[int, str]]], Callable[[threading.Event, Controller], Any]]:
+    """The proxies' status reports (the debug API's Report), where an ingress pod's ports it cannot
+    bind come from for its Gateway's status (`unbound(gateway ref)`, ingress_status.bind_failures),
+    and the function that starts what keeps that current (given `stop` and the controller).
+
+    In a cluster the replica a report reaches writes it onto the reporting pod as the condition
+    ambit.io/ListenersBound (controller/waypoints/podcondition.py), and the leader reads the
+    condition back off the Pods it watches: reports reach whichever replica the ingress is
+    connected to, and only the leader writes status. The writer's `observe` joins `hooks` (before
+    the Gateway status hook, which reads it); a written condition comes back as a Pod change, a
+    new snapshot. The reports of pods that are not watched (nowhere to write them) count from
+    memory, as in the lab (one controller, no Pods): read directly, and a report that changes
+    them reruns the status writes at once."""
+    from controller.debug.reports import ReportStore
+    from controller.waypoints.ingress_status import bind_failures
+    ttl = max(60.0, 6 * REPORT_INTERVAL)
+    if args.lab_store or args.no_status:
+        rewrite = threading.Event()
+        reports = ReportStore(ttl=ttl, on_change=rewrite.set)
+        return (reports, lambda ref: bind_failures(reports.of_waypoint(ref)),
+                lambda stop, controller: controller.run_reapplier(stop, rewrite))
+    from controller.app import woken_thread
+    from controller.sources.kube import make_api_client
+    from controller.waypoints.podcondition import PodConditionWriter
+    writer = PodConditionWriter(make_api_client(args.kube_host, args.kubeconfig))
+    hooks.append(writer.observe)
+    rewrite = threading.Event()
+    reports = ReportStore(ttl=ttl, on_change=rewrite.set, on_report=writer.offer)
+
+    def start(stop: threading.Event, controller: Controller) -> None:
+        controller.run_reapplier(stop, rewrite)         # reports of pods that are not watched
+        woken_thread("pod-conditions", stop, writer.wake, writer.flush,
+                     "writing ingress pods' ListenersBound conditions failed", 1.0)
+    return reports, lambda ref: bind_failures(writer.unreported(reports.of_waypoint(ref), ref)), start
+
+
 def node_names(objects: Snapshot) -> list[str]:
     return [o["metadata"]["name"] for o in objects if o.get("kind") == "Node" and (o.get("metadata") or {}).get("name")]
 
@@ -213,19 +250,8 @@ async def amain(args: ControllerSettings) -> int:
                     ensure_node_tokens(tokens, node_names(objects), token_dir)
                 hooks.append(node_tokens)
     source = make_source(args, leader)
-    # The proxies' status reports (the debug API's Report): an ingress pod's ports it cannot bind
-    # go into its Gateway's status, rewritten (`reapply`) as soon as a report changes them.
-    # A follower does not write status, and its reports reach no one who does: it says so.
-    from controller.debug.reports import ReportStore, unheeded_binds
-    from controller.waypoints.ingress_status import bind_failures
-    rewrite = threading.Event()
-
-    def reports_changed() -> None:
-        rewrite.set()
-        if leader is not None and not leader() and (unheeded := unheeded_binds(reports)):
-            log.warning("%s", unheeded)
-    reports = ReportStore(ttl=max(60.0, 6 * REPORT_INTERVAL), on_change=reports_changed)
-    waypoints = waypoint_hook(args, leader, source, lambda ref: bind_failures(reports.of_waypoint(ref)))
+    reports, unbound, start_binds = bind_reports(args, hooks)
+    waypoints = waypoint_hook(args, leader, source, unbound)
     if waypoints is not None:
         hooks.append(waypoints)
 
@@ -336,7 +362,7 @@ async def amain(args: ControllerSettings) -> int:
         on_lead.extend([controller.reapply, *([resync] if resync else [])])
         elector_thread = elector.start(stop)
     source_thread = controller.run_source(stop)
-    controller.run_reapplier(stop, rewrite)
+    start_binds(stop, controller)
     controller.run_jwks_refresher(stop)
     from controller.dashboard.wiring import start as start_dashboard
     stop_dashboard = start_dashboard(args, controller)

@@ -206,8 +206,8 @@ class Controller:
 
     def run_jwks_refresher(self, stop: threading.Event, tick: float = 1.0) -> threading.Thread:
         # every tick, or at once for a new jwksUri
-        return _woken_thread("jwks", stop, self._jwks_wake, self.refresh_jwks, "JWKS refresh failed", tick,
-                             every_tick=True)
+        return woken_thread("jwks", stop, self._jwks_wake, self.refresh_jwks, "JWKS refresh failed", tick,
+                            every_tick=True)
 
     def _set_own(self, own: list[FieldError]) -> None:
         with self._lock:
@@ -279,7 +279,7 @@ class Controller:
         """`reapply` whenever `wake` is set: something other than a snapshot changed what a status
         write says (an ingress pod's report of a port it cannot bind: ReportStore.on_change). On a
         thread of its own: the report arrives on the gRPC loop, and the writes wait on the API."""
-        return _woken_thread("reapply", stop, wake, self.reapply, "re-running the post-snapshot duties failed", tick)
+        return woken_thread("reapply", stop, wake, self.reapply, "re-running the post-snapshot duties failed", tick)
 
     def run_source(self, stop: threading.Event) -> threading.Thread:
         """Run the source on a thread of its own (it blocks); returns the thread."""
@@ -309,8 +309,8 @@ class StatusServer(ConfigServer):
         return resp
 
 
-def _woken_thread(name: str, stop: threading.Event, wake: threading.Event, work: Callable[[], Any],
-                  failure: str, tick: float, every_tick: bool = False) -> threading.Thread:
+def woken_thread(name: str, stop: threading.Event, wake: threading.Event, work: Callable[[], Any],
+                 failure: str, tick: float, every_tick: bool = False) -> threading.Thread:
     """A daemon thread running `work` whenever `wake` is set (and, `every_tick`, every `tick`
     seconds) until `stop`; a failure is logged and the next wake runs it again."""
     def run() -> None:

@@ -80,8 +80,9 @@ def _md(name: str, namespace: str | None = None, **labels: str) -> Obj:
 
 def controller_rules() -> list[Obj]:
     """list/watch of every type the controller's KubeSource watches, status of the mesh kinds it
-    writes conditions to, TokenReviews for the CA's node credentials, and what it writes for
-    waypoint Gateways (their status; their Deployment, Service and ServiceAccount)."""
+    writes conditions to, pods/status (ingress pods' ListenersBound condition), TokenReviews for
+    the CA's node credentials, and what it writes for waypoint Gateways (their status; their
+    Deployment, Service and ServiceAccount)."""
     from controller.sources.kube import CRD_RBAC, STATUS_GROUP_SUFFIXES, default_types
     watched: dict[str, set[str]] = {}
     status: dict[str, set[str]] = {}
@@ -93,6 +94,10 @@ def controller_rules() -> list[Obj]:
              for g, r in sorted(watched.items())]
     # status is only ever merge-patched (controller/sources/kube.py _write_status)
     rules += [{"apiGroups": [g], "resources": sorted(r), "verbs": ["patch"]} for g, r in sorted(status.items())]
+    # an ingress pod's listener binds, as a condition on the pod's status (controller/waypoints/podcondition.py):
+    # pods/status alone, never the pod itself
+    from controller.waypoints.podcondition import RBAC_RULE
+    rules.append(dict(RBAC_RULE))
     rules.append({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]})
     rules.append(dict(CRD_RBAC))        # is a kind answering 404 really not installed? (controller.sources.kube)
     # the mesh root it publishes (controller/ca/publish.py): root namespace and each waypoint's namespace

@@ -4,10 +4,13 @@ from the reports rather than showing a stale certificate state forever; proxy-st
 it from the config stream, with no report age.
 
 An ingress gateway's reports carry its ports' bind outcomes, which the controller writes into its
-Gateway's status (controller.waypoints.ingress_status.bind_failures): `on_change` is called when
-a report's `watched(state)` differs from that proxy's previous one, or a report with a non-empty
-one expires, so the status is rewritten without waiting for the next snapshot. It must not block
-(the caller is the gRPC handler): it wakes a thread that does the writing."""
+Gateway's status (controller.waypoints.ingress_status.bind_failures). In the lab (one controller)
+the status is computed from this store: `on_change` is called when a report's `watched(state)`
+differs from that proxy's previous one, or a report with a non-empty one expires, so the status is
+rewritten without waiting for the next snapshot. In a cluster every report goes to `on_report`,
+which writes it onto the reporting pod where the leader reads it, whichever replica holds the
+report (controller/waypoints/podcondition.py). Neither may block (the caller is the gRPC handler):
+they wake a thread that does the writing."""
 
 from __future__ import annotations
 
@@ -40,10 +43,11 @@ class Report:
 class ReportStore:
     def __init__(self, ttl: float = 120.0, clock: Callable[[], float] = time.time, max_reports: int = 10_000,
                  on_change: Callable[[], None] | None = None,
-                 watched: Callable[[dict[str, Any]], tuple[Any, ...]] = ingress_binds):
+                 watched: Callable[[dict[str, Any]], tuple[Any, ...]] = ingress_binds,
+                 on_report: Callable[[NodeInfo, dict[str, Any]], None] | None = None):
         self.ttl, self._clock, self.max_reports = ttl, clock, max_reports
         self._by_key: dict[str, Report] = {}
-        self.on_change, self.watched = on_change, watched
+        self.on_change, self.watched, self.on_report = on_change, watched, on_report
 
     def put(self, node: NodeInfo, version: str, state: dict[str, Any]) -> None:
         """Keep the newest report of `node` (keyed like the config stream, NodeInfo.key)."""
@@ -54,6 +58,8 @@ class ReportStore:
         self._by_key[node.key] = Report(node, version, state, self._clock())
         if self.on_change is not None and self.watched(state) != (self.watched(old.state) if old else ()):
             self.on_change()
+        if self.on_report is not None:
+            self.on_report(node, state)
 
     def of_waypoint(self, ref: str) -> list[tuple[str, dict[str, Any]]]:
         """(pod name, state) of each waypoint/ingress pod of Gateway `ref` (namespace/name) that reports."""
@@ -76,23 +82,3 @@ class ReportStore:
             gone = self._by_key.pop(k, None)     # None: an on_change that read the store expired it
             if gone is not None and self.on_change is not None and self.watched(gone.state):
                 self.on_change()
-
-
-def unheeded_binds(store: ReportStore) -> str | None:
-    """What a replica that does not lead must say when a report changes an ingress pod's unbound
-    ports: only the leader writes Gateway status, from the reports *it* holds, and reports are not
-    shared between replicas, so these failures will not show in the status (docs/operations.md,
-    "Running more than one controller"). None when no reporting pod has an unbound port."""
-    pods = []
-    for r in store.all():
-        entries = r.state.get("ingress") if r.node.kind == "waypoint" else None
-        ports = sorted({e["port"] for e in entries if isinstance(e, dict) and e.get("bound") is False
-                        and isinstance(e.get("port"), int)}) if isinstance(entries, list) else []
-        if ports:
-            pods.append(f"Gateway {r.node.waypoint} pod {r.node.name}: port(s) {', '.join(map(str, ports))}")
-    if not pods:
-        return None
-    return ("ingress pods connected to this replica report ports they cannot bind, but this replica is not the "
-            "leader and reports are not shared: the Gateway status the leader writes does not show them "
-            "(docs/operations.md, 'Running more than one controller'; their ambit_listeners_unbound metric "
-            "does): " + "; ".join(sorted(pods)))

@@ -11,7 +11,8 @@ unmodified:
   ("too old resource version"), as etcd compaction causes on a real cluster;
 - custom resources under `/apis/<group>/<version>/...` only for installed groups (404 otherwise),
   each group served at all its versions;
-- `GET` of one object and `PATCH`/`PUT` of `/status` (merge patch), for status conditions; a body
+- `GET` of one object and `PATCH`/`PUT` of `/status` (merge patch; a strategic merge patch of a
+  pod's `status.conditions` merges them by `type`, as the API server does), for status conditions; a body
   naming `metadata.resourceVersion` (or `metadata.uid`) is conditional on it (409 Conflict when
   stale); a pod's status patch may write its labels and annotations, as the pod status strategy
   allows (the agent labels uncaptured pods so: agent/repair_kube.py);
@@ -763,6 +764,12 @@ class KubeEmulator:
                                                 f"UID in object meta: {obj['metadata'].get('uid')}"))
                 return
             new_status = body.get("status") if method == "PUT" else _merge_patch(obj.get("status"), body.get("status"))
+            strategic = (h.headers.get("Content-Type") or "").startswith("application/strategic-merge-patch+json")
+            if (t.kind == "Pod" and method == "PATCH" and strategic
+                    and isinstance((body.get("status") or {}).get("conditions"), list)):
+                # PodStatus.conditions: patchStrategy merge, patchMergeKey type (the kubelet's stay)
+                new_status["conditions"] = _merge_by(((obj.get("status") or {}).get("conditions")) or [],
+                                                     ((body.get("status") or {}).get("conditions")) or [], "type")
             if t.kind == "Pod" and method == "PATCH":
                 # The pod status strategy keeps metadata changes: labels and annotations can be
                 # written through pods/status, the lower privilege (Istio's CNI labels pods so).
@@ -958,6 +965,20 @@ class KubeEmulator:
     def _end(self, h: BaseHTTPRequestHandler) -> None:
         h.wfile.write(b"0\r\n\r\n")
         h.wfile.flush()
+
+
+def _merge_by(old: list[Any], patch: list[Any], key: str) -> list[Any]:
+    """A strategic merge patch's list with a merge key: entries of `patch` replace (merged into) the
+    entries of `old` with the same `key`, the others are appended; `old`'s others are kept."""
+    out = [copy.deepcopy(o) for o in old]
+    for p in patch:
+        i = next((i for i, o in enumerate(out) if isinstance(o, dict) and isinstance(p, dict)
+                  and o.get(key) == p.get(key)), None)
+        if i is None:
+            out.append(copy.deepcopy(p))
+        else:
+            out[i] = _merge_patch(out[i], p)
+    return out
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:

@@ -8,8 +8,11 @@ HTTP, the official client): what a platform team running more than one replica r
   status the old one would have;
 * a leader paused (SIGSTOP) past its lease writes nothing once it resumes: the replica that took
   over keeps the Lease and the status it wrote stands;
-* (known limitation, strict xfail) a proxy's status report reaching a follower does not reach the
-  Gateway status the leader writes.
+* an ingress's listener bind failures reach the Gateway status the leader writes whichever replica
+  the ingress reports to: the replica that receives the report writes it onto the ingress pod
+  (condition ambit.io/ListenersBound, controller/waypoints/podcondition.py), where the leader reads
+  it; it recovers when the port binds, and when a new container of the pod reports to another
+  replica after the writer died.
 """
 
 from __future__ import annotations
@@ -194,51 +197,117 @@ def test_paused_leader_writes_nothing_once_it_resumes(cluster: Cluster) -> None:
     assert writes.hits == 0, f"{writes.hits} status writes after the paused ex-leader resumed"
 
 
+class Holder:
+    """A port someone else listens on (what the ingress's listener wants), until `release()`."""
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+
+    def release(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
 @pytest.fixture
-def busy_port() -> Iterator[int]:
-    """A port someone else listens on (what the ingress's listener wants)."""
-    held = socket.socket()
-    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    held.bind(("127.0.0.1", 0))
-    held.listen(8)
-    yield held.getsockname()[1]
-    held.close()
+def busy() -> Iterator[Holder]:
+    h = Holder()
+    yield h
+    h.release()
 
 
-def ingress_on_the_follower(cluster: Cluster, busy: int) -> None:
+KUBELET_READY = {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+
+
+def ingress_pod(emu: KubeEmulator, name: str = "gw-abc") -> None:
+    """The ingress pod as the cluster has it: labelled with its Gateway's name, with the kubelet's conditions."""
+    emu.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+                    "name": name, "namespace": "web",
+                    "labels": {"gateway.networking.k8s.io/gateway-name": "gw"}},
+                "spec": {"nodeName": "node-1", "serviceAccountName": "gw", "containers": [{"name": "istio-proxy"}]},
+                "status": {"phase": "Running", "podIP": "10.244.0.9", "conditions": [dict(KUBELET_READY)]}})
+
+
+def start_ingress(cluster: Cluster, controller: str, log: str = "ingress") -> subprocess.Popen[bytes]:
+    """The ingress of pod gw-abc (its proxy process), connected to `controller`."""
+    return cluster.start(log, ["-m", "waypoint", "--waypoint", "web/gw", "--pod-name", "gw-abc", "--node",
+                               "node-1", "--gateway-class", "ambit", "--controller", controller,
+                               "--ingress-address", "127.0.0.1", "--admin-address", "", "--report-interval",
+                               "0.3", "--metrics-address", ""])
+
+
+def ingress_on_the_follower(cluster: Cluster, busy: int) -> tuple[str, str]:
     """Leader a, follower b, and an ingress connected to b whose one listener cannot bind `busy`."""
     ingress_gateway(cluster.emu, "gw", [{"name": "busy", "port": busy, "protocol": "HTTP"}])
-    _, b = two_replicas(cluster)
-    cluster.start("ingress", ["-m", "waypoint", "--waypoint", "web/gw", "--pod-name", "gw-abc", "--node",
-                              "node-1", "--gateway-class", "ambit", "--controller", b, "--ingress-address",
-                              "127.0.0.1", "--admin-address", "", "--report-interval", "0.3",
-                              "--metrics-address", ""])
+    ingress_pod(cluster.emu)
+    a, b = two_replicas(cluster)
+    start_ingress(cluster, b)
+    return a, b
 
 
-def test_a_follower_warns_that_reported_bind_failures_miss_the_status(cluster: Cluster, busy_port: int) -> None:
-    """Until reports reach the leader, the follower that holds one says, naming the Gateway, pod and
-    port, that the Gateway status will not show it (no silent no-op)."""
-    ingress_on_the_follower(cluster, busy_port)
-    line = wait_for(lambda: next((ln for ln in cluster.log("ctl-b").splitlines() if "cannot bind" in ln), None),
-                    timeout=20, what="ctl-b warning about the unbound port it alone knows")
-    assert "WARNING" in line and "not the leader" in line
-    assert f"Gateway web/gw pod gw-abc: port(s) {busy_port}" in line
-    assert "cannot bind" not in cluster.log("ctl-a")      # the leader never heard of it
+def busy_listener(emu: KubeEmulator) -> dict[str, Any]:
+    st = (emu.get(GW_V1, "Gateway", "gw", "web") or {}).get("status") or {}
+    return next((ln for ln in st.get("listeners") or [] if ln["name"] == "busy"), {})
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation (docs/operations.md, 'Running more than one controller'): "
-                   "reports are kept in the memory of the replica they reach, and only the leader writes status")
-def test_bind_failure_reported_to_the_follower_reaches_the_leaders_status(cluster: Cluster, busy_port: int) -> None:
+def refused(emu: KubeEmulator) -> dict[str, Any] | None:
+    ln = busy_listener(emu)
+    return ln if _conds(ln).get("Accepted", {}).get("status") == "False" else None
+
+
+def accepted(emu: KubeEmulator) -> bool:
+    return _conds(busy_listener(emu)).get("Accepted", {}).get("status") == "True"
+
+
+def pod_conditions(emu: KubeEmulator) -> dict[str, dict[str, Any]]:
+    return _conds((emu.get("v1", "Pod", "gw-abc", "web") or {}).get("status"))
+
+
+def test_bind_failure_reported_to_the_follower_reaches_the_leaders_status(cluster: Cluster, busy: Holder) -> None:
     """An ingress connected to the follower cannot bind a port: the Gateway status the leader writes
-    should say so. It does not: the follower keeps the report, the leader never sees it. Strict, so
-    the day reports reach the leader this test says to drop the mark and the documented limitation."""
+    says so (the follower wrote it onto the pod, where an operator reads it too, next to the
+    kubelet's conditions); once the port binds, both recover. The pod is the only thing the
+    controllers write to for it, and only through pods/status."""
     emu = cluster.emu
-    ingress_on_the_follower(cluster, busy_port)
-
-    def refused() -> dict[str, Any] | None:
-        st = (emu.get(GW_V1, "Gateway", "gw", "web") or {}).get("status") or {}
-        ln = next((ln for ln in st.get("listeners") or [] if ln["name"] == "busy"), None)
-        return ln if _conds(ln).get("Accepted", {}).get("status") == "False" else None
-    ln = wait_for(refused, timeout=10, what="the busy listener's Accepted=False, reported to the follower")
+    ingress_on_the_follower(cluster, busy.port)
+    ln = wait_for(lambda: refused(emu), timeout=30, what="the busy listener's Accepted=False, reported to the follower")
     assert _conds(ln)["Accepted"]["reason"] == "PortUnavailable"
+    assert f"port {busy.port} cannot be bound on 1 of 1 ingress pod(s) (pod gw-abc: " in _conds(ln)["Accepted"]["message"]
+    assert _conds(ln)["Programmed"]["reason"] == "PortUnavailable"
+    cond = pod_conditions(emu)["ambit.io/ListenersBound"]
+    assert (cond["status"], cond["reason"]) == ("False", "PortUnavailable")
+    assert cond["message"].startswith(f"port {busy.port} (busy): ")
+    assert pod_conditions(emu)["Ready"] == KUBELET_READY        # merged by type: the kubelet's are kept
     assert holder(emu) == "ctl-a"
+    assert "wrote pod web/gw-abc condition ambit.io/ListenersBound=False" in cluster.log("ctl-b")
+    assert "wrote pod" not in cluster.log("ctl-a")              # the leader never received a report
+
+    busy.release()                                              # the ingress's next retry binds
+    wait_for(lambda: accepted(emu), timeout=60, what="the busy listener Accepted again once the port binds")
+    cond = pod_conditions(emu)["ambit.io/ListenersBound"]
+    assert (cond["status"], cond["reason"]) == ("True", "Bound")
+    assert _conds(busy_listener(emu))["Programmed"]["status"] == "True"
+    pod_writes = {(m, p) for m, p, _ in emu.requests if "/pods" in p and m != "GET"}
+    assert pod_writes == {("PATCH", "/api/v1/namespaces/web/pods/gw-abc/status")}
+
+
+def test_a_new_container_reporting_to_another_replica_corrects_what_the_dead_writer_wrote(
+        cluster: Cluster, busy: Holder) -> None:
+    """The ingress (connected to the follower) cannot bind; the ingress container and the follower
+    that wrote its condition both die; the pod's new container, connected to the leader, binds:
+    its first report is compared with what the pod says, not with what this replica heard before
+    (nothing), so the stale failure is replaced and the Gateway status recovers."""
+    emu = cluster.emu
+    a, _ = ingress_on_the_follower(cluster, busy.port)
+    wait_for(lambda: refused(emu), timeout=30, what="the failure reported to the follower in the status")
+    for name in ("ingress", "ctl-b"):
+        cluster.procs[name].send_signal(signal.SIGKILL)
+        cluster.procs[name].wait(5)
+    busy.release()
+    start_ingress(cluster, a, log="ingress-2")
+    wait_for(lambda: accepted(emu), timeout=30, what="the new container's report clearing the stale failure")
+    assert pod_conditions(emu)["ambit.io/ListenersBound"]["status"] == "True"

@@ -10,7 +10,7 @@ import errno
 from typing import Any
 
 from ambit.configclient.node import NodeInfo
-from controller.debug.reports import ReportStore, unheeded_binds
+from controller.debug.reports import ReportStore
 from controller.translate.ingress import ListenerStatus
 from controller.waypoints import ingress_status
 from waypoint.ingress_binds import BindState, describe
@@ -117,23 +117,17 @@ def test_report_store_signals_when_the_binds_change_not_at_every_retry() -> None
     assert store.all() == [] and len(signals) == 2
 
 
-def test_unheeded_binds_names_each_pod_and_port_and_an_on_change_may_read_the_store() -> None:
-    """What a follower warns (it writes no status, and its reports reach no leader); reading the
-    store from `on_change` (as the warning does) while a report expires must not fail."""
-    now = [0.0]
-    warnings: list[str | None] = []
-    store = ReportStore(ttl=60, clock=lambda: now[0])
-    store.on_change = lambda: warnings.append(unheeded_binds(store))
+def test_on_report_sees_every_report_not_only_changes() -> None:
+    """In a cluster every report goes to the pod condition writer (controller/waypoints/podcondition.py),
+    which compares it with what the pod says: a repeat of the previous report must reach it too (the
+    pod may say otherwise now, written by another replica or a previous container)."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    store = ReportStore(ttl=60, clock=lambda: 0.0, on_report=lambda node, state: seen.append((node.key, state)))
+    node = NodeInfo("waypoint", "gw-a", "web/gw", "i1")
     failing = {"port": 8080, "listeners": ["admin"], "bound": False, "error": IN_USE, "attempts": 1}
-    store.put(NodeInfo("waypoint", "gw-b", "web/gw", "i2"), "v", report(failing))
-    store.put(NodeInfo("waypoint", "gw-a", "web/gw", "i1"), "v", report(failing, {**failing, "port": 8443}))
-    store.put(NodeInfo("ztunnel", "node-1", "", "i3"), "v", report(failing))      # not an ingress: ignored
-    assert warnings[-1] is not None
-    assert "Gateway web/gw pod gw-a: port(s) 8080, 8443; Gateway web/gw pod gw-b: port(s) 8080" in warnings[-1]
-    assert "not the leader" in warnings[-1]
-    now[0] = 61.0                                   # both expire; each expiry signals, the store is read
-    assert store.all() == []
-    assert warnings[-1] is None
+    store.put(node, "v", report(failing))
+    store.put(node, "v", report(failing))
+    assert seen == [("waypoint/web/gw@gw-a", report(failing))] * 2
 
 
 def test_bind_state_records_failures_retries_and_success() -> None:
