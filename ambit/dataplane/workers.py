@@ -118,16 +118,25 @@ def merge_expositions(per_worker: dict[str, str], label: str = "worker", extra: 
     """Prometheus text expositions of several workers as one: every family once, with every
     worker's samples of it carrying `label`. prometheus_client parses and writes the text, so
     escaping, histograms and counters' `_total`/`_created` samples follow its rules, not ours.
-    `extra`: the supervisor's own families, written after the workers'."""
+    `extra`: the supervisor's own families, written after the workers'; one the workers export too
+    (the accept backoffs: the supervisor's zds or HBONE dealer, the workers' listeners) gets the
+    supervisor's samples, without `label`, added to the workers' family: a family written twice
+    (two HELP and TYPE lines) is not a valid exposition."""
     families: dict[str, Metric] = {}
     for worker, text in per_worker.items():
         for fam in text_string_to_metric_families(text):
             merged = families.setdefault(fam.name, Metric(fam.name, fam.documentation, fam.type, fam.unit))
             merged.samples += [s._replace(labels={label: worker, **s.labels}) for s in fam.samples]
+    own: list[Metric] = []
+    for fam in extra:
+        if fam.name in families:
+            families[fam.name].samples += fam.samples
+        else:
+            own.append(fam)
 
     class _Merged:
         def collect(self) -> list[Metric]:
-            return [*families.values(), *extra]
+            return [*families.values(), *own]
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Merged())

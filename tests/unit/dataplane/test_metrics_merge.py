@@ -34,9 +34,9 @@ from ambit.dataplane.telemetry.merge import (
     parse_source,
 )
 from ambit.dataplane.telemetry.metrics import ConnLabels, Metrics, MetricsServer
-from ambit.dataplane.workers import SupervisorMetrics, WorkerProcess
+from ambit.dataplane.workers import SupervisorMetrics, WorkerProcess, merge_expositions
 from ambit.settings import SettingsError
-from tests.unit.scrape import sample
+from tests.unit.scrape import exposition, sample
 from ztunnel import settings as zsettings
 from ztunnel.workers import WorkerPaths, worker_argv
 
@@ -284,4 +284,22 @@ def test_with_workers_the_supervisor_merges_the_agent_once_without_a_worker_labe
     assert text.count("\nambit_agent_uncaptured_pods ") == 1
     assert sample(text, "ambit_ztunnel_worker_restarts_total", worker="1") == 0.0
     assert sample(text, "ambit_metrics_merge_failures_total", reason="timeout") == 0.0
+    promtool_check(text)
+
+
+def test_a_supervisors_exposition_has_each_family_once_its_own_backoffs_with_the_workers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor's own accept backoffs (its zds fan-out) and its workers' (their listeners) are
+    one family, `ambit_accept_backoffs_total`: written twice, with two HELP and TYPE lines, the
+    exposition is invalid (promtool: "second HELP line"), whatever is merged after it."""
+    from ambit.accept import BACKOFFS
+    from ztunnel.proxy import Proxy
+    monkeypatch.setitem(BACKOFFS, "zds", 2)         # an accept loop of this process paused twice
+    worker = exposition(Proxy().health())
+    assert "# TYPE ambit_accept_backoffs_total counter" in worker
+    text = merge_expositions({"0": worker, "1": worker},
+                             extra=SupervisorMetrics([], "ambit_ztunnel_worker_restarts").extra())
+    assert text.count("# TYPE ambit_accept_backoffs_total ") == 1
+    assert sample(text, "ambit_accept_backoffs_total", listener="zds") == 2.0               # the supervisor's
+    assert sample(text, "ambit_accept_backoffs_total", listener="zds", worker="1") == 2.0   # a worker's
     promtool_check(text)
