@@ -125,6 +125,11 @@ class _Response:
         self.body = bytearray()
         self.complete = False
         self.headers_done = False
+        self.framed = False     # Content-Length or chunked: the body's end is known, EOF before it cuts it
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
@@ -150,8 +155,8 @@ def response_body(raw: bytes) -> str:
     status = parser.get_status_code()
     if status != 200:
         raise MergeError("status", f"answered {status}")
-    if not resp.complete and (parser.should_keep_alive() or b"content-length" in raw.split(b"\r\n\r\n", 1)[0].lower()):
-        raise MergeError("invalid", "the answer ended before its body")   # shorter than its Content-Length
+    if not resp.complete and resp.framed:
+        raise MergeError("invalid", "the answer ended before its body")   # a cut exposition could be a wrong value
     try:
         return bytes(resp.body).decode()
     except UnicodeDecodeError:

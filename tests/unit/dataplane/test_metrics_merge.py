@@ -32,6 +32,7 @@ from ambit.dataplane.telemetry.merge import (
     MetricsMerger,
     append,
     parse_source,
+    response_body,
 )
 from ambit.dataplane.telemetry.metrics import ConnLabels, Metrics, MetricsServer
 from ambit.dataplane.workers import SupervisorMetrics, WorkerProcess, merge_expositions
@@ -303,3 +304,24 @@ def test_a_supervisors_exposition_has_each_family_once_its_own_backoffs_with_the
     assert sample(text, "ambit_accept_backoffs_total", listener="zds") == 2.0               # the supervisor's
     assert sample(text, "ambit_accept_backoffs_total", listener="zds", worker="1") == 2.0   # a worker's
     promtool_check(text)
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\nambit_agent_uncaptured_pods 1", "invalid"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n1e\r\nambit_agent_uncaptured_pods 1",
+     "invalid"),
+    (b"HTTP/1.1 200 OK\r\nContent-Le", "invalid"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n", "invalid"),
+    (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", "status"),
+])
+def test_an_answer_cut_short_or_not_http_is_refused_whole(raw: bytes, reason: str) -> None:
+    """An exposition cut mid-line can still parse, with a wrong value (`... 12` read as `... 1`):
+    an answer whose framing says more was coming is refused, not merged."""
+    with pytest.raises(MergeError) as e:
+        response_body(raw)
+    assert e.value.reason == reason
+
+
+def test_an_answer_ended_by_closing_the_connection_is_whole() -> None:
+    assert response_body(b"HTTP/1.0 200 OK\r\n\r\nx 1\n") == "x 1\n"
+    assert response_body(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nx 1\n\r\n0\r\n\r\n") == "x 1\n"
