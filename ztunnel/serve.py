@@ -14,6 +14,7 @@ from ambit.configclient.report import StatusReporter
 from ambit.dataplane import memory, process
 from ambit.dataplane.feed import TapFeed, exposition
 from ambit.dataplane.tap import TapHub
+from ambit.dataplane.telemetry.merge import MetricsMerger, parse_source
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
 from ztunnel import admin, identity_setup
 from ztunnel.meshstate import MeshState, config_client
@@ -49,7 +50,10 @@ async def amain(args: ZtunnelSettings) -> None:
     # the Telemetry API's sink (on/off, mode, filter, format per workload), also feeding `ambit tap`
     proxy.access_log = TapSink(proxy.access_log, tap_hub)
     metrics.registry.register(proxy.health(client))
-    msrv = MetricsServer(metrics)
+    # `--merge-metrics-from` (the agent's metrics): merged here only when this process is the
+    # endpoint; a supervisor's workers get '' and the supervisor merges once (ztunnel/workers.py).
+    merger = MetricsMerger(parse_source(args.merge_metrics_from)) if args.merge_metrics_from else None
+    msrv = MetricsServer(metrics, merger)
     mhost, _, mport = (args.metrics_address or "").rpartition(":")
     try:
         await msrv.start(mhost or None, int(mport or 0), args.metrics_socket, reuse_port=True)

@@ -18,6 +18,7 @@ from ambit.dataplane.settings import (
     memory_trim_interval_option,
     metrics_expiry_option,
 )
+from ambit.dataplane.telemetry.merge import source_problem
 from ambit.settings import non_negative, option, positive
 from ztunnel.limits import ProxyLimits
 
@@ -49,6 +50,11 @@ class ZtunnelSettings:
                                   "Prometheus metrics HOST:PORT in ztunnel's netns ('' to disable)", check=_address)
     metrics_socket: Path | None = option(help="metrics on a unix socket as well (the lab's host-side scrape)")
     metrics_expiry: float = metrics_expiry_option()
+    merge_metrics_from: str = option(
+        "", "append another local process's Prometheus metrics to every scrape of this one's (the node agent's, "
+            "http://127.0.0.1:15014/metrics, so a pod scraped by annotation gets both): http://<loopback>:PORT/PATH "
+            "or unix:/PATH only; on failure ztunnel's own are served and ambit_metrics_merge_failures_total "
+            "counts it ('': off)", check=source_problem)
     log_level: str = option("INFO", "logging level")
     # mTLS identities (without a node token: no certificates, no HBONE; plaintext passthrough only)
     ca: str | None = option(help="CA target: host:port or unix:PATH (default: the --controller target)")

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ambit import zds
+from ambit.dataplane.telemetry.merge import MetricsMerger, parse_source
 from ambit.dataplane.workers import (
     SUN_PATH_MAX,
     SupervisorAdmin,
@@ -86,7 +87,7 @@ def worker_argv(argv: Sequence[str], index: int, paths: WorkerPaths) -> list[str
     """The supervisor's own flags, then the ones that make a worker (argparse keeps the last)."""
     return [sys.executable, "-m", "ztunnel", *argv, "--workers", "1", "--worker-index", str(index),
             "--zds-socket", str(paths.zds), "--admin-socket", str(paths.admin), "--admin-address", "",
-            "--metrics-socket", str(paths.metrics), "--metrics-address", ""]
+            "--metrics-socket", str(paths.metrics), "--metrics-address", "", "--merge-metrics-from", ""]
 
 
 class Worker(WorkerProcess):
@@ -270,7 +271,10 @@ async def supervise(args: ZtunnelSettings, argv: Sequence[str]) -> None:
     stopping = threading.Event()
     for w in workers:
         w.spawn(argv)
-    adm, msrv = SupervisorAdmin(workers), SupervisorMetrics(workers, "ambit_ztunnel_worker_restarts")
+    # `--merge-metrics-from`: merged once, here (the workers are told ''): the agent is asked once
+    # per scrape, and its samples carry no `worker` label.
+    merger = MetricsMerger(parse_source(args.merge_metrics_from)) if args.merge_metrics_from else None
+    adm, msrv = SupervisorAdmin(workers), SupervisorMetrics(workers, "ambit_ztunnel_worker_restarts", merger)
     await start_endpoints(adm, msrv, args.admin_address, args.admin_socket, args.metrics_address, args.metrics_socket)
 
     async def monitor() -> None:

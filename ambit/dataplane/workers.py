@@ -40,6 +40,7 @@ from ambit.accept import BACKOFFS
 from ambit.dataplane import endpoint
 from ambit.dataplane.endpoint import LocalEndpoint, Response
 from ambit.dataplane.telemetry.health import backoff_family
+from ambit.dataplane.telemetry.merge import MetricsMerger
 
 log = logging.getLogger("ambit.dataplane.workers")
 
@@ -117,16 +118,25 @@ def merge_expositions(per_worker: dict[str, str], label: str = "worker", extra: 
     """Prometheus text expositions of several workers as one: every family once, with every
     worker's samples of it carrying `label`. prometheus_client parses and writes the text, so
     escaping, histograms and counters' `_total`/`_created` samples follow its rules, not ours.
-    `extra`: the supervisor's own families, written after the workers'."""
+    `extra`: the supervisor's own families, written after the workers'; one the workers export too
+    (the accept backoffs: the supervisor's zds or HBONE dealer, the workers' listeners) gets the
+    supervisor's samples, without `label`, added to the workers' family: a family written twice
+    (two HELP and TYPE lines) is not a valid exposition."""
     families: dict[str, Metric] = {}
     for worker, text in per_worker.items():
         for fam in text_string_to_metric_families(text):
             merged = families.setdefault(fam.name, Metric(fam.name, fam.documentation, fam.type, fam.unit))
             merged.samples += [s._replace(labels={label: worker, **s.labels}) for s in fam.samples]
+    own: list[Metric] = []
+    for fam in extra:
+        if fam.name in families:
+            families[fam.name].samples += fam.samples
+        else:
+            own.append(fam)
 
     class _Merged:
         def collect(self) -> list[Metric]:
-            return [*families.values(), *extra]
+            return [*families.values(), *own]
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Merged())
@@ -182,18 +192,26 @@ class SupervisorAdmin(LocalEndpoint):
 
 class SupervisorMetrics(LocalEndpoint):
     """Every worker's metrics, merged with a `worker` label, plus each worker's restart count as
-    `<restarts_family>_total{worker}`."""
+    `<restarts_family>_total{worker}`. With a `merger` (`--merge-metrics-from`), another local
+    process's exposition is appended once, here, after the workers' (its samples get no `worker`
+    label: they are no worker's); the workers themselves merge nothing."""
 
-    def __init__(self, workers: Sequence[WorkerProcess], restarts_family: str) -> None:
+    def __init__(self, workers: Sequence[WorkerProcess], restarts_family: str,
+                 merger: MetricsMerger | None = None) -> None:
         super().__init__()
         self.workers = workers
         self.restarts_family = restarts_family
+        self.merger = merger
 
     async def respond(self, method: str, path: str) -> Response:
         # The workers' expositions are read off the loop, as SupervisorAdmin's answers are.
         if method not in ("GET", "HEAD"):
             return self.handle(method, path)
-        return self._render(await asyncio.to_thread(self._texts))
+        texts = await asyncio.to_thread(self._texts)
+        if self.merger is None:
+            return self._render(texts)
+        text = await self.merger.merged(lambda: self._render(texts).body.decode())
+        return Response(200, text.encode(), PROM_TEXT)
 
     def handle(self, method: str, path: str) -> Response:
         if method not in ("GET", "HEAD"):
@@ -220,7 +238,7 @@ class SupervisorMetrics(LocalEndpoint):
     def extra(self) -> list[Metric]:
         """The supervisor's own families beyond the restarts (a component's subclass adds to them):
         its accept loops' backoffs (the ZDS fan-out's, the HBONE dealer's) run here, not in a worker."""
-        return [backoff_family(BACKOFFS)]
+        return [backoff_family(BACKOFFS), *([self.merger.failures.family()] if self.merger else [])]
 
 
 async def start_endpoints(admin: SupervisorAdmin, metrics: SupervisorMetrics, admin_address: str,

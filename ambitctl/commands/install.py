@@ -23,7 +23,8 @@ What runs:
   ServiceAccount it owns (controller.waypoints.render), and writes their status.
 - `ambit-node` (DaemonSet, one pod per node): the agent and ztunnel, sharing the zds socket in an
   emptyDir; ztunnel's Istio-named metrics on 15020, the agent's on 15014 (with its readiness,
-  /healthz/ready). hostPID gives the agent every pod's /proc/<pid>/ns/net; the host's cgroup v2 tree,
+  /healthz/ready). The pod's scrape annotation names 15020, which serves the agent's metrics as
+  well (ztunnel's --merge-metrics-from), so annotation-based scraping gets both. hostPID gives the agent every pod's /proc/<pid>/ns/net; the host's cgroup v2 tree,
   bpffs, /var/run/netns and (for bcc) the host's kernel headers are mounted in.
 """
 
@@ -50,6 +51,7 @@ METRICS_PORT = 15014
 ZTUNNEL_METRICS_PORT = 15020
 AGENT_METRICS_PORT = 15014          # as Istio's CNI node agent: uncaptured pods and their repairs
 AGENT_READY_PATH = "/healthz/ready"  # on AGENT_METRICS_PORT (agent/health.py)
+AGENT_METRICS_URL = f"http://127.0.0.1:{AGENT_METRICS_PORT}/metrics"  # ztunnel merges it into 15020
 CA_AUDIENCE = "ambit-ca"           # the audience of the token ztunnel presents to the CA
 RUN_DIR = "/var/run/ambit"         # the emptyDir agent and ztunnel share
 CNI_RUN_DIR = "/var/run/ambit-cni"  # host directory of the agent's socket for the CNI plugin
@@ -269,6 +271,9 @@ def ztunnel_args(o: argparse.Namespace) -> list[str]:
             "--controller-root-cert", f"{ROOT_CERT_DIR}/root-cert.pem",
             "--controller-identity", f"spiffe://{o.trust_domain}/ns/{o.namespace}/sa/{CONTROLLER}",
             "--cert-cache", f"{RUN_DIR}/certs", "--metrics-address", f"0.0.0.0:{ZTUNNEL_METRICS_PORT}",
+            # The pod's scrape annotation names one port: 15020 serves the agent's metrics too,
+            # fetched from it over the pod's loopback at scrape time (ambit/dataplane/telemetry/merge.py).
+            "--merge-metrics-from", AGENT_METRICS_URL,
             "--termination-drain", str(ZTUNNEL_DRAIN), "--log-level", o.log_level,
             "--workers", str(o.ztunnel_workers)]
 

@@ -33,6 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ambit.dataplane.endpoint import LocalEndpoint, Response, fetch
 from ambit.dataplane.telemetry.families import Family
+from ambit.dataplane.telemetry.merge import MetricsMerger
 from ambit.dataplane.telemetry.overrides import EXTRA, Pruned
 from ambit.dataplane.telemetry.peers import DEFAULT_CLUSTER, peer_labels
 from ambit.model import Service, Workload
@@ -204,16 +205,27 @@ class Metrics:
 
 
 class MetricsServer(LocalEndpoint):
-    """GET (any path) answers the Prometheus text exposition; TCP and/or a unix socket."""
+    """GET (any path) answers the Prometheus text exposition; TCP and/or a unix socket. With a
+    `merger` (`--merge-metrics-from`), another local process's exposition is appended at scrape
+    time (ambit/dataplane/telemetry/merge.py), fetched without blocking the loop."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, merger: MetricsMerger | None = None) -> None:
         super().__init__()
         self.metrics = metrics
+        self.merger = merger
+        if merger is not None:
+            metrics.registry.register(merger.failures)
 
     def handle(self, method: str, path: str) -> Response:
         if method not in ("GET", "HEAD"):
             return Response(405, b"metrics are read-only: use GET\n", "text/plain")
         return Response(200, self.metrics.exposition(), CONTENT_TYPE_LATEST)
+
+    async def respond(self, method: str, path: str) -> Response:
+        if self.merger is None or method not in ("GET", "HEAD"):
+            return self.handle(method, path)
+        text = await self.merger.merged(lambda: self.metrics.exposition().decode())
+        return Response(200, text.encode(), CONTENT_TYPE_LATEST)
 
 
 def scrape(unix_path: str | Path, timeout: float = 3.0) -> str:

@@ -110,6 +110,27 @@ TESTS = {
                                                 "result": "limited"}}]},
             ],
         },
+        {   # the agent's metrics as a cluster scraped by annotation gets them: from ztunnel's port, merged
+            # (--merge-metrics-from), under the job and instance of the node pod's one target; then a node
+            # whose merge keeps failing, and one whose agent restarted once (a few failed scrapes)
+            "interval": "1m",
+            "input_series": [
+                {"series": 'ambit_agent_uncaptured_pods{job="kubernetes-pods",instance="10.0.0.5:15020"}',
+                 "values": "0 1 1 1 1 1"},
+                {"series": 'ambit_metrics_merge_failures_total{job="kubernetes-pods",instance="10.0.0.5:15020",'
+                           'reason="unreachable"}', "values": "0+4x20"},
+                {"series": 'ambit_metrics_merge_failures_total{job="kubernetes-pods",instance="10.0.0.6:15020",'
+                           'reason="unreachable"}', "values": "0 0 3 3x18"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "AmbitPodsUncaptured",
+                 "exp_alerts": [{"exp_labels": {"severity": "critical", "job": "kubernetes-pods",
+                                                "instance": "10.0.0.5:15020"}}]},
+                {"eval_time": "16m", "alertname": "AmbitMetricsMergeFailing",
+                 "exp_alerts": [{"exp_labels": {"severity": "warning", "job": "kubernetes-pods",
+                                                "instance": "10.0.0.5:15020", "reason": "unreachable"}}]},
+            ],
+        },
     ],
 }
 

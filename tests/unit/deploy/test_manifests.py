@@ -6,6 +6,7 @@ against what the controller, the agent and ztunnel actually watch, accept and us
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -304,6 +305,63 @@ def test_ztunnel_arguments_parse_and_reach_the_controller_service() -> None:
     from ztunnel import admin
     from ztunnel.meshstate import MeshState
     assert urlsplit(probe[-1]).path in admin.routes(MeshState()) and "-sf" in probe
+
+
+def test_the_annotated_port_serves_the_agents_metrics_with_ztunnels() -> None:
+    """Prometheus's annotation-based discovery scrapes one port per pod: the one the node pod names
+    (ztunnel's). It must serve the agent's families too, or the alerts on them (AmbitPodsUncaptured,
+    AmbitPodRepairFailing) never fire in such a cluster. ztunnel is told to merge the agent's, from
+    the port and path the agent serves, over the pod's loopback; one scrape, over real HTTP, of
+    ztunnel's endpoint built from these arguments (the agent's real endpoint on a free loopback port
+    standing for the pod's 15014) carries both."""
+    import dataclasses
+    import socket
+    import threading
+    import urllib.request
+
+    from agent import health
+    from agent.settings import load as agent_settings
+    from ambit.dataplane.telemetry.merge import MetricsMerger, parse_source
+    from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
+    from ztunnel.settings import load as ztunnel_settings
+    docs = render()
+    z, a = (container(docs, "DaemonSet", "ambit-node", n) for n in ("ztunnel", "agent"))
+    zs = ztunnel_settings(expand(z["args"], z))
+    s = agent_settings([*expand(a["args"], a), "--ztunnel-cgroup", "/sys/fs/cgroup/kubepods.slice/pod"], {})
+    annotations = one(docs, "DaemonSet", "ambit-node")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == zs.metrics_address.rsplit(":", 1)[1]
+    assert zs.merge_metrics_from, "ztunnel does not merge the agent's metrics: annotation scrapes never see them"
+    src = parse_source(zs.merge_metrics_from)
+    assert src.host == "127.0.0.1" and src.port == s.metrics_port, "ztunnel merges a port the agent does not serve"
+    assert "hostNetwork" not in one(docs, "DaemonSet", "ambit-node")["spec"]["template"]["spec"], \
+        "agent and ztunnel must share the pod's loopback"
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    agent = AgentMetrics()
+    agent.uncaptured.set(1)
+    aport = free_port()
+    served = health.serve(agent, lambda: None, aport, addr="127.0.0.1")
+    loop = asyncio.new_event_loop()
+    t = threading.Thread(target=loop.run_forever, daemon=True)
+    t.start()
+    msrv = MetricsServer(Metrics(), MetricsMerger(dataclasses.replace(src, port=aport)))
+    zport = free_port()
+    try:
+        asyncio.run_coroutine_threadsafe(msrv.start("127.0.0.1", zport), loop).result(10)
+        path = annotations.get("prometheus.io/path", "/metrics")
+        with urllib.request.urlopen(f"http://127.0.0.1:{zport}{path}", timeout=10) as r:
+            text = r.read().decode()
+    finally:
+        asyncio.run_coroutine_threadsafe(msrv.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+        served.close()
+    assert "\nambit_agent_uncaptured_pods 1.0\n" in text
+    assert "ambit_agent_pod_repairs_total{" in text and "ambit_metrics_merge_failures_total{" in text
 
 
 def agent_usage() -> tuple[set[str], set[str]]:
