@@ -53,6 +53,12 @@ def check_claim(authenticated_node: str, node: NodeInfo,
         if node.kind != "waypoint" or node.waypoint != scope:
             return (f"the credential is service account {scope}'s (a waypoint's own token): it may subscribe as "
                     f"waypoint {scope} only, not as {node.kind} {node.waypoint or node.key}")
+        # A token bound to a pod speaks for that pod, not for a sibling of the same waypoint on
+        # the same node: its reports are written onto the pod it names (ambit.io/ListenersBound).
+        bound = getattr(authenticated_node, "bound", None)
+        if bound is not None and bound.pod and node.name != bound.pod:
+            return (f"the credential is bound to pod {bound.namespace}/{bound.pod}, but the stream subscribes "
+                    f"as pod {node.name} of waypoint {node.waypoint}; a waypoint's token speaks for its own pod only")
     if node.kind == "waypoint":
         ns, _, gw = node.waypoint.partition("/")
         if (ns, gw, node.name) in waypoint_pods:

@@ -179,6 +179,10 @@ def test_a_waypoint_token_subscribes_as_its_own_waypoint_only(verifier) -> None:
         caller, NodeInfo("ztunnel", "node-1"), pods, scope)
     assert "may subscribe as waypoint default/waypoint only" in check_claim(
         caller, NodeInfo("waypoint", "other-0", waypoint="default/other"), pods, scope)
+    # nor as a sibling pod of its own waypoint on the same node: its reports name the pod they describe
+    sibling = pods | {("default", "waypoint", "waypoint-7d9f-y3")}
+    assert "bound to pod default/waypoint-7d9f-x2" in check_claim(
+        caller, NodeInfo("waypoint", "waypoint-7d9f-y3", waypoint="default/waypoint"), sibling, scope)
     # the node credential still may subscribe as the node's ztunnel (positive control)
     node = verifier.review("zt-1", "node-1")
     assert check_claim(node, NodeInfo("ztunnel", "node-1"), pods, scope_of(node)) == ""
