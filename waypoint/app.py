@@ -315,6 +315,8 @@ class WaypointProxy:
             return authn.reply
         if authn.headers is not None:
             head.headers = authn.headers
+        if authn.path is not None:
+            head.path = authn.path
         reply, verdict = authorize(v.policies, head, down, v.trust_domains, authn.user)
         if reply is not None:
             decision: Decision = reply

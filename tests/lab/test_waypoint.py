@@ -346,6 +346,8 @@ def test_request_authentication_with_a_jwks_uri_and_a_policy_requiring_a_princip
         r = wlab.curl("default/frontend", "http://myapp/jwt", "-H", f"authorization: Bearer {good}")
         assert r["headers"].get("x-jwt-sub") == "alice"               # outputClaimToHeaders
         assert "authorization" not in r["headers"]                    # forwardOriginalToken: false
+        q = wlab.curl("default/frontend", f"http://myapp/jwt?a=1&access_token={good}")
+        assert (q["path"], q["headers"].get("x-jwt-sub")) == ("/jwt?a=1", "alice")   # nor in the query
         assert code(server.token("k1", exp=-600)) == 401              # expired
         assert code(server.token("k1", aud="other")) == 401           # wrong audience
         assert status_of(wlab, "default/frontend", "http://myapp/jwt", "-H", f"authorization: Bearer {forged}")[1] \

@@ -26,8 +26,10 @@ Semantics are Envoy's jwt_authn as Istio configures it (istio/istio pilot/pkg/se
   set; compared as Envoy sanitizes them), and `exp`/`nbf` against the injected clock with Envoy's
   60 s clock skew. The signature and claim decoding are PyJWT's; the audience and time checks are
   here, because Envoy's audience comparison is not exact and PyJWT reads the wall clock.
-- After success: without `forwardOriginalToken` the header that carried the token is removed
-  (Envoy removes header tokens only); `outputPayloadToHeader` gets the token's base64url payload;
+- After success: without `forwardOriginalToken` the header or query parameter that carried the
+  token is removed (Envoy removes both since 1.31, `jwt_authn_remove_jwt_from_query_params`; a
+  token left in the URL ends up in every upstream access log); cookies stay, as with Envoy.
+  `outputPayloadToHeader` gets the token's base64url payload;
   `outputClaimToHeaders` gets string/number/boolean claims (dotted names reach nested claims;
   UTF-8; not a claim holding a control character).
   Headers named as outputs are always removed from the incoming request first, so a client cannot
@@ -47,6 +49,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
+from urllib.parse import unquote_plus
 
 from ambit.httpfields import wire_value
 from ambit.model import JwtRule
@@ -153,6 +156,7 @@ class Outcome:
     user: EndUser | None = None
     headers: list[tuple[str, str]] | None = None
     reason: str = ""
+    path: str | None = None             # the request's path without the token's query parameter
 
 
 _PASS = Outcome()
@@ -162,6 +166,7 @@ _PASS = Outcome()
 class _Token:
     value: str
     header: str = ""                    # the header it came from ("" for a parameter or cookie)
+    param: str = ""                     # the query parameter it came from
 
 
 def _cookies(head: RequestHead, names: list[str]) -> list[str]:
@@ -202,7 +207,7 @@ def extract(rule: JwtRule, head: RequestHead) -> list[_Token]:
                 out.append(_Token(v.strip(), name))
     params = rule.from_params or ([] if explicit else [DEFAULT_PARAM])
     if params:
-        out += [_Token(v) for k, v in head.query if k in params and v]
+        out += [_Token(v, param=k) for k, v in head.query if k in params and v]
     if rule.from_cookies:
         out += [_Token(v) for v in _cookies(head, rule.from_cookies)]
     return out
@@ -340,6 +345,17 @@ def _edited(verified: list[_Verified], head: RequestHead,
     return out
 
 
+def without_params(path: str, names: set[str]) -> str:
+    """`path` without every query parameter named in `names` (all their values, as Envoy's
+    QueryParamsMulti.remove), the other parameters kept byte for byte, in order: a name is compared
+    decoded (`access%5Ftoken` is `access_token`), as the token was found."""
+    base, sep, query = path.partition("?")
+    if not sep:
+        return path
+    kept = [part for part in query.split("&") if unquote_plus(part.partition("=")[0]) not in names]
+    return f"{base}?{'&'.join(kept)}" if kept else base
+
+
 def unauthorized(head: RequestHead, why: str, error: str = "invalid_token") -> LocalReply:
     """Envoy's jwt_authn rejection: 401, the reason as the body, and a Bearer challenge (RFC 6750's
     `invalid_request` for several tokens, "uses more than one method for including an access token")."""
@@ -379,6 +395,7 @@ def authenticate(ps: tuple[Provider, ...], head: RequestHead, now: float) -> Out
             found.setdefault(tok.value, []).append((p, tok))
     verified: list[_Verified] = []
     drop = set(scrub)
+    drop_params: set[str] = set()
     for candidates in found.values():
         ok, why = _judge(candidates, now)
         if ok is None:
@@ -386,12 +403,14 @@ def authenticate(ps: tuple[Provider, ...], head: RequestHead, now: float) -> Out
         verified.append(ok)
         # every header the verifying rule found this token in, unless that rule forwards it
         drop.update(t.header for q, t in candidates if q is ok[0] and t.header and not q.rule.forward_original_token)
+        drop_params.update(t.param for q, t in candidates if q is ok[0] and t.param and not q.rule.forward_original_token)
     if len(verified) > 1:
         return Outcome(reply=unauthorized(head, SEVERAL, "invalid_request"), reason=f"jwt: {SEVERAL}")
     if verified:
         claims = verified[0][2]
         user = EndUser(f"{claims.get('iss', '')}/{claims.get('sub', '')}", claims)
-        return Outcome(user=user, headers=_edited(verified, head, drop), reason=f"jwt: {user.principal}")
+        return Outcome(user=user, headers=_edited(verified, head, drop), reason=f"jwt: {user.principal}",
+                       path=without_params(head.path, drop_params) if drop_params else None)
     if scrub and any(k in scrub for k, _ in head.headers):
         return Outcome(headers=[(k, v) for k, v in head.headers if k not in scrub])
     return _PASS
