@@ -23,6 +23,9 @@ from ztunnel.settings import ZtunnelSettings
 from ztunnel.tap import TapSink
 from ztunnel.zdsserver import ZdsServer
 
+# seconds ztunnel waits quietly for its first config before it warns that it takes no pods
+FIRST_CONFIG_PATIENCE = 5.0
+
 
 async def amain(args: ZtunnelSettings) -> None:
     loop = asyncio.get_running_loop()
@@ -79,9 +82,14 @@ async def amain(args: ZtunnelSettings) -> None:
         # No cache and no answer yet: an empty config admits anything (no PeerAuthentication, no
         # AuthorizationPolicy). Take no pod until it arrives: their capture drops meanwhile, as
         # it does while ztunnel is down, instead of serving them without their policy.
-        log.warning("no mesh config yet (no cache; controller %s has not answered): taking no pods until it "
-                    "arrives", args.controller)
-        await config.wait_populated()
+        # A normal first start waits well under a second for it: a warning only once that is not so.
+        log.info("waiting for the first mesh config (no cache) from controller %s: taking no pods until it "
+                 "arrives", args.controller)
+        first = asyncio.ensure_future(config.wait_populated())
+        if not (await asyncio.wait({first}, timeout=FIRST_CONFIG_PATIENCE))[0]:
+            log.warning("no mesh config yet after %.0f s (no cache; controller %s has not answered): taking no "
+                        "pods until it arrives", FIRST_CONFIG_PATIENCE, args.controller)
+            await first
     zds = ZdsServer(args.zds_socket, proxy.registry, loop)
     zds.start()
     log.info("ztunnel for %s ready; agent socket %s; controller %s; config version %s; CA %s", args.node,

@@ -161,7 +161,7 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
                   "--workers", str(ztunnel_workers),
                   *(["--cert-ttl", str(cert_ttl)] if cert_ttl else []),
                   *shlex.split(os.environ.get(ZTUNNEL_ARGS_ENV, ""))],
-            stop_grace=ZTUNNEL_DRAIN + 2))
+            stop_grace=ZTUNNEL_DRAIN + 2, needs=[str(node_token_file(base, n.name))]))
         procs.append(ProcSpec(
             id=f"agent/{n.name}", component="agent", node=n.name, netns=node_ns,
             cgroup=str(names.component_cgroup(n.name, "agent")),
@@ -179,7 +179,7 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
                   "--cni-bin-dir", str(runtime.cni_bin_dir(base, n.name)),
                   "--cni-lab-store", str(base / "store.json"),
                   *shlex.split(os.environ.get(AGENT_ARGS_ENV, ""))],
-            stop_grace=AGENT_STOP_GRACE))
+            stop_grace=AGENT_STOP_GRACE, needs=[str(node_token_file(base, n.name))]))
     for p in spec.pods:
         procs.append(ProcSpec(
             id=f"pod/{p.namespace}/{p.name}", component="app", node=p.node, argv=list(p.command),

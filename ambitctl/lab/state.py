@@ -32,6 +32,10 @@ class ProcSpec:
     # The id of a running process this spec takes over without restarting it: how a surge roll's
     # new node pod ("ztunnel/node1~surge") becomes the node's ("ztunnel/node1"); ambitctl/lab/roll.py.
     adopt: str = ""
+    # Files that must exist before it starts: the node credential the controller writes, as the
+    # kubelet starts no container before its projected token volume is there (started without it,
+    # a data-plane process only logged warnings and retried until the controller had written it).
+    needs: list[str] = field(default_factory=list)
 
     @property
     def log_name(self) -> str:

@@ -45,7 +45,7 @@ class Child:
         if self.predecessor is not None and self.predecessor.poll() is None:
             return False
         self.predecessor = None
-        return self.popen is None and now >= self.next_start
+        return self.popen is None and now >= self.next_start and all(os.path.exists(p) for p in self.spec.needs)
 
 
 def start(spec: ProcSpec, log_dir: Path) -> subprocess.Popen[bytes]:

@@ -111,7 +111,8 @@ def _process(base: Path, names: LabNames, w: dict[str, Any], trust_domain: str,
               # accepting on after SIGTERM would only delay every stop (a cluster's default is 2 s)
               "--http-drain-accept", "0", *(extra or []),
               *shlex.split(os.environ.get(components.WAYPOINT_ARGS_ENV, ""))],
-        env={"POD_NAME": w["pod"], "POD_NAMESPACE": ns, "POD_IP": w["ip"], "NODE_NAME": node})
+        env={"POD_NAME": w["pod"], "POD_NAMESPACE": ns, "POD_IP": w["ip"], "NODE_NAME": node},
+        needs=[str(components.node_token_file(base, node))])
 
 
 def listener_ports(gw: dict[str, Any]) -> list[int]:

@@ -150,7 +150,7 @@ def test_a_ztunnel_without_any_config_serves_no_pod_rather_than_serve_it_without
             (hlab.dir / "node1" / "config-cache.json").unlink()
             os.kill(zt, signal.SIGKILL)
             hlab.wait_for(lambda: hlab.proc_pid("ztunnel/node1") not in (None, zt), 30, 0.5, "ztunnel restarted")
-            hlab.wait_for(lambda: any(m in log.read_text()[start:] for m in ("no mesh config yet",
+            hlab.wait_for(lambda: any(m in log.read_text()[start:] for m in ("waiting for the first mesh config",
                                                                              "serving pod demo/echo-v1")),
                           30, 0.5, "the new ztunnel to wait for its config (or to take its pods)")
             rc = hlab.curl_rc(ATTACKER, f"http://{target}:8080/")

@@ -63,3 +63,14 @@ def test_each_node_pod_generation_gets_new_cgroups() -> None:
     assert str(next_cgroup("/cg/lab/node1/ztunnel")) == "/cg/lab/node1/ztunnel.g1"
     assert str(next_cgroup("/cg/lab/node1/ztunnel.g1")) == "/cg/lab/node1/ztunnel.g2"
     assert ProcSpec("ztunnel/node1~surge", "ztunnel", [], "").log_name == "ztunnel-node1"
+
+
+def test_a_data_plane_process_starts_only_once_its_node_credential_exists(tmp_path) -> None:
+    """As the kubelet starts no container before its projected token is there: started before the
+    controller had written it, every lab ztunnel logged four warnings and retried."""
+    token = tmp_path / "node1" / "bootstrap-token"
+    child = supervisor.Child(ProcSpec("ztunnel/node1", "ztunnel", ["zt"], "/cg", needs=[str(token)]))
+    assert not child.may_start(1e9)
+    token.parent.mkdir()
+    token.write_text("t\n")
+    assert child.may_start(1e9)
