@@ -310,6 +310,27 @@ def control_plane() -> dict[str, Any]:
     lay.add("timeseries", "Pooled HBONE connections (ztunnel)", f"sum by (node) (ambit_hbone_pool_connections{{{dp}}})",
             legend="{{node}}")
     lay.add("timeseries", "Targets up", 'up{job=~"ztunnel|waypoint|controller"}', legend="{{job}} {{instance}}")
+    # The node agent's families reach Prometheus through ztunnel's scrape (--merge-metrics-from).
+    node = 'job="ztunnel", node=~"$node"'
+    lay.row("Capture (node agents) and handshakes")
+    lay.add("stat", "Enrolled pods not captured", f"sum(ambit_agent_uncaptured_pods{{{node}}})", w=6, h=8,
+            description="Running pods of enrolled namespaces whose capture failed: plaintext from outside the mesh "
+                        "reaches them, whatever PeerAuthentication says, until they are repaired "
+                        "(agent --repair-pods; alert AmbitPodsUncaptured). Should be 0.")
+    lay.add("timeseries", "Pods not captured, per node", f"sum by (node) (ambit_agent_uncaptured_pods{{{node}}})",
+            w=9, legend="{{node}}")
+    lay.add("timeseries", "Repairs of uncaptured pods", q("ambit_agent_pod_repairs_total", node, "action, result"),
+            unit="ops", w=9, legend="{{action}} {{result}}",
+            description="failed: the API server refused (RBAC?); limited: held back by the repair rate")
+    lay.add("timeseries", "Inbound handshakes that waited for a certificate",
+            q("ambit_handshake_certificate_waits_total", dp, "instance, outcome"), unit="ops",
+            legend="{{instance}} {{outcome}}",
+            description="came: the certificate arrived and the handshake went on; none: refused at the "
+                        "handshake deadline (a CA that does not sign for this node's pods)")
+    lay.add("timeseries", "Scrapes without the node agent's metrics", q("ambit_metrics_merge_failures_total", node,
+            "node, reason"), unit="ops", legend="{{node}} {{reason}}",
+            description="ztunnel served its own metrics without the agent's (alert AmbitMetricsMergeFailing): "
+                        "the capture panels above are blind for that node meanwhile")
     return dashboard("ambit-control-plane", "Ambit control plane",
                      "The controller (config stream, CA) and every proxy's own health (ambit_* metrics).",
                      ["control-plane"], [variable("node", "Node", 'label_values(up{job="ztunnel"}, node)')], lay)

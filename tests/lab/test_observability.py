@@ -27,6 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
+from ambitctl.commands import install
+from ambitctl.lab.components import AGENT_ARGS_ENV, ZTUNNEL_ARGS_ENV
 from ambitctl.lab.prometheus import query
 from tests.lab.labctl import Lab, running_lab
 from tests.unit.dataplane.test_istio_labels import HTTP_ONLY, ISTIO_DOC_LABELS
@@ -116,7 +118,12 @@ def running(pid: int) -> bool:
 def olab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     pids: list[int] = []
     data = None
-    with running_lab(tmp_path_factory.mktemp("olab"), "ob", SPEC, "observability-lab", "--prometheus") as lab:
+    # As `ambit install` runs them: each node's agent serves its metrics and ztunnel merges them
+    # into the one scrape the pod's annotation names (the dashboards' capture panels read them there).
+    env = {AGENT_ARGS_ENV: f"--metrics-port {install.AGENT_METRICS_PORT}",
+           ZTUNNEL_ARGS_ENV: f"--merge-metrics-from {install.AGENT_METRICS_URL}"}
+    with running_lab(tmp_path_factory.mktemp("olab"), "ob", SPEC, "observability-lab", "--prometheus",
+                     env=env) as lab:
         procs = lab.status()["processes"]
         pids = [procs[p]["pid"] for p in ("prometheus", "metrics-bridge")]
         data = lab.dir / "prometheus" / "data"

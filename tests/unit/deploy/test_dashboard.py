@@ -69,12 +69,18 @@ def exported() -> tuple[set[str], set[str]]:
     servicer = type("S", (), {"ca": CertificateAuthority(generate_root("cluster.local"), "cluster.local"),
                               "issued": 0, "refused": {}})()
     ctl = type("Ctl", (), {"version": "v", "last_applied_at": 1.0, "snapshots": 1})()
-    for c in (health, ControllerHealth(ctl, servicer)):
+    # the node agent's, merged into ztunnel's scrape, and the merge's own failure counter
+    from agent.metrics import AgentMetrics
+    from ambit.dataplane.telemetry.merge import MergeFailures
+    for fam in AgentMetrics().registry.collect():
+        names |= {s.name for s in fam.samples}
+    waits = HealthCollector(config=client, certificate_waits=lambda: {"came": 0, "none": 0})
+    for c in (health, ControllerHealth(ctl, servicer), MergeFailures("x"), waits):
         for fam in c.collect():
             names |= {s.name for s in fam.samples}
     names.add("up")         # Prometheus's own, per target
     labels = set(LABELS) | set(HTTP_LABELS) | {"type_url", "kind", "type", "version", "state", "direction", "limit",
-                                               "code", "cluster_name"}
+                                               "code", "cluster_name", "action", "result", "outcome", "reason"}
     return names, labels
 
 
