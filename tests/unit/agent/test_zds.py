@@ -36,6 +36,7 @@ def test_the_accept_loop_outlives_running_out_of_descriptors(tmp_path) -> None:
     to end the accept loop for good (taken for `close_listener`), so the agent never reached
     ztunnel again; now it waits and serves the agent once descriptors are free."""
     import contextlib
+    import gc
     import logging
     import resource
     import threading
@@ -49,6 +50,10 @@ def test_the_accept_loop_outlives_running_out_of_descriptors(tmp_path) -> None:
     agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     fillers: list[int] = []
+    # Garbage of earlier tests (a socket whose finalizer closes its fd) must not free a descriptor
+    # during the window: collected now, and the collector held off until the window ends.
+    gc.collect()
+    gc.disable()
     loop = threading.Thread(target=zds.accept_loop, args=(listener, lambda c: served.set(),
                                                           logging.getLogger("test")), daemon=True)
     try:
@@ -64,6 +69,7 @@ def test_the_accept_loop_outlives_running_out_of_descriptors(tmp_path) -> None:
         for fd in fillers:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        gc.enable()
     assert served.wait(10), "the accept loop gave up at EMFILE"
     zds.close_listener(listener)
     loop.join(5)
