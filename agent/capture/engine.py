@@ -402,11 +402,6 @@ class CaptureEngine:
             meta = self._meta(uid)
             return meta is not None and _same_netns(meta)
 
-    def sandbox_replaced(self, uid: str) -> bool:
-        """Whether the pod's netns path now names another netns than the one it was captured in
-        (see `replaced_sandboxes`)."""
-        return uid in self.replaced_sandboxes([uid])
-
     def replaced_sandboxes(self, uids: Iterable[str]) -> set[str]:
         """The pods among `uids` whose netns path now names another netns than the one they were
         captured in: their sandbox was re-created there (same uid, path and IP: nothing else tells).
