@@ -109,7 +109,6 @@ class CaptureEngine:
         self.pin_base = Path(pin_base)
         self.layout = PinLayout(self.pin_base / node)
         self.mode = mode
-        self.tc_attach = tc_attach
         self.src_dir = src_dir
         self.node_netns = node_netns
         self._lock = ztunnels.NodeLock(self.layout.root)
