@@ -79,14 +79,6 @@ def parse(value: str, *, allow_schemeless: bool = False) -> SpiffeId:
     return SpiffeId(td, ns, sa)
 
 
-def is_valid(value: str) -> bool:
-    try:
-        parse(value)
-    except InvalidSpiffeId:
-        return False
-    return True
-
-
 def to_principal(value: str) -> str:
     """Normalise a principal (with or without scheme) to Istio's schemeless form, without validating."""
     return value[len(SCHEME):] if value.startswith(SCHEME) else value

@@ -213,15 +213,3 @@ def for_waypoint(policies: Iterable[TelemetryPolicy], mesh: MeshSettings | None,
     waypoint as a whole: what a Gateway-level or namespace-level Telemetry says)."""
     labels = {GATEWAY_LABEL: gateway, "istio.io/gateway-name": gateway}
     return resolve(policies, mesh, Subject(namespace, labels, SERVER, gateway=gateway, service=service))
-
-
-def unknown_providers(policy: TelemetryPolicy, mesh: MeshSettings | None) -> list[tuple[str, str]]:
-    """(section, provider name) pairs that `policy` names and neither MeshConfig nor the built-ins
-    define: Istio ignores them, so they are worth a warning."""
-    known = providers_of(mesh)
-    out = []
-    for section, names in (("tracing", [n for t in policy.tracing for n in t.providers]),
-                           ("metrics", policy.metrics_providers),
-                           ("accessLogging", [n for a in policy.access_logging for n in a.providers])):
-        out += [(section, n) for n in names if n not in known]
-    return out

@@ -240,9 +240,9 @@ async def amain(args: ControllerSettings) -> int:
     tokens = None
     if args.ca_dir:
         from controller.ca import BootstrapTokens
-        from controller.ca_setup import ensure_node_tokens
+        from controller.ca_setup import TOKEN_DIGESTS, ensure_node_tokens
         if args.lab_store:
-            tokens = BootstrapTokens(args.ca_dir / "node-token-digests.json")
+            tokens = BootstrapTokens(args.ca_dir / TOKEN_DIGESTS)
             if args.node_token_dir:
                 token_dir = args.node_token_dir
 

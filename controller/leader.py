@@ -90,7 +90,6 @@ class LeaseElector:
         self._observed_at = 0.0                      # our clock when that record last changed
         self._timeout = (min(5.0, renew_deadline / 2), renew_deadline / 2)   # connect, read: per request
         self._leading = False
-        self.transitions = 0                         # leadership gained, for metrics and tests
 
     def is_leader(self) -> bool:
         return self._renewed_at is not None and self.clock() - self._renewed_at < self.renew_deadline
@@ -164,8 +163,6 @@ class LeaseElector:
         leading = self.is_leader()
         if leading != self._leading:
             self._leading = leading
-            if leading:
-                self.transitions += 1
             log.info("lease %s/%s: %s", self.namespace, self.name,
                      f"leading as {self.identity}" if leading else f"{self.identity} is not the leader")
             if self.on_change is not None:

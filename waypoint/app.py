@@ -495,11 +495,6 @@ class WaypointProxy:
         head = RequestHead(method="", path="", authority=f"{down.destination_ip}:{down.destination_port}")
         return authorize(v.l4_policies, head, down, v.trust_domains)[1]
 
-    def admit_opaque(self, down: Downstream) -> str:
-        """L4 policy for a non-HTTP tunnel: "" when allowed, else why not (see the module docstring)."""
-        verdict = self._l4_verdict(down)
-        return "" if verdict.allowed else verdict.reason
-
     async def opaque(self, down: Downstream) -> Attachable | None:
         """L4 forwarding for a non-HTTP tunnel, after L4 policy (see the module docstring). The
         AUDIT policies an admitted tunnel matched ride on the connection (`audit`) to its

@@ -71,7 +71,6 @@ class Worker(WorkerProcess):
 
     def __init__(self, index: int, rdir: Path, dealer: Dealer | None) -> None:
         super().__init__(index, rdir / f"w{index}.admin.sock", rdir / f"w{index}.metrics.sock")
-        self.rdir = rdir
         self.dealer = dealer
 
     def argv(self, argv: Sequence[str]) -> list[str]:

@@ -140,7 +140,7 @@ def admit_hbone(config: MeshState | None, pod: PodInfo, dest: Workload, peer_ide
     src_ip, forwarded = tls_peer_ip, False
     if claimed is not None and claimed != tls_peer_ip and config is not None \
             and peer_identity in sourcecheck.waypoint_identities(config, dest):
-        bad = sourcecheck.bad_forwarded_address(claimed, pod.ip, pod.node_ip)
+        bad = sourcecheck.bad_forwarded_address(claimed, pod.node_ip)
         if bad:
             return Admission(False, 400, f"Forwarded: for={claimed} is {bad}; refusing it as a source address",
                              src_ip=tls_peer_ip, dst_port=port)

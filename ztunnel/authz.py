@@ -31,7 +31,7 @@ for it. When it does not (plaintext that claims a mesh workload's address, see
 `ztunnel.sourcecheck`), `ipBlocks`/`notIpBlocks` are treated like L7 attributes: they can never
 prove an ALLOW, and a DENY that uses them applies whatever the address (deny more, never less).
 
-PeerAuthentication (`peer_authn_mode`): the workload-selector policy beats the namespace policy,
+PeerAuthentication (`peer_authn`): the workload-selector policy beats the namespace policy,
 which beats the mesh (root namespace) policy; UNSET inherits from the next level; a port-level
 mode of the workload policy overrides for that port; the default is PERMISSIVE.
 """
@@ -254,11 +254,6 @@ def _mode(value: str) -> str:
 class PeerAuthnDecision:
     mode: str                     # STRICT | PERMISSIVE | DISABLE
     policy: str | None            # "ns/name" of the PeerAuthentication that set it (None: the default)
-
-
-def peer_authn_mode(pas: Iterable[PeerAuthn], workload: Workload, port: int, root_namespace: str) -> str:
-    """Effective mTLS mode for inbound traffic to `workload` on (container) `port`."""
-    return peer_authn(pas, workload, port, root_namespace).mode
 
 
 def peer_authn(pas: Iterable[PeerAuthn], workload: Workload, port: int, root_namespace: str) -> PeerAuthnDecision:

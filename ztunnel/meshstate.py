@@ -484,10 +484,6 @@ class MeshState:
         arrive (or from a controller that sends none), ztunnel's own trust domain alone."""
         return self.view.trust_domains or TrustDomains(self.trust_domain)
 
-    def local_workloads(self, node: str) -> list[Workload]:
-        return sorted((w for w in self.view.workloads.values() if w.node == node),
-                      key=lambda w: (w.namespace, w.name))
-
     # -- admin ------------------------------------------------------------------------------------
     def dump(self) -> dict[str, Any]:
         v = self.view
@@ -510,7 +506,7 @@ class MeshState:
 
 
 def _peer_authn_applies(p: PeerAuthn, w: Workload, root_namespace: str) -> bool:
-    """The same selection as `authz.peer_authn_mode`: a selector selects in its own namespace only;
+    """The same selection as `authz.peer_authn`: a selector selects in its own namespace only;
     without one, a root-namespace policy is mesh-wide and any other is namespace-wide."""
     if p.selector:
         return p.namespace == w.namespace and all(w.labels.get(k) == v for k, v in p.selector.items())

@@ -190,11 +190,6 @@ class PodProxy:
             raise
         return s
 
-    def track(self, coro: Awaitable[None]) -> None:
-        t = asyncio.ensure_future(coro)
-        self.conns.add(t)
-        t.add_done_callback(self.conns.discard)
-
     def stop_accepting(self) -> None:
         self.draining = True
         for s in self.servers:

@@ -108,18 +108,15 @@ class _PodHBONE:
     """A pod's HBONE server as PodRegistry sees it: `close()` stops accepting at once, then the
     connections get a GOAWAY and a bounded drain in the background."""
 
-    def __init__(self, server: HBONEServer, background: set[asyncio.Task[None]],
-                 servers: set[HBONEServer], drain: float) -> None:
+    def __init__(self, server: HBONEServer, background: set[asyncio.Task[None]], drain: float) -> None:
         self.server = server
         self._background = background
-        self._servers = servers
         self._drain = drain
 
     def close(self) -> None:
         t = asyncio.ensure_future(self.server.close(grace=self._drain))
         self._background.add(t)
         t.add_done_callback(self._background.discard)
-        t.add_done_callback(lambda _t: self._servers.discard(self.server))
 
 
 class Proxy:
@@ -150,8 +147,6 @@ class Proxy:
         # TLS handshakes under way on every pod's :15008, process-wide as the caps above are node-wide
         self.pending_handshakes = PendingHandshakes(limits.max_pending_handshakes,
                                                     limits.max_pending_handshakes_per_source)
-        self.loops_refused = 0
-        self.hbone_servers: set[HBONEServer] = set()     # for the hostile-peer counters
         self.contexts = tls.ContextCache()
         self.lb = routing.RoundRobin()
         self._background: set[asyncio.Task[None]] = set()
@@ -289,7 +284,6 @@ class Proxy:
                 return
             target = route.target or dst
             if routing.loops_back(target[0], target[1], self.registry.by_ip):
-                self.loops_refused += 1
                 c.refuse(f"{routing.format_addr(*target)} is a ztunnel listener (would loop back into ztunnel)")
                 return
             if route.kind == routing.HBONE and self.pool is None:
@@ -363,9 +357,8 @@ class Proxy:
             per_identity=self.per_identity, pending=self.pending_handshakes,
             certificate_gate=IdentityGate(identities, lambda: self.identity_of(pod.pod)),
             connection_factory=lambda: HBONEConnection(client_side=False, max_concurrent_streams=lim.hbone_max_streams))
-        self.hbone_servers.add(server)
         await server.start()
-        return _PodHBONE(server, self._background, self.hbone_servers, self.tunnel.drain)
+        return _PodHBONE(server, self._background, self.tunnel.drain)
 
     async def inbound_hbone(self, pod: PodProxy, st: HBONEStream, peer_identity: str, authority: str,
                             headers: dict[str, str]) -> None:
@@ -408,7 +401,6 @@ class Proxy:
                            [(admission.POLICY_HEADER, adm.policy)] if adm.policy else None)
                 return
             if routing.loops_back(pod.pod.ip, adm.dst_port, (pod.pod.ip,)):
-                self.loops_refused += 1
                 c.refuse(f"400 port {adm.dst_port} is a ztunnel listener (would loop back into ztunnel)", FLAG_DENY)
                 st.respond(400, f"port {adm.dst_port} is not a destination")
                 return
@@ -482,7 +474,6 @@ class Proxy:
                                 rec.error)
                     return
             if routing.loops_back(local[0], local[1], (pod.pod.ip, local[0])):
-                self.loops_refused += 1
                 c.refuse(f"port {local[1]} is a ztunnel listener (would loop back into ztunnel)")
                 return
             adm = admission.admit_plaintext(self.config, pod.pod, dest, peer[0], local[1])

@@ -119,13 +119,13 @@ def _gateway_pods(workloads: Iterable[Workload], gateways: set[str]) -> Iterable
                 break
 
 
-def bad_forwarded_address(ip: str, dest_ip: str, node_ip: str = "") -> str:
+def bad_forwarded_address(ip: str, node_ip: str = "") -> str:
     """Why `ip` may not be claimed as a source address, or "" if it may. `node_ip` is the address
     ztunnel and the kubelet speak from (whose traffic is exempt from capture for probes): claiming
-    it would borrow that exemption's standing. The destination's own address (`dest_ip`) may be
-    claimed: a pod that calls its own Service through the waypoint, which picked that same pod, is
-    a hairpin whose source really is the destination (the waypoint took the address from the TLS
-    peer it verified), as Istio's ztunnel accepts it."""
+    it would borrow that exemption's standing. The destination's own address may be claimed (so
+    it is not asked for): a pod that calls its own Service through the waypoint, which picked that
+    same pod, is a hairpin whose source really is the destination (the waypoint took the address
+    from the TLS peer it verified), as Istio's ztunnel accepts it."""
     addr = ipaddress.ip_address(ip)
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped             # ::ffff:127.0.0.1 is loopback too

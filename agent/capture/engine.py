@@ -109,7 +109,6 @@ class CaptureEngine:
         self.pin_base = Path(pin_base)
         self.layout = PinLayout(self.pin_base / node)
         self.mode = mode
-        self.tc_attach = tc_attach
         self.src_dir = src_dir
         self.node_netns = node_netns
         self._lock = ztunnels.NodeLock(self.layout.root)
@@ -401,11 +400,6 @@ class CaptureEngine:
             self._require_loaded()
             meta = self._meta(uid)
             return meta is not None and _same_netns(meta)
-
-    def sandbox_replaced(self, uid: str) -> bool:
-        """Whether the pod's netns path now names another netns than the one it was captured in
-        (see `replaced_sandboxes`)."""
-        return uid in self.replaced_sandboxes([uid])
 
     def replaced_sandboxes(self, uids: Iterable[str]) -> set[str]:
         """The pods among `uids` whose netns path now names another netns than the one they were

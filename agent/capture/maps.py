@@ -92,15 +92,6 @@ def port_key(netns: int, port: int) -> bytes:
     return PORT_KEY.pack(netns, port, 0, 0)
 
 
-def dst_value(ip: str, port: int) -> bytes:
-    return DST.pack(ip4(ip), struct.pack("!H", port), 0)
-
-
-def parse_dst(raw: bytes) -> tuple[str, int]:
-    ip, port, _ = DST.unpack(raw)
-    return str(ipaddress.IPv4Address(ip)), struct.unpack("!H", port)[0]
-
-
 @dataclass(frozen=True)
 class Meta:
     """What an agent must remember about an enrolled pod (the ambit_meta map's value)."""

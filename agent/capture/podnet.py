@@ -59,11 +59,6 @@ def _ifindex(ipr: IPRoute, ifname: str, netns_path: str) -> int:
     return found[0]
 
 
-def eth0_ifindex(netns_path: str | Path) -> int:
-    with entered(netns_path):
-        return eth0_ifindex_here(str(netns_path))
-
-
 def eth0_ifindex_here(netns_name: str) -> int:
     """eth0's ifindex in the calling thread's current netns (`netns_name` is for messages)."""
     with IPRoute() as ipr:
@@ -109,14 +104,6 @@ def set_ipv6(netns_path: str | Path, enabled: bool) -> None:
                     raise PodNetError(f"pod netns {netns_path}: cannot disable IPv6 ({path} is missing)") from None
 
 
-def ipv6_disabled(netns_path: str | Path) -> bool:
-    with entered(netns_path):
-        try:
-            return all(Path(p).read_text().strip() == "1" for p in _V6_SYSCTLS)
-        except FileNotFoundError:
-            return not Path("/proc/sys/net/ipv6").exists()
-
-
 def _our_rules(ipr: IPRoute) -> list:
     return [r for r in ipr.get_rules(family=2)
             if r.get("fwmark") == AMBIT_MARK and r.get("table") == AMBIT_ROUTE_TABLE]
@@ -160,7 +147,7 @@ def teardown_delivery(netns_path: str | Path) -> None:
 
 
 def delivery_state(netns_path: str | Path) -> tuple[bool, bool, bool]:
-    """(fwmark_accept and fwmark_reflect on, rule present, route present): for tests and `ambit check`."""
+    """(fwmark_accept and fwmark_reflect on, rule present, route present): for the lab tests (tests/lab/test_capture*.py)."""
     with entered(netns_path):
         sysctl = all(Path(p).read_text().strip() == "1" for p in _MARK_SYSCTLS)
         with IPRoute() as ipr:

@@ -57,7 +57,6 @@ class K8sArgs:
     namespace: str
     name: str
     uid: str = ""
-    infra_container_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ class Invocation:
         ns, name = self.args.get("K8S_POD_NAMESPACE", ""), self.args.get("K8S_POD_NAME", "")
         if not ns or not name:
             return None
-        return K8sArgs(ns, name, self.args.get("K8S_POD_UID", ""), self.args.get("K8S_POD_INFRA_CONTAINER_ID", ""))
+        return K8sArgs(ns, name, self.args.get("K8S_POD_UID", ""))
 
 
 def parse_args(value: str) -> dict[str, str]:

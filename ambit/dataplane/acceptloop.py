@@ -109,7 +109,6 @@ class AcceptLoop:
         self.on_conn = on_conn
         self.handshake_timeout = handshake_timeout
         self.backoff_key = backoff_key
-        self.backoffs = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
         self._backoff: asyncio.TimerHandle | None = None
@@ -161,7 +160,6 @@ class AcceptLoop:
 
     def _back_off(self, e: OSError) -> None:
         assert self._loop is not None
-        self.backoffs += 1
         BACKOFFS[self.backoff_key] += 1
         log.warning("accept failed: %s; not accepting for %.1fs", e, ACCEPT_RETRY_DELAY)
         self.pause()

@@ -48,7 +48,7 @@ class Dealer:
         self.links: dict[int, socket.socket] = {}       # worker index -> its link
         self.handed: dict[int, int] = {}                # worker index -> connections handed so far
         self.dropped = 0                                # accepted, but no worker could take them
-        # accept() out of descriptors pauses it (ambit/accept.py): `accept_backoffs`
+        # accept() out of descriptors pauses it (ambit/accept.py): `ambit_accept_backoffs_total{listener="hbone_handoff"}`
         self._accept = AcceptLoop(listener, self._accepted, HANDSHAKE_TIMEOUT, backoff_key="hbone_handoff",
                                   ready=lambda: bool(self.links))
         self._next = 0
@@ -133,10 +133,6 @@ class Dealer:
             self._accept.pause()
 
     # --- connections ------------------------------------------------------------------------------
-    @property
-    def accept_backoffs(self) -> int:
-        return self._accept.backoffs
-
     def _accepted(self, conn: socket.socket, _source: str) -> None:
         try:
             self.deal(conn)

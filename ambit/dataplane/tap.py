@@ -30,7 +30,6 @@ class Subscriber:
         self.queue: deque[Event] = deque()
         self.size = size
         self.dropped = 0
-        self.delivered = 0
         self._wake = asyncio.Event()
 
     def offer(self, ev: Event) -> None:
@@ -48,7 +47,6 @@ class Subscriber:
             out = list(self.queue)
             self.queue.clear()
             self._wake.clear()
-        self.delivered += len(out)
         return out
 
     def wake(self) -> None:

@@ -112,7 +112,6 @@ class StorageConflict(Exception):
 # optionally chain.crt / extra-roots.crt, as the directory holds them. A user-provided CA may also
 # come cert-manager style (a `kubernetes.io/tls` Secret of an issuing Certificate with isCA: true):
 # tls.crt (the CA, optionally followed by its chain), tls.key, and ca.crt (the root).
-SECRET_KEYS = (CERT_FILE, KEY_FILE, CHAIN_FILE, EXTRA_ROOTS_FILE)
 TLS_CRT, TLS_KEY = "tls.crt", "tls.key"
 
 

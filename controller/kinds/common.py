@@ -93,7 +93,6 @@ Regex = Str(valid=check_regex)
 # -- ports, addresses, names ---------------------------------------------------------------------
 
 Port = Int(minimum=1, maximum=65535)
-PortOrZero = Int(minimum=0, maximum=65535)
 
 
 def check_ingress_port(port: int, path: str, errs: Errors) -> None:
@@ -214,7 +213,6 @@ def label_value_reason(value: Any) -> str | None:
 Name = Str(valid=_check_subdomain)
 NamespaceName = Str(valid=_check_label)
 Labels = Map(Str(valid=label_value_reason), key=label_key_reason)
-NonEmpty = Str(min_len=1)
 Strings = Arr(Str())
 
 # -- Istio building blocks -----------------------------------------------------------------------
@@ -271,7 +269,6 @@ def StringMatch(allow_empty: bool = False) -> Obj:  # noqa: N802 - a schema cons
 # -- HTTP header names and values ------------------------------------------------------------------
 
 # RFC 9110 §5.1 field-name (a token); Gateway API's HTTPHeaderName pattern.
-HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+\-.^_\x60|~]+$"
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 def header_name_reason(text: Any) -> str | None:

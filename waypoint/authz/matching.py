@@ -43,10 +43,6 @@ from ambit.regex import compile_re2, full_match
 from waypoint.request import EndUser
 
 
-def any_string(patterns: list[str], value: str | None) -> bool:
-    return value is not None and any(string_match(p, value) for p in patterns)
-
-
 @functools.lru_cache(maxsize=1024)
 def _namespace_glob(pattern: str) -> Any:
     return compile_re2(".*".join(re.escape(part) for part in pattern.split("*")))

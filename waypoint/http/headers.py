@@ -40,7 +40,6 @@ _UUID_V4 = (0x8000 << 48) | (4 << 76)
 # repeated, 100 Continue): they are dropped, not relayed, and each is bounded like a final head;
 # more of them is 502 UPE, so an upstream streaming 1xx heads cannot keep the proxy parsing for ever.
 MAX_INFORMATIONAL = 16
-H2_PSEUDO = (":method", ":scheme", ":authority", ":path", ":status", ":protocol")
 # a header's name: map it over a header list to test the names in C (no bytecode per header)
 header_name = itemgetter(0)
 TUNNELLED_UPGRADES = frozenset({"websocket"})   # Upgrade values relayed after a 101 (Istio's HCM)

@@ -89,13 +89,6 @@ class RouteTable:
     by_service: dict[str, HostRoutes]
     cluster_domain: str = "cluster.local"
     errors: tuple[str, ...] = ()
-    by_name: dict[str, CompiledRoute] = field(default_factory=dict)   # Forward.route -> its route
-
-    def http_route(self, name: str) -> HttpRoute | None:
-        """The model route a decision came from (`Forward.route`/`LocalReply.route`): its timeout,
-        retries, fault, mirrors and CORS policy, for the layers that apply them."""
-        r = self.by_name.get(name)
-        return None if r is None else r.route
 
     def host_for(self, head: RequestHead, down: Downstream) -> HostRoutes | None:
         """The configuration for this request's host (see the module docstring), or None."""
@@ -177,6 +170,4 @@ def build_table(configs: Iterable[WaypointRoutes], cluster_domain: str = "cluste
                                         routes=tuple(compiled), subsets=subsets, config=wr,
                                         restricted=any(r.ports or r.consumer_namespace for r in compiled))
     by_service = {h.service: h for h in hosts.values() if h.service}
-    by_name = {r.name: r for h in hosts.values() for r in h.routes}
-    return RouteTable(hosts=hosts, by_service=by_service, cluster_domain=cluster_domain, errors=tuple(errors),
-                      by_name=by_name)
+    return RouteTable(hosts=hosts, by_service=by_service, cluster_domain=cluster_domain, errors=tuple(errors))

@@ -166,11 +166,6 @@ def inject(headers: Iterable[tuple[str, str]], trace_id: int, span_id: int, samp
     return out
 
 
-def new_ids(rng: random.Random) -> tuple[int, int]:
-    """A fresh (trace id, span id) pair, never zero."""
-    return rng.getrandbits(128) or 1, rng.getrandbits(64) or 1
-
-
 # --- names and attributes ---------------------------------------------------------------------
 
 

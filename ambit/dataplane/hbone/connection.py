@@ -194,7 +194,6 @@ class _Stream:
     recv_ended: bool = False
     send_ended: bool = False
     response: int = 0            # client: status received; server: status sent
-    pending_end: bool = False    # END_STREAM to deliver when the current DATA frame completes
 
 
 @dataclass
@@ -261,7 +260,6 @@ class HBONEConnection:
         self.reset_budget = reset_budget if reset_budget is not None else ResetBudget(clock=clock)
         self.refused_streams = 0        # streams refused over MAX_CONCURRENT_STREAMS (REFUSED_STREAM)
         self.peer_resets = 0            # RST_STREAM received
-        self.peer_error_resets = 0      # streams we reset for the peer's protocol errors
 
         # A header list over the limit is a flood: the connection ends, as it did with `h2`.
         self._ng = NgHttp2Connection(client_side, max_concurrent_streams=_NO_CODEC_STREAM_LIMIT,
@@ -964,7 +962,6 @@ class HBONEConnection:
         that breaks the protocol is not flooding us (it serves only what we open) but is not to be
         trusted with more: the connection is retired (`_retire`), and the streams in flight on it,
         healthy so far, finish there."""
-        self.peer_error_resets += 1
         self._answered(events)
         if self.client_side:
             self._retire(events, f"retired: the peer's protocol error ({why})")

@@ -95,7 +95,6 @@ class _ServerSide(HBONEProtocol):
             tls.check_negotiated(sslobj)
             peer = tls.peer_identity(sslobj)
         except (ssl.SSLError, ValueError, AttributeError) as e:
-            self.server.handshake_failures += 1
             log.info("HBONE connection from %s refused: %s", transport.get_extra_info("peername"), e)
             transport.abort()
             return
@@ -204,7 +203,6 @@ class HBONEServer:
         self._ctx: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections: set[HBONEProtocol] = set()
-        self.handshake_failures = 0     # handshakes that completed but were refused afterwards
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ambit.model import AccessLogEntry, MeshSettings, TelemetryPolicy, TracingEntry
-from ambit.telemetry import CLIENT, SERVER, for_waypoint, for_workload, unknown_providers
+from ambit.telemetry import CLIENT, SERVER, for_waypoint, for_workload
 
 MESH = MeshSettings("cluster.local", extension_providers=[
     {"name": "otel", "kind": "opentelemetry", "service": "otel.obs", "port": 4317, "protocol": "grpc"},
@@ -68,19 +68,18 @@ def test_waypoint_targetrefs_gateway_and_service() -> None:
     assert not for_workload([svc], MESH, "app", {"app": "reviews"}, SERVER).access_log.disabled
 
 
-def test_undefined_providers_are_dropped_and_reported() -> None:
+def test_undefined_providers_are_dropped() -> None:
+    # the warning naming them is the controller's advisory (tests/unit/controller/test_telemetry_kind.py)
     seed = tel("mesh-default", "ambit-system", "global", TracingEntry(providers=["jaeger"], sampling_percent=10.0),
                AccessLogEntry(providers=["fluentd"]), metrics_providers=["prometheus"])
     cfg = for_workload([seed], None, "app", {}, SERVER)
     assert cfg.tracing.providers == () and cfg.access_log.providers == () and cfg.tracing.sampling_percent == 10.0
-    assert unknown_providers(seed, None) == [("tracing", "jaeger"), ("accessLogging", "fluentd")]
     mesh = MeshSettings("cluster.local", extension_providers=[
         {"name": "jaeger", "kind": "opentelemetry", "service": "jaeger-collector.obs", "port": 4317},
         {"name": "fluentd", "kind": "envoyFileAccessLog", "path": "/var/log/ambit/access.log", "log_format": "json"}])
     cfg = for_workload([seed], mesh, "app", {}, SERVER)
     assert cfg.tracing.enabled and cfg.tracing.providers[0].service == "jaeger-collector.obs"
     assert cfg.access_log.providers[0].path == "/var/log/ambit/access.log"
-    assert unknown_providers(seed, mesh) == []
 
 
 def test_disable_span_reporting_and_custom_tags_override() -> None:

@@ -251,15 +251,13 @@ def test_gateway_api_configuration_errors_answer_500(rules: list[dict[str, Any]]
     assert isinstance(d, LocalReply) and d.status == status and d.flags == ""
 
 
-def test_a_decision_leads_back_to_its_model_route() -> None:
-    """Timeouts, retries, faults and mirrors are applied by later layers: they find the route by
-    the decision's `route` name."""
+def test_a_decision_carries_its_routes_name_and_policy() -> None:
+    """Timeouts, retries, faults and mirrors are applied by later layers: they take them from the
+    decision's `policy`, compiled from the route its `route` names."""
     t = table_of(objects() + [vs([rule([{"uri": {"prefix": "/slow"}}], "a", timeout="1.5s", name="slow"), to("b")])])
     d = decide(t, req("/slow", authority="myapp"), down())
     assert isinstance(d, Forward) and d.route == "VirtualService/default/myapp#slow"
-    model = t.http_route(d.route)
-    assert model is not None and model.timeout == 1.5
-    assert t.http_route("default") is None
+    assert d.policy is not None and d.policy.timeout == 1.5
 
 
 def test_redirect_is_checked_before_direct_response() -> None:

@@ -14,7 +14,7 @@ from ztunnel.authz import (
     Verdict,
     applies,
     evaluate,
-    peer_authn_mode,
+    peer_authn,
     string_match,
 )
 
@@ -264,7 +264,7 @@ def pa(name: str, mode: str = "UNSET", ns: str = "demo", selector: dict | None =
     ],
 )
 def test_peer_authn_precedence(pas: list[PeerAuthn], port: int, expected: str) -> None:
-    assert peer_authn_mode(pas, SERVER, port, ROOT) == expected
+    assert peer_authn(pas, SERVER, port, ROOT).mode == expected
 
 
 # --- trust domains and aliases (Istio's ReplaceTrustDomainAliases) ---------------------------------------
