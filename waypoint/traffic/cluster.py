@@ -204,8 +204,9 @@ class Cluster:
         return out
 
     def dump(self) -> dict[str, object]:
-        """For the admin endpoint and `ambit waypoint status`: the stats, the load balancer and
-        each endpoint's active requests and outlier state (ejected, for how much longer, how often)."""
+        """For the admin endpoint and `ambit waypoint status`: the stats, the load balancer, the
+        connection-pool limits in force (what the DestinationRule gave, or the defaults), and each
+        endpoint's active requests and outlier state (ejected, for how much longer, how often)."""
         now = self.clock()
         stats = self.stats()
         eps: list[dict[str, object]] = []
@@ -221,7 +222,7 @@ class Cluster:
             eps.append(e)
         lb = self.lb if self.hasher is None else f"{CONSISTENT_HASH}/{self.hasher.kind}"
         return {"name": self.name, "lb": lb, "outlier_detection": self.outlier is not None,
-                "endpoints": eps, "stats": stats}
+                "limits": self.breaker.thresholds(), "endpoints": eps, "stats": stats}
 
 
 class Clusters:

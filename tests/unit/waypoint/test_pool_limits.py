@@ -403,6 +403,9 @@ def test_stats_reach_the_cluster_and_its_dump() -> None:
         st = dump["stats"]
         assert isinstance(st, dict) and st["circuit_breakers_default_cx_open"] == 1
         assert st["upstream_rq_pending_overflow"] == 1 and st["upstream_cx_active"] == 1
+        # the limits in force, as the DestinationRule set them (an operator reads why it overflowed)
+        lim = dump["limits"]
+        assert isinstance(lim, dict) and (lim["max_connections"], lim["max_pending_requests"]) == (1, 1)
     run(main)
 
 
