@@ -8,13 +8,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from ambit.dataplane.watchdog import DUMP_ACTION, KILL_ACTION, MEGA_ACTION, MISS_ACTION, Judge, Watchdog
 
-I = 0.1     # the heartbeat interval: a beat at 0 is due at 0.1
+STEP = 0.1  # the heartbeat interval: a beat at 0 is due at 0.1
 
 
 def test_a_loop_that_beats_on_time_is_never_judged() -> None:
     j = Judge(kill_after=2.0)
     for k in range(100):
-        assert j.check(k * I + 0.15, k * I) == []
+        assert j.check(k * STEP + 0.15, k * STEP) == []
     assert j.stalls == {MISS_ACTION: 0, MEGA_ACTION: 0}
 
 
