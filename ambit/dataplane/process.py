@@ -60,6 +60,8 @@ async def serve_until_stopped(settings: Any, proxy: Any, registry: Any = None) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    dog.stop()
+    try:
+        await stop.wait()
+    finally:
+        dog.stop()
     return trimmer

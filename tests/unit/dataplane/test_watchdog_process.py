@@ -9,7 +9,9 @@ wedge it, so the test brings its own blocking callback."""
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -51,11 +53,17 @@ process.run("wedged", load, amain, sys.argv[1:])
 '''
 
 
+def _no_core() -> None:
+    """In the child: an abort leaves no core file in the checkout, whatever the shell's `ulimit -c`."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def _run(tmp_path: Path, kill_after: str, wedge: str) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "wedged.py"         # a file, so the stack shows its source lines
     script.write_text(WEDGED)
     return subprocess.run([sys.executable, str(script), kill_after, wedge], cwd=REPO, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          preexec_fn=_no_core)
 
 
 def test_a_wedged_loop_is_aborted_with_the_blocking_functions_stack(tmp_path: Path) -> None:
@@ -117,6 +125,54 @@ def test_a_waypoint_stopped_longer_than_its_kill_time_is_not_aborted(tmp_path: P
         p.terminate()
         try:
             p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _wait_for(what, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got = what()
+        except (OSError, StopIteration):
+            got = None
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def test_a_supervisors_workers_and_itself_are_watched_and_an_aborted_worker_is_restarted(tmp_path: Path) -> None:
+    """`--workers 2`: each worker's loop and the supervisor's own are watched (the merged scrape has
+    both workers' samples and the supervisor's, unlabelled), and a worker that aborts as the
+    watchdog aborts it (SIGABRT) is started again while the supervisor's HBONE listener stays open."""
+    metrics, admin, port = tmp_path / "metrics.sock", tmp_path / "admin.sock", _free_port()
+    p = subprocess.Popen([sys.executable, "-m", "waypoint", "--waypoint", "demo/wp", "--pod-name", "wp-0",
+                          "--node", "n1", "--listen", f"127.0.0.1:{port}", "--admin-address", "",
+                          "--admin-socket", str(admin), "--metrics-address", "", "--metrics-socket", str(metrics),
+                          "--workers", "2", "--run-dir", str(tmp_path), "--watchdog-kill-after", "30"],
+                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_no_core)
+    stalls = 'ambit_event_loop_stalls_total{severity="mega_miss"'
+    try:
+        def watched() -> str | None:
+            text = _scrape(metrics)
+            lines = [ln for ln in text.splitlines() if ln.startswith(stalls)]
+            return text if {'worker="0"' in " ".join(lines), 'worker="1"' in " ".join(lines),
+                            f"{stalls}}} 0.0" in lines} == {True} else None
+        _wait_for(watched)
+        worker0 = json.loads(endpoint.fetch(admin, "/workers")[1])["workers"][0]["pid"]
+        os.kill(worker0, signal.SIGABRT)
+        _wait_for(lambda: json.loads(endpoint.fetch(admin, "/workers")[1])["workers"][0]["restarts"] == 1)
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        text = _wait_for(watched)
+        assert 'ambit_waypoint_worker_restarts_total{worker="0"} 1.0' in text, text
+        assert json.loads(endpoint.fetch(admin, "/workers")[1])["workers"][0]["pid"] != worker0
+    finally:
+        p.terminate()
+        try:
+            p.wait(20)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
