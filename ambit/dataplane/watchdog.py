@@ -54,6 +54,8 @@ DUMP_EVERY = 60.0       # at most one mega-miss stack per minute in the log
 PAUSE_SLACK = 0.1       # a wake-up later than asked by more than this may be a stopped process...
 PAUSE_CPU_SHARE = 0.5   # ...if the process used less than this share of a CPU meanwhile
 
+ABORT_GRACE = 5.0       # the kill's log line gets this long to be written before the abort goes ahead anyway
+
 MISS_ACTION, MEGA_ACTION, DUMP_ACTION, KILL_ACTION = "miss", "mega_miss", "dump", "kill"
 
 
@@ -199,6 +201,7 @@ class Watchdog:
         self._stop.acquire()
         self._thread: threading.Thread | None = None
         self._loop_thread = threading.get_ident()
+        self._writer: threading.Thread | None = None
 
     def start(self, loop: Any) -> None:
         self._loop_thread = threading.get_ident()
@@ -228,16 +231,28 @@ class Watchdog:
     def _act(self, action: str, now: float) -> None:
         took = self.judge.stall(self.heartbeat.last, now)
         if action == DUMP_ACTION:
-            log.warning("event loop stalled for %.1f s so far (mega-miss); the loop thread is in:\n%s",
-                        took, loop_stack(self._loop_thread))
+            if self._writer is None or not self._writer.is_alive():     # else the log is stuck: skip
+                self._writer = self._write(logging.WARNING, "event loop stalled for %.1f s so far (mega-miss); "
+                                           "the loop thread is in:\n%s", took, loop_stack(self._loop_thread))
         elif action == KILL_ACTION:
-            log.critical("event loop stalled for %.1f s (--watchdog-kill-after %g): aborting the process so it "
-                         "is restarted; the loop thread is in:\n%s", took, self.judge.kill_after,
-                         loop_stack(self._loop_thread))
+            writer = self._write(logging.CRITICAL, "event loop stalled for %.1f s (--watchdog-kill-after %g): "
+                                 "aborting the process so it is restarted; the loop thread is in:\n%s",
+                                 took, self.judge.kill_after, loop_stack(self._loop_thread))
+            writer.join(ABORT_GRACE)
+            self.abort()
+
+    @staticmethod
+    def _write(level: int, msg: str, *args: Any) -> threading.Thread:
+        """Log from a thread of its own: the loop may be wedged inside a log call (stderr a pipe its
+        reader stopped reading), holding the handler's lock, and this thread must never wait on it."""
+        def write() -> None:
+            log.log(level, msg, *args)
             for h in logging.getLogger().handlers:
                 h.flush()
-            sys.stderr.flush()
-            self.abort()
+
+        t = threading.Thread(target=write, name="ambit-watchdog-log", daemon=True)
+        t.start()
+        return t
 
     def collect(self) -> Iterator[Metric]:
         """The Prometheus families (a Collector: register the watchdog on a registry)."""

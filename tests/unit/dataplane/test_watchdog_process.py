@@ -23,10 +23,10 @@ from ambit.dataplane import endpoint
 
 REPO = Path(__file__).resolve().parents[3]
 
-# argv: KILL_AFTER WEDGE_SECONDS. Wedges the loop 0.5 s after serving starts, prints the metrics
+# argv: KILL_AFTER WEDGE_SECONDS [log]. Wedges the loop 0.5 s after serving starts, prints the metrics
 # exposition once the loop runs again, then stops itself as SIGTERM would.
 WEDGED = r'''
-import asyncio, os, signal, sys, time
+import asyncio, logging, os, signal, sys, time
 from types import SimpleNamespace
 from prometheus_client import CollectorRegistry, generate_latest
 from ambit.dataplane import process
@@ -36,6 +36,9 @@ def load(argv):
                            memory_trim_interval=0.0, watchdog_kill_after=float(argv[0]))
 
 def a_blocking_callback():
+    if sys.argv[3:] == ["log"]:     # log until stderr, a pipe nobody reads, is full: the write blocks
+        while True:
+            logging.getLogger("flood").warning("x" * 1000)
     time.sleep(float(sys.argv[2]))
 
 async def amain(settings):
@@ -71,6 +74,24 @@ def test_a_wedged_loop_is_aborted_with_the_blocking_functions_stack(tmp_path: Pa
     assert p.returncode == -signal.SIGABRT, (p.returncode, p.stderr)
     assert "event loop stalled for 2." in p.stderr and "--watchdog-kill-after 2" in p.stderr, p.stderr
     assert "in a_blocking_callback" in p.stderr and "time.sleep(float(sys.argv[2]))" in p.stderr, p.stderr
+
+
+def test_a_loop_wedged_writing_its_log_is_aborted_all_the_same(tmp_path: Path) -> None:
+    """The loop blocks inside a log call (stderr is a pipe its reader stopped reading, as a stuck
+    log collector's): the watchdog's own log line then waits for the same handler lock, and the
+    abort must not wait for it."""
+    script = tmp_path / "wedged.py"
+    script.write_text(WEDGED)
+    p = subprocess.Popen([sys.executable, str(script), "2", "0", "log"], cwd=REPO, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=_no_core)
+    try:
+        assert p.wait(60) == -signal.SIGABRT
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        assert p.stderr is not None
+        p.stderr.close()
 
 
 def test_without_kill_after_a_stall_is_counted_and_its_stack_logged(tmp_path: Path) -> None:
