@@ -9,6 +9,7 @@ wedge it, so the test brings its own blocking callback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -102,6 +103,16 @@ def test_without_kill_after_a_stall_is_counted_and_its_stack_logged(tmp_path: Pa
     assert "(mega-miss); the loop thread is in:" in p.stderr and "in a_blocking_callback" in p.stderr, p.stderr
 
 
+def _stop(p: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    """SIGTERM (a drain), and SIGKILL if it is still there 20 s later."""
+    p.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        p.wait(20)
+    if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -143,12 +154,7 @@ def test_a_waypoint_stopped_longer_than_its_kill_time_is_not_aborted(tmp_path: P
         text = _scrape(metrics)
         assert _sample(text, 'ambit_event_loop_stalls_total{severity="mega_miss"}') == 0, text
     finally:
-        p.terminate()
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        _stop(p)
 
 
 def _wait_for(what, timeout: float = 60.0):  # type: ignore[no-untyped-def]
@@ -191,9 +197,4 @@ def test_a_supervisors_workers_and_itself_are_watched_and_an_aborted_worker_is_r
         assert 'ambit_waypoint_worker_restarts_total{worker="0"} 1.0' in text, text
         assert json.loads(endpoint.fetch(admin, "/workers")[1])["workers"][0]["pid"] != worker0
     finally:
-        p.terminate()
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        _stop(p)
