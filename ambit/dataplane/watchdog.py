@@ -10,7 +10,7 @@ This is the same, in three parts:
 
 - `Judge`, pure: given the loop's heartbeats, the thread's own wake-ups and an injected clock's
   readings, it decides miss / mega-miss / dump / kill. Unit-tested without threads or sleeps.
-- `Heartbeat`, on the loop: a `call_at` every `BEAT_INTERVAL` that stores when it ran and how late
+- `Heartbeat`, on the loop: a `call_later` every `BEAT_INTERVAL` that stores when it ran and how late
   (a few attribute stores per beat: nothing on the data path).
 - `Watchdog`, a daemon thread: every `TICK` it feeds the judge and carries out its decisions: count
   (`ambit_event_loop_stalls_total{severity}`), log the loop thread's Python stack at a stall's first
