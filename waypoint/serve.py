@@ -111,7 +111,7 @@ async def amain(args: WaypointSettings) -> None:
     log.info("%s %s (%s) serving %s as %s; controller %s", "ingress gateway" if args.ingress else "waypoint",
              args.waypoint, args.pod_name, "its Gateway's listeners" if args.ingress else f"HBONE on {args.listen}",
              args.identity, args.controller or "-")
-    trimmer = await process.serve_until_stopped(args, proxy)
+    trimmer = await process.serve_until_stopped(args, proxy, metrics.registry)
     await memory.stop_trimming(trimmer)
     if reporter is not None:
         await reporter.stop()

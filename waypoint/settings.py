@@ -21,6 +21,7 @@ from ambit.dataplane.settings import (
     gc_threshold_option,
     memory_trim_interval_option,
     metrics_expiry_option,
+    watchdog_kill_after_option,
 )
 from ambit.gatewayclasses import INGRESS_CLASSES, WAYPOINT_CLASSES
 from ambit.settings import non_negative, option, positive
@@ -119,6 +120,7 @@ class WaypointSettings:
                                    "glibc's default of 8 per core", check=non_negative)
     gc_freeze: bool = gc_freeze_option()
     gc_threshold: str = gc_threshold_option()
+    watchdog_kill_after: float = watchdog_kill_after_option()
     workers: int = option(1, "worker processes, each a whole waypoint with its own event loop, pools and config "
                           "stream; the supervisor accepts HBONE connections and deals them out in turn (an "
                           "ingress gateway's workers share its listeners through SO_REUSEPORT); 0: one per CPU "

@@ -42,6 +42,7 @@ from ambit.dataplane.workers import (
     SupervisorMetrics,
     WorkerProcess,
     start_endpoints,
+    start_watchdog,
     stop_workers,
 )
 from waypoint.admin import start_status
@@ -151,6 +152,7 @@ async def supervise(args: WaypointSettings, argv: Sequence[str]) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    dog = start_watchdog(msrv, args.watchdog_kill_after)
     while not stop.is_set():
         for w in workers:
             if w.due_restart():
@@ -160,6 +162,7 @@ async def supervise(args: WaypointSettings, argv: Sequence[str]) -> None:
                 w.spawn(w.argv(argv))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.1)
+    dog.stop()
     if dealer is not None:
         dealer.close()          # new connections are refused from now; the workers drain theirs
     # Now, not after the drain: whoever stops us (a kubelet, the lab) may SIGKILL us when its grace

@@ -95,7 +95,7 @@ async def amain(args: ZtunnelSettings) -> None:
     log.info("ztunnel for %s ready; agent socket %s; controller %s; config version %s; CA %s", args.node,
              args.zds_socket, args.controller or "-", config.version or "-",
              ca_target if identities is not None else "-")
-    trimmer = await process.serve_until_stopped(args, proxy)
+    trimmer = await process.serve_until_stopped(args, proxy, metrics.registry)
     # Stop accepting first (the agent's socket and every pod listener), then drain: a surge roll's
     # new ztunnel takes the new connections meanwhile (docs/operations.md).
     deadline = loop.time() + args.termination_drain

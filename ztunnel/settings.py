@@ -17,6 +17,7 @@ from ambit.dataplane.settings import (
     gc_threshold_option,
     memory_trim_interval_option,
     metrics_expiry_option,
+    watchdog_kill_after_option,
 )
 from ambit.dataplane.telemetry.merge import source_problem
 from ambit.settings import non_negative, option, positive
@@ -68,6 +69,7 @@ class ZtunnelSettings:
     memory_trim_interval: float = memory_trim_interval_option()
     gc_freeze: bool = gc_freeze_option()
     gc_threshold: str = gc_threshold_option()
+    watchdog_kill_after: float = watchdog_kill_after_option()
     termination_drain: float = option(
         20.0, "on SIGTERM: close every pod listener at once (new connections go to the other ztunnel of a surge "
               "roll), then give open connections this many seconds before cutting them; keep it below the pod's "

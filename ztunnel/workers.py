@@ -46,6 +46,7 @@ from ambit.dataplane.workers import (
     SupervisorMetrics,
     WorkerProcess,
     start_endpoints,
+    start_watchdog,
     stop_workers,
 )
 from ztunnel.settings import ZtunnelSettings
@@ -302,7 +303,9 @@ async def supervise(args: ZtunnelSettings, argv: Sequence[str]) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    dog = start_watchdog(msrv, args.watchdog_kill_after)
     await stop.wait()
+    dog.stop()
     stopping.set()
     fan.stop()
     watch.cancel()

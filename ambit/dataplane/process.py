@@ -40,17 +40,28 @@ def run(prog: str, load: Callable[[Sequence[str] | None], S], amain: Callable[[S
     asyncio.run(amain(settings))
 
 
-async def serve_until_stopped(settings: Any, proxy: Any) -> Any:
+async def serve_until_stopped(settings: Any, proxy: Any, registry: Any = None) -> Any:
     """Start-up is done, and what exists now (modules, config, certificates) lives as long as the
     process: freeze it out of the collector's sight and tune the collector (`--gc-*`, the proxy's
     `gc_stats` for its admin), start trimming the heap, then wait for SIGTERM or SIGINT. Returns the
-    trimmer, for `memory.stop_trimming` once the proxy has drained."""
-    from ambit.dataplane import gctune, memory
+    trimmer, for `memory.stop_trimming` once the proxy has drained.
+
+    The event-loop watchdog (ambit/dataplane/watchdog.py) starts here, after the freeze's full
+    collection and every synchronous start-up step, so none of them can look like a stall; its
+    families go on `registry`. It stops at SIGTERM: the drain that follows is bounded by
+    `--termination-drain` and the pod's grace, and the loop is closed after it."""
+    from ambit.dataplane import gctune, memory, watchdog
     proxy.gc_stats = gctune.tune(settings.gc_freeze, gctune.parse_threshold(settings.gc_threshold))
     trimmer = memory.start_trimming(settings.memory_trim_interval)
+    dog = watchdog.start(settings.watchdog_kill_after)
+    if registry is not None:
+        registry.register(dog)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    try:
+        await stop.wait()
+    finally:
+        dog.stop()
     return trimmer

@@ -51,3 +51,17 @@ def gc_freeze_option() -> Any:
 def gc_threshold_option() -> Any:
     return option("", "the collector's thresholds 'gen0[,gen1[,gen2]]' ('' keeps Python's 700,10,10)",
                   check=check_threshold)
+
+
+# `ambit install` and the lab pass --watchdog-kill-after WATCHDOG_KILL_AFTER (docs/operations.md,
+# "The event-loop watchdog"); a bare process keeps Envoy's default, off, so one stopped in a
+# debugger or a profiler is not aborted under its developer.
+WATCHDOG_KILL_AFTER = 30.0
+
+
+def watchdog_kill_after_option() -> Any:
+    return option(0.0, "seconds the event loop may stall (not run a callback: a blocking call, an endless "
+                  "callback) before the watchdog logs the loop's stack and aborts the process (SIGABRT) so it "
+                  "is restarted; a stopped process (SIGSTOP) is not a stall; 0 never aborts (stalls are still "
+                  "counted in ambit_event_loop_stalls_total and a mega-miss's stack is logged)",
+                  check=non_negative)

@@ -10,7 +10,9 @@ What they share is here:
   exits while the supervisor is not stopping is started again, at most once per `RESTART_BACKOFF`.
 - **How many.** `--workers 0` means one per CPU this process may use (ambit/dataplane/cpus.py).
 - **The admin and metrics endpoints** are the supervisor's: metrics are every worker's exposition
-  merged, each sample labelled `worker`, plus a restarts counter; admin `/workers` lists the workers,
+  merged, each sample labelled `worker`, plus a restarts counter and the supervisor's own event-loop
+  watchdog's samples (no `worker` label: its loop deals pods or connections to every worker, so a
+  wedge there is an outage of all of them, aborted like a worker's); admin `/workers` lists the workers,
   `/healthz/*` is 200 only when every worker says so, and other paths are answered by the first
   worker that answers (its own view).
 
@@ -37,10 +39,11 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from ambit.accept import BACKOFFS
-from ambit.dataplane import endpoint
+from ambit.dataplane import endpoint, watchdog
 from ambit.dataplane.endpoint import LocalEndpoint, Response
 from ambit.dataplane.telemetry.health import backoff_family
 from ambit.dataplane.telemetry.merge import MetricsMerger
+from ambit.dataplane.watchdog import Watchdog
 
 log = logging.getLogger("ambit.dataplane.workers")
 
@@ -202,6 +205,7 @@ class SupervisorMetrics(LocalEndpoint):
         self.workers = workers
         self.restarts_family = restarts_family
         self.merger = merger
+        self.watchdog: Watchdog | None = None     # the supervisor's own (`start_watchdog`)
 
     async def respond(self, method: str, path: str) -> Response:
         # The workers' expositions are read off the loop, as SupervisorAdmin's answers are.
@@ -238,7 +242,15 @@ class SupervisorMetrics(LocalEndpoint):
     def extra(self) -> list[Metric]:
         """The supervisor's own families beyond the restarts (a component's subclass adds to them):
         its accept loops' backoffs (the ZDS fan-out's, the HBONE dealer's) run here, not in a worker."""
-        return [backoff_family(BACKOFFS), *([self.merger.failures.family()] if self.merger else [])]
+        return [backoff_family(BACKOFFS), *([self.merger.failures.family()] if self.merger else []),
+                *(self.watchdog.collect() if self.watchdog is not None else [])]
+
+
+def start_watchdog(metrics: SupervisorMetrics, kill_after: float) -> Watchdog:
+    """The supervisor's own event-loop watchdog (`--watchdog-kill-after`, as its workers'), its
+    families served with the workers'; `stop` it before the drain, as a worker does at SIGTERM."""
+    metrics.watchdog = watchdog.start(kill_after)
+    return metrics.watchdog
 
 
 async def start_endpoints(admin: SupervisorAdmin, metrics: SupervisorMetrics, admin_address: str,

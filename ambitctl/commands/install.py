@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from ambit.dataplane.cpus import memory_request_mib
+from ambit.dataplane.settings import WATCHDOG_KILL_AFTER
 from controller.sizing import memory_limit_mib
 from controller.sizing import memory_request_mib as controller_memory_request_mib
 
@@ -275,7 +276,10 @@ def ztunnel_args(o: argparse.Namespace) -> list[str]:
             # fetched from it over the pod's loopback at scrape time (ambit/dataplane/telemetry/merge.py).
             "--merge-metrics-from", AGENT_METRICS_URL,
             "--termination-drain", str(ZTUNNEL_DRAIN), "--log-level", o.log_level,
-            "--workers", str(o.ztunnel_workers)]
+            "--workers", str(o.ztunnel_workers),
+            # a worker whose event loop stalls this long logs its stack and aborts; the supervisor
+            # (or, with one worker, the kubelet) restarts it (ambit/dataplane/watchdog.py)
+            "--watchdog-kill-after", f"{WATCHDOG_KILL_AFTER:g}"]
 
 
 def agent_args(o: argparse.Namespace) -> list[str]:

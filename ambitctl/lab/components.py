@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ambit import cgroups
+from ambit.dataplane.settings import WATCHDOG_KILL_AFTER
 from ambitctl.lab import runtime
 from ambitctl.lab.spec import LabSpec
 from ambitctl.lab.state import LabState, ProcSpec
@@ -158,7 +159,7 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
                   "--trust-domain", spec.trust_domain, *controller_tls_args(base, spec.trust_domain),
                   "--metrics-socket", str(ztunnel_metrics_socket(base, n.name)),
                   "--report-interval", "3", "--termination-drain", str(ZTUNNEL_DRAIN),
-                  "--workers", str(ztunnel_workers),
+                  "--workers", str(ztunnel_workers), "--watchdog-kill-after", f"{WATCHDOG_KILL_AFTER:g}",
                   *(["--cert-ttl", str(cert_ttl)] if cert_ttl else []),
                   *shlex.split(os.environ.get(ZTUNNEL_ARGS_ENV, ""))],
             stop_grace=ZTUNNEL_DRAIN + 2, needs=[str(node_token_file(base, n.name))]))

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ambit import cgroups
+from ambit.dataplane.settings import WATCHDOG_KILL_AFTER
 from ambit.gatewayclasses import INGRESS_CLASSES, WAYPOINT_CLASSES
 from ambit.labstore import LabStore
 from ambit.netns import NETNS_RUN_DIR
@@ -109,7 +110,7 @@ def _process(base: Path, names: LabNames, w: dict[str, Any], trust_domain: str,
               "--run-dir", str(base / "run"),
               # one pod per waypoint, restarted in place, and no endpoint propagation to wait out:
               # accepting on after SIGTERM would only delay every stop (a cluster's default is 2 s)
-              "--http-drain-accept", "0", *(extra or []),
+              "--http-drain-accept", "0", "--watchdog-kill-after", f"{WATCHDOG_KILL_AFTER:g}", *(extra or []),
               *shlex.split(os.environ.get(components.WAYPOINT_ARGS_ENV, ""))],
         env={"POD_NAME": w["pod"], "POD_NAMESPACE": ns, "POD_IP": w["ip"], "NODE_NAME": node},
         needs=[str(components.node_token_file(base, node))])

@@ -35,6 +35,7 @@ from ambit.configclient.tls import controller_identity
 from ambit.dataplane.cpus import MAX_AUTO_WORKERS, memory_request_mib
 from ambit.dataplane.hbone.limits import MAX_PENDING_HANDSHAKES, MAX_PENDING_HANDSHAKES_PER_SOURCE
 from ambit.dataplane.ports import PORT_ADMIN, PORT_METRICS, PORT_READY
+from ambit.dataplane.settings import WATCHDOG_KILL_AFTER
 from controller.ca.publish import ROOT_CONFIGMAP, ROOT_KEY
 from controller.translate.ingress import is_ingress
 from controller.waypoints.gateways import GATEWAY_NAME_LABEL, HBONE_PORT
@@ -142,6 +143,9 @@ def waypoint_args(gw: Obj, s: WaypointDeploySettings) -> list[str]:
             "--admin-address", f"127.0.0.1:{ADMIN_PORT}", "--status-address", f"0.0.0.0:{READY_PORT}",
             "--metrics-address", f"0.0.0.0:{METRICS_PORT}",
             "--log-level", s.log_level, "--workers", str(s.workers), *worker_bounds(s.workers), "--run-dir", RUN_DIR,
+            # a wedged event loop (no liveness probe can tell it from waiting for the controller) aborts
+            # with its stack logged, and is restarted (ambit/dataplane/watchdog.py)
+            "--watchdog-kill-after", f"{WATCHDOG_KILL_AFTER:g}",
             # in the pod's emptyDir: a restarted container serves at once, even while the controller is away
             "--config-cache", f"{RUN_DIR}/config-cache.json", "--cert-cache", f"{RUN_DIR}/certs"]
 

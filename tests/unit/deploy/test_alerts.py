@@ -131,6 +131,22 @@ TESTS = {
                                                 "instance": "10.0.0.5:15020", "reason": "unreachable"}}]},
             ],
         },
+        {   # event loops: one worker keeps stalling past a second; another stalled once (a hiccup); the
+            # misses alone (200 ms) fire nothing
+            "interval": "1m",
+            "input_series": [
+                {"series": 'ambit_event_loop_stalls_total{instance="zt-a",worker="1",severity="mega_miss"}',
+                 "values": "0+1x30"},
+                {"series": 'ambit_event_loop_stalls_total{instance="zt-a",worker="0",severity="mega_miss"}',
+                 "values": "0 0 1x28"},
+                {"series": 'ambit_event_loop_stalls_total{instance="wp",severity="miss"}', "values": "0+5x30"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "8m", "alertname": "AmbitEventLoopStalling", "exp_alerts": []},
+                {"eval_time": "20m", "alertname": "AmbitEventLoopStalling",
+                 "exp_alerts": [{"exp_labels": {"severity": "warning", "instance": "zt-a", "worker": "1"}}]},
+            ],
+        },
     ],
 }
 

@@ -625,3 +625,25 @@ def test_the_controllers_memory_holds_its_measured_working_set_and_its_defaults_
     assert limit * args.memory_guard_fraction >= sizing.working_set_mib(full), (
         f"the controller's limit {limit:.0f} MiB refuses new streams at {args.memory_guard_fraction:.0%} before "
         f"--max-connections {args.max_connections} is served ({sizing.working_set_mib(full):.0f} MiB)")
+
+
+def test_the_clusters_proxies_abort_a_wedged_event_loop_so_it_is_restarted() -> None:
+    """No liveness probe can tell a wedged ztunnel or waypoint from one waiting for the controller
+    (docs/operations.md), so the manifests turn on the event-loop watchdog's abort: the node pod's
+    ztunnel and every waypoint Deployment the controller renders, parsed by the binaries' own settings."""
+    from ambit.dataplane.settings import WATCHDOG_KILL_AFTER
+    from controller.waypoints.render import WaypointDeploySettings, deployment
+    from waypoint.settings import load as waypoint_settings
+    from ztunnel.settings import load as ztunnel_settings
+    assert WATCHDOG_KILL_AFTER > 1.0, "well past a mega-miss (1 s): a long stall is logged before any abort"
+    z = container(render(), "DaemonSet", "ambit-node", "ztunnel")
+    assert ztunnel_settings(expand(z["args"], z), {}).watchdog_kill_after == WATCHDOG_KILL_AFTER
+    assert "livenessProbe" not in z
+    gw = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+          "metadata": {"name": "wp", "namespace": "demo", "uid": "u1"},
+          "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008,
+                                                                        "protocol": "HBONE"}]}}
+    dep = deployment(gw, WaypointDeploySettings(image="ambit:test", controller_address="ambit-controller:15012"))
+    w = dep["spec"]["template"]["spec"]["containers"][0]
+    assert waypoint_settings(expand(w["args"], w), {}).watchdog_kill_after == WATCHDOG_KILL_AFTER
+    assert "livenessProbe" not in w
