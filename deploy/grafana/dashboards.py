@@ -327,6 +327,13 @@ def control_plane() -> dict[str, Any]:
             legend="{{instance}} {{outcome}}",
             description="came: the certificate arrived and the handshake went on; none: refused at the "
                         "handshake deadline (a CA that does not sign for this node's pods)")
+    lay.add("timeseries", "Event-loop stalls (past 1 s)",
+            f'sum by (instance) (rate(ambit_event_loop_stalls_total{{{dp}, severity="mega_miss"}}{RATE}))',
+            unit="ops", legend="{{instance}}",
+            description="A proxy's event loop blocked for over a second (its stack is in the proxy's log; past "
+                        "--watchdog-kill-after it aborts and restarts; alert AmbitEventLoopStalling)")
+    lay.add("timeseries", "Longest event-loop stall since start", f"ambit_event_loop_longest_stall_seconds{{{dp}}}",
+            unit="s", legend="{{instance}}")
     lay.add("timeseries", "Scrapes without the node agent's metrics", q("ambit_metrics_merge_failures_total", node,
             "node, reason"), unit="ops", legend="{{node}} {{reason}}",
             description="ztunnel served its own metrics without the agent's (alert AmbitMetricsMergeFailing): "

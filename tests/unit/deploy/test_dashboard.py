@@ -72,15 +72,16 @@ def exported() -> tuple[set[str], set[str]]:
     # the node agent's, merged into ztunnel's scrape, and the merge's own failure counter
     from agent.metrics import AgentMetrics
     from ambit.dataplane.telemetry.merge import MergeFailures
+    from ambit.dataplane.watchdog import Watchdog
     for fam in AgentMetrics().registry.collect():
         names |= {s.name for s in fam.samples}
     waits = HealthCollector(config=client, certificate_waits=lambda: {"came": 0, "none": 0})
-    for c in (health, ControllerHealth(ctl, servicer), MergeFailures("x"), waits):
+    for c in (health, ControllerHealth(ctl, servicer), MergeFailures("x"), waits, Watchdog()):
         for fam in c.collect():
             names |= {s.name for s in fam.samples}
     names.add("up")         # Prometheus's own, per target
     labels = set(LABELS) | set(HTTP_LABELS) | {"type_url", "kind", "type", "version", "state", "direction", "limit",
-                                               "code", "cluster_name", "action", "result", "outcome", "reason"}
+                                               "code", "cluster_name", "action", "result", "outcome", "reason", "severity"}
     return names, labels
 
 
