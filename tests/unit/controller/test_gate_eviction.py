@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from pathlib import Path
 
 import grpc
 from prometheus_client import CollectorRegistry
 
-from ambit.api import ca_pb2, ca_pb2_grpc, config_pb2, config_pb2_grpc
+from ambit.api import ca_pb2, ca_pb2_grpc, config_pb2, config_pb2_grpc, debug_pb2, debug_pb2_grpc
 from ambit.configclient import NodeInfo
 from ambit.model import Workload
 from controller import fairness
@@ -32,6 +33,7 @@ from controller.ca.credentials import BootstrapTokens
 from controller.configserver import ConfigServer
 from controller.configserver.auth import NodeAuthenticator
 from controller.configserver.server import server_options
+from controller.debug import DebugServicer, TokenFileReaders
 from controller.grpcgate import CallGate
 from tests.unit.configstream.helpers import workload
 from tests.unit.controller.test_ca import TD, make_csr
@@ -60,18 +62,23 @@ def idle_tls_from(source: str, port: int) -> ssl.SSLSocket | None:
         return None
 
 
-def test_idle_unauthenticated_connections_from_four_addresses_cannot_lock_out_a_node(ca: CertificateAuthority) -> None:
-    """The port holds 40, each address 10. A node's config stream is up; four addresses fill the
-    rest with idle TLS connections. Before, a node's CA channel was then reset at accept: no
-    certificate. Now it evicts the oldest idle connection past its grace and gets its certificate,
-    and the node's authenticated config stream is never cut."""
+def test_idle_unauthenticated_connections_from_four_addresses_cannot_lock_out_a_node(ca: CertificateAuthority,
+                                                                                  tmp_path: Path) -> None:
+    """The port holds 40, each address 10. A CA channel, a debug reader (the CLI) and a node's config
+    stream are up, each having made an authenticated call; four addresses fill the rest with idle
+    TLS connections. Before, a node's new CA channel was then reset at accept: no certificate. Now
+    each new one evicts the oldest idle connection past its grace and gets its certificate, and the
+    authenticated connections (the oldest of all) are never the ones evicted."""
     tokens = BootstrapTokens()
     token = tokens.issue("node-a")
+    node_md = [("x-ambit-node", "node-a"), ("authorization", f"Bearer {token}")]
     config = ConfigServer(debounce=0.0, registry=CollectorRegistry(), authenticator=NodeAuthenticator(tokens))
     config.update({Workload.TYPE: [workload("a1", "node-a")]}, "v1")
     servicer = CertificateServicer(ca, tokens, lambda n: [("demo", "client")] if n == "node-a" else [])
+    readers = TokenFileReaders(tmp_path / "debug-token")
+    debug = DebugServicer(config, readers)
     clock = FakeClock()
-    identity = f"spiffe://{TD}/ns/demo/sa/client"
+    csr = ca_pb2.CSRRequest(csr_pem=make_csr().decode(), identity=f"spiffe://{TD}/ns/demo/sa/client", ttl_seconds=3600)
 
     async def go() -> None:
         loop = asyncio.get_running_loop()
@@ -83,17 +90,29 @@ def test_idle_unauthenticated_connections_from_four_addresses_cannot_lock_out_a_
         gate.guard(config.guards())
         add_to_server(server, servicer)
         gate.guard(servicer.guards())
+        debug.add_to_server(server)
+        gate.guard(debug.guards())
         chain, key = ca.issue_serving_certificate(["127.0.0.1"])
         port = await serve(server, accept, "127.0.0.1:0",
                            grpc.ssl_server_credentials([(key.encode(), "".join(chain).encode())]))
         roots = grpc.ssl_channel_credentials(root_certificates=ca.trust_bundle().pem_bundle().encode())
-        # each channel its own connection (grpc shares subchannels between a process's channels)
-        own = [("grpc.use_local_subchannel_pool", 1)]
+
+        def channel() -> grpc.aio.Channel:
+            # each its own connection (grpc shares subchannels between a process's channels)
+            return grpc.aio.secure_channel(f"127.0.0.1:{port}", roots, options=[("grpc.use_local_subchannel_pool", 1)])
+
+        async def certificate(ch: grpc.aio.Channel) -> None:
+            resp = await ca_pb2_grpc.CertificateServiceStub(ch).CreateCertificate(csr, metadata=node_md, timeout=10)
+            assert resp.cert_chain
+
         flood: list[ssl.SSLSocket] = []
-        node = grpc.aio.secure_channel(f"127.0.0.1:{port}", roots, options=own)
+        channels = [channel() for _ in range(6)]
+        ca_ch, debug_ch, node = channels[:3]
         try:
-            stream = config_pb2_grpc.ConfigServiceStub(node).DeltaStream(
-                metadata=[("authorization", f"Bearer {token}"), ("x-ambit-node", "node-a")])
+            await certificate(ca_ch)
+            await debug_pb2_grpc.DebugServiceStub(debug_ch).ProxyStatus(
+                debug_pb2.ProxyStatusRequest(), metadata=[("authorization", f"Bearer {readers._token}")], timeout=10)
+            stream = config_pb2_grpc.ConfigServiceStub(node).DeltaStream(metadata=node_md)
             await stream.write(config_pb2.DeltaRequest(node=NodeInfo("ztunnel", "node-a").to_proto(),
                                                        type_url=Workload.TYPE, subscribe=True))
             first = await asyncio.wait_for(stream.read(), 10)
@@ -103,24 +122,20 @@ def test_idle_unauthenticated_connections_from_four_addresses_cannot_lock_out_a_
                     s = await loop.run_in_executor(None, idle_tls_from, source, port)
                     if s is not None:
                         flood.append(s)
-            assert len(flood) == 39          # the port is full: the node's connection and 39 idle ones
+            assert len(flood) == 37          # the port is full: the three authenticated and 37 idle
             clock.t += 11                    # the idle ones are past their grace
 
-            evicted_before = fairness.REFUSED.get("unauthenticated_evicted", 0)
-            for _ in range(3):              # each a new connection: a restarted ztunnel's CA channel
-                async with grpc.aio.secure_channel(f"127.0.0.1:{port}", roots, options=own) as ch:
-                    resp = await ca_pb2_grpc.CertificateServiceStub(ch).CreateCertificate(
-                        ca_pb2.CSRRequest(csr_pem=make_csr().decode(), identity=identity, ttl_seconds=3600),
-                        metadata=[("x-ambit-node", "node-a"), ("authorization", f"Bearer {token}")], timeout=10)
-                    assert resp.cert_chain
-                await asyncio.sleep(0.1)    # the channel's close reaches the gate: its slot is free
-            # The first CA channel evicted the oldest idle connection (127.0.0.2's first); the next
-            # ones took the slot each predecessor freed, so nothing more was evicted.
-            assert fairness.REFUSED["unauthenticated_evicted"] == evicted_before + 1
-            assert await loop.run_in_executor(None, _closed_within, flood[0], 5.0)
-            assert not await loop.run_in_executor(None, _closed_within, flood[1], 0.2)
+            evicted_before = fairness.REFUSED["unauthenticated_evicted"]
+            for ch in channels[3:]:         # new connections, held: a restarted ztunnel's CA channels
+                await certificate(ch)
+            # Each evicted the oldest idle connection (127.0.0.2's first three), not the older
+            # authenticated ones.
+            assert fairness.REFUSED["unauthenticated_evicted"] == evicted_before + 3
+            closed = [await loop.run_in_executor(None, _closed_within, s, 5.0 if i < 3 else 0.1)
+                      for i, s in enumerate(flood[:4])]
+            assert closed == [True, True, True, False], closed
 
-            # The node's authenticated connection was never the one evicted: its stream still gets pushes.
+            # The node's stream still gets pushes.
             await stream.write(config_pb2.DeltaRequest(type_url=Workload.TYPE, response_nonce=first.nonce))
             config.update({Workload.TYPE: [workload("a1", "node-a"), workload("a2", "node-a", ip="10.0.1.2")]}, "v2")
             pushed = await asyncio.wait_for(stream.read(), 10)
@@ -129,7 +144,8 @@ def test_idle_unauthenticated_connections_from_four_addresses_cannot_lock_out_a_
         finally:
             for s in flood:
                 s.close()
-            await node.close()
+            for ch in channels:
+                await ch.close()
             await server.stop(None)
             await accept.stop()
 
