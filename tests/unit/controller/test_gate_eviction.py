@@ -125,7 +125,7 @@ def test_idle_unauthenticated_connections_from_four_addresses_cannot_lock_out_a_
             assert len(flood) == 37          # the port is full: the three authenticated and 37 idle
             clock.t += 11                    # the idle ones are past their grace
 
-            evicted_before = fairness.REFUSED["unauthenticated_evicted"]
+            evicted_before = fairness.REFUSED.get("unauthenticated_evicted", 0)
             for ch in channels[3:]:         # new connections, held: a restarted ztunnel's CA channels
                 await certificate(ch)
             # Each evicted the oldest idle connection (127.0.0.2's first three), not the older
