@@ -278,8 +278,9 @@ class AcceptGate:
         n = fairness.REFUSED[limit]
         if n % 1000 == 1:   # a flood says so without flooding the log
             bound = self.admission.per_peer.limit if limit == "connections_per_peer" else self.admission.max_total
-            log.warning("gRPC port: a connection from %s refused at accept: %s bound of %d (%d refused so far)",
-                        address, limit, bound, n)
+            log.warning("gRPC port: a connection from %s refused at accept: %s bound of %d, every connection under it "
+                        "authenticated or younger than %.0f s (%d refused so far)",
+                        address, limit, bound, self.admission.grace, n)
 
     async def stop(self) -> None:
         """Stop accepting and end every spliced connection (call after grpc's server stopped)."""
