@@ -109,7 +109,7 @@ class _Splice:
 
     def __init__(self, gate: AcceptGate, address: str) -> None:
         self.gate, self.address = gate, address
-        self.n = ""                        # its number in grpc's view of its address (AcceptGate.connect)
+        self.n = ""                        # its number in grpc's view of its address (AcceptGate.number)
         self.client: asyncio.Transport | None = None
         self.backend: asyncio.Transport | None = None
         self.early: list[bytes] = []       # what the client sent before grpc's side was up

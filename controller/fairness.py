@@ -117,8 +117,8 @@ class ConnectionAdmission:
     pods of any tenant could hold 10,000, reconnecting as grpc's timeouts close them) must not lock
     the mesh's nodes out. So at a bound a new connection is admitted by evicting the oldest
     connection that has not authenticated and is older than `grace` (`evicted` names it: the caller
-    closes it; its slot is already given to the new one), as Envoy's overload manager resets the
-    least valuable connections first; only when every connection under the bound authenticated, or
+    closes it; its slot is already given to the new one): under pressure, shed the least valuable
+    connections first, as a production proxy's overload manager does, not every newcomer; only when every connection under the bound authenticated, or
     is too young to have had its chance, is the new one refused. At the per-peer bound the victim
     is that peer's own (a host-network pod shares its node's address with the node's ztunnel: its
     idle connections give way to the node's, and one address never gains by another's), at
@@ -204,4 +204,3 @@ class ConnectionAdmission:
         del mine[conn]
         if not mine:
             del self._peer_unauthenticated[peer]
-

@@ -21,6 +21,10 @@ What anonymous callers can make the controller hold stays small whatever their n
   client only learns the reason once its first write is through) does so for at most
   `max_draining` calls at once, each for at most `drain_timeout`; the others are refused without
   reading, and their clients may see a transport error instead of the reason.
+
+A call whose credential verified also marks its connection authenticated in the accept gate
+(controller/acceptgate.py `authenticated`): at the port's connection bounds, connections that never
+authenticate give way to new ones, and authenticated ones never do.
 """
 
 from __future__ import annotations
@@ -53,7 +57,9 @@ class CallRefused(Exception):
         self.code = code
 
 
-# The metadata (lower-cased keys, text values) -> anything on success, or CallRefused.
+# The metadata (lower-cased keys, text values) -> who the credential authenticated on success, or
+# CallRefused. A falsy result (a check with nothing to verify: --insecure-config-stream) passes the
+# call without counting its connection as authenticated.
 Check = Callable[[Mapping[str, str]], Awaitable[Any]]
 
 
