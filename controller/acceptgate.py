@@ -14,7 +14,11 @@ timeouts, HTTP/2 and its bounds all stay grpc's. Splicing costs a copy per byte 
 
 grpc sees each spliced connection come from an abstract unix address that names the real peer
 (`@ambit-gate-<pid>-<random>/<n>/ipv4:10.0.0.1:4567`) and reports it as `context.peer()`;
-`peer_of(context)` turns it back into `ipv4:10.0.0.1:4567` for logs and the subscribers' status.
+`peer_of(context)` turns it back into `ipv4:10.0.0.1:4567` for logs and the subscribers' status,
+and `authenticated(context)` tells the gate that connection <n> carried a call whose credential
+verified (controller/grpcgate.py calls it): at a bound, a new connection evicts the oldest one that
+never did, past a grace, instead of being refused (ConnectionAdmission), so a few addresses holding
+idle TLS connections cannot lock the nodes out either.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import secrets
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,7 +39,7 @@ import grpc
 
 from ambit import rlimits
 from controller import fairness
-from controller.fairness import ConnectionAdmission
+from controller.fairness import AUTH_GRACE, ConnectionAdmission
 
 log = logging.getLogger("ambit.controller.acceptgate")
 
@@ -47,17 +52,35 @@ log = logging.getLogger("ambit.controller.acceptgate")
 # one address can never take more than that.
 MAX_CONNECTIONS_PER_PEER = 1000
 BACKLOG = 4096
-_PREFIXES: set[str] = set()         # the abstract-name prefixes of this process's gates
+_GATES: dict[str, AcceptGate] = {}     # this process's gates by their abstract-name prefix
+
+
+def _spliced(context: Any) -> tuple[AcceptGate, str, str] | None:
+    """(gate, connection number, client address) of a call that came through a gate, else None."""
+    peer = str(context.peer())
+    if not peer.startswith("unix-abstract:"):
+        return None
+    prefix, _, rest = peer[len("unix-abstract:"):].partition("/")
+    gate = _GATES.get(prefix)
+    if gate is None:
+        return None
+    n, _, client = rest.partition("/")
+    return gate, n, client
 
 
 def peer_of(context: Any) -> str:
     """The caller's address as the client sent from (`ipv4:HOST:PORT`), through the gate or not."""
-    peer = str(context.peer())
-    if peer.startswith("unix-abstract:"):
-        prefix, _, rest = peer[len("unix-abstract:"):].partition("/")
-        if prefix in _PREFIXES:
-            return rest.partition("/")[2]
-    return peer
+    spliced = _spliced(context)
+    return spliced[2] if spliced is not None else str(context.peer())
+
+
+def authenticated(context: Any) -> None:
+    """The call of `context` presented a credential that verified: its connection (through a gate)
+    is never evicted for a new one. A connection served directly (a unix `--listen`) has no gate."""
+    spliced = _spliced(context)
+    if spliced is not None:
+        gate, n, _ = spliced
+        gate.authenticated(n)
 
 
 def gated(listen: str, per_peer: int) -> bool:
@@ -86,6 +109,7 @@ class _Splice:
 
     def __init__(self, gate: AcceptGate, address: str) -> None:
         self.gate, self.address = gate, address
+        self.n = ""                        # its number in grpc's view of its address (AcceptGate.number)
         self.client: asyncio.Transport | None = None
         self.backend: asyncio.Transport | None = None
         self.early: list[bytes] = []       # what the client sent before grpc's side was up
@@ -95,8 +119,9 @@ class _Splice:
         if self.closed:
             return
         self.closed = True
-        self.gate.admission.release(self.address)
+        self.gate.admission.release(self)
         self.gate.splices.discard(self)
+        self.gate.numbered.pop(self.n, None)
         for t in (self.client, self.backend):
             if t is not None:
                 t.close()
@@ -145,14 +170,15 @@ class _Client(_Side):
         assert isinstance(transport, asyncio.Transport)
         peer = transport.get_extra_info("peername")
         address = peer[0] if peer else ""
-        refused = self.gate.admission.admit(address)
+        refused = self.gate.admission.admit(self.splice, address)
         if refused is not None:
             self.splice.closed = True           # nothing admitted, nothing to release
             self.gate.refused(refused, address)
             transport.abort()
             return
+        self.gate.evict(self.gate.admission.evicted)
         self.splice.address, self.splice.client = address, transport
-        self.gate.splices.add(self.splice)
+        self.gate.number(self.splice)
         # No reads until grpc's side is up. Python 3.11 starts reading *after* connection_made (a
         # pause here is undone), so pause on the next turn; what came before is kept in `early`.
         asyncio.get_running_loop().call_soon(self._wait_for_backend, transport)
@@ -171,16 +197,17 @@ class AcceptGate:
     Create it, add `backend` (a unix address) to the grpc server before it starts, then `start`.
     """
 
-    def __init__(self, max_connections: int, per_peer: int) -> None:
-        self.admission = ConnectionAdmission(max_connections, per_peer)
+    def __init__(self, max_connections: int, per_peer: int, grace: float = AUTH_GRACE) -> None:
+        self.admission = ConnectionAdmission(max_connections, per_peer, time.monotonic, grace)
         self.prefix = f"ambit-gate-{os.getpid()}-{secrets.token_hex(4)}"
         self._dir = tempfile.mkdtemp(prefix="ambit-grpc-")        # 0700: only this user reaches grpc
         self.backend_path = os.path.join(self._dir, "grpc.sock")
         self.splices: set[_Splice] = set()
+        self.numbered: dict[str, _Splice] = {}      # the open ones by number (str: as grpc names it)
         self.tasks: set[asyncio.Task[None]] = set()
         self._n = 0
         self._server: asyncio.Server | None = None
-        _PREFIXES.add(self.prefix)
+        _GATES[self.prefix] = self
 
     @property
     def backend(self) -> str:
@@ -196,8 +223,7 @@ class AcceptGate:
     async def connect(self, splice: _Splice, peer: str) -> None:
         """Open grpc's side of an admitted connection, from an abstract address naming `peer`."""
         loop = asyncio.get_running_loop()
-        self._n += 1
-        name = f"\0{self.prefix}/{self._n}/{peer}"[:107]
+        name = f"\0{self.prefix}/{splice.n}/{peer}"[:107]
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
@@ -224,12 +250,37 @@ class AcceptGate:
         if not splice.client.is_reading():
             splice.client.resume_reading()
 
+    def number(self, splice: _Splice) -> None:
+        """Hold an admitted connection and give it the number grpc will name its calls' peer by."""
+        self._n += 1
+        splice.n = str(self._n)
+        self.splices.add(splice)
+        self.numbered[splice.n] = splice
+
+    def authenticated(self, n: str) -> None:
+        """Connection `n` carried a call whose credential verified (see `authenticated`)."""
+        splice = self.numbered.get(n)
+        if splice is not None:
+            self.admission.authenticated(splice)
+
+    def evict(self, victim: Any) -> None:
+        """Close the connection the admission evicted for a new one (None: it evicted none)."""
+        if not isinstance(victim, _Splice):
+            return
+        victim.close()
+        n = fairness.REFUSED["unauthenticated_evicted"]
+        if n % 1000 == 1:   # a flood says so without flooding the log
+            log.warning("gRPC port: closed a connection from %s that made no authenticated call in %.0f s, for a new "
+                        "one at the %s bound (%d closed so far)",
+                        victim.address, self.admission.evicted_age, self.admission.evicted_at, n)
+
     def refused(self, limit: str, address: str) -> None:
         n = fairness.REFUSED[limit]
         if n % 1000 == 1:   # a flood says so without flooding the log
             bound = self.admission.per_peer.limit if limit == "connections_per_peer" else self.admission.max_total
-            log.warning("gRPC port: a connection from %s refused at accept: %s bound of %d (%d refused so far)",
-                        address, limit, bound, n)
+            log.warning("gRPC port: a connection from %s refused at accept: %s bound of %d, every connection under it "
+                        "authenticated or younger than %.0f s (%d refused so far)",
+                        address, limit, bound, self.admission.grace, n)
 
     async def stop(self) -> None:
         """Stop accepting and end every spliced connection (call after grpc's server stopped)."""
@@ -243,7 +294,7 @@ class AcceptGate:
         if server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
-        _PREFIXES.discard(self.prefix)
+        _GATES.pop(self.prefix, None)
         shutil.rmtree(self._dir, ignore_errors=True)
 
 

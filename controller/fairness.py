@@ -9,7 +9,8 @@ injected, so each bound is unit-tested without sleeping, and the gRPC edge only 
   controller memory and push work) are counted by the data plane's `ConnLimiter`.
 - `ConnectionAdmission`: the gRPC port's connections, at most so many in all and so many per peer
   address (controller/acceptgate.py asks it at accept, before any TLS work), so one address cannot
-  take every slot of the port from the mesh's nodes.
+  take every slot of the port from the mesh's nodes; and at a bound the oldest connection that
+  never authenticated gives way to a new one, so a few addresses cannot either.
 
 Refusals are counted in `REFUSED` by limit: `ambit_controller_limited_total{limit}`
 (controller/health.py, docs/observability.md).
@@ -33,11 +34,24 @@ from ambit.dataplane.hbone.limits import ConnLimiter
 # - `report_rate`: a credential sent status reports faster than its bucket refills;
 # - `connections_per_peer`: a peer address held its bound of connections to the gRPC port;
 # - `max_connections`: the gRPC port held its bound of connections in all;
+# - `unauthenticated_evicted`: at either of those bounds, a connection that had made no authenticated
+#   call within AUTH_GRACE was closed for a new one (ConnectionAdmission);
 # - `memory`: a config stream opened while the process held --memory-guard-fraction of its cgroup's
 #   memory limit (controller/memguard.py).
 REFUSED: dict[str, int] = dict.fromkeys(
     ("ca_request_rate", "report_rate", "config_streams_per_client", "feeds_per_client", "connections_per_peer",
-     "max_connections", "memory"), 0)
+     "max_connections", "unauthenticated_evicted", "memory"), 0)
+
+# How long a connection to the gRPC port may go without an authenticated call before, at a bound,
+# a new connection may evict it. A legitimate client's first call comes right after its TLS
+# handshake (ztunnel's config stream and CSR, an agent's stream, the CLI's debug call), and its
+# credential check is a cached or bootstrap token compare, or a TokenReview (milliseconds; under
+# load, in line behind at most 64 in flight). grpc itself closes a connection whose TLS handshake
+# and HTTP/2 preface are not done in 10 s (configserver/server.py HANDSHAKE_TIMEOUT_MS): the same
+# span covers the call. A client evicted all the same (an API server stalled past it) reconnects,
+# as grpc clients do. Shorter would risk such evictions; longer lets a flood that reconnects keep
+# the port full with fewer connections per second (it must open max_connections per grace).
+AUTH_GRACE = 10.0
 
 # How many requesters' buckets are remembered (each key is an authenticated credential, so only
 # the mesh's own nodes and waypoints make them); past this the least recently used is forgotten,
@@ -95,26 +109,98 @@ class RequestRate:
 
 class ConnectionAdmission:
     """Connections held at once: at most `max_total` in all and `per_peer` per `peer_key` (0: no
-    bound). `admit(address)` returns None (admitted: pair it with one `release(address)`) or the
-    name of the bound that refused it."""
+    bound), and which of them authenticated.
 
-    def __init__(self, max_total: int, per_peer: int) -> None:
+    `admit(conn, address)` returns None (admitted: pair it with one `release(conn)`) or the name of
+    the bound that refused it. `authenticated(conn)`: a call on `conn` presented a credential that
+    verified. A port full of connections that never do (TLS, an HTTP/2 preface, then nothing: ten
+    pods of any tenant could hold 10,000, reconnecting as grpc's timeouts close them) must not lock
+    the mesh's nodes out. So at a bound a new connection is admitted by evicting the oldest
+    connection that has not authenticated and is older than `grace` (`evicted` names it: the caller
+    closes it; its slot is already given to the new one): under pressure, shed the least valuable
+    connections first, as a production proxy's overload manager does, not every newcomer; only when every connection under the bound authenticated, or
+    is too young to have had its chance, is the new one refused. At the per-peer bound the victim
+    is that peer's own (a host-network pod shares its node's address with the node's ztunnel: its
+    idle connections give way to the node's, and one address never gains by another's), at
+    `max_total` anyone's. An authenticated connection is never evicted.
+    """
+
+    def __init__(self, max_total: int, per_peer: int, clock: Monotonic, grace: float = AUTH_GRACE) -> None:
         if max_total < 0:
             raise ValueError(f"max_connections: must be >= 0, got {max_total}")
-        self.max_total = max_total
+        if grace < 0:
+            raise ValueError(f"unauthenticated connection grace: must be >= 0, got {grace}")
+        self.max_total, self.clock, self.grace = max_total, clock, grace
         self.per_peer = ConnLimiter(per_peer, "connections per peer address")
-        self.total = 0
+        # connections not (yet) authenticated, oldest first: in all, and per peer
+        self._unauthenticated: dict[Hashable, tuple[str, float]] = {}      # conn -> (peer, admitted at)
+        self._peer_unauthenticated: dict[str, dict[Hashable, float]] = {}
+        self._authenticated: dict[Hashable, str] = {}                      # conn -> peer
+        self.evicted: Hashable | None = None        # set by admit(): the connection the caller must close
+        self.evicted_age = 0.0                      # how long it had been held
+        self.evicted_at = ""                        # and the bound that was full
 
-    def admit(self, address: str) -> str | None:
-        if self.max_total and self.total >= self.max_total:
-            REFUSED["max_connections"] += 1
-            return "max_connections"
-        if not self.per_peer.acquire(peer_key(address)):
-            REFUSED["connections_per_peer"] += 1
-            return "connections_per_peer"
-        self.total += 1
+    @property
+    def total(self) -> int:
+        return len(self._unauthenticated) + len(self._authenticated)
+
+    def admit(self, conn: Hashable, address: str) -> str | None:
+        self.evicted = None
+        peer, now = peer_key(address), self.clock()
+        if self.per_peer.limit and self.per_peer.count(peer) >= self.per_peer.limit:
+            if not self._evict(self._oldest(peer), now, "connections_per_peer"):
+                REFUSED["connections_per_peer"] += 1
+                return "connections_per_peer"
+        elif self.max_total and self.total >= self.max_total:
+            if not self._evict(self._oldest(None), now, "max_connections"):
+                REFUSED["max_connections"] += 1
+                return "max_connections"
+        self.per_peer.acquire(peer)
+        self._unauthenticated[conn] = (peer, now)
+        self._peer_unauthenticated.setdefault(peer, {})[conn] = now
         return None
 
-    def release(self, address: str) -> None:
-        self.per_peer.release(peer_key(address))
-        self.total -= 1
+    def _oldest(self, peer: str | None) -> tuple[Hashable, float] | None:
+        """The oldest unauthenticated connection (of `peer`, or of anyone) and when it came: dicts
+        keep insertion order and the clock is monotonic, so it is the first (O(1))."""
+        if peer is not None:
+            return next(iter(self._peer_unauthenticated.get(peer, {}).items()), None)
+        first = next(iter(self._unauthenticated.items()), None)
+        return None if first is None else (first[0], first[1][1])
+
+    def _evict(self, oldest: tuple[Hashable, float] | None, now: float, bound: str) -> bool:
+        """Evict `oldest` if it is past the grace (False: it is not, so no other is either)."""
+        if oldest is None or now - oldest[1] < self.grace:
+            return False
+        self.release(oldest[0])
+        self.evicted, self.evicted_age, self.evicted_at = oldest[0], now - oldest[1], bound
+        REFUSED["unauthenticated_evicted"] += 1
+        return True
+
+    def authenticated(self, conn: Hashable) -> None:
+        """A call on `conn` authenticated: it is never evicted (a conn not held is ignored)."""
+        held = self._unauthenticated.pop(conn, None)
+        if held is None:
+            return
+        peer = held[0]
+        self._forget(peer, conn)
+        self._authenticated[conn] = peer
+
+    def is_authenticated(self, conn: Hashable) -> bool:
+        return conn in self._authenticated
+
+    def release(self, conn: Hashable) -> None:
+        """`conn` closed (a conn not held, e.g. one already evicted, is ignored)."""
+        held = self._unauthenticated.pop(conn, None)
+        if held is not None:
+            peer = held[0]
+            self._forget(peer, conn)
+        elif (peer := self._authenticated.pop(conn, None)) is None:
+            return
+        self.per_peer.release(peer)
+
+    def _forget(self, peer: str, conn: Hashable) -> None:
+        mine = self._peer_unauthenticated[peer]
+        del mine[conn]
+        if not mine:
+            del self._peer_unauthenticated[peer]

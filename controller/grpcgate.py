@@ -21,12 +21,17 @@ What anonymous callers can make the controller hold stays small whatever their n
   client only learns the reason once its first write is through) does so for at most
   `max_draining` calls at once, each for at most `drain_timeout`; the others are refused without
   reading, and their clients may see a transport error instead of the reason.
+
+A call whose credential verified also marks its connection authenticated in the accept gate
+(controller/acceptgate.py `authenticated`): at the port's connection bounds, connections that never
+authenticate give way to new ones, and authenticated ones never do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -34,7 +39,7 @@ from typing import Any
 
 import grpc
 
-from controller.acceptgate import peer_of
+from controller.acceptgate import authenticated, peer_of
 from controller.msgsize import limited
 from controller.validation import printable
 
@@ -52,7 +57,9 @@ class CallRefused(Exception):
         self.code = code
 
 
-# The metadata (lower-cased keys, text values) -> anything on success, or CallRefused.
+# The metadata (lower-cased keys, text values) -> who the credential authenticated on success, or
+# CallRefused. A falsy result (a check with nothing to verify: --insecure-config-stream) passes the
+# call without counting its connection as authenticated.
 Check = Callable[[Mapping[str, str]], Awaitable[Any]]
 
 
@@ -88,10 +95,14 @@ class CallGate(grpc.aio.ServerInterceptor):
         if guard is None:
             return await continuation(details)
         try:
-            await guard.check(metadata_dict(details.invocation_metadata))
+            caller = await guard.check(metadata_dict(details.invocation_metadata))
         except CallRefused as e:
             return self._refusal(details.method, e, guard.drain)
         handler = await continuation(details)
+        if handler is not None and caller:
+            # a credential verified (a check with nothing to verify, e.g. --insecure-config-stream,
+            # returns nothing): the call's connection is never evicted (controller/acceptgate.py)
+            handler = marking(handler)
         if guard.max_message and handler is not None:
             return limited(handler, details.method, guard.max_message)
         return handler
@@ -122,6 +133,26 @@ class CallGate(grpc.aio.ServerInterceptor):
             await context.abort(code, message)
 
         return grpc.stream_stream_rpc_method_handler(refuse)
+
+
+def marking(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler`, telling the accept gate that its call's connection authenticated before it runs
+    (the interceptor sees the call's metadata, not its connection: only the handler's context
+    names the connection)."""
+    kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream") if getattr(handler, k))
+    inner = getattr(handler, kind)
+    if inspect.isasyncgenfunction(inner):
+        async def stream(request: Any, context: Any) -> Any:
+            authenticated(context)
+            async for r in inner(request, context):
+                yield r
+        return handler._replace(**{kind: stream})
+
+    async def call(request: Any, context: Any) -> Any:
+        authenticated(context)
+        result = inner(request, context)
+        return await result if inspect.isawaitable(result) else result
+    return handler._replace(**{kind: call})
 
 
 def method_path(file_descriptor: Any, service: str, method: str) -> str:

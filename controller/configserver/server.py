@@ -238,9 +238,11 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         credential is refused before its first request is buffered (controller/grpcgate.py)."""
         return {DELTA_STREAM: Guard(self._check_credential, drain=True)}
 
-    async def _check_credential(self, metadata: Mapping[str, str]) -> None:
+    async def _check_credential(self, metadata: Mapping[str, str]) -> str | None:
+        """The authenticated node (None: no credential to check, --insecure-config-stream)."""
         if self.authenticator is not None:
-            await self.authenticator.authenticate(metadata)
+            return await self.authenticator.authenticate(metadata)
+        return None
 
     async def stop(self, grace: float | None = None) -> None:
         if self._flush_handle is not None:

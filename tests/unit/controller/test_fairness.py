@@ -208,11 +208,71 @@ def test_a_peer_is_its_ipv4_address_or_its_ipv6_64() -> None:
 
 
 def test_admission_bounds_each_peer_and_the_whole() -> None:
-    adm = ConnectionAdmission(max_total=5, per_peer=2)
-    assert [adm.admit("10.0.0.1") for _ in range(3)] == [None, None, "connections_per_peer"]
-    assert [adm.admit(f"10.0.0.{i}") for i in (2, 3, 4, 5)] == [None, None, None, "max_connections"]
-    adm.release("10.0.0.1")
-    assert adm.admit("10.0.0.1") is None and adm.total == 5
+    adm = ConnectionAdmission(max_total=5, per_peer=2, clock=FakeClock())
+    assert [adm.admit(f"a{i}", "10.0.0.1") for i in range(3)] == [None, None, "connections_per_peer"]
+    assert [adm.admit(i, f"10.0.0.{i}") for i in (2, 3, 4, 5)] == [None, None, None, "max_connections"]
+    adm.release("a0")
+    assert adm.admit("a3", "10.0.0.1") is None and adm.total == 5
+    assert adm.evicted is None                  # a freed slot: nothing evicted
+
+
+def test_a_full_port_evicts_the_oldest_connection_that_never_authenticated_once_past_its_grace() -> None:
+    """Ten addresses of any tenant could hold the whole port with idle TLS connections, and a new
+    node was refused. Now a new connection takes the slot of the oldest one that made no
+    authenticated call in `grace`; one too young to have had its chance is kept (the new one is
+    refused), and so is every authenticated one, however old."""
+    clock = FakeClock()
+    adm = ConnectionAdmission(max_total=4, per_peer=0, clock=clock, grace=10.0)
+    before = dict(fairness.REFUSED)
+    assert adm.admit("node", "10.0.0.1") is None
+    adm.authenticated("node")                   # the oldest of all, but authenticated
+    for i in (2, 3, 4):
+        clock.t += 1
+        assert adm.admit(f"idle{i}", f"10.0.0.{i}") is None
+    assert adm.admit("new", "10.0.1.1") == "max_connections" and adm.evicted is None    # all too young
+    clock.t += 8                                # idle2 is 10 s old, idle3 9 s
+    assert adm.admit("new", "10.0.1.1") is None and adm.evicted == "idle2" and adm.evicted_age == 10.0
+    assert adm.evicted_at == "max_connections" and adm.total == 4
+    adm.release("idle2")                        # the caller closes it: already released, ignored
+    assert adm.total == 4 and adm.admit("next", "10.0.1.2") == "max_connections"   # idle3: 9 s
+    assert fairness.REFUSED["unauthenticated_evicted"] == before["unauthenticated_evicted"] + 1
+    assert fairness.REFUSED["max_connections"] == before["max_connections"] + 2
+    for conn in ("idle3", "idle4", "new"):
+        adm.authenticated(conn)
+    clock.t += 3600
+    assert adm.admit("late", "10.0.1.3") == "max_connections" and adm.evicted is None
+    assert all(adm.is_authenticated(c) for c in ("node", "idle3", "idle4", "new"))
+    adm.release("node")                         # an authenticated one that closes frees its slot
+    assert adm.admit("late", "10.0.1.3") is None and adm.total == 4
+
+
+def test_at_the_per_peer_bound_only_that_peers_own_idle_connection_gives_way() -> None:
+    """A host-network pod shares its node's address with the node's ztunnel: its idle connections
+    give way to the node's new one at the per-peer bound, but never another address's, and an
+    address whose connections all authenticated is refused as before. An IPv6 /64 is one peer."""
+    clock = FakeClock()
+    adm = ConnectionAdmission(max_total=100, per_peer=2, clock=clock, grace=10.0)
+    assert adm.admit("other", "10.0.0.9") is None           # older than all, not the same peer
+    clock.t += 1
+    assert adm.admit("ztunnel", "10.0.0.1") is None
+    adm.authenticated("ztunnel")
+    assert adm.admit("idle", "10.0.0.1") is None
+    assert adm.admit("restarted", "10.0.0.1") == "connections_per_peer"     # idle is too young
+    clock.t += 10
+    assert adm.admit("restarted", "10.0.0.1") is None and adm.evicted == "idle"
+    assert adm.evicted_at == "connections_per_peer"
+    adm.authenticated("restarted")
+    clock.t += 60
+    assert adm.admit("third", "10.0.0.1") == "connections_per_peer" and adm.evicted is None
+    assert adm.admit("v6a", "2001:db8::1") is None and adm.admit("v6b", "2001:db8::2") is None
+    clock.t += 10
+    assert adm.admit("v6c", "2001:db8::ffff") is None and adm.evicted == "v6a"
+    assert adm.total == 5
+
+
+def test_admission_refuses_a_negative_grace() -> None:
+    with pytest.raises(ValueError, match="grace"):
+        ConnectionAdmission(10, 1, FakeClock(), grace=-1)
 
 
 def test_one_address_cannot_take_every_slot_of_the_grpc_port_and_others_still_get_config() -> None:

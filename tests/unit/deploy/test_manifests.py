@@ -596,7 +596,7 @@ def test_controller_has_a_writable_temporary_directory_on_its_read_only_root() -
     finally:
         import shutil
         shutil.rmtree(gate._dir, ignore_errors=True)
-        acceptgate._PREFIXES.discard(gate.prefix)
+        acceptgate._GATES.pop(gate.prefix, None)
     pod = one(docs, "Deployment", "ambit-controller")["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == tmp]
