@@ -262,6 +262,31 @@ class Fanout:
             os.close(old[1])
 
 
+async def tend(workers: Sequence[Worker], fan: Fanout, argv: Sequence[str], stopping: threading.Event) -> None:
+    """One round of the supervisor's monitor: restart the workers that died, link the ones that run.
+
+    The fan-out's lock is taken in a thread, never on the loop: the agent's thread holds it while it
+    waits on a worker's answer (up to LINK_TIMEOUT, 30 s, for a wedged worker), and waiting for it
+    here froze the supervisor's loop, its health and metrics endpoints and its HBONE hand-offs
+    with it, for as long, until its own watchdog aborted the whole node's ztunnel."""
+    loop = asyncio.get_running_loop()
+
+    def unlink(w: Worker) -> None:
+        with fan.lock:
+            w.unlink()
+    for w in workers:
+        if w.due_restart():
+            code = w.proc.returncode if w.proc else None
+            log.warning("worker %d (pid %s) exited with %s; restarting", w.index,
+                        w.proc.pid if w.proc else "-", code)
+            await loop.run_in_executor(None, unlink, w)
+            w.restarts += 1
+            w.spawn(argv)
+        if w.link is None and not w.linking and w.alive():
+            w.linking = True
+            loop.run_in_executor(None, fan.attach, w, stopping)
+
+
 async def supervise(args: ZtunnelSettings, argv: Sequence[str]) -> None:
     loop = asyncio.get_running_loop()
     n = args.worker_count
@@ -280,18 +305,7 @@ async def supervise(args: ZtunnelSettings, argv: Sequence[str]) -> None:
 
     async def monitor() -> None:
         while not stopping.is_set():
-            for w in workers:
-                if w.due_restart():
-                    code = w.proc.returncode if w.proc else None
-                    log.warning("worker %d (pid %s) exited with %s; restarting", w.index,
-                                w.proc.pid if w.proc else "-", code)
-                    with fan.lock:
-                        w.unlink()
-                    w.restarts += 1
-                    w.spawn(argv)
-                if w.link is None and not w.linking and w.alive():
-                    w.linking = True
-                    loop.run_in_executor(None, fan.attach, w, stopping)
+            await tend(workers, fan, argv, stopping)
             await asyncio.sleep(0.1)
 
     watch = asyncio.ensure_future(monitor())

@@ -4,8 +4,10 @@ test_ztunnel_workers.py runs real worker processes in a lab)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 from ambit import zds
 from ambit.dataplane.workers import SUN_PATH_MAX
 from ztunnel.settings import MAX_AUTO_WORKERS, load
-from ztunnel.workers import Fanout, Worker, WorkerPaths, run_dir, worker_argv
+from ztunnel.workers import Fanout, Worker, WorkerPaths, run_dir, tend, worker_argv
 
 
 def test_a_worker_runs_as_one_process_on_private_sockets(tmp_path):
@@ -195,3 +197,46 @@ def test_an_agent_gone_mid_snapshot_leaves_no_partial_snapshot_for_a_restarted_w
     finally:
         fan.stop()
         fan.close()
+
+
+def test_restarting_a_dead_worker_does_not_freeze_the_supervisors_loop(tmp_path: Path):
+    """The agent's thread holds the fan-out's lock while a wedged worker keeps it waiting (up to
+    30 s); the monitor took that lock on the loop to restart another worker that died, freezing the
+    supervisor's endpoints and hand-offs meanwhile. Now it waits for the lock in a thread."""
+    class Dead(Worker):
+        def spawn(self, argv):                  # a stand-in process instead of a ztunnel
+            self.started = 0.0
+            self.proc = subprocess.Popen(["sleep", "30"])
+
+    w = Dead(0, WorkerPaths.under(tmp_path, 0))
+    w.proc = subprocess.Popen(["true"])
+    w.proc.wait()                               # died long ago: due for a restart
+    w.started = 0.0
+    w.linking = True                            # not linked here: only the restart is under test
+    fan = Fanout(tmp_path / "zds.sock", [w])
+    fan.lock.acquire()                          # the agent's thread, waiting on a wedged worker
+    release = threading.Timer(1.0, fan.lock.release)
+
+    async def main() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.02)
+        t = asyncio.ensure_future(ticker())
+        release.start()
+        await tend([w], fan, [], threading.Event())
+        t.cancel()
+        return ticks
+
+    try:
+        ticks = asyncio.run(main())
+        assert ticks >= 10, f"the loop ran {ticks} times while the lock was held for 1 s"
+        assert w.restarts == 1 and w.alive()     # and the worker was restarted once the lock was free
+    finally:
+        release.cancel()
+        if w.proc is not None:
+            w.proc.kill()
+            w.proc.wait()
