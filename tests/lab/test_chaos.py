@@ -247,6 +247,11 @@ class Chaos:
         self.faults.append(line)
         print(line, flush=True)
 
+    def violate(self, what: str) -> None:
+        if what not in self.violations:
+            self.violations.append(what)
+            print(f"VIOLATION {what}", flush=True)
+
     def report(self) -> str:
         return (f"chaos seed {self.seed} (replay: AMBIT_CHAOS_SEED={self.seed}"
                 f"{' AMBIT_SOAK=full AMBIT_CHAOS_SECONDS=' + str(int(SECONDS)) if soak.is_full() else ''})\n"
@@ -259,19 +264,17 @@ class Chaos:
             for c in clients:
                 for r in c.records[self.checked.get(c.name, 0):]:
                     if c.must_fail and r.code != "000":
-                        self.violations.append(f"+{r.at - self.t0:.1f}s {c.name}: {r.path} answered {r.code}")
+                        self.violate(f"+{r.at - self.t0:.1f}s {c.name}: {r.path} answered {r.code}")
                 self.checked[c.name] = len(c.records)
             for r in self.ghost_records:
                 if r.code != "000":
-                    self.violations.append(f"+{r.at - self.t0:.1f}s recreated denied pod: {r.path} answered {r.code}")
+                    self.violate(f"+{r.at - self.t0:.1f}s recreated denied pod: {r.path} answered {r.code}")
             self.ghost_records.clear()
         log = self.lab.dir / "logs"
         text = "".join(f.read_text(errors="replace") for f in log.glob("*vault*.log"))
         for line in text.splitlines():
             if any(tag in line for tag in ("/plain-", "/denied-", "/ghost-")) and "control" not in line:
-                msg = f"vault's app took: {line.strip()[:200]}"
-                if msg not in self.violations:
-                    self.violations.append(msg)
+                self.violate(f"vault's app took: {line.strip()[:200]}")
 
     def settle(self, clients: list[Client], what: str) -> None:
         """Wait for the lab to be ready, then for every client to succeed within RECOVERY s."""
@@ -280,7 +283,7 @@ class Chaos:
             time.sleep(0.3)
         left = not_ready(self.lab)
         if left:
-            self.violations.append(f"+{time.time() - self.t0:.1f}s {what}: not ready after 90 s: {left}")
+            self.violate(f"+{time.time() - self.t0:.1f}s {what}: not ready after 90 s: {left}")
             return
         ready_at = time.time()
         while time.time() < ready_at + RECOVERY:
@@ -289,7 +292,7 @@ class Chaos:
             time.sleep(0.3)
         stuck = {c.name: Counter(r.code for r in list(c.records) if r.at > ready_at)
                  for c in clients if not c.must_fail and not c.ok_since(ready_at)}
-        self.violations.append(f"+{ready_at - self.t0:.1f}s {what}: ready, but {sorted(stuck)} did not succeed "
+        self.violate(f"+{ready_at - self.t0:.1f}s {what}: ready, but {sorted(stuck)} did not succeed "
                                f"within {RECOVERY:.0f} s (their answers since: {stuck})")
 
     # the faults
@@ -395,6 +398,7 @@ def vip(lab: Lab, name: str) -> str:
     return next(s["vip"] for s in lab.status()["services"] if s["name"] == name)
 
 
+@pytest.mark.timeout(SECONDS + 400)
 def test_random_faults_under_traffic_never_fail_open_and_recover(clab: Lab) -> None:
     lab = clab
     seed = int(os.environ.get("AMBIT_CHAOS_SEED") or random.SystemRandom().randrange(2**32))
@@ -446,16 +450,16 @@ def test_random_faults_under_traffic_never_fail_open_and_recover(clab: Lab) -> N
     try:
         lab.wait_for(synced, timeout=30, interval=1, what="proxies ACK the current config version")
     except AssertionError:
-        chaos.violations.append(f"config versions did not converge: {json.dumps(rows)[:1500]}")
+        chaos.violate(f"config versions did not converge: {json.dumps(rows)[:1500]}")
     try:
         lab.wait_for(lambda: host_state(lab) == before, timeout=30, interval=1, what="host state")
     except AssertionError:
-        chaos.violations.append(f"host state {host_state(lab)}, before the chaos {before}")
+        chaos.violate(f"host state {host_state(lab)}, before the chaos {before}")
     for p, n in fds_before.items():
         now = fd_count(pid_of(lab, p) or 0)
         if now > n + 16:
-            chaos.violations.append(f"{p}: {now} open descriptors, {n} before the chaos")
+            chaos.violate(f"{p}: {now} open descriptors, {n} before the chaos")
     traced = {k: v for k, v in tracebacks(lab).items() if v > traced_before.get(k, 0)}
     if traced:
-        chaos.violations.append(f"tracebacks in component logs: {traced}")
+        chaos.violate(f"tracebacks in component logs: {traced}")
     assert not chaos.violations, chaos.report()
