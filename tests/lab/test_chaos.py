@@ -95,6 +95,23 @@ class Record:
     path: str
 
 
+def probe_loop(url: str, tag: str, *, tries: int, timeout: float, pause: float) -> str:
+    """A shell loop of curl requests to `url`/`tag`-N (`tries` of them, 0: for ever), printing one
+    line per request: its end time, the HTTP status ("000": no answer) and the path."""
+    head = f"i=0; while [ {tries} -eq 0 ] || [ $i -lt {tries} ]; do i=$((i+1)); "
+    return (head + f"c=$(curl -s -o /dev/null -m {timeout} -w '%{{http_code}}' {url}/{tag}-$i); "
+            f"echo \"$(date +%s.%N) $c /{tag}-$i\"; sleep {pause}; done")
+
+
+def parse_records(text: str) -> list[Record]:
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            out.append(Record(float(parts[0]), parts[1], parts[2]))
+    return out
+
+
 @dataclass
 class Client:
     """A curl loop in a pod, run through `ambit lab exec`; each line it prints is one request."""
@@ -106,9 +123,7 @@ class Client:
     proc: subprocess.Popen[str] | None = None
 
     def script(self) -> str:
-        return (f"n=0; while true; do n=$((n+1)); "
-                f"c=$(curl -s -o /dev/null -m 2 -w '%{{http_code}}' {self.url}/{self.name}-$n); "
-                f"echo \"$(date +%s.%N) $c /{self.name}-$n\"; sleep 0.2; done")
+        return probe_loop(self.url, self.name, tries=0, timeout=2, pause=0.2)
 
     def start(self, lab: Lab, lock: threading.Lock) -> None:
         self.proc = subprocess.Popen([*AMBIT, "lab", "exec", self.pod, "--", "sh", "-c", self.script()],
@@ -119,10 +134,9 @@ class Client:
     def _read(self, lock: threading.Lock) -> None:
         assert self.proc and self.proc.stdout
         for line in self.proc.stdout:
-            parts = line.split()
-            if len(parts) == 3:
-                with lock:
-                    self.records.append(Record(float(parts[0]), parts[1], parts[2]))
+            got = parse_records(line)
+            with lock:
+                self.records.extend(got)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -341,36 +355,41 @@ class Chaos:
             self.note(f"update AuthorizationPolicy deny-denied (second rule: port {port})")
             self.lab.ambit("apply", "-f", "-", input=yaml.safe_dump(deny_policy(port)))
 
+    def _bare_pod(self, pod: Pod) -> bool:
+        """Create `pod` through the lab's runtime (CNI ADD included); False when that failed."""
+        self.note(f"create pod {pod.key} on {pod.node} (uid {pod.uid[:8]})")
+        try:
+            self.rt.create(pod)
+        except Exception as e:  # noqa: BLE001 - the CNI ADD fails while the agent is down (closed)
+            self.note(f"create {pod.key} failed: {type(e).__name__}: {str(e)[:200]}")
+            self.rt.remove(pod)
+            return False
+        return True
+
+    def _keep_probes(self, out: str) -> None:
+        with self.lock:
+            self.ghost_records.extend(parse_records(out))
+
+    def _pod_ip(self, node: str, host: int) -> str:
+        return f"{self.rt.nodes[node]['pod_cidr'].rsplit('.', 1)[0]}.{host}"
+
     def recreate_pod(self) -> None:
         """A pod of service account `denied` deleted and recreated (new uid, same name and IP: one the
         spec's pods (.10 up) and the waypoints (.200 up) do not use): the DENY must hold for it from
         its first packet."""
         node = self.rng.choice(NODES)
-        net = self.rt.nodes[node]["pod_cidr"].rsplit(".", 1)[0]
         self.ghosts += 1
-        pod = Pod(name="ghost", namespace="default", node=node, ip=f"{net}.150", service_account="denied",
-                  labels={"app": "ghost"})
-        self.note(f"create pod default/ghost on {node} (uid {pod.uid[:8]})")
+        pod = Pod(name="ghost", namespace="default", node=node, ip=self._pod_ip(node, 150),
+                  service_account="denied", labels={"app": "ghost"})
         vault = self.lab.pod("secure/vault")["ip"]
-        try:
-            self.rt.create(pod)
-        except Exception as e:  # noqa: BLE001 - the CNI ADD fails while the agent is down (closed)
-            self.note(f"create default/ghost failed: {type(e).__name__}: {str(e)[:200]}")
-            self.rt.remove(pod)
+        if not self._bare_pod(pod):
             return
         try:
-            script = (f"for i in 1 2 3 4 5 6; do c=$(curl -s -o /dev/null -m 2 -w '%{{http_code}}' "
-                      f"http://{vault}:8080/ghost-{self.ghosts}-$i); echo \"$(date +%s.%N) $c /ghost-{self.ghosts}-$i\"; "
-                      f"sleep 0.3; done")
-            out = self.rt.start(pod, ["sh", "-c", script], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL).communicate(timeout=60)[0].decode()
-            with self.lock:
-                for line in out.splitlines():
-                    parts = line.split()
-                    if len(parts) == 3:
-                        self.ghost_records.append(Record(float(parts[0]), parts[1], parts[2]))
+            script = probe_loop(f"http://{vault}:8080", f"ghost-{self.ghosts}", tries=6, timeout=2, pause=0.3)
+            self._keep_probes(self.rt.start(pod, ["sh", "-c", script], stdout=subprocess.PIPE,
+                                            stderr=subprocess.DEVNULL).communicate(timeout=60)[0].decode())
         finally:
-            self.note("delete pod default/ghost")
+            self.note(f"delete pod {pod.key}")
             self.rt.remove(pod)
 
     def recreate_server_pod(self) -> None:
@@ -378,43 +397,30 @@ class Chaos:
         anew, its app listening at once, and probed in plaintext from outside the mesh and by the
         DENYed source while it starts: its own access log must show neither."""
         node = self.rng.choice(NODES)
-        net = self.rt.nodes[node]["pod_cidr"].rsplit(".", 1)[0]
         self.ghosts += 1
         n = self.ghosts
-        pod = Pod(name="vault-ghost", namespace="secure", node=node, ip=f"{net}.151", service_account="vault",
-                  labels={"app": "vault", "version": "ghost"})
-        self.note(f"create pod secure/vault-ghost on {node} (uid {pod.uid[:8]})")
-        try:
-            self.rt.create(pod)
-        except Exception as e:  # noqa: BLE001 - the CNI ADD fails while the agent is down (closed)
-            self.note(f"create secure/vault-ghost failed: {type(e).__name__}: {str(e)[:200]}")
-            self.rt.remove(pod)
+        pod = Pod(name="vault-ghost", namespace="secure", node=node, ip=self._pod_ip(node, 151),
+                  service_account="vault", labels={"app": "vault", "version": "ghost"})
+        if not self._bare_pod(pod):
             return
         app_log = self.lab.dir / f"vault-ghost-{n}.log"
-        probes = []
         try:
             with app_log.open("w") as out:
                 app = self.rt.start(pod, [sys.executable, "-m", "ambitctl.lab.apps.echo", "--port", "8080"],
                                     cwd=REPO, env={**os.environ, "ECHO_ACCESS_LOG": "1"},
                                     stdout=out, stderr=subprocess.STDOUT)
-            for src, tag in (("legacy/outsider", "plain"), ("default/denied", "denied")):
-                loop = (f"for i in 1 2 3 4 5 6 7 8; do c=$(curl -s -o /dev/null -m 1 -w '%{{http_code}}' "
-                        f"http://{pod.ip}:8080/{tag}-vg{n}-$i); echo \"$(date +%s.%N) $c /{tag}-vg{n}-$i\"; "
-                        f"sleep 0.2; done")
-                probes.append(subprocess.Popen([*AMBIT, "lab", "exec", src, "--", "sh", "-c", loop],
-                                               env=self.lab.env, cwd=REPO, stdout=subprocess.PIPE,
-                                               stderr=subprocess.DEVNULL, text=True))
+            probes = [subprocess.Popen([*AMBIT, "lab", "exec", src, "--", "sh", "-c",
+                                        probe_loop(f"http://{pod.ip}:8080", f"{tag}-vg{n}", tries=8, timeout=1,
+                                                   pause=0.2)],
+                                       env=self.lab.env, cwd=REPO, stdout=subprocess.PIPE,
+                                       stderr=subprocess.DEVNULL, text=True)
+                      for src, tag in (("legacy/outsider", "plain"), ("default/denied", "denied"))]
             for pr in probes:
-                out_text = pr.communicate(timeout=60)[0]
-                with self.lock:
-                    for line in out_text.splitlines():
-                        parts = line.split()
-                        if len(parts) == 3:
-                            self.ghost_records.append(Record(float(parts[0]), parts[1], parts[2]))
+                self._keep_probes(pr.communicate(timeout=60)[0])
             app.kill()
             app.wait()
         finally:
-            self.note("delete pod secure/vault-ghost")
+            self.note(f"delete pod {pod.key}")
             self.rt.remove(pod)
         for line in app_log.read_text(errors="replace").splitlines():
             if f"-vg{n}-" in line:

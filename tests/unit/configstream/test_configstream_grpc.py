@@ -64,6 +64,13 @@ def client(port: int, rec, node: NodeInfo = ZT, types=ALL_TYPES, **kw) -> Config
     return ConfigClient(f"127.0.0.1:{port}", node, types, rec, backoff=Backoff(0.05, 0.5), **kw)
 
 
+async def started(state: dict[str, list[Resource]], version: str = "v1") -> tuple[ConfigServer, int]:
+    """A server holding `state`, serving on a port of its own."""
+    srv = ConfigServer(registry=CollectorRegistry())
+    srv.update(state, version)
+    return srv, await srv.start()
+
+
 def types_of(st: config_pb2.StatusResponse, key_kind: str = "ztunnel") -> dict[str, config_pb2.TypeStatus]:
     (sub,) = [s for s in st.subscribers if s.node.kind == key_kind]
     return {t.type_url: t for t in sub.types}
@@ -181,9 +188,7 @@ def test_rejected_update_is_nacked_old_state_kept_and_visible_in_status():
 def test_reconnect_resyncs_only_differences_and_applies_removals():
     async def main():
         state = base_state()
-        srv1 = ConfigServer(registry=CollectorRegistry())
-        srv1.update(state, "v1")
-        port = await srv1.start()
+        srv1, port = await started(state)
         rec = Recorder()
         c = client(port, rec)
         srv2 = ConfigServer(registry=CollectorRegistry())
@@ -452,9 +457,7 @@ def test_a_restarted_controller_never_serves_an_empty_config_before_its_first_sn
     dropped STRICT and DENY policies: plaintext reached a STRICT pod in the chaos soak)."""
     async def main():
         state = base_state()
-        srv1 = ConfigServer(registry=CollectorRegistry())
-        srv1.update(state, "v1")
-        port = await srv1.start()
+        srv1, port = await started(state)
         rec = Recorder()
         c = client(port, rec)
         srv2 = ConfigServer(debounce=0.5, registry=CollectorRegistry())
