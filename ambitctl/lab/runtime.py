@@ -126,6 +126,7 @@ class Runtime:
     def create(self, pod: Pod, cni: bool = True) -> None:
         """Steps 1-3 of the module docstring. `cni=False` skips the node's chain
         after the lab's network (the watch path alone, as before the plugin existed)."""
+        self._refuse_taken_ip(pod)
         self.store.apply([self._object(pod, running=False)])
         sh("ip", "netns", "add", self.names.pod_netns(pod.namespace, pod.name))
         cgroups.create(self.cgroup(pod))
@@ -136,6 +137,20 @@ class Runtime:
             self._remove_sandbox(pod)
             self.store.delete([("Pod", pod.namespace, pod.name)])
             raise
+
+    def _refuse_taken_ip(self, pod: Pod) -> None:
+        """A node's IPAM never hands out an address in use: a test that names a pod's IP itself
+        must not take another pod's (a waypoint's, from .200 up). Two mesh workloads on one IP are
+        an ambiguous identity, which ztunnel rejects with the whole config update, and the second
+        veth's route takes the first pod's traffic."""
+        for o in self.store.list("Pod"):
+            meta, status = o.get("metadata") or {}, o.get("status") or {}
+            if (meta.get("namespace"), meta.get("name")) == (pod.namespace, pod.name):
+                continue
+            ips = {p.get("ip") for p in status.get("podIPs") or []} | {status.get("podIP")}
+            if pod.ip in ips:
+                raise RuntimeError(f"pod {pod.key}: IP {pod.ip} is in use by pod "
+                                   f"{meta.get('namespace')}/{meta.get('name')}")
 
     def start(self, pod: Pod, argv: list[str], **popen: Any) -> subprocess.Popen[bytes]:
         """The pod's app, in its cgroup and netns (as the runtime starts a container); then the pod

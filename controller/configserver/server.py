@@ -179,11 +179,22 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
             loop = self._loop
-            if loop is None or loop.is_closed():
-                # Not serving yet: publish at once, subscribers connecting later start from it.
+            # Not serving yet, or nothing published yet: publish at once, subscribers connecting
+            # later start from it. The first snapshot is never debounced: the controller registers
+            # on its grpc server (which sets the loop) before its first translation and serves
+            # right after it, and a stream opened in the debounce would be served the placeholder
+            # "empty", which tells a reconnecting client to remove everything it holds (the agent
+            # uncaptures its pods, ztunnel drops its STRICT and DENY policies).
+            first = self._snapshot.generation == 0
+            if loop is None or loop.is_closed() or first:
                 self._snapshot = snap
                 self._pending_since = None
-                return
+                if loop is None or loop.is_closed():
+                    return
+        assert loop is not None
+        if first:       # streams opened before any snapshot (none, in the controller) go on now
+            loop.call_soon_threadsafe(self._wake_streams, None)
+            return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -203,7 +214,10 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         with self._lock:
             since, self._pending_since = self._pending_since, None
             self._snapshot = self._latest
-        for st in self._streams.values():
+        self._wake_streams(since)
+
+    def _wake_streams(self, since: float | None) -> None:
+        for st in list(self._streams.values()):
             if st.dirty_since is None:
                 st.dirty_since = since
             st.wake.set()

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -99,6 +100,16 @@ class Server(ThreadingHTTPServer):
         super().__init__(*a, **kw)  # type: ignore[arg-type]
         self._count = itertools.count(1)
         self._lock = threading.Lock()
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        """A peer that went away mid-request (its proxy restarted, the client gave up) is one line:
+        socketserver's default prints a traceback, which reads as a crash of the app."""
+        e = sys.exc_info()[1]
+        if isinstance(e, ConnectionError):
+            print(f"echo: connection from {client_address[0]}:{client_address[1]} lost: "
+                  f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
     def should_fail(self) -> bool:
         with self._lock:

@@ -128,6 +128,33 @@ def test_http_echo_reports_method_path_and_joins_repeated_headers() -> None:
         srv.server_close()
 
 
+def test_http_echo_logs_a_peer_reset_in_one_line_not_a_traceback(capfd: pytest.CaptureFixture[str]) -> None:
+    """A proxy in front of the app restarting (SIGKILL of a ztunnel) resets its connections: the
+    app's log must say so, not print a traceback that reads as a crash (the chaos soak checks every
+    log of the lab for tracebacks)."""
+    import struct
+    import threading
+
+    from ambitctl.lab.apps.echo import EchoHandler, Server
+    srv = Server(("127.0.0.1", 0), EchoHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        s = socket.create_connection(srv.server_address[:2], timeout=5)
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nx-echo-delay: 0.3\r\n\r\n")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()                                  # RST while the app is still answering
+        for _ in range(50):
+            err = capfd.readouterr().err
+            if "lost" in err or "Traceback" in err:
+                break
+            time.sleep(0.05)
+        assert "Traceback" not in err
+        assert "connection from 127.0.0.1" in err and "lost" in err
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_specs_name_sample_apps_with_app() -> None:
     spec = parse({"pods": [{"name": "httpbin", "namespace": "demo", "app": "httpbin", "labels": {"app": "httpbin"}},
                            {"name": "g", "namespace": "demo", "app": "grpc-echo",

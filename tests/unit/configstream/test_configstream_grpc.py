@@ -64,6 +64,13 @@ def client(port: int, rec, node: NodeInfo = ZT, types=ALL_TYPES, **kw) -> Config
     return ConfigClient(f"127.0.0.1:{port}", node, types, rec, backoff=Backoff(0.05, 0.5), **kw)
 
 
+async def started(state: dict[str, list[Resource]], version: str = "v1") -> tuple[ConfigServer, int]:
+    """A server holding `state`, serving on a port of its own."""
+    srv = ConfigServer(registry=CollectorRegistry())
+    srv.update(state, version)
+    return srv, await srv.start()
+
+
 def types_of(st: config_pb2.StatusResponse, key_kind: str = "ztunnel") -> dict[str, config_pb2.TypeStatus]:
     (sub,) = [s for s in st.subscribers if s.node.kind == key_kind]
     return {t.type_url: t for t in sub.types}
@@ -181,9 +188,7 @@ def test_rejected_update_is_nacked_old_state_kept_and_visible_in_status():
 def test_reconnect_resyncs_only_differences_and_applies_removals():
     async def main():
         state = base_state()
-        srv1 = ConfigServer(registry=CollectorRegistry())
-        srv1.update(state, "v1")
-        port = await srv1.start()
+        srv1, port = await started(state)
         rec = Recorder()
         c = client(port, rec)
         srv2 = ConfigServer(registry=CollectorRegistry())
@@ -441,4 +446,43 @@ def test_ending_the_streams_returns_every_handler_and_clients_come_back():
         finally:
             await c.stop()
             await srv.stop(0)
+    run(main())
+
+
+def test_a_restarted_controller_never_serves_an_empty_config_before_its_first_snapshot():
+    """The controller registers the config service on its grpc server, translates its first
+    snapshot on the source thread, then serves (controller/__main__.py). That first snapshot must be
+    what the first stream gets: served before the debounce published it, the placeholder "empty"
+    told every reconnecting client to remove all it held (the agent uncaptured its pods, ztunnel
+    dropped STRICT and DENY policies: plaintext reached a STRICT pod in the chaos soak)."""
+    async def main():
+        state = base_state()
+        srv1, port = await started(state)
+        rec = Recorder()
+        c = client(port, rec)
+        srv2 = ConfigServer(debounce=0.5, registry=CollectorRegistry())
+        grpc_server = grpc.aio.server()
+        try:
+            await c.start()
+            await c.wait_synced(10)
+            await srv1.stop(0)
+            await eventually(lambda: not c.connected, what="client notices the lost server")
+            rec.updates.clear()
+            connects = c.connects
+            # As the controller starts: registered, first snapshot from another thread, then served.
+            srv2.add_to_server(grpc_server)
+            await asyncio.to_thread(srv2.update, state, "v1")
+            assert srv2.version == "v1", "the first snapshot is served as soon as it is given"
+            grpc_server.add_insecure_port(f"127.0.0.1:{port}")
+            await grpc_server.start()
+            await eventually(lambda: c.connects > connects and all(t.in_sync for t in srv2.status()[0].types),
+                             what="resync with the restarted server")
+            assert not [(u.type_url, sorted(u.removed)) for u in rec.updates if u.removed], \
+                "a restarted controller told its client to remove what it still has"
+            for t in ALL_TYPES:
+                assert c.state(t) == by_name(state[t]), t
+        finally:
+            await c.stop()
+            await srv1.stop(0)
+            await grpc_server.stop(0)
     run(main())
