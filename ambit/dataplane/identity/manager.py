@@ -345,7 +345,11 @@ class IdentityManager:
             except Exception as exc:  # any failure: keep the old cert, back off, retry
                 e.failures += 1
                 e.last_error = str(exc)
-                log.warning("certificate fetch for %s failed (%d in a row): %s", e.identity, e.failures, exc)
+                # A new pod's first request often reaches the CA before the controller has seen the
+                # pod ("no pod scheduled on node ..."), and the retry a moment later succeeds: the
+                # first failure of an identity that never had a certificate is not yet a warning.
+                level = logging.INFO if e.cert is None and e.failures == 1 else logging.WARNING
+                log.log(level, "certificate fetch for %s failed (%d in a row): %s", e.identity, e.failures, exc)
             else:
                 e.cert, e.failures, e.last_error = cert, 0, ""
                 log.info("certificate for %s: serial %x valid until %s", e.identity, cert.serial,

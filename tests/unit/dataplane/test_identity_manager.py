@@ -286,3 +286,26 @@ def test_retry_failed_skips_the_backoff_of_identities_without_a_certificate(ca) 
         await mgr.close()
 
     asyncio.run(run())
+
+
+def test_a_new_identitys_first_failed_fetch_is_not_yet_a_warning(ca, caplog) -> None:
+    """A new pod's first request often reaches the CA before the controller has seen the pod and is
+    refused; the retry succeeds. That logged a WARNING on every pod start (the chaos soak's logs).
+    The first failure of an identity without a certificate is INFO; the next in a row is a WARNING."""
+    import logging
+
+    async def run() -> None:
+        clock = FakeClock()
+        fetcher = LocalCAFetcher(ca)
+        fetcher.fail_next = 2
+        mgr = IdentityManager(fetcher, clock=clock, backoff=Backoff(initial=1, maximum=1, jitter=0))
+        with caplog.at_level(logging.INFO, logger="ambit.dataplane.identity"):
+            mgr.prefetch([ID])
+            await settle()
+            await clock.advance_to(clock.next_wake)
+            assert fetcher.calls == 2
+        levels = [r.levelname for r in caplog.records if "certificate fetch for" in r.getMessage()]
+        assert levels == ["INFO", "WARNING"], levels
+        await mgr.close()
+
+    asyncio.run(run())
