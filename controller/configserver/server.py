@@ -179,22 +179,11 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
             loop = self._loop
-            # Not serving yet, or nothing published yet: publish at once, subscribers connecting
-            # later start from it. The first snapshot is never debounced: the controller registers
-            # on its grpc server (which sets the loop) before its first translation and serves
-            # right after it, and a stream opened in the debounce would be served the placeholder
-            # "empty", which tells a reconnecting client to remove everything it holds (the agent
-            # uncaptures its pods, ztunnel drops its STRICT and DENY policies).
-            first = self._snapshot.generation == 0
-            if loop is None or loop.is_closed() or first:
+            if loop is None or loop.is_closed():
+                # Not serving yet: publish at once, subscribers connecting later start from it.
                 self._snapshot = snap
                 self._pending_since = None
-                if loop is None or loop.is_closed():
-                    return
-        assert loop is not None
-        if first:       # streams opened before any snapshot (none, in the controller) go on now
-            loop.call_soon_threadsafe(self._wake_streams, None)
-            return
+                return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -421,6 +410,13 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
 
     async def _push(self, context, st: _Stream) -> None:
         snap = self._snapshot
+        if snap.generation == 0:
+            # Nothing published yet (the controller registers on its grpc server before its first
+            # translation, and that goes through the debounce): the placeholder "empty" would tell
+            # a reconnecting client to remove everything it holds (the agent uncaptures its pods,
+            # ztunnel drops its STRICT and DENY policies). The stream waits for the first snapshot,
+            # whose flush wakes it.
+            return
         planned = st.sub.next_response(lambda t: snap.view(st.sub.node, t), snap.version, snap.generation)
         if planned is None:
             if not st.sub.waiting_for_answer:

@@ -451,8 +451,8 @@ def test_ending_the_streams_returns_every_handler_and_clients_come_back():
 
 def test_a_restarted_controller_never_serves_an_empty_config_before_its_first_snapshot():
     """The controller registers the config service on its grpc server, translates its first
-    snapshot on the source thread, then serves (controller/__main__.py). That first snapshot must be
-    what the first stream gets: served before the debounce published it, the placeholder "empty"
+    snapshot on the source thread, then serves (controller/__main__.py). A stream that subscribes
+    before the debounce publishes that snapshot must wait for it: served the placeholder "empty", it
     told every reconnecting client to remove all it held (the agent uncaptured its pods, ztunnel
     dropped STRICT and DENY policies: plaintext reached a STRICT pod in the chaos soak)."""
     async def main():
@@ -472,7 +472,7 @@ def test_a_restarted_controller_never_serves_an_empty_config_before_its_first_sn
             # As the controller starts: registered, first snapshot from another thread, then served.
             srv2.add_to_server(grpc_server)
             await asyncio.to_thread(srv2.update, state, "v1")
-            assert srv2.version == "v1", "the first snapshot is served as soon as it is given"
+            assert srv2.version == "empty", "control: the client connects inside the debounce"
             grpc_server.add_insecure_port(f"127.0.0.1:{port}")
             await grpc_server.start()
             await eventually(lambda: c.connects > connects and all(t.in_sync for t in srv2.status()[0].types),
