@@ -59,7 +59,7 @@ def routes(proxy: Any, client: Any) -> dict[str, Handler]:
                      "mirrors": proxy.engine.mirrors.stats() if proxy.engine is not None else {}}
 
     def clusters() -> tuple[int, Any]:
-        return 200, proxy.clusters.dump()
+        return 200, proxy.current_clusters().dump()
 
     return {"/healthz/ready": ready, "/config_dump": config_dump, "/routes": route_dump, "/certs": certs,
             "/stats": stats, "/clusters": clusters,
@@ -73,7 +73,7 @@ def status_report(proxy: Any, node: str) -> dict[str, Any]:
     ingress gateway, each port's bind outcome (`ingress`: the controller writes the Gateway
     listeners' status from it, controller.waypoints.ingress_status.bind_failures)."""
     clusters = []
-    for c in proxy.clusters.dump():
+    for c in proxy.current_clusters().dump():
         eps = c.get("endpoints") or []
         clusters.append({"name": c["name"], "endpoints": len(eps),
                          "ejected": sum(1 for e in eps if e.get("ejected")),

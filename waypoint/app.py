@@ -112,9 +112,9 @@ class WaypointProxy:
         self.rng = rng or random.Random()
         self.wall_clock = time.time          # what JWT exp/nbf are checked against (Unix time)
         self.clusters = Clusters(time.monotonic, self.rng)
-        self._clusters_table: Any = None      # the route table `clusters` was last updated from
+        self._clusters_view: Any = None       # the config View `clusters` was last updated from
         if registry is not None:
-            registry.register(ClusterCollector(lambda: self.clusters))
+            registry.register(ClusterCollector(self.current_clusters))
             registry.register(MirrorCollector(lambda: self.engine))
         self.contexts = tls.ContextCache()
         self.pool = HBONEClientPool(self._client_context, handshake_timeout=settings.tunnel.connect_timeout)
@@ -380,12 +380,20 @@ class WaypointProxy:
                  head.authority, cluster.hostname)
         return None
 
+    def current_clusters(self) -> Clusters:
+        """The clusters, brought up to the current config first: a scrape or an admin dump after
+        a Service is deleted must not show its cluster until the next request happens to come."""
+        view = self.config.view
+        if view is not self._clusters_view:
+            self.clusters.update({s: hr.config for s, hr in view.table.by_service.items() if hr.config is not None},
+                                 view.services)
+            self._clusters_view = view
+        return self.clusters
+
     def cluster(self, service: str, port: int, subset: str = "", hostname: str = "") -> Cluster:
         """The cluster of (service, port, subset) under the current config (waypoint/traffic)."""
-        table = self.config.view.table
-        if table is not self._clusters_table:
-            self.clusters.update({s: hr.config for s, hr in table.by_service.items() if hr.config is not None})
-            self._clusters_table = table
+        if self.config.view is not self._clusters_view:
+            self.current_clusters()
         if not hostname:
             svc = self.config.view.services.get(service)
             hostname = svc.hostname if svc is not None else ""

@@ -8,7 +8,10 @@ endpoint.
 
 `Clusters` keeps one `Cluster` per key across config updates: a cluster whose policy did not change
 keeps its state (ejections, counters, the hash ring), one whose policy changed is rebuilt, and one
-no longer referenced is dropped at the next update.
+whose Service, Service port or subset is gone is dropped at the next update, as Envoy removes a
+cluster CDS no longer sends (its state and its `envoy_cluster_*` series go with it; a Service
+created again later starts afresh). A cluster of a Service without any DestinationRule has the
+default policy, which a deleted Service's "policy" also is: the policy alone cannot tell it is gone.
 
 The HTTP engine reports each attempt to the cluster of its `UpstreamTarget` (see
 `waypoint.http.attempt`): `attempt_started`, `attempt_result` (once the outcome is known: a
@@ -25,7 +28,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ambit.model import TrafficPolicy, WaypointRoutes
+from ambit.model import Service, TrafficPolicy, WaypointRoutes
 from waypoint.http.attempt import Outcome
 from waypoint.request import Downstream, RequestHead
 from waypoint.resilience.budget import RetryCircuit
@@ -237,13 +240,21 @@ class Clusters:
         self._clusters: dict[tuple[str, int, str], Cluster] = {}
         self._routes: Mapping[str, WaypointRoutes] = {}
 
-    def update(self, routes_by_service: Mapping[str, WaypointRoutes]) -> None:
-        """A new config: `routes_by_service` maps "ns/name" to the WaypointRoutes of its host."""
+    def update(self, routes_by_service: Mapping[str, WaypointRoutes], services: Mapping[str, Service]) -> None:
+        """A new config: `routes_by_service` maps "ns/name" to the WaypointRoutes of its host,
+        `services` every Service (and ServiceEntry) by "ns/name". A cluster stays while its Service
+        has its port (and the DestinationRule its subset) and its policy is unchanged."""
         self._routes = routes_by_service
         keep: dict[tuple[str, int, str], Cluster] = {}
         for t, c in self._clusters.items():
             key = c.key
-            if effective_policy(routes_by_service.get(key.service), key.port, key.subset) == c.policy:
+            svc = services.get(key.service)
+            if svc is None or not any(p.port == key.port for p in svc.ports):
+                continue
+            routes = routes_by_service.get(key.service)
+            if key.subset and (routes is None or all(s.name != key.subset for s in routes.subsets)):
+                continue
+            if effective_policy(routes, key.port, key.subset) == c.policy:
                 keep[t] = c
         self._clusters = keep
 

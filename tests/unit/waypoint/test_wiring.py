@@ -269,3 +269,24 @@ def test_a_tunnel_handshake_that_comes_before_the_waypoints_certificate_waits_fo
             await ids.close()
 
     asyncio.run(main())
+
+
+def test_a_deleted_services_cluster_leaves_the_scrape_and_admin_without_waiting_for_a_request() -> None:
+    """Envoy drops the cluster of a deleted Service with its stats: its envoy_cluster_* series and
+    its /clusters entry go at the config update, not only once some later request comes along."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from waypoint import admin
+    reg = CollectorRegistry()
+    p = proxy()
+    p2 = WaypointProxy(p.settings, p.config, None, registry=reg)
+    down, _ = p2.downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80")
+    head = RequestHead("GET", "/", "myapp")
+    d = p2.decide(head, down)
+    assert isinstance(d, Forward) and p2.upstream(d, head, down) is not None
+    name = 'cluster_name="outbound|80||myapp.default.svc.cluster.local"'
+    assert name in generate_latest(reg).decode()
+    p2.config.apply(ConfigUpdate(Service.TYPE, "2", {}, frozenset(), {}))
+    assert name not in generate_latest(reg).decode()
+    srv = admin.AdminServer(admin.routes(p2, None))
+    assert srv.handle("GET", "/clusters").body.strip() in (b"[]", b"[\n]")

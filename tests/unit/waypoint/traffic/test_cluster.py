@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from ambit.model import TrafficPolicy
+from ambit.model import Service, TrafficPolicy, WaypointRoutes
 from controller.translate import translate
 from tests.unit.controller.test_config_translate import service
 from waypoint.http.attempt import RESPONSE, Outcome
@@ -145,21 +145,48 @@ def test_warmup_ramps_a_new_endpoint_for_round_robin() -> None:
     assert cluster(lb="RANDOM", warmup_duration=10.0).warmup is None     # RR and LR only, as Envoy
 
 
+def translated(objs: list[dict[str, object]]) -> tuple[dict[str, WaypointRoutes], dict[str, Service]]:
+    t = translate(objs)
+    return {r.service: r for r in t.waypoint_routes if r.service}, {s.resource_name: s for s in t.services}
+
+
 def test_clusters_keep_state_while_the_policy_is_unchanged() -> None:
     cs = Clusters(Clock(), random.Random(0))
     objs = [service("web", {"app": "web"}, [{"name": "http", "port": 80}])]
     dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "w", "namespace": "demo"},
           "spec": {"host": "web", "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}}}
-    wr = {r.hostname: r for r in translate(objs + [dr]).waypoint_routes}["web.demo.svc.cluster.local"]
-    cs.update({"demo/web": wr})
+    cs.update(*translated(objs + [dr]))
     a = cs.get("demo/web", 80)
     a.attempt_started(H[0])
-    cs.update({"demo/web": wr})
-    assert cs.get("demo/web", 80) is a
+    cs.update(*translated(objs + [dr, service("other", {"app": "o"}, [{"name": "http", "port": 80}])]))
+    assert cs.get("demo/web", 80) is a              # an unrelated change keeps the cluster's state
     dr["spec"]["trafficPolicy"]["loadBalancer"]["simple"] = "RANDOM"
-    wr2 = {r.hostname: r for r in translate(objs + [dr]).waypoint_routes}["web.demo.svc.cluster.local"]
-    cs.update({"demo/web": wr2})
+    cs.update(*translated(objs + [dr]))
     assert cs.get("demo/web", 80) is not a and cs.get("demo/web", 80).lb == "RANDOM"
+
+
+def test_a_cluster_goes_with_its_service_port_or_subset_even_under_the_default_policy() -> None:
+    """A deleted Service without a DestinationRule has the same (default) policy as before: its
+    cluster, its state and its envoy_cluster_* series must still go (they stayed forever, one per
+    Service ever sent to), as Envoy drops a cluster CDS no longer sends."""
+    cs = Clusters(Clock(), random.Random(0))
+    web = service("web", {"app": "web"}, [{"name": "http", "port": 80}, {"name": "http-alt", "port": 81}])
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "w", "namespace": "demo"},
+          "spec": {"host": "web", "subsets": [{"name": "v1", "labels": {"v": "1"}}]}}
+    for i in range(300):            # Services created, sent to and deleted
+        svc = service(f"s{i}", {"app": "s"}, [{"name": "http", "port": 80}])
+        cs.update(*translated([web, svc]))
+        cs.get(f"demo/s{i}", 80).attempt_started(H[0])
+        cs.update(*translated([web]))
+    assert [c.key for c in cs] == []
+    cs.update(*translated([web, dr]))
+    kept = cs.get("demo/web", 80)
+    for port, subset in ((80, "v1"), (81, "")):
+        cs.get("demo/web", port, subset)
+    cs.update(*translated([service("web", {"app": "web"}, [{"name": "http", "port": 80}]), dr]))
+    assert sorted((c.key.port, c.key.subset) for c in cs) == [(80, ""), (80, "v1")]     # port 81 gone
+    cs.update(*translated([service("web", {"app": "web"}, [{"name": "http", "port": 80}])]))
+    assert [c for c in cs] == [kept]                                                # subset v1 gone
 
 
 def test_subset_and_port_level_policies_merge_as_istio() -> None:
