@@ -503,7 +503,7 @@ class Pools:
 
     def sweep(self, now: float) -> None:
         """Close connections idle for longer than their cluster's idle timeout; drop waiters whose
-        exchange is over and breakers nothing uses any more."""
+        exchange is over, breakers nothing uses any more and expired HTTP/1.1-only marks."""
         for key, lst in list(self.idle.items()):
             keep = []
             for c in lst:
@@ -538,6 +538,8 @@ class Pools:
                     del keys[key]
             if not keys:
                 del self.queues[b]
+        if self._h1_only:   # keys of endpoints (and sources) that may never come back: pods churn
+            self._h1_only = {k: until for k, until in self._h1_only.items() if until > now}
         if self._fallback:
             used = set(map(id, self.cx.values()))
             for k, b in list(self._fallback.items()):

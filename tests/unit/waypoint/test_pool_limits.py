@@ -15,7 +15,7 @@ from tests.unit.waypoint import fakes
 from waypoint.http.engine import UpstreamTarget
 from waypoint.http.exchange import BODY_NONE
 from waypoint.http.http2 import H2Client
-from waypoint.http.pool import Pools
+from waypoint.http.pool import H1_ONLY_FOR, Pools
 from waypoint.http.settings import HttpSettings
 from waypoint.request import RequestHead
 from waypoint.traffic.cluster import Cluster, ClusterKey
@@ -444,6 +444,11 @@ def test_an_http1_only_endpoint_that_refuses_the_h2c_upgrade_gets_http1() -> Non
         await settle()
         assert a.events[-1] == "end" and b.events == ["bound"] and len(origin.conns) == 2
         assert cl.stats()["upstream_cx_active"] == 1
+        # the mark is per endpoint and source: one churned pod's (or gone client's) is not kept
+        # for ever once it has expired, though its key never comes back to look it up
+        assert list(pools._h1_only) == [t.key]
+        pools.sweep(asyncio.get_running_loop().time() + H1_ONLY_FOR + 1)
+        assert not pools._h1_only
     run(main)
 
 
