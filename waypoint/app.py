@@ -45,10 +45,11 @@ from ambit.dataplane.identity.wait import IdentityGate
 from ambit.dataplane.listen import tcp_listener
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics
+from ambit.model import Service
 from ambit.telemetryconfig import TracingConfig
 from waypoint import endpoints
 from waypoint.authz import Verdict, authorize
-from waypoint.config import WaypointConfig
+from waypoint.config import View, WaypointConfig
 from waypoint.http import Engine, HBONETransport, RequestRecord, UpstreamTarget
 from waypoint.http.attempt import CONNECT_FAILURE, Outcome
 from waypoint.http.opaque import OpaqueRelay
@@ -388,6 +389,11 @@ class WaypointProxy:
             self.clusters.update({s: hr.config for s, hr in view.table.by_service.items() if hr.config is not None},
                                  view.services)
             self._clusters_view = view
+            for c in self.clusters:     # endpoints gone since the last request leave no state behind
+                if c.hosts:
+                    svc = view.services.get(c.key.service)
+                    cached = self._candidates(view, svc, c.key.port, c.hostname, c.key.subset) if svc else None
+                    c.set_hosts(cached[1] if cached is not None else ())
         return self.clusters
 
     def cluster(self, service: str, port: int, subset: str = "", hostname: str = "") -> Cluster:
@@ -411,15 +417,27 @@ class WaypointProxy:
             if fwd.subset and v.table.subset_labels(fwd.hostname or svc.hostname, fwd.subset) is None:
                 return None
             return endpoints.original(down.destination_ip, down.destination_port, svc) if down else None
-        ck = (fwd.service, fwd.port, fwd.hostname, fwd.subset)
+        cached = v.candidates_cache.get((fwd.service, fwd.port, fwd.hostname or svc.hostname, fwd.subset))
+        if cached is None:
+            cached = self._candidates(v, svc, fwd.port, fwd.hostname or svc.hostname, fwd.subset)
+            if cached is None:
+                return None
+        return self._choose(cached[0], cluster, exclude, key, cached[1])
+
+    @staticmethod
+    def _candidates(v: View, svc: Service, port: int, hostname: str,
+                    subset: str) -> tuple[tuple[endpoints.Pick, ...], tuple[str, ...]] | None:
+        """The ready endpoints of a Service port (and subset) and their addresses, cached for the
+        View's life; None when the subset is not defined."""
+        ck = (svc.resource_name, port, hostname, subset)
         cached = v.candidates_cache.get(ck)
         if cached is None:
-            labels = v.table.subset_labels(fwd.hostname or svc.hostname, fwd.subset) if fwd.subset else None
-            if fwd.subset and labels is None:
+            labels = v.table.subset_labels(hostname, subset) if subset else None
+            if subset and labels is None:
                 return None
-            cands = tuple(endpoints.candidates(svc, fwd.port, labels, v.workloads, v.by_ip))
+            cands = tuple(endpoints.candidates(svc, port, labels, v.workloads, v.by_ip))
             cached = v.candidates_cache[ck] = (cands, tuple(p.address for p in cands))
-        return self._choose(cached[0], cluster, exclude, key, cached[1])
+        return cached
 
     @staticmethod
     def _choose(cands: Sequence[endpoints.Pick], cluster: Cluster, exclude: frozenset[str] = frozenset(),

@@ -131,11 +131,7 @@ class Cluster:
             return None
         now = self.clock()
         if tuple(hosts) != self.hosts:
-            self.hosts = tuple(hosts)
-            if self.outlier is not None:
-                self.outlier.set_hosts(hosts)
-            if self.warmup is not None:
-                self.warmup.observe(hosts, now)
+            self.set_hosts(hosts)
         usable: Sequence[str] = hosts
         if self.outlier is not None:
             self.outlier.sweep(now)
@@ -154,6 +150,18 @@ class Cluster:
         if self.warmup is not None and self.warmup.warming(usable, now):
             weights = [self.warmup.factor(h, now) for h in usable]
         return self.balancer.pick(usable, self.active, weights)
+
+    def set_hosts(self, hosts: Sequence[str]) -> None:
+        """The cluster's endpoints now (Envoy's membership update): outlier state and slow-start
+        windows of endpoints gone are dropped. `choose` sees each request's endpoints; the
+        waypoint also calls this on each config update, so a pod deleted (or its address given to
+        a new pod) between requests leaves no ejection behind in the stats, /clusters or the
+        new pod."""
+        self.hosts = tuple(hosts)
+        if self.outlier is not None:
+            self.outlier.set_hosts(self.hosts)
+        if self.warmup is not None:
+            self.warmup.observe(self.hosts, self.clock())
 
     # --- what the engine reports, per attempt -----------------------------------------------------
 

@@ -290,3 +290,32 @@ def test_a_deleted_services_cluster_leaves_the_scrape_and_admin_without_waiting_
     assert name not in generate_latest(reg).decode()
     srv = admin.AdminServer(admin.routes(p2, None))
     assert srv.handle("GET", "/clusters").body.strip() in (b"[]", b"[\n]")
+
+
+def test_an_ejected_endpoint_whose_pod_goes_leaves_no_ejection_behind_without_waiting_for_a_request() -> None:
+    """Envoy drops a removed host's outlier state at the membership update. Here it stayed until the
+    cluster's next request: the ejection gauge and /clusters kept the gone pod, and a new pod given
+    its address in a later update started ejected."""
+    import dataclasses
+
+    from ambit.model import TrafficPolicy
+    from waypoint.http.attempt import RESPONSE, Outcome
+    wr = WaypointRoutes(hostname=SVC.hostname, namespace="default", service="default/myapp", policy=TrafficPolicy(
+        outlier_detection=True, consecutive_5xx_errors=1, max_ejection_percent=100))
+    p = proxy(routes=(wr,))
+    down, _ = p.downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80")
+    t = p.upstream(Forward("default/myapp", 80), RequestHead("GET", "/", "myapp"), down)
+    assert t is not None and t.cluster is not None
+    c, ip = t.cluster, t.address.split(":")[0]
+    c.attempt_started(t.address)
+    c.attempt_result(t.address, Outcome(RESPONSE, 503))
+    c.attempt_ended(t.address)
+    assert c.stats()["outlier_detection_ejections_active"] == 1
+    gone = dataclasses.replace(SVC, endpoints=[e for e in SVC.endpoints if e.ip != ip])
+    p.config.apply(ConfigUpdate(Service.TYPE, "2", {}, frozenset(), {SVC.resource_name: gone}))
+    assert list(p.current_clusters()) == [c]
+    assert c.stats()["outlier_detection_ejections_active"] == 0 and c.stats()["membership_total"] == 2
+    assert t.address not in {e["address"] for e in c.dump()["endpoints"]}  # type: ignore[union-attr]
+    p.config.apply(ConfigUpdate(Service.TYPE, "3", {}, frozenset(), {SVC.resource_name: SVC}))   # address reused
+    p.current_clusters()
+    assert not c.outlier.is_ejected(t.address)  # type: ignore[union-attr]
