@@ -391,7 +391,14 @@ class WaypointProxy:
             self._clusters_view = view
             for c in self.clusters:     # endpoints gone since the last request leave no state behind
                 if c.hosts:
+                    # a cluster's endpoints are a function of its Service's (the config stream
+                    # replaces a changed Service, never mutates it) and, for a subset, workloads'
+                    # labels: under pod churn only the churned Services' clusters are recomputed
                     svc = view.services.get(c.key.service)
+                    basis = (svc, view.workloads if c.key.subset else None)
+                    if c.basis is not None and c.basis[0] is basis[0] and c.basis[1] is basis[1]:
+                        continue
+                    c.basis = basis
                     cached = self._candidates(view, svc, c.key.port, c.hostname, c.key.subset) if svc else None
                     c.set_hosts(cached[1] if cached is not None else ())
         return self.clusters

@@ -108,6 +108,7 @@ class Cluster:
             if policy.warmup_duration > 0 and self.lb in ("ROUND_ROBIN", "LEAST_REQUEST") else None
         self.active: dict[str, int] = {}        # active requests per endpoint (least request, /clusters)
         self.hosts: tuple[str, ...] = ()        # the endpoints of the last pick
+        self.basis: tuple[object, object] | None = None  # what the waypoint last computed `hosts` from
         self.panics = 0
         # outlier detection (outlier.py)
         cfg = OutlierConfig.from_policy(policy)
