@@ -10,17 +10,23 @@ or MUTUAL on an external host makes the waypoint speak TLS upstream while the ap
   SNI name (what Envoy checks with `auto_san_validation`).
 - DISABLE, unset, or ISTIO_MUTUAL (which means HBONE mTLS, the mesh's own): plain TCP.
 
-Contexts are built once per policy and cached: loading files per connection would cost a read
-and a parse on every upstream connect. The cache is checked per connection against the files'
-stat, so a rotated CA bundle or client certificate takes effect on the next connection (before, the
-first version read stayed in force until the waypoint restarted: a CA removed from the bundle was
-still trusted).
+Contexts are built once per set of files and verification mode and cached: loading files per
+connection would cost a read and a parse on every upstream connect. The cache is checked per
+connection against the files' stat, so a rotated CA bundle or client certificate takes effect on
+the next connection (before, the first version read stayed in force until the waypoint restarted: a
+CA removed from the bundle was still trusted). The SNI and the names verified are not part of the
+context (the connection sends the SNI, `check_peer` checks the names), so hosts share one: under a
+wildcard ServiceEntry host the name is the request's host, and a context per name (one loads the
+system trust store, ~0.8 MB) let any client grow the waypoint by a context per random subdomain it
+asked for (2,000 names: +1.6 GB). The cache is an LRU of `MAX_CONTEXTS`, so DestinationRules whose
+files come and go do not add up either.
 """
 
 from __future__ import annotations
 
 import os
 import ssl
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from ambit.model import TrafficPolicy
@@ -49,7 +55,9 @@ def check_peer(cert: dict, names: tuple[str, ...]) -> str:
     return f"server certificate names {', '.join(sorted(sans)) or 'nothing'}, not {', '.join(names)}"
 
 
-_CACHE: dict[tuple, tuple[tuple, Origination]] = {}     # policy key -> (its files' stamps, context)
+MAX_CONTEXTS = 32      # TLS settings in use at once (distinct files x modes): a handful in practice
+# (mode, CA file, client certificate, key, verification off) -> (the files' stamps, context)
+_CONTEXTS: OrderedDict[tuple[str, str, str, str, bool], tuple[tuple, ssl.SSLContext]] = OrderedDict()
 
 
 def _stamps(*paths: str) -> tuple:
@@ -62,6 +70,28 @@ def _stamps(*paths: str) -> tuple:
     return tuple(out)
 
 
+def _context(policy: TrafficPolicy) -> ssl.SSLContext:
+    """The client context of `policy`'s files and verification mode, cached while they are unchanged."""
+    key = (policy.tls_mode, policy.ca_certificates, policy.client_certificate, policy.private_key,
+           policy.insecure_skip_verify)
+    stamps = _stamps(policy.ca_certificates, policy.client_certificate, policy.private_key)
+    hit = _CONTEXTS.get(key)
+    if hit is not None and hit[0] == stamps:
+        _CONTEXTS.move_to_end(key)
+        return hit[1]
+    ctx = ssl.create_default_context(cafile=policy.ca_certificates or None)
+    ctx.check_hostname = False          # checked against subjectAltNames or the SNI by check_peer
+    if policy.insecure_skip_verify:
+        ctx.verify_mode = ssl.CERT_NONE
+    if policy.tls_mode == "MUTUAL":
+        ctx.load_cert_chain(policy.client_certificate, policy.private_key)
+    _CONTEXTS[key] = (stamps, ctx)
+    _CONTEXTS.move_to_end(key)
+    while len(_CONTEXTS) > MAX_CONTEXTS:
+        _CONTEXTS.popitem(last=False)
+    return ctx
+
+
 def origination(policy: TrafficPolicy | None, host: str) -> Origination | None:
     """The TLS to originate for `host` under `policy`, or None for plain TCP. Raises OSError /
     ssl.SSLError when a named file cannot be read (the connection then fails, and says why).
@@ -71,20 +101,9 @@ def origination(policy: TrafficPolicy | None, host: str) -> Origination | None:
         return None
     if policy.tls_mode == "MUTUAL" and not (policy.client_certificate and policy.private_key):
         raise ssl.SSLError("tls mode MUTUAL needs clientCertificate and privateKey")
-    key = (policy.tls_mode, policy.ca_certificates, policy.client_certificate, policy.private_key,
-           policy.insecure_skip_verify, policy.sni or host, tuple(policy.subject_alt_names))
-    stamps = _stamps(policy.ca_certificates, policy.client_certificate, policy.private_key)
-    hit = _CACHE.get(key)
-    if hit is not None and hit[0] == stamps:
-        return hit[1]
-    ctx = ssl.create_default_context(cafile=policy.ca_certificates or None)
-    ctx.check_hostname = False          # checked against subjectAltNames or the SNI by check_peer
-    if policy.insecure_skip_verify:
-        ctx.verify_mode = ssl.CERT_NONE
-    if policy.tls_mode == "MUTUAL":
-        ctx.load_cert_chain(policy.client_certificate, policy.private_key)
+    ctx = _context(policy)
     sni = policy.sni or host
     names = () if policy.insecure_skip_verify else tuple(policy.subject_alt_names) or (sni,)
-    out = Origination(ctx, sni, names, key)
-    _CACHE[key] = (stamps, out)
-    return out
+    settings = (policy.tls_mode, policy.ca_certificates, policy.client_certificate, policy.private_key,
+                policy.insecure_skip_verify, sni, tuple(policy.subject_alt_names))
+    return Origination(ctx, sni, names, settings)

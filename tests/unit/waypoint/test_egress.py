@@ -246,3 +246,25 @@ def test_clusters_with_other_tls_settings_never_share_an_upstream_pool(tmp_path:
     assert len(keys) == 3
     again = p._new_target(pick, None, SimpleNamespace(policy=strict, hostname="api.example.com"), ())
     assert again.key in keys       # the same settings share one pool
+
+
+def test_hosts_share_one_tls_context_and_contexts_are_bounded(tmp_path: Path) -> None:
+    """Under a wildcard ServiceEntry host the SNI is the request's host: any client choosing hosts
+    (random subdomains) must not make the waypoint build and keep a context per name (each loads
+    the trust store, ~0.8 MB: 2,000 names grew it by 1.6 GB). One context per files and mode, the
+    name per connection; DestinationRules whose files come and go are bounded too."""
+    from waypoint import origination as orig
+    policy = TrafficPolicy(tls_mode="SIMPLE")
+    first = origination(policy, "a0.wiki.example")
+    assert first is not None
+    for i in range(1, 50):
+        o = origination(policy, f"a{i}.wiki.example")
+        assert o is not None and o.context is first.context
+        assert (o.sni, o.names) == (f"a{i}.wiki.example", (f"a{i}.wiki.example",))
+        assert o.settings != first.settings, "pooled per name"
+    ca, _, _ = _ca("rotating-ca", tmp_path)
+    for i in range(orig.MAX_CONTEXTS + 5):
+        f = tmp_path / f"ca{i}.pem"
+        f.write_bytes(ca)
+        origination(TrafficPolicy(tls_mode="SIMPLE", ca_certificates=str(f)), "h")
+    assert len(orig._CONTEXTS) == orig.MAX_CONTEXTS
