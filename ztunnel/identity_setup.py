@@ -11,6 +11,7 @@ restart.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from ambit.backoff import Backoff
@@ -40,6 +41,8 @@ def build(target: str, node: str, token_file: Path, ttl: float = DEFAULT_TTL, ca
     channel = tls.PinnedChannel(target, trust)
     fetcher = GrpcCertificateFetcher(channel, node, lambda: read_token(token_file))
     store = CertStore(cache_dir) if cache_dir is not None else None
+    if store is not None:       # files of identities whose pods left while no ztunnel ran
+        store.prune(time.time())
     # The pinned bundle moves first in a root rotation: certificates follow it (manager docstring).
     roots = trust.roots if trust is not None else None
     return IdentityManager(fetcher, ttl=ttl, backoff=BACKOFF, store=store, pinned_roots=roots), channel

@@ -26,6 +26,10 @@ class CertStore:
     that is not for its key or identity, or does not verify against the bundle stored with it) is
     ignored. A foreign but self-consistent file brings its own bundle, so the identity manager also
     requires the chain to lead to a pinned root (`IdentityManager._chains_to_pinned`).
+
+    A file goes when its identity is forgotten (its last pod left the node). An identity whose pods
+    left while no ztunnel ran (a restart, an upgrade, a crash) is never forgotten, so `prune`
+    removes the files that can no longer serve: expired, unreadable, or half-written.
     """
 
     def __init__(self, directory: str | Path) -> None:
@@ -60,6 +64,43 @@ class CertStore:
             log.warning("ignoring stored certificate %s for %s: %s", path, identity, e)
             return None
         return cert if cert.valid_at(now) else None
+
+    def prune(self, now: float, stale_tmp: float = 300.0) -> int:
+        """Remove the stored certificates no longer valid at `now` (or unreadable), and temporary
+        files older than `stale_tmp` seconds (a write cut short); returns how many went. A file
+        replaced meanwhile (another worker renewing it) is left alone."""
+        if not self.dir.is_dir():
+            return 0
+        gone = 0
+        for path in self.dir.iterdir():
+            try:
+                st = path.stat()
+                if path.name.endswith(".tmp"):
+                    stale = now - st.st_mtime > stale_tmp
+                elif path.suffix == ".json":
+                    stale = not self._usable(path, now)
+                else:
+                    continue
+                if stale and path.stat().st_ino == st.st_ino:
+                    path.unlink()
+                    gone += 1
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                log.warning("certificate cache %s: %s", path, e)
+        if gone:
+            log.info("certificate cache %s: removed %d expired or unusable files", self.dir, gone)
+        return gone
+
+    @staticmethod
+    def _usable(path: Path, now: float) -> bool:
+        try:
+            doc = json.loads(path.read_text())
+            cert = WorkloadCertificate.from_pems(doc["identity"], doc["key_pem"].encode(), doc["chain_pem"],
+                                                 doc["bundle_pems"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return False
+        return cert.not_after > now
 
     def remove(self, identity: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -309,3 +309,30 @@ def test_a_new_identitys_first_failed_fetch_is_not_yet_a_warning(ca, caplog) -> 
         await mgr.close()
 
     asyncio.run(run())
+
+
+
+def test_a_restarted_ztunnel_removes_the_stored_keys_that_can_no_longer_serve(ca, tmp_path) -> None:
+    """A file goes when its identity is forgotten (its last pod left). Pods that left while no
+    ztunnel ran (an upgrade, a crash) are never forgotten: their keys stayed on the node's disk for
+    good, one file per identity churned across restarts. Expired, unreadable and half-written
+    files go; a still-valid one stays (it may serve a pod the agent hands over next)."""
+    import os
+
+    from ztunnel import identity_setup
+    certs = tmp_path / "certs"
+    store = CertStore(certs)
+    gone, kept = issue(ca, sid("demo", "gone"), ttl=60), issue(ca, ID, ttl=3600)
+    store.save(gone)
+    store.save(kept)
+    long_ago = time.time() - 3600
+    (certs / "0123.json").write_text("{not json")
+    (certs / ".half.json.123.tmp").write_text("{")          # a write cut short by a crash
+    os.utime(certs / ".half.json.123.tmp", (long_ago, long_ago))
+    (certs / ".fresh.json.456.tmp").write_text("{")         # another worker writing now
+    assert store.prune(gone.not_after + 1) == 3
+    assert sorted(p.name for p in certs.iterdir()) == sorted([store._path(ID).name, ".fresh.json.456.tmp"])
+    # ztunnel's start prunes its cache
+    (certs / "0123.json").write_text("{not json")
+    identity_setup.build("unix:/nonexistent", "node-1", tmp_path / "token", cache_dir=certs)
+    assert not (certs / "0123.json").exists() and store.load(ID, time.time()) is not None
