@@ -21,6 +21,7 @@ from waypoint.request import RequestHead
 from waypoint.traffic.cluster import Cluster, ClusterKey
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"     # an empty HTTP/2 SETTINGS frame (a server's preface)
 
 
 class FakeTransport(fakes.FakeTransport):
@@ -378,6 +379,7 @@ def test_h2_requests_count_against_max_requests_and_spend_connections() -> None:
         t = target(cl, origin, "10.0.0.9:9000/h2 for -", protocol="h2")
         a = send(pools, t)
         await settle()
+        origin.conns[0].answer(SETTINGS)    # the server's preface: streams beyond the first may open
         b = send(pools, t)
         c = send(pools, t)
         await settle()
@@ -478,12 +480,14 @@ def test_an_h2_connections_wait_queue_skips_attempts_that_are_over() -> None:
         for ex in (live, over):
             pools.acquire(t, ex)  # type: ignore[arg-type]
         await settle()
+        origin.conns[0].answer(SETTINGS)    # the server's preface: the second stream opens
+        await settle()
         pools.attempt_over(over)  # type: ignore[arg-type]
         assert pools.holds(live) and not pools.holds(over)  # type: ignore[arg-type]
         c = H2Client(pools, "10.0.0.9:9000/h2 for -", HttpSettings())
         opened: list[object] = []
         c.open_stream = opened.append  # type: ignore[method-assign]
-        c.has_capacity = lambda: True  # type: ignore[method-assign]
+        c.can_open = lambda: True  # type: ignore[method-assign]
         c.waiting.extend([over, live])  # type: ignore[list-item]
         c._next()
         assert opened == [live]

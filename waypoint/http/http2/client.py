@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("waypoint.http")
 
 REFUSED = "remote refused stream reset"     # Envoy's reason for RST_STREAM REFUSED_STREAM (flag UR)
+# Streams opened on a new connection before the server's SETTINGS say how many it takes. RFC 9113
+# §5.1.2 leaves the limit unbounded until then, but a server that sets a low limit may refuse the
+# surplus it did not expect (grpc-core resets it ENHANCE_YOUR_CALM, which no retry policy retries):
+# a burst of 12 calls to a gRPC server with max_concurrent_streams 2 failed 8 with UNAVAILABLE. So
+# a new connection carries one stream until the SETTINGS arrive (about one round trip, as gRPC's own
+# clients wait for them before the first call), the rest queue on it (`waiting`).
+STREAMS_BEFORE_SETTINGS = 1
 
 
 class UpStream(Stream):
@@ -88,14 +95,21 @@ class H2Client(H2Base):
                 ex.upstream_reset("UC", "connection termination", retryable=True)
 
     def has_capacity(self) -> bool:
+        """May the pool give this connection another request? Before the server's SETTINGS, yes:
+        it queues on the connection (`can_open`) rather than making the pool open another."""
         if self.lost or self.closing:
             return False
         return len(self.streams) < self.h2.remote_settings.max_concurrent_streams
 
+    def can_open(self) -> bool:
+        """May a stream be opened now: within the server's limit, and, until its SETTINGS came,
+        within `STREAMS_BEFORE_SETTINGS`."""
+        return self.has_capacity() and (self.spoke_h2 or len(self.streams) < STREAMS_BEFORE_SETTINGS)
+
     def open_stream(self, ex: Exchange) -> None:
         if ex.done:
             return
-        if not self.has_capacity():
+        if not self.can_open():
             if self.lost or self.closing:
                 ex.upstream_reset("UC", "connection termination", retryable=True)
             else:
@@ -230,7 +244,7 @@ class H2Client(H2Base):
             self._next()
 
     def _next(self) -> None:
-        while self.waiting and self.has_capacity():
+        while self.waiting and self.can_open():
             ex = self.waiting.popleft()
             if self.pools.holds(ex):        # not an abandoned try (or a finished exchange)
                 self.open_stream(ex)
