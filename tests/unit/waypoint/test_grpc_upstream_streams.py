@@ -8,17 +8,21 @@ server takes before its SETTINGS told it the limit (grpc-core resets that surplu
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
 import pytest
 
+from ambit.model import TrafficPolicy
 from tests.unit.waypoint.harness import Proxy
 from waypoint.localreply import local_reply
 from waypoint.request import Decision, Downstream, Forward, RequestHead
+from waypoint.traffic.cluster import Cluster, ClusterKey
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -115,3 +119,26 @@ def test_a_burst_on_a_new_connection_respects_the_servers_stream_limit(setup: tu
     assert got == [b"ok:%d" % i for i in range(12)]
     recs = p.find(lambda r: r.path == "/t.T/Hold" and r.grpc_status == "0")
     assert len(recs) == 12 and not [r for r in p.records if r.response_flags]
+
+
+def test_calls_queued_on_a_spent_connection_go_out_on_another(setup: tuple[Proxy, LimitedServer]) -> None:
+    """maxRequestsPerConnection 2: the burst's second call is queued on the new connection for its
+    SETTINGS when the connection is spent (no more streams). The call was never sent, so it goes
+    out on another connection, as Envoy's pool hands pending requests on; it did not fail
+    UNAVAILABLE (503 UC) when the spent connection closed under it."""
+    p, _ = setup
+    cluster = Cluster(ClusterKey("t/limited", 80), TrafficPolicy(max_requests_per_connection=2), time.monotonic,
+                      random.Random(1), "limited.t.svc.cluster.local")
+    p.cluster = cluster
+    with grpc.insecure_channel(f"127.0.0.1:{p.port}") as ch:
+        with pytest.raises(grpc.RpcError):
+            ch.unary_unary("/t.T/Local")(b"", timeout=10)
+        call = ch.unary_unary("/t.T/Hold")
+        pending = [call.future(b"%d" % i, timeout=30) for i in range(6)]
+        got = []
+        for f in pending:
+            try:
+                got.append(f.result())
+            except grpc.RpcError as e:
+                got.append((e.code(), e.details()))
+    assert got == [b"ok:%d" % i for i in range(6)]

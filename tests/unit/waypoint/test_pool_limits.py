@@ -472,7 +472,8 @@ def test_an_endpoint_that_speaks_h2_keeps_streams_not_retried() -> None:
 def test_an_h2_connections_wait_queue_skips_attempts_that_are_over() -> None:
     """A request waiting for a stream slot whose attempt is over (the exchange finished, or a retry
     abandoned the try; the first try's leg is the exchange itself) is neither opened, nor sent
-    elsewhere when the connection goes away, nor failed: only attempts the pools still hold are."""
+    elsewhere when the connection goes away: only attempts the pools still hold are (to another
+    connection, since they never went out)."""
     async def main() -> None:
         pools, cl, origin = setup(TrafficPolicy())
         t = target(cl, origin, "10.0.0.9:9000/h2 for -", protocol="h2")
@@ -492,7 +493,10 @@ def test_an_h2_connections_wait_queue_skips_attempts_that_are_over() -> None:
         c._next()
         assert opened == [live]
         c.waiting.extend([over, live])  # type: ignore[list-item]
-        c.pools = SimpleNamespace(h2_refused=lambda c: False, holds=pools.holds)  # type: ignore[assignment]
+        elsewhere: list[object] = []
+        c.pools = SimpleNamespace(h2_refused=lambda c: False, holds=pools.holds,  # type: ignore[assignment]
+                                  acquire=lambda t, ex, fresh=False: elsewhere.append(ex))
         c._abort_all("connection termination")
-        assert over.events == ["bound"] and live.events[-1] == "again"
+        # the live one never went out: it goes to another connection (not failed)
+        assert over.events == ["bound"] and elsewhere == [live] and not c.waiting
     run(main)

@@ -89,10 +89,7 @@ class H2Client(H2Base):
         for st in streams:
             st.ended = True
             st.ex.upstream_reset(flags, reason, retryable=again)
-        waiting, self.waiting = list(self.waiting), deque()
-        for ex in waiting:
-            if self.pools.holds(ex):        # not an abandoned try
-                ex.upstream_reset("UC", "connection termination", retryable=True)
+        self._elsewhere()
 
     def has_capacity(self) -> bool:
         """May the pool give this connection another request? Before the server's SETTINGS, yes:
@@ -206,10 +203,7 @@ class H2Client(H2Base):
                     # connection then closes, are UC "connection termination", `_abort_all`).
                     st.ex.reset_code = ErrorCodes.REFUSED_STREAM
                     st.ex.upstream_reset("UR", REFUSED, retryable=True)
-            waiting, self.waiting = list(self.waiting), deque()
-            for ex in waiting:
-                if self.pools.holds(ex):    # not an abandoned try
-                    self.pools.acquire(ex.target, ex, fresh=True)  # type: ignore[arg-type]
+            self._elsewhere()
             self.maybe_done()
         elif isinstance(ev, h2.events.InformationalResponseReceived):     # (rare: last in the chain)
             st = self.streams.get(ev.stream_id)
@@ -248,6 +242,18 @@ class H2Client(H2Base):
             ex = self.waiting.popleft()
             if self.pools.holds(ex):        # not an abandoned try (or a finished exchange)
                 self.open_stream(ex)
+        if self.waiting and (self.closing or self.lost):
+            self._elsewhere()
+
+    def _elsewhere(self) -> None:
+        """The requests queued on this connection, which never went out, to another one: this one
+        takes no more streams (spent, drained, told GOAWAY, lost), as Envoy's pool keeps such
+        requests pending. Failed instead (503 UC), a request queued for the server's SETTINGS on a
+        connection that `maxRequestsPerConnection` had spent failed when the connection closed."""
+        waiting, self.waiting = list(self.waiting), deque()
+        for ex in waiting:
+            if self.pools.holds(ex):        # not an abandoned try
+                self.pools.acquire(ex.target, ex, fresh=True)  # type: ignore[arg-type]
 
     def check(self, now: float) -> None:
         if not self.streams and not self.waiting and now - self.last > self.settings.upstream_idle_timeout:
@@ -257,6 +263,7 @@ class H2Client(H2Base):
         self.closing = True
         self.pools.forget(self)
         if not self.streams and self.transport is not None and not self.lost:
+            self._elsewhere()
             try:
                 self.h2.close_connection()
             except h2.exceptions.H2Error:
