@@ -92,11 +92,13 @@ class H2Client(H2Base):
         self._elsewhere()
 
     def has_capacity(self) -> bool:
-        """May the pool give this connection another request? Before the server's SETTINGS, yes:
-        it queues on the connection (`can_open`) rather than making the pool open another."""
+        """May the pool give this connection another request? Before the server's SETTINGS, while
+        the streams and the requests queued for them (`can_open`) are within the codec's assumed
+        limit (nghttp2's 100): a larger burst still spreads over more connections."""
         if self.lost or self.closing:
             return False
-        return len(self.streams) < self.h2.remote_settings.max_concurrent_streams
+        n = len(self.streams) if self.spoke_h2 else len(self.streams) + len(self.waiting)
+        return n < self.h2.remote_settings.max_concurrent_streams
 
     def can_open(self) -> bool:
         """May a stream be opened now: within the server's limit, and, until its SETTINGS came,
@@ -184,9 +186,12 @@ class H2Client(H2Base):
                     st.ex.upstream_reset("UPE", "protocol error")
             self._next()
         elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
-            self.spoke_h2 = self.spoke_h2 or isinstance(ev, h2.events.RemoteSettingsChanged)
+            first = not self.spoke_h2 and isinstance(ev, h2.events.RemoteSettingsChanged)
+            self.spoke_h2 = self.spoke_h2 or first
             self.pump_all()
             self._next()
+            if first and self.waiting:
+                self._rehome()
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.closing = True
             self.pools.forget(self)
@@ -245,15 +250,20 @@ class H2Client(H2Base):
         if self.waiting and (self.closing or self.lost):
             self._elsewhere()
 
+    def _rehome(self) -> None:
+        """The server's first SETTINGS allowed fewer streams than were queued for them: the
+        surplus goes back to the pool, which spreads it over other connections as it would have
+        had it known the limit (or queues it here again at the cluster's connection limit)."""
+        waiting, self.waiting = list(self.waiting), deque()
+        self.pools.requeue(self, waiting, fresh=False)
+
     def _elsewhere(self) -> None:
         """The requests queued on this connection, which never went out, to another one: this one
         takes no more streams (spent, drained, told GOAWAY, lost), as Envoy's pool keeps such
         requests pending. Failed instead (503 UC), a request queued for the server's SETTINGS on a
         connection that `maxRequestsPerConnection` had spent failed when the connection closed."""
         waiting, self.waiting = list(self.waiting), deque()
-        for ex in waiting:
-            if self.pools.holds(ex):        # not an abandoned try
-                self.pools.acquire(ex.target, ex, fresh=True)  # type: ignore[arg-type]
+        self.pools.requeue(self, waiting, fresh=True)
 
     def check(self, now: float) -> None:
         if not self.streams and not self.waiting and now - self.last > self.settings.upstream_idle_timeout:
