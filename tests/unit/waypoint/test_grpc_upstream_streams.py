@@ -20,6 +20,7 @@ import pytest
 
 from ambit.model import TrafficPolicy
 from tests.unit.waypoint.harness import Proxy
+from waypoint.http.settings import HttpSettings
 from waypoint.localreply import local_reply
 from waypoint.request import Decision, Downstream, Forward, RequestHead
 from waypoint.traffic.cluster import Cluster, ClusterKey
@@ -83,8 +84,8 @@ class SlowStart:
         self.lsock.close()
 
 
-@pytest.fixture()
-def setup() -> Iterator[tuple[Proxy, LimitedServer]]:
+@pytest.fixture(params=["nghttp2", "h2"])
+def setup(request: pytest.FixtureRequest) -> Iterator[tuple[Proxy, LimitedServer]]:
     srv = LimitedServer()
     relay = SlowStart(srv.port)
 
@@ -93,7 +94,7 @@ def setup() -> Iterator[tuple[Proxy, LimitedServer]]:
             return local_reply(head, 404, "answered by the waypoint")
         return Forward(service="t/limited", port=relay.port, route="limited")
 
-    p = Proxy(decide, protocols={relay.port: "h2"})
+    p = Proxy(decide, protocols={relay.port: "h2"}, settings=HttpSettings(h2_codec=request.param))
     yield p, srv
     assert p.live_exchanges() == 0
     p.close()
