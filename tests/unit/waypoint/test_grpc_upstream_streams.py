@@ -3,7 +3,8 @@
 What users rely on: a burst of calls on a new upstream connection to a server with a low
 SETTINGS_MAX_CONCURRENT_STREAMS all succeed (they wait for a stream), as they do from a gRPC client
 straight to the server; none fails UNAVAILABLE because the waypoint opened more streams than the
-server takes before its SETTINGS told it the limit (grpc-core resets that surplus ENHANCE_YOUR_CALM).
+server takes before its SETTINGS told it the limit (grpc-core resets that surplus ENHANCE_YOUR_CALM),
+nor because the connection it was queued on took no more streams before it went out.
 """
 
 from __future__ import annotations
@@ -102,22 +103,27 @@ def setup(request: pytest.FixtureRequest) -> Iterator[tuple[Proxy, LimitedServer
     srv.close()
 
 
-def test_a_burst_on_a_new_connection_respects_the_servers_stream_limit(setup: tuple[Proxy, LimitedServer]) -> None:
-    p, srv = setup
+def burst(p: Proxy, n: int) -> list[object]:
+    """`n` concurrent calls of /t.T/Hold, once the client's connection to the waypoint is up (a
+    local reply opens no upstream connection): the burst reaches the waypoint at once, and its
+    connection to the server is new. Each call's answer, or its status and details."""
     with grpc.insecure_channel(f"127.0.0.1:{p.port}") as ch:
-        # the client's connection to the waypoint is up, so the burst arrives at once; the
-        # waypoint's connection to the server is not (a local reply opens none)
         with pytest.raises(grpc.RpcError):
             ch.unary_unary("/t.T/Local")(b"", timeout=10)
         call = ch.unary_unary("/t.T/Hold")
-        pending = [call.future(b"%d" % i, timeout=30) for i in range(12)]
-        got = []
+        pending = [call.future(b"%d" % i, timeout=30) for i in range(n)]
+        got: list[object] = []
         for f in pending:
             try:
                 got.append(f.result())
             except grpc.RpcError as e:
                 got.append((e.code(), e.details()))
-    assert got == [b"ok:%d" % i for i in range(12)]
+    return got
+
+
+def test_a_burst_on_a_new_connection_respects_the_servers_stream_limit(setup: tuple[Proxy, LimitedServer]) -> None:
+    p, _ = setup
+    assert burst(p, 12) == [b"ok:%d" % i for i in range(12)]
     recs = p.find(lambda r: r.path == "/t.T/Hold" and r.grpc_status == "0")
     assert len(recs) == 12 and not [r for r in p.records if r.response_flags]
 
@@ -128,18 +134,6 @@ def test_calls_queued_on_a_spent_connection_go_out_on_another(setup: tuple[Proxy
     out on another connection, as Envoy's pool hands pending requests on; it did not fail
     UNAVAILABLE (503 UC) when the spent connection closed under it."""
     p, _ = setup
-    cluster = Cluster(ClusterKey("t/limited", 80), TrafficPolicy(max_requests_per_connection=2), time.monotonic,
-                      random.Random(1), "limited.t.svc.cluster.local")
-    p.cluster = cluster
-    with grpc.insecure_channel(f"127.0.0.1:{p.port}") as ch:
-        with pytest.raises(grpc.RpcError):
-            ch.unary_unary("/t.T/Local")(b"", timeout=10)
-        call = ch.unary_unary("/t.T/Hold")
-        pending = [call.future(b"%d" % i, timeout=30) for i in range(6)]
-        got = []
-        for f in pending:
-            try:
-                got.append(f.result())
-            except grpc.RpcError as e:
-                got.append((e.code(), e.details()))
-    assert got == [b"ok:%d" % i for i in range(6)]
+    p.cluster = Cluster(ClusterKey("t/limited", 80), TrafficPolicy(max_requests_per_connection=2), time.monotonic,
+                        random.Random(1), "limited.t.svc.cluster.local")
+    assert burst(p, 6) == [b"ok:%d" % i for i in range(6)]
