@@ -413,6 +413,17 @@ class Pools:
                 return
         self._overflow(claim)
 
+    def requeue(self, c: H2Client, exes: list[Exchange], *, fresh: bool) -> None:
+        """Requests queued on h2c connection `c` for a stream, which never went out, handed back
+        (http2/client.py: `c` takes no more streams, or fewer than were queued): they no longer
+        count as requests of `c` (maxRequestsPerConnection) and are placed again, on a new
+        connection when `fresh`. Attempts that are over (not held) are dropped."""
+        held = [ex for ex in exes if ex in self.claims]
+        if held and c in self._h2_streams:
+            self._h2_streams[c] = max(0, self._h2_streams[c] - len(held))
+        for ex in held:
+            self.acquire(ex.target, ex, fresh=fresh)  # type: ignore[arg-type]
+
     def _open_stream(self, c: H2Client, claim: _Claim) -> None:
         n = self._h2_streams[c] = self._h2_streams.get(c, 0) + 1
         c.open_stream(claim.ex)

@@ -21,6 +21,8 @@ from waypoint.request import RequestHead
 from waypoint.traffic.cluster import Cluster, ClusterKey
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"     # an empty HTTP/2 SETTINGS frame (a server's preface)
+SETTINGS_2 = b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x02"   # MAX_CONCURRENT_STREAMS 2
 
 
 class FakeTransport(fakes.FakeTransport):
@@ -378,6 +380,7 @@ def test_h2_requests_count_against_max_requests_and_spend_connections() -> None:
         t = target(cl, origin, "10.0.0.9:9000/h2 for -", protocol="h2")
         a = send(pools, t)
         await settle()
+        origin.conns[0].answer(SETTINGS)    # the server's preface: streams beyond the first may open
         b = send(pools, t)
         c = send(pools, t)
         await settle()
@@ -475,7 +478,8 @@ def test_an_endpoint_that_speaks_h2_keeps_streams_not_retried() -> None:
 def test_an_h2_connections_wait_queue_skips_attempts_that_are_over() -> None:
     """A request waiting for a stream slot whose attempt is over (the exchange finished, or a retry
     abandoned the try; the first try's leg is the exchange itself) is neither opened, nor sent
-    elsewhere when the connection goes away, nor failed: only attempts the pools still hold are."""
+    elsewhere when the connection goes away: only attempts the pools still hold are (to another
+    connection, since they never went out)."""
     async def main() -> None:
         pools, cl, origin = setup(TrafficPolicy())
         t = target(cl, origin, "10.0.0.9:9000/h2 for -", protocol="h2")
@@ -483,17 +487,44 @@ def test_an_h2_connections_wait_queue_skips_attempts_that_are_over() -> None:
         for ex in (live, over):
             pools.acquire(t, ex)  # type: ignore[arg-type]
         await settle()
+        origin.conns[0].answer(SETTINGS)    # the server's preface: the second stream opens
+        await settle()
         pools.attempt_over(over)  # type: ignore[arg-type]
         assert pools.holds(live) and not pools.holds(over)  # type: ignore[arg-type]
         c = H2Client(pools, "10.0.0.9:9000/h2 for -", HttpSettings())
         opened: list[object] = []
         c.open_stream = opened.append  # type: ignore[method-assign]
-        c.has_capacity = lambda: True  # type: ignore[method-assign]
+        c.can_open = lambda: True  # type: ignore[method-assign]
         c.waiting.extend([over, live])  # type: ignore[list-item]
         c._next()
         assert opened == [live]
         c.waiting.extend([over, live])  # type: ignore[list-item]
-        c.pools = SimpleNamespace(h2_refused=lambda c: False, holds=pools.holds)  # type: ignore[assignment]
+        elsewhere: list[object] = []
+        c.pools = SimpleNamespace(  # type: ignore[assignment]
+            h2_refused=lambda c: False, holds=pools.holds,
+            requeue=lambda c, exes, fresh: elsewhere.extend(ex for ex in exes if pools.holds(ex)))
         c._abort_all("connection termination")
-        assert over.events == ["bound"] and live.events[-1] == "again"
+        # the live one never went out: it goes to another connection (not failed)
+        assert over.events == ["bound"] and elsewhere == [live] and not c.waiting
+    run(main)
+
+
+def test_a_new_h2_connection_opens_one_stream_until_the_servers_settings() -> None:
+    """Before the server's SETTINGS a new h2c connection carries one stream; the rest of the burst
+    queues on it. SETTINGS allowing 2: a second stream opens, and the surplus goes back to the pool,
+    which opens another connection for it, as it would had it known the limit (a server with a
+    low limit refuses streams beyond it: grpc-core resets them ENHANCE_YOUR_CALM)."""
+    async def main() -> None:
+        pools, cl, origin = setup(TrafficPolicy())
+        t = target(cl, origin, "10.0.0.9:9000/h2 for -", protocol="h2")
+        exs = [send(pools, t) for _ in range(5)]
+        await settle()
+        assert [x.events for x in exs] == [["bound"], [], [], [], []] and len(origin.conns) == 1
+        origin.conns[0].answer(SETTINGS_2)
+        await settle()
+        assert [x.events for x in exs[:2]] == [["bound"], ["bound"]]
+        first = origin.conns[0].proto
+        assert isinstance(first, H2Client) and len(first.streams) == 2 and not first.waiting
+        assert pools._h2_streams[first] == 2          # the surplus no longer counts as its requests
+        assert len(origin.conns) == 2 and [x.events for x in exs[2:]] == [["bound"], [], []]
     run(main)

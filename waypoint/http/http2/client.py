@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("waypoint.http")
 
 REFUSED = "remote refused stream reset"     # Envoy's reason for RST_STREAM REFUSED_STREAM (flag UR)
+# Streams opened on a new connection before the server's SETTINGS say how many it takes. RFC 9113
+# §5.1.2 leaves the limit unbounded until then, but a server that sets a low limit may refuse the
+# surplus it did not expect (grpc-core resets it ENHANCE_YOUR_CALM, which no retry policy retries):
+# a burst of 12 calls to a gRPC server with max_concurrent_streams 2 failed 8 with UNAVAILABLE. So
+# a new connection carries one stream until the SETTINGS arrive (about one round trip, as gRPC's own
+# clients wait for them before the first call), the rest queue on it (`waiting`).
+STREAMS_BEFORE_SETTINGS = 1
 
 
 class UpStream(Stream):
@@ -82,20 +89,26 @@ class H2Client(H2Base):
         for st in streams:
             st.ended = True
             st.ex.upstream_reset(flags, reason, retryable=again)
-        waiting, self.waiting = list(self.waiting), deque()
-        for ex in waiting:
-            if self.pools.holds(ex):        # not an abandoned try
-                ex.upstream_reset("UC", "connection termination", retryable=True)
+        self._elsewhere()
 
     def has_capacity(self) -> bool:
+        """May the pool give this connection another request? Before the server's SETTINGS, while
+        the streams and the requests queued for them (`can_open`) are within the codec's assumed
+        limit (nghttp2's 100): a larger burst still spreads over more connections."""
         if self.lost or self.closing:
             return False
-        return len(self.streams) < self.h2.remote_settings.max_concurrent_streams
+        n = len(self.streams) if self.spoke_h2 else len(self.streams) + len(self.waiting)
+        return n < self.h2.remote_settings.max_concurrent_streams
+
+    def can_open(self) -> bool:
+        """May a stream be opened now: within the server's limit, and, until its SETTINGS came,
+        within `STREAMS_BEFORE_SETTINGS`."""
+        return self.has_capacity() and (self.spoke_h2 or len(self.streams) < STREAMS_BEFORE_SETTINGS)
 
     def open_stream(self, ex: Exchange) -> None:
         if ex.done:
             return
-        if not self.has_capacity():
+        if not self.can_open():
             if self.lost or self.closing:
                 ex.upstream_reset("UC", "connection termination", retryable=True)
             else:
@@ -173,9 +186,12 @@ class H2Client(H2Base):
                     st.ex.upstream_reset("UPE", "protocol error")
             self._next()
         elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
-            self.spoke_h2 = self.spoke_h2 or isinstance(ev, h2.events.RemoteSettingsChanged)
+            first = not self.spoke_h2 and isinstance(ev, h2.events.RemoteSettingsChanged)
+            self.spoke_h2 = self.spoke_h2 or first
             self.pump_all()
             self._next()
+            if first and self.waiting:
+                self._rehome()
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.closing = True
             self.pools.forget(self)
@@ -192,10 +208,7 @@ class H2Client(H2Base):
                     # connection then closes, are UC "connection termination", `_abort_all`).
                     st.ex.reset_code = ErrorCodes.REFUSED_STREAM
                     st.ex.upstream_reset("UR", REFUSED, retryable=True)
-            waiting, self.waiting = list(self.waiting), deque()
-            for ex in waiting:
-                if self.pools.holds(ex):    # not an abandoned try
-                    self.pools.acquire(ex.target, ex, fresh=True)  # type: ignore[arg-type]
+            self._elsewhere()
             self.maybe_done()
         elif isinstance(ev, h2.events.InformationalResponseReceived):     # (rare: last in the chain)
             st = self.streams.get(ev.stream_id)
@@ -230,10 +243,27 @@ class H2Client(H2Base):
             self._next()
 
     def _next(self) -> None:
-        while self.waiting and self.has_capacity():
+        while self.waiting and self.can_open():
             ex = self.waiting.popleft()
             if self.pools.holds(ex):        # not an abandoned try (or a finished exchange)
                 self.open_stream(ex)
+        if self.waiting and (self.closing or self.lost):
+            self._elsewhere()
+
+    def _rehome(self) -> None:
+        """The server's first SETTINGS allowed fewer streams than were queued for them: the
+        surplus goes back to the pool, which spreads it over other connections as it would have
+        had it known the limit (or queues it here again at the cluster's connection limit)."""
+        waiting, self.waiting = list(self.waiting), deque()
+        self.pools.requeue(self, waiting, fresh=False)
+
+    def _elsewhere(self) -> None:
+        """The requests queued on this connection, which never went out, to another one: this one
+        takes no more streams (spent, drained, told GOAWAY, lost), as Envoy's pool keeps such
+        requests pending. Failed instead (503 UC), a request queued for the server's SETTINGS on a
+        connection that `maxRequestsPerConnection` had spent failed when the connection closed."""
+        waiting, self.waiting = list(self.waiting), deque()
+        self.pools.requeue(self, waiting, fresh=True)
 
     def check(self, now: float) -> None:
         if not self.streams and not self.waiting and now - self.last > self.settings.upstream_idle_timeout:
@@ -243,6 +273,7 @@ class H2Client(H2Base):
         self.closing = True
         self.pools.forget(self)
         if not self.streams and self.transport is not None and not self.lost:
+            self._elsewhere()
             try:
                 self.h2.close_connection()
             except h2.exceptions.H2Error:
