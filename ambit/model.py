@@ -11,8 +11,8 @@ import base64
 import copy
 import dataclasses
 import functools
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T", bound="Resource")
