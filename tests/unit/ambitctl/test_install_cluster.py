@@ -133,6 +133,7 @@ def test_upgrade_shows_a_diff_refuses_jumps_and_prunes(emu: KubeEmulator, capsys
     plus = [ln for ln in out.splitlines() if ln.startswith("+") and "image: ambit:0.2.0" in ln]
     assert rc == 0 and minus and plus and "pruned (no longer part of Ambit 0.2.0) (dry run)" in out
     assert "--- live daemonset/ambit-node -n ambit-system" in out and "+++ wanted daemonset/ambit-node" in out
+    assert "*id0" not in out and "&id0" not in out       # fields, not yaml aliases of what they share
     assert emu.get("apps/v1", "DaemonSet", "ambit-node", "ambit-system")["metadata"]["annotations"][  # type: ignore[index]
         "ambit.io/version"] == "0.1.0"                                                                 # dry run
     rc, out, err = run(capsys, emu, "upgrade", "--image", "ambit:0.2.0")
