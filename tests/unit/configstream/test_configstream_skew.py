@@ -14,9 +14,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from ambit.api import config_pb2, config_pb2_grpc
 from ambit.configclient import Backoff, ConfigClient, ConfigUpdate, NodeInfo
 from ambit.configclient.codec import content_version
 from ambit.model import (
@@ -247,4 +249,32 @@ def test_a_cache_with_one_type_this_version_cannot_read_is_ignored_whole(tmp_pat
             assert c.versions() == dict.fromkeys(c.types, "")
         finally:
             await c.stop()
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_type_the_controller_does_not_serve_leaves_the_others_served():
+    """A client newer than the controller (a controller rolled back first) subscribes to a type
+    the controller does not know. The stream used to end with INVALID_ARGUMENT: the client got
+    no type at all and retried forever. Now the others are served, that one goes unanswered."""
+    async def main():
+        registry = CollectorRegistry()
+        srv = ConfigServer(registry=registry)
+        srv.update({Workload.TYPE: [SERVER]}, "v1")
+        port = await srv.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                call = config_pb2_grpc.ConfigServiceStub(ch).DeltaStream()
+                await call.write(config_pb2.DeltaRequest(node=ZT.to_proto(), type_url="ambit.io/FromTheFuture",
+                                                         subscribe=True))
+                await call.write(config_pb2.DeltaRequest(type_url=Workload.TYPE, subscribe=True))
+                resp = await call.read()
+                assert resp.type_url == Workload.TYPE and [r.name for r in resp.resources] == ["srv"]
+                await call.write(config_pb2.DeltaRequest(type_url=Workload.TYPE, response_nonce=resp.nonce))
+                srv.update({Workload.TYPE: [SERVER, workload("b1", "node-b", ip="10.0.2.1")]}, "v2")
+                resp = await call.read()         # the stream lives on and carries the next update
+                assert resp.type_url == Workload.TYPE and resp.system_version_info == "v2"
+                call.cancel()
+            assert registry.get_sample_value("ambit_config_unknown_type_subscriptions_total", {"kind": "ztunnel"}) == 1
+        finally:
+            await srv.stop(0)
     asyncio.run(asyncio.wait_for(main(), 60))
