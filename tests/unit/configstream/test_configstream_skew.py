@@ -278,3 +278,42 @@ def test_a_type_the_controller_does_not_serve_leaves_the_others_served():
         finally:
             await srv.stop(0)
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "types-list", "entry-list", "version-null", "body-number"])
+def test_a_cache_file_of_another_shape_is_ignored_not_raised(tmp_path, damage):
+    """A node that lost power mid-write, or a file another version wrote: the component starts as
+    without a cache. `"types": [...]` raised AttributeError out of `start()`, on every restart."""
+    async def main():
+        srv, port = await _serve(_ztunnel_state())
+        cache = tmp_path / "config-cache.json"
+        c = zt_client(MeshState(), f"127.0.0.1:{port}", "node-a", cache_path=cache)
+        try:
+            await c.start()
+            await c.wait_synced(10)
+        finally:
+            await c.stop()
+            await srv.stop(0)
+        text = cache.read_text()
+        doc = json.loads(text)
+        entry = doc["types"][Workload.TYPE]
+        if damage == "truncated":
+            cache.write_text(text[: len(text) // 2])
+        elif damage == "types-list":
+            doc["types"] = list(doc["types"].values())
+        elif damage == "entry-list":
+            entry["resources"] = list(entry["resources"].values())
+        elif damage == "version-null":
+            next(iter(entry["resources"].values()))["version"] = None
+        else:
+            next(iter(entry["resources"].values()))["body"] = 42
+        if damage != "truncated":
+            cache.write_text(json.dumps(doc))
+        restarted = MeshState()
+        c = zt_client(restarted, "127.0.0.1:1", "node-a", cache_path=cache)
+        try:
+            await c.start()
+            assert not restarted.view.workloads and not restarted.populated
+        finally:
+            await c.stop()
+    asyncio.run(asyncio.wait_for(main(), 60))
