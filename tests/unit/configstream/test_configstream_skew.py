@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import pytest
@@ -182,6 +183,29 @@ def _ztunnel_state() -> dict[str, list]:
             Authorization.TYPE: [bad_deny], Workload.TYPE: [SERVER], Service.TYPE: [], TelemetryPolicy.TYPE: []}
 
 
+async def _synced_cache(tmp_path) -> Path:
+    """The cache file of a ztunnel that synced every type of `_ztunnel_state()`."""
+    srv, port = await _serve(_ztunnel_state())
+    cache = tmp_path / "config-cache.json"
+    c = zt_client(MeshState(), f"127.0.0.1:{port}", "node-a", cache_path=cache)
+    try:
+        await c.start()
+        await c.wait_synced(10)
+    finally:
+        await c.stop()
+        await srv.stop(0)
+    return cache
+
+
+async def _restarted_from(cache: Path) -> MeshState:
+    """A ztunnel's state right after its start with the controller away: what the cache gave it."""
+    state = MeshState()
+    c = zt_client(state, "127.0.0.1:1", "node-a", cache_path=cache)
+    await c.start()
+    await c.stop()
+    return state
+
+
 def test_a_policy_type_rejected_since_the_start_is_not_cached_as_empty(tmp_path):
     """ztunnel NACKs the Authorization of its first sync (here an ip block it cannot parse; in an
     upgrade, a field of a newer controller) and, holding no policy, takes no pod. The cache used to
@@ -203,13 +227,8 @@ def test_a_policy_type_rejected_since_the_start_is_not_cached_as_empty(tmp_path)
             await c.stop()
             await srv.stop(0)
         assert cache.exists()       # the other types were cached
-        restarted = MeshState()     # the controller is away: only the cache can speak
-        c = zt_client(restarted, "127.0.0.1:1", "node-a", cache_path=cache)
-        try:
-            await c.start()
-            assert not restarted.populated and not restarted.view.workloads
-        finally:
-            await c.stop()
+        restarted = await _restarted_from(cache)     # the controller is away: only the cache can speak
+        assert not restarted.populated and not restarted.view.workloads
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
@@ -221,16 +240,7 @@ def test_a_cache_with_one_type_this_version_cannot_read_is_ignored_whole(tmp_pat
     controller answered); the cache is now ignored whole. The same for an entry damaged on disk
     (its body no longer matches its version)."""
     async def main():
-        state = _ztunnel_state()
-        srv, port = await _serve(state)
-        cache = tmp_path / "config-cache.json"
-        c = zt_client(MeshState(), f"127.0.0.1:{port}", "node-a", cache_path=cache)
-        try:
-            await c.start()
-            await c.wait_synced(10)
-        finally:
-            await c.stop()
-            await srv.stop(0)
+        cache = await _synced_cache(tmp_path)
         doc = json.loads(cache.read_text())
         (entry,) = doc["types"][Authorization.TYPE]["resources"].values()
         body = json.loads(entry["body"])
@@ -241,14 +251,8 @@ def test_a_cache_with_one_type_this_version_cannot_read_is_ignored_whole(tmp_pat
         else:
             entry["body"] = entry["body"].replace('"DENY"', '"DENZ"')
         cache.write_text(json.dumps(doc))
-        restarted = MeshState()
-        c = zt_client(restarted, "127.0.0.1:1", "node-a", cache_path=cache)
-        try:
-            await c.start()
-            assert not restarted.view.workloads and not restarted.populated
-            assert c.versions() == dict.fromkeys(c.types, "")
-        finally:
-            await c.stop()
+        restarted = await _restarted_from(cache)
+        assert not restarted.view.workloads and not restarted.populated and not restarted.versions
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
@@ -285,15 +289,7 @@ def test_a_cache_file_of_another_shape_is_ignored_not_raised(tmp_path, damage):
     """A node that lost power mid-write, or a file another version wrote: the component starts as
     without a cache. `"types": [...]` raised AttributeError out of `start()`, on every restart."""
     async def main():
-        srv, port = await _serve(_ztunnel_state())
-        cache = tmp_path / "config-cache.json"
-        c = zt_client(MeshState(), f"127.0.0.1:{port}", "node-a", cache_path=cache)
-        try:
-            await c.start()
-            await c.wait_synced(10)
-        finally:
-            await c.stop()
-            await srv.stop(0)
+        cache = await _synced_cache(tmp_path)
         text = cache.read_text()
         doc = json.loads(text)
         entry = doc["types"][Workload.TYPE]
@@ -309,11 +305,6 @@ def test_a_cache_file_of_another_shape_is_ignored_not_raised(tmp_path, damage):
             next(iter(entry["resources"].values()))["body"] = 42
         if damage != "truncated":
             cache.write_text(json.dumps(doc))
-        restarted = MeshState()
-        c = zt_client(restarted, "127.0.0.1:1", "node-a", cache_path=cache)
-        try:
-            await c.start()
-            assert not restarted.view.workloads and not restarted.populated
-        finally:
-            await c.stop()
+        restarted = await _restarted_from(cache)
+        assert not restarted.view.workloads and not restarted.populated
     asyncio.run(asyncio.wait_for(main(), 60))
