@@ -335,7 +335,8 @@ class ConfigClient:
             return
         staged = {}
         for t in self.types:
-            if t not in cached:
+            # No system version: a type never accepted, which earlier versions wrote out empty.
+            if t not in cached or not cached[t][0]:
                 log.warning("ignoring config cache %s: it holds no state of %s (written by another version, or "
                             "before that type was accepted); starting without it", self._cache_path, t)
                 return

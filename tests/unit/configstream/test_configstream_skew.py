@@ -232,13 +232,14 @@ def test_a_policy_type_rejected_since_the_start_is_not_cached_as_empty(tmp_path)
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-@pytest.mark.parametrize("damage", ["newer-field", "bit-rot"])
+@pytest.mark.parametrize("damage", ["newer-field", "bit-rot", "never-accepted"])
 def test_a_cache_with_one_type_this_version_cannot_read_is_ignored_whole(tmp_path, damage):
     """Rollback of a data-plane component: its cache was written by a newer version whose
     Authorization sets a field this one does not know. The other types used to be replayed alone (a
     waypoint, which has no `populated` gate, then served its routes with no policy until the
     controller answered); the cache is now ignored whole. The same for an entry damaged on disk
-    (its body no longer matches its version)."""
+    (its body no longer matches its version), and for the empty entry that earlier versions wrote
+    for a type they had not accepted: a ztunnel upgraded over such a cache read it as "no policy"."""
     async def main():
         cache = await _synced_cache(tmp_path)
         doc = json.loads(cache.read_text())
@@ -248,8 +249,10 @@ def test_a_cache_with_one_type_this_version_cannot_read_is_ignored_whole(tmp_pat
             body["enforcement"] = "strict"          # a newer version's top-level field, set
             entry["body"] = json.dumps(body, sort_keys=True, separators=(",", ":"))
             entry["version"] = content_version(entry["body"].encode())
-        else:
+        elif damage == "bit-rot":
             entry["body"] = entry["body"].replace('"DENY"', '"DENZ"')
+        else:       # what earlier versions wrote for a type not accepted yet (or NACKed since the start)
+            doc["types"][Authorization.TYPE] = {"system_version": "", "resources": {}}
         cache.write_text(json.dumps(doc))
         restarted = await _restarted_from(cache)
         assert not restarted.view.workloads and not restarted.populated and not restarted.versions
