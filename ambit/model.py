@@ -11,6 +11,7 @@ import base64
 import copy
 import dataclasses
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -79,7 +80,40 @@ def _from_dict(cls: Any, d: Any) -> Any:
         if name not in d:
             continue
         kwargs[name] = _convert(f.type, d[name])
+    if len(d) > len(kwargs):
+        _unknown_fields(cls, d, hints, kwargs)
     return cls(**kwargs)
+
+
+UNKNOWN_FIELD = "a field this version of Ambit does not know"
+
+
+def _unknown_fields(cls: Any, d: dict[str, Any], hints: Mapping[str, Any], kwargs: dict[str, Any]) -> None:
+    """Fields of a newer controller (version skew: the control plane is upgraded first).
+
+    `to_dict` writes every field, so a field added in a newer version reaches an older client in
+    every body, at its default when it is not used: a zero value (empty, false, 0, null) means the
+    field is not in use, and is ignored. A set field is never dropped silently, since it may narrow
+    what a policy allows: in a `Match` it becomes an `unsupported` attribute (never proves an ALLOW,
+    always matches in a DENY or AUDIT, as for attributes Ambit cannot evaluate); anywhere else it
+    raises ValueError naming it, so the client rejects (NACKs) the update and keeps its last good
+    state. A newly added field must therefore default to a zero value meaning "as before"
+    (docs/config-stream.md, "Version skew").
+    """
+    unknown = sorted(k for k, v in d.items() if k not in hints and not _is_zero(v))
+    if not unknown:
+        return
+    if cls is Match:
+        kwargs["unsupported"] = [*kwargs.get("unsupported", ()), *(f"{k} ({UNKNOWN_FIELD})" for k in unknown)]
+        return
+    k = unknown[0]
+    shown = repr(d[k])
+    raise ValueError(f"{cls.__name__}.{k}: {UNKNOWN_FIELD} (set to {shown[:80]}{'...' if len(shown) > 80 else ''}; "
+                     "sent by a newer controller? upgrade this component)")
+
+
+def _is_zero(v: Any) -> bool:
+    return v is None or v is False or v == 0 or v == "" or (isinstance(v, (list, dict)) and not v)
 
 
 def _convert(tp: Any, v: Any) -> Any:
@@ -219,8 +253,10 @@ class Match:
     # `when` on request.auth.principal / audiences / presenter / claims[a][b]: the key -> values
     auth: dict[str, list[str]] = field(default_factory=dict)
     not_auth: dict[str, list[str]] = field(default_factory=dict)
-    # Attributes Ambit cannot evaluate (connection.sni, experimental.*):
-    # they never prove an ALLOW and always count as matched in a DENY or AUDIT (fail safe).
+    # Attributes Ambit cannot evaluate (connection.sni, experimental.*), and fields set by a newer
+    # controller that this version does not know (`_unknown_fields`; the only way it is set in an
+    # L4 rule, so ztunnel honours it too): they never prove an ALLOW and always count as matched
+    # in a DENY or AUDIT (fail safe).
     unsupported: list[str] = field(default_factory=list)
 
 
@@ -708,8 +744,11 @@ _NESTED: dict[str, Any] = {
 
 
 def _rule_from_dict(d: dict[str, Any]) -> Rule:
-    return Rule(clauses=[[_from_dict(Match, m) for m in clause] for clause in d.get("clauses", [])],
-                has_l7=bool(d.get("has_l7", False)))
+    r = Rule(clauses=[[_from_dict(Match, m) for m in clause] for clause in d.get("clauses", [])],
+             has_l7=bool(d.get("has_l7", False)))
+    if any(k not in ("clauses", "has_l7") for k in d):
+        _unknown_fields(Rule, d, {"clauses": None, "has_l7": None}, {})
+    return r
 
 
 def _authz_from_dict(cls: Any, d: dict[str, Any]) -> Authorization:

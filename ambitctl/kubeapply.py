@@ -91,10 +91,19 @@ def projection(live: Any, want: Any) -> Any:
     return live
 
 
+class _NoAliases(yaml.SafeDumper):
+    """A dict the rendering shares between two places (one volume mount in two containers) is
+    written out in both: yaml's `&id004`/`*id004` anchors made a diff line say `- *id004` where
+    the fields were."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def diff(r: Ref, live: Obj | None, want: Obj | None) -> str:
     """A unified diff of one object, live (as far as Ambit renders it) -> wanted."""
     def dump(o: Obj | None) -> list[str]:
-        return [] if o is None else yaml.safe_dump(o, sort_keys=True, width=120).splitlines(keepends=True)
+        return [] if o is None else yaml.dump(o, Dumper=_NoAliases, sort_keys=True, width=120).splitlines(keepends=True)
     before = None if live is None else projection(strip(live), want) if want is not None else strip(live)
     name = show(r)
     return "".join(difflib.unified_diff(dump(before), dump(want), f"live {name}", f"wanted {name}"))

@@ -147,7 +147,11 @@ def _any_principal(patterns: list[str], src: _Source) -> bool:
 
 def match_matches(m: Match, conn: ConnInfo, src: _Source, *, deny: bool = False) -> bool:
     """Does `m` match? `deny` says the answer decides a DENY (or AUDIT): then attributes that
-    cannot be proven (an unverified source address) count as matching, so the DENY applies."""
+    cannot be proven (an unverified source address) count as matching, so the DENY applies.
+    `unsupported` is set in an L4 rule only by a field this version does not know (a newer
+    controller's, ambit.model): it never proves an ALLOW and counts as matched in a DENY."""
+    if m.unsupported and not deny:
+        return False
     if m.principals and not _any_principal(m.principals, src):
         return False
     if m.not_principals and _any_principal(m.not_principals, src):

@@ -54,6 +54,7 @@ TYPES = (MeshSettings.TYPE, PeerAuthn.TYPE, Authorization.TYPE, Workload.TYPE, S
 REQUIRED = TYPES[:-1]
 ACTIONS = {authz.ALLOW, authz.DENY, authz.AUDIT}
 MODES = {authz.STRICT, authz.PERMISSIVE, authz.DISABLE, authz.UNSET}
+OUTBOUND_MODES = ("ALLOW_ANY", "REGISTRY_ONLY")     # MeshSettings.outbound_traffic_policy
 
 _EMPTY: Mapping[Any, Any] = MappingProxyType({})
 
@@ -313,13 +314,19 @@ def check_peer_authns(state: Mapping[str, PeerAuthn]) -> tuple[PeerAuthn, ...]:
 
 
 def check_mesh_settings(state: Mapping[str, MeshSettings]) -> TrustDomains | None:
-    """The trust domains the mesh settings name; ConfigRejected for more than one or a bad name."""
+    """The trust domains the mesh settings name; ConfigRejected for more than one, a bad name or an
+    outbound traffic policy mode ztunnel does not know."""
     if not state:
         return None
     if len(state) > 1:
         raise ConfigRejected(f"{MeshSettings.TYPE}: {len(state)} resources ({', '.join(sorted(state))}); "
                              "the mesh has exactly one")
     (m,) = state.values()
+    if m.outbound_traffic_policy not in OUTBOUND_MODES:
+        # Routing reads anything but REGISTRY_ONLY as ALLOW_ANY: a mode of a newer controller, taken
+        # as it came, would open egress that it restricts. Refused; the last good settings stay.
+        raise ConfigRejected(f"{MeshSettings.TYPE} {m.name}: outbound_traffic_policy: "
+                             f"{m.outbound_traffic_policy!r} is not one of {', '.join(OUTBOUND_MODES)}")
     try:
         return TrustDomains.of(m.trust_domain, m.trust_domain_aliases)
     except ValueError as e:

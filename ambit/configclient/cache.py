@@ -47,11 +47,23 @@ def load(path: Path, node_key: str) -> dict[str, CachedType]:
     if doc.get("node") != node_key:
         # Config is scoped per node: another node's cache would make this one serve wrong state.
         raise ValueError(f"config cache {path}: written for {doc.get('node')!r}, this is {node_key!r}")
+    types = doc.get("types") or {}
+    if not isinstance(types, dict):
+        # Any shape but this version's is refused here, as a ValueError: an AttributeError from a
+        # list where a mapping was ("types": [...]) escaped the component's start, on every restart.
+        raise ValueError(f"config cache {path}: types: not a mapping")
     out: dict[str, CachedType] = {}
-    for t, entry in (doc.get("types") or {}).items():
+    for t, entry in types.items():
         try:
-            res = [Encoded(name, r["version"], r["body"].encode()) for name, r in entry["resources"].items()]
-            out[t] = (entry["system_version"], res)
+            res = [Encoded(name, _str(r["version"]), _str(r["body"]).encode())
+                   for name, r in entry["resources"].items()]
+            out[t] = (_str(entry["system_version"]), res)
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"config cache {path}: type {t}: malformed entry ({e!r})") from None
     return out
+
+
+def _str(v: object) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"{v!r} is not a string")
+    return v

@@ -78,6 +78,7 @@ class ConfigClient:
         self._backoff = (backoff or Backoff(initial=0.1, maximum=5.0)).attempts()
         self._states = {t: TypeState(t) for t in self.types}
         self._synced: set[str] = set()
+        self._accepted: set[str] = set()   # types holding a state the component accepted (controller or cache)
         self._synced_event: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -283,6 +284,7 @@ class ConfigClient:
             reply.error_detail.message = msg
             return reply
         state.commit(staged)
+        self._accepted.add(resp.type_url)
         self.updates += 1
         self.last_update = time.time()
         self._mark_synced(resp.type_url)
@@ -302,30 +304,53 @@ class ConfigClient:
     # ----- file cache ------------------------------------------------------------------------
 
     def _save_cache(self) -> None:
+        """Write the accepted state of each type. A type never accepted (not answered yet, or
+        rejected since the start) is left out, not written empty: replayed, an empty policy type
+        would read "no policy" after a restart, where the running component had refused to serve
+        without one."""
         if not self._cache_path:
             return
         try:
             cache.save(self._cache_path, self.node.key,
-                       {t: (s.system_version, list(s.encoded.values())) for t, s in self._states.items()})
+                       {t: (s.system_version, list(s.encoded.values())) for t, s in self._states.items()
+                        if t in self._accepted})
         except OSError as e:
             # Losing the cache only costs a cold start later; never reject config for it.
             log.warning("cannot write config cache %s: %s", self._cache_path, e)
 
     async def _apply_cache(self) -> None:
+        """Replay the cache, all of it or nothing: every subscribed type must be in it and decode.
+
+        A partial replay would serve some types without the others (workloads and routes without
+        their authorization policies) until the controller answers, indefinitely while it is away.
+        A cache from another version (a type it did not subscribe to, a field it set that this
+        version does not know) or one damaged on disk is therefore ignored whole, with a warning:
+        the component starts as without a cache. A type its component rejects stays unapplied
+        (ztunnel then takes no pod before the controller answers: MeshState.populated)."""
         assert self._cache_path is not None
         try:
             cached = cache.load(self._cache_path, self.node.key)
         except (OSError, ValueError) as e:
             log.warning("ignoring config cache: %s", e)
             return
-        for t, (system_version, resources) in cached.items():
-            state = self._states.get(t)
-            if state is None:
-                continue
+        staged = {}
+        for t in self.types:
+            # No system version: a type never accepted, which earlier versions wrote out empty.
+            if t not in cached or not cached[t][0]:
+                log.warning("ignoring config cache %s: it holds no state of %s (written by another version, or "
+                            "before that type was accepted); starting without it", self._cache_path, t)
+                return
+            system_version, resources = cached[t]
             try:
-                staged = state.stage(system_version, resources, (), from_cache=True)
-                await self._call(staged.update)
+                staged[t] = self._states[t].stage(system_version, resources, (), from_cache=True)
+            except ValueError as e:
+                log.warning("ignoring config cache %s: %s; starting without it", self._cache_path, e)
+                return
+        for t, st in staged.items():
+            try:
+                await self._call(st.update)
             except Exception as e:  # noqa: BLE001 - a bad cache must not stop the component
                 log.warning("ignoring cached %s: %s", t, e)
                 continue
-            state.commit(staged)
+            self._states[t].commit(st)
+            self._accepted.add(t)

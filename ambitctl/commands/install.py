@@ -528,6 +528,56 @@ def settings_of(o: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(o, v) for k, v in SET_KEYS.items()}
 
 
+class _Unset:
+    """The default of a setting on `install`/`upgrade`'s command line: not given. Over an existing
+    install it keeps the installed value (the inventory's), else it takes the usual default."""
+
+    def __repr__(self) -> str:
+        return "<installed or default>"
+
+
+UNSET: Any = _Unset()
+# The settings an install keeps across `ambit upgrade` and a re-run of `ambit install`: all but the
+# image (an upgrade is a new image; without --image, this CLI's) and the namespace (where to look).
+KEPT = tuple(dict.fromkeys(d for d in SET_KEYS.values() if d not in ("image", "namespace")))
+
+
+def resolve_settings(o: argparse.Namespace, installed: dict[str, Any] | None) -> list[str]:
+    """Fill the settings the command line left UNSET: the installed value when there is an
+    install, else the default. Returns the kept values that differ from the defaults ("key=value").
+
+    An upgrade that re-rendered the defaults instead reverted, silently, whatever the install was
+    given: REGISTRY_ONLY back to ALLOW_ANY (egress opened), another trust domain (every identity
+    changed) or the user's CA Secret (the controller then made a CA of its own, a new root)."""
+    defaults = vars(parse([]))
+    key_of: dict[str, str] = {}
+    for key, dest in SET_KEYS.items():
+        key_of.setdefault(dest, key)
+    kept = []
+    for dest in KEPT:
+        if getattr(o, dest) is not UNSET:
+            continue
+        key = key_of[dest]
+        if installed is not None and key in installed:
+            value = installed[key]
+            if value is not None and value != defaults[dest]:
+                try:        # checked as the flag is: a newer version's value may mean nothing here
+                    value = getattr(parse([f"--{dest.replace('_', '-')}", str(value)]), dest)
+                except SystemExit:
+                    raise InstallError(f"the installed setting {key}={value!r} is not valid for this version of "
+                                       f"ambit; --set {key}=VALUE to choose one") from None
+                kept.append(f"{key}={value}")
+            setattr(o, dest, value)
+        else:
+            setattr(o, dest, defaults[dest])
+    return kept
+
+
+def _say_kept(kept: list[str]) -> None:
+    if kept:
+        print(f"keeping the installed settings {', '.join(kept)} (--set KEY=VALUE to change one)", file=sys.stderr)
+
+
 # -- the cluster edge -------------------------------------------------------------------------------
 
 def kube(args: argparse.Namespace) -> Any:
@@ -611,11 +661,13 @@ CLUSTER_ONLY = ("set", "kubeconfig", "context", "server", "force", "purge_crds",
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("install", help="install Ambit into a Kubernetes cluster (--dry-run: print YAML)")
     add_arguments(p)
+    p.set_defaults(**dict.fromkeys(KEPT, UNSET))     # resolve_settings: installed, else the default
     cluster_arguments(p)
     p.set_defaults(func=cmd_install)
     u = subparsers.add_parser("upgrade", help="upgrade an installed Ambit: show the diff, refuse incompatible "
                                               "versions, apply, prune")
     add_arguments(u)
+    u.set_defaults(**dict.fromkeys(KEPT, UNSET))
     cluster_arguments(u)
     u.add_argument("--force", action="store_true", help="allow a minor skip or a downgrade (never a major change)")
     u.set_defaults(func=cmd_upgrade)
@@ -638,11 +690,13 @@ def cmd_install(args: argparse.Namespace) -> int:
     try:
         o = _options(args)
         if args.dry_run and not args.server and not args.kubeconfig and not args.context:
+            resolve_settings(o, None)
             sys.stdout.write(render(o))         # offline: the manifests, as before
             return 0
         k = kube(args)
         from ambitctl import kubeapply as ka
         prev = ka.read_inventory(k, o.namespace)
+        _say_kept(resolve_settings(o, prev["settings"] if prev else None))
         if prev and prev["version"] != target_version(o):
             print(f"error: Ambit {prev['version']} is installed in {o.namespace}; use `ambit upgrade` to move to "
                   f"{target_version(o)}", file=sys.stderr)
@@ -668,6 +722,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
             print(f"error: no Ambit installed in namespace {o.namespace} (no {ka.INVENTORY} ConfigMap); "
                   "use `ambit install`", file=sys.stderr)
             return 1
+        _say_kept(resolve_settings(o, prev["settings"]))
         ok, why = ka.upgrade_verdict(prev["version"], target_version(o), args.force)
         print(f"upgrade {why}", file=sys.stderr)
         if not ok:

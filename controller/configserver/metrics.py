@@ -23,6 +23,10 @@ class ConfigMetrics:
         self.subscribers = Gauge(
             "ambit_config_connected_subscribers", "Config streams currently open, by subscriber kind.",
             ["kind"], registry=registry)
+        self.unknown_types = Counter(
+            "ambit_config_unknown_type_subscriptions",
+            "Subscriptions to a type URL this controller does not serve (a client newer than the controller), "
+            "left unanswered, by subscriber kind.", ["kind"], registry=registry)
         self.nacks = Counter(
             "ambit_config_nacks", "Responses rejected by subscribers, by type and subscriber kind.",
             ["type_url", "kind"], registry=registry)

@@ -44,8 +44,12 @@ from controller.configserver.subscription import (
 )
 from controller.grpcgate import CallGate, Guard, method_path
 from controller.memguard import MemoryGuard
+from controller.validation import printable
 
 log = logging.getLogger("ambit.controller.configserver")
+
+# Unknown type URLs one stream may subscribe to before it is ended (a client knows a few types).
+MAX_UNKNOWN_TYPES = 16
 
 # How long a refused (unauthenticated) stream may take to send its first request before the refusal.
 REFUSAL_DRAIN = 1.0
@@ -108,6 +112,7 @@ class _Stream:
     dirty_since: float | None = None       # monotonic time of the oldest update not yet pushed
     ended: bool = False
     error: str = ""
+    unknown_types: set[str] = field(default_factory=set)   # subscribed to, not served (a newer client)
 
 
 # Checks that a stream may claim `node` (e.g. that its client certificate or token belongs to that
@@ -393,7 +398,8 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             raise BadRequest("DeltaRequest: neither subscribe nor response_nonce is set")
         known = set(RESOURCE_TYPES) | set(self._snapshot.resources) | set(self._latest.resources)
         if req.type_url not in known:
-            raise BadRequest(f"DeltaRequest.type_url: unknown type {req.type_url!r} (known: {', '.join(sorted(known))})")
+            self._unknown_type(st, req.type_url, known)
+            return
         # kept compact (Claim), not as the dict the client could make as large as its message
         claim = Claim(req.initial_resource_versions, self._snapshot.view(sub.node, req.type_url))
         if claim.dropped:
@@ -403,6 +409,21 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
                         "told to remove now; the rest are removed when a later stream claims them",
                         sub.node.key, req.type_url, claim.dropped, MAX_GONE)
         sub.subscribe(req.type_url, claim)
+
+    def _unknown_type(self, st: _Stream, type_url: str, known: set[str]) -> None:
+        """A subscription to a type this controller does not serve: a client newer than the
+        controller (a controller rolled back before its data plane). Its other types are served and
+        this one is never answered, as istiod ignores a type it has no generator for; ending the
+        stream, as before, cut the client off every type, and it retried every 5 s forever."""
+        if type_url in st.unknown_types:
+            return
+        if not type_url or len(type_url) > 253 or len(st.unknown_types) >= MAX_UNKNOWN_TYPES:
+            raise BadRequest(f"DeltaRequest.type_url: unknown type {printable(type_url, 253)!r} (known: "
+                             f"{', '.join(sorted(known))}), and {len(st.unknown_types)} unknown types already")
+        st.unknown_types.add(type_url)
+        self.metrics.unknown_types.labels(st.sub.node.kind).inc()
+        log.warning("%s subscribed to %s, a type this controller does not serve (a client newer than the "
+                    "controller?); serving it the types it knows", st.sub.node.key, printable(type_url, 253))
 
     def _record_nack(self, sub: Subscription, type_url: str, nack: Nack) -> None:
         self.metrics.nacks.labels(type_url, sub.node.kind).inc()

@@ -77,7 +77,15 @@ _NO_POLICY = Verdict(True, None, ALLOW, "no ALLOW policy applies")
 
 
 def policy_set(policies: Iterable[Authorization], waypoint: Waypoint) -> PolicySet:
-    bound = bind((p for p in policies if p.action in (ALLOW, DENY, AUDIT)), waypoint)
+    """Bind the policies to this waypoint. An action it does not know (a newer controller's, such
+    as CUSTOM) raises ValueError naming the policy, so the update is rejected (NACKed) and the last
+    good policies stay in force: skipping the policy would allow what it was written to deny."""
+    policies = list(policies)
+    for p in policies:
+        if p.action not in (ALLOW, DENY, AUDIT):
+            raise ValueError(f"Authorization {p.resource_name}: action {p.action!r} is not one of "
+                             f"{ALLOW}, {DENY}, {AUDIT}; the waypoint cannot enforce this policy")
+    bound = bind(policies, waypoint)
     return PolicySet(bound.gateway, bound.by_service)
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from ambit.dataplane.identity.certificate import WorkloadCertificate
 
@@ -55,7 +56,7 @@ class CertStore:
         """The stored certificate for `identity` if it is still valid at `now` and verifies."""
         path = self._path(identity)
         try:
-            doc = json.loads(path.read_text())
+            doc = _document(json.loads(path.read_text()))
             cert = WorkloadCertificate.from_pems(identity, doc["key_pem"].encode(), doc["chain_pem"],
                                                  doc["bundle_pems"])
         except FileNotFoundError:
@@ -105,3 +106,19 @@ class CertStore:
     def remove(self, identity: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(identity).unlink()
+
+
+def _document(doc: object) -> dict[str, Any]:
+    """The stored document, if it has the fields of this version's `save` with their types; else
+    ValueError. A file of another version or a damaged one (`"key_pem": null`) raised an
+    AttributeError out of `load`, which the proxy's start did not survive: it crash-looped on the
+    file, since an emptyDir outlives the container."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"not a JSON object but {type(doc).__name__}")
+    if not isinstance(doc.get("key_pem"), str):
+        raise ValueError("key_pem: not a string")
+    for name in ("chain_pem", "bundle_pems"):
+        v = doc.get(name)
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ValueError(f"{name}: not a list of strings")
+    return doc

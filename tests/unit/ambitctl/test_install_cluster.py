@@ -66,6 +66,43 @@ def test_set_changes_the_objects_and_refuses_unknown_keys(emu: KubeEmulator, cap
     assert dep is not None and "DEBUG" in dep["spec"]["template"]["spec"]["containers"][0]["args"]   # dry run
 
 
+def test_upgrade_and_a_rerun_of_install_keep_the_installed_settings(emu: KubeEmulator,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`ambit upgrade --image ...` (as docs/operations.md shows it, without the install's --set)
+    re-rendered the defaults: REGISTRY_ONLY went back to ALLOW_ANY, the trust domain and the CA
+    Secret back to cluster.local and ambit-ca (a new CA, a new root). They are kept now."""
+    def installed() -> tuple[str, list[str]]:
+        cm = emu.get("v1", "ConfigMap", "ambit-mesh-config", "ambit-system")
+        dep = emu.get("apps/v1", "Deployment", "ambit-controller", "ambit-system")
+        assert cm is not None and dep is not None
+        return cm["data"]["mesh.yaml"], dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    assert run(capsys, emu, "install", "--image", "ambit:0.1.0", "--set", "outboundTrafficPolicy=REGISTRY_ONLY",
+               "--trust-domain", "corp.example", "--set", "caSecret=corp-ca")[0] == 0
+    mesh, args = installed()
+    assert "REGISTRY_ONLY" in mesh and "corp.example" in args and "corp-ca" in args
+
+    rc, out, err = run(capsys, emu, "install", "--image", "ambit:0.1.0")          # a re-run: nothing changes
+    assert rc == 0 and " updated" not in out and " created" not in out
+    assert "keeping the installed settings" in err and "outboundTrafficPolicy.mode=REGISTRY_ONLY" in err
+    rc, out, err = run(capsys, emu, "upgrade", "--image", "ambit:0.2.0")
+    assert rc == 0 and "trustDomain=corp.example" in err and "caSecret=corp-ca" in err
+    mesh, args = installed()
+    assert "REGISTRY_ONLY" in mesh and "corp.example" in args and "corp-ca" in args and "ambit:0.2.0" in args[
+        args.index("--waypoint-image") + 1]
+    # Given explicitly, a setting changes, the default too; the others stay.
+    rc, out, err = run(capsys, emu, "upgrade", "--image", "ambit:0.2.0", "--set", "outboundTrafficPolicy=ALLOW_ANY")
+    mesh, args = installed()
+    assert rc == 0 and "ALLOW_ANY" in mesh and "corp.example" in args
+    # A value this version does not know (an inventory of a newer one, then a downgrade) is named.
+    inv = emu.get("v1", "ConfigMap", ka.INVENTORY, "ambit-system")
+    assert inv is not None
+    inv["data"]["settings"] = inv["data"]["settings"].replace('"capture": "ebpf"', '"capture": "nft"')
+    emu.update(inv)
+    rc, _, err = run(capsys, emu, "upgrade", "--image", "ambit:0.2.0")
+    assert rc == 1 and "the installed setting capture='nft' is not valid" in err
+
+
 @pytest.mark.parametrize(("installed", "target", "force", "ok"), [
     ("0.1.0", "0.1.3", False, True), ("0.1.0", "0.2.0", False, True), ("0.1.0", "0.3.0", False, False),
     ("0.1.0", "0.3.0", True, True), ("0.2.0", "0.1.0", False, False), ("0.2.0", "0.1.0", True, True),
@@ -96,6 +133,7 @@ def test_upgrade_shows_a_diff_refuses_jumps_and_prunes(emu: KubeEmulator, capsys
     plus = [ln for ln in out.splitlines() if ln.startswith("+") and "image: ambit:0.2.0" in ln]
     assert rc == 0 and minus and plus and "pruned (no longer part of Ambit 0.2.0) (dry run)" in out
     assert "--- live daemonset/ambit-node -n ambit-system" in out and "+++ wanted daemonset/ambit-node" in out
+    assert "*id0" not in out and "&id0" not in out       # fields, not yaml aliases of what they share
     assert emu.get("apps/v1", "DaemonSet", "ambit-node", "ambit-system")["metadata"]["annotations"][  # type: ignore[index]
         "ambit.io/version"] == "0.1.0"                                                                 # dry run
     rc, out, err = run(capsys, emu, "upgrade", "--image", "ambit:0.2.0")

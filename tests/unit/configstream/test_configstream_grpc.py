@@ -355,8 +355,8 @@ def test_disconnected_subscribers_stay_visible_and_metrics_track_connections():
     (config_pb2.DeltaRequest(type_url=Workload.TYPE, subscribe=True), "DeltaRequest.node: required"),
     (config_pb2.DeltaRequest(node=config_pb2.Node(kind="sidecar", name="n"), type_url=Workload.TYPE,
                              subscribe=True), "DeltaRequest.node.kind: 'sidecar'"),
-    (config_pb2.DeltaRequest(node=config_pb2.Node(kind="agent", name="n"), type_url="ambit.io/Nope",
-                             subscribe=True), "DeltaRequest.type_url: unknown type 'ambit.io/Nope'"),
+    (config_pb2.DeltaRequest(node=config_pb2.Node(kind="agent", name="n"), type_url="ambit.io/" + "x" * 300,
+                             subscribe=True), "DeltaRequest.type_url: unknown type 'ambit.io/xxx"),
     (config_pb2.DeltaRequest(node=config_pb2.Node(kind="agent", name="n"), type_url=Workload.TYPE),
      "neither subscribe nor response_nonce"),
 ])

@@ -271,6 +271,29 @@ def test_a_tampered_or_expired_stored_certificate_is_ignored(ca, other_ca, tmp_p
     assert store.load(ID, time.time()) is None
 
 
+@pytest.mark.parametrize("damage", [
+    {"key_pem": None}, {"key_pem": 7}, {"chain_pem": "one pem"}, {"chain_pem": [None]}, {"bundle_pems": {}},
+    {"bundle_pems": [1]},
+])
+def test_a_stored_certificate_of_another_shape_is_ignored_not_raised(ca, tmp_path, damage) -> None:
+    """Another version's file, or a damaged one: `"key_pem": null` raised AttributeError out of
+    the store, and so out of `prefetch` at the waypoint's start, on every restart (the emptyDir
+    keeps the file). Now it is ignored as any unusable file is, and the CA is asked."""
+    store = CertStore(tmp_path / "certs")
+    store.save(issue(ca, ID, ttl=3600))
+    path = next((tmp_path / "certs").iterdir())
+    path.write_text(json.dumps({**json.loads(path.read_text()), **damage}))
+    assert store.load(ID, time.time()) is None
+
+    async def run() -> None:
+        fetcher = LocalCAFetcher(ca)
+        mgr = IdentityManager(fetcher, ttl=3600, store=store)
+        mgr.prefetch([ID])
+        assert (await mgr.get(ID, timeout=5)).identity == ID and fetcher.calls == 1
+        await mgr.close()
+    asyncio.run(run())
+
+
 def test_retry_failed_skips_the_backoff_of_identities_without_a_certificate(ca) -> None:
     async def run() -> None:
         clock = FakeClock()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from ambit.configclient import ConfigUpdate
 from ambit.model import Endpoint, MeshSettings, Service, ServicePort
 from tests.unit.ztunnel.meshcfg import config, svc, wl
 from ztunnel import routing
-from ztunnel.meshstate import ConfigRejected
+from ztunnel.meshstate import ConfigRejected, MeshState
 from ztunnel.routing import HBONE, PASSTHROUGH, REFUSE, RoundRobin, decide
 
 POD, OTHER_NS_POD = wl("sleep", "10.210.1.10"), wl("curl", "10.210.1.11", ns="other")
@@ -110,6 +111,19 @@ def test_registry_only_refuses_unregistered_addresses_and_names_the_policy(mesh:
     assert decide(cfg, "10.210.2.20", 80).kind == PASSTHROUGH
     assert decide(cfg, "240.240.0.1", 80).kind == PASSTHROUGH
     assert routing.registry_only(cfg) is refused
+
+
+def test_an_outbound_mode_ztunnel_does_not_know_is_refused_not_read_as_allow_any() -> None:
+    """A newer controller's mode (version skew) used to be routed as ALLOW_ANY, since only
+    REGISTRY_ONLY refuses: an update that meant to restrict egress opened it. Now it is NACKed and
+    the REGISTRY_ONLY in force stays."""
+    state = MeshState()
+    state.apply(ConfigUpdate(MeshSettings.TYPE, "v1", {}, frozenset(), {"mesh": REGISTRY_ONLY}))
+    newer = MeshSettings("cluster.local", outbound_traffic_policy="REGISTRY_ONLY_AND_DNS")
+    with pytest.raises(ConfigRejected, match=r"outbound_traffic_policy: 'REGISTRY_ONLY_AND_DNS' is not one of "
+                                             r"ALLOW_ANY, REGISTRY_ONLY"):
+        state.apply(ConfigUpdate(MeshSettings.TYPE, "v2", {}, frozenset(), {"mesh": newer}))
+    assert routing.registry_only(state) and state.version == "v1"
 
 
 def test_an_entry_with_no_endpoint_left_is_refused_naming_the_host() -> None:
