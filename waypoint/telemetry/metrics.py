@@ -172,7 +172,8 @@ class HttpMetrics:
         churned pods' Workloads and closed tunnels' Downstreams are not kept, and a freed object's
         id reused by a new one never finds its entry. Cleared every LABEL_CACHE_SIZE insertions."""
         d = rec.downstream
-        key = (id(src), id(dst), id(d), rec.service, rec.grpc, rec.status, rec.grpc_status, rec.response_flags)
+        key = (id(src), id(dst), id(d), rec.service, rec.hostname, rec.grpc, rec.status, rec.grpc_status,
+               rec.response_flags)
         hit = self._values.get(key)
         if hit is not None:
             return hit
@@ -192,7 +193,15 @@ class HttpMetrics:
         service = rec.service or d.service
         if service:
             ns, _, name = service.partition("/")
-            fqdn = d.hostname if d.hostname and service == d.service else f"{name}.{ns}.svc.{self.cluster_domain}"
+            # The routed Service's own host (its FQDN with the waypoint's cluster domain, or a
+            # ServiceEntry's host, as Istio names that cluster), else the tunnel's; a name made up
+            # here would be "<host>.<ns>.svc.cluster.local" for a ServiceEntry host.
+            if rec.service and rec.hostname:
+                fqdn = rec.hostname
+            elif d.hostname and service == d.service:
+                fqdn = d.hostname
+            else:
+                fqdn = f"{name}.{ns}.svc.{self.cluster_domain}"
         else:
             # No Service (a tunnel addressed to a pod, with no route to one): Istio's waypoint
             # stats filter runs with `disable_host_header_fallback` and reports the endpoint's
