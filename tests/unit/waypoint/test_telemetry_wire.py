@@ -78,3 +78,46 @@ def test_a_request_routed_to_another_service_reports_that_services_fqdn(origin: 
     labels = _through(origin, [service("ratings", NS, {"http": 80}, ip="10.96.0.12"), _vs("ratings")])
     assert labels["destination_service"] == "ratings.demo.svc.cluster.local"
     assert labels["destination_service_name"] == "ratings"
+
+
+def test_an_ingress_gateway_reports_as_istios_gateways_the_source_side_with_its_own_workload() -> None:
+    """Istio's ingress gateways report the requests they send on with `reporter="source"` and
+    themselves as the source (Kiali's ingress node, the dashboards' "requests from the gateway");
+    the gateway reported `reporter="waypoint"` and an `unknown` source for every client outside
+    the mesh, and `mutual_tls` for a client presenting a certificate."""
+    from ambit.configclient import ConfigUpdate
+    from ambit.model import IngressGateway, Workload
+    from waypoint.app import WaypointProxy
+    from waypoint.authz import Waypoint
+    from waypoint.config import WaypointConfig
+    from waypoint.http.record import RequestRecord
+    from waypoint.settings import load
+
+    gw_pod = Workload(uid="u-gw", name="gw-0", namespace="ns", ips=["10.1.0.5"], node="node1",
+                      service_account="gw-ambit", identity="spiffe://cluster.local/ns/ns/sa/gw-ambit",
+                      labels={"app": "gw", "service.istio.io/canonical-name": "gw-ambit"})
+    echo = Workload(uid="u-echo", name="echo-1", namespace="demo", ips=["10.1.0.9"], node="node1",
+                    service_account="echo", identity="spiffe://cluster.local/ns/demo/sa/echo", labels={"app": "echo"})
+    cfg = WaypointConfig(Waypoint("ns", "gw"), "cluster.local")
+    cfg.apply(ConfigUpdate(IngressGateway.TYPE, "1", {}, frozenset(), {"ns/gw": IngressGateway("gw", "ns")}))
+    cfg.apply(ConfigUpdate(Workload.TYPE, "1", {}, frozenset(), {w.uid: w for w in (gw_pod, echo)}))
+    m = HttpMetrics()
+    p = WaypointProxy(load(["--waypoint", "ns/gw", "--pod-name", "gw-0", "--node", "node1",
+                            "--gateway-class", "ambit"]), cfg, None, http_metrics=m)
+    # a client on the internet, with a client certificate (a MUTUAL listener)
+    down = Downstream(source_ip="198.51.100.7", source_identity="spiffe://partner.example/client",
+                      destination_port=443, listener="https")
+    rec = RequestRecord("GET", "/", "shop.example.com", "HTTP/1.1", down, status=200, service="demo/echo",
+                        upstream="10.1.0.9:8080")
+    p.telemetry.stats(rec)
+    fams = {f.name: f.samples for f in text_string_to_metric_families(m.exposition().decode())}
+    (s,) = [s for s in fams["istio_requests"] if s.name == "istio_requests_total"]
+    got = s.labels
+    assert got["reporter"] == "source"
+    assert (got["source_workload"], got["source_workload_namespace"], got["source_canonical_service"]) == \
+        ("gw-0", "ns", "gw-ambit")
+    assert got["source_principal"] == "spiffe://cluster.local/ns/ns/sa/gw-ambit"
+    assert got["connection_security_policy"] == "unknown"
+    assert (got["destination_workload"], got["destination_service"]) == ("echo-1", "echo.demo.svc.cluster.local")
+    tcp = p.telemetry.tcp_labels(rec).values()      # a TLS-passthrough or TCP route's connection
+    assert (tcp["reporter"], tcp["source_workload"], tcp["connection_security_policy"]) == ("source", "gw-0", "unknown")
