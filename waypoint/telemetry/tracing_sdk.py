@@ -181,7 +181,7 @@ class RequestTrace:
     """
 
     __slots__ = ("pipe", "rng", "trace_id", "span_id", "context", "parent", "name", "start_ns", "attrs",
-                 "cluster", "client_id", "client_start", "client_status", "client_outcome", "target")
+                 "cluster", "client_id", "client_start", "client_status", "client_outcome", "target", "down")
 
     def __init__(self, tracing: Tracing, pipe: Pipeline, cfg: TracingConfig, head: RequestHead,
                  down: Downstream, rec: RequestRecord, parent: tr.Context | None) -> None:
@@ -207,11 +207,23 @@ class RequestTrace:
         self.name = tr.server_span_name(down.destination_ip, down.hostname, down.destination_port)
         self.start_ns = int(rec.start * 1e9)
         self.cluster = tr.cluster_name(down.hostname, down.destination_port)
+        self.down = down
         self.client_id = 0              # the open try's span id; 0: none open
         self.client_start = 0
         self.client_status = 0
         self.client_outcome = ""
         self.target: UpstreamTarget | None = None
+
+    def routed(self, hostname: str, port: int) -> None:
+        """The route chose the Service `hostname` on `port` (Forward.hostname, .port): the span
+        names and the upstream cluster are that Service's, as Istio's route decorator and cluster
+        name them, not the tunnel's (another Service after a VirtualService's route; an ingress
+        gateway's tunnel names no Service at all: its spans were `router unknown egress`)."""
+        if not hostname:
+            return
+        d = self.down
+        self.cluster = tr.cluster_name(hostname, port)
+        self.name = tr.server_span_name(d.destination_ip, hostname, d.destination_port or port)
 
     def try_start(self, up_head: RequestHead, target: UpstreamTarget) -> None:
         """A new try: its client span, whose context replaces the trace headers going upstream."""
