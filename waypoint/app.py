@@ -68,6 +68,7 @@ from waypoint.telemetry.hook import Telemetry
 from waypoint.telemetry.loglines import LogLines
 from waypoint.telemetry.metrics import GATEWAY_REPORTER, HttpMetrics
 from waypoint.telemetry.mirrors import MirrorCollector
+from waypoint.telemetry.tracing import internal_address
 from waypoint.telemetry.tracing_settings import settings_tracing, tracing_identity
 from waypoint.traffic.cluster import Cluster, Clusters
 from waypoint.traffic.hashkey import HashKey
@@ -215,7 +216,8 @@ class WaypointProxy:
         for p in providers:
             tracing_sdk.exporter_class(p)
         if self.engine.tracing is None:
-            self.engine.tracing = tracing_sdk.Tracing(self.tracing_for, tracing_identity(self.settings), self.rng)
+            self.engine.tracing = tracing_sdk.Tracing(self.tracing_for, tracing_identity(self.settings), self.rng,
+                                                      edge=self.settings.ingress)
 
     async def on_config(self) -> None:
         """After each config update: tracing providers the mesh now defines are loaded (above); an
@@ -349,7 +351,11 @@ class WaypointProxy:
         # An edge proxy appends its client's address to X-Forwarded-For (Envoy's use_remote_address,
         # which Istio sets on gateways): past the gateway, the client's address is in no socket.
         prior = head.header("x-forwarded-for")
-        head.headers = [(k, v) for k, v in head.headers if k != "x-forwarded-for"] + [
+        # An external client's x-envoy-force-trace goes no further (Envoy's edge removes it from
+        # requests that are not internal): past the gateway every hop would see an internal peer
+        # and trace the request, at any sampling percentage.
+        drop = ("x-forwarded-for",) if internal_address(down.source_ip) else ("x-forwarded-for", "x-envoy-force-trace")
+        head.headers = [(k, v) for k, v in head.headers if k not in drop] + [
             ("x-forwarded-for", f"{prior},{down.source_ip}" if prior else down.source_ip)]
         port = self.config.view.ingress.ports.get(down.destination_port)
         if port is not None and down.listener:      # HTTPS: the Host must be the SNI's listener's

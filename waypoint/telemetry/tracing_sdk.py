@@ -123,8 +123,9 @@ class Tracing:
     """The engine's tracer: decides per request, owns the exporter pipeline of the current config."""
 
     def __init__(self, tracing_for: TracingFor, ident: tr.Identity, rng: random.Random | None = None, *,
-                 delay_ms: int = 1000) -> None:
+                 delay_ms: int = 1000, edge: bool = False) -> None:
         self.tracing_for = tracing_for
+        self.edge = edge        # an ingress gateway: x-envoy-force-trace only from internal clients
         self.ident = ident
         self.rng = rng or random.Random()
         self.delay_ms = delay_ms
@@ -154,6 +155,8 @@ class Tracing:
         if pipe is None or not pipe.exporting:
             return None
         parent, force = tr.extract(head.headers)
+        if force and self.edge and not tr.internal_address(down.source_ip):
+            force = False       # an external client's: Envoy's edge removes it (the ingress strips it too)
         rid = next((v for k, v in head.headers if k == "x-request-id"), "") if cfg.use_request_id else ""
         if not tr.sample(parent, force, cfg.sampling_percent, self.rng, rid):
             if parent is not None and parent.sampled is not False:
