@@ -354,7 +354,9 @@ class WaypointProxy:
         # An external client's x-envoy-force-trace goes no further (Envoy's edge removes it from
         # requests that are not internal): past the gateway every hop would see an internal peer
         # and trace the request, at any sampling percentage.
-        drop = ("x-forwarded-for",) if internal_address(down.source_ip) else ("x-forwarded-for", "x-envoy-force-trace")
+        drop: tuple[str, ...] = ("x-forwarded-for",)
+        if head.header("x-envoy-force-trace") is not None and not internal_address(down.source_ip):
+            drop = ("x-forwarded-for", "x-envoy-force-trace")
         head.headers = [(k, v) for k, v in head.headers if k not in drop] + [
             ("x-forwarded-for", f"{prior},{down.source_ip}" if prior else down.source_ip)]
         port = self.config.view.ingress.ports.get(down.destination_port)
