@@ -27,6 +27,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from ambit.telemetryconfig import Provider, TracingConfig
+from waypoint.http.headers import new_traceparent
 from waypoint.telemetry import tracing as tr
 
 if TYPE_CHECKING:
@@ -144,15 +145,21 @@ class Tracing:
 
     def server(self, head: RequestHead, down: Downstream, rec: RequestRecord) -> RequestTrace | None:
         """At the request head (before the waypoint adds its own headers): the request's trace, or
-        None. A request not traced goes on with its incoming context marked unsampled in every
-        format (an already unsampled one passes as it came; without any, the exchange's
-        `add_forwarded` adds a fresh unsampled traceparent), so the next hop does not start a
-        trace of its own (as Envoy's). Not traced: no span object, no id drawn."""
+        None. With a tracer configured (a provider), a request not traced goes on with its incoming
+        context marked unsampled in every format (an already unsampled one passes as it came;
+        without any, it gets a fresh unsampled traceparent), so the next hop does not start a
+        trace of its own (as Envoy's). Not traced: no span object. Without a provider the request's
+        trace headers pass untouched: Envoy without a tracer injects nothing, and an unsampled
+        context would stop every app behind the waypoint from tracing on its own."""
         cfg = self.tracing_for(down.service)
-        if not cfg.enabled:
+        if not cfg.providers:
+            return None
+        if not cfg.enabled:             # disableSpanReporting: propagation only
+            _ensure_context(head, self.rng)
             return None
         pipe = self._pipeline(cfg)
         if pipe is None or not pipe.exporting:
+            _ensure_context(head, self.rng)
             return None
         parent, force = tr.extract(head.headers)
         if force and self.edge and not tr.internal_address(down.source_ip):
@@ -161,7 +168,9 @@ class Tracing:
         if not tr.sample(parent, force, cfg.sampling_percent, self.rng, rid):
             if parent is not None and parent.sampled is not False:
                 head.headers = tr.inject(head.headers, parent.trace_id, parent.span_id, False)
-            return None     # (no context at all: the exchange adds a fresh unsampled traceparent)
+            elif parent is None:
+                _ensure_context(head, self.rng)
+            return None
         return RequestTrace(self, pipe, cfg, head, down, rec, parent)
 
     def shutdown(self) -> None:
@@ -271,6 +280,13 @@ class RequestTrace:
 
 
 _ERROR, _UNSET = Status(StatusCode.ERROR), Status(StatusCode.UNSET)
+
+
+def _ensure_context(head: RequestHead, rng: random.Random) -> None:
+    """A request with no `traceparent` gets a fresh unsampled one (a configured tracer's context
+    for a request it does not trace, as Envoy's OpenTelemetry tracer injects)."""
+    if not any(k == "traceparent" for k, _ in head.headers):
+        head.headers = [*head.headers, ("traceparent", new_traceparent(rng))]
 
 
 def _downstream_cluster(down: Downstream) -> str:
