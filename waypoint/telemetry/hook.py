@@ -116,11 +116,34 @@ class Telemetry:
         """An opaque tunnel opened ("open") or ended ("close"): Istio's istio_tcp_* metrics."""
         if self.tcp_metrics is None:
             return
+        m = self.tcp_metrics
         cfg = self.metrics_for(rec.downstream.service)
         if event == "open":
-            self.tcp_metrics.conn_opened(self.tcp_labels(rec), cfg)
+            labels = self.tcp_labels(rec)
+            m.conn_opened(labels, cfg)
+            m.live[id(rec)] = _OpenTunnel(m, rec, labels, cfg)     # its bytes so far at each scrape
         else:
-            self.tcp_metrics.conn_closed(self.tcp_labels(rec), rec.bytes_received, rec.bytes_sent, cfg)
+            live = m.live.pop(id(rec), None)
+            done_in, done_out = live.counted if live is not None else (0, 0)
+            m.conn_closed(self.tcp_labels(rec), rec.bytes_received - done_in, rec.bytes_sent - done_out, cfg)
+
+
+class _OpenTunnel:
+    """An opaque tunnel while it is open, in Metrics.live: each scrape adds the bytes its record
+    counted since the last one (the relay keeps `bytes_received`/`bytes_sent` current), as
+    ztunnel's connections do; the close adds the rest."""
+
+    __slots__ = ("metrics", "rec", "labels", "cfg", "counted")
+
+    def __init__(self, metrics: Metrics, rec: RequestRecord, labels: ConnLabels, cfg: MetricsConfig) -> None:
+        self.metrics, self.rec, self.labels, self.cfg = metrics, rec, labels, cfg
+        self.counted = (0, 0)
+
+    def flush(self) -> None:
+        rec, (done_in, done_out) = self.rec, self.counted
+        if rec.bytes_received != done_in or rec.bytes_sent != done_out:
+            self.metrics.conn_bytes(self.labels, rec.bytes_received - done_in, rec.bytes_sent - done_out, self.cfg)
+            self.counted = (rec.bytes_received, rec.bytes_sent)
 
     def access_log(self, rec: RequestRecord) -> None:
         if self.log is not None:
