@@ -127,6 +127,14 @@ class Telemetry:
             done_in, done_out = live.counted if live is not None else (0, 0)
             m.conn_closed(self.tcp_labels(rec), rec.bytes_received - done_in, rec.bytes_sent - done_out, cfg)
 
+    def access_log(self, rec: RequestRecord) -> None:
+        if self.log is not None:
+            cfg = self.config(rec)
+            if cfg is None:
+                self.log.emit(rec, *self.peers(rec))
+            else:
+                self.log.emit(rec, *self.peers(rec), cfg.access_log)
+
 
 class _OpenTunnel:
     """An opaque tunnel while it is open, in Metrics.live: each scrape adds the bytes its record
@@ -144,11 +152,3 @@ class _OpenTunnel:
         if rec.bytes_received != done_in or rec.bytes_sent != done_out:
             self.metrics.conn_bytes(self.labels, rec.bytes_received - done_in, rec.bytes_sent - done_out, self.cfg)
             self.counted = (rec.bytes_received, rec.bytes_sent)
-
-    def access_log(self, rec: RequestRecord) -> None:
-        if self.log is not None:
-            cfg = self.config(rec)
-            if cfg is None:
-                self.log.emit(rec, *self.peers(rec))
-            else:
-                self.log.emit(rec, *self.peers(rec), cfg.access_log)
