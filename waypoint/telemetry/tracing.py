@@ -94,7 +94,7 @@ def parse_b3_single(v: str) -> Context | None:
 
 def extract(headers: Iterable[tuple[str, str]]) -> tuple[Context | None, bool]:
     """The incoming parent (traceparent first, then B3 single, then B3 multi) and whether
-    `x-envoy-force-trace` is set."""
+    `x-envoy-force-trace` or `x-client-trace-id` is set."""
     tp = b3 = tid = sid = smp = flags = None
     force = False
     for k, v in headers:
@@ -110,7 +110,9 @@ def extract(headers: Iterable[tuple[str, str]]) -> tuple[Context | None, bool]:
             smp = v
         elif k == "x-b3-flags":
             flags = v
-        elif k == "x-envoy-force-trace":
+        elif k == "x-envoy-force-trace" or k == "x-client-trace-id":
+            # x-client-trace-id: a client's own trace id, which Envoy traces (Istio sets the HCM's
+            # client_sampling to 100 %), from any client; x-envoy-force-trace from internal ones
             force = True
     ctx = parse_traceparent(tp) if tp is not None else None
     if ctx is None and b3 is not None:

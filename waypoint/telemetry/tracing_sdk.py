@@ -163,7 +163,9 @@ class Tracing:
             return None
         parent, force = tr.extract(head.headers)
         if force and self.edge and not tr.internal_address(down.source_ip):
-            force = False       # an external client's: Envoy's edge removes it (the ingress strips it too)
+            # an external client's x-envoy-force-trace: Envoy's edge removes it (the ingress strips
+            # it too); its x-client-trace-id still counts, as Envoy's client sampling
+            force = any(k == "x-client-trace-id" for k, _ in head.headers)
         rid = next((v for k, v in head.headers if k == "x-request-id"), "") if cfg.use_request_id else ""
         if not tr.sample(parent, force, cfg.sampling_percent, self.rng, rid):
             if parent is not None and parent.sampled is not False:
