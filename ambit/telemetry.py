@@ -208,8 +208,10 @@ def for_workload(policies: Iterable[TelemetryPolicy], mesh: MeshSettings | None,
 
 
 def for_waypoint(policies: Iterable[TelemetryPolicy], mesh: MeshSettings | None, namespace: str, gateway: str,
-                 service: str = "") -> TelemetryConfig:
+                 service: str = "", side: str = SERVER) -> TelemetryConfig:
     """A waypoint's view (the SERVER side), for requests to `service` ("ns/name"; "" for the
-    waypoint as a whole: what a Gateway-level or namespace-level Telemetry says)."""
+    waypoint as a whole: what a Gateway-level or namespace-level Telemetry says). An ingress
+    gateway is the CLIENT side, as Istio resolves a gateway's Telemetry (its listener class
+    Gateway: `match.mode` CLIENT metrics overrides and access logging)."""
     labels = {GATEWAY_LABEL: gateway, "istio.io/gateway-name": gateway}
-    return resolve(policies, mesh, Subject(namespace, labels, SERVER, gateway=gateway, service=service))
+    return resolve(policies, mesh, Subject(namespace, labels, side, gateway=gateway, service=service))

@@ -45,7 +45,7 @@ from ambit.dataplane.identity.wait import IdentityGate
 from ambit.dataplane.listen import tcp_listener
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics
-from ambit.model import Service
+from ambit.model import Service, Workload
 from ambit.telemetryconfig import TracingConfig
 from waypoint import endpoints
 from waypoint.authz import Verdict, authorize
@@ -66,8 +66,9 @@ from waypoint.telemetry.accesslog import RequestLog
 from waypoint.telemetry.clusters import ClusterCollector
 from waypoint.telemetry.hook import Telemetry
 from waypoint.telemetry.loglines import LogLines
-from waypoint.telemetry.metrics import HttpMetrics
+from waypoint.telemetry.metrics import GATEWAY_REPORTER, HttpMetrics
 from waypoint.telemetry.mirrors import MirrorCollector
+from waypoint.telemetry.tracing import internal_address
 from waypoint.telemetry.tracing_settings import settings_tracing, tracing_identity
 from waypoint.traffic.cluster import Cluster, Clusters
 from waypoint.traffic.hashkey import HashKey
@@ -136,9 +137,25 @@ class WaypointProxy:
         # `Telemetry`, for both; the View caches it per Service and is replaced on each update.
         self.telemetry = Telemetry(http_metrics, RequestLog(LogLines(access)),
                                    lambda ip: self.config.view.by_ip.get(ip), tcp=tcp_metrics,
-                                   telemetry_for=lambda svc: self.config.view.telemetry_for_waypoint(svc))
+                                   telemetry_for=lambda svc: self.config.view.telemetry_for_waypoint(svc),
+                                   own=self._own_workload if settings.ingress else None)
+        if settings.ingress and http_metrics is not None:
+            http_metrics.reporter = GATEWAY_REPORTER    # Istio's gateways report as the client side
+        self._own: tuple[object, Workload | None] | None = None     # (the View it was found in, this pod's Workload)
         self.tap = TapHub(f"waypoint/{settings.waypoint}")      # `ambit tap` (admin GET /tap)
         self.gc_stats: Any = None       # ambit.dataplane.gctune.GCStats once __main__ has tuned the collector
+
+    def _own_workload(self) -> Workload | None:
+        """This pod's Workload in the config (an ingress gateway's metrics name it as the source),
+        found once per config View: the gateway's namespace and `--pod-name`."""
+        view = self.config.view
+        memo = self._own
+        if memo is not None and memo[0] is view:
+            return memo[1]
+        ns, name = self.settings.namespace, self.settings.pod_name
+        found = next((w for w in view.workloads.values() if w.name == name and w.namespace == ns), None)
+        self._own = (view, found)
+        return found
 
     def _telemetry_tracing(self, flags: TracingFor | None) -> TracingFor:
         """What a request to a Service is traced with: the Telemetry API's resolution for this
@@ -199,7 +216,8 @@ class WaypointProxy:
         for p in providers:
             tracing_sdk.exporter_class(p)
         if self.engine.tracing is None:
-            self.engine.tracing = tracing_sdk.Tracing(self.tracing_for, tracing_identity(self.settings), self.rng)
+            self.engine.tracing = tracing_sdk.Tracing(self.tracing_for, tracing_identity(self.settings), self.rng,
+                                                      edge=self.settings.ingress)
 
     async def on_config(self) -> None:
         """After each config update: tracing providers the mesh now defines are loaded (above); an
@@ -333,7 +351,13 @@ class WaypointProxy:
         # An edge proxy appends its client's address to X-Forwarded-For (Envoy's use_remote_address,
         # which Istio sets on gateways): past the gateway, the client's address is in no socket.
         prior = head.header("x-forwarded-for")
-        head.headers = [(k, v) for k, v in head.headers if k != "x-forwarded-for"] + [
+        # An external client's x-envoy-force-trace goes no further (Envoy's edge removes it from
+        # requests that are not internal): past the gateway every hop would see an internal peer
+        # and trace the request, at any sampling percentage.
+        drop: tuple[str, ...] = ("x-forwarded-for",)
+        if head.header("x-envoy-force-trace") is not None and not internal_address(down.source_ip):
+            drop = ("x-forwarded-for", "x-envoy-force-trace")
+        head.headers = [(k, v) for k, v in head.headers if k not in drop] + [
             ("x-forwarded-for", f"{prior},{down.source_ip}" if prior else down.source_ip)]
         port = self.config.view.ingress.ports.get(down.destination_port)
         if port is not None and down.listener:      # HTTPS: the Host must be the SNI's listener's

@@ -25,6 +25,7 @@ from ambit.model import (
     WaypointRoutes,
     Workload,
 )
+from ambit.telemetry import CLIENT, SERVER
 from ambit.telemetryconfig import AccessLogConfig, TelemetryConfig
 from ambit.telemetryfilter import check_filter
 from ambit.trustdomain import TrustDomains
@@ -61,6 +62,7 @@ class View:
     waypoint: Waypoint = Waypoint("", "")
     authn: AuthnSet = field(default_factory=AuthnSet)      # RequestAuthentication (JWT), before authz
     ingress: IngressView = field(default_factory=IngressView)   # an ingress gateway's listeners and routes
+    side: str = SERVER                  # the Telemetry API's side: CLIENT for an ingress gateway (as Istio's)
     _telemetry_cache: dict[str, TelemetryConfig] = field(default_factory=dict, compare=False, repr=False)
     # (service, port, hostname, subset) -> its ready endpoints and their addresses (waypoint/app.py
     # `_pick`): a pure function of this View, so cached for its life like the telemetry above
@@ -79,7 +81,7 @@ class View:
         cfg = self._telemetry_cache.get(service)
         if cfg is None:
             cfg = telemetry.for_waypoint(self.telemetry, self.mesh, self.waypoint.namespace, self.waypoint.name,
-                                         service)
+                                         service, self.side)
             self._telemetry_cache[service] = cfg
         return cfg
 
@@ -138,7 +140,9 @@ class WaypointConfig:
             for e in port.table.errors:
                 log.warning("ingress port %d route table: %s", port.port, e)
         return View(workloads, by_ip, services, by_vip, table, pset, l4_policy_set(pset), tds, tel,
-                    cast(MeshSettings, mesh) if mesh is not None else None, self.waypoint, authn, ingress)
+                    cast(MeshSettings, mesh) if mesh is not None else None, self.waypoint, authn, ingress,
+                    # an IngressGateway for this Gateway: it is an ingress gateway, Istio's CLIENT side
+                    CLIENT if gw is not None else SERVER)
 
     def dump(self) -> dict[str, Any]:
         v = self.view

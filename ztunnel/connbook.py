@@ -49,6 +49,8 @@ class ConnBook:
     reverse: bool = False                   # the relay counts (recv, sent), not (sent, recv)
     _held: tuple[tuple[ConnLimiter, str], ...] = ()   # (a list per held connection was ~90 B more)
     _drain: set[Any] | None = None          # the pod's drain set, once handed to a relay (`hand_off`)
+    _relay: Any = None                      # that relay while it runs: its counts so far (`flush`)
+    _counted: tuple[int, int] = (0, 0)      # (sent, recv) already added to the byte counters
 
     @property
     def relaying(self) -> bool:
@@ -64,9 +66,27 @@ class ConnBook:
         connection (docs/performance.md, §67). The handler skips its own `finish` once this ran."""
         self.reverse, self._drain = reverse, drain
         drain.add(relay)
+        if self.labels is not None:     # its bytes so far go into each scrape (Metrics.live)
+            self._relay = relay
+            self.metrics.live[id(self)] = self
         relay.on_end(self._relay_ended)
 
+    def flush(self) -> None:
+        """Add the bytes the relay moved since the last count: a scrape reads an open
+        connection's bytes so far (Metrics.live calls this), as Istio's ztunnel reports them."""
+        r, labels = self._relay, self.labels
+        if r is None or labels is None:
+            return
+        a, b = r.counts()
+        sent, recv = (b, a) if self.reverse else (a, b)
+        done_sent, done_recv = self._counted
+        if sent != done_sent or recv != done_recv:
+            self.metrics.conn_bytes(labels, sent - done_sent, recv - done_recv, self.metrics_config)
+            self._counted = (sent, recv)
+
     def _relay_ended(self, relay: Any, counts: tuple[int, int]) -> None:
+        self.metrics.live.pop(id(self), None)
+        self._relay = None
         if self._drain is not None:     # (always, once handed off)
             self._drain.discard(relay)
         if self.reverse:
@@ -99,6 +119,7 @@ class ConnBook:
         self.opened = True
 
     def finish(self) -> None:
+        self.metrics.live.pop(id(self), None)
         for limiter, key in self._held:
             limiter.release(key)
         self._held = ()
@@ -111,5 +132,6 @@ class ConnBook:
         if self.labels is not None:
             if not self.opened:
                 self.metrics.conn_opened(self.labels, self.metrics_config)  # failures: opened and closed at once
-            self.metrics.conn_closed(self.labels, self.sent, self.recv, self.metrics_config)
+            done_sent, done_recv = self._counted        # what scrapes already added
+            self.metrics.conn_closed(self.labels, self.sent - done_sent, self.recv - done_recv, self.metrics_config)
         self.access_log.emit(self.rec)

@@ -118,7 +118,10 @@ def build(rates: list[Rate], mesh: Mesh | None = None) -> dict[str, Any]:
 
     def path(labels: dict[str, str]) -> list[str]:
         src, dst, svc = _workload_name(labels, "source"), _workload_name(labels, "destination"), _service(labels)
-        hops = [wl_id(*src)]
+        # an ingress gateway reports as Istio's gateways (reporter="source", its own pod the
+        # source): it is drawn as its Gateway, as waypoint pods are
+        src_gw = waypoint_pods.get(src)
+        hops = [wp_id(*src_gw) if src_gw is not None else wl_id(*src)]
         if labels.get("reporter") == "waypoint":
             # the scrape target's labels name the waypoint: `gateway` (the lab's, the direct
             # scraper's), else the pod (a cluster Prometheus's usual `namespace`/`pod` relabelling)

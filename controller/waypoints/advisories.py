@@ -193,8 +193,8 @@ def telemetry_advisories(o: Obj, mesh: Any) -> list[Advisory]:
     for i, entry in enumerate(spec.get("metrics") or []):
         if entry.get("reportingInterval"):
             out.append(Advisory(ref, f"spec.metrics[{i}].reportingInterval", (
-                "reportingInterval is not supported by Ambit: ztunnel and the waypoint add a TCP connection's "
-                "bytes to istio_tcp_*_bytes_total when it closes, not periodically"), NOT_ENFORCED,
+                "reportingInterval is not supported by Ambit: ztunnel and the waypoint add an open TCP "
+                "connection's bytes to istio_tcp_*_bytes_total at each scrape"), NOT_ENFORCED,
                 "UnsupportedValue"))
     return out
 

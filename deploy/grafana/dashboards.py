@@ -232,7 +232,8 @@ ENVOY_CLUSTER_PANELS = ("Retries by cluster", "Outlier ejections active by clust
 
 def waypoint() -> dict[str, Any]:
     wp = 'job="waypoint", namespace=~"$namespace", gateway=~"$waypoint"'
-    http = f'reporter="waypoint", {wp}'
+    # an ingress gateway (job "waypoint" too) reports as Istio's gateways, reporter="source"
+    http = f'reporter=~"waypoint|source", {wp}'
     lay = Layout()
     lay.row("Health")
     lay.add("stat", "Waypoints up", f"sum(up{{{wp}}})", w=6, h=4)

@@ -147,7 +147,10 @@ class Exchange:
             self.reply(decision)
             return
         self.forward = fwd = decision
-        self.record.route, self.record.service = fwd.route, fwd.service
+        rec = self.record
+        rec.route, rec.service, rec.hostname = fwd.route, fwd.service, fwd.hostname
+        if self.trace is not None:
+            self.trace.routed(fwd.hostname, fwd.port)
         self._resilience(fwd)
         headers = [(k, v) for k, v in head.headers if k != "expect"] if self.expect_continue else head.headers
         headers = fwd.request_headers.apply(strip_hop_by_hop(headers, keep_upgrade=self.upgrade))

@@ -16,8 +16,10 @@
   for anything else.
 - `x-request-id` is kept when present and generated (a UUID4) when absent, as Envoy does for a
   request it treats as internal (the waypoint's HCM sets `use_remote_address: false`).
-- W3C `traceparent`/`tracestate` and B3 `x-b3-*` pass untouched; a request without a `traceparent`
-  gets a fresh, unsampled one so the hops behind the waypoint share one trace id.
+- W3C `traceparent`/`tracestate` and B3 `x-b3-*` pass untouched. Only a configured tracer adds or
+  rewrites them (waypoint/telemetry/tracing_sdk.py), as Envoy injects a context only when its HCM
+  has one: a waypoint without tracing that added an unsampled `traceparent` to every request told
+  each app's parent-based sampler (OpenTelemetry's default) never to trace.
 - `x-forwarded-proto` is set to the downstream scheme when the client did not send one.
 """
 
@@ -143,8 +145,8 @@ def new_traceparent(rng: _random.Random) -> str:
 
 
 def add_forwarded(headers: list[tuple[str, str]], scheme: str, rng: _random.Random) -> tuple[list[tuple[str, str]], str]:
-    """`headers` with x-forwarded-proto, x-request-id and traceparent ensured; also the request id."""
-    proto = trace = False
+    """`headers` with x-forwarded-proto and x-request-id ensured; also the request id."""
+    proto = False
     rid = None
     for k, v in headers:        # one pass: this runs for every request
         if k == "x-forwarded-proto":
@@ -152,16 +154,12 @@ def add_forwarded(headers: list[tuple[str, str]], scheme: str, rng: _random.Rand
         elif k == "x-request-id":
             if rid is None:
                 rid = v
-        elif k == "traceparent":
-            trace = True
     out = list(headers)
     if not proto:
         out.append(("x-forwarded-proto", scheme))
     if rid is None:
         rid = request_id(rng)
         out.append(("x-request-id", rid))
-    if not trace:
-        out.append(("traceparent", new_traceparent(rng)))
     return out, rid
 
 

@@ -74,7 +74,7 @@ class OpaqueRelay:
         self.early: list[bytes] = [early] if early else []
         self.down_eof_early = eof
         self.done = False
-        self.record = RequestRecord("", "", "", "TCP", downstream)
+        self.record = RequestRecord("", "", "", "TCP", downstream, bytes_received=len(early))
         self._t0 = time.monotonic()
         self.last = engine.loop.time()
         self._idle: asyncio.TimerHandle | None = None
@@ -159,6 +159,11 @@ class OpaqueRelay:
 
     def data(self, side: _Side, data: bytes) -> None:
         self.last = self.engine.loop.time()
+        rec = self.record       # counted as they go: a scrape reads an open tunnel's bytes so far
+        if side is self.down:
+            rec.bytes_received += len(data)
+        else:
+            rec.bytes_sent += len(data)
         other = self.other(side)
         if other is None or other.transport is None:
             self.early.append(data)

@@ -38,6 +38,7 @@ class RequestRecord:
     upstream_protocol: str = ""             # http1 | h2
     route: str = ""
     service: str = ""                       # Forward.service ("ns/name")
+    hostname: str = ""                      # Forward.hostname: that Service's host (FQDN, or a ServiceEntry's host)
     grpc: bool = False
     grpc_status: str = ""                   # from the response trailers (or a trailers-only reply)
     request_messages: int = 0               # gRPC messages each way (waypoint/http/grpcframes.py)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ambit.dataplane.telemetry.metrics import MUTUAL_TLS, NONE, ConnLabels, Metrics
+from ambit.dataplane.telemetry.metrics import MUTUAL_TLS, NONE, UNKNOWN, ConnLabels, Metrics
 from ambit.model import Workload
 from ambit.telemetryconfig import TelemetryConfig
 from ambit.telemetrymetrics import DEFAULT, MetricsConfig
@@ -20,6 +20,7 @@ from waypoint.telemetry.accesslog import RequestLog
 from waypoint.telemetry.metrics import HttpMetrics
 
 Lookup = Callable[[str], "Workload | None"]
+Own = Callable[[], "Workload | None"]
 
 
 def address_ip(address: str) -> str:
@@ -35,12 +36,18 @@ class Telemetry:
 
     `telemetry_for` (the waypoint's View.telemetry_for_waypoint): when given, a request's Telemetry
     config is resolved once here and handed to both the access log and the metrics (each would
-    otherwise resolve it through its own `config_for`), and `metrics_for` defaults to its metrics."""
+    otherwise resolve it through its own `config_for`), and `metrics_for` defaults to its metrics.
+
+    `own` (an ingress gateway: its own pod's Workload): the metrics report the gateway as the
+    source, as Istio's gateways report the requests they send on (`reporter="source"`, the
+    gateway's workload, principal and labels, whatever client outside the mesh sent them); the
+    access log keeps naming the client that connected."""
 
     def __init__(self, metrics: HttpMetrics | None, log: RequestLog | None, lookup: Lookup,
                  tcp: Metrics | None = None, metrics_for: Callable[[str], MetricsConfig] | None = None,
-                 telemetry_for: Callable[[str], TelemetryConfig] | None = None) -> None:
+                 telemetry_for: Callable[[str], TelemetryConfig] | None = None, own: Own | None = None) -> None:
         self.metrics = metrics
+        self.own = own
         self.log = log
         self.lookup = lookup
         self.tcp_metrics = tcp
@@ -82,15 +89,23 @@ class Telemetry:
     def stats(self, rec: RequestRecord) -> None:
         if self.metrics is not None:
             cfg = self.config(rec)
-            self.metrics.observe(rec, *self.peers(rec), cfg.metrics if cfg is not None else None)
+            src, dst = self.peers(rec)
+            if self.own is not None:
+                src = self.own()
+            self.metrics.observe(rec, src, dst, cfg.metrics if cfg is not None else None)
 
     def tcp_labels(self, rec: RequestRecord) -> ConnLabels:
         """Istio's TCP labels for an opaque tunnel, as the waypoint reports them."""
         src, dst = self.peers(rec)
         d = rec.downstream
-        labels = ConnLabels("waypoint", connection_security_policy=MUTUAL_TLS if d.source_identity else NONE,
-                            response_flags=rec.response_flags or "-") \
-            .source_from(src, d.source_identity).destination_from(dst, dst.identity if dst is not None else "")
+        if self.own is not None:        # an ingress gateway: the client side, as Istio's gateways
+            own = self.own()
+            labels = ConnLabels("source", connection_security_policy=UNKNOWN, response_flags=rec.response_flags or "-") \
+                .source_from(own, own.identity if own is not None else "")
+        else:
+            labels = ConnLabels("waypoint", connection_security_policy=MUTUAL_TLS if d.source_identity else NONE,
+                                response_flags=rec.response_flags or "-").source_from(src, d.source_identity)
+        labels.destination_from(dst, dst.identity if dst is not None else "")
         if d.service:
             ns, _, name = d.service.partition("/")
             labels.destination_service_namespace, labels.destination_service_name = ns, name
@@ -101,11 +116,16 @@ class Telemetry:
         """An opaque tunnel opened ("open") or ended ("close"): Istio's istio_tcp_* metrics."""
         if self.tcp_metrics is None:
             return
+        m = self.tcp_metrics
         cfg = self.metrics_for(rec.downstream.service)
         if event == "open":
-            self.tcp_metrics.conn_opened(self.tcp_labels(rec), cfg)
+            labels = self.tcp_labels(rec)
+            m.conn_opened(labels, cfg)
+            m.live[id(rec)] = _OpenTunnel(m, rec, labels, cfg)     # its bytes so far at each scrape
         else:
-            self.tcp_metrics.conn_closed(self.tcp_labels(rec), rec.bytes_received, rec.bytes_sent, cfg)
+            live = m.live.pop(id(rec), None)
+            done_in, done_out = live.counted if live is not None else (0, 0)
+            m.conn_closed(self.tcp_labels(rec), rec.bytes_received - done_in, rec.bytes_sent - done_out, cfg)
 
     def access_log(self, rec: RequestRecord) -> None:
         if self.log is not None:
@@ -114,3 +134,21 @@ class Telemetry:
                 self.log.emit(rec, *self.peers(rec))
             else:
                 self.log.emit(rec, *self.peers(rec), cfg.access_log)
+
+
+class _OpenTunnel:
+    """An opaque tunnel while it is open, in Metrics.live: each scrape adds the bytes its record
+    counted since the last one (the relay keeps `bytes_received`/`bytes_sent` current), as
+    ztunnel's connections do; the close adds the rest."""
+
+    __slots__ = ("metrics", "rec", "labels", "cfg", "counted")
+
+    def __init__(self, metrics: Metrics, rec: RequestRecord, labels: ConnLabels, cfg: MetricsConfig) -> None:
+        self.metrics, self.rec, self.labels, self.cfg = metrics, rec, labels, cfg
+        self.counted = (0, 0)
+
+    def flush(self) -> None:
+        rec, (done_in, done_out) = self.rec, self.counted
+        if rec.bytes_received != done_in or rec.bytes_sent != done_out:
+            self.metrics.conn_bytes(self.labels, rec.bytes_received - done_in, rec.bytes_sent - done_out, self.cfg)
+            self.counted = (rec.bytes_received, rec.bytes_sent)

@@ -22,6 +22,8 @@ Labels are Istio's 25 (HTTP_LABELS). Their values:
   Never the request's Host: that would let any client create series without bound;
 - connection_security_policy: `mutual_tls` when the downstream presented a SPIFFE identity (HBONE),
   `none` otherwise;
+- an ingress gateway (GATEWAY_REPORTER) reports as Istio's gateways: `reporter="source"`, its own
+  workload as the source, `connection_security_policy="unknown"`;
 - source_cluster / destination_cluster: the cluster id (Istio's default `Kubernetes`).
 
 The Telemetry API's `metrics` overrides for the request's Service (`config_for`, the waypoint's
@@ -63,6 +65,11 @@ DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 1000
                     600000, 1800000, 3600000)
 SIZE_BUCKETS = DURATION_BUCKETS
 REPORTER = "waypoint"
+# An ingress gateway reports as Istio's gateways do: as the client side of the request (their stats
+# filter runs outbound), with the gateway's own workload as the source, and a security policy the
+# client side cannot know. Kiali draws the ingress node, and Istio's dashboards select its traffic,
+# by `reporter="source"` and the gateway's `source_workload`.
+GATEWAY_REPORTER = "source"
 LATEST = "latest"       # Istio's canonical revision of a source it knows nothing about
 DEFAULT_CLUSTER = "Kubernetes"
 
@@ -121,8 +128,9 @@ class HttpMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, cluster: str = DEFAULT_CLUSTER,
                  cluster_domain: str = "cluster.local", cache_size: int = CHILD_CACHE_SIZE,
                  config_for: ConfigFor | None = None, expiry: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, reporter: str = REPORTER) -> None:
         self.registry = registry or CollectorRegistry()
+        self.reporter = reporter    # REPORTER, or GATEWAY_REPORTER for an ingress gateway
         self.cluster = cluster or UNKNOWN
         self.cluster_domain = cluster_domain
         self.config_for: ConfigFor = config_for or (lambda service: DEFAULT)
@@ -172,7 +180,8 @@ class HttpMetrics:
         churned pods' Workloads and closed tunnels' Downstreams are not kept, and a freed object's
         id reused by a new one never finds its entry. Cleared every LABEL_CACHE_SIZE insertions."""
         d = rec.downstream
-        key = (id(src), id(dst), id(d), rec.service, rec.grpc, rec.status, rec.grpc_status, rec.response_flags)
+        key = (id(src), id(dst), id(d), rec.service, rec.hostname, rec.grpc, rec.status, rec.grpc_status,
+               rec.response_flags)
         hit = self._values.get(key)
         if hit is not None:
             return hit
@@ -187,12 +196,23 @@ class HttpMetrics:
         # (workload, namespace, app, version, canonical service, revision), cached per Workload object
         s = peer_labels(src) if src is not None else _NO_PEER
         t = peer_labels(dst) if dst is not None else _NO_PEER
-        s_principal = d.source_identity or (src.identity if src is not None else "")
+        gateway = self.reporter == GATEWAY_REPORTER
+        # (a gateway's source is itself: a client certificate's SAN names the client, not the source)
+        s_principal = (src.identity if src is not None else "") if gateway else \
+            d.source_identity or (src.identity if src is not None else "")
         t_principal = dst.identity if dst is not None else ""
         service = rec.service or d.service
         if service:
             ns, _, name = service.partition("/")
-            fqdn = d.hostname if d.hostname and service == d.service else f"{name}.{ns}.svc.{self.cluster_domain}"
+            # The routed Service's own host (its FQDN with the waypoint's cluster domain, or a
+            # ServiceEntry's host, as Istio names that cluster), else the tunnel's; a name made up
+            # here would be "<host>.<ns>.svc.cluster.local" for a ServiceEntry host.
+            if rec.service and rec.hostname:
+                fqdn = rec.hostname
+            elif d.hostname and service == d.service:
+                fqdn = d.hostname
+            else:
+                fqdn = f"{name}.{ns}.svc.{self.cluster_domain}"
         else:
             # No Service (a tunnel addressed to a pod, with no route to one): Istio's waypoint
             # stats filter runs with `disable_host_header_fallback` and reports the endpoint's
@@ -202,15 +222,16 @@ class HttpMetrics:
         dst_cluster = self.cluster if dst is not None else u
         src_cluster = self.cluster if src is not None else u
         return (
-            REPORTER,
+            self.reporter,
             # An unknown source still has the namespace of the SPIFFE id it presented, and its
             # revision defaults to "latest", as Istio's stats filter reports a server-side peer.
-            s[0] or u, s[1] or d.source_namespace or u, s_principal or u, s[2] or u, s[3] or u, s[4] or u,
+            s[0] or u, s[1] or (u if gateway else d.source_namespace or u), s_principal or u, s[2] or u, s[3] or u, s[4] or u,
             s[5] or LATEST, src_cluster,
             t[0] or u, t[1] or u, t_principal or u, t[2] or u, t[3] or u,
             fqdn or u, name or u, ns or u, t[4] or u, t[5] or u, dst_cluster,
             "grpc" if rec.grpc else "http", str(rec.status), grpc_status_label(rec),
-            rec.response_flags or "-", "mutual_tls" if d.source_identity else "none",
+            rec.response_flags or "-",
+            u if gateway else "mutual_tls" if d.source_identity else "none",
         )
 
     def observe(self, rec: RequestRecord, src: Workload | None, dst: Workload | None,

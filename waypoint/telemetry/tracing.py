@@ -18,6 +18,7 @@ As Envoy (the HTTP connection manager with an OpenTelemetry or Zipkin tracer):
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import re
@@ -93,7 +94,7 @@ def parse_b3_single(v: str) -> Context | None:
 
 def extract(headers: Iterable[tuple[str, str]]) -> tuple[Context | None, bool]:
     """The incoming parent (traceparent first, then B3 single, then B3 multi) and whether
-    `x-envoy-force-trace` is set."""
+    `x-envoy-force-trace` or `x-client-trace-id` is set."""
     tp = b3 = tid = sid = smp = flags = None
     force = False
     for k, v in headers:
@@ -109,7 +110,9 @@ def extract(headers: Iterable[tuple[str, str]]) -> tuple[Context | None, bool]:
             smp = v
         elif k == "x-b3-flags":
             flags = v
-        elif k == "x-envoy-force-trace":
+        elif k == "x-envoy-force-trace" or k == "x-client-trace-id":
+            # x-client-trace-id: a client's own trace id, which Envoy traces (Istio sets the HCM's
+            # client_sampling to 100 %), from any client; x-envoy-force-trace from internal ones
             force = True
     ctx = parse_traceparent(tp) if tp is not None else None
     if ctx is None and b3 is not None:
@@ -119,6 +122,24 @@ def extract(headers: Iterable[tuple[str, str]]) -> tuple[Context | None, bool]:
         if t is not None and s is not None:
             ctx = Context(t, s, True if flags == "1" else _b3_sampled(smp))
     return ctx, force
+
+
+# Envoy's internal addresses when no internal_address_config is set (Network::Utility::
+# isInternalAddress): RFC 1918, IPv4 loopback, IPv6 unique local (fc00::/7) and loopback.
+_INTERNAL = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                                     "127.0.0.1/32", "fc00::/7", "::1/128"))
+
+
+def internal_address(ip: str) -> bool:
+    """Whether a client at `ip` is internal, as Envoy's edge (use_remote_address, Istio's gateways)
+    decides before it honours internal-only headers such as `x-envoy-force-trace`: an external
+    client's is removed, so it cannot force a trace (docs: "If an internal request sets this
+    header, Envoy will modify the generated x-request-id such that it forces traces")."""
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(a in n for n in _INTERNAL if n.version == a.version)
 
 
 def sample(parent: Context | None, force: bool, percent: float, rng: random.Random, request_id: str = "") -> bool:

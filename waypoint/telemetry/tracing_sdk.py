@@ -27,6 +27,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from ambit.telemetryconfig import Provider, TracingConfig
+from waypoint.http.headers import new_traceparent
 from waypoint.telemetry import tracing as tr
 
 if TYPE_CHECKING:
@@ -123,8 +124,9 @@ class Tracing:
     """The engine's tracer: decides per request, owns the exporter pipeline of the current config."""
 
     def __init__(self, tracing_for: TracingFor, ident: tr.Identity, rng: random.Random | None = None, *,
-                 delay_ms: int = 1000) -> None:
+                 delay_ms: int = 1000, edge: bool = False) -> None:
         self.tracing_for = tracing_for
+        self.edge = edge        # an ingress gateway: x-envoy-force-trace only from internal clients
         self.ident = ident
         self.rng = rng or random.Random()
         self.delay_ms = delay_ms
@@ -143,22 +145,34 @@ class Tracing:
 
     def server(self, head: RequestHead, down: Downstream, rec: RequestRecord) -> RequestTrace | None:
         """At the request head (before the waypoint adds its own headers): the request's trace, or
-        None. A request not traced goes on with its incoming context marked unsampled in every
-        format (an already unsampled one passes as it came; without any, the exchange's
-        `add_forwarded` adds a fresh unsampled traceparent), so the next hop does not start a
-        trace of its own (as Envoy's). Not traced: no span object, no id drawn."""
+        None. With a tracer configured (a provider), a request not traced goes on with its incoming
+        context marked unsampled in every format (an already unsampled one passes as it came;
+        without any, it gets a fresh unsampled traceparent), so the next hop does not start a
+        trace of its own (as Envoy's). Not traced: no span object. Without a provider the request's
+        trace headers pass untouched: Envoy without a tracer injects nothing, and an unsampled
+        context would stop every app behind the waypoint from tracing on its own."""
         cfg = self.tracing_for(down.service)
-        if not cfg.enabled:
+        if not cfg.providers:
+            return None
+        if not cfg.enabled:             # disableSpanReporting: propagation only
+            _ensure_context(head, self.rng)
             return None
         pipe = self._pipeline(cfg)
         if pipe is None or not pipe.exporting:
+            _ensure_context(head, self.rng)
             return None
         parent, force = tr.extract(head.headers)
+        if force and self.edge and not tr.internal_address(down.source_ip):
+            # an external client's x-envoy-force-trace: Envoy's edge removes it (the ingress strips
+            # it too); its x-client-trace-id still counts, as Envoy's client sampling
+            force = any(k == "x-client-trace-id" for k, _ in head.headers)
         rid = next((v for k, v in head.headers if k == "x-request-id"), "") if cfg.use_request_id else ""
         if not tr.sample(parent, force, cfg.sampling_percent, self.rng, rid):
             if parent is not None and parent.sampled is not False:
                 head.headers = tr.inject(head.headers, parent.trace_id, parent.span_id, False)
-            return None     # (no context at all: the exchange adds a fresh unsampled traceparent)
+            elif parent is None:
+                _ensure_context(head, self.rng)
+            return None
         return RequestTrace(self, pipe, cfg, head, down, rec, parent)
 
     def shutdown(self) -> None:
@@ -181,7 +195,7 @@ class RequestTrace:
     """
 
     __slots__ = ("pipe", "rng", "trace_id", "span_id", "context", "parent", "name", "start_ns", "attrs",
-                 "cluster", "client_id", "client_start", "client_status", "client_outcome", "target")
+                 "cluster", "client_id", "client_start", "client_status", "client_outcome", "target", "down")
 
     def __init__(self, tracing: Tracing, pipe: Pipeline, cfg: TracingConfig, head: RequestHead,
                  down: Downstream, rec: RequestRecord, parent: tr.Context | None) -> None:
@@ -207,11 +221,23 @@ class RequestTrace:
         self.name = tr.server_span_name(down.destination_ip, down.hostname, down.destination_port)
         self.start_ns = int(rec.start * 1e9)
         self.cluster = tr.cluster_name(down.hostname, down.destination_port)
+        self.down = down
         self.client_id = 0              # the open try's span id; 0: none open
         self.client_start = 0
         self.client_status = 0
         self.client_outcome = ""
         self.target: UpstreamTarget | None = None
+
+    def routed(self, hostname: str, port: int) -> None:
+        """The route chose the Service `hostname` on `port` (Forward.hostname, .port): the span
+        names and the upstream cluster are that Service's, as Istio's route decorator and cluster
+        name them, not the tunnel's (another Service after a VirtualService's route; an ingress
+        gateway's tunnel names no Service at all: its spans were `router unknown egress`)."""
+        if not hostname:
+            return
+        d = self.down
+        self.cluster = tr.cluster_name(hostname, port)
+        self.name = tr.server_span_name(d.destination_ip, hostname, d.destination_port or port)
 
     def try_start(self, up_head: RequestHead, target: UpstreamTarget) -> None:
         """A new try: its client span, whose context replaces the trace headers going upstream."""
@@ -256,6 +282,13 @@ class RequestTrace:
 
 
 _ERROR, _UNSET = Status(StatusCode.ERROR), Status(StatusCode.UNSET)
+
+
+def _ensure_context(head: RequestHead, rng: random.Random) -> None:
+    """A request with no `traceparent` gets a fresh unsampled one (a configured tracer's context
+    for a request it does not trace, as Envoy's OpenTelemetry tracer injects)."""
+    if not any(k == "traceparent" for k, _ in head.headers):
+        head.headers = [*head.headers, ("traceparent", new_traceparent(rng))]
 
 
 def _downstream_cluster(down: Downstream) -> str:

@@ -8,8 +8,11 @@ flags, security policy):
 - `istio_tcp_sent_bytes_total`: bytes of the *response* direction (server -> client)
 
 Istio's meaning is kept for both reporters: a source ztunnel and a destination ztunnel report the
-same directions, so the two sides of one connection can be compared. Bytes are added when the
-connection closes (one lock-free update per connection instead of one per read).
+same directions, so the two sides of one connection can be compared. Bytes are not counted per
+read: a connection's are added when it closes, and an open connection's so far at each scrape
+(`live`: what the relay counted since the last scrape), as Istio's ztunnel reports them while the
+connection lasts. Without that a connection open for hours showed no bytes at all until it closed,
+then all of them in one scrape interval.
 
 The Telemetry API's `metrics` overrides (a `MetricsConfig`, resolved for the reporting side's
 workload: the source's as CLIENT, the destination's as SERVER) apply per family: a disabled one is
@@ -24,12 +27,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from ambit.dataplane.endpoint import LocalEndpoint, Response, fetch
 from ambit.dataplane.telemetry.families import Family
@@ -137,6 +143,23 @@ class ConnLabels:
                 "tcp", self.response_flags or u, self.connection_security_policy or u)
 
 
+class _FlushLive(Collector):
+    """Registered before the families: every collection (a scrape) first adds the open
+    connections' bytes so far (`flush()` of each `live` entry, e.g. ztunnel's ConnBook). It yields
+    no metric of its own."""
+
+    def __init__(self, live: dict[int, Any]) -> None:
+        self.live = live
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for conn in list(self.live.values()):
+            conn.flush()
+        return iter(())
+
+
 class Metrics:
     """The four Istio TCP counters, as plain families (ambit/dataplane/telemetry/families.py).
 
@@ -162,6 +185,10 @@ class Metrics:
                            expiry=expiry, clock=clock)
         self.families = {"TCP_OPENED_CONNECTIONS": self.opened, "TCP_CLOSED_CONNECTIONS": self.closed,
                          "TCP_RECEIVED_BYTES": self.received, "TCP_SENT_BYTES": self.sent}
+        # id -> open connection whose bytes each scrape adds so far (its `flush()`); first, so the
+        # families read after it include them
+        self.live: dict[int, Any] = {}
+        self.registry.register(_FlushLive(self.live))
         self.registry.register(Pruned(self.families.values()))
 
     def _configured(self, metric: str, labels: ConnLabels, key: tuple[str, ...], cfg: MetricsConfig,
@@ -189,12 +216,23 @@ class Metrics:
         key = labels.key()
         if cfg.tags or cfg.disabled:
             self._configured("TCP_CLOSED_CONNECTIONS", labels, key, cfg, 1.0)
+        else:
+            self.closed.labels(*key, "").inc()
+        self._bytes(labels, key, request_bytes, response_bytes, cfg)
+
+    def conn_bytes(self, labels: ConnLabels, request_bytes: int, response_bytes: int,
+                   cfg: MetricsConfig = DEFAULT) -> None:
+        """Bytes of a connection still open (those since its last count)."""
+        self._bytes(labels, labels.key(), request_bytes, response_bytes, cfg)
+
+    def _bytes(self, labels: ConnLabels, key: tuple[str, ...], request_bytes: int, response_bytes: int,
+               cfg: MetricsConfig) -> None:
+        if cfg.tags or cfg.disabled:
             if request_bytes:
                 self._configured("TCP_RECEIVED_BYTES", labels, key, cfg, request_bytes)
             if response_bytes:
                 self._configured("TCP_SENT_BYTES", labels, key, cfg, response_bytes)
             return
-        self.closed.labels(*key, "").inc()
         if request_bytes:       # a series appears with its first byte, as it did with prometheus_client
             self.received.labels(*key, "").inc(request_bytes)
         if response_bytes:

@@ -59,6 +59,18 @@ def test_destination_reporter_counts_when_the_source_has_no_ztunnel_and_plaintex
     assert e["mtls"] is False and e["rate"] == 1.0 and e["errorRate"] == 1.0
 
 
+def test_an_ingress_gateways_requests_start_at_its_gateway_node() -> None:
+    """An ingress gateway reports as Istio's gateways: reporter="source", its own pod the source.
+    The pod is drawn as its Gateway (a gateway pod is never a workload node), so its edges stay."""
+    lb = {**http("gw-0", "myapp-v1", "myapp"), "reporter": "source", "connection_security_policy": "unknown",
+          "gateway": "gw"}
+    gw_pod = wl("default", "gw-0", **{"gateway.networking.k8s.io/gateway-name": "gw"})
+    g = build([Rate("istio_requests_total", lb, 4.0)], Mesh(workloads=[gw_pod]))
+    assert [(e["source"], e["target"]) for e in g["edges"]] == [
+        ("svc:default/myapp", "wl:default/myapp-v1"), ("wp:default/gw", "svc:default/myapp")]
+    assert edge(g, "wp:default/gw", "svc:default/myapp")["rate"] == 4.0
+
+
 def test_http_through_a_waypoint_puts_the_waypoint_in_the_path_with_errors_p99_and_bytes() -> None:
     ok, err = http("frontend", "myapp-v1", "myapp"), http("frontend", "myapp-v1", "myapp", code="503")
     rs = [Rate("istio_requests_total", ok, 9.0), Rate("istio_requests_total", err, 1.0),

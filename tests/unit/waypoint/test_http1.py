@@ -111,10 +111,15 @@ def test_headers_forwarded_hop_by_hop_removed(proxy: Proxy) -> None:
     assert rec.request_id == "rid-1" and rec.status == 200 and rec.route == "test#default"
 
 
-def test_request_id_and_traceparent_generated(proxy: Proxy) -> None:
+def test_request_id_generated_and_no_trace_context_without_a_tracer(proxy: Proxy) -> None:
+    """Envoy without a tracer injects no trace context. The waypoint added an unsampled
+    `traceparent` to every request, which an app's parent-based sampler (OpenTelemetry's
+    default) obeys: no app behind a waypoint without tracing could trace on its own."""
     got = dict(map(tuple, json.loads(curl(url(proxy, "/gen")).stdout)["headers"]))
     assert len(got["x-request-id"]) == 36
-    assert got["traceparent"].startswith("00-") and len(got["traceparent"]) == 55
+    assert "traceparent" not in got
+    b3 = dict(map(tuple, json.loads(curl(url(proxy, "/gen"), "-H", "x-b3-sampled: 1").stdout)["headers"]))
+    assert b3["x-b3-sampled"] == "1" and "traceparent" not in b3     # a B3 decision is not overruled
 
 
 def test_rewrite_and_header_ops(proxy: Proxy) -> None:

@@ -330,6 +330,31 @@ def test_the_gateway_answers_a_fronted_request_421_and_routes_an_agreeing_one() 
     assert isinstance(d, LocalReply) and d.status == 404
 
 
+def test_the_gateway_drops_an_external_clients_force_trace_header() -> None:
+    """Envoy's edge removes `x-envoy-force-trace` from a request that is not internal: passed on,
+    every mesh hop behind the gateway (which sees an internal peer) would trace it."""
+    from ambit.configclient import ConfigUpdate
+    from waypoint.app import WaypointProxy
+    from waypoint.authz import Waypoint
+    from waypoint.config import WaypointConfig
+    from waypoint.request import Downstream, RequestHead
+    from waypoint.settings import load
+
+    cfg = WaypointConfig(Waypoint("ns", "gw"), "cluster.local")
+    gw = _fronting_gateway()
+    cfg.apply(ConfigUpdate(IngressGateway.TYPE, "1", {}, frozenset(), {gw.resource_name: gw}))
+    p = WaypointProxy(load(["--waypoint", "ns/gw", "--pod-name", "gw-0", "--node", "node1",
+                            "--gateway-class", "ambit"]), cfg, None)
+    p.ingress = IngressListeners("127.0.0.1", lambda plug, down: None, _no_relay)
+
+    def sent(ip: str) -> list[str]:
+        head = RequestHead("GET", "/", "b.example.com", headers=[("x-envoy-force-trace", "true")])
+        p.decide(head, Downstream(source_ip=ip, destination_port=443, listener="b"))
+        return [k for k, _ in head.headers]
+    assert "x-envoy-force-trace" not in sent("198.51.100.1")
+    assert "x-envoy-force-trace" in sent("10.0.0.7")      # an internal client's stays, as in Envoy
+
+
 def test_the_ingress_serves_at_most_max_connections_over_all_its_ports() -> None:
     """A flood of connections from the internet: past `max_connections` (HTTP and TCP ports
     together) a new one is aborted unserved and counted, and a slot a client frees is taken again.

@@ -134,3 +134,42 @@ def test_opaque_tunnels_get_istios_tcp_metrics_reported_by_the_waypoint(echo: Tc
                        "istio_tcp_received_bytes_total": len(payload), "istio_tcp_sent_bytes_total": 12 + len(payload)}
     finally:
         p.close()
+
+
+def test_an_open_opaque_tunnels_bytes_show_at_each_scrape_and_are_counted_once(echo: TcpEcho) -> None:
+    """Istio's proxies report a long-lived TCP connection's bytes while it is open; the waypoint
+    added an opaque tunnel's at its close only (none on any dashboard until then)."""
+    from prometheus_client import CollectorRegistry
+
+    from ambit.dataplane.telemetry.metrics import Metrics
+    from waypoint.telemetry import Telemetry
+
+    tcp = Metrics(CollectorRegistry())
+    tel = Telemetry(None, None, lambda ip: None, tcp=tcp)
+    p = Proxy(by_header({"default": 1}), opaque_port=echo.port, settings=HttpSettings(detect_timeout=0.3))
+
+    def scrape() -> tuple[float, float, float]:
+        def read() -> tuple[float, float, float]:
+            got = {s.name: s.value for fam in tcp.registry.collect() for s in fam.samples}
+            return (got.get("istio_tcp_received_bytes_total", 0.0), got.get("istio_tcp_sent_bytes_total", 0.0),
+                    got.get("istio_tcp_connections_closed_total", 0.0))
+        return p.call(read)     # type: ignore[return-value]   # on the engine's loop, as a scrape is
+    try:
+        assert p.engine is not None
+        p.engine.tcp_stats = tel.tcp  # type: ignore[attr-defined]
+        payload = b"\x16\x03\x01" + b"x" * 1000
+        with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+            s.sendall(payload)
+            assert _recv_until(s, 12 + len(payload)) == b"220 banner\r\n" + payload
+            assert scrape() == (len(payload), 12 + len(payload), 0)     # open: its bytes so far
+            s.sendall(b"more")
+            assert _recv_until(s, 4) == b"more"
+            assert scrape() == (len(payload) + 4, 16 + len(payload), 0)
+            s.shutdown(socket.SHUT_WR)
+            assert _recv_until(s, 1) == b""
+        deadline = time.monotonic() + 5
+        while scrape()[2] != 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert scrape() == (len(payload) + 4, 16 + len(payload), 1) and not tcp.live     # each byte once
+    finally:
+        p.close()

@@ -100,3 +100,22 @@ def test_the_telemetry_api_decides_the_waypoints_tracing_over_its_flags() -> Non
     q = WaypointProxy(flags, bare, None)
     got: TracingConfig = q.tracing_for("demo/echo")
     assert [x.kind for x in got.providers] == ["zipkin"] and got.sampling_percent == 50.0
+
+
+def test_an_ingress_gateway_is_the_client_side_of_the_telemetry_api() -> None:
+    """Istio resolves a gateway's Telemetry as the CLIENT side (listener class Gateway): a
+    `match.mode: CLIENT` entry applies to an ingress gateway, a SERVER one does not. The ingress
+    resolved as a waypoint (SERVER), so each applied where Istio's would not."""
+    from ambit.model import IngressGateway
+
+    client_off = TelemetryPolicy("off", "demo", access_logging=[AccessLogEntry(mode="CLIENT", disabled=True)])
+    server_off = TelemetryPolicy("off", "demo", access_logging=[AccessLogEntry(mode="SERVER", disabled=True)])
+
+    def as_ingress(cfg: WaypointConfig) -> WaypointConfig:
+        gw = IngressGateway("waypoint", "demo")
+        cfg.apply(ConfigUpdate(IngressGateway.TYPE, "v2", {gw.resource_name: gw}, frozenset(), {gw.resource_name: gw}))
+        return cfg
+    assert as_ingress(config(client_off)).view.telemetry_for_waypoint("demo/echo").access_log.disabled
+    assert not as_ingress(config(server_off)).view.telemetry_for_waypoint("demo/echo").access_log.disabled
+    assert config(server_off).view.telemetry_for_waypoint("demo/echo").access_log.disabled      # a waypoint: SERVER
+    assert not config(client_off).view.telemetry_for_waypoint("demo/echo").access_log.disabled

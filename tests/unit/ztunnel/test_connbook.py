@@ -72,3 +72,60 @@ def test_a_served_connection_counts_bytes_once_and_is_not_flagged():
     # Istio's names: "sent" is the response (towards the source), "received" the request.
     assert got[("istio_tcp_sent_bytes_total", "-")] == 2000
     assert got[("istio_tcp_received_bytes_total", "-")] == 100
+
+
+def test_an_open_connections_bytes_show_at_each_scrape_and_are_counted_once() -> None:
+    """Istio's ztunnel counts a connection's bytes while it lasts. Ambit added them at close only:
+    a connection open for hours showed no bytes on any dashboard until it closed, then all at
+    once. Real sockets: a client -> relay -> echo app; scrapes while it is open, then the close."""
+    import asyncio
+
+    from ambit.dataplane.relay import Leg, TCPRelay
+
+    def sent_received(m: Metrics) -> tuple[float, float]:
+        got = counters(m)
+        return got.get(("istio_tcp_sent_bytes_total", "-"), 0.0), got.get(("istio_tcp_received_bytes_total", "-"), 0.0)
+
+    async def main() -> None:
+        m, sink = Metrics(), Sink()
+
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(65536):
+                writer.write(data * 2)      # the response direction: twice the request's bytes
+                await writer.drain()
+            writer.close()
+
+        app = await asyncio.start_server(echo, "127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        books: list[ConnBook] = []
+
+        async def accepted(client: Leg) -> None:
+            _, upstream = await loop.create_connection(Leg, "127.0.0.1", app.sockets[0].getsockname()[1])
+            c = book(m, sink)
+            c.up()
+            c.hand_off(TCPRelay(client, upstream), set())
+            books.append(c)
+
+        srv = await loop.create_server(lambda: Leg(on_made=lambda leg: loop.create_task(accepted(leg))), "127.0.0.1", 0)
+        r, w = await asyncio.open_connection("127.0.0.1", srv.sockets[0].getsockname()[1])
+        try:
+            w.write(b"x" * 1000)
+            assert await r.readexactly(2000)
+            assert sent_received(m) == (2000, 1000)         # still open: the bytes so far
+            assert sent_received(m) == (2000, 1000)         # a second scrape adds nothing more
+            w.write(b"y" * 500)
+            assert await r.readexactly(1000)
+            assert sent_received(m) == (3000, 1500)
+            w.close()
+            for _ in range(200):
+                if sink.records:
+                    break
+                await asyncio.sleep(0.01)
+            assert sink.records and (sink.records[0].bytes_sent, sink.records[0].bytes_recv) == (1500, 3000)
+            assert sent_received(m) == (3000, 1500)         # closed: the rest, nothing counted twice
+            assert counters(m)[("istio_tcp_connections_closed_total", "-")] == 1 and not m.live
+        finally:
+            srv.close()
+            app.close()
+
+    asyncio.run(main())

@@ -201,3 +201,51 @@ def test_a_pod_addressed_requests_span_name_does_not_follow_the_host_header() ->
         rec = RequestRecord("GET", "/", head.authority, "HTTP/1.1", down)
         names.add(RequestTrace(tracing, pipe, TracingConfig(), head, down, rec, None).name)
     assert names == {"10.210.2.11:8080/*"}
+
+
+def test_an_ingress_ignores_and_drops_an_external_clients_force_trace() -> None:
+    """Envoy honours `x-envoy-force-trace` on internal requests only; at an edge (Istio's gateways)
+    an external client's is removed. The ingress gateway let any internet client trace every
+    request it sent, at any sampling percentage, here and (the header passed on) at every hop."""
+    from ambit.telemetryconfig import Provider, TracingConfig
+    from waypoint.http.record import RequestRecord
+    from waypoint.request import Downstream, RequestHead
+    from waypoint.telemetry.tracing_sdk import Tracing
+
+    cfg = TracingConfig((Provider("otel", "opentelemetry", "127.0.0.1", 9, "", "grpc"),), 0.0)
+    edge = Tracing(lambda _s: cfg, tr.Identity("gw", "gw"), random.Random(1), edge=True)
+    try:
+        def traced(ip: str) -> bool:
+            head = RequestHead("GET", "/", "shop.example.com", headers=[("x-envoy-force-trace", "true")])
+            down = Downstream(source_ip=ip, destination_port=443)
+            return edge.server(head, down, RequestRecord("GET", "/", "shop.example.com", "HTTP/1.1", down)) is not None
+        assert not traced("198.51.100.7") and not traced("2001:db8::7")     # the internet
+        assert traced("10.1.2.3") and traced("192.168.0.9") and traced("fd00::5")   # Envoy's internal ranges
+    finally:
+        edge.shutdown()
+    assert tr.internal_address("172.31.0.1") and not tr.internal_address("172.32.0.1")
+    assert not tr.internal_address("") and not tr.internal_address("not-an-ip")
+
+
+def test_a_client_trace_id_forces_a_trace_from_any_client() -> None:
+    """Envoy traces a request carrying `x-client-trace-id` (Istio sets client_sampling 100 %),
+    from an external client too; the waypoint ignored the header."""
+    assert tr.extract([("x-client-trace-id", "my-trace-1")]) == (None, True)
+    assert tr.extract([("x-request-id", "x")]) == (None, False)
+    # a parent's decision still wins, as in Envoy
+    assert not tr.sample(tr.Context(1, 2, False), True, 0.0, random.Random(1))
+    assert tr.sample(*tr.extract([("x-client-trace-id", "t")]), 0.0, random.Random(1))
+
+    from ambit.telemetryconfig import Provider, TracingConfig
+    from waypoint.http.record import RequestRecord
+    from waypoint.request import Downstream, RequestHead
+    from waypoint.telemetry.tracing_sdk import Tracing
+
+    cfg = TracingConfig((Provider("otel", "opentelemetry", "127.0.0.1", 9, "", "grpc"),), 0.0)
+    edge = Tracing(lambda _s: cfg, tr.Identity("gw", "gw"), random.Random(1), edge=True)
+    try:
+        head = RequestHead("GET", "/", "shop.example.com", headers=[("x-client-trace-id", "t-1")])
+        down = Downstream(source_ip="198.51.100.7", destination_port=443)
+        assert edge.server(head, down, RequestRecord("GET", "/", "shop.example.com", "HTTP/1.1", down)) is not None
+    finally:
+        edge.shutdown()

@@ -229,3 +229,27 @@ def test_a_provider_whose_endpoint_cannot_be_used_is_logged_and_never_fails_a_re
         p.close()
     assert status == 200 and {s.via for s in spans} == {"otlp-grpc"}
     assert any("tracing provider 'bad'" in r.getMessage() and "not exported" in r.getMessage() for r in caplog.records)
+
+
+def test_spans_name_the_service_the_route_chose(receiver: Receiver, origin: Origin) -> None:
+    """The client span and `upstream_cluster` name the routed Service's cluster (Istio's
+    `outbound|port||host`), and the server span its host: a tunnel naming no Service (an ingress
+    gateway's) made every span `router unknown egress` with `upstream_cluster` "-", and a
+    VirtualService routing to another Service named the tunnel's."""
+    from waypoint.request import Forward
+
+    def decide(head: object, down: object) -> Forward:
+        return Forward(service="demo/api.example.com", port=origin.port, hostname="api.example.com", route="r")
+    p = Proxy(decide)   # type: ignore[arg-type]
+    try:
+        traced(p, TracingConfig((grpc_provider(receiver),), 0.0))
+        assert get(p.port, "/", {"traceparent": PARENT})[0] == 200
+        spans = of(receiver.wait(lambda s: len(of(s, TRACE)) >= 2), TRACE)
+    finally:
+        p.close()
+    server = next(s for s in spans if s.kind == "SERVER")
+    client = next(s for s in spans if s.kind == "CLIENT")
+    cluster = f"outbound|{origin.port}||api.example.com"
+    assert client.name == f"router {cluster} egress"
+    assert client.attributes["upstream_cluster"] == server.attributes["upstream_cluster"] == cluster
+    assert server.name.startswith("api.example.com:")
