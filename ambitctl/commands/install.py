@@ -535,6 +535,7 @@ def kube(args: argparse.Namespace) -> Any:
     from kubernetes import config as kconfig
 
     from ambitctl.kubeapply import Kube
+    from ambitctl.kubeclient import bounded
     cfg = kclient.Configuration()
     if args.server:
         cfg.host = args.server
@@ -546,7 +547,7 @@ def kube(args: argparse.Namespace) -> Any:
                 kconfig.load_incluster_config(client_configuration=cfg)
             except kconfig.ConfigException:
                 raise InstallError(f"no cluster: {e}") from None
-    return Kube(kclient.ApiClient(cfg))
+    return Kube(bounded(cfg))
 
 
 def install_objects(o: argparse.Namespace) -> list[Obj]:

@@ -1,0 +1,155 @@
+"""The CLI when its environment is broken, as an operator meets it at 3 a.m.: an API server that
+accepts and never answers, one that answers garbage, a manifest that is not text. Each must end
+in one `error:` line and exit 1, never a traceback and never a hang. The CLI's `main()` is driven
+as a user runs it, against real sockets (tests/support/net.py's StubServer)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ambitctl.cli import main
+from tests.support.net import StubServer, http_answer
+
+# The bound every test waits for a command: far above the command's own (shortened) timeouts, far
+# below the hang the old code showed (forever, or 4 x 30 s).
+PATIENCE = 20.0
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMBIT_LAB_DIR", str(tmp_path / "no-lab"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("AMBIT_CONTROLLER", raising=False)
+    # The CLI's read timeout, shortened so a silent server costs the test 0.5 s (a CLI without the
+    # knob has no bound to shorten, and is caught by PATIENCE).
+    try:
+        from ambitctl import kubeclient
+    except ImportError:
+        return
+    monkeypatch.setattr(kubeclient, "READ_TIMEOUT", 0.5)
+
+
+def kubeconfig(tmp_path: Path, server: str) -> str:
+    doc = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
+           "clusters": [{"name": "c", "cluster": {"server": server}}],
+           "users": [{"name": "u", "user": {"token": "t"}}],
+           "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """`ambit ARGV` in a thread, bounded by PATIENCE: (exit code, stdout, stderr). An exception
+    other than SystemExit (a traceback for the user) fails the test with it."""
+    result: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            main(argv)
+            result["rc"] = 0
+        except SystemExit as e:
+            result["rc"] = e.code
+        except BaseException as e:  # noqa: BLE001 - reported below
+            result["exc"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(PATIENCE)
+    assert not t.is_alive(), f"`ambit {' '.join(argv)}` still running after {PATIENCE:g} s"
+    if "exc" in result:
+        raise AssertionError(f"`ambit {' '.join(argv)}` raised (a traceback): {result['exc']!r}")
+    out, err = capsys.readouterr()
+    return int(result["rc"]), out, err   # type: ignore[call-overload]
+
+
+def one_error(err: str, *words: str) -> None:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], err
+
+
+# -- an API server that accepts and never answers --------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["get", "po", "-A"],
+    ["describe", "pod", "echo", "-n", "demo"],
+    ["analyze", "-A"],
+])
+def test_read_commands_give_up_on_a_silent_api_server_after_one_attempt(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with StubServer(answer=None) as api:
+        rc, out, err = run_main([*argv, "--kubeconfig", kubeconfig(tmp_path, api.url)], capsys)
+        assert api.accepted == 1        # a read that timed out is not sent again (it was, 3 times)
+    assert rc == 1 and out == ""
+    one_error(err, api.url, "did not answer")
+
+
+@pytest.mark.parametrize("argv", [
+    ["install"],
+    ["upgrade", "--dry-run"],
+    ["uninstall"],
+])
+def test_install_commands_do_not_hang_on_a_silent_api_server(
+        capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with StubServer(answer=None) as api:
+        rc, out, err = run_main([*argv, "--server", api.url], capsys)
+    assert rc == 1
+    assert "did not answer" in err and "Traceback" not in err
+
+
+def test_waypoint_kube_does_not_hang_on_a_silent_api_server(capsys: pytest.CaptureFixture[str]) -> None:
+    with StubServer(answer=None) as api:
+        rc, _, err = run_main(["waypoint", "list", "--kube-host", api.url], capsys)
+    assert rc == 1
+    one_error(err, "did not answer")
+
+
+# -- an API server (or something in front of it) that answers garbage ------------------------------
+
+@pytest.mark.parametrize("body", [b"{{{{{", b"<html>502 Bad Gateway</html>", b"[1, 2]", b'{"items": [1]}'])
+def test_get_names_a_list_answer_that_is_no_kubernetes_list(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], body: bytes) -> None:
+    with StubServer(answer=http_answer(body)) as api:
+        rc, out, err = run_main(["get", "po", "-A", "--kubeconfig", kubeconfig(tmp_path, api.url)], capsys)
+    assert rc == 1 and out == ""
+    one_error(err, "list /", api.url)
+
+
+def test_get_shows_why_the_api_server_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = b'{"kind": "Status", "status": "Failure", "message": "Unauthorized", "code": 401}'
+    with StubServer(answer=http_answer(status, "401 Unauthorized")) as api:
+        rc, _, err = run_main(["get", "po", "-A", "--kubeconfig", kubeconfig(tmp_path, api.url)], capsys)
+    assert rc == 1
+    one_error(err, "401", "Unauthorized")
+
+
+@pytest.mark.parametrize("argv", [["install"], ["upgrade", "--dry-run"], ["uninstall"]])
+def test_install_commands_name_an_answer_that_is_not_json(
+        capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with StubServer(answer=http_answer(b"<html>502 Bad Gateway</html>", content_type="text/html")) as api:
+        rc, _, err = run_main([*argv, "--server", api.url], capsys)
+    assert rc == 1
+    one_error(err, "not JSON", "/api/v1/namespaces/ambit-system/configmaps/ambit-install")
+
+
+# -- manifests that are not text -------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["apply", "--dry-run", "-f"],
+    ["analyze", "--offline", "-f"],
+    ["delete", "-f"],
+])
+def test_a_manifest_that_is_not_utf8_is_refused_by_name(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    bad = tmp_path / "policy.yaml"
+    bad.write_bytes(b"\xff\xfe\x00kind: AuthorizationPolicy\n")
+    rc, out, err = run_main([*argv, str(bad)], capsys)
+    assert rc == 1 and out == ""
+    one_error(err, str(bad), "UTF-8")
