@@ -185,6 +185,10 @@ async def stream(producers: dict[str, Producer], f: Filter, emit: Any, warn: Any
             timeout = min(ends) - time.monotonic() if ends else None
             if timeout is not None and timeout <= 0:
                 if deadline is not None and deadline <= time.monotonic():
+                    for n in waiting:       # a --duration shorter than the bound: still say who never answered
+                        warn(f"{n}: no answer within the {duration:g} s tapped")
+                    if waiting and not ready:
+                        return -1
                     break
                 for n in waiting:
                     warn(f"{n}: no answer within {ready_timeout:g} s (it accepted the connection and hangs); "

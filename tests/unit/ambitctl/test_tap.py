@@ -192,3 +192,23 @@ def test_tap_through_a_controller_that_never_answers_fails_instead_of_waiting(
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert "controller: no answer within 0.5 s" in err and err.rstrip().splitlines()[-1].startswith("error: ")
+
+
+def test_a_duration_shorter_than_the_bound_still_names_who_never_answered(tmp_path: Path) -> None:
+    """`ambit tap --duration 2` against wedged components exited 0 with no output at all, as if
+    nothing had flowed."""
+    async def main() -> tuple[int, list[str]]:
+        hung = tmp_path / "hung.sock"
+        held: list[asyncio.StreamWriter] = []
+        server = await asyncio.start_unix_server(lambda r, w: held.append(w), str(hung))
+        warns: list[str] = []
+        n = await asyncio.wait_for(stream(socket_producers({"ztunnel/wedged": hung}), Filter(), lambda ev: None,
+                                          warns.append, duration=0.3, ready_timeout=10), 10)
+        server.close()
+        for w in held:
+            w.close()
+        return n, warns
+
+    n, warns = asyncio.run(main())
+    assert n == -1
+    assert warns == ["ztunnel/wedged: no answer within the 0.3 s tapped"]
