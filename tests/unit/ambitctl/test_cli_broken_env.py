@@ -153,3 +153,16 @@ def test_a_manifest_that_is_not_utf8_is_refused_by_name(
     rc, out, err = run_main([*argv, str(bad)], capsys)
     assert rc == 1 and out == ""
     one_error(err, str(bad), "UTF-8")
+
+
+# -- `ambit version` with no controller ------------------------------------------------------------
+
+def test_version_without_a_controller_says_why_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    """stdout has what is known (the client's version, for scripts); the failure is an `error:`
+    line on stderr, as kubectl's "The connection to the server ... was refused" (it was a
+    `server: unreachable: ...` line on stdout, with nothing on stderr and exit 1)."""
+    from ambit.version import VERSION
+    rc, out, err = run_main(["version"], capsys)
+    assert rc == 1
+    assert out == f"client version: {VERSION}\n"
+    one_error(err, "cannot reach the controller", "debug API token")
