@@ -60,26 +60,21 @@ def in_cluster(args: argparse.Namespace) -> bool:
 
 def api_client(args: argparse.Namespace) -> Any:
     """The official client, configured from the kubeconfig (and context) as kubectl would."""
-    from kubernetes import client as kclient
-    from kubernetes import config as kconfig
-
-    from ambitctl.kubeclient import bounded
-    cfg = type.__call__(kclient.Configuration)      # a fresh one, as new_client_from_config makes
+    from ambitctl import kubeclient
     try:
-        kconfig.load_kube_config(config_file=getattr(args, "kubeconfig", None), context=getattr(args, "context", None),
-                                 client_configuration=cfg)
-    except (kconfig.ConfigException, OSError) as e:
-        raise TargetError(f"kubeconfig: {e}") from None
-    return bounded(cfg)
+        cfg = kubeclient.load(getattr(args, "kubeconfig", None), getattr(args, "context", None))
+    except kubeclient.KubeconfigError as e:
+        raise TargetError(str(e)) from None
+    return kubeclient.bounded(cfg)
 
 
 def default_namespace(args: argparse.Namespace) -> str:
     """kubectl's default namespace: the kubeconfig context's `namespace`, else "default"."""
-    from kubernetes import config as kconfig
+    from ambitctl import kubeclient
     try:
-        contexts, active = kconfig.list_kube_config_contexts(config_file=getattr(args, "kubeconfig", None))
-    except (kconfig.ConfigException, OSError):
-        return "default"
+        contexts, active = kubeclient.contexts(getattr(args, "kubeconfig", None))
+    except kubeclient.KubeconfigError:
+        return "default"            # the client's own load says why, when the command needs one
     want = getattr(args, "context", None)
     ctx = next((c for c in contexts if c["name"] == want), None) if want else active
     return ((ctx or {}).get("context") or {}).get("namespace") or "default"

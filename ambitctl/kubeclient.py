@@ -58,3 +58,56 @@ def describe(e: BaseException) -> str:
     if isinstance(reason, ValueError):
         return f"its answer is not JSON: {reason}"
     return str(reason)
+
+
+class KubeconfigError(RuntimeError):
+    """The kubeconfig cannot be used: missing, not YAML, not UTF-8, or not shaped as one."""
+
+
+# What the official loader raises on a kubeconfig that is not one: its own ConfigException, the
+# file's absence, and, from parsing a malformed file without checking its shape, YAML, decoding and
+# type errors (`clusters: 5` is a TypeError deep inside its merge).
+_LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, UnicodeDecodeError, TypeError, AttributeError, KeyError,
+                                                 ValueError)
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    import yaml
+    from kubernetes import config as kconfig
+    return (kconfig.ConfigException, yaml.YAMLError, *_LOAD_ERRORS)
+
+
+def _where(kubeconfig: str | None) -> str:
+    import os
+    return kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+
+
+def load(kubeconfig: str | None, context: str | None) -> Any:
+    """The Configuration (server, credentials, TLS) of `context` in `kubeconfig` (default
+    $KUBECONFIG, ~/.kube/config), as kubectl reads it; KubeconfigError naming the file and why."""
+    from kubernetes import client as kclient
+    from kubernetes import config as kconfig
+    cfg = type.__call__(kclient.Configuration)      # a fresh one, as new_client_from_config makes
+    try:
+        kconfig.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+    except _load_errors() as e:
+        raise KubeconfigError(f"kubeconfig {_where(kubeconfig)}: {reason(e)}") from None
+    return cfg
+
+
+def contexts(kubeconfig: str | None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The kubeconfig's contexts and the current one (kubeconfig.list_kube_config_contexts)."""
+    from kubernetes import config as kconfig
+    try:
+        return kconfig.list_kube_config_contexts(config_file=kubeconfig)
+    except _load_errors() as e:
+        raise KubeconfigError(f"kubeconfig {_where(kubeconfig)}: {reason(e)}") from None
+
+
+def reason(e: BaseException) -> str:
+    """Why a kubeconfig could not be loaded, in one line."""
+    from kubernetes import config as kconfig
+    if isinstance(e, kconfig.ConfigException | OSError):
+        return str(e)
+    first = str(e).splitlines()[0] if str(e) else ""
+    return f"not a usable kubeconfig ({type(e).__name__}: {first})"

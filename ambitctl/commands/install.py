@@ -534,20 +534,20 @@ def kube(args: argparse.Namespace) -> Any:
     from kubernetes import client as kclient
     from kubernetes import config as kconfig
 
+    from ambitctl import kubeclient
     from ambitctl.kubeapply import Kube
-    from ambitctl.kubeclient import bounded
     cfg = kclient.Configuration()
     if args.server:
         cfg.host = args.server
     else:
         try:
-            kconfig.load_kube_config(config_file=args.kubeconfig, context=args.context, client_configuration=cfg)
-        except (kconfig.ConfigException, FileNotFoundError) as e:
+            cfg = kubeclient.load(args.kubeconfig, args.context)
+        except kubeclient.KubeconfigError as e:
             try:
                 kconfig.load_incluster_config(client_configuration=cfg)
             except kconfig.ConfigException:
                 raise InstallError(f"no cluster: {e}") from None
-    return Kube(bounded(cfg))
+    return Kube(kubeclient.bounded(cfg))
 
 
 def install_objects(o: argparse.Namespace) -> list[Obj]:

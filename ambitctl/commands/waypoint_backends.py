@@ -63,11 +63,11 @@ class KubeBackend:
         from kubernetes import client as kclient
 
         from ambit.kube.client import make_api_client
-        from ambitctl.kubeclient import bounded
+        from ambitctl.kubeclient import bounded, reason
         try:
             api = bounded(make_api_client(host, kubeconfig, context).configuration)
         except Exception as e:  # noqa: BLE001 - kubeconfig errors come in many types
-            raise BackendError(f"cannot reach the cluster: {e}") from None
+            raise BackendError(f"cannot reach the cluster: kubeconfig: {reason(e)}") from None
         self.custom = kclient.CustomObjectsApi(api)
         self.core = kclient.CoreV1Api(api)
 

@@ -166,3 +166,26 @@ def test_version_without_a_controller_says_why_on_stderr(capsys: pytest.CaptureF
     assert rc == 1
     assert out == f"client version: {VERSION}\n"
     one_error(err, "cannot reach the controller", "debug API token")
+
+
+# -- a kubeconfig that is not one -------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", [b"clusters: {name: a\n", b"apiVersion: v1\nkind: Config\nclusters: 5\n",
+                                  b"\xff\xfe\x00kind: Config\n"], ids=["not-yaml", "wrong-shape", "not-utf8"])
+@pytest.mark.parametrize("argv", [
+    ["get", "po"],
+    ["describe", "pod", "echo"],
+    ["analyze", "-A"],
+    ["status", "--controller", "127.0.0.1:1"],
+    ["install"],
+    ["waypoint", "list", "--kube"],
+])
+def test_a_malformed_kubeconfig_is_one_line_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: bytes, argv: list[str]) -> None:
+    """A kubeconfig that does not parse (a bad edit at 3 a.m.) was a PyYAML or TypeError traceback
+    from deep inside the kubernetes client, from every command that talks to a cluster."""
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_bytes(text)
+    rc, out, err = run_main([*argv, "--kubeconfig", str(cfg)], capsys)
+    assert rc == 1 and out == ""
+    one_error(err, "kubeconfig", "not a usable kubeconfig")
