@@ -123,6 +123,8 @@ async def _read_one(name: str, sock: Path, out: asyncio.Queue[tuple[str, Event]]
             await out.put((name, ev))
     except (OSError, asyncio.IncompleteReadError) as e:
         await out.put((name, {"type": "error", "error": str(e)}))
+    except ValueError:          # asyncio's line limit: an answer that is no tap stream (it died silently)
+        await out.put((name, {"type": "error", "error": "not a tap stream: a line over 64 KiB"}))
     finally:
         writer.close()
 

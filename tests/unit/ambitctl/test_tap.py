@@ -212,3 +212,26 @@ def test_a_duration_shorter_than_the_bound_still_names_who_never_answered(tmp_pa
     n, warns = asyncio.run(main())
     assert n == -1
     assert warns == ["ztunnel/wedged: no answer within the 0.3 s tapped"]
+
+
+def test_an_oversized_line_ends_that_component_with_a_warning(tmp_path: Path) -> None:
+    """A line over asyncio's 64 KiB limit (something that is no tap stream on the admin socket)
+    killed that component's reader silently: no warning, and the tap waited forever."""
+    async def main() -> tuple[int, list[str]]:
+        sock = tmp_path / "odd.sock"
+
+        async def answer(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await r.readuntil(b"\r\n\r\n")
+            w.write(b'HTTP/1.1 200 OK\r\n\r\n{"type": "status", "dropped": 0}\n' + b"x" * 200_000 + b"\n")
+            await w.drain()
+
+        server = await asyncio.start_unix_server(answer, str(sock))
+        warns: list[str] = []
+        n = await asyncio.wait_for(stream(socket_producers({"ztunnel/odd": sock}), Filter(), lambda ev: None,
+                                          warns.append), 10)
+        server.close()
+        return n, warns
+
+    n, warns = asyncio.run(main())
+    assert n == -1
+    assert warns == ["ztunnel/odd: not a tap stream: a line over 64 KiB"]
