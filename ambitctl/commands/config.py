@@ -260,8 +260,9 @@ def not_enforced(batch: list[Obj], everything: list[Obj], translation: Any = Non
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    from ambitctl import cluster
     out, err = _streams(args)
-    store = _store()
+    store = cluster.lab_store()     # no lab: say so (it said "NotFound" and left a lab directory behind)
     try:
         if args.filename:
             objs = load_manifests(args.filename, getattr(args, "stdin", None))

@@ -307,6 +307,8 @@ def label_namespace(ns: str, assignments: list[str], base: Path | None = None) -
             remove.append(k)
         else:
             set_[k] = v
+    if not paths.store_path(base).exists():     # no lab: say so, and leave no lab directory behind
+        raise LabError(f"no lab is up (no {paths.store_path(base)}); set AMBIT_LAB_DIR or run `ambit lab up`")
     store = LabStore(paths.store_path(base))
     return store.patch_labels("Namespace", "", ns, set_, remove)
 

@@ -189,3 +189,21 @@ def test_a_malformed_kubeconfig_is_one_line_naming_it(
     rc, out, err = run_main([*argv, "--kubeconfig", str(cfg)], capsys)
     assert rc == 1 and out == ""
     one_error(err, "kubeconfig", "not a usable kubeconfig")
+
+
+# -- the lab's writing commands with no lab --------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["delete", "vs", "reviews"],
+    ["label", "ns", "demo", "team=a"],
+    ["waypoint", "list"],
+    ["waypoint", "delete"],
+])
+def test_lab_commands_with_no_lab_say_so_and_create_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """With no lab, `delete` said `Error from server (NotFound)`, `waypoint list` "No waypoints
+    found" (exit 0), and each left a lab directory with a store lock behind."""
+    rc, out, err = run_main(argv, capsys)
+    assert rc == 1 and out == ""
+    one_error(err, "no lab is up", str(tmp_path / "no-lab"))
+    assert not (tmp_path / "no-lab").exists()
