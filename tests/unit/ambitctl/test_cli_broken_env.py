@@ -148,6 +148,9 @@ def test_install_commands_name_an_answer_that_is_not_json(
 ])
 def test_a_manifest_that_is_not_utf8_is_refused_by_name(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    from ambit.labstore import LabStore
+    LabStore(tmp_path / "no-lab" / "store.json").apply(      # a lab's store, for `delete`
+        [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}])
     bad = tmp_path / "policy.yaml"
     bad.write_bytes(b"\xff\xfe\x00kind: AuthorizationPolicy\n")
     rc, out, err = run_main([*argv, str(bad)], capsys)
