@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ambitctl.kubeclient import describe
 from ambitctl.lab import components, paths, state
 
 Obj = dict[str, Any]
@@ -59,21 +60,21 @@ def in_cluster(args: argparse.Namespace) -> bool:
 
 def api_client(args: argparse.Namespace) -> Any:
     """The official client, configured from the kubeconfig (and context) as kubectl would."""
-    from kubernetes import config as kconfig
+    from ambitctl import kubeclient
     try:
-        return kconfig.new_client_from_config(config_file=getattr(args, "kubeconfig", None),
-                                              context=getattr(args, "context", None))
-    except (kconfig.ConfigException, OSError) as e:
-        raise TargetError(f"kubeconfig: {e}") from None
+        cfg = kubeclient.load(getattr(args, "kubeconfig", None), getattr(args, "context", None))
+    except kubeclient.KubeconfigError as e:
+        raise TargetError(str(e)) from None
+    return kubeclient.bounded(cfg)
 
 
 def default_namespace(args: argparse.Namespace) -> str:
     """kubectl's default namespace: the kubeconfig context's `namespace`, else "default"."""
-    from kubernetes import config as kconfig
+    from ambitctl import kubeclient
     try:
-        contexts, active = kconfig.list_kube_config_contexts(config_file=getattr(args, "kubeconfig", None))
-    except (kconfig.ConfigException, OSError):
-        return "default"
+        contexts, active = kubeclient.contexts(getattr(args, "kubeconfig", None))
+    except kubeclient.KubeconfigError:
+        return "default"            # the client's own load says why, when the command needs one
     want = getattr(args, "context", None)
     ctx = next((c for c in contexts if c["name"] == want), None) if want else active
     return ((ctx or {}).get("context") or {}).get("namespace") or "default"
@@ -92,22 +93,21 @@ def cluster_objects(client: Any, namespace: str | None = None) -> list[Obj]:
             path = t.path(version, namespace if t.namespaced else None)
             try:
                 resp = client.call_api(*client.param_serialize(method="GET", resource_path=path,
-                                                               auth_settings=["BearerToken"]),
-                                       _request_timeout=(5.0, 30.0))
+                                                               auth_settings=["BearerToken"]))
                 resp.read()
-                body = json.loads(resp.data or b"{}")
             except ApiException as e:
                 if e.status == 404:
                     continue
                 raise TargetError(f"list {path}: {e.status} {e.reason}") from None
             except Exception as e:  # noqa: BLE001 - urllib3 errors: the API server is unreachable
-                raise TargetError(f"cannot reach the API server ({client.configuration.host}): {e}") from None
+                raise TargetError(f"cannot reach the API server ({client.configuration.host}): {describe(e)}") from None
             if (getattr(resp, "status", 200) or 200) >= 400:
                 if resp.status == 404:
                     continue
-                raise TargetError(f"list {path}: HTTP {resp.status}")
+                raise TargetError(f"list {path}: HTTP {resp.status}{_status_message(resp.data)}")
+            body = _list_body(resp.data, path, client.configuration.host)
             api_version = f"{t.group}/{version}" if t.group else version
-            for o in body.get("items") or []:
+            for o in body:
                 o.setdefault("apiVersion", api_version)
                 o.setdefault("kind", t.kind)
                 md = o.get("metadata") or {}
@@ -117,6 +117,28 @@ def cluster_objects(client: Any, namespace: str | None = None) -> list[Obj]:
                     out.append(o)
             break
     return out
+
+
+def _status_message(data: bytes | None) -> str:
+    """The API server's reason for refusing (a Status object's `message`), when it sent one."""
+    try:
+        msg = json.loads(data or b"").get("message")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {msg}" if isinstance(msg, str) and msg else ""
+
+
+def _list_body(data: bytes | None, path: str, host: str) -> list[Obj]:
+    """The objects of a list answer; anything else (a proxy's HTML page, a truncated body) is an
+    error naming the list, never a traceback."""
+    try:
+        body = json.loads(data or b"{}")
+    except ValueError as e:
+        raise TargetError(f"list {path} at {host}: the answer is not JSON ({e})") from None
+    items = body.get("items") if isinstance(body, dict) else ()
+    if not isinstance(items, list | None) or not all(isinstance(o, dict) for o in items or []):
+        raise TargetError(f"list {path} at {host}: the answer is not a Kubernetes list")
+    return items or []
 
 
 class ClusterSnapshot:
@@ -191,7 +213,7 @@ def _published_root(args: argparse.Namespace | None, namespace: str) -> str:
     from kubernetes.client.exceptions import ApiException
     client = api_client(args or argparse.Namespace())
     try:
-        cm = k8s.CoreV1Api(client).read_namespaced_config_map(ROOT_CONFIGMAP, namespace, _request_timeout=(5.0, 30.0))
+        cm = k8s.CoreV1Api(client).read_namespaced_config_map(ROOT_CONFIGMAP, namespace)
     except ApiException as e:
         if e.status == 404:
             return ""
@@ -199,7 +221,7 @@ def _published_root(args: argparse.Namespace | None, namespace: str) -> str:
                           f"{e.status} {e.reason}") from None
     except Exception as e:  # noqa: BLE001 - urllib3 errors: the API server is unreachable
         raise TargetError(f"cannot reach the API server ({client.configuration.host}) to read ConfigMap "
-                          f"{namespace}/{ROOT_CONFIGMAP} (the controller's root): {e}") from None
+                          f"{namespace}/{ROOT_CONFIGMAP} (the controller's root): {describe(e)}") from None
     return (cm.data or {}).get(ROOT_KEY, "")
 
 

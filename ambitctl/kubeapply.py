@@ -167,7 +167,8 @@ class Kube:
             resp.read()
         except Exception as e:  # urllib3's connection errors; anything else is a bug
             if type(e).__module__.startswith(("urllib3", "kubernetes")):
-                raise KubeError(f"cannot reach the API server: {e}") from None
+                from ambitctl.kubeclient import describe
+                raise KubeError(f"cannot reach the API server ({self.api.configuration.host}): {describe(e)}") from None
             raise
         if resp.status == 404:
             return None
@@ -178,7 +179,13 @@ class Kube:
             except (TypeError, ValueError, AttributeError):
                 pass
             raise KubeError(f"{method} {p}: {resp.status} {text}")
-        return json.loads(text) if text else {}
+        try:
+            out = json.loads(text) if text else {}
+        except ValueError as e:     # a proxy's HTML page, a truncated body: not the API server's JSON
+            raise KubeError(f"{method} {p}: the answer is not JSON ({e}): {text[:80]!r}") from None
+        if not isinstance(out, dict):
+            raise KubeError(f"{method} {p}: the answer is not a JSON object: {text[:80]!r}")
+        return out
 
     def get(self, r: Ref) -> Obj | None:
         return self._call("GET", path(r))

@@ -49,7 +49,7 @@ def log_pods(objects: list[dict[str, Any]], system_namespace: str) -> list[tuple
 def pod_log(client: Any, namespace: str, pod: str, container: str, limit: int) -> str:
     from kubernetes import client as k8s
     text = k8s.CoreV1Api(client).read_namespaced_pod_log(pod, namespace, container=container or None,
-                                                         tail_lines=LOG_LINES, _request_timeout=(5.0, 30.0))
+                                                         tail_lines=LOG_LINES)
     data = text.encode() if isinstance(text, str) else bytes(text)
     head = f"[... earlier bytes left out (--log-tail {limit}) ...]\n" if len(data) > limit else ""
     return head + data[-limit:].decode(errors="replace")

@@ -67,11 +67,24 @@ def load_manifests(targets: Iterable[str], stdin: TextIO | None = None) -> list[
     out: list[Obj] = []
     for t in targets:
         if t == "-":
-            out += _documents((stdin or sys.stdin).read(), "<stdin>")
+            src = stdin or sys.stdin
+            raw = src.buffer.read() if hasattr(src, "buffer") else src.read()
+            out += _documents(_text(raw, "<stdin>"), "<stdin>")
         else:
             for f in _files(t):
-                out += _documents(f.read_text(), str(f))
+                out += _documents(_text(f.read_bytes(), str(f)), str(f))
     return out
+
+
+def _text(raw: bytes | str, origin: str) -> str:
+    """A manifest's text: UTF-8, as kubectl reads it (a binary or UTF-16 file is refused by name,
+    not a traceback)."""
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{origin}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
 
 
 def set_namespace(objs: list[Obj], namespace: str | None) -> None:
@@ -247,8 +260,9 @@ def not_enforced(batch: list[Obj], everything: list[Obj], translation: Any = Non
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    from ambitctl import cluster
     out, err = _streams(args)
-    store = _store()
+    store = cluster.lab_store()     # no lab: say so (it said "NotFound" and left a lab directory behind)
     try:
         if args.filename:
             objs = load_manifests(args.filename, getattr(args, "stdin", None))

@@ -433,6 +433,20 @@ def _workers(v: str) -> int:
     return int(v)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(v: str) -> str:
+    """Every component hands --log-level to Python's logging, which knows upper-case names only:
+    `--set logLevel=debug` (Helm's spelling) rendered `--log-level debug`, and each controller,
+    ztunnel and agent then died at start (ValueError: Unknown level), crash-looping the mesh."""
+    level = v.strip().upper()
+    level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(level, level)
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{v!r}: must be one of {', '.join(LOG_LEVELS)} (any case)")
+    return level
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the manifests instead of applying them")
     p.add_argument("--namespace", default="ambit-system", help="where the controller and node pods run")
@@ -445,7 +459,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-secret", default="",
                    help=f"the Secret (in --namespace) holding the CA: created by the controller on first start "
                         f"(default {CA_SECRET}), or yours: ca.crt/ca.key, or cert-manager's tls.crt/tls.key/ca.crt")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", type=_log_level, default="INFO", metavar="|".join(LOG_LEVELS),
+                   help="every component's logging level (default INFO)")
     p.add_argument("--ztunnel-workers", type=_workers, default=0, metavar="N",
                    help="worker processes per node ztunnel (0: one per CPU the container may use, at most 8; "
                         "docs/performance.md)")
@@ -584,19 +599,20 @@ def kube(args: argparse.Namespace) -> Any:
     from kubernetes import client as kclient
     from kubernetes import config as kconfig
 
+    from ambitctl import kubeclient
     from ambitctl.kubeapply import Kube
     cfg = kclient.Configuration()
     if args.server:
         cfg.host = args.server
     else:
         try:
-            kconfig.load_kube_config(config_file=args.kubeconfig, context=args.context, client_configuration=cfg)
-        except (kconfig.ConfigException, FileNotFoundError) as e:
+            cfg = kubeclient.load(args.kubeconfig, args.context)
+        except kubeclient.KubeconfigError as e:
             try:
                 kconfig.load_incluster_config(client_configuration=cfg)
             except kconfig.ConfigException:
                 raise InstallError(f"no cluster: {e}") from None
-    return Kube(kclient.ApiClient(cfg))
+    return Kube(kubeclient.bounded(cfg))
 
 
 def install_objects(o: argparse.Namespace) -> list[Obj]:

@@ -123,6 +123,8 @@ async def _read_one(name: str, sock: Path, out: asyncio.Queue[tuple[str, Event]]
             await out.put((name, ev))
     except (OSError, asyncio.IncompleteReadError) as e:
         await out.put((name, {"type": "error", "error": str(e)}))
+    except ValueError:          # asyncio's line limit: an answer that is no tap stream (it died silently)
+        await out.put((name, {"type": "error", "error": "not a tap stream: a line over 64 KiB"}))
     finally:
         writer.close()
 
@@ -157,24 +159,49 @@ async def _read_controller(target: Any, f: Filter, out: asyncio.Queue[tuple[str,
                                       "error": f"debug API at {target.address}: {rpc.describe(e)}"}))
 
 
+READY_TIMEOUT = 10.0     # seconds for a component's first line: the controller's waits up to 5 s for the proxies
+
+
 async def stream(producers: dict[str, Producer], f: Filter, emit: Any, warn: Any, max_events: int = 0,
-                 duration: float = 0.0, on_ready: Any = None) -> int:
+                 duration: float = 0.0, on_ready: Any = None, ready_timeout: float = READY_TIMEOUT) -> int:
     """Run every producer (a lab admin socket, or the controller) until `max_events` matched (0: no
     limit) or `duration` seconds passed (0: until interrupted); hand each matching event to `emit`,
-    problems and drops to `warn`. Returns the number of events emitted (-1 after a fatal error)."""
+    problems and drops to `warn`. Returns the number of events emitted (-1 after a fatal error).
+
+    Each producer's stream starts with a status line at once. One that sends none within
+    `ready_timeout` (it accepted the connection and hangs) is given up with a warning; when no
+    producer is left (each failed or hung) the tap ends as a failure rather than wait, silent,
+    for flows that cannot come."""
     q: asyncio.Queue[tuple[str, Event]] = asyncio.Queue()
-    tasks = [asyncio.ensure_future(p(q)) for p in producers.values()]
+    tasks = {name: asyncio.ensure_future(p(q)) for name, p in producers.items()}
     deadline = time.monotonic() + duration if duration else None
+    ready_by = time.monotonic() + ready_timeout if ready_timeout > 0 else None
     emitted, ready, dropped = 0, set(), {}
+    gone: set[str] = set()
     try:
         while not (max_events and emitted >= max_events):
-            timeout = None if deadline is None else deadline - time.monotonic()
+            if len(gone) == len(producers):
+                return -1
+            waiting = [n for n in producers if n not in ready and n not in gone]
+            ends = [t for t in (deadline, ready_by if waiting else None) if t is not None]  # 0: no bound
+            timeout = min(ends) - time.monotonic() if ends else None
             if timeout is not None and timeout <= 0:
-                break
+                if deadline is not None and deadline <= time.monotonic():
+                    for n in waiting:       # a --duration shorter than the bound: still say who never answered
+                        warn(f"{n}: no answer within the {duration:g} s tapped")
+                    if waiting and not ready:
+                        return -1
+                    break
+                for n in waiting:
+                    warn(f"{n}: no answer within {ready_timeout:g} s (it accepted the connection and hangs); "
+                         "not tapping it")
+                    tasks[n].cancel()
+                    gone.add(n)
+                continue
             try:
                 name, ev = await asyncio.wait_for(q.get(), timeout)
             except TimeoutError:
-                break
+                continue
             kind = ev.get("type")
             if kind == "status":
                 if name in producers and name not in ready:
@@ -189,13 +216,15 @@ async def stream(producers: dict[str, Producer], f: Filter, emit: Any, warn: Any
                 warn(f"{name}: {ev['error']}")
                 if ev.get("fatal"):
                     return -1
+                if name in producers:       # a producer's own error ends it (its stream is over)
+                    gone.add(name)
             elif event_matches(ev, f):
                 emit(ev)
                 emitted += 1
     finally:
-        for t in tasks:
+        for t in tasks.values():
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
     return emitted
 
 
@@ -220,6 +249,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--duration", type=at_least_zero(float), default=0.0,
                    help="stop after this many seconds (default 0: never)")
     p.add_argument("-o", "--output", choices=("text", "wide", "json"), default="text")
+    p.add_argument("--timeout", type=at_least_zero(float), default=READY_TIMEOUT,
+                   help="seconds to wait for each component's (or the controller's) first answer "
+                        f"(default {READY_TIMEOUT:g}; 0: no bound)")
     cluster.add_arguments(p)
     intermixed(p)
     p.set_defaults(func=cmd_tap)
@@ -260,5 +292,9 @@ def cmd_tap(args: argparse.Namespace, stdout: TextIO | None = None, stderr: Text
         via = " through the controller" if "controller" in producers else ""
         print(f"tapping {len(names)} components{via}: {', '.join(names) or 'none connected'}", file=err, flush=True)
 
-    n = asyncio.run(stream(producers, f, emit, warn, args.max_events, args.duration, ready))
-    return 1 if n < 0 else 0
+    n = asyncio.run(stream(producers, f, emit, warn, args.max_events, args.duration, ready, args.timeout))
+    if n < 0:
+        print("error: nothing to tap: " + ("the controller's debug API failed (above)" if "controller" in producers
+                                          else "no component answered (above)"), file=err)
+        return 1
+    return 0

@@ -170,6 +170,8 @@ def scrape_all(sockets: dict[str, Path], warn: Any) -> Samples:
             texts[name] = scrape(sock)
         except OSError as e:
             warn(f"{name}: {e}")
+    if sockets and not texts:       # an empty table would read as "no traffic", and exit 0
+        raise RuntimeError(f"no component's metrics could be read ({len(sockets)} tried: see the warnings above)")
     return merge(texts)
 
 
@@ -180,6 +182,8 @@ def controller_scrape(target: Any, warn: Any, timeout: float = 3.0) -> Samples:
     resp = cluster.call(target, "Metrics", debug_pb2.MetricsRequest(timeout=timeout), timeout + 5.0)
     for name in resp.missing:
         warn(f"{name}: no metrics within {timeout:.0f}s")
+    if resp.missing and not resp.metrics:
+        raise RuntimeError(f"no proxy answered the controller within {timeout:.0f}s ({len(resp.missing)} asked)")
     if not resp.metrics and not resp.missing:
         warn("no proxy has a feed open to the controller")
     return merge(dict(resp.metrics))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from ambit.version import INCOMPATIBLE, VERSION, compatibility
@@ -40,8 +41,8 @@ def format_versions(doc: dict[str, Any]) -> str:
     server = doc.get("server")
     if server is None:
         return lines[0]
-    if "error" in server:
-        return "\n".join(lines + [f"server: unreachable: {server['error']}"])
+    if "error" in server:           # the reason goes to stderr (cmd_version): stdout has what is known
+        return lines[0]
     c = server["controller"]
     lines.append(f"controller version: {c['version']} ({c['compatibility']}: {c['why']})")
     by_version: dict[tuple[str, str], list[str]] = {}
@@ -69,6 +70,8 @@ def cmd_version(args: argparse.Namespace) -> int:
         print(VERSION)
     else:
         print(format_versions(doc))
+    if error:
+        print(f"error: cannot reach the controller: {error}", file=sys.stderr)
     server = doc.get("server") or {}
     verdicts = [server.get("controller", {}).get("compatibility")] + [
         p["compatibility"] for p in (server.get("proxies") or {}).values()]

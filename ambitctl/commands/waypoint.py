@@ -31,9 +31,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from ambit.labstore import LabStore
 from ambitctl.commands.waypoint_backends import Backend, BackendError, KubeBackend, LabBackend
-from ambitctl.lab.paths import store_path
 from controller.validation import ValidationError, validate_all
 from controller.waypoints.gateways import (
     HBONE_PORT,
@@ -66,7 +64,8 @@ def _streams(args: argparse.Namespace) -> tuple[TextIO, TextIO]:
 def _backend(args: argparse.Namespace) -> Backend:
     if _is_kube(args):
         return KubeBackend(args.kube_host, args.kubeconfig, args.context)
-    return LabBackend(LabStore(store_path()))
+    from ambitctl import cluster
+    return LabBackend(cluster.lab_store())    # no lab: say so, never "No waypoints found" nor a new lab directory
 
 
 def _conditions(gw: Obj) -> dict[str, Obj]:

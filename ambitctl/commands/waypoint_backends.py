@@ -63,10 +63,11 @@ class KubeBackend:
         from kubernetes import client as kclient
 
         from ambit.kube.client import make_api_client
+        from ambitctl.kubeclient import bounded, reason
         try:
-            api = make_api_client(host, kubeconfig, context)
+            api = bounded(make_api_client(host, kubeconfig, context).configuration)
         except Exception as e:  # noqa: BLE001 - kubeconfig errors come in many types
-            raise BackendError(f"cannot reach the cluster: {e}") from None
+            raise BackendError(f"cannot reach the cluster: kubeconfig: {reason(e)}") from None
         self.custom = kclient.CustomObjectsApi(api)
         self.core = kclient.CoreV1Api(api)
 
@@ -79,7 +80,8 @@ class KubeBackend:
                 return None
             raise BackendError(f"API server: HTTP {e.status} {e.reason}") from None
         except Exception as e:  # noqa: BLE001 - connection errors (urllib3, OSError)
-            raise BackendError(f"API server: {e}") from None
+            from ambitctl.kubeclient import describe
+            raise BackendError(f"API server: {describe(e)}") from None
 
     def gateways(self, namespace: str | None) -> list[Obj]:
         if namespace is None:

@@ -90,6 +90,7 @@ def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: st
        wait: bool = True, cert_ttl: float | None = None, with_prometheus: bool = False,
        with_tracing: bool = False, ztunnel_workers: int = 1, waypoint_workers: int = 1) -> state.LabState:
     base = base or paths.lab_dir()
+    topology.check_lab_name(name)
     names = LabNames(name)
     if state.load(base) is not None:
         raise LabError(f"a lab is already up (state in {base}); run `ambit lab down` first")
@@ -174,9 +175,16 @@ def wait_ready(st: state.LabState, base: Path, timeout: float = 30.0) -> None:
 
 def down(name: str | None = None, base: Path | None = None, quiet: bool = False,
          etc_netns_created: bool = False, keep_logs: bool = False) -> list[str]:
-    """Remove the lab. `keep_logs` keeps the log directory (a failed `up` points the user at it)."""
+    """Remove the lab. `keep_logs` keeps the log directory (a failed `up` points the user at it).
+
+    A `name` other than the one the directory's state file records removes that lab's netns,
+    cgroups and pins only: the directory belongs to the other lab, which keeps running (deleting
+    its state left it running with no way to find or stop it: `lab status` said "no lab is up")."""
     base = base or paths.lab_dir()
     st = state.load(base)
+    if name:
+        topology.check_lab_name(name)
+    other = st.name if st is not None and name and st.name != name else None
     name = name or (st.name if st else "ambit")
     names = LabNames(name)
     # Stop the supervisor first so it does not restart what we kill.
@@ -187,6 +195,11 @@ def down(name: str | None = None, base: Path | None = None, quiet: bool = False,
         except ProcessLookupError:
             pass
     removed = topology.teardown(names)
+    if other is not None:
+        if not quiet:
+            progress(f"lab {name!r} removed ({len(removed)} objects); {base} holds lab {other!r}, left running "
+                     f"(`ambit lab down --name {other}` removes it)")
+        return removed
     if etc_netns_created or (st is not None and st.etc_netns_created):
         try:
             topology.ETC_NETNS.rmdir()  # only when empty, and only when the lab created it
@@ -294,6 +307,8 @@ def label_namespace(ns: str, assignments: list[str], base: Path | None = None) -
             remove.append(k)
         else:
             set_[k] = v
+    if not paths.store_path(base).exists():     # no lab: say so, and leave no lab directory behind
+        raise LabError(f"no lab is up (no {paths.store_path(base)}); set AMBIT_LAB_DIR or run `ambit lab up`")
     store = LabStore(paths.store_path(base))
     return store.patch_labels("Namespace", "", ns, set_, remove)
 

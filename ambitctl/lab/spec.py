@@ -147,6 +147,8 @@ def load(path: Path, nodes: int | None = None) -> LabSpec:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text (byte {e.start})") from None
     return parse(data, nodes=nodes, source=str(path))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -32,6 +33,24 @@ BPF_PIN_ROOT = Path("/sys/fs/bpf/ambit")
 
 class TopologyError(RuntimeError):
     pass
+
+
+# A lab's name prefixes every netns ("NAME.node1", "NAME.demo.echo-v1"), its cgroup ("NAME-lab") and
+# its BPF pins ("/sys/fs/bpf/ambit/NAME"); teardown removes what starts with "NAME.". A dot in the
+# name made `lab down --name a` remove lab "a.b"'s netns too, and a "/" reached outside the cgroup
+# and pin directories; a long one failed only at the first pod's `ip netns add`.
+LAB_NAME_MAX = 40
+_LAB_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def check_lab_name(name: str) -> None:
+    """Refuse a lab name that cannot prefix the lab's netns, cgroup and pin names unambiguously."""
+    if not _LAB_NAME.fullmatch(name or ""):
+        raise TopologyError(f"lab name {name!r}: use lower-case letters, digits and '-', starting and ending "
+                            "with a letter or digit (it prefixes every netns, cgroup and BPF pin of the lab)")
+    if len(name) > LAB_NAME_MAX:
+        raise TopologyError(f"lab name {name[:20]}...: {len(name)} characters, at most {LAB_NAME_MAX} (its pods' "
+                            "netns names, NAME.NAMESPACE.POD, must stay within the kernel's 255)")
 
 
 @dataclass(frozen=True)

@@ -194,3 +194,34 @@ def test_lab_exec_of_an_unknown_pod_lists_the_waypoint_pods_too(lab: Path) -> No
     from ambitctl.lab.lab import exec_in_pod
     with pytest.raises(LabError, match=r"no pod demo/nope in the lab \(have: demo/client, default/waypoint-0\)"):
         exec_in_pod("demo/nope", ["true"], lab)
+
+
+def test_lab_down_of_another_name_leaves_this_directorys_lab_alone(lab: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`AMBIT_LAB_NAME=other ambit lab down` (or `--name other`) with lab "t" in the directory
+    deleted t's state and store while t's netns and processes ran on: `lab status` then said "no
+    lab is up" and nothing could find or stop t any more."""
+    (lab / "store.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        main(["lab", "down", "--name", "other"])
+    assert e.value.code == 0
+    assert "holds lab 't', left running" in capsys.readouterr().out
+    st = state.load(lab)
+    assert st is not None and st.name == "t"
+    assert (lab / "store.json").exists() and (lab / "logs" / "controller.log").exists()
+
+
+@pytest.mark.parametrize("name", ["t.x", "../escape", "UPPER", "-x", "x" * 41, ""])
+def test_a_lab_name_that_cannot_prefix_its_netns_is_refused(name: str, lab: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A lab's name prefixes its netns ("NAME.node1"), cgroup and pins, and teardown removes what
+    starts with "NAME.": with a dot, `lab down --name t` also removed lab "t.x"'s netns; a "/"
+    reached outside the cgroup tree; a long name failed at the first pod, half built. (The `lab`
+    fixture's state makes a `lab up` that skipped the check stop at "already up", never build.)"""
+    for argv in (["lab", "up", f"--name={name}"], ["lab", "down", f"--name={name}"]):
+        if argv[1] == "down" and not name:
+            continue                    # `down --name ''`: no name given, the state file's is used
+        err = _error_line(argv, capsys)
+        assert "lab name" in err
+    st = state.load(lab)
+    assert st is not None and st.name == "t"

@@ -59,3 +59,12 @@ def test_named_target_port_resolves_against_container_ports() -> None:
     echo = next(x for x in s.services if x.name == "echo")
     assert spec.resolve_target_port(echo.ports[0], s.pod("demo/echo-v1")) == 8080
     assert spec.resolve_target_port(echo.ports[0], s.pod("demo/client")) is None
+
+
+def test_a_spec_file_that_is_not_text_is_refused_by_name(tmp_path: object) -> None:
+    """`ambit lab up --spec FILE` with a binary or UTF-16 file was a UnicodeDecodeError traceback."""
+    from pathlib import Path
+    f = Path(str(tmp_path)) / "lab.yaml"
+    f.write_bytes(b"\xff\xfenodes: 2\n")
+    with pytest.raises(spec.SpecError, match=r"lab.yaml: not UTF-8 text \(byte 0\)"):
+        spec.load(f)

@@ -135,3 +135,103 @@ def test_a_negative_limit_is_refused_not_taken_as_reached(flag: str, capsys: pyt
     assert e.value.code == 2
     assert f"argument {flag}: must be >= 0" in capsys.readouterr().err
     assert getattr(build_parser().parse_args(["tap", flag, "0"]), flag[2:].replace("-", "_")) == 0
+
+
+def test_a_component_that_accepts_and_never_answers_is_given_up_and_the_rest_tapped(tmp_path: Path) -> None:
+    """An admin socket that accepts and hangs (a wedged proxy) made `ambit tap` wait silently
+    forever: no `tapping ...` line, no warning, no flows from the healthy components either."""
+    async def main() -> tuple[int, list[dict[str, object]], list[str]]:
+        hub = TapHub("ztunnel/n1")
+        ep = _Admin(hub)
+        good = tmp_path / "good.sock"
+        await ep.start(None, 0, good)
+        hung = tmp_path / "hung.sock"
+        held: list[asyncio.StreamWriter] = []
+        server = await asyncio.start_unix_server(lambda r, w: held.append(w), str(hung))
+        got: list[dict[str, object]] = []
+        warns: list[str] = []
+
+        async def produce() -> None:        # a flow after the wedged one is given up: still tapped
+            while not (hub.active and warns):
+                await asyncio.sleep(0.01)
+            hub.publish(lambda: dict(L4))
+
+        prod = asyncio.ensure_future(produce())
+        n = await asyncio.wait_for(stream(socket_producers({"ztunnel/n1": good, "ztunnel/wedged": hung}), Filter(),
+                                          got.append, warns.append, max_events=1, ready_timeout=0.3), 10)
+        await prod
+        await ep.close()
+        server.close()
+        for w in held:
+            w.close()
+        return n, got, warns
+
+    n, got, warns = asyncio.run(main())
+    assert n == 1 and got[0]["source"] == "ztunnel/n1"
+    assert any(w.startswith("ztunnel/wedged: no answer within 0.3 s") for w in warns), warns
+
+
+def test_tap_through_a_controller_that_never_answers_fails_instead_of_waiting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ambit tap --controller` against a debug API port that accepts and hangs: one warning that
+    names it, an error, exit 1, instead of waiting silently forever."""
+    from cryptography.hazmat.primitives import serialization
+
+    from ambitctl.cli import main
+    from controller.ca.authority import generate_root
+    from tests.support.net import StubServer
+    root = tmp_path / "root.pem"
+    root.write_bytes(generate_root("cluster.local").cert.public_bytes(serialization.Encoding.PEM))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    monkeypatch.setenv("AMBIT_CONTROLLER_ROOT_CERT", str(root))
+    monkeypatch.setenv("AMBIT_LAB_DIR", str(tmp_path / "no-lab"))
+    with StubServer(answer=None) as controller, pytest.raises(SystemExit) as e:
+        main(["tap", "--kubeconfig", str(kubeconfig), "--token", "t", "--controller", f"127.0.0.1:{controller.port}",
+              "--timeout", "0.5"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "controller: no answer within 0.5 s" in err and err.rstrip().splitlines()[-1].startswith("error: ")
+
+
+def test_a_duration_shorter_than_the_bound_still_names_who_never_answered(tmp_path: Path) -> None:
+    """`ambit tap --duration 2` against wedged components exited 0 with no output at all, as if
+    nothing had flowed."""
+    async def main() -> tuple[int, list[str]]:
+        hung = tmp_path / "hung.sock"
+        held: list[asyncio.StreamWriter] = []
+        server = await asyncio.start_unix_server(lambda r, w: held.append(w), str(hung))
+        warns: list[str] = []
+        n = await asyncio.wait_for(stream(socket_producers({"ztunnel/wedged": hung}), Filter(), lambda ev: None,
+                                          warns.append, duration=0.3, ready_timeout=10), 10)
+        server.close()
+        for w in held:
+            w.close()
+        return n, warns
+
+    n, warns = asyncio.run(main())
+    assert n == -1
+    assert warns == ["ztunnel/wedged: no answer within the 0.3 s tapped"]
+
+
+def test_an_oversized_line_ends_that_component_with_a_warning(tmp_path: Path) -> None:
+    """A line over asyncio's 64 KiB limit (something that is no tap stream on the admin socket)
+    killed that component's reader silently: no warning, and the tap waited forever."""
+    async def main() -> tuple[int, list[str]]:
+        sock = tmp_path / "odd.sock"
+
+        async def answer(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await r.readuntil(b"\r\n\r\n")
+            w.write(b'HTTP/1.1 200 OK\r\n\r\n{"type": "status", "dropped": 0}\n' + b"x" * 200_000 + b"\n")
+            await w.drain()
+
+        server = await asyncio.start_unix_server(answer, str(sock))
+        warns: list[str] = []
+        n = await asyncio.wait_for(stream(socket_producers({"ztunnel/odd": sock}), Filter(), lambda ev: None,
+                                          warns.append), 10)
+        server.close()
+        return n, warns
+
+    n, warns = asyncio.run(main())
+    assert n == -1
+    assert warns == ["ztunnel/odd: not a tap stream: a line over 64 KiB"]

@@ -3,6 +3,8 @@ and ztunnel's TCP Metrics, the code the components run) into rates, success and 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ambit.dataplane.telemetry.metrics import ConnLabels, Metrics
@@ -62,3 +64,21 @@ def test_stat_and_top_from_the_components_metrics() -> None:
     assert head.split()[:6] == ["SRC", "NS", "SRC", "DST", "NS", "DST"]
     assert first.split()[:5] == ["demo", "client", "demo", "echo-v2", "80.00%"]
     assert second.split()[:5] == ["prod", "other", "demo", "echo-v2", "100.00%"]
+
+
+@pytest.mark.parametrize("command", ["stat", "top"])
+def test_no_component_answering_is_an_error_not_an_empty_table(
+        command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every ztunnel and waypoint down (or wedged): `ambit stat` printed an empty table and exited
+    0, which a script reads as "no traffic"."""
+    from ambitctl.cli import main
+    from ambitctl.lab import state
+    monkeypatch.setenv("AMBIT_LAB_DIR", str(tmp_path))
+    state.save(state.LabState(name="t", lab_dir=str(tmp_path), spec={"nodes": [{"name": "node1"}, {"name": "node2"}],
+                                                                      "pods": []}), tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main([command, "--window", "0.1"])
+    out, err = capsys.readouterr()
+    assert e.value.code == 1 and out == ""
+    assert err.count("warning: ztunnel/node") == 2
+    assert err.splitlines()[-1] == "error: no component's metrics could be read (2 tried: see the warnings above)"

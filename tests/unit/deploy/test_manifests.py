@@ -647,3 +647,18 @@ def test_the_clusters_proxies_abort_a_wedged_event_loop_so_it_is_restarted() -> 
     w = dep["spec"]["template"]["spec"]["containers"][0]
     assert waypoint_settings(expand(w["args"], w), {}).watchdog_kill_after == WATCHDOG_KILL_AFTER
     assert "livenessProbe" not in w
+
+
+def test_the_documented_log_level_is_one_every_component_can_start_with() -> None:
+    """`ambit install --set logLevel=debug` (docs/cli.md's example) rendered `--log-level debug`,
+    which Python's logging refuses: every controller, ztunnel and agent died at start."""
+    import logging
+    o = install.apply_sets(install.parse([]), ["logLevel=debug"])
+    levels = [c["args"][c["args"].index("--log-level") + 1]
+              for obj in install.objects(o) if obj["kind"] in ("Deployment", "DaemonSet")
+              for c in obj["spec"]["template"]["spec"]["containers"] if "--log-level" in (c.get("args") or [])]
+    assert levels and set(levels) == {"DEBUG"}
+    for level in levels:
+        logging.getLogger("ambit-test").setLevel(level)       # what basicConfig(level=) does: raises if unknown
+    with pytest.raises(install.InstallError, match="'loud': must be one of DEBUG, INFO"):
+        install.apply_sets(install.parse([]), ["logLevel=loud"])
