@@ -330,11 +330,7 @@ class WaypointProxy:
         return decision
 
     def _route_ingress(self, head: RequestHead, down: Downstream) -> Decision:
-        # An edge proxy appends its client's address to X-Forwarded-For (Envoy's use_remote_address,
-        # which Istio sets on gateways): past the gateway, the client's address is in no socket.
-        prior = head.header("x-forwarded-for")
-        head.headers = [(k, v) for k, v in head.headers if k != "x-forwarded-for"] + [
-            ("x-forwarded-for", f"{prior},{down.source_ip}" if prior else down.source_ip)]
+        # X-Forwarded-For and the other edge headers were set before any decision (waypoint/http/edge.py)
         port = self.config.view.ingress.ports.get(down.destination_port)
         if port is not None and down.listener:      # HTTPS: the Host must be the SNI's listener's
             status = port.misdirected(down.listener, head.host)

@@ -173,7 +173,9 @@ class _Accepted(Plug):
         # HTTPS: the listener group whose context the SNI callback swapped in; "" on plain HTTP.
         # An unknown context (no callback ran) gets a group no Host selects: 404/421, not a route.
         group = "" if obj is None else self._port.group.get(id(obj.context), "-")
-        self._serve(self, Downstream(source_ip=peer[0], destination_port=self._port.port.port, listener=group))
+        # `edge`: a client from outside the mesh, whose headers the engine sanitizes (waypoint/http/edge.py)
+        self._serve(self, Downstream(source_ip=peer[0], destination_port=self._port.port.port, listener=group,
+                                     edge="http" if obj is None else "https"))
 
 
 class _L4Accepted(asyncio.Protocol):

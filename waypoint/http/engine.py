@@ -185,8 +185,9 @@ class TunnelProtocol(asyncio.Protocol):
         if verdict is Verdict.OPAQUE:
             OpaqueRelay(self.engine, self.downstream, t, early, eof)
             return
-        proto: H1Server | H2Server = H1Server(self.engine, self.downstream) if verdict is Verdict.HTTP1 \
-            else H2Server(self.engine, self.downstream)
+        # HTTP/1 has no :scheme: an ingress client's is its connection's (a redirect keeps https)
+        proto: H1Server | H2Server = H1Server(self.engine, self.downstream, self.downstream.edge or "http") \
+            if verdict is Verdict.HTTP1 else H2Server(self.engine, self.downstream)
         t.set_protocol(proto)
         proto.connection_made(t)
         # A tunnel that arrives while the engine drains (the HBONE listener accepts for a while
