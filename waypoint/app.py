@@ -165,7 +165,8 @@ class WaypointProxy:
                                             lambda t, down, early: OpaqueRelay(engine, down, t, early, False),
                                             reuse_port=self.settings.worker_index >= 0,
                                             max_connections=self.settings.max_connections,
-                                            pending=self._pending_handshakes())
+                                            pending=self._pending_handshakes(),
+                                            max_per_source=self.settings.max_connections_per_source)
             await self.on_config()
             return
         if self.settings.handoff_socket is not None:     # a worker: the supervisor accepts (waypoint/workers.py)

@@ -389,6 +389,49 @@ def test_the_ingress_serves_at_most_max_connections_over_all_its_ports() -> None
     asyncio.run(run())
 
 
+def test_one_client_source_cannot_take_every_connection_slot() -> None:
+    """Many idle connections from one address: past `max_per_source` a new one from that source is
+    aborted unserved and counted, while another client is still served. Before, one client could
+    hold all `max_connections` slots (an idle keep-alive connection lives an hour) and every
+    other client was refused."""
+    port = _free_port()
+    served: list[object] = []
+
+    def serve(plug, down) -> None:
+        served.append(plug)
+
+    def refused() -> float:
+        return sample(exposition(health_collector()), "ambit_connections_refused_total", limit="per_source") or 0.0
+
+    before = refused()
+
+    async def connect(source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+    async def run() -> None:
+        lst = IngressListeners("127.0.0.1", serve, _no_relay, max_connections=4, max_per_source=2)
+        await lst.update(build(IngressGateway("gw", "ns", listeners=[_listener("web", "", port, "HTTP")])))
+        try:
+            held = [await connect("127.0.0.1") for _ in range(2)]
+            await wait_for(lambda: len(served) == 2, "two served")
+            r, w = await connect("127.0.0.1")
+            assert await asyncio.wait_for(r.read(), 5) == b""       # the third from that source: closed
+            w.close()
+            assert refused() == before + 1 and len(served) == 2
+            other = await connect("127.0.0.2")                       # another client still gets in
+            await wait_for(lambda: len(served) == 3, "the other client served")
+            served[0].transport.close()                              # a slot of the first source frees
+            held[0][1].close()
+            again = await connect("127.0.0.1")
+            await wait_for(lambda: len(served) == 4, "a freed slot taken")
+            for _, w in [*held, other, again]:
+                w.close()
+        finally:
+            await lst.close()
+
+    asyncio.run(run())
+
+
 def test_https_handshakes_under_way_are_bounded_and_a_client_is_still_served(tmp_path: Path) -> None:
     """Clients that stop inside their ClientHello on an HTTPS port need no certificate; they were
     held for asyncio's 60 s handshake timeout, uncounted. Now at most `pending.limit` are under way
