@@ -10,8 +10,9 @@ rejected). A TCP port relays every connection at once.
 
 TLS: one server context per port whose servername callback (run for every ClientHello, with or
 without SNI) swaps in the context of the listener the SNI selects (`IngressPort.listener_for_sni`),
-so each hostname gets its own certificate. A client whose SNI selects no listener gets the
-`unrecognized_name` alert. OpenSSL copies protocol versions into a connection before that callback,
+so each hostname gets its own certificate. A client whose SNI selects no listener fails its
+handshake (OpenSSL makes the `unrecognized_name` alert, but the event loop closes the socket
+without sending it: the client sees the connection end, docs/ingress.md). OpenSSL copies protocol versions into a connection before that callback,
 so the base context allows TLS 1.2 and 1.3 and a listener's `ambit.io/min-tls-version` is checked
 right after the handshake: a connection below it is closed before a byte of HTTP is read.
 
