@@ -133,9 +133,8 @@ class Exchange:
     def start(self) -> None:
         e = self.engine
         head = self.head
-        down = self.downstream
-        if down.edge:       # an ingress gateway's client: its headers as an edge proxy passes them
-            head.headers = edge.sanitize(head.headers, down.edge, down.source_ip)
+        if self.downstream.edge:    # an ingress gateway's client: its headers as an edge proxy passes them
+            head.headers = edge.sanitize(head.headers, self.downstream.edge, self.downstream.source_ip)
         tracing = getattr(e, "tracing", None)   # waypoint.telemetry.tracing_sdk.Tracing, when the waypoint traces
         self.trace = tracing.server(head, self.downstream, self.record) if tracing is not None else None
         head.headers, self.record.request_id = add_forwarded(head.headers, head.scheme, e.rng)
