@@ -19,6 +19,9 @@
 - W3C `traceparent`/`tracestate` and B3 `x-b3-*` pass untouched; a request without a `traceparent`
   gets a fresh, unsampled one so the hops behind the waypoint share one trace id.
 - `x-forwarded-proto` is set to the downstream scheme when the client did not send one.
+
+An ingress gateway's clients (from outside the mesh) are sanitized first, as an edge Envoy does:
+their x-request-id is replaced, x-forwarded-proto set from the connection, ... (waypoint/http/edge.py).
 """
 
 from __future__ import annotations
