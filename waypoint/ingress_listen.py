@@ -12,9 +12,10 @@ TLS: one server context per port whose servername callback (run for every Client
 without SNI) swaps in the context of the listener the SNI selects (`IngressPort.listener_for_sni`),
 so each hostname gets its own certificate. A client whose SNI selects no listener fails its
 handshake (OpenSSL makes the `unrecognized_name` alert, but the event loop closes the socket
-without sending it: the client sees the connection end, docs/ingress.md). OpenSSL copies protocol versions into a connection before that callback,
-so the base context allows TLS 1.2 and 1.3 and a listener's `ambit.io/min-tls-version` is checked
-right after the handshake: a connection below it is closed before a byte of HTTP is read.
+without sending it: the client sees the connection end, docs/ingress.md). OpenSSL copies
+protocol versions into a connection before that callback, so the base context allows TLS 1.2 and
+1.3 and a listener's `ambit.io/min-tls-version` is checked right after the handshake: a
+connection below it is closed before a byte of HTTP is read.
 
 Connections: at most `max_connections` at once over all ports (`--max-connections`), and at most
 `max_per_source` from one client source (`--max-connections-per-source`; a source is
@@ -24,8 +25,9 @@ clients out; one more is aborted as soon as it is accepted (after its TLS handsh
 counted (`overloaded`, `ambit_connections_refused_total{limit="max_connections"|"per_source"}`) and
 logged once per 1,000. The open transports are kept in sets (all, and per source) pruned of closed
 ones every `PRUNE_EVERY` admissions and whenever one is full, so nothing per connection has to be
-told when it closes (the engine may own the transport by then). Not a weak set: uvloop's TLS transports take no
-weak reference (adding one raised in `connection_made`, and every HTTPS connection was reset).
+told when it closes (the engine may own the transport by then). Not a weak set: uvloop's TLS
+transports take no weak reference (adding one raised in `connection_made`, and every HTTPS
+connection was reset).
 
 TLS handshakes: on HTTPS ports the accept loop is ours (ambit/dataplane/acceptloop.py): silent
 peers stay in the kernel (TCP_DEFER_ACCEPT), a handshake must finish within `HANDSHAKE_TIMEOUT`
@@ -281,7 +283,8 @@ class IngressListeners:
         self._admitted += 1
         if self._admitted % PRUNE_EVERY == 0 or limit is not None and len(self.open) >= limit:
             self.open = {t for t in self.open if not t.is_closing()}
-            self.by_source = {k: alive for k, v in self.by_source.items() if (alive := {t for t in v if t in self.open})}
+            self.by_source = {k: alive for k, v in self.by_source.items()
+                              if (alive := {t for t in v if t in self.open})}
             if limit is not None and len(self.open) >= limit:
                 self.overloaded += 1
                 refused_at_bound(self.overloaded, "ingress", limit, "aborted")
