@@ -68,7 +68,6 @@ from waypoint.telemetry.hook import Telemetry
 from waypoint.telemetry.loglines import LogLines
 from waypoint.telemetry.metrics import GATEWAY_REPORTER, HttpMetrics
 from waypoint.telemetry.mirrors import MirrorCollector
-from waypoint.telemetry.tracing import internal_address
 from waypoint.telemetry.tracing_settings import settings_tracing, tracing_identity
 from waypoint.traffic.cluster import Cluster, Clusters
 from waypoint.traffic.hashkey import HashKey
@@ -182,7 +181,8 @@ class WaypointProxy:
                                             lambda t, down, early: OpaqueRelay(engine, down, t, early, False),
                                             reuse_port=self.settings.worker_index >= 0,
                                             max_connections=self.settings.max_connections,
-                                            pending=self._pending_handshakes())
+                                            pending=self._pending_handshakes(),
+                                            max_per_source=self.settings.max_connections_per_source)
             await self.on_config()
             return
         if self.settings.handoff_socket is not None:     # a worker: the supervisor accepts (waypoint/workers.py)
@@ -348,17 +348,7 @@ class WaypointProxy:
         return decision
 
     def _route_ingress(self, head: RequestHead, down: Downstream) -> Decision:
-        # An edge proxy appends its client's address to X-Forwarded-For (Envoy's use_remote_address,
-        # which Istio sets on gateways): past the gateway, the client's address is in no socket.
-        prior = head.header("x-forwarded-for")
-        # An external client's x-envoy-force-trace goes no further (Envoy's edge removes it from
-        # requests that are not internal): past the gateway every hop would see an internal peer
-        # and trace the request, at any sampling percentage.
-        drop: tuple[str, ...] = ("x-forwarded-for",)
-        if head.header("x-envoy-force-trace") is not None and not internal_address(down.source_ip):
-            drop = ("x-forwarded-for", "x-envoy-force-trace")
-        head.headers = [(k, v) for k, v in head.headers if k not in drop] + [
-            ("x-forwarded-for", f"{prior},{down.source_ip}" if prior else down.source_ip)]
+        # X-Forwarded-For and the other edge headers were set before any decision (waypoint/http/edge.py)
         port = self.config.view.ingress.ports.get(down.destination_port)
         if port is not None and down.listener:      # HTTPS: the Host must be the SNI's listener's
             status = port.misdirected(down.listener, head.host)

@@ -10,17 +10,24 @@ rejected). A TCP port relays every connection at once.
 
 TLS: one server context per port whose servername callback (run for every ClientHello, with or
 without SNI) swaps in the context of the listener the SNI selects (`IngressPort.listener_for_sni`),
-so each hostname gets its own certificate. A client whose SNI selects no listener gets the
-`unrecognized_name` alert. OpenSSL copies protocol versions into a connection before that callback,
-so the base context allows TLS 1.2 and 1.3 and a listener's `ambit.io/min-tls-version` is checked
-right after the handshake: a connection below it is closed before a byte of HTTP is read.
+so each hostname gets its own certificate. A client whose SNI selects no listener fails its
+handshake (OpenSSL makes the `unrecognized_name` alert, but the event loop closes the socket
+without sending it: the client sees the connection end, docs/ingress.md). OpenSSL copies
+protocol versions into a connection before that callback, so the base context allows TLS 1.2 and
+1.3 and a listener's `ambit.io/min-tls-version` is checked right after the handshake: a
+connection below it is closed before a byte of HTTP is read.
 
-Connections: at most `max_connections` at once over all ports (`--max-connections`); one more is
-aborted as soon as it is accepted (after its TLS handshake on HTTPS), counted in `overloaded` and
-logged once per 1,000. The open transports are kept in a set pruned of closed ones every
-`PRUNE_EVERY` admissions and whenever it is full, so nothing per connection has to be told when it
-closes (the engine may own the transport by then). Not a weak set: uvloop's TLS transports take no
-weak reference (adding one raised in `connection_made`, and every HTTPS connection was reset).
+Connections: at most `max_connections` at once over all ports (`--max-connections`), and at most
+`max_per_source` from one client source (`--max-connections-per-source`; a source is
+`ambit.accept.peer_key`'s, an IPv4 address or an IPv6 /64), so one client holding idle
+connections (each may idle an hour, Envoy's default) cannot take every slot and lock the other
+clients out; one more is aborted as soon as it is accepted (after its TLS handshake on HTTPS),
+counted (`overloaded`, `ambit_connections_refused_total{limit="max_connections"|"per_source"}`) and
+logged once per 1,000. The open transports are kept in sets (all, and per source) pruned of closed
+ones every `PRUNE_EVERY` admissions and whenever one is full, so nothing per connection has to be
+told when it closes (the engine may own the transport by then). Not a weak set: uvloop's TLS
+transports take no weak reference (adding one raised in `connection_made`, and every HTTPS
+connection was reset).
 
 TLS handshakes: on HTTPS ports the accept loop is ours (ambit/dataplane/acceptloop.py): silent
 peers stay in the kernel (TCP_DEFER_ACCEPT), a handshake must finish within `HANDSHAKE_TIMEOUT`
@@ -51,6 +58,7 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from ambit.accept import peer_key
 from ambit.aiotask import cancel
 from ambit.backoff import Backoff
 from ambit.dataplane.acceptloop import AcceptLoop, Handshakes
@@ -173,7 +181,9 @@ class _Accepted(Plug):
         # HTTPS: the listener group whose context the SNI callback swapped in; "" on plain HTTP.
         # An unknown context (no callback ran) gets a group no Host selects: 404/421, not a route.
         group = "" if obj is None else self._port.group.get(id(obj.context), "-")
-        self._serve(self, Downstream(source_ip=peer[0], destination_port=self._port.port.port, listener=group))
+        # `edge`: a client from outside the mesh, whose headers the engine sanitizes (waypoint/http/edge.py)
+        self._serve(self, Downstream(source_ip=peer[0], destination_port=self._port.port.port, listener=group,
+                                     edge="http" if obj is None else "https"))
 
 
 class _L4Accepted(asyncio.Protocol):
@@ -242,9 +252,12 @@ class _L4Accepted(asyncio.Protocol):
 
 class IngressListeners:
     def __init__(self, address: str, serve: Serve, relay: Relay, reuse_port: bool = False,
-                 max_connections: int | None = None, pending: PendingHandshakes | None = None) -> None:
+                 max_connections: int | None = None, pending: PendingHandshakes | None = None,
+                 max_per_source: int = 0) -> None:
         self.address = address
         self.max_connections = max_connections
+        self.max_per_source = max_per_source            # 0: no bound per source
+        self.by_source: dict[str, set[asyncio.BaseTransport]] = {}
         self.pending = pending if pending is not None else PendingHandshakes()     # over all HTTPS ports
         self.open: set[asyncio.BaseTransport] = set()
         self._admitted = 0
@@ -262,17 +275,30 @@ class IngressListeners:
         self._rng = random.Random()
 
     def admit(self, transport: asyncio.BaseTransport) -> bool:
-        """Count `transport` in, unless `max_connections` are open (see the module docstring)."""
-        limit = self.max_connections
-        if limit is None:
+        """Count `transport` in, unless `max_connections` are open, or `max_per_source` from its
+        source (see the module docstring)."""
+        limit, per = self.max_connections, self.max_per_source
+        if limit is None and not per:
             return True
         self._admitted += 1
-        if self._admitted % PRUNE_EVERY == 0 or len(self.open) >= limit:
+        if self._admitted % PRUNE_EVERY == 0 or limit is not None and len(self.open) >= limit:
             self.open = {t for t in self.open if not t.is_closing()}
-            if len(self.open) >= limit:
+            self.by_source = {k: alive for k, v in self.by_source.items()
+                              if (alive := {t for t in v if t in self.open})}
+            if limit is not None and len(self.open) >= limit:
                 self.overloaded += 1
                 refused_at_bound(self.overloaded, "ingress", limit, "aborted")
                 return False
+        if per:
+            source = peer_key((transport.get_extra_info("peername") or ("",))[0])
+            mine = self.by_source.get(source)
+            if mine is not None and len(mine) >= per:
+                mine = self.by_source[source] = {t for t in mine if not t.is_closing()}
+                if len(mine) >= per:
+                    self.overloaded += 1
+                    refused_at_bound(self.overloaded, f"ingress source {source}", per, "aborted", "per_source")
+                    return False
+            self.by_source.setdefault(source, set()).add(transport)
         self.open.add(transport)
         return True
 

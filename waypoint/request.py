@@ -68,6 +68,7 @@ class Downstream:
     service: str = ""                       # "ns/name" of the destination Service, if known
     hostname: str = ""                      # its FQDN
     listener: str = ""                      # ingress HTTPS: the listener group the SNI chose
+    edge: str = ""                          # ingress: the client connection's scheme (http, https); "" in the mesh
 
 
 @dataclass(frozen=True)

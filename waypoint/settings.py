@@ -75,6 +75,12 @@ class WaypointSettings:
                                   "reset, counted (/stats overloaded) and logged. ~65 KiB each when idle: the "
                                   "default keeps a 1 GiB pod clear of its OOM kill (Envoy: "
                                   "global_downstream_max_connections)", check=positive)
+    max_connections_per_source: int = option(
+        4096, "an ingress gateway: connections one client source (an IPv4 address, an IPv6 /64) may hold open at "
+        "once, each process (each worker); more are reset and counted, so one client cannot take every "
+        "--max-connections slot and lock the others out. Half of --max-connections by default: clients behind "
+        "one NAT, or a load balancer that SNATs (externalTrafficPolicy: Cluster), share a source (0: unlimited)",
+        check=non_negative)
     max_connections_per_identity: int = option(
         1024, "HBONE connections one source identity (SPIFFE ID) may hold at once, each process (each worker); "
         "more are reset after the handshake and counted, so one workload cannot take every "

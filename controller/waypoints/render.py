@@ -86,6 +86,7 @@ WAYPOINT_MEMORY_LIMIT_MIB = 1024
 # connections to the workers in turn, so a source's share of the pod stays what it was, and a
 # per-source bound as large as a worker's whole bound would let one source fill a worker.
 WAYPOINT_POD_BOUNDS = {"--max-connections": 8192, "--max-connections-per-identity": 1024,
+                       "--max-connections-per-source": 4096,
                        "--max-pending-handshakes": MAX_PENDING_HANDSHAKES,
                        "--max-pending-handshakes-per-source": MAX_PENDING_HANDSHAKES_PER_SOURCE}
 

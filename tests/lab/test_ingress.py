@@ -159,14 +159,19 @@ def test_outside_client_reaches_mesh_services_through_the_ingress_gateway(lab: L
         lab.wait_for(lambda: outside_curl(lab, f"http://{HOSTS[0]}/", *resolve).returncode == 0, timeout=20,
                      what="the ingress answering on port 80")
         # HTTPS: SNI chooses each hostname's own certificate, which curl verifies against the test CA
-        for h in HOSTS:
-            p = outside_curl(lab, f"https://{h}/hello", "-v", "--cacert", str(ca), *resolve)
+        # (HTTP/1.1 and HTTP/2; headers only a proxy may set, forged by the client, do not pass)
+        forged = ["-H", "x-forwarded-proto: http", "-H", "x-forwarded-client-cert: By=spiffe://x;URI=spiffe://y",
+                  "-H", "x-envoy-retry-on: 5xx"]
+        for h, version in zip(HOSTS, ("--http1.1", "--http2"), strict=False):
+            p = outside_curl(lab, f"https://{h}/hello", "-v", version, "--cacert", str(ca), *forged, *resolve)
             assert p.returncode == 0, p.stderr
             assert f"subject: CN={h}" in p.stderr, p.stderr
             r = json.loads(p.stdout)
             assert r["pod"] == "echo-v1" and r["path"] == "/hello"
             # the app sees the gateway's address; the client's is in X-Forwarded-For
             assert r["headers"]["x-forwarded-for"] == client_ip
+            assert r["headers"]["x-forwarded-proto"] == "https", (version, r["headers"])
+            assert not {"x-forwarded-client-cert", "x-envoy-retry-on"} & set(r["headers"]), r["headers"]
         # a hostname no listener serves: no certificate, the handshake is refused
         p = outside_curl(lab, "https://c.example.org/", "--cacert", str(ca), "--resolve", f"c.example.org:443:{ip}")
         assert p.returncode != 0

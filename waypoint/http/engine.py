@@ -138,7 +138,13 @@ class Engine:
 
 class TunnelProtocol(asyncio.Protocol):
     """Sniffs a tunnel's first bytes (detect.py), then hands the transport to the HTTP/1, HTTP/2
-    or opaque side, replaying what it read."""
+    or opaque side, replaying what it read.
+
+    An ingress gateway's client (`Downstream.edge`) speaks HTTP, or nothing: its listener has no
+    opaque side. Bytes that are not HTTP go to the HTTP/1 side, which answers them 400 as Envoy's
+    codec does (not a silent close), and a client gets `header_timeout`, not `detect_timeout`, to
+    send its first request: a browser's preconnected connection (opened, then used a few seconds
+    later) was closed after 1 s, the request it then sent failing."""
 
     def __init__(self, engine: Engine, downstream: Downstream) -> None:
         self.engine = engine
@@ -149,7 +155,9 @@ class TunnelProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._timer = self.engine.loop.call_later(self.engine.settings.detect_timeout, self._timeout)
+        s = self.engine.settings
+        self._timer = self.engine.loop.call_later(s.header_timeout if self.downstream.edge else s.detect_timeout,
+                                                  self._timeout)
 
     def data_received(self, data: bytes) -> None:
         verdict = self.detector.feed(data)
@@ -169,24 +177,30 @@ class TunnelProtocol(asyncio.Protocol):
     def _timeout(self) -> None:
         self._timer = None
         if self.transport is not None and not self.transport.is_closing():
-            self._switch(self.detector.timeout(), eof=False)
+            self._switch(self.detector.timeout(), eof=False, timed_out=True)
 
     def _cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _switch(self, verdict: Verdict, eof: bool) -> None:
+    def _switch(self, verdict: Verdict, eof: bool, timed_out: bool = False) -> None:
         self._cancel()
         t = self.transport
         assert t is not None
         early = bytes(self.detector.buffer)
         self.detector.buffer.clear()
+        if verdict is Verdict.OPAQUE and self.downstream.edge:
+            if timed_out:       # no request line within header_timeout (a slowloris, or an unused connection)
+                t.close()
+                return
+            verdict = Verdict.HTTP1
         if verdict is Verdict.OPAQUE:
             OpaqueRelay(self.engine, self.downstream, t, early, eof)
             return
-        proto: H1Server | H2Server = H1Server(self.engine, self.downstream) if verdict is Verdict.HTTP1 \
-            else H2Server(self.engine, self.downstream)
+        # HTTP/1 has no :scheme: an ingress client's is its connection's (a redirect keeps https)
+        proto: H1Server | H2Server = H1Server(self.engine, self.downstream, self.downstream.edge or "http") \
+            if verdict is Verdict.HTTP1 else H2Server(self.engine, self.downstream)
         t.set_protocol(proto)
         proto.connection_made(t)
         # A tunnel that arrives while the engine drains (the HBONE listener accepts for a while

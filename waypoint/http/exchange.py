@@ -42,7 +42,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from waypoint.http import attempt, shadow
+from waypoint.http import attempt, edge, shadow
 from waypoint.http.chunks import keep
 from waypoint.http.grpcframes import MessageCounter
 from waypoint.http.headers import add_forwarded, grpc_status_for, strip_hop_by_hop
@@ -133,6 +133,8 @@ class Exchange:
     def start(self) -> None:
         e = self.engine
         head = self.head
+        if self.downstream.edge:    # an ingress gateway's client: its headers as an edge proxy passes them
+            head.headers = edge.sanitize(head.headers, self.downstream.edge, self.downstream.source_ip)
         tracing = getattr(e, "tracing", None)   # waypoint.telemetry.tracing_sdk.Tracing, when the waypoint traces
         self.trace = tracing.server(head, self.downstream, self.record) if tracing is not None else None
         head.headers, self.record.request_id = add_forwarded(head.headers, head.scheme, e.rng)

@@ -21,6 +21,9 @@
   has one: a waypoint without tracing that added an unsampled `traceparent` to every request told
   each app's parent-based sampler (OpenTelemetry's default) never to trace.
 - `x-forwarded-proto` is set to the downstream scheme when the client did not send one.
+
+An ingress gateway's clients (from outside the mesh) are sanitized first, as an edge Envoy does:
+their x-request-id is replaced, x-forwarded-proto set from the connection, ... (waypoint/http/edge.py).
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ As Envoy (the HTTP connection manager with an OpenTelemetry or Zipkin tracer):
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import random
 import re
@@ -122,24 +121,6 @@ def extract(headers: Iterable[tuple[str, str]]) -> tuple[Context | None, bool]:
         if t is not None and s is not None:
             ctx = Context(t, s, True if flags == "1" else _b3_sampled(smp))
     return ctx, force
-
-
-# Envoy's internal addresses when no internal_address_config is set (Network::Utility::
-# isInternalAddress): RFC 1918, IPv4 loopback, IPv6 unique local (fc00::/7) and loopback.
-_INTERNAL = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-                                                     "127.0.0.1/32", "fc00::/7", "::1/128"))
-
-
-def internal_address(ip: str) -> bool:
-    """Whether a client at `ip` is internal, as Envoy's edge (use_remote_address, Istio's gateways)
-    decides before it honours internal-only headers such as `x-envoy-force-trace`: an external
-    client's is removed, so it cannot force a trace (docs: "If an internal request sets this
-    header, Envoy will modify the generated x-request-id such that it forces traces")."""
-    try:
-        a = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return any(a in n for n in _INTERNAL if n.version == a.version)
 
 
 def sample(parent: Context | None, force: bool, percent: float, rng: random.Random, request_id: str = "") -> bool:

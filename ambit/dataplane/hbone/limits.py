@@ -57,9 +57,11 @@ DEFENSES: dict[str, int] = dict.fromkeys(("reset_budget", "header_flood", "unrea
 # - `per_identity`: the peer's identity already held its limit of connections: the new one was
 #   reset (ztunnel reads its node-wide limiter's own count instead);
 # - `pending_handshakes`: `PendingHandshakes.limit` handshakes were under way: the oldest was aborted;
-# - `pending_handshakes_per_source`: its source IP had `per_source` under way: the new one was closed.
+# - `pending_handshakes_per_source`: its source IP had `per_source` under way: the new one was closed;
+# - `per_source`: an ingress gateway's client source (an IPv4 address, an IPv6 /64) held its limit
+#   of open connections: the new one was reset.
 REFUSED: dict[str, int] = dict.fromkeys(("max_connections", "preface_timeout", "per_identity", "pending_handshakes",
-                                         "pending_handshakes_per_source"), 0)
+                                         "pending_handshakes_per_source", "per_source"), 0)
 # Inbound handshakes that arrived before their server certificate and waited for it
 # (ambit/dataplane/acceptloop.py, `Handshakes`): `ambit_handshake_certificate_waits_total{outcome}`.
 # - `came`: the certificate came within the bound and the handshake went on;

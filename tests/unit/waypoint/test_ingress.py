@@ -235,7 +235,7 @@ def test_listeners_serve_each_hostname_its_certificate(tmp_path: Path) -> None:
             assert await _handshake(port, ca, "a.example.com") == ("a.example.com", f"port {port} from 127.0.0.1".encode())
             assert (await _handshake(port, ca, "b.example.com"))[0] == "b.example.com"
             assert seen[-1] == "b", "the engine learns which listener the SNI chose (its Host must agree)"
-            assert await _refused(_handshake(port, ca, "c.example.com"))    # the unrecognized_name alert
+            assert await _refused(_handshake(port, ca, "c.example.com"))    # no listener: the handshake fails
             # TLS 1.2 is fine for a, below b's minimum: the connection is closed unanswered
             assert (await _handshake(port, ca, "a.example.com", ssl.TLSVersion.TLSv1_2))[1].startswith(b"port")
             assert await _refused(_handshake(port, ca, "b.example.com", ssl.TLSVersion.TLSv1_2))
@@ -408,6 +408,49 @@ def test_the_ingress_serves_at_most_max_connections_over_all_its_ports() -> None
             assert lst.overloaded == 2
             w2.close()
             w3.close()
+        finally:
+            await lst.close()
+
+    asyncio.run(run())
+
+
+def test_one_client_source_cannot_take_every_connection_slot() -> None:
+    """Many idle connections from one address: past `max_per_source` a new one from that source is
+    aborted unserved and counted, while another client is still served. Before, one client could
+    hold all `max_connections` slots (an idle keep-alive connection lives an hour) and every
+    other client was refused."""
+    port = _free_port()
+    served: list[object] = []
+
+    def serve(plug, down) -> None:
+        served.append(plug)
+
+    def refused() -> float:
+        return sample(exposition(health_collector()), "ambit_connections_refused_total", limit="per_source") or 0.0
+
+    before = refused()
+
+    async def connect(source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+    async def run() -> None:
+        lst = IngressListeners("127.0.0.1", serve, _no_relay, max_connections=4, max_per_source=2)
+        await lst.update(build(IngressGateway("gw", "ns", listeners=[_listener("web", "", port, "HTTP")])))
+        try:
+            held = [await connect("127.0.0.1") for _ in range(2)]
+            await wait_for(lambda: len(served) == 2, "two served")
+            r, w = await connect("127.0.0.1")
+            assert await asyncio.wait_for(r.read(), 5) == b""       # the third from that source: closed
+            w.close()
+            assert refused() == before + 1 and len(served) == 2
+            other = await connect("127.0.0.2")                       # another client still gets in
+            await wait_for(lambda: len(served) == 3, "the other client served")
+            served[0].transport.close()                              # a slot of the first source frees
+            held[0][1].close()
+            again = await connect("127.0.0.1")
+            await wait_for(lambda: len(served) == 4, "a freed slot taken")
+            for _, w in [*held, other, again]:
+                w.close()
         finally:
             await lst.close()
 

@@ -141,5 +141,6 @@ def test_the_families_are_exposed_before_anything_fired() -> None:
     text = exposition(health_collector())
     for d in ("reset_budget", "header_flood", "unread_flood"):
         assert sample(text, DEFENSES, defense=d) is not None
-    for lim in ("max_connections", "preface_timeout", "per_identity", "pending_handshakes", "pending_handshakes_per_source"):
+    for lim in ("max_connections", "preface_timeout", "per_identity", "pending_handshakes", "pending_handshakes_per_source",
+                "per_source"):
         assert sample(text, REFUSED, limit=lim) is not None, lim

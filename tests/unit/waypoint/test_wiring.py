@@ -175,6 +175,26 @@ def free_port() -> int:
         return free.getsockname()[1]
 
 
+def test_the_ingress_listeners_take_their_connection_bounds_from_the_flags() -> None:
+    """`--max-connections` and `--max-connections-per-source` reach an ingress gateway's listeners
+    (a flag left unread would be a silent no-op)."""
+    import asyncio
+
+    async def main() -> None:
+        s = load(["--waypoint", "ns/gw", "--pod-name", "gw-0", "--node", "node1", "--gateway-class", "ambit",
+                  "--ingress-address", "127.0.0.1", "--admin-address", "", "--max-connections", "7",
+                  "--max-connections-per-source", "3"])
+        p = WaypointProxy(s, WaypointConfig(Waypoint("ns", "gw", "ambit"), "cluster.local"), None)
+        await p.start()
+        try:
+            assert p.ingress is not None
+            assert (p.ingress.max_connections, p.ingress.max_per_source) == (7, 3)
+        finally:
+            await p.ingress.close()
+
+    asyncio.run(main())
+
+
 def test_the_hbone_listener_takes_its_connection_bound_from_max_connections() -> None:
     """`--max-connections` and `--max-connections-per-identity` reach the listener (a flag left unread would be a silent no-op), and
     /stats reports the connections refused over it."""

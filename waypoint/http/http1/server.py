@@ -691,7 +691,9 @@ class H1Server(asyncio.Protocol):
         if self._error is not None:
             return
         peer = self.downstream.source_ip or (self.transport.get_extra_info("peername") if self.transport else "")
-        log.warning("HTTP/1 %d to %s: %s", status, peer, reason)
+        # from outside the mesh (an ingress's client) malformed bytes are the internet's routine
+        # noise (scanners): info, or every scanner would write warnings; the access log has each
+        (log.info if self.downstream.edge else log.warning)("HTTP/1 %d to %s: %s", status, peer, reason)
         self._error = (status, reason)
         self._in_head = False
         self._held = None

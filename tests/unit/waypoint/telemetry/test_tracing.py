@@ -205,8 +205,9 @@ def test_a_pod_addressed_requests_span_name_does_not_follow_the_host_header() ->
 
 def test_an_ingress_ignores_and_drops_an_external_clients_force_trace() -> None:
     """Envoy honours `x-envoy-force-trace` on internal requests only; at an edge (Istio's gateways)
-    an external client's is removed. The ingress gateway let any internet client trace every
-    request it sent, at any sampling percentage, here and (the header passed on) at every hop."""
+    an external client's is removed, and the gateway treats every client of its listeners as
+    external. The ingress gateway let any client trace every request it sent, at any sampling
+    percentage, here and (the header passed on) at every hop."""
     from ambit.telemetryconfig import Provider, TracingConfig
     from waypoint.http.record import RequestRecord
     from waypoint.request import Downstream, RequestHead
@@ -219,12 +220,9 @@ def test_an_ingress_ignores_and_drops_an_external_clients_force_trace() -> None:
             head = RequestHead("GET", "/", "shop.example.com", headers=[("x-envoy-force-trace", "true")])
             down = Downstream(source_ip=ip, destination_port=443)
             return edge.server(head, down, RequestRecord("GET", "/", "shop.example.com", "HTTP/1.1", down)) is not None
-        assert not traced("198.51.100.7") and not traced("2001:db8::7")     # the internet
-        assert traced("10.1.2.3") and traced("192.168.0.9") and traced("fd00::5")   # Envoy's internal ranges
+        assert not any(traced(ip) for ip in ("198.51.100.7", "2001:db8::7", "10.1.2.3", "fd00::5"))
     finally:
         edge.shutdown()
-    assert tr.internal_address("172.31.0.1") and not tr.internal_address("172.32.0.1")
-    assert not tr.internal_address("") and not tr.internal_address("not-an-ip")
 
 
 def test_a_client_trace_id_forces_a_trace_from_any_client() -> None:

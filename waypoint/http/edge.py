@@ -1,0 +1,57 @@
+"""The headers of a request from outside the mesh, as an edge proxy sanitizes them (pure).
+
+An ingress gateway's clients are untrusted: whatever they send in a header the mesh gives meaning
+to must not reach the routes, the tracer or the backends as if a proxy had set it. Envoy does this
+at an Istio ingress gateway (`use_remote_address: true`, `xff_num_trusted_hops: 0`, every client
+external; envoy "HTTP header sanitizing"), and `sanitize` does the same:
+
+- the x-envoy control headers an external request may not carry are removed (Envoy's list:
+  `x-envoy-force-trace`, `x-envoy-retry-on`, `x-envoy-max-retries`,
+  `x-envoy-upstream-rq-timeout-ms`, `x-envoy-internal`, ...): passed on, a client could force
+  traces, or steer the retries and timeouts of any Envoy behind the gateway, or claim to be
+  internal;
+- `x-forwarded-client-cert` is removed (Envoy's default `forward_client_cert_details: SANITIZE`;
+  the gateway validates no client certificate, so it has none to set): a backend reading the
+  client's identity from it would otherwise take a forged one;
+- `x-request-id` is removed, so a fresh one is generated (`preserve_external_request_id: false`):
+  a client's id would also choose the trace sampling of every proxy that samples by it;
+- `x-forwarded-proto` is the scheme of the client's connection, whatever the client said (a plain
+  HTTP client saying `https` made backends take it for an HTTPS one);
+- `x-forwarded-for` gets the client's address appended (one field: earlier ones joined), and
+  `x-envoy-external-address` is that address.
+
+Everything else passes as it came: the hop-by-hop rules and the mesh's own headers are
+waypoint/http/headers.py's.
+"""
+
+from __future__ import annotations
+
+# Envoy's sanitized headers that are removed from an external request (and not set again below)
+EXTERNAL_REMOVED = frozenset({
+    "x-envoy-decorator-operation", "x-envoy-downstream-service-cluster", "x-envoy-downstream-service-node",
+    "x-envoy-expected-rq-timeout-ms", "x-envoy-force-trace", "x-envoy-internal", "x-envoy-ip-tags",
+    "x-envoy-max-retries", "x-envoy-retry-grpc-on", "x-envoy-retry-on", "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-per-try-timeout-ms", "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-upstream-rq-timeout-ms", "x-envoy-upstream-stream-duration-ms",
+    "x-forwarded-client-cert", "x-request-id",
+})
+_SET = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-envoy-external-address"})
+
+
+def sanitize(headers: list[tuple[str, str]], scheme: str, client_ip: str) -> list[tuple[str, str]]:
+    """`headers` (lower-case names) of a request from `client_ip` on a connection of `scheme`
+    ("http" or "https") as an edge proxy passes them on (see the module docstring)."""
+    prior = []
+    out = []
+    for k, v in headers:
+        if k in EXTERNAL_REMOVED:
+            continue
+        if k in _SET:
+            if k == "x-forwarded-for" and v.strip():
+                prior.append(v.strip())
+            continue
+        out.append((k, v))
+    out.append(("x-forwarded-for", ",".join([*prior, client_ip])))
+    out.append(("x-forwarded-proto", scheme))
+    out.append(("x-envoy-external-address", client_ip))
+    return out
