@@ -98,11 +98,20 @@ class IngressView:
     ports: Mapping[int, IngressPort] = field(default_factory=dict)
 
 
+# The minimum TLS versions a listener may ask for ("": the default, TLS 1.2)
+TLS_MIN_VERSIONS = ("", "1.2", "1.3")
+
+
 def build(gateway: IngressGateway | None, cluster_domain: str = "cluster.local") -> IngressView:
     if gateway is None:
         return IngressView()
     by_port: dict[int, list[IngressListener]] = {}
     for ln in gateway.listeners:
+        if ln.tls_min_version not in TLS_MIN_VERSIONS:
+            # a newer controller's value: serving TLS 1.2 instead would weaken what was asked for,
+            # so the update is refused (the client NACKs it and keeps the last good listeners)
+            raise ValueError(f"ingress listener {ln.name} (port {ln.port}): tls_min_version "
+                             f"{ln.tls_min_version[:16]!r} is not one this version serves (1.2, 1.3)")
         by_port.setdefault(ln.port, []).append(ln)
     ports = {}
     for port, lns in by_port.items():

@@ -89,7 +89,7 @@ Relay = Callable[[asyncio.Transport, Downstream, bytes], None]
 def listener_context(ln: IngressListener) -> ssl.SSLContext:
     """The certificates of one HTTPS listener (several: OpenSSL picks by key type, e.g. ECDSA and RSA)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = VERSIONS.get(ln.tls_min_version, ssl.TLSVersion.TLSv1_2)
+    ctx.minimum_version = VERSIONS[ln.tls_min_version or "1.2"]     # others are refused (ingress.build)
     ctx.set_alpn_protocols(ALPN)
     for c in ln.certificates:
         load_chain_from_memory(ctx, c.key_pem.encode(), [c.cert_pem])
