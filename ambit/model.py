@@ -213,6 +213,9 @@ class Workload(Resource):
     probe_ports: list[int] = field(default_factory=list)  # kubelet probes' ports (ambit.probes)
     netns: str = ""                     # lab only: the pod's netns path
     cgroup: str = ""                    # lab only: the pod's cgroup path
+    # "region/zone/subzone" from its node's topology labels (or the pod's `istio-locality` label):
+    # locality load balancing at the waypoint. "": unknown, which balances as before (one locality).
+    locality: str = ""
 
     @property
     def resource_name(self) -> str:
@@ -543,6 +546,13 @@ class TrafficPolicy:
     retry_budget_percent: float = 20.0
     retry_budget_min_concurrency: int = 3
     retry_budget_interval: float = 0.0  # budgetInterval (s); 0: the budget counts active requests only
+    # loadBalancer.localityLbSetting (waypoint/traffic/locality.py). Istio's mesh default has it
+    # enabled: with outlier detection, endpoints are prioritised by locality unless disabled.
+    locality_disabled: bool = False     # enabled: false
+    # distribute: [[from, {to: weight}]], in the rule's order (the first `from` matching the proxy applies)
+    locality_distribute: list[list[Any]] = field(default_factory=list)
+    locality_failover: list[list[str]] = field(default_factory=list)     # failover: [[from region, to region]]
+    locality_failover_priority: list[str] = field(default_factory=list)  # failoverPriority: labels (or label=value)
     tls_mode: str = ""                  # DISABLE | SIMPLE | MUTUAL | ISTIO_MUTUAL
     sni: str = ""
     subject_alt_names: list[str] = field(default_factory=list)

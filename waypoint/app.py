@@ -71,6 +71,7 @@ from waypoint.telemetry.mirrors import MirrorCollector
 from waypoint.telemetry.tracing_settings import settings_tracing, tracing_identity
 from waypoint.traffic.cluster import Cluster, Clusters
 from waypoint.traffic.hashkey import HashKey
+from waypoint.traffic.locality import Place
 
 if TYPE_CHECKING:
     from waypoint.telemetry.tracing_sdk import TracingFor
@@ -78,6 +79,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("ambit.waypoint")
 access = logging.getLogger("ambit.waypoint.access")
 _TARGETS_CACHED = 4096      # upstream targets cached per config View (endpoints x sources)
+
+
+def _place(v: View, pick: endpoints.Pick) -> Place:
+    """Where an endpoint runs, for locality balancing: its Workload's locality and labels ("" and
+    none for an endpoint that is no pod, e.g. a ServiceEntry address)."""
+    wl = v.by_ip.get(pick.ip) if pick.workload else None
+    return (wl.locality, wl.labels) if wl is not None else ("", {})
+
+
+def _choose_among(v: View, cands: Sequence[endpoints.Pick], cluster: Cluster) -> endpoints.Pick | None:
+    """`Waypoint._choose` for candidates not from the View's cache (opaque connections)."""
+    return WaypointProxy._choose(cands, cluster, addresses=[p.address for p in cands],
+                            places=[_place(v, p) for p in cands] if cluster.locality is not None else None)
 
 
 def parse_authority(value: str) -> tuple[str, int]:
@@ -403,7 +417,14 @@ class WaypointProxy:
             self.clusters.update({s: hr.config for s, hr in view.table.by_service.items() if hr.config is not None},
                                  view.services)
             self._clusters_view = view
+            wl = self._own_workload()       # where this waypoint runs: locality balancing's vantage point
+            own = (wl.locality, wl.labels) if wl is not None else ("", {})
+            moved = own != self.clusters.own
+            if moved:
+                self.clusters.own = own
             for c in self.clusters:     # endpoints gone since the last request leave no state behind
+                if moved:
+                    c.own, c.basis, c.hosts = own, None, ()
                 if c.hosts:
                     # a cluster's endpoints are a function of its Service's (the config stream
                     # replaces a changed Service, never mutates it) and, for a subset, workloads'
@@ -414,7 +435,7 @@ class WaypointProxy:
                         continue
                     c.basis = basis
                     cached = self._candidates(view, svc, c.key.port, c.hostname, c.key.subset) if svc else None
-                    c.set_hosts(cached[1] if cached is not None else ())
+                    c.set_hosts(*(cached[1:] if cached is not None else ((), None)))
         return self.clusters
 
     def cluster(self, service: str, port: int, subset: str = "", hostname: str = "") -> Cluster:
@@ -443,13 +464,14 @@ class WaypointProxy:
             cached = self._candidates(v, svc, fwd.port, fwd.hostname or svc.hostname, fwd.subset)
             if cached is None:
                 return None
-        return self._choose(cached[0], cluster, exclude, key, cached[1])
+        return self._choose(cached[0], cluster, exclude, key, cached[1], cached[2])
 
     @staticmethod
     def _candidates(v: View, svc: Service, port: int, hostname: str,
-                    subset: str) -> tuple[tuple[endpoints.Pick, ...], tuple[str, ...]] | None:
-        """The ready endpoints of a Service port (and subset) and their addresses, cached for the
-        View's life; None when the subset is not defined."""
+                    subset: str) -> tuple[tuple[endpoints.Pick, ...], tuple[str, ...], tuple[Place, ...]] | None:
+        """The ready endpoints of a Service port (and subset), their addresses and their places
+        (locality and labels, for locality balancing), cached for the View's life; None when the
+        subset is not defined."""
         ck = (svc.resource_name, port, hostname, subset)
         cached = v.candidates_cache.get(ck)
         if cached is None:
@@ -457,14 +479,15 @@ class WaypointProxy:
             if subset and labels is None:
                 return None
             cands = tuple(endpoints.candidates(svc, port, labels, v.workloads, v.by_ip))
-            cached = v.candidates_cache[ck] = (cands, tuple(p.address for p in cands))
+            cached = v.candidates_cache[ck] = (cands, tuple(p.address for p in cands), tuple(_place(v, p) for p in cands))
         return cached
 
     @staticmethod
     def _choose(cands: Sequence[endpoints.Pick], cluster: Cluster, exclude: frozenset[str] = frozenset(),
-                key: HashKey | None = None, addresses: Sequence[str] | None = None) -> endpoints.Pick | None:
+                key: HashKey | None = None, addresses: Sequence[str] | None = None,
+                places: Sequence[Place] | None = None) -> endpoints.Pick | None:
         hosts = addresses if addresses is not None else [p.address for p in cands]
-        address = cluster.choose(hosts, exclude, key)
+        address = cluster.choose(hosts, exclude, key, places)
         if address is None:
             return None
         try:
@@ -569,8 +592,8 @@ class WaypointProxy:
             if svc is not None and svc.kind == "ServiceEntry" and svc.resolution == "NONE":
                 pick = endpoints.original(down.destination_ip, down.destination_port, svc)
             else:
-                pick = self._choose(endpoints.candidates(svc, down.destination_port, None, v.workloads, v.by_ip),
-                                    cluster) if svc is not None and cluster is not None else None
+                pick = _choose_among(v, endpoints.candidates(svc, down.destination_port, None, v.workloads, v.by_ip),
+                                     cluster) if svc is not None and cluster is not None else None
         else:
             pick = endpoints.pick_workload(down.destination_ip, down.destination_port, v.by_ip)
         return await self._open_opaque(pick, cluster, down.source_ip)
@@ -596,7 +619,7 @@ class WaypointProxy:
             log.info("ingress connection from %s rejected: %s has no subset %s", down.source_ip, dest.host, dest.subset)
             return None
         cluster = self.cluster(dest.service, dest.port, dest.subset, dest.host)
-        pick = self._choose(endpoints.candidates(svc, dest.port, labels, v.workloads, v.by_ip), cluster)
+        pick = _choose_among(v, endpoints.candidates(svc, dest.port, labels, v.workloads, v.by_ip), cluster)
         return await self._open_opaque(pick, cluster, down.source_ip)
 
     async def _open_opaque(self, pick: endpoints.Pick | None, cluster: Cluster | None,

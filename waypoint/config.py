@@ -65,8 +65,8 @@ class View:
     side: str = SERVER                  # the Telemetry API's side: CLIENT for an ingress gateway (as Istio's)
     _telemetry_cache: dict[str, TelemetryConfig] = field(default_factory=dict, compare=False, repr=False)
     # (service, port, hostname, subset) -> its ready endpoints and their addresses (waypoint/app.py
-    # `_pick`): a pure function of this View, so cached for its life like the telemetry above
-    candidates_cache: dict[tuple[str, int, str, str], tuple[tuple[Any, ...], tuple[str, ...]]] = field(
+    # `_pick`) and their places (locality, labels): a pure function of this View, so cached for its life
+    candidates_cache: dict[tuple[str, int, str, str], tuple[tuple[Any, ...], tuple[str, ...], tuple[Any, ...]]] = field(
         default_factory=dict, compare=False, repr=False)
     # (address, protocol, source ip, cluster) -> the UpstreamTarget a request to that endpoint gets
     # (waypoint/app.py `_target`): built once per View, not per request (it holds a connector)

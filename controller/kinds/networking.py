@@ -220,12 +220,67 @@ ConsistentHash = Obj({
     "minimumRingSize": Int(minimum=0),
 }, one_of=(("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName"), ("ringHash", "maglev")))
 
+_TOPOLOGY_LABELS = ("topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone")
+
+
+def _locality_rule_errors(loc: str) -> str | None:
+    """Istio's validateLocalities, for one locality of `distribute`: region[/zone[/subzone]], at most
+    one `*`, and only as the last part."""
+    parts = loc.split("/")
+    if not loc or len(parts) > 3 or any(not p for p in parts):
+        return f"locality {loc!r} must be region[/zone[/subzone]]"
+    if loc.count("*") > 1 or ("*" in loc and parts[-1] != "*") or any("*" in p and p != "*" for p in parts):
+        return f"locality {loc!r}: the wildcard '*' may appear once, as the last part"
+    return None
+
+
+def _check_locality(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """Istio's validateLocalityLbSetting (pilot/pkg/model/validation, `validateLocalityLbSetting`)."""
+    distribute, failover = value.get("distribute") or [], value.get("failover") or []
+    if distribute and failover:
+        errs.append((path, "distribute and failover cannot both be set"))
+        return
+    if failover:
+        for label in value.get("failoverPriority") or []:
+            if label.partition("=")[0] in _TOPOLOGY_LABELS:
+                errs.append((join(path, "failoverPriority"), f"cannot set failover and the topology label {label!r} "
+                             "in failoverPriority at once"))
+    seen: set[str] = set()
+    for i, d in enumerate(distribute):
+        at = f"{join(path, 'distribute')}[{i}]"
+        frm = d.get("from", "")
+        for why in (_locality_rule_errors(loc) for loc in (frm, *(d.get("to") or {}))):
+            if why:
+                errs.append((at, why))
+        if frm in seen:
+            errs.append((join(at, "from"), f"locality {frm!r} appears in more than one distribute rule"))
+        seen.add(frm)
+        to = d.get("to") or {}
+        if not to:
+            errs.append((join(at, "to"), "must name at least one locality"))
+        elif any(w < 1 for w in to.values()):
+            errs.append((join(at, "to"), "locality weights must be in 1..100"))
+        elif sum(to.values()) != 100:
+            errs.append((join(at, "to"), f"locality weights must sum to 100, not {sum(to.values())}"))
+    for i, f in enumerate(failover):
+        at = f"{join(path, 'failover')}[{i}]"
+        frm, to = f.get("from", ""), f.get("to", "")
+        if not frm or not to:
+            errs.append((at, "failover must set from and to"))
+        elif frm == to:
+            errs.append((at, "failover from and to must be different regions"))
+        if "/" in frm or "/" in to:
+            errs.append((at, "failover from and to are regions only (no '/')"))
+        if "*" in frm or "*" in to:
+            errs.append((at, "failover regions cannot contain the wildcard '*'"))
+
+
 LocalityLbSetting = Obj({
     "enabled": Bool(),
-    "distribute": Arr(Obj({"from": Str(), "to": Map(Int(minimum=0, maximum=100))})),
+    "distribute": Arr(Obj({"from": Str(min_len=1), "to": Map(Int(minimum=0, maximum=100))}, required=("from", "to"))),
     "failover": Arr(Obj({"from": Str(), "to": Str()})),
     "failoverPriority": Strings,
-})
+}, checks=(_check_locality,))
 
 LoadBalancer = Obj({
     # LEAST_CONN is Istio's deprecated spelling of LEAST_REQUEST; both are accepted.
@@ -238,8 +293,8 @@ LoadBalancer = Obj({
 }, one_of=(("simple", "consistentHash"),), unsupported={
     "backendUtilization": "backendUtilization is not supported by Ambit: the waypoint receives no ORCA load "
                           "reports from backends; use simple: LEAST_REQUEST",
-    "zoneAwareLbSetting": "zoneAwareLbSetting is not supported by Ambit: it does not know the zones of nodes "
-                          "and endpoints",
+    "zoneAwareLbSetting": "zoneAwareLbSetting is not supported by Ambit: use localityLbSetting (the waypoint "
+                          "prioritises endpoints by locality)",
 })
 
 ConnectionPool = Obj({

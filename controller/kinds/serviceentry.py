@@ -70,7 +70,7 @@ WorkloadEntryEndpoint = Obj({
     "weight": Int(minimum=0, maximum=2**32 - 1),
 }, unsupported={
     "network": "network is not supported by Ambit: the mesh is one network",
-    "locality": "locality is not supported by Ambit: it does not know the zones of nodes and endpoints",
+    "locality": "locality is not supported by Ambit for ServiceEntry endpoints (mesh pods take their node's)",
     "serviceAccount": "serviceAccount is not supported by Ambit: endpoints of a ServiceEntry are not mesh "
                       "workloads with identities (MESH_INTERNAL endpoints that are mesh pods use their pod's)",
 })

@@ -434,6 +434,12 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
             t.hash_ring_size = int((ch.get("ringHash") or {}).get("minimumRingSize") or ch.get("minimumRingSize") or 0)
     elif lb.get("simple"):
         t.lb = {"LEAST_CONN": "LEAST_REQUEST", "UNSPECIFIED": ""}.get(lb["simple"], lb["simple"])
+    loc = lb.get("localityLbSetting")
+    if loc is not None:     # waypoint/traffic/locality.py; unset: Istio's mesh default (enabled)
+        t.locality_disabled = loc.get("enabled") is False
+        t.locality_distribute = [[d.get("from", ""), dict(d.get("to") or {})] for d in loc.get("distribute") or []]
+        t.locality_failover = [[f.get("from", ""), f.get("to", "")] for f in loc.get("failover") or []]
+        t.locality_failover_priority = list(loc.get("failoverPriority") or [])
     warm = lb.get("warmup") or {}
     if warm:
         t.warmup_duration = _seconds(warm.get("duration"))

@@ -194,6 +194,37 @@ def _endpoints_from_slices(slices: list[Obj], ports: list[ServicePort], named: b
     return list(out.values())
 
 
+# Where a pod runs, for locality load balancing (waypoint/traffic/locality.py): its node's
+# well-known topology labels, as Istio reads them, or the pod's own `istio-locality` label
+# ("region.zone.subzone": label values cannot hold "/"), which Istio lets override them.
+REGION_LABEL = "topology.kubernetes.io/region"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+SUBZONE_LABEL = "topology.istio.io/subzone"
+LOCALITY_LABEL = "istio-locality"
+
+
+def node_localities(idx: Index) -> dict[str, str]:
+    """Node name -> "region/zone/subzone" ("" parts where a label is missing; no entry when the
+    node has none of the labels)."""
+    out = {}
+    for node in idx.kind("Node"):
+        labels = labels_of(node)
+        parts = [labels.get(k, "") for k in (REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL)]
+        if any(parts):
+            out[name_of(node)] = "/".join(parts)
+    return out
+
+
+def pod_locality(pod: Obj, nodes: dict[str, str]) -> str:
+    """The pod's locality: its `istio-locality` label, else its node's; "" when unknown."""
+    own = labels_of(pod).get(LOCALITY_LABEL, "")
+    if own:
+        r, _, rest = own.partition(".")
+        z, _, s = rest.partition(".")
+        return f"{r}/{z}/{s}"
+    return nodes.get((pod.get("spec") or {}).get("nodeName", ""), "")
+
+
 def translate_workloads(idx: Index, services: list[Service], trust_domain: str) -> list[Workload]:
     by_uid: dict[str, dict[str, list[int]]] = {}
     by_ip: dict[tuple[str, str], dict[str, list[int]]] = {}
@@ -204,6 +235,7 @@ def translate_workloads(idx: Index, services: list[Service], trust_domain: str) 
                 (svc.namespace, ep.ip), {})
             target[key] = [p.port for p in svc.ports]
     out = []
+    nodes = node_localities(idx)
     for pod in idx.kind("Pod"):
         with blame(pod):
             if not has_sandbox(pod):
@@ -229,5 +261,6 @@ def translate_workloads(idx: Index, services: list[Service], trust_domain: str) 
                 probe_ports=probe_ports(pod),
                 netns=annotations.get(NETNS_ANNOTATION, ""),
                 cgroup=annotations.get(CGROUP_ANNOTATION, ""),
+                locality=pod_locality(pod, nodes),
             ))
     return out

@@ -18,8 +18,8 @@ validator refuses what can never work; this module finds what is valid but does 
   serves: the waypoint is what applies them, so until one serves the host they change nothing.
 - Namespaces, Pods and Services whose Ambit labels or balancing fields do nothing as written
   (`controller.waypoints.label_advisories`).
-- Fields the waypoint accepts but does not apply (CORS, session persistence, locality load
-  balancing, a few connection-pool knobs, TLS origination, PROXY protocol), fields it applies
+- Fields the waypoint accepts but does not apply (CORS, session persistence, locality failover
+  without outlier detection, a few connection-pool knobs, TLS origination, PROXY protocol), fields it applies
   differently from Istio (a fault without a percentage, `exponentialDelay`, a mirror to a host that
   is no mesh Service), and VirtualService `delegate`, `tcp` and `tls` routes, `match.statPrefix`
   and the `retryOn` values Istio accepts that the waypoint does not apply (ambit.resilience).
@@ -70,8 +70,6 @@ NOT_YET_VS_HTTP = {"corsPolicy": "CORS"}
 NOT_YET_GW_RULE = {"sessionPersistence": "session persistence"}
 # DestinationRule traffic-policy fields, by path below the policy: why each is not applied.
 NOT_APPLIED_POLICY_FIELDS = {
-    "loadBalancer.localityLbSetting": "accepted, not applied: Ambit does not balance by locality (endpoints carry "
-                                      "no region or zone)",
     "connectionPool.tcp.tcpKeepalive": "accepted, not applied: the waypoint reaches endpoints over pooled HBONE "
                                        "connections, which do not take per-cluster TCP keepalive settings",
     "connectionPool.tcp.maxConnectionDuration": "accepted, but not enforced yet: the waypoint does not close "
@@ -84,6 +82,11 @@ NOT_APPLIED_POLICY_FIELDS = {
     "connectionPool.http.maxConcurrentStreams": "accepted, but not enforced yet: the waypoint takes the upstream's "
                                                 "own SETTINGS_MAX_CONCURRENT_STREAMS",
 }
+# Istio's own warning ("outlier detection policy must be provided for failover"): without outlier
+# detection no endpoint is ever unhealthy, so Istio does not prioritise by locality at all.
+LOCALITY_NEEDS_OUTLIER = ("accepted, not applied: locality failover applies only with outlierDetection in the same "
+                          "trafficPolicy (without it no endpoint is ever ejected, so endpoints are not prioritised "
+                          "by locality, as in Istio); distribute applies without it")
 NOT_APPLIED_DR_POLICY = {
     "tls": "accepted, not applied: in-mesh traffic is always HBONE mutual TLS, so client TLS settings do not apply",
     "tunnel": "accepted, not applied: the waypoint does not tunnel to other proxies",
@@ -630,9 +633,11 @@ def _entry_tls(tls: Obj, base: str) -> list[tuple[str, str]]:
     return out
 
 
-def _policy_fields(p: Obj | None, base: str, entry: bool = False) -> list[tuple[str, str]]:
+def _policy_fields(p: Obj | None, base: str, entry: bool = False, outlier: bool = False) -> list[tuple[str, str]]:
     """(path, reason) of every traffic-policy field that is not applied. `entry`: the host is a
-    ServiceEntry's, whose waypoint originates TLS."""
+    ServiceEntry's, whose waypoint originates TLS; `outlier`: the policy this one is merged over
+    (the host's, for a subset or port) has outlier detection."""
+    outlier = outlier or (p or {}).get("outlierDetection") is not None
     out = []
     for path, why in NOT_APPLIED_POLICY_FIELDS.items():
         v: Any = p or {}
@@ -640,6 +645,10 @@ def _policy_fields(p: Obj | None, base: str, entry: bool = False) -> list[tuple[
             v = v.get(part) if isinstance(v, dict) else None
         if v is not None:
             out.append((f"{base}.{path}", why))
+    loc = ((p or {}).get("loadBalancer") or {}).get("localityLbSetting")
+    if loc is not None and loc.get("enabled") is not False and not loc.get("distribute") \
+            and not outlier:
+        out.append((f"{base}.loadBalancer.localityLbSetting", LOCALITY_NEEDS_OUTLIER))
     if ((p or {}).get("loadBalancer") or {}).get("simple") == "PASSTHROUGH":
         out.append((f"{base}.loadBalancer.simple", "PASSTHROUGH is not applied behind a waypoint: it balances "
                     "LEAST_REQUEST, Istio's default"))
@@ -649,7 +658,8 @@ def _policy_fields(p: Obj | None, base: str, entry: bool = False) -> list[tuple[
         elif (p or {}).get(f) is not None:
             out.append((f"{base}.{f}", why))
     for i, pl in enumerate((p or {}).get("portLevelSettings") or []):
-        out += _policy_fields({k: v for k, v in pl.items() if k != "port"}, f"{base}.portLevelSettings[{i}]", entry)
+        out += _policy_fields({k: v for k, v in pl.items() if k != "port"}, f"{base}.portLevelSettings[{i}]", entry,
+                              outlier)
     return out
 
 
@@ -671,8 +681,9 @@ def _dr_fields(o: Obj, entry_hosts: set[str] = frozenset()) -> list[Advisory]:  
     spec, ref = o.get("spec") or {}, object_ref(o)
     entry = spec.get("host") in entry_hosts
     found = _policy_fields(spec.get("trafficPolicy"), "spec.trafficPolicy", entry)
+    host_outlier = (spec.get("trafficPolicy") or {}).get("outlierDetection") is not None
     for i, s in enumerate(spec.get("subsets") or []):
-        found += _policy_fields(s.get("trafficPolicy"), f"spec.subsets[{i}].trafficPolicy", entry)
+        found += _policy_fields(s.get("trafficPolicy"), f"spec.subsets[{i}].trafficPolicy", entry, host_outlier)
     out = [Advisory(ref, p, why, NOT_ENFORCED) for p, why in found]
     if spec.get("workloadSelector"):
         out.append(Advisory(ref, "spec.workloadSelector", "not supported: a DestinationRule applies to every waypoint "

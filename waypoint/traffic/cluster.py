@@ -35,6 +35,7 @@ from waypoint.resilience.budget import RetryCircuit
 from waypoint.traffic.balancer import CONSISTENT_HASH, DEFAULT, HashBalancer, simple_balancer
 from waypoint.traffic.breaker import Breaker
 from waypoint.traffic.hashkey import HashKey, HashPolicy
+from waypoint.traffic.locality import Place, Plan, Setting, pick_hosts, plan
 from waypoint.traffic.outlier import OutlierConfig, OutlierDetector
 from waypoint.traffic.warmup import SlowStart
 
@@ -92,7 +93,7 @@ class Cluster:
     its own module (balancer, outlier, circuit breaker, retry budget)."""
 
     def __init__(self, key: ClusterKey, policy: TrafficPolicy, clock: Clock, rng: random.Random,
-                 hostname: str = "") -> None:
+                 hostname: str = "", own: Place = ("", {})) -> None:
         self.key = key
         self.hostname = hostname or key.service
         self.name = cluster_name(self.hostname, key.port, key.subset)
@@ -110,6 +111,10 @@ class Cluster:
         self.hosts: tuple[str, ...] = ()        # the endpoints of the last pick
         self.basis: tuple[object, object] | None = None  # what the waypoint last computed `hosts` from
         self.panics = 0
+        # locality (locality.py): None unless it can change a pick, so the request path pays one test
+        self.locality = Setting.of(policy)
+        self.own = own                          # the waypoint's (locality, labels)
+        self.plan: Plan | None = None           # for `hosts`, when locality changes something
         # outlier detection (outlier.py)
         cfg = OutlierConfig.from_policy(policy)
         self.outlier = OutlierDetector(cfg, clock(), self._outlier_event) if cfg is not None else None
@@ -123,25 +128,35 @@ class Cluster:
         return self.hash_policy.key(head, down, self.rng) if self.hash_policy is not None else None
 
     def choose(self, hosts: Sequence[str], exclude: frozenset[str] = frozenset(),
-               key: HashKey | None = None) -> str | None:
+               key: HashKey | None = None, places: Sequence[Place] | None = None) -> str | None:
         """One of `hosts` (the cluster's ready endpoints, as addresses) for a request: not ejected
-        (unless the cluster is in panic: fewer endpoints in service than `minHealthPercent`), not in
-        `exclude` (addresses already tried, for retries; ignored when nothing else is left), then
-        by the cluster's balancer. None when every endpoint is ejected (503 UH, as Envoy)."""
+        (unless the cluster is in panic: fewer endpoints in service than `minHealthPercent`), in
+        the locality priority (or `distribute` locality) drawn when locality balancing applies
+        (`places[i]`: the locality and labels of `hosts[i]`), not in `exclude` (addresses already
+        tried, for retries; ignored when nothing else is left), then by the cluster's balancer.
+        None when every endpoint is ejected (503 UH, as Envoy)."""
         if not hosts:
             return None
         now = self.clock()
         if tuple(hosts) != self.hosts:
-            self.set_hosts(hosts)
-        usable: Sequence[str] = hosts
+            self.set_hosts(hosts, places)
+        usable: Sequence[str] | None = hosts
+        lplan = self.plan
         if self.outlier is not None:
             self.outlier.sweep(now)
             if self.outlier.panic(list(hosts)):
                 self.panics += 1
+                if lplan is not None:   # panic: every endpoint counts as healthy, priorities stay
+                    usable = pick_hosts(lplan, None, self.rng.random)
+            elif lplan is not None:
+                ejected = self.outlier.is_ejected
+                usable = pick_hosts(lplan, lambda h: not ejected(h), self.rng.random)
             else:
                 usable = [h for h in hosts if not self.outlier.is_ejected(h)]
-                if not usable:
-                    return None
+        elif lplan is not None:
+            usable = pick_hosts(lplan, None, self.rng.random)
+        if not usable:
+            return None
         if exclude:
             usable = [h for h in usable if h not in exclude] or usable
         if self.hasher is not None:
@@ -152,13 +167,17 @@ class Cluster:
             weights = [self.warmup.factor(h, now) for h in usable]
         return self.balancer.pick(usable, self.active, weights)
 
-    def set_hosts(self, hosts: Sequence[str]) -> None:
+    def set_hosts(self, hosts: Sequence[str], places: Sequence[Place] | None = None) -> None:
         """The cluster's endpoints now (Envoy's membership update): outlier state and slow-start
-        windows of endpoints gone are dropped. `choose` sees each request's endpoints; the
-        waypoint also calls this on each config update, so a pod deleted (or its address given to
-        a new pod) between requests leaves no ejection behind in the stats, /clusters or the
-        new pod."""
+        windows of endpoints gone are dropped, the locality plan is rebuilt (from `places`, the
+        endpoints' localities and labels; without them, no locality balancing). `choose` sees each
+        request's endpoints; the waypoint also calls this on each config update, so a pod deleted
+        (or its address given to a new pod) between requests leaves no ejection behind in the
+        stats, /clusters or the new pod."""
         self.hosts = tuple(hosts)
+        self.plan = None
+        if self.locality is not None and places is not None and len(places) == len(self.hosts):
+            self.plan = plan(self.locality, self.own[0], self.own[1], self.hosts, places)
         if self.outlier is not None:
             self.outlier.set_hosts(self.hosts)
         if self.warmup is not None:
@@ -248,6 +267,7 @@ class Clusters:
         # tuple is hashed and compared in C where a ClusterKey costs ~60 bytecodes (§65)
         self._clusters: dict[tuple[str, int, str], Cluster] = {}
         self._routes: Mapping[str, WaypointRoutes] = {}
+        self.own: Place = ("", {})      # the waypoint's locality and labels (its own Workload's)
 
     def update(self, routes_by_service: Mapping[str, WaypointRoutes], services: Mapping[str, Service]) -> None:
         """A new config: `routes_by_service` maps "ns/name" to the WaypointRoutes of its host,
@@ -272,7 +292,7 @@ class Clusters:
         if c is None:
             routes = self._routes.get(service)
             c = Cluster(ClusterKey(service, port, subset), effective_policy(routes, port, subset), self.clock,
-                        self.rng, hostname or (routes.hostname if routes is not None else ""))
+                        self.rng, hostname or (routes.hostname if routes is not None else ""), self.own)
             self._clusters[(service, port, subset)] = c
         return c
 

@@ -1,0 +1,205 @@
+"""Locality load balancing: which of a cluster's endpoints a request may go to, by where they run
+(DestinationRule `loadBalancer.localityLbSetting`; istio/istio:pilot/pkg/networking/core/
+loadbalancer/loadbalancer.go `ApplyLocalityLoadBalancer`, Envoy's priority levels and locality
+weighted load balancing with the overprovisioning factor 1.4).
+
+A locality is "region/zone/subzone" (docs/waypoint.md, "Locality load balancing"). As Istio:
+
+- Failover (the default, and `failover` / `failoverPriority`) applies only when the cluster has
+  outlier detection: without it nothing ever leaves a priority, so Istio does not prioritise.
+  Priorities: 0 same region, zone and subzone as the waypoint, 1 same zone, 2 same region, 3 any
+  other; `failover` {from, to} regions: when the waypoint is in `from`, other regions that are not
+  `to` drop to 4. `failoverPriority` labels: an endpoint's priority is the number of labels after
+  the first one whose value differs from the waypoint's (`key=value`: from `value`); with
+  `failover` too, the two combine (label priority * 5 + locality priority). Priorities are then
+  renumbered without gaps.
+- Traffic goes by Envoy's priority load: priority P's health is min(1, 1.4 * healthy / total);
+  priorities are filled in order, each taking its health's share (normalised when the health of
+  all priorities sums below 1) of what is left. So a priority with 1 ejected endpoint of 4
+  (1.4 * 3/4 > 1) keeps all its traffic, one with 2 of 4 ejected keeps 70% and spills 30% to the
+  next. Within the chosen priority the cluster's balancer picks among its healthy endpoints
+  (Envoy picks a locality by weight first; Istio weighs each locality by its endpoint count, which
+  is the same split while the priority's localities are healthy).
+- `distribute` (from -> {to: weight}): the first rule whose `from` matches the waypoint applies
+  (with or without outlier detection); an endpoint takes the weight of the first `to` its locality
+  matches, shared among the endpoints that `to` matches; endpoints no `to` matches get no
+  traffic. A locality's weight counts as weight * min(1, 1.4 * healthy / total) (Envoy's
+  effective locality weight).
+- `enabled: false` turns all of it off.
+
+Pure: the waypoint's locality and labels, the endpoints' localities and labels, ejection state
+and the random draw are all passed in. A `Plan` is built once per endpoint set (the cluster
+caches it); `pick_hosts` runs per request only for clusters where locality changes something.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+OVERPROVISIONING = 1.4          # Envoy's default overprovisioning_factor (140 / 100)
+REGION_LABEL = "topology.kubernetes.io/region"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+SUBZONE_LABEL = "topology.istio.io/subzone"
+TOPOLOGY_LABELS = (REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A cluster's locality settings, from its TrafficPolicy."""
+
+    distribute: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+    failover: tuple[tuple[str, str], ...] = ()
+    failover_priority: tuple[str, ...] = ()
+    outlier_detection: bool = False
+
+    @classmethod
+    def of(cls, policy: Any) -> Setting | None:
+        """The setting of a TrafficPolicy, or None when locality changes nothing for it: disabled,
+        or neither `distribute` nor outlier detection (Istio's `enableFailover`)."""
+        if policy.locality_disabled or not (policy.locality_distribute or policy.outlier_detection):
+            return None
+        return cls(tuple((str(f), tuple((str(k), int(w)) for k, w in dict(to).items()))
+                         for f, to in policy.locality_distribute),
+                   tuple((str(a), str(b)) for a, b in policy.locality_failover),
+                   tuple(policy.locality_failover_priority), policy.outlier_detection)
+
+
+def split(locality: str) -> tuple[str, str, str]:
+    r, _, rest = locality.partition("/")
+    z, _, s = rest.partition("/")
+    return r, z, s
+
+
+def matches(locality: str, rule: str) -> bool:
+    """Istio's `LocalityMatch`: `rule` is region[/zone[/subzone]], each part exact or `*`; parts the
+    rule leaves out match anything."""
+    lr, lz, ls = split(locality)
+    rr, rz, rs = split(rule)
+    return ((rr == "*" or rr == lr) and (rz in ("", "*") or rz == lz) and (rs in ("", "*") or rs == ls))
+
+
+def locality_priority(own: str, other: str) -> int:
+    """Istio's `LbPriority`: 0 same region, zone and subzone, 1 same zone, 2 same region, 3 else."""
+    a, b = split(own), split(other)
+    if a[0] != b[0]:
+        return 3
+    if a[1] != b[1]:
+        return 2
+    return 0 if a[2] == b[2] else 1
+
+
+def topology_labels(locality: str, labels: Mapping[str, str]) -> dict[str, str]:
+    """`labels` with the topology labels of `locality` (Istio adds them to endpoint and proxy labels
+    for failoverPriority)."""
+    out = dict(labels)
+    for k, v in zip(TOPOLOGY_LABELS, split(locality), strict=True):
+        if v:
+            out[k] = v
+    return out
+
+
+def label_priority(keys: Sequence[str], own: Mapping[str, str], theirs: Mapping[str, str]) -> int:
+    """failoverPriority: len(keys) minus the number of leading keys whose values agree."""
+    n = 0
+    for key in keys:
+        k, eq, want = key.partition("=")
+        if not eq:
+            want = own.get(k, "")
+            if k not in own:
+                break
+        if theirs.get(k) != want:
+            break
+        n += 1
+    return len(keys) - n
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What locality balancing does for one endpoint set: `groups` of hosts, and either their
+    `weights` (distribute: groups are localities, picked by weight) or not (failover: groups are
+    priorities in order, picked by Envoy's priority load)."""
+
+    groups: tuple[tuple[str, ...], ...]
+    weights: tuple[float, ...] = ()
+
+
+Place = tuple[str, Mapping[str, str]]       # an endpoint's (locality, labels)
+
+
+def plan(setting: Setting, own: str, own_labels: Mapping[str, str], hosts: Sequence[str],
+         places: Sequence[Place]) -> Plan | None:
+    """The plan for `hosts` (with `places[i]` the locality and labels of `hosts[i]`), seen from a
+    waypoint at `own`; None when it changes nothing (one priority, no weights): the request path
+    then skips locality entirely."""
+    if setting.distribute:
+        return _distribute(setting, own, hosts, places)
+    if not setting.outlier_detection:
+        return None
+    prios: list[int] = []
+    mine = topology_labels(own, own_labels) if setting.failover_priority else {}
+    for _host, (loc, labels) in zip(hosts, places, strict=True):
+        p = 0
+        if setting.failover_priority:
+            p = label_priority(setting.failover_priority, mine, topology_labels(loc, labels))
+        if not setting.failover_priority or setting.failover:
+            lp = locality_priority(own, loc)
+            if lp == 3:
+                region = split(own)[0]
+                for frm, to in setting.failover:
+                    if frm == region:
+                        if split(loc)[0] != to:
+                            lp = 4
+                        break
+            p = p * 5 + lp
+        prios.append(p)
+    levels = sorted(set(prios))
+    if len(levels) <= 1:
+        return None
+    return Plan(tuple(tuple(h for h, p in zip(hosts, prios, strict=True) if p == lv) for lv in levels))
+
+
+def _distribute(setting: Setting, own: str, hosts: Sequence[str], places: Sequence[Place]) -> Plan | None:
+    rule = next((to for frm, to in setting.distribute if matches(own, frm)), None)
+    if rule is None:
+        return None
+    groups: dict[str, list[str]] = {}
+    weight: dict[str, float] = {}
+    taken: set[int] = set()
+    for to, w in rule:
+        idx = [i for i, (loc, _labels) in enumerate(places) if i not in taken and matches(loc, to)]
+        taken.update(idx)
+        for i in idx:       # the rule's weight, shared by the endpoints it matches (by locality)
+            loc = places[i][0]
+            groups.setdefault(loc, []).append(hosts[i])
+            weight[loc] = weight.get(loc, 0.0) + w / len(idx)
+    locs = sorted(groups)
+    return Plan(tuple(tuple(groups[x]) for x in locs), tuple(weight[x] for x in locs))
+
+
+def pick_hosts(p: Plan, healthy: Callable[[str], bool] | None, draw: Callable[[], float]) -> list[str] | None:
+    """The hosts a request may go to: the healthy hosts of the priority (or locality) drawn, by
+    `draw()` in [0, 1). `healthy` None: every host counts as healthy (panic). None when no host is
+    healthy."""
+    ok = [[h for h in g if healthy is None or healthy(h)] for g in p.groups]
+    avail = [min(1.0, OVERPROVISIONING * len(o) / len(g)) for o, g in zip(ok, p.groups, strict=True)]
+    if p.weights:
+        loads = [w * a for w, a in zip(p.weights, avail, strict=True)]
+    else:
+        total = min(1.0, sum(avail))
+        left, loads = 1.0, []
+        for a in avail:
+            share = min(left, a / total) if total > 0 else 0.0
+            loads.append(share)
+            left -= share
+    whole = sum(loads)
+    if whole <= 0:
+        return None
+    x = draw() * whole
+    for o, load in zip(ok, loads, strict=True):
+        if load > 0:
+            if x < load:
+                return o
+            x -= load
+    return next(o for o, load in zip(reversed(ok), reversed(loads), strict=True) if load > 0)
