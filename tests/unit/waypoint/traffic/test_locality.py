@@ -1,0 +1,145 @@
+"""Locality load balancing (DestinationRule `localityLbSetting`), as Istio and Envoy do it: priorities
+by region/zone/subzone (only with outlier detection), failover when a priority's endpoints are
+ejected (overprovisioning factor 1.4), `failover` from/to regions, `failoverPriority` labels,
+`distribute` weights and `enabled: false`. The pure selection first, then the cluster, then the
+waypoint with its own Workload's locality. No sockets: the draws are injected."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import Counter
+
+from ambit.configclient import ConfigUpdate
+from ambit.model import Service, TrafficPolicy, WaypointRoutes, Workload
+from tests.unit.waypoint.test_wiring import FRONTEND, SVC, V1, V2, V2B, proxy
+from tests.unit.waypoint.traffic.test_cluster import Clock, fail
+from waypoint.request import Forward, RequestHead
+from waypoint.traffic.cluster import Cluster, ClusterKey
+from waypoint.traffic.locality import Plan, Setting, label_priority, matches, pick_hosts, plan
+
+OWN = "us-east/us-east-1a/rack1"
+# two endpoints per locality: same subzone, same zone, same region, another region
+PLACES = {"a1": OWN, "a2": OWN, "b1": "us-east/us-east-1a/rack2", "b2": "us-east/us-east-1a/rack2",
+          "c1": "us-east/us-east-1b/", "c2": "us-east/us-east-1b/", "d1": "eu-west/eu-west-1a/",
+          "d2": "eu-west/eu-west-1a/"}
+HOSTS = list(PLACES)
+
+
+def places(hosts: list[str] = HOSTS, labels: dict[str, dict[str, str]] | None = None):  # type: ignore[no-untyped-def]
+    return [(PLACES[h], (labels or {}).get(h, {})) for h in hosts]
+
+
+def setting(**kw: object) -> Setting:
+    return Setting.of(TrafficPolicy(**kw))  # type: ignore[arg-type, return-value]
+
+
+def test_failover_priorities_are_subzone_zone_region_then_the_rest_and_need_outlier_detection() -> None:
+    p = plan(setting(outlier_detection=True), OWN, {}, HOSTS, places())
+    assert p == Plan((("a1", "a2"), ("b1", "b2"), ("c1", "c2"), ("d1", "d2")))
+    # all healthy: every request stays in the waypoint's own subzone
+    assert {tuple(pick_hosts(p, None, random.Random(i).random) or ()) for i in range(50)} == {("a1", "a2")}
+    # without outlier detection Istio does not prioritise (nothing could ever fail over), nor with enabled: false
+    assert Setting.of(TrafficPolicy()) is None
+    assert Setting.of(TrafficPolicy(outlier_detection=True, locality_disabled=True)) is None
+    # every endpoint in one priority (e.g. no locality known anywhere): nothing to do per request
+    assert plan(setting(outlier_detection=True), "", {}, ["x", "y"], [("", {}), ("", {})]) is None
+
+
+def test_ejections_spill_over_to_the_next_priority_by_the_overprovisioning_factor() -> None:
+    p = Plan((("a1", "a2", "a3", "a4"), ("b1", "b2")))
+    ejected: set[str] = set()
+
+    def healthy(h: str) -> bool:
+        return h not in ejected
+
+    def share(draws: int = 1000) -> float:
+        rng = random.Random(7)
+        got = [pick_hosts(p, healthy, rng.random) for _ in range(draws)]
+        return sum(1 for g in got if g and g[0].startswith("b")) / draws
+    ejected.add("a1")                   # 1.4 * 3/4 > 1: priority 0 still takes everything
+    assert share() == 0.0
+    assert pick_hosts(p, healthy, lambda: 0.0) == ["a2", "a3", "a4"]      # never an ejected endpoint
+    ejected.add("a2")                   # 1.4 * 2/4 = 0.7: 30% spills to priority 1
+    assert pick_hosts(p, healthy, lambda: 0.69) == ["a3", "a4"]
+    assert pick_hosts(p, healthy, lambda: 0.71) == ["b1", "b2"]
+    assert 0.25 < share() < 0.35
+    ejected.update({"a3", "a4"})        # priority 0 all ejected: all of it fails over
+    assert share() == 1.0
+    ejected.update({"b1", "b2"})
+    assert pick_hosts(p, healthy, lambda: 0.5) is None                    # no healthy upstream: 503 UH
+
+
+def test_failover_from_to_regions_and_failover_priority_labels() -> None:
+    # in us-east, fail over to eu-west before any other region
+    hosts = ["a1", "d1", "x1"]
+    pl = [(OWN, {}), ("eu-west/eu-west-1a/", {}), ("ap-south/ap-south-1a/", {})]
+    p = plan(setting(outlier_detection=True, locality_failover=[["us-east", "eu-west"]]), OWN, {}, hosts, pl)
+    assert p == Plan((("a1",), ("d1",), ("x1",)))
+    p = plan(setting(outlier_detection=True, locality_failover=[["us-east", "ap-south"]]), OWN, {}, hosts, pl)
+    assert p == Plan((("a1",), ("x1",), ("d1",)))
+    # failoverPriority: the leading labels that agree with the waypoint's decide the priority
+    keys = ("topology.istio.io/network", "topology.kubernetes.io/region")
+    own = {"topology.istio.io/network": "n1"}
+    assert label_priority(keys, {**own, "topology.kubernetes.io/region": "r"},
+                          {"topology.istio.io/network": "n1", "topology.kubernetes.io/region": "r"}) == 0
+    assert label_priority(keys, {**own, "topology.kubernetes.io/region": "r"},
+                          {"topology.istio.io/network": "n2", "topology.kubernetes.io/region": "r"}) == 2
+    assert label_priority(("version=v2",), {}, {"version": "v2"}) == 0      # key=value: the value given
+    labels = {"a1": {"tier": "gold"}, "b1": {"tier": "gold"}, "c1": {"tier": "silver"}, "d1": {"tier": "gold"}}
+    hosts = ["a1", "b1", "c1", "d1"]
+    p = plan(setting(outlier_detection=True, locality_failover_priority=["tier", "topology.kubernetes.io/region"]),
+             OWN, {"tier": "gold"}, hosts, places(hosts, labels))
+    assert p == Plan((("a1", "b1"), ("d1",), ("c1",)))      # gold+us-east, gold, then the rest
+
+
+def test_distribute_splits_by_locality_weights_and_sends_nothing_elsewhere() -> None:
+    s = setting(locality_distribute=[["us-east/us-east-1a/*", {"us-east/us-east-1a/*": 80, "eu-west/*": 20}]])
+    assert s is not None                # applies without outlier detection
+    p = plan(s, OWN, {}, HOSTS, places())
+    assert p is not None
+    rng = random.Random(3)
+    got = Counter(h for _ in range(4000) for h in (pick_hosts(p, None, rng.random) or ())[:1])
+    zone_a = got["a1"] + got["b1"]
+    assert got["c1"] == 0 and got["c2"] == 0                    # us-east-1b: in no `to`
+    assert 0.77 < zone_a / 4000 < 0.83 and 0.17 < got["d1"] / 4000 < 0.23
+    # a rule whose `from` does not match the waypoint changes nothing
+    assert plan(setting(locality_distribute=[["eu-west/*", {"us-east/*": 100}]]), OWN, {}, HOSTS, places()) is None
+    assert matches(OWN, "us-east/*") and matches(OWN, "us-east") and not matches(OWN, "us-east/us-east-1b")
+
+
+def test_the_cluster_fails_over_when_its_local_endpoints_are_ejected() -> None:
+    clock = Clock()
+    c = Cluster(ClusterKey("demo/web", 80), TrafficPolicy(outlier_detection=True, max_ejection_percent=100,
+                                                          lb="ROUND_ROBIN"),
+                clock, random.Random(1), "web", (OWN, {}))
+    hosts = ["a1", "a2", "d1", "d2"]
+    pl = places(hosts)
+    assert {c.choose(hosts, places=pl) for _ in range(20)} == {"a1", "a2"}
+    fail(c, "a1", 5)
+    fail(c, "a2", 5)
+    assert {c.choose(hosts, places=pl) for _ in range(20)} == {"d1", "d2"}
+    clock.t += 31.0                     # back from ejection: back home
+    assert {c.choose(hosts, places=pl) for _ in range(20)} == {"a1", "a2"}
+    plain = Cluster(ClusterKey("demo/web", 80), TrafficPolicy(lb="ROUND_ROBIN"), clock, random.Random(1), "web",
+                    (OWN, {}))
+    assert plain.locality is None       # no outlier detection: balanced over all, as before
+    assert {plain.choose(hosts, places=pl) for _ in range(20)} == set(hosts)
+
+
+def test_the_waypoint_prefers_endpoints_in_its_own_zone_from_its_own_workload() -> None:
+    zone = {"uid-v1": "r1/z1/", "uid-v2": "r1/z2/", "uid-v2b": "r1/z2/"}
+    me = Workload(uid="uid-wp", name="waypoint-0", namespace="default", ips=["10.0.3.1"], node="node2",
+                  service_account="waypoint", identity="", locality="r1/z2/")
+    policy = TrafficPolicy(outlier_detection=True)
+    p = proxy(routes=(WaypointRoutes(hostname=SVC.hostname, namespace="default", service="default/myapp",
+                                     waypoint="default/waypoint", policy=policy),))
+    wls = [dataclasses.replace(w, locality=zone[w.uid]) for w in (V1, V2, V2B)] + [me]
+    p.config.apply(ConfigUpdate(Workload.TYPE, "2", {}, frozenset(), {w.uid: w for w in wls}))
+    p.config.apply(ConfigUpdate(Service.TYPE, "2", {}, frozenset(), {SVC.resource_name: SVC}))
+    down, _ = p.downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80")
+    assert down is not None
+    fwd = Forward("default/myapp", 80, "", SVC.hostname)
+    got = Counter(t.address for t in (p.upstream(fwd, RequestHead("GET", "/", "myapp"), down) for _ in range(30))
+                  if t is not None)
+    assert set(got) == {"10.0.1.2:8080", "10.0.1.3:8080"}     # v2 and v2b run in the waypoint's zone
