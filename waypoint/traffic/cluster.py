@@ -141,22 +141,23 @@ class Cluster:
         if tuple(hosts) != self.hosts:
             self.set_hosts(hosts, places)
         usable: Sequence[str] | None = hosts
-        lplan = self.plan
         if self.outlier is not None:
             self.outlier.sweep(now)
             if self.outlier.panic(list(hosts)):
                 self.panics += 1
-                if lplan is not None:   # panic: every endpoint counts as healthy, priorities stay
-                    usable = pick_hosts(lplan, None, self.rng.random)
-            elif lplan is not None:
+                if self.plan is not None:   # panic: every endpoint counts as healthy, priorities stay
+                    usable = pick_hosts(self.plan, None, self.rng.random)
+            elif self.plan is not None:
                 ejected = self.outlier.is_ejected
-                usable = pick_hosts(lplan, lambda h: not ejected(h), self.rng.random)
+                usable = pick_hosts(self.plan, lambda h: not ejected(h), self.rng.random)
             else:
                 usable = [h for h in hosts if not self.outlier.is_ejected(h)]
-        elif lplan is not None:
-            usable = pick_hosts(lplan, None, self.rng.random)
-        if not usable:
-            return None
+            if not usable:
+                return None
+        elif self.plan is not None:     # the only cost of locality to a cluster it does not apply to
+            usable = pick_hosts(self.plan, None, self.rng.random)
+            if not usable:
+                return None
         if exclude:
             usable = [h for h in usable if h not in exclude] or usable
         if self.hasher is not None:

@@ -101,18 +101,14 @@ def topology_labels(locality: str, labels: Mapping[str, str]) -> dict[str, str]:
 
 
 def label_priority(keys: Sequence[str], own: Mapping[str, str], theirs: Mapping[str, str]) -> int:
-    """failoverPriority: len(keys) minus the number of leading keys whose values agree."""
-    n = 0
-    for key in keys:
+    """failoverPriority: len(keys) minus the number of leading keys whose values agree (a label
+    missing counts as ""; `key=value`: compared with `value`, not the waypoint's), as Istio's
+    `applyFailoverPriorityPerLocality`."""
+    for j, key in enumerate(keys):
         k, eq, want = key.partition("=")
-        if not eq:
-            want = own.get(k, "")
-            if k not in own:
-                break
-        if theirs.get(k) != want:
-            break
-        n += 1
-    return len(keys) - n
+        if (want if eq else own.get(k, "")) != theirs.get(k, ""):
+            return len(keys) - j
+    return 0
 
 
 @dataclass(frozen=True)
@@ -141,7 +137,7 @@ def plan(setting: Setting, own: str, own_labels: Mapping[str, str], hosts: Seque
     mine = topology_labels(own, own_labels) if setting.failover_priority else {}
     for _host, (loc, labels) in zip(hosts, places, strict=True):
         p = 0
-        if setting.failover_priority:
+        if mine:        # Istio skips failoverPriority for a proxy without labels
             p = label_priority(setting.failover_priority, mine, topology_labels(loc, labels))
         if not setting.failover_priority or setting.failover:
             lp = locality_priority(own, loc)

@@ -86,6 +86,7 @@ def test_failover_from_to_regions_and_failover_priority_labels() -> None:
     assert label_priority(keys, {**own, "topology.kubernetes.io/region": "r"},
                           {"topology.istio.io/network": "n2", "topology.kubernetes.io/region": "r"}) == 2
     assert label_priority(("version=v2",), {}, {"version": "v2"}) == 0      # key=value: the value given
+    assert label_priority(("tier", "version"), {"version": "v1"}, {"version": "v1"}) == 0  # missing on both: equal
     labels = {"a1": {"tier": "gold"}, "b1": {"tier": "gold"}, "c1": {"tier": "silver"}, "d1": {"tier": "gold"}}
     hosts = ["a1", "b1", "c1", "d1"]
     p = plan(setting(outlier_detection=True, locality_failover_priority=["tier", "topology.kubernetes.io/region"]),
