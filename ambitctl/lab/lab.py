@@ -50,7 +50,7 @@ def store_objects(spec: LabSpec, names: LabNames) -> list[dict[str, Any]]:
         objs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": dict(labels)}})
     for n in spec.nodes:
         objs.append({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name, "labels": {
-            "kubernetes.io/hostname": n.name}},
+            **n.labels, "kubernetes.io/hostname": n.name}},
             "spec": {"podCIDR": n.pod_cidr, "podCIDRs": [n.pod_cidr]},
             "status": {"addresses": [{"type": "InternalIP", "address": n.underlay_ip}],
                        "conditions": [{"type": "Ready", "status": "True"}]}})

@@ -30,6 +30,7 @@ class NodeSpec:
     underlay_ip: str
     pod_cidr: str
     gateway_ip: str          # the node's address on its pod bridge; what pods see as the node IP
+    labels: dict[str, str] = field(default_factory=dict)    # `nodeLabels` (e.g. topology zones)
 
 
 @dataclass
@@ -197,7 +198,7 @@ def parse(data: Any, nodes: int | None = None, source: str = "<spec>") -> LabSpe
     """Validate a spec document and allocate every address in it."""
     if not isinstance(data, dict):
         raise _err(source, "(root)", "a lab spec must be a map")
-    known = {"nodes", "namespaces", "pods", "services", "underlayCIDR", "serviceCIDR", "trustDomain"}
+    known = {"nodes", "nodeLabels", "namespaces", "pods", "services", "underlayCIDR", "serviceCIDR", "trustDomain"}
     for k in data:
         if k not in known:
             raise _err(source, k, f"unknown field (known: {', '.join(sorted(known))})")
@@ -213,6 +214,13 @@ def parse(data: Any, nodes: int | None = None, source: str = "<spec>") -> LabSpe
             name=f"node{i}", index=i, underlay_ip=str(underlay.network_address + i),
             pod_cidr=f"10.210.{i}.0/24", gateway_ip=f"10.210.{i}.1"))
     node_names = {n.name for n in node_specs}
+    node_labels = data.get("nodeLabels") or {}
+    if not isinstance(node_labels, dict):
+        raise _err(source, "nodeLabels", "must be a map of node name to labels")
+    for name, labels in node_labels.items():
+        if name not in node_names:
+            raise _err(source, f"nodeLabels.{name}", f"no such node {name!r} (have {sorted(node_names)})")
+        next(n for n in node_specs if n.name == name).labels = _str_map(source, f"nodeLabels.{name}", labels)
 
     namespaces: dict[str, dict[str, str]] = {}
     for i, ns in enumerate(data.get("namespaces") or []):

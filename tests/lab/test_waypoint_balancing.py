@@ -1,7 +1,7 @@
 """Load balancing and outlier detection through the REAL waypoint (issue 12): the seed
 DestinationRule applied verbatim, least request favouring a fast backend over a slow one,
 outlier detection ejecting a failing pod and bringing it back (admin /clusters, metrics, `ambit
-waypoint status`, the log), and consistent hashing keeping users on one backend (header, cookie)
+waypoint status`, the log) with locality failover between the lab's zones, and consistent hashing keeping users on one backend (header, cookie)
 with minimal movement when a backend leaves.
 
 Layout: tests/lab/specs/balancing.yaml. The clients are one Python process per measurement in the
@@ -207,8 +207,12 @@ def test_outlier_detection_ejects_the_failing_pod_and_brings_it_back(blab: Lab) 
         print(f"returned after {back_after:.2f}s (ejected at most 0.2 s before t_ejected)")
         assert 5.4 <= back_after <= 9.5
         assert f"cluster {name}: endpoint {e['address']} returned to service" in blab.log("waypoint/default/waypoint")
+        # locality (zones from the lab's node labels, tests/lab/specs/balancing.yaml): back in
+        # service, flaky-bad is in the waypoint's zone (priority 0), so it takes every request again
+        prio = {e["address"].rsplit(":", 1)[0]: e.get("priority") for e in cluster(blab, "flaky")["endpoints"]}
+        assert prio == {bad_ip: 0, blab.pod("default/flaky-good")["ip"]: 1}, prio
         got = run(blab, "flaky", [{}] * 2)
-        assert "flaky-bad" in pods(got), got            # round robin: one of two goes to it
+        assert set(pods(got)) == {"flaky-bad"}, got
         # it still fails: ejected again (for base x backoff; the backoff decays by one per interval
         # in service, so with a 0.5 s interval it is usually back to 1 here: unit tests cover it)
         blab.wait_for(ejected, timeout=20, interval=0.2, what="flaky-bad ejected again")

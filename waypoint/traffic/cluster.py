@@ -242,8 +242,19 @@ class Cluster:
         now = self.clock()
         stats = self.stats()
         eps: list[dict[str, object]] = []
+        # locality (locality.py): each endpoint's priority (failover) or locality weight (distribute)
+        place: dict[str, object] = {}
+        if self.plan is not None:
+            for i, group in enumerate(self.plan.groups):
+                for h in group:
+                    place[h] = round(self.plan.weights[i], 3) if self.plan.weights else i
+            if self.plan.weights:       # distribute: endpoints in no `to` get nothing
+                place.update({h: 0 for h in self.hosts if h not in place})
+        key = "locality_weight" if self.plan is not None and self.plan.weights else "priority"
         for a in sorted(set(self.hosts) | set(self.active)):
             e: dict[str, object] = {"address": a, "active": self.active.get(a, 0)}
+            if a in place:
+                e[key] = place[a]
             if self.outlier is not None:
                 s = self.outlier.hosts.get(a)
                 back = self.outlier.returns_at(a)

@@ -47,6 +47,8 @@ def test_nodes_flag_folds_pods_onto_remaining_nodes() -> None:
     ({"nodes": 0}, "nodes"),
     ({"podz": []}, "podz"),
     ({"pods": [{"name": "a", "command": ["x"]}, {"name": "a", "command": ["y"]}]}, "duplicate pod default/a"),
+    ({"nodeLabels": {"node9": {"topology.kubernetes.io/zone": "z"}}}, "nodeLabels.node9"),
+    ({"nodeLabels": {"node1": ["z"]}}, "nodeLabels.node1"),
 ])
 def test_bad_specs_name_the_field(doc: dict, needle: str) -> None:
     with pytest.raises(spec.SpecError) as e:
@@ -68,3 +70,14 @@ def test_a_spec_file_that_is_not_text_is_refused_by_name(tmp_path: object) -> No
     f.write_bytes(b"\xff\xfenodes: 2\n")
     with pytest.raises(spec.SpecError, match=r"lab.yaml: not UTF-8 text \(byte 0\)"):
         spec.load(f)
+
+
+def test_node_labels_reach_the_labs_node_objects() -> None:
+    """`nodeLabels` put topology labels on the lab's Nodes, where the controller reads a pod's
+    locality (locality load balancing)."""
+    from ambitctl.lab import lab, topology
+    s = spec.parse({"nodeLabels": {"node2": {"topology.kubernetes.io/zone": "zb"}}})
+    nodes = {o["metadata"]["name"]: o["metadata"]["labels"] for o in lab.store_objects(s, topology.LabNames("cl"))
+             if o["kind"] == "Node"}
+    assert nodes == {"node1": {"kubernetes.io/hostname": "node1"},
+                     "node2": {"topology.kubernetes.io/zone": "zb", "kubernetes.io/hostname": "node2"}}

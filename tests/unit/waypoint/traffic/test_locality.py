@@ -117,6 +117,8 @@ def test_the_cluster_fails_over_when_its_local_endpoints_are_ejected() -> None:
     hosts = ["a1", "a2", "d1", "d2"]
     pl = places(hosts)
     assert {c.choose(hosts, places=pl) for _ in range(20)} == {"a1", "a2"}
+    assert [(e["address"], e["priority"]) for e in c.dump()["endpoints"]] == [  # type: ignore[index]
+        ("a1", 0), ("a2", 0), ("d1", 1), ("d2", 1)]                     # /clusters shows the priorities
     fail(c, "a1", 5)
     fail(c, "a2", 5)
     assert {c.choose(hosts, places=pl) for _ in range(20)} == {"d1", "d2"}
