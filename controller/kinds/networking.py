@@ -10,6 +10,7 @@ import binascii
 from typing import Any
 
 from ambit.resilience import invalid_grpc_status, invalid_retry_on
+from ambit.topology import TOPOLOGY_LABELS
 from controller.kinds.common import (
     Cidr,
     Duration,
@@ -220,9 +221,6 @@ ConsistentHash = Obj({
     "minimumRingSize": Int(minimum=0),
 }, one_of=(("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName"), ("ringHash", "maglev")))
 
-_TOPOLOGY_LABELS = ("topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone")
-
-
 def _locality_rule_errors(loc: str) -> str | None:
     """Istio's validateLocalities, for one locality of `distribute`: region[/zone[/subzone]], at most
     one `*`, and only as the last part."""
@@ -242,7 +240,7 @@ def _check_locality(value: dict[str, Any], path: str, errs: Errors) -> None:
         return
     if failover:
         for label in value.get("failoverPriority") or []:
-            if label.partition("=")[0] in _TOPOLOGY_LABELS:
+            if label.partition("=")[0] in TOPOLOGY_LABELS:
                 errs.append((join(path, "failoverPriority"), f"cannot set failover and the topology label {label!r} "
                              "in failoverPriority at once"))
     seen: set[str] = set()

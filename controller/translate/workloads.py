@@ -7,6 +7,7 @@ from typing import Any
 from ambit import enrolment
 from ambit.model import Endpoint, Service, ServicePort, Workload, spiffe_id
 from ambit.probes import probe_ports
+from ambit.topology import LOCALITY_LABEL, TOPOLOGY_LABELS
 from controller.translate.blame import blame
 from controller.translate.index import (
     CGROUP_ANNOTATION,
@@ -194,22 +195,14 @@ def _endpoints_from_slices(slices: list[Obj], ports: list[ServicePort], named: b
     return list(out.values())
 
 
-# Where a pod runs, for locality load balancing (waypoint/traffic/locality.py): its node's
-# well-known topology labels, as Istio reads them, or the pod's own `istio-locality` label
-# ("region.zone.subzone": label values cannot hold "/"), which Istio lets override them.
-REGION_LABEL = "topology.kubernetes.io/region"
-ZONE_LABEL = "topology.kubernetes.io/zone"
-SUBZONE_LABEL = "topology.istio.io/subzone"
-LOCALITY_LABEL = "istio-locality"
-
-
 def node_localities(idx: Index) -> dict[str, str]:
-    """Node name -> "region/zone/subzone" ("" parts where a label is missing; no entry when the
-    node has none of the labels)."""
+    """Node name -> "region/zone/subzone" from its well-known topology labels, as Istio reads them
+    (for locality load balancing, waypoint/traffic/locality.py); "" parts where a label is
+    missing, no entry when the node has none of them."""
     out = {}
     for node in idx.kind("Node"):
         labels = labels_of(node)
-        parts = [labels.get(k, "") for k in (REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL)]
+        parts = [labels.get(k, "") for k in TOPOLOGY_LABELS]
         if any(parts):
             out[name_of(node)] = "/".join(parts)
     return out

@@ -38,11 +38,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ambit.topology import TOPOLOGY_LABELS
+
 OVERPROVISIONING = 1.4          # Envoy's default overprovisioning_factor (140 / 100)
-REGION_LABEL = "topology.kubernetes.io/region"
-ZONE_LABEL = "topology.kubernetes.io/zone"
-SUBZONE_LABEL = "topology.istio.io/subzone"
-TOPOLOGY_LABELS = (REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL)
 
 
 @dataclass(frozen=True)
