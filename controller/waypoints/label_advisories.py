@@ -16,6 +16,9 @@ field asks for balancing that the mesh does not do, the user would otherwise fin
   ztunnel or the waypoint (each connection is balanced on its own).
 - a Service with `internalTrafficPolicy: Local` whose traffic goes through a waypoint: ztunnel
   keeps a client on its own node's endpoints, but a waypoint balances over every node's.
+- a Service with `trafficDistribution` (`PreferClose`, ...): neither ztunnel nor the waypoint
+  reads it (Istio maps it to a locality failoverPriority; Ambit's waypoint does locality only from
+  a DestinationRule's `localityLbSetting`).
 
 Pure: `label_notes(objects, gateways, svc_waypoint)` over the valid objects of a snapshot returns
 `Note`s (object, field, reason, cause); `controller.waypoints.advisories` makes them `NotEnforced`
@@ -93,4 +96,9 @@ def _service_fields(o: Obj, ref: str, waypoint: str) -> list[Note]:
         out.append((ref, "spec.internalTrafficPolicy", (
             f"Local is applied by ztunnel, but this Service's traffic goes through waypoint {waypoint}, which "
             "balances over the endpoints of every node"), "UnsupportedValue"))
+    if spec.get("trafficDistribution") not in (None, "", "Any"):
+        out.append((ref, "spec.trafficDistribution", (
+            f"{spec['trafficDistribution']} is not applied: ztunnel and the waypoint do not prefer close endpoints "
+            "by this field (through a waypoint, a DestinationRule with outlierDetection prioritises the "
+            "waypoint's own zone: localityLbSetting)"), "UnsupportedValue"))
     return out

@@ -66,6 +66,9 @@ def test_service_balancing_fields_the_mesh_does_not_apply_are_named() -> None:
     plain = svc("agent")
     plain["spec"]["internalTrafficPolicy"] = "Local"      # no waypoint: ztunnel applies it, nothing to say
     assert found([plain]) == {}
+    close = svc("near")
+    close["spec"]["trafficDistribution"] = "PreferClose"   # read by no component: said, not silently ignored
+    assert "PreferClose is not applied" in found([close])[("Service/demo/near", "spec.trafficDistribution")]
 
 
 def test_ambit_apply_prints_the_warning_and_creates_the_object(lab_dir: Path) -> None:
