@@ -423,14 +423,15 @@ class WaypointProxy:
             if moved:
                 self.clusters.own = own
             for c in self.clusters:     # endpoints gone since the last request leave no state behind
-                if moved:
-                    c.own, c.basis, c.hosts = own, None, ()
+                if moved:       # its locality plan is recomputed below, its ejections kept
+                    c.own, c.basis = own, None
                 if c.hosts:
                     # a cluster's endpoints are a function of its Service's (the config stream
                     # replaces a changed Service, never mutates it) and, for a subset, workloads'
-                    # labels: under pod churn only the churned Services' clusters are recomputed
+                    # labels (and, with locality balancing, their localities): under pod churn only
+                    # the churned Services' clusters are recomputed
                     svc = view.services.get(c.key.service)
-                    basis = (svc, view.workloads if c.key.subset else None)
+                    basis = (svc, view.workloads if c.key.subset or c.locality is not None else None)
                     if c.basis is not None and c.basis[0] is basis[0] and c.basis[1] is basis[1]:
                         continue
                     c.basis = basis

@@ -146,3 +146,12 @@ def test_the_waypoint_prefers_endpoints_in_its_own_zone_from_its_own_workload() 
     got = Counter(t.address for t in (p.upstream(fwd, RequestHead("GET", "/", "myapp"), down) for _ in range(30))
                   if t is not None)
     assert set(got) == {"10.0.1.2:8080", "10.0.1.3:8080"}     # v2 and v2b run in the waypoint's zone
+    # v1's node is relabelled into the waypoint's zone (the Service and its endpoints unchanged),
+    # after other workload updates: the plan follows the endpoints' localities, not only their set
+    for version, z in (("3", "r1/z1/"), ("4", "r1/z1/"), ("5", "r1/z2/")):
+        zone["uid-v1"] = z
+        wls = [dataclasses.replace(w, locality=zone[w.uid]) for w in (V1, V2, V2B)] + [me]
+        p.config.apply(ConfigUpdate(Workload.TYPE, version, {}, frozenset(), {w.uid: w for w in wls}))
+        got = Counter(t.address for t in (p.upstream(fwd, RequestHead("GET", "/", "myapp"), down)
+                                          for _ in range(60)) if t is not None)
+    assert set(got) == {"10.0.1.1:8080", "10.0.1.2:8080", "10.0.1.3:8080"}
