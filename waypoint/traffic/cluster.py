@@ -143,13 +143,12 @@ class Cluster:
         usable: Sequence[str] | None = hosts
         if self.outlier is not None:
             self.outlier.sweep(now)
-            if self.outlier.panic(list(hosts)):
-                self.panics += 1
-                if self.plan is not None:   # panic: every endpoint counts as healthy, priorities stay
-                    usable = pick_hosts(self.plan, None, self.rng.random)
-            elif self.plan is not None:
+            if self.plan is not None:   # priorities, with Envoy's per-priority panic
                 ejected = self.outlier.is_ejected
-                usable = pick_hosts(self.plan, lambda h: not ejected(h), self.rng.random)
+                usable = pick_hosts(self.plan, lambda h: not ejected(h), self.rng.random,
+                                    self.outlier.cfg.min_health_percent, self._panicked)
+            elif self.outlier.panic(list(hosts)):
+                self.panics += 1
             else:
                 usable = [h for h in hosts if not self.outlier.is_ejected(h)]
             if not usable:
@@ -167,6 +166,9 @@ class Cluster:
         if self.warmup is not None and self.warmup.warming(usable, now):
             weights = [self.warmup.factor(h, now) for h in usable]
         return self.balancer.pick(usable, self.active, weights)
+
+    def _panicked(self) -> None:
+        self.panics += 1
 
     def set_hosts(self, hosts: Sequence[str], places: Sequence[Place] | None = None) -> None:
         """The cluster's endpoints now (Envoy's membership update): outlier state and slow-start

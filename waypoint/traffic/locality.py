@@ -25,6 +25,7 @@ A locality is "region/zone/subzone" (docs/waypoint.md, "Locality load balancing"
   matches, shared among the endpoints that `to` matches; endpoints no `to` matches get no
   traffic. A locality's weight counts as weight * min(1, 1.4 * healthy / total) (Envoy's
   effective locality weight).
+- Panic (`minHealthPercent`) per priority, as Envoy's: see `pick_hosts`.
 - `enabled: false` turns all of it off.
 
 Pure: the waypoint's locality and labels, the endpoints' localities and labels, ejection state
@@ -172,28 +173,54 @@ def _distribute(setting: Setting, own: str, hosts: Sequence[str], places: Sequen
     return Plan(tuple(tuple(groups[x]) for x in locs), tuple(weight[x] for x in locs))
 
 
-def pick_hosts(p: Plan, healthy: Callable[[str], bool] | None, draw: Callable[[], float]) -> list[str] | None:
+def pick_hosts(p: Plan, healthy: Callable[[str], bool] | None, draw: Callable[[], float],
+               panic_percent: float = 0.0, on_panic: Callable[[], None] | None = None) -> list[str] | None:
     """The hosts a request may go to: the healthy hosts of the priority (or locality) drawn, by
-    `draw()` in [0, 1). `healthy` None: every host counts as healthy (panic). None when no host is
-    healthy."""
+    `draw()` in [0, 1). `healthy` None: every host counts as healthy. None when no host is healthy.
+
+    `panic_percent` (Envoy's healthy panic threshold, Istio's `minHealthPercent`; 0: off) works
+    per priority, as Envoy's: while the priorities' normalised availability is below 100%, a
+    priority drawn whose healthy share is below the threshold sends to all its hosts, ejected
+    included (`on_panic` is called); with no healthy host anywhere, all load goes to priority 0,
+    in panic. With `distribute` (one priority) a panic ignores the locality weights, as Envoy's
+    locality pick does."""
     ok = [[h for h in g if healthy is None or healthy(h)] for g in p.groups]
-    avail = [min(1.0, OVERPROVISIONING * len(o) / len(g)) for o, g in zip(ok, p.groups, strict=True)]
     if p.weights:
-        loads = [w * a for w, a in zip(p.weights, avail, strict=True)]
+        n_ok, n_all = sum(map(len, ok)), sum(map(len, p.groups))
+        if panic_percent and n_all and OVERPROVISIONING * n_ok < n_all and 100.0 * n_ok / n_all < panic_percent:
+            if on_panic is not None:
+                on_panic()
+            return [h for g in p.groups for h in g]
+        loads = [w * min(1.0, OVERPROVISIONING * len(o) / len(g))
+                 for w, o, g in zip(p.weights, ok, p.groups, strict=True)]
+        total = 1.0
     else:
+        avail = [min(1.0, OVERPROVISIONING * len(o) / len(g)) for o, g in zip(ok, p.groups, strict=True)]
         total = min(1.0, sum(avail))
+        if total <= 0:
+            if panic_percent and p.groups:
+                if on_panic is not None:
+                    on_panic()
+                return list(p.groups[0])
+            return None
         left, loads = 1.0, []
         for a in avail:
-            share = min(left, a / total) if total > 0 else 0.0
+            share = min(left, a / total)
             loads.append(share)
             left -= share
     whole = sum(loads)
     if whole <= 0:
         return None
     x = draw() * whole
-    for o, load in zip(ok, loads, strict=True):
+    i = 0
+    for j, load in enumerate(loads):     # the last loaded one if rounding runs past the end
         if load > 0:
+            i = j
             if x < load:
-                return o
+                break
             x -= load
-    return next(o for o, load in zip(reversed(ok), reversed(loads), strict=True) if load > 0)
+    if panic_percent and total < 1.0 and 100.0 * len(ok[i]) / len(p.groups[i]) < panic_percent:
+        if on_panic is not None:
+            on_panic()
+        return list(p.groups[i])
+    return ok[i]

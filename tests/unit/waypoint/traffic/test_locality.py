@@ -70,6 +70,25 @@ def test_ejections_spill_over_to_the_next_priority_by_the_overprovisioning_facto
     assert pick_hosts(p, healthy, lambda: 0.5) is None                    # no healthy upstream: 503 UH
 
 
+def test_min_health_percent_panics_per_priority_as_envoy() -> None:
+    p = Plan((("a1", "a2", "a3", "a4"), ("b1", "b2")))
+    panics: list[int] = []
+    ejected = {"a1", "a2", "a3", "b1"}      # P0 1/4 healthy (0.35), P1 1/2 (0.7): enough, no panic
+
+    def pick(x: float, percent: float = 50) -> list[str] | None:
+        return pick_hosts(p, lambda h: h not in ejected, lambda: x, percent, lambda: panics.append(1))
+    assert pick(0.1) == ["a4"] and pick(0.9) == ["b2"] and not panics
+    ejected.add("b2")                       # P1 gone: availability 0.35 < 1, P0 25% < 50%: all of P0
+    assert pick(0.9) == ["a1", "a2", "a3", "a4"] and panics == [1]
+    assert pick(0.9, 0) == ["a4"]           # minHealthPercent 0 (Istio's default): no panic
+    ejected.add("a4")                       # nothing healthy: priority 0, in panic
+    assert pick(0.9) == ["a1", "a2", "a3", "a4"] and pick(0.9, 0) is None
+    d = Plan((("a1", "a2"), ("b1", "b2")), (80.0, 20.0))
+    ejected = {"a1", "a2", "b1"}            # distribute: 1 of 4 healthy, 25% < 50%: weights ignored
+    assert pick_hosts(d, lambda h: h not in ejected, lambda: 0.1, 50) == ["a1", "a2", "b1", "b2"]
+    assert pick_hosts(d, lambda h: h not in ejected, lambda: 0.1) == ["b2"]
+
+
 def test_failover_from_to_regions_and_failover_priority_labels() -> None:
     # in us-east, fail over to eu-west before any other region
     hosts = ["a1", "d1", "x1"]
