@@ -89,7 +89,8 @@ def _place(v: View, pick: endpoints.Pick) -> Place:
 
 
 def _choose_among(v: View, cands: Sequence[endpoints.Pick], cluster: Cluster) -> endpoints.Pick | None:
-    """`Waypoint._choose` for candidates not from the View's cache (opaque connections)."""
+    """`WaypointProxy._choose` for candidates not from the View's cache (opaque connections):
+    their places are computed only for a cluster with locality balancing."""
     return WaypointProxy._choose(cands, cluster, addresses=[p.address for p in cands],
                             places=[_place(v, p) for p in cands] if cluster.locality is not None else None)
 
