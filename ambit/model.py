@@ -86,6 +86,21 @@ def _from_dict(cls: Any, d: Any) -> Any:
 
 
 UNKNOWN_FIELD = "a field this version of Ambit does not know"
+# The set fields of a body that a client may ignore if it does not know them: a resource class
+# lists its top-level ones in `ADVISORY` (fields that only refine behaviour, never narrow what a
+# policy allows), and the wire encoder (ambit/configclient/codec.py) names those that are set under
+# this key, so an older client that meets them ignores them instead of NACKing every update of
+# that type until it is upgraded (docs/config-stream.md, "Version skew").
+ADVISORY_KEY = "_advisory"
+
+
+def wire_dict(resource: Resource) -> dict[str, Any]:
+    """`resource.to_dict()`, with its set advisory fields named under `ADVISORY_KEY`."""
+    d = resource.to_dict()
+    advisory = getattr(type(resource), "ADVISORY", ())
+    if advisory and (set_ := [n for n in advisory if not _is_zero(d[n])]):
+        d[ADVISORY_KEY] = set_
+    return d
 
 
 def _unknown_fields(cls: Any, d: dict[str, Any], hints: Mapping[str, Any], kwargs: dict[str, Any]) -> None:
@@ -97,10 +112,15 @@ def _unknown_fields(cls: Any, d: dict[str, Any], hints: Mapping[str, Any], kwarg
     what a policy allows: in a `Match` it becomes an `unsupported` attribute (never proves an ALLOW,
     always matches in a DENY or AUDIT, as for attributes Ambit cannot evaluate); anywhere else it
     raises ValueError naming it, so the client rejects (NACKs) the update and keeps its last good
-    state. A newly added field must therefore default to a zero value meaning "as before"
+    state, unless the sender lists it under `ADVISORY_KEY` (a field its class declares safe to
+    ignore). A newly added field must therefore default to a zero value meaning "as before"
     (docs/config-stream.md, "Version skew").
     """
-    unknown = sorted(k for k, v in d.items() if k not in hints and not _is_zero(v))
+    advisory = d.get(ADVISORY_KEY)
+    if not (isinstance(advisory, list) and all(isinstance(a, str) for a in advisory)):
+        advisory = ()
+    unknown = sorted(k for k, v in d.items()
+                     if k not in hints and k != ADVISORY_KEY and k not in advisory and not _is_zero(v))
     if not unknown:
         return
     if cls is Match:
@@ -197,6 +217,8 @@ class Workload(Resource):
     """A pod as the data plane needs it."""
 
     TYPE: ClassVar[str] = "ambit.io/Workload"
+    # Set fields an older client may ignore (ADVISORY_KEY): where a pod runs only refines balancing.
+    ADVISORY: ClassVar[tuple[str, ...]] = ("locality",)
     uid: str
     name: str
     namespace: str

@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ambit.model import RESOURCE_TYPES, Resource
+from ambit.model import RESOURCE_TYPES, Resource, wire_dict
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,9 @@ class Encoded:
 
 
 def canonical_body(resource: Resource) -> bytes:
-    """Canonical JSON (sorted keys, no whitespace) so equal content always hashes equally."""
-    return json.dumps(resource.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+    """Canonical JSON (sorted keys, no whitespace) so equal content always hashes equally; set
+    advisory fields are named in it (ambit.model.ADVISORY_KEY)."""
+    return json.dumps(wire_dict(resource), sort_keys=True, separators=(",", ":")).encode()
 
 
 def content_version(body: bytes) -> str:

@@ -62,6 +62,15 @@ class NewerWorkload(Workload):
     network: str = ""
 
 
+@dataclass
+class NewerAdvisoryWorkload(Workload):
+    """A Workload of a future version whose new field only refines behaviour: its class says an
+    older client may ignore it."""
+
+    ADVISORY = (*Workload.ADVISORY, "rack")
+    rack: str = ""
+
+
 def allow(match: Match, name: str = "allow-admin") -> Authorization:
     return Authorization(name=name, namespace="demo", action="ALLOW", scope="namespace",
                          rules=[Rule(clauses=[[match]])])
@@ -142,6 +151,26 @@ def test_a_field_set_by_a_newer_controller_elsewhere_is_nacked_and_the_last_good
             assert "Workload.network: a field this version of Ambit does not know (set to 'east'" in nack.message
             assert "'a1'" in nack.message
             assert c.versions()[Workload.TYPE] == "v2" and c.state(Workload.TYPE)["a1"].ips == ["10.0.1.2"]
+        finally:
+            await c.stop()
+            await srv.stop(0)
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_field_a_newer_controller_marks_advisory_is_ignored_not_nacked():
+    """A new field that only refines behaviour (as locality refines balancing) is named advisory on
+    the wire: an older client ignores it and keeps taking updates, instead of NACKing every update
+    of the type (every new pod unknown to it) until it is upgraded."""
+    async def main():
+        fields = {f.name: getattr(SERVER, f.name) for f in dataclasses.fields(Workload)}
+        srv, port = await _serve({Workload.TYPE: [NewerAdvisoryWorkload(**fields, rack="r7")]})
+        c = ConfigClient(f"127.0.0.1:{port}", ZT, [Workload.TYPE], Recorder(), backoff=Backoff(0.05, 0.5))
+        try:
+            await c.start()
+            await c.wait_synced(10)
+            assert not any(t.last_nack for t in srv.status()[0].types)
+            (held,) = c.state(Workload.TYPE).values()
+            assert held.uid == SERVER.uid and held.locality == SERVER.locality and not hasattr(held, "rack")
         finally:
             await c.stop()
             await srv.stop(0)
