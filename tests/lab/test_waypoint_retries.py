@@ -146,11 +146,13 @@ def test_the_retry_budget_caps_retries_against_a_dead_service(rlab: Lab) -> None
         load(rlab, "http://dead/", 200, 20)
         free = delta(cluster_stats(rlab, "dead"), before, "upstream_rq_retry") / 200
         # the budget: concurrent retries <= max(2, 20 % of active requests)
+        # a new policy rebuilds the cluster, and its counters start again from 0: read before the
+        # DestinationRule, since the old cluster may be gone by the time `apply` returns
+        pre = cluster_stats(rlab, "dead").get("upstream_rq_retry", 0)
+        assert pre > 0
         g = apply(rlab, [dr("dead", "budget", {"retryBudget": {"percent": 20, "minRetryConcurrency": 2}})],
                   rlab.tmp, "dead-dr")  # type: ignore[attr-defined]
         try:
-            # a new policy rebuilds the cluster, and its counters start again from 0
-            pre = cluster_stats(rlab, "dead").get("upstream_rq_retry", 0)
             rlab.wait_for(lambda: load(rlab, "http://dead/", 1) and cluster_stats(rlab, "dead").get(
                 "upstream_rq_retry", 0) < pre, timeout=20, interval=0.3, what="DestinationRule in force")
             before = cluster_stats(rlab, "dead")
