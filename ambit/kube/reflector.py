@@ -350,6 +350,7 @@ class Reflector:
         self._watch_opened = self.clock()
         st.failures = 0                 # the server answers (a watch that then ends at once counts again)
         st.watches += 1
+        ended = False
         try:
             if stop.is_set():           # stopped before `abort` could see this response
                 return
@@ -359,8 +360,14 @@ class Reflector:
                 if line.strip():
                     ev = json.loads(line)
                     self._event(ev.get("type", ""), ev.get("object") or {})
+            ended = True
         finally:
             self._resp = None
+            if not ended:
+                # The server is still streaming on this connection (we stopped, or an event failed):
+                # pooled, the next request of the shared client would be written where the server
+                # reads none and wait for its read timeout (KubeSource's stop waited 5 s a thread).
+                resp.close()
             resp.release_conn()
 
     def _event(self, etype: str, obj: Obj) -> None:

@@ -4,12 +4,14 @@ dropped connections, bookmarks and collections that are not served."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import urllib3
 
 from ambit.kube.client import make_api_client
 from ambit.kube.reflector import ADDED, DELETED, LISTED, MODIFIED, Change, Reflector
@@ -389,3 +391,23 @@ def test_a_failure_on_one_object_does_not_end_the_watch(emu: KubeEmulator) -> No
         rf.abort()
         thread.join(timeout=10)
         client.close()
+
+
+
+def test_a_reflector_stopped_while_opening_its_watch_leaves_the_client_usable(emu: KubeEmulator, reflect) -> None:
+    """Stopped (and aborted) while its watch request waits for the server's answer, the reflector
+    returns as the answer comes, and gave the watch's connection back to the client's pool. The
+    server still streams on it and reads no request there, so the next request sharing the client
+    (another reflector's list, a status PATCH, the CRD check) waited for its read timeout: each of
+    KubeSource's threads so stuck made its stop, and the controller's SIGTERM, wait 5 s more."""
+    with emu.hold_watches():
+        r = reflect(PODS)
+        until(lambda: r.st.synced and emu.watch_requests("pods"), "the watch request")
+        r.stop.set()
+        r.rf.abort()                # no response yet: nothing to abort
+    r.thread.join(timeout=10)
+    assert not r.thread.is_alive()
+    pool = r.client.rest_client.pool_manager      # what every request of the shared client uses
+    resp = pool.request("GET", f"{emu.url}/api/v1/namespaces/demo/pods", retries=False,
+                        timeout=urllib3.Timeout(connect=5, read=5))   # on the watch's connection: ReadTimeoutError
+    assert resp.status == 200 and json.loads(resp.data)["items"] == []
