@@ -231,8 +231,7 @@ class WaypointProxy:
         for p in providers:
             tracing_sdk.exporter_class(p)
         if self.engine.tracing is None:
-            self.engine.tracing = tracing_sdk.Tracing(self.tracing_for, tracing_identity(self.settings), self.rng,
-                                                      edge=self.settings.ingress)
+            self.engine.tracing = tracing_sdk.Tracing(self.tracing_for, tracing_identity(self.settings), self.rng)
 
     async def on_config(self) -> None:
         """After each config update: tracing providers the mesh now defines are loaded (above); an

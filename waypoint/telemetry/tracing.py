@@ -111,7 +111,8 @@ def extract(headers: Iterable[tuple[str, str]]) -> tuple[Context | None, bool]:
             flags = v
         elif k == "x-envoy-force-trace" or k == "x-client-trace-id":
             # x-client-trace-id: a client's own trace id, which Envoy traces (Istio sets the HCM's
-            # client_sampling to 100 %), from any client; x-envoy-force-trace from internal ones
+            # client_sampling to 100 %), from any client; x-envoy-force-trace from internal ones (an
+            # ingress gateway removes an external client's before tracing: waypoint/http/edge.py)
             force = True
     ctx = parse_traceparent(tp) if tp is not None else None
     if ctx is None and b3 is not None:

@@ -124,9 +124,8 @@ class Tracing:
     """The engine's tracer: decides per request, owns the exporter pipeline of the current config."""
 
     def __init__(self, tracing_for: TracingFor, ident: tr.Identity, rng: random.Random | None = None, *,
-                 delay_ms: int = 1000, edge: bool = False) -> None:
+                 delay_ms: int = 1000) -> None:
         self.tracing_for = tracing_for
-        self.edge = edge        # an ingress gateway: x-envoy-force-trace never forces a trace
         self.ident = ident
         self.rng = rng or random.Random()
         self.delay_ms = delay_ms
@@ -162,11 +161,6 @@ class Tracing:
             _ensure_context(head, self.rng)
             return None
         parent, force = tr.extract(head.headers)
-        if force and self.edge:
-            # x-envoy-force-trace from a client of the gateway, which treats every client as external:
-            # Envoy's edge removes it (waypoint/http/edge.py does, before this; kept here so that
-            # the rule holds whoever calls); x-client-trace-id still counts, as Envoy's client sampling
-            force = any(k == "x-client-trace-id" for k, _ in head.headers)
         rid = next((v for k, v in head.headers if k == "x-request-id"), "") if cfg.use_request_id else ""
         if not tr.sample(parent, force, cfg.sampling_percent, self.rng, rid):
             if parent is not None and parent.sampled is not False:

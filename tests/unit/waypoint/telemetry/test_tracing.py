@@ -203,28 +203,6 @@ def test_a_pod_addressed_requests_span_name_does_not_follow_the_host_header() ->
     assert names == {"10.210.2.11:8080/*"}
 
 
-def test_an_ingress_ignores_and_drops_an_external_clients_force_trace() -> None:
-    """Envoy honours `x-envoy-force-trace` on internal requests only; at an edge (Istio's gateways)
-    an external client's is removed, and the gateway treats every client of its listeners as
-    external. The ingress gateway let any client trace every request it sent, at any sampling
-    percentage, here and (the header passed on) at every hop."""
-    from ambit.telemetryconfig import Provider, TracingConfig
-    from waypoint.http.record import RequestRecord
-    from waypoint.request import Downstream, RequestHead
-    from waypoint.telemetry.tracing_sdk import Tracing
-
-    cfg = TracingConfig((Provider("otel", "opentelemetry", "127.0.0.1", 9, "", "grpc"),), 0.0)
-    edge = Tracing(lambda _s: cfg, tr.Identity("gw", "gw"), random.Random(1), edge=True)
-    try:
-        def traced(ip: str) -> bool:
-            head = RequestHead("GET", "/", "shop.example.com", headers=[("x-envoy-force-trace", "true")])
-            down = Downstream(source_ip=ip, destination_port=443)
-            return edge.server(head, down, RequestRecord("GET", "/", "shop.example.com", "HTTP/1.1", down)) is not None
-        assert not any(traced(ip) for ip in ("198.51.100.7", "2001:db8::7", "10.1.2.3", "fd00::5"))
-    finally:
-        edge.shutdown()
-
-
 def test_a_client_trace_id_forces_a_trace_from_any_client() -> None:
     """Envoy traces a request carrying `x-client-trace-id` (Istio sets client_sampling 100 %),
     from an external client too; the waypoint ignored the header."""
@@ -240,10 +218,10 @@ def test_a_client_trace_id_forces_a_trace_from_any_client() -> None:
     from waypoint.telemetry.tracing_sdk import Tracing
 
     cfg = TracingConfig((Provider("otel", "opentelemetry", "127.0.0.1", 9, "", "grpc"),), 0.0)
-    edge = Tracing(lambda _s: cfg, tr.Identity("gw", "gw"), random.Random(1), edge=True)
-    try:
+    tracing = Tracing(lambda _s: cfg, tr.Identity("gw", "gw"), random.Random(1))
+    try:     # an ingress gateway's client (waypoint/http/edge.py keeps x-client-trace-id), sampling at 0 %
         head = RequestHead("GET", "/", "shop.example.com", headers=[("x-client-trace-id", "t-1")])
-        down = Downstream(source_ip="198.51.100.7", destination_port=443)
-        assert edge.server(head, down, RequestRecord("GET", "/", "shop.example.com", "HTTP/1.1", down)) is not None
+        down = Downstream(source_ip="198.51.100.7", destination_port=443, edge="https")
+        assert tracing.server(head, down, RequestRecord("GET", "/", "shop.example.com", "HTTP/1.1", down)) is not None
     finally:
-        edge.shutdown()
+        tracing.shutdown()
