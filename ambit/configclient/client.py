@@ -184,6 +184,11 @@ class ConfigClient:
                     # a lost connection and never takes it back, so that count is not ours.
                     raise asyncio.CancelledError() from e
                 self._failed(e)
+            if self._stopping:
+                # `stop()` cancelled us and the stream's teardown swallowed it (the session
+                # returned as if the controller had ended the stream): reconnecting here kept the
+                # loop dialling while `stop()` waited for it (seen in `make test`: the test's 60 s ran out)
+                raise asyncio.CancelledError()
             delay = self._backoff.next_delay()
             log.info("config stream to %s: reconnecting in %.2fs", self.target, delay)
             await asyncio.sleep(delay)
