@@ -11,31 +11,19 @@ import re
 from typing import Any
 
 from ambit.dataplane.ports import INGRESS_POD_PORTS
+from ambit.duration import parse_go_duration
 from ambit.httpfields import PROXY_OWNED_HEADERS
 from ambit.regex import check_re2
 from controller.kinds.schema import Arr, Errors, Int, Map, Num, Obj, Str, join
 
 # -- durations -------------------------------------------------------------------------------------
 
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 GO_DURATION_PATTERN = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$"
 
 
 def parse_duration(text: str) -> float:
     """Parse a Go/Istio duration ("1.5s", "300ms", "1h30m") into seconds. Raises ValueError."""
-    if text == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    if not text:
-        raise ValueError("empty duration")
-    while pos < len(text):
-        m = _GO_PART.match(text, pos)
-        if not m:
-            raise ValueError(text)
-        total += float(m.group(1)) * _GO_UNITS[m.group(2)]
-        pos = m.end()
-    return total
+    return parse_go_duration(text)
 
 
 def _check_duration(text: str) -> str | None:

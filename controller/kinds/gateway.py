@@ -17,6 +17,7 @@ from controller.kinds.common import (
     header_value_reason,
     parse_duration,
 )
+from controller.kinds.cors import HTTPCORSFilter
 from controller.kinds.schema import AnyValue, Arr, Check, Errors, Int, Map, Obj, Str, join
 
 INGRESS_PROTOCOLS = ("HTTP", "HTTPS", "TLS", "TCP")
@@ -75,8 +76,7 @@ _FILTER_FIELD = {"RequestHeaderModifier": "requestHeaderModifier",
                  "ResponseHeaderModifier": "responseHeaderModifier",
                  "RequestMirror": "requestMirror", "RequestRedirect": "requestRedirect",
                  "URLRewrite": "urlRewrite", "ExtensionRef": "extensionRef", "CORS": "cors"}
-_UNSUPPORTED_FILTERS = {"ExtensionRef": "ExtensionRef filters are not supported by Ambit",
-                        "CORS": "CORS filters are not supported by Ambit yet; use a VirtualService corsPolicy"}
+_UNSUPPORTED_FILTERS = {"ExtensionRef": "ExtensionRef filters are not supported by Ambit"}
 
 
 def _check_filter(value: dict[str, Any], path: str, errs: Errors) -> None:
@@ -118,7 +118,7 @@ def Filter(types: tuple[str, ...]) -> Obj:  # noqa: N802 - a schema constructor
                                checks=(_check_redirect_code,)),
         "urlRewrite": Obj({"hostname": Str(), "path": PathModifier}),
         "extensionRef": Obj({"group": Str(), "kind": Str(), "name": Str()}),
-        "cors": AnyValue(),
+        "cors": HTTPCORSFilter,
     }, required=("type",), checks=(_check_filter,))
 
 

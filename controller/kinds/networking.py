@@ -25,6 +25,7 @@ from controller.kinds.common import (
     header_ops_checks,
     header_value_reason,
 )
+from controller.kinds.cors import CorsPolicy
 from controller.kinds.schema import Arr, Bool, Errors, Int, Map, Num, Obj, Str, join
 
 # -- VirtualService --------------------------------------------------------------------------------
@@ -112,13 +113,6 @@ HTTPFaultInjection = Obj({
                   "http2Error": Str(valid=lambda _: "HTTP/2 abort fault injection not supported yet (Istio refuses "
                                     "it too): abort with httpStatus or grpcStatus"),
                   "percentage": Percent}, one_of=(("httpStatus", "grpcStatus", "http2Error"),), exactly_one=True),
-})
-
-CorsPolicy = Obj({
-    "allowOrigins": Arr(StringMatch()), "allowOrigin": Strings,
-    "allowMethods": Strings, "allowHeaders": Strings, "exposeHeaders": Strings,
-    "maxAge": Duration(), "allowCredentials": Bool(),
-    "unmatchedPreflights": Str(enum=("UNSPECIFIED", "FORWARD", "IGNORE")),
 })
 
 HTTPMirrorPolicy = Obj({"destination": Destination, "percentage": Percent}, required=("destination",))

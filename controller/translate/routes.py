@@ -292,6 +292,22 @@ def gw_backend(b: Obj, ns: str, hosts: Hosts, weight_default: int = 1) -> RouteD
                             headers=headers)
 
 
+# Gateway API's default `maxAge` (its CRD's default: the API server fills it in, the lab store does not).
+GW_CORS_MAX_AGE = 5
+
+
+def gw_cors(c: Obj) -> dict[str, Any]:
+    """A Gateway API CORS filter as the route's `cors` (Istio's corsPolicy field names, which the
+    waypoint reads, waypoint/routing/cors.py), its origins kept as Gateway API patterns
+    (`https://*.example.com`): Istio turns them into exact matches, so its wildcards match only
+    themselves (istio conversion.go createCorsFilter, a TODO there)."""
+    return {"allowOrigins": [{"origin": o} for o in c.get("allowOrigins") or []],
+            "allowMethods": list(c.get("allowMethods") or []), "allowHeaders": list(c.get("allowHeaders") or []),
+            "exposeHeaders": list(c.get("exposeHeaders") or []),
+            "maxAge": int(c["maxAge"]) if c.get("maxAge") is not None else GW_CORS_MAX_AGE,
+            "allowCredentials": bool(c.get("allowCredentials"))}
+
+
 def _gw_filters(route: HttpRoute, filters: list[Obj], ns: str, hosts: Hosts) -> None:
     for f in filters:
         t = f["type"]
@@ -313,6 +329,8 @@ def _gw_filters(route: HttpRoute, filters: list[Obj], ns: str, hosts: Hosts) -> 
             r = f["urlRewrite"]
             value, mode = _gw_path_modifier(r["path"]) if r.get("path") else ("", "prefix")
             route.rewrite = Rewrite(path=value, path_mode=mode, authority=r.get("hostname", ""))
+        elif t == "CORS":
+            route.cors = gw_cors(f["cors"])
         elif t == "RequestMirror":
             m = f["requestMirror"]
             pct = 100.0

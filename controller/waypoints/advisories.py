@@ -18,7 +18,7 @@ validator refuses what can never work; this module finds what is valid but does 
   serves: the waypoint is what applies them, so until one serves the host they change nothing.
 - Namespaces, Pods and Services whose Ambit labels or balancing fields do nothing as written
   (`controller.waypoints.label_advisories`).
-- Fields the waypoint accepts but does not apply (CORS, session persistence, locality failover
+- Fields the waypoint accepts but does not apply (session persistence, locality failover
   without outlier detection, a few connection-pool knobs, TLS origination, PROXY protocol), fields it applies
   differently from Istio (a fault without a percentage, `exponentialDelay`, a mirror to a host that
   is no mesh Service), and VirtualService `delegate`, `tcp` and `tls` routes, `match.statPrefix`
@@ -66,7 +66,6 @@ _L7_OPERATION = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPath
 
 # Accepted by the validator and carried to the waypoint, but not applied (yet). Everything else in
 # routes and DestinationRules is applied by the waypoint (docs/waypoint.md, docs/resilience/).
-NOT_YET_VS_HTTP = {"corsPolicy": "CORS"}
 NOT_YET_GW_RULE = {"sessionPersistence": "session persistence"}
 # DestinationRule traffic-policy fields, by path below the policy: why each is not applied.
 NOT_APPLIED_POLICY_FIELDS = {
@@ -560,9 +559,6 @@ def _stat_prefixes(ref: str, h: Obj, i: int) -> list[Advisory]:
 def _vs_fields(o: Obj, hosts: Any = None) -> list[Advisory]:
     spec, ref, out = o.get("spec") or {}, object_ref(o), []
     for i, h in enumerate(spec.get("http") or []):
-        for f, what in NOT_YET_VS_HTTP.items():
-            if h.get(f) is not None:
-                out.append(Advisory(ref, f"spec.http[{i}].{f}", NOT_YET_REASON.format(what=what), NOT_ENFORCED))
         out += _fault_fields(ref, h.get("fault"), f"spec.http[{i}].fault")
         out += _retry_on_fields(ref, h.get("retries"), f"spec.http[{i}].retries") + _stat_prefixes(ref, h, i)
         if (h.get("retries") or {}).get("retryRemoteLocalities"):

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -91,12 +92,49 @@ def test_httproute_split_example_sends_canaries_to_v2_and_splits_the_rest_80_20(
         got = pods(http_get_many(driver, "demo/client", url, 1000))
         print(f"httproute-split over 1000: {dict(got)}")
         assert set(got) <= {"echo-v1", "echo-v2"} and abs(got["echo-v2"] - 200) <= 51, got
+        _cors_at_the_waypoint(driver)
     finally:
+        driver.delete(CORS_ROUTE)
         driver.delete(split)
         driver.label_namespace("demo", f"{USE_WAYPOINT}-")
         driver.delete(waypoint)
         driver.delete(VERSION_SERVICES)
     eventually(canaries_reach_v1, "demo back without the route and the waypoint", timeout=30, interval=1)
+
+
+CORS_ROUTE = yaml.safe_dump({
+    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "cors", "namespace": "demo"},
+    "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 8080}],
+             "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/cors"}}],
+                        "filters": [{"type": "CORS", "cors": {"allowOrigins": ["https://*.shop.example"],
+                                                               "allowMethods": ["PUT"], "allowCredentials": True}}],
+                        "backendRefs": [{"name": "echo-v1", "port": 8080}]}]}})
+
+
+def _cors_at_the_waypoint(driver: Driver) -> None:
+    """An HTTPRoute CORS filter beside the split (its longer path wins), applied by the namespace's
+    waypoint: it answers an allowed origin's preflight itself (no echo JSON: the app never saw it)
+    and marks the app's responses."""
+    driver.apply(CORS_ROUTE)
+    url = f"{ECHO}/cors"
+
+    def call(*opts: str) -> tuple[str, str]:
+        p = driver.exec("demo/client", ["curl", "-sS", "-m", "5", "-D", "-", *opts, url], timeout=35)
+        assert p.returncode == 0, p.stderr
+        head, _, body = p.stdout.replace("\r\n", "\n").partition("\n\n")
+        return head.lower(), body
+    preflight = ("-X", "OPTIONS", "-H", "Origin: https://www.shop.example", "-H", "Access-Control-Request-Method: PUT")
+
+    def answered() -> tuple[str, str] | None:
+        r = call(*preflight)
+        return r if "access-control-allow-origin" in r[0] else None
+    head, body = eventually(answered, "the CORS filter in force at the waypoint", timeout=60, interval=1)
+    assert head.startswith("http/1.1 200") and "access-control-allow-methods: put" in head, head
+    assert "access-control-allow-credentials: true" in head and body == "", body
+    head, body = call("-X", "PUT", "-H", "Origin: https://www.shop.example")
+    assert "access-control-allow-origin: https://www.shop.example" in head and json.loads(body)["pod"] == "echo-v1"
+    head, body = call("-X", "PUT", "-H", "Origin: https://evil.example")
+    assert "access-control-allow-origin" not in head and json.loads(body)["pod"] == "echo-v1"
 
 
 def test_peer_authentication_example_strict_refuses_plaintext_and_keeps_mesh_traffic(driver: Driver) -> None:

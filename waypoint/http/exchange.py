@@ -37,6 +37,7 @@ made on first use (`Exchange.x`), so a plain request neither stores nor reads it
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -52,6 +53,7 @@ from waypoint.request import Downstream, Forward, LocalReply, RequestHead
 from waypoint.resilience import fault, mirror
 from waypoint.resilience import retry as retries
 from waypoint.resilience.timeouts import TIMEOUT_BODY, request_timeout, upstream_grpc_timeout
+from waypoint.routing import cors
 
 if TYPE_CHECKING:
     from waypoint.http.engine import Engine, UpstreamTarget
@@ -301,12 +303,14 @@ class Exchange:
             headers = self.forward.response_headers.apply(headers)
         if self.target is not None and self.target.response_headers:
             headers = list(headers) + list(self.target.response_headers)     # e.g. a hash cookie to set
+        x = self.x
+        if x is not None and x.cors is not None:
+            headers = x.cors.apply(list(headers))
         self.resp_started = True
         self.record.status = status
         self.record.grpc_status = grpc_status
         if upgraded:
             self.upgraded = True
-        x = self.x
         if x is not None:
             if upgraded:
                 _cancel_timers(x)
@@ -427,6 +431,9 @@ class Exchange:
         rec.status, rec.response_flags = r.status, r.flags
         rec.route = rec.route or r.route
         rec.detail = r.reason
+        x = self.x
+        if x is not None and x.cors is not None:    # a local reply after the CORS filter ran (503 UH ...)
+            r = dataclasses.replace(r, headers=tuple(x.cors.apply(list(r.headers))))
         if self.head.grpc:
             code = r.grpc_status if r.grpc_status is not None else grpc_status_for(r.status)
             rec.grpc_status = str(code)
@@ -508,6 +515,8 @@ class Exchange:
                 return True
             if self._abort(f):
                 return True
+        if pol is not None and pol.cors is not None and self._cors(pol.cors):
+            return True
         self._mirror()
         return False
 
@@ -519,6 +528,8 @@ class Exchange:
         pol = self.forward.policy if self.forward is not None else None
         if pol is not None and pol.fault is not None and self._abort(pol.fault):
             return
+        if pol is not None and pol.cors is not None and self._cors(pol.cors):
+            return
         self._mirror()
         self._forward_on()
 
@@ -528,6 +539,18 @@ class Exchange:
             return False
         self.reply(r)
         return True
+
+    def _cors(self, policy: cors.CorsPolicy) -> bool:
+        """Envoy's CORS filter, past the fault filter and before the router: True when it answered
+        a preflight; else an allowed origin's CORS headers are kept for whatever response comes."""
+        c = cors.evaluate(policy, self.head)
+        if c is None:
+            return False
+        if isinstance(c, LocalReply):
+            self.reply(dataclasses.replace(c, route=self.forward.route if self.forward is not None else ""))
+            return True
+        self._rare().cors = c
+        return False
 
     def _mirror(self) -> None:
         """Shadows for the mirrors this request is picked for (not for upgrades: a raw relay
@@ -814,7 +837,7 @@ class _Rare:
     (`Exchange._rare`), so a plain request stores and reads none of it (docs/performance.md §43)."""
 
     __slots__ = ("retried", "raw_ends", "rstate", "replayable", "try_", "timeout", "per_try_timeout",
-                 "retry_flag", "timer", "try_timer", "backoff", "shadows", "fault_flags", "delay", "deadline")
+                 "retry_flag", "timer", "try_timer", "backoff", "shadows", "fault_flags", "delay", "deadline", "cors")
 
     def __init__(self) -> None:
         self.retried = False            # a stale pooled connection was replaced once (upstream_reset)
@@ -832,6 +855,7 @@ class _Rare:
         self.shadows: list[Shadow] = []     # mirrored copies in flight (waypoint/http/shadow.py)
         self.fault_flags = ""               # DI when a delay was injected (waypoint.resilience.fault)
         self.delay: asyncio.TimerHandle | None = None
+        self.cors: cors.CorsResponse | None = None  # an allowed origin's CORS headers (waypoint.routing.cors)
 
 
 def _cancel_timers(x: _Rare) -> None:

@@ -24,17 +24,20 @@ class RoutePolicy:
     retry: Any = None               # waypoint.resilience.retry.RetryPolicy; None: Istio's default
     fault: Any = None               # waypoint.resilience.fault: the compiled fault injection
     mirrors: tuple[Any, ...] = ()   # waypoint.resilience.mirror: the compiled mirrors
+    cors: Any = None                # waypoint.routing.cors.CorsPolicy: applied past the fault filter
 
 
-def compile_policy(r: HttpRoute) -> RoutePolicy:
+def compile_policy(r: HttpRoute, cors: Any = None) -> RoutePolicy:
     """An HTTPRoute's `timeouts.backendRequest` is each try's timeout when the rule has a `retry`;
     without one, Istio's conversion makes it the route timeout (in place of `timeouts.request`:
     istio/istio pilot/pkg/config/kube/gateway/conversion.go), which also covers the response body,
-    where a per-try timeout stops counting once the response has started."""
+    where a per-try timeout stops counting once the response has started. `cors` is the route's
+    compiled CORS policy (waypoint.routing.cors, compiled by the route table), which the engine
+    applies past the fault filter."""
     timeout, per_try = r.timeout, 0.0
     if r.retries is not None:
         per_try = r.retries.per_try_timeout or r.backend_timeout
     elif r.backend_timeout:
         timeout = r.backend_timeout
     return RoutePolicy(timeout=timeout, per_try_timeout=per_try, retry=compile_retry(r.retries),
-                       fault=compile_fault(r.fault), mirrors=compile_mirrors(r.mirrors))
+                       fault=compile_fault(r.fault), mirrors=compile_mirrors(r.mirrors), cors=cors)

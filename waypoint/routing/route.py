@@ -10,7 +10,8 @@ Order, as Istio configures Envoy:
    An unknown host gets 404, flag NR.
 2. The first route (in the table's order: VirtualService order, then Gateway API precedence, as
    the controller sorted them) with a matching `HttpMatch` wins; no match is 404 NR.
-3. The route answers itself (`directResponse`, `redirect`) or forwards to one destination chosen
+3. The route answers itself (`directResponse`, `redirect`, with its CORS policy applied first:
+   `waypoint.routing.cors`) or forwards to one destination chosen
    by weight, with its path/authority rewritten and the header operations of the destination and
    the route composed (the route's applied last, see `headers`).
 
@@ -25,10 +26,12 @@ Errors that are the configuration's, not the client's:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from waypoint.localreply import local_reply
-from waypoint.request import Decision, Downstream, Forward, HeaderOps, RequestHead
+from waypoint.request import Decision, Downstream, Forward, HeaderOps, LocalReply, RequestHead
+from waypoint.routing import cors
 from waypoint.routing.matchers import RequestMatcher, StringMatcher
 from waypoint.routing.paths import regex_rewrite, replace_full, replace_prefix
 from waypoint.routing.redirect import location
@@ -83,19 +86,34 @@ def _reply_headers(r: CompiledRoute, base: list[tuple[str, str]]) -> tuple[tuple
     return tuple(r.response_headers.apply(base)) if r.response_headers != HeaderOps() else tuple(base)
 
 
+def _answer(r: CompiledRoute, head: RequestHead, down: Downstream, path_matcher: StringMatcher | None) -> LocalReply:
+    """A route that answers itself: a redirect, else its direct response. Envoy's CORS filter runs
+    before its router, so a preflight gets the CORS answer and any other request from an allowed
+    origin gets the CORS headers on the route's reply."""
+    c = cors.evaluate(r.policy.cors, head) if r.policy is not None and r.policy.cors is not None else None
+    if isinstance(c, LocalReply):
+        return dataclasses.replace(c, route=r.name)
+    model = r.route
+    if model.redirect is not None:
+        loc = location(model.redirect, head, down, path_matcher)
+        status, body, base, reason = model.redirect.code, b"", [("location", loc)], "redirect"
+    else:
+        assert model.direct_response is not None
+        d = model.direct_response
+        status, body, base, reason = d.status, d.payload, [], "direct response"
+    headers = _reply_headers(r, base)
+    if c is not None:
+        headers = tuple(c.apply(list(headers)))
+    return local_reply(head, status, body, headers=headers, route=r.name, reason=reason)
+
+
 def _decide(table: RouteTable, r: CompiledRoute, matched: RequestMatcher | None, head: RequestHead,
             down: Downstream, rand: RandomSource) -> Decision:
     model = r.route
     path_matcher: StringMatcher | None = matched.path if matched is not None else None
     # Istio checks redirect before directResponse (route.go TranslateRoute); both may be set.
-    if model.redirect is not None:
-        loc = location(model.redirect, head, down, path_matcher)
-        return local_reply(head, model.redirect.code, headers=_reply_headers(r, [("location", loc)]),
-                           route=r.name, reason="redirect")
-    if model.direct_response is not None:
-        d = model.direct_response
-        return local_reply(head, d.status, d.payload, headers=_reply_headers(r, []), route=r.name,
-                           reason="direct response")
+    if model.redirect is not None or model.direct_response is not None:
+        return _answer(r, head, down, path_matcher)
     chosen = choose(r.destinations, r.weights, rand) if r.destinations else None
     if chosen is None:
         return local_reply(head, 500, route=r.name, reason="no destination has a weight above 0")

@@ -26,6 +26,7 @@ from ambit.model import HttpRoute, RouteDestination, WaypointRoutes
 from ambit.regex import RegexError, compile_re2
 from waypoint.request import Downstream, HeaderOps, RequestHead
 from waypoint.resilience.policy import RoutePolicy, compile_policy
+from waypoint.routing.cors import compile_cors
 from waypoint.routing.headers import authority_override, compose, request_ops, response_ops
 from waypoint.routing.matchers import RequestMatcher
 
@@ -151,7 +152,7 @@ def _compile_route(r: HttpRoute, index: int) -> CompiledRoute:
                          request_headers=route_req, response_headers=route_resp,
                          authority=authority_override(r.headers), rewrite_regex=rx,
                          gateway_api=gateway_api, ports=ports, consumer_namespace=consumer,
-                         policy=compile_policy(r))
+                         policy=compile_policy(r, compile_cors(r.cors)))
 
 
 def build_table(configs: Iterable[WaypointRoutes], cluster_domain: str = "cluster.local") -> RouteTable:

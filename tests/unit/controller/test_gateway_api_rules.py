@@ -150,8 +150,6 @@ def test_a_redirect_status_code_outside_gateway_apis_enum_is_refused(code: int) 
 @pytest.mark.parametrize("kind,f,why", [
     ("HTTPRoute", {"type": "ExtensionRef", "extensionRef": {"group": "x.io", "kind": "F", "name": "f"}},
      "ExtensionRef filters are not supported by Ambit"),
-    ("HTTPRoute", {"type": "CORS", "cors": {"allowOrigins": ["https://a.example"]}},
-     "CORS filters are not supported by Ambit yet; use a VirtualService corsPolicy"),
     ("GRPCRoute", {"type": "ExtensionRef", "extensionRef": {"group": "x.io", "kind": "F", "name": "f"}},
      "ExtensionRef filters are not supported by Ambit"),
 ])
@@ -160,3 +158,39 @@ def test_filters_ambit_does_not_support_are_refused_by_name(kind: str, f: dict[s
     assert errors(route({"filters": [f], "backendRefs": [BACKEND]}, kind=kind)) == [
         ("spec.rules[0].filters[0].type", why)]
     assert errors(route({"filters": [], "backendRefs": [BACKEND]}, kind=kind)) == []     # control
+
+
+# -- CORS filters (the HTTPCORSFilter schema: patterns, limits, CEL rules) ---------------------------
+
+CORS_OK = {"allowOrigins": ["https://www.foo.com", "https://*.bar.com:8443", "http://10.0.0.1"],
+           "allowMethods": ["GET", "OPTIONS"], "allowHeaders": ["x-header-1"], "exposeHeaders": ["*"],
+           "maxAge": 3600, "allowCredentials": True}
+
+
+@pytest.mark.parametrize("field,value,why", [
+    ("allowOrigins", ["ftp://a.example"], "must be"),
+    ("allowOrigins", ["https://a.example/path"], "must be"),
+    ("allowOrigins", ["https://a.*.example"], "must be"),
+    ("allowOrigins", ["https://a.example:70000"], "port 70000 is not between 1 and 65535"),
+    ("allowOrigins", ["*", "https://a.example"], "AllowOrigins cannot contain '*' alongside other origins"),
+    ("allowOrigins", ["https://a.example", "https://a.example"], 'Duplicate value: "https://a.example"'),
+    ("allowMethods", ["GET", "*"], "AllowMethods cannot contain '*' alongside other methods"),
+    ("allowMethods", ["FETCH"], "must be one of"),
+    ("allowHeaders", ["x-a, x-b"], "must be an HTTP header name"),
+    ("allowHeaders", ["x-a\r\nset-cookie: a=b"], "must be an HTTP header name"),
+    ("exposeHeaders", ["x-" + str(i) for i in range(65)], "must have at most 64 items, got 65"),
+    ("maxAge", 0, "must be"),
+])
+def test_a_cors_filter_is_checked_as_gateway_apis_crd_checks_it(field: str, value: Any, why: str) -> None:
+    """Every value becomes a response header on the route: a comma or a line break in one would
+    change or split the Access-Control-* headers of every response."""
+    assert errors(route({"filters": [{"type": "CORS", "cors": CORS_OK}], "backendRefs": [BACKEND]})) == []
+    bad = {**CORS_OK, field: value}
+    found = errors(route({"filters": [{"type": "CORS", "cors": bad}], "backendRefs": [BACKEND]}))
+    assert found and all(p.startswith(f"spec.rules[0].filters[0].cors.{field}") for p, _ in found), found
+    assert why in found[0][1], found
+
+
+def test_a_grpcroute_has_no_cors_filter() -> None:
+    found = errors(route({"filters": [{"type": "CORS", "cors": CORS_OK}], "backendRefs": [BACKEND]}, kind="GRPCRoute"))
+    assert [p for p, _ in found] == ["spec.rules[0].filters[0].type"], found

@@ -115,7 +115,8 @@ def test_resilience_fields_are_applied_without_warnings_and_the_rest_is_named() 
           "spec": {"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web"}}], "timeout": "1s",
                                                "retries": {"attempts": 3},
                                                "fault": {"abort": {"httpStatus": 500, "percentage": {"value": 5}}},
-                                               "mirror": {"host": "web"}}]}}
+                                               "mirror": {"host": "web"},
+                                               "corsPolicy": {"allowOrigins": [{"exact": "https://a.example"}]}}]}}
     dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "d", "namespace": "demo"},
           "spec": {"host": "web", "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST"},
                                                     "connectionPool": {"tcp": {"maxConnections": 1}},
@@ -132,7 +133,7 @@ def test_resilience_fields_are_applied_without_warnings_and_the_rest_is_named() 
     assert advisories([*served, vs, dr, hr]) == []
 
     vs2 = {**vs, "spec": {"hosts": ["web"], "http": [{
-        "route": [{"destination": {"host": "web"}}], "corsPolicy": {"allowOrigins": [{"exact": "x"}]},
+        "route": [{"destination": {"host": "web"}}],
         "fault": {"delay": {"exponentialDelay": "1s"}},
         "retries": {"attempts": 2, "retryRemoteLocalities": True},
         "mirrors": [{"destination": {"host": "web"}}, {"destination": {"host": "shadow.example.com"}}]}]}}
@@ -142,7 +143,6 @@ def test_resilience_fields_are_applied_without_warnings_and_the_rest_is_named() 
         "tls": {"mode": "SIMPLE"}}}}
     found = {(a.ref, a.path): a.reason for a in advisories([*served, vs2, dr2])}
     assert set(found) == {
-        ("VirtualService/demo/r", "spec.http[0].corsPolicy"),
         ("VirtualService/demo/r", "spec.http[0].fault.delay"),
         ("VirtualService/demo/r", "spec.http[0].fault.delay.exponentialDelay"),
         ("VirtualService/demo/r", "spec.http[0].retries.retryRemoteLocalities"),
@@ -155,7 +155,6 @@ def test_resilience_fields_are_applied_without_warnings_and_the_rest_is_named() 
         found[("VirtualService/demo/r", "spec.http[0].fault.delay")]
     assert "shadow.example.com is not a Service the mesh knows" in \
         found[("VirtualService/demo/r", "spec.http[0].mirrors[1].destination.host")]
-    assert "not enforced yet: the waypoint does not apply CORS" in found[("VirtualService/demo/r", "spec.http[0].corsPolicy")]
 
 
 def run(*argv: str, stdin: str = "") -> tuple[int, str, str]:

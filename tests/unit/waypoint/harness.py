@@ -134,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(out)
 
-    do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = do_PATCH = _any
+    do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = do_PATCH = do_OPTIONS = _any
 
     def _websocket(self) -> None:
         key = self.headers["sec-websocket-key"]
