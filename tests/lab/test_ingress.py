@@ -1,8 +1,9 @@
 """The ingress gateway in a running lab, through the real CLI and real curl from the lab's "outside"
 netns (not in the mesh, on the underlay): a Gateway of class `ambit` with an HTTP listener and two
 HTTPS listeners on one port (one certificate each, chosen by SNI), an HTTPRoute with a header match,
-a STRICT namespace whose backend admits only the gateway's identity, and the underlay seen by
-tcpdump: TLS from the client to the gateway, HBONE mutual TLS from the gateway to the pod, nothing
+a STRICT namespace whose backend admits only the gateway's identity, a browser app on another
+origin (headless Chromium) whose preflighted fetch the route's CORS filter lets through, and the
+underlay seen by tcpdump: TLS from the client to the gateway, HBONE mutual TLS from the gateway to the pod, nothing
 in clear.
 
 One test, one Gateway: the gateway pod starts once (about 15 s of the test's ~35 s)."""
@@ -12,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ pytestmark = pytest.mark.lab
 
 NS = "demo"
 HOSTS = ("a.example.com", "b.example.com")
+BROWSER = Path(__file__).with_name("browser_cors.py")
+APP_PORT, OTHER_APP_PORT = 8099, 8098     # pages served in the outside netns: two origins
 
 
 def _name(cn: str) -> x509.Name:
@@ -90,7 +94,11 @@ def objects(secrets: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
              "spec": {"parentRefs": [{"name": "ingress"}], "hostnames": list(HOSTS),
                       "rules": [{"matches": [{"headers": [{"name": "x-version", "value": "v2"}]}],
                                  "backendRefs": [{"name": "echo-v2", "port": 8080}]},
-                                {"backendRefs": [{"name": "echo-v1", "port": 8080}]}]}},
+                                {"backendRefs": [{"name": "echo-v1", "port": 8080}],
+                                 # the browser app's origin (browser_cors.py); requests without one are untouched
+                                 "filters": [{"type": "CORS", "cors": {
+                                     "allowOrigins": [f"http://localhost:{APP_PORT}"], "allowMethods": ["PUT"],
+                                     "allowHeaders": ["x-token"]}}]}]}},
             {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
              "metadata": {"name": "elsewhere", "namespace": NS},
              "spec": {"parentRefs": [{"name": "ingress", "sectionName": "https-a"}], "hostnames": ["c.example.org"],
@@ -158,6 +166,19 @@ def test_outside_client_reaches_mesh_services_through_the_ingress_gateway(lab: L
         # HTTP listener, and the gateway is serving (its listeners open once its config arrived)
         lab.wait_for(lambda: outside_curl(lab, f"http://{HOSTS[0]}/", *resolve).returncode == 0, timeout=20,
                      what="the ingress answering on port 80")
+        # a browser app on another origin (Chromium, headless, in the outside netns): its PUT with a
+        # custom header needs a preflight, which the gateway answers from the route's CORS filter
+        # (the echo app has no OPTIONS: it would answer 501); a page on an origin the filter does not
+        # allow gets the browser's CORS refusal
+        p = subprocess.run(["ip", "netns", "exec", outside.netns(LabNames(lab.name)), sys.executable, str(BROWSER),
+                            f"http://{HOSTS[0]}/api", HOSTS[0], ip, str(APP_PORT), str(OTHER_APP_PORT)],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+        fetched = json.loads(p.stdout.splitlines()[-1])
+        allowed, refused = fetched[str(APP_PORT)], fetched[str(OTHER_APP_PORT)]
+        assert allowed.get("status") == 200, fetched
+        assert (json.loads(allowed["body"])["method"], json.loads(allowed["body"])["path"]) == ("PUT", "/api")
+        assert "Failed to fetch" in refused.get("error", ""), fetched
         # HTTPS: SNI chooses each hostname's own certificate, which curl verifies against the test CA
         # (HTTP/1.1 and HTTP/2; headers only a proxy may set, forged by the client, do not pass)
         forged = ["-H", "x-forwarded-proto: http", "-H", "x-forwarded-client-cert: By=spiffe://x;URI=spiffe://y",
