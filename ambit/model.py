@@ -517,16 +517,23 @@ class HttpRoute:
     fault: Fault | None = None
     mirrors: list[Mirror] = field(default_factory=list)
     headers: HeaderRewrite | None = None
-    cors: dict[str, Any] | None = None  # Istio corsPolicy, verbatim
+    # Istio's corsPolicy by its field names: a VirtualService's verbatim, an HTTPRoute CORS filter's
+    # translated (origins as {"origin": pattern}); applied by waypoint/routing/cors.py
+    cors: dict[str, Any] | None = None
     grpc: bool = False
 
 
 @dataclass
 class TcpRoute:
+    """A VirtualService `tcp` route (at a waypoint or an ingress TCP server), or a TLSRoute/TCPRoute
+    at an ingress listener. Everything set must match; the first route that matches wins."""
+
     source: str = ""
     port: int = 0
     destination_subnets: list[str] = field(default_factory=list)
     destinations: list[RouteDestination] = field(default_factory=list)
+    source_labels: dict[str, str] = field(default_factory=dict)     # the client workload's labels
+    source_namespace: str = ""
 
 
 @dataclass

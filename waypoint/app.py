@@ -45,7 +45,7 @@ from ambit.dataplane.identity.wait import IdentityGate
 from ambit.dataplane.listen import tcp_listener
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics
-from ambit.model import Service, Workload
+from ambit.model import RouteDestination, Service, Workload
 from ambit.telemetryconfig import TracingConfig
 from waypoint import endpoints
 from waypoint.authz import Verdict, authorize
@@ -54,12 +54,12 @@ from waypoint.http import Engine, HBONETransport, RequestRecord, UpstreamTarget
 from waypoint.http.attempt import CONNECT_FAILURE, Outcome
 from waypoint.http.opaque import OpaqueRelay
 from waypoint.http.plug import Attachable, connect_tcp
-from waypoint.ingress import choose_backend
 from waypoint.ingress_listen import IngressListeners
 from waypoint.localreply import local_reply
 from waypoint.origination import ORIGINATING, Origination, check_peer, origination
 from waypoint.request import Decision, Downstream, Forward, RequestHead
 from waypoint.routing import route
+from waypoint.routing.tcp import choose_backend, tcp_route
 from waypoint.settings import WaypointSettings
 from waypoint.tap import request_event
 from waypoint.telemetry.accesslog import RequestLog
@@ -581,10 +581,23 @@ class WaypointProxy:
         return conn
 
     async def _mesh_opaque(self, down: Downstream) -> Attachable | None:
-        """A mesh tunnel to a Service this waypoint fronts (an endpoint by the Service port's
-        cluster), or to one of its workloads addressed directly."""
+        """A mesh tunnel to a Service this waypoint fronts: to the backend of the Service's first
+        VirtualService `tcp` route that matches (waypoint/routing/tcp.py), else to an endpoint by
+        the Service port's cluster; or to one of its workloads addressed directly."""
         v = self.config.view
         cluster: Cluster | None = None
+        hr = v.table.by_service.get(down.service) if down.service else None
+        route = tcp_route(hr.config.tcp, down) if hr is not None and hr.config is not None and hr.config.tcp else None
+        if route is not None:
+            dest = choose_backend(route, self.rng)
+            if dest is None:
+                log.info("opaque tunnel from %s to %s rejected: tcp route of %s has no backend with a weight",
+                         down.source_ip, down.service, route.source)
+                return None
+            conn = await self._open_destination(dest, dest.port or down.destination_port, down, route.source)
+            if conn is not None:    # the tunnel's record and metrics name the backend it went to
+                conn.routed = (route.source, dest.service, dest.host)  # type: ignore[attr-defined]
+            return conn
         if down.service:
             # the Service port's cluster balances opaque connections too (no hash key: a
             # consistent-hash cluster spreads them at random, as Envoy's tcp_proxy without a hash)
@@ -607,20 +620,26 @@ class WaypointProxy:
         port = v.ingress.ports.get(down.destination_port)
         route = port.l4.get(down.hostname) if port is not None else None
         dest = choose_backend(route, self.rng) if route is not None else None
-        svc = v.services.get(dest.service) if dest is not None and dest.service else None
-        if dest is None or svc is None:
+        if dest is None:
             log.info("ingress connection from %s to port %d (%s) rejected: %s", down.source_ip,
-                     down.destination_port, down.hostname,
-                     "no route" if route is None else "no backend with a weight" if dest is None
-                     else f"backend {dest.host} is not a resolved Service")
+                     down.destination_port, down.hostname, "no route" if route is None else "no backend with a weight")
             return None
-        # a subset (an Istio VirtualService tcp/tls route) selects by the DestinationRule's labels
+        return await self._open_destination(dest, dest.port, down, route.source if route is not None else "")
+
+    async def _open_destination(self, dest: RouteDestination, port: int, down: Downstream,
+                                source: str) -> Attachable | None:
+        """An endpoint of a TCP route's backend Service (`port`), by that Service port's cluster; a
+        subset (an Istio VirtualService tcp/tls route) selects by the DestinationRule's labels."""
+        v = self.config.view
+        svc = v.services.get(dest.service) if dest.service else None
         labels = v.table.subset_labels(dest.host, dest.subset) if dest.subset else None
-        if dest.subset and labels is None:
-            log.info("ingress connection from %s rejected: %s has no subset %s", down.source_ip, dest.host, dest.subset)
+        if svc is None or (dest.subset and labels is None):
+            log.info("connection from %s to %s:%d rejected: route %s: %s", down.source_ip, down.destination_ip,
+                     down.destination_port, source, f"backend {dest.host} is not a resolved Service" if svc is None
+                     else f"{dest.host} has no subset {dest.subset}")
             return None
-        cluster = self.cluster(dest.service, dest.port, dest.subset, dest.host)
-        pick = _choose_among(v, endpoints.candidates(svc, dest.port, labels, v.workloads, v.by_ip), cluster)
+        cluster = self.cluster(dest.service, port, dest.subset, dest.host)
+        pick = _choose_among(v, endpoints.candidates(svc, port, labels, v.workloads, v.by_ip), cluster)
         return await self._open_opaque(pick, cluster, down.source_ip)
 
     async def _open_opaque(self, pick: endpoints.Pick | None, cluster: Cluster | None,

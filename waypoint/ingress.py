@@ -24,9 +24,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ambit.model import IngressGateway, IngressListener, RouteDestination, TcpRoute
+from ambit.model import IngressGateway, IngressListener, TcpRoute
 from waypoint.routing import RouteTable, build_table
-from waypoint.routing.weights import RandomSource, choose
+from waypoint.routing.tcp import choose_backend
+
+__all__ = ["IngressPort", "IngressView", "build", "choose_backend", "host_match"]
 
 L4_PROTOCOLS = ("TLS", "TCP")
 
@@ -138,10 +140,3 @@ def build(gateway: IngressGateway | None, cluster_domain: str = "cluster.local")
             hosts.append(first)
         ports[port] = IngressPort(port, lns[0].protocol, same, build_table(hosts, cluster_domain), conflicts)
     return IngressView(gateway, ports)
-
-
-def choose_backend(route: TcpRoute, rand: RandomSource) -> RouteDestination | None:
-    """A TLSRoute's/TCPRoute's backend for one connection, by weight. None when every weight is 0,
-    even for a single backend: Gateway API sends a weight-0 backend nothing."""
-    weights = [max(0, d.weight) for d in route.destinations]
-    return choose(route.destinations, weights, rand) if sum(weights) > 0 else None

@@ -235,7 +235,9 @@ def _vs_routes(vs: Obj, hosts: Hosts) -> tuple[list[str], list[HttpRoute], list[
         for m in t.get("match") or [{}]:
             if _is_mesh(m.get("gateways")):
                 tcp.append(TcpRoute(source=source, port=int(m.get("port") or 0),
-                                    destination_subnets=list(m.get("destinationSubnets") or []), destinations=dests))
+                                    destination_subnets=list(m.get("destinationSubnets") or []), destinations=dests,
+                                    source_labels=dict(m.get("sourceLabels") or {}),
+                                    source_namespace=m.get("sourceNamespace") or ""))
     return targets, http, tcp
 
 

@@ -447,6 +447,32 @@ def test_a_non_http_protocol_to_a_waypointed_service_is_forwarded_at_l4(wlab: La
     assert tcp_labels == {tuple(sorted(TCP_LABELS))}
 
 
+def test_a_virtual_service_tcp_route_sends_non_http_connections_elsewhere(wlab: Lab) -> None:
+    """`tcp` routes, applied by the waypoint to what its detector finds is not HTTP: iperf's port
+    routed to myapp-v2's HTTP server, which answers the probe's bytes with its error page (iperf3
+    would not). HTTP requests to the same host are not touched by `tcp` routes."""
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "iperf-moved",
+                                                                                         "namespace": "default"},
+          "spec": {"hosts": ["iperf"], "tcp": [{"match": [{"port": 5201, "sourceLabels": {"app": "frontend"}}],
+                                                "route": [{"destination": {"host": "myapp-v2", "port": {"number": 80}}}]}]}}
+    probe = "exec 3<>/dev/tcp/iperf/5201; printf '\\001\\002probe\\r\\n\\r\\n' >&3; timeout 1 head -c 12 <&3"
+
+    def http_answered(pod: str) -> bool:
+        """http.server's error page (no status line: the probe's "request" has no HTTP version)."""
+        return wlab.exec(pod, "bash", "-c", probe, timeout=20).stdout.startswith("<!DOCTYPE")
+    assert not http_answered("default/frontend"), "iperf3 answers no HTTP"
+    f = apply(wlab, [vs], wlab.tmp, "tcp-route")  # type: ignore[attr-defined]
+    try:
+        wlab.wait_for(lambda: http_answered("default/frontend"), timeout=20, interval=0.5,
+                      what="the tcp route in force at the waypoint")
+        assert not http_answered("default/other"), "a client the match does not name"
+        recs = [json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(wlab).splitlines()
+                if "ambit.waypoint.access" in x and '"protocol": "TCP"' in x and "iperf-moved" in x]
+        assert recs and recs[-1]["route_name"] == "VirtualService/default/iperf-moved", recs[-1:]
+    finally:
+        delete(wlab, f)
+
+
 # --- the wire ---------------------------------------------------------------------------------------
 
 def test_both_hops_carry_only_tls(wlab: Lab, tmp_path: Path) -> None:

@@ -111,6 +111,9 @@ class OpaqueRelay:
         self.up = up = _Side(self, "up")
         plug.attach(up)
         self.record.upstream = getattr(plug, "upstream", "")
+        routed = getattr(plug, "routed", None)  # a tcp route's backend: (route, "ns/name", host), waypoint/app.py
+        if routed is not None:
+            self.record.route, self.record.service, self.record.hostname = routed
         audit = getattr(plug, "audit", ())      # the AUDIT policies the tunnel matched (waypoint/app.py `opaque`)
         if audit:
             self.record.audit = audit

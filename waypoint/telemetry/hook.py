@@ -106,10 +106,11 @@ class Telemetry:
             labels = ConnLabels("waypoint", connection_security_policy=MUTUAL_TLS if d.source_identity else NONE,
                                 response_flags=rec.response_flags or "-").source_from(src, d.source_identity)
         labels.destination_from(dst, dst.identity if dst is not None else "")
-        if d.service:
-            ns, _, name = d.service.partition("/")
+        service, hostname = (rec.service, rec.hostname) if rec.service else (d.service, d.hostname)
+        if service:     # a tcp route's backend when one chose it (Istio: the cluster's Service), else the dialled one
+            ns, _, name = service.partition("/")
             labels.destination_service_namespace, labels.destination_service_name = ns, name
-            labels.destination_service = d.hostname or f"{name}.{ns}.svc.cluster.local"
+            labels.destination_service = hostname or f"{name}.{ns}.svc.cluster.local"
         return labels
 
     def tcp(self, rec: RequestRecord, event: str) -> None:

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.timeout(30)
 class TcpEcho:
     """Sends a banner first (a server-first protocol), then echoes; FIN after the client's FIN."""
 
-    def __init__(self) -> None:
+    def __init__(self, banner: bytes = b"220 banner\r\n") -> None:
+        self.banner = banner
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -35,7 +36,7 @@ class TcpEcho:
 
     def _serve(self, c: socket.socket) -> None:
         with c:
-            c.sendall(b"220 banner\r\n")
+            c.sendall(self.banner)
             while data := c.recv(65536):
                 c.sendall(data)
             c.shutdown(socket.SHUT_WR)
