@@ -59,10 +59,15 @@ HTTPRouteDestination = Obj({"destination": Destination, "weight": Weight,
 
 def _check_redirect(value: dict[str, Any], path: str, errs: Errors) -> None:
     """Istio's validateHTTPRedirect: `uri` replaces the whole path, `prefixRewrite` the matched
-    prefix; an empty one counts as unset, as there."""
+    prefix; an empty one counts as unset, as there. A redirect that changes nothing would send
+    the client back to the URL it asked for, again and again."""
     if value.get("uri") and value.get("prefixRewrite"):
         errs.append((path, "only one of uri, prefixRewrite may be set (uri replaces the whole path, prefixRewrite "
                      "the matched prefix; Istio refuses both too)"))
+    elif not any(value.get(f) for f in ("uri", "prefixRewrite", "authority", "scheme")) \
+            and value.get("port") is None and value.get("derivePort") is None:
+        errs.append((path, "redirect must specify uri, prefixRewrite, authority, scheme, port or derivePort "
+                     "(Istio refuses this too): without one it sends the client back to the same URL"))
 
 
 HTTPRedirect = Obj({

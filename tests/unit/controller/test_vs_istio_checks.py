@@ -165,3 +165,14 @@ def test_prefix_rewrite_needs_every_uri_match_to_be_a_prefix(uri: dict, kind: st
 
 def test_prefix_rewrite_must_be_a_string() -> None:
     assert errors(redirect({"prefixRewrite": 2})) == [("spec.http[0].redirect.prefixRewrite", "must be a string, got 2")]
+
+
+@pytest.mark.parametrize("rd", [{"redirectCode": 302}, {"prefixRewrite": ""}, {"uri": "", "authority": ""}])
+def test_a_redirect_that_changes_nothing_is_refused_as_in_istio(rd: dict) -> None:
+    """Istio: "redirect must specify URI, authority, scheme, or port"; Ambit answered it with a
+    Location naming the very URL asked for, which a client follows in a loop."""
+    assert errors(redirect(rd)) == [(
+        "spec.http[0].redirect", "redirect must specify uri, prefixRewrite, authority, scheme, port or derivePort "
+        "(Istio refuses this too): without one it sends the client back to the same URL")]
+    for ok in ({"port": 8443}, {"derivePort": "FROM_REQUEST_PORT"}, {"scheme": "https"}):
+        assert errors(redirect({**rd, **ok})) == []
