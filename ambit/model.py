@@ -571,6 +571,10 @@ class TrafficPolicy:
     min_health_percent: int = 0
     consecutive_local_origin_failures: int = 5
     split_external_local_origin_errors: bool = False
+    # outlierDetectionHttpErrorCodes: when set, only these response statuses count as errors (a
+    # listed non-5xx as a 500, a listed 5xx as itself) and every other response as a success;
+    # empty: 5xx count, as before (waypoint/traffic/outlier.py)
+    outlier_http_error_codes: list[int] = field(default_factory=list)
     retry_budget: bool = False          # the fields below apply only when this is true
     retry_budget_percent: float = 20.0
     retry_budget_min_concurrency: int = 3

@@ -58,14 +58,26 @@ Weight = Int(minimum=0, maximum=2**31 - 1)
 HTTPRouteDestination = Obj({"destination": Destination, "weight": Weight,
                             "headers": Headers}, required=("destination",))
 
+def _check_redirect(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """Istio's validateHTTPRedirect: `uri` replaces the whole path, `prefixRewrite` the matched
+    prefix; an empty one counts as unset, as there. A redirect that changes nothing would send
+    the client back to the URL it asked for, again and again."""
+    if value.get("uri") and value.get("prefixRewrite"):
+        errs.append((path, "only one of uri, prefixRewrite may be set (uri replaces the whole path, prefixRewrite "
+                     "the matched prefix; Istio refuses both too)"))
+    elif not any(value.get(f) for f in ("uri", "prefixRewrite", "authority", "scheme")) \
+            and value.get("port") is None and value.get("derivePort") is None:
+        errs.append((path, "redirect must specify uri, prefixRewrite, authority, scheme, port or derivePort "
+                     "(Istio refuses this too): without one it sends the client back to the same URL"))
+
+
 HTTPRedirect = Obj({
     "uri": Str(), "authority": Str(), "port": Port,
     "derivePort": Str(enum=("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT")),
     "scheme": Str(), "redirectCode": Int(minimum=300, maximum=399),
-}, one_of=(("port", "derivePort"),), unsupported={
-    "prefixRewrite": "prefixRewrite is not supported by Ambit yet: redirect to a full path with uri, or use an "
-                     "HTTPRoute RequestRedirect filter with path.type ReplacePrefixMatch",
-})
+    "prefixRewrite": Str(description="On a redirect, replace the matched prefix (the match's uri prefix) with "
+                                     "this value; the rest of the path and the query string stay."),
+}, one_of=(("port", "derivePort"),), checks=(_check_redirect,))
 
 
 
@@ -128,7 +140,25 @@ def _check_http_route(value: dict[str, Any], path: str, errs: Errors) -> None:
         errs.append((join(path, "rewrite"), "cannot be combined with redirect or directResponse"))
     if value.get("mirror") and value.get("mirrors"):
         errs.append((path, "only one of mirror, mirrors may be set"))
+    _check_prefix_redirect(value, path, errs)
     check_weights(value.get("route") or [], join(path, "route"), errs)
+
+
+def _check_prefix_redirect(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """Istio's validateHTTPRedirect: `prefixRewrite` replaces the prefix a `uri` prefix match
+    matched, so a match whose uri is exact or regex (no prefix to replace) is refused; a match
+    without a uri matches the implicit prefix "/"."""
+    redirect = value.get("redirect")
+    if not isinstance(redirect, dict) or not redirect.get("prefixRewrite"):
+        return
+    for i, m in enumerate(value.get("match") or []):
+        uri = m.get("uri") if isinstance(m, dict) else None
+        if isinstance(uri, dict) and uri and "prefix" not in uri:
+            kind = next(iter(uri))
+            errs.append((join(path, "redirect.prefixRewrite"),
+                         f"needs every match's uri to be a prefix match, but match[{i}].uri is {kind} "
+                         "(Istio refuses this too): use a uri prefix match, or redirect with uri"))
+            return
 
 
 def check_weights(route: list[dict[str, Any]], path: str, errs: Errors) -> None:
@@ -321,9 +351,10 @@ OutlierDetection = Obj({
     "baseEjectionTime": Duration(positive=True),
     "maxEjectionPercent": Int(minimum=0, maximum=100),
     "minHealthPercent": Int(minimum=0, maximum=100),
-}, unsupported={
-    "outlierDetectionHttpErrorCodes": "outlierDetectionHttpErrorCodes is not supported by Ambit yet: the waypoint "
-                                      "counts 5xx (consecutive5xxErrors) and 502/503/504 (consecutiveGatewayErrors)",
+    "outlierDetectionHttpErrorCodes": Arr(Int(minimum=100, maximum=599), description=(
+        "The response statuses outlier detection counts as errors, instead of 5xx: a listed status counts "
+        "towards consecutive5xxErrors (and consecutiveGatewayErrors if 502/503/504), any other response "
+        "as a success.")),
 })
 
 ClientTLSSettings = Obj({

@@ -184,8 +184,12 @@ def vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str,
                       cors=h.get("corsPolicy"))
     if h.get("redirect"):
         r = h["redirect"]
+        # prefixRewrite: Envoy's RedirectAction.prefix_rewrite swaps the matched uri prefix ("/"
+        # for a match without a uri); validation refuses it beside uri or an exact/regex uri match
+        prefix = r.get("prefixRewrite", "")
         route.redirect = Redirect(scheme=r.get("scheme", ""), authority=r.get("authority", ""),
-                                  port=int(r.get("port") or 0), path=r.get("uri", ""), path_mode="full",
+                                  port=int(r.get("port") or 0), path=prefix or r.get("uri", ""),
+                                  path_mode="prefix" if prefix else "full",
                                   code=int(r.get("redirectCode") or 301), derive_port=r.get("derivePort", ""))
     if h.get("directResponse"):
         d = h["directResponse"]
@@ -497,6 +501,7 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
         t.split_external_local_origin_errors = bool(od.get("splitExternalLocalOriginErrors"))
         if od.get("consecutiveLocalOriginFailures") is not None:
             t.consecutive_local_origin_failures = int(od["consecutiveLocalOriginFailures"])
+        t.outlier_http_error_codes = sorted({int(c) for c in od.get("outlierDetectionHttpErrorCodes") or []})
     rb = p.get("retryBudget")
     if rb is not None:
         t.retry_budget = True

@@ -1,6 +1,7 @@
 """Istio's bookinfo-shaped ingress in a running lab: a `networking.istio.io` Gateway (selector
 `istio: ingressgateway`, an HTTPS server per hostname with its `credentialName`, an HTTP server with
-`httpsRedirect`) and a VirtualService bound with `gateways: [...]`, served by Ambit's ingress gateway
+`httpsRedirect`) and a VirtualService bound with `gateways: [...]` (a `prefixRewrite` redirect
+too), served by Ambit's ingress gateway
 (a Gateway API Gateway of class `ambit` whose pods carry that label) and reached with real curl from
 the lab's outside netns over HTTPS with SNI. The destination namespace is STRICT and echo-v2 admits
 the gateway's identity only. About 30 s (the gateway pod starts once)."""
@@ -48,6 +49,7 @@ def istio_objects(secrets: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
              "spec": {"hosts": list(HOSTS), "gateways": ["bookinfo-gateway"], "http": [
                  {"match": [{"uri": {"prefix": "/productpage"}}],
                   "route": [{"destination": {"host": "echo-v2", "port": {"number": 8080}}}]},
+                 {"match": [{"uri": {"prefix": "/reviews/"}}], "redirect": {"prefixRewrite": "/productpage/"}},
                  {"route": [{"destination": {"host": "echo-v1", "port": {"number": 8080}}}]}]}}]
 
 
@@ -81,6 +83,10 @@ def test_bookinfo_shaped_istio_gateway_and_virtual_service(lab: Lab, tmp_path: P
             assert json.loads(p.stdout)["pod"] == "echo-v2"
             p = outside_curl(lab, f"https://{h}/other", "--cacert", str(ca), *resolve)
             assert p.returncode == 0 and json.loads(p.stdout)["pod"] == "echo-v1", p.stderr
+        # redirect.prefixRewrite: the matched prefix swapped, the rest and the query kept
+        p = outside_curl(lab, f"https://{HOSTS[0]}/reviews/1?u=2", "-o", "/dev/null", "-w",
+                         "%{http_code} %{redirect_url}", "--cacert", str(ca), *resolve)
+        assert p.stdout == f"301 https://{HOSTS[0]}/productpage/1?u=2", (p.stdout, p.stderr)
         # a meshed client of another identity is refused by echo-v2's policy: the gateway's mTLS got in
         assert lab.curl_rc("demo/client", f"http://{lab.pod('demo/echo-v2')['ip']}:8080/") != 0
     finally:

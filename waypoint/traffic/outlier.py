@@ -13,6 +13,14 @@ Per endpoint, counters of consecutive failures, reset by a success:
   enforces it only when set above 0).
 - with `split` (`splitExternalLocalOriginErrors`): local-origin failures count only in
   `consecutive_local`, reset by any response; 5xx answers only in the two above.
+- `error_codes` (`outlierDetectionHttpErrorCodes`) redefines which answers are errors, as Istio
+  translates it (pilot cluster_traffic_policy.go `applyOutlierDetectionErrorCodes`: an Envoy
+  `HttpProtocolOptions.outlier_detection.error_matcher` on `:status`) and Envoy's router reports
+  a matcher's verdict (router_outlier_detection_test.cc): an answer whose HTTP status is listed
+  (`:status`, so 200 for a gRPC trailers-only answer) counts as its own status above if 5xx, else
+  as a 500 (so a listed 429 counts towards `consecutive_5xx`, a listed 503 towards both
+  counters); any other answer, 5xx included, as a 200 (a success, which resets the counters).
+  Local-origin failures are not answers and count as before. Empty: 5xx answers are errors.
 
 When a counter reaches its threshold the endpoint is ejected at once (inline), unless that would
 make the ejected share exceed `max_ejection_percent` of the cluster's endpoints (Envoy:
@@ -60,6 +68,7 @@ class OutlierConfig:
     base_ejection_time: float = 30.0
     max_ejection_percent: int = 10
     min_health_percent: int = 0
+    error_codes: frozenset[int] = frozenset()   # outlierDetectionHttpErrorCodes; empty: 5xx
 
     @classmethod
     def from_policy(cls, p: TrafficPolicy) -> OutlierConfig | None:
@@ -68,7 +77,18 @@ class OutlierConfig:
         return cls(p.consecutive_5xx_errors, p.consecutive_gateway_errors, p.consecutive_local_origin_failures,
                    p.split_external_local_origin_errors, p.interval if p.interval > 0 else 10.0,
                    p.base_ejection_time if p.base_ejection_time > 0 else 30.0,
-                   p.max_ejection_percent, p.min_health_percent)
+                   p.max_ejection_percent, p.min_health_percent, frozenset(p.outlier_http_error_codes))
+
+    def counted_status(self, outcome: Outcome) -> int:
+        """The status an answer counts as: its own (`outlier_status`), unless `error_codes`
+        redefines the errors (see the module docstring): a listed HTTP status is an error (a 5xx
+        as itself, anything else as a 500), every other answer a success (200)."""
+        status = outcome.outlier_status
+        if not self.error_codes:
+            return status
+        if outcome.status in self.error_codes:
+            return status if 500 <= status < 600 else 500
+        return 200
 
     @property
     def max_ejection_time(self) -> float:
@@ -145,7 +165,8 @@ class OutlierDetector:
             return
         if self.cfg.split:
             s.clocal = 0        # the connection worked: Envoy's localOriginNoFailure
-        self._http(host, s, outcome.outlier_status, now)
+        self._http(host, s, self.cfg.counted_status(outcome) if self.cfg.error_codes else outcome.outlier_status,
+                   now)
 
     def local_success(self, host: str) -> None:
         """A connection to `host` succeeded with no HTTP exchange (opaque forwarding)."""

@@ -422,6 +422,34 @@ def test_destination_rule_subset_policies_merge_over_the_host_policy() -> None:
             v2.policy.base_ejection_time) == (True, 3, 5.0, 30.0)
 
 
+def test_outlier_detection_http_error_codes_reach_every_policy_level() -> None:
+    """Sorted and deduplicated; the subset's and port's outlierDetection replace the host's whole
+    (Istio's MergeTrafficPolicy), so a level without the list counts 5xx again."""
+    wr = routes_for(SVCS + [{
+        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "r", "namespace": "demo"},
+        "spec": {"host": "reviews.demo.svc.cluster.local",
+                 "trafficPolicy": {"outlierDetection": {"outlierDetectionHttpErrorCodes": [503, 429, 503]},
+                                   "portLevelSettings": [{"port": {"number": 9080},
+                                                          "outlierDetection": {"outlierDetectionHttpErrorCodes": [404]}}]},
+                 "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                             {"name": "v2", "labels": {"version": "v2"},
+                              "trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 2}}}]},
+    }], "reviews.demo.svc.cluster.local")
+    assert wr.policy is not None and wr.policy.outlier_http_error_codes == [429, 503]
+    assert wr.port_policies[0].policy.outlier_http_error_codes == [404]
+    v1, v2 = wr.subsets
+    assert v1.policy is not None and v1.policy.outlier_http_error_codes == [429, 503]
+    assert v2.policy is not None and (v2.policy.consecutive_5xx_errors, v2.policy.outlier_http_error_codes) == (2, [])
+
+
+def test_redirect_prefix_rewrite_replaces_the_matched_prefix() -> None:
+    wr = routes_for(SVCS + [vs("reviews", {"hosts": ["reviews"], "http": [
+        {"match": [{"uri": {"prefix": "/v1/"}}], "redirect": {"prefixRewrite": "/v2/", "redirectCode": 302}},
+        {"redirect": {"uri": "/moved"}}]})], "reviews.demo.svc.cluster.local")
+    assert [(r.redirect.path, r.redirect.path_mode, r.redirect.code) for r in wr.http if r.redirect] == [
+        ("/v2/", "prefix", 302), ("/moved", "full", 301)]
+
+
 def httproute(name: str, rules: list[dict], created: str = "2024-01-01T00:00:00Z", **spec: Any) -> dict:
     return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
             "metadata": {"name": name, "namespace": "demo", "creationTimestamp": created},

@@ -308,6 +308,25 @@ def test_destination_rule_accepts_the_documented_fields() -> None:
     assert validate_object(obj) == []
 
 
+@pytest.mark.parametrize("where", [
+    lambda od: {"trafficPolicy": {"outlierDetection": od}},
+    lambda od: {"trafficPolicy": {"portLevelSettings": [{"port": {"number": 9080}, "outlierDetection": od}]}},
+    lambda od: {"subsets": [{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"outlierDetection": od}}]},
+])
+def test_outlier_detection_http_error_codes_are_accepted_and_range_checked(where: Any) -> None:
+    """Istio's CRD: a list of statuses 100..599 (the API server refuses anything else)."""
+    assert validate_object(dr(**where({"outlierDetectionHttpErrorCodes": [429, 503], "consecutive5xxErrors": 3}))) == []
+    assert validate_object(dr(**where({"outlierDetectionHttpErrorCodes": []}))) == []
+    errs = validate_object(dr(**where({"outlierDetectionHttpErrorCodes": [99, 429, 600, "503", True]})))
+    assert [(e.path.rsplit(".", 1)[1], e.reason) for e in errs] == [
+        ("outlierDetectionHttpErrorCodes[0]", "must be an integer 100..599, got 99"),
+        ("outlierDetectionHttpErrorCodes[2]", "must be an integer 100..599, got 600"),
+        ("outlierDetectionHttpErrorCodes[3]", 'must be an integer 100..599, got "503"'),
+        ("outlierDetectionHttpErrorCodes[4]", "must be an integer 100..599, got true")]
+    [e] = validate_object(dr(**where({"outlierDetectionHttpErrorCodes": 429})))
+    assert e.reason == "must be a list, got 429"
+
+
 def ap(spec: dict, ns: str = "demo") -> dict:
     return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
             "metadata": {"name": "policy", "namespace": ns}, "spec": spec}

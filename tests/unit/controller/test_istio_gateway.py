@@ -105,6 +105,19 @@ def test_https_redirect_and_match_level_gateways() -> None:
     assert [r for h in got["web/bookinfo-gateway/http/*"].hosts for r in h.http] == [] and errors == []
 
 
+def test_a_bound_virtual_services_prefix_rewrite_redirect_is_served_at_the_gateway() -> None:
+    """The ingress gateway takes the VirtualService's routes through the same translation as the
+    mesh (and the same `location` in the waypoint): the matched prefix is swapped."""
+    moved = vs("moved", ["*"], ["bookinfo-gateway"])
+    moved["spec"]["http"] = [{"match": [{"uri": {"prefix": "/reviews/"}}],
+                              "redirect": {"prefixRewrite": "/productpage/", "redirectCode": 308}}]
+    assert validate_object(moved) == []
+    got, errors = listeners([istio_gateway(HTTP_8080), moved])
+    [r] = [r for h in got["web/bookinfo-gateway/http/*"].hosts for r in h.http]
+    assert (r.redirect.path, r.redirect.path_mode, r.redirect.code) == ("/productpage/", "prefix", 308)
+    assert r.matches[0].path.value == "/reviews/" and errors == []
+
+
 def test_http_source_matches_are_reported_and_not_served_at_the_ingress_gateway() -> None:
     """Clients of an ingress gateway are outside the mesh: an http match on sourceLabels or
     sourceNamespace can never match there. Said, as for tls/tcp matches, and left out: a route

@@ -1,6 +1,6 @@
 """VirtualService values Istio refuses are refused by name, and values Istio accepts that the
 waypoint does not apply are warned about: retryOn, retries without attempts, fault.abort
-grpcStatus/http2Error, hosts, directResponse.body.bytes, match.statPrefix."""
+grpcStatus/http2Error, hosts, directResponse.body.bytes, match.statPrefix, redirect.prefixRewrite."""
 
 from __future__ import annotations
 
@@ -127,3 +127,52 @@ def test_stat_prefix_is_warned_about_by_its_path() -> None:
     found = warnings(vs({"match": [{"uri": {"prefix": "/a"}}, {"uri": {"prefix": "/"}, "statPrefix": "root"}]}))
     assert [p for p, _ in found] == ["spec.http[0].match[1].statPrefix"]
     assert found[0][1].startswith("accepted, not applied: the waypoint keeps no per-route statistics")
+
+
+# -- redirect.prefixRewrite -----------------------------------------------------------------------
+
+def redirect(redirect: dict, match: list | None = None) -> dict:
+    obj = vs({"redirect": redirect, **({"match": match} if match is not None else {})})
+    obj["spec"]["http"][0].pop("route")
+    return obj
+
+
+@pytest.mark.parametrize("rd,match", [
+    ({"prefixRewrite": "/v2/"}, [{"uri": {"prefix": "/v1/"}}]),
+    ({"prefixRewrite": "/", "authority": "new.example", "redirectCode": 308}, [{"uri": {"prefix": "/old"}}]),
+    ({"prefixRewrite": "/v2"}, None),                                       # no match: the implicit prefix "/"
+    ({"prefixRewrite": "/v2"}, [{"uri": {"prefix": "/a"}}, {"headers": {"x-v": {"exact": "1"}}}]),
+    ({"prefixRewrite": "", "uri": "/moved"}, [{"uri": {"exact": "/old"}}]),  # empty counts as unset, as in Istio
+])
+def test_prefix_rewrite_is_accepted(rd: dict, match: list | None) -> None:
+    assert errors(redirect(rd, match)) == []
+
+
+def test_prefix_rewrite_and_uri_are_exclusive_as_in_istio() -> None:
+    assert errors(redirect({"uri": "/new", "prefixRewrite": "/v2"})) == [(
+        "spec.http[0].redirect", "only one of uri, prefixRewrite may be set (uri replaces the whole path, "
+        "prefixRewrite the matched prefix; Istio refuses both too)")]
+
+
+@pytest.mark.parametrize("uri,kind", [({"exact": "/old"}, "exact"), ({"regex": "/v[0-9]+"}, "regex")])
+def test_prefix_rewrite_needs_every_uri_match_to_be_a_prefix(uri: dict, kind: str) -> None:
+    """Istio's validateHTTPRedirect: with an exact or regex uri there is no matched prefix to swap."""
+    got = errors(redirect({"prefixRewrite": "/v2"}, [{"uri": {"prefix": "/a"}}, {"uri": uri}]))
+    assert got == [("spec.http[0].redirect.prefixRewrite",
+                    f"needs every match's uri to be a prefix match, but match[1].uri is {kind} (Istio refuses this "
+                    "too): use a uri prefix match, or redirect with uri")]
+
+
+def test_prefix_rewrite_must_be_a_string() -> None:
+    assert errors(redirect({"prefixRewrite": 2})) == [("spec.http[0].redirect.prefixRewrite", "must be a string, got 2")]
+
+
+@pytest.mark.parametrize("rd", [{"redirectCode": 302}, {"prefixRewrite": ""}, {"uri": "", "authority": ""}])
+def test_a_redirect_that_changes_nothing_is_refused_as_in_istio(rd: dict) -> None:
+    """Istio: "redirect must specify URI, authority, scheme, or port"; Ambit answered it with a
+    Location naming the very URL asked for, which a client follows in a loop."""
+    assert errors(redirect(rd)) == [(
+        "spec.http[0].redirect", "redirect must specify uri, prefixRewrite, authority, scheme, port or derivePort "
+        "(Istio refuses this too): without one it sends the client back to the same URL")]
+    for ok in ({"port": 8443}, {"derivePort": "FROM_REQUEST_PORT"}, {"scheme": "https"}):
+        assert errors(redirect({**rd, **ok})) == []

@@ -121,6 +121,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"ok")
             return
+        if path.startswith("/status="):      # an answer with that status (429, 503, ...)
+            self.send_response(int(path.split("=", 1)[1]))
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
         if path.startswith("/slow"):
             time.sleep(float(path.split("=", 1)[1]))
         out = json.dumps({"method": self.command, "path": path, "headers": [[k.lower(), v] for k, v in self.headers.items()],

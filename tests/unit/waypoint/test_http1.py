@@ -347,6 +347,37 @@ def test_encode_head_is_the_line_each_header_line_and_a_blank_line(headers: list
     assert encode_head(b"GET / HTTP/1.1\r\n", headers) == expected
 
 
+def test_outlier_detection_http_error_codes_on_the_wire() -> None:
+    """DestinationRule `outlierDetectionHttpErrorCodes: [429]`, `consecutive5xxErrors: 2`: answers
+    read off a real connection. An endpoint answering 503 is not ejected (a 5xx that is not listed
+    is a success); one answering 429 twice is."""
+    import random
+
+    from ambit.model import TrafficPolicy
+    from waypoint.traffic.cluster import Cluster, ClusterKey
+
+    o = Origin()
+    host = f"127.0.0.1:{o.port}"
+    policy = TrafficPolicy(outlier_detection=True, consecutive_5xx_errors=2, max_ejection_percent=100,
+                           outlier_http_error_codes=[429])
+    box: list[Cluster] = []
+    p = Proxy(by_header({"default": o.port}))
+    try:
+        p.call(lambda: box.append(Cluster(ClusterKey("test/default", o.port), policy, p.loop.time,
+                                          random.Random(1), "default.test.svc.cluster.local")))
+        cluster = p.cluster = box[0]
+        p.call(lambda: cluster.choose([host]))          # the cluster's endpoints
+        for _ in range(3):
+            assert curl("-o", "/dev/null", "-w", "%{http_code}", url(p, "/status=503")).stdout == b"503"
+        assert not p.call(lambda: cluster.outlier.is_ejected(host))     # type: ignore[union-attr]
+        for _ in range(2):
+            assert curl("-o", "/dev/null", "-w", "%{http_code}", url(p, "/status=429")).stdout == b"429"
+        assert p.call(lambda: cluster.outlier.is_ejected(host))         # type: ignore[union-attr]
+    finally:
+        p.close()
+        o.close()
+
+
 def test_a_stalled_request_body_does_not_count_against_the_endpoint() -> None:
     """A client that stalls its upload gets 408 (SI): that is its own doing, and was recorded as a
     timeout of the endpoint, so with consecutiveGatewayErrors: 1 a healthy endpoint was ejected.

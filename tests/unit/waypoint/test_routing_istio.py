@@ -187,6 +187,35 @@ def test_virtual_service_redirect(redirect: dict[str, Any], authority: str, sche
     assert urlsplit(location).path.startswith("/")
 
 
+@pytest.mark.parametrize("match,prefix_rewrite,path,location", [
+    # Envoy RedirectAction.prefix_rewrite: the matched uri prefix (a string, not segments) is
+    # swapped; the rest of the path and the query stay
+    ([{"uri": {"prefix": "/old"}}], "/new", "/old/x?q=1", "http://myapp/new/x?q=1"),
+    ([{"uri": {"prefix": "/old"}}], "/new", "/older", "http://myapp/newer"),
+    ([{"uri": {"prefix": "/old/"}}], "/", "/old/x/y", "http://myapp/x/y"),
+    ([{"uri": {"prefix": "/a"}}, {"uri": {"prefix": "/bb"}}], "/c", "/bb/x", "http://myapp/c/x"),   # the match that hit
+    ([{"uri": {"prefix": "/OLD"}, "ignoreUriCase": True}], "/new", "/old/x", "http://myapp/new/x"),
+    # no uri condition: Istio's implicit prefix is "/", so "/v2" + "x" (mind the trailing slash)
+    ([{"headers": {"x-move": {"exact": "1"}}}], "/v2/", "/x?q=1", "http://myapp/v2/x?q=1"),
+    (None, "/v2", "/x", "http://myapp/v2x"),
+])
+def test_virtual_service_redirect_prefix_rewrite(match: list[dict[str, Any]] | None, prefix_rewrite: str,
+                                                 path: str, location: str) -> None:
+    http: dict[str, Any] = {"redirect": {"prefixRewrite": prefix_rewrite}}
+    if match is not None:
+        http["match"] = match
+    d = go([http], req(path, authority="myapp", headers={"x-move": "1"}))
+    assert isinstance(d, LocalReply) and d.status == 301 and dict(d.headers)["location"] == location
+
+
+def test_prefix_rewrite_with_the_other_redirect_fields() -> None:
+    d = go([{"match": [{"uri": {"prefix": "/api/v1"}}],
+             "redirect": {"prefixRewrite": "/api/v2", "authority": "new.example", "scheme": "https",
+                          "redirectCode": 308}}], req("/api/v1/users?id=7", authority="myapp:8080"))
+    assert isinstance(d, LocalReply) and d.status == 308
+    assert dict(d.headers)["location"] == "https://new.example/api/v2/users?id=7"
+
+
 @pytest.mark.parametrize("code", [300, 304, 305, 399])
 def test_a_redirect_code_envoy_lacks_drops_the_route_as_istio_does(code: int) -> None:
     """Istio validation admits any 3xx as redirectCode, and its translation then drops the route

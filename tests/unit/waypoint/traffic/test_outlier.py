@@ -176,3 +176,65 @@ def test_a_late_outcome_from_an_endpoint_that_left_is_ignored() -> None:
     assert "a" not in d.hosts and d.ejected_count == 0 and ev == []
     feed(d, "b", [E500] * 3)                        # 1/3 > 25 %: not ejected, as with 3 endpoints
     assert not d.is_ejected("b") and d.counters["ejections_overflow"] == 1
+
+
+# -- outlierDetectionHttpErrorCodes ---------------------------------------------------------------
+# Istio turns the list into an Envoy error_matcher on `:status`; Envoy's router then reports a
+# matched answer as its own status if 5xx, else as 500, and an unmatched one as 200
+# (router_outlier_detection_test.cc OverwriteCodeBasedOnMatcher).
+
+E429 = Outcome(RESPONSE, 429)
+
+
+def test_a_listed_status_that_is_no_5xx_ejects() -> None:
+    """A backend that keeps answering 429 is ejected once 429 is listed (counted as a 500)."""
+    d, ev = detector(error_codes=frozenset({429}))
+    feed(d, "a", [E429, E429, E429])
+    assert d.is_ejected("a") and ev == [("eject", "a", "consecutive_5xx", 10.0)]
+    d, _ = detector()                               # without the list a 429 is a success
+    feed(d, "a", [E429] * 5)
+    assert not d.is_ejected("a")
+
+
+def test_an_unlisted_5xx_is_a_success_that_resets_the_count() -> None:
+    d, _ = detector(error_codes=frozenset({429}))
+    feed(d, "a", [E500, E503, Outcome(RESPONSE, 504)] * 3)
+    assert not d.is_ejected("a")
+    feed(d, "a", [E429, E429, E500, E429, E429])    # the 500 breaks the run as a 200 would
+    assert not d.is_ejected("a")
+    feed(d, "a", [E429])
+    assert d.is_ejected("a")
+
+
+def test_a_listed_non_5xx_counts_as_500_so_not_as_a_gateway_error() -> None:
+    d, _ = detector(consecutive_5xx=0, consecutive_gateway=2, error_codes=frozenset({429, 503}))
+    feed(d, "a", [E429] * 4)                        # a 500: no gateway error, and 5xx is off
+    assert not d.is_ejected("a")
+    feed(d, "a", [E503, E503])                      # a listed 5xx counts as itself
+    assert d.is_ejected("a") and d.counters["ejections_enforced_consecutive_gateway_failure"] == 1
+
+
+def test_local_origin_failures_still_count_with_a_list() -> None:
+    """The matcher sees answers only: a connect failure, reset or timeout counts as before."""
+    d, _ = detector(error_codes=frozenset({429}))
+    feed(d, "a", [CF, Outcome(RESET), Outcome(TIMEOUT)])
+    assert d.is_ejected("a")
+
+
+def test_a_grpc_answer_is_matched_by_its_http_status() -> None:
+    """The matcher reads `:status`, which is 200 for a gRPC trailers-only failure: UNAVAILABLE is
+    no error unless 200 is listed, and then it counts as its mapped 503."""
+    unavailable = Outcome(RESPONSE, 200, "14")
+    d, _ = detector(error_codes=frozenset({503}))
+    feed(d, "a", [unavailable] * 4)
+    assert not d.is_ejected("a")
+    d, _ = detector(consecutive_5xx=0, consecutive_gateway=2, error_codes=frozenset({200}))
+    feed(d, "a", [unavailable] * 2)
+    assert d.is_ejected("a")
+
+
+def test_the_list_comes_from_the_policy() -> None:
+    c = OutlierConfig.from_policy(TrafficPolicy(outlier_detection=True, outlier_http_error_codes=[429, 503]))
+    assert c is not None and c.error_codes == {429, 503}
+    c = OutlierConfig.from_policy(TrafficPolicy(outlier_detection=True))
+    assert c is not None and c.error_codes == frozenset()
