@@ -95,12 +95,45 @@ ADVISORY_KEY = "_advisory"
 
 
 def wire_dict(resource: Resource) -> dict[str, Any]:
-    """`resource.to_dict()`, with its set advisory fields named under `ADVISORY_KEY`."""
+    """`resource.to_dict()`, with the set advisory fields of it and of the objects inside it named
+    under `ADVISORY_KEY` in their own dicts (a reader checks unknown fields at every level)."""
     d = resource.to_dict()
-    advisory = getattr(type(resource), "ADVISORY", ())
+    _mark_advisory(resource, d)
+    return d
+
+
+def _mark_advisory(obj: Any, d: dict[str, Any]) -> None:
+    advisory = getattr(type(obj), "ADVISORY", ())
     if advisory and (set_ := [n for n in advisory if not _is_zero(d[n])]):
         d[ADVISORY_KEY] = set_
-    return d
+    for name, many in _advisory_fields(type(obj)):
+        v = getattr(obj, name)
+        if many:
+            for item, sub in zip(v, d[name], strict=True):
+                _mark_advisory(item, sub)
+        elif v is not None:
+            _mark_advisory(v, d[name])
+
+
+_ADVISORY_FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {}
+
+
+def _advisory_fields(cls: type) -> tuple[tuple[str, bool], ...]:
+    """The fields of `cls` that hold (a list of) a model class with advisory fields at some depth,
+    and whether each is a list; cached, so a class with none costs one lookup."""
+    found = _ADVISORY_FIELDS.get(cls)
+    if found is not None:
+        return found
+    _ADVISORY_FIELDS[cls] = ()      # a class that contains itself ends here
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        for name, klass in _NESTED.items():
+            many = tp == f"list[{name}]"
+            if (many or tp in (name, f"{name} | None")) and (getattr(klass, "ADVISORY", ()) or _advisory_fields(klass)):
+                out.append((f.name, many))
+    _ADVISORY_FIELDS[cls] = found = tuple(out)
+    return found
 
 
 def _unknown_fields(cls: Any, d: dict[str, Any], hints: Mapping[str, Any], kwargs: dict[str, Any]) -> None:
@@ -534,6 +567,11 @@ class TcpRoute:
     destinations: list[RouteDestination] = field(default_factory=list)
     source_labels: dict[str, str] = field(default_factory=dict)     # the client workload's labels
     source_namespace: str = ""
+    sni_hosts: list[str] = field(default_factory=list)  # a VirtualService `tls` route's (WaypointRoutes.tls)
+
+    # A waypoint older than these fields applied no mesh tcp or tls routes at all (they were
+    # accepted and warned), so it may ignore them instead of refusing every route update.
+    ADVISORY: ClassVar[tuple[str, ...]] = ("source_labels", "source_namespace", "sni_hosts")
 
 
 @dataclass
@@ -621,10 +659,14 @@ class WaypointRoutes(Resource):
     waypoint: str = ""                  # the Service's waypoint ("ns/name"), if any
     http: list[HttpRoute] = field(default_factory=list)
     tcp: list[TcpRoute] = field(default_factory=list)
+    tls: list[TcpRoute] = field(default_factory=list)      # VirtualService `tls` routes, by SNI
     policy: TrafficPolicy | None = None
     port_policies: list[PortPolicy] = field(default_factory=list)
     subsets: list[Subset] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)    # refs of the objects that contributed
+
+    # An older waypoint applied no `tls` routes (warned), so it may ignore them: as before.
+    ADVISORY: ClassVar[tuple[str, ...]] = ("tls",)
 
     @property
     def resource_name(self) -> str:

@@ -59,7 +59,7 @@ from waypoint.localreply import local_reply
 from waypoint.origination import ORIGINATING, Origination, check_peer, origination
 from waypoint.request import Decision, Downstream, Forward, RequestHead
 from waypoint.routing import route
-from waypoint.routing.tcp import choose_backend, tcp_route
+from waypoint.routing.tcp import choose_backend, tcp_route, tls_route
 from waypoint.settings import WaypointSettings
 from waypoint.tap import request_event
 from waypoint.telemetry.accesslog import RequestLog
@@ -582,12 +582,16 @@ class WaypointProxy:
 
     async def _mesh_opaque(self, down: Downstream) -> Attachable | None:
         """A mesh tunnel to a Service this waypoint fronts: to the backend of the Service's first
-        VirtualService `tcp` route that matches (waypoint/routing/tcp.py), else to an endpoint by
-        the Service port's cluster; or to one of its workloads addressed directly."""
+        VirtualService `tls` route (by the ClientHello's server name) or `tcp` route that matches
+        (waypoint/routing/tcp.py), else to an endpoint by the Service port's cluster; or to one of
+        its workloads addressed directly."""
         v = self.config.view
         cluster: Cluster | None = None
         hr = v.table.by_service.get(down.service) if down.service else None
-        route = tcp_route(hr.config.tcp, down) if hr is not None and hr.config is not None and hr.config.tcp else None
+        wr = hr.config if hr is not None else None
+        route = None
+        if wr is not None and (wr.tls or wr.tcp):
+            route = (tls_route(wr.tls, down) if down.sni and wr.tls else None) or tcp_route(wr.tcp, down)
         if route is not None:
             dest = choose_backend(route, self.rng)
             if dest is None:

@@ -69,6 +69,7 @@ class Downstream:
     hostname: str = ""                      # its FQDN
     listener: str = ""                      # ingress HTTPS: the listener group the SNI chose
     edge: str = ""                          # ingress: the client connection's scheme (http, https); "" in the mesh
+    sni: str = ""                           # an opaque tunnel's TLS ClientHello server name, "" if none
 
 
 @dataclass(frozen=True)

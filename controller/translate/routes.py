@@ -245,6 +245,22 @@ def _vs_routes(vs: Obj, hosts: Hosts) -> tuple[list[str], list[HttpRoute], list[
     return targets, http, tcp
 
 
+def _vs_tls_routes(vs: Obj, hosts: Hosts) -> list[TcpRoute]:
+    """A mesh VirtualService's `tls` routes: one per match bound to the mesh, by SNI
+    (waypoint/routing/tcp.py `tls_route`)."""
+    spec, ns, source = vs.get("spec") or {}, ns_of(vs), object_ref(vs)
+    out = []
+    for t in spec.get("tls") or []:
+        dests = vs_destinations(t.get("route") or [], hosts, ns)
+        for m in t.get("match") or []:
+            if _is_mesh(m.get("gateways")):
+                out.append(TcpRoute(source=source, port=int(m.get("port") or 0), sni_hosts=list(m["sniHosts"]),
+                                    destination_subnets=list(m.get("destinationSubnets") or []), destinations=dests,
+                                    source_labels=dict(m.get("sourceLabels") or {}),
+                                    source_namespace=m.get("sourceNamespace") or ""))
+    return out
+
+
 # -- Gateway API ---------------------------------------------------------------------------------
 
 def _gw_header_matches(ms: list[Obj] | None, lower: bool = True) -> list[HeaderMatch]:
@@ -562,10 +578,12 @@ def translate_routes(idx: Index, services: list[Service], cluster_domain: str, p
             continue
         with blame(vs):
             targets, http, tcp = _vs_routes(vs, hosts)
+            tls = _vs_tls_routes(vs, hosts)
         for fq in targets:
             e = entry(fq)
             e.http.extend(http)
             e.tcp.extend(tcp)
+            e.tls.extend(tls)
             e.sources.append(object_ref(vs))
 
     gw_routes: dict[str, list[tuple[tuple[Any, ...], HttpRoute]]] = {}

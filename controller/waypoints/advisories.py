@@ -21,7 +21,7 @@ validator refuses what can never work; this module finds what is valid but does 
 - Fields the waypoint accepts but does not apply (session persistence, locality failover
   without outlier detection, a few connection-pool knobs, TLS origination, PROXY protocol), fields it applies
   differently from Istio (a fault without a percentage, `exponentialDelay`, a mirror to a host that
-  is no mesh Service), and VirtualService `delegate` and `tls` routes, `match.statPrefix`
+  is no mesh Service), and VirtualService `delegate`, `match.statPrefix`
   and the `retryOn` values Istio accepts that the waypoint does not apply (ambit.resilience).
 - What a younger DestinationRule loses when it is merged with older ones for its host
   (controller.translate.destinationrules): a subset name already defined, a second trafficPolicy.
@@ -583,9 +583,6 @@ def _vs_fields(o: Obj, hosts: Any = None) -> list[Advisory]:
                                 "delegate is not supported: this route has no destination (requests it matches get "
                                 "no route); inline the delegate VirtualService's routes", NOT_ENFORCED))
     out += _export_to(o)
-    if spec.get("tls"):
-        out.append(Advisory(ref, "spec.tls", "tls routes are accepted but not applied by the waypoint yet: TLS "
-                            "traffic goes to its original destination (tcp routes are applied)", NOT_ENFORCED))
     return out
 
 

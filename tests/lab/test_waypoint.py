@@ -448,13 +448,16 @@ def test_a_non_http_protocol_to_a_waypointed_service_is_forwarded_at_l4(wlab: La
 
 
 def test_a_virtual_service_tcp_route_sends_non_http_connections_elsewhere(wlab: Lab) -> None:
-    """`tcp` routes, applied by the waypoint to what its detector finds is not HTTP: iperf's port
-    routed to myapp-v2's HTTP server, which answers the probe's bytes with its error page (iperf3
-    would not). HTTP requests to the same host are not touched by `tcp` routes."""
+    """`tcp` and `tls` routes, applied by the waypoint to what its detector finds is not HTTP:
+    iperf's port routed to myapp-v2's HTTP server, which answers the probe's bytes with its error
+    page (iperf3 would not), and a TLS client routed by the server name it asks for."""
     vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "iperf-moved",
                                                                                          "namespace": "default"},
-          "spec": {"hosts": ["iperf"], "tcp": [{"match": [{"port": 5201, "sourceLabels": {"app": "frontend"}}],
-                                                "route": [{"destination": {"host": "myapp-v2", "port": {"number": 80}}}]}]}}
+          "spec": {"hosts": ["iperf"],
+                   "tcp": [{"match": [{"port": 5201, "sourceLabels": {"app": "frontend"}}],
+                            "route": [{"destination": {"host": "myapp-v2", "port": {"number": 80}}}]}],
+                   "tls": [{"match": [{"port": 5201, "sniHosts": ["*.moved.example"]}],
+                            "route": [{"destination": {"host": "myapp", "port": {"number": 80}}}]}]}}
     probe = "exec 3<>/dev/tcp/iperf/5201; printf '\\001\\002probe\\r\\n\\r\\n' >&3; timeout 1 head -c 12 <&3"
 
     def http_answered(pod: str) -> bool:
@@ -469,6 +472,17 @@ def test_a_virtual_service_tcp_route_sends_non_http_connections_elsewhere(wlab: 
         recs = [json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(wlab).splitlines()
                 if "ambit.waypoint.access" in x and '"protocol": "TCP"' in x and "iperf-moved" in x]
         assert recs and recs[-1]["route_name"] == "VirtualService/default/iperf-moved", recs[-1:]
+        assert recs[-1]["destination_service"] == "default/myapp-v2"
+        # a TLS client (openssl) asking for a name the tls route covers, from the pod the tcp
+        # route does not match: routed by its SNI to myapp (whose HTTP server fails the handshake)
+        wlab.exec("default/other", "bash", "-c", "timeout 2 openssl s_client -connect iperf:5201 "
+                  "-servername api.moved.example </dev/null", timeout=20)
+
+        def by_sni() -> list[dict]:
+            return [json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(wlab).splitlines()
+                    if "ambit.waypoint.access" in x and '"destination_service": "default/myapp"' in x
+                    and "iperf-moved" in x]
+        wlab.wait_for(by_sni, timeout=10, what="the TLS tunnel routed by its server name")
     finally:
         delete(wlab, f)
 

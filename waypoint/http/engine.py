@@ -23,12 +23,14 @@ idle timeouts and expires idle pooled connections.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from waypoint import clienthello
 from waypoint.http.detect import Detector, Verdict
 from waypoint.http.exchange import Exchange
 from waypoint.http.http1 import H1Server
@@ -136,6 +138,9 @@ class Engine:
             self._sweeper = None
 
 
+TLS_HANDSHAKE = b"\x16"     # the first byte of a TLS record carrying a handshake message
+
+
 class TunnelProtocol(asyncio.Protocol):
     """Sniffs a tunnel's first bytes (detect.py), then hands the transport to the HTTP/1, HTTP/2
     or opaque side, replaying what it read.
@@ -152,6 +157,8 @@ class TunnelProtocol(asyncio.Protocol):
         self.detector = Detector()
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._hello: clienthello.HelloReader | None = None     # an opaque tunnel that opened with TLS
+        self._held = bytearray()        # its bytes so far, replayed to the upstream
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -160,11 +167,19 @@ class TunnelProtocol(asyncio.Protocol):
                                                   self._timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._hello is not None:
+            self._held += data
+            if not isinstance(self._hello.feed(data), clienthello.NeedMore):
+                self._opaque(eof=False)
+            return
         verdict = self.detector.feed(data)
         if verdict is not None:
             self._switch(verdict, eof=False)
 
     def eof_received(self) -> bool:
+        if self._hello is not None:
+            self._opaque(eof=True)
+            return True
         if self.detector.buffer:
             self._switch(self.detector.timeout(), eof=True)
             return True
@@ -177,12 +192,28 @@ class TunnelProtocol(asyncio.Protocol):
     def _timeout(self) -> None:
         self._timer = None
         if self.transport is not None and not self.transport.is_closing():
+            if self._hello is not None:     # no whole ClientHello in time: relayed without its name
+                self._opaque(eof=False)
+                return
             self._switch(self.detector.timeout(), eof=False, timed_out=True)
 
     def _cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _opaque(self, eof: bool) -> None:
+        """The TLS tunnel's hello is read (or cannot be): relay it, with the server name it asked
+        for (`Downstream.sni`; "" when it sent none, or the bytes were no ClientHello)."""
+        self._cancel()
+        hello, self._hello = self._hello, None
+        v = hello.feed(b"") if hello is not None else None
+        down = self.downstream
+        if isinstance(v, clienthello.Hello) and v.server_name:
+            down = dataclasses.replace(down, sni=v.server_name)
+        held, self._held = bytes(self._held), bytearray()
+        assert self.transport is not None
+        OpaqueRelay(self.engine, down, self.transport, held, eof)
 
     def _switch(self, verdict: Verdict, eof: bool, timed_out: bool = False) -> None:
         self._cancel()
@@ -196,6 +227,15 @@ class TunnelProtocol(asyncio.Protocol):
                 return
             verdict = Verdict.HTTP1
         if verdict is Verdict.OPAQUE:
+            if early[:1] == TLS_HANDSHAKE and not eof:
+                # TLS: read its ClientHello (bounded in bytes and by the detection timer) for the
+                # server name, which the Service's VirtualService `tls` routes match on
+                self._hello, self._held = clienthello.HelloReader(), bytearray(early)
+                if isinstance(self._hello.feed(early), clienthello.NeedMore):
+                    self._timer = self.engine.loop.call_later(self.engine.settings.detect_timeout, self._timeout)
+                    return
+                self._opaque(eof=False)
+                return
             OpaqueRelay(self.engine, self.downstream, t, early, eof)
             return
         # HTTP/1 has no :scheme: an ingress client's is its connection's (a redirect keeps https)

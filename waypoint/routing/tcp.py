@@ -6,8 +6,11 @@ tcp_route): the routes in order, the first whose match matches wins; a match's `
 Service port the client dialled), `destinationSubnets` (the address it dialled), `sourceLabels`
 and `sourceNamespace` (the client workload, from its HBONE identity) must all hold, an unset one
 holds for every connection, and a route without a match takes everything. No route matches: the
-connection goes on to the Service itself, as without routes. An ingress gateway's TLSRoutes and
-TCPRoutes use the same backend choice (`choose_backend`).
+connection goes on to the Service itself, as without routes. A tunnel that opens with a TLS
+ClientHello is first matched against the Service's `tls` routes by the server name it asked for
+(`tls_route`), then its `tcp` routes, as Istio puts a TLS port's SNI filter chains before the
+catch-all one. An ingress gateway's TLSRoutes and TCPRoutes use the same backend choice
+(`choose_backend`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,26 @@ def tcp_route(routes: Iterable[TcpRoute], down: Downstream) -> TcpRoute | None:
                 continue
         return r
     return None
+
+
+def tls_route(routes: Iterable[TcpRoute], down: Downstream) -> TcpRoute | None:
+    """The first VirtualService `tls` route whose `sniHosts` has the server name the tunnel's
+    ClientHello asked for (`Downstream.sni`) and whose L4 match holds, or None. A name in
+    `sniHosts` may be a wildcard: `*.example.com` covers names under it at any depth (Envoy's
+    server_names), `*` every name. A tunnel without a server name matches no tls route."""
+    name = down.sni
+    if not name:
+        return None
+    return tcp_route((r for r in routes if any(_sni_matches(h, name) for h in r.sni_hosts)), down)
+
+
+def _sni_matches(pattern: str, name: str) -> bool:
+    p = pattern.lower()
+    if p == "*":
+        return True
+    if p.startswith("*."):
+        return name.endswith(p[1:]) and len(name) > len(p) - 1
+    return name == p
 
 
 def choose_backend(route: TcpRoute, rand: RandomSource) -> RouteDestination | None:

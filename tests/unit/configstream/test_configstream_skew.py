@@ -340,3 +340,35 @@ def test_a_cache_file_of_another_shape_is_ignored_not_raised(tmp_path, damage):
         restarted = await _restarted_from(cache)
         assert not restarted.view.workloads and not restarted.populated
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def _older(cls, drop):
+    """`cls` as a version without the fields `drop` had it (same name, same other fields)."""
+    specs = []
+    for f in dataclasses.fields(cls):
+        if f.name in drop:
+            continue
+        kw = {k: v for k, v in (("default", f.default), ("default_factory", f.default_factory))
+              if v is not dataclasses.MISSING}
+        specs.append((f.name, f.type, dataclasses.field(**kw)))
+    return dataclasses.make_dataclass(cls.__name__, specs)
+
+
+def test_an_older_waypoint_ignores_the_route_fields_it_never_applied(monkeypatch):
+    """Mesh `tcp` routes' source matches and `tls` routes are newer than some waypoints, which
+    applied neither (they were warned as not applied): the controller names them advisory at the
+    level they sit (inside each TcpRoute, and on the WaypointRoutes), so such a waypoint keeps
+    taking route updates as before instead of refusing every one until it is upgraded."""
+    from ambit import model
+    wr = model.WaypointRoutes(hostname="db.default.svc.cluster.local",
+                              tcp=[model.TcpRoute(port=5432, source_labels={"app": "reports"}, source_namespace="b")],
+                              tls=[model.TcpRoute(sni_hosts=["a.example.com"])])
+    wire = json.loads(json.dumps(model.wire_dict(wr)))
+    monkeypatch.setitem(model._NESTED, "TcpRoute",
+                        _older(model.TcpRoute, {"source_labels", "source_namespace", "sni_hosts"}))
+    old_routes = _older(model.WaypointRoutes, {"tls"})
+    held = model._from_dict(old_routes, wire)
+    assert held.hostname == wr.hostname and [t.port for t in held.tcp] == [5432]
+    wire["tcp"][0]["weight_by_moon"] = 3         # control: a set field not named advisory is refused
+    with pytest.raises(ValueError, match="TcpRoute.weight_by_moon"):
+        model._from_dict(old_routes, wire)
