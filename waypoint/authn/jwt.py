@@ -389,6 +389,11 @@ def authenticate(ps: tuple[Provider, ...], head: RequestHead, now: float) -> Out
     if not ps:
         return _PASS
     scrub = _output_names(ps)
+    if head.method == "OPTIONS" and head.header("origin") and head.header("access-control-request-method"):
+        # A CORS preflight: Istio sets Envoy's `bypass_cors_preflight`, so it is never refused
+        # (a browser sends no credentials on it) and names no user; the headers Ambit writes from
+        # claims are still removed, so a forged one cannot reach the backend on it.
+        return _scrubbed(head, scrub)
     found: dict[str, list[tuple[Provider, _Token]]] = {}     # token -> the rules whose locations hold it
     for p in ps:
         for tok in extract(p.rule, head):
@@ -411,6 +416,11 @@ def authenticate(ps: tuple[Provider, ...], head: RequestHead, now: float) -> Out
         user = EndUser(f"{claims.get('iss', '')}/{claims.get('sub', '')}", claims)
         return Outcome(user=user, headers=_edited(verified, head, drop), reason=f"jwt: {user.principal}",
                        path=without_params(head.path, drop_params) if drop_params else None)
+    return _scrubbed(head, scrub)
+
+
+def _scrubbed(head: RequestHead, scrub: set[str]) -> Outcome:
+    """No user: the request with the headers only a verified token may set removed."""
     if scrub and any(k in scrub for k, _ in head.headers):
         return Outcome(headers=[(k, v) for k, v in head.headers if k not in scrub])
     return _PASS

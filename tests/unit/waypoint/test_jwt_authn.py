@@ -285,3 +285,19 @@ def test_a_key_set_fetch_failure_is_not_told_to_the_client() -> None:
     out = run(head(bearer(token())), rule(jwks="", jwks_error=why))
     assert out.reply is not None and out.reply.body == b"Jwks remote fetch is failed"
     assert providers([rule(jwks="", jwks_error=why)])[0].detail == why      # the waypoint's log says it
+
+
+def test_a_cors_preflight_is_not_refused_for_its_token_and_names_no_user() -> None:
+    """Istio sets Envoy's `bypass_cors_preflight`: a preflight (OPTIONS with Origin and
+    Access-Control-Request-Method; a browser sends no credentials on it) is let through whatever
+    token it carries, as no user, so the route's CORS policy can answer it. The headers only a
+    verified token may set are still removed from it."""
+    r = rule(output_claim_to_headers=[{"header": "x-sub", "claim": "sub"}])
+    preflight = ("origin", "https://app.example"), ("access-control-request-method", "PUT")
+    req = RequestHead("OPTIONS", "/", "myapp", headers=[bearer("not.a.jwt"), ("x-sub", "mallory"), *preflight])
+    out = run(req, r)
+    assert out.reply is None and out.user is None
+    assert ("x-sub", "mallory") not in (out.headers or req.headers)
+    # an OPTIONS that is no preflight is checked as any request
+    assert run(RequestHead("OPTIONS", "/", "myapp", headers=[bearer("not.a.jwt"), preflight[0]]), r).reply.status == 401
+    assert run(RequestHead("PUT", "/", "myapp", headers=[bearer("not.a.jwt"), *preflight]), r).reply.status == 401
