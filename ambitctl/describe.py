@@ -41,6 +41,7 @@ def _routes_for(tr: Translation, services: list[str]) -> list[dict[str, Any]]:
         if wr.service in services:
             out.append({"host": wr.hostname, "service": wr.service, "waypoint": wr.waypoint or None,
                         "sources": list(wr.sources), "http_routes": len(wr.http), "tcp_routes": len(wr.tcp),
+                        "tls_routes": len(wr.tls),
                         "subsets": [s.name for s in wr.subsets]})
     return out
 
@@ -153,7 +154,7 @@ def format_description(d: Description) -> str:
                                                 for e in f["endpoints"]) or "none")]
     lines.append("  routes:" if f["routes"] else "  routes:     none (plain Service load balancing)")
     for r in f["routes"]:
-        lines.append(f"    {r['host']}: {r['http_routes']} HTTP / {r['tcp_routes']} TCP routes"
+        lines.append(f"    {r['host']}: {r['http_routes']} HTTP / {r['tcp_routes']} TCP / {r['tls_routes']} TLS routes"
                      + (f", subsets {', '.join(r['subsets'])}" if r["subsets"] else "")
                      + (f" (waypoint {r['waypoint']})" if r["waypoint"] else " (NO waypoint: not applied)"))
         lines += [f"      from {src}" for src in r["sources"]]
