@@ -779,6 +779,13 @@ class IngressListener:
     # The Istio Gateway server this listener is one host of ("": a Gateway API listener, its own
     # group). A TLS connection serves the Hosts of the listeners of its SNI's group, no others.
     server: str = ""
+    # Client certificates (Istio Gateway `tls.mode` MUTUAL: "required", OPTIONAL_MUTUAL:
+    # "optional"): verified against `client_ca_pem`; `client_sans` (subjectAltNames), when set, the
+    # names one of which the certificate must carry. Not advisory: a gateway that ignored them would
+    # serve clients without certificates (an older one refuses the update and keeps its last one).
+    client_auth: str = ""
+    client_ca_pem: str = ""
+    client_sans: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -102,6 +102,8 @@ class IngressView:
 
 # The minimum TLS versions a listener may ask for ("": the default, TLS 1.2)
 TLS_MIN_VERSIONS = ("", "1.2", "1.3")
+# Client certificates a listener asks for: none, a valid one required, a valid one if sent
+CLIENT_AUTH = ("", "required", "optional")
 
 
 def build(gateway: IngressGateway | None, cluster_domain: str = "cluster.local") -> IngressView:
@@ -114,6 +116,10 @@ def build(gateway: IngressGateway | None, cluster_domain: str = "cluster.local")
             # so the update is refused (the client NACKs it and keeps the last good listeners)
             raise ValueError(f"ingress listener {ln.name} (port {ln.port}): tls_min_version "
                              f"{ln.tls_min_version[:16]!r} is not one this version serves (1.2, 1.3)")
+        if ln.client_auth not in CLIENT_AUTH or (ln.client_auth and not ln.client_ca_pem):
+            # as above: serving without the client certificate check would let anyone in
+            raise ValueError(f"ingress listener {ln.name} (port {ln.port}): client_auth {ln.client_auth[:16]!r} "
+                             f"{'without a CA' if ln.client_auth in CLIENT_AUTH else 'is not one this version serves'}")
         by_port.setdefault(ln.port, []).append(ln)
     ports = {}
     for port, lns in by_port.items():

@@ -57,6 +57,7 @@ import random
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 from ambit.accept import peer_key
 from ambit.aiotask import cancel
@@ -67,6 +68,7 @@ from ambit.dataplane.ports import LISTEN_BACKLOG
 from ambit.dataplane.tls import load_chain_from_memory
 from ambit.model import IngressListener
 from waypoint import clienthello
+from waypoint.http.edge import client_cert_element
 from waypoint.http.plug import Plug
 from waypoint.ingress import L4_PROTOCOLS, IngressPort, IngressView, listener_group
 from waypoint.ingress_binds import BindState, describe
@@ -86,14 +88,41 @@ Serve = Callable[[Plug, Downstream], None]
 Relay = Callable[[asyncio.Transport, Downstream, bytes], None]
 
 
-def listener_context(ln: IngressListener) -> ssl.SSLContext:
-    """The certificates of one HTTPS listener (several: OpenSSL picks by key type, e.g. ECDSA and RSA)."""
+def listener_context(ln: IngressListener, port_cas: str = "") -> ssl.SSLContext:
+    """The certificates of one HTTPS listener (several: OpenSSL picks by key type, e.g. ECDSA and RSA),
+    and the CAs a client certificate is verified against: the listener's own with mutual TLS, else
+    those of the port's mutual-TLS listeners (`port_cas`).
+
+    Why a listener without mutual TLS may have them: OpenSSL takes the decision to ask for a client
+    certificate from the port's base context, before SNI chose the listener (the SNI callback swaps
+    the certificates and the CA store, never the verify mode), so on a port where some listener
+    wants client certificates every client is asked for one (`_Port.base_context`), and a client of
+    another listener that sends one is verified against this store. Whether a certificate is
+    required is checked once the handshake is done (`_Port.admitted`)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = VERSIONS[ln.tls_min_version or "1.2"]     # others are refused (ingress.build)
     ctx.set_alpn_protocols(ALPN)
     for c in ln.certificates:
         load_chain_from_memory(ctx, c.key_pem.encode(), [c.cert_pem])
+    cas = ln.client_ca_pem if ln.client_auth else port_cas
+    if cas:
+        ctx.load_verify_locations(cadata=cas)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
+
+
+def _fingerprint(ln: IngressListener, port_cas: str) -> str:
+    """What a listener's context is built from: a change rebuilds it."""
+    return hashlib.sha256("\0".join([*(c.cert_pem + c.key_pem for c in ln.certificates), ln.tls_min_version,
+                                      ln.client_auth, ln.client_ca_pem, port_cas]).encode()).hexdigest()
+
+
+def san_allowed(cert: dict[str, Any], wanted: tuple[str, ...]) -> bool:
+    """Does a verified client certificate (`getpeercert()`) carry one of `wanted` as a subject
+    alternative name (Istio's subjectAltNames: exact, DNS, URI, email or IP)? Any, when none is wanted."""
+    if not wanted:
+        return True
+    return any(value in wanted for _kind, value in cert.get("subjectAltName", ()))
 
 
 class _Port:
@@ -105,6 +134,9 @@ class _Port:
         self.contexts: dict[str, ssl.SSLContext] = {}     # listener name -> context
         self.minimum: dict[int, ssl.TLSVersion] = {}      # id(context) -> its listener's minimum
         self.group: dict[int, str] = {}                   # id(context) -> its listener's group
+        self.auth: dict[int, tuple[str, tuple[str, ...]]] = {}   # id(context) -> client_auth, client_sans
+        self.mutual = False                               # some listener wants client certificates
+        self.base: ssl.SSLContext | None = None           # HTTPS: the context every handshake starts with
         self._fingerprints: dict[str, str] = {}
         self.server: asyncio.AbstractServer | None = None     # plain ports
         self.accept: AcceptLoop | None = None                 # HTTPS ports: our own accept loop ...
@@ -112,12 +144,16 @@ class _Port:
 
     def refresh(self, port: IngressPort) -> None:
         self.port = port
-        for ln in port.listeners if port.protocol == "HTTPS" else ():
-            fp = hashlib.sha256("".join(c.cert_pem + c.key_pem for c in ln.certificates).encode()
-                                + ln.tls_min_version.encode()).hexdigest()
+        https = port.listeners if port.protocol == "HTTPS" else ()
+        port_cas = "".join(ln.client_ca_pem for ln in https if ln.client_auth)
+        self.mutual = bool(port_cas)
+        if self.base is not None:       # a listener that starts or stops asking, on an open port
+            self.base.verify_mode = ssl.CERT_OPTIONAL if self.mutual else ssl.CERT_NONE
+        for ln in https:
+            fp = _fingerprint(ln, port_cas)
             if self._fingerprints.get(ln.name) != fp:
                 try:
-                    ctx = listener_context(ln)
+                    ctx = listener_context(ln, port_cas)
                 except (ssl.SSLError, OSError, ValueError) as e:
                     log.warning("listener %s: certificates do not load: %s", ln.name, e)
                     continue
@@ -125,17 +161,21 @@ class _Port:
                 self.minimum[id(ctx)] = ctx.minimum_version
             if ln.name in self.contexts:
                 self.group[id(self.contexts[ln.name])] = listener_group(ln)
+                self.auth[id(self.contexts[ln.name])] = (ln.client_auth, tuple(ln.client_sans))
         names = {ln.name for ln in port.listeners}
         for gone in set(self.contexts) - names:
             ctx = self.contexts.pop(gone)
             self.minimum.pop(id(ctx), None)
             self.group.pop(id(ctx), None)
+            self.auth.pop(id(ctx), None)
             self._fingerprints.pop(gone, None)
 
     def base_context(self) -> ssl.SSLContext:
         base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         base.minimum_version = ssl.TLSVersion.TLSv1_2
         base.set_alpn_protocols(ALPN)
+        if self.mutual:     # ask every client for a certificate (see `listener_context`)
+            base.verify_mode = ssl.CERT_OPTIONAL
 
         def pick(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
             ln = self.port.listener_for_sni(server_name)
@@ -148,6 +188,7 @@ class _Port:
             return None
 
         base.sni_callback = pick
+        self.base = base
         return base
 
     def admitted(self, transport: asyncio.BaseTransport) -> bool:
@@ -157,7 +198,23 @@ class _Port:
             return True
         want = self.minimum.get(id(obj.context), ssl.TLSVersion.TLSv1_2)
         got = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}.get(obj.version() or "")
-        return got is not None and got >= want
+        if got is None or got < want:
+            log.info("TLS connection on port %d closed: below the listener's minimum TLS version", self.port.port)
+            return False
+        auth, wanted = self.auth.get(id(obj.context), ("", ()))
+        if not auth:
+            return True
+        cert = obj.getpeercert()        # verified against the listener's CA in the handshake, if sent
+        if not cert:
+            if auth == "required":
+                log.info("TLS connection on port %d closed: no client certificate (mutual TLS)", self.port.port)
+                return False
+            return True                 # OPTIONAL_MUTUAL: a client without a certificate is served
+        if not san_allowed(cert, wanted):
+            log.info("TLS connection on port %d closed: the client certificate names none of %s",
+                     self.port.port, ", ".join(wanted))
+            return False
+        return True
 
 
 class _Accepted(Plug):
@@ -173,7 +230,6 @@ class _Accepted(Plug):
             transport.abort()
             return
         if not self._port.admitted(transport):
-            log.info("TLS connection on port %d closed: below the listener's minimum TLS version", self._port.port.port)
             transport.close()
             return
         peer = transport.get_extra_info("peername") or ("", 0)
@@ -182,8 +238,11 @@ class _Accepted(Plug):
         # An unknown context (no callback ran) gets a group no Host selects: 404/421, not a route.
         group = "" if obj is None else self._port.group.get(id(obj.context), "-")
         # `edge`: a client from outside the mesh, whose headers the engine sanitizes (waypoint/http/edge.py)
+        mutual = obj is not None and self._port.auth.get(id(obj.context), ("",))[0]
+        der = obj.getpeercert(binary_form=True) if mutual else None
         self._serve(self, Downstream(source_ip=peer[0], destination_port=self._port.port.port, listener=group,
-                                     edge="http" if obj is None else "https"))
+                                     edge="http" if obj is None else "https",
+                                     client_cert=client_cert_element(der) if der else ""))
 
 
 class _L4Accepted(asyncio.Protocol):

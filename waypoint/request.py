@@ -70,6 +70,7 @@ class Downstream:
     listener: str = ""                      # ingress HTTPS: the listener group the SNI chose
     edge: str = ""                          # ingress: the client connection's scheme (http, https); "" in the mesh
     sni: str = ""                           # an opaque tunnel's TLS ClientHello server name, "" if none
+    client_cert: str = ""                   # ingress mutual TLS: the verified client certificate's XFCC element
 
 
 @dataclass(frozen=True)

@@ -410,7 +410,9 @@ GatewaySpec = Obj({
                          "and annotations (copied onto them)"}),
 }, required=("gatewayClassName", "listeners"), checks=(_check_gateway,), unsupported={
     "tls": "spec.tls (Gateway-level frontend and backend TLS) is not supported by Ambit: a waypoint's traffic is "
-           "HBONE mutual TLS with mesh identities on both sides",
+           "HBONE mutual TLS with mesh identities on both sides, and an ingress gateway's client certificate "
+           "validation (frontend) would read ConfigMaps, which Ambit does not watch: use an Istio Gateway server "
+           "with tls.mode MUTUAL (its Secret's ca.crt)",
 })
 
 def _check_l4_route(value: dict[str, Any], path: str, errs: Errors) -> None:

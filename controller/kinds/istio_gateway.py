@@ -3,8 +3,9 @@
 Ambit serves it on its own ingress gateway (a Gateway API Gateway of class `ambit`/`istio` whose pods
 the `selector` matches), translated into the same listeners a Gateway API Gateway produces
 (controller/translate/istio_gateway.py). What that data path cannot do is refused by name here rather
-than accepted and ignored: other protocols, TLS modes other than SIMPLE (HTTPS) and PASSTHROUGH
-(TLS), certificate files, client certificate validation, `bind`, `defaultEndpoint`.
+than accepted and ignored: other protocols, TLS modes other than SIMPLE, MUTUAL and OPTIONAL_MUTUAL
+(HTTPS) and PASSTHROUGH (TLS), certificate files, revocation lists and pinned certificates,
+`bind`, `defaultEndpoint`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from controller.kinds.common import Labels, Port, check_ingress_port
 from controller.kinds.schema import Arr, Bool, Errors, Obj, Str, join
 
 SERVER_PROTOCOLS = ("HTTP", "HTTPS", "TLS", "TCP")
+# HTTPS server modes, and what each asks of a client certificate (ambit.model.IngressListener)
+CLIENT_AUTH = {"MUTUAL": "required", "OPTIONAL_MUTUAL": "optional"}
+HTTPS_MODES = ("SIMPLE", *CLIENT_AUTH)
 TLS_VERSIONS = {"TLS_AUTO": "", "TLSV1_2": "1.2", "TLSV1_3": "1.3"}
 
 _NOT_BUILT = "is not supported by Ambit's ingress gateway"
@@ -26,21 +30,22 @@ ServerTLS = Obj({
     "mode": Str(enum=("PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL")),
     "credentialName": Str(min_len=1),
     "minProtocolVersion": Str(enum=("TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")),
+    "subjectAltNames": Arr(Str(min_len=1)),
 }, unsupported={
     "serverCertificate": f"serverCertificate {_FILES}",
     "privateKey": f"privateKey {_FILES}",
-    "caCertificates": f"caCertificates (client certificate validation) {_NOT_BUILT} yet",
+    "caCertificates": f"caCertificates {_FILES} (MUTUAL: the CA is the Secret's ca.crt)",
     "caCrl": f"caCrl (client certificate validation) {_NOT_BUILT} yet",
     "credentialNames": f"credentialNames {_NOT_BUILT} yet: name one Secret in credentialName",
     "tlsCertificates": f"tlsCertificates {_NOT_BUILT} yet: name one Secret in credentialName",
-    "subjectAltNames": f"subjectAltNames (client certificate validation) {_NOT_BUILT} yet",
     "verifyCertificateSpki": f"verifyCertificateSpki (client certificate validation) {_NOT_BUILT} yet",
     "verifyCertificateHash": f"verifyCertificateHash (client certificate validation) {_NOT_BUILT} yet",
     "maxProtocolVersion": f"maxProtocolVersion {_NOT_BUILT}: it serves TLS 1.2 and 1.3 (raise the minimum with "
                           "minProtocolVersion)",
     "cipherSuites": f"cipherSuites {_NOT_BUILT}: OpenSSL's defaults for TLS 1.2 and 1.3 apply",
     "ecdhCurves": f"ecdhCurves {_NOT_BUILT}: OpenSSL's default groups apply",
-    "caCertCredentialName": f"caCertCredentialName (client certificate validation) {_NOT_BUILT} yet",
+    "caCertCredentialName": f"caCertCredentialName {_NOT_BUILT} yet: put the client CA in the credentialName "
+                            "Secret's ca.crt",
     "insecureSkipVerify": f"insecureSkipVerify (client certificate validation) {_NOT_BUILT} yet",
 })
 
@@ -84,9 +89,13 @@ def _check_server(value: dict[str, Any], path: str, errs: Errors) -> None:
     if value.get("tls") is None:
         errs.append((tp, "required when protocol is HTTPS"))
         return
-    if tls.get("mode", "SIMPLE") != "SIMPLE":
-        errs.append((join(tp, "mode"), f'"{tls["mode"]}" {_NOT_BUILT} yet; an HTTPS server terminates TLS '
-                                       "(mode SIMPLE)"))
+    mode = tls.get("mode", "SIMPLE")
+    if mode not in HTTPS_MODES:
+        errs.append((join(tp, "mode"), f'"{mode}" {_NOT_BUILT} yet; an HTTPS server terminates TLS '
+                                       f"(mode {', '.join(HTTPS_MODES)})"))
+    if tls.get("subjectAltNames") and mode not in CLIENT_AUTH:
+        errs.append((join(tp, "subjectAltNames"), "checks client certificates: only with mode MUTUAL or "
+                                                  "OPTIONAL_MUTUAL"))
     if not tls.get("credentialName"):
         errs.append((join(tp, "credentialName"), "required: the kubernetes.io/tls Secret, in the gateway pods' "
                                                  "namespace, holding the server's certificate and key"))

@@ -302,6 +302,21 @@ def load_certificate(secret: Obj | None, ref: str) -> tuple[TlsCertificate | Non
     return TlsCertificate(ref, cert, key), ""
 
 
+def load_client_ca(secret: Obj, ref: str) -> tuple[str | None, str]:
+    """The client CA bundle a mutual-TLS server verifies client certificates against: the Secret's
+    `ca.crt` (Istio's key for it in a credentialName Secret), or (None, why it cannot be used)."""
+    from cryptography import x509
+    pem = _secret_field(secret, "ca.crt")
+    if not pem.strip():
+        return None, (f"Secret {ref} has no ca.crt: mutual TLS verifies client certificates against the CA "
+                      "certificates in it (a separate <name>-cacert Secret is not read)")
+    try:
+        x509.load_pem_x509_certificates(pem.encode())
+    except ValueError as e:
+        return None, f"Secret {ref}: ca.crt does not hold PEM certificates: {e}"
+    return pem, ""
+
+
 def _certificates(gw: Obj, ln: Obj, secrets: dict[str, Obj],
                   grants: list[Obj]) -> tuple[list[TlsCertificate], tuple[bool, str, str]]:
     certs, verdict = [], (True, "ResolvedRefs", "")

@@ -10,8 +10,9 @@ external; envoy "HTTP header sanitizing"), and `sanitize` does the same:
   `x-envoy-upstream-rq-timeout-ms`, `x-envoy-internal`, ...): passed on, a client could force
   traces, or steer the retries and timeouts of any Envoy behind the gateway, or claim to be
   internal;
-- `x-forwarded-client-cert` is removed (Envoy's default `forward_client_cert_details: SANITIZE`;
-  the gateway validates no client certificate, so it has none to set): a backend reading the
+- `x-forwarded-client-cert` is removed, and set again only for a client whose certificate the
+  listener verified (mutual TLS; `client_cert`: its `Hash`, `Subject`, `URI` and `DNS`, as Istio's
+  gateways configure Envoy's `forward_client_cert_details: SANITIZE_SET`): a backend reading the
   client's identity from it would otherwise take a forged one;
 - `x-request-id` is removed, so a fresh one is generated (`preserve_external_request_id: false`):
   a client's id would also choose the trace sampling of every proxy that samples by it;
@@ -38,9 +39,10 @@ EXTERNAL_REMOVED = frozenset({
 _SET = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-envoy-external-address"})
 
 
-def sanitize(headers: list[tuple[str, str]], scheme: str, client_ip: str) -> list[tuple[str, str]]:
+def sanitize(headers: list[tuple[str, str]], scheme: str, client_ip: str, client_cert: str = "") -> list[tuple[str, str]]:
     """`headers` (lower-case names) of a request from `client_ip` on a connection of `scheme`
-    ("http" or "https") as an edge proxy passes them on (see the module docstring)."""
+    ("http" or "https") as an edge proxy passes them on (see the module docstring); `client_cert`
+    is the verified client certificate's x-forwarded-client-cert element ("" for none)."""
     prior = []
     out = []
     for k, v in headers:
@@ -54,4 +56,27 @@ def sanitize(headers: list[tuple[str, str]], scheme: str, client_ip: str) -> lis
     out.append(("x-forwarded-for", ",".join([*prior, client_ip])))
     out.append(("x-forwarded-proto", scheme))
     out.append(("x-envoy-external-address", client_ip))
+    if client_cert:
+        out.append(("x-forwarded-client-cert", client_cert))
     return out
+
+
+def client_cert_element(der: bytes) -> str:
+    """The x-forwarded-client-cert element of a verified client certificate (DER), as Envoy writes
+    it with Istio's gateway settings: `Hash` (SHA-256 of the DER, hex), `Subject` (RFC 4514, quoted),
+    then each `URI` and `DNS` subject alternative name. Imports `cryptography` on first use: only
+    a gateway with a mutual-TLS listener parses certificates."""
+    import hashlib
+
+    from cryptography import x509
+    cert = x509.load_der_x509_certificate(der)
+    subject = cert.subject.rfc4514_string().replace("\\", "\\\\").replace('"', '\\"')
+    parts = [f"Hash={hashlib.sha256(der).hexdigest()}", f'Subject="{subject}"']
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = None
+    if san is not None:
+        parts += [f"URI={u}" for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
+        parts += [f"DNS={d}" for d in san.get_values_for_type(x509.DNSName)]
+    return ";".join(parts)

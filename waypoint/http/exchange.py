@@ -136,7 +136,8 @@ class Exchange:
         e = self.engine
         head = self.head
         if self.downstream.edge:    # an ingress gateway's client: its headers as an edge proxy passes them
-            head.headers = edge.sanitize(head.headers, self.downstream.edge, self.downstream.source_ip)
+            d = self.downstream
+            head.headers = edge.sanitize(head.headers, d.edge, d.source_ip, d.client_cert)
         tracing = getattr(e, "tracing", None)   # waypoint.telemetry.tracing_sdk.Tracing, when the waypoint traces
         self.trace = tracing.server(head, self.downstream, self.record) if tracing is not None else None
         head.headers, self.record.request_id = add_forwarded(head.headers, head.scheme, e.rng)

@@ -208,6 +208,14 @@ def test_tls_passthrough_and_tcp_servers_take_the_virtual_services_tls_and_tcp_r
     ({"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["*"],
       "tls": {"mode": "SIMPLE", "credentialName": "c", "minProtocolVersion": "TLSV1_0"}},
      "spec.servers[0].tls.minProtocolVersion", "TLS 1.2 and 1.3 only"),
+    ({"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["*"],
+      "tls": {"mode": "SIMPLE", "credentialName": "c", "subjectAltNames": ["spiffe://partner/app"]}},
+     "spec.servers[0].tls.subjectAltNames", "only with mode MUTUAL or OPTIONAL_MUTUAL"),
+    ({"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["*"],
+      "tls": {"mode": "MUTUAL", "credentialName": "c", "caCertificates": "/etc/certs/ca.pem"}},
+     "spec.servers[0].tls.caCertificates", "the CA is the Secret's ca.crt"),
+    ({"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["*"], "tls": {"mode": "ISTIO_MUTUAL"}},
+     "spec.servers[0].tls.mode", '"ISTIO_MUTUAL" is not supported'),
     ({"port": {"number": 80, "protocol": "HTTP"}, "hosts": ["*"], "bind": "0.0.0.0"},
      "spec.servers[0].bind", "bind is not supported"),
     ({"port": {"number": 80, "protocol": "HTTP"}, "hosts": ["a/b/c"]},
@@ -245,3 +253,22 @@ def test_an_istio_gateway_before_its_ingress_gateway_is_applied_with_a_warning()
     assert tr.errors == []
     found = [(a.ref, a.path, a.condition) for a in advisories(objs, translation=tr)]
     assert ("Gateway/web/bookinfo-gateway", "spec.selector", "NotEnforced") in found
+
+
+def test_mutual_tls_servers_take_the_client_ca_from_the_secrets_ca_crt() -> None:
+    """MUTUAL / OPTIONAL_MUTUAL: the client CA is the credentialName Secret's `ca.crt` (Istio's key
+    for it); without one the server is not served rather than served without the check."""
+    def server(mode: str, cred: str, **tls: Any) -> dict[str, Any]:
+        return {"port": {"number": 443, "name": f"https-{cred}", "protocol": "HTTPS"}, "hosts": [f"{cred}.example.com"],
+                "tls": {"mode": mode, "credentialName": cred, **tls}}
+    with_ca = tls_secret("partners")
+    ca_pem = tls_secret("any-ca")["stringData"]["tls.crt"]
+    with_ca["stringData"]["ca.crt"] = ca_pem
+    got, errors = listeners([with_ca, tls_secret("noca"), istio_gateway(
+        server("MUTUAL", "partners", subjectAltNames=["spiffe://partner/app"]), server("MUTUAL", "noca"))])
+    assert any(e.startswith("spec.servers[1].tls.credentialName: Secret web/noca has no ca.crt") for e in errors), errors
+    [ln] = [ln for ln in got.values() if ln.hostname == "partners.example.com"]
+    assert (ln.client_auth, ln.client_ca_pem, ln.client_sans) == ("required", ca_pem, ["spiffe://partner/app"])
+    assert not [ln for ln in got.values() if ln.hostname == "noca.example.com"]
+    got, errors = listeners([with_ca, istio_gateway(server("OPTIONAL_MUTUAL", "partners"))])
+    assert errors == [] and [ln.client_auth for ln in got.values()] == ["optional"]

@@ -74,6 +74,17 @@ def test_a_minimum_tls_version_this_version_does_not_serve_is_refused_not_lowere
         build(IngressGateway("gw", "ns", listeners=[_listener("a", "a.example.com", minimum="1.4")]))
 
 
+def test_a_client_certificate_mode_this_version_does_not_know_is_refused_not_dropped() -> None:
+    """Serving a listener without the client certificate check it asks for would let anyone in:
+    an unknown mode, or a mode without its CA, refuses the update (the last good listeners stay)."""
+    import dataclasses
+    ok = dataclasses.replace(_listener("a", "a.example.com"), client_auth="required", client_ca_pem="-----BEGIN")
+    assert build(IngressGateway("gw", "ns", listeners=[ok])).ports
+    for bad in (dataclasses.replace(ok, client_auth="pinned"), dataclasses.replace(ok, client_ca_pem="")):
+        with pytest.raises(ValueError, match=r"ingress listener a \(port 443\): client_auth"):
+            build(IngressGateway("gw", "ns", listeners=[bad]))
+
+
 def _l4(name: str, port: int, protocol: str, routes: dict[str, list[str]], hostname: str = "") -> IngressListener:
     return IngressListener(name, port, protocol, hostname, hosts=[
         WaypointRoutes(h, tcp=[model.TcpRoute(destinations=[model.RouteDestination(b, service=b) for b in backends])])

@@ -1,0 +1,156 @@
+"""Mutual TLS at the ingress gateway (Istio Gateway `tls.mode` MUTUAL and OPTIONAL_MUTUAL), on the
+wire: the gateway's real HTTPS listeners on loopback, its real decision, the engine, curl with and
+without client certificates, and an origin that echoes the headers it got.
+
+Why the checks are where they are: OpenSSL takes the decision to ask for a client certificate from
+the context a handshake starts with, before SNI picks the listener, and the SNI callback swaps only
+certificates and CA stores. A MUTUAL listener on such a port asked nobody for a certificate, so it
+would have served everyone (tried: the swapped context's verify mode is ignored)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from ambit.configclient import ConfigUpdate
+from ambit.model import HttpRoute, IngressGateway, IngressListener, RouteDestination, WaypointRoutes
+from tests.unit.waypoint.harness import Origin
+from tests.unit.waypoint.test_ingress import _free_port, _issue, _no_relay
+from waypoint.http.engine import Engine, UpstreamTarget
+from waypoint.http.plug import connect_tcp
+from waypoint.http.settings import HttpSettings
+from waypoint.ingress_listen import IngressListeners
+
+pytestmark = pytest.mark.timeout(60)
+PARTNER = "spiffe://partner.example/app"
+
+
+def _client_pki(tmp: Path) -> tuple[str, dict[str, tuple[Path, Path]]]:
+    """A client CA (PEM) and client certificates: "partner" (URI SAN `PARTNER`), "other" (another
+    URI, same CA) and "stranger" (signed by another CA), each as (cert file, key file)."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def make(cn: str, key, issuer: str, signer, ca: bool, uri: str = "") -> x509.Certificate:
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])).public_key(key.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+             .not_valid_after(now + datetime.timedelta(hours=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if uri:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
+        return b.sign(signer, hashes.SHA256())
+    ca_key, other_ca_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = make("client-ca", ca_key, "client-ca", ca_key, True)
+    out = {}
+    for name, uri, issuer, signer in (("partner", PARTNER, "client-ca", ca_key),
+                                      ("other", "spiffe://other.example/app", "client-ca", ca_key),
+                                      ("stranger", PARTNER, "rogue-ca", other_ca_key)):
+        k = ec.generate_private_key(ec.SECP256R1())
+        cert, key = tmp / f"{name}.crt", tmp / f"{name}.key"
+        cert.write_bytes(make(name, k, issuer, signer, False, uri).public_bytes(serialization.Encoding.PEM))
+        key.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+        out[name] = (cert, key)
+    return ca.public_bytes(serialization.Encoding.PEM).decode(), out
+
+
+HOSTS = ("mtls.example.com", "optional.example.com", "plain.example.com")
+
+
+def _gateway(port: int, certs, client_ca: str, mutual: bool = True) -> IngressGateway:
+    echo = RouteDestination("echo.demo.svc.cluster.local", "demo/echo", port=8080)
+
+    def ln(host: str, auth: str, sans: list[str]) -> IngressListener:
+        return IngressListener(host, port, "HTTPS", host, "", [certs[host]],
+                               [WaypointRoutes(host, http=[HttpRoute(source="VirtualService/demo/echo",
+                                                                     destinations=[echo])])],
+                               client_auth=auth, client_ca_pem=client_ca if auth else "", client_sans=sans)
+    return IngressGateway("gw", "demo", listeners=[ln(HOSTS[0], "required" if mutual else "", [PARTNER] if mutual else []),
+                                                   ln(HOSTS[1], "optional" if mutual else "", []),
+                                                   ln(HOSTS[2], "", [])])
+
+
+async def _curl(port: int, ca: Path, host: str, *args: str) -> tuple[int, dict[str, str]]:
+    """(exit code, the headers the origin got)."""
+    p = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-m", "10", "--cacert", str(ca), "--resolve", f"{host}:{port}:127.0.0.1",
+        "-H", "x-forwarded-client-cert: By=spiffe://forged;URI=spiffe://cluster.local/ns/prod/sa/admin",
+        *args, f"https://{host}:{port}/", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, _ = await p.communicate()
+    return p.returncode or 0, dict(json.loads(out)["headers"]) if p.returncode == 0 else {}
+
+
+def test_mutual_tls_listeners_verify_client_certificates_and_set_xfcc(tmp_path: Path) -> None:
+    origin = Origin()
+    ca, certs = _issue(tmp_path, HOSTS)
+    client_ca, clients = _client_pki(tmp_path)
+    port = _free_port()
+    from waypoint.app import WaypointProxy
+    from waypoint.authz import Waypoint
+    from waypoint.config import WaypointConfig
+    from waypoint.settings import load
+    cfg = WaypointConfig(Waypoint("demo", "gw"), "cluster.local")
+
+    def apply(gw: IngressGateway, version: str) -> None:
+        cfg.apply(ConfigUpdate(IngressGateway.TYPE, version, {}, frozenset(), {gw.resource_name: gw}))
+    apply(_gateway(port, certs, client_ca, mutual=False), "1")
+    proxy = WaypointProxy(load(["--waypoint", "demo/gw", "--pod-name", "gw-0", "--node", "node1",
+                                "--gateway-class", "ambit"]), cfg, None)
+
+    def upstream(fwd, head, down, exclude=frozenset()) -> UpstreamTarget:
+        return UpstreamTarget(key="origin", address=f"127.0.0.1:{origin.port}",
+                              connect=lambda: connect_tcp("127.0.0.1", origin.port, 5))
+
+    def cert(name: str) -> tuple[str, ...]:
+        return ("--cert", str(clients[name][0]), "--key", str(clients[name][1]))
+
+    async def main() -> None:
+        engine = Engine(HttpSettings(), proxy.decide, upstream)
+        proxy.ingress = listeners = IngressListeners("127.0.0.1", engine.serve, _no_relay)
+        await listeners.update(cfg.view.ingress)
+        try:
+            # control: before the listener asks for client certificates, a client without one is served
+            rc, _ = await _curl(port, ca, HOSTS[0])
+            assert rc == 0
+            # the same open port, now MUTUAL on one host and OPTIONAL_MUTUAL on another
+            apply(_gateway(port, certs, client_ca), "2")
+            await listeners.update(cfg.view.ingress)
+            rc, _ = await _curl(port, ca, HOSTS[0])
+            assert rc != 0, "MUTUAL served a client without a certificate"
+            rc, got = await _curl(port, ca, HOSTS[0], *cert("partner"))
+            assert rc == 0
+            der = x509.load_pem_x509_certificate(clients["partner"][0].read_bytes()).public_bytes(
+                serialization.Encoding.DER)
+            assert got["x-forwarded-client-cert"] == (f"Hash={hashlib.sha256(der).hexdigest()};"
+                                                      f'Subject="CN=partner";URI={PARTNER}'), got
+            rc, _ = await _curl(port, ca, HOSTS[0], *cert("other"))
+            assert rc != 0, "a certificate without the subjectAltName asked for was served"
+            rc, _ = await _curl(port, ca, HOSTS[0], *cert("stranger"))
+            assert rc != 0, "a certificate from another CA was served"
+            # OPTIONAL_MUTUAL: no certificate served (and no forged XFCC passes), a valid one named
+            rc, got = await _curl(port, ca, HOSTS[1])
+            assert rc == 0 and "x-forwarded-client-cert" not in got, got
+            rc, got = await _curl(port, ca, HOSTS[1], *cert("other"))
+            assert rc == 0 and got["x-forwarded-client-cert"].endswith("URI=spiffe://other.example/app")
+            rc, _ = await _curl(port, ca, HOSTS[1], *cert("stranger"))
+            assert rc != 0, "OPTIONAL_MUTUAL served an invalid certificate"
+            # a plain host on the same port still serves clients without a certificate
+            rc, got = await _curl(port, ca, HOSTS[2])
+            assert rc == 0 and "x-forwarded-client-cert" not in got
+        finally:
+            await listeners.close()
+            await engine.shutdown()
+
+    try:
+        asyncio.run(main())
+    finally:
+        origin.close()
