@@ -10,6 +10,7 @@ route is replaced, in place, by the delegate's routes, each merged with it:
   delegate that does not exist, has `hosts` (it is then no delegate), or whose `exportTo` does not
   reach the root's namespace leaves the root's route out: its requests go on to the next route (404
   when none matches). Only one level: a delegate's own `delegate` is refused by validation.
+  Changes to either side apply at once: translation is a function of the whole snapshot.
 - matches: a delegate route without match takes the root route's matches; a root route without
   match keeps the delegate route's. Otherwise every delegate match must fit inside a root match
   (uri/scheme/method/authority: an exact within a prefix or the same exact, a prefix extending the
@@ -94,7 +95,7 @@ class Delegation:
             why = self._unusable(target, d.get("namespace") or ns, d.get("name", ""), ns)
             if why:
                 said.append(Note(ref, path, f"{why}: this route is left out (requests it matches go on to the "
-                                 "next route; 404 when none matches), as in Istio",
+                                 "next route), as in Istio",
                                  "DelegateNotFound" if target is None else "DelegateNotApplied"))
                 continue
             assert target is not None
