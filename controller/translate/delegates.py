@@ -126,7 +126,8 @@ class Delegation:
         """A delegate route with its destination hosts and gateway names made absolute in the
         delegate's namespace (Istio resolves short names before it merges)."""
         out = dict(sub)
-        out["route"] = [{**r, "destination": self._host(r.get("destination") or {}, ns)} for r in sub.get("route") or []]
+        if sub.get("route"):
+            out["route"] = [{**r, "destination": self._host(r.get("destination") or {}, ns)} for r in sub["route"]]
         if sub.get("mirror"):
             out["mirror"] = self._host(sub["mirror"], ns)
         if sub.get("mirrors"):
