@@ -82,10 +82,15 @@ CODES: dict[str, Code] = {c.code: c for c in (
          "a route's parent does not accept it (the listener's allowedRoutes, or a sectionName/port it does not have)"),
     Code("AMB0122", ERROR, "RefNotPermitted",
          "a route's backend is in another namespace and no ReferenceGrant there permits it: its requests get 500"),
+    # VirtualService delegation (controller.translate.delegates)
+    Code("AMB0123", WARNING, "DelegateNotApplied",
+         "a VirtualService route's delegate, or a delegate's route, is left out; or a delegate no root uses"),
 )}
 # advisory cause -> (code, the kind that must be known to say it: what is elsewhere may exist)
 _PARENT_CODES = {"ParentNotFound": ("AMB0120", "Gateway"), "NotAllowedByListeners": ("AMB0121", ""),
                  "NoMatchingParent": ("AMB0121", ""), "RefNotPermitted": ("AMB0122", "ReferenceGrant")}
+
+_DELEGATE_CAUSES = ("DelegateNotFound", "DelegateNotUsed", "DelegateNotApplied")
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,10 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             if not st.knows("Service"):
                 continue            # "no Service named ... is known": nothing is known offline
             code = "AMB0111"
+        elif a.cause in _DELEGATE_CAUSES:
+            if a.cause != "DelegateNotApplied" and not st.complete:
+                continue            # the delegate (the root that uses it) may well be in other files
+            code = "AMB0123"
         elif a.cause in _PARENT_CODES:
             code, needed = _PARENT_CODES[a.cause]
             if needed and not st.knows(needed):

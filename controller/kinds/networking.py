@@ -177,7 +177,7 @@ HTTPRoute = Obj({
     "route": Arr(HTTPRouteDestination),
     "redirect": HTTPRedirect,
     "directResponse": HTTPDirectResponse,
-    "delegate": Obj({"name": Str(), "namespace": Str()}),
+    "delegate": Obj({"name": Str(min_len=1), "namespace": Str()}, required=("name",)),
     "rewrite": HTTPRewrite,
     "timeout": Duration(),
     "retries": HTTPRetry,
@@ -215,10 +215,18 @@ TLSRoute = Obj({
 
 def _check_vs(value: dict[str, Any], path: str, errs: Errors) -> None:
     if not value.get("hosts"):
-        # Istio's validateVirtualService; only a delegate VirtualService may have none, and Ambit
-        # does not support delegation (a hostless VirtualService would route nothing)
-        errs.append((join(path, "hosts"), "virtual service must have at least one host (delegate VirtualServices, "
-                     "which have none, are not supported by Ambit)"))
+        # Istio's validateVirtualService: without hosts it is a delegate, applied only through a
+        # root VirtualService's http[].delegate (controller.translate.delegates), so what a root
+        # decides (gateways, tls and tcp routes, a further delegation) is refused there
+        for field in ("gateways", "tls", "tcp"):
+            if value.get(field):
+                errs.append((join(path, field), f"a delegate VirtualService (one without hosts) must have no {field}: "
+                             "its root VirtualService binds hosts and gateways, and delegates http routes only "
+                             "(Istio refuses this too)"))
+        for i, h in enumerate(value.get("http") or []):
+            if isinstance(h, dict) and h.get("delegate"):
+                errs.append((join(path, f"http[{i}].delegate"), "a delegate VirtualService (one without hosts) "
+                             "cannot delegate again: only one level of delegation (Istio refuses this too)"))
     if not value.get("http") and not value.get("tcp") and not value.get("tls"):
         errs.append((path, "at least one of http, tcp or tls must be set"))
 

@@ -20,7 +20,10 @@ Pure: objects in, listeners (added to the ingress models) and warnings out. Isti
   namespace); `mesh` in the list keeps it in the mesh too, and an `http[].match[].gateways` narrows a
   match to the gateways it names. A server host `ns/host` admits VirtualServices of namespace `ns`
   only (`*` any, `.` the Gateway's); the VirtualService's `hosts` intersect the server's host
-  (`*` matches any) and become the listener's virtual hosts.
+  (`*` matches any) and become the listener's virtual hosts;
+- a route that delegates (`http[].delegate`) is replaced by the delegate VirtualService's routes,
+  merged with it (controller.translate.delegates): the platform team's root VirtualService binds the
+  Gateway and hands path prefixes to the app teams' delegates, which name no host and no Gateway.
 
 What the data path cannot serve is said, not dropped: a Gateway that selects no ingress gateway, a
 missing or unusable Secret, a listener that conflicts with one already on its port, and a `tls`/`tcp`
@@ -36,6 +39,7 @@ from typing import Any
 from ambit.model import HttpRoute, IngressGateway, IngressListener, Redirect, TcpRoute, WaypointRoutes
 from controller.kinds.istio_gateway import CLIENT_AUTH, TLS_VERSIONS
 from controller.translate.blame import blame
+from controller.translate.delegates import Delegation
 from controller.translate.index import Index, name_of, ns_of, selector_matches
 from controller.translate.ingress import (
     IngressResult,
@@ -82,17 +86,17 @@ def _vhosts(server_host: str, vs: Obj) -> list[str]:
     return route_hostnames(server_host, [] if "*" in names else names)
 
 
-def _routes(vs: Obj, gw_ref: str, hosts: Hosts, errors: list[FieldError]) -> list[HttpRoute]:
+def _routes(vs: Obj, gw_ref: str, hosts: Hosts, delegation: Delegation, errors: list[FieldError]) -> list[HttpRoute]:
     ns = ns_of(vs)
 
     def bound(gws: list[str] | None) -> bool:     # a match's own `gateways` narrows the VirtualService's
         return gws is None or gw_ref in bound_gateways(gws, ns)
 
     out = []
-    for i, h in enumerate((vs.get("spec") or {}).get("http") or []):
-        matches = h.get("match") or []
-        kept = [m for j, m in enumerate(matches)
-                if not bound(m.get("gateways")) or _servable(m, vs, f"spec.http[{i}].match[{j}]", gw_ref, errors)]
+    for e in delegation.entries(vs):      # a delegating route: its delegate's routes, merged with it
+        h, matches = e.http, e.http.get("match") or []
+        kept = [m for j, m in enumerate(matches) if not bound(m.get("gateways"))
+                or _servable(m, e.ref, f"{e.path}.match" if e.delegated else f"{e.path}.match[{j}]", gw_ref, errors)]
         if matches and not [m for m in kept if bound(m.get("gateways"))]:
             continue        # no match of this route is served here (none left would mean "every request")
         r = vs_http_route({**h, "match": kept} if matches else h, hosts, ns, object_ref(vs), bound)
@@ -104,13 +108,13 @@ def _routes(vs: Obj, gw_ref: str, hosts: Hosts, errors: list[FieldError]) -> lis
 _SOURCE_MATCHES = ("sourceLabels", "sourceNamespace", "destinationSubnets")
 
 
-def _servable(m: Obj, vs: Obj, path: str, gw_ref: str, errors: list[FieldError]) -> bool:
+def _servable(m: Obj, ref: str, path: str, gw_ref: str, errors: list[FieldError]) -> bool:
     """Can this match of a bound VirtualService match at the ingress gateway? Source and
     destination attributes never do there (the gateway's clients are outside the mesh and carry
     no labels or namespace): such a match is said and left out, never kept matching nothing."""
     odd = [k for k in _SOURCE_MATCHES if m.get(k)]
     if odd:
-        errors.append(FieldError(object_ref(vs), path, f"{', '.join(odd)} cannot be matched at ingress gateway {gw_ref} "
+        errors.append(FieldError(ref, path, f"{', '.join(odd)} cannot be matched at ingress gateway {gw_ref} "
                                  "(its clients are outside the mesh); this match is not served there"))
     return not odd
 
@@ -185,7 +189,7 @@ def _l4_routes(server: Obj, hostname: str, bound: list[tuple[Obj, list[HttpRoute
                     continue
                 if m.get("port") and int(m["port"]) != port:
                     continue
-                if not _servable(m, vs, f"spec.{section}[{i}].match[{j}]", gw_ref, errors):
+                if not _servable(m, object_ref(vs), f"spec.{section}[{i}].match[{j}]", gw_ref, errors):
                     continue
                 names = [hostname or "*" if sni == "*" else intersect(hostname, sni)
                          for sni in m.get("sniHosts") or []] if section == "tls" else ["*"]
@@ -205,6 +209,7 @@ def add_istio_gateways(idx: Index, hosts: Hosts, result: IngressResult) -> None:
     ingress = {f"{ns_of(g)}/{name_of(g)}": g for g in idx.kind("Gateway") if not is_istio_gateway(g)}
     secrets = {f"{ns_of(s)}/{name_of(s)}": s for s in idx.kind("Secret")}
     vss = [vs for vs in idx.kind("VirtualService") if (vs.get("spec") or {}).get("gateways")]
+    delegation = Delegation(idx.kind("VirtualService"), hosts.fqdn)
     for gw in istio:
         with blame(gw):
             gw_ref = f"{ns_of(gw)}/{name_of(gw)}"
@@ -220,7 +225,7 @@ def add_istio_gateways(idx: Index, hosts: Hosts, result: IngressResult) -> None:
             for vs in vss:
                 if gw_ref not in bound_gateways((vs.get("spec") or {})["gateways"], ns_of(vs)):
                     continue
-                bound.append((vs, _routes(vs, gw_ref, hosts, errors)))
+                bound.append((vs, _routes(vs, gw_ref, hosts, delegation, errors)))
             for model in targets:
                 listeners = [ln for i, s in enumerate((gw.get("spec") or {})["servers"])
                              for ln in _server_listeners(gw, s, i, model.namespace, secrets, bound, hosts, errors)]

@@ -14,7 +14,8 @@ One routing model for the waypoint, whatever API the user wrote:
   applies only to requests from its own namespace: its matches carry that `source_namespace`, and
   it sorts before the Service's own routes (GEP-1426; conformance mesh-consumer-route).
 - A VirtualService bound to `gateways` that do not include "mesh" is for ingress, not waypoints,
-  and is skipped.
+  and is skipped. A route that delegates is replaced by its delegate VirtualService's routes, merged
+  with it (controller.translate.delegates); a delegate (no hosts) applies only that way.
 - Several DestinationRules for one host are merged as Istio merges them (unique subsets
   concatenated, the oldest trafficPolicy kept: controller.translate.destinationrules); subset and
   port-level policies are merged over the host-level one per sub-message (loadBalancer,
@@ -49,6 +50,7 @@ from ambit.model import (
 )
 from controller.kinds.common import parse_duration
 from controller.translate.blame import blame
+from controller.translate.delegates import Delegation, is_delegate
 from controller.translate.destinationrules import MergedRule, rules_in_force
 from controller.translate.index import Index, age_key, ns_of
 from controller.validation import object_ref
@@ -229,10 +231,14 @@ def vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str,
     return route
 
 
-def _vs_routes(vs: Obj, hosts: Hosts) -> tuple[list[str], list[HttpRoute], list[TcpRoute]]:
+def _vs_routes(vs: Obj, hosts: Hosts,
+               delegation: Delegation) -> tuple[list[str], list[HttpRoute], list[TcpRoute], list[str]]:
+    """The hosts, routes and the objects they come from (the delegates it uses, after `vs`)."""
     spec, ns, source = vs.get("spec") or {}, ns_of(vs), object_ref(vs)
     targets = [fq for h in spec.get("hosts") or [] for fq in hosts.expand(h, ns)]
-    http = [r for r in (vs_http_route(h, hosts, ns, source) for h in spec.get("http") or []) if r is not None]
+    entries = delegation.entries(vs)
+    http = [r for r in (vs_http_route(e.http, hosts, ns, source) for e in entries) if r is not None]
+    sources = list(dict.fromkeys([source, *(e.ref for e in entries if e.delegated)]))
     tcp = []
     for t in spec.get("tcp") or []:
         dests = vs_destinations(t.get("route") or [], hosts, ns)
@@ -242,7 +248,7 @@ def _vs_routes(vs: Obj, hosts: Hosts) -> tuple[list[str], list[HttpRoute], list[
                                     destination_subnets=list(m.get("destinationSubnets") or []), destinations=dests,
                                     source_labels=dict(m.get("sourceLabels") or {}),
                                     source_namespace=m.get("sourceNamespace") or ""))
-    return targets, http, tcp
+    return targets, http, tcp, sources
 
 
 def _vs_tls_routes(vs: Obj, hosts: Hosts) -> list[TcpRoute]:
@@ -572,19 +578,20 @@ def translate_routes(idx: Index, services: list[Service], cluster_domain: str, p
                                        service=hosts.service_ref(fqdn), waypoint=svc.waypoint if svc else "")
         return out[fqdn]
 
+    delegation = Delegation(idx.kind("VirtualService"), hosts.fqdn)
     for vs in idx.kind("VirtualService"):
         spec = vs.get("spec") or {}
-        if not _is_mesh(spec.get("gateways")):
-            continue
+        if not _is_mesh(spec.get("gateways")) or is_delegate(vs):
+            continue        # ingress only; or a delegate, applied through the roots that delegate to it
         with blame(vs):
-            targets, http, tcp = _vs_routes(vs, hosts)
+            targets, http, tcp, sources = _vs_routes(vs, hosts, delegation)
             tls = _vs_tls_routes(vs, hosts)
         for fq in targets:
             e = entry(fq)
             e.http.extend(http)
             e.tcp.extend(tcp)
             e.tls.extend(tls)
-            e.sources.append(object_ref(vs))
+            e.sources.extend(s for s in sources if s not in e.sources)
 
     gw_routes: dict[str, list[tuple[tuple[Any, ...], HttpRoute]]] = {}
     for kind, grpc in (("HTTPRoute", False), ("GRPCRoute", True)):

@@ -21,8 +21,11 @@ validator refuses what can never work; this module finds what is valid but does 
 - Fields the waypoint accepts but does not apply (session persistence, locality failover
   without outlier detection, a few connection-pool knobs, TLS origination, PROXY protocol), fields it applies
   differently from Istio (a fault without a percentage, `exponentialDelay`, a mirror to a host that
-  is no mesh Service), and VirtualService `delegate`, `match.statPrefix`
+  is no mesh Service), `match.statPrefix`
   and the `retryOn` values Istio accepts that the waypoint does not apply (ambit.resilience).
+- VirtualService delegation left out (controller.translate.delegates): a delegate that does not
+  exist, has hosts or is not exported to the root's namespace, a delegate route whose matches fit
+  none of its root's, a delegate no root uses.
 - What a younger DestinationRule loses when it is merged with older ones for its host
   (controller.translate.destinationrules): a subset name already defined, a second trafficPolicy.
 
@@ -40,6 +43,7 @@ from ambit.resilience import RETRY_ON_NOT_APPLIED, retry_on_parts
 from ambit.telemetry import ACCESS_LOG_KINDS, GATEWAY_LABEL, TRACING_KINDS, providers_of
 from controller.kinds.security import L4_CONDITION_KEYS
 from controller.translate import translate
+from controller.translate.delegates import Delegation, is_delegate
 from controller.translate.destinationrules import rules_by_host
 from controller.translate.index import age_key, ns_of, waypoint_ref
 from controller.translate.routes import VS_REDIRECT_CODES, Hosts
@@ -153,6 +157,8 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
     out += telemetry_conflicts([o for o in good if o.get("kind") == "Telemetry"], root_namespace)
     out += _unserved_hosts(good, tr, gateways)
     out += destination_rule_merges(good, hosts)
+    out += [Advisory(n.ref, n.path, n.reason, NOT_ENFORCED, n.cause)
+            for n in Delegation(o for o in good if o.get("kind") == "VirtualService").notes()]
     out += [Advisory(ref, path, why, NOT_ENFORCED, cause) for ref, path, why, cause in
             label_notes(good, gateways, {(s.namespace, s.name): s.waypoint for s in tr.services})]
     return out
@@ -578,11 +584,8 @@ def _vs_fields(o: Obj, hosts: Any = None) -> list[Advisory]:
             out.append(Advisory(ref, f"spec.http[{i}].redirect.redirectCode", f"{code} is accepted, not applied: "
                                 "as in Istio, a redirect code other than 301, 302, 303, 307 or 308 drops this route "
                                 "(requests it matches go on to the next route)", NOT_ENFORCED))
-        if h.get("delegate"):
-            out.append(Advisory(ref, f"spec.http[{i}].delegate",
-                                "delegate is not supported: this route has no destination (requests it matches get "
-                                "no route); inline the delegate VirtualService's routes", NOT_ENFORCED))
-    out += _export_to(o)
+    if not is_delegate(o):      # a delegate's exportTo is honoured: which roots may delegate to it
+        out += _export_to(o)
     return out
 
 

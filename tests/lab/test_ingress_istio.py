@@ -1,7 +1,7 @@
 """Istio's bookinfo-shaped ingress in a running lab: a `networking.istio.io` Gateway (selector
 `istio: ingressgateway`, an HTTPS server per hostname with its `credentialName`, an HTTP server with
 `httpsRedirect`) and a VirtualService bound with `gateways: [...]` (a `prefixRewrite` redirect
-too), served by Ambit's ingress gateway
+too, and a route delegated to another VirtualService), served by Ambit's ingress gateway
 (a Gateway API Gateway of class `ambit` whose pods carry that label) and reached with real curl from
 the lab's outside netns over HTTPS with SNI. The destination namespace is STRICT and echo-v2 admits
 the gateway's identity only. About 30 s (the gateway pod starts once)."""
@@ -50,7 +50,14 @@ def istio_objects(secrets: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                  {"match": [{"uri": {"prefix": "/productpage"}}],
                   "route": [{"destination": {"host": "echo-v2", "port": {"number": 8080}}}]},
                  {"match": [{"uri": {"prefix": "/reviews/"}}], "redirect": {"prefixRewrite": "/productpage/"}},
-                 {"route": [{"destination": {"host": "echo-v1", "port": {"number": 8080}}}]}]}}]
+                 {"match": [{"uri": {"prefix": "/team/"}}], "delegate": {"name": "team-routes"}},
+                 {"route": [{"destination": {"host": "echo-v1", "port": {"number": 8080}}}]}]}},
+            # an app team's delegate: no hosts, no gateways; served through the root's /team/ route only
+            {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+             "metadata": {"name": "team-routes", "namespace": NS},
+             "spec": {"http": [{"match": [{"uri": {"prefix": "/team/v1/"}}],
+                                "route": [{"destination": {"host": "echo-v1", "port": {"number": 8080}}}]},
+                               {"route": [{"destination": {"host": "echo-v2", "port": {"number": 8080}}}]}]}}]
 
 
 def test_bookinfo_shaped_istio_gateway_and_virtual_service(lab: Lab, tmp_path: Path) -> None:
@@ -87,6 +94,10 @@ def test_bookinfo_shaped_istio_gateway_and_virtual_service(lab: Lab, tmp_path: P
         p = outside_curl(lab, f"https://{HOSTS[0]}/reviews/1?u=2", "-o", "/dev/null", "-w",
                          "%{http_code} %{redirect_url}", "--cacert", str(ca), *resolve)
         assert p.stdout == f"301 https://{HOSTS[0]}/productpage/1?u=2", (p.stdout, p.stderr)
+        # http[].delegate: /team/ takes the delegate's routes (its catch-all is echo-v2, not the root's echo-v1)
+        for path, pod in (("/team/x", "echo-v2"), ("/team/v1/x", "echo-v1")):
+            p = outside_curl(lab, f"https://{HOSTS[0]}{path}", "--cacert", str(ca), *resolve)
+            assert p.returncode == 0 and json.loads(p.stdout)["pod"] == pod, (path, p.stdout, p.stderr)
         # a meshed client of another identity is refused by echo-v2's policy: the gateway's mTLS got in
         assert lab.curl_rc("demo/client", f"http://{lab.pod('demo/echo-v2')['ip']}:8080/") != 0
     finally:

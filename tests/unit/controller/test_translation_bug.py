@@ -59,7 +59,7 @@ def test_a_translation_bug_names_the_object_and_keeps_the_config_in_force() -> N
 def test_a_route_translator_bug_names_the_route(monkeypatch: pytest.MonkeyPatch) -> None:
     import controller.translate.routes as routes
 
-    def buggy(vs, hosts):
+    def buggy(*_):
         raise IndexError("list index out of range")
     monkeypatch.setattr(routes, "_vs_routes", buggy)
     vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",

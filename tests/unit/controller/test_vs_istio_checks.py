@@ -105,12 +105,30 @@ def test_http2_error_is_refused_as_istio_does() -> None:
 # -- hosts, directResponse, statPrefix --------------------------------------------------------------
 
 @pytest.mark.parametrize("spec", [{}, {"hosts": []}])
-def test_a_virtual_service_without_hosts_is_refused(spec: dict) -> None:
+def test_a_virtual_service_without_hosts_is_a_delegate(spec: dict) -> None:
+    """Istio's validateVirtualService: without hosts it is a delegate (applied through a root's
+    http[].delegate), so it may not bind gateways, carry tls/tcp routes or delegate again."""
     obj = vs({})
     obj["spec"].pop("hosts")
     obj["spec"].update(spec)
-    [(path, reason)] = errors(obj)
-    assert path == "spec.hosts" and reason.startswith("virtual service must have at least one host")
+    assert errors(obj) == []
+    tls = [{"match": [{"sniHosts": ["web"]}], "route": ROUTE}]
+    bad = {**obj, "spec": {**obj["spec"], "gateways": ["gw"], "tcp": [{"route": ROUTE}], "tls": tls,
+                           "http": [{"route": ROUTE}, {"delegate": {"name": "deeper"}}]}}
+    assert errors(bad) == [
+        *[(f"spec.{f}", f"a delegate VirtualService (one without hosts) must have no {f}: its root VirtualService "
+           "binds hosts and gateways, and delegates http routes only (Istio refuses this too)")
+          for f in ("gateways", "tls", "tcp")],
+        ("spec.http[1].delegate", "a delegate VirtualService (one without hosts) cannot delegate again: only one "
+         "level of delegation (Istio refuses this too)")]
+
+
+def test_a_delegate_must_be_named_and_is_the_routes_only_action() -> None:
+    root = vs({"delegate": {"namespace": "team"}})
+    root["spec"]["http"][0].pop("route")
+    assert errors(root) == [("spec.http[0].delegate.name", "required field is missing")]
+    assert errors(vs({"delegate": {"name": "d"}})) == [
+        ("spec.http[0]", "only one of route, redirect, directResponse, delegate may be set, got route, delegate")]
 
 
 @pytest.mark.parametrize("text", ["this is not base64!", "iVBORw0KGgr", "aGk=\n!"])
