@@ -382,21 +382,16 @@ class WaypointProxy:
             return self._target(pick, down.source_ip) if pick is not None else None
         cluster = self.cluster(fwd.service, fwd.port, fwd.subset, fwd.hostname)
         key = cluster.hash_key(head, down)
-        # sessionPersistence (waypoint/traffic/session.py): the endpoint the request's session
-        # names while it still serves, else the balancer's choice and a new session value
-        sp = fwd.policy.session if fwd.policy is not None else None
-        pinned, pick, now = None, None, 0.0
-        if sp is not None:
-            now = self.wall_clock()
-            pinned = sp.pinned(head, now)
-            pick = self._session_pick(fwd, pinned, cluster, exclude) if pinned is not None else None
-        if pick is None:
+        renew: tuple[tuple[str, str], ...] = ()
+        if fwd.policy is not None and fwd.policy.session is not None:  # the one check without a session
+            pick, renew = self._session_pick(fwd, head, down, cluster, key, exclude)
+        else:
             pick = self._pick(fwd, cluster, exclude, key, down)
         if pick is None:
             return None
         cookie = (("set-cookie", key.set_cookie),) if key is not None and key.set_cookie else ()
-        if sp is not None and pick.address != pinned:       # Envoy: only when the endpoint changed
-            cookie = (*cookie, sp.response_header(pick.address, now))
+        if renew:
+            cookie += renew
         name = ""
         if pick.plain and cluster.hostname.startswith("*."):
             name = self._wildcard_origin(cluster, head)
@@ -404,18 +399,26 @@ class WaypointProxy:
                 return None
         return self._target(pick, down.source_ip, cluster, cookie, name)
 
-    def _session_pick(self, fwd: Forward, address: str, cluster: Cluster,
-                      exclude: frozenset[str]) -> endpoints.Pick | None:
-        """The ready endpoint of the forward's cluster at `address` when a session may still use
-        it (not ejected, not already tried by this request), else None."""
-        v = self.config.view
-        svc = v.services.get(fwd.service)
-        if svc is None:
-            return None
-        cached = self._candidates(v, svc, fwd.port, fwd.hostname or svc.hostname, fwd.subset)
-        if cached is None or not session.keeps(address, cached[1], exclude, cluster.ejected):
-            return None
-        return cached[0][cached[1].index(address)]
+    def _session_pick(self, fwd: Forward, head: RequestHead, down: Downstream, cluster: Cluster,
+                      key: HashKey | None, exclude: frozenset[str],
+                      ) -> tuple[endpoints.Pick | None, tuple[tuple[str, str], ...]]:
+        """sessionPersistence (waypoint/traffic/session.py): the endpoint the request's session
+        names while a session may still use it (a ready endpoint of the forward's cluster, not
+        ejected, not already tried by this request); else the balancer's choice, with the header
+        that pins the session to it (Envoy sets it only when the endpoint changed)."""
+        sp = fwd.policy.session
+        now = self.wall_clock()
+        pinned = sp.pinned(head, now)
+        if pinned is not None:
+            v = self.config.view
+            svc = v.services.get(fwd.service)
+            cached = self._candidates(v, svc, fwd.port, fwd.hostname or svc.hostname, fwd.subset) if svc else None
+            if cached is not None and session.keeps(pinned, cached[1], exclude, cluster.ejected):
+                return cached[0][cached[1].index(pinned)], ()
+        pick = self._pick(fwd, cluster, exclude, key, down)
+        if pick is None or pick.address == pinned:
+            return pick, ()
+        return pick, (sp.response_header(pick.address, now),)
 
     def session_addresses(self, dest: RouteDestination, port: int) -> Sequence[str]:
         """The ready endpoint addresses of a route destination (for `route`'s session persistence:
