@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ambit.gatewayclasses import INGRESS_CLASSES, WAYPOINT_CLASSES
+from ambit.httpfields import PROXY_OWNED_HEADERS
 from controller.kinds.common import (
     GwDuration,
     Labels,
@@ -274,6 +275,10 @@ def _check_session(value: dict[str, Any], path: str, errs: Errors) -> None:
         errs.append((path, "AbsoluteTimeout must be specified when cookie lifetimeType is Permanent"))
     if value.get("cookieConfig") is not None and value.get("cookie") is not None:
         errs.append((path, "set cookieConfig (Gateway API v1.1 to v1.6) or cookie, not both"))
+    name = value.get("sessionName") or (value.get("header") or {}).get("name") or ""
+    if kind == "Header" and name.lower() in PROXY_OWNED_HEADERS:
+        errs.append((path, f'"{name}" is a header the proxy owns (the message\'s framing or the connection\'s '
+                           "options): it cannot carry a session"))
     if value.get("sessionName") and ((value.get("cookie") or {}).get("name") or (value.get("header") or {}).get("name")):
         errs.append((join(path, "sessionName"), "the name is set twice: set sessionName (Gateway API v1.1 to v1.6) or "
                                                 "cookie.name / header.name, not both"))

@@ -36,6 +36,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from ambit.httpfields import PROXY_OWNED_HEADERS
 from ambit.model import RouteDestination, SessionPersistence
 from waypoint.request import RequestHead
 from waypoint.traffic.hashkey import cookie_value, set_cookie_value
@@ -123,6 +124,8 @@ class SessionPolicy:
     def compile(cls, s: SessionPersistence | None) -> SessionPolicy | None:
         if s is None:
             return None
+        if s.header and s.name.lower() in PROXY_OWNED_HEADERS:     # refused by the controller too
+            raise ValueError(f"session header {s.name!r} is a header the proxy owns: it cannot carry a session")
         return cls(s.name.lower() if s.header else s.name, s.header, s.path or "/", s.absolute_timeout,
                    s.permanent and s.absolute_timeout > 0)
 

@@ -69,6 +69,10 @@ def test_valid_sessions_are_accepted(sp: dict[str, Any]) -> None:
      'must be a path starting with "/", at most 1024 characters, without ";", got "/a; Domain=evil.example"'),
     ({"sessionName": "a", "cookie": {"name": "b"}}, f"{WHERE}.sessionName",
      "the name is set twice: set sessionName (Gateway API v1.1 to v1.6) or cookie.name / header.name, not both"),
+    ({"type": "Header", "sessionName": "Content-Length"}, WHERE,   # would re-frame the response
+     "\"Content-Length\" is a header the proxy owns (the message's framing or the connection's options): it cannot "
+     "carry a session"),
+    ({"type": "Header", "header": {"name": "transfer-encoding"}}, WHERE, None),
     ({"sessionTimeout": "1h"}, f"{WHERE}.sessionTimeout", None),
 ])
 def test_invalid_sessions_are_refused(sp: dict[str, Any], path: str, reason: str | None) -> None:

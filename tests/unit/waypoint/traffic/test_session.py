@@ -75,6 +75,18 @@ def test_cookies_and_headers_in_and_out() -> None:
         == "10.0.0.2:80"
 
 
+def test_a_header_the_proxy_owns_never_carries_a_session() -> None:
+    """A session header named `content-length` would re-frame every response that starts a session;
+    the controller refuses it, and a waypoint given it anyway leaves the route out (fail closed)."""
+    with pytest.raises(ValueError, match="proxy owns"):
+        SessionPolicy.compile(SessionPersistence(name="Content-Length", header=True))
+    r = HttpRoute(source="HTTPRoute/demo/r", session=SessionPersistence(name="transfer-encoding", header=True))
+    table = build_table([WaypointRoutes(hostname="web", namespace="demo", service="demo/web",
+                                        waypoint="demo/waypoint", http=[r])])
+    assert table.hosts["web"].routes == () and "proxy owns" in table.errors[0]
+    assert SessionPolicy.compile(SessionPersistence(name="content-length")) is not None, "a cookie's name is free"
+
+
 def test_a_pin_holds_while_its_endpoint_is_ready_not_ejected_and_not_already_tried() -> None:
     hosts = ("10.0.0.1:80", "10.0.0.2:80")
     assert keeps("10.0.0.1:80", hosts, (), lambda h: False)
