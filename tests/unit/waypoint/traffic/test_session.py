@@ -10,12 +10,28 @@ from collections.abc import Collection
 
 import pytest
 
-from ambit.model import HttpRoute, RouteDestination, SessionPersistence, TrafficPolicy, WaypointRoutes
-from tests.unit.waypoint.test_wiring import FRONTEND, SVC, proxy
+from ambit.configclient import ConfigUpdate
+from ambit.model import (
+    HttpRoute,
+    IngressGateway,
+    IngressListener,
+    RouteDestination,
+    Service,
+    SessionPersistence,
+    TrafficPolicy,
+    WaypointRoutes,
+    Workload,
+)
+from tests.unit.waypoint.test_wiring import FRONTEND, SVC, V1, V2, V2B, proxy
+from waypoint.app import WaypointProxy
+from waypoint.authz import Waypoint
+from waypoint.config import WaypointConfig
 from waypoint.http.attempt import RESPONSE, Outcome
-from waypoint.request import Downstream, Forward, RequestHead
+from waypoint.ingress_listen import IngressListeners
+from waypoint.request import Downstream, Forward, LocalReply, RequestHead
 from waypoint.resilience.policy import compile_policy
 from waypoint.routing import build_table, route
+from waypoint.settings import load
 from waypoint.traffic.session import SessionPolicy, decode, encode, keeps
 
 
@@ -164,3 +180,31 @@ def test_the_waypoint_pins_re_pins_on_a_retry_and_on_ejection_and_renews_only_on
     assert cluster.ejected(pinned)
     t = p.upstream(_fwd(r), head, down)
     assert t is not None and t.address != pinned and t.response_headers[0][1].startswith('s="')
+
+
+def test_the_ingress_gateway_keeps_a_session_on_its_endpoint_even_at_weight_zero() -> None:
+    """A Gateway-attached route at the ingress gateway: `decide` (route) and `upstream` keep a
+    session on its endpoint, through a backend whose weight is now 0; a new client is balanced by
+    the weights (all on a backend that is no Service: 500, as Gateway API wants)."""
+    shop = "shop.example.com"
+    r = HttpRoute(source="HTTPRoute/web/shop", session=SessionPersistence(name="shop"), destinations=[
+        RouteDestination(SVC.hostname, service="default/myapp", port=80, weight=0),
+        RouteDestination("gone.web.svc.cluster.local", weight=1)])
+    gw = IngressGateway("gw", "web", listeners=[IngressListener("http", 80, "HTTP", "", "", [],
+                                                                [WaypointRoutes(shop, http=[r])])])
+    cfg = WaypointConfig(Waypoint("web", "gw"), "cluster.local")
+    for t, items in ((Workload.TYPE, {w.uid: w for w in (V1, V2, V2B)}), (Service.TYPE, {SVC.resource_name: SVC}),
+                     (IngressGateway.TYPE, {gw.resource_name: gw})):
+        cfg.apply(ConfigUpdate(t, "1", {}, frozenset(), items))
+    p = WaypointProxy(load(["--waypoint", "web/gw", "--pod-name", "gw-0", "--node", "node1",
+                            "--gateway-class", "ambit"]), cfg, None)
+    p.ingress = IngressListeners("127.0.0.1", lambda plug, down: None, lambda *a: None)    # unopened
+    down = Downstream(source_ip="198.51.100.1", destination_port=80, edge="http")
+    fresh = p.decide(RequestHead("GET", "/", shop), down)
+    assert isinstance(fresh, LocalReply) and fresh.status == 500
+    head = RequestHead("GET", "/", shop, headers=[("cookie", f"shop={encode('10.0.1.3:8080')}")])
+    for _ in range(5):
+        d = p.decide(head, down)
+        assert isinstance(d, Forward) and d.service == "default/myapp"
+        t = p.upstream(d, head, down)
+        assert t is not None and t.address == "10.0.1.3:8080" and t.response_headers == ()
