@@ -534,6 +534,23 @@ class DirectResponse:
 
 
 @dataclass
+class SessionPersistence:
+    """A Gateway API route rule's `sessionPersistence` (GEP-1619), as the waypoint applies it:
+    Envoy's stateful session (cookie or header based session state). The value the client sends
+    back names the endpoint that served the session (base64 of "ip:port", with its expiry when
+    `absolute_timeout` is set); the waypoint sends requests carrying a valid value to that endpoint
+    while it is still a ready, not ejected endpoint of the rule's backends, and otherwise balances
+    as usual and sets a new value (waypoint/traffic/session.py). A waypoint older than this field
+    NACKs a route that sets it (docs/config-stream.md, "Version skew")."""
+
+    name: str                           # the cookie or header name (generated per rule when unnamed)
+    header: bool = False                # type Header: the value travels in header `name`; else a cookie
+    path: str = "/"                     # the cookie's Path
+    absolute_timeout: float = 0.0       # seconds a session lasts from when it was pinned; 0: no limit
+    permanent: bool = False             # cookie lifetimeType Permanent: Max-Age=absolute_timeout
+
+
+@dataclass
 class HttpRoute:
     """One route; the first route (in list order) whose matches match wins."""
 
@@ -554,6 +571,7 @@ class HttpRoute:
     # translated (origins as {"origin": pattern}); applied by waypoint/routing/cors.py
     cors: dict[str, Any] | None = None
     grpc: bool = False
+    session: SessionPersistence | None = None   # Gateway API sessionPersistence; None: balance per request
 
 
 @dataclass
@@ -821,6 +839,7 @@ _NESTED: dict[str, Any] = {
     "Fault": Fault,
     "Mirror": Mirror,
     "DirectResponse": DirectResponse,
+    "SessionPersistence": SessionPersistence,
     "HttpRoute": HttpRoute,
     "TcpRoute": TcpRoute,
     "TrafficPolicy": TrafficPolicy,

@@ -69,6 +69,7 @@ from waypoint.telemetry.loglines import LogLines
 from waypoint.telemetry.metrics import GATEWAY_REPORTER, HttpMetrics
 from waypoint.telemetry.mirrors import MirrorCollector
 from waypoint.telemetry.tracing_settings import settings_tracing, tracing_identity
+from waypoint.traffic import session
 from waypoint.traffic.cluster import Cluster, Clusters
 from waypoint.traffic.hashkey import HashKey
 from waypoint.traffic.locality import Place
@@ -356,7 +357,7 @@ class WaypointProxy:
         elif self.ingress is not None:
             decision = self._route_ingress(head, down)
         else:
-            decision = route(v.table, head, down, self.rng)
+            decision = route(v.table, head, down, self.rng, self)
         if verdict.audit:       # AUDIT policies never decide; the access log names those that matched
             decision = dataclasses.replace(decision, audit=verdict.audit)
         return decision
@@ -372,7 +373,7 @@ class WaypointProxy:
         host = port.virtual_host(head.host) if port is not None else None
         if port is None or host is None:
             return local_reply(head, 404, flags="NR", reason=f"no route for host {head.authority!r}")
-        return route(port.table, head, dataclasses.replace(down, hostname=host), self.rng)
+        return route(port.table, head, dataclasses.replace(down, hostname=host), self.rng, self)
 
     def upstream(self, fwd: Forward, head: RequestHead, down: Downstream,
                  exclude: frozenset[str] = frozenset()) -> UpstreamTarget | None:
@@ -381,16 +382,51 @@ class WaypointProxy:
             return self._target(pick, down.source_ip) if pick is not None else None
         cluster = self.cluster(fwd.service, fwd.port, fwd.subset, fwd.hostname)
         key = cluster.hash_key(head, down)
-        pick = self._pick(fwd, cluster, exclude, key, down)
+        renew: tuple[tuple[str, str], ...] = ()
+        if fwd.policy is not None and fwd.policy.session is not None:  # the one check without a session
+            pick, renew = self._session_pick(fwd, head, down, cluster, key, exclude)
+        else:
+            pick = self._pick(fwd, cluster, exclude, key, down)
         if pick is None:
             return None
         cookie = (("set-cookie", key.set_cookie),) if key is not None and key.set_cookie else ()
+        if renew:
+            cookie += renew
         name = ""
         if pick.plain and cluster.hostname.startswith("*."):
             name = self._wildcard_origin(cluster, head)
             if name is None:
                 return None
         return self._target(pick, down.source_ip, cluster, cookie, name)
+
+    def _session_pick(self, fwd: Forward, head: RequestHead, down: Downstream, cluster: Cluster,
+                      key: HashKey | None, exclude: frozenset[str],
+                      ) -> tuple[endpoints.Pick | None, tuple[tuple[str, str], ...]]:
+        """sessionPersistence (waypoint/traffic/session.py): the endpoint the request's session
+        names while a session may still use it (a ready endpoint of the forward's cluster, not
+        ejected, not already tried by this request); else the balancer's choice, with the header
+        that pins the session to it (Envoy sets it only when the endpoint changed)."""
+        sp = fwd.policy.session
+        now = self.wall_clock()
+        pinned = sp.pinned(head, now)
+        if pinned is not None:
+            v = self.config.view
+            svc = v.services.get(fwd.service)
+            cached = self._candidates(v, svc, fwd.port, fwd.hostname or svc.hostname, fwd.subset) if svc else None
+            if cached is not None and session.keeps(pinned, cached[1], exclude, cluster.ejected):
+                return cached[0][cached[1].index(pinned)], ()
+        pick = self._pick(fwd, cluster, exclude, key, down)
+        if pick is None or pick.address == pinned:
+            return pick, ()
+        return pick, (sp.response_header(pick.address, now),)
+
+    def session_addresses(self, dest: RouteDestination, port: int) -> Sequence[str]:
+        """The ready endpoint addresses of a route destination (for `route`'s session persistence:
+        which backend holds a session's endpoint)."""
+        v = self.config.view
+        svc = v.services.get(dest.service)
+        cached = self._candidates(v, svc, port, dest.host or svc.hostname, dest.subset) if svc is not None else None
+        return cached[1] if cached is not None else ()
 
     @staticmethod
     def _wildcard_origin(cluster: Cluster, head: RequestHead) -> str | None:

@@ -3,9 +3,11 @@ Gateways, and TLSRoute/TCPRoute (ingress Gateways only: TLS passthrough by SNI, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ambit.gatewayclasses import INGRESS_CLASSES, WAYPOINT_CLASSES
+from ambit.httpfields import PROXY_OWNED_HEADERS
 from controller.kinds.common import (
     GwDuration,
     Labels,
@@ -13,12 +15,13 @@ from controller.kinds.common import (
     Regex,
     Strings,
     check_ingress_port,
+    header_name_reason,
     header_ops_checks,
     header_value_reason,
     parse_duration,
 )
 from controller.kinds.cors import HTTPCORSFilter
-from controller.kinds.schema import AnyValue, Arr, Check, Errors, Int, Map, Obj, Str, join
+from controller.kinds.schema import Arr, Check, Errors, Int, Map, Obj, Str, join
 
 INGRESS_PROTOCOLS = ("HTTP", "HTTPS", "TLS", "TCP")
 TLS_MIN_VERSION_OPTION = "ambit.io/min-tls-version"
@@ -231,6 +234,68 @@ def _check_parents(value: dict[str, Any], path: str, errs: Errors) -> None:
                      f'must name a Service (group "") or a Gateway, got {group or "core"}/{kind}'))
 
 
+def _session_name(limit: int) -> Callable[[str], str | None]:
+    """A session's cookie or header name: an HTTP token (Gateway API's pattern for `cookie.name`
+    and `header.name`; `sessionName` has no pattern upstream, but names a cookie or a header all
+    the same, which anything else would break on the wire), at most `limit` characters."""
+    def valid(text: str) -> str | None:
+        if not text:        # sessionName "": unset (a name is generated)
+            return None
+        if len(text) > limit:
+            return f"must be at most {limit} characters, got {len(text)}"
+        if header_name_reason(text):
+            return f'must be a cookie or header name (letters, digits and !#$%&\'*+-.^_`|~), got "{text}"'
+        return None
+    return valid
+
+
+LIFETIME_TYPES = ("Permanent", "Session")
+
+
+def _cookie_path(text: str) -> str | None:
+    """A Set-Cookie Path attribute: a ";" or a control character would add attributes or headers."""
+    if not text.startswith("/") or len(text) > 1024 or any(c == ";" or c < " " or c == "\x7f" for c in text):
+        return f'must be a path starting with "/", at most 1024 characters, without ";", got "{text[:60]}"'
+    return None
+
+
+def _check_session(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """SessionPersistence's CEL rules (experimental channel), for both of its shapes: the released
+    one (v1.1 to v1.6: `sessionName`, `cookieConfig`, v1.5 and older also `idleTimeout`) and the
+    union that replaced it (`cookie {name, path, lifetimeType}`, `header {name}`)."""
+    kind = value.get("type", "Cookie")
+    cookie = value.get("cookieConfig") if value.get("cookieConfig") is not None else value.get("cookie")
+    if value.get("cookieConfig") is not None and kind != "Cookie":
+        errs.append((path, "cookieConfig can only be set with type Cookie"))
+    if value.get("cookie") is not None and kind != "Cookie":
+        errs.append((path, "cookie must be nil if type is not Cookie"))
+    if value.get("header") is not None and kind != "Header":
+        errs.append((path, "header can only be set with type Header"))
+    if (cookie or {}).get("lifetimeType") == "Permanent" and not value.get("absoluteTimeout"):
+        errs.append((path, "AbsoluteTimeout must be specified when cookie lifetimeType is Permanent"))
+    if value.get("cookieConfig") is not None and value.get("cookie") is not None:
+        errs.append((path, "set cookieConfig (Gateway API v1.1 to v1.6) or cookie, not both"))
+    name = value.get("sessionName") or (value.get("header") or {}).get("name") or ""
+    if kind == "Header" and name.lower() in PROXY_OWNED_HEADERS:
+        errs.append((path, f'"{name}" is a header the proxy owns (the message\'s framing or the connection\'s '
+                           "options): it cannot carry a session"))
+    if value.get("sessionName") and ((value.get("cookie") or {}).get("name") or (value.get("header") or {}).get("name")):
+        errs.append((join(path, "sessionName"), "the name is set twice: set sessionName (Gateway API v1.1 to v1.6) or "
+                                                "cookie.name / header.name, not both"))
+
+
+SessionPersistence = Obj({
+    "sessionName": Str(valid=_session_name(128)),
+    "absoluteTimeout": GwDuration,
+    "idleTimeout": GwDuration,          # Gateway API v1.1 to v1.5; warned: not applied
+    "type": Str(enum=("Cookie", "Header")),
+    "cookieConfig": Obj({"lifetimeType": Str(enum=LIFETIME_TYPES)}),
+    "cookie": Obj({"name": Str(min_len=1, valid=_session_name(256)), "lifetimeType": Str(enum=LIFETIME_TYPES),
+                   "path": Str(valid=_cookie_path)}),
+    "header": Obj({"name": Str(min_len=1, valid=_session_name(256))}, required=("name",)),
+}, checks=(_check_session,))
+
+
 HTTPRouteRule = Obj({
     "name": Str(),
     "matches": Arr(HTTPRouteMatch),
@@ -238,7 +303,7 @@ HTTPRouteRule = Obj({
     "backendRefs": Arr(BackendRef(HTTPFilter, _check_http_backend_filters)),
     "timeouts": Obj({"request": GwDuration, "backendRequest": GwDuration}, checks=(_check_timeouts,)),
     "retry": Obj({"codes": Arr(Int(minimum=400, maximum=599)), "attempts": Int(minimum=0), "backoff": GwDuration}),
-    "sessionPersistence": AnyValue(),
+    "sessionPersistence": SessionPersistence,
 }, checks=(_check_http_rule,))
 
 HTTPRouteSpec = Obj({
@@ -265,7 +330,7 @@ GRPCRouteRule = Obj({
                         "headers": Arr(HeaderMatch)})),
     "filters": Arr(GRPCFilter),
     "backendRefs": Arr(BackendRef(GRPCFilter, _check_grpc_filters)),
-    "sessionPersistence": AnyValue(),
+    "sessionPersistence": SessionPersistence,
 }, checks=(_check_grpc_filters,))
 
 GRPCRouteSpec = Obj({"parentRefs": Arr(ParentReference), "hostnames": Strings, "rules": Arr(GRPCRouteRule)},

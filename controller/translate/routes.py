@@ -42,6 +42,7 @@ from ambit.model import (
     Rewrite,
     RouteDestination,
     Service,
+    SessionPersistence,
     StringMatch,
     Subset,
     TcpRoute,
@@ -404,6 +405,7 @@ def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
                 route.retries = Retry(attempts=2 if r.get("attempts") is None else int(r["attempts"]),
                                       codes=list(r.get("codes") or []),
                                       backoff=_seconds(r.get("backoff")))
+            route.session = _gw_session(rule.get("sessionPersistence"), obj, ri, grpc)
             if (not route.destinations and route.redirect is None) or (
                     route.destinations and all(d.weight == 0 for d in route.destinations)):
                 # Gateway API (httproute_types.go HTTPRouteRule.BackendRefs; conformance
@@ -412,6 +414,23 @@ def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
                 route.direct_response = DirectResponse(status=500)
             out.append(((0 if consumer else 1, *_precedence(match, obj, ri, mi)), route))
     return out
+
+
+def _gw_session(sp: Obj | None, obj: Obj, rule_index: int, grpc: bool) -> SessionPersistence | None:
+    """A rule's `sessionPersistence`, in either of its shapes (released: `sessionName`,
+    `cookieConfig`; Gateway API main: `cookie {name, path, lifetimeType}`, `header {name}`). A rule
+    that names no session gets a name of its own, as Envoy Gateway generates one per route rule:
+    GEP-1619 wants each rule's sessions apart, even rules to the same Service."""
+    if sp is None:
+        return None
+    header = sp.get("type") == "Header"
+    cookie = sp.get("cookieConfig") or sp.get("cookie") or {}
+    name = sp.get("sessionName") or (sp.get("header") or {}).get("name") or cookie.get("name") or (
+        f"{'grpcroute' if grpc else 'httproute'}-{ns_of(obj)}-{(obj.get('metadata') or {}).get('name', '')}-"
+        f"{rule_index}")
+    return SessionPersistence(name=name, header=header, path=(sp.get("cookie") or {}).get("path") or "/",
+                              absolute_timeout=_seconds(sp.get("absoluteTimeout")),
+                              permanent=not header and cookie.get("lifetimeType") == "Permanent")
 
 
 def _grpc_match(m: Obj) -> HttpMatch:

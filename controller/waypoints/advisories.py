@@ -18,7 +18,7 @@ validator refuses what can never work; this module finds what is valid but does 
   serves: the waypoint is what applies them, so until one serves the host they change nothing.
 - Namespaces, Pods and Services whose Ambit labels or balancing fields do nothing as written
   (`controller.waypoints.label_advisories`).
-- Fields the waypoint accepts but does not apply (session persistence, locality failover
+- Fields the waypoint accepts but does not apply (session persistence's idleTimeout, locality failover
   without outlier detection, a few connection-pool knobs, TLS origination, PROXY protocol), fields it applies
   differently from Istio (a fault without a percentage, `exponentialDelay`, a mirror to a host that
   is no mesh Service), `match.statPrefix`
@@ -68,9 +68,14 @@ DR_MERGED = "Merged"                  # the cause of what a younger DestinationR
 _L7_SOURCE = ("requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks")
 _L7_OPERATION = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
 
-# Accepted by the validator and carried to the waypoint, but not applied (yet). Everything else in
-# routes and DestinationRules is applied by the waypoint (docs/waypoint.md, docs/resilience/).
-NOT_YET_GW_RULE = {"sessionPersistence": "session persistence"}
+# Accepted by the validator, but not applied. Everything else in routes and DestinationRules is
+# applied by the waypoint (docs/waypoint.md, docs/resilience/).
+NOT_APPLIED_GW_RULE = {
+    # Gateway API v1.1 to v1.5 (removed in v1.6: no implementation applied it, GEP-1619 "IdleTimeout")
+    "sessionPersistence.idleTimeout": "accepted, not applied: sessions end only by absoluteTimeout (or when their "
+                                      "endpoint goes); Gateway API removed idleTimeout in v1.6, as no implementation "
+                                      "applies it (Envoy's stateful session cannot either)",
+}
 # DestinationRule traffic-policy fields, by path below the policy: why each is not applied.
 NOT_APPLIED_POLICY_FIELDS = {
     "connectionPool.tcp.tcpKeepalive": "accepted, not applied: the waypoint reaches endpoints over pooled HBONE "
@@ -95,7 +100,6 @@ NOT_APPLIED_DR_POLICY = {
     "tunnel": "accepted, not applied: the waypoint does not tunnel to other proxies",
     "proxyProtocol": "accepted, not applied: the waypoint does not send PROXY protocol headers upstream",
 }
-NOT_YET_REASON = "accepted, but not enforced yet: the waypoint does not apply {what}"
 
 
 @dataclass(frozen=True)
@@ -597,12 +601,20 @@ def _export_to(o: Obj) -> list[Advisory]:
     return []
 
 
+def _at(o: Obj | None, path: str) -> Any:
+    """The value at a dotted field path of `o`, None when any part is missing."""
+    v: Any = o or {}
+    for part in path.split("."):
+        v = v.get(part) if isinstance(v, dict) else None
+    return v
+
+
 def _gw_fields(o: Obj) -> list[Advisory]:
     spec, ref, out = o.get("spec") or {}, object_ref(o), []
     for i, r in enumerate(spec.get("rules") or []):
-        for f, what in NOT_YET_GW_RULE.items():
-            if r.get(f) is not None:
-                out.append(Advisory(ref, f"spec.rules[{i}].{f}", NOT_YET_REASON.format(what=what), NOT_ENFORCED))
+        for f, why in NOT_APPLIED_GW_RULE.items():
+            if _at(r, f) is not None:
+                out.append(Advisory(ref, f"spec.rules[{i}].{f}", why, NOT_ENFORCED))
         for j, b in enumerate(r.get("backendRefs") or []):
             for k, flt in enumerate(b.get("filters") or []):
                 if flt.get("type") not in ("RequestHeaderModifier", "ResponseHeaderModifier"):
@@ -636,10 +648,7 @@ def _policy_fields(p: Obj | None, base: str, entry: bool = False, outlier: bool 
     outlier = outlier or (p or {}).get("outlierDetection") is not None
     out = []
     for path, why in NOT_APPLIED_POLICY_FIELDS.items():
-        v: Any = p or {}
-        for part in path.split("."):
-            v = v.get(part) if isinstance(v, dict) else None
-        if v is not None:
+        if _at(p, path) is not None:
             out.append((f"{base}.{path}", why))
     loc = ((p or {}).get("loadBalancer") or {}).get("localityLbSetting")
     if loc is not None and loc.get("enabled") is not False and not loc.get("distribute") \

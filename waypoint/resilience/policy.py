@@ -15,6 +15,7 @@ from ambit.model import HttpRoute
 from waypoint.resilience.fault import compile_fault
 from waypoint.resilience.mirror import compile_mirrors
 from waypoint.resilience.retry import compile_retry
+from waypoint.traffic.session import SessionPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,7 @@ class RoutePolicy:
     fault: Any = None               # waypoint.resilience.fault: the compiled fault injection
     mirrors: tuple[Any, ...] = ()   # waypoint.resilience.mirror: the compiled mirrors
     cors: Any = None                # waypoint.routing.cors.CorsPolicy: applied past the fault filter
+    session: Any = None             # waypoint.traffic.session.SessionPolicy: the endpoint pin (upstream())
 
 
 def compile_policy(r: HttpRoute, cors: Any = None) -> RoutePolicy:
@@ -40,4 +42,5 @@ def compile_policy(r: HttpRoute, cors: Any = None) -> RoutePolicy:
     elif r.backend_timeout:
         timeout = r.backend_timeout
     return RoutePolicy(timeout=timeout, per_try_timeout=per_try, retry=compile_retry(r.retries),
-                       fault=compile_fault(r.fault), mirrors=compile_mirrors(r.mirrors), cors=cors)
+                       fault=compile_fault(r.fault), mirrors=compile_mirrors(r.mirrors), cors=cors,
+                       session=SessionPolicy.compile(r.session))

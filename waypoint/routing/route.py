@@ -13,7 +13,9 @@ Order, as Istio configures Envoy:
 3. The route answers itself (`directResponse`, `redirect`, with its CORS policy applied first:
    `waypoint.routing.cors`) or forwards to one destination chosen
    by weight, with its path/authority rewritten and the header operations of the destination and
-   the route composed (the route's applied last, see `headers`).
+   the route composed (the route's applied last, see `headers`). A rule with session persistence
+   goes to the backend of the endpoint the request's session names, if any does (weight 0
+   included), before the weights are drawn (`waypoint.traffic.session`).
 
 Errors that are the configuration's, not the client's:
 - every weight 0 (or an empty Gateway API rule, which the controller turns into a direct response)
@@ -29,14 +31,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from ambit.model import RouteDestination
 from waypoint.localreply import local_reply
 from waypoint.request import Decision, Downstream, Forward, HeaderOps, LocalReply, RequestHead
 from waypoint.routing import cors
 from waypoint.routing.matchers import RequestMatcher, StringMatcher
 from waypoint.routing.paths import regex_rewrite, replace_full, replace_prefix
 from waypoint.routing.redirect import location
-from waypoint.routing.table import CompiledRoute, RouteTable
+from waypoint.routing.table import CompiledDestination, CompiledRoute, RouteTable
 from waypoint.routing.weights import RandomSource, choose
+from waypoint.traffic import session
 
 NO_ROUTE = "NR"
 NO_CLUSTER = "NC"
@@ -44,7 +48,10 @@ PASSTHROUGH = "passthrough"     # Forward.route when service is "": go to Downst
 DEFAULT = "default"             # Forward.route of a Service's default route (no configured route)
 
 
-def route(table: RouteTable, head: RequestHead, down: Downstream, rand: RandomSource) -> Decision:
+def route(table: RouteTable, head: RequestHead, down: Downstream, rand: RandomSource,
+          endpoints: session.Endpoints | None = None) -> Decision:
+    """`endpoints`: what a rule with session persistence needs to find the backend of the endpoint
+    a request's session names (waypoint/traffic/session.py `sticky`); None: weights alone decide."""
     host = table.host_for(head, down)
     if host is None:
         if down.service:
@@ -61,8 +68,12 @@ def route(table: RouteTable, head: RequestHead, down: Downstream, rand: RandomSo
     for r in routes:
         matched = _match(r, head, down)
         if matched is not False:
-            return _decide(table, r, matched, head, down, rand)
+            return _decide(table, r, matched, head, down, rand, endpoints)
     return local_reply(head, 404, flags=NO_ROUTE, reason=f"no route of {host.hostname} matched")
+
+
+def _dest_of(c: CompiledDestination) -> RouteDestination:
+    return c.dest
 
 
 @functools.lru_cache(maxsize=1024)
@@ -108,13 +119,17 @@ def _answer(r: CompiledRoute, head: RequestHead, down: Downstream, path_matcher:
 
 
 def _decide(table: RouteTable, r: CompiledRoute, matched: RequestMatcher | None, head: RequestHead,
-            down: Downstream, rand: RandomSource) -> Decision:
+            down: Downstream, rand: RandomSource, endpoints: session.Endpoints | None = None) -> Decision:
     model = r.route
     path_matcher: StringMatcher | None = matched.path if matched is not None else None
     # Istio checks redirect before directResponse (route.go TranslateRoute); both may be set.
     if model.redirect is not None or model.direct_response is not None:
         return _answer(r, head, down, path_matcher)
-    chosen = choose(r.destinations, r.weights, rand) if r.destinations else None
+    chosen = None
+    if r.session is not None and endpoints is not None:     # a session's backend, whatever the weights
+        chosen = session.sticky(r.session, head, r.destinations, _dest_of, down.destination_port, endpoints)
+    if chosen is None:
+        chosen = choose(r.destinations, r.weights, rand) if r.destinations else None
     if chosen is None:
         return local_reply(head, 500, route=r.name, reason="no destination has a weight above 0")
     dest = chosen.dest

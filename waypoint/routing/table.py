@@ -29,6 +29,7 @@ from waypoint.resilience.policy import RoutePolicy, compile_policy
 from waypoint.routing.cors import compile_cors
 from waypoint.routing.headers import authority_override, compose, request_ops, response_ops
 from waypoint.routing.matchers import RequestMatcher
+from waypoint.traffic.session import SessionPolicy
 
 GATEWAY_API_KINDS = ("HTTPRoute/", "GRPCRoute/")
 
@@ -59,6 +60,7 @@ class CompiledRoute:
     ports: frozenset[int] = frozenset()     # the ports this route is for; empty: every port
     consumer_namespace: str = ""       # a GAMMA consumer route: only for requests from this namespace
     policy: RoutePolicy | None = None  # timeouts, retries, fault, mirrors, compiled once
+    session: SessionPolicy | None = None    # sessionPersistence (policy.session): the sticky backend
 
     def applies_to(self, port: int, source_namespace: str) -> bool:
         return (not self.ports or port in self.ports) and (
@@ -147,12 +149,13 @@ def _compile_route(r: HttpRoute, index: int) -> CompiledRoute:
     consumer = ""
     if gateway_api and r.matches and len({m.source_namespace for m in r.matches}) == 1:
         consumer = r.matches[0].source_namespace
+    policy = compile_policy(r, compile_cors(r.cors))
     return CompiledRoute(route=r, name=name, matchers=tuple(RequestMatcher.compile(m) for m in r.matches),
                          destinations=dests, weights=tuple(max(0, d.weight) for d in r.destinations),
                          request_headers=route_req, response_headers=route_resp,
                          authority=authority_override(r.headers), rewrite_regex=rx,
                          gateway_api=gateway_api, ports=ports, consumer_namespace=consumer,
-                         policy=compile_policy(r, compile_cors(r.cors)))
+                         policy=policy, session=policy.session)
 
 
 def build_table(configs: Iterable[WaypointRoutes], cluster_domain: str = "cluster.local") -> RouteTable:

@@ -167,6 +167,14 @@ class Cluster:
             weights = [self.warmup.factor(h, now) for h in usable]
         return self.balancer.pick(usable, self.active, weights)
 
+    def ejected(self, address: str) -> bool:
+        """Whether outlier detection has `address` ejected now (a session pinned to it re-balances,
+        as Envoy's stateful session overrides only to a healthy host)."""
+        if self.outlier is None:
+            return False
+        self.outlier.sweep(self.clock())
+        return self.outlier.is_ejected(address)
+
     def _panicked(self) -> None:
         self.panics += 1
 

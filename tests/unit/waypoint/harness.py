@@ -406,7 +406,12 @@ class Proxy:
 
     def __init__(self, decide: Callable[[RequestHead, Downstream], Decision], *,
                  protocols: dict[int, str] | None = None, settings: HttpSettings | None = None,
-                 opaque_port: int | None = None, cluster: Any = None) -> None:
+                 opaque_port: int | None = None, cluster: Any = None,
+                 upstream: Callable[..., UpstreamTarget | None] | None = None,
+                 downstream: Downstream | None = None) -> None:
+        """`upstream`: the engine's (a real `WaypointProxy.upstream`), instead of the stub that
+        dials 127.0.0.1 on the forward's port; `downstream`: every connection's tunnel."""
+        self._upstream, self._downstream = upstream, downstream or Downstream(source_ip="127.0.0.1")
         self.records: list[RequestRecord] = []
         self.stats: list[RequestRecord] = []
         self.protocols = protocols or {}
@@ -436,11 +441,11 @@ class Proxy:
             return await connect_tcp("127.0.0.1", opaque_port, 5) if opaque_port else None
 
         async def main() -> None:
-            self.engine = Engine(self.settings, decide, upstream,  # type: ignore[arg-type]
+            self.engine = Engine(self.settings, decide, self._upstream or upstream,  # type: ignore[arg-type]
                                  opaque=opaque if opaque_port else None,
                                  access_log=self.records.append, stats=self.stats.append)
             self.server = await self.loop.create_server(
-                lambda: self.engine.protocol(Downstream(source_ip="127.0.0.1")), "127.0.0.1", 0)  # type: ignore[union-attr]
+                lambda: self.engine.protocol(self._downstream), "127.0.0.1", 0)  # type: ignore[union-attr]
             self.port = self.server.sockets[0].getsockname()[1]
             ready.set()
 
