@@ -111,6 +111,20 @@ def listener_context(ln: IngressListener, port_cas: str = "") -> ssl.SSLContext:
     return ctx
 
 
+def _mutual_port(base: ssl.SSLContext, mutual: bool) -> None:
+    """The handshake settings of a port where some listener wants client certificates: ask every
+    client for one (see `listener_context`), and resume no session. Sessions (tickets, and the
+    session cache) belong to the base context, not the listener's, so a session from one
+    listener resumed on another: a client certificate checked against one listener's CA was
+    accepted by a listener with another CA, without a look at the certificate (tried, TLS 1.3)."""
+    base.verify_mode = ssl.CERT_OPTIONAL if mutual else ssl.CERT_NONE
+    base.num_tickets = 0 if mutual else 2       # 2: OpenSSL's default
+    if mutual:
+        base.options |= ssl.OP_NO_TICKET
+    else:
+        base.options &= ~ssl.OP_NO_TICKET
+
+
 def _fingerprint(ln: IngressListener, port_cas: str) -> str:
     """What a listener's context is built from: a change rebuilds it."""
     return hashlib.sha256("\0".join([*(c.cert_pem + c.key_pem for c in ln.certificates), ln.tls_min_version,
@@ -148,7 +162,7 @@ class _Port:
         port_cas = "".join(ln.client_ca_pem for ln in https if ln.client_auth)
         self.mutual = bool(port_cas)
         if self.base is not None:       # a listener that starts or stops asking, on an open port
-            self.base.verify_mode = ssl.CERT_OPTIONAL if self.mutual else ssl.CERT_NONE
+            _mutual_port(self.base, self.mutual)
         for ln in https:
             fp = _fingerprint(ln, port_cas)
             if self._fingerprints.get(ln.name) != fp:
@@ -174,8 +188,7 @@ class _Port:
         base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         base.minimum_version = ssl.TLSVersion.TLSv1_2
         base.set_alpn_protocols(ALPN)
-        if self.mutual:     # ask every client for a certificate (see `listener_context`)
-            base.verify_mode = ssl.CERT_OPTIONAL
+        _mutual_port(base, self.mutual)
 
         def pick(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
             ln = self.port.listener_for_sni(server_name)
@@ -204,6 +217,9 @@ class _Port:
         auth, wanted = self.auth.get(id(obj.context), ("", ()))
         if not auth:
             return True
+        if obj.session_reused:      # never issued on this port (`_mutual_port`): its certificate is unchecked here
+            log.info("TLS connection on port %d closed: a resumed session on a mutual-TLS listener", self.port.port)
+            return False
         cert = obj.getpeercert()        # verified against the listener's CA in the handshake, if sent
         if not cert:
             if auth == "required":

@@ -63,20 +63,21 @@ def _client_pki(tmp: Path) -> tuple[str, dict[str, tuple[Path, Path]]]:
     return ca.public_bytes(serialization.Encoding.PEM).decode(), out
 
 
-HOSTS = ("mtls.example.com", "optional.example.com", "plain.example.com")
+HOSTS = ("mtls.example.com", "optional.example.com", "plain.example.com", "other-ca.example.com")
 
 
-def _gateway(port: int, certs, client_ca: str, mutual: bool = True) -> IngressGateway:
+def _gateway(port: int, certs, client_ca: str, mutual: bool = True, other_ca: str = "") -> IngressGateway:
     echo = RouteDestination("echo.demo.svc.cluster.local", "demo/echo", port=8080)
 
-    def ln(host: str, auth: str, sans: list[str]) -> IngressListener:
+    def ln(host: str, auth: str, sans: list[str], ca: str = client_ca) -> IngressListener:
         return IngressListener(host, port, "HTTPS", host, "", [certs[host]],
                                [WaypointRoutes(host, http=[HttpRoute(source="VirtualService/demo/echo",
                                                                      destinations=[echo])])],
-                               client_auth=auth, client_ca_pem=client_ca if auth else "", client_sans=sans)
+                               client_auth=auth, client_ca_pem=ca if auth else "", client_sans=sans)
     return IngressGateway("gw", "demo", listeners=[ln(HOSTS[0], "required" if mutual else "", [PARTNER] if mutual else []),
                                                    ln(HOSTS[1], "optional" if mutual else "", []),
-                                                   ln(HOSTS[2], "", [])])
+                                                   ln(HOSTS[2], "", []),
+                                                   ln(HOSTS[3], "required" if mutual else "", [], ca=other_ca)])
 
 
 async def _curl(port: int, ca: Path, host: str, *args: str) -> tuple[int, dict[str, str]]:
@@ -87,6 +88,30 @@ async def _curl(port: int, ca: Path, host: str, *args: str) -> tuple[int, dict[s
         *args, f"https://{host}:{port}/", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, _ = await p.communicate()
     return p.returncode or 0, dict(json.loads(out)["headers"]) if p.returncode == 0 else {}
+
+
+def _resumed_elsewhere(port: int, ca: Path, client: tuple[Path, Path]) -> bool:
+    """Python's TLS client: a full handshake on HOSTS[0] with the partner's certificate, then its
+    session offered to HOSTS[3]. True when HOSTS[3] served a request on it."""
+    import socket
+    import ssl
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.load_cert_chain(str(client[0]), str(client[1]))
+    session = None
+    for host in (HOSTS[0], HOSTS[3]):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname=host, session=session) as s:
+                s.sendall(f"GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n".encode())
+                got = s.recv(65536)
+                session = s.session
+                if host == HOSTS[3]:
+                    return got.startswith(b"HTTP/1.1 200")
+        except (ssl.SSLError, OSError):
+            if host == HOSTS[3]:
+                return False
+            raise
+    return False
 
 
 def test_mutual_tls_listeners_verify_client_certificates_and_set_xfcc(tmp_path: Path) -> None:
@@ -102,6 +127,8 @@ def test_mutual_tls_listeners_verify_client_certificates_and_set_xfcc(tmp_path: 
 
     def apply(gw: IngressGateway, version: str) -> None:
         cfg.apply(ConfigUpdate(IngressGateway.TYPE, version, {}, frozenset(), {gw.resource_name: gw}))
+    (tmp_path / "other").mkdir()
+    other_ca, _ = _client_pki(tmp_path / "other")
     apply(_gateway(port, certs, client_ca, mutual=False), "1")
     proxy = WaypointProxy(load(["--waypoint", "demo/gw", "--pod-name", "gw-0", "--node", "node1",
                                 "--gateway-class", "ambit"]), cfg, None)
@@ -122,7 +149,7 @@ def test_mutual_tls_listeners_verify_client_certificates_and_set_xfcc(tmp_path: 
             rc, _ = await _curl(port, ca, HOSTS[0])
             assert rc == 0
             # the same open port, now MUTUAL on one host and OPTIONAL_MUTUAL on another
-            apply(_gateway(port, certs, client_ca), "2")
+            apply(_gateway(port, certs, client_ca, other_ca=other_ca), "2")
             await listeners.update(cfg.view.ingress)
             rc, _ = await _curl(port, ca, HOSTS[0])
             assert rc != 0, "MUTUAL served a client without a certificate"
@@ -146,6 +173,11 @@ def test_mutual_tls_listeners_verify_client_certificates_and_set_xfcc(tmp_path: 
             # a plain host on the same port still serves clients without a certificate
             rc, got = await _curl(port, ca, HOSTS[2])
             assert rc == 0 and "x-forwarded-client-cert" not in got
+            # a listener with another client CA: the partner's certificate is refused, and so is a
+            # session the partner resumes from the first listener (sessions belong to the port)
+            rc, _ = await _curl(port, ca, HOSTS[3], *cert("partner"))
+            assert rc != 0
+            assert await asyncio.to_thread(_resumed_elsewhere, port, ca, clients["partner"]) is False
         finally:
             await listeners.close()
             await engine.shutdown()
