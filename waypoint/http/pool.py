@@ -490,6 +490,11 @@ class Pools:
                 self._open_stream(c, claim)
             else:
                 self._overflow(claim)
+        if c.spoke_h2 and c.waiting:
+            # The server's SETTINGS came with the connect (`attach` hands over the bytes that
+            # arrived first), so no SETTINGS event will spread the surplus: do it now, or a burst
+            # over the server's limit (or maxConcurrentStreams) queued on this one connection.
+            c._rehome()
 
     def keepalive_timeout(self, c: H2Client) -> None:
         """`c` left a keepalive PING unanswered: it takes no more streams; it is being closed."""
