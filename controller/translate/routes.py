@@ -489,6 +489,7 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
     keepalive = http.get("http2KeepAlive") or {}
     t.h2_keepalive_interval = _seconds(keepalive.get("interval"))
     t.h2_keepalive_timeout = _seconds(keepalive.get("timeout"))
+    t.use_client_protocol = bool(http.get("useClientProtocol"))
     od = p.get("outlierDetection")
     if od is not None:
         t.outlier_detection = True

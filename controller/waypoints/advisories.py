@@ -19,8 +19,8 @@ validator refuses what can never work; this module finds what is valid but does 
 - Namespaces, Pods and Services whose Ambit labels or balancing fields do nothing as written
   (`controller.waypoints.label_advisories`).
 - Fields the waypoint accepts but does not apply (session persistence, locality failover
-  without outlier detection, `tcpKeepalive`, `useClientProtocol`, an http2KeepAlive timeout without
-  interval, TLS origination, PROXY protocol), fields it applies
+  without outlier detection, `tcpKeepalive`, an http2KeepAlive timeout without interval, TLS
+  origination, PROXY protocol), fields it applies
   differently from Istio (a fault without a percentage, `exponentialDelay`, a mirror to a host that
   is no mesh Service), and VirtualService `delegate` and `tls` routes, `match.statPrefix`
   and the `retryOn` values Istio accepts that the waypoint does not apply (ambit.resilience).
@@ -72,9 +72,6 @@ NOT_YET_GW_RULE = {"sessionPersistence": "session persistence"}
 NOT_APPLIED_POLICY_FIELDS = {
     "connectionPool.tcp.tcpKeepalive": "accepted, not applied: the waypoint reaches endpoints over pooled HBONE "
                                        "connections, which do not take per-cluster TCP keepalive settings",
-    "connectionPool.http.useClientProtocol": "accepted, not applied: the waypoint speaks the Service port's "
-                                             "protocol upstream (or h2c with h2UpgradePolicy UPGRADE), whatever "
-                                             "the client spoke",
 }
 # http2KeepAlive with a timeout but no interval: Envoy sends interval PINGs only with an interval, and
 # Istio sets no other kind (connection_idle_interval), so nothing is ever sent (waypoint/traffic/lifetime.py).

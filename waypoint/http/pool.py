@@ -22,6 +22,10 @@
   a reused connection that turns out closed before any response byte is retried once on a fresh
   one (`Exchange.upstream_reset(retryable=True)`), for a body-less request with an idempotent
   method (the server may have applied a POST before it closed: H1Client).
+- `http.useClientProtocol` (Envoy's use_downstream_protocol, as Istio sets it): a request goes
+  upstream in h2c when its client spoke HTTP/2, else in HTTP/1.1, whatever the port's protocol or
+  `h2UpgradePolicy` say (Istio does not upgrade such a cluster). An HTTP/1.1-only endpoint that
+  refuses the h2c is spoken to in HTTP/1.1, as an upgraded one is (below).
 - h2c (and HTTP/1.1 clusters whose policy has `h2UpgradePolicy: UPGRADE`): one multiplexed
   connection per key, another when the first is full (the server's SETTINGS_MAX_CONCURRENT_STREAMS),
   going away (GOAWAY) or spent (`maxRequestsPerConnection`) and the cluster's connection limit
@@ -178,7 +182,12 @@ class Pools:
         self.attempt_over(ex)
         b = self.breaker(target)
         claim = self.claims[ex] = _Claim(b, target, ex, next(self._seq))
-        if target.protocol == "h2" or (b.limits.h2_upgrade and not ex.upgrade and not self._h1_only_now(target.key)):
+        lim = b.limits
+        if lim.use_client_protocol:
+            if ex.head.version == "2" and not ex.upgrade and not self._h1_only_now(target.key):
+                self._acquire_h2(claim, fresh)
+                return
+        elif target.protocol == "h2" or (lim.h2_upgrade and not ex.upgrade and not self._h1_only_now(target.key)):
             self._acquire_h2(claim, fresh)
             return
         key = target.key

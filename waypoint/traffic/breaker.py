@@ -45,6 +45,7 @@ class Limits:
     max_concurrent_streams: int = 0         # streams per h2 upstream connection, under the server's limit
     h2_keepalive_interval: float = 0.0      # seconds between HTTP/2 PINGs on h2 upstream connections
     h2_keepalive_timeout: float = 0.0       # seconds to wait for a PING ACK before the connection is closed
+    use_client_protocol: bool = False       # h2 upstream iff the client spoke h2 (over the port and h2_upgrade)
 
     @classmethod
     def of(cls, policy: TrafficPolicy | None, defaults: Limits) -> Limits:
@@ -65,6 +66,7 @@ class Limits:
             max_concurrent_streams=p.max_concurrent_streams or defaults.max_concurrent_streams,
             h2_keepalive_interval=p.h2_keepalive_interval or defaults.h2_keepalive_interval,
             h2_keepalive_timeout=p.h2_keepalive_timeout or defaults.h2_keepalive_timeout,
+            use_client_protocol=p.use_client_protocol or defaults.use_client_protocol,
         )
 
 
@@ -206,5 +208,5 @@ class Breaker:
                 "max_requests": lim.max_requests, "max_requests_per_connection": lim.max_requests_per_connection,
                 "connect_timeout": lim.connect_timeout, "idle_timeout": lim.idle_timeout,
                 "h2_upgrade": lim.h2_upgrade, "max_connection_duration": lim.max_connection_duration,
-                "max_concurrent_streams": lim.max_concurrent_streams,
+                "max_concurrent_streams": lim.max_concurrent_streams, "use_client_protocol": lim.use_client_protocol,
                 "http2_keepalive": {"interval": lim.h2_keepalive_interval, "timeout": lim.h2_keepalive_timeout}}

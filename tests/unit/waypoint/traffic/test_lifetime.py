@@ -57,13 +57,14 @@ def test_without_interval_no_ping_is_sent_and_without_timeout_the_default_applie
 
 def test_the_destination_rule_fields_reach_the_clusters_limits() -> None:
     t = flatten_policy({"connectionPool": {"tcp": {"maxConnectionDuration": "90s"},
-                                    "http": {"maxConcurrentStreams": 7,
-                                             "http2KeepAlive": {"interval": "30s", "timeout": "5s"}}}})
+                                           "http": {"maxConcurrentStreams": 7, "useClientProtocol": True,
+                                                    "http2KeepAlive": {"interval": "30s", "timeout": "5s"}}}})
     assert (t.max_connection_duration, t.max_concurrent_streams, t.h2_keepalive_interval,
-            t.h2_keepalive_timeout) == (90.0, 7, 30.0, 5.0)
+            t.h2_keepalive_timeout, t.use_client_protocol) == (90.0, 7, 30.0, 5.0, True)
     lim = Breaker(t).configure(Limits())
     assert (lim.max_connection_duration, lim.max_concurrent_streams, lim.h2_keepalive_interval,
-            lim.h2_keepalive_timeout) == (90.0, 7, 30.0, 5.0)
+            lim.h2_keepalive_timeout, lim.use_client_protocol) == (90.0, 7, 30.0, 5.0, True)
     # unset: off, as before (no node-wide default)
     lim = Breaker(TrafficPolicy()).configure(Limits())
-    assert (lim.max_connection_duration, lim.max_concurrent_streams, lim.h2_keepalive_interval) == (0.0, 0, 0.0)
+    assert (lim.max_connection_duration, lim.max_concurrent_streams, lim.h2_keepalive_interval,
+            lim.use_client_protocol) == (0.0, 0, 0.0, False)
