@@ -359,7 +359,7 @@ class Pools:
         c = H1Client(self, key)
         self.cx[c] = b
         plug.attach(c)  # type: ignore[attr-defined]
-        if b.limits.max_connection_duration:
+        if b.limits.max_connection_duration and not c.lost:
             self._drain_later(c, b.limits.max_connection_duration)
         self._serve(c)
 
@@ -487,7 +487,7 @@ class Pools:
             ka = Keepalive.of(lim.h2_keepalive_interval, lim.h2_keepalive_timeout, self.engine.loop.time())
             if ka is not None:
                 c.start_keepalive(ka)
-        if lim.max_connection_duration:
+        if lim.max_connection_duration and not c.lost:
             self._drain_later(c, lim.max_connection_duration)
         self.h2.setdefault(key, []).append(c)
         for claim in waiting:

@@ -40,7 +40,8 @@ class Limits:
     connect_timeout: float = 10.0           # seconds (Istio's default connectTimeout)
     idle_timeout: float = 3600.0            # seconds an upstream connection may carry no request
     h2_upgrade: bool = False                # speak h2c to HTTP/1.1 endpoints
-    # The three below have no node default (0: off); waypoint/traffic/lifetime.py applies them.
+    # No node default for the fields below (0, False: off, as before); the pool and the h2 client
+    # apply them (waypoint/traffic/lifetime.py has the semantics of the duration and the keepalive).
     max_connection_duration: float = 0.0    # seconds after which an upstream connection is drained
     max_concurrent_streams: int = 0         # streams per h2 upstream connection, under the server's limit
     h2_keepalive_interval: float = 0.0      # seconds between HTTP/2 PINGs on h2 upstream connections
