@@ -312,7 +312,7 @@ class Pools:
             self._close(c, "max_requests")
             return
         if c.drained:       # maxConnectionDuration passed while it carried a request
-            self._close(c, "max_duration")
+            self._close(c, "")
             return
         while (claim := self._pop_waiter(b, c.key)) is not None:
             if claim.activate():
@@ -539,15 +539,16 @@ class Pools:
         if isinstance(c, H2Client):
             if c.closing or c.lost:
                 return
-            self._why[c] = "max_duration"
+            b.max_duration_reached()
             c.shutdown()
             if c.waiting:
                 c._elsewhere()
             return
+        b.max_duration_reached()
         c.drained = True
         lst = self.idle.get(c.key)
         if lst and c in lst:
-            self._close(c, "max_duration")
+            self._close(c, "")
 
     def h2_refused(self, c: H2Client) -> bool:
         """`c` is closing. True when it was an h2c upgrade (h2UpgradePolicy) the endpoint never

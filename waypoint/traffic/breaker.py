@@ -90,7 +90,7 @@ class Breaker:
         self.cx_connect_timeout = 0
         self.cx_max_requests = 0        # closed after max_requests_per_connection requests
         self.cx_idle_timeout = 0
-        self.cx_max_duration_reached = 0    # drained at max_connection_duration
+        self.cx_max_duration_reached = 0    # drained at max_connection_duration (counted then, as Envoy does)
         self.h2_keepalive_timeout = 0       # closed: no ACK to an HTTP/2 keepalive PING in time
         self.rq_total = 0
         self.rq_pending_total = 0
@@ -123,16 +123,19 @@ class Breaker:
 
     def connection_closed(self, why: str = "") -> None:
         """A counted connection closed; `why` names an Envoy close counter (`max_requests`,
-        `idle_timeout`, `max_duration`, `keepalive_timeout`) when the pool closed it for that reason."""
+        `idle_timeout`, `keepalive_timeout`) when the pool closed it for that reason."""
         self.cx_active = max(0, self.cx_active - 1)
         if why == "max_requests":
             self.cx_max_requests += 1
         elif why == "idle_timeout":
             self.cx_idle_timeout += 1
-        elif why == "max_duration":
-            self.cx_max_duration_reached += 1
         elif why == "keepalive_timeout":
             self.h2_keepalive_timeout += 1
+
+    def max_duration_reached(self) -> None:
+        """A connection reached max_connection_duration and is being drained (Envoy counts it then,
+        not when it closes after its last request)."""
+        self.cx_max_duration_reached += 1
 
     # --- requests ---------------------------------------------------------------------------------
 

@@ -136,14 +136,14 @@ def test_http1_connection_is_replaced_after_max_connection_duration_and_no_reque
     flight to the end (200), then closes; the next request opens a new one. One left idle past it
     is closed by the waypoint, and the next request does not fail on it."""
     origin = Origin()
-    p = proxy_to(origin.port, "http1", max_connection_duration=0.4)
+    p = proxy_to(origin.port, "http1", max_connection_duration=0.3)
     try:
         client = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
-        assert get(client, "/slow=0.8")[0] == 200          # in flight when its connection is drained
+        assert get(client, "/slow=0.5")[0] == 200          # in flight when its connection is drained
         assert get(client, "/")[0] == 200                   # on a new connection
         assert origin.connections == 2
-        time.sleep(0.6)                                     # the second one reaches its age while idle
-        assert stats(p)["upstream_cx_max_duration_reached"] == 2
+        # the second one reaches its age while idle, and is closed
+        assert wait_for(lambda: stats(p)["upstream_cx_max_duration_reached"] == 2)
         assert get(client, "/")[0] == 200
         assert origin.connections == 3
         assert [r.status for r in p.records] == [200, 200, 200] and not [r for r in p.records if r.response_flags]
@@ -158,14 +158,15 @@ def test_h2_connection_takes_no_new_stream_after_max_connection_duration(codec: 
     """An h2 upstream connection past maxConnectionDuration gets no new stream (the next request
     opens another connection), finishes the stream it carries, then closes."""
     up = H2Upstream()
-    p = proxy_to(up.port, "h2", codec, max_connection_duration=0.4)
+    p = proxy_to(up.port, "h2", codec, max_connection_duration=0.3)
     try:
         first: list[int] = []
         c1 = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
-        t = threading.Thread(target=lambda: first.append(get(c1, "/hold=1.0")[0]))
+        t = threading.Thread(target=lambda: first.append(get(c1, "/hold=0.8")[0]))
         t.start()
         assert wait_for(lambda: up.conns and up.conns[0]["streams"] == 1)
-        time.sleep(0.5)                                     # the first connection is now draining
+        # the first connection is now draining, its stream still open
+        assert wait_for(lambda: stats(p)["upstream_cx_max_duration_reached"] == 1) and not first
         c2 = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
         assert get(c2, "/")[0] == 200
         assert [c["streams"] for c in up.conns] == [1, 1]
