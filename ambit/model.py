@@ -618,6 +618,12 @@ class TrafficPolicy:
     max_retries: int = 0
     http_idle_timeout: float = 0.0
     h2_upgrade: bool = False
+    # tcp.maxConnectionDuration (s): an upstream HTTP connection older than this is drained; 0: no limit
+    max_connection_duration: float = 0.0
+    max_concurrent_streams: int = 0     # http.maxConcurrentStreams: streams per h2 upstream connection; 0: the server's
+    h2_keepalive_interval: float = 0.0  # http.http2KeepAlive.interval (s): PING h2 upstreams; 0: no PINGs
+    h2_keepalive_timeout: float = 0.0   # http.http2KeepAlive.timeout (s): no PING ACK within it closes; 0: unset
+    use_client_protocol: bool = False   # http.useClientProtocol: h2 upstream iff the client spoke h2; false: the port's
     outlier_detection: bool = False     # the outlier fields below apply only when this is true
     consecutive_5xx_errors: int = 5
     consecutive_gateway_errors: int = 0

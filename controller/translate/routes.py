@@ -525,6 +525,12 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
     t.max_retries = int(http.get("maxRetries") or 0)
     t.http_idle_timeout = _seconds(http.get("idleTimeout"))
     t.h2_upgrade = http.get("h2UpgradePolicy") == "UPGRADE"
+    t.max_connection_duration = _seconds(tcp.get("maxConnectionDuration"))
+    t.max_concurrent_streams = int(http.get("maxConcurrentStreams") or 0)
+    keepalive = http.get("http2KeepAlive") or {}
+    t.h2_keepalive_interval = _seconds(keepalive.get("interval"))
+    t.h2_keepalive_timeout = _seconds(keepalive.get("timeout"))
+    t.use_client_protocol = bool(http.get("useClientProtocol"))
     od = p.get("outlierDetection")
     if od is not None:
         t.outlier_detection = True

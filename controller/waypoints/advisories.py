@@ -19,7 +19,8 @@ validator refuses what can never work; this module finds what is valid but does 
 - Namespaces, Pods and Services whose Ambit labels or balancing fields do nothing as written
   (`controller.waypoints.label_advisories`).
 - Fields the waypoint accepts but does not apply (session persistence's idleTimeout, locality failover
-  without outlier detection, a few connection-pool knobs, TLS origination, PROXY protocol), fields it applies
+  without outlier detection, `tcpKeepalive`, an http2KeepAlive timeout without interval, TLS
+  origination, PROXY protocol), fields it applies
   differently from Istio (a fault without a percentage, `exponentialDelay`, a mirror to a host that
   is no mesh Service), `match.statPrefix`
   and the `retryOn` values Istio accepts that the waypoint does not apply (ambit.resilience).
@@ -80,16 +81,11 @@ NOT_APPLIED_GW_RULE = {
 NOT_APPLIED_POLICY_FIELDS = {
     "connectionPool.tcp.tcpKeepalive": "accepted, not applied: the waypoint reaches endpoints over pooled HBONE "
                                        "connections, which do not take per-cluster TCP keepalive settings",
-    "connectionPool.tcp.maxConnectionDuration": "accepted, but not enforced yet: the waypoint does not close "
-                                                "upstream connections by age",
-    "connectionPool.http.http2KeepAlive": "accepted, but not enforced yet: the waypoint does not send HTTP/2 PING "
-                                          "keepalives to upstream connections",
-    "connectionPool.http.useClientProtocol": "accepted, not applied: the waypoint speaks the Service port's "
-                                             "protocol upstream (or h2c with h2UpgradePolicy UPGRADE), whatever "
-                                             "the client spoke",
-    "connectionPool.http.maxConcurrentStreams": "accepted, but not enforced yet: the waypoint takes the upstream's "
-                                                "own SETTINGS_MAX_CONCURRENT_STREAMS",
 }
+# http2KeepAlive with a timeout but no interval: Envoy sends interval PINGs only with an interval, and
+# Istio sets no other kind (connection_idle_interval), so nothing is ever sent (waypoint/traffic/lifetime.py).
+KEEPALIVE_WITHOUT_INTERVAL = ("accepted, not applied: without interval no HTTP/2 PING is sent, so the timeout "
+                              "never applies (as in Envoy's connection_keepalive)")
 # Istio's own warning ("outlier detection policy must be provided for failover"): without outlier
 # detection no endpoint is ever unhealthy, so Istio does not prioritise by locality at all.
 LOCALITY_NEEDS_OUTLIER = ("accepted, not applied: locality failover applies only with outlierDetection in the same "
@@ -650,6 +646,9 @@ def _policy_fields(p: Obj | None, base: str, entry: bool = False, outlier: bool 
     for path, why in NOT_APPLIED_POLICY_FIELDS.items():
         if _at(p, path) is not None:
             out.append((f"{base}.{path}", why))
+    keepalive = (((p or {}).get("connectionPool") or {}).get("http") or {}).get("http2KeepAlive") or {}
+    if keepalive.get("timeout") and not keepalive.get("interval"):
+        out.append((f"{base}.connectionPool.http.http2KeepAlive.timeout", KEEPALIVE_WITHOUT_INTERVAL))
     loc = ((p or {}).get("loadBalancer") or {}).get("localityLbSetting")
     if loc is not None and loc.get("enabled") is not False and not loc.get("distribute") \
             and not outlier:

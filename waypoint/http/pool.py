@@ -22,6 +22,10 @@
   a reused connection that turns out closed before any response byte is retried once on a fresh
   one (`Exchange.upstream_reset(retryable=True)`), for a body-less request with an idempotent
   method (the server may have applied a POST before it closed: H1Client).
+- `http.useClientProtocol` (Envoy's use_downstream_protocol, as Istio sets it): a request goes
+  upstream in h2c when its client spoke HTTP/2, else in HTTP/1.1, whatever the port's protocol or
+  `h2UpgradePolicy` say (Istio does not upgrade such a cluster). An HTTP/1.1-only endpoint that
+  refuses the h2c is spoken to in HTTP/1.1, as an upgraded one is (below).
 - h2c (and HTTP/1.1 clusters whose policy has `h2UpgradePolicy: UPGRADE`): one multiplexed
   connection per key, another when the first is full (the server's SETTINGS_MAX_CONCURRENT_STREAMS),
   going away (GOAWAY) or spent (`maxRequestsPerConnection`) and the cluster's connection limit
@@ -35,6 +39,13 @@
   the server's sidecar speaks the app's protocol.
 - Every request bound to a connection counts against `http2MaxRequests` (Envoy's max_requests, any
   protocol) until its attempt is over (`attempt_over`, called when the exchange finishes).
+- Only for clusters whose policy sets them (waypoint/traffic/lifetime.py has the semantics): a
+  connection is drained at `tcp.maxConnectionDuration` (one timer per connection: an idle HTTP/1.1
+  one closes, a busy one closes after its response, an h2 one takes no new stream and closes when
+  its streams end); an h2 connection takes at most `http.maxConcurrentStreams` streams at once
+  (under the server's SETTINGS_MAX_CONCURRENT_STREAMS) and PINGs the server on
+  `http.http2KeepAlive`, closed when a PING goes unanswered. A cluster without them costs a request
+  one attribute check (`drained`, `stream_cap`).
 
 Connecting is the only task a request may create, and only when no connection is free.
 """
@@ -50,6 +61,7 @@ from typing import TYPE_CHECKING
 from waypoint.http.http1 import H1Client
 from waypoint.http.http2 import H2Client
 from waypoint.traffic.breaker import Breaker, Limits
+from waypoint.traffic.lifetime import Keepalive, drain_at, expired
 
 if TYPE_CHECKING:
     from waypoint.http.engine import Engine, UpstreamTarget
@@ -149,6 +161,8 @@ class Pools:
         self._upgraded: set[H2Client] = set()              # h2c connections to HTTP/1.1 ports
         self._h1_only: dict[str, float] = {}                # keys that refused h2c, until when
         self.held: H1Client | None = None       # a connection whose response just ended (release)
+        # maxConnectionDuration: each connection's drain timer, and when it was opened
+        self._drains: dict[H1Client | H2Client, tuple[asyncio.TimerHandle, float]] = {}
 
     def breaker(self, target: UpstreamTarget) -> Breaker:
         """The target's cluster's breaker; a target without a cluster (a workload addressed
@@ -168,7 +182,12 @@ class Pools:
         self.attempt_over(ex)
         b = self.breaker(target)
         claim = self.claims[ex] = _Claim(b, target, ex, next(self._seq))
-        if target.protocol == "h2" or (b.limits.h2_upgrade and not ex.upgrade and not self._h1_only_now(target.key)):
+        lim = b.limits
+        if lim.use_client_protocol:
+            if ex.head.version == "2" and not ex.upgrade and not self._h1_only_now(target.key):
+                self._acquire_h2(claim, fresh)
+                return
+        elif target.protocol == "h2" or (lim.h2_upgrade and not ex.upgrade and not self._h1_only_now(target.key)):
             self._acquire_h2(claim, fresh)
             return
         key = target.key
@@ -292,6 +311,9 @@ class Pools:
         if b.connection_spent(c.requests):
             self._close(c, "max_requests")
             return
+        if c.drained:       # maxConnectionDuration passed while it carried a request
+            self._close(c, "")
+            return
         while (claim := self._pop_waiter(b, c.key)) is not None:
             if claim.activate():
                 self._bind_h1(c, claim, reused=c.requests > 0)
@@ -337,6 +359,8 @@ class Pools:
         c = H1Client(self, key)
         self.cx[c] = b
         plug.attach(c)  # type: ignore[attr-defined]
+        if b.limits.max_connection_duration and not c.lost:
+            self._drain_later(c, b.limits.max_connection_duration)
         self._serve(c)
 
     def release(self, c: H1Client) -> None:
@@ -356,6 +380,8 @@ class Pools:
         if claim is not None:
             claim.end()
         b = self.cx.pop(c, None)
+        if self._drains:
+            self._undrain(c)
         if b is not None:
             b.connection_closed(self._why.pop(c, ""))
             self._wake(b)
@@ -370,6 +396,8 @@ class Pools:
                 del pools[c.key]
         if isinstance(c, H2Client) and c.lost:
             self._h2_streams.pop(c, None)
+            if self._drains:
+                self._undrain(c)
             b = self.cx.pop(c, None)
             if b is not None:
                 b.connection_closed(self._why.pop(c, ""))
@@ -452,6 +480,15 @@ class Pools:
             self._upgraded.add(c)
         self._h2_streams[c] = 0
         plug.attach(c)  # type: ignore[attr-defined]
+        lim = b.limits
+        if lim.max_concurrent_streams:
+            c.stream_cap = lim.max_concurrent_streams
+        if lim.h2_keepalive_interval and not c.lost:
+            ka = Keepalive.of(lim.h2_keepalive_interval, lim.h2_keepalive_timeout, self.engine.loop.time())
+            if ka is not None:
+                c.start_keepalive(ka)
+        if lim.max_connection_duration and not c.lost:
+            self._drain_later(c, lim.max_connection_duration)
         self.h2.setdefault(key, []).append(c)
         for claim in waiting:
             if not claim.waiting:
@@ -462,6 +499,56 @@ class Pools:
                 self._open_stream(c, claim)
             else:
                 self._overflow(claim)
+        if c.spoke_h2 and c.waiting:
+            # The server's SETTINGS came with the connect (`attach` hands over the bytes that
+            # arrived first), so no SETTINGS event will spread the surplus: do it now, or a burst
+            # over the server's limit (or maxConcurrentStreams) queued on this one connection.
+            c._rehome()
+
+    def keepalive_timeout(self, c: H2Client) -> None:
+        """`c` left a keepalive PING unanswered: it takes no more streams; it is being closed."""
+        self._why[c] = "keepalive_timeout"
+        c.closing = True
+        self.forget(c)
+
+    # --- maxConnectionDuration ------------------------------------------------------------------
+
+    def _drain_later(self, c: H1Client | H2Client, max_duration: float) -> None:
+        now = self.engine.loop.time()
+        t = self.engine.loop.call_at(drain_at(now, max_duration), self._drain, c)
+        self._drains[c] = (t, now)
+
+    def _undrain(self, c: H1Client | H2Client) -> None:
+        entry = self._drains.pop(c, None)
+        if entry is not None:
+            entry[0].cancel()
+
+    def _drain(self, c: H1Client | H2Client) -> None:
+        """`c` reached its cluster's maxConnectionDuration: it takes no new request; an idle HTTP/1.1
+        connection closes now, a busy one after its response (`_serve`), an h2 one when its streams
+        end (its queued requests go to another connection)."""
+        entry = self._drains.pop(c, None)
+        b = self.cx.get(c)
+        if entry is None or b is None:
+            return
+        now = self.engine.loop.time()
+        if not expired(entry[1], now, b.limits.max_connection_duration):     # (a timer a hair early)
+            self._drains[c] = (self.engine.loop.call_at(drain_at(entry[1], b.limits.max_connection_duration),
+                                                        self._drain, c), entry[1])
+            return
+        if isinstance(c, H2Client):
+            if c.closing or c.lost:
+                return
+            b.max_duration_reached()
+            c.shutdown()
+            if c.waiting:
+                c._elsewhere()
+            return
+        b.max_duration_reached()
+        c.drained = True
+        lst = self.idle.get(c.key)
+        if lst and c in lst:
+            self._close(c, "")
 
     def h2_refused(self, c: H2Client) -> bool:
         """`c` is closing. True when it was an h2c upgrade (h2UpgradePolicy) the endpoint never

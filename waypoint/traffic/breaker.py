@@ -40,6 +40,13 @@ class Limits:
     connect_timeout: float = 10.0           # seconds (Istio's default connectTimeout)
     idle_timeout: float = 3600.0            # seconds an upstream connection may carry no request
     h2_upgrade: bool = False                # speak h2c to HTTP/1.1 endpoints
+    # No node default for the fields below (0, False: off, as before); the pool and the h2 client
+    # apply them (waypoint/traffic/lifetime.py has the semantics of the duration and the keepalive).
+    max_connection_duration: float = 0.0    # seconds after which an upstream connection is drained
+    max_concurrent_streams: int = 0         # streams per h2 upstream connection, under the server's limit
+    h2_keepalive_interval: float = 0.0      # seconds between HTTP/2 PINGs on h2 upstream connections
+    h2_keepalive_timeout: float = 0.0       # seconds to wait for a PING ACK before the connection is closed
+    use_client_protocol: bool = False       # h2 upstream iff the client spoke h2 (over the port and h2_upgrade)
 
     @classmethod
     def of(cls, policy: TrafficPolicy | None, defaults: Limits) -> Limits:
@@ -56,6 +63,11 @@ class Limits:
             connect_timeout=p.connect_timeout or defaults.connect_timeout,
             idle_timeout=p.http_idle_timeout or defaults.idle_timeout,
             h2_upgrade=p.h2_upgrade or defaults.h2_upgrade,
+            max_connection_duration=p.max_connection_duration or defaults.max_connection_duration,
+            max_concurrent_streams=p.max_concurrent_streams or defaults.max_concurrent_streams,
+            h2_keepalive_interval=p.h2_keepalive_interval or defaults.h2_keepalive_interval,
+            h2_keepalive_timeout=p.h2_keepalive_timeout or defaults.h2_keepalive_timeout,
+            use_client_protocol=p.use_client_protocol or defaults.use_client_protocol,
         )
 
 
@@ -78,6 +90,8 @@ class Breaker:
         self.cx_connect_timeout = 0
         self.cx_max_requests = 0        # closed after max_requests_per_connection requests
         self.cx_idle_timeout = 0
+        self.cx_max_duration_reached = 0    # drained at max_connection_duration (counted then, as Envoy does)
+        self.h2_keepalive_timeout = 0       # closed: no ACK to an HTTP/2 keepalive PING in time
         self.rq_total = 0
         self.rq_pending_total = 0
         self.rq_pending_overflow = 0    # refused: pending queue full, or max_requests reached
@@ -109,12 +123,19 @@ class Breaker:
 
     def connection_closed(self, why: str = "") -> None:
         """A counted connection closed; `why` names an Envoy close counter (`max_requests`,
-        `idle_timeout`) when the pool closed it for that reason."""
+        `idle_timeout`, `keepalive_timeout`) when the pool closed it for that reason."""
         self.cx_active = max(0, self.cx_active - 1)
         if why == "max_requests":
             self.cx_max_requests += 1
         elif why == "idle_timeout":
             self.cx_idle_timeout += 1
+        elif why == "keepalive_timeout":
+            self.h2_keepalive_timeout += 1
+
+    def max_duration_reached(self) -> None:
+        """A connection reached max_connection_duration and is being drained (Envoy counts it then,
+        not when it closes after its last request)."""
+        self.cx_max_duration_reached += 1
 
     # --- requests ---------------------------------------------------------------------------------
 
@@ -177,6 +198,8 @@ class Breaker:
             "upstream_cx_connect_timeout": self.cx_connect_timeout,
             "upstream_cx_max_requests": self.cx_max_requests,
             "upstream_cx_idle_timeout": self.cx_idle_timeout,
+            "upstream_cx_max_duration_reached": self.cx_max_duration_reached,
+            "http2_keepalive_timeout": self.h2_keepalive_timeout,
             "upstream_rq_total": self.rq_total,
             "upstream_rq_pending_total": self.rq_pending_total,
             "upstream_rq_pending_overflow": self.rq_pending_overflow,
@@ -188,4 +211,6 @@ class Breaker:
         return {"max_connections": lim.max_connections, "max_pending_requests": lim.max_pending,
                 "max_requests": lim.max_requests, "max_requests_per_connection": lim.max_requests_per_connection,
                 "connect_timeout": lim.connect_timeout, "idle_timeout": lim.idle_timeout,
-                "h2_upgrade": lim.h2_upgrade}
+                "h2_upgrade": lim.h2_upgrade, "max_connection_duration": lim.max_connection_duration,
+                "max_concurrent_streams": lim.max_concurrent_streams, "use_client_protocol": lim.use_client_protocol,
+                "http2_keepalive": {"interval": lim.h2_keepalive_interval, "timeout": lim.h2_keepalive_timeout}}

@@ -7,8 +7,8 @@ import. Why: in-line ABI mode (`FFI().cdef(...)` at import) imports pycparser an
 in every process that uses the codec, ~3 MB of resident memory (docs/performance.md, round 7).
 
 The declarations copy the struct layouts of nghttp2.h 1.52 (Debian's libnghttp2-14) exactly for the
-structs whose fields we read (frame headers, HEADERS, RST_STREAM, SETTINGS, GOAWAY, WINDOW_UPDATE,
-nv, data provider). Byte pointers are declared `char *` where the header says `uint8_t *` (same ABI)
+structs whose fields we read (frame headers, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY,
+WINDOW_UPDATE, nv, data provider). Byte pointers are declared `char *` where the header says `uint8_t *` (same ABI)
 so that cffi hands them over as `bytes` without a conversion. Only what `connection.py` calls is
 declared.
 
@@ -106,6 +106,7 @@ int32_t nghttp2_submit_headers(nghttp2_session *, uint8_t, int32_t, const nghttp
 int nghttp2_submit_data(nghttp2_session *, uint8_t, int32_t, const nghttp2_data_provider *);
 int nghttp2_submit_trailer(nghttp2_session *, int32_t, const nghttp2_nv *, size_t);
 int nghttp2_submit_rst_stream(nghttp2_session *, uint8_t, int32_t, uint32_t);
+int nghttp2_submit_ping(nghttp2_session *, uint8_t, const char *);
 int nghttp2_submit_goaway(nghttp2_session *, uint8_t, int32_t, uint32_t, const char *, size_t);
 int nghttp2_session_terminate_session(nghttp2_session *, uint32_t);
 int nghttp2_session_set_local_window_size(nghttp2_session *, uint8_t, int32_t, int32_t);

@@ -309,6 +309,13 @@ class NgHttp2Connection:
         self._drop_out(stream_id)
         self._check(self._L.nghttp2_submit_rst_stream(self._s, 0, stream_id, int(error_code)), stream_id)
 
+    def ping(self, opaque_data: bytes) -> None:
+        """Send a PING with these 8 bytes (h2's `ping`); its ACK comes back as `PingAckReceived`."""
+        if len(opaque_data) != 8:
+            raise ValueError("a PING carries 8 bytes")
+        self._dirty = True
+        self._check(self._L.nghttp2_submit_ping(self._s, 0, opaque_data))
+
     def close_connection(self, error_code: int = 0, additional_data: bytes | None = None,
                          last_stream_id: int | None = None) -> None:
         self._terminated = True
@@ -437,6 +444,9 @@ class NgHttp2Connection:
                 st = frame.settings
                 ev.changed_settings = {st.iv[i].settings_id: st.iv[i].value for i in range(st.niv)}
             self._events.append(ev)
+        elif t == PING:
+            if hd.flags & FLAG_ACK:         # (a PING is answered by nghttp2 itself, unseen)
+                self._events.append(h2.events.PingAckReceived(ping_data=ffi.buffer(frame.ping.opaque_data)[:]))
         elif t == GOAWAY:
             self._goaway_recv = True
             g = frame.goaway

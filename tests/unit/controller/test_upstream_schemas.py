@@ -203,13 +203,17 @@ def test_refused_fields_stay_in_the_crds_so_the_api_server_does_not_prune_them()
     assert "not supported" in src["trustDomains"]["description"]
 
 
-def test_fields_added_for_upstream_that_the_data_plane_does_not_honour_draw_a_warning() -> None:
-    """http2KeepAlive is accepted; the waypoint sends no HTTP/2 PINGs upstream, so `ambit apply`
-    must warn (today through the connectionPool advisory of controller.waypoints.advisories)."""
+def test_http2_keepalive_is_honoured_and_a_timeout_without_interval_draws_a_warning() -> None:
+    """http2KeepAlive with an interval is applied by the waypoint (PINGs on h2 upstreams,
+    waypoint/traffic/lifetime.py): no warning. A timeout alone sends no PING (Envoy sends interval
+    PINGs only), so `ambit apply` says so, naming the field."""
     from controller.waypoints.advisories import advisories
-    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-          "metadata": {"name": "d", "namespace": "demo"},
-          "spec": {"host": "h", "trafficPolicy": {"connectionPool": {"http": {
-              "http2KeepAlive": {"interval": "30s", "timeout": "5s"}}}}}}
+
+    def dr(keepalive: Any) -> Any:
+        return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": "d", "namespace": "demo"},
+                "spec": {"host": "h", "trafficPolicy": {"connectionPool": {"http": {"http2KeepAlive": keepalive}}}}}
     field = "spec.trafficPolicy.connectionPool.http.http2KeepAlive"
-    assert any(field.startswith(a.path) and a.path for a in advisories([dr])), advisories([dr])
+    assert not [a for a in advisories([dr({"interval": "30s", "timeout": "5s"})]) if a.path.startswith(field)]
+    warned = [a for a in advisories([dr({"timeout": "5s"})]) if a.path.startswith(field)]
+    assert [a.path for a in warned] == [f"{field}.timeout"] and "no HTTP/2 PING is sent" in warned[0].reason

@@ -250,3 +250,18 @@ def test_what_the_codec_answers_by_itself_is_framed_after_each_receive() -> None
     assert [type(e).__name__ for e in evs] == ["PingAckReceived", "SettingsAcknowledged"]
     assert evs[0].ping_data == b"12345678"
     assert s.data_to_send() == b""
+
+
+@pytest.mark.parametrize("server", ["h2", "ng"])
+def test_a_ping_goes_out_and_its_ack_comes_back_as_h2_reports_it(server: str) -> None:
+    """The client's keepalive PING (waypoint/http/http2/client.py, http2KeepAlive): nghttp2 sends it
+    with its 8 bytes and reports the ACK as the `h2` library does (`PingAckReceived`)."""
+    c, s = connected(NgHttp2Connection(True), oracle(False) if server == "h2" else NgHttp2Connection(False))
+    c.ping(b"12345678")
+    got = pump(c, s)
+    if server == "h2":
+        assert [(type(e).__name__, e.ping_data) for e in got] == [("PingReceived", b"12345678")]
+    acks = pump(s, c)
+    assert [(type(e).__name__, e.ping_data) for e in acks] == [("PingAckReceived", b"12345678")]
+    with pytest.raises(ValueError):
+        c.ping(b"short")

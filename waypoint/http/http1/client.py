@@ -46,6 +46,7 @@ class H1Client(asyncio.Protocol):
         self.reused = False
         self.requests = 0
         self.idle_since = 0.0
+        self.drained = False          # past maxConnectionDuration: closed when its response ends (pool.py)
         self._req_done = False        # the whole request was written
         self._resp_bytes = 0
         self._headers: Headers = []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -14,6 +16,7 @@ from waypoint.http.exchange import BODY_NONE, BODY_STREAM, Exchange
 from waypoint.http.headers import MAX_INFORMATIONAL
 from waypoint.http.http2.connection import H2Base, Stream, decode_headers, encode_headers, unlink
 from waypoint.http.legs import Headers
+from waypoint.traffic.lifetime import PING, TIMEOUT, Keepalive
 
 if TYPE_CHECKING:
     from waypoint.http.pool import Pools
@@ -67,9 +70,16 @@ class H2Client(H2Base):
         self.key = key
         self.waiting: deque[Exchange] = deque()
         self.spoke_h2 = False           # the server sent its SETTINGS: it does speak h2
+        # the cluster's maxConcurrentStreams: streams at once, under the server's own limit
+        self.stream_cap = 1 << 31
+        self.keepalive: Keepalive | None = None     # the cluster's http2KeepAlive (`start_keepalive`)
+        self._ka_timer: asyncio.TimerHandle | None = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self._ka_timer is not None:
+            self._ka_timer.cancel()
+            self._ka_timer = None
         self.pools.forget(self)
         self._abort_all("connection termination")
 
@@ -98,7 +108,7 @@ class H2Client(H2Base):
         if self.lost or self.closing:
             return False
         n = len(self.streams) if self.spoke_h2 else len(self.streams) + len(self.waiting)
-        return n < self.h2.remote_settings.max_concurrent_streams
+        return n < self.h2.remote_settings.max_concurrent_streams and n < self.stream_cap
 
     def can_open(self) -> bool:
         """May a stream be opened now: within the server's limit, and, until its SETTINGS came,
@@ -210,6 +220,9 @@ class H2Client(H2Base):
                     st.ex.upstream_reset("UR", REFUSED, retryable=True)
             self._elsewhere()
             self.maybe_done()
+        elif isinstance(ev, h2.events.PingAckReceived):
+            if self.keepalive is not None:
+                self._ka_arm(self.keepalive.acked(self.loop.time()))
         elif isinstance(ev, h2.events.InformationalResponseReceived):     # (rare: last in the chain)
             st = self.streams.get(ev.stream_id)
             if st is not None:
@@ -264,6 +277,38 @@ class H2Client(H2Base):
         connection that `maxRequestsPerConnection` had spent failed when the connection closed."""
         waiting, self.waiting = list(self.waiting), deque()
         self.pools.requeue(self, waiting, fresh=True)
+
+    # --- keepalive (http2KeepAlive; the schedule is waypoint/traffic/lifetime.py) ----------------
+
+    def start_keepalive(self, ka: Keepalive) -> None:
+        """PING the server on `ka`'s schedule; a PING left unanswered closes the connection."""
+        self.keepalive = ka
+        self._ka_arm(ka.next_at)
+
+    def _ka_arm(self, when: float) -> None:
+        if self._ka_timer is not None:
+            self._ka_timer.cancel()
+        self._ka_timer = None if self.lost else self.loop.call_at(when, self._ka_tick)
+
+    def _ka_tick(self) -> None:
+        self._ka_timer = None
+        ka = self.keepalive
+        if ka is None or self.lost or self.transport is None:
+            return
+        what, when = ka.poll(self.loop.time(), self.last)
+        if what == PING:
+            try:
+                self.h2.ping(os.urandom(8))
+            except h2.exceptions.H2Error:
+                return          # the codec is closing: nothing more to keep alive
+            self.flush()
+        elif what == TIMEOUT:
+            log.info("upstream %s: no answer to an HTTP/2 keepalive PING within %gs, connection closed",
+                     self.key, ka.timeout)
+            self.pools.keepalive_timeout(self)
+            self.transport.abort()      # (its streams end "connection termination": connection_lost)
+            return
+        self._ka_arm(when)
 
     def check(self, now: float) -> None:
         if not self.streams and not self.waiting and now - self.last > self.settings.upstream_idle_timeout:
