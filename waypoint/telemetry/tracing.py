@@ -4,7 +4,8 @@ Pure functions; the SDK edge (span objects, exporters) is waypoint/telemetry/tra
 
 As Envoy (the HTTP connection manager with an OpenTelemetry or Zipkin tracer):
 - a parent context that carries a sampling decision (traceparent flags, `x-b3-sampled`, the B3
-  single header's third field) is honoured; `x-envoy-force-trace` forces a trace; otherwise the
+  single header's third field) is honoured, and so is a B3 decision sent without ids (`b3: 0`,
+  `b3: 1`/`d`, `x-b3-sampled`, `x-b3-flags: 1`); `x-envoy-force-trace` forces a trace; otherwise the
   request is traced with probability `sampling_percent` / 100 (random_sampling);
 - the server span is named after the route's decorator operation, which Istio sets to
   `<service FQDN>:<port>/*`; each upstream try gets its own client span `router <cluster> egress`
@@ -34,11 +35,17 @@ _HEX = re.compile(r"[0-9a-fA-F]+").fullmatch
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """A trace context from the wire: ids as ints, `sampled` None when the sender left it open."""
+    """A trace context from the wire: ids as ints, `sampled` None when the sender left it open.
+    Ids 0 are a bare B3 sampling decision (`b3: 0|1|d`, or `x-b3-sampled`/`x-b3-flags` without
+    `x-b3-traceid`/`x-b3-spanid`): a decision to obey, but no span to be a child of."""
 
     trace_id: int
     span_id: int
     sampled: bool | None = None
+
+    @property
+    def has_ids(self) -> bool:
+        return self.trace_id != 0
 
 
 def _hex(s: str, lengths: tuple[int, ...]) -> int | None:
@@ -74,8 +81,8 @@ def _b3_sampled(v: str | None) -> bool | None:
 
 def parse_b3_single(v: str) -> Context | None:
     """`b3: {traceid}-{spanid}[-{sampled}[-{parentspanid}]]`; a lone `0`/`1`/`d` is a decision
-    without ids, which we read as no context (the caller samples). Anything else malformed is no
-    context either, as Envoy's B3 extractor refuses it: a sampling state other than `0`, `1`, `d`
+    without ids (`extract` reads it). Anything malformed is no context, as Envoy's B3 extractor
+    refuses it: a sampling state other than `0`, `1`, `d`
     (read as "not sampled", it would silently drop the trace here and at every hop after), a
     parent span id that is not 16 hex digits, or more fields."""
     parts = v.strip().split("-")
@@ -93,7 +100,8 @@ def parse_b3_single(v: str) -> Context | None:
 
 def extract(headers: Iterable[tuple[str, str]]) -> tuple[Context | None, bool]:
     """The incoming parent (traceparent first, then B3 single, then B3 multi) and whether
-    `x-envoy-force-trace` or `x-client-trace-id` is set."""
+    `x-envoy-force-trace` or `x-client-trace-id` is set. A B3 sampling decision sent without ids
+    is a Context without ids (`has_ids` False): `sample` obeys it, and there is no parent span."""
     tp = b3 = tid = sid = smp = flags = None
     force = False
     for k, v in headers:
@@ -117,10 +125,18 @@ def extract(headers: Iterable[tuple[str, str]]) -> tuple[Context | None, bool]:
     ctx = parse_traceparent(tp) if tp is not None else None
     if ctx is None and b3 is not None:
         ctx = parse_b3_single(b3)
-    if ctx is None and tid is not None and sid is not None:
-        t, s = _hex(tid, (16, 32)), _hex(sid, (16,))
+        if ctx is None and b3.strip() in _B3_STATES:
+            # a bare decision (B3: "deny" 0, "accept" 1, "debug" d): Envoy's Zipkin extractor obeys
+            # it and, the `b3` header being present, reads no `x-b3-*` for ids or decision
+            return Context(0, 0, b3.strip() != "0"), force
+    if ctx is None:
+        decision = True if flags == "1" else _b3_sampled(smp)      # B3: debug implies accept
+        t = _hex(tid, (16, 32)) if tid is not None else None
+        s = _hex(sid, (16,)) if sid is not None else None
         if t is not None and s is not None:
-            ctx = Context(t, s, True if flags == "1" else _b3_sampled(smp))
+            ctx = Context(t, s, decision)
+        elif decision is not None:
+            ctx = Context(0, 0, decision)      # `x-b3-sampled`/`x-b3-flags` alone: Envoy obeys it
     return ctx, force
 
 

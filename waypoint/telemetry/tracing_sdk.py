@@ -163,11 +163,19 @@ class Tracing:
         parent, force = tr.extract(head.headers)
         rid = next((v for k, v in head.headers if k == "x-request-id"), "") if cfg.use_request_id else ""
         if not tr.sample(parent, force, cfg.sampling_percent, self.rng, rid):
-            if parent is not None and parent.sampled is not False:
-                head.headers = tr.inject(head.headers, parent.trace_id, parent.span_id, False)
-            elif parent is None:
+            if parent is None:
                 _ensure_context(head, self.rng)
+            elif not parent.has_ids:
+                # a bare "deny" (`b3: 0`, `x-b3-sampled: 0`): as Envoy's Zipkin tracer, an unsampled
+                # root of our own, sent on in every format, so the next hop does not sample either
+                # whichever format it reads (a W3C-only app would otherwise see no decision at all)
+                head.headers = tr.inject(head.headers, self.rng.getrandbits(128) or 1,
+                                         self.rng.getrandbits(64) or 1, False)
+            elif parent.sampled is not False:
+                head.headers = tr.inject(head.headers, parent.trace_id, parent.span_id, False)
             return None
+        if parent is not None and not parent.has_ids:
+            parent = None       # a bare "accept"/"debug": a new trace, whose root is our server span
         return RequestTrace(self, pipe, cfg, head, down, rec, parent)
 
     def shutdown(self) -> None:

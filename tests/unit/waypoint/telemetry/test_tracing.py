@@ -53,6 +53,25 @@ def test_b3_single_and_multi() -> None:
     assert ctx is not None and ctx.sampled is True      # debug implies sampled
 
 
+@pytest.mark.parametrize(("headers", "decision"), [
+    ([("b3", "0")], False), ([("b3", "1")], True), ([("b3", "d")], True),
+    ([("x-b3-sampled", "0")], False), ([("x-b3-sampled", "1")], True), ([("x-b3-flags", "1")], True),
+    ([("b3", "0"), ("x-b3-sampled", "1")], False),     # `b3` present: Envoy reads no `x-b3-*`
+    ([("x-b3-sampled", "1"), ("x-b3-spanid", "00f067aa0ba902b7")], True),     # no trace id: no ids
+])
+def test_a_b3_sampling_decision_without_ids_is_obeyed(headers: list[tuple[str, str]], decision: bool) -> None:
+    """B3's "deny" (`b3: 0`, `x-b3-sampled: 0`) and "accept"/"debug" (`b3: 1`/`d`,
+    `x-b3-sampled: 1`, `x-b3-flags: 1`) sent without ids are decisions, as Envoy's Zipkin
+    extractor reads them: they were no context, so the percentage decided instead."""
+    ctx, _ = tr.extract(headers)
+    assert ctx is not None and not ctx.has_ids and ctx.sampled is decision
+    rng = random.Random(1)
+    assert all(tr.sample(ctx, False, 0.0 if decision else 100.0, rng) is decision for _ in range(100))
+    # a valid traceparent still comes first
+    ctx, _ = tr.extract([("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), *headers])
+    assert ctx == tr.Context(TID, SID, True)
+
+
 @pytest.mark.parametrize("bad", ["4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-banana",
                                  "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-true",
                                  "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-",

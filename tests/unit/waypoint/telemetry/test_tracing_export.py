@@ -171,6 +171,30 @@ def test_not_sampled_means_no_span_and_an_unsampled_context(receiver: Receiver, 
     assert {s.trace_id for s in spans} == {TRACE}       # only the sampled request made spans
 
 
+def test_a_b3_decision_without_ids_is_obeyed_and_passed_on(receiver: Receiver, origin: Origin) -> None:
+    """`b3: 0` / `x-b3-sampled: 0` without ids: not traced at 100 %, and the origin gets an
+    unsampled context in every format (its tracer would otherwise start a trace); `b3: 1`/`d` /
+    `x-b3-flags: 1` without ids: traced at 0 %, a new trace whose root is the server span."""
+    p = Proxy(by_header({"default": origin.port}))
+    try:
+        traced(p, TracingConfig((grpc_provider(receiver),), 100.0))
+        for deny in ({"b3": "0"}, {"x-b3-sampled": "0"}):
+            sent = dict(get(p.port, "/", deny)[1]["headers"])
+            assert sent["traceparent"].endswith("-00") and sent["x-b3-sampled"] == "0"
+            assert sent["b3"].endswith("-0") and int(sent["x-b3-traceid"], 16) != 0
+        traced(p, TracingConfig((grpc_provider(receiver),), 0.0))
+        accepted = []
+        for accept in ({"b3": "1"}, {"b3": "d"}, {"x-b3-flags": "1"}):
+            sent = dict(get(p.port, "/", accept)[1]["headers"])
+            assert sent["traceparent"].endswith("-01") and sent["x-b3-sampled"] == "1"
+            accepted.append(sent["x-b3-traceid"])
+        spans = receiver.wait(lambda s: len(s) >= 6)
+    finally:
+        p.close()
+    assert len(spans) == 6 and {s.trace_id for s in spans} == set(accepted)   # none for a "deny"
+    assert all(s.parent_id in ("", "0" * 16) for s in spans if s.kind == "SERVER")
+
+
 def test_disable_span_reporting_reports_nothing_and_propagates(receiver: Receiver, origin: Origin) -> None:
     p = Proxy(by_header({"default": origin.port}))
     try:
