@@ -251,11 +251,15 @@ def server_end_attributes(status: int, flags: str, request_size: int, response_s
     return a
 
 
-def client_end_attributes(status: int, protocol: str, cluster: str, upstream: str, outcome: str) -> dict[str, str]:
+def client_end_attributes(status: int, protocol: str, cluster: str, upstream: str, outcome: str,
+                          retry: int = 0) -> dict[str, str]:
     """Tags of one try's span (Envoy's finalizeUpstreamSpan); `outcome` names a try that got no
-    response (connect failure, reset, timeout)."""
+    response (connect failure, reset, timeout); `retry` numbers a retry (1 for the second try),
+    Envoy's router's `retry.count` tag, which the first try does not carry."""
     a = {"component": "proxy", "http.protocol": protocol, "upstream_address": upstream,
          "upstream_cluster": cluster or "-", "upstream_cluster.name": cluster or "-"}
+    if retry:
+        a["retry.count"] = str(retry)
     if status:
         a["http.status_code"] = str(status)
     if outcome:

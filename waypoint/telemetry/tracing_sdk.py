@@ -198,7 +198,8 @@ class RequestTrace:
     """
 
     __slots__ = ("pipe", "rng", "trace_id", "span_id", "context", "parent", "name", "start_ns", "attrs",
-                 "cluster", "client_id", "client_start", "client_status", "client_outcome", "target", "down")
+                 "cluster", "client_id", "client_start", "client_status", "client_outcome", "target", "down",
+                 "tries")
 
     def __init__(self, tracing: Tracing, pipe: Pipeline, cfg: TracingConfig, head: RequestHead,
                  down: Downstream, rec: RequestRecord, parent: tr.Context | None) -> None:
@@ -230,6 +231,7 @@ class RequestTrace:
         self.client_status = 0
         self.client_outcome = ""
         self.target: UpstreamTarget | None = None
+        self.tries = 0                  # client spans begun: Envoy's attempt count
 
     def routed(self, hostname: str, port: int) -> None:
         """The route chose the Service `hostname` on `port` (Forward.hostname, .port): the span
@@ -246,6 +248,7 @@ class RequestTrace:
         """A new try: its client span, whose context replaces the trace headers going upstream."""
         self.try_end()
         self.target = target
+        self.tries += 1
         self.client_id = cid = self.rng.getrandbits(64) or 1
         self.client_start = time.time_ns()
         up_head.headers = tr.inject(up_head.headers, self.trace_id, cid, True, self.span_id)
@@ -261,7 +264,7 @@ class RequestTrace:
             return
         t = self.target
         attrs = tr.client_end_attributes(self.client_status, t.protocol if t else "", self.cluster,
-                                         t.address if t else "", self.client_outcome)
+                                         t.address if t else "", self.client_outcome, self.tries - 1)
         failed = self.client_status == 0 or self.client_status >= 500
         self.pipe.emit(ReadableSpan(
             tr.client_span_name(self.cluster), SpanContext(self.trace_id, cid, is_remote=False, trace_flags=SAMPLED),

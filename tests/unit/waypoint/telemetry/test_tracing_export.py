@@ -104,6 +104,9 @@ def test_b3_parent_is_honoured(receiver: Receiver, origin: Origin) -> None:
 
 
 def test_each_try_gets_its_own_client_span(receiver: Receiver) -> None:
+    """Istio's waypoints and gateways are router proxies, for which istiod sets the HCM's
+    `spawn_upstream_span` (PILOT_SPAWN_UPSTREAM_SPAN_FOR_GATEWAY, on by default since 1.28, no
+    longer a flag since 1.31): one server span per request and one client span per try."""
     dead = free_port()      # nothing listens: connect failures, retried twice (Istio's default policy)
     p = Proxy(by_header({"default": dead}))
     try:
@@ -117,6 +120,9 @@ def test_each_try_gets_its_own_client_span(receiver: Receiver) -> None:
     tries = [s for s in spans if s.kind == "CLIENT"]
     assert len(tries) == 3 and all(c.parent_id == server.span_id for c in tries)
     assert len({c.span_id for c in tries}) == 3
+    # Envoy's router tags each retry's span with its number (`retry.count`), not the first try's
+    tries.sort(key=lambda c: c.start_us)
+    assert [c.attributes.get("retry.count") for c in tries] == [None, "1", "2"]
     assert all(c.attributes["error"] == "true" and c.attributes["error.reason"] == "connect_failure" for c in tries)
     assert server.attributes["http.status_code"] == "503" and "URX" in server.attributes["response_flags"]
     assert server.error and all(c.error for c in tries)          # the spans' status, not just a tag
