@@ -104,7 +104,7 @@ class Exchange:
         self.done = False
         self.upgraded = False
         self.keep_alive = True          # the client wants the connection kept (HTTP/1)
-        self.reset_code: int | None = None  # an HTTP/2 RST_STREAM code to pass on to the other leg
+        self.reset_code: int | None = None  # the last RST_STREAM code: a client's goes upstream
         self._attempt = 0               # 0: no attempt open; 1: open, outcome unknown; 2: outcome reported
         self.retry_policy: retries.RetryPolicy | None = None   # None: no retries for this request
         self.replay: list[bytes] | None = None  # the request body as received, for a retry

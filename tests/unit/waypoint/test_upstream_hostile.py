@@ -426,3 +426,49 @@ def test_a_refused_stream_is_ur_and_a_terminated_connection_uc(
         assert out.startswith(b"HTTP/1.1 503 ") and out.endswith(b"reset reason: " + reason.encode()), out
         rec = p.find(lambda r: r.path == "/x")[0]
         assert (rec.status, rec.response_flags, rec.detail) == (503, flags, reason)
+
+
+@pytest.mark.parametrize("code", [8, 11, 1])      # CANCEL, ENHANCE_YOUR_CALM, PROTOCOL_ERROR
+@pytest.mark.parametrize("codec", CODECS)
+def test_an_upstream_reset_after_the_response_began_resets_the_client_internal_error(codec: str, code: int) -> None:
+    """The upstream resets a stream whose response has begun and reached the client (a gRPC
+    server cancelling a call mid-stream): the client's stream is reset INTERNAL_ERROR, whatever
+    code the upstream used, as Envoy does: its router resets the downstream stream as a local
+    reset, the two legs' codes belonging to different transports (envoyproxy/envoy#42750), and its
+    HTTP/2 codec sends that as INTERNAL_ERROR (#42269; NO_ERROR before, which told clients the
+    stream had ended well). The waypoint passed the upstream's code on: CANCEL made a gRPC
+    client report CANCELLED, for a call it never cancelled."""
+    open_calls: list[tuple[_ScriptedH2, int]] = []
+
+    def answer(conn: _ScriptedH2, sid: int, path: str) -> None:
+        if path == "/svc/Method":           # the response begins, and stays open
+            conn.c.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc")])
+            conn.c.send_data(sid, b"\x00\x00\x00\x00\x02hi")
+            open_calls.append((conn, sid))
+        else:                               # "/reset": the client has the head; reset the call now
+            other, osid = open_calls.pop()
+            other.c.reset_stream(osid, code)
+            other.flush()
+            conn.respond(sid, b"ok")
+
+    with h2_setup(codec, answer) as (_o, p):
+        client = LazyH2Client(p.port)
+        try:
+            sid = client.get("/svc/Method")
+            status, body, codes = "", b"", []
+            while not body:
+                for ev in client.c.receive_data(client.s.recv(65536)):
+                    if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
+                        status = dict(ev.headers)[":status"]
+                    elif isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
+                        body += ev.data
+            client.get("/reset")
+            while not codes:
+                for ev in client.c.receive_data(client.s.recv(65536)):
+                    if isinstance(ev, h2.events.StreamReset) and ev.stream_id == sid:
+                        codes.append(ev.error_code)
+            assert status == "200" and codes == [2]             # INTERNAL_ERROR
+            rec = p.find(lambda r: r.path == "/svc/Method")[0]
+            assert rec.response_flags == "UR"
+        finally:
+            client.close()

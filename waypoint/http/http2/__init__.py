@@ -13,7 +13,9 @@ Flow control is where an HTTP/2 proxy goes wrong, so, on both sides:
   exchange pauses the sending side's source.
 So memory per stream is bounded by one window plus `buffer_bytes`, whatever the peers do.
 
-Trailers (gRPC's `grpc-status`) pass both ways; RST_STREAM passes both ways with its error code;
+Trailers (gRPC's `grpc-status`) pass both ways; a client's RST_STREAM passes upstream with its error
+code, an upstream's reset of a response that began resets the client's stream INTERNAL_ERROR (as
+Envoy: the legs' codes are different transports', `DownStream.send_reset`);
 `shutdown()` sends GOAWAY naming the last stream served, refuses newer streams (REFUSED_STREAM, which
 clients retry elsewhere) and lets the open ones finish.
 """

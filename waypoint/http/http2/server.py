@@ -53,7 +53,13 @@ class DownStream(Stream):
         pass
 
     def send_reset(self) -> None:
-        self.reset(getattr(self.ex, "reset_code", None) or ErrorCodes.INTERNAL_ERROR)
+        """A response that began cannot be finished (the upstream reset or closed, a timeout):
+        INTERNAL_ERROR, as Envoy resets the downstream stream (a local reset, which its HTTP/2
+        codec sends as INTERNAL_ERROR since envoyproxy/envoy#42269). Never the upstream's own
+        RST_STREAM code: the legs are different transports (Envoy stopped passing it on in #42750),
+        and a gRPC client reads CANCEL as CANCELLED, REFUSED_STREAM as "not processed, send it
+        again", ENHANCE_YOUR_CALM as "you sent too much", none of which it did."""
+        self.reset(ErrorCodes.INTERNAL_ERROR)
 
     def retract_head(self) -> bool:
         """An HTTP/2 head cannot be taken back once submitted (the codec has HPACK-encoded it, or
