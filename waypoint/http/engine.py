@@ -41,7 +41,7 @@ from waypoint.http.plug import Attachable
 from waypoint.http.pool import Pools
 from waypoint.http.record import RecordSink, discard
 from waypoint.http.settings import HttpSettings
-from waypoint.request import Decision, Downstream, Forward, RequestHead
+from waypoint.request import Decision, Downstream, RequestHead
 from waypoint.resilience.mirror import MirrorGate
 
 if TYPE_CHECKING:

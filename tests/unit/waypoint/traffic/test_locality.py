@@ -18,7 +18,15 @@ from tests.unit.waypoint.test_wiring import FRONTEND, SVC, V1, V2, V2B, proxy
 from tests.unit.waypoint.traffic.test_cluster import Clock, fail
 from waypoint.request import Forward, RequestHead
 from waypoint.traffic.cluster import Cluster, ClusterKey
-from waypoint.traffic.locality import Plan, Setting, label_priority, matches, pick_hosts, plan, retry_priorities
+from waypoint.traffic.locality import (
+    Plan,
+    Setting,
+    label_priority,
+    matches,
+    pick_hosts,
+    plan,
+    retry_priorities,
+)
 
 OWN = "us-east/us-east-1a/rack1"
 # two endpoints per locality: same subzone, same zone, same region, another region
