@@ -137,7 +137,9 @@ class Cluster:
         tried, for retries; ignored when nothing else is left), then by the cluster's balancer.
         `tried`: for a retry of a route with `retryRemoteLocalities`, the addresses of its tries so
         far, in order: the priority is drawn without the ones they went to (locality.py
-        `retry_priorities`). None when every endpoint is ejected (503 UH, as Envoy)."""
+        `retry_priorities`), except under consistent hashing, whose Envoy balancers (ring hash,
+        Maglev) draw the priority without consulting the retry priority. None when every endpoint
+        is ejected (503 UH, as Envoy)."""
         if not hosts:
             return None
         now = self.clock()
@@ -151,8 +153,8 @@ class Cluster:
 
                 def ok(h: str) -> bool:
                     return not ejected(h)
-                usable = pick_hosts(self.plan, ok, self.rng.random, self.outlier.cfg.min_health_percent,
-                                    self._panicked, retry_priorities(self.plan, tried, ok) if tried else NONE)
+                usable = pick_hosts(self.plan, ok, self.rng.random, self.outlier.cfg.min_health_percent, self._panicked,
+                                    retry_priorities(self.plan, tried, ok) if tried and self.hasher is None else NONE)
             elif self.outlier.panic(list(hosts)):
                 self.panics += 1
             else:

@@ -214,6 +214,19 @@ def test_the_cluster_fails_over_when_its_local_endpoints_are_ejected() -> None:
     assert {plain.choose(hosts, places=pl) for _ in range(20)} == set(hosts)
 
 
+def test_the_cluster_draws_a_retry_without_the_priorities_tried_unless_it_hashes() -> None:
+    hosts = ["a1", "a2", "d1", "d2"]
+    pl = places(hosts)
+    policy = TrafficPolicy(outlier_detection=True, lb="ROUND_ROBIN")
+    c = Cluster(ClusterKey("demo/web", 80), policy, Clock(), random.Random(1), "web", (OWN, {}))
+    assert {c.choose(hosts, places=pl, tried=("a1",)) for _ in range(10)} == {"a1", "a2"}
+    assert {c.choose(hosts, places=pl, tried=("a1", "a2")) for _ in range(10)} == {"d1", "d2"}
+    # consistent hashing: Envoy's ring hash and Maglev balancers never consult the retry priority
+    hashed = dataclasses.replace(policy, lb="CONSISTENT_HASH", hash_header="x-user")
+    h = Cluster(ClusterKey("demo/web", 80), hashed, Clock(), random.Random(1), "web", (OWN, {}))
+    assert {h.choose(hosts, places=pl, tried=("a1", "a2")) for _ in range(10)} <= {"a1", "a2"}
+
+
 def test_the_waypoint_prefers_endpoints_in_its_own_zone_from_its_own_workload() -> None:
     zone = {"uid-v1": "r1/z1/", "uid-v2": "r1/z2/", "uid-v2b": "r1/z2/"}
     me = Workload(uid="uid-wp", name="waypoint-0", namespace="default", ips=["10.0.3.1"], node="node2",
