@@ -500,6 +500,10 @@ class Retry:
     codes: list[int] = field(default_factory=list)
     backoff: float = 0.0
     ignore_previous_hosts: bool = True  # retryIgnorePreviousHosts (Istio's default: true)
+    # retryRemoteLocalities: retries move off the locality priorities already tried (Envoy's
+    # previous_priorities, update_frequency 2). False: as before; a waypoint older than this field
+    # NACKs a route setting it and keeps its last good routes.
+    remote_localities: bool = False
 
 
 @dataclass

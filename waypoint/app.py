@@ -376,7 +376,10 @@ class WaypointProxy:
         return route(port.table, head, dataclasses.replace(down, hostname=host), self.rng, self)
 
     def upstream(self, fwd: Forward, head: RequestHead, down: Downstream,
-                 exclude: frozenset[str] = frozenset()) -> UpstreamTarget | None:
+                 exclude: frozenset[str] = frozenset(), tried: Sequence[str] = ()) -> UpstreamTarget | None:
+        """The endpoint for a try of `fwd` (None: 503 UH). `exclude`: addresses a retry should
+        avoid (retryIgnorePreviousHosts); `tried`: the request's tries so far, only for a route
+        with `retryRemoteLocalities` (`Cluster.choose`)."""
         if not fwd.service:     # addressed to a workload: on to it
             pick = endpoints.pick_workload(down.destination_ip, down.destination_port, self.config.view.by_ip)
             return self._target(pick, down.source_ip) if pick is not None else None
@@ -384,9 +387,9 @@ class WaypointProxy:
         key = cluster.hash_key(head, down)
         renew: tuple[tuple[str, str], ...] = ()
         if fwd.policy is not None and fwd.policy.session is not None:  # the one check without a session
-            pick, renew = self._session_pick(fwd, head, down, cluster, key, exclude)
+            pick, renew = self._session_pick(fwd, head, down, cluster, key, exclude, tried)
         else:
-            pick = self._pick(fwd, cluster, exclude, key, down)
+            pick = self._pick(fwd, cluster, exclude, key, down, tried)
         if pick is None:
             return None
         cookie = (("set-cookie", key.set_cookie),) if key is not None and key.set_cookie else ()
@@ -400,7 +403,7 @@ class WaypointProxy:
         return self._target(pick, down.source_ip, cluster, cookie, name)
 
     def _session_pick(self, fwd: Forward, head: RequestHead, down: Downstream, cluster: Cluster,
-                      key: HashKey | None, exclude: frozenset[str],
+                      key: HashKey | None, exclude: frozenset[str], tried: Sequence[str] = (),
                       ) -> tuple[endpoints.Pick | None, tuple[tuple[str, str], ...]]:
         """sessionPersistence (waypoint/traffic/session.py): the endpoint the request's session
         names while a session may still use it (a ready endpoint of the forward's cluster, not
@@ -415,7 +418,7 @@ class WaypointProxy:
             cached = self._candidates(v, svc, fwd.port, fwd.hostname or svc.hostname, fwd.subset) if svc else None
             if cached is not None and session.keeps(pinned, cached[1], exclude, cluster.ejected):
                 return cached[0][cached[1].index(pinned)], ()
-        pick = self._pick(fwd, cluster, exclude, key, down)
+        pick = self._pick(fwd, cluster, exclude, key, down, tried)
         if pick is None or pick.address == pinned:
             return pick, ()
         return pick, (sp.response_header(pick.address, now),)
@@ -485,7 +488,8 @@ class WaypointProxy:
         return self.clusters.get(service, port, subset, hostname)
 
     def _pick(self, fwd: Forward, cluster: Cluster, exclude: frozenset[str] = frozenset(),
-              key: HashKey | None = None, down: Downstream | None = None) -> endpoints.Pick | None:
+              key: HashKey | None = None, down: Downstream | None = None,
+              tried: Sequence[str] = ()) -> endpoints.Pick | None:
         """The endpoint of the forward's Service port (and subset) the cluster chooses among the
         ready ones (waypoint/traffic/cluster.py `Cluster.choose`), or None (503 UH)."""
         v = self.config.view
@@ -501,7 +505,7 @@ class WaypointProxy:
             cached = self._candidates(v, svc, fwd.port, fwd.hostname or svc.hostname, fwd.subset)
             if cached is None:
                 return None
-        return self._choose(cached[0], cluster, exclude, key, cached[1], cached[2])
+        return self._choose(cached[0], cluster, exclude, key, cached[1], cached[2], tried)
 
     @staticmethod
     def _candidates(v: View, svc: Service, port: int, hostname: str,
@@ -522,9 +526,9 @@ class WaypointProxy:
     @staticmethod
     def _choose(cands: Sequence[endpoints.Pick], cluster: Cluster, exclude: frozenset[str] = frozenset(),
                 key: HashKey | None = None, addresses: Sequence[str] | None = None,
-                places: Sequence[Place] | None = None) -> endpoints.Pick | None:
+                places: Sequence[Place] | None = None, tried: Sequence[str] = ()) -> endpoints.Pick | None:
         hosts = addresses if addresses is not None else [p.address for p in cands]
-        address = cluster.choose(hosts, exclude, key, places)
+        address = cluster.choose(hosts, exclude, key, places, tried)
         if address is None:
             return None
         try:

@@ -209,7 +209,8 @@ def vs_http_route(h: Obj, hosts: Hosts, ns: str, source: str,
         route.retries = Retry(attempts=int(r.get("attempts") or 0), per_try_timeout=_seconds(r.get("perTryTimeout")),
                               retry_on=[x.strip() for x in (r.get("retryOn") or "").split(",") if x.strip()],
                               backoff=_seconds(r.get("backoff")),
-                              ignore_previous_hosts=r.get("retryIgnorePreviousHosts", True) is not False)
+                              ignore_previous_hosts=r.get("retryIgnorePreviousHosts", True) is not False,
+                              remote_localities=r.get("retryRemoteLocalities") is True)
     if h.get("fault"):
         f, route.fault = h["fault"], Fault()
         if f.get("delay"):

@@ -567,10 +567,6 @@ def _vs_fields(o: Obj, hosts: Any = None) -> list[Advisory]:
     for i, h in enumerate(spec.get("http") or []):
         out += _fault_fields(ref, h.get("fault"), f"spec.http[{i}].fault")
         out += _retry_on_fields(ref, h.get("retries"), f"spec.http[{i}].retries") + _stat_prefixes(ref, h, i)
-        if (h.get("retries") or {}).get("retryRemoteLocalities"):
-            out.append(Advisory(ref, f"spec.http[{i}].retries.retryRemoteLocalities", "accepted, not applied: a "
-                                "retry draws the locality priority again as the first attempt did (Envoy without "
-                                "previous_priorities), so it moves to another locality only when its own is unhealthy", NOT_ENFORCED))
         mirrors = ([h["mirror"]] if h.get("mirror") else []) + [m.get("destination") or {} for m in h.get("mirrors") or []]
         for j, m in enumerate(mirrors):
             fq = hosts.fqdn(m.get("host", ""), ns_of(o)) if hosts is not None else ""

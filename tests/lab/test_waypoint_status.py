@@ -37,6 +37,7 @@ def test_policy_condition_route_warning_and_waypoint_programmed(lab: Lab) -> Non
                   "rules": [{"to": [{"operation": {"methods": ["GET"], "paths": ["/api/*"]}}]}]}},
         {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "web", "namespace": NS},
          "spec": {"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web"}}],
+                                                  "match": [{"uri": {"prefix": "/"}, "statPrefix": "web"}],
                                                   "retries": {"attempts": 2, "retryRemoteLocalities": True},
                                                   "corsPolicy": {"allowOrigins": [{"exact": "https://a.example"}]}}]}},
     ]
@@ -47,10 +48,10 @@ def test_policy_condition_route_warning_and_waypoint_programmed(lab: Lab) -> Non
                 "enforce HTTP attributes and fails closed") in p.stderr
         assert (f"Warning: VirtualService/{NS}/web: no waypoint serves this host: accepted, but not enforced until a "
                 f"waypoint serves web.{NS}.svc.cluster.local") in p.stderr
-        assert (f"Warning: VirtualService/{NS}/web: spec.http[0].retries.retryRemoteLocalities: accepted, "
+        assert (f"Warning: VirtualService/{NS}/web: spec.http[0].match[0].statPrefix: accepted, "
                 "not applied") in p.stderr
         # retries and CORS are applied: no warning
-        assert "spec.http[0].retries:" not in p.stderr and "corsPolicy" not in p.stderr
+        assert "spec.http[0].retries" not in p.stderr and "corsPolicy" not in p.stderr
 
         # the running controller writes the policy's condition into the store
         c = wait_for(lambda: _cond(lab, "authorizationpolicy", "get-only", "ZtunnelAccepted"), timeout=10,
@@ -73,7 +74,7 @@ def test_policy_condition_route_warning_and_waypoint_programmed(lab: Lab) -> Non
 
         # now a waypoint serves the host: the route applies without the "no waypoint" warning
         p = lab.ambit("apply", "-f", "-", input=yaml.safe_dump(objs[3]))
-        assert "no waypoint serves" not in p.stderr and "spec.http[0].retries.retryRemoteLocalities" in p.stderr
+        assert "no waypoint serves" not in p.stderr and "spec.http[0].match[0].statPrefix" in p.stderr
     finally:
         lab.ambit("waypoint", "delete", "-n", NS, "--all", check=False)
         lab.ambit("delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all(objs[1:]), check=False)

@@ -6,8 +6,9 @@
 
 Injected, so the engine knows no routing, no policy and no HBONE:
 - `decide(head, downstream) -> Forward | LocalReply`: the sans-IO cores (routing, authorization);
-- `upstream(forward, head, downstream, exclude) -> UpstreamTarget | None`: which endpoint (load
-  balancing; `exclude` names addresses already tried, for retries), which protocol (`http1` | `h2`),
+- `upstream(forward, head, downstream, exclude[, tried]) -> UpstreamTarget | None`: which endpoint
+  (load balancing; `exclude` names addresses already tried, for retries; `tried`, passed only for a
+  route with `retryRemoteLocalities`, the request's tries so far), which protocol (`http1` | `h2`),
   how to connect to it, and its cluster (which attempts are reported to); None means no endpoint
   (503 UH);
 - `opaque(downstream) -> Attachable | None` (async): where a non-HTTP tunnel goes;
@@ -40,7 +41,7 @@ from waypoint.http.plug import Attachable
 from waypoint.http.pool import Pools
 from waypoint.http.record import RecordSink, discard
 from waypoint.http.settings import HttpSettings
-from waypoint.request import Decision, Downstream, Forward, RequestHead
+from waypoint.request import Decision, Downstream, RequestHead
 from waypoint.resilience.mirror import MirrorGate
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class UpstreamTarget:
 
 
 Decide = Callable[[RequestHead, Downstream], Decision]
-ChooseUpstream = Callable[[Forward, RequestHead, Downstream, frozenset[str]], "UpstreamTarget | None"]
+ChooseUpstream = Callable[..., "UpstreamTarget | None"]     # (forward, head, downstream, exclude[, tried])
 OpenOpaque = Callable[[Downstream], Awaitable["Attachable | None"]]
 
 

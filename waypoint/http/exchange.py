@@ -688,7 +688,10 @@ class Exchange:
         if exclude and cluster is not None and _hashing(cluster.policy):
             exclude = frozenset()   # Istio: no previous-hosts predicate with consistent hashing
         try:
-            target = e.upstream(fwd, self.up_head, self.downstream, exclude)
+            if rs.policy.remote_localities:     # retryRemoteLocalities: the cluster leaves the priorities tried
+                target = e.upstream(fwd, self.up_head, self.downstream, exclude, rs.tried)
+            else:
+                target = e.upstream(fwd, self.up_head, self.downstream, exclude)
         except Exception:
             log.exception("choosing an upstream failed for %s", fwd.service)
             target = None

@@ -7,7 +7,9 @@ Sources:
   `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes` with no status codes
   since Istio 1.24, so a 503 answer is *not* retried by default; the previous-hosts predicate);
   `attempts: 0` disables retries; integers in `retryOn` are status codes and add
-  `retriable-status-codes`; `backoff` is the base interval.
+  `retriable-status-codes`; `backoff` is the base interval; `retryRemoteLocalities: true` adds the
+  retry priority `envoy.retry_priorities.previous_priorities` with update_frequency 2 (the cluster
+  does it: waypoint/traffic/locality.py `retry_priorities`).
 - istio/istio pilot/pkg/config/kube/gateway/conversion.go: an HTTPRoute `retry` becomes retryOn
   `connect-failure,refused-stream,unavailable,cancelled` plus its `codes`, attempts default 2.
 - envoyproxy/envoy source/common/router/retry_state_impl.cc: `wouldRetryFromHeaders` (5xx,
@@ -59,6 +61,7 @@ class RetryPolicy:
     base_interval: float = BASE_INTERVAL
     ignore_previous_hosts: bool = True          # Envoy's previous_hosts retry host predicate
     unknown: tuple[str, ...] = ()               # retryOn values not applied (`ambit apply` warns)
+    remote_localities: bool = False             # Envoy's previous_priorities (update_frequency 2)
 
     @property
     def max_interval(self) -> float:
@@ -99,7 +102,7 @@ def compile_retry(r: Retry | None) -> RetryPolicy | None:
     if codes:
         on.add("retriable-status-codes")
     return RetryPolicy(r.attempts, frozenset(on), frozenset(codes), r.backoff or BASE_INTERVAL,
-                       r.ignore_previous_hosts, tuple(unknown))
+                       r.ignore_previous_hosts, tuple(unknown), remote_localities=r.remote_localities)
 
 
 def would_retry_response(p: RetryPolicy, status: int, grpc_status: str = "", overloaded: bool = False,

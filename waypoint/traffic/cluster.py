@@ -35,7 +35,7 @@ from waypoint.resilience.budget import RetryCircuit
 from waypoint.traffic.balancer import CONSISTENT_HASH, DEFAULT, HashBalancer, simple_balancer
 from waypoint.traffic.breaker import Breaker
 from waypoint.traffic.hashkey import HashKey, HashPolicy
-from waypoint.traffic.locality import Place, Plan, Setting, pick_hosts, plan
+from waypoint.traffic.locality import NONE, Place, Plan, Setting, pick_hosts, plan, retry_priorities
 from waypoint.traffic.outlier import OutlierConfig, OutlierDetector
 from waypoint.traffic.warmup import SlowStart
 
@@ -128,13 +128,18 @@ class Cluster:
         return self.hash_policy.key(head, down, self.rng) if self.hash_policy is not None else None
 
     def choose(self, hosts: Sequence[str], exclude: frozenset[str] = frozenset(),
-               key: HashKey | None = None, places: Sequence[Place] | None = None) -> str | None:
+               key: HashKey | None = None, places: Sequence[Place] | None = None,
+               tried: Sequence[str] = ()) -> str | None:
         """One of `hosts` (the cluster's ready endpoints, as addresses) for a request: not ejected
         (unless the cluster is in panic: fewer endpoints in service than `minHealthPercent`), in
         the locality priority (or `distribute` locality) drawn when locality balancing applies
         (`places[i]`: the locality and labels of `hosts[i]`), not in `exclude` (addresses already
         tried, for retries; ignored when nothing else is left), then by the cluster's balancer.
-        None when every endpoint is ejected (503 UH, as Envoy)."""
+        `tried`: for a retry of a route with `retryRemoteLocalities`, the addresses of its tries so
+        far, in order: the priority is drawn without the ones they went to (locality.py
+        `retry_priorities`), except under consistent hashing, whose Envoy balancers (ring hash,
+        Maglev) draw the priority without consulting the retry priority. None when every endpoint
+        is ejected (503 UH, as Envoy)."""
         if not hosts:
             return None
         now = self.clock()
@@ -145,8 +150,11 @@ class Cluster:
             self.outlier.sweep(now)
             if self.plan is not None:   # priorities, with Envoy's per-priority panic
                 ejected = self.outlier.is_ejected
-                usable = pick_hosts(self.plan, lambda h: not ejected(h), self.rng.random,
-                                    self.outlier.cfg.min_health_percent, self._panicked)
+
+                def ok(h: str) -> bool:
+                    return not ejected(h)
+                usable = pick_hosts(self.plan, ok, self.rng.random, self.outlier.cfg.min_health_percent, self._panicked,
+                                    retry_priorities(self.plan, tried, ok) if tried and self.hasher is None else NONE)
             elif self.outlier.panic(list(hosts)):
                 self.panics += 1
             else:
@@ -154,6 +162,7 @@ class Cluster:
             if not usable:
                 return None
         elif self.plan is not None:     # the only cost of locality to a cluster it does not apply to
+            # (`distribute` only: failover needs outlier detection, so no priority for `tried` to leave)
             usable = pick_hosts(self.plan, None, self.rng.random)
             if not usable:
                 return None

@@ -26,6 +26,9 @@ A locality is "region/zone/subzone" (docs/waypoint.md, "Locality load balancing"
   traffic. A locality's weight counts as weight * min(1, 1.4 * healthy / total) (Envoy's
   effective locality weight).
 - Panic (`minHealthPercent`) per priority, as Envoy's: see `pick_hosts`.
+- A route's `retries.retryRemoteLocalities`: retries leave the priorities already tried, as Istio
+  configures Envoy (the retry priority `previous_priorities`, update_frequency 2): see
+  `retry_priorities`.
 - `enabled: false` turns all of it off.
 
 Pure: the waypoint's locality and labels, the endpoints' localities and labels, ejection state
@@ -35,6 +38,7 @@ caches it); `pick_hosts` runs per request only for clusters where locality chang
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +46,8 @@ from typing import Any
 from ambit.topology import TOPOLOGY_LABELS
 
 OVERPROVISIONING = 1.4          # Envoy's default overprovisioning_factor (140 / 100)
+UPDATE_FREQUENCY = 2            # Istio's previous_priorities update_frequency (retryRemoteLocalities)
+NONE: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,12 @@ class Plan:
     groups: tuple[tuple[str, ...], ...]
     weights: tuple[float, ...] = ()
 
+    @functools.cached_property
+    def priority(self) -> dict[str, int]:
+        """Each host's priority (failover) or locality (distribute): its group's index. Computed
+        on a plan's first retry that needs it (`retry_priorities`), then kept with the plan."""
+        return {h: i for i, g in enumerate(self.groups) for h in g}
+
 
 Place = tuple[str, Mapping[str, str]]       # an endpoint's (locality, labels)
 
@@ -173,8 +185,45 @@ def _distribute(setting: Setting, own: str, hosts: Sequence[str], places: Sequen
     return Plan(tuple(tuple(groups[x]) for x in locs), tuple(weight[x] for x in locs))
 
 
+def _availability(groups: Sequence[Sequence[str]], ok: Sequence[Sequence[str]]) -> list[float]:
+    """Envoy's per-priority health: min(1, overprovisioning * healthy / total)."""
+    return [min(1.0, OVERPROVISIONING * len(o) / len(g)) for o, g in zip(ok, groups, strict=True)]
+
+
+def retry_priorities(p: Plan, tried: Sequence[str], healthy: Callable[[str], bool] | None,
+                     update_frequency: int = UPDATE_FREQUENCY) -> frozenset[int]:
+    """The priorities the next try of a request excludes, after tries to `tried` (in order), as
+    Envoy's retry priority `previous_priorities`: the first `update_frequency` tries use the
+    unmodified priority load; each try after a multiple of `update_frequency` tries excludes the
+    priorities of every try so far (with 2: the third and fourth tries exclude those of the first
+    two, the fifth and sixth those of the first four); the tries between keep the last exclusion.
+    When an exclusion leaves no priority with a healthy endpoint, Envoy resets: nothing is
+    excluded and the tries so far are forgotten (counting starts again from the next try).
+
+    Pure, and recomputed per retry from `tried` with the health of now (Envoy keeps the state on
+    the request and takes health at each update; the same unless an ejection changes between two
+    tries). A `distribute` plan is one priority (its groups are localities): nothing to exclude;
+    a host no longer in the plan counts for no priority (Envoy's priority mapping gives none)."""
+    if p.weights or len(tried) < update_frequency:
+        return NONE
+    avail = _availability(p.groups, [[h for h in g if healthy is None or healthy(h)] for g in p.groups])
+    where = p.priority
+    excluded: set[int] = set()
+    start = 0                   # the first try Envoy still counts (after a reset)
+    for n in range(1, len(tried) + 1):
+        k = n - start
+        if k < update_frequency or k % update_frequency:
+            continue
+        excluded.update(where[h] for h in tried[start:n] if h in where)
+        if not any(a > 0 for i, a in enumerate(avail) if i not in excluded):
+            excluded.clear()
+            start = n
+    return frozenset(excluded)
+
+
 def pick_hosts(p: Plan, healthy: Callable[[str], bool] | None, draw: Callable[[], float],
-               panic_percent: float = 0.0, on_panic: Callable[[], None] | None = None) -> list[str] | None:
+               panic_percent: float = 0.0, on_panic: Callable[[], None] | None = None,
+               excluded: frozenset[int] = NONE) -> list[str] | None:
     """The hosts a request may go to: the healthy hosts of the priority (or locality) drawn, by
     `draw()` in [0, 1). `healthy` None: every host counts as healthy. None when no host is healthy.
 
@@ -183,7 +232,13 @@ def pick_hosts(p: Plan, healthy: Callable[[str], bool] | None, draw: Callable[[]
     priority drawn whose healthy share is below the threshold sends to all its hosts, ejected
     included (`on_panic` is called); with no healthy host anywhere, all load goes to priority 0,
     in panic. With `distribute` (one priority) a panic ignores the locality weights, as Envoy's
-    locality pick does."""
+    locality pick does.
+
+    `excluded` (a retry's `retry_priorities`): those priorities get no load, theirs is shared by
+    the others by their availability, normalised as the unmodified load is (Envoy's
+    previous_priorities); when that leaves no availability the unmodified load applies. Panic is
+    decided on the unmodified availability, as Envoy's is (the retry priority changes only the
+    priority load). Ignored with `distribute`."""
     ok = [[h for h in g if healthy is None or healthy(h)] for g in p.groups]
     if p.weights:
         n_ok, n_all = sum(map(len, ok)), sum(map(len, p.groups))
@@ -195,7 +250,7 @@ def pick_hosts(p: Plan, healthy: Callable[[str], bool] | None, draw: Callable[[]
                  for w, o, g in zip(p.weights, ok, p.groups, strict=True)]
         total = 1.0
     else:
-        avail = [min(1.0, OVERPROVISIONING * len(o) / len(g)) for o, g in zip(ok, p.groups, strict=True)]
+        avail = _availability(p.groups, ok)
         total = min(1.0, sum(avail))
         if total <= 0:
             if panic_percent and p.groups:
@@ -203,9 +258,14 @@ def pick_hosts(p: Plan, healthy: Callable[[str], bool] | None, draw: Callable[[]
                     on_panic()
                 return list(p.groups[0])
             return None
+        spread, spread_total = avail, total
+        if excluded:
+            kept = [0.0 if i in excluded else a for i, a in enumerate(avail)]
+            if any(kept):       # else Envoy falls back to the unmodified load
+                spread, spread_total = kept, min(1.0, sum(kept))
         left, loads = 1.0, []
-        for a in avail:
-            share = min(left, a / total)
+        for a in spread:
+            share = min(left, a / spread_total)
             loads.append(share)
             left -= share
     whole = sum(loads)

@@ -370,7 +370,8 @@ def test_virtual_service_resilience_fields_are_normalised() -> None:
         "match": [{"uri": {"prefix": "/api"}, "ignoreUriCase": True, "withoutHeaders": {"x-debug": {}},
                    "queryParams": {"v": {"exact": "2"}}}],
         "route": [{"destination": {"host": "reviews", "subset": "v2", "port": {"number": 9080}}}],
-        "timeout": "1.5s", "retries": {"attempts": 3, "perTryTimeout": "300ms", "retryOn": "5xx,connect-failure"},
+        "timeout": "1.5s", "retries": {"attempts": 3, "perTryTimeout": "300ms", "retryOn": "5xx,connect-failure",
+                                       "retryRemoteLocalities": True},
         "fault": {"delay": {"fixedDelay": "2s", "percentage": {"value": 10}}, "abort": {"httpStatus": 503}},
         "mirror": {"host": "ratings"}, "mirrorPercentage": {"value": 5.5},
         "rewrite": {"uri": "/v2/api"}, "headers": {"request": {"set": {"x-a": "1"}, "remove": ["x-b"]}},
@@ -384,6 +385,7 @@ def test_virtual_service_resilience_fields_are_normalised() -> None:
     assert (d.host, d.service, d.subset, d.port, d.weight) == ("reviews.demo.svc.cluster.local", "demo/reviews", "v2", 9080, 100)
     assert r.timeout == 1.5
     assert (r.retries.attempts, r.retries.per_try_timeout, r.retries.retry_on) == (3, 0.3, ["5xx", "connect-failure"])
+    assert r.retries.remote_localities          # the waypoint's clusters leave the priorities tried
     # an abort without a percentage is injected into no request, as Istio translates it
     assert (r.fault.delay, r.fault.delay_percent, r.fault.abort_status, r.fault.abort_percent) == (2.0, 10.0, 503, 0.0)
     assert (r.mirrors[0].destination.service, r.mirrors[0].percent) == ("demo/ratings", 5.5)

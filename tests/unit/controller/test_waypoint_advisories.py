@@ -135,7 +135,7 @@ def test_resilience_fields_are_applied_without_warnings_and_the_rest_is_named() 
     vs2 = {**vs, "spec": {"hosts": ["web"], "http": [{
         "route": [{"destination": {"host": "web"}}],
         "fault": {"delay": {"exponentialDelay": "1s"}},
-        "retries": {"attempts": 2, "retryRemoteLocalities": True},
+        "retries": {"attempts": 2, "retryRemoteLocalities": True},     # applied (previous_priorities)
         "mirrors": [{"destination": {"host": "web"}}, {"destination": {"host": "shadow.example.com"}}]}]}}
     dr2 = {**dr, "spec": {"host": "web", "trafficPolicy": {
         "loadBalancer": {"simple": "PASSTHROUGH"},
@@ -145,7 +145,6 @@ def test_resilience_fields_are_applied_without_warnings_and_the_rest_is_named() 
     assert set(found) == {
         ("VirtualService/demo/r", "spec.http[0].fault.delay"),
         ("VirtualService/demo/r", "spec.http[0].fault.delay.exponentialDelay"),
-        ("VirtualService/demo/r", "spec.http[0].retries.retryRemoteLocalities"),
         ("VirtualService/demo/r", "spec.http[0].mirrors[1].destination.host"),
         ("DestinationRule/demo/d", "spec.trafficPolicy.loadBalancer.simple"),
         ("DestinationRule/demo/d", "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive"),

@@ -245,7 +245,7 @@ def test_a_field_accepted_but_not_applied_shows_on_the_object_and_goes_when_remo
     emu, _ = cluster
     vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
           "metadata": {"name": "reviews", "namespace": "demo"},
-          "spec": {"hosts": ["reviews"], "http": [{"retries": {"attempts": 2, "retryRemoteLocalities": True},
+          "spec": {"hosts": ["reviews"], "http": [{"match": [{"uri": {"prefix": "/"}, "statPrefix": "reviews"}],
                                                    "route": [{"destination": {"host": "reviews"}}]}]}}
     emu.create(vs)
 
@@ -253,12 +253,12 @@ def test_a_field_accepted_but_not_applied_shows_on_the_object_and_goes_when_remo
         st = (emu.get("networking.istio.io/v1", "VirtualService", "reviews", "demo") or {}).get("status") or {}
         return next((c for c in st.get("conditions") or [] if c["type"] == "Enforced"), None)
     c = wait_for(cond, timeout=10, what="Enforced")
-    assert c["status"] == "False" and "spec.http[0].retries.retryRemoteLocalities: " in c["message"], c
-    del vs["spec"]["http"][0]["retries"]
+    assert c["status"] == "False" and "spec.http[0].match[0].statPrefix: " in c["message"], c
+    del vs["spec"]["http"][0]["match"]
     cur = emu.get("networking.istio.io/v1", "VirtualService", "reviews", "demo")
     emu.update({**cur, "spec": vs["spec"]})
-    wait_for(lambda: "spec.http[0].retries" not in (cond() or {}).get("message", ""), timeout=10,
-             what="the retryRemoteLocalities advisory gone")
+    wait_for(lambda: "spec.http[0].match" not in (cond() or {}).get("message", ""), timeout=10,
+             what="the statPrefix advisory gone")
 
 
 def test_ambit_waypoint_cli_against_the_cluster(cluster: tuple[KubeEmulator, KubeWaypointReconciler]) -> None:

@@ -56,6 +56,9 @@ def test_retry_on_codes_and_unknown() -> None:
     # an empty retryOn keeps Istio's default conditions; HTTPRoute codes add retriable-status-codes
     h = r.compile_retry(Retry(attempts=2, codes=[500, 503]))
     assert h.retry_on == r.DEFAULT_ON and h.codes == {500, 503} and r.would_retry_response(h, 503)
+    # retryRemoteLocalities reaches the policy (off by default, as Istio: no retry priority)
+    assert r.compile_retry(Retry(attempts=2, remote_localities=True)).remote_localities
+    assert not h.remote_localities and not r.DEFAULT.remote_localities
 
 
 @pytest.mark.parametrize(("on", "status", "want"), [

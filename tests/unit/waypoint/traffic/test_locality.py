@@ -1,8 +1,10 @@
 """Locality load balancing (DestinationRule `localityLbSetting`), as Istio and Envoy do it: priorities
 by region/zone/subzone (only with outlier detection), failover when a priority's endpoints are
 ejected (overprovisioning factor 1.4), `failover` from/to regions, `failoverPriority` labels,
-`distribute` weights and `enabled: false`. The pure selection first, then the cluster, then the
-waypoint with its own Workload's locality. No sockets: the draws are injected."""
+`distribute` weights and `enabled: false`, and a route's `retryRemoteLocalities` (Envoy's
+previous_priorities retry priority, update_frequency 2). The pure selection first, then the
+cluster, then the waypoint with its own Workload's locality. No sockets: the draws are injected
+(the retries on the wire: test_remote_localities_wire.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,15 @@ from tests.unit.waypoint.test_wiring import FRONTEND, SVC, V1, V2, V2B, proxy
 from tests.unit.waypoint.traffic.test_cluster import Clock, fail
 from waypoint.request import Forward, RequestHead
 from waypoint.traffic.cluster import Cluster, ClusterKey
-from waypoint.traffic.locality import Plan, Setting, label_priority, matches, pick_hosts, plan
+from waypoint.traffic.locality import (
+    Plan,
+    Setting,
+    label_priority,
+    matches,
+    pick_hosts,
+    plan,
+    retry_priorities,
+)
 
 OWN = "us-east/us-east-1a/rack1"
 # two endpoints per locality: same subzone, same zone, same region, another region
@@ -89,6 +99,61 @@ def test_min_health_percent_panics_per_priority_as_envoy() -> None:
     assert pick_hosts(d, lambda h: h not in ejected, lambda: 0.1) == ["b2"]
 
 
+def test_retry_remote_localities_leaves_the_priorities_tried_after_every_second_try() -> None:
+    p = Plan((("a1", "a2"), ("b1", "b2"), ("d1", "d2")))
+
+    def after(*tried: str) -> list[str] | None:
+        """The hosts the next try of a request may go to, after tries to `tried` (draw 0: the first
+        priority with load)."""
+        return pick_hosts(p, None, lambda: 0.0, excluded=retry_priorities(p, tried, None))
+    # the first try and the first retry: the unmodified load, all local
+    assert after() == ["a1", "a2"] and after("a1") == ["a1", "a2"]
+    # the third try leaves the priority of the first two; the fourth keeps that (no update)
+    assert after("a1", "a2") == ["b1", "b2"] and after("a1", "a2", "b1") == ["b1", "b2"]
+    # the fifth leaves the priorities of the first four
+    assert after("a1", "a2", "b1", "b2") == ["d1", "d2"]
+    assert retry_priorities(p, ("a1", "b1"), None) == {0, 1}
+    assert after("a1", "b1") == ["d1", "d2"]
+    # a host no longer in the plan counts for no priority
+    assert retry_priorities(p, ("gone", "a1"), None) == {0}
+    # every priority tried: Envoy resets to the unmodified load and forgets the tries so far, so
+    # the next exclusion comes two tries later and counts only those two
+    assert retry_priorities(p, ("a1", "b1", "d1", "d2"), None) == frozenset()
+    assert after("a1", "b1", "d1", "d2") == ["a1", "a2"]
+    assert after("a1", "b1", "d1", "d2", "a1") == ["a1", "a2"]
+    assert retry_priorities(p, ("a1", "b1", "d1", "d2", "a1", "a2"), None) == {0}
+    # the priorities left have no healthy endpoint: a reset too (the unmodified load, which
+    # spills by the priorities' health, here all of it to the local one)
+    q = Plan((("a1", "a2"), ("b1",)))
+    assert retry_priorities(q, ("a1", "a2"), lambda h: h != "b1") == frozenset()
+    assert pick_hosts(q, lambda h: h != "b1", lambda: 0.99, excluded=frozenset({0})) == ["a1", "a2"]
+    # `distribute` is one priority: nothing to leave
+    d = Plan((("a1", "a2"), ("b1", "b2")), (80.0, 20.0))
+    assert retry_priorities(d, ("a1", "a2", "a1"), None) == frozenset()
+
+
+def test_retry_remote_localities_shares_the_load_left_by_health_and_panics_as_without() -> None:
+    p = Plan((("a1", "a2"), ("b1", "b2"), ("c1", "c2", "c3", "c4", "c5")))
+    ejected = {"b2", "c2", "c3", "c4", "c5"}        # P1 1.4 * 1/2 = 0.7, P2 1.4 * 1/5 = 0.28
+
+    def healthy(h: str) -> bool:
+        return h not in ejected
+    assert pick_hosts(p, healthy, lambda: 0.99) == ["a1", "a2"]              # P0 healthy: all its load
+    # without P0, 0.7 + 0.28 < 1 is normalised, as Envoy's load: 71.4% to P1, 28.6% to P2
+    ex = retry_priorities(p, ("a1", "a2"), healthy)
+    assert ex == {0}
+    assert pick_hosts(p, healthy, lambda: 0.71, excluded=ex) == ["b1"]
+    assert pick_hosts(p, healthy, lambda: 0.72, excluded=ex) == ["c1"]
+    # panic (minHealthPercent) is decided on the unmodified availability: here 100% (P0 healthy),
+    # so P2, 20% healthy < 50%, sends to its healthy endpoint only, as without the exclusion
+    panics: list[int] = []
+    assert pick_hosts(p, healthy, lambda: 0.9, 50, lambda: panics.append(1), excluded=ex) == ["c1"]
+    assert not panics
+    ejected.update({"a1", "a2"})                    # now the availability is below 100%: P2 panics
+    assert pick_hosts(p, healthy, lambda: 0.9, 50, lambda: panics.append(1), excluded=ex) == [
+        "c1", "c2", "c3", "c4", "c5"] and panics == [1]
+
+
 def test_failover_from_to_regions_and_failover_priority_labels() -> None:
     # in us-east, fail over to eu-west before any other region
     hosts = ["a1", "d1", "x1"]
@@ -147,6 +212,19 @@ def test_the_cluster_fails_over_when_its_local_endpoints_are_ejected() -> None:
                     (OWN, {}))
     assert plain.locality is None       # no outlier detection: balanced over all, as before
     assert {plain.choose(hosts, places=pl) for _ in range(20)} == set(hosts)
+
+
+def test_the_cluster_draws_a_retry_without_the_priorities_tried_unless_it_hashes() -> None:
+    hosts = ["a1", "a2", "d1", "d2"]
+    pl = places(hosts)
+    policy = TrafficPolicy(outlier_detection=True, lb="ROUND_ROBIN")
+    c = Cluster(ClusterKey("demo/web", 80), policy, Clock(), random.Random(1), "web", (OWN, {}))
+    assert {c.choose(hosts, places=pl, tried=("a1",)) for _ in range(10)} == {"a1", "a2"}
+    assert {c.choose(hosts, places=pl, tried=("a1", "a2")) for _ in range(10)} == {"d1", "d2"}
+    # consistent hashing: Envoy's ring hash and Maglev balancers never consult the retry priority
+    hashed = dataclasses.replace(policy, lb="CONSISTENT_HASH", hash_header="x-user")
+    h = Cluster(ClusterKey("demo/web", 80), hashed, Clock(), random.Random(1), "web", (OWN, {}))
+    assert {h.choose(hosts, places=pl, tried=("a1", "a2")) for _ in range(10)} <= {"a1", "a2"}
 
 
 def test_the_waypoint_prefers_endpoints_in_its_own_zone_from_its_own_workload() -> None:
