@@ -291,7 +291,7 @@ class Reflector:
                 if e.status == 404:
                     continue
                 raise
-            objects = {object_key(o): o for o in (self._typed(o, version) for o in items) if self.resource.matches(o)}
+            objects = {object_key(o): o for o in (self._typed(o, version) for o in items)}
             with self.lock:
                 st.objects, st.version, st.missing, st.resource_version = objects, version, False, rv
                 st.lists += 1
@@ -314,7 +314,8 @@ class Reflector:
                                            f"(410); listing again from the first page") from None
                 raise
             data = json.loads(resp.data)
-            items += data.get("items") or []
+            # matched and projected page by page: a list keeps no more than one page of whole objects
+            items += [self.resource.project(o) for o in data.get("items") or [] if self.resource.matches(o)]
             md = data.get("metadata") or {}
             cont = md.get("continue") or ""
             if not cont:
@@ -392,6 +393,7 @@ class Reflector:
                 obj = self._typed(obj, st.version)
                 key = object_key(obj)
                 if etype != DELETED and self.resource.matches(obj):
+                    obj = self.resource.project(obj)
                     change = Change(MODIFIED if key in st.objects else ADDED, (obj,))
                     st.objects[key] = obj
                 elif st.objects.pop(key, None) is not None:     # deleted, or no longer matching

@@ -84,6 +84,13 @@ class WatchedType(Resource):
 # tokens, application credentials) ever reaches the controller (docs/security.md).
 FIELD_SELECTORS = {"Secret": "type=kubernetes.io/tls"}
 
+# ConfigMaps are watched for the CA bundles an ingress Gateway's client certificate validation
+# names (spec.tls.frontend caCertificateRefs, key `ca.crt`), as istiod does. A reference may name
+# any ConfigMap, so no selector can narrow the watch; instead each one is cut down to its name and
+# `ca.crt` as it arrives (`Resource.project`): the rest of its data (up to 1 MiB), its annotations
+# and its resourceVersion are never kept, and a change to them publishes nothing (docs/operations.md).
+DATA_KEYS = {"ConfigMap": ("ca.crt",)}
+
 # Consecutive failed requests of one kind before it is reported (errors(), `ambit status`): a dropped
 # watch that reconnects at once is routine, three failures in a row (over a second) are not.
 FAILING_AFTER = 3
@@ -94,7 +101,8 @@ CRD_RBAC = {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresource
 
 def default_types() -> list[WatchedType]:
     """Every group/kind in the registry: core kinds, Istio's groups, Ambit's groups, Gateway API."""
-    return [WatchedType(group, versions, k.plural, k.kind, k.namespaced, FIELD_SELECTORS.get(k.kind, ""))
+    return [WatchedType(group, versions, k.plural, k.kind, k.namespaced, FIELD_SELECTORS.get(k.kind, ""),
+                        data_keys=DATA_KEYS.get(k.kind))
             for k in KINDS for group, versions in k.groups]
 
 

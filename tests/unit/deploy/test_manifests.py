@@ -138,6 +138,13 @@ def test_controller_may_list_and_watch_everything_its_kube_source_watches() -> N
         assert not allowed(docs, "mesh-ops", sa, "", "secrets", verb), verb
     assert [t.field_selector for t in types if t.plural == "secrets"] == ["type=kubernetes.io/tls"]
     assert all(not t.field_selector for t in types if t.plural != "secrets")
+    # ConfigMaps: read cluster-wide for client CA bundles, kept as their name and ca.crt alone
+    # (tests/unit/controller/test_kube_source_configmaps.py); only ambit-root-cert is ever written
+    for verb in ("list", "watch"):
+        assert allowed(docs, "mesh-ops", sa, "", "configmaps", verb), verb
+    assert not allowed(docs, "mesh-ops", sa, "", "configmaps", "delete")
+    assert [t.data_keys for t in types if t.data_keys is not None] == [("ca.crt",)]
+    assert [t.plural for t in types if t.data_keys is not None] == ["configmaps"]
     assert not allowed(docs, "mesh-ops", sa, "", "pods", "patch")
     # waypoints: it owns their Deployment, Service and ServiceAccount (deleted by the GC, not by it)
     for group, resource in (("apps", "deployments"), ("", "services"), ("", "serviceaccounts")):
