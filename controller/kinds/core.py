@@ -68,7 +68,7 @@ NamespaceBody = Obj({}, open=True)
 SecretBody = Obj({"type": Str(), "data": Map(Str()), "stringData": Map(Str())}, open=True)
 ServiceAccountBody = Obj({}, open=True)
 # ConfigMaps: only `ca.crt` is read (an ingress Gateway's spec.tls.frontend caCertificateRefs).
-ConfigMapBody = Obj({"data": Map(Str()), "binaryData": Map(Str())}, open=True)
+ConfigMapBody = Obj({"data": Map(Str())}, open=True)
 
 __all__ = ["PodBody", "ServiceBody", "EndpointSliceBody", "NodeBody", "NamespaceBody", "ServiceAccountBody", "SecretBody",
            "ConfigMapBody"]

@@ -509,7 +509,7 @@ def _check_gateway_tls(value: dict[str, Any], path: str, errs: Errors) -> None:
     if tls is None:
         return
     if value["gatewayClassName"] in WAYPOINT_CLASSES:
-        errs.append((tp, "spec.tls is not supported on a waypoint: its clients are meshed workloads, authenticated "
+        errs.append((tp, "spec.tls is not supported by Ambit on a waypoint: its clients are meshed workloads, authenticated "
                          "by HBONE mutual TLS with their mesh identities"))
         return
     https = {ln["port"] for ln in value.get("listeners") or [] if ln.get("protocol") == "HTTPS"}

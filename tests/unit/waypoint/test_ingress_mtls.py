@@ -186,3 +186,78 @@ def test_mutual_tls_listeners_verify_client_certificates_and_set_xfcc(tmp_path: 
         asyncio.run(main())
     finally:
         origin.close()
+
+
+def _gateway_api(port: int, certs, client_ca: str) -> IngressGateway:
+    """A Gateway API ingress Gateway whose `spec.tls.frontend` names a ConfigMap holding the client
+    CA, through the controller's real validation and translation: what the gateway pods receive."""
+    from controller.translate import translate
+    host = HOSTS[0]
+    objs = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": "demo"},
+         "spec": {"clusterIP": "10.96.0.50", "selector": {"app": "echo"}, "ports": [{"port": 8080}]}},
+        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": "cert", "namespace": "demo"},
+         "stringData": {"tls.crt": certs[host].cert_pem, "tls.key": certs[host].key_pem}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "client-ca", "namespace": "demo"},
+         "data": {"ca.crt": client_ca}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "gw", "namespace": "demo"},
+         "spec": {"gatewayClassName": "ambit",
+                  "listeners": [{"name": "https", "port": port, "protocol": "HTTPS", "hostname": host,
+                                 "tls": {"certificateRefs": [{"name": "cert"}]}}],
+                  "tls": {"frontend": {"default": {"validation": {
+                      "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "client-ca"}]}}}}}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "echo", "namespace": "demo"},
+         "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "echo", "port": 8080}]}]}},
+    ]
+    tr = translate(objs)
+    assert not tr.errors, tr.errors
+    (gw,) = tr.ingress.gateways
+    return gw
+
+
+def test_gateway_api_frontend_validation_verifies_client_certificates(tmp_path: Path) -> None:
+    """Gateway API `spec.tls.frontend` (AllowValidOnly, a ConfigMap's ca.crt) on the wire: no
+    certificate and a certificate from another CA are refused in the handshake, one the
+    ConfigMap's CA signed is served and named to the backend in XFCC."""
+    origin = Origin()
+    ca, certs = _issue(tmp_path, HOSTS)
+    client_ca, clients = _client_pki(tmp_path)
+    port = _free_port()
+    from waypoint.app import WaypointProxy
+    from waypoint.authz import Waypoint
+    from waypoint.config import WaypointConfig
+    from waypoint.settings import load
+    cfg = WaypointConfig(Waypoint("demo", "gw"), "cluster.local")
+    gw = _gateway_api(port, certs, client_ca)
+    cfg.apply(ConfigUpdate(IngressGateway.TYPE, "1", {}, frozenset(), {gw.resource_name: gw}))
+    proxy = WaypointProxy(load(["--waypoint", "demo/gw", "--pod-name", "gw-0", "--node", "node1",
+                                "--gateway-class", "ambit"]), cfg, None)
+
+    def upstream(fwd, head, down, exclude=frozenset()) -> UpstreamTarget:
+        return UpstreamTarget(key="origin", address=f"127.0.0.1:{origin.port}",
+                              connect=lambda: connect_tcp("127.0.0.1", origin.port, 5))
+
+    def cert(name: str) -> tuple[str, ...]:
+        return ("--cert", str(clients[name][0]), "--key", str(clients[name][1]))
+
+    async def main() -> None:
+        engine = Engine(HttpSettings(), proxy.decide, upstream)
+        proxy.ingress = listeners = IngressListeners("127.0.0.1", engine.serve, _no_relay)
+        await listeners.update(cfg.view.ingress)
+        try:
+            rc, _ = await _curl(port, ca, HOSTS[0])
+            assert rc != 0, "AllowValidOnly served a client without a certificate"
+            rc, _ = await _curl(port, ca, HOSTS[0], *cert("stranger"))
+            assert rc != 0, "a certificate from a CA the ConfigMap does not hold was served"
+            rc, got = await _curl(port, ca, HOSTS[0], *cert("partner"))
+            assert rc == 0
+            assert got["x-forwarded-client-cert"].endswith(f"URI={PARTNER}"), got
+        finally:
+            await listeners.close()
+            await engine.shutdown()
+
+    try:
+        asyncio.run(main())
+    finally:
+        origin.close()
