@@ -11,7 +11,7 @@ from typing import Any
 
 from controller.sources.kube import default_types
 from controller.translate import translate
-from tests.support.kube_emulator import KubeEmulator
+from tests.support.kube_emulator import Fault, KubeEmulator
 from tests.support.wait import wait_for
 from tests.unit.controller.test_ingress import HTTP, gateway, https, route, tls_secret
 from tests.unit.controller.test_ingress_frontend_tls import CA1, CA2, cm_ref, configmap, validation, with_tls
@@ -57,3 +57,22 @@ def test_a_changed_ca_bundle_retranslates_and_only_ca_crt_is_kept(emu: KubeEmula
     # deleted: the listener is not served without the validation it asks for
     emu.delete("v1", "ConfigMap", "client-ca", "web")
     wait_for(lambda: client_ca(r.snapshots[-1]) is None, "the listener to stop")
+
+
+def test_configmaps_the_install_does_not_grant_hold_back_nothing(emu: KubeEmulator, run) -> None:  # noqa: F811
+    """A ClusterRole without ConfigMaps (or Secrets): an admin removed the rule, or the controller was
+    upgraded before its ClusterRole. Every other kind is still published; the forbidden kind counts
+    as empty, is reported, and is read once it is granted."""
+    emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "web"}})
+    emu.create(configmap("client-ca", {"ca.crt": CA1}))
+    emu.create(tls_secret("cert-a"))
+    emu.inject(Fault(path="/configmaps", status=403))
+    emu.inject(Fault(path="/secrets", status=403))
+    r = run(default_types())
+    assert "web" in r.names("Namespace") and not r.names("ConfigMap") and not r.names("Secret")
+    wait_for(lambda: {e.ref for e in r.source.errors()} >= {"kubernetes-api/configmaps", "kubernetes-api/secrets"},
+             "the forbidden kinds to be reported")
+    emu.clear_faults()
+    wait_for(lambda: r.names("ConfigMap") == {"client-ca"} and r.names("Secret") == {"cert-a"},
+             "the kinds to be read once granted")
+    wait_for(lambda: not r.source.errors(), "the errors to clear")
