@@ -81,8 +81,11 @@ def default_namespace(args: argparse.Namespace) -> str:
 
 
 def cluster_objects(client: Any, namespace: str | None = None) -> list[Obj]:
-    """Every object of every kind the controller reads (controller.kinds), listed once; a custom
-    resource group the cluster does not serve (404) is skipped, as the controller skips it."""
+    """Every object of every kind the controller reads (controller.kinds), listed once, as the
+    controller reads it: narrowed by the same field selector (Secrets of type kubernetes.io/tls
+    only) and cut down the same way (a ConfigMap to its name and ca.crt), so that neither a bug
+    report nor `ambit analyze` takes in an application's Secrets or ConfigMaps. A custom resource
+    group the cluster does not serve (404) is skipped, as the controller skips it."""
     from kubernetes.client.exceptions import ApiException
 
     from controller.sources.kube import default_types
@@ -92,7 +95,8 @@ def cluster_objects(client: Any, namespace: str | None = None) -> list[Obj]:
         for version in t.versions:
             path = t.path(version, namespace if t.namespaced else None)
             try:
-                resp = client.call_api(*client.param_serialize(method="GET", resource_path=path,
+                query = [("fieldSelector", t.field_selector)] if t.field_selector else []
+                resp = client.call_api(*client.param_serialize(method="GET", resource_path=path, query_params=query,
                                                                auth_settings=["BearerToken"]))
                 resp.read()
             except ApiException as e:
@@ -107,7 +111,7 @@ def cluster_objects(client: Any, namespace: str | None = None) -> list[Obj]:
                 raise TargetError(f"list {path}: HTTP {resp.status}{_status_message(resp.data)}")
             body = _list_body(resp.data, path, client.configuration.host)
             api_version = f"{t.group}/{version}" if t.group else version
-            for o in body:
+            for o in (t.project(o) for o in body if t.matches(o)):
                 o.setdefault("apiVersion", api_version)
                 o.setdefault("kind", t.kind)
                 md = o.get("metadata") or {}

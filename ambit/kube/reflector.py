@@ -161,8 +161,12 @@ class Reflector:
                  backoff: tuple[float, float] = (0.2, 10.0), page_size: int = 500,
                  missing_retry: float | None = None, logger: logging.Logger | None = None,
                  min_watch: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 confirm_missing: Callable[[], bool] | None = None):
+                 confirm_missing: Callable[[], bool] | None = None, forbidden_empty: bool = False):
         self.resource = resource
+        # A collection the install may not grant (the controller's Secrets and ConfigMaps, read for
+        # ingress alone): forbidden (403) at the first list, it counts as listed and empty, so the
+        # consumer is not held back waiting for it; the error is kept and the list retried.
+        self.forbidden_empty = forbidden_empty
         self.confirm_missing = confirm_missing      # is a 404 at the first list really "not installed"?
         self.min_watch = min_watch
         self.clock = clock
@@ -232,6 +236,10 @@ class Reflector:
             except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as e:
                 if stop.is_set():
                     return
+                if isinstance(e, ApiException) and e.status == 403 and self.forbidden_empty and not st.synced:
+                    with self.lock:
+                        st.synced = True
+                    self._emit(Change(LISTED, ()))
                 self._failed(stop, backoff, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
             except Exception as e:  # noqa: BLE001 - the reflector must outlive any one object
                 # A response no handler above expects (an object nested too deeply for json, a
@@ -291,7 +299,7 @@ class Reflector:
                 if e.status == 404:
                     continue
                 raise
-            objects = {object_key(o): o for o in (self._typed(o, version) for o in items) if self.resource.matches(o)}
+            objects = {object_key(o): o for o in (self._typed(o, version) for o in items)}
             with self.lock:
                 st.objects, st.version, st.missing, st.resource_version = objects, version, False, rv
                 st.lists += 1
@@ -314,7 +322,8 @@ class Reflector:
                                            f"(410); listing again from the first page") from None
                 raise
             data = json.loads(resp.data)
-            items += data.get("items") or []
+            # matched and projected page by page: a list keeps no more than one page of whole objects
+            items += [self.resource.project(o) for o in data.get("items") or [] if self.resource.matches(o)]
             md = data.get("metadata") or {}
             cont = md.get("continue") or ""
             if not cont:
@@ -392,6 +401,7 @@ class Reflector:
                 obj = self._typed(obj, st.version)
                 key = object_key(obj)
                 if etype != DELETED and self.resource.matches(obj):
+                    obj = self.resource.project(obj)
                     change = Change(MODIFIED if key in st.objects else ADDED, (obj,))
                     st.objects[key] = obj
                 elif st.objects.pop(key, None) is not None:     # deleted, or no longer matching

@@ -29,6 +29,10 @@ class Resource:
     namespaced: bool
     field_selector: str = ""        # e.g. "spec.nodeName=node-1" (equality terms, comma = and)
     label_selector: str = ""        # e.g. "app=web,tier!=db,env in (a,b),!legacy"
+    # When set, each object is cut down to its name and these keys of its `data` as soon as it is
+    # read (`project`): for a kind watched cluster-wide for a few keys (ConfigMaps, for `ca.crt`),
+    # whose other content (up to 1 MiB each, and kubectl's last-applied copy of it) must not be kept.
+    data_keys: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.versions:
@@ -48,6 +52,19 @@ class Resource:
         """Does `obj` satisfy both selectors?"""
         return field_selector_matches(obj, self.field_selector) and label_selector_matches(
             (obj.get("metadata") or {}).get("labels") or {}, self.label_selector)
+
+    def project(self, obj: Obj) -> Obj:
+        """`obj` as it is kept: whole, or (`data_keys`) its kind, name and those keys of `data`.
+        The resourceVersion goes too, so that a change elsewhere in the object (a leader-election
+        ConfigMap renewed every few seconds) leaves what is kept equal and wakes no consumer."""
+        if self.data_keys is None:
+            return obj
+        md = obj.get("metadata") or {}
+        data = obj.get("data") or {}
+        out: Obj = {k: obj[k] for k in ("apiVersion", "kind") if k in obj}
+        out["metadata"] = {k: md[k] for k in ("name", "namespace") if k in md}
+        out["data"] = {k: data[k] for k in self.data_keys if k in data}
+        return out
 
 
 # -- field selectors: equality terms on dotted paths -------------------------------------------------

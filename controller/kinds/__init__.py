@@ -113,6 +113,7 @@ KINDS: list[KindSpec] = [
              core.ServiceAccountBody, mesh=False),
     KindSpec("Node", "nodes", ("no",), (("", ("v1",)),), False, core.NodeBody, mesh=False),
     KindSpec("Secret", "secrets", (), (("", ("v1",)),), True, core.SecretBody, mesh=False),
+    KindSpec("ConfigMap", "configmaps", ("cm",), (("", ("v1",)),), True, core.ConfigMapBody, mesh=False),
 ]
 
 # Kinds are keyed by (group, kind): `Gateway` is both Gateway API's and Istio's. BY_KIND keeps the

@@ -347,8 +347,9 @@ ListenerTLS = Obj({
     "certificateRefs": Arr(Obj({"group": Str(), "kind": Str(), "name": Str(min_len=1), "namespace": Str()},
                                required=("name",))),
     "options": Map(Str()),
-}, unsupported={"frontendValidation": "client certificate validation (frontendValidation) is not supported by "
-                                      "Ambit's ingress gateway"})
+}, unsupported={"frontendValidation": "listener-level client certificate validation (frontendValidation, an "
+                                      "earlier experimental field) is not supported by Ambit: use the Gateway's "
+                                      "spec.tls.frontend (default, or perPort for this listener's port)"})
 
 Listener = Obj({
     "name": Str(min_len=1),
@@ -364,6 +365,7 @@ Listener = Obj({
 
 
 def _check_gateway(value: dict[str, Any], path: str, errs: Errors) -> None:
+    _check_gateway_tls(value, path, errs)
     names: set[str] = set()
     for i, listener in enumerate(value.get("listeners") or []):
         p = f"{join(path, 'listeners')}[{i}]"
@@ -464,8 +466,72 @@ AllowedListeners = Obj({
     description='Which namespaces\' ListenerSets may attach. Ambit does not support ListenerSet, so only "None" '
                 "(the default) is accepted.")
 
+# Gateway API's client certificate validation modes: AllowValidOnly -> the ingress listener's
+# client_auth "required". AllowInsecureFallback accepts a connection whose certificate fails
+# verification, which the gateway's TLS (Python's ssl, OpenSSL) cannot do: its "optional" client
+# auth lets a client send no certificate but refuses the handshake of one that does not verify,
+# so mapping the mode to it would break the clients the mode exists for. Refused, with the reason.
+def _check_frontend_validation(value: dict[str, Any], path: str, errs: Errors) -> None:
+    mode = value.get("mode", "AllowValidOnly")
+    if mode != "AllowValidOnly":
+        errs.append((join(path, "mode"), f'"{mode}" is not supported by Ambit\'s ingress gateway: it accepts '
+                                         "connections whose client certificate fails verification, and its TLS "
+                                         "refuses the handshake of a certificate that does not verify (it can "
+                                         "only make the certificate optional); use AllowValidOnly, or no "
+                                         "validation"))
+
+
+CACertificateRef = Obj({"group": Str(), "kind": Str(min_len=1), "name": Str(min_len=1), "namespace": Str()},
+                       required=("kind", "name"))
+FrontendValidation = Obj({
+    "caCertificateRefs": Arr(CACertificateRef, min_items=1),
+    "mode": Str(enum=("AllowValidOnly", "AllowInsecureFallback")),
+}, required=("caCertificateRefs",), checks=(_check_frontend_validation,))
+FrontendTLSConfig = Obj({"validation": FrontendValidation})
+
+GatewayTLS = Obj({
+    "frontend": Obj({
+        "default": FrontendTLSConfig,
+        "perPort": Arr(Obj({"port": Port, "tls": FrontendTLSConfig}, required=("port", "tls"))),
+    }),
+}, unsupported={
+    "backend": "spec.tls.backend (the gateway's client certificate towards backends) is not supported by Ambit: "
+               "an ingress gateway reaches its backends over HBONE, mutual TLS with its mesh identity (a "
+               "workload certificate from the mesh CA), so it presents no other certificate",
+})
+
+
+def _check_gateway_tls(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """spec.tls: client certificate validation of an ingress Gateway's HTTPS listeners. A waypoint
+    has no such listeners (its clients are meshed, authenticated by HBONE), and a perPort entry
+    must name a port some HTTPS listener serves (else it would validate nothing)."""
+    tls, tp = value.get("tls"), join(path, "tls")
+    if tls is None:
+        return
+    if value["gatewayClassName"] in WAYPOINT_CLASSES:
+        errs.append((tp, "spec.tls is not supported by Ambit on a waypoint: its clients are meshed workloads, authenticated "
+                         "by HBONE mutual TLS with their mesh identities"))
+        return
+    https = {ln["port"] for ln in value.get("listeners") or [] if ln.get("protocol") == "HTTPS"}
+    frontend = tls.get("frontend") or {}
+    if frontend.get("default") is not None and not https:
+        errs.append((join(join(tp, "frontend"), "default"), "the Gateway has no HTTPS listener: this validation "
+                                                            "would apply to nothing (client certificates are "
+                                                            "validated where the gateway terminates TLS)"))
+    seen: set[int] = set()
+    for i, pp in enumerate(frontend.get("perPort") or []):
+        p = f"{join(join(tp, 'frontend'), 'perPort')}[{i}].port"
+        if pp["port"] in seen:
+            errs.append((p, f"port {pp['port']} is configured twice: each port takes one validation"))
+        elif pp["port"] not in https:
+            errs.append((p, f"no HTTPS listener is on port {pp['port']}: this validation would apply to nothing "
+                            "(client certificates are validated where the gateway terminates TLS)"))
+        seen.add(pp["port"])
+
+
 GatewaySpec = Obj({
     "gatewayClassName": Str(min_len=1),
+    "tls": GatewayTLS,
     "listeners": Arr(Listener, min_items=1),
     "allowedListeners": AllowedListeners,
     "addresses": Arr(Obj({"type": Str(), "value": Str(min_len=1)}, required=("value",))),
@@ -473,12 +539,7 @@ GatewaySpec = Obj({
         "parametersRef": "infrastructure.parametersRef is not supported by Ambit: it renders its gateways' "
                          "Deployment and Service itself and reads no parameters object; use infrastructure.labels "
                          "and annotations (copied onto them)"}),
-}, required=("gatewayClassName", "listeners"), checks=(_check_gateway,), unsupported={
-    "tls": "spec.tls (Gateway-level frontend and backend TLS) is not supported by Ambit: a waypoint's traffic is "
-           "HBONE mutual TLS with mesh identities on both sides, and an ingress gateway's client certificate "
-           "validation (frontend) would read ConfigMaps, which Ambit does not watch: use an Istio Gateway server "
-           "with tls.mode MUTUAL (its Secret's ca.crt)",
-})
+}, required=("gatewayClassName", "listeners"), checks=(_check_gateway,))
 
 def _check_l4_route(value: dict[str, Any], path: str, errs: Errors) -> None:
     """TLSRoute and TCPRoute attach to ingress Gateways only, and have one rule: they match nothing

@@ -84,6 +84,19 @@ class WatchedType(Resource):
 # tokens, application credentials) ever reaches the controller (docs/security.md).
 FIELD_SELECTORS = {"Secret": "type=kubernetes.io/tls"}
 
+# ConfigMaps are watched for the CA bundles an ingress Gateway's client certificate validation
+# names (spec.tls.frontend caCertificateRefs, key `ca.crt`), as istiod does. A reference may name
+# any ConfigMap, so no selector can narrow the watch; instead each one is cut down to its name and
+# `ca.crt` as it arrives (`Resource.project`): the rest of its data (up to 1 MiB), its annotations
+# and its resourceVersion are never kept, and a change to them publishes nothing (docs/operations.md).
+DATA_KEYS = {"ConfigMap": ("ca.crt",)}
+
+# Kinds read for ingress alone: an install that does not grant them (a cluster admin who removed
+# the rule, a controller upgraded before its ClusterRole) must not hold back every other snapshot.
+# Forbidden at the first list, they count as empty (the listeners that need them report it) and
+# the failure shows in `ambit status` until a list succeeds.
+FORBIDDEN_EMPTY = ("Secret", "ConfigMap")
+
 # Consecutive failed requests of one kind before it is reported (errors(), `ambit status`): a dropped
 # watch that reconnects at once is routine, three failures in a row (over a second) are not.
 FAILING_AFTER = 3
@@ -94,7 +107,8 @@ CRD_RBAC = {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresource
 
 def default_types() -> list[WatchedType]:
     """Every group/kind in the registry: core kinds, Istio's groups, Ambit's groups, Gateway API."""
-    return [WatchedType(group, versions, k.plural, k.kind, k.namespaced, FIELD_SELECTORS.get(k.kind, ""))
+    return [WatchedType(group, versions, k.plural, k.kind, k.namespaced, FIELD_SELECTORS.get(k.kind, ""),
+                        data_keys=DATA_KEYS.get(k.kind))
             for k in KINDS for group, versions in k.groups]
 
 
@@ -112,7 +126,8 @@ class KubeSource:
         self.reflectors: dict[WatchedType, Reflector] = {
             t: Reflector(api_client, t, lambda change, t=t: self._apply(t, change), watch_timeout=watch_timeout,
                          backoff=backoff, page_size=page_size, missing_retry=missing_retry, logger=log,
-                         confirm_missing=(lambda t=t: self._crd_absent(t)) if t.optional else None)
+                         confirm_missing=(lambda t=t: self._crd_absent(t)) if t.optional else None,
+                         forbidden_empty=t.kind in FORBIDDEN_EMPTY and not t.group)
             for t in self.types}
         self.state: dict[WatchedType, TypeState] = {t: rf.state for t, rf in self.reflectors.items()}
         self._cond = threading.Condition()

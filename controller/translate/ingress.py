@@ -85,6 +85,10 @@ class ListenerStatus:
     resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "")
     conflicted: str = ""        # "" | ProtocolConflict | HostnameConflict (then the listener is not served)
     kinds: tuple[str, ...] = ROUTE_KINDS    # supportedKinds: what its protocol carries and allowedRoutes allows
+    accepted: tuple[bool, str, str] = (True, "Accepted", "")
+    # None: served unless ResolvedRefs or Conflicted say otherwise; set where ResolvedRefs is False
+    # and the listener is served still (some of its client CA references usable, Gateway API)
+    served: bool | None = None
 
 
 @dataclass
@@ -305,16 +309,85 @@ def load_certificate(secret: Obj | None, ref: str) -> tuple[TlsCertificate | Non
 def load_client_ca(secret: Obj, ref: str) -> tuple[str | None, str]:
     """The client CA bundle a mutual-TLS server verifies client certificates against: the Secret's
     `ca.crt` (Istio's key for it in a credentialName Secret), or (None, why it cannot be used)."""
-    from cryptography import x509
     pem = _secret_field(secret, "ca.crt")
     if not pem.strip():
         return None, (f"Secret {ref} has no ca.crt: mutual TLS verifies client certificates against the CA "
                       "certificates in it (a separate <name>-cacert Secret is not read)")
+    return ca_bundle(pem, f"Secret {ref}")
+
+
+def ca_bundle(pem: str, what: str) -> tuple[str | None, str]:
+    """`pem` if it holds PEM certificates (a CA bundle), else (None, why), naming `what` holds it."""
+    from cryptography import x509
     try:
         x509.load_pem_x509_certificates(pem.encode())
     except ValueError as e:
-        return None, f"Secret {ref}: ca.crt does not hold PEM certificates: {e}"
+        return None, f"{what}: ca.crt does not hold PEM certificates: {e}"
     return pem, ""
+
+
+def frontend_validation(gw: Obj, port: int) -> Obj | None:
+    """The client certificate validation (Gateway API `FrontendTLSValidation`) of the Gateway's
+    HTTPS listeners on `port`: its `spec.tls.frontend.perPort` entry, which overrides the default
+    whole (an entry without validation means none on that port), else `default`'s."""
+    frontend = (((gw.get("spec") or {}).get("tls") or {}).get("frontend")) or {}
+    for pp in frontend.get("perPort") or []:
+        if int(pp["port"]) == port:
+            return (pp.get("tls") or {}).get("validation")
+    return (frontend.get("default") or {}).get("validation")
+
+
+def _ca_ref(gw: Obj, ref: Obj, configmaps: dict[str, Obj], secrets: dict[str, Obj],
+            grants: list[Obj]) -> tuple[str | None, tuple[bool, str, str]]:
+    """One caCertificateRef: its PEM bundle, or None and Gateway API's ResolvedRefs verdict."""
+    ns = ref.get("namespace") or ns_of(gw)
+    kind, name = ref.get("kind", ""), f"{ns}/{ref['name']}"
+    if ref.get("group", "") not in ("", "core") or kind not in ("ConfigMap", "Secret"):
+        return None, (False, "InvalidCACertificateKind",
+                      f"{kind} {name} (group {ref.get('group') or 'core'}): CA certificates are read from ConfigMaps "
+                      "and kubernetes.io/tls Secrets (key ca.crt) only")
+    if ns != ns_of(gw) and not granted(grants, (GATEWAY_GROUP, "Gateway", ns_of(gw)), ("", kind, ns, ref["name"])):
+        return None, (False, "RefNotPermitted", f"{kind} {name} is in another namespace and no ReferenceGrant there "
+                                                "permits it")
+    if kind == "Secret":
+        secret = secrets.get(name)
+        if secret is None:
+            pem, why = None, (f"Secret {name} does not exist or is not of type {TLS_SECRET} (the only Secrets "
+                              "Ambit reads)")
+        else:
+            pem, why = load_client_ca(secret, name)
+    else:
+        data = (configmaps.get(name) or {}).get("data") or {}
+        if name not in configmaps:
+            pem, why = None, f"ConfigMap {name} does not exist"
+        elif not str(data.get("ca.crt", "")).strip():
+            pem, why = None, f"ConfigMap {name} has no key ca.crt (the CA certificates client certificates are " \
+                             "verified against)"
+        else:
+            pem, why = ca_bundle(str(data["ca.crt"]), f"ConfigMap {name}")
+    return pem, (True, "ResolvedRefs", "") if pem is not None else (False, "InvalidCACertificateRef", why)
+
+
+def client_cas(gw: Obj, ln: Obj, configmaps: dict[str, Obj], secrets: dict[str, Obj],
+               grants: list[Obj]) -> tuple[str, tuple[bool, str, str], bool]:
+    """An HTTPS listener's client CA bundle ("": no validation), its `ResolvedRefs` verdict (the
+    first bad reference's reason, every bad reference in the message), and whether validation is
+    asked for and no reference is usable (Gateway API: `Accepted=False NoValidCACertificate`; the
+    listener is then not served, rather than served without the validation asked for). A listener
+    with some usable references verifies against those alone."""
+    validation = frontend_validation(gw, int(ln["port"]))
+    if validation is None:
+        return "", (True, "ResolvedRefs", ""), False
+    pems, bad = [], []
+    for ref in validation.get("caCertificateRefs") or []:
+        pem, verdict = _ca_ref(gw, ref, configmaps, secrets, grants)
+        if pem is None:
+            bad.append(verdict)
+        else:
+            pems.append(pem.strip() + "\n")
+    if not bad:
+        return "".join(pems), (True, "ResolvedRefs", ""), False
+    return "".join(pems), (False, bad[0][1], "; ".join(v[2] for v in bad)), not pems
 
 
 def _certificates(gw: Obj, ln: Obj, secrets: dict[str, Obj],
@@ -346,6 +419,7 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
     if not gateways and not any(idx.kind(k) for k in L4_ROUTE_KINDS):
         return out      # (TLS/TCP routes are looked at still: on a waypoint Gateway they are warned about)
     secrets = {f"{ns_of(s)}/{name_of(s)}": s for s in idx.kind("Secret")}
+    configmaps = {f"{ns_of(c)}/{name_of(c)}": c for c in idx.kind("ConfigMap")}
     services = {f"{ns_of(s)}/{name_of(s)}" for s in idx.kind("Service")}
     grants = idx.kind("ReferenceGrant")
     # (gateway, listener name) -> virtual host -> [(precedence, route)]
@@ -390,13 +464,20 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
                 st = ListenerStatus(ln["name"], attached.get((gkey, ln["name"]), 0), conflicted=conflicts.get(ln["name"], ""),
                                     kinds=tuple(k for k in supported_kinds(ln) if kind_allowed(ln, k)))
                 certs: list[TlsCertificate] = []
+                client_ca, no_ca = "", False
                 if ln["protocol"] == "HTTPS":
                     certs, st.resolved = _certificates(gw, ln, secrets, grants)
+                    client_ca, ca_verdict, no_ca = client_cas(gw, ln, configmaps, secrets, grants)
+                    if st.resolved[0] and not ca_verdict[0]:
+                        st.resolved, st.served = ca_verdict, not no_ca and not st.conflicted
+                    if no_ca:
+                        st.accepted = (False, "NoValidCACertificate", "none of the caCertificateRefs of its "
+                                                                      "client certificate validation is usable")
                 if st.resolved[0]:
                     st.resolved = route_kinds_resolved(ln)
                 statuses.append(st)
-                if (ln["protocol"] == "HTTPS" and not certs) or st.conflicted:
-                    continue        # not served: ResolvedRefs or Conflicted says why
+                if (ln["protocol"] == "HTTPS" and not certs) or st.conflicted or no_ca:
+                    continue        # not served: ResolvedRefs, Accepted or Conflicted says why
                 if ln["protocol"] in ("TLS", "TCP"):
                     model.listeners.append(IngressListener(
                         name=ln["name"], port=int(ln["port"]), protocol=ln["protocol"], hostname=ln.get("hostname", ""),
@@ -407,7 +488,7 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
                 model.listeners.append(IngressListener(
                     name=ln["name"], port=int(ln["port"]), protocol=ln["protocol"], hostname=ln.get("hostname", ""),
                     tls_min_version=((ln.get("tls") or {}).get("options") or {}).get(TLS_MIN_VERSION_OPTION, ""),
-                    certificates=certs,
+                    certificates=certs, client_auth="required" if client_ca else "", client_ca_pem=client_ca,
                     hosts=[WaypointRoutes(hostname=h, namespace=ns_of(gw),
                                           http=[r for _, r in sorted(rs, key=lambda x: x[0])])
                            for h, rs in sorted(hosts_of.items())]))

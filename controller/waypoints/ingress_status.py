@@ -6,7 +6,10 @@ balancer address (`status.loadBalancer.ingress`: in a cluster the cloud's, in th
 else `AddressNotAssigned`; `addresses` lists it. Each listener: `Accepted`, `Conflicted` (ProtocolConflict,
 HostnameConflict: not served), `Programmed` (false when it is not served: conflicted, or its
 references do not resolve: an HTTPS listener without a usable certificate serves nothing),
-`ResolvedRefs` (InvalidCertificateRef, RefNotPermitted, InvalidRouteKinds), `attachedRoutes` and
+`ResolvedRefs` (InvalidCertificateRef, RefNotPermitted, InvalidRouteKinds; InvalidCACertificateRef,
+InvalidCACertificateKind for client certificate validation's CA references: a listener with some usable
+ones is served, verifying against those; with none, `Accepted=False NoValidCACertificate`, not served),
+`attachedRoutes` and
 `supportedKinds` (by protocol: HTTPRoute and GRPCRoute on HTTP/HTTPS, TLSRoute on TLS, TCPRoute on
 TCP; narrowed by `allowedRoutes.kinds`).
 
@@ -121,11 +124,11 @@ def gateway_status(gw: Obj, service: Obj | None, listeners: list[ListenerStatus]
     out = []
     for ls in listeners:
         ok, reason, msg = ls.resolved
-        served = ok and not ls.conflicted
+        served = (ok and not ls.conflicted) if ls.served is None else ls.served
         why = msg or (f"{ls.conflicted}: another listener on the port takes it" if ls.conflicted else "")
         programmed = _cond("Programmed", served and bool(addrs),
                            "Programmed" if served and addrs else ("Invalid" if not served else "Pending"), why, gen)
-        accepted = _cond("Accepted", True, "Accepted", "", gen)
+        accepted = _cond("Accepted", *ls.accepted, gen)
         if ls.name in unbound:
             accepted = _cond("Accepted", False, "PortUnavailable", unbound[ls.name], gen)
             programmed = _cond("Programmed", False, "PortUnavailable", unbound[ls.name], gen)

@@ -341,7 +341,7 @@ def test_peer_authentication_port_level_and_mesh_wide() -> None:
 
 def test_a_bad_object_is_skipped_and_reported_the_rest_translates() -> None:
     bad = ap({"action": "PERMIT"}, name="bad")
-    t = translate([bad, ap({}, name="good"), pod("a", "10.0.0.1"), {"kind": "ConfigMap", "metadata": {"name": "x"}}])
+    t = translate([bad, ap({}, name="good"), pod("a", "10.0.0.1"), {"kind": "Deployment", "metadata": {"name": "x"}}])
     assert [a.name for a in t.authorizations] == ["good"]
     assert [str(e) for e in t.errors] == [
         'AuthorizationPolicy/demo/bad: spec.action: must be one of ALLOW, DENY, AUDIT, CUSTOM, got "PERMIT"']

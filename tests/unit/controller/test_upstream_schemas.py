@@ -188,9 +188,10 @@ def test_gateway_allowed_listeners_accepted_and_tls_refused_by_name() -> None:
     errs = validate_object(gw)
     assert [e.path for e in errs] == ["spec.allowedListeners.namespaces.from"] and "not supported" in errs[0].reason
     gw["spec"]["allowedListeners"]["namespaces"]["from"] = "None"
-    gw["spec"]["tls"] = {"frontend": {"default": {"validation": {"caCertificateRefs": []}}}}
+    gw["spec"]["tls"] = {"frontend": {"default": {"validation": {
+        "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "ca"}]}}}}
     errs = validate_object(gw)
-    assert [e.path for e in errs] == ["spec.tls"] and "not supported by Ambit" in errs[0].reason
+    assert [e.path for e in errs] == ["spec.tls"] and "not supported by Ambit on a waypoint" in errs[0].reason
 
 
 def test_refused_fields_stay_in_the_crds_so_the_api_server_does_not_prune_them() -> None:

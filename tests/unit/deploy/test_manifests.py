@@ -138,6 +138,13 @@ def test_controller_may_list_and_watch_everything_its_kube_source_watches() -> N
         assert not allowed(docs, "mesh-ops", sa, "", "secrets", verb), verb
     assert [t.field_selector for t in types if t.plural == "secrets"] == ["type=kubernetes.io/tls"]
     assert all(not t.field_selector for t in types if t.plural != "secrets")
+    # ConfigMaps: read cluster-wide for client CA bundles, kept as their name and ca.crt alone
+    # (tests/unit/controller/test_kube_source_configmaps.py); only ambit-root-cert is ever written
+    for verb in ("list", "watch"):
+        assert allowed(docs, "mesh-ops", sa, "", "configmaps", verb), verb
+    assert not allowed(docs, "mesh-ops", sa, "", "configmaps", "delete")
+    assert [t.data_keys for t in types if t.data_keys is not None] == [("ca.crt",)]
+    assert [t.plural for t in types if t.data_keys is not None] == ["configmaps"]
     assert not allowed(docs, "mesh-ops", sa, "", "pods", "patch")
     # waypoints: it owns their Deployment, Service and ServiceAccount (deleted by the GC, not by it)
     for group, resource in (("apps", "deployments"), ("", "services"), ("", "serviceaccounts")):
@@ -197,18 +204,19 @@ def namespaced_grants(docs: list[Obj], namespace: str, sa: str) -> list[Obj]:
 
 
 def test_the_controller_reads_and_replaces_only_its_own_configmap_and_lease() -> None:
-    """It reads and replaces the ambit-root-cert ConfigMap (controller/ca/publish.py) in the
-    namespaces it publishes to and its leader Lease, by name: a cluster-wide `get configmaps` would
-    let it (and whoever holds its token) read every ConfigMap of every tenant."""
+    """It replaces the ambit-root-cert ConfigMap (controller/ca/publish.py) in the namespaces it
+    publishes to and its leader Lease, by name, and writes no other ConfigMap. It reads ConfigMaps
+    cluster-wide: an ingress Gateway's client certificate validation may name a CA bundle in any
+    of them (spec.tls.frontend caCertificateRefs; it keeps their ca.crt alone, docs/security.md)."""
     from controller.ca.publish import ROOT_CONFIGMAP
     from controller.leader import LEASE_NAME
     docs = render("--namespace", "mesh-ops")
     sa = one(docs, "Deployment", "ambit-controller")["spec"]["template"]["spec"]["serviceAccountName"]
     roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
     cm_rules = [r for r in roles["ambit-controller"]["rules"] if "configmaps" in r["resources"]]
-    assert all(r.get("resourceNames") == [ROOT_CONFIGMAP] for r in cm_rules if set(r["verbs"]) - {"create"})
+    assert all(r.get("resourceNames") == [ROOT_CONFIGMAP] for r in cm_rules if "update" in r["verbs"])
     assert allowed(docs, "mesh-ops", sa, "", "configmaps", "create")
-    assert {v for r in cm_rules for v in r["verbs"]} == {"get", "create", "update"}
+    assert {v for r in cm_rules for v in r["verbs"]} == {"get", "list", "watch", "create", "update"}
     lease_rules = [r for r in namespaced_grants(docs, "mesh-ops", sa) if "leases" in r["resources"]]
     assert all(r.get("resourceNames") == [LEASE_NAME] for r in lease_rules if set(r["verbs"]) - {"create"})
     assert {v for r in lease_rules for v in r["verbs"]} == {"get", "create", "update"}

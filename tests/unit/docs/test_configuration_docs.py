@@ -37,6 +37,7 @@ SECTIONS: dict[tuple[str, str], str] = {
     ("", "ServiceAccount"): "Core kinds",
     ("", "Node"): "Core kinds",
     ("", "Secret"): "Core kinds",
+    ("", "ConfigMap"): "Core kinds",
 }
 
 # How deep honoured fields must be named: spec.a (1) and spec.a.b (2); list items and map values do

@@ -13,6 +13,7 @@ import asyncio
 import datetime
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -114,75 +115,139 @@ def _resumed_elsewhere(port: int, ca: Path, client: tuple[Path, Path]) -> bool:
     return False
 
 
-def test_mutual_tls_listeners_verify_client_certificates_and_set_xfcc(tmp_path: Path) -> None:
-    origin = Origin()
-    ca, certs = _issue(tmp_path, HOSTS)
-    client_ca, clients = _client_pki(tmp_path)
-    port = _free_port()
-    from waypoint.app import WaypointProxy
-    from waypoint.authz import Waypoint
-    from waypoint.config import WaypointConfig
-    from waypoint.settings import load
-    cfg = WaypointConfig(Waypoint("demo", "gw"), "cluster.local")
+class _Bench:
+    """The ingress gateway under test on a loopback port: its config, proxy and engine, an origin
+    echoing headers, the servers' certificates (`ca` signs them) and the client PKI."""
 
-    def apply(gw: IngressGateway, version: str) -> None:
-        cfg.apply(ConfigUpdate(IngressGateway.TYPE, version, {}, frozenset(), {gw.resource_name: gw}))
+    def __init__(self, tmp: Path):
+        from waypoint.authz import Waypoint
+        from waypoint.config import WaypointConfig
+        self.origin = Origin()
+        self.ca, self.certs = _issue(tmp, HOSTS)
+        self.client_ca, self.clients = _client_pki(tmp)
+        self.port = _free_port()
+        self.cfg = WaypointConfig(Waypoint("demo", "gw"), "cluster.local")
+        self.proxy = None
+
+    def apply(self, gw: IngressGateway, version: str) -> None:
+        from waypoint.app import WaypointProxy
+        from waypoint.settings import load
+        self.cfg.apply(ConfigUpdate(IngressGateway.TYPE, version, {}, frozenset(), {gw.resource_name: gw}))
+        if self.proxy is None:
+            self.proxy = WaypointProxy(load(["--waypoint", "demo/gw", "--pod-name", "gw-0", "--node", "node1",
+                                             "--gateway-class", "ambit"]), self.cfg, None)
+
+    def cert(self, name: str) -> tuple[str, ...]:
+        return ("--cert", str(self.clients[name][0]), "--key", str(self.clients[name][1]))
+
+    def upstream(self, fwd, head, down, exclude=frozenset()) -> UpstreamTarget:
+        port = self.origin.port
+        return UpstreamTarget(key="origin", address=f"127.0.0.1:{port}", connect=lambda: connect_tcp("127.0.0.1", port, 5))
+
+    def run(self, body: Callable[[IngressListeners], Awaitable[None]]) -> None:
+        """Serve the config applied so far and run `body` against it."""
+        async def main() -> None:
+            engine = Engine(HttpSettings(), self.proxy.decide, self.upstream)
+            self.proxy.ingress = listeners = IngressListeners("127.0.0.1", engine.serve, _no_relay)
+            await listeners.update(self.cfg.view.ingress)
+            try:
+                await body(listeners)
+            finally:
+                await listeners.close()
+                await engine.shutdown()
+        try:
+            asyncio.run(main())
+        finally:
+            self.origin.close()
+
+
+def test_mutual_tls_listeners_verify_client_certificates_and_set_xfcc(tmp_path: Path) -> None:
+    b = _Bench(tmp_path)
+    ca, certs, client_ca, clients, port, cert = b.ca, b.certs, b.client_ca, b.clients, b.port, b.cert
     (tmp_path / "other").mkdir()
     other_ca, _ = _client_pki(tmp_path / "other")
-    apply(_gateway(port, certs, client_ca, mutual=False), "1")
-    proxy = WaypointProxy(load(["--waypoint", "demo/gw", "--pod-name", "gw-0", "--node", "node1",
-                                "--gateway-class", "ambit"]), cfg, None)
+    b.apply(_gateway(port, certs, client_ca, mutual=False), "1")
 
-    def upstream(fwd, head, down, exclude=frozenset()) -> UpstreamTarget:
-        return UpstreamTarget(key="origin", address=f"127.0.0.1:{origin.port}",
-                              connect=lambda: connect_tcp("127.0.0.1", origin.port, 5))
+    async def main(listeners: IngressListeners) -> None:
+        # control: before the listener asks for client certificates, a client without one is served
+        rc, _ = await _curl(port, ca, HOSTS[0])
+        assert rc == 0
+        # the same open port, now MUTUAL on one host and OPTIONAL_MUTUAL on another
+        b.apply(_gateway(port, certs, client_ca, other_ca=other_ca), "2")
+        await listeners.update(b.cfg.view.ingress)
+        rc, _ = await _curl(port, ca, HOSTS[0])
+        assert rc != 0, "MUTUAL served a client without a certificate"
+        rc, got = await _curl(port, ca, HOSTS[0], *cert("partner"))
+        assert rc == 0
+        der = x509.load_pem_x509_certificate(clients["partner"][0].read_bytes()).public_bytes(
+            serialization.Encoding.DER)
+        assert got["x-forwarded-client-cert"] == (f"Hash={hashlib.sha256(der).hexdigest()};"
+                                                  f'Subject="CN=partner";URI={PARTNER}'), got
+        rc, _ = await _curl(port, ca, HOSTS[0], *cert("other"))
+        assert rc != 0, "a certificate without the subjectAltName asked for was served"
+        rc, _ = await _curl(port, ca, HOSTS[0], *cert("stranger"))
+        assert rc != 0, "a certificate from another CA was served"
+        # OPTIONAL_MUTUAL: no certificate served (and no forged XFCC passes), a valid one named
+        rc, got = await _curl(port, ca, HOSTS[1])
+        assert rc == 0 and "x-forwarded-client-cert" not in got, got
+        rc, got = await _curl(port, ca, HOSTS[1], *cert("other"))
+        assert rc == 0 and got["x-forwarded-client-cert"].endswith("URI=spiffe://other.example/app")
+        rc, _ = await _curl(port, ca, HOSTS[1], *cert("stranger"))
+        assert rc != 0, "OPTIONAL_MUTUAL served an invalid certificate"
+        # a plain host on the same port still serves clients without a certificate
+        rc, got = await _curl(port, ca, HOSTS[2])
+        assert rc == 0 and "x-forwarded-client-cert" not in got
+        # a listener with another client CA: the partner's certificate is refused, and so is a
+        # session the partner resumes from the first listener (sessions belong to the port)
+        rc, _ = await _curl(port, ca, HOSTS[3], *cert("partner"))
+        assert rc != 0
+        assert await asyncio.to_thread(_resumed_elsewhere, port, ca, clients["partner"]) is False
 
-    def cert(name: str) -> tuple[str, ...]:
-        return ("--cert", str(clients[name][0]), "--key", str(clients[name][1]))
+    b.run(main)
 
-    async def main() -> None:
-        engine = Engine(HttpSettings(), proxy.decide, upstream)
-        proxy.ingress = listeners = IngressListeners("127.0.0.1", engine.serve, _no_relay)
-        await listeners.update(cfg.view.ingress)
-        try:
-            # control: before the listener asks for client certificates, a client without one is served
-            rc, _ = await _curl(port, ca, HOSTS[0])
-            assert rc == 0
-            # the same open port, now MUTUAL on one host and OPTIONAL_MUTUAL on another
-            apply(_gateway(port, certs, client_ca, other_ca=other_ca), "2")
-            await listeners.update(cfg.view.ingress)
-            rc, _ = await _curl(port, ca, HOSTS[0])
-            assert rc != 0, "MUTUAL served a client without a certificate"
-            rc, got = await _curl(port, ca, HOSTS[0], *cert("partner"))
-            assert rc == 0
-            der = x509.load_pem_x509_certificate(clients["partner"][0].read_bytes()).public_bytes(
-                serialization.Encoding.DER)
-            assert got["x-forwarded-client-cert"] == (f"Hash={hashlib.sha256(der).hexdigest()};"
-                                                      f'Subject="CN=partner";URI={PARTNER}'), got
-            rc, _ = await _curl(port, ca, HOSTS[0], *cert("other"))
-            assert rc != 0, "a certificate without the subjectAltName asked for was served"
-            rc, _ = await _curl(port, ca, HOSTS[0], *cert("stranger"))
-            assert rc != 0, "a certificate from another CA was served"
-            # OPTIONAL_MUTUAL: no certificate served (and no forged XFCC passes), a valid one named
-            rc, got = await _curl(port, ca, HOSTS[1])
-            assert rc == 0 and "x-forwarded-client-cert" not in got, got
-            rc, got = await _curl(port, ca, HOSTS[1], *cert("other"))
-            assert rc == 0 and got["x-forwarded-client-cert"].endswith("URI=spiffe://other.example/app")
-            rc, _ = await _curl(port, ca, HOSTS[1], *cert("stranger"))
-            assert rc != 0, "OPTIONAL_MUTUAL served an invalid certificate"
-            # a plain host on the same port still serves clients without a certificate
-            rc, got = await _curl(port, ca, HOSTS[2])
-            assert rc == 0 and "x-forwarded-client-cert" not in got
-            # a listener with another client CA: the partner's certificate is refused, and so is a
-            # session the partner resumes from the first listener (sessions belong to the port)
-            rc, _ = await _curl(port, ca, HOSTS[3], *cert("partner"))
-            assert rc != 0
-            assert await asyncio.to_thread(_resumed_elsewhere, port, ca, clients["partner"]) is False
-        finally:
-            await listeners.close()
-            await engine.shutdown()
 
-    try:
-        asyncio.run(main())
-    finally:
-        origin.close()
+def _gateway_api(port: int, certs, client_ca: str) -> IngressGateway:
+    """A Gateway API ingress Gateway whose `spec.tls.frontend` names a ConfigMap holding the client
+    CA, through the controller's real validation and translation: what the gateway pods receive."""
+    from controller.translate import translate
+    host = HOSTS[0]
+    objs = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": "demo"},
+         "spec": {"clusterIP": "10.96.0.50", "selector": {"app": "echo"}, "ports": [{"port": 8080}]}},
+        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": "cert", "namespace": "demo"},
+         "stringData": {"tls.crt": certs[host].cert_pem, "tls.key": certs[host].key_pem}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "client-ca", "namespace": "demo"},
+         "data": {"ca.crt": client_ca}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "gw", "namespace": "demo"},
+         "spec": {"gatewayClassName": "ambit",
+                  "listeners": [{"name": "https", "port": port, "protocol": "HTTPS", "hostname": host,
+                                 "tls": {"certificateRefs": [{"name": "cert"}]}}],
+                  "tls": {"frontend": {"default": {"validation": {
+                      "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "client-ca"}]}}}}}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "echo", "namespace": "demo"},
+         "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "echo", "port": 8080}]}]}},
+    ]
+    tr = translate(objs)
+    assert not tr.errors, tr.errors
+    (gw,) = tr.ingress.gateways
+    return gw
+
+
+def test_gateway_api_frontend_validation_verifies_client_certificates(tmp_path: Path) -> None:
+    """Gateway API `spec.tls.frontend` (AllowValidOnly, a ConfigMap's ca.crt) on the wire: no
+    certificate and a certificate from another CA are refused in the handshake, one the
+    ConfigMap's CA signed is served and named to the backend in XFCC."""
+    b = _Bench(tmp_path)
+    b.apply(_gateway_api(b.port, b.certs, b.client_ca), "1")
+
+    async def main(listeners: IngressListeners) -> None:
+        rc, _ = await _curl(b.port, b.ca, HOSTS[0])
+        assert rc != 0, "AllowValidOnly served a client without a certificate"
+        rc, _ = await _curl(b.port, b.ca, HOSTS[0], *b.cert("stranger"))
+        assert rc != 0, "a certificate from a CA the ConfigMap does not hold was served"
+        rc, got = await _curl(b.port, b.ca, HOSTS[0], *b.cert("partner"))
+        assert rc == 0
+        assert got["x-forwarded-client-cert"].endswith(f"URI={PARTNER}"), got
+
+    b.run(main)
