@@ -30,7 +30,7 @@ def test_lab_source_snapshots_and_keeps_last_good(tmp_path: Path) -> None:
     try:
         wait_for(lambda: snaps, "the initial (empty) snapshot")
         assert snaps[0] == []
-        store.apply([vs(90), {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ignored"}}])
+        store.apply([vs(90), {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "ignored"}}])
         wait_for(lambda: len(snaps) >= 2, "a snapshot after apply")
         assert [o["kind"] for o in snaps[-1]] == ["VirtualService"]
 
