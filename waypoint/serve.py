@@ -7,8 +7,10 @@ endpoints."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 
 from ambit.backoff import Backoff
 from ambit.configclient import ConfigClient, NodeInfo, tls
@@ -112,19 +114,39 @@ async def amain(args: WaypointSettings) -> None:
              args.waypoint, args.pod_name, "its Gateway's listeners" if args.ingress else f"HBONE on {args.listen}",
              args.identity, args.controller or "-")
     trimmer = await process.serve_until_stopped(args, proxy, metrics.registry)
-    await memory.stop_trimming(trimmer)
-    if reporter is not None:
-        await reporter.stop()
-    if feed is not None:
-        await feed.stop()
-    await proxy.close()
-    await adm.close()
-    if status is not None:
-        await status.close()
-    await msrv.close()
-    if identities is not None:
-        await identities.close()
-    if channel is not None:
-        await channel.close()
-    if client is not None:
-        await client.stop()
+    drain = args.http.drain_timeout + args.http.drain_accept + 1.0
+    steps: list[tuple[str, Callable[[], Awaitable[object]], float]] = [
+        ("memory trimmer", lambda: memory.stop_trimming(trimmer), STEP_TIMEOUT),
+        ("status reporter", reporter.stop if reporter is not None else _nothing, STEP_TIMEOUT),
+        ("tap feed", feed.stop if feed is not None else _nothing, STEP_TIMEOUT),
+        ("proxy drain", proxy.close, drain),
+        ("admin endpoint", adm.close, STEP_TIMEOUT),
+        ("status port", status.close if status is not None else _nothing, STEP_TIMEOUT),
+        ("metrics server", msrv.close, STEP_TIMEOUT),
+        ("identities", identities.close if identities is not None else _nothing, STEP_TIMEOUT),
+        ("controller channel", channel.close if channel is not None else _nothing, STEP_TIMEOUT),
+        ("config client", client.stop if client is not None else _nothing, STEP_TIMEOUT)]
+    await _shut_down(steps)
+
+
+# Each shutdown step but the drain gets this long: the process must exit, whatever a step waits
+# for (a controller that went away first, a stream that never ends), or a rollout waits for the
+# kubelet's SIGKILL with every pod it replaces.
+STEP_TIMEOUT = 3.0
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _shut_down(steps: list[tuple[str, Callable[[], Awaitable[object]], float]]) -> None:
+    """Run the shutdown steps in order, each within its own time; a step that overruns is logged by
+    name and left behind, so the process exits all the same."""
+    for name, step, timeout in steps:
+        try:
+            await asyncio.wait_for(step(), timeout)
+        except TimeoutError:
+            logging.getLogger("ambit.waypoint").warning(
+                "shutdown: %s did not finish within %.1f s; exiting without it", name, timeout)
+        except Exception:
+            logging.getLogger("ambit.waypoint").exception("shutdown: %s failed", name)
