@@ -24,3 +24,20 @@ async def cancel(task: asyncio.Task[Any] | None) -> None:
     except asyncio.CancelledError:
         if me is not None and me.cancelling() > before:
             raise
+
+
+async def wait_set(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until `event` is set, at most `timeout` seconds: True if it was set.
+
+    Not `asyncio.wait_for(event.wait(), timeout)` in a loop a task runs until it is cancelled:
+    on Python 3.11, when the event is set in the same loop iteration as the task is cancelled,
+    wait_for returns the result and the cancellation is lost (gh-86296), so the loop goes on and
+    whoever awaits the cancelled task waits for ever. A status reporter woken as it was stopped
+    held an ingress gateway's exit that way. `asyncio.timeout` tells its own cancellation from
+    the caller's."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ambit.aiotask import wait_set
 from ambit.trustdomain import TrustDomains
 from controller import meshconfig
 from controller.acceptgate import descriptors_needed, make_server, raise_descriptor_limit, serve
@@ -368,8 +369,7 @@ async def amain(args: ControllerSettings) -> int:
     stop_dashboard = start_dashboard(args, controller)
     deadline = loop.time() + FIRST_SNAPSHOT_TIMEOUT
     while not (controller.first_snapshot.is_set() or done.is_set() or stop.is_set() or loop.time() > deadline):
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), 0.02)
+        await wait_set(done, 0.02)
     if not controller.first_snapshot.is_set():
         if not done.is_set():
             log.error("no configuration snapshot after %.0fs; exiting", FIRST_SNAPSHOT_TIMEOUT)
@@ -389,8 +389,7 @@ async def amain(args: ControllerSettings) -> int:
         if watcher is not None and watcher.changed():
             controller.set_trust_domain_aliases(_aliases(flag_aliases, watcher, args.trust_domain, controller))
         controller.log_errors()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), 0.5)
+        await wait_set(done, 0.5)
     log.info("controller stopping")
     stop.set()
     server.end_streams()        # streams end cleanly (clients reconnect) instead of being cancelled

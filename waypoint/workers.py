@@ -21,7 +21,6 @@ waypoint does, `--http-drain-timeout`), and removes its sockets."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -34,6 +33,7 @@ from typing import Any
 
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
+from ambit.aiotask import wait_set
 from ambit.dataplane.handoff import Dealer
 from ambit.dataplane.listen import tcp_listener
 from ambit.dataplane.workers import (
@@ -160,8 +160,7 @@ async def supervise(args: WaypointSettings, argv: Sequence[str]) -> None:
                             w.proc.pid if w.proc else "-", w.proc.returncode if w.proc else None)
                 w.restarts += 1
                 w.spawn(w.argv(argv))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.1)
+        await wait_set(stop, 0.1)
     dog.stop()
     if dealer is not None:
         dealer.close()          # new connections are refused from now; the workers drain theirs

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ambit.aiotask import cancel
+from ambit.aiotask import cancel, wait_set
 from ambit.api import debug_grpc, debug_pb2
 from ambit.configclient import rpc, tls
 from ambit.configclient.node import NodeInfo
@@ -85,8 +85,5 @@ class StatusReporter:
                 if why != self.last_error:
                     log.warning("status report to %s failed: %s", self.target, why)
                 self.last_error = why
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            except TimeoutError:
-                pass
+            await wait_set(self._wake, self.interval)
             self._wake.clear()

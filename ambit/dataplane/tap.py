@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ambit.aiotask import wait_set
+
 Event = dict[str, Any]
 QUEUE_SIZE = 1000           # events buffered per subscriber before they are dropped
 MAX_SUBSCRIBERS = 16        # a bound on what tapping can cost a proxy
@@ -56,10 +58,7 @@ class Subscriber:
     async def wait(self, timeout: float) -> None:
         if self.queue:
             return
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-        except TimeoutError:
-            pass
+        await wait_set(self._wake, timeout)
 
 
 class TapHub:

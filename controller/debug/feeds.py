@@ -22,6 +22,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from ambit.aiotask import wait_set
 from ambit.dataplane.tap import QUEUE_SIZE, Subscriber
 from ambit.tapfilter import Event, Filter, event_matches
 
@@ -146,9 +147,7 @@ class FeedHub:
             f.changed.set()
         try:
             if asked:
-                await asyncio.wait_for(done.wait(), timeout)
-        except TimeoutError:
-            pass
+                await wait_set(done, timeout)
         finally:
             del self._scrapes[sid]
         return dict(got), sorted({f.key for f in asked if id(f) in pending})

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ambit import identity as ident
+from ambit.aiotask import wait_set
 from ambit.backoff import Backoff
 from ambit.clock import Clock, SystemClock
 from ambit.dataplane.identity.certificate import WorkloadCertificate
@@ -240,8 +241,7 @@ class IdentityManager:
             if remaining <= 0:
                 raise CertificateUnavailable(identity, self._why(entry, timeout))
             entry.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(entry.changed.wait(), remaining)
+            await wait_set(entry.changed, remaining)
             if self._entries.get(identity) is not entry:
                 raise CertificateUnavailable(identity, "identity is no longer managed on this node")
 

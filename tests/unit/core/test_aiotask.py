@@ -82,3 +82,44 @@ def test_a_cancellation_a_library_took_earlier_is_not_taken_for_the_callers() ->
         return "retrying"
 
     assert asyncio.run(attempt()) == "retrying"
+
+
+def test_a_loop_woken_as_it_is_cancelled_still_stops() -> None:
+    """Python 3.11's `asyncio.wait_for(event.wait(), t)` loses a cancellation that arrives in the
+    same loop iteration as the event is set (gh-86296): the loop went on, and `cancel()` of it
+    waited for ever. An ingress gateway never exited after SIGTERM that way (its status reporter,
+    woken as it was stopped). `wait_set` keeps the cancellation."""
+    from ambit.aiotask import wait_set
+
+    async def loop(ev: asyncio.Event) -> None:
+        while True:
+            await wait_set(ev, 5)
+            ev.clear()
+
+    async def main() -> None:
+        for _ in range(50):
+            ev = asyncio.Event()
+            t = asyncio.ensure_future(loop(ev))
+            await asyncio.sleep(0)
+            ev.set()
+            await asyncio.wait_for(cancel(t), 2)    # the wake and the stop in one iteration
+            assert t.cancelled()
+        assert await wait_set(asyncio.Event(), 0.01) is False
+        ev = asyncio.Event()
+        ev.set()
+        assert await wait_set(ev, 0.01) is True
+    asyncio.run(main())
+
+
+def test_the_status_reporter_stops_when_woken_as_it_is_stopped() -> None:
+    from ambit.configclient import NodeInfo
+    from ambit.configclient.report import StatusReporter
+
+    async def main() -> None:
+        r = StatusReporter("127.0.0.1:1", NodeInfo("ztunnel", "node-a"), dict, interval=30,
+                           timeout=0.2)
+        await r.start()
+        await asyncio.sleep(0.5)         # its first report failed: it waits for the interval or a wake
+        r.wake()
+        await asyncio.wait_for(r.stop(), 5)
+    asyncio.run(main())
