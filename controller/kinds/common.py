@@ -21,9 +21,7 @@ from controller.kinds.schema import Arr, Errors, Int, Map, Num, Obj, Str, join
 GO_DURATION_PATTERN = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$"
 
 
-def parse_duration(text: str) -> float:
-    """Parse a Go/Istio duration ("1.5s", "300ms", "1h30m") into seconds. Raises ValueError."""
-    return parse_go_duration(text)
+parse_duration = parse_go_duration     # Go/Istio durations, in seconds (ambit/duration.py)
 
 
 def _check_duration(text: str) -> str | None:

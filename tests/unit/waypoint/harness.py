@@ -520,3 +520,14 @@ class H2Origin:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.srv.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def roundtrip(port: int, payload: bytes) -> bytes:
+    """Send `payload` to 127.0.0.1:`port`, half-close, and read until the other side closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    return got

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 import urllib.error
 import urllib.request
 
@@ -14,7 +13,7 @@ import pytest
 
 from ambit.configclient import ConfigUpdate
 from ambit.model import Authorization, Endpoint, Match, Rule, Service, ServicePort
-from tests.unit.waypoint.harness import Origin, Proxy, by_header
+from tests.unit.waypoint.harness import Origin, Proxy, by_header, roundtrip
 from waypoint.app import WaypointProxy
 from waypoint.authz import Waypoint
 from waypoint.config import WaypointConfig
@@ -98,13 +97,7 @@ def test_an_opaque_tunnel_that_matched_an_audit_policy_is_named_in_its_access_li
         assert p.engine is not None
         p.engine.opaque = lambda _: waypoint.opaque(down)      # the waypoint's L4 path for this tunnel
         payload = b"\x16\x03\x01" + b"x" * 100
-        with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
-            s.sendall(payload)
-            s.shutdown(socket.SHUT_WR)
-            got = b""
-            while chunk := s.recv(65536):
-                got += chunk
-        assert got == b"220 banner\r\n" + payload
+        assert roundtrip(p.port, payload) == b"220 banner\r\n" + payload
         [rec] = p.find(lambda r: r.protocol == "TCP")
     finally:
         p.close()

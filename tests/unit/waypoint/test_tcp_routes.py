@@ -14,7 +14,7 @@ import pytest
 from ambit.configclient import ConfigUpdate
 from ambit.model import Endpoint, RouteDestination, Service, ServicePort, TcpRoute, WaypointRoutes
 from controller.translate import translate
-from tests.unit.waypoint.harness import Proxy, by_header
+from tests.unit.waypoint.harness import Proxy, by_header, roundtrip
 from waypoint.app import WaypointProxy
 from waypoint.authz import Waypoint
 from waypoint.config import WaypointConfig
@@ -89,16 +89,6 @@ def db_waypoint(primary: TcpEcho, replica: TcpEcho, **routes: list[TcpRoute]) ->
     return waypoint, tunnel
 
 
-def talk(p: Proxy, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        got = b""
-        while chunk := s.recv(65536):
-            got += chunk
-    return got
-
-
 def test_a_non_http_tunnel_goes_to_the_routed_backend() -> None:
     primary, replica = TcpEcho(b"220 primary\r\n"), TcpEcho(b"220 replica\r\n")
     waypoint, tunnel = db_waypoint(primary, replica, tcp=[r(
@@ -110,11 +100,11 @@ def test_a_non_http_tunnel_goes_to_the_routed_backend() -> None:
         payload = b"\x00\x01select 1"
         # a client the route does not match: the Service it dialled
         p.engine.opaque = lambda _: waypoint.opaque(tunnel)
-        assert talk(p, payload) == b"220 primary\r\n" + payload
+        assert roundtrip(p.port, payload) == b"220 primary\r\n" + payload
         # a client with the route's labels: the replica, and its record names the replica
         reports = dataclasses.replace(tunnel, source_labels=(("app", "reports"),))
         p.engine.opaque = lambda _: waypoint.opaque(reports)
-        assert talk(p, payload) == b"220 replica\r\n" + payload
+        assert roundtrip(p.port, payload) == b"220 replica\r\n" + payload
         recs = p.find(lambda rec: rec.protocol == "TCP" and rec.service == "default/ro.example")
         assert recs and recs[0].route == "VirtualService/default/reports"
         labels = waypoint.telemetry.tcp_labels(recs[0])
