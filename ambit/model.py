@@ -230,6 +230,15 @@ class Service(Resource):
     # strict NODE routing preference). ztunnel takes over Service balancing from kube-proxy for
     # enrolled pods, so it must apply it too.
     node_local: bool = False
+    # Which endpoints a client prefers (Kubernetes `trafficDistribution`, else Istio's
+    # `networking.istio.io/traffic-distribution` annotation on the Service, else on its namespace):
+    # "PreferSameZone" (also for PreferClose) or "PreferSameNode"; "" spreads over every endpoint.
+    # ztunnel keeps the endpoints that share most of the client's region, zone (subzone, node);
+    # a waypoint fails over by the same scopes, on endpoint readiness, as Istio configures Envoy.
+    # Advisory: a preference, so an older data plane that ignores it still balances correctly.
+    traffic_distribution: str = ""
+
+    ADVISORY: ClassVar[tuple[str, ...]] = ("traffic_distribution",)
 
     @property
     def resource_name(self) -> str:
@@ -600,6 +609,8 @@ class TcpRoute:
 class TrafficPolicy:
     """A DestinationRule trafficPolicy, flattened. Zero means "no limit" / "not set"."""
 
+    ADVISORY: ClassVar[tuple[str, ...]] = ("locality_set",)
+
     lb: str = ""                        # ROUND_ROBIN | LEAST_REQUEST | RANDOM | PASSTHROUGH | CONSISTENT_HASH
     hash_header: str = ""
     hash_cookie: str = ""
@@ -648,6 +659,9 @@ class TrafficPolicy:
     # loadBalancer.localityLbSetting (waypoint/traffic/locality.py). Istio's mesh default has it
     # enabled: with outlier detection, endpoints are prioritised by locality unless disabled.
     locality_disabled: bool = False     # enabled: false
+    # the rule sets localityLbSetting at all: it then overrides a Service's trafficDistribution, as
+    # Istio's GetEffectiveLbSetting orders them (DestinationRule, Service, mesh)
+    locality_set: bool = False
     # distribute: [[from, {to: weight}]], in the rule's order (the first `from` matching the proxy applies)
     locality_distribute: list[list[Any]] = field(default_factory=list)
     locality_failover: list[list[str]] = field(default_factory=list)     # failover: [[from region, to region]]
