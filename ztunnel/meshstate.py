@@ -44,7 +44,7 @@ from ambit.model import (
 from ambit.telemetryconfig import AccessLogConfig, TelemetryConfig
 from ambit.telemetrymetrics import MetricsConfig
 from ambit.trustdomain import TrustDomains
-from ztunnel import authz
+from ztunnel import authz, distribution
 
 # The order the server pushes them in (mesh settings, then policy before the pods it protects);
 # WaypointRoutes are the waypoint's business, not ztunnel's; Telemetry decides its access logs.
@@ -383,6 +383,7 @@ class MeshState:
     _applied: set[str] = field(default_factory=set)     # from the controller or the cache
     _listeners: list[Callable[[ConfigView, ConfigUpdate], None]] = field(default_factory=list)
     _telemetry_cache: tuple[ConfigView | None, dict[tuple[str, str], TelemetryConfig]] = (None, {})
+    _closest_cache: tuple[ConfigView | None, dict[tuple[str, str, str, int], tuple[Endpoint, ...]]] = (None, {})
 
     def apply(self, update: ConfigUpdate) -> None:
         try:
@@ -471,6 +472,32 @@ class MeshState:
         """The Telemetry API's metrics for `workload` on `side` (CLIENT: reporter="source",
         SERVER: reporter="destination")."""
         return self.telemetry_config(workload, side).metrics
+
+    def closest_endpoints(self, service: Service, ready: list[Endpoint], src_uid: str, src_node: str) -> list[Endpoint]:
+        """Of `ready` (`service`'s ready endpoints, in its order), those its traffic distribution
+        lets the pod `src_uid` on node `src_node` reach (ztunnel/distribution.py); cached per
+        Service, client place and endpoint count until the next update, since every connection
+        of a client to the Service asks the same."""
+        src = self.workload(src_uid)
+        client = distribution.place(src.locality if src is not None else "", src_node)
+        view, cache = self._closest_cache
+        if view is not self.view:
+            view, cache = self.view, {}
+            self._closest_cache = (view, cache)
+        key = (service.resource_name, service.kind, "/".join(client), len(ready))
+        hit = cache.get(key)
+        if hit is None:
+            if len(cache) >= 4096:      # client places x Services: bounded whatever the churn
+                cache.clear()
+            hit = cache[key] = tuple(distribution.closest(service.traffic_distribution, client, ready,
+                                                          self.endpoint_place))
+        return list(hit)
+
+    def endpoint_place(self, ep: Endpoint) -> tuple[str, str, str, str]:
+        """Where endpoint `ep` runs: its pod's locality and its node ("" parts when unknown)."""
+        wl = (self.workload(ep.workload_uid) if ep.workload_uid else None) or \
+            (self.lookup_workload(ep.ip) if ep.ip else None)
+        return distribution.place(wl.locality if wl is not None else "", ep.node or (wl.node if wl is not None else ""))
 
     def telemetry_config(self, workload: Workload, side: str) -> TelemetryConfig:
         """The Telemetry API's resolution for `workload` on `side`, cached until the next update."""

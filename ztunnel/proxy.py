@@ -266,7 +266,8 @@ class Proxy:
             rec.dst_addr = routing.format_addr(*dst)
             if dst == sock.getsockname()[:2]:
                 raise OSError("original destination unknown (is ztunnel in its own cgroup?)")
-            route = (routing.decide(self.config, dst[0], dst[1], self.lb, pod.pod.namespace, pod.pod.node)
+            route = (routing.decide(self.config, dst[0], dst[1], self.lb, pod.pod.namespace, pod.pod.node,
+                                    pod.pod.uid)
                      if self.config is not None else routing.Route(routing.PASSTHROUGH, dst, dst))
             rec.route = route.kind
             if route.workload is not None:

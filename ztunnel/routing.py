@@ -28,6 +28,10 @@ Given the source workload and the original destination (what the app connected t
   from the source pod's netns, unless the mesh's `outboundTrafficPolicy` is REGISTRY_ONLY and the
   address is no workload at all: then a `refuse` naming the policy.
 
+A Service's traffic distribution (`trafficDistribution: PreferClose`, ...) narrows its ready
+endpoints to the ones closest to the client before the round robin (ztunnel/distribution.py),
+unless `internalTrafficPolicy: Local` has already narrowed them to the client's node.
+
 No sockets, no clocks: `decide` reads a `MeshState` (a consistent immutable view between awaits)
 and a `RoundRobin` picker; tests drive both directly.
 """
@@ -175,10 +179,12 @@ def via_waypoint(config: MeshState, waypoint: str, original: tuple[str, int], lb
 
 
 def decide(config: MeshState, dst_ip: str, dst_port: int, lb: RoundRobin | None = None,
-           src_namespace: str | None = None, src_node: str | None = None) -> Route:
+           src_namespace: str | None = None, src_node: str | None = None, src_uid: str | None = None) -> Route:
     """Route a connection whose original destination is `dst_ip:dst_port`, opened by a pod in
     `src_namespace` (None: every ServiceEntry is visible, whatever its exportTo) on node
-    `src_node` (None: a Service's `internalTrafficPolicy: Local` is not narrowed to a node)."""
+    `src_node` (None: a Service's `internalTrafficPolicy: Local` is not narrowed to a node), whose
+    workload uid is `src_uid` (None: a Service's traffic distribution is not applied; with both
+    given, only the closest ready endpoints are candidates: ztunnel/distribution.py)."""
     service: Service | None = None
     hit = _visible(config.lookup_service(dst_ip, dst_port), src_namespace)
     pod = config.lookup_workload(dst_ip)
@@ -192,7 +198,8 @@ def decide(config: MeshState, dst_ip: str, dst_port: int, lb: RoundRobin | None 
             return via_waypoint(config, service.waypoint, (dst_ip, dst_port), lb, service,
                                 f"{_what(service)} {service.resource_name}")
         if service.kind == "ServiceEntry":
-            return entry_route(config, service, svc_port, (dst_ip, dst_port), lb, vip=hit is not None)
+            return entry_route(config, service, svc_port, (dst_ip, dst_port), lb, vip=hit is not None,
+                               src=(src_uid, src_node))
         ready = [ep for ep in service.endpoints if ep.ready]
         if service.node_local and src_node is not None:
             ready = [ep for ep in ready if ep.node == src_node]
@@ -200,6 +207,8 @@ def decide(config: MeshState, dst_ip: str, dst_port: int, lb: RoundRobin | None 
                 return Route(REFUSE, None, (dst_ip, dst_port), service=service,
                              reason=f"service {service.resource_name} has internalTrafficPolicy Local and no "
                                     f"ready endpoint on node {src_node or '(unknown)'}")
+        elif service.traffic_distribution and src_uid is not None and src_node is not None and len(ready) > 1:
+            ready = config.closest_endpoints(service, ready, src_uid, src_node)
         if not ready:
             return Route(REFUSE, None, (dst_ip, dst_port), service=service,
                          reason=f"service {service.resource_name} port {dst_port} has no ready endpoint")
@@ -246,14 +255,15 @@ def _visible(hit: tuple[Service, ServicePort] | None, namespace: str | None) -> 
 
 
 def entry_route(config: MeshState, service: Service, svc_port: ServicePort, original: tuple[str, int],
-                lb: RoundRobin | None, vip: bool) -> Route:
+                lb: RoundRobin | None, vip: bool, src: tuple[str | None, str | None] = (None, None)) -> Route:
     """A connection to a ServiceEntry host (not bound to a waypoint).
 
     Resolution NONE, or a connection straight to one of its endpoints or into its CIDR: the
     original destination. STATIC / DNS through a VIP: one of the endpoints, by weight, on its port.
     MESH_EXTERNAL is always plain TCP from the pod (an external server speaks no HBONE);
     MESH_INTERNAL endpoints that are mesh pods get HBONE to their identity, as any mesh pod does.
-    A DNS endpoint's name is resolved by the proxy when it dials (`Route.resolve`)."""
+    A DNS endpoint's name is resolved by the proxy when it dials (`Route.resolve`). `src`: the
+    client's (workload uid, node), for the entry's traffic distribution (its annotation)."""
     if service.resolution == "NONE" or not vip:
         ip, port = original
         hostname = ""
@@ -262,6 +272,8 @@ def entry_route(config: MeshState, service: Service, svc_port: ServicePort, orig
         if not ready:
             return Route(REFUSE, None, original, service=service,
                          reason=f"ServiceEntry host {service.hostname} port {svc_port.port} has no endpoint")
+        if service.traffic_distribution and src[0] is not None and src[1] is not None and len(ready) > 1:
+            ready = config.closest_endpoints(service, ready, src[0], src[1])
         ep = (lb or RoundRobin()).pick_weighted(f"{service.resource_name}:{svc_port.port}", ready,
                                                 [e.weight or 1 for e in ready])
         ip, port, hostname = ep.ip, target_port(svc_port, ep), ep.hostname

@@ -502,6 +502,7 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
         t.lb = {"LEAST_CONN": "LEAST_REQUEST", "UNSPECIFIED": ""}.get(lb["simple"], lb["simple"])
     loc = lb.get("localityLbSetting")
     if loc is not None:     # waypoint/traffic/locality.py; unset: Istio's mesh default (enabled)
+        t.locality_set = True       # it overrides the Service's trafficDistribution at the waypoint
         t.locality_disabled = loc.get("enabled") is False
         t.locality_distribute = [[d.get("from", ""), dict(d.get("to") or {})] for d in loc.get("distribute") or []]
         t.locality_failover = [[f.get("from", ""), f.get("to", "")] for f in loc.get("failover") or []]

@@ -19,6 +19,7 @@ from typing import Any
 from ambit.model import Endpoint, Service, ServicePort
 from controller.kinds.serviceentry import is_ip
 from controller.translate.blame import blame
+from controller.translate.distribution import traffic_distribution
 from controller.translate.index import Index, labels_of, name_of, namespace_waypoint, ns_of, waypoint_ref
 from controller.translate.workloads import port_protocol
 from controller.validation import FieldError
@@ -112,6 +113,8 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
                     endpoints=endpoints, waypoint=waypoint, kind="ServiceEntry",
                     location=spec.get("location") or "MESH_EXTERNAL", resolution=resolution,
                     export_to=export_to(spec, ns),
+                    traffic_distribution="" if resolution == "NONE" else
+                    traffic_distribution(se, idx.namespaces.get(ns), spec_field=False),
                 ))
     return out
 

@@ -9,6 +9,7 @@ from ambit.model import Endpoint, Service, ServicePort, Workload, spiffe_id
 from ambit.probes import probe_ports
 from ambit.topology import LOCALITY_LABEL, TOPOLOGY_LABELS
 from controller.translate.blame import blame
+from controller.translate.distribution import traffic_distribution
 from controller.translate.index import (
     CGROUP_ANNOTATION,
     NETNS_ANNOTATION,
@@ -148,6 +149,7 @@ def translate_services(idx: Index, cluster_domain: str) -> list[Service]:
                 endpoints=endpoints,
                 waypoint=waypoint_ref(labels_of(svc), ns, fallback=namespace_waypoint(idx, ns)),
                 node_local=spec.get("internalTrafficPolicy") == "Local",
+                traffic_distribution=traffic_distribution(svc, idx.namespaces.get(ns)),
             ))
     return out
 

@@ -16,9 +16,12 @@ field asks for balancing that the mesh does not do, the user would otherwise fin
   ztunnel or the waypoint (each connection is balanced on its own).
 - a Service with `internalTrafficPolicy: Local` whose traffic goes through a waypoint: ztunnel
   keeps a client on its own node's endpoints, but a waypoint balances over every node's.
-- a Service with `trafficDistribution` (`PreferClose`, ...): neither ztunnel nor the waypoint
-  reads it (Istio maps it to a locality failoverPriority; Ambit's waypoint does locality only from
-  a DestinationRule's `localityLbSetting`).
+- a traffic distribution Ambit cannot read (controller/translate/distribution.py): a
+  `trafficDistribution` value of a newer Kubernetes, or a `networking.istio.io/traffic-distribution`
+  annotation (Service, ServiceEntry, Namespace) that is none of PreferClose, PreferSameZone,
+  PreferSameNode: clients then spread over every endpoint; one that ztunnel does not apply because
+  `internalTrafficPolicy: Local` already keeps clients on their node; one on a ServiceEntry of
+  resolution NONE (its connections go where they were sent).
 
 Pure: `label_notes(objects, gateways, svc_waypoint)` over the valid objects of a snapshot returns
 `Note`s (object, field, reason, cause); `controller.waypoints.advisories` makes them `NotEnforced`
@@ -30,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 from ambit.enrolment import AMBIENT, MODE_LABELS, OPT_OUT
+from controller.translate import distribution
 from controller.translate.index import WAYPOINT_LABELS, labels_of, name_of, ns_of, waypoint_ref
 from controller.translate.waypoints import SERVES_SERVICES, SERVES_WORKLOADS
 from controller.validation import object_ref
@@ -50,6 +54,8 @@ def label_notes(objects: list[Obj], gateways: dict[tuple[str, str], Obj],
     out: list[Note] = []
     for o in objects:
         kind = o.get("kind")
+        if kind == "ServiceEntry":
+            out += _entry_distribution(o, object_ref(o))
         if kind not in ("Namespace", "Pod", "Service"):
             continue
         ref, labels = object_ref(o), labels_of(o)
@@ -64,6 +70,27 @@ def label_notes(objects: list[Obj], gateways: dict[tuple[str, str], Obj],
             out += _waypoint_kind(o, ref, labels, gateways)
         if kind == "Service":
             out += _service_fields(o, ref, svc_waypoint.get((ns_of(o), name_of(o)), ""))
+        if kind in ("Service", "Namespace"):
+            out += _unread_distribution(o, ref, kind == "Service")
+    return out
+
+
+def _unread_distribution(o: Obj, ref: str, spec_field: bool) -> list[Note]:
+    """A traffic distribution value that means nothing to Ambit (a Service's or ServiceEntry's own
+    values; a namespace's annotation is reported on the Namespace)."""
+    return [(ref, where, (
+        f"{value!r} is not a traffic distribution Ambit knows (PreferClose, PreferSameZone, PreferSameNode): "
+        "clients spread over every endpoint, as with none"), "UnsupportedValue")
+        for where, value in distribution.unknown(o, spec_field)]
+
+
+def _entry_distribution(o: Obj, ref: str) -> list[Note]:
+    out = _unread_distribution(o, ref, False)
+    spec = o.get("spec") or {}
+    if not out and (spec.get("resolution") or "NONE") == "NONE" and distribution.traffic_distribution(o, None, False):
+        out.append((ref, f"metadata.annotations[{distribution.ANNOTATION}]", (
+            "not applied: resolution NONE sends each connection to the address it was opened to, so there is no "
+            "endpoint to prefer (as in Istio)"), "UnsupportedValue"))
     return out
 
 
@@ -96,9 +123,10 @@ def _service_fields(o: Obj, ref: str, waypoint: str) -> list[Note]:
         out.append((ref, "spec.internalTrafficPolicy", (
             f"Local is applied by ztunnel, but this Service's traffic goes through waypoint {waypoint}, which "
             "balances over the endpoints of every node"), "UnsupportedValue"))
-    if spec.get("trafficDistribution") not in (None, "", "Any"):
-        out.append((ref, "spec.trafficDistribution", (
-            f"{spec['trafficDistribution']} is not applied: ztunnel and the waypoint do not prefer close endpoints "
-            "by this field (through a waypoint, a DestinationRule with outlierDetection prioritises the "
-            "waypoint's own zone: localityLbSetting)"), "UnsupportedValue"))
+    if spec.get("internalTrafficPolicy") == "Local" and distribution.traffic_distribution(o, None):
+        where = ("spec.trafficDistribution" if spec.get("trafficDistribution") in distribution.VALUES
+                 else f"metadata.annotations[{distribution.ANNOTATION}]")
+        out.append((ref, where, (
+            "not applied by ztunnel: internalTrafficPolicy Local already keeps each client on its own node's "
+            "endpoints (as in Istio)" + (f"; waypoint {waypoint} applies it" if waypoint else "")), "UnsupportedValue"))
     return out

@@ -196,6 +196,39 @@ def test_internal_traffic_policy_local_keeps_clients_on_their_nodes_endpoints(la
         lab.ambit("delete", "svc", "echo-local", "-n", "demo", "--ignore-not-found", check=False)
 
 
+def test_traffic_distribution_keeps_clients_close_by_the_field_and_the_istio_annotation(lab: Lab) -> None:
+    """Kubernetes trafficDistribution, applied by ztunnel as Istio's: echo-v1 runs on node1, echo-v2
+    on node2, and the lab's nodes have no zone labels. Through a Service with `PreferSameNode`,
+    demo/client (node1) reaches only echo-v1; with `PreferClose` (same zone: every endpoint here
+    shares the unlabelled zone) it reaches both; with the field removed and Istio's annotation
+    `networking.istio.io/traffic-distribution: PreferSameNode`, only echo-v1 again."""
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo-near", "namespace": "demo"},
+           "spec": {"clusterIP": "10.96.0.98", "selector": {"app": "echo"}, "trafficDistribution": "PreferSameNode",
+                    "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}}
+
+    def reached(preference: str) -> set[str]:
+        wait_until_everywhere(lab, lambda n: any(s["name"] == "echo-near" and s.get("traffic_distribution") == preference
+                                                 and len(s["endpoints"]) == 2 for s in zt(lab, n, "/services")),
+                              f"the {preference} service")
+        # one curl, six connections (Connection: close): ztunnel balances each connection on its own
+        p = lab.exec("demo/client", "curl", "-sS", "--fail", "-m", "5", "-H", "Connection: close",
+                     *["http://10.96.0.98:8080/"] * 6, timeout=30)
+        assert p.returncode == 0, p.stderr
+        return {json.loads(line)["version"] for line in p.stdout.splitlines() if line.strip()}
+    try:
+        lab.ambit("apply", "-f", "-", input=yaml.safe_dump(svc))
+        assert reached("PreferSameNode") == {"v1"}, "a node1 client left its node with PreferSameNode"
+        svc["spec"]["trafficDistribution"] = "PreferClose"
+        lab.ambit("apply", "-f", "-", input=yaml.safe_dump(svc))
+        assert reached("PreferSameZone") == {"v1", "v2"}, "PreferClose narrowed within one (unlabelled) zone"
+        del svc["spec"]["trafficDistribution"]
+        svc["metadata"]["annotations"] = {"networking.istio.io/traffic-distribution": "PreferSameNode"}
+        lab.ambit("apply", "-f", "-", input=yaml.safe_dump(svc))
+        assert reached("PreferSameNode") == {"v1"}, "Istio's annotation was not applied"
+    finally:
+        lab.ambit("delete", "svc", "echo-near", "-n", "demo", "--ignore-not-found", check=False)
+
+
 def test_a_vip_collision_is_nacked_by_ztunnels_and_shown_in_status(lab: Lab) -> None:
     """Two Services on one VIP: the store and the controller accept it (the Kubernetes API server
     would refuse the second), but a ztunnel cannot route an ambiguous VIP and refuses the update.

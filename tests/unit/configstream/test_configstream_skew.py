@@ -372,3 +372,16 @@ def test_an_older_waypoint_ignores_the_route_fields_it_never_applied(monkeypatch
     wire["tcp"][0]["weight_by_moon"] = 3         # control: a set field not named advisory is refused
     with pytest.raises(ValueError, match="TcpRoute.weight_by_moon"):
         model._from_dict(old_routes, wire)
+
+
+def test_traffic_distribution_and_locality_set_are_advisory_on_the_wire():
+    """Both only refine balancing (an older ztunnel or waypoint balances over every endpoint, as it
+    did): they are named advisory where they are set, so older data planes keep taking Services and
+    routes instead of NACKing every update that carries them."""
+    from ambit.model import TrafficPolicy, WaypointRoutes, wire_dict
+    svc = Service(name="near", namespace="demo", hostname="near.demo.svc.cluster.local",
+                  traffic_distribution="PreferSameZone")
+    assert wire_dict(svc)["_advisory"] == ["traffic_distribution"]
+    assert "_advisory" not in wire_dict(dataclasses.replace(svc, traffic_distribution=""))
+    routes = WaypointRoutes(hostname="near.demo.svc.cluster.local", policy=TrafficPolicy(locality_set=True))
+    assert wire_dict(routes)["policy"]["_advisory"] == ["locality_set"]

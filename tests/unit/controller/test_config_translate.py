@@ -517,6 +517,32 @@ def test_routes_attached_to_a_waypoint_gateway_apply_to_its_services() -> None:
     assert all(r.waypoint == "demo/wp" for r in t.waypoint_routes)
 
 
+def test_traffic_distribution_is_read_as_istio_reads_it() -> None:
+    """spec.trafficDistribution first (PreferClose and PreferSameZone mean the same), then the
+    Service's networking.istio.io/traffic-distribution annotation (any case), then its namespace's;
+    a spec value Ambit does not know falls through to the annotations, an annotation value it does
+    not know means none."""
+    def svc_(name: str, ip: str, spec: str | None = None, anno: str | None = None) -> dict[str, Any]:
+        s = service(name, {"app": name}, [{"name": "http", "port": 80}], cluster_ip=ip)
+        if spec is not None:
+            s["spec"]["trafficDistribution"] = spec
+        if anno is not None:
+            s["metadata"]["annotations"] = {"networking.istio.io/traffic-distribution": anno}
+        return s
+    space = ns("demo", **{"ambit.io/dataplane-mode": "ambient"})
+    space["metadata"]["annotations"] = {"networking.istio.io/traffic-distribution": "PreferSameNode"}
+    other = ns("other")
+    objs = [space, other, svc_("close", "10.96.0.20", "PreferClose"), svc_("zone", "10.96.0.21", "PreferSameZone"),
+            svc_("node", "10.96.0.22", "PreferSameNode", "PreferClose"), svc_("anno", "10.96.0.23", None, "preferclose"),
+            svc_("newer", "10.96.0.24", "PreferSameRack", "PreferSameZone"), svc_("typo", "10.96.0.25", None, "nearby"),
+            svc_("inherits", "10.96.0.26"),
+            service("plain", {"app": "plain"}, [{"name": "http", "port": 80}], namespace="other", cluster_ip="10.96.0.27")]
+    got = {s.name: s.traffic_distribution for s in translate(objs).services}
+    assert got == {"close": "PreferSameZone", "zone": "PreferSameZone", "node": "PreferSameNode",
+                   "anno": "PreferSameZone", "newer": "PreferSameZone", "typo": "", "inherits": "PreferSameNode",
+                   "plain": ""}
+
+
 def test_internal_traffic_policy_local_reaches_the_model_and_cluster_is_the_default() -> None:
     local = service("agent", {"app": "agent"}, [{"name": "http", "port": 80}])
     local["spec"]["internalTrafficPolicy"] = "Local"

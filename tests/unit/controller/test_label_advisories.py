@@ -67,8 +67,34 @@ def test_service_balancing_fields_the_mesh_does_not_apply_are_named() -> None:
     plain["spec"]["internalTrafficPolicy"] = "Local"      # no waypoint: ztunnel applies it, nothing to say
     assert found([plain]) == {}
     close = svc("near")
-    close["spec"]["trafficDistribution"] = "PreferClose"   # read by no component: said, not silently ignored
-    assert "PreferClose is not applied" in found([close])[("Service/demo/near", "spec.trafficDistribution")]
+    close["spec"]["trafficDistribution"] = "PreferClose"   # applied by ztunnel and the waypoint: nothing to say
+    assert found([close]) == {}
+
+
+def test_traffic_distributions_ambit_cannot_read_or_does_not_apply_are_named() -> None:
+    newer = svc("near")
+    newer["spec"]["trafficDistribution"] = "PreferSameRack"     # a newer Kubernetes' value
+    typo = svc("far")
+    typo["metadata"]["annotations"] = {"networking.istio.io/traffic-distribution": "PreferCloze"}
+    space = ns("shop")
+    space["metadata"]["annotations"] = {"networking.istio.io/traffic-distribution": "nearby"}
+    local = svc("agent")
+    local["spec"].update(internalTrafficPolicy="Local", trafficDistribution="PreferSameZone")
+    entry = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+             "metadata": {"name": "ext", "namespace": "demo",
+                          "annotations": {"networking.istio.io/traffic-distribution": "PreferClose"}},
+             "spec": {"hosts": ["ext.example.com"], "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+                      "resolution": "NONE"}}
+    got = found([newer, typo, space, local, entry])
+    assert "'PreferSameRack' is not a traffic distribution Ambit knows" in \
+        got[("Service/demo/near", "spec.trafficDistribution")]
+    assert "'PreferCloze' is not a traffic distribution Ambit knows" in \
+        got[("Service/demo/far", "metadata.annotations[networking.istio.io/traffic-distribution]")]
+    assert "'nearby' is not" in got[("Namespace/shop", "metadata.annotations[networking.istio.io/traffic-distribution]")]
+    assert "internalTrafficPolicy Local already keeps each client on its own node" in \
+        got[("Service/demo/agent", "spec.trafficDistribution")]
+    assert "resolution NONE" in \
+        got[("ServiceEntry/demo/ext", "metadata.annotations[networking.istio.io/traffic-distribution]")]
 
 
 def test_ambit_apply_prints_the_warning_and_creates_the_object(lab_dir: Path) -> None:

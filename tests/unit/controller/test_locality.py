@@ -85,8 +85,14 @@ def test_locality_settings_reach_the_waypoints_traffic_policy() -> None:
     tr = translate([ns("demo"), svc("web"), dr(loc)])
     [routes] = [r for r in tr.waypoint_routes if r.service == "demo/web"]
     p = routes.policy
-    assert p is not None and p.outlier_detection and not p.locality_disabled
+    assert p is not None and p.outlier_detection and not p.locality_disabled and p.locality_set
     assert p.locality_failover == [["us-east", "eu-west"]] and p.locality_failover_priority == ["tier"]
+    # without localityLbSetting the rule does not override the Service's trafficDistribution
+    no_setting = dr({})
+    del no_setting["spec"]["trafficPolicy"]["loadBalancer"]
+    tr = translate([ns("demo"), svc("web"), no_setting])
+    [routes] = [r for r in tr.waypoint_routes if r.service == "demo/web"]
+    assert routes.policy is not None and not routes.policy.locality_set
     tr = translate([ns("demo"), svc("web"), dr({"enabled": False})])
     [routes] = [r for r in tr.waypoint_routes if r.service == "demo/web"]
     assert routes.policy is not None and routes.policy.locality_disabled
