@@ -202,6 +202,12 @@ class Endpoint:
     hostname: str = ""
     weight: int = 0
     labels: dict[str, str] = field(default_factory=dict)
+    # ServiceEntry endpoints only: `locality` ("region/zone/subzone"), where the endpoint runs for
+    # traffic distribution and locality balancing (a pod endpoint's is its Workload's). Advisory:
+    # an older data plane balances without it.
+    locality: str = ""
+
+    ADVISORY: ClassVar[tuple[str, ...]] = ("locality",)
 
 
 @dataclass

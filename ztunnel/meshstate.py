@@ -494,10 +494,12 @@ class MeshState:
         return list(hit)
 
     def endpoint_place(self, ep: Endpoint) -> tuple[str, str, str, str]:
-        """Where endpoint `ep` runs: its pod's locality and its node ("" parts when unknown)."""
+        """Where endpoint `ep` runs: its own locality (a ServiceEntry endpoint's), else its pod's,
+        and its node ("" parts when unknown)."""
         wl = (self.workload(ep.workload_uid) if ep.workload_uid else None) or \
             (self.lookup_workload(ep.ip) if ep.ip else None)
-        return distribution.place(wl.locality if wl is not None else "", ep.node or (wl.node if wl is not None else ""))
+        return distribution.place(ep.locality or (wl.locality if wl is not None else ""),
+                                  ep.node or (wl.node if wl is not None else ""))
 
     def telemetry_config(self, workload: Workload, side: str) -> TelemetryConfig:
         """The Telemetry API's resolution for `workload` on `side`, cached until the next update."""

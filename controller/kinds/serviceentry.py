@@ -63,14 +63,25 @@ ServicePort = Obj({
     "targetPort": Port,
 }, required=("number", "name"))
 
+def _check_locality(text: str) -> str | None:
+    """Istio reads an endpoint's locality as region/zone/subzone (`util.ConvertLocality`, at most
+    three parts, anything after the second "/" being the subzone); a part that is empty, or one with
+    space or control characters, would compare as nobody's locality."""
+    parts = text.split("/")
+    if len(parts) > 3 or any(not p or not p.isprintable() or any(c.isspace() for c in p) for p in parts):
+        return f"must be region[/zone[/subzone]] (non-empty parts without spaces), got {text!r}"
+    return None
+
+
 WorkloadEntryEndpoint = Obj({
     "address": Str(valid=_check_endpoint_address),
     "ports": Map(Port),
     "labels": Labels,
     "weight": Int(minimum=0, maximum=2**32 - 1),
+    "locality": Str(valid=_check_locality, description="region[/zone[/subzone]]: where the endpoint runs, for "
+                                                       "traffic distribution and locality load balancing"),
 }, unsupported={
     "network": "network is not supported by Ambit: the mesh is one network",
-    "locality": "locality is not supported by Ambit for ServiceEntry endpoints (mesh pods take their node's)",
     "serviceAccount": "serviceAccount is not supported by Ambit: endpoints of a ServiceEntry are not mesh "
                       "workloads with identities (MESH_INTERNAL endpoints that are mesh pods use their pod's)",
 })

@@ -57,7 +57,8 @@ def _endpoint(e: Obj, ports: list[ServicePort]) -> Endpoint:
     eports = [ServicePort(p.port, int(own[p.name]), p.name, p.protocol) for p in ports if p.name in own]
     ip = is_ip(address)
     return Endpoint(workload_uid="", ip=address if ip else "", hostname="" if ip else address,
-                    ports=eports, weight=int(e.get("weight") or 0), labels=dict(e.get("labels") or {}))
+                    ports=eports, weight=int(e.get("weight") or 0), labels=dict(e.get("labels") or {}),
+                    locality=str(e.get("locality") or ""))
 
 
 def _address_conflicts(se: Obj, taken: dict[str, str]) -> list[FieldError]:

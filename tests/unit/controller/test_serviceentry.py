@@ -132,6 +132,10 @@ def test_istios_documented_service_entries_are_accepted_and_no_longer_an_unsuppo
       "endpoints": [{"address": "x.example", "ports": {"nope": 8080}}], "ports": [{"number": 80, "name": "http"}]},
      "spec.endpoints[0].ports.nope", "names no port"),
     ({"hosts": []}, "spec.hosts", ""),
+    ({"hosts": ["a.example"], "resolution": "DNS", "endpoints": [{"address": "x.example", "locality": "r1//s1"}]},
+     "spec.endpoints[0].locality", "must be region[/zone[/subzone]]"),
+    ({"hosts": ["a.example"], "resolution": "DNS", "endpoints": [{"address": "x.example", "locality": "a/b/c/d"}]},
+     "spec.endpoints[0].locality", "must be region[/zone[/subzone]]"),
 ])
 def test_what_is_not_built_or_ambiguous_is_refused_naming_the_field(spec: dict, path: str, reason: str) -> None:
     errs = errors_of(se(spec))
@@ -288,3 +292,18 @@ def test_a_waypoint_of_another_namespace_is_used_only_when_it_admits_the_namespa
         assert got == {"api.example": want, "web": want}, (allowed, got)
         notes = [n for n in t.parents.notices if n.cause == "WaypointNotAllowed"]
         assert bool(notes) != bound and all("does not admit namespace tenant" in n.reason for n in notes), notes
+
+
+def test_endpoint_locality_and_the_traffic_distribution_annotation_reach_the_registry_service() -> None:
+    """Where a ServiceEntry's endpoints run (Istio's WorkloadEntry `locality`) and its
+    networking.istio.io/traffic-distribution annotation: ztunnel and a waypoint prefer the client's
+    zone among them (tests/unit/ztunnel/test_traffic_distribution.py)."""
+    entry = se({"hosts": ["db.internal"], "addresses": ["240.0.0.9"], "resolution": "STATIC",
+                "location": "MESH_INTERNAL", "ports": [{"number": 5432, "name": "pg", "protocol": "TCP"}],
+                "endpoints": [{"address": "10.0.0.1", "locality": "us-east/us-east-1a"},
+                              {"address": "10.0.0.2", "locality": "us-west"}, {"address": "10.0.0.3"}]})
+    entry["metadata"]["annotations"] = {"networking.istio.io/traffic-distribution": "PreferClose"}
+    [db] = services([entry]).values()
+    assert [e.locality for e in db.endpoints] == ["us-east/us-east-1a", "us-west", ""]
+    assert db.traffic_distribution == "PreferSameZone"
+    assert Service.from_dict(json.loads(json.dumps(db.to_dict()))) == db, "travels the config stream"

@@ -115,3 +115,17 @@ def test_a_service_entry_with_the_annotation_prefers_close_mesh_endpoints() -> N
 ])
 def test_rank_counts_the_leading_scopes_shared(client, endpoint, scopes, want) -> None:
     assert distribution.rank(client, endpoint, scopes) == want
+
+
+def test_a_service_entry_endpoints_own_locality_ranks_it() -> None:
+    """Endpoints that are no pods (a ServiceEntry's VMs or external hosts) are ranked by their own
+    `locality` (Istio's WorkloadEntry field)."""
+    entry = Service(name="db.vm", namespace="demo", hostname="db.vm", vips=["240.0.0.10"],
+                    ports=[ServicePort(5432, 5432, "tcp")], kind="ServiceEntry", location="MESH_EXTERNAL",
+                    resolution="STATIC", traffic_distribution="PreferSameZone",
+                    endpoints=[Endpoint("", "192.0.2.1", locality="r2/zc"), Endpoint("", "192.0.2.2", locality="r1/za"),
+                               Endpoint("", "192.0.2.3", locality="r1/zb"), Endpoint("", "192.0.2.4")])
+    cfg = config([CLIENT], [entry])
+    lb = RoundRobin()
+    assert {decide(cfg, "240.0.0.10", 5432, lb, "demo", "node1", CLIENT.uid).target[0] for _ in range(6)} == \
+        {"192.0.2.2"}
