@@ -280,6 +280,7 @@ async def amain(args: ControllerSettings) -> int:
             first = meshconfig.load(watcher.path, args.trust_domain)
             controller.set_mesh_telemetry(list(first.extension_providers), dict(first.default_providers))
             controller.set_outbound_traffic_policy(first.outbound_traffic_policy)
+            controller.set_locality_lb_setting(first.locality_lb_setting)
 
     ca_servicer = serving = None
     if args.with_ca:
@@ -429,6 +430,7 @@ def _aliases(flag_aliases: tuple[str, ...], watcher: meshconfig.Watcher | None, 
         controller.set_mesh_errors([])
         controller.set_mesh_telemetry(list(mesh_file.extension_providers), dict(mesh_file.default_providers))
         controller.set_outbound_traffic_policy(mesh_file.outbound_traffic_policy)
+        controller.set_locality_lb_setting(mesh_file.locality_lb_setting)
     return tuple(dict.fromkeys(flag_aliases + from_file))
 
 

@@ -65,6 +65,7 @@ class Controller:
         self.trust_domain_aliases = tuple(trust_domain_aliases)
         self.mesh_telemetry: tuple[list[dict[str, Any]], dict[str, list[str]]] = ([], {})  # see set_mesh_telemetry
         self.outbound_traffic_policy = "ALLOW_ANY"  # MeshConfig outboundTrafficPolicy.mode
+        self.locality_lb_setting: dict[str, Any] = {}   # MeshConfig localityLbSetting ({}: unset)
         self._objects: Snapshot | None = None     # the last snapshot, to re-translate on a mesh change
         self._mesh_errors: list[FieldError] = []
         self._flow_lock = threading.Lock()        # the source thread and a mesh reload both translate
@@ -113,11 +114,19 @@ class Controller:
     def set_outbound_traffic_policy(self, mode: str) -> None:
         """New MeshConfig `outboundTrafficPolicy.mode`: it rides in MeshSettings, so re-translate
         and push at once, as for the aliases."""
+        self._set_mesh_field("outbound_traffic_policy", mode, "outbound traffic policy")
+
+    def set_locality_lb_setting(self, setting: dict[str, Any]) -> None:
+        """New MeshConfig `localityLbSetting` (controller.meshconfig; {} when unset): it rides in
+        MeshSettings to the waypoints, so re-translate and push at once."""
+        self._set_mesh_field("locality_lb_setting", dict(setting), "mesh-wide localityLbSetting")
+
+    def _set_mesh_field(self, attr: str, value: Any, what: str) -> None:
         with self._flow_lock:
-            if mode == self.outbound_traffic_policy:
+            if value == getattr(self, attr):
                 return
-            log.info("outbound traffic policy: %s", mode)
-            self.outbound_traffic_policy = mode
+            log.info("%s: %s", what, value)
+            setattr(self, attr, value)
             if self._objects is not None:
                 self._on_snapshot(self._objects)
 
@@ -135,6 +144,7 @@ class Controller:
             for m in tr.mesh_settings:
                 m.extension_providers, m.default_providers = self.mesh_telemetry
                 m.outbound_traffic_policy = self.outbound_traffic_policy
+                m.locality_lb_setting = dict(self.locality_lb_setting)
         except Exception as e:  # noqa: BLE001 - a translation bug must not take the mesh down
             ref = e.ref if isinstance(e, TranslationBug) else "controller"
             log.exception("translation failed at %s; keeping the previous config (version %s)",

@@ -10,6 +10,7 @@
       envoyFileAccessLog: {path: /dev/stdout, logFormat: {labels: {code: "%RESPONSE_CODE%"}}}
     defaultProviders: {tracing: [otel], accessLogging: [envoy], metrics: [prometheus]}
     outboundTrafficPolicy: {mode: REGISTRY_ONLY}   # ALLOW_ANY (default): see docs/egress.md
+    localityLbSetting: {enabled: false}             # as a DestinationRule's; unset: enabled
 
 The file is optional and watched: an edit is picked up within a second and pushed to every ztunnel
 as the `MeshSettings` resource, with no restart. Fields Ambit does not implement are refused (a
@@ -31,8 +32,10 @@ import yaml
 from ambit.telemetry import BUILTIN_PROVIDERS
 from ambit.telemetryformat import check_format
 from ambit.trustdomain import TrustDomains
+from controller.kinds.networking import LocalityLbSetting
 
-KNOWN = ("trustDomain", "trustDomainAliases", "extensionProviders", "defaultProviders", "outboundTrafficPolicy")
+KNOWN = ("trustDomain", "trustDomainAliases", "extensionProviders", "defaultProviders", "outboundTrafficPolicy",
+         "localityLbSetting")
 OUTBOUND_MODES = ("ALLOW_ANY", "REGISTRY_ONLY")
 
 
@@ -42,6 +45,20 @@ class MeshFile:
     extension_providers: tuple[dict[str, Any], ...] = ()   # ambit.telemetry.provider_from_dict's shape
     default_providers: dict[str, list[str]] = field(default_factory=dict)
     outbound_traffic_policy: str = "ALLOW_ANY"
+    locality_lb_setting: dict[str, Any] = field(default_factory=dict)
+
+
+def locality_lb_setting(data: Any, where: str = "mesh config") -> dict[str, Any]:
+    """MeshConfig `localityLbSetting`: a DestinationRule's `loadBalancer.localityLbSetting`, checked
+    by the same rules (controller/kinds/networking.py, Istio's validateLocalityLbSetting); {} when
+    unset."""
+    if data is None:
+        return {}
+    errs: list[tuple[str, str]] = []
+    LocalityLbSetting.check(data, "localityLbSetting", errs)
+    if errs:
+        raise ValueError(f"{where}: " + "; ".join(f"{p}: {r}" for p, r in errs))
+    return dict(data)
 
 
 def outbound_traffic_policy(data: Any, where: str = "mesh config") -> str:
@@ -87,7 +104,8 @@ def parse(data: Any, trust_domain: str, where: str = "mesh config") -> MeshFile:
     providers = extension_providers(data.get("extensionProviders"), where)
     defaults = default_providers(data.get("defaultProviders"), {p["name"] for p in providers}, where)
     outbound = outbound_traffic_policy(data.get("outboundTrafficPolicy"), where)
-    return MeshFile(tds.aliases, tuple(providers), defaults, outbound)
+    return MeshFile(tds.aliases, tuple(providers), defaults, outbound,
+                    locality_lb_setting(data.get("localityLbSetting"), where))
 
 
 # Istio's extension provider kinds: those Ambit implements, and those it refuses (with why).

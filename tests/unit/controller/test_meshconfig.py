@@ -156,3 +156,26 @@ def test_an_alias_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as ei:
         meshconfig.load(f, "cluster.local")
     assert "trustDomainAliases[0]: 'old.td\\n' is not a trust domain" in str(ei.value)
+
+
+def test_a_mesh_wide_locality_lb_setting_is_checked_as_a_destination_rules_and_served(tmp_path: Path) -> None:
+    """MeshConfig localityLbSetting: refused with the DestinationRule's rules (Istio validates both
+    with validateLocalityLbSetting), and carried in MeshSettings to the waypoints once valid."""
+    f = tmp_path / "mesh.yaml"
+    f.write_text("localityLbSetting: {enabled: false}\n")
+    assert meshconfig.load(f, "cluster.local").locality_lb_setting == {"enabled": False}
+    for text, msg in [("localityLbSetting: {distribute: [{from: a/*, to: {a/*: 100}}], failover: [{from: a, to: b}]}\n",
+                       "localityLbSetting: distribute and failover cannot both be set"),
+                      ("localityLbSetting: {failover: [{from: a, to: b}], "
+                       "failoverPriority: [topology.kubernetes.io/zone]}\n",
+                       "localityLbSetting.failoverPriority: cannot set failover and the topology label"),
+                      ("localityLbSetting: {enable: true}\n", "localityLbSetting.enable: unknown field")]:
+        f.write_text(text)
+        with pytest.raises(ValueError, match=msg.replace("[", r"\[").replace("(", r"\(")):
+            meshconfig.load(f, "cluster.local")
+    server = ConfigServer(debounce=0.0, registry=CollectorRegistry())
+    ctl = Controller(_NoSource(), server)
+    ctl.on_snapshot([])
+    assert settings(server)[0].locality_lb_setting == {}
+    ctl.set_locality_lb_setting({"failover": [{"from": "us-east", "to": "eu-west"}]})
+    assert settings(server)[0].locality_lb_setting == {"failover": [{"from": "us-east", "to": "eu-west"}]}
