@@ -117,7 +117,8 @@ def describe_service(tr: Translation, namespace: str, name: str, root_namespace:
     for e in s.endpoints:
         w = by_uid.get(e.workload_uid)
         pods.append({"pod": f"{w.namespace}/{w.name}" if w else e.workload_uid, "ip": e.ip, "node": e.node,
-                     "ready": e.ready, "enrolled": bool(w and w.enrolled)})
+                     "ready": e.ready, "enrolled": bool(w and w.enrolled),
+                     "locality": e.locality or (w.locality if w else "")})
         if w is not None:
             for a in cfg.policies_for(w).authorizations:
                 ztunnel_policies[(a.namespace, a.name)] = _policy(a, "ztunnel")
@@ -126,12 +127,24 @@ def describe_service(tr: Translation, namespace: str, name: str, root_namespace:
         "hostname": s.hostname, "vips": list(s.vips),
         "ports": [{"port": p.port, "target_port": p.target_port or p.target_port_name, "protocol": p.protocol}
                   for p in s.ports],
-        "waypoint": s.waypoint or None, "endpoints": pods,
+        "waypoint": s.waypoint or None, "endpoints": pods, "balancing": _balancing(s),
         "routes": _routes_for(tr, [key]),
         "authorization_policies": list(ztunnel_policies.values())
                                   + _waypoint_policies(tr, [key], {s.waypoint} if s.waypoint else set()),
     }
     return d
+
+
+def _balancing(s: Any) -> str:
+    """Which endpoints a client of Service `s` reaches: what ztunnel (and its waypoint) apply."""
+    if s.node_local:
+        return "internalTrafficPolicy Local: the client's node only (ztunnel)"
+    if s.traffic_distribution == "PreferSameZone":
+        return "PreferSameZone: the client's zone, then region, then any (ztunnel; the waypoint from its own zone)"
+    if s.traffic_distribution == "PreferSameNode":
+        return ("PreferSameNode: the client's node, then subzone, zone, region, then any "
+                "(ztunnel; the waypoint from its own node)")
+    return "every ready endpoint"
 
 
 def format_description(d: Description) -> str:
@@ -150,7 +163,9 @@ def format_description(d: Description) -> str:
         lines += [f"  host:       {f['hostname']}   VIPs: {', '.join(f['vips']) or 'None (headless)'}",
                   "  ports:      " + (", ".join(f"{p['port']}->{p['target_port']}/{p['protocol']}" for p in f["ports"]) or "-"),
                   f"  waypoint:   {f['waypoint'] or 'none'}",
-                  "  endpoints:  " + (", ".join(f"{e['pod']} ({e['ip']}{'' if e['enrolled'] else ', not enrolled'})"
+                  f"  balancing:  {f['balancing']}",
+                  "  endpoints:  " + (", ".join(f"{e['pod']} ({e['ip']}{', ' + e['locality'] if e['locality'] else ''}"
+                                                f"{'' if e['enrolled'] else ', not enrolled'})"
                                                 for e in f["endpoints"]) or "none")]
     lines.append("  routes:" if f["routes"] else "  routes:     none (plain Service load balancing)")
     for r in f["routes"]:

@@ -218,6 +218,8 @@ def test_traffic_distribution_keeps_clients_close_by_the_field_and_the_istio_ann
     try:
         lab.ambit("apply", "-f", "-", input=yaml.safe_dump(svc))
         assert reached("PreferSameNode") == {"v1"}, "a node1 client left its node with PreferSameNode"
+        described = lab.ambit("describe", "svc", "echo-near", "-n", "demo").stdout
+        assert "balancing:  PreferSameNode: the client's node, then subzone" in described, described
         svc["spec"]["trafficDistribution"] = "PreferClose"
         lab.ambit("apply", "-f", "-", input=yaml.safe_dump(svc))
         assert reached("PreferSameZone") == {"v1", "v2"}, "PreferClose narrowed within one (unlabelled) zone"

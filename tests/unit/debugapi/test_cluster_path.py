@@ -239,6 +239,7 @@ def test_describe_service_and_unknown_pod(mesh: dict[str, Any]) -> None:
     d = json.loads(r.stdout)
     assert d["vips"] == ["10.96.0.20"] and [e["pod"] for e in d["endpoints"]] == ["demo/echo-v1"]
     assert [p["ref"] for p in d["authorization_policies"]] == ["AuthorizationPolicy/demo/echo-allow"]
+    assert d["balancing"] == "every ready endpoint"
     gone = ambit(mesh, "describe", "pod", "nope", "-n", "demo")
     assert gone.returncode == 1 and "pod demo/nope not found" in gone.stderr
 
