@@ -13,10 +13,8 @@ ignored: the third try stayed local."""
 from __future__ import annotations
 
 import subprocess
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -32,7 +30,7 @@ from ambit.model import (
     WaypointRoutes,
     Workload,
 )
-from tests.unit.waypoint.harness import Proxy
+from tests.unit.waypoint.harness import Proxy, address_origins
 from waypoint.app import WaypointProxy
 from waypoint.authz import Waypoint
 from waypoint.config import WaypointConfig
@@ -46,40 +44,11 @@ LOCAL, REMOTE = "r1/z1/", "r2/z1/"
 WHERE = {"127.0.0.1": LOCAL, "127.0.0.2": LOCAL, "127.0.0.3": REMOTE}
 
 
-class _Zone(BaseHTTPRequestHandler):
-    """503 from the waypoint's own zone, 200 elsewhere; each answer names the address it came from."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        ip = self.server.server_address[0]
-        with self.server.lock:                  # type: ignore[attr-defined]
-            self.server.hits[ip] += 1           # type: ignore[attr-defined]
-        body = ip.encode()
-        self.send_response(503 if WHERE[ip] == LOCAL else 200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a: object) -> None:
-        pass
-
-
 @pytest.fixture()
 def origins() -> Iterator[tuple[int, Counter[str]]]:
-    hits: Counter[str] = Counter()
-    lock = threading.Lock()
-    first = ThreadingHTTPServer(("127.0.0.1", 0), _Zone)
-    port = first.server_address[1]
-    servers = [first] + [ThreadingHTTPServer((ip, port), _Zone) for ip in list(WHERE)[1:]]
-    for s in servers:
-        s.daemon_threads = True
-        s.hits, s.lock = hits, lock             # type: ignore[attr-defined]
-        threading.Thread(target=s.serve_forever, daemon=True).start()
-    yield port, hits
-    for s in servers:
-        s.shutdown()
-        s.server_close()
+    """503 from the waypoint's own zone, 200 elsewhere; each answer names the address it came from."""
+    with address_origins(list(WHERE), lambda ip: 503 if WHERE[ip] == LOCAL else 200) as (port, hits):
+        yield port, hits
 
 
 def _apply(cfg: WaypointConfig, t: str, items: dict[str, object]) -> None:

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import random
 import subprocess
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from ambit.configclient import ConfigUpdate
 from ambit.model import Endpoint, Service, ServicePort, Workload
-from tests.unit.waypoint.harness import Proxy
+from tests.unit.waypoint.harness import Proxy, address_origins
 from waypoint.app import WaypointProxy
 from waypoint.authz import Waypoint
 from waypoint.config import WaypointConfig
@@ -38,41 +36,10 @@ READY = {"127.0.0.1", "127.0.0.2"}
 N = 400
 
 
-class _Pod(BaseHTTPRequestHandler):
-    """Answers 200 with the address it listens on, and counts."""
-
-    protocol_version = "HTTP/1.1"
-    wbufsize = -1       # the head and the body in one write (no 40 ms Nagle / delayed-ACK stall each)
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        ip = self.server.server_address[0]
-        with self.server.lock:                  # type: ignore[attr-defined]
-            self.server.hits[ip] += 1           # type: ignore[attr-defined]
-        body = f"{ip}\n".encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a: object) -> None:
-        pass
-
-
 @pytest.fixture()
 def pods() -> Iterator[tuple[int, Counter[str]]]:
-    hits: Counter[str] = Counter()
-    lock = threading.Lock()
-    first = ThreadingHTTPServer(("127.0.0.1", 0), _Pod)
-    port = first.server_address[1]
-    servers = [first] + [ThreadingHTTPServer((ip, port), _Pod) for ip in list(WHERE)[1:]]
-    for s in servers:
-        s.daemon_threads = True
-        s.hits, s.lock = hits, lock             # type: ignore[attr-defined]
-        threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield port, hits
-    for s in servers:
-        s.shutdown()
-        s.server_close()
+    with address_origins(list(WHERE)) as (port, hits):
+        yield port, hits
 
 
 def _waypoint(port: int) -> Proxy:
@@ -100,7 +67,7 @@ def test_a_zone_with_one_ready_pod_of_four_keeps_35_percent_and_unready_pods_get
     port, hits = pods
     p = _waypoint(port)
     try:
-        r = subprocess.run(["curl", "-sS", "-m", "30", "-w", "%{http_code}\\n", f"http://127.0.0.1:{p.port}/[1-{N}]"],
+        r = subprocess.run(["curl", "-sS", "-m", "30", "-w", "\\n%{http_code}\\n", f"http://127.0.0.1:{p.port}/[1-{N}]"],
                            capture_output=True, text=True, timeout=60)
     finally:
         p.close()
