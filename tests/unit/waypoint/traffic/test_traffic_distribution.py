@@ -233,6 +233,13 @@ def test_a_destination_rule_locality_setting_overrides_the_services_distribution
     assert set(got) == {"a1", "b1", "b2"} and 0.30 < got["a1"] / 2000 < 0.40
 
 
+def test_a_rules_failover_priority_on_the_node_label_compares_nodes_as_istio() -> None:
+    # Istio adds kubernetes.io/hostname (the node) to every proxy's and endpoint's labels; before,
+    # pods carry no such label, so the key matched everywhere and prioritised nothing
+    policy = TrafficPolicy(outlier_detection=True, locality_set=True, locality_failover_priority=[HOSTNAME_LABEL])
+    assert set(spread(waypoint("", policy))) == {"a1"}
+
+
 def test_locality_enabled_false_turns_the_services_distribution_off() -> None:
     assert set(spread(waypoint("PreferSameZone", TrafficPolicy()))) == {"a1", "a2", "a3", "a4"}
     off = TrafficPolicy(locality_set=True, locality_disabled=True)

@@ -1,4 +1,4 @@
-"""A Service's `trafficDistribution: PreferClose` on the wire: a real `WaypointProxy` (its decide,
+"""A Service's `trafficDistribution: PreferClose` (the model's PreferSameZone) on the wire: a real `WaypointProxy` (its decide,
 its clusters, its upstream) behind the engine on loopback (zoned.py), driven by one curl fetching
 400 URLs over one connection. The Service has four endpoints in the waypoint's zone, of which
 only 127.0.0.1 is ready (127.0.0.3-5 run but are not ready), and one ready endpoint in another
