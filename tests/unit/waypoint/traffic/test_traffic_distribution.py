@@ -143,6 +143,16 @@ def test_panic_is_off_for_a_service_with_traffic_distribution_whatever_min_healt
     assert with_it.stats()["lb_healthy_panic"] == 0
 
 
+def test_retry_remote_localities_leaves_the_zone_without_outlier_detection_too() -> None:
+    c = Cluster(ClusterKey("demo/web", 80), TrafficPolicy(lb="ROUND_ROBIN"), Clock(), random.Random(1), "web",
+                (OWN_ZONE, {}), "PreferSameZone")
+    hosts = ["a1", "a2", "b1"]
+    places = [(OWN_ZONE, {}), (OWN_ZONE, {}), (OTHER_ZONE, {})]
+    assert {c.choose(hosts, places=places, tried=("a1",)) for _ in range(20)} == {"a1", "a2"}
+    # the third try of a route with retryRemoteLocalities leaves the priority of the first two
+    assert {c.choose(hosts, places=places, tried=("a1", "a2")) for _ in range(20)} == {"b1"}
+
+
 def test_the_cluster_dump_shows_unready_endpoints_with_their_priority() -> None:
     p = waypoint("PreferSameZone", unready=frozenset({"a2", "b2"}))
     spread(p, 1)
