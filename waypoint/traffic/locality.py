@@ -34,7 +34,8 @@ A locality is "region/zone/subzone" (docs/waypoint.md, "Locality load balancing"
   no `localityLbSetting` (TrafficPolicy.locality_set), is a `failoverPriority` forced on without
   outlier detection (Istio's `GetEffectiveLbSetting`): PreferSameZone (and PreferClose) by region
   and zone, PreferSameNode by region, zone, subzone and node (`kubernetes.io/hostname`, which
-  Istio adds to every proxy's and endpoint's labels as `topology_labels` does here); Istio's
+  Istio adds to every proxy's and endpoint's labels, as the waypoint's places do: waypoint/app.py
+  `_place_of`); Istio's
   leading `topology.istio.io/network` always matches in Ambit's single network, so it changes no
   priority. For such a Service, whatever its locality setting, Istio sends the UNREADY endpoints
   to Envoy as unhealthy (`ForcesSupportUnhealthyEndpoints`) and turns panic off: they count in
