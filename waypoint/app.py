@@ -29,7 +29,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -72,7 +72,7 @@ from waypoint.telemetry.tracing_settings import settings_tracing, tracing_identi
 from waypoint.traffic import session
 from waypoint.traffic.cluster import Cluster, Clusters
 from waypoint.traffic.hashkey import HashKey
-from waypoint.traffic.locality import Place
+from waypoint.traffic.locality import HOSTNAME_LABEL, Place, Places
 
 if TYPE_CHECKING:
     from waypoint.telemetry.tracing_sdk import TracingFor
@@ -82,18 +82,43 @@ access = logging.getLogger("ambit.waypoint.access")
 _TARGETS_CACHED = 4096      # upstream targets cached per config View (endpoints x sources)
 
 
+def _place_of(wl: Workload | None) -> Place:
+    """Where a workload runs, for locality balancing: its locality, and its labels with its node
+    as `kubernetes.io/hostname` (Istio adds it to every proxy's and endpoint's labels: the
+    failoverPriority of trafficDistribution PreferSameNode compares it); "" and no labels for no
+    workload."""
+    if wl is None:
+        return ("", {})
+    return (wl.locality, {**wl.labels, HOSTNAME_LABEL: wl.node} if wl.node else wl.labels)
+
+
 def _place(v: View, pick: endpoints.Pick) -> Place:
-    """Where an endpoint runs, for locality balancing: its Workload's locality and labels ("" and
-    none for an endpoint that is no pod, e.g. a ServiceEntry address)."""
-    wl = v.by_ip.get(pick.ip) if pick.workload else None
-    return (wl.locality, wl.labels) if wl is not None else ("", {})
+    """Where an endpoint runs (`_place_of` its Workload; "" and none for an endpoint that is no
+    pod, e.g. a ServiceEntry address)."""
+    return _place_of(v.by_ip.get(pick.ip) if pick.workload else None)
 
 
-def _choose_among(v: View, cands: Sequence[endpoints.Pick], cluster: Cluster) -> endpoints.Pick | None:
-    """`WaypointProxy._choose` for candidates not from the View's cache (opaque connections):
-    their places are computed only for a cluster with locality balancing."""
+def _places(v: View, svc: Service, port: int, labels: Mapping[str, str] | None,
+            cands: Sequence[endpoints.Pick]) -> Places:
+    """The places of `cands` (the ready endpoints of `svc` port `port`, in the subset `labels`) and,
+    for a Service with trafficDistribution, the addresses and places of its endpoints that are not
+    ready: Istio sends them to Envoy as unhealthy hosts, which count in their priority's total."""
+    unready = ()
+    if svc.traffic_distribution:
+        unready = tuple((p.address, _place(v, p))
+                        for p in endpoints.candidates(svc, port, labels, v.workloads, v.by_ip, ready=False))
+    return Places((_place(v, p) for p in cands), unready)
+
+
+def _choose_among(v: View, svc: Service, port: int, labels: Mapping[str, str] | None,
+                  cluster: Cluster) -> endpoints.Pick | None:
+    """`WaypointProxy._choose` among the ready endpoints of `svc` port `port` (in the subset
+    `labels`), not from the View's cache (opaque connections): their places are computed only for
+    a cluster with locality balancing or a trafficDistribution."""
+    cands = endpoints.candidates(svc, port, labels, v.workloads, v.by_ip)
     return WaypointProxy._choose(cands, cluster, addresses=[p.address for p in cands],
-                            places=[_place(v, p) for p in cands] if cluster.locality is not None else None)
+                            places=_places(v, svc, port, labels, cands)
+                            if cluster.locality is not None or cluster.distribution else None)
 
 
 def parse_authority(value: str) -> tuple[str, int]:
@@ -456,15 +481,14 @@ class WaypointProxy:
             self.clusters.update({s: hr.config for s, hr in view.table.by_service.items() if hr.config is not None},
                                  view.services)
             self._clusters_view = view
-            wl = self._own_workload()       # where this waypoint runs: locality balancing's vantage point
-            own = (wl.locality, wl.labels) if wl is not None else ("", {})
+            own = _place_of(self._own_workload())     # where this waypoint runs: locality balancing's vantage point
             moved = own != self.clusters.own
             if moved:
                 self.clusters.own = own
             for c in self.clusters:     # endpoints gone since the last request leave no state behind
                 if moved:       # its locality plan is recomputed below, its ejections kept
                     c.own, c.basis = own, None
-                if c.hosts:
+                if c.hosts or c.unready:
                     # a cluster's endpoints are a function of its Service's (the config stream
                     # replaces a changed Service, never mutates it) and, for a subset, workloads'
                     # labels (and, with locality balancing, their localities): under pod churn only
@@ -509,7 +533,7 @@ class WaypointProxy:
 
     @staticmethod
     def _candidates(v: View, svc: Service, port: int, hostname: str,
-                    subset: str) -> tuple[tuple[endpoints.Pick, ...], tuple[str, ...], tuple[Place, ...]] | None:
+                    subset: str) -> tuple[tuple[endpoints.Pick, ...], tuple[str, ...], Places] | None:
         """The ready endpoints of a Service port (and subset), their addresses and their places
         (locality and labels, for locality balancing), cached for the View's life; None when the
         subset is not defined."""
@@ -520,7 +544,7 @@ class WaypointProxy:
             if subset and labels is None:
                 return None
             cands = tuple(endpoints.candidates(svc, port, labels, v.workloads, v.by_ip))
-            cached = v.candidates_cache[ck] = (cands, tuple(p.address for p in cands), tuple(_place(v, p) for p in cands))
+            cached = v.candidates_cache[ck] = (cands, tuple(p.address for p in cands), _places(v, svc, port, labels, cands))
         return cached
 
     @staticmethod
@@ -650,8 +674,8 @@ class WaypointProxy:
             if svc is not None and svc.kind == "ServiceEntry" and svc.resolution == "NONE":
                 pick = endpoints.original(down.destination_ip, down.destination_port, svc)
             else:
-                pick = _choose_among(v, endpoints.candidates(svc, down.destination_port, None, v.workloads, v.by_ip),
-                                     cluster) if svc is not None and cluster is not None else None
+                pick = _choose_among(v, svc, down.destination_port, None, cluster) \
+                    if svc is not None and cluster is not None else None
         else:
             pick = endpoints.pick_workload(down.destination_ip, down.destination_port, v.by_ip)
         return await self._open_opaque(pick, cluster, down.source_ip)
@@ -683,7 +707,7 @@ class WaypointProxy:
                      else f"{dest.host} has no subset {dest.subset}")
             return None
         cluster = self.cluster(dest.service, port, dest.subset, dest.host)
-        pick = _choose_among(v, endpoints.candidates(svc, port, labels, v.workloads, v.by_ip), cluster)
+        pick = _choose_among(v, svc, port, labels, cluster)
         return await self._open_opaque(pick, cluster, down.source_ip)
 
     async def _open_opaque(self, pick: endpoints.Pick | None, cluster: Cluster | None,

@@ -61,16 +61,18 @@ def _workload_for(ep: Endpoint, workloads: Mapping[str, Workload], by_ip: Mappin
 
 
 def candidates(svc: Service, port: int, subset_labels: Mapping[str, str] | None,
-               workloads: Mapping[str, Workload], by_ip: Mapping[str, Workload]) -> list[Pick]:
+               workloads: Mapping[str, Workload], by_ip: Mapping[str, Workload], ready: bool = True) -> list[Pick]:
     """The ready endpoints of `svc` port `port` (in the subset, if labels are given), in the
-    Service's endpoint order; empty when there is none (no healthy upstream: 503 UH)."""
+    Service's endpoint order; empty when there is none (no healthy upstream: 503 UH). `ready`
+    False: the endpoints that are not ready instead (a Service with trafficDistribution counts
+    them, as unhealthy, in its locality priorities: waypoint/traffic/locality.py)."""
     sp = service_port(svc, port)
     if sp is None:
         return []
     out: list[Pick] = []
     entry = svc.kind == "ServiceEntry"
     for ep in svc.endpoints:
-        if not ep.ready:
+        if ep.ready != ready:
             continue
         wl = _workload_for(ep, workloads, by_ip) if ep.ip else None
         if subset_labels:

@@ -23,6 +23,7 @@ Pure: the clock and the random source are injected.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +36,17 @@ from waypoint.resilience.budget import RetryCircuit
 from waypoint.traffic.balancer import CONSISTENT_HASH, DEFAULT, HashBalancer, simple_balancer
 from waypoint.traffic.breaker import Breaker
 from waypoint.traffic.hashkey import HashKey, HashPolicy
-from waypoint.traffic.locality import NONE, Place, Plan, Setting, pick_hosts, plan, retry_priorities
+from waypoint.traffic.locality import (
+    NO_HOSTS,
+    NONE,
+    Place,
+    Plan,
+    Setting,
+    health,
+    pick_hosts,
+    plan,
+    retry_priorities,
+)
 from waypoint.traffic.outlier import OutlierConfig, OutlierDetector
 from waypoint.traffic.warmup import SlowStart
 
@@ -93,7 +104,7 @@ class Cluster:
     its own module (balancer, outlier, circuit breaker, retry budget)."""
 
     def __init__(self, key: ClusterKey, policy: TrafficPolicy, clock: Clock, rng: random.Random,
-                 hostname: str = "", own: Place = ("", {})) -> None:
+                 hostname: str = "", own: Place = ("", {}), distribution: str = "") -> None:
         self.key = key
         self.hostname = hostname or key.service
         self.name = cluster_name(self.hostname, key.port, key.subset)
@@ -111,13 +122,23 @@ class Cluster:
         self.hosts: tuple[str, ...] = ()        # the endpoints of the last pick
         self.basis: tuple[object, object] | None = None  # what the waypoint last computed `hosts` from
         self.panics = 0
-        # locality (locality.py): None unless it can change a pick, so the request path pays one test
-        self.locality = Setting.of(policy)
+        # locality (locality.py): None unless it can change a pick, so the request path pays one test.
+        # `distribution`: the Service's trafficDistribution, which prioritises unless the rule's own
+        # localityLbSetting overrides it, and which makes the cluster count its unready endpoints
+        # (`unready`, from the places `set_hosts` gets) as unhealthy hosts, with panic off, as Istio
+        self.distribution = distribution
+        self.locality = Setting.of(policy, distribution)
         self.own = own                          # the waypoint's (locality, labels)
         self.plan: Plan | None = None           # for `hosts`, when locality changes something
-        # outlier detection (outlier.py)
+        self.unready: tuple[str, ...] = ()      # endpoints not ready, only with `distribution`
+        # outlier detection (outlier.py); Istio sets no panic threshold for a Service with
+        # trafficDistribution ("Envoy will send traffic to Unready pods" otherwise), minHealthPercent or not
         cfg = OutlierConfig.from_policy(policy)
+        if cfg is not None and distribution:
+            cfg = dataclasses.replace(cfg, min_health_percent=0)
         self.outlier = OutlierDetector(cfg, clock(), self._outlier_event) if cfg is not None else None
+        self.panic_percent = cfg.min_health_percent if cfg is not None else 0
+        self.healthy = health(NO_HOSTS, self.outlier.is_ejected if self.outlier is not None else None)
         self.breaker = Breaker(policy)      # connection-pool limits and counters (waypoint/http/pool.py)
         self.retries = RetryCircuit(policy, clock)  # retry budget / max_retries, retry and timeout stats
 
@@ -149,12 +170,7 @@ class Cluster:
         if self.outlier is not None:
             self.outlier.sweep(now)
             if self.plan is not None:   # priorities, with Envoy's per-priority panic
-                ejected = self.outlier.is_ejected
-
-                def ok(h: str) -> bool:
-                    return not ejected(h)
-                usable = pick_hosts(self.plan, ok, self.rng.random, self.outlier.cfg.min_health_percent, self._panicked,
-                                    retry_priorities(self.plan, tried, ok) if tried and self.hasher is None else NONE)
+                usable = self._by_locality(self.plan, tried)
             elif self.outlier.panic(list(hosts)):
                 self.panics += 1
             else:
@@ -162,8 +178,7 @@ class Cluster:
             if not usable:
                 return None
         elif self.plan is not None:     # the only cost of locality to a cluster it does not apply to
-            # (`distribute` only: failover needs outlier detection, so no priority for `tried` to leave)
-            usable = pick_hosts(self.plan, None, self.rng.random)
+            usable = self._by_locality(self.plan, tried)
             if not usable:
                 return None
         if exclude:
@@ -175,6 +190,14 @@ class Cluster:
         if self.warmup is not None and self.warmup.warming(usable, now):
             weights = [self.warmup.factor(h, now) for h in usable]
         return self.balancer.pick(usable, self.active, weights)
+
+    def _by_locality(self, p: Plan, tried: Sequence[str]) -> list[str] | None:
+        """The hosts of the priority (or `distribute` locality) drawn: `healthy` ones (not ejected,
+        and ready: trafficDistribution counts the unready endpoints), or all of it in panic; a
+        retry with `tried` leaves the priorities tried (not under consistent hashing)."""
+        ok = self.healthy
+        return pick_hosts(p, ok, self.rng.random, self.panic_percent, self._panicked,
+                          retry_priorities(p, tried, ok) if tried and self.hasher is None else NONE)
 
     def ejected(self, address: str) -> bool:
         """Whether outlier detection has `address` ejected now (a session pinned to it re-balances,
@@ -190,14 +213,19 @@ class Cluster:
     def set_hosts(self, hosts: Sequence[str], places: Sequence[Place] | None = None) -> None:
         """The cluster's endpoints now (Envoy's membership update): outlier state and slow-start
         windows of endpoints gone are dropped, the locality plan is rebuilt (from `places`, the
-        endpoints' localities and labels; without them, no locality balancing). `choose` sees each
-        request's endpoints; the waypoint also calls this on each config update, so a pod deleted
-        (or its address given to a new pod) between requests leaves no ejection behind in the
-        stats, /clusters or the new pod."""
+        endpoints' localities and labels; without them, no locality balancing; for a Service with
+        trafficDistribution, a `locality.Places` also names the endpoints not ready, which count
+        as unhealthy). `choose` sees each request's endpoints; the waypoint also calls this on each
+        config update, so a pod deleted (or its address given to a new pod) between requests leaves
+        no ejection behind in the stats, /clusters or the new pod."""
         self.hosts = tuple(hosts)
         self.plan = None
+        down = getattr(places, "unready", ()) if self.distribution else ()
+        self.unready = tuple(a for a, _ in down)
         if self.locality is not None and places is not None and len(places) == len(self.hosts):
-            self.plan = plan(self.locality, self.own[0], self.own[1], self.hosts, places)
+            self.plan = plan(self.locality, self.own[0], self.own[1], self.hosts, places, down)
+        self.healthy = health(self.plan.unready if self.plan is not None else NO_HOSTS,
+                              self.outlier.is_ejected if self.outlier is not None else None)
         if self.outlier is not None:
             self.outlier.set_hosts(self.hosts)
         if self.warmup is not None:
@@ -242,7 +270,8 @@ class Cluster:
         (`upstream_rq_retry`, `outlier_detection_ejections_active`, `circuit_breakers_default_cx_open`,
         ...); waypoint/telemetry/clusters.py exports them per cluster at scrape time, as gauges for
         the names in `GAUGES` and as counters for the rest. Each part adds its own."""
-        out: dict[str, float] = {"lb_healthy_panic": self.panics, "membership_total": len(self.hosts)}
+        # the unready endpoints of a Service with trafficDistribution are members, never healthy (Envoy's EDS health)
+        out: dict[str, float] = {"lb_healthy_panic": self.panics, "membership_total": len(self.hosts) + len(self.unready)}
         if self.outlier is not None:
             self.outlier.sweep(self.clock())
             out["outlier_detection_ejections_active"] = self.outlier.ejected_count
@@ -270,8 +299,11 @@ class Cluster:
             if self.plan.weights:       # distribute: endpoints in no `to` get nothing
                 place.update({h: 0 for h in self.hosts if h not in place})
         key = "locality_weight" if self.plan is not None and self.plan.weights else "priority"
-        for a in sorted(set(self.hosts) | set(self.active)):
+        down = set(self.unready)
+        for a in sorted(set(self.hosts) | set(self.active) | down):
             e: dict[str, object] = {"address": a, "active": self.active.get(a, 0)}
+            if a in down:       # Envoy's /clusters health flag /failed_eds_health
+                e["ready"] = False
             if a in place:
                 e[key] = place[a]
             if self.outlier is not None:
@@ -298,6 +330,7 @@ class Clusters:
         # tuple is hashed and compared in C where a ClusterKey costs ~60 bytecodes (§65)
         self._clusters: dict[tuple[str, int, str], Cluster] = {}
         self._routes: Mapping[str, WaypointRoutes] = {}
+        self._services: Mapping[str, Service] = {}
         self.own: Place = ("", {})      # the waypoint's locality and labels (its own Workload's)
 
     def update(self, routes_by_service: Mapping[str, WaypointRoutes], services: Mapping[str, Service]) -> None:
@@ -305,6 +338,7 @@ class Clusters:
         `services` every Service (and ServiceEntry) by "ns/name". A cluster stays while its Service
         has its port (and the DestinationRule its subset) and its policy is unchanged."""
         self._routes = routes_by_service
+        self._services = services
         keep: dict[tuple[str, int, str], Cluster] = {}
         for t, c in self._clusters.items():
             key = c.key
@@ -314,7 +348,7 @@ class Clusters:
             routes = routes_by_service.get(key.service)
             if key.subset and (routes is None or all(s.name != key.subset for s in routes.subsets)):
                 continue
-            if effective_policy(routes, key.port, key.subset) == c.policy:
+            if effective_policy(routes, key.port, key.subset) == c.policy and svc.traffic_distribution == c.distribution:
                 keep[t] = c
         self._clusters = keep
 
@@ -322,8 +356,10 @@ class Clusters:
         c = self._clusters.get((service, port, subset))
         if c is None:
             routes = self._routes.get(service)
+            svc = self._services.get(service)
             c = Cluster(ClusterKey(service, port, subset), effective_policy(routes, port, subset), self.clock,
-                        self.rng, hostname or (routes.hostname if routes is not None else ""), self.own)
+                        self.rng, hostname or (routes.hostname if routes is not None else ""), self.own,
+                        svc.traffic_distribution if svc is not None else "")
             self._clusters[(service, port, subset)] = c
         return c
 

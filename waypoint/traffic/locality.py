@@ -30,6 +30,17 @@ A locality is "region/zone/subzone" (docs/waypoint.md, "Locality load balancing"
   configures Envoy (the retry priority `previous_priorities`, update_frequency 2): see
   `retry_priorities`.
 - `enabled: false` turns all of it off.
+- A Service's `trafficDistribution` (Service.traffic_distribution), when the DestinationRule sets
+  no `localityLbSetting` (TrafficPolicy.locality_set), is a `failoverPriority` forced on without
+  outlier detection (Istio's `GetEffectiveLbSetting`): PreferSameZone (and PreferClose) by region
+  and zone, PreferSameNode by region, zone, subzone and node (`kubernetes.io/hostname`, which
+  Istio adds to every proxy's and endpoint's labels, as the waypoint's places do: waypoint/app.py
+  `_place_of`); Istio's
+  leading `topology.istio.io/network` always matches in Ambit's single network, so it changes no
+  priority. For such a Service, whatever its locality setting, Istio sends the UNREADY endpoints
+  to Envoy as unhealthy (`ForcesSupportUnhealthyEndpoints`) and turns panic off: they count in
+  their priority's total (`Plan.unready`, `health`), never receive traffic, and a zone with 1
+  ready endpoint of 4 keeps 35% of the traffic rather than all of it.
 
 Pure: the waypoint's locality and labels, the endpoints' localities and labels, ejection state
 and the random draw are all passed in. A `Plan` is built once per endpoint set (the cluster
@@ -38,16 +49,26 @@ caches it); `pick_hosts` runs per request only for clusters where locality chang
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ambit.topology import TOPOLOGY_LABELS
+from ambit.topology import REGION_LABEL, SUBZONE_LABEL, TOPOLOGY_LABELS, ZONE_LABEL
 
 OVERPROVISIONING = 1.4          # Envoy's default overprovisioning_factor (140 / 100)
 UPDATE_FREQUENCY = 2            # Istio's previous_priorities update_frequency (retryRemoteLocalities)
 NONE: frozenset[int] = frozenset()
+NO_HOSTS: frozenset[str] = frozenset()
+# The node a workload runs on, as Istio's AugmentLabels adds it to proxy and endpoint labels.
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+# trafficDistribution -> the failoverPriority Istio gives it (without the network label: one network)
+PREFER: dict[str, tuple[str, ...]] = {
+    "PreferSameZone": (REGION_LABEL, ZONE_LABEL),
+    "PreferClose": (REGION_LABEL, ZONE_LABEL),
+    "PreferSameNode": (REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL, HOSTNAME_LABEL),
+}
 
 
 @dataclass(frozen=True)
@@ -58,12 +79,20 @@ class Setting:
     failover: tuple[tuple[str, str], ...] = ()
     failover_priority: tuple[str, ...] = ()
     outlier_detection: bool = False
+    forced: bool = False        # trafficDistribution: failover without outlier detection (Istio's Force)
 
     @classmethod
-    def of(cls, policy: Any) -> Setting | None:
-        """The setting of a TrafficPolicy, or None when locality changes nothing for it: disabled,
-        or neither `distribute` nor outlier detection (Istio's `enableFailover`)."""
-        if policy.locality_disabled or not (policy.locality_distribute or policy.outlier_detection):
+    def of(cls, policy: Any, distribution: str = "") -> Setting | None:
+        """The setting of a TrafficPolicy for a Service whose `trafficDistribution` is
+        `distribution`, or None when locality changes nothing for it: disabled, or neither
+        `distribute` nor outlier detection (Istio's `enableFailover`) nor a trafficDistribution
+        the rule's own `localityLbSetting` does not override."""
+        if policy.locality_disabled:
+            return None
+        keys = PREFER.get(distribution) if distribution and not policy.locality_set else None
+        if keys is not None:
+            return cls(failover_priority=keys, outlier_detection=policy.outlier_detection, forced=True)
+        if not (policy.locality_distribute or policy.outlier_detection):
             return None
         return cls(tuple((str(f), tuple((str(k), int(w)) for k, w in dict(to).items()))
                          for f, to in policy.locality_distribute),
@@ -97,7 +126,8 @@ def locality_priority(own: str, other: str) -> int:
 
 def topology_labels(locality: str, labels: Mapping[str, str]) -> dict[str, str]:
     """`labels` with the topology labels of `locality` (Istio adds them to endpoint and proxy labels
-    for failoverPriority)."""
+    for failoverPriority; the node's, `HOSTNAME_LABEL`, is already in a place's labels: see
+    waypoint/app.py `_place`)."""
     out = dict(labels)
     for k, v in zip(TOPOLOGY_LABELS, split(locality), strict=True):
         if v:
@@ -120,10 +150,12 @@ def label_priority(keys: Sequence[str], own: Mapping[str, str], theirs: Mapping[
 class Plan:
     """What locality balancing does for one endpoint set: `groups` of hosts, and either their
     `weights` (distribute: groups are localities, picked by weight) or not (failover: groups are
-    priorities in order, picked by Envoy's priority load)."""
+    priorities in order, picked by Envoy's priority load). `unready`: the hosts of the groups that
+    are not ready (a Service with trafficDistribution): never healthy (see `health`)."""
 
     groups: tuple[tuple[str, ...], ...]
     weights: tuple[float, ...] = ()
+    unready: frozenset[str] = NO_HOSTS
 
     @functools.cached_property
     def priority(self) -> dict[str, int]:
@@ -135,14 +167,33 @@ class Plan:
 Place = tuple[str, Mapping[str, str]]       # an endpoint's (locality, labels)
 
 
+class Places(tuple):  # type: ignore[type-arg]   # of Place
+    """The places of a cluster's ready endpoints, in their order, and `unready`: the address and
+    place of each endpoint that is not ready, for a Service whose trafficDistribution counts them
+    (empty otherwise). A tuple, so the request path passes it on as it passed the places before."""
+
+    unready: tuple[tuple[str, Place], ...] = ()
+
+    def __new__(cls, places: Iterable[Place] = (), unready: Iterable[tuple[str, Place]] = ()) -> Places:
+        self = super().__new__(cls, places)
+        if unready:
+            self.unready = tuple(unready)
+        return self
+
+
 def plan(setting: Setting, own: str, own_labels: Mapping[str, str], hosts: Sequence[str],
-         places: Sequence[Place]) -> Plan | None:
-    """The plan for `hosts` (with `places[i]` the locality and labels of `hosts[i]`), seen from a
-    waypoint at `own`; None when it changes nothing (one priority, no weights): the request path
-    then skips locality entirely."""
+         places: Sequence[Place], unready: Sequence[tuple[str, Place]] = ()) -> Plan | None:
+    """The plan for `hosts` (with `places[i]` the locality and labels of `hosts[i]`), and the
+    endpoints that are not ready (`unready`: address and place; they count in their priority's
+    or locality's total), seen from a waypoint at `own`; None when it changes nothing (one
+    priority, no weights): the request path then skips locality entirely."""
+    if unready:
+        down = frozenset(a for a, _ in unready)
+        p = plan(setting, own, own_labels, [*hosts, *(a for a, _ in unready)], [*places, *(pl for _, pl in unready)])
+        return dataclasses.replace(p, unready=down) if p is not None else None
     if setting.distribute:
         return _distribute(setting, own, hosts, places)
-    if not setting.outlier_detection:
+    if not (setting.outlier_detection or setting.forced):
         return None
     prios: list[int] = []
     mine = topology_labels(own, own_labels) if setting.failover_priority else {}
@@ -183,6 +234,19 @@ def _distribute(setting: Setting, own: str, hosts: Sequence[str], places: Sequen
             weight[loc] = weight.get(loc, 0.0) + w / len(idx)
     locs = sorted(groups)
     return Plan(tuple(tuple(groups[x]) for x in locs), tuple(weight[x] for x in locs))
+
+
+def health(unready: frozenset[str], ejected: Callable[[str], bool] | None) -> Callable[[str], bool] | None:
+    """Whether a host of a plan counts as healthy: ready (not in `unready`) and not ejected (by
+    outlier detection, when the cluster has it); None when every host counts (`pick_hosts`).
+    Built when the plan is, so a request pays no closure."""
+    if unready and ejected is not None:
+        return lambda h: h not in unready and not ejected(h)
+    if unready:
+        return lambda h: h not in unready
+    if ejected is not None:
+        return lambda h: not ejected(h)
+    return None
 
 
 def _availability(groups: Sequence[Sequence[str]], ok: Sequence[Sequence[str]]) -> list[float]:

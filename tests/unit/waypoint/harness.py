@@ -8,6 +8,8 @@
 - `GrpcOrigin`: a grpcio server with unary and streaming echo methods on raw bytes.
 - `RawOrigin`: an HTTP/1.1 origin that records what it got and answers canned bytes, to misbehave
   on purpose (responses framed wrong, bytes after a response, answers held back).
+- `address_origins`: one HTTP/1.1 origin per loopback address, all on one port, each answering with
+  its own address and counting its requests (which endpoint a waypoint chose).
 - `Proxy`: the engine on its own event loop thread, listening on 127.0.0.1, with a stub `decide`
   and an `upstream` that maps `Forward.port` to a local backend.
 """
@@ -16,13 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -399,6 +403,50 @@ def by_header(backends: dict[str, int]) -> Callable[[RequestHead, Downstream], D
         return Forward(service=f"test/{name}", port=backends[name], route=f"test#{name}")
 
     return decide
+
+
+class _ByAddress(BaseHTTPRequestHandler):
+    """Answers GET with the address it listens on as the body, its server's `status(ip)` as the
+    status, and counts the request under that address."""
+
+    protocol_version = "HTTP/1.1"
+    wbufsize = -1       # the head and the body in one write (no Nagle / delayed-ACK stall per request)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        ip = self.server.server_address[0]
+        with self.server.lock:                  # type: ignore[attr-defined]
+            self.server.hits[ip] += 1           # type: ignore[attr-defined]
+        body = ip.encode()
+        self.send_response(self.server.status(ip))      # type: ignore[attr-defined]
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def address_origins(ips: Sequence[str], status: Callable[[str], int] = lambda ip: 200,
+                    ) -> Iterator[tuple[int, Counter[str]]]:
+    """Origins on each of `ips` (loopback addresses), all on one free port: yields (the port, the
+    requests each address answered). Each answers `status(its address)` with its address as the
+    body: the endpoints of a Service, to see which one a waypoint chose."""
+    hits: Counter[str] = Counter()
+    lock = threading.Lock()
+    first = ThreadingHTTPServer((ips[0], 0), _ByAddress)
+    port = first.server_address[1]
+    servers = [first] + [ThreadingHTTPServer((ip, port), _ByAddress) for ip in ips[1:]]
+    for srv in servers:
+        srv.daemon_threads = True
+        srv.hits, srv.lock, srv.status = hits, lock, status     # type: ignore[attr-defined]
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield port, hits
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
 
 
 class Proxy:

@@ -7,9 +7,7 @@ Before, `sessionPersistence` was accepted and warned about, and every request wa
 from __future__ import annotations
 
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ from ambit.model import (
     TrafficPolicy,
     WaypointRoutes,
 )
-from tests.unit.waypoint.harness import Proxy
+from tests.unit.waypoint.harness import Proxy, address_origins
 from waypoint.app import WaypointProxy
 from waypoint.authz import Waypoint
 from waypoint.config import WaypointConfig
@@ -34,32 +32,6 @@ from waypoint.settings import load
 
 HOST = "api.example.com"
 IPS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
-
-
-class _Who(BaseHTTPRequestHandler):
-    """Answers every request with the address it was served on: which endpoint got it."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        body = self.server.server_address[0].encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a: object) -> None:
-        pass
-
-
-def _origins() -> tuple[list[ThreadingHTTPServer], int]:
-    first = ThreadingHTTPServer((IPS[0], 0), _Who)
-    port = first.server_address[1]
-    servers = [first] + [ThreadingHTTPServer((ip, port), _Who) for ip in IPS[1:]]
-    for s in servers:
-        s.daemon_threads = True
-        threading.Thread(target=s.serve_forever, daemon=True).start()
-    return servers, port
 
 
 def _entry(port: int, ips: tuple[str, ...]) -> Service:
@@ -106,11 +78,9 @@ class Wire:
 
 @pytest.fixture()
 def origins() -> Iterator[int]:
-    servers, port = _origins()
-    yield port
-    for s in servers:
-        s.shutdown()
-        s.server_close()
+    """Each endpoint answers with the address it was served on: which endpoint got the request."""
+    with address_origins(IPS) as (port, _hits):
+        yield port
 
 
 def test_a_cookie_session_sticks_to_one_endpoint_spreads_without_it_and_repins_when_it_goes(
