@@ -94,8 +94,9 @@ def _place_of(wl: Workload | None) -> Place:
 
 def _place(v: View, pick: endpoints.Pick) -> Place:
     """Where an endpoint runs (`_place_of` its Workload; "" and none for an endpoint that is no
-    pod, e.g. a ServiceEntry address)."""
-    return _place_of(v.by_ip.get(pick.ip) if pick.workload else None)
+    pod, e.g. a ServiceEntry address), with a ServiceEntry endpoint's own `locality` first."""
+    place = _place_of(v.by_ip.get(pick.ip) if pick.workload else None)
+    return (pick.locality, place[1]) if pick.locality else place
 
 
 def _places(v: View, svc: Service, port: int, labels: Mapping[str, str] | None,
@@ -479,7 +480,7 @@ class WaypointProxy:
         view = self.config.view
         if view is not self._clusters_view:
             self.clusters.update({s: hr.config for s, hr in view.table.by_service.items() if hr.config is not None},
-                                 view.services)
+                                 view.services, view.mesh.locality_lb_setting if view.mesh is not None else None)
             self._clusters_view = view
             own = _place_of(self._own_workload())     # where this waypoint runs: locality balancing's vantage point
             moved = own != self.clusters.own

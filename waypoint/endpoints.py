@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ambit.model import Endpoint, Service, ServicePort, Workload
 
@@ -35,6 +35,9 @@ class Pick:
     # A ServiceEntry endpoint outside the mesh (MESH_EXTERNAL, or not a mesh pod): the waypoint
     # dials it itself over TCP (TLS when a DestinationRule originates it); `ip` may be a DNS name.
     plain: bool = False
+    # A ServiceEntry endpoint's own `locality` (Istio's WorkloadEntry field), for locality balancing
+    # and trafficDistribution; "": a pod's own (its Workload's), or unknown.
+    locality: str = ""
 
     @property
     def address(self) -> str:
@@ -80,9 +83,11 @@ def candidates(svc: Service, port: int, subset_labels: Mapping[str, str] | None,
             if any(labels.get(k) != v for k, v in subset_labels.items()):
                 continue
         if entry and (svc.external or wl is None or wl.protocol != "HBONE"):
-            out.append(Pick(ep.ip or ep.hostname, target_port(sp, ep), "", protocol_of(sp), "", False, True))
+            out.append(Pick(ep.ip or ep.hostname, target_port(sp, ep), "", protocol_of(sp), "", False, True,
+                            ep.locality))
         else:
-            out.append(_pick(ep.ip, target_port(sp, ep), wl, protocol_of(sp)))
+            pick = _pick(ep.ip, target_port(sp, ep), wl, protocol_of(sp))
+            out.append(replace(pick, locality=ep.locality) if ep.locality else pick)
     return out
 
 

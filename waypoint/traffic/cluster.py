@@ -28,6 +28,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ambit.model import Service, TrafficPolicy, WaypointRoutes
 from waypoint.http.attempt import Outcome
@@ -104,7 +105,8 @@ class Cluster:
     its own module (balancer, outlier, circuit breaker, retry budget)."""
 
     def __init__(self, key: ClusterKey, policy: TrafficPolicy, clock: Clock, rng: random.Random,
-                 hostname: str = "", own: Place = ("", {}), distribution: str = "") -> None:
+                 hostname: str = "", own: Place = ("", {}), distribution: str = "",
+                 mesh_locality: Mapping[str, Any] | None = None) -> None:
         self.key = key
         self.hostname = hostname or key.service
         self.name = cluster_name(self.hostname, key.port, key.subset)
@@ -127,7 +129,7 @@ class Cluster:
         # localityLbSetting overrides it, and which makes the cluster count its unready endpoints
         # (`unready`, from the places `set_hosts` gets) as unhealthy hosts, with panic off, as Istio
         self.distribution = distribution
-        self.locality = Setting.of(policy, distribution)
+        self.locality = Setting.of(policy, distribution, mesh_locality)     # mesh_locality: MeshConfig's
         self.own = own                          # the waypoint's (locality, labels)
         self.plan: Plan | None = None           # for `hosts`, when locality changes something
         self.unready: tuple[str, ...] = ()      # endpoints not ready, only with `distribution`
@@ -331,14 +333,22 @@ class Clusters:
         self._clusters: dict[tuple[str, int, str], Cluster] = {}
         self._routes: Mapping[str, WaypointRoutes] = {}
         self._services: Mapping[str, Service] = {}
+        self.mesh_locality: dict[str, Any] = {}     # MeshConfig localityLbSetting ({}: unset)
         self.own: Place = ("", {})      # the waypoint's locality and labels (its own Workload's)
 
-    def update(self, routes_by_service: Mapping[str, WaypointRoutes], services: Mapping[str, Service]) -> None:
+    def update(self, routes_by_service: Mapping[str, WaypointRoutes], services: Mapping[str, Service],
+               mesh_locality: Mapping[str, Any] | None = None) -> None:
         """A new config: `routes_by_service` maps "ns/name" to the WaypointRoutes of its host,
-        `services` every Service (and ServiceEntry) by "ns/name". A cluster stays while its Service
-        has its port (and the DestinationRule its subset) and its policy is unchanged."""
+        `services` every Service (and ServiceEntry) by "ns/name", `mesh_locality` the mesh-wide
+        localityLbSetting. A cluster stays while its Service has its port (and the DestinationRule
+        its subset) and its policy, trafficDistribution and the mesh's setting are unchanged."""
         self._routes = routes_by_service
         self._services = services
+        mesh = dict(mesh_locality or {})
+        if mesh != self.mesh_locality:
+            self.mesh_locality = mesh
+            self._clusters = {}
+            return
         keep: dict[tuple[str, int, str], Cluster] = {}
         for t, c in self._clusters.items():
             key = c.key
@@ -359,7 +369,7 @@ class Clusters:
             svc = self._services.get(service)
             c = Cluster(ClusterKey(service, port, subset), effective_policy(routes, port, subset), self.clock,
                         self.rng, hostname or (routes.hostname if routes is not None else ""), self.own,
-                        svc.traffic_distribution if svc is not None else "")
+                        svc.traffic_distribution if svc is not None else "", self.mesh_locality)
             self._clusters[(service, port, subset)] = c
         return c
 

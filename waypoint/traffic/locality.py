@@ -82,22 +82,32 @@ class Setting:
     forced: bool = False        # trafficDistribution: failover without outlier detection (Istio's Force)
 
     @classmethod
-    def of(cls, policy: Any, distribution: str = "") -> Setting | None:
+    def of(cls, policy: Any, distribution: str = "", mesh: Mapping[str, Any] | None = None) -> Setting | None:
         """The setting of a TrafficPolicy for a Service whose `trafficDistribution` is
-        `distribution`, or None when locality changes nothing for it: disabled, or neither
-        `distribute` nor outlier detection (Istio's `enableFailover`) nor a trafficDistribution
-        the rule's own `localityLbSetting` does not override."""
-        if policy.locality_disabled:
+        `distribution`, under the mesh-wide `localityLbSetting` `mesh` (MeshSettings; empty: unset),
+        or None when locality changes nothing for it: disabled, or neither `distribute` nor outlier
+        detection (Istio's `enableFailover`) nor a trafficDistribution. Istio's order
+        (`GetEffectiveLbSetting`): the rule's own `localityLbSetting`, else the Service's
+        trafficDistribution, else the mesh's, else the default (enabled)."""
+        if not policy.locality_set:
+            keys = PREFER.get(distribution) if distribution else None
+            if keys is not None:
+                return cls(failover_priority=keys, outlier_detection=policy.outlier_detection, forced=True)
+            if mesh:
+                return cls._of_fields(mesh.get("enabled") is False,
+                                      [[d.get("from", ""), d.get("to") or {}] for d in mesh.get("distribute") or []],
+                                      [[f.get("from", ""), f.get("to", "")] for f in mesh.get("failover") or []],
+                                      list(mesh.get("failoverPriority") or []), policy.outlier_detection)
+        return cls._of_fields(policy.locality_disabled, policy.locality_distribute, policy.locality_failover,
+                              policy.locality_failover_priority, policy.outlier_detection)
+
+    @classmethod
+    def _of_fields(cls, disabled: bool, distribute: Sequence[Sequence[Any]], failover: Sequence[Sequence[str]],
+                   failover_priority: Sequence[str], outlier_detection: bool) -> Setting | None:
+        if disabled or not (distribute or outlier_detection):
             return None
-        keys = PREFER.get(distribution) if distribution and not policy.locality_set else None
-        if keys is not None:
-            return cls(failover_priority=keys, outlier_detection=policy.outlier_detection, forced=True)
-        if not (policy.locality_distribute or policy.outlier_detection):
-            return None
-        return cls(tuple((str(f), tuple((str(k), int(w)) for k, w in dict(to).items()))
-                         for f, to in policy.locality_distribute),
-                   tuple((str(a), str(b)) for a, b in policy.locality_failover),
-                   tuple(policy.locality_failover_priority), policy.outlier_detection)
+        return cls(tuple((str(f), tuple((str(k), int(w)) for k, w in dict(to).items())) for f, to in distribute),
+                   tuple((str(a), str(b)) for a, b in failover), tuple(failover_priority), outlier_detection)
 
 
 def split(locality: str) -> tuple[str, str, str]:

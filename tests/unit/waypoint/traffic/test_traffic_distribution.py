@@ -204,6 +204,24 @@ def test_service_entry_addresses_have_no_locality_and_are_balanced_as_before() -
     assert set(spread(p)) == {"a1", "a2", "a3", "a4"}
 
 
+def test_service_entry_endpoints_with_their_own_locality_are_prioritised_by_it() -> None:
+    """A ServiceEntry endpoint's `locality` (Istio's WorkloadEntry field) places it: the one in the
+    waypoint's zone gets the requests while it is ready."""
+    p = waypoint("PreferSameZone")
+    entry = Service(name="vm.example.com", namespace="demo", hostname="vm.example.com", vips=["240.0.0.10"],
+                    ports=[ServicePort(80, 80, "http", "HTTP")], kind="ServiceEntry", resolution="STATIC",
+                    location="MESH_EXTERNAL", waypoint="default/waypoint", traffic_distribution="PreferSameZone",
+                    endpoints=[Endpoint("", "192.0.2.1", locality="r2/z1"), Endpoint("", "192.0.2.2", locality="r1/z1"),
+                               Endpoint("", "192.0.2.3", locality="r1/z2")])
+    _apply(p.config, Service.TYPE, {**p.config.view.services, entry.resource_name: entry}, "2")
+    down, why = p.downstream("spiffe://cluster.local/ns/default/sa/frontend", "10.0.2.5", "240.0.0.10:80")
+    assert down is not None, why
+    fwd = Forward(entry.resource_name, 80, "", entry.hostname)
+    got = Counter(t.address if t is not None else "503"
+                  for t in (p.upstream(fwd, RequestHead("GET", "/", entry.hostname), down) for _ in range(100)))
+    assert set(got) == {"192.0.2.2:80"}
+
+
 def test_a_zone_whose_endpoints_are_all_unready_fails_over_to_its_region_then_beyond() -> None:
     got = spread(waypoint("PreferSameZone", unready=frozenset({"a1", "a2", "a3", "a4"})))
     assert set(got) == {"b1", "b2"}
