@@ -50,7 +50,7 @@ from ambit.telemetry import ACCESS_LOG_KINDS, GATEWAY_LABEL, TRACING_KINDS, prov
 from controller.kinds.security import L4_CONDITION_KEYS
 from controller.translate import translate
 from controller.translate.delegates import Delegation
-from controller.translate.destinationrules import rules_by_host
+from controller.translate.destinationrules import rules_by_host, rules_in_force
 from controller.translate.index import age_key, ns_of, waypoint_ref
 from controller.translate.routes import NOT_EXPORTED, VS_REDIRECT_CODES, Hosts
 from controller.translate.visibility import export_text, restricted, visible_to
@@ -163,7 +163,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             out += telemetry_targets(o, gateways, svc_waypoint, root_namespace) + telemetry_sides(o, gateways)
     out += telemetry_conflicts([o for o in good if o.get("kind") == "Telemetry"], root_namespace)
     out += _unserved_hosts(good, tr, gateways)
-    out += destination_rule_merges(good, hosts)
+    out += destination_rule_merges(good, hosts, {s.hostname: s.waypoint for s in tr.services})
     out += rules_elsewhere(good, tr)
     out += [Advisory(n.ref, n.path, n.reason, NOT_ENFORCED, n.cause)
             for n in Delegation(o for o in good if o.get("kind") == "VirtualService").notes()]
@@ -689,13 +689,20 @@ def _dr_fields(o: Obj, entry_hosts: set[str] = frozenset()) -> list[Advisory]:  
     return out
 
 
-def destination_rule_merges(good: list[Obj], hosts: Hosts) -> list[Advisory]:
+def destination_rule_merges(good: list[Obj], hosts: Hosts, waypoints: dict[str, str] | None = None) -> list[Advisory]:
     """What younger DestinationRules of a host lose when they are merged with the older ones, as
     Istio merges them (controller.translate.destinationrules): a subset name already defined, a
-    second top-level trafficPolicy."""
+    second top-level trafficPolicy. `waypoints`: host -> the waypoint serving it, whose namespace
+    sees only the rules exported to it: a rule hidden there neither wins nor loses a merge there."""
     drs = sorted((o for o in good if o.get("kind") == "DestinationRule"), key=age_key)
-    return [Advisory(object_ref(dr), path, why, NOT_ENFORCED, DR_MERGED)
-            for merged in rules_by_host(drs, hosts) for dr, path, why in merged.dropped]
+    merges = rules_by_host(drs, hosts)
+    if waypoints is not None and any(restricted(dr) for dr in drs):
+        in_force = {id(m): m for m in rules_in_force(drs, hosts, lambda fq: waypoints.get(fq, "")).values()}
+        used = {m.host for m in in_force.values()}
+        merges = sorted([*in_force.values(), *(m for m in merges if m.host not in used)],
+                        key=lambda m: (m.host.startswith("*"), -len(m.host), m.host))
+    found = dict.fromkeys((object_ref(dr), path, why) for merged in merges for dr, path, why in merged.dropped)
+    return [Advisory(ref, path, why, NOT_ENFORCED, DR_MERGED) for ref, path, why in found]
 
 
 def _proxies_routing_to(tr: Any) -> list[tuple[str, str, set[str]]]:

@@ -135,6 +135,13 @@ def test_a_hidden_rule_neither_shadows_a_visible_wildcard_nor_wins_a_merge() -> 
                     dr("other", ["mesh-gw"], name="young", lb="LEAST_CONN", created="2026-02-01T00:00:00Z")])
     assert wr is not None and [s.name for s in wr.subsets] == ["young-v1"] and wr.policy.lb == "LEAST_REQUEST"
     assert wr.sources == ["DestinationRule/other/young"]
+    # and `ambit apply` does not say the younger one's policy is dropped (AMB0107): it is not
+    objs = [*mesh("mesh-gw"), dr(export=["."], created="2026-01-01T00:00:00Z"),
+            dr("other", ["mesh-gw"], name="young", lb="LEAST_CONN", created="2026-02-01T00:00:00Z")]
+    assert [a for a in advisories(objs) if a.cause == "Merged"] == []
+    seen = [*objs[:-2], dr(export=["*"]), objs[-1]]      # both seen there: merged, the younger's policy dropped
+    assert [(a.ref, a.path) for a in advisories(seen) if a.cause == "Merged"] == [
+        ("DestinationRule/other/young", "spec.trafficPolicy")]
 
 
 # -- Istio ingress gateways ----------------------------------------------------------------------------
