@@ -99,11 +99,13 @@ def rules_in_force(rules: list[Obj], hosts: Hosts, waypoint_of: Callable[[str], 
             if fq in out:
                 continue
             wp = waypoint_of(fq) if waypoint_of is not None else ""
-            seen = [r for r in merged.rules if not wp or visible_to(r, namespace_of(wp))]
+            seen, unseen = [], []
             for r in merged.rules:
-                if r not in seen and hidden is not None:
+                (seen if not wp or visible_to(r, namespace_of(wp)) else unseen).append(r)
+            for r in unseen:
+                if hidden is not None:
                     hidden.setdefault((object_ref(r), wp), (r, []))[1].append(fq)
-            if len(seen) == len(merged.rules):
+            if not unseen:
                 out[fq] = merged
             elif seen:
                 out[fq] = merge_rules(seen, merged.host)

@@ -18,8 +18,9 @@ Pure: objects in, listeners (added to the ingress models) and warnings out. Isti
   for a name wins, as Istio's filter chain order does;
 - a VirtualService binds with `gateways: [name | ns/name]` (a bare name is in the VirtualService's
   namespace), and only at the ingress gateways whose namespace its `exportTo` reaches (the proxy's
-  namespace, not the Istio Gateway object's: controller.translate.visibility); `mesh` in the list keeps it in the mesh too, and an `http[].match[].gateways` narrows a
-  match to the gateways it names. A server host `ns/host` admits VirtualServices of namespace `ns`
+  namespace, not the Istio Gateway object's: controller.translate.visibility); `mesh` in the list
+  keeps it in the mesh too, and an `http[].match[].gateways` narrows a match to the gateways it
+  names. A server host `ns/host` admits VirtualServices of namespace `ns`
   only (`*` any, `.` the Gateway's); the VirtualService's `hosts` intersect the server's host
   (`*` matches any) and become the listener's virtual hosts;
 - a route that delegates (`http[].delegate`) is replaced by the delegate VirtualService's routes,
