@@ -15,6 +15,7 @@ from controller.kinds.common import (
     Cidr,
     Duration,
     Labels,
+    NamespaceName,
     Percent,
     Port,
     PortSelector,
@@ -213,6 +214,29 @@ TLSRoute = Obj({
 }, required=("match", "route"), checks=(_check_l4_route,))
 
 
+def check_export_to(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """Istio's validateExportTo for VirtualServices and DestinationRules: ".", "*" or a namespace
+    name, no duplicates, "*" alone; "~" (no one) is for ServiceEntries only (Istio: "not allowed
+    for Istio configuration objects"). The entries scope the object (controller.translate.visibility)."""
+    export = value.get("exportTo")
+    if not isinstance(export, list) or not all(isinstance(e, str) for e in export):
+        return      # its schema (a list of strings) says what is wrong
+    seen: set[str] = set()
+    for i, e in enumerate(export):
+        where = f"{join(path, 'exportTo')}[{i}]"
+        if e == "~":
+            errs.append((where, 'exportTo "~" (no one) is allowed for ServiceEntries only (Istio refuses it here too): '
+                         "delete the object to apply it nowhere"))
+        elif e not in (".", "*"):
+            NamespaceName.check(e, where, errs)     # a namespace name
+        if e in seen:
+            errs.append((where, f'duplicate entry "{e}"'))
+        seen.add(e)
+    if "*" in seen and len(export) > 1:
+        errs.append((join(path, "exportTo"), 'cannot have both "*" (every namespace) and other entries (Istio refuses '
+                     'this too): "*" alone says it'))
+
+
 def _check_vs(value: dict[str, Any], path: str, errs: Errors) -> None:
     if not value.get("hosts"):
         # Istio's validateVirtualService: without hosts it is a delegate, applied only through a
@@ -238,7 +262,7 @@ VirtualServiceSpec = Obj({
     "tcp": Arr(TCPRoute),
     "tls": Arr(TLSRoute),
     "exportTo": Strings,
-}, checks=(_check_vs,))
+}, checks=(_check_vs, check_export_to))
 
 # -- DestinationRule --------------------------------------------------------------------------------
 
@@ -422,4 +446,4 @@ DestinationRuleSpec = Obj({
     "subsets": Arr(Subset),
     "exportTo": Strings,
     "workloadSelector": WorkloadSelector,
-}, required=("host",), checks=(_check_dr,))
+}, required=("host",), checks=(_check_dr, check_export_to))

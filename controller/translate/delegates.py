@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.translate.index import name_of, ns_of
+from controller.translate.visibility import export_text, visible_to
 from controller.validation import object_ref
 
 Obj = dict[str, Any]
@@ -116,10 +117,8 @@ class Delegation:
         if not is_delegate(target):
             return (f"{object_ref(target)} has hosts, so it is no delegate (a delegate VirtualService has no "
                     "hosts and no gateways)")
-        export = (target.get("spec") or {}).get("exportTo") or ["*"]
-        seen = {dns if e == "." else e for e in export}
-        if "*" not in seen and root_ns not in seen:
-            return f"{object_ref(target)} is not exported to namespace {root_ns} (its exportTo: {', '.join(export)})"
+        if not visible_to(target, root_ns):
+            return f"{object_ref(target)} is not exported to namespace {root_ns} (its exportTo: {export_text(target)})"
         return ""
 
     def _resolved(self, sub: Obj, ns: str) -> Obj:

@@ -18,10 +18,12 @@ What a younger rule loses is returned (`MergedRule.dropped`) so `ambit apply` ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from controller.translate.index import ns_of
+from controller.translate.visibility import namespace_of, visible_to
 from controller.validation import object_ref
 
 if TYPE_CHECKING:
@@ -81,12 +83,30 @@ def rules_by_host(rules: list[Obj], hosts: Hosts) -> list[MergedRule]:
     return [merge_rules(groups[h], h) for h in order]
 
 
-def rules_in_force(rules: list[Obj], hosts: Hosts) -> dict[str, MergedRule]:
+def rules_in_force(rules: list[Obj], hosts: Hosts, waypoint_of: Callable[[str], str] | None = None,
+                   hidden: dict[tuple[str, str], tuple[Obj, list[str]]] | None = None) -> dict[str, MergedRule]:
     """FQDN -> the merged rule in force for it: that of its own host, else of the most specific
     wildcard host that matches it. A non-wildcard host that is no known Service keeps its rule
-    too (the advisories then say that nothing serves it)."""
+    too (the advisories then say that nothing serves it).
+
+    `waypoint_of(fqdn)`: the waypoint ("ns/name") serving a host, whose namespace sees only the
+    rules exported to it (controller.translate.visibility): those are merged, and a host whose own
+    rules are all hidden falls back to a wildcard's, as Istio's lookup among the visible rules
+    does. What is hidden goes to `hidden`: (rule ref, waypoint) -> (rule, hosts)."""
     out: dict[str, MergedRule] = {}
     for merged in rules_by_host(rules, hosts):
         for fq in hosts.expand(merged.host, "") if merged.host.startswith("*") else [merged.host]:
-            out.setdefault(fq, merged)
+            if fq in out:
+                continue
+            wp = waypoint_of(fq) if waypoint_of is not None else ""
+            seen, unseen = [], []
+            for r in merged.rules:
+                (seen if not wp or visible_to(r, namespace_of(wp)) else unseen).append(r)
+            for r in unseen:
+                if hidden is not None:
+                    hidden.setdefault((object_ref(r), wp), (r, []))[1].append(fq)
+            if not unseen:
+                out[fq] = merged
+            elif seen:
+                out[fq] = merge_rules(seen, merged.host)
     return out

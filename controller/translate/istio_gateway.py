@@ -17,8 +17,10 @@ Pure: objects in, listeners (added to the ingress models) and warnings out. Isti
   fits the port); a match's `port` must be the server's, its `gateways` narrow it; the first route
   for a name wins, as Istio's filter chain order does;
 - a VirtualService binds with `gateways: [name | ns/name]` (a bare name is in the VirtualService's
-  namespace); `mesh` in the list keeps it in the mesh too, and an `http[].match[].gateways` narrows a
-  match to the gateways it names. A server host `ns/host` admits VirtualServices of namespace `ns`
+  namespace), and only at the ingress gateways whose namespace its `exportTo` reaches (the proxy's
+  namespace, not the Istio Gateway object's: controller.translate.visibility); `mesh` in the list
+  keeps it in the mesh too, and an `http[].match[].gateways` narrows a match to the gateways it
+  names. A server host `ns/host` admits VirtualServices of namespace `ns`
   only (`*` any, `.` the Gateway's); the VirtualService's `hosts` intersect the server's host
   (`*` matches any) and become the listener's virtual hosts;
 - a route that delegates (`http[].delegate`) is replaced by the delegate VirtualService's routes,
@@ -50,6 +52,7 @@ from controller.translate.ingress import (
     route_hostnames,
 )
 from controller.translate.routes import Hosts, vs_destinations, vs_http_route
+from controller.translate.visibility import export_text, visible_to
 from controller.validation import FieldError, object_ref
 
 Obj = dict[str, Any]
@@ -227,9 +230,26 @@ def add_istio_gateways(idx: Index, hosts: Hosts, result: IngressResult) -> None:
                     continue
                 bound.append((vs, _routes(vs, gw_ref, hosts, delegation, errors)))
             for model in targets:
+                seen = _exported(bound, model, gw_ref, errors)
                 listeners = [ln for i, s in enumerate((gw.get("spec") or {})["servers"])
-                             for ln in _server_listeners(gw, s, i, model.namespace, secrets, bound, hosts, errors)]
+                             for ln in _server_listeners(gw, s, i, model.namespace, secrets, seen, hosts, errors)]
                 _merge(model, listeners, object_ref(gw), errors)
+
+
+def _exported(bound: list[tuple[Obj, list[HttpRoute]]], model: IngressGateway, gw_ref: str,
+              errors: list[FieldError]) -> list[tuple[Obj, list[HttpRoute]]]:
+    """The bound VirtualServices that ingress gateway `model` sees: those exported to its namespace
+    (Istio's `VirtualServicesForGateway(proxy's ConfigNamespace, gateway)`); the others are said."""
+    out = []
+    for vs, routes in bound:
+        if visible_to(vs, model.namespace):
+            out.append((vs, routes))
+            continue
+        errors.append(FieldError(object_ref(vs), "spec.exportTo", (
+            f"not exported to namespace {model.namespace} (exportTo: {export_text(vs)}), where ingress gateway "
+            f"{model.resource_name} runs, which serves Gateway {gw_ref}: it is not served there, as in Istio (a gateway "
+            f"applies only the VirtualServices exported to its own namespace); add {model.namespace} to exportTo")))
+    return out
 
 
 def _merge(model: IngressGateway, listeners: list[IngressListener], ref: str, errors: list[FieldError]) -> None:

@@ -54,10 +54,13 @@ from controller.translate.blame import blame
 from controller.translate.delegates import Delegation, is_delegate
 from controller.translate.destinationrules import MergedRule, rules_in_force
 from controller.translate.index import Index, age_key, ns_of
+from controller.translate.visibility import export_text, namespace_of, visible_to
 from controller.validation import object_ref
 
 if TYPE_CHECKING:
     from controller.translate.parents import Parents
+
+NOT_EXPORTED = "NotExported"    # a notice's cause: exportTo keeps an object from a proxy that would apply it
 
 Obj = dict[str, Any]
 
@@ -594,7 +597,13 @@ def _apply_dr(wr: WaypointRoutes, dr: MergedRule) -> None:
 # -- assembly ------------------------------------------------------------------------------------
 
 def translate_routes(idx: Index, services: list[Service], cluster_domain: str, parents: Parents) -> list[WaypointRoutes]:
-    """`parents`: which hosts each HTTPRoute/GRPCRoute applies to (controller.translate.parents)."""
+    """`parents`: which hosts each HTTPRoute/GRPCRoute applies to (controller.translate.parents);
+    what exportTo keeps from a waypoint is added to its notices.
+
+    exportTo (controller.translate.visibility) is checked against the namespace of the waypoint
+    serving each host: a VirtualService not exported there adds no routes to that host, a
+    DestinationRule is not in force for it."""
+    from controller.translate.parents import Notice  # (parents imports this module)
     hosts = Hosts(services, cluster_domain)
     out: dict[str, WaypointRoutes] = {}
 
@@ -605,6 +614,13 @@ def translate_routes(idx: Index, services: list[Service], cluster_domain: str, p
                                        service=hosts.service_ref(fqdn), waypoint=svc.waypoint if svc else "")
         return out[fqdn]
 
+    def waypoint_of(fqdn: str) -> str:
+        """The waypoint serving `fqdn` ("ns/name"): the proxy whose namespace exportTo is checked
+        against ("" when none serves it: nothing applies its routes, and its DestinationRules go
+        unfiltered to whatever routes to it)."""
+        svc = hosts.by_host.get(fqdn)
+        return svc.waypoint if svc else ""
+
     delegation = Delegation(idx.kind("VirtualService"), hosts.fqdn)
     for vs in idx.kind("VirtualService"):
         spec = vs.get("spec") or {}
@@ -613,12 +629,19 @@ def translate_routes(idx: Index, services: list[Service], cluster_domain: str, p
         with blame(vs):
             targets, http, tcp, sources = _vs_routes(vs, hosts, delegation)
             tls = _vs_tls_routes(vs, hosts)
+        hidden: dict[str, list[str]] = {}     # waypoint -> hosts it serves that it does not see `vs` for
         for fq in targets:
+            wp = waypoint_of(fq)
+            if wp and not visible_to(vs, namespace_of(wp)):
+                hidden.setdefault(wp, []).append(fq)
+                continue
             e = entry(fq)
             e.http.extend(http)
             e.tcp.extend(tcp)
             e.tls.extend(tls)
             e.sources.extend(s for s in sources if s not in e.sources)
+        parents.notices.extend(Notice(object_ref(vs), "spec.exportTo", not_exported(vs, wp, fqs, "routes"), NOT_EXPORTED)
+                               for wp, fqs in hidden.items())
 
     gw_routes: dict[str, list[tuple[tuple[Any, ...], HttpRoute]]] = {}
     for kind, grpc in (("HTTPRoute", False), ("GRPCRoute", True)):
@@ -632,6 +655,25 @@ def translate_routes(idx: Index, services: list[Service], cluster_domain: str, p
     for fq, routes in gw_routes.items():
         entry(fq).http.extend(r for _, r in sorted(routes, key=lambda x: x[0]))
 
-    for fq, merged in rules_in_force(idx.kind("DestinationRule"), hosts).items():
+    hidden_drs: dict[tuple[str, str], tuple[Obj, list[str]]] = {}
+    for fq, merged in rules_in_force(idx.kind("DestinationRule"), hosts, waypoint_of, hidden_drs).items():
         _apply_dr(entry(fq), merged)
+    parents.notices.extend(Notice(object_ref(dr), "spec.exportTo", not_exported(dr, wp, fqs, "policy"), NOT_EXPORTED)
+                           for (_, wp), (dr, fqs) in hidden_drs.items())
     return [out[k] for k in sorted(out)]
+
+
+def not_exported(obj: Obj, waypoint: str, fqdns: list[str], what: str) -> str:
+    """Why `obj` (a VirtualService: its routes; a DestinationRule: its policy) is not applied at
+    `waypoint` to the hosts it serves."""
+    ns = namespace_of(waypoint)
+    shown = ", ".join(fqdns[:5]) + (f" and {len(fqdns) - 5} more" if len(fqdns) > 5 else "")
+    if what == "routes":
+        effect = f"its routes are not applied to {shown}"
+    else:
+        effect = (f"its policy and subsets are not applied to {shown} (neither by that waypoint nor by an ingress "
+                  "gateway or other waypoint that routes there: Ambit chooses a host's DestinationRules once, for its "
+                  "waypoint's namespace)")
+    return (f"not exported to namespace {ns} (exportTo: {export_text(obj)}), where waypoint {waypoint} runs: {effect}, "
+            f"as in Istio, where a waypoint applies only what is exported to its own namespace; add {ns} to exportTo "
+            "to apply it there")

@@ -29,6 +29,11 @@ validator refuses what can never work; this module finds what is valid but does 
   none of its root's, a delegate no root uses.
 - What a younger DestinationRule loses when it is merged with older ones for its host
   (controller.translate.destinationrules): a subset name already defined, a second trafficPolicy.
+- exportTo (`NotExported`): a VirtualService or DestinationRule not exported to the namespace of
+  the waypoint serving a host, or a VirtualService not exported to an ingress gateway's namespace,
+  is not applied there (honoured, as in Istio, and said since it is rarely meant); a DestinationRule
+  that an ingress gateway or another waypoint applies although it is not exported to its namespace
+  (Ambit chooses a host's rules once, for its waypoint's namespace).
 
 Pure: `advisories(objects)` takes a snapshot (Kubernetes-shaped objects) and returns `Advisory`s
 that name the object, the field and the reason. `ambit apply` prints them as warnings; the
@@ -44,10 +49,11 @@ from ambit.resilience import RETRY_ON_NOT_APPLIED, retry_on_parts
 from ambit.telemetry import ACCESS_LOG_KINDS, GATEWAY_LABEL, TRACING_KINDS, providers_of
 from controller.kinds.security import L4_CONDITION_KEYS
 from controller.translate import translate
-from controller.translate.delegates import Delegation, is_delegate
-from controller.translate.destinationrules import rules_by_host
+from controller.translate.delegates import Delegation
+from controller.translate.destinationrules import rules_by_host, rules_in_force
 from controller.translate.index import age_key, ns_of, waypoint_ref
-from controller.translate.routes import VS_REDIRECT_CODES, Hosts
+from controller.translate.routes import NOT_EXPORTED, VS_REDIRECT_CODES, Hosts
+from controller.translate.visibility import export_text, restricted, visible_to
 from controller.translate.waypoints import SERVES_SERVICES
 from controller.validation import object_ref, split_valid
 from controller.waypoints.gateways import (
@@ -135,7 +141,8 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             meta = o.get("metadata") or {}
             svc_waypoint[(ns_of(o), f"ServiceEntry/{meta.get('name', '')}")] = waypoint_ref(
                 meta.get("labels") or {}, ns_of(o), fallback=waypoint_ref(ns_labels.get(ns_of(o), {}), ns_of(o)))
-    out += [Advisory(w.ref, w.path, w.reason, "NotEnforced", "NotServed") for w in tr.ingress.warnings]
+    out += [Advisory(w.ref, w.path, w.reason, "NotEnforced", NOT_EXPORTED if w.path == "spec.exportTo" else "NotServed")
+            for w in tr.ingress.warnings]      # (a VirtualService not exported to an ingress gateway's namespace)
     out += [Advisory(n.ref, n.path, n.reason, NOT_ENFORCED, n.cause) for n in tr.parents.notices]  # route parents
     for o in good:
         kind = o.get("kind")
@@ -156,7 +163,8 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             out += telemetry_targets(o, gateways, svc_waypoint, root_namespace) + telemetry_sides(o, gateways)
     out += telemetry_conflicts([o for o in good if o.get("kind") == "Telemetry"], root_namespace)
     out += _unserved_hosts(good, tr, gateways)
-    out += destination_rule_merges(good, hosts)
+    out += destination_rule_merges(good, hosts, {s.hostname: s.waypoint for s in tr.services})
+    out += rules_elsewhere(good, tr)
     out += [Advisory(n.ref, n.path, n.reason, NOT_ENFORCED, n.cause)
             for n in Delegation(o for o in good if o.get("kind") == "VirtualService").notes()]
     out += [Advisory(ref, path, why, NOT_ENFORCED, cause) for ref, path, why, cause in
@@ -580,17 +588,7 @@ def _vs_fields(o: Obj, hosts: Any = None) -> list[Advisory]:
             out.append(Advisory(ref, f"spec.http[{i}].redirect.redirectCode", f"{code} is accepted, not applied: "
                                 "as in Istio, a redirect code other than 301, 302, 303, 307 or 308 drops this route "
                                 "(requests it matches go on to the next route)", NOT_ENFORCED))
-    if not is_delegate(o):      # a delegate's exportTo is honoured: which roots may delegate to it
-        out += _export_to(o)
     return out
-
-
-def _export_to(o: Obj) -> list[Advisory]:
-    export = (o.get("spec") or {}).get("exportTo")
-    if export and export != ["*"]:
-        return [Advisory(object_ref(o), "spec.exportTo", "not supported: Ambit does not scope visibility, so this "
-                         "configuration applies to clients in every namespace", NOT_ENFORCED)]
-    return []
 
 
 def _at(o: Obj | None, path: str) -> Any:
@@ -688,16 +686,63 @@ def _dr_fields(o: Obj, entry_hosts: set[str] = frozenset()) -> list[Advisory]:  
     if spec.get("workloadSelector"):
         out.append(Advisory(ref, "spec.workloadSelector", "not supported: a DestinationRule applies to every waypoint "
                             "that routes to its host, whichever clients it selects", NOT_ENFORCED))
-    return out + _export_to(o)
+    return out
 
 
-def destination_rule_merges(good: list[Obj], hosts: Hosts) -> list[Advisory]:
+def destination_rule_merges(good: list[Obj], hosts: Hosts, waypoints: dict[str, str] | None = None) -> list[Advisory]:
     """What younger DestinationRules of a host lose when they are merged with the older ones, as
     Istio merges them (controller.translate.destinationrules): a subset name already defined, a
-    second top-level trafficPolicy."""
+    second top-level trafficPolicy. `waypoints`: host -> the waypoint serving it, whose namespace
+    sees only the rules exported to it: a rule hidden there neither wins nor loses a merge there."""
     drs = sorted((o for o in good if o.get("kind") == "DestinationRule"), key=age_key)
-    return [Advisory(object_ref(dr), path, why, NOT_ENFORCED, DR_MERGED)
-            for merged in rules_by_host(drs, hosts) for dr, path, why in merged.dropped]
+    merges = rules_by_host(drs, hosts)
+    if waypoints is not None and any(restricted(dr) for dr in drs):
+        in_force = {id(m): m for m in rules_in_force(drs, hosts, lambda fq: waypoints.get(fq, "")).values()}
+        used = {m.host for m in in_force.values()}
+        merges = sorted([*in_force.values(), *(m for m in merges if m.host not in used)],
+                        key=lambda m: (m.host.startswith("*"), -len(m.host), m.host))
+    found = dict.fromkeys((object_ref(dr), path, why) for merged in merges for dr, path, why in merged.dropped)
+    return [Advisory(ref, path, why, NOT_ENFORCED, DR_MERGED) for ref, path, why in found]
+
+
+def _proxies_routing_to(tr: Any) -> list[tuple[str, str, set[str]]]:
+    """(what, namespace, hosts it routes to) for every ingress gateway and waypoint: the proxies that
+    apply a host's DestinationRules to the traffic they send it."""
+    out = []
+    for gw in tr.ingress.gateways:
+        dests = {d.host for ln in gw.listeners for wr in ln.hosts for r in [*wr.http, *wr.tcp]
+                 for d in [*r.destinations, *(m.destination for m in getattr(r, "mirrors", []))]}
+        out.append((f"ingress gateway {gw.resource_name}", gw.namespace, dests))
+    by_waypoint: dict[str, set[str]] = {}
+    for wr in tr.waypoint_routes:
+        if wr.waypoint:
+            by_waypoint.setdefault(wr.waypoint, set()).update(
+                d.host for r in [*wr.http, *wr.tcp, *wr.tls]
+                for d in [*r.destinations, *(m.destination for m in getattr(r, "mirrors", []))])
+    out += [(f"waypoint {wp}", wp.split("/", 1)[0], dests) for wp, dests in sorted(by_waypoint.items())]
+    return out
+
+
+def rules_elsewhere(good: list[Obj], tr: Any) -> list[Advisory]:
+    """A DestinationRule exportTo keeps from a namespace whose proxy (an ingress gateway, another
+    waypoint) still applies it to the traffic it sends the host: Ambit chooses a host's rules once,
+    for the namespace of the waypoint serving it (controller.translate.destinationrules), where Istio
+    chooses per proxy. Said, since exportTo is then not honoured there."""
+    drs = {object_ref(o): o for o in good if o.get("kind") == "DestinationRule" and restricted(o)}
+    if not drs:
+        return []
+    in_force = {wr.hostname: [drs[s] for s in wr.sources if s in drs] for wr in tr.waypoint_routes}
+    out = []
+    for what, ns, dests in _proxies_routing_to(tr):
+        for host in sorted(dests):
+            for dr in in_force.get(host, []):
+                if not visible_to(dr, ns):
+                    out.append(Advisory(object_ref(dr), "spec.exportTo", (
+                        f"not exported to namespace {ns} (exportTo: {export_text(dr)}), yet applied by {what} to the "
+                        f"traffic it routes to {host}: Ambit chooses a host's DestinationRules once, for the namespace "
+                        "of the waypoint serving it (all rules when none does), where Istio would not apply it there"),
+                        NOT_ENFORCED, NOT_EXPORTED))
+    return out
 
 
 def _unserved(host: str, service: str, waypoint: str, gw: Obj | None, ns: str,

@@ -60,10 +60,24 @@ def istio_objects(secrets: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                                {"route": [{"destination": {"host": "echo-v2", "port": {"number": 8080}}}]}]}}]
 
 
+def exported(name: str, export: list[str]) -> dict[str, Any]:
+    """A VirtualService of another team's namespace bound to the gateway, for /<name>/ on the first
+    host: served only if exported to the namespace the ingress gateway's pods run in (NS)."""
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": "books"},
+            "spec": {"hosts": [HOSTS[0]], "gateways": [f"{NS}/bookinfo-gateway"], "exportTo": export, "http": [
+                {"match": [{"uri": {"prefix": f"/{name}/"}}],
+                 "route": [{"destination": {"host": f"echo-v2.{NS}.svc.cluster.local", "port": {"number": 8080}}}]}]}}
+
+
 def test_bookinfo_shaped_istio_gateway_and_virtual_service(lab: Lab, tmp_path: Path) -> None:
     ca, secrets = test_ca(tmp_path)
+    # applied first, so that they come before the root VirtualService's catch-all (older, then by namespace)
+    teams = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "books"}},
+             exported("hidden", ["."]), exported("shared", [".", NS])]
     objs = istio_objects(secrets) + only_the_gateway()
     try:
+        lab.ambit("apply", "-f", "-", input=yaml.safe_dump_all(teams))
         lab.ambit("apply", "-f", "-", input=yaml.safe_dump_all(objs))
         # an Istio Gateway is listed as such, apart from Gateway API's
         got = lab.ambit("get", "gateway.networking.istio.io", "-n", NS, "-o", "name").stdout.split()
@@ -98,7 +112,12 @@ def test_bookinfo_shaped_istio_gateway_and_virtual_service(lab: Lab, tmp_path: P
         for path, pod in (("/team/x", "echo-v2"), ("/team/v1/x", "echo-v1")):
             p = outside_curl(lab, f"https://{HOSTS[0]}{path}", "--cacert", str(ca), *resolve)
             assert p.returncode == 0 and json.loads(p.stdout)["pod"] == pod, (path, p.stdout, p.stderr)
+        # exportTo: another namespace's VirtualService is served only if exported to the gateway's (NS);
+        # /hidden/ falls through to the root's catch-all (echo-v1)
+        for path, pod in (("/shared/x", "echo-v2"), ("/hidden/x", "echo-v1")):
+            p = outside_curl(lab, f"https://{HOSTS[0]}{path}", "--cacert", str(ca), *resolve)
+            assert p.returncode == 0 and json.loads(p.stdout)["pod"] == pod, (path, p.stdout, p.stderr)
         # a meshed client of another identity is refused by echo-v2's policy: the gateway's mTLS got in
         assert lab.curl_rc("demo/client", f"http://{lab.pod('demo/echo-v2')['ip']}:8080/") != 0
     finally:
-        lab.ambit("delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all(objs), check=False)
+        lab.ambit("delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all(objs + teams), check=False)
