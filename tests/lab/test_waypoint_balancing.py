@@ -222,6 +222,32 @@ def test_outlier_detection_ejects_the_failing_pod_and_brings_it_back(blab: Lab) 
         delete(blab, f)
 
 
+def test_traffic_distribution_keeps_requests_in_the_waypoints_zone(blab: Lab) -> None:
+    """A Service's trafficDistribution, applied by the real waypoint from its own zone (zb, node2),
+    without any DestinationRule: flaky's pods are flaky-good (za) and flaky-bad (zb, the waypoint's
+    zone); with PreferClose every request goes to flaky-bad, even though it answers 503 (readiness
+    moves traffic, responses do not, as in Istio); without the field both pods answer."""
+    spec = LabStore(blab.dir / "store.json").get("Service", "default", "flaky")["spec"]
+
+    def service(extra: dict) -> dict:
+        return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "flaky", "namespace": "default"},
+                "spec": {**{k: v for k, v in spec.items() if k != "trafficDistribution"}, **extra}}
+    try:
+        apply(blab, [service({"trafficDistribution": "PreferClose"})], blab.tmp, "flaky-close")  # type: ignore[attr-defined]
+        bad_ip, good_ip = blab.pod("default/flaky-bad")["ip"], blab.pod("default/flaky-good")["ip"]
+
+        def prioritised() -> bool:
+            run(blab, "flaky", [{}])        # a cluster exists once a request used it
+            return {e["address"].rsplit(":", 1)[0]: e.get("priority")
+                    for e in cluster(blab, "flaky")["endpoints"]} == {bad_ip: 0, good_ip: 1}
+        blab.wait_for(prioritised, timeout=15, interval=0.2, what="the zone priorities at the waypoint")
+        assert set(pods(run(blab, "flaky", [{}] * 12))) == {"flaky-bad"}
+    finally:
+        apply(blab, [service({})], blab.tmp, "flaky-back")  # type: ignore[attr-defined]
+    blab.wait_for(lambda: set(pods(run(blab, "flaky", [{}] * 12))) == {"flaky-bad", "flaky-good"}, timeout=15,
+                  interval=0.3, what="both zones again")
+
+
 def _owners(blab: Lab, users: list[str]) -> dict[str, str]:
     got = run(blab, "sticky", [{"x-user": u} for u in users], conc=4)
     assert {r["status"] for r in got} == {200}
