@@ -32,6 +32,9 @@ class Driver(Protocol):
     def label_namespace(self, namespace: str, label: str) -> None:
         """`KEY=VALUE` sets a label, `KEY-` removes it."""
 
+    def annotate_namespace(self, namespace: str, key: str, value: str | None) -> None:
+        """Set annotation `key` to `value`, or remove it (None)."""
+
     def pod_ip(self, pod: str) -> str: ...
 
     def node_of(self, pod: str) -> str: ...
@@ -65,6 +68,14 @@ class LabDriver:
 
     def label_namespace(self, namespace: str, label: str) -> None:
         self.lab.ambit("label", "namespace", namespace, label)
+
+    def annotate_namespace(self, namespace: str, key: str, value: str | None) -> None:
+        # the lab store's object, re-applied with the annotation (its labels kept)
+        obj = json.loads(self.lab.ambit("get", "namespace", namespace, "-o", "json").stdout)
+        md = obj.setdefault("metadata", {})
+        annotations = {k: v for k, v in (md.get("annotations") or {}).items() if k != key}
+        md["annotations"] = annotations if value is None else {**annotations, key: value}
+        self.lab.ambit("apply", "-f", "-", input=json.dumps(obj))
 
     def pod_ip(self, pod: str) -> str:
         return self.lab.pod(pod)["ip"]
@@ -119,6 +130,10 @@ class KubeDriver:
 
     def label_namespace(self, namespace: str, label: str) -> None:
         self.kubectl("label", "namespace", namespace, label, "--overwrite")
+
+    def annotate_namespace(self, namespace: str, key: str, value: str | None) -> None:
+        self.kubectl("annotate", "namespace", namespace, f"{key}={value}" if value is not None else f"{key}-",
+                     "--overwrite")
 
     def _pod(self, pod: str) -> dict[str, Any]:
         ns, name = _split(pod)

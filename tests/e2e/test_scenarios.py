@@ -102,6 +102,27 @@ def test_httproute_split_example_sends_canaries_to_v2_and_splits_the_rest_80_20(
     eventually(canaries_reach_v1, "demo back without the route and the waypoint", timeout=30, interval=1)
 
 
+def test_a_prefer_same_node_namespace_keeps_a_client_on_its_node(driver: Driver) -> None:
+    """Istio's `networking.istio.io/traffic-distribution: PreferSameNode` annotation on the namespace
+    (it works on any Kubernetes version; `spec.trafficDistribution` needs 1.33+), applied by
+    ztunnel to the namespace's Services: demo/client reaches only the echo pod on its own node,
+    one connection per request; without it, both."""
+    node = driver.node_of("demo/client")
+    local = {p for p in ("echo-v1", "echo-v2") if driver.node_of(f"demo/{p}") == node}
+    assert local and local != {"echo-v1", "echo-v2"}, "the scenario needs echo pods on two nodes"
+    url = f"{ECHO}/near"
+    key = "networking.istio.io/traffic-distribution"
+    driver.annotate_namespace("demo", key, "PreferSameNode")
+    try:
+        eventually(lambda: set(pods(http_get_many(driver, "demo/client", url, 8, "-H", "Connection: close"))) == local,
+                   "the client's own node only", timeout=30, interval=0.5)
+        assert set(pods(http_get_many(driver, "demo/client", url, 12, "-H", "Connection: close"))) == local
+    finally:
+        driver.annotate_namespace("demo", key, None)
+    eventually(lambda: set(pods(http_get_many(driver, "demo/client", url, 12, "-H", "Connection: close")))
+               == {"echo-v1", "echo-v2"}, "both nodes again", timeout=30, interval=0.5)
+
+
 CORS_ROUTE = yaml.safe_dump({
     "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "cors", "namespace": "demo"},
     "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 8080}],
