@@ -45,6 +45,7 @@ ServiceBody = Obj({
             "targetPort": IntOrStr(int_schema=Port, str_schema=Str(min_len=1)),
             "appProtocol": Str(), "nodePort": Int(minimum=0, maximum=65535),
         }, open=True, required=("port",))),
+        "publishNotReadyAddresses": Bool(),
     }, open=True),
 }, open=True)
 

@@ -136,7 +136,7 @@ def translate_services(idx: Index, cluster_domain: str) -> list[Service]:
             else:
                 selector = spec.get("selector") or {}
                 endpoints = _endpoints_from_selector(selector, _candidates(selector, pods_by_label.get(ns, {})),
-                                                     ports, named)
+                                                     ports, named, bool(spec.get("publishNotReadyAddresses")))
             if named:   # the Service-level number: the first endpoint's resolution, for display and simple callers
                 for sp in ports:
                     for ep in endpoints:
@@ -162,14 +162,18 @@ def _candidates(selector: dict[str, str], by_label: dict[tuple[str, str], list[O
 
 
 def _endpoints_from_selector(selector: dict[str, str], pods: list[Obj], ports: list[ServicePort],
-                             named: bool) -> list[Endpoint]:
+                             named: bool, publish_not_ready: bool = False) -> list[Endpoint]:
+    """Endpoints from the Service's selector (no EndpointSlices: the lab, or a cluster whose
+    slices have not arrived), ready as the EndpointSlice controller marks them: a running pod is
+    ready when its Ready condition is, or always with `publishNotReadyAddresses`."""
     if not selector:
         return []       # a Service without selector has endpoints only through EndpointSlices
     out = []
     for pod in pods:
         if selector_matches(selector, labels_of(pod)):
             out.append(Endpoint(workload_uid=md(pod).get("uid", ""), ip=pod_ips(pod)[0],
-                                node=(pod.get("spec") or {}).get("nodeName", ""), ready=pod_ready(pod),
+                                node=(pod.get("spec") or {}).get("nodeName", ""),
+                                ready=publish_not_ready or pod_ready(pod),
                                 ports=_resolve_for_pod(ports, pod) if named else []))
     return out
 

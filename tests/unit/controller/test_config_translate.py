@@ -543,6 +543,20 @@ def test_traffic_distribution_is_read_as_istio_reads_it() -> None:
                    "plain": ""}
 
 
+def test_an_unready_pod_is_an_unready_endpoint_unless_the_service_publishes_not_ready_addresses() -> None:
+    """As the EndpointSlice controller marks them (endpoints from the selector: the lab, or before
+    the slices arrive): a pod whose Ready condition is False is not ready, except for a Service with
+    publishNotReadyAddresses (a StatefulSet's peer discovery), whose pods are all ready."""
+    starting = pod("db-0", "10.210.1.40", labels={"app": "db"})
+    starting["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    peers = service("db-peers", {"app": "db"}, [{"name": "tcp", "port": 5432}], cluster_ip="10.96.0.40")
+    peers["spec"]["publishNotReadyAddresses"] = True
+    objs = [ns("demo"), starting, service("db", {"app": "db"}, [{"name": "tcp", "port": 5432}], cluster_ip="10.96.0.41"),
+            peers]
+    got = {s.name: [e.ready for e in s.endpoints] for s in translate(objs).services}
+    assert got == {"db": [False], "db-peers": [True]}
+
+
 def test_internal_traffic_policy_local_reaches_the_model_and_cluster_is_the_default() -> None:
     local = service("agent", {"app": "agent"}, [{"name": "http", "port": 80}])
     local["spec"]["internalTrafficPolicy"] = "Local"
