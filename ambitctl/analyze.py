@@ -28,7 +28,7 @@ from typing import Any
 
 from controller.translate import translate
 from controller.translate.index import age_key, labels_of, name_of, ns_of, selector_matches, waypoint_ref
-from controller.translate.routes import NOT_EXPORTED, Hosts
+from controller.translate.routes import NOT_EXPORTED, OUTSIDE_WAYPOINT_SCOPE, Hosts
 from controller.validation import Validated, object_ref, split_valid
 from controller.waypoints.advisories import (
     DR_MERGED,
@@ -90,6 +90,9 @@ CODES: dict[str, Code] = {c.code: c for c in (
          "a VirtualService or DestinationRule is not exported to the namespace of a proxy that would apply it "
          "(the waypoint serving its host, an ingress gateway): not applied there; or a DestinationRule applied "
          "by a proxy of a namespace it is not exported to"),
+    Code("AMB0126", WARNING, "OutsideWaypointScope",
+         "a VirtualService for a Service of another namespace, served by a waypoint of a third namespace: "
+         "not applied (a waypoint takes routes only from the Service's namespace and its own, as in Istio)"),
 )}
 # advisory cause -> (code, the kind that must be known to say it: what is elsewhere may exist)
 _PARENT_CODES = {"ParentNotFound": ("AMB0120", "Gateway"), "NotAllowedByListeners": ("AMB0121", ""),
@@ -205,6 +208,8 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             code = "AMB0111"
         elif a.cause == NOT_EXPORTED:
             code = "AMB0124"
+        elif a.cause == OUTSIDE_WAYPOINT_SCOPE:
+            code = "AMB0126"
         elif a.cause in _DELEGATE_CAUSES:
             if a.cause != "DelegateNotApplied" and not st.complete:
                 continue            # the delegate (the root that uses it) may well be in other files

@@ -61,6 +61,9 @@ if TYPE_CHECKING:
     from controller.translate.parents import Parents
 
 NOT_EXPORTED = "NotExported"    # a notice's cause: exportTo keeps an object from a proxy that would apply it
+# a notice's cause: a VirtualService in neither the Service's namespace nor the waypoint's, which
+# Istio's waypoints do not take (getVirtualServiceForWaypoint)
+OUTSIDE_WAYPOINT_SCOPE = "OutsideWaypointScope"
 
 Obj = dict[str, Any]
 
@@ -630,10 +633,15 @@ def translate_routes(idx: Index, services: list[Service], cluster_domain: str, p
             targets, http, tcp, sources = _vs_routes(vs, hosts, delegation)
             tls = _vs_tls_routes(vs, hosts)
         hidden: dict[str, list[str]] = {}     # waypoint -> hosts it serves that it does not see `vs` for
+        elsewhere: dict[str, list[str]] = {}  # waypoint -> hosts whose routes it does not take from vs's namespace
         for fq in targets:
             wp = waypoint_of(fq)
             if wp and not visible_to(vs, namespace_of(wp)):
                 hidden.setdefault(wp, []).append(fq)
+                continue
+            svc = hosts.by_host.get(fq)
+            if wp and svc is not None and ns_of(vs) not in (svc.namespace, namespace_of(wp)):
+                elsewhere.setdefault(wp, []).append(fq)
                 continue
             e = entry(fq)
             e.http.extend(http)
@@ -642,6 +650,8 @@ def translate_routes(idx: Index, services: list[Service], cluster_domain: str, p
             e.sources.extend(s for s in sources if s not in e.sources)
         parents.notices.extend(Notice(object_ref(vs), "spec.exportTo", not_exported(vs, wp, fqs, "routes"), NOT_EXPORTED)
                                for wp, fqs in hidden.items())
+        parents.notices.extend(Notice(object_ref(vs), "metadata.namespace", outside_scope(vs, wp, fqs, hosts),
+                                      OUTSIDE_WAYPOINT_SCOPE) for wp, fqs in elsewhere.items())
 
     gw_routes: dict[str, list[tuple[tuple[Any, ...], HttpRoute]]] = {}
     for kind, grpc in (("HTTPRoute", False), ("GRPCRoute", True)):
@@ -661,6 +671,17 @@ def translate_routes(idx: Index, services: list[Service], cluster_domain: str, p
     parents.notices.extend(Notice(object_ref(dr), "spec.exportTo", not_exported(dr, wp, fqs, "policy"), NOT_EXPORTED)
                            for (_, wp), (dr, fqs) in hidden_drs.items())
     return [out[k] for k in sorted(out)]
+
+
+def outside_scope(vs: Obj, waypoint: str, fqdns: list[str], hosts: Hosts) -> str:
+    """Why VirtualService `vs` adds no routes at `waypoint` for `fqdns` (hosts of Services in other
+    namespaces than the VirtualService's and the waypoint's)."""
+    spaces = sorted({s.namespace for fq in fqdns if (s := hosts.by_host.get(fq)) is not None})
+    shown = ", ".join(fqdns[:5]) + (f" and {len(fqdns) - 5} more" if len(fqdns) > 5 else "")
+    return (f"its routes are not applied to {shown}: waypoint {waypoint} takes VirtualService routes only from the "
+            f"namespace of the Service ({', '.join(spaces)}) or its own ({namespace_of(waypoint)}), as Istio's "
+            f"waypoints do; a VirtualService in namespace {ns_of(vs)} would route only its own clients in a sidecar "
+            "mesh, and a waypoint serves every client. Move it to one of those namespaces")
 
 
 def not_exported(obj: Obj, waypoint: str, fqdns: list[str], what: str) -> str:

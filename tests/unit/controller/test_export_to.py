@@ -110,6 +110,27 @@ def test_a_virtual_service_from_another_namespace_exported_only_there_does_not_a
     assert [ref for ref, _ in exported_notes(objs)] == ["VirtualService/other/reviews"]
 
 
+def test_a_waypoint_takes_routes_only_from_the_services_namespace_and_its_own() -> None:
+    """Istio's waypoints (listener_waypoint.go getVirtualServiceForWaypoint): a VirtualService for
+    shop's Service, exported everywhere, applies from shop or from the waypoint's namespace, not from
+    a third one (where, in a sidecar mesh, it would route only that namespace's own clients; a
+    waypoint serves every client). Said, with the fix, by `ambit apply` and `ambit analyze`."""
+    for where in ("shop", "mesh-gw"):
+        wr = routes_of([*mesh("mesh-gw"), vs(where)])
+        assert wr is not None and [r.source for r in wr.http] == [f"VirtualService/{where}/reviews"], where
+    objs = [*mesh("mesh-gw"), vs("other")]
+    wr = routes_of(objs)
+    assert wr is None or wr.http == []
+    [(ref, path, why)] = [(a.ref, a.path, a.reason) for a in advisories(objs) if a.cause == "OutsideWaypointScope"]
+    assert (ref, path) == ("VirtualService/other/reviews", "metadata.namespace")
+    assert "waypoint mesh-gw/wp takes VirtualService routes only from the namespace of the Service (shop) or " \
+           "its own (mesh-gw)" in why
+    assert [(f.code, f.ref) for f in analyze(objs, complete=True) if f.code == "AMB0126"] == [
+        ("AMB0126", "VirtualService/other/reviews")]
+    # a waypoint in the Service's own namespace: the same rule (shop only)
+    assert routes_of([*mesh("shop"), vs("other")]) is None or routes_of([*mesh("shop"), vs("other")]).http == []
+
+
 # -- DestinationRule at waypoints --------------------------------------------------------------------
 
 def test_a_destination_rule_not_exported_to_the_waypoints_namespace_is_not_in_force() -> None:
