@@ -104,6 +104,18 @@ importlib.import_module(sys.argv[1] + ".__main__").main(sys.argv[3:])
 '''
 
 
+def sigterm(p: subprocess.Popen[str], timeout: float = 30) -> str:
+    """SIGTERM `p` and wait for its exit; its stderr. Killed if it is still there after `timeout`,
+    so that a shutdown that hangs fails the test."""
+    try:
+        p.send_signal(signal.SIGTERM)
+        return p.communicate(timeout=timeout)[1]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def _ztunnel(d: Path) -> list[str]:
     return ["ztunnel", "ambit.dataplane.telemetry.metrics.MetricsServer", "--node", "n1", "--workers", "1",
             "--termination-drain", "0", "--zds-socket", str(d / "zds.sock"), "--admin-address", "",
@@ -131,21 +143,15 @@ def test_a_proxy_whose_shutdown_step_hangs_still_exits_on_sigterm(tmp_path: Path
     script.write_text(HANGS)
     p = subprocess.Popen([sys.executable, str(script), *component(tmp_path)], cwd=REPO, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    try:
-        deadline = time.monotonic() + 30
-        while p.poll() is None and time.monotonic() < deadline:     # serving: SIGTERM is a drain now
-            try:
-                if "ambit_event_loop_stalls_total" in endpoint.fetch(tmp_path / "m.sock", "/metrics")[1].decode():
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=30)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    deadline = time.monotonic() + 30
+    while p.poll() is None and time.monotonic() < deadline:     # serving: SIGTERM is a drain now
+        try:
+            if "ambit_event_loop_stalls_total" in endpoint.fetch(tmp_path / "m.sock", "/metrics")[1].decode():
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    err = sigterm(p)
     assert p.returncode == 0, err
     assert f"shutdown: {hung} did not finish within 0.5 s; exiting without it" in err
     assert not (tmp_path / gone).exists(), "the steps after the hung one did not run"

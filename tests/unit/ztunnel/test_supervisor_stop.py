@@ -22,6 +22,7 @@ import pytest
 
 from ambit.dataplane import endpoint
 from ambit.dataplane.workers import WorkerProcess, stop_workers
+from tests.unit.dataplane.test_shutdown import sigterm
 from ztunnel.pods import reuseport_supported
 
 REPO = Path(__file__).resolve().parents[3]
@@ -63,8 +64,7 @@ def test_a_supervisor_stopped_before_its_workers_linked_stops_them_and_cleans_up
             time.sleep(0.1)
         assert len(pids) == 2 and not any(json.loads(endpoint.fetch(admin, "/workers")[1])["workers"][i]["linked"]
                                           for i in (0, 1))
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=30)
+        err = sigterm(p)
     finally:
         if p.poll() is None:
             p.kill()
