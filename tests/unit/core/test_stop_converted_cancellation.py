@@ -1,4 +1,4 @@
-"""The status reporter and the tap feed stop when stopped, even when their gRPC call turns the
+"""The status reporter, the tap feed and the certificate fetches stop when stopped, even when their gRPC call turns the
 cancellation of `stop()` into an error of its own or swallows it: grpclib's call wrapper raises
 its deadline or lost-connection error in place of a CancelledError that arrives with it (a
 controller going away as the proxy stops), and a stream's end can look like the controller's.
@@ -14,11 +14,14 @@ from typing import Any
 
 import pytest
 
+from ambit.backoff import Backoff
 from ambit.configclient.node import NodeInfo
 from ambit.configclient.report import StatusReporter
 from ambit.dataplane import feed as feed_module
 from ambit.dataplane.feed import TapFeed
+from ambit.dataplane.identity import IdentityManager
 from ambit.dataplane.tap import TapHub
+from tests.unit.conftest import sid
 
 
 def _within(main: Any, seconds: float = 10.0) -> list[Any]:
@@ -90,5 +93,24 @@ def test_the_tap_feed_stops_when_its_call_eats_the_cancellation(teardown: str,
         await feed.start()
         await asyncio.sleep(0.05)
         await feed.stop()
+        return len(attempts)
+    assert _within(main) == [1]
+
+
+@pytest.mark.parametrize("teardown", ["error", "swallowed"])
+def test_closing_the_identities_ends_a_fetch_whose_call_eats_the_cancellation(teardown: str) -> None:
+    attempts: list[int] = []
+
+    class Fetcher:
+        async def fetch(self, identity: str, csr_pem: bytes, ttl: int) -> Any:
+            attempts.append(1)
+            await _call(teardown)
+            raise ConnectionResetError("the CA ended the call")
+
+    async def main() -> int:
+        identities = IdentityManager(Fetcher(), backoff=Backoff(initial=0.01, maximum=0.02))
+        identities.prefetch([sid("demo", "client")])
+        await asyncio.sleep(0.05)
+        await identities.close()
         return len(attempts)
     assert _within(main) == [1]
