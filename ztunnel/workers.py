@@ -18,7 +18,8 @@ workers as fresh interpreters, because grpc's threads do not survive fork. What 
   own admin and metrics sockets); `/healthz/*` is 200 only when every worker says so; other paths
   are answered by the first worker that answers (its own view: `/pods`, `/config`, ...); `/tap`
   streams are per worker (their sockets are in `/workers`).
-- SIGTERM: forwarded to every worker, which drain as a single ztunnel does; then it exits.
+- SIGTERM, at any time (start-up included): forwarded to every worker, which drain as a single
+  ztunnel does; one still running `--termination-drain` + 5 s later is killed; then it exits.
 """
 
 from __future__ import annotations

@@ -5,9 +5,11 @@ bound, whatever is still running then."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -72,6 +74,9 @@ def _end(loop: asyncio.AbstractEventLoop, failed: bool) -> None:
     if failed:
         traceback.print_exc()
     logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
     os._exit(1 if failed else 0)
 
 
