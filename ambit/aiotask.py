@@ -33,11 +33,19 @@ async def wait_set(event: asyncio.Event, timeout: float) -> bool:
     on Python 3.11, when the event is set in the same loop iteration as the task is cancelled,
     wait_for returns the result and the cancellation is lost (gh-86296), so the loop goes on and
     whoever awaits the cancelled task waits for ever. A status reporter woken as it was stopped
-    held an ingress gateway's exit that way. `asyncio.timeout` tells its own cancellation from
-    the caller's."""
+    held an ingress gateway's exit that way.
+
+    Nor `asyncio.timeout`: on 3.11 it turns its own expiry into a CancelledError whenever the task
+    was cancelled before and the cancellation was never taken back (`Task.cancelling()` above 0),
+    which grpclib leaves behind each time a call hits its deadline or loses its connection (it
+    cancels the task to wake it, then raises its own error). The status reporter's loop then
+    ended at its next tick, and the proxy never reported again. `asyncio.wait` judges neither:
+    a cancellation of this task, even one arriving as the event is set, is raised."""
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
     try:
-        async with asyncio.timeout(timeout):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True
+        done, _ = await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+    return bool(done)

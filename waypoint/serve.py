@@ -7,16 +7,14 @@ endpoints."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
 
 from ambit.backoff import Backoff
 from ambit.configclient import ConfigClient, NodeInfo, tls
 from ambit.configclient.credential import node_metadata, read_token
 from ambit.configclient.report import StatusReporter
-from ambit.dataplane import memory, process
+from ambit.dataplane import memory, process, shutdown
 from ambit.dataplane.feed import TapFeed, exposition
 from ambit.dataplane.hbone.limits import CERTIFICATE_WAITS, DEFENSES, REFUSED
 from ambit.dataplane.identity import CertStore, GrpcCertificateFetcher, IdentityManager
@@ -115,38 +113,15 @@ async def amain(args: WaypointSettings) -> None:
              args.identity, args.controller or "-")
     trimmer = await process.serve_until_stopped(args, proxy, metrics.registry)
     drain = args.http.drain_timeout + args.http.drain_accept + 1.0
-    steps: list[tuple[str, Callable[[], Awaitable[object]], float]] = [
-        ("memory trimmer", lambda: memory.stop_trimming(trimmer), STEP_TIMEOUT),
-        ("status reporter", reporter.stop if reporter is not None else _nothing, STEP_TIMEOUT),
-        ("tap feed", feed.stop if feed is not None else _nothing, STEP_TIMEOUT),
+    step = shutdown.STEP_TIMEOUT
+    await shutdown.run_steps([
+        ("memory trimmer", lambda: memory.stop_trimming(trimmer), step),
+        ("status reporter", reporter.stop if reporter is not None else None, step),
+        ("tap feed", feed.stop if feed is not None else None, step),
         ("proxy drain", proxy.close, drain),
-        ("admin endpoint", adm.close, STEP_TIMEOUT),
-        ("status port", status.close if status is not None else _nothing, STEP_TIMEOUT),
-        ("metrics server", msrv.close, STEP_TIMEOUT),
-        ("identities", identities.close if identities is not None else _nothing, STEP_TIMEOUT),
-        ("controller channel", channel.close if channel is not None else _nothing, STEP_TIMEOUT),
-        ("config client", client.stop if client is not None else _nothing, STEP_TIMEOUT)]
-    await _shut_down(steps)
-
-
-# Each shutdown step but the drain gets this long: the process must exit, whatever a step waits
-# for (a controller that went away first, a stream that never ends), or a rollout waits for the
-# kubelet's SIGKILL with every pod it replaces.
-STEP_TIMEOUT = 3.0
-
-
-async def _nothing() -> None:
-    return None
-
-
-async def _shut_down(steps: list[tuple[str, Callable[[], Awaitable[object]], float]]) -> None:
-    """Run the shutdown steps in order, each within its own time; a step that overruns is logged by
-    name and left behind, so the process exits all the same."""
-    for name, step, timeout in steps:
-        try:
-            await asyncio.wait_for(step(), timeout)
-        except TimeoutError:
-            logging.getLogger("ambit.waypoint").warning(
-                "shutdown: %s did not finish within %.1f s; exiting without it", name, timeout)
-        except Exception:
-            logging.getLogger("ambit.waypoint").exception("shutdown: %s failed", name)
+        ("admin endpoint", adm.close, step),
+        ("status port", status.close if status is not None else None, step),
+        ("metrics server", msrv.close, step),
+        ("identities", identities.close if identities is not None else None, step),
+        ("controller channel", channel.close if channel is not None else None, step),
+        ("config client", client.stop if client is not None else None, step)], log)

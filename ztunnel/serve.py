@@ -11,7 +11,7 @@ import os
 
 from ambit.configclient.credential import node_metadata
 from ambit.configclient.report import StatusReporter
-from ambit.dataplane import memory, process
+from ambit.dataplane import memory, process, shutdown
 from ambit.dataplane.feed import TapFeed, exposition
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.merge import MetricsMerger, parse_source
@@ -97,22 +97,24 @@ async def amain(args: ZtunnelSettings) -> None:
              ca_target if identities is not None else "-")
     trimmer = await process.serve_until_stopped(args, proxy, metrics.registry)
     # Stop accepting first (the agent's socket and every pod listener), then drain: a surge roll's
-    # new ztunnel takes the new connections meanwhile (docs/operations.md).
-    deadline = loop.time() + args.termination_drain
+    # new ztunnel takes the new connections meanwhile (docs/operations.md). Each step has its own
+    # time, so the process exits whatever one of them waits for (ambit/dataplane/shutdown.py).
+    drain = args.termination_drain
+    deadline = loop.time() + drain
     zds.stop()
-    await proxy.registry.shutdown(args.termination_drain)
-    await memory.stop_trimming(trimmer)
-    if reporter is not None:
-        await reporter.stop()
-    if feed is not None:
-        await feed.stop()
-    with contextlib.suppress(asyncio.TimeoutError):    # HBONE GOAWAYs: bounded by the same drain
-        await asyncio.wait_for(proxy.close(), max(0.1, deadline - loop.time()))
-    if identities is not None:
-        await identities.close()
-    if ca_channel is not None:
-        await ca_channel.close()
-    await msrv.close()
-    await adm.close()
-    if client is not None:
-        await client.stop()
+
+    async def goaways() -> None:
+        with contextlib.suppress(asyncio.TimeoutError):    # HBONE GOAWAYs: bounded by the same drain
+            await asyncio.wait_for(proxy.close(), max(0.1, deadline - loop.time()))
+    step = shutdown.STEP_TIMEOUT
+    await shutdown.run_steps([
+        ("pod drain", lambda: proxy.registry.shutdown(drain), drain + step),
+        ("memory trimmer", lambda: memory.stop_trimming(trimmer), step),
+        ("status reporter", reporter.stop if reporter is not None else None, step),
+        ("tap feed", feed.stop if feed is not None else None, step),
+        ("HBONE drain", goaways, max(0.1, drain) + step),
+        ("identities", identities.close if identities is not None else None, step),
+        ("CA channel", ca_channel.close if ca_channel is not None else None, step),
+        ("metrics server", msrv.close, step),
+        ("admin endpoint", adm.close, step),
+        ("config client", client.stop if client is not None else None, step)], log)

@@ -18,7 +18,8 @@ workers as fresh interpreters, because grpc's threads do not survive fork. What 
   own admin and metrics sockets); `/healthz/*` is 200 only when every worker says so; other paths
   are answered by the first worker that answers (its own view: `/pods`, `/config`, ...); `/tap`
   streams are per worker (their sockets are in `/workers`).
-- SIGTERM: forwarded to every worker, which drain as a single ztunnel does; then it exits.
+- SIGTERM, at any time (start-up included): forwarded to every worker, which drain as a single
+  ztunnel does; one still running `--termination-drain` + 5 s later is killed; then it exits.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from ambit import zds
+from ambit.aiotask import cancel
+from ambit.dataplane import shutdown
 from ambit.dataplane.telemetry.merge import MetricsMerger, parse_source
 from ambit.dataplane.workers import (
     SUN_PATH_MAX,
@@ -295,6 +298,12 @@ async def supervise(args: ZtunnelSettings, argv: Sequence[str]) -> None:
     workers = [Worker(i, WorkerPaths.under(rdir, i)) for i in range(n)]
     fan = Fanout(args.zds_socket, workers)
     stopping = threading.Event()
+    # SIGTERM is ours from here on, start-up included: a supervisor stopped before every worker
+    # linked (one still waiting for its first config) died of the signal itself, without stopping
+    # its workers or removing its sockets.
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     for w in workers:
         w.spawn(argv)
     # `--merge-metrics-from`: merged once, here (the workers are told ''): the agent is asked once
@@ -310,25 +319,24 @@ async def supervise(args: ZtunnelSettings, argv: Sequence[str]) -> None:
 
     watch = asyncio.ensure_future(monitor())
     # The agent's ack must mean "listeners are open": take the agent only once every worker is linked.
-    while not all(w.link is not None for w in workers):
+    while not all(w.link is not None for w in workers) and not stop.is_set():
         await asyncio.sleep(0.1)
-    fan.start()
-    log.info("ztunnel supervisor for %s ready: %d workers; agent socket %s", args.node, n, args.zds_socket)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    dog = start_watchdog(msrv, args.watchdog_kill_after)
-    await stop.wait()
-    dog.stop()
+    if not stop.is_set():
+        fan.start()
+        log.info("ztunnel supervisor for %s ready: %d workers; agent socket %s", args.node, n, args.zds_socket)
+        dog = start_watchdog(msrv, args.watchdog_kill_after)
+        await stop.wait()
+        dog.stop()
     stopping.set()
     fan.stop()
-    watch.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watch
-    await stop_workers(workers, args.termination_drain + 5.0)
+    step = shutdown.STEP_TIMEOUT
+    await shutdown.run_steps([
+        ("worker monitor", lambda: cancel(watch), step),
+        # each worker drains as a single ztunnel does; one still running after that is killed
+        ("workers", lambda: stop_workers(workers, args.termination_drain + 5.0), args.termination_drain + 5.0 + step),
+        ("admin endpoint", adm.close, step),
+        ("metrics server", msrv.close, step)], log)
     fan.close()
-    await adm.close()
-    await msrv.close()
     for w in workers:       # the workers' zds sockets (a worker leaves its own in place for a successor)
         for path in (w.paths.zds, w.paths.admin, w.paths.metrics):
             with contextlib.suppress(FileNotFoundError):

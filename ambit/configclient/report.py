@@ -40,6 +40,7 @@ class StatusReporter:
         self.interval, self.timeout = interval, timeout
         self._metadata = metadata
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         # one channel for the reporter's life (a call after a lost connection makes a new one),
         # rebuilt if the pinned root changes
         self._channel = tls.PinnedChannel(target, trust)
@@ -52,7 +53,11 @@ class StatusReporter:
         self._task = asyncio.create_task(self._run(), name=f"reporter:{self.node.key}")
 
     async def stop(self) -> None:
-        await cancel(self._task)
+        self._stopping = True       # (read by `_run`: see there)
+        try:
+            await cancel(self._task)
+        finally:
+            self._stopping = False
         self._task = None
         await self._channel.close()
 
@@ -85,5 +90,10 @@ class StatusReporter:
                 if why != self.last_error:
                     log.warning("status report to %s failed: %s", self.target, why)
                 self.last_error = why
+            if self._stopping:
+                # `stop()` cancelled us, but the call turned the cancellation into its own error
+                # (grpclib's deadline or lost connection arriving with it) or ended as if answered:
+                # reporting on made `stop()` wait for ever (the config client's loop had the same bug).
+                raise asyncio.CancelledError()
             await wait_set(self._wake, self.interval)
             self._wake.clear()

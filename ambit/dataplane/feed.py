@@ -65,13 +65,18 @@ class TapFeed:
         self._dropped = 0                       # the subscriber's drops already reported
         self._generation = 0                    # the filters' generation to acknowledge
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.last_error = ""
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"feed:{self.node.key}")
 
     async def stop(self) -> None:
-        await cancel(self._task)
+        self._stopping = True       # (read by `_run`: see there)
+        try:
+            await cancel(self._task)
+        finally:
+            self._stopping = False
         self._task = None
         self._set_filters([])
 
@@ -176,6 +181,10 @@ class TapFeed:
                 self.connected = False
                 self._set_filters([])
                 channel.close()
+            if self._stopping:
+                # `stop()` cancelled us, but the call turned the cancellation into its own error
+                # or ended as if the controller had closed it: retrying made `stop()` wait for ever.
+                raise asyncio.CancelledError()
             if why != self.last_error:
                 log.warning("tap feed to %s: %s; retrying", self.target, why)
             self.last_error = why

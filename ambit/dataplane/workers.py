@@ -111,6 +111,8 @@ async def stop_workers(workers: Sequence[WorkerProcess], grace: float) -> None:
             try:
                 await loop.run_in_executor(None, w.proc.wait, max(0.1, deadline - loop.time()))
             except subprocess.TimeoutExpired:
+                log.warning("worker %d (pid %d) still running %.1f s after SIGTERM; killing it (SIGKILL)",
+                            w.index, w.proc.pid, grace)
                 w.proc.kill()
                 await loop.run_in_executor(None, w.proc.wait)
 

@@ -366,6 +366,11 @@ class IdentityManager:
                         log.exception("on_update callback failed for %s", e.identity)
             e.fetching = False
             e.changed.set()
+            if self._closed:
+                # `close()` cancelled us, but the CA call turned the cancellation into its own error
+                # (grpclib's deadline or lost connection arriving with it): fetching on made `close()`
+                # wait for ever.
+                raise asyncio.CancelledError()
             now = self.clock.now()
             delay = next_delay(e.cert, e.failures, now, self.backoff, self.rng.random())
             e.next_attempt = now + delay

@@ -123,3 +123,54 @@ def test_the_status_reporter_stops_when_woken_as_it_is_stopped() -> None:
         r.wake()
         await asyncio.wait_for(r.stop(), 5)
     asyncio.run(main())
+
+
+def test_wait_set_times_out_in_a_task_a_library_cancelled_before() -> None:
+    """grpclib cancels a call's task when the call hits its deadline or loses its connection and
+    raises its own error, never taking the cancellation back. `asyncio.timeout` on 3.11 then turns
+    its own expiry into a CancelledError, so a loop waiting between attempts ended for good."""
+    from ambit.aiotask import wait_set
+
+    async def main() -> bool:
+        me = asyncio.current_task()
+        assert me is not None
+        me.cancel()                         # as grpclib's deadline does ...
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            pass                            # ... raising TimeoutError instead, no uncancel()
+        assert me.cancelling() == 1
+        return await wait_set(asyncio.Event(), 0.01)
+    assert asyncio.run(main()) is False
+
+
+def test_the_status_reporter_reports_again_after_a_report_hit_its_deadline() -> None:
+    """A controller that takes the connection and does not answer (real grpclib, real socket): the
+    report hits its deadline, and the reporter must try again at its next tick, not end."""
+    import socket
+    import time
+
+    from ambit.configclient import NodeInfo
+    from ambit.configclient.report import StatusReporter
+
+    async def main() -> int:
+        with socket.socket() as wedged:
+            wedged.bind(("127.0.0.1", 0))
+            wedged.listen(16)               # never accepted: the handshake completes, nothing answers
+            r = StatusReporter(f"127.0.0.1:{wedged.getsockname()[1]}", NodeInfo("ztunnel", "node-a"), dict,
+                               interval=0.05, timeout=0.1)
+            attempts = 0
+            real = r.send_once
+
+            async def counted() -> None:
+                nonlocal attempts
+                attempts += 1
+                await real()
+            r.send_once = counted           # type: ignore[method-assign]
+            await r.start()
+            deadline = time.monotonic() + 10
+            while attempts < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.wait_for(r.stop(), 5)
+            return attempts
+    assert asyncio.run(main()) >= 3
