@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.kinds import backendtls, core, gateway, istio_gateway, networking, security, serviceentry, telemetry
+from controller.kinds import (
+    backendtls,
+    core,
+    gateway,
+    istio_gateway,
+    networking,
+    security,
+    serviceentry,
+    telemetry,
+)
 from controller.kinds.schema import AnyValue, Errors, Obj, Schema
 
 

@@ -241,9 +241,11 @@ def test_clusters_with_other_tls_settings_never_share_an_upstream_pool(tmp_path:
     p = WaypointProxy(load(["--waypoint", "demo/egress", "--pod-name", "egress-0", "--node", "node1"]),
                       WaypointConfig(Waypoint("demo", "egress"), "cluster.local"), None)
     pick = endpoints.Pick("127.0.0.1", 8443, "", "http1", "", False, True)
+    other, _, _ = _ca("other-ca", tmp_path)
+    inline = [TrafficPolicy(tls_mode="SIMPLE", ca_certificate_pem=pem.decode()) for pem in (good, other)]
     keys = {p._new_target(pick, None, SimpleNamespace(policy=policy, hostname="api.example.com"), ()).key
-            for policy in (lax, strict, TrafficPolicy(tls_mode="SIMPLE", sni="api.example.com"))}
-    assert len(keys) == 3
+            for policy in (lax, strict, TrafficPolicy(tls_mode="SIMPLE", sni="api.example.com"), *inline)}
+    assert len(keys) == 5       # (BackendTLSPolicy's inline CA bundles: one pool per bundle)
     again = p._new_target(pick, None, SimpleNamespace(policy=strict, hostname="api.example.com"), ())
     assert again.key in keys       # the same settings share one pool
 
