@@ -226,6 +226,15 @@ def apply_backend_tls(idx: Index, hosts: Hosts, routes: list[WaypointRoutes],
             owner[_key(policy, t)] = ref
             served, overridden = [], []
             for host in (se.get("spec") or {}).get("hosts") or []:
+                svc = hosts.by_host.get(host)
+                if svc is None or svc.kind != "ServiceEntry" or svc.namespace != ns_of(policy):
+                    # the registry's host is another namespace's entry (or none: the entry was not
+                    # translated): a policy changes only its own namespace's entries' TLS
+                    notices.append(Notice(ref, path, (
+                        f"not applied to {host}: the mesh's {host} is "
+                        f"{f'the {svc.kind} of namespace {svc.namespace}' if svc else 'not registered (see the ServiceEntry)'}"
+                        ", not this namespace's"), NOT_APPLIED))
+                    continue
                 wr = entry(host)
                 if ref not in wr.sources:
                     wr.sources.append(ref)

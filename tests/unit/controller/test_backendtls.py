@@ -284,3 +284,19 @@ def test_status_is_written_in_a_cluster_and_a_refusal_replaces_it() -> None:
         t.join(timeout=10)
         source.api.close()
         emu.stop()
+
+
+def test_a_policy_changes_only_its_own_namespaces_entries() -> None:
+    """Two namespaces' ServiceEntries with one host: the mesh's registry keeps one (here the other
+    namespace's), and a policy on this namespace's entry does not change that host's TLS: its CA
+    would be trusted for everyone's traffic to it."""
+    e = entry()
+    theirs = {**e, "metadata": {**e["metadata"], "namespace": "other", "creationTimestamp": "2025-01-01T00:00:00Z"},
+              "spec": {**e["spec"], "addresses": ["240.240.0.9"]}}
+    mine = {**e, "metadata": {**e["metadata"], "creationTimestamp": "2026-01-01T00:00:00Z"}}
+    tr = translate([theirs, mine, waypoint(), configmap(), policy()])
+    assert not tr.errors
+    assert not [w for w in tr.waypoint_routes if w.hostname == HOST and w.policy and w.policy.tls_mode]
+    assert [n.reason for n in tr.parents.notices] == [
+        "not applied to api.example.com: the mesh's api.example.com is the ServiceEntry of namespace other, not this "
+        "namespace's"]
