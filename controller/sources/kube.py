@@ -86,7 +86,8 @@ class WatchedType(Resource):
 FIELD_SELECTORS = {"Secret": "type=kubernetes.io/tls"}
 
 # ConfigMaps are watched for the CA bundles an ingress Gateway's client certificate validation
-# names (spec.tls.frontend caCertificateRefs, key `ca.crt`), as istiod does. A reference may name
+# names (spec.tls.frontend caCertificateRefs, key `ca.crt`), and a BackendTLSPolicy's
+# (validation.caCertificateRefs), as istiod does. A reference may name
 # any ConfigMap, so no selector can narrow the watch; instead each one is cut down to its name and
 # `ca.crt` as it arrives (`Resource.project`): the rest of its data (up to 1 MiB), its annotations
 # and its resourceVersion are never kept, and a change to them publishes nothing (docs/operations.md).
