@@ -300,3 +300,10 @@ def test_a_policy_changes_only_its_own_namespaces_entries() -> None:
     assert [n.reason for n in tr.parents.notices] == [
         "not applied to api.example.com: the mesh's api.example.com is the ServiceEntry of namespace other, not this "
         "namespace's"]
+
+
+def test_the_lab_store_gets_the_ancestors_too() -> None:
+    from controller.waypoints.labstatus import desired_statuses
+    objs = [entry(), waypoint(), configmap(), policy()]
+    want = desired_statuses(objs, translation=translate(objs))[("BackendTLSPolicy", NS, "api-tls")]
+    assert [c["reason"] for c in want["ancestors"][0]["conditions"]] == ["Accepted", "ResolvedRefs"]
