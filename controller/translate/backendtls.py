@@ -200,9 +200,7 @@ def apply_backend_tls(idx: Index, hosts: Hosts, routes: list[WaypointRoutes],
 
     def entry(host: str) -> WaypointRoutes:
         if host not in by_host:
-            svc = hosts.by_host.get(host)
-            by_host[host] = WaypointRoutes(hostname=host, namespace=svc.namespace if svc else "",
-                                           service=hosts.service_ref(host), waypoint=svc.waypoint if svc else "")
+            by_host[host] = hosts.routes(host)
         return by_host[host]
 
     for policy in policies:

@@ -9,13 +9,7 @@ originated TLS for it."""
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from ambitctl.analyze import analyze
 from controller.kinds import by_name, unsupported_kind
@@ -24,6 +18,7 @@ from controller.translate.ingress import CONTROLLER_NAME
 from controller.validation import validate_object
 from controller.waypoints.advisories import advisories
 from controller.waypoints.policy_status import ancestors_status, policy_updates, refused_policy_status
+from tests.support.testca import make_ca, pem
 
 NS = "demo"
 HOST = "api.example.com"
@@ -31,18 +26,7 @@ GW_V1 = "gateway.networking.k8s.io/v1"
 Obj = dict[str, Any]
 
 
-def ca_pem(cn: str = "test-ca") -> str:
-    now = datetime.datetime.now(datetime.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-CA = ca_pem()
+CA = pem(make_ca("test-ca")[0])
 
 
 def entry(name: str = "api", hosts: tuple[str, ...] = (HOST,), waypoint: str = "egress") -> Obj:

@@ -31,6 +31,7 @@ from cryptography.x509.oid import NameOID
 from ambit.configclient import ConfigUpdate
 from ambit.model import Service, WaypointRoutes
 from controller.translate import translate
+from tests.support.testca import make_ca, pem
 from tests.unit.waypoint.harness import Proxy
 from waypoint.app import WaypointProxy
 from waypoint.authz import Waypoint
@@ -46,27 +47,12 @@ NS = "demo"
 Obj = dict[str, Any]
 
 
-def _ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    now = datetime.datetime.now(datetime.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
-    return cert, key
-
-
-def _pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
 class TlsOrigin:
     """HTTPS on 127.0.0.1 with a certificate for HOST and SPIFFE from its own CA; it records the
     SNI of each handshake and counts the handshakes that failed."""
 
     def __init__(self, tmp: Path) -> None:
-        self.ca, ca_key = _ca("origin-ca")
+        self.ca, ca_key = make_ca("origin-ca")
         now = datetime.datetime.now(datetime.UTC)
         key = ec.generate_private_key(ec.SECP256R1())
         leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
@@ -184,15 +170,15 @@ def run(objs: list[Obj]) -> tuple[int, str, str]:
 
 
 def test_tls_is_originated_with_the_hostname_as_sni_and_verified_against_the_configmap(origin: TlsOrigin) -> None:
-    status, body, _ = run(objects(origin.port, _pem(origin.ca)))
+    status, body, _ = run(objects(origin.port, pem(origin.ca)))
     assert status == 200, body
     assert json.loads(body)["tls"] is True
     assert origin.sni == [HOST]
 
 
 def test_a_server_the_configmaps_ca_did_not_sign_gets_503_uf(origin: TlsOrigin) -> None:
-    other, _ = _ca("another-ca")
-    status, _, flags = run(objects(origin.port, _pem(other)))
+    other, _ = make_ca("another-ca")
+    status, _, flags = run(objects(origin.port, pem(other)))
     assert status == 503 and "UF" in flags.split(","), flags      # (retried: UF,URX)
     assert set(origin.sni) == {HOST}, "TLS was attempted (and refused), not plaintext"
 
@@ -201,11 +187,11 @@ def test_subject_alt_names_are_checked_instead_of_the_hostname(origin: TlsOrigin
     """hostname is only the SNI once subjectAltNames is set: a URI SAN the certificate carries
     passes although it does not name the SNI; a SAN it does not carry fails, although it names
     the hostname."""
-    status, body, _ = run(objects(origin.port, _pem(origin.ca), hostname="edge.example.com",
+    status, body, _ = run(objects(origin.port, pem(origin.ca), hostname="edge.example.com",
                                   subjectAltNames=[{"type": "URI", "uri": SPIFFE}]))
     assert status == 200, body
     assert origin.sni == ["edge.example.com"]
-    status, _, flags = run(objects(origin.port, _pem(origin.ca),
+    status, _, flags = run(objects(origin.port, pem(origin.ca),
                                    subjectAltNames=[{"type": "Hostname", "hostname": "other.example.com"}]))
     assert status == 503 and "UF" in flags.split(","), flags
 

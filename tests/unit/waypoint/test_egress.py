@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ambit.model import Endpoint, Service, ServicePort, TrafficPolicy, Workload
+from tests.support.testca import make_ca
 from waypoint import endpoints
 from waypoint.origination import check_peer, origination
 
@@ -105,12 +106,8 @@ def test_server_names_compare_without_case() -> None:
 def _ca(cn: str, tmp_path: Path, server: str = "") -> tuple[bytes, Path, Path]:
     """A CA's PEM, and (server != "") a certificate and key it signed for `server`, as files."""
     now = datetime.datetime.now(datetime.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(hours=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    ca, key = make_ca(cn)
+    name = ca.subject
     pem = ca.public_bytes(serialization.Encoding.PEM)
     if not server:
         return pem, Path(), Path()
