@@ -32,7 +32,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ambit.model import PortPolicy, TrafficPolicy, WaypointRoutes
+from ambit.model import PortPolicy, Service, TrafficPolicy, WaypointRoutes
 from controller.translate.index import Index, name_of, ns_of
 from controller.translate.ingress import ca_bundle
 from controller.translate.parents import Notice
@@ -46,6 +46,7 @@ ENTRY_GROUPS = ("networking.istio.io", "networking.ambit.io")
 NOT_APPLIED = "BackendTLSNotApplied"      # a notice's cause: a target the policy does not apply to
 OVERRIDDEN = "BackendTLSOverridden"       # a DestinationRule's tls wins over it for a host
 _OK: Verdict = (True, "ResolvedRefs", "resolved")
+HTTP_PROTOCOLS = ("HTTP", "HTTP2", "GRPC")     # the Service port protocols the waypoint parses as HTTP
 
 
 @dataclass
@@ -177,6 +178,19 @@ def _apply(wr: WaypointRoutes, port: int, tls: _Tls) -> bool:
     return applied
 
 
+def _partly(svc: Service, port: int) -> list[str]:
+    """What of an entry the waypoint does not originate TLS to, although the policy targets it."""
+    out = []
+    opaque = [p.port for p in svc.ports if (not port or p.port == port) and p.protocol not in HTTP_PROTOCOLS]
+    if opaque:
+        out.append(f"port {', '.join(map(str, opaque))} is not HTTP: the waypoint forwards it as TCP and originates "
+                   "no TLS on it (TLS origination is for HTTP ports, as the app speaks plain HTTP to them)")
+    if svc.location == "MESH_INTERNAL":
+        out.append("the entry is MESH_INTERNAL: its endpoints that are mesh pods are reached over HBONE mutual TLS, "
+                   "with no TLS originated inside it; only endpoints outside the mesh get the policy's TLS")
+    return out
+
+
 def _key(policy: Obj, ref: Obj) -> tuple[str, str, str, str, str]:
     group = ref.get("group", "")
     group = ENTRY_GROUPS[0] if group in ENTRY_GROUPS else ("" if group == "core" else group)
@@ -233,6 +247,7 @@ def apply_backend_tls(idx: Index, hosts: Hosts, routes: list[WaypointRoutes],
                         f"{f'the {svc.kind} of namespace {svc.namespace}' if svc else 'not registered (see the ServiceEntry)'}"
                         ", not this namespace's"), NOT_APPLIED))
                     continue
+                notices.extend(Notice(ref, path, f"on {host}: {why}", NOT_APPLIED) for why in _partly(svc, port))
                 wr = entry(host)
                 if ref not in wr.sources:
                     wr.sources.append(ref)

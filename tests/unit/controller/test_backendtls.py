@@ -291,3 +291,18 @@ def test_the_lab_store_gets_the_ancestors_too() -> None:
     objs = [entry(), waypoint(), configmap(), policy()]
     want = desired_statuses(objs, translation=translate(objs))[("BackendTLSPolicy", NS, "api-tls")]
     assert [c["reason"] for c in want["ancestors"][0]["conditions"]] == ["Accepted", "ResolvedRefs"]
+
+
+def test_ports_and_endpoints_it_cannot_reach_are_warned() -> None:
+    """TLS is originated on HTTP ports to endpoints outside the mesh: a TCP port of the target,
+    and the mesh pods of a MESH_INTERNAL entry, do not get it, and `ambit apply` says so."""
+    se = entry()
+    se["spec"]["ports"].append({"number": 5432, "name": "db", "protocol": "TCP"})
+    se["spec"]["location"] = "MESH_INTERNAL"
+    _, tr = routes_of([se, waypoint(), configmap(), policy()])
+    reasons = [n.reason for n in tr.parents.notices]
+    assert len(reasons) == 2
+    assert "port 5432 is not HTTP" in reasons[0] and "MESH_INTERNAL" in reasons[1]
+    se = {"group": "networking.istio.io", "kind": "ServiceEntry", "name": "api", "sectionName": "http"}
+    _, tr = routes_of([entry(), waypoint(), configmap(), policy(targets=[se])])
+    assert tr.parents.notices == []
