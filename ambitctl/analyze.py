@@ -212,6 +212,8 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
         elif a.cause == NOT_EXPORTED:
             code = "AMB0124"
         elif a.cause in (BTLS_NOT_APPLIED, BTLS_OVERRIDDEN):
+            if "does not exist" in a.reason and not st.knows("ServiceEntry"):
+                continue            # the ServiceEntry may well exist outside the files
             code = "AMB0125"
         elif a.cause in _DELEGATE_CAUSES:
             if a.cause != "DelegateNotApplied" and not st.complete:

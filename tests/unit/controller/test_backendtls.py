@@ -306,3 +306,9 @@ def test_ports_and_endpoints_it_cannot_reach_are_warned() -> None:
     se = {"group": "networking.istio.io", "kind": "ServiceEntry", "name": "api", "sectionName": "http"}
     _, tr = routes_of([entry(), waypoint(), configmap(), policy(targets=[se])])
     assert tr.parents.notices == []
+
+
+def test_analyzing_files_alone_does_not_call_an_entry_elsewhere_missing() -> None:
+    """`ambit analyze -f policy.yaml`: the ServiceEntry may be in other files or the cluster."""
+    assert [f for f in analyze([policy()], complete=False) if f.code == "AMB0125"] == []
+    assert [f.code for f in analyze([policy()], complete=True) if f.code == "AMB0125"] == ["AMB0125"]

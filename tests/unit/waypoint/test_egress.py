@@ -103,6 +103,17 @@ def test_server_names_compare_without_case() -> None:
     assert check_peer(cert, ("other.example.com",)) != ""
 
 
+def test_uri_subject_alt_names_compare_exactly_with_the_certificates_uris() -> None:
+    """A BackendTLSPolicy (or DestinationRule) subjectAltName may be a URI, a SPIFFE ID: it is
+    checked against the certificate's URI SANs, exactly. Before, only DNS and IP SANs were read,
+    so a URI never matched."""
+    cert = {"subjectAltName": (("URI", "spiffe://partner/ns/a/sa/api"), ("DNS", "api.example.com"))}
+    assert check_peer(cert, ("spiffe://partner/ns/a/sa/api",)) == ""
+    assert check_peer(cert, ("spiffe://partner/ns/a/sa/API",)) != ""
+    assert check_peer(cert, ("spiffe://partner/ns/a/sa/other", "api.example.com")) == ""
+    assert "spiffe://partner/ns/a/sa/api" in check_peer(cert, ("spiffe://other/x",))
+
+
 def _ca(cn: str, tmp_path: Path, server: str = "") -> tuple[bytes, Path, Path]:
     """A CA's PEM, and (server != "") a certificate and key it signed for `server`, as files."""
     now = datetime.datetime.now(datetime.UTC)
