@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ambit.model import PortPolicy, Service, TrafficPolicy, WaypointRoutes
+from controller.translate.blame import blame
 from controller.translate.index import Index, name_of, ns_of
 from controller.translate.ingress import ca_bundle
 from controller.translate.parents import Notice
@@ -203,62 +204,78 @@ def apply_backend_tls(idx: Index, hosts: Hosts, routes: list[WaypointRoutes],
     its targets' hosts, hosts with no routes of their own added; and every policy's verdicts.
     What is not applied (a target refused, a conflict, a DestinationRule's TLS winning) is also
     added to `notices`, for `ambit apply` and `ambit analyze`."""
-    out = BackendTLS()
     policies = idx.kind("BackendTLSPolicy")         # oldest first (Index): the order conflicts are won in
     if not policies:
-        return routes, out
-    by_host = {wr.hostname: wr for wr in routes}
-    configmaps = {f"{ns_of(c)}/{name_of(c)}": c for c in idx.kind("ConfigMap")}
-    entries = {(ns_of(se), name_of(se)): se for se in idx.kind("ServiceEntry")}
-    owner: dict[tuple[str, str, str, str, str], str] = {}
-
-    def entry(host: str) -> WaypointRoutes:
-        if host not in by_host:
-            by_host[host] = hosts.routes(host)
-        return by_host[host]
-
+        return routes, BackendTLS()
+    run = _Run(idx, hosts, routes, notices)
     for policy in policies:
+        with blame(policy):     # a bug here names the policy (the previous config stays in force)
+            run.policy(policy)
+    return [run.by_host[k] for k in sorted(run.by_host)], run.out
+
+
+class _Run:
+    """One translation's policies, oldest first: what each target's owner is so far (conflicts),
+    the hosts' routes, the verdicts and notices."""
+
+    def __init__(self, idx: Index, hosts: Hosts, routes: list[WaypointRoutes], notices: list[Notice]) -> None:
+        self.hosts, self.notices, self.out = hosts, notices, BackendTLS()
+        self.by_host = {wr.hostname: wr for wr in routes}
+        self.configmaps = {f"{ns_of(c)}/{name_of(c)}": c for c in idx.kind("ConfigMap")}
+        self.entries = {(ns_of(se), name_of(se)): se for se in idx.kind("ServiceEntry")}
+        self.owner: dict[tuple[str, str, str, str, str], str] = {}
+
+    def entry(self, host: str) -> WaypointRoutes:
+        if host not in self.by_host:
+            self.by_host[host] = self.hosts.routes(host)
+        return self.by_host[host]
+
+    def policy(self, policy: Obj) -> None:
+        """One policy: its verdict per targetRef, and its TLS applied where it wins."""
         ref, spec = object_ref(policy), policy.get("spec") or {}
         validation = spec.get("validation") or {}
-        pem, resolved, refused = _trust(policy, configmaps)
+        pem, resolved, refused = _trust(policy, self.configmaps)
         tls = _Tls(validation.get("hostname", ""), tuple(s.get("hostname") or s.get("uri") or ""
                                                          for s in validation.get("subjectAltNames") or []), pem)
-        verdicts = out.ancestors.setdefault(ref, [])
+        verdicts = self.out.ancestors.setdefault(ref, [])
         for i, t in enumerate(spec.get("targetRefs") or []):
             ancestor = {k: t[k] for k in ("group", "kind", "name", "sectionName") if t.get(k) is not None}
             path = f"spec.targetRefs[{i}]"
-            se, port, why = _target(policy, t, entries)
-            if why is None and _key(policy, t) in owner:
-                why = (False, "Conflicted", f"conflicts with BackendTLSPolicy {owner[_key(policy, t)]}, which targets "
-                                            "the same backend and is older (Gateway API: the oldest policy wins)")
+            se, port, why = _target(policy, t, self.entries)
+            if why is None and _key(policy, t) in self.owner:
+                why = (False, "Conflicted", f"conflicts with BackendTLSPolicy {self.owner[_key(policy, t)]}, which "
+                                            "targets the same backend and is older (Gateway API: the oldest policy wins)")
             if why is not None or se is None:
                 verdicts.append(Ancestor(ancestor, why or (False, "TargetNotFound", ""), resolved))
-                notices.append(Notice(ref, path, f"not applied: {why[2] if why else ''}", NOT_APPLIED))
+                self.notices.append(Notice(ref, path, f"not applied: {why[2] if why else ''}", NOT_APPLIED))
                 continue
-            owner[_key(policy, t)] = ref
-            served, overridden = [], []
-            for host in (se.get("spec") or {}).get("hosts") or []:
-                svc = hosts.by_host.get(host)
-                if svc is None or svc.kind != "ServiceEntry" or svc.namespace != ns_of(policy):
-                    # the registry's host is another namespace's entry (or none: the entry was not
-                    # translated): a policy changes only its own namespace's entries' TLS
-                    notices.append(Notice(ref, path, (
-                        f"not applied to {host}: the mesh's {host} is "
-                        f"{f'the {svc.kind} of namespace {svc.namespace}' if svc else 'not registered (see the ServiceEntry)'}"
-                        ", not this namespace's"), NOT_APPLIED))
-                    continue
-                notices.extend(Notice(ref, path, f"on {host}: {why}", NOT_APPLIED) for why in _partly(svc, port))
-                wr = entry(host)
-                if ref not in wr.sources:
-                    wr.sources.append(ref)
-                (served if _apply(wr, port, tls) else overridden).append(wr)
-            for wr in overridden:
-                notices.append(Notice(ref, path, (
-                    f"not applied to {wr.hostname}{f' port {port}' if port else ''}: a DestinationRule in force there "
-                    f"({', '.join(s for s in wr.sources if s.startswith('DestinationRule/')) or 'for the host'}) "
-                    "sets trafficPolicy.tls, which takes precedence, as in Istio"), OVERRIDDEN))
-            verdicts.append(Ancestor(ancestor, refused or (True, "Accepted", _accepted(served, overridden)), resolved))
-    return [by_host[k] for k in sorted(by_host)], out
+            self.owner[_key(policy, t)] = ref
+            message = self.target(ref, path, ns_of(policy), se, port, tls)
+            verdicts.append(Ancestor(ancestor, refused or (True, "Accepted", message), resolved))
+
+    def target(self, ref: str, path: str, ns: str, se: Obj, port: int, tls: _Tls) -> str:
+        """Apply `tls` to the entry's hosts (`port`: that port only); the Accepted message."""
+        served, overridden = [], []
+        for host in (se.get("spec") or {}).get("hosts") or []:
+            svc = self.hosts.by_host.get(host)
+            if svc is None or svc.kind != "ServiceEntry" or svc.namespace != ns:
+                # the registry's host is another namespace's entry (or none: the entry was not
+                # translated): a policy changes only its own namespace's entries' TLS
+                held = f"the {svc.kind} of namespace {svc.namespace}" if svc else "not registered (see the ServiceEntry)"
+                self.notices.append(Notice(ref, path, f"not applied to {host}: the mesh's {host} is {held}, not this "
+                                                      "namespace's", NOT_APPLIED))
+                continue
+            self.notices.extend(Notice(ref, path, f"on {host}: {why}", NOT_APPLIED) for why in _partly(svc, port))
+            wr = self.entry(host)
+            if ref not in wr.sources:
+                wr.sources.append(ref)
+            (served if _apply(wr, port, tls) else overridden).append(wr)
+        for wr in overridden:
+            rules = ", ".join(s for s in wr.sources if s.startswith("DestinationRule/")) or "for the host"
+            self.notices.append(Notice(ref, path, (
+                f"not applied to {wr.hostname}{f' port {port}' if port else ''}: a DestinationRule in force there "
+                f"({rules}) sets trafficPolicy.tls, which takes precedence, as in Istio"), OVERRIDDEN))
+        return _accepted(served, overridden)
 
 
 def _accepted(served: list[WaypointRoutes], overridden: list[WaypointRoutes]) -> str:
