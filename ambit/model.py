@@ -680,6 +680,13 @@ class TrafficPolicy:
     client_certificate: str = ""
     private_key: str = ""
     insecure_skip_verify: bool = False
+    # A Gateway API BackendTLSPolicy's CA bundle, inline (PEM, from its caCertificateRefs
+    # ConfigMaps' `ca.crt`), verified against instead of `ca_certificates`; a value holding no
+    # certificate fails every connection (a policy none of whose references resolved: Gateway API
+    # asks for 5xx, never plaintext nor the system roots). Not advisory: an older waypoint that
+    # ignored it would verify against the system roots (or send plaintext where the policy is the
+    # only thing that asks for TLS), so it NACKs an update that sets it (docs/config-stream.md).
+    ca_certificate_pem: str = ""
 
 
 @dataclass

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from controller.translate import translate
+from controller.translate.backendtls import NOT_APPLIED as BTLS_NOT_APPLIED
+from controller.translate.backendtls import OVERRIDDEN as BTLS_OVERRIDDEN
 from controller.translate.index import age_key, labels_of, name_of, ns_of, selector_matches, waypoint_ref
 from controller.translate.routes import NOT_EXPORTED, OUTSIDE_WAYPOINT_SCOPE, Hosts
 from controller.validation import Validated, object_ref, split_valid
@@ -90,6 +92,10 @@ CODES: dict[str, Code] = {c.code: c for c in (
          "a VirtualService or DestinationRule is not exported to the namespace of a proxy that would apply it "
          "(the waypoint serving its host, an ingress gateway): not applied there; or a DestinationRule applied "
          "by a proxy of a namespace it is not exported to"),
+    # BackendTLSPolicy (controller.translate.backendtls)
+    Code("AMB0125", WARNING, "BackendTLSPolicyNotApplied",
+         "a BackendTLSPolicy is not applied to a target: a kind Ambit does not originate TLS to, a target or port "
+         "that does not exist, an older policy on the same target, or a DestinationRule's tls that takes precedence"),
     Code("AMB0126", WARNING, "OutsideWaypointScope",
          "a VirtualService for a Service of another namespace, served by a waypoint of a third namespace: "
          "not applied (a waypoint takes routes only from the Service's namespace and its own, as in Istio)"),
@@ -208,6 +214,10 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             code = "AMB0111"
         elif a.cause == NOT_EXPORTED:
             code = "AMB0124"
+        elif a.cause in (BTLS_NOT_APPLIED, BTLS_OVERRIDDEN):
+            if "does not exist" in a.reason and not st.knows("ServiceEntry"):
+                continue            # the ServiceEntry may well exist outside the files
+            code = "AMB0125"
         elif a.cause == OUTSIDE_WAYPOINT_SCOPE:
             code = "AMB0126"
         elif a.cause in _DELEGATE_CAUSES:

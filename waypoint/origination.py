@@ -5,6 +5,10 @@ or MUTUAL on an external host makes the waypoint speak TLS upstream while the ap
 
 - SIMPLE: verify the server against `caCertificates` (a PEM file the waypoint reads), else the
   system's roots; `insecureSkipVerify` turns verification off.
+- A Gateway API BackendTLSPolicy (controller/translate/backendtls.py) arrives as SIMPLE with its CA
+  bundle inline (`ca_certificate_pem`, from ConfigMaps the controller read), SNI = its `hostname`
+  and `subjectAltNames` (DNS names or URIs). A bundle that holds no certificate (the policy's
+  references did not resolve) fails the connection: 503, never plaintext nor the system roots.
 - MUTUAL: the same, presenting `clientCertificate` + `privateKey` (PEM files; both required).
 - SNI is `sni`, else the host. The server certificate must name one of `subjectAltNames`, else the
   SNI name (what Envoy checks with `auto_san_validation`).
@@ -24,6 +28,8 @@ files come and go do not add up either.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import ssl
 from collections import OrderedDict
@@ -47,17 +53,29 @@ def check_peer(cert: dict, names: tuple[str, ...]) -> str:
     """"" when the server certificate (`getpeercert()`) names one of `names`, else why not."""
     if not names:
         return ""
-    sans = {v.lower() for k, v in cert.get("subjectAltName", ()) if k in ("DNS", "IP Address")}
-    for n in (n.lower() for n in names):        # DNS names compare without case (RFC 6125 6.4.1)
+    alt = cert.get("subjectAltName", ())
+    uris = {v for k, v in alt if k == "URI"}
+    if any(n in uris for n in names if "://" in n):     # a URI SAN (a SPIFFE ID): exact
+        return ""
+    sans = {v.lower() for k, v in alt if k in ("DNS", "IP Address")}
+    for n in (n.lower() for n in names if "://" not in n):  # DNS names compare without case (RFC 6125 6.4.1)
         for s in sans:
             if s == n or (s.startswith("*.") and n.count(".") >= 2 and n.split(".", 1)[1] == s[2:]):
                 return ""
-    return f"server certificate names {', '.join(sorted(sans)) or 'nothing'}, not {', '.join(names)}"
+    shown = sorted(sans) + sorted(uris)
+    return f"server certificate names {', '.join(shown) or 'nothing'}, not {', '.join(names)}"
 
 
 MAX_CONTEXTS = 32      # TLS settings in use at once (distinct files x modes): a handful in practice
-# (mode, CA file, client certificate, key, verification off) -> (the files' stamps, context)
-_CONTEXTS: OrderedDict[tuple[str, str, str, str, bool], tuple[tuple, ssl.SSLContext]] = OrderedDict()
+# (mode, CA file, client certificate, key, verification off, inline CA) -> (the files' stamps, context)
+_CONTEXTS: OrderedDict[tuple[str, str, str, str, bool, str], tuple[tuple, ssl.SSLContext]] = OrderedDict()
+PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
+
+
+@functools.lru_cache(maxsize=MAX_CONTEXTS)
+def _digest(pem: str) -> str:
+    """A short name of an inline CA bundle for the pool key (the bundle itself is kilobytes)."""
+    return hashlib.sha256(pem.encode()).hexdigest()[:16] if pem else ""
 
 
 def _stamps(*paths: str) -> tuple:
@@ -70,16 +88,33 @@ def _stamps(*paths: str) -> tuple:
     return tuple(out)
 
 
+def _inline_context(pem: str) -> ssl.SSLContext:
+    """A context trusting the inline bundle alone. One that holds no certificate (the controller's
+    word for "no usable CA": its text says why) or does not load trusts nothing, so every
+    handshake fails verification (503 UF): fail closed, as Gateway API asks of a policy whose CA
+    references are invalid, rather than plaintext or the system's roots."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)       # verification on, no CA loaded
+    if PEM_CERTIFICATE in pem:
+        try:
+            ctx.load_verify_locations(cadata=pem)
+        except ssl.SSLError:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    return ctx
+
+
 def _context(policy: TrafficPolicy) -> ssl.SSLContext:
     """The client context of `policy`'s files and verification mode, cached while they are unchanged."""
     key = (policy.tls_mode, policy.ca_certificates, policy.client_certificate, policy.private_key,
-           policy.insecure_skip_verify)
+           policy.insecure_skip_verify, policy.ca_certificate_pem)
     stamps = _stamps(policy.ca_certificates, policy.client_certificate, policy.private_key)
     hit = _CONTEXTS.get(key)
     if hit is not None and hit[0] == stamps:
         _CONTEXTS.move_to_end(key)
         return hit[1]
-    ctx = ssl.create_default_context(cafile=policy.ca_certificates or None)
+    if policy.ca_certificate_pem:       # inline (BackendTLSPolicy): these CAs only, never the system's
+        ctx = _inline_context(policy.ca_certificate_pem)
+    else:
+        ctx = ssl.create_default_context(cafile=policy.ca_certificates or None)
     ctx.check_hostname = False          # checked against subjectAltNames or the SNI by check_peer
     if policy.insecure_skip_verify:
         ctx.verify_mode = ssl.CERT_NONE
@@ -105,5 +140,5 @@ def origination(policy: TrafficPolicy | None, host: str) -> Origination | None:
     sni = policy.sni or host
     names = () if policy.insecure_skip_verify else tuple(policy.subject_alt_names) or (sni,)
     settings = (policy.tls_mode, policy.ca_certificates, policy.client_certificate, policy.private_key,
-                policy.insecure_skip_verify, sni, tuple(policy.subject_alt_names))
+                policy.insecure_skip_verify, sni, tuple(policy.subject_alt_names), _digest(policy.ca_certificate_pem))
     return Origination(ctx, sni, names, settings)

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.kinds import core, gateway, istio_gateway, networking, security, serviceentry, telemetry
+from controller.kinds import (
+    backendtls,
+    core,
+    gateway,
+    istio_gateway,
+    networking,
+    security,
+    serviceentry,
+    telemetry,
+)
 from controller.kinds.schema import AnyValue, Errors, Obj, Schema
 
 
@@ -100,6 +109,8 @@ KINDS: list[KindSpec] = [
              _mesh(gateway.TCPRouteSpec)),
     KindSpec("ReferenceGrant", "referencegrants", ("refgrant",), ((GATEWAY_GROUP, ("v1", "v1beta1")),), True,
              _mesh(gateway.ReferenceGrantSpec)),
+    KindSpec("BackendTLSPolicy", "backendtlspolicies", ("btlspolicy",), ((GATEWAY_GROUP, ("v1", "v1alpha3")),), True,
+             _mesh(backendtls.BackendTLSPolicySpec)),
     # Istio's Gateway: the same kind name in another group. Listed after Gateway API's, so a bare
     # `gateway` means Gateway API's; `gateway.networking.istio.io` means this one.
     KindSpec("Gateway", "gateways", (), _with_ambit(*_NET), True,
@@ -158,8 +169,6 @@ UNSUPPORTED_KINDS: dict[tuple[str, str], str] = {
                                      "classes ambit-waypoint and istio-waypoint and the ingress classes ambit and "
                                      "istio are built in",
     (GATEWAY_GROUP, "UDPRoute"): "UDPRoute is not supported by Ambit: the mesh carries TCP only",
-    (GATEWAY_GROUP, "BackendTLSPolicy"): "BackendTLSPolicy is not supported by Ambit: in-mesh traffic is always "
-                                         "HBONE mutual TLS",
     (GATEWAY_GROUP, "ListenerSet"): f"ListenerSet is not supported by Ambit. {_WAYPOINTS}",
 }
 

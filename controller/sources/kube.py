@@ -48,6 +48,7 @@ from controller.translate.parents import is_gateway_parent, is_service_parent
 from controller.validation import FieldError, object_ref, reasons
 from controller.waypoints.gateways import STATUS_GROUP_SUFFIXES, is_waypoint
 from controller.waypoints.ingress_status import refused_route_status, untimed
+from controller.waypoints.policy_status import POLICY_KINDS, refused_policy_status, untimed_ancestors
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ class WatchedType(Resource):
 FIELD_SELECTORS = {"Secret": "type=kubernetes.io/tls"}
 
 # ConfigMaps are watched for the CA bundles an ingress Gateway's client certificate validation
-# names (spec.tls.frontend caCertificateRefs, key `ca.crt`), as istiod does. A reference may name
+# names (spec.tls.frontend caCertificateRefs, key `ca.crt`), and a BackendTLSPolicy's
+# (validation.caCertificateRefs), as istiod does. A reference may name
 # any ConfigMap, so no selector can narrow the watch; instead each one is cut down to its name and
 # `ca.crt` as it arrives (`Resource.project`): the rest of its data (up to 1 MiB), its annotations
 # and its resourceVersion are never kept, and a change to them publishes nothing (docs/operations.md).
@@ -278,6 +280,8 @@ class KubeSource:
             return None
         if t.group == GATEWAY_GROUP and t.kind in ALL_ROUTE_KINDS:
             return self._route_status(obj)
+        if t.group == GATEWAY_GROUP and t.kind in POLICY_KINDS:
+            return self._refused_policy_status(obj)
         if not t.group.endswith(STATUS_GROUP_SUFFIXES):
             return None
         errors = self.cache.rejected().get(cache_key(obj), [])
@@ -306,6 +310,17 @@ class KubeSource:
                       object_ref(obj), reasons(errors))
             return None
         return want if untimed(want) != untimed(obj.get("status")) else None
+
+    def _refused_policy_status(self, obj: Obj) -> Obj | None:
+        """A refused BackendTLSPolicy's `status.ancestors` (Accepted=False Invalid on each target);
+        a valid one's is the reconciler's."""
+        key = cache_key(obj)
+        errors = self.cache.rejected().get(key, [])
+        if not errors:
+            return None
+        in_force = next((o for o in self.cache.objects() if cache_key(o) == key), None)
+        want = refused_policy_status(obj, errors, in_force)
+        return want if want is not None and untimed_ancestors(want) != untimed_ancestors(obj.get("status")) else None
 
     def _status_writer(self, stop: threading.Event) -> None:
         """Write queued statuses one at a time, paced by `status_pace` (retries, rewrites)."""

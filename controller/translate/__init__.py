@@ -25,6 +25,7 @@ from ambit.model import (
     Workload,
 )
 from controller.kinds import BY_KIND
+from controller.translate.backendtls import BackendTLS, apply_backend_tls
 from controller.translate.blame import TranslationBug, blame
 from controller.translate.index import Index
 from controller.translate.ingress import IngressResult, translate_ingress
@@ -71,6 +72,7 @@ class Translation:
     jwks_fetches: dict[str, float] = field(default_factory=dict)   # key sets to fetch: source -> timeout
     ingress: IngressResult = field(default_factory=IngressResult)   # ingress Gateways, their routes' status
     parents: Parents = field(default_factory=Parents)   # routes' mesh parents: targets, notices (warnings)
+    backend_tls: BackendTLS = field(default_factory=BackendTLS)     # BackendTLSPolicies' verdicts (status.ancestors)
 
     def resources(self) -> list[Any]:
         """Every model resource, in one list."""
@@ -116,6 +118,7 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     out.parents = resolve_parents(idx, hosts)
     out.parents.notices.extend(Notice(ref, "metadata.labels", why, "WaypointNotAllowed") for ref, why in unbound)
     out.waypoint_routes = translate_routes(idx, out.services, cluster_domain, out.parents)
+    out.waypoint_routes, out.backend_tls = apply_backend_tls(idx, hosts, out.waypoint_routes, out.parents.notices)
     out.ingress = translate_ingress(idx, hosts)
     out.parents.merge_status(out.ingress.routes)
     add_istio_gateways(idx, hosts, out.ingress)

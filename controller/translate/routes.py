@@ -93,6 +93,12 @@ class Hosts:
             return sorted(h for h in self.by_host if h.endswith(suffix))
         return [self.fqdn(host, ns)]
 
+    def routes(self, fqdn: str) -> WaypointRoutes:
+        """An empty WaypointRoutes for `fqdn`, naming its Service and waypoint when it is one."""
+        svc = self.by_host.get(fqdn)
+        return WaypointRoutes(hostname=fqdn, namespace=svc.namespace if svc else "",
+                              service=self.service_ref(fqdn), waypoint=svc.waypoint if svc else "")
+
     def service_ref(self, fqdn: str) -> str:
         s = self.by_host.get(fqdn)
         return f"{s.namespace}/{s.name}" if s else ""
@@ -612,9 +618,7 @@ def translate_routes(idx: Index, services: list[Service], cluster_domain: str, p
 
     def entry(fqdn: str) -> WaypointRoutes:
         if fqdn not in out:
-            svc = hosts.by_host.get(fqdn)
-            out[fqdn] = WaypointRoutes(hostname=fqdn, namespace=svc.namespace if svc else "",
-                                       service=hosts.service_ref(fqdn), waypoint=svc.waypoint if svc else "")
+            out[fqdn] = hosts.routes(fqdn)
         return out[fqdn]
 
     def waypoint_of(fqdn: str) -> str:

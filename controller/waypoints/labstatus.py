@@ -2,7 +2,8 @@
 
 The same statuses as in a cluster (`reconcile.KubeWaypointReconciler`): each waypoint Gateway's
 `Accepted`/`Programmed`/`addresses` (its Service is the one the lab creates for the waypoint pod),
-each AuthorizationPolicy's `ZtunnelAccepted`/`WaypointAccepted`, and any Istio or Ambit object's
+each AuthorizationPolicy's `ZtunnelAccepted`/`WaypointAccepted`, each BackendTLSPolicy's
+`status.ancestors`, and any Istio or Ambit object's
 `Enforced=False` for fields accepted but not applied (`advisories.object_conditions`). One store transaction per
 pass, and only when something differs (times aside), so the snapshot our write causes changes
 nothing and the loop ends. `ambit get gateway -o yaml` and `ambit waypoint status` read them.
@@ -18,6 +19,7 @@ from ambit.labstore import Key, LabStore, key_of
 from controller.waypoints import gateways as gws
 from controller.waypoints import ingress_status
 from controller.waypoints.advisories import advisories, conditions_update, has_free_status, object_conditions
+from controller.waypoints.policy_status import policy_updates
 
 log = logging.getLogger("ambit.controller.waypoints")
 Obj = dict[str, Any]
@@ -35,6 +37,7 @@ def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", 
                 out[key_of(gw)] = gws.with_times(gw.get("status"), want)
     if translation is not None:     # ingress Gateways and their routes (controller.waypoints.ingress_status)
         out.update(ingress_status.desired(objects, translation.ingress, unbound))
+        out.update(policy_updates(objects, translation.backend_tls.ancestors))    # BackendTLSPolicy ancestors
     found = advisories(objects, cluster_domain, translation, root_namespace)
     for o in objects:
         if has_free_status(o):

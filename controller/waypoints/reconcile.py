@@ -40,6 +40,7 @@ from controller.translate.ingress import ALL_ROUTE_KINDS, is_ingress
 from controller.waypoints import gateways as gws
 from controller.waypoints import ingress_status
 from controller.waypoints.advisories import advisories, conditions_update, has_free_status, object_conditions
+from controller.waypoints.policy_status import policy_updates
 from controller.waypoints.render import (
     WaypointDeploySettings,
     apply_update,
@@ -65,10 +66,13 @@ RBAC_RULES = [
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["grpcroutes/status", "httproutes/status",
                                                    "tcproutes/status", "tlsroutes/status"],
      "verbs": ["patch"]},
+    # status.ancestors of BackendTLSPolicies (controller/waypoints/policy_status.py)
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["backendtlspolicies/status"], "verbs": ["patch"]},
 ]
 _PLURALS = {"ServiceAccount": "serviceaccounts", "Service": "services", "Deployment": "deployments",
             "Gateway": "gateways", "AuthorizationPolicy": "authorizationpolicies", "HTTPRoute": "httproutes",
-            "GRPCRoute": "grpcroutes", "TLSRoute": "tlsroutes", "TCPRoute": "tcproutes"}
+            "GRPCRoute": "grpcroutes", "TLSRoute": "tlsroutes", "TCPRoute": "tcproutes",
+            "BackendTLSPolicy": "backendtlspolicies"}
 
 
 def object_path(obj: Obj, sub: str = "", named: bool = True) -> str:
@@ -217,6 +221,7 @@ class KubeWaypointReconciler:
             self._policy_status(objects, translation)
             if translation is not None:
                 self._route_status(objects, translation, refused)
+                self._backend_tls_status(objects, translation, refused)
 
     def _deploy_settled(self, gw: Obj, ports: tuple[int, ...], key: tuple[str, str, tuple[int, ...]]) -> bool:
         """`_deploy`, remembering a success so the next snapshots skip it until `resync`."""
@@ -282,6 +287,15 @@ class KubeWaypointReconciler:
         by_key = {(o.get("kind"), (o.get("metadata") or {}).get("namespace") or "default",
                    (o.get("metadata") or {}).get("name")): o for o in objects if o.get("kind") in ALL_ROUTE_KINDS}
         for key, want in ingress_status.route_updates(objects, translation.ingress, refused).items():
+            self._patch_status(f"status of {key[0]} {key[1]}/{key[2]}", object_path(by_key[key], "status"),
+                               {"status": want})
+
+    def _backend_tls_status(self, objects: list[Obj], translation: Any,
+                            refused: Collection[tuple[str, str, str]]) -> None:
+        """`status.ancestors` of the BackendTLSPolicies: the translation's verdict per target."""
+        by_key = {("BackendTLSPolicy", (o.get("metadata") or {}).get("namespace") or "default",
+                   (o.get("metadata") or {}).get("name")): o for o in objects if o.get("kind") == "BackendTLSPolicy"}
+        for key, want in policy_updates(objects, translation.backend_tls.ancestors, refused).items():
             self._patch_status(f"status of {key[0]} {key[1]}/{key[2]}", object_path(by_key[key], "status"),
                                {"status": want})
 

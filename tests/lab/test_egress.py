@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -142,7 +143,8 @@ def egress_objects(ext: ext_mod.External) -> list[dict[str, Any]]:
                    "endpoints": [{"address": ext.ip}],
                    "ports": [{"number": 80, "name": "http", "protocol": "HTTP"},
                              {"number": 8080, "name": "http-simple", "protocol": "HTTP", "targetPort": 443},
-                             {"number": 9090, "name": "http-mutual", "protocol": "HTTP", "targetPort": 8443}]}}
+                             {"number": 9090, "name": "http-mutual", "protocol": "HTTP", "targetPort": 8443},
+                             {"number": 7070, "name": "http-btls", "protocol": "HTTP", "targetPort": 443}]}}
     dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
           "metadata": {"name": "egress-tls", "namespace": "demo"},
           "spec": {"host": host, "trafficPolicy": {"portLevelSettings": [
@@ -156,7 +158,16 @@ def egress_objects(ext: ext_mod.External) -> list[dict[str, Any]]:
           "spec": {"targetRefs": [{"kind": "ServiceEntry", "group": "networking.istio.io", "name": "egress"}],
                    "action": "ALLOW",
                    "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/demo/sa/client"]}}]}]}}
-    return [se, dr, ap]
+    # the Gateway API way (BackendTLSPolicy) on one port, its CA inline from a ConfigMap
+    ca = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "external-ca", "namespace": "demo"},
+          "data": {"ca.crt": Path(ext.ca).read_text()}}
+    btls = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+            "metadata": {"name": "egress-btls", "namespace": "demo"},
+            "spec": {"targetRefs": [{"group": "networking.istio.io", "kind": "ServiceEntry", "name": "egress",
+                                     "sectionName": "http-btls"}],
+                     "validation": {"hostname": ext_mod.HOSTNAME,
+                                    "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "external-ca"}]}}}
+    return [se, dr, ap, ca, btls]
 
 
 def test_egress_through_a_waypoint_with_authorization_and_tls_origination(lab: Lab, external: ext_mod.External) -> None:
@@ -189,6 +200,8 @@ def test_egress_through_a_waypoint_with_authorization_and_tls_origination(lab: L
         assert seen["peer"] == wp["ip"] and seen["path"] == "/simple"
         code, seen = curl(lab, "http://egress.example:9090/mutual", *resolve)
         assert code == 0 and seen["tls"] is True and seen["path"] == "/mutual", seen
+        code, seen = curl(lab, "http://egress.example:7070/btls", "--resolve", f"egress.example:7070:{EGRESS_VIP}")
+        assert code == 0 and seen["tls"] is True and seen["sni"] == ext_mod.HOSTNAME, seen    # BackendTLSPolicy
     finally:
         delete(lab, *reversed(objs))
 

@@ -102,7 +102,8 @@ _MESH_GROUPS = {
                                                 ("destinationrules", "DestinationRule")]),
     "telemetry.ambit.io": (("v1",), [("telemetries", "Telemetry")]),
     "gateway.networking.k8s.io": (("v1", "v1beta1"), [("httproutes", "HTTPRoute"), ("grpcroutes", "GRPCRoute"),
-                                                      ("gateways", "Gateway")]),
+                                                      ("gateways", "Gateway"),
+                                                      ("backendtlspolicies", "BackendTLSPolicy")]),
 }
 
 BUILTIN = [

@@ -385,3 +385,21 @@ def test_traffic_distribution_and_locality_set_are_advisory_on_the_wire():
     assert "_advisory" not in wire_dict(dataclasses.replace(svc, traffic_distribution=""))
     routes = WaypointRoutes(hostname="near.demo.svc.cluster.local", policy=TrafficPolicy(locality_set=True))
     assert wire_dict(routes)["policy"]["_advisory"] == ["locality_set"]
+
+
+def test_an_older_waypoint_refuses_an_inline_ca_bundle_rather_than_drop_it(monkeypatch):
+    """A BackendTLSPolicy's CA bundle travels inline (TrafficPolicy.ca_certificate_pem). A
+    waypoint older than the field that dropped it would verify the backend against the system's
+    roots instead of the policy's CA: it must NACK (keep its last good routes) instead, so the
+    field is not advisory; and a policy without it (no BackendTLSPolicy) still goes through."""
+    from ambit import model
+    wr = model.WaypointRoutes(hostname="api.example.com", policy=model.TrafficPolicy(
+        tls_mode="SIMPLE", sni="api.example.com", ca_certificate_pem="-----BEGIN CERTIFICATE-----\n..."))
+    wire = json.loads(json.dumps(model.wire_dict(wr)))
+    assert "_advisory" not in wire["policy"]
+    monkeypatch.setitem(model._NESTED, "TrafficPolicy", _older(model.TrafficPolicy, {"ca_certificate_pem"}))
+    with pytest.raises(ValueError, match="TrafficPolicy.ca_certificate_pem"):
+        model._from_dict(model.WaypointRoutes, wire)
+    plain = json.loads(json.dumps(model.wire_dict(model.WaypointRoutes(
+        hostname="api.example.com", policy=model.TrafficPolicy(tls_mode="SIMPLE", sni="api.example.com")))))
+    assert model._from_dict(model.WaypointRoutes, plain).policy.sni == "api.example.com"

@@ -124,7 +124,8 @@ def test_controller_may_list_and_watch_everything_its_kube_source_watches() -> N
         for verb in ("list", "watch"):
             assert allowed(docs, "mesh-ops", sa, t.group, t.plural, verb), f"{verb} {t.plural}.{t.group}"
         writes_status = t.group.endswith(STATUS_GROUP_SUFFIXES) or (t.group, t.plural) in {
-            ("gateway.networking.k8s.io", p) for p in ("gateways", "httproutes", "grpcroutes", "tlsroutes", "tcproutes")
+            ("gateway.networking.k8s.io", p) for p in ("gateways", "httproutes", "grpcroutes", "tlsroutes", "tcproutes",
+                                                   "backendtlspolicies")
         } | {("", "pods")}      # an ingress pod's ListenersBound condition (controller/waypoints/podcondition.py)
         assert allowed(docs, "mesh-ops", sa, t.group, f"{t.plural}/status", "patch") == writes_status, t.plural
         for verb in ("get", "update"):       # status is only merge-patched, never read or replaced whole

@@ -29,6 +29,7 @@ SECTIONS: dict[tuple[str, str], str] = {
     ("gateway.networking.k8s.io", "TLSRoute"): "TLSRoute and TCPRoute",
     ("gateway.networking.k8s.io", "TCPRoute"): "TLSRoute and TCPRoute",
     ("gateway.networking.k8s.io", "ReferenceGrant"): "ReferenceGrant (Gateway API)",
+    ("gateway.networking.k8s.io", "BackendTLSPolicy"): "BackendTLSPolicy (Gateway API)",
     ("networking.istio.io", "Gateway"): "Gateway (Istio, `networking.istio.io`)",
     ("", "Namespace"): "Core kinds",
     ("", "Pod"): "Core kinds",

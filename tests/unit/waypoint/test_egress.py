@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ambit.model import Endpoint, Service, ServicePort, TrafficPolicy, Workload
+from tests.support.testca import make_ca
 from waypoint import endpoints
 from waypoint.origination import check_peer, origination
 
@@ -102,15 +103,22 @@ def test_server_names_compare_without_case() -> None:
     assert check_peer(cert, ("other.example.com",)) != ""
 
 
+def test_uri_subject_alt_names_compare_exactly_with_the_certificates_uris() -> None:
+    """A BackendTLSPolicy (or DestinationRule) subjectAltName may be a URI, a SPIFFE ID: it is
+    checked against the certificate's URI SANs, exactly. Before, only DNS and IP SANs were read,
+    so a URI never matched."""
+    cert = {"subjectAltName": (("URI", "spiffe://partner/ns/a/sa/api"), ("DNS", "api.example.com"))}
+    assert check_peer(cert, ("spiffe://partner/ns/a/sa/api",)) == ""
+    assert check_peer(cert, ("spiffe://partner/ns/a/sa/API",)) != ""
+    assert check_peer(cert, ("spiffe://partner/ns/a/sa/other", "api.example.com")) == ""
+    assert "spiffe://partner/ns/a/sa/api" in check_peer(cert, ("spiffe://other/x",))
+
+
 def _ca(cn: str, tmp_path: Path, server: str = "") -> tuple[bytes, Path, Path]:
     """A CA's PEM, and (server != "") a certificate and key it signed for `server`, as files."""
     now = datetime.datetime.now(datetime.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(hours=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    ca, key = make_ca(cn)
+    name = ca.subject
     pem = ca.public_bytes(serialization.Encoding.PEM)
     if not server:
         return pem, Path(), Path()
@@ -241,9 +249,11 @@ def test_clusters_with_other_tls_settings_never_share_an_upstream_pool(tmp_path:
     p = WaypointProxy(load(["--waypoint", "demo/egress", "--pod-name", "egress-0", "--node", "node1"]),
                       WaypointConfig(Waypoint("demo", "egress"), "cluster.local"), None)
     pick = endpoints.Pick("127.0.0.1", 8443, "", "http1", "", False, True)
+    other, _, _ = _ca("other-ca", tmp_path)
+    inline = [TrafficPolicy(tls_mode="SIMPLE", ca_certificate_pem=pem.decode()) for pem in (good, other)]
     keys = {p._new_target(pick, None, SimpleNamespace(policy=policy, hostname="api.example.com"), ()).key
-            for policy in (lax, strict, TrafficPolicy(tls_mode="SIMPLE", sni="api.example.com"))}
-    assert len(keys) == 3
+            for policy in (lax, strict, TrafficPolicy(tls_mode="SIMPLE", sni="api.example.com"), *inline)}
+    assert len(keys) == 5       # (BackendTLSPolicy's inline CA bundles: one pool per bundle)
     again = p._new_target(pick, None, SimpleNamespace(policy=strict, hostname="api.example.com"), ())
     assert again.key in keys       # the same settings share one pool
 
