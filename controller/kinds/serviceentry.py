@@ -66,7 +66,10 @@ ServicePort = Obj({
 def _check_locality(text: str) -> str | None:
     """Istio reads an endpoint's locality as region/zone/subzone (`util.ConvertLocality`, at most
     three parts, anything after the second "/" being the subzone); a part that is empty, or one with
-    space or control characters, would compare as nobody's locality."""
+    space or control characters, would compare as nobody's locality. "" is unset (proto3's default,
+    as Istio reads it): no locality, not an empty part."""
+    if text == "":
+        return None
     parts = text.split("/")
     if len(parts) > 3 or any(not p or not p.isprintable() or any(c.isspace() for c in p) for p in parts):
         return f"must be region[/zone[/subzone]] (non-empty parts without spaces), got {text!r}"

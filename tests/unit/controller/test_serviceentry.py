@@ -307,3 +307,15 @@ def test_endpoint_locality_and_the_traffic_distribution_annotation_reach_the_reg
     assert [e.locality for e in db.endpoints] == ["us-east/us-east-1a", "us-west", ""]
     assert db.traffic_distribution == "PreferSameZone"
     assert Service.from_dict(json.loads(json.dumps(db.to_dict()))) == db, "travels the config stream"
+
+
+def test_an_empty_endpoint_locality_is_unset_not_refused() -> None:
+    """`locality: ""` is the proto3 default, the same as no locality in Istio (which checks no
+    locality), as manifests generated from the proto write it. Before, it was refused as an empty
+    part, and with it the whole ServiceEntry, which Istio accepts."""
+    entry = se({"hosts": ["db.internal"], "addresses": ["240.0.0.9"], "resolution": "STATIC",
+                "ports": [{"number": 5432, "name": "pg", "protocol": "TCP"}],
+                "endpoints": [{"address": "10.0.0.1", "locality": ""}, {"address": "2001:db8::1", "locality": "r/z"}]})
+    assert validate_object(entry) == []
+    [db] = services([entry]).values()
+    assert [e.locality for e in db.endpoints] == ["", "r/z"]
