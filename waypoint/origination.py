@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import ssl
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ def check_peer(cert: dict, names: tuple[str, ...]) -> str:
 MAX_CONTEXTS = 32      # TLS settings in use at once (distinct files x modes): a handful in practice
 # (mode, CA file, client certificate, key, verification off, inline CA) -> (the files' stamps, context)
 _CONTEXTS: OrderedDict[tuple[str, str, str, str, bool, str], tuple[tuple, ssl.SSLContext]] = OrderedDict()
-PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
+_PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----[^-]*-----END CERTIFICATE-----")
 
 
 @functools.lru_cache(maxsize=MAX_CONTEXTS)
@@ -94,10 +95,13 @@ def _inline_context(pem: str) -> ssl.SSLContext:
     handshake fails verification (503 UF): fail closed, as Gateway API asks of a policy whose CA
     references are invalid, rather than plaintext or the system's roots."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)       # verification on, no CA loaded
-    if PEM_CERTIFICATE in pem:
+    # The certificate blocks only: text around them (a bundle's comments, which need not be ASCII,
+    # as in Mozilla's "Főtanúsítvány") is what OpenSSL refuses in a str (TypeError), not a CA.
+    blocks = "\n".join(_PEM_BLOCK.findall(pem))
+    if blocks:
         try:
-            ctx.load_verify_locations(cadata=pem)
-        except ssl.SSLError:
+            ctx.load_verify_locations(cadata=blocks)
+        except (ssl.SSLError, TypeError, ValueError):      # a block that is not ASCII or not a certificate
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     return ctx
 

@@ -202,3 +202,14 @@ def test_a_ca_reference_that_does_not_resolve_fails_closed(origin: TlsOrigin) ->
     status, _, flags = run(objects(origin.port, None))
     assert status == 503 and "UF" in flags.split(","), flags
     assert origin.failed_handshakes >= 1 and set(origin.sni) == {HOST}
+
+
+def test_a_bundle_with_non_ascii_comments_is_trusted(origin: TlsOrigin) -> None:
+    """A ca.crt with text outside its PEM blocks that is not ASCII, as curl's and Mozilla's
+    cacert.pem have ("NetLock Arany (Class Gold) Főtanúsítvány"): the controller accepts it, as
+    Envoy reads it. Before, the waypoint handed it to OpenSSL as a str, which must be ASCII: every
+    request raised a TypeError in the request path instead of reaching the origin."""
+    bundle = "## Certificate data from Mozilla\n\nNetLock Arany (Class Gold) Főtanúsítvány\n" + pem(origin.ca)
+    status, body, _ = run(objects(origin.port, bundle))
+    assert status == 200, body
+    assert json.loads(body)["tls"] is True
