@@ -317,13 +317,16 @@ def load_client_ca(secret: Obj, ref: str) -> tuple[str | None, str]:
 
 
 def ca_bundle(pem: str, what: str) -> tuple[str | None, str]:
-    """`pem` if it holds PEM certificates (a CA bundle), else (None, why), naming `what` holds it."""
+    """The PEM certificates `pem` holds (a CA bundle), else (None, why), naming `what` holds it.
+    Only the certificates, written again: the text around them (comments, which need not be ASCII,
+    as in Mozilla's bundle) is no CA, and the data planes' OpenSSL takes only ASCII PEM."""
     from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
     try:
-        x509.load_pem_x509_certificates(pem.encode())
+        certs = x509.load_pem_x509_certificates(pem.encode())
     except ValueError as e:
         return None, f"{what}: ca.crt does not hold PEM certificates: {e}"
-    return pem, ""
+    return "".join(c.public_bytes(Encoding.PEM).decode() for c in certs), ""
 
 
 def frontend_validation(gw: Obj, port: int) -> Obj | None:

@@ -159,3 +159,15 @@ def test_schema_accepts_valid_only_and_refuses_tls_on_a_waypoint() -> None:
     wp = with_tls(gateway({"name": "mesh", "port": 15008, "protocol": "HBONE"}, cls="ambit-waypoint"),
                   {"frontend": {"default": validation(cm_ref("c"))}})
     assert any(e.path == "spec.tls" and "waypoint" in e.reason for e in validate_object(wp))
+
+
+def test_a_ca_bundle_with_non_ascii_comments_loads_at_the_gateway() -> None:
+    """A ca.crt with non-ASCII text around its PEM blocks (Mozilla's cacert.pem names CAs such as
+    "Főtanúsítvány") is a valid bundle: the listener is served and its context trusts the CA.
+    Before, the text went to the gateway as written and OpenSSL, which takes only ASCII PEM in a
+    str, raised TypeError building the listener's context."""
+    from waypoint.ingress_listen import listener_context
+    gw = with_tls(gateway(HTTP, A), {"frontend": {"default": validation(cm_ref("client-ca"))}})
+    _, served, _ = run(gw, configmap("client-ca", {"ca.crt": "# NetLock Arany (Class Gold) Főtanúsítvány\n" + CA1}))
+    ctx = listener_context(served["a"])
+    assert [c["subject"] for c in ctx.get_ca_certs()] == [((("commonName", "ca-one"),),)]
