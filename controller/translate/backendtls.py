@@ -17,7 +17,9 @@ the endpoints while the app speaks HTTP (waypoint/origination.py):
   `sectionName`, its port of that name only. A Service is refused for the target (its pods are
   reached over HBONE, inside which the waypoint speaks no second TLS); other kinds are not found.
 - Two policies on one target (and sectionName): the older wins (creation time, then
-  namespace/name), the other is `Accepted=False Conflicted` for it (Gateway API).
+  namespace/name), the other is `Accepted=False Conflicted` for it (Gateway API). A policy with a
+  sectionName holds its port against one on the whole entry, whatever their ages, as in Istio
+  (a port-level tls against the top-level one of the DestinationRule the policies become).
 - A DestinationRule whose `trafficPolicy.tls` is in force for the host (or port) wins, as in
   Istio, where the rule a user wrote overrides what a backend policy would fill in
   (pilot/pkg/model/destination_rule.go `mergeBackendPolicyTrafficPolicy`); `ambit apply` says so.
@@ -208,9 +210,14 @@ def apply_backend_tls(idx: Index, hosts: Hosts, routes: list[WaypointRoutes],
     if not policies:
         return routes, BackendTLS()
     run = _Run(idx, hosts, routes, notices)
-    for policy in policies:
-        with blame(policy):     # a bug here names the policy (the previous config stays in force)
-            run.policy(policy)
+    # targetRefs with a sectionName first: a port's policy holds its port against a whole-entry
+    # policy, whatever their ages, as Istio's port-level tls does against the top-level one
+    for sectioned in (True, False):
+        for policy in policies:
+            with blame(policy):     # a bug here names the policy (the previous config stays in force)
+                run.policy(policy, sectioned)
+    for ref, slots in run.slots.items():
+        run.out.ancestors[ref] = [slots[i] for i in sorted(slots)]
     return [run.by_host[k] for k in sorted(run.by_host)], run.out
 
 
@@ -224,21 +231,25 @@ class _Run:
         self.configmaps = {f"{ns_of(c)}/{name_of(c)}": c for c in idx.kind("ConfigMap")}
         self.entries = {(ns_of(se), name_of(se)): se for se in idx.kind("ServiceEntry")}
         self.owner: dict[tuple[str, str, str, str, str], str] = {}
+        self.slots: dict[str, dict[int, Ancestor]] = {}     # policy ref -> targetRef index -> verdict
 
     def entry(self, host: str) -> WaypointRoutes:
         if host not in self.by_host:
             self.by_host[host] = self.hosts.routes(host)
         return self.by_host[host]
 
-    def policy(self, policy: Obj) -> None:
-        """One policy: its verdict per targetRef, and its TLS applied where it wins."""
+    def policy(self, policy: Obj, sectioned: bool) -> None:
+        """One policy's targetRefs with (`sectioned`) or without a sectionName: the verdict of
+        each, and its TLS applied where it wins."""
         ref, spec = object_ref(policy), policy.get("spec") or {}
         validation = spec.get("validation") or {}
         pem, resolved, refused = _trust(policy, self.configmaps)
         tls = _Tls(validation.get("hostname", ""), tuple(s.get("hostname") or s.get("uri") or ""
                                                          for s in validation.get("subjectAltNames") or []), pem)
-        verdicts = self.out.ancestors.setdefault(ref, [])
+        verdicts = self.slots.setdefault(ref, {})
         for i, t in enumerate(spec.get("targetRefs") or []):
+            if bool(t.get("sectionName")) != sectioned:
+                continue
             ancestor = {k: t[k] for k in ("group", "kind", "name", "sectionName") if t.get(k) is not None}
             path = f"spec.targetRefs[{i}]"
             se, port, why = _target(policy, t, self.entries)
@@ -246,12 +257,12 @@ class _Run:
                 why = (False, "Conflicted", f"conflicts with BackendTLSPolicy {self.owner[_key(policy, t)]}, which "
                                             "targets the same backend and is older (Gateway API: the oldest policy wins)")
             if why is not None or se is None:
-                verdicts.append(Ancestor(ancestor, why or (False, "TargetNotFound", ""), resolved))
+                verdicts[i] = Ancestor(ancestor, why or (False, "TargetNotFound", ""), resolved)
                 self.notices.append(Notice(ref, path, f"not applied: {why[2] if why else ''}", NOT_APPLIED))
                 continue
             self.owner[_key(policy, t)] = ref
             message = self.target(ref, path, ns_of(policy), se, port, tls)
-            verdicts.append(Ancestor(ancestor, refused or (True, "Accepted", message), resolved))
+            verdicts[i] = Ancestor(ancestor, refused or (True, "Accepted", message), resolved)
 
     def target(self, ref: str, path: str, ns: str, se: Obj, port: int, tls: _Tls) -> str:
         """Apply `tls` to the entry's hosts (`port`: that port only); the Accepted message."""

@@ -312,3 +312,25 @@ def test_analyzing_files_alone_does_not_call_an_entry_elsewhere_missing() -> Non
     """`ambit analyze -f policy.yaml`: the ServiceEntry may be in other files or the cluster."""
     assert [f for f in analyze([policy()], complete=False) if f.code == "AMB0125"] == []
     assert [f.code for f in analyze([policy()], complete=True) if f.code == "AMB0125"] == ["AMB0125"]
+
+
+def test_a_section_policy_wins_its_port_over_an_older_whole_entry_policy() -> None:
+    """Istio turns a policy with a sectionName into a port-level tls and one without into the
+    top-level tls of the same DestinationRule, so the port's policy is in force on its port
+    whatever the ages (pilot/pkg/config/kube/gateway/backend_policies.go). Before, an older
+    whole-entry policy kept the port, and the section policy was said to be overridden by a
+    DestinationRule that does not exist."""
+    other = pem(make_ca("other-ca")[0])
+    whole = policy("whole", created="2026-01-01T00:00:00Z")
+    section = policy("section", created="2026-02-01T00:00:00Z", hostname="admin.example.com",
+                     caCertificateRefs=[{"group": "", "kind": "ConfigMap", "name": "other-ca"}],
+                     targets=[{"group": "networking.istio.io", "kind": "ServiceEntry", "name": "api",
+                               "sectionName": "http"}])
+    objs = [entry(), waypoint(), configmap(), configmap("other-ca", {"ca.crt": other}), whole, section]
+    wr, tr = routes_of(objs)
+    from waypoint.traffic.cluster import effective_policy
+    assert (effective_policy(wr, 80, "").sni, effective_policy(wr, 80, "").ca_certificate_pem) == \
+        ("admin.example.com", other)
+    assert (effective_policy(wr, 8080, "").sni, effective_policy(wr, 8080, "").ca_certificate_pem) == (HOST, CA)
+    assert not [n for n in tr.parents.notices if n.cause == "BackendTLSOverridden"]
+    assert [v[1] for v in verdicts(tr, "section")] == ["Accepted"]
