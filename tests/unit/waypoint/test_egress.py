@@ -278,3 +278,16 @@ def test_hosts_share_one_tls_context_and_contexts_are_bounded(tmp_path: Path) ->
         f.write_bytes(ca)
         origination(TrafficPolicy(tls_mode="SIMPLE", ca_certificates=str(f)), "h")
     assert len(orig._CONTEXTS) == orig.MAX_CONTEXTS
+
+
+def test_an_inline_bundle_with_non_ascii_text_trusts_its_certificates(tmp_path: Path) -> None:
+    """A BackendTLSPolicy bundle as an older controller sends it, the ConfigMap's text whole: its
+    comments may be non-ASCII (Mozilla's cacert.pem), which OpenSSL refuses in a str. The
+    certificates are trusted; a block that is itself not ASCII trusts nothing (fails closed).
+    Before, origination raised TypeError on every request."""
+    ca, _, _ = _ca("bundle-ca", tmp_path)
+    o = origination(TrafficPolicy(tls_mode="SIMPLE", ca_certificate_pem="# Főtanúsítvány\n" + ca.decode()), "h")
+    assert o is not None and [c["subject"] for c in o.context.get_ca_certs()] == [((("commonName", "bundle-ca"),),)]
+    bad = "-----BEGIN CERTIFICATE-----\nő\n-----END CERTIFICATE-----\n"
+    o = origination(TrafficPolicy(tls_mode="SIMPLE", ca_certificate_pem=bad), "h")
+    assert o is not None and o.context.get_ca_certs() == [] and o.context.verify_mode == ssl.CERT_REQUIRED
