@@ -579,24 +579,54 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
     return t
 
 
-def _port_policies(base: Obj, settings: list[Obj]) -> list[PortPolicy]:
-    return [PortPolicy(port=int(s["port"]["number"]), policy=flatten_policy(_merge(base, s))) for s in settings]
+# What a portLevelSettings entry holds (Istio's PortTrafficPolicy). Istio copies only these from it
+# and inherits nothing from the rule's trafficPolicy (pilot/pkg/networking/util/util.go
+# GetPortLevelTrafficPolicy, shadowCopyPortTrafficPolicy): "default values will be applied to fields
+# omitted in port-level traffic policies", as the DestinationRule CRD says.
+_PORT_PARTS = ("loadBalancer", "connectionPool", "outlierDetection", "tls")
+
+
+def _port_only(pls: Obj) -> Obj:
+    """A portLevelSettings entry as the whole policy of its port (nothing inherited)."""
+    return {k: pls[k] for k in _PORT_PARTS if pls.get(k) is not None}
+
+
+def _port_policies(settings: list[Obj]) -> list[PortPolicy]:
+    return [PortPolicy(port=int(s["port"]["number"]), policy=flatten_policy(_port_only(s))) for s in settings]
+
+
+def _subset_port_policy(top: Obj, host_pls: Obj | None, sp: Obj, sub_pls: Obj | None) -> Obj:
+    """Istio's MergeSubsetTrafficPolicy for one port: the rule's policy for the port (its
+    port-level entry alone, when it has one), overridden by the subset's policy for the port (its
+    port-level entry alone, when it has one: then every part comes from that entry, unset parts
+    included, as MergeTrafficPolicy's hasPortLevel)."""
+    original = _port_only(host_pls) if host_pls is not None else top
+    if sub_pls is None:
+        return _merge(original, sp)
+    out = {k: v for k, v in original.items() if k not in _PORT_PARTS}
+    out.update(_port_only(sub_pls))
+    return out
+
+
+def port_parts_not_inherited(top: Obj, pls: Obj) -> list[str]:
+    """The parts of the rule's trafficPolicy a portLevelSettings entry does not inherit (set at the
+    top, absent from the entry): defaults apply to them on that port, as in Istio."""
+    return [k for k in (*_PORT_PARTS, "retryBudget") if top.get(k) is not None and pls.get(k) is None]
 
 
 def _apply_dr(wr: WaypointRoutes, dr: MergedRule) -> None:
     spec = dr.spec
     top = spec.get("trafficPolicy") or {}
     wr.policy = flatten_policy(top)
-    wr.port_policies = _port_policies(top, top.get("portLevelSettings") or [])
+    wr.port_policies = _port_policies(top.get("portLevelSettings") or [])
     host_pls = {int(x["port"]["number"]): x for x in top.get("portLevelSettings") or []}
     for s in spec.get("subsets") or []:
         sp = s.get("trafficPolicy") or {}
         merged = _merge(top, sp)
         sub_pls = {int(x["port"]["number"]): x for x in sp.get("portLevelSettings") or []}
-        # Istio's MergeTrafficPolicy (pilot/pkg/networking/core/cluster_builder.go), per part: the
-        # host policy, its port-level settings, the subset's policy, the subset's port-level settings
-        pps = [PortPolicy(port=p, policy=flatten_policy(_merge(_merge(_merge(top, host_pls.get(p)), sp),
-                                                              sub_pls.get(p))))
+        # Istio's MergeSubsetTrafficPolicy per port (pilot/pkg/networking/util/util.go): port-level
+        # entries replace, the subset's parts override
+        pps = [PortPolicy(port=p, policy=flatten_policy(_subset_port_policy(top, host_pls.get(p), sp, sub_pls.get(p))))
                for p in sorted(host_pls.keys() | sub_pls.keys())]
         wr.subsets.append(Subset(name=s["name"], labels=dict(s.get("labels") or {}), policy=flatten_policy(merged),
                                  port_policies=pps))

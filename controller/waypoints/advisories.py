@@ -52,7 +52,7 @@ from controller.translate import translate
 from controller.translate.delegates import Delegation
 from controller.translate.destinationrules import rules_by_host, rules_in_force
 from controller.translate.index import age_key, ns_of, waypoint_ref
-from controller.translate.routes import NOT_EXPORTED, VS_REDIRECT_CODES, Hosts
+from controller.translate.routes import NOT_EXPORTED, VS_REDIRECT_CODES, Hosts, port_parts_not_inherited
 from controller.translate.visibility import export_text, restricted, visible_to
 from controller.translate.waypoints import SERVES_SERVICES
 from controller.validation import object_ref, split_valid
@@ -656,8 +656,16 @@ def _policy_fields(p: Obj | None, base: str, entry: bool = False, outlier: bool 
         elif (p or {}).get(f) is not None:
             out.append((f"{base}.{f}", why))
     for i, pl in enumerate((p or {}).get("portLevelSettings") or []):
-        out += _policy_fields({k: v for k, v in pl.items() if k != "port"}, f"{base}.portLevelSettings[{i}]", entry,
-                              outlier)
+        # a port-level entry inherits nothing (Istio): its own outlierDetection decides its failover
+        out += _policy_fields({k: v for k, v in pl.items() if k != "port"}, f"{base}.portLevelSettings[{i}]", entry)
+        lost = port_parts_not_inherited(p or {}, pl)
+        if lost:
+            port = (pl.get("port") or {}).get("number")
+            out.append((f"{base}.portLevelSettings[{i}]", (
+                f"port {port} does not inherit {', '.join(lost)} from the trafficPolicy it is in: a port-level entry "
+                "replaces that policy for its port and what it leaves out takes its default, as in Istio"
+                + ("; no TLS is originated on that port" if "tls" in lost else "")
+                + "; repeat them in the entry to keep them")))
     return out
 
 

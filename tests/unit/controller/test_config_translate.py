@@ -9,6 +9,7 @@ import pytest
 
 from ambit.model import RESOURCE_TYPES, Authorization, Match, PeerAuthn, Rule, WaypointRoutes, Workload
 from controller.translate import Translation, translate
+from controller.waypoints.advisories import advisories
 from tests.unit.controller.ctl_examples import example_docs
 
 
@@ -422,6 +423,43 @@ def test_destination_rule_subset_policies_merge_over_the_host_policy() -> None:
     assert (v2.labels, v2.policy.lb, v2.policy.max_connections) == ({"version": "v2"}, "ROUND_ROBIN", 10)
     assert (v2.policy.outlier_detection, v2.policy.consecutive_gateway_errors, v2.policy.interval,
             v2.policy.base_ejection_time) == (True, 3, 5.0, 30.0)
+
+
+def test_a_port_level_entry_replaces_the_policy_it_is_in_and_inherits_nothing() -> None:
+    """Istio's GetPortLevelTrafficPolicy / MergeSubsetTrafficPolicy (and the DestinationRule CRD:
+    "default values will be applied to fields omitted in port-level traffic policies"): port 9080's
+    entry sets only a connection pool, so on 9080 the host's RANDOM balancing, its outlier
+    detection and its TLS origination are not in force; the other port keeps them. A subset's
+    policy still overrides per part, and a subset's own port-level entry replaces all four parts.
+    `ambit apply` names what the entry does not inherit."""
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "r", "namespace": "demo"},
+          "spec": {"host": "reviews.demo.svc.cluster.local",
+                   "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}, "tls": {"mode": "SIMPLE"},
+                                     "outlierDetection": {"consecutive5xxErrors": 2},
+                                     "portLevelSettings": [{"port": {"number": 9080},
+                                                            "connectionPool": {"tcp": {"maxConnections": 7}}}]},
+                   "subsets": [{"name": "v1", "labels": {"version": "v1"},
+                                "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}},
+                               {"name": "v2", "labels": {"version": "v2"},
+                                "trafficPolicy": {"portLevelSettings": [{"port": {"number": 9080},
+                                                                         "tls": {"mode": "SIMPLE", "sni": "v2.example"}}]}}]}}
+    wr = routes_for(SVCS + [dr], "reviews.demo.svc.cluster.local")
+    assert (wr.policy.lb, wr.policy.tls_mode, wr.policy.outlier_detection) == ("RANDOM", "SIMPLE", True)
+    [port] = wr.port_policies
+    assert (port.port, port.policy.max_connections) == (9080, 7)
+    assert (port.policy.lb, port.policy.tls_mode, port.policy.outlier_detection) == ("", "", False), \
+        "a port-level entry inherits nothing from the host's policy"
+    v1, v2 = wr.subsets
+    [v1_port] = v1.port_policies
+    assert (v1_port.policy.lb, v1_port.policy.max_connections, v1_port.policy.tls_mode) == ("ROUND_ROBIN", 7, ""), \
+        "the subset's loadBalancer over the host's port-level entry"
+    [v2_port] = v2.port_policies
+    assert (v2_port.policy.tls_mode, v2_port.policy.sni, v2_port.policy.max_connections, v2_port.policy.lb) == \
+        ("SIMPLE", "v2.example", 0, ""), "the subset's port-level entry replaces all four parts"
+    warned = {a.path: a.reason for a in advisories(SVCS + [dr])}
+    assert "port 9080 does not inherit loadBalancer, outlierDetection, tls from the trafficPolicy it is in" in \
+        warned["spec.trafficPolicy.portLevelSettings[0]"]
+    assert "no TLS is originated on that port" in warned["spec.trafficPolicy.portLevelSettings[0]"]
 
 
 def test_outlier_detection_http_error_codes_reach_every_policy_level() -> None:
