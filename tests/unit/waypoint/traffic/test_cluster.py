@@ -190,7 +190,9 @@ def test_a_cluster_goes_with_its_service_port_or_subset_even_under_the_default_p
 
 
 def test_subset_and_port_level_policies_merge_as_istio() -> None:
-    """Istio's MergeTrafficPolicy, per part: host, host port-level, subset, subset port-level."""
+    """Istio's MergeSubsetTrafficPolicy: a port-level entry replaces the policy it is in for its
+    port (inheriting nothing), a subset's policy overrides per part, a subset's port-level entry
+    replaces all four parts (here: no outlier detection, as that entry sets none)."""
     objs = [service("web", {"app": "web"}, [{"name": "http", "port": 80}, {"name": "http-alt", "port": 81}])]
     dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "w", "namespace": "demo"},
           "spec": {"host": "web",
@@ -209,9 +211,9 @@ def test_subset_and_port_level_policies_merge_as_istio() -> None:
     t = translate(objs + [dr])
     wr = {r.hostname: r for r in t.waypoint_routes}["web.demo.svc.cluster.local"]
 
-    def pol(port: int, subset: str = "") -> tuple[str, int]:
+    def pol(port: int, subset: str = "") -> tuple[str, int | None]:
         p = effective_policy(wr, port, subset)
-        return p.lb, p.consecutive_5xx_errors
+        return p.lb, p.consecutive_5xx_errors if p.outlier_detection else None
 
     assert pol(80) == ("RANDOM", 7)
     assert pol(81) == ("ROUND_ROBIN", 2)                 # port level over host
@@ -220,5 +222,5 @@ def test_subset_and_port_level_policies_merge_as_istio() -> None:
     assert pol(80, "lr") == ("LEAST_REQUEST", 7)         # the subset's part over the host's
     assert pol(81, "lr") == ("LEAST_REQUEST", 2)         # ... and over the host's port level
     assert pol(80, "own") == ("RANDOM", 7)
-    assert pol(81, "own") == ("CONSISTENT_HASH", 2)      # the subset's port level over all; OD from host port
+    assert pol(81, "own") == ("CONSISTENT_HASH", None)   # the subset's port level replaces all: no OD
     assert effective_policy(None, 80, "") == TrafficPolicy()
