@@ -186,6 +186,16 @@ def test_opaque_connections_are_balanced_by_the_same_priorities() -> None:
     assert set(got) == {"a1", "b1", "b2"} and 0.30 < got["a1"] / 2000 < 0.40
 
 
+def entry_spread(p: WaypointProxy, entry: Service, n: int = 100) -> Counter[str]:
+    """Where `n` requests to ServiceEntry `entry` (added to the waypoint's config) go."""
+    _apply(p.config, Service.TYPE, {**p.config.view.services, entry.resource_name: entry}, "2")
+    down, why = p.downstream("spiffe://cluster.local/ns/default/sa/frontend", "10.0.2.5", f"{entry.vips[0]}:80")
+    assert down is not None, why
+    fwd = Forward(entry.resource_name, 80, "", entry.hostname)
+    return Counter(t.address if t is not None else "503"
+                   for t in (p.upstream(fwd, RequestHead("GET", "/", entry.hostname), down) for _ in range(n)))
+
+
 def test_service_entry_addresses_have_no_locality_and_are_balanced_as_before() -> None:
     p = waypoint("PreferSameZone")
     entry = Service(name="ext.example.com", namespace="demo", hostname="ext.example.com", vips=["240.0.0.9"],
@@ -193,13 +203,7 @@ def test_service_entry_addresses_have_no_locality_and_are_balanced_as_before() -
                     location="MESH_INTERNAL", waypoint="default/waypoint", traffic_distribution="PreferSameZone",
                     endpoints=[Endpoint("", "192.0.2.1"), Endpoint("", "192.0.2.2"),
                                Endpoint("", "192.0.2.3", ready=False)])
-    _apply(p.config, Service.TYPE, {**p.config.view.services, entry.resource_name: entry}, "2")
-    down, why = p.downstream("spiffe://cluster.local/ns/default/sa/frontend", "10.0.2.5", "240.0.0.9:80")
-    assert down is not None, why
-    fwd = Forward(entry.resource_name, 80, "", entry.hostname)
-    got = Counter(t.address if t is not None else "503"
-                  for t in (p.upstream(fwd, RequestHead("GET", "/", entry.hostname), down) for _ in range(100)))
-    assert set(got) == {"192.0.2.1:80", "192.0.2.2:80"}
+    assert set(entry_spread(p, entry)) == {"192.0.2.1:80", "192.0.2.2:80"}
     # and the Service's own endpoints still prefer the zone
     assert set(spread(p)) == {"a1", "a2", "a3", "a4"}
 
@@ -213,13 +217,7 @@ def test_service_entry_endpoints_with_their_own_locality_are_prioritised_by_it()
                     location="MESH_EXTERNAL", waypoint="default/waypoint", traffic_distribution="PreferSameZone",
                     endpoints=[Endpoint("", "192.0.2.1", locality="r2/z1"), Endpoint("", "192.0.2.2", locality="r1/z1"),
                                Endpoint("", "192.0.2.3", locality="r1/z2")])
-    _apply(p.config, Service.TYPE, {**p.config.view.services, entry.resource_name: entry}, "2")
-    down, why = p.downstream("spiffe://cluster.local/ns/default/sa/frontend", "10.0.2.5", "240.0.0.10:80")
-    assert down is not None, why
-    fwd = Forward(entry.resource_name, 80, "", entry.hostname)
-    got = Counter(t.address if t is not None else "503"
-                  for t in (p.upstream(fwd, RequestHead("GET", "/", entry.hostname), down) for _ in range(100)))
-    assert set(got) == {"192.0.2.2:80"}
+    assert set(entry_spread(p, entry)) == {"192.0.2.2:80"}
 
 
 def test_a_zone_whose_endpoints_are_all_unready_fails_over_to_its_region_then_beyond() -> None:
