@@ -544,7 +544,7 @@ def _fault_fields(ref: str, fault: Obj | None, base: str) -> list[Advisory]:
                                 "as in Istio; set percentage.value (0-100) to say which", NOT_ENFORCED))
         if part == "delay" and f.get("exponentialDelay"):
             out.append(Advisory(ref, f"{base}.delay.exponentialDelay", "applied as a fixed delay of that duration "
-                                "(Istio does not apply exponentialDelay)", NOT_ENFORCED))
+                                "(Istio's validation refuses exponentialDelay: not supported yet)", NOT_ENFORCED))
     return out
 
 
