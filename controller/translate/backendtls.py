@@ -144,11 +144,13 @@ def _with_tls(base: TrafficPolicy | None, tls: _Tls) -> TrafficPolicy:
                                private_key="", insecure_skip_verify=False, ca_certificate_pem=tls.pem)
 
 
-def _fill(pps: list[PortPolicy], port: int, base: TrafficPolicy | None, tls: _Tls) -> bool:
+def _fill(pps: list[PortPolicy], port: int, base: TrafficPolicy | None, tls: _Tls, over_base: bool = False) -> bool:
     """Port `port`'s TLS in `pps` (a port policy over `base` when it has none); False when TLS
-    is already set there (a DestinationRule's, which wins)."""
+    is already set there (a DestinationRule's, which wins). `over_base`: a TLS `base` does not
+    count (the host's own port: Istio makes the policy that port's port-level tls, which replaces
+    the rule's top-level one for the port; a port-level tls of the rule's still wins)."""
     pp = next((p for p in pps if p.port == port), None)
-    current = pp.policy if pp is not None else base
+    current = pp.policy if pp is not None else (None if over_base else base)
     if current is not None and current.tls_mode:
         return False
     if pp is None:
@@ -162,7 +164,7 @@ def _apply(wr: WaypointRoutes, port: int, tls: _Tls) -> bool:
     """Originate `tls` for `wr`'s host (`port`: that port only) wherever no DestinationRule set
     TLS already; False when a DestinationRule's TLS is in force for the host (or port) itself."""
     if port:
-        applied = _fill(wr.port_policies, port, wr.policy, tls)
+        applied = _fill(wr.port_policies, port, wr.policy, tls, over_base=True)
         for s in wr.subsets:        # a subset without TLS of its own takes the port's, as in Istio's merge
             _fill(s.port_policies, port, s.policy, tls)
         return applied

@@ -193,6 +193,27 @@ def test_a_destination_rules_tls_wins_and_its_other_fields_stay() -> None:
     assert not [n for n in tr.parents.notices if n.cause == "BackendTLSOverridden"]
 
 
+def test_a_section_policy_wins_its_port_over_the_rules_top_level_tls() -> None:
+    """Istio makes a policy with a sectionName the port-level tls of the merged DestinationRule
+    (mergeBackendPolicyPortLevelSettings), and a port-level entry replaces the rule's top-level
+    tls on its port: the policy's TLS is in force on port 80, the rule's on the other port. A
+    port-level tls of the rule's own still wins its port."""
+    section = {"group": "networking.istio.io", "kind": "ServiceEntry", "name": "api", "sectionName": "http"}
+    dr_tls = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+              "metadata": {"name": "api", "namespace": NS},
+              "spec": {"host": HOST, "trafficPolicy": {"tls": {"mode": "SIMPLE", "sni": "dr.example"}}}}
+    wr, tr = routes_of([entry(), waypoint(), configmap(), dr_tls, policy(targets=[section])])
+    assert wr.policy.sni == "dr.example"
+    [pp] = wr.port_policies
+    assert (pp.port, pp.policy.sni, pp.policy.ca_certificate_pem) == (80, HOST, CA)
+    assert not [n for n in tr.parents.notices if n.cause == "BackendTLSOverridden"]
+    dr_tls["spec"]["trafficPolicy"]["portLevelSettings"] = [{"port": {"number": 80},
+                                                             "tls": {"mode": "SIMPLE", "sni": "port.example"}}]
+    wr, tr = routes_of([entry(), waypoint(), configmap(), dr_tls, policy(targets=[section])])
+    assert [(pp.port, pp.policy.sni) for pp in wr.port_policies] == [(80, "port.example")]
+    assert [n for n in tr.parents.notices if n.cause == "BackendTLSOverridden"]
+
+
 def test_a_host_no_waypoint_serves_is_warned() -> None:
     objs = [entry(waypoint="none"), configmap(), policy()]
     found = [a for a in advisories(objs) if a.ref == f"BackendTLSPolicy/{NS}/api-tls"]
