@@ -802,13 +802,14 @@ class MeshSettings(Resource):
     # MeshConfig outboundTrafficPolicy.mode: ALLOW_ANY passes connections to unknown addresses
     # through; REGISTRY_ONLY refuses them (ztunnel.routing.decide).
     outbound_traffic_policy: str = "ALLOW_ANY"
-    # MeshConfig localityLbSetting ({enabled, distribute, failover, failoverPriority}, as a
-    # DestinationRule's; {}: unset, Istio's default of enabled): a waypoint's locality balancing
-    # for clusters whose DestinationRule sets none and whose Service has no trafficDistribution
-    # (Istio's order). Advisory: an older waypoint keeps the default.
-    locality_lb_setting: dict[str, Any] = field(default_factory=dict)
+    # MeshConfig localityLbSetting, flattened by the controller as a DestinationRule's is (only
+    # the `locality_*` fields of the TrafficPolicy are set; None: unset, Istio's default of
+    # enabled): a waypoint's locality balancing for clusters whose DestinationRule sets none and
+    # whose Service has no trafficDistribution (Istio's order). Advisory: an older waypoint keeps
+    # the default.
+    locality: TrafficPolicy | None = None
 
-    ADVISORY: ClassVar[tuple[str, ...]] = ("locality_lb_setting",)
+    ADVISORY: ClassVar[tuple[str, ...]] = ("locality",)
 
     @property
     def resource_name(self) -> str:

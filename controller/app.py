@@ -22,11 +22,12 @@ from typing import Any
 
 from ambit.api import config_pb2
 from ambit.configclient.codec import Encoded, encode
-from ambit.model import Workload
+from ambit.model import TrafficPolicy, Workload
 from controller.configserver import ConfigServer
 from controller.jwks import JwksCache
 from controller.sources import Snapshot, Source
 from controller.translate import Translation, TranslationBug, translate
+from controller.translate.routes import flatten_policy
 from controller.translate.waypoints import gateway_of
 from controller.validation import FieldError
 
@@ -50,6 +51,12 @@ def content_version(by_type: dict[str, list[Any]], encoded: Mapping[int, Encoded
             h.update(f"{t}\0{e.name}\0{e.version}\n".encode())
     return "v" + h.hexdigest()[:12]
 
+
+
+def mesh_locality(setting: dict[str, Any]) -> TrafficPolicy | None:
+    """The mesh config's localityLbSetting as the waypoints read a DestinationRule's (the same
+    flattening, controller.translate.routes): None when unset."""
+    return flatten_policy({"loadBalancer": {"localityLbSetting": setting}}) if setting else None
 
 class Controller:
     """Wires a Source to a ConfigServer. `on_snapshot` runs on the source's thread."""
@@ -144,7 +151,7 @@ class Controller:
             for m in tr.mesh_settings:
                 m.extension_providers, m.default_providers = self.mesh_telemetry
                 m.outbound_traffic_policy = self.outbound_traffic_policy
-                m.locality_lb_setting = dict(self.locality_lb_setting)
+                m.locality = mesh_locality(self.locality_lb_setting)
         except Exception as e:  # noqa: BLE001 - a translation bug must not take the mesh down
             ref = e.ref if isinstance(e, TranslationBug) else "controller"
             log.exception("translation failed at %s; keeping the previous config (version %s)",

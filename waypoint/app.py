@@ -480,7 +480,7 @@ class WaypointProxy:
         view = self.config.view
         if view is not self._clusters_view:
             self.clusters.update({s: hr.config for s, hr in view.table.by_service.items() if hr.config is not None},
-                                 view.services, view.mesh.locality_lb_setting if view.mesh is not None else None)
+                                 view.services, view.mesh.locality if view.mesh is not None else None)
             self._clusters_view = view
             own = _place_of(self._own_workload())     # where this waypoint runs: locality balancing's vantage point
             moved = own != self.clusters.own

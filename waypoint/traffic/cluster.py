@@ -28,7 +28,6 @@ import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ambit.model import Service, TrafficPolicy, WaypointRoutes
 from waypoint.http.attempt import Outcome
@@ -106,7 +105,7 @@ class Cluster:
 
     def __init__(self, key: ClusterKey, policy: TrafficPolicy, clock: Clock, rng: random.Random,
                  hostname: str = "", own: Place = ("", {}), distribution: str = "",
-                 mesh_locality: Mapping[str, Any] | None = None) -> None:
+                 mesh_locality: TrafficPolicy | None = None) -> None:
         self.key = key
         self.hostname = hostname or key.service
         self.name = cluster_name(self.hostname, key.port, key.subset)
@@ -333,20 +332,19 @@ class Clusters:
         self._clusters: dict[tuple[str, int, str], Cluster] = {}
         self._routes: Mapping[str, WaypointRoutes] = {}
         self._services: Mapping[str, Service] = {}
-        self.mesh_locality: dict[str, Any] = {}     # MeshConfig localityLbSetting ({}: unset)
+        self.mesh_locality: TrafficPolicy | None = None     # MeshConfig localityLbSetting (None: unset)
         self.own: Place = ("", {})      # the waypoint's locality and labels (its own Workload's)
 
     def update(self, routes_by_service: Mapping[str, WaypointRoutes], services: Mapping[str, Service],
-               mesh_locality: Mapping[str, Any] | None = None) -> None:
+               mesh_locality: TrafficPolicy | None = None) -> None:
         """A new config: `routes_by_service` maps "ns/name" to the WaypointRoutes of its host,
         `services` every Service (and ServiceEntry) by "ns/name", `mesh_locality` the mesh-wide
         localityLbSetting. A cluster stays while its Service has its port (and the DestinationRule
         its subset) and its policy, trafficDistribution and the mesh's setting are unchanged."""
         self._routes = routes_by_service
         self._services = services
-        mesh = dict(mesh_locality or {})
-        if mesh != self.mesh_locality:
-            self.mesh_locality = mesh
+        if mesh_locality != self.mesh_locality:
+            self.mesh_locality = mesh_locality
             self._clusters = {}
             return
         keep: dict[tuple[str, int, str], Cluster] = {}

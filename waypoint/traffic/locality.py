@@ -82,9 +82,10 @@ class Setting:
     forced: bool = False        # trafficDistribution: failover without outlier detection (Istio's Force)
 
     @classmethod
-    def of(cls, policy: Any, distribution: str = "", mesh: Mapping[str, Any] | None = None) -> Setting | None:
+    def of(cls, policy: Any, distribution: str = "", mesh: Any = None) -> Setting | None:
         """The setting of a TrafficPolicy for a Service whose `trafficDistribution` is
-        `distribution`, under the mesh-wide `localityLbSetting` `mesh` (MeshSettings; empty: unset),
+        `distribution`, under the mesh-wide `localityLbSetting` `mesh` (MeshSettings.locality, a
+        TrafficPolicy with only its locality fields; None: unset),
         or None when locality changes nothing for it: disabled, or neither `distribute` nor outlier
         detection (Istio's `enableFailover`) nor a trafficDistribution. Istio's order
         (`GetEffectiveLbSetting`): the rule's own `localityLbSetting`, else the Service's
@@ -93,11 +94,9 @@ class Setting:
             keys = PREFER.get(distribution) if distribution else None
             if keys is not None:
                 return cls(failover_priority=keys, outlier_detection=policy.outlier_detection, forced=True)
-            if mesh:
-                return cls._of_fields(mesh.get("enabled") is False,
-                                      [[d.get("from", ""), d.get("to") or {}] for d in mesh.get("distribute") or []],
-                                      [[f.get("from", ""), f.get("to", "")] for f in mesh.get("failover") or []],
-                                      list(mesh.get("failoverPriority") or []), policy.outlier_detection)
+            if mesh is not None:
+                return cls._of_fields(mesh.locality_disabled, mesh.locality_distribute, mesh.locality_failover,
+                                      mesh.locality_failover_priority, policy.outlier_detection)
         return cls._of_fields(policy.locality_disabled, policy.locality_distribute, policy.locality_failover,
                               policy.locality_failover_priority, policy.outlier_detection)
 

@@ -176,6 +176,7 @@ def test_a_mesh_wide_locality_lb_setting_is_checked_as_a_destination_rules_and_s
     server = ConfigServer(debounce=0.0, registry=CollectorRegistry())
     ctl = Controller(_NoSource(), server)
     ctl.on_snapshot([])
-    assert settings(server)[0].locality_lb_setting == {}
+    assert settings(server)[0].locality is None
     ctl.set_locality_lb_setting({"failover": [{"from": "us-east", "to": "eu-west"}]})
-    assert settings(server)[0].locality_lb_setting == {"failover": [{"from": "us-east", "to": "eu-west"}]}
+    served = settings(server)[0].locality       # flattened as a DestinationRule's, for the waypoints
+    assert served is not None and served.locality_set and served.locality_failover == [["us-east", "eu-west"]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ambit.model import MeshSettings, TrafficPolicy
+from controller.app import mesh_locality
 from tests.unit.waypoint.traffic.test_traffic_distribution import _apply, spread, waypoint, zone_a
 from waypoint.app import WaypointProxy
 
@@ -15,8 +16,8 @@ OUTLIER = TrafficPolicy(outlier_detection=True)
 
 
 def with_mesh(p: WaypointProxy, setting: dict[str, Any], version: str = "2") -> WaypointProxy:
-    _apply(p.config, MeshSettings.TYPE, {"mesh": MeshSettings(trust_domain="cluster.local",
-                                                              locality_lb_setting=setting)}, version)
+    mesh = MeshSettings(trust_domain="cluster.local", locality=mesh_locality(setting))   # as the controller sends it
+    _apply(p.config, MeshSettings.TYPE, {"mesh": mesh}, version)
     return p
 
 
