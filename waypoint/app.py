@@ -46,7 +46,9 @@ from ambit.dataplane.listen import tcp_listener
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics
 from ambit.model import RouteDestination, Service, Workload
+from ambit.telemetry import CLIENT
 from ambit.telemetryconfig import TracingConfig
+from ambit.waypointpods import ready_waypoint_pods, waypoint_pods
 from waypoint import endpoints
 from waypoint.authz import Verdict, authorize
 from waypoint.config import View, WaypointConfig
@@ -99,13 +101,36 @@ def _place(v: View, pick: endpoints.Pick) -> Place:
     return (pick.locality, place[1]) if pick.locality else place
 
 
+def _via_waypoint(v: View, svc: Service) -> str:
+    """The waypoint ("ns/name") this proxy sends `svc`'s traffic through, "" for none: an ingress
+    gateway (the Telemetry API's CLIENT side) sends a Service bound to a waypoint there, since the
+    Service's pods accept tunnels only from their waypoint (ztunnel/admission.py `waypoint_check`).
+    Istio's gateways do so for Services labelled `istio.io/ingress-use-waypoint`; Ambit always
+    does (docs/ingress.md). A waypoint sends to the endpoints itself."""
+    wp = svc.waypoint
+    if not wp or v.side != CLIENT or not svc.vips or wp == f"{v.waypoint.namespace}/{v.waypoint.name}":
+        return ""
+    return wp
+
+
+def _ready(v: View, svc: Service, port: int, labels: Mapping[str, str] | None) -> list[endpoints.Pick]:
+    """The upstreams of `svc` port `port` (in the subset `labels`): its ready endpoints, or the pods
+    of the waypoint it is reached through (`_via_waypoint`), which choose the endpoint themselves
+    (so a subset chosen here is not applied there; `ambit apply` warns)."""
+    wp = _via_waypoint(v, svc)
+    if wp:
+        pods = waypoint_pods(v.workloads.values(), wp)
+        return endpoints.through_waypoint(svc, port, ready_waypoint_pods(v.services, wp, pods))
+    return endpoints.candidates(svc, port, labels, v.workloads, v.by_ip)
+
+
 def _places(v: View, svc: Service, port: int, labels: Mapping[str, str] | None,
             cands: Sequence[endpoints.Pick]) -> Places:
     """The places of `cands` (the ready endpoints of `svc` port `port`, in the subset `labels`) and,
     for a Service with trafficDistribution, the addresses and places of its endpoints that are not
     ready: Istio sends them to Envoy as unhealthy hosts, which count in their priority's total."""
     unready = ()
-    if svc.traffic_distribution:
+    if svc.traffic_distribution and not _via_waypoint(v, svc):
         unready = tuple((p.address, _place(v, p))
                         for p in endpoints.candidates(svc, port, labels, v.workloads, v.by_ip, ready=False))
     return Places((_place(v, p) for p in cands), unready)
@@ -116,7 +141,7 @@ def _choose_among(v: View, svc: Service, port: int, labels: Mapping[str, str] | 
     """`WaypointProxy._choose` among the ready endpoints of `svc` port `port` (in the subset
     `labels`), not from the View's cache (opaque connections): their places are computed only for
     a cluster with locality balancing or a trafficDistribution."""
-    cands = endpoints.candidates(svc, port, labels, v.workloads, v.by_ip)
+    cands = _ready(v, svc, port, labels)
     return WaypointProxy._choose(cands, cluster, addresses=[p.address for p in cands],
                             places=_places(v, svc, port, labels, cands)
                             if cluster.locality is not None or cluster.distribution else None)
@@ -544,7 +569,7 @@ class WaypointProxy:
             labels = v.table.subset_labels(hostname, subset) if subset else None
             if subset and labels is None:
                 return None
-            cands = tuple(endpoints.candidates(svc, port, labels, v.workloads, v.by_ip))
+            cands = tuple(_ready(v, svc, port, labels))
             cached = v.candidates_cache[ck] = (cands, tuple(p.address for p in cands), _places(v, svc, port, labels, cands))
         return cached
 
@@ -596,8 +621,9 @@ class WaypointProxy:
             log.warning("endpoint %s (%s) is not in the mesh; the waypoint reaches endpoints over HBONE only",
                         pick.address, pick.workload)
             return None
-        # Pooled per endpoint *and* source: the tunnel's Forwarded header names one source.
-        key = f"{pick.address}/{pick.protocol} for {source_ip or '-'}"
+        # Pooled per endpoint *and* source: the tunnel's Forwarded header names one source; and per
+        # :authority, so a waypoint pod's tunnel for one Service never carries another's requests.
+        key = f"{pick.authority + ' via ' if pick.authority else ''}{pick.address}/{pick.protocol} for {source_ip or '-'}"
         return UpstreamTarget(key, pick.address, self._connector(pick, source_ip), pick.protocol, cluster,
                               response_headers)
 
@@ -618,7 +644,7 @@ class WaypointProxy:
 
     def _connector(self, pick: endpoints.Pick, source_ip: str | None):
         async def connect() -> Attachable:
-            st = await self.pool.connect(self.identity, pick.identity, pick.ip, pick.address,
+            st = await self.pool.connect(self.identity, pick.identity, pick.ip, pick.authority or pick.address,
                                          forwarded_for=source_ip,
                                          timeout=self.settings.tunnel.connect_timeout + self.settings.tunnel.cert_wait)
             return HBONETransport(st)

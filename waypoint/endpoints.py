@@ -38,6 +38,9 @@ class Pick:
     # A ServiceEntry endpoint's own `locality` (Istio's WorkloadEntry field), for locality balancing
     # and trafficDistribution; "": a pod's own (its Workload's), or unknown.
     locality: str = ""
+    # The CONNECT :authority when it is not this endpoint's own address: a pod of the Service's
+    # waypoint (`through_waypoint`) is asked for the Service, `<VIP>:<port>`, and chooses the pod.
+    authority: str = ""
 
     @property
     def address(self) -> str:
@@ -89,6 +92,21 @@ def candidates(svc: Service, port: int, subset_labels: Mapping[str, str] | None,
             pick = _pick(ep.ip, target_port(sp, ep), wl, protocol_of(sp))
             out.append(replace(pick, locality=ep.locality) if ep.locality else pick)
     return out
+
+
+def through_waypoint(svc: Service, port: int, pods: Iterable[Workload]) -> list[Pick]:
+    """`svc` port `port` reached through the pods of the waypoint it is bound to (ready ones first:
+    ambit/waypointpods.py), as an ingress gateway reaches it: each pod is asked over HBONE for the
+    Service's first VIP and `port`, as a client's ztunnel asks, and the waypoint applies the
+    Service's routes and policy and chooses its endpoint. Empty when the Service has no VIP (a
+    headless one: its clients address pods) or the port is not the Service's."""
+    sp = service_port(svc, port)
+    if sp is None or not svc.vips:
+        return []
+    vip = svc.vips[0]
+    authority = f"[{vip}]:{port}" if ":" in vip else f"{vip}:{port}"
+    return [Pick(w.ips[0], port, w.identity, protocol_of(sp), f"{w.namespace}/{w.name}", authority=authority)
+            for w in pods]
 
 
 def pick_workload(ip: str, port: int, by_ip: Mapping[str, Workload], protocol: str = "http1") -> Pick | None:

@@ -46,6 +46,8 @@ from typing import TypeVar
 
 from ambit.dataplane.ports import PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND
 from ambit.model import Service, ServicePort, Workload
+from ambit.waypointpods import ready_waypoint_pods as shared_ready
+from ambit.waypointpods import waypoint_pods as shared_pods
 from ztunnel.meshstate import MeshState, target_port
 
 PASSTHROUGH, HBONE, REFUSE = "passthrough", "hbone", "refuse"
@@ -135,33 +137,14 @@ def parse_addr(value: str) -> tuple[str, int]:
     return ip, p
 
 
-GATEWAY_NAME_LABELS = ("gateway.networking.k8s.io/gateway-name", "istio.io/gateway-name")
-
-
 def waypoint_pods(config: MeshState, waypoint: str) -> list[Workload]:
-    """The pods of waypoint Gateway `waypoint` ("ns/name"): HBONE workloads in its namespace
-    labelled with its name, in a stable order (round robin over them is then fair)."""
-    ns, _, name = waypoint.partition("/")
-    out = [w for w in config.view.workloads.values()
-           if w.namespace == ns and w.protocol == "HBONE" and w.ips
-           and any(w.labels.get(label) == name for label in GATEWAY_NAME_LABELS)]
-    return sorted(out, key=lambda w: w.uid)
+    """The pods of waypoint Gateway `waypoint` ("ns/name"), in a stable order (ambit/waypointpods.py)."""
+    return shared_pods(config.view.workloads.values(), waypoint)
 
 
 def ready_waypoint_pods(config: MeshState, waypoint: str, pods: list[Workload]) -> list[Workload]:
-    """Of `pods`, those that are ready endpoints of the waypoint's own Service (named after its
-    Gateway): during a rolling update of the waypoint's Deployment, its new pod is a workload as
-    soon as it runs, before its process listens or holds a certificate, and tunnels sent to it
-    then fail. The Service's EndpointSlices carry the pod's readiness (its /healthz/ready probe).
-    All of `pods` when none is ready or the Service is not known (yet): a waypoint pod enforces
-    the policy itself, so this is a choice of pod, never of whether policy applies."""
-    svc = config.view.services.get(waypoint)
-    if svc is None:
-        return pods
-    uids = {ep.workload_uid for ep in svc.endpoints if ep.ready and ep.workload_uid}
-    ips = {ep.ip for ep in svc.endpoints if ep.ready}
-    ready = [w for w in pods if w.uid in uids or w.ips[0] in ips]
-    return ready or pods
+    """Of `pods`, those that are ready endpoints of the waypoint's own Service (ambit/waypointpods.py)."""
+    return shared_ready(config.view.services, waypoint, pods)
 
 
 def via_waypoint(config: MeshState, waypoint: str, original: tuple[str, int], lb: RoundRobin | None,

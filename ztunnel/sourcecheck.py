@@ -29,9 +29,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ambit.model import Workload
+from ambit.waypointpods import GATEWAY_NAME_LABELS
 from ztunnel.meshstate import MeshState
 
-GATEWAY_NAME_LABELS = ("gateway.networking.k8s.io/gateway-name", "istio.io/gateway-name")
 # The capture exclusions (agent/capture/exclusions.py parses them for the agent; only the two
 # outbound ones matter here, and only to recognise traffic the source itself sends in plaintext).
 ANN_OUT_PORTS = "ambit.io/exclude-outbound-ports"

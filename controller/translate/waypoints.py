@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 from ambit.gatewayclasses import WAYPOINT_CLASSES
 from ambit.model import Service, Workload
+from ambit.waypointpods import GATEWAY_NAME_LABELS
 from controller.translate.index import Index, first_label, labels_of, name_of, ns_of
 from controller.translate.ingress import namespace_allowed
 from controller.validation import FieldError
@@ -41,7 +42,6 @@ WAYPOINT_FOR = ("service", "workload", "all", "none")
 # status (controller.waypoints.gateways) and the deployment (controller.waypoints.reconcile).
 NOT_A_WAYPOINT = ("the Gateway is not accepted and not used as a waypoint (not deployed; the Services and pods "
                   "that name it have their traffic refused, failing closed)")
-GATEWAY_NAME_LABELS = ("gateway.networking.k8s.io/gateway-name", "istio.io/gateway-name")
 # The waypoint-for values that take traffic addressed to a Service's VIP, and to a pod's IP.
 SERVES_SERVICES = ("service", "all")
 SERVES_WORKLOADS = ("workload", "all")

@@ -63,6 +63,7 @@ from controller.waypoints.gateways import (
     merge_conditions,
     waypoint_for,
 )
+from controller.waypoints.ingress_through import ingress_subsets
 from controller.waypoints.label_advisories import label_notes
 
 Obj = dict[str, Any]
@@ -169,6 +170,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             for n in Delegation(o for o in good if o.get("kind") == "VirtualService").notes()]
     out += [Advisory(ref, path, why, NOT_ENFORCED, cause) for ref, path, why, cause in
             label_notes(good, gateways, {(s.namespace, s.name): s.waypoint for s in tr.services})]
+    out += [Advisory(ref, path, why, NOT_ENFORCED, "UnsupportedValue") for ref, path, why in ingress_subsets(good, tr)]
     return out
 
 

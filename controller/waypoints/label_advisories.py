@@ -16,6 +16,11 @@ field asks for balancing that the mesh does not do, the user would otherwise fin
   ztunnel or the waypoint (each connection is balanced on its own).
 - a Service with `internalTrafficPolicy: Local` whose traffic goes through a waypoint: ztunnel
   keeps a client on its own node's endpoints, but a waypoint balances over every node's.
+- `istio.io/ingress-use-waypoint` (or `ambit.io/…`, on a Service or its namespace) set to false or to
+  a value Go's ParseBool does not read: Istio's gateways then go straight to the Service's pods.
+  Ambit's ingress gateways always send a Service bound to a waypoint through it, because its pods
+  accept tunnels only from their waypoint (waypoint/app.py `_via_waypoint`); so the value is not
+  applied, and the note says so. `true` (what Ambit does anyway) is not flagged.
 - a traffic distribution Ambit cannot read (controller/translate/distribution.py): a
   `trafficDistribution` value of a newer Kubernetes, or a `networking.istio.io/traffic-distribution`
   annotation (Service, ServiceEntry, Namespace) that is none of PreferClose, PreferSameZone,
@@ -72,6 +77,29 @@ def label_notes(objects: list[Obj], gateways: dict[tuple[str, str], Obj],
             out += _service_fields(o, ref, svc_waypoint.get((ns_of(o), name_of(o)), ""))
         if kind in ("Service", "Namespace"):
             out += _unread_distribution(o, ref, kind == "Service")
+            out += _ingress_use_waypoint(ref, labels)
+    return out
+
+
+INGRESS_USE_WAYPOINT = ("istio.io/ingress-use-waypoint", "ambit.io/ingress-use-waypoint")
+# Go's strconv.ParseBool, which Istio reads the label with (pilot/pkg/serviceregistry/ambient/services.go)
+_TRUE, _FALSE = ("1", "t", "T", "TRUE", "true", "True"), ("0", "f", "F", "FALSE", "false", "False")
+
+
+def _ingress_use_waypoint(ref: str, labels: dict[str, str]) -> list[Note]:
+    """The ingress-use-waypoint label, where it asks for what Ambit does not do."""
+    out: list[Note] = []
+    for key in INGRESS_USE_WAYPOINT:
+        value = labels.get(key)
+        if value is None or value in _TRUE:
+            continue
+        what = ("false" if value in _FALSE else
+                f"{value!r} is not a boolean (Istio reads it as false and logs a warning)")
+        out.append((ref, f"metadata.labels[{key}]", (
+            f"{what}: not applied: Ambit's ingress gateways always send a Service that uses a waypoint through "
+            "that waypoint, because the Service's pods accept tunnels only from it (going around it would be "
+            "refused); the waypoint's routes and L7 policy apply to ingress traffic, as with the label set to "
+            "true in Istio"), "UnsupportedValue"))
     return out
 
 

@@ -26,6 +26,7 @@ from ambit.dataplane import endpoint
 from ambit.dataplane.telemetry.metrics import LABELS as TCP_LABELS
 from ambit.dataplane.telemetry.metrics import scrape
 from ambit.labstore import LabStore
+from ambitctl.lab import outside
 from ambitctl.lab import waypoints as waypoints_mod
 from ambitctl.lab.apps.grpc_echo import UNARY
 from ambitctl.lab.topology import LabNames
@@ -525,6 +526,57 @@ def test_both_hops_carry_only_tls(wlab: Lab, tmp_path: Path) -> None:
     # hop 1, client pod -> waypoint, and hop 2, waypoint -> a myapp pod on node1: TLS records on :15008
     assert (front, wp_ip) in flows and (wp_ip, front) in flows, flows
     assert any(src == wp_ip and dst in mine for src, dst in flows), flows
+
+
+# --- an ingress gateway in front of a Service that uses the waypoint -------------------------------
+
+EDGE = [
+    {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+     "metadata": {"name": "edge", "namespace": "default", "annotations": {"lab.ambit.io/node": "node1"}},
+     "spec": {"gatewayClassName": "ambit", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}},
+    {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "edge", "namespace": "default"},
+     "spec": {"parentRefs": [{"name": "edge"}], "rules": [{"backendRefs": [{"name": "myapp", "port": 80}]}]}},
+    {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+     "metadata": {"name": "no-admin", "namespace": "default"},
+     "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "myapp"}], "action": "DENY",
+              "rules": [{"to": [{"operation": {"paths": ["/admin"]}}]}]}},
+]
+
+
+def test_an_ingress_gateway_sends_a_waypointed_service_through_its_waypoint(wlab: Lab) -> None:
+    """myapp's pods accept tunnels only from its waypoint (the enforcement rule), so the ingress
+    gateway sends its requests for myapp to the waypoint, as Istio's gateways do for Services
+    labelled istio.io/ingress-use-waypoint: the waypoint's routes (the seed VirtualService's
+    x-canary) and L7 policy (a DENY on /admin) apply to traffic from outside the mesh too. Before,
+    every such request was refused at myapp's ztunnel ("bypassed the waypoint") and answered 503."""
+    docs = example("istio/destination-rule.yaml") + example("istio/virtual-service.yaml")
+    for d in docs:
+        d["metadata"].setdefault("namespace", "default")
+    f = apply(wlab, docs + EDGE, wlab.tmp, "edge")  # type: ignore[attr-defined]
+    try:
+        def programmed() -> str | None:
+            st = json.loads(wlab.ambit("get", "gateway", "edge", "-n", "default", "-o", "json").stdout).get("status") or {}
+            ok = any(c["type"] == "Programmed" and c["status"] == "True" for c in st.get("conditions") or [])
+            return st["addresses"][0]["value"] if ok and st.get("addresses") else None
+        ip = wlab.wait_for(programmed, timeout=30, what="the edge Gateway Programmed")
+        outside_ns = outside.netns(LabNames(wlab.name))
+
+        def get(path: str, *opts: str) -> tuple[int, str]:
+            p = subprocess.run(["ip", "netns", "exec", outside_ns, "curl", "-sS", "-m", "5", "-o", "-", "-w",
+                                "\n%{http_code}", *opts, f"http://{ip}{path}"], capture_output=True, text=True, timeout=30)
+            body, _, code = p.stdout.rpartition("\n")
+            return int(code or 0), body
+        wlab.wait_for(lambda: get("/")[0] == 200 and get("/admin")[0] == 403, timeout=30, interval=0.5,
+                      what="myapp through the ingress gateway and the waypoint")
+        replies = [get("/", "-H", "x-canary: true") for _ in range(10)] + [get("/") for _ in range(10)]
+        assert all(code == 200 for code, _ in replies), replies
+        assert [json.loads(body)["version"] for _, body in replies] == ["v2"] * 10 + ["v1"] * 10
+        assert get("/admin") == (403, "RBAC: access denied")
+        # the waypoint served them, with the gateway's identity as the peer
+        line = [x for x in waypoint_log(wlab).splitlines() if "ambit.waypoint.access" in x and '"/admin"' in x][-1]
+        assert '"downstream_peer_principal": "spiffe://cluster.local/ns/default/sa/edge"' in line, line
+    finally:
+        delete(wlab, f)
 
 
 # --- waypoint-for ---------------------------------------------------------------------------------

@@ -101,3 +101,47 @@ def test_ambit_apply_prints_the_warning_and_creates_the_object(lab_dir: Path) ->
     rc, out, err = run("apply", "-f", "-", stdin=yaml.safe_dump(ns("shop", **{"ambit.io/dataplane-mode": "ambeint"})))
     assert rc == 0 and "namespace/shop created" in out
     assert "Warning: Namespace/shop: metadata.labels[ambit.io/dataplane-mode]: 'ambeint' is neither" in err
+
+
+def test_an_ingress_use_waypoint_label_ambit_does_not_apply_is_named() -> None:
+    """Ambit's ingress gateways always go through a Service's waypoint (its pods accept tunnels only
+    from it): `false` and values Istio does not read as booleans are not applied, and said so."""
+    got = found([waypoint(), svc("ratings", **{"istio.io/use-waypoint": "waypoint",
+                                               "istio.io/ingress-use-waypoint": "false"}),
+                 ns("shop", **{"ambit.io/ingress-use-waypoint": "yes"})])
+    assert got[("Service/demo/ratings", "metadata.labels[istio.io/ingress-use-waypoint]")].startswith(
+        "false: not applied: Ambit's ingress gateways always send a Service that uses a waypoint through that waypoint")
+    assert got[("Namespace/shop", "metadata.labels[ambit.io/ingress-use-waypoint]")].startswith(
+        "'yes' is not a boolean (Istio reads it as false and logs a warning): not applied")
+    assert found([waypoint(), svc("ratings", **{"istio.io/use-waypoint": "waypoint",
+                                                "istio.io/ingress-use-waypoint": "true"})]) == {}
+
+
+def _edge(subset_host_waypoint: bool) -> list[dict]:
+    """An ingress gateway (Gateway API pods, served Istio's way too) whose VirtualService route
+    names a subset of `reviews`, which uses the waypoint when `subset_host_waypoint`."""
+    reviews = svc("reviews", **({"istio.io/use-waypoint": "waypoint"} if subset_host_waypoint else {}))
+    return [waypoint(), reviews,
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+             "metadata": {"name": "edge", "namespace": "demo"},
+             "spec": {"gatewayClassName": "ambit", "infrastructure": {"labels": {"istio": "edge"}},
+                      "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}},
+            {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "edge-istio", "namespace": "demo"},
+             "spec": {"selector": {"istio": "edge"},
+                      "servers": [{"port": {"number": 8080, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}},
+            {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "reviews", "namespace": "demo"},
+             "spec": {"host": "reviews", "subsets": [{"name": "v2", "labels": {"version": "v2"}}]}},
+            {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "front", "namespace": "demo"},
+             "spec": {"hosts": ["shop.example.com"], "gateways": ["edge-istio"],
+                      "http": [{"match": [{"uri": {"prefix": "/api"}}], "route": [{"destination": {"host": "reviews"}}]},
+                               {"route": [{"destination": {"host": "reviews", "subset": "v2"}}]}]}}]
+
+
+def test_an_ingress_route_subset_of_a_service_reached_through_its_waypoint_is_named() -> None:
+    got = found(_edge(True))
+    assert got[("VirtualService/demo/front", "spec.http[1].route[0].destination.subset")] == (
+        "subset 'v2' of reviews.demo.svc.cluster.local is not applied by ingress gateway demo/edge: it sends the "
+        "Service's traffic through its waypoint demo/waypoint, which chooses the endpoint by the Service's own routes "
+        "(route there by subset with a VirtualService for the Service, as Istio's gateways need with "
+        "istio.io/ingress-use-waypoint)")
+    assert not any(ref == "VirtualService/demo/front" for ref, _ in found(_edge(False)))

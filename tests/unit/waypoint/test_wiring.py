@@ -339,3 +339,79 @@ def test_an_ejected_endpoint_whose_pod_goes_leaves_no_ejection_behind_without_wa
     p.config.apply(ConfigUpdate(Service.TYPE, "3", {}, frozenset(), {SVC.resource_name: SVC}))   # address reused
     p.current_clusters()
     assert not c.outlier.is_ejected(t.address)  # type: ignore[union-attr]
+
+
+# -- an ingress gateway in front of a Service bound to a waypoint ------------------------------------
+
+def _waypoint_pod(name: str, ip: str) -> Workload:
+    return Workload(uid=f"uid-{name}", name=name, namespace="default", ips=[ip], node="node2",
+                    service_account="waypoint", identity="spiffe://cluster.local/ns/default/sa/waypoint",
+                    labels={"gateway.networking.k8s.io/gateway-name": "waypoint"}, protocol="HBONE")
+
+
+WP_READY, WP_STARTING = _waypoint_pod("waypoint-a", "10.0.3.1"), _waypoint_pod("waypoint-b", "10.0.3.2")
+# the waypoint's own Service: its EndpointSlice says which of its pods are ready
+WP_SVC = Service(name="waypoint", namespace="default", hostname="waypoint.default.svc.cluster.local",
+                 vips=["10.96.0.200"], ports=[ServicePort(15008, 15008, "mesh", "TCP")],
+                 endpoints=[Endpoint(WP_READY.uid, WP_READY.ips[0]), Endpoint(WP_STARTING.uid, WP_STARTING.ips[0],
+                                                                               ready=False)])
+OTHER = Service(name="other", namespace="default", hostname="other.default.svc.cluster.local", vips=["10.96.0.11"],
+                ports=[ServicePort(80, 8080, "http", "HTTP")], endpoints=[Endpoint(V1.uid, V1.ips[0])],
+                waypoint="default/waypoint")
+PLAIN = Service(name="plain", namespace="default", hostname="plain.default.svc.cluster.local", vips=["10.96.0.12"],
+                ports=[ServicePort(80, 8080, "http", "HTTP")], endpoints=[Endpoint(V2.uid, V2.ips[0])])
+
+
+def edge(*services: Service, pods: tuple[Workload, ...] = (WP_READY, WP_STARTING)) -> WaypointProxy:
+    """An ingress gateway's proxy (its IngressGateway makes it one: the CLIENT side)."""
+    from ambit.model import IngressGateway
+    cfg = WaypointConfig(Waypoint("default", "edge"), "cluster.local")
+    gw = IngressGateway("edge", "default")
+    for t, items in ((Workload.TYPE, [V1, V2, V2B, *pods]), (Service.TYPE, list(services)),
+                     (IngressGateway.TYPE, [gw])):
+        cfg.apply(ConfigUpdate(t, "1", {}, frozenset(), {r.resource_name if hasattr(r, "resource_name") else r.uid: r
+                                                         for r in items}))
+    return WaypointProxy(load(["--waypoint", "default/edge", "--pod-name", "edge-0", "--node", "node1",
+                               "--gateway-class", "ambit"]), cfg, None)
+
+
+CLIENT_DOWN = Downstream(source_ip="198.51.100.7", destination_port=80)
+
+
+def test_an_ingress_gateway_sends_a_waypointed_service_to_its_waypoints_ready_pod_asking_for_the_vip() -> None:
+    """The Service's pods accept tunnels only from its waypoint (ztunnel's enforcement rule), so
+    the gateway asks a ready pod of the waypoint for the Service, as a client's ztunnel does; the
+    waypoint applies the Service's routes and policy and picks the endpoint."""
+    p = edge(SVC, OTHER, PLAIN, WP_SVC)
+    head = RequestHead("GET", "/", "myapp")
+    targets = {p.upstream(Forward("default/myapp", 80), head, CLIENT_DOWN) for _ in range(20)}
+    assert {t.address for t in targets if t is not None} == {"10.0.3.1:80"}     # never the pod not ready yet
+    [t] = targets
+    assert t is not None and t.key.startswith("10.96.0.10:80 via 10.0.3.1:80/")
+    # another Service through the same waypoint pod: another tunnel (its :authority names that Service)
+    o = p.upstream(Forward("default/other", 80), head, CLIENT_DOWN)
+    assert o is not None and o.address == "10.0.3.1:80" and o.key != t.key and o.key.startswith("10.96.0.11:80 via")
+    # a Service without a waypoint: straight to its endpoint
+    d = p.upstream(Forward("default/plain", 80), head, CLIENT_DOWN)
+    assert d is not None and d.address == "10.0.1.2:8080" and " via " not in d.key
+
+
+def test_an_ingress_gateway_never_goes_around_a_waypoint_that_has_no_pod() -> None:
+    p = edge(SVC, WP_SVC, pods=())
+    assert p.upstream(Forward("default/myapp", 80), RequestHead("GET", "/", "myapp"), CLIENT_DOWN) is None
+
+
+def test_a_waypoint_sends_to_the_endpoints_itself() -> None:
+    p = proxy()
+    down, _ = p.downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80")
+    t = p.upstream(Forward("default/myapp", 80), RequestHead("GET", "/", "myapp"), down)
+    assert t is not None and t.address.endswith(":8080") and " via " not in t.key
+
+
+def test_through_waypoint_asks_each_pod_for_the_services_first_vip_and_port() -> None:
+    [pick] = endpoints.through_waypoint(SVC, 9000, [WP_READY])
+    assert (pick.ip, pick.port, pick.authority, pick.protocol, pick.identity) == (
+        "10.0.3.1", 9000, "10.96.0.10:9000", "h2", WP_READY.identity)
+    assert endpoints.through_waypoint(SVC, 81, [WP_READY]) == []        # not a port of the Service
+    headless = Service(name="h", namespace="default", hostname="h.default.svc.cluster.local", ports=[ServicePort(80, 8080, "http", "HTTP")])
+    assert endpoints.through_waypoint(headless, 80, [WP_READY]) == []

@@ -5,6 +5,7 @@ backend for a session (GEP-1619: the pin holds across a rule's backends, weight 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import random
 from collections.abc import Collection
 
@@ -193,7 +194,10 @@ def test_the_ingress_gateway_keeps_a_session_on_its_endpoint_even_at_weight_zero
     gw = IngressGateway("gw", "web", listeners=[IngressListener("http", 80, "HTTP", "", "", [],
                                                                 [WaypointRoutes(shop, http=[r])])])
     cfg = WaypointConfig(Waypoint("web", "gw"), "cluster.local")
-    for t, items in ((Workload.TYPE, {w.uid: w for w in (V1, V2, V2B)}), (Service.TYPE, {SVC.resource_name: SVC}),
+    # the test Service without its waypoint: the gateway balances over its endpoints itself (one bound
+    # to a waypoint is reached through it: tests/unit/waypoint/test_wiring.py)
+    svc = dataclasses.replace(SVC, waypoint="")
+    for t, items in ((Workload.TYPE, {w.uid: w for w in (V1, V2, V2B)}), (Service.TYPE, {svc.resource_name: svc}),
                      (IngressGateway.TYPE, {gw.resource_name: gw})):
         cfg.apply(ConfigUpdate(t, "1", {}, frozenset(), items))
     p = WaypointProxy(load(["--waypoint", "web/gw", "--pod-name", "gw-0", "--node", "node1",
