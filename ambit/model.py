@@ -210,6 +210,15 @@ class Endpoint:
     ADVISORY: ClassVar[tuple[str, ...]] = ("locality",)
 
 
+def target_port(p: ServicePort, ep: Endpoint) -> int:
+    """The endpoint's port for a Service port: the endpoint's own resolution of a named targetPort
+    (or a ServiceEntry endpoint's `ports`) wins; without targetPort it is the Service port's number."""
+    for own in ep.ports:
+        if own.port == p.port and own.target_port:
+            return own.target_port
+    return p.target_port or p.port
+
+
 @dataclass
 class Service(Resource):
     """A Kubernetes Service as the data plane needs it: VIPs, ports and resolved endpoints."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from ambit.model import Service, Workload
+from ambit.model import Service, Workload, target_port
 
 GATEWAY_NAME_LABELS = ("gateway.networking.k8s.io/gateway-name", "istio.io/gateway-name")
 
@@ -41,3 +41,29 @@ def ready_waypoint_pods(services: Mapping[str, Service], waypoint: str, pods: li
     ready = [w for w in pods if w.uid in uids or w.ips[0] in ips]
     return ready or pods
 
+
+
+def bound_waypoints(services: Mapping[str, Service], dest: Workload, port: int) -> set[str]:
+    """The waypoints ("ns/name") that traffic to `dest` on `port` must come through.
+
+    The pod's own waypoint (set only when its Gateway serves workloads), and the waypoint of each of
+    its Services (set only when the Gateway serves services) whose ports map to `port` on this
+    pod. A Service port is reached through a VIP, which the source ztunnel routes to the waypoint;
+    so a tunnel to the pod's target port that did not come from the waypoint went around it, by
+    dialling the pod's IP directly. Ports no waypointed Service exposes stay reachable directly
+    (as Istio's waypoint-for: service leaves them). ztunnel admits a tunnel to `dest` only from
+    these waypoints' pods (ztunnel/admission.py); a proxy sending to `dest` goes through one of
+    them unless it is one (waypoint/app.py)."""
+    out = {dest.waypoint} if dest.waypoint else set()
+    ip = dest.ips[0] if dest.ips else ""
+    for name in dest.services:
+        svc = services.get(name)
+        if svc is None or not svc.waypoint or svc.waypoint in out:
+            continue
+        eps = [ep for ep in svc.endpoints if ep.ip in dest.ips or ep.ip == ip]
+        for sp in svc.ports:
+            ports = {target_port(sp, ep) for ep in eps} or {sp.target_port or sp.port}
+            if port in ports:
+                out.add(svc.waypoint)
+                break
+    return out

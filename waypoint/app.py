@@ -29,6 +29,7 @@ import logging
 import random
 import ssl
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -46,9 +47,8 @@ from ambit.dataplane.listen import tcp_listener
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics
 from ambit.model import RouteDestination, Service, Workload
-from ambit.telemetry import CLIENT
 from ambit.telemetryconfig import TracingConfig
-from ambit.waypointpods import ready_waypoint_pods, waypoint_pods
+from ambit.waypointpods import bound_waypoints, ready_waypoint_pods, waypoint_pods
 from waypoint import endpoints
 from waypoint.authz import Verdict, authorize
 from waypoint.config import View, WaypointConfig
@@ -101,27 +101,74 @@ def _place(v: View, pick: endpoints.Pick) -> Place:
     return (pick.locality, place[1]) if pick.locality else place
 
 
+# A tunnel this proxy sends through another waypoint carries how many waypoints the request has
+# come through (this one included); a waypoint sends no request through yet another once MAX_HOPS
+# have (503 UH): two waypoints whose routes send to each other's Services would loop forever.
+HOPS_HEADER = "ambit-waypoint-hops"
+MAX_HOPS = 3
+
+
+def _own(v: View) -> str:
+    return f"{v.waypoint.namespace}/{v.waypoint.name}"
+
+
 def _via_waypoint(v: View, svc: Service) -> str:
-    """The waypoint ("ns/name") this proxy sends `svc`'s traffic through, "" for none: an ingress
-    gateway (the Telemetry API's CLIENT side) sends a Service bound to a waypoint there, since the
-    Service's pods accept tunnels only from their waypoint (ztunnel/admission.py `waypoint_check`).
-    Istio's gateways do so for Services labelled `istio.io/ingress-use-waypoint`; Ambit always
-    does (docs/ingress.md). A waypoint sends to the endpoints itself."""
+    """The waypoint ("ns/name") this proxy sends `svc`'s traffic through, "" for none: the one the
+    Service is bound to, unless that is this proxy. The Service's pods accept tunnels only from
+    their waypoint (ztunnel/admission.py `waypoint_check`), so an ingress gateway, or a waypoint
+    whose routes send to another waypoint's Service, asks that waypoint for the Service (its VIP
+    and port) as a client's ztunnel does. Istio's gateways do so for Services labelled
+    `istio.io/ingress-use-waypoint`, and its waypoints go to the pods (ztunnel does not enforce
+    there); here both go through it (docs/ingress.md, docs/waypoint.md)."""
     wp = svc.waypoint
-    if not wp or v.side != CLIENT or not svc.vips or wp == f"{v.waypoint.namespace}/{v.waypoint.name}":
+    if not wp or not svc.vips or wp == _own(v):
         return ""
     return wp
 
 
 def _ready(v: View, svc: Service, port: int, labels: Mapping[str, str] | None) -> list[endpoints.Pick]:
-    """The upstreams of `svc` port `port` (in the subset `labels`): its ready endpoints, or the pods
-    of the waypoint it is reached through (`_via_waypoint`), which choose the endpoint themselves
-    (so a subset chosen here is not applied there; `ambit apply` warns)."""
+    """The upstreams of `svc` port `port` (in the subset `labels`): its ready endpoints, each
+    reached as `_reachable` says, or the pods of the waypoint it is reached through
+    (`_via_waypoint`), which choose the endpoint themselves (so a subset chosen here is not applied
+    there; `ambit apply` warns)."""
     wp = _via_waypoint(v, svc)
     if wp:
         pods = waypoint_pods(v.workloads.values(), wp)
         return endpoints.through_waypoint(svc, port, ready_waypoint_pods(v.services, wp, pods))
-    return endpoints.candidates(svc, port, labels, v.workloads, v.by_ip)
+    out = []
+    for p in endpoints.candidates(svc, port, labels, v.workloads, v.by_ip):
+        r = _reachable(v, p)
+        if r is not None:
+            out.append(r)
+    return out
+
+
+def _reachable(v: View, pick: endpoints.Pick) -> endpoints.Pick | None:
+    """`pick` itself, or `pick` through a ready pod of a waypoint its pod is bound to for that port
+    (its own `waypoint-for: workload` waypoint, or another Service's: ambit/waypointpods.py
+    `bound_waypoints`) when this proxy is not one of them; None when that waypoint has no pod (the
+    endpoint is left out, never reached around it)."""
+    if not pick.mesh or pick.plain:
+        return pick
+    wl = v.by_ip.get(pick.ip)
+    if wl is None:
+        return pick
+    bound = bound_waypoints(v.services, wl, pick.port)
+    if not bound or _own(v) in bound:
+        return pick
+    wp = wl.waypoint if wl.waypoint in bound else sorted(bound)[0]
+    pods = ready_waypoint_pods(v.services, wp, waypoint_pods(v.workloads.values(), wp))
+    if not pods:
+        return None
+    return endpoints.around(pick, pods[zlib.crc32(pick.address.encode()) % len(pods)])
+
+
+def _hops(value: str | None) -> int:
+    """A CONNECT's HOPS_HEADER as a count (0 when absent; anything unreadable counts as the limit:
+    a peer that garbles it sends nothing further through a waypoint)."""
+    if not value:
+        return 0
+    return int(value) if value.isdigit() and len(value) < 3 else MAX_HOPS
 
 
 def _places(v: View, svc: Service, port: int, labels: Mapping[str, str] | None,
@@ -342,8 +389,10 @@ class WaypointProxy:
 
     # --- downstream ---------------------------------------------------------------------------
 
-    def downstream(self, peer_identity: str, peer_ip: str, authority: str) -> tuple[Downstream | None, str]:
-        """The Downstream for a tunnel, or (None, why it is refused)."""
+    def downstream(self, peer_identity: str, peer_ip: str, authority: str,
+                   hops: int = 0) -> tuple[Downstream | None, str]:
+        """The Downstream for a tunnel, or (None, why it is refused). `hops`: the waypoints it came
+        through before this one (the CONNECT's HOPS_HEADER)."""
         try:
             ip, port = parse_authority(authority)
         except ValueError as e:
@@ -358,11 +407,12 @@ class WaypointProxy:
         if svc is not None:
             if svc.waypoint != self.settings.waypoint:
                 return None, f"{authority} is Service {svc.resource_name}, which does not use this waypoint"
-            return Downstream(peer_identity, peer_ip, ns, labels, ip, port, svc.resource_name, svc.hostname), ""
+            return Downstream(peer_identity, peer_ip, ns, labels, ip, port, svc.resource_name, svc.hostname,
+                              hops=hops), ""
         wl = v.by_ip.get(ip)
         if wl is None or not self._fronts_workload(wl):
             return None, f"{authority} is no destination of waypoint {self.settings.waypoint}"
-        return Downstream(peer_identity, peer_ip, ns, labels, ip, port), ""
+        return Downstream(peer_identity, peer_ip, ns, labels, ip, port, hops=hops), ""
 
     def _fronts_workload(self, wl: Any) -> bool:
         if wl.waypoint == self.settings.waypoint:
@@ -375,7 +425,7 @@ class WaypointProxy:
         """HBONEServer's handler, a plain function: it answers at once and hands an admitted tunnel
         to the engine's protocol as a sink, so a tunnel costs no task and no suspended frames."""
         peer = stream.get_extra_info("peername") or ("", 0)
-        down, why = self.downstream(peer_identity, peer[0], authority)
+        down, why = self.downstream(peer_identity, peer[0], authority, _hops(headers.get(HOPS_HEADER)))
         if down is None:
             self.refused += 1
             log.info("tunnel from %s (%s) to %s refused: %s", peer[0], peer_identity, authority, why)
@@ -451,7 +501,12 @@ class WaypointProxy:
             name = self._wildcard_origin(cluster, head)
             if name is None:
                 return None
-        return self._target(pick, down.source_ip, cluster, cookie, name)
+        if (pick.authority or pick.via) and down.hops >= MAX_HOPS:
+            log.warning("request to %s refused: it came through %d waypoints and would go through %s next "
+                        "(routes of waypoints that send to each other's Services?)", fwd.service, down.hops,
+                        pick.workload)
+            return None
+        return self._target(pick, down.source_ip, cluster, cookie, name, down.hops)
 
     def _session_pick(self, fwd: Forward, head: RequestHead, down: Downstream, cluster: Cluster,
                       key: HashKey | None, exclude: frozenset[str], tried: Sequence[str] = (),
@@ -587,18 +642,19 @@ class WaypointProxy:
             return None
 
     def _target(self, pick: endpoints.Pick, source_ip: str | None, cluster: Cluster | None = None,
-                response_headers: tuple[tuple[str, str], ...] = (), name: str = "") -> UpstreamTarget | None:
+                response_headers: tuple[tuple[str, str], ...] = (), name: str = "",
+                hops: int = 0) -> UpstreamTarget | None:
         """The target for `pick`, from the View's cache unless it carries response headers (a hash
         cookie): the same endpoint, source, cluster (and originated TLS name) get the same target
         for the View's life (one per request cost a dataclass, a connector closure and an f-string key)."""
         if response_headers:
-            return self._new_target(pick, source_ip, cluster, response_headers, name)
+            return self._new_target(pick, source_ip, cluster, response_headers, name, hops)
         cache = self.config.view.targets_cache
-        ck = (pick.address, pick.protocol, source_ip, id(cluster), name)
+        ck = (pick.address, pick.protocol, source_ip, id(cluster), name, hops)
         hit = cache.get(ck)
         if hit is not None and hit[0] is cluster and (hit[1] is pick or hit[1] == pick):
             return hit[2]
-        target = self._new_target(pick, source_ip, cluster, (), name)
+        target = self._new_target(pick, source_ip, cluster, (), name, hops)
         if target is not None:
             if len(cache) >= _TARGETS_CACHED:     # many sources: start over rather than grow
                 cache.clear()
@@ -606,7 +662,7 @@ class WaypointProxy:
         return target
 
     def _new_target(self, pick: endpoints.Pick, source_ip: str | None, cluster: Cluster | None,
-                    response_headers: tuple[tuple[str, str], ...], name: str = "") -> UpstreamTarget | None:
+                    response_headers: tuple[tuple[str, str], ...], name: str = "", hops: int = 0) -> UpstreamTarget | None:
         if pick.plain:      # a ServiceEntry endpoint outside the mesh: the waypoint dials it itself
             policy, host = (cluster.policy, name or cluster.hostname) if cluster is not None else (None, "")
             orig = origination(policy, host)
@@ -622,9 +678,12 @@ class WaypointProxy:
                         pick.address, pick.workload)
             return None
         # Pooled per endpoint *and* source: the tunnel's Forwarded header names one source; and per
-        # :authority, so a waypoint pod's tunnel for one Service never carries another's requests.
-        key = f"{pick.authority + ' via ' if pick.authority else ''}{pick.address}/{pick.protocol} for {source_ip or '-'}"
-        return UpstreamTarget(key, pick.address, self._connector(pick, source_ip), pick.protocol, cluster,
+        # :authority and hop count, so a waypoint pod's tunnel for one Service never carries another's.
+        key = f"{pick.address}/{pick.protocol} for {source_ip or '-'}"
+        if pick.authority or pick.via:
+            key = f"{pick.authority or pick.address} via {pick.via or pick.address}/{pick.protocol} for " \
+                  f"{source_ip or '-'} hop {hops + 1}"
+        return UpstreamTarget(key, pick.address, self._connector(pick, source_ip, hops), pick.protocol, cluster,
                               response_headers)
 
     def _plain_connector(self, pick: endpoints.Pick, current: Callable[[], Origination | None] | None):
@@ -642,9 +701,14 @@ class WaypointProxy:
             return plug
         return connect
 
-    def _connector(self, pick: endpoints.Pick, source_ip: str | None):
+    def _connector(self, pick: endpoints.Pick, source_ip: str | None, hops: int = 0):
+        # through another waypoint (`_via_waypoint`, `_reachable`): it asks for `authority`, and the
+        # tunnel says how many waypoints the request has come through (HOPS_HEADER)
+        chained = [(HOPS_HEADER, str(hops + 1))] if pick.authority or pick.via else None
+
         async def connect() -> Attachable:
-            st = await self.pool.connect(self.identity, pick.identity, pick.ip, pick.authority or pick.address,
+            st = await self.pool.connect(self.identity, pick.identity, pick.via or pick.ip,
+                                         pick.authority or pick.address, extra_headers=chained,
                                          forwarded_for=source_ip,
                                          timeout=self.settings.tunnel.connect_timeout + self.settings.tunnel.cert_wait)
             return HBONETransport(st)
@@ -705,7 +769,7 @@ class WaypointProxy:
                     if svc is not None and cluster is not None else None
         else:
             pick = endpoints.pick_workload(down.destination_ip, down.destination_port, v.by_ip)
-        return await self._open_opaque(pick, cluster, down.source_ip)
+        return await self._open_opaque(pick, cluster, down.source_ip, down.hops)
 
     async def _ingress_opaque(self, down: Downstream) -> Attachable | None:
         """An ingress gateway's TLS-passthrough or TCP connection: the TLSRoute/TCPRoute the listener
@@ -735,14 +799,19 @@ class WaypointProxy:
             return None
         cluster = self.cluster(dest.service, port, dest.subset, dest.host)
         pick = _choose_among(v, svc, port, labels, cluster)
-        return await self._open_opaque(pick, cluster, down.source_ip)
+        return await self._open_opaque(pick, cluster, down.source_ip, down.hops)
 
     async def _open_opaque(self, pick: endpoints.Pick | None, cluster: Cluster | None,
-                           source_ip: str) -> Attachable | None:
+                           source_ip: str, hops: int = 0) -> Attachable | None:
         if pick is None or not (pick.mesh or pick.plain):
             return None
+        if (pick.authority or pick.via) and hops >= MAX_HOPS:
+            log.warning("connection refused: it came through %d waypoints and would go through %s next", hops,
+                        pick.workload)
+            return None
         try:
-            conn = await (self._plain_connector(pick, None) if pick.plain else self._connector(pick, source_ip))()
+            conn = await (self._plain_connector(pick, None) if pick.plain else
+                          self._connector(pick, source_ip, hops))()
         except Exception:
             if cluster is not None:     # Envoy's tcp_proxy reports connect failures to outlier detection
                 cluster.attempt_result(pick.address, Outcome(CONNECT_FAILURE))

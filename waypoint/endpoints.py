@@ -17,7 +17,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from ambit.model import Endpoint, Service, ServicePort, Workload
+from ambit.model import Endpoint, Service, ServicePort, Workload, target_port
 
 H2_PROTOCOLS = ("HTTP2", "GRPC")
 
@@ -41,17 +41,13 @@ class Pick:
     # The CONNECT :authority when it is not this endpoint's own address: a pod of the Service's
     # waypoint (`through_waypoint`) is asked for the Service, `<VIP>:<port>`, and chooses the pod.
     authority: str = ""
+    # The HBONE peer to dial when it is not `ip`: a pod of the waypoint this endpoint is bound to
+    # (`around`), asked for the endpoint itself; `identity` is then that waypoint's.
+    via: str = ""
 
     @property
     def address(self) -> str:
         return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
-
-
-def target_port(svc_port: ServicePort, ep: Endpoint) -> int:
-    for p in ep.ports:
-        if p.port == svc_port.port and p.target_port:
-            return p.target_port
-    return svc_port.target_port or svc_port.port
 
 
 def service_port(svc: Service, port: int) -> ServicePort | None:
@@ -107,6 +103,13 @@ def through_waypoint(svc: Service, port: int, pods: Iterable[Workload]) -> list[
     authority = f"[{vip}]:{port}" if ":" in vip else f"{vip}:{port}"
     return [Pick(w.ips[0], port, w.identity, protocol_of(sp), f"{w.namespace}/{w.name}", authority=authority)
             for w in pods]
+
+
+def around(pick: Pick, pod: Workload) -> Pick:
+    """`pick` reached through `pod`, a pod of the waypoint the endpoint is bound to: its ztunnel
+    admits tunnels only from that waypoint (ambit/waypointpods.py `bound_waypoints`), which takes
+    tunnels addressed to the pods it fronts and sends them on."""
+    return replace(pick, via=pod.ips[0], identity=pod.identity)
 
 
 def pick_workload(ip: str, port: int, by_ip: Mapping[str, Workload], protocol: str = "http1") -> Pick | None:

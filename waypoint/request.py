@@ -71,6 +71,9 @@ class Downstream:
     edge: str = ""                          # ingress: the client connection's scheme (http, https); "" in the mesh
     sni: str = ""                           # an opaque tunnel's TLS ClientHello server name, "" if none
     client_cert: str = ""                   # ingress mutual TLS: the verified client certificate's XFCC element
+    # Waypoints this request already came through before this one (the CONNECT's HOPS_HEADER; 0 from
+    # a client's ztunnel or at an ingress gateway): bounds a loop of waypoints sending to each other
+    hops: int = 0
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ambit.model import Workload
+from ambit.waypointpods import bound_waypoints as shared_bound
 from ambit.zds import PodInfo
 from ztunnel import authz, sourcecheck
 from ztunnel.meshstate import MeshState
-from ztunnel.routing import canonical_ip, parse_addr, target_port, waypoint_pods
+from ztunnel.routing import canonical_ip, parse_addr, waypoint_pods
 
 POLICY_HEADER = "ambit-policy"     # response header naming the policy that refused a CONNECT
 
@@ -81,27 +82,8 @@ def forwarded_for(value: str | None) -> str | None:
 
 
 def bound_waypoints(config: MeshState, dest: Workload, port: int) -> set[str]:
-    """The waypoints ("ns/name") that traffic to `dest` on `port` must come through.
-
-    The pod's own waypoint (set only when its Gateway serves workloads), and the waypoint of each of
-    its Services (set only when the Gateway serves services) whose ports map to `port` on this
-    pod. A Service port is reached through a VIP, which the source ztunnel routes to the waypoint;
-    so a tunnel to the pod's target port that did not come from the waypoint went around it, by
-    dialling the pod's IP directly. Ports no waypointed Service exposes stay reachable directly
-    (as Istio's waypoint-for: service leaves them)."""
-    out = {dest.waypoint} if dest.waypoint else set()
-    ip = dest.ips[0] if dest.ips else ""
-    for name in dest.services:
-        svc = config.view.services.get(name)
-        if svc is None or not svc.waypoint or svc.waypoint in out:
-            continue
-        eps = [ep for ep in svc.endpoints if ep.ip in dest.ips or ep.ip == ip]
-        for sp in svc.ports:
-            ports = {target_port(sp, ep) for ep in eps} or {sp.target_port or sp.port}
-            if port in ports:
-                out.add(svc.waypoint)
-                break
-    return out
+    """The waypoints ("ns/name") that traffic to `dest` on `port` must come through (ambit/waypointpods.py)."""
+    return shared_bound(config.view.services, dest, port)
 
 
 def waypoint_check(config: MeshState, dest: Workload, port: int, peer_identity: str) -> str:

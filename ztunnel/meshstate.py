@@ -40,6 +40,7 @@ from ambit.model import (
     ServicePort,
     TelemetryPolicy,
     Workload,
+    target_port,
 )
 from ambit.telemetryconfig import AccessLogConfig, TelemetryConfig
 from ambit.telemetrymetrics import MetricsConfig
@@ -269,15 +270,6 @@ def index_services(state: Mapping[str, Service]) -> ServiceIndex:
     subnets.sort(key=lambda ns: -ns[0].prefixlen)
     return ServiceIndex(dict(state), {vip: svcs[0] for vip, svcs in by_vip.items()}, ports, entry_eps,
                         tuple(subnets))
-
-
-def target_port(p: ServicePort, ep: Endpoint) -> int:
-    """The endpoint's port for a Service port: the endpoint's own resolution of a named targetPort
-    (or a ServiceEntry endpoint's `ports`) wins; without targetPort it is the Service port's number."""
-    for own in ep.ports:
-        if own.port == p.port and own.target_port:
-            return own.target_port
-    return p.target_port or p.port
 
 
 def check_authorizations(state: Mapping[str, Authorization]) -> tuple[Authorization, ...]:

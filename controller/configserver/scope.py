@@ -11,7 +11,10 @@ authenticator, see controller.configserver.auth; a claimed name never widens a v
   DENY is a hole). Sending remote pods in a slimmer form was considered and rejected: each
   node's copy of a pod would get its own version, multiplying encoding work by the node count,
   for savings of a few fields.
-* waypoint W ("ns/name") -- the Services whose waypoint is W, every Workload (it routes to the
+* waypoint W ("ns/name") -- every Service (its routes send to backends anywhere in the mesh, not only
+  to the Services it fronts, and a backend bound to another waypoint is reached through that one:
+  waypoint/app.py `_via_waypoint`; Istio's waypoints get every Service too; which tunnels W admits
+  is its own check, `Service.waypoint == W`), every Workload (it routes to the
   ones behind it and resolves its clients, wherever they run, for telemetry and sourceLabels), the
   Authorizations that can apply to them (mesh-wide ones and those in the namespaces of what it
   fronts), and every PeerAuthn; the Telemetries that can apply to it: mesh-wide ones (root
@@ -102,9 +105,7 @@ def scope(node: NodeInfo, type_url: str, snapshot: Snapshot,
 
 def _waypoint_scope(waypoint: str, type_url: str, resources: list[Resource], snapshot: Snapshot) -> list[Resource]:
     if type_url == Service.TYPE:
-        if any(g.resource_name == waypoint for g in snapshot.get(IngressGateway.TYPE, ())):
-            return resources        # an ingress gateway routes to any Service
-        return [s for s in resources if cast(Service, s).waypoint == waypoint]
+        return resources        # a waypoint's (and an ingress gateway's) routes send to any Service
     if type_url not in (Workload.TYPE, Authorization.TYPE, TelemetryPolicy.TYPE):
         return resources
     services = [cast(Service, s) for s in snapshot.get(Service.TYPE, ()) if cast(Service, s).waypoint == waypoint]

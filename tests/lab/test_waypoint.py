@@ -579,6 +579,39 @@ def test_an_ingress_gateway_sends_a_waypointed_service_through_its_waypoint(wlab
         delete(wlab, f)
 
 
+def test_a_waypoint_sends_a_service_bound_to_another_waypoint_through_that_one(wlab: Lab) -> None:
+    """myapp's VirtualService sends everything to the Service myapp-v2, which uses a waypoint of
+    its own ("other"): the first waypoint goes through "other", so myapp-v2's own L7 policy (a DENY
+    on /secret bound to it) holds for traffic routed there from myapp. Before, the first waypoint
+    went straight to the pod (which it fronts for myapp too) and the DENY never ran."""
+    original = json.loads(wlab.ambit("get", "service", "myapp-v2", "-n", "default", "-o", "json").stdout)
+    bound = json.loads(json.dumps(original))
+    bound["metadata"].setdefault("labels", {})["istio.io/use-waypoint"] = "other"
+    other = json.loads(json.dumps(GATEWAY))
+    other["metadata"]["name"] = "other"
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "to-v2", "namespace": "default"},
+          "spec": {"hosts": ["myapp"], "http": [{"route": [{"destination": {"host": "myapp-v2"}}]}]}}
+    deny = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "v2-no-secret", "namespace": "default"},
+            "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "myapp-v2"}], "action": "DENY",
+                     "rules": [{"to": [{"operation": {"paths": ["/secret"]}}]}]}}
+    f = apply(wlab, [other, vs, deny], wlab.tmp, "chain")  # type: ignore[attr-defined]
+    apply(wlab, [bound], wlab.tmp, "chain-svc")  # type: ignore[attr-defined]
+    try:
+        wlab.wait_for(lambda: status_of(wlab, "default/frontend", "http://myapp/secret")[0] == 403, timeout=30,
+                      interval=0.5, what="myapp-v2's policy at its own waypoint")
+        assert status_of(wlab, "default/frontend", "http://myapp/secret") == (403, "RBAC: access denied")
+        assert versions(many(wlab, "default/frontend", "http://myapp/", 10)) == {"v2": 10}
+        # "other" served them, with the first waypoint's identity as the peer
+        log = (wlab.dir / "logs" / "waypoint-default-other.log").read_text(errors="replace")
+        line = [x for x in log.splitlines() if "ambit.waypoint.access" in x and '"/secret"' in x][-1]
+        assert '"downstream_peer_principal": "spiffe://cluster.local/ns/default/sa/waypoint"' in line, line
+    finally:
+        apply(wlab, [original], wlab.tmp, "chain-svc")  # type: ignore[attr-defined]
+        delete(wlab, f)
+        wlab.wait_for(lambda: len(waypoints(wlab)) == 1, timeout=20, interval=0.3, what="waypoint other removed")
+
+
 # --- waypoint-for ---------------------------------------------------------------------------------
 
 def test_waypoint_for_all_takes_traffic_addressed_to_pods_too(wlab: Lab) -> None:

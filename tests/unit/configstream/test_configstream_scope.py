@@ -42,7 +42,8 @@ def test_ztunnel_receives_every_workload_service_and_policy():
 
 def test_waypoint_receives_what_it_fronts_and_the_pods_behind_it():
     wp = NodeInfo("waypoint", "wp-pod-1", waypoint="shop/wp")
-    assert names(scope(wp, Service.TYPE, SNAP)) == ["shop/reviews"]
+    # every Service: its routes may send to any backend, in any namespace, fronted by it or not
+    assert names(scope(wp, Service.TYPE, SNAP)) == names(SNAP[Service.TYPE])
     # Every workload: it routes to those behind it (b1 fronted directly, a2 backing the Service)
     # and resolves its clients, wherever they run.
     assert names(scope(wp, Workload.TYPE, SNAP)) == names(SNAP[Workload.TYPE])
@@ -51,9 +52,8 @@ def test_waypoint_receives_what_it_fronts_and_the_pods_behind_it():
     assert names(scope(wp, PeerAuthn.TYPE, SNAP)) == names(SNAP[PeerAuthn.TYPE])
 
 
-def test_a_waypoint_fronting_nothing_gets_no_services():
+def test_a_waypoint_fronting_nothing_gets_no_policy_of_other_namespaces():
     wp = NodeInfo("waypoint", "x", waypoint="other/wp")
-    assert scope(wp, Service.TYPE, SNAP) == []
     assert names(scope(wp, Authorization.TYPE, SNAP)) == ["istio-system/root-deny"]
 
 
@@ -99,4 +99,4 @@ def test_an_ingress_gateway_alone_receives_its_keys_and_every_service():
     assert names(scope(gw, Service.TYPE, snap)) == ["pay/pay", "shop/reviews"]   # it routes to any Service
     for node in (NodeInfo("ztunnel", "node-a"), NodeInfo("agent", "node-a"), NodeInfo("waypoint", "wp-0", "shop/wp")):
         assert scope(node, IngressGateway.TYPE, snap) == [], node
-    assert names(scope(NodeInfo("waypoint", "wp-0", "shop/wp"), Service.TYPE, snap)) == ["shop/reviews"]
+    assert names(scope(NodeInfo("waypoint", "wp-0", "shop/wp"), Service.TYPE, snap)) == ["pay/pay", "shop/reviews"]

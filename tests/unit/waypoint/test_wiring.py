@@ -358,7 +358,14 @@ WP_SVC = Service(name="waypoint", namespace="default", hostname="waypoint.defaul
 OTHER = Service(name="other", namespace="default", hostname="other.default.svc.cluster.local", vips=["10.96.0.11"],
                 ports=[ServicePort(80, 8080, "http", "HTTP")], endpoints=[Endpoint(V1.uid, V1.ips[0])],
                 waypoint="default/waypoint")
+# a pod of no Service bound to a waypoint, and its Service
+LONE = Workload(uid="uid-lone", name="lone", namespace="default", ips=["10.0.1.7"], node="node1",
+                service_account="lone", identity="spiffe://cluster.local/ns/default/sa/lone", protocol="HBONE",
+                services={"default/plain": [80]})
 PLAIN = Service(name="plain", namespace="default", hostname="plain.default.svc.cluster.local", vips=["10.96.0.12"],
+                ports=[ServicePort(80, 8080, "http", "HTTP")], endpoints=[Endpoint(LONE.uid, LONE.ips[0])])
+# a Service without a waypoint over myapp's pods, which myapp's waypoint fronts on port 8080
+ALIAS = Service(name="alias", namespace="default", hostname="alias.default.svc.cluster.local", vips=["10.96.0.13"],
                 ports=[ServicePort(80, 8080, "http", "HTTP")], endpoints=[Endpoint(V2.uid, V2.ips[0])])
 
 
@@ -367,7 +374,7 @@ def edge(*services: Service, pods: tuple[Workload, ...] = (WP_READY, WP_STARTING
     from ambit.model import IngressGateway
     cfg = WaypointConfig(Waypoint("default", "edge"), "cluster.local")
     gw = IngressGateway("edge", "default")
-    for t, items in ((Workload.TYPE, [V1, V2, V2B, *pods]), (Service.TYPE, list(services)),
+    for t, items in ((Workload.TYPE, [V1, V2, V2B, LONE, *pods]), (Service.TYPE, list(services)),
                      (IngressGateway.TYPE, [gw])):
         cfg.apply(ConfigUpdate(t, "1", {}, frozenset(), {r.resource_name if hasattr(r, "resource_name") else r.uid: r
                                                          for r in items}))
@@ -382,7 +389,7 @@ def test_an_ingress_gateway_sends_a_waypointed_service_to_its_waypoints_ready_po
     """The Service's pods accept tunnels only from its waypoint (ztunnel's enforcement rule), so
     the gateway asks a ready pod of the waypoint for the Service, as a client's ztunnel does; the
     waypoint applies the Service's routes and policy and picks the endpoint."""
-    p = edge(SVC, OTHER, PLAIN, WP_SVC)
+    p = edge(SVC, OTHER, PLAIN, ALIAS, WP_SVC)
     head = RequestHead("GET", "/", "myapp")
     targets = {p.upstream(Forward("default/myapp", 80), head, CLIENT_DOWN) for _ in range(20)}
     assert {t.address for t in targets if t is not None} == {"10.0.3.1:80"}     # never the pod not ready yet
@@ -393,7 +400,11 @@ def test_an_ingress_gateway_sends_a_waypointed_service_to_its_waypoints_ready_po
     assert o is not None and o.address == "10.0.3.1:80" and o.key != t.key and o.key.startswith("10.96.0.11:80 via")
     # a Service without a waypoint: straight to its endpoint
     d = p.upstream(Forward("default/plain", 80), head, CLIENT_DOWN)
-    assert d is not None and d.address == "10.0.1.2:8080" and " via " not in d.key
+    assert d is not None and d.address == "10.0.1.7:8080" and " via " not in d.key
+    # ... unless its pod is bound to a waypoint on that port through another Service (its ztunnel
+    # admits only that waypoint there): the endpoint, asked of that waypoint's pod
+    a = p.upstream(Forward("default/alias", 80), head, CLIENT_DOWN)
+    assert a is not None and a.address == "10.0.1.2:8080" and a.key.startswith("10.0.1.2:8080 via 10.0.3.1/")
 
 
 def test_an_ingress_gateway_never_goes_around_a_waypoint_that_has_no_pod() -> None:
@@ -415,3 +426,41 @@ def test_through_waypoint_asks_each_pod_for_the_services_first_vip_and_port() ->
     assert endpoints.through_waypoint(SVC, 81, [WP_READY]) == []        # not a port of the Service
     headless = Service(name="h", namespace="default", hostname="h.default.svc.cluster.local", ports=[ServicePort(80, 8080, "http", "HTTP")])
     assert endpoints.through_waypoint(headless, 80, [WP_READY]) == []
+
+
+# -- a waypoint whose routes send to a Service bound to another waypoint -----------------------------
+
+def _other_waypoint_pod() -> Workload:
+    return Workload(uid="uid-other-0", name="other-0", namespace="default", ips=["10.0.4.1"], node="node2",
+                    service_account="other", identity="spiffe://cluster.local/ns/default/sa/other",
+                    labels={"gateway.networking.k8s.io/gateway-name": "other"}, protocol="HBONE")
+
+
+def test_a_waypoint_sends_a_service_bound_to_another_waypoint_through_it_a_bounded_number_of_times() -> None:
+    """The other Service's pods admit only their own waypoint, so this waypoint asks that one for
+    the Service (its VIP), counting the hop in the tunnel: a request that has already come through
+    MAX_HOPS waypoints (two waypoints whose routes send to each other's Services) goes no further."""
+    from waypoint.app import MAX_HOPS, _hops
+    far = Service(name="far", namespace="default", hostname="far.default.svc.cluster.local", vips=["10.96.0.30"],
+                  ports=[ServicePort(80, 8080, "http", "HTTP")], endpoints=[Endpoint(LONE.uid, LONE.ips[0])],
+                  waypoint="default/other")
+    p = proxy()
+    for t, items in ((Workload.TYPE, [V1, V2, V2B, LONE, _other_waypoint_pod()]), (Service.TYPE, [SVC, far])):
+        p.config.apply(ConfigUpdate(t, "2", {}, frozenset(), {r.resource_name if hasattr(r, "resource_name") else r.uid: r
+                                                              for r in items}))
+    down, _ = p.downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80")
+    assert down is not None and down.hops == 0
+    head = RequestHead("GET", "/", "myapp")
+    t = p.upstream(Forward("default/far", 80), head, down)
+    assert t is not None and t.address == "10.0.4.1:80" and t.key == "10.96.0.30:80 via 10.0.4.1:80/http1 for 10.0.2.5 hop 1"
+    # its own Service's endpoints: straight to them
+    own = p.upstream(Forward("default/myapp", 80), head, down)
+    assert own is not None and " via " not in own.key
+    # a tunnel that says it came through other waypoints: counted on, and refused at the bound
+    chained, _ = p.downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80", hops=1)
+    t2 = p.upstream(Forward("default/far", 80), head, chained)
+    assert t2 is not None and t2.key.endswith("hop 2")
+    looped, _ = p.downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80", hops=MAX_HOPS)
+    assert p.upstream(Forward("default/far", 80), head, looped) is None
+    assert p.upstream(Forward("default/myapp", 80), head, looped) is not None     # its own: still served
+    assert [_hops(v) for v in (None, "", "2", "x", "-1", "999")] == [0, 0, 2, MAX_HOPS, MAX_HOPS, MAX_HOPS]
