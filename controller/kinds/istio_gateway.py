@@ -70,8 +70,8 @@ ServerTLS = Obj({
     "serverCertificate": f"serverCertificate {_FILES}",
     "privateKey": f"privateKey {_FILES}",
     "caCertificates": f"caCertificates {_FILES} (MUTUAL: the CA is the Secret's ca.crt)",
-    "caCrl": f"caCrl {_FILES}: put the CRL in the credentialName Secret's ca.crl key (Istio's place for it with "
-             "credentialName)",
+    "caCrl": f"caCrl {_NOT_BUILT}: it reads no files in the proxy; put the CRL in the credentialName Secret's "
+             "ca.crl key (where Istio reads it with credentialName)",
     "credentialNames": f"credentialNames {_NOT_BUILT} yet: name one Secret in credentialName",
     "tlsCertificates": f"tlsCertificates {_NOT_BUILT} yet: name one Secret in credentialName",
     "maxProtocolVersion": f"maxProtocolVersion {_NOT_BUILT}: it serves TLS 1.2 and 1.3 (raise the minimum with "
