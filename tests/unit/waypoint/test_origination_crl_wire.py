@@ -58,18 +58,11 @@ def origin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Origin]:
 
 
 def objects(port: int, tls: Obj) -> list[Obj]:
-    return [
-        {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-         "metadata": {"name": "api", "namespace": NS, "labels": {"istio.io/use-waypoint": "egress"}},
-         "spec": {"hosts": [HOST], "addresses": ["240.240.0.1"], "resolution": "STATIC",
-                  "ports": [{"number": 80, "name": "http", "protocol": "HTTP", "targetPort": port}],
-                  "endpoints": [{"address": "127.0.0.1"}]}},
-        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "egress", "namespace": NS},
-         "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": 15008,
-                                                                       "protocol": "HBONE"}]}},
-        {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "api", "namespace": NS},
-         "spec": {"host": HOST, "trafficPolicy": {"tls": {"mode": "SIMPLE", **tls}}}},
-    ]
+    """The ServiceEntry and waypoint of test_backendtls_wire, and a DestinationRule SIMPLE with `tls`."""
+    entry = [o for o in wire.objects(port, None) if o["kind"] in ("ServiceEntry", "Gateway")]
+    return [*entry, {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                     "metadata": {"name": "api", "namespace": NS},
+                     "spec": {"host": HOST, "trafficPolicy": {"tls": {"mode": "SIMPLE", **tls}}}}]
 
 
 def test_a_revoked_server_certificate_fails_origination_with_503_uf(origin: Origin, tmp_path: Path) -> None:
