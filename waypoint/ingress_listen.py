@@ -17,6 +17,13 @@ protocol versions into a connection before that callback, so the base context al
 1.3 and a listener's `ambit.io/min-tls-version` is checked right after the handshake: a
 connection below it is closed before a byte of HTTP is read.
 
+Client certificates (mutual TLS): each listener's context holds its CAs and, with a CRL, the CRL
+and the revocation check in its own trust store (`ambit.dataplane.tls.load_crls`: the swapped-in
+context's verify flags are ignored, its store's are not), so a revoked certificate fails the
+handshake of that listener only; a CRL that does not load leaves the listener unserved. The
+subjectAltNames and the certificate pins are checked right after the handshake (`admitted`;
+Python's ssl has no verify callback), the connection closed before a byte of HTTP is read.
+
 Connections: at most `max_connections` at once over all ports (`--max-connections`), and at most
 `max_per_source` from one client source (`--max-connections-per-source`; a source is
 `ambit.accept.peer_key`'s, an IPv4 address or an IPv6 /64), so one client holding idle
@@ -189,7 +196,7 @@ class _Port:
                 try:
                     ctx = listener_context(ln, port_cas)
                 except (ssl.SSLError, OSError, ValueError, TLSPolicyError) as e:
-                    log.warning("listener %s: certificates do not load: %s", ln.name, e)
+                    log.warning("listener %s: certificates or CRLs do not load: %s", ln.name, e)
                     if ln.client_crl_pem:   # never by its last context, which may not check revocation
                         self._forget(ln.name)
                     continue

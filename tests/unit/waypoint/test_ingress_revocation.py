@@ -175,6 +175,25 @@ def test_a_crl_that_does_not_parse_leaves_the_server_unserved_with_a_warning(tmp
     assert {ln.hostname for ln in gw.listeners if ln.protocol == "HTTPS"} == {OTHER}
 
 
+def test_a_crl_the_gateway_cannot_load_leaves_that_listener_unserved(tmp_path: Path) -> None:
+    """Defence behind the controller's check: a listener whose CRL does not load is not served,
+    never served without revocation checks (nor by its last context); the port's others are."""
+    b, pki = _Bench(tmp_path), ClientPki(tmp_path)
+    gw, _ = translated(b, pki, pki.crl("bob"))
+    b.apply(gw, "1")
+
+    async def main(listeners: IngressListeners) -> None:
+        assert await _served(b, pki, HOST, "alice") == {"alice": True}
+        gw, _ = translated(b, pki, pki.crl("bob"))
+        [ln] = [ln for ln in gw.listeners if ln.hostname == HOST]
+        ln.client_crl_pem = "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"
+        await _reapply(b, listeners, gw, "2")
+        assert await _served(b, pki, HOST, "alice", "bob") == {"alice": False, "bob": False}
+        assert await _served(b, pki, OTHER, "alice", "bob") == {"alice": True, "bob": True}
+
+    b.run(main)
+
+
 def test_certificate_pins_admit_the_pinned_client_only(tmp_path: Path) -> None:
     """verifyCertificateSpki (base64) and verifyCertificateHash (hex with colons, upper case): a
     certificate matching either list is served, one matching neither is closed right after its
