@@ -689,6 +689,10 @@ class TrafficPolicy:
     client_certificate: str = ""
     private_key: str = ""
     insecure_skip_verify: bool = False
+    # caCrl: a PEM file of CRLs the server's chain is checked against (every CA of it, as Envoy
+    # without `only_verify_leaf_cert_crl`). Not advisory: an older waypoint NACKs it rather than
+    # originate without revocation checks.
+    ca_crl: str = ""
     # A Gateway API BackendTLSPolicy's CA bundle, inline (PEM, from its caCertificateRefs
     # ConfigMaps' `ca.crt`), verified against instead of `ca_certificates`; a value holding no
     # certificate fails every connection (a policy none of whose references resolved: Gateway API
@@ -858,6 +862,16 @@ class IngressListener:
     client_auth: str = ""
     client_ca_pem: str = ""
     client_sans: list[str] = field(default_factory=list)
+    # Revocation (the credentialName Secret's `ca.crl`, Istio's pilot/pkg/credentials/kube/secrets.go):
+    # PEM CRLs a client certificate's chain is checked against, every CA of it, as Envoy's
+    # `CertificateValidationContext.crl` without `only_verify_leaf_cert_crl` (what Istio sends).
+    client_crl_pem: str = ""
+    # Pins (verifyCertificateSpki / verifyCertificateHash), as lowercase hex SHA-256 digests of the
+    # client certificate's SubjectPublicKeyInfo / DER: when either list is set, a certificate must
+    # match one entry of either (Envoy's rule). Not advisory, as the fields above: an older gateway
+    # NACKs rather than serve without them.
+    client_spki_sha256: list[str] = field(default_factory=list)
+    client_cert_sha256: list[str] = field(default_factory=list)
 
 
 @dataclass

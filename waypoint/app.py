@@ -665,13 +665,19 @@ class WaypointProxy:
                     response_headers: tuple[tuple[str, str], ...], name: str = "", hops: int = 0) -> UpstreamTarget | None:
         if pick.plain:      # a ServiceEntry endpoint outside the mesh: the waypoint dials it itself
             policy, host = (cluster.policy, name or cluster.hostname) if cluster is not None else (None, "")
-            orig = origination(policy, host)
+            try:
+                orig = origination(policy, host)
+                tls = f" tls {orig.settings!r}" if orig else ""
+            except (OSError, ssl.SSLError) as e:
+                # a file that does not read (or a caCrl holding no CRL): the connect fails with it
+                # (503 UF, as a failed handshake), in a pool of its own, and reads the files again
+                orig, tls = None, f" tls unusable {e}"
             # pooled per TLS settings too: a connection verified for one name (or with one CA, one client
             # certificate, verification off) never carries the requests of a cluster that asks otherwise
-            key = f"{pick.address}/{pick.protocol}{f' tls {orig.settings!r}' if orig else ''}"
+            key = f"{pick.address}/{pick.protocol}{tls}"
             # the connector asks again per connection: the files' current contents (rotated CA or client cert)
             return UpstreamTarget(key, pick.address,
-                                  self._plain_connector(pick, (lambda: origination(policy, host)) if orig else None),
+                                  self._plain_connector(pick, (lambda: origination(policy, host)) if tls else None),
                                   pick.protocol, cluster, response_headers)
         if not pick.mesh:
             log.warning("endpoint %s (%s) is not in the mesh; the waypoint reaches endpoints over HBONE only",

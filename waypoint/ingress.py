@@ -21,6 +21,7 @@ Hostname matching, for both SNI and Host, is Gateway API's: an exact name first,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -104,6 +105,7 @@ class IngressView:
 TLS_MIN_VERSIONS = ("", "1.2", "1.3")
 # Client certificates a listener asks for: none, a valid one required, a valid one if sent
 CLIENT_AUTH = ("", "required", "optional")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")       # a certificate pin, as the controller writes it
 
 
 def build(gateway: IngressGateway | None, cluster_domain: str = "cluster.local") -> IngressView:
@@ -120,6 +122,13 @@ def build(gateway: IngressGateway | None, cluster_domain: str = "cluster.local")
             # as above: serving without the client certificate check would let anyone in
             raise ValueError(f"ingress listener {ln.name} (port {ln.port}): client_auth {ln.client_auth[:16]!r} "
                              f"{'without a CA' if ln.client_auth in CLIENT_AUTH else 'is not one this version serves'}")
+        bad = [p for p in (*ln.client_spki_sha256, *ln.client_cert_sha256) if not _SHA256_HEX.fullmatch(p)]
+        if bad or ((ln.client_spki_sha256 or ln.client_cert_sha256 or ln.client_crl_pem) and not ln.client_auth):
+            # pins or a CRL this version cannot read, or without client certificates to check them
+            # on: serving anyway would let in the clients they keep out
+            raise ValueError(f"ingress listener {ln.name} (port {ln.port}): "
+                             + (f"pin {bad[0][:16]!r} is not a hex SHA-256 digest" if bad
+                                else "certificate pins or a CRL without client_auth"))
         by_port.setdefault(ln.port, []).append(ln)
     ports = {}
     for port, lns in by_port.items():

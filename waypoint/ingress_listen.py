@@ -17,6 +17,13 @@ protocol versions into a connection before that callback, so the base context al
 1.3 and a listener's `ambit.io/min-tls-version` is checked right after the handshake: a
 connection below it is closed before a byte of HTTP is read.
 
+Client certificates (mutual TLS): each listener's context holds its CAs and, with a CRL, the CRL
+and the revocation check in its own trust store (`ambit.dataplane.tls.load_crls`: the swapped-in
+context's verify flags are ignored, its store's are not), so a revoked certificate fails the
+handshake of that listener only; a CRL that does not load leaves the listener unserved. The
+subjectAltNames and the certificate pins are checked right after the handshake (`admitted`;
+Python's ssl has no verify callback), the connection closed before a byte of HTTP is read.
+
 Connections: at most `max_connections` at once over all ports (`--max-connections`), and at most
 `max_per_source` from one client source (`--max-connections-per-source`; a source is
 `ambit.accept.peer_key`'s, an IPv4 address or an IPv6 /64), so one client holding idle
@@ -65,7 +72,7 @@ from ambit.backoff import Backoff
 from ambit.dataplane.acceptloop import AcceptLoop, Handshakes
 from ambit.dataplane.hbone.limits import HANDSHAKE_TIMEOUT, PendingHandshakes, refused_at_bound
 from ambit.dataplane.ports import LISTEN_BACKLOG
-from ambit.dataplane.tls import load_chain_from_memory
+from ambit.dataplane.tls import TLSPolicyError, load_chain_from_memory, load_crls
 from ambit.model import IngressListener
 from waypoint import clienthello
 from waypoint.http.edge import client_cert_element
@@ -108,6 +115,8 @@ def listener_context(ln: IngressListener, port_cas: str = "") -> ssl.SSLContext:
     if cas:
         ctx.load_verify_locations(cadata=cas)
         ctx.verify_mode = ssl.CERT_OPTIONAL
+    if ln.client_auth and ln.client_crl_pem:    # this listener's store only: a revoked client fails its handshake
+        load_crls(ctx, ln.client_crl_pem, per_store=True)
     return ctx
 
 
@@ -128,7 +137,7 @@ def _mutual_port(base: ssl.SSLContext, mutual: bool) -> None:
 def _fingerprint(ln: IngressListener, port_cas: str) -> str:
     """What a listener's context is built from: a change rebuilds it."""
     return hashlib.sha256("\0".join([*(c.cert_pem + c.key_pem for c in ln.certificates), ln.tls_min_version,
-                                      ln.client_auth, ln.client_ca_pem, port_cas]).encode()).hexdigest()
+                                      ln.client_auth, ln.client_ca_pem, ln.client_crl_pem, port_cas]).encode()).hexdigest()
 
 
 def san_allowed(cert: dict[str, Any], wanted: tuple[str, ...]) -> bool:
@@ -137,6 +146,23 @@ def san_allowed(cert: dict[str, Any], wanted: tuple[str, ...]) -> bool:
     if not wanted:
         return True
     return any(value in wanted for _kind, value in cert.get("subjectAltName", ()))
+
+
+def pin_allowed(der: bytes, spki: tuple[str, ...], digests: tuple[str, ...]) -> bool:
+    """Does a verified client certificate (DER) match one of the pins (verifyCertificateSpki: the
+    SHA-256 of its SubjectPublicKeyInfo; verifyCertificateHash: of the certificate), as lowercase
+    hex? Envoy's CertificateValidationContext: with both lists set, a match in either is enough.
+    Any, when none is set."""
+    if not spki and not digests:
+        return True
+    if digests and hashlib.sha256(der).hexdigest() in digests:
+        return True
+    if spki:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+        key = x509.load_der_x509_certificate(der).public_key()
+        return hashlib.sha256(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).hexdigest() in spki
+    return False
 
 
 class _Port:
@@ -149,6 +175,7 @@ class _Port:
         self.minimum: dict[int, ssl.TLSVersion] = {}      # id(context) -> its listener's minimum
         self.group: dict[int, str] = {}                   # id(context) -> its listener's group
         self.auth: dict[int, tuple[str, tuple[str, ...]]] = {}   # id(context) -> client_auth, client_sans
+        self.pins: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}  # id(context) -> SPKI, cert pins
         self.mutual = False                               # some listener wants client certificates
         self.base: ssl.SSLContext | None = None           # HTTPS: the context every handshake starts with
         self._fingerprints: dict[str, str] = {}
@@ -168,21 +195,29 @@ class _Port:
             if self._fingerprints.get(ln.name) != fp:
                 try:
                     ctx = listener_context(ln, port_cas)
-                except (ssl.SSLError, OSError, ValueError) as e:
-                    log.warning("listener %s: certificates do not load: %s", ln.name, e)
+                except (ssl.SSLError, OSError, ValueError, TLSPolicyError) as e:
+                    log.warning("listener %s: certificates or CRLs do not load: %s", ln.name, e)
+                    if ln.client_crl_pem:   # never by its last context, which may not check revocation
+                        self._forget(ln.name)
                     continue
                 self.contexts[ln.name], self._fingerprints[ln.name] = ctx, fp
                 self.minimum[id(ctx)] = ctx.minimum_version
             if ln.name in self.contexts:
                 self.group[id(self.contexts[ln.name])] = listener_group(ln)
                 self.auth[id(self.contexts[ln.name])] = (ln.client_auth, tuple(ln.client_sans))
+                self.pins[id(self.contexts[ln.name])] = (tuple(ln.client_spki_sha256), tuple(ln.client_cert_sha256)) \
+                    if ln.client_auth else ((), ())
         names = {ln.name for ln in port.listeners}
         for gone in set(self.contexts) - names:
-            ctx = self.contexts.pop(gone)
-            self.minimum.pop(id(ctx), None)
-            self.group.pop(id(ctx), None)
-            self.auth.pop(id(ctx), None)
-            self._fingerprints.pop(gone, None)
+            self._forget(gone)
+
+    def _forget(self, name: str) -> None:
+        """Serve listener `name` no more: a client whose SNI selects it fails its handshake."""
+        ctx = self.contexts.pop(name, None)
+        if ctx is not None:
+            for by_context in (self.minimum, self.group, self.auth, self.pins):
+                by_context.pop(id(ctx), None)
+        self._fingerprints.pop(name, None)
 
     def base_context(self) -> ssl.SSLContext:
         base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -229,6 +264,13 @@ class _Port:
         if not san_allowed(cert, wanted):
             log.info("TLS connection on port %d closed: the client certificate names none of %s",
                      self.port.port, ", ".join(wanted))
+            return False
+        spki, digests = self.pins.get(id(obj.context), ((), ()))
+        if not pin_allowed(obj.getpeercert(binary_form=True) or b"", spki, digests):
+            # Envoy fails the handshake; Python's ssl has no verify callback, so the client sees
+            # the connection closed right after it, before a byte of HTTP is read
+            log.info("TLS connection on port %d closed: the client certificate matches no "
+                     "verifyCertificateSpki/verifyCertificateHash pin", self.port.port)
             return False
         return True
 

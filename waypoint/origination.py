@@ -10,6 +10,11 @@ or MUTUAL on an external host makes the waypoint speak TLS upstream while the ap
   and `subjectAltNames` (DNS names or URIs). A bundle that holds no certificate (the policy's
   references did not resolve) fails the connection: 503, never plaintext nor the system roots.
 - MUTUAL: the same, presenting `clientCertificate` + `privateKey` (PEM files; both required).
+- `caCrl` (SIMPLE and MUTUAL, unless `insecureSkipVerify`): a PEM file of CRLs; the server's chain
+  is checked against them, every CA of it, as Envoy does with the `crl` Istio sets
+  (pilot/pkg/networking/core/cluster_tls.go) and no `only_verify_leaf_cert_crl`: a revoked server
+  certificate, or a CA of its chain without a CRL in the file, fails the handshake (503 UF). A
+  file that holds no CRL fails every connection, never one without the check.
 - SNI is `sni`, else the host. The server certificate must name one of `subjectAltNames`, else the
   SNI name (what Envoy checks with `auto_san_validation`).
 - DISABLE, unset, or ISTIO_MUTUAL (which means HBONE mTLS, the mesh's own): plain TCP.
@@ -36,6 +41,7 @@ import ssl
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from ambit.dataplane.tls import load_crls
 from ambit.model import TrafficPolicy
 
 ORIGINATING = ("SIMPLE", "MUTUAL")
@@ -68,8 +74,8 @@ def check_peer(cert: dict, names: tuple[str, ...]) -> str:
 
 
 MAX_CONTEXTS = 32      # TLS settings in use at once (distinct files x modes): a handful in practice
-# (mode, CA file, client certificate, key, verification off, inline CA) -> (the files' stamps, context)
-_CONTEXTS: OrderedDict[tuple[str, str, str, str, bool, str], tuple[tuple, ssl.SSLContext]] = OrderedDict()
+# (mode, CA file, client certificate, key, verification off, inline CA, CRL file) -> (the files' stamps, context)
+_CONTEXTS: OrderedDict[tuple[str, str, str, str, bool, str, str], tuple[tuple, ssl.SSLContext]] = OrderedDict()
 _PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----[^-]*-----END CERTIFICATE-----")
 
 
@@ -109,8 +115,8 @@ def _inline_context(pem: str) -> ssl.SSLContext:
 def _context(policy: TrafficPolicy) -> ssl.SSLContext:
     """The client context of `policy`'s files and verification mode, cached while they are unchanged."""
     key = (policy.tls_mode, policy.ca_certificates, policy.client_certificate, policy.private_key,
-           policy.insecure_skip_verify, policy.ca_certificate_pem)
-    stamps = _stamps(policy.ca_certificates, policy.client_certificate, policy.private_key)
+           policy.insecure_skip_verify, policy.ca_certificate_pem, policy.ca_crl)
+    stamps = _stamps(policy.ca_certificates, policy.client_certificate, policy.private_key, policy.ca_crl)
     hit = _CONTEXTS.get(key)
     if hit is not None and hit[0] == stamps:
         _CONTEXTS.move_to_end(key)
@@ -122,6 +128,12 @@ def _context(policy: TrafficPolicy) -> ssl.SSLContext:
     ctx.check_hostname = False          # checked against subjectAltNames or the SNI by check_peer
     if policy.insecure_skip_verify:
         ctx.verify_mode = ssl.CERT_NONE
+    elif policy.ca_crl:                 # (no validation, no revocation check: Istio sets no crl then either)
+        with open(policy.ca_crl) as f:
+            try:
+                load_crls(ctx, f.read())
+            except ssl.SSLError as e:
+                raise ssl.SSLError(f"caCrl {policy.ca_crl}: {e}") from e
     if policy.tls_mode == "MUTUAL":
         ctx.load_cert_chain(policy.client_certificate, policy.private_key)
     _CONTEXTS[key] = (stamps, ctx)
@@ -144,5 +156,6 @@ def origination(policy: TrafficPolicy | None, host: str) -> Origination | None:
     sni = policy.sni or host
     names = () if policy.insecure_skip_verify else tuple(policy.subject_alt_names) or (sni,)
     settings = (policy.tls_mode, policy.ca_certificates, policy.client_certificate, policy.private_key,
-                policy.insecure_skip_verify, sni, tuple(policy.subject_alt_names), _digest(policy.ca_certificate_pem))
+                policy.insecure_skip_verify, sni, tuple(policy.subject_alt_names), _digest(policy.ca_certificate_pem),
+                policy.ca_crl)
     return Origination(ctx, sni, names, settings)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +64,15 @@ class _LibSSL:
             lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
             lib.SSL_CTX_set_ciphersuites.restype = ctypes.c_int
             lib.SSL_CTX_set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            # (libcrypto's, found through libssl's dependencies)
+            lib.SSL_CTX_get_cert_store.restype = ctypes.c_void_p
+            lib.SSL_CTX_get_cert_store.argtypes = [ctypes.c_void_p]
+            lib.X509_STORE_set_flags.restype = ctypes.c_int
+            lib.X509_STORE_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_ulong]
+            lib.X509_STORE_get0_param.restype = ctypes.c_void_p
+            lib.X509_STORE_get0_param.argtypes = [ctypes.c_void_p]
+            lib.X509_VERIFY_PARAM_get_flags.restype = ctypes.c_ulong
+            lib.X509_VERIFY_PARAM_get_flags.argtypes = [ctypes.c_void_p]
             cls._lib = lib
         return cls._lib
 
@@ -95,6 +105,58 @@ def load_chain_from_memory(ctx: ssl.SSLContext, key_pem: bytes, chain_pem: list[
         ctx.load_cert_chain(f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
+
+
+# --- revocation lists ----------------------------------------------------------------------------
+
+CRL_BLOCK = re.compile(r"-----BEGIN X509 CRL-----[A-Za-z0-9+/=\s]+-----END X509 CRL-----")
+_CRL_CHECK, _CRL_CHECK_ALL = 0x4, 0x8       # X509_V_FLAG_CRL_CHECK, X509_V_FLAG_CRL_CHECK_ALL
+
+
+def crl_blocks(pem: str) -> list[str]:
+    """The PEM CRL blocks of `pem` (the text around them, and any certificate, left out)."""
+    return CRL_BLOCK.findall(pem)
+
+
+def load_crls(ctx: ssl.SSLContext, pem: str, *, per_store: bool = False) -> None:
+    """Check the peer's chain against the CRLs in `pem`, every CA of it, as Envoy does with a
+    `CertificateValidationContext.crl` and no `only_verify_leaf_cert_crl` (what Istio sends):
+    OpenSSL's CRL_CHECK | CRL_CHECK_ALL, so a CA of the chain without a CRL here fails the
+    verification of every certificate below it (Envoy's documented behaviour). Raises
+    ssl.SSLError when `pem` holds no CRL or one that does not load: never a context that
+    quietly checks nothing.
+
+    `per_store`: also set the flags on the context's X509_STORE, as Envoy does
+    (X509_STORE_set_flags). A server context that an SNI callback swaps in keeps the verify flags of
+    the context the handshake began with (OpenSSL copies them into the connection at SSL_new; tried:
+    `verify_flags` on the swapped context is ignored), but verification starts from the store's
+    own flags, and the store is the swapped context's."""
+    blocks = crl_blocks(pem)
+    if not blocks:
+        raise ssl.SSLError("holds no PEM CRL (-----BEGIN X509 CRL-----)")
+    # load_verify_locations(cadata=) reads certificates only; a file is read for CRLs as well
+    fd = os.memfd_create("ambit-crl", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, "\n".join(blocks).encode())
+        ctx.load_verify_locations(cafile=f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
+    if per_store:
+        _set_store_flags(ctx, _CRL_CHECK | _CRL_CHECK_ALL)
+
+
+def _set_store_flags(ctx: ssl.SSLContext, flags: int) -> None:
+    """X509_STORE_set_flags on `ctx`'s trust store (no Python API), proved as in
+    `set_tls13_ciphersuites` and read back; raises TLSPolicyError when it cannot be done."""
+    lib = _LibSSL.get()
+    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not ptr or lib.SSL_CTX_get_options(ptr) != ctx.options:
+        raise TLSPolicyError("cannot locate the SSL_CTX of this SSLContext to turn revocation checks on")
+    store = lib.SSL_CTX_get_cert_store(ptr)
+    if not store or lib.X509_STORE_set_flags(store, flags) != 1 or \
+            lib.X509_VERIFY_PARAM_get_flags(lib.X509_STORE_get0_param(store)) & flags != flags:
+        raise TLSPolicyError("OpenSSL did not turn revocation checks on for this trust store")
 
 
 def _context(purpose: int, cert: WorkloadCertificate) -> ssl.SSLContext:

@@ -4,12 +4,20 @@ Ambit serves it on its own ingress gateway (a Gateway API Gateway of class `ambi
 the `selector` matches), translated into the same listeners a Gateway API Gateway produces
 (controller/translate/istio_gateway.py). What that data path cannot do is refused by name here rather
 than accepted and ignored: other protocols, TLS modes other than SIMPLE, MUTUAL and OPTIONAL_MUTUAL
-(HTTPS) and PASSTHROUGH (TLS), certificate files, revocation lists and pinned certificates,
-`bind`, `defaultEndpoint`.
+(HTTPS) and PASSTHROUGH (TLS), certificate files (a revocation list is the credentialName Secret's
+`ca.crl`, not the `caCrl` file), `bind`, `defaultEndpoint`.
+
+Certificate pins (`verifyCertificateSpki`, `verifyCertificateHash`) are checked here in Envoy's
+formats (pilot/pkg/security/model/authentication.go hands them to its CertificateValidationContext,
+which refuses a value that does not decode to a SHA-256 digest), and reach the gateway as lowercase
+hex digests (`pin_hex`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from typing import Any
 
 from controller.kinds.common import Labels, Port, check_ingress_port
@@ -25,21 +33,47 @@ _NOT_BUILT = "is not supported by Ambit's ingress gateway"
 _FILES = (f"{_NOT_BUILT}: certificates come from a kubernetes.io/tls Secret named by credentialName, not from "
           "files in the proxy")
 
+_HEX = re.compile(r"[0-9a-fA-F]{64}|[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){31}")
+
+
+def _check_spki(value: str) -> str | None:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return f'"{value[:64]}" is not base64: a pin is the base64 SHA-256 of a SubjectPublicKeyInfo'
+    if len(raw) != 32:
+        return f'"{value[:64]}" decodes to {len(raw)} bytes, not a SHA-256 digest (32)'
+    return None
+
+
+def _check_hash(value: str) -> str | None:
+    if not _HEX.fullmatch(value):
+        return (f'"{value[:100]}" is not a hex SHA-256 digest of a certificate: 64 hex digits, or 32 pairs '
+                "separated by colons")
+    return None
+
+
+def pin_hex(value: str, spki: bool) -> str:
+    """A validated pin as the gateway takes it: the lowercase hex of its SHA-256 digest."""
+    return base64.b64decode(value).hex() if spki else value.replace(":", "").lower()
+
+
 ServerTLS = Obj({
     "httpsRedirect": Bool(),
     "mode": Str(enum=("PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL")),
     "credentialName": Str(min_len=1),
     "minProtocolVersion": Str(enum=("TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")),
     "subjectAltNames": Arr(Str(min_len=1)),
+    "verifyCertificateSpki": Arr(Str(valid=_check_spki)),
+    "verifyCertificateHash": Arr(Str(valid=_check_hash)),
 }, unsupported={
     "serverCertificate": f"serverCertificate {_FILES}",
     "privateKey": f"privateKey {_FILES}",
     "caCertificates": f"caCertificates {_FILES} (MUTUAL: the CA is the Secret's ca.crt)",
-    "caCrl": f"caCrl (client certificate validation) {_NOT_BUILT} yet",
+    "caCrl": f"caCrl {_NOT_BUILT}: it reads no files in the proxy; put the CRL in the credentialName Secret's "
+             "ca.crl key (where Istio reads it with credentialName)",
     "credentialNames": f"credentialNames {_NOT_BUILT} yet: name one Secret in credentialName",
     "tlsCertificates": f"tlsCertificates {_NOT_BUILT} yet: name one Secret in credentialName",
-    "verifyCertificateSpki": f"verifyCertificateSpki (client certificate validation) {_NOT_BUILT} yet",
-    "verifyCertificateHash": f"verifyCertificateHash (client certificate validation) {_NOT_BUILT} yet",
     "maxProtocolVersion": f"maxProtocolVersion {_NOT_BUILT}: it serves TLS 1.2 and 1.3 (raise the minimum with "
                           "minProtocolVersion)",
     "cipherSuites": f"cipherSuites {_NOT_BUILT}: OpenSSL's defaults for TLS 1.2 and 1.3 apply",
@@ -93,9 +127,9 @@ def _check_server(value: dict[str, Any], path: str, errs: Errors) -> None:
     if mode not in HTTPS_MODES:
         errs.append((join(tp, "mode"), f'"{mode}" {_NOT_BUILT} yet; an HTTPS server terminates TLS '
                                        f"(mode {', '.join(HTTPS_MODES)})"))
-    if tls.get("subjectAltNames") and mode not in CLIENT_AUTH:
-        errs.append((join(tp, "subjectAltNames"), "checks client certificates: only with mode MUTUAL or "
-                                                  "OPTIONAL_MUTUAL"))
+    for f in ("subjectAltNames", "verifyCertificateSpki", "verifyCertificateHash"):
+        if tls.get(f) and mode not in CLIENT_AUTH:
+            errs.append((join(tp, f), "checks client certificates: only with mode MUTUAL or OPTIONAL_MUTUAL"))
     if not tls.get("credentialName"):
         errs.append((join(tp, "credentialName"), "required: the kubernetes.io/tls Secret, in the gateway pods' "
                                                  "namespace, holding the server's certificate and key"))

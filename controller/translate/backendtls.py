@@ -141,7 +141,7 @@ def _target(policy: Obj, ref: Obj, entries: dict[tuple[str, str], Obj]) -> tuple
 def _with_tls(base: TrafficPolicy | None, tls: _Tls) -> TrafficPolicy:
     return dataclasses.replace(base or TrafficPolicy(), tls_mode="SIMPLE", sni=tls.hostname,
                                subject_alt_names=list(tls.sans), ca_certificates="", client_certificate="",
-                               private_key="", insecure_skip_verify=False, ca_certificate_pem=tls.pem)
+                               private_key="", insecure_skip_verify=False, ca_crl="", ca_certificate_pem=tls.pem)
 
 
 def _fill(pps: list[PortPolicy], port: int, base: TrafficPolicy | None, tls: _Tls, over_base: bool = False) -> bool:

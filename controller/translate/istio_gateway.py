@@ -11,7 +11,9 @@ Pure: objects in, listeners (added to the ingress models) and warnings out. Isti
 - each `servers[]` entry, per host, becomes a listener on `port.number`: HTTP, or HTTPS terminating
   TLS (mode SIMPLE) with the `kubernetes.io/tls` Secret `credentialName` from the gateway pods'
   namespace, and with mode MUTUAL / OPTIONAL_MUTUAL verifying client certificates against that
-  Secret's `ca.crt` (and `subjectAltNames`); `tls.httpsRedirect` on an HTTP server answers every request with a 301 to https;
+  Secret's `ca.crt` (and `subjectAltNames`, the pins `verifyCertificateSpki`/`verifyCertificateHash`,
+  and the CRLs of its `ca.crl`, Istio's key for them: a CRL that does not parse leaves the server
+  unserved, as a bad `ca.crt` does); `tls.httpsRedirect` on an HTTP server answers every request with a 301 to https;
   TLS (mode PASSTHROUGH) takes the bound VirtualServices' `tls` routes (each `match.sniHosts` name,
   intersected with the server host, routes by SNI), TCP their `tcp` routes (the first whose match
   fits the port); a match's `port` must be the server's, its `gateways` narrow it; the first route
@@ -39,7 +41,7 @@ from __future__ import annotations
 from typing import Any
 
 from ambit.model import HttpRoute, IngressGateway, IngressListener, Redirect, TcpRoute, WaypointRoutes
-from controller.kinds.istio_gateway import CLIENT_AUTH, TLS_VERSIONS
+from controller.kinds.istio_gateway import CLIENT_AUTH, TLS_VERSIONS, pin_hex
 from controller.translate.blame import blame
 from controller.translate.delegates import Delegation
 from controller.translate.index import Index, name_of, ns_of, selector_matches
@@ -49,6 +51,7 @@ from controller.translate.ingress import (
     intersect,
     load_certificate,
     load_client_ca,
+    load_client_crl,
     route_hostnames,
 )
 from controller.translate.routes import Hosts, vs_destinations, vs_http_route
@@ -134,14 +137,16 @@ def _server_listeners(gw: Obj, server: Obj, index: int, ingress_ns: str, secrets
     port, tls = server["port"], server.get("tls") or {}
     path = f"spec.servers[{index}]"
     certs = []
-    client_auth, client_ca = CLIENT_AUTH.get(tls.get("mode", ""), ""), ""
+    client_auth, client_ca, client_crl = CLIENT_AUTH.get(tls.get("mode", ""), ""), "", ""
     if port["protocol"] == "HTTPS":
         ref = f"{ingress_ns}/{tls['credentialName']}"
         cert, why = load_certificate(secrets.get(ref), ref)
         if cert is not None and client_auth:
             ca, why = load_client_ca(secrets[ref], ref)
-            cert = cert if ca is not None else None
-            client_ca = ca or ""
+            crl, crl_why, notes = load_client_crl(secrets[ref], ref, ca) if ca is not None else ("", "", [])
+            errors.extend(FieldError(object_ref(gw), f"{path}.tls.credentialName", n) for n in notes)
+            cert = cert if ca is not None and crl is not None else None
+            client_ca, client_crl, why = ca or "", crl or "", why or crl_why
         if cert is None:
             errors.append(FieldError(object_ref(gw), f"{path}.tls.credentialName", f"{why}; the server is not served"))
             return []
@@ -173,8 +178,11 @@ def _server_listeners(gw: Obj, server: Obj, index: int, ingress_ns: str, secrets
             port=int(port["number"]), protocol=port["protocol"], hostname=hostname,
             tls_min_version=TLS_VERSIONS.get(tls.get("minProtocolVersion", ""), ""), certificates=certs,
             hosts=[WaypointRoutes(hostname=h, namespace=ingress_ns, http=rs) for h, rs in sorted(vhosts.items())],
-            server=group, client_auth=client_auth, client_ca_pem=client_ca,
-            client_sans=list(tls.get("subjectAltNames") or []) if client_auth else []))
+            server=group, client_auth=client_auth, client_ca_pem=client_ca, client_crl_pem=client_crl,
+            client_sans=list(tls.get("subjectAltNames") or []) if client_auth else [],
+            client_spki_sha256=[pin_hex(v, True) for v in tls.get("verifyCertificateSpki") or []] if client_auth else [],
+            client_cert_sha256=[pin_hex(v, False) for v in tls.get("verifyCertificateHash") or []] if client_auth
+            else []))
     return out
 
 

@@ -576,6 +576,7 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
     t.subject_alt_names = list(tls.get("subjectAltNames") or [])
     t.ca_certificates, t.client_certificate = tls.get("caCertificates", ""), tls.get("clientCertificate", "")
     t.private_key, t.insecure_skip_verify = tls.get("privateKey", ""), bool(tls.get("insecureSkipVerify"))
+    t.ca_crl = tls.get("caCrl", "")
     return t
 
 

@@ -619,7 +619,6 @@ def _gw_fields(o: Obj) -> list[Advisory]:
 ENTRY_TLS_NOT_SUPPORTED = {
     "credentialName": "not supported by Ambit yet: the waypoint reads caCertificates, clientCertificate and "
                       "privateKey as files; it does not read Secrets for TLS origination",
-    "caCrl": "not supported by Ambit: the waypoint does not check revocation lists",
 }
 
 
