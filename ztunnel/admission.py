@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ambit.model import Workload
-from ambit.waypointpods import bound_waypoints as shared_bound
+from ambit.waypointpods import bound_waypoints
 from ambit.zds import PodInfo
 from ztunnel import authz, sourcecheck
 from ztunnel.meshstate import MeshState
@@ -81,14 +81,9 @@ def forwarded_for(value: str | None) -> str | None:
     return None
 
 
-def bound_waypoints(config: MeshState, dest: Workload, port: int) -> set[str]:
-    """The waypoints ("ns/name") that traffic to `dest` on `port` must come through (ambit/waypointpods.py)."""
-    return shared_bound(config.view.services, dest, port)
-
-
 def waypoint_check(config: MeshState, dest: Workload, port: int, peer_identity: str) -> str:
     """Why a tunnel from `peer_identity` bypassed the waypoint `dest` is bound to ("" if it did not)."""
-    bound = bound_waypoints(config, dest, port)
+    bound = bound_waypoints(config.view.services, dest, port)
     if not bound:
         return ""
     allowed = {w.identity for wp in sorted(bound) for w in waypoint_pods(config, wp)}
