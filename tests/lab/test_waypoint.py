@@ -606,6 +606,15 @@ def test_a_waypoint_sends_a_service_bound_to_another_waypoint_through_that_one(w
         log = (wlab.dir / "logs" / "waypoint-default-other.log").read_text(errors="replace")
         line = [x for x in log.splitlines() if "ambit.waypoint.access" in x and '"/secret"' in x][-1]
         assert '"downstream_peer_principal": "spiffe://cluster.local/ns/default/sa/waypoint"' in line, line
+        # myapp-v2 opted out of every waypoint: the route still reaches it, straight from the first
+        # waypoint (which used to know only the Services it fronts: 503 UH), with the client's address
+        unbound = json.loads(json.dumps(original))
+        unbound["metadata"].setdefault("labels", {})["istio.io/use-waypoint"] = "none"
+        apply(wlab, [unbound], wlab.tmp, "chain-svc")  # type: ignore[attr-defined]
+        wlab.wait_for(lambda: status_of(wlab, "default/frontend", "http://myapp/secret")[0] == 200, timeout=30,
+                      interval=0.5, what="myapp-v2 without a waypoint of its own")
+        r = wlab.curl("default/frontend", "http://myapp/")
+        assert r["version"] == "v2" and r["peer"].split(":")[0] == wlab.pod("default/frontend")["ip"], r
     finally:
         apply(wlab, [original], wlab.tmp, "chain-svc")  # type: ignore[attr-defined]
         delete(wlab, f)
