@@ -42,10 +42,11 @@ from ambit.dataplane.hbone import HBONEClientPool, HBONEServer, HBONEStream
 from ambit.dataplane.hbone.limits import ConnLimiter, PendingHandshakes
 from ambit.dataplane.identity import IdentityManager
 from ambit.dataplane.identity.wait import IdentityGate
+from ambit.dataplane.keepalive import describe as describe_keepalive
 from ambit.dataplane.listen import tcp_listener
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics
-from ambit.model import RouteDestination, Service, Workload
+from ambit.model import RouteDestination, Service, TcpKeepalive, Workload
 from ambit.telemetryconfig import TracingConfig
 from waypoint import endpoints
 from waypoint.authz import Verdict, authorize
@@ -109,6 +110,11 @@ def _places(v: View, svc: Service, port: int, labels: Mapping[str, str] | None,
         unready = tuple((p.address, _place(v, p))
                         for p in endpoints.candidates(svc, port, labels, v.workloads, v.by_ip, ready=False))
     return Places((_place(v, p) for p in cands), unready)
+
+
+def _ka_key(ka: TcpKeepalive | None) -> str:
+    """The part of an upstream pool key that keeps connections of different TCP keepalives apart."""
+    return f" {describe_keepalive(ka)}" if ka is not None else ""
 
 
 def _choose_among(v: View, svc: Service, port: int, labels: Mapping[str, str] | None,
@@ -480,7 +486,8 @@ class WaypointProxy:
         view = self.config.view
         if view is not self._clusters_view:
             self.clusters.update({s: hr.config for s, hr in view.table.by_service.items() if hr.config is not None},
-                                 view.services, view.mesh.locality if view.mesh is not None else None)
+                                 view.services, view.mesh.locality if view.mesh is not None else None,
+                                 view.mesh.tcp_keepalive if view.mesh is not None else None)
             self._clusters_view = view
             own = _place_of(self._own_workload())     # where this waypoint runs: locality balancing's vantage point
             moved = own != self.clusters.own
@@ -582,32 +589,44 @@ class WaypointProxy:
 
     def _new_target(self, pick: endpoints.Pick, source_ip: str | None, cluster: Cluster | None,
                     response_headers: tuple[tuple[str, str], ...], name: str = "") -> UpstreamTarget | None:
+        # pooled per TCP keepalive too: a connection's socket has the keepalive of the cluster that opened it
+        ka = self._keepalive(cluster)
         if pick.plain:      # a ServiceEntry endpoint outside the mesh: the waypoint dials it itself
             policy, host = (cluster.policy, name or cluster.hostname) if cluster is not None else (None, "")
             orig = origination(policy, host)
             # pooled per TLS settings too: a connection verified for one name (or with one CA, one client
             # certificate, verification off) never carries the requests of a cluster that asks otherwise
-            key = f"{pick.address}/{pick.protocol}{f' tls {orig.settings!r}' if orig else ''}"
+            key = f"{pick.address}/{pick.protocol}{f' tls {orig.settings!r}' if orig else ''}{_ka_key(ka)}"
             # the connector asks again per connection: the files' current contents (rotated CA or client cert)
             return UpstreamTarget(key, pick.address,
-                                  self._plain_connector(pick, (lambda: origination(policy, host)) if orig else None),
+                                  self._plain_connector(pick, (lambda: origination(policy, host)) if orig else None,
+                                                        ka),
                                   pick.protocol, cluster, response_headers)
         if not pick.mesh:
             log.warning("endpoint %s (%s) is not in the mesh; the waypoint reaches endpoints over HBONE only",
                         pick.address, pick.workload)
             return None
         # Pooled per endpoint *and* source: the tunnel's Forwarded header names one source.
-        key = f"{pick.address}/{pick.protocol} for {source_ip or '-'}"
-        return UpstreamTarget(key, pick.address, self._connector(pick, source_ip), pick.protocol, cluster,
+        key = f"{pick.address}/{pick.protocol} for {source_ip or '-'}{_ka_key(ka)}"
+        return UpstreamTarget(key, pick.address, self._connector(pick, source_ip, ka), pick.protocol, cluster,
                               response_headers)
 
-    def _plain_connector(self, pick: endpoints.Pick, current: Callable[[], Origination | None] | None):
+    def _keepalive(self, cluster: Cluster | None) -> TcpKeepalive | None:
+        """The TCP keepalive of a connection for `cluster`: its own (the mesh's under its rule's);
+        without a cluster (a workload addressed directly), the mesh's."""
+        if cluster is not None:
+            return cluster.keepalive
+        mesh = self.config.view.mesh
+        return mesh.tcp_keepalive if mesh is not None else None
+
+    def _plain_connector(self, pick: endpoints.Pick, current: Callable[[], Origination | None] | None,
+                         keepalive: TcpKeepalive | None = None):
         async def connect() -> Attachable:
             timeout = self.settings.tunnel.connect_timeout
             orig = current() if current is not None else None
             if orig is None:
-                return await connect_tcp(pick.ip, pick.port, timeout)
-            plug = await connect_tcp(pick.ip, pick.port, timeout, orig.context, orig.sni)
+                return await connect_tcp(pick.ip, pick.port, timeout, keepalive=keepalive)
+            plug = await connect_tcp(pick.ip, pick.port, timeout, orig.context, orig.sni, keepalive=keepalive)
             assert plug.transport is not None
             why = check_peer(plug.transport.get_extra_info("peercert") or {}, orig.names)
             if why:
@@ -616,10 +635,11 @@ class WaypointProxy:
             return plug
         return connect
 
-    def _connector(self, pick: endpoints.Pick, source_ip: str | None):
+    def _connector(self, pick: endpoints.Pick, source_ip: str | None, keepalive: TcpKeepalive | None = None):
         async def connect() -> Attachable:
+            # the HBONE pool keys its connections on the keepalive too (ambit/dataplane/hbone/client.py)
             st = await self.pool.connect(self.identity, pick.identity, pick.ip, pick.address,
-                                         forwarded_for=source_ip,
+                                         forwarded_for=source_ip, keepalive=keepalive,
                                          timeout=self.settings.tunnel.connect_timeout + self.settings.tunnel.cert_wait)
             return HBONETransport(st)
         return connect
@@ -716,7 +736,9 @@ class WaypointProxy:
         if pick is None or not (pick.mesh or pick.plain):
             return None
         try:
-            conn = await (self._plain_connector(pick, None) if pick.plain else self._connector(pick, source_ip))()
+            ka = self._keepalive(cluster)
+            conn = await (self._plain_connector(pick, None, ka) if pick.plain
+                          else self._connector(pick, source_ip, ka))()
         except Exception:
             if cluster is not None:     # Envoy's tcp_proxy reports connect failures to outlier detection
                 cluster.attempt_result(pick.address, Outcome(CONNECT_FAILURE))
