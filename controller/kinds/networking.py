@@ -369,15 +369,11 @@ def _keepalive_seconds(text: str) -> str | None:
     return None
 
 
-# MeshConfig's `tcpKeepalive` is the same message (controller/meshconfig.py)
-TcpKeepalive = Obj({
-    "probes": Int(minimum=0, maximum=MAX_PROBES, description="Unanswered probes before the connection is dropped "
-                  "(TCP_KEEPCNT, at most 127); 0 or unset: the OS's."),
-    "time": Str(valid=_keepalive_seconds, pattern=GO_DURATION_PATTERN,
-                description="Idle time before the first probe (TCP_KEEPIDLE), whole seconds; unset: the OS's."),
-    "interval": Str(valid=_keepalive_seconds, pattern=GO_DURATION_PATTERN,
-                    description="Time between probes (TCP_KEEPINTVL), whole seconds; unset: the OS's."),
-}, description="SO_KEEPALIVE on the upstream sockets, with these values.")
+# MeshConfig's `tcpKeepalive` is the same message (controller/meshconfig.py). probes 0 is unset, as
+# in Istio (a proto3 uint32): the OS's count.
+TcpKeepalive = Obj({"probes": Int(minimum=0, maximum=MAX_PROBES),
+                    "time": Str(valid=_keepalive_seconds, pattern=GO_DURATION_PATTERN),
+                    "interval": Str(valid=_keepalive_seconds, pattern=GO_DURATION_PATTERN)})
 
 ConnectionPool = Obj({
     "tcp": Obj({
