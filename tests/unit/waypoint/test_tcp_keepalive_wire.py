@@ -27,7 +27,7 @@ import pytest
 from ambit.configclient import ConfigUpdate
 from ambit.dataplane import tls
 from ambit.dataplane.hbone import HBONEClientPool, HBONEServer, HBONEStream
-from ambit.model import MeshSettings, Service, TcpKeepalive, WaypointRoutes, Workload
+from ambit.model import MeshSettings, Service, WaypointRoutes, Workload
 from controller.app import mesh_tcp_keepalive
 from controller.translate import translate
 from tests.support.testca import pem
