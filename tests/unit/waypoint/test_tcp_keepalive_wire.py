@@ -18,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,28 @@ def test_an_empty_keepalive_turns_so_keepalive_on_with_the_os_values(origin: Ori
     try:
         assert w.get() == 200
         assert sockets_to(origin.port) == [(1, *os_defaults())]
+    finally:
+        w.close()
+
+
+def keepalive_probes_sent() -> int:
+    """The netns's count of TCP keepalive probes sent (TcpExt TCPKeepAlive, /proc/net/netstat)."""
+    lines = [ln.split() for ln in Path("/proc/net/netstat").read_text().splitlines() if ln.startswith("TcpExt:")]
+    return int(dict(zip(lines[0], lines[1], strict=True))["TCPKeepAlive"])
+
+
+def test_an_idle_pooled_upstream_connection_sends_keepalive_probes(origin: Origin) -> None:
+    """With `time: 1s` the kernel probes the idle pooled connection after a second of silence (the
+    origin answers, so it stays up and is probed again): what keeps a NAT's or a load balancer's
+    idle timer from expiring. Counted in the kernel's TCPKeepAlive counter (any other socket's
+    probes could only add to it; the OS default waits 2 hours)."""
+    w = Wire([*entry(origin.port), keepalive_rule(HOST, {"time": "1s", "interval": "1s"})], ENTRY_DOWN).start()
+    try:
+        assert w.get() == 200
+        before = keepalive_probes_sent()
+        time.sleep(2.6)
+        assert keepalive_probes_sent() - before >= 2
+        assert w.get() == 200 and origin.connections == 1, "the probed connection was reused"
     finally:
         w.close()
 
