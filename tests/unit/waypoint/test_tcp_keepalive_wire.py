@@ -35,7 +35,7 @@ from tests.support.testca import pem
 from tests.unit.conftest import issue, sid
 from tests.unit.controller.test_config_translate import ns, pod, service
 from tests.unit.waypoint.harness import Origin, Proxy
-from tests.unit.waypoint.test_backendtls_wire import HOST, TlsOrigin
+from tests.unit.waypoint.test_backendtls_wire import HOST, TlsOrigin, objects
 from waypoint.app import WaypointProxy
 from waypoint.authz import Waypoint
 from waypoint.config import WaypointConfig
@@ -91,17 +91,10 @@ def keepalive_rule(host: str, ka: Obj | None, **policy: Any) -> Obj:
 
 
 def entry(port: int) -> list[Obj]:
-    """A ServiceEntry for HOST (endpoint 127.0.0.1:`port`) behind the egress waypoint demo/egress."""
-    return [
-        {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-         "metadata": {"name": "api", "namespace": NS, "labels": {"istio.io/use-waypoint": "egress"}},
-         "spec": {"hosts": [HOST], "addresses": ["240.240.0.1"], "resolution": "STATIC",
-                  "ports": [{"number": 80, "name": "http", "protocol": "HTTP", "targetPort": port}],
-                  "endpoints": [{"address": "127.0.0.1"}]}},
-        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "egress", "namespace": NS},
-         "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": 15008,
-                                                                       "protocol": "HBONE"}]}},
-    ]
+    """A ServiceEntry for HOST (endpoint 127.0.0.1:`port`) behind the egress waypoint demo/egress:
+    the BackendTLSPolicy test's objects without its policy."""
+    se, gateway, _policy = objects(port, None)
+    return [se, gateway]
 
 
 class Wire:
@@ -122,9 +115,13 @@ class Wire:
         self.downstream = downstream
         self.proxy: Proxy | None = None
 
-    def start(self) -> Wire:
+    def __enter__(self) -> Wire:
         self.proxy = Proxy(self.waypoint.decide, upstream=self.waypoint.upstream, downstream=self.downstream)
         return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proxy is not None:
+            self.proxy.close()
 
     def get(self, *headers: str) -> int:
         assert self.proxy is not None
@@ -134,9 +131,6 @@ class Wire:
                            capture_output=True, text=True, timeout=20)
         return int(r.stdout or 0)
 
-    def close(self) -> None:
-        if self.proxy is not None:
-            self.proxy.close()
 
 
 ENTRY_DOWN = Downstream(source_ip="127.0.0.1", destination_ip="240.240.0.1", destination_port=80,
@@ -150,35 +144,27 @@ def origin() -> Iterator[Origin]:
     o.close()
 
 
-def test_a_rules_keepalive_is_set_on_the_upstream_socket_of_a_service_entry(origin: Origin) -> None:
-    w = Wire([*entry(origin.port), keepalive_rule(HOST, {"time": "7s", "interval": "3s", "probes": 4})],
-             ENTRY_DOWN).start()
-    try:
+def entry_sockets(port: int, rule: Obj, mesh: Obj | None = None) -> list[Opts]:
+    """The waypoint's upstream sockets to the ServiceEntry endpoint on `port` after one request."""
+    with Wire([*entry(port), rule], ENTRY_DOWN, mesh_keepalive=mesh) as w:
         assert w.get() == 200
-        assert sockets_to(origin.port) == [(1, 7, 3, 4)]
-    finally:
-        w.close()
+        return sockets_to(port)
+
+
+def test_a_rules_keepalive_is_set_on_the_upstream_socket_of_a_service_entry(origin: Origin) -> None:
+    rule = keepalive_rule(HOST, {"time": "7s", "interval": "3s", "probes": 4})
+    assert entry_sockets(origin.port, rule) == [(1, 7, 3, 4)]
 
 
 def test_the_mesh_wide_keepalive_applies_under_the_rules_values(origin: Origin) -> None:
     """MeshConfig tcpKeepalive first, then each value the rule sets (Istio's applyTCPKeepalive):
     the rule's `time` over the mesh's, the mesh's `interval` and `probes` kept."""
     mesh = {"time": "600s", "interval": "20s", "probes": 5}
-    w = Wire([*entry(origin.port), keepalive_rule(HOST, {"time": "9s"})], ENTRY_DOWN, mesh_keepalive=mesh).start()
-    try:
-        assert w.get() == 200
-        assert sockets_to(origin.port) == [(1, 9, 20, 5)]
-    finally:
-        w.close()
+    assert entry_sockets(origin.port, keepalive_rule(HOST, {"time": "9s"}), mesh) == [(1, 9, 20, 5)]
 
 
 def test_an_empty_keepalive_turns_so_keepalive_on_with_the_os_values(origin: Origin) -> None:
-    w = Wire([*entry(origin.port), keepalive_rule(HOST, {})], ENTRY_DOWN).start()
-    try:
-        assert w.get() == 200
-        assert sockets_to(origin.port) == [(1, *os_defaults())]
-    finally:
-        w.close()
+    assert entry_sockets(origin.port, keepalive_rule(HOST, {})) == [(1, *os_defaults())]
 
 
 def keepalive_probes_sent() -> int:
@@ -192,15 +178,12 @@ def test_an_idle_pooled_upstream_connection_sends_keepalive_probes(origin: Origi
     origin answers, so it stays up and is probed again): what keeps a NAT's or a load balancer's
     idle timer from expiring. Counted in the kernel's TCPKeepAlive counter (any other socket's
     probes could only add to it; the OS default waits 2 hours)."""
-    w = Wire([*entry(origin.port), keepalive_rule(HOST, {"time": "1s", "interval": "1s"})], ENTRY_DOWN).start()
-    try:
+    with Wire([*entry(origin.port), keepalive_rule(HOST, {"time": "1s", "interval": "1s"})], ENTRY_DOWN) as w:
         assert w.get() == 200
         before = keepalive_probes_sent()
         time.sleep(2.6)
         assert keepalive_probes_sent() - before >= 2
         assert w.get() == 200 and origin.connections == 1, "the probed connection was reused"
-    finally:
-        w.close()
 
 
 def test_keepalive_is_set_on_a_tls_originated_connection(tmp_path: Path) -> None:
@@ -212,13 +195,10 @@ def test_keepalive_is_set_on_a_tls_originated_connection(tmp_path: Path) -> None
     ca_file = tmp_path / "origin-ca.pem"
     ca_file.write_text(pem(tls_origin.ca))
     rule = keepalive_rule(HOST, {"time": "11s", "probes": 2}, tls={"mode": "SIMPLE", "caCertificates": str(ca_file)})
-    w = Wire([*entry(tls_origin.port), rule], ENTRY_DOWN).start()
     try:
-        assert w.get() == 200
+        assert entry_sockets(tls_origin.port, rule) == [(1, 11, os_defaults()[1], 2)]
         assert tls_origin.sni == [HOST], "TLS was originated"
-        assert sockets_to(tls_origin.port) == [(1, 11, os_defaults()[1], 2)]
     finally:
-        w.close()
         tls_origin.close()
 
 
@@ -326,16 +306,15 @@ def test_hbone_connections_to_a_pod_carry_their_clusters_keepalive_and_are_poole
     w = Wire(objs, down, waypoint="waypoint")
     w.waypoint.identity = WAYPOINT      # the waypoint's own identity and HBONE port, as the test CA issues them
     w.waypoint.pool = HBONEClientPool(pod_.client_context, port=pod_.port)
-    w.start()
     try:
-        for subset in ("", "same", "other", "none"):
-            assert w.get(*([f"x-subset: {subset}"] if subset else [])) == 200, subset
-        assert origin.requests == 4
-        probes = os_defaults()[2]
-        assert sockets_to(pod_.port) == sorted([(1, 21, 4, 6), (1, 13, 2, probes), (0, *os_defaults())])
-        keys = w.waypoint.pool.connections()
-        assert sorted((dataclasses.astuple(k.keepalive) if k.keepalive else (), n) for k, n in keys.items()) == \
-            [((), 1), ((13, 2, 0), 1), ((21, 4, 6), 1)]
+        with w:
+            for subset in ("", "same", "other", "none"):
+                assert w.get(*([f"x-subset: {subset}"] if subset else [])) == 200, subset
+            assert origin.requests == 4
+            probes = os_defaults()[2]
+            assert sockets_to(pod_.port) == sorted([(1, 21, 4, 6), (1, 13, 2, probes), (0, *os_defaults())])
+            keys = w.waypoint.pool.connections()
+            assert sorted((dataclasses.astuple(k.keepalive) if k.keepalive else (), n) for k, n in keys.items()) == \
+                [((), 1), ((13, 2, 0), 1), ((21, 4, 6), 1)]
     finally:
-        w.close()
         pod_.close()
