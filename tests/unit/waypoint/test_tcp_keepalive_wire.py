@@ -28,17 +28,30 @@ import pytest
 from ambit.configclient import ConfigUpdate
 from ambit.dataplane import tls
 from ambit.dataplane.hbone import HBONEClientPool, HBONEServer, HBONEStream
-from ambit.model import MeshSettings, Service, WaypointRoutes, Workload
+from ambit.model import (
+    HttpRoute,
+    IngressGateway,
+    IngressListener,
+    MeshSettings,
+    RouteDestination,
+    Service,
+    WaypointRoutes,
+    Workload,
+)
 from controller.app import mesh_tcp_keepalive
 from controller.translate import translate
 from tests.support.testca import pem
 from tests.unit.conftest import issue, sid
 from tests.unit.controller.test_config_translate import ns, pod, service
-from tests.unit.waypoint.harness import Origin, Proxy
+from tests.unit.waypoint.harness import Origin, Proxy, free_port
 from tests.unit.waypoint.test_backendtls_wire import HOST, TlsOrigin, objects
+from tests.unit.waypoint.test_ingress import _no_relay
 from waypoint.app import WaypointProxy
 from waypoint.authz import Waypoint
 from waypoint.config import WaypointConfig
+from waypoint.http.engine import Engine
+from waypoint.http.settings import HttpSettings
+from waypoint.ingress_listen import IngressListeners
 from waypoint.request import Downstream
 from waypoint.settings import load
 
@@ -97,19 +110,26 @@ def entry(port: int) -> list[Obj]:
     return [se, gateway]
 
 
+def config(objs: list[Obj], waypoint: str, mesh_keepalive: Obj | None) -> WaypointConfig:
+    """Waypoint demo/`waypoint`'s config: the translation of `objs`, and MeshSettings with the mesh
+    config's `mesh_keepalive` as the controller serves it."""
+    tr = translate(objs)
+    assert not tr.errors, tr.errors
+    cfg = WaypointConfig(Waypoint(NS, waypoint), "cluster.local")
+    mesh = MeshSettings("cluster.local", tcp_keepalive=mesh_tcp_keepalive(mesh_keepalive))
+    for t, items in ((Service.TYPE, tr.services), (WaypointRoutes.TYPE, tr.waypoint_routes),
+                     (Workload.TYPE, tr.workloads), (MeshSettings.TYPE, [mesh])):
+        cfg.apply(ConfigUpdate(t, "1", {}, frozenset(), {r.resource_name: r for r in items}))
+    return cfg
+
+
 class Wire:
     """The translation of `objs` (and the mesh-wide `mesh_keepalive`) in waypoint demo/`waypoint`,
     curl in front of it with every request for `downstream`."""
 
     def __init__(self, objs: list[Obj], downstream: Downstream, waypoint: str = "egress",
                  mesh_keepalive: Obj | None = None) -> None:
-        tr = translate(objs)
-        assert not tr.errors, tr.errors
-        cfg = WaypointConfig(Waypoint(NS, waypoint), "cluster.local")
-        mesh = MeshSettings("cluster.local", tcp_keepalive=mesh_tcp_keepalive(mesh_keepalive))
-        for t, items in ((Service.TYPE, tr.services), (WaypointRoutes.TYPE, tr.waypoint_routes),
-                         (Workload.TYPE, tr.workloads), (MeshSettings.TYPE, [mesh])):
-            cfg.apply(ConfigUpdate(t, "1", {}, frozenset(), {r.resource_name: r for r in items}))
+        cfg = config(objs, waypoint, mesh_keepalive)
         s = load(["--waypoint", f"{NS}/{waypoint}", "--pod-name", f"{waypoint}-0", "--node", "node1"])
         self.waypoint = WaypointProxy(s, cfg, None)
         self.downstream = downstream
@@ -200,6 +220,37 @@ def test_keepalive_is_set_on_a_tls_originated_connection(tmp_path: Path) -> None
         assert tls_origin.sni == [HOST], "TLS was originated"
     finally:
         tls_origin.close()
+
+
+def test_an_ingress_gateway_sets_the_keepalive_on_its_upstream_sockets(origin: Origin) -> None:
+    """The ingress gateway (the waypoint binary in ingress mode, its real HTTP listener) routing to
+    the ServiceEntry: its upstream socket has the mesh's keepalive under the rule's."""
+    cfg = config([*entry(origin.port), keepalive_rule(HOST, {"probes": 3})], "egress",
+                 {"time": "45s", "interval": "6s", "probes": 8})
+    port = free_port()
+    routes = [WaypointRoutes(HOST, http=[HttpRoute(source="HTTPRoute/demo/api",
+                                                   destinations=[RouteDestination(HOST, f"{NS}/{HOST}", port=80)])])]
+    gw = IngressGateway("egress", NS, listeners=[IngressListener("http", port, "HTTP", "", "", [], routes)])
+    cfg.apply(ConfigUpdate(IngressGateway.TYPE, "2", {}, frozenset(), {gw.resource_name: gw}))
+    proxy = WaypointProxy(load(["--waypoint", f"{NS}/egress", "--pod-name", "egress-0", "--node", "node1",
+                                "--gateway-class", "ambit"]), cfg, None)
+    seen: list[list[Opts]] = []
+
+    async def main() -> None:
+        engine = Engine(HttpSettings(), proxy.decide, proxy.upstream)
+        proxy.ingress = listeners = IngressListeners("127.0.0.1", engine.serve, _no_relay)
+        await listeners.update(cfg.view.ingress)
+        try:
+            p = await asyncio.create_subprocess_exec(
+                "curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", f"http://{HOST}:{port}/",
+                "--resolve", f"{HOST}:{port}:127.0.0.1", stdout=asyncio.subprocess.PIPE)
+            assert (await p.communicate())[0] == b"200"
+            seen.append(sockets_to(origin.port))
+        finally:
+            await listeners.close()
+            await engine.shutdown()
+    asyncio.run(main())
+    assert seen == [[(1, 45, 6, 3)]]
 
 
 # --- in the mesh: HBONE to the pod ------------------------------------------------------------
