@@ -11,7 +11,7 @@
     defaultProviders: {tracing: [otel], accessLogging: [envoy], metrics: [prometheus]}
     outboundTrafficPolicy: {mode: REGISTRY_ONLY}   # ALLOW_ANY (default): see docs/egress.md
     localityLbSetting: {enabled: false}             # as a DestinationRule's; unset: enabled
-    tcpKeepalive: {time: 300s, interval: 30s, probes: 3}   # upstream sockets of waypoints; unset: none
+    tcpKeepalive: {time: 300s, interval: 30s, probes: 3}   # waypoints' and gateways' upstream sockets
 
 The file is optional and watched: an edit is picked up within a second and pushed to every ztunnel
 as the `MeshSettings` resource, with no restart. Fields Ambit does not implement are refused (a

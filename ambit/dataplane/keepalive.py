@@ -63,7 +63,8 @@ def apply(sock: Any, ka: TcpKeepalive | None) -> None:
 
 
 def describe(ka: TcpKeepalive | None) -> str:
-    """For pool keys and logs: "" when off, else e.g. "keepalive 30s/10s/3" (0: the OS's)."""
+    """For pool keys and logs: "" when off, else e.g. "keepalive 30/10/3" (seconds, seconds, probes;
+    "os" for a value left to the OS)."""
     if ka is None:
         return ""
     return f"keepalive {ka.time or 'os'}/{ka.interval or 'os'}/{ka.probes or 'os'}"
