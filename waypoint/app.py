@@ -43,6 +43,7 @@ from ambit.dataplane.hbone.limits import ConnLimiter, PendingHandshakes
 from ambit.dataplane.identity import IdentityManager
 from ambit.dataplane.identity.wait import IdentityGate
 from ambit.dataplane.keepalive import describe as describe_keepalive
+from ambit.dataplane.keepalive import effective as effective_keepalive
 from ambit.dataplane.listen import tcp_listener
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics
@@ -486,8 +487,7 @@ class WaypointProxy:
         view = self.config.view
         if view is not self._clusters_view:
             self.clusters.update({s: hr.config for s, hr in view.table.by_service.items() if hr.config is not None},
-                                 view.services, view.mesh.locality if view.mesh is not None else None,
-                                 view.mesh.tcp_keepalive if view.mesh is not None else None)
+                                 view.services, view.mesh.locality if view.mesh is not None else None)
             self._clusters_view = view
             own = _place_of(self._own_workload())     # where this waypoint runs: locality balancing's vantage point
             moved = own != self.clusters.own
@@ -612,12 +612,12 @@ class WaypointProxy:
                               response_headers)
 
     def _keepalive(self, cluster: Cluster | None) -> TcpKeepalive | None:
-        """The TCP keepalive of a connection for `cluster`: its own (the mesh's under its rule's);
-        without a cluster (a workload addressed directly), the mesh's."""
-        if cluster is not None:
-            return cluster.keepalive
+        """The TCP keepalive of a connection for `cluster`: the mesh's under its rule's, value by
+        value (Istio's applyTCPKeepalive); without a cluster (a workload addressed directly), the
+        mesh's. Read per target, which the View caches: a new MeshSettings is a new View."""
         mesh = self.config.view.mesh
-        return mesh.tcp_keepalive if mesh is not None else None
+        return effective_keepalive(mesh.tcp_keepalive if mesh is not None else None,
+                                   cluster.policy.tcp_keepalive if cluster is not None else None)
 
     def _plain_connector(self, pick: endpoints.Pick, current: Callable[[], Origination | None] | None,
                          keepalive: TcpKeepalive | None = None):

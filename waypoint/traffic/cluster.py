@@ -29,8 +29,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ambit.dataplane.keepalive import effective as effective_keepalive
-from ambit.model import Service, TcpKeepalive, TrafficPolicy, WaypointRoutes
+from ambit.model import Service, TrafficPolicy, WaypointRoutes
 from waypoint.http.attempt import Outcome
 from waypoint.request import Downstream, RequestHead
 from waypoint.resilience.budget import RetryCircuit
@@ -106,7 +105,7 @@ class Cluster:
 
     def __init__(self, key: ClusterKey, policy: TrafficPolicy, clock: Clock, rng: random.Random,
                  hostname: str = "", own: Place = ("", {}), distribution: str = "",
-                 mesh_locality: TrafficPolicy | None = None, mesh_keepalive: TcpKeepalive | None = None) -> None:
+                 mesh_locality: TrafficPolicy | None = None) -> None:
         self.key = key
         self.hostname = hostname or key.service
         self.name = cluster_name(self.hostname, key.port, key.subset)
@@ -130,9 +129,6 @@ class Cluster:
         # (`unready`, from the places `set_hosts` gets) as unhealthy hosts, with panic off, as Istio
         self.distribution = distribution
         self.locality = Setting.of(policy, distribution, mesh_locality)     # mesh_locality: MeshConfig's
-        # the TCP keepalive of every upstream socket it opens: MeshConfig's under the rule's (Istio's
-        # applyTCPKeepalive); the waypoint pools connections per keepalive (waypoint/app.py)
-        self.keepalive = effective_keepalive(mesh_keepalive, policy.tcp_keepalive)
         self.own = own                          # the waypoint's (locality, labels)
         self.plan: Plan | None = None           # for `hosts`, when locality changes something
         self.unready: tuple[str, ...] = ()      # endpoints not ready, only with `distribution`
@@ -320,10 +316,8 @@ class Cluster:
                 e["warmup_factor"] = round(self.warmup.factor(a, now), 3)
             eps.append(e)
         lb = self.lb if self.hasher is None else f"{CONSISTENT_HASH}/{self.hasher.kind}"
-        # tcp_keepalive: what the cluster's upstream sockets get (0: the OS's value); null: no SO_KEEPALIVE
         return {"name": self.name, "lb": lb, "outlier_detection": self.outlier is not None,
-                "limits": self.breaker.thresholds(), "endpoints": eps, "stats": stats,
-                "tcp_keepalive": dataclasses.asdict(self.keepalive) if self.keepalive is not None else None}
+                "limits": self.breaker.thresholds(), "endpoints": eps, "stats": stats}
 
 
 class Clusters:
@@ -339,23 +333,16 @@ class Clusters:
         self._routes: Mapping[str, WaypointRoutes] = {}
         self._services: Mapping[str, Service] = {}
         self.mesh_locality: TrafficPolicy | None = None     # MeshConfig localityLbSetting (None: unset)
-        self.mesh_keepalive: TcpKeepalive | None = None     # MeshConfig tcpKeepalive (None: unset)
         self.own: Place = ("", {})      # the waypoint's locality and labels (its own Workload's)
 
     def update(self, routes_by_service: Mapping[str, WaypointRoutes], services: Mapping[str, Service],
-               mesh_locality: TrafficPolicy | None = None, mesh_keepalive: TcpKeepalive | None = None) -> None:
+               mesh_locality: TrafficPolicy | None = None) -> None:
         """A new config: `routes_by_service` maps "ns/name" to the WaypointRoutes of its host,
         `services` every Service (and ServiceEntry) by "ns/name", `mesh_locality` the mesh-wide
         localityLbSetting. A cluster stays while its Service has its port (and the DestinationRule
-        its subset) and its policy, trafficDistribution and the mesh's setting are unchanged.
-        `mesh_keepalive` (the mesh-wide tcpKeepalive) changes no cluster's state: a kept cluster
-        takes it at once, for the connections it opens from now on."""
+        its subset) and its policy, trafficDistribution and the mesh's setting are unchanged."""
         self._routes = routes_by_service
         self._services = services
-        if mesh_keepalive != self.mesh_keepalive:
-            self.mesh_keepalive = mesh_keepalive
-            for c in self._clusters.values():
-                c.keepalive = effective_keepalive(mesh_keepalive, c.policy.tcp_keepalive)
         if mesh_locality != self.mesh_locality:
             self.mesh_locality = mesh_locality
             self._clusters = {}
@@ -380,8 +367,7 @@ class Clusters:
             svc = self._services.get(service)
             c = Cluster(ClusterKey(service, port, subset), effective_policy(routes, port, subset), self.clock,
                         self.rng, hostname or (routes.hostname if routes is not None else ""), self.own,
-                        svc.traffic_distribution if svc is not None else "", self.mesh_locality,
-                        self.mesh_keepalive)
+                        svc.traffic_distribution if svc is not None else "", self.mesh_locality)
             self._clusters[(service, port, subset)] = c
         return c
 

@@ -1,21 +1,20 @@
 """A waypoint cluster's TCP keepalive: MeshConfig's `tcpKeepalive` first, each value its
 DestinationRule's `tcpKeepalive` sets overriding it (Istio's applyTCPKeepalive,
-pilot/pkg/networking/core/cluster.go), and a change of the mesh's taken by kept clusters without
-losing their state."""
+pilot/pkg/networking/core/cluster.go); the upstream targets (pool keys) carry it, and a change of
+the mesh's applies to new connections without rebuilding the clusters (their state stays)."""
 
 from __future__ import annotations
 
-import random
-
+from ambit.configclient import ConfigUpdate
 from ambit.dataplane.keepalive import effective, options
-from ambit.model import Endpoint, Service, ServicePort, TcpKeepalive, TrafficPolicy, WaypointRoutes
+from ambit.model import MeshSettings, Subset, TcpKeepalive, TrafficPolicy, WaypointRoutes
 from controller.app import mesh_tcp_keepalive
 from controller.translate.routes import flatten_policy
-from waypoint.traffic.cluster import Clusters
+from tests.unit.waypoint.test_wiring import FRONTEND, SVC, proxy
+from waypoint.app import WaypointProxy
+from waypoint.request import Forward, RequestHead
 
 MESH = mesh_tcp_keepalive({"time": "600s", "interval": "20s", "probes": 5})
-SVC = Service(name="web", namespace="demo", hostname="web.demo.svc.cluster.local",
-              ports=[ServicePort(80, 8080, "http", "HTTP")], endpoints=[Endpoint("u1", "10.0.0.1")])
 
 
 def rule(**ka: object) -> TrafficPolicy:
@@ -39,17 +38,30 @@ def test_the_socket_options_are_so_keepalive_and_only_the_values_set() -> None:
         (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)]
 
 
-def test_a_cluster_takes_the_meshs_keepalive_under_its_rules_and_a_mesh_change_keeps_its_state() -> None:
-    clusters = Clusters(lambda: 0.0, random.Random(1))
-    routes = {"demo/web": WaypointRoutes(SVC.hostname, policy=rule(interval="7s"))}
-    services = {"demo/web": SVC, "demo/api": Service(name="api", namespace="demo", hostname="api.demo",
-                                                     ports=[ServicePort(80, 80)])}
-    clusters.update(routes, services, None, MESH)
-    web, api = clusters.get("demo/web", 80), clusters.get("demo/api", 80)
-    assert web.keepalive == TcpKeepalive(time=600, interval=7, probes=5)
-    assert api.keepalive == MESH, "a Service without a DestinationRule gets the mesh's"
-    web.panics = 3                                  # some state the cluster keeps
-    clusters.update(routes, services, None, None)   # the mesh's setting removed
-    assert clusters.get("demo/web", 80) is web and web.panics == 3
-    assert web.keepalive == TcpKeepalive(interval=7) and api.keepalive is None
-    assert web.dump()["tcp_keepalive"] == {"time": 0, "interval": 7, "probes": 0}
+def _proxy(mesh: MeshSettings) -> WaypointProxy:
+    """Waypoint default/waypoint before myapp (test_wiring's config): its DestinationRule sets
+    `interval` only, subset v2 a whole connectionPool of its own."""
+    dr = {"connectionPool": {"tcp": {"tcpKeepalive": {"interval": "7s"}}}}
+    routes = WaypointRoutes(SVC.hostname, namespace="default", service="default/myapp", policy=flatten_policy(dr),
+                            subsets=[Subset("v2", {"version": "v2"}, flatten_policy({"connectionPool": {"tcp": {}}}))])
+    p = proxy(routes=(routes,))
+    p.config.apply(ConfigUpdate(MeshSettings.TYPE, "2", {}, frozenset(), {"mesh": mesh}))
+    return p
+
+
+def test_each_upstream_target_carries_its_clusters_keepalive_and_a_mesh_change_keeps_cluster_state() -> None:
+    p = _proxy(MeshSettings("cluster.local", tcp_keepalive=MESH))
+    down, _ = p.downstream(FRONTEND, "10.0.2.5", "10.96.0.10:80")
+    assert down is not None
+    head = RequestHead("GET", "/", "myapp")
+    fwd = Forward(service="default/myapp", port=80)
+    target = p.upstream(fwd, head, down)
+    assert target is not None and target.key.endswith(" keepalive 600/7/5"), target.key
+    v2 = p.upstream(Forward(service="default/myapp", port=80, subset="v2"), head, down)
+    assert v2 is not None and v2.key.endswith(" keepalive 600/20/5"), "the subset's pool replaces the host's"
+    cluster = p.cluster("default/myapp", 80)
+    cluster.panics = 3                          # some state the cluster keeps across updates
+    p.config.apply(ConfigUpdate(MeshSettings.TYPE, "3", {}, frozenset(), {"mesh": MeshSettings("cluster.local")}))
+    again = p.upstream(fwd, head, down)
+    assert again is not None and again.key.endswith(" keepalive os/7/os"), again.key
+    assert p.cluster("default/myapp", 80) is cluster and cluster.panics == 3
