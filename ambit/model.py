@@ -620,11 +620,26 @@ class TcpRoute:
     ADVISORY: ClassVar[tuple[str, ...]] = ("source_labels", "source_namespace", "sni_hosts")
 
 
+@dataclass(frozen=True)
+class TcpKeepalive:
+    """`connectionPool.tcp.tcpKeepalive` (a DestinationRule's, or MeshConfig's `tcpKeepalive`):
+    SO_KEEPALIVE on every upstream socket of the cluster, and each value set (non-zero) as its
+    socket option, the OS default otherwise, as Envoy's `upstream_connection_options.tcp_keepalive`
+    (ambit/dataplane/keepalive.py). Whole seconds: Istio passes `Duration.Seconds` to Envoy
+    (pilot/pkg/networking/core/cluster.go, setKeepAliveSettings). Frozen: it keys connection pools."""
+
+    time: int = 0                       # seconds idle before the first probe (TCP_KEEPIDLE); 0: the OS's
+    interval: int = 0                   # seconds between probes (TCP_KEEPINTVL); 0: the OS's
+    probes: int = 0                     # unanswered probes before the connection is dead (TCP_KEEPCNT); 0: the OS's
+
+
 @dataclass
 class TrafficPolicy:
     """A DestinationRule trafficPolicy, flattened. Zero means "no limit" / "not set"."""
 
-    ADVISORY: ClassVar[tuple[str, ...]] = ("locality_set",)
+    # tcp_keepalive: an older waypoint applied no tcpKeepalive at all (accepted and warned), so it
+    # may ignore it as before: keepalive keeps idle connections alive, it never narrows what is allowed
+    ADVISORY: ClassVar[tuple[str, ...]] = ("locality_set", "tcp_keepalive")
 
     lb: str = ""                        # ROUND_ROBIN | LEAST_REQUEST | RANDOM | PASSTHROUGH | CONSISTENT_HASH
     hash_header: str = ""
@@ -653,6 +668,7 @@ class TrafficPolicy:
     max_concurrent_streams: int = 0     # http.maxConcurrentStreams: streams per h2 upstream connection; 0: the server's
     h2_keepalive_interval: float = 0.0  # http.http2KeepAlive.interval (s): PING h2 upstreams; 0: no PINGs
     h2_keepalive_timeout: float = 0.0   # http.http2KeepAlive.timeout (s): no PING ACK within it closes; 0: unset
+    tcp_keepalive: TcpKeepalive | None = None   # tcp.tcpKeepalive; None: unset (the mesh's, else no SO_KEEPALIVE)
     use_client_protocol: bool = False   # http.useClientProtocol: h2 upstream iff the client spoke h2; false: the port's
     outlier_detection: bool = False     # the outlier fields below apply only when this is true
     consecutive_5xx_errors: int = 5
@@ -821,8 +837,13 @@ class MeshSettings(Resource):
     # whose Service has no trafficDistribution (Istio's order). Advisory: an older waypoint keeps
     # the default.
     locality: TrafficPolicy | None = None
+    # MeshConfig tcpKeepalive: SO_KEEPALIVE and its values on every upstream socket a waypoint opens,
+    # each value a cluster's DestinationRule `tcpKeepalive` sets overriding it (Istio's
+    # applyTCPKeepalive). None: unset. Advisory: the controllers before it refused it in the mesh
+    # config file, so no older waypoint ever applied it; one that ignores it keeps the OS's behaviour.
+    tcp_keepalive: TcpKeepalive | None = None
 
-    ADVISORY: ClassVar[tuple[str, ...]] = ("locality",)
+    ADVISORY: ClassVar[tuple[str, ...]] = ("locality", "tcp_keepalive")
 
     @property
     def resource_name(self) -> str:
@@ -910,6 +931,7 @@ _NESTED: dict[str, Any] = {
     "SessionPersistence": SessionPersistence,
     "HttpRoute": HttpRoute,
     "TcpRoute": TcpRoute,
+    "TcpKeepalive": TcpKeepalive,
     "TrafficPolicy": TrafficPolicy,
     "PortPolicy": PortPolicy,
     "Subset": Subset,

@@ -281,6 +281,7 @@ async def amain(args: ControllerSettings) -> int:
             controller.set_mesh_telemetry(list(first.extension_providers), dict(first.default_providers))
             controller.set_outbound_traffic_policy(first.outbound_traffic_policy)
             controller.set_locality_lb_setting(first.locality_lb_setting)
+            controller.set_tcp_keepalive(first.tcp_keepalive)
 
     ca_servicer = serving = None
     if args.with_ca:
@@ -431,6 +432,7 @@ def _aliases(flag_aliases: tuple[str, ...], watcher: meshconfig.Watcher | None, 
         controller.set_mesh_telemetry(list(mesh_file.extension_providers), dict(mesh_file.default_providers))
         controller.set_outbound_traffic_policy(mesh_file.outbound_traffic_policy)
         controller.set_locality_lb_setting(mesh_file.locality_lb_setting)
+        controller.set_tcp_keepalive(mesh_file.tcp_keepalive)
     return tuple(dict.fromkeys(flag_aliases + from_file))
 
 

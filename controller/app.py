@@ -22,7 +22,7 @@ from typing import Any
 
 from ambit.api import config_pb2
 from ambit.configclient.codec import Encoded, encode
-from ambit.model import TrafficPolicy, Workload
+from ambit.model import TcpKeepalive, TrafficPolicy, Workload
 from controller.configserver import ConfigServer
 from controller.jwks import JwksCache
 from controller.sources import Snapshot, Source
@@ -58,6 +58,13 @@ def mesh_locality(setting: dict[str, Any]) -> TrafficPolicy | None:
     flattening, controller.translate.routes): None when unset."""
     return flatten_policy({"loadBalancer": {"localityLbSetting": setting}}) if setting else None
 
+
+def mesh_tcp_keepalive(setting: dict[str, Any] | None) -> TcpKeepalive | None:
+    """The mesh config's tcpKeepalive as the waypoints read a DestinationRule's (the same
+    flattening): None when unset ({} is set: SO_KEEPALIVE with the OS's values)."""
+    return flatten_policy({"connectionPool": {"tcp": {"tcpKeepalive": setting}}}).tcp_keepalive \
+        if setting is not None else None
+
 class Controller:
     """Wires a Source to a ConfigServer. `on_snapshot` runs on the source's thread."""
 
@@ -73,6 +80,7 @@ class Controller:
         self.mesh_telemetry: tuple[list[dict[str, Any]], dict[str, list[str]]] = ([], {})  # see set_mesh_telemetry
         self.outbound_traffic_policy = "ALLOW_ANY"  # MeshConfig outboundTrafficPolicy.mode
         self.locality_lb_setting: dict[str, Any] = {}   # MeshConfig localityLbSetting ({}: unset)
+        self.tcp_keepalive: dict[str, Any] | None = None    # MeshConfig tcpKeepalive (None: unset)
         self._objects: Snapshot | None = None     # the last snapshot, to re-translate on a mesh change
         self._mesh_errors: list[FieldError] = []
         self._flow_lock = threading.Lock()        # the source thread and a mesh reload both translate
@@ -128,6 +136,12 @@ class Controller:
         MeshSettings to the waypoints, so re-translate and push at once."""
         self._set_mesh_field("locality_lb_setting", dict(setting), "mesh-wide localityLbSetting")
 
+    def set_tcp_keepalive(self, setting: dict[str, Any] | None) -> None:
+        """New MeshConfig `tcpKeepalive` (controller.meshconfig; None when unset): it rides in
+        MeshSettings to the waypoints, so re-translate and push at once."""
+        self._set_mesh_field("tcp_keepalive", dict(setting) if setting is not None else None,
+                             "mesh-wide tcpKeepalive")
+
     def _set_mesh_field(self, attr: str, value: Any, what: str) -> None:
         with self._flow_lock:
             if value == getattr(self, attr):
@@ -152,6 +166,7 @@ class Controller:
                 m.extension_providers, m.default_providers = self.mesh_telemetry
                 m.outbound_traffic_policy = self.outbound_traffic_policy
                 m.locality = mesh_locality(self.locality_lb_setting)
+                m.tcp_keepalive = mesh_tcp_keepalive(self.tcp_keepalive)
         except Exception as e:  # noqa: BLE001 - a translation bug must not take the mesh down
             ref = e.ref if isinstance(e, TranslationBug) else "controller"
             log.exception("translation failed at %s; keeping the previous config (version %s)",

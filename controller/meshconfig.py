@@ -11,6 +11,7 @@
     defaultProviders: {tracing: [otel], accessLogging: [envoy], metrics: [prometheus]}
     outboundTrafficPolicy: {mode: REGISTRY_ONLY}   # ALLOW_ANY (default): see docs/egress.md
     localityLbSetting: {enabled: false}             # as a DestinationRule's; unset: enabled
+    tcpKeepalive: {time: 300s, interval: 30s, probes: 3}   # waypoints' and gateways' upstream sockets
 
 The file is optional and watched: an edit is picked up within a second and pushed to every ztunnel
 as the `MeshSettings` resource, with no restart. Fields Ambit does not implement are refused (a
@@ -32,10 +33,10 @@ import yaml
 from ambit.telemetry import BUILTIN_PROVIDERS
 from ambit.telemetryformat import check_format
 from ambit.trustdomain import TrustDomains
-from controller.kinds.networking import LocalityLbSetting
+from controller.kinds.networking import LocalityLbSetting, TcpKeepalive
 
 KNOWN = ("trustDomain", "trustDomainAliases", "extensionProviders", "defaultProviders", "outboundTrafficPolicy",
-         "localityLbSetting")
+         "localityLbSetting", "tcpKeepalive")
 OUTBOUND_MODES = ("ALLOW_ANY", "REGISTRY_ONLY")
 
 
@@ -46,6 +47,7 @@ class MeshFile:
     default_providers: dict[str, list[str]] = field(default_factory=dict)
     outbound_traffic_policy: str = "ALLOW_ANY"
     locality_lb_setting: dict[str, Any] = field(default_factory=dict)
+    tcp_keepalive: dict[str, Any] | None = None     # None: unset; {} too turns SO_KEEPALIVE on
 
 
 def locality_lb_setting(data: Any, where: str = "mesh config") -> dict[str, Any]:
@@ -54,11 +56,24 @@ def locality_lb_setting(data: Any, where: str = "mesh config") -> dict[str, Any]
     unset."""
     if data is None:
         return {}
+    return dict(_checked(LocalityLbSetting, data, "localityLbSetting", where))
+
+
+def tcp_keepalive(data: Any, where: str = "mesh config") -> dict[str, Any] | None:
+    """MeshConfig `tcpKeepalive`: a DestinationRule's `connectionPool.tcp.tcpKeepalive`, checked by
+    the same rules (whole seconds, the kernel's limits); the default of every waypoint cluster,
+    whose rule's values override it one by one (Istio's applyTCPKeepalive). None when unset."""
+    if data is None:
+        return None
+    return dict(_checked(TcpKeepalive, data, "tcpKeepalive", where))
+
+
+def _checked(schema: Any, data: Any, name: str, where: str) -> Any:
     errs: list[tuple[str, str]] = []
-    LocalityLbSetting.check(data, "localityLbSetting", errs)
+    schema.check(data, name, errs)
     if errs:
         raise ValueError(f"{where}: " + "; ".join(f"{p}: {r}" for p, r in errs))
-    return dict(data)
+    return data
 
 
 def outbound_traffic_policy(data: Any, where: str = "mesh config") -> str:
@@ -105,7 +120,8 @@ def parse(data: Any, trust_domain: str, where: str = "mesh config") -> MeshFile:
     defaults = default_providers(data.get("defaultProviders"), {p["name"] for p in providers}, where)
     outbound = outbound_traffic_policy(data.get("outboundTrafficPolicy"), where)
     return MeshFile(tds.aliases, tuple(providers), defaults, outbound,
-                    locality_lb_setting(data.get("localityLbSetting"), where))
+                    locality_lb_setting(data.get("localityLbSetting"), where),
+                    tcp_keepalive(data.get("tcpKeepalive"), where))
 
 
 # Istio's extension provider kinds: those Ambit implements, and those it refuses (with why).

@@ -30,7 +30,8 @@ class ControllerSettings:
         (), "accept identities of this trust domain as the mesh's own (Istio's trustDomainAliases)")
     mesh_config: Path | None = option(
         help="mesh config file (YAML, the Istio MeshConfig fields Ambit honours: trustDomainAliases, "
-             "extensionProviders, defaultProviders, outboundTrafficPolicy); watched, may be absent")
+             "extensionProviders, defaultProviders, outboundTrafficPolicy, localityLbSetting, tcpKeepalive); "
+             "watched, may be absent")
     root_namespace: str = option("ambit-system", "the mesh root namespace")
     cluster_domain: str = option("cluster.local", "the cluster's DNS domain")
     ca_dir: Path | None = option(help="serve the CA, keeping its key material here (created on first start)")

@@ -43,10 +43,12 @@ from ambit.dataplane.hbone import HBONEClientPool, HBONEServer, HBONEStream
 from ambit.dataplane.hbone.limits import ConnLimiter, PendingHandshakes
 from ambit.dataplane.identity import IdentityManager
 from ambit.dataplane.identity.wait import IdentityGate
+from ambit.dataplane.keepalive import describe as describe_keepalive
+from ambit.dataplane.keepalive import effective as effective_keepalive
 from ambit.dataplane.listen import tcp_listener
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics
-from ambit.model import RouteDestination, Service, Workload
+from ambit.model import RouteDestination, Service, TcpKeepalive, Workload
 from ambit.telemetryconfig import TracingConfig
 from ambit.waypointpods import bound_waypoints, ready_waypoint_pods, waypoint_pods
 from waypoint import endpoints
@@ -181,6 +183,11 @@ def _places(v: View, svc: Service, port: int, labels: Mapping[str, str] | None,
         unready = tuple((p.address, _place(v, p))
                         for p in endpoints.candidates(svc, port, labels, v.workloads, v.by_ip, ready=False))
     return Places((_place(v, p) for p in cands), unready)
+
+
+def _ka_key(ka: TcpKeepalive | None) -> str:
+    """The part of an upstream pool key that keeps connections of different TCP keepalives apart."""
+    return f" {describe_keepalive(ka)}" if ka is not None else ""
 
 
 def _choose_among(v: View, svc: Service, port: int, labels: Mapping[str, str] | None,
@@ -663,6 +670,8 @@ class WaypointProxy:
 
     def _new_target(self, pick: endpoints.Pick, source_ip: str | None, cluster: Cluster | None,
                     response_headers: tuple[tuple[str, str], ...], name: str = "", hops: int = 0) -> UpstreamTarget | None:
+        # pooled per TCP keepalive too: a connection's socket has the keepalive of the cluster that opened it
+        ka = self._keepalive(cluster)
         if pick.plain:      # a ServiceEntry endpoint outside the mesh: the waypoint dials it itself
             policy, host = (cluster.policy, name or cluster.hostname) if cluster is not None else (None, "")
             try:
@@ -674,31 +683,42 @@ class WaypointProxy:
                 orig, tls = None, f" tls unusable {e}"
             # pooled per TLS settings too: a connection verified for one name (or with one CA, one client
             # certificate, verification off) never carries the requests of a cluster that asks otherwise
-            key = f"{pick.address}/{pick.protocol}{tls}"
+            key = f"{pick.address}/{pick.protocol}{tls}{_ka_key(ka)}"
             # the connector asks again per connection: the files' current contents (rotated CA or client cert)
             return UpstreamTarget(key, pick.address,
-                                  self._plain_connector(pick, (lambda: origination(policy, host)) if tls else None),
+                                  self._plain_connector(pick, (lambda: origination(policy, host)) if tls else None,
+                                                        ka),
                                   pick.protocol, cluster, response_headers)
         if not pick.mesh:
             log.warning("endpoint %s (%s) is not in the mesh; the waypoint reaches endpoints over HBONE only",
                         pick.address, pick.workload)
             return None
-        # Pooled per endpoint *and* source: the tunnel's Forwarded header names one source; and per
-        # :authority and hop count, so a waypoint pod's tunnel for one Service never carries another's.
-        key = f"{pick.address}/{pick.protocol} for {source_ip or '-'}"
+        # Pooled per endpoint *and* source: the tunnel's Forwarded header names one source; per TCP
+        # keepalive; and per :authority and hop count, so a waypoint pod's tunnel for one Service
+        # never carries another's.
+        key = f"{pick.address}/{pick.protocol} for {source_ip or '-'}{_ka_key(ka)}"
         if pick.authority or pick.via:
             key = f"{pick.authority or pick.address} via {pick.via or pick.address}/{pick.protocol} for " \
-                  f"{source_ip or '-'} hop {hops + 1}"
-        return UpstreamTarget(key, pick.address, self._connector(pick, source_ip, hops), pick.protocol, cluster,
+                  f"{source_ip or '-'} hop {hops + 1}{_ka_key(ka)}"
+        return UpstreamTarget(key, pick.address, self._connector(pick, source_ip, hops, ka), pick.protocol, cluster,
                               response_headers)
 
-    def _plain_connector(self, pick: endpoints.Pick, current: Callable[[], Origination | None] | None):
+    def _keepalive(self, cluster: Cluster | None) -> TcpKeepalive | None:
+        """The TCP keepalive of a connection for `cluster`: the mesh's under its rule's, value by
+        value (Istio's applyTCPKeepalive); without a cluster (a workload addressed directly), the
+        mesh's. Read per target, which the View caches: a new MeshSettings is a new View."""
+        mesh = self.config.view.mesh
+        return effective_keepalive(mesh.tcp_keepalive if mesh is not None else None,
+                                   cluster.policy.tcp_keepalive if cluster is not None else None)
+
+    def _plain_connector(self, pick: endpoints.Pick, current: Callable[[], Origination | None] | None,
+                         keepalive: TcpKeepalive | None = None):
         async def connect() -> Attachable:
             timeout = self.settings.tunnel.connect_timeout
             orig = current() if current is not None else None
             if orig is None:
-                return await connect_tcp(pick.ip, pick.port, timeout)
-            plug = await connect_tcp(pick.ip, pick.port, timeout, orig.context, orig.sni)
+                return await connect_tcp(pick.ip, pick.port, timeout, keepalive=keepalive)
+            plug = await connect_tcp(pick.ip, pick.port, timeout, orig.context, orig.sni, keepalive=keepalive)
             assert plug.transport is not None
             why = check_peer(plug.transport.get_extra_info("peercert") or {}, orig.names)
             if why:
@@ -707,15 +727,17 @@ class WaypointProxy:
             return plug
         return connect
 
-    def _connector(self, pick: endpoints.Pick, source_ip: str | None, hops: int = 0):
+    def _connector(self, pick: endpoints.Pick, source_ip: str | None, hops: int = 0,
+                   keepalive: TcpKeepalive | None = None):
         # through another waypoint (`_via_waypoint`, `_reachable`): it asks for `authority`, and the
         # tunnel says how many waypoints the request has come through (HOPS_HEADER)
         chained = [(HOPS_HEADER, str(hops + 1))] if pick.authority or pick.via else None
 
         async def connect() -> Attachable:
+            # the HBONE pool keys its connections on the keepalive too (ambit/dataplane/hbone/client.py)
             st = await self.pool.connect(self.identity, pick.identity, pick.via or pick.ip,
                                          pick.authority or pick.address, extra_headers=chained,
-                                         forwarded_for=source_ip,
+                                         forwarded_for=source_ip, keepalive=keepalive,
                                          timeout=self.settings.tunnel.connect_timeout + self.settings.tunnel.cert_wait)
             return HBONETransport(st)
         return connect
@@ -816,8 +838,9 @@ class WaypointProxy:
                         pick.workload)
             return None
         try:
-            conn = await (self._plain_connector(pick, None) if pick.plain else
-                          self._connector(pick, source_ip, hops))()
+            ka = self._keepalive(cluster)
+            conn = await (self._plain_connector(pick, None, ka) if pick.plain
+                          else self._connector(pick, source_ip, hops, ka))()
         except Exception:
             if cluster is not None:     # Envoy's tcp_proxy reports connect failures to outlier detection
                 cluster.attempt_result(pick.address, Outcome(CONNECT_FAILURE))

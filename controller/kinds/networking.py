@@ -9,9 +9,11 @@ import base64
 import binascii
 from typing import Any
 
+from ambit.dataplane.keepalive import MAX_IDLE, MAX_PROBES
 from ambit.resilience import invalid_grpc_status, invalid_retry_on
 from ambit.topology import TOPOLOGY_LABELS
 from controller.kinds.common import (
+    GO_DURATION_PATTERN,
     Cidr,
     Duration,
     Labels,
@@ -25,6 +27,7 @@ from controller.kinds.common import (
     WorkloadSelector,
     header_ops_checks,
     header_value_reason,
+    parse_duration,
 )
 from controller.kinds.cors import CorsPolicy
 from controller.kinds.schema import Arr, Bool, Errors, Int, Map, Num, Obj, Str, join
@@ -351,11 +354,32 @@ LoadBalancer = Obj({
                           "prioritises endpoints by locality)",
 })
 
+
+def _keepalive_seconds(text: str) -> str | None:
+    """tcpKeepalive `time`/`interval`: Istio hands Envoy whole seconds (`Duration.Seconds`,
+    pilot/pkg/networking/core/cluster.go setKeepAliveSettings), so "1.5s" would be 1 s and "500ms"
+    0, which the kernel refuses; and the kernel takes at most 32767 s (MAX_TCP_KEEPIDLE/INTVL)."""
+    try:
+        secs = parse_duration(text)
+    except ValueError:
+        return f'must be a duration in whole seconds such as "30s" or "2m", got "{text}"'
+    if secs != int(secs) or not 1 <= secs <= MAX_IDLE:
+        return (f"must be whole seconds from 1s to {MAX_IDLE}s (the socket option takes seconds, "
+                f"the kernel at most {MAX_IDLE}), got \"{text}\"")
+    return None
+
+
+# MeshConfig's `tcpKeepalive` is the same message (controller/meshconfig.py). probes 0 is unset, as
+# in Istio (a proto3 uint32): the OS's count.
+TcpKeepalive = Obj({"probes": Int(minimum=0, maximum=MAX_PROBES),
+                    "time": Str(valid=_keepalive_seconds, pattern=GO_DURATION_PATTERN),
+                    "interval": Str(valid=_keepalive_seconds, pattern=GO_DURATION_PATTERN)})
+
 ConnectionPool = Obj({
     "tcp": Obj({
         "maxConnections": Int(minimum=0),
         "connectTimeout": Duration(positive=True),
-        "tcpKeepalive": Obj({"probes": Int(minimum=0), "time": Duration(), "interval": Duration()}),
+        "tcpKeepalive": TcpKeepalive,
         "maxConnectionDuration": Duration(),
         "idleTimeout": Duration(),
     }),

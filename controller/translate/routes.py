@@ -45,6 +45,7 @@ from ambit.model import (
     SessionPersistence,
     StringMatch,
     Subset,
+    TcpKeepalive,
     TcpRoute,
     TrafficPolicy,
     WaypointRoutes,
@@ -540,6 +541,7 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
     t.http_idle_timeout = _seconds(http.get("idleTimeout"))
     t.h2_upgrade = http.get("h2UpgradePolicy") == "UPGRADE"
     t.max_connection_duration = _seconds(tcp.get("maxConnectionDuration"))
+    t.tcp_keepalive = _tcp_keepalive(tcp.get("tcpKeepalive"))
     t.max_concurrent_streams = int(http.get("maxConcurrentStreams") or 0)
     keepalive = http.get("http2KeepAlive") or {}
     t.h2_keepalive_interval = _seconds(keepalive.get("interval"))
@@ -578,6 +580,15 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
     t.private_key, t.insecure_skip_verify = tls.get("privateKey", ""), bool(tls.get("insecureSkipVerify"))
     t.ca_crl = tls.get("caCrl", "")
     return t
+
+
+def _tcp_keepalive(ka: Obj | None) -> TcpKeepalive | None:
+    """`tcp.tcpKeepalive` (set at all: SO_KEEPALIVE, even `{}`), in the whole seconds Istio gives
+    Envoy (`Duration.Seconds`; validation refuses fractions); None when unset."""
+    if ka is None:
+        return None
+    return TcpKeepalive(time=int(_seconds(ka.get("time"))), interval=int(_seconds(ka.get("interval"))),
+                        probes=int(ka.get("probes") or 0))
 
 
 # What a portLevelSettings entry holds (Istio's PortTrafficPolicy). Istio copies only these from it

@@ -19,7 +19,7 @@ validator refuses what can never work; this module finds what is valid but does 
 - Namespaces, Pods and Services whose Ambit labels or balancing fields do nothing as written
   (`controller.waypoints.label_advisories`).
 - Fields the waypoint accepts but does not apply (session persistence's idleTimeout, locality failover
-  without outlier detection, `tcpKeepalive`, an http2KeepAlive timeout without interval, TLS
+  without outlier detection, an http2KeepAlive timeout without interval, TLS
   origination, PROXY protocol), fields it applies
   differently from Istio (a fault without a percentage, `exponentialDelay`, a mirror to a host that
   is no mesh Service), `match.statPrefix`
@@ -83,11 +83,6 @@ NOT_APPLIED_GW_RULE = {
     "sessionPersistence.idleTimeout": "accepted, not applied: sessions end only by absoluteTimeout (or when their "
                                       "endpoint goes); Gateway API removed idleTimeout in v1.6, as no implementation "
                                       "applies it (Envoy's stateful session cannot either)",
-}
-# DestinationRule traffic-policy fields, by path below the policy: why each is not applied.
-NOT_APPLIED_POLICY_FIELDS = {
-    "connectionPool.tcp.tcpKeepalive": "accepted, not applied: the waypoint reaches endpoints over pooled HBONE "
-                                       "connections, which do not take per-cluster TCP keepalive settings",
 }
 # http2KeepAlive with a timeout but no interval: Envoy sends interval PINGs only with an interval, and
 # Istio sets no other kind (connection_idle_interval), so nothing is ever sent (waypoint/traffic/lifetime.py).
@@ -638,9 +633,6 @@ def _policy_fields(p: Obj | None, base: str, entry: bool = False, outlier: bool 
     (the host's, for a subset or port) has outlier detection."""
     outlier = outlier or (p or {}).get("outlierDetection") is not None
     out = []
-    for path, why in NOT_APPLIED_POLICY_FIELDS.items():
-        if _at(p, path) is not None:
-            out.append((f"{base}.{path}", why))
     keepalive = (((p or {}).get("connectionPool") or {}).get("http") or {}).get("http2KeepAlive") or {}
     if keepalive.get("timeout") and not keepalive.get("interval"):
         out.append((f"{base}.connectionPool.http.http2KeepAlive.timeout", KEEPALIVE_WITHOUT_INTERVAL))

@@ -20,8 +20,11 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ambit.dataplane.keepalive import apply as apply_keepalive
+
 if TYPE_CHECKING:
     from ambit.dataplane.hbone.stream import HBONEStream
+    from ambit.model import TcpKeepalive
 
 EARLY_LIMIT = 256 * 1024
 
@@ -84,13 +87,22 @@ class Plug(asyncio.Protocol):
             protocol.connection_lost(self._lost_exc)
 
 
-async def connect_tcp(host: str, port: int, timeout: float, ssl: Any = None, server_hostname: str = "") -> Plug:
+async def connect_tcp(host: str, port: int, timeout: float, ssl: Any = None, server_hostname: str = "",
+                      keepalive: TcpKeepalive | None = None) -> Plug:
     """A TCP connection (TCP_NODELAY, as asyncio sets by default) ready for `attach`; TLS over it
-    when `ssl` (an SSLContext) is given, with `server_hostname` as the SNI."""
+    when `ssl` (an SSLContext) is given, with `server_hostname` as the SNI; its socket with the
+    cluster's TCP `keepalive` (ambit/dataplane/keepalive.py), set once connected (`host` may be a
+    DNS name, which the loop resolves; keepalive only acts on an established connection anyway)."""
     loop = asyncio.get_running_loop()
-    _, plug = await asyncio.wait_for(loop.create_connection(Plug, host, port, ssl=ssl,
-                                                            server_hostname=server_hostname or None if ssl else None),
-                                     timeout)
+    transport, plug = await asyncio.wait_for(
+        loop.create_connection(Plug, host, port, ssl=ssl, server_hostname=server_hostname or None if ssl else None),
+        timeout)
+    if keepalive is not None:
+        try:
+            apply_keepalive(transport.get_extra_info("socket"), keepalive)
+        except OSError:
+            transport.abort()
+            raise
     return plug
 
 

@@ -4,7 +4,10 @@ Pooling is what makes HBONE affordable: a full P-256 mTLS handshake costs ~1.85 
 fresh connections cap at a few hundred per second, while a stream on a pooled connection costs
 one HEADERS round trip (feasibility §5). The pool key is (source identity, destination identity,
 destination IP): a connection authenticates exactly one pair of identities, so it can never carry
-another workload's traffic.
+another workload's traffic. A waypoint adds the TCP keepalive of the cluster a tunnel is for
+(`connect(keepalive=...)`, ambit/dataplane/keepalive.py), set on the connection's socket: clusters
+that ask for the same keepalive (the usual case: none, or only the mesh-wide one) share connections
+as before, and a connection never runs with another cluster's keepalive than its own.
 
 Concurrent `connect()` calls for a key share one dial. A connection leaves the pool when it dies,
 receives GOAWAY, or reaches `max_streams` open tunnels (then a second connection is dialled).
@@ -29,6 +32,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ambit.dataplane import tls
 from ambit.dataplane.connect import connect
@@ -36,7 +40,11 @@ from ambit.dataplane.hbone.connection import HBONEConnection, HBONEError
 from ambit.dataplane.hbone.frames import REFUSED_STREAM
 from ambit.dataplane.hbone.protocol import HBONEProtocol
 from ambit.dataplane.hbone.stream import HBONEStream, StreamResetError
+from ambit.dataplane.keepalive import apply as apply_keepalive
 from ambit.dataplane.ports import PORT_HBONE as HBONE_PORT
+
+if TYPE_CHECKING:
+    from ambit.model import TcpKeepalive
 
 log = logging.getLogger("ambit.dataplane.hbone")
 
@@ -50,6 +58,8 @@ class PoolKey:
     # The source pod's address when ztunnel dials from inside the pod's netns (the connection
     # leaves with that IP, so two pods sharing an identity never share a connection); "" otherwise.
     src_ip: str = ""
+    # The TCP keepalive set on the connection's socket (a waypoint's cluster's); None: none set.
+    keepalive: TcpKeepalive | None = None
 
 
 class HBONEConnectError(ConnectionError):
@@ -129,13 +139,15 @@ class HBONEClientPool:
         extra_headers: list[tuple[str, str]] | None = None,
         timeout: float = 10.0,
         src_ip: str = "",
+        keepalive: TcpKeepalive | None = None,
     ) -> HBONEStream:
-        """Open a tunnel to `authority` (`ip:port` of the real destination) through the HBONE peer.
+        """Open a tunnel to `authority` (`ip:port` of the real destination) through the HBONE peer,
+        over a connection whose socket has `keepalive` (see the module docstring).
 
         Raises `HBONEConnectError` (non-200 answer, refused, timeout) or `ssl.SSLError`
         (`tls.PeerIdentityError` when the peer is not `dst_identity`).
         """
-        key = PoolKey(src_identity, dst_identity, dst_ip, src_ip)
+        key = PoolKey(src_identity, dst_identity, dst_ip, src_ip, keepalive)
         if self._closed:
             raise HBONEConnectError(key, authority, "pool is closed")
         headers = list(extra_headers or [])
@@ -259,6 +271,7 @@ class HBONEClientPool:
         sock = await asyncio.wait_for(self._dial(key, self.port), self.handshake_timeout)
         proto = HBONEProtocol(self._new_conn(), loop=loop, on_unusable=self._evict)
         try:
+            apply_keepalive(sock, key.keepalive)       # whatever dialled it (ztunnel dials in the pod's netns)
             transport, _ = await loop.create_connection(
                 lambda: proto, sock=sock, ssl=ctx, server_hostname=key.dst_ip,
                 ssl_handshake_timeout=self.handshake_timeout,

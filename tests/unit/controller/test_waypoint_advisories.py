@@ -147,7 +147,6 @@ def test_resilience_fields_are_applied_without_warnings_and_the_rest_is_named() 
         ("VirtualService/demo/r", "spec.http[0].fault.delay.exponentialDelay"),
         ("VirtualService/demo/r", "spec.http[0].mirrors[1].destination.host"),
         ("DestinationRule/demo/d", "spec.trafficPolicy.loadBalancer.simple"),
-        ("DestinationRule/demo/d", "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive"),
         ("DestinationRule/demo/d", "spec.trafficPolicy.tls")}
     assert "this delay is injected into no request, as in Istio" in \
         found[("VirtualService/demo/r", "spec.http[0].fault.delay")]

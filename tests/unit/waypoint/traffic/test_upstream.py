@@ -76,7 +76,7 @@ def test_opaque_connections_are_balanced_by_the_services_cluster() -> None:
     assert down is not None
     seen: list[str] = []
 
-    def connector(pick, source_ip, hops=0):  # type: ignore[no-untyped-def]
+    def connector(pick, source_ip, hops=0, keepalive=None):  # type: ignore[no-untyped-def]
         async def connect() -> object:
             seen.append(pick.address)
             if pick.address == "10.0.1.1:8080":

@@ -51,7 +51,8 @@ def loopback_waypoint(cfg: WaypointConfig, rng: random.Random | None = None) -> 
     10.0.2.5 to web.demo's VIP port 80."""
     s = load(["--waypoint", "default/waypoint", "--pod-name", "waypoint-0", "--node", "node1"])
     w = WaypointProxy(s, cfg, None, rng=rng)
-    w._connector = lambda pick, source_ip, hops=0: lambda: connect_tcp(pick.ip, pick.port, 5)  # type: ignore[method-assign]
+    w._connector = lambda pick, source_ip, hops=0, keepalive=None: lambda: connect_tcp(  # type: ignore[method-assign]
+        pick.ip, pick.port, 5, keepalive=keepalive)
     return Proxy(w.decide, upstream=w.upstream,
                  downstream=Downstream(source_ip="10.0.2.5", destination_ip=VIP, destination_port=80,
                                        service="demo/web", hostname=HOST))
