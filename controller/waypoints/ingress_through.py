@@ -1,12 +1,13 @@
-"""An ingress gateway's route subsets that a waypoint makes moot, said out loud. Pure.
+"""Route subsets that a waypoint makes moot, said out loud. Pure.
 
-An ingress gateway sends its requests for a Service bound to a waypoint through that waypoint
-(waypoint/app.py `_via_waypoint`: the Service's pods accept tunnels only from it), asking it for
-the Service's VIP and port, as a client's ztunnel does. The waypoint then chooses the endpoint by
-the Service's own routes and DestinationRules, so a `destination.subset` the gateway's
-VirtualService route names is not applied there: Istio's gateways lose it the same way for a
-Service labelled `istio.io/ingress-use-waypoint`. `ingress_subsets(good, translation)` returns one
-`NotEnforced` advisory per such destination, at the field that names it.
+An ingress gateway sends its requests for a Service bound to a waypoint through that waypoint, and
+so does a waypoint whose routes send to a Service bound to another one (waypoint/app.py
+`_via_waypoint`: the Service's pods accept tunnels only from it), asking it for the Service's VIP
+and port, as a client's ztunnel does. That waypoint then chooses the endpoint by the Service's own
+routes and DestinationRules, so a `destination.subset` the first proxy's VirtualService route
+names is not applied: Istio's gateways lose it the same way for a Service labelled
+`istio.io/ingress-use-waypoint`. `ingress_subsets(good, translation)` returns one `NotEnforced`
+advisory per such destination, at the field that names it.
 """
 
 from __future__ import annotations
@@ -19,25 +20,28 @@ Advisory = tuple[str, str, str]         # (Kind/namespace/name, field, reason)
 
 def ingress_subsets(good: list[Obj], tr: Any) -> list[Advisory]:
     """(ref, field, reason) for each VirtualService route destination with a subset that an
-    ingress gateway of `tr` (the snapshot's translation) sends through a waypoint."""
+    ingress gateway or a waypoint of `tr` (the snapshot's translation) sends through another
+    waypoint."""
     through = {s.hostname: s.waypoint for s in tr.services if s.waypoint and s.vips}
     by_ref = {f"{o.get('kind')}/{(o.get('metadata') or {}).get('namespace', '')}/{(o.get('metadata') or {}).get('name', '')}": o
               for o in good if o.get("kind") == "VirtualService"}
+    proxies = [(f"ingress gateway {gw.resource_name}", "", [r for ln in gw.listeners for wr in ln.hosts
+                                                             for r in [*wr.http, *wr.tcp]])
+               for gw in tr.ingress.gateways]
+    proxies += [(f"waypoint {wr.waypoint}", wr.waypoint, [*wr.http, *wr.tcp, *wr.tls])
+                for wr in tr.waypoint_routes if wr.waypoint]
     found: dict[tuple[str, str], str] = {}
-    for gw in tr.ingress.gateways:
-        for ln in gw.listeners:
-            for wr in ln.hosts:
-                for r in [*wr.http, *wr.tcp]:
-                    for d in r.destinations:
-                        wp = through.get(d.host)
-                        if wp and d.subset and r.source in by_ref:
-                            for path in _subset_paths(by_ref[r.source], d.subset):
-                                found.setdefault((r.source, path), (
-                                    f"subset {d.subset!r} of {d.host} is not applied by ingress gateway "
-                                    f"{gw.resource_name}: it sends the Service's traffic through its waypoint {wp}, "
-                                    "which chooses the endpoint by the Service's own routes (route there by "
-                                    "subset with a VirtualService for the Service, as Istio's gateways need with "
-                                    "istio.io/ingress-use-waypoint)"))
+    for what, own, routes in proxies:
+        for r in routes:
+            for d in r.destinations:
+                wp = through.get(d.host)
+                if wp and wp != own and d.subset and r.source in by_ref:
+                    for path in _subset_paths(by_ref[r.source], d.subset):
+                        found.setdefault((r.source, path), (
+                            f"subset {d.subset!r} of {d.host} is not applied by {what}: it sends the Service's "
+                            f"traffic through its waypoint {wp}, which chooses the endpoint by the Service's own "
+                            "routes (route there by subset with a VirtualService for the Service, as Istio's "
+                            "gateways need with istio.io/ingress-use-waypoint)"))
     return [(ref, path, why) for (ref, path), why in sorted(found.items())]
 
 

@@ -145,3 +145,21 @@ def test_an_ingress_route_subset_of_a_service_reached_through_its_waypoint_is_na
         "(route there by subset with a VirtualService for the Service, as Istio's gateways need with "
         "istio.io/ingress-use-waypoint)")
     assert not any(ref == "VirtualService/demo/front" for ref, _ in found(_edge(False)))
+
+
+def test_a_waypoint_route_subset_of_a_service_bound_to_another_waypoint_is_named() -> None:
+    """myapp's waypoint sends reviews (bound to waypoint `other`) through `other`, which chooses the
+    endpoint: the subset myapp's route names is not applied; one of a Service of its own is."""
+    reviews = svc("reviews", **{"istio.io/use-waypoint": "other"})
+    myapp = svc("myapp", **{"istio.io/use-waypoint": "waypoint"})
+    myapp["spec"]["clusterIP"] = "10.96.0.11"
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "reviews", "namespace": "demo"},
+          "spec": {"host": "reviews", "subsets": [{"name": "v2", "labels": {"version": "v2"}}]}}
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "myapp", "namespace": "demo"},
+          "spec": {"hosts": ["myapp"], "http": [{"route": [{"destination": {"host": "reviews", "subset": "v2"}}]}]}}
+    got = found([waypoint(), waypoint("other"), reviews, myapp, dr, vs])
+    assert got[("VirtualService/demo/myapp", "spec.http[0].route[0].destination.subset")].startswith(
+        "subset 'v2' of reviews.demo.svc.cluster.local is not applied by waypoint demo/waypoint: it sends the "
+        "Service's traffic through its waypoint demo/other")
+    reviews["metadata"]["labels"]["istio.io/use-waypoint"] = "waypoint"      # the same waypoint: applied
+    assert not any(ref == "VirtualService/demo/myapp" for ref, _ in found([waypoint(), reviews, myapp, dr, vs]))
