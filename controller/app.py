@@ -52,7 +52,6 @@ def content_version(by_type: dict[str, list[Any]], encoded: Mapping[int, Encoded
     return "v" + h.hexdigest()[:12]
 
 
-
 def mesh_locality(setting: dict[str, Any]) -> TrafficPolicy | None:
     """The mesh config's localityLbSetting as the waypoints read a DestinationRule's (the same
     flattening, controller.translate.routes): None when unset."""
@@ -64,6 +63,7 @@ def mesh_tcp_keepalive(setting: dict[str, Any] | None) -> TcpKeepalive | None:
     flattening): None when unset ({} is set: SO_KEEPALIVE with the OS's values)."""
     return flatten_policy({"connectionPool": {"tcp": {"tcpKeepalive": setting}}}).tcp_keepalive \
         if setting is not None else None
+
 
 class Controller:
     """Wires a Source to a ConfigServer. `on_snapshot` runs on the source's thread."""

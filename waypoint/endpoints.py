@@ -91,8 +91,8 @@ def candidates(svc: Service, port: int, subset_labels: Mapping[str, str] | None,
 
 
 def through_waypoint(svc: Service, port: int, pods: Iterable[Workload]) -> list[Pick]:
-    """`svc` port `port` reached through the pods of the waypoint it is bound to (ready ones first:
-    ambit/waypointpods.py), as an ingress gateway reaches it: each pod is asked over HBONE for the
+    """`svc` port `port` reached through `pods`, the pods of the waypoint it is bound to (its ready
+    ones: ambit/waypointpods.py `ready_waypoint_pods`), as an ingress gateway reaches it: each pod is asked over HBONE for the
     Service's first VIP and `port`, as a client's ztunnel asks, and the waypoint applies the
     Service's routes and policy and chooses its endpoint. Empty when the Service has no VIP (a
     headless one: its clients address pods) or the port is not the Service's."""

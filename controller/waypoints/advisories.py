@@ -63,8 +63,8 @@ from controller.waypoints.gateways import (
     merge_conditions,
     waypoint_for,
 )
-from controller.waypoints.ingress_through import ingress_subsets
 from controller.waypoints.label_advisories import label_notes
+from controller.waypoints.through_subsets import through_subsets
 
 Obj = dict[str, Any]
 
@@ -165,7 +165,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             for n in Delegation(o for o in good if o.get("kind") == "VirtualService").notes()]
     out += [Advisory(ref, path, why, NOT_ENFORCED, cause) for ref, path, why, cause in
             label_notes(good, gateways, {(s.namespace, s.name): s.waypoint for s in tr.services})]
-    out += [Advisory(ref, path, why, NOT_ENFORCED, "UnsupportedValue") for ref, path, why in ingress_subsets(good, tr)]
+    out += [Advisory(ref, path, why, NOT_ENFORCED, "UnsupportedValue") for ref, path, why in through_subsets(good, tr)]
     return out
 
 

@@ -6,7 +6,7 @@ so does a waypoint whose routes send to a Service bound to another one (waypoint
 and port, as a client's ztunnel does. That waypoint then chooses the endpoint by the Service's own
 routes and DestinationRules, so a `destination.subset` the first proxy's VirtualService route
 names is not applied: Istio's gateways lose it the same way for a Service labelled
-`istio.io/ingress-use-waypoint`. `ingress_subsets(good, translation)` returns one `NotEnforced`
+`istio.io/ingress-use-waypoint`. `through_subsets(good, translation)` returns one `NotEnforced`
 advisory per such destination, at the field that names it.
 """
 
@@ -18,7 +18,7 @@ Obj = dict[str, Any]
 Advisory = tuple[str, str, str]         # (Kind/namespace/name, field, reason)
 
 
-def ingress_subsets(good: list[Obj], tr: Any) -> list[Advisory]:
+def through_subsets(good: list[Obj], tr: Any) -> list[Advisory]:
     """(ref, field, reason) for each VirtualService route destination with a subset that an
     ingress gateway or a waypoint of `tr` (the snapshot's translation) sends through another
     waypoint."""
