@@ -283,7 +283,10 @@ def test_bind_failure_reported_to_the_follower_reaches_the_leaders_status(cluste
     assert cond["message"].startswith(f"port {busy.port} (busy): ")
     assert pod_conditions(emu)["Ready"] == KUBELET_READY        # merged by type: the kubelet's are kept
     assert holder(emu) == "ctl-a"
-    assert "wrote pod web/gw-abc condition ambit.io/ListenersBound=False" in cluster.log("ctl-b")
+    # ctl-b logs the write once the API server has answered it, which can be after the leader has
+    # already seen the pod change and written the Gateway status
+    wait_for(lambda: "wrote pod web/gw-abc condition ambit.io/ListenersBound=False" in cluster.log("ctl-b"),
+             timeout=10, what="the follower's log of its pod write")
     assert "wrote pod" not in cluster.log("ctl-a")              # the leader never received a report
 
     busy.release()                                              # the ingress's next retry binds
