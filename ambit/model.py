@@ -377,6 +377,10 @@ class Authorization(Resource):
     # Scope "waypoint" only: every rule in full (L4 and HTTP attributes in the same Matches), in
     # the policy's order, for waypoints. `rules` stays the L4 view ztunnel enforces.
     http_rules: list[Rule] = field(default_factory=list)
+    # action CUSTOM only: the MeshConfig extension provider (`ExtAuthzProvider.name`) a request the
+    # rules match is checked with. Not advisory: a waypoint that does not know it NACKs the policy
+    # (as it NACKs the CUSTOM action), rather than skip a check written to deny.
+    provider: str = ""
 
     @property
     def resource_name(self) -> str:
@@ -810,6 +814,42 @@ class TelemetryPolicy(Resource):
 
 
 @dataclass
+class ExtAuthzBody:
+    """`includeRequestBodyInCheck`: the request body sent with the check, buffered first."""
+
+    max_request_bytes: int = 0          # the most buffered and sent; 0: Envoy's default
+    allow_partial_message: bool = False  # False: a longer body is answered 413 before any check
+    pack_as_bytes: bool = False         # gRPC: the body as raw_body (bytes), not body (UTF-8 text)
+
+
+@dataclass
+class ExtAuthzProvider:
+    """A MeshConfig `extensionProviders` entry of kind `envoyExtAuthzHttp` or `envoyExtAuthzGrpc`,
+    validated by the controller (controller/meshconfig.py): the external authorizer an
+    AuthorizationPolicy with action CUSTOM names (`Authorization.provider`). The waypoint or
+    ingress gateway enforcing the policy calls it over the mesh (HBONE to the Service's endpoint,
+    like any route destination) before its DENY and ALLOW policies, as Envoy's ext_authz filter
+    runs before its RBAC filters in Istio."""
+
+    name: str
+    kind: str                           # "http" (envoyExtAuthzHttp) | "grpc" (envoyExtAuthzGrpc)
+    service: str                        # the Service's hostname as written ("[<namespace>/]<hostname>")
+    port: int
+    timeout: float = 600.0              # seconds; Istio's default is 600 s
+    fail_open: bool = False             # failOpen: an authorizer that cannot be reached allows
+    status_on_error: int = 403          # statusOnError: the status when it cannot be reached (fail closed)
+    clear_route_cache: bool = False     # clearRouteCache: route again after the authorizer's header edits
+    # http only
+    path_prefix: str = ""               # pathPrefix: prepended to the request's path in the check
+    include_request_headers: list[str] = field(default_factory=list)   # includeRequestHeadersInCheck
+    include_additional_headers: dict[str, str] = field(default_factory=dict)  # includeAdditionalHeadersInCheck
+    headers_to_upstream_on_allow: list[str] = field(default_factory=list)
+    headers_to_downstream_on_allow: list[str] = field(default_factory=list)
+    headers_to_downstream_on_deny: list[str] = field(default_factory=list)
+    include_body: ExtAuthzBody | None = None            # includeRequestBodyInCheck (http and grpc)
+
+
+@dataclass
 class MeshSettings(Resource):
     """Mesh-wide settings the data plane enforces (Istio's MeshState, the parts Ambit uses).
 
@@ -842,8 +882,12 @@ class MeshSettings(Resource):
     # applyTCPKeepalive). None: unset. Advisory: the controllers before it refused it in the mesh
     # config file, so no older waypoint ever applied it; one that ignores it keeps the OS's behaviour.
     tcp_keepalive: TcpKeepalive | None = None
+    # MeshConfig extensionProviders of kinds envoyExtAuthzHttp and envoyExtAuthzGrpc: the external
+    # authorizers AuthorizationPolicies with action CUSTOM name. Advisory: a waypoint older than
+    # them NACKs every CUSTOM policy (its action and `provider`), so it never needs them.
+    ext_authz: list[ExtAuthzProvider] = field(default_factory=list)
 
-    ADVISORY: ClassVar[tuple[str, ...]] = ("locality", "tcp_keepalive")
+    ADVISORY: ClassVar[tuple[str, ...]] = ("locality", "tcp_keepalive", "ext_authz")
 
     @property
     def resource_name(self) -> str:
@@ -932,6 +976,8 @@ _NESTED: dict[str, Any] = {
     "HttpRoute": HttpRoute,
     "TcpRoute": TcpRoute,
     "TcpKeepalive": TcpKeepalive,
+    "ExtAuthzBody": ExtAuthzBody,
+    "ExtAuthzProvider": ExtAuthzProvider,
     "TrafficPolicy": TrafficPolicy,
     "PortPolicy": PortPolicy,
     "Subset": Subset,
