@@ -50,7 +50,7 @@ bench-quick: setup
 	@$(PY) -m bench --quick
 
 proto: setup
-	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --grpclib_python_out=. --pyi_out=. ambit/api/config.proto ambit/api/ca.proto ambit/api/debug.proto
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --grpclib_python_out=. --pyi_out=. ambit/api/config.proto ambit/api/ca.proto ambit/api/debug.proto ambit/api/ext_authz.proto
 
 clean:
 	-@$(AMBIT) lab down 2>/dev/null || true

@@ -53,21 +53,25 @@ from ambit.telemetryconfig import TracingConfig
 from ambit.waypointpods import bound_waypoints, ready_waypoint_pods, waypoint_pods
 from waypoint import endpoints
 from waypoint.authz import Verdict, authorize
+from waypoint.authz.custom import DENY as CUSTOM_DENY
+from waypoint.authz.evaluate import DENIED_BODY, RBAC_FLAG
+from waypoint.authz.hold import hold as ext_authz_hold
 from waypoint.config import View, WaypointConfig
 from waypoint.http import Engine, HBONETransport, RequestRecord, UpstreamTarget
 from waypoint.http.attempt import CONNECT_FAILURE, Outcome
 from waypoint.http.opaque import OpaqueRelay
 from waypoint.http.plug import Attachable, connect_tcp
 from waypoint.ingress_listen import IngressListeners
-from waypoint.localreply import local_reply
+from waypoint.localreply import GRPC_PERMISSION_DENIED, local_reply
 from waypoint.origination import ORIGINATING, Origination, check_peer, origination
-from waypoint.request import Decision, Downstream, Forward, RequestHead
+from waypoint.request import Decision, Downstream, EndUser, Forward, Hold, RequestHead
 from waypoint.routing import route
 from waypoint.routing.tcp import choose_backend, tcp_route, tls_route
 from waypoint.settings import WaypointSettings
 from waypoint.tap import request_event
 from waypoint.telemetry.accesslog import RequestLog
 from waypoint.telemetry.clusters import ClusterCollector
+from waypoint.telemetry.extauthz import CheckCollector, CheckCounts
 from waypoint.telemetry.hook import Telemetry
 from waypoint.telemetry.loglines import LogLines
 from waypoint.telemetry.metrics import GATEWAY_REPORTER, HttpMetrics
@@ -235,7 +239,9 @@ class WaypointProxy:
         self.wall_clock = time.time          # what JWT exp/nbf are checked against (Unix time)
         self.clusters = Clusters(time.monotonic, self.rng)
         self._clusters_view: Any = None       # the config View `clusters` was last updated from
+        self.ext_authz = CheckCounts()      # external authorization checks by provider and result
         if registry is not None:
+            registry.register(CheckCollector(self.ext_authz))
             registry.register(ClusterCollector(self.current_clusters))
             registry.register(MirrorCollector(lambda: self.engine))
         self.contexts = tls.ContextCache()
@@ -445,12 +451,13 @@ class WaypointProxy:
 
     # --- decisions (the sans-IO cores) ----------------------------------------------------------
 
-    def decide(self, head: RequestHead, down: Downstream) -> Decision:
-        """RequestAuthentication (a 401, or the token/output header edits), then authorization,
-        then routing: Istio's filter order (jwt_authn, rbac, router). An ingress gateway routes on
-        the routes attached to the listener port the request came in on, by its Host. The AUDIT
-        policies the request matched ride on the decision to its access-log line (`audit`, as
-        ztunnel's), whatever the decision."""
+    def decide(self, head: RequestHead, down: Downstream) -> Decision | Hold:
+        """RequestAuthentication (a 401, or the token/output header edits), then external
+        authorization (CUSTOM policies: a `Hold` for the check, waypoint/authz/hold.py), then
+        DENY/ALLOW authorization, then routing: Istio's filter order (jwt_authn, ext_authz, rbac,
+        router). An ingress gateway routes on the routes attached to the listener port the request
+        came in on, by its Host. The AUDIT policies the request matched ride on the decision to its
+        access-log line (`audit`, as ztunnel's), whatever the decision."""
         v = self.config.view
         authn = v.authn.authenticate(head, down, self.wall_clock())
         if authn.reply is not None:
@@ -459,16 +466,35 @@ class WaypointProxy:
             head.headers = authn.headers
         if authn.path is not None:
             head.path = authn.path
-        reply, verdict = authorize(v.policies, head, down, v.trust_domains, authn.user)
+        custom = v.custom.for_request(head, down, v.trust_domains, authn.user) if v.custom else None
+        if custom is None:
+            return self._authorize_route(v, head, down, authn.user, None)
+        if custom.action == CUSTOM_DENY:        # a bad CUSTOM policy's rules deny (waypoint/authz/custom.py)
+            return local_reply(head, 403, DENIED_BODY, flags=RBAC_FLAG, grpc_status=GRPC_PERMISSION_DENIED,
+                               reason=f"denied by {custom.policy}: {custom.reason}")
+        routed = self._route(v, head, down)     # before the check, as Envoy's route is
+
+        def then(reroute: bool) -> Decision:
+            return self._authorize_route(v, head, down, authn.user, None if reroute else routed)
+        return ext_authz_hold(custom, head, down, self.identity, then, self.ext_authz.count,
+                              self.settings.http.buffer_bytes)
+
+    def _authorize_route(self, v: View, head: RequestHead, down: Downstream, user: EndUser | None,
+                         routed: Decision | None) -> Decision:
+        """DENY/ALLOW authorization, then the route (`routed`: chosen already, before a check)."""
+        reply, verdict = authorize(v.policies, head, down, v.trust_domains, user)
         if reply is not None:
             decision: Decision = reply
-        elif self.ingress is not None:
-            decision = self._route_ingress(head, down)
         else:
-            decision = route(v.table, head, down, self.rng, self)
+            decision = routed if routed is not None else self._route(v, head, down)
         if verdict.audit:       # AUDIT policies never decide; the access log names those that matched
             decision = dataclasses.replace(decision, audit=verdict.audit)
         return decision
+
+    def _route(self, v: View, head: RequestHead, down: Downstream) -> Decision:
+        if self.ingress is not None:
+            return self._route_ingress(head, down)
+        return route(v.table, head, down, self.rng, self)
 
     def _route_ingress(self, head: RequestHead, down: Downstream) -> Decision:
         # X-Forwarded-For and the other edge headers were set before any decision (waypoint/http/edge.py)

@@ -31,6 +31,7 @@ from ambit.telemetryfilter import check_filter
 from ambit.trustdomain import TrustDomains
 from waypoint.authn import AuthnSet, authn_set
 from waypoint.authz import PolicySet, Waypoint, policy_set
+from waypoint.authz.custom import CustomSet, custom_set
 from waypoint.authz.l4 import l4_policy_set
 from waypoint.ingress import IngressView
 from waypoint.ingress import build as build_ingress
@@ -63,6 +64,7 @@ class View:
     authn: AuthnSet = field(default_factory=AuthnSet)      # RequestAuthentication (JWT), before authz
     ingress: IngressView = field(default_factory=IngressView)   # an ingress gateway's listeners and routes
     side: str = SERVER                  # the Telemetry API's side: CLIENT for an ingress gateway (as Istio's)
+    custom: CustomSet = field(default_factory=CustomSet)   # CUSTOM policies (external authorization)
     _telemetry_cache: dict[str, TelemetryConfig] = field(default_factory=dict, compare=False, repr=False)
     # (service, port, hostname, subset) -> its ready endpoints and their addresses (waypoint/app.py
     # `_pick`) and their places (locality, labels): a pure function of this View, so cached for its life
@@ -119,8 +121,11 @@ class WaypointConfig:
         table = build_table(routes, self.cluster_domain)
         for e in table.errors:
             log.warning("route table: %s", e)
-        pset = policy_set([cast(Authorization, a) for a in state[Authorization.TYPE].values()], self.waypoint)
+        authz = [cast(Authorization, a) for a in state[Authorization.TYPE].values()]
+        pset = policy_set(authz, self.waypoint)
         mesh = next(iter(state[MeshSettings.TYPE].values()), None)
+        custom = custom_set(authz, self.waypoint, cast(MeshSettings, mesh).ext_authz if mesh is not None else (),
+                            services)
         tds = TrustDomains.of(cast(MeshSettings, mesh).trust_domain, cast(MeshSettings, mesh).trust_domain_aliases) \
             if mesh is not None else TrustDomains.of(self.trust_domain)
         tel = tuple(sorted((cast(TelemetryPolicy, t) for t in state[TelemetryPolicy.TYPE].values()),
@@ -139,10 +144,10 @@ class WaypointConfig:
         for port in ingress.ports.values():
             for e in port.table.errors:
                 log.warning("ingress port %d route table: %s", port.port, e)
-        return View(workloads, by_ip, services, by_vip, table, pset, l4_policy_set(pset), tds, tel,
+        return View(workloads, by_ip, services, by_vip, table, pset, l4_policy_set(pset, custom), tds, tel,
                     cast(MeshSettings, mesh) if mesh is not None else None, self.waypoint, authn, ingress,
                     # an IngressGateway for this Gateway: it is an ingress gateway, Istio's CLIENT side
-                    CLIENT if gw is not None else SERVER)
+                    CLIENT if gw is not None else SERVER, custom)
 
     def dump(self) -> dict[str, Any]:
         v = self.view
@@ -157,7 +162,11 @@ class WaypointConfig:
                                           "hosts": sorted(p.table.hosts)} for p in v.ingress.ports.values()},
                 "policies": {"gateway": [p.resource_name for p in v.policies.gateway],
                              "by_service": {k: [p.resource_name for p in ps]
-                                            for k, ps in v.policies.by_service.items()}}}
+                                            for k, ps in v.policies.by_service.items()}},
+                "custom_policies": {"gateway": [f"{p.resource_name} ({p.provider})" for p in v.custom.gateway],
+                                    "by_service": {k: [f"{p.resource_name} ({p.provider})" for p in ps]
+                                                   for k, ps in v.custom.by_service.items()},
+                                    "providers": sorted(v.custom.providers)}}
 
 
 def _access_log_dump(cfg: AccessLogConfig) -> dict[str, Any]:

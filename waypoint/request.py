@@ -10,7 +10,7 @@ I/O, so tests build these objects by hand.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -136,6 +136,8 @@ class Forward:
     route: str = ""
     policy: Any = None          # the route's waypoint.resilience.policy.RoutePolicy; None: the defaults
     audit: tuple[str, ...] = ()     # the AUDIT AuthorizationPolicies ("ns/name") the request matched
+    # an external authorizer's response header edits, on allow ((action, name, value): waypoint/authz/extauthz.py)
+    response_edits: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,37 @@ class LocalReply:
     route: str = ""
     reason: str = ""                        # for the access log: why
     audit: tuple[str, ...] = ()             # the AUDIT AuthorizationPolicies ("ns/name") the request matched
+
+
+@dataclass(frozen=True)
+class SubReply:
+    """A sub-request's whole response (an external authorization check's), as the engine collected
+    it: status, headers, body (at most the bound the engine keeps), trailers."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    trailers: tuple[tuple[str, str], ...] | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Hold the request for an external authorization check (AuthorizationPolicy CUSTOM) before
+    deciding. The engine sends the check (`build`: its request head and body, from the request's
+    buffered body when `body_limit` >= 0) to an endpoint of `forward`'s Service port, over HTTP/2
+    when `h2`, within `timeout` s, and decides with `resume(reply, why)`: the reply, or None and
+    why the check failed (connect failure, reset, timeout). `body_limit` < 0: the check carries no
+    body; else the request body is buffered first up to that many bytes, and a longer one is
+    answered 413 unless `partial_ok` (then its first `body_limit` bytes are sent, `partial`)."""
+
+    forward: Forward
+    build: Callable[[bytes | None, bool], tuple[RequestHead, bytes]]
+    resume: Callable[[SubReply | None, str], Decision]
+    h2: bool = False
+    timeout: float = 600.0
+    body_limit: int = -1
+    partial_ok: bool = False
+    audit: tuple[str, ...] = ()
 
 
 Decision = Forward | LocalReply

@@ -3,8 +3,9 @@
 Selection (istio/api security/v1beta1/authorization_policy.proto `targetRefs`): a waypoint
 enforces only policies bound with `targetRefs` (waypoint/binding.py).
 
-Decision (the proto's header comment): CUSTOM is refused by the controller's validation; then any
-matching DENY denies; then, if any ALLOW applies, the request must match one, else it is denied;
+Decision (the proto's header comment): CUSTOM policies (external authorization) are decided first
+by their authorizer (waypoint/authz/custom.py; the exchange holds the request for the check); then
+any matching DENY denies; then, if any ALLOW applies, the request must match one, else it is denied;
 with no ALLOW it is allowed. AUDIT never decides; the AUDIT policies that match are reported.
 A policy with no rules matches nothing (so an ALLOW `spec: {}` denies everything); a rule with
 no from/to/when matches everything. Within a rule: AND over from/to/when, OR within each list,
@@ -46,7 +47,7 @@ from waypoint.localreply import GRPC_PERMISSION_DENIED, local_reply
 from waypoint.normalize import normalize_path
 from waypoint.request import Downstream, EndUser, LocalReply, RequestHead
 
-ALLOW, DENY, AUDIT = "ALLOW", "DENY", "AUDIT"
+ALLOW, DENY, AUDIT, CUSTOM = "ALLOW", "DENY", "AUDIT", "CUSTOM"
 DENIED_BODY = "RBAC: access denied"
 RBAC_FLAG = "RBAC"
 
@@ -77,15 +78,22 @@ _NO_POLICY = Verdict(True, None, ALLOW, "no ALLOW policy applies")
 
 
 def policy_set(policies: Iterable[Authorization], waypoint: Waypoint) -> PolicySet:
-    """Bind the policies to this waypoint. An action it does not know (a newer controller's, such
-    as CUSTOM) raises ValueError naming the policy, so the update is rejected (NACKed) and the last
-    good policies stay in force: skipping the policy would allow what it was written to deny."""
+    """Bind the ALLOW, DENY and AUDIT policies to this waypoint (CUSTOM ones are bound by
+    waypoint/authz/custom.py `custom_set`). An action it does not know (a newer controller's), or a
+    CUSTOM policy naming no provider, raises ValueError naming the policy, so the update is
+    rejected (NACKed) and the last good policies stay in force: skipping the policy would allow
+    what it was written to deny."""
     policies = list(policies)
     for p in policies:
+        if p.action == CUSTOM:
+            if not p.provider:
+                raise ValueError(f"Authorization {p.resource_name}: action CUSTOM names no provider; the "
+                                 f"waypoint cannot enforce this policy")
+            continue
         if p.action not in (ALLOW, DENY, AUDIT):
             raise ValueError(f"Authorization {p.resource_name}: action {p.action!r} is not one of "
-                             f"{ALLOW}, {DENY}, {AUDIT}; the waypoint cannot enforce this policy")
-    bound = bind(policies, waypoint)
+                             f"{ALLOW}, {DENY}, {AUDIT}, {CUSTOM}; the waypoint cannot enforce this policy")
+    bound = bind((p for p in policies if p.action != CUSTOM), waypoint)
     return PolicySet(bound.gateway, bound.by_service)
 
 
@@ -220,6 +228,18 @@ def _foreign(identity: str, tds: TrustDomains | None) -> str | None:
 def _trust_domain(identity: str) -> str:
     """The trust domain of a SPIFFE identity (a pure function of it; every request asks)."""
     return ident.to_principal(identity).split("/", 1)[0]
+
+
+def first_match(policies: Iterable[Authorization], head: RequestHead, down: Downstream,
+                trust_domains: TrustDomains | None = None, user: EndUser | None = None) -> Authorization | None:
+    """The first of `policies` a rule of which matches the request, read as a DENY reads it
+    (attributes Ambit cannot evaluate count as matched): CUSTOM policies, whose rules Istio
+    compiles as DENY rules that trigger the check (builder.go: `b.build(customPolicies, RBAC_DENY)`)."""
+    ps = list(policies)
+    if not ps:
+        return None
+    r = _context(head, down, trust_domains, user)
+    return next((p for p in ps if _policy_matches(p, r, deny=True)), None)
 
 
 def evaluate(policies: Iterable[Authorization], head: RequestHead, down: Downstream,

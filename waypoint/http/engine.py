@@ -41,7 +41,7 @@ from waypoint.http.plug import Attachable
 from waypoint.http.pool import Pools
 from waypoint.http.record import RecordSink, discard
 from waypoint.http.settings import HttpSettings
-from waypoint.request import Decision, Downstream, RequestHead
+from waypoint.request import Decision, Downstream, Hold, RequestHead
 from waypoint.resilience.mirror import MirrorGate
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class UpstreamTarget:
 
 
 
-Decide = Callable[[RequestHead, Downstream], Decision]
+Decide = Callable[[RequestHead, Downstream], "Decision | Hold"]
 ChooseUpstream = Callable[..., "UpstreamTarget | None"]     # (forward, head, downstream, exclude[, tried])
 OpenOpaque = Callable[[Downstream], Awaitable["Attachable | None"]]
 

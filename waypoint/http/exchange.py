@@ -30,6 +30,13 @@ the pools as its own `_Try`, so a late callback from an abandoned try is dropped
 the exchange itself (a try is only ever abandoned by `_schedule_retry`, which first stops its leg and
 ends its pool claim: docs/performance.md §43).
 
+External authorization (AuthorizationPolicy CUSTOM; waypoint/authz/extauthz.py) runs before
+everything else, as Envoy's ext_authz filter before its RBAC filters and router: `decide` answers
+`Hold` when a CUSTOM policy's rule matches, and the exchange holds the request (its body waits in
+`pending`, with backpressure; buffered first up to the provider's limit when the check includes
+it) while a sub-request (waypoint/http/authzcall.py) asks the authorizer; its answer goes back to
+the hold's `resume`, whose decision is then carried out as `decide`'s would have been.
+
 Most requests use none of the retry, timeout, fault, mirror and upgrade state: it lives in a `_Rare`
 made on first use (`Exchange.x`), so a plain request neither stores nor reads it (§43).
 """
@@ -43,13 +50,14 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from waypoint.http import attempt, edge, shadow
+from waypoint.authz.extauthz import edit_response
+from waypoint.http import attempt, authzcall, edge, shadow
 from waypoint.http.chunks import keep
 from waypoint.http.grpcframes import MessageCounter
 from waypoint.http.headers import add_forwarded, grpc_status_for, strip_hop_by_hop
 from waypoint.http.legs import DownLeg, Headers, UpLeg
 from waypoint.http.record import RequestRecord
-from waypoint.request import Downstream, Forward, LocalReply, RequestHead
+from waypoint.request import Decision, Downstream, Forward, Hold, LocalReply, RequestHead, SubReply
 from waypoint.resilience import fault, mirror
 from waypoint.resilience import retry as retries
 from waypoint.resilience.timeouts import TIMEOUT_BODY, request_timeout, upstream_grpc_timeout
@@ -146,6 +154,14 @@ class Exchange:
         except Exception:
             log.exception("decide failed for %s %s", head.method, head.path)
             decision = LocalReply(500, b"internal error", reason="decide failed")
+        if isinstance(decision, Hold):
+            self._hold(decision)
+            return
+        self._decided(decision)
+
+    def _decided(self, decision: Decision) -> None:
+        """Carry out a decision: answer locally, or forward (after the fault filter)."""
+        head = self.head
         if decision.audit:
             self.record.audit = decision.audit
         if isinstance(decision, LocalReply):
@@ -157,6 +173,13 @@ class Exchange:
         if self.trace is not None:
             self.trace.routed(fwd.hostname, fwd.port)
         self._resilience(fwd)
+        if self.pending and self.replay is not None:    # body that arrived while the request was held
+            self.replay_bytes = self.pending_bytes
+            if self.replay_bytes > self.engine.settings.retry_buffer_bytes:
+                self.replay = None
+                self._rare().replayable = False
+            else:
+                self.replay = list(self.pending)
         headers = [(k, v) for k, v in head.headers if k != "expect"] if self.expect_continue else head.headers
         headers = fwd.request_headers.apply(strip_hop_by_hop(headers, keep_upgrade=self.upgrade))
         authority = fwd.authority or head.authority
@@ -183,7 +206,7 @@ class Exchange:
             return
         self.target = target
         self.record.upstream, self.record.upstream_protocol = target.address, target.protocol
-        if self.expect_continue:
+        if self.expect_continue and not (self.x is not None and self.x.continued):
             self.down.send_continue()       # Envoy's default: the proxy answers 100 Continue itself
         self._attempt_start()
         self._arm_timeouts()        # the first try is the exchange itself (no `_Try`: see `_new_try`)
@@ -302,6 +325,8 @@ class Exchange:
         headers = strip_hop_by_hop(headers, keep_upgrade=upgraded)
         if self.forward is not None:
             headers = self.forward.response_headers.apply(headers)
+            if self.forward.response_edits:     # an external authorizer's, on allow
+                headers = edit_response(headers, self.forward.response_edits)
         if self.target is not None and self.target.response_headers:
             headers = list(headers) + list(self.target.response_headers)     # e.g. a hash cookie to set
         x = self.x
@@ -378,6 +403,11 @@ class Exchange:
             return
         keep(self.pending, data)
         self.pending_bytes += len(data)
+        if x is not None and x.hold_state == _BUFFERING:     # the check waits for the body, up to its limit
+            assert x.hold is not None
+            if self.pending_bytes >= x.hold.body_limit:
+                self._check()
+            return
         if self.pending_bytes > self.engine.settings.buffer_bytes:
             self.down.pause_request()
 
@@ -389,6 +419,8 @@ class Exchange:
         x = self.x
         if x is not None and x.shadows:
             shadow.end(x.shadows, trailers)
+        if x is not None and x.hold_state == _BUFFERING and not self.done:
+            self._check()
         if self.up is not None and not self.done:
             self.up.send_end(trailers)
         if not self.done:
@@ -497,6 +529,58 @@ class Exchange:
         if x.raw_ends >= 2 and not self.done:
             self.finish()
 
+    # --- external authorization (waypoint.request.Hold, waypoint/http/authzcall.py) --------------
+
+    def _hold(self, h: Hold) -> None:
+        """Hold the request for its check: at once, or once its body is buffered (up to the limit)."""
+        x = self._rare()
+        x.hold = h
+        if h.body_limit >= 0 and not self.req_ended and self.pending_bytes < h.body_limit:
+            x.hold_state = _BUFFERING
+            if self.expect_continue:    # the client waits for 100 before the body the check needs
+                x.continued = True
+                self.down.send_continue()
+            return
+        self._check()
+
+    def _check(self) -> None:
+        x = self._rare()
+        h = x.hold
+        assert h is not None
+        body: bytes | None = None
+        partial = False
+        if h.body_limit >= 0:
+            data = b"".join(self.pending)
+            if len(data) > h.body_limit or (not self.req_ended and len(data) >= h.body_limit):
+                if not h.partial_ok:    # Envoy: allow_partial_message false, 413 before any check
+                    x.hold_state = _CHECKED
+                    self.reply(LocalReply(413, b"Payload Too Large",
+                                          reason="request body over the ext_authz max_request_bytes"))
+                    return
+                data, partial = data[:h.body_limit], True
+            body = data
+        x.hold_state = _CALLING
+        if self.pending_bytes > self.engine.settings.buffer_bytes:
+            self.down.pause_request()
+        call = authzcall.start(self.engine, h, self.downstream, body, partial, self._checked)
+        if x.hold_state == _CALLING:
+            x.call = call
+
+    def _checked(self, reply: SubReply | None, why: str) -> None:
+        """The check's answer (None: it failed, `why`): the hold's decision, carried out."""
+        x = self._rare()
+        x.call = None
+        x.hold_state = _CHECKED
+        if self.done or x.hold is None:
+            return
+        self.last = self.engine.loop.time()
+        try:
+            decision = x.hold.resume(reply, why)
+        except Exception:
+            log.exception("deciding after the ext_authz check failed for %s %s", self.head.method, self.head.path)
+            decision = LocalReply(500, b"internal error", reason="decide failed")
+        self._decided(decision)
+
     # --- fault injection and mirroring (waypoint.resilience.fault, .mirror; waypoint/http/shadow.py) --
 
     def _faults(self) -> bool:
@@ -570,6 +654,9 @@ class Exchange:
         if x.delay is not None:
             x.delay.cancel()
             x.delay = None
+        if x.call is not None:      # the held request went away: its check is dropped
+            x.call.cancel()
+            x.call = None
         if x.fault_flags:
             self.record.response_flags = fault.merge_flags(x.fault_flags, self.record.response_flags)
         if x.shadows:
@@ -841,7 +928,8 @@ class _Rare:
     (`Exchange._rare`), so a plain request stores and reads none of it (docs/performance.md §43)."""
 
     __slots__ = ("retried", "raw_ends", "rstate", "replayable", "try_", "timeout", "per_try_timeout",
-                 "retry_flag", "timer", "try_timer", "backoff", "shadows", "fault_flags", "delay", "deadline", "cors")
+                 "retry_flag", "timer", "try_timer", "backoff", "shadows", "fault_flags", "delay", "deadline", "cors",
+                 "hold", "hold_state", "call", "continued")
 
     def __init__(self) -> None:
         self.retried = False            # a stale pooled connection was replaced once (upstream_reset)
@@ -860,6 +948,13 @@ class _Rare:
         self.fault_flags = ""               # DI when a delay was injected (waypoint.resilience.fault)
         self.delay: asyncio.TimerHandle | None = None
         self.cors: cors.CorsResponse | None = None  # an allowed origin's CORS headers (waypoint.routing.cors)
+        self.hold: Hold | None = None       # held for an external authorization check
+        self.hold_state = 0                 # _BUFFERING, _CALLING, _CHECKED
+        self.call: authzcall.AuthzCall | None = None
+        self.continued = False              # 100 Continue was sent (for a check that needs the body)
+
+
+_BUFFERING, _CALLING, _CHECKED = 1, 2, 3
 
 
 def _cancel_timers(x: _Rare) -> None:

@@ -14,4 +14,6 @@ APPS: dict[str, tuple[list[str], list[dict[str, Any]]]] = {
                 [{"name": "http", "containerPort": 8000}]),
     "grpc-echo": (["python", "-m", "ambitctl.lab.apps.grpc_echo", "--port", "9090"],
                   [{"name": "grpc", "containerPort": 9090}]),
+    "ext-authz": (["python", "-m", "ambitctl.lab.apps.ext_authz", "--http-port", "8000", "--grpc-port", "9000"],
+                  [{"name": "http", "containerPort": 8000}, {"name": "grpc", "containerPort": 9000}]),
 }

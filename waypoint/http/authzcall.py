@@ -1,0 +1,196 @@
+"""An external authorization check in flight: the sub-request a held `Exchange` sends to its
+authorizer (waypoint.request.Hold; waypoint/authz/extauthz*.py build it and read the answer).
+
+Like a shadow (waypoint/http/shadow.py) it stands in for an `Exchange` towards the pools and the
+upstream legs, so the check goes through the waypoint's own upstream machinery: the engine's
+`upstream` for the authorizer's Service port (its cluster, load balancing, HBONE to the endpoint's
+ztunnel), the connection pools, attempts reported to the authorizer's cluster. It is no task: the
+legs call it back, a timer bounds it, and it ends by calling `done(reply, why)` once, with the
+whole response (the body kept up to MAX_BODY: an authorizer's denial body is a page, not a stream)
+or None and why it failed. `cancel()` (the held request went away) ends it without a call back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from waypoint.http import attempt
+from waypoint.request import SubReply
+
+if TYPE_CHECKING:
+    from waypoint.http.engine import Engine, UpstreamTarget
+    from waypoint.http.legs import Headers, UpLeg
+    from waypoint.request import Downstream, Hold, RequestHead
+
+log = logging.getLogger("waypoint.http")
+
+MAX_BODY = 64 * 1024        # the most of an authorizer's response body kept (the rest is dropped)
+BODY_LENGTH, BODY_NONE = "length", "none"     # waypoint.http.exchange's framings (no import: a cycle)
+
+Done = Callable[[SubReply | None, str], None]
+
+
+class AuthzCall:
+    __slots__ = ("engine", "head", "up_head", "body", "data", "target", "up", "resp_started", "reset_code",
+                 "done", "status", "headers", "chunks", "kept", "_timer", "_attempt", "_done")
+
+    upgrade = False
+    down = None         # nothing downstream: the response is collected
+
+    def __init__(self, engine: Engine, head: RequestHead, data: bytes, target: UpstreamTarget, done: Done) -> None:
+        self.engine = engine
+        self.head = self.up_head = head
+        self.body = BODY_LENGTH
+        self.data = data
+        self.target = target
+        self.up: UpLeg | None = None
+        self.resp_started = False
+        self.reset_code: int | None = None
+        self.done = False
+        self.status = 0
+        self.headers: Headers = []
+        self.chunks: list[bytes] = []
+        self.kept = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._attempt = False
+        self._done: Done | None = done
+
+    def start(self, timeout: float) -> None:
+        self._timer = self.engine.loop.call_later(timeout, self._timeout)
+        c = self.target.cluster
+        if c is not None:
+            self._attempt = True
+            c.attempt_started(self.target.address)
+        self.engine.pools.acquire(self.target, self)  # type: ignore[arg-type]
+
+    def cancel(self) -> None:
+        self._done = None
+        self._end(None, "cancelled")
+
+    # --- as an Exchange, for the pools and the upstream legs -------------------------------------
+
+    def bind(self, up: UpLeg) -> None:
+        if self.done:
+            up.abort()
+            return
+        self.up = up
+        if self.data:
+            up.send_data(self.data)
+        up.send_end(None)
+
+    def request_pause(self) -> None:
+        """The check's body went whole (it is small and sent at once)."""
+
+    def request_resume(self) -> None:
+        """See `request_pause`."""
+
+    def connect_failed(self, detail: str) -> None:
+        self._result(attempt.Outcome(attempt.CONNECT_FAILURE))
+        self._end(None, f"connect failed: {detail}")
+
+    def overflow(self) -> None:
+        self._end(None, "the authorizer's connection limit is reached (overflow)")
+
+    def upstream_reset(self, flags: str, reason: str, *, retryable: bool = False) -> None:
+        self.up = None
+        if not self.resp_started:
+            self._result(attempt.Outcome(attempt.RESET))
+        self._end(None, f"upstream reset ({reason})")
+
+    def response_head(self, status: int, headers: Headers, end: bool = False) -> None:
+        if self.done:
+            return
+        self.resp_started = True
+        self.status = status
+        self.headers = headers
+        self._result(attempt.Outcome(attempt.RESPONSE, status))
+        if end:
+            self.up = None
+            self._end(self._reply(headers), "")
+
+    def response_data(self, data: bytes) -> None:
+        if self.done or self.kept >= MAX_BODY:
+            return
+        data = data[:MAX_BODY - self.kept]
+        self.chunks.append(data)
+        self.kept += len(data)
+
+    def response_end(self, trailers: Headers | None) -> None:
+        self.up = None
+        self._end(self._reply(trailers), "")
+
+    def response_pause(self) -> None:
+        """Nothing downstream to fill."""
+
+    def response_resume(self) -> None:
+        """Nothing downstream to fill."""
+
+    def raw_end(self) -> None:
+        """No upgrades."""
+
+    # --- the end ----------------------------------------------------------------------------------
+
+    def _reply(self, trailers: Headers | None) -> SubReply:
+        return SubReply(self.status, tuple(self.headers), b"".join(self.chunks),
+                        tuple(trailers) if trailers is not None else None)
+
+    def _timeout(self) -> None:
+        self._timer = None
+        if not self.done:
+            self._result(attempt.Outcome(attempt.TIMEOUT))
+            self._end(None, "timed out")
+
+    def _result(self, outcome: attempt.Outcome) -> None:
+        c = self.target.cluster
+        if self._attempt and c is not None:
+            c.attempt_result(self.target.address, outcome)
+
+    def _end(self, reply: SubReply | None, why: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        up, self.up = self.up, None
+        if up is not None:
+            up.abort()
+        self.engine.pools.attempt_over(self)  # type: ignore[arg-type]
+        c = self.target.cluster
+        if self._attempt and c is not None:
+            self._attempt = False
+            c.attempt_ended(self.target.address)
+        done, self._done = self._done, None
+        if done is not None:
+            done(reply, why)
+
+
+def start(engine: Engine, hold: Hold, downstream: Downstream, body: bytes | None, partial: bool,
+          done: Done) -> AuthzCall | None:
+    """Send the check `hold` describes (with the request's buffered `body`, when it includes one);
+    None when it could not be sent (no endpoint: `done` was called with why)."""
+    try:
+        head, data = hold.build(body, partial)
+        target = engine.upstream(hold.forward, head, _own(downstream), frozenset())
+    except Exception as e:
+        log.exception("building the ext_authz check for %s failed", hold.forward.service)
+        done(None, f"the check could not be built: {e}")
+        return None
+    if target is None:
+        done(None, f"no healthy endpoint of {hold.forward.hostname or hold.forward.service} port {hold.forward.port}")
+        return None
+    if hold.h2 and target.protocol != "h2":     # gRPC: HTTP/2 whatever the Service port's name says
+        target = dataclasses.replace(target, protocol="h2", key=f"{target.key} h2")
+    call = AuthzCall(engine, head, data, target, done)
+    call.start(hold.timeout)
+    return call
+
+
+def _own(down: Downstream) -> Downstream:
+    """The check is the waypoint's own request, not the client's: no client address goes in the
+    tunnel's Forwarded header, and the tunnel is pooled as the waypoint's."""
+    return dataclasses.replace(down, source_ip="", source_identity="", source_labels=())
