@@ -1,0 +1,276 @@
+"""External authorization's sans-IO parts (waypoint/authz: extauthz, extauthz_http, extauthz_grpc,
+custom, hold), driven without sockets: the check request each provider kind gets, what each answer
+means, which CUSTOM policy and provider apply, and the decision after a check."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from ambit.api import ext_authz_pb2 as pb
+from ambit.model import Authorization, ExtAuthzProvider, Match, Rule, Service, ServicePort
+from waypoint.authz import extauthz_grpc, extauthz_http
+from waypoint.authz.custom import CHECK, DENY, custom_set, resolve_service
+from waypoint.authz.evaluate import policy_set
+from waypoint.authz.extauthz import (
+    ADD,
+    ADD_IF_ABSENT,
+    ALLOWED,
+    DENIED,
+    ERROR,
+    OVERWRITE_IF_EXISTS,
+    SET,
+    CheckResult,
+    edit_request,
+    edit_response,
+    name_matcher,
+)
+from waypoint.authz.hold import after_check, hold
+from waypoint.authz.l4 import l4_policy_set
+from waypoint.binding import Waypoint
+from waypoint.request import Downstream, Forward, Hold, LocalReply, RequestHead, SubReply
+
+WP = Waypoint("demo", "waypoint")
+DOWN = Downstream("spiffe://cluster.local/ns/demo/sa/web", "10.0.0.5", "demo", (), "10.96.0.9", 80,
+                  "demo/backend", "backend.demo.svc.cluster.local")
+HTTP = ExtAuthzProvider(name="h", kind="http", service="authz.demo.svc.cluster.local", port=8000)
+GRPC = ExtAuthzProvider(name="g", kind="grpc", service="authz.demo.svc.cluster.local", port=9000, timeout=0.5)
+AUTHZ_SVC = Service(name="authz", namespace="demo", hostname="authz.demo.svc.cluster.local", vips=["10.96.0.20"],
+                    ports=[ServicePort(8000, 8000, "http", "HTTP")])
+
+
+def head(path: str = "/a?b=1", method: str = "GET", **headers: str) -> RequestHead:
+    return RequestHead(method, path, "backend:80", "http", [(k.replace("_", "-"), v) for k, v in headers.items()])
+
+
+def custom(provider: str, name: str = "ext", paths: list[str] | None = None, ref: str = "backend") -> Authorization:
+    return Authorization(name=name, namespace="demo", action="CUSTOM", scope="waypoint", provider=provider,
+                         target_refs=[{"kind": "Service", "group": "", "name": ref}],
+                         http_rules=[Rule(clauses=[[Match(paths=paths)]] if paths else [])])
+
+
+# --- header patterns and edits ------------------------------------------------------------------
+
+def test_header_patterns_are_exact_prefix_or_suffix_and_ignore_case() -> None:
+    m = name_matcher(["X-Exact", "x-pre*", "*-suf"])
+    assert m("x-exact") and m("X-PRE-anything") and m("a-SUF")
+    assert not m("x-exactly") and not m("y-pre") and not m("suf-x")
+    assert not name_matcher([])("anything")
+
+
+def test_an_allowing_checks_request_edits_set_append_and_remove_but_never_host_or_pseudo_headers() -> None:
+    r = CheckResult(ALLOWED, upstream_set=(("X-A", "new"), ("host", "evil"), (":path", "/evil")),
+                    upstream_add=(("x-b", "2"),), upstream_remove=("x-c", "Host"))
+    out = edit_request([("x-a", "old"), ("x-a", "old2"), ("x-b", "1"), ("x-c", "gone"), ("host", "h")], r)
+    assert out == [("x-b", "1"), ("host", "h"), ("x-a", "new"), ("x-b", "2")]
+
+
+def test_response_edits_follow_their_append_actions() -> None:
+    ops = ((ADD, "x-a", "2"), (SET, "x-b", "new"), (ADD_IF_ABSENT, "x-a", "no"), (ADD_IF_ABSENT, "x-c", "yes"),
+           (OVERWRITE_IF_EXISTS, "x-d", "no"), (OVERWRITE_IF_EXISTS, "x-b", "newer"))
+    assert edit_response([("x-a", "1"), ("x-b", "old")], ops) == [("x-a", "1"), ("x-a", "2"), ("x-c", "yes"),
+                                                                    ("x-b", "newer")]
+
+
+# --- HTTP provider ------------------------------------------------------------------------------
+
+def test_http_check_has_the_method_prefixed_path_host_authorization_and_only_the_included_headers() -> None:
+    p = ExtAuthzProvider(name="h", kind="http", service="s", port=1, path_prefix="/check",
+                         include_request_headers=["x-user*"], include_additional_headers={"X-Fixed": "v",
+                                                                                           "x-user-id": "over"})
+    h = head("/a?b=1", "DELETE", authorization="Bearer t", x_user_id="7", x_user_role="a", cookie="c",
+             connection="x", content_length="5")
+    h.headers.append(("x-user-role", "b"))
+    check, body = extauthz_http.check_request(p, h)
+    assert (check.method, check.path, check.authority) == ("DELETE", "/check/a?b=1", "backend:80")
+    assert dict(check.headers) == {"authorization": "Bearer t", "x-user-role": "a,b", "x-fixed": "v",
+                                   "x-user-id": "over", "content-length": "0"}
+    assert body == b""
+    assert dict(extauthz_http.check_request(p, h, b"abc")[0].headers)["content-length"] == "3"
+
+
+def test_http_200_allows_with_the_named_headers_and_removals() -> None:
+    p = ExtAuthzProvider(name="h", kind="http", service="s", port=1, headers_to_upstream_on_allow=["x-up*"],
+                         headers_to_downstream_on_allow=["x-down"])
+    r = extauthz_http.interpret(p, 200, [("X-Up-1", "a"), ("x-down", "b"), ("x-other", "c"),
+                                          ("x-envoy-auth-headers-to-remove", "authorization, x-secret")], b"")
+    assert r.result == ALLOWED and r.upstream_set == (("x-up-1", "a"),)
+    assert r.downstream == ((ADD, "x-down", "b"),) and r.upstream_remove == ("authorization", "x-secret")
+    # none named: nothing goes up or down
+    r = extauthz_http.interpret(HTTP, 200, [("x-up-1", "a")], b"")
+    assert (r.upstream_set, r.downstream) == ((), ())
+
+
+def test_http_5xx_is_an_error_and_any_other_status_denies_with_the_authorizers_headers() -> None:
+    assert extauthz_http.interpret(HTTP, 503, [], b"down").result == ERROR
+    r = extauthz_http.interpret(HTTP, 401, [("www-authenticate", "Basic"), ("x-a", "1"), ("host", "h"),
+                                            ("content-length", "4")], b"nope")
+    assert (r.result, r.status, r.body) == (DENIED, 401, b"nope")
+    assert r.reply_headers == (("www-authenticate", "Basic"), ("x-a", "1"))     # all but Host (and framing)
+    p = ExtAuthzProvider(name="h", kind="http", service="s", port=1, headers_to_downstream_on_deny=["x-b"])
+    r = extauthz_http.interpret(p, 302, [("location", "/login"), ("x-a", "1"), ("x-b", "2")], b"")
+    assert r.reply_headers == (("location", "/login"), ("x-b", "2"))      # named ones, Location always
+
+
+# --- gRPC provider ------------------------------------------------------------------------------
+
+def _framed(msg: pb.CheckResponse) -> bytes:
+    data = msg.SerializeToString()
+    return struct.pack(">BI", 0, len(data)) + data
+
+
+OK = [("grpc-status", "0")]
+
+
+def test_grpc_check_is_a_framed_check_request_over_http2_with_the_deadline() -> None:
+    msg = extauthz_grpc.check_message(head(x_a="1", x_request_id="rid"), DOWN, "spiffe://td/ns/demo/sa/waypoint", "rid")
+    check, body = extauthz_grpc.check_request(GRPC, "authz.demo.svc.cluster.local", msg)
+    assert (check.method, check.path, check.authority, check.version) == (
+        "POST", "/envoy.service.auth.v3.Authorization/Check", "authz.demo.svc.cluster.local", "2")
+    assert dict(check.headers)["content-type"] == "application/grpc" and dict(check.headers)["grpc-timeout"] == "500m"
+    flag, n = struct.unpack(">BI", body[:5])
+    got = pb.CheckRequest.FromString(body[5:])
+    assert flag == 0 and n == len(body) - 5
+    h = got.attributes.request.http
+    assert (h.method, h.path, h.host, h.id, h.protocol, h.size) == ("GET", "/a?b=1", "backend:80", "rid", "HTTP/1.1", -1)
+    assert h.headers[":authority"] == "backend:80" and h.headers["x-a"] == "1"
+    assert got.attributes.source.principal == DOWN.source_identity
+    assert got.attributes.destination.address.socket_address.port_value == 80
+    assert not got.attributes.context_extensions
+
+
+def test_grpc_ok_applies_its_header_options_and_denied_defaults_to_403() -> None:
+    ok = pb.CheckResponse(status=pb.RpcStatus(code=0), ok_response=pb.OkHttpResponse(
+        headers=[pb.HeaderValueOption(header=pb.HeaderValue(key="X-Set", value="1")),
+                 pb.HeaderValueOption(header=pb.HeaderValue(key="x-add", value="2"), append={"value": True})],
+        headers_to_remove=["Authorization"],
+        response_headers_to_add=[pb.HeaderValueOption(header=pb.HeaderValue(key="x-r", value="3")),
+                                 pb.HeaderValueOption(header=pb.HeaderValue(key="x-s", value="4"), append_action=2),
+                                 pb.HeaderValueOption(header=pb.HeaderValue(key="x-t", value="5"),
+                                                      append={"value": False})]))
+    r = extauthz_grpc.interpret(200, [], _framed(ok), OK)
+    assert r.result == ALLOWED and r.upstream_set == (("x-set", "1"),) and r.upstream_add == (("x-add", "2"),)
+    assert r.upstream_remove == ("authorization",)
+    assert r.downstream == ((ADD, "x-r", "3"), (SET, "x-s", "4"), (SET, "x-t", "5"))
+    r = extauthz_grpc.interpret(200, [], _framed(pb.CheckResponse(status=pb.RpcStatus(code=7))), OK)
+    assert (r.result, r.status, r.body) == (DENIED, 403, b"")
+    denied = pb.CheckResponse(status=pb.RpcStatus(code=16), denied_response=pb.DeniedHttpResponse(
+        status=pb.HttpStatus(code=401), body="who?", headers=[pb.HeaderValueOption(
+            header=pb.HeaderValue(key="www-authenticate", value="Bearer"))]))
+    r = extauthz_grpc.interpret(200, [], _framed(denied), OK)
+    assert (r.status, r.body, r.reply_headers) == (401, b"who?", (("www-authenticate", "Bearer"),))
+
+
+@pytest.mark.parametrize("status,headers,body,trailers", [
+    (503, [], b"", None),                                               # not a gRPC answer
+    (200, [], b"", [("grpc-status", "14"), ("grpc-message", "down")]),   # the call failed
+    (200, [("grpc-status", "13")], b"", None),                          # trailers-only failure
+    (200, [], b"", None),                                               # no grpc-status
+    (200, [], b"\x00\x00\x00\x00\x09abc", OK),                          # truncated
+    (200, [], b"\x01\x00\x00\x00\x00", OK),                             # compressed, never offered
+    (200, [], b"\x00\x00\x00\x00\x02\xff\xff", OK),                     # not a CheckResponse
+])
+def test_a_failed_check_call_is_an_error(status: int, headers: list, body: bytes, trailers: list | None) -> None:
+    assert extauthz_grpc.interpret(status, headers, body, trailers).result == ERROR
+
+
+# --- which CUSTOM policy applies ----------------------------------------------------------------
+
+def test_a_custom_policy_needs_a_provider_and_is_not_an_allow_deny_policy() -> None:
+    with pytest.raises(ValueError, match="CUSTOM names no provider"):
+        policy_set([custom("")], WP)
+    assert policy_set([custom("h")], WP).by_service == {}
+
+
+def test_only_requests_a_custom_rule_matches_are_checked_with_its_provider_and_service() -> None:
+    cs = custom_set([custom("h", paths=["/admin*"])], WP, [HTTP], {AUTHZ_SVC.resource_name: AUTHZ_SVC})
+    assert cs.for_request(head("/public"), DOWN) is None
+    c = cs.for_request(head("/admin/x"), DOWN)
+    assert c is not None and (c.action, c.policy, c.provider, c.service) == (CHECK, "demo/ext", HTTP, "demo/authz")
+    other = Downstream(service="demo/other")
+    assert cs.for_request(head("/admin/x"), other) is None
+
+
+def test_an_unknown_provider_or_two_providers_deny_what_the_policies_match(caplog: pytest.LogCaptureFixture) -> None:
+    cs = custom_set([custom("nope", paths=["/a"])], WP, [HTTP], {})
+    c = cs.for_request(head("/a"), DOWN)
+    assert c is not None and c.action == DENY and "provider 'nope'" in c.reason
+    assert "demo/ext" in caplog.text and "provider 'nope'" in caplog.text
+    cs = custom_set([custom("h", "one", ["/a"]), custom("g", "two", ["/b"])], WP, [HTTP, GRPC], {})
+    c = cs.for_request(head("/b"), DOWN)
+    assert c is not None and c.action == DENY and "several CUSTOM providers (g, h)" in c.reason
+    assert cs.for_request(head("/c"), DOWN) is None
+
+
+def test_a_providers_service_is_found_by_hostname_with_an_optional_namespace() -> None:
+    svcs = {AUTHZ_SVC.resource_name: AUTHZ_SVC}
+    assert resolve_service("authz.demo.svc.cluster.local", svcs) is AUTHZ_SVC
+    assert resolve_service("demo/authz.demo.svc.cluster.local", svcs) is AUTHZ_SVC
+    assert resolve_service("other/authz.demo.svc.cluster.local", svcs) is None
+    assert resolve_service("authz", svcs) is None
+
+
+def test_a_tunnel_without_http_that_a_custom_policy_matches_is_refused() -> None:
+    pset = policy_set([custom("g")], WP)
+    l4 = l4_policy_set(pset, custom_set([custom("g")], WP, [GRPC], {}))
+    assert [p.action for p in l4.by_service["demo/backend"]] == ["DENY"]
+
+
+# --- after the check ----------------------------------------------------------------------------
+
+ROUTED = Forward("demo/backend", 80, route="first")
+REROUTED = Forward("demo/backend-v2", 80, route="second")
+
+
+def _then(calls: list[bool]):
+    def then(reroute: bool):
+        calls.append(reroute)
+        return REROUTED if reroute else ROUTED
+    return then
+
+
+def test_an_allow_edits_the_request_and_reroutes_only_with_clear_route_cache() -> None:
+    counts: list[tuple[str, str]] = []
+    calls: list[bool] = []
+    h = head(x_a="1")
+    r = CheckResult(ALLOWED, upstream_set=(("x-a", "2"),), downstream=((ADD, "x-d", "v"),))
+    d = after_check(HTTP, "demo/ext", r, h, _then(calls), lambda *a: counts.append(a))
+    assert isinstance(d, Forward) and d.route == "first" and d.response_edits == ((ADD, "x-d", "v"),)
+    assert h.headers == [("x-a", "2")] and calls == [False] and counts == [("h", ALLOWED)]
+    clear = ExtAuthzProvider(name="h", kind="http", service="s", port=1, clear_route_cache=True)
+    assert after_check(clear, "p", r, head(), _then(calls), lambda *a: None).route == "second"
+    assert after_check(clear, "p", CheckResult(ALLOWED), head(), _then(calls), lambda *a: None).route == "first"
+
+
+def test_a_denial_and_an_error_answer_locally_with_uaex_unless_fail_open() -> None:
+    d = after_check(HTTP, "p", CheckResult(DENIED, 401, b"no", reply_headers=(("x-a", "1"),)), head(),
+                    _then([]), lambda *a: None)
+    assert isinstance(d, LocalReply) and (d.status, d.body, d.flags) == (401, b"no", "UAEX")
+    assert ("x-a", "1") in d.headers
+    d = after_check(HTTP, "p", CheckResult(ERROR, reason="x"), head(), _then([]), lambda *a: None)
+    assert isinstance(d, LocalReply) and (d.status, d.body, d.flags) == (403, b"", "UAEX")
+    opened = ExtAuthzProvider(name="h", kind="http", service="s", port=1, fail_open=True)
+    assert after_check(opened, "p", CheckResult(ERROR), head(), _then([]), lambda *a: None) is ROUTED
+    g = head()
+    g.grpc = True
+    d = after_check(HTTP, "p", CheckResult(DENIED, 403, b"no"), g, _then([]), lambda *a: None)
+    assert d.grpc_status == 7
+
+
+def test_the_hold_builds_the_check_and_reads_its_answer() -> None:
+    cs = custom_set([custom("h")], WP, [HTTP], {AUTHZ_SVC.resource_name: AUTHZ_SVC})
+    c = cs.for_request(head(), DOWN)
+    assert c is not None
+    counts: list[tuple[str, str]] = []
+    h = hold(c, head(x_ext="1"), DOWN, "spiffe://td/ns/demo/sa/waypoint", _then([]), lambda *a: counts.append(a),
+             1024)
+    assert isinstance(h, Hold) and (h.forward.service, h.forward.port, h.h2, h.body_limit) == ("demo/authz", 8000,
+                                                                                                False, -1)
+    assert h.build(None, False)[0].path == "/a?b=1"
+    assert h.resume(SubReply(200), "") is ROUTED
+    assert h.resume(None, "connect failed").status == 403 and counts == [("h", ALLOWED), ("h", ERROR)]
+    # the provider's Service is unknown: an error at once, no hold
+    lost = custom_set([custom("h")], WP, [HTTP], {}).for_request(head(), DOWN)
+    assert lost is not None
+    assert hold(lost, head(), DOWN, "", _then([]), lambda *a: None, 1024).status == 403
