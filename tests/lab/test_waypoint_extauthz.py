@@ -1,0 +1,101 @@
+"""AuthorizationPolicy action CUSTOM end to end: MeshConfig extensionProviders (envoyExtAuthzHttp
+and envoyExtAuthzGrpc) from the controller's watched mesh config file, a CUSTOM policy on Service
+`backend` (targetRefs) applied through the controller, curl in a lab pod through the real ztunnels
+and the real waypoint, which calls the lab's ext-authz app (a Service of its own, over HBONE).
+
+- HTTP provider: `x-ext-authz: allow` gets 200 and the backend sees the authorizer's
+  `x-ext-authz-check-result` (headersToUpstreamOnAllow); without it 403 with the authorizer's body;
+- gRPC provider (the same app's Authorization/Check over HTTP/2): the same, and the authorizer's
+  response header reaches the client;
+- the authorizer's pod stopped: statusOnError (403, Istio's default), or allowed with failOpen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.lab.labctl import Lab, running_lab
+from tests.lab.test_waypoint import GATEWAY, apply, status_of, waypoints
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
+
+SPEC = Path(__file__).parent / "specs" / "extauthz.yaml"
+AUTHZ = "ext-authz.authz.svc.cluster.local"
+MESH = {"extensionProviders": [
+    {"name": "authz-http", "envoyExtAuthzHttp": {
+        "service": AUTHZ, "port": 8000, "includeRequestHeadersInCheck": ["x-ext-authz"],
+        "headersToUpstreamOnAllow": ["x-ext-authz-check-result"]}},
+    {"name": "authz-grpc", "envoyExtAuthzGrpc": {"service": AUTHZ, "port": 9000}},
+    {"name": "authz-open", "envoyExtAuthzHttp": {
+        "service": AUTHZ, "port": 8000, "includeRequestHeadersInCheck": ["x-ext-authz"], "failOpen": True}}]}
+
+
+def policy(provider: str) -> dict:
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "ext-authz", "namespace": "default"},
+            "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "backend"}],
+                     "action": "CUSTOM", "provider": {"name": provider}, "rules": [{"to": [{"operation": {
+                         "paths": ["/api/*"]}}]}]}}
+
+
+@pytest.fixture(scope="module")
+def xlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with running_lab(tmp_path_factory.mktemp("xlab"), "xauthz", SPEC, "extauthz-lab") as lab:
+        lab.tmp = tmp_path_factory.mktemp("xcfg")  # type: ignore[attr-defined]
+        (lab.dir / "mesh-config.yaml").write_text(yaml.safe_dump(MESH))
+        apply(lab, [GATEWAY], lab.tmp, "gateway")  # type: ignore[attr-defined]
+        lab.wait_for(lambda: [w for w in waypoints(lab) if w["ready"]], timeout=30, what="waypoint ready")
+        lab.wait_for(lambda: status_of(lab, "default/frontend", "http://backend/")[0] == 200, timeout=30,
+                     interval=0.5, what="backend through the waypoint")
+        yield lab
+
+
+def get(lab: Lab, path: str, *headers: str) -> tuple[int, dict[str, str], str]:
+    """(status, response headers, body) of one curl from the frontend pod."""
+    opts = [o for h in headers for o in ("-H", h)]
+    p = lab.exec("default/frontend", "curl", "-sS", "-m", "10", "-D", "-", *opts, f"http://backend{path}", timeout=40)
+    assert p.returncode == 0, p.stderr
+    head, _, body = p.stdout.partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    hdrs = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return int(lines[0].split()[1]), hdrs, body
+
+
+def use(lab: Lab, provider: str) -> None:
+    """Apply the CUSTOM policy naming `provider` and wait until a request without the allow header
+    is denied by that provider's authorizer (the policy reached the waypoint)."""
+    apply(lab, [policy(provider)], lab.tmp, f"policy-{provider}")  # type: ignore[attr-defined]
+    lab.wait_for(lambda: get(lab, "/api/x")[0] == 403, timeout=30, interval=0.5, what=f"CUSTOM policy ({provider})")
+
+
+@pytest.mark.parametrize("provider", ["authz-http", "authz-grpc"])
+def test_the_authorizer_allows_with_its_header_upstream_and_denies_with_its_body(xlab: Lab, provider: str) -> None:
+    use(xlab, provider)
+    status, hdrs, body = get(xlab, "/api/items", "x-ext-authz: allow")
+    assert status == 200, body
+    assert json.loads(body)["headers"]["x-ext-authz-check-result"] == "allowed"     # seen by the backend
+    if provider == "authz-grpc":        # ok_response.response_headers_to_add
+        assert hdrs["x-ext-authz-check-result"] == "allowed"
+    status, hdrs, body = get(xlab, "/api/items", "x-ext-authz: deny")
+    assert (status, body) == (403, "denied by ext_authz")
+    assert hdrs["x-ext-authz-check-result"] == "denied"
+    assert get(xlab, "/public")[0] == 200           # no CUSTOM rule matches: not checked
+
+
+def test_an_authorizer_that_is_gone_answers_status_on_error_or_allows_with_fail_open(xlab: Lab) -> None:
+    use(xlab, "authz-http")
+    xlab.ambit("lab", "stop", "authz/ext-authz")
+    try:
+        xlab.wait_for(lambda: get(xlab, "/api/x", "x-ext-authz: allow")[:3:2] == (403, ""), timeout=30,
+                      interval=0.5, what="statusOnError once the authorizer is gone")
+        apply(xlab, [policy("authz-open")], xlab.tmp, "policy-open")  # type: ignore[attr-defined]
+        xlab.wait_for(lambda: get(xlab, "/api/x")[0] == 200, timeout=30, interval=0.5,
+                      what="failOpen lets the request through")
+    finally:
+        xlab.ambit("lab", "start", "authz/ext-authz", check=False)
