@@ -282,6 +282,7 @@ async def amain(args: ControllerSettings) -> int:
             controller.set_outbound_traffic_policy(first.outbound_traffic_policy)
             controller.set_locality_lb_setting(first.locality_lb_setting)
             controller.set_tcp_keepalive(first.tcp_keepalive)
+            controller.set_ext_authz(first.ext_authz)
 
     ca_servicer = serving = None
     if args.with_ca:
@@ -433,6 +434,7 @@ def _aliases(flag_aliases: tuple[str, ...], watcher: meshconfig.Watcher | None, 
         controller.set_outbound_traffic_policy(mesh_file.outbound_traffic_policy)
         controller.set_locality_lb_setting(mesh_file.locality_lb_setting)
         controller.set_tcp_keepalive(mesh_file.tcp_keepalive)
+        controller.set_ext_authz(mesh_file.ext_authz)
     return tuple(dict.fromkeys(flag_aliases + from_file))
 
 

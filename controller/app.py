@@ -22,8 +22,9 @@ from typing import Any
 
 from ambit.api import config_pb2
 from ambit.configclient.codec import Encoded, encode
-from ambit.model import TcpKeepalive, TrafficPolicy, Workload
+from ambit.model import ExtAuthzProvider, TcpKeepalive, TrafficPolicy, Workload
 from controller.configserver import ConfigServer
+from controller.extauthz import bind_providers
 from controller.jwks import JwksCache
 from controller.sources import Snapshot, Source
 from controller.translate import Translation, TranslationBug, translate
@@ -81,6 +82,7 @@ class Controller:
         self.outbound_traffic_policy = "ALLOW_ANY"  # MeshConfig outboundTrafficPolicy.mode
         self.locality_lb_setting: dict[str, Any] = {}   # MeshConfig localityLbSetting ({}: unset)
         self.tcp_keepalive: dict[str, Any] | None = None    # MeshConfig tcpKeepalive (None: unset)
+        self.ext_authz: tuple[ExtAuthzProvider, ...] = ()   # MeshConfig's external authorizers (CUSTOM)
         self._objects: Snapshot | None = None     # the last snapshot, to re-translate on a mesh change
         self._mesh_errors: list[FieldError] = []
         self._flow_lock = threading.Lock()        # the source thread and a mesh reload both translate
@@ -142,6 +144,12 @@ class Controller:
         self._set_mesh_field("tcp_keepalive", dict(setting) if setting is not None else None,
                              "mesh-wide tcpKeepalive")
 
+    def set_ext_authz(self, providers: tuple[ExtAuthzProvider, ...]) -> None:
+        """New external authorizers (MeshConfig `extensionProviders` envoyExtAuthzHttp/Grpc,
+        controller.extauthz): they ride in MeshSettings to the waypoints, and decide which CUSTOM
+        policies can be checked, so re-translate and push at once."""
+        self._set_mesh_field("ext_authz", tuple(providers), "external authorizers")
+
     def _set_mesh_field(self, attr: str, value: Any, what: str) -> None:
         with self._flow_lock:
             if value == getattr(self, attr):
@@ -167,6 +175,8 @@ class Controller:
                 m.outbound_traffic_policy = self.outbound_traffic_policy
                 m.locality = mesh_locality(self.locality_lb_setting)
                 m.tcp_keepalive = mesh_tcp_keepalive(self.tcp_keepalive)
+                m.ext_authz = list(self.ext_authz)
+            bind_providers(tr.authorizations, self.ext_authz)   # an undefined provider: DENY, as Istio
         except Exception as e:  # noqa: BLE001 - a translation bug must not take the mesh down
             ref = e.ref if isinstance(e, TranslationBug) else "controller"
             log.exception("translation failed at %s; keeping the previous config (version %s)",

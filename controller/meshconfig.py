@@ -13,6 +13,9 @@
     localityLbSetting: {enabled: false}             # as a DestinationRule's; unset: enabled
     tcpKeepalive: {time: 300s, interval: 30s, probes: 3}   # waypoints' and gateways' upstream sockets
 
+`extensionProviders` also holds the external authorizers (`envoyExtAuthzHttp`, `envoyExtAuthzGrpc`)
+that AuthorizationPolicies with `action: CUSTOM` name: controller/extauthz.py.
+
 The file is optional and watched: an edit is picked up within a second and pushed to every ztunnel
 as the `MeshSettings` resource, with no restart. Fields Ambit does not implement are refused (a
 setting that silently did nothing would be worse than an error), and so is `trustDomain` unless it
@@ -30,9 +33,11 @@ from typing import Any
 
 import yaml
 
+from ambit.model import ExtAuthzProvider
 from ambit.telemetry import BUILTIN_PROVIDERS
 from ambit.telemetryformat import check_format
 from ambit.trustdomain import TrustDomains
+from controller.extauthz import is_ext_authz, parse_provider
 from controller.kinds.networking import LocalityLbSetting, TcpKeepalive
 
 KNOWN = ("trustDomain", "trustDomainAliases", "extensionProviders", "defaultProviders", "outboundTrafficPolicy",
@@ -48,6 +53,7 @@ class MeshFile:
     outbound_traffic_policy: str = "ALLOW_ANY"
     locality_lb_setting: dict[str, Any] = field(default_factory=dict)
     tcp_keepalive: dict[str, Any] | None = None     # None: unset; {} too turns SO_KEEPALIVE on
+    ext_authz: tuple[ExtAuthzProvider, ...] = ()    # envoyExtAuthzHttp / envoyExtAuthzGrpc (CUSTOM policies)
 
 
 def locality_lb_setting(data: Any, where: str = "mesh config") -> dict[str, Any]:
@@ -117,11 +123,12 @@ def parse(data: Any, trust_domain: str, where: str = "mesh config") -> MeshFile:
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     providers = extension_providers(data.get("extensionProviders"), where)
+    authorizers = ext_authz_providers(data.get("extensionProviders"), where)
     defaults = default_providers(data.get("defaultProviders"), {p["name"] for p in providers}, where)
     outbound = outbound_traffic_policy(data.get("outboundTrafficPolicy"), where)
     return MeshFile(tds.aliases, tuple(providers), defaults, outbound,
                     locality_lb_setting(data.get("localityLbSetting"), where),
-                    tcp_keepalive(data.get("tcpKeepalive"), where))
+                    tcp_keepalive(data.get("tcpKeepalive"), where), tuple(authorizers))
 
 
 # Istio's extension provider kinds: those Ambit implements, and those it refuses (with why).
@@ -130,8 +137,6 @@ REFUSED_KINDS = {
     "envoyOtelAls": "access logs over OTLP are not implemented by Ambit yet; use envoyFileAccessLog (a file or "
                     "/dev/stdout, which the node's log collector, e.g. an OpenTelemetry collector's filelog "
                     "receiver, ships)",
-    "envoyExtAuthzHttp": "external authorization is not implemented by Ambit",
-    "envoyExtAuthzGrpc": "external authorization is not implemented by Ambit",
     "datadog": "Ambit exports spans over OTLP and Zipkin only; use an opentelemetry provider and the collector",
     "lightstep": "Ambit exports spans over OTLP and Zipkin only; use an opentelemetry provider",
     "skywalking": "Ambit exports spans over OTLP and Zipkin only",
@@ -248,11 +253,29 @@ def extension_providers(data: Any, where: str = "mesh config") -> list[dict[str,
         return []
     if not isinstance(data, list):
         raise ValueError(f"{where}: extensionProviders: expected a list")
-    out = [_provider(e, f"{where}: extensionProviders[{i}]") for i, e in enumerate(data)]
-    names = [p["name"] for p in out]
+    out = [_provider(e, f"{where}: extensionProviders[{i}]") for i, e in enumerate(data) if not is_ext_authz(e)]
+    names = [str(e["name"]) for e in data if isinstance(e, dict) and e.get("name")]   # authorizers' too
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"{where}: extensionProviders: duplicate name {', '.join(dup)}")
+    return out
+
+
+def ext_authz_providers(data: Any, where: str = "mesh config") -> list[ExtAuthzProvider]:
+    """The `extensionProviders` entries that are external authorizers (controller/extauthz.py);
+    `extension_providers` takes the others and checks that every name is unique."""
+    if not isinstance(data, list):
+        return []
+    out = []
+    for i, e in enumerate(data):
+        if not is_ext_authz(e):
+            continue
+        at = f"{where}: extensionProviders[{i}]"
+        name = str(e.get("name") or "")
+        kinds = [k for k in e if k != "name"]
+        if not name or len(kinds) != 1:
+            raise ValueError(f"{at}: expected {{name: ..., <kind>: {{...}}}} with exactly one provider kind")
+        out.append(parse_provider(name, kinds[0], e[kinds[0]], f"{at} ({name})"))
     return out
 
 

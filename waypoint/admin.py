@@ -82,7 +82,8 @@ def status_report(proxy: Any, node: str) -> dict[str, Any]:
             "synced": proxy.config.synced,
             "certs": proxy.identities.dump() if proxy.identities is not None else [],
             "requests": proxy.requests, "tunnels": proxy.tunnels, "refused": proxy.refused, "clusters": clusters,
-            **({"ingress": proxy.ingress.binds.report()} if proxy.ingress is not None else {})}
+            **({"ingress": proxy.ingress.binds.report()}
+               if proxy.ingress is not None and proxy.ingress.binds.settled else {})}
 
 
 class AdminServer(LocalEndpoint):

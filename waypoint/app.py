@@ -48,7 +48,7 @@ from ambit.dataplane.keepalive import effective as effective_keepalive
 from ambit.dataplane.listen import tcp_listener
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics
-from ambit.model import RouteDestination, Service, TcpKeepalive, Workload
+from ambit.model import IngressGateway, RouteDestination, Service, TcpKeepalive, Workload
 from ambit.telemetryconfig import TracingConfig
 from ambit.waypointpods import bound_waypoints, ready_waypoint_pods, waypoint_pods
 from waypoint import endpoints
@@ -354,6 +354,8 @@ class WaypointProxy:
             log.error("tracing provider's exporter cannot be loaded: %s; requests it traces will fail", e)
         if self.ingress is not None:
             await self.ingress.update(self.config.view.ingress)
+            if IngressGateway.TYPE in self.config.synced_types:
+                self.ingress.binds.settled = True   # its ports tried: the bind report means something now
 
     async def close(self) -> None:
         # Not ready from the first moment of the drain, before any listener closes, as Envoy's

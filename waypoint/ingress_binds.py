@@ -48,6 +48,11 @@ class BindState:
         self.bound: dict[int, tuple[str, tuple[str, ...]]] = {}    # port -> (protocol, listeners)
         self.failed: dict[int, BindFailure] = {}
         self.failures_total: dict[int, int] = {}
+        # Set once the ports of the Gateway as the controller sent it have been tried (an update
+        # after the IngressGateway type arrived): before that an empty record would say "every
+        # port is bound" of a pod that has tried none, and the pod's condition would read
+        # ListenersBound=True for the moment until the first real outcome replaced it.
+        self.settled = False
 
     def ok(self, port: int, protocol: str, listeners: Sequence[str]) -> bool:
         """A bind succeeded; True when the port had failed before (the state changed)."""

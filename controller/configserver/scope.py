@@ -94,6 +94,11 @@ def scope(node: NodeInfo, type_url: str, snapshot: Snapshot,
     resources = list(snapshot.get(type_url, ()))
     if type_url == IngressGateway.TYPE:
         return [g for g in resources if node.kind == "waypoint" and g.resource_name == node.waypoint]
+    if type_url == Authorization.TYPE and node.kind != "waypoint":
+        # CUSTOM (external authorization) is enforced by waypoints and ingress gateways only (the
+        # validator refuses it without targetRefs); ztunnel, and an older one NACKing the action it
+        # does not know, never needs it.
+        resources = [a for a in resources if cast(Authorization, a).action != "CUSTOM"]
     if node.kind == "agent":
         if type_url == Workload.TYPE:
             return [w for w in resources if cast(Workload, w).node == node.name]

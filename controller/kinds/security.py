@@ -125,8 +125,13 @@ Rule = Obj({
 def _check_authz(value: dict[str, Any], path: str, errs: Errors) -> None:
     action = value.get("action", "ALLOW")
     if action == "CUSTOM":
-        errs.append((join(path, "action"),
-                     "CUSTOM (external authorization) is not supported by Ambit; use ALLOW, DENY or AUDIT"))
+        if not (value.get("provider") or {}).get("name"):
+            errs.append((join(path, "provider.name"), "required with action CUSTOM: the name of an external "
+                         "authorizer (envoyExtAuthzHttp or envoyExtAuthzGrpc) in the mesh config's extensionProviders"))
+        if not (value.get("targetRef") or value.get("targetRefs")):
+            errs.append((join(path, "action"), "CUSTOM (external authorization) is enforced by waypoints and ingress "
+                         "gateways only, so it needs targetRefs (a waypoint Gateway, an ingress Gateway or a Service "
+                         "that uses a waypoint); ztunnel cannot call an authorizer, as in Istio's ambient mode"))
     elif value.get("provider") is not None:
         errs.append((join(path, "provider"), "provider is only valid with action CUSTOM"))
 

@@ -177,6 +177,8 @@ def translate_authorization(obj: Obj, trust_domain: str, root_namespace: str) ->
                       selector=selector, rules=rules, has_l7=bool(l7), l7_rules=l7, target_refs=refs)
     if scope == "waypoint":
         a.http_rules = [http_rule(r, ns, trust_domain) for r in spec.get("rules") or []]
+    if a.action == "CUSTOM":
+        a.provider = str((spec.get("provider") or {}).get("name") or "")
     return a
 
 

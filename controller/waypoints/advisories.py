@@ -144,6 +144,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
         kind = o.get("kind")
         if kind == "AuthorizationPolicy":
             out += _policy(o, gateways, svc_waypoint, root_namespace)
+            out += custom_advisories(o, tr.mesh_settings[0] if tr.mesh_settings else None)
         elif kind == "RequestAuthentication":
             out += _request_authn(o, gateways, svc_waypoint, root_namespace)
         elif kind == "VirtualService":
@@ -167,6 +168,27 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             label_notes(good, gateways, {(s.namespace, s.name): s.waypoint for s in tr.services})]
     out += [Advisory(ref, path, why, NOT_ENFORCED, "UnsupportedValue") for ref, path, why in through_subsets(good, tr)]
     return out
+
+
+# -- AuthorizationPolicy CUSTOM ------------------------------------------------------------------
+
+def custom_advisories(o: Obj, mesh: Any) -> list[Advisory]:
+    """A CUSTOM policy naming an external authorizer the mesh config does not define: Istio's
+    builder turns it into a DENY of its rules, and so does the controller
+    (controller.extauthz.bind_providers), which is not what its author meant. `mesh`: the
+    MeshSettings in force (None, as for `ambit apply` without the controller's: not checked)."""
+    spec = o.get("spec") or {}
+    if mesh is None or spec.get("action") != "CUSTOM":
+        return []
+    name = (spec.get("provider") or {}).get("name") or ""
+    defined = sorted(p.name for p in mesh.ext_authz)
+    if not name or name in defined:
+        return []
+    return [Advisory(object_ref(o), "spec.provider.name", (
+        f'provider "{name}" is not an external authorizer defined in the mesh config\'s extensionProviders '
+        f'(envoyExtAuthzHttp or envoyExtAuthzGrpc; defined: {", ".join(defined) or "none"}): the requests its rules '
+        'match are denied until it is, as in Istio (docs/security.md "External authorization")'),
+        NOT_ENFORCED, "ProviderNotFound")]
 
 
 # -- Telemetry ----------------------------------------------------------------------------------

@@ -346,7 +346,11 @@ def test_authorization_policy_fields_and_rules() -> None:
 
 
 @pytest.mark.parametrize("spec,path,fragment", [
-    ({"action": "CUSTOM", "provider": {"name": "ext"}}, "spec.action", "CUSTOM (external authorization) is not supported"),
+    ({"action": "CUSTOM", "provider": {"name": "ext"}}, "spec.action",
+     "CUSTOM (external authorization) is enforced by waypoints and ingress gateways only, so it needs targetRefs"),
+    ({"action": "CUSTOM", "targetRefs": [{"kind": "Service", "group": "", "name": "a"}]}, "spec.provider.name",
+     "required with action CUSTOM"),
+    ({"action": "ALLOW", "provider": {"name": "ext"}}, "spec.provider", "provider is only valid with action CUSTOM"),
     ({"selector": {"matchLabels": {"app": "a"}}, "targetRefs": [{"kind": "Service", "name": "a"}]}, "spec",
      "only one of selector, targetRef, targetRefs"),
     ({"rules": [{"from": []}]}, "spec.rules[0].from", "at least 1"),

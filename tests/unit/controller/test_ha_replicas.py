@@ -287,6 +287,9 @@ def test_bind_failure_reported_to_the_follower_reaches_the_leaders_status(cluste
     # already seen the pod change and written the Gateway status
     wait_for(lambda: "wrote pod web/gw-abc condition ambit.io/ListenersBound=False" in cluster.log("ctl-b"),
              timeout=10, what="the follower's log of its pod write")
+    # the ingress reports its ports only once it has tried them: the pod never read "every listener
+    # port is bound" before the failure (an ingress that reported before its first bind wrote that)
+    assert "ListenersBound=True" not in cluster.log("ctl-b").split("ListenersBound=False")[0]
     assert "wrote pod" not in cluster.log("ctl-a")              # the leader never received a report
 
     busy.release()                                              # the ingress's next retry binds
