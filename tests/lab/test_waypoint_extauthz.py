@@ -61,8 +61,8 @@ def get(lab: Lab, path: str, *headers: str) -> tuple[int, dict[str, str], str]:
     opts = [o for h in headers for o in ("-H", h)]
     p = lab.exec("default/frontend", "curl", "-sS", "-m", "10", "-D", "-", *opts, f"http://backend{path}", timeout=40)
     assert p.returncode == 0, p.stderr
-    head, _, body = p.stdout.partition("\r\n\r\n")
-    lines = head.split("\r\n")
+    head, _, body = p.stdout.replace("\r\n", "\n").partition("\n\n")   # (text mode may have turned CRLF into LF)
+    lines = head.split("\n")
     hdrs = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
     return int(lines[0].split()[1]), hdrs, body
 
