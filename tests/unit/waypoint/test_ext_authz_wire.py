@@ -44,10 +44,11 @@ BACKEND_VIP = "240.240.0.10"
 PROTOCOLS = ["--http1.1", "--http2-prior-knowledge"]
 
 
-def entry(name: str, vip: str, port: int, target: int, pname: str = "http", protocol: str = "HTTP") -> Service:
+def entry(name: str, vip: str, port: int, target: int, pname: str = "http", protocol: str = "HTTP",
+          waypoint: str = "demo/waypoint") -> Service:
     return Service(name=name, namespace="demo", hostname=f"{name}.demo.svc.cluster.local", vips=[vip],
                    ports=[ServicePort(port, target, pname, protocol)], endpoints=[Endpoint("", "127.0.0.1")],
-                   kind="ServiceEntry", location="MESH_EXTERNAL", resolution="STATIC", waypoint="demo/waypoint")
+                   kind="ServiceEntry", location="MESH_EXTERNAL", resolution="STATIC", waypoint=waypoint)
 
 
 def custom(provider: str, paths: list[str] | None = None, name: str = "ext") -> Authorization:
@@ -279,3 +280,61 @@ def test_a_grpc_client_is_denied_with_a_grpc_status(mesh: Mesh) -> None:
             call(b"", timeout=10)
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert e.value.details() == "denied by ext_authz"
+
+
+def test_an_ingress_gateway_checks_before_routing_and_routes_again_only_with_clear_route_cache() -> None:
+    """An ingress gateway (its HTTP listener on 8080, a route on `x-ext-authz-check-result`) with a
+    CUSTOM policy bound to the Gateway: the route is the one chosen before the check, unless the
+    provider sets clearRouteCache and the check added the header the route matches on."""
+    from ambit.model import (
+        HeaderMatch,
+        HttpMatch,
+        HttpRoute,
+        IngressGateway,
+        IngressListener,
+        RouteDestination,
+        StringMatch,
+        WaypointRoutes,
+    )
+    from waypoint.ingress_listen import IngressListeners
+    http = app.serve_http(0, "127.0.0.1")
+    plain, allowed = Origin(), Origin()
+    # no waypoint of their own: the gateway dials them itself
+    services = [entry("plain", "240.240.1.1", 80, plain.port, waypoint=""),
+                entry("allowed", "240.240.1.2", 80, allowed.port, waypoint=""),
+                entry("ext-authz", "240.240.0.20", 8000, http.server_address[1], waypoint="")]
+    routes = WaypointRoutes("*", http=[
+        HttpRoute(source="HTTPRoute/demo/r", matches=[HttpMatch(headers=[HeaderMatch("x-ext-authz-check-result", StringMatch(
+                                                                                     "exact", "allowed"))])],
+                  destinations=[RouteDestination("allowed.demo.svc.cluster.local", "demo/allowed", port=80)]),
+        HttpRoute(source="HTTPRoute/demo/r", destinations=[RouteDestination("plain.demo.svc.cluster.local",
+                                                                            "demo/plain", port=80)])])
+    gw = IngressGateway("igw", "demo", listeners=[IngressListener("http", 8080, "HTTP", "", hosts=[routes])])
+    cfg = WaypointConfig(Waypoint("demo", "igw"), "cluster.local")
+    cfg.apply(ConfigUpdate(Service.TYPE, "1", {}, frozenset(), {s.resource_name: s for s in services}))
+    cfg.apply(ConfigUpdate(IngressGateway.TYPE, "1", {}, frozenset(), {gw.resource_name: gw}))
+    wp = WaypointProxy(load(["--waypoint", "demo/igw", "--pod-name", "igw-0", "--node", "n1",
+                             "--gateway-class", "ambit"]), cfg, None)
+    wp.ingress = IngressListeners("127.0.0.1", lambda plug, down: None, lambda *a: None)     # unopened
+    policy = Authorization(name="edge", namespace="demo", action="CUSTOM", scope="waypoint", provider="authz-http",
+                           target_refs=[{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "igw"}],
+                           http_rules=[Rule(clauses=[])])
+    down = Downstream(source_ip="127.0.0.1", destination_port=8080, edge="http")
+    proxy = Proxy(wp.decide, upstream=wp.upstream, downstream=down)
+    mesh = Mesh(proxy, wp, http, app.GrpcAuthorizer(), plain, 0)
+    try:
+        for clear, backend in ((False, "plain"), (True, "allowed")):
+            mesh.configure([http_provider(8000, headers_to_upstream_on_allow=["x-ext-authz-check-result"],
+                                          clear_route_cache=clear)], policy)
+            status, _, body = mesh.curl("--http1.1", "/edge", "x-ext-authz: allow")
+            assert status == 200, body
+            assert upstream_headers(body)["x-ext-authz-check-result"] == "allowed"
+            [rec] = proxy.find(lambda r, b=backend: r.service == f"demo/{b}")
+            assert rec.status == 200
+            assert mesh.curl("--http1.1", "/edge")[:3:2] == (403, b"denied by ext_authz")
+    finally:
+        proxy.close()
+        http.shutdown()
+        http.server_close()
+        plain.close()
+        allowed.close()
