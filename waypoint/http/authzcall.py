@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from waypoint.http import attempt
+from waypoint.http.subrequest import SubRequest
 from waypoint.request import SubReply
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ BODY_LENGTH, BODY_NONE = "length", "none"     # waypoint.http.exchange's framing
 Done = Callable[[SubReply | None, str], None]
 
 
-class AuthzCall:
+class AuthzCall(SubRequest):
     __slots__ = ("engine", "head", "up_head", "body", "data", "target", "up", "resp_started", "reset_code",
                  "done", "status", "headers", "chunks", "kept", "_timer", "_attempt", "_done")
 
@@ -60,12 +61,7 @@ class AuthzCall:
         self._done: Done | None = done
 
     def start(self, timeout: float) -> None:
-        self._timer = self.engine.loop.call_later(timeout, self._timeout)
-        c = self.target.cluster
-        if c is not None:
-            self._attempt = True
-            c.attempt_started(self.target.address)
-        self.engine.pools.acquire(self.target, self)  # type: ignore[arg-type]
+        self._send(timeout)
 
     def cancel(self) -> None:
         self._done = None
@@ -138,32 +134,13 @@ class AuthzCall:
         return SubReply(self.status, tuple(self.headers), b"".join(self.chunks),
                         tuple(trailers) if trailers is not None else None)
 
-    def _timeout(self) -> None:
-        self._timer = None
-        if not self.done:
-            self._result(attempt.Outcome(attempt.TIMEOUT))
-            self._end(None, "timed out")
-
-    def _result(self, outcome: attempt.Outcome) -> None:
-        c = self.target.cluster
-        if self._attempt and c is not None:
-            c.attempt_result(self.target.address, outcome)
+    def _timed_out(self) -> None:
+        self._end(None, "timed out")
 
     def _end(self, reply: SubReply | None, why: str) -> None:
         if self.done:
             return
-        self.done = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        up, self.up = self.up, None
-        if up is not None:
-            up.abort()
-        self.engine.pools.attempt_over(self)  # type: ignore[arg-type]
-        c = self.target.cluster
-        if self._attempt and c is not None:
-            self._attempt = False
-            c.attempt_ended(self.target.address)
+        self._stop()
         done, self._done = self._done, None
         if done is not None:
             done(reply, why)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from waypoint.http import attempt
 from waypoint.http.chunks import keep
+from waypoint.http.subrequest import SubRequest
 from waypoint.request import Forward
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("waypoint.http")
 
 
-class Shadow:
+class Shadow(SubRequest):
     __slots__ = ("engine", "gate", "up_head", "body", "target", "up", "pending", "pending_bytes", "paused",
                  "req_ended", "req_trailers", "resp_started", "reset_code", "done", "status", "_timer",
                  "_attempt")
@@ -83,12 +84,7 @@ class Shadow:
             self.end(None)
         if self.done:
             return
-        self._timer = self.engine.loop.call_later(timeout, self._timeout)
-        c = self.target.cluster
-        if c is not None:
-            self._attempt = True
-            c.attempt_started(self.target.address)
-        self.engine.pools.acquire(self.target, self)  # type: ignore[arg-type]
+        self._send(timeout)
 
     # --- the request body, from the primary ------------------------------------------------------
 
@@ -185,32 +181,14 @@ class Shadow:
 
     # --- the end ----------------------------------------------------------------------------------
 
-    def _timeout(self) -> None:
-        self._timer = None
-        if not self.done:
-            self._result(attempt.Outcome(attempt.TIMEOUT))
-            self._end("failed")
-
-    def _result(self, outcome: attempt.Outcome) -> None:
-        c = self.target.cluster
-        if self._attempt and c is not None:
-            c.attempt_result(self.target.address, outcome)
+    def _timed_out(self) -> None:
+        self._end("failed")
 
     def _end(self, outcome: str) -> None:
         if self.done:
             return
-        self.done = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        up, self.up = self.up, None
-        if up is not None:
-            up.abort()
+        self._stop()
         self.pending.clear()
-        c = self.target.cluster
-        if self._attempt and c is not None:
-            self._attempt = False
-            c.attempt_ended(self.target.address)
         self.gate.release(outcome)
 
 

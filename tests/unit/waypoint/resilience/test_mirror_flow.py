@@ -321,3 +321,22 @@ def test_a_slow_reading_shadow_gets_the_whole_body_without_slowing_the_primary(o
     finally:
         p.close()
         lsock.close()
+
+
+def test_a_finished_shadow_gives_back_its_claim_on_the_mirror_clusters_breaker(origin: Origin) -> None:
+    """Each completed shadow kept its pool claim (an active request on the mirror cluster's circuit
+    breaker) for good, so a waypoint would stop mirroring after `max_requests` shadows."""
+    sink = Sink()
+    p = Proxy(mirrored(origin.port, sink.port))
+    try:
+        for _ in range(5):
+            assert timed(p.port, "/claims")[0] == 200
+        assert len(sink.wait(5)) == 5
+        assert settle(p)["active"] == 0
+        deadline = time.time() + 5
+        while p.call(lambda: len(p.engine.pools.claims)) and time.time() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.02)
+        assert p.call(lambda: len(p.engine.pools.claims)) == 0  # type: ignore[union-attr]
+    finally:
+        p.close()
+        sink.close()
