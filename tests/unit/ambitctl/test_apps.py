@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import grpc
@@ -168,3 +169,42 @@ def test_specs_name_sample_apps_with_app() -> None:
         parse({"pods": [{"name": "x", "app": "nginx"}]})
     with pytest.raises(SpecError, match="either app or command"):
         parse({"pods": [{"name": "x", "app": "httpbin", "command": ["sleep", "1"]}]})
+
+
+def test_ext_authz_app_serves_the_http_and_grpc_check_with_one_decision() -> None:
+    """`python -m ambitctl.lab.apps.ext_authz`: HTTP ext_authz on one port, gRPC Authorization/Check
+    on the other; `x-ext-authz: allow` allows, anything else denies 403 "denied by ext_authz"."""
+    from ambit.api import ext_authz_pb2 as pb
+    from ambit.api import ext_authz_pb2_grpc as pb_grpc
+    assert APPS["ext-authz"][1] == [{"name": "http", "containerPort": 8000}, {"name": "grpc", "containerPort": 9000}]
+    hp, gp = free_port(), free_port()
+    p = subprocess.Popen([sys.executable, "-m", "ambitctl.lab.apps.ext_authz", "--http-port", str(hp),
+                          "--grpc-port", str(gp)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{hp}/x", headers={"x-ext-authz": "allow"})
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    assert r.status == 200 and r.headers["x-ext-authz-check-result"] == "allowed"
+                    assert json.loads(r.headers["x-ext-authz-check-received"])["path"] == "/x"
+                break
+            except (ConnectionError, urllib.error.URLError):
+                assert time.monotonic() < deadline and p.poll() is None
+                time.sleep(0.1)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{hp}/x", timeout=5)
+        assert e.value.code == 403 and e.value.read() == b"denied by ext_authz"
+        with grpc.insecure_channel(f"127.0.0.1:{gp}") as ch:
+            check = pb_grpc.AuthorizationStub(ch).Check
+            grpc.channel_ready_future(ch).result(timeout=20)
+            ok = check(pb.CheckRequest(attributes=pb.AttributeContext(request=pb.AttributeContext.Request(
+                http=pb.AttributeContext.HttpRequest(method="GET", path="/y", headers={"x-ext-authz": "allow"})))),
+                timeout=10)
+            assert ok.status.code == 0 and ok.ok_response.headers[0].header.value == "allowed"
+            no = check(pb.CheckRequest(), timeout=10)
+            assert (no.status.code, no.denied_response.status.code, no.denied_response.body) == (
+                7, 403, "denied by ext_authz")
+    finally:
+        p.terminate()
+        p.wait(10)
