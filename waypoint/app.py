@@ -468,7 +468,8 @@ class WaypointProxy:
             head.headers = authn.headers
         if authn.path is not None:
             head.path = authn.path
-        custom = v.custom.for_request(head, down, v.trust_domains, authn.user) if v.custom else None
+        cs = v.custom       # (attributes, not `bool(cs)`: no Python call per request without CUSTOM policies)
+        custom = cs.for_request(head, down, v.trust_domains, authn.user) if cs.gateway or cs.by_service else None
         if custom is None:
             return self._authorize_route(v, head, down, authn.user, None)
         if custom.action == CUSTOM_DENY:        # a bad CUSTOM policy's rules deny (waypoint/authz/custom.py)

@@ -65,6 +65,7 @@ class CustomSet:
     providers: Mapping[str, ExtAuthzProvider] = field(default_factory=dict)
     services: Mapping[str, Service] = field(default_factory=dict)
     _groups: dict[str, _Group] = field(default_factory=dict, repr=False)
+    _found: dict[str, Service | None] = field(default_factory=dict, repr=False)  # provider -> its Service
 
     def __bool__(self) -> bool:
         return bool(self.gateway or self.by_service)
@@ -88,7 +89,10 @@ class CustomSet:
         if why:
             return Custom(DENY, p.resource_name, reason=why)
         prov = self.providers[p.provider]
-        svc = resolve_service(prov.service, self.services)
+        if p.provider in self._found:       # resolved once per config (the View's life)
+            svc = self._found[p.provider]
+        else:
+            svc = self._found[p.provider] = resolve_service(prov.service, self.services)
         return Custom(CHECK, p.resource_name, prov, svc.resource_name if svc is not None else "",
                       svc.hostname if svc is not None else "")
 
