@@ -178,9 +178,10 @@ def test_a_field_a_newer_controller_marks_advisory_is_ignored_not_nacked():
 
 
 def test_an_action_a_newer_controller_adds_is_refused_by_the_waypoint_not_skipped():
-    """CUSTOM (external authorization) is what a newer controller might add. The waypoint used to
-    skip a policy whose action it did not know, so the requests it was written to deny passed;
-    now the update is NACKed and the waypoint keeps the DENY it held."""
+    """An action a newer controller might add (CUSTOM was one, before the waypoint enforced it). The
+    waypoint used to skip a policy whose action it did not know, so the requests it was written to
+    deny passed; now the update is NACKed and the waypoint keeps the DENY it held. So is a CUSTOM
+    policy that names no provider (it could not be checked)."""
     async def main():
         ref = [{"group": "", "kind": "Service", "name": "web"}]
         deny = Authorization(name="guard", namespace="demo", action="DENY", scope="waypoint", target_refs=ref,
@@ -192,13 +193,18 @@ def test_an_action_a_newer_controller_adds_is_refused_by_the_waypoint_not_skippe
         try:
             await c.start()
             await c.wait_synced(10)
-            custom = dataclasses.replace(deny, action="CUSTOM")
-            srv.update({Authorization.TYPE: [custom]}, "v2")
-            await eventually(lambda: any(t.last_nack for t in srv.status()[0].types), what="NACK recorded")
-            (nack,) = [t.last_nack for t in srv.status()[0].types if t.last_nack]
-            assert "Authorization demo/guard: action 'CUSTOM' is not one of ALLOW, DENY, AUDIT" in nack.message
-            (held,) = config.view.policies.by_service["demo/web"]
-            assert held.action == "DENY" and config.version == "v1"
+            for version, newer, why in (
+                    ("v2", dataclasses.replace(deny, action="QUARANTINE"),
+                     "Authorization demo/guard: action 'QUARANTINE' is not one of ALLOW, DENY, AUDIT, CUSTOM"),
+                    ("v3", dataclasses.replace(deny, action="CUSTOM"),
+                     "Authorization demo/guard: action CUSTOM names no provider")):
+                srv.update({Authorization.TYPE: [newer]}, version)
+                await eventually(lambda v=version: any(t.last_nack and t.last_nack.version == v
+                                                       for t in srv.status()[0].types), what=f"NACK of {version}")
+                (nack,) = [t.last_nack for t in srv.status()[0].types if t.last_nack]
+                assert why in nack.message
+                (held,) = config.view.policies.by_service["demo/web"]
+                assert held.action == "DENY" and config.version == "v1"
         finally:
             await c.stop()
             await srv.stop(0)
