@@ -64,8 +64,9 @@ from waypoint.http.plug import Attachable, connect_tcp
 from waypoint.ingress_listen import IngressListeners
 from waypoint.localreply import GRPC_PERMISSION_DENIED, local_reply
 from waypoint.origination import ORIGINATING, Origination, check_peer, origination
-from waypoint.request import Decision, Downstream, EndUser, Forward, Hold, RequestHead
+from waypoint.request import Decision, Downstream, EndUser, Forward, Hold, LocalReply, RequestHead
 from waypoint.routing import route
+from waypoint.routing.route import NO_ROUTE
 from waypoint.routing.tcp import choose_backend, tcp_route, tls_route
 from waypoint.settings import WaypointSettings
 from waypoint.tap import request_event
@@ -476,6 +477,9 @@ class WaypointProxy:
             return local_reply(head, 403, DENIED_BODY, flags=RBAC_FLAG, grpc_status=GRPC_PERMISSION_DENIED,
                                reason=f"denied by {custom.policy}: {custom.reason}")
         routed = self._route(v, head, down)     # before the check, as Envoy's route is
+        if isinstance(routed, LocalReply) and routed.flags == NO_ROUTE:
+            # no route: Envoy's ext_authz does not check (getPerRouteFlags: skip_check without a route)
+            return self._authorize_route(v, head, down, authn.user, routed)
 
         def then(reroute: bool) -> Decision:
             return self._authorize_route(v, head, down, authn.user, None if reroute else routed)

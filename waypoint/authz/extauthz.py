@@ -35,8 +35,8 @@ ADD, SET, ADD_IF_ABSENT, OVERWRITE_IF_EXISTS = "add", "set", "add_if_absent", "o
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
-    """What one check decided. ALLOWED: `upstream_set`/`upstream_add`/`upstream_remove` edit the
-    request, `downstream` the response ((action, name, value)). DENIED: answer `status` with
+    """What one check decided. ALLOWED: `upstream_set`/`upstream_add` (appended to a present
+    header)/`upstream_remove` edit the request, `downstream` the response ((action, name, value)). DENIED: answer `status` with
     `body` and `reply_headers`. ERROR: `reason` says why (also on DENIED, for the log)."""
 
     result: str
@@ -84,8 +84,9 @@ def _fixed(name: str) -> bool:
 
 
 def edit_request(headers: Sequence[tuple[str, str]], r: CheckResult) -> list[tuple[str, str]]:
-    """The request headers after an allowing check: set (replacing every value), append, then
-    remove, as ext_authz.cc applies them."""
+    """The request headers after an allowing check, as ext_authz.cc `onComplete` applies them: set
+    (replacing every value), append (`append: true`: joined with "," to the header's value, and
+    only to a header the request has: Envoy's appendCopy on an existing entry), then remove."""
     out = list(headers)
     for k, v in r.upstream_set:
         k = k.lower()
@@ -94,8 +95,10 @@ def edit_request(headers: Sequence[tuple[str, str]], r: CheckResult) -> list[tup
         out = [(n, x) for n, x in out if n != k]
         out.append((k, v))
     for k, v in r.upstream_add:
-        if not _fixed(k.lower()):
-            out.append((k.lower(), v))
+        k = k.lower()
+        i = next((i for i, (n, _) in enumerate(out) if n == k), -1)
+        if i >= 0 and not _fixed(k):
+            out[i] = (k, f"{out[i][1]},{v}")
     drop = {n.lower() for n in r.upstream_remove if not _fixed(n.lower())}
     if drop:
         out = [(n, x) for n, x in out if n not in drop]

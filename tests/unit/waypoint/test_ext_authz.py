@@ -61,9 +61,10 @@ def test_header_patterns_are_exact_prefix_or_suffix_and_ignore_case() -> None:
 
 def test_an_allowing_checks_request_edits_set_append_and_remove_but_never_host_or_pseudo_headers() -> None:
     r = CheckResult(ALLOWED, upstream_set=(("X-A", "new"), ("host", "evil"), (":path", "/evil")),
-                    upstream_add=(("x-b", "2"),), upstream_remove=("x-c", "Host"))
+                    upstream_add=(("x-b", "2"), ("x-absent", "3")), upstream_remove=("x-c", "Host"))
     out = edit_request([("x-a", "old"), ("x-a", "old2"), ("x-b", "1"), ("x-c", "gone"), ("host", "h")], r)
-    assert out == [("x-b", "1"), ("host", "h"), ("x-a", "new"), ("x-b", "2")]
+    # append joins to a header the request has, and adds none it lacks (Envoy's appendCopy)
+    assert out == [("x-b", "1,2"), ("host", "h"), ("x-a", "new")]
 
 
 def test_response_edits_follow_their_append_actions() -> None:

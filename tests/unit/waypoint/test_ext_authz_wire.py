@@ -338,3 +338,38 @@ def test_an_ingress_gateway_checks_before_routing_and_routes_again_only_with_cle
         http.server_close()
         plain.close()
         allowed.close()
+
+
+def test_a_request_without_a_route_is_not_checked() -> None:
+    """Envoy's ext_authz skips a request that has no route (getPerRouteFlags): the ingress
+    gateway's 404 comes without a call to the authorizer."""
+    from ambit.model import HttpRoute as Route
+    from ambit.model import IngressGateway, IngressListener, RouteDestination, WaypointRoutes
+    from waypoint.ingress_listen import IngressListeners
+    http = app.serve_http(0, "127.0.0.1")
+    svc = entry("ext-authz", "240.240.0.20", 8000, http.server_address[1], waypoint="")
+    routes = WaypointRoutes("a.example.com", http=[Route(destinations=[RouteDestination("x", "demo/x", port=80)])])
+    gw = IngressGateway("igw", "demo", listeners=[IngressListener("http", 8080, "HTTP", "", hosts=[routes])])
+    cfg = WaypointConfig(Waypoint("demo", "igw"), "cluster.local")
+    cfg.apply(ConfigUpdate(Service.TYPE, "1", {}, frozenset(), {svc.resource_name: svc}))
+    cfg.apply(ConfigUpdate(IngressGateway.TYPE, "1", {}, frozenset(), {gw.resource_name: gw}))
+    wp = WaypointProxy(load(["--waypoint", "demo/igw", "--pod-name", "igw-0", "--node", "n1",
+                             "--gateway-class", "ambit"]), cfg, None)
+    wp.ingress = IngressListeners("127.0.0.1", lambda plug, down: None, lambda *a: None)     # unopened
+    policy = Authorization(name="edge", namespace="demo", action="CUSTOM", scope="waypoint", provider="authz-http",
+                           target_refs=[{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "igw"}],
+                           http_rules=[Rule(clauses=[])])
+    proxy = Proxy(wp.decide, upstream=wp.upstream, downstream=Downstream(source_ip="127.0.0.1",
+                                                                          destination_port=8080, edge="http"))
+    mesh = Mesh(proxy, wp, http, app.GrpcAuthorizer(), Origin(), 0)
+    try:
+        mesh.configure([http_provider(8000)], policy)
+        assert mesh.curl("--http1.1", "/", "host: other.example.com")[0] == 404
+        assert http.checks == []
+        assert mesh.curl("--http1.1", "/", "host: a.example.com")[:3:2] == (403, b"denied by ext_authz")
+        assert len(http.checks) == 1
+    finally:
+        proxy.close()
+        http.shutdown()
+        http.server_close()
+        mesh.origin.close()
