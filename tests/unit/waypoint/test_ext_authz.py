@@ -275,3 +275,18 @@ def test_the_hold_builds_the_check_and_reads_its_answer() -> None:
     lost = custom_set([custom("h")], WP, [HTTP], {}).for_request(head(), DOWN)
     assert lost is not None
     assert hold(lost, head(), DOWN, "", _then([]), lambda *a: None, 1024).status == 403
+
+
+def test_checks_are_counted_by_provider_and_result_in_the_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from waypoint.telemetry.extauthz import CheckCollector, CheckCounts
+    counts = CheckCounts()
+    reg = CollectorRegistry()
+    reg.register(CheckCollector(counts))
+    for r in (ALLOWED, ALLOWED, ERROR):
+        counts.count("opa", r)
+    text = generate_latest(reg).decode()
+    assert 'ambit_waypoint_ext_authz_checks_total{provider="opa",result="allowed"} 2.0' in text
+    assert 'ambit_waypoint_ext_authz_checks_total{provider="opa",result="denied"} 0.0' in text
+    assert 'ambit_waypoint_ext_authz_checks_total{provider="opa",result="error"} 1.0' in text
