@@ -22,11 +22,19 @@ from ambit.model import (
     Endpoint,
     ExtAuthzBody,
     ExtAuthzProvider,
+    HeaderMatch,
+    HttpMatch,
+    HttpRoute,
+    IngressGateway,
+    IngressListener,
     Match,
     MeshSettings,
+    RouteDestination,
     Rule,
     Service,
     ServicePort,
+    StringMatch,
+    WaypointRoutes,
 )
 from ambitctl.lab.apps import ext_authz as app
 from tests.unit.waypoint.harness import Origin, Proxy, free_port
@@ -282,33 +290,17 @@ def test_a_grpc_client_is_denied_with_a_grpc_status(mesh: Mesh) -> None:
     assert e.value.details() == "denied by ext_authz"
 
 
-def test_an_ingress_gateway_checks_before_routing_and_routes_again_only_with_clear_route_cache() -> None:
-    """An ingress gateway (its HTTP listener on 8080, a route on `x-ext-authz-check-result`) with a
-    CUSTOM policy bound to the Gateway: the route is the one chosen before the check, unless the
-    provider sets clearRouteCache and the check added the header the route matches on."""
-    from ambit.model import (
-        HeaderMatch,
-        HttpMatch,
-        HttpRoute,
-        IngressGateway,
-        IngressListener,
-        RouteDestination,
-        StringMatch,
-        WaypointRoutes,
-    )
+
+EDGE = Authorization(name="edge", namespace="demo", action="CUSTOM", scope="waypoint", provider="authz-http",
+                     target_refs=[{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "igw"}],
+                     http_rules=[Rule(clauses=[])])
+
+
+def ingress(http: app.HttpAuthorizer, backends: list[Service], routes: WaypointRoutes, origin: Origin) -> Mesh:
+    """An ingress gateway `demo/igw` (its HTTP listener on 8080 serving `routes`) in front of the
+    `backends` and the HTTP authorizer, none of which has a waypoint (the gateway dials them)."""
     from waypoint.ingress_listen import IngressListeners
-    http = app.serve_http(0, "127.0.0.1")
-    plain, allowed = Origin(), Origin()
-    # no waypoint of their own: the gateway dials them itself
-    services = [entry("plain", "240.240.1.1", 80, plain.port, waypoint=""),
-                entry("allowed", "240.240.1.2", 80, allowed.port, waypoint=""),
-                entry("ext-authz", "240.240.0.20", 8000, http.server_address[1], waypoint="")]
-    routes = WaypointRoutes("*", http=[
-        HttpRoute(source="HTTPRoute/demo/r", matches=[HttpMatch(headers=[HeaderMatch("x-ext-authz-check-result", StringMatch(
-                                                                                     "exact", "allowed"))])],
-                  destinations=[RouteDestination("allowed.demo.svc.cluster.local", "demo/allowed", port=80)]),
-        HttpRoute(source="HTTPRoute/demo/r", destinations=[RouteDestination("plain.demo.svc.cluster.local",
-                                                                            "demo/plain", port=80)])])
+    services = [*backends, entry("ext-authz", "240.240.0.20", 8000, http.server_address[1], waypoint="")]
     gw = IngressGateway("igw", "demo", listeners=[IngressListener("http", 8080, "HTTP", "", hosts=[routes])])
     cfg = WaypointConfig(Waypoint("demo", "igw"), "cluster.local")
     cfg.apply(ConfigUpdate(Service.TYPE, "1", {}, frozenset(), {s.resource_name: s for s in services}))
@@ -316,24 +308,36 @@ def test_an_ingress_gateway_checks_before_routing_and_routes_again_only_with_cle
     wp = WaypointProxy(load(["--waypoint", "demo/igw", "--pod-name", "igw-0", "--node", "n1",
                              "--gateway-class", "ambit"]), cfg, None)
     wp.ingress = IngressListeners("127.0.0.1", lambda plug, down: None, lambda *a: None)     # unopened
-    policy = Authorization(name="edge", namespace="demo", action="CUSTOM", scope="waypoint", provider="authz-http",
-                           target_refs=[{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "igw"}],
-                           http_rules=[Rule(clauses=[])])
     down = Downstream(source_ip="127.0.0.1", destination_port=8080, edge="http")
-    proxy = Proxy(wp.decide, upstream=wp.upstream, downstream=down)
-    mesh = Mesh(proxy, wp, http, app.GrpcAuthorizer(), plain, 0)
+    return Mesh(Proxy(wp.decide, upstream=wp.upstream, downstream=down), wp, http, app.GrpcAuthorizer(), origin, 0)
+
+
+def test_an_ingress_gateway_checks_before_routing_and_routes_again_only_with_clear_route_cache() -> None:
+    """An ingress gateway (a route on `x-ext-authz-check-result`) with a CUSTOM policy bound to the
+    Gateway: the route is the one chosen before the check, unless the provider sets clearRouteCache
+    and the check added the header the route matches on."""
+    http = app.serve_http(0, "127.0.0.1")
+    plain, allowed = Origin(), Origin()
+    on_header = HttpMatch(headers=[HeaderMatch("x-ext-authz-check-result", StringMatch("exact", "allowed"))])
+    routes = WaypointRoutes("*", http=[
+        HttpRoute(source="HTTPRoute/demo/r", matches=[on_header],
+                  destinations=[RouteDestination("allowed.demo.svc.cluster.local", "demo/allowed", port=80)]),
+        HttpRoute(source="HTTPRoute/demo/r",
+                  destinations=[RouteDestination("plain.demo.svc.cluster.local", "demo/plain", port=80)])])
+    mesh = ingress(http, [entry("plain", "240.240.1.1", 80, plain.port, waypoint=""),
+                          entry("allowed", "240.240.1.2", 80, allowed.port, waypoint="")], routes, plain)
     try:
         for clear, backend in ((False, "plain"), (True, "allowed")):
             mesh.configure([http_provider(8000, headers_to_upstream_on_allow=["x-ext-authz-check-result"],
-                                          clear_route_cache=clear)], policy)
+                                          clear_route_cache=clear)], EDGE)
             status, _, body = mesh.curl("--http1.1", "/edge", "x-ext-authz: allow")
             assert status == 200, body
             assert upstream_headers(body)["x-ext-authz-check-result"] == "allowed"
-            [rec] = proxy.find(lambda r, b=backend: r.service == f"demo/{b}")
+            [rec] = mesh.proxy.find(lambda r, b=backend: r.service == f"demo/{b}")
             assert rec.status == 200
             assert mesh.curl("--http1.1", "/edge")[:3:2] == (403, b"denied by ext_authz")
     finally:
-        proxy.close()
+        mesh.proxy.close()
         http.shutdown()
         http.server_close()
         plain.close()
@@ -343,33 +347,17 @@ def test_an_ingress_gateway_checks_before_routing_and_routes_again_only_with_cle
 def test_a_request_without_a_route_is_not_checked() -> None:
     """Envoy's ext_authz skips a request that has no route (getPerRouteFlags): the ingress
     gateway's 404 comes without a call to the authorizer."""
-    from ambit.model import HttpRoute as Route
-    from ambit.model import IngressGateway, IngressListener, RouteDestination, WaypointRoutes
-    from waypoint.ingress_listen import IngressListeners
     http = app.serve_http(0, "127.0.0.1")
-    svc = entry("ext-authz", "240.240.0.20", 8000, http.server_address[1], waypoint="")
-    routes = WaypointRoutes("a.example.com", http=[Route(destinations=[RouteDestination("x", "demo/x", port=80)])])
-    gw = IngressGateway("igw", "demo", listeners=[IngressListener("http", 8080, "HTTP", "", hosts=[routes])])
-    cfg = WaypointConfig(Waypoint("demo", "igw"), "cluster.local")
-    cfg.apply(ConfigUpdate(Service.TYPE, "1", {}, frozenset(), {svc.resource_name: svc}))
-    cfg.apply(ConfigUpdate(IngressGateway.TYPE, "1", {}, frozenset(), {gw.resource_name: gw}))
-    wp = WaypointProxy(load(["--waypoint", "demo/igw", "--pod-name", "igw-0", "--node", "n1",
-                             "--gateway-class", "ambit"]), cfg, None)
-    wp.ingress = IngressListeners("127.0.0.1", lambda plug, down: None, lambda *a: None)     # unopened
-    policy = Authorization(name="edge", namespace="demo", action="CUSTOM", scope="waypoint", provider="authz-http",
-                           target_refs=[{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "igw"}],
-                           http_rules=[Rule(clauses=[])])
-    proxy = Proxy(wp.decide, upstream=wp.upstream, downstream=Downstream(source_ip="127.0.0.1",
-                                                                          destination_port=8080, edge="http"))
-    mesh = Mesh(proxy, wp, http, app.GrpcAuthorizer(), Origin(), 0)
+    routes = WaypointRoutes("a.example.com", http=[HttpRoute(destinations=[RouteDestination("x", "demo/x", port=80)])])
+    mesh = ingress(http, [], routes, Origin())
     try:
-        mesh.configure([http_provider(8000)], policy)
+        mesh.configure([http_provider(8000)], EDGE)
         assert mesh.curl("--http1.1", "/", "host: other.example.com")[0] == 404
         assert http.checks == []
         assert mesh.curl("--http1.1", "/", "host: a.example.com")[:3:2] == (403, b"denied by ext_authz")
         assert len(http.checks) == 1
     finally:
-        proxy.close()
+        mesh.proxy.close()
         http.shutdown()
         http.server_close()
         mesh.origin.close()
