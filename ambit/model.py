@@ -838,7 +838,6 @@ class ExtAuthzProvider:
     timeout: float = 600.0              # seconds; Istio's default is 600 s
     fail_open: bool = False             # failOpen: an authorizer that cannot be reached allows
     status_on_error: int = 403          # statusOnError: the status when it cannot be reached (fail closed)
-    clear_route_cache: bool = False     # clearRouteCache: route again after the authorizer's header edits
     # http only
     path_prefix: str = ""               # pathPrefix: prepended to the request's path in the check
     include_request_headers: list[str] = field(default_factory=list)   # includeRequestHeadersInCheck

@@ -481,8 +481,8 @@ class WaypointProxy:
             # no route: Envoy's ext_authz does not check (getPerRouteFlags: skip_check without a route)
             return self._authorize_route(v, head, down, authn.user, routed)
 
-        def then(reroute: bool) -> Decision:
-            return self._authorize_route(v, head, down, authn.user, None if reroute else routed)
+        def then() -> Decision:
+            return self._authorize_route(v, head, down, authn.user, routed)
         return ext_authz_hold(custom, head, down, self.identity, then, self.ext_authz.count,
                               self.settings.http.buffer_bytes)
 

@@ -6,8 +6,8 @@ the check request and read the authorizer's answer into a `CheckResult`; the exc
 Envoy (source/extensions/filters/http/ext_authz/ext_authz.cc `onComplete`), which Ambit follows:
 - OK: the request's headers are edited (set, appended, removed: never a pseudo-header or Host),
   the response gets the authorizer's response headers, and the request goes on to the RBAC
-  filters (DENY, ALLOW) and the router. The route was chosen before the check; it is chosen again
-  only with `clear_route_cache` and when the check edited the request's headers.
+  filters (DENY, ALLOW) and the router. The route was chosen before the check and stays chosen
+  (Istio sets no `clear_route_cache`).
 - Denied: a local reply with the authorizer's status, body and headers; response flag UAEX.
 - Error (the authorizer unreachable, reset, timed out; an HTTP authorizer's 5xx; a gRPC call that
   failed): `failure_mode_allow` (Istio's failOpen) lets the request go on unchecked, else a local

@@ -2,8 +2,8 @@
 returns (waypoint.request), and the pure step from a check's answer to what happens to the request
 (`after_check`). The order is Istio's filter chain: RequestAuthentication, then the ext_authz check
 (this), then DENY/ALLOW (waypoint/authz/evaluate.py), then routing. The route is chosen before the
-check, as Envoy resolves it before its ext_authz filter runs; `then(reroute)` chooses it again only
-for `clearRouteCache` with a check that edited the request's headers (ext_authz.cc).
+check, as Envoy resolves it before its ext_authz filter runs, and kept after it: Istio configures
+no `clear_route_cache`, so the headers a check adds never choose another route.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from waypoint.request import Decision, Downstream, Forward, Hold, LocalReply, Re
 
 log = logging.getLogger("ambit.waypoint.authz")
 
-Then = Callable[[bool], Decision]       # DENY/ALLOW, then the route (chosen again when True)
+Then = Callable[[], Decision]           # DENY/ALLOW, then the route chosen before the check
 Count = Callable[[str, str], None]      # (provider, result)
 
 
@@ -65,7 +65,7 @@ def after_check(p: ExtAuthzProvider, policy: str, r: CheckResult, head: RequestH
     if r.result == ALLOWED:
         if r.edits_request:
             head.headers = edit_request(head.headers, r)
-        d = then(p.clear_route_cache and r.edits_request)
+        d = then()
         if r.downstream:
             if isinstance(d, LocalReply):     # (a route's redirect, 404 ...: Envoy's encodeHeaders adds them too)
                 return dataclasses.replace(d, headers=tuple(edit_response(d.headers, r.downstream)))
@@ -78,7 +78,7 @@ def after_check(p: ExtAuthzProvider, policy: str, r: CheckResult, head: RequestH
               head.path_only, r.reason, "allowed unchecked (failOpen)" if p.fail_open
               else f"answered {p.status_on_error} (statusOnError)")
     if p.fail_open:
-        return then(False)
+        return then()
     return local_reply(head, p.status_on_error, flags=UAEX,
                        reason=f"ext_authz {p.name} (policy {policy}) error: {r.reason}")
 

@@ -221,27 +221,23 @@ def test_a_tunnel_without_http_that_a_custom_policy_matches_is_refused() -> None
 # --- after the check ----------------------------------------------------------------------------
 
 ROUTED = Forward("demo/backend", 80, route="first")
-REROUTED = Forward("demo/backend-v2", 80, route="second")
 
 
 def _then(calls: list[bool]):
-    def then(reroute: bool):
-        calls.append(reroute)
-        return REROUTED if reroute else ROUTED
+    def then():
+        calls.append(True)
+        return ROUTED
     return then
 
 
-def test_an_allow_edits_the_request_and_reroutes_only_with_clear_route_cache() -> None:
+def test_an_allow_edits_the_request_and_keeps_the_route_chosen_before_the_check() -> None:
     counts: list[tuple[str, str]] = []
     calls: list[bool] = []
     h = head(x_a="1")
     r = CheckResult(ALLOWED, upstream_set=(("x-a", "2"),), downstream=((ADD, "x-d", "v"),))
     d = after_check(HTTP, "demo/ext", r, h, _then(calls), lambda *a: counts.append(a))
     assert isinstance(d, Forward) and d.route == "first" and d.response_edits == ((ADD, "x-d", "v"),)
-    assert h.headers == [("x-a", "2")] and calls == [False] and counts == [("h", ALLOWED)]
-    clear = ExtAuthzProvider(name="h", kind="http", service="s", port=1, clear_route_cache=True)
-    assert after_check(clear, "p", r, head(), _then(calls), lambda *a: None).route == "second"
-    assert after_check(clear, "p", CheckResult(ALLOWED), head(), _then(calls), lambda *a: None).route == "first"
+    assert h.headers == [("x-a", "2")] and calls == [True] and counts == [("h", ALLOWED)]
 
 
 def test_a_denial_and_an_error_answer_locally_with_uaex_unless_fail_open() -> None:
