@@ -141,7 +141,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         traffic, why = cluster_traffic(args) if in_cluster or args.controller else lab_traffic()
         if why:
             print(f"note: traffic facts incomplete ({why}); AMB0110 may miss problems", file=err)
-    found = an.analyze(list(objects.values()), complete=lab is not None or args.assume_complete, traffic=traffic)
+    from ambitctl.commands.config import _lab_mesh_providers
+    found = an.analyze(list(objects.values()), complete=lab is not None or args.assume_complete, traffic=traffic,
+                       mesh=_lab_mesh_providers if lab is not None and not in_cluster else None)
 
     if args.all_namespaces:
         scope = "all namespaces"

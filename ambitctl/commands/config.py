@@ -193,8 +193,9 @@ def _missing_namespaces(objs: list[Obj], current: dict[tuple[str, str, str], Obj
 
 
 def _lab_mesh_providers(tr: Any) -> None:
-    """The lab controller's mesh config extensionProviders/defaultProviders, so the Telemetry
-    advisories know the providers it defines (none without a lab or a mesh config)."""
+    """The lab controller's mesh config extensionProviders/defaultProviders and external
+    authorizers, so the Telemetry and CUSTOM policy advisories know the providers it defines (none
+    without a lab or a mesh config)."""
     from ambitctl.lab.components import mesh_config_file
     from controller import meshconfig
     try:
@@ -203,6 +204,7 @@ def _lab_mesh_providers(tr: Any) -> None:
         return      # the controller reports a bad mesh config itself
     tr.mesh_settings[0].extension_providers = list(mf.extension_providers)
     tr.mesh_settings[0].default_providers = dict(mf.default_providers)
+    tr.mesh_settings[0].ext_authz = list(mf.ext_authz)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

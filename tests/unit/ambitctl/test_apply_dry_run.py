@@ -217,3 +217,34 @@ def test_an_unquoted_date_stays_a_string_and_a_set_is_refused(lab_dir: Path) -> 
     rc, _, err = run("apply", "-f", "-", stdin="apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\nstatus: !!set {a}\n")
     assert (rc, err.strip()) == (1, "error: <stdin>: not valid YAML: line 4: a YAML set has no JSON form, and a "
                                     "Kubernetes object is JSON")
+
+
+CUSTOM_POLICY = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: demo}
+spec:
+  action: CUSTOM
+  provider: {name: opa}
+  targetRefs: [{kind: Service, group: "", name: myapp}]
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+"""
+
+
+def test_a_custom_policy_is_warned_only_when_the_lab_mesh_config_lacks_its_authorizer(lab_dir: Path) -> None:
+    """`ambit apply` reads the lab controller's mesh config for the external authorizers: a CUSTOM
+    policy naming one it defines gets no provider warning; one it does not define is warned (its
+    rules deny until it is). `ambit analyze -f` without a lab cannot know them, and says nothing."""
+    from ambitctl.lab.components import mesh_config_file
+    rc, _, err = run("apply", "--dry-run", "-f", "-", stdin=CUSTOM_POLICY)
+    assert rc == 0, err
+    assert 'spec.provider.name: provider "opa" is not an external authorizer defined' in err
+    lab_dir.mkdir(parents=True)
+    mesh_config_file(lab_dir).write_text(yaml.safe_dump({"extensionProviders": [
+        {"name": "opa", "envoyExtAuthzGrpc": {"service": "opa.authz.svc.cluster.local", "port": 9191}}]}))
+    rc, _, err = run("apply", "--dry-run", "-f", "-", stdin=CUSTOM_POLICY)
+    assert rc == 0 and "spec.provider.name" not in err, err
+    f = lab_dir / "policy.yaml"
+    f.write_text(CUSTOM_POLICY)
+    rc, out, err = run("analyze", "--offline", "-f", str(f), "-A")
+    assert "spec.provider.name" not in out + err
