@@ -20,6 +20,11 @@ AMBIT = [sys.executable, "-m", "ambitctl.cli"]
 # Test labs carry the pytest process id in their name, so two runs on one machine never tear down
 # each other's labs; `sweep_stale()` removes labs whose run died without cleaning up.
 RUN_ID = os.getpid()
+# `ambit lab exec POD -- ARGV...` without the CLI's imports (see Lab.exec_argv); its errors
+# exit 1 with the message, as the CLI's do.
+EXEC_IN_POD = ("import sys\nfrom ambitctl.lab.lab import LabError, exec_in_pod\n"
+               "try:\n    exec_in_pod(sys.argv[1], sys.argv[2:])\n"
+               "except LabError as e:\n    sys.exit(f'error: {e}')\n")
 TEST_LAB_RE = re.compile(r"^(ambit-[a-z]+(\d+))[.-]")   # every test lab: ambit-<kind><pid>
 
 
@@ -71,10 +76,28 @@ class Lab:
         self.ambit("lab", "down", check=False)
 
     def status(self) -> dict[str, Any]:
-        return json.loads(self.ambit("lab", "status", "--json").stdout)
+        """What `ambit lab status --json` prints, from the function it calls (in this process: no
+        CLI start-up per call). A failure is an AssertionError, as a failed command's is, so
+        `wait_for` keeps polling through a lab that is restarting."""
+        from ambitctl.lab import lab as labmod
+        try:
+            return json.loads(labmod.dump_json(labmod.status(self.dir)))
+        except Exception as e:  # noqa: BLE001 - any failure of the status read is "not yet"
+            raise AssertionError(f"lab status: {e!r}") from e
+
+    def exec_argv(self, pod: str, *argv: str) -> list[str]:
+        """The command line that runs `argv` in `pod` (its cgroup and netns) through the function
+        `ambit lab exec` runs, `exec_in_pod`, without the CLI's start-up: importing every command
+        costs about 0.6 s a call, and the lab tests make thousands of them. `ambit lab exec`
+        itself is tested in test_lab.py and test_cli_lab.py. Run it with `self.env`."""
+        return [sys.executable, "-c", EXEC_IN_POD, pod, *argv]
 
     def exec(self, pod: str, *argv: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return self.ambit("lab", "exec", pod, "--", *argv, check=check, timeout=timeout)
+        p = subprocess.run(self.exec_argv(pod, *argv), env=self.env, capture_output=True, text=True,
+                           timeout=timeout, cwd=REPO)
+        if check and p.returncode != 0:
+            raise AssertionError(f"lab exec {pod} -- {' '.join(argv)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+        return p
 
     def curl(self, pod: str, url: str, *opts: str, timeout: float = 5) -> dict[str, Any]:
         p = self.exec(pod, "curl", "-sS", "--fail", "-m", str(timeout), *opts, url, timeout=timeout + 30)
@@ -86,8 +109,13 @@ class Lab:
         return self.exec(pod, "curl", "-sS", "-o", "/dev/null", "-m", str(timeout), url, timeout=timeout + 30).returncode
 
     def log(self, component: str, node: str | None = None) -> str:
-        args = ["lab", "logs", component] + (["--node", node] if node else [])
-        return self.ambit(*args, check=False).stdout
+        """What `ambit lab logs COMPONENT [--node NODE]` prints ("" where it fails), read in this
+        process from the file the command would print."""
+        from ambitctl.lab import logs
+        try:
+            return logs.log_file(component, node, self.dir).read_text(errors="replace")
+        except Exception:  # noqa: BLE001 - as the command: no log (yet) reads as empty
+            return ""
 
     def wait_for(self, fn, timeout: float = 10.0, interval: float = 0.1, what: str = "condition") -> Any:
         return wait_for(fn, what, timeout, interval)
