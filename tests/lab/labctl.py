@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.lab.cliserver import CliServer
 from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,7 +22,7 @@ AMBIT = [sys.executable, "-m", "ambitctl.cli"]
 # Test labs carry the pytest process id in their name, so two runs on one machine never tear down
 # each other's labs; `sweep_stale()` removes labs whose run died without cleaning up.
 RUN_ID = os.getpid()
-# `ambit lab exec POD -- ARGV...` without the CLI's imports (see Lab.exec_argv); its errors
+# `ambit lab exec POD -- ARGV...` as a short python -c for Popen (see Lab.exec_argv); its errors
 # exit 1 with the message, as the CLI's do.
 EXEC_IN_POD = ("import sys\nfrom ambitctl.lab.lab import LabError, exec_in_pod\n"
                "try:\n    exec_in_pod(sys.argv[1], sys.argv[2:])\n"
@@ -55,6 +57,18 @@ def sweep_stale() -> list[str]:
     return swept
 
 
+_CLI_SERVER: CliServer | None = None
+
+
+def _cli_server() -> CliServer:
+    """The test process's `ambit` fork server (tests/lab/cliserver.py): the real CLI, imported once."""
+    global _CLI_SERVER
+    if _CLI_SERVER is None:
+        _CLI_SERVER = CliServer()
+        atexit.register(_CLI_SERVER.close)
+    return _CLI_SERVER
+
+
 class Lab:
     def __init__(self, lab_dir: Path, name: str = "ambit-t"):
         self.dir = lab_dir
@@ -63,8 +77,7 @@ class Lab:
 
     def ambit(self, *args: str, check: bool = True, timeout: float = 120,
               input: str | None = None) -> subprocess.CompletedProcess[str]:
-        p = subprocess.run([*AMBIT, *args], env=self.env, capture_output=True, text=True,
-                           timeout=timeout, input=input, cwd=REPO)
+        p = _cli_server().run(list(args), self.env, REPO, input, timeout)
         if check and p.returncode != 0:
             raise AssertionError(f"ambit {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
         return p
@@ -76,28 +89,16 @@ class Lab:
         self.ambit("lab", "down", check=False)
 
     def status(self) -> dict[str, Any]:
-        """What `ambit lab status --json` prints, from the function it calls (in this process: no
-        CLI start-up per call). A failure is an AssertionError, as a failed command's is, so
-        `wait_for` keeps polling through a lab that is restarting."""
-        from ambitctl.lab import lab as labmod
-        try:
-            return json.loads(labmod.dump_json(labmod.status(self.dir)))
-        except Exception as e:  # noqa: BLE001 - any failure of the status read is "not yet"
-            raise AssertionError(f"lab status: {e!r}") from e
+        return json.loads(self.ambit("lab", "status", "--json").stdout)
 
     def exec_argv(self, pod: str, *argv: str) -> list[str]:
-        """The command line that runs `argv` in `pod` (its cgroup and netns) through the function
-        `ambit lab exec` runs, `exec_in_pod`, without the CLI's start-up: importing every command
-        costs about 0.6 s a call, and the lab tests make thousands of them. `ambit lab exec`
-        itself is tested in test_lab.py and test_cli_lab.py. Run it with `self.env`."""
+        """A command line (for Popen, with `env=self.env`) that runs `argv` in `pod`, its cgroup and
+        netns, through `exec_in_pod`, the function `ambit lab exec` runs, without the CLI's start-up
+        (~0.6 s a process; `ambit lab exec` itself is tested in test_lab.py)."""
         return [sys.executable, "-c", EXEC_IN_POD, pod, *argv]
 
     def exec(self, pod: str, *argv: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        p = subprocess.run(self.exec_argv(pod, *argv), env=self.env, capture_output=True, text=True,
-                           timeout=timeout, cwd=REPO)
-        if check and p.returncode != 0:
-            raise AssertionError(f"lab exec {pod} -- {' '.join(argv)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-        return p
+        return self.ambit("lab", "exec", pod, "--", *argv, check=check, timeout=timeout)
 
     def curl(self, pod: str, url: str, *opts: str, timeout: float = 5) -> dict[str, Any]:
         p = self.exec(pod, "curl", "-sS", "--fail", "-m", str(timeout), *opts, url, timeout=timeout + 30)
@@ -109,13 +110,8 @@ class Lab:
         return self.exec(pod, "curl", "-sS", "-o", "/dev/null", "-m", str(timeout), url, timeout=timeout + 30).returncode
 
     def log(self, component: str, node: str | None = None) -> str:
-        """What `ambit lab logs COMPONENT [--node NODE]` prints ("" where it fails), read in this
-        process from the file the command would print."""
-        from ambitctl.lab import logs
-        try:
-            return logs.log_file(component, node, self.dir).read_text(errors="replace")
-        except Exception:  # noqa: BLE001 - as the command: no log (yet) reads as empty
-            return ""
+        args = ["lab", "logs", component] + (["--node", node] if node else [])
+        return self.ambit(*args, check=False).stdout
 
     def wait_for(self, fn, timeout: float = 10.0, interval: float = 0.1, what: str = "condition") -> Any:
         return wait_for(fn, what, timeout, interval)
