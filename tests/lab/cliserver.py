@@ -81,18 +81,22 @@ def serve(path: str, parent: int) -> None:
     srv.listen(64)
     srv.settimeout(1.0)
     print("ready", flush=True)
-    while os.getppid() == parent:
-        try:
-            conn, _ = srv.accept()
-        except TimeoutError:
-            continue
-        if os.fork() == 0:
-            srv.close()
+    try:
+        while os.getppid() == parent:
             try:
-                _run_command(conn)
-            finally:
-                os._exit(0)
-        conn.close()
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            if os.fork() == 0:
+                srv.close()
+                try:
+                    _run_command(conn)
+                finally:
+                    os._exit(0)
+            conn.close()
+    finally:                # the parent is gone, also when it was killed: leave nothing behind
+        os.unlink(path)
+        os.rmdir(os.path.dirname(path))
 
 
 class CliServer:
