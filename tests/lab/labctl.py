@@ -77,6 +77,8 @@ class Lab:
 
     def ambit(self, *args: str, check: bool = True, timeout: float = 120,
               input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """`ambit ARGS...` as subprocess.run would run it (a process of its own, this lab's env),
+        forked from a server that imported the CLI once (tests/lab/cliserver.py)."""
         p = _cli_server().run(list(args), self.env, REPO, input, timeout)
         if check and p.returncode != 0:
             raise AssertionError(f"ambit {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
