@@ -216,11 +216,17 @@ def captured(d: Driver, pod: str, url: str, settle: float = 1.0) -> bool:
 
 
 def eventually(fn: Callable[[], Any], what: str, timeout: float = 10.0, interval: float = 0.1) -> Any:
+    """`fn()`'s first truthy value; an AssertionError it raises (a failed request) counts as "not
+    yet" and is reported if time runs out, as tests/support/wait.py's `wait_for` does."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
+        try:
+            last = fn()
+        except AssertionError as e:
+            last = e
+        else:
+            if last:
+                return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")

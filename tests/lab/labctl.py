@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.lab.cliserver import CliServer
 from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,6 +22,11 @@ AMBIT = [sys.executable, "-m", "ambitctl.cli"]
 # Test labs carry the pytest process id in their name, so two runs on one machine never tear down
 # each other's labs; `sweep_stale()` removes labs whose run died without cleaning up.
 RUN_ID = os.getpid()
+# `ambit lab exec POD -- ARGV...` as a short python -c for Popen (see Lab.exec_argv); its errors
+# exit 1 with the message, as the CLI's do.
+EXEC_IN_POD = ("import sys\nfrom ambitctl.lab.lab import LabError, exec_in_pod\n"
+               "try:\n    exec_in_pod(sys.argv[1], sys.argv[2:])\n"
+               "except LabError as e:\n    sys.exit(f'error: {e}')\n")
 TEST_LAB_RE = re.compile(r"^(ambit-[a-z]+(\d+))[.-]")   # every test lab: ambit-<kind><pid>
 
 
@@ -50,6 +57,18 @@ def sweep_stale() -> list[str]:
     return swept
 
 
+_CLI_SERVER: CliServer | None = None
+
+
+def _cli_server() -> CliServer:
+    """The test process's `ambit` fork server (tests/lab/cliserver.py): the real CLI, imported once."""
+    global _CLI_SERVER
+    if _CLI_SERVER is None:
+        _CLI_SERVER = CliServer()
+        atexit.register(_CLI_SERVER.close)
+    return _CLI_SERVER
+
+
 class Lab:
     def __init__(self, lab_dir: Path, name: str = "ambit-t"):
         self.dir = lab_dir
@@ -58,8 +77,9 @@ class Lab:
 
     def ambit(self, *args: str, check: bool = True, timeout: float = 120,
               input: str | None = None) -> subprocess.CompletedProcess[str]:
-        p = subprocess.run([*AMBIT, *args], env=self.env, capture_output=True, text=True,
-                           timeout=timeout, input=input, cwd=REPO)
+        """`ambit ARGS...` as subprocess.run would run it (a process of its own, this lab's env),
+        forked from a server that imported the CLI once (tests/lab/cliserver.py)."""
+        p = _cli_server().run(list(args), self.env, REPO, input, timeout)
         if check and p.returncode != 0:
             raise AssertionError(f"ambit {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
         return p
@@ -72,6 +92,12 @@ class Lab:
 
     def status(self) -> dict[str, Any]:
         return json.loads(self.ambit("lab", "status", "--json").stdout)
+
+    def exec_argv(self, pod: str, *argv: str) -> list[str]:
+        """A command line (for Popen, with `env=self.env`) that runs `argv` in `pod`, its cgroup and
+        netns, through `exec_in_pod`, the function `ambit lab exec` runs, without the CLI's start-up
+        (~0.6 s a process; `ambit lab exec` itself is tested in test_lab.py)."""
+        return [sys.executable, "-c", EXEC_IN_POD, pod, *argv]
 
     def exec(self, pod: str, *argv: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return self.ambit("lab", "exec", pod, "--", *argv, check=check, timeout=timeout)

@@ -57,8 +57,8 @@ def start(lab, host: str = "echo.demo.svc.cluster.local", port: int = 8080):  # 
     the script says it is ready. Stop it with `communicate(input="")`."""
     import subprocess
 
-    from tests.lab.labctl import AMBIT, REPO
-    p = subprocess.Popen([*AMBIT, "lab", "exec", "demo/client", "--", sys.executable, __file__, host, str(port)],
+    from tests.lab.labctl import REPO
+    p = subprocess.Popen(lab.exec_argv("demo/client", sys.executable, __file__, host, str(port)),
                          env=lab.env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     line = p.stdout.readline()

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -173,9 +172,9 @@ def test_agent_restart_keeps_capture_without_gap_or_duplicates(lab: Lab) -> None
     before = len(lab.access_log("node1"))
     n = 40
     loop = subprocess.Popen(
-        [sys.executable, "-m", "ambitctl.cli", "lab", "exec", "demo/client", "--", "sh", "-c",
-         f"for i in $(seq {n}); do curl -s -o /dev/null -w '%{{http_code}}\\n' -m 3 http://{v2['ip']}:8080/; "
-         "sleep 0.05; done"], env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lab.exec_argv("demo/client", "sh", "-c",
+                      f"for i in $(seq {n}); do curl -s -o /dev/null -w '%{{http_code}}\\n' -m 3 http://{v2['ip']}:8080/; "
+                      "sleep 0.05; done"), env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
     os.kill(pid, signal.SIGKILL)
     lab.wait_for(lambda: (lab.proc_pid("agent/node1") or pid) != pid, timeout=10, what="agent restarted")

@@ -430,8 +430,7 @@ def test_a_pod_holding_ztunnels_port_fails_closed_reports_the_truth_and_heals(
     hlab.ambit("label", "namespace", "mesh", "ambit.io/dataplane-mode-")
     try:
         hlab.wait_for(lambda: capture_state(hlab, "mesh/server")["state"] == "none", 30, 0.2, "server unenrolled")
-        squatter = subprocess.Popen([sys.executable, "-m", "ambitctl.cli", "lab", "exec", "mesh/server", "--",
-                                     sys.executable, "-c", SQUAT], env=hlab.env, stdin=subprocess.PIPE,
+        squatter = subprocess.Popen(hlab.exec_argv("mesh/server", sys.executable, "-c", SQUAT), env=hlab.env, stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert squatter.stdout is not None
         assert json.loads(squatter.stdout.readline()) == {"squatting": 15006}

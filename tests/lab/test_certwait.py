@@ -25,7 +25,7 @@ import pytest
 from ambit.dataplane import endpoint
 from ambitctl.lab import components
 from ambitctl.lab.runtime import Pod, Runtime
-from tests.lab.labctl import AMBIT, REPO, Lab
+from tests.lab.labctl import REPO, Lab
 from tests.lab.test_readiness import serving
 
 pytestmark = pytest.mark.lab
@@ -81,7 +81,7 @@ def test_inbound_handshake_waits_for_a_certificate_the_ca_is_late_with(lab: Lab)
 
         # A mesh client on node2 connects while node1 holds no certificate for the pod.
         curl = subprocess.Popen(
-            [*AMBIT, "lab", "exec", "demo/echo-v2", "--", "curl", "-sS", "-m", "25", f"http://{ip}:8080/"],
+            lab.exec_argv("demo/echo-v2", "curl", "-sS", "-m", "25", f"http://{ip}:8080/"),
             env=lab.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(2.0)             # the handshake has arrived and found no certificate
         assert IDENTITY in missing_certificates(lab, "node1")

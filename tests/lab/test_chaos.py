@@ -44,7 +44,7 @@ import yaml
 from ambit import cgroups
 from ambitctl.lab import components, state
 from ambitctl.lab.runtime import Pod, Runtime
-from tests.lab.labctl import AMBIT, REPO, Lab, running_lab
+from tests.lab.labctl import REPO, Lab, running_lab
 from tests.support import soak
 
 pytestmark = [pytest.mark.lab, pytest.mark.soak]
@@ -126,7 +126,7 @@ class Client:
         return probe_loop(self.url, self.name, tries=0, timeout=2, pause=0.2)
 
     def start(self, lab: Lab, lock: threading.Lock) -> None:
-        self.proc = subprocess.Popen([*AMBIT, "lab", "exec", self.pod, "--", "sh", "-c", self.script()],
+        self.proc = subprocess.Popen(lab.exec_argv(self.pod, "sh", "-c", self.script()),
                                      env=lab.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, start_new_session=True)
         threading.Thread(target=self._read, args=(lock,), daemon=True).start()
@@ -409,9 +409,9 @@ class Chaos:
                 app = self.rt.start(pod, [sys.executable, "-m", "ambitctl.lab.apps.echo", "--port", "8080"],
                                     cwd=REPO, env={**os.environ, "ECHO_ACCESS_LOG": "1"},
                                     stdout=out, stderr=subprocess.STDOUT)
-            probes = [subprocess.Popen([*AMBIT, "lab", "exec", src, "--", "sh", "-c",
+            probes = [subprocess.Popen(self.lab.exec_argv(src, "sh", "-c",
                                         probe_loop(f"http://{pod.ip}:8080", f"{tag}-vg{n}", tries=8, timeout=1,
-                                                   pause=0.2)],
+                                                   pause=0.2)),
                                        env=self.lab.env, cwd=REPO, stdout=subprocess.PIPE,
                                        stderr=subprocess.DEVNULL, text=True)
                       for src, tag in (("legacy/outsider", "plain"), ("default/denied", "denied"))]

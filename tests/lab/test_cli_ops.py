@@ -162,6 +162,12 @@ def test_a_stopped_tap_leaves_no_subscriber(lab: Lab) -> None:
     lab.wait_for(lambda: subscribers(sock) == 1, timeout=5, what="the tap's subscription released")
 
 
+def in_its_window(p: subprocess.Popen[str]) -> bool:
+    """`ambit stat`/`top` is sleeping between its two scrapes (so it took the first)."""
+    assert p.poll() is None, p.communicate()
+    return Path(f"/proc/{p.pid}/wchan").read_text() == "hrtimer_nanosleep"
+
+
 def run_json(p: subprocess.Popen[str]) -> dict[str, Any]:
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
@@ -171,7 +177,10 @@ def run_json(p: subprocess.Popen[str]) -> dict[str, Any]:
 def test_stat_and_top_count_the_window(lab: Lab) -> None:
     stat = start_cli(lab, "stat", "-o", "json", "--window", "5", "-n", "default")
     top = start_cli(lab, "top", "-o", "json", "--window", "5", "-n", "default")
-    time.sleep(0.8)     # both took their first scrape
+    # Both took their first scrape: each is asleep in its window (the only sleep of `stat`/`top`;
+    # a CLI's start-up alone can take longer than any fixed wait on a loaded box).
+    for p in (stat, top):
+        lab.wait_for(lambda p=p: in_its_window(p), timeout=30, interval=0.05, what=f"ambit {p.args[3]}: its first scrape")
     n = 30
     p = lab.exec("default/frontend", "sh", "-c",
                  f"for i in $(seq {n}); do curl -s -o /dev/null -m 3 http://myapp/ok; done", timeout=60)

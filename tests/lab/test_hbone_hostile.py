@@ -30,7 +30,7 @@ from ambit.dataplane import endpoint
 from ambit.dataplane.identity import GrpcCertificateFetcher, make_key_and_csr
 from ambitctl.lab.components import ZTUNNEL_ARGS_ENV
 from tests.lab.conftest import MESH_SPEC
-from tests.lab.labctl import AMBIT, REPO, Lab, running_lab
+from tests.lab.labctl import REPO, Lab, running_lab
 from tests.support import soak
 
 pytestmark = pytest.mark.lab
@@ -68,7 +68,7 @@ def cert(hlab: Lab, tmp_path_factory: pytest.TempPathFactory) -> str:
 # --- helpers ---------------------------------------------------------------------------------------------
 
 def tool_argv(lab: Lab, pod: str, *args: str) -> list[str]:
-    return [*AMBIT, "lab", "exec", pod, "--", sys.executable, "-m", "tests.lab.hbone_tools", *args]
+    return lab.exec_argv(pod, sys.executable, "-m", "tests.lab.hbone_tools", *args)
 
 
 def tool(lab: Lab, pod: str, *args: str, timeout: float = 120) -> dict[str, Any]:
@@ -301,8 +301,8 @@ def test_partial_client_hellos_are_bounded_and_a_client_still_connects(hlab: Lab
 def iperf_intervals(lab: Lab, server_ip: str, seconds: int = 5,
                     during: Callable[[], None] | None = None) -> list[float]:
     """iperf3 from demo/client: the bytes received in each second; `during` runs halfway through."""
-    p = subprocess.Popen([*AMBIT, "lab", "exec", "demo/client", "--", "iperf3", "-c", server_ip, "-p", "5201",
-                          "-t", str(seconds), "-J"], env=lab.env, cwd=REPO, stdout=subprocess.PIPE,
+    p = subprocess.Popen(lab.exec_argv("demo/client", "iperf3", "-c", server_ip, "-p", "5201",
+                                       "-t", str(seconds), "-J"), env=lab.env, cwd=REPO, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     if during is not None:
         time.sleep(1.5 + seconds / 2)

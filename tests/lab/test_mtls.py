@@ -131,8 +131,7 @@ def tshark_handshakes(path: Path) -> list[list[str]]:
 @contextlib.contextmanager
 def legacy_plain_server(lab: Lab, port: int) -> Iterator[str]:
     """An echo server in legacy/client (not in the mesh): the plaintext control."""
-    p = subprocess.Popen([sys.executable, "-m", "ambitctl.cli", "lab", "exec", "legacy/client", "--",
-                          sys.executable, "-m", "ambitctl.lab.apps.echo", "--port", str(port)],
+    p = subprocess.Popen(lab.exec_argv("legacy/client", sys.executable, "-m", "ambitctl.lab.apps.echo", "--port", str(port)),
                          env=lab.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://{lab.pod('legacy/client')['ip']}:{port}/"
     try:
@@ -359,8 +358,8 @@ def test_traffic_flows_across_three_certificate_rotations(fresh_lab: Lab) -> Non
         return min(len(s) for s in serials.values()) - 1      # rotations seen by the slowest identity
 
     loop = subprocess.Popen(
-        [sys.executable, "-m", "ambitctl.cli", "lab", "exec", "demo/client", "--", "sh", "-c",
-         f"while :; do curl -s -o /dev/null -w '%{{http_code}}\\n' -m 5 {ECHO}; sleep 0.5; done"],
+        lab.exec_argv("demo/client", "sh", "-c",
+                      f"while :; do curl -s -o /dev/null -w '%{{http_code}}\\n' -m 5 {ECHO}; sleep 0.5; done"),
         env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     t0 = time.monotonic()
     try:

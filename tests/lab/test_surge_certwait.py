@@ -40,8 +40,8 @@ def test_surge_roll_while_the_ca_is_slow_refuses_no_new_inbound_connection(fresh
     # Each source's curl is started now and waits for `go`: started later, the eight `lab exec`
     # processes could take longer than the CA's pause on a busy box.
     curls = [(src, subprocess.Popen(
-        [*AMBIT, "lab", "exec", src, "--", "sh", "-c",
-         f"while [ ! -e {go} ]; do sleep 0.05; done; curl -sS -o /dev/null -m 25 http://{target}:8080/"],
+        lab.exec_argv(src, "sh", "-c",
+                      f"while [ ! -e {go} ]; do sleep 0.05; done; curl -sS -o /dev/null -m 25 http://{target}:8080/"),
         env=lab.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)) for src in SOURCES]
     roll = None
     stopped = False

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.lab import drain_client
-from tests.lab.labctl import AMBIT, REPO, Lab, gone, running_lab
+from tests.lab.labctl import REPO, Lab, gone, running_lab
 from tests.lab.test_waypoint import GATEWAY, SPEC, apply, status_of, waypoint_log, waypoints
 
 pytestmark = pytest.mark.lab
@@ -48,8 +48,8 @@ def serving(lab: Lab) -> int:
 
 def test_sigterm_answers_in_flight_and_next_requests_and_tells_their_connections_to_go(lab: Lab) -> None:
     supervisor = serving(lab)
-    client = subprocess.Popen([*AMBIT, "lab", "exec", "default/frontend", "--", sys.executable,
-                               drain_client.__file__, "myapp", "80", DELAY], env=lab.env, cwd=REPO,
+    client = subprocess.Popen(lab.exec_argv("default/frontend", sys.executable,
+                                            drain_client.__file__, "myapp", "80", DELAY), env=lab.env, cwd=REPO,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert json.loads(client.stdout.readline() or "null") == {"sent": True}, client.stderr.read()

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tests.lab.conftest import MESH_SPEC
-from tests.lab.labctl import AMBIT, REPO, Lab, running_lab
+from tests.lab.labctl import REPO, Lab, running_lab
 from tests.lab.test_hbone_hostile import (  # noqa: F401 (fixtures)
     ATTACKER,
     ENHANCE_YOUR_CALM,
@@ -55,7 +55,7 @@ def hlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 def probe(lab: Lab, *args: str, timeout: float = 180) -> dict[str, Any]:
     """One tests/lab/probe2_tools.py mode in the attacker's pod; its JSON result."""
-    argv = [*AMBIT, "lab", "exec", ATTACKER, "--", sys.executable, "-m", "tests.lab.probe2_tools", *args]
+    argv = lab.exec_argv(ATTACKER, sys.executable, "-m", "tests.lab.probe2_tools", *args)
     p = subprocess.run(argv, env=lab.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     assert p.returncode == 0 and lines, f"probe2_tools {args[0]} failed ({p.returncode}): {p.stderr[-2000:]}"
