@@ -229,6 +229,9 @@ def test_traffic_distribution_keeps_clients_close_by_the_field_and_the_istio_ann
         assert reached("PreferSameNode") == {"v1"}, "Istio's annotation was not applied"
     finally:
         lab.ambit("delete", "svc", "echo-near", "-n", "demo", "--ignore-not-found", check=False)
+        # the lab as it was found, ztunnels included: the next test reads their Services as its baseline
+        wait_until_everywhere(lab, lambda n: all(s["name"] != "echo-near" for s in zt(lab, n, "/services")),
+                              "echo-near gone from every ztunnel")
 
 
 def test_a_vip_collision_is_nacked_by_ztunnels_and_shown_in_status(lab: Lab) -> None:
