@@ -98,14 +98,26 @@ def test_every_example_applies_and_reads_back(lab: Lab) -> None:
         assert any(p["name"] == "default" and p["mode"] == "STRICT" for p in policies["peer_authns"])
     finally:
         lab.ambit("delete", *args, "--ignore-not-found", check=False)
+        # the lab as it was found, ztunnels included (one store write, one snapshot: once its policies
+        # are gone they hold the config without the examples, which the next test takes as its baseline)
+        wait_until_everywhere(lab, lambda n: not _example_policies(zt(lab, n, "/policies")), "examples gone")
+
+
+def _example_policies(policies: dict[str, Any]) -> bool:
+    return ("default/myapp-auth" in {f"{a['namespace']}/{a['name']}" for a in policies["authorizations"]}
+            or any(p["name"] == "default" and p["mode"] == "STRICT" for p in policies["peer_authns"]))
 
 
 def test_broken_copy_is_rejected_naming_the_field_and_nothing_changes(lab: Lab) -> None:
     vs_file = EXAMPLES / "istio" / "virtual-service.yaml"
     good = docs(vs_file)[0]
+    v0 = versions(lab)
     lab.ambit("apply", "-f", str(vs_file))
     try:
         wait_until_everywhere(lab, lambda n: ready(lab, n), "sync")
+        # the baseline is the config with the good VirtualService in it (the config version covers
+        # every type), not the one before it that the apply has yet to replace
+        wait_until_everywhere(lab, lambda n: zt(lab, n, "/config_dump")["version"] != v0[n], "the good copy pushed")
         before_obj = json.loads(lab.ambit("get", "vs", good["metadata"]["name"], "-o", "json").stdout)
         before = versions(lab)
         bad = copy.deepcopy(good)
@@ -132,8 +144,8 @@ def test_broken_copy_is_rejected_naming_the_field_and_nothing_changes(lab: Lab) 
         assert "spec.http[0].route[0].weight" in lab.ambit("status", check=False).stdout
     finally:
         lab.ambit("delete", "-f", str(vs_file), "--ignore-not-found", check=False)
-    rc, st = status_json(lab)
-    assert rc == 0 and not st["config_errors"], "deleting the object clears its error"
+    lab.wait_for(lambda: status_json(lab)[0] == 0 and not status_json(lab)[1]["config_errors"], timeout=10,
+                 what="deleting the object clears its error")
 
 
 def test_changes_reach_every_ztunnel_within_a_second(lab: Lab) -> None:
