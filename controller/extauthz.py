@@ -32,6 +32,7 @@ from typing import Any
 
 from ambit.duration import parse_go_duration
 from ambit.model import Authorization, ExtAuthzBody, ExtAuthzProvider
+from controller.kinds.common import header_name_reason, header_value_reason
 
 KINDS = {"envoyExtAuthzHttp": "http", "envoyExtAuthzGrpc": "grpc"}
 DEFAULT_TIMEOUT = 600.0             # Istio's timeoutOrDefault
@@ -53,8 +54,8 @@ ENVOY_STATUS_CODES = frozenset((
     400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 423,
     424, 426, 428, 429, 431, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511))
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _NOT_IN_HOST = frozenset("?#@ \t\r\n")
+_COMMAND_OPERATOR = re.compile(r"%[A-Z][A-Z0-9_]*(\([^)]*\))?(:[0-9]+)?%")   # Envoy's %DOWNSTREAM_REMOTE_ADDRESS%
 
 
 def is_ext_authz(entry: Any) -> bool:
@@ -148,7 +149,7 @@ def _patterns(value: Any, at: str) -> list[str]:
             raise ValueError(f'{at}[{i}]: a single wildcard ("*") is not supported, use a prefix ("x-*") or '
                              'suffix ("*-id") match (as Istio)')
         name = p[1:] if p.startswith("*") else p[:-1] if p.endswith("*") else p
-        if not name or not _HEADER_NAME.fullmatch(name) or "*" in name:
+        if not name or header_name_reason(name) or "*" in name:
             raise ValueError(f"{at}[{i}]: {p!r} is not a header name, or a header-name prefix or suffix with one '*'")
         out.append(p.lower())
     return out
@@ -161,10 +162,12 @@ def _additional(value: Any, at: str) -> dict[str, str]:
         raise ValueError(f"{at}.includeAdditionalHeadersInCheck: expected a mapping of header name -> value")
     out = {}
     for k, v in value.items():
-        if not _HEADER_NAME.fullmatch(str(k)) or str(k).startswith(":"):
-            raise ValueError(f"{at}.includeAdditionalHeadersInCheck: {k!r} is not a header name")
-        if any(c in str(v) for c in "\r\n\0"):
-            raise ValueError(f"{at}.includeAdditionalHeadersInCheck.{k}: the value must not contain CR, LF or NUL")
+        why = header_name_reason(str(k)) or header_value_reason(str(v))
+        if why:
+            raise ValueError(f"{at}.includeAdditionalHeadersInCheck.{k}: {why}")
+        if _COMMAND_OPERATOR.search(str(v)):
+            raise ValueError(f"{at}.includeAdditionalHeadersInCheck.{k}: {v!r}: Envoy command operators (%...%) are "
+                             "not expanded by Ambit, so the value would be sent as written; use a fixed value")
         out[str(k).lower()] = str(v)
     return out
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from ambit.policymatch import string_match
+
 ALLOWED, DENIED, ERROR = "allowed", "denied", "error"
 RESULTS = (ALLOWED, DENIED, ERROR)
 UAEX = "UAEX"       # Envoy's short response flag for UnauthorizedExternalService
@@ -60,21 +62,13 @@ def error(reason: str) -> CheckResult:
 
 def name_matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
     """Istio's header-name patterns (extauthz.go `generateHeaders`: "*suffix", "prefix*", else
-    exact; always case-insensitive) as one predicate."""
-    exact, prefixes, suffixes = set(), [], []
-    for p in patterns:
-        p = p.lower()
-        if p.startswith("*"):
-            suffixes.append(p[1:])
-        elif p.endswith("*"):
-            prefixes.append(p[:-1])
-        else:
-            exact.add(p)
-    pre, suf = tuple(prefixes), tuple(suffixes)
+    exact; always case-insensitive; a lone "*" is refused by the controller) as one predicate:
+    the policies' string match (ambit.policymatch) on the lower-cased name."""
+    pats = tuple(p.lower() for p in patterns)
 
     def matches(name: str) -> bool:
         n = name.lower()
-        return n in exact or (bool(pre) and n.startswith(pre)) or (bool(suf) and n.endswith(suf))
+        return any(string_match(p, n) for p in pats)
     return matches
 
 

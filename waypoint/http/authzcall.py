@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("waypoint.http")
 
 MAX_BODY = 64 * 1024        # the most of an authorizer's response body kept (the rest is dropped)
-BODY_LENGTH, BODY_NONE = "length", "none"     # waypoint.http.exchange's framings (no import: a cycle)
+BODY_LENGTH = "length"      # waypoint.http.exchange's framing of a body of known length (no import: a cycle)
 
 Done = Callable[[SubReply | None, str], None]
 
