@@ -269,11 +269,17 @@ async def _call(target: DebugTarget, method: str, request: Any, timeout: float) 
 
 def call(target: DebugTarget, method: str, request: Any, timeout: float = 5.0) -> Any:
     """One debug API call; a gRPC failure becomes a TargetError naming the controller and why."""
+    return run(target, _call(target, method, request, timeout))
+
+
+def run(target: DebugTarget, talk: Any) -> Any:
+    """Run the coroutine `talk` (calls to the debug API at `target`) to its end; a gRPC failure
+    becomes a TargetError naming the controller and why."""
     import asyncio
 
     from ambit.configclient import rpc
     try:
-        return asyncio.run(_call(target, method, request, timeout))
+        return asyncio.run(talk)
     except Exception as e:
         if rpc.failure(e) is None:
             raise

@@ -342,7 +342,8 @@ async def amain(args: ControllerSettings) -> int:
     try:
         from controller.fairness import RequestRate
         debug = DebugServicer(server, debug_readers(args), reports, REPORT_INTERVAL, report_rate=RequestRate(
-            args.status_report_rate, args.status_report_burst, time.monotonic, limit="report_rate"))
+            args.status_report_rate, args.status_report_burst, time.monotonic, limit="report_rate"),
+            observed=controller.observed)
         debug.add_to_server(grpc_server)
         gate.guard(debug.guards())
     except ValueError as e:

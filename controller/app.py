@@ -30,7 +30,7 @@ from controller.sources import Snapshot, Source
 from controller.translate import Translation, TranslationBug, translate
 from controller.translate.routes import flatten_policy
 from controller.translate.waypoints import gateway_of
-from controller.validation import FieldError
+from controller.validation import FieldError, object_key
 
 log = logging.getLogger("ambit.controller")
 
@@ -191,7 +191,7 @@ class Controller:
         version = content_version(by_type, encoded)
         if version != self.version:
             try:
-                self.server.update(by_type, version, encoded)
+                self.server.update(by_type, version, encoded, source=objects)
             except ValueError as e:
                 log.error("config server refused snapshot %s: %s; keeping version %s", version, e, self.version or "-")
                 own.append(FieldError("controller", "", f"snapshot {version} refused: {e}"))
@@ -201,6 +201,8 @@ class Controller:
                      "%d waypoint routes (%d objects, %.1f ms)", version, len(tr.workloads), len(tr.services),
                      len(tr.authorizations), len(tr.peer_authns), len(tr.waypoint_routes), len(objects),
                      (time.monotonic() - started) * 1000)
+        else:
+            self.server.same_content(objects)
         with self._lock:
             self.translation = tr
             self.version = version
@@ -218,6 +220,25 @@ class Controller:
             except Exception:  # noqa: BLE001 - side duties (e.g. lab node tokens) never block config
                 log.exception("post-snapshot hook failed")
         self.first_snapshot.set()
+
+    def observed(self, refs: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], str] | None:
+        """The resourceVersion of each of `refs` (kind, namespace, name) in the snapshot behind the
+        config version being served; a ref not in it is left out. None before any snapshot is served.
+
+        `ambit apply --wait` asks this: an object is in force once the config served was built from
+        a snapshot holding it (at least at the version written), and every proxy ACKed that config.
+        A snapshot that failed to translate never reaches the config server, so a wait on it does
+        not end as if it had."""
+        _, objects = self.server.served_source()
+        if objects is None:
+            return None
+        want = set(refs)
+        out: dict[tuple[str, str, str], str] = {}
+        for o in objects:
+            key = object_key(o)
+            if key in want:
+                out[key] = str((o.get("metadata") or {}).get("resourceVersion") or "")
+        return out
 
     def _translate(self, objects: Snapshot) -> Translation:
         tr = translate(objects, self.trust_domain, self.root_namespace, self.cluster_domain,

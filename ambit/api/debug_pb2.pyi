@@ -102,8 +102,30 @@ class ReportReply(_message.Message):
     def __init__(self, controller_version: _Optional[str] = ..., interval: _Optional[float] = ...) -> None: ...
 
 class ProxyStatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("objects",)
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[ObjectRef]
+    def __init__(self, objects: _Optional[_Iterable[_Union[ObjectRef, _Mapping]]] = ...) -> None: ...
+
+class ObjectRef(_message.Message):
+    __slots__ = ("kind", "namespace", "name")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    namespace: str
+    name: str
+    def __init__(self, kind: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ObservedObject(_message.Message):
+    __slots__ = ("ref", "present", "resource_version")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ref: ObjectRef
+    present: bool
+    resource_version: str
+    def __init__(self, ref: _Optional[_Union[ObjectRef, _Mapping]] = ..., present: _Optional[bool] = ..., resource_version: _Optional[str] = ...) -> None: ...
 
 class ProxyStatus(_message.Message):
     __slots__ = ("node", "connected", "state", "acked_version", "proxy_version", "report_age", "report_json", "nack")
@@ -126,14 +148,18 @@ class ProxyStatus(_message.Message):
     def __init__(self, node: _Optional[_Union[_config_pb2.Node, _Mapping]] = ..., connected: _Optional[bool] = ..., state: _Optional[str] = ..., acked_version: _Optional[str] = ..., proxy_version: _Optional[str] = ..., report_age: _Optional[float] = ..., report_json: _Optional[bytes] = ..., nack: _Optional[str] = ...) -> None: ...
 
 class ProxyStatusResponse(_message.Message):
-    __slots__ = ("controller_version", "config_version", "proxies")
+    __slots__ = ("controller_version", "config_version", "proxies", "observed", "snapshot_applied")
     CONTROLLER_VERSION_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROXIES_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_APPLIED_FIELD_NUMBER: _ClassVar[int]
     controller_version: str
     config_version: str
     proxies: _containers.RepeatedCompositeFieldContainer[ProxyStatus]
-    def __init__(self, controller_version: _Optional[str] = ..., config_version: _Optional[str] = ..., proxies: _Optional[_Iterable[_Union[ProxyStatus, _Mapping]]] = ...) -> None: ...
+    observed: _containers.RepeatedCompositeFieldContainer[ObservedObject]
+    snapshot_applied: bool
+    def __init__(self, controller_version: _Optional[str] = ..., config_version: _Optional[str] = ..., proxies: _Optional[_Iterable[_Union[ProxyStatus, _Mapping]]] = ..., observed: _Optional[_Iterable[_Union[ObservedObject, _Mapping]]] = ..., snapshot_applied: _Optional[bool] = ...) -> None: ...
 
 class ProxyConfigRequest(_message.Message):
     __slots__ = ("proxy",)

@@ -227,6 +227,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=err)
         print(f"error: {len(plan.errors)} problem(s) found; nothing was applied", file=err)
         return 1
+    if dry_run and getattr(args, "wait", False):
+        print("error: --wait has nothing to wait for with --dry-run", file=err)
+        return 1
+    want: dict[tuple[str, str, str], str | None] = {}
     if dry_run:
         for o, verdict in zip(objs, plan.verdicts, strict=True):
             print(f"{_display(o)} {verdict} (dry run)", file=out)
@@ -243,12 +247,47 @@ def cmd_apply(args: argparse.Namespace) -> int:
             written = rev != before.revision and (after.get(key, {}).get("metadata") or {}).get("resourceVersion") == str(rev)
             verdict = ("configured" if key in before.objects else "created") if written else "unchanged"
             print(f"{_display(o)} {verdict}", file=out)
+            want[key] = str((after.get(key, {}).get("metadata") or {}).get("resourceVersion") or "")
     for w in plan.warnings:
         print(f"Warning: {w}", file=err)
     if plan.warnings and getattr(args, "warnings_as_errors", False):
         print(f"error: {len(plan.warnings)} warning(s), and --warnings-as-errors is set", file=err)
         return 1
-    return 0
+    return _wait(args, want, out, err) if getattr(args, "wait", False) else 0
+
+
+def _wait(args: argparse.Namespace, want: dict[tuple[str, str, str], str | None], out: TextIO, err: TextIO) -> int:
+    """--wait: until the change is in force at every connected proxy (ambitctl/applywait.py)."""
+    from ambitctl import applywait, cluster
+    started = time.monotonic()
+    try:
+        target = cluster.debug_target(args, cluster=False)
+        p = applywait.wait(target, want, args.timeout)
+    except cluster.TargetError as e:
+        print(f"error: written, but cannot wait for it to be in force: {e}", file=err)
+        return 1
+    line, problems = applywait.report(p, time.monotonic() - started, args.timeout)
+    if line:
+        print(line, file=out)
+    for m in problems:
+        print(m, file=err)
+    return 0 if p.done else 1
+
+
+def _timeout(text: str) -> float:
+    from ambit.duration import parse_go_duration
+    try:
+        return parse_go_duration(text) if not text.replace(".", "", 1).isdigit() else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30s, 2m)") from None
+
+
+def _wait_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true",
+                   help="return once the change is in force: the controller's config holds it and every connected "
+                        "proxy ACKed that config (exit 1 if a proxy rejects it or on --timeout)")
+    p.add_argument("--timeout", type=_timeout, default=30.0, metavar="DURATION",
+                   help="how long --wait waits (default 30s)")
 
 
 def not_enforced(batch: list[Obj], everything: list[Obj], translation: Any = None) -> list[str]:
@@ -296,6 +335,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         return 1
     snap = store.snapshot().objects
     store.delete([k for _, _, k in targets if k in snap])
+    want: dict[tuple[str, str, str], str | None] = {k: None for _, _, k in targets if k in snap}
     rc = 0
     for spec, api_version, key in targets:
         api_version = api_version or (snap.get(key) or {}).get("apiVersion", "")
@@ -305,6 +345,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
         elif not args.ignore_not_found:
             print(f'Error from server (NotFound): {_resource(spec, api_version)} "{key[2]}" not found', file=err)
             rc = 1
+    if getattr(args, "wait", False):
+        rc = max(rc, _wait(args, want, out, err))
     return rc
 
 
@@ -521,6 +563,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         "needs no lab (client and server mean the same here)")
     p.add_argument("--warnings-as-errors", action="store_true",
                    help="exit 1 when the batch draws warnings (for CI)")
+    _wait_arguments(p)
     p.set_defaults(func=cmd_apply)
 
     p = subparsers.add_parser("delete", help="delete configuration by file or by kind and name")
@@ -530,6 +573,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("-n", "--namespace")
     p.add_argument("-l", "--selector", metavar="SELECTOR", help="delete the objects of KIND whose labels match")
     p.add_argument("--ignore-not-found", action="store_true")
+    _wait_arguments(p)
     intermixed(p)
     p.set_defaults(func=cmd_delete)
 

@@ -155,6 +155,10 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         # pull a half-finished burst out early.
         self._latest = Snapshot({}, "empty", 0)
         self._snapshot = self._latest
+        # What each snapshot was built from (the controller's source objects), opaque here: the
+        # published one answers "is this object in the config being served?" (`ambit apply --wait`).
+        self._latest_source: Any = None
+        self._source: Any = None
         self._pending_since: float | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -170,8 +174,21 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         """The version being served (an update becomes visible here after the debounce)."""
         return self._snapshot.version
 
+    def served_source(self) -> tuple[str, Any]:
+        """(the version being served, what it was built from: `update`'s `source`)."""
+        with self._lock:
+            return self._snapshot.version, self._source
+
+    def same_content(self, source: Any) -> None:
+        """`source` builds exactly the latest snapshot's content (its version did not change):
+        it becomes that snapshot's source, now if it is served, else when it is."""
+        with self._lock:
+            self._latest_source = source
+            if self._snapshot is self._latest:
+                self._source = source
+
     def update(self, resources_by_type: Mapping[str, Sequence[Resource]], version: str,
-               encoded: Mapping[int, Encoded] | None = None) -> None:
+               encoded: Mapping[int, Encoded] | None = None, source: Any = None) -> None:
         """Replace the whole desired state. Types absent from `resources_by_type` become empty.
         `encoded`: the resources' encodings by `id`, when the caller made them already.
 
@@ -181,12 +198,14 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             snap = Snapshot.build(resources_by_type, version, self._generation + 1, encoded)
             self._generation = snap.generation
             self._latest = snap
+            self._latest_source = source
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
             loop = self._loop
             if loop is None or loop.is_closed():
                 # Not serving yet: publish at once, subscribers connecting later start from it.
                 self._snapshot = snap
+                self._source = source
                 self._pending_since = None
                 return
         try:
@@ -208,6 +227,7 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         with self._lock:
             since, self._pending_since = self._pending_since, None
             self._snapshot = self._latest
+            self._source = self._latest_source
         self._wake_streams(since)
 
     def _wake_streams(self, since: float | None) -> None:

@@ -16,7 +16,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -44,6 +44,7 @@ log = logging.getLogger("ambit.controller.debug")
 MAX_REPORT = 256 * 1024
 FILTER_WAIT = 5.0            # seconds a new tap waits for every proxy to apply its filter
 MAX_UPLOAD_EVENTS = 1000      # flows per feed upload; more are counted as dropped
+MAX_WAITED_OBJECTS = 500      # objects one ProxyStatus asks about (it fits the SMALL message bound)
 # Status reports per credential: a burst, then a rate (controller/fairness.py). Each proxy process
 # reports every `report_interval` (10 s), so a node of 192 ztunnel workers, its agent and its
 # waypoints makes about 20 a second, all at once when it starts. Parsing one costs the event loop
@@ -58,8 +59,12 @@ PROXY_METHODS = {"Report": "status report", "Feed": "feed"}     # method -> how 
 class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
     def __init__(self, config: ConfigServer, readers: ReaderAuth | None, reports: ReportStore | None = None,
                  report_interval: float = 10.0, feeds: FeedHub | None = None,
-                 report_rate: RequestRate | None = None) -> None:
+                 report_rate: RequestRate | None = None,
+                 observed: Callable[[list[tuple[str, str, str]]], dict[tuple[str, str, str], str] | None] | None = None,
+                 ) -> None:
         self.config = config
+        # The controller's Controller.observed: what `ambit apply --wait` asks about its objects.
+        self.observed = observed
         self.report_rate = (report_rate if report_rate is not None
                             else RequestRate(REPORT_RATE, REPORT_BURST, time.monotonic, limit="report_rate"))
         self.feeds = feeds or FeedHub()
@@ -178,9 +183,17 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
             await context.abort(e.code, str(e))
         raise AssertionError("unreachable")
 
-    def status_response(self) -> debug_pb2.ProxyStatusResponse:
+    def status_response(self, objects: Sequence[Any] = ()) -> debug_pb2.ProxyStatusResponse:
+        # The objects are read before the subscribers: the controller publishes a snapshot's objects
+        # only after the config server holds its version, so a proxy shown in sync with the current
+        # version holds config built from (at least) the snapshot these come from.
+        seen = self.observed([(r.kind, r.namespace, r.name) for r in objects]) if self.observed else None
         reports = {r.node.key: r for r in self.reports.all()}
-        out = debug_pb2.ProxyStatusResponse(controller_version=VERSION, config_version=self.config.version)
+        out = debug_pb2.ProxyStatusResponse(controller_version=VERSION, config_version=self.config.version,
+                                            snapshot_applied=seen is not None)
+        for r in objects if seen is not None else ():
+            rv = seen.get((r.kind, r.namespace, r.name))
+            out.observed.add(ref=r, present=rv is not None, resource_version=rv or "")
         for row in proxy_status(self.config.status(), self.config.version, reports, self.reports.age):
             out.proxies.add(node=row.sub.node.to_proto(), connected=row.sub.connected, state=row.state,
                             acked_version=row.acked_version, nack=row.nack,
@@ -191,7 +204,10 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
 
     async def ProxyStatus(self, request, context):  # noqa: N802
         await self._reader(context)
-        return self.status_response()
+        if len(request.objects) > MAX_WAITED_OBJECTS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"ProxyStatus: {len(request.objects)} objects; "
+                                f"at most {MAX_WAITED_OBJECTS} per request")
+        return self.status_response(request.objects)
 
     def find(self, proxy: str) -> list[NodeInfo]:
         """Subscribers matching `proxy`: "kind/name", a NodeInfo key, a bare name, or a waypoint's

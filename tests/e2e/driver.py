@@ -61,10 +61,10 @@ class LabDriver:
         return self.lab.exec(pod, *argv, timeout=timeout)
 
     def apply(self, yaml_text: str) -> None:
-        self.lab.ambit("apply", "-f", "-", input=yaml_text)
+        self.lab.ambit("apply", "-f", "-", "--wait", input=yaml_text)      # in force at every proxy
 
     def delete(self, yaml_text: str) -> None:
-        self.lab.ambit("delete", "-f", "-", "--ignore-not-found", input=yaml_text)
+        self.lab.ambit("delete", "-f", "-", "--ignore-not-found", "--wait", input=yaml_text)
 
     def label_namespace(self, namespace: str, label: str) -> None:
         self.lab.ambit("label", "namespace", namespace, label)

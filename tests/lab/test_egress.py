@@ -41,11 +41,12 @@ def external(lab: Lab) -> Iterator[ext_mod.External]:
 
 
 def apply(lab: Lab, *objs: dict[str, Any]) -> None:
-    lab.ambit("apply", "-f", "-", input=yaml.safe_dump_all(list(objs)))
+    lab.ambit("apply", "-f", "-", "--wait", input=yaml.safe_dump_all(list(objs)))
 
 
 def delete(lab: Lab, *objs: dict[str, Any]) -> None:
-    lab.ambit("delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all(list(objs)), check=False)
+    lab.ambit("delete", "-f", "-", "--ignore-not-found", "--wait", input=yaml.safe_dump_all(list(objs)),
+              check=False)
 
 
 def service_entry(ext: ext_mod.External) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -62,12 +63,12 @@ def example(rel: str) -> list[dict]:
 def apply(lab: Lab, docs: list[dict], tmp: Path, name: str) -> Path:
     f = tmp / f"{name}.yaml"
     f.write_text(yaml.safe_dump_all(docs))
-    lab.ambit("apply", "-f", str(f))
+    lab.ambit("apply", "-f", str(f), "--wait")     # in force at every proxy when it returns
     return f
 
 
 def delete(lab: Lab, f: Path) -> None:
-    lab.ambit("delete", "-f", str(f), check=False)
+    lab.ambit("delete", "-f", str(f), "--wait", check=False)
 
 
 def alive(pid: int) -> bool:
@@ -242,6 +243,39 @@ def test_an_httproute_sends_everything_to_myapp_v2(wlab: Lab) -> None:
         wlab.wait_for(lambda: versions(many(wlab, "default/frontend", "http://myapp/", 3)) == {"v2": 3},
                       timeout=15, interval=0.5, what="HTTPRoute in force")
         assert versions(many(wlab, "default/frontend", "http://myapp/", 50)) == {"v2": 50}
+    finally:
+        delete(wlab, f)
+
+
+def test_apply_and_delete_wait_until_the_change_is_in_force(wlab: Lab) -> None:
+    """`--wait` returns once every proxy holds the change, so the very next request meets it, round
+    after round, with no polling. A waypoint that cannot apply it (stopped) makes the wait time out
+    naming that waypoint, and the change is in force once it runs again."""
+    deny = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "wait-deny", "namespace": "default"},
+            "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "myapp"}], "action": "DENY",
+                     "rules": [{"to": [{"operation": {"paths": ["/deny-me"]}}]}]}}
+    f = wlab.tmp / "wait-deny.yaml"  # type: ignore[attr-defined]
+    f.write_text(yaml.safe_dump(deny))
+    try:
+        for _ in range(3):
+            p = wlab.ambit("apply", "-f", str(f), "--wait")
+            assert re.search(r"in force after [0-9.]+s: \d+ proxies in sync at config version v", p.stdout), p.stdout
+            assert status_of(wlab, "default/frontend", "http://myapp/deny-me") == (403, "RBAC: access denied")
+            wlab.ambit("delete", "-f", str(f), "--wait")
+            assert status_of(wlab, "default/frontend", "http://myapp/deny-me")[0] == 200
+        [w] = waypoints(wlab)
+        os.kill(w["pid"], signal.SIGSTOP)
+        try:
+            p = wlab.ambit("apply", "-f", str(f), "--wait", "--timeout", "2s", check=False)
+        finally:
+            os.kill(w["pid"], signal.SIGCONT)
+        assert p.returncode == 1 and "created" in p.stdout, (p.stdout, p.stderr)
+        assert "timed out after 2s waiting for the change to be in force" in p.stderr, p.stderr
+        assert re.search(r"waypoint/waypoint-0 is STALE \(ACKed v\w+, current v\w+\)", p.stderr), p.stderr
+        p = wlab.ambit("apply", "-f", str(f), "--wait")
+        assert "unchanged" in p.stdout and "in force after" in p.stdout
+        assert status_of(wlab, "default/frontend", "http://myapp/deny-me") == (403, "RBAC: access denied")
     finally:
         delete(wlab, f)
 

@@ -73,11 +73,11 @@ def use(lab: Lab, manifest: str | None) -> None:
     if current == manifest:
         return
     if current is not None:
-        lab.ambit("delete", "-f", str(UPSTREAM / current), check=False)
+        lab.ambit("delete", "-f", str(UPSTREAM / current), "--wait", check=False)
     lab.manifest = None  # type: ignore[attr-defined]
     want: set[str] = set()
     if manifest is not None:
-        lab.ambit("apply", "-f", str(UPSTREAM / manifest))
+        lab.ambit("apply", "-f", str(UPSTREAM / manifest), "--wait")   # in force at the waypoint
         want = manifest_routes(manifest)
     lab.manifest = manifest  # type: ignore[attr-defined]
     lab.wait_for(lambda: route_names(lab) == want, timeout=20, interval=0.2, what=f"waypoint routes = {want}")

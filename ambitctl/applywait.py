@@ -1,0 +1,139 @@
+"""`ambit apply --wait` and `ambit delete --wait`: return once the change is in force.
+
+A write to the store is only the start: the controller sees it on its next snapshot, builds a config
+version from it and streams that to every proxy, which ACKs once it applied it. Until then a
+request can still meet the old routes or policies. This waits, as `istioctl x wait` does, until
+
+- the controller's current config version was built from a snapshot that holds each applied object
+  at (at least) the resourceVersion written, and no longer holds any deleted one; and
+- every connected proxy (ztunnels, waypoints, ingress gateways) holds exactly that version
+  (proxy-status SYNCED).
+
+A proxy that rejects the new version (NACK) ends the wait at once with its message: it keeps its
+last good config, so waiting longer changes nothing. Proxies that connect later get the current
+version when they connect, so only connected ones are waited for.
+
+`progress` is the pure part (a ProxyStatusResponse in, what is still pending out); `wait` polls the
+controller's debug API with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Key = tuple[str, str, str]      # (kind, namespace, name), as the lab store keys objects
+CHUNK = 500                     # objects per ProxyStatus (controller/debug/service.py MAX_WAITED_OBJECTS)
+POLL = 0.05
+
+
+@dataclass
+class Progress:
+    failed: list[str] = field(default_factory=list)     # the wait cannot succeed
+    pending: list[str] = field(default_factory=list)    # not yet
+    proxies: int = 0
+    version: str = ""
+
+    @property
+    def done(self) -> bool:
+        return not self.failed and not self.pending
+
+
+def _ref(key: Key) -> str:
+    kind, ns, name = key
+    return f"{kind} {ns}/{name}" if ns else f"{kind} {name}"
+
+
+def _at_least(have: str, want: str) -> bool:
+    """resourceVersions are opaque in Kubernetes; the lab's (and etcd's) are increasing integers."""
+    if have.isdigit() and want.isdigit():
+        return int(have) >= int(want)
+    return have == want
+
+
+def progress(responses: list[Any], want: Mapping[Key, str | None]) -> Progress:
+    """Where the wait stands, from the ProxyStatus answers to the chunks of `want` (an object's
+    resourceVersion written, or None for one deleted)."""
+    p = Progress()
+    seen: dict[Key, tuple[bool, str]] = {}
+    for resp in responses:
+        if not resp.snapshot_applied:
+            p.pending.append("the controller has not applied a snapshot yet")
+            return p
+        for o in resp.observed:
+            seen[(o.ref.kind, o.ref.namespace, o.ref.name)] = (o.present, o.resource_version)
+    versions = {r.config_version for r in responses}
+    if len(versions) > 1:       # a new version between two chunks: ask again
+        p.pending.append("the config version changed while asking")
+        return p
+    for key, rv in want.items():
+        present, have = seen.get(key, (False, ""))
+        if key not in seen:
+            p.pending.append(f"the controller did not answer for {_ref(key)} (a controller older than --wait?)")
+        elif rv is None and present:
+            p.pending.append(f"the config the controller serves still holds {_ref(key)}")
+        elif rv is not None and not present:
+            p.pending.append(f"the controller has not seen {_ref(key)} yet")
+        elif rv is not None and not _at_least(have, rv):
+            p.pending.append(f"the controller has {_ref(key)} at resourceVersion {have}, not yet {rv}")
+    last = responses[-1]
+    p.version = last.config_version
+    for proxy in last.proxies:
+        if not proxy.connected:
+            continue
+        p.proxies += 1
+        name = f"{proxy.node.kind}/{proxy.node.name}"
+        if proxy.state == "NACK":
+            p.failed.append(f"{name} rejected config version {last.config_version} (it keeps its last good "
+                            f"config): {proxy.nack}")
+        elif proxy.state != "SYNCED":
+            p.pending.append(f"{name} is {proxy.state} (ACKed {proxy.acked_version or '-'}, "
+                             f"current {last.config_version})")
+    return p
+
+
+async def _poll(target: Any, want: Mapping[Key, str | None], timeout: float,
+                clock: Callable[[], float]) -> Progress:
+    from ambit.api import debug_grpc, debug_pb2
+    from ambit.configclient import tls
+    keys = list(want)
+    chunks = [keys[i:i + CHUNK] for i in range(0, len(keys), CHUNK)] or [[]]
+    deadline = clock() + timeout
+    metadata = (("authorization", f"Bearer {target.token}"),)
+    async with tls.channel(target.address, target.trust) as ch:
+        stub = debug_grpc.DebugServiceStub(ch)
+        while True:
+            left = max(0.1, deadline - clock())
+            responses = []
+            for chunk in chunks:
+                req = debug_pb2.ProxyStatusRequest(objects=[debug_pb2.ObjectRef(kind=k, namespace=ns, name=n)
+                                                            for k, ns, n in chunk])
+                responses.append(await stub.ProxyStatus(req, metadata=metadata, timeout=min(5.0, left)))
+            p = progress(responses, want)
+            if p.done or p.failed or clock() >= deadline:
+                return p
+            await asyncio.sleep(POLL)
+
+
+def wait(target: Any, want: Mapping[Key, str | None], timeout: float,
+         clock: Callable[[], float] = time.monotonic) -> Progress:
+    """Poll until `want` is in force, a proxy NACKs, or `timeout` seconds pass. A gRPC failure
+    raises TargetError (ambitctl/cluster.py) naming the controller."""
+    from ambitctl import cluster
+    return cluster.run(target, _poll(target, want, timeout, clock))
+
+
+def report(p: Progress, waited: float, timeout: float) -> tuple[str, list[str]]:
+    """(the line for stdout on success, the lines for stderr otherwise)."""
+    if p.done:
+        n = f"{p.proxies} prox{'y' if p.proxies == 1 else 'ies'}"
+        return f"in force after {waited:.2f}s: {n} in sync at config version {p.version or '-'}", []
+    if p.failed:
+        return "", [f"error: {m}" for m in p.failed]
+    shown = p.pending[:10]
+    more = [f"  ... and {len(p.pending) - len(shown)} more"] if len(p.pending) > len(shown) else []
+    return "", [f"error: timed out after {timeout:g}s waiting for the change to be in force:",
+                *(f"  {m}" for m in shown), *more]
