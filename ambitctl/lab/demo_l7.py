@@ -84,13 +84,16 @@ def _ambit(*args: str, stdin: str | None = None, shown: str = "") -> subprocess.
     return p
 
 
-def _apply_example(name: str) -> subprocess.CompletedProcess[str]:
-    return _ambit("apply", "-f", str(EXAMPLES / name), shown=f"ambit apply -f {SHOWN_EXAMPLES}/{name}")
+def _apply_example(name: str, wait: bool = False) -> subprocess.CompletedProcess[str]:
+    """`wait`: return once every proxy holds it (`--wait`); it also covers every write before it."""
+    w = ("--wait",) if wait else ()
+    return _ambit("apply", "-f", str(EXAMPLES / name), *w, shown=f"ambit apply -f {SHOWN_EXAMPLES}/{name}{' --wait' * wait}")
 
 
-def _apply_stdin(doc: str, what: str) -> subprocess.CompletedProcess[str]:
+def _apply_stdin(doc: str, what: str, wait: bool = False) -> subprocess.CompletedProcess[str]:
     print(DIM + "\n".join("  " + ln for ln in doc.splitlines()) + RESET)
-    return _ambit("apply", "-f", "-", stdin=doc, shown=f"ambit apply -f -   # {what}")
+    w = ("--wait",) if wait else ()
+    return _ambit("apply", "-f", "-", *w, stdin=doc, shown=f"ambit apply -f -{' --wait' * wait}   # {what}")
 
 
 def _delete_stdin(doc: str) -> None:
@@ -189,8 +192,7 @@ def header_routing() -> None:
         return
     step(title)
     _apply_example("destination-rule.yaml")
-    _apply_example("virtual-service.yaml")
-    time.sleep(1.0)
+    _apply_example("virtual-service.yaml", wait=True)
     _show_counts("20 requests without x-canary:", _versions(_requests("default/frontend", 20)))
     _show_counts("20 requests with x-canary: true:", _versions(_requests("default/frontend", 20, "x-canary: true")))
 
@@ -205,9 +207,8 @@ def cookie_canary() -> None:
           "   host, so the demo applies it for host myapp)")
     _apply_stdin(CANARY_SUBSETS, "DestinationRule: the stable/canary/premium subsets it routes to")
     doc = (EXAMPLES / "canary-deployment.yaml").read_text().replace("myapp.example.com", "myapp")
-    _ambit("apply", "-f", "-", stdin=doc,
-           shown=f"sed s/myapp.example.com/myapp/ {SHOWN_EXAMPLES}/canary-deployment.yaml | ambit apply -f -")
-    time.sleep(1.0)
+    _ambit("apply", "-f", "-", "--wait", stdin=doc,
+           shown=f"sed s/myapp.example.com/myapp/ {SHOWN_EXAMPLES}/canary-deployment.yaml | ambit apply -f - --wait")
     c = _versions(_requests("default/frontend", SPLIT_N))
     _show_counts(f"{SPLIT_N} requests, no cookie (90/10):", c)
     _show_counts("20 requests, Cookie: user=premium:",
@@ -230,8 +231,7 @@ def l7_authorization() -> None:
     _apply_example("authorization-policy.yaml")
     print("  (a `selector` policy binds to ztunnels, which cannot see methods or paths: Ambit says so above.\n"
           "   Bound to the Service with `targetRefs`, the waypoint enforces the same rules:)")
-    _apply_stdin(AUTHZ_TARGETREFS, "the same rules, targetRefs: Service myapp")
-    time.sleep(1.0)
+    _apply_stdin(AUTHZ_TARGETREFS, "the same rules, targetRefs: Service myapp", wait=True)
     try:
         for pod, method, path in (("default/frontend", "GET", "api/users"), ("default/frontend", "POST", "api/users"),
                                   ("default/frontend", "GET", "admin"), ("demo/client", "GET", "api/users")):

@@ -63,11 +63,12 @@ def curl_code(lab: Lab, pod: str, url: str = ECHO, timeout: float = 10) -> tuple
 
 
 def apply(lab: Lab, *objs: dict[str, Any]) -> None:
-    lab.ambit("apply", "-f", "-", input=yaml.safe_dump_all(list(objs)))
+    lab.ambit("apply", "-f", "-", "--wait", input=yaml.safe_dump_all(list(objs)))      # in force when it returns
 
 
 def delete(lab: Lab, *objs: dict[str, Any]) -> None:
-    lab.ambit("delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all(list(objs)), check=False)
+    lab.ambit("delete", "-f", "-", "--ignore-not-found", "--wait", input=yaml.safe_dump_all(list(objs)),
+              check=False)
 
 
 def ztunnel_logs(lab: Lab) -> str:

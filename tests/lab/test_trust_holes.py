@@ -57,11 +57,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 # --- helpers ---------------------------------------------------------------------------------------------
 
 def apply(lab: Lab, *objs: dict[str, Any]) -> None:
-    lab.ambit("apply", "-f", "-", input=yaml.safe_dump_all(list(objs)))
+    lab.ambit("apply", "-f", "-", "--wait", input=yaml.safe_dump_all(list(objs)))      # in force when it returns
 
 
 def delete(lab: Lab, *objs: dict[str, Any]) -> None:
-    lab.ambit("delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all(list(objs)), check=False)
+    lab.ambit("delete", "-f", "-", "--ignore-not-found", "--wait", input=yaml.safe_dump_all(list(objs)),
+              check=False)
 
 
 def echo_policy(name: str, source: dict[str, Any]) -> dict[str, Any]:
