@@ -207,6 +207,44 @@ def client_span_name(cluster: str) -> str:
     return f"router {cluster or 'unknown'} egress"
 
 
+def async_span_name(cluster: str) -> str:
+    """Envoy's Http::AsyncClient child span name: a raw HTTP ext_authz check's (`tracing_name_` of
+    the ext_authz ClientConfig, `async <cluster> egress`)."""
+    return f"async {cluster or 'unknown'} egress"
+
+
+GRPC_CHECK_SPAN = "async envoy.service.auth.v3.Authorization.Check egress"   # Envoy's Grpc::AsyncClient child span
+_GRPC_UNAVAILABLE, _GRPC_DEADLINE_EXCEEDED = "14", "4"
+
+
+def check_end_attributes(grpc: bool, status: int, grpc_status: str | None, protocol: str, cluster: str,
+                         authority: str, upstream: str, outcome: str) -> dict[str, str]:
+    """Tags of an external authorization check's span, as Envoy's async clients finalize theirs.
+    HTTP (Http::AsyncClient: finalizeUpstreamSpan): the tags of a try's span. gRPC
+    (Grpc::AsyncRequestImpl): component, upstream_cluster, upstream_address (Envoy's is the call's
+    authority, which Istio sets to the authorizer's hostname: so here), grpc.status_code, error when
+    not OK; a call that got no status (connect failure, reset: UNAVAILABLE; timeout:
+    DEADLINE_EXCEEDED, as the router answers a gRPC request locally) names Ambit's `error.reason`.
+    `outcome` "canceled": the held request went away first (Envoy's `status: canceled`)."""
+    if outcome == "canceled":
+        a = {"component": "proxy", "upstream_cluster": cluster or "-", "status": "canceled"}
+        if not grpc:
+            a["upstream_cluster.name"] = cluster or "-"
+        return a
+    if not grpc:
+        return client_end_attributes(status, protocol, cluster, upstream, outcome)
+    if grpc_status is None and outcome:
+        grpc_status = _GRPC_DEADLINE_EXCEEDED if outcome == "timeout" else _GRPC_UNAVAILABLE
+    a = {"component": "proxy", "upstream_cluster": cluster or "-", "upstream_address": authority or cluster or "-"}
+    if grpc_status is not None:
+        a["grpc.status_code"] = grpc_status
+    if outcome:
+        a["error.reason"] = outcome
+    if grpc_status != "0" or status != 200:
+        a["error"] = "true"
+    return a
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """Who writes the spans: Envoy's node_id and Istio's canonical labels of the waypoint."""
