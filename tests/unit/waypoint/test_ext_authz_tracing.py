@@ -11,6 +11,7 @@ request's check carries no trace context at all.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -216,3 +217,16 @@ def test_only_a_traced_requests_check_carries_trace_context(traced: Traced, kind
     got = [c["headers"] if kind == "http" else c for c in sent]
     assert not TRACE_KEYS & set(got[0])                                 # unsampled: nothing at all
     assert got[1]["traceparent"].startswith(f"00-{TRACE}-") and got[1]["traceparent"].endswith("-01")
+
+
+def test_a_check_whose_request_went_away_ends_its_span_canceled(traced: Traced) -> None:
+    m = traced.mesh
+    m.configure([http_provider(8000)], custom("authz-http"))
+    # the client gives up while the authorizer still thinks: the held request ends, its check is dropped
+    r = subprocess.run(["curl", "-sS", "--http1.1", "-m", "0.5", "-H", SAMPLED, "-H", "x-ext-authz: allow",
+                        "-H", "x-ext-authz-delay: 1.5", f"http://127.0.0.1:{m.proxy.port}/slow"],
+                       capture_output=True, timeout=20)
+    assert r.returncode == 28       # curl: timed out
+    check, server = check_and_server(traced.spans(2))
+    assert check.attributes["status"] == "canceled" and check.parent_id == server.span_id
+    assert "ext_authz_status" not in check.attributes and m.origin.requests == 0
