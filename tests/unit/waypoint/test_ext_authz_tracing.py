@@ -14,27 +14,17 @@ from __future__ import annotations
 import subprocess
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
 
-from ambit.api import ext_authz_pb2_grpc as pb_grpc
-from ambit.configclient import ConfigUpdate
-from ambit.model import ExtAuthzProvider, Service
+from ambit.model import ExtAuthzProvider
 from ambit.telemetryconfig import Provider, TracingConfig
 from ambitctl.lab.apps import ext_authz as app
 from ambitctl.lab.otlp_receiver import Receiver, Span
-from tests.unit.waypoint.harness import Origin, Proxy, free_port
-from tests.unit.waypoint.test_ext_authz_wire import BACKEND_VIP, FRONTEND, Mesh, custom, entry, http_provider
-from waypoint.app import WaypointProxy
-from waypoint.authz import Waypoint
-from waypoint.config import WaypointConfig
-from waypoint.http.settings import HttpSettings
-from waypoint.request import Downstream
-from waypoint.settings import load
+from tests.unit.waypoint.test_ext_authz_wire import Mesh, custom, http_provider, serving
 from waypoint.telemetry import tracing as tr
 from waypoint.telemetry.tracing_sdk import Tracing
 
@@ -87,38 +77,16 @@ def grpc_provider(**kw: object) -> ExtAuthzProvider:
 @pytest.fixture()
 def traced() -> Iterator[Traced]:
     receiver = Receiver()
-    http = app.serve_http(0, "127.0.0.1")
     servicer = MetadataAuthorizer()
-    gserver = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_AuthorizationServicer_to_server(servicer, gserver)
-    gport = gserver.add_insecure_port("127.0.0.1:0")
-    gserver.start()
-    origin = Origin()
-    dead = free_port()
-    services = [entry("backend", BACKEND_VIP, 80, origin.port),
-                entry("ext-authz", "240.240.0.20", 8000, http.server_address[1]),
-                entry("ext-authz-grpc", "240.240.0.21", 9000, gport, pname="grpc", protocol="GRPC"),
-                entry("ext-authz-dead", "240.240.0.22", 8000, dead)]
-    cfg = WaypointConfig(Waypoint("demo", "waypoint"), "cluster.local")
-    cfg.apply(ConfigUpdate(Service.TYPE, "1", {}, frozenset(), {s.resource_name: s for s in services}))
-    wp = WaypointProxy(load(["--waypoint", "demo/waypoint", "--pod-name", "waypoint-0", "--node", "n1"]), cfg, None)
-    down = Downstream(FRONTEND, "127.0.0.1", "demo", (), BACKEND_VIP, 80, "demo/backend",
-                      "backend.demo.svc.cluster.local")
-    proxy = Proxy(wp.decide, upstream=wp.upstream, downstream=down, settings=HttpSettings())
     tcfg = TracingConfig((Provider("otel", "opentelemetry", "127.0.0.1", receiver.grpc_port, "", "grpc"),), 0.0)
-
-    def install() -> None:
-        assert proxy.engine is not None
-        proxy.engine.tracing = Tracing(lambda _service: tcfg, IDENT, delay_ms=100)
-    proxy.call(install)
     try:
-        yield Traced(Mesh(proxy, wp, http, servicer, origin, dead), receiver, servicer)
+        with serving(servicer) as mesh:
+            def install() -> None:
+                assert mesh.proxy.engine is not None
+                mesh.proxy.engine.tracing = Tracing(lambda _service: tcfg, IDENT, delay_ms=100)
+            mesh.proxy.call(install)
+            yield Traced(mesh, receiver, servicer)
     finally:
-        proxy.close()
-        http.shutdown()
-        http.server_close()
-        gserver.stop(None)
-        origin.close()
         receiver.close()
 
 
