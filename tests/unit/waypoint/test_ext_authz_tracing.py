@@ -20,11 +20,12 @@ from typing import Any
 import grpc
 import pytest
 
-from ambit.model import ExtAuthzProvider
+from ambit.model import ExtAuthzProvider, HttpRoute, RouteDestination, WaypointRoutes
 from ambit.telemetryconfig import Provider, TracingConfig
 from ambitctl.lab.apps import ext_authz as app
 from ambitctl.lab.otlp_receiver import Receiver, Span
-from tests.unit.waypoint.test_ext_authz_wire import Mesh, custom, http_provider, serving
+from tests.unit.waypoint.harness import Origin
+from tests.unit.waypoint.test_ext_authz_wire import EDGE, Mesh, custom, entry, http_provider, ingress, serving
 from waypoint.telemetry import tracing as tr
 from waypoint.telemetry.tracing_sdk import Tracing
 
@@ -198,3 +199,32 @@ def test_a_check_whose_request_went_away_ends_its_span_canceled(traced: Traced) 
     check, server = check_and_server(traced.spans(2))
     assert check.attributes["status"] == "canceled" and check.parent_id == server.span_id
     assert "ext_authz_status" not in check.attributes and m.origin.requests == 0
+
+
+def test_an_ingress_gateways_check_is_a_span_of_the_request_too() -> None:
+    """The ingress gateway checks through the same exchange: an external client's traced request
+    (its traceparent is a parent there, as at Envoy's edge) has its check in the trace."""
+    receiver, http, backend = Receiver(), app.serve_http(0, "127.0.0.1"), Origin()
+    routes = WaypointRoutes("*", http=[HttpRoute(
+        destinations=[RouteDestination("plain.demo.svc.cluster.local", "demo/plain", port=80)])])
+    mesh = ingress(http, [entry("plain", "240.240.1.1", 80, backend.port, waypoint="")], routes, backend)
+    tcfg = TracingConfig((Provider("otel", "opentelemetry", "127.0.0.1", receiver.grpc_port, "", "grpc"),), 0.0)
+
+    def install() -> None:
+        assert mesh.proxy.engine is not None
+        mesh.proxy.engine.tracing = Tracing(lambda _service: tcfg, IDENT, delay_ms=100)
+    try:
+        mesh.proxy.call(install)
+        mesh.configure([http_provider(8000)], EDGE)
+        assert mesh.curl("--http1.1", "/edge", SAMPLED, "x-ext-authz: allow")[0] == 200
+        spans = of(receiver.wait(lambda ss: len(of(ss)) >= 3))
+        check, server = check_and_server(spans)
+        assert check.name == f"async {HTTP_CLUSTER} egress" and check.parent_id == server.span_id
+        assert check.attributes["ext_authz_status"] == "ext_authz_ok"
+        assert_context_sent(http.checks[0]["headers"], check, server)
+    finally:
+        mesh.proxy.close()
+        http.shutdown()
+        http.server_close()
+        backend.close()
+        receiver.close()
