@@ -9,7 +9,9 @@ As Envoy (the HTTP connection manager with an OpenTelemetry or Zipkin tracer):
   request is traced with probability `sampling_percent` / 100 (random_sampling);
 - the server span is named after the route's decorator operation, which Istio sets to
   `<service FQDN>:<port>/*`; each upstream try gets its own client span `router <cluster> egress`
-  whose context goes upstream in W3C and B3 (multi and single) headers;
+  whose context goes upstream in W3C and B3 (multi and single) headers; an external authorization
+  check gets a client span as Envoy's async clients name theirs (`async <cluster> egress`, gRPC
+  `async envoy.service.auth.v3.Authorization.Check egress`), its context sent to the authorizer;
 - tags are Envoy's (component=proxy, node_id, guid:x-request-id, http.url, http.method,
   http.protocol, user_agent, downstream_cluster, peer.address, request_size, response_size,
   http.status_code, response_flags, upstream_cluster, upstream_cluster.name, upstream_address,

@@ -5,9 +5,11 @@ loop, so the exporters encode with little Python: otlp_wire.py, zipkin_json.py.)
 
 The engine holds one `Tracing`; an exchange asks it `server(...)` at the request head and gets a
 `RequestTrace` (or None: not traced, then no span object exists), which it tells about each try
-(`try_start`, `try_result`, `try_end`) and the end (`finish`). Which config applies comes from an
-injected `tracing_for(service) -> TracingConfig`, asked per request (it is a cheap call: the settings'
-default returns a cached object, the Telemetry resolver its current answer); a changed provider
+(`try_start`, `try_result`, `try_end`) and the end (`finish`); an external authorization check
+(waypoint/http/authzcall.py) asks it for a `CheckSpan` (`check_span`) and ends that itself. Which
+config applies comes from an injected `tracing_for(service) -> TracingConfig`, asked per request
+(it is a cheap call: the settings' default returns a cached object, the Telemetry resolver its
+current answer); a changed provider
 set builds a new exporter pipeline and shuts the old one down off the loop.
 """
 
