@@ -79,16 +79,27 @@ def grpc_provider(**kw: object) -> ExtAuthzProvider:
 def traced() -> Iterator[Traced]:
     receiver = Receiver()
     servicer = MetadataAuthorizer()
-    tcfg = TracingConfig((Provider("otel", "opentelemetry", "127.0.0.1", receiver.grpc_port, "", "grpc"),), 0.0)
+    tracing = tracer(receiver)
     try:
         with serving(servicer) as mesh:
-            def install() -> None:
-                assert mesh.proxy.engine is not None
-                mesh.proxy.engine.tracing = Tracing(lambda _service: tcfg, IDENT, delay_ms=100)
-            mesh.proxy.call(install)
+            install(mesh, tracing)
             yield Traced(mesh, receiver, servicer)
     finally:
+        tracing.shutdown()      # its exporter's thread ends now, not at exit
         receiver.close()
+
+
+def tracer(receiver: Receiver) -> Tracing:
+    """Every request with a sampled parent traced, its spans sent to `receiver` over OTLP gRPC."""
+    cfg = TracingConfig((Provider("otel", "opentelemetry", "127.0.0.1", receiver.grpc_port, "", "grpc"),), 0.0)
+    return Tracing(lambda _service: cfg, IDENT, delay_ms=100)
+
+
+def install(mesh: Mesh, tracing: Tracing) -> None:
+    def on_loop() -> None:
+        assert mesh.proxy.engine is not None
+        mesh.proxy.engine.tracing = tracing
+    mesh.proxy.call(on_loop)
 
 
 def check_and_server(spans: list[Span]) -> tuple[Span, Span]:
@@ -208,13 +219,9 @@ def test_an_ingress_gateways_check_is_a_span_of_the_request_too() -> None:
     routes = WaypointRoutes("*", http=[HttpRoute(
         destinations=[RouteDestination("plain.demo.svc.cluster.local", "demo/plain", port=80)])])
     mesh = ingress(http, [entry("plain", "240.240.1.1", 80, backend.port, waypoint="")], routes, backend)
-    tcfg = TracingConfig((Provider("otel", "opentelemetry", "127.0.0.1", receiver.grpc_port, "", "grpc"),), 0.0)
-
-    def install() -> None:
-        assert mesh.proxy.engine is not None
-        mesh.proxy.engine.tracing = Tracing(lambda _service: tcfg, IDENT, delay_ms=100)
+    tracing = tracer(receiver)
     try:
-        mesh.proxy.call(install)
+        install(mesh, tracing)
         mesh.configure([http_provider(8000)], EDGE)
         assert mesh.curl("--http1.1", "/edge", SAMPLED, "x-ext-authz: allow")[0] == 200
         spans = of(receiver.wait(lambda ss: len(of(ss)) >= 3))
@@ -227,4 +234,5 @@ def test_an_ingress_gateways_check_is_a_span_of_the_request_too() -> None:
         http.shutdown()
         http.server_close()
         backend.close()
+        tracing.shutdown()
         receiver.close()
