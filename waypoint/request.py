@@ -174,7 +174,9 @@ class Hold:
     when `h2`, within `timeout` s, and decides with `resume(reply, why)`: the reply, or None and
     why the check failed (connect failure, reset, timeout). `body_limit` < 0: the check carries no
     body; else the request body is buffered first up to that many bytes, and a longer one is
-    answered 413 unless `partial_ok` (then its first `body_limit` bytes are sent, `partial`)."""
+    answered 413 unless `partial_ok` (then its first `body_limit` bytes are sent, `partial`).
+    `span_tags`: what a traced check's span is tagged with for the authorizer's reply (Envoy's
+    ext_authz_status, ext_authz_http_status), asked only when the request is traced."""
 
     forward: Forward
     build: Callable[[bytes | None, bool], tuple[RequestHead, bytes]]
@@ -184,6 +186,7 @@ class Hold:
     body_limit: int = -1
     partial_ok: bool = False
     audit: tuple[str, ...] = ()
+    span_tags: Callable[[SubReply], Mapping[str, str]] | None = None
 
 
 Decision = Forward | LocalReply

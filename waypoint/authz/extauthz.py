@@ -27,6 +27,10 @@ UAEX = "UAEX"       # Envoy's short response flag for UnauthorizedExternalServic
 
 Headers = tuple[tuple[str, str], ...]
 
+# the tags Envoy's ext_authz clients put on the check's span (ext_authz.h TracingConstantValues)
+TRACE_STATUS, TRACE_OK, TRACE_UNAUTHZ = "ext_authz_status", "ext_authz_ok", "ext_authz_unauthorized"
+TRACE_HTTP_STATUS = "ext_authz_http_status"
+
 # never copied from an authorizer into a local reply: the reply frames its own body
 REPLY_FRAMING = frozenset({"content-length", "transfer-encoding", "host", "connection", "keep-alive",
                            "proxy-connection", "te", "trailer", "upgrade"})

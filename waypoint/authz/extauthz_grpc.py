@@ -34,6 +34,9 @@ from waypoint.authz.extauthz import (
     OVERWRITE_IF_EXISTS,
     REPLY_FRAMING,
     SET,
+    TRACE_OK,
+    TRACE_STATUS,
+    TRACE_UNAUTHZ,
     CheckResult,
     error,
 )
@@ -144,3 +147,14 @@ def interpret(status: int, headers: Sequence[tuple[str, str]], body: bytes,
     return CheckResult(DENIED, status=code, body=d.body.encode(), reply_headers=reply,
                        reason=f"authorizer denied (status code {resp.status.code}"
                               f"{': ' + resp.status.message if resp.status.message else ''})")
+
+
+def span_tags(r: CheckResult) -> dict[str, str]:
+    """The check span's ext_authz tag for a Check call's result, as Envoy's gRPC client sets it
+    (GrpcClientImpl::onSuccess): ok or unauthorized for an answer; none for a failed call (its
+    grpc.status_code and error say it)."""
+    if r.result == ALLOWED:
+        return {TRACE_STATUS: TRACE_OK}
+    if r.result == DENIED:
+        return {TRACE_STATUS: TRACE_UNAUTHZ}
+    return {}

@@ -23,9 +23,22 @@ The answer:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from http import HTTPStatus
 
 from ambit.model import ExtAuthzProvider
-from waypoint.authz.extauthz import ADD, ALLOWED, DENIED, REPLY_FRAMING, CheckResult, error, name_matcher
+from waypoint.authz.extauthz import (
+    ADD,
+    ALLOWED,
+    DENIED,
+    REPLY_FRAMING,
+    TRACE_HTTP_STATUS,
+    TRACE_OK,
+    TRACE_STATUS,
+    TRACE_UNAUTHZ,
+    CheckResult,
+    error,
+    name_matcher,
+)
 from waypoint.http.headers import HOP_BY_HOP
 from waypoint.request import RequestHead
 
@@ -78,3 +91,15 @@ def interpret(p: ExtAuthzProvider, status: int, headers: Sequence[tuple[str, str
     reply = tuple((k.lower(), v) for k, v in headers if deny(k.lower()) and k.lower() not in REPLY_FRAMING)
     return CheckResult(DENIED, status=status, body=body, reply_headers=reply,
                        reason=f"authorizer answered {status}")
+
+
+def span_tags(status: int) -> dict[str, str]:
+    """The check span's tags for the authorizer's answer `status`, as Envoy's raw HTTP client sets
+    them (`onBeforeFinalizeUpstreamSpan`): the status's reason phrase (Envoy's
+    CodeUtility::toString: "OK", "Forbidden"), and ok for 200, unauthorized for any other status
+    (a 5xx too: Envoy tags the answer, though the filter treats it as an error)."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    return {TRACE_HTTP_STATUS: phrase, TRACE_STATUS: TRACE_OK if status == 200 else TRACE_UNAUTHZ}

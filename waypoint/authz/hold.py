@@ -55,7 +55,18 @@ def hold(c: Custom, head: RequestHead, down: Downstream, local_identity: str, th
 
     return Hold(Forward(c.service, p.port, hostname=c.hostname, route=f"ext_authz/{p.name}"), build, resume,
                 h2=p.kind == "grpc", timeout=p.timeout, body_limit=limit,
-                partial_ok=b.allow_partial_message if b is not None else False)
+                partial_ok=b.allow_partial_message if b is not None else False,
+                span_tags=_grpc_span_tags if p.kind == "grpc" else _http_span_tags)
+
+
+def _http_span_tags(reply: SubReply) -> dict[str, str]:
+    return extauthz_http.span_tags(reply.status)
+
+
+def _grpc_span_tags(reply: SubReply) -> dict[str, str]:
+    """(The reply is read a second time, for a traced request only: `resume` reads it for the
+    decision, after the check's span has ended.)"""
+    return extauthz_grpc.span_tags(extauthz_grpc.interpret(reply.status, reply.headers, reply.body, reply.trailers))
 
 
 def after_check(p: ExtAuthzProvider, policy: str, r: CheckResult, head: RequestHead, then: Then,

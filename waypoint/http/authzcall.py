@@ -8,6 +8,10 @@ ztunnel), the connection pools, attempts reported to the authorizer's cluster. I
 legs call it back, a timer bounds it, and it ends by calling `done(reply, why)` once, with the
 whole response (the body kept up to MAX_BODY: an authorizer's denial body is a page, not a stream)
 or None and why it failed. `cancel()` (the held request went away) ends it without a call back.
+
+A traced request's check has its own client span (waypoint/telemetry/tracing_sdk.py `CheckSpan`),
+begun before the upstream is chosen (so a check with no endpoint is in the trace too) and ended
+with the check, whichever way it ends; an untraced one has none, and its check no trace headers.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
     from waypoint.http.engine import Engine, UpstreamTarget
     from waypoint.http.legs import Headers, UpLeg
     from waypoint.request import Downstream, Hold, RequestHead
+    from waypoint.telemetry.tracing_sdk import CheckSpan, RequestTrace
 
 log = logging.getLogger("waypoint.http")
 
@@ -37,12 +42,13 @@ Done = Callable[[SubReply | None, str], None]
 
 class AuthzCall(SubRequest):
     __slots__ = ("engine", "head", "up_head", "body", "data", "target", "up", "resp_started", "reset_code",
-                 "done", "status", "headers", "chunks", "kept", "_timer", "_attempt", "_done")
+                 "done", "status", "headers", "chunks", "kept", "_timer", "_attempt", "_done", "span")
 
     upgrade = False
     down = None         # nothing downstream: the response is collected
 
-    def __init__(self, engine: Engine, head: RequestHead, data: bytes, target: UpstreamTarget, done: Done) -> None:
+    def __init__(self, engine: Engine, head: RequestHead, data: bytes, target: UpstreamTarget, done: Done,
+                 span: CheckSpan | None = None) -> None:
         self.engine = engine
         self.head = self.up_head = head
         self.body = BODY_LENGTH
@@ -59,13 +65,14 @@ class AuthzCall(SubRequest):
         self._timer: asyncio.TimerHandle | None = None
         self._attempt = False
         self._done: Done | None = done
+        self.span = span
 
     def start(self, timeout: float) -> None:
         self._send(timeout)
 
     def cancel(self) -> None:
         self._done = None
-        self._end(None, "cancelled")
+        self._end(None, "cancelled", "canceled")
 
     # --- as an Exchange, for the pools and the upstream legs -------------------------------------
 
@@ -86,16 +93,16 @@ class AuthzCall(SubRequest):
 
     def connect_failed(self, detail: str) -> None:
         self._result(attempt.Outcome(attempt.CONNECT_FAILURE))
-        self._end(None, f"connect failed: {detail}")
+        self._end(None, f"connect failed: {detail}", attempt.CONNECT_FAILURE)
 
     def overflow(self) -> None:
-        self._end(None, "the authorizer's connection limit is reached (overflow)")
+        self._end(None, "the authorizer's connection limit is reached (overflow)", "overflow")
 
     def upstream_reset(self, flags: str, reason: str, *, retryable: bool = False) -> None:
         self.up = None
         if not self.resp_started:
             self._result(attempt.Outcome(attempt.RESET))
-        self._end(None, f"upstream reset ({reason})")
+        self._end(None, f"upstream reset ({reason})", attempt.RESET)
 
     def response_head(self, status: int, headers: Headers, end: bool = False) -> None:
         if self.done:
@@ -135,34 +142,47 @@ class AuthzCall(SubRequest):
                         tuple(trailers) if trailers is not None else None)
 
     def _timed_out(self) -> None:
-        self._end(None, "timed out")
+        self._end(None, "timed out", attempt.TIMEOUT)
 
-    def _end(self, reply: SubReply | None, why: str) -> None:
+    def _end(self, reply: SubReply | None, why: str, outcome: str = "") -> None:
         if self.done:
             return
         self._stop()
+        span, self.span = self.span, None
+        if span is not None:
+            t = self.target
+            span.end(reply, t.protocol, t.address, outcome)
         done, self._done = self._done, None
         if done is not None:
             done(reply, why)
 
 
 def start(engine: Engine, hold: Hold, downstream: Downstream, body: bytes | None, partial: bool,
-          done: Done) -> AuthzCall | None:
+          done: Done, trace: RequestTrace | None = None) -> AuthzCall | None:
     """Send the check `hold` describes (with the request's buffered `body`, when it includes one);
-    None when it could not be sent (no endpoint: `done` was called with why)."""
+    None when it could not be sent (no endpoint: `done` was called with why). `trace`: the
+    request's, when it is traced; the check is then a span of it."""
+    span: CheckSpan | None = None
+    fwd = hold.forward
     try:
         head, data = hold.build(body, partial)
-        target = engine.upstream(hold.forward, head, _own(downstream), frozenset())
+        if trace is not None:
+            span = trace.check_span(head, hold.h2, fwd.hostname, fwd.port, hold.span_tags)
+        target = engine.upstream(fwd, head, _own(downstream), frozenset())
     except Exception as e:
-        log.exception("building the ext_authz check for %s failed", hold.forward.service)
+        log.exception("building the ext_authz check for %s failed", fwd.service)
+        if span is not None:
+            span.end(None, "", "", "internal_error")
         done(None, f"the check could not be built: {e}")
         return None
     if target is None:
-        done(None, f"no healthy endpoint of {hold.forward.hostname or hold.forward.service} port {hold.forward.port}")
+        if span is not None:
+            span.end(None, "", "", "no_healthy_upstream")
+        done(None, f"no healthy endpoint of {fwd.hostname or fwd.service} port {fwd.port}")
         return None
     if hold.h2 and target.protocol != "h2":     # gRPC: HTTP/2 whatever the Service port's name says
         target = dataclasses.replace(target, protocol="h2", key=f"{target.key} h2")
-    call = AuthzCall(engine, head, data, target, done)
+    call = AuthzCall(engine, head, data, target, done, span)
     call.start(hold.timeout)
     return call
 

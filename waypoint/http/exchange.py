@@ -562,7 +562,7 @@ class Exchange:
         x.hold_state = _CALLING
         if self.pending_bytes > self.engine.settings.buffer_bytes:
             self.down.pause_request()
-        call = authzcall.start(self.engine, h, self.downstream, body, partial, self._checked)
+        call = authzcall.start(self.engine, h, self.downstream, body, partial, self._checked, self.trace)
         if x.hold_state == _CALLING:
             x.call = call
 

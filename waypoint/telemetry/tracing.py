@@ -9,7 +9,9 @@ As Envoy (the HTTP connection manager with an OpenTelemetry or Zipkin tracer):
   request is traced with probability `sampling_percent` / 100 (random_sampling);
 - the server span is named after the route's decorator operation, which Istio sets to
   `<service FQDN>:<port>/*`; each upstream try gets its own client span `router <cluster> egress`
-  whose context goes upstream in W3C and B3 (multi and single) headers;
+  whose context goes upstream in W3C and B3 (multi and single) headers; an external authorization
+  check gets a client span as Envoy's async clients name theirs (`async <cluster> egress`, gRPC
+  `async envoy.service.auth.v3.Authorization.Check egress`), its context sent to the authorizer;
 - tags are Envoy's (component=proxy, node_id, guid:x-request-id, http.url, http.method,
   http.protocol, user_agent, downstream_cluster, peer.address, request_size, response_size,
   http.status_code, response_flags, upstream_cluster, upstream_cluster.name, upstream_address,
@@ -205,6 +207,44 @@ def cluster_name(hostname: str, port: int) -> str:
 def client_span_name(cluster: str) -> str:
     """Envoy's router upstream span name."""
     return f"router {cluster or 'unknown'} egress"
+
+
+def async_span_name(cluster: str) -> str:
+    """Envoy's Http::AsyncClient child span name: a raw HTTP ext_authz check's (`tracing_name_` of
+    the ext_authz ClientConfig, `async <cluster> egress`)."""
+    return f"async {cluster or 'unknown'} egress"
+
+
+GRPC_CHECK_SPAN = "async envoy.service.auth.v3.Authorization.Check egress"   # Envoy's Grpc::AsyncClient child span
+_GRPC_UNAVAILABLE, _GRPC_DEADLINE_EXCEEDED = "14", "4"
+
+
+def check_end_attributes(grpc: bool, status: int, grpc_status: str | None, protocol: str, cluster: str,
+                         authority: str, upstream: str, outcome: str) -> dict[str, str]:
+    """Tags of an external authorization check's span, as Envoy's async clients finalize theirs.
+    HTTP (Http::AsyncClient: finalizeUpstreamSpan): the tags of a try's span. gRPC
+    (Grpc::AsyncRequestImpl): component, upstream_cluster, upstream_address (Envoy's is the call's
+    authority, which Istio sets to the authorizer's hostname: so here), grpc.status_code, error when
+    not OK; a call that got no status (connect failure, reset: UNAVAILABLE; timeout:
+    DEADLINE_EXCEEDED, as the router answers a gRPC request locally) names Ambit's `error.reason`.
+    `outcome` "canceled": the held request went away first (Envoy's `status: canceled`)."""
+    if outcome == "canceled":
+        a = {"component": "proxy", "upstream_cluster": cluster or "-", "status": "canceled"}
+        if not grpc:
+            a["upstream_cluster.name"] = cluster or "-"
+        return a
+    if not grpc:
+        return client_end_attributes(status, protocol, cluster, upstream, outcome)
+    if grpc_status is None and outcome:
+        grpc_status = _GRPC_DEADLINE_EXCEEDED if outcome == "timeout" else _GRPC_UNAVAILABLE
+    a = {"component": "proxy", "upstream_cluster": cluster or "-", "upstream_address": authority or cluster or "-"}
+    if grpc_status is not None:
+        a["grpc.status_code"] = grpc_status
+    if outcome:
+        a["error.reason"] = outcome
+    if grpc_status != "0" or status != 200:
+        a["error"] = "true"
+    return a
 
 
 @dataclass(frozen=True, slots=True)

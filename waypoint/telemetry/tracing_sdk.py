@@ -5,9 +5,11 @@ loop, so the exporters encode with little Python: otlp_wire.py, zipkin_json.py.)
 
 The engine holds one `Tracing`; an exchange asks it `server(...)` at the request head and gets a
 `RequestTrace` (or None: not traced, then no span object exists), which it tells about each try
-(`try_start`, `try_result`, `try_end`) and the end (`finish`). Which config applies comes from an
-injected `tracing_for(service) -> TracingConfig`, asked per request (it is a cheap call: the settings'
-default returns a cached object, the Telemetry resolver its current answer); a changed provider
+(`try_start`, `try_result`, `try_end`) and the end (`finish`); an external authorization check
+(waypoint/http/authzcall.py) asks it for a `CheckSpan` (`check_span`) and ends that itself. Which
+config applies comes from an injected `tracing_for(service) -> TracingConfig`, asked per request
+(it is a cheap call: the settings' default returns a cached object, the Telemetry resolver its
+current answer); a changed provider
 set builds a new exporter pipeline and shuts the old one down off the loop.
 """
 
@@ -17,7 +19,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from opentelemetry.sdk.resources import Resource
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from waypoint.http.attempt import Outcome
     from waypoint.http.engine import UpstreamTarget
     from waypoint.http.record import RequestRecord
-    from waypoint.request import Downstream, RequestHead
+    from waypoint.request import Downstream, RequestHead, SubReply
 
 log = logging.getLogger("waypoint.tracing")
 
@@ -272,6 +274,16 @@ class RequestTrace:
             start_time=self.client_start, end_time=time.time_ns(), instrumentation_scope=self.pipe.scope))
         self.client_status, self.client_outcome = 0, ""
 
+    def check_span(self, head: RequestHead, grpc: bool, hostname: str, port: int,
+                   tags: Callable[[SubReply], Mapping[str, str]] | None) -> CheckSpan:
+        """An external authorization check begins (waypoint/http/authzcall.py): its client span, a
+        child of the server span as Envoy's async clients spawn theirs, whose context replaces the
+        trace headers of the check's `head` (the gRPC call's metadata), so a tracing authorizer
+        joins the trace. `tags` reads the authorizer's reply into the ext_authz tags."""
+        cid = self.rng.getrandbits(64) or 1
+        head.headers = tr.inject(head.headers, self.trace_id, cid, True, self.span_id)
+        return CheckSpan(self, cid, grpc, tr.cluster_name(hostname, port), hostname, tags)
+
     def finish(self, rec: RequestRecord) -> None:
         if self.client_id and not self.client_status and rec.upstream:
             self.client_status = rec.status if not rec.response_flags else self.client_status
@@ -288,6 +300,52 @@ class RequestTrace:
 
 
 _ERROR, _UNSET = Status(StatusCode.ERROR), Status(StatusCode.UNSET)
+
+
+class CheckSpan:
+    """The client span of one external authorization check: `async <cluster> egress` (an HTTP
+    provider) or `async envoy.service.auth.v3.Authorization.Check egress` (gRPC), as Envoy names
+    the spans of its Http:: and Grpc::AsyncClient. `end` once, with the reply or why there was none."""
+
+    __slots__ = ("trace", "span_id", "grpc", "cluster", "authority", "tags", "start")
+
+    def __init__(self, trace: RequestTrace, span_id: int, grpc: bool, cluster: str, authority: str,
+                 tags: Callable[[SubReply], Mapping[str, str]] | None) -> None:
+        self.trace = trace
+        self.span_id = span_id
+        self.grpc = grpc
+        self.cluster = cluster
+        self.authority = authority
+        self.tags = tags
+        self.start = time.time_ns()
+
+    def end(self, reply: SubReply | None, protocol: str, upstream: str, outcome: str) -> None:
+        """`reply` None: the check got no answer, `outcome` says why (connect_failure, reset,
+        timeout, no_healthy_upstream, overflow, canceled)."""
+        t = self.trace
+        status, grpc_status = (reply.status, _grpc_status(reply)) if reply is not None else (0, None)
+        attrs = tr.check_end_attributes(self.grpc, status, grpc_status, protocol, self.cluster, self.authority,
+                                        upstream, outcome)
+        if reply is not None and self.tags is not None:
+            try:
+                attrs.update(self.tags(reply))
+            except Exception:
+                log.exception("tagging the ext_authz check's span failed")
+        failed = attrs.get("error") == "true"
+        t.pipe.emit(ReadableSpan(
+            tr.GRPC_CHECK_SPAN if self.grpc else tr.async_span_name(self.cluster),
+            SpanContext(t.trace_id, self.span_id, is_remote=False, trace_flags=SAMPLED), t.context, t.pipe.resource,
+            attrs, kind=SpanKind.CLIENT, status=_ERROR if failed else _UNSET, start_time=self.start,
+            end_time=time.time_ns(), instrumentation_scope=t.pipe.scope))
+
+
+def _grpc_status(reply: SubReply) -> str | None:
+    """A gRPC answer's status: its trailers' grpc-status, else its headers' (a trailers-only answer)."""
+    for hs in (reply.trailers or (), reply.headers):
+        for k, v in hs:
+            if k.lower() == "grpc-status":
+                return v
+    return None
 
 
 def _ensure_context(head: RequestHead, rng: random.Random) -> None:

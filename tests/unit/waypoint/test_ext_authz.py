@@ -273,6 +273,29 @@ def test_the_hold_builds_the_check_and_reads_its_answer() -> None:
     assert hold(lost, head(), DOWN, "", _then([]), lambda *a: None, 1024).status == 403
 
 
+def test_the_hold_tags_a_traced_checks_span_with_envoys_ext_authz_status() -> None:
+    cs = custom_set([custom("h")], WP, [HTTP], {AUTHZ_SVC.resource_name: AUTHZ_SVC})
+    c = cs.for_request(head(), DOWN)
+    assert c is not None
+    h = hold(c, head(), DOWN, "", _then([]), lambda *a: None, 1024)
+    assert isinstance(h, Hold) and h.span_tags is not None
+    assert h.span_tags(SubReply(200)) == {"ext_authz_status": "ext_authz_ok", "ext_authz_http_status": "OK"}
+    assert h.span_tags(SubReply(403)) == {"ext_authz_status": "ext_authz_unauthorized",
+                                          "ext_authz_http_status": "Forbidden"}
+    # a 5xx is an error to the filter, but Envoy's HTTP client tags the answer it got
+    assert h.span_tags(SubReply(503))["ext_authz_status"] == "ext_authz_unauthorized"
+    assert extauthz_http.span_tags(599)["ext_authz_http_status"] == "Unknown"
+    ok, no = (extauthz_grpc.span_tags(extauthz_grpc.interpret(200, [], _grpc_answer(code), [("grpc-status", "0")]))
+              for code in (0, 7))
+    assert (ok, no) == ({"ext_authz_status": "ext_authz_ok"}, {"ext_authz_status": "ext_authz_unauthorized"})
+    assert extauthz_grpc.span_tags(extauthz_grpc.interpret(200, [], b"", [("grpc-status", "14")])) == {}
+
+
+def _grpc_answer(code: int) -> bytes:
+    data = pb.CheckResponse(status=pb.RpcStatus(code=code)).SerializeToString()
+    return struct.pack(">BI", 0, len(data)) + data
+
+
 def test_checks_are_counted_by_provider_and_result_in_the_metrics() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 

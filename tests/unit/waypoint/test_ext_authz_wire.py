@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
 import pytest
 
+from ambit.api import ext_authz_pb2_grpc as pb_grpc
 from ambit.configclient import ConfigUpdate
 from ambit.model import (
     Authorization,
@@ -108,10 +111,16 @@ def grpc_provider(**kw: object) -> ExtAuthzProvider:
                             port=9000, **kw)  # type: ignore[arg-type]
 
 
-@pytest.fixture()
-def mesh() -> Iterator[Mesh]:
+@contextmanager
+def serving(servicer: app.GrpcAuthorizer | None = None) -> Iterator[Mesh]:
+    """The waypoint, both authorizers (`servicer`: the gRPC one, e.g. a subclass that keeps more),
+    a backend and a dead port, as ServiceEntries on 127.0.0.1; all closed at the end."""
     http = app.serve_http(0, "127.0.0.1")
-    gserver, gport, gservicer = app.serve_grpc(0, "127.0.0.1")
+    gservicer = servicer or app.GrpcAuthorizer()
+    gserver = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    pb_grpc.add_AuthorizationServicer_to_server(gservicer, gserver)
+    gport = gserver.add_insecure_port("127.0.0.1:0")
+    gserver.start()
     origin = Origin()
     dead = free_port()
     # the gRPC authorizer's port is named "http": the waypoint must speak HTTP/2 to it anyway
@@ -133,6 +142,12 @@ def mesh() -> Iterator[Mesh]:
         http.server_close()
         gserver.stop(None)
         origin.close()
+
+
+@pytest.fixture()
+def mesh() -> Iterator[Mesh]:
+    with serving() as m:
+        yield m
 
 
 def upstream_headers(body: bytes) -> dict[str, str]:

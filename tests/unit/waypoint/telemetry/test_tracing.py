@@ -152,6 +152,26 @@ def test_span_names_are_istios() -> None:
         "router outbound|80||echo.default.svc.cluster.local egress"
 
 
+def test_an_ext_authz_checks_span_is_named_and_tagged_as_envoys_async_clients() -> None:
+    c = tr.cluster_name("authz.demo.svc.cluster.local", 8000)
+    assert tr.async_span_name(c) == "async outbound|8000||authz.demo.svc.cluster.local egress"
+    assert tr.GRPC_CHECK_SPAN == "async envoy.service.auth.v3.Authorization.Check egress"
+    http = tr.check_end_attributes(False, 403, None, "http1", c, "authz.demo.svc.cluster.local", "10.0.0.5:8000", "")
+    assert http["http.status_code"] == "403" and http["upstream_cluster"] == c and "error" not in http
+    assert http["upstream_address"] == "10.0.0.5:8000" and http["component"] == "proxy"
+    failed = tr.check_end_attributes(False, 0, None, "http1", c, "", "10.0.0.5:8000", "connect_failure")
+    assert failed["error"] == "true" and failed["error.reason"] == "connect_failure"
+    g = tr.check_end_attributes(True, 200, "0", "h2", c, "authz.demo.svc.cluster.local", "10.0.0.5:8000", "")
+    assert g == {"component": "proxy", "upstream_cluster": c, "upstream_address": "authz.demo.svc.cluster.local",
+                 "grpc.status_code": "0"}
+    assert tr.check_end_attributes(True, 200, "14", "h2", c, "a", "", "")["error"] == "true"
+    timeout = tr.check_end_attributes(True, 0, None, "h2", c, "a", "", "timeout")
+    assert timeout["grpc.status_code"] == "4" and timeout["error"] == "true"     # DEADLINE_EXCEEDED
+    assert tr.check_end_attributes(True, 0, None, "h2", c, "a", "", "reset")["grpc.status_code"] == "14"
+    cancel = tr.check_end_attributes(False, 0, None, "", c, "", "", "canceled")
+    assert cancel["status"] == "canceled" and "error" not in cancel
+
+
 def test_envoys_tags() -> None:
     ident = tr.Identity("waypoint~~wp-1.default~default.svc.cluster.local", "waypoint", namespace="default")
     a = tr.server_start_attributes(ident, "GET", "http", "echo", "/a?b", "HTTP/1.1", "rid", "curl", "10.0.0.1",
