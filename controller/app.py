@@ -93,6 +93,8 @@ class Controller:
         self.on_applied = on_applied
         self.translation: Translation | None = None
         self.version = ""
+        # (the served snapshot's objects, their resourceVersions by key): `observed`'s cache
+        self._observed_index: tuple[Snapshot, dict[tuple[str, str, str], str]] | None = None
         self.snapshots = 0
         self.last_applied_at = 0.0
         self._own_errors: list[FieldError] = []
@@ -232,13 +234,12 @@ class Controller:
         _, objects = self.server.served_source()
         if objects is None:
             return None
-        want = set(refs)
-        out: dict[tuple[str, str, str], str] = {}
-        for o in objects:
-            key = object_key(o)
-            if key in want:
-                out[key] = str((o.get("metadata") or {}).get("resourceVersion") or "")
-        return out
+        index = self._observed_index
+        if index is None or index[0] is not objects:    # once per served snapshot, not per poll
+            index = (objects, {object_key(o): str((o.get("metadata") or {}).get("resourceVersion") or "")
+                               for o in objects})
+            self._observed_index = index
+        return {k: index[1][k] for k in refs if k in index[1]}
 
     def _translate(self, objects: Snapshot) -> Translation:
         tr = translate(objects, self.trust_domain, self.root_namespace, self.cluster_domain,
