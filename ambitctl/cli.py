@@ -13,7 +13,7 @@ import sys
 # Modules under ambitctl.commands that provide register(subparsers); a missing one is skipped so a
 # partial install still gives a working CLI for what it has.
 COMMAND_MODULES = ["lab", "check", "config", "waypoint", "mesh", "install", "bench", "analyze", "authz",
-                   "proxystatus", "version", "describe", "dashboard", "tap", "top", "bugreport"]
+                   "proxystatus", "wait", "version", "describe", "dashboard", "tap", "top", "bugreport"]
 
 
 def build_parser() -> argparse.ArgumentParser:

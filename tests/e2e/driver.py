@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -124,9 +125,22 @@ class KubeDriver:
 
     def apply(self, yaml_text: str) -> None:
         self.kubectl("apply", "-f", "-", input=yaml_text)
+        self.wait(yaml_text)
 
     def delete(self, yaml_text: str) -> None:
         self.kubectl("delete", "--ignore-not-found", "-f", "-", input=yaml_text)
+        self.wait(yaml_text)
+
+    def wait(self, yaml_text: str) -> None:
+        """`ambit wait` after the write, when the controller's debug API is reachable
+        ($AMBIT_CONTROLLER, e.g. through `kubectl port-forward`): the change is in force at every
+        proxy when the scenario goes on. Without it, scenarios poll for the effect as before."""
+        if not os.environ.get("AMBIT_CONTROLLER"):
+            return
+        p = subprocess.run([sys.executable, "-m", "ambitctl.cli", "wait", "-f", "-"], env=self.env, input=yaml_text,
+                           capture_output=True, text=True, timeout=90)
+        if p.returncode != 0:
+            raise AssertionError(f"ambit wait failed ({p.returncode}): {p.stderr.strip()}")
 
     def label_namespace(self, namespace: str, label: str) -> None:
         self.kubectl("label", "namespace", namespace, label, "--overwrite")

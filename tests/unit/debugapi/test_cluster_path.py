@@ -403,3 +403,37 @@ def test_bug_report_in_a_cluster_uses_the_apis_only(mesh: dict[str, Any], tmp_pa
     findings = json.loads(files["analyze.json"].split("\n", 1)[1])       # after the "$ ambit analyze" line
     assert any(f["code"] == "AMB0101" and f["ref"] == "VirtualService/shop/to-nowhere" for f in findings)
     assert files["ERRORS"] == ""
+
+
+def test_wait_after_a_kubectl_apply_and_delete_returns_once_the_proxy_holds_it(mesh: dict[str, Any],
+                                                                              tmp_path: Path) -> None:
+    """`kubectl apply -f x && ambit wait -f x`: the object as the API server has it now is in
+    force once the controller's served config holds it at that resourceVersion and the ztunnel
+    ACKed that config; after a delete, once it is gone. What the controller does not read is
+    skipped with a note."""
+    zt = mesh["zt"]
+    deny = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "wait-deny", "namespace": "demo"},
+            "spec": {"selector": {"matchLabels": {"app": "echo"}}, "action": "DENY",
+                     "rules": [{"from": [{"source": {"namespaces": ["legacy"]}}]}]}}
+    deploy = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "demo"}}
+    f = tmp_path / "deny.yaml"
+    f.write_text(yaml.safe_dump_all([deny, deploy]))
+
+    def held() -> bool:
+        return any(a.name == "wait-deny" for a in zt.client.state(Authorization.TYPE).values())
+
+    mesh["emu"].create(deny)                                  # what kubectl apply does
+    r = ambit(mesh, "wait", "-f", str(f), "--controller", mesh["address"])
+    assert r.returncode == 0, r.stderr
+    assert "in force after" in r.stdout and "1 proxy in sync at config version" in r.stdout, r.stdout
+    assert "note: Deployment web: not read by the controller: not waited for" in r.stderr
+    assert held()                                             # no polling: it is there when wait returns
+
+    mesh["emu"].delete("security.istio.io/v1", "AuthorizationPolicy", "wait-deny", "demo")
+    r = ambit(mesh, "wait", "ap/wait-deny", "--controller", mesh["address"])     # -n from the context: demo
+    assert r.returncode == 0, r.stderr
+    assert not held()
+
+    r = ambit(mesh, "wait", "ap", "--controller", mesh["address"])
+    assert r.returncode == 1 and "pass -f FILE, or KIND and NAME" in r.stderr

@@ -1,0 +1,157 @@
+"""`ambit wait -f FILE | KIND NAME…`: wait until objects, as they are now in the lab's store or the
+cluster's API server, are in force at every connected proxy (`istioctl x wait`).
+
+`ambit apply --wait` covers the lab. In a cluster the write is `kubectl apply` (or a GitOps tool),
+so this is the step after it: `kubectl apply -f routes.yaml && ambit wait -f routes.yaml`. Each
+object is looked up where it lives now: one that exists is waited for at its current
+resourceVersion, one that does not (after `kubectl delete`) until the config no longer holds it.
+The judgement and the polling are ambitctl/applywait.py's, against the controller's debug API.
+
+Objects the controller does not read are skipped with a note: kinds outside its registry (an
+app's Deployment), and Secrets other than `kubernetes.io/tls` ones (it never sees the others).
+A ConfigMap is waited for by presence only: the controller keeps no resourceVersion of one
+(controller/sources/kube.py cuts ConfigMaps down to `ca.crt`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from ambitctl import applywait, cluster
+from ambitctl.commands.config import InputError, _kind_slash_name, _timeout, load_manifests, set_namespace
+from ambitctl.term import intermixed
+from controller.kinds import all_names, by_name, spec_of
+from controller.validation import object_key
+
+Obj = dict[str, Any]
+Key = tuple[str, str, str]
+NO_RESOURCE_VERSION = ("ConfigMap",)
+
+
+def _refs(args: argparse.Namespace, default_ns: str) -> tuple[list[Obj], list[str]]:
+    """The objects named (as stubs: kind, apiVersion, metadata), and notes on those skipped."""
+    notes: list[str] = []
+    if args.filename:
+        objs = load_manifests(args.filename)
+        set_namespace(objs, args.namespace or None)
+    else:
+        _kind_slash_name(args)
+        if not args.kind or not args.names:
+            raise InputError("pass -f FILE, or KIND and NAME")
+        spec = by_name(args.kind)
+        if spec is None:
+            raise InputError(f"unknown kind {args.kind!r} (one of: {', '.join(sorted(all_names()))})")
+        ns = (args.namespace or default_ns) if spec.namespaced else ""
+        objs = [{"kind": spec.kind, "apiVersion": "", "metadata": {"name": n, "namespace": ns}} for n in args.names]
+    out = []
+    for o in objs:
+        spec = spec_of(o)
+        md = o.get("metadata") or {}
+        if spec is None:
+            notes.append(f"{o.get('kind')} {md.get('name')}: not read by the controller: not waited for")
+            continue
+        if spec.namespaced and not md.get("namespace"):
+            md["namespace"] = default_ns
+        if o["kind"] == "Secret" and o.get("type", "kubernetes.io/tls") != "kubernetes.io/tls":
+            notes.append(f"Secret {md.get('name')}: only kubernetes.io/tls Secrets reach the controller: not waited for")
+            continue
+        out.append(o)
+    return out, notes
+
+
+def _lab_state(objs: list[Obj]) -> dict[Key, str | None]:
+    now = cluster.lab_store().snapshot().objects
+    out: dict[Key, str | None] = {}
+    for o in objs:
+        key = object_key(o)
+        live = now.get(key)
+        out[key] = None if live is None else str((live.get("metadata") or {}).get("resourceVersion") or "")
+    return out
+
+
+def _cluster_state(args: argparse.Namespace, objs: list[Obj]) -> dict[Key, str | None]:
+    """Each object's resourceVersion as the API server has it now (None: it does not exist)."""
+    from kubernetes.client.exceptions import ApiException
+
+    from ambitctl.kubeclient import describe
+    from controller.sources.kube import default_types
+    client = cluster.api_client(args)
+    types = {}
+    for t in default_types():
+        types.setdefault(t.kind, []).append(t)
+    out: dict[Key, str | None] = {}
+    for o in objs:
+        key = object_key(o)
+        kind, ns, name = key
+        group = str(o.get("apiVersion") or "").rpartition("/")[0] if "/" in str(o.get("apiVersion") or "") else ""
+        candidates = [t for t in types.get(kind, []) if not o.get("apiVersion") or t.group == group] \
+            or types.get(kind, [])
+        rv: str | None = None
+        for t in candidates:
+            for version in t.versions:
+                path = t.path(version, ns or None, name)
+                try:
+                    resp = client.call_api(*client.param_serialize(method="GET", resource_path=path,
+                                                                   auth_settings=["BearerToken"]))
+                    resp.read()
+                except ApiException as e:
+                    if e.status == 404:
+                        continue
+                    raise cluster.TargetError(f"get {path}: {e.status} {e.reason}") from None
+                except Exception as e:  # noqa: BLE001 - urllib3 errors: the API server is unreachable
+                    raise cluster.TargetError(f"cannot reach the API server ({client.configuration.host}): "
+                                              f"{describe(e)}") from None
+                if resp.status == 404:
+                    continue
+                if resp.status >= 400:
+                    raise cluster.TargetError(f"get {path}: HTTP {resp.status}")
+                rv = str((json.loads(resp.data).get("metadata") or {}).get("resourceVersion") or "")
+                break
+            if rv is not None:
+                break
+        out[key] = rv
+    return out
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    out, err = sys.stdout, sys.stderr
+    in_cluster = cluster.in_cluster(args)
+    try:
+        default_ns = cluster.default_namespace(args) if in_cluster else "default"
+        objs, notes = _refs(args, default_ns)
+        for n in notes:
+            print(f"note: {n}", file=err)
+        want = _cluster_state(args, objs) if in_cluster else _lab_state(objs)
+        for key in want:
+            if key[0] in NO_RESOURCE_VERSION and want[key] is not None:
+                want[key] = ""          # presence only (see the module docstring)
+        target = cluster.debug_target(args)
+        started = time.monotonic()
+        p = applywait.wait(target, want, args.timeout)
+    except (InputError, cluster.TargetError) as e:
+        print(f"error: {e}", file=err)
+        return 1
+    line, problems = applywait.report(p, time.monotonic() - started, args.timeout)
+    if line:
+        print(line, file=out)
+    for m in problems:
+        print(m, file=err)
+    return 0 if p.done else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("wait", help="wait until objects, as they are now, are in force at every connected proxy "
+                                    "(after kubectl apply or delete)")
+    p.add_argument("kind", nargs="?", help="kind (vs, dr, ap, httproute, ...), with NAME")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("-f", "--filename", action="append", metavar="FILE|DIR|-",
+                   help="the manifests applied or deleted (repeatable)")
+    p.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's, else default)")
+    p.add_argument("--timeout", type=_timeout, default=30.0, metavar="DURATION", help="how long to wait (default 30s)")
+    cluster.add_arguments(p)
+    intermixed(p)
+    p.set_defaults(func=cmd_wait)
