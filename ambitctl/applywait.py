@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 Key = tuple[str, str, str]      # (kind, namespace, name), as the lab store keys objects
 CHUNK = 500                     # objects per ProxyStatus (controller/debug/service.py MAX_WAITED_OBJECTS)
@@ -48,7 +48,10 @@ def _ref(key: Key) -> str:
 
 
 def _at_least(have: str, want: str) -> bool:
-    """resourceVersions are opaque in Kubernetes; the lab's (and etcd's) are increasing integers."""
+    """resourceVersions are opaque in Kubernetes; the lab's (and etcd's) are increasing integers.
+    `want` "": any version (an object the controller keeps none of: presence is all it can say)."""
+    if not want:
+        return True
     if have.isdigit() and want.isdigit():
         return int(have) >= int(want)
     return have == want
@@ -124,6 +127,19 @@ def wait(target: Any, want: Mapping[Key, str | None], timeout: float,
     raises TargetError (ambitctl/cluster.py) naming the controller."""
     from ambitctl import cluster
     return cluster.run(target, _poll(target, want, timeout, clock))
+
+
+def wait_and_report(target: Any, want: Mapping[Key, str | None], timeout: float, out: TextIO, err: TextIO) -> int:
+    """`wait`, then its outcome printed (the in-force line on `out`, problems on `err`); the exit
+    status. A gRPC failure raises TargetError, for the caller to word."""
+    started = time.monotonic()
+    p = wait(target, want, timeout)
+    line, problems = report(p, time.monotonic() - started, timeout)
+    if line:
+        print(line, file=out)
+    for m in problems:
+        print(m, file=err)
+    return 0 if p.done else 1
 
 
 def report(p: Progress, waited: float, timeout: float) -> tuple[str, list[str]]:

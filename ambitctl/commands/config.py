@@ -259,19 +259,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def _wait(args: argparse.Namespace, want: dict[tuple[str, str, str], str | None], out: TextIO, err: TextIO) -> int:
     """--wait: until the change is in force at every connected proxy (ambitctl/applywait.py)."""
     from ambitctl import applywait, cluster
-    started = time.monotonic()
     try:
-        target = cluster.debug_target(args, cluster=False)
-        p = applywait.wait(target, want, args.timeout)
+        return applywait.wait_and_report(cluster.debug_target(args, cluster=False), want, args.timeout, out, err)
     except cluster.TargetError as e:
         print(f"error: written, but cannot wait for it to be in force: {e}", file=err)
         return 1
-    line, problems = applywait.report(p, time.monotonic() - started, args.timeout)
-    if line:
-        print(line, file=out)
-    for m in problems:
-        print(m, file=err)
-    return 0 if p.done else 1
 
 
 def _timeout(text: str) -> float:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
 from ambitctl import applywait, cluster
@@ -129,18 +128,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
         for key in want:
             if key[0] in NO_RESOURCE_VERSION and want[key] is not None:
                 want[key] = ""          # presence only (see the module docstring)
-        target = cluster.debug_target(args)
-        started = time.monotonic()
-        p = applywait.wait(target, want, args.timeout)
+        return applywait.wait_and_report(cluster.debug_target(args), want, args.timeout, out, err)
     except (InputError, cluster.TargetError) as e:
         print(f"error: {e}", file=err)
         return 1
-    line, problems = applywait.report(p, time.monotonic() - started, args.timeout)
-    if line:
-        print(line, file=out)
-    for m in problems:
-        print(m, file=err)
-    return 0 if p.done else 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

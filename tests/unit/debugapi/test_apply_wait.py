@@ -77,6 +77,13 @@ def test_opaque_resource_versions_compare_equal_only() -> None:
     assert not applywait.progress([response({ROUTE: "abd"}, ("n1", "SYNCED", True))], {ROUTE: "abc"}).done
 
 
+def test_an_object_the_controller_keeps_no_version_of_is_waited_for_by_presence() -> None:
+    cm = ("ConfigMap", "shop", "ca")        # controller/sources/kube.py keeps no ConfigMap resourceVersion
+    assert applywait.progress([response({cm: ""}, ("n1", "SYNCED", True))], {cm: ""}).done
+    assert applywait.progress([response({cm: None}, ("n1", "SYNCED", True))], {cm: ""}).pending == [
+        "the controller has not seen ConfigMap shop/ca yet"]
+
+
 def test_a_timeout_names_what_is_still_pending() -> None:
     p = applywait.Progress(pending=[f"ztunnel/n{i} is STALE" for i in range(12)])
     line, problems = applywait.report(p, 30.0, 30)
