@@ -21,6 +21,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
+from ambit.model import Workload
 from controller.configserver.snapshot import Snapshot
 
 Obj = dict[str, Any]
@@ -180,6 +181,14 @@ def stages(objs: list[Obj]) -> dict[str, Callable[[], Any]]:
         c = LastGoodCache()
         c.replace(objs, owns=lambda _k: True)
         return c
+    wp = waypoint_holding(by_type)
+    flip = [by_type2, by_type]
+
+    def waypoint_delta() -> None:
+        """A waypoint holding the whole snapshot (every Service, route and policy, as the
+        controller scopes a waypoint today) applies one churn's Workload update."""
+        flip.reverse()
+        wp.apply(_update(Workload.TYPE, flip[0].get(Workload.TYPE, [])))
     return {
         "relist": relist,                       # a full list into the last-good cache (memory: the cache)
         "split_valid": lambda: split_valid(snap),
@@ -189,7 +198,24 @@ def stages(objs: list[Obj]) -> dict[str, Callable[[], Any]]:
         "advisories": lambda: advisories(snap, translation=tr),
         "snapshot_build": lambda: Snapshot.build(by_type, "v1", 1),
         "subscribers": lambda: push_round(by_type, by_type2),
+        "waypoint_delta": waypoint_delta,
     }
+
+
+def _update(t: str, resources: list[Any]) -> Any:
+    from ambit.configclient.state import ConfigUpdate
+    state = {r.resource_name: r for r in resources}
+    return ConfigUpdate(t, "v", state, frozenset(), state)
+
+
+def waypoint_holding(by_type: dict[str, list[Any]]) -> Any:
+    """A waypoint's config (waypoint/config.py) that has applied every type of `by_type`."""
+    from waypoint.authz import Waypoint
+    from waypoint.config import TYPES, WaypointConfig
+    cfg = WaypointConfig(Waypoint("ns-0", "waypoint"), "cluster.local")
+    for t in TYPES:
+        cfg.apply(_update(t, by_type.get(t, [])))
+    return cfg
 
 
 def churn(objs: list[Obj], n: int, rng: random.Random) -> list[Obj]:

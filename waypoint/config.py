@@ -8,9 +8,9 @@ an update lands sees one consistent configuration.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from ambit import telemetry
 from ambit.configclient import ConfigUpdate
@@ -88,6 +88,37 @@ class View:
         return cfg
 
 
+T = TypeVar("T")
+
+
+def _workloads(state: Mapping[str, Resource]) -> tuple[dict[str, Workload], dict[str, Workload]]:
+    workloads = {cast(Workload, w).uid: cast(Workload, w) for w in state.values()}
+    return workloads, {ip: w for w in workloads.values() for ip in w.ips}
+
+
+def _services(state: Mapping[str, Resource]) -> tuple[dict[str, Service], dict[tuple[str, int], Service]]:
+    services = {cast(Service, s).resource_name: cast(Service, s) for s in state.values()}
+    return services, {(vip, p.port): s for s in services.values() for vip in s.vips for p in s.ports}
+
+
+def _telemetry(state: Mapping[str, Resource]) -> tuple[TelemetryPolicy, ...]:
+    tel = tuple(sorted((cast(TelemetryPolicy, t) for t in state.values()), key=lambda t: t.resource_name))
+    for t in tel:       # a filter the controller let through but this build cannot run: say so
+        for a in t.access_logging:
+            if a.filter and (why := check_filter(a.filter)):
+                log.warning("Telemetry %s: accessLogging filter %r ignored: %s", t.resource_name, a.filter, why)
+    return tel
+
+
+def _authn(state: Mapping[str, Resource], waypoint: Waypoint) -> AuthnSet:
+    authn = authn_set((cast(RequestAuthn, r) for r in state.values()), waypoint)
+    for p in {id(p): p for ps in (authn.gateway, *authn.by_service.values()) for p in ps}.values():
+        if p.error:         # a key set that cannot be used: that issuer's tokens get 401; say why
+            log.warning("RequestAuthentication issuer %s: %s%s", p.rule.issuer, p.error,
+                        f": {p.detail}" if p.detail else "")
+    return authn
+
+
 class WaypointConfig:
     """Holds the per-type state and rebuilds the `View` on every accepted update."""
 
@@ -99,6 +130,7 @@ class WaypointConfig:
         self.synced_types: set[str] = set()
         self.version = ""
         self.view = View(trust_domains=TrustDomains.of(trust_domain))
+        self._memo: dict[str, tuple[tuple[Mapping[str, Resource], ...], Any]] = {}
 
     @property
     def synced(self) -> bool:
@@ -112,39 +144,54 @@ class WaypointConfig:
         self.synced_types.add(update.type_url)
         self.version = update.system_version
 
-    def _build(self, state: Mapping[str, Mapping[str, Resource]]) -> View:
-        workloads = {cast(Workload, w).uid: cast(Workload, w) for w in state[Workload.TYPE].values()}
-        by_ip = {ip: w for w in workloads.values() for ip in w.ips}
-        services = {cast(Service, s).resource_name: cast(Service, s) for s in state[Service.TYPE].values()}
-        by_vip = {(vip, p.port): s for s in services.values() for vip in s.vips for p in s.ports}
-        routes = [cast(WaypointRoutes, r) for r in state[WaypointRoutes.TYPE].values()]
-        table = build_table(routes, self.cluster_domain)
+    def _derived(self, name: str, inputs: tuple[Mapping[str, Resource], ...], make: Callable[[], T]) -> T:
+        """`make()`, or what it made last from these very inputs (the per-type state mappings, by
+        identity: `apply` replaces only the updated type's). A Workload delta at 10,000 pods then
+        costs its own indexes, not the route table's and the policies' again (docs/performance.md,
+        "The waypoint at 10,000 pods"), and a table's warnings are logged when it changes, not on
+        every update. The memo holds its inputs, so an identity is never a freed object's."""
+        hit = self._memo.get(name)
+        if hit is not None and len(hit[0]) == len(inputs) and all(a is b for a, b in zip(hit[0], inputs, strict=True)):
+            return cast(T, hit[1])
+        value = make()
+        self._memo[name] = (inputs, value)
+        return value
+
+    def _table(self, state: Mapping[str, Resource]) -> RouteTable:
+        table = build_table([cast(WaypointRoutes, r) for r in state.values()], self.cluster_domain)
         for e in table.errors:
             log.warning("route table: %s", e)
-        authz = [cast(Authorization, a) for a in state[Authorization.TYPE].values()]
-        pset = policy_set(authz, self.waypoint)
-        mesh = next(iter(state[MeshSettings.TYPE].values()), None)
-        custom = custom_set(authz, self.waypoint, cast(MeshSettings, mesh).ext_authz if mesh is not None else (),
-                            services)
-        tds = TrustDomains.of(cast(MeshSettings, mesh).trust_domain, cast(MeshSettings, mesh).trust_domain_aliases) \
-            if mesh is not None else TrustDomains.of(self.trust_domain)
-        tel = tuple(sorted((cast(TelemetryPolicy, t) for t in state[TelemetryPolicy.TYPE].values()),
-                           key=lambda t: t.resource_name))
-        for t in tel:       # a filter the controller let through but this build cannot run: say so
-            for a in t.access_logging:
-                if a.filter and (why := check_filter(a.filter)):
-                    log.warning("Telemetry %s: accessLogging filter %r ignored: %s", t.resource_name, a.filter, why)
-        authn = authn_set((cast(RequestAuthn, r) for r in state[RequestAuthn.TYPE].values()), self.waypoint)
-        for p in {id(p): p for ps in (authn.gateway, *authn.by_service.values()) for p in ps}.values():
-            if p.error:         # a key set that cannot be used: that issuer's tokens get 401; say why
-                log.warning("RequestAuthentication issuer %s: %s%s", p.rule.issuer, p.error,
-                            f": {p.detail}" if p.detail else "")
-        gw = state[IngressGateway.TYPE].get(f"{self.waypoint.namespace}/{self.waypoint.name}")
+        return table
+
+    def _ingress(self, gw: Resource | None) -> IngressView:
         ingress = build_ingress(cast(IngressGateway, gw) if gw is not None else None, self.cluster_domain)
         for port in ingress.ports.values():
             for e in port.table.errors:
                 log.warning("ingress port %d route table: %s", port.port, e)
-        return View(workloads, by_ip, services, by_vip, table, pset, l4_policy_set(pset, custom), tds, tel,
+        return ingress
+
+    def _build(self, state: Mapping[str, Mapping[str, Resource]]) -> View:
+        w_state, s_state = state[Workload.TYPE], state[Service.TYPE]
+        workloads, by_ip = self._derived("workloads", (w_state,), lambda: _workloads(w_state))
+        services, by_vip = self._derived("services", (s_state,), lambda: _services(s_state))
+        r_state = state[WaypointRoutes.TYPE]
+        table = self._derived("table", (r_state,), lambda: self._table(r_state))
+        a_state, m_state = state[Authorization.TYPE], state[MeshSettings.TYPE]
+        authz = [cast(Authorization, a) for a in a_state.values()]
+        pset = self._derived("policies", (a_state,), lambda: policy_set(authz, self.waypoint))
+        mesh = next(iter(m_state.values()), None)
+        custom = self._derived("custom", (a_state, m_state, s_state), lambda: custom_set(
+            authz, self.waypoint, cast(MeshSettings, mesh).ext_authz if mesh is not None else (), services))
+        tds = TrustDomains.of(cast(MeshSettings, mesh).trust_domain, cast(MeshSettings, mesh).trust_domain_aliases) \
+            if mesh is not None else TrustDomains.of(self.trust_domain)
+        t_state = state[TelemetryPolicy.TYPE]
+        tel = self._derived("telemetry", (t_state,), lambda: _telemetry(t_state))
+        ra_state = state[RequestAuthn.TYPE]
+        authn = self._derived("authn", (ra_state,), lambda: _authn(ra_state, self.waypoint))
+        gw = state[IngressGateway.TYPE].get(f"{self.waypoint.namespace}/{self.waypoint.name}")
+        ingress = self._derived("ingress", (state[IngressGateway.TYPE],), lambda: self._ingress(gw))
+        l4 = self._derived("l4_policies", (a_state, m_state, s_state), lambda: l4_policy_set(pset, custom))
+        return View(workloads, by_ip, services, by_vip, table, pset, l4, tds, tel,
                     cast(MeshSettings, mesh) if mesh is not None else None, self.waypoint, authn, ingress,
                     # an IngressGateway for this Gateway: it is an ingress gateway, Istio's CLIENT side
                     CLIENT if gw is not None else SERVER, custom)
