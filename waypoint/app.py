@@ -12,7 +12,9 @@ address the waypoint does not front (not a Service whose waypoint this is, nor a
 is refused with 403, so the waypoint is no open relay.
 
 Non-HTTP tunnels (the engine's detector says opaque) get L4 forwarding to the original
-destination's endpoint after L4 policy: the waypoint's AuthorizationPolicies in their L4 view
+destination's endpoint after external authorization (a CUSTOM policy's L4 view with a gRPC
+provider: the tunnel held for the check, waypoint/authz/extauthz_tcp.py) and L4 policy: the
+waypoint's AuthorizationPolicies in their L4 view
 (waypoint/authz/l4.py: an ALLOW match naming an HTTP attribute never matches, a DENY drops its HTTP
 attributes and applies the rest, as Istio does for TCP) evaluated on a request head with an empty
 method and path, so only connection attributes (source identity, namespace, address, destination
