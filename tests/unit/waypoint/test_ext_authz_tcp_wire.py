@@ -154,3 +154,55 @@ def test_an_http_provider_never_checks_a_tunnel_and_refuses_it(mesh: Mesh) -> No
     assert mesh.grpc.checks == []
     mesh.configure([http], custom("authz-http", Match(ports=[6379])))      # a rule for another port
     assert mesh.send(FRONTEND)[0] == PAYLOAD
+
+
+def test_an_ingress_gateways_tcp_listener_checks_its_connections_too() -> None:
+    """The same check on an ingress gateway's TCP listener (its opaque path): a CUSTOM policy bound
+    to the Gateway holds each connection for the gRPC authorizer, which refuses a client without a
+    principal; with the authorizer gone and failOpen the connection reaches the routed backend."""
+    import asyncio
+
+    from ambit.model import IngressGateway, IngressListener, RouteDestination, TcpRoute, WaypointRoutes
+    from waypoint.http.opaque import OpaqueRelay
+    from waypoint.ingress_listen import IngressListeners
+
+    gserver, gport, gservicer = app.serve_grpc(0, "127.0.0.1", allow_principal_suffix="/sa/frontend")
+    echo = TcpEcho(banner=b"")
+    port = free_port()
+    services = [entry("db", DB_VIP, 5432, echo.port, "tcp", "TCP", waypoint=""),
+                entry("ext-authz-grpc", "240.240.0.21", 9000, gport, "grpc", "GRPC", waypoint=""),
+                entry("ext-authz-dead", "240.240.0.22", 9000, free_port(), "grpc", "GRPC", waypoint="")]
+    route = TcpRoute(source="TCPRoute/demo/db", destinations=[
+        RouteDestination("db.demo.svc.cluster.local", "demo/db", port=5432)])
+    gw = IngressGateway("igw", "demo", listeners=[IngressListener("tcp", port, "TCP", "",
+                                                                  hosts=[WaypointRoutes("*", tcp=[route])])])
+    cfg = WaypointConfig(Waypoint("demo", "igw"), "cluster.local")
+    cfg.apply(ConfigUpdate(Service.TYPE, "1", {}, frozenset(), {s.resource_name: s for s in services}))
+    cfg.apply(ConfigUpdate(IngressGateway.TYPE, "1", {}, frozenset(), {gw.resource_name: gw}))
+    wp = WaypointProxy(load(["--waypoint", "demo/igw", "--pod-name", "igw-0", "--node", "n1",
+                             "--gateway-class", "ambit"]), cfg, None)
+    proxy = Proxy(wp.decide, upstream=wp.upstream, opaque_port=1)
+    engine = proxy.engine
+    assert engine is not None
+    wp.engine, engine.opaque = engine, wp.opaque
+    wp.ingress = IngressListeners("127.0.0.1", engine.serve,
+                                  lambda t, down, early: OpaqueRelay(engine, down, t, early, False))
+    asyncio.run_coroutine_threadsafe(wp.ingress.update(cfg.view.ingress), proxy.loop).result(10)
+    edge = Authorization(name="edge", namespace="demo", action="CUSTOM", scope="waypoint", provider="authz-grpc",
+                         target_refs=[{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "igw"}],
+                         http_rules=[Rule(clauses=[])])
+    mesh = Mesh(proxy, wp, gservicer, [""])
+    try:
+        mesh.configure([grpc_provider()], edge)
+        assert roundtrip(port, PAYLOAD) == b""
+        [check] = gservicer.checks
+        assert check["tcp"] and check["source"]["principal"] == "" and check["destination"]["port"] == port
+        assert check["destination"]["principal"] == wp.identity
+        mesh.configure([grpc_provider("ext-authz-dead", fail_open=True)], edge)
+        assert roundtrip(port, PAYLOAD) == PAYLOAD
+        assert wp.ext_authz.counts[("authz-grpc", "denied")] == 1 and wp.ext_authz.counts[("authz-grpc", "error")] == 1
+    finally:
+        asyncio.run_coroutine_threadsafe(wp.ingress.close(), proxy.loop).result(10)
+        proxy.close()
+        gserver.stop(None)
+        echo.sock.close()
