@@ -53,14 +53,11 @@ class TunnelVerdict:
 
 
 def check_message(down: Downstream, local_identity: str) -> pb.CheckRequest:
-    """The CheckRequest for a tunnel: its peers, no request (Envoy's `createTcpCheck`)."""
-    req = pb.CheckRequest()
-    a = req.attributes
-    a.source.address.socket_address.address = down.source_ip
-    a.source.principal = down.source_identity
-    a.destination.address.socket_address.address = down.destination_ip
-    a.destination.address.socket_address.port_value = down.destination_port
-    a.destination.principal = local_identity
+    """The CheckRequest for a tunnel: its peers, no request (Envoy's `createTcpCheck`). The peers
+    are filled by the HTTP check's own builder, so both kinds of check name them alike; the
+    request it adds for an HTTP head is then cleared."""
+    req = extauthz_grpc.check_message(RequestHead("", "", ""), down, local_identity, "")
+    req.attributes.ClearField("request")
     return req
 
 
