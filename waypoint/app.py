@@ -12,7 +12,9 @@ address the waypoint does not front (not a Service whose waypoint this is, nor a
 is refused with 403, so the waypoint is no open relay.
 
 Non-HTTP tunnels (the engine's detector says opaque) get L4 forwarding to the original
-destination's endpoint after L4 policy: the waypoint's AuthorizationPolicies in their L4 view
+destination's endpoint after external authorization (a CUSTOM policy's L4 view with a gRPC
+provider: the tunnel held for the check, waypoint/authz/extauthz_tcp.py) and L4 policy: the
+waypoint's AuthorizationPolicies in their L4 view
 (waypoint/authz/l4.py: an ALLOW match naming an HTTP attribute never matches, a DENY drops its HTTP
 attributes and applies the rest, as Istio does for TCP) evaluated on a request head with an empty
 method and path, so only connection attributes (source identity, namespace, address, destination
@@ -52,20 +54,21 @@ from ambit.model import IngressGateway, RouteDestination, Service, TcpKeepalive,
 from ambit.telemetryconfig import TracingConfig
 from ambit.waypointpods import bound_waypoints, ready_waypoint_pods, waypoint_pods
 from waypoint import endpoints
-from waypoint.authz import Verdict, authorize
+from waypoint.authz import Verdict, authorize, extauthz_tcp
 from waypoint.authz.custom import DENY as CUSTOM_DENY
 from waypoint.authz.custom import Custom
 from waypoint.authz.evaluate import DENIED_BODY, RBAC_FLAG
+from waypoint.authz.extauthz import ERROR as EXT_AUTHZ_ERROR
 from waypoint.authz.hold import hold as ext_authz_hold
 from waypoint.config import View, WaypointConfig
-from waypoint.http import Engine, HBONETransport, RequestRecord, UpstreamTarget
+from waypoint.http import Engine, HBONETransport, RequestRecord, UpstreamTarget, authzcall
 from waypoint.http.attempt import CONNECT_FAILURE, Outcome
-from waypoint.http.opaque import OpaqueRelay
+from waypoint.http.opaque import OpaqueRelay, Refused, hold_for
 from waypoint.http.plug import Attachable, connect_tcp
 from waypoint.ingress_listen import IngressListeners
 from waypoint.localreply import GRPC_PERMISSION_DENIED, local_reply
 from waypoint.origination import ORIGINATING, Origination, check_peer, origination
-from waypoint.request import Decision, Downstream, EndUser, Forward, Hold, LocalReply, RequestHead
+from waypoint.request import Decision, Downstream, EndUser, Forward, Hold, LocalReply, RequestHead, SubReply
 from waypoint.routing import route
 from waypoint.routing.route import NO_ROUTE
 from waypoint.routing.tcp import choose_backend, tcp_route, tls_route
@@ -792,26 +795,72 @@ class WaypointProxy:
             return HBONETransport(st)
         return connect
 
-    def _l4_verdict(self, down: Downstream) -> Verdict:
-        """The L4 view of the policies' verdict on a non-HTTP tunnel: a head with no method or path,
-        so HTTP attributes are judged as waypoint/authz/l4.py says."""
-        v = self.config.view
-        head = RequestHead(method="", path="", authority=f"{down.destination_ip}:{down.destination_port}")
-        return authorize(v.l4_policies, head, down, v.trust_domains)[1]
+    @staticmethod
+    def _l4_head(down: Downstream) -> RequestHead:
+        """The head a non-HTTP tunnel is judged on: no method or path, so HTTP attributes are
+        judged as waypoint/authz/l4.py says."""
+        return RequestHead(method="", path="", authority=f"{down.destination_ip}:{down.destination_port}")
 
-    async def opaque(self, down: Downstream) -> Attachable | None:
-        """L4 forwarding for a non-HTTP tunnel, after L4 policy (see the module docstring). The
-        AUDIT policies an admitted tunnel matched ride on the connection (`audit`) to its
-        access-log line, as `upstream` does to its metrics."""
+    def _l4_verdict(self, down: Downstream) -> Verdict:
+        """The L4 view of the DENY/ALLOW/AUDIT policies' verdict on a non-HTTP tunnel."""
+        v = self.config.view
+        return authorize(v.l4_policies, self._l4_head(down), down, v.trust_domains)[1]
+
+    async def opaque(self, down: Downstream) -> Attachable | Refused | None:
+        """L4 forwarding for a non-HTTP tunnel, after its external authorization (the L4 view of a
+        CUSTOM policy matched it: `_tunnel_check`) and then L4 policy (see the module docstring):
+        Istio's TCP filter chain, network ext_authz before RBAC. The AUDIT policies an admitted
+        tunnel matched ride on the connection (`audit`) to its access-log line, as `upstream` does
+        to its metrics."""
+        cs = self.config.view.l4_custom
+        if cs.gateway or cs.by_service:
+            custom = cs.for_request(self._l4_head(down), down, self.config.view.trust_domains)
+            if custom is not None:
+                refused = await self._tunnel_check(custom, down)
+                if refused is not None:
+                    return refused
         verdict = self._l4_verdict(down)
         if not verdict.allowed:
             log.info("opaque tunnel from %s (%s) to %s:%s denied: %s", down.source_ip, down.source_identity,
                      down.destination_ip, down.destination_port, verdict.reason)
-            return None
+            return Refused(RBAC_FLAG, verdict.reason)
         conn = await (self._ingress_opaque(down) if self.ingress is not None else self._mesh_opaque(down))
         if conn is not None and verdict.audit:
             conn.audit = verdict.audit  # type: ignore[attr-defined]   # for the tunnel's access-log line
         return conn
+
+    async def _tunnel_check(self, custom: Custom, down: Downstream) -> Refused | None:
+        """A tunnel's external authorization (waypoint/authz/extauthz_tcp.py): held, nothing read
+        on (the relay paused it), while its CheckRequest goes to the provider's authorizer through
+        the engine's upstream machinery, as an HTTP request's check does (waypoint/http/authzcall.py:
+        the authorizer's Service port, HBONE, pools, balancing), within the provider's timeout.
+        None: the tunnel goes on (to the DENY/ALLOW policies); else how it is refused."""
+        step = extauthz_tcp.start(custom, down, self.identity)
+        if isinstance(step, Hold):
+            assert self.engine is not None and custom.provider is not None
+            answer: asyncio.Future[tuple[SubReply | None, str]] = self.engine.loop.create_future()
+
+            def done(reply: SubReply | None, why: str) -> None:
+                if not answer.done():
+                    answer.set_result((reply, why))
+            hold_for(step.timeout)      # the relay's connect deadline starts after the check
+            call = authzcall.start(self.engine, step, down, None, False, done)
+            try:
+                reply, why = await answer
+            finally:
+                if call is not None and not answer.done():     # the tunnel went away first
+                    call.cancel()
+            step = extauthz_tcp.after_check(custom.provider, custom.policy, extauthz_tcp.interpret(reply, why))
+        if step.result:
+            self.ext_authz.count(step.provider, step.result)
+        where = f"opaque tunnel from {down.source_ip} ({down.source_identity or 'no identity'}) to " \
+                f"{down.destination_ip}:{down.destination_port}"
+        if step.allowed:
+            if step.reason:     # failOpen let it through an error
+                log.error("%s: %s", where, step.reason)
+            return None
+        (log.error if step.result == EXT_AUTHZ_ERROR else log.info)("%s refused: %s", where, step.reason)
+        return Refused(step.flags, step.reason)
 
     async def _mesh_opaque(self, down: Downstream) -> Attachable | None:
         """A mesh tunnel to a Service this waypoint fronts: to the backend of the Service's first

@@ -32,7 +32,7 @@ from ambit.trustdomain import TrustDomains
 from waypoint.authn import AuthnSet, authn_set
 from waypoint.authz import PolicySet, Waypoint, policy_set
 from waypoint.authz.custom import CustomSet, custom_set
-from waypoint.authz.l4 import l4_policy_set
+from waypoint.authz.l4 import l4_custom_set, l4_policy_set
 from waypoint.ingress import IngressView
 from waypoint.ingress import build as build_ingress
 from waypoint.routing import RouteTable, build_table
@@ -65,6 +65,7 @@ class View:
     ingress: IngressView = field(default_factory=IngressView)   # an ingress gateway's listeners and routes
     side: str = SERVER                  # the Telemetry API's side: CLIENT for an ingress gateway (as Istio's)
     custom: CustomSet = field(default_factory=CustomSet)   # CUSTOM policies (external authorization)
+    l4_custom: CustomSet = field(default_factory=CustomSet)    # their L4 views, for opaque tunnels
     _telemetry_cache: dict[str, TelemetryConfig] = field(default_factory=dict, compare=False, repr=False)
     # (service, port, hostname, subset) -> its ready endpoints and their addresses (waypoint/app.py
     # `_pick`) and their places (locality, labels): a pure function of this View, so cached for its life
@@ -190,11 +191,12 @@ class WaypointConfig:
         authn = self._derived("authn", (ra_state,), lambda: _authn(ra_state, self.waypoint))
         gw = state[IngressGateway.TYPE].get(f"{self.waypoint.namespace}/{self.waypoint.name}")
         ingress = self._derived("ingress", (state[IngressGateway.TYPE],), lambda: self._ingress(gw))
-        l4 = self._derived("l4_policies", (a_state, m_state, s_state), lambda: l4_policy_set(pset, custom))
+        l4 = self._derived("l4_policies", (a_state,), lambda: l4_policy_set(pset))
+        l4_custom = self._derived("l4_custom", (a_state, m_state, s_state), lambda: l4_custom_set(custom))
         return View(workloads, by_ip, services, by_vip, table, pset, l4, tds, tel,
                     cast(MeshSettings, mesh) if mesh is not None else None, self.waypoint, authn, ingress,
                     # an IngressGateway for this Gateway: it is an ingress gateway, Istio's CLIENT side
-                    CLIENT if gw is not None else SERVER, custom)
+                    CLIENT if gw is not None else SERVER, custom, l4_custom)
 
     def dump(self) -> dict[str, Any]:
         v = self.view

@@ -7,13 +7,18 @@ and the real waypoint, which calls the lab's ext-authz app (a Service of its own
   `x-ext-authz-check-result` (headersToUpstreamOnAllow); without it 403 with the authorizer's body;
 - gRPC provider (the same app's Authorization/Check over HTTP/2): the same, and the authorizer's
   response header reaches the client;
-- the authorizer's pod stopped: statusOnError (403, Istio's default), or allowed with failOpen.
+- the authorizer's pod stopped: statusOnError (403, Istio's default), or allowed with failOpen;
+- TCP (a line server, no HTTP, through the waypoint's opaque path): a CUSTOM policy with the gRPC
+  provider holds each connection for a check carrying only its peers; the authorizer allows the
+  `tcp-client` principal (its bytes come back) and refuses `frontend` (closed, nothing back, the
+  waypoint's access-log line flagged UAEX); with the authorizer gone refused, with failOpen through.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +26,7 @@ import pytest
 import yaml
 
 from tests.lab.labctl import Lab, running_lab
-from tests.lab.test_waypoint import GATEWAY, apply, status_of, waypoints
+from tests.lab.test_waypoint import GATEWAY, apply, status_of, waypoint_log, waypoints
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -33,15 +38,21 @@ MESH = {"extensionProviders": [
         "headersToUpstreamOnAllow": ["x-ext-authz-check-result"]}},
     {"name": "authz-grpc", "envoyExtAuthzGrpc": {"service": AUTHZ, "port": 9000}},
     {"name": "authz-open", "envoyExtAuthzHttp": {
-        "service": AUTHZ, "port": 8000, "includeRequestHeadersInCheck": ["x-ext-authz"], "failOpen": True}}]}
+        "service": AUTHZ, "port": 8000, "includeRequestHeadersInCheck": ["x-ext-authz"], "failOpen": True}},
+    {"name": "authz-grpc-open", "envoyExtAuthzGrpc": {"service": AUTHZ, "port": 9000, "failOpen": True}}]}
+# one line over a raw TCP connection to the tcp-echo Service; prints what came back ("" when refused)
+TCP_CLIENT = ("import socket\ns = socket.create_connection(('tcp-echo', 9000), timeout=5)\n"
+              "s.sendall(b'ping\\n')\nout = b''\ntry:\n    while chunk := s.recv(100):\n        out += chunk\n"
+              "        if out.endswith(b'\\n'):\n            break\nexcept OSError:\n    pass\nprint(out.decode())")
 
 
-def policy(provider: str) -> dict:
+def policy(provider: str, service: str = "backend", rule: dict | None = None) -> dict:
     return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-            "metadata": {"name": "ext-authz", "namespace": "default"},
-            "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "backend"}],
-                     "action": "CUSTOM", "provider": {"name": provider}, "rules": [{"to": [{"operation": {
-                         "paths": ["/api/*"]}}]}]}}
+            "metadata": {"name": "ext-authz" if service == "backend" else f"ext-authz-{service}",
+                         "namespace": "default"},
+            "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": service}],
+                     "action": "CUSTOM", "provider": {"name": provider},
+                     "rules": [rule or {"to": [{"operation": {"paths": ["/api/*"]}}]}]}}
 
 
 @pytest.fixture(scope="module")
@@ -97,5 +108,43 @@ def test_an_authorizer_that_is_gone_answers_status_on_error_or_allows_with_fail_
         apply(xlab, [policy("authz-open")], xlab.tmp, "policy-open")  # type: ignore[attr-defined]
         xlab.wait_for(lambda: get(xlab, "/api/x")[0] == 200, timeout=30, interval=0.5,
                       what="failOpen lets the request through")
+    finally:
+        xlab.ambit("lab", "start", "authz/ext-authz", check=False)
+
+
+def tcp(lab: Lab, pod: str) -> str:
+    """What the tcp-echo server sent back to one line from `pod` ("" when the tunnel was refused)."""
+    p = lab.exec(pod, sys.executable, "-c", TCP_CLIENT, timeout=30)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip()
+
+
+def tcp_policy(lab: Lab, provider: str) -> None:
+    """The CUSTOM policy on tcp-echo's port 9000 (`paths` would be dropped for TCP: it would match
+    every connection), in force at the waypoint when `apply --wait` returns."""
+    apply(lab, [policy(provider, "tcp-echo", {"to": [{"operation": {"ports": ["9000"]}}]})],
+          lab.tmp, f"tcp-policy-{provider}")  # type: ignore[attr-defined]
+
+
+def test_tcp_connections_are_checked_by_the_grpc_provider_on_their_principal(xlab: Lab) -> None:
+    tcp_policy(xlab, "authz-grpc")
+    # (the authorizer may be restarting after another test stopped it: its first answers can be errors)
+    xlab.wait_for(lambda: tcp(xlab, "default/tcp-client") == "hello ping", timeout=20, interval=0.5,
+                  what="the allowed principal's bytes through the check")
+    assert tcp(xlab, "default/frontend") == ""
+    recs = [json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(xlab).splitlines()
+            if "ambit.waypoint.access" in x and '"protocol": "TCP"' in x and "UAEX" in x]
+    assert recs and "ext_authz authz-grpc (policy default/ext-authz-tcp-echo) denied" in \
+        recs[-1]["response_code_details"], recs[-1:]
+
+
+def test_tcp_connections_are_refused_when_the_authorizer_is_gone_unless_fail_open(xlab: Lab) -> None:
+    tcp_policy(xlab, "authz-grpc")
+    xlab.ambit("lab", "stop", "authz/ext-authz")
+    try:
+        assert tcp(xlab, "default/tcp-client") == ""
+        tcp_policy(xlab, "authz-grpc-open")
+        assert tcp(xlab, "default/tcp-client") == "hello ping"
+        assert tcp(xlab, "default/frontend") == "hello ping"       # unchecked: failOpen
     finally:
         xlab.ambit("lab", "start", "authz/ext-authz", check=False)

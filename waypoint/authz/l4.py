@@ -13,12 +13,13 @@ path, host or header. Rules that need those are treated as Istio treats them for
   for `POST` from some principal denies that principal's TCP tunnels outright (more restrictive,
   fail safe), as ztunnel does with L7 rules it cannot evaluate.
 
-CUSTOM policies (external authorization) check HTTP requests only: a tunnel that carries no HTTP
-and that a CUSTOM policy's L4 view (read as a DENY's) matches is refused, never let through
-unchecked (Istio checks TCP only with a gRPC provider's network ext_authz filter, which Ambit does
-not have).
+CUSTOM policies (external authorization) get the same L4 view as a DENY's (Istio's builder compiles
+a CUSTOM policy's rules as DENY rules, for TCP too), kept apart in `l4_custom_set`: a tunnel it
+matches is checked by the policy's gRPC provider, or refused (an HTTP provider, which cannot check
+a connection; a bad provider), before the DENY and ALLOW policies apply, as Istio installs the
+network ext_authz filter before the RBAC filters (waypoint/authz/extauthz_tcp.py).
 
-`l4_policy_set(pset, custom)` derives the view once per config update; `authorize` then runs on it with a
+`l4_policy_set(pset)` and `l4_custom_set(custom)` derive the views once per config update; `authorize` then runs on it with a
 head that has an empty method and path.
 """
 
@@ -28,7 +29,7 @@ import dataclasses
 
 from ambit.model import Authorization, Match, Rule
 from waypoint.authz.custom import CustomSet
-from waypoint.authz.evaluate import ALLOW, DENY, PolicySet
+from waypoint.authz.evaluate import ALLOW, PolicySet
 
 HTTP_FIELDS = ("methods", "not_methods", "paths", "not_paths", "hosts", "not_hosts", "request_headers",
                "not_request_headers", "request_principals", "not_request_principals", "auth", "not_auth")
@@ -56,15 +57,15 @@ def l4_policy(p: Authorization) -> Authorization:
     return dataclasses.replace(p, http_rules=[_rule(r, p.action == ALLOW) for r in p.http_rules])
 
 
-def _as_deny(p: Authorization) -> Authorization:
-    return dataclasses.replace(p, action=DENY)
+def l4_policy_set(pset: PolicySet) -> PolicySet:
+    return PolicySet(tuple(l4_policy(p) for p in pset.gateway),
+                     {k: tuple(l4_policy(p) for p in v) for k, v in pset.by_service.items()})
 
 
-def l4_policy_set(pset: PolicySet, custom: CustomSet | None = None) -> PolicySet:
-    gateway, by_service = pset.gateway, dict(pset.by_service)
-    if custom is not None:      # CUSTOM policies' L4 views deny (see the module docstring)
-        gateway = tuple(_as_deny(p) for p in custom.gateway) + gateway
-        for k, ps in custom.by_service.items():
-            by_service[k] = tuple(_as_deny(p) for p in ps) + by_service.get(k, ())
-    return PolicySet(tuple(l4_policy(p) for p in gateway),
-                     {k: tuple(l4_policy(p) for p in v) for k, v in by_service.items()})
+def l4_custom_set(custom: CustomSet) -> CustomSet:
+    """The CUSTOM policies' L4 views (HTTP attributes removed, as a DENY's), with the same
+    providers and Services: `CustomSet.for_request` on a head with no method or path then says
+    which policy, and which provider, a tunnel meets."""
+    return CustomSet(tuple(l4_policy(p) for p in custom.gateway),
+                     {k: tuple(l4_policy(p) for p in ps) for k, ps in custom.by_service.items()},
+                     custom.providers, custom.services)

@@ -11,7 +11,8 @@ Injected, so the engine knows no routing, no policy and no HBONE:
   route with `retryRemoteLocalities`, the request's tries so far), which protocol (`http1` | `h2`),
   how to connect to it, and its cluster (which attempts are reported to); None means no endpoint
   (503 UH);
-- `opaque(downstream) -> Attachable | None` (async): where a non-HTTP tunnel goes;
+- `opaque(downstream) -> Attachable | Refused | None` (async): where a non-HTTP tunnel goes (or
+  why it may not);
 - `access_log(record)` and `stats(record)`: one `RequestRecord` per request when it ends.
 
 Why `upstream` returns a target and not a connection: pooling is per endpoint (as Envoy's), and the
@@ -36,7 +37,7 @@ from waypoint.http.detect import Detector, Verdict
 from waypoint.http.exchange import Exchange
 from waypoint.http.http1 import H1Server
 from waypoint.http.http2 import H2Server
-from waypoint.http.opaque import OpaqueRelay
+from waypoint.http.opaque import OpaqueRelay, Refused
 from waypoint.http.plug import Attachable
 from waypoint.http.pool import Pools
 from waypoint.http.record import RecordSink, discard
@@ -67,7 +68,7 @@ class UpstreamTarget:
 
 Decide = Callable[[RequestHead, Downstream], "Decision | Hold"]
 ChooseUpstream = Callable[..., "UpstreamTarget | None"]     # (forward, head, downstream, exclude[, tried])
-OpenOpaque = Callable[[Downstream], Awaitable["Attachable | None"]]
+OpenOpaque = Callable[[Downstream], Awaitable["Attachable | Refused | None"]]
 
 
 class Engine:

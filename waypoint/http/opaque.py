@@ -8,13 +8,20 @@ other, so request/response protocols that shut their sending side early keep wor
 A tunnel that carries no bytes either way for its idle timeout is closed on both sides, as Envoy's
 tcp_proxy `idle_timeout` does: the upstream's `idle_timeout` attribute when the caller set one (the
 cluster's DestinationRule `tcp.idleTimeout`), else the engine's `tcp_idle_timeout` (1 h).
+
+The opener (the engine's `opaque`) has `connect_timeout` to give an upstream; one that first holds
+the tunnel for an external authorization check says so (`hold_for`), and the deadline moves by the
+check's own bound, so a check the provider allows 600 s is not cut at the connect timeout. An
+opener that refuses the tunnel (policy, a check) answers `Refused`, which the access-log line shows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from waypoint.http.record import RequestRecord
@@ -24,6 +31,28 @@ if TYPE_CHECKING:
     from waypoint.http.engine import Engine
 
 log = logging.getLogger("waypoint.http")
+
+# the connect deadline of the relay whose opener runs in this task (`hold_for`)
+_deadline: contextvars.ContextVar[asyncio.Timeout] = contextvars.ContextVar("opaque_deadline")
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """An opener's answer for a tunnel it refuses (not one it found no upstream for): the access
+    log's response flags and details (e.g. UAEX, ext_authz_denied)."""
+
+    flags: str
+    detail: str
+
+
+def hold_for(seconds: float) -> None:
+    """Called by an opener about to hold its tunnel for up to `seconds` (an external authorization
+    check bounded by its provider's timeout) before it connects: the relay's connect deadline moves
+    `seconds` later. Outside a relay's opener it does nothing."""
+    d = _deadline.get(None)
+    when = d.when() if d is not None else None
+    if d is not None and when is not None:
+        d.reschedule(when + seconds)
 
 
 class _Side(asyncio.Protocol):
@@ -89,14 +118,21 @@ class OpaqueRelay:
     async def _connect(self) -> None:
         opener = self.engine.opaque
         try:
-            plug = await asyncio.wait_for(opener(self.downstream), self.engine.settings.connect_timeout) \
-                if opener is not None else None
+            plug = None
+            if opener is not None:
+                async with asyncio.timeout(self.engine.settings.connect_timeout) as deadline:
+                    _deadline.set(deadline)
+                    plug = await opener(self.downstream)
         except asyncio.CancelledError:
             raise
         except Exception as e:
             log.info("opaque upstream for %s failed: %s", self.downstream.source_ip, e)
             self.record.detail = f"{type(e).__name__}: {e}"
             self.record.response_flags = "UF"
+            self._end()
+            return
+        if isinstance(plug, Refused):       # denied by policy or by an external authorizer
+            self.record.response_flags, self.record.detail = plug.flags, plug.detail
             self._end()
             return
         if plug is None:        # no route for non-HTTP traffic (NR), or no endpoint for it (UH)

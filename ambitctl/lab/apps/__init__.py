@@ -16,4 +16,6 @@ APPS: dict[str, tuple[list[str], list[dict[str, Any]]]] = {
                   [{"name": "grpc", "containerPort": 9090}]),
     "ext-authz": (["python", "-m", "ambitctl.lab.apps.ext_authz", "--http-port", "8000", "--grpc-port", "9000"],
                   [{"name": "http", "containerPort": 8000}, {"name": "grpc", "containerPort": 9000}]),
+    "tcp-echo": (["python", "-m", "ambitctl.lab.apps.tcp_echo", "--port", "9000", "--prefix", "hello"],
+                 [{"name": "tcp", "containerPort": 9000}]),
 }

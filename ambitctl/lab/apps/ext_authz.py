@@ -9,7 +9,11 @@ The decision is on the checked request's `x-ext-authz` header:
 - `error`: the authorizer fails (HTTP 500; gRPC status UNAVAILABLE): the proxy's statusOnError or
   failOpen applies;
 - anything else, or none: denied, 403 with body "denied by ext_authz" (gRPC: PERMISSION_DENIED with
-  a denied_response carrying them).
+  a denied_response carrying them);
+- none, on a gRPC check, with `--allow-principal-suffix S` (env EXT_AUTHZ_ALLOW_PRINCIPAL_SUFFIX):
+  allowed when the source principal ends with S (e.g. "/sa/frontend"), as Istio's sample allows
+  by `--allow_service_account`. This is how a TCP connection is decided: the network ext_authz
+  filter's check has no HTTP request, so no header, only the peers.
 Every answer carries `x-ext-authz-check-result: allowed|denied` and `x-ext-authz-check-received`:
 what the check said, as compact JSON (method, path, host, headers; gRPC also source/destination
 principals and body), so tests see what the proxy sent. `x-ext-authz-delay: S` answers S s late.
@@ -113,16 +117,19 @@ def _option(key: str, value: str, append: bool | None = None) -> pb.HeaderValueO
 
 
 class GrpcAuthorizer(pb_grpc.AuthorizationServicer):
-    """The gRPC service; `checks`: what each CheckRequest said (for in-process tests)."""
+    """The gRPC service; `checks`: what each CheckRequest said, and `delay`: seconds every answer
+    waits (a TCP check carries no x-ext-authz-delay header), for in-process tests."""
 
-    def __init__(self) -> None:
+    def __init__(self, allow_principal_suffix: str = "") -> None:
         self.checks: list[dict[str, Any]] = []
+        self.allow_principal_suffix = allow_principal_suffix
+        self.delay = 0.0
         self._lock = threading.Lock()
 
     def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:  # noqa: N802
         a = request.attributes
         h = a.request.http
-        seen = {"method": h.method, "path": h.path, "host": h.host, "headers": dict(h.headers), "id": h.id,
+        seen = {"tcp": not a.HasField("request"), "method": h.method, "path": h.path, "host": h.host, "headers": dict(h.headers), "id": h.id,
                 "protocol": h.protocol, "scheme": h.scheme, "body": h.body, "raw_body": h.raw_body.hex(),
                 "source": {"principal": a.source.principal, "address": a.source.address.socket_address.address},
                 "destination": {"principal": a.destination.principal,
@@ -130,8 +137,11 @@ class GrpcAuthorizer(pb_grpc.AuthorizationServicer):
                                 "port": a.destination.address.socket_address.port_value}}
         with self._lock:
             self.checks.append(seen)
-        _delay(h.headers.get(DELAY))
-        verdict = h.headers.get(HEADER, "")
+        _delay(h.headers.get(DELAY) or str(self.delay))
+        verdict = h.headers.get(HEADER)
+        if verdict is None:     # no header (a TCP check has no request at all): by the source principal
+            sfx = self.allow_principal_suffix
+            verdict = "allow" if sfx and a.source.principal.endswith(sfx) else ""
         if verdict == "error":
             context.abort(grpc.StatusCode.UNAVAILABLE, "authorizer error")
         received = _received({k: seen[k] for k in ("method", "path", "host", "headers", "source", "destination")})
@@ -151,9 +161,10 @@ def serve_http(port: int = 0, host: str = "0.0.0.0") -> HttpAuthorizer:
     return srv
 
 
-def serve_grpc(port: int = 0, host: str = "0.0.0.0") -> tuple[grpc.Server, int, GrpcAuthorizer]:
+def serve_grpc(port: int = 0, host: str = "0.0.0.0",
+               allow_principal_suffix: str = "") -> tuple[grpc.Server, int, GrpcAuthorizer]:
     """The gRPC service, started; (server, bound port, servicer)."""
-    servicer = GrpcAuthorizer()
+    servicer = GrpcAuthorizer(allow_principal_suffix)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     pb_grpc.add_AuthorizationServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
@@ -165,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--http-port", type=int, default=8000)
     ap.add_argument("--grpc-port", type=int, default=9000)
+    ap.add_argument("--allow-principal-suffix", default=os.environ.get("EXT_AUTHZ_ALLOW_PRINCIPAL_SUFFIX", ""),
+                    help="a gRPC check without the x-ext-authz header (a TCP connection's) is allowed when the "
+                         "source principal ends with this (e.g. /sa/frontend); denied when unset")
     a = ap.parse_args(argv)
     http = serve_http(a.http_port)
-    server, _, _ = serve_grpc(a.grpc_port)
+    server, _, _ = serve_grpc(a.grpc_port, allow_principal_suffix=a.allow_principal_suffix)
     try:
         server.wait_for_termination()
     finally:

@@ -28,7 +28,7 @@ from controller.translate import translate
 from waypoint.authz import Waypoint
 from waypoint.config import TYPES, WaypointConfig
 
-PARTS = ("workloads", "by_ip", "services", "by_vip", "table", "policies", "l4_policies", "trust_domains",
+PARTS = ("workloads", "by_ip", "services", "by_vip", "table", "policies", "l4_policies", "l4_custom", "trust_domains",
          "telemetry", "mesh", "authn", "ingress", "custom")
 
 
@@ -74,7 +74,7 @@ def test_a_workload_delta_rebuilds_only_the_workload_indexes(states: list[dict[s
     cfg.apply(update(Workload.TYPE, states[1][Workload.TYPE]))
     after = cfg.view
     assert after.workloads is not before.workloads and after.by_ip is not before.by_ip
-    for part in ("services", "by_vip", "table", "policies", "l4_policies", "custom", "authn", "ingress"):
+    for part in ("services", "by_vip", "table", "policies", "l4_policies", "custom", "l4_custom", "authn", "ingress"):
         assert getattr(after, part) is getattr(before, part), part
     cfg.apply(update(Service.TYPE, states[1][Service.TYPE]))
     assert cfg.view.custom is not after.custom          # CUSTOM targets resolve through the Services

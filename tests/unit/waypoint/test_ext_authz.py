@@ -27,7 +27,6 @@ from waypoint.authz.extauthz import (
     name_matcher,
 )
 from waypoint.authz.hold import after_check, hold
-from waypoint.authz.l4 import l4_policy_set
 from waypoint.binding import Waypoint
 from waypoint.request import Downstream, Forward, Hold, LocalReply, RequestHead, SubReply
 
@@ -210,12 +209,6 @@ def test_a_providers_service_is_found_by_hostname_with_an_optional_namespace() -
     assert resolve_service("demo/authz.demo.svc.cluster.local", svcs) is AUTHZ_SVC
     assert resolve_service("other/authz.demo.svc.cluster.local", svcs) is None
     assert resolve_service("authz", svcs) is None
-
-
-def test_a_tunnel_without_http_that_a_custom_policy_matches_is_refused() -> None:
-    pset = policy_set([custom("g")], WP)
-    l4 = l4_policy_set(pset, custom_set([custom("g")], WP, [GRPC], {}))
-    assert [p.action for p in l4.by_service["demo/backend"]] == ["DENY"]
 
 
 # --- after the check ----------------------------------------------------------------------------
