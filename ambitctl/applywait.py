@@ -11,7 +11,10 @@ request can still meet the old routes or policies. This waits, as `istioctl x wa
 
 A proxy that rejects the new version (NACK) ends the wait at once with its message: it keeps its
 last good config, so waiting longer changes nothing. Proxies that connect later get the current
-version when they connect, so only connected ones are waited for.
+version when they connect, so only connected ones are waited for, with one exception: a waypoint
+or ingress Gateway written is in force once at least one of its own proxies is connected and in
+sync (a new Gateway starts its proxy: waiting for the others alone would return while its traffic
+still fails closed), and one deleted once none of its proxies is connected any more.
 
 `progress` is the pure part (a ProxyStatusResponse in, what is still pending out); `wait` polls the
 controller's debug API with it.
@@ -57,9 +60,23 @@ def _at_least(have: str, want: str) -> bool:
     return have == want
 
 
-def progress(responses: list[Any], want: Mapping[Key, str | None]) -> Progress:
+def gateways_of(objs: list[dict[str, Any]], present: bool = True) -> dict[str, bool]:
+    """The Gateways among `objs` that Ambit runs proxies for (waypoint and ingress classes), as
+    "namespace/name" -> `present` (written: its proxy must be up; deleted: down)."""
+    from ambit.gatewayclasses import INGRESS_CLASSES, WAYPOINT_CLASSES
+    out = {}
+    for o in objs:
+        if o.get("kind") == "Gateway" and str(o.get("apiVersion", "")).startswith("gateway.networking.k8s.io/") \
+                and (o.get("spec") or {}).get("gatewayClassName") in (*WAYPOINT_CLASSES, *INGRESS_CLASSES):
+            md = o.get("metadata") or {}
+            out[f"{md.get('namespace') or 'default'}/{md.get('name', '')}"] = present
+    return out
+
+
+def progress(responses: list[Any], want: Mapping[Key, str | None],
+             gateways: Mapping[str, bool] | None = None) -> Progress:
     """Where the wait stands, from the ProxyStatus answers to the chunks of `want` (an object's
-    resourceVersion written, or None for one deleted)."""
+    resourceVersion written, or None for one deleted), and for `gateways` (`gateways_of`)."""
     p = Progress()
     seen: dict[Key, tuple[bool, str]] = {}
     for resp in responses:
@@ -95,11 +112,18 @@ def progress(responses: list[Any], want: Mapping[Key, str | None]) -> Progress:
         elif proxy.state != "SYNCED":
             p.pending.append(f"{name} is {proxy.state} (ACKed {proxy.acked_version or '-'}, "
                              f"current {last.config_version})")
+    running = {x.node.waypoint for x in last.proxies if x.connected and x.node.waypoint}
+    for gw, up in sorted((gateways or {}).items()):
+        if up and gw not in running:
+            p.pending.append(f"Gateway {gw} has no connected proxy yet (its pods start with it: "
+                             f"ambit waypoint status)")
+        elif not up and gw in running:
+            p.pending.append(f"Gateway {gw}'s proxies are still connected")
     return p
 
 
 async def _poll(target: Any, want: Mapping[Key, str | None], timeout: float,
-                clock: Callable[[], float]) -> Progress:
+                clock: Callable[[], float], gateways: Mapping[str, bool] | None) -> Progress:
     from ambit.api import debug_grpc, debug_pb2
     from ambit.configclient import tls
     keys = list(want)
@@ -115,25 +139,26 @@ async def _poll(target: Any, want: Mapping[Key, str | None], timeout: float,
                 req = debug_pb2.ProxyStatusRequest(objects=[debug_pb2.ObjectRef(kind=k, namespace=ns, name=n)
                                                             for k, ns, n in chunk])
                 responses.append(await stub.ProxyStatus(req, metadata=metadata, timeout=min(5.0, left)))
-            p = progress(responses, want)
+            p = progress(responses, want, gateways)
             if p.done or p.failed or clock() >= deadline:
                 return p
             await asyncio.sleep(POLL)
 
 
 def wait(target: Any, want: Mapping[Key, str | None], timeout: float,
-         clock: Callable[[], float] = time.monotonic) -> Progress:
-    """Poll until `want` is in force, a proxy NACKs, or `timeout` seconds pass. A gRPC failure
-    raises TargetError (ambitctl/cluster.py) naming the controller."""
+         clock: Callable[[], float] = time.monotonic, gateways: Mapping[str, bool] | None = None) -> Progress:
+    """Poll until `want` (and `gateways`) is in force, a proxy NACKs, or `timeout` seconds pass. A
+    gRPC failure raises TargetError (ambitctl/cluster.py) naming the controller."""
     from ambitctl import cluster
-    return cluster.run(target, _poll(target, want, timeout, clock))
+    return cluster.run(target, _poll(target, want, timeout, clock, gateways))
 
 
-def wait_and_report(target: Any, want: Mapping[Key, str | None], timeout: float, out: TextIO, err: TextIO) -> int:
+def wait_and_report(target: Any, want: Mapping[Key, str | None], timeout: float, out: TextIO, err: TextIO,
+                    gateways: Mapping[str, bool] | None = None) -> int:
     """`wait`, then its outcome printed (the in-force line on `out`, problems on `err`); the exit
     status. A gRPC failure raises TargetError, for the caller to word."""
     started = time.monotonic()
-    p = wait(target, want, timeout)
+    p = wait(target, want, timeout, gateways=gateways)
     line, problems = report(p, time.monotonic() - started, timeout)
     if line:
         print(line, file=out)

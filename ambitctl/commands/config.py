@@ -253,14 +253,21 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if plan.warnings and getattr(args, "warnings_as_errors", False):
         print(f"error: {len(plan.warnings)} warning(s), and --warnings-as-errors is set", file=err)
         return 1
-    return _wait(args, want, out, err) if getattr(args, "wait", False) else 0
+    return _wait(args, want, out, err, _gateways(objs, True)) if getattr(args, "wait", False) else 0
 
 
-def _wait(args: argparse.Namespace, want: dict[tuple[str, str, str], str | None], out: TextIO, err: TextIO) -> int:
+def _gateways(objs: list[Obj], present: bool) -> dict[str, bool]:
+    from ambitctl.applywait import gateways_of
+    return gateways_of(objs, present)
+
+
+def _wait(args: argparse.Namespace, want: dict[tuple[str, str, str], str | None], out: TextIO, err: TextIO,
+          gateways: dict[str, bool]) -> int:
     """--wait: until the change is in force at every connected proxy (ambitctl/applywait.py)."""
     from ambitctl import applywait, cluster
     try:
-        return applywait.wait_and_report(cluster.debug_target(args, cluster=False), want, args.timeout, out, err)
+        return applywait.wait_and_report(cluster.debug_target(args, cluster=False), want, args.timeout, out, err,
+                                         gateways)
     except cluster.TargetError as e:
         print(f"error: written, but cannot wait for it to be in force: {e}", file=err)
         return 1
@@ -338,7 +345,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
             print(f'Error from server (NotFound): {_resource(spec, api_version)} "{key[2]}" not found', file=err)
             rc = 1
     if getattr(args, "wait", False):
-        rc = max(rc, _wait(args, want, out, err))
+        rc = max(rc, _wait(args, want, out, err, _gateways([snap[k] for k in want], False)))
     return rc
 
 

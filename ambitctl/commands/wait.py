@@ -10,7 +10,8 @@ The judgement and the polling are ambitctl/applywait.py's, against the controlle
 Objects the controller does not read are skipped with a note: kinds outside its registry (an
 app's Deployment), and Secrets other than `kubernetes.io/tls` ones (it never sees the others).
 A ConfigMap is waited for by presence only: the controller keeps no resourceVersion of one
-(controller/sources/kube.py cuts ConfigMaps down to `ca.crt`).
+(controller/sources/kube.py cuts ConfigMaps down to `ca.crt`). A waypoint or ingress Gateway in a
+file is also waited for until one of its proxies is connected (it exists) or none is (it does not).
 """
 
 from __future__ import annotations
@@ -128,7 +129,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
         for key in want:
             if key[0] in NO_RESOURCE_VERSION and want[key] is not None:
                 want[key] = ""          # presence only (see the module docstring)
-        return applywait.wait_and_report(cluster.debug_target(args), want, args.timeout, out, err)
+        # Ambit's Gateways named in a file: up (it exists now) or down (it does not)
+        gateways = {gw: want.get(("Gateway", *gw.split("/", 1))) is not None  # type: ignore[arg-type]
+                    for gw in applywait.gateways_of(objs)}
+        return applywait.wait_and_report(cluster.debug_target(args), want, args.timeout, out, err, gateways)
     except (InputError, cluster.TargetError) as e:
         print(f"error: {e}", file=err)
         return 1

@@ -164,3 +164,32 @@ def test_wait_ends_only_when_the_served_config_holds_the_write_and_the_proxy_app
 
 def client_workloads(client: ConfigClient) -> list[Workload]:
     return sorted(client.state(Workload.TYPE).values(), key=lambda w: w.name)
+
+
+def test_a_written_gateway_waits_for_its_own_proxy_and_a_deleted_one_for_its_proxies_to_go() -> None:
+    gw = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+          "metadata": {"name": "waypoint", "namespace": "shop"}, "spec": {"gatewayClassName": "ambit-waypoint"}}
+    other = {**gw, "spec": {"gatewayClassName": "someone-else"}}
+    assert applywait.gateways_of([gw, other]) == {"shop/waypoint": True}
+    assert applywait.gateways_of([gw], present=False) == {"shop/waypoint": False}
+    key = ("Gateway", "shop", "waypoint")
+
+    def with_waypoint(connected: bool, state: str = "SYNCED") -> debug_pb2.ProxyStatusResponse:
+        r = response({key: "3"}, ("n1", "SYNCED", True))
+        r.proxies.add(node=NodeInfo("waypoint", "waypoint-0", "shop/waypoint").to_proto(), connected=connected,
+                      state=state, acked_version="v2")
+        return r
+
+    up = {"shop/waypoint": True}
+    p = applywait.progress([response({key: "3"}, ("n1", "SYNCED", True))], {key: "3"}, up)
+    assert p.pending == ["Gateway shop/waypoint has no connected proxy yet (its pods start with it: "
+                         "ambit waypoint status)"]
+    assert applywait.progress([with_waypoint(False)], {key: "3"}, up).pending == p.pending
+    assert applywait.progress([with_waypoint(True)], {key: "3"}, up).done
+    down = {"shop/waypoint": False}
+    assert applywait.progress([with_waypoint(True)], {key: None}, down).pending == [
+        "the config the controller serves still holds Gateway shop/waypoint",
+        "Gateway shop/waypoint's proxies are still connected"]
+    r = with_waypoint(False)
+    r.observed[0].present = False
+    assert applywait.progress([r], {key: None}, down).done
