@@ -42,13 +42,14 @@ from ambit.dataplane.hbone import (
 from ambit.dataplane.hbone.limits import CERTIFICATE_WAITS, DEFENSES, REFUSED, ConnLimiter, PendingHandshakes
 from ambit.dataplane.identity import CertificateUnavailable, IdentityManager
 from ambit.dataplane.identity.wait import IdentityGate
+from ambit.dataplane.keepalive import apply as apply_keepalive
 from ambit.dataplane.origdst import original_dst
 from ambit.dataplane.relay import Leg, TCPRelay, TunnelRelay
 from ambit.dataplane.settings import TunnelSettings
 from ambit.dataplane.telemetry.accesslog import AccessLogSink, ConnRecord, PolicySink, StreamSink
 from ambit.dataplane.telemetry.health import HealthCollector
 from ambit.dataplane.telemetry.metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TLS, NONE, ConnLabels, Metrics
-from ambit.model import Service, Workload
+from ambit.model import Service, TcpKeepalive, Workload
 from ambit.telemetry import CLIENT, SERVER
 from ambit.telemetryconfig import AccessLogConfig
 from ambit.telemetrymetrics import DEFAULT as DEFAULT_METRICS
@@ -64,11 +65,14 @@ log = logging.getLogger("ambit.ztunnel.proxy")
 OriginalDst = Callable[[socket.socket], tuple[str, int]]
 
 
-async def open_from(sock_factory: Callable[[], socket.socket], dst: tuple[str, int], timeout: float) -> Leg:
-    """Connect a socket made by `sock_factory` (in a pod's netns) to `dst`; a relay leg on it."""
+async def open_from(sock_factory: Callable[[], socket.socket], dst: tuple[str, int], timeout: float,
+                    keepalive: TcpKeepalive | None = None) -> Leg:
+    """Connect a socket made by `sock_factory` (in a pod's netns) to `dst`; a relay leg on it, with
+    `keepalive` (ztunnel's `--keepalive*`) when it leaves the node."""
     loop = asyncio.get_running_loop()
     s = sock_factory()
     try:
+        apply_keepalive(s, keepalive)
         if not connect_started(s, dst):     # a local app: connected already, nothing to wait for
             async with asyncio.timeout(timeout):    # not wait_for: no extra task per connection
                 await connect_finished(s)
@@ -126,7 +130,8 @@ class Proxy:
     def __init__(self, config: MeshState | None = None, *, identities: IdentityManager | None = None,
                  metrics: Metrics | None = None, trust_domain: str = "cluster.local",
                  tunnel: TunnelSettings | None = None, limits: ProxyLimits | None = None,
-                 access_log: AccessLogSink | None = None, original_dst: OriginalDst = original_dst) -> None:
+                 access_log: AccessLogSink | None = None, original_dst: OriginalDst = original_dst,
+                 keepalive: TcpKeepalive | None = None) -> None:
         # The mesh config (workloads, services, policies) from the controller; None without one.
         self.config = config
         self.identities = identities
@@ -134,6 +139,9 @@ class Proxy:
         self.trust_domain = trust_domain
         self.tunnel = tunnel or TunnelSettings()
         self.cert_wait = self.tunnel.cert_wait
+        # TCP keepalive on the sockets that leave the node: HBONE both ways, plaintext upstreams
+        # (ztunnel/settings.py says why); not on a pod's own, local legs.
+        self.keepalive = keepalive
         self.access_log = access_log or PolicySink(StreamSink(), self.access_log_config)
         # How a captured socket's original destination is read (eBPF getsockopt or conntrack);
         # injected so the data path runs in tests without the kernel's capture.
@@ -304,7 +312,7 @@ class Proxy:
                 tunnel = await self.pool.connect(
                     src_wl.identity, route.identity, route.dial[0], route.authority,
                     forwarded_for=pod.pod.ip, traceparent=traceparent(), src_ip=pod.pod.ip,
-                    timeout=self.tunnel.connect_timeout + self.cert_wait)
+                    keepalive=self.keepalive, timeout=self.tunnel.connect_timeout + self.cert_wait)
                 c.up()
                 c.hand_off(TunnelRelay(client, tunnel), pod.conns)
             else:
@@ -313,7 +321,7 @@ class Proxy:
                 if route.resolve:       # a ServiceEntry's DNS endpoint: resolved here, from the node
                     dial = await resolve(route.resolve, dial[1], self.tunnel.connect_timeout)
                     rec.extra["upstream"] = routing.format_addr(*dial)
-                upstream = await open_from(pod.socket, dial, self.tunnel.connect_timeout)
+                upstream = await open_from(pod.socket, dial, self.tunnel.connect_timeout, self.keepalive)
                 c.up()
                 c.hand_off(TCPRelay(client, upstream), pod.conns)
         except CertificateUnavailable as e:
@@ -356,7 +364,7 @@ class Proxy:
             sock, server_context, on_connect, handshake_timeout=lim.tls_handshake_timeout,
             preface_timeout=lim.hbone_preface_timeout, idle_timeout=lim.hbone_idle_timeout,
             per_identity=self.per_identity, pending=self.pending_handshakes,
-            certificate_gate=IdentityGate(identities, lambda: self.identity_of(pod.pod)),
+            certificate_gate=IdentityGate(identities, lambda: self.identity_of(pod.pod)), keepalive=self.keepalive,
             connection_factory=lambda: HBONEConnection(client_side=False, max_concurrent_streams=lim.hbone_max_streams))
         await server.start()
         return _PodHBONE(server, self._background, self.tunnel.drain)

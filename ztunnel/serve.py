@@ -49,7 +49,7 @@ async def amain(args: ZtunnelSettings) -> None:
     metrics = Metrics(expiry=args.metrics_expiry)
     tap_hub = TapHub(f"ztunnel/{args.node}")        # `ambit tap`: admin GET /tap
     proxy = Proxy(config=config, identities=identities, metrics=metrics, trust_domain=args.trust_domain,
-                  tunnel=args.tunnel, limits=args.limits)
+                  tunnel=args.tunnel, limits=args.limits, keepalive=args.socket_keepalive)
     # the Telemetry API's sink (on/off, mode, filter, format per workload), also feeding `ambit tap`
     proxy.access_log = TapSink(proxy.access_log, tap_hub)
     metrics.registry.register(proxy.health(client))

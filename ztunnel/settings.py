@@ -20,6 +20,7 @@ from ambit.dataplane.settings import (
     watchdog_kill_after_option,
 )
 from ambit.dataplane.telemetry.merge import source_problem
+from ambit.model import TcpKeepalive
 from ambit.settings import non_negative, option, positive
 from ztunnel.limits import ProxyLimits
 
@@ -74,6 +75,18 @@ class ZtunnelSettings:
         20.0, "on SIGTERM: close every pod listener at once (new connections go to the other ztunnel of a surge "
               "roll), then give open connections this many seconds before cutting them; keep it below the pod's "
               "terminationGracePeriodSeconds", check=non_negative)
+    # TCP keepalive on the sockets that leave the node (HBONE both ways, plaintext upstreams), as
+    # istio/ztunnel's SocketConfig: a client's own keepalives reach only its local ztunnel, so
+    # without these an idle connection through the mesh is cut by the first NAT or load balancer
+    # that times idle flows out (10 minutes is common); they also find a dead peer node.
+    keepalive: bool = option(True, "TCP keepalive on HBONE connections and plaintext upstreams (istio/ztunnel's "
+                             "KEEPALIVE_ENABLED)")
+    keepalive_time: int = option(180, "seconds idle before the first keepalive probe (TCP_KEEPIDLE; ztunnel's "
+                                 "KEEPALIVE_TIME)", check=positive)
+    keepalive_interval: int = option(180, "seconds between keepalive probes (TCP_KEEPINTVL; KEEPALIVE_INTERVAL)",
+                                     check=positive)
+    keepalive_retries: int = option(9, "unanswered probes before the connection is dead (TCP_KEEPCNT; "
+                                    "KEEPALIVE_RETRIES)", check=positive)
     workers: int = option(0, "worker processes sharing the node's listeners (SO_REUSEPORT), each with its own event "
                           "loop and HBONE pool; 0: one per CPU this process may use (affinity, capped by its cgroup's CPU quota), at most "
                           f"{MAX_AUTO_WORKERS}; 1: a single process, no supervisor (docs/performance.md)",
@@ -82,6 +95,13 @@ class ZtunnelSettings:
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     # Limits against hostile or noisy peers (docs/operations.md): flags without a group prefix.
     limits: ProxyLimits = field(default_factory=ProxyLimits, metadata={"prefix": ""})
+
+    @property
+    def socket_keepalive(self) -> TcpKeepalive | None:
+        """The keepalive of every socket ztunnel opens or accepts across nodes; None when off."""
+        if not self.keepalive:
+            return None
+        return TcpKeepalive(self.keepalive_time, self.keepalive_interval, self.keepalive_retries)
 
     @property
     def worker_count(self) -> int:

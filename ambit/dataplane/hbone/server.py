@@ -58,7 +58,9 @@ from ambit.dataplane.hbone.limits import (
 )
 from ambit.dataplane.hbone.protocol import HBONEProtocol
 from ambit.dataplane.hbone.stream import HBONEStream
+from ambit.dataplane.keepalive import apply as apply_keepalive
 from ambit.dataplane.ports import LISTEN_BACKLOG
+from ambit.model import TcpKeepalive
 
 log = logging.getLogger("ambit.dataplane.hbone")
 
@@ -90,6 +92,7 @@ class _ServerSide(HBONEProtocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                apply_keepalive(sock, server.keepalive)
         try:
             sslobj = transport.get_extra_info("ssl_object")
             tls.check_negotiated(sslobj)
@@ -176,6 +179,7 @@ class HBONEServer:
         connection_factory: Callable[[], HBONEConnection] | None = None,
         pending: PendingHandshakes | None = None,
         certificate_gate: CertificateGate | None = None,
+        keepalive: TcpKeepalive | None = None,
     ) -> None:
         for name, v in (("handshake_timeout", handshake_timeout), ("preface_timeout", preface_timeout),
                         ("idle_timeout", idle_timeout)):
@@ -198,6 +202,7 @@ class HBONEServer:
         self._new_conn = connection_factory or (lambda: HBONEConnection(client_side=False))
         self.pending = pending if pending is not None else PendingHandshakes()
         self.certificate_gate = certificate_gate
+        self.keepalive = keepalive      # TCP keepalive on each accepted connection (ztunnel's --keepalive*)
         self._accept: AcceptLoop | None = None
         self._handshakes: Handshakes | None = None
         self._ctx: ssl.SSLContext | None = None

@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import ssl
+import subprocess
 import time
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ from ambit.dataplane.identity import IdentityManager
 from ambit.dataplane.settings import TunnelSettings
 from ambit.dataplane.telemetry.accesslog import ConnRecord
 from ambit.dataplane.telemetry.metrics import Metrics
-from ambit.model import PeerAuthn
+from ambit.model import PeerAuthn, TcpKeepalive
 from ambit.zds import PodInfo
 from bench.inproc_ztunnel import LoopbackPod, pod_listener
 from tests.unit.conftest import LocalCAFetcher
@@ -267,4 +268,75 @@ def test_draining_a_pod_waits_for_its_open_connections_then_cuts_them(ca):
             app.close()
             await proxy.close()
             await identities.close()
+    asyncio.run(go())
+
+
+def _hbone_socket_timers() -> list[str]:
+    """`ss -o` of the established TCP sockets to and from the destination pod's :15008 (both ends
+    are in this process, on loopback): a socket with SO_KEEPALIVE shows `timer:(keepalive,…)`."""
+    out = subprocess.run(["ss", "-tnoH", "state", "established", f"( sport = :{HBONE_PORT} or dport = :{HBONE_PORT} )",
+                          "dst", SERVER_IP, "or", "src", SERVER_IP], capture_output=True, text=True, check=True)
+    return [ln for ln in out.stdout.splitlines() if SERVER_IP in ln]
+
+
+@pytest.mark.parametrize("keepalive", [TcpKeepalive(180, 180, 9), None], ids=["default", "off"])
+def test_hbone_connections_carry_ztunnels_tcp_keepalive_both_ways(ca, keepalive):
+    """ztunnel's --keepalive-* (istio/ztunnel's 180 s / 180 s / 9): a client's own keepalives reach
+    only its local ztunnel, so the node-to-node HBONE connection needs its own, or the first NAT
+    that times idle flows out cuts a quiet connection. Both ends of the pooled connection get it;
+    --no-keepalive leaves both without."""
+    async def go() -> None:
+        client, server, cfg, identities, sink, metrics = mesh(ca)
+        target = (SERVER_IP, APP_PORT)
+        proxy = Proxy(cfg, identities=identities, metrics=metrics, access_log=sink, original_dst=lambda s: target,
+                      tunnel=TunnelSettings(connect_timeout=5, cert_wait=5), keepalive=keepalive)
+        cpod, spod = pod(client), pod(server)
+        proxy.registry.by_ip[CLIENT_IP] = cpod
+        identities.prefetch([client.identity, server.identity])
+        await identities.get(server.identity, 5)
+        app = await echo_app(SERVER_IP, APP_PORT, [])
+        hbone = await proxy._serve_hbone(spod, hbone_listener())
+        out, out_port = await serve(proxy.outbound, cpod, "127.0.0.1")
+        try:
+            assert await roundtrip(out_port, b"hello mesh") == b"echo:hello mesh"
+            lines = await asyncio.to_thread(_hbone_socket_timers)     # the pooled connection stays open
+            assert len(lines) == 2, lines                                # its client end and its server end
+            if keepalive is None:
+                assert not [ln for ln in lines if "keepalive" in ln], lines
+            else:
+                assert all("timer:(keepalive," in ln for ln in lines), lines
+        finally:
+            out.close()
+            hbone.close()
+            app.close()
+            await proxy.close()
+            await identities.close()
+    asyncio.run(go())
+
+
+def test_a_plaintext_upstream_gets_the_keepalive_too():
+    """A connection ztunnel opens in plaintext (an out-of-mesh destination: it leaves the node, and
+    NATs on the way time idle flows out) carries the same keepalive as HBONE."""
+    from ztunnel.proxy import open_from
+
+    async def go() -> None:
+        srv = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+
+        def fresh() -> socket.socket:
+            s = socket.socket()
+            s.setblocking(False)
+            return s
+        try:
+            for ka, want in ((TcpKeepalive(180, 180, 9), (1, 180, 180, 9)), (None, (0,))):
+                leg = await open_from(fresh, ("127.0.0.1", port), 5, ka)
+                s = leg.transport.get_extra_info("socket")
+                got = (s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),)
+                if ka is not None:
+                    got += tuple(s.getsockopt(socket.IPPROTO_TCP, o)
+                                 for o in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT))
+                assert got == want
+                leg.transport.close()
+        finally:
+            srv.close()
     asyncio.run(go())
