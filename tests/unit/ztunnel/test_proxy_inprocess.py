@@ -96,21 +96,36 @@ def mesh(ca, pas=()):
     return client, server, cfg, identities, sink, metrics
 
 
+@contextlib.asynccontextmanager
+async def hbone_mesh(ca, seen: list[tuple[str, bytes]] | None = None, **proxy_kw):
+    """The client pod's outbound listener -> its ztunnel -> HBONE -> the server pod's :15008 -> the
+    echo app, all in this process: yields (proxy, the outbound port, the access-log sink, metrics,
+    the client and server workloads); closes everything after."""
+    client, server, cfg, identities, sink, metrics = mesh(ca)
+    target = (SERVER_IP, APP_PORT)
+    proxy = Proxy(cfg, identities=identities, metrics=metrics, access_log=sink, original_dst=lambda s: target,
+                  tunnel=TunnelSettings(connect_timeout=5, cert_wait=5), **proxy_kw)
+    cpod, spod = pod(client), pod(server)
+    proxy.registry.by_ip[CLIENT_IP] = cpod
+    identities.prefetch([client.identity, server.identity])
+    await identities.get(server.identity, 5)
+    app = await echo_app(SERVER_IP, APP_PORT, seen if seen is not None else [])
+    hbone = await proxy._serve_hbone(spod, hbone_listener())
+    out, out_port = await serve(proxy.outbound, cpod, "127.0.0.1")
+    try:
+        yield proxy, out_port, sink, metrics, client, server
+    finally:
+        out.close()
+        hbone.close()
+        app.close()
+        await proxy.close()
+        await identities.close()
+
+
 def test_outbound_hbone_inbound_app_end_to_end_with_identities_and_source_ip(ca):
     async def go() -> None:
-        client, server, cfg, identities, sink, metrics = mesh(ca)
-        target = (SERVER_IP, APP_PORT)
-        proxy = Proxy(cfg, identities=identities, metrics=metrics, access_log=sink,
-                      original_dst=lambda s: target, tunnel=TunnelSettings(connect_timeout=5, cert_wait=5))
-        cpod, spod = pod(client), pod(server)
-        proxy.registry.by_ip[CLIENT_IP] = cpod
-        identities.prefetch([client.identity, server.identity])
-        await identities.get(server.identity, 5)
         seen: list[tuple[str, bytes]] = []
-        app = await echo_app(SERVER_IP, APP_PORT, seen)
-        hbone = await proxy._serve_hbone(spod, hbone_listener())
-        out, out_port = await serve(proxy.outbound, cpod, "127.0.0.1")
-        try:
+        async with hbone_mesh(ca, seen) as (_, out_port, sink, metrics, client, server):
             reply = await roundtrip(out_port, b"hello mesh")
             assert reply == b"echo:hello mesh"
             # The app saw the client pod's address, not ztunnel's.
@@ -125,12 +140,6 @@ def test_outbound_hbone_inbound_app_end_to_end_with_identities_and_source_ip(ca)
             text = metrics.exposition().decode()
             assert 'istio_tcp_connections_opened_total{' in text and 'reporter="destination"' in text
             assert 'connection_security_policy="mutual_tls"' in text
-        finally:
-            out.close()
-            hbone.close()
-            app.close()
-            await proxy.close()
-            await identities.close()
     asyncio.run(go())
 
 
@@ -286,18 +295,7 @@ def test_hbone_connections_carry_ztunnels_tcp_keepalive_both_ways(ca, keepalive)
     that times idle flows out cuts a quiet connection. Both ends of the pooled connection get it;
     --no-keepalive leaves both without."""
     async def go() -> None:
-        client, server, cfg, identities, sink, metrics = mesh(ca)
-        target = (SERVER_IP, APP_PORT)
-        proxy = Proxy(cfg, identities=identities, metrics=metrics, access_log=sink, original_dst=lambda s: target,
-                      tunnel=TunnelSettings(connect_timeout=5, cert_wait=5), keepalive=keepalive)
-        cpod, spod = pod(client), pod(server)
-        proxy.registry.by_ip[CLIENT_IP] = cpod
-        identities.prefetch([client.identity, server.identity])
-        await identities.get(server.identity, 5)
-        app = await echo_app(SERVER_IP, APP_PORT, [])
-        hbone = await proxy._serve_hbone(spod, hbone_listener())
-        out, out_port = await serve(proxy.outbound, cpod, "127.0.0.1")
-        try:
+        async with hbone_mesh(ca, keepalive=keepalive) as (_, out_port, *_rest):
             assert await roundtrip(out_port, b"hello mesh") == b"echo:hello mesh"
             lines = await asyncio.to_thread(_hbone_socket_timers)     # the pooled connection stays open
             assert len(lines) == 2, lines                                # its client end and its server end
@@ -305,12 +303,6 @@ def test_hbone_connections_carry_ztunnels_tcp_keepalive_both_ways(ca, keepalive)
                 assert not [ln for ln in lines if "keepalive" in ln], lines
             else:
                 assert all("timer:(keepalive," in ln for ln in lines), lines
-        finally:
-            out.close()
-            hbone.close()
-            app.close()
-            await proxy.close()
-            await identities.close()
     asyncio.run(go())
 
 
