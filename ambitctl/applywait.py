@@ -1,11 +1,12 @@
-"""`ambit apply --wait` and `ambit delete --wait`: return once the change is in force.
+"""`ambit apply --wait`, `ambit delete --wait` and `ambit wait`: return once the change is in force.
 
 A write to the store is only the start: the controller sees it on its next snapshot, builds a config
 version from it and streams that to every proxy, which ACKs once it applied it. Until then a
 request can still meet the old routes or policies. This waits, as `istioctl x wait` does, until
 
-- the controller's current config version was built from a snapshot that holds each applied object
-  at (at least) the resourceVersion written, and no longer holds any deleted one; and
+- the config version the controller serves (after its debounce) was built from a snapshot that
+  holds each applied object at (at least) the resourceVersion written, and no longer holds any
+  deleted one; and
 - every connected proxy (ztunnels, waypoints, ingress gateways) holds exactly that version
   (proxy-status SYNCED).
 
