@@ -190,6 +190,10 @@ class Kube:
     def get(self, r: Ref) -> Obj | None:
         return self._call("GET", path(r))
 
+    def get_path(self, p: str) -> Obj | None:
+        """GET any object by its API path (`ambit wait` reads every kind the controller watches)."""
+        return self._call("GET", p)
+
     def create(self, o: Obj) -> Obj:
         out = self._call("POST", path(ref(o), collection=True), o)
         if out is None:

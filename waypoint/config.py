@@ -102,6 +102,10 @@ def _services(state: Mapping[str, Resource]) -> tuple[dict[str, Service], dict[t
     return services, {(vip, p.port): s for s in services.values() for vip in s.vips for p in s.ports}
 
 
+def _authz(state: Mapping[str, Resource]) -> list[Authorization]:
+    return [cast(Authorization, a) for a in state.values()]
+
+
 def _telemetry(state: Mapping[str, Resource]) -> tuple[TelemetryPolicy, ...]:
     tel = tuple(sorted((cast(TelemetryPolicy, t) for t in state.values()), key=lambda t: t.resource_name))
     for t in tel:       # a filter the controller let through but this build cannot run: say so
@@ -178,11 +182,11 @@ class WaypointConfig:
         r_state = state[WaypointRoutes.TYPE]
         table = self._derived("table", (r_state,), lambda: self._table(r_state))
         a_state, m_state = state[Authorization.TYPE], state[MeshSettings.TYPE]
-        authz = [cast(Authorization, a) for a in a_state.values()]
-        pset = self._derived("policies", (a_state,), lambda: policy_set(authz, self.waypoint))
+        pset = self._derived("policies", (a_state,), lambda: policy_set(_authz(a_state), self.waypoint))
         mesh = next(iter(m_state.values()), None)
         custom = self._derived("custom", (a_state, m_state, s_state), lambda: custom_set(
-            authz, self.waypoint, cast(MeshSettings, mesh).ext_authz if mesh is not None else (), services))
+            _authz(a_state), self.waypoint, cast(MeshSettings, mesh).ext_authz if mesh is not None else (),
+            services))
         tds = TrustDomains.of(cast(MeshSettings, mesh).trust_domain, cast(MeshSettings, mesh).trust_domain_aliases) \
             if mesh is not None else TrustDomains.of(self.trust_domain)
         t_state = state[TelemetryPolicy.TYPE]

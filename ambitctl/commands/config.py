@@ -21,6 +21,7 @@ import yaml
 
 from ambit.labstore import LabStore, StoreError
 from ambitctl import manifestyaml, selectors
+from ambitctl.applywait import gateways_of
 from ambitctl.lab.paths import store_path
 from ambitctl.term import intermixed
 from controller.kinds import KindSpec, all_names, by_name, spec_of
@@ -253,12 +254,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if plan.warnings and getattr(args, "warnings_as_errors", False):
         print(f"error: {len(plan.warnings)} warning(s), and --warnings-as-errors is set", file=err)
         return 1
-    return _wait(args, want, out, err, _gateways(objs, True)) if getattr(args, "wait", False) else 0
-
-
-def _gateways(objs: list[Obj], present: bool) -> dict[str, bool]:
-    from ambitctl.applywait import gateways_of
-    return gateways_of(objs, present)
+    return _wait(args, want, out, err, gateways_of(objs, True)) if getattr(args, "wait", False) else 0
 
 
 def _wait(args: argparse.Namespace, want: dict[tuple[str, str, str], str | None], out: TextIO, err: TextIO,
@@ -345,7 +341,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
             print(f'Error from server (NotFound): {_resource(spec, api_version)} "{key[2]}" not found', file=err)
             rc = 1
     if getattr(args, "wait", False):
-        rc = max(rc, _wait(args, want, out, err, _gateways([snap[k] for k in want], False)))
+        rc = max(rc, _wait(args, want, out, err, gateways_of([snap[k] for k in want], False)))
     return rc
 
 

@@ -17,7 +17,6 @@ file is also waited for until one of its proxies is connected (it exists) or non
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -74,46 +73,31 @@ def _lab_state(objs: list[Obj]) -> dict[Key, str | None]:
 
 
 def _cluster_state(args: argparse.Namespace, objs: list[Obj]) -> dict[Key, str | None]:
-    """Each object's resourceVersion as the API server has it now (None: it does not exist)."""
-    from kubernetes.client.exceptions import ApiException
-
-    from ambitctl.kubeclient import describe
+    """Each object's resourceVersion as the API server has it now (None: it does not exist), read
+    through the same REST edge `ambit install` uses (ambitctl/kubeapply.py `Kube`)."""
+    from ambitctl.kubeapply import Kube, KubeError
     from controller.sources.kube import default_types
-    client = cluster.api_client(args)
-    types = {}
+    kube = Kube(cluster.api_client(args))
+    types: dict[str, list[Any]] = {}
     for t in default_types():
         types.setdefault(t.kind, []).append(t)
     out: dict[Key, str | None] = {}
     for o in objs:
         key = object_key(o)
         kind, ns, name = key
-        group = str(o.get("apiVersion") or "").rpartition("/")[0] if "/" in str(o.get("apiVersion") or "") else ""
-        candidates = [t for t in types.get(kind, []) if not o.get("apiVersion") or t.group == group] \
-            or types.get(kind, [])
-        rv: str | None = None
-        for t in candidates:
-            for version in t.versions:
-                path = t.path(version, ns or None, name)
-                try:
-                    resp = client.call_api(*client.param_serialize(method="GET", resource_path=path,
-                                                                   auth_settings=["BearerToken"]))
-                    resp.read()
-                except ApiException as e:
-                    if e.status == 404:
-                        continue
-                    raise cluster.TargetError(f"get {path}: {e.status} {e.reason}") from None
-                except Exception as e:  # noqa: BLE001 - urllib3 errors: the API server is unreachable
-                    raise cluster.TargetError(f"cannot reach the API server ({client.configuration.host}): "
-                                              f"{describe(e)}") from None
-                if resp.status == 404:
-                    continue
-                if resp.status >= 400:
-                    raise cluster.TargetError(f"get {path}: HTTP {resp.status}")
-                rv = str((json.loads(resp.data).get("metadata") or {}).get("resourceVersion") or "")
-                break
-            if rv is not None:
-                break
-        out[key] = rv
+        api_version = str(o.get("apiVersion") or "")
+        group = api_version.rpartition("/")[0]
+        candidates = [t for t in types.get(kind, []) if not api_version or t.group == group] or types.get(kind, [])
+        # the first group and version that serves it (a group the cluster does not serve: 404, the next)
+        paths = [t.path(version, ns or None, name) for t in candidates for version in t.versions]
+        live = None
+        try:
+            for path in paths:
+                if (live := kube.get_path(path)) is not None:
+                    break
+        except KubeError as e:
+            raise cluster.TargetError(str(e)) from None
+        out[key] = None if live is None else str((live.get("metadata") or {}).get("resourceVersion") or "")
     return out
 
 
