@@ -7,10 +7,16 @@ import asyncio
 from typing import Any
 
 
-async def cancel(task: asyncio.Task[Any] | None) -> None:
+async def cancel(task: asyncio.Task[Any] | None, again_after: float | None = None) -> None:
     """Cancel `task` and wait for it. Its own CancelledError is absorbed; the caller's is not: a
     caller cancelled while it waits here (a `finally` that cancels a helper, under a `stop()`)
-    must still stop, or the loop it runs keeps going with nobody to end it."""
+    must still stop, or the loop it runs keeps going with nobody to end it.
+
+    `again_after`: cancel it again every so many seconds while it has not ended, for a task that
+    runs a library which may take a cancellation for its own and swallow it (grpclib cancels a
+    reader to wake it on a lost connection; the config client's stop() once waited 60 s on a
+    task still reading). Only for tasks whose unwinding is quick: a second cancellation would cut
+    a slow `finally` short."""
     if task is None:
         return
     me = asyncio.current_task()
@@ -20,6 +26,9 @@ async def cancel(task: asyncio.Task[Any] | None) -> None:
     before = me.cancelling() if me is not None else 0
     task.cancel()
     try:
+        if again_after is not None:
+            while not (await asyncio.wait({task}, timeout=again_after))[0]:
+                task.cancel()
         await task
     except asyncio.CancelledError:
         if me is not None and me.cancelling() > before:

@@ -30,6 +30,10 @@ from ambit.model import Resource
 # none until its first response).
 ADMISSION_WAIT = 2.0
 
+# stop(): how long the stream task gets to end after a cancellation before it is cancelled again
+# (ambit/aiotask.py `cancel`: grpclib may swallow one; the session's own unwinding is immediate)
+RECANCEL = 1.0
+
 log = logging.getLogger("ambit.configclient")
 
 ApplyCallback = Callable[[ConfigUpdate], "None | Awaitable[None]"]
@@ -105,7 +109,7 @@ class ConfigClient:
             return
         self._stopping = True       # (read by `_run`: see there)
         try:
-            await cancel(self._task)
+            await cancel(self._task, again_after=RECANCEL)
         finally:
             self._stopping = False
         self._task = None

@@ -174,3 +174,30 @@ def test_the_status_reporter_reports_again_after_a_report_hit_its_deadline() -> 
             await asyncio.wait_for(r.stop(), 5)
             return attempts
     assert asyncio.run(main()) >= 3
+
+
+def test_a_task_that_swallows_a_cancellation_is_cancelled_again() -> None:
+    """A library that takes our cancellation for its own wake-up keeps the task waiting: with
+    `again_after`, cancel() repeats it until the task ends (the config client's stop() once waited
+    out a test's 60 s on a stream reader)."""
+    async def swallows_one() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            pass                            # "that was mine": keep reading
+        await asyncio.sleep(60)
+
+    async def main() -> None:
+        t = asyncio.ensure_future(swallows_one())
+        await asyncio.sleep(0)
+        await asyncio.wait_for(cancel(t, again_after=0.05), 5)
+        assert t.cancelled()
+        # without it, cancel() would wait as long as the task does
+        t2 = asyncio.ensure_future(swallows_one())
+        await asyncio.sleep(0)
+        waiting = asyncio.ensure_future(cancel(t2))
+        done, _ = await asyncio.wait({waiting}, timeout=0.3)
+        assert not done
+        t2.cancel()
+        await waiting
+    asyncio.run(main())
