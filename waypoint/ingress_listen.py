@@ -363,8 +363,12 @@ class _L4Accepted(asyncio.Protocol):
         if host is None:
             self._refuse("no TCPRoute attached to the listener")
             return
-        self._relay(self._transport, Downstream(source_ip=self._peer, destination_port=self._port.port.port,
-                                                hostname=host), early)
+        # the address the client connected to is the connection's destination, as Envoy's network
+        # filters read it (the downstream local address): the access log's downstream_local_address,
+        # and the destination a CUSTOM policy's TCP check names (waypoint/authz/extauthz_tcp.py)
+        local = (self._transport.get_extra_info("sockname") or ("",))[0]
+        self._relay(self._transport, Downstream(source_ip=self._peer, destination_ip=local,
+                                                destination_port=self._port.port.port, hostname=host), early)
 
 
 class IngressListeners:

@@ -159,7 +159,8 @@ def test_an_http_provider_never_checks_a_tunnel_and_refuses_it(mesh: Mesh) -> No
 def test_an_ingress_gateways_tcp_listener_checks_its_connections_too() -> None:
     """The same check on an ingress gateway's TCP listener (its opaque path): a CUSTOM policy bound
     to the Gateway holds each connection for the gRPC authorizer, which refuses a client without a
-    principal; with the authorizer gone and failOpen the connection reaches the routed backend."""
+    principal and is told the address and port the client connected to; with the authorizer gone
+    and failOpen the connection reaches the routed backend."""
     import asyncio
 
     from ambit.model import IngressGateway, IngressListener, RouteDestination, TcpRoute, WaypointRoutes
@@ -197,6 +198,9 @@ def test_an_ingress_gateways_tcp_listener_checks_its_connections_too() -> None:
         assert roundtrip(port, PAYLOAD) == b""
         [check] = gservicer.checks
         assert check["tcp"] and check["source"]["principal"] == "" and check["destination"]["port"] == port
+        # the destination is the address the client connected to (Envoy's network ext_authz: the
+        # connection's local address), not left empty
+        assert check["destination"]["address"] == "127.0.0.1"
         assert check["destination"]["principal"] == wp.identity
         mesh.configure([grpc_provider("ext-authz-dead", fail_open=True)], edge)
         assert roundtrip(port, PAYLOAD) == PAYLOAD
