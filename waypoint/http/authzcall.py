@@ -11,7 +11,10 @@ or None and why it failed. `cancel()` (the held request went away) ends it witho
 
 A traced request's check has its own client span (waypoint/telemetry/tracing_sdk.py `CheckSpan`),
 begun before the upstream is chosen (so a check with no endpoint is in the trace too) and ended
-with the check, whichever way it ends; an untraced one has none, and its check no trace headers.
+with the check, whichever way it ends; an untraced one has none, and its check carries the
+unsampled context its upstream gets when a tracer is configured, else no trace headers. A tunnel's
+check (waypoint/app.py `_tunnel_check`) is never traced: Envoy's network ext_authz filter passes
+the null span.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from waypoint.http import attempt
@@ -158,16 +161,21 @@ class AuthzCall(SubRequest):
 
 
 def start(engine: Engine, hold: Hold, downstream: Downstream, body: bytes | None, partial: bool,
-          done: Done, trace: RequestTrace | None = None) -> AuthzCall | None:
+          done: Done, trace: RequestTrace | None = None,
+          context: Sequence[tuple[str, str]] = ()) -> AuthzCall | None:
     """Send the check `hold` describes (with the request's buffered `body`, when it includes one);
     None when it could not be sent (no endpoint: `done` was called with why). `trace`: the
-    request's, when it is traced; the check is then a span of it."""
+    request's, when it is traced; the check is then a span of it. `context`: else, the unsampled
+    trace headers the check carries in place of any it has (`Tracing.untraced_context`)."""
     span: CheckSpan | None = None
     fwd = hold.forward
     try:
         head, data = hold.build(body, partial)
         if trace is not None:
             span = trace.check_span(head, hold.h2, fwd.hostname, fwd.port, hold.span_tags)
+        elif context:
+            names = {k for k, _ in context}
+            head.headers = [*((k, v) for k, v in head.headers if k not in names), *context]
         target = engine.upstream(fwd, head, _own(downstream), frozenset())
     except Exception as e:
         log.exception("building the ext_authz check for %s failed", fwd.service)

@@ -562,7 +562,10 @@ class Exchange:
         x.hold_state = _CALLING
         if self.pending_bytes > self.engine.settings.buffer_bytes:
             self.down.pause_request()
-        call = authzcall.start(self.engine, h, self.downstream, body, partial, self._checked, self.trace)
+        ctx: list[tuple[str, str]] = []
+        if self.trace is None and (tracing := getattr(self.engine, "tracing", None)) is not None:
+            ctx = tracing.untraced_context(self.head, self.downstream)
+        call = authzcall.start(self.engine, h, self.downstream, body, partial, self._checked, self.trace, ctx)
         if x.hold_state == _CALLING:
             x.call = call
 

@@ -180,6 +180,19 @@ class Tracing:
             parent = None       # a bare "accept"/"debug": a new trace, whose root is our server span
         return RequestTrace(self, pipe, cfg, head, down, rec, parent)
 
+    def untraced_context(self, head: RequestHead, down: Downstream) -> tr.Headers:
+        """The trace headers an untraced request's external authorization check carries: with a
+        tracer configured for the request, the unsampled context `server` left on the request (what
+        its upstream gets too); without one, none. As Envoy: a configured tracer gives an unsampled
+        request an unsampled span (source/extensions/tracers/opentelemetry/tracer.cc `startSpan`,
+        `setSampled(tracing_decision.traced)`), and the ext_authz clients' async requests inject
+        their child of it, flags 00 / `x-b3-sampled: 0`, so the authorizer does not start a trace of
+        its own; without a tracer the active span is the null span, which injects nothing. Asked
+        only for a request that is held for a check, never on the common path."""
+        if not self.tracing_for(down.service).providers:
+            return []
+        return [(k, v) for k, v in head.headers if k in tr.TRACE_HEADERS]
+
     def shutdown(self) -> None:
         if self._pipe is not None:
             self._pipe.close()

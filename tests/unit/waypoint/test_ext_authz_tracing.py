@@ -5,12 +5,13 @@ authorizers, and the real OTLP receiver the SDK's exporters send to (ambitctl/la
 What a platform team relies on, as Envoy gives it: a traced request's check is a CLIENT span, a
 child of the request's span, named as Envoy's async clients name theirs and tagged with the
 ext_authz outcome; the authorizer receives that span's context (HTTP headers, gRPC metadata), so
-one that traces joins the trace; a failed check still ends its span, with the error; an untraced
-request's check carries no trace context at all.
+one that traces joins the trace; a failed check still ends its span, with the error; an unsampled
+request's check carries the unsampled context its backend gets (none without a tracer).
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -184,19 +185,47 @@ def test_a_failed_check_ends_its_span_with_the_error(traced: Traced) -> None:
     assert check.error and check.attributes["grpc.status_code"] == "14" and not server.error
 
 
+def trace_headers(headers: dict[str, str] | list[list[str]]) -> dict[str, str]:
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return {k.lower(): v for k, v in pairs if k.lower() in TRACE_KEYS}
+
+
 @pytest.mark.parametrize("kind", ["http", "grpc"])
-def test_only_a_traced_requests_check_carries_trace_context(traced: Traced, kind: str) -> None:
+def test_an_unsampled_requests_check_carries_the_unsampled_context_its_upstream_gets(traced: Traced,
+                                                                                      kind: str) -> None:
+    """As Envoy with a tracer: an unsampled request has an unsampled span, whose child's context
+    the check's async client injects (flags 00), so a tracing authorizer does not start a trace of
+    its own; the waypoint sends it the same unsampled context the request's backend gets. Without
+    a tracer (Envoy's null span) the check carries none."""
     m = traced.mesh
     if kind == "http":
         m.configure([http_provider(8000)], custom("authz-http"))
     else:
         m.configure([grpc_provider()], custom("authz-grpc"))
     sent = m.http.checks if kind == "http" else traced.grpc.metadata
-    assert m.curl("--http1.1", "/a", UNSAMPLED, "x-ext-authz: allow")[0] == 200
-    assert m.curl("--http1.1", "/a", SAMPLED, "x-ext-authz: allow")[0] == 200
-    got = [c["headers"] if kind == "http" else c for c in sent]
-    assert not TRACE_KEYS & set(got[0])                                 # unsampled: nothing at all
-    assert got[1]["traceparent"].startswith(f"00-{TRACE}-") and got[1]["traceparent"].endswith("-01")
+
+    def check_and_backend(*headers: str) -> tuple[dict[str, str], dict[str, str]]:
+        status, _, body = m.curl("--http1.1", "/a", "x-ext-authz: allow", *headers)
+        assert status == 200
+        got = sent[-1]["headers"] if kind == "http" else sent[-1]
+        return trace_headers(got), trace_headers(json.loads(body)["headers"])
+
+    check, backend = check_and_backend(UNSAMPLED)           # an unsampled parent: passed on as it came
+    assert check == backend == {"traceparent": f"00-{TRACE}-00f067aa0ba902b7-00"}
+    check, backend = check_and_backend()                    # none: a fresh unsampled root, the same to both
+    assert check == backend and check["traceparent"].endswith("-00") and TRACE not in check["traceparent"]
+    check, backend = check_and_backend("x-b3-sampled: 0")   # a bare B3 "deny": unsampled in every format
+    assert check == backend and check["x-b3-sampled"] == "0" and check["traceparent"].endswith("-00")
+    check, _ = check_and_backend(SAMPLED)                   # traced: the check span's own context
+    assert check["traceparent"].startswith(f"00-{TRACE}-") and check["traceparent"].endswith("-01")
+
+    untraced = Tracing(lambda _service: TracingConfig((), 0.0), IDENT)
+    install(m, untraced)
+    try:
+        check, backend = check_and_backend(UNSAMPLED)
+        assert check == {} and backend == {"traceparent": f"00-{TRACE}-00f067aa0ba902b7-00"}  # passed, untouched
+    finally:
+        untraced.shutdown()
 
 
 def test_a_check_whose_request_went_away_ends_its_span_canceled(traced: Traced) -> None:
