@@ -57,7 +57,7 @@ from waypoint import endpoints
 from waypoint.authz import Verdict, authorize, extauthz_tcp
 from waypoint.authz.custom import DENY as CUSTOM_DENY
 from waypoint.authz.custom import Custom
-from waypoint.authz.evaluate import DENIED_BODY, RBAC_FLAG
+from waypoint.authz.evaluate import DENIED_BODY, RBAC_FLAG, denied_detail
 from waypoint.authz.extauthz import ERROR as EXT_AUTHZ_ERROR
 from waypoint.authz.hold import hold as ext_authz_hold
 from waypoint.config import View, WaypointConfig
@@ -823,7 +823,9 @@ class WaypointProxy:
         if not verdict.allowed:
             log.info("opaque tunnel from %s (%s) to %s:%s denied: %s", down.source_ip, down.source_identity,
                      down.destination_ip, down.destination_port, verdict.reason)
-            return Refused(RBAC_FLAG, verdict.reason)
+            v = self.config.view
+            return Refused(RBAC_FLAG, verdict.reason, denied_detail(v.l4_policies.for_request(down), verdict,
+                                                                     self._l4_head(down), down, v.trust_domains))
         conn = await (self._ingress_opaque(down) if self.ingress is not None else self._mesh_opaque(down))
         if conn is not None and verdict.audit:
             conn.audit = verdict.audit  # type: ignore[attr-defined]   # for the tunnel's access-log line
@@ -860,7 +862,12 @@ class WaypointProxy:
                 log.error("%s: %s", where, step.reason)
             return None
         (log.error if step.result == EXT_AUTHZ_ERROR else log.info)("%s refused: %s", where, step.reason)
-        return Refused(step.flags, step.reason)
+        if step.flags != RBAC_FLAG:     # the check's refusal: Envoy's network ext_authz sets no termination details
+            return Refused(step.flags, step.reason)
+        v = self.config.view      # refused without a check (no gRPC provider, a bad one)
+        p = next((p for p in v.l4_custom.group(down.service).policies if p.resource_name == custom.policy), None)
+        return Refused(step.flags, step.reason,
+                       extauthz_tcp.refused_detail(custom, p, self._l4_head(down), down, v.trust_domains))
 
     async def _mesh_opaque(self, down: Downstream) -> Attachable | None:
         """A mesh tunnel to a Service this waypoint fronts: to the backend of the Service's first

@@ -50,6 +50,9 @@ from waypoint.request import Downstream, EndUser, LocalReply, RequestHead
 ALLOW, DENY, AUDIT, CUSTOM = "ALLOW", "DENY", "AUDIT", "CUSTOM"
 DENIED_BODY = "RBAC: access denied"
 RBAC_FLAG = "RBAC"
+# Envoy's details of a denial by its RBAC filters (source/extensions/filters/common/rbac/utility.h
+# `responseDetail`): the network filter sets them as the connection's termination details
+RBAC_DENIED_DETAIL = "rbac_access_denied_matched_policy[{}]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +231,27 @@ def _foreign(identity: str, tds: TrustDomains | None) -> str | None:
 def _trust_domain(identity: str) -> str:
     """The trust domain of a SPIFFE identity (a pure function of it; every request asks)."""
     return ident.to_principal(identity).split("/", 1)[0]
+
+
+def rule_id(p: Authorization, head: RequestHead, down: Downstream, trust_domains: TrustDomains | None = None,
+            user: EndUser | None = None) -> str:
+    """Istio's name for the first rule of `p` that matches the request, read as a DENY reads it
+    (pilot/pkg/security/authz/builder/builder.go `policyName`: `ns[NS]-policy[NAME]-rule[I]`, I the
+    rule's index in the policy): the policy id Envoy's RBAC filters report for a denial. Asked only
+    once a request or connection is denied."""
+    r = _context(head, down, trust_domains, user)
+    i = next((i for i, rule in enumerate(p.http_rules) if rule_matches(rule, r, deny=True)), 0)
+    return f"ns[{p.namespace}]-policy[{p.name}]-rule[{i}]"
+
+
+def denied_detail(policies: Iterable[Authorization], v: Verdict, head: RequestHead, down: Downstream,
+                  trust_domains: TrustDomains | None = None) -> str:
+    """Envoy's details for the denial `v` of the request by `policies` (those that applied to it):
+    `rbac_access_denied_matched_policy[<the DENY rule that matched>]`, or `[none]` when no ALLOW
+    policy matched (Envoy's ALLOW engine names no policy then; nor does a foreign trust domain,
+    which Istio rejects in the TLS handshake, before any RBAC filter)."""
+    p = next((p for p in policies if v.action == DENY and p.resource_name == v.policy), None)
+    return RBAC_DENIED_DETAIL.format(rule_id(p, head, down, trust_domains) if p is not None else "none")
 
 
 def first_match(policies: Iterable[Authorization], head: RequestHead, down: Downstream,

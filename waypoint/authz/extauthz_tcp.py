@@ -32,10 +32,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ambit.api import ext_authz_pb2 as pb
-from ambit.model import ExtAuthzProvider
+from ambit.model import Authorization, ExtAuthzProvider
+from ambit.trustdomain import TrustDomains
 from waypoint.authz import extauthz_grpc
 from waypoint.authz.custom import DENY, Custom
-from waypoint.authz.evaluate import RBAC_FLAG
+from waypoint.authz.evaluate import RBAC_DENIED_DETAIL, RBAC_FLAG, rule_id
 from waypoint.authz.extauthz import ALLOWED, DENIED, UAEX, CheckResult, error
 from waypoint.request import Decision, Downstream, Forward, Hold, RequestHead, SubReply
 
@@ -85,6 +86,19 @@ def start(c: Custom, down: Downstream, local_identity: str) -> Hold | TunnelVerd
         return extauthz_grpc.check_request(p, c.hostname, msg)
     return Hold(Forward(c.service, p.port, hostname=c.hostname, route=f"ext_authz/{p.name}"), build, _not_resumed,
                 h2=True, timeout=p.timeout)
+
+
+def refused_detail(c: Custom, policy: Authorization | None, head: RequestHead, down: Downstream,
+                   trust_domains: TrustDomains | None = None) -> str:
+    """The connection termination details of a tunnel `start` refused without a check (its
+    `TunnelVerdict` flagged RBAC), as Envoy's RBAC filter reports the rule Istio compiles for a
+    CUSTOM policy: `istio-ext-authz-<provider>-ns[NS]-policy[NAME]-rule[I]` (builder.go
+    `policyName`), with `-deny-due-to-bad-CUSTOM-action` when the policy denies for want of a good
+    provider (`getBadCustomDenyRules`). `policy`: the CUSTOM policy `c` names (its L4 view)."""
+    if policy is None:
+        return RBAC_DENIED_DETAIL.format("none")
+    name = f"istio-ext-authz-{policy.provider}-{rule_id(policy, head, down, trust_domains)}"
+    return RBAC_DENIED_DETAIL.format(name + ("-deny-due-to-bad-CUSTOM-action" if c.action == DENY else ""))
 
 
 def interpret(reply: SubReply | None, why: str) -> CheckResult:

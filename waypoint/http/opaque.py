@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from waypoint.http.record import RequestRecord
+from waypoint.http.record import TunnelRecord
 from waypoint.request import Downstream
 
 if TYPE_CHECKING:
@@ -39,10 +39,13 @@ _deadline: contextvars.ContextVar[asyncio.Timeout] = contextvars.ContextVar("opa
 @dataclass(frozen=True, slots=True)
 class Refused:
     """An opener's answer for a tunnel it refuses (not one it found no upstream for): the access
-    log's response flags and details (e.g. UAEX, ext_authz_denied)."""
+    log's response flags (RBAC, UAEX), details (why, naming the policy) and connection termination
+    details (Envoy's network RBAC filter's `rbac_access_denied_matched_policy[...]`; none for a
+    check's refusal, as Envoy's network ext_authz filter sets none)."""
 
     flags: str
     detail: str
+    termination: str = ""
 
 
 def hold_for(seconds: float) -> None:
@@ -103,7 +106,7 @@ class OpaqueRelay:
         self.early: list[bytes] = [early] if early else []
         self.down_eof_early = eof
         self.done = False
-        self.record = RequestRecord("", "", "", "TCP", downstream, bytes_received=len(early))
+        self.record = TunnelRecord("", "", "", "TCP", downstream, bytes_received=len(early))
         self._t0 = time.monotonic()
         self.last = engine.loop.time()
         self._idle: asyncio.TimerHandle | None = None
@@ -133,6 +136,8 @@ class OpaqueRelay:
             return
         if isinstance(plug, Refused):       # denied by policy or by an external authorizer
             self.record.response_flags, self.record.detail = plug.flags, plug.detail
+            if plug.termination:
+                self.record.termination = plug.termination
             self._end()
             return
         if plug is None:        # no route for non-HTTP traffic (NR), or no endpoint for it (UH)

@@ -46,6 +46,7 @@ class RequestRecord:
     detail: str = ""                        # why, for local replies and failures
     user_agent: str = ""
     audit: tuple[str, ...] = ()             # the AUDIT AuthorizationPolicies ("ns/name") the request matched
+    termination: str = ""                   # a refused tunnel's connection termination details (`TunnelRecord`)
 
     def __init__(self, method: str, path: str, authority: str, protocol: str, downstream: Downstream,
                  grpc: bool = False, user_agent: str = "", **fields: Any) -> None:
@@ -102,6 +103,19 @@ class RequestRecord:
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(RequestRecord))
+
+
+class TunnelRecord(RequestRecord):
+    """A non-HTTP tunnel's record (waypoint/http/opaque.py): its line also has Envoy's
+    `connection_termination_details` when a filter set them (a tunnel L4 policy refused:
+    `rbac_access_denied_matched_policy[...]`). Kept off `RequestRecord.fields`, which every HTTP
+    request's line runs and which has no such details to give."""
+
+    def fields(self) -> dict[str, object]:
+        out = super().fields()
+        if self.termination:
+            out["connection_termination_details"] = self.termination
+        return out
 
 
 def _start_time(t: float) -> str:

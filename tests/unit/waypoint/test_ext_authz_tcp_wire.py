@@ -9,6 +9,7 @@ and a raw socket as the client. The authorizer and the backend are ServiceEntry 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import pytest
 
 from ambit.configclient import ConfigUpdate
 from ambit.model import Authorization, ExtAuthzProvider, Match, MeshSettings, Rule, Service
+from ambit.telemetryformat import ISTIO_TEXT_FORMAT, render_text
 from ambitctl.lab.apps import ext_authz as app
 from tests.unit.waypoint.harness import Proxy, free_port, roundtrip
 from tests.unit.waypoint.test_ext_authz_wire import entry
@@ -27,6 +29,7 @@ from waypoint.http.record import RequestRecord
 from waypoint.http.settings import HttpSettings
 from waypoint.request import Downstream
 from waypoint.settings import load
+from waypoint.telemetry.accesslog import request_values
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -134,14 +137,28 @@ def test_the_tunnel_is_held_for_the_providers_timeout_not_the_connect_timeout(me
 
 
 def test_deny_and_allow_policies_apply_after_an_allowing_check(mesh: Mesh) -> None:
+    """The log line of a tunnel refused by L4 policy has the connection termination details Envoy's
+    network RBAC filter sets (the matched DENY rule as Istio names it; `none` when no ALLOW policy
+    matched), one refused by the authorizer none (Envoy's network ext_authz filter sets none)."""
     deny = Authorization(name="no-frontend", namespace="demo", action="DENY", scope="waypoint",
                          target_refs=[{"kind": "Service", "group": "", "name": "db"}],
-                         http_rules=[Rule(clauses=[[Match(principals=["cluster.local/ns/demo/sa/frontend"])]])])
+                         http_rules=[Rule(clauses=[[Match(principals=["cluster.local/ns/demo/sa/nobody"])]]),
+                                     Rule(clauses=[[Match(principals=["cluster.local/ns/demo/sa/frontend"])]])])
     mesh.configure([grpc_provider()], custom("authz-grpc"), deny)
     got, rec = mesh.send(FRONTEND)
     assert got == b"" and rec.response_flags == "RBAC" and len(mesh.grpc.checks) == 1   # checked, then denied
+    assert rec.termination == "rbac_access_denied_matched_policy[ns[demo]-policy[no-frontend]-rule[1]]"
+    assert json.loads(rec.line())["connection_termination_details"] == rec.termination
+    text = render_text(ISTIO_TEXT_FORMAT, request_values(rec, None, None))     # Istio's default text format
+    assert f" RBAC {rec.detail} {rec.termination} " in text
     got, rec = mesh.send(OTHER)
     assert got == b"" and rec.response_flags == "UAEX"      # the check comes first
+    assert rec.termination == "" and "connection_termination_details" not in json.loads(rec.line())
+    allow = dataclasses.replace(deny, name="only-nobody", action="ALLOW", http_rules=deny.http_rules[:1])
+    mesh.configure([], allow)
+    got, rec = mesh.send(FRONTEND)
+    assert got == b"" and rec.response_flags == "RBAC"
+    assert rec.termination == "rbac_access_denied_matched_policy[none]"
 
 
 def test_an_http_provider_never_checks_a_tunnel_and_refuses_it(mesh: Mesh) -> None:
@@ -151,7 +168,13 @@ def test_an_http_provider_never_checks_a_tunnel_and_refuses_it(mesh: Mesh) -> No
     mesh.configure([http], custom("authz-http"))
     got, rec = mesh.send(FRONTEND)
     assert got == b"" and rec.response_flags == "RBAC" and "envoyExtAuthzHttp" in rec.detail
+    assert rec.termination == "rbac_access_denied_matched_policy[istio-ext-authz-authz-http-ns[demo]-policy[ext]-rule[0]]"
     assert mesh.grpc.checks == []
+    mesh.configure([http], custom("authz-undefined"))       # no such provider: Istio's deny rule for it
+    got, rec = mesh.send(FRONTEND)
+    assert got == b"" and rec.response_flags == "RBAC" and rec.termination == (
+        "rbac_access_denied_matched_policy[istio-ext-authz-authz-undefined-ns[demo]-policy[ext]-rule[0]"
+        "-deny-due-to-bad-CUSTOM-action]")
     mesh.configure([http], custom("authz-http", Match(ports=[6379])))      # a rule for another port
     assert mesh.send(FRONTEND)[0] == PAYLOAD
 
