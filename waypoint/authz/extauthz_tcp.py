@@ -11,17 +11,22 @@ NETWORK ext_authz filter, before the RBAC (DENY, ALLOW) filters, with the provid
 check_request_utils.cc `createTcpCheck`) holds the connection, reading nothing on, and sends a
 CheckRequest with only the two peers, no request:
 - source: the client's address and principal (the peer certificate's URI SAN: its SPIFFE id);
-- destination: the address the connection was for (here the original destination and port, as
-  the HTTP check has it) and principal (the local certificate's URI SAN: this proxy's SPIFFE id).
+- destination: the address the connection was for (the connection's local address: here the
+  original destination and port, as the HTTP check has it; at an ingress gateway the address and
+  port the client connected to) and principal (the local certificate's URI SAN: this proxy's
+  SPIFFE id).
 OK: the connection goes on (the answer's header edits mean nothing to it). Denied: it is closed,
-response flag UAEX. An error (unreachable, reset, timed out, a failed call): closed the same way
+response flag UAEX (Envoy's response code details `ext_authz_denied`, no termination details). An
+error (unreachable, reset, timed out, a failed call): closed the same way (`ext_authz_error`)
 unless failOpen lets it on unchecked. The access-log line's details say why, naming the policy and
-the provider, as an HTTP request's do.
+the provider, as an HTTP request's do. No span: the filter calls its client with the null span
+(`callCheck`), so the check is untraced and carries no trace context.
 
 Where Ambit differs, deliberately: a CUSTOM policy with an `envoyExtAuthzHttp` provider, which has
 no way to check a connection, is ignored on a TCP chain by Istio ("ignored CUSTOM action with HTTP
 provider on TCP filter chain"), which lets the tunnel through unchecked; Ambit refuses what its L4
-view matches (fail closed: a policy that asks for a check is never silently skipped). A provider
+view matches (fail closed: a policy that asks for a check is never silently skipped), flagged RBAC
+with the termination details of the rule Istio names for the policy (`refused_detail`). A provider
 that is not a MeshConfig ext_authz provider, or several providers for one Service, deny as for
 HTTP (waypoint/authz/custom.py). Envoy dials the upstream while the check is out; Ambit opens it
 only once the check allowed, so a refused client never reaches the backend at all.
