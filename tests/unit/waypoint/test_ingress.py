@@ -130,9 +130,11 @@ def test_l4_listeners_hand_over_what_they_route_and_close_the_rest(monkeypatch: 
     monkeypatch.setattr(ingress_listen, "HELLO_TIMEOUT", 0.3)
     tls_port, tcp_port = _free_port(), _free_port()
     handed: list[tuple[str, int, bytes]] = []
+    local: list[str] = []
 
     def relay(transport, down, early) -> None:     # the engine's opaque relay: say what it was given
         handed.append((down.hostname, down.destination_port, early))
+        local.append(down.destination_ip)
         transport.write(f"to {down.hostname}".encode())
         transport.close()
 
@@ -173,6 +175,9 @@ def test_l4_listeners_hand_over_what_they_route_and_close_the_rest(monkeypatch: 
             assert await asyncio.wait_for(r.read(100), 5) == b"to *"
             w.close()
             assert handed[-1] == ("*", tcp_port, b"")
+            # each connection's destination is the address the client connected to (what a TCP
+            # ext_authz check and the access log's downstream_local_address name), TLS and TCP
+            assert local == ["127.0.0.1", "127.0.0.1"]
         finally:
             await lst.close()
 
