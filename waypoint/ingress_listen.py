@@ -298,8 +298,9 @@ class _Accepted(Plug):
         # `edge`: a client from outside the mesh, whose headers the engine sanitizes (waypoint/http/edge.py)
         mutual = obj is not None and self._port.auth.get(id(obj.context), ("",))[0]
         der = obj.getpeercert(binary_form=True) if mutual else None
+        local = (transport.get_extra_info("sockname") or ("",))[0]
         self._serve(self, Downstream(source_ip=peer[0], destination_port=self._port.port.port, listener=group,
-                                     edge="http" if obj is None else "https",
+                                     local_ip=local, edge="http" if obj is None else "https",
                                      client_cert=client_cert_element(der) if der else ""))
 
 

@@ -71,6 +71,11 @@ class Downstream:
     edge: str = ""                          # ingress: the client connection's scheme (http, https); "" in the mesh
     sni: str = ""                           # an opaque tunnel's TLS ClientHello server name, "" if none
     client_cert: str = ""                   # ingress mutual TLS: the verified client certificate's XFCC element
+    # ingress HTTP: the address the client connected to (Envoy's downstream local address: what
+    # `destination.ip` matches, the check's destination, the log's downstream_local_address). Not
+    # `destination_ip`, which would make the route lookup treat the request as addressed to a
+    # workload; in the mesh and on ingress TCP listeners destination_ip is that address already
+    local_ip: str = ""
     # Waypoints this request already came through before this one (the CONNECT's HOPS_HEADER; 0 from
     # a client's ztunnel or at an ingress gateway): bounds a loop of waypoints sending to each other
     hops: int = 0

@@ -205,9 +205,9 @@ def match_matches(m: Match, r: _Request, *, deny: bool) -> bool:
         return False
     if m.not_remote_ip_blocks and in_blocks(d.source_ip, m.not_remote_ip_blocks):
         return False
-    if m.destination_ips and not in_blocks(d.destination_ip, m.destination_ips):
+    if m.destination_ips and not in_blocks(d.destination_ip or d.local_ip, m.destination_ips):
         return False
-    if m.not_destination_ips and in_blocks(d.destination_ip, m.not_destination_ips):
+    if m.not_destination_ips and in_blocks(d.destination_ip or d.local_ip, m.not_destination_ips):
         return False
     return True
 

@@ -61,7 +61,7 @@ def check_message(head: RequestHead, down: Downstream, local_identity: str, requ
     a = req.attributes
     a.source.address.socket_address.address = down.source_ip
     a.source.principal = down.source_identity
-    a.destination.address.socket_address.address = down.destination_ip
+    a.destination.address.socket_address.address = down.destination_ip or down.local_ip
     a.destination.address.socket_address.port_value = down.destination_port
     a.destination.principal = local_identity
     h = a.request.http

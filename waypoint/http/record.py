@@ -92,8 +92,8 @@ class RequestRecord:
         for k, v in (("upstream_host", self.upstream), ("route_name", self.route), ("request_id", self.request_id),
                      ("authority", self.authority), ("user_agent", self.user_agent),
                      ("downstream_remote_address", d.source_ip),
-                     ("downstream_local_address", f"{d.destination_ip}:{d.destination_port}"
-                      if d.destination_ip else ""),
+                     ("downstream_local_address", f"{d.destination_ip or d.local_ip}:{d.destination_port}"
+                      if d.destination_ip or d.local_ip else ""),
                      ("downstream_peer_principal", d.source_identity), ("destination_service", self.service)):
             if v != "":
                 out[k] = v

@@ -104,7 +104,8 @@ def request_values(rec: RequestRecord, src: Workload | None, dst: Workload | Non
         "REQ(:AUTHORITY)": rec.authority, "UPSTREAM_HOST": rec.upstream, "ROUTE_NAME": rec.route,
         "UPSTREAM_CLUSTER_RAW": rec.service, "UPSTREAM_CLUSTER": rec.service, "GRPC_STATUS": rec.grpc_status,
         "DOWNSTREAM_REMOTE_ADDRESS": d.source_ip,
-        "DOWNSTREAM_LOCAL_ADDRESS": f"{d.destination_ip}:{d.destination_port}" if d.destination_ip else "",
+        "DOWNSTREAM_LOCAL_ADDRESS": (f"{d.destination_ip or d.local_ip}:{d.destination_port}"
+                                     if d.destination_ip or d.local_ip else ""),
         "DOWNSTREAM_PEER_URI_SAN": _uri(d.source_identity),
         "UPSTREAM_PEER_URI_SAN": _uri(dst.identity) if dst is not None else "",
         "SOURCE_WORKLOAD": workload_name(src) if src is not None else "",

@@ -292,3 +292,19 @@ def test_the_l4_view_ztunnel_enforces_is_unchanged() -> None:
     assert p.rules == [Rule(clauses=[[Match(principals=["cluster.local/ns/default/sa/frontend"])]], has_l7=True)]
     assert p.has_l7 and p.l7_rules
     assert p.http_rules[0].clauses[1] == [Match(methods=["GET"], paths=["/api/*"])]
+
+
+def test_destination_ip_at_an_ingress_gateway_is_the_address_the_client_connected_to() -> None:
+    """At an ingress HTTP listener the request is addressed to no workload (no `destination_ip`, so
+    the route lookup goes by Host), but `destination.ip` is still Envoy's downstream local address:
+    the gateway's own address. It used to be "" there, so an ALLOW on it denied everything."""
+    ps = policies(to_service([{"when": [{"key": "destination.ip", "values": ["192.0.2.10/32"]}]}]))
+    at_gateway = Downstream(source_identity=FRONTEND, source_ip="203.0.113.9", destination_port=80,
+                            service="default/myapp", hostname="myapp.default.svc.cluster.local",
+                            local_ip="192.0.2.10")
+    assert allowed(ps, d=at_gateway)
+    assert not allowed(ps, d=Downstream(source_ip="203.0.113.9", destination_port=80, service="default/myapp",
+                                        hostname="myapp.default.svc.cluster.local", local_ip="192.0.2.11"))
+    deny = policies(to_service([{"when": [{"key": "destination.ip", "notValues": ["192.0.2.10/32"]}]}],
+                               action="DENY"))
+    assert allowed(deny, d=at_gateway)

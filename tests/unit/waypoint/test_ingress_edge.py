@@ -38,6 +38,7 @@ from waypoint.http.engine import Engine, UpstreamTarget
 from waypoint.http.plug import connect_tcp
 from waypoint.http.settings import HttpSettings
 from waypoint.ingress_listen import IngressListeners
+from waypoint.request import Downstream
 
 FORGED = {
     "x-forwarded-proto": "https",
@@ -106,15 +107,19 @@ class _Gateway:
                                          "--gateway-class", "ambit"]), self.cfg, None)
         self.origin, self.settings = origin, settings or HttpSettings()
         self.traced: list[dict[str, str]] = []
+        self.downs: list[Downstream] = []       # the connection each request came on, as the engine got it
         self.resolve = ["--resolve", f"a.example.com:{self.http}:127.0.0.1",
                         "--resolve", f"a.example.com:{self.https}:127.0.0.1", "--cacert", str(self.ca)]
 
     def run(self, body: Callable[[], Awaitable[None]]) -> None:
         traced, port = self.traced, self.origin.port
 
+        downs = self.downs
+
         class Tracer:       # what the gateway's tracer decides from: x-envoy-force-trace, x-request-id
             def server(self, head, down, rec) -> None:
                 traced.append(dict(head.headers))
+                downs.append(down)
 
         def upstream(fwd, head, down, exclude=frozenset()) -> UpstreamTarget:     # demo/echo: the origin
             return UpstreamTarget(key="origin", address=f"127.0.0.1:{port}",
@@ -152,6 +157,11 @@ def test_an_external_clients_forged_headers_do_not_pass_the_gateway(tmp_path: Pa
                                                         "x-envoy-external-address"}
             assert not leaked, (url, version, leaked)
             seen = gw.traced.pop()
+            # the gateway's own address is the request's destination.ip / downstream local address
+            # (Envoy's), while the route lookup still goes by Host (no destination_ip)
+            down = gw.downs.pop()
+            assert (down.local_ip, down.destination_ip, down.destination_port) == ("127.0.0.1", "", gw.http if
+                                                                                   scheme == "http" else gw.https)
             assert "x-envoy-force-trace" not in seen and "x-request-id" not in seen, seen
             # a redirect keeps the client's scheme, HTTP/1.1 over TLS included
             where = await _curl(url + "old", version, "-o", "/dev/null", "-w", "%{redirect_url}", *gw.resolve)
