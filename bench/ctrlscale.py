@@ -183,14 +183,18 @@ def stages(objs: list[Obj]) -> dict[str, Callable[[], Any]]:
         return c
     churned_cache = LastGoodCache()
     churned_cache.replace(churned, owns=lambda _k: True)
-    warm = on_snapshot(snap)
     turns = [churned_cache.objects(), snap]
+    warm: list[Any] = []
 
     def on_snapshot_churn() -> None:
         """A controller that applied the last snapshot applies one churn's (and back, in turn):
-        its steady state, where most of the model did not change."""
+        its steady state, where most of the model did not change. The first run also makes that
+        controller (best of --repeat 2 or more leaves it out), so other stages do not share the
+        process with it."""
+        if not warm:
+            warm.append(on_snapshot(snap))
         turns.reverse()
-        warm.on_snapshot(turns[0])
+        warm[0].on_snapshot(turns[0])
     wp = waypoint_holding(by_type)
     flip = [by_type2, by_type]
 
