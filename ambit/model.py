@@ -52,16 +52,16 @@ def _as_dict(obj: Any) -> Any:
     cls = type(obj)
     if cls in _ATOM_TYPES:
         return obj
+    if cls is list:         # before the dataclass check: lists and dicts are most of the calls
+        return [v if type(v) in _ATOM_TYPES else _as_dict(v) for v in obj]
+    if cls is dict:
+        return {k if type(k) in _ATOM_TYPES else _as_dict(k): v if type(v) in _ATOM_TYPES else _as_dict(v)
+                for k, v in obj.items()}
     names = _FIELD_NAMES.get(cls)
     if names is None and dataclasses.is_dataclass(cls):
         names = _FIELD_NAMES.setdefault(cls, tuple(f.name for f in dataclasses.fields(cls)))
     if names is not None:
         return {n: v if type(v := getattr(obj, n)) in _ATOM_TYPES else _as_dict(v) for n in names}
-    if cls is list:
-        return [v if type(v) in _ATOM_TYPES else _as_dict(v) for v in obj]
-    if cls is dict:
-        return {k if type(k) in _ATOM_TYPES else _as_dict(k): v if type(v) in _ATOM_TYPES else _as_dict(v)
-                for k, v in obj.items()}
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         return cls(*[_as_dict(v) for v in obj])
     if isinstance(obj, (list, tuple)):

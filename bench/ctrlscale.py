@@ -181,6 +181,20 @@ def stages(objs: list[Obj]) -> dict[str, Callable[[], Any]]:
         c = LastGoodCache()
         c.replace(objs, owns=lambda _k: True)
         return c
+    churned_cache = LastGoodCache()
+    churned_cache.replace(churned, owns=lambda _k: True)
+    turns = [churned_cache.objects(), snap]
+    warm: list[Any] = []
+
+    def on_snapshot_churn() -> None:
+        """A controller that applied the last snapshot applies one churn's (and back, in turn):
+        its steady state, where most of the model did not change. The first run also makes that
+        controller (best of --repeat 2 or more leaves it out), so other stages do not share the
+        process with it."""
+        if not warm:
+            warm.append(on_snapshot(snap))
+        turns.reverse()
+        warm[0].on_snapshot(turns[0])
     wp = waypoint_holding(by_type)
     flip = [by_type2, by_type]
 
@@ -195,6 +209,7 @@ def stages(objs: list[Obj]) -> dict[str, Callable[[], Any]]:
         "translate": lambda: translate(snap),
         "content_version": lambda: content_version(by_type),
         "on_snapshot": lambda: on_snapshot(snap),   # translate + version + server snapshot
+        "on_snapshot_churn": on_snapshot_churn,     # the same, after a churn, on a warm controller
         "advisories": lambda: advisories(snap, translation=tr),
         "snapshot_build": lambda: Snapshot.build(by_type, "v1", 1),
         "subscribers": lambda: push_round(by_type, by_type2),
