@@ -77,7 +77,7 @@ def client_apply(views: Mapping[str, list[Any]], apply: Callable[[Any], None]) -
         states = {t: TypeState(t) for t in views}
         staged = {t: states[t].stage("v1", es, ()) for t, es in got.items()}
         t2 = _retained()
-        for t, s in staged.items():
+        for s in staged.values():
             apply(s.update)
         t3 = _retained()
         for t, s in staged.items():
