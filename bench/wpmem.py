@@ -129,13 +129,71 @@ def agent_delta(by_type: Mapping[str, list[Any]], repeat: int = 20) -> tuple[int
     return len(mine), best
 
 
+def waypoint_delta(by_type: Mapping[str, list[Any]], objs: list[dict[str, Any]],
+                   repeat: int = 5) -> dict[str, float]:
+    """Best ms of what a waypoint does with one churn's responses (50 pods gone, 50 new: the
+    Workload and the Service responses), step by step as its config client takes them: decode
+    and stage the delta, `WaypointConfig.apply`, commit, and write the config cache file
+    (`--config-cache`, which the manifests set; `ConfigClient._save_cache`, once per response)."""
+    import random
+    from pathlib import Path
+
+    from ambit.configclient import cache
+    from ambit.configclient.state import TypeState
+    from ambit.model import Service, Workload
+    from bench.ctrlscale import churn
+    from controller.sources.cache import LastGoodCache
+    from controller.translate import translate
+    from waypoint.authz import Waypoint
+    from waypoint.config import TYPES, WaypointConfig
+    c = LastGoodCache()
+    c.replace(churn(objs, 50, random.Random(2)), owns=lambda _k: True)
+    after = scoped(translate(c.objects()).by_type(), "waypoint", "waypoint-0", TYPES, WAYPOINT)
+    before = scoped(by_type, "waypoint", "waypoint-0", TYPES, WAYPOINT)
+    ns, name = WAYPOINT.split("/")
+    path = Path(tempfile.mkdtemp(prefix="wpmem-")) / "config-cache.json"
+    best: dict[str, float] = {}
+    for _ in range(repeat):
+        cfg = WaypointConfig(Waypoint(ns, name), "cluster.local")
+        states = {t: TypeState(t) for t in TYPES}
+        for t in TYPES:
+            staged = states[t].stage("v1", before[t], ())
+            cfg.apply(staged.update)
+            states[t].commit(staged)
+        gc.collect()
+        took = dict.fromkeys(("decode", "apply", "cache write"), 0.0)
+        for t in (Workload.TYPE, Service.TYPE):
+            held = states[t].versions()
+            changed = [e for e in after[t] if held.get(e.name) != e.version]
+            removed = set(held) - {e.name for e in after[t]}
+            t0 = time.perf_counter()
+            staged = states[t].stage("v2", changed, removed)
+            t1 = time.perf_counter()
+            cfg.apply(staged.update)
+            states[t].commit(staged)
+            t2 = time.perf_counter()
+            cache.save(path, "waypoint", {u: (s.system_version, list(s.encoded.values())) for u, s in states.items()})
+            t3 = time.perf_counter()
+            for k, v in (("decode", t1 - t0), ("apply", t2 - t1), ("cache write", t3 - t2)):
+                took[k] += v * 1000
+        for k, v in took.items():
+            best[k] = min(best.get(k, v), v)
+    path.unlink()
+    path.parent.rmdir()
+    return best
+
+
 def report(pods: int) -> None:
     """Print the in-process figures for one cluster size."""
+    objs = cluster(pods)
     by_type = translated(pods)
     for what, fn in (("waypoint", waypoint_memory), ("ztunnel", ztunnel_memory)):
         steps, held = fn(by_type)
         print(f"pods={pods:6d} {what:8s} " + "  ".join(f"{k} {v / 2**20:6.1f} MiB" for k, v in steps), flush=True)
         del held
+    costs = waypoint_delta(by_type, objs)
+    print(f"pods={pods:6d} waypoint one churn's Workload and Service responses: "
+          + "  ".join(f"{k} {v:.1f} ms" for k, v in costs.items()), flush=True)
     n, ms = agent_delta(by_type)
     print(f"pods={pods:6d} agent    node-0's {n} pods: pod list + signature per update {ms:.2f} ms", flush=True)
 
