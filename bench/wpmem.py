@@ -24,6 +24,7 @@ import argparse
 import gc
 import multiprocessing as mp
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -263,7 +264,9 @@ def waypoint_rss(pods: int, settle: float = 5.0, timeout: float = 300.0) -> tupl
             time.sleep(0.5)
         synced = time.monotonic() - started
         time.sleep(settle)
-        return rss_mib(wp.pid), synced
+        mib = rss_mib(wp.pid)
+        shutil.rmtree(tmp)          # its log, kept only when it did not sync
+        return mib, synced
     finally:
         if wp is not None:
             wp.terminate()
