@@ -81,6 +81,12 @@ def workload_pods(node: str, workloads: Iterable[Workload]) -> list[LocalPod]:
     return out
 
 
+def view_signature(view: WorkloadView) -> str:
+    """What tells one view from the last: the agent acts only on a view whose signature changed."""
+    return json.dumps([view.revision, [[p.key, p.enrolled, p.reason, p.uid, p.ref and asdict(p.ref)]
+                                       for p in view.pods]], sort_keys=True, default=str)
+
+
 class StreamPodSource:
     """Subscribes as `agent/<node>` to `ambit.io/Workload` at `target` and yields WorkloadViews."""
 
@@ -167,8 +173,7 @@ class StreamPodSource:
                 # The version is part of the signature: the status file's revision must be the
                 # newest config held (the one a restarted agent reloads from its cache), even when
                 # that version changed nothing on this node.
-                sig = json.dumps([view.revision, [[p.key, p.enrolled, p.reason, p.uid, p.ref and asdict(p.ref)]
-                                                  for p in view.pods]], sort_keys=True, default=str)
+                sig = view_signature(view)
                 if sig != last_sig:     # a config change, or a sandbox that (dis)appeared
                     last_sig = sig
                     yield view

@@ -11,7 +11,8 @@ import base64
 import copy
 import dataclasses
 import functools
-from collections.abc import Mapping
+import sys
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -26,6 +27,9 @@ class Resource:
     """Base for stream resources: a type URL, a stable name, and JSON round-tripping."""
 
     TYPE: ClassVar[str] = ""
+    # No instance dict of its own: a subclass declared with slots (one instance per pod) then has
+    # none either; the others keep theirs.
+    __slots__ = ()
 
     @property
     def resource_name(self) -> str:  # pragma: no cover - overridden
@@ -74,15 +78,64 @@ def _as_dict(obj: Any) -> Any:
 def _from_dict(cls: Any, d: Any) -> Any:
     if not dataclasses.is_dataclass(cls) or not isinstance(d, dict):
         return d
-    hints = {f.name: f for f in dataclasses.fields(cls)}
+    plan = _plan(cls)
     kwargs = {}
-    for name, f in hints.items():
+    for name, klass, many in plan:
         if name not in d:
             continue
-        kwargs[name] = _convert(f.type, d[name])
+        v = d[name]
+        if klass is None:
+            kwargs[name] = v if type(v) in _ATOM_TYPES and type(v) is not str else _share(v)
+        elif many:
+            kwargs[name] = [_from_dict(klass, x) for x in v]
+        else:
+            kwargs[name] = None if v is None else _from_dict(klass, v)
     if len(d) > len(kwargs):
-        _unknown_fields(cls, d, hints, kwargs)
+        _unknown_fields(cls, d, _PLAN_NAMES[cls], kwargs)
     return cls(**kwargs)
+
+
+_PLANS: dict[type, tuple[tuple[str, Any, bool], ...]] = {}
+_PLAN_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _plan(cls: Any) -> tuple[tuple[str, Any, bool], ...]:
+    """Per field of `cls`: (name, the model class it holds or None, whether a list of them); made
+    once per class, since a decode of 10,000 workloads would otherwise match every field's type
+    against every nested class's name again for each one."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        out = []
+        for f in dataclasses.fields(cls):
+            tp_s = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+            klass, many = None, False
+            for name, k in _NESTED.items():
+                if tp_s == f"list[{name}]":
+                    klass, many = k, True
+                    break
+                if tp_s in (name, f"{name} | None"):
+                    klass = k
+                    break
+            out.append((f.name, klass, many))
+        _PLAN_NAMES[cls] = frozenset(n for n, _, _ in out)
+        plan = _PLANS[cls] = tuple(out)
+    return plan
+
+
+def _share(v: Any) -> Any:
+    """A decoded JSON value with its strings interned (lists and dicts rebuilt, equal): a data
+    plane decodes each resource's body on its own, so without this every workload holds its own
+    copy of its namespace, node, labels, identity and annotations, and every endpoint its own copy
+    of its workload's uid and IP (at 10,000 pods about a third of a waypoint's or ztunnel's config,
+    docs/performance.md, "The waypoint and the node agent at 10,000 pods")."""
+    t = type(v)
+    if t is str:
+        return sys.intern(v)
+    if t is list:
+        return [_share(x) for x in v]
+    if t is dict:
+        return {sys.intern(k) if type(k) is str else k: _share(x) for k, x in v.items()}
+    return v
 
 
 UNKNOWN_FIELD = "a field this version of Ambit does not know"
@@ -136,7 +189,7 @@ def _advisory_fields(cls: type) -> tuple[tuple[str, bool], ...]:
     return found
 
 
-def _unknown_fields(cls: Any, d: dict[str, Any], hints: Mapping[str, Any], kwargs: dict[str, Any]) -> None:
+def _unknown_fields(cls: Any, d: dict[str, Any], hints: Collection[str], kwargs: dict[str, Any]) -> None:
     """Fields of a newer controller (version skew: the control plane is upgraded first).
 
     `to_dict` writes every field, so a field added in a newer version reaches an older client in
@@ -169,17 +222,7 @@ def _is_zero(v: Any) -> bool:
     return v is None or v is False or v == 0 or v == "" or (isinstance(v, (list, dict)) and not v)
 
 
-def _convert(tp: Any, v: Any) -> Any:
-    tp_s = tp if isinstance(tp, str) else getattr(tp, "__name__", "")
-    for name, klass in _NESTED.items():
-        if tp_s == f"list[{name}]":
-            return [_from_dict(klass, x) for x in v]
-        if tp_s in (name, f"{name} | None"):
-            return None if v is None else _from_dict(klass, v)
-    return v
-
-
-@dataclass
+@dataclass(slots=True, weakref_slot=True)   # one per pod: no instance dict (docs/performance.md)
 class ServicePort:
     port: int
     target_port: int
@@ -188,7 +231,7 @@ class ServicePort:
     target_port_name: str = ""  # set when the Service names its targetPort ("http"); see Endpoint.ports
 
 
-@dataclass
+@dataclass(slots=True, weakref_slot=True)   # one per pod: no instance dict (docs/performance.md)
 class Endpoint:
     workload_uid: str
     ip: str
@@ -219,7 +262,7 @@ def target_port(p: ServicePort, ep: Endpoint) -> int:
     return p.target_port or p.port
 
 
-@dataclass
+@dataclass(slots=True, weakref_slot=True)   # one per pod: no instance dict (docs/performance.md)
 class Service(Resource):
     """A Kubernetes Service as the data plane needs it: VIPs, ports and resolved endpoints."""
 
@@ -269,7 +312,7 @@ class Service(Resource):
         return not self.export_to or "*" in self.export_to or namespace in self.export_to
 
 
-@dataclass
+@dataclass(slots=True, weakref_slot=True)   # one per pod: no instance dict (docs/performance.md)
 class Workload(Resource):
     """A pod as the data plane needs it."""
 

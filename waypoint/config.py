@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
 from ambit import telemetry
@@ -92,13 +93,15 @@ class View:
 T = TypeVar("T")
 
 
-def _workloads(state: Mapping[str, Resource]) -> tuple[dict[str, Workload], dict[str, Workload]]:
-    workloads = {cast(Workload, w).uid: cast(Workload, w) for w in state.values()}
+def _workloads(state: Mapping[str, Resource]) -> tuple[Mapping[str, Workload], dict[str, Workload]]:
+    """By uid (the type's state itself: a Workload's name is its uid) and by IP."""
+    workloads = cast(Mapping[str, Workload], state)
     return workloads, {ip: w for w in workloads.values() for ip in w.ips}
 
 
-def _services(state: Mapping[str, Resource]) -> tuple[dict[str, Service], dict[tuple[str, int], Service]]:
-    services = {cast(Service, s).resource_name: cast(Service, s) for s in state.values()}
+def _services(state: Mapping[str, Resource]) -> tuple[Mapping[str, Service], dict[tuple[str, int], Service]]:
+    """By "ns/name" (the type's state itself: that is a Service's name) and by (VIP, port)."""
+    services = cast(Mapping[str, Service], state)
     return services, {(vip, p.port): s for s in services.values() for vip in s.vips for p in s.ports}
 
 
@@ -131,7 +134,7 @@ class WaypointConfig:
         self.waypoint = waypoint
         self.trust_domain = trust_domain
         self.cluster_domain = cluster_domain
-        self.state: dict[str, dict[str, Resource]] = {t: {} for t in TYPES}
+        self.state: dict[str, Mapping[str, Resource]] = {t: {} for t in TYPES}
         self.synced_types: set[str] = set()
         self.version = ""
         self.view = View(trust_domains=TrustDomains.of(trust_domain))
@@ -143,7 +146,10 @@ class WaypointConfig:
 
     def apply(self, update: ConfigUpdate) -> None:
         state = dict(self.state)
-        state[update.type_url] = dict(update.state)
+        # Held as it is when read-only (the config client hands each update a fresh one), else
+        # copied: a caller's dict may change after. The View's by-uid and by-name maps are this
+        # mapping too, so 10,000 workloads are not indexed by name three times over.
+        state[update.type_url] = update.state if isinstance(update.state, MappingProxyType) else dict(update.state)
         view = self._build(state)      # raises on a bad update: the client NACKs and keeps the old
         self.state, self.view = state, view
         self.synced_types.add(update.type_url)

@@ -146,3 +146,21 @@ def test_node_info_fields_are_bounded_and_printable(field: str, value: str):
     with pytest.raises(ValueError, match=f"node.{field}: must be at most 253 printable characters"):
         NodeInfo(**kw).validate()
     assert NodeInfo("waypoint", "waypoint-7d9c-x2", "demo/wp", "3f2a").validate()
+
+
+def test_an_updates_state_is_the_committed_state_and_later_deltas_leave_it_as_it_was():
+    """A component may keep `update.state` (the waypoint does, as its by-uid map): it is a read-only
+    view of the very map the client commits, not a second copy of 10,000 workloads, and staging
+    the next delta copies that map rather than editing it."""
+    import gc
+    from types import MappingProxyType
+
+    ts = TypeState(Workload.TYPE)
+    first = ts.stage("v1", [encode(workload("a", "n1")), encode(workload("b", "n1"))], [])
+    ts.commit(first)
+    kept = first.update.state
+    assert isinstance(kept, MappingProxyType) and gc.get_referents(kept)[0] is ts.resources
+    second = ts.stage("v2", [encode(workload("c", "n1"))], ["a"])
+    ts.commit(second)
+    assert sorted(kept) == ["a", "b"] and sorted(second.update.state) == ["b", "c"]
+    assert gc.get_referents(second.update.state)[0] is ts.resources

@@ -11,7 +11,8 @@ import random
 
 import pytest
 
-from ambit.configclient.state import ConfigUpdate
+from ambit.configclient.codec import encode
+from ambit.configclient.state import ConfigUpdate, TypeState
 from ambit.model import (
     Authorization,
     HttpMatch,
@@ -110,3 +111,35 @@ def test_route_table_warnings_are_logged_when_the_table_changes_not_on_every_upd
         cfg.apply(update(Workload.TYPE, states[1][Workload.TYPE]))
         cfg.apply(update(Workload.TYPE, states[2][Workload.TYPE]))
     assert warned and [r for r in caplog.records if "route table" in r.getMessage()] == warned
+
+
+def test_a_view_from_the_wire_equals_one_from_the_objects_and_indexes_by_name_once(
+        states: list[dict[str, list]]) -> None:
+    """What the config client hands over (bodies decoded, strings shared, a read-only state per
+    update) gives, over random updates, the View a build from the controller's own objects gives;
+    its by-uid and by-name maps are those states, not copies of them."""
+    rng = random.Random(13)
+    types = {t: TypeState(t) for t in TYPES}
+    wire = WaypointConfig(Waypoint("ns-0", "waypoint"), "cluster.local")
+
+    def send(t: str, resources: list) -> None:
+        staged = types[t].stage("v", [encode(r) for r in resources], set(types[t].resources) - {
+            r.resource_name for r in resources})
+        wire.apply(staged.update)
+        types[t].commit(staged)
+    for t in TYPES:
+        send(t, states[0].get(t, []))
+    for _ in range(12):
+        t = rng.choice([Workload.TYPE, Service.TYPE, WaypointRoutes.TYPE, Authorization.TYPE, MeshSettings.TYPE])
+        send(t, rng.choice(states).get(t, []))
+        want = fresh({t: {r.resource_name: r for r in rs} for t, rs in
+                      ((t, list(types[t].resources.values())) for t in TYPES)}).view
+        for part in PARTS:
+            got, exp = getattr(wire.view, part), getattr(want, part)
+            if part == "table":
+                got, exp = (got.hosts, got.by_service, got.errors), (exp.hosts, exp.by_service, exp.errors)
+            assert got == exp, part
+        v = wire.view
+        assert v.workloads == {w.uid: w for w in types[Workload.TYPE].resources.values()}
+        assert v.services == {s.resource_name: s for s in types[Service.TYPE].resources.values()}
+        assert v.workloads is wire.state[Workload.TYPE] and v.services is wire.state[Service.TYPE]
