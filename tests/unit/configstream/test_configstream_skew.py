@@ -348,6 +348,16 @@ def test_a_cache_file_of_another_shape_is_ignored_not_raised(tmp_path, damage):
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
+def _as_older_process(monkeypatch, name, older):
+    """Decode as a process whose model has `older` for the nested class `name`: the per-class decode
+    plans (`model._PLANS`) resolve nested classes once, so a process that never had the newer class
+    starts with none of the plans this one made."""
+    from ambit import model
+    monkeypatch.setitem(model._NESTED, name, older)
+    monkeypatch.setattr(model, "_PLANS", {})
+    monkeypatch.setattr(model, "_PLAN_NAMES", {})
+
+
 def _older(cls, drop):
     """`cls` as a version without the fields `drop` had it (same name, same other fields)."""
     specs = []
@@ -370,8 +380,7 @@ def test_an_older_waypoint_ignores_the_route_fields_it_never_applied(monkeypatch
                               tcp=[model.TcpRoute(port=5432, source_labels={"app": "reports"}, source_namespace="b")],
                               tls=[model.TcpRoute(sni_hosts=["a.example.com"])])
     wire = json.loads(json.dumps(model.wire_dict(wr)))
-    monkeypatch.setitem(model._NESTED, "TcpRoute",
-                        _older(model.TcpRoute, {"source_labels", "source_namespace", "sni_hosts"}))
+    _as_older_process(monkeypatch, "TcpRoute", _older(model.TcpRoute, {"source_labels", "source_namespace", "sni_hosts"}))
     old_routes = _older(model.WaypointRoutes, {"tls"})
     held = model._from_dict(old_routes, wire)
     assert held.hostname == wr.hostname and [t.port for t in held.tcp] == [5432]
@@ -403,7 +412,7 @@ def test_an_older_waypoint_refuses_an_inline_ca_bundle_rather_than_drop_it(monke
         tls_mode="SIMPLE", sni="api.example.com", ca_certificate_pem="-----BEGIN CERTIFICATE-----\n..."))
     wire = json.loads(json.dumps(model.wire_dict(wr)))
     assert "_advisory" not in wire["policy"]
-    monkeypatch.setitem(model._NESTED, "TrafficPolicy", _older(model.TrafficPolicy, {"ca_certificate_pem"}))
+    _as_older_process(monkeypatch, "TrafficPolicy", _older(model.TrafficPolicy, {"ca_certificate_pem"}))
     with pytest.raises(ValueError, match="TrafficPolicy.ca_certificate_pem"):
         model._from_dict(model.WaypointRoutes, wire)
     plain = json.loads(json.dumps(model.wire_dict(model.WaypointRoutes(
