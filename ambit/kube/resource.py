@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 Obj = dict[str, Any]
+OMITTED = "omittedData"
+OMITTED_NAMES = 16          # names of keys not kept, recorded at most (a key name is at most 253 bytes)
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,13 @@ class Resource:
     # read (`project`): for a kind watched cluster-wide for a few keys (ConfigMaps, for `ca.crt`),
     # whose other content (up to 1 MiB each, and kubectl's last-applied copy of it) must not be kept.
     data_keys: tuple[str, ...] | None = None
+    # With `data_keys`: keys kept too, each only while its value is at most `key_bound` bytes
+    # (ConfigMaps, for a Gateway's parameter overlays). A larger one is dropped and its size kept,
+    # and so are the names of up to `OMITTED_NAMES` keys not kept at all, under `omittedData`
+    # ({"oversize": {key: bytes}, "others": [key], "othersTotal": n}): a reader can then say
+    # what it was not given instead of reading as absent what was too large or misnamed.
+    bounded_keys: tuple[str, ...] = ()
+    key_bound: int = 0
 
     def __post_init__(self) -> None:
         if not self.versions:
@@ -64,6 +73,22 @@ class Resource:
         out: Obj = {k: obj[k] for k in ("apiVersion", "kind") if k in obj}
         out["metadata"] = {k: md[k] for k in ("name", "namespace") if k in md}
         out["data"] = {k: data[k] for k in self.data_keys if k in data}
+        oversize = {}
+        for k in self.bounded_keys:
+            if k in data:
+                size = len(str(data[k]).encode())
+                if size <= self.key_bound:
+                    out["data"][k] = data[k]
+                else:
+                    oversize[k] = size
+        others = sorted({*data, *(obj.get("binaryData") or {})} - set(self.data_keys) - set(self.bounded_keys))
+        omitted: Obj = {}
+        if oversize:
+            omitted["oversize"] = oversize
+        if others:
+            omitted["others"], omitted["othersTotal"] = others[:OMITTED_NAMES], len(others)
+        if omitted:
+            out[OMITTED] = omitted
         return out
 
 

@@ -535,10 +535,12 @@ GatewaySpec = Obj({
     "listeners": Arr(Listener, min_items=1),
     "allowedListeners": AllowedListeners,
     "addresses": Arr(Obj({"type": Str(), "value": Str(min_len=1)}, required=("value",))),
-    "infrastructure": Obj({"labels": Labels, "annotations": Map(Str())}, unsupported={
-        "parametersRef": "infrastructure.parametersRef is not supported by Ambit: it renders its gateways' "
-                         "Deployment and Service itself and reads no parameters object; use infrastructure.labels "
-                         "and annotations (copied onto them)"}),
+    # parametersRef: a ConfigMap of overlays of the rendered objects (controller/waypoints/params.py);
+    # another kind, or a bad ConfigMap, is reported on the Gateway's status (InvalidParameters), as
+    # Gateway API and Istio do, not refused here: the Gateway's listeners and routes still apply.
+    "infrastructure": Obj({"labels": Labels, "annotations": Map(Str()),
+                           "parametersRef": Obj({"group": Str(), "kind": Str(min_len=1), "name": Str(min_len=1)},
+                                                required=("group", "kind", "name"))}),
 }, required=("gatewayClassName", "listeners"), checks=(_check_gateway,))
 
 def _check_l4_route(value: dict[str, Any], path: str, errs: Errors) -> None:

@@ -48,6 +48,7 @@ from controller.translate.parents import is_gateway_parent, is_service_parent
 from controller.validation import FieldError, object_ref, reasons
 from controller.waypoints.gateways import STATUS_GROUP_SUFFIXES, is_waypoint
 from controller.waypoints.ingress_status import refused_route_status, untimed
+from controller.waypoints.params import MAX_OVERLAY_BYTES, OVERLAY_KEYS
 from controller.waypoints.policy_status import POLICY_KINDS, refused_policy_status, untimed_ancestors
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,14 @@ FIELD_SELECTORS = {"Secret": "type=kubernetes.io/tls"}
 # any ConfigMap, so no selector can narrow the watch; instead each one is cut down to its name and
 # `ca.crt` as it arrives (`Resource.project`): the rest of its data (up to 1 MiB), its annotations
 # and its resourceVersion are never kept, and a change to them publishes nothing (docs/operations.md).
+#
+# A Gateway's parametersRef ConfigMap (controller/waypoints/params.py) is read too: its overlay keys
+# are kept, each only up to MAX_OVERLAY_BYTES (16 KiB; keys named `service` or `deployment` are
+# common in applications' ConfigMaps, so five such keys of every ConfigMap are at most 80 KiB
+# each); a larger value is dropped and its size kept, with the names of up to 16 other keys, so a
+# Gateway can say what is wrong with its parameters (`omittedData`, ambit.kube.resource).
 DATA_KEYS = {"ConfigMap": ("ca.crt",)}
+BOUNDED_KEYS = {"ConfigMap": (OVERLAY_KEYS, MAX_OVERLAY_BYTES)}
 
 # Kinds read for ingress alone: an install that does not grant them (a cluster admin who removed
 # the rule, a controller upgraded before its ClusterRole) must not hold back every other snapshot.
@@ -110,7 +118,8 @@ CRD_RBAC = {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresource
 def default_types() -> list[WatchedType]:
     """Every group/kind in the registry: core kinds, Istio's groups, Ambit's groups, Gateway API."""
     return [WatchedType(group, versions, k.plural, k.kind, k.namespaced, FIELD_SELECTORS.get(k.kind, ""),
-                        data_keys=DATA_KEYS.get(k.kind))
+                        data_keys=DATA_KEYS.get(k.kind), bounded_keys=BOUNDED_KEYS.get(k.kind, ((), 0))[0],
+                        key_bound=BOUNDED_KEYS.get(k.kind, ((), 0))[1])
             for k in KINDS for group, versions in k.groups]
 
 

@@ -129,6 +129,16 @@ def desired_status(gw: Obj, service: Obj | None, errors: list[str] | None = None
     return status
 
 
+def invalid_parameters(status: Obj, gw: Obj, message: str) -> Obj:
+    """`status` with `Accepted=False`, reason `InvalidParameters` (Gateway API's reason for a
+    parametersRef that is missing, of an unsupported kind or malformed), as Istio writes it: the
+    other conditions stay what they are, since the gateway keeps serving with its objects as last
+    rendered."""
+    gen = int(_md(gw).get("generation") or 0)
+    accepted = _cond("Accepted", False, "InvalidParameters", message, gen)
+    return {**status, "conditions": [accepted if c["type"] == "Accepted" else c for c in status["conditions"]]}
+
+
 def merge_conditions(old: list[Obj] | None, new: list[Obj], now: float | None = None) -> list[Obj]:
     """`new` with `lastTransitionTime` kept from `old` where the status did not change, now elsewhere;
     conditions of other types in `old` (written by someone else) are kept."""

@@ -40,12 +40,15 @@ from controller.translate.ingress import ALL_ROUTE_KINDS, is_ingress
 from controller.waypoints import gateways as gws
 from controller.waypoints import ingress_status
 from controller.waypoints.advisories import advisories, conditions_update, has_free_status, object_conditions
+from controller.waypoints.params import OPTIONAL_KINDS, Parameters, check
+from controller.waypoints.params import apply as apply_parameters
 from controller.waypoints.policy_status import policy_updates
 from controller.waypoints.render import (
     WaypointDeploySettings,
     apply_update,
     is_managed,
     needs_update,
+    optional_objects,
     render,
 )
 
@@ -59,6 +62,10 @@ Obj = dict[str, Any]
 RBAC_RULES = [
     {"apiGroups": [""], "resources": ["serviceaccounts", "services"], "verbs": ["get", "create", "update"]},
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create", "update"]},
+    # what a parametersRef ConfigMap adds (controller/waypoints/params.py); deleted when its key goes
+    {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"],
+     "verbs": ["get", "create", "update", "delete"]},
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["get", "create", "update", "delete"]},
     # status is only merge-patched (_patch_status)
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways/status"], "verbs": ["patch"]},
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways/finalizers"], "verbs": ["update"]},
@@ -70,6 +77,7 @@ RBAC_RULES = [
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["backendtlspolicies/status"], "verbs": ["patch"]},
 ]
 _PLURALS = {"ServiceAccount": "serviceaccounts", "Service": "services", "Deployment": "deployments",
+            "HorizontalPodAutoscaler": "horizontalpodautoscalers", "PodDisruptionBudget": "poddisruptionbudgets",
             "Gateway": "gateways", "AuthorizationPolicy": "authorizationpolicies", "HTTPRoute": "httproutes",
             "GRPCRoute": "grpcroutes", "TLSRoute": "tlsroutes", "TCPRoute": "tcproutes",
             "BackendTLSPolicy": "backendtlspolicies"}
@@ -109,7 +117,7 @@ class KubeWaypointReconciler:
         self.refused = refused
         # (gateway uid, resourceVersion) -> when its objects were last found as wanted: a snapshot
         # caused by anything else then costs no API calls; drift is repaired within `resync` s.
-        self._settled: dict[tuple[str, str, tuple[int, ...]], float] = {}
+        self._settled: dict[tuple[str, str, tuple[int, ...], str], float] = {}
         self.resync = resync
         self.clock = clock
         self.api = api
@@ -205,17 +213,24 @@ class KubeWaypointReconciler:
         now = self.clock()
         live = set()
         refused = self.refused() if self.write_status else frozenset()
+        configmaps = {(o.get("metadata", {}).get("namespace") or "default", o.get("metadata", {}).get("name", "")): o
+                      for o in objects if o.get("kind") == "ConfigMap"}
         for gw in waypoints:
             md = gw.get("metadata") or {}
             ports = _served_ports(gw, translation)       # an Istio Gateway's new port redeploys too
-            key = (md.get("uid", ""), md.get("resourceVersion", ""), ports)
+            params = check(gw, configmaps, self.deploy, ports)
+            # a changed parameters ConfigMap redeploys too
+            key = (md.get("uid", ""), md.get("resourceVersion", ""), ports, params.digest if params else "")
             live.add(key)
-            if self.deploy is not None and key[0] and (is_ingress(gw) or gws.valid_waypoint_for(gw)) and \
+            if params is not None and params.errors:
+                log.warning("waypoint %s: %s", gws.gateway_ref(gw), params.message())
+            elif self.deploy is not None and key[0] and (is_ingress(gw) or gws.valid_waypoint_for(gw)) and \
                     now - self._settled.get(key, -1e18) >= self.resync:
                 self._attempt(f"objects of waypoint {gws.gateway_ref(gw)}",
-                              lambda gw=gw, ports=ports, key=key: self._deploy_settled(gw, ports, key))
+                              lambda gw=gw, ports=ports, key=key, params=params:
+                              self._deploy_settled(gw, ports, key, params))
             if self.write_status and ("Gateway", md.get("namespace") or "default", md.get("name")) not in refused:
-                self._gateway_status(gw, objects, translation)
+                self._gateway_status(gw, objects, translation, params)
         self._settled = {k: v for k, v in self._settled.items() if k in live}
         if self.write_status:
             self._policy_status(objects, translation)
@@ -223,18 +238,24 @@ class KubeWaypointReconciler:
                 self._route_status(objects, translation, refused)
                 self._backend_tls_status(objects, translation, refused)
 
-    def _deploy_settled(self, gw: Obj, ports: tuple[int, ...], key: tuple[str, str, tuple[int, ...]]) -> bool:
+    def _deploy_settled(self, gw: Obj, ports: tuple[int, ...], key: tuple[str, str, tuple[int, ...], str],
+                        params: Parameters | None = None) -> bool:
         """`_deploy`, remembering a success so the next snapshots skip it until `resync`."""
-        if not self._deploy(gw, ports):
+        if not self._deploy(gw, ports, params):
             return False
         self._settled[key] = self.clock()
         return True
 
-    def _deploy(self, gw: Obj, ports: tuple[int, ...] = ()) -> bool:
-        """Create or update the Gateway's objects; True when all are as wanted (nothing failed)."""
+    def _deploy(self, gw: Obj, ports: tuple[int, ...] = (), params: Parameters | None = None) -> bool:
+        """Create or update the Gateway's objects (with its parameters' overlays; valid ones only:
+        `_reconcile` deploys nothing for invalid ones); delete the autoscaler and disruption budget
+        its parameters no longer ask for. True when all are as wanted (nothing failed)."""
         assert self.deploy is not None
+        wanted, errors = apply_parameters(render(gw, self.deploy, ports), optional_objects(gw), params)
+        if errors:         # an overlay that changes what Ambit owns: nothing of it is applied
+            return True
         ok = True
-        for want in render(gw, self.deploy, ports):
+        for want in wanted:
             ref = f"{want['kind']} {want['metadata']['namespace']}/{want['metadata']['name']}"
             try:
                 status, existing = self._call("GET", object_path(want))
@@ -243,7 +264,11 @@ class KubeWaypointReconciler:
                 ok = False
                 continue
             if status == 404:
-                if self._write(f"create {ref}", "POST", object_path(want, named=False), want):
+                body = want
+                if want["kind"] == "Deployment" and "replicas" not in want["spec"]:
+                    # on creation only: from then on the count is kubectl scale's or an HPA's
+                    body = {**want, "spec": {"replicas": self.deploy.replicas, **want["spec"]}}
+                if self._write(f"create {ref}", "POST", object_path(want, named=False), body):
                     log.info("waypoint %s: created %s", gws.gateway_ref(gw), ref)
                 else:
                     ok = False
@@ -262,9 +287,37 @@ class KubeWaypointReconciler:
             else:
                 self.errors.append(f"get {ref}: HTTP {status}")
                 ok = False
+        have = {o["kind"] for o in wanted}
+        for gone in optional_objects(gw):
+            if gone["kind"] not in have and gone["kind"] in OPTIONAL_KINDS:
+                ok = self._delete_unwanted(gw, gone) and ok
         return ok
 
-    def _gateway_status(self, gw: Obj, objects: list[Obj], translation: Any = None) -> None:
+    def _delete_unwanted(self, gw: Obj, obj: Obj) -> bool:
+        """Delete `obj` if it is one the controller rendered for this Gateway (its parameters asked
+        for it once and no longer do); anything else of that name is left alone."""
+        ref = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        try:
+            status, existing = self._call("GET", object_path(obj))
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            self.errors.append(f"{ref}: {e}")
+            return False
+        if status == 404:
+            return True
+        if status >= 300 or existing is None:
+            self.errors.append(f"get {ref}: HTTP {status}")
+            return False
+        uid = (gw.get("metadata") or {}).get("uid")
+        if not is_managed(existing) or uid not in [r.get("uid") for r in
+                                                   (existing.get("metadata") or {}).get("ownerReferences") or []]:
+            return True
+        if not self._write(f"delete {ref}", "DELETE", object_path(obj), None):
+            return False
+        log.info("waypoint %s: deleted %s (its parameters no longer ask for it)", gws.gateway_ref(gw), ref)
+        return True
+
+    def _gateway_status(self, gw: Obj, objects: list[Obj], translation: Any = None,
+                        params: Parameters | None = None) -> None:
         if is_ingress(gw):      # its listeners' verdicts come from the translation
             listeners = translation.ingress.listeners.get(gws.gateway_ref(gw)) if translation is not None else None
             if listeners is None:
@@ -273,6 +326,8 @@ class KubeWaypointReconciler:
                                                  self.unbound(gws.gateway_ref(gw)))
         else:
             want = gws.desired_status(gw, gws.find_service(gw, objects))
+        if params is not None and params.errors:
+            want = gws.invalid_parameters(want, gw, params.message())
         old = gw.get("status") or {}
         if not gws.status_differs(old, want):
             return

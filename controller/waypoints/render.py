@@ -21,12 +21,21 @@ listens on those ports (the pod allows unprivileged ports from 0, as Istio's gat
 non-root proxy binds 80/443) and runs with `--gateway-class ambit|istio`, its ingress mode.
 
 Gateway `spec.infrastructure.labels/annotations` are copied onto every rendered object and the pod
-template, as Gateway API specifies. The container's arguments are the waypoint's settings
+template, as Gateway API specifies. `spec.infrastructure.parametersRef` names a ConfigMap of
+overlays of these objects, and of an optional HorizontalPodAutoscaler and PodDisruptionBudget
+(`autoscaler`, `disruption_budget`), merged in by controller/waypoints/params.py.
+
+The Deployment carries no `replicas`: the reconciler sets `WaypointDeploySettings.replicas` when it
+creates it and never again, as Istio's templates leave the count to whoever scales (kubectl scale,
+an HPA); an overlay that sets `spec.replicas` owns it, and then it is kept at that.
+
+The container's arguments are the waypoint's settings
 (`python -m waypoint --help`); they are rendered here from `WaypointDeploySettings`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +65,10 @@ RUN_DIR = "/var/run/ambit"                 # an emptyDir: the worker supervisor'
 # outgrows its sizeLimit is evicted (a cache write that fails only logs a warning)
 RUN_DIR_SIZE = "64Mi"
 CA_AUDIENCE = "ambit-ca"
+CA_TOKEN_VOLUME = "ca-token"
+ROOT_CERT_VOLUME = "root-cert"
+# The pod labels the Service, ztunnel (capture opt-out) and policy select a gateway's pods by.
+OWNED_POD_LABELS = (GATEWAY_NAME_LABEL, *OPT_OUT, "service.istio.io/canonical-name")
 
 
 @dataclass(frozen=True)
@@ -68,7 +81,7 @@ class WaypointDeploySettings:
     root_namespace: str = "ambit-system"
     pull_policy: str = "IfNotPresent"
     log_level: str = "INFO"
-    replicas: int = 1
+    replicas: int = 1                        # on creation only (module docstring)
     workers: int = 1                         # the waypoint's --workers (waypoint/workers.py)
 
 
@@ -198,26 +211,47 @@ def deployment(gw: Obj, s: WaypointDeploySettings, extra_ports: Iterable[int] = 
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "runAsNonRoot": True, "runAsUser": 1337, "runAsGroup": 1337,
                             "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "ca-token", "mountPath": TOKEN_DIR, "readOnly": True},
-                         {"name": "root-cert", "mountPath": ROOT_CERT_DIR, "readOnly": True},
+        "volumeMounts": [{"name": CA_TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
+                         {"name": ROOT_CERT_VOLUME, "mountPath": ROOT_CERT_DIR, "readOnly": True},
                          {"name": "run", "mountPath": RUN_DIR}],
     }
     template_md: Obj = {"labels": pod_labels, "annotations": {
         **(infra.get("annotations") or {}), "prometheus.io/scrape": "true",
         "prometheus.io/port": str(METRICS_PORT), "prometheus.io/path": "/metrics"}}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _metadata(gw),
-            "spec": {"replicas": s.replicas, "selector": {"matchLabels": {GATEWAY_NAME_LABEL: name}},
+            "spec": {"selector": {"matchLabels": {GATEWAY_NAME_LABEL: name}},
                      "template": {"metadata": template_md, "spec": {
                          "serviceAccountName": name,
                          **({"securityContext": {"sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start",
                                                               "value": "0"}]}} if is_ingress(gw) else {}),
                          "terminationGracePeriodSeconds": 30,
                          "containers": [container],
-                         "volumes": [{"name": "ca-token", "projected": {"sources": [{"serviceAccountToken": {
+                         "volumes": [{"name": CA_TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
                              "audience": CA_AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}},
-                                     {"name": "root-cert", "configMap": {"name": ROOT_CONFIGMAP}},
+                                     {"name": ROOT_CERT_VOLUME, "configMap": {"name": ROOT_CONFIGMAP}},
                                      {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": RUN_DIR_SIZE}}],
                      }}}}
+
+
+def autoscaler(gw: Obj) -> Obj:
+    """The HorizontalPodAutoscaler a `horizontalPodAutoscaler` overlay completes (Istio's base: it
+    scales the Deployment, to one replica until the overlay says more)."""
+    name = (gw.get("metadata") or {}).get("name", "")
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _metadata(gw),
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                     "maxReplicas": 1}}
+
+
+def disruption_budget(gw: Obj) -> Obj:
+    """The PodDisruptionBudget a `podDisruptionBudget` overlay completes (minAvailable or maxUnavailable)."""
+    name = (gw.get("metadata") or {}).get("name", "")
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _metadata(gw),
+            "spec": {"selector": {"matchLabels": {GATEWAY_NAME_LABEL: name}}}}
+
+
+def optional_objects(gw: Obj) -> list[Obj]:
+    """What a parametersRef may add, in creation order (each only with its overlay key)."""
+    return [autoscaler(gw), disruption_budget(gw)]
 
 
 def render(gw: Obj, s: WaypointDeploySettings, extra_ports: Iterable[int] = ()) -> list[Obj]:
@@ -231,6 +265,22 @@ def is_managed(obj: Obj) -> bool:
     return ((obj.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
 
 
+# On each rendered object: the map fields a parametersRef overlay added (controller/waypoints/params.py),
+# so that an update removes those the overlay no longer sets.
+OVERLAY_FIELDS_ANNOTATION = "ambit.io/overlay-fields"
+_NOT_BODY = ("apiVersion", "kind", "metadata", "status")
+
+
+def _overlay_fields(o: Obj) -> list[list[str]]:
+    raw = ((o.get("metadata") or {}).get("annotations") or {}).get(OVERLAY_FIELDS_ANNOTATION)
+    try:
+        fields = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    return [f for f in fields if isinstance(f, list) and f and all(isinstance(p, str) for p in f)] \
+        if isinstance(fields, list) else []
+
+
 def needs_update(existing: Obj, want: Obj) -> bool:
     """Whether the fields the controller owns differ (the API server adds defaults we ignore)."""
     emd, wmd = existing.get("metadata") or {}, want.get("metadata") or {}
@@ -238,9 +288,11 @@ def needs_update(existing: Obj, want: Obj) -> bool:
         return True
     if any((emd.get("annotations") or {}).get(k) != v for k, v in (wmd.get("annotations") or {}).items()):
         return True
+    if _overlay_fields(existing) != _overlay_fields(want):
+        return True
     if [r.get("uid") for r in emd.get("ownerReferences") or []] != [r.get("uid") for r in wmd["ownerReferences"]]:
         return True
-    return _differs(existing.get("spec"), want.get("spec"))
+    return any(_differs(existing.get(k), v) for k, v in want.items() if k not in _NOT_BODY)
 
 
 def _differs(have: Any, want: Any) -> bool:
@@ -253,18 +305,40 @@ def _differs(have: Any, want: Any) -> bool:
     return have != want
 
 
+def _without(o: Obj, path: list[str]) -> Obj:
+    """`o` without the field at `path` (maps only; copies along the path)."""
+    if not path or not isinstance(o, dict) or path[0] not in o:
+        return o
+    out = dict(o)
+    if len(path) == 1:
+        del out[path[0]]
+    elif isinstance(out[path[0]], dict):
+        out[path[0]] = _without(out[path[0]], path[1:])
+    return out
+
+
 def apply_update(existing: Obj, want: Obj) -> Obj:
-    """The object to PUT: the existing one (resourceVersion, clusterIP, defaults kept) with our fields."""
+    """The object to PUT: the existing one (resourceVersion, clusterIP, defaults kept) with our fields,
+    less the fields an earlier overlay added and the present one does not (never `spec.replicas`:
+    without it the API server would scale the Deployment to 1; its count is then the scaler's)."""
     out = dict(existing)
-    md = dict(existing.get("metadata") or {})
+    for path in _overlay_fields(existing):
+        if path not in _overlay_fields(want) and path != ["spec", "replicas"]:
+            out = _without(out, path)
+    md = dict(out.get("metadata") or {})
     wmd = want["metadata"]
     md["labels"] = {**(md.get("labels") or {}), **wmd["labels"]}
-    if wmd.get("annotations"):
-        md["annotations"] = {**(md.get("annotations") or {}), **wmd["annotations"]}
+    annotations = {k: v for k, v in (md.get("annotations") or {}).items() if k != OVERLAY_FIELDS_ANNOTATION}
+    annotations.update(wmd.get("annotations") or {})
+    if annotations:
+        md["annotations"] = annotations
+    else:
+        md.pop("annotations", None)
     md["ownerReferences"] = wmd["ownerReferences"]
     out["metadata"] = md
-    if "spec" in want:
-        out["spec"] = _overlay(existing.get("spec"), want["spec"])
+    for k, v in want.items():
+        if k not in _NOT_BODY:
+            out[k] = _overlay(out.get(k), v)
     out.pop("status", None)
     return out
 

@@ -119,6 +119,9 @@ BUILTIN = [
     ResourceType("", ("v1",), "events", "Event", True),
     # what `ambit install` writes (tests/unit/ambitctl/test_install_cluster.py)
     ResourceType("apps", ("v1",), "daemonsets", "DaemonSet", True),
+    # what a Gateway's parametersRef adds to its objects (controller/waypoints/params.py)
+    ResourceType("autoscaling", ("v2",), "horizontalpodautoscalers", "HorizontalPodAutoscaler", True),
+    ResourceType("policy", ("v1",), "poddisruptionbudgets", "PodDisruptionBudget", True),
     ResourceType("", ("v1",), "configmaps", "ConfigMap", True),
     # the controller's CA (--ca-secret) and its leader election (controller/leader.py)
     ResourceType("", ("v1",), "secrets", "Secret", True),
@@ -131,8 +134,8 @@ BUILTIN = [
 ]
 
 
-BUILTIN_GROUPS = ("", "discovery.k8s.io", "apps", "rbac.authorization.k8s.io", "apiextensions.k8s.io",
-                  "coordination.k8s.io")
+BUILTIN_GROUPS = ("", "discovery.k8s.io", "apps", "autoscaling", "policy", "rbac.authorization.k8s.io",
+                  "apiextensions.k8s.io", "coordination.k8s.io")
 
 
 _REASONS = {409: "Conflict", 410: "Expired", 429: "TooManyRequests", 500: "InternalError",

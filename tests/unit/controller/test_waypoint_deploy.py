@@ -108,7 +108,7 @@ def assert_allowed_by_install(requests: list[tuple[str, str, dict[str, str]]]) -
     """Every request the controller made is allowed by the ClusterRole `ambit install` renders."""
     from ambitctl.commands import install
     rules = install.controller_rules()
-    verbs = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch"}
+    verbs = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
     seen = set()
     for method, path, query in requests:
         parts = [p for p in path.split("/") if p]

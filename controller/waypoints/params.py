@@ -1,0 +1,278 @@
+"""A Gateway's `spec.infrastructure.parametersRef`: per-gateway overlays of its rendered objects, sans-IO.
+
+As Istio's gateway deployment controller (pilot/pkg/config/kube/gatewaycommon/deploymentcontroller.go)
+reads it: the reference names a ConfigMap (group "", kind ConfigMap) in the Gateway's namespace,
+whose keys hold YAML overlays, merged into the rendered objects with Kubernetes' strategic merge
+(controller/waypoints/smp.py):
+
+| key | overlays |
+|---|---|
+| `deployment` | the Deployment (resources, nodeSelector, tolerations, affinity, priorityClassName, replicas ...) |
+| `service` | the Service (annotations of a cloud load balancer, its type ...) |
+| `serviceAccount` | the ServiceAccount (annotations of a cloud workload identity ...) |
+| `horizontalPodAutoscaler` | an autoscaling/v2 HorizontalPodAutoscaler of the Deployment, rendered only with this key |
+| `podDisruptionBudget` | a policy/v1 PodDisruptionBudget of the pods, rendered only with this key |
+
+What Ambit must own stays Ambit's (`owned_changes`): names, namespaces, owner references, the
+Deployment's selector and the pod labels the Service, ztunnel and policy select by, the service
+account (the waypoint's SPIFFE identity), the waypoint container's command and arguments (the
+controller's flags) and the token and root-certificate volumes it reads; the Service's selector and
+ports; the HPA's target and the PDB's selector. An overlay that changes one of them, a key that is
+not one of the five, a key that does not parse, a reference to another kind or a ConfigMap that
+does not exist makes the whole parameter set invalid (`Parameters.errors`): nothing of it is
+applied, the objects stay as last rendered, and the Gateway says why (Accepted=False,
+InvalidParameters), as Gateway API asks.
+
+The controller keeps at most `MAX_OVERLAY_BYTES` of each overlay key (controller/sources/kube.py): it
+watches every ConfigMap of the cluster, and keys named `service` or `deployment` are common in
+applications' own ConfigMaps, so their values cost the controller memory whoever wrote them. A
+larger value is dropped as it arrives and its size kept, so the Gateway reports it instead of
+rendering without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ambit.kube.resource import OMITTED
+from controller.waypoints.gateways import GATEWAY_NAME_LABEL
+from controller.waypoints.render import (
+    CA_TOKEN_VOLUME,
+    MANAGED_BY_LABEL,
+    OVERLAY_FIELDS_ANNOTATION,
+    OWNED_POD_LABELS,
+    ROOT_CERT_VOLUME,
+    WaypointDeploySettings,
+    optional_objects,
+    render,
+)
+from controller.waypoints.smp import MergeError, strategic_merge
+
+Obj = dict[str, Any]
+
+OVERLAY_KEYS = ("deployment", "service", "serviceAccount", "horizontalPodAutoscaler", "podDisruptionBudget")
+KIND_OF_KEY = {"deployment": "Deployment", "service": "Service", "serviceAccount": "ServiceAccount",
+               "horizontalPodAutoscaler": "HorizontalPodAutoscaler", "podDisruptionBudget": "PodDisruptionBudget"}
+KEY_OF_KIND = {v: k for k, v in KIND_OF_KEY.items()}
+# Rendered only when their key is present (Istio's `requiredOverlays`).
+OPTIONAL_KINDS = ("HorizontalPodAutoscaler", "PodDisruptionBudget")
+# Per key: a full pod-spec overlay (affinity, tolerations, topology spread, resources of every
+# container) is a few KiB; 16 KiB leaves room and bounds five keys of any ConfigMap to 80 KiB.
+MAX_OVERLAY_BYTES = 16 * 1024
+
+
+@dataclass
+class Parameters:
+    """The overlays a Gateway's parametersRef resolves to, or why it does not."""
+
+    ref: str = ""                                   # "ConfigMap ns/name", for messages
+    overlays: dict[str, Obj] = field(default_factory=dict)      # key -> parsed overlay
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def digest(self) -> str:
+        """Changes whenever what the overlays say does: the reconciler re-renders on it."""
+        body = json.dumps([self.ref, self.overlays, self.errors], sort_keys=True, default=str)
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    def message(self) -> str:
+        return f"parametersRef {self.ref}: " + "; ".join(self.errors) + \
+            " (nothing of it is applied: the gateway's objects stay as last rendered)"
+
+
+def parameters_ref(gw: Obj) -> Obj | None:
+    return ((gw.get("spec") or {}).get("infrastructure") or {}).get("parametersRef")
+
+
+def resolve(gw: Obj, configmaps: Mapping[tuple[str, str], Obj]) -> Parameters | None:
+    """The Gateway's parameters from the (projected) ConfigMaps by (namespace, name); None: no ref."""
+    ref = parameters_ref(gw)
+    if ref is None:
+        return None
+    ns = (gw.get("metadata") or {}).get("namespace") or "default"
+    group, kind, name = ref.get("group", ""), ref.get("kind", ""), ref.get("name", "")
+    p = Parameters(ref=f"ConfigMap {ns}/{name}")
+    if group not in ("", "core") or kind != "ConfigMap":
+        p.ref = f"{group or 'core'}/{kind} {name}"
+        p.errors.append('Ambit reads gateway parameters from a ConfigMap (group "", kind ConfigMap) in the '
+                        "Gateway's namespace only")
+        return p
+    cm = configmaps.get((ns, name))
+    if cm is None:
+        p.errors.append("the ConfigMap does not exist")
+        return p
+    omitted = cm.get(OMITTED) or {}
+    for k, size in sorted((omitted.get("oversize") or {}).items()):
+        p.errors.append(f"key {k}: {size} bytes, over the {MAX_OVERLAY_BYTES} bytes the controller keeps of an "
+                        "overlay (an overlay says only what differs from the rendered object)")
+    others = sorted(set(omitted.get("others") or []) | (set(cm.get("data") or {}) - set(OVERLAY_KEYS)))
+    if others:
+        more = omitted.get("othersTotal", len(others)) - len(others)
+        p.errors.append(f"key{'s' if len(others) > 1 else ''} {', '.join(others)}{f' (and {more} more)' if more > 0 else ''}"
+                        f": not an overlay (the keys are {', '.join(OVERLAY_KEYS)})")
+    for k, text in sorted((cm.get("data") or {}).items()):
+        if k not in OVERLAY_KEYS:
+            continue
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            p.errors.append(f"key {k}: not YAML: {str(e).splitlines()[0]}")
+            continue
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, dict):
+            p.errors.append(f"key {k}: a YAML {type(doc).__name__}, not a map (a partial {KIND_OF_KEY[k]})")
+            continue
+        p.overlays[k] = doc
+    if "horizontalPodAutoscaler" in p.overlays and "replicas" in ((p.overlays.get("deployment") or {}).get("spec") or {}):
+        p.errors.append("key deployment: spec.replicas: the horizontalPodAutoscaler owns the replica count; set "
+                        "minReplicas there instead")
+    return p
+
+
+# What `check` renders with when the caller deploys nothing (status only, `ambit apply`): the
+# checks compare fields that do not depend on the settings.
+_CHECK_SETTINGS = WaypointDeploySettings(image="", controller_address="")
+
+
+def check(gw: Obj, configmaps: Mapping[tuple[str, str], Obj], settings: WaypointDeploySettings | None = None,
+          ports: Iterable[int] = ()) -> Parameters | None:
+    """`resolve`, with the errors of merging the overlays into the objects rendered for `gw` too:
+    everything that makes them invalid, so that the Gateway's status says so whether or not this
+    controller deploys."""
+    params = resolve(gw, configmaps)
+    if params is not None and not params.errors:
+        _, params.errors = apply(render(gw, settings or _CHECK_SETTINGS, ports), optional_objects(gw), params)
+    return params
+
+
+def apply(objs: Iterable[Obj], optional: Iterable[Obj], params: Parameters | None) -> tuple[list[Obj], list[str]]:
+    """The objects to deploy: `objs` (always rendered) and those of `optional` whose key the
+    parameters have, each with its overlay merged in; and the errors (then nothing is to deploy)."""
+    objs, optional = list(objs), list(optional)
+    if params is None:
+        return objs, []
+    if params.errors:
+        return [], list(params.errors)
+    out, errors = [], []
+    for base in objs + [o for o in optional if KEY_OF_KIND[o["kind"]] in params.overlays]:
+        key = KEY_OF_KIND[base["kind"]]
+        overlay = params.overlays.get(key)
+        if overlay is None:
+            out.append(base)
+            continue
+        try:
+            merged = strategic_merge(base["kind"], base, overlay)
+        except MergeError as e:
+            errors.append(f"key {key}: {e}")
+            continue
+        bad = owned_changes(base, merged)
+        errors += [f"key {key}: {b}" for b in bad]
+        added = added_fields(base, merged)
+        if added:
+            merged.setdefault("metadata", {}).setdefault("annotations", {})[OVERLAY_FIELDS_ANNOTATION] = \
+                json.dumps(added, separators=(",", ":"))
+        out.append(merged)
+    return ([], errors) if errors else (out, [])
+
+
+# Maps others write to as well (a Deployment's revision annotation, kubectl rollout restart's): what
+# an overlay added to them is recorded key by key, never as the whole map.
+_SHARED_MAPS = {("metadata", "labels"), ("metadata", "annotations"),
+                ("spec", "template", "metadata", "labels"), ("spec", "template", "metadata", "annotations")}
+
+
+def added_fields(base: Any, merged: Any, path: tuple[str, ...] = ()) -> list[list[str]]:
+    """The map keys `merged` has and `base` has not, as paths; lists are not entered (an update
+    replaces them whole), and the maps others share are entered even when the base has none."""
+    if not (isinstance(base, dict) and isinstance(merged, dict)):
+        return []
+    out: list[list[str]] = []
+    for k, v in merged.items():
+        here = (*path, k)
+        if k in base:
+            out += added_fields(base[k], v, here)
+        elif isinstance(v, dict) and any(m[:len(here)] == here for m in _SHARED_MAPS):
+            out += added_fields({}, v, here)
+        else:
+            out.append(list(here))
+    return out
+
+
+# -- what Ambit owns ---------------------------------------------------------------------------------
+
+def _get(o: Any, *path: str) -> Any:
+    for p in path:
+        o = o.get(p) if isinstance(o, dict) else None
+    return o
+
+
+def _by(items: Any, key: str) -> dict[Any, Obj]:
+    return {i.get(key): i for i in items or [] if isinstance(i, dict)}
+
+
+def owned_changes(base: Obj, merged: Obj) -> list[str]:
+    """What an overlay changed of what Ambit owns, one reason each (empty: nothing)."""
+    bad = []
+    for k in ("apiVersion", "kind"):
+        if merged.get(k) != base.get(k):
+            bad.append(f"{k} is the rendered object's ({base.get(k)})")
+    bmd, mmd = base.get("metadata") or {}, merged.get("metadata") or {}
+    for k in sorted(set(bmd) | set(mmd)):
+        if k not in ("labels", "annotations") and bmd.get(k) != mmd.get(k):
+            bad.append(f"metadata.{k} is Ambit's to set (only labels and annotations may be added)")
+    for k in (GATEWAY_NAME_LABEL, MANAGED_BY_LABEL):
+        if (bmd.get("labels") or {}).get(k) != (mmd.get("labels") or {}).get(k):
+            bad.append(f"metadata.labels.{k} is Ambit's: it finds the objects it rendered by it")
+    kind = base.get("kind")
+    if kind == "Deployment":
+        pod_b, pod_m = _get(base, "spec", "template"), _get(merged, "spec", "template")
+        if _get(base, "spec", "selector") != _get(merged, "spec", "selector"):
+            bad.append("spec.selector is Ambit's: it selects the gateway's pods by their gateway-name label")
+        for k in OWNED_POD_LABELS:
+            want = _get(pod_b, "metadata", "labels", k)
+            if want is not None and _get(pod_m, "metadata", "labels", k) != want:
+                bad.append(f"spec.template.metadata.labels.{k} is Ambit's: the Service, ztunnel's capture and "
+                           "policy select the gateway's pods by it")
+        if _get(pod_b, "spec", "serviceAccountName") != _get(pod_m, "spec", "serviceAccountName"):
+            bad.append("spec.template.spec.serviceAccountName is Ambit's: it is the gateway's SPIFFE identity, "
+                       "which ztunnels and policy expect")
+        [bc] = _get(pod_b, "spec", "containers")
+        mc = _by(_get(pod_m, "spec", "containers"), "name").get(bc["name"])
+        where = f"spec.template.spec.containers[{bc['name']}]"
+        if mc is None:
+            bad.append(f"{where} is Ambit's: the gateway runs in it")
+        else:
+            for k in ("command", "args"):
+                if mc.get(k) != bc.get(k):
+                    bad.append(f"{where}.{k} is Ambit's: rendered from the controller's --waypoint-* flags")
+            have = _by(mc.get("volumeMounts"), "mountPath")
+            for vm in bc.get("volumeMounts") or []:
+                if (have.get(vm["mountPath"]) or {}).get("name") != vm["name"]:
+                    bad.append(f"{where}.volumeMounts[{vm['mountPath']}] is Ambit's: the gateway reads it")
+        vols_b, vols_m = _by(_get(pod_b, "spec", "volumes"), "name"), _by(_get(pod_m, "spec", "volumes"), "name")
+        for v in (CA_TOKEN_VOLUME, ROOT_CERT_VOLUME):
+            if vols_b.get(v) != vols_m.get(v):
+                bad.append(f"spec.template.spec.volumes[{v}] is Ambit's: the gateway's CA token and the mesh "
+                           "root it trusts")
+    elif kind == "Service":
+        if _get(base, "spec", "selector") != _get(merged, "spec", "selector"):
+            bad.append("spec.selector is Ambit's: it selects the gateway's pods by their gateway-name label")
+        have = _by(_get(merged, "spec", "ports"), "port")
+        for p in _get(base, "spec", "ports") or []:
+            m = have.get(p["port"]) or {}
+            if (m.get("targetPort"), m.get("protocol", "TCP")) != (p["targetPort"], p["protocol"]):
+                bad.append(f"spec.ports[{p['port']}] is Ambit's: the gateway serves on it (more ports may be added)")
+    elif kind == "HorizontalPodAutoscaler":
+        if _get(base, "spec", "scaleTargetRef") != _get(merged, "spec", "scaleTargetRef"):
+            bad.append("spec.scaleTargetRef is Ambit's: the autoscaler scales the gateway's Deployment")
+    elif kind == "PodDisruptionBudget":
+        if _get(base, "spec", "selector") != _get(merged, "spec", "selector"):
+            bad.append("spec.selector is Ambit's: the budget covers the gateway's pods")
+    return bad
