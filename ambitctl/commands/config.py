@@ -163,7 +163,8 @@ def plan_apply(objs: list[Obj], current: dict[tuple[str, str, str], Obj]) -> App
     _lab_mesh_providers(tr)
     refs = {object_ref(o) for o in objs}
     plan.errors = [str(fe) for fe in tr.errors if fe.ref in refs]
-    plan.warnings = _missing_namespaces(objs, current) + not_enforced(objs, everything, tr)
+    plan.warnings = _missing_namespaces(objs, current) + not_enforced(objs, everything, tr) + \
+        lab_parameters(objs, everything)
     for o in objs:
         before = current.get(object_key(o))
         plan.verdicts.append("created" if before is None else
@@ -190,6 +191,35 @@ def _missing_namespaces(objs: list[Obj], current: dict[tuple[str, str, str], Obj
         if spec is not None and spec.namespaced and ns not in have and ns != ROOT_NAMESPACE:
             out.append(f'{object_ref(o)}: metadata.namespace: namespace "{ns}" does not exist in the lab (it has '
                        f"{', '.join(sorted(have))}): stored, but a cluster's API server would refuse it")
+    return out
+
+
+def lab_parameters(batch: list[Obj], everything: list[Obj]) -> list[str]:
+    """A Gateway's infrastructure.parametersRef overlays the Deployment a cluster runs it in; the lab
+    runs gateways as processes, so they apply to nothing here: say so, with what a cluster's
+    controller would find wrong with them (Accepted=False, InvalidParameters). For the Gateways of
+    the batch, and those whose parameters ConfigMap is in it."""
+    from ambit.gatewayclasses import INGRESS_CLASSES, WAYPOINT_CLASSES
+    from controller.validation import object_ref
+    from controller.waypoints.params import check, parameters_ref
+    configmaps = {(o["metadata"].get("namespace") or "default", o["metadata"].get("name", "")): o
+                  for o in everything if o.get("kind") == "ConfigMap"}
+    touched = {(o["metadata"].get("namespace") or "default", o["metadata"].get("name", ""))
+               for o in batch if o.get("kind") == "ConfigMap"}
+    batch_refs = {object_ref(o) for o in batch}
+    out = []
+    for gw in everything:
+        ref = parameters_ref(gw) if gw.get("kind") == "Gateway" else None
+        if ref is None or (gw.get("spec") or {}).get("gatewayClassName") not in WAYPOINT_CLASSES + INGRESS_CLASSES:
+            continue
+        ns = gw["metadata"].get("namespace") or "default"
+        if object_ref(gw) not in batch_refs and (ns, ref.get("name", "")) not in touched:
+            continue
+        params = check(gw, configmaps)
+        why = (f"; in a cluster the Gateway would be Accepted=False (InvalidParameters): {params.message()}"
+               if params is not None and params.errors else "")
+        out.append(f"{object_ref(gw)}: spec.infrastructure.parametersRef: not applied in the lab, which runs "
+                   f"gateways as processes, not Deployments: its overlays apply in a cluster only{why}")
     return out
 
 

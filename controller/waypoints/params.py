@@ -119,6 +119,11 @@ def resolve(gw: Obj, configmaps: Mapping[tuple[str, str], Obj]) -> Parameters | 
     for k, text in sorted((cm.get("data") or {}).items()):
         if k not in OVERLAY_KEYS:
             continue
+        if len(str(text).encode()) > MAX_OVERLAY_BYTES:      # read whole (the lab store): the same bound
+            p.errors.append(f"key {k}: {len(str(text).encode())} bytes, over the {MAX_OVERLAY_BYTES} bytes the "
+                            "controller keeps of an overlay (an overlay says only what differs from the rendered "
+                            "object)")
+            continue
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as e:

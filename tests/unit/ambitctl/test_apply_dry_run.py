@@ -248,3 +248,38 @@ def test_a_custom_policy_is_warned_only_when_the_lab_mesh_config_lacks_its_autho
     f.write_text(CUSTOM_POLICY)
     rc, out, err = run("analyze", "--offline", "-f", str(f), "-A")
     assert "spec.provider.name" not in out + err
+
+
+GATEWAY_WITH_PARAMETERS = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: demo}
+spec:
+  gatewayClassName: ambit-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+  infrastructure:
+    parametersRef: {group: "", kind: ConfigMap, name: wp-options}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: wp-options, namespace: demo}
+data:
+  deployment: |
+    spec: {template: {spec: {serviceAccountName: default}}}
+"""
+
+
+def test_a_parameters_ref_is_no_silent_no_op_in_the_lab(lab_dir: Path) -> None:
+    """The lab runs gateways as processes: `ambit apply` says the overlays apply in a cluster only,
+    and what a cluster's controller would refuse of them."""
+    rc, _, err = run("apply", "--dry-run", "-f", "-", stdin=GATEWAY_WITH_PARAMETERS)
+    assert rc == 0, err
+    [warning] = [w for w in err.splitlines() if "parametersRef" in w]
+    assert warning.startswith("Warning: Gateway/demo/waypoint: spec.infrastructure.parametersRef: not applied in "
+                              "the lab, which runs gateways as processes, not Deployments")
+    assert "InvalidParameters): parametersRef ConfigMap demo/wp-options: key deployment: " \
+           "spec.template.spec.serviceAccountName is Ambit's" in warning
+    rc, _, err = run("apply", "--dry-run", "-f", "-",
+                     stdin=GATEWAY_WITH_PARAMETERS.replace("serviceAccountName: default", "priorityClassName: x"))
+    [warning] = [w for w in err.splitlines() if "parametersRef" in w]
+    assert warning.endswith("its overlays apply in a cluster only")

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from controller.waypoints.params import MAX_OVERLAY_BYTES, check
-from controller.waypoints.render import OVERLAY_FIELDS_ANNOTATION, WaypointDeploySettings, apply_update, render
+from controller.waypoints.render import (
+    OVERLAY_FIELDS_ANNOTATION,
+    WaypointDeploySettings,
+    apply_update,
+    render,
+)
 from controller.waypoints.smp import MergeError, strategic_merge
 
 S = WaypointDeploySettings(image="ambit:test", controller_address="ctl:15012")

@@ -41,7 +41,9 @@ def test_a_changed_ca_bundle_retranslates_and_only_ca_crt_is_kept(emu: KubeEmula
     r = run(default_types())
     assert r.latest("ConfigMap", "client-ca") == {"apiVersion": "v1", "kind": "ConfigMap",
                                                   "metadata": {"name": "client-ca", "namespace": "web"},
-                                                  "data": {"ca.crt": CA1}}
+                                                  "data": {"ca.crt": CA1},
+                                                  # the names of what is not kept (a parametersRef reports them)
+                                                  "omittedData": {"others": ["app.json"], "othersTotal": 1}}
     assert client_ca(r.snapshots[-1]) == CA1
     # a new bundle: the listener verifies against it
     emu.update({**big, "data": {**big["data"], "ca.crt": CA2}})
@@ -76,3 +78,21 @@ def test_configmaps_the_install_does_not_grant_hold_back_nothing(emu: KubeEmulat
     wait_for(lambda: r.names("ConfigMap") == {"client-ca"} and r.names("Secret") == {"cert-a"},
              "the kinds to be read once granted")
     wait_for(lambda: not r.source.errors(), "the errors to clear")
+
+
+def test_a_gateways_parameter_overlays_are_kept_up_to_their_bound(emu: KubeEmulator, run) -> None:  # noqa: F811
+    """The overlay keys of a parametersRef ConfigMap (controller/waypoints/params.py) are kept, each up
+    to 16 KiB; a larger one is dropped as it arrives and its size kept, so the Gateway can say so."""
+    from controller.waypoints.params import MAX_OVERLAY_BYTES
+    emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "web"}})
+    emu.create(configmap("gw-options", {"deployment": "spec: {}", "service": "x" * (MAX_OVERLAY_BYTES + 1),
+                                        "notes": "y" * 100_000}))
+    r = run(default_types())
+    assert r.latest("ConfigMap", "gw-options") == {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "gw-options", "namespace": "web"},
+        "data": {"deployment": "spec: {}"},
+        "omittedData": {"oversize": {"service": MAX_OVERLAY_BYTES + 1}, "others": ["notes"], "othersTotal": 1}}
+    emu.update(configmap("gw-options", {"deployment": "spec: {replicas: 2}"}))
+    wait_for(lambda: (r.latest("ConfigMap", "gw-options") or {}).get("data") == {"deployment": "spec: {replicas: 2}"},
+             "the edited overlay")
+    assert "omittedData" not in r.latest("ConfigMap", "gw-options")

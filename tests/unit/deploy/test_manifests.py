@@ -146,12 +146,20 @@ def test_controller_may_list_and_watch_everything_its_kube_source_watches() -> N
     assert not allowed(docs, "mesh-ops", sa, "", "configmaps", "delete")
     assert [t.data_keys for t in types if t.data_keys is not None] == [("ca.crt",)]
     assert [t.plural for t in types if t.data_keys is not None] == ["configmaps"]
+    # ... and a Gateway's parameter overlays, each kept only up to 16 KiB (controller/waypoints/params.py)
+    assert [(t.bounded_keys, t.key_bound) for t in types if t.bounded_keys] == [
+        (("deployment", "service", "serviceAccount", "horizontalPodAutoscaler", "podDisruptionBudget"), 16384)]
     assert not allowed(docs, "mesh-ops", sa, "", "pods", "patch")
     # waypoints: it owns their Deployment, Service and ServiceAccount (deleted by the GC, not by it)
     for group, resource in (("apps", "deployments"), ("", "services"), ("", "serviceaccounts")):
         for verb in ("get", "create", "update"):
             assert allowed(docs, "mesh-ops", sa, group, resource, verb), f"{verb} {resource}"
         assert not allowed(docs, "mesh-ops", sa, group, resource, "delete")
+    # and the HPA and PDB a Gateway's parameters ask for, which it deletes when they no longer do
+    for group, resource in (("autoscaling", "horizontalpodautoscalers"), ("policy", "poddisruptionbudgets")):
+        for verb in ("get", "create", "update", "delete"):
+            assert allowed(docs, "mesh-ops", sa, group, resource, verb), f"{verb} {resource}"
+        assert not allowed(docs, "mesh-ops", sa, group, resource, "list")
     assert allowed(docs, "mesh-ops", sa, "gateway.networking.k8s.io", "gateways/finalizers", "update")
     assert not allowed(docs, "mesh-ops", sa, "gateway.networking.k8s.io", "gateways", "update")
 
