@@ -84,8 +84,8 @@ def cluster_objects(client: Any, namespace: str | None = None) -> list[Obj]:
     """Every object of every kind the controller reads (controller.kinds), listed once, as the
     controller reads it: narrowed by the same field selector (Secrets of type kubernetes.io/tls
     only) and cut down the same way (a ConfigMap to its name, ca.crt and its bounded gateway-parameter
-    overlays), so that neither a bug
-    report nor `ambit analyze` takes in an application's Secrets or ConfigMaps. A custom resource
+    overlays), so that neither a bug report nor `ambit analyze` takes in an application's Secrets or
+    ConfigMaps. A custom resource
     group the cluster does not serve (404) is skipped, as the controller skips it."""
     from kubernetes.client.exceptions import ApiException
 

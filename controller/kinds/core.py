@@ -68,7 +68,8 @@ NamespaceBody = Obj({}, open=True)
 # Secrets: only `kubernetes.io/tls` ones are read (an ingress listener's certificateRefs).
 SecretBody = Obj({"type": Str(), "data": Map(Str()), "stringData": Map(Str())}, open=True)
 ServiceAccountBody = Obj({}, open=True)
-# ConfigMaps: only `ca.crt` is read (an ingress Gateway's spec.tls.frontend caCertificateRefs).
+# ConfigMaps: `ca.crt` is read (an ingress Gateway's spec.tls.frontend caCertificateRefs), and a
+# Gateway's parameter overlays (controller/waypoints/params.py).
 ConfigMapBody = Obj({"data": Map(Str())}, open=True)
 
 __all__ = ["PodBody", "ServiceBody", "EndpointSliceBody", "NodeBody", "NamespaceBody", "ServiceAccountBody", "SecretBody",

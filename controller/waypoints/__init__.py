@@ -6,6 +6,9 @@
 - `render`: the Deployment, Service and ServiceAccount a waypoint Gateway owns in a cluster, the
   way Istio's gateway deployment controller renders them (ownerReferences to the Gateway, so
   deleting the Gateway garbage-collects them).
+- `params` and `smp`: a Gateway's `infrastructure.parametersRef` ConfigMap, overlays of those
+  objects (and an optional HPA and PDB) merged with Kubernetes' strategic merge, and what of them
+  stays Ambit's.
 - `advisories`: configuration that is accepted but not (yet) enforced, said out loud: L7 policy
   rules with no waypoint to enforce them, routes for hosts no waypoint serves, and fields the
   waypoint does not honour yet. `ambit apply` prints them; the controller writes them as status

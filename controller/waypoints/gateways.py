@@ -135,7 +135,7 @@ def invalid_parameters(status: Obj, gw: Obj, message: str) -> Obj:
     other conditions stay what they are, since the gateway keeps serving with its objects as last
     rendered."""
     gen = int(_md(gw).get("generation") or 0)
-    accepted = _cond("Accepted", False, "InvalidParameters", message, gen)
+    accepted = _cond("Accepted", False, "InvalidParameters", message[:32768], gen)     # the API's bound
     return {**status, "conditions": [accepted if c["type"] == "Accepted" else c for c in status["conditions"]]}
 
 

@@ -7,7 +7,10 @@ After each translated snapshot (`Controller.on_applied`), `KubeWaypointReconcile
 - writes each waypoint Gateway's status (`gateways.desired_status`: Accepted, Programmed,
   addresses, listeners) when it differs, as a merge patch of `/status`;
 - with deploy settings, makes sure each waypoint Gateway owns its ServiceAccount, Service and
-  Deployment (`render`; not one whose `waypoint-for` label is invalid, which is no waypoint):
+  Deployment (`render`; not one whose `waypoint-for` label is invalid, which is no waypoint), with
+  the overlays of its `infrastructure.parametersRef` ConfigMap and the HPA/PDB they ask for
+  (`params`; invalid parameters deploy nothing and make the Gateway `Accepted=False`,
+  `InvalidParameters`; an HPA/PDB no longer asked for is deleted):
   created when missing, updated when the fields the controller owns drifted, left alone (and
   reported) when an object of that name exists that the controller did not create. Deleting the
   Gateway deletes them through their ownerReferences (the garbage collector's job, not ours);
@@ -40,7 +43,7 @@ from controller.translate.ingress import ALL_ROUTE_KINDS, is_ingress
 from controller.waypoints import gateways as gws
 from controller.waypoints import ingress_status
 from controller.waypoints.advisories import advisories, conditions_update, has_free_status, object_conditions
-from controller.waypoints.params import OPTIONAL_KINDS, Parameters, check
+from controller.waypoints.params import OPTIONAL_KINDS, Parameters, check, parameters_ref
 from controller.waypoints.params import apply as apply_parameters
 from controller.waypoints.policy_status import policy_updates
 from controller.waypoints.render import (
@@ -119,6 +122,9 @@ class KubeWaypointReconciler:
         # caused by anything else then costs no API calls; drift is repaired within `resync` s.
         self._settled: dict[tuple[str, str, tuple[int, ...], str], float] = {}
         self.resync = resync
+        # gateway uid -> the digest of the invalid parameters last logged; (uid, rv, ports, ConfigMap) -> check()
+        self._params_logged: dict[str, str] = {}
+        self._params_seen: dict[tuple[str, str, tuple[int, ...], str], Parameters | None] = {}
         self.clock = clock
         self.api = api
         self.deploy = deploy
@@ -218,12 +224,14 @@ class KubeWaypointReconciler:
         for gw in waypoints:
             md = gw.get("metadata") or {}
             ports = _served_ports(gw, translation)       # an Istio Gateway's new port redeploys too
-            params = check(gw, configmaps, self.deploy, ports)
+            params = self._parameters(gw, configmaps, ports)
             # a changed parameters ConfigMap redeploys too
             key = (md.get("uid", ""), md.get("resourceVersion", ""), ports, params.digest if params else "")
             live.add(key)
             if params is not None and params.errors:
-                log.warning("waypoint %s: %s", gws.gateway_ref(gw), params.message())
+                if self._params_logged.get(key[0]) != params.digest:      # once per change, not per snapshot
+                    log.warning("waypoint %s: %s", gws.gateway_ref(gw), params.message())
+                    self._params_logged[key[0]] = params.digest
             elif self.deploy is not None and key[0] and (is_ingress(gw) or gws.valid_waypoint_for(gw)) and \
                     now - self._settled.get(key, -1e18) >= self.resync:
                 self._attempt(f"objects of waypoint {gws.gateway_ref(gw)}",
@@ -232,11 +240,30 @@ class KubeWaypointReconciler:
             if self.write_status and ("Gateway", md.get("namespace") or "default", md.get("name")) not in refused:
                 self._gateway_status(gw, objects, translation, params)
         self._settled = {k: v for k, v in self._settled.items() if k in live}
+        uids = {k[0] for k in live}
+        self._params_logged = {u: d for u, d in self._params_logged.items() if u in uids}
+        self._params_seen = {k: v for k, v in self._params_seen.items() if k[0] in uids}
         if self.write_status:
             self._policy_status(objects, translation)
             if translation is not None:
                 self._route_status(objects, translation, refused)
                 self._backend_tls_status(objects, translation, refused)
+
+    def _parameters(self, gw: Obj, configmaps: Mapping[tuple[str, str], Obj],
+                    ports: tuple[int, ...]) -> Parameters | None:
+        """`params.check` of the Gateway, computed again only when the Gateway, its ports or its
+        ConfigMap changed (it renders and parses YAML; snapshots come for any change of the mesh)."""
+        ref = parameters_ref(gw)
+        if ref is None:
+            return None
+        md = gw.get("metadata") or {}
+        cm = configmaps.get((md.get("namespace") or "default", ref.get("name", "")))
+        seen = (md.get("uid", ""), md.get("resourceVersion", ""), ports,
+                json.dumps(cm, sort_keys=True) if cm is not None else "")
+        if seen not in self._params_seen:
+            self._params_seen = {k: v for k, v in self._params_seen.items() if k[0] != seen[0]}
+            self._params_seen[seen] = check(gw, configmaps, self.deploy, ports)
+        return self._params_seen[seen]
 
     def _deploy_settled(self, gw: Obj, ports: tuple[int, ...], key: tuple[str, str, tuple[int, ...], str],
                         params: Parameters | None = None) -> bool:
