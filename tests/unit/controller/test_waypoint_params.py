@@ -11,20 +11,8 @@ from typing import Any
 
 from tests.support.kube_emulator import KubeEmulator
 from tests.support.wait import wait_for
+from tests.unit.controller.test_gateway_params import SIZING
 from tests.unit.controller.test_waypoint_deploy import GW_V1, assert_allowed_by_install, cluster, gateway  # noqa: F401
-
-SIZING = """
-spec:
-  template:
-    spec:
-      tolerations:
-      - {key: dedicated, operator: Equal, value: mesh, effect: NoSchedule}
-      containers:
-      - name: waypoint
-        resources:
-          requests: {cpu: 250m, memory: 384Mi}
-          limits: {memory: 3Gi}
-"""
 
 
 def options(data: dict[str, str]) -> dict[str, Any]:
@@ -57,12 +45,13 @@ def test_parameters_reach_the_deployment_an_hpa_and_follow_the_configmap(cluster
     emu.create(options({"deployment": SIZING,
                         "horizontalPodAutoscaler": "spec: {minReplicas: 2, maxReplicas: 6}"}))
     gw = emu.create(with_ref(gateway()))
-    wait_for(lambda: container(emu).get("resources", {}).get("limits") == {"memory": "3Gi"}, timeout=10,
+    wait_for(lambda: container(emu).get("resources", {}).get("limits") == {"memory": "2Gi"}, timeout=10,
              what="the overlay's resources")
     dep = deployment(emu)
     assert dep["spec"]["template"]["spec"]["tolerations"] == [
         {"key": "dedicated", "operator": "Equal", "value": "mesh", "effect": "NoSchedule"}]
-    assert container(emu)["resources"]["requests"] == {"cpu": "250m", "memory": "384Mi"}
+    assert container(emu)["resources"]["requests"] == {"cpu": "500m", "memory": "512Mi"}
+    assert dep["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "mesh"}
     assert container(emu)["command"] == ["python3", "-m", "waypoint"]
     hpa = wait_for(lambda: emu.get("autoscaling/v2", "HorizontalPodAutoscaler", "waypoint", "demo"), timeout=10,
                    what="the HPA")
@@ -79,6 +68,7 @@ def test_parameters_reach_the_deployment_an_hpa_and_follow_the_configmap(cluster
     wait_for(lambda: container(emu).get("resources", {}).get("limits") == {"memory": "4Gi"}, timeout=10,
              what="the edited overlay")
     assert "tolerations" not in deployment(emu)["spec"]["template"]["spec"]
+    assert "nodeSelector" not in deployment(emu)["spec"]["template"]["spec"]
     pdb = wait_for(lambda: emu.get("policy/v1", "PodDisruptionBudget", "waypoint", "demo"), timeout=10,
                    what="the PDB")
     assert pdb["spec"] == {"selector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}},
@@ -97,10 +87,10 @@ def test_a_bad_configmap_is_invalid_parameters_and_nothing_of_it_is_applied(clus
     emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}})
     emu.create(options({"deployment": SIZING}))
     emu.create(with_ref(gateway()))
-    wait_for(lambda: container(emu).get("resources", {}).get("limits") == {"memory": "3Gi"}, timeout=10,
+    wait_for(lambda: container(emu).get("resources", {}).get("limits") == {"memory": "2Gi"}, timeout=10,
              what="the overlay's resources")
     # one good key and one that changes the selector: neither is applied
-    emu.update(options({"deployment": SIZING.replace("3Gi", "8Gi"),
+    emu.update(options({"deployment": SIZING.replace("2Gi", "8Gi"),
                         "service": "spec: {selector: {app: mine}}"}))
     cond = wait_for(lambda: accepted(emu) if accepted(emu).get("reason") == "InvalidParameters" else None,
                     timeout=10, what="InvalidParameters")
@@ -108,7 +98,7 @@ def test_a_bad_configmap_is_invalid_parameters_and_nothing_of_it_is_applied(clus
     assert "ConfigMap demo/wp-options" in cond["message"] and "key service: spec.selector is Ambit's" \
         in cond["message"], cond["message"]
     threading.Event().wait(0.3)
-    assert container(emu)["resources"]["limits"] == {"memory": "3Gi"}          # as last rendered
+    assert container(emu)["resources"]["limits"] == {"memory": "2Gi"}          # as last rendered
     assert emu.get("v1", "Service", "waypoint", "demo")["spec"]["selector"] == {
         "gateway.networking.k8s.io/gateway-name": "waypoint"}
     # a key that is no overlay, then a missing ConfigMap
@@ -119,9 +109,9 @@ def test_a_bad_configmap_is_invalid_parameters_and_nothing_of_it_is_applied(clus
     wait_for(lambda: "ConfigMap demo/wp-options: the ConfigMap does not exist" in accepted(emu).get("message", ""),
              timeout=10, what="the missing ConfigMap reported")
     # fixed: accepted again, and the new overlay applied
-    emu.create(options({"deployment": SIZING.replace("3Gi", "2Gi")}))
+    emu.create(options({"deployment": SIZING.replace("2Gi", "3Gi")}))
     wait_for(lambda: accepted(emu).get("status") == "True", timeout=10, what="Accepted again")
-    wait_for(lambda: container(emu).get("resources", {}).get("limits") == {"memory": "2Gi"}, timeout=10,
+    wait_for(lambda: container(emu).get("resources", {}).get("limits") == {"memory": "3Gi"}, timeout=10,
              what="the fixed overlay")
 
 
