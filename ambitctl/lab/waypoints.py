@@ -271,6 +271,10 @@ def reconcile(base: Path) -> tuple[list[str], bool]:
                                          [*tracing.waypoint_args(st), "--workers", str(st.waypoint_workers)]))
             did.append(f"started {'ingress gateway' if w.get('ingress') else 'waypoint'} {key}: pod {w['pod']} on "
                        f"{w['node']}, {w['ip']}, VIP {w['vip']}")
+            if (gw["spec"].get("infrastructure") or {}).get("parametersRef"):
+                # `ambit apply` warned already; the supervisor's log says it again where the pod starts
+                did.append(f"{key}: spec.infrastructure.parametersRef not applied: the lab runs gateways as "
+                           "processes, not Deployments (its overlays apply in a cluster only)")
         pending = any(w.get("removing") for w in st.waypoints)
     return did, pending
 

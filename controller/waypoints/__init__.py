@@ -6,7 +6,7 @@
 - `render`: the Deployment, Service and ServiceAccount a waypoint Gateway owns in a cluster, the
   way Istio's gateway deployment controller renders them (ownerReferences to the Gateway, so
   deleting the Gateway garbage-collects them).
-- `params` and `smp`: a Gateway's `infrastructure.parametersRef` ConfigMap, overlays of those
+- `params`, `smp` and `owned`: a Gateway's `infrastructure.parametersRef` ConfigMap, overlays of those
   objects (and an optional HPA and PDB) merged with Kubernetes' strategic merge, and what of them
   stays Ambit's.
 - `advisories`: configuration that is accepted but not (yet) enforced, said out loud: L7 policy

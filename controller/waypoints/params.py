@@ -13,14 +13,10 @@ whose keys hold YAML overlays, merged into the rendered objects with Kubernetes'
 | `horizontalPodAutoscaler` | an autoscaling/v2 HorizontalPodAutoscaler of the Deployment, rendered only with this key |
 | `podDisruptionBudget` | a policy/v1 PodDisruptionBudget of the pods, rendered only with this key |
 
-What Ambit must own stays Ambit's (`owned_changes`): names, namespaces, owner references, the
-Deployment's selector and the pod labels the Service, ztunnel and policy select by, the service
-account (the waypoint's SPIFFE identity), the waypoint container's command and arguments (the
-controller's flags) and the token and root-certificate volumes it reads; the Service's selector and
-ports; the HPA's target and the PDB's selector. An overlay that changes one of them, a key that is
-not one of the five, a key that does not parse, a reference to another kind or a ConfigMap that
-does not exist makes the whole parameter set invalid (`Parameters.errors`): nothing of it is
-applied, the objects stay as last rendered, and the Gateway says why (Accepted=False,
+What the mesh relies on stays Ambit's (controller/waypoints/owned.py). An overlay that changes
+it, a key that is not one of the five, a key that does not parse, a reference to another kind or a
+ConfigMap that does not exist makes the whole parameter set invalid (`Parameters.errors`): nothing
+of it is applied, the objects stay as last rendered, and the Gateway says why (Accepted=False,
 InvalidParameters), as Gateway API asks.
 
 The controller keeps at most `MAX_OVERLAY_BYTES` of each overlay key (controller/sources/kube.py): it
@@ -41,13 +37,9 @@ from typing import Any
 import yaml
 
 from ambit.kube.resource import OMITTED
-from controller.waypoints.gateways import GATEWAY_NAME_LABEL
+from controller.waypoints.owned import owned_changes
 from controller.waypoints.render import (
-    CA_TOKEN_VOLUME,
-    MANAGED_BY_LABEL,
     OVERLAY_FIELDS_ANNOTATION,
-    OWNED_POD_LABELS,
-    ROOT_CERT_VOLUME,
     WaypointDeploySettings,
     optional_objects,
     render,
@@ -86,6 +78,11 @@ class Parameters:
             " (nothing of it is applied: the gateway's objects stay as last rendered)"
 
 
+def _too_large(key: str, size: int) -> str:
+    return (f"key {key}: {size} bytes, over the {MAX_OVERLAY_BYTES} bytes the controller keeps of an overlay "
+            "(an overlay says only what differs from the rendered object)")
+
+
 def parameters_ref(gw: Obj) -> Obj | None:
     return ((gw.get("spec") or {}).get("infrastructure") or {}).get("parametersRef")
 
@@ -109,8 +106,7 @@ def resolve(gw: Obj, configmaps: Mapping[tuple[str, str], Obj]) -> Parameters | 
         return p
     omitted = cm.get(OMITTED) or {}
     for k, size in sorted((omitted.get("oversize") or {}).items()):
-        p.errors.append(f"key {k}: {size} bytes, over the {MAX_OVERLAY_BYTES} bytes the controller keeps of an "
-                        "overlay (an overlay says only what differs from the rendered object)")
+        p.errors.append(_too_large(k, size))
     others = sorted(set(omitted.get("others") or []) | (set(cm.get("data") or {}) - set(OVERLAY_KEYS)))
     if others:
         more = omitted.get("othersTotal", len(others)) - len(others)
@@ -120,9 +116,7 @@ def resolve(gw: Obj, configmaps: Mapping[tuple[str, str], Obj]) -> Parameters | 
         if k not in OVERLAY_KEYS:
             continue
         if len(str(text).encode()) > MAX_OVERLAY_BYTES:      # read whole (the lab store): the same bound
-            p.errors.append(f"key {k}: {len(str(text).encode())} bytes, over the {MAX_OVERLAY_BYTES} bytes the "
-                            "controller keeps of an overlay (an overlay says only what differs from the rendered "
-                            "object)")
+            p.errors.append(_too_large(k, len(str(text).encode())))
             continue
         try:
             doc = yaml.safe_load(text)
@@ -208,76 +202,3 @@ def added_fields(base: Any, merged: Any, path: tuple[str, ...] = ()) -> list[lis
         else:
             out.append(list(here))
     return out
-
-
-# -- what Ambit owns ---------------------------------------------------------------------------------
-
-def _get(o: Any, *path: str) -> Any:
-    for p in path:
-        o = o.get(p) if isinstance(o, dict) else None
-    return o
-
-
-def _by(items: Any, key: str) -> dict[Any, Obj]:
-    return {i.get(key): i for i in items or [] if isinstance(i, dict)}
-
-
-def owned_changes(base: Obj, merged: Obj) -> list[str]:
-    """What an overlay changed of what Ambit owns, one reason each (empty: nothing)."""
-    bad = []
-    for k in ("apiVersion", "kind"):
-        if merged.get(k) != base.get(k):
-            bad.append(f"{k} is the rendered object's ({base.get(k)})")
-    bmd, mmd = base.get("metadata") or {}, merged.get("metadata") or {}
-    for k in sorted(set(bmd) | set(mmd)):
-        if k not in ("labels", "annotations") and bmd.get(k) != mmd.get(k):
-            bad.append(f"metadata.{k} is Ambit's to set (only labels and annotations may be added)")
-    for k in (GATEWAY_NAME_LABEL, MANAGED_BY_LABEL):
-        if (bmd.get("labels") or {}).get(k) != (mmd.get("labels") or {}).get(k):
-            bad.append(f"metadata.labels.{k} is Ambit's: it finds the objects it rendered by it")
-    kind = base.get("kind")
-    if kind == "Deployment":
-        pod_b, pod_m = _get(base, "spec", "template"), _get(merged, "spec", "template")
-        if _get(base, "spec", "selector") != _get(merged, "spec", "selector"):
-            bad.append("spec.selector is Ambit's: it selects the gateway's pods by their gateway-name label")
-        for k in OWNED_POD_LABELS:
-            want = _get(pod_b, "metadata", "labels", k)
-            if want is not None and _get(pod_m, "metadata", "labels", k) != want:
-                bad.append(f"spec.template.metadata.labels.{k} is Ambit's: the Service, ztunnel's capture and "
-                           "policy select the gateway's pods by it")
-        if _get(pod_b, "spec", "serviceAccountName") != _get(pod_m, "spec", "serviceAccountName"):
-            bad.append("spec.template.spec.serviceAccountName is Ambit's: it is the gateway's SPIFFE identity, "
-                       "which ztunnels and policy expect")
-        [bc] = _get(pod_b, "spec", "containers")
-        mc = _by(_get(pod_m, "spec", "containers"), "name").get(bc["name"])
-        where = f"spec.template.spec.containers[{bc['name']}]"
-        if mc is None:
-            bad.append(f"{where} is Ambit's: the gateway runs in it")
-        else:
-            for k in ("command", "args"):
-                if mc.get(k) != bc.get(k):
-                    bad.append(f"{where}.{k} is Ambit's: rendered from the controller's --waypoint-* flags")
-            have = _by(mc.get("volumeMounts"), "mountPath")
-            for vm in bc.get("volumeMounts") or []:
-                if (have.get(vm["mountPath"]) or {}).get("name") != vm["name"]:
-                    bad.append(f"{where}.volumeMounts[{vm['mountPath']}] is Ambit's: the gateway reads it")
-        vols_b, vols_m = _by(_get(pod_b, "spec", "volumes"), "name"), _by(_get(pod_m, "spec", "volumes"), "name")
-        for v in (CA_TOKEN_VOLUME, ROOT_CERT_VOLUME):
-            if vols_b.get(v) != vols_m.get(v):
-                bad.append(f"spec.template.spec.volumes[{v}] is Ambit's: the gateway's CA token and the mesh "
-                           "root it trusts")
-    elif kind == "Service":
-        if _get(base, "spec", "selector") != _get(merged, "spec", "selector"):
-            bad.append("spec.selector is Ambit's: it selects the gateway's pods by their gateway-name label")
-        have = _by(_get(merged, "spec", "ports"), "port")
-        for p in _get(base, "spec", "ports") or []:
-            m = have.get(p["port"]) or {}
-            if (m.get("targetPort"), m.get("protocol", "TCP")) != (p["targetPort"], p["protocol"]):
-                bad.append(f"spec.ports[{p['port']}] is Ambit's: the gateway serves on it (more ports may be added)")
-    elif kind == "HorizontalPodAutoscaler":
-        if _get(base, "spec", "scaleTargetRef") != _get(merged, "spec", "scaleTargetRef"):
-            bad.append("spec.scaleTargetRef is Ambit's: the autoscaler scales the gateway's Deployment")
-    elif kind == "PodDisruptionBudget":
-        if _get(base, "spec", "selector") != _get(merged, "spec", "selector"):
-            bad.append("spec.selector is Ambit's: the budget covers the gateway's pods")
-    return bad
