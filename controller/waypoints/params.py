@@ -173,12 +173,15 @@ def apply(objs: Iterable[Obj], optional: Iterable[Obj], params: Parameters | Non
             continue
         bad = owned_changes(base, merged)
         errors += [f"key {key}: {b}" for b in bad]
-        added = added_fields(base, merged)
-        if added:
-            merged.setdefault("metadata", {}).setdefault("annotations", {})[OVERLAY_FIELDS_ANNOTATION] = \
-                json.dumps(added, separators=(",", ":"))
         out.append(merged)
+    for o in out:       # on every object, empty too: it marks objects rendered with parameters
+        o.setdefault("metadata", {}).setdefault("annotations", {})[OVERLAY_FIELDS_ANNOTATION] = \
+            json.dumps(added_fields(_base_of(o, objs, optional), o), separators=(",", ":"))
     return ([], errors) if errors else (out, [])
+
+
+def _base_of(o: Obj, objs: list[Obj], optional: list[Obj]) -> Obj:
+    return next(b for b in objs + optional if b["kind"] == o["kind"])
 
 
 # Maps others write to as well (a Deployment's revision annotation, kubectl rollout restart's): what

@@ -53,6 +53,7 @@ from controller.waypoints.render import (
     needs_update,
     optional_objects,
     render,
+    rendered_with_parameters,
 )
 
 log = logging.getLogger("ambit.controller.waypoints")
@@ -282,6 +283,9 @@ class KubeWaypointReconciler:
         if errors:         # an overlay that changes what Ambit owns: nothing of it is applied
             return True
         ok = True
+        # whether the HPA/PDB may need deleting: parameters now, or objects rendered with them before
+        # (nothing else: every other Gateway's pass would cost two GETs more)
+        had_parameters = params is not None
         for want in wanted:
             ref = f"{want['kind']} {want['metadata']['namespace']}/{want['metadata']['name']}"
             try:
@@ -300,6 +304,7 @@ class KubeWaypointReconciler:
                 else:
                     ok = False
             elif status < 300 and existing is not None:
+                had_parameters = had_parameters or rendered_with_parameters(existing)
                 if not is_managed(existing):
                     msg = f"{ref} exists and was not created by ambit; the waypoint does not take it over"
                     if msg not in self.errors:
@@ -315,7 +320,7 @@ class KubeWaypointReconciler:
                 self.errors.append(f"get {ref}: HTTP {status}")
                 ok = False
         have = {o["kind"] for o in wanted}
-        for gone in optional_objects(gw):
+        for gone in optional_objects(gw) if had_parameters else []:
             if gone["kind"] not in have and gone["kind"] in OPTIONAL_KINDS:
                 ok = self._delete_unwanted(gw, gone) and ok
         return ok

@@ -265,10 +265,15 @@ def is_managed(obj: Obj) -> bool:
     return ((obj.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
 
 
-# On each rendered object: the map fields a parametersRef overlay added (controller/waypoints/params.py),
-# so that an update removes those the overlay no longer sets.
+# On each object rendered with a parametersRef: the map fields its overlay added (controller/waypoints/
+# params.py), so that an update removes those the overlay no longer sets; its presence marks objects
+# rendered with parameters (whose HPA/PDB may have to be deleted once they are gone).
 OVERLAY_FIELDS_ANNOTATION = "ambit.io/overlay-fields"
 _NOT_BODY = ("apiVersion", "kind", "metadata", "status")
+
+
+def rendered_with_parameters(o: Obj) -> bool:
+    return OVERLAY_FIELDS_ANNOTATION in ((o.get("metadata") or {}).get("annotations") or {})
 
 
 def _overlay_fields(o: Obj) -> list[list[str]]:
@@ -288,7 +293,8 @@ def needs_update(existing: Obj, want: Obj) -> bool:
         return True
     if any((emd.get("annotations") or {}).get(k) != v for k, v in (wmd.get("annotations") or {}).items()):
         return True
-    if _overlay_fields(existing) != _overlay_fields(want):
+    if ((emd.get("annotations") or {}).get(OVERLAY_FIELDS_ANNOTATION)
+            != (wmd.get("annotations") or {}).get(OVERLAY_FIELDS_ANNOTATION)):
         return True
     if [r.get("uid") for r in emd.get("ownerReferences") or []] != [r.get("uid") for r in wmd["ownerReferences"]]:
         return True

@@ -75,9 +75,22 @@ def test_parameters_reach_the_deployment_an_hpa_and_follow_the_configmap(cluster
                            "maxUnavailable": 1}
     wait_for(lambda: emu.get("autoscaling/v2", "HorizontalPodAutoscaler", "waypoint", "demo") is None,
              timeout=10, what="the HPA deleted once its key is gone")
-    # deleting the Gateway deletes what it owned, the PDB too
+    # the parametersRef removed from the Gateway: the rendered objects again, and no PDB
+    gw = emu.get(GW_V1, "Gateway", "waypoint", "demo")
+    del gw["spec"]["infrastructure"]
+    emu.update(gw)
+    wait_for(lambda: emu.get("policy/v1", "PodDisruptionBudget", "waypoint", "demo") is None, timeout=10,
+             what="the PDB deleted once the Gateway has no parameters")
+    wait_for(lambda: container(emu).get("resources", {}).get("limits") == {"memory": "1Gi"}, timeout=10,
+             what="the rendered resources again")
+    # a Gateway that never had parameters costs no HPA/PDB requests
+    seen = len(emu.requests)
+    emu.create(gateway("plain"))
+    wait_for(lambda: emu.get("apps/v1", "Deployment", "plain", "demo"), timeout=10, what="the plain Deployment")
+    assert not [r for r in emu.requests[seen:] if "/plain" in r[1] and ("autoscalers" in r[1] or "budgets" in r[1])]
+    # deleting the Gateway deletes what it owned
     emu.delete(GW_V1, "Gateway", "waypoint", "demo")
-    assert emu.get("policy/v1", "PodDisruptionBudget", "waypoint", "demo") is None
+    assert emu.get("apps/v1", "Deployment", "waypoint", "demo") is None
     assert rec.errors == []
     assert_allowed_by_install(emu.requests)
 
