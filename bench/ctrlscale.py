@@ -5,6 +5,7 @@ would list them (plain dicts, like the tests'), and a driver that times the cont
     python -m bench.ctrlscale --pods 1000 5000 10000         # ms and MB per stage at each size
     python -m bench.ctrlscale --pods 10000 --profile translate
     python -m bench.ctrlscale --pods 1000 10000 --stage waypoint_memory    # bench/wpmem.py
+    python -m bench.ctrlscale --pods 1000 10000 --stage snapshot_gc        # bench/ctrlgc.py
 
 Sizes scale with `pods`: the 10,000-pod cluster has 2,000 Services, 500 namespaces, 1,000
 AuthorizationPolicies, 300 routes (150 VirtualServices, 150 HTTPRoutes) and 100 nodes.
@@ -294,6 +295,10 @@ def main() -> None:
         if a.stage == ["waypoint_memory"]:      # the waypoint's and the agent's config: bench/wpmem.py
             from bench.wpmem import report
             report(n)
+            continue
+        if a.stage == ["snapshot_gc"]:          # the collector enabled, over churn snapshots: bench/ctrlgc.py
+            from bench.ctrlgc import report as gc_report
+            gc_report(n)
             continue
         objs = cluster(n)
         thunks = stages(objs)

@@ -22,11 +22,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ambit.aiotask import wait_set
+from ambit.dataplane.gctune import parse_threshold
 from ambit.trustdomain import TrustDomains
 from controller import meshconfig
 from controller.acceptgate import descriptors_needed, make_server, raise_descriptor_limit, serve
 from controller.app import Controller, StatusServer
 from controller.configserver.server import server_options
+from controller.gcpolicy import SnapshotGC
 from controller.grpcgate import CallGate
 from controller.jwks import JwksCache
 from controller.memguard import MemoryGuard
@@ -196,6 +198,15 @@ def bind_reports(args: ControllerSettings, hooks: list[Callable[[Snapshot, Trans
     return reports, lambda ref: bind_failures(writer.unreported(reports.of_waypoint(ref), ref)), start
 
 
+def gc_policy(args: ControllerSettings) -> SnapshotGC:
+    """The collector's settings (controller/gcpolicy.py), thresholds applied now."""
+    policy = SnapshotGC(freeze=args.gc_freeze, threshold=parse_threshold(args.gc_threshold),
+                        full_interval=args.gc_full_interval)
+    policy.start()
+    log.info("garbage collector: %s", policy.describe())
+    return policy
+
+
 def node_names(objects: Snapshot) -> list[str]:
     return [o["metadata"]["name"] for o in objects if o.get("kind") == "Node" and (o.get("metadata") or {}).get("name")]
 
@@ -256,12 +267,15 @@ async def amain(args: ControllerSettings) -> int:
     if waypoints is not None:
         hooks.append(waypoints)
 
+    collector = gc_policy(args)
+
     def on_applied(objects: Snapshot, tr: Translation) -> None:
         for hook in hooks:
             try:
                 hook(objects, tr)
             except Exception:  # noqa: BLE001 - one duty failing must not skip the others
                 log.exception("post-snapshot hook %s failed", getattr(hook, "__name__", hook))
+        collector.on_applied(objects, tr)       # last: what the hooks made is frozen too
 
     try:
         flag_aliases = TrustDomains.of(args.trust_domain, args.trust_domain_alias).aliases

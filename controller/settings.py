@@ -13,6 +13,7 @@ from controller.acceptgate import MAX_CONNECTIONS_PER_PEER
 from controller.ca.service import CA_REQUEST_BURST, CA_REQUEST_RATE
 from controller.configserver.server import MAX_CONNECTIONS, MAX_STREAMS_PER_CLIENT
 from controller.debug.service import REPORT_BURST, REPORT_RATE
+from controller.gcpolicy import FULL_INTERVAL, THRESHOLD, check_full_interval, check_threshold
 from controller.memguard import MEMORY_GUARD_FRACTION
 
 
@@ -136,6 +137,18 @@ class ControllerSettings:
         "every 10 s); past it a report is refused RESOURCE_EXHAUSTED naming when to retry (0: no bound)",
         check=non_negative)
     debounce: float = option(0.03, "seconds a burst of changes is coalesced", check=non_negative)
+    gc_freeze: bool = option(
+        True, "after each applied snapshot, move every object to the collector's permanent generation (gc.freeze), "
+              "so collections do not walk the source cache and the translation, which reference counting frees "
+              "when they are replaced; every --gc-full-interval seconds everything is collected in full once")
+    gc_full_interval: float = option(
+        FULL_INTERVAL, "with the freeze: seconds after which the next snapshot unfreezes everything and collects it "
+        "in full (what became cyclic garbage while frozen is freed then; a full collection pauses the process "
+        "about 250 ms at 10,000 pods)",
+        check=check_full_interval)
+    gc_threshold: str = option(
+        THRESHOLD, "the collector's thresholds 'gen0[,gen1[,gen2]]' (Python's are 700,10,10; a generation-0 "
+        "threshold of 0, the collector off, is refused)", check=check_threshold)
     log_level: str = option("INFO", "logging level")
 
     def check(self) -> str | None:
