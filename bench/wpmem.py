@@ -213,7 +213,8 @@ def whole_file_json(path: Any, node_key: str, types: Mapping[str, Any]) -> None:
 def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict[str, Any]:
     """What the config cache costs a `kind` ("waypoint" or "ztunnel") on its event loop, per
     response, over `rounds` successive churns (50 pods gone, 50 new; each a Workload and a Service
-    response): the whole-file JSON rewrite of before, and the journal's append. Loop time is the
+    response): the whole-file JSON rewrite of before (wall time: all of it ran on the loop, its
+    write included), and the journal's append. Loop time is the
     main thread's CPU time over the save (the writer's thread runs on its own); "stall" is the
     longest the loop went without running a ready task meanwhile, with a task ready all the time
     (a ticker), so a thread that held the GIL would show there. A snapshot (the first write after
@@ -292,9 +293,9 @@ def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict
                 removed = sorted(set(held) - {e.name for e in snaps[i][t]})
                 staged = states[t].stage(f"v{i}", changed, removed)
                 states[t].commit(staged)
-                c0 = time.thread_time()
+                c0 = time.perf_counter()        # all of it on the loop, its writes included
                 whole_file_json(tmp / "old.json", kind, full(states))
-                out["before"].append((time.thread_time() - c0) * 1000)
+                out["before"].append((time.perf_counter() - c0) * 1000)
                 delta = cache.Delta(t, f"v{i}", changed, removed)
                 out["record bytes"].append(len(cache.cachelog.record(delta)))
                 ms, stall = await timed(lambda d=delta: writer.save(lambda: full(states), d))
