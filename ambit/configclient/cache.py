@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,28 +39,32 @@ def lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
-def _replace(path: Path, data: bytes, *, sync: bool) -> None:
-    """Write `data` under a temporary name and rename it into place: a reader sees the old file or
-    the new one. Per process: the workers share the path."""
+def _replace(path: Path, chunks: Iterable[bytes], *, sync: bool) -> int:
+    """Write `chunks` under a temporary name and rename it into place: a reader sees the old file
+    or the new one. Per process: the workers share the path. Chunk by chunk, not joined first: a
+    join of ~10 MiB would hold the GIL for its copy, a write releases it. Returns the size."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    size = 0
     with open(tmp, "wb") as f:
-        f.write(data)
+        for c in chunks:
+            f.write(c)
+            size += len(c)
         if sync:
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
+    return size
 
 
 def _write_snapshot(path: Path, node_key: str, ident: str, types: Mapping[str, CachedType]) -> tuple[int, int]:
     """Lay out, frame and write a snapshot, then start its journal; (bytes of each)."""
-    snap = cachelog.framed(cachelog.SNAPSHOT_MAGIC, cachelog.snapshot_payloads(node_key, ident, types))
+    payloads = cachelog.snapshot_payloads(node_key, ident, types)
     path.parent.mkdir(parents=True, exist_ok=True)
     # fsync before the rename: on a disk, a power cut then leaves the old snapshot or the whole new
     # one (the manifests' paths are tmpfs, where it costs nothing)
-    _replace(path, snap, sync=True)
-    head = cachelog.journal_head(ident)
-    _replace(journal_path(path), head, sync=False)
-    return len(snap), len(head)
+    snap = _replace(path, cachelog.frames_of(cachelog.SNAPSHOT_MAGIC, payloads), sync=True)
+    head = _replace(journal_path(path), [cachelog.journal_head(ident)], sync=False)
+    return snap, head
 
 
 def save(path: Path, node_key: str, types: Mapping[str, CachedType]) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ambit.configclient.codec import Encoded
@@ -74,8 +74,8 @@ def record(delta: Delta) -> bytes:
 
 
 def snapshot_payloads(node_key: str, ident: str, types: Mapping[str, CachedType]) -> list[bytes]:
-    """The snapshot's frames' payloads, unframed: the writer frames them (`frame`) off the event
-    loop, where the checksum of ~10 MiB does not hold the interpreter (zlib releases the GIL)."""
+    """The snapshot's frames' payloads, unframed (`frames_of` frames them): a header, then one
+    per type with its whole state."""
     head = json.dumps({"node": node_key, "id": ident, "types": len(types)}).encode()
     return [head, *(_type_payload(Delta(t, sv, res, replace=True)) for t, (sv, res) in types.items())]
 
@@ -86,8 +86,13 @@ def journal_head(ident: str) -> bytes:
     return JOURNAL_MAGIC + frame(payload) + payload
 
 
-def framed(magic: bytes, payloads: Iterable[bytes]) -> bytes:
-    return b"".join((magic, *(frame(p) + p for p in payloads)))
+def frames_of(magic: bytes, payloads: Iterable[bytes]) -> Iterator[bytes]:
+    """A file's pieces in order (magic, then each frame's header and payload), to be written
+    one by one."""
+    yield magic
+    for p in payloads:
+        yield frame(p)
+        yield p
 
 
 class Torn(ValueError):
