@@ -115,13 +115,14 @@ def _frames(data: bytes, start: int) -> Iterable[tuple[int, bytes]]:
 
 
 def _json(payload: bytes, what: str) -> dict:
+    """A header: a JSON object, or ValueError saying which header and why."""
     try:
-        doc = json.loads(payload)
+        doc: object = json.loads(payload)
     except ValueError as e:
-        raise ValueError(f"{what}: not JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise ValueError(f"{what}: not a mapping")
-    return doc
+        doc = e
+    if isinstance(doc, dict):
+        return doc
+    raise ValueError(f"{what}: not JSON: {doc}" if isinstance(doc, ValueError) else f"{what}: not a mapping")
 
 
 def _strs(v: object, what: str) -> list[str]:
