@@ -150,13 +150,16 @@ class CacheWriter:
             self.plan.lost()
             log.warning("cannot write config cache %s: %s", self.path, e)
         except asyncio.CancelledError:
-            self.plan.lost()    # the job may finish or not: the next write starts over
+            self.plan.lost()    # the job finishes unseen: the next write starts over
             raise
 
     async def _run(self, fn: Callable[..., object], *args: object) -> object:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="config-cache")
-        return await asyncio.wrap_future(self._pool.submit(fn, *args))
+        # Shielded: a `stop()` during the write must not cancel a job not started yet (the record
+        # of a response the component applied would be lost, and a type missing from the cache
+        # makes the whole cache unusable); `close()` waits for it.
+        return await asyncio.shield(asyncio.wrap_future(self._pool.submit(fn, *args)))
 
     async def close(self) -> None:
         """Wait for the write in flight (if any), then let another process write."""

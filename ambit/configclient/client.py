@@ -299,10 +299,11 @@ class ConfigClient:
         self._accepted.add(resp.type_url)
         self.updates += 1
         self.last_update = time.time()
-        self._mark_synced(resp.type_url)
+        # recorded before it counts as synced: a component stopped once synced has it cached
         await self._save_cache(cache.Delta(resp.type_url, state.system_version,
                                            list(state.encoded.values()) if first else changed,
                                            sorted(staged.update.removed), replace=first))
+        self._mark_synced(resp.type_url)
         return reply
 
     async def _call(self, update: ConfigUpdate) -> None:
