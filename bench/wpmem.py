@@ -134,8 +134,10 @@ def waypoint_delta(by_type: Mapping[str, list[Any]], objs: list[dict[str, Any]],
                    repeat: int = 5) -> dict[str, float]:
     """Best ms of what a waypoint does with one churn's responses (50 pods gone, 50 new: the
     Workload and the Service responses), step by step as its config client takes them: decode
-    and stage the delta, `WaypointConfig.apply`, commit, and write the config cache file
-    (`--config-cache`, which the manifests set; `ConfigClient._save_cache`, once per response)."""
+    and stage the delta, `WaypointConfig.apply`, commit, and record it in the config cache
+    (`--config-cache`, which the manifests set; `ConfigClient._save_cache`, once per response: the
+    event loop's part of a journal append, `cache_churn`)."""
+    import asyncio
     import random
     from pathlib import Path
 
@@ -154,13 +156,16 @@ def waypoint_delta(by_type: Mapping[str, list[Any]], objs: list[dict[str, Any]],
     ns, name = WAYPOINT.split("/")
     path = Path(tempfile.mkdtemp(prefix="wpmem-")) / "config-cache.json"
     best: dict[str, float] = {}
+    loop = asyncio.new_event_loop()
     for _ in range(repeat):
+        writer = cache.CacheWriter(path, "waypoint")
         cfg = WaypointConfig(Waypoint(ns, name), "cluster.local")
         states = {t: TypeState(t) for t in TYPES}
         for t in TYPES:
             staged = states[t].stage("v1", before[t], ())
             cfg.apply(staged.update)
             states[t].commit(staged)
+        loop.run_until_complete(writer.save(lambda s=states: full(s), cache.Delta(t, "v1", [], replace=False)))
         gc.collect()
         took = dict.fromkeys(("decode", "apply", "cache write"), 0.0)
         for t in (Workload.TYPE, Service.TYPE):
@@ -173,15 +178,146 @@ def waypoint_delta(by_type: Mapping[str, list[Any]], objs: list[dict[str, Any]],
             cfg.apply(staged.update)
             states[t].commit(staged)
             t2 = time.perf_counter()
-            cache.save(path, "waypoint", {u: (s.system_version, list(s.encoded.values())) for u, s in states.items()})
-            t3 = time.perf_counter()
-            for k, v in (("decode", t1 - t0), ("apply", t2 - t1), ("cache write", t3 - t2)):
+            c0 = time.thread_time()
+            loop.run_until_complete(writer.save(lambda s=states: full(s), cache.Delta(
+                t, "v2", [staged.encoded[n] for n in staged.update.changed], sorted(staged.update.removed))))
+            c1 = time.thread_time()
+            for k, v in (("decode", t1 - t0), ("apply", t2 - t1), ("cache write", c1 - c0)):
                 took[k] += v * 1000
+        loop.run_until_complete(writer.close())
         for k, v in took.items():
             best[k] = min(best.get(k, v), v)
-    path.unlink()
-    path.parent.rmdir()
+    loop.close()
+    shutil.rmtree(path.parent)
     return best
+
+
+def full(states: Mapping[str, Any]) -> dict[str, Any]:
+    """The cache's full state (a snapshot's content) from the client's per-type states."""
+    return {t: (s.system_version, list(s.encoded.values())) for t, s in states.items()}
+
+
+def whole_file_json(path: Any, node_key: str, types: Mapping[str, Any]) -> None:
+    """The cache as it was written before the journal (format 1: the whole file, JSON, after
+    every response), kept here to measure against."""
+    import json
+    doc = {"format": 1, "node": node_key,
+           "types": {t: {"system_version": sv, "resources": {e.name: {"version": e.version, "body": e.body.decode()}
+                                                             for e in res}}
+                     for t, (sv, res) in types.items()}}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict[str, Any]:
+    """What the config cache costs a `kind` ("waypoint" or "ztunnel") on its event loop, per
+    response, over `rounds` successive churns (50 pods gone, 50 new; each a Workload and a Service
+    response): the whole-file JSON rewrite of before (wall time: all of it ran on the loop, its
+    write included), and the journal's append. Loop time is the
+    main thread's CPU time over the save (the writer's thread runs on its own); "stall" is the
+    longest the loop went without running a ready task meanwhile, with a task ready all the time
+    (a ticker), so a thread that held the GIL would show there. A snapshot (the first write after
+    a start, and each compaction) is timed the same way."""
+    import asyncio
+    import random
+    import statistics
+    from pathlib import Path
+
+    from ambit.configclient import cache
+    from ambit.configclient.state import TypeState
+    from ambit.model import Service, Workload
+    from bench.ctrlscale import churn
+    from controller.sources.cache import LastGoodCache
+    from controller.translate import translate
+    from waypoint.config import TYPES as WP_TYPES
+    from ztunnel.meshstate import TYPES as ZT_TYPES
+    types, name, wp = (WP_TYPES, "waypoint-0", WAYPOINT) if kind == "waypoint" else (ZT_TYPES, "node-0", "")
+    rng = random.Random(3)
+    snaps = []
+    for _ in range(rounds + 1):
+        c = LastGoodCache()
+        c.replace(objs, owns=lambda _k: True)
+        snaps.append(scoped(translate(c.objects()).by_type(), kind, name, types, wp))
+        objs = churn(objs, 50, rng)
+    tmp = Path(tempfile.mkdtemp(prefix="cachechurn-"))
+    states = {t: TypeState(t) for t in types}
+    for t in types:
+        states[t].commit(states[t].stage("v0", snaps[0][t], ()))
+    out: dict[str, Any] = {"before": [], "append": [], "append stall": [], "snapshot": [], "snapshot stall": [],
+                           "record bytes": []}
+
+    async def run() -> None:
+        gaps = [0.0]
+        done, ticking = asyncio.Event(), asyncio.Event()
+
+        async def ticker() -> None:
+            while not done.is_set():
+                await ticking.wait()
+                last = time.perf_counter()
+                while ticking.is_set():
+                    await asyncio.sleep(0)
+                    now = time.perf_counter()
+                    gaps[0] = max(gaps[0], now - last)
+                    last = now
+
+        async def timed(save: Callable[[], Any]) -> tuple[float, float]:
+            """(main thread CPU ms of one save, the loop idle otherwise; longest stall of another,
+            the ticker running). A record is idempotent, so saving it twice leaves the same state."""
+            c0 = time.thread_time()
+            await save()
+            ms = (time.thread_time() - c0) * 1000
+            ticking.set()
+            for _ in range(3):          # the ticker's gap over the caller's own work is not ours
+                await asyncio.sleep(0)
+            gaps[0] = 0.0
+            await save()
+            ticking.clear()
+            return ms, gaps[0] * 1000
+
+        tick = asyncio.create_task(ticker())
+        writer = cache.CacheWriter(tmp / "new.cache", kind)
+
+        async def snapshot() -> None:
+            writer.plan.lost()
+            await writer.save(lambda: full(states), cache.Delta(Workload.TYPE, "v0", []))
+
+        for _ in range(3):          # a snapshot: what a start's first write and each compaction cost
+            ms, stall = await timed(snapshot)
+            out["snapshot"].append(ms)
+            out["snapshot stall"].append(stall)
+        for i in range(1, rounds + 1):
+            for t in (Workload.TYPE, Service.TYPE):
+                held = states[t].versions()
+                changed = [e for e in snaps[i][t] if held.get(e.name) != e.version]
+                removed = sorted(set(held) - {e.name for e in snaps[i][t]})
+                staged = states[t].stage(f"v{i}", changed, removed)
+                states[t].commit(staged)
+                c0 = time.perf_counter()        # all of it on the loop, its writes included
+                whole_file_json(tmp / "old.json", kind, full(states))
+                out["before"].append((time.perf_counter() - c0) * 1000)
+                delta = cache.Delta(t, f"v{i}", changed, removed)
+                out["record bytes"].append(len(cache.cachelog.record(delta)))
+                ms, stall = await timed(lambda d=delta: writer.save(lambda: full(states), d))
+                out["append"].append(ms)
+                out["append stall"].append(stall)
+        done.set()
+        ticking.set()
+        ticking.clear()
+        await tick
+        await writer.close()
+        assert cache.load(tmp / "new.cache", kind) is not None
+        out["snapshot bytes"] = (tmp / "new.cache").stat().st_size
+        out["old file bytes"] = (tmp / "old.json").stat().st_size
+
+    gc.collect()
+    asyncio.run(run())
+    shutil.rmtree(tmp)
+    summary = {k: (statistics.median(v), max(v)) for k, v in out.items() if isinstance(v, list)}
+    summary["snapshot bytes"] = out["snapshot bytes"]
+    summary["old file bytes"] = out["old file bytes"]
+    summary["responses per compaction"] = out["snapshot bytes"] / statistics.mean(out["record bytes"])
+    return summary
 
 
 def report(pods: int) -> None:
@@ -195,6 +331,14 @@ def report(pods: int) -> None:
     costs = waypoint_delta(by_type, objs)
     print(f"pods={pods:6d} waypoint one churn's Workload and Service responses: "
           + "  ".join(f"{k} {v:.1f} ms" for k, v in costs.items()), flush=True)
+    for kind in ("waypoint", "ztunnel"):
+        c = cache_churn(objs, kind)
+        print(f"pods={pods:6d} {kind:8s} config cache per response, loop ms median/max: whole-file JSON (before) "
+              f"{c['before'][0]:.1f}/{c['before'][1]:.1f}, journal append {c['append'][0]:.2f}/{c['append'][1]:.2f} "
+              f"(stall {c['append stall'][0]:.2f}/{c['append stall'][1]:.2f}, record {c['record bytes'][0] / 1024:.0f} KiB); "
+              f"snapshot {c['snapshot'][0]:.1f}/{c['snapshot'][1]:.1f} (stall {c['snapshot stall'][0]:.1f}/"
+              f"{c['snapshot stall'][1]:.1f}, {c['snapshot bytes'] / 2**20:.1f} MiB, old file "
+              f"{c['old file bytes'] / 2**20:.1f} MiB) every ~{c['responses per compaction']:.0f} responses", flush=True)
     n, ms = agent_delta(by_type)
     print(f"pods={pods:6d} agent    node-0's {n} pods: pod list + signature per update {ms:.2f} ms", flush=True)
 

@@ -77,6 +77,7 @@ class ConfigClient:
         self.types = list(dict.fromkeys(types))
         self._on_change = on_change
         self._cache_path = Path(cache_path) if cache_path else None
+        self._cache = cache.CacheWriter(self._cache_path, self.node.key) if self._cache_path else None
         self._trust = trust             # pinned root + the controller's identity; None: plaintext
         self._metadata = metadata       # e.g. credential.node_metadata(token_file, node); called per attempt
         self._backoff = (backoff or Backoff(initial=0.1, maximum=5.0)).attempts()
@@ -114,6 +115,8 @@ class ConfigClient:
             self._stopping = False
         self._task = None
         self._connected = False
+        if self._cache is not None:
+            await self._cache.close()
 
     async def __aenter__(self) -> ConfigClient:
         await self.start()
@@ -281,11 +284,8 @@ class ConfigClient:
             reply.error_detail.message = f"type_url {resp.type_url!r}: not subscribed"
             return reply
         try:
-            staged = state.stage(
-                resp.system_version_info,
-                [Encoded(r.name, r.version, r.body) for r in resp.resources],
-                resp.removed_resources,
-            )
+            changed = [Encoded(r.name, r.version, r.body) for r in resp.resources]
+            staged = state.stage(resp.system_version_info, changed, resp.removed_resources)
             await self._call(staged.update)
         except Exception as e:  # noqa: BLE001 - the component's rejection becomes the NACK message
             msg = str(e) if isinstance(e, DecodeError) else f"{type(e).__name__}: {e}"
@@ -293,11 +293,17 @@ class ConfigClient:
             reply.error_detail.message = msg
             return reply
         state.commit(staged)
+        # the type's first accepted state (since the start, or since its cached state was refused)
+        # replaces what the cache may hold of it; later ones are deltas over it
+        first = resp.type_url not in self._accepted
         self._accepted.add(resp.type_url)
         self.updates += 1
         self.last_update = time.time()
+        # recorded before it counts as synced: a component stopped once synced has it cached
+        await self._save_cache(cache.Delta(resp.type_url, state.system_version,
+                                           list(state.encoded.values()) if first else changed,
+                                           sorted(staged.update.removed), replace=first))
         self._mark_synced(resp.type_url)
-        self._save_cache()
         return reply
 
     async def _call(self, update: ConfigUpdate) -> None:
@@ -312,20 +318,18 @@ class ConfigClient:
 
     # ----- file cache ------------------------------------------------------------------------
 
-    def _save_cache(self) -> None:
-        """Write the accepted state of each type. A type never accepted (not answered yet, or
-        rejected since the start) is left out, not written empty: replayed, an empty policy type
-        would read "no policy" after a restart, where the running component had refused to serve
-        without one."""
-        if not self._cache_path:
+    async def _save_cache(self, delta: cache.Delta) -> None:
+        """Record an accepted response in the cache, which then holds the accepted state of each
+        type. A type never accepted (not answered yet, or rejected since the start) is left out,
+        not written empty: replayed, an empty policy type would read "no policy" after a restart,
+        where the running component had refused to serve without one. Awaited before the ACK;
+        the event loop serves meanwhile (cache.CacheWriter)."""
+        if self._cache is None:
             return
-        try:
-            cache.save(self._cache_path, self.node.key,
-                       {t: (s.system_version, list(s.encoded.values())) for t, s in self._states.items()
-                        if t in self._accepted})
-        except OSError as e:
-            # Losing the cache only costs a cold start later; never reject config for it.
-            log.warning("cannot write config cache %s: %s", self._cache_path, e)
+        await self._cache.save(
+            lambda: {t: (s.system_version, list(s.encoded.values())) for t, s in self._states.items()
+                     if t in self._accepted},
+            delta)
 
     async def _apply_cache(self) -> None:
         """Replay the cache, all of it or nothing: every subscribed type must be in it and decode.

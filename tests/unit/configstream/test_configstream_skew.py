@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry
 
 from ambit.api import config_pb2, config_pb2_grpc
 from ambit.configclient import Backoff, ConfigClient, ConfigUpdate, NodeInfo
-from ambit.configclient.codec import content_version
+from ambit.configclient import cache as cfgcache
+from ambit.configclient.codec import Encoded, content_version
 from ambit.model import (
     Authorization,
     Match,
@@ -277,18 +278,19 @@ def test_a_cache_with_one_type_this_version_cannot_read_is_ignored_whole(tmp_pat
     for a type they had not accepted: a ztunnel upgraded over such a cache read it as "no policy"."""
     async def main():
         cache = await _synced_cache(tmp_path)
-        doc = json.loads(cache.read_text())
-        (entry,) = doc["types"][Authorization.TYPE]["resources"].values()
-        body = json.loads(entry["body"])
+        types = cfgcache.load(cache, "ztunnel/node-a")
+        sv, (entry,) = types[Authorization.TYPE]
+        body = json.loads(entry.body)
         if damage == "newer-field":
             body["enforcement"] = "strict"          # a newer version's top-level field, set
-            entry["body"] = json.dumps(body, sort_keys=True, separators=(",", ":"))
-            entry["version"] = content_version(entry["body"].encode())
+            raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+            types[Authorization.TYPE] = (sv, [Encoded(entry.name, content_version(raw), raw)])
         elif damage == "bit-rot":
-            entry["body"] = entry["body"].replace('"DENY"', '"DENZ"')
+            types[Authorization.TYPE] = (sv, [Encoded(entry.name, entry.version,
+                                                      entry.body.replace(b'"DENY"', b'"DENZ"'))])
         else:       # what earlier versions wrote for a type not accepted yet (or NACKed since the start)
-            doc["types"][Authorization.TYPE] = {"system_version": "", "resources": {}}
-        cache.write_text(json.dumps(doc))
+            types[Authorization.TYPE] = ("", [])
+        cfgcache.save(cache, "ztunnel/node-a", types)
         restarted = await _restarted_from(cache)
         assert not restarted.view.workloads and not restarted.populated and not restarted.versions
     asyncio.run(asyncio.wait_for(main(), 60))
@@ -322,14 +324,35 @@ def test_a_type_the_controller_does_not_serve_leaves_the_others_served():
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
+def _legacy_file(cache: Path) -> dict:
+    """The cache as the whole-file JSON (format 1) that versions before the journal wrote."""
+    types = cfgcache.load(cache, "ztunnel/node-a")
+    doc = {"format": 1, "node": "ztunnel/node-a",
+           "types": {t: {"system_version": sv, "resources": {e.name: {"version": e.version, "body": e.body.decode()}
+                                                             for e in res}}
+                     for t, (sv, res) in types.items()}}
+    cache.write_text(json.dumps(doc))
+    return doc
+
+
+def test_a_cache_file_of_the_format_before_the_journal_is_replayed(tmp_path):
+    """An upgrade while the controller is away: the new version serves the old version's file."""
+    async def main():
+        cache = await _synced_cache(tmp_path)
+        _legacy_file(cache)
+        restarted = await _restarted_from(cache)
+        assert restarted.view.workloads and restarted.populated
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
 @pytest.mark.parametrize("damage", ["truncated", "types-list", "entry-list", "version-null", "body-number"])
 def test_a_cache_file_of_another_shape_is_ignored_not_raised(tmp_path, damage):
     """A node that lost power mid-write, or a file another version wrote: the component starts as
     without a cache. `"types": [...]` raised AttributeError out of `start()`, on every restart."""
     async def main():
         cache = await _synced_cache(tmp_path)
+        doc = _legacy_file(cache)
         text = cache.read_text()
-        doc = json.loads(text)
         entry = doc["types"][Workload.TYPE]
         if damage == "truncated":
             cache.write_text(text[: len(text) // 2])
