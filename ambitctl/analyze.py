@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ambit.gatewayclasses import INGRESS_CLASSES
 from controller.translate import translate
 from controller.translate.backendtls import NOT_APPLIED as BTLS_NOT_APPLIED
 from controller.translate.backendtls import OVERRIDDEN as BTLS_OVERRIDDEN
@@ -41,6 +42,7 @@ from controller.waypoints.advisories import (
     advisories,
 )
 from controller.waypoints.gateways import WAYPOINT_CLASSES
+from controller.waypoints.params import MISSING, check, parameters_ref
 
 Obj = dict[str, Any]
 
@@ -99,6 +101,9 @@ CODES: dict[str, Code] = {c.code: c for c in (
     Code("AMB0126", WARNING, "OutsideWaypointScope",
          "a VirtualService for a Service of another namespace, served by a waypoint of a third namespace: "
          "not applied (a waypoint takes routes only from the Service's namespace and its own, as in Istio)"),
+    Code("AMB0127", ERROR, "InvalidParameters",
+         "a waypoint or ingress Gateway's infrastructure.parametersRef is invalid: the controller applies none "
+         "of its overlays and reports the Gateway Accepted=False (InvalidParameters)"),
 )}
 # advisory cause -> (code, the kind that must be known to say it: what is elsewhere may exist)
 _PARENT_CODES = {"ParentNotFound": ("AMB0120", "Gateway"), "NotAllowedByListeners": ("AMB0121", ""),
@@ -181,6 +186,7 @@ def analyze(objects: Iterable[Obj], *, complete: bool, traffic: list[PlaintextTr
     out += _policies_without_pods(good, st, root_namespace)
     out += _conflicts(good, hosts)
     out += _waypoint_labels(good, st)
+    out += _gateway_parameters(good, st)
     out += _strict_with_plaintext(good, traffic or [], root_namespace)
     unattached = {f.ref for f in out if f.code == "AMB0101" and f.path.startswith("spec.parentRefs")}
     out = [f for f in out if not (f.code == "AMB0111" and f.ref in unattached)]   # said once, as AMB0101
@@ -445,6 +451,24 @@ def _conflicts(good: list[Obj], hosts: Hosts) -> list[Finding]:
 # -- use-waypoint labels ----------------------------------------------------------------------------------
 
 _USE_WAYPOINT = ("ambit.io/use-waypoint", "istio.io/use-waypoint")
+
+
+def _gateway_parameters(good: list[Obj], st: _State) -> list[Finding]:
+    """AMB0127: what the controller's `params.check` finds wrong with a Gateway's parametersRef,
+    the same function (controller/waypoints/params.py). A ConfigMap missing from a partial set of
+    files may be in the cluster, so that one is said only with the whole state."""
+    configmaps = {(ns_of(o), name_of(o)): o for o in good if o.get("kind") == "ConfigMap"}
+    out = []
+    for gw in good:
+        if gw.get("kind") != "Gateway" or parameters_ref(gw) is None:
+            continue
+        if (gw.get("spec") or {}).get("gatewayClassName") not in WAYPOINT_CLASSES + INGRESS_CLASSES:
+            continue
+        params = check(gw, configmaps)
+        if params is None or not params.errors or (params.errors == [MISSING] and not st.knows("ConfigMap")):
+            continue
+        out.append(Finding("AMB0127", object_ref(gw), "spec.infrastructure.parametersRef", params.message()))
+    return out
 
 
 def _waypoint_labels(good: list[Obj], st: _State) -> list[Finding]:

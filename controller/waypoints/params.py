@@ -57,6 +57,7 @@ OPTIONAL_KINDS = ("HorizontalPodAutoscaler", "PodDisruptionBudget")
 # Per key: a full pod-spec overlay (affinity, tolerations, topology spread, resources of every
 # container) is a few KiB; 16 KiB leaves room and bounds five keys of any ConfigMap to 80 KiB.
 MAX_OVERLAY_BYTES = 16 * 1024
+MISSING = "the ConfigMap does not exist"      # the one error a partial set of files cannot judge
 
 
 @dataclass
@@ -102,7 +103,7 @@ def resolve(gw: Obj, configmaps: Mapping[tuple[str, str], Obj]) -> Parameters | 
         return p
     cm = configmaps.get((ns, name))
     if cm is None:
-        p.errors.append("the ConfigMap does not exist")
+        p.errors.append(MISSING)
         return p
     omitted = cm.get(OMITTED) or {}
     for k, size in sorted((omitted.get("oversize") or {}).items()):

@@ -236,3 +236,18 @@ def test_a_null_field_is_unset_for_the_analyzers_too() -> None:
     zero = {**route, "spec": {**route["spec"], "rules": [{"backendRefs": [
         {"name": "reviews", "port": 9080, "weight": 0}, {"name": "ratings", "port": 9080, "weight": None}]}]}}
     assert "AMB0109" not in [f.code for f in an.analyze([zero], complete=False)]   # unset weighs 1
+
+
+def test_gateway_parameters_are_judged_by_the_controllers_own_check() -> None:
+    """AMB0127 says what the controller would find (Accepted=False, InvalidParameters): the message
+    names the ConfigMap and each reason. A ConfigMap missing from files alone may be in the
+    cluster; with the whole state (the lab) it is missing."""
+    objs = load(FIXTURES / "gateway-parameters.yaml")
+    [bad] = [f for f in an.analyze(objs, complete=False) if f.code == "AMB0127"]
+    assert "waypoint-options" in bad.message and "command" in bad.message, bad.message
+    assert an.CODES["AMB0127"].severity == an.ERROR
+    alone = [o for o in objs if o["kind"] != "ConfigMap"]        # the Gateways' files without the ConfigMaps
+    assert not [f for f in an.analyze(alone, complete=False) if f.code == "AMB0127"]
+    whole = {f.ref: f.message for f in an.analyze(alone, complete=True) if f.code == "AMB0127"}
+    assert set(whole) == {"Gateway/shop/waypoint", "Gateway/shop/sized"}
+    assert all("does not exist" in m for m in whole.values()), whole
