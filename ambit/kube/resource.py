@@ -42,6 +42,10 @@ class Resource:
     # what it was not given instead of reading as absent what was too large or misnamed.
     bounded_keys: tuple[str, ...] = ()
     key_bound: int = 0
+    # With `data_keys`: labels kept (their value only), and with any of them the creationTimestamp
+    # (ConfigMaps, for the label that makes one a Gateway class's defaults, and the age that picks
+    # one of several): every other label and annotation goes.
+    kept_labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.versions:
@@ -72,6 +76,11 @@ class Resource:
         data = obj.get("data") or {}
         out: Obj = {k: obj[k] for k in ("apiVersion", "kind") if k in obj}
         out["metadata"] = {k: md[k] for k in ("name", "namespace") if k in md}
+        labels = {k: v for k, v in (md.get("labels") or {}).items() if k in self.kept_labels}
+        if labels:
+            out["metadata"]["labels"] = labels
+            if "creationTimestamp" in md:
+                out["metadata"]["creationTimestamp"] = md["creationTimestamp"]
         out["data"] = {k: data[k] for k in self.data_keys if k in data}
         oversize = {}
         for k in self.bounded_keys:

@@ -46,6 +46,7 @@ from controller.sources.statuspace import StatusPace
 from controller.translate.ingress import ALL_ROUTE_KINDS, GATEWAY_GROUP, is_ingress
 from controller.translate.parents import is_gateway_parent, is_service_parent
 from controller.validation import FieldError, object_ref, reasons
+from controller.waypoints.class_defaults import DEFAULTS_FOR_CLASS_LABEL
 from controller.waypoints.gateways import STATUS_GROUP_SUFFIXES, is_waypoint
 from controller.waypoints.ingress_status import refused_route_status, untimed
 from controller.waypoints.params import MAX_OVERLAY_BYTES, OVERLAY_KEYS
@@ -98,8 +99,14 @@ FIELD_SELECTORS = {"Secret": "type=kubernetes.io/tls"}
 # common in applications' ConfigMaps, so five such keys of every ConfigMap are at most 80 KiB
 # each); a larger value is dropped and its size kept, with the names of up to 16 other keys, so a
 # Gateway can say what is wrong with its parameters (`omittedData`, ambit.kube.resource).
+#
+# So is a Gateway class's defaults ConfigMap (controller/waypoints/class_defaults.py): the same
+# overlay keys, and of its labels only `gateway.istio.io/defaults-for-class` (with the
+# creationTimestamp, which picks the oldest of several); the controller reads it in its root
+# namespace, which the cluster-wide watch covers.
 DATA_KEYS = {"ConfigMap": ("ca.crt",)}
 BOUNDED_KEYS = {"ConfigMap": (OVERLAY_KEYS, MAX_OVERLAY_BYTES)}
+KEPT_LABELS = {"ConfigMap": (DEFAULTS_FOR_CLASS_LABEL,)}
 
 # Kinds read for ingress alone: an install that does not grant them (a cluster admin who removed
 # the rule, a controller upgraded before its ClusterRole) must not hold back every other snapshot.
@@ -119,7 +126,7 @@ def default_types() -> list[WatchedType]:
     """Every group/kind in the registry: core kinds, Istio's groups, Ambit's groups, Gateway API."""
     return [WatchedType(group, versions, k.plural, k.kind, k.namespaced, FIELD_SELECTORS.get(k.kind, ""),
                         data_keys=DATA_KEYS.get(k.kind), bounded_keys=BOUNDED_KEYS.get(k.kind, ((), 0))[0],
-                        key_bound=BOUNDED_KEYS.get(k.kind, ((), 0))[1])
+                        key_bound=BOUNDED_KEYS.get(k.kind, ((), 0))[1], kept_labels=KEPT_LABELS.get(k.kind, ()))
             for k in KINDS for group, versions in k.groups]
 
 

@@ -1,4 +1,4 @@
-"""A Gateway's `spec.infrastructure.parametersRef`: per-gateway overlays of its rendered objects, sans-IO.
+"""A Gateway's `spec.infrastructure.parametersRef` and its class's defaults: overlays of its rendered objects, sans-IO.
 
 As Istio's gateway deployment controller (pilot/pkg/config/kube/gatewaycommon/deploymentcontroller.go)
 reads it: the reference names a ConfigMap (group "", kind ConfigMap) in the Gateway's namespace,
@@ -13,11 +13,17 @@ whose keys hold YAML overlays, merged into the rendered objects with Kubernetes'
 | `horizontalPodAutoscaler` | an autoscaling/v2 HorizontalPodAutoscaler of the Deployment, rendered only with this key |
 | `podDisruptionBudget` | a policy/v1 PodDisruptionBudget of the pods, rendered only with this key |
 
+A Gateway class may have defaults too: a ConfigMap of the same keys in the root namespace,
+labelled `gateway.istio.io/defaults-for-class: <class>` (controller/waypoints/class_defaults.py).
+As Istio, its overlays merge first and the Gateway's own second, so the Gateway's win
+(`Parameters.layers`, in that order); a Gateway with no parametersRef gets the defaults alone.
+
 What the mesh relies on stays Ambit's (controller/waypoints/owned.py). An overlay that changes
 it, a key that is not one of the five, a key that does not parse, a reference to another kind or a
-ConfigMap that does not exist makes the whole parameter set invalid (`Parameters.errors`): nothing
-of it is applied, the objects stay as last rendered, and the Gateway says why (Accepted=False,
-InvalidParameters), as Gateway API asks.
+ConfigMap that does not exist makes the whole parameter set invalid (`Parameters.errors`), be it
+in the class defaults or the Gateway's own: nothing of either is applied (Istio renders nothing
+then either), the objects stay as last rendered, and the Gateway says why, naming the ConfigMap
+(Accepted=False, InvalidParameters), as Gateway API asks.
 
 The controller keeps at most `MAX_OVERLAY_BYTES` of each overlay key (controller/sources/kube.py): it
 watches every ConfigMap of the cluster, and keys named `service` or `deployment` are common in
@@ -37,6 +43,7 @@ from typing import Any
 import yaml
 
 from ambit.kube.resource import OMITTED
+from controller.waypoints import class_defaults
 from controller.waypoints.owned import owned_changes
 from controller.waypoints.render import (
     OVERLAY_FIELDS_ANNOTATION,
@@ -58,25 +65,45 @@ OPTIONAL_KINDS = ("HorizontalPodAutoscaler", "PodDisruptionBudget")
 # container) is a few KiB; 16 KiB leaves room and bounds five keys of any ConfigMap to 80 KiB.
 MAX_OVERLAY_BYTES = 16 * 1024
 MISSING = "the ConfigMap does not exist"      # the one error a partial set of files cannot judge
+DEFAULT_ROOT_NAMESPACE = WaypointDeploySettings.root_namespace
 
 
 @dataclass
-class Parameters:
-    """The overlays a Gateway's parametersRef resolves to, or why it does not."""
+class Layer:
+    """One ConfigMap's overlays: the class defaults or the Gateway's own parametersRef."""
 
+    what: str                                       # "parametersRef", "class defaults (label ...)"
     ref: str = ""                                   # "ConfigMap ns/name", for messages
     overlays: dict[str, Obj] = field(default_factory=dict)      # key -> parsed overlay
     errors: list[str] = field(default_factory=list)
 
+
+@dataclass
+class Parameters:
+    """The overlays a Gateway's objects are rendered with, in the order they apply (its class's
+    defaults, then its own parametersRef, which wins), or why they are not."""
+
+    layers: list[Layer] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[str]:
+        return [e for layer in self.layers for e in layer.errors]
+
+    @property
+    def overlays(self) -> dict[str, Obj]:
+        """Every key some layer overlays (the optional objects rendered), -> the last layer's."""
+        return {k: v for layer in self.layers for k, v in layer.overlays.items()}
+
     @property
     def digest(self) -> str:
         """Changes whenever what the overlays say does: the reconciler re-renders on it."""
-        body = json.dumps([self.ref, self.overlays, self.errors], sort_keys=True, default=str)
+        body = json.dumps([[la.what, la.ref, la.overlays, la.errors] for la in self.layers], sort_keys=True,
+                          default=str)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def message(self) -> str:
-        return f"parametersRef {self.ref}: " + "; ".join(self.errors) + \
-            " (nothing of it is applied: the gateway's objects stay as last rendered)"
+        return "; ".join(f"{la.what} {la.ref}: " + "; ".join(la.errors) for la in self.layers if la.errors) + \
+            " (nothing of the gateway's parameters is applied: its objects stay as last rendered)"
 
 
 def _too_large(key: str, size: int) -> str:
@@ -88,23 +115,52 @@ def parameters_ref(gw: Obj) -> Obj | None:
     return ((gw.get("spec") or {}).get("infrastructure") or {}).get("parametersRef")
 
 
-def resolve(gw: Obj, configmaps: Mapping[tuple[str, str], Obj]) -> Parameters | None:
-    """The Gateway's parameters from the (projected) ConfigMaps by (namespace, name); None: no ref."""
-    ref = parameters_ref(gw)
-    if ref is None:
+def class_defaults_layer(cls: str, configmaps: Mapping[tuple[str, str], Obj],
+                         root_namespace: str = DEFAULT_ROOT_NAMESPACE) -> Layer | None:
+    """The class's defaults (class_defaults.py: the oldest labelled ConfigMap of the root namespace)."""
+    found = class_defaults.claims(configmaps.values(), root_namespace, cls)
+    if not found:
         return None
+    layer = Layer(what=f"class defaults ({class_defaults.DEFAULTS_FOR_CLASS_LABEL}: {cls})",
+                  ref=class_defaults.ref(found[0]))
+    _read_overlays(found[0], layer)
+    return layer
+
+
+def resolve(gw: Obj, configmaps: Mapping[tuple[str, str], Obj],
+            root_namespace: str = DEFAULT_ROOT_NAMESPACE) -> Parameters | None:
+    """The Gateway's parameters from the (projected) ConfigMaps by (namespace, name): its class's
+    defaults and its own parametersRef; None: neither."""
+    p = Parameters()
+    defaults = class_defaults_layer(str((gw.get("spec") or {}).get("gatewayClassName") or ""), configmaps,
+                                    root_namespace)
+    if defaults is not None:
+        p.layers.append(defaults)
+    ref = parameters_ref(gw)
+    if ref is not None:
+        p.layers.append(_own_layer(gw, ref, configmaps))
+    return p if p.layers else None
+
+
+def _own_layer(gw: Obj, ref: Obj, configmaps: Mapping[tuple[str, str], Obj]) -> Layer:
     ns = (gw.get("metadata") or {}).get("namespace") or "default"
     group, kind, name = ref.get("group", ""), ref.get("kind", ""), ref.get("name", "")
-    p = Parameters(ref=f"ConfigMap {ns}/{name}")
+    layer = Layer(what="parametersRef", ref=f"ConfigMap {ns}/{name}")
     if group not in ("", "core") or kind != "ConfigMap":
-        p.ref = f"{group or 'core'}/{kind} {name}"
-        p.errors.append('Ambit reads gateway parameters from a ConfigMap (group "", kind ConfigMap) in the '
-                        "Gateway's namespace only")
-        return p
+        layer.ref = f"{group or 'core'}/{kind} {name}"
+        layer.errors.append('Ambit reads gateway parameters from a ConfigMap (group "", kind ConfigMap) in the '
+                            "Gateway's namespace only")
+        return layer
     cm = configmaps.get((ns, name))
     if cm is None:
-        p.errors.append(MISSING)
-        return p
+        layer.errors.append(MISSING)
+        return layer
+    _read_overlays(cm, layer)
+    return layer
+
+
+def _read_overlays(cm: Obj, p: Layer) -> None:
+    """Parse the ConfigMap's overlay keys into `p`, or say why each cannot be."""
     omitted = cm.get(OMITTED) or {}
     for k, size in sorted((omitted.get("oversize") or {}).items()):
         p.errors.append(_too_large(k, size))
@@ -130,10 +186,6 @@ def resolve(gw: Obj, configmaps: Mapping[tuple[str, str], Obj]) -> Parameters | 
             p.errors.append(f"key {k}: a YAML {type(doc).__name__}, not a map (a partial {KIND_OF_KEY[k]})")
             continue
         p.overlays[k] = doc
-    if "horizontalPodAutoscaler" in p.overlays and "replicas" in ((p.overlays.get("deployment") or {}).get("spec") or {}):
-        p.errors.append("key deployment: spec.replicas: the horizontalPodAutoscaler owns the replica count; set "
-                        "minReplicas there instead")
-    return p
 
 
 # What `check` renders with when the caller deploys nothing (status only, `ambit apply`): the
@@ -142,43 +194,79 @@ _CHECK_SETTINGS = WaypointDeploySettings(image="", controller_address="")
 
 
 def check(gw: Obj, configmaps: Mapping[tuple[str, str], Obj], settings: WaypointDeploySettings | None = None,
-          ports: Iterable[int] = ()) -> Parameters | None:
-    """`resolve`, with the errors of merging the overlays into the objects rendered for `gw` too:
-    everything that makes them invalid, so that the Gateway's status says so whether or not this
-    controller deploys."""
-    params = resolve(gw, configmaps)
+          ports: Iterable[int] = (), root_namespace: str | None = None) -> Parameters | None:
+    """`resolve`, with the errors of merging the overlays into the objects rendered for `gw` too
+    (each on the layer that caused it): everything that makes them invalid, so that the Gateway's
+    status says so whether or not this controller deploys. The root namespace is the settings'
+    unless given."""
+    s = settings or _CHECK_SETTINGS
+    params = resolve(gw, configmaps, root_namespace or s.root_namespace)
     if params is not None and not params.errors:
-        _, params.errors = apply(render(gw, settings or _CHECK_SETTINGS, ports), optional_objects(gw), params)
+        _, errors = _merge(render(gw, s, ports), optional_objects(gw), params)
+        for i, e in errors:
+            params.layers[i].errors.append(e)
     return params
 
 
 def apply(objs: Iterable[Obj], optional: Iterable[Obj], params: Parameters | None) -> tuple[list[Obj], list[str]]:
-    """The objects to deploy: `objs` (always rendered) and those of `optional` whose key the
-    parameters have, each with its overlay merged in; and the errors (then nothing is to deploy)."""
+    """The objects to deploy: `objs` (always rendered) and those of `optional` whose key some layer
+    of the parameters has, each with the layers' overlays merged in, in order; and the errors (then
+    nothing is to deploy)."""
     objs, optional = list(objs), list(optional)
     if params is None:
         return objs, []
     if params.errors:
         return [], list(params.errors)
+    out, errors = _merge(objs, optional, params)
+    return ([], [e for _, e in errors]) if errors else (out, [])
+
+
+def _merge(objs: list[Obj], optional: list[Obj], params: Parameters) -> tuple[list[Obj], list[tuple[int, str]]]:
+    """Each object with every layer's overlay of its key merged in turn; errors as (layer, message).
+    What Ambit owns is checked after each layer against the rendered object, so a change is blamed
+    on the layer that made it."""
     out, errors = [], []
-    for base in objs + [o for o in optional if KEY_OF_KIND[o["kind"]] in params.overlays]:
+    keys = params.overlays
+    for base in objs + [o for o in optional if KEY_OF_KIND[o["kind"]] in keys]:
         key = KEY_OF_KIND[base["kind"]]
-        overlay = params.overlays.get(key)
-        if overlay is None:
-            out.append(base)
-            continue
-        try:
-            merged = strategic_merge(base["kind"], base, overlay)
-        except MergeError as e:
-            errors.append(f"key {key}: {e}")
-            continue
-        bad = owned_changes(base, merged)
-        errors += [f"key {key}: {b}" for b in bad]
-        out.append(merged)
+        cur, bad = base, set()
+        for i, layer in enumerate(params.layers):
+            overlay = layer.overlays.get(key)
+            if overlay is None:
+                continue
+            try:
+                merged = strategic_merge(base["kind"], cur, overlay)
+            except MergeError as e:
+                errors.append((i, f"key {key}: {e}"))
+                continue
+            now = owned_changes(base, merged)
+            errors += [(i, f"key {key}: {b}") for b in now if b not in bad]
+            bad |= set(now)
+            cur = merged
+        out.append(cur)
+    errors += _replicas_conflict(params)
     for o in out:       # on every object, empty too: it marks objects rendered with parameters
         o.setdefault("metadata", {}).setdefault("annotations", {})[OVERLAY_FIELDS_ANNOTATION] = \
             json.dumps(added_fields(_base_of(o, objs, optional), o), separators=(",", ":"))
-    return ([], errors) if errors else (out, [])
+    return out, errors
+
+
+def _replicas_conflict(params: Parameters) -> list[tuple[int, str]]:
+    """An HPA (of any layer) owns the replica count: a Deployment overlay's `spec.replicas` that is
+    still set after every layer (a later one may null it) would fight it."""
+    if not any("horizontalPodAutoscaler" in la.overlays for la in params.layers):
+        return []
+    setter = None
+    for i, layer in enumerate(params.layers):
+        spec = (layer.overlays.get("deployment") or {}).get("spec")
+        if isinstance(spec, dict) and "replicas" in spec:
+            setter = i if spec["replicas"] is not None else None
+    if setter is None:
+        return []
+    hint = "" if setter == len(params.layers) - 1 else \
+        " (or null it in the Gateway's parametersRef: deployment: {spec: {replicas: null}})"
+    return [(setter, "key deployment: spec.replicas: the horizontalPodAutoscaler owns the replica count; set "
+                     f"minReplicas there instead{hint}")]
 
 
 def _base_of(o: Obj, objs: list[Obj], optional: list[Obj]) -> Obj:

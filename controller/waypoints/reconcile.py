@@ -8,9 +8,10 @@ After each translated snapshot (`Controller.on_applied`), `KubeWaypointReconcile
   addresses, listeners) when it differs, as a merge patch of `/status`;
 - with deploy settings, makes sure each waypoint Gateway owns its ServiceAccount, Service and
   Deployment (`render`; not one whose `waypoint-for` label is invalid, which is no waypoint), with
-  the overlays of its `infrastructure.parametersRef` ConfigMap and the HPA/PDB they ask for
-  (`params`; invalid parameters deploy nothing and make the Gateway `Accepted=False`,
-  `InvalidParameters`; an HPA/PDB no longer asked for is deleted):
+  the overlays of its class's defaults ConfigMap (`class_defaults`), then of its
+  `infrastructure.parametersRef` ConfigMap, and the HPA/PDB they ask for (`params`; invalid
+  parameters deploy nothing and make the Gateway `Accepted=False`, `InvalidParameters`; an HPA/PDB
+  no longer asked for is deleted):
   created when missing, updated when the fields the controller owns drifted, left alone (and
   reported) when an object of that name exists that the controller did not create. Deleting the
   Gateway deletes them through their ownerReferences (the garbage collector's job, not ours);
@@ -40,8 +41,8 @@ from ambit.backoff import Backoff
 from controller.kinds import BY_KIND
 from controller.sources.statuspace import StatusPace
 from controller.translate.ingress import ALL_ROUTE_KINDS, is_ingress
+from controller.waypoints import class_defaults, ingress_status
 from controller.waypoints import gateways as gws
-from controller.waypoints import ingress_status
 from controller.waypoints.advisories import advisories, conditions_update, has_free_status, object_conditions
 from controller.waypoints.params import OPTIONAL_KINDS, Parameters, check, parameters_ref
 from controller.waypoints.params import apply as apply_parameters
@@ -126,6 +127,7 @@ class KubeWaypointReconciler:
         # gateway uid -> the digest of the invalid parameters last logged; (uid, rv, ports, ConfigMap) -> check()
         self._params_logged: dict[str, str] = {}
         self._params_seen: dict[tuple[str, str, tuple[int, ...], str], Parameters | None] = {}
+        self._duplicates_logged = "{}"
         self.clock = clock
         self.api = api
         self.deploy = deploy
@@ -222,10 +224,12 @@ class KubeWaypointReconciler:
         refused = self.refused() if self.write_status else frozenset()
         configmaps = {(o.get("metadata", {}).get("namespace") or "default", o.get("metadata", {}).get("name", "")): o
                       for o in objects if o.get("kind") == "ConfigMap"}
+        labelled = [cm for cm in configmaps.values() if class_defaults.class_of(cm) is not None]
+        self._log_duplicate_defaults(labelled)
         for gw in waypoints:
             md = gw.get("metadata") or {}
             ports = _served_ports(gw, translation)       # an Istio Gateway's new port redeploys too
-            params = self._parameters(gw, configmaps, ports)
+            params = self._parameters(gw, configmaps, ports, labelled)
             # a changed parameters ConfigMap redeploys too
             key = (md.get("uid", ""), md.get("resourceVersion", ""), ports, params.digest if params else "")
             live.add(key)
@@ -250,21 +254,34 @@ class KubeWaypointReconciler:
                 self._route_status(objects, translation, refused)
                 self._backend_tls_status(objects, translation, refused)
 
-    def _parameters(self, gw: Obj, configmaps: Mapping[tuple[str, str], Obj],
-                    ports: tuple[int, ...]) -> Parameters | None:
-        """`params.check` of the Gateway, computed again only when the Gateway, its ports or its
-        ConfigMap changed (it renders and parses YAML; snapshots come for any change of the mesh)."""
+    def _parameters(self, gw: Obj, configmaps: Mapping[tuple[str, str], Obj], ports: tuple[int, ...],
+                    labelled: list[Obj] | None = None) -> Parameters | None:
+        """`params.check` of the Gateway, computed again only when the Gateway, its ports, its
+        ConfigMap or its class's defaults ConfigMaps changed (it renders and parses YAML; snapshots
+        come for any change of the mesh). `labelled`: the ConfigMaps with a defaults-for-class label."""
         ref = parameters_ref(gw)
-        if ref is None:
+        cls = str((gw.get("spec") or {}).get("gatewayClassName") or "")
+        defaults = class_defaults.claims(labelled if labelled is not None else configmaps.values(),
+                                         self.root_namespace, cls)
+        if ref is None and not defaults:
             return None
         md = gw.get("metadata") or {}
-        cm = configmaps.get((md.get("namespace") or "default", ref.get("name", "")))
+        cm = configmaps.get((md.get("namespace") or "default", ref.get("name", ""))) if ref is not None else None
         seen = (md.get("uid", ""), md.get("resourceVersion", ""), ports,
-                json.dumps(cm, sort_keys=True) if cm is not None else "")
+                json.dumps([cm, defaults[:1]], sort_keys=True))
         if seen not in self._params_seen:
             self._params_seen = {k: v for k, v in self._params_seen.items() if k[0] != seen[0]}
-            self._params_seen[seen] = check(gw, configmaps, self.deploy, ports)
+            self._params_seen[seen] = check(gw, configmaps, self.deploy, ports, root_namespace=self.root_namespace)
         return self._params_seen[seen]
+
+    def _log_duplicate_defaults(self, labelled: list[Obj]) -> None:
+        """Say once per change which classes have several defaults ConfigMaps, and which one applies."""
+        found = class_defaults.duplicates(labelled, self.root_namespace)
+        said = json.dumps({c: [class_defaults.ref(cm) for cm in cms] for c, cms in found.items()})
+        if said != self._duplicates_logged:
+            for cls, cms in found.items():
+                log.warning("gateway class %s: %s", cls, class_defaults.duplicate_message(cls, cms))
+            self._duplicates_logged = said
 
     def _deploy_settled(self, gw: Obj, ports: tuple[int, ...], key: tuple[str, str, tuple[int, ...], str],
                         params: Parameters | None = None) -> bool:
