@@ -41,8 +41,10 @@ from controller.waypoints.advisories import (
     ZTUNNEL_ACCEPTED,
     advisories,
 )
+from controller.waypoints.class_check import problems as class_problems
+from controller.waypoints.class_defaults import DEFAULTS_FOR_CLASS_LABEL
 from controller.waypoints.gateways import WAYPOINT_CLASSES
-from controller.waypoints.params import MISSING, check, parameters_ref
+from controller.waypoints.params import MISSING, Parameters, check, parameters_ref
 
 Obj = dict[str, Any]
 
@@ -104,6 +106,12 @@ CODES: dict[str, Code] = {c.code: c for c in (
     Code("AMB0127", ERROR, "InvalidParameters",
          "a waypoint or ingress Gateway's infrastructure.parametersRef is invalid: the controller applies none "
          "of its overlays and reports the Gateway Accepted=False (InvalidParameters)"),
+    Code("AMB0128", ERROR, "InvalidClassDefaults",
+         "a Gateway class's defaults ConfigMap (gateway.istio.io/defaults-for-class) is invalid: the controller "
+         "applies no parameters to any Gateway of the class and reports each Accepted=False (InvalidParameters)"),
+    Code("AMB0129", WARNING, "ClassDefaultsIgnored",
+         "a ConfigMap labelled gateway.istio.io/defaults-for-class applies to no Gateway: not in the root "
+         "namespace, for a class Ambit does not deploy, or another, older one holds that class's defaults"),
 )}
 # advisory cause -> (code, the kind that must be known to say it: what is elsewhere may exist)
 _PARENT_CODES = {"ParentNotFound": ("AMB0120", "Gateway"), "NotAllowedByListeners": ("AMB0121", ""),
@@ -186,7 +194,8 @@ def analyze(objects: Iterable[Obj], *, complete: bool, traffic: list[PlaintextTr
     out += _policies_without_pods(good, st, root_namespace)
     out += _conflicts(good, hosts)
     out += _waypoint_labels(good, st)
-    out += _gateway_parameters(good, st)
+    out += _gateway_parameters(good, st, root_namespace)
+    out += _class_defaults(good, root_namespace)
     out += _strict_with_plaintext(good, traffic or [], root_namespace)
     unattached = {f.ref for f in out if f.code == "AMB0101" and f.path.startswith("spec.parentRefs")}
     out = [f for f in out if not (f.code == "AMB0111" and f.ref in unattached)]   # said once, as AMB0101
@@ -453,10 +462,11 @@ def _conflicts(good: list[Obj], hosts: Hosts) -> list[Finding]:
 _USE_WAYPOINT = ("ambit.io/use-waypoint", "istio.io/use-waypoint")
 
 
-def _gateway_parameters(good: list[Obj], st: _State) -> list[Finding]:
-    """AMB0127: what the controller's `params.check` finds wrong with a Gateway's parametersRef,
-    the same function (controller/waypoints/params.py). A ConfigMap missing from a partial set of
-    files may be in the cluster, so that one is said only with the whole state."""
+def _gateway_parameters(good: list[Obj], st: _State, root_namespace: str) -> list[Finding]:
+    """AMB0127: what the controller's `params.check` finds wrong with a Gateway's own parametersRef,
+    the same function (controller/waypoints/params.py); its class's defaults are AMB0128, said once
+    (`_class_defaults`). A ConfigMap missing from a partial set of files may be in the cluster, so
+    that one is said only with the whole state."""
     configmaps = {(ns_of(o), name_of(o)): o for o in good if o.get("kind") == "ConfigMap"}
     out = []
     for gw in good:
@@ -464,11 +474,21 @@ def _gateway_parameters(good: list[Obj], st: _State) -> list[Finding]:
             continue
         if (gw.get("spec") or {}).get("gatewayClassName") not in WAYPOINT_CLASSES + INGRESS_CLASSES:
             continue
-        params = check(gw, configmaps)
-        if params is None or not params.errors or (params.errors == [MISSING] and not st.knows("ConfigMap")):
+        params = check(gw, configmaps, root_namespace=root_namespace)
+        own = Parameters(layers=[params.layers[-1]]) if params is not None else None
+        if own is None or not own.errors or (own.errors == [MISSING] and not st.knows("ConfigMap")):
             continue
-        out.append(Finding("AMB0127", object_ref(gw), "spec.infrastructure.parametersRef", params.message()))
+        out.append(Finding("AMB0127", object_ref(gw), "spec.infrastructure.parametersRef", own.message()))
     return out
+
+
+def _class_defaults(good: list[Obj], root_namespace: str) -> list[Finding]:
+    """AMB0128/AMB0129: class defaults ConfigMaps that are invalid or apply to nothing
+    (controller/waypoints/class_check.py), judged against the class's Gateways given."""
+    configmaps = {(ns_of(o), name_of(o)): o for o in good if o.get("kind") == "ConfigMap"}
+    return [Finding("AMB0128" if p.invalid else "AMB0129", object_ref(p.configmap),
+                    "data" if p.invalid else f"metadata.labels.{DEFAULTS_FOR_CLASS_LABEL}", p.message)
+            for p in class_problems(configmaps, [o for o in good if o.get("kind") == "Gateway"], root_namespace)]
 
 
 def _waypoint_labels(good: list[Obj], st: _State) -> list[Finding]:

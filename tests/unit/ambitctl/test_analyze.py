@@ -251,3 +251,20 @@ def test_gateway_parameters_are_judged_by_the_controllers_own_check() -> None:
     whole = {f.ref: f.message for f in an.analyze(alone, complete=True) if f.code == "AMB0127"}
     assert set(whole) == {"Gateway/shop/waypoint", "Gateway/shop/sized"}
     assert all("does not exist" in m for m in whole.values()), whole
+
+
+def test_class_defaults_are_judged_once_of_their_configmap() -> None:
+    """AMB0128 names the class defaults ConfigMap, the key and the reason, once however many Gateways
+    the class has; a Gateway's own parametersRef is not blamed for them (AMB0127 stays its own)."""
+    objs = load(FIXTURES / "gateway-class-defaults.yaml")
+    [bad] = [f for f in an.analyze(objs, complete=False) if f.code == "AMB0128"]
+    assert bad.message.startswith("class defaults (gateway.istio.io/defaults-for-class: ambit-waypoint) ConfigMap "
+                                  "ambit-system/waypoint-defaults: key service: spec.selector is Ambit's"), bad.message
+    assert an.CODES["AMB0128"].severity == an.ERROR
+    [dup] = [f for f in an.analyze(objs, complete=False) if f.ref == "ConfigMap/ambit-system/ingress-defaults-new"]
+    assert "the oldest, ConfigMap ambit-system/ingress-defaults, is applied" in dup.message
+    # more Gateways of the class, one with a valid parametersRef of its own: still one AMB0128, no AMB0127
+    more = [*objs, *[o for o in load(FIXTURES / "gateway-parameters.yaml")
+                     if o["metadata"]["name"] in ("sized", "sized-options")]]
+    codes = [f.code for f in an.analyze(more, complete=False) if f.code in ("AMB0127", "AMB0128")]
+    assert codes == ["AMB0128"]
