@@ -195,31 +195,55 @@ def _missing_namespaces(objs: list[Obj], current: dict[tuple[str, str, str], Obj
 
 
 def lab_parameters(batch: list[Obj], everything: list[Obj]) -> list[str]:
-    """A Gateway's infrastructure.parametersRef overlays the Deployment a cluster runs it in; the lab
-    runs gateways as processes, so they apply to nothing here: say so, with what a cluster's
-    controller would find wrong with them (Accepted=False, InvalidParameters). For the Gateways of
-    the batch, and those whose parameters ConfigMap is in it."""
+    """A Gateway's infrastructure.parametersRef, and its class's defaults ConfigMap, overlay the
+    Deployment a cluster runs it in; the lab runs gateways as processes, so they apply to nothing
+    here: say so, with what a cluster's controller would find wrong with them (Accepted=False,
+    InvalidParameters). For the Gateways of the batch, those whose parameters ConfigMap is in it,
+    and the class defaults ConfigMaps of the batch."""
     from ambit.gatewayclasses import INGRESS_CLASSES, WAYPOINT_CLASSES
     from controller.validation import object_ref
-    from controller.waypoints.params import check, parameters_ref
+    from controller.waypoints import class_defaults
+    from controller.waypoints.class_check import problems
+    from controller.waypoints.params import Parameters, check, class_defaults_layer, parameters_ref
     configmaps = {(o["metadata"].get("namespace") or "default", o["metadata"].get("name", "")): o
                   for o in everything if o.get("kind") == "ConfigMap"}
     touched = {(o["metadata"].get("namespace") or "default", o["metadata"].get("name", ""))
                for o in batch if o.get("kind") == "ConfigMap"}
     batch_refs = {object_ref(o) for o in batch}
+    lab_only = "not applied in the lab, which runs gateways as processes, not Deployments: its overlays apply in " \
+               "a cluster only"
     out = []
     for gw in everything:
-        ref = parameters_ref(gw) if gw.get("kind") == "Gateway" else None
-        if ref is None or (gw.get("spec") or {}).get("gatewayClassName") not in WAYPOINT_CLASSES + INGRESS_CLASSES:
+        cls = (gw.get("spec") or {}).get("gatewayClassName") if gw.get("kind") == "Gateway" else None
+        if cls not in WAYPOINT_CLASSES + INGRESS_CLASSES:
+            continue
+        ref = parameters_ref(gw)
+        if ref is None:
+            defaults = class_defaults_layer(cls, configmaps, ROOT_NAMESPACE) if object_ref(gw) in batch_refs else None
+            if defaults is not None:        # what is wrong with them is said of the ConfigMap
+                out.append(f"{object_ref(gw)}: {defaults.what} {defaults.ref}: {lab_only}")
             continue
         ns = gw["metadata"].get("namespace") or "default"
         if object_ref(gw) not in batch_refs and (ns, ref.get("name", "")) not in touched:
             continue
-        params = check(gw, configmaps)
-        why = (f"; in a cluster the Gateway would be Accepted=False (InvalidParameters): {params.message()}"
-               if params is not None and params.errors else "")
-        out.append(f"{object_ref(gw)}: spec.infrastructure.parametersRef: not applied in the lab, which runs "
-                   f"gateways as processes, not Deployments: its overlays apply in a cluster only{why}")
+        params = check(gw, configmaps, root_namespace=ROOT_NAMESPACE)
+        own = Parameters(layers=[params.layers[-1]]) if params is not None else None
+        why = (f"; in a cluster the Gateway would be Accepted=False (InvalidParameters): {own.message()}"
+               if own is not None and own.errors else "")
+        out.append(f"{object_ref(gw)}: spec.infrastructure.parametersRef: {lab_only}{why}")
+    found = {object_ref(p.configmap): p for p in problems(configmaps, [o for o in everything if o.get("kind") == "Gateway"],
+                                                          ROOT_NAMESPACE)}
+    for cm in batch:
+        cls = class_defaults.class_of(cm) if cm.get("kind") == "ConfigMap" else None
+        if cls is None:
+            continue
+        p = found.get(object_ref(cm))
+        where = f"metadata.labels.{class_defaults.DEFAULTS_FOR_CLASS_LABEL}"
+        if p is not None and not p.invalid:
+            out.append(f"{object_ref(cm)}: {where}: {p.message}")
+            continue
+        why = f"; in a cluster: {p.message}" if p is not None else ""
+        out.append(f"{object_ref(cm)}: {where}: the defaults of the Gateways of class {cls}, {lab_only}{why}")
     return out
 
 

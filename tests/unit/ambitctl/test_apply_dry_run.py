@@ -283,3 +283,45 @@ def test_a_parameters_ref_is_no_silent_no_op_in_the_lab(lab_dir: Path) -> None:
                      stdin=GATEWAY_WITH_PARAMETERS.replace("serviceAccountName: default", "priorityClassName: x"))
     [warning] = [w for w in err.splitlines() if "parametersRef" in w]
     assert warning.endswith("its overlays apply in a cluster only")
+
+
+CLASS_DEFAULTS = """
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: waypoint-defaults
+  namespace: ambit-system
+  labels: {gateway.istio.io/defaults-for-class: ambit-waypoint}
+data:
+  deployment: |
+    spec: {template: {spec: {serviceAccountName: default}}}
+"""
+PLAIN_WAYPOINT = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: plain, namespace: demo}
+spec:
+  gatewayClassName: ambit-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+"""
+
+
+def test_class_defaults_are_no_silent_no_op_in_the_lab(lab_dir: Path) -> None:
+    """A class defaults ConfigMap applies in a cluster only: `ambit apply` says so of the ConfigMap,
+    with what a cluster's controller would refuse of it, and of a Gateway of the class applied later."""
+    rc, _, err = run("apply", "--dry-run", "-f", "-", stdin=CLASS_DEFAULTS)
+    assert rc == 0, err
+    [warning] = [w for w in err.splitlines() if "defaults-for-class" in w]
+    assert warning.startswith("Warning: ConfigMap/ambit-system/waypoint-defaults: metadata.labels.gateway.istio.io/"
+                              "defaults-for-class: the defaults of the Gateways of class ambit-waypoint, not applied "
+                              "in the lab"), warning
+    assert "key deployment: spec.template.spec.serviceAccountName is Ambit's" in warning
+    rc, _, err = run("apply", "-f", "-", stdin=CLASS_DEFAULTS.replace("serviceAccountName: default",
+                                                                      "priorityClassName: x"))
+    assert rc == 0, err
+    rc, _, err = run("apply", "--dry-run", "-f", "-", stdin=PLAIN_WAYPOINT)
+    assert rc == 0, err
+    [warning] = [w for w in err.splitlines() if "defaults-for-class" in w]
+    assert warning == ("Warning: Gateway/demo/plain: class defaults (gateway.istio.io/defaults-for-class: "
+                       "ambit-waypoint) ConfigMap ambit-system/waypoint-defaults: not applied in the lab, which runs "
+                       "gateways as processes, not Deployments: its overlays apply in a cluster only"), warning
