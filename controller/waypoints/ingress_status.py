@@ -225,10 +225,11 @@ def untimed(status: Obj | None) -> Obj:
 
 
 def desired(objects: list[Obj], result: IngressResult,
-            unbound: Callable[[str], Mapping[str, Mapping[int, str]]] = lambda _ref: {}
-            ) -> dict[tuple[str, str, str], Obj]:
+            unbound: Callable[[str], Mapping[str, Mapping[int, str]]] = lambda _ref: {},
+            invalid: Mapping[str, str] | None = None) -> dict[tuple[str, str, str], Obj]:
     """(kind, ns, name) -> new status, for ingress Gateways and routes whose status should change;
-    `unbound(gateway ref)` is `bind_failures` of that Gateway's pods."""
+    `unbound(gateway ref)` is `bind_failures` of that Gateway's pods; `invalid` (gateway ref ->
+    why): Gateways whose parameters are invalid (Accepted=False, InvalidParameters)."""
     from controller.waypoints import gateways as gws
     out: dict[tuple[str, str, str], Obj] = {}
     by_key = {(o.get("kind"), (o.get("metadata") or {}).get("namespace") or "default",
@@ -240,6 +241,8 @@ def desired(objects: list[Obj], result: IngressResult,
         if gw is None:
             continue
         want = gateway_status(gw, gws.find_service(gw, objects), listeners, unbound(gkey))
+        if (invalid or {}).get(gkey):
+            want = gws.invalid_parameters(want, gw, (invalid or {})[gkey])
         if gws.status_differs(gw.get("status"), want):
             out[("Gateway", ns, name)] = gws.with_times(gw.get("status"), want)
     out.update(route_updates(objects, result))

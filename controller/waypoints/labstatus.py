@@ -1,7 +1,9 @@
 """The controller's status writes for waypoints in the lab (the lab store stands in for the API server).
 
 The same statuses as in a cluster (`reconcile.KubeWaypointReconciler`): each waypoint Gateway's
-`Accepted`/`Programmed`/`addresses` (its Service is the one the lab creates for the waypoint pod),
+`Accepted`/`Programmed`/`addresses` (its Service is the one the lab creates for the waypoint pod;
+`Accepted=False`, `InvalidParameters` when its parametersRef or class defaults are invalid, though
+the lab applies neither),
 each AuthorizationPolicy's `ZtunnelAccepted`/`WaypointAccepted`, each BackendTLSPolicy's
 `status.ancestors`, and any Istio or Ambit object's
 `Enforced=False` for fields accepted but not applied (`advisories.object_conditions`). One store transaction per
@@ -16,9 +18,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ambit.labstore import Key, LabStore, key_of
+from controller.translate.ingress import is_ingress
 from controller.waypoints import gateways as gws
 from controller.waypoints import ingress_status
 from controller.waypoints.advisories import advisories, conditions_update, has_free_status, object_conditions
+from controller.waypoints.params import check
 from controller.waypoints.policy_status import policy_updates
 
 log = logging.getLogger("ambit.controller.waypoints")
@@ -30,13 +34,16 @@ def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", 
     """(kind, ns, name) -> the whole new status, for every object whose status should change;
     `unbound(gateway ref)`: the ingress listeners its pods cannot bind (ingress_status.bind_failures)."""
     out: dict[Key, Obj] = {}
+    invalid = invalid_parameters(objects, root_namespace)
     for gw in objects:
         if gws.is_waypoint(gw):
             want = gws.desired_status(gw, gws.find_service(gw, objects))
+            if gws.gateway_ref(gw) in invalid:
+                want = gws.invalid_parameters(want, gw, invalid[gws.gateway_ref(gw)])
             if gws.status_differs(gw.get("status"), want):
                 out[key_of(gw)] = gws.with_times(gw.get("status"), want)
     if translation is not None:     # ingress Gateways and their routes (controller.waypoints.ingress_status)
-        out.update(ingress_status.desired(objects, translation.ingress, unbound))
+        out.update(ingress_status.desired(objects, translation.ingress, unbound, invalid))
         out.update(policy_updates(objects, translation.backend_tls.ancestors))    # BackendTLSPolicy ancestors
     found = advisories(objects, cluster_domain, translation, root_namespace)
     for o in objects:
@@ -44,6 +51,21 @@ def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", 
             merged = conditions_update(o, object_conditions(o, found))
             if merged is not None:
                 out[key_of(o)] = {**(o.get("status") or {}), "conditions": merged}
+    return out
+
+
+def invalid_parameters(objects: list[Obj], root_namespace: str) -> dict[str, str]:
+    """Gateway ref -> why its parameters (its parametersRef, its class's defaults) are invalid, as a
+    cluster's controller judges them (`params.check`): the lab applies no overlay (it runs gateways
+    as processes), but its Gateways say Accepted=False, InvalidParameters, as they would there."""
+    configmaps = {(o["metadata"].get("namespace") or "default", o["metadata"].get("name", "")): o
+                  for o in objects if o.get("kind") == "ConfigMap" and isinstance(o.get("metadata"), dict)}
+    out = {}
+    for gw in objects:
+        if gws.is_waypoint(gw) or is_ingress(gw):
+            params = check(gw, configmaps, root_namespace=root_namespace)
+            if params is not None and params.errors:
+                out[gws.gateway_ref(gw)] = params.message()
     return out
 
 

@@ -135,3 +135,34 @@ def test_listener_supported_kinds_follow_allowed_routes_kinds() -> None:
     resolved = {c["type"]: c for c in lst["conditions"]}["ResolvedRefs"]
     assert (resolved["status"], resolved["reason"]) == ("False", "InvalidRouteKinds")
     assert "TCPRoute" in resolved["message"]
+
+
+def test_lab_gateways_say_invalid_parameters_as_in_a_cluster(tmp_path: Path) -> None:
+    """The lab applies no overlay (it runs gateways as processes), but a Gateway whose class defaults
+    or own parametersRef a cluster's controller would refuse says so in the lab too: Accepted=False,
+    InvalidParameters, naming the ConfigMap; fixed, it is Accepted again."""
+    from controller.translate import translate
+    store = LabStore(tmp_path / "store.json")
+    defaults = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "waypoint-defaults", "namespace": "ambit-system",
+                             "labels": {"gateway.istio.io/defaults-for-class": "ambit-waypoint"}},
+                "data": {"service": "spec: {selector: {app: mine}}"}}
+    ingress = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "edge", "namespace": "demo", "generation": 1},
+               "spec": {"gatewayClassName": "ambit", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}],
+                        "infrastructure": {"parametersRef": {"group": "", "kind": "ConfigMap", "name": "missing"}}}}
+    store.apply([gateway(), service(), defaults, ingress])
+    lab = LabWaypointStatus(store)
+    lab.reconcile(store.list(), translate(store.list()))
+    gw = store.get("Gateway", "demo", "waypoint")
+    assert conds(gw["status"])["Accepted"] == ("False", "InvalidParameters")
+    [accepted] = [c for c in gw["status"]["conditions"] if c["type"] == "Accepted"]
+    assert "ConfigMap ambit-system/waypoint-defaults: key service: spec.selector is Ambit's" in accepted["message"]
+    edge = store.get("Gateway", "demo", "edge")
+    assert conds(edge["status"])["Accepted"] == ("False", "InvalidParameters")
+    assert "parametersRef ConfigMap demo/missing: the ConfigMap does not exist" in \
+        next(c["message"] for c in edge["status"]["conditions"] if c["type"] == "Accepted")
+    defaults["data"] = {"service": "metadata: {annotations: {a: b}}"}
+    store.apply([defaults])
+    lab.reconcile(store.list(), translate(store.list()))
+    assert conds(store.get("Gateway", "demo", "waypoint")["status"])["Accepted"] == ("True", "Accepted")
