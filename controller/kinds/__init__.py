@@ -167,7 +167,9 @@ UNSUPPORTED_KINDS: dict[tuple[str, str], str] = {
                                                  "run extensions",
     (GATEWAY_GROUP, "GatewayClass"): "GatewayClass objects are not needed nor read by Ambit: the waypoint "
                                      "classes ambit-waypoint and istio-waypoint and the ingress classes ambit and "
-                                     "istio are built in",
+                                     "istio are built in (nor is its parametersRef, as in Istio: a class's "
+                                     "defaults are a ConfigMap in the root namespace labelled "
+                                     "gateway.istio.io/defaults-for-class)",
     (GATEWAY_GROUP, "UDPRoute"): "UDPRoute is not supported by Ambit: the mesh carries TCP only",
     (GATEWAY_GROUP, "ListenerSet"): f"ListenerSet is not supported by Ambit. {_WAYPOINTS}",
 }

@@ -8,7 +8,8 @@
   deleting the Gateway garbage-collects them).
 - `params`, `smp` and `owned`: a Gateway's `infrastructure.parametersRef` ConfigMap, overlays of those
   objects (and an optional HPA and PDB) merged with Kubernetes' strategic merge, and what of them
-  stays Ambit's.
+  stays Ambit's; `class_defaults` and `class_check`: its class's defaults ConfigMap (root namespace,
+  label `gateway.istio.io/defaults-for-class`), merged first, and what is wrong with those.
 - `advisories`: configuration that is accepted but not (yet) enforced, said out loud: L7 policy
   rules with no waypoint to enforce them, routes for hosts no waypoint serves, and fields the
   waypoint does not honour yet. `ambit apply` prints them; the controller writes them as status
