@@ -54,6 +54,8 @@ def problems(configmaps: Mapping[tuple[str, str], Obj], gateways: Iterable[Obj],
         if why is not None:
             out.append(ClassDefaultsProblem(cm, False, why, class_defaults.class_of(cm) or ""))
     for cls, found in class_defaults.duplicates(cms, root_namespace).items():
+        if cls not in WAYPOINT_CLASSES + INGRESS_CLASSES:
+            continue        # `misplaced` said it of each
         out += [ClassDefaultsProblem(cm, False, class_defaults.duplicate_message(cls, found), cls) for cm in found[1:]]
     gws = list(gateways)
     for cls in WAYPOINT_CLASSES + INGRESS_CLASSES:
