@@ -296,14 +296,8 @@ data:
   deployment: |
     spec: {template: {spec: {serviceAccountName: default}}}
 """
-PLAIN_WAYPOINT = """
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: plain, namespace: demo}
-spec:
-  gatewayClassName: ambit-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
-"""
+# the Gateway of GATEWAY_WITH_PARAMETERS, named plain, without its parametersRef
+PLAIN_WAYPOINT = GATEWAY_WITH_PARAMETERS.split("  infrastructure:")[0].replace("{name: waypoint,", "{name: plain,")
 
 
 def test_class_defaults_are_no_silent_no_op_in_the_lab(lab_dir: Path) -> None:
