@@ -193,8 +193,9 @@ def waypoint_delta(by_type: Mapping[str, list[Any]], objs: list[dict[str, Any]],
 
 
 def full(states: Mapping[str, Any]) -> dict[str, Any]:
-    """The cache's full state (a snapshot's content) from the client's per-type states."""
-    return {t: (s.system_version, list(s.encoded.values())) for t, s in states.items()}
+    """The cache's full state (a snapshot's content) from the client's per-type states, as the
+    client hands it over (`ConfigClient._save_cache`: the committed maps, not copies)."""
+    return {t: (s.system_version, s.encoded.values()) for t, s in states.items()}
 
 
 def whole_file_json(path: Any, node_key: str, types: Mapping[str, Any]) -> None:
@@ -210,6 +211,23 @@ def whole_file_json(path: Any, node_key: str, types: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def schedstat(tid: int | None = None) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of thread `tid` (this one by
+    default), per the kernel's schedstat; zeros where it is not available."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat" if tid else "/proc/thread-self/schedstat", "rb") as f:
+            run, wait = f.read().split()[:2]
+        return int(run) / 1e9, int(wait) / 1e9
+    except (OSError, ValueError):
+        return 0.0, 0.0
+
+
+def _writer_tid() -> int | None:
+    """The cache writer's thread (CacheWriter's pool), once it exists."""
+    import threading
+    return next((t.native_id for t in threading.enumerate() if t.name.startswith("config-cache")), None)
+
+
 def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict[str, Any]:
     """What the config cache costs a `kind` ("waypoint" or "ztunnel") on its event loop, per
     response, over `rounds` successive churns (50 pods gone, 50 new; each a Workload and a Service
@@ -217,8 +235,12 @@ def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict
     write included), and the journal's append. Loop time is the
     main thread's CPU time over the save (the writer's thread runs on its own); "stall" is the
     longest the loop went without running a ready task meanwhile, with a task ready all the time
-    (a ticker), so a thread that held the GIL would show there. A snapshot (the first write after
-    a start, and each compaction) is timed the same way."""
+    (a ticker), so a thread that held the GIL would show there. On a loaded machine most of that
+    gap can be the threads waiting for a CPU, so "held" counts, per gap, only the time the loop's
+    thread was blocked (neither running nor runnable: waiting for the GIL) and the writer's thread
+    ran on a CPU meanwhile (the smaller of the two, from each thread's schedstat): the writer's
+    own work that kept the loop from running. A snapshot (the first write after a start, and each compaction) is timed
+    the same way, ten times."""
     import asyncio
     import random
     import statistics
@@ -244,36 +266,40 @@ def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict
     states = {t: TypeState(t) for t in types}
     for t in types:
         states[t].commit(states[t].stage("v0", snaps[0][t], ()))
-    out: dict[str, Any] = {"before": [], "append": [], "append stall": [], "snapshot": [], "snapshot stall": [],
-                           "record bytes": []}
+    out: dict[str, Any] = {"before": [], "append": [], "append stall": [], "append held": [], "snapshot": [],
+                           "snapshot stall": [], "snapshot held": [], "record bytes": []}
 
     async def run() -> None:
-        gaps = [0.0]
+        gaps = [0.0, 0.0]           # the longest gap; the longest the writer's work held the loop
         done, ticking = asyncio.Event(), asyncio.Event()
 
         async def ticker() -> None:
             while not done.is_set():
                 await ticking.wait()
-                last = time.perf_counter()
+                tid = _writer_tid()
+                last, mine, its = time.perf_counter(), schedstat(), schedstat(tid)
                 while ticking.is_set():
                     await asyncio.sleep(0)
-                    now = time.perf_counter()
+                    now, m, i = time.perf_counter(), schedstat(), schedstat(tid)
+                    blocked = now - last - (m[0] - mine[0]) - (m[1] - mine[1])
                     gaps[0] = max(gaps[0], now - last)
-                    last = now
+                    gaps[1] = max(gaps[1], min(blocked, i[0] - its[0]))
+                    last, mine, its = now, m, i
 
-        async def timed(save: Callable[[], Any]) -> tuple[float, float]:
+        async def timed(save: Callable[[], Any]) -> tuple[float, float, float]:
             """(main thread CPU ms of one save, the loop idle otherwise; longest stall of another,
-            the ticker running). A record is idempotent, so saving it twice leaves the same state."""
+            the ticker running, wall and held). A record is idempotent, so saving it twice leaves
+            the same state."""
             c0 = time.thread_time()
             await save()
             ms = (time.thread_time() - c0) * 1000
             ticking.set()
             for _ in range(3):          # the ticker's gap over the caller's own work is not ours
                 await asyncio.sleep(0)
-            gaps[0] = 0.0
+            gaps[:] = [0.0, 0.0]
             await save()
             ticking.clear()
-            return ms, gaps[0] * 1000
+            return ms, gaps[0] * 1000, gaps[1] * 1000
 
         tick = asyncio.create_task(ticker())
         writer = cache.CacheWriter(tmp / "new.cache", kind)
@@ -282,10 +308,11 @@ def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict
             writer.plan.lost()
             await writer.save(lambda: full(states), cache.Delta(Workload.TYPE, "v0", []))
 
-        for _ in range(3):          # a snapshot: what a start's first write and each compaction cost
-            ms, stall = await timed(snapshot)
+        for _ in range(10):         # a snapshot: what a start's first write and each compaction cost
+            ms, stall, held = await timed(snapshot)
             out["snapshot"].append(ms)
             out["snapshot stall"].append(stall)
+            out["snapshot held"].append(held)
         for i in range(1, rounds + 1):
             for t in (Workload.TYPE, Service.TYPE):
                 held = states[t].versions()
@@ -298,9 +325,10 @@ def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict
                 out["before"].append((time.perf_counter() - c0) * 1000)
                 delta = cache.Delta(t, f"v{i}", changed, removed)
                 out["record bytes"].append(len(cache.cachelog.record(delta)))
-                ms, stall = await timed(lambda d=delta: writer.save(lambda: full(states), d))
+                ms, stall, held = await timed(lambda d=delta: writer.save(lambda: full(states), d))
                 out["append"].append(ms)
                 out["append stall"].append(stall)
+                out["append held"].append(held)
         done.set()
         ticking.set()
         ticking.clear()
@@ -335,9 +363,11 @@ def report(pods: int) -> None:
         c = cache_churn(objs, kind)
         print(f"pods={pods:6d} {kind:8s} config cache per response, loop ms median/max: whole-file JSON (before) "
               f"{c['before'][0]:.1f}/{c['before'][1]:.1f}, journal append {c['append'][0]:.2f}/{c['append'][1]:.2f} "
-              f"(stall {c['append stall'][0]:.2f}/{c['append stall'][1]:.2f}, record {c['record bytes'][0] / 1024:.0f} KiB); "
+              f"(stall {c['append stall'][0]:.2f}/{c['append stall'][1]:.2f}, held {c['append held'][0]:.2f}/"
+              f"{c['append held'][1]:.2f}, record {c['record bytes'][0] / 1024:.0f} KiB); "
               f"snapshot {c['snapshot'][0]:.1f}/{c['snapshot'][1]:.1f} (stall {c['snapshot stall'][0]:.1f}/"
-              f"{c['snapshot stall'][1]:.1f}, {c['snapshot bytes'] / 2**20:.1f} MiB, old file "
+              f"{c['snapshot stall'][1]:.1f}, held {c['snapshot held'][0]:.1f}/{c['snapshot held'][1]:.1f}, "
+              f"{c['snapshot bytes'] / 2**20:.1f} MiB, old file "
               f"{c['old file bytes'] / 2**20:.1f} MiB) every ~{c['responses per compaction']:.0f} responses", flush=True)
     n, ms = agent_delta(by_type)
     print(f"pods={pods:6d} agent    node-0's {n} pods: pod list + signature per update {ms:.2f} ms", flush=True)
