@@ -211,21 +211,15 @@ def whole_file_json(path: Any, node_key: str, types: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def schedstat(tid: int | None = None) -> tuple[float, float]:
-    """(seconds on a CPU, seconds runnable but waiting for one) of thread `tid` (this one by
-    default), per the kernel's schedstat; zeros where it is not available."""
+def off_cpu() -> float:
+    """Seconds this thread has been neither running nor blocked: runnable, waiting for a CPU
+    (the kernel's schedstat, brought up to date when the thread was last scheduled in, so exact
+    when the running thread reads it); 0 where it is not available."""
     try:
-        with open(f"/proc/self/task/{tid}/schedstat" if tid else "/proc/thread-self/schedstat", "rb") as f:
-            run, wait = f.read().split()[:2]
-        return int(run) / 1e9, int(wait) / 1e9
-    except (OSError, ValueError):
-        return 0.0, 0.0
-
-
-def _writer_tid() -> int | None:
-    """The cache writer's thread (CacheWriter's pool), once it exists."""
-    import threading
-    return next((t.native_id for t in threading.enumerate() if t.name.startswith("config-cache")), None)
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict[str, Any]:
@@ -235,11 +229,11 @@ def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict
     write included), and the journal's append. Loop time is the
     main thread's CPU time over the save (the writer's thread runs on its own); "stall" is the
     longest the loop went without running a ready task meanwhile, with a task ready all the time
-    (a ticker), so a thread that held the GIL would show there. On a loaded machine most of that
-    gap can be the threads waiting for a CPU, so "held" counts, per gap, only the time the loop's
-    thread was blocked (neither running nor runnable: waiting for the GIL) and the writer's thread
-    ran on a CPU meanwhile (the smaller of the two, from each thread's schedstat): the writer's
-    own work that kept the loop from running. A snapshot (the first write after a start, and each compaction) is timed
+    (a ticker), so a thread that held the GIL would show there. On a loaded machine much of that
+    gap can be the loop's thread waiting for a CPU, so "held" is the longest time it was blocked
+    instead: the gap less its own CPU time and its run-queue wait (schedstat), which in a loop that
+    only ticks is the time it waited for the GIL. (A GIL holder preempted by the machine's load
+    still counts: the loop waits for it all the same.) A snapshot (the first write after a start, and each compaction) is timed
     the same way, ten times."""
     import asyncio
     import random
@@ -270,21 +264,19 @@ def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict
                            "snapshot stall": [], "snapshot held": [], "record bytes": []}
 
     async def run() -> None:
-        gaps = [0.0, 0.0]           # the longest gap; the longest the writer's work held the loop
+        gaps = [0.0, 0.0]           # the longest gap; the longest the loop's thread was blocked
         done, ticking = asyncio.Event(), asyncio.Event()
 
         async def ticker() -> None:
             while not done.is_set():
                 await ticking.wait()
-                tid = _writer_tid()
-                last, mine, its = time.perf_counter(), schedstat(), schedstat(tid)
+                last, cpu, waited = time.perf_counter(), time.thread_time(), off_cpu()
                 while ticking.is_set():
                     await asyncio.sleep(0)
-                    now, m, i = time.perf_counter(), schedstat(), schedstat(tid)
-                    blocked = now - last - (m[0] - mine[0]) - (m[1] - mine[1])
+                    now, c, w = time.perf_counter(), time.thread_time(), off_cpu()
                     gaps[0] = max(gaps[0], now - last)
-                    gaps[1] = max(gaps[1], min(blocked, i[0] - its[0]))
-                    last, mine, its = now, m, i
+                    gaps[1] = max(gaps[1], now - last - (c - cpu) - (w - waited))
+                    last, cpu, waited = now, c, w
 
         async def timed(save: Callable[[], Any]) -> tuple[float, float, float]:
             """(main thread CPU ms of one save, the loop idle otherwise; longest stall of another,

@@ -65,38 +65,76 @@ def frame(payload: bytes) -> bytes:
 
 # Laying out a type's frame is Python work that holds the GIL (names, versions and sizes into
 # JSON, the bodies joined): at 10,000 pods ~10 ms for a snapshot, which the event loop lost in
-# one or two blocks although it ran in the writer's thread. It is therefore done SLICE resources
-# at a time, and the pieces below mark with PAUSE where the writer may let the loop run.
+# one or two blocks although it ran in the writer's thread. It is therefore done a slice at a
+# time (SLICE resources, or SLICE_BYTES of bodies: one large policy must not make a slice long),
+# and the pieces below mark with PAUSE where the writer may let the loop run. Nothing is joined
+# across slices: the header goes out as its slices' parts, the bodies as their slices' joins.
 SLICE = 256
+SLICE_BYTES = 64 * 1024
 PAUSE = None
 Piece = bytes | None        # bytes to write in order, or PAUSE
 
 _COMPACT = (",", ":")
 
 
-def _type_chunks(delta: Delta, size: int) -> Iterator[bytes | None]:
-    """A type frame's payload in chunks, PAUSE after each slice of `size` resources: byte for byte
-    the payload `parse_type` reads (a JSON header line, then the bodies), without ever holding
-    more than a slice's work between two pauses."""
-    names: list[str] = []
-    versions: list[str] = []
-    sizes: list[str] = []
+def _slices(items: Iterable[Encoded], size: int, limit: int) -> Iterator[tuple[list[Encoded], list[bytes]]]:
+    """`items` in slices of at most `size`, ending one once its bodies reach `limit` bytes; with
+    each slice, its bodies."""
+    chunk: list[Encoded] = []
     bodies: list[bytes] = []
-    it = iter(delta.put)
+    held = 0
+    for e in items:
+        body = e.body
+        chunk.append(e)
+        bodies.append(body)
+        held += len(body)
+        if len(chunk) >= size or held >= limit:
+            yield chunk, bodies
+            chunk, bodies, held = [], [], 0
+    if chunk:
+        yield chunk, bodies
+
+
+def _items(parts: list[bytes]) -> Iterator[bytes]:
+    """A JSON array's items, given as parts that each hold some of them without brackets."""
+    for i, p in enumerate(parts):
+        if i:
+            yield b","
+        yield p
+
+
+def _type_chunks(delta: Delta, size: int, limit: int = SLICE_BYTES) -> Iterator[bytes | None]:
+    """A type frame's payload in chunks, PAUSE after each slice: byte for byte the payload
+    `parse_type` reads (a JSON header line, then the bodies), the same text `json.dumps` gives
+    for the whole header, without ever holding more than a slice's work between two pauses."""
+    names: list[bytes] = []
+    versions: list[bytes] = []
+    sizes: list[bytes] = []
+    joined: list[bytes] = []
+    for chunk, bodies in _slices(delta.put, size, limit):
+        # each part is a JSON array's items without its brackets
+        names.append(json.dumps([e.name for e in chunk], separators=_COMPACT)[1:-1].encode())
+        versions.append(json.dumps([e.version for e in chunk], separators=_COMPACT)[1:-1].encode())
+        sizes.append(",".join([str(len(b)) for b in bodies]).encode())
+        joined.append(b"".join(bodies))
+        yield PAUSE
+    removed = []
+    it = iter(delta.removed)
     while chunk := list(islice(it, size)):
-        # each part is a JSON array's items without its brackets; joined with "," they are the
-        # whole array's, the same text json.dumps gives for the whole list
-        names.append(json.dumps([e.name for e in chunk], separators=_COMPACT)[1:-1])
-        versions.append(json.dumps([e.version for e in chunk], separators=_COMPACT)[1:-1])
-        sizes.append(",".join([str(len(e.body)) for e in chunk]))
-        bodies.append(b"".join([e.body for e in chunk]))
+        removed.append(json.dumps(chunk, separators=_COMPACT)[1:-1].encode())
         yield PAUSE
     head = json.dumps({"type": delta.type_url, "system_version": delta.system_version, "replace": delta.replace},
                       separators=_COMPACT)[:-1]
-    yield "".join((head, ',"names":[', ",".join(names), '],"versions":[', ",".join(versions),
-                   '],"sizes":[', ",".join(sizes), '],"removed":',
-                   json.dumps(list(delta.removed), separators=_COMPACT), "}\n")).encode()
-    yield from bodies
+    yield head.encode() + b',"names":['
+    yield from _items(names)
+    yield b'],"versions":['
+    yield from _items(versions)
+    yield b'],"sizes":['
+    yield from _items(sizes)
+    yield b'],"removed":['
+    yield from _items(removed)
+    yield b"]}\n"
+    yield from joined
 
 
 def _framed(chunks: Iterable[bytes | None]) -> Iterator[Piece]:
