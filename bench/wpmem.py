@@ -222,6 +222,34 @@ def off_cpu() -> float:
         return 0.0
 
 
+def layout_step(types: Mapping[str, Any], repeat: int = 7) -> float | None:
+    """Best of `repeat`: the longest CPU ms the snapshot's layout runs between two of its pieces,
+    the checksums left out (crc32 releases the GIL for the pieces it is given): the longest the
+    writer's thread holds the GIL in a snapshot, whatever the machine's load. None for a layout
+    that is not in pieces (before 2026-12-06, one `snapshot_payloads` call: time that instead)."""
+    from ambit.configclient import cachelog
+    if not hasattr(cachelog, "snapshot_pieces"):
+        return None
+    real = cachelog.zlib
+
+    class NoCrc:
+        @staticmethod
+        def crc32(data: bytes, crc: int = 0) -> int:
+            return 0
+    best = None
+    try:
+        cachelog.zlib = NoCrc      # type: ignore[assignment]
+        for _ in range(repeat):
+            longest, last = 0.0, time.thread_time()
+            for _piece in cachelog.snapshot_pieces("bench", "id", types):
+                now = time.thread_time()
+                longest, last = max(longest, now - last), now
+            best = longest if best is None else min(best, longest)
+    finally:
+        cachelog.zlib = real
+    return None if best is None else best * 1000
+
+
 def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict[str, Any]:
     """What the config cache costs a `kind` ("waypoint" or "ztunnel") on its event loop, per
     response, over `rounds` successive churns (50 pods gone, 50 new; each a Workload and a Service
@@ -331,10 +359,12 @@ def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict
         out["old file bytes"] = (tmp / "old.json").stat().st_size
 
     gc.collect()
+    out["layout step"] = layout_step(full(states))
     asyncio.run(run())
     shutil.rmtree(tmp)
     summary = {k: (statistics.median(v), max(v)) for k, v in out.items() if isinstance(v, list)}
     summary["snapshot bytes"] = out["snapshot bytes"]
+    summary["layout step"] = out["layout step"]
     summary["old file bytes"] = out["old file bytes"]
     summary["responses per compaction"] = out["snapshot bytes"] / statistics.mean(out["record bytes"])
     return summary
@@ -359,6 +389,7 @@ def report(pods: int) -> None:
               f"{c['append held'][1]:.2f}, record {c['record bytes'][0] / 1024:.0f} KiB); "
               f"snapshot {c['snapshot'][0]:.1f}/{c['snapshot'][1]:.1f} (stall {c['snapshot stall'][0]:.1f}/"
               f"{c['snapshot stall'][1]:.1f}, held {c['snapshot held'][0]:.1f}/{c['snapshot held'][1]:.1f}, "
+              f"longest GIL-held layout step {c['layout step'] or 0:.2f} ms CPU, "
               f"{c['snapshot bytes'] / 2**20:.1f} MiB, old file "
               f"{c['old file bytes'] / 2**20:.1f} MiB) every ~{c['responses per compaction']:.0f} responses", flush=True)
     n, ms = agent_delta(by_type)
