@@ -149,7 +149,7 @@ def _framed(chunks: Iterable[bytes | None]) -> Iterator[Piece]:
             continue
         held.append(c)
         size += len(c)
-        crc = zlib.crc32(c, crc)        # a chunk of a slice's bodies: the GIL is released for it
+        crc = zlib.crc32(c, crc)        # released the GIL for a chunk over 5 KiB (a slice's bodies)
     yield _FRAME.pack(size, crc)
     yield from held
 

@@ -248,3 +248,18 @@ def test_a_writer_killed_inside_a_snapshot_leaves_the_last_committed_state(tmp_p
         asyncio.run(next_writer())
         assert not list(path.parent.glob("*.tmp"))
         assert {e.name for e in cfgcache.load(path, NODE)[Workload.TYPE][1]} == {f"w{i}" for i in range(5)}
+
+
+def test_a_commit_leaves_the_maps_handed_to_the_writer_as_they_were():
+    """The writer's thread lays a snapshot out from the client's committed maps, uncopied, after
+    the loop has moved on: staging and committing later deltas (a rejected one too) must never
+    edit a map once committed."""
+    from ambit.configclient.state import TypeState
+    state = TypeState(Workload.TYPE)
+    state.commit(state.stage("v1", _workloads(20), ()))
+    handed = state.encoded
+    before = dict(handed)
+    state.commit(state.stage("v2", _workloads(5, ip=9), ["w7", "w8"]))
+    state.stage("v3", _workloads(3, ip=8), ["w15"])         # staged, never committed (a rejection)
+    state.commit(state.stage("v4", [], [f"w{i}" for i in range(20)]))
+    assert handed == before and handed is not state.encoded
