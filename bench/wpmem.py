@@ -193,8 +193,9 @@ def waypoint_delta(by_type: Mapping[str, list[Any]], objs: list[dict[str, Any]],
 
 
 def full(states: Mapping[str, Any]) -> dict[str, Any]:
-    """The cache's full state (a snapshot's content) from the client's per-type states."""
-    return {t: (s.system_version, list(s.encoded.values())) for t, s in states.items()}
+    """The cache's full state (a snapshot's content) from the client's per-type states, as the
+    client hands it over (`ConfigClient._save_cache`: the committed maps, not copies)."""
+    return {t: (s.system_version, s.encoded.values()) for t, s in states.items()}
 
 
 def whole_file_json(path: Any, node_key: str, types: Mapping[str, Any]) -> None:
@@ -210,6 +211,45 @@ def whole_file_json(path: Any, node_key: str, types: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def off_cpu() -> float:
+    """Seconds this thread has been neither running nor blocked: runnable, waiting for a CPU
+    (the kernel's schedstat, brought up to date when the thread was last scheduled in, so exact
+    when the running thread reads it); 0 where it is not available."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def layout_step(types: Mapping[str, Any], repeat: int = 7) -> float | None:
+    """Best of `repeat`: the longest CPU ms the snapshot's layout runs between two of its pieces,
+    the checksums left out (crc32 releases the GIL for the pieces it is given): the longest the
+    writer's thread holds the GIL in a snapshot, whatever the machine's load. None for a layout
+    that is not in pieces (before 2026-12-06, one `snapshot_payloads` call: time that instead)."""
+    from ambit.configclient import cachelog
+    if not hasattr(cachelog, "snapshot_pieces"):
+        return None
+    real = cachelog.zlib
+
+    class NoCrc:
+        @staticmethod
+        def crc32(data: bytes, crc: int = 0) -> int:
+            return 0
+    best = None
+    try:
+        cachelog.zlib = NoCrc      # type: ignore[assignment]
+        for _ in range(repeat):
+            longest, last = 0.0, time.thread_time()
+            for _piece in cachelog.snapshot_pieces("bench", "id", types):
+                now = time.thread_time()
+                longest, last = max(longest, now - last), now
+            best = longest if best is None else min(best, longest)
+    finally:
+        cachelog.zlib = real
+    return None if best is None else best * 1000
+
+
 def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict[str, Any]:
     """What the config cache costs a `kind` ("waypoint" or "ztunnel") on its event loop, per
     response, over `rounds` successive churns (50 pods gone, 50 new; each a Workload and a Service
@@ -217,8 +257,12 @@ def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict
     write included), and the journal's append. Loop time is the
     main thread's CPU time over the save (the writer's thread runs on its own); "stall" is the
     longest the loop went without running a ready task meanwhile, with a task ready all the time
-    (a ticker), so a thread that held the GIL would show there. A snapshot (the first write after
-    a start, and each compaction) is timed the same way."""
+    (a ticker), so a thread that held the GIL would show there. On a loaded machine much of that
+    gap can be the loop's thread waiting for a CPU, so "held" is the longest time it was blocked
+    instead: the gap less its own CPU time and its run-queue wait (schedstat), which in a loop that
+    only ticks is the time it waited for the GIL. (A GIL holder preempted by the machine's load
+    still counts: the loop waits for it all the same.) A snapshot (the first write after a start, and each compaction) is timed
+    the same way, ten times."""
     import asyncio
     import random
     import statistics
@@ -244,36 +288,38 @@ def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict
     states = {t: TypeState(t) for t in types}
     for t in types:
         states[t].commit(states[t].stage("v0", snaps[0][t], ()))
-    out: dict[str, Any] = {"before": [], "append": [], "append stall": [], "snapshot": [], "snapshot stall": [],
-                           "record bytes": []}
+    out: dict[str, Any] = {"before": [], "append": [], "append stall": [], "append held": [], "snapshot": [],
+                           "snapshot stall": [], "snapshot held": [], "record bytes": []}
 
     async def run() -> None:
-        gaps = [0.0]
+        gaps = [0.0, 0.0]           # the longest gap; the longest the loop's thread was blocked
         done, ticking = asyncio.Event(), asyncio.Event()
 
         async def ticker() -> None:
             while not done.is_set():
                 await ticking.wait()
-                last = time.perf_counter()
+                last, cpu, waited = time.perf_counter(), time.thread_time(), off_cpu()
                 while ticking.is_set():
                     await asyncio.sleep(0)
-                    now = time.perf_counter()
+                    now, c, w = time.perf_counter(), time.thread_time(), off_cpu()
                     gaps[0] = max(gaps[0], now - last)
-                    last = now
+                    gaps[1] = max(gaps[1], now - last - (c - cpu) - (w - waited))
+                    last, cpu, waited = now, c, w
 
-        async def timed(save: Callable[[], Any]) -> tuple[float, float]:
+        async def timed(save: Callable[[], Any]) -> tuple[float, float, float]:
             """(main thread CPU ms of one save, the loop idle otherwise; longest stall of another,
-            the ticker running). A record is idempotent, so saving it twice leaves the same state."""
+            the ticker running, wall and held). A record is idempotent, so saving it twice leaves
+            the same state."""
             c0 = time.thread_time()
             await save()
             ms = (time.thread_time() - c0) * 1000
             ticking.set()
             for _ in range(3):          # the ticker's gap over the caller's own work is not ours
                 await asyncio.sleep(0)
-            gaps[0] = 0.0
+            gaps[:] = [0.0, 0.0]
             await save()
             ticking.clear()
-            return ms, gaps[0] * 1000
+            return ms, gaps[0] * 1000, gaps[1] * 1000
 
         tick = asyncio.create_task(ticker())
         writer = cache.CacheWriter(tmp / "new.cache", kind)
@@ -282,10 +328,11 @@ def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict
             writer.plan.lost()
             await writer.save(lambda: full(states), cache.Delta(Workload.TYPE, "v0", []))
 
-        for _ in range(3):          # a snapshot: what a start's first write and each compaction cost
-            ms, stall = await timed(snapshot)
+        for _ in range(10):         # a snapshot: what a start's first write and each compaction cost
+            ms, stall, held = await timed(snapshot)
             out["snapshot"].append(ms)
             out["snapshot stall"].append(stall)
+            out["snapshot held"].append(held)
         for i in range(1, rounds + 1):
             for t in (Workload.TYPE, Service.TYPE):
                 held = states[t].versions()
@@ -298,9 +345,10 @@ def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict
                 out["before"].append((time.perf_counter() - c0) * 1000)
                 delta = cache.Delta(t, f"v{i}", changed, removed)
                 out["record bytes"].append(len(cache.cachelog.record(delta)))
-                ms, stall = await timed(lambda d=delta: writer.save(lambda: full(states), d))
+                ms, stall, held = await timed(lambda d=delta: writer.save(lambda: full(states), d))
                 out["append"].append(ms)
                 out["append stall"].append(stall)
+                out["append held"].append(held)
         done.set()
         ticking.set()
         ticking.clear()
@@ -311,10 +359,12 @@ def cache_churn(objs: list[dict[str, Any]], kind: str, rounds: int = 10) -> dict
         out["old file bytes"] = (tmp / "old.json").stat().st_size
 
     gc.collect()
+    out["layout step"] = layout_step(full(states))
     asyncio.run(run())
     shutil.rmtree(tmp)
     summary = {k: (statistics.median(v), max(v)) for k, v in out.items() if isinstance(v, list)}
     summary["snapshot bytes"] = out["snapshot bytes"]
+    summary["layout step"] = out["layout step"]
     summary["old file bytes"] = out["old file bytes"]
     summary["responses per compaction"] = out["snapshot bytes"] / statistics.mean(out["record bytes"])
     return summary
@@ -335,9 +385,12 @@ def report(pods: int) -> None:
         c = cache_churn(objs, kind)
         print(f"pods={pods:6d} {kind:8s} config cache per response, loop ms median/max: whole-file JSON (before) "
               f"{c['before'][0]:.1f}/{c['before'][1]:.1f}, journal append {c['append'][0]:.2f}/{c['append'][1]:.2f} "
-              f"(stall {c['append stall'][0]:.2f}/{c['append stall'][1]:.2f}, record {c['record bytes'][0] / 1024:.0f} KiB); "
+              f"(stall {c['append stall'][0]:.2f}/{c['append stall'][1]:.2f}, held {c['append held'][0]:.2f}/"
+              f"{c['append held'][1]:.2f}, record {c['record bytes'][0] / 1024:.0f} KiB); "
               f"snapshot {c['snapshot'][0]:.1f}/{c['snapshot'][1]:.1f} (stall {c['snapshot stall'][0]:.1f}/"
-              f"{c['snapshot stall'][1]:.1f}, {c['snapshot bytes'] / 2**20:.1f} MiB, old file "
+              f"{c['snapshot stall'][1]:.1f}, held {c['snapshot held'][0]:.1f}/{c['snapshot held'][1]:.1f}, "
+              f"longest GIL-held layout step {c['layout step'] or 0:.2f} ms CPU, "
+              f"{c['snapshot bytes'] / 2**20:.1f} MiB, old file "
               f"{c['old file bytes'] / 2**20:.1f} MiB) every ~{c['responses per compaction']:.0f} responses", flush=True)
     n, ms = agent_delta(by_type)
     print(f"pods={pods:6d} agent    node-0's {n} pods: pod list + signature per update {ms:.2f} ms", flush=True)

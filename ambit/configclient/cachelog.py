@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import islice
 
 from ambit.configclient.codec import Encoded
 
@@ -33,7 +34,9 @@ SNAPSHOT_MAGIC = b"ambit-config-cache 2\n"
 JOURNAL_MAGIC = b"ambit-config-journal 2\n"
 _FRAME = struct.Struct(">II")      # payload length, crc32 of the payload
 
-CachedType = tuple[str, list[Encoded]]  # (system_version, resources)
+# (system_version, resources): read back as lists; written from any collection that nobody edits
+# while the writer's thread lays it out (the client's committed maps are replaced, never edited)
+CachedType = tuple[str, Collection[Encoded]]
 
 # A journal is compacted once it would outgrow the snapshot, but never below this (a small state
 # would otherwise be rewritten on nearly every update).
@@ -50,8 +53,8 @@ class Delta:
 
     type_url: str
     system_version: str
-    put: Sequence[Encoded]
-    removed: Sequence[str] = ()
+    put: Collection[Encoded]
+    removed: Collection[str] = ()
     replace: bool = False
 
 
@@ -60,39 +63,122 @@ def frame(payload: bytes) -> bytes:
     return _FRAME.pack(len(payload), zlib.crc32(payload))
 
 
-def _type_payload(delta: Delta) -> bytes:
-    head = {"type": delta.type_url, "system_version": delta.system_version, "replace": delta.replace,
-            "names": [e.name for e in delta.put], "versions": [e.version for e in delta.put],
-            "sizes": [len(e.body) for e in delta.put], "removed": list(delta.removed)}
-    return b"".join((json.dumps(head, separators=(",", ":")).encode(), b"\n", *(e.body for e in delta.put)))
+# Laying out a type's frame is Python work that holds the GIL (names, versions and sizes into
+# JSON, the bodies joined): at 10,000 pods ~10 ms for a snapshot, which the event loop lost in
+# one or two blocks although it ran in the writer's thread. It is therefore done a slice at a
+# time (SLICE resources, or SLICE_BYTES of bodies: one large policy must not make a slice long),
+# and the pieces below mark with PAUSE where the writer may let the loop run. Nothing is joined
+# across slices: the header goes out as its slices' parts, the bodies as their slices' joins.
+SLICE = 256
+SLICE_BYTES = 64 * 1024
+PAUSE = None
+Piece = bytes | None        # bytes to write in order, or PAUSE
+
+_COMPACT = (",", ":")
+
+
+def _slices(items: Iterable[Encoded], size: int, limit: int) -> Iterator[tuple[list[Encoded], list[bytes]]]:
+    """`items` in slices of at most `size`, ending one once its bodies reach `limit` bytes; with
+    each slice, its bodies."""
+    chunk: list[Encoded] = []
+    bodies: list[bytes] = []
+    held = 0
+    for e in items:
+        body = e.body
+        chunk.append(e)
+        bodies.append(body)
+        held += len(body)
+        if len(chunk) >= size or held >= limit:
+            yield chunk, bodies
+            chunk, bodies, held = [], [], 0
+    if chunk:
+        yield chunk, bodies
+
+
+def _items(parts: list[bytes]) -> Iterator[bytes]:
+    """A JSON array's items, given as parts that each hold some of them without brackets."""
+    for i, p in enumerate(parts):
+        if i:
+            yield b","
+        yield p
+
+
+def _type_chunks(delta: Delta, size: int, limit: int = SLICE_BYTES) -> Iterator[bytes | None]:
+    """A type frame's payload in chunks, PAUSE after each slice: byte for byte the payload
+    `parse_type` reads (a JSON header line, then the bodies), the same text `json.dumps` gives
+    for the whole header, without ever holding more than a slice's work between two pauses."""
+    names: list[bytes] = []
+    versions: list[bytes] = []
+    sizes: list[bytes] = []
+    joined: list[bytes] = []
+    for chunk, bodies in _slices(delta.put, size, limit):
+        # each part is a JSON array's items without its brackets
+        names.append(json.dumps([e.name for e in chunk], separators=_COMPACT)[1:-1].encode())
+        versions.append(json.dumps([e.version for e in chunk], separators=_COMPACT)[1:-1].encode())
+        sizes.append(",".join([str(len(b)) for b in bodies]).encode())
+        joined.append(b"".join(bodies))
+        yield PAUSE
+    removed = []
+    it = iter(delta.removed)
+    while chunk := list(islice(it, size)):
+        removed.append(json.dumps(chunk, separators=_COMPACT)[1:-1].encode())
+        yield PAUSE
+    head = json.dumps({"type": delta.type_url, "system_version": delta.system_version, "replace": delta.replace},
+                      separators=_COMPACT)[:-1]
+    yield head.encode() + b',"names":['
+    yield from _items(names)
+    yield b'],"versions":['
+    yield from _items(versions)
+    yield b'],"sizes":['
+    yield from _items(sizes)
+    yield b'],"removed":['
+    yield from _items(removed)
+    yield b"]}\n"
+    yield from joined
+
+
+def _framed(chunks: Iterable[bytes | None]) -> Iterator[Piece]:
+    """One frame from its payload's chunks: the pauses as they come, then the frame header and
+    the chunks (the header needs the whole payload's length and checksum, so the chunks are held
+    until then: as much memory as the joined payload, never joined)."""
+    held: list[bytes] = []
+    size, crc = 0, 0
+    for c in chunks:
+        if c is PAUSE:
+            yield PAUSE
+            continue
+        held.append(c)
+        size += len(c)
+        crc = zlib.crc32(c, crc)        # released the GIL for a chunk over 5 KiB (a slice's bodies)
+    yield _FRAME.pack(size, crc)
+    yield from held
+
+
+def record_pieces(delta: Delta, size: int = SLICE) -> Iterator[Piece]:
+    """One journal record, framed, in pieces."""
+    return _framed(_type_chunks(delta, size))
 
 
 def record(delta: Delta) -> bytes:
-    """One journal record, framed."""
-    payload = _type_payload(delta)
-    return frame(payload) + payload
+    """One journal record, framed, joined."""
+    return b"".join(p for p in record_pieces(delta) if p is not PAUSE)
 
 
-def snapshot_payloads(node_key: str, ident: str, types: Mapping[str, CachedType]) -> list[bytes]:
-    """The snapshot's frames' payloads, unframed (`frames_of` frames them): a header, then one
-    per type with its whole state."""
+def snapshot_pieces(node_key: str, ident: str, types: Mapping[str, CachedType], size: int = SLICE) -> Iterator[Piece]:
+    """A whole snapshot file in pieces: the magic, a header frame, then one frame per type with its
+    whole state (a `replace` Delta); PAUSE between slices of `size` resources."""
+    yield SNAPSHOT_MAGIC
     head = json.dumps({"node": node_key, "id": ident, "types": len(types)}).encode()
-    return [head, *(_type_payload(Delta(t, sv, res, replace=True)) for t, (sv, res) in types.items())]
+    yield frame(head)
+    yield head
+    for t, (sv, res) in types.items():
+        yield from _framed(_type_chunks(Delta(t, sv, res, replace=True), size))
 
 
 def journal_head(ident: str) -> bytes:
     """A new journal's start: it follows the snapshot `ident`."""
     payload = json.dumps({"follows": ident}).encode()
     return JOURNAL_MAGIC + frame(payload) + payload
-
-
-def frames_of(magic: bytes, payloads: Iterable[bytes]) -> Iterator[bytes]:
-    """A file's pieces in order (magic, then each frame's header and payload), to be written
-    one by one."""
-    yield magic
-    for p in payloads:
-        yield frame(p)
-        yield p
 
 
 class Torn(ValueError):

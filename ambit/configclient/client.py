@@ -301,7 +301,7 @@ class ConfigClient:
         self.last_update = time.time()
         # recorded before it counts as synced: a component stopped once synced has it cached
         await self._save_cache(cache.Delta(resp.type_url, state.system_version,
-                                           list(state.encoded.values()) if first else changed,
+                                           state.encoded.values() if first else changed,
                                            sorted(staged.update.removed), replace=first))
         self._mark_synced(resp.type_url)
         return reply
@@ -323,11 +323,13 @@ class ConfigClient:
         type. A type never accepted (not answered yet, or rejected since the start) is left out,
         not written empty: replayed, an empty policy type would read "no policy" after a restart,
         where the running component had refused to serve without one. Awaited before the ACK;
-        the event loop serves meanwhile (cache.CacheWriter)."""
+        the event loop serves meanwhile (cache.CacheWriter). The committed maps are handed over as
+        they are, not copied (a commit replaces a type's map, never edits it): the loop's part
+        then does not grow with the state."""
         if self._cache is None:
             return
         await self._cache.save(
-            lambda: {t: (s.system_version, list(s.encoded.values())) for t, s in self._states.items()
+            lambda: {t: (s.system_version, s.encoded.values()) for t, s in self._states.items()
                      if t in self._accepted},
             delta)
 

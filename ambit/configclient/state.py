@@ -40,7 +40,10 @@ class Staged:
 
 @dataclass
 class TypeState:
-    """The last good state of one type: objects, their wire form (for the cache) and versions."""
+    """The last good state of one type: objects, their wire form (for the cache) and versions.
+
+    `resources` and `encoded` are replaced by each commit, never edited: the component and the
+    cache writer's thread hold them as they are, without a copy."""
 
     type_url: str
     system_version: str = ""
