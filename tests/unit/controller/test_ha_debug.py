@@ -30,13 +30,13 @@ from typing import Any
 
 import pytest
 
-from ambit.configclient import ConfigClient
+from ambit.configclient import ConfigClient, tls
 from ambit.configclient.node import NodeInfo
 from ambit.model import Workload
 from ambitctl import applywait, cluster
-from tests.support.net import free_port
+from tests.support.net import connectable, free_port
 from tests.support.wait import wait_for
-from tests.unit.controller.test_ha_replicas import NS, ROOT, Cluster, holder
+from tests.unit.controller.test_ha_replicas import LEASE, NS, ROOT, Cluster, holder
 from tests.unit.debugapi.test_cluster_path import kubeconfig
 
 TOKEN = "admin-token"
@@ -200,3 +200,36 @@ def test_a_replica_that_does_not_answer_makes_the_answer_partial(mesh: dict[str,
     r = ambit(mesh, "wait", "-f", str(f), "--timeout", "10")
     assert r.returncode == 0, r.stderr
     assert "1 proxy in sync" in r.stdout
+
+
+def test_replicas_ask_each_other_over_tls_with_the_readers_own_token(tmp_path: Path) -> None:
+    """With the CA (`--ca-secret`) the replicas serve TLS only: a asks b as the CLI would, pinning
+    the mesh root and checking the controller's name. Each replica authorizes the reader's token
+    itself: c, which admits another reader only, refuses it, and a's answer says so."""
+    c = Cluster(tmp_path)
+    try:
+        c.emu.add_user_token(TOKEN, "kubernetes-admin", ["system:masters", "system:authenticated"])
+        ports = {"ctl-a": free_port(), "ctl-b": free_port(), "ctl-c": free_port()}
+        for o in controller_objects(ports):
+            c.emu.create(o)
+        addresses = {}
+        for name, port in ports.items():
+            readers = ["--debug-readers", "user:someone-else"] if name == "ctl-c" else []
+            c.start(name, ["-m", "controller", "--kube", "--kube-host", c.emu.url, "--listen", f"127.0.0.1:{port}",
+                           "--ca-secret", "ambit-ca", "--pod-name", name, "--debounce", "0.01",
+                           "--dashboard-address", "", *readers, *LEASE])
+            wait_for(lambda port=port, name=name: connectable(port) or c.procs[name].poll() is not None, timeout=60,
+                     what=f"{name} listening")
+            assert c.procs[name].poll() is None, c.log(name)
+            addresses[name] = f"127.0.0.1:{port}"
+        cm = wait_for(lambda: c.emu.get("v1", "ConfigMap", "ambit-root-cert", NS), timeout=30, what="the root")
+        trust = tls.ControllerTrust(None, tls.DEFAULT_IDENTITY, cm["data"]["root-cert.pem"].encode())
+        target = cluster.DebugTarget(addresses["ctl-a"], TOKEN, "cluster", trust)
+
+        def replicas() -> list[tuple[str, bool, str]]:
+            return [(r.name, r.answered, r.error.split(":")[0]) for r in cluster.proxy_status(target).replicas]
+        wait_for(lambda: replicas() == [("ctl-a", True, ""), ("ctl-b", True, ""), ("ctl-c", False, "PERMISSION_DENIED")],
+                 timeout=20, what="a answering with b's answer (over TLS) and c's refusal")
+        assert "user 'kubernetes-admin'" in cluster.proxy_status(target).replicas[2].error
+    finally:
+        c.stop()
