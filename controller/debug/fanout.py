@@ -31,6 +31,7 @@ from controller.debug.replicas import MAX_PEERS, Peer, PeerAnswer, peers_of
 log = logging.getLogger("ambit.controller.debug")
 PEER_TIMEOUT = 2.0                  # seconds a peer has to answer
 MAX_PEER_ANSWER = 32 * 1024 * 1024  # bytes of one peer's answer
+RECONNECT_MAX_MS = 2000             # the longest a channel to a peer that went away waits to redial
 
 
 class Replicas:
@@ -72,7 +73,11 @@ class Replicas:
             return have[1]
         if have is not None:
             asyncio.ensure_future(have[1].close())
-        options = [("grpc.max_receive_message_length", MAX_PEER_ANSWER), ("grpc.enable_retries", 0)]
+        # A peer that restarts in place (same pod IP) answers again within RECONNECT_MAX, not after
+        # grpc's default reconnect backoff of up to 120 s.
+        options = [("grpc.max_receive_message_length", MAX_PEER_ANSWER), ("grpc.enable_retries", 0),
+                   ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+                   ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS)]
         if trust is None:
             ch = grpc.aio.insecure_channel(peer.address, options=options)
         else:

@@ -12,7 +12,8 @@ replica checks by TokenReview.
 * `ambit wait` asked of a does not claim "in force" while node-b (on b) has not ACKed the new
   version, and does once it has;
 * with b down, a's answer is partial and says so (proxy-status exits 1 naming b; wait does not
-  succeed, naming b), until b's pod is gone.
+  succeed, naming b), until b is back (restarted at the same address) or its pod is gone;
+* over TLS (`--ca-secret`), each replica checks the reader's token itself.
 """
 
 from __future__ import annotations
@@ -193,7 +194,16 @@ def test_a_replica_that_does_not_answer_makes_the_answer_partial(mesh: dict[str,
     assert r.returncode == 1, r.stdout
     assert f"controller replica ctl-b ({mesh['b']}) did not answer: UNAVAILABLE" in r.stderr, r.stderr
 
-    # once b's pod is gone (the kubelet and the Deployment's doing), a answers for what is left
+    # b restarts in place (same pod, same address): a asks it again, and node-b reconnects to it
+    port = int(mesh["b"].rpartition(":")[2])
+    mesh["cluster"].controller("ctl-b", port)
+    both_synced(mesh)
+    assert ambit(mesh, "wait", "-f", str(f), "--timeout", "10").returncode == 0
+
+    # once b is stopped and its pod gone (the Deployment scaled down), a answers for what is left
+    b = mesh["cluster"].procs["ctl-b"]
+    b.terminate()
+    b.wait(10)
     mesh["cluster"].emu.delete("v1", "Pod", "ctl-b", NS)
     wait_for(lambda: [x.name for x in cluster.proxy_status(mesh["target"]).replicas] == ["ctl-a"], timeout=10,
              what="replica a no longer asking the deleted b")
