@@ -9,7 +9,7 @@ from typing import Any
 from ambit.api import debug_pb2
 from ambit.configclient.node import NodeInfo
 from ambitctl import applywait
-from ambitctl.commands import proxystatus
+from ambitctl.commands import proxystatus, version
 from controller.debug.replicas import Peer, PeerAnswer, merge, missing, peers_of, pick_config
 
 NS = "ambit-system"
@@ -157,3 +157,18 @@ def test_proxy_config_of_a_proxy_connected_elsewhere() -> None:
         in out.message and "it may be connected there" in out.message
     out = pick_config("n2", "ctl-a", [PeerAnswer(B, doc), PeerAnswer(C, doc)], "")
     assert out.code == "FAILED_PRECONDITION" and "ctl-b, ctl-c" in out.message
+
+
+def test_version_judges_each_proxy_against_its_own_replica() -> None:
+    """Mid-rollout the replicas run different versions: a proxy is compatible with the replica it
+    is connected to, whatever the replica asked runs."""
+    old, new = answer("ctl-a", "v2", ("n1", "SYNCED", True)), answer("ctl-b", "v2", ("n2", "SYNCED", True))
+    old.controller_version = old.replicas[0].controller_version = "0.1.0"
+    new.replicas[0].controller_version = "0.3.0"
+    old.proxies[0].proxy_version, new.proxies[0].proxy_version = "0.1.0", "0.3.0"
+    doc = version.collect(merge(old, [PeerAnswer(B, new)]))
+    assert doc["server"]["proxies"]["ztunnel/n2"]["compatibility"] == "compatible"
+    assert doc["server"]["proxies"]["ztunnel/n2"]["why"].startswith("vs controller replica ctl-b: ")
+    assert sorted(doc["server"]["replicas"]) == ["ctl-a", "ctl-b"]
+    text = version.format_versions(doc)
+    assert "controller replica ctl-b version: 0.3.0 (" in text and "controller version:" not in text
