@@ -10,6 +10,11 @@ request can still meet the old routes or policies. This waits, as `istioctl x wa
 - every connected proxy (ztunnels, waypoints, ingress gateways) holds exactly that version
   (proxy-status SYNCED).
 
+With several controller replicas the replica asked answers for all of them (controller/debug/
+replicas.py): both conditions hold per replica (each builds its own version from its own
+snapshot; each proxy is judged against its own replica's), and a replica that does not answer
+keeps the wait from succeeding, named in what is pending.
+
 A proxy that rejects the new version (NACK) ends the wait at once with its message: it keeps its
 last good config, so waiting longer changes nothing. Proxies that connect later get the current
 version when they connect, so only connected ones are waited for, with one exception: a waypoint
@@ -39,7 +44,8 @@ class Progress:
     failed: list[str] = field(default_factory=list)     # the wait cannot succeed
     pending: list[str] = field(default_factory=list)    # not yet
     proxies: int = 0
-    version: str = ""
+    version: str = ""                                   # the config version(s) served
+    replicas: int = 1                                   # controller replicas that answered for the mesh
 
     @property
     def done(self) -> bool:
@@ -74,45 +80,75 @@ def gateways_of(objs: list[dict[str, Any]], present: bool = True) -> dict[str, b
     return out
 
 
+def _replicas(resp: Any) -> list[Any]:
+    """The replicas one ProxyStatus answer covers (controller/debug/replicas.py); an answer from a
+    controller older than them stands for one replica, from its top-level fields."""
+    if len(resp.replicas):
+        return list(resp.replicas)
+    from ambit.api import debug_pb2
+    return [debug_pb2.ReplicaStatus(name=resp.replica, answered=True, config_version=resp.config_version,
+                                    snapshot_applied=resp.snapshot_applied, observed=list(resp.observed))]
+
+
 def progress(responses: list[Any], want: Mapping[Key, str | None],
              gateways: Mapping[str, bool] | None = None) -> Progress:
     """Where the wait stands, from the ProxyStatus answers to the chunks of `want` (an object's
-    resourceVersion written, or None for one deleted), and for `gateways` (`gateways_of`)."""
+    resourceVersion written, or None for one deleted), and for `gateways` (`gateways_of`).
+
+    With several controller replicas each serves its own config version, built from its own
+    snapshot, so each is judged apart: every replica's snapshot must hold the change, and every
+    proxy must hold the version of the replica it is connected to (its state, SYNCED or not, is
+    its replica's judgement). A replica that did not answer keeps the wait pending: its proxies
+    are unknown."""
     p = Progress()
-    seen: dict[Key, tuple[bool, str]] = {}
+    by_replica: dict[str, list[Any]] = {}
     for resp in responses:
-        if not resp.snapshot_applied:
-            p.pending.append("the controller has not applied a snapshot yet")
-            return p
-        for o in resp.observed:
-            seen[(o.ref.kind, o.ref.namespace, o.ref.name)] = (o.present, o.resource_version)
-    versions = {r.config_version for r in responses}
-    if len(versions) > 1:       # a new version between two chunks: ask again
-        p.pending.append("the config version changed while asking")
-        return p
-    for key, rv in want.items():
-        present, have = seen.get(key, (False, ""))
-        if key not in seen:
-            p.pending.append(f"the controller did not answer for {_ref(key)} (a controller older than --wait?)")
-        elif rv is None and present:
-            p.pending.append(f"the config the controller serves still holds {_ref(key)}")
-        elif rv is not None and not present:
-            p.pending.append(f"the controller has not seen {_ref(key)} yet")
-        elif rv is not None and not _at_least(have, rv):
-            p.pending.append(f"the controller has {_ref(key)} at resourceVersion {have}, not yet {rv}")
+        for r in _replicas(resp):
+            by_replica.setdefault(r.name, []).append(r)
+    several = len(by_replica) > 1
+    for name, seen_as in by_replica.items():
+        who = f"controller replica {name}" if several else "the controller"
+        silent = next((r for r in seen_as if not r.answered), None)
+        if silent is not None:
+            where = f" ({silent.address})" if silent.address else ""
+            p.pending.append(f"controller replica {name}{where} did not answer: {silent.error or '-'} "
+                             "(its proxies are not known)")
+            continue
+        if not all(r.snapshot_applied for r in seen_as):
+            p.pending.append(f"{who} has not applied a snapshot yet")
+            continue
+        if len({r.config_version for r in seen_as}) > 1:   # a new version between two chunks: ask again
+            p.pending.append(f"the config version {'of ' + who + ' ' if several else ''}changed while asking")
+            continue
+        seen = {(o.ref.kind, o.ref.namespace, o.ref.name): (o.present, o.resource_version)
+                for r in seen_as for o in r.observed}
+        for key, rv in want.items():
+            present, have = seen.get(key, (False, ""))
+            if key not in seen:
+                p.pending.append(f"{who} did not answer for {_ref(key)} (a controller older than --wait?)")
+            elif rv is None and present:
+                p.pending.append(f"the config {who} serves still holds {_ref(key)}")
+            elif rv is not None and not present:
+                p.pending.append(f"{who} has not seen {_ref(key)} yet")
+            elif rv is not None and not _at_least(have, rv):
+                p.pending.append(f"{who} has {_ref(key)} at resourceVersion {have}, not yet {rv}")
     last = responses[-1]
-    p.version = last.config_version
+    current = {r.name: r.config_version for r in _replicas(last)}
+    p.replicas = len(current)
+    p.version = ", ".join(sorted({v for v in current.values() if v})) if several else last.config_version
     for proxy in last.proxies:
         if not proxy.connected:
             continue
         p.proxies += 1
         name = f"{proxy.node.kind}/{proxy.node.name}"
+        version = current.get(proxy.replica, last.config_version)
+        on = f" on controller replica {proxy.replica}" if several and proxy.replica else ""
         if proxy.state == "NACK":
-            p.failed.append(f"{name} rejected config version {last.config_version} (it keeps its last good "
+            p.failed.append(f"{name}{on} rejected config version {version} (it keeps its last good "
                             f"config): {proxy.nack}")
         elif proxy.state != "SYNCED":
-            p.pending.append(f"{name} is {proxy.state} (ACKed {proxy.acked_version or '-'}, "
-                             f"current {last.config_version})")
+            p.pending.append(f"{name}{on} is {proxy.state} (ACKed {proxy.acked_version or '-'}, "
+                             f"current {version})")
     running = {x.node.waypoint for x in last.proxies if x.connected and x.node.waypoint}
     for gw, up in sorted((gateways or {}).items()):
         if up and gw not in running:
@@ -172,7 +208,9 @@ def report(p: Progress, waited: float, timeout: float) -> tuple[str, list[str]]:
     """(the line for stdout on success, the lines for stderr otherwise)."""
     if p.done:
         n = f"{p.proxies} prox{'y' if p.proxies == 1 else 'ies'}"
-        return f"in force after {waited:.2f}s: {n} in sync at config version {p.version or '-'}", []
+        on = f" on {p.replicas} controller replicas" if p.replicas > 1 else ""
+        versions = "versions" if "," in p.version else "version"
+        return f"in force after {waited:.2f}s: {n}{on} in sync at config {versions} {p.version or '-'}", []
     if p.failed:
         return "", [f"error: {m}" for m in p.failed]
     shown = p.pending[:10]

@@ -119,14 +119,38 @@ def make_elector(args: ControllerSettings, on_change: Callable[[bool], None]) ->
     """The Lease elector (controller/leader.py) with --kube and --leader-elect, else None."""
     if not (args.kube and args.leader_elect):
         return None
-    import socket
-
     from controller.leader import LEASE_NAME, LeaseElector
     from controller.sources.kube import make_api_client
-    me = args.pod_name or os.environ.get("POD_NAME") or socket.gethostname()
-    return LeaseElector(make_api_client(args.kube_host, args.kubeconfig), args.root_namespace, LEASE_NAME, me,
+    return LeaseElector(make_api_client(args.kube_host, args.kubeconfig), args.root_namespace, LEASE_NAME,
+                        replica_name(args),
                         lease_duration=args.leader_lease_duration, renew_deadline=args.leader_renew_deadline,
                         retry_period=args.leader_retry_period, on_change=on_change)
+
+
+def replica_name(args: ControllerSettings) -> str:
+    """This replica's name: its Lease identity, and how the debug API labels it (its pod's name)."""
+    import socket
+    return args.pod_name or os.environ.get("POD_NAME") or socket.gethostname()
+
+
+def peer_replicas(args: ControllerSettings, ca_servicer: Any) -> Any:
+    """With --kube, the other controller replicas the debug API asks (controller/debug/fanout.py):
+    the pods of the controller's Service (named after its service account) in the root namespace,
+    reached over the TLS the CLI uses (the CA's roots, the controller's identity). None in the lab."""
+    if not args.kube:
+        return None
+    from ambit.configclient.rpc import parse_target
+    from controller.debug.fanout import Replicas
+    try:
+        port = parse_target(args.listen)[1]
+    except ValueError:
+        port = None
+
+    def trust() -> tuple[bytes, str] | None:
+        if ca_servicer is None:
+            return None         # --insecure-config-stream: the replicas serve plaintext
+        return ca_servicer.ca.trust_bundle().pem_bundle().encode(), args.identity
+    return Replicas(replica_name(args), args.root_namespace, args.controller_service_account, port, trust)
 
 
 def root_publisher(args: ControllerSettings, pems: list[str], leader: Callable[[], bool] | None
@@ -355,9 +379,12 @@ async def amain(args: ControllerSettings) -> int:
     from controller.debug import DebugServicer
     try:
         from controller.fairness import RequestRate
+        peers = peer_replicas(args, ca_servicer)
+        if peers is not None:
+            hooks.append(peers.observe)
         debug = DebugServicer(server, debug_readers(args), reports, REPORT_INTERVAL, report_rate=RequestRate(
             args.status_report_rate, args.status_report_burst, time.monotonic, limit="report_rate"),
-            observed=controller.observed)
+            observed=controller.observed, replica=replica_name(args), peers=peers)
         debug.add_to_server(grpc_server)
         gate.guard(debug.guards())
     except ValueError as e:
@@ -413,6 +440,8 @@ async def amain(args: ControllerSettings) -> int:
     server.end_streams()        # streams end cleanly (clients reconnect) instead of being cancelled
     debug.close()
     await grpc_server.stop(1.0)
+    if debug.peers is not None:
+        await debug.peers.close()
     if accept is not None:
         await accept.stop()
     source_thread.join(timeout=5)

@@ -102,10 +102,12 @@ class ReportReply(_message.Message):
     def __init__(self, controller_version: _Optional[str] = ..., interval: _Optional[float] = ...) -> None: ...
 
 class ProxyStatusRequest(_message.Message):
-    __slots__ = ("objects",)
+    __slots__ = ("objects", "local_only")
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_ONLY_FIELD_NUMBER: _ClassVar[int]
     objects: _containers.RepeatedCompositeFieldContainer[ObjectRef]
-    def __init__(self, objects: _Optional[_Iterable[_Union[ObjectRef, _Mapping]]] = ...) -> None: ...
+    local_only: bool
+    def __init__(self, objects: _Optional[_Iterable[_Union[ObjectRef, _Mapping]]] = ..., local_only: _Optional[bool] = ...) -> None: ...
 
 class ObjectRef(_message.Message):
     __slots__ = ("kind", "namespace", "name")
@@ -128,7 +130,7 @@ class ObservedObject(_message.Message):
     def __init__(self, ref: _Optional[_Union[ObjectRef, _Mapping]] = ..., present: _Optional[bool] = ..., resource_version: _Optional[str] = ...) -> None: ...
 
 class ProxyStatus(_message.Message):
-    __slots__ = ("node", "connected", "state", "acked_version", "proxy_version", "report_age", "report_json", "nack")
+    __slots__ = ("node", "connected", "state", "acked_version", "proxy_version", "report_age", "report_json", "nack", "replica")
     NODE_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +139,7 @@ class ProxyStatus(_message.Message):
     REPORT_AGE_FIELD_NUMBER: _ClassVar[int]
     REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
     NACK_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     node: _config_pb2.Node
     connected: bool
     state: str
@@ -145,27 +148,56 @@ class ProxyStatus(_message.Message):
     report_age: float
     report_json: bytes
     nack: str
-    def __init__(self, node: _Optional[_Union[_config_pb2.Node, _Mapping]] = ..., connected: _Optional[bool] = ..., state: _Optional[str] = ..., acked_version: _Optional[str] = ..., proxy_version: _Optional[str] = ..., report_age: _Optional[float] = ..., report_json: _Optional[bytes] = ..., nack: _Optional[str] = ...) -> None: ...
+    replica: str
+    def __init__(self, node: _Optional[_Union[_config_pb2.Node, _Mapping]] = ..., connected: _Optional[bool] = ..., state: _Optional[str] = ..., acked_version: _Optional[str] = ..., proxy_version: _Optional[str] = ..., report_age: _Optional[float] = ..., report_json: _Optional[bytes] = ..., nack: _Optional[str] = ..., replica: _Optional[str] = ...) -> None: ...
+
+class ReplicaStatus(_message.Message):
+    __slots__ = ("name", "address", "answered", "error", "controller_version", "config_version", "snapshot_applied", "observed", "proxies")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FIELD_NUMBER: _ClassVar[int]
+    PROXIES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    address: str
+    answered: bool
+    error: str
+    controller_version: str
+    config_version: str
+    snapshot_applied: bool
+    observed: _containers.RepeatedCompositeFieldContainer[ObservedObject]
+    proxies: int
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., answered: _Optional[bool] = ..., error: _Optional[str] = ..., controller_version: _Optional[str] = ..., config_version: _Optional[str] = ..., snapshot_applied: _Optional[bool] = ..., observed: _Optional[_Iterable[_Union[ObservedObject, _Mapping]]] = ..., proxies: _Optional[int] = ...) -> None: ...
 
 class ProxyStatusResponse(_message.Message):
-    __slots__ = ("controller_version", "config_version", "proxies", "observed", "snapshot_applied")
+    __slots__ = ("controller_version", "config_version", "proxies", "observed", "snapshot_applied", "replica", "replicas")
     CONTROLLER_VERSION_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROXIES_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     controller_version: str
     config_version: str
     proxies: _containers.RepeatedCompositeFieldContainer[ProxyStatus]
     observed: _containers.RepeatedCompositeFieldContainer[ObservedObject]
     snapshot_applied: bool
-    def __init__(self, controller_version: _Optional[str] = ..., config_version: _Optional[str] = ..., proxies: _Optional[_Iterable[_Union[ProxyStatus, _Mapping]]] = ..., observed: _Optional[_Iterable[_Union[ObservedObject, _Mapping]]] = ..., snapshot_applied: _Optional[bool] = ...) -> None: ...
+    replica: str
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    def __init__(self, controller_version: _Optional[str] = ..., config_version: _Optional[str] = ..., proxies: _Optional[_Iterable[_Union[ProxyStatus, _Mapping]]] = ..., observed: _Optional[_Iterable[_Union[ObservedObject, _Mapping]]] = ..., snapshot_applied: _Optional[bool] = ..., replica: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
 
 class ProxyConfigRequest(_message.Message):
-    __slots__ = ("proxy",)
+    __slots__ = ("proxy", "local_only")
     PROXY_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_ONLY_FIELD_NUMBER: _ClassVar[int]
     proxy: str
-    def __init__(self, proxy: _Optional[str] = ...) -> None: ...
+    local_only: bool
+    def __init__(self, proxy: _Optional[str] = ..., local_only: _Optional[bool] = ...) -> None: ...
 
 class JsonDocument(_message.Message):
     __slots__ = ("json",)

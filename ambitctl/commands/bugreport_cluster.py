@@ -80,7 +80,10 @@ def build(args: argparse.Namespace, out: Path, log_tail: int, run_cli: Callable[
     if resp is not None:
         a.add_json("status/proxy-status.json", {"controller_version": resp.controller_version,
                                                 "config_version": resp.config_version,
-                                                "proxies": proxystatus.rows_of(resp)})
+                                                "proxies": proxystatus.rows_of(resp),
+                                                "replicas": proxystatus.replicas_of(resp)})
+        a.errors.extend(f"proxy-status: controller replica {r['name']} did not answer: {r['error']} (partial)"
+                        for r in proxystatus.replicas_of(resp) if not r["answered"])
         for p in resp.proxies:
             if p.connected:
                 key = f"{p.node.kind}/{p.node.name}"

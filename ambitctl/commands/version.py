@@ -1,7 +1,9 @@
 """`ambit version`: the CLI's version, the controller's and each proxy's (from the controller's
 debug API), and the compatibility verdict of each against the CLI (policy: ambit/version.py —
 same minor compatible, one minor apart warns, else incompatible). `--client` asks nobody.
-Exits 1 when a part is incompatible."""
+With several controller replicas (a rollout mixes versions), each replica is listed and each proxy
+is judged against the replica it is connected to. Exits 1 when a part is incompatible, or when a
+replica did not answer (its proxies' versions are unknown)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,17 @@ def collect(resp: Any | None, error: str = "") -> dict[str, Any]:
         return out
     verdict, why = compatibility(VERSION, resp.controller_version)
     out["server"] = {"controller": {"version": resp.controller_version, "compatibility": verdict, "why": why}}
+    several = len(resp.replicas) > 1
+    controllers = {r.name: r.controller_version for r in resp.replicas if r.answered}
+    if several:
+        replicas = {}
+        for r in resp.replicas:
+            if r.answered:
+                verdict, why = compatibility(VERSION, r.controller_version)
+                replicas[r.name] = {"version": r.controller_version, "compatibility": verdict, "why": why}
+            else:
+                replicas[r.name] = {"version": "", "compatibility": "unknown", "why": f"did not answer: {r.error}"}
+        out["server"]["replicas"] = replicas
     proxies: dict[str, dict[str, str]] = {}
     for p in resp.proxies:
         if not p.connected:
@@ -30,8 +43,10 @@ def collect(resp: Any | None, error: str = "") -> dict[str, Any]:
         if not p.proxy_version:
             proxies[key] = {"version": "", "compatibility": "unknown", "why": "no status report yet"}
             continue
-        verdict, why = compatibility(resp.controller_version, p.proxy_version)
-        proxies[key] = {"version": p.proxy_version, "compatibility": verdict, "why": f"vs the controller: {why}"}
+        controller = controllers.get(p.replica, resp.controller_version)
+        verdict, why = compatibility(controller, p.proxy_version)
+        against = f"controller replica {p.replica}" if several and p.replica else "the controller"
+        proxies[key] = {"version": p.proxy_version, "compatibility": verdict, "why": f"vs {against}: {why}"}
     out["server"]["proxies"] = proxies
     return out
 
@@ -44,7 +59,11 @@ def format_versions(doc: dict[str, Any]) -> str:
     if "error" in server:           # the reason goes to stderr (cmd_version): stdout has what is known
         return lines[0]
     c = server["controller"]
-    lines.append(f"controller version: {c['version']} ({c['compatibility']}: {c['why']})")
+    if "replicas" in server:
+        lines += [f"controller replica {name} version: {r['version'] or '-'} ({r['compatibility']}: {r['why']})"
+                  for name, r in sorted(server["replicas"].items())]
+    else:
+        lines.append(f"controller version: {c['version']} ({c['compatibility']}: {c['why']})")
     by_version: dict[tuple[str, str], list[str]] = {}
     for key, p in sorted(server["proxies"].items()):
         by_version.setdefault((p["version"] or "unknown", p["compatibility"]), []).append(key)
@@ -74,8 +93,13 @@ def cmd_version(args: argparse.Namespace) -> int:
         print(f"error: cannot reach the controller: {error}", file=sys.stderr)
     server = doc.get("server") or {}
     verdicts = [server.get("controller", {}).get("compatibility")] + [
-        p["compatibility"] for p in (server.get("proxies") or {}).values()]
-    if error:
+        p["compatibility"] for p in (server.get("proxies") or {}).values()] + [
+        r["compatibility"] for r in (server.get("replicas") or {}).values()]
+    silent = [f"controller replica {r.name} did not answer ({r.error}): its proxies are not listed"
+              for r in (resp.replicas if resp is not None else []) if not r.answered]
+    for m in silent:
+        print(f"error: {m}", file=sys.stderr)
+    if error or silent:
         return 1
     return 1 if INCOMPATIBLE in verdicts else 0
 

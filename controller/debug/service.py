@@ -6,7 +6,9 @@
 - Feed: a proxy's feed (the same node credential and scoping as Report): tap filters and metrics
   scrapes down, matching flows and metrics up (controller/debug/feeds.py).
 - ProxyStatus / ProxyConfig / Tap / Metrics: for readers (`authorization: Bearer <token>`, checked by a ReaderAuth:
-  the lab's admin token, or TokenReview plus an allow-list in a cluster).
+  the lab's admin token, or TokenReview plus an allow-list in a cluster). With several replicas,
+  ProxyStatus (and ProxyConfig of a proxy connected elsewhere) also asks the other replicas, with
+  the reader's own token, and merges their answers (controller/debug/replicas.py, fanout.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from controller.configserver.server import STATUS, ConfigServer
 from controller.debug.feeds import FeedHub, control
 from controller.debug.proxystatus import proxy_status
 from controller.debug.readers import Forbidden, ReaderAuth, Unauthenticated
+from controller.debug.replicas import merge, pick_config
 from controller.debug.reports import ReportStore
 from controller.fairness import Refusal, RequestRate
 from controller.grpcgate import CallRefused, Guard, method_path
@@ -61,8 +64,12 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
                  report_interval: float = 10.0, feeds: FeedHub | None = None,
                  report_rate: RequestRate | None = None,
                  observed: Callable[[list[tuple[str, str, str]]], dict[tuple[str, str, str], str] | None] | None = None,
-                 ) -> None:
+                 replica: str = "", peers: Any = None) -> None:
         self.config = config
+        # This replica's name (its pod's), and the other replicas (controller.debug.fanout.Replicas;
+        # None: this controller is the only one, as in the lab).
+        self.replica = replica
+        self.peers = peers
         # The controller's Controller.observed: what `ambit apply --wait` asks about its objects.
         self.observed = observed
         self.report_rate = (report_rate if report_rate is not None
@@ -190,7 +197,7 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
         seen = self.observed([(r.kind, r.namespace, r.name) for r in objects]) if self.observed else None
         reports = {r.node.key: r for r in self.reports.all()}
         out = debug_pb2.ProxyStatusResponse(controller_version=VERSION, config_version=self.config.version,
-                                            snapshot_applied=seen is not None)
+                                            snapshot_applied=seen is not None, replica=self.replica)
         for r in objects if seen is not None else ():
             rv = seen.get((r.kind, r.namespace, r.name))
             out.observed.add(ref=r, present=rv is not None, resource_version=rv or "")
@@ -199,15 +206,33 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
                             acked_version=row.acked_version, nack=row.nack,
                             proxy_version=row.report.version if row.report else "",
                             report_age=row.report_age,
-                            report_json=json.dumps(row.report.state).encode() if row.report else b"")
+                            report_json=json.dumps(row.report.state).encode() if row.report else b"",
+                            replica=self.replica)
+        out.replicas.add(name=self.replica, answered=True, controller_version=VERSION,
+                         config_version=out.config_version, snapshot_applied=out.snapshot_applied,
+                         observed=list(out.observed), proxies=len(out.proxies))
         return out
+
+    def _peer_time(self, context: Any) -> float:
+        """Seconds the peers may take: a little less than what the reader's deadline leaves."""
+        left = context.time_remaining()
+        return 30.0 if left is None else max(0.05, left - 0.2)
 
     async def ProxyStatus(self, request, context):  # noqa: N802
         await self._reader(context)
         if len(request.objects) > MAX_WAITED_OBJECTS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"ProxyStatus: {len(request.objects)} objects; "
                                 f"at most {MAX_WAITED_OBJECTS} per request")
-        return self.status_response(request.objects)
+        own = self.status_response(request.objects)
+        if request.local_only or self.peers is None:
+            return own
+        peers, skipped = self.peers.peers()
+        if not peers and not skipped:
+            return own
+        answers = await self.peers.ask(
+            "ProxyStatus", debug_pb2.ProxyStatusRequest(objects=request.objects, local_only=True),
+            metadata_of(context).get("authorization", ""), self._peer_time(context))
+        return merge(own, answers, skipped)
 
     def find(self, proxy: str) -> list[NodeInfo]:
         """Subscribers matching `proxy`: "kind/name", a NodeInfo key, a bare name, or a waypoint's
@@ -221,14 +246,23 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
         found = self.find(request.proxy)
         if not found:
             known = ", ".join(sorted(f"{s.node.kind}/{s.node.name}" for s in self.config.status() if s.connected))
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"no connected proxy {request.proxy!r} (connected: {known or 'none'})")
+            peers = self.peers.peers()[0] if self.peers is not None and not request.local_only else []
+            if not peers:
+                await context.abort(grpc.StatusCode.NOT_FOUND,
+                                    f"no connected proxy {request.proxy!r} (connected: {known or 'none'})")
+            answers = await self.peers.ask(
+                "ProxyConfig", debug_pb2.ProxyConfigRequest(proxy=request.proxy, local_only=True),
+                metadata_of(context).get("authorization", ""), self._peer_time(context))
+            outcome = pick_config(request.proxy, self.replica or "this replica", answers, known)
+            if outcome.doc:
+                return debug_pb2.JsonDocument(json=outcome.doc)
+            await context.abort(getattr(grpc.StatusCode, outcome.code), outcome.message)
         if len(found) > 1:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"{request.proxy!r} is ambiguous: {', '.join(n.key for n in found)}; name it kind/name")
         node = found[0]
         report = self.reports.get(node.key)
-        doc = {"node": node.key, "config_version": self.config.version,
+        doc = {"node": node.key, "replica": self.replica, "config_version": self.config.version,
                "config": self.config.subscriber_config(node.key),
                "report": None if report is None else {"version": report.version, "age": self.reports.age(report),
                                                       **report.state}}

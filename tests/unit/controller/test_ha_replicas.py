@@ -66,9 +66,10 @@ class Cluster:
         self.procs[name] = p
         return p
 
-    def controller(self, name: str) -> str:
-        """Start replica `name` (its Lease identity); its gRPC address once it listens."""
-        port = free_port()
+    def controller(self, name: str, port: int = 0) -> str:
+        """Start replica `name` (its Lease identity), on `port` (0: a free one); its gRPC address
+        once it listens."""
+        port = port or free_port()
         p = self.start(name, ["-m", "controller", "--kube", "--kube-host", self.emu.url,
                               "--listen", f"127.0.0.1:{port}", "--insecure-config-stream", "--debounce", "0.01",
                               "--dashboard-address", "", "--pod-name", name, *LEASE])
