@@ -1,0 +1,151 @@
+"""Workloads reused from one translation to the next, for pods whose inputs did not change.
+
+Every snapshot is translated in full: one churned pod among 10,000 translated all 10,000 pods
+again (a third of a running controller's time per snapshot). A Workload is a function of a few
+inputs, and this module holds, per pod, what it was made from, so that a pod whose inputs are the
+same gets the very Workload it had.
+
+What a Workload reads (`controller.translate.workloads`) splits in two:
+
+- **its own part**, `PodFacts`: everything taken from the pod and its namespace, plus the trust
+  domain (identity). The key is the pod *object* and the Namespace *object*, by identity, and the
+  trust domain by value. That is exact for the snapshots a source's cache hands out
+  (`controller.validation.Validated`): the cache replaces an object on every change (a new dict)
+  and never edits one it handed out, the contract the skipped validation already relies on.
+  The held entry keeps the pod alive, so its `id` cannot name another object meanwhile. A plain
+  list (a test, `ambit analyze`) gives no such promise and is never reused from.
+- **what it shares with the rest of the snapshot**: the Services whose endpoints it backs (with
+  their ports), its node's locality, and its use-waypoint reference as the waypoint Gateways make
+  it effective (and whether it is a waypoint's own pod). These are computed again for every pod on
+  every snapshot, cheaply from the held facts, and compared by value with what the held Workload
+  has: strings, and a dict of Service names to lists of `int` ports, whose equality is exact.
+  When they differ, a new Workload is made from the facts; when they are equal, the held one is
+  handed out as it is.
+
+So a reused Workload equals a full translation's field for field and type for type. Nothing edits a
+Workload after `translate` returns it (the waypoints' part is decided before it is made, not
+patched in afterwards), which is what lets the same object be handed out again.
+
+Memory: `commit` keeps only the entries of the snapshot just translated; pods that went away are
+dropped with their Workloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from ambit.model import Workload
+from controller.translate.index import age_key
+
+Obj = dict[str, Any]
+V = TypeVar("V")
+
+
+@dataclass(slots=True, frozen=True)
+class PodFacts:
+    """What a Workload takes from its pod, its namespace and the trust domain alone."""
+
+    uid: str
+    endpoint_uid: str           # metadata.uid as endpoints name the pod ("" when unset, unlike `uid`)
+    name: str
+    namespace: str
+    ips: tuple[str, ...]
+    node: str
+    service_account: str
+    identity: str
+    labels: tuple[tuple[str, str], ...]
+    enrolled: bool
+    waypoint: str               # the use-waypoint reference, before the waypoint Gateways decide
+    protocol: str               # HBONE when enrolled, else TCP (a waypoint's own pod: HBONE, later)
+    annotations: tuple[tuple[str, Any], ...]
+    probe_ports: tuple[int, ...]
+    netns: str
+    cgroup: str
+    own_locality: str           # the pod's istio-locality label as region/zone/subzone, or ""
+    gateway: str                # "ns/name" of the Gateway whose pod this is (its label), or ""
+
+
+@dataclass(slots=True)
+class WorkloadEntry:
+    """A pod's Workload and what it was made from (the pod itself is the key)."""
+
+    namespace: Obj | None       # the Namespace object the facts were read with (None: none)
+    trust_domain: str
+    facts: PodFacts
+    workload: Workload
+
+
+class ByObject(Generic[V]):
+    """Values computed from one source object alone, by the object's identity: exact for a
+    `Validated` snapshot (see the module docstring). Holds the object with its value, so its `id`
+    cannot name another object meanwhile; `commit` keeps what this snapshot put, nothing older."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, tuple[Obj, V]] = {}
+        self._now: dict[int, tuple[Obj, V]] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def get(self, obj: Obj) -> V | None:
+        e = self._held.get(id(obj))
+        return e[1] if e is not None and e[0] is obj else None
+
+    def put(self, obj: Obj, value: V) -> None:
+        self._now[id(obj)] = (obj, value)
+
+    def begin(self) -> None:
+        self._now = {}
+
+    def commit(self) -> None:
+        self._held, self._now = self._now, {}
+
+
+class TranslationMemo:
+    """What one translation keeps for the next: per pod its facts and Workload, per object its age
+    (creation time, namespace, name: the order translation sorts by). Not thread-safe: the
+    controller's flow (under its flow lock) is its only user."""
+
+    def __init__(self) -> None:
+        self.workloads: ByObject[WorkloadEntry] = ByObject()
+        self.ages: ByObject[tuple[float, str, str]] = ByObject()
+        self.reused = 0         # Workloads handed out again, in the last translation
+        self.remade = 0         # made again from held facts (a shared input changed)
+        self.translated = 0     # translated from the pod
+
+    def workload(self, pod: Obj, namespace: Obj | None, trust_domain: str) -> WorkloadEntry | None:
+        """The held entry of `pod` when its own inputs are the ones it was translated with."""
+        e = self.workloads.get(pod)
+        if e is None or e.namespace is not namespace or e.trust_domain != trust_domain:
+            return None
+        return e
+
+    def keep(self, pod: Obj, entry: WorkloadEntry, how: str) -> None:
+        """Hold `entry` for the next translation. `how`: reused, remade or translated (counted)."""
+        self.workloads.put(pod, entry)
+        if how == "reused":
+            self.reused += 1
+        elif how == "remade":
+            self.remade += 1
+        else:
+            self.translated += 1
+
+    def age_key(self, obj: Obj) -> tuple[float, str, str]:
+        """`index.age_key(obj)`, computed once per object (parsing the timestamp is most of it)."""
+        key = self.ages.get(obj)
+        if key is None:
+            key = age_key(obj)
+        self.ages.put(obj, key)
+        return key
+
+    def begin(self) -> None:
+        """A translation starts: nothing is kept from an unfinished one."""
+        self.workloads.begin()
+        self.ages.begin()
+        self.reused = self.remade = self.translated = 0
+
+    def commit(self) -> None:
+        """The translation finished: hold its entries only."""
+        self.workloads.commit()
+        self.ages.commit()
