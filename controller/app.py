@@ -193,7 +193,7 @@ class Controller:
             self._set_own(own)
             return
         by_type = tr.by_type()
-        encoded = self._encodings.encode_all(by_type)
+        encoded = self._encodings.encode_all(by_type, self._workloads.reused_ids)
         version = content_version(by_type, encoded)
         if version != self.version:
             try:

@@ -101,9 +101,10 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     out = Translation(mesh_settings=[MeshSettings(trust_domain, list(trust_domain_aliases))])
     good, out.errors = split_valid(objects if isinstance(objects, Validated) else    # every kind is known
                                    (o for o in objects if isinstance(o, dict) and o.get("kind") in BY_KIND))
-    memo = memo if isinstance(objects, Validated) else None
-    if memo is not None:
-        memo.begin()
+    given = memo
+    if given is not None:   # a plain list: nothing reused, nothing kept (its objects may be edited)
+        given.begin()
+        memo = given if isinstance(objects, Validated) else None
     idx = Index.build(good, memo.age_key if memo is not None else age_key)
     out.services = translate_services(idx, cluster_domain)
     gateway_errors: list[FieldError] = []
@@ -136,6 +137,6 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     for lst in (out.services, out.authorizations, out.peer_authns, out.telemetry, out.request_authns):
         lst.sort(key=lambda r: r.resource_name)
     out.workloads.sort(key=lambda w: (w.namespace, w.name))
-    if memo is not None:
-        memo.commit()
+    if given is not None:
+        given.commit()
     return out

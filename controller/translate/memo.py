@@ -32,6 +32,7 @@ dropped with their Workloads.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -40,6 +41,7 @@ from controller.translate.index import age_key
 
 Obj = dict[str, Any]
 V = TypeVar("V")
+REUSED, REMADE, TRANSLATED = 0, 1, 2    # how a Workload came about (TranslationMemo.counts)
 
 
 @dataclass(slots=True, frozen=True)
@@ -110,26 +112,40 @@ class TranslationMemo:
     def __init__(self) -> None:
         self.workloads: ByObject[WorkloadEntry] = ByObject()
         self.ages: ByObject[tuple[float, str, str]] = ByObject()
-        self.reused = 0         # Workloads handed out again, in the last translation
-        self.remade = 0         # made again from held facts (a shared input changed)
-        self.translated = 0     # translated from the pod
+        self.counts = [0, 0, 0]     # REUSED, REMADE, TRANSLATED in the last translation
+        # `id`s of the Workloads handed out again by the last translation: the very objects of the
+        # one before, not edited since (controller.encodings takes them without pickling them)
+        self.reused_ids: set[int] = set()
 
-    def workload(self, pod: Obj, namespace: Obj | None, trust_domain: str) -> WorkloadEntry | None:
-        """The held entry of `pod` when its own inputs are the ones it was translated with."""
+    def workload(self, pod: Obj, namespaces: Mapping[str, Obj], trust_domain: str) -> WorkloadEntry | None:
+        """The held entry of `pod` when its own inputs are the ones it was translated with: the
+        same pod object, the same Namespace object (or none, as then), the same trust domain."""
         e = self.workloads.get(pod)
-        if e is None or e.namespace is not namespace or e.trust_domain != trust_domain:
+        if e is None or e.namespace is not namespaces.get(e.facts.namespace) or e.trust_domain != trust_domain:
             return None
         return e
 
-    def keep(self, pod: Obj, entry: WorkloadEntry, how: str) -> None:
-        """Hold `entry` for the next translation. `how`: reused, remade or translated (counted)."""
+    def keep(self, pod: Obj, entry: WorkloadEntry, how: int) -> None:
+        """Hold `entry` for the next translation. `how`: REUSED, REMADE or TRANSLATED (counted)."""
         self.workloads.put(pod, entry)
-        if how == "reused":
-            self.reused += 1
-        elif how == "remade":
-            self.remade += 1
-        else:
-            self.translated += 1
+        self.counts[how] += 1
+        if how == REUSED:
+            self.reused_ids.add(id(entry.workload))
+
+    @property
+    def reused(self) -> int:
+        """Workloads handed out again, in the last translation."""
+        return self.counts[REUSED]
+
+    @property
+    def remade(self) -> int:
+        """Workloads made again from held facts (a shared input changed), in the last translation."""
+        return self.counts[REMADE]
+
+    @property
+    def translated(self) -> int:
+        """Workloads translated from their pod, in the last translation."""
+        return self.counts[TRANSLATED]
 
     def age_key(self, obj: Obj) -> tuple[float, str, str]:
         """`index.age_key(obj)`, computed once per object (parsing the timestamp is most of it)."""
@@ -143,7 +159,8 @@ class TranslationMemo:
         """A translation starts: nothing is kept from an unfinished one."""
         self.workloads.begin()
         self.ages.begin()
-        self.reused = self.remade = self.translated = 0
+        self.counts = [0, 0, 0]
+        self.reused_ids = set()
 
     def commit(self) -> None:
         """The translation finished: hold its entries only."""

@@ -26,7 +26,7 @@ from controller.translate.index import (
     selector_matches,
     waypoint_ref,
 )
-from controller.translate.memo import PodFacts, TranslationMemo, WorkloadEntry
+from controller.translate.memo import REMADE, REUSED, TRANSLATED, PodFacts, TranslationMemo, WorkloadEntry
 from controller.translate.waypoints import workload_waypoint
 from controller.validation import object_ref
 
@@ -277,7 +277,7 @@ def make_workload(f: PodFacts, services: dict[str, list[int]], locality: str, wa
     return Workload(
         uid=f.uid, name=f.name, namespace=f.namespace, ips=list(f.ips), node=f.node,
         service_account=f.service_account, identity=f.identity, labels=dict(f.labels), enrolled=f.enrolled,
-        waypoint=waypoint, protocol=protocol, services=dict(sorted(services.items())),
+        waypoint=waypoint, protocol=protocol, services={k: list(v) for k, v in sorted(services.items())},
         annotations=dict(f.annotations), probe_ports=list(f.probe_ports), netns=f.netns, cgroup=f.cgroup,
         locality=locality)
 
@@ -289,10 +289,11 @@ def _backed(services: list[Service]) -> tuple[dict[str, dict[str, list[int]]], d
     by_ip: dict[tuple[str, str], dict[str, list[int]]] = {}
     for svc in services:
         key = f"{svc.namespace}/{svc.name}"
+        ports = [p.port for p in svc.ports]     # one list per Service: make_workload copies it
         for ep in svc.endpoints:
             target = by_uid.setdefault(ep.workload_uid, {}) if ep.workload_uid else by_ip.setdefault(
                 (svc.namespace, ep.ip), {})
-            target[key] = [p.port for p in svc.ports]
+            target[key] = ports
     return by_uid, by_ip
 
 
@@ -304,7 +305,7 @@ def translate_workloads(idx: Index, services: list[Service], trust_domain: str,
     """The Workload of every pod with a sandbox. `gateways` (waypoint Gateways, "ns/name" -> what
     they serve, `waypoints.waypoint_gateways`) and `admits` make each use-waypoint reference
     effective (`waypoints.workload_waypoint`); a reference the waypoint does not admit is dropped
-    and noted in `refused` ((namespace, waypoint) -> pod names). `memo`: a `WorkloadMemo` to reuse
+    and noted in `refused` ((namespace, waypoint) -> pod names). `memo`: a `TranslationMemo` to reuse
     the last translation's Workloads from (only for a `Validated` snapshot: see its module)."""
     by_uid, by_ip = _backed(services)
     gateways = gateways or {}
@@ -314,35 +315,38 @@ def translate_workloads(idx: Index, services: list[Service], trust_domain: str,
     pod: Obj = {}
     try:
         for pod in idx.kind("Pod"):
-            namespace = namespaces.get(ns_of(pod))
-            held = memo.workload(pod, namespace, trust_domain) if memo is not None else None
+            held = memo.workload(pod, namespaces, trust_domain) if memo is not None else None
             if held is not None:
-                f = held.facts
+                f, namespace = held.facts, held.namespace
             elif has_sandbox(pod):
+                namespace = namespaces.get(ns_of(pod))
                 f = pod_facts(pod, labels_of(namespace) if namespace else {}, trust_domain)
             else:
                 continue
-            backed_ip = by_ip.get((f.namespace, f.ips[0]))
+            backed_ip = by_ip.get((f.namespace, f.ips[0])) if by_ip else None
             backed_uid = by_uid.get(f.endpoint_uid) or {}
             services_of = {**backed_ip, **backed_uid} if backed_ip else backed_uid
             locality = f.own_locality or nodes.get(f.node, "")
-            waypoint, waypoint_pod, not_admitted = workload_waypoint(f.gateway, f.waypoint, f.namespace,
-                                                                     gateways, admits)
+            if f.gateway in gateways or f.waypoint in gateways:
+                waypoint, waypoint_pod, not_admitted = workload_waypoint(f.gateway, f.waypoint, f.namespace,
+                                                                         gateways, admits)
+                if not_admitted and refused is not None:
+                    refused.setdefault((f.namespace, f.waypoint), []).append(f.name)
+            else:       # what workload_waypoint gives for a reference to no waypoint Gateway
+                waypoint, waypoint_pod = f.waypoint, False
             protocol = "HBONE" if waypoint_pod else f.protocol
-            if not_admitted and refused is not None:
-                refused.setdefault((f.namespace, f.waypoint), []).append(f.name)
-            how = "translated" if held is None else "remade"
-            if held is not None:
-                w = held.workload
-                # Equal dicts have the same keys, so the same order once sorted (make_workload).
-                if (w.services == services_of and w.locality == locality and w.waypoint == waypoint
-                        and w.protocol == protocol):
-                    how = "reused"
-            wl = held.workload if how == "reused" and held is not None else \
-                make_workload(f, services_of, locality, waypoint, protocol)
+            w = held.workload if held is not None else None
+            # Equal dicts have the same keys, so the same order once sorted (make_workload).
+            if (w is not None and w.services == services_of and w.locality == locality
+                    and w.waypoint == waypoint and w.protocol == protocol):
+                out.append(w)
+                if memo is not None:
+                    memo.keep(pod, held, REUSED)
+                continue
+            wl = make_workload(f, services_of, locality, waypoint, protocol)
             out.append(wl)
             if memo is not None:
-                memo.keep(pod, WorkloadEntry(namespace, trust_domain, f, wl), how)
+                memo.keep(pod, WorkloadEntry(namespace, trust_domain, f, wl), TRANSLATED if held is None else REMADE)
     except TranslationBug:
         raise
     except Exception as e:  # noqa: BLE001 - re-raised, with the pod named (as `blame`)

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from ambit.configclient.node import NodeInfo
 from ambit.topology import LOCALITY_LABEL, REGION_LABEL, ZONE_LABEL
 from bench.ctrlscale import _ip, _NoSource, churn, cluster, endpoint_slice
-from controller.app import Controller
+from controller.app import Controller, encode_all
 from controller.configserver import ConfigServer, Subscription
 from controller.sources.cache import LastGoodCache
 from controller.translate import Translation, TranslationMemo, translate
@@ -196,7 +196,7 @@ def test_reuse_under_random_changes_is_a_full_translation(seed: int) -> None:
     subs_reusing = [Subscription(n) for n in NODES]
     subs_full = [Subscription(n) for n in NODES]
     published: list[tuple[Translation, dict[str, Any]]] = []
-    reused = remade = 0
+    reused = remade = unpickled = 0
     for step in range(14):
         if step:
             for _ in range(rng.randrange(1, 3)):
@@ -219,6 +219,9 @@ def test_reuse_under_random_changes_is_a_full_translation(seed: int) -> None:
         reusing.on_snapshot(snap)
         full.on_snapshot(list(snap))        # a plain list: never reused from
         assert reusing.version == full.version
+        # Its encodings (the reused Workloads' taken without pickling them again) are the long way's.
+        assert set(reusing._encodings.held()) == set(encode_all(reusing.translation.by_type()).values())  # noqa: SLF001
+        unpickled += reusing._encodings.unpickled  # noqa: SLF001
         if step == 0:
             for subs in (subs_reusing, subs_full):
                 for sub in subs:
@@ -226,7 +229,7 @@ def test_reuse_under_random_changes_is_a_full_translation(seed: int) -> None:
                         sub.subscribe(t, {})
         assert deltas(subs_reusing, reusing.server) == deltas(subs_full, full.server)
         assert full._workloads.reused == 0  # noqa: SLF001
-    assert reused > 0 and remade > 0
+    assert reused > 0 and remade > 0 and unpickled > 0
 
 
 def test_an_unchanged_snapshot_reuses_every_workload_and_a_churn_only_the_rest() -> None:
