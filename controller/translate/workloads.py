@@ -262,24 +262,24 @@ def pod_facts(pod: Obj, ns_labels: dict[str, str], trust_domain: str) -> PodFact
     return PodFacts(
         uid=meta.get("uid") or f"{ns}/{meta.get('name')}", endpoint_uid=meta.get("uid", ""), name=meta.get("name", ""), namespace=ns,
         ips=tuple(pod_ips(pod)), node=(pod.get("spec") or {}).get("nodeName", ""),
-        service_account=sa, identity=spiffe_id(trust_domain, ns, sa), labels=tuple(labels.items()),
+        service_account=sa, identity=spiffe_id(trust_domain, ns, sa),
         enrolled=enrolled, waypoint=waypoint_ref(labels, ns, fallback=waypoint_ref(ns_labels, ns)),
-        protocol="HBONE" if enrolled else "TCP", annotations=tuple(annotations.items()),
+        protocol="HBONE" if enrolled else "TCP",
         probe_ports=tuple(probe_ports(pod)), netns=annotations.get(NETNS_ANNOTATION, ""),
         cgroup=annotations.get(CGROUP_ANNOTATION, ""),
         own_locality=pod_locality(pod, {}) if own else "", gateway=f"{ns}/{gateway}" if gateway else "")
 
 
-def make_workload(f: PodFacts, services: dict[str, list[int]], locality: str, waypoint: str,
+def make_workload(pod: Obj, f: PodFacts, services: dict[str, list[int]], locality: str, waypoint: str,
                   protocol: str) -> Workload:
-    """A Workload of its own (no container shared with another) from the facts and what the pod
-    shares with the snapshot."""
+    """A Workload of its own (no container shared with another) from the pod, its facts and what
+    it shares with the snapshot."""
     return Workload(
         uid=f.uid, name=f.name, namespace=f.namespace, ips=list(f.ips), node=f.node,
-        service_account=f.service_account, identity=f.identity, labels=dict(f.labels), enrolled=f.enrolled,
+        service_account=f.service_account, identity=f.identity, labels=labels_of(pod), enrolled=f.enrolled,
         waypoint=waypoint, protocol=protocol, services={k: list(v) for k, v in sorted(services.items())},
-        annotations=dict(f.annotations), probe_ports=list(f.probe_ports), netns=f.netns, cgroup=f.cgroup,
-        locality=locality)
+        annotations=dict(md(pod).get("annotations") or {}), probe_ports=list(f.probe_ports), netns=f.netns,
+        cgroup=f.cgroup, locality=locality)
 
 
 def _backed(services: list[Service]) -> tuple[dict[str, dict[str, list[int]]], dict[tuple[str, str], dict[str, list[int]]]]:
@@ -343,7 +343,7 @@ def translate_workloads(idx: Index, services: list[Service], trust_domain: str,
                 if memo is not None:
                     memo.keep(pod, held, REUSED)
                 continue
-            wl = make_workload(f, services_of, locality, waypoint, protocol)
+            wl = make_workload(pod, f, services_of, locality, waypoint, protocol)
             out.append(wl)
             if memo is not None:
                 memo.keep(pod, WorkloadEntry(namespace, trust_domain, f, wl), TRANSLATED if held is None else REMADE)
