@@ -65,7 +65,7 @@ def edit(objs: list[Obj], rng: random.Random) -> list[Obj]:
     """One random change to an input of some Workload, as a watch would deliver it (a new dict
     for the changed object; the cache keeps the others as they were)."""
     objs = copy.deepcopy(objs)
-    kinds = ["Pod", "Pod", "Namespace", "Node", "Service", "Gateway", "ServiceEntry", "AuthorizationPolicy",
+    kinds = ["Pod", "Pod", "Namespace", "Node", "Service", "Gateway", "Gateway", "ServiceEntry", "AuthorizationPolicy",
              "EndpointSlice", "recreated"]
     kind = rng.choice(kinds)
     if kind == "recreated":                 # deleted and created again: another age, another order
@@ -128,7 +128,9 @@ def edit(objs: list[Obj], rng: random.Random) -> list[Obj]:
     elif kind == "EndpointSlice" and o is not None:
         objs.remove(o)                      # the Service's endpoints from its selector
     elif kind == "Gateway":                 # a namespace's waypoint on or off, or what it serves
-        ns = rng.choice(ns_names)
+        using = sorted(x["metadata"]["name"] for x in objs
+                       if x["kind"] == "Namespace" and "ambit.io/use-waypoint" in x["metadata"]["labels"])
+        ns = rng.choice(using if using and rng.random() < 0.8 else ns_names)
         o = next((g for g in pick if g["metadata"]["namespace"] == ns), None)
         if o is not None and rng.random() < 0.5:
             objs.remove(o)
@@ -184,6 +186,10 @@ def test_reuse_under_random_changes_is_a_full_translation(seed: int) -> None:
     for o in objs:                          # a few nodes with a locality from the start
         if o["kind"] == "Node" and rng.random() < 0.5:
             o["metadata"]["labels"] = {REGION_LABEL: "r1", ZONE_LABEL: "z1"}
+        elif o["kind"] == "Namespace" and rng.random() < 0.5:   # more namespaces using their waypoint
+            o["metadata"]["labels"]["ambit.io/use-waypoint"] = "waypoint"
+        elif o["kind"] == "Gateway":        # some taking the pods' traffic
+            o["metadata"]["labels"] = {"ambit.io/waypoint-for": rng.choice(["service", "workload", "all"])}
         elif o["kind"] == "Pod" and o["metadata"]["namespace"] not in waypoint_pods:
             # A pod of each namespace's waypoint (whether its Gateway exists or not), out of
             # ambient capture as they are: only the Gateway makes it HBONE.
