@@ -24,6 +24,7 @@ from controller.configserver import ConfigServer, Subscription
 from controller.sources.cache import LastGoodCache
 from controller.translate import Translation, TranslationMemo, translate
 from controller.validation import Validated
+from tests.unit.controller.test_encoding_reuse import deltas
 
 Obj = dict[str, Any]
 NODES = [NodeInfo("ztunnel", "node-0"), NodeInfo("agent", "node-0"), NodeInfo("ztunnel", "node-1")]
@@ -163,15 +164,9 @@ def edit(objs: list[Obj], rng: random.Random) -> list[Obj]:
     return objs
 
 
-def deltas(subs: list[Subscription], server: ConfigServer) -> list[Any]:
+def served_deltas(subs: list[Subscription], server: ConfigServer) -> list[Any]:
     """What each subscriber, in step with the server's last snapshot, is sent of its current one."""
-    snap = server._snapshot  # noqa: SLF001 - what the server serves
-    out = []
-    for sub in subs:
-        while p := sub.next_response(lambda t, sub=sub: snap.view(sub.node, t), snap.version, snap.generation):
-            out.append((p.type_url, p.resources, p.removed))
-            sub.on_ack(p.nonce)
-    return out
+    return deltas(subs, server._snapshot)  # noqa: SLF001 - what the server serves
 
 
 def controller() -> Controller:
@@ -236,7 +231,7 @@ def test_reuse_under_random_changes_is_a_full_translation(seed: int) -> None:
                 for sub in subs:
                     for t in reusing.translation.by_type():
                         sub.subscribe(t, {})
-        assert deltas(subs_reusing, reusing.server) == deltas(subs_full, full.server)
+        assert served_deltas(subs_reusing, reusing.server) == served_deltas(subs_full, full.server)
         assert full._workloads.reused == 0  # noqa: SLF001
     assert reused > 0 and remade > 0 and unpickled > 0
 
