@@ -4,6 +4,7 @@ would list them (plain dicts, like the tests'), and a driver that times the cont
 
     python -m bench.ctrlscale --pods 1000 5000 10000         # ms and MB per stage at each size
     python -m bench.ctrlscale --pods 10000 --profile translate
+    python -m bench.ctrlscale --pods 1000 10000 --stage translate_churn on_snapshot_churn --cpu --controller-gc
     python -m bench.ctrlscale --pods 1000 10000 --stage waypoint_memory    # bench/wpmem.py
     python -m bench.ctrlscale --pods 1000 10000 --stage snapshot_gc        # bench/ctrlgc.py
 
@@ -123,15 +124,23 @@ def endpoint_slice(s: int, ns: str, pods: list[Obj]) -> Obj:
                                          "namespace": ns, "uid": p["metadata"]["uid"]}} for p in pods]}
 
 
-def measure(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, float, Any]:
-    """(best ms, peak MB allocated during one run, the result)."""
+def measure(fn: Callable[[], Any], repeat: int = 1, clock: Callable[[], float] = time.perf_counter,
+            frozen: bool = False) -> tuple[float, float, Any]:
+    """(best ms, peak MB allocated during one run, the result). `clock`: wall time, or
+    `time.thread_time` (CPU: not inflated by a shared machine's preemption). `frozen`: everything
+    alive before a run is frozen, as the controller's collector policy leaves it after each
+    snapshot (controller/gcpolicy.py; set its thresholds too): a run then pays for its own
+    objects only, not for a full collection of whatever the bench built before it."""
     best = float("inf")
     result = None
     for _ in range(repeat):
         gc.collect()
-        t0 = time.perf_counter()
+        if frozen:
+            gc.freeze()
+        t0 = clock()
         result = fn()
-        best = min(best, (time.perf_counter() - t0) * 1000)
+        best = min(best, (clock() - t0) * 1000)
+        gc.unfreeze()
     gc.collect()
     tracemalloc.start()
     fn()
@@ -167,7 +176,7 @@ def stages(objs: list[Obj]) -> dict[str, Callable[[], Any]]:
     cache hands them over, which is what the controller translates)."""
     from controller.app import content_version
     from controller.sources.cache import LastGoodCache
-    from controller.translate import translate
+    from controller.translate import TranslationMemo, translate
     from controller.validation import split_valid
     from controller.waypoints.advisories import advisories
 
@@ -197,6 +206,15 @@ def stages(objs: list[Obj]) -> dict[str, Callable[[], Any]]:
             warm.append(on_snapshot(snap))
         turns.reverse()
         warm[0].on_snapshot(turns[0])
+    memo = TranslationMemo()
+    translate(snap, memo=memo)
+    memo_turns = [churned_cache.objects(), snap]
+
+    def translate_churn() -> Any:
+        """`translate` with the memo of a running controller (controller/translate/memo.py) that
+        translated the last snapshot: one churn's (and back, in turn)."""
+        memo_turns.reverse()
+        return translate(memo_turns[0], memo=memo)
     wp = waypoint_holding(by_type)
     flip = [by_type2, by_type]
 
@@ -209,6 +227,7 @@ def stages(objs: list[Obj]) -> dict[str, Callable[[], Any]]:
         "relist": relist,                       # a full list into the last-good cache (memory: the cache)
         "split_valid": lambda: split_valid(snap),
         "translate": lambda: translate(snap),
+        "translate_churn": translate_churn,     # the same, after a churn, reusing the last translation's
         "content_version": lambda: content_version(by_type),
         "on_snapshot": lambda: on_snapshot(snap),   # translate + version + server snapshot
         "on_snapshot_churn": on_snapshot_churn,     # the same, after a churn, on a warm controller
@@ -290,7 +309,13 @@ def main() -> None:
     ap.add_argument("--stage", nargs="*", default=None, help="only these stages")
     ap.add_argument("--profile", default="", help="cProfile this stage at the first size")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--cpu", action="store_true", help="CPU time (thread_time) instead of wall time")
+    ap.add_argument("--controller-gc", action="store_true",
+                    help="the controller's collector policy: its thresholds, and all frozen before each run")
     a = ap.parse_args()
+    if a.controller_gc:
+        from controller.gcpolicy import THRESHOLD, parse_threshold
+        gc.set_threshold(*parse_threshold(THRESHOLD))
     for n in a.pods:
         if a.stage == ["waypoint_memory"]:      # the waypoint's and the agent's config: bench/wpmem.py
             from bench.wpmem import report
@@ -310,8 +335,9 @@ def main() -> None:
         for name, fn in thunks.items():
             if a.stage and name not in a.stage:
                 continue
-            ms, mb, _ = measure(fn, a.repeat)
-            print(f"pods={n:6d} objects={len(objs):6d} {name:16s} {ms:9.1f} ms  peak {mb:7.1f} MB", flush=True)
+            ms, mb, _ = measure(fn, a.repeat, time.thread_time if a.cpu else time.perf_counter, a.controller_gc)
+            print(f"pods={n:6d} objects={len(objs):6d} {name:17s} {ms:9.1f} ms{' CPU' if a.cpu else ''}  "
+                  f"peak {mb:7.1f} MB", flush=True)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from controller.encodings import Encodings
 from controller.extauthz import bind_providers
 from controller.jwks import JwksCache
 from controller.sources import Snapshot, Source
-from controller.translate import Translation, TranslationBug, translate
+from controller.translate import Translation, TranslationBug, TranslationMemo, translate
 from controller.translate.routes import flatten_policy
 from controller.translate.waypoints import gateway_of
 from controller.validation import FieldError, object_key
@@ -89,6 +89,7 @@ class Controller:
         self._mesh_errors: list[FieldError] = []
         self._flow_lock = threading.Lock()        # the source thread and a mesh reload both translate
         self._encodings = Encodings()             # the last snapshot's, reused for unchanged resources
+        self._workloads = TranslationMemo()          # the last translation's Workloads, reused for unchanged pods
         self.server = server
         self.trust_domain = trust_domain
         self.root_namespace = root_namespace
@@ -192,7 +193,7 @@ class Controller:
             self._set_own(own)
             return
         by_type = tr.by_type()
-        encoded = self._encodings.encode_all(by_type)
+        encoded = self._encodings.encode_all(by_type, self._workloads.reused_ids)
         version = content_version(by_type, encoded)
         if version != self.version:
             try:
@@ -246,7 +247,7 @@ class Controller:
 
     def _translate(self, objects: Snapshot) -> Translation:
         tr = translate(objects, self.trust_domain, self.root_namespace, self.cluster_domain,
-                       self.trust_domain_aliases, self.jwks.resolved())
+                       self.trust_domain_aliases, self.jwks.resolved(), memo=self._workloads)
         # A jwksUri seen for the first time is published at once, failing closed (its rule carries
         # "not fetched yet": tokens of that issuer get 401, as with istiod's fake JWKS), and fetched
         # by the refresher thread, woken now; it re-translates and pushes once the keys are known.

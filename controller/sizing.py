@@ -16,8 +16,11 @@ from controller.memguard import MEMORY_GUARD_FRACTION
 # 62 MiB RSS.
 BASE_MIB = 64
 # The translated model and the server's snapshot: 62.3, 92.9 and 131.9 MiB RSS at 1,000, 5,000
-# and 10,000 pods of bench.ctrlscale's cluster (a Service per 5 pods): 7.7 MiB per 1,000 pods.
-PER_1000_PODS_MIB = 8
+# and 10,000 pods of bench.ctrlscale's cluster (a Service per 5 pods): 7.7 MiB per 1,000 pods,
+# and since then 0.9 MB per 1,000 pods for what a running controller keeps to reuse the next
+# snapshot's Workloads and encodings (tracemalloc, 9.1 MB at 10,000 pods; docs/performance.md,
+# "Reusing the translation of unchanged pods").
+PER_1000_PODS_MIB = 9
 # A held gRPC connection over TLS (BoringSSL's buffers included); plaintext through the accept
 # gate measured 20.4 KiB (2,000 held: +40 MiB).
 CONNECTION_KIB = 50

@@ -27,9 +27,10 @@ from ambit.model import (
 from controller.kinds import BY_KIND
 from controller.translate.backendtls import BackendTLS, apply_backend_tls
 from controller.translate.blame import TranslationBug, blame
-from controller.translate.index import Index
+from controller.translate.index import Index, age_key
 from controller.translate.ingress import IngressResult, translate_ingress
 from controller.translate.istio_gateway import add_istio_gateways
+from controller.translate.memo import TranslationMemo
 from controller.translate.parents import Notice, Parents, resolve_parents
 from controller.translate.policy import (
     jwks_fetches,
@@ -44,7 +45,7 @@ from controller.translate.waypoints import apply_waypoints, waypoint_admits, way
 from controller.translate.workloads import translate_services, translate_workloads
 from controller.validation import FieldError, Validated, split_valid
 
-__all__ = ["Translation", "TranslationBug", "translate"]
+__all__ = ["Translation", "TranslationBug", "TranslationMemo", "translate"]
 
 T = TypeVar("T")
 
@@ -92,18 +93,29 @@ class Translation:
 def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local",
               root_namespace: str = "ambit-system", cluster_domain: str = "cluster.local",
               trust_domain_aliases: tuple[str, ...] = (),
-              jwks: Mapping[str, tuple[str, str]] | None = None) -> Translation:
+              jwks: Mapping[str, tuple[str, str]] | None = None, memo: TranslationMemo | None = None) -> Translation:
     """`jwks`: the key sets the controller fetched for RequestAuthentication `jwksUri`s (source ->
-    (JSON, error)); what is still to fetch is in `Translation.jwks_fetches`."""
+    (JSON, error)); what is still to fetch is in `Translation.jwks_fetches`. `memo`: the Workloads
+    of the last translation, reused for pods whose inputs did not change (controller.translate.memo;
+    only when `objects` is a `Validated` snapshot, whose objects are never edited in place)."""
     out = Translation(mesh_settings=[MeshSettings(trust_domain, list(trust_domain_aliases))])
     good, out.errors = split_valid(objects if isinstance(objects, Validated) else    # every kind is known
                                    (o for o in objects if isinstance(o, dict) and o.get("kind") in BY_KIND))
-    idx = Index.build(good)
+    given = memo
+    if given is not None:   # a plain list: nothing reused, nothing kept (its objects may be edited)
+        given.begin()
+        memo = given if isinstance(objects, Validated) else None
+    idx = Index.build(good, memo.age_key if memo is not None else age_key)
     out.services = translate_services(idx, cluster_domain)
-    out.workloads = translate_workloads(idx, out.services, trust_domain)
+    gateway_errors: list[FieldError] = []
+    gateways = waypoint_gateways(idx, gateway_errors)
+    refused: dict[tuple[str, str], list[str]] = {}
+    out.workloads = translate_workloads(idx, out.services, trust_domain, gateways,
+                                        lambda wp, ns: waypoint_admits(idx, wp, ns), refused,
+                                        memo)
     out.services.extend(translate_service_entries(idx, out.services, out.errors))     # after the workloads: they back no pod
-    unbound = apply_waypoints(waypoint_gateways(idx, out.errors), out.services, out.workloads,
-                              lambda wp, ns: waypoint_admits(idx, wp, ns))
+    out.errors.extend(gateway_errors)
+    unbound = apply_waypoints(gateways, out.services, lambda wp, ns: waypoint_admits(idx, wp, ns), refused)
     out.authorizations = _each(idx.kind("AuthorizationPolicy"),
                                lambda o: translate_authorization(o, trust_domain, root_namespace))
     out.peer_authns = _each(idx.kind("PeerAuthentication"), lambda o: translate_peer_authn(o, root_namespace))
@@ -125,4 +137,6 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     for lst in (out.services, out.authorizations, out.peer_authns, out.telemetry, out.request_authns):
         lst.sort(key=lambda r: r.resource_name)
     out.workloads.sort(key=lambda w: (w.namespace, w.name))
+    if given is not None:
+        given.commit()
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -69,14 +70,15 @@ class Index:
     namespaces: dict[str, Obj] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, objects: list[Obj]) -> Index:
+    def build(cls, objects: list[Obj], age: Callable[[Obj], tuple[float, str, str]] = age_key) -> Index:
+        """`age`: `age_key`, or the same remembered per object (controller.translate.memo)."""
         idx = cls()
         for o in objects:
             idx.by_kind[o["kind"]].append(o)
             if o["kind"] == "Namespace":
                 idx.namespaces[name_of(o)] = o
         for lst in idx.by_kind.values():
-            lst.sort(key=age_key)
+            lst.sort(key=age)
         return idx
 
     def kind(self, kind: str) -> list[Obj]:

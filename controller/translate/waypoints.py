@@ -27,7 +27,7 @@ makes those references effective:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ambit.gatewayclasses import WAYPOINT_CLASSES
 from ambit.model import Service, Workload
@@ -84,11 +84,30 @@ def waypoint_admits(idx: Index, waypoint: str, namespace: str) -> bool:
     return any(namespace_allowed(ln, gw_ns, namespace, idx.ns_labels(namespace)) for ln in listeners)
 
 
-def apply_waypoints(gateways: dict[str, str], services: list[Service], workloads: list[Workload],
-                    admits: Callable[[str, str], bool] = lambda wp, ns: True) -> list[tuple[str, str]]:
-    """Make the use-waypoint references effective (see the module docstring). In place; returns
-    what was dropped because the waypoint does not admit the namespace, as (object, why): one per
-    Service and one per namespace's workloads."""
+def workload_waypoint(gateway: str, waypoint: str, namespace: str, gateways: Mapping[str, str],
+                      admits: Callable[[str, str], bool] = lambda wp, ns: True) -> tuple[str, bool, bool]:
+    """A pod's use-waypoint reference made effective (see the module docstring): (the waypoint it
+    uses, whether it is a waypoint's own pod (HBONE), whether the reference was dropped because the
+    waypoint does not admit `namespace`). `gateway`: "ns/name" of the Gateway whose pod it is
+    (`gateway_of`), or "". Decided before the Workload is made: nothing edits a translated Workload
+    (controller.translate.memo hands the same one out again)."""
+    if gateway in gateways:
+        return "", True, False
+    if waypoint in gateways and gateways[waypoint] not in SERVES_WORKLOADS:
+        return "", False, False
+    if waypoint in gateways and not admits(waypoint, namespace):
+        return "", False, True
+    return waypoint, False, False
+
+
+def apply_waypoints(gateways: dict[str, str], services: list[Service],
+                    admits: Callable[[str, str], bool] = lambda wp, ns: True,
+                    refused: Mapping[tuple[str, str], list[str]] | None = None) -> list[tuple[str, str]]:
+    """Make the Services' use-waypoint references effective (see the module docstring), in place;
+    the pods' are decided as their Workloads are made (`workload_waypoint`), which notes in
+    `refused` the pods whose waypoint does not admit their namespace ((namespace, waypoint) ->
+    names). Returns what was dropped because the waypoint does not admit the namespace, as
+    (object, why): one per Service and one per namespace's workloads."""
     notices: list[tuple[str, str]] = []
     for svc in services:
         if svc.resource_name in gateways:
@@ -99,17 +118,7 @@ def apply_waypoints(gateways: dict[str, str], services: list[Service], workloads
             kind = "ServiceEntry host" if svc.kind == "ServiceEntry" else "Service"
             notices.append(_not_admitted(f"{kind}/{svc.namespace}/{svc.name}", svc.waypoint, svc.namespace))
             svc.waypoint = ""
-    refused: dict[tuple[str, str], list[str]] = {}
-    for wl in workloads:
-        if gateway_of(wl) in gateways:
-            wl.waypoint = ""
-            wl.protocol = "HBONE"
-        elif wl.waypoint in gateways and gateways[wl.waypoint] not in SERVES_WORKLOADS:
-            wl.waypoint = ""
-        elif wl.waypoint in gateways and not admits(wl.waypoint, wl.namespace):
-            refused.setdefault((wl.namespace, wl.waypoint), []).append(wl.name)
-            wl.waypoint = ""
-    for (ns, wp), pods in sorted(refused.items()):
+    for (ns, wp), pods in sorted((refused or {}).items()):
         notices.append(_not_admitted(f"Pod/{ns}/{', '.join(sorted(pods))}", wp, ns))
     return notices
 

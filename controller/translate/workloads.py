@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ambit import enrolment
 from ambit.model import Endpoint, Service, ServicePort, Workload, spiffe_id
 from ambit.probes import probe_ports
 from ambit.topology import LOCALITY_LABEL, TOPOLOGY_LABELS
-from controller.translate.blame import blame
+from ambit.waypointpods import GATEWAY_NAME_LABELS
+from controller.translate.blame import TranslationBug, blame
 from controller.translate.distribution import traffic_distribution
 from controller.translate.index import (
     CGROUP_ANNOTATION,
     NETNS_ANNOTATION,
     SERVICE_NAME_LABEL,
     Index,
+    first_label,
     labels_of,
     md,
     name_of,
@@ -23,6 +26,9 @@ from controller.translate.index import (
     selector_matches,
     waypoint_ref,
 )
+from controller.translate.memo import REMADE, REUSED, TRANSLATED, PodFacts, TranslationMemo, WorkloadEntry
+from controller.translate.waypoints import workload_waypoint
+from controller.validation import object_ref
 
 Obj = dict[str, Any]
 
@@ -106,15 +112,7 @@ def _resolve_for_pod(ports: list[ServicePort], pod: Obj | None) -> list[ServiceP
 
 
 def translate_services(idx: Index, cluster_domain: str) -> list[Service]:
-    # Running pods by namespace and label: a selector's candidates are the pods that carry its
-    # rarest label, not the whole namespace (200 Services over 2,000 pods: 400,000 label checks).
-    pods_by_label: dict[str, dict[tuple[str, str], list[Obj]]] = {}
-    for pod in idx.kind("Pod"):
-        if is_running(pod):
-            mine = pods_by_label.setdefault(ns_of(pod), {})
-            for kv in labels_of(pod).items():
-                mine.setdefault(kv, []).append(pod)
-    pods_by_uid = {md(p).get("uid"): p for p in idx.kind("Pod") if md(p).get("uid")}
+    pods = _PodLookups(idx)
     slices: dict[tuple[str, str], list[Obj]] = {}
     for s in idx.kind("EndpointSlice"):
         svc_name = labels_of(s).get(SERVICE_NAME_LABEL)
@@ -132,10 +130,10 @@ def translate_services(idx: Index, cluster_domain: str) -> list[Service]:
             ports = _service_ports(svc)
             named = any(p.target_port_name for p in ports)
             if (ns, name) in slices:
-                endpoints = _endpoints_from_slices(slices[(ns, name)], ports, named, pods_by_uid)
+                endpoints = _endpoints_from_slices(slices[(ns, name)], ports, named, pods)
             else:
                 selector = spec.get("selector") or {}
-                endpoints = _endpoints_from_selector(selector, _candidates(selector, pods_by_label.get(ns, {})),
+                endpoints = _endpoints_from_selector(selector, _candidates(selector, pods.by_label().get(ns, {})),
                                                      ports, named, bool(spec.get("publishNotReadyAddresses")))
             if named:   # the Service-level number: the first endpoint's resolution, for display and simple callers
                 for sp in ports:
@@ -152,6 +150,33 @@ def translate_services(idx: Index, cluster_domain: str) -> list[Service]:
                 traffic_distribution=traffic_distribution(svc, idx.namespaces.get(ns)),
             ))
     return out
+
+
+class _PodLookups:
+    """The pods as Services look them up, each built on first use: with EndpointSlices (a
+    cluster's usual case) a Service needs neither, and building them read every pod again."""
+
+    def __init__(self, idx: Index) -> None:
+        self._idx = idx
+        self._by_label: dict[str, dict[tuple[str, str], list[Obj]]] | None = None
+        self._by_uid: dict[str, Obj] | None = None
+
+    def by_label(self) -> dict[str, dict[tuple[str, str], list[Obj]]]:
+        """Running pods by namespace and label: a selector's candidates are the pods that carry its
+        rarest label, not the whole namespace (200 Services over 2,000 pods: 400,000 label checks)."""
+        if self._by_label is None:
+            self._by_label = {}
+            for pod in self._idx.kind("Pod"):
+                if is_running(pod):
+                    mine = self._by_label.setdefault(ns_of(pod), {})
+                    for kv in labels_of(pod).items():
+                        mine.setdefault(kv, []).append(pod)
+        return self._by_label
+
+    def by_uid(self) -> dict[str, Obj]:
+        if self._by_uid is None:
+            self._by_uid = {md(p).get("uid"): p for p in self._idx.kind("Pod") if md(p).get("uid")}
+        return self._by_uid
 
 
 def _candidates(selector: dict[str, str], by_label: dict[tuple[str, str], list[Obj]]) -> list[Obj]:
@@ -179,8 +204,9 @@ def _endpoints_from_selector(selector: dict[str, str], pods: list[Obj], ports: l
 
 
 def _endpoints_from_slices(slices: list[Obj], ports: list[ServicePort], named: bool,
-                           pods_by_uid: dict[str, Obj]) -> list[Endpoint]:
+                           pods: _PodLookups) -> list[Endpoint]:
     out: dict[str, Endpoint] = {}
+    pods_by_uid = pods.by_uid() if named else {}
     for s in slices:
         if s.get("addressType") == "FQDN":
             continue
@@ -224,42 +250,105 @@ def pod_locality(pod: Obj, nodes: dict[str, str]) -> str:
     return nodes.get((pod.get("spec") or {}).get("nodeName", ""), "")
 
 
-def translate_workloads(idx: Index, services: list[Service], trust_domain: str) -> list[Workload]:
+def pod_facts(pod: Obj, ns_labels: dict[str, str], trust_domain: str) -> PodFacts:
+    """What the pod's Workload takes from the pod, its namespace's labels and the trust domain."""
+    meta, ns = md(pod), ns_of(pod)
+    sa = service_account(pod)
+    labels = labels_of(pod)
+    enrolled = is_enrolled(pod, ns_labels)
+    annotations = meta.get("annotations") or {}
+    own = labels.get(LOCALITY_LABEL, "")
+    gateway = first_label(labels, GATEWAY_NAME_LABELS)
+    return PodFacts(
+        uid=meta.get("uid") or f"{ns}/{meta.get('name')}", endpoint_uid=meta.get("uid", ""), name=meta.get("name", ""), namespace=ns,
+        ips=tuple(pod_ips(pod)), node=(pod.get("spec") or {}).get("nodeName", ""),
+        service_account=sa, identity=spiffe_id(trust_domain, ns, sa),
+        enrolled=enrolled, waypoint=waypoint_ref(labels, ns, fallback=waypoint_ref(ns_labels, ns)),
+        protocol="HBONE" if enrolled else "TCP",
+        probe_ports=tuple(probe_ports(pod)), netns=annotations.get(NETNS_ANNOTATION, ""),
+        cgroup=annotations.get(CGROUP_ANNOTATION, ""),
+        own_locality=pod_locality(pod, {}) if own else "", gateway=f"{ns}/{gateway}" if gateway else "")
+
+
+def make_workload(pod: Obj, f: PodFacts, services: dict[str, list[int]], locality: str, waypoint: str,
+                  protocol: str) -> Workload:
+    """A Workload of its own (no container shared with another) from the pod, its facts and what
+    it shares with the snapshot."""
+    return Workload(
+        uid=f.uid, name=f.name, namespace=f.namespace, ips=list(f.ips), node=f.node,
+        service_account=f.service_account, identity=f.identity, labels=labels_of(pod), enrolled=f.enrolled,
+        waypoint=waypoint, protocol=protocol, services={k: list(v) for k, v in sorted(services.items())},
+        annotations=dict(md(pod).get("annotations") or {}), probe_ports=list(f.probe_ports), netns=f.netns,
+        cgroup=f.cgroup, locality=locality)
+
+
+def _backed(services: list[Service]) -> tuple[dict[str, dict[str, list[int]]], dict[tuple[str, str], dict[str, list[int]]]]:
+    """The Services each endpoint backs, with their ports: by workload uid, and by (namespace, IP)
+    for endpoints that name no pod."""
     by_uid: dict[str, dict[str, list[int]]] = {}
     by_ip: dict[tuple[str, str], dict[str, list[int]]] = {}
     for svc in services:
         key = f"{svc.namespace}/{svc.name}"
+        ports = [p.port for p in svc.ports]     # one list per Service: make_workload copies it
         for ep in svc.endpoints:
             target = by_uid.setdefault(ep.workload_uid, {}) if ep.workload_uid else by_ip.setdefault(
                 (svc.namespace, ep.ip), {})
-            target[key] = [p.port for p in svc.ports]
+            target[key] = ports
+    return by_uid, by_ip
+
+
+def translate_workloads(idx: Index, services: list[Service], trust_domain: str,
+                        gateways: Mapping[str, str] | None = None,
+                        admits: Callable[[str, str], bool] = lambda wp, ns: True,
+                        refused: dict[tuple[str, str], list[str]] | None = None,
+                        memo: TranslationMemo | None = None) -> list[Workload]:
+    """The Workload of every pod with a sandbox. `gateways` (waypoint Gateways, "ns/name" -> what
+    they serve, `waypoints.waypoint_gateways`) and `admits` make each use-waypoint reference
+    effective (`waypoints.workload_waypoint`); a reference the waypoint does not admit is dropped
+    and noted in `refused` ((namespace, waypoint) -> pod names). `memo`: a `TranslationMemo` to reuse
+    the last translation's Workloads from (only for a `Validated` snapshot: see its module)."""
+    by_uid, by_ip = _backed(services)
+    gateways = gateways or {}
     out = []
     nodes = node_localities(idx)
-    for pod in idx.kind("Pod"):
-        with blame(pod):
-            if not has_sandbox(pod):
+    namespaces = idx.namespaces
+    pod: Obj = {}
+    try:
+        for pod in idx.kind("Pod"):
+            held = memo.workload(pod, namespaces, trust_domain) if memo is not None else None
+            if held is not None:
+                f, namespace = held.facts, held.namespace
+            elif has_sandbox(pod):
+                namespace = namespaces.get(ns_of(pod))
+                f = pod_facts(pod, labels_of(namespace) if namespace else {}, trust_domain)
+            else:
                 continue
-            meta, ns = md(pod), ns_of(pod)
-            sa = service_account(pod)
-            ns_labels = idx.ns_labels(ns)
-            ips = pod_ips(pod)
-            enrolled = is_enrolled(pod, ns_labels)
-            services_of = dict(by_ip.get((ns, ips[0]), {}))
-            services_of.update(by_uid.get(meta.get("uid", ""), {}))
-            annotations = dict(meta.get("annotations") or {})
-            out.append(Workload(
-                uid=meta.get("uid") or f"{ns}/{meta.get('name')}",
-                name=meta.get("name", ""), namespace=ns, ips=ips,
-                node=(pod.get("spec") or {}).get("nodeName", ""),
-                service_account=sa, identity=spiffe_id(trust_domain, ns, sa),
-                labels=labels_of(pod), enrolled=enrolled,
-                waypoint=waypoint_ref(labels_of(pod), ns, fallback=waypoint_ref(ns_labels, ns)),
-                protocol="HBONE" if enrolled else "TCP",
-                services=dict(sorted(services_of.items())),
-                annotations=annotations,
-                probe_ports=probe_ports(pod),
-                netns=annotations.get(NETNS_ANNOTATION, ""),
-                cgroup=annotations.get(CGROUP_ANNOTATION, ""),
-                locality=pod_locality(pod, nodes),
-            ))
+            backed_ip = by_ip.get((f.namespace, f.ips[0])) if by_ip else None
+            backed_uid = by_uid.get(f.endpoint_uid) or {}
+            services_of = {**backed_ip, **backed_uid} if backed_ip else backed_uid
+            locality = f.own_locality or nodes.get(f.node, "")
+            if f.gateway in gateways or f.waypoint in gateways:
+                waypoint, waypoint_pod, not_admitted = workload_waypoint(f.gateway, f.waypoint, f.namespace,
+                                                                         gateways, admits)
+                if not_admitted and refused is not None:
+                    refused.setdefault((f.namespace, f.waypoint), []).append(f.name)
+            else:       # what workload_waypoint gives for a reference to no waypoint Gateway
+                waypoint, waypoint_pod = f.waypoint, False
+            protocol = "HBONE" if waypoint_pod else f.protocol
+            w = held.workload if held is not None else None
+            # Equal dicts have the same keys, so the same order once sorted (make_workload).
+            if (w is not None and w.services == services_of and w.locality == locality
+                    and w.waypoint == waypoint and w.protocol == protocol):
+                out.append(w)
+                if memo is not None:
+                    memo.keep(pod, held, REUSED)
+                continue
+            wl = make_workload(pod, f, services_of, locality, waypoint, protocol)
+            out.append(wl)
+            if memo is not None:
+                memo.keep(pod, WorkloadEntry(namespace, trust_domain, f, wl), TRANSLATED if held is None else REMADE)
+    except TranslationBug:
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised, with the pod named (as `blame`)
+        raise TranslationBug(object_ref(pod), e) from e
     return out

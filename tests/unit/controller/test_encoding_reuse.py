@@ -181,3 +181,16 @@ def test_the_controller_encodes_only_what_changed(monkeypatch: pytest.MonkeyPatc
     # Back to a small cluster: the encodings of the big one are not kept.
     ctl.on_snapshot(validated(cluster(20)))
     assert len(ctl._encodings) == sum(map(len, server.updates[-1][0].values()))
+
+
+def test_only_the_very_objects_named_unchanged_skip_the_pickle() -> None:
+    """`unchanged` names objects of the last call (the Workloads the translation memo handed out
+    again): those are taken by their held key; an equal new object, or one not named, is pickled."""
+    cache = Encodings()
+    a, b = workload("a", "node-0"), workload("b", "node-0")
+    cache.encode_all({Workload.TYPE: [a, b]})
+    b2 = workload("b", "node-1")
+    got = cache.encode_all({Workload.TYPE: [a, b2]}, unchanged={id(a), id(b2)})
+    assert cache.unpickled == 1 and got[id(a)] == encode(a) and got[id(b2)] == encode(b2)
+    got = cache.encode_all({Workload.TYPE: [a, b2]})
+    assert cache.unpickled == 0 and cache.reused == 2
