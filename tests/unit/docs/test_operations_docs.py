@@ -11,8 +11,9 @@ import re
 
 from agent.settings import AgentSettings
 from ambit.settings import parser
+from ambitctl.commands.install import SET_KEYS
 from controller.settings import ControllerSettings
-from tests.unit.docs.mdtext import flags_in, read, section
+from tests.unit.docs.mdtext import code_names, flags_in, read, section
 from waypoint.settings import WaypointSettings
 from ztunnel.settings import ZtunnelSettings
 
@@ -149,3 +150,18 @@ def test_the_default_check_sees_a_wrong_default() -> None:
     wrong = default_mismatches(doc.replace("| `--max-inbound-per-pod` | 16384 |", "| `--max-inbound-per-pod` | 8192 |"))
     assert wrong == ["ztunnel limits against hostile or noisy peers: ztunnel --max-inbound-per-pod: "
                      "documented '8192', the code's default is '16384'"]
+
+
+def set_keys_paragraph(doc: str) -> str:
+    """The paragraph of "Installing in a cluster" that lists the `--set` keys."""
+    body = section(doc, "Installing in a cluster")
+    start = body.index("`--set KEY=VALUE` (repeatable)")
+    return body[start:body.index("\n\n", start)]
+
+
+def test_every_set_key_of_install_is_documented() -> None:
+    """`ambit install --set K=V` refuses an unknown key, so the list an operator reads must hold every
+    key it accepts (`ambitctl.commands.install.SET_KEYS`)."""
+    named = code_names(set_keys_paragraph(read("operations.md")))
+    missing = [k for k in SET_KEYS if k not in named and not set(k.split(".")) <= named]
+    assert not missing, "docs/operations.md's --set list does not name: " + ", ".join(missing)
