@@ -67,6 +67,8 @@ def code_defaults(binary: str) -> dict[str, str]:
                 value = "off" if a.const else "on"
             elif raw in ("None", "''", "()"):
                 value = "none"
+            elif raw.startswith("('"):      # a repeatable flag's tuple: ('group:system:masters',)
+                value = ",".join(re.findall(r"'([^']*)'", raw))
             else:
                 value = canon(raw.removeprefix("PosixPath(").removesuffix(")").strip("'"))
             out[a.option_strings[0]] = value
@@ -76,14 +78,17 @@ def code_defaults(binary: str) -> dict[str, str]:
 def canon(text: str) -> str:
     """One spelling of a default: `10 s`, `10.0` and `10` are 10; backticks, a parenthesised aside
     (`0 (never; the lab: 30 s)`) and `each` dropped; `none`, `''` and `(required)` are none; a default
-    described by what it resolves to (`the --controller target`, `Python's 700,10,10`) is none."""
+    described by what it resolves to (`the --controller target`, `Python's 700,10,10`, `$POD_NAME`,
+    `system:serviceaccount:<root-ns>:ztunnel`) is none."""
     text = text.strip()
     if text in _NONE:
         return "none"
     text = re.sub(r"\s*\(.*\)", "", text).replace("`", "").strip()
     text = re.sub(r"\s+(s|each)$", "", text)
-    if text in _NONE or text.startswith(("the ", "Python's ")):
+    if text in _NONE or text.startswith(("the ", "Python's ", "$")) or "<" in text:
         return "none"
+    if re.fullmatch(r"\d{1,3}(,\d{3})+", text):     # 10,000
+        text = text.replace(",", "")
     try:
         return format(float(text), "g")
     except ValueError:
@@ -135,10 +140,23 @@ def default_mismatches(doc: str) -> list[str]:
     return out
 
 
+def controller_default_mismatches(doc: str) -> list[str]:
+    """The controller's table gives a default in prose, `(default X...)`: checked for rows of one flag."""
+    truth, out = code_defaults("controller"), []
+    for line in section(doc, "Running the controller").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        flags = re.findall(r"`(--[a-z0-9-]+)", cells[0]) if line.startswith("| `--") else []
+        m = re.search(r"\(default (`[^`]+`|[\d.,]+)", cells[-1])
+        if len(flags) == 1 and m and canon(m.group(1).rstrip(",")) != truth[flags[0]]:
+            out.append(f"controller {flags[0]}: documented {m.group(1)!r}, the code's default is {truth[flags[0]]!r}")
+    return out
+
+
 def test_every_documented_default_is_the_codes() -> None:
     """The `Default` column of the proxies' and the agent's flag tables is what `--help` says: an
     operator sizing a node from the table must not be reading last year's value."""
-    wrong = default_mismatches(read("operations.md"))
+    doc = read("operations.md")
+    wrong = default_mismatches(doc) + controller_default_mismatches(doc)
     assert not wrong, "docs/operations.md gives wrong defaults:\n  " + "\n  ".join(wrong)
 
 
@@ -150,6 +168,8 @@ def test_the_default_check_sees_a_wrong_default() -> None:
     wrong = default_mismatches(doc.replace("| `--max-inbound-per-pod` | 16384 |", "| `--max-inbound-per-pod` | 8192 |"))
     assert wrong == ["ztunnel limits against hostile or noisy peers: ztunnel --max-inbound-per-pod: "
                      "documented '8192', the code's default is '16384'"]
+    assert controller_default_mismatches(doc.replace("(default 0.03 s)", "(default 0.05 s)")) == [
+        "controller --debounce: documented '0.05', the code's default is '0.03'"]
 
 
 def set_keys_paragraph(doc: str) -> str:
