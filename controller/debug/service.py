@@ -357,10 +357,11 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
         ask = debug_pb2.TapRequest(filter=request.filter, local_only=True)
         auth = metadata_of(context).get("authorization", "")
         parts = [asyncio.ensure_future(self.peers.tap(p, ask, auth, merge)) for p in peers]
+        peers_by = time.monotonic() + FILTER_WAIT + 1.0
         try:
             late = await self.feeds.wait_applied(self.feeds.generation, FILTER_WAIT)
             if parts:                  # each peer's first line comes after its own proxies apply the filter
-                await wait_set(started, FILTER_WAIT + 1.0)
+                await wait_set(started, max(0.0, peers_by - time.monotonic()))
             feeds, by_replica = merge.feeds(sorted(f.key for f in self.feeds.feeds.values()), self.replica)
             first = {"type": "status", "source": "controller", "dropped": 0, "feeds": feeds}
             if parts or skipped:
