@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ambit.api import debug_pb2
-from controller.debug.replicas import MAX_MERGED, MAX_PEERS, PeerAnswer
+from controller.debug.replicas import MAX_MERGED, MAX_PEERS, PeerAnswer, sift
 
 
 def own_metrics(metrics: dict[str, str], missing: Sequence[str], me: str) -> Any:
@@ -38,28 +38,16 @@ def merge_metrics(own: Any, answers: Sequence[PeerAnswer], skipped: Sequence[str
     out = debug_pb2.MetricsResponse()
     out.CopyFrom(own)
     me = own.replicas[0].name if len(own.replicas) else ""
-    size = out.ByteSize()
-    for a in answers:
-        if a.response is None:
-            out.replicas.add(name=a.peer.name, address=a.peer.address, answered=False,
-                             error=f"{a.code}: {a.error}" if a.code else a.error)
-            continue
-        r = a.response
-        name = (r.replicas[0].name if len(r.replicas) else "") or a.peer.name
-        if me and name == me:
-            continue                            # itself, under another address
-        grow = r.ByteSize()
-        if size + grow > max_bytes:
-            out.replicas.add(name=name, address=a.peer.address, answered=False,
-                             error=f"its answer ({grow} bytes) would take the merged answer past {max_bytes} bytes")
-            continue
-        size += grow
+    sifted = sift(answers, me, out.ByteSize(), lambda r: r.replicas[0].name if len(r.replicas) else "", max_bytes)
+    for name, address, r in sifted.taken:
         for key, text in r.metrics.items():
             out.metrics[key] = _join(out.metrics.get(key, ""), text)
             held = out.replica.get(key, "")
             out.replica[key] = f"{held},{name}" if held and held != name else name
         out.missing.extend(f"{key} (on controller replica {name})" for key in r.missing)
-        out.replicas.add(name=name, address=a.peer.address, answered=True, proxies=len(r.metrics))
+        out.replicas.add(name=name, address=address, answered=True, proxies=len(r.metrics))
+    for name, address, why in sifted.left:
+        out.replicas.add(name=name, address=address, answered=False, error=why)
     for name in skipped:
         out.replicas.add(name=name, answered=False, error=f"not asked: more than {MAX_PEERS} other replicas")
     return out

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ambit.api import config_pb2
-from controller.debug.replicas import MAX_MERGED, MAX_PEERS, PeerAnswer
+from controller.debug.replicas import MAX_MERGED, MAX_PEERS, PeerAnswer, sift
 
 
 def label_own(resp: Any, me: str) -> Any:
@@ -40,26 +40,13 @@ def merge_status(own: Any, answers: Sequence[PeerAnswer], skipped: Sequence[str]
     out = config_pb2.StatusResponse()
     out.CopyFrom(own)
     me = own.replica
-    size = out.ByteSize()
+    sifted = sift(answers, me, out.ByteSize(), lambda r: r.replica, max_bytes)
     taken: list[tuple[str, Any]] = [(me, own)]
-    for a in answers:
-        if a.response is None:
-            out.replicas.add(name=a.peer.name, address=a.peer.address, answered=False,
-                             error=f"{a.code}: {a.error}" if a.code else a.error)
-            continue
-        r = a.response
-        name = r.replica or a.peer.name
-        if me and name == me:
-            continue                            # itself, under another address
-        grow = r.ByteSize()
-        if size + grow > max_bytes:
-            out.replicas.add(name=name, address=a.peer.address, answered=False,
-                             error=f"its answer ({grow} bytes) would take the merged answer past {max_bytes} bytes")
-            continue
-        size += grow
-        out.replicas.add(name=name, address=a.peer.address, answered=True, version=r.version,
-                         subscribers=len(r.subscribers))
+    for name, address, r in sifted.taken:
+        out.replicas.add(name=name, address=address, answered=True, version=r.version, subscribers=len(r.subscribers))
         taken.append((name, r))
+    for name, address, why in sifted.left:
+        out.replicas.add(name=name, address=address, answered=False, error=why)
     for name in skipped:
         out.replicas.add(name=name, answered=False, error=f"not asked: more than {MAX_PEERS} other replicas")
 
