@@ -370,8 +370,8 @@ class StatusServer(ConfigServer):
         super().__init__(**kw)
         self._errors = errors
 
-    async def Status(self, request, context):  # noqa: N802 - gRPC method name
-        resp = await super().Status(request, context)
+    def status_answer(self) -> Any:
+        resp = super().status_answer()
         for e in self._errors():
             resp.config_errors.append(config_pb2.ConfigError(ref=e.ref, path=e.path, reason=e.reason))
         return resp

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61mbit/api/config.proto\x12\x0f\x61mbit.config.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"I\n\x04Node\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08waypoint\x18\x03 \x01(\t\x12\x13\n\x0binstance_id\x18\x04 \x01(\t\"\x1e\n\x0b\x45rrorDetail\x12\x0f\n\x07message\x18\x01 \x01(\t\"\xc3\x02\n\x0c\x44\x65ltaRequest\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.ambit.config.v1.Node\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x11\n\tsubscribe\x18\x03 \x01(\x08\x12]\n\x19initial_resource_versions\x18\x04 \x03(\x0b\x32:.ambit.config.v1.DeltaRequest.InitialResourceVersionsEntry\x12\x16\n\x0eresponse_nonce\x18\x05 \x01(\t\x12\x32\n\x0c\x65rror_detail\x18\x06 \x01(\x0b\x32\x1c.ambit.config.v1.ErrorDetail\x1a>\n\x1cInitialResourceVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x08Resource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\"\x96\x01\n\rDeltaResponse\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x1b\n\x13system_version_info\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\t\x12,\n\tresources\x18\x04 \x03(\x0b\x32\x19.ambit.config.v1.Resource\x12\x19\n\x11removed_resources\x18\x05 \x03(\t\"\x0f\n\rStatusRequest\"a\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x01\n\nTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x15\n\racked_version\x18\x02 \x01(\t\x12\x14\n\x0csent_version\x18\x03 \x01(\t\x12\x0f\n\x07in_sync\x18\x04 \x01(\x08\x12\x11\n\tresources\x18\x05 \x01(\x05\x12(\n\tlast_nack\x18\x06 \x01(\x0b\x32\x15.ambit.config.v1.Nack\"\xee\x01\n\x10SubscriberStatus\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.ambit.config.v1.Node\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x33\n\x0f\x63onnected_since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x64isconnected_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12*\n\x05types\x18\x06 \x03(\x0b\x32\x1b.ambit.config.v1.TypeStatus\"8\n\x0b\x43onfigError\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x8e\x01\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x36\n\x0bsubscribers\x18\x02 \x03(\x0b\x32!.ambit.config.v1.SubscriberStatus\x12\x33\n\rconfig_errors\x18\x03 \x03(\x0b\x32\x1c.ambit.config.v1.ConfigError2\xac\x01\n\rConfigService\x12P\n\x0b\x44\x65ltaStream\x12\x1d.ambit.config.v1.DeltaRequest\x1a\x1e.ambit.config.v1.DeltaResponse(\x01\x30\x01\x12I\n\x06Status\x12\x1e.ambit.config.v1.StatusRequest\x1a\x1f.ambit.config.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61mbit/api/config.proto\x12\x0f\x61mbit.config.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"I\n\x04Node\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08waypoint\x18\x03 \x01(\t\x12\x13\n\x0binstance_id\x18\x04 \x01(\t\"\x1e\n\x0b\x45rrorDetail\x12\x0f\n\x07message\x18\x01 \x01(\t\"\xc3\x02\n\x0c\x44\x65ltaRequest\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.ambit.config.v1.Node\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x11\n\tsubscribe\x18\x03 \x01(\x08\x12]\n\x19initial_resource_versions\x18\x04 \x03(\x0b\x32:.ambit.config.v1.DeltaRequest.InitialResourceVersionsEntry\x12\x16\n\x0eresponse_nonce\x18\x05 \x01(\t\x12\x32\n\x0c\x65rror_detail\x18\x06 \x01(\x0b\x32\x1c.ambit.config.v1.ErrorDetail\x1a>\n\x1cInitialResourceVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x08Resource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\"\x96\x01\n\rDeltaResponse\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x1b\n\x13system_version_info\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\t\x12,\n\tresources\x18\x04 \x03(\x0b\x32\x19.ambit.config.v1.Resource\x12\x19\n\x11removed_resources\x18\x05 \x03(\t\"#\n\rStatusRequest\x12\x12\n\nlocal_only\x18\x01 \x01(\x08\"a\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x01\n\nTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x15\n\racked_version\x18\x02 \x01(\t\x12\x14\n\x0csent_version\x18\x03 \x01(\t\x12\x0f\n\x07in_sync\x18\x04 \x01(\x08\x12\x11\n\tresources\x18\x05 \x01(\x05\x12(\n\tlast_nack\x18\x06 \x01(\x0b\x32\x15.ambit.config.v1.Nack\"\xff\x01\n\x10SubscriberStatus\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.ambit.config.v1.Node\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x33\n\x0f\x63onnected_since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x64isconnected_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12*\n\x05types\x18\x06 \x03(\x0b\x32\x1b.ambit.config.v1.TypeStatus\x12\x0f\n\x07replica\x18\x07 \x01(\t\"J\n\x0b\x43onfigError\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08replicas\x18\x04 \x03(\t\"\xd1\x01\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x36\n\x0bsubscribers\x18\x02 \x03(\x0b\x32!.ambit.config.v1.SubscriberStatus\x12\x33\n\rconfig_errors\x18\x03 \x03(\x0b\x32\x1c.ambit.config.v1.ConfigError\x12\x0f\n\x07replica\x18\x04 \x01(\t\x12\x30\n\x08replicas\x18\x05 \x03(\x0b\x32\x1e.ambit.config.v1.StatusReplica\"u\n\rStatusReplica\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x61nswered\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x13\n\x0bsubscribers\x18\x06 \x01(\r2\xac\x01\n\rConfigService\x12P\n\x0b\x44\x65ltaStream\x12\x1d.ambit.config.v1.DeltaRequest\x1a\x1e.ambit.config.v1.DeltaResponse(\x01\x30\x01\x12I\n\x06Status\x12\x1e.ambit.config.v1.StatusRequest\x1a\x1f.ambit.config.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,17 +47,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELTARESPONSE']._serialized_start=567
   _globals['_DELTARESPONSE']._serialized_end=717
   _globals['_STATUSREQUEST']._serialized_start=719
-  _globals['_STATUSREQUEST']._serialized_end=734
-  _globals['_NACK']._serialized_start=736
-  _globals['_NACK']._serialized_end=833
-  _globals['_TYPESTATUS']._serialized_start=836
-  _globals['_TYPESTATUS']._serialized_end=989
-  _globals['_SUBSCRIBERSTATUS']._serialized_start=992
-  _globals['_SUBSCRIBERSTATUS']._serialized_end=1230
-  _globals['_CONFIGERROR']._serialized_start=1232
-  _globals['_CONFIGERROR']._serialized_end=1288
-  _globals['_STATUSRESPONSE']._serialized_start=1291
-  _globals['_STATUSRESPONSE']._serialized_end=1433
-  _globals['_CONFIGSERVICE']._serialized_start=1436
-  _globals['_CONFIGSERVICE']._serialized_end=1608
+  _globals['_STATUSREQUEST']._serialized_end=754
+  _globals['_NACK']._serialized_start=756
+  _globals['_NACK']._serialized_end=853
+  _globals['_TYPESTATUS']._serialized_start=856
+  _globals['_TYPESTATUS']._serialized_end=1009
+  _globals['_SUBSCRIBERSTATUS']._serialized_start=1012
+  _globals['_SUBSCRIBERSTATUS']._serialized_end=1267
+  _globals['_CONFIGERROR']._serialized_start=1269
+  _globals['_CONFIGERROR']._serialized_end=1343
+  _globals['_STATUSRESPONSE']._serialized_start=1346
+  _globals['_STATUSRESPONSE']._serialized_end=1555
+  _globals['_STATUSREPLICA']._serialized_start=1557
+  _globals['_STATUSREPLICA']._serialized_end=1674
+  _globals['_CONFIGSERVICE']._serialized_start=1677
+  _globals['_CONFIGSERVICE']._serialized_end=1849
 # @@protoc_insertion_point(module_scope)

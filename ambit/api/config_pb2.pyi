@@ -75,8 +75,10 @@ class DeltaResponse(_message.Message):
     def __init__(self, type_url: _Optional[str] = ..., system_version_info: _Optional[str] = ..., nonce: _Optional[str] = ..., resources: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ..., removed_resources: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("local_only",)
+    LOCAL_ONLY_FIELD_NUMBER: _ClassVar[int]
+    local_only: bool
+    def __init__(self, local_only: _Optional[bool] = ...) -> None: ...
 
 class Nack(_message.Message):
     __slots__ = ("version", "nonce", "message", "time")
@@ -107,37 +109,61 @@ class TypeStatus(_message.Message):
     def __init__(self, type_url: _Optional[str] = ..., acked_version: _Optional[str] = ..., sent_version: _Optional[str] = ..., in_sync: _Optional[bool] = ..., resources: _Optional[int] = ..., last_nack: _Optional[_Union[Nack, _Mapping]] = ...) -> None: ...
 
 class SubscriberStatus(_message.Message):
-    __slots__ = ("node", "connected", "connected_since", "disconnected_at", "peer", "types")
+    __slots__ = ("node", "connected", "connected_since", "disconnected_at", "peer", "types", "replica")
     NODE_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_SINCE_FIELD_NUMBER: _ClassVar[int]
     DISCONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     TYPES_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     node: Node
     connected: bool
     connected_since: _timestamp_pb2.Timestamp
     disconnected_at: _timestamp_pb2.Timestamp
     peer: str
     types: _containers.RepeatedCompositeFieldContainer[TypeStatus]
-    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., connected: _Optional[bool] = ..., connected_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., disconnected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., peer: _Optional[str] = ..., types: _Optional[_Iterable[_Union[TypeStatus, _Mapping]]] = ...) -> None: ...
+    replica: str
+    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., connected: _Optional[bool] = ..., connected_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., disconnected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., peer: _Optional[str] = ..., types: _Optional[_Iterable[_Union[TypeStatus, _Mapping]]] = ..., replica: _Optional[str] = ...) -> None: ...
 
 class ConfigError(_message.Message):
-    __slots__ = ("ref", "path", "reason")
+    __slots__ = ("ref", "path", "reason", "replicas")
     REF_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     ref: str
     path: str
     reason: str
-    def __init__(self, ref: _Optional[str] = ..., path: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    replicas: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ref: _Optional[str] = ..., path: _Optional[str] = ..., reason: _Optional[str] = ..., replicas: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "subscribers", "config_errors")
+    __slots__ = ("version", "subscribers", "config_errors", "replica", "replicas")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     version: str
     subscribers: _containers.RepeatedCompositeFieldContainer[SubscriberStatus]
     config_errors: _containers.RepeatedCompositeFieldContainer[ConfigError]
-    def __init__(self, version: _Optional[str] = ..., subscribers: _Optional[_Iterable[_Union[SubscriberStatus, _Mapping]]] = ..., config_errors: _Optional[_Iterable[_Union[ConfigError, _Mapping]]] = ...) -> None: ...
+    replica: str
+    replicas: _containers.RepeatedCompositeFieldContainer[StatusReplica]
+    def __init__(self, version: _Optional[str] = ..., subscribers: _Optional[_Iterable[_Union[SubscriberStatus, _Mapping]]] = ..., config_errors: _Optional[_Iterable[_Union[ConfigError, _Mapping]]] = ..., replica: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[StatusReplica, _Mapping]]] = ...) -> None: ...
+
+class StatusReplica(_message.Message):
+    __slots__ = ("name", "address", "answered", "error", "version", "subscribers")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    address: str
+    answered: bool
+    error: str
+    version: str
+    subscribers: int
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., answered: _Optional[bool] = ..., error: _Optional[str] = ..., version: _Optional[str] = ..., subscribers: _Optional[int] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ambit.api import config_pb2 as ambit_dot_api_dot_config__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61mbit/api/debug.proto\x12\x0e\x61mbit.debug.v1\x1a\x16\x61mbit/api/config.proto\"u\n\tTapFilter\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x0c\n\x04\x66rom\x18\x03 \x01(\t\x12\x0b\n\x03pod\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x0f\n\x07verdict\x18\x06 \x01(\t\x12\r\n\x05layer\x18\x07 \x01(\t\"]\n\x0b\x46\x65\x65\x64\x43ontrol\x12*\n\x07\x66ilters\x18\x01 \x03(\x0b\x32\x19.ambit.debug.v1.TapFilter\x12\x0e\n\x06scrape\x18\x02 \x01(\x04\x12\x12\n\ngeneration\x18\x03 \x01(\x04\"\x8c\x01\n\nFeedUpload\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.ambit.config.v1.Node\x12\x13\n\x0b\x65vents_json\x18\x02 \x03(\x0c\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\x04\x12\x0e\n\x06scrape\x18\x04 \x01(\x04\x12\x0f\n\x07metrics\x18\x05 \x01(\t\x12\x12\n\ngeneration\x18\x06 \x01(\x04\"7\n\nTapRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.ambit.debug.v1.TapFilter\"\x18\n\x08TapEvent\x12\x0c\n\x04json\x18\x01 \x01(\x0c\"!\n\x0eMetricsRequest\x12\x0f\n\x07timeout\x18\x01 \x01(\x01\"\x91\x01\n\x0fMetricsResponse\x12=\n\x07metrics\x18\x01 \x03(\x0b\x32,.ambit.debug.v1.MetricsResponse.MetricsEntry\x12\x0f\n\x07missing\x18\x02 \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x0bProxyReport\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.ambit.config.v1.Node\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nstate_json\x18\x03 \x01(\x0c\";\n\x0bReportReply\x12\x1a\n\x12\x63ontroller_version\x18\x01 \x01(\t\x12\x10\n\x08interval\x18\x02 \x01(\x01\"T\n\x12ProxyStatusRequest\x12*\n\x07objects\x18\x01 \x03(\x0b\x32\x19.ambit.debug.v1.ObjectRef\x12\x12\n\nlocal_only\x18\x02 \x01(\x08\":\n\tObjectRef\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"c\n\x0eObservedObject\x12&\n\x03ref\x18\x01 \x01(\x0b\x32\x19.ambit.debug.v1.ObjectRef\x12\x0f\n\x07present\x18\x02 \x01(\x08\x12\x18\n\x10resource_version\x18\x03 \x01(\t\"\xca\x01\n\x0bProxyStatus\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.ambit.config.v1.Node\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\r\n\x05state\x18\x03 \x01(\t\x12\x15\n\racked_version\x18\x04 \x01(\t\x12\x15\n\rproxy_version\x18\x05 \x01(\t\x12\x12\n\nreport_age\x18\x06 \x01(\x01\x12\x13\n\x0breport_json\x18\x07 \x01(\x0c\x12\x0c\n\x04nack\x18\x08 \x01(\t\x12\x0f\n\x07replica\x18\t \x01(\t\"\xe0\x01\n\rReplicaStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x61nswered\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x1a\n\x12\x63ontroller_version\x18\x05 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x06 \x01(\t\x12\x18\n\x10snapshot_applied\x18\x07 \x01(\x08\x12\x30\n\x08observed\x18\x08 \x03(\x0b\x32\x1e.ambit.debug.v1.ObservedObject\x12\x0f\n\x07proxies\x18\t \x01(\r\"\x85\x02\n\x13ProxyStatusResponse\x12\x1a\n\x12\x63ontroller_version\x18\x01 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x02 \x01(\t\x12,\n\x07proxies\x18\x03 \x03(\x0b\x32\x1b.ambit.debug.v1.ProxyStatus\x12\x30\n\x08observed\x18\x04 \x03(\x0b\x32\x1e.ambit.debug.v1.ObservedObject\x12\x18\n\x10snapshot_applied\x18\x05 \x01(\x08\x12\x0f\n\x07replica\x18\x06 \x01(\t\x12/\n\x08replicas\x18\x07 \x03(\x0b\x32\x1d.ambit.debug.v1.ReplicaStatus\"7\n\x12ProxyConfigRequest\x12\r\n\x05proxy\x18\x01 \x01(\t\x12\x12\n\nlocal_only\x18\x02 \x01(\x08\"\x1c\n\x0cJsonDocument\x12\x0c\n\x04json\x18\x01 \x01(\x0c\x32\xcb\x03\n\x0c\x44\x65\x62ugService\x12\x42\n\x06Report\x12\x1b.ambit.debug.v1.ProxyReport\x1a\x1b.ambit.debug.v1.ReportReply\x12V\n\x0bProxyStatus\x12\".ambit.debug.v1.ProxyStatusRequest\x1a#.ambit.debug.v1.ProxyStatusResponse\x12O\n\x0bProxyConfig\x12\".ambit.debug.v1.ProxyConfigRequest\x1a\x1c.ambit.debug.v1.JsonDocument\x12\x43\n\x04\x46\x65\x65\x64\x12\x1a.ambit.debug.v1.FeedUpload\x1a\x1b.ambit.debug.v1.FeedControl(\x01\x30\x01\x12=\n\x03Tap\x12\x1a.ambit.debug.v1.TapRequest\x1a\x18.ambit.debug.v1.TapEvent0\x01\x12J\n\x07Metrics\x12\x1e.ambit.debug.v1.MetricsRequest\x1a\x1f.ambit.debug.v1.MetricsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61mbit/api/debug.proto\x12\x0e\x61mbit.debug.v1\x1a\x16\x61mbit/api/config.proto\"u\n\tTapFilter\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x0c\n\x04\x66rom\x18\x03 \x01(\t\x12\x0b\n\x03pod\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x0f\n\x07verdict\x18\x06 \x01(\t\x12\r\n\x05layer\x18\x07 \x01(\t\"]\n\x0b\x46\x65\x65\x64\x43ontrol\x12*\n\x07\x66ilters\x18\x01 \x03(\x0b\x32\x19.ambit.debug.v1.TapFilter\x12\x0e\n\x06scrape\x18\x02 \x01(\x04\x12\x12\n\ngeneration\x18\x03 \x01(\x04\"\x8c\x01\n\nFeedUpload\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.ambit.config.v1.Node\x12\x13\n\x0b\x65vents_json\x18\x02 \x03(\x0c\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\x04\x12\x0e\n\x06scrape\x18\x04 \x01(\x04\x12\x0f\n\x07metrics\x18\x05 \x01(\t\x12\x12\n\ngeneration\x18\x06 \x01(\x04\"K\n\nTapRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.ambit.debug.v1.TapFilter\x12\x12\n\nlocal_only\x18\x02 \x01(\x08\")\n\x08TapEvent\x12\x0c\n\x04json\x18\x01 \x01(\x0c\x12\x0f\n\x07replica\x18\x02 \x01(\t\"5\n\x0eMetricsRequest\x12\x0f\n\x07timeout\x18\x01 \x01(\x01\x12\x12\n\nlocal_only\x18\x02 \x01(\x08\"\xb1\x02\n\x0fMetricsResponse\x12=\n\x07metrics\x18\x01 \x03(\x0b\x32,.ambit.debug.v1.MetricsResponse.MetricsEntry\x12\x0f\n\x07missing\x18\x02 \x03(\t\x12=\n\x07replica\x18\x03 \x03(\x0b\x32,.ambit.debug.v1.MetricsResponse.ReplicaEntry\x12/\n\x08replicas\x18\x04 \x03(\x0b\x32\x1d.ambit.debug.v1.ReplicaStatus\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cReplicaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x0bProxyReport\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.ambit.config.v1.Node\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nstate_json\x18\x03 \x01(\x0c\";\n\x0bReportReply\x12\x1a\n\x12\x63ontroller_version\x18\x01 \x01(\t\x12\x10\n\x08interval\x18\x02 \x01(\x01\"T\n\x12ProxyStatusRequest\x12*\n\x07objects\x18\x01 \x03(\x0b\x32\x19.ambit.debug.v1.ObjectRef\x12\x12\n\nlocal_only\x18\x02 \x01(\x08\":\n\tObjectRef\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"c\n\x0eObservedObject\x12&\n\x03ref\x18\x01 \x01(\x0b\x32\x19.ambit.debug.v1.ObjectRef\x12\x0f\n\x07present\x18\x02 \x01(\x08\x12\x18\n\x10resource_version\x18\x03 \x01(\t\"\xca\x01\n\x0bProxyStatus\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.ambit.config.v1.Node\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\r\n\x05state\x18\x03 \x01(\t\x12\x15\n\racked_version\x18\x04 \x01(\t\x12\x15\n\rproxy_version\x18\x05 \x01(\t\x12\x12\n\nreport_age\x18\x06 \x01(\x01\x12\x13\n\x0breport_json\x18\x07 \x01(\x0c\x12\x0c\n\x04nack\x18\x08 \x01(\t\x12\x0f\n\x07replica\x18\t \x01(\t\"\xe0\x01\n\rReplicaStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x61nswered\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x1a\n\x12\x63ontroller_version\x18\x05 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x06 \x01(\t\x12\x18\n\x10snapshot_applied\x18\x07 \x01(\x08\x12\x30\n\x08observed\x18\x08 \x03(\x0b\x32\x1e.ambit.debug.v1.ObservedObject\x12\x0f\n\x07proxies\x18\t \x01(\r\"\x85\x02\n\x13ProxyStatusResponse\x12\x1a\n\x12\x63ontroller_version\x18\x01 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x02 \x01(\t\x12,\n\x07proxies\x18\x03 \x03(\x0b\x32\x1b.ambit.debug.v1.ProxyStatus\x12\x30\n\x08observed\x18\x04 \x03(\x0b\x32\x1e.ambit.debug.v1.ObservedObject\x12\x18\n\x10snapshot_applied\x18\x05 \x01(\x08\x12\x0f\n\x07replica\x18\x06 \x01(\t\x12/\n\x08replicas\x18\x07 \x03(\x0b\x32\x1d.ambit.debug.v1.ReplicaStatus\"7\n\x12ProxyConfigRequest\x12\r\n\x05proxy\x18\x01 \x01(\t\x12\x12\n\nlocal_only\x18\x02 \x01(\x08\"\x1c\n\x0cJsonDocument\x12\x0c\n\x04json\x18\x01 \x01(\x0c\x32\xcb\x03\n\x0c\x44\x65\x62ugService\x12\x42\n\x06Report\x12\x1b.ambit.debug.v1.ProxyReport\x1a\x1b.ambit.debug.v1.ReportReply\x12V\n\x0bProxyStatus\x12\".ambit.debug.v1.ProxyStatusRequest\x1a#.ambit.debug.v1.ProxyStatusResponse\x12O\n\x0bProxyConfig\x12\".ambit.debug.v1.ProxyConfigRequest\x1a\x1c.ambit.debug.v1.JsonDocument\x12\x43\n\x04\x46\x65\x65\x64\x12\x1a.ambit.debug.v1.FeedUpload\x1a\x1b.ambit.debug.v1.FeedControl(\x01\x30\x01\x12=\n\x03Tap\x12\x1a.ambit.debug.v1.TapRequest\x1a\x18.ambit.debug.v1.TapEvent0\x01\x12J\n\x07Metrics\x12\x1e.ambit.debug.v1.MetricsRequest\x1a\x1f.ambit.debug.v1.MetricsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_METRICSRESPONSE_METRICSENTRY']._loaded_options = None
   _globals['_METRICSRESPONSE_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_METRICSRESPONSE_REPLICAENTRY']._loaded_options = None
+  _globals['_METRICSRESPONSE_REPLICAENTRY']._serialized_options = b'8\001'
   _globals['_TAPFILTER']._serialized_start=65
   _globals['_TAPFILTER']._serialized_end=182
   _globals['_FEEDCONTROL']._serialized_start=184
@@ -41,35 +43,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEEDUPLOAD']._serialized_start=280
   _globals['_FEEDUPLOAD']._serialized_end=420
   _globals['_TAPREQUEST']._serialized_start=422
-  _globals['_TAPREQUEST']._serialized_end=477
-  _globals['_TAPEVENT']._serialized_start=479
-  _globals['_TAPEVENT']._serialized_end=503
-  _globals['_METRICSREQUEST']._serialized_start=505
-  _globals['_METRICSREQUEST']._serialized_end=538
-  _globals['_METRICSRESPONSE']._serialized_start=541
-  _globals['_METRICSRESPONSE']._serialized_end=686
-  _globals['_METRICSRESPONSE_METRICSENTRY']._serialized_start=640
-  _globals['_METRICSRESPONSE_METRICSENTRY']._serialized_end=686
-  _globals['_PROXYREPORT']._serialized_start=688
-  _globals['_PROXYREPORT']._serialized_end=775
-  _globals['_REPORTREPLY']._serialized_start=777
-  _globals['_REPORTREPLY']._serialized_end=836
-  _globals['_PROXYSTATUSREQUEST']._serialized_start=838
-  _globals['_PROXYSTATUSREQUEST']._serialized_end=922
-  _globals['_OBJECTREF']._serialized_start=924
-  _globals['_OBJECTREF']._serialized_end=982
-  _globals['_OBSERVEDOBJECT']._serialized_start=984
-  _globals['_OBSERVEDOBJECT']._serialized_end=1083
-  _globals['_PROXYSTATUS']._serialized_start=1086
-  _globals['_PROXYSTATUS']._serialized_end=1288
-  _globals['_REPLICASTATUS']._serialized_start=1291
-  _globals['_REPLICASTATUS']._serialized_end=1515
-  _globals['_PROXYSTATUSRESPONSE']._serialized_start=1518
-  _globals['_PROXYSTATUSRESPONSE']._serialized_end=1779
-  _globals['_PROXYCONFIGREQUEST']._serialized_start=1781
-  _globals['_PROXYCONFIGREQUEST']._serialized_end=1836
-  _globals['_JSONDOCUMENT']._serialized_start=1838
-  _globals['_JSONDOCUMENT']._serialized_end=1866
-  _globals['_DEBUGSERVICE']._serialized_start=1869
-  _globals['_DEBUGSERVICE']._serialized_end=2328
+  _globals['_TAPREQUEST']._serialized_end=497
+  _globals['_TAPEVENT']._serialized_start=499
+  _globals['_TAPEVENT']._serialized_end=540
+  _globals['_METRICSREQUEST']._serialized_start=542
+  _globals['_METRICSREQUEST']._serialized_end=595
+  _globals['_METRICSRESPONSE']._serialized_start=598
+  _globals['_METRICSRESPONSE']._serialized_end=903
+  _globals['_METRICSRESPONSE_METRICSENTRY']._serialized_start=809
+  _globals['_METRICSRESPONSE_METRICSENTRY']._serialized_end=855
+  _globals['_METRICSRESPONSE_REPLICAENTRY']._serialized_start=857
+  _globals['_METRICSRESPONSE_REPLICAENTRY']._serialized_end=903
+  _globals['_PROXYREPORT']._serialized_start=905
+  _globals['_PROXYREPORT']._serialized_end=992
+  _globals['_REPORTREPLY']._serialized_start=994
+  _globals['_REPORTREPLY']._serialized_end=1053
+  _globals['_PROXYSTATUSREQUEST']._serialized_start=1055
+  _globals['_PROXYSTATUSREQUEST']._serialized_end=1139
+  _globals['_OBJECTREF']._serialized_start=1141
+  _globals['_OBJECTREF']._serialized_end=1199
+  _globals['_OBSERVEDOBJECT']._serialized_start=1201
+  _globals['_OBSERVEDOBJECT']._serialized_end=1300
+  _globals['_PROXYSTATUS']._serialized_start=1303
+  _globals['_PROXYSTATUS']._serialized_end=1505
+  _globals['_REPLICASTATUS']._serialized_start=1508
+  _globals['_REPLICASTATUS']._serialized_end=1732
+  _globals['_PROXYSTATUSRESPONSE']._serialized_start=1735
+  _globals['_PROXYSTATUSRESPONSE']._serialized_end=1996
+  _globals['_PROXYCONFIGREQUEST']._serialized_start=1998
+  _globals['_PROXYCONFIGREQUEST']._serialized_end=2053
+  _globals['_JSONDOCUMENT']._serialized_start=2055
+  _globals['_JSONDOCUMENT']._serialized_end=2083
+  _globals['_DEBUGSERVICE']._serialized_start=2086
+  _globals['_DEBUGSERVICE']._serialized_end=2545
 # @@protoc_insertion_point(module_scope)

@@ -51,26 +51,39 @@ class FeedUpload(_message.Message):
     def __init__(self, node: _Optional[_Union[_config_pb2.Node, _Mapping]] = ..., events_json: _Optional[_Iterable[bytes]] = ..., dropped: _Optional[int] = ..., scrape: _Optional[int] = ..., metrics: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class TapRequest(_message.Message):
-    __slots__ = ("filter",)
+    __slots__ = ("filter", "local_only")
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_ONLY_FIELD_NUMBER: _ClassVar[int]
     filter: TapFilter
-    def __init__(self, filter: _Optional[_Union[TapFilter, _Mapping]] = ...) -> None: ...
+    local_only: bool
+    def __init__(self, filter: _Optional[_Union[TapFilter, _Mapping]] = ..., local_only: _Optional[bool] = ...) -> None: ...
 
 class TapEvent(_message.Message):
-    __slots__ = ("json",)
+    __slots__ = ("json", "replica")
     JSON_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     json: bytes
-    def __init__(self, json: _Optional[bytes] = ...) -> None: ...
+    replica: str
+    def __init__(self, json: _Optional[bytes] = ..., replica: _Optional[str] = ...) -> None: ...
 
 class MetricsRequest(_message.Message):
-    __slots__ = ("timeout",)
+    __slots__ = ("timeout", "local_only")
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_ONLY_FIELD_NUMBER: _ClassVar[int]
     timeout: float
-    def __init__(self, timeout: _Optional[float] = ...) -> None: ...
+    local_only: bool
+    def __init__(self, timeout: _Optional[float] = ..., local_only: _Optional[bool] = ...) -> None: ...
 
 class MetricsResponse(_message.Message):
-    __slots__ = ("metrics", "missing")
+    __slots__ = ("metrics", "missing", "replica", "replicas")
     class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ReplicaEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -79,9 +92,13 @@ class MetricsResponse(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     METRICS_FIELD_NUMBER: _ClassVar[int]
     MISSING_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     metrics: _containers.ScalarMap[str, str]
     missing: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, metrics: _Optional[_Mapping[str, str]] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
+    replica: _containers.ScalarMap[str, str]
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    def __init__(self, metrics: _Optional[_Mapping[str, str]] = ..., missing: _Optional[_Iterable[str]] = ..., replica: _Optional[_Mapping[str, str]] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
 
 class ProxyReport(_message.Message):
     __slots__ = ("node", "version", "state_json")

@@ -2,8 +2,10 @@
 
 `status` asks the controller (Status RPC): who is connected, which config version each component
 has acknowledged per type, any rejection (NACK) with its message, and the configuration the
-controller itself rejected. It exits 1 when a connected component is NACKing or configuration is
-rejected, so scripts and CI can gate on it.
+controller itself rejected. With several controller replicas the one asked asks the others and
+merges their answers: each component with the replica it is connected to, each rejection once.
+It exits 1 when a connected component is NACKing, configuration is rejected, or a replica did not
+answer (the answer is partial), so scripts and CI can gate on it.
 
 `ztunnel-config` reads each node's ztunnel admin endpoint. In the lab that is a unix socket per
 node (`<labdir>/<node>/admin.sock`), reachable from the host without entering the node's netns.
@@ -66,10 +68,17 @@ def status_to_dict(resp: Any) -> dict[str, Any]:
 
 def format_status(resp: Any, target: str, now: float | None = None) -> str:
     now = time.time() if now is None else now
-    lines = [f"controller {target}: config version {resp.version or '-'}", ""]
-    rows = [["COMPONENT", "INSTANCE", "STATE", "TYPE", "ACKED", "SYNC", "RESOURCES"]]
+    lines = [f"controller {target}: config version {resp.version or '-'}"]
+    several = len(resp.replicas) > 1        # several controller replicas: each row says its own
+    for r in resp.replicas if several else ():
+        where = f" ({r.address})" if r.address else " (asked)"
+        lines.append(f"controller replica {r.name or '?'}{where}: config version {r.version or '-'}, "
+                     f"{r.subscribers} components" if r.answered else
+                     f"PARTIAL: controller replica {r.name or '?'}{where} did not answer: {r.error or 'no reason given'}")
+    lines.append("")
+    rows = [["COMPONENT", "INSTANCE", "STATE", "TYPE", "ACKED", "SYNC", "RESOURCES", *(["REPLICA"] if several else [])]]
     nacks = []
-    for s in sorted(resp.subscribers, key=lambda s: (not s.connected, s.node.kind, s.node.name)):
+    for s in sorted(resp.subscribers, key=lambda s: (not s.connected, s.node.kind, s.node.name, s.replica)):
         who = f"{s.node.kind}/{s.node.name}" + (f" ({s.node.waypoint})" if s.node.waypoint else "")
         st = (f"up {_ago(s.connected_since, now)}" if s.connected
               else f"gone {_ago(s.disconnected_at, now)}")
@@ -77,7 +86,8 @@ def format_status(resp: Any, target: str, now: float | None = None) -> str:
             # a component that is gone waits for nothing: "pending" would say a response is on its way
             sync = "-" if not s.connected else "NACK" if nacking(t) else "in sync" if t.in_sync else "pending"
             rows.append([who if i == 0 else "", (s.node.instance_id or "-") if i == 0 else "", st if i == 0 else "",
-                         _short(t.type_url), t.acked_version or "-", sync, str(t.resources)])
+                         _short(t.type_url), t.acked_version or "-", sync, str(t.resources),
+                         *([(s.replica or "-") if i == 0 else ""] if several else [])])
             if t.HasField("last_nack") and (s.connected and nacking(t)):
                 nacks.append(f"  {who} {_short(t.type_url)} {t.last_nack.version} "
                              f"({_ago(t.last_nack.time, now)} ago): {t.last_nack.message}")
@@ -91,7 +101,8 @@ def format_status(resp: Any, target: str, now: float | None = None) -> str:
     if resp.config_errors:
         lines += ["", "REJECTED CONFIGURATION (the last good version of each object, if any, stays in force):"]
         for e in resp.config_errors:
-            lines.append(f"  {e.ref}: {e.path}: {e.reason}" if e.path else f"  {e.ref}: {e.reason}")
+            by = f" (by controller replicas {', '.join(e.replicas)} only)" if e.replicas else ""
+            lines.append((f"  {e.ref}: {e.path}: {e.reason}" if e.path else f"  {e.ref}: {e.reason}") + by)
     return "\n".join(lines)
 
 
@@ -116,7 +127,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(format_status(resp, target))
     bad = any(nacking(t) for s in resp.subscribers if s.connected for t in s.types)
-    return 1 if bad or resp.config_errors else 0
+    silent = [r for r in resp.replicas if not r.answered]
+    for r in silent:        # a partial answer: the components connected to that replica are not listed
+        print(f"error: controller replica {r.name or '?'} did not answer ({r.error or 'no reason given'}); "
+              "the components connected to it are missing", file=sys.stderr)
+    return 1 if bad or resp.config_errors or silent else 0
 
 
 # -- ambit ztunnel-config ------------------------------------------------------------------------------

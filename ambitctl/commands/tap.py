@@ -137,6 +137,17 @@ def socket_producers(sockets: dict[str, Path]) -> dict[str, Producer]:
     return {n: (lambda q, n=n, s=s: _read_one(n, s, q)) for n, s in sockets.items()}
 
 
+def _producer(ev: Event, replica: str) -> str:
+    """Who an event of the controller's stream speaks for: the controller (its status lines; its
+    error ends the tap), another controller replica (its error says it stopped: the tap goes on
+    from the others), or a proxy. A flow is labelled with its controller replica."""
+    if replica and ev.get("type") == "flow":
+        ev.setdefault("replica", replica)
+    if ev.get("type") == "error" and "replica" in ev:
+        return f"controller replica {ev['replica']}" if ev["replica"] else "controller replicas"
+    return "controller" if ev.get("source") == "controller" else ev.get("source", "?")
+
+
 async def _read_controller(target: Any, f: Filter, out: asyncio.Queue[tuple[str, Event]]) -> None:
     """A cluster: the controller's Tap stream, which merges every proxy's feed (filtered at the
     proxies). Its first status line lists the feeds; later lines name their proxy in `source`."""
@@ -150,7 +161,7 @@ async def _read_controller(target: Any, f: Filter, out: asyncio.Queue[tuple[str,
             await call.send_message(debug_pb2.TapRequest(filter=to_proto(f)), end=True)
             async for m in call:
                 ev = json.loads(m.json)
-                await out.put(("controller" if ev.get("source") == "controller" else ev.get("source", "?"), ev))
+                await out.put((_producer(ev, m.replica), ev))
         await out.put(("controller", {"type": "error", "error": "the controller closed the tap"}))
     except Exception as e:
         if rpc.failure(e) is None:
@@ -290,6 +301,9 @@ def cmd_tap(args: argparse.Namespace, stdout: TextIO | None = None, stderr: Text
     def ready(status: Event) -> None:
         names = status.get("feeds", sorted(producers)) if "controller" in producers else sorted(producers)
         via = " through the controller" if "controller" in producers else ""
+        replicas = status.get("replicas") or {}
+        if len(replicas) > 1:
+            via = f" through {len(replicas)} controller replicas ({', '.join(replicas)})"
         print(f"tapping {len(names)} components{via}: {', '.join(names) or 'none connected'}", file=err, flush=True)
 
     n = asyncio.run(stream(producers, f, emit, warn, args.max_events, args.duration, ready, args.timeout))

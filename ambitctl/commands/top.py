@@ -177,9 +177,16 @@ def scrape_all(sockets: dict[str, Path], warn: Any) -> Samples:
 
 def controller_scrape(target: Any, warn: Any, timeout: float = 3.0) -> Samples:
     """A cluster: the controller's debug API `Metrics`, which asks every proxy over the feed it
-    keeps open to the controller (nothing dials the nodes)."""
+    keeps open to the controller (nothing dials the nodes); with several controller replicas, the
+    one asked asks the others too, and a replica that did not answer is warned about (its proxies
+    are missing from the figures)."""
     from ambit.api import debug_pb2
     resp = cluster.call(target, "Metrics", debug_pb2.MetricsRequest(timeout=timeout), timeout + 5.0)
+    for r in resp.replicas:
+        if not r.answered:
+            where = f" ({r.address})" if r.address else ""
+            warn(f"controller replica {r.name or '?'}{where} did not answer: {r.error or 'no reason given'}; "
+                 "the proxies connected to it are missing from these figures")
     for name in resp.missing:
         warn(f"{name}: no metrics within {timeout:.0f}s")
     if resp.missing and not resp.metrics:
@@ -253,7 +260,8 @@ def cmd_stat(args: argparse.Namespace, stdout: TextIO | None = None, stderr: Tex
         t0 = time.monotonic()
         before = scrape(warn)
         time.sleep(args.window)
-        after = scrape(lambda _m: None)
+        # the second scrape's missing proxies were said by the first; a replica lost since, not
+        after = scrape(lambda m: warn(m) if m.startswith("controller replica ") else None)
     except (RuntimeError, cluster.TargetError) as e:
         print(f"error: {e}", file=err)
         return 1

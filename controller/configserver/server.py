@@ -144,6 +144,9 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         self.authenticator = authenticator
         # Awaited with the call's context before Status answers; raises (aborts) to refuse.
         self.status_guard: Callable[[Any], Awaitable[Any]] | None = None
+        # Called with (request, context, response) before Status answers, to return the answer to
+        # send: with several controller replicas, every replica's (controller/debug/service.py).
+        self.status_fanout: Callable[[Any, Any, Any], Awaitable[Any]] | None = None
         self.metrics = ConfigMetrics(registry)
         self._keep_disconnected = keep_disconnected
         self._gone: collections.deque[Subscription] = collections.deque(maxlen=max_disconnected)
@@ -512,6 +515,11 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
         # guards it with its reader credential (controller/debug/service.py sets `status_guard`).
         if self.status_guard is not None:
             await self.status_guard(context)
+        resp = self.status_answer()
+        return resp if self.status_fanout is None else await self.status_fanout(request, context, resp)
+
+    def status_answer(self) -> Any:
+        """This server's own Status answer (the controller's adds the configuration it rejected)."""
         return status_response(self.version, self.status())
 
     def subscriber_config(self, key: str) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ reader asks (`ambit proxy-status`, `ambit wait`) also asks each other replica fo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +118,38 @@ def own_replica(resp: Any, name: str, address: str = "") -> Any:
                                    controller_version=resp.controller_version, config_version=resp.config_version,
                                    snapshot_applied=resp.snapshot_applied, observed=list(resp.observed),
                                    proxies=len(resp.proxies))
+
+
+@dataclass(frozen=True)
+class Sifted:
+    """Peers' answers sorted for a merge: (name, address, response) of those that join it, and
+    (name, address, why) of those that do not (failed, or too large to join)."""
+
+    taken: list[tuple[str, str, Any]]
+    left: list[tuple[str, str, str]]
+
+
+def sift(answers: Sequence[PeerAnswer], me: str, size: int, name_of: Callable[[Any], str],
+         max_bytes: int = MAX_MERGED) -> Sifted:
+    """Which answers join a merged answer of `size` bytes so far: not a failure, not this replica
+    itself under another address (`name_of` an answer is the replica that gave it, "": unknown),
+    and not past `max_bytes` in all."""
+    out = Sifted([], [])
+    for a in answers:
+        if a.response is None:
+            out.left.append((a.peer.name, a.peer.address, f"{a.code}: {a.error}" if a.code else a.error))
+            continue
+        name = name_of(a.response) or a.peer.name
+        if me and name == me:
+            continue
+        grow = a.response.ByteSize()
+        if size + grow > max_bytes:
+            out.left.append((name, a.peer.address,
+                             f"its answer ({grow} bytes) would take the merged answer past {max_bytes} bytes"))
+            continue
+        size += grow
+        out.taken.append((name, a.peer.address, a.response))
+    return out
 
 
 def _connected_keys(resp: Any) -> set[tuple[str, str, str, str]]:

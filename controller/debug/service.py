@@ -7,8 +7,10 @@
   scrapes down, matching flows and metrics up (controller/debug/feeds.py).
 - ProxyStatus / ProxyConfig / Tap / Metrics: for readers (`authorization: Bearer <token>`, checked by a ReaderAuth:
   the lab's admin token, or TokenReview plus an allow-list in a cluster). With several replicas,
-  ProxyStatus (and ProxyConfig of a proxy connected elsewhere) also asks the other replicas, with
-  the reader's own token, and merges their answers (controller/debug/replicas.py, fanout.py).
+  ProxyStatus (and ProxyConfig of a proxy connected elsewhere), Metrics and the config service's
+  Status also ask the other replicas, with the reader's own token, and merge their answers
+  (controller/debug/replicas.py, scrapemerge.py, statusmerge.py, fanout.py); Tap opens the same tap
+  on each and merges their events into the reader's stream (tapmerge.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any
 
 import grpc
 
-from ambit.api import debug_pb2, debug_pb2_grpc
+from ambit.aiotask import wait_set
+from ambit.api import config_pb2, debug_pb2, debug_pb2_grpc
 from ambit.configclient.node import NodeInfo
 from ambit.dataplane.hbone.limits import ConnLimiter
 from ambit.dataplane.tap import HEARTBEAT
@@ -39,6 +42,9 @@ from controller.debug.proxystatus import proxy_status
 from controller.debug.readers import Forbidden, ReaderAuth, Unauthenticated
 from controller.debug.replicas import merge, pick_config
 from controller.debug.reports import ReportStore
+from controller.debug.scrapemerge import merge_metrics, own_metrics
+from controller.debug.statusmerge import label_own, merge_status
+from controller.debug.tapmerge import TapMerge
 from controller.fairness import Refusal, RequestRate
 from controller.grpcgate import CallRefused, Guard, method_path
 from controller.msgsize import SMALL
@@ -87,6 +93,7 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
         # The config service's older Status RPC (`ambit status`) shows every subscriber and every
         # rejected object: it takes the same reader credential as the debug API.
         self.config.status_guard = self._reader
+        self.config.status_fanout = self.status_fanout
 
     def guards(self) -> dict[str, Guard]:
         """The credential checks of every method (and of the config service's Status), for the
@@ -336,23 +343,52 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{self.feeds.max_readers} taps already open on the controller")
         assert reader is not None
+        # With peers, the same tap (local_only) on each, merged into this stream (tapmerge.py).
+        peers, skipped = ([], []) if request.local_only or self.peers is None else self.peers.peers()
+        started = asyncio.Event()
+        merge = TapMerge([(p.name, p.address) for p in peers], skipped, self.feeds.queue_size)
+
+        def wake() -> None:
+            reader.sub.wake()
+            if merge.started():
+                started.set()
+        merge.wake = wake
+        wake()
+        ask = debug_pb2.TapRequest(filter=request.filter, local_only=True)
+        auth = metadata_of(context).get("authorization", "")
+        parts = [asyncio.ensure_future(self.peers.tap(p, ask, auth, merge)) for p in peers]
+        peers_by = time.monotonic() + FILTER_WAIT + 1.0
         try:
             late = await self.feeds.wait_applied(self.feeds.generation, FILTER_WAIT)
-            feeds = sorted(f.key for f in self.feeds.feeds.values())
-            yield _event({"type": "status", "source": "controller", "dropped": 0, "feeds": feeds})
+            if parts:                  # each peer's first line comes after its own proxies apply the filter
+                await wait_set(started, max(0.0, peers_by - time.monotonic()))
+            feeds, by_replica = merge.feeds(sorted(f.key for f in self.feeds.feeds.values()), self.replica)
+            first = {"type": "status", "source": "controller", "dropped": 0, "feeds": feeds}
+            if parts or skipped:
+                first["replicas"] = by_replica
+            yield _event(first, self.replica)
             if late:
                 yield _event({"type": "error", "error": f"not yet tapping (no answer in {FILTER_WAIT:.0f}s): "
-                                                        f"{', '.join(late)}"})
+                                                        f"{', '.join(late)}"}, self.replica)
+            for name in merge.silent():
+                yield _event({"type": "error", "replica": name, "error": (
+                    f"no answer in {FILTER_WAIT + 1.0:.0f}s; its flows join once it answers")}, name)
             reported = 0
             while not self.feeds.closing:
                 await reader.sub.wait(HEARTBEAT)
                 batch = reader.sub.drain()
                 for ev in batch:
-                    yield _event(ev)
-                if reader.sub.dropped != reported or not batch:
-                    reported = reader.sub.dropped
-                    yield _event({"type": "status", "source": "controller", "dropped": reported})
+                    yield _event(ev, self.replica)
+                theirs = merge.take()
+                for ev in theirs:
+                    yield _event(ev, str(ev.get("replica", "")))
+                dropped = reader.sub.dropped + merge.dropped()
+                if dropped != reported or not (batch or theirs):
+                    reported = dropped
+                    yield _event({"type": "status", "source": "controller", "dropped": reported}, self.replica)
         finally:
+            for t in parts:             # the reader went away (or the server stops): the peers' streams end too
+                t.cancel()
             self.feeds.remove_reader(reader)
 
     def close(self) -> None:
@@ -362,9 +398,28 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
     async def Metrics(self, request, context):  # noqa: N802
         await self._reader(context)
         timeout = request.timeout if 0 < request.timeout <= 30 else 3.0
-        got, missing = await self.feeds.scrape(timeout)
-        return debug_pb2.MetricsResponse(metrics=got, missing=missing)
+        peers, skipped = ([], []) if request.local_only or self.peers is None else self.peers.peers()
+        if not peers and not skipped:
+            got, missing = await self.feeds.scrape(timeout)
+            return own_metrics(got, missing, self.replica)
+        # every replica scrapes its own proxies at once; each peer may take the scrape's time too
+        (got, missing), answers = await asyncio.gather(self.feeds.scrape(timeout), self.peers.ask(
+            "Metrics", debug_pb2.MetricsRequest(timeout=timeout, local_only=True),
+            metadata_of(context).get("authorization", ""), self._peer_time(context), slower=timeout))
+        return merge_metrics(own_metrics(got, missing, self.replica), answers, skipped)
+
+    async def status_fanout(self, request: Any, context: Any, own: Any) -> Any:
+        """The config service's Status (`ambit status`) for the whole mesh: this replica's answer
+        labelled, merged with every other replica's (statusmerge.py); `local_only`: its own."""
+        label_own(own, self.replica)
+        peers, skipped = ([], []) if request.local_only or self.peers is None else self.peers.peers()
+        if not peers and not skipped:
+            return own
+        answers = await self.peers.ask("Status", config_pb2.StatusRequest(local_only=True),
+                                       metadata_of(context).get("authorization", ""), self._peer_time(context),
+                                       service="config")
+        return merge_status(own, answers, skipped)
 
 
-def _event(ev: dict[str, Any]) -> Any:
-    return debug_pb2.TapEvent(json=json.dumps(ev, separators=(",", ":"), default=str).encode())
+def _event(ev: dict[str, Any], replica: str = "") -> Any:
+    return debug_pb2.TapEvent(json=json.dumps(ev, separators=(",", ":"), default=str).encode(), replica=replica)

@@ -13,7 +13,11 @@ replica checks by TokenReview.
   version, and does once it has;
 * with b down, a's answer is partial and says so (proxy-status exits 1 naming b; wait does not
   succeed, naming b), until b is back (restarted at the same address) or its pod is gone;
-* over TLS (`--ca-secret`), each replica checks the reader's token itself.
+* over TLS (`--ca-secret`), each replica checks the reader's token itself;
+* with a real feed from each ztunnel (ambit/dataplane/feed.py), `ambit tap` asked of a shows the
+  flows of node-b (on b), labelled with b; `ambit stat` counts node-b's traffic; `ambit status`
+  lists node-b with its replica; b killed mid-tap: the tap says b stopped and goes on from a,
+  stat warns that b did not answer, status is partial (exit 1).
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter
 
 from ambit.configclient import ConfigClient, tls
 from ambit.configclient.node import NodeInfo
+from ambit.dataplane.feed import TapFeed, exposition
+from ambit.dataplane.tap import TapHub
 from ambit.model import Workload
 from ambitctl import applywait, cluster
 from tests.support.net import connectable, free_port
@@ -243,3 +250,163 @@ def test_replicas_ask_each_other_over_tls_with_the_readers_own_token(tmp_path: P
         assert "user 'kubernetes-admin'" in cluster.proxy_status(target).replicas[2].error
     finally:
         c.stop()
+
+
+# -- tap, stat/top and status across the replicas -------------------------------------------------------
+
+class Feed:
+    """A proxy's real feed (ambit/dataplane/feed.py) to one replica: its TapHub, whose flows the
+    controller taps, and an Istio metrics registry it scrapes."""
+
+    def __init__(self, proxies: Proxies, address: str, node: str) -> None:
+        self.proxies = proxies
+        self.hub = TapHub(f"ztunnel/{node}")
+        self.registry = CollectorRegistry()
+        self.opened = Counter("istio_tcp_connections_opened", "TCP connections opened",
+                              ["reporter", "destination_workload", "destination_workload_namespace",
+                               "source_workload", "source_workload_namespace"], registry=self.registry)
+
+        async def make() -> TapFeed:
+            f = TapFeed(address, NodeInfo("ztunnel", node), self.hub, exposition(self.registry), backoff=(0.2, 1.0))
+            await f.start()
+            return f
+        self.feed = proxies.run(make())
+        wait_for(lambda: self.feed.connected, timeout=10, what=f"{node}'s feed open")
+
+    def publish(self, *events: dict[str, Any]) -> None:
+        """Finish these flows on the proxy's data path (its loop), as the proxy does."""
+        async def _publish() -> None:
+            for ev in events:
+                self.hub.publish(lambda ev=ev: dict(ev))
+        self.proxies.run(_publish())
+
+    def stop(self) -> None:
+        self.proxies.run(self.feed.stop())
+
+
+@pytest.fixture
+def feeds(mesh: dict[str, Any]) -> Iterator[dict[str, Feed]]:
+    """node-a's feed open to replica a, node-b's to replica b."""
+    out = {"a": Feed(mesh["proxies"], mesh["a"], "node-a"), "b": Feed(mesh["proxies"], mesh["b"], "node-b")}
+    try:
+        yield out
+    finally:
+        for f in out.values():
+            f.stop()
+
+
+def flow(dst: str, status: int = 200) -> dict[str, Any]:
+    return {"type": "flow", "layer": "L7", "time": "2026-12-03T04:00:00.000000Z", "method": "GET", "path": "/",
+            "status": status, "verdict": "allowed", "src": {"workload": "client", "namespace": "shop"},
+            "dst": {"workload": dst, "pod": dst, "namespace": "shop"}}
+
+
+class Tap:
+    """`ambit tap` asked of replica a, its stderr read as it comes."""
+
+    def __init__(self, mesh: dict[str, Any], *args: str) -> None:
+        env = {**os.environ, "AMBIT_LAB_DIR": str(mesh["labdir"]), "NO_COLOR": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "ambitctl.cli", "tap", "-n", "shop", "-o", "json",
+                                      "--duration", "60", *args, "--kubeconfig", str(mesh["kubeconfig"]),
+                                      "--controller", mesh["a"]], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.err: list[str] = []
+        assert self.proc.stderr is not None
+        self.reader = threading.Thread(target=lambda: self.err.extend(iter(self.proc.stderr.readline, "")),
+                                       daemon=True)
+        self.reader.start()
+
+    def said(self, text: str) -> bool:
+        return any(text in ln for ln in list(self.err))
+
+    def finish(self) -> tuple[int, list[dict[str, Any]], str]:
+        try:
+            out = self.proc.stdout.read() if self.proc.stdout else ""
+            self.proc.wait(30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.reader.join(5)
+        return self.proc.returncode, [json.loads(ln) for ln in out.splitlines()], "".join(self.err)
+
+
+def test_tap_asked_of_one_replica_shows_the_flows_of_a_proxy_connected_to_the_other(
+        mesh: dict[str, Any], feeds: dict[str, Feed]) -> None:
+    tap = Tap(mesh, "--max-events", "2")
+    try:
+        # a opened the same tap on b (local_only), whose filter reached node-b over its feed
+        wait_for(lambda: (feeds["a"].hub.active and feeds["b"].hub.active and tap.said("tapping"))
+                 or tap.proc.poll() is not None, timeout=20, what="both proxies tapping for the reader")
+        assert tap.proc.poll() is None, tap.err
+        feeds["b"].publish(flow("on-b", 503))
+        feeds["a"].publish(flow("on-a"))
+    finally:
+        code, events, err = tap.finish()
+    assert code == 0, err
+    got = {(e["dst"]["workload"], e["source"], e["replica"]) for e in events}
+    assert got == {("on-b", "ztunnel/node-b", "ctl-b"), ("on-a", "ztunnel/node-a", "ctl-a")}
+    assert "tapping 2 components through 2 controller replicas (ctl-a, ctl-b): ztunnel/node-a, ztunnel/node-b" in err
+    # the reader left: a closed its stream to b, and b's proxy stopped tapping
+    wait_for(lambda: not feeds["b"].hub.active and not feeds["a"].hub.active, timeout=10,
+             what="both proxies to stop tapping once the reader left")
+
+
+def test_stat_and_status_asked_of_one_replica_cover_the_proxy_on_the_other(
+        mesh: dict[str, Any], feeds: dict[str, Feed]) -> None:
+    both_synced(mesh)
+    edge = feeds["b"].opened.labels("destination", "on-b", "shop", "client", "shop")
+    stop = threading.Event()
+
+    def traffic() -> None:           # connections keep arriving at node-b (on replica b) during the window
+        while not stop.wait(0.05):
+            edge.inc()
+    t = threading.Thread(target=traffic, daemon=True)
+    t.start()
+    try:
+        stat = ambit(mesh, "stat", "-n", "shop", "--window", "1", "-o", "json")
+    finally:
+        stop.set()
+        t.join(5)
+    assert stat.returncode == 0, stat.stderr
+    [row] = json.loads(stat.stdout)["rows"]
+    assert row["destination_workload"] == "on-b" and row["tcp_connections_per_s"] > 0
+    assert "did not answer" not in stat.stderr
+
+    st = ambit(mesh, "status")
+    assert st.returncode == 0, st.stdout + st.stderr
+    lines = st.stdout.splitlines()
+    assert any(ln.startswith(f"controller replica ctl-b ({mesh['b']}): config version ") for ln in lines), st.stdout
+    head = next(ln for ln in lines if ln.startswith("COMPONENT")).split()
+    assert head[-1] == "REPLICA"
+    rows = {ln.split()[0]: ln.split() for ln in lines if ln.startswith("ztunnel/")}
+    assert rows["ztunnel/node-b"][-1] == "ctl-b" and rows["ztunnel/node-a"][-1] == "ctl-a", st.stdout
+
+
+def test_a_replica_killed_mid_tap_is_said_stopped_and_the_tap_goes_on_from_the_other(
+        mesh: dict[str, Any], feeds: dict[str, Feed]) -> None:
+    tap = Tap(mesh, "--max-events", "1")
+    try:
+        wait_for(lambda: (feeds["b"].hub.active and tap.said("tapping")) or tap.proc.poll() is not None,
+                 timeout=20, what="node-b tapping for the reader")
+        b = mesh["cluster"].procs["ctl-b"]
+        b.send_signal(signal.SIGKILL)
+        b.wait(5)
+        wait_for(lambda: tap.said("controller replica ctl-b: stopped") or tap.proc.poll() is not None,
+                 timeout=10, what="the tap saying b stopped")
+        assert tap.proc.poll() is None, tap.err
+        feeds["a"].publish(flow("on-a"))
+    finally:
+        code, events, err = tap.finish()
+    assert code == 0, err
+    assert [(e["dst"]["workload"], e["replica"]) for e in events] == [("on-a", "ctl-a")]
+    assert f"warning: controller replica ctl-b: stopped ({mesh['b']}): UNAVAILABLE" in err, err
+    assert "the tap goes on from the other replicas" in err
+
+    stat = ambit(mesh, "stat", "-n", "shop", "--window", "0.2")
+    assert stat.returncode == 0, stat.stderr
+    assert f"controller replica ctl-b ({mesh['b']}) did not answer: UNAVAILABLE" in stat.stderr, stat.stderr
+    st = ambit(mesh, "status")
+    assert st.returncode == 1
+    assert f"PARTIAL: controller replica ctl-b ({mesh['b']}) did not answer: UNAVAILABLE" in st.stdout, st.stdout
+    assert "ztunnel/node-a" in st.stdout and "ztunnel/node-b" not in st.stdout
