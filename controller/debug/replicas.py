@@ -152,8 +152,21 @@ def sift(answers: Sequence[PeerAnswer], me: str, size: int, name_of: Callable[[A
     return out
 
 
+def note_unanswered(replicas: Any, left: Sequence[tuple[str, str, str]], skipped: Sequence[str] = ()) -> None:
+    """Add to a response's `replicas` an unanswered entry for each peer `sift` left out and for each
+    one `skipped` (over MAX_PEERS, not asked): the answer then says it is partial, and why."""
+    for name, address, why in left:
+        replicas.add(name=name, address=address, answered=False, error=why)
+    for name in skipped:
+        replicas.add(name=name, answered=False, error=f"not asked: more than {MAX_PEERS} other replicas")
+
+
+def _key(p: Any) -> tuple[str, str, str, str]:
+    return (p.node.kind, p.node.name, p.node.waypoint, p.node.instance_id)
+
+
 def _connected_keys(resp: Any) -> set[tuple[str, str, str, str]]:
-    return {(p.node.kind, p.node.name, p.node.waypoint, p.node.instance_id) for p in resp.proxies if p.connected}
+    return {_key(p) for p in resp.proxies if p.connected}
 
 
 def merge(own: Any, answers: Sequence[PeerAnswer], skipped: Sequence[str] = (),
@@ -164,41 +177,26 @@ def merge(own: Any, answers: Sequence[PeerAnswer], skipped: Sequence[str] = (),
     DISCONNECTED row on the old one is dropped when it is connected to another."""
     out = debug_pb2.ProxyStatusResponse()
     out.CopyFrom(own)
-    size = out.ByteSize()
-    connected = _connected_keys(own)
-    taken: list[Any] = []
-    for a in answers:
-        if a.response is None:
-            out.replicas.add(name=a.peer.name, address=a.peer.address, answered=False,
-                             error=f"{a.code}: {a.error}" if a.code else a.error)
-            continue
-        replica = own_replica(a.response, a.peer.name, a.peer.address)
-        replica.name = replica.name or a.peer.name
-        if replica.name == own.replica and own.replica:
-            continue            # itself, under another address: its proxies are already in
-        grow = a.response.ByteSize()
-        if size + grow > max_bytes:
-            out.replicas.add(name=replica.name, address=a.peer.address, answered=False,
-                             error=f"its answer ({grow} bytes) would take the merged answer past {max_bytes} bytes")
-            continue
-        size += grow
+    sifted = sift(answers, own.replica, out.ByteSize(), lambda r: own_replica(r, "").name, max_bytes)
+    taken: list[tuple[str, Any]] = []
+    for name, address, resp in sifted.taken:
+        replica = own_replica(resp, name, address)
+        replica.name = replica.name or name
         out.replicas.append(replica)
-        connected |= _connected_keys(a.response)
-        taken.append((replica.name, a.response))
-    for name in skipped:
-        out.replicas.add(name=name, answered=False, error=f"not asked: more than {MAX_PEERS} other replicas")
+        taken.append((replica.name, resp))
+    note_unanswered(out.replicas, sifted.left, skipped)
+    elsewhere: set[tuple[str, str, str, str]] = set()     # connected to a peer
+    for _, resp in taken:
+        elsewhere |= _connected_keys(resp)
+    connected = _connected_keys(own) | elsewhere
     for name, resp in taken:
         for p in resp.proxies:
-            key = (p.node.kind, p.node.name, p.node.waypoint, p.node.instance_id)
-            if not p.connected and key in connected:
+            if not p.connected and _key(p) in connected:
                 continue
             row = out.proxies.add()
             row.CopyFrom(p)
             row.replica = row.replica or name
-    own_rows = [p for p in out.proxies if p.replica == own.replica]
-    gone = [p for p in own_rows if not p.connected and any(
-        (p.node.kind, p.node.name, p.node.waypoint, p.node.instance_id) in _connected_keys(r) for _, r in taken)]
-    for p in gone:
+    for p in [p for p in out.proxies if p.replica == own.replica and not p.connected and _key(p) in elsewhere]:
         out.proxies.remove(p)
     return out
 

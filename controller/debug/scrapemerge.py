@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ambit.api import debug_pb2
-from controller.debug.replicas import MAX_MERGED, MAX_PEERS, PeerAnswer, sift
+from controller.debug.replicas import MAX_MERGED, PeerAnswer, note_unanswered, sift
 
 
 def own_metrics(metrics: dict[str, str], missing: Sequence[str], me: str) -> Any:
@@ -46,8 +46,5 @@ def merge_metrics(own: Any, answers: Sequence[PeerAnswer], skipped: Sequence[str
             out.replica[key] = f"{held},{name}" if held and held != name else name
         out.missing.extend(f"{key} (on controller replica {name})" for key in r.missing)
         out.replicas.add(name=name, address=address, answered=True, proxies=len(r.metrics))
-    for name, address, why in sifted.left:
-        out.replicas.add(name=name, address=address, answered=False, error=why)
-    for name in skipped:
-        out.replicas.add(name=name, answered=False, error=f"not asked: more than {MAX_PEERS} other replicas")
+    note_unanswered(out.replicas, sifted.left, skipped)
     return out

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ambit.api import config_pb2
-from controller.debug.replicas import MAX_MERGED, MAX_PEERS, PeerAnswer, sift
+from controller.debug.replicas import MAX_MERGED, PeerAnswer, note_unanswered, sift
 
 
 def label_own(resp: Any, me: str) -> Any:
@@ -45,10 +45,7 @@ def merge_status(own: Any, answers: Sequence[PeerAnswer], skipped: Sequence[str]
     for name, address, r in sifted.taken:
         out.replicas.add(name=name, address=address, answered=True, version=r.version, subscribers=len(r.subscribers))
         taken.append((name, r))
-    for name, address, why in sifted.left:
-        out.replicas.add(name=name, address=address, answered=False, error=why)
-    for name in skipped:
-        out.replicas.add(name=name, answered=False, error=f"not asked: more than {MAX_PEERS} other replicas")
+    note_unanswered(out.replicas, sifted.left, skipped)
 
     connected = {_key(s) for _, r in taken for s in r.subscribers if s.connected}
     del out.subscribers[:]
