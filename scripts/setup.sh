@@ -8,7 +8,7 @@ say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 
 APT_PKGS=(python3-bpfcc bpftool linux-headers-amd64 libbpf1 iproute2 iptables iperf3 curl
           tcpdump tshark python3-venv python3-dev gcc make procps psmisc
-          stunnel4 haproxy wrk nghttp2-client libnghttp2-dev nginx-light prometheus chromium chromium-driver
+          stunnel4 haproxy wrk nghttp2-client bind9-dnsutils dnsmasq-base libnghttp2-dev nginx-light prometheus chromium chromium-driver
           vagrant vagrant-libvirt shellcheck)   # the last three: the checks of vagrant/ (tests/unit/vagrant)
 
 if [ "$(id -u)" != 0 ]; then echo "setup must run as root (it installs apt packages and links kernel headers)" >&2; exit 1; fi
