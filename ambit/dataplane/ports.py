@@ -12,6 +12,7 @@ from __future__ import annotations
 PORT_OUTBOUND = 15001   # 127.0.0.1: redirected outbound connect()s
 PORT_INBOUND = 15006    # 0.0.0.0: captured plaintext inbound
 PORT_HBONE = 15008      # 0.0.0.0: mTLS HBONE, never captured
+PORT_DNS = 15053        # 127.0.0.1, UDP and TCP: the DNS proxy; captured queries to port 53 (Istio's port)
 # ztunnel's node-level endpoints (node netns).
 PORT_ADMIN = 15000      # 127.0.0.1: config dump, certificates, workloads
 PORT_METRICS = 15020
