@@ -56,8 +56,11 @@ REQUIRED_CHECKS = ("kernel", "bpf-syscall", "cgroup-v2", "bcc-sched-cls", "bcc-c
 class Agent:
     def __init__(self, node: str, source: PodSource, engine: Any, link: ZtunnelLink,
                  node_ip: str, status_file: Path | None = None, drain: float = 5.0,
-                 repair: RepairSettings | None = None, repairer: Any = None, metrics: AgentMetrics | None = None):
+                 repair: RepairSettings | None = None, repairer: Any = None, metrics: AgentMetrics | None = None,
+                 dns_capture: bool = True):
         self.node = node
+        self.dns_capture = dns_capture          # the node default; a pod's annotation overrides it
+        self.warnings: dict[str, str] = {}      # uid -> what the agent ignored on a captured pod (status)
         self.source = source
         self.engine = engine
         self.link = link
@@ -95,11 +98,19 @@ class Agent:
     # -- capture ----------------------------------------------------------------------------
     def _capture(self, ref: PodRef) -> Any:
         from agent.capture import PodCapture, annotations_to_exclusions
+        from agent.capture.dns import dns_capture
         ports, cidrs, in_ports = annotations_to_exclusions(dict(ref.annotations))
+        dns = dns_capture(dict(ref.annotations), self.dns_capture)
+        if dns.warning:
+            if self.warnings.get(ref.uid) != dns.warning:
+                log.warning("pod %s: %s", ref.key, dns.warning)
+            self.warnings[ref.uid] = dns.warning
+        else:
+            self.warnings.pop(ref.uid, None)
         return PodCapture(uid=ref.uid, netns_path=ref.netns, cgroup_path=ref.cgroup, pod_ip=ref.ip,
                           node_ip=self.node_ip, exclude_outbound_ports=ports,
                           exclude_outbound_cidrs=cidrs, exclude_inbound_ports=in_ports,
-                          probe_ports=list(ref.probe_ports))
+                          probe_ports=list(ref.probe_ports), dns_capture=dns.enabled)
 
     def _info(self, ref: PodRef) -> PodInfo:
         return PodInfo(uid=ref.uid, name=ref.name, namespace=ref.namespace, ip=ref.ip, node=self.node,
@@ -220,6 +231,7 @@ class Agent:
         self.capture_retry.forget(uid)
         self.applied.pop(uid, None)
         self.errors.pop(uid, None)
+        self.warnings.pop(uid, None)
         self.handoff.forget(uid)
         self._ztunnel_delete(uid, self.drain)
         log.info("unenrolled %s", uid)
@@ -464,6 +476,8 @@ class Agent:
                 pods[ref.key] = {**failing, "uid": uid}
             elif uid in self.applied:
                 pods[ref.key] = {"state": "captured", "uid": uid}
+            if uid in self.applied and uid in self.warnings and ref.key in pods:
+                pods[ref.key]["warning"] = self.warnings[uid]
         for key, why in self.excluded.items():
             pods[key] = {"state": "opted-out", "reason": why}
         for uid in self.capture_retry.pending.keys() - self.refs.keys():   # still captured: unenrol failed
@@ -701,7 +715,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics = AgentMetrics()
     agent = Agent(args.node, source, engine, ZtunnelLink(args.zds_socket), args.node_ip,
                   args.status_file, args.drain, repair=args.repair_settings(),
-                  repairer=make_repairer(args), metrics=metrics)
+                  repairer=make_repairer(args), metrics=metrics, dns_capture=args.dns_capture)
     if args.metrics_port:   # the metrics and /healthz/ready, the kubelet's probe (agent/health.py)
         from agent import health
         health.serve(metrics, health.readiness(lambda: agent.reported, stop), args.metrics_port)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.capture.dns import ANN_DNS_CAPTURE
 from ambit.enrolment import SANDBOX_PHASES, is_enrolled, opted_out
 from ambit.probes import probe_ports
 
@@ -62,9 +63,15 @@ def pod_opted_out(labels: dict[str, str]) -> bool:
     return opted_out(labels)
 
 
+def is_capture_annotation(key: str) -> bool:
+    """Whether an annotation shapes capture: `ambit.io/exclude-*` and Istio's
+    `ambient.istio.io/dns-capture`; a change of one re-applies the pod's capture."""
+    return key.startswith("ambit.io/") or key == ANN_DNS_CAPTURE
+
+
 def capture_annotations(annotations: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    """The annotations that shape capture (`ambit.io/exclude-*`), in PodRef's comparable form."""
-    return tuple(sorted((k, v) for k, v in annotations.items() if k.startswith("ambit.io/")))
+    """The annotations that shape capture, in PodRef's comparable form."""
+    return tuple(sorted((k, v) for k, v in annotations.items() if is_capture_annotation(k)))
 
 
 def pod_ref(pod: dict[str, Any]) -> PodRef | None:

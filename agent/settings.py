@@ -36,6 +36,10 @@ class AgentSettings:
         check=one_of("host", "controller"))
     pin_base: Path = option(Path("/sys/fs/bpf/ambit"), "bpffs directory for Ambit's pins")
     capture: str = option("ebpf", "capture mechanism", check=one_of("ebpf", "iptables"))
+    dns_capture: bool = option(
+        True, "the node default of DNS capture: enrolled pods' queries to port 53 of a resolver outside the pod go "
+              "to ztunnel's DNS proxy (127.0.0.1:15053 in the pod); a pod's annotation ambient.istio.io/dns-capture "
+              "\"true\"/\"false\" overrides it (--dns-capture / --no-dns-capture)")
     status_file: Path | None = option(help="where the agent writes each pod's capture state")
     drain: float = option(5.0, "seconds open connections get on unenrol", check=non_negative)
     memory_trim_interval: float = option(

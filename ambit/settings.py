@@ -109,6 +109,9 @@ def parser(cls: type, prog: str, description: str = "", env_prefix: str = "AMBIT
             on = not default
             flag = _flag(prefix, name) if on else "--no-" + (prefix + name).replace("_", "-")
             ap.add_argument(flag, dest=prefix + name, action="store_const", const=on, default=None, help=help_)
+            if default is True:     # `--name` too: a rendered manifest can say "on" explicitly
+                ap.add_argument(_flag(prefix, name), dest=prefix + name, action="store_const", const=True,
+                                default=None, help=f"turn {flag} off again [default {default!r}]")
         elif typing.get_origin(_base_type(tp)) is tuple:
             # Repeatable flag (--x a --x b); the environment variable takes a comma-separated list.
             ap.add_argument(_flag(prefix, name), dest=prefix + name, action="append", default=None,

@@ -21,6 +21,8 @@
 #define AMBIT_PORT_OUTBOUND 15001 /* plaintext outbound capture, 127.0.0.1 */
 #define AMBIT_PORT_INBOUND 15006  /* plaintext inbound capture, 0.0.0.0 */
 #define AMBIT_PORT_HBONE 15008    /* mTLS HBONE, never captured */
+#define AMBIT_PORT_DNS 15053      /* 127.0.0.1, UDP and TCP: ztunnel's DNS proxy (captured port 53) */
+#define AMBIT_PORT_DNS_QUERY 53   /* the destination port DNS capture takes (Istio's rule) */
 #define AMBIT_PORT_METRICS 15020
 #define AMBIT_PORT_READY 15021
 
@@ -44,6 +46,9 @@ static __u64 (*ambit_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_coo
 #define AMBIT_POD_NODE_GUARD 0x4 /* ambit_tc_host guards the pod's host-side veth: a packet from
                                   * node_ip really comes from the node's own netns, so the probe
                                   * exemption may apply. Without it there is no exemption at all. */
+#define AMBIT_POD_DNS 0x8      /* DNS capture on: port-53 queries go to ztunnel's DNS proxy on
+                                * 127.0.0.1:15053 (the node default, or the pod's
+                                * ambient.istio.io/dns-capture annotation) */
 struct ambit_pod {
     __u32 pod_ip;  /* network order */
     __u32 node_ip; /* network order: from it, only to probe ports (AMBIT_DIR_PROBE), bypasses capture */
@@ -140,7 +145,12 @@ enum ambit_stat {
     AMBIT_STAT_OUT_REFUSED_IPV6 = 21,      /* native IPv6 connect() of an enrolled pod: EPERM */
     AMBIT_STAT_HOST_SPOOF_DROPPED = 22,    /* node IP as source, but not from the node's netns */
     AMBIT_STAT_BIND_REFUSED = 23,          /* an enrolled pod's bind() to ztunnel's ports: EPERM */
-    AMBIT_STAT_MAX = 24,
+    AMBIT_STAT_DNS_UDP_REDIRECTED = 24,    /* UDP connect()/sendmsg() to port 53 -> 127.0.0.1:15053 */
+    AMBIT_STAT_DNS_TCP_REDIRECTED = 25,    /* TCP connect() to port 53 -> 127.0.0.1:15053 */
+    AMBIT_STAT_DNS_SKIP_OFF = 26,          /* port 53 from an enrolled pod whose DNS capture is off */
+    AMBIT_STAT_DNS_REPLY_REWRITTEN = 27,   /* recvmsg() source 127.0.0.1:15053 -> the original resolver */
+    AMBIT_STAT_DNS_NO_STORAGE = 28,        /* sk_storage full (ENOMEM): the query goes out uncaptured */
+    AMBIT_STAT_MAX = 29,
 };
 
 #define AMBIT_MAX_PODS 4096
@@ -155,6 +165,13 @@ BPF_TABLE_PINNED("lru_hash", __u64, struct ambit_dst, ambit_ck_dst, 65536,
                  AMBIT_PIN_DIR "/ambit_ck_dst");
 BPF_TABLE_PINNED("lru_hash", struct ambit_port_key, struct ambit_dst, ambit_port_dst, 65536,
                  AMBIT_PIN_DIR "/ambit_port_dst");
+/* The original resolver of a UDP socket whose port-53 connect() or sendmsg() was redirected to
+ * 127.0.0.1:15053: socket-local storage, so the kernel frees it with the socket (UDP has no
+ * sockops close callback) and nothing bounds it but the sockets themselves. recvmsg4/6 and
+ * getpeername4 read it to report the original resolver. Programs only: userspace never reads it
+ * (it can only be addressed by a socket fd). */
+BPF_TABLE_PINNED("sk_storage", int, struct ambit_dst, ambit_dns_dst, 0,
+                 AMBIT_PIN_DIR "/ambit_dns_dst", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("hash", struct ambit_xport_key, __u8, ambit_xports, 16384,
                  AMBIT_PIN_DIR "/ambit_xports");
 BPF_TABLE_PINNED("lpm_trie", struct ambit_xcidr_key, __u8, ambit_xcidr, 16384,

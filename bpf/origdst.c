@@ -1,7 +1,8 @@
 /* Ambit original-destination recovery, attached to *ztunnel's* cgroup (cgroup/getsockopt).
  *
- * ztunnel calls getsockopt(SOL_IP, SO_ORIGINAL_DST) on a socket it accepted on 127.0.0.1:15001 in
- * a pod netns, exactly as it would under iptables REDIRECT. The kernel's own answer (conntrack, or
+ * ztunnel calls getsockopt(SOL_IP, SO_ORIGINAL_DST) on a socket it accepted on 127.0.0.1:15001 (or
+ * on its DNS proxy's 127.0.0.1:15053, for a captured DNS-over-TCP connection) in a pod netns,
+ * exactly as it would under iptables REDIRECT. The kernel's own answer (conntrack, or
  * ENOENT without NAT) is replaced by the destination ambit_connect4 saved, found by
  * (netns cookie, peer port). Anything else is left untouched, so the same ztunnel code works in
  * the iptables capture mode, where conntrack answers.
@@ -26,7 +27,7 @@ int ambit_origdst(struct bpf_sockopt *ctx)
     if (ctx->level != AMBIT_SOL_IP || ctx->optname != AMBIT_SO_ORIGINAL_DST)
         return 1;
     struct bpf_sock *sk = ctx->sk;
-    if (!sk || sk->family != AMBIT_AF_INET || sk->src_port != AMBIT_PORT_OUTBOUND)
+    if (!sk || sk->family != AMBIT_AF_INET || (sk->src_port != AMBIT_PORT_OUTBOUND && sk->src_port != AMBIT_PORT_DNS))
         return 1;
     struct ambit_port_key k = {};
     k.netns = bpf_get_netns_cookie(ctx);

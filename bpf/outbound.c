@@ -10,7 +10,18 @@
  *                    socket; STATE_CB (TCP_CLOSE): delete it again.
  *   ambit_peername4  cgroup/getpeername4: the app's getpeername() reports the original peer.
  *
- * ztunnel runs in its own cgroup, so its own connect()s never reach these programs: no loop.
+ * DNS capture (pods with AMBIT_POD_DNS; Istio's dnsCapture): queries to port 53 of a resolver
+ * outside the pod go to ztunnel's DNS proxy on 127.0.0.1:15053 in the pod netns instead.
+ *   TCP              connect4/connect6 send it to 15053 rather than 15001; sockops and
+ *                    getpeername4 treat it like any redirected connection.
+ *   UDP              connect4/connect6 (connected sockets) and the new sendmsg4/sendmsg6
+ *                    (unconnected sendto()) rewrite the destination and keep the original resolver
+ *                    in the socket's own storage (ambit_dns_dst, freed with the socket);
+ *   ambit_recvmsg4/6 make a reply from 127.0.0.1:15053 come from that resolver, so resolvers that
+ *                    check the reply's source (glibc, dig) accept it; getpeername4 reports it too.
+ *
+ * ztunnel runs in its own cgroup, so its own connect()s (and its DNS proxy's upstream queries)
+ * never reach these programs: no loop.
  */
 #include "ambit_maps.h"
 
@@ -39,7 +50,9 @@ static __always_inline int ambit_out_skip(__u64 netns, struct ambit_pod *pod, __
     return 0;
 }
 
-/* Record the original destination and decide; returns 1 when the caller must rewrite. */
+/* Record the original destination of a TCP connect() and decide. Returns the port (host order)
+ * to redirect to on 127.0.0.1: 15001, or 15053 for port 53 of a pod with DNS capture on; 0 to
+ * leave the connect() alone. */
 static __always_inline int ambit_out_capture(void *ctx, __u32 ip, __u32 port32)
 {
     __u64 netns = bpf_get_netns_cookie(ctx);
@@ -59,20 +72,125 @@ static __always_inline int ambit_out_capture(void *ctx, __u32 ip, __u32 port32)
     d.ip = ip;
     d.port = port;
     ambit_ck_dst.update(&ck, &d);
+    if (port == bpf_htons(AMBIT_PORT_DNS_QUERY) && (pod->flags & AMBIT_POD_DNS)) {
+        ambit_count(AMBIT_STAT_DNS_TCP_REDIRECTED);
+        return AMBIT_PORT_DNS;
+    }
     ambit_count(AMBIT_STAT_REDIRECTED);
+    return AMBIT_PORT_OUTBOUND;
+}
+
+/* A UDP datagram or connect() to (ip, port), network order: 1 when it is a DNS query of an
+ * enrolled pod with DNS capture on, which the caller redirects to 127.0.0.1:15053. The original
+ * resolver is then in the socket's ambit_dns_dst storage. The same skips as TCP apply (loopback
+ * and 0.0.0.0: a node-local resolver such as 127.0.0.53 stays; the pod's own IP; excluded ports
+ * and CIDRs), which is Istio's "not out via lo" for UDP. */
+static __always_inline int ambit_dns_udp(struct bpf_sock_addr *ctx, __u32 ip, __u32 port32)
+{
+    __u16 port = (__u16)port32;
+    if (port != bpf_htons(AMBIT_PORT_DNS_QUERY))
+        return 0;
+    __u64 netns = bpf_get_netns_cookie(ctx);
+    struct ambit_pod *pod = ambit_pods.lookup(&netns);
+    if (!pod || !(pod->flags & AMBIT_POD_OUTBOUND)) {
+        ambit_count(AMBIT_STAT_SKIP_NOT_ENROLLED);
+        return 0;
+    }
+    if (!(pod->flags & AMBIT_POD_DNS)) {
+        ambit_count(AMBIT_STAT_DNS_SKIP_OFF);
+        return 0;
+    }
+    int why = ambit_out_skip(netns, pod, ip, port);
+    if (why) {
+        ambit_count(why);
+        return 0;
+    }
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk)
+        return 0;
+    struct ambit_dst *d = ambit_dns_dst.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (!d) {
+        ambit_count(AMBIT_STAT_DNS_NO_STORAGE);
+        return 0;
+    }
+    d->ip = ip;
+    d->port = port;
+    ambit_count(AMBIT_STAT_DNS_UDP_REDIRECTED);
     return 1;
 }
 
 int ambit_connect4(struct bpf_sock_addr *ctx)
 {
+    if (ctx->protocol == IPPROTO_UDP) {
+        if (ambit_dns_udp(ctx, ctx->user_ip4, ctx->user_port)) {
+            ctx->user_ip4 = bpf_htonl(AMBIT_LOOPBACK_IP);
+            ctx->user_port = bpf_htons(AMBIT_PORT_DNS);
+            return 1;
+        }
+        /* Connected elsewhere now: a resolver saved for an earlier connect() no longer applies. */
+        if (ctx->sk)
+            ambit_dns_dst.sk_storage_delete(ctx->sk);
+        ambit_count(AMBIT_STAT_SKIP_NOT_TCP);
+        return 1;
+    }
     if (ctx->protocol != IPPROTO_TCP) {
         ambit_count(AMBIT_STAT_SKIP_NOT_TCP);
         return 1;
     }
-    if (ambit_out_capture(ctx, ctx->user_ip4, ctx->user_port)) {
+    int to = ambit_out_capture(ctx, ctx->user_ip4, ctx->user_port);
+    if (to) {
         ctx->user_ip4 = bpf_htonl(AMBIT_LOOPBACK_IP);
-        ctx->user_port = bpf_htons(AMBIT_PORT_OUTBOUND);
+        ctx->user_port = bpf_htons(to);
     }
+    return 1;
+}
+
+/* cgroup/sendmsg4: an unconnected UDP sendto() of a DNS query goes to the DNS proxy. Other
+ * datagrams are not counted (this runs per datagram). */
+int ambit_sendmsg4(struct bpf_sock_addr *ctx)
+{
+    if (ctx->protocol == IPPROTO_UDP && ambit_dns_udp(ctx, ctx->user_ip4, ctx->user_port)) {
+        ctx->user_ip4 = bpf_htonl(AMBIT_LOOPBACK_IP);
+        ctx->user_port = bpf_htons(AMBIT_PORT_DNS);
+    }
+    return 1;
+}
+
+/* The original resolver of a UDP socket whose query was redirected, if the datagram at hand
+ * (source ip, port: network order) is the DNS proxy's reply. */
+static __always_inline struct ambit_dst *ambit_dns_reply_src(struct bpf_sock_addr *ctx, __u32 ip, __u32 port)
+{
+    if (ip != bpf_htonl(AMBIT_LOOPBACK_IP) || port != bpf_htons(AMBIT_PORT_DNS))
+        return 0;
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk)
+        return 0;
+    return ambit_dns_dst.sk_storage_get(sk, 0, 0);
+}
+
+/* cgroup/recvmsg4: the DNS proxy's reply reads as coming from the resolver the app asked. */
+int ambit_recvmsg4(struct bpf_sock_addr *ctx)
+{
+    struct ambit_dst *d = ambit_dns_reply_src(ctx, ctx->user_ip4, ctx->user_port);
+    if (!d)
+        return 1;
+    ctx->user_ip4 = d->ip;
+    ctx->user_port = d->port;
+    ambit_count(AMBIT_STAT_DNS_REPLY_REWRITTEN);
+    return 1;
+}
+
+/* cgroup/recvmsg6: the same for a dual-stack socket, which sees ::ffff:127.0.0.1. */
+int ambit_recvmsg6(struct bpf_sock_addr *ctx)
+{
+    if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 || ctx->user_ip6[2] != bpf_htonl(0xffff))
+        return 1;
+    struct ambit_dst *d = ambit_dns_reply_src(ctx, ctx->user_ip6[3], ctx->user_port);
+    if (!d)
+        return 1;
+    ctx->user_ip6[3] = d->ip;
+    ctx->user_port = d->port;
+    ambit_count(AMBIT_STAT_DNS_REPLY_REWRITTEN);
     return 1;
 }
 
@@ -88,9 +206,17 @@ static __always_inline int ambit_v6_allowed(struct bpf_sock_addr *ctx)
 }
 
 /* cgroup/sendmsg6: unconnected UDP sendmsg() to native IPv6 from an enrolled pod is refused
- * (EPERM), like connect6 refuses it: enrolled pods are IPv4-only in both directions. */
+ * (EPERM), like connect6 refuses it: enrolled pods are IPv4-only in both directions. A DNS query
+ * to a v4-mapped resolver goes to the DNS proxy, as in sendmsg4. */
 int ambit_sendmsg6(struct bpf_sock_addr *ctx)
 {
+    if (ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0xffff)) {
+        if (ctx->protocol == IPPROTO_UDP && ambit_dns_udp(ctx, ctx->user_ip6[3], ctx->user_port)) {
+            ctx->user_ip6[3] = bpf_htonl(AMBIT_LOOPBACK_IP);
+            ctx->user_port = bpf_htons(AMBIT_PORT_DNS);
+        }
+        return 1;
+    }
     if (ambit_v6_allowed(ctx))
         return 1;
     __u64 netns = bpf_get_netns_cookie(ctx);
@@ -121,25 +247,39 @@ int ambit_connect6(struct bpf_sock_addr *ctx)
         ambit_count(AMBIT_STAT_OUT_REFUSED_IPV6);
         return 0;
     }
+    if (ctx->protocol == IPPROTO_UDP) {
+        if (ambit_dns_udp(ctx, ctx->user_ip6[3], ctx->user_port)) {
+            ctx->user_ip6[3] = bpf_htonl(AMBIT_LOOPBACK_IP);
+            ctx->user_port = bpf_htons(AMBIT_PORT_DNS);
+            return 1;
+        }
+        if (ctx->sk)
+            ambit_dns_dst.sk_storage_delete(ctx->sk);
+        ambit_count(AMBIT_STAT_SKIP_NOT_TCP);
+        return 1;
+    }
     if (ctx->protocol != IPPROTO_TCP) {
         ambit_count(AMBIT_STAT_SKIP_NOT_TCP);
         return 1;
     }
-    if (ambit_out_capture(ctx, ctx->user_ip6[3], ctx->user_port)) {
+    int to = ambit_out_capture(ctx, ctx->user_ip6[3], ctx->user_port);
+    if (to) {
         ctx->user_ip6[3] = bpf_htonl(AMBIT_LOOPBACK_IP);
-        ctx->user_port = bpf_htons(AMBIT_PORT_OUTBOUND);
+        ctx->user_port = bpf_htons(to);
     }
     return 1;
 }
 
-/* cgroup/bind4, cgroup/bind6: an enrolled pod may not bind ztunnel's ports (15001, 15006, 15008)
+/* cgroup/bind4, cgroup/bind6: an enrolled pod may not bind ztunnel's ports (15001, 15006, 15008,
+ * and 15053, its DNS proxy's: whether or not the pod's DNS capture is on)
  * itself, so it cannot squat them while ztunnel restarts (bind() fails with EPERM). ztunnel runs in
  * its own cgroup and never meets this. A pod that bound one before it was enrolled still can hold
  * it: ambit_tc_in then drops its inbound, and the agent retries the hand-off (agent/handoff.py). */
 static __always_inline int ambit_bind(struct bpf_sock_addr *ctx)
 {
     __u16 port = bpf_ntohs((__u16)ctx->user_port);
-    if (port != AMBIT_PORT_OUTBOUND && port != AMBIT_PORT_INBOUND && port != AMBIT_PORT_HBONE)
+    if (port != AMBIT_PORT_OUTBOUND && port != AMBIT_PORT_INBOUND && port != AMBIT_PORT_HBONE &&
+        port != AMBIT_PORT_DNS)
         return 1;
     __u64 netns = bpf_get_netns_cookie(ctx);
     struct ambit_pod *pod = ambit_pods.lookup(&netns);
@@ -190,11 +330,22 @@ int ambit_sockops(struct bpf_sock_ops *skops)
 
 int ambit_peername4(struct bpf_sock_addr *ctx)
 {
-    if (ctx->user_ip4 != bpf_htonl(AMBIT_LOOPBACK_IP) || ctx->user_port != bpf_htons(AMBIT_PORT_OUTBOUND))
+    if (ctx->user_ip4 != bpf_htonl(AMBIT_LOOPBACK_IP))
+        return 1;
+    if (ctx->user_port != bpf_htons(AMBIT_PORT_OUTBOUND) && ctx->user_port != bpf_htons(AMBIT_PORT_DNS))
         return 1;
     struct bpf_sock *sk = ctx->sk;
     if (!sk)
         return 1;
+    if (ctx->protocol == IPPROTO_UDP) {   /* a connected UDP socket whose DNS query was redirected */
+        struct ambit_dst *u = ambit_dns_dst.sk_storage_get(sk, 0, 0);
+        if (!u)
+            return 1;
+        ctx->user_ip4 = u->ip;
+        ctx->user_port = u->port;
+        ambit_count(AMBIT_STAT_PEERNAME_REWRITTEN);
+        return 1;
+    }
     struct ambit_port_key k = {};
     k.netns = bpf_get_netns_cookie(ctx);
     k.port = (__u16)sk->src_port;

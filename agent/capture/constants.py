@@ -12,6 +12,7 @@ from ambit.dataplane.ports import (  # noqa: F401  (re-exported: the capture lay
     AMBIT_MARK_MASK,
     AMBIT_ROUTE_TABLE,
     AMBIT_RULE_PRIORITY,
+    PORT_DNS,
     PORT_HBONE,
     PORT_INBOUND,
     PORT_METRICS,

@@ -64,6 +64,10 @@ class PodCapture:
     # The ports the pod's kubelet probes use: the only ports where packets from the node IP pass
     # uncaptured (and only when the host-side node-IP guard is attached).
     probe_ports: list[int] = field(default_factory=list)
+    # DNS capture (Istio's dnsCapture): queries to port 53 of any resolver outside the pod go to
+    # ztunnel's DNS proxy on 127.0.0.1:15053 in the pod netns. The agent decides it per pod (the
+    # node default, or the pod's ambient.istio.io/dns-capture annotation: agent/capture/dns.py).
+    dns_capture: bool = True
 
     def validate(self) -> None:
         """Raise ValueError naming the pod, the field and the reason."""
@@ -79,6 +83,8 @@ class PodCapture:
                 ipaddress.IPv4Address(getattr(self, fld))
             except ValueError:
                 raise bad(fld, f"{getattr(self, fld)!r} is not an IPv4 address") from None
+        if not isinstance(self.dns_capture, bool):
+            raise bad("dns_capture", f"{self.dns_capture!r} is not a boolean")
         if not Path(self.netns_path).exists():
             raise bad("netns_path", f"{self.netns_path} does not exist")
         if not Path(self.cgroup_path).is_dir():
@@ -238,7 +244,7 @@ class CaptureEngine:
             self._attach_pod(pod, tc_mode)
             if self._attach_host_guard(pod):
                 self._maps["ambit_pods"].put(maps.U64.pack(cookie), maps.pod_value(
-                    pod.pod_ip, pod.node_ip, maps.POD_OUTBOUND | maps.POD_INBOUND | maps.POD_NODE_GUARD))
+                    pod.pod_ip, pod.node_ip, _ebpf_flags(pod) | maps.POD_NODE_GUARD))
         else:
             cg2 = find_cgroup2_mount()
             iptables.apply(pod.netns_path, iptables.IptablesPlan(
@@ -248,14 +254,14 @@ class CaptureEngine:
                 exclude_outbound_ports=tuple(pod.exclude_outbound_ports),
                 exclude_outbound_cidrs=tuple(pod.exclude_outbound_cidrs),
                 exclude_inbound_ports=tuple(pod.exclude_inbound_ports),
-                probe_ports=tuple(pod.probe_ports)))
+                probe_ports=tuple(pod.probe_ports), dns_capture=pod.dns_capture))
 
     def _mode_code(self) -> int:
         return maps.MODE_EBPF if self.mode == "ebpf" else maps.MODE_IPTABLES
 
     def _write_pod_maps(self, pod: PodCapture, cookie: int) -> None:
         ebpf = self.mode == "ebpf"
-        flags = (maps.POD_OUTBOUND | maps.POD_INBOUND) if ebpf else 0
+        flags = _ebpf_flags(pod) if ebpf else 0
         m = self._maps
         # Exclusions first, so the programs never see the pod enabled without them.
         want_ports = {maps.xport_key(cookie, p, maps.DIR_OUT) for p in pod.exclude_outbound_ports}
@@ -543,6 +549,11 @@ class _HeldNetns:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def _ebpf_flags(pod: PodCapture) -> int:
+    """The pod's ambit_pods flags in eBPF mode, before the node guard (set once it is attached)."""
+    return maps.POD_OUTBOUND | maps.POD_INBOUND | (maps.POD_DNS if pod.dns_capture else 0)
 
 
 # ---- shared by unenrol and purge (no compiled module needed) ----------------------------------

@@ -3,14 +3,18 @@
 In the pod netns (nat table):
 
     OUTPUT     -p tcp -j AMBIT_OUTPUT
+    OUTPUT     -p udp --dport 53 -j AMBIT_OUTPUT
     AMBIT_OUTPUT      RETURN for ztunnel's sockets (their cgroups; or the delivery mark), loopback,
-                      the pod's own IP, excluded ports and ranges; else REDIRECT --to-ports 15001
+                      the pod's own IP, excluded ports and ranges; with DNS capture on, port 53
+                      (UDP and TCP) REDIRECT --to-ports 15053 (ztunnel's DNS proxy); else TCP
+                      REDIRECT --to-ports 15001
     PREROUTING -p tcp -j AMBIT_PREROUTING
     AMBIT_PREROUTING  RETURN for lo, the node IP (kubelet probes), ztunnel's ports (15008 ...)
                       and excluded inbound ports; else REDIRECT --to-ports 15006
 
 ztunnel then finds the original destination with getsockopt(SOL_IP, SO_ORIGINAL_DST), answered by
-conntrack: the same call the eBPF mode answers with ambit_origdst. Only chains named AMBIT_* and
+conntrack: the same call the eBPF mode answers with ambit_origdst; conntrack also gives a
+redirected DNS reply its original resolver as source. Only chains named AMBIT_* and
 the two jumps into them are ours, so removal is exact. `rules()` is pure; `apply`/`remove` run
 iptables-restore / iptables inside the pod netns with nsenter.
 """
@@ -24,6 +28,7 @@ from pathlib import Path
 from agent.capture.constants import (
     AMBIT_MARK,
     AMBIT_MARK_MASK,
+    PORT_DNS,
     PORT_INBOUND,
     PORT_OUTBOUND,
     ZTUNNEL_PORTS,
@@ -31,7 +36,11 @@ from agent.capture.constants import (
 
 CHAIN_OUT = "AMBIT_OUTPUT"
 CHAIN_IN = "AMBIT_PREROUTING"
-JUMPS = (("OUTPUT", CHAIN_OUT), ("PREROUTING", CHAIN_IN))
+DNS_QUERY_PORT = 53
+# (parent chain, match, our chain): the jumps into our chains. The UDP jump is there whether or not
+# the pod's DNS capture is on (the chain decides), so a change of the flag is one chain rewrite.
+JUMPS = (("OUTPUT", ("-p", "tcp"), CHAIN_OUT), ("PREROUTING", ("-p", "tcp"), CHAIN_IN),
+         ("OUTPUT", ("-p", "udp", "--dport", str(DNS_QUERY_PORT)), CHAIN_OUT))
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class IptablesPlan:
     exclude_outbound_cidrs: tuple[str, ...] = ()
     exclude_inbound_ports: tuple[int, ...] = ()
     probe_ports: tuple[int, ...] = ()   # node-IP packets pass uncaptured only to these
+    dns_capture: bool = False           # port 53 (UDP, TCP) to ztunnel's DNS proxy on 15053
 
 
 def rules(plan: IptablesPlan) -> str:
@@ -66,8 +76,12 @@ def rules(plan: IptablesPlan) -> str:
         f"-A {CHAIN_OUT} -d 127.0.0.0/8 -j RETURN",
         f"-A {CHAIN_OUT} -d {plan.pod_ip}/32 -j RETURN",
     ]
-    out += [f"-A {CHAIN_OUT} -p tcp --dport {p} -j RETURN" for p in plan.exclude_outbound_ports]
+    out += [f"-A {CHAIN_OUT} -p {proto} --dport {p} -j RETURN" for p in plan.exclude_outbound_ports
+            for proto in (("tcp", "udp") if p == DNS_QUERY_PORT else ("tcp",))]
     out += [f"-A {CHAIN_OUT} -d {c} -j RETURN" for c in plan.exclude_outbound_cidrs]
+    if plan.dns_capture:    # Istio's rules, after the same exemptions as TCP (lo: 127/8, own IP)
+        out += [f"-A {CHAIN_OUT} -p {proto} --dport {DNS_QUERY_PORT} -j REDIRECT --to-ports {PORT_DNS}"
+                for proto in ("udp", "tcp")]
     out.append(f"-A {CHAIN_OUT} -p tcp -j REDIRECT --to-ports {PORT_OUTBOUND}")
     out += [
         f"-A {CHAIN_IN} -i lo -j RETURN",
@@ -90,8 +104,8 @@ def apply(netns_path: str | Path, plan: IptablesPlan) -> None:
     r = _run(netns_path, ["iptables-restore", "--noflush", "-w"], rules(plan))
     if r.returncode != 0:
         raise RuntimeError(f"iptables-restore in {netns_path} failed: {r.stderr.strip()}")
-    for parent, chain in JUMPS:
-        jump = [parent, "-p", "tcp", "-j", chain]
+    for parent, match, chain in JUMPS:
+        jump = [parent, *match, "-j", chain]
         if _run(netns_path, ["iptables", "-w", "-t", "nat", "-C", *jump]).returncode != 0:
             r = _run(netns_path, ["iptables", "-w", "-t", "nat", "-A", *jump])
             if r.returncode != 0:
@@ -100,11 +114,11 @@ def apply(netns_path: str | Path, plan: IptablesPlan) -> None:
 
 def remove(netns_path: str | Path) -> None:
     """Remove our jumps and chains; absent ones are fine (idempotent)."""
-    for parent, chain in JUMPS:
+    for parent, match, chain in JUMPS:
         for _ in range(16):   # duplicates, if something ever added the jump twice
-            if _run(netns_path, ["iptables", "-w", "-t", "nat", "-D", parent, "-p", "tcp", "-j", chain]).returncode:
+            if _run(netns_path, ["iptables", "-w", "-t", "nat", "-D", parent, *match, "-j", chain]).returncode:
                 break
-    for _, chain in JUMPS:
+    for chain in (CHAIN_OUT, CHAIN_IN):
         _run(netns_path, ["iptables", "-w", "-t", "nat", "-F", chain])
         _run(netns_path, ["iptables", "-w", "-t", "nat", "-X", chain])
 

@@ -41,7 +41,10 @@ class Program:
 PROGRAMS: tuple[Program, ...] = (
     Program("ambit_connect4", "connect4", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_INET4_CONNECT, True, SCOPE_POD_CGROUP),
     Program("ambit_connect6", "connect6", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_INET6_CONNECT, True, SCOPE_POD_CGROUP),
+    Program("ambit_sendmsg4", "sendmsg4", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_UDP4_SENDMSG, True, SCOPE_POD_CGROUP),
     Program("ambit_sendmsg6", "sendmsg6", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_UDP6_SENDMSG, True, SCOPE_POD_CGROUP),
+    Program("ambit_recvmsg4", "recvmsg4", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_UDP4_RECVMSG, True, SCOPE_POD_CGROUP),
+    Program("ambit_recvmsg6", "recvmsg6", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_UDP6_RECVMSG, True, SCOPE_POD_CGROUP),
     Program("ambit_bind4", "bind4", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_INET4_BIND, True, SCOPE_POD_CGROUP),
     Program("ambit_bind6", "bind6", PROG_CGROUP_SOCK_ADDR, libbpf.CGROUP_INET6_BIND, True, SCOPE_POD_CGROUP),
     Program("ambit_sockops", "sockops", PROG_SOCK_OPS, libbpf.CGROUP_SOCK_OPS, False, SCOPE_POD_CGROUP),

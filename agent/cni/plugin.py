@@ -55,6 +55,11 @@ def _facts(inv: Invocation, k8s: spec.K8sArgs) -> podlookup.PodFacts:
     return facts
 
 
+# agent/capture/dns.py's ANN_DNS_CAPTURE (the plugin ships standard-library modules only; a unit
+# test keeps the two equal).
+DNS_CAPTURE_ANNOTATION = "ambient.istio.io/dns-capture"
+
+
 def must_capture(facts: podlookup.PodFacts) -> bool:
     pod = facts.pod or {}
     md, pspec = pod.get("metadata") or {}, pod.get("spec") or {}
@@ -70,7 +75,7 @@ def pod_message(inv: Invocation, k8s: spec.K8sArgs, facts: podlookup.PodFacts, i
     return {"uid": k8s.uid or md.get("uid", ""), "name": k8s.name, "namespace": k8s.namespace, "ip": ip,
             "serviceAccount": pspec.get("serviceAccountName") or "default",
             "labels": md.get("labels") or {},
-            "annotations": {k: v for k, v in ann.items() if k.startswith("ambit.io/")},
+            "annotations": {k: v for k, v in ann.items() if k.startswith("ambit.io/") or k == DNS_CAPTURE_ANNOTATION},
             "probePorts": probe_ports(pod), "netns": inv.netns, "containerId": inv.container_id,
             "cgroup": ann.get("lab.ambit.io/cgroup", "") if facts.lab else ""}
 

@@ -296,7 +296,9 @@ def agent_args(o: argparse.Namespace) -> list[str]:
             "--cni-socket", f"{CNI_RUN_DIR}/cni.sock", "--cni-conf-dir", o.cni_conf_dir,
             "--cni-bin-dir", o.cni_bin_dir, "--cni-python", o.cni_python,
             # a running pod whose capture keeps failing is a STRICT gap: label or delete it (agent/repair.py)
-            "--repair-pods", o.repair_pods, "--metrics-port", str(AGENT_METRICS_PORT)]
+            "--repair-pods", o.repair_pods, "--metrics-port", str(AGENT_METRICS_PORT),
+            # the node default of DNS capture (Istio's dnsCapture); a pod's ambient.istio.io/dns-capture overrides it
+            "--dns-capture" if o.dns_capture else "--no-dns-capture"]
 
 
 def _host(name: str, path: str, type_: str = "Directory") -> Obj:
@@ -447,6 +449,16 @@ def _log_level(v: str) -> str:
     return level
 
 
+def _switch(v: str) -> bool:
+    """A true/false install option, as `--set dnsCapture=false` (Helm's spelling) gives it."""
+    s = v.strip().lower()
+    if s in ("true", "1", "yes", "on"):
+        return True
+    if s in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{v!r}: must be true or false")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the manifests instead of applying them")
     p.add_argument("--namespace", default="ambit-system", help="where the controller and node pods run")
@@ -454,6 +466,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pull-policy", default="IfNotPresent", choices=("IfNotPresent", "Always", "Never"))
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--capture", default="ebpf", choices=("ebpf", "iptables"))
+    p.add_argument("--dns-capture", type=_switch, default=True, metavar="true|false",
+                   help="the nodes' default for DNS capture (Istio's dnsCapture): enrolled pods' queries to port 53 "
+                        "go to ztunnel's DNS proxy; a pod's annotation ambient.istio.io/dns-capture overrides it "
+                        "(default true; docs/ebpf.md)")
     p.add_argument("--host-cgroup", default="/sys/fs/cgroup",
                    help="where the nodes mount the cgroup v2 hierarchy (it must be unified cgroup v2)")
     p.add_argument("--ca-secret", default="",
@@ -502,7 +518,7 @@ SET_KEYS = {"namespace": "namespace", "image": "image", "pullPolicy": "pull_poli
             "meshConfig.outboundTrafficPolicy.mode": "outbound_traffic_policy",     # istioctl's key
             "outboundTrafficPolicy": "outbound_traffic_policy", "ztunnelWorkers": "ztunnel_workers",
             "ztunnelMemoryRequest": "ztunnel_memory_request", "waypointWorkers": "waypoint_workers",
-            "repairPods": "repair_pods"}
+            "repairPods": "repair_pods", "dnsCapture": "dns_capture"}
 
 
 def apply_sets(o: argparse.Namespace, sets: list[str]) -> argparse.Namespace:
