@@ -39,7 +39,8 @@ pytestmark = pytest.mark.lab
 
 NODE = "ambit-ct"
 POD_UID = "ct-pod-1"
-POD_PROGS = {"connect4", "connect6", "sendmsg6", "bind4", "bind6", "sockops", "peername4", "tc_in"}
+POD_PROGS = {"connect4", "connect6", "sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6", "bind4", "bind6", "sockops", "peername4",
+             "tc_in"}
 
 
 # ---- fixtures ----------------------------------------------------------------------------------
@@ -269,7 +270,7 @@ def test_restart_readopts_links_without_gap_or_duplicates(clab, ztunnel):
         # Exactly one copy of each program for this node, and the old ones are gone.
         progs = node_programs(map_ids)
         names = sorted(p["name"] for p in progs)
-        assert names == sorted(set(names)) and len(names) == 10   # 9 + ambit_tc_host (loaded, unattached here)
+        assert names == sorted(set(names)) and len(names) == 13   # 12 + ambit_tc_host (loaded, unattached here)
         assert not {p["id"] for p in progs} & old_progs
         assert run_client(clab.p1_ns, clab.p1_cg, NODE_IP, 7000)["reply"]["who"] == "ztunnel-out"
     finally:
