@@ -420,6 +420,20 @@ def test_agent_arguments_are_its_own_and_complete_with_the_entrypoints_cgroup() 
     assert flag(args, "--pin-base").startswith("/sys/fs/bpf/")
 
 
+@pytest.mark.parametrize("argv,on", [((), True), (("--dns-capture", "false"), False), (("--dns-capture", "TRUE"), True)])
+def test_dns_capture_option_reaches_the_agent_as_its_node_default(argv: tuple[str, ...], on: bool) -> None:
+    c = container(render(*argv), "DaemonSet", "ambit-node", "agent")
+    args = expand(c["args"], c)
+    from agent.settings import load as agent_settings
+    s = agent_settings([*args, "--ztunnel-cgroup", "/sys/fs/cgroup/kubepods.slice/pod"], {})
+    assert s.dns_capture is on
+    # --set dnsCapture=false, Helm's spelling, is the same option
+    o = install.apply_sets(install.parse([]), ["dnsCapture=false"])
+    assert o.dns_capture is False
+    with pytest.raises(install.InstallError, match="dns-capture"):
+        install.apply_sets(install.parse([]), ["dnsCapture=maybe"])
+
+
 def test_agent_probe_asks_the_port_and_path_the_agent_serves() -> None:
     """The readiness probe is an httpGet the agent answers from memory (agent/health.py), not an exec
     that starts a Python on every node every period; its port must be one the agent's own arguments
