@@ -39,7 +39,7 @@ class AgentSettings:
     dns_capture: bool = option(
         True, "the node default of DNS capture: enrolled pods' queries to port 53 of a resolver outside the pod go "
               "to ztunnel's DNS proxy (127.0.0.1:15053 in the pod); a pod's annotation ambient.istio.io/dns-capture "
-              "\"true\"/\"false\" overrides it (--dns-capture / --no-dns-capture)")
+              "\"true\"/\"false\" overrides it (--dns-capture / --no-dns-capture)", both_switches=True)
     status_file: Path | None = option(help="where the agent writes each pod's capture state")
     drain: float = option(5.0, "seconds open connections get on unenrol", check=non_negative)
     memory_trim_interval: float = option(

@@ -29,9 +29,11 @@ class SettingsError(ValueError):
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, check: Callable[[Any], str | None] | None = None,
-           required: bool = False) -> Any:
-    """A settings field. `check(value)` returns a reason when the value is unacceptable."""
-    meta = {"help": help, "check": check, "required": required}
+           required: bool = False, both_switches: bool = False) -> Any:
+    """A settings field. `check(value)` returns a reason when the value is unacceptable.
+    `both_switches`: a boolean that is on by default also takes `--name` (not only `--no-name`),
+    so a rendered manifest can say "on" explicitly."""
+    meta = {"help": help, "check": check, "required": required, "both_switches": both_switches}
     if default is dataclasses.MISSING:
         return dataclasses.field(default=None, metadata=meta)
     if isinstance(default, list | dict | set):
@@ -109,7 +111,7 @@ def parser(cls: type, prog: str, description: str = "", env_prefix: str = "AMBIT
             on = not default
             flag = _flag(prefix, name) if on else "--no-" + (prefix + name).replace("_", "-")
             ap.add_argument(flag, dest=prefix + name, action="store_const", const=on, default=None, help=help_)
-            if default is True:     # `--name` too: a rendered manifest can say "on" explicitly
+            if default is True and f.metadata.get("both_switches"):
                 ap.add_argument(_flag(prefix, name), dest=prefix + name, action="store_const", const=True,
                                 default=None, help=f"turn {flag} off again [default {default!r}]")
         elif typing.get_origin(_base_type(tp)) is tuple:
