@@ -119,25 +119,29 @@ static __always_inline int ambit_dns_udp(struct bpf_sock_addr *ctx, __u32 ip, __
     return 1;
 }
 
-int ambit_connect4(struct bpf_sock_addr *ctx)
+/* The port on 127.0.0.1 a connect() to (ip, port) must go to, 0 for none: TCP per
+ * ambit_out_capture, UDP only for a captured DNS query. */
+static __always_inline int ambit_connect_target(struct bpf_sock_addr *ctx, __u32 ip, __u32 port)
 {
     if (ctx->protocol == IPPROTO_UDP) {
-        if (ambit_dns_udp(ctx, ctx->user_ip4, ctx->user_port)) {
-            ctx->user_ip4 = bpf_htonl(AMBIT_LOOPBACK_IP);
-            ctx->user_port = bpf_htons(AMBIT_PORT_DNS);
-            return 1;
-        }
+        if (ambit_dns_udp(ctx, ip, port))
+            return AMBIT_PORT_DNS;
         /* Connected elsewhere now: a resolver saved for an earlier connect() no longer applies. */
         if (ctx->sk)
             ambit_dns_dst.sk_storage_delete(ctx->sk);
         ambit_count(AMBIT_STAT_SKIP_NOT_TCP);
-        return 1;
+        return 0;
     }
     if (ctx->protocol != IPPROTO_TCP) {
         ambit_count(AMBIT_STAT_SKIP_NOT_TCP);
-        return 1;
+        return 0;
     }
-    int to = ambit_out_capture(ctx, ctx->user_ip4, ctx->user_port);
+    return ambit_out_capture(ctx, ip, port);
+}
+
+int ambit_connect4(struct bpf_sock_addr *ctx)
+{
+    int to = ambit_connect_target(ctx, ctx->user_ip4, ctx->user_port);
     if (to) {
         ctx->user_ip4 = bpf_htonl(AMBIT_LOOPBACK_IP);
         ctx->user_port = bpf_htons(to);
@@ -247,22 +251,7 @@ int ambit_connect6(struct bpf_sock_addr *ctx)
         ambit_count(AMBIT_STAT_OUT_REFUSED_IPV6);
         return 0;
     }
-    if (ctx->protocol == IPPROTO_UDP) {
-        if (ambit_dns_udp(ctx, ctx->user_ip6[3], ctx->user_port)) {
-            ctx->user_ip6[3] = bpf_htonl(AMBIT_LOOPBACK_IP);
-            ctx->user_port = bpf_htons(AMBIT_PORT_DNS);
-            return 1;
-        }
-        if (ctx->sk)
-            ambit_dns_dst.sk_storage_delete(ctx->sk);
-        ambit_count(AMBIT_STAT_SKIP_NOT_TCP);
-        return 1;
-    }
-    if (ctx->protocol != IPPROTO_TCP) {
-        ambit_count(AMBIT_STAT_SKIP_NOT_TCP);
-        return 1;
-    }
-    int to = ambit_out_capture(ctx, ctx->user_ip6[3], ctx->user_port);
+    int to = ambit_connect_target(ctx, ctx->user_ip6[3], ctx->user_port);
     if (to) {
         ctx->user_ip6[3] = bpf_htonl(AMBIT_LOOPBACK_IP);
         ctx->user_port = bpf_htons(to);

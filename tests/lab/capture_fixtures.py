@@ -89,25 +89,31 @@ class CaptureLab:
         lab = cls(cgroups.find_cgroup2_mount() / CG_ROOT_NAME)
         sweep()
         try:
-            sh("ip", "netns", "add", NS_NODE)
-            sh("ip", "-n", NS_NODE, "link", "set", "lo", "up")
-            sh("ip", "-n", NS_NODE, "link", "add", "br0", "type", "bridge")
-            sh("ip", "-n", NS_NODE, "addr", "add", f"{NODE_IP}/24", "dev", "br0")
-            sh("ip", "-n", NS_NODE, "link", "set", "br0", "up")
-            for ns, veth, ip in ((NS_P1, "vp1", P1_IP), (NS_P2, "vp2", P2_IP)):
-                sh("ip", "netns", "add", ns)
-                sh("ip", "-n", NS_NODE, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-                sh("ip", "-n", NS_NODE, "link", "set", veth, "master", "br0", "up")
-                sh("ip", "-n", ns, "link", "set", "lo", "up")
-                sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
-                sh("ip", "-n", ns, "link", "set", "eth0", "up")
-                sh("ip", "-n", ns, "route", "add", "default", "via", NODE_IP)
+            build_bridged_pods(NS_NODE, NODE_IP, ((NS_P1, "vp1", P1_IP), (NS_P2, "vp2", P2_IP)))
             for cg in (lab.p1_cg, lab.p2_cg, lab.zt_cg, lab.agent_cg):
                 cgroups.create(cg)
         except BaseException:
             sweep()
             raise
         return lab
+
+
+def build_bridged_pods(node_ns: str, node_ip: str, pods: tuple[tuple[str, str, str], ...]) -> None:
+    """A "node" netns with br0 at node_ip/24 and, per (netns, host-side veth, ip), a pod netns whose
+    eth0 is bridged there, with its default route via the node."""
+    sh("ip", "netns", "add", node_ns)
+    sh("ip", "-n", node_ns, "link", "set", "lo", "up")
+    sh("ip", "-n", node_ns, "link", "add", "br0", "type", "bridge")
+    sh("ip", "-n", node_ns, "addr", "add", f"{node_ip}/24", "dev", "br0")
+    sh("ip", "-n", node_ns, "link", "set", "br0", "up")
+    for ns, veth, ip in pods:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "-n", node_ns, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "-n", node_ns, "link", "set", veth, "master", "br0", "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "route", "add", "default", "via", node_ip)
 
 
 def sweep() -> None:

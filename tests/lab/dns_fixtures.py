@@ -29,6 +29,7 @@ import dns.rrset
 
 from ambit import cgroups
 from ambit.netns import netns_path, preexec_enter, socket_in
+from tests.lab.capture_fixtures import build_bridged_pods, sh
 
 LAB = os.environ.get("AMBIT_LAB_NAME", "ambit")
 NS_NODE, NS_POD = f"{LAB}-dnsc-node", f"{LAB}-dnsc-pod"
@@ -39,13 +40,6 @@ UPSTREAM_ANSWER = "192.0.2.1"
 PROXY_ANSWER = "192.0.2.2"
 LOCAL_ANSWER = "192.0.2.3"
 NAME = "web.example."
-
-
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(list(argv), capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {r.stderr.strip()}")
-    return r
 
 
 @dataclass
@@ -68,18 +62,7 @@ class DnsLab:
         lab = cls(cgroups.find_cgroup2_mount() / f"{LAB}-dnsc")
         sweep()
         try:
-            sh("ip", "netns", "add", NS_NODE)
-            sh("ip", "-n", NS_NODE, "link", "set", "lo", "up")
-            sh("ip", "-n", NS_NODE, "link", "add", "br0", "type", "bridge")
-            sh("ip", "-n", NS_NODE, "addr", "add", f"{NODE_IP}/24", "dev", "br0")
-            sh("ip", "-n", NS_NODE, "link", "set", "br0", "up")
-            sh("ip", "netns", "add", NS_POD)
-            sh("ip", "-n", NS_NODE, "link", "add", "vpod", "type", "veth", "peer", "name", "eth0", "netns", NS_POD)
-            sh("ip", "-n", NS_NODE, "link", "set", "vpod", "master", "br0", "up")
-            sh("ip", "-n", NS_POD, "link", "set", "lo", "up")
-            sh("ip", "-n", NS_POD, "addr", "add", f"{POD_IP}/24", "dev", "eth0")
-            sh("ip", "-n", NS_POD, "link", "set", "eth0", "up")
-            sh("ip", "-n", NS_POD, "route", "add", "default", "via", NODE_IP)
+            build_bridged_pods(NS_NODE, NODE_IP, ((NS_POD, "vpod", POD_IP),))
             for cg in (lab.pod_cg, lab.zt_cg):
                 cgroups.create(cg)
         except BaseException:
