@@ -127,7 +127,9 @@ def test_dig_over_udp_is_answered_by_the_dns_proxy_as_if_by_the_resolver(dlab, e
     before = engine.stats()
     # +short prints the answer only: "reply from unexpected source" or a timeout would show here.
     assert dlab.dig(f"@{NODE_IP}") == PROXY_ANSWER
-    assert [p[0] for p in proxy.peers] == ["udp"]
+    # What ztunnel's DNS proxy sees: the app's socket, from 127.0.0.1 (the source chosen for the
+    # rewritten destination); its reply goes back there as it is.
+    assert [p[:2] for p in proxy.peers] == [("udp", "127.0.0.1")]
     after = engine.stats()
     assert after["dns_udp_redirected"] > before["dns_udp_redirected"]
     assert after["dns_reply_rewritten"] > before["dns_reply_rewritten"]
@@ -136,7 +138,7 @@ def test_dig_over_udp_is_answered_by_the_dns_proxy_as_if_by_the_resolver(dlab, e
 def test_dig_over_tcp_goes_to_the_dns_proxy_not_the_outbound_listener(dlab, engine, proxy):
     before = engine.stats()["dns_tcp_redirected"]
     assert dlab.dig("+tcp", f"@{NODE_IP}") == PROXY_ANSWER
-    assert [p[0] for p in proxy.peers] == ["tcp"]
+    assert [p[:2] for p in proxy.peers] == [("tcp", "127.0.0.1")]
     assert engine.stats()["dns_tcp_redirected"] == before + 1
 
 
@@ -201,7 +203,8 @@ def test_iptables_mode_sends_port_53_to_the_dns_proxy(dlab, proxy):
         assert dlab.dig(f"@{NODE_IP}") == PROXY_ANSWER
         assert dlab.dig("+tcp", f"@{NODE_IP}") == PROXY_ANSWER
         assert client(dlab, "udp-sendto")["src"] == [NODE_IP, 53]
-        assert [p[0] for p in proxy.peers] == ["udp", "tcp", "udp"]
+        # REDIRECT keeps the source the route to the resolver chose: the pod's IP, not 127.0.0.1.
+        assert [p[:2] for p in proxy.peers] == [("udp", POD_IP), ("tcp", POD_IP), ("udp", POD_IP)]
         assert dlab.dig(f"@{NODE_IP}", cgroup=dlab.zt_cg) == UPSTREAM_ANSWER   # ztunnel's cgroup: RETURN
 
 
