@@ -16,11 +16,13 @@ asks again over TCP; TCP queries go over TCP.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import random
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import dns.message
 
 from ztunnel.dns.wire import TCP_MAX, Query, relay_reply, upstream_query
 
@@ -45,9 +47,10 @@ class Upstream:
         return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
 
 
-async def exchange_udp(make: SocketFactory, upstream: Upstream, wire: bytes, accept: Callable[[bytes], bool],
+async def exchange_udp(make: SocketFactory, upstream: Upstream, wire: bytes, accept: Callable[[bytes], bytes | None],
                        timeout: float) -> bytes:
-    """Send `wire` to `upstream` over UDP; the first datagram `accept` takes, within `timeout`."""
+    """Send `wire` to `upstream` over UDP; what `accept` makes of the first datagram it takes (not
+    None), within `timeout`."""
     loop = asyncio.get_running_loop()
     s = make(upstream.family, socket.SOCK_DGRAM)
     try:
@@ -55,9 +58,9 @@ async def exchange_udp(make: SocketFactory, upstream: Upstream, wire: bytes, acc
             await loop.sock_connect(s, (upstream.ip, upstream.port))
             await loop.sock_sendall(s, wire)
             while True:
-                data = await loop.sock_recv(s, TCP_MAX)
-                if accept(data):
-                    return data
+                taken = accept(await loop.sock_recv(s, TCP_MAX))
+                if taken is not None:
+                    return taken
     finally:
         s.close()
 
@@ -86,6 +89,14 @@ async def exchange_tcp(make: SocketFactory, upstream: Upstream, wire: bytes, tim
         s.close()
 
 
+def _reply_or_none(sent: dns.message.Message, query: Query, max_size: int, data: bytes) -> bytes | None:
+    """The client's reply from `data`; None for a stray or forged datagram (keep waiting)."""
+    try:
+        return relay_reply(sent, data, query, max_size)
+    except ValueError:
+        return None
+
+
 class Forwarder:
     """The upstream resolvers and how long each gets (`timeout`, per attempt)."""
 
@@ -104,15 +115,8 @@ class Forwarder:
                 if tcp:
                     reply = await exchange_tcp(make, upstream, wire, self.timeout)
                     return relay_reply(sent, reply, query, max_size)
-                out: list[bytes] = []
-
-                def accept(data: bytes, sent: object = sent) -> bool:
-                    with contextlib.suppress(ValueError):
-                        out.append(relay_reply(sent, data, query, max_size))   # type: ignore[arg-type]
-                        return True
-                    return False    # a stray or forged datagram: keep waiting for the real reply
-                await exchange_udp(make, upstream, wire, accept, self.timeout)
-                return out[0]
+                return await exchange_udp(make, upstream, wire, functools.partial(_reply_or_none, sent, query, max_size),
+                                          self.timeout)
             except TimeoutError:
                 problems.append(f"{upstream}: no reply within {self.timeout:g}s")
             except (OSError, ValueError) as e:
