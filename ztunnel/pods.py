@@ -12,6 +12,10 @@ listeners (`PodRegistry.shutdown`) and, with `net.ipv4.tcp_migrate_req=1` (the a
 every pod netns), the connections still queued on them move to the new ztunnel's instead of being
 reset. Before Linux 6.5 `bpf_sk_assign` refuses SO_REUSEPORT listeners, so there ztunnel binds
 exclusively and a surge hand-off waits for the old ztunnel to leave (see `reuseport_supported`).
+
+The DNS proxy's 127.0.0.1:15053 (UDP and TCP, `open_dns`) is opened with the other listeners, all
+or none, and shares their SO_REUSEPORT choice: a surge roll's two ztunnels, or a node's workers,
+take turns at a pod's queries, and closing the old one's sockets leaves the new one's.
 """
 
 from __future__ import annotations

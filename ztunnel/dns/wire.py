@@ -23,7 +23,11 @@ import dns.opcode
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdata
 import dns.rrset
+from dns.rdtypes.ANY.CNAME import CNAME
+from dns.rdtypes.IN.A import A
+from dns.rdtypes.IN.AAAA import AAAA
 
 from ztunnel.dns.lookup import Answer
 from ztunnel.dns.names import Labels, labels_of, to_name
@@ -116,13 +120,23 @@ def answer_reply(query: Query, answer: Answer, ttl: int, max_size: int) -> bytes
     r.flags |= dns.flags.AA
     asked = query.message.question[0].name
     if answer.cname is not None:
-        r.answer.append(dns.rrset.from_text(asked, ttl, dns.rdataclass.IN, dns.rdatatype.CNAME,
-                                            to_name(answer.cname).to_text()))
+        r.answer.append(_rrset(asked, dns.rdatatype.CNAME, ttl,
+                               [CNAME(dns.rdataclass.IN, dns.rdatatype.CNAME, to_name(answer.cname))]))
     if answer.addresses:
         owner = to_name(answer.owner) if answer.cname is not None else asked
-        r.answer.append(dns.rrset.from_text_list(owner, ttl, dns.rdataclass.IN, query.rdtype,
-                                                 list(answer.addresses)))
+        cls = AAAA if query.rdtype == dns.rdatatype.AAAA else A
+        r.answer.append(_rrset(owner, query.rdtype, ttl,
+                               [cls(dns.rdataclass.IN, query.rdtype, ip) for ip in answer.addresses]))
     return r.to_wire(max_size=max_size, prefer_truncation=True)
+
+
+def _rrset(owner: dns.name.Name, rdtype: int, ttl: int, rdatas: list[dns.rdata.Rdata]) -> dns.rrset.RRset:
+    """Records made from their values (not from text, which costs a third of an answer)."""
+    rrset = dns.rrset.RRset(owner, dns.rdataclass.IN, rdtype)
+    rrset.update_ttl(ttl)
+    for rd in rdatas:
+        rrset.add(rd)
+    return rrset
 
 
 def upstream_query(query: Query, new_id: int) -> dns.message.Message:
