@@ -159,10 +159,3 @@ def relay_reply(sent: dns.message.Message, reply_wire: bytes, client: Query, max
     r.id = client.message.id
     return r.to_wire(max_size=max_size, prefer_truncation=True)
 
-
-def is_truncated(reply_wire: bytes) -> bool:
-    """Is TC set in a reply (the client must ask again over TCP)?"""
-    try:
-        return bool(dns.message.from_wire(reply_wire, continue_on_error=True).flags & dns.flags.TC)
-    except Exception:   # noqa: BLE001
-        return False
