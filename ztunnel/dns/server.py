@@ -180,6 +180,10 @@ class PodDns:
             node.metrics.upstream_failures.labels(*labels).inc()
             _access(self.proxy, query, f"forwarding failed ({e})", 0)
             out = error_reply(query.message, dns.rcode.SERVFAIL, max_size)
+        except Exception:   # noqa: BLE001 - a bug must still answer the pod, not leave it to time out
+            log.exception("forwarding a DNS query of pod %s/%s failed", self.proxy.pod.namespace, self.proxy.pod.name)
+            node.metrics.upstream_failures.labels(*labels).inc()
+            out = error_reply(query.message, dns.rcode.SERVFAIL, max_size)
         finally:
             node.metrics.upstream_duration.labels(*labels).observe(node.clock() - start)
         if not self.closed:
