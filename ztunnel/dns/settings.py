@@ -1,8 +1,8 @@
 """The DNS proxy's settings (`--dns-*`) and its upstream resolvers.
 
 `--dns-upstream IP[:port],...` names the resolvers forwarded queries go to. Without it they are
-the nameservers of ztunnel's own /etc/resolv.conf (in a cluster, the node pod's: kube-dns with
-dnsPolicy ClusterFirstWithHostNet), as Istio ztunnel reads its system configuration. A loopback
+the nameservers of ztunnel's own /etc/resolv.conf (in a cluster, the node pod's: kube-dns, by the
+default dnsPolicy ClusterFirst), as Istio ztunnel reads its system configuration. A loopback
 resolver is unreachable from a pod's netns, where forwarded queries are sent from: given
 explicitly it is refused at start-up; found in resolv.conf it is skipped with a warning, and when
 that leaves none, systemd-resolved's own list (/run/systemd/resolve/resolv.conf, the one kubelet
