@@ -3,8 +3,8 @@
 `--dns-upstream IP[:port],...` names the resolvers forwarded queries go to. Without it they are
 the nameservers of ztunnel's own /etc/resolv.conf (in a cluster, the node pod's: kube-dns, by the
 default dnsPolicy ClusterFirst), as Istio ztunnel reads its system configuration. A loopback
-resolver is unreachable from a pod's netns, where forwarded queries are sent from: given
-explicitly it is refused at start-up; found in resolv.conf it is skipped with a warning, and when
+or link-local resolver is unreachable from a pod's netns, where forwarded queries are sent from:
+given explicitly it is refused at start-up; found in resolv.conf it is skipped with a warning, and when
 that leaves none, systemd-resolved's own list (/run/systemd/resolve/resolv.conf, the one kubelet
 uses on such hosts) is read instead.
 """
@@ -54,15 +54,24 @@ def _port(text: str, p: str) -> int:
     return int(p)
 
 
+def unreachable(u: Upstream) -> str | None:
+    """Why a pod's netns, where forwarded queries leave from, cannot reach `u`; None: it can."""
+    ip = ipaddress.ip_address(u.ip)
+    if ip.is_loopback:
+        return "a loopback resolver is unreachable from the pods' netns, where forwarded queries are sent from"
+    if ip.is_link_local:
+        return "a link-local resolver is the node's interface's, unreachable from the pods' netns"
+    return None
+
+
 def _check_upstreams(values: tuple[str, ...]) -> str | None:
     for v in values:
         try:
-            u = parse_upstream(v)
+            why = unreachable(parse_upstream(v))
         except ValueError as e:
             return str(e)
-        if ipaddress.ip_address(u.ip).is_loopback:
-            return (f"{v}: a loopback resolver is unreachable from the pods' netns, where forwarded queries "
-                    "are sent from")
+        if why:
+            return f"{v}: {why}"
     return None
 
 
@@ -74,14 +83,14 @@ def resolv_conf_upstreams(path: Path = RESOLV_CONF, fallback: Path = SYSTEMD_RES
     except OSError as e:
         log.warning("DNS proxy: cannot read %s (%s): forwarded queries will get SERVFAIL; set --dns-upstream", path, e)
         return []
-    kept = [u for u in servers if not ipaddress.ip_address(u.ip).is_loopback]
-    skipped = [str(u) for u in servers if ipaddress.ip_address(u.ip).is_loopback]
+    kept = [u for u in servers if unreachable(u) is None]
+    skipped = [str(u) for u in servers if unreachable(u) is not None]
     if skipped:
-        log.warning("DNS proxy: skipping loopback nameserver(s) %s of %s: unreachable from a pod's netns",
-                    ", ".join(skipped), path)
+        log.warning("DNS proxy: skipping nameserver(s) %s of %s: loopback or link-local, unreachable from a "
+                    "pod's netns", ", ".join(skipped), path)
     if not kept and skipped and fallback.exists():
         try:
-            kept = [u for u in _nameservers(fallback) if not ipaddress.ip_address(u.ip).is_loopback]
+            kept = [u for u in _nameservers(fallback) if unreachable(u) is None]
         except OSError:
             kept = []
         if kept:
@@ -98,7 +107,16 @@ def _nameservers(path: Path) -> list[Upstream]:
         r.read_resolv_conf(str(path))
     except dns.resolver.NoResolverConfiguration:
         return []
-    return [parse_upstream(str(ns)) for ns in r.nameservers]
+    except ValueError as e:     # a line dnspython cannot take: the file is not used, ztunnel still starts
+        log.warning("DNS proxy: cannot use %s: %s", path, e)
+        return []
+    out = []
+    for ns in r.nameservers:
+        try:
+            out.append(parse_upstream(str(ns)))
+        except ValueError as e:
+            log.warning("DNS proxy: skipping nameserver %s of %s: %s", ns, path, e)
+    return out
 
 
 @dataclass(frozen=True)

@@ -61,3 +61,11 @@ def test_parse_upstream() -> None:
     assert str(parse_upstream("[fd00::a]:5353")) == "[fd00::a]:5353"
     with pytest.raises(ValueError):
         parse_upstream("[fd00::a")
+
+
+def test_an_unusable_nameserver_is_skipped_not_fatal(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver fe80::1%eth0\nnameserver 10.96.0.10\n")     # link-local: the node's interface's
+    assert resolv_conf_upstreams(conf, tmp_path / "absent") == [Upstream("10.96.0.10")]
+    conf.write_text("nameserver not-an-ip\n")
+    assert resolv_conf_upstreams(conf, tmp_path / "absent") == []
