@@ -12,6 +12,10 @@ listeners (`PodRegistry.shutdown`) and, with `net.ipv4.tcp_migrate_req=1` (the a
 every pod netns), the connections still queued on them move to the new ztunnel's instead of being
 reset. Before Linux 6.5 `bpf_sk_assign` refuses SO_REUSEPORT listeners, so there ztunnel binds
 exclusively and a surge hand-off waits for the old ztunnel to leave (see `reuseport_supported`).
+
+The DNS proxy's 127.0.0.1:15053 (UDP and TCP, `open_dns`) is opened with the other listeners, all
+or none, and shares their SO_REUSEPORT choice: a surge roll's two ztunnels, or a node's workers,
+take turns at a pod's queries, and closing the old one's sockets leaves the new one's.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ambit.dataplane.ports import (
     AMBIT_LISTENER_MARK,
     AMBIT_MARK,
     LISTEN_BACKLOG,
+    PORT_DNS,
     PORT_HBONE,
     PORT_INBOUND,
     PORT_OUTBOUND,
@@ -58,6 +63,9 @@ class Closable(Protocol):
 # Serves a pod's HBONE listener (already bound and listening in the pod's netns) with a server of its
 # own (TLS is terminated per pod, with that pod's certificate); returns what stops it accepting.
 HBONEServe = Callable[["PodProxy", socket.socket], Awaitable[Closable]]
+# Serves a pod's DNS proxy sockets (UDP bound, TCP listening, both 127.0.0.1:15053 in its netns;
+# ztunnel/dns/server.py); returns what closes them.
+DNSServe = Callable[["PodProxy", socket.socket, socket.socket], Awaitable[Closable]]
 # Told about pods coming ("add") and going ("remove"), e.g. to prefetch or forget certificates.
 PodListener = Callable[[str, "PodProxy"], None]
 
@@ -121,6 +129,27 @@ def open_listeners(with_hbone: bool, reuseport: bool = False) -> dict[int, socke
             s.close()
         raise
     return socks
+
+
+def open_dns(reuseport: bool = False) -> tuple[socket.socket, socket.socket]:
+    """The DNS proxy's UDP and TCP sockets on 127.0.0.1:PORT_DNS in the calling thread's netns (both
+    or neither). Not marked: the capture redirects the pod's own queries there, no other traffic.
+    The UDP socket has no SO_REUSEADDR: on UDP it would let a second socket take the port over."""
+    tcp = _listener("127.0.0.1", PORT_DNS, reuseport=reuseport)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        if reuseport:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        udp.bind(("127.0.0.1", PORT_DNS))
+        udp.setblocking(False)
+    except OSError as e:
+        udp.close()
+        tcp.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ListenerError(e.errno, f"UDP port {PORT_DNS} in use in the pod's netns (127.0.0.1:{PORT_DNS}, "
+                                         "the DNS proxy's)") from None
+        raise ListenerError(e.errno, f"cannot bind UDP 127.0.0.1:{PORT_DNS} in the pod's netns: {e.strerror}") from None
+    return udp, tcp
 
 
 def serve_plaintext(proxy: PodProxy, sock: socket.socket, handler: Handler) -> AcceptLoop:
@@ -212,7 +241,7 @@ class PodRegistry:
     """All pods of this node that ztunnel serves, keyed by uid."""
 
     def __init__(self, on_outbound: Handler, on_inbound: Handler, serve_hbone: HBONEServe | None = None,
-                 reuseport: bool | None = None):
+                 reuseport: bool | None = None, serve_dns: DNSServe | None = None):
         self.pods: dict[str, PodProxy] = {}
         self.reuseport = reuseport_supported() if reuseport is None else reuseport
         self.shutting_down = False      # SIGTERM: no pod is served any more, open connections drain
@@ -220,6 +249,7 @@ class PodRegistry:
         self._draining: set[asyncio.Future[None]] = set()
         self._handlers = {PORT_OUTBOUND: on_outbound, PORT_INBOUND: on_inbound}
         self._serve_hbone = serve_hbone
+        self._serve_dns = serve_dns     # None: no DNS proxy (its sockets are not opened)
         self.listeners: list[PodListener] = []
         # uid -> (pod, why): pods the agent handed over whose listeners could not be opened. They
         # are not served (inbound to them is dropped by ambit_tc_in); the agent retries.
@@ -250,10 +280,18 @@ class PodRegistry:
                 return
             await self.remove(pod.uid, drain=0)
         proxy = PodProxy(pod, netns_fd)
+        dns_socks: tuple[socket.socket, socket.socket] | None = None
         try:
             with entered(netns_fd):
                 socks = open_listeners(PORT_HBONE in self._handlers or self._serve_hbone is not None,
                                        reuseport=self.reuseport)
+                if self._serve_dns is not None:
+                    try:
+                        dns_socks = open_dns(reuseport=self.reuseport)
+                    except BaseException:
+                        for s in socks.values():
+                            s.close()
+                        raise
         except BaseException as e:
             os.close(netns_fd)   # ours from the hand-off on: the agent retries with a fresh one
             if isinstance(e, ListenerError):
@@ -266,10 +304,12 @@ class PodRegistry:
                     proxy.servers.append(await self._serve_hbone(proxy, sock))
                     continue
                 proxy.servers.append(serve_plaintext(proxy, sock, self._handlers[port]))
+            if dns_socks is not None and self._serve_dns is not None:
+                proxy.servers.append(await self._serve_dns(proxy, *dns_socks))
         except BaseException:
             for srv in proxy.servers:
                 srv.close()
-            for s in socks.values():
+            for s in (*socks.values(), *(dns_socks or ())):
                 s.close()
             os.close(netns_fd)
             raise

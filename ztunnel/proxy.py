@@ -57,6 +57,7 @@ from ambit.telemetrymetrics import MetricsConfig
 from ambit.zds import PodInfo
 from ztunnel import admission, routing
 from ztunnel.connbook import ConnBook, reset
+from ztunnel.dns.server import DnsProxy
 from ztunnel.limits import ProxyLimits
 from ztunnel.meshstate import MeshState
 from ztunnel.pods import PodProxy, PodRegistry
@@ -131,7 +132,7 @@ class Proxy:
                  metrics: Metrics | None = None, trust_domain: str = "cluster.local",
                  tunnel: TunnelSettings | None = None, limits: ProxyLimits | None = None,
                  access_log: AccessLogSink | None = None, original_dst: OriginalDst = original_dst,
-                 keepalive: TcpKeepalive | None = None) -> None:
+                 keepalive: TcpKeepalive | None = None, dns: DnsProxy | None = None) -> None:
         # The mesh config (workloads, services, policies) from the controller; None without one.
         self.config = config
         self.identities = identities
@@ -162,8 +163,11 @@ class Proxy:
         self.gc_stats: GCStats | None = None    # the collector's pauses, for admin /memory (__main__ sets it)
         if identities is not None:
             self.pool = HBONEClientPool(self._client_context, dial=self._dial, max_streams=limits.hbone_max_streams)
+        # The DNS proxy (ztunnel/dns): 127.0.0.1:15053 in every pod's netns; None: not served.
+        self.dns = dns
         self.registry = PodRegistry(self.outbound, self.inbound_plaintext,
-                                    serve_hbone=self._serve_hbone if identities is not None else None)
+                                    serve_hbone=self._serve_hbone if identities is not None else None,
+                                    serve_dns=dns.serve if dns is not None else None)
         self.registry.listeners.append(self._pod_event)
         if config is not None and identities is not None:
             config.on_change(self._on_config_change)

@@ -17,6 +17,10 @@ from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.merge import MetricsMerger, parse_source
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
 from ztunnel import admin, identity_setup
+from ztunnel.dns.forwarder import Forwarder
+from ztunnel.dns.metrics import DnsMetrics
+from ztunnel.dns.server import DnsProxy
+from ztunnel.dns.settings import describe
 from ztunnel.meshstate import MeshState, config_client
 from ztunnel.proxy import Proxy
 from ztunnel.settings import ZtunnelSettings
@@ -48,8 +52,14 @@ async def amain(args: ZtunnelSettings) -> None:
         log.warning("no --node-token-file: no workload certificates; mesh destinations will be refused")
     metrics = Metrics(expiry=args.metrics_expiry)
     tap_hub = TapHub(f"ztunnel/{args.node}")        # `ambit tap`: admin GET /tap
+    upstreams = args.dns.upstreams()
+    dns = DnsProxy(config, Forwarder(upstreams, args.dns.upstream_timeout),
+                   DnsMetrics(metrics.registry, expiry=args.metrics_expiry), cluster_domain=args.cluster_domain,
+                   trust_domain=args.trust_domain, max_forwards_per_pod=args.dns.max_forwards_per_pod)
+    log.info("DNS proxy on 127.0.0.1:15053 in every pod's netns; cluster domain %s; upstream resolvers: %s",
+             args.cluster_domain, describe(upstreams))
     proxy = Proxy(config=config, identities=identities, metrics=metrics, trust_domain=args.trust_domain,
-                  tunnel=args.tunnel, limits=args.limits, keepalive=args.socket_keepalive)
+                  tunnel=args.tunnel, limits=args.limits, keepalive=args.socket_keepalive, dns=dns)
     # the Telemetry API's sink (on/off, mode, filter, format per workload), also feeding `ambit tap`
     proxy.access_log = TapSink(proxy.access_log, tap_hub)
     metrics.registry.register(proxy.health(client))

@@ -22,6 +22,7 @@ from ambit.dataplane.settings import (
 from ambit.dataplane.telemetry.merge import source_problem
 from ambit.model import TcpKeepalive
 from ambit.settings import non_negative, option, positive
+from ztunnel.dns.settings import DnsSettings
 from ztunnel.limits import ProxyLimits
 
 
@@ -34,6 +35,13 @@ def _address(v: str) -> str | None:
     return None
 
 
+def _domain(v: str) -> str | None:
+    labels = v.rstrip(".").split(".")
+    if not v or not all(0 < len(x) < 64 and x.replace("-", "").isalnum() and x.isascii() for x in labels):
+        return "must be a DNS domain (e.g. cluster.local)"
+    return None
+
+
 @dataclass(frozen=True)
 class ZtunnelSettings:
     node: str = option(help="the node this ztunnel serves", required=True)
@@ -43,6 +51,9 @@ class ZtunnelSettings:
         help="file keeping the last good config, so a restarted ztunnel serves before the controller answers")
     root_namespace: str = option("ambit-system", "the mesh root namespace (mesh-wide policy)")
     trust_domain: str = option("cluster.local", "the mesh trust domain")
+    cluster_domain: str = option("cluster.local", "the cluster's DNS domain (Services are <name>.<ns>.svc.<domain>; "
+                                 "the DNS proxy's search domains); as the controller's --cluster-domain",
+                                 check=_domain)
     admin_address: str = option(f"127.0.0.1:{PORT_ADMIN}", "admin endpoint HOST:PORT in ztunnel's netns ('' to disable)",
                                 check=_address)
     admin_socket: Path | None = option(help="admin endpoint on a unix socket as well")
@@ -93,6 +104,8 @@ class ZtunnelSettings:
                           check=non_negative)
     worker_index: int = option(-1, "set by the supervisor on each worker it starts (-1: not a worker)")
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+    # The DNS proxy in every pod's netns (ztunnel/dns): `--dns-upstream`, ...
+    dns: DnsSettings = field(default_factory=DnsSettings)
     # Limits against hostile or noisy peers (docs/operations.md): flags without a group prefix.
     limits: ProxyLimits = field(default_factory=ProxyLimits, metadata={"prefix": ""})
 
