@@ -5,12 +5,15 @@ what a user of an entry without `addresses` relies on: each host gets a stable V
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ambit.labstore import LabStore
 from controller.translate import translate
 from controller.translate.autoalloc import AutoAllocate, allocate, parse_prefix
+from controller.waypoints.labstatus import LabWaypointStatus
 
 ON = AutoAllocate()
 PREFIX = ipaddress.ip_network("240.240.0.0/16")
@@ -138,3 +141,28 @@ def test_an_allocated_address_never_takes_a_services_cluster_ip() -> None:
     [entry] = [s for s in tr.services if s.name == "a.example.com"]
     assert entry.vips and entry.vips != ["240.240.7.7"]
     assert not tr.errors
+
+
+def test_the_lab_store_keeps_the_addresses_in_status_across_a_reapply(tmp_path: Path) -> None:
+    """`ambit get se NAME -o yaml` in the lab shows status.addresses (the controller writes them
+    into the lab store as into the API), and `ambit apply` of the same entry again keeps them."""
+    store = LabStore(tmp_path / "store.json")
+    writer = LabWaypointStatus(store)
+    obj = se("api", ["a.example.com"])
+    del obj["metadata"]["creationTimestamp"]
+    store.apply([obj])
+
+    def reconcile() -> dict[str, Any]:
+        objects = store.list()
+        writer.reconcile(objects, translate(objects))
+        got = store.get("ServiceEntry", "egress", "api")
+        assert got is not None
+        return got
+    first = reconcile()["status"]["addresses"]
+    assert [a["host"] for a in first] == ["a.example.com"]
+    assert ipaddress.ip_address(first[0]["value"]) in PREFIX
+    store.apply([se("api", ["a.example.com"])])          # re-applied without status
+    assert reconcile()["status"]["addresses"] == first
+    opted_out = se("api", ["a.example.com"], labels={"networking.istio.io/enable-autoallocate-ip": "false"})
+    store.apply([opted_out])
+    assert reconcile()["status"]["addresses"] == []
