@@ -79,17 +79,9 @@ def write_resolv(spec: LabSpec, names: LabNames, pod: PodSpec) -> None:
 def build(spec: LabSpec, names: LabNames) -> None:
     """The DNS netns on the underlay, routed to every node's pods. Raises on failure; the caller
     tears the lab down (by name, which takes this netns too)."""
-    ns = netns(names)
     prefix = spec.underlay_cidr.split("/")[1]
-    topology.sh("ip", "netns", "add", ns)
-    topology.ipn(ns, "link", "set", "lo", "up")
-    topology.ipn(ns, "link", "add", "dns0", "type", "veth", "peer", "name", "ul-dns", "netns", names.underlay)
-    topology.ipn(names.underlay, "link", "set", "ul-dns", "master", "br-ul")
-    topology.ipn(names.underlay, "link", "set", "ul-dns", "up")
-    topology.ipn(ns, "addr", "add", f"{address(spec.underlay_cidr)}/{prefix}", "dev", "dns0")
-    topology.ipn(ns, "link", "set", "dns0", "up")
-    for node in spec.nodes:
-        topology.ipn(ns, "route", "add", node.pod_cidr, "via", node.underlay_ip)
+    topology.add_underlay_host(names, netns(names), "dns0", "ul-dns", f"{address(spec.underlay_cidr)}/{prefix}",
+                               [(node.pod_cidr, node.underlay_ip) for node in spec.nodes])
 
 
 def process(spec: LabSpec, names: LabNames, base: Path) -> ProcSpec:

@@ -186,6 +186,26 @@ def build(spec: LabSpec, names: LabNames) -> None:
     install_service_rules(spec, names)
 
 
+def add_underlay_host(names: LabNames, ns: str, ifname: str, peer: str, address: str,
+                      routes: list[tuple[str, str]]) -> None:
+    """A netns that is a host on the underlay (the outside, the cluster DNS): `ifname` with
+    `address` (CIDR form) on the underlay bridge through `peer`, and `routes` (destination, via),
+    the nodes' pod CIDRs through their underlay addresses. A failure removes the netns."""
+    try:
+        sh("ip", "netns", "add", ns)
+        ipn(ns, "link", "set", "lo", "up")
+        ipn(ns, "link", "add", ifname, "type", "veth", "peer", "name", peer, "netns", names.underlay)
+        ipn(names.underlay, "link", "set", peer, "master", "br-ul")
+        ipn(names.underlay, "link", "set", peer, "up")
+        ipn(ns, "addr", "add", address, "dev", ifname)
+        ipn(ns, "link", "set", ifname, "up")
+        for dst, via in routes:
+            ipn(ns, "route", "add", dst, "via", via)
+    except Exception:
+        sh("ip", "netns", "del", ns, check=False)
+        raise
+
+
 def add_pod(spec: LabSpec, names: LabNames, pod: PodSpec, index: int) -> None:
     node = spec.node(pod.node)
     nns, pns = names.node_netns(node.name), names.pod_netns(pod.namespace, pod.name)

@@ -10,30 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from ambit.configclient import Backoff, ConfigClient, ConfigUpdate, NodeInfo
 from ambit.model import Service
 from controller.translate.autoalloc import probe
 from tests.support.wait import wait_for
+from tests.unit.controller import test_ha_replicas
 from tests.unit.controller.test_ha_replicas import Cluster, holder, two_replicas
 
+cluster = test_ha_replicas.cluster     # the emulator and the replicas started against it (stopped after)
 SE_V1 = "networking.istio.io/v1"
 PREFIX = ipaddress.IPv4Network("240.240.0.0/16")
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
-        c.emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "egress"}})
-        yield c
-    finally:
-        c.stop()
 
 
 def entry(name: str, hosts: list[str], status: list[dict[str, str]] | None = None) -> dict[str, Any]:
