@@ -13,7 +13,8 @@ Optionally (`write_status=True`) the verdict on each Istio/Ambit object is writt
 `status.conditions` (type `Accepted`), so `kubectl get -o yaml` shows why an object was rejected:
 validation's, and the translation's for a valid object that still cannot be applied as it is (a
 ServiceEntry address another Service holds), which the controller passes in after each
-translation (`set_translation_errors`). A Gateway API route whose newest version validation refused
+translation (`set_translation_errors`), and a ServiceEntry's auto-allocated `status.addresses`
+(`set_entry_addresses`, controller.translate.autoalloc), which every replica reads back. A Gateway API route whose newest version validation refused
 gets `status.parents` saying so (`ingress_status.refused_route_status`), and a waypoint or ingress
 Gateway `Accepted`/`Programmed=False`; a valid one's status is the waypoint reconciler's, which
 skips the objects `refused()` names. Status is written on one thread, conditional on the
