@@ -47,21 +47,12 @@ def parse_prefix(text: str) -> ipaddress.IPv4Network:
     try:
         net = ipaddress.ip_network(text, strict=True)
     except ValueError as e:
-        raise ValueError(f"{text!r} is not a CIDR prefix with no host bits set ({e})") from None
+        raise ValueError(f"not a CIDR prefix with no host bits set ({e})") from None
     if not isinstance(net, ipaddress.IPv4Network):
-        raise ValueError(f"{text!r}: IPv6 is not allocated (Ambit's data plane is IPv4); give an IPv4 prefix")
+        raise ValueError("IPv6 is not allocated (Ambit's data plane is IPv4); give an IPv4 prefix")
     if not 8 <= net.prefixlen <= 30:
-        raise ValueError(f"{text!r}: the prefix length must be 8 to 30 (a /31 or /32 leaves no address to allocate)")
+        raise ValueError(f"the prefix length must be 8 to 30, not {net.prefixlen} (a /31 or /32 leaves no address to allocate)")
     return net
-
-
-def check_prefix(text: str) -> str | None:
-    """For settings: None when `text` is a usable prefix, else why not."""
-    try:
-        parse_prefix(text)
-    except ValueError as e:
-        return str(e)
-    return None
 
 
 @dataclass(frozen=True)
