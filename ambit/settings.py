@@ -55,6 +55,18 @@ def one_of(*choices: str) -> Callable[[str], str | None]:
     return check
 
 
+def parsed_by(parse: Callable[[str], Any]) -> Callable[[str], str | None]:
+    """A check that refuses what `parse` raises ValueError on, with its message: the setting is
+    checked by the very function that will read it."""
+    def check(v: str) -> str | None:
+        try:
+            parse(v)
+        except ValueError as e:
+            return str(e)
+        return None
+    return check
+
+
 def _flag(prefix: str, name: str) -> str:
     return "--" + (prefix + name).replace("_", "-")
 

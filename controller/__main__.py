@@ -36,6 +36,7 @@ from controller.settings import ControllerSettings
 from controller.settings import load as load_settings
 from controller.sources import Snapshot, Source
 from controller.translate import Translation
+from controller.translate.autoalloc import AutoAllocate, parse_prefix
 from controller.validation import FieldError
 
 # seconds between a proxy's status reports (its --report-interval default): reports live six of them
@@ -311,7 +312,8 @@ async def amain(args: ControllerSettings) -> int:
                             root_namespace=args.root_namespace, cluster_domain=args.cluster_domain,
                             on_applied=on_applied,
                             trust_domain_aliases=_aliases(flag_aliases, watcher, args.trust_domain, None),
-                            jwks=JwksCache(refresh=args.jwks_refresh))
+                            jwks=JwksCache(refresh=args.jwks_refresh),
+                            autoallocate=AutoAllocate(args.ip_autoallocate, parse_prefix(args.ip_autoallocate_ipv4_prefix)))
     controller_box.append(controller)
     if watcher is not None:     # extensionProviders / defaultProviders of the first read (checked above)
         with contextlib.suppress(ValueError):

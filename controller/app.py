@@ -29,6 +29,7 @@ from controller.extauthz import bind_providers
 from controller.jwks import JwksCache
 from controller.sources import Snapshot, Source
 from controller.translate import Translation, TranslationBug, TranslationMemo, translate
+from controller.translate.autoalloc import AutoAllocate
 from controller.translate.routes import flatten_policy
 from controller.translate.waypoints import gateway_of
 from controller.validation import FieldError, object_key
@@ -74,8 +75,10 @@ class Controller:
     def __init__(self, source: Source, server: ConfigServer, *, trust_domain: str = "cluster.local",
                  root_namespace: str = "ambit-system", cluster_domain: str = "cluster.local",
                  on_applied: Callable[[Snapshot, Translation], None] | None = None,
-                 trust_domain_aliases: tuple[str, ...] = (), jwks: JwksCache | None = None):
+                 trust_domain_aliases: tuple[str, ...] = (), jwks: JwksCache | None = None,
+                 autoallocate: AutoAllocate | None = None):
         self.source = source
+        self.autoallocate = autoallocate or AutoAllocate()    # ServiceEntry address auto-allocation
         self.jwks = jwks or JwksCache()           # RequestAuthentication jwksUri key sets, inlined
         self._jwks_wanted: dict[str, float] = {}  # the key sets the last translation names
         self._jwks_wake = threading.Event()       # a new one: the refresher fetches it now
@@ -220,6 +223,12 @@ class Controller:
                 note(list(tr.errors))
             except Exception:  # noqa: BLE001 - a status bug never blocks config
                 log.exception("passing translation errors to the source failed")
+        addresses = getattr(self.source, "set_entry_addresses", None)
+        if addresses is not None:   # ServiceEntries' auto-allocated addresses, into their status
+            try:
+                addresses(dict(tr.entry_addresses))
+            except Exception:  # noqa: BLE001 - a status bug never blocks config
+                log.exception("passing ServiceEntry addresses to the source failed")
         if self.on_applied is not None:
             try:
                 self.on_applied(objects, tr)
@@ -247,7 +256,8 @@ class Controller:
 
     def _translate(self, objects: Snapshot) -> Translation:
         tr = translate(objects, self.trust_domain, self.root_namespace, self.cluster_domain,
-                       self.trust_domain_aliases, self.jwks.resolved(), memo=self._workloads)
+                       self.trust_domain_aliases, self.jwks.resolved(), memo=self._workloads,
+                       autoallocate=self.autoallocate)
         # A jwksUri seen for the first time is published at once, failing closed (its rule carries
         # "not fetched yet": tokens of that issuer get 401, as with istiod's fake JWKS), and fetched
         # by the refresher thread, woken now; it re-translates and pushes once the keys are known.

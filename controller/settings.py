@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ambit import settings
-from ambit.settings import non_negative, option
+from ambit.settings import non_negative, option, parsed_by
 from controller.acceptgate import MAX_CONNECTIONS_PER_PEER
 from controller.ca.service import CA_REQUEST_BURST, CA_REQUEST_RATE
 from controller.configserver.server import MAX_CONNECTIONS, MAX_STREAMS_PER_CLIENT
 from controller.debug.service import REPORT_BURST, REPORT_RATE
 from controller.gcpolicy import FULL_INTERVAL, THRESHOLD, check_full_interval, check_threshold
 from controller.memguard import MEMORY_GUARD_FRACTION
+from controller.translate.autoalloc import DEFAULT_PREFIX, parse_prefix
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,13 @@ class ControllerSettings:
              "extensionProviders, defaultProviders, outboundTrafficPolicy, localityLbSetting, tcpKeepalive); "
              "watched, may be absent")
     root_namespace: str = option("ambit-system", "the mesh root namespace")
+    ip_autoallocate: bool = option(
+        True, "do not allocate addresses to ServiceEntries without spec.addresses (Istio's "
+              "PILOT_ENABLE_IP_AUTOALLOCATE=false); addresses already in their status.addresses are then cleared")
+    ip_autoallocate_ipv4_prefix: str = option(
+        DEFAULT_PREFIX, "the prefix ServiceEntry addresses are auto-allocated from, one per host, kept in "
+                        "status.addresses (Istio's PILOT_IP_AUTOALLOCATE_IPV4_PREFIX; set it to istiod's when "
+                        "migrating, so the addresses it wrote are kept)", check=parsed_by(parse_prefix))
     cluster_domain: str = option("cluster.local", "the cluster's DNS domain")
     ca_dir: Path | None = option(help="serve the CA, keeping its key material here (created on first start)")
     ca_secret: str = option(

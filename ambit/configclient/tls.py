@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ambit import identity as ident
-from ambit.settings import option
+from ambit.settings import option, parsed_by
 
 # grpclib is imported where a channel is made, so a process that only parses settings (a workers'
 # supervisor) never loads it.
@@ -85,12 +85,7 @@ class ControllerTrust:
         return ctx
 
 
-def _identity(v: str) -> str | None:
-    try:
-        server_name(v)
-    except ValueError as e:
-        return str(e)
-    return None
+_identity = parsed_by(server_name)
 
 
 @dataclass(frozen=True)

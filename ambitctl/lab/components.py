@@ -16,7 +16,7 @@ from typing import Any
 
 from ambit import cgroups
 from ambit.dataplane.settings import WATCHDOG_KILL_AFTER
-from ambitctl.lab import runtime
+from ambitctl.lab import dns, runtime
 from ambitctl.lab.spec import LabSpec
 from ambitctl.lab.state import LabState, ProcSpec
 from ambitctl.lab.topology import NETNS_RUN_DIR, LabNames
@@ -143,7 +143,7 @@ WAYPOINT_ARGS_ENV = "AMBIT_LAB_WAYPOINT_ARGS"    # the same for every waypoint (
 
 def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
               cert_ttl: float | None = None, ztunnel_workers: int = 1) -> list[ProcSpec]:
-    procs: list[ProcSpec] = [controller_process(names, base, spec.trust_domain)]
+    procs: list[ProcSpec] = [controller_process(names, base, spec.trust_domain), dns.process(spec, names, base)]
     py = sys.executable
     for n in spec.nodes:
         node_ns = str(NETNS_RUN_DIR / names.node_netns(n.name))
@@ -161,6 +161,7 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
                   "--report-interval", "3", "--termination-drain", str(ZTUNNEL_DRAIN),
                   "--workers", str(ztunnel_workers), "--watchdog-kill-after", f"{WATCHDOG_KILL_AFTER:g}",
                   *(["--cert-ttl", str(cert_ttl)] if cert_ttl else []),
+                  *dns_upstream_args(spec),
                   *shlex.split(os.environ.get(ZTUNNEL_ARGS_ENV, ""))],
             stop_grace=ZTUNNEL_DRAIN + 2, needs=[str(node_token_file(base, n.name))]))
         procs.append(ProcSpec(
@@ -192,6 +193,18 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
     return procs
 
 
+def dns_upstream_args(spec: LabSpec) -> list[str]:
+    """ztunnel's DNS proxy forwards what it does not answer to the lab's cluster DNS (ztunnel's own
+    /etc/resolv.conf, the host's, knows no Service). Only when this ztunnel has the setting: a tree
+    without the DNS proxy still starts its lab."""
+    import dataclasses
+
+    from ztunnel.settings import ZtunnelSettings
+    if "dns_upstream" not in {f.name for f in dataclasses.fields(ZtunnelSettings)}:
+        return []
+    return ["--dns-upstream", dns.address(spec.underlay_cidr)]
+
+
 def listening_ports(pid: int) -> set[int]:
     """TCP ports in LISTEN state in the netns of `pid` (read from its /proc/<pid>/net/tcp)."""
     ports: set[int] = set()
@@ -217,6 +230,8 @@ def not_ready(st: LabState, base: Path) -> list[str]:
         waiting.append("prometheus")
     if not controller_ready(base):
         waiting.append("controller")
+    if any(p.id == "dns" for p in st.processes) and not dns_ready(rt.get("dns", {}).get("pid")):
+        waiting.append("dns")
     for n in st.spec["nodes"]:
         if not _zds_of(st, n["name"]).exists() or not ztunnel_ready(base, n["name"]):
             waiting.append(f"ztunnel/{n['name']}")
@@ -228,6 +243,17 @@ def not_ready(st: LabState, base: Path) -> list[str]:
         if pid and want and not want <= listening_ports(pid):
             waiting.append(f"pod/{p['namespace']}/{p['name']}")
     return waiting
+
+
+def dns_ready(pid: int | None) -> bool:
+    """Does the lab's dnsmasq `pid` listen on UDP port 53 (in its netns)?"""
+    if not pid:
+        return False
+    try:
+        lines = Path(f"/proc/{pid}/net/udp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(len(c := line.split()) > 1 and c[1].endswith(":0035") for line in lines)
 
 
 def controller_ready(base: Path) -> bool:
@@ -284,6 +310,7 @@ def remove_runtime_files(base: Path, nodes: list[str]) -> None:
     controller_metrics_socket(base).unlink(missing_ok=True)
     debug_token_file(base).unlink(missing_ok=True)            # the debug API's admin token
     from ambitctl.lab import prometheus, tracing
+    dns.remove(base)                                           # the cluster DNS's names
     prometheus.remove(base)                                    # its config, targets and TSDB
     tracing.remove(base)                                       # the collector's query socket
 

@@ -21,6 +21,7 @@ from ambit.labstore import LabStore
 from ambitctl.lab import (
     components,
     dashboard,
+    dns,
     paths,
     prometheus,
     runtime,
@@ -110,6 +111,7 @@ def up(spec: LabSpec, name: str = "ambit", base: Path | None = None, capture: st
                  f"{len(spec.services)} services")
         collector = tracing.add_collector(spec, base) if with_tracing else None
         topology.build(spec, names)
+        dns.build(spec, names)      # the cluster DNS's netns; dnsmasq is one of the processes
         for n in spec.nodes:        # the cluster network's CNI configuration, before the node agents
             runtime.write_network_config(base, n.name)
         store = LabStore(paths.store_path(base))

@@ -16,7 +16,7 @@ from ambitctl.lab import paths, state
 from ambitctl.lab.lab import LabError
 
 PER_NODE = ("agent", "ztunnel")
-KINDS = "controller, supervisor, agent/NODE, ztunnel/NODE, waypoint[/NS/NAME], or NS/POD"
+KINDS = "controller, supervisor, dns, agent/NODE, ztunnel/NODE, waypoint[/NS/NAME], or NS/POD"
 
 
 def _node_names(st: state.LabState | None) -> list[str]:
@@ -104,6 +104,6 @@ def log_file(component: str, node: str | None, base: Path | None = None) -> Path
         return d / f"waypoint-{_waypoint(rest, st, d).replace('/', '-')}.log"
     if rest:
         return d / f"pod-{component.replace('/', '-')}.log"
-    if component in ("controller", "supervisor"):
+    if component in ("controller", "supervisor", "dns"):     # dns: the lab's cluster DNS (dnsmasq)
         return d / f"{component}.log"
     raise LabError(f"unknown component {component!r}: {KINDS}")

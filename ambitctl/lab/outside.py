@@ -35,17 +35,6 @@ def ensure(names: LabNames, spec: dict[str, Any]) -> bool:
     if ns in topology.list_netns():
         return False
     prefix = spec.get("underlay_cidr", "10.200.0.0/24").split("/")[1]
-    try:
-        topology.sh("ip", "netns", "add", ns)
-        topology.ipn(ns, "link", "set", "lo", "up")
-        topology.ipn(ns, "link", "add", "out0", "type", "veth", "peer", "name", "ul-outside", "netns", names.underlay)
-        topology.ipn(names.underlay, "link", "set", "ul-outside", "master", "br-ul")
-        topology.ipn(names.underlay, "link", "set", "ul-outside", "up")
-        topology.ipn(ns, "addr", "add", f"{address(spec)}/{prefix}", "dev", "out0")
-        topology.ipn(ns, "link", "set", "out0", "up")
-        for node in spec["nodes"]:
-            topology.ipn(ns, "route", "add", node["pod_cidr"], "via", node["underlay_ip"])
-    except Exception:
-        topology.sh("ip", "netns", "del", ns, check=False)
-        raise
+    topology.add_underlay_host(names, ns, "out0", "ul-outside", f"{address(spec)}/{prefix}",
+                               [(node["pod_cidr"], node["underlay_ip"]) for node in spec["nodes"]])
     return True

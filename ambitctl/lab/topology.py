@@ -9,6 +9,7 @@ Layout (default name "ambit", 2 nodes):
     ambit.ul      underlay netns, bridge br-ul (L2 only)
     ambit.node1   ul0 10.200.0.1/24 on the underlay; br0 10.210.1.1/24 for its pods; ip_forward
     ambit.demo.client   eth0 10.210.1.11/24, default via 10.210.1.1; veth peer on node1's br0
+    ambit.dns     dns0 10.200.0.251/24 on the underlay: the cluster DNS (ambitctl/lab/dns.py)
     cgroups       <cg2>/ambit-lab/{supervisor,system,node1/{agent,ztunnel,pods/<ns>.<pod>}}
     services      VIPs in 10.96.0.0/24, DNAT'ed in every node netns (the lab's kube-proxy)
 """
@@ -185,6 +186,26 @@ def build(spec: LabSpec, names: LabNames) -> None:
     install_service_rules(spec, names)
 
 
+def add_underlay_host(names: LabNames, ns: str, ifname: str, peer: str, address: str,
+                      routes: list[tuple[str, str]]) -> None:
+    """A netns that is a host on the underlay (the outside, the cluster DNS): `ifname` with
+    `address` (CIDR form) on the underlay bridge through `peer`, and `routes` (destination, via),
+    the nodes' pod CIDRs through their underlay addresses. A failure removes the netns."""
+    try:
+        sh("ip", "netns", "add", ns)
+        ipn(ns, "link", "set", "lo", "up")
+        ipn(ns, "link", "add", ifname, "type", "veth", "peer", "name", peer, "netns", names.underlay)
+        ipn(names.underlay, "link", "set", peer, "master", "br-ul")
+        ipn(names.underlay, "link", "set", peer, "up")
+        ipn(ns, "addr", "add", address, "dev", ifname)
+        ipn(ns, "link", "set", ifname, "up")
+        for dst, via in routes:
+            ipn(ns, "route", "add", dst, "via", via)
+    except Exception:
+        sh("ip", "netns", "del", ns, check=False)
+        raise
+
+
 def add_pod(spec: LabSpec, names: LabNames, pod: PodSpec, index: int) -> None:
     node = spec.node(pod.node)
     nns, pns = names.node_netns(node.name), names.pod_netns(pod.namespace, pod.name)
@@ -208,16 +229,14 @@ def pod_network(nns: str, pns: str, host_if: str, ip: str, gateway: str) -> None
 
 
 def write_hosts(spec: LabSpec, names: LabNames, pod: PodSpec) -> None:
-    """`ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts: our cluster DNS."""
+    """`ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts, and resolv.conf over
+    /etc/resolv.conf. As the kubelet's, the hosts file names only the pod itself: Service names
+    come from the cluster DNS (ambitctl/lab/dns.py), so a pod's lookups leave the pod as queries."""
+    from ambitctl.lab import dns
     d = ETC_NETNS / names.pod_netns(pod.namespace, pod.name)
     d.mkdir(parents=True, exist_ok=True)
-    lines = ["127.0.0.1 localhost", f"{pod.ip} {pod.name}"]
-    for svc in spec.services:
-        hn = svc.hostnames
-        if svc.namespace == pod.namespace:
-            hn = hn + [svc.name]
-        lines.append(f"{svc.vip} {' '.join(hn)}")
-    (d / "hosts").write_text("\n".join(lines) + "\n")
+    (d / "hosts").write_text(f"127.0.0.1 localhost\n{pod.ip} {pod.name}\n")
+    dns.write_resolv(spec, names, pod)
 
 
 def install_service_rules(spec: LabSpec, names: LabNames) -> None:
@@ -287,7 +306,7 @@ def teardown(names: LabNames) -> list[str]:
     if names.underlay in list_netns():
         sh("ip", "netns", "del", names.underlay, check=False)
         removed.append(f"netns {names.underlay}")
-    # 4. /etc/netns entries (hosts files).
+    # 4. /etc/netns entries (hosts and resolv.conf files).
     if ETC_NETNS.exists():
         for d in ETC_NETNS.iterdir():
             if names.owns_netns(d.name):

@@ -13,7 +13,8 @@ Optionally (`write_status=True`) the verdict on each Istio/Ambit object is writt
 `status.conditions` (type `Accepted`), so `kubectl get -o yaml` shows why an object was rejected:
 validation's, and the translation's for a valid object that still cannot be applied as it is (a
 ServiceEntry address another Service holds), which the controller passes in after each
-translation (`set_translation_errors`). A Gateway API route whose newest version validation refused
+translation (`set_translation_errors`), and a ServiceEntry's auto-allocated `status.addresses`
+(`set_entry_addresses`, controller.translate.autoalloc), which every replica reads back. A Gateway API route whose newest version validation refused
 gets `status.parents` saying so (`ingress_status.refused_route_status`), and a waypoint or ingress
 Gateway `Accepted`/`Programmed=False`; a valid one's status is the waypoint reconciler's, which
 skips the objects `refused()` names. Status is written on one thread, conditional on the
@@ -43,6 +44,7 @@ from controller.kinds import KINDS
 from controller.sources import OnSnapshot
 from controller.sources.cache import CacheKey, LastGoodCache, cache_key
 from controller.sources.statuspace import StatusPace
+from controller.translate.autoalloc import status_differs
 from controller.translate.ingress import ALL_ROUTE_KINDS, GATEWAY_GROUP, is_ingress
 from controller.translate.parents import is_gateway_parent, is_service_parent
 from controller.validation import FieldError, object_ref, reasons
@@ -153,6 +155,10 @@ class KubeSource:
         self.status_pace: StatusPace[tuple[WatchedType, CacheKey], tuple[WatchedType, Obj]] = StatusPace()
         self.clock: Callable[[], float] = time.monotonic
         self._not_applied: dict[str, list[FieldError]] = {}    # ref -> the translation's errors for it
+        # ServiceEntry (ns, name) -> the status.addresses the last translation wants; an entry it did
+        # not see (none yet, or created since) is left alone: written before the first translation,
+        # "none wanted" would wipe the addresses every replica is about to read back
+        self._entry_addresses: dict[tuple[str, str], list[Obj]] = {}
         self._crd_unreadable_logged = False
 
     # -- the Source interface ---------------------------------------------------------------------
@@ -268,6 +274,21 @@ class KubeSource:
                     if object_ref(obj) in changed:
                         self._maybe_status(t, obj)
 
+    def set_entry_addresses(self, wanted: dict[tuple[str, str], list[Obj]]) -> None:
+        """The `status.addresses` each ServiceEntry should have (the translation's auto-allocation,
+        controller.translate.autoalloc): the leader writes those that differ, so every replica and
+        every restart reads the same addresses back from status."""
+        old, self._entry_addresses = self._entry_addresses, dict(wanted)
+        changed = {k for k in old.keys() | wanted.keys() if old.get(k) != wanted.get(k)}
+        if not changed or not self.write_status:
+            return
+        for t, rf in self.reflectors.items():
+            if t.kind == "ServiceEntry":
+                for obj in rf.objects():
+                    md = obj.get("metadata") or {}
+                    if (md.get("namespace") or "default", md.get("name", "")) in changed:
+                        self._maybe_status(t, obj)
+
     def refused(self) -> set[tuple[str, str, str]]:
         """(kind, namespace, name) of the Gateway API objects (Gateways, routes) whose newest version
         validation refused: their status is written here, and the waypoint reconciler, which sees
@@ -303,7 +324,13 @@ class KubeSource:
         errors = self.cache.rejected().get(cache_key(obj), [])
         not_applied = [] if errors else self._not_applied.get(object_ref(obj), [])
         cond = accepted_condition(obj, errors, not_applied)
-        return _conditions_status(obj, cond) if _condition_differs(obj, cond) else None
+        out = _conditions_status(obj, cond) if _condition_differs(obj, cond) else {}
+        if t.kind == "ServiceEntry" and not errors:    # a rejected version's addresses wait for a valid one
+            md = obj.get("metadata") or {}
+            wanted = self._entry_addresses.get((md.get("namespace") or "default", md.get("name", "")))
+            if wanted is not None and status_differs(obj, wanted):
+                out["addresses"] = wanted
+        return out or None
 
     def _route_status(self, obj: Obj) -> Obj | None:
         """A refused route's `status.parents` (its parents that are ours: Services, and Gateways of

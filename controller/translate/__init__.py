@@ -25,6 +25,7 @@ from ambit.model import (
     Workload,
 )
 from controller.kinds import BY_KIND
+from controller.translate.autoalloc import AutoAllocate, allocate
 from controller.translate.backendtls import BackendTLS, apply_backend_tls
 from controller.translate.blame import TranslationBug, blame
 from controller.translate.index import Index, age_key
@@ -74,6 +75,9 @@ class Translation:
     ingress: IngressResult = field(default_factory=IngressResult)   # ingress Gateways, their routes' status
     parents: Parents = field(default_factory=Parents)   # routes' mesh parents: targets, notices (warnings)
     backend_tls: BackendTLS = field(default_factory=BackendTLS)     # BackendTLSPolicies' verdicts (status.ancestors)
+    # (namespace, name) -> the status.addresses a ServiceEntry should have ([]: clear them); an entry
+    # absent here has none and needs none (controller.translate.autoalloc)
+    entry_addresses: dict[tuple[str, str], list[dict[str, str]]] = field(default_factory=dict)
 
     def resources(self) -> list[Any]:
         """Every model resource, in one list."""
@@ -93,11 +97,13 @@ class Translation:
 def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local",
               root_namespace: str = "ambit-system", cluster_domain: str = "cluster.local",
               trust_domain_aliases: tuple[str, ...] = (),
-              jwks: Mapping[str, tuple[str, str]] | None = None, memo: TranslationMemo | None = None) -> Translation:
+              jwks: Mapping[str, tuple[str, str]] | None = None, memo: TranslationMemo | None = None,
+              autoallocate: AutoAllocate | None = None) -> Translation:
     """`jwks`: the key sets the controller fetched for RequestAuthentication `jwksUri`s (source ->
     (JSON, error)); what is still to fetch is in `Translation.jwks_fetches`. `memo`: the Workloads
     of the last translation, reused for pods whose inputs did not change (controller.translate.memo;
-    only when `objects` is a `Validated` snapshot, whose objects are never edited in place)."""
+    only when `objects` is a `Validated` snapshot, whose objects are never edited in place).
+    `autoallocate`: ServiceEntry address auto-allocation (None: on, from 240.240.0.0/16, as Istio)."""
     out = Translation(mesh_settings=[MeshSettings(trust_domain, list(trust_domain_aliases))])
     good, out.errors = split_valid(objects if isinstance(objects, Validated) else    # every kind is known
                                    (o for o in objects if isinstance(o, dict) and o.get("kind") in BY_KIND))
@@ -113,7 +119,11 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     out.workloads = translate_workloads(idx, out.services, trust_domain, gateways,
                                         lambda wp, ns: waypoint_admits(idx, wp, ns), refused,
                                         memo)
-    out.services.extend(translate_service_entries(idx, out.services, out.errors))     # after the workloads: they back no pod
+    allocation = allocate(idx.kind("ServiceEntry"), autoallocate or AutoAllocate(),
+                          reserved=[v for s in out.services for v in s.vips])
+    out.entry_addresses = allocation.status
+    out.errors.extend(allocation.errors)
+    out.services.extend(translate_service_entries(idx, out.services, out.errors, allocation))  # after the workloads
     out.errors.extend(gateway_errors)
     unbound = apply_waypoints(gateways, out.services, lambda wp, ns: waypoint_admits(idx, wp, ns), refused)
     out.authorizations = _each(idx.kind("AuthorizationPolicy"),

@@ -10,6 +10,10 @@ Why ztunnel resolves, not the controller: Istio ambient resolves DNS ServiceEntr
 ztunnel, from the node that opens the connection. The answer then follows the record's TTL and the
 node's view of DNS (split-horizon resolvers, per-node caches), and a name that stops resolving
 fails that connection rather than freezing a stale address into every ztunnel's config.
+
+An entry without `addresses` gets one auto-allocated VIP per host (controller.translate.autoalloc,
+as Istio's `status.addresses`): unlike user `addresses`, which are the first host's, each host's
+Service carries its own, so a connection to it (and the DNS proxy's answer for it) names one host.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from ambit.model import Endpoint, Service, ServicePort
 from controller.kinds.serviceentry import is_ip
+from controller.translate.autoalloc import Allocation
 from controller.translate.blame import blame
 from controller.translate.distribution import traffic_distribution
 from controller.translate.index import Index, labels_of, name_of, namespace_waypoint, ns_of, waypoint_ref
@@ -73,13 +78,20 @@ def _address_conflicts(se: Obj, taken: dict[str, str]) -> list[FieldError]:
     return out
 
 
-def translate_service_entries(idx: Index, services: list[Service], errors: list[FieldError]) -> list[Service]:
+def translate_service_entries(idx: Index, services: list[Service], errors: list[FieldError],
+                              allocation: Allocation | None = None) -> list[Service]:
     """The registry Services of every ServiceEntry. An entry with an address that is already
     another Service's VIP (or an earlier entry's, by namespace and name) is not applied at all and
     reported: ztunnel could not tell which one a connection to it means, and an entry applied
     without one of its addresses would be half-applied. One verdict everywhere: `ambit apply`
-    refuses it, the controller leaves it out and writes Accepted=False on it (controller.sources.kube)."""
+    refuses it, the controller leaves it out and writes Accepted=False on it (controller.sources.kube).
+    `allocation`: the auto-allocated VIPs of entries without `addresses` (never an address another
+    Service or entry holds: autoalloc reserves those)."""
     taken = {vip: s.resource_name for s in services for vip in s.vips}
+    auto = allocation.vips if allocation is not None else {}
+    for key, vips in auto.items():
+        for vip in vips.values():
+            taken[vip] = f"ServiceEntry {key[0]}/{key[1]}"
     out = []
     for se in sorted(idx.kind("ServiceEntry"), key=lambda o: (ns_of(o), name_of(o))):
         with blame(se):
@@ -106,6 +118,8 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
                 else:
                     endpoints = []      # a wildcard has no address to resolve: connections to it are refused
                 mine = addresses if i == 0 else []      # an address means one host to ztunnel: the first
+                if not addresses and host in auto.get((ns, name_of(se)), {}):
+                    mine = [auto[(ns, name_of(se))][host]]      # auto-allocated: each host its own
                 out.append(Service(
                     name=host, namespace=ns, hostname=host,
                     vips=[a.split("/")[0] for a in mine if not _is_subnet(a)],

@@ -6,7 +6,8 @@ The same statuses as in a cluster (`reconcile.KubeWaypointReconciler`): each way
 the lab applies neither),
 each AuthorizationPolicy's `ZtunnelAccepted`/`WaypointAccepted`, each BackendTLSPolicy's
 `status.ancestors`, and any Istio or Ambit object's
-`Enforced=False` for fields accepted but not applied (`advisories.object_conditions`). One store transaction per
+`Enforced=False` for fields accepted but not applied (`advisories.object_conditions`), and each
+ServiceEntry's auto-allocated `status.addresses` (controller.translate.autoalloc). One store transaction per
 pass, and only when something differs (times aside), so the snapshot our write causes changes
 nothing and the loop ends. `ambit get gateway -o yaml` and `ambit waypoint status` read them.
 """
@@ -18,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ambit.labstore import Key, LabStore, key_of
+from controller.translate.autoalloc import status_differs
 from controller.translate.ingress import is_ingress
 from controller.waypoints import gateways as gws
 from controller.waypoints import ingress_status
@@ -51,6 +53,24 @@ def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", 
             merged = conditions_update(o, object_conditions(o, found))
             if merged is not None:
                 out[key_of(o)] = {**(o.get("status") or {}), "conditions": merged}
+    if translation is not None:
+        out.update(entry_addresses(objects, translation.entry_addresses, out))
+    return out
+
+
+def entry_addresses(objects: list[Obj], wanted: Mapping[tuple[str, str], list[Obj]],
+                    pending: Mapping[Key, Obj]) -> dict[Key, Obj]:
+    """The ServiceEntries whose `status.addresses` differ from the allocation's, with their whole
+    new status (on top of a status `pending` already holds for them)."""
+    out: dict[Key, Obj] = {}
+    for o in objects:
+        if o.get("kind") != "ServiceEntry":
+            continue
+        md = o.get("metadata") or {}
+        want = wanted.get((md.get("namespace") or "default", md.get("name", "")), [])
+        if status_differs(o, want):
+            base = pending.get(key_of(o), o.get("status") or {})
+            out[key_of(o)] = {**base, "addresses": want}
     return out
 
 
