@@ -195,13 +195,7 @@ def processes(spec: LabSpec, names: LabNames, base: Path, capture: str = "ebpf",
 
 def dns_upstream_args(spec: LabSpec) -> list[str]:
     """ztunnel's DNS proxy forwards what it does not answer to the lab's cluster DNS (ztunnel's own
-    /etc/resolv.conf, the host's, knows no Service). Only when this ztunnel has the setting: a tree
-    without the DNS proxy still starts its lab."""
-    import dataclasses
-
-    from ztunnel.settings import ZtunnelSettings
-    if "dns_upstream" not in {f.name for f in dataclasses.fields(ZtunnelSettings)}:
-        return []
+    /etc/resolv.conf, the host's, knows no Service)."""
     return ["--dns-upstream", dns.address(spec.underlay_cidr)]
 
 

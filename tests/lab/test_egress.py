@@ -7,6 +7,7 @@ two addresses: one a ServiceEntry registers, one nobody registers. Real curl fro
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -237,3 +238,59 @@ def test_a_service_entry_over_the_pod_range_does_not_take_other_namespaces_pod_t
         assert mine and all(r.get("dst.service") != host for r in mine[-3:]), mine[-3:]
     finally:
         delete(lab, se, strict, ns)
+
+
+def dns_requests(lab: Lab, node: str, **match: str) -> float:
+    text = scrape(lab.dir / node / "metrics.sock")
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "istio_dns_requests_total" and all(s.labels.get(k) == v for k, v in match.items()))
+
+
+def test_service_entry_by_name_through_the_dns_proxy(lab: Lab, external: ext_mod.External) -> None:
+    """The app only knows the host's name: the controller allocates the entry an address, the pod's
+    DNS query is captured to ztunnel's DNS proxy, which answers with it, and ztunnel routes the
+    connection to the entry's endpoint, also under REGISTRY_ONLY (Istio ambient's egress pattern)."""
+    mesh_cfg = lab.dir / "mesh-config.yaml"
+    before = mesh_cfg.read_text() if mesh_cfg.exists() else None
+    se = service_entry(external)
+    se["metadata"]["name"] = "external-by-name"
+    del se["spec"]["addresses"]
+    apply(lab, se)
+    try:
+        got = yaml.safe_load(lab.ambit("get", "serviceentry", "external-by-name", "-n", "demo", "-o", "yaml").stdout)
+        allocated = [a for a in (got.get("status") or {}).get("addresses") or [] if a.get("host") == ext_mod.HOSTNAME]
+        assert len(allocated) == 1 and allocated[0]["value"].startswith("240.240."), got.get("status")
+        vip = allocated[0]["value"]
+
+        queries = dns_requests(lab, "node1", source_canonical_service="client")
+        # a real resolver (dig) asks the lab's cluster DNS; the proxy answers, authoritative, TTL 30
+        dig = lab.wait_for(lambda: (p := lab.exec("demo/client", "dig", "+time=2", "+tries=1", "+noall", "+answer",
+                                                  "+comments", ext_mod.HOSTNAME)).returncode == 0
+                           and vip in p.stdout and p.stdout, timeout=15, what="the DNS proxy to answer the entry")
+        flags = next(line for line in dig.splitlines() if "flags:" in line).split("flags:")[1].split(";")[0].split()
+        assert "aa" in flags, dig
+        assert re.search(rf"^{re.escape(ext_mod.HOSTNAME)}\.\s+30\s+IN\s+A\s+{re.escape(vip)}$", dig, re.M), dig
+        # glibc's resolver (curl, no --resolve) goes the same way, and the connection reaches the endpoint
+        code, seen = curl(lab, f"http://{ext_mod.HOSTNAME}/by-name")
+        assert code == 0 and seen["host"] == ext_mod.HOSTNAME, seen
+        assert seen["peer"] == lab.pod("demo/client")["ip"], "MESH_EXTERNAL: plain TCP from the pod"
+        assert dns_requests(lab, "node1", source_canonical_service="client") > queries
+        # a pod outside the mesh asks the same resolver, which does not know the entry
+        legacy = lab.exec("legacy/client", "dig", "+time=2", "+tries=1", "+short", ext_mod.HOSTNAME)
+        assert vip not in legacy.stdout, legacy.stdout
+
+        mesh = (yaml.safe_load(before) if before else None) or {}
+        mesh_cfg.write_text(yaml.safe_dump({**mesh, "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}))
+        lab.wait_for(lambda: curl(lab, f"http://{external.other_ip}/registry-only")[0] != 0, timeout=15,
+                     what="REGISTRY_ONLY to refuse the unregistered address")
+        code, seen = curl(lab, f"http://{ext_mod.HOSTNAME}/registry-only-by-name")
+        assert code == 0 and seen["host"] == ext_mod.HOSTNAME, seen
+        # a name the mesh does not know is forwarded to the cluster DNS, which says it does not exist
+        nx = lab.exec("demo/client", "dig", "+time=2", "+tries=1", "nothing-here.example.com")
+        assert "status: NXDOMAIN" in nx.stdout, nx.stdout
+    finally:
+        if before is None:
+            mesh_cfg.unlink(missing_ok=True)
+        else:
+            mesh_cfg.write_text(before)
+        delete(lab, se)
