@@ -95,7 +95,14 @@ def engine(clab):
 
 
 def bpftool(*args: str):
-    r = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, check=True)
+    """bpftool's listing, retried: `link show` / `prog show` fail (exit 255) when an object they
+    listed is gone before they read it, which another lab's teardown on the other worker does."""
+    for _ in range(4):
+        r = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True)
+        if r.returncode == 0:
+            break
+        time.sleep(0.1)
+    r.check_returncode()
     return json.loads(r.stdout or "[]")
 
 
