@@ -35,6 +35,13 @@ def plain_routing() -> None:
     step("3. A request from demo/client to the echo service, by name, across nodes")
     for _ in range(3):
         show_echo(run_in("demo/client", "curl -s -m 5 http://echo.demo.svc.cluster.local:8080/"))
+    print("\n  The name: the pod's resolver asks the cluster DNS, but the eBPF hooks hand an enrolled pod's")
+    print("  DNS query to ztunnel's DNS proxy in the pod's netns, which answers mesh names itself (TTL 30)")
+    for pod in ("demo/client", "legacy/client"):
+        p = run_in(pod, "dig +time=2 +tries=1 +noall +answer echo.demo.svc.cluster.local")
+        answer = " ".join(p.stdout.split()) or p.stderr.strip() or "(no answer)"
+        who = "ztunnel's DNS proxy" if pod.startswith("demo/") else "the cluster DNS (not enrolled)"
+        print(f"  {GREEN}{answer}{RESET}  <- {who}")
 
 
 def captured_next_to_uncaptured() -> None:
