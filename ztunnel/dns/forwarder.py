@@ -20,11 +20,16 @@ import functools
 import random
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dns.message
+from ztunnel.dns.upstream import TCP_MAX, Upstream
 
-from ztunnel.dns.wire import TCP_MAX, Query, relay_reply, upstream_query
+if TYPE_CHECKING:
+    import dns.message
+
+    from ztunnel.dns.wire import Query
+
+__all__ = ["TCP_MAX", "Forwarder", "SocketFactory", "Upstream", "UpstreamError"]
 
 # (family, type) -> a non-blocking socket in the client pod's netns
 SocketFactory = Callable[[int, int], socket.socket]
@@ -32,19 +37,6 @@ SocketFactory = Callable[[int, int], socket.socket]
 
 class UpstreamError(Exception):
     """No upstream answered the query (the client gets SERVFAIL)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    ip: str
-    port: int = 53
-
-    @property
-    def family(self) -> int:
-        return socket.AF_INET6 if ":" in self.ip else socket.AF_INET
-
-    def __str__(self) -> str:
-        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
 
 
 async def exchange_udp(make: SocketFactory, upstream: Upstream, wire: bytes, accept: Callable[[bytes], bytes | None],
@@ -91,6 +83,7 @@ async def exchange_tcp(make: SocketFactory, upstream: Upstream, wire: bytes, tim
 
 def _reply_or_none(sent: dns.message.Message, query: Query, max_size: int, data: bytes) -> bytes | None:
     """The client's reply from `data`; None for a stray or forged datagram (keep waiting)."""
+    from ztunnel.dns.wire import relay_reply
     try:
         return relay_reply(sent, data, query, max_size)
     except ValueError:
@@ -107,6 +100,7 @@ class Forwarder:
 
     async def forward(self, query: Query, tcp: bool, make: SocketFactory, max_size: int) -> bytes:
         """The client's reply (its id, within `max_size`) from the first upstream that answers."""
+        from ztunnel.dns.wire import relay_reply, upstream_query
         problems = []
         for upstream in self.upstreams:
             sent = upstream_query(query, self._rng.getrandbits(16))

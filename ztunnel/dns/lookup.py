@@ -21,11 +21,13 @@ per config view (`Hosts.of`).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+import dns.rdataclass
 import dns.rdatatype
 
 from ambit.model import Service
@@ -33,6 +35,7 @@ from ztunnel.dns.names import Alias, Labels, aliases, host, is_wildcard, labels_
 
 # The record types answered here; every other type is forwarded.
 ANSWERED = frozenset({dns.rdatatype.A, dns.rdatatype.AAAA})
+IN = dns.rdataclass.IN      # the only class answered here (the rest is forwarded)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ def resolve(hosts: Hosts, namespace: str, qname: Labels, rdtype: int, domain: La
     return Answer(qname, tuple(addrs), service=m.service)
 
 
+@functools.cache
 def domain_labels(domain: str) -> Labels:
     """The cluster domain (`cluster.local`) as labels."""
     return labels_of(domain.rstrip(".") + ".")

@@ -21,21 +21,20 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
-
-import dns.rcode
-import dns.rdataclass
+from typing import TYPE_CHECKING, Any
 
 from ambit.dataplane.ports import LISTEN_BACKLOG
 from ambit.dataplane.telemetry.peers import canonical_revision, canonical_service
 from ambit.netns import socket_at
 from ztunnel import admission
-from ztunnel.dns.forwarder import Forwarder, SocketFactory, UpstreamError
-from ztunnel.dns.lookup import Answer, Hosts, domain_labels, resolve
+from ztunnel.dns.forwarder import TCP_MAX, Forwarder, SocketFactory, UpstreamError
 from ztunnel.dns.metrics import UNKNOWN, DnsMetrics
-from ztunnel.dns.wire import TCP_MAX, Query, answer_reply, error_reply, parse
 from ztunnel.meshstate import MeshState
 from ztunnel.pods import PodProxy
+
+if TYPE_CHECKING:
+    from ztunnel.dns.lookup import Answer, Hosts
+    from ztunnel.dns.wire import Query
 
 log = logging.getLogger("ambit.ztunnel.dns")
 
@@ -64,20 +63,19 @@ class DnsProxy:
         self.config = config
         self.forwarder = forwarder
         self.metrics = metrics
-        self.domain = domain_labels(cluster_domain)
+        self.cluster_domain = cluster_domain
         self.trust_domain = trust_domain
         self.max_forwards = max_forwards_per_pod
         self.sockets = sockets
         self._rng = rng or random.Random()
         self.clock = clock
-        self._hosts: tuple[object, Hosts] = (None, Hosts.of(()))
+        self._hosts: tuple[object, Hosts | None] = (None, None)
 
     def hosts(self) -> Hosts:
         """The host index of the current config, rebuilt when its Services change."""
-        if self.config is None:
-            return self._hosts[1]
-        services = self.config.view.services
-        if self._hosts[0] is not services:
+        from ztunnel.dns.lookup import Hosts
+        services = self.config.view.services if self.config is not None else {}
+        if self._hosts[1] is None or self._hosts[0] is not services:
             self._hosts = (services, Hosts.of(services.values()))
         return self._hosts[1]
 
@@ -94,9 +92,11 @@ class DnsProxy:
 
     def answer(self, namespace: str, query: Query) -> Answer | None:
         """The mesh's answer to `query` from a pod in `namespace`; None: forward it."""
-        if query.qname is None or query.rdclass != dns.rdataclass.IN:
+        from ztunnel.dns.lookup import IN, domain_labels, resolve
+        if query.qname is None or query.rdclass != IN:
             return None
-        return resolve(self.hosts(), namespace, query.qname, query.rdtype, self.domain, self._rng.shuffle)
+        return resolve(self.hosts(), namespace, query.qname, query.rdtype, domain_labels(self.cluster_domain),
+                       self._rng.shuffle)
 
 
 class PodDns:
@@ -140,7 +140,9 @@ class PodDns:
 
     # -- one query ---------------------------------------------------------------------------------
     def handle(self, wire: bytes, protocol: str, reply: Callable[[bytes], None]) -> None:
-        """Answer, forward or drop one message; `reply` sends the client its answer (now or later)."""
+        """Answer, forward or drop one message; `reply` sends the client its answer (now or later).
+        The DNS codec (dnspython) is imported here, at a node's first query (ztunnel/dns/upstream.py)."""
+        from ztunnel.dns.wire import SERVFAIL, answer_reply, error_reply, parse
         parsed = parse(wire)
         if parsed is None:
             return
@@ -163,7 +165,7 @@ class PodDns:
         if node.max_forwards and len(self.forwards) >= node.max_forwards:
             node.metrics.upstream_failures.labels(*labels).inc()
             _access(self.proxy, query, f"refused (over {node.max_forwards} forwards under way)", 0)
-            reply(error_reply(query.message, dns.rcode.SERVFAIL, max_size))
+            reply(error_reply(query.message, SERVFAIL, max_size))
             return
         task = asyncio.ensure_future(self._forward(query, tcp, max_size, labels, reply))
         self.forwards.add(task)
@@ -171,6 +173,7 @@ class PodDns:
 
     async def _forward(self, query: Query, tcp: bool, max_size: int, labels: tuple[str, ...],
                        reply: Callable[[bytes], None]) -> None:
+        from ztunnel.dns.wire import SERVFAIL, error_reply
         node = self.node
         start = node.clock()
         try:
@@ -179,11 +182,11 @@ class PodDns:
         except UpstreamError as e:
             node.metrics.upstream_failures.labels(*labels).inc()
             _access(self.proxy, query, f"forwarding failed ({e})", 0)
-            out = error_reply(query.message, dns.rcode.SERVFAIL, max_size)
+            out = error_reply(query.message, SERVFAIL, max_size)
         except Exception:   # noqa: BLE001 - a bug must still answer the pod, not leave it to time out
             log.exception("forwarding a DNS query of pod %s/%s failed", self.proxy.pod.namespace, self.proxy.pod.name)
             node.metrics.upstream_failures.labels(*labels).inc()
-            out = error_reply(query.message, dns.rcode.SERVFAIL, max_size)
+            out = error_reply(query.message, SERVFAIL, max_size)
         finally:
             node.metrics.upstream_duration.labels(*labels).observe(node.clock() - start)
         if not self.closed:

@@ -17,10 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import dns.resolver
-
 from ambit.settings import non_negative, option, positive
-from ztunnel.dns.forwarder import Upstream
+from ztunnel.dns.upstream import Upstream
 
 log = logging.getLogger("ambit.ztunnel.dns")
 
@@ -102,20 +100,18 @@ def resolv_conf_upstreams(path: Path = RESOLV_CONF, fallback: Path = SYSTEMD_RES
 
 
 def _nameservers(path: Path) -> list[Upstream]:
-    r = dns.resolver.Resolver(configure=False)
-    try:
-        r.read_resolv_conf(str(path))
-    except dns.resolver.NoResolverConfiguration:
-        return []
-    except ValueError as e:     # a line dnspython cannot take: the file is not used, ztunnel still starts
-        log.warning("DNS proxy: cannot use %s: %s", path, e)
-        return []
+    """The `nameserver` lines of a resolv.conf (resolv.conf(5): a keyword and a value, `#` or `;`
+    starting a comment). Read here rather than through dnspython's resolver, which would load the
+    DNS codec at every ztunnel's start (ztunnel/dns/upstream.py)."""
     out = []
-    for ns in r.nameservers:
+    for line in path.read_text(errors="replace").splitlines():
+        words = line.split(None, 2)
+        if len(words) < 2 or words[0] != "nameserver" or words[1][0] in "#;":
+            continue
         try:
-            out.append(parse_upstream(str(ns)))
+            out.append(parse_upstream(words[1].split("%", 1)[0]))
         except ValueError as e:
-            log.warning("DNS proxy: skipping nameserver %s of %s: %s", ns, path, e)
+            log.warning("DNS proxy: skipping nameserver %s of %s: %s", words[1], path, e)
     return out
 
 

@@ -31,10 +31,11 @@ from dns.rdtypes.IN.AAAA import AAAA
 
 from ztunnel.dns.lookup import Answer
 from ztunnel.dns.names import Labels, labels_of, to_name
+from ztunnel.dns.upstream import TCP_MAX
 
 HEADER_SIZE = 12
 UDP_MIN = 512           # what every client accepts over UDP without EDNS
-TCP_MAX = 65535         # a TCP message's 2-byte length prefix
+SERVFAIL = dns.rcode.SERVFAIL
 OUR_PAYLOAD = 1232      # the EDNS payload size we advertise (DNS flag day 2020's safe size)
 
 

@@ -24,3 +24,23 @@ def test_a_ztunnel_process_does_not_import_what_only_other_components_need():
     loaded = set(json.loads(out.stdout))
     assert "ztunnel" in loaded and "grpclib" in loaded    # the probe really imported the ztunnel
     assert sorted(loaded.intersection(NEVER)) == []
+
+
+def test_the_dns_codec_loads_at_a_nodes_first_query_not_at_start():
+    """dnspython is about 4 MB of modules: a ztunnel pays for it once one of its pods asks a name
+    (ztunnel/dns/upstream.py), not at start, and reading resolv.conf for the upstreams does not
+    load it either."""
+    code = ("import json, sys, ztunnel.__main__, ztunnel.serve, ztunnel.workers\n"
+            "from ztunnel.dns.settings import DnsSettings\n"
+            "DnsSettings().upstreams()\n"
+            "started = 'dns' in sys.modules\n"
+            "from ztunnel.dns.server import DnsProxy\n"
+            "from ztunnel.dns.metrics import DnsMetrics\n"
+            "from ztunnel.dns.forwarder import Forwarder\n"
+            "proxy = DnsProxy(None, Forwarder([], 1.0), DnsMetrics())\n"
+            "from ztunnel.dns.wire import parse\n"
+            "q = parse(bytes.fromhex('1234010000010000000000000377777706676f6f676c6503636f6d0000010001'))\n"
+            "print(json.dumps([started, proxy.answer('demo', q) is None]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [False, True]
