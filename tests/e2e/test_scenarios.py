@@ -181,3 +181,34 @@ def test_peer_authentication_example_strict_refuses_plaintext_and_keeps_mesh_tra
     finally:
         driver.delete(text)
     eventually(lambda: not refused(), "legacy/client admitted again", timeout=20, interval=0.5)
+
+
+def test_a_service_entry_host_resolves_through_the_dns_proxy_and_routes_to_its_endpoint(driver: Driver) -> None:
+    """Istio ambient's DNS proxy with auto-allocated addresses: an entry with no `addresses` gets
+    one (240.240.0.0/16); an enrolled pod's resolver (glibc, captured to ztunnel) gets it for the
+    host, and the connection goes to the entry's endpoint, a mesh pod; a pod outside the mesh asks
+    the cluster DNS, which does not know the host."""
+    host = "echo-alias.example.com"
+    entry = yaml.safe_dump({
+        "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "echo-alias", "namespace": "demo"},
+        "spec": {"hosts": [host], "location": "MESH_INTERNAL", "resolution": "STATIC",
+                 "endpoints": [{"address": driver.pod_ip("demo/echo-v1")}],
+                 "ports": [{"number": 8080, "name": "http", "protocol": "HTTP"}]}})
+
+    def resolved(pod: str) -> str:
+        p = driver.exec(pod, ["getent", "ahostsv4", host])
+        return p.stdout.split()[0] if p.returncode == 0 and p.stdout.split() else ""
+
+    driver.apply(entry)
+    try:
+        vip = eventually(lambda: resolved("demo/client").startswith("240.240.") and resolved("demo/client"),
+                         "the DNS proxy to answer the entry's host with its allocated address", timeout=30)
+        before = len(outbound_from(driver, "demo/client"))
+        reply = http_get(driver, "demo/client", f"http://{host}:8080/by-alias")
+        assert reply["pod"] == "echo-v1" and reply["path"] == "/by-alias", reply
+        recs = eventually(lambda: outbound_from(driver, "demo/client")[before:], "ztunnel access-log records")
+        assert any(r["dst.addr"] == f"{vip}:8080" and r.get("dst.service") == host for r in recs), recs
+        assert resolved("legacy/client") == "", "the cluster DNS knows no ServiceEntry"
+    finally:
+        driver.delete(entry)
