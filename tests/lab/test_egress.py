@@ -6,10 +6,11 @@ two addresses: one a ServiceEntry registers, one nobody registers. Real curl fro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,53 +75,67 @@ def tcp_opened(lab: Lab, **match: str) -> float:
                and all(s.labels.get(k) == v for k, v in match.items()))
 
 
-def test_service_entry_host_and_registry_only(lab: Lab, external: ext_mod.External) -> None:
+@contextlib.contextmanager
+def registry_only_switch(lab: Lab, external: ext_mod.External) -> Iterator[Callable[[], None]]:
+    """A function that puts the mesh in REGISTRY_ONLY (in force once the unregistered address is
+    refused); on exit the mesh config is as it was, and ALLOW_ANY is in force again for the tests
+    after this one."""
     mesh_cfg = lab.dir / "mesh-config.yaml"
     before = mesh_cfg.read_text() if mesh_cfg.exists() else None
-    se = service_entry(external)
-    apply(lab, se)
-    try:
-        # ALLOW_ANY: the VIP reaches the external server through its endpoint, from the pod's own address
-        url = f"http://{ext_mod.HOSTNAME}/via-vip"
-        resolve = ("--resolve", f"{ext_mod.HOSTNAME}:80:{VIP}")
-        code, seen = lab.wait_for(lambda: (r := curl(lab, url, *resolve))[0] == 0 and r, timeout=15,
-                                  what="the ServiceEntry VIP to route")
-        assert seen["peer"] == lab.pod("demo/client")["ip"] and seen["host"] == ext_mod.HOSTNAME
-        assert seen["tls"] is False, "MESH_EXTERNAL: plain TCP from the pod, no HBONE"
-        # HTTPS to the host's TLS port: the app's own TLS passes through untouched, verified by the test CA
-        code, seen = curl(lab, f"https://{ext_mod.HOSTNAME}/tls", "--resolve", f"{ext_mod.HOSTNAME}:443:{VIP}",
-                          "--cacert", str(external.ca))
-        assert code == 0 and seen["tls"] is True and seen["sni"] == ext_mod.HOSTNAME
-        assert tcp_opened(lab, reporter="source", destination_service=ext_mod.HOSTNAME,
-                          destination_service_namespace="demo", source_workload="client") >= 2
-        # an address nobody registered still passes under ALLOW_ANY
-        assert curl(lab, f"http://{external.other_ip}/allow-any")[0] == 0
 
+    def registry_only() -> None:
         mesh = (yaml.safe_load(before) if before else None) or {}
         mesh_cfg.write_text(yaml.safe_dump({**mesh, "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}))
         lab.wait_for(lambda: curl(lab, f"http://{external.other_ip}/registry-only")[0] != 0, timeout=15,
                      what="REGISTRY_ONLY to refuse the unregistered address")
-        refused = [r for r in lab.access_log("node1") if r["direction"] == "outbound"
-                   and r.get("dst.addr") == f"{external.other_ip}:80" and "error" in r]
-        assert refused and refused[-1]["error"] == (f"outboundTrafficPolicy REGISTRY_ONLY: {external.other_ip}:80 "
-                                                   "is not a mesh workload, Service or ServiceEntry"), refused[-1:]
-        assert refused[-1]["dst.service"] == "BlackHoleCluster"
-        assert tcp_opened(lab, destination_service="BlackHoleCluster", response_flags="DENY",
-                          source_workload="client") >= 1
-        # the registered host still goes: by its VIP, and straight to its STATIC endpoint
-        assert curl(lab, url, *resolve)[0] == 0
-        code, seen = curl(lab, f"http://{external.ip}/direct")
-        assert code == 0 and seen["peer"] == lab.pod("demo/client")["ip"]
-        # and so does the mesh
-        assert lab.curl("demo/client", "http://echo.demo.svc.cluster.local:8080/")["namespace"] == "demo"
+    try:
+        yield registry_only
     finally:
         if before is None:
             mesh_cfg.unlink(missing_ok=True)
         else:
             mesh_cfg.write_text(before)
-        delete(lab, se)
         lab.wait_for(lambda: curl(lab, f"http://{external.other_ip}/restored")[0] == 0, timeout=15,
                      what="ALLOW_ANY back for the tests after this one")
+
+
+def test_service_entry_host_and_registry_only(lab: Lab, external: ext_mod.External) -> None:
+    se = service_entry(external)
+    apply(lab, se)
+    with registry_only_switch(lab, external) as registry_only:
+        try:
+            # ALLOW_ANY: the VIP reaches the external server through its endpoint, from the pod's own address
+            url = f"http://{ext_mod.HOSTNAME}/via-vip"
+            resolve = ("--resolve", f"{ext_mod.HOSTNAME}:80:{VIP}")
+            code, seen = lab.wait_for(lambda: (r := curl(lab, url, *resolve))[0] == 0 and r, timeout=15,
+                                      what="the ServiceEntry VIP to route")
+            assert seen["peer"] == lab.pod("demo/client")["ip"] and seen["host"] == ext_mod.HOSTNAME
+            assert seen["tls"] is False, "MESH_EXTERNAL: plain TCP from the pod, no HBONE"
+            # HTTPS to the host's TLS port: the app's own TLS passes through untouched, verified by the test CA
+            code, seen = curl(lab, f"https://{ext_mod.HOSTNAME}/tls", "--resolve", f"{ext_mod.HOSTNAME}:443:{VIP}",
+                              "--cacert", str(external.ca))
+            assert code == 0 and seen["tls"] is True and seen["sni"] == ext_mod.HOSTNAME
+            assert tcp_opened(lab, reporter="source", destination_service=ext_mod.HOSTNAME,
+                              destination_service_namespace="demo", source_workload="client") >= 2
+            # an address nobody registered still passes under ALLOW_ANY
+            assert curl(lab, f"http://{external.other_ip}/allow-any")[0] == 0
+
+            registry_only()
+            refused = [r for r in lab.access_log("node1") if r["direction"] == "outbound"
+                       and r.get("dst.addr") == f"{external.other_ip}:80" and "error" in r]
+            assert refused and refused[-1]["error"] == (f"outboundTrafficPolicy REGISTRY_ONLY: {external.other_ip}:80 "
+                                                       "is not a mesh workload, Service or ServiceEntry"), refused[-1:]
+            assert refused[-1]["dst.service"] == "BlackHoleCluster"
+            assert tcp_opened(lab, destination_service="BlackHoleCluster", response_flags="DENY",
+                              source_workload="client") >= 1
+            # the registered host still goes: by its VIP, and straight to its STATIC endpoint
+            assert curl(lab, url, *resolve)[0] == 0
+            code, seen = curl(lab, f"http://{external.ip}/direct")
+            assert code == 0 and seen["peer"] == lab.pod("demo/client")["ip"]
+            # and so does the mesh
+            assert lab.curl("demo/client", "http://echo.demo.svc.cluster.local:8080/")["namespace"] == "demo"
+        finally:
+            delete(lab, se)
 
 
 EGRESS_VIP = "240.240.0.20"
@@ -250,47 +265,39 @@ def test_service_entry_by_name_through_the_dns_proxy(lab: Lab, external: ext_mod
     """The app only knows the host's name: the controller allocates the entry an address, the pod's
     DNS query is captured to ztunnel's DNS proxy, which answers with it, and ztunnel routes the
     connection to the entry's endpoint, also under REGISTRY_ONLY (Istio ambient's egress pattern)."""
-    mesh_cfg = lab.dir / "mesh-config.yaml"
-    before = mesh_cfg.read_text() if mesh_cfg.exists() else None
     se = service_entry(external)
     se["metadata"]["name"] = "external-by-name"
     del se["spec"]["addresses"]
     apply(lab, se)
-    try:
-        got = yaml.safe_load(lab.ambit("get", "serviceentry", "external-by-name", "-n", "demo", "-o", "yaml").stdout)
-        allocated = [a for a in (got.get("status") or {}).get("addresses") or [] if a.get("host") == ext_mod.HOSTNAME]
-        assert len(allocated) == 1 and allocated[0]["value"].startswith("240.240."), got.get("status")
-        vip = allocated[0]["value"]
+    with registry_only_switch(lab, external) as registry_only:
+        try:
+            got = yaml.safe_load(lab.ambit("get", "serviceentry", "external-by-name", "-n", "demo", "-o", "yaml").stdout)
+            allocated = [a for a in (got.get("status") or {}).get("addresses") or [] if a.get("host") == ext_mod.HOSTNAME]
+            assert len(allocated) == 1 and allocated[0]["value"].startswith("240.240."), got.get("status")
+            vip = allocated[0]["value"]
 
-        queries = dns_requests(lab, "node1", source_canonical_service="client")
-        # a real resolver (dig) asks the lab's cluster DNS; the proxy answers, authoritative, TTL 30
-        dig = lab.wait_for(lambda: (p := lab.exec("demo/client", "dig", "+time=2", "+tries=1", "+noall", "+answer",
-                                                  "+comments", ext_mod.HOSTNAME)).returncode == 0
-                           and vip in p.stdout and p.stdout, timeout=15, what="the DNS proxy to answer the entry")
-        flags = next(line for line in dig.splitlines() if "flags:" in line).split("flags:")[1].split(";")[0].split()
-        assert "aa" in flags, dig
-        assert re.search(rf"^{re.escape(ext_mod.HOSTNAME)}\.\s+30\s+IN\s+A\s+{re.escape(vip)}$", dig, re.M), dig
-        # glibc's resolver (curl, no --resolve) goes the same way, and the connection reaches the endpoint
-        code, seen = curl(lab, f"http://{ext_mod.HOSTNAME}/by-name")
-        assert code == 0 and seen["host"] == ext_mod.HOSTNAME, seen
-        assert seen["peer"] == lab.pod("demo/client")["ip"], "MESH_EXTERNAL: plain TCP from the pod"
-        assert dns_requests(lab, "node1", source_canonical_service="client") > queries
-        # a pod outside the mesh asks the same resolver, which does not know the entry
-        legacy = lab.exec("legacy/client", "dig", "+time=2", "+tries=1", "+short", ext_mod.HOSTNAME)
-        assert vip not in legacy.stdout, legacy.stdout
+            queries = dns_requests(lab, "node1", source_canonical_service="client")
+            # a real resolver (dig) asks the lab's cluster DNS; the proxy answers, authoritative, TTL 30
+            dig = lab.wait_for(lambda: (p := lab.exec("demo/client", "dig", "+time=2", "+tries=1", "+noall", "+answer",
+                                                      "+comments", ext_mod.HOSTNAME)).returncode == 0
+                               and vip in p.stdout and p.stdout, timeout=15, what="the DNS proxy to answer the entry")
+            flags = next(line for line in dig.splitlines() if "flags:" in line).split("flags:")[1].split(";")[0].split()
+            assert "aa" in flags, dig
+            assert re.search(rf"^{re.escape(ext_mod.HOSTNAME)}\.\s+30\s+IN\s+A\s+{re.escape(vip)}$", dig, re.M), dig
+            # glibc's resolver (curl, no --resolve) goes the same way, and the connection reaches the endpoint
+            code, seen = curl(lab, f"http://{ext_mod.HOSTNAME}/by-name")
+            assert code == 0 and seen["host"] == ext_mod.HOSTNAME, seen
+            assert seen["peer"] == lab.pod("demo/client")["ip"], "MESH_EXTERNAL: plain TCP from the pod"
+            assert dns_requests(lab, "node1", source_canonical_service="client") > queries
+            # a pod outside the mesh asks the same resolver, which does not know the entry
+            legacy = lab.exec("legacy/client", "dig", "+time=2", "+tries=1", "+short", ext_mod.HOSTNAME)
+            assert vip not in legacy.stdout, legacy.stdout
 
-        mesh = (yaml.safe_load(before) if before else None) or {}
-        mesh_cfg.write_text(yaml.safe_dump({**mesh, "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}))
-        lab.wait_for(lambda: curl(lab, f"http://{external.other_ip}/registry-only")[0] != 0, timeout=15,
-                     what="REGISTRY_ONLY to refuse the unregistered address")
-        code, seen = curl(lab, f"http://{ext_mod.HOSTNAME}/registry-only-by-name")
-        assert code == 0 and seen["host"] == ext_mod.HOSTNAME, seen
-        # a name the mesh does not know is forwarded to the cluster DNS, which says it does not exist
-        nx = lab.exec("demo/client", "dig", "+time=2", "+tries=1", "nothing-here.example.com")
-        assert "status: NXDOMAIN" in nx.stdout, nx.stdout
-    finally:
-        if before is None:
-            mesh_cfg.unlink(missing_ok=True)
-        else:
-            mesh_cfg.write_text(before)
-        delete(lab, se)
+            registry_only()
+            code, seen = curl(lab, f"http://{ext_mod.HOSTNAME}/registry-only-by-name")
+            assert code == 0 and seen["host"] == ext_mod.HOSTNAME, seen
+            # a name the mesh does not know is forwarded to the cluster DNS, which says it does not exist
+            nx = lab.exec("demo/client", "dig", "+time=2", "+tries=1", "nothing-here.example.com")
+            assert "status: NXDOMAIN" in nx.stdout, nx.stdout
+        finally:
+            delete(lab, se)
