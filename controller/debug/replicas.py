@@ -165,8 +165,19 @@ def _key(p: Any) -> tuple[str, str, str, str]:
     return (p.node.kind, p.node.name, p.node.waypoint, p.node.instance_id)
 
 
-def _connected_keys(resp: Any) -> set[tuple[str, str, str, str]]:
-    return {_key(p) for p in resp.proxies if p.connected}
+def merge_rows(dest: Any, sources: Sequence[tuple[str, Any]], rows: Callable[[Any], Any]) -> None:
+    """Every replica's rows about proxies (`rows(answer)`: its proxies or its subscribers) into the
+    repeated field `dest`, each labelled with its replica. A proxy that left one replica for
+    another is listed once: its DISCONNECTED row on the old one is dropped when it is connected to
+    any replica."""
+    connected = {_key(r) for _, resp in sources for r in rows(resp) if r.connected}
+    for name, resp in sources:
+        for r in rows(resp):
+            if not r.connected and _key(r) in connected:
+                continue
+            row = dest.add()
+            row.CopyFrom(r)
+            row.replica = row.replica or name
 
 
 def merge(own: Any, answers: Sequence[PeerAnswer], skipped: Sequence[str] = (),
@@ -178,26 +189,15 @@ def merge(own: Any, answers: Sequence[PeerAnswer], skipped: Sequence[str] = (),
     out = debug_pb2.ProxyStatusResponse()
     out.CopyFrom(own)
     sifted = sift(answers, own.replica, out.ByteSize(), lambda r: own_replica(r, "").name, max_bytes)
-    taken: list[tuple[str, Any]] = []
+    taken: list[tuple[str, Any]] = [(own.replica, own)]
     for name, address, resp in sifted.taken:
         replica = own_replica(resp, name, address)
         replica.name = replica.name or name
         out.replicas.append(replica)
         taken.append((replica.name, resp))
     note_unanswered(out.replicas, sifted.left, skipped)
-    elsewhere: set[tuple[str, str, str, str]] = set()     # connected to a peer
-    for _, resp in taken:
-        elsewhere |= _connected_keys(resp)
-    connected = _connected_keys(own) | elsewhere
-    for name, resp in taken:
-        for p in resp.proxies:
-            if not p.connected and _key(p) in connected:
-                continue
-            row = out.proxies.add()
-            row.CopyFrom(p)
-            row.replica = row.replica or name
-    for p in [p for p in out.proxies if p.replica == own.replica and not p.connected and _key(p) in elsewhere]:
-        out.proxies.remove(p)
+    del out.proxies[:]
+    merge_rows(out.proxies, taken, lambda r: r.proxies)
     return out
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ambit.api import config_pb2
-from controller.debug.replicas import MAX_MERGED, PeerAnswer, note_unanswered, sift
+from controller.debug.replicas import MAX_MERGED, PeerAnswer, merge_rows, note_unanswered, sift
 
 
 def label_own(resp: Any, me: str) -> Any:
@@ -28,10 +28,6 @@ def label_own(resp: Any, me: str) -> Any:
         s.replica = me
     resp.replicas.add(name=me, answered=True, version=resp.version, subscribers=len(resp.subscribers))
     return resp
-
-
-def _key(s: Any) -> tuple[str, str, str, str]:
-    return (s.node.kind, s.node.name, s.node.waypoint, s.node.instance_id)
 
 
 def merge_status(own: Any, answers: Sequence[PeerAnswer], skipped: Sequence[str] = (),
@@ -47,16 +43,10 @@ def merge_status(own: Any, answers: Sequence[PeerAnswer], skipped: Sequence[str]
         taken.append((name, r))
     note_unanswered(out.replicas, sifted.left, skipped)
 
-    connected = {_key(s) for _, r in taken for s in r.subscribers if s.connected}
     del out.subscribers[:]
+    merge_rows(out.subscribers, taken, lambda r: r.subscribers)
     rejected: dict[tuple[str, str, str], list[str]] = {}
     for name, r in taken:
-        for s in r.subscribers:
-            if not s.connected and _key(s) in connected:
-                continue
-            row = out.subscribers.add()
-            row.CopyFrom(s)
-            row.replica = row.replica or name
         for e in r.config_errors:
             by = rejected.setdefault((e.ref, e.path, e.reason), [])
             if name not in by:
