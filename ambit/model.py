@@ -763,6 +763,12 @@ class TrafficPolicy:
     # ignored it would verify against the system roots (or send plaintext where the policy is the
     # only thing that asks for TLS), so it NACKs an update that sets it (docs/config-stream.md).
     ca_certificate_pem: str = ""
+    # A DestinationRule's `tls.credentialName`: the name of a Secret in the waypoint's own namespace
+    # (as Istio reads it in the proxy's namespace) whose client certificate, key, CA bundle and CRLs
+    # the waypoint originates with, instead of the files above. The controller sends the Secret's
+    # material as a `ClientCredential` to the waypoints of that namespace only. Not advisory: an older
+    # waypoint that ignored it would verify against the system roots and present no certificate.
+    credential_name: str = ""
 
 
 @dataclass
@@ -982,6 +988,30 @@ class IngressListener:
 
 
 @dataclass
+class ClientCredential(Resource):
+    """A Secret named by a DestinationRule's `tls.credentialName`, read in a namespace that runs a
+    waypoint or gateway, for TLS origination: the client chain and key (MUTUAL), the CA bundle the
+    server is verified against and its CRLs (Istio's `<name>-cacert` Secret, else the Secret's own
+    `ca.crt`/`cacert`, pilot/pkg/credentials/kube/secrets.go). Carries a private key: the config
+    server sends it to the waypoints and gateways of `namespace` only (controller/configserver/scope.py).
+    `error` says why it cannot be used (the Secret is missing, a key does not parse): a waypoint then
+    fails the connections that name it (503 UF), never plaintext nor weaker verification."""
+
+    TYPE: ClassVar[str] = "ambit.io/ClientCredential"
+    name: str
+    namespace: str
+    cert_pem: str = ""
+    key_pem: str = ""
+    ca_pem: str = ""
+    crl_pem: str = ""
+    error: str = ""
+
+    @property
+    def resource_name(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass
 class IngressGateway(Resource):
     """A Gateway API `Gateway` of an ingress class (`ambit`, `istio`), for the gateway pods that
     serve it: what they listen on and how they route. Carries TLS keys: the config server sends it
@@ -1060,5 +1090,5 @@ PeerAuthn.from_dict = classmethod(_pa_from_dict)  # type: ignore[assignment]
 
 RESOURCE_TYPES: dict[str, type[Resource]] = {
     c.TYPE: c for c in (Service, Workload, Authorization, PeerAuthn, WaypointRoutes, TelemetryPolicy, MeshSettings,
-                        RequestAuthn, IngressGateway)
+                        RequestAuthn, IngressGateway, ClientCredential)
 }

@@ -30,6 +30,7 @@ from ambit.gatewayclasses import INGRESS_CLASSES
 from controller.translate import translate
 from controller.translate.backendtls import NOT_APPLIED as BTLS_NOT_APPLIED
 from controller.translate.backendtls import OVERRIDDEN as BTLS_OVERRIDDEN
+from controller.translate.credentials import INVALID_CREDENTIAL
 from controller.translate.index import age_key, labels_of, name_of, ns_of, selector_matches, waypoint_ref
 from controller.translate.routes import NOT_EXPORTED, OUTSIDE_WAYPOINT_SCOPE, Hosts
 from controller.validation import Validated, object_ref, split_valid
@@ -112,6 +113,10 @@ CODES: dict[str, Code] = {c.code: c for c in (
     Code("AMB0129", WARNING, "ClassDefaultsIgnored",
          "a ConfigMap labelled gateway.istio.io/defaults-for-class applies to no Gateway: not in the root "
          "namespace, for a class Ambit does not deploy, or another, older one holds that class's defaults"),
+    Code("AMB0130", ERROR, "InvalidCredential",
+         "a DestinationRule's tls.credentialName cannot be used by a waypoint that originates TLS with it: the "
+         "Secret is missing from the waypoint's namespace, lacks what the mode needs, or does not parse; those "
+         "connections fail (503 UF)"),
 )}
 # advisory cause -> (code, the kind that must be known to say it: what is elsewhere may exist)
 _PARENT_CODES = {"ParentNotFound": ("AMB0120", "Gateway"), "NotAllowedByListeners": ("AMB0121", ""),
@@ -243,6 +248,10 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             code = "AMB0125"
         elif a.cause == OUTSIDE_WAYPOINT_SCOPE:
             code = "AMB0126"
+        elif a.cause == INVALID_CREDENTIAL:
+            if not st.knows("Secret"):
+                continue            # the Secrets are not in the files: they may well exist in the cluster
+            code = "AMB0130"
         elif a.cause in _DELEGATE_CAUSES:
             if a.cause != "DelegateNotApplied" and not st.complete:
                 continue            # the delegate (the root that uses it) may well be in other files

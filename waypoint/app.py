@@ -727,8 +727,12 @@ class WaypointProxy:
         ka = self._keepalive(cluster)
         if pick.plain:      # a ServiceEntry endpoint outside the mesh: the waypoint dials it itself
             policy, host = (cluster.policy, name or cluster.hostname) if cluster is not None else (None, "")
+            cred = None
+            if policy is not None and policy.credential_name:     # a Secret of this waypoint's own namespace
+                view = self.config.view
+                cred = view.credentials.get(f"{view.waypoint.namespace}/{policy.credential_name}")
             try:
-                orig = origination(policy, host)
+                orig = origination(policy, host, cred)
                 tls = f" tls {orig.settings!r}" if orig else ""
             except (OSError, ssl.SSLError) as e:
                 # a file that does not read (or a caCrl holding no CRL): the connect fails with it
@@ -739,7 +743,7 @@ class WaypointProxy:
             key = f"{pick.address}/{pick.protocol}{tls}{_ka_key(ka)}"
             # the connector asks again per connection: the files' current contents (rotated CA or client cert)
             return UpstreamTarget(key, pick.address,
-                                  self._plain_connector(pick, (lambda: origination(policy, host)) if tls else None,
+                                  self._plain_connector(pick, (lambda: origination(policy, host, cred)) if tls else None,
                                                         ka),
                                   pick.protocol, cluster, response_headers)
         if not pick.mesh:

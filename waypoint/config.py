@@ -17,6 +17,7 @@ from ambit import telemetry
 from ambit.configclient import ConfigUpdate
 from ambit.model import (
     Authorization,
+    ClientCredential,
     IngressGateway,
     MeshSettings,
     RequestAuthn,
@@ -41,12 +42,14 @@ from waypoint.routing import RouteTable, build_table
 log = logging.getLogger("ambit.waypoint.config")
 
 TYPES = (MeshSettings.TYPE, Authorization.TYPE, RequestAuthn.TYPE, Workload.TYPE, Service.TYPE, WaypointRoutes.TYPE,
-         TelemetryPolicy.TYPE, IngressGateway.TYPE)
+         TelemetryPolicy.TYPE, IngressGateway.TYPE, ClientCredential.TYPE)
 
 # Telemetry only shapes access logs and spans (defaults apply until it arrives): not needed to serve.
 # RequestAuthn is: serving before it arrives would pass tokens unchecked. An ingress gateway opens
-# no listener before its IngressGateway arrives, so that one needs no waiting for either.
-REQUIRED = TYPES[:-2]
+# no listener before its IngressGateway arrives, so that one needs no waiting for either. Until its
+# ClientCredentials arrive (a controller older than them never answers the type), a connection that
+# names a credentialName fails (503 UF), never originates without it.
+REQUIRED = TYPES[:-3]
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class View:
     # (waypoint/app.py `_target`): built once per View, not per request (it holds a connector)
     targets_cache: dict[tuple[str, str, str | None, int], Any] = field(default_factory=dict, compare=False,
                                                                        repr=False)
+    # "ns/name" -> the credentialName Secrets of this waypoint's namespace (TLS origination)
+    credentials: Mapping[str, ClientCredential] = field(default_factory=dict)
 
     def telemetry_for_waypoint(self, service: str = "") -> TelemetryConfig:
         """The Telemetry API's tracing and access logging for this waypoint (ambit.telemetry's
@@ -206,7 +211,8 @@ class WaypointConfig:
         return View(workloads, by_ip, services, by_vip, table, pset, l4, tds, tel,
                     cast(MeshSettings, mesh) if mesh is not None else None, self.waypoint, authn, ingress,
                     # an IngressGateway for this Gateway: it is an ingress gateway, Istio's CLIENT side
-                    CLIENT if gw is not None else SERVER, custom, l4_custom)
+                    CLIENT if gw is not None else SERVER, custom, l4_custom,
+                    credentials=cast(Mapping[str, ClientCredential], state[ClientCredential.TYPE]))
 
     def dump(self) -> dict[str, Any]:
         v = self.view
@@ -217,6 +223,8 @@ class WaypointConfig:
                 "telemetry": [t.resource_name for t in v.telemetry],
                 "access_log": _access_log_dump(v.telemetry_for_waypoint().access_log),
                 "request_authentications": list(v.authn.names),
+                # credentialName Secrets by name, and what is wrong with each (never their contents)
+                "credentials": {k: c.error or "usable" for k, c in sorted(v.credentials.items())},
                 "ingress": {str(p.port): {"protocol": p.protocol, "listeners": [ln.name for ln in p.listeners],
                                           "hosts": sorted(p.table.hosts)} for p in v.ingress.ports.values()},
                 "policies": {"gateway": [p.resource_name for p in v.policies.gateway],

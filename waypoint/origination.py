@@ -15,6 +15,12 @@ or MUTUAL on an external host makes the waypoint speak TLS upstream while the ap
   (pilot/pkg/networking/core/cluster_tls.go) and no `only_verify_leaf_cert_crl`: a revoked server
   certificate, or a CA of its chain without a CRL in the file, fails the handshake (503 UF). A
   file that holds no CRL fails every connection, never one without the check.
+- `credentialName` (SIMPLE and MUTUAL): the material comes from a Secret of that name in the
+  waypoint's own namespace, which the controller read and sent as a `ClientCredential` (its
+  `<name>-cacert` Secret's CA, else its own `ca.crt`, as Istio): the CA bundle (and its CRLs) the
+  server is verified against, and for MUTUAL the client chain and key. Never the system roots:
+  a Secret without a CA fails every verified connection (503 UF), as Envoy's validation context
+  that never arrives does; so do a missing Secret and one whose keys do not parse.
 - SNI is `sni`, else the host. The server certificate must name one of `subjectAltNames`, else the
   SNI name (what Envoy checks with `auto_san_validation`).
 - DISABLE, unset, or ISTIO_MUTUAL (which means HBONE mTLS, the mesh's own): plain TCP.
@@ -41,8 +47,8 @@ import ssl
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from ambit.dataplane.tls import load_crls
-from ambit.model import TrafficPolicy
+from ambit.dataplane.tls import load_chain_from_memory, load_crls
+from ambit.model import ClientCredential, TrafficPolicy
 
 ORIGINATING = ("SIMPLE", "MUTUAL")
 
@@ -143,13 +149,69 @@ def _context(policy: TrafficPolicy) -> ssl.SSLContext:
     return ctx
 
 
-def origination(policy: TrafficPolicy | None, host: str) -> Origination | None:
+_CREDENTIAL_CONTEXTS: OrderedDict[tuple[str, bool, str], ssl.SSLContext] = OrderedDict()
+
+
+def credential_digest(cred: ClientCredential) -> str:
+    """A short name of a credential's material (pool keys; a rotated Secret gets new pools)."""
+    return _digest("\0".join((cred.cert_pem, cred.key_pem, cred.ca_pem, cred.crl_pem)))
+
+
+def _credential_context(policy: TrafficPolicy, cred: ClientCredential | None) -> ssl.SSLContext:
+    """The client context of a `credentialName` Secret's material, cached by its digest. Raises
+    ssl.SSLError, naming the Secret and what is wrong, when it cannot originate as asked."""
+    name = policy.credential_name
+    if cred is None:
+        raise ssl.SSLError(f"credentialName {name}: no such credential has reached this waypoint (the "
+                           "controller sends one per Secret named, from the waypoint's own namespace)")
+    if cred.error:
+        raise ssl.SSLError(f"credentialName {name}: {cred.error}")
+    verify = not policy.insecure_skip_verify
+    if policy.tls_mode == "MUTUAL" and not (cred.cert_pem and cred.key_pem):
+        raise ssl.SSLError(f"credentialName {name}: tls mode MUTUAL needs a client certificate and key in Secret "
+                           f"{cred.namespace}/{name} (tls.crt and tls.key, or cert and key)")
+    if verify and not cred.ca_pem:
+        raise ssl.SSLError(f"credentialName {name}: no CA certificate to verify the server with: neither Secret "
+                           f"{cred.namespace}/{name}-cacert nor {cred.namespace}/{name} holds ca.crt (or cacert)")
+    key = (policy.tls_mode, verify, credential_digest(cred))
+    ctx = _CREDENTIAL_CONTEXTS.get(key)
+    if ctx is not None:
+        _CREDENTIAL_CONTEXTS.move_to_end(key)
+        return ctx
+    ctx = _inline_context(cred.ca_pem) if verify else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False          # checked against subjectAltNames or the SNI by check_peer
+    if not verify:
+        ctx.verify_mode = ssl.CERT_NONE
+    elif cred.crl_pem:
+        try:
+            load_crls(ctx, cred.crl_pem)
+        except ssl.SSLError as e:
+            raise ssl.SSLError(f"credentialName {name}: the CRLs of Secret {cred.namespace}/{name}: {e}") from e
+    if policy.tls_mode == "MUTUAL":
+        load_chain_from_memory(ctx, cred.key_pem.encode(), [cred.cert_pem])
+    _CREDENTIAL_CONTEXTS[key] = ctx
+    while len(_CREDENTIAL_CONTEXTS) > MAX_CONTEXTS:
+        _CREDENTIAL_CONTEXTS.popitem(last=False)
+    return ctx
+
+
+def origination(policy: TrafficPolicy | None, host: str,
+                credential: ClientCredential | None = None) -> Origination | None:
     """The TLS to originate for `host` under `policy`, or None for plain TCP. Raises OSError /
-    ssl.SSLError when a named file cannot be read (the connection then fails, and says why).
-    Called per upstream connection: a file replaced since (a rotated CA bundle, client
+    ssl.SSLError when a named file cannot be read, or `credential` (the policy's `credentialName`
+    as it reached this waypoint, None when it did not) cannot be used: the connection then fails,
+    and says why. Called per upstream connection: a file replaced since (a rotated CA bundle, client
     certificate or key, as Istio's agent watches them) is read again; an unchanged one costs a stat."""
     if policy is None or policy.tls_mode not in ORIGINATING:
         return None
+    if policy.credential_name:
+        ctx = _credential_context(policy, credential)
+        sni = policy.sni or host
+        names = () if policy.insecure_skip_verify else tuple(policy.subject_alt_names) or (sni,)
+        digest = credential_digest(credential) if credential is not None else ""
+        settings = (policy.tls_mode, f"credential {policy.credential_name} {digest}", policy.insecure_skip_verify,
+                    sni, tuple(policy.subject_alt_names))
+        return Origination(ctx, sni, names, settings)
     if policy.tls_mode == "MUTUAL" and not (policy.client_certificate and policy.private_key):
         raise ssl.SSLError("tls mode MUTUAL needs clientCertificate and privateKey")
     ctx = _context(policy)

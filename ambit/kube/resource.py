@@ -67,14 +67,14 @@ class Resource:
             (obj.get("metadata") or {}).get("labels") or {}, self.label_selector)
 
     def project(self, obj: Obj) -> Obj:
-        """`obj` as it is kept: whole, or (`data_keys`) its kind, name and those keys of `data`.
+        """`obj` as it is kept: whole, or (`data_keys`) its kind, type, name and those keys of `data`.
         The resourceVersion goes too, so that a change elsewhere in the object (a leader-election
         ConfigMap renewed every few seconds) leaves what is kept equal and wakes no consumer."""
         if self.data_keys is None:
             return obj
         md = obj.get("metadata") or {}
         data = obj.get("data") or {}
-        out: Obj = {k: obj[k] for k in ("apiVersion", "kind") if k in obj}
+        out: Obj = {k: obj[k] for k in ("apiVersion", "kind", "type") if k in obj}   # (a Secret's type)
         out["metadata"] = {k: md[k] for k in ("name", "namespace") if k in md}
         labels = {k: v for k, v in (md.get("labels") or {}).items() if k in self.kept_labels}
         if labels:

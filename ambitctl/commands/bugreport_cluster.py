@@ -6,8 +6,8 @@ never from the nodes:
   with their compatibility verdicts);
 - `status/proxy-status.json` (every proxy's sync state and last report) and
   `status/controller-status.json` (subscribers and rejected configuration: `ambit status`);
-- `config/objects.json`: every object the controller reads, as it reads them (kubernetes.io/tls Secrets only,
-  their data removed; ConfigMaps cut down to their name and ca.crt), and
+- `config/objects.json`: every object the controller reads, as it reads them (Secrets cut down to their
+  certificate keys, whose values are removed too; ConfigMaps cut down to their name and ca.crt), and
   `config/<proxy>.json`: each connected proxy's config as the controller sent and it ACKed;
 - `logs/<namespace>/<pod>/<container>.log`: the last `--log-tail` bytes of every container of the
   control plane's namespace (controller, node agents, ztunnels) and of every waypoint pod, read

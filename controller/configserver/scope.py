@@ -23,6 +23,9 @@ authenticator, see controller.configserver.auth; a claimed name never widens a v
 * ztunnel -- every Telemetry: it resolves one per workload on its node, which can be in any namespace.
 * IngressGateway (ns/name) -- to the pods of that gateway only (they subscribe as waypoint ns/name):
   it carries its listeners' TLS keys. Such a gateway gets every Service, as it routes to any.
+* ClientCredential (ns/name) -- to the waypoints and gateways of namespace ns only: it carries a
+  Secret's private key, which never leaves its namespace (Istio lets a proxy read the Secrets of its
+  own namespace). ztunnel and agents never get one.
 * any type without a rule here -- everything (safe default for types added later; add a rule
   when a type has a natural owner, e.g. routes attached to a waypoint's Services).
 
@@ -38,6 +41,7 @@ from typing import cast
 from ambit.configclient.node import NodeInfo
 from ambit.model import (
     Authorization,
+    ClientCredential,
     IngressGateway,
     MeshSettings,
     PeerAuthn,
@@ -94,6 +98,9 @@ def scope(node: NodeInfo, type_url: str, snapshot: Snapshot,
     resources = list(snapshot.get(type_url, ()))
     if type_url == IngressGateway.TYPE:
         return [g for g in resources if node.kind == "waypoint" and g.resource_name == node.waypoint]
+    if type_url == ClientCredential.TYPE:
+        ns = node.waypoint.split("/", 1)[0] if node.kind == "waypoint" else None
+        return [c for c in resources if cast(ClientCredential, c).namespace == ns]
     if type_url == Authorization.TYPE and node.kind != "waypoint":
         # CUSTOM (external authorization) is enforced by waypoints and ingress gateways only (the
         # validator refuses it without targetRefs); ztunnel, and an older one NACKing the action it

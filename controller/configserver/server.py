@@ -538,11 +538,27 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
                 for name, version in sorted(ts.known.items()):
                     e = view.get(name)
                     held[name] = {"version": version, "current": e is not None and e.version == version,
-                                  "body": json.loads(e.body) if e is not None and e.version == version else None}
+                                  "body": redact_keys(json.loads(e.body)) if e is not None and e.version == version
+                                  else None}
                 out[t] = {"acked_version": ts.acked_version, "sent_version": ts.sent_version,
                           "current_resources": len(view), "resources": held}
             return out
         return None
+
+
+SECRET_FIELDS = frozenset(("key_pem",))     # private keys: IngressGateway certificates, ClientCredentials
+REDACTED = "<redacted>"
+
+
+def redact_keys(body: Any) -> Any:
+    """`body` with every private key replaced: the debug API's config dump is for readers of the
+    mesh's state (`ambit proxy-config`, bug reports), who must not get the keys the gateways
+    and waypoints were sent."""
+    if isinstance(body, dict):
+        return {k: (REDACTED if k in SECRET_FIELDS and v else redact_keys(v)) for k, v in body.items()}
+    if isinstance(body, list):
+        return [redact_keys(v) for v in body]
+    return body
 
 
 def _response(p: Planned) -> config_pb2.DeltaResponse:

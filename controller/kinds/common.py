@@ -146,7 +146,7 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
-def _check_subdomain(text: str) -> str | None:
+def check_subdomain(text: str) -> str | None:
     if len(text) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(text):
         return f'must be a lowercase RFC 1123 name (a-z, 0-9, "-", "."), got "{text}"'
     return None
@@ -196,7 +196,7 @@ def label_value_reason(value: Any) -> str | None:
     return None
 
 
-Name = Str(valid=_check_subdomain)
+Name = Str(valid=check_subdomain)
 NamespaceName = Str(valid=_check_label)
 Labels = Map(Str(valid=label_value_reason), key=label_key_reason)
 Strings = Arr(Str())

@@ -25,6 +25,7 @@ from controller.kinds.common import (
     StringMatch,
     Strings,
     WorkloadSelector,
+    check_subdomain,
     header_ops_checks,
     header_value_reason,
     parse_duration,
@@ -413,11 +414,55 @@ OutlierDetection = Obj({
         "as a success.")),
 })
 
+CONFIGMAP_CREDENTIAL = "configmap://"
+
+
+def _check_credential_name(text: str) -> str | None:
+    if text.startswith(CONFIGMAP_CREDENTIAL):
+        return (f"{CONFIGMAP_CREDENTIAL} credentials are not supported by Ambit: name a Secret in the waypoint's "
+                "namespace (its ca.crt, or a <name>-cacert Secret's), or put the CA in a ConfigMap named by a "
+                "BackendTLSPolicy's validation.caCertificateRefs")
+    why = check_subdomain(text)
+    return f"is not a Secret name: {why}" if why else None
+
+
 ClientTLSSettings = Obj({
     "mode": Str(enum=("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL")),
-    "clientCertificate": Str(), "privateKey": Str(), "caCertificates": Str(), "credentialName": Str(),
+    "clientCertificate": Str(), "privateKey": Str(), "caCertificates": Str(),
+    "credentialName": Str(valid=_check_credential_name),
     "subjectAltNames": Strings, "sni": Str(), "insecureSkipVerify": Bool(), "caCrl": Str(),
 })
+
+_FILE_FIELDS = ("clientCertificate", "privateKey", "caCertificates", "caCrl")
+
+
+def check_client_tls(tls: Any, path: str, errs: Errors) -> None:
+    """Istio's rules for a DestinationRule `tls` (pkg/config/validation/agent ValidateTLS): the
+    credential comes from files or from `credentialName`, never both; MUTUAL from files needs both
+    the certificate and the key; with verification off there is nothing to verify against."""
+    if not isinstance(tls, dict):
+        return
+    mode, name, skip = tls.get("mode"), tls.get("credentialName"), tls.get("insecureSkipVerify") is True
+    if skip and mode == "SIMPLE":
+        for f in ("caCertificates", "credentialName", "subjectAltNames"):
+            if tls.get(f):
+                errs.append((join(path, f), "cannot be set with insecureSkipVerify: true (nothing is verified), "
+                             "as Istio refuses it"))
+    if skip and mode == "MUTUAL":
+        for f in ("caCertificates", "subjectAltNames"):
+            if tls.get(f):
+                errs.append((join(path, f), "cannot be set with insecureSkipVerify: true (nothing is verified), "
+                             "as Istio refuses it"))
+    if mode in ("SIMPLE", "MUTUAL") and name:
+        for f in _FILE_FIELDS:
+            if tls.get(f):
+                errs.append((join(path, f), "cannot be set with credentialName: the certificates, key and CRLs "
+                             "come from that Secret, as Istio refuses both"))
+        return
+    if mode == "MUTUAL":
+        for f in ("clientCertificate", "privateKey"):
+            if not tls.get(f):
+                errs.append((join(path, f), "required for mode MUTUAL (or name a Secret in credentialName)"))
 
 _POLICY_FIELDS: dict[str, Any] = {
     "loadBalancer": LoadBalancer,
@@ -454,7 +499,11 @@ def _check_dr(value: dict[str, Any], path: str, errs: Errors) -> None:
         for i, s in enumerate(value.get("subsets") or [])]
     for p, pol in policies:
         ports: dict[int, int] = {}
+        if isinstance(pol, dict):
+            check_client_tls(pol.get("tls"), join(p, "tls"), errs)
         for i, pls in enumerate((pol or {}).get("portLevelSettings") or []):
+            if isinstance(pls, dict):
+                check_client_tls(pls.get("tls"), f"{p}.portLevelSettings[{i}].tls", errs)
             n = (pls.get("port") or {}).get("number")
             if n is None:
                 errs.append((f"{p}.portLevelSettings[{i}].port", "required field is missing"))

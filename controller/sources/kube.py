@@ -84,10 +84,16 @@ class WatchedType(Resource):
         return key[0] == self.group and key[1] == self.kind
 
 
-# Secrets are watched for ingress certificates only (certificateRefs, credentialName), as istiod
-# does: of type kubernetes.io/tls, selected by the API server, so no other Secret (service account
-# tokens, application credentials) ever reaches the controller (docs/security.md).
-FIELD_SELECTORS = {"Secret": "type=kubernetes.io/tls"}
+# Secrets are watched for certificates: an ingress listener's (certificateRefs, credentialName, of
+# type kubernetes.io/tls) and a DestinationRule's credentialName for TLS origination, which Istio
+# reads from Secrets of any type (`kubectl create secret generic ... --from-file=ca.crt`, and a CA
+# alone cannot be a kubernetes.io/tls Secret). As istiod does (pilot/pkg/credentials/kube/
+# secrets.go), the API server leaves out the two large kinds no certificate is in: Helm releases
+# and service account tokens. Each Secret is cut down as it arrives to its type, name and the keys
+# a certificate is read from (`SECRET_KEYS`); the rest of an application's Secret is never kept,
+# and a change to it publishes nothing (docs/security.md).
+FIELD_SELECTORS = {"Secret": "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token"}
+SECRET_KEYS = ("tls.crt", "tls.key", "ca.crt", "ca.crl", "cert", "key", "cacert", "crl")
 
 # ConfigMaps are watched for the CA bundles an ingress Gateway's client certificate validation
 # names (spec.tls.frontend caCertificateRefs, key `ca.crt`), and a BackendTLSPolicy's
@@ -106,7 +112,7 @@ FIELD_SELECTORS = {"Secret": "type=kubernetes.io/tls"}
 # overlay keys, and of its labels only `gateway.istio.io/defaults-for-class` (with the
 # creationTimestamp, which picks the oldest of several); the controller reads it in its root
 # namespace, which the cluster-wide watch covers.
-DATA_KEYS = {"ConfigMap": ("ca.crt",)}
+DATA_KEYS = {"ConfigMap": ("ca.crt",), "Secret": SECRET_KEYS}
 BOUNDED_KEYS = {"ConfigMap": (OVERLAY_KEYS, MAX_OVERLAY_BYTES)}
 KEPT_LABELS = {"ConfigMap": (DEFAULTS_FOR_CLASS_LABEL,)}
 

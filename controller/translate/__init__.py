@@ -28,6 +28,7 @@ from controller.kinds import BY_KIND
 from controller.translate.autoalloc import AutoAllocate, allocate
 from controller.translate.backendtls import BackendTLS, apply_backend_tls
 from controller.translate.blame import TranslationBug, blame
+from controller.translate.credentials import Credentials, translate_credentials
 from controller.translate.index import Index, age_key
 from controller.translate.ingress import IngressResult, translate_ingress
 from controller.translate.istio_gateway import add_istio_gateways
@@ -75,6 +76,7 @@ class Translation:
     ingress: IngressResult = field(default_factory=IngressResult)   # ingress Gateways, their routes' status
     parents: Parents = field(default_factory=Parents)   # routes' mesh parents: targets, notices (warnings)
     backend_tls: BackendTLS = field(default_factory=BackendTLS)     # BackendTLSPolicies' verdicts (status.ancestors)
+    credentials: Credentials = field(default_factory=Credentials)   # credentialName Secrets, per gateway namespace
     # (namespace, name) -> the status.addresses a ServiceEntry should have ([]: clear them); an entry
     # absent here has none and needs none (controller.translate.autoalloc)
     entry_addresses: dict[tuple[str, str], list[dict[str, str]]] = field(default_factory=dict)
@@ -83,7 +85,7 @@ class Translation:
         """Every model resource, in one list."""
         return [*self.workloads, *self.services, *self.authorizations, *self.peer_authns,
                 *self.waypoint_routes, *self.telemetry, *self.mesh_settings, *self.request_authns,
-                *self.ingress.gateways]
+                *self.ingress.gateways, *self.credentials.credentials]
 
     def by_type(self) -> dict[str, list[Any]]:
         """Resources keyed by type URL: what `ConfigServer.update(resources_by_type, version)` takes.
@@ -141,6 +143,7 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     out.parents.notices.extend(Notice(ref, "metadata.labels", why, "WaypointNotAllowed") for ref, why in unbound)
     out.waypoint_routes = translate_routes(idx, out.services, cluster_domain, out.parents)
     out.waypoint_routes, out.backend_tls = apply_backend_tls(idx, hosts, out.waypoint_routes, out.parents.notices)
+    out.credentials = translate_credentials(idx, out.services)
     out.ingress = translate_ingress(idx, hosts)
     out.parents.merge_status(out.ingress.routes)
     add_istio_gateways(idx, hosts, out.ingress)

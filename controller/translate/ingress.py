@@ -279,7 +279,7 @@ def resolved_refs(found: list[BackendVerdict]) -> tuple[bool, str, str]:
 
 # -- certificates ----------------------------------------------------------------------------------
 
-def _secret_field(secret: Obj, key: str) -> str:
+def secret_field(secret: Obj, key: str) -> str:
     if key in (secret.get("stringData") or {}):
         return secret["stringData"][key]
     raw = (secret.get("data") or {}).get(key, "")
@@ -297,7 +297,7 @@ def load_certificate(secret: Obj | None, ref: str) -> tuple[TlsCertificate | Non
         return None, f"Secret {ref} does not exist"
     if secret.get("type", TLS_SECRET) != TLS_SECRET:
         return None, f"Secret {ref} is of type {secret.get('type')}, not {TLS_SECRET}"
-    cert, key = _secret_field(secret, "tls.crt"), _secret_field(secret, "tls.key")
+    cert, key = secret_field(secret, "tls.crt"), secret_field(secret, "tls.key")
     try:
         x509.load_pem_x509_certificate(cert.encode())
         load_pem_private_key(key.encode(), None)
@@ -309,7 +309,7 @@ def load_certificate(secret: Obj | None, ref: str) -> tuple[TlsCertificate | Non
 def load_client_ca(secret: Obj, ref: str) -> tuple[str | None, str]:
     """The client CA bundle a mutual-TLS server verifies client certificates against: the Secret's
     `ca.crt` (Istio's key for it in a credentialName Secret), or (None, why it cannot be used)."""
-    pem = _secret_field(secret, "ca.crt")
+    pem = secret_field(secret, "ca.crt")
     if not pem.strip():
         return None, (f"Secret {ref} has no ca.crt: mutual TLS verifies client certificates against the CA "
                       "certificates in it (a separate <name>-cacert Secret is not read)")
@@ -331,7 +331,7 @@ def load_client_crl(secret: Obj, ref: str, ca_pem: str) -> tuple[str | None, str
     from ambit.dataplane.tls import crl_blocks
     if not ((secret.get("stringData") or {}).get(CRL_KEY) or (secret.get("data") or {}).get(CRL_KEY)):
         return "", "", []       # none, or empty: Envoy checks no revocation for an empty crl either
-    blocks = crl_blocks(_secret_field(secret, CRL_KEY))
+    blocks = crl_blocks(secret_field(secret, CRL_KEY))
     if not blocks:
         return None, f"Secret {ref}: {CRL_KEY} holds no PEM CRL (-----BEGIN X509 CRL-----)", []
     issuers = set()

@@ -579,6 +579,8 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
     t.ca_certificates, t.client_certificate = tls.get("caCertificates", ""), tls.get("clientCertificate", "")
     t.private_key, t.insecure_skip_verify = tls.get("privateKey", ""), bool(tls.get("insecureSkipVerify"))
     t.ca_crl = tls.get("caCrl", "")
+    if t.tls_mode in ("SIMPLE", "MUTUAL"):     # (Istio reads it for those modes only; controller/translate/credentials.py)
+        t.credential_name = tls.get("credentialName", "")
     return t
 
 

@@ -49,6 +49,7 @@ from ambit.resilience import RETRY_ON_NOT_APPLIED, retry_on_parts
 from ambit.telemetry import ACCESS_LOG_KINDS, GATEWAY_LABEL, TRACING_KINDS, providers_of
 from controller.kinds.security import L4_CONDITION_KEYS
 from controller.translate import translate
+from controller.translate.credentials import INVALID_CREDENTIAL
 from controller.translate.delegates import Delegation
 from controller.translate.destinationrules import rules_by_host, rules_in_force
 from controller.translate.index import age_key, ns_of, waypoint_ref
@@ -140,6 +141,8 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
     out += [Advisory(w.ref, w.path, w.reason, "NotEnforced", NOT_EXPORTED if w.path == "spec.exportTo" else "NotServed")
             for w in tr.ingress.warnings]      # (a VirtualService not exported to an ingress gateway's namespace)
     out += [Advisory(n.ref, n.path, n.reason, NOT_ENFORCED, n.cause) for n in tr.parents.notices]  # route parents
+    out += [Advisory(n.ref, n.path, n.reason, NOT_ENFORCED, INVALID_CREDENTIAL)      # credentialName Secrets
+            for n in tr.credentials.notes]
     for o in good:
         kind = o.get("kind")
         if kind == "AuthorizationPolicy":
@@ -633,16 +636,13 @@ def _gw_fields(o: Obj) -> list[Advisory]:
     return out
 
 
-ENTRY_TLS_NOT_SUPPORTED = {
-    "credentialName": "not supported by Ambit yet: the waypoint reads caCertificates, clientCertificate and "
-                      "privateKey as files; it does not read Secrets for TLS origination",
-}
-
-
 def _entry_tls(tls: Obj, base: str) -> list[tuple[str, str]]:
     """TLS origination to a ServiceEntry host (waypoint/origination.py): SIMPLE and MUTUAL are
     applied by its waypoint; what of them is not, and ISTIO_MUTUAL (HBONE is the mesh's), are named."""
-    out = [(f"{base}.tls.{f}", why) for f, why in ENTRY_TLS_NOT_SUPPORTED.items() if tls.get(f) is not None]
+    out = []
+    if tls.get("credentialName") and tls.get("mode", "DISABLE") not in ("SIMPLE", "MUTUAL"):
+        out.append((f"{base}.tls.credentialName", f"not applied with mode {tls.get('mode', 'DISABLE')}: a credential "
+                    "is read for modes SIMPLE and MUTUAL only, as in Istio"))
     if tls.get("mode") == "ISTIO_MUTUAL":
         out.append((f"{base}.tls.mode", "ISTIO_MUTUAL is not applied to a ServiceEntry host: a mesh destination is "
                     "reached over HBONE mutual TLS anyway, an external one speaks no Istio mTLS"))

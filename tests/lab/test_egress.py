@@ -161,7 +161,8 @@ def egress_objects(ext: ext_mod.External) -> list[dict[str, Any]]:
                    "ports": [{"number": 80, "name": "http", "protocol": "HTTP"},
                              {"number": 8080, "name": "http-simple", "protocol": "HTTP", "targetPort": 443},
                              {"number": 9090, "name": "http-mutual", "protocol": "HTTP", "targetPort": 8443},
-                             {"number": 7070, "name": "http-btls", "protocol": "HTTP", "targetPort": 443}]}}
+                             {"number": 7070, "name": "http-btls", "protocol": "HTTP", "targetPort": 443},
+                             {"number": 6060, "name": "http-cred", "protocol": "HTTP", "targetPort": 8443}]}}
     dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
           "metadata": {"name": "egress-tls", "namespace": "demo"},
           "spec": {"host": host, "trafficPolicy": {"portLevelSettings": [
@@ -169,7 +170,14 @@ def egress_objects(ext: ext_mod.External) -> list[dict[str, Any]]:
                                                   "sni": ext_mod.HOSTNAME}},
               {"port": {"number": 9090}, "tls": {"mode": "MUTUAL", "caCertificates": str(ext.ca),
                                                   "sni": ext_mod.HOSTNAME, "clientCertificate": str(ext.client_cert),
-                                                  "privateKey": str(ext.client_key)}}]}}}
+                                                  "privateKey": str(ext.client_key)}},
+              # the same mutual TLS from a Secret in the waypoint's namespace (istio-egress), not the files
+              {"port": {"number": 6060}, "tls": {"mode": "MUTUAL", "credentialName": "partner-client",
+                                                  "sni": ext_mod.HOSTNAME}}]}}}
+    client_secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                     "metadata": {"name": "partner-client", "namespace": "istio-egress"},
+                     "stringData": {"tls.crt": Path(ext.client_cert).read_text(),
+                                    "tls.key": Path(ext.client_key).read_text(), "ca.crt": Path(ext.ca).read_text()}}
     ap = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
           "metadata": {"name": "egress-from-client", "namespace": "demo"},
           "spec": {"targetRefs": [{"kind": "ServiceEntry", "group": "networking.istio.io", "name": "egress"}],
@@ -184,7 +192,7 @@ def egress_objects(ext: ext_mod.External) -> list[dict[str, Any]]:
                                      "sectionName": "http-btls"}],
                      "validation": {"hostname": ext_mod.HOSTNAME,
                                     "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "external-ca"}]}}}
-    return [se, dr, ap, ca, btls]
+    return [se, client_secret, dr, ap, ca, btls]
 
 
 def test_egress_through_a_waypoint_with_authorization_and_tls_origination(lab: Lab, external: ext_mod.External) -> None:
@@ -195,7 +203,7 @@ def test_egress_through_a_waypoint_with_authorization_and_tls_origination(lab: L
                                    if w["namespace"] == "istio-egress" and w["ready"]], timeout=30,
                           what="the egress waypoint ready")[0]
         resolve = ("--resolve", f"egress.example:80:{EGRESS_VIP}", "--resolve", f"egress.example:8080:{EGRESS_VIP}",
-                   "--resolve", f"egress.example:9090:{EGRESS_VIP}")
+                   "--resolve", f"egress.example:9090:{EGRESS_VIP}", "--resolve", f"egress.example:6060:{EGRESS_VIP}")
         code, seen = lab.wait_for(lambda: (r := curl(lab, "http://egress.example/out", *resolve))[0] == 0 and r,
                                   timeout=20, what="egress through the waypoint")
         # it left through the waypoint: the external server sees the waypoint's address, not the pod's
@@ -217,6 +225,8 @@ def test_egress_through_a_waypoint_with_authorization_and_tls_origination(lab: L
         assert seen["peer"] == wp["ip"] and seen["path"] == "/simple"
         code, seen = curl(lab, "http://egress.example:9090/mutual", *resolve)
         assert code == 0 and seen["tls"] is True and seen["path"] == "/mutual", seen
+        code, seen = curl(lab, "http://egress.example:6060/credential", *resolve)       # credentialName
+        assert code == 0 and seen["tls"] is True and seen["path"] == "/credential", seen
         code, seen = curl(lab, "http://egress.example:7070/btls", "--resolve", f"egress.example:7070:{EGRESS_VIP}")
         assert code == 0 and seen["tls"] is True and seen["sni"] == ext_mod.HOSTNAME, seen    # BackendTLSPolicy
     finally:

@@ -358,6 +358,7 @@ class KubeEmulator:
                 md.setdefault("namespace", "default")
             md.update(uid=str(uuid.uuid4()), resourceVersion=str(self._rv), generation=1,
                       creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            _write_only_fields(t.kind, o)
             if t.kind == "Service" and not (o.get("spec") or {}).get("clusterIP"):
                 self._next_ip += 1
                 o.setdefault("spec", {})["clusterIP"] = f"10.96.{self._next_ip // 250}.{self._next_ip % 250 + 1}"
@@ -376,6 +377,7 @@ class KubeEmulator:
             old = store[key]
             self._rv += 1
             o = copy.deepcopy(obj)
+            _write_only_fields(t.kind, o)
             md = o.setdefault("metadata", {})
             for f in ("uid", "creationTimestamp", "namespace"):
                 if f in old["metadata"]:
@@ -983,6 +985,16 @@ def _merge_by(old: list[Any], patch: list[Any], key: str) -> list[Any]:
         else:
             out[i] = _merge_patch(out[i], p)
     return out
+
+
+def _write_only_fields(kind: str, o: Obj) -> None:
+    """As the API server does: a Secret's `stringData` is merged into `data` (base64, over the keys
+    `data` has) and is never stored nor returned."""
+    if kind == "Secret" and "stringData" in o:
+        data = dict(o.get("data") or {})
+        for k, v in (o.pop("stringData") or {}).items():
+            data[k] = base64.b64encode(str(v).encode()).decode()
+        o["data"] = data
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:

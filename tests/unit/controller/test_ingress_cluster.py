@@ -1,6 +1,6 @@
 """An ingress Gateway in a cluster, against the API-server emulator through the official client (no
-mocks): the controller's source reads only `kubernetes.io/tls` Secrets (a fieldSelector the server
-applies), an HTTPS listener resolves its certificateRefs from them, and the reconciler writes the
+mocks): the controller's source reads Secrets as istiod does (no Helm releases nor service account
+tokens: a fieldSelector the server applies) and keeps only their certificate keys, an HTTPS listener resolves its certificateRefs from them, and the reconciler writes the
 attached HTTPRoute's `status.parents` (httproutes/status) as well as the Gateway's."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def _cond(conds: list[dict[str, Any]], type_: str) -> tuple[str, str] | None:
     return (c["status"], c["reason"]) if c else None
 
 
-def test_tls_secrets_only_https_listener_and_route_status_in_a_cluster() -> None:
+def test_secrets_cut_to_certificate_keys_https_listener_and_route_status_in_a_cluster() -> None:
     with KubeEmulator(apply_selectors=True) as emu:
         seen: list[list[dict[str, Any]]] = []
         rec = KubeWaypointReconciler(make_api_client(emu.url))
@@ -39,6 +39,11 @@ def test_tls_secrets_only_https_listener_and_route_status_in_a_cluster() -> None
             emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "web"}})
             emu.create({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                         "metadata": {"name": "app-password", "namespace": "web"}, "data": {"password": "aHVudGVyMg=="}})
+            emu.create({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+                        "metadata": {"name": "sa-token", "namespace": "web"}, "data": {"token": "c2VjcmV0"}})
+            emu.create({"apiVersion": "v1", "kind": "Secret", "type": "helm.sh/release.v1",
+                        "metadata": {"name": "sh.helm.release.v1.web.v1", "namespace": "web"},
+                        "data": {"release": "aGVsbQ=="}})
             emu.create(tls_secret("cert-a"))
             emu.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": "web"},
                         "spec": {"clusterIP": "10.96.0.50", "selector": {"app": "echo"}, "ports": [{"port": 80}]}})
@@ -62,10 +67,14 @@ def test_tls_secrets_only_https_listener_and_route_status_in_a_cluster() -> None
                 return next(iter(st.get("listeners") or []), None)
             ln = wait_for(listener, timeout=10, what="the Gateway's listener status")
             assert _cond(ln["conditions"], "ResolvedRefs") == ("True", "ResolvedRefs")
-            # the source asked the server for TLS Secrets only: the Opaque one never reached the controller
-            assert all(q.get("fieldSelector") == "type=kubernetes.io/tls" for q in emu.list_requests("secrets"))
-            secrets = {o["metadata"]["name"] for o in seen[-1] if o["kind"] == "Secret"}
-            assert secrets == {"cert-a"}
+            # the source asked the server for no token nor Helm release: those never reached the controller;
+            # the Opaque one did (a DestinationRule's credentialName may name one), with none of its data kept
+            assert all(q.get("fieldSelector") == "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token"
+                       for q in emu.list_requests("secrets"))
+            secrets = {o["metadata"]["name"]: o for o in seen[-1] if o["kind"] == "Secret"}
+            assert set(secrets) == {"cert-a", "app-password"}
+            assert secrets["app-password"]["data"] == {} and secrets["app-password"]["type"] == "Opaque"
+            assert set(secrets["cert-a"]["data"]) == {"tls.crt", "tls.key"}
         finally:
             stop.set()
             t.join(timeout=10)

@@ -371,8 +371,8 @@ def test_bug_report_in_a_cluster_uses_the_apis_only(mesh: dict[str, Any], tmp_pa
     emu.set_log("shop", "waypoint-5c4", "waypoint ready\n")
     emu.create({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "to-nowhere",
                 "namespace": "shop"}, "spec": {"hosts": ["cart"], "http": [{"route": [{"destination": {"host": "cart"}}]}]}})
-    # an application's ConfigMap and Opaque Secret: the controller keeps neither (a ConfigMap's
-    # ca.crt alone, Secrets of type kubernetes.io/tls alone), and neither goes into the report
+    # an application's ConfigMap and Opaque Secret: the controller keeps neither's data (a ConfigMap's
+    # ca.crt alone, a Secret's certificate keys alone), and no value of them goes into the report
     emu.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-settings", "namespace": "shop"},
                 "data": {"ca.crt": "the-ca-bundle", "settings.ini": "db_password = hunter2-in-a-configmap"}})
     emu.create({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": "db", "namespace": "shop"},
@@ -393,7 +393,8 @@ def test_bug_report_in_a_cluster_uses_the_apis_only(mesh: dict[str, Any], tmp_pa
     assert any(o["metadata"]["name"] == "echo-v1" for o in listed)
     [cm] = [o for o in listed if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "app-settings"]
     assert cm["data"] == {"ca.crt": "the-ca-bundle"} and "hunter2" not in files["config/objects.json"]
-    assert not any(o["kind"] == "Secret" and o["metadata"]["name"] == "db" for o in listed)
+    [db] = [o for o in listed if o["kind"] == "Secret" and o["metadata"]["name"] == "db"]
+    assert db["data"] == {} and "aHVudGVyMg" not in files["config/objects.json"]
     log = files["logs/ambit-system/ambit-controller-7f9/controller.log"]
     assert log.rstrip().endswith("<redacted>") and "snapshot v7 pushed" in log and "sekret" not in log
     assert "left out" in log                                      # --log-tail 200 of a longer log

@@ -131,21 +131,24 @@ def test_controller_may_list_and_watch_everything_its_kube_source_watches() -> N
         for verb in ("get", "update"):       # status is only merge-patched, never read or replaced whole
             assert not allowed(docs, "mesh-ops", sa, t.group, f"{t.plural}/status", verb), (verb, t.plural)
     assert allowed(docs, "mesh-ops", sa, "authentication.k8s.io", "tokenreviews", "create")
-    # Secrets: read cluster-wide, for ingress certificates (the source asks for kubernetes.io/tls only,
-    # tests/unit/controller/test_kube_source_secrets.py); never written outside its own namespace
+    # Secrets: read cluster-wide, for certificates (the source asks for no Helm release nor service account
+    # token, and keeps only certificate keys: tests/unit/controller/test_ingress_cluster.py); never written
+    # outside its own namespace
     for verb in ("get", "list", "watch"):
         assert allowed(docs, "mesh-ops", sa, "", "secrets", verb), verb
     for verb in ("create", "update", "patch", "delete", "deletecollection"):
         assert not allowed(docs, "mesh-ops", sa, "", "secrets", verb), verb
-    assert [t.field_selector for t in types if t.plural == "secrets"] == ["type=kubernetes.io/tls"]
+    assert [t.field_selector for t in types if t.plural == "secrets"] == [
+        "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token"]
     assert all(not t.field_selector for t in types if t.plural != "secrets")
     # ConfigMaps: read cluster-wide for client CA bundles, kept as their name and ca.crt alone
     # (tests/unit/controller/test_kube_source_configmaps.py); only ambit-root-cert is ever written
     for verb in ("list", "watch"):
         assert allowed(docs, "mesh-ops", sa, "", "configmaps", verb), verb
     assert not allowed(docs, "mesh-ops", sa, "", "configmaps", "delete")
-    assert [t.data_keys for t in types if t.data_keys is not None] == [("ca.crt",)]
-    assert [t.plural for t in types if t.data_keys is not None] == ["configmaps"]
+    kept = {t.plural: t.data_keys for t in types if t.data_keys is not None}
+    assert kept == {"configmaps": ("ca.crt",),
+                    "secrets": ("tls.crt", "tls.key", "ca.crt", "ca.crl", "cert", "key", "cacert", "crl")}
     # ... and a Gateway's parameter overlays, each kept only up to 16 KiB (controller/waypoints/params.py)
     assert [(t.bounded_keys, t.key_bound) for t in types if t.bounded_keys] == [
         (("deployment", "service", "serviceAccount", "horizontalPodAutoscaler", "podDisruptionBudget"), 16384)]

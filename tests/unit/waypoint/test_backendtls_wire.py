@@ -69,13 +69,17 @@ class TlsOrigin:
         ctx.load_cert_chain(tmp / "origin.crt", tmp / "origin.key")
         self.sni: list[str | None] = []
         ctx.sni_callback = lambda sock, name, c: self.sni.append(name)
+        self.ctx = ctx          # (a test may ask for client certificates: verify_mode, load_verify_locations)
         self.failed_handshakes = 0
 
         origin = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                body = json.dumps({"tls": isinstance(self.connection, ssl.SSLSocket)}).encode()
+                tls = isinstance(self.connection, ssl.SSLSocket)
+                peer = self.connection.getpeercert() if tls else None      # type: ignore[attr-defined]
+                client = dict(x[0] for x in peer["subject"]).get("commonName") if peer else None
+                body = json.dumps({"tls": tls, "client": client}).encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
