@@ -106,6 +106,8 @@ def _one_of_everything() -> Translation:
         pod("e1", "10.244.1.1", labels={"app": "echo"}, ports={"web": 9000}),
         {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "a", "namespace": "demo"},
          "spec": {"rules": [{"from": [{"source": {"namespaces": ["x"]}}], "when": [{"key": "destination.ip", "values": ["10.0.0.1"]}]}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "cred", "namespace": "demo"},
+         "spec": {"host": "partner.example", "trafficPolicy": {"tls": {"mode": "MUTUAL", "credentialName": "partner"}}}},
         {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": "p", "namespace": "demo"},
          "spec": {"selector": {"matchLabels": {"app": "echo"}}, "portLevelMtls": {8080: {"mode": "DISABLE"}}}},
         {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication", "metadata": {"name": "r", "namespace": "demo"},

@@ -239,13 +239,12 @@ def test_advisories_for_service_entry_targets_and_tls_origination() -> None:
 
     found = {(a.ref, a.path): a.reason for a in advisories([
         gw, bound, unbound, ap("bound"), ap("unbound"), ap("missing"),
-        dr("a.example", {"mode": "SIMPLE", "caCertificates": "/ca.pem", "credentialName": "cred"}),
+        dr("a.example", {"mode": "SIMPLE", "caCertificates": "/ca.pem"}),
         dr("elsewhere.example", {"mode": "SIMPLE"})])}
     assert ("AuthorizationPolicy/demo/ap-bound", "spec.targetRefs[0]") not in found
     assert "bound to no waypoint" in found[("AuthorizationPolicy/demo/ap-unbound", "spec.targetRefs[0]")]
     assert "no ServiceEntry" in found[("AuthorizationPolicy/demo/ap-missing", "spec.targetRefs[0]")]
     assert ("DestinationRule/demo/dr-a.example", "spec.trafficPolicy.tls") not in found, "originated: applied"
-    assert "does not read Secrets" in found[("DestinationRule/demo/dr-a.example", "spec.trafficPolicy.tls.credentialName")]
     assert "not applied" in found[("DestinationRule/demo/dr-elsewhere.example", "spec.trafficPolicy.tls")]
 
 

@@ -27,7 +27,7 @@ EXTERNAL = {
     "curl": {"cacert", "resolve", "data-urlencode", "unix-socket"},
     "iptables": {"dport", "mark", "to-ports", "noflush", "socket-exists"},
     "nsenter": {"net"},
-    "kubectl": {"server-side", "prune", "field-selector", "limits", "replicas"},
+    "kubectl": {"server-side", "prune", "field-selector", "limits", "replicas", "from-file"},
     "etcd (a restore)": {"bump-revision", "mark-compacted"},
     "istioctl": {"purge"},
     "linkerd": {"pre"},
