@@ -126,8 +126,8 @@ def credential(ns: str, name: str, secrets: dict[str, Obj]) -> ClientCredential:
                 if _is_ca(leaf):
                     # (the mesh's own CA Secret in cert-manager's layout is one: a signing key is never
                     # handed to a proxy, whatever a DestinationRule names)
-                    cred.error = (f"Secret {ns}/{name}: {c} is a CA certificate; a CA's key is never sent to a "
-                                  "proxy: use a client certificate the CA issued")
+                    cred.error = (f"Secret {ns}/{name}: {c} is a CA certificate that signs certificates; a CA's "
+                                  "key is never sent to a proxy: use a client certificate the CA issued")
                     return cred
                 cred.cert_pem, cred.key_pem = cert, key
                 break
@@ -160,9 +160,13 @@ def credential(ns: str, name: str, secrets: dict[str, Obj]) -> ClientCredential:
 
 
 def _is_ca(cert: Any) -> bool:
+    """A certificate whose key signs certificates: a CA (basicConstraints CA) with keyCertSign, as
+    the mesh's own CA and cert-manager's have. (`openssl req -x509`'s self-signed certificates say
+    CA:TRUE without a keyUsage; those are the client's own, and pass.)"""
     from cryptography import x509
     try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+        ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        return bool(ca and cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign)
     except x509.ExtensionNotFound:
         return False
 

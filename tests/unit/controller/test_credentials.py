@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ambit.configclient.node import NodeInfo
 from ambit.model import ClientCredential, IngressGateway, TlsCertificate
+from controller.ca.authority import generate_root
 from controller.configserver.scope import scope
 from controller.configserver.server import redact_keys
 from controller.translate import translate
@@ -156,14 +157,22 @@ def test_what_the_waypoint_cannot_originate_with_is_said_on_the_rule() -> None:
 
 def test_a_ca_key_is_never_made_a_client_credential() -> None:
     """The mesh's CA Secret in cert-manager's layout (tls.crt is the CA, tls.key its signing key): a
-    rule naming it must not get the key sent to a waypoint."""
-    ca_key = CA_KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()).decode()
+    rule naming it must not get the key sent to a waypoint. A self-signed client certificate
+    (CA:TRUE without keyCertSign, as `openssl req -x509` makes them) is the client's own, and serves."""
+    mesh_ca = generate_root("cluster.local")
+    ca_key = mesh_ca.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()).decode()
     objs = _mesh({"mode": "MUTUAL", "credentialName": "ambit-ca"},
-                 _secret("ambit-ca", "egress", {"tls.crt": pem(CA), "tls.key": ca_key, "ca.crt": pem(CA)},
-                         "kubernetes.io/tls"))
+                 _secret("ambit-ca", "egress", {"tls.crt": pem(mesh_ca.cert), "tls.key": ca_key,
+                                                "ca.crt": pem(mesh_ca.cert)}, "kubernetes.io/tls"))
     c = _creds(objs)["egress/ambit-ca"]
-    assert c.key_pem == "" and "is a CA certificate" in c.error
+    assert c.key_pem == "" and "is a CA certificate that signs certificates" in c.error
+    own_key = CA_KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()).decode()
+    objs = _mesh({"mode": "MUTUAL", "credentialName": "self"},
+                 _secret("self", "egress", {"tls.crt": pem(CA), "tls.key": own_key, "ca.crt": pem(CA)}))
+    c = _creds(objs)["egress/self"]
+    assert (c.error, c.key_pem) == ("", own_key)
 
 
 def test_credential_name_with_a_mode_that_reads_none_is_warned() -> None:
