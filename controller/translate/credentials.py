@@ -91,30 +91,34 @@ def _gateway_namespaces(idx: Index) -> set[str]:
     return {ns_of(g) for g in idx.kind("Gateway") if (g.get("spec") or {}).get("gatewayClassName") in classes}
 
 
-def _first(secret: Obj, *keys: str) -> str:
-    for k in keys:
-        v = secret_field(secret, k)
-        if v.strip():
-            return v
-    return ""
+@dataclass
+class Read:
+    """A credential as read, and where its CA and CRLs came from (for what is said about them)."""
 
-
-def _has(secret: Obj, key: str) -> bool:
-    return key in (secret.get("stringData") or {}) or key in (secret.get("data") or {})
+    cred: ClientCredential
+    ca_ref: str = ""        # "ns/name" of the Secret the CA bundle is from
+    crl_key: str = ""       # its key the CRLs are under
 
 
 def credential(ns: str, name: str, secrets: dict[str, Obj]) -> ClientCredential:
     """The material of credential `name` in namespace `ns`, or why there is none."""
+    return read(ns, name, secrets).cred
+
+
+def read(ns: str, name: str, secrets: dict[str, Obj]) -> Read:
+    """Istio's credentialName lookup (pilot/pkg/credentials/kube/secrets.go) of `name` in `ns`:
+    the certificate and key from the Secret itself (`cert`/`key`, else `tls.crt`/`tls.key`), the
+    CA and its CRLs from `<name>-cacert`, else from the Secret itself (`cacert`/`crl`, else
+    `ca.crt`/`ca.crl`). Any Secret type. Used for TLS origination and an Istio Gateway's servers."""
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
     cred = ClientCredential(name, ns)
     main, ca_secret = secrets.get(f"{ns}/{name}"), secrets.get(f"{ns}/{name}{CA_SUFFIX}")
     if main is None and ca_secret is None:
         cred.error = f"Secret {ns}/{name} does not exist (nor {ns}/{name}{CA_SUFFIX})"
-        return cred
+        return Read(cred)
     if main is not None:
-        pairs = (("cert", "key", "crl"), ("tls.crt", "tls.key", "ca.crl"))
-        for c, k, _ in pairs:
+        for c, k in (("cert", "key"), ("tls.crt", "tls.key")):
             cert, key = secret_field(main, c), secret_field(main, k)
             if cert.strip() and key.strip():
                 try:
@@ -122,13 +126,13 @@ def credential(ns: str, name: str, secrets: dict[str, Obj]) -> ClientCredential:
                     load_pem_private_key(key.encode(), None)
                 except (ValueError, TypeError) as e:
                     cred.error = f"Secret {ns}/{name}: {c}/{k} do not hold a PEM certificate and key: {e}"
-                    return cred
+                    return Read(cred)
                 if _is_ca(leaf):
                     # (the mesh's own CA Secret in cert-manager's layout is one: a signing key is never
                     # handed to a proxy, whatever a DestinationRule names)
                     cred.error = (f"Secret {ns}/{name}: {c} is a CA certificate that signs certificates; a CA's "
                                   "key is never sent to a proxy: use a client certificate the CA issued")
-                    return cred
+                    return Read(cred)
                 cred.cert_pem, cred.key_pem = cert, key
                 break
     for holder, ref in ((ca_secret, f"{ns}/{name}{CA_SUFFIX}"), (main, f"{ns}/{name}")):
@@ -141,22 +145,23 @@ def credential(ns: str, name: str, secrets: dict[str, Obj]) -> ClientCredential:
             bundle, why = ca_bundle(pem, f"Secret {ref}")
             if bundle is None:
                 cred.error = why
-                return cred
+                return Read(cred)
             cred.ca_pem = bundle
-            if _has(holder, crl_key):
-                blocks = crl_blocks(secret_field(holder, crl_key))
+            text = secret_field(holder, crl_key)
+            if text.strip():            # (none, or empty: no revocation check, as Envoy's empty crl)
+                blocks = crl_blocks(text)
                 for i, b in enumerate(blocks):
                     try:
                         x509.load_pem_x509_crl(b.encode())
                     except ValueError as e:
                         cred.error = f"Secret {ref}: {crl_key} CRL #{i + 1} does not parse: {e}"
-                        return cred
+                        return Read(cred)
                 if not blocks:
                     cred.error = f"Secret {ref}: {crl_key} holds no PEM CRL (-----BEGIN X509 CRL-----)"
-                    return cred
+                    return Read(cred)
                 cred.crl_pem = "".join(b.strip() + "\n" for b in blocks)
-            return cred
-    return cred
+            return Read(cred, ref, crl_key)
+    return Read(cred)
 
 
 def _is_ca(cert: Any) -> bool:

@@ -316,36 +316,22 @@ def load_client_ca(secret: Obj, ref: str) -> tuple[str | None, str]:
     return ca_bundle(pem, f"Secret {ref}")
 
 
-CRL_KEY = "ca.crl"      # Istio's key for it in a kubernetes.io/tls Secret (generic ones: `crl`, with `cacert`)
-
-
-def load_client_crl(secret: Obj, ref: str, ca_pem: str) -> tuple[str | None, str, list[str]]:
-    """The CRLs a mutual-TLS server checks client certificates against: the Secret's `ca.crl`, read
-    with its `ca.crt` as Istio's ExtractRoot does (pilot/pkg/credentials/kube/secrets.go); "" when
-    there is none. (None, why, []) when it holds no PEM CRL or one that does not parse: the server
-    is then not served, never served without the revocation check. Else (PEM, "", advisories):
-    the CAs of `ca_pem` that no CRL is issued by, whose client certificates then all fail (Envoy
-    checks every CA of a chain once any CRL is given, and so does the gateway)."""
+def uncovered_cas(ref: str, crl_key: str, crl_pem: str, ca_pem: str) -> list[str]:
+    """What to say of the CAs of `ca_pem` that no CRL of `crl_pem` is issued by: every client
+    certificate they issued then fails (Envoy checks every CA of a chain once any CRL is given,
+    and so does the gateway). `ref`, `crl_key`: the Secret and key the CRLs are from."""
     from cryptography import x509
 
     from ambit.dataplane.tls import crl_blocks
-    if not ((secret.get("stringData") or {}).get(CRL_KEY) or (secret.get("data") or {}).get(CRL_KEY)):
-        return "", "", []       # none, or empty: Envoy checks no revocation for an empty crl either
-    blocks = crl_blocks(secret_field(secret, CRL_KEY))
-    if not blocks:
-        return None, f"Secret {ref}: {CRL_KEY} holds no PEM CRL (-----BEGIN X509 CRL-----)", []
-    issuers = set()
-    for i, b in enumerate(blocks):
-        try:
-            issuers.add(x509.load_pem_x509_crl(b.encode()).issuer)
-        except ValueError as e:
-            return None, f"Secret {ref}: {CRL_KEY} CRL #{i + 1} does not parse: {e}", []
+    if not crl_pem:
+        return []
+    issuers = {x509.load_pem_x509_crl(b.encode()).issuer for b in crl_blocks(crl_pem)}
     uncovered = [c.subject.rfc4514_string() for c in x509.load_pem_x509_certificates(ca_pem.encode())
                  if c.subject not in issuers]
-    notes = [f"Secret {ref}: {CRL_KEY} has no CRL issued by CA {name} of its ca.crt, so every client certificate "
-             "that CA issued fails verification (revocation is checked for every CA of a chain once a CRL is "
-             "given, as Envoy does); add that CA's CRL" for name in uncovered]
-    return "".join(b.strip() + "\n" for b in blocks), "", notes
+    ca_key = "cacert" if crl_key == "crl" else "ca.crt"
+    return [f"Secret {ref}: {crl_key} has no CRL issued by CA {name} of its {ca_key}, so every client certificate "
+            "that CA issued fails verification (revocation is checked for every CA of a chain once a CRL is "
+            "given, as Envoy does); add that CA's CRL" for name in uncovered]
 
 
 def ca_bundle(pem: str, what: str) -> tuple[str | None, str]:

@@ -9,11 +9,12 @@ Pure: objects in, listeners (added to the ingress models) and warnings out. Isti
   an Istio Gateway is served by every ingress Gateway whose pods it selects, in any namespace
   (Istio's default; its installer's `istio: ingressgateway` is such a label);
 - each `servers[]` entry, per host, becomes a listener on `port.number`: HTTP, or HTTPS terminating
-  TLS (mode SIMPLE) with the `kubernetes.io/tls` Secret `credentialName` from the gateway pods'
-  namespace, and with mode MUTUAL / OPTIONAL_MUTUAL verifying client certificates against that
-  Secret's `ca.crt` (and `subjectAltNames`, the pins `verifyCertificateSpki`/`verifyCertificateHash`,
-  and the CRLs of its `ca.crl`, Istio's key for them: a CRL that does not parse leaves the server
-  unserved, as a bad `ca.crt` does); `tls.httpsRedirect` on an HTTP server answers every request with a 301 to https;
+  TLS (mode SIMPLE) with the Secret `credentialName` from the gateway pods' namespace, read as
+  Istio reads it (controller/translate/credentials.py: any type, `tls.crt`/`tls.key` or
+  `cert`/`key`), and with mode MUTUAL / OPTIONAL_MUTUAL verifying client certificates against the
+  CA of its `<name>-cacert` Secret, else its own `ca.crt`/`cacert` (and `subjectAltNames`, the pins
+  `verifyCertificateSpki`/`verifyCertificateHash`, and the CRLs next to that CA, `ca.crl`/`crl`:
+  a CRL that does not parse leaves the server unserved, as a bad CA does); `tls.httpsRedirect` on an HTTP server answers every request with a 301 to https;
   TLS (mode PASSTHROUGH) takes the bound VirtualServices' `tls` routes (each `match.sniHosts` name,
   intersected with the server host, routes by SNI), TCP their `tcp` routes (the first whose match
   fits the port); a match's `port` must be the server's, its `gateways` narrow it; the first route
@@ -40,19 +41,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from ambit.model import HttpRoute, IngressGateway, IngressListener, Redirect, TcpRoute, WaypointRoutes
+from ambit.model import (
+    HttpRoute,
+    IngressGateway,
+    IngressListener,
+    Redirect,
+    TcpRoute,
+    TlsCertificate,
+    WaypointRoutes,
+)
 from controller.kinds.istio_gateway import CLIENT_AUTH, TLS_VERSIONS, pin_hex
 from controller.translate.blame import blame
+from controller.translate.credentials import CA_SUFFIX
+from controller.translate.credentials import read as read_credential
 from controller.translate.delegates import Delegation
 from controller.translate.index import Index, name_of, ns_of, selector_matches
 from controller.translate.ingress import (
     IngressResult,
     conflicted,
     intersect,
-    load_certificate,
-    load_client_ca,
-    load_client_crl,
     route_hostnames,
+    uncovered_cas,
 )
 from controller.translate.routes import Hosts, vs_destinations, vs_http_route
 from controller.translate.visibility import export_text, visible_to
@@ -140,13 +149,19 @@ def _server_listeners(gw: Obj, server: Obj, index: int, ingress_ns: str, secrets
     client_auth, client_ca, client_crl = CLIENT_AUTH.get(tls.get("mode", ""), ""), "", ""
     if port["protocol"] == "HTTPS":
         ref = f"{ingress_ns}/{tls['credentialName']}"
-        cert, why = load_certificate(secrets.get(ref), ref)
-        if cert is not None and client_auth:
-            ca, why = load_client_ca(secrets[ref], ref)
-            crl, crl_why, notes = load_client_crl(secrets[ref], ref, ca) if ca is not None else ("", "", [])
-            errors.extend(FieldError(object_ref(gw), f"{path}.tls.credentialName", n) for n in notes)
-            cert = cert if ca is not None and crl is not None else None
-            client_ca, client_crl, why = ca or "", crl or "", why or crl_why
+        got = read_credential(ingress_ns, tls["credentialName"], secrets)
+        c, cert = got.cred, None
+        why = c.error or ("" if c.cert_pem else f"Secret {ref} holds no certificate and key (tls.crt and tls.key, "
+                                                 "or cert and key)")
+        if not why and client_auth and not c.ca_pem:
+            why = (f"Secret {ref} has no ca.crt (or cacert), nor is there a Secret {ref}{CA_SUFFIX} with one: mutual "
+                   "TLS verifies client certificates against those CA certificates")
+        if not why:
+            cert = TlsCertificate(ref, c.cert_pem, c.key_pem)
+            if client_auth:
+                client_ca, client_crl = c.ca_pem, c.crl_pem
+                errors.extend(FieldError(object_ref(gw), f"{path}.tls.credentialName", n)
+                              for n in uncovered_cas(got.ca_ref, got.crl_key, c.crl_pem, c.ca_pem))
         if cert is None:
             errors.append(FieldError(object_ref(gw), f"{path}.tls.credentialName", f"{why}; the server is not served"))
             return []

@@ -272,3 +272,27 @@ def test_mutual_tls_servers_take_the_client_ca_from_the_secrets_ca_crt() -> None
     assert not [ln for ln in got.values() if ln.hostname == "noca.example.com"]
     got, errors = listeners([with_ca, istio_gateway(server("OPTIONAL_MUTUAL", "partners"))])
     assert errors == [] and [ln.client_auth for ln in got.values()] == ["optional"]
+
+
+def test_mutual_tls_from_istios_generic_secret_and_its_cacert_secret() -> None:
+    """Istio's mutual TLS ingress guide: `kubectl create secret generic NAME --from-file=tls.key=...
+    --from-file=tls.crt=... --from-file=ca.crt=...` (type Opaque), and its older layout: `cert` and
+    `key`, the client CA in a Secret `NAME-cacert` (`cacert`). Both are served as istiod reads them;
+    before, an Opaque Secret left the server unserved ("not kubernetes.io/tls")."""
+    def server(cred: str) -> dict[str, Any]:
+        return {"port": {"number": 443, "name": f"https-{cred}", "protocol": "HTTPS"}, "hosts": [f"{cred}.example.com"],
+                "tls": {"mode": "MUTUAL", "credentialName": cred}}
+    tls = tls_secret("x")["stringData"]
+    ca_pem = tls_secret("any-ca")["stringData"]["tls.crt"]
+    generic = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": "generic", "namespace": "web"},
+               "stringData": {**tls, "ca.crt": ca_pem}}
+    old = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": "old", "namespace": "web"},
+           "stringData": {"cert": tls["tls.crt"], "key": tls["tls.key"]}}
+    old_ca = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": "old-cacert", "namespace": "web"},
+              "stringData": {"cacert": ca_pem}}
+    got, errors = listeners([generic, old, old_ca, istio_gateway(server("generic"), server("old"))])
+    assert errors == [], errors
+    by_host = {ln.hostname: ln for ln in got.values()}
+    for host in ("generic.example.com", "old.example.com"):
+        ln = by_host[host]
+        assert (ln.client_auth, ln.client_ca_pem, ln.certificates[0].cert_pem) == ("required", ca_pem, tls["tls.crt"])
