@@ -554,7 +554,7 @@ def apply_sets(o: argparse.Namespace, sets: list[str]) -> argparse.Namespace:
         key, eq, value = kv.partition("=")
         if not eq or key.strip() not in keys:
             raise InstallError(f"--set {kv!r}: expected KEY=VALUE with KEY one of {', '.join(SET_KEYS)}")
-        argv += [f"--{keys[key.strip()].replace('_', '-')}", value]
+        argv.append(f"--{keys[key.strip()].replace('_', '-')}={value}")     # =: a value may start with -
     if not argv:
         return o
     p = argparse.ArgumentParser(prog="ambit install --set", exit_on_error=False)
