@@ -157,7 +157,8 @@ def waypoint_args(gw: Obj, s: WaypointDeploySettings) -> list[str]:
             "--service-account", md.get("name", ""),
             "--gateway-class", (gw.get("spec") or {}).get("gatewayClassName", ""),
             "--controller", s.controller_address, "--trust-domain", s.trust_domain,
-            "--cluster-domain", s.cluster_domain, "--root-namespace", s.root_namespace, "--node-token-file", f"{TOKEN_DIR}/token",
+            "--cluster-domain", s.cluster_domain,     # always: module docstring
+            "--root-namespace", s.root_namespace, "--node-token-file", f"{TOKEN_DIR}/token",
             # config stream and CA over TLS, pinned to the root the controller publishes in this namespace
             "--controller-root-cert", f"{ROOT_CERT_DIR}/{ROOT_KEY}",
             "--controller-identity", controller_identity(s.trust_domain, s.root_namespace),
