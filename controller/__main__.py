@@ -90,8 +90,8 @@ def waypoint_hook(args: ControllerSettings, leader: Callable[[], bool] | None = 
         deploy = WaypointDeploySettings(
             image=args.waypoint_image, pull_policy=args.waypoint_pull_policy,
             controller_address=args.waypoint_controller or f"ambit-controller.{args.root_namespace}.svc:15012",
-            trust_domain=args.trust_domain, root_namespace=args.root_namespace, log_level=args.log_level,
-            workers=args.waypoint_workers)
+            trust_domain=args.trust_domain, cluster_domain=args.cluster_domain,
+            root_namespace=args.root_namespace, log_level=args.log_level, workers=args.waypoint_workers)
     rec = KubeWaypointReconciler(make_api_client(args.kube_host, args.kubeconfig), deploy,
                                  cluster_domain=args.cluster_domain, root_namespace=args.root_namespace,
                                  write_status=not args.no_status,

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ambit import settings
+from ambit import clusterdomain, settings
 from ambit.settings import non_negative, option, parsed_by
 from controller.acceptgate import MAX_CONNECTIONS_PER_PEER
 from controller.ca.service import CA_REQUEST_BURST, CA_REQUEST_RATE
@@ -42,7 +42,10 @@ class ControllerSettings:
         DEFAULT_PREFIX, "the prefix ServiceEntry addresses are auto-allocated from, one per host, kept in "
                         "status.addresses (Istio's PILOT_IP_AUTOALLOCATE_IPV4_PREFIX; set it to istiod's when "
                         "migrating, so the addresses it wrote are kept)", check=parsed_by(parse_prefix))
-    cluster_domain: str = option("cluster.local", "the cluster's DNS domain")
+    cluster_domain: str = option(
+        clusterdomain.DEFAULT, "the cluster's DNS domain (the kubelet's --cluster-domain): Services are "
+        "<name>.<ns>.svc.<domain>; passed on to the waypoint and ingress Deployments it renders",
+        check=clusterdomain.problem)
     ca_dir: Path | None = option(help="serve the CA, keeping its key material here (created on first start)")
     ca_secret: str = option(
         "", "with --kube: keep the CA in this Secret of the root namespace (created on first start, read by every "

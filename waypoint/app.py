@@ -269,7 +269,10 @@ class WaypointProxy:
         self.telemetry = Telemetry(http_metrics, RequestLog(LogLines(access)),
                                    lambda ip: self.config.view.by_ip.get(ip), tcp=tcp_metrics,
                                    telemetry_for=lambda svc: self.config.view.telemetry_for_waypoint(svc),
-                                   own=self._own_workload if settings.ingress else None)
+                                   own=self._own_workload if settings.ingress else None,
+                                   cluster_domain=settings.cluster_domain)
+        if http_metrics is not None:    # a Service it names without a host of its own: <name>.<ns>.svc.<domain>
+            http_metrics.cluster_domain = settings.cluster_domain
         if settings.ingress and http_metrics is not None:
             http_metrics.reporter = GATEWAY_REPORTER    # Istio's gateways report as the client side
         self._own: tuple[object, Workload | None] | None = None     # (the View it was found in, this pod's Workload)

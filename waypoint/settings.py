@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ambit import settings
+from ambit import clusterdomain, settings
 from ambit.configclient.tls import ControllerTLSSettings, tls_field
 from ambit.dataplane.cpus import MAX_AUTO_WORKERS, resolve_count
 from ambit.dataplane.hbone.limits import MAX_PENDING_HANDSHAKES, MAX_PENDING_HANDSHAKES_PER_SOURCE
@@ -95,7 +95,9 @@ class WaypointSettings:
         "/64); past it a new connection is reset (0: unlimited)", check=non_negative)
     root_namespace: str = option("ambit-system", "the mesh root namespace")
     trust_domain: str = option("cluster.local", "the mesh trust domain")
-    cluster_domain: str = option("cluster.local", "the cluster DNS domain (route host names)")
+    cluster_domain: str = option(clusterdomain.DEFAULT, "the cluster DNS domain (route host names, metrics' "
+                                 "Service names); as the controller's --cluster-domain, which renders it",
+                                 check=clusterdomain.problem)
     admin_address: str = option(f"127.0.0.1:{PORT_ADMIN}", "admin endpoint HOST:PORT in the pod's netns ('' to "
                                 "disable)", check=_address)
     admin_socket: Path | None = option(help="admin endpoint on a unix socket as well (the lab's host-side view)")

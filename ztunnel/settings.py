@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ambit import settings
+from ambit import clusterdomain, settings
 from ambit.configclient.tls import ControllerTLSSettings, tls_field
 from ambit.dataplane.cpus import MAX_AUTO_WORKERS, resolve_count
 from ambit.dataplane.ports import PORT_ADMIN, PORT_METRICS
@@ -35,13 +35,6 @@ def _address(v: str) -> str | None:
     return None
 
 
-def _domain(v: str) -> str | None:
-    labels = v.rstrip(".").split(".")
-    if not v or not all(0 < len(x) < 64 and x.replace("-", "").isalnum() and x.isascii() for x in labels):
-        return "must be a DNS domain (e.g. cluster.local)"
-    return None
-
-
 @dataclass(frozen=True)
 class ZtunnelSettings:
     node: str = option(help="the node this ztunnel serves", required=True)
@@ -51,9 +44,9 @@ class ZtunnelSettings:
         help="file keeping the last good config, so a restarted ztunnel serves before the controller answers")
     root_namespace: str = option("ambit-system", "the mesh root namespace (mesh-wide policy)")
     trust_domain: str = option("cluster.local", "the mesh trust domain")
-    cluster_domain: str = option("cluster.local", "the cluster's DNS domain (Services are <name>.<ns>.svc.<domain>; "
-                                 "the DNS proxy's search domains); as the controller's --cluster-domain",
-                                 check=_domain)
+    cluster_domain: str = option(clusterdomain.DEFAULT, "the cluster's DNS domain (Services are "
+                                 "<name>.<ns>.svc.<domain>; the DNS proxy's search domains); as the controller's "
+                                 "--cluster-domain", check=clusterdomain.problem)
     admin_address: str = option(f"127.0.0.1:{PORT_ADMIN}", "admin endpoint HOST:PORT in ztunnel's netns ('' to disable)",
                                 check=_address)
     admin_socket: Path | None = option(help="admin endpoint on a unix socket as well")

@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from ambit import clusterdomain
 from ambit.dataplane.cpus import memory_request_mib
 from ambit.dataplane.settings import WATCHDOG_KILL_AFTER
 from controller.sizing import memory_limit_mib
@@ -177,7 +178,15 @@ def controller_args(o: argparse.Namespace) -> list[str]:
             "--waypoint-image", o.image, "--waypoint-pull-policy", o.pull_policy,
             "--waypoint-controller", f"{CONTROLLER}.{o.namespace}.svc:{GRPC_PORT}",
             "--waypoint-workers", str(o.waypoint_workers),
-            "--mesh-config", f"{MESH_CONFIG_DIR}/mesh.yaml"]
+            "--mesh-config", f"{MESH_CONFIG_DIR}/mesh.yaml", *_cluster_domain_args(o)]
+
+
+def _cluster_domain_args(o: argparse.Namespace) -> list[str]:
+    """`--cluster-domain` for the controller and ztunnel, only when it is not the default that both
+    (and the waypoints) already take: the default rendering stays what clusters have applied, so
+    a re-run or upgrade changes no pod for it. The controller passes it on to the waypoint and
+    ingress Deployments it renders (controller/waypoints/render.py); the agent names no Service."""
+    return [] if o.cluster_domain == clusterdomain.DEFAULT else ["--cluster-domain", o.cluster_domain]
 
 
 def mesh_config(o: argparse.Namespace) -> Obj:
@@ -279,7 +288,7 @@ def ztunnel_args(o: argparse.Namespace) -> list[str]:
             "--workers", str(o.ztunnel_workers),
             # a worker whose event loop stalls this long logs its stack and aborts; the supervisor
             # (or, with one worker, the kubelet) restarts it (ambit/dataplane/watchdog.py)
-            "--watchdog-kill-after", f"{WATCHDOG_KILL_AFTER:g}"]
+            "--watchdog-kill-after", f"{WATCHDOG_KILL_AFTER:g}", *_cluster_domain_args(o)]
 
 
 def agent_args(o: argparse.Namespace) -> list[str]:
@@ -449,6 +458,15 @@ def _log_level(v: str) -> str:
     return level
 
 
+def _cluster_domain(v: str) -> str:
+    """Checked as every component checks its own --cluster-domain (ambit/clusterdomain.py), so a bad
+    value is refused here, before anything is rendered or applied, not by crash-looping pods."""
+    reason = clusterdomain.problem(v)
+    if reason is not None:
+        raise argparse.ArgumentTypeError(f"{v!r}: {reason}")
+    return v
+
+
 def _switch(v: str) -> bool:
     """A true/false install option, as `--set dnsCapture=false` (Helm's spelling) gives it."""
     s = v.strip().lower()
@@ -465,6 +483,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", default=default_image(), help="the Ambit image (all components)")
     p.add_argument("--pull-policy", default="IfNotPresent", choices=("IfNotPresent", "Always", "Never"))
     p.add_argument("--trust-domain", default="cluster.local")
+    p.add_argument("--cluster-domain", type=_cluster_domain, default=clusterdomain.DEFAULT, metavar="DOMAIN",
+                   help=f"the cluster's DNS domain, as its kubelets' --cluster-domain (default {clusterdomain.DEFAULT}): "
+                        "Services are <name>.<ns>.svc.<domain>; given to the controller (and by it to waypoints and "
+                        "ingress gateways) and to ztunnel's DNS proxy")
     p.add_argument("--capture", default="ebpf", choices=("ebpf", "iptables"))
     p.add_argument("--dns-capture", type=_switch, default=True, metavar="true|false",
                    help="the nodes' default for DNS capture (Istio's dnsCapture): enrolled pods' queries to port 53 "
@@ -513,6 +535,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 # --set keys (Helm/istioctl style, camelCase; the flag names work too) -> install options.
 SET_KEYS = {"namespace": "namespace", "image": "image", "pullPolicy": "pull_policy", "trustDomain": "trust_domain",
+            "clusterDomain": "cluster_domain",
             "capture": "capture", "hostCgroup": "host_cgroup", "caSecret": "ca_secret", "logLevel": "log_level",
             "cniConfDir": "cni_conf_dir", "cniBinDir": "cni_bin_dir", "cniPython": "cni_python",
             "meshConfig.outboundTrafficPolicy.mode": "outbound_traffic_policy",     # istioctl's key
@@ -531,7 +554,7 @@ def apply_sets(o: argparse.Namespace, sets: list[str]) -> argparse.Namespace:
         key, eq, value = kv.partition("=")
         if not eq or key.strip() not in keys:
             raise InstallError(f"--set {kv!r}: expected KEY=VALUE with KEY one of {', '.join(SET_KEYS)}")
-        argv += [f"--{keys[key.strip()].replace('_', '-')}", value]
+        argv.append(f"--{keys[key.strip()].replace('_', '-')}={value}")     # =: a value may start with -
     if not argv:
         return o
     p = argparse.ArgumentParser(prog="ambit install --set", exit_on_error=False)

@@ -30,7 +30,12 @@ creates it and never again, as Istio's templates leave the count to whoever scal
 an HPA); an overlay that sets `spec.replicas` owns it, and then it is kept at that.
 
 The container's arguments are the waypoint's settings
-(`python -m waypoint --help`); they are rendered here from `WaypointDeploySettings`.
+(`python -m waypoint --help`); they are rendered here from `WaypointDeploySettings`. The cluster
+domain is always passed, the default included (as Istio's waypoint template passes
+`$(POD_NAMESPACE).svc.<clusterDomain>`): a pod's arguments then say which domain it runs with, and
+the waypoint's default need never agree with the controller's. A waypoint whose domain differs
+from the controller's would take every route's host (`<svc>.<ns>.svc.<domain>`, written by the
+controller) for a name it does not serve.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ambit import clusterdomain
 from ambit.configclient.tls import controller_identity
 from ambit.dataplane.cpus import MAX_AUTO_WORKERS, memory_request_mib
 from ambit.dataplane.hbone.limits import MAX_PENDING_HANDSHAKES, MAX_PENDING_HANDSHAKES_PER_SOURCE
@@ -79,6 +85,9 @@ class WaypointDeploySettings:
     controller_address: str                  # the config stream and CA, host:port
     trust_domain: str = "cluster.local"
     root_namespace: str = "ambit-system"
+    # the controller's own --cluster-domain: the waypoint's route hosts and metrics' Service names
+    # are <name>.<ns>.svc.<this>, as the controller's translation writes them (module docstring)
+    cluster_domain: str = clusterdomain.DEFAULT
     pull_policy: str = "IfNotPresent"
     log_level: str = "INFO"
     replicas: int = 1                        # on creation only (module docstring)
@@ -148,6 +157,7 @@ def waypoint_args(gw: Obj, s: WaypointDeploySettings) -> list[str]:
             "--service-account", md.get("name", ""),
             "--gateway-class", (gw.get("spec") or {}).get("gatewayClassName", ""),
             "--controller", s.controller_address, "--trust-domain", s.trust_domain,
+            "--cluster-domain", s.cluster_domain,     # always: module docstring
             "--root-namespace", s.root_namespace, "--node-token-file", f"{TOKEN_DIR}/token",
             # config stream and CA over TLS, pinned to the root the controller publishes in this namespace
             "--controller-root-cert", f"{ROOT_CERT_DIR}/{ROOT_KEY}",

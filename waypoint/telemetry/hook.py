@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ambit import clusterdomain
 from ambit.dataplane.telemetry.metrics import MUTUAL_TLS, NONE, UNKNOWN, ConnLabels, Metrics
 from ambit.model import Workload
 from ambit.telemetryconfig import TelemetryConfig
@@ -41,12 +42,17 @@ class Telemetry:
     `own` (an ingress gateway: its own pod's Workload): the metrics report the gateway as the
     source, as Istio's gateways report the requests they send on (`reporter="source"`, the
     gateway's workload, principal and labels, whatever client outside the mesh sent them); the
-    access log keeps naming the client that connected."""
+    access log keeps naming the client that connected.
+
+    `cluster_domain` (the waypoint's --cluster-domain): a tunnel's Service without a hostname of its
+    own is named `<name>.<ns>.svc.<domain>`, as the controller names it."""
 
     def __init__(self, metrics: HttpMetrics | None, log: RequestLog | None, lookup: Lookup,
                  tcp: Metrics | None = None, metrics_for: Callable[[str], MetricsConfig] | None = None,
-                 telemetry_for: Callable[[str], TelemetryConfig] | None = None, own: Own | None = None) -> None:
+                 telemetry_for: Callable[[str], TelemetryConfig] | None = None, own: Own | None = None,
+                 cluster_domain: str = clusterdomain.DEFAULT) -> None:
         self.metrics = metrics
+        self.cluster_domain = cluster_domain
         self.own = own
         self.log = log
         self.lookup = lookup
@@ -110,7 +116,7 @@ class Telemetry:
         if service:     # a tcp route's backend when one chose it (Istio: the cluster's Service), else the dialled one
             ns, _, name = service.partition("/")
             labels.destination_service_namespace, labels.destination_service_name = ns, name
-            labels.destination_service = hostname or f"{name}.{ns}.svc.cluster.local"
+            labels.destination_service = hostname or f"{name}.{ns}.svc.{self.cluster_domain}"
         return labels
 
     def tcp(self, rec: RequestRecord, event: str) -> None:
