@@ -425,7 +425,7 @@ def _policies_without_pods(good: list[Obj], st: _State, root_namespace: str) -> 
     pods_in: dict[str, list[Obj]] = {}      # by namespace, once: not 1,000 policies x 10,000 pods
     for p in pods:
         pods_in.setdefault(ns_of(p), []).append(p)
-    out = []
+    out = _entries_without_pods(good, pods_in)
     for o in good:
         f = _SELECTED.get(o.get("kind", ""))
         sel = ((o.get("spec") or {}).get(f) or {}).get("matchLabels") if f else None
@@ -438,6 +438,27 @@ def _policies_without_pods(good: list[Obj], st: _State, root_namespace: str) -> 
             out.append(Finding("AMB0104", object_ref(o), f"spec.{f}.matchLabels",
                                f"selects no pod {where} ({','.join(f'{k}={v}' for k, v in sorted(sel.items()))}): "
                                "it applies to nothing"))
+    return out
+
+
+def _entries_without_pods(good: list[Obj], pods_in: dict[str, list[Obj]]) -> list[Finding]:
+    """A ServiceEntry `workloadSelector` that selects no pod of the entry's namespace (its only
+    scope, the root namespace included), or selects by no label: Istio's ambient reads that as no
+    pod at all (its validation warns it "will be applied to all services in namespace")."""
+    out = []
+    for o in good:
+        spec = o.get("spec") or {}
+        if o.get("kind") != "ServiceEntry" or spec.get("workloadSelector") is None:
+            continue
+        sel = (spec.get("workloadSelector") or {}).get("labels") or {}
+        if not sel:
+            out.append(Finding("AMB0104", object_ref(o), "spec.workloadSelector",
+                               "selects by no label, so it selects no pod: the entry's hosts have no endpoint"))
+        elif not any(selector_matches(sel, labels_of(p)) for p in pods_in.get(ns_of(o), [])):
+            out.append(Finding("AMB0104", object_ref(o), "spec.workloadSelector.labels",
+                               f"selects no pod in namespace {ns_of(o)} "
+                               f"({','.join(f'{k}={v}' for k, v in sorted(sel.items()))}): the entry's hosts have "
+                               "no endpoint"))
     return out
 
 

@@ -32,8 +32,9 @@ class Pick:
     protocol: str = "http1"        # http1 | h2
     workload: str = ""             # "ns/name", for logs
     mesh: bool = True              # False: the workload is not in the mesh (no HBONE)
-    # A ServiceEntry endpoint outside the mesh (MESH_EXTERNAL, or not a mesh pod): the waypoint
-    # dials it itself over TCP (TLS when a DestinationRule originates it); `ip` may be a DNS name.
+    # A ServiceEntry endpoint outside the mesh (MESH_EXTERNAL and not a pod its workloadSelector
+    # selects, or not a mesh pod): the waypoint dials it itself over TCP (TLS when a DestinationRule
+    # originates it); `ip` may be a DNS name.
     plain: bool = False
     # A ServiceEntry endpoint's own `locality` (Istio's WorkloadEntry field), for locality balancing
     # and trafficDistribution; "": a pod's own (its Workload's), or unknown.
@@ -81,7 +82,7 @@ def candidates(svc: Service, port: int, subset_labels: Mapping[str, str] | None,
             labels = ep.labels if entry else wl.labels if wl is not None else {}
             if any(labels.get(k) != v for k, v in subset_labels.items()):
                 continue
-        if entry and (svc.external or wl is None or wl.protocol != "HBONE"):
+        if entry and ((svc.external and not ep.workload_uid) or wl is None or wl.protocol != "HBONE"):
             out.append(Pick(ep.ip or ep.hostname, target_port(sp, ep), "", protocol_of(sp), "", False, True,
                             ep.locality))
         else:

@@ -243,10 +243,12 @@ def entry_route(config: MeshState, service: Service, svc_port: ServicePort, orig
 
     Resolution NONE, or a connection straight to one of its endpoints or into its CIDR: the
     original destination. STATIC / DNS through a VIP: one of the endpoints, by weight, on its port.
-    MESH_EXTERNAL is always plain TCP from the pod (an external server speaks no HBONE);
-    MESH_INTERNAL endpoints that are mesh pods get HBONE to their identity, as any mesh pod does.
+    MESH_EXTERNAL is plain TCP from the pod (an external server speaks no HBONE); MESH_INTERNAL
+    endpoints that are mesh pods get HBONE to their identity, as any mesh pod does, and so do the
+    pods a `workloadSelector` selects, whatever the location (Istio's ambient reads none).
     A DNS endpoint's name is resolved by the proxy when it dials (`Route.resolve`). `src`: the
     client's (workload uid, node), for the entry's traffic distribution (its annotation)."""
+    pod_ep = False      # a pod the entry selects (workloadSelector): a mesh workload, whatever `location`
     if service.resolution == "NONE" or not vip:
         ip, port = original
         hostname = ""
@@ -260,12 +262,14 @@ def entry_route(config: MeshState, service: Service, svc_port: ServicePort, orig
         ep = (lb or RoundRobin()).pick_weighted(f"{service.resource_name}:{svc_port.port}", ready,
                                                 [e.weight or 1 for e in ready])
         ip, port, hostname = ep.ip, target_port(svc_port, ep), ep.hostname
+        pod_ep = bool(ep.workload_uid)
     if hostname and not ip:
         return Route(PASSTHROUGH, (hostname, port), (hostname, port), service=service, resolve=hostname)
     wl = config.lookup_workload(ip)
-    if wl is not None and wl.protocol == "HBONE" and not service.external:
+    external = service.external and not pod_ep
+    if wl is not None and wl.protocol == "HBONE" and not external:
         return Route(HBONE, (ip, PORT_HBONE), (ip, port), workload=wl, service=service, identity=wl.identity)
-    return Route(PASSTHROUGH, (ip, port), (ip, port), workload=wl if not service.external else None,
+    return Route(PASSTHROUGH, (ip, port), (ip, port), workload=wl if not external else None,
                  service=service)
 
 

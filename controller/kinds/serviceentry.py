@@ -3,8 +3,10 @@ in the mesh's registry.
 
 Field names and rules follow Istio's API reference and its CRD validations. What ztunnel and the
 waypoints do with each field is in docs/egress.md; the fields Ambit does not build are refused here
-by name with the reason (`workloadSelector`, `subjectAltNames`, endpoint `network`/`locality`/
-`serviceAccount`, Unix-socket endpoints, UDP ports and `resolution: DYNAMIC_DNS`).
+by name with the reason (`subjectAltNames`, endpoint `network`/`serviceAccount`, Unix-socket
+endpoints, UDP ports and `resolution: DYNAMIC_DNS`). `workloadSelector` selects pods of the entry's
+namespace as its endpoints (controller.translate.entrypods), with Istio's rules: not together with
+`endpoints`, no wildcard in its labels.
 """
 
 from __future__ import annotations
@@ -90,6 +92,33 @@ WorkloadEntryEndpoint = Obj({
 })
 
 
+def _check_selector_key(key: Any) -> str | None:
+    """Istio's ValidateAlphaWorkloadSelector: a key may not be empty nor hold a wildcard (it is
+    matched literally against pod labels, so "*" would read as "any" and match nothing)."""
+    if not isinstance(key, str):
+        return f"label keys must be strings, got {key!r}"
+    if not key:
+        return "empty key is not supported in selector"
+    if "*" in key:
+        return f'wildcard is not supported in selector: "{key}"'
+    return None
+
+
+def _check_selector_value(text: str) -> str | None:
+    if "*" in text:
+        return f'wildcard is not supported in selector: "{text}" (labels match exactly)'
+    if len(text) > 63:
+        return f"must be at most 63 characters (a label value), got {len(text)}"
+    return None
+
+
+EntryWorkloadSelector = Obj({
+    "labels": Map(Str(valid=_check_selector_value), key=_check_selector_key,
+                  description="The labels a pod of the entry's namespace must all carry to be one of its "
+                              "endpoints; none selects no pod."),
+}, description="Pods of the ServiceEntry's namespace that are its endpoints (Istio's networking WorkloadSelector).")
+
+
 def _check_service_entry(value: dict[str, Any], path: str, errs: Errors) -> None:
     """Istio's CRD validations (x-kubernetes-validations) and pilot's `ValidateServiceEntry` rules
     that make a ServiceEntry ambiguous to route."""
@@ -97,6 +126,9 @@ def _check_service_entry(value: dict[str, Any], path: str, errs: Errors) -> None
     addresses = value.get("addresses") or []
     endpoints = value.get("endpoints") or []
     hosts = value.get("hosts") or []
+    if "workloadSelector" in value and "endpoints" in value:
+        errs.append((join(path, "workloadSelector"), "only one of workloadSelector or endpoints can be set: the "
+                                                     "selected pods are the entry's endpoints"))
     if resolution == "DYNAMIC_DNS":
         errs.append((join(path, "resolution"), "DYNAMIC_DNS is not supported by Ambit: ztunnel has no dynamic "
                                                "forward proxy; use DNS with the host names listed"))
@@ -106,8 +138,9 @@ def _check_service_entry(value: dict[str, Any], path: str, errs: Errors) -> None
         errs.append((join(path, "endpoints"), "NONE mode cannot set endpoints"))
     if resolution == "DNS_ROUND_ROBIN" and len(endpoints) > 1:
         errs.append((join(path, "endpoints"), "DNS_ROUND_ROBIN mode cannot have multiple endpoints"))
-    if resolution == "STATIC" and not endpoints:
-        errs.append((join(path, "endpoints"), "STATIC resolution needs endpoints (the addresses to send to)"))
+    if resolution == "STATIC" and not endpoints and "workloadSelector" not in value:
+        errs.append((join(path, "endpoints"), "STATIC resolution needs endpoints (the addresses to send to) or a "
+                                              "workloadSelector (pods of the entry's namespace)"))
     for i, e in enumerate(endpoints):
         addr = e.get("address")
         where = f"{join(path, 'endpoints')}[{i}]"
@@ -143,9 +176,8 @@ ServiceEntrySpec = Obj({
     "resolution": Str(enum=RESOLUTIONS),
     "endpoints": Arr(WorkloadEntryEndpoint),
     "exportTo": Strings,
+    "workloadSelector": EntryWorkloadSelector,
 }, required=("hosts",), checks=(_check_service_entry,), unsupported={
-    "workloadSelector": "workloadSelector is not supported by Ambit: a ServiceEntry selects no pods (pods are "
-                        "reached through Kubernetes Services); list the addresses in endpoints",
     "subjectAltNames": "subjectAltNames is not supported by Ambit: MESH_INTERNAL endpoints that are mesh pods are "
                        "verified by their own SPIFFE identity; for TLS origination set subjectAltNames on the "
                        "DestinationRule's tls",

@@ -42,7 +42,7 @@ from controller.translate.policy import (
     translate_telemetry,
 )
 from controller.translate.routes import Hosts, translate_routes
-from controller.translate.serviceentries import expand_entry_targets, translate_service_entries
+from controller.translate.serviceentries import expand_entry_targets, selecting, translate_service_entries
 from controller.translate.waypoints import apply_waypoints, waypoint_admits, waypoint_gateways
 from controller.translate.workloads import translate_services, translate_workloads
 from controller.validation import FieldError, Validated, split_valid
@@ -118,14 +118,17 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     gateway_errors: list[FieldError] = []
     gateways = waypoint_gateways(idx, gateway_errors)
     refused: dict[tuple[str, str], list[str]] = {}
-    out.workloads = translate_workloads(idx, out.services, trust_domain, gateways,
-                                        lambda wp, ns: waypoint_admits(idx, wp, ns), refused,
-                                        memo)
     allocation = allocate(idx.kind("ServiceEntry"), autoallocate or AutoAllocate(),
                           reserved=[v for s in out.services for v in s.vips])
     out.entry_addresses = allocation.status
     out.errors.extend(allocation.errors)
-    out.services.extend(translate_service_entries(idx, out.services, out.errors, allocation))  # after the workloads
+    entries = translate_service_entries(idx, out.services, out.errors, allocation)
+    # A pod backs the entries that select it (workloadSelector), not one whose endpoints merely list
+    # its address: those are addresses, not the pod (ztunnel/routing.py).
+    out.workloads = translate_workloads(idx, [*out.services, *selecting(entries)], trust_domain, gateways,
+                                        lambda wp, ns: waypoint_admits(idx, wp, ns), refused,
+                                        memo)
+    out.services.extend(entries)
     out.errors.extend(gateway_errors)
     unbound = apply_waypoints(gateways, out.services, lambda wp, ns: waypoint_admits(idx, wp, ns), refused)
     out.authorizations = _each(idx.kind("AuthorizationPolicy"),

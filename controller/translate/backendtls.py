@@ -190,7 +190,10 @@ def _partly(svc: Service, port: int) -> list[str]:
     if opaque:
         out.append(f"port {', '.join(map(str, opaque))} is not HTTP: the waypoint forwards it as TCP and originates "
                    "no TLS on it (TLS origination is for HTTP ports, as the app speaks plain HTTP to them)")
-    if svc.location == "MESH_INTERNAL":
+    if svc.location == "MESH_EXTERNAL" and any(ep.workload_uid for ep in svc.endpoints):
+        out.append("the entry's workloadSelector selects mesh pods: they are reached over HBONE mutual TLS, with no "
+                   "TLS originated inside it")
+    elif svc.location == "MESH_INTERNAL":
         out.append("the entry is MESH_INTERNAL: its endpoints that are mesh pods are reached over HBONE mutual TLS, "
                    "with no TLS originated inside it; only endpoints outside the mesh get the policy's TLS")
     return out

@@ -11,6 +11,10 @@ ztunnel, from the node that opens the connection. The answer then follows the re
 node's view of DNS (split-horizon resolvers, per-node caches), and a name that stops resolving
 fails that connection rather than freezing a stale address into every ztunnel's config.
 
+An entry with `workloadSelector` has the selected pods of its namespace as endpoints
+(controller.translate.entrypods), whatever its resolution: NONE is read as STATIC for it, as
+Istio's ambient balances the entry's VIP over the pods it selects (its validation only warns).
+
 An entry without `addresses` gets one auto-allocated VIP per host (controller.translate.autoalloc,
 as Istio's `status.addresses`): unlike user `addresses`, which are the first host's, each host's
 Service carries its own, so a connection to it (and the DNS proxy's answer for it) names one host.
@@ -25,6 +29,7 @@ from controller.kinds.serviceentry import is_ip
 from controller.translate.autoalloc import Allocation
 from controller.translate.blame import blame
 from controller.translate.distribution import traffic_distribution
+from controller.translate.entrypods import EntryPods, entry_selector, pod_endpoint
 from controller.translate.index import Index, labels_of, name_of, namespace_waypoint, ns_of, waypoint_ref
 from controller.translate.workloads import port_protocol
 from controller.validation import FieldError
@@ -89,6 +94,7 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
     Service or entry holds: autoalloc reserves those)."""
     taken = {vip: s.resource_name for s in services for vip in s.vips}
     auto = allocation.vips if allocation is not None else {}
+    pods = EntryPods(idx)
     for key, vips in auto.items():
         for vip in vips.values():
             taken[vip] = f"ServiceEntry {key[0]}/{key[1]}"
@@ -103,14 +109,21 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
             resolution = spec.get("resolution") or "NONE"
             if resolution == "DNS_ROUND_ROBIN":     # one endpoint (or the host): the same to ztunnel
                 resolution = "DNS"
+            selector = entry_selector(spec)
+            if selector is not None and resolution == "NONE":
+                resolution = "STATIC"       # the selected pods are where its VIP goes
             addresses = list(spec.get("addresses") or [])
             for a in addresses:
                 taken[a if _is_subnet(a) else a.split("/")[0]] = f"ServiceEntry {ns}/{name_of(se)}"
             ports = _ports(spec)
             waypoint = waypoint_ref(labels_of(se), ns, fallback=namespace_waypoint(idx, ns))
+            selected = [] if selector is None else [pod_endpoint(p, ports) for p in pods.selected(ns, selector)]
             for i, host in enumerate(spec.get("hosts") or []):
-                if resolution == "NONE":
-                    endpoints: list[Endpoint] = []
+                endpoints: list[Endpoint]
+                if selector is not None:
+                    endpoints = list(selected)
+                elif resolution == "NONE":
+                    endpoints = []
                 elif spec.get("endpoints"):
                     endpoints = [_endpoint(e, ports) for e in spec["endpoints"]]
                 elif resolution == "DNS" and not host.startswith("*"):
@@ -131,6 +144,18 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
                     traffic_distribution="" if resolution == "NONE" else
                     traffic_distribution(se, idx.namespaces.get(ns), spec_field=False),
                 ))
+    return out
+
+
+def selecting(entries: list[Service]) -> list[Service]:
+    """The entries' Services whose endpoints are pods (a workloadSelector's), with only those
+    endpoints: what the pods' Workloads list among the Services they back."""
+    out = []
+    for s in entries:
+        pods = [ep for ep in s.endpoints if ep.workload_uid]
+        if pods:
+            out.append(Service(name=s.name, namespace=s.namespace, hostname=s.hostname, ports=s.ports,
+                               endpoints=pods, kind=s.kind))
     return out
 
 

@@ -327,6 +327,15 @@ def test_ports_and_endpoints_it_cannot_reach_are_warned() -> None:
     se = {"group": "networking.istio.io", "kind": "ServiceEntry", "name": "api", "sectionName": "http"}
     _, tr = routes_of([entry(), waypoint(), configmap(), policy(targets=[se])])
     assert tr.parents.notices == []
+    # the pods a (MESH_EXTERNAL) entry's workloadSelector selects are mesh workloads too
+    se = entry()
+    del se["spec"]["endpoints"]
+    se["spec"]["workloadSelector"] = {"labels": {"app": "api"}}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "api-0", "namespace": NS, "uid": "u-api-0",
+                                                          "labels": {"app": "api"}},
+           "spec": {"nodeName": "node1"}, "status": {"phase": "Running", "podIP": "10.210.1.9"}}
+    _, tr = routes_of([se, pod, waypoint(), configmap(), policy()])
+    assert ["workloadSelector selects mesh pods" in n.reason for n in tr.parents.notices] == [True]
 
 
 def test_analyzing_files_alone_does_not_call_an_entry_elsewhere_missing() -> None:

@@ -103,8 +103,19 @@ def test_istios_documented_service_entries_are_accepted_and_no_longer_an_unsuppo
 
 
 @pytest.mark.parametrize("spec, path, reason", [
-    ({"hosts": ["a.example"], "workloadSelector": {"labels": {"app": "x"}}},
-     "spec.workloadSelector", "not supported by Ambit"),
+    ({"hosts": ["a.example"], "resolution": "STATIC", "workloadSelector": {"labels": {"app": "x"}},
+      "endpoints": [{"address": "1.2.3.4"}]},
+     "spec.workloadSelector", "only one of workloadSelector or endpoints can be set"),
+    ({"hosts": ["a.example"], "workloadSelector": {"labels": {"app": "*"}}},
+     "spec.workloadSelector.labels[app]", "wildcard is not supported in selector"),
+    ({"hosts": ["a.example"], "workloadSelector": {"labels": {"*": "x"}}},
+     "spec.workloadSelector.labels[*]", "wildcard is not supported in selector"),
+    ({"hosts": ["a.example"], "workloadSelector": {"labels": {"": "x"}}},
+     "spec.workloadSelector.labels[]", "empty key is not supported in selector"),
+    ({"hosts": ["a.example"], "workloadSelector": {"labels": {"app": "x" * 64}}},
+     "spec.workloadSelector.labels[app]", "at most 63 characters"),
+    ({"hosts": ["a.example"], "workloadSelector": {"matchLabels": {"app": "x"}}},
+     "spec.workloadSelector.matchLabels", ""),
     ({"hosts": ["a.example"], "subjectAltNames": ["x"]}, "spec.subjectAltNames", "not supported by Ambit"),
     ({"hosts": ["a.example"], "resolution": "DYNAMIC_DNS"}, "spec.resolution", "DYNAMIC_DNS is not supported"),
     ({"hosts": ["a.example"], "resolution": "DNS", "addresses": ["10.0.0.0/8"]}, "spec.addresses",
