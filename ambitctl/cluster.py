@@ -82,9 +82,9 @@ def default_namespace(args: argparse.Namespace) -> str:
 
 def cluster_objects(client: Any, namespace: str | None = None) -> list[Obj]:
     """Every object of every kind the controller reads (controller.kinds), listed once, as the
-    controller reads it: narrowed by the same field selector (Secrets of type kubernetes.io/tls
-    only) and cut down the same way (a ConfigMap to its name, ca.crt and its bounded gateway-parameter
-    overlays), so that neither a bug report nor `ambit analyze` takes in an application's Secrets or
+    controller reads it: narrowed by the same field selector (no service account token nor Helm
+    release) and cut down the same way (a Secret to its certificate keys, a ConfigMap to its name,
+    ca.crt and its bounded gateway-parameter overlays), so that neither a bug report nor `ambit analyze` takes in an application's Secrets or
     ConfigMaps. A custom resource
     group the cluster does not serve (404) is skipped, as the controller skips it."""
     from kubernetes.client.exceptions import ApiException
@@ -176,6 +176,38 @@ def lab_objects() -> list[Obj]:
 
 def objects(args: argparse.Namespace) -> list[Obj]:
     return cluster_objects(api_client(args)) if in_cluster(args) else lab_objects()
+
+
+def domain_arg(value: str) -> str:
+    """`--cluster-domain`, checked as every component checks its own (ambit/clusterdomain.py)."""
+    from ambit import clusterdomain
+    why = clusterdomain.problem(value)
+    if why:
+        raise argparse.ArgumentTypeError(f"{value!r}: {why}")
+    return value
+
+
+def cluster_domain(args: argparse.Namespace, client: Any = None, namespace: str = "ambit-system") -> str:
+    """The cluster DNS domain a command translates with, as the controller does: `--cluster-domain`
+    when given; else, with `client` (a cluster), the one `ambit install` recorded in its inventory
+    ConfigMap (`clusterDomain`), so a cluster installed with another domain is read as the mesh reads
+    it without a flag; else `cluster.local` (the lab's, and an install that recorded none)."""
+    from ambit import clusterdomain
+    given = getattr(args, "cluster_domain", None)
+    if given:
+        return str(given)
+    if client is None:
+        return clusterdomain.DEFAULT
+    from kubernetes import client as k8s
+    from kubernetes.client.exceptions import ApiException
+
+    from ambitctl.kubeapply import INVENTORY
+    try:
+        cm = k8s.CoreV1Api(client).read_namespaced_config_map(INVENTORY, namespace)
+        recorded = json.loads((cm.data or {}).get("settings") or "{}").get("clusterDomain")
+    except (ApiException, ValueError, AttributeError):
+        return clusterdomain.DEFAULT         # no install record (installed otherwise), or not readable
+    return recorded if isinstance(recorded, str) and not clusterdomain.problem(recorded) else clusterdomain.DEFAULT
 
 
 # -- the debug API ----------------------------------------------------------------------------------

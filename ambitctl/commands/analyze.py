@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-o", "--output", choices=("log", "json", "yaml"), default="log")
     p.add_argument("--list-codes", action="store_true", help="print every finding code and exit")
     from ambitctl import cluster
+    p.add_argument("--cluster-domain", type=cluster.domain_arg, default=None, metavar="DOMAIN",
+                   help="the cluster's DNS domain Service host names are under (default: in a cluster, the one "
+                        "`ambit install` recorded; else cluster.local)")
     cluster.add_arguments(p)
     p.set_defaults(func=cmd_analyze)
 
@@ -119,8 +122,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from ambitctl import cluster
     in_cluster = not (args.offline and args.filename) and cluster.in_cluster(args)
     try:
+        client = cluster.api_client(args) if in_cluster else None
         lab = (None if (args.offline and args.filename)
-               else cluster.cluster_objects(cluster.api_client(args)) if in_cluster else _lab_objects())
+               else cluster.cluster_objects(client) if client is not None else _lab_objects())
+        domain = cluster.cluster_domain(args, client)
     except cluster.TargetError as e:
         print(f"error: {e}", file=err)
         return 1
@@ -143,7 +148,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(f"note: traffic facts incomplete ({why}); AMB0110 may miss problems", file=err)
     from ambitctl.commands.config import _lab_mesh_providers
     found = an.analyze(list(objects.values()), complete=lab is not None or args.assume_complete, traffic=traffic,
-                       mesh=_lab_mesh_providers if lab is not None and not in_cluster else None)
+                       mesh=_lab_mesh_providers if lab is not None and not in_cluster else None,
+                       cluster_domain=domain)
 
     if args.all_namespaces:
         scope = "all namespaces"

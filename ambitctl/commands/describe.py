@@ -24,9 +24,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
     if "/" in name:                                     # kubectl's TYPE/NAME is not this; ns/name is a habit
         ns, name = name.split("/", 1)
     from controller.translate import translate
-    objects = cluster.objects(args)
+    client = cluster.api_client(args) if cluster.in_cluster(args) else None
+    objects = cluster.cluster_objects(client) if client is not None else cluster.lab_objects()
     tr = translate(objects, trust_domain=args.trust_domain, root_namespace=args.root_namespace,
-                   cluster_domain=args.cluster_domain)
+                   cluster_domain=cluster.cluster_domain(args, client, args.root_namespace))
     try:
         if kind == "pod":
             certs = None
@@ -71,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--root-namespace", default="ambit-system")
-    p.add_argument("--cluster-domain", default="cluster.local")
+    p.add_argument("--cluster-domain", type=cluster.domain_arg, default=None, metavar="DOMAIN",
+                   help="the cluster's DNS domain (default: in a cluster, the one `ambit install` recorded; else "
+                        "cluster.local)")
     cluster.add_arguments(p)
     p.set_defaults(func=cmd_describe)

@@ -357,6 +357,37 @@ def test_analyze_in_a_cluster_reads_objects_from_the_api_server(mesh: dict[str, 
         emu.delete("networking.istio.io/v1", "VirtualService", "to-cart", "demo")
 
 
+def test_analyze_and_describe_in_a_cluster_use_the_domain_ambit_install_recorded(mesh: dict[str, Any]) -> None:
+    """A cluster installed with `--cluster-domain corp.example`: a route to echo's FQDN there is a
+    Service the mesh knows, as the controller (given the same flag by install) reads it. Before,
+    the CLI translated with cluster.local and called the route's host unknown (AMB0101)."""
+    emu: KubeEmulator = mesh["emu"]
+    emu.create({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "to-fqdn",
+                "namespace": "demo"}, "spec": {"hosts": ["echo.demo.svc.corp.example"], "http": [
+                    {"route": [{"destination": {"host": "echo.demo.svc.corp.example"}}]}]}})
+    inventory = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ambit-install", "namespace": "ambit-system"},
+                 "data": {"version": "0", "image": "x", "settings": json.dumps({"clusterDomain": "corp.example"}),
+                          "objects": "[]"}}
+
+    def unknown_host() -> bool:
+        r = ambit(mesh, "analyze", "-o", "json", "--no-traffic")
+        return any(f["code"] == "AMB0101" and f["ref"] == "VirtualService/demo/to-fqdn" for f in json.loads(r.stdout))
+    try:
+        assert unknown_host()                       # no install record: cluster.local, as the lab's
+        emu.create(inventory)
+        assert not unknown_host()
+        r = ambit(mesh, "analyze", "-o", "json", "--no-traffic", "--cluster-domain", "cluster.local")
+        assert any(f["ref"] == "VirtualService/demo/to-fqdn" for f in json.loads(r.stdout))   # the flag wins
+        r = ambit(mesh, "describe", "svc", "echo", "-o", "json", "--controller", mesh["address"])
+        assert r.returncode == 0 and "echo.demo.svc.corp.example" in r.stdout, (r.stdout, r.stderr)
+        bad = ambit(mesh, "analyze", "--cluster-domain", "Corp.Example.")
+        assert bad.returncode == 2 and "--cluster-domain" in bad.stderr and "trailing dot" in bad.stderr
+    finally:
+        emu.delete("networking.istio.io/v1", "VirtualService", "to-fqdn", "demo")
+        if emu.get("v1", "ConfigMap", "ambit-install", "ambit-system") is not None:
+            emu.delete("v1", "ConfigMap", "ambit-install", "ambit-system")
+
+
 def test_bug_report_in_a_cluster_uses_the_apis_only(mesh: dict[str, Any], tmp_path: Path) -> None:
     emu: KubeEmulator = mesh["emu"]
     emu.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ambit-controller-7f9", "namespace": "ambit-system"},
