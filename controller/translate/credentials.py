@@ -17,7 +17,7 @@ each gateway namespace holds its own copy of. Ambit does the same:
 - What cannot be used (no such Secret, a key or certificate that does not parse, CRLs that do
   not load) is the credential's `error`: the waypoint fails those connections (503 UF) with it,
   never plaintext nor weaker verification. For the waypoints a rule's host is bound to, the
-  same is said on the rule (`ambit apply`, `ambit analyze`, its status), with what is missing
+  same is said of the rule (`ambit apply` warns, `ambit analyze` AMB0130), with what is missing
   for the mode it asks for.
 """
 
