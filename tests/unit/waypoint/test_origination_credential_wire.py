@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import json
 import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,10 +66,11 @@ def objects(port: int, tls: Obj, *secrets: Obj) -> list[Obj]:
                                "spec": {"host": HOST, "trafficPolicy": {"tls": tls}}}]
 
 
-class Wire:
-    """wire.Wire, with the ClientCredentials the config server sends waypoint demo/egress."""
+class Wire(wire.Wire):
+    """wire.Wire (curl in front of waypoint demo/egress), given the ClientCredentials the config
+    server sends that waypoint too, and re-applied on `apply` (a rotated Secret)."""
 
-    def __init__(self, objs: list[Obj]) -> None:
+    def __init__(self, objs: list[Obj]) -> None:    # (not super().__init__: the same proxy, other config)
         self.cfg = WaypointConfig(Waypoint(NS, "egress"), "cluster.local")
         self.version = 0
         self.apply(objs)
@@ -88,15 +88,6 @@ class Wire:
         for t, items in ((Service.TYPE, tr.services), (WaypointRoutes.TYPE, tr.waypoint_routes),
                          (ClientCredential.TYPE, creds)):
             self.cfg.apply(ConfigUpdate(t, str(self.version), {}, frozenset(), {r.resource_name: r for r in items}))
-
-    def get(self) -> tuple[int, str, str]:
-        r = subprocess.run(["curl", "-sS", "-m", "10", "-o", "-", "-w", "\n%{http_code}", "-H", f"Host: {HOST}",
-                            f"http://127.0.0.1:{self.proxy.port}/"], capture_output=True, text=True, timeout=20)
-        body, _, code = r.stdout.rpartition("\n")
-        return int(code), body, self.proxy.wait_records(1)[-1].response_flags
-
-    def close(self) -> None:
-        self.proxy.close()
 
 
 def run(objs: list[Obj]) -> tuple[int, str, str]:
