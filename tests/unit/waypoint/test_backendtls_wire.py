@@ -165,8 +165,9 @@ class Wire:
         self.proxy.close()
 
 
-def run(objs: list[Obj]) -> tuple[int, str, str]:
-    w = Wire(objs)
+def run(objs: list[Obj], make: type[Wire] = Wire) -> tuple[int, str, str]:
+    """One request through a fresh `make(objs)` (a Wire, or a test's own kind of one)."""
+    w = make(objs)
     try:
         return w.get()
     finally:

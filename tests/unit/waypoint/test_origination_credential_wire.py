@@ -91,11 +91,7 @@ class Wire(wire.Wire):
 
 
 def run(objs: list[Obj]) -> tuple[int, str, str]:
-    w = Wire(objs)
-    try:
-        return w.get()
-    finally:
-        w.close()
+    return wire.run(objs, Wire)
 
 
 def _client_tls(origin: TlsOrigin) -> Obj:
