@@ -414,15 +414,31 @@ OutlierDetection = Obj({
         "as a success.")),
 })
 
-CONFIGMAP_CREDENTIAL = "configmap://"
+SECRET_CREDENTIAL = "kubernetes://"      # Istio's explicit form of a plain name: the proxy namespace's Secret
+_OTHER_CREDENTIALS = {
+    "configmap://": "configmap:// credentials are not supported by Ambit: name a Secret in the waypoint's namespace "
+                    "(its ca.crt, or a <name>-cacert Secret's), or put the CA in a ConfigMap named by a "
+                    "BackendTLSPolicy's validation.caCertificateRefs",
+    "builtin://": "builtin:// (the proxy's own mesh certificate) is not supported by Ambit for TLS origination: a "
+                  "mesh destination is reached over HBONE mutual TLS anyway",
+    "kubernetes-gateway://": "kubernetes-gateway:// names are Istio's own for Gateway API certificates: name a Secret",
+}
+
+
+def credential_secret(text: str) -> str:
+    """The Secret a credentialName names: `kubernetes://name` is `name` (Istio's ToResourceName)."""
+    return text.removeprefix(SECRET_CREDENTIAL)
 
 
 def _check_credential_name(text: str) -> str | None:
-    if text.startswith(CONFIGMAP_CREDENTIAL):
-        return (f"{CONFIGMAP_CREDENTIAL} credentials are not supported by Ambit: name a Secret in the waypoint's "
-                "namespace (its ca.crt, or a <name>-cacert Secret's), or put the CA in a ConfigMap named by a "
-                "BackendTLSPolicy's validation.caCertificateRefs")
-    why = check_subdomain(text)
+    for prefix, why in _OTHER_CREDENTIALS.items():
+        if text.startswith(prefix):
+            return why
+    name = credential_secret(text)
+    if "/" in name:
+        return (f"{text!r} names a Secret of another namespace: a waypoint reads the Secrets of its own namespace "
+                "only (as Istio authorizes a proxy to), so name the Secret alone")
+    why = check_subdomain(name)
     return f"is not a Secret name: {why}" if why else None
 
 

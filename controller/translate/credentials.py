@@ -31,6 +31,7 @@ from typing import Any
 from ambit.dataplane.tls import crl_blocks
 from ambit.model import ClientCredential, Service
 from controller.kinds.gateway import INGRESS_CLASSES
+from controller.kinds.networking import credential_secret
 from controller.translate.index import Index, name_of, ns_of
 from controller.translate.ingress import ca_bundle, secret_field
 from controller.translate.waypoints import WAYPOINT_CLASSES
@@ -79,7 +80,7 @@ def uses(idx: Index) -> list[Use]:
         spec = dr.get("spec") or {}
         for path, p in _policies(spec):
             tls = p.get("tls") or {}
-            name = tls.get("credentialName")
+            name = credential_secret(tls.get("credentialName") or "")
             if name and tls.get("mode") in ORIGINATING:
                 out.append(Use(object_ref(dr), f"{path}.tls.credentialName", spec.get("host", ""), name,
                                tls["mode"], not tls.get("insecureSkipVerify")))

@@ -51,6 +51,7 @@ from ambit.model import (
     WaypointRoutes,
 )
 from controller.kinds.common import parse_duration
+from controller.kinds.networking import credential_secret
 from controller.translate.blame import blame
 from controller.translate.delegates import Delegation, is_delegate
 from controller.translate.destinationrules import MergedRule, rules_in_force
@@ -580,7 +581,7 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
     t.private_key, t.insecure_skip_verify = tls.get("privateKey", ""), bool(tls.get("insecureSkipVerify"))
     t.ca_crl = tls.get("caCrl", "")
     if t.tls_mode in ("SIMPLE", "MUTUAL"):     # (Istio reads it for those modes only; controller/translate/credentials.py)
-        t.credential_name = tls.get("credentialName", "")
+        t.credential_name = credential_secret(tls.get("credentialName", ""))
     return t
 
 

@@ -63,6 +63,18 @@ def test_a_bad_name_and_configmap_credentials_are_refused_with_the_reason() -> N
     assert "not supported" in why and "BackendTLSPolicy" in why
 
 
+def test_istios_other_credential_forms() -> None:
+    """`kubernetes://name` is Istio's explicit spelling of `name`; a Secret of another namespace,
+    `builtin://` and `kubernetes-gateway://` are refused with the reason."""
+    assert not _errors(_dr({"mode": "MUTUAL", "credentialName": "kubernetes://partner"}))
+    creds = _creds(_mesh({"mode": "MUTUAL", "credentialName": "kubernetes://partner"},
+                         _secret("partner", "egress", {"tls.crt": CLIENT_CERT, "tls.key": CLIENT_KEY, "ca.crt": pem(CA)})))
+    assert creds["egress/partner"].cert_pem == CLIENT_CERT
+    for name, why in (("kubernetes://other/partner", "another namespace"), ("builtin://", "builtin://"),
+                      ("kubernetes-gateway://ns/x", "Gateway API")):
+        assert why in _errors(_dr({"mode": "SIMPLE", "credentialName": name}))["spec.trafficPolicy.tls.credentialName"]
+
+
 def test_port_level_and_subset_tls_are_checked_too() -> None:
     dr = _dr({"mode": "DISABLE"}, subsets=[{"name": "v1", "trafficPolicy": {"portLevelSettings": [
         {"port": {"number": 443}, "tls": {"mode": "MUTUAL", "credentialName": "c", "privateKey": "/k"}}]}}])
