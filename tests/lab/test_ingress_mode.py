@@ -19,6 +19,7 @@ import yaml
 
 from ambit.labstore import LabStore
 from tests.lab.labctl import Lab, running_lab
+from tests.lab.test_capture_holes import SQUAT
 
 pytestmark = pytest.mark.lab
 
@@ -129,19 +130,8 @@ def test_turning_the_annotation_off_restores_capture_and_on_again_bypasses(ilab:
     assert ilab.wait_for(lambda: plain_rc(ilab, "edge/gateway") == 0, timeout=10, what="plaintext to pass again")
 
 
-SQUAT_HBONE = """
-import json, socket, sys, threading
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-s.bind(("0.0.0.0", 15008)); s.listen(16)
-print(json.dumps({"squatting": 15008}), flush=True)
-def take():
-    while True:
-        c, peer = s.accept()
-        print(json.dumps({"accepted": peer[0]}), flush=True)
-threading.Thread(target=take, daemon=True).start()
-sys.stdin.read()
-"""
+# test_capture_holes.py's squatter (SO_REUSEPORT, as root), on ztunnel's HBONE port
+SQUAT_HBONE = SQUAT.replace("15006", "15008")
 
 
 def set_label(lab: Lab, value: str | None) -> None:
@@ -185,7 +175,7 @@ def test_a_listener_the_pod_holds_on_15008_gets_no_mesh_traffic_though_plaintext
         if squatter is not None:
             squatter.kill()
             out, _ = squatter.communicate(timeout=30)
-            assert "accepted" not in out, f"the pod's own listener on 15008 got a connection: {out}"
+            assert '"peer"' not in out, f"the pod's own listener on 15008 got a connection: {out}"
     ilab.wait_for(lambda: capture_state(ilab) == "captured", timeout=45, interval=0.5, what="captured again")
     ilab.wait_for(lambda: ilab.curl_rc("edge/client", url(ilab, "edge/gateway"), timeout=2) == 0, timeout=15,
                   interval=0.5, what="mesh traffic after the squatter left")
