@@ -12,9 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
+from ambitctl import authzcheck
 from ambitctl.analyze import analyze
 from ambitctl.cli import build_parser
+from ambitctl.describe import describe_pod, format_description
 from controller.ingress_mode import ingress_mode_pods
+from controller.translate import translate
 from controller.waypoints.advisories import advisories
 
 BYPASS = "ambient.istio.io/bypass-inbound-capture"
@@ -25,12 +28,14 @@ def ns(name: str, ambient: bool = True) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
 
 
-def pod(name: str, namespace: str = "edge", bypass: str | None = "true", **labels: str) -> dict[str, Any]:
+def pod(name: str, namespace: str = "edge", bypass: str | None = "true", ip: str = "10.1.0.9",
+        **labels: str) -> dict[str, Any]:
     md: dict[str, Any] = {"name": name, "namespace": namespace, "labels": {"app": name, **labels}}
     if bypass is not None:
         md["annotations"] = {BYPASS: bypass}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": md,
-            "spec": {"containers": [{"name": "c", "image": "x"}]}, "status": {"phase": "Running", "podIP": "10.1.0.9"}}
+            "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
 
 
 def strict(name: str = "strict", namespace: str = "edge", **spec: Any) -> dict[str, Any]:
@@ -106,3 +111,22 @@ def test_ambit_apply_warns_of_the_policy(lab_dir: Path) -> None:
     assert args.func(args) == 0, err.getvalue()
     assert "Warning: PeerAuthentication/edge/strict: spec.mtls.mode: does not apply to the plaintext inbound of " \
            "edge/nginx" in err.getvalue()
+
+
+WORLD = [ns("edge"), ns("legacy", ambient=False), pod("nginx", ip="10.1.0.9"), pod("api", bypass=None, ip="10.1.0.10"),
+         pod("client", "legacy", bypass=None, ip="10.1.0.11"), strict()]
+
+
+def test_authz_check_lets_plaintext_into_the_ingress_mode_pod_only() -> None:
+    r = authzcheck.check(WORLD, "legacy/client", "edge/nginx:8080")
+    assert r.allowed and BYPASS in r.paths[0].hops[0].reason and "ingress mode" in r.paths[0].hops[0].where
+    r = authzcheck.check(WORLD, "legacy/client", "edge/api:8080")
+    assert not r.allowed and r.paths[0].hops[0].policy == "PeerAuthentication edge/strict"
+
+
+def test_describe_says_mtls_covers_hbone_only_there() -> None:
+    tr = translate(WORLD)
+    d = describe_pod(tr, "edge", "nginx")
+    assert d.facts["peer_authentication"]["mode"] == "STRICT"
+    assert "inbound:    NOT captured" in format_description(d) and BYPASS in d.facts["inbound_bypass"]
+    assert "inbound_bypass" not in describe_pod(tr, "edge", "api").facts
