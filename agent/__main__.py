@@ -46,9 +46,15 @@ from agent.repair import LABEL, Failing, Repair, RepairPlanner, RepairSettings
 from agent.settings import load as load_settings
 from agent.ztunnel_link import ZtunnelError, ZtunnelLink, ZtunnelRefused
 from ambit import readymark
+from ambit.podannotations import ANN_BYPASS_INBOUND, inbound_bypass
 from ambit.zds import PodInfo
 
 log = logging.getLogger("ambit.agent")
+
+# The pod's status and log when it is in ingress mode: what it gives up, said where it is looked for.
+BYPASS_NOTE = (f"inbound bypassed ({ANN_BYPASS_INBOUND}=true): plaintext inbound goes to the app without ztunnel, "
+               "so STRICT mTLS and ztunnel's AuthorizationPolicies do not apply to it; HBONE (port 15008) from "
+               "mesh clients, outbound and DNS still go through ztunnel")
 
 REQUIRED_CHECKS = ("kernel", "bpf-syscall", "cgroup-v2", "bcc-sched-cls", "bcc-cgroup-sock-addr", "capabilities")
 
@@ -61,6 +67,7 @@ class Agent:
         self.node = node
         self.dns_capture = dns_capture          # the node default; a pod's annotation overrides it
         self.warnings: dict[str, str] = {}      # uid -> what the agent ignored on a captured pod (status)
+        self.bypassed: dict[str, str] = {}      # uid -> why its plaintext inbound is not captured (status)
         self.source = source
         self.engine = engine
         self.link = link
@@ -99,18 +106,30 @@ class Agent:
     def _capture(self, ref: PodRef) -> Any:
         from agent.capture import PodCapture, annotations_to_exclusions
         from agent.capture.dns import dns_capture
-        ports, cidrs, in_ports = annotations_to_exclusions(dict(ref.annotations))
-        dns = dns_capture(dict(ref.annotations), self.dns_capture)
-        if dns.warning:
-            if self.warnings.get(ref.uid) != dns.warning:
-                log.warning("pod %s: %s", ref.key, dns.warning)
-            self.warnings[ref.uid] = dns.warning
-        else:
-            self.warnings.pop(ref.uid, None)
+        ann = dict(ref.annotations)
+        ports, cidrs, in_ports = annotations_to_exclusions(ann)
+        dns = dns_capture(ann, self.dns_capture)
+        bypass = inbound_bypass(ann)
+        self._note(ref, self.warnings, "; ".join(w for w in (dns.warning, bypass.warning) if w))
+        if ref.uid in self.bypassed and not bypass.enabled:
+            log.info("pod %s: %s is off: plaintext inbound is captured again", ref.key, ANN_BYPASS_INBOUND)
+        self._note(ref, self.bypassed, BYPASS_NOTE if bypass.enabled else "")
         return PodCapture(uid=ref.uid, netns_path=ref.netns, cgroup_path=ref.cgroup, pod_ip=ref.ip,
                           node_ip=self.node_ip, exclude_outbound_ports=ports,
                           exclude_outbound_cidrs=cidrs, exclude_inbound_ports=in_ports,
-                          probe_ports=list(ref.probe_ports), dns_capture=dns.enabled)
+                          probe_ports=list(ref.probe_ports), dns_capture=dns.enabled,
+                          bypass_inbound=bypass.enabled)
+
+    @staticmethod
+    def _note(ref: PodRef, notes: dict[str, str], text: str) -> None:
+        """Keep `text` as the pod's entry in `notes` (shown in its status), logged as a warning
+        when it is new or changed; no text removes the entry."""
+        if not text:
+            notes.pop(ref.uid, None)
+            return
+        if notes.get(ref.uid) != text:
+            log.warning("pod %s: %s", ref.key, text)
+        notes[ref.uid] = text
 
     def _info(self, ref: PodRef) -> PodInfo:
         return PodInfo(uid=ref.uid, name=ref.name, namespace=ref.namespace, ip=ref.ip, node=self.node,
@@ -232,6 +251,7 @@ class Agent:
         self.applied.pop(uid, None)
         self.errors.pop(uid, None)
         self.warnings.pop(uid, None)
+        self.bypassed.pop(uid, None)
         self.handoff.forget(uid)
         self._ztunnel_delete(uid, self.drain)
         log.info("unenrolled %s", uid)
@@ -478,6 +498,8 @@ class Agent:
                 pods[ref.key] = {"state": "captured", "uid": uid}
             if uid in self.applied and uid in self.warnings and ref.key in pods:
                 pods[ref.key]["warning"] = self.warnings[uid]
+            if uid in self.applied and uid in self.bypassed and ref.key in pods:
+                pods[ref.key]["inbound"] = self.bypassed[uid]
         for key, why in self.excluded.items():
             pods[key] = {"state": "opted-out", "reason": why}
         for uid in self.capture_retry.pending.keys() - self.refs.keys():   # still captured: unenrol failed

@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.capture.dns import ANN_DNS_CAPTURE
 from ambit.enrolment import SANDBOX_PHASES, is_enrolled, opted_out
+from ambit.podannotations import ANN_BYPASS_INBOUND
 from ambit.probes import probe_ports
 
 OPTED_OUT_REASON = "opted out by label"
@@ -65,8 +66,9 @@ def pod_opted_out(labels: dict[str, str]) -> bool:
 
 def is_capture_annotation(key: str) -> bool:
     """Whether an annotation shapes capture: `ambit.io/exclude-*` and Istio's
-    `ambient.istio.io/dns-capture`; a change of one re-applies the pod's capture."""
-    return key.startswith("ambit.io/") or key == ANN_DNS_CAPTURE
+    `ambient.istio.io/dns-capture` and `ambient.istio.io/bypass-inbound-capture`; a change of one
+    re-applies the pod's capture."""
+    return key.startswith("ambit.io/") or key in (ANN_DNS_CAPTURE, ANN_BYPASS_INBOUND)
 
 
 def capture_annotations(annotations: dict[str, str]) -> tuple[tuple[str, str], ...]:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ambit.gatewayclasses import INGRESS_CLASSES
+from controller.ingress_mode import INBOUND_BYPASSED
 from controller.translate import translate
 from controller.translate.backendtls import NOT_APPLIED as BTLS_NOT_APPLIED
 from controller.translate.backendtls import OVERRIDDEN as BTLS_OVERRIDDEN
@@ -117,6 +118,9 @@ CODES: dict[str, Code] = {c.code: c for c in (
          "a DestinationRule's tls.credentialName cannot be used by a waypoint that originates TLS with it: the "
          "Secret is missing from the waypoint's namespace, lacks what the mode needs, or does not parse; those "
          "connections fail (503 UF)"),
+    Code("AMB0131", WARNING, "IngressModeBypassesPolicy",
+         "a STRICT PeerAuthentication or an AuthorizationPolicy ztunnel enforces selects a pod in ingress mode "
+         "(ambient.istio.io/bypass-inbound-capture): it does not apply to that pod's plaintext inbound"),
 )}
 # advisory cause -> (code, the kind that must be known to say it: what is elsewhere may exist)
 _PARENT_CODES = {"ParentNotFound": ("AMB0120", "Gateway"), "NotAllowedByListeners": ("AMB0121", ""),
@@ -248,6 +252,8 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             code = "AMB0125"
         elif a.cause == OUTSIDE_WAYPOINT_SCOPE:
             code = "AMB0126"
+        elif a.cause == INBOUND_BYPASSED:
+            code = "AMB0131"
         elif a.cause == INVALID_CREDENTIAL:
             if not st.knows("Secret"):
                 continue            # the Secrets are not in the files: they may well exist in the cluster

@@ -17,7 +17,9 @@ through its own `apply`; then each hop is decided by the code that decides it in
    L4 view (`waypoint.authz.l4`);
 3. at the destination pod: its ztunnel's admission (`ztunnel.admission.admit_hbone` for HBONE,
    with the waypoint's identity and `Forwarded: for=` when it came through one, or
-   `admit_plaintext`: PeerAuthentication, then L4 policy with no identity).
+   `admit_plaintext`: PeerAuthentication, then L4 policy with no identity). Plaintext to a pod in
+   ingress mode (`ambient.istio.io/bypass-inbound-capture`) never reaches its ztunnel: allowed,
+   and said so.
 
 The deciding rule is found by asking the same evaluator about the deciding policy one rule at a
 time (a copy of the policy with that rule alone), so it is the evaluator's answer too.
@@ -32,6 +34,7 @@ from typing import Any
 
 from ambit.configclient.state import ConfigUpdate
 from ambit.model import Authorization, MeshSettings, PeerAuthn, RequestAuthn, Service, Workload
+from ambit.podannotations import ANN_BYPASS_INBOUND, inbound_bypass
 from ambit.zds import PodInfo
 from controller.jwks import JwksCache
 from controller.translate import Translation, translate
@@ -248,6 +251,12 @@ def _plaintext(cfg: MeshState, source: Workload, src_ip: str, dst_ip: str, dst_p
             name = f"{wl.namespace}/{wl.name}" if wl else ip
             out.append(Path(name, [Hop(f"{name}:{port} (not in the mesh)", True,
                                        "plaintext between pods outside the mesh: no policy applies")]))
+            continue
+        if inbound_bypass(wl.annotations).enabled:
+            out.append(Path(f"{wl.namespace}/{wl.name}", [Hop(
+                f"{wl.namespace}/{wl.name}:{port} (ingress mode, not captured)", True,
+                f"{ANN_BYPASS_INBOUND}=true: plaintext inbound reaches the app without ztunnel, so no "
+                "PeerAuthentication and no ztunnel-enforced AuthorizationPolicy applies")]))
             continue
         pod = _pod_info(wl)
         dest_wl = admission.pod_workload(cfg, pod, trust_domain)

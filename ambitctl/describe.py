@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ambit.podannotations import ANN_BYPASS_INBOUND, inbound_bypass
 from ambitctl.authzcheck import mesh_state
 from controller.translate import Translation
 from ztunnel import authz as zauthz
@@ -93,6 +94,9 @@ def describe_pod(tr: Translation, namespace: str, name: str, root_namespace: str
                                 "policies": [f"PeerAuthentication/{p.namespace}/{p.name}" for p in pol.peer_authns]},
         "certificate": _cert(w.identity, certs),
     }
+    if w.enrolled and inbound_bypass(w.annotations).enabled:
+        d.facts["inbound_bypass"] = (f"{ANN_BYPASS_INBOUND}=true (ingress mode): plaintext inbound reaches the app "
+                                     "without ztunnel; mTLS and the ztunnel policies above cover HBONE only")
     return d
 
 
@@ -181,6 +185,8 @@ def format_description(d: Description) -> str:
     if "peer_authentication" in f:
         pa = f["peer_authentication"]
         lines.append(f"  mTLS:       {pa['mode']} (decided by {pa['decided_by']})")
+    if "inbound_bypass" in f:
+        lines.append(f"  inbound:    NOT captured: {f['inbound_bypass']}")
     if d.kind == "Pod":
         c = f.get("certificate")
         if c is None:

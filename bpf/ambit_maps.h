@@ -49,6 +49,9 @@ static __u64 (*ambit_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_coo
 #define AMBIT_POD_DNS 0x8      /* DNS capture on: port-53 queries go to ztunnel's DNS proxy on
                                 * 127.0.0.1:15053 (the node default, or the pod's
                                 * ambient.istio.io/dns-capture annotation) */
+#define AMBIT_POD_INBOUND_BYPASS 0x10 /* "ingress mode" (the pod's ambient.istio.io/bypass-inbound-capture):
+                                       * plaintext inbound passes to the app, not to ztunnel; only
+                                       * ztunnel's own ports stay guarded (with AMBIT_POD_INBOUND) */
 struct ambit_pod {
     __u32 pod_ip;  /* network order */
     __u32 node_ip; /* network order: from it, only to probe ports (AMBIT_DIR_PROBE), bypasses capture */
@@ -150,7 +153,8 @@ enum ambit_stat {
     AMBIT_STAT_DNS_SKIP_OFF = 26,          /* port 53 from an enrolled pod whose DNS capture is off */
     AMBIT_STAT_DNS_REPLY_REWRITTEN = 27,   /* recvmsg() source 127.0.0.1:15053 -> the original resolver */
     AMBIT_STAT_DNS_NO_STORAGE = 28,        /* sk_storage full (ENOMEM): the query goes out uncaptured */
-    AMBIT_STAT_MAX = 29,
+    AMBIT_STAT_INBOUND_BYPASSED = 29,      /* a SYN to an ingress-mode pod passed to the app uncaptured */
+    AMBIT_STAT_MAX = 30,
 };
 
 #define AMBIT_MAX_PODS 4096

@@ -25,6 +25,13 @@
  * Passed without acting: ARP and other non-IP frames; non-TCP IPv4 (UDP, ICMP: not captured, see
  * docs/ebpf.md); per-pod excluded inbound ports (the pod's own opt-out). Non-acting paths return
  * TC_ACT_UNSPEC (tcx: TCX_NEXT) so other programs on eth0 still run.
+ *
+ * Ingress mode (AMBIT_POD_INBOUND_BYPASS, the pod's ambient.istio.io/bypass-inbound-capture): TCP
+ * to any port but ztunnel's passes to the app as it is: the pod chose to take plaintext from
+ * outside the mesh itself, so STRICT and ztunnel's policies do not see it. What stays: IPv6 and
+ * fragments are dropped (a reassembled fragment could reach a squatter on 15008 unseen), and
+ * ztunnel's ports 15006/15008 keep their guard, so HBONE from mesh clients reaches ztunnel's
+ * marked listener and never a listener the pod opened there.
  */
 #include "ambit_maps.h"
 #include <uapi/linux/if_ether.h>
@@ -87,6 +94,11 @@ int ambit_tc_in(struct __sk_buff *skb)
     }
 
     __u16 dport = bpf_ntohs(tcp.dest);
+    if ((pod->flags & AMBIT_POD_INBOUND_BYPASS) && !ambit_is_ztunnel_listener_port(dport)) {
+        if (tcp.syn && !tcp.ack)
+            ambit_count(AMBIT_STAT_INBOUND_BYPASSED);
+        return TC_ACT_UNSPEC; /* ingress mode: plaintext goes to the app's own listener */
+    }
     struct ambit_xport_key xk = {};
     xk.netns = netns;
     xk.port = dport;

@@ -4,18 +4,18 @@ annotation (pure, no I/O).
     ambient.istio.io/dns-capture   "true" | "false"   overrides the agent's --dns-capture default
 
 Istio reads the annotation with CheckBooleanAnnotation (Go's strconv.ParseBool); the same spellings
-count here ("1", "t", "true", "0", "f", "false" ...), in any case. Any other value is not a silent
-no-op: capture follows the node default, and the decision carries a warning naming the annotation,
-the value and the reason, which the agent logs and shows in the pod's status.
+count here ("1", "t", "true", "0", "f", "false" ...), in any case (ambit.podannotations). Any other
+value is not a silent no-op: capture follows the node default, and the decision carries a warning
+naming the annotation, the value and the reason, which the agent logs and shows in the pod's status.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ambit.podannotations import not_boolean, parse_bool
+
 ANN_DNS_CAPTURE = "ambient.istio.io/dns-capture"
-_TRUE = ("1", "t", "true")
-_FALSE = ("0", "f", "false")
 
 
 @dataclass(frozen=True)
@@ -29,12 +29,9 @@ def dns_capture(annotations: dict[str, str] | None, node_default: bool) -> DnsCa
     raw = (annotations or {}).get(ANN_DNS_CAPTURE)
     if raw is None:
         return DnsCapture(node_default, "node default")
-    value = raw.strip().lower() if isinstance(raw, str) else None
-    if value in _TRUE:
-        return DnsCapture(True, "annotation")
-    if value in _FALSE:
-        return DnsCapture(False, "annotation")
+    value = parse_bool(raw)
+    if value is not None:
+        return DnsCapture(value, "annotation")
     default = "on" if node_default else "off"
     return DnsCapture(node_default, "node default",
-                      f"annotation {ANN_DNS_CAPTURE}={raw!r} is not a boolean (expected \"true\" or \"false\"): "
-                      f"ignored, DNS capture follows the node default ({default})")
+                      not_boolean(ANN_DNS_CAPTURE, raw, f"DNS capture follows the node default ({default})"))

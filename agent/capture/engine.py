@@ -68,6 +68,9 @@ class PodCapture:
     # ztunnel's DNS proxy on 127.0.0.1:15053 in the pod netns. The agent decides it per pod (the
     # node default, or the pod's ambient.istio.io/dns-capture annotation: agent/capture/dns.py).
     dns_capture: bool = True
+    # Ingress mode (Istio's ambient.istio.io/bypass-inbound-capture: ambit.podannotations): plaintext
+    # inbound goes to the app, not to ztunnel; outbound, DNS and inbound HBONE are captured as before.
+    bypass_inbound: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the pod, the field and the reason."""
@@ -83,8 +86,9 @@ class PodCapture:
                 ipaddress.IPv4Address(getattr(self, fld))
             except ValueError:
                 raise bad(fld, f"{getattr(self, fld)!r} is not an IPv4 address") from None
-        if not isinstance(self.dns_capture, bool):
-            raise bad("dns_capture", f"{self.dns_capture!r} is not a boolean")
+        for fld in ("dns_capture", "bypass_inbound"):
+            if not isinstance(getattr(self, fld), bool):
+                raise bad(fld, f"{getattr(self, fld)!r} is not a boolean")
         if not Path(self.netns_path).exists():
             raise bad("netns_path", f"{self.netns_path} does not exist")
         if not Path(self.cgroup_path).is_dir():
@@ -254,7 +258,8 @@ class CaptureEngine:
                 exclude_outbound_ports=tuple(pod.exclude_outbound_ports),
                 exclude_outbound_cidrs=tuple(pod.exclude_outbound_cidrs),
                 exclude_inbound_ports=tuple(pod.exclude_inbound_ports),
-                probe_ports=tuple(pod.probe_ports), dns_capture=pod.dns_capture))
+                probe_ports=tuple(pod.probe_ports), dns_capture=pod.dns_capture,
+                bypass_inbound=pod.bypass_inbound))
 
     def _mode_code(self) -> int:
         return maps.MODE_EBPF if self.mode == "ebpf" else maps.MODE_IPTABLES
@@ -552,8 +557,11 @@ class _HeldNetns:
 
 
 def _ebpf_flags(pod: PodCapture) -> int:
-    """The pod's ambit_pods flags in eBPF mode, before the node guard (set once it is attached)."""
-    return maps.POD_OUTBOUND | maps.POD_INBOUND | (maps.POD_DNS if pod.dns_capture else 0)
+    """The pod's ambit_pods flags in eBPF mode, before the node guard (set once it is attached).
+    An ingress-mode pod keeps POD_INBOUND: it is what guards ztunnel's ports (the bind refusal, the
+    squatter check on 15006/15008); POD_INBOUND_BYPASS lets the rest of its inbound pass."""
+    return (maps.POD_OUTBOUND | maps.POD_INBOUND | (maps.POD_DNS if pod.dns_capture else 0)
+            | (maps.POD_INBOUND_BYPASS if pod.bypass_inbound else 0))
 
 
 # ---- shared by unenrol and purge (no compiled module needed) ----------------------------------

@@ -10,7 +10,10 @@ In the pod netns (nat table):
                       REDIRECT --to-ports 15001
     PREROUTING -p tcp -j AMBIT_PREROUTING
     AMBIT_PREROUTING  RETURN for lo, the node IP (kubelet probes), ztunnel's ports (15008 ...)
-                      and excluded inbound ports; else REDIRECT --to-ports 15006
+                      and excluded inbound ports; else REDIRECT --to-ports 15006. Empty for a pod
+                      in ingress mode (ambient.istio.io/bypass-inbound-capture), as Istio leaves
+                      out its inbound REDIRECT: plaintext goes to the app, HBONE to ztunnel's
+                      15008 listener, which needs no rule
 
 ztunnel then finds the original destination with getsockopt(SOL_IP, SO_ORIGINAL_DST), answered by
 conntrack: the same call the eBPF mode answers with ambit_origdst; conntrack also gives a
@@ -55,6 +58,7 @@ class IptablesPlan:
     exclude_inbound_ports: tuple[int, ...] = ()
     probe_ports: tuple[int, ...] = ()   # node-IP packets pass uncaptured only to these
     dns_capture: bool = False           # port 53 (UDP, TCP) to ztunnel's DNS proxy on 15053
+    bypass_inbound: bool = False        # ingress mode: no inbound REDIRECT at all
 
 
 def rules(plan: IptablesPlan) -> str:
@@ -83,17 +87,23 @@ def rules(plan: IptablesPlan) -> str:
         out += [f"-A {CHAIN_OUT} -p {proto} --dport {DNS_QUERY_PORT} -j REDIRECT --to-ports {PORT_DNS}"
                 for proto in ("udp", "tcp")]
     out.append(f"-A {CHAIN_OUT} -p tcp -j REDIRECT --to-ports {PORT_OUTBOUND}")
-    out += [
-        f"-A {CHAIN_IN} -i lo -j RETURN",
-    ]
+    if not plan.bypass_inbound:     # ingress mode: the chain stays, empty, so a flip is one rewrite
+        out += _inbound_rules(plan)
+    out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def _inbound_rules(plan: IptablesPlan) -> list[str]:
+    """AMBIT_PREROUTING: plaintext TCP to the pod IP goes to ztunnel's 15006, but for loopback,
+    probes from the node IP, ztunnel's own ports and excluded ports."""
+    out = [f"-A {CHAIN_IN} -i lo -j RETURN"]
     # The baseline has no host-side guard (ambit_tc_host is eBPF), so a spoofed node IP is not
     # told apart here; the exemption is at least limited to the probe ports.
     out += [f"-A {CHAIN_IN} -s {plan.node_ip}/32 -p tcp --dport {p} -j RETURN" for p in plan.probe_ports]
     out += [f"-A {CHAIN_IN} -p tcp --dport {p} -j RETURN" for p in ZTUNNEL_PORTS]
     out += [f"-A {CHAIN_IN} -p tcp --dport {p} -j RETURN" for p in plan.exclude_inbound_ports]
     out.append(f"-A {CHAIN_IN} -p tcp -d {plan.pod_ip}/32 -j REDIRECT --to-ports {PORT_INBOUND}")
-    out.append("COMMIT")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def _run(netns_path: str | Path, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -23,6 +23,7 @@ POD_OUTBOUND = 0x1
 POD_INBOUND = 0x2
 POD_NODE_GUARD = 0x4    # ambit_tc_host guards the pod's host-side veth (else: no node exemption)
 POD_DNS = 0x8           # DNS capture: port-53 queries go to ztunnel's DNS proxy (127.0.0.1:15053)
+POD_INBOUND_BYPASS = 0x10  # ingress mode: plaintext inbound goes to the app; ztunnel's ports stay guarded
 MODE_EBPF = 1
 MODE_IPTABLES = 2
 TC_NONE = 0

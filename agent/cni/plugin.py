@@ -55,9 +55,10 @@ def _facts(inv: Invocation, k8s: spec.K8sArgs) -> podlookup.PodFacts:
     return facts
 
 
-# agent/capture/dns.py's ANN_DNS_CAPTURE (the plugin ships standard-library modules only; a unit
-# test keeps the two equal).
+# agent/capture/dns.py's ANN_DNS_CAPTURE and ambit/podannotations.py's ANN_BYPASS_INBOUND (the
+# plugin ships standard-library modules only; unit tests keep them equal).
 DNS_CAPTURE_ANNOTATION = "ambient.istio.io/dns-capture"
+BYPASS_INBOUND_ANNOTATION = "ambient.istio.io/bypass-inbound-capture"
 
 
 def must_capture(facts: podlookup.PodFacts) -> bool:
@@ -75,7 +76,8 @@ def pod_message(inv: Invocation, k8s: spec.K8sArgs, facts: podlookup.PodFacts, i
     return {"uid": k8s.uid or md.get("uid", ""), "name": k8s.name, "namespace": k8s.namespace, "ip": ip,
             "serviceAccount": pspec.get("serviceAccountName") or "default",
             "labels": md.get("labels") or {},
-            "annotations": {k: v for k, v in ann.items() if k.startswith("ambit.io/") or k == DNS_CAPTURE_ANNOTATION},
+            "annotations": {k: v for k, v in ann.items()
+                            if k.startswith("ambit.io/") or k in (DNS_CAPTURE_ANNOTATION, BYPASS_INBOUND_ANNOTATION)},
             "probePorts": probe_ports(pod), "netns": inv.netns, "containerId": inv.container_id,
             "cgroup": ann.get("lab.ambit.io/cgroup", "") if facts.lab else ""}
 

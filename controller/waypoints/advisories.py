@@ -18,6 +18,9 @@ validator refuses what can never work; this module finds what is valid but does 
   serves: the waypoint is what applies them, so until one serves the host they change nothing.
 - Namespaces, Pods and Services whose Ambit labels or balancing fields do nothing as written
   (`controller.waypoints.label_advisories`).
+- STRICT PeerAuthentications and ztunnel-enforced AuthorizationPolicies selecting pods in ingress
+  mode (`ambient.istio.io/bypass-inbound-capture`), whose plaintext inbound they do not cover, and
+  those pods (`controller.ingress_mode`).
 - Fields the waypoint accepts but does not apply (session persistence's idleTimeout, locality failover
   without outlier detection, an http2KeepAlive timeout without interval, TLS
   origination, PROXY protocol), fields it applies
@@ -47,6 +50,7 @@ from typing import Any
 
 from ambit.resilience import RETRY_ON_NOT_APPLIED, retry_on_parts
 from ambit.telemetry import ACCESS_LOG_KINDS, GATEWAY_LABEL, TRACING_KINDS, providers_of
+from controller.ingress_mode import INBOUND_BYPASSED, ingress_mode_notes
 from controller.kinds.security import L4_CONDITION_KEYS
 from controller.translate import translate
 from controller.translate.credentials import INVALID_CREDENTIAL
@@ -170,7 +174,15 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
     out += [Advisory(ref, path, why, NOT_ENFORCED, cause) for ref, path, why, cause in
             label_notes(good, gateways, {(s.namespace, s.name): s.waypoint for s in tr.services})]
     out += [Advisory(ref, path, why, NOT_ENFORCED, "UnsupportedValue") for ref, path, why in through_subsets(good, tr)]
+    out += ingress_mode_advisories(good, root_namespace)
     return out
+
+
+def ingress_mode_advisories(good: list[Obj], root_namespace: str) -> list[Advisory]:
+    """STRICT and ztunnel-enforced policies that do not cover the plaintext inbound of pods in
+    ingress mode (ambient.istio.io/bypass-inbound-capture), and those pods (controller.ingress_mode)."""
+    return [Advisory(ref, path, why, NOT_ENFORCED, INBOUND_BYPASSED)
+            for ref, path, why in ingress_mode_notes(good, root_namespace)]
 
 
 # -- AuthorizationPolicy CUSTOM ------------------------------------------------------------------
