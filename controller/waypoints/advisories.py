@@ -64,6 +64,8 @@ from controller.waypoints.gateways import (
     merge_conditions,
     waypoint_for,
 )
+from controller.waypoints.gatewayclasses import PARAMETERS_NOTE, is_class
+from controller.waypoints.gatewayclasses import accepted as class_accepted
 from controller.waypoints.label_advisories import label_notes
 from controller.waypoints.through_subsets import through_subsets
 
@@ -158,6 +160,10 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             out += _dr_fields(o, {s.hostname for s in tr.services if s.kind == "ServiceEntry"})
         elif kind == "ServiceEntry":
             out += _entry_fields(o, svc_waypoint.get((ns_of(o), f"ServiceEntry/{(o.get('metadata') or {}).get('name')}"), ""))
+        elif is_class(o) and (o.get("spec") or {}).get("parametersRef") is not None and class_accepted(o):
+            # an Ambit class's parametersRef (another controller's class is that controller's)
+            out.append(Advisory(object_ref(o), "spec.parametersRef", PARAMETERS_NOTE.split(" is ", 1)[1],
+                                NOT_ENFORCED, "UnsupportedValue"))
         elif kind == "Telemetry":
             out += telemetry_advisories(o, tr.mesh_settings[0] if tr.mesh_settings else None)
             out += telemetry_targets(o, gateways, svc_waypoint, root_namespace) + telemetry_sides(o, gateways)
