@@ -150,5 +150,8 @@ def test_in_the_lab_an_applied_class_is_accepted_and_its_parameters_ref_named() 
     cond = out[("GatewayClass", "", "ambit")]["conditions"][0]
     assert (cond["status"], cond["reason"], cond["observedGeneration"]) == ("True", "Accepted", 2)
     assert "spec.parametersRef is not read" in cond["message"]
-    found = [a for a in advisories([cls]) if a.ref.startswith("GatewayClass")]
-    assert [(a.path, "not read by Ambit" in a.reason) for a in found] == [("spec.parametersRef", True)]
+    found = [a for a in advisories([cls, gateway_class("mine", AMBIT), gateway_class("theirs", "example.com/gw")])
+             if a.ref.startswith("GatewayClass")]
+    assert [(a.ref, a.path) for a in found] == [("GatewayClass/ambit", "spec.parametersRef"),
+                                                ("GatewayClass/mine", "metadata.name")]
+    assert "not read by Ambit" in found[0].reason and "Gateways of class mine are not served" in found[1].reason
