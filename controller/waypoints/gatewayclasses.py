@@ -64,9 +64,10 @@ def wanted(name: str) -> Obj:
             "spec": {"controllerName": CONTROLLER_NAME, "description": DESCRIPTIONS[name]}}
 
 
-def missing(objects: Iterable[Obj]) -> list[str]:
-    """The built-in class names no GatewayClass of the snapshot has (to create)."""
-    have = {name_of(o) for o in objects if is_class(o)}
+def missing(objects: Iterable[Obj], refused: Iterable[str] = ()) -> list[str]:
+    """The built-in class names no GatewayClass of the snapshot has (to create). `refused`: names
+    of classes that exist but whose validation failed (not in the snapshot, and not to create)."""
+    have = {name_of(o) for o in objects if is_class(o)} | set(refused)
     return [c for c in BUILTIN if c not in have]
 
 

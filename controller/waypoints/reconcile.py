@@ -428,7 +428,9 @@ class KubeWaypointReconciler:
         have = {gatewayclasses.name_of(o) for o in classes}
         self._classes_created = {n: t for n, t in self._classes_created.items()
                                  if n not in have and now - t < self.resync}
-        for name in gatewayclasses.missing(classes):
+        # a class validation refused exists all the same (`ambit status` names its errors)
+        refused = [name for kind, _ns, name in self.refused() if kind == "GatewayClass"]
+        for name in gatewayclasses.missing(classes, refused):
             if name not in self._classes_created:
                 self._attempt(f"create GatewayClass {name}", lambda name=name: self._create_class(name))
         foreign = gatewayclasses.foreign(classes)

@@ -47,7 +47,7 @@ def controller(emu: KubeEmulator, write_status: bool = True) -> Iterator[tuple[K
     """The source and the reconciler, wired as controller/__main__.py wires them; yields the
     reconciler and the count of passes it has made."""
     source = KubeSource(make_api_client(emu.url), debounce=0.01, write_status=write_status)
-    rec = KubeWaypointReconciler(make_api_client(emu.url), write_status=write_status,
+    rec = KubeWaypointReconciler(make_api_client(emu.url), write_status=write_status, refused=source.refused,
                                  classes_served=lambda: source.serves("gateway.networking.k8s.io", "GatewayClass"))
     passes = [0]
 
@@ -115,6 +115,19 @@ def test_builtin_classes_created_once_accepted_and_a_foreign_class_left_alone() 
             settle(emu, passes)
             again = class_writes(emu)[len(writes):]
             assert [m for m, _ in again] == ["POST", "PATCH"], again
+
+
+def test_a_class_validation_refuses_is_not_created_again() -> None:
+    """A built-in class that exists but fails validation (a field of a newer Gateway API, say) is not
+    in the snapshot: it is not taken for missing, so no create is tried against it."""
+    with KubeEmulator() as emu:
+        emu.create(gateway_class("istio", AMBIT, futureField=True))
+        with controller(emu) as (rec, passes):
+            wait_for(lambda: accepted(emu.get(GW_V1, "GatewayClass", "ambit", "")), timeout=10,
+                     what="the ambit class created and Accepted")
+            settle(emu, passes)
+            posts = [p for m, p in class_writes(emu) if m == "POST"]
+            assert len(posts) == 3 and not [e for e in rec.errors if "create GatewayClass" in e]
 
 
 def test_no_gateway_api_crds_no_gatewayclass_request() -> None:
