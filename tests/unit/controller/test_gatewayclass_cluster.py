@@ -8,7 +8,6 @@ without the Gateway API CRDs gets no request for GatewayClasses at all; `--no-st
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +19,7 @@ from controller.waypoints.advisories import advisories
 from controller.waypoints.labstatus import desired_statuses
 from controller.waypoints.reconcile import KubeWaypointReconciler
 from tests.support.kube_emulator import _MESH_GROUPS, KubeEmulator
+from tests.support.kube_source import running
 from tests.support.wait import wait_for
 
 GW_V1 = "gateway.networking.k8s.io/v1"
@@ -54,14 +54,10 @@ def controller(emu: KubeEmulator, write_status: bool = True) -> Iterator[tuple[K
     def on_snapshot(objs: list[Obj]) -> None:
         rec.reconcile(objs, translate(objs))
         passes[0] += 1
-    stop = threading.Event()
-    t = threading.Thread(target=source.run, args=(on_snapshot, stop), daemon=True)
-    t.start()
     try:
-        yield rec, passes
+        with running(source, on_snapshot):
+            yield rec, passes
     finally:
-        stop.set()
-        t.join(timeout=10)
         rec.close()
 
 
