@@ -3,28 +3,28 @@ mocks), with a real KubeSource feeding the waypoint reconciler as the controller
 built-in classes are created once with Ambit's controllerName and `Accepted=True`, as istiod does
 for its own; a class of a built-in name another controller owns is left alone; an Ambit class of
 another name is `Accepted=False`; nothing is written again while nothing changes; a cluster
-without the Gateway API CRDs gets no request for GatewayClasses at all; `--no-status` writes none.
+without the Gateway API CRDs gets no GatewayClass written; `--no-status` writes none.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from controller.sources.kube import KubeSource, make_api_client
+from controller.__main__ import make_source, waypoint_hook
+from controller.settings import load as controller_settings
 from controller.translate import translate
 from controller.validation import validate_object
 from controller.waypoints.advisories import advisories
 from controller.waypoints.labstatus import desired_statuses
-from controller.waypoints.reconcile import KubeWaypointReconciler
 from tests.support.kube_emulator import _MESH_GROUPS, KubeEmulator
 from tests.support.kube_source import running
 from tests.support.wait import wait_for
 
 GW_V1 = "gateway.networking.k8s.io/v1"
 AMBIT = "ambit.io/gateway-controller"
-BUILTIN = ("ambit-waypoint", "istio-waypoint", "ambit", "istio")
 Obj = dict[str, Any]
 
 
@@ -43,22 +43,20 @@ def class_writes(emu: KubeEmulator) -> list[tuple[str, str]]:
 
 
 @contextmanager
-def controller(emu: KubeEmulator, write_status: bool = True) -> Iterator[tuple[KubeWaypointReconciler, list[int]]]:
-    """The source and the reconciler, wired as controller/__main__.py wires them; yields the
-    reconciler and the count of passes it has made."""
-    source = KubeSource(make_api_client(emu.url), debounce=0.01, write_status=write_status)
-    rec = KubeWaypointReconciler(make_api_client(emu.url), write_status=write_status, refused=source.refused,
-                                 classes_served=lambda: source.serves("gateway.networking.k8s.io", "GatewayClass"))
+def controller(emu: KubeEmulator, *flags: str) -> Iterator[list[int]]:
+    """The controller's source and waypoint duty, from its own settings and wiring
+    (controller/__main__.py: `make_source`, `waypoint_hook`); yields the count of passes made."""
+    args = controller_settings(["--kube", "--kube-host", emu.url, *flags], {})
+    source = make_source(args)
+    hook = waypoint_hook(args, None, source)
+    assert hook is not None
     passes = [0]
 
     def on_snapshot(objs: list[Obj]) -> None:
-        rec.reconcile(objs, translate(objs))
+        hook(objs, translate(objs))
         passes[0] += 1
-    try:
-        with running(source, on_snapshot):
-            yield rec, passes
-    finally:
-        rec.close()
+    with running(source, on_snapshot):
+        yield passes
 
 
 def settle(emu: KubeEmulator, passes: list[int]) -> None:
@@ -68,13 +66,13 @@ def settle(emu: KubeEmulator, passes: list[int]) -> None:
     wait_for(lambda: passes[0] > before, timeout=10, what="a reconciler pass")
 
 
-def test_builtin_classes_created_once_accepted_and_a_foreign_class_left_alone() -> None:
+def test_builtin_classes_created_once_accepted_and_a_foreign_class_left_alone(caplog: Any) -> None:
     with KubeEmulator() as emu:
         # istiod was here first: its `istio` class is its own
         emu.create(gateway_class("istio", "istio.io/gateway-controller", description="The default Istio GatewayClass"))
         emu.create(gateway_class("custom", AMBIT))
         emu.create(gateway_class("other-mesh", "example.com/gateway"))
-        with controller(emu) as (rec, passes):
+        with caplog.at_level(logging.WARNING, logger="ambit.controller.waypoints"), controller(emu) as passes:
             def all_accepted() -> bool:
                 return all(accepted(emu.get(GW_V1, "GatewayClass", n, "")) == ("True", "Accepted", 1)
                            for n in ("ambit-waypoint", "istio-waypoint", "ambit"))
@@ -93,8 +91,8 @@ def test_builtin_classes_created_once_accepted_and_a_foreign_class_left_alone() 
             istio = emu.get(GW_V1, "GatewayClass", "istio", "")
             assert istio["spec"]["controllerName"] == "istio.io/gateway-controller" and not istio.get("status")
             assert not emu.get(GW_V1, "GatewayClass", "other-mesh", "").get("status")
-            assert any("GatewayClass istio exists with controllerName 'istio.io/gateway-controller'" in e
-                       for e in rec.errors)
+            said = [r.getMessage() for r in caplog.records if "GatewayClass istio exists" in r.getMessage()]
+            assert len(said) == 1 and "controllerName 'istio.io/gateway-controller'" in said[0]
             writes = class_writes(emu)
             assert sorted(p for m, p in writes if m == "POST") == [f"/apis/{GW_V1}/gatewayclasses"] * 3
             assert not any(p.endswith(("/istio/status", "/istio", "/other-mesh/status")) for _, p in writes)
@@ -103,6 +101,7 @@ def test_builtin_classes_created_once_accepted_and_a_foreign_class_left_alone() 
             settle(emu, passes)
             settle(emu, passes)
             assert class_writes(emu) == writes
+            assert len([r for r in caplog.records if "GatewayClass istio exists" in r.getMessage()]) == 1
 
             # a deleted class comes back, once
             emu.delete(GW_V1, "GatewayClass", "ambit")
@@ -118,29 +117,28 @@ def test_a_class_validation_refuses_is_not_created_again() -> None:
     in the snapshot: it is not taken for missing, so no create is tried against it."""
     with KubeEmulator() as emu:
         emu.create(gateway_class("istio", AMBIT, futureField=True))
-        with controller(emu) as (rec, passes):
+        with controller(emu) as passes:
             wait_for(lambda: accepted(emu.get(GW_V1, "GatewayClass", "ambit", "")), timeout=10,
                      what="the ambit class created and Accepted")
             settle(emu, passes)
-            posts = [p for m, p in class_writes(emu) if m == "POST"]
-            assert len(posts) == 3 and not [e for e in rec.errors if "create GatewayClass" in e]
+            assert [m for m, _ in class_writes(emu)].count("POST") == 3
 
 
 def test_no_gateway_api_crds_no_gatewayclass_request() -> None:
     """A cluster without Gateway API: the install works, and the controller creates nothing."""
     with KubeEmulator(groups=[g for g in _MESH_GROUPS if g != "gateway.networking.k8s.io"]) as emu, \
-            controller(emu) as (rec, passes):
+            controller(emu) as passes:
         wait_for(lambda: passes[0] > 0, timeout=10, what="a first reconciler pass")
         settle(emu, passes)
         assert class_writes(emu) == []
-        assert not [e for e in rec.errors if "GatewayClass" in e]
 
 
 def test_no_status_creates_and_writes_no_class() -> None:
     """`--no-status`: the controller writes nothing about Gateway API objects, classes included."""
     with KubeEmulator() as emu:
         emu.create(gateway_class("ambit", AMBIT))
-        with controller(emu, write_status=False) as (_rec, passes):
+        # with --waypoint-image the duty runs (it deploys waypoints), writing no status
+        with controller(emu, "--no-status", "--waypoint-image", "ambit:test") as passes:
             wait_for(lambda: passes[0] > 0, timeout=10, what="a first reconciler pass")
             settle(emu, passes)
         assert class_writes(emu) == [] and not emu.get(GW_V1, "GatewayClass", "ambit", "").get("status")
