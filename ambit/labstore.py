@@ -24,7 +24,7 @@ from typing import Any
 Obj = dict[str, Any]
 Key = tuple[str, str, str]  # (kind, namespace, name); namespace is "" for cluster-scoped kinds
 
-CLUSTER_SCOPED = {"Namespace", "Node", "ClusterRole", "CustomResourceDefinition"}
+CLUSTER_SCOPED = {"Namespace", "Node", "ClusterRole", "CustomResourceDefinition", "GatewayClass"}
 
 
 def key_of(obj: Obj) -> Key:

@@ -96,7 +96,9 @@ def waypoint_hook(args: ControllerSettings, leader: Callable[[], bool] | None = 
                                  cluster_domain=args.cluster_domain, root_namespace=args.root_namespace,
                                  write_status=not args.no_status,
                                  refused=getattr(source, "refused", frozenset),
-                                 may_write=leader or (lambda: True), unbound=unbound)
+                                 may_write=leader or (lambda: True), unbound=unbound,
+                                 classes_served=lambda: bool(getattr(source, "serves", lambda _g, _k: False)(
+                                     "gateway.networking.k8s.io", "GatewayClass")))
 
     def kube_waypoints(objects: Snapshot, tr: Translation) -> None:
         if leader is None or leader():        # followers serve; the leader writes

@@ -24,7 +24,7 @@ class ControllerSettings:
     kube: bool = option(False, "watch the Kubernetes API (in-cluster or kubeconfig)")
     kubeconfig: str | None = option(help="kubeconfig file (with --kube, outside a cluster)")
     kube_host: str | None = option(help="API server URL without auth, e.g. from `kubectl proxy` (with --kube)")
-    status: bool = option(True, "with --kube: do not write status conditions")
+    status: bool = option(True, "with --kube: do not write status conditions nor create the built-in GatewayClasses")
     listen: str = option("0.0.0.0:15010",
                          "gRPC address: HOST:PORT or unix:PATH (the lab uses unix:<labdir>/controller.sock)")
     trust_domain: str = option("cluster.local", "the mesh trust domain")

@@ -109,6 +109,8 @@ KINDS: list[KindSpec] = [
              _mesh(gateway.TCPRouteSpec)),
     KindSpec("ReferenceGrant", "referencegrants", ("refgrant",), ((GATEWAY_GROUP, ("v1", "v1beta1")),), True,
              _mesh(gateway.ReferenceGrantSpec)),
+    KindSpec("GatewayClass", "gatewayclasses", ("gc",), ((GATEWAY_GROUP, ("v1", "v1beta1")),), False,
+             _mesh(gateway.GatewayClassSpec)),
     KindSpec("BackendTLSPolicy", "backendtlspolicies", ("btlspolicy",), ((GATEWAY_GROUP, ("v1", "v1alpha3")),), True,
              _mesh(backendtls.BackendTLSPolicySpec)),
     # Istio's Gateway: the same kind name in another group. Listed after Gateway API's, so a bare
@@ -165,11 +167,6 @@ UNSUPPORTED_KINDS: dict[tuple[str, str], str] = {
     ("extensions.istio.io", "WasmPlugin"): "WasmPlugin is not supported by Ambit: its proxies do not run Wasm",
     ("extensions.istio.io", "TrafficExtension"): "TrafficExtension is not supported by Ambit: its proxies do not "
                                                  "run extensions",
-    (GATEWAY_GROUP, "GatewayClass"): "GatewayClass objects are not needed nor read by Ambit: the waypoint "
-                                     "classes ambit-waypoint and istio-waypoint and the ingress classes ambit and "
-                                     "istio are built in (nor is its parametersRef, as in Istio: a class's "
-                                     "defaults are a ConfigMap in the root namespace labelled "
-                                     "gateway.istio.io/defaults-for-class)",
     (GATEWAY_GROUP, "UDPRoute"): "UDPRoute is not supported by Ambit: the mesh carries TCP only",
     (GATEWAY_GROUP, "ListenerSet"): f"ListenerSet is not supported by Ambit. {_WAYPOINTS}",
 }

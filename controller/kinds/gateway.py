@@ -574,3 +574,14 @@ ReferenceGrantSpec = Obj({
                     required=("group", "kind", "namespace")), min_items=1),
     "to": Arr(Obj({"group": Str(), "kind": Str(min_len=1), "name": Str()}, required=("group", "kind")), min_items=1),
 }, required=("from", "to"))
+
+# A GatewayClass (cluster-scoped). Ambit creates its built-in classes and writes their status
+# (controller/waypoints/gatewayclasses.py); the Gateways it serves are those of its built-in class
+# names. `parametersRef` is accepted and not read, as in Istio (an advisory names it): a class's
+# defaults are a ConfigMap in the root namespace labelled gateway.istio.io/defaults-for-class.
+GatewayClassSpec = Obj({
+    "controllerName": Str(min_len=1),
+    "description": Str(),
+    "parametersRef": Obj({"group": Str(), "kind": Str(min_len=1), "name": Str(min_len=1),
+                          "namespace": Str()}, required=("group", "kind", "name")),
+}, required=("controllerName",))

@@ -200,6 +200,12 @@ class KubeSource:
     def synced(self) -> bool:
         return all(s.synced for s in self.state.values())
 
+    def serves(self, group: str, kind: str) -> bool:
+        """Whether the API server serves `kind` of `group` (its CRD is installed) and it has been
+        listed: only then does an object of it missing from a snapshot really not exist."""
+        return any(t.group == group and t.kind == kind and st.synced and not st.missing
+                   for t, st in self.state.items())
+
     # -- publishing -------------------------------------------------------------------------------
     def _apply(self, t: WatchedType, change: Change) -> None:
         """A reflector's change, into the last-good cache (which validates it)."""

@@ -61,6 +61,8 @@ from controller.translate.routes import NOT_EXPORTED, VS_REDIRECT_CODES, Hosts, 
 from controller.translate.visibility import export_text, restricted, visible_to
 from controller.translate.waypoints import SERVES_SERVICES
 from controller.validation import object_ref, split_valid
+from controller.waypoints.gatewayclasses import PARAMETERS_NOTE, is_class
+from controller.waypoints.gatewayclasses import accepted as class_accepted
 from controller.waypoints.gateways import (
     STATUS_GROUP_SUFFIXES,
     WAYPOINT_CLASSES,
@@ -162,6 +164,8 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             out += _dr_fields(o, {s.hostname for s in tr.services if s.kind == "ServiceEntry"})
         elif kind == "ServiceEntry":
             out += _entry_fields(o, svc_waypoint.get((ns_of(o), f"ServiceEntry/{(o.get('metadata') or {}).get('name')}"), ""))
+        elif is_class(o):
+            out += _class_fields(o)
         elif kind == "Telemetry":
             out += telemetry_advisories(o, tr.mesh_settings[0] if tr.mesh_settings else None)
             out += telemetry_targets(o, gateways, svc_waypoint, root_namespace) + telemetry_sides(o, gateways)
@@ -246,6 +250,21 @@ def telemetry_advisories(o: Obj, mesh: Any) -> list[Advisory]:
                 "reportingInterval is not supported by Ambit: ztunnel and the waypoint add an open TCP "
                 "connection's bytes to istio_tcp_*_bytes_total at each scrape"), NOT_ENFORCED,
                 "UnsupportedValue"))
+    return out
+
+
+def _class_fields(o: Obj) -> list[Advisory]:
+    """An Ambit GatewayClass (another controller's is that controller's): its parametersRef is not
+    read; a name other than the built-in ones serves no Gateway (its `Accepted=False` says so too)."""
+    cond = class_accepted(o)
+    if cond is None:
+        return []
+    out = []
+    if cond["status"] == "False":
+        out.append(Advisory(object_ref(o), "metadata.name", cond["message"], NOT_ENFORCED, "UnsupportedValue"))
+    if (o.get("spec") or {}).get("parametersRef") is not None:
+        out.append(Advisory(object_ref(o), "spec.parametersRef", PARAMETERS_NOTE.split(" is ", 1)[1],
+                            NOT_ENFORCED, "UnsupportedValue"))
     return out
 
 

@@ -13,8 +13,9 @@ oldest one (creationTimestamp, then name) is applied and the others are not; `cl
 in that order, so a caller can say which ones are ignored. The label anywhere but the root
 namespace, or naming a class Ambit does not deploy, selects nothing (`misplaced` says so).
 
-GatewayClass `spec.parametersRef` is not read, as in Istio (which never reads it either): Ambit
-does not read GatewayClass objects at all (controller/kinds, UNSUPPORTED_KINDS).
+GatewayClass `spec.parametersRef` is not read, as in Istio (which never reads it either): the
+classes are built in, and their GatewayClass objects exist for the tools that read them
+(controller/waypoints/gatewayclasses.py; an advisory names the field).
 """
 
 from __future__ import annotations

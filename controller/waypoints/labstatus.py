@@ -7,7 +7,10 @@ the lab applies neither),
 each AuthorizationPolicy's `ZtunnelAccepted`/`WaypointAccepted`, each BackendTLSPolicy's
 `status.ancestors`, and any Istio or Ambit object's
 `Enforced=False` for fields accepted but not applied (`advisories.object_conditions`), and each
-ServiceEntry's auto-allocated `status.addresses` (controller.translate.autoalloc). One store transaction per
+ServiceEntry's auto-allocated `status.addresses` (controller.translate.autoalloc), and the `Accepted`
+condition of each GatewayClass of Ambit's controllerName applied to the lab (the lab creates no
+class of its own: it has no API server whose clients would read one;
+controller.waypoints.gatewayclasses). One store transaction per
 pass, and only when something differs (times aside), so the snapshot our write causes changes
 nothing and the loop ends. `ambit get gateway -o yaml` and `ambit waypoint status` read them.
 """
@@ -21,8 +24,8 @@ from typing import Any
 from ambit.labstore import Key, LabStore, key_of
 from controller.translate.autoalloc import status_differs
 from controller.translate.ingress import is_ingress
+from controller.waypoints import gatewayclasses, ingress_status
 from controller.waypoints import gateways as gws
-from controller.waypoints import ingress_status
 from controller.waypoints.advisories import advisories, conditions_update, has_free_status, object_conditions
 from controller.waypoints.params import check
 from controller.waypoints.policy_status import policy_updates
@@ -47,6 +50,9 @@ def desired_statuses(objects: list[Obj], cluster_domain: str = "cluster.local", 
     if translation is not None:     # ingress Gateways and their routes (controller.waypoints.ingress_status)
         out.update(ingress_status.desired(objects, translation.ingress, unbound, invalid))
         out.update(policy_updates(objects, translation.backend_tls.ancestors))    # BackendTLSPolicy ancestors
+    for o in objects:
+        if gatewayclasses.is_class(o) and (want := gatewayclasses.desired_status(o)) is not None:
+            out[key_of(o)] = want
     found = advisories(objects, cluster_domain, translation, root_namespace)
     for o in objects:
         if has_free_status(o):

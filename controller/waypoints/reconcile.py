@@ -16,7 +16,11 @@ After each translated snapshot (`Controller.on_applied`), `KubeWaypointReconcile
   reported) when an object of that name exists that the controller did not create. Deleting the
   Gateway deletes them through their ownerReferences (the garbage collector's job, not ours);
 - writes the `ZtunnelAccepted` / `WaypointAccepted` condition of each AuthorizationPolicy
-  (`advisories.policy_conditions`), keeping the conditions others wrote.
+  (`advisories.policy_conditions`), keeping the conditions others wrote;
+- creates the GatewayClass of each built-in class name that has none, once the source has listed
+  GatewayClasses (`classes_served`: the Gateway API CRDs are installed), and writes the status of
+  the classes of Ambit's controllerName (controller.waypoints.gatewayclasses); a class of a
+  built-in name another controller owns is left alone and logged.
 A failed write (an API error, a dropped connection) is logged and retried on its own, with the
 status writer's pacing (`controller.sources.statuspace.StatusPace`: 0.5 s doubling to 30 s, jittered,
 per object), until it succeeds or the next snapshot computes every write again: on a quiet cluster
@@ -41,7 +45,7 @@ from ambit.backoff import Backoff
 from controller.kinds import BY_KIND
 from controller.sources.statuspace import StatusPace
 from controller.translate.ingress import ALL_ROUTE_KINDS, is_ingress
-from controller.waypoints import class_defaults, ingress_status
+from controller.waypoints import class_defaults, gatewayclasses, ingress_status
 from controller.waypoints import gateways as gws
 from controller.waypoints.advisories import advisories, conditions_update, has_free_status, object_conditions
 from controller.waypoints.params import OPTIONAL_KINDS, Parameters, check, parameters_ref
@@ -80,6 +84,10 @@ RBAC_RULES = [
      "verbs": ["patch"]},
     # status.ancestors of BackendTLSPolicies (controller/waypoints/policy_status.py)
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["backendtlspolicies/status"], "verbs": ["patch"]},
+    # the built-in GatewayClasses, created when missing, and the status of those of Ambit's
+    # controllerName (controller/waypoints/gatewayclasses.py); get/list/watch come with the watch
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gatewayclasses"], "verbs": ["create"]},
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gatewayclasses/status"], "verbs": ["patch"]},
 ]
 _PLURALS = {"ServiceAccount": "serviceaccounts", "Service": "services", "Deployment": "deployments",
             "HorizontalPodAutoscaler": "horizontalpodautoscalers", "PodDisruptionBudget": "poddisruptionbudgets",
@@ -105,8 +113,16 @@ class KubeWaypointReconciler:
                  write_status: bool = True, resync: float = 60.0, clock: Callable[[], float] = time.monotonic,
                  refused: Callable[[], Collection[tuple[str, str, str]]] = frozenset,
                  may_write: Callable[[], bool] = lambda: True, retry: Backoff | None = None,
-                 unbound: Callable[[str], Mapping[str, Mapping[int, str]]] = lambda _ref: {}):
+                 unbound: Callable[[str], Mapping[str, Mapping[int, str]]] = lambda _ref: {},
+                 classes_served: Callable[[], bool] = lambda: False):
         self.root_namespace = root_namespace
+        # whether the API server serves GatewayClasses and the source has listed them
+        # (KubeSource.serves): before that, a class missing from the snapshot is not known missing
+        self.classes_served = classes_served
+        # built-in class name -> when it was created (or found to exist): not created again until the
+        # watch has brought it into a snapshot, or `resync` s have passed
+        self._classes_created: dict[str, float] = {}
+        self._foreign_logged: dict[str, str] = {}
         # ingress Gateway ref -> the listeners its pods report they cannot bind (ingress_status.bind_failures)
         self.unbound = unbound
         # Failed writes, retried on a timer thread (`_retry_due`) until they succeed or the next
@@ -249,6 +265,7 @@ class KubeWaypointReconciler:
         self._params_logged = {u: d for u, d in self._params_logged.items() if u in uids}
         self._params_seen = {k: v for k, v in self._params_seen.items() if k[0] in uids}
         if self.write_status:
+            self._gateway_classes(objects, now)
             self._policy_status(objects, translation)
             if translation is not None:
                 self._route_status(objects, translation, refused)
@@ -403,6 +420,52 @@ class KubeWaypointReconciler:
             self._patch_status(f"status of {key[0]} {key[1]}/{key[2]}", object_path(by_key[key], "status"),
                                {"status": want})
 
+    def _gateway_classes(self, objects: list[Obj], now: float) -> None:
+        """Create the missing built-in GatewayClasses; write the status of those that are Ambit's."""
+        if not self.classes_served():
+            return
+        classes = [o for o in objects if gatewayclasses.is_class(o)]
+        have = {gatewayclasses.name_of(o) for o in classes}
+        self._classes_created = {n: t for n, t in self._classes_created.items()
+                                 if n not in have and now - t < self.resync}
+        # a class validation refused exists all the same (`ambit status` names its errors)
+        refused = [name for kind, _ns, name in self.refused() if kind == "GatewayClass"]
+        for name in gatewayclasses.missing(classes, refused):
+            if name not in self._classes_created:
+                self._attempt(f"create GatewayClass {name}", lambda name=name: self._create_class(name))
+        foreign = gatewayclasses.foreign(classes)
+        for name, controller in foreign.items():
+            msg = gatewayclasses.foreign_message(name, controller)
+            self.errors.append(msg)
+            if self._foreign_logged.get(name) != controller:       # once per change, not per snapshot
+                log.warning("%s", msg)
+        self._foreign_logged = foreign
+        for o in classes:
+            want = gatewayclasses.desired_status(o)
+            if want is not None:
+                name = gatewayclasses.name_of(o)
+                self._patch_status(f"status of GatewayClass {name}", class_path(name, "status"), {"status": want})
+
+    def _create_class(self, name: str) -> bool:
+        """POST the built-in class; one that exists already (another replica's, or its watch event
+        not yet here) is fine."""
+        try:
+            status, _ = self._call("POST", class_path(), gatewayclasses.wanted(name))
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            self.errors.append(f"create GatewayClass {name}: {e}")
+            log.warning("create GatewayClass %s: %s", name, e)
+            return False
+        if status == 409:
+            log.debug("GatewayClass %s exists already", name)
+        elif status >= 300:
+            self.errors.append(f"create GatewayClass {name}: HTTP {status}")
+            log.warning("create GatewayClass %s: HTTP %s", name, status)
+            return False
+        else:
+            log.info("created GatewayClass %s (controllerName %s)", name, gatewayclasses.CONTROLLER_NAME)
+        self._classes_created[name] = self.clock()
+        return True
+
     def _policy_status(self, objects: list[Obj], translation: Any) -> None:
         """The advisories' conditions on Istio and Ambit objects (`advisories.object_conditions`)."""
         found = advisories(objects, self.cluster_domain, translation, self.root_namespace)
@@ -419,6 +482,11 @@ class KubeWaypointReconciler:
     def _patch_status(self, what: str, path: str, body: Obj) -> bool:
         """A merge patch of `/status`, retried until it succeeds or the next pass replaces it."""
         return self._attempt(what, lambda: self._write(what, "PATCH", path, body, "application/merge-patch+json"))
+
+
+def class_path(name: str = "", sub: str = "") -> str:
+    """A GatewayClass's path (cluster-scoped), or its collection's."""
+    return "/".join(p for p in (f"/apis/{gatewayclasses.GROUP}/v1/gatewayclasses", name, sub) if p)
 
 
 def _served_ports(gw: Obj, translation: Any) -> tuple[int, ...]:

@@ -103,7 +103,8 @@ _MESH_GROUPS = {
     "telemetry.ambit.io": (("v1",), [("telemetries", "Telemetry")]),
     "gateway.networking.k8s.io": (("v1", "v1beta1"), [("httproutes", "HTTPRoute"), ("grpcroutes", "GRPCRoute"),
                                                       ("gateways", "Gateway"),
-                                                      ("backendtlspolicies", "BackendTLSPolicy")]),
+                                                      ("backendtlspolicies", "BackendTLSPolicy"),
+                                                      ("gatewayclasses", "GatewayClass", False)]),
 }
 
 BUILTIN = [
@@ -143,8 +144,9 @@ _REASONS = {409: "Conflict", 410: "Expired", 429: "TooManyRequests", 500: "Inter
 
 
 def crd_types(group: str) -> list[ResourceType]:
+    """A group's kinds: (plural, kind), namespaced, or (plural, kind, False) for a cluster-scoped one."""
     versions, kinds = _MESH_GROUPS[group]
-    return [ResourceType(group, versions, plural, kind, True) for plural, kind in kinds]
+    return [ResourceType(group, versions, k[0], k[1], bool(k[2]) if len(k) > 2 else True) for k in kinds]
 
 
 def _status(code: int, reason: str, message: str) -> Obj:

@@ -16,6 +16,7 @@ from controller.translate import translate
 from controller.waypoints.reconcile import KubeWaypointReconciler
 from controller.waypoints.render import WaypointDeploySettings
 from tests.support.kube_emulator import KubeEmulator
+from tests.support.kube_source import running
 from tests.support.wait import wait_for
 
 GW_V1 = "gateway.networking.k8s.io/v1"
@@ -32,14 +33,10 @@ def cluster() -> Iterator[tuple[KubeEmulator, KubeWaypointReconciler]]:
     api = make_api_client(emu.url)
     rec = KubeWaypointReconciler(api, WaypointDeploySettings(image="ambit:test", controller_address="ctl:15012"))
     source = KubeSource(make_api_client(emu.url), debounce=0.01)
-    stop = threading.Event()
-    t = threading.Thread(target=source.run, args=(rec.reconcile, stop), daemon=True)
-    t.start()
     try:
-        yield emu, rec
+        with running(source, rec.reconcile):
+            yield emu, rec
     finally:
-        stop.set()
-        t.join(timeout=10)
         emu.stop()
 
 

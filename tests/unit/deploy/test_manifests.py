@@ -125,7 +125,7 @@ def test_controller_may_list_and_watch_everything_its_kube_source_watches() -> N
             assert allowed(docs, "mesh-ops", sa, t.group, t.plural, verb), f"{verb} {t.plural}.{t.group}"
         writes_status = t.group.endswith(STATUS_GROUP_SUFFIXES) or (t.group, t.plural) in {
             ("gateway.networking.k8s.io", p) for p in ("gateways", "httproutes", "grpcroutes", "tlsroutes", "tcproutes",
-                                                   "backendtlspolicies")
+                                                   "backendtlspolicies", "gatewayclasses")
         } | {("", "pods")}      # an ingress pod's ListenersBound condition (controller/waypoints/podcondition.py)
         assert allowed(docs, "mesh-ops", sa, t.group, f"{t.plural}/status", "patch") == writes_status, t.plural
         for verb in ("get", "update"):       # status is only merge-patched, never read or replaced whole
@@ -165,6 +165,11 @@ def test_controller_may_list_and_watch_everything_its_kube_source_watches() -> N
         assert not allowed(docs, "mesh-ops", sa, group, resource, "list")
     assert allowed(docs, "mesh-ops", sa, "gateway.networking.k8s.io", "gateways/finalizers", "update")
     assert not allowed(docs, "mesh-ops", sa, "gateway.networking.k8s.io", "gateways", "update")
+    # its built-in GatewayClasses: created when missing, never changed nor deleted (another
+    # controller's class of the same name is left alone: controller/waypoints/gatewayclasses.py)
+    assert allowed(docs, "mesh-ops", sa, "gateway.networking.k8s.io", "gatewayclasses", "create")
+    for verb in ("update", "patch", "delete"):
+        assert not allowed(docs, "mesh-ops", sa, "gateway.networking.k8s.io", "gatewayclasses", verb), verb
 
 
 def test_node_pods_may_watch_what_the_agent_watches_and_nothing_more() -> None:

@@ -30,6 +30,7 @@ SECTIONS: dict[tuple[str, str], str] = {
     ("gateway.networking.k8s.io", "TCPRoute"): "TLSRoute and TCPRoute",
     ("gateway.networking.k8s.io", "ReferenceGrant"): "ReferenceGrant (Gateway API)",
     ("gateway.networking.k8s.io", "BackendTLSPolicy"): "BackendTLSPolicy (Gateway API)",
+    ("gateway.networking.k8s.io", "GatewayClass"): "GatewayClass (Gateway API)",
     ("networking.istio.io", "Gateway"): "Gateway (Istio, `networking.istio.io`)",
     ("", "Namespace"): "Core kinds",
     ("", "Pod"): "Core kinds",
