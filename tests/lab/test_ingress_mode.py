@@ -109,9 +109,9 @@ def test_a_mesh_client_still_reaches_it_over_hbone(ilab: Lab) -> None:
     assert inb[-1]["src.identity"] == "spiffe://cluster.local/ns/edge/sa/client"
 
 
+@pytest.mark.parametrize("ilab", ["ebpf"], indirect=True)       # the bind guard is an eBPF program
 def test_the_pod_still_cannot_take_ztunnels_ports(ilab: Lab) -> None:
-    if ilab.status()["capture"] != "ebpf":
-        pytest.skip("the bind guard is an eBPF program (the iptables baseline has none)")
+    assert ilab.status()["capture"] == "ebpf"
     code = ("import socket\ns = socket.socket()\ntry:\n    s.bind(('0.0.0.0', 15008)); print('bound')\n"
             "except OSError as e:\n    print(f'errno {e.errno}')\n")
     assert ilab.exec("edge/gateway", sys.executable, "-c", code).stdout.strip() == "errno 1"   # EPERM
@@ -151,12 +151,12 @@ def capture_state(lab: Lab) -> str:
     return c.get("state", "") if isinstance(c, dict) else str(c)
 
 
+@pytest.mark.parametrize("ilab", ["ebpf"], indirect=True)       # the squatter guard is ambit_tc_in's
 def test_a_listener_the_pod_holds_on_15008_gets_no_mesh_traffic_though_plaintext_passes(ilab: Lab) -> None:
     """The squat bind prevention cannot stop (the pod took 15008 while it was not enrolled): ztunnel
     cannot serve it, and mesh clients' HBONE must then be dropped, not handed to the pod's own
     listener; ingress mode lets only the pod's plaintext through."""
-    if ilab.status()["capture"] != "ebpf":
-        pytest.skip("the squatter guard is ambit_tc_in's (the iptables baseline has none)")
+    assert ilab.status()["capture"] == "ebpf"
     squatter: subprocess.Popen[str] | None = None
     set_label(ilab, "none")
     try:
