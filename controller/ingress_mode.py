@@ -9,10 +9,11 @@ documents the same trade. Ambit says it: `ingress_mode_notes(objects)` names eac
 pods it no longer fully covers and why, and each such pod with the policies; `ambit apply` prints
 them as warnings and `ambit analyze` reports them (controller.waypoints.advisories).
 
-Which pods a policy selects follows ztunnel (ztunnel/authz.py): a PeerAuthentication with a
-selector selects pods of its own namespace, one without a selector its namespace (every namespace
-in the root namespace); an AuthorizationPolicy without targetRefs selects by its selector in its
-namespace, or in every namespace from the root namespace. Policies bound with targetRefs are
+Which pods a policy selects is decided by the rules ztunnel enforces with (ambit.policyselect,
+shared with ztunnel/authz.py): a PeerAuthentication with a selector selects pods of its own
+namespace, one without a selector its namespace (every namespace in the root namespace); an
+AuthorizationPolicy without targetRefs selects by its selector in its namespace, or in every
+namespace from the root namespace. Policies bound with targetRefs are
 enforced by waypoints, which a mesh client's HBONE reaches whatever the pod's capture: unaffected.
 """
 
@@ -22,7 +23,8 @@ from typing import Any
 
 from ambit.enrolment import is_enrolled
 from ambit.podannotations import ANN_BYPASS_INBOUND, inbound_bypass
-from controller.translate.index import labels_of, name_of, ns_of, selector_matches
+from ambit.policyselect import authz_selects, peer_authn_selects
+from controller.translate.index import labels_of, name_of, ns_of
 from controller.validation import object_ref
 
 Obj = dict[str, Any]
@@ -47,14 +49,13 @@ def ingress_mode_pods(objects: list[Obj]) -> list[Obj]:
 
 
 def _selects(policy: Obj, pod: Obj, root_namespace: str) -> bool:
+    """ztunnel's own scoping rules (ambit.policyselect), on the objects."""
     spec = policy.get("spec") or {}
     selector = (spec.get("selector") or {}).get("matchLabels") or {}
     ns = ns_of(policy)
     if policy.get("kind") == "PeerAuthentication":
-        in_scope = ns == ns_of(pod) or (ns == root_namespace and not selector)
-    else:
-        in_scope = ns == ns_of(pod) or ns == root_namespace
-    return in_scope and selector_matches(selector, labels_of(pod))
+        return peer_authn_selects(ns, selector, root_namespace, ns_of(pod), labels_of(pod))
+    return authz_selects(ns, selector, ns == root_namespace, ns_of(pod), labels_of(pod))
 
 
 def _strict_path(policy: Obj) -> str:

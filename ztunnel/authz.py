@@ -45,6 +45,7 @@ from functools import lru_cache
 from ambit import identity as ident
 from ambit.model import Authorization, Match, PeerAuthn, Rule, Workload
 from ambit.policymatch import in_blocks, string_match
+from ambit.policyselect import authz_selects, peer_authn_selects
 from ambit.trustdomain import TrustDomains
 
 ALLOW, DENY, AUDIT = "ALLOW", "DENY", "AUDIT"
@@ -84,9 +85,7 @@ def applies(policy: Authorization, workload: Workload, root_namespace: str) -> b
     if policy.scope == "waypoint":
         return False
     mesh_wide = policy.namespace == root_namespace or policy.scope == "global"
-    if not mesh_wide and policy.namespace != workload.namespace:
-        return False
-    return all(workload.labels.get(k) == v for k, v in policy.selector.items())
+    return authz_selects(policy.namespace, policy.selector, mesh_wide, workload.namespace, workload.labels)
 
 
 # --- matching --------------------------------------------------------------------------------------
@@ -272,7 +271,7 @@ def peer_authn(pas: Iterable[PeerAuthn], workload: Workload, port: int, root_nam
     selected: list[PeerAuthn] = []
     for p in pas:
         if p.selector:
-            if p.namespace == workload.namespace and all(workload.labels.get(k) == v for k, v in p.selector.items()):
+            if peer_authn_selects(p.namespace, p.selector, root_namespace, workload.namespace, workload.labels):
                 selected.append(p)
         elif p.root or p.namespace == root_namespace:
             mesh.append(p)
