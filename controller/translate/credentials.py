@@ -198,7 +198,10 @@ def _host_waypoints(services: list[Service], host: str) -> set[str]:
 
 def translate_credentials(idx: Index, services: list[Service]) -> Credentials:
     out = Credentials()
-    used = uses(idx)
+    # Only rules for ServiceEntry hosts originate TLS (a Service's pods are reached over HBONE, and the
+    # advisories say its tls is not applied): no other rule gets a key sent anywhere.
+    entries = [s.hostname for s in services if s.kind == "ServiceEntry"]
+    used = [u for u in uses(idx) if any(h == u.host or fnmatchcase(h, u.host) for h in entries)]
     if not used:
         return out
     secrets = {f"{ns_of(s)}/{name_of(s)}": s for s in idx.kind("Secret")}

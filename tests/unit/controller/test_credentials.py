@@ -187,6 +187,16 @@ def test_a_ca_key_is_never_made_a_client_credential() -> None:
     assert (c.error, c.key_pem) == ("", own_key)
 
 
+def test_a_rule_for_a_host_that_originates_no_tls_gets_no_key_sent() -> None:
+    """A Service's pods are reached over HBONE (the rule's tls is warned as not applied): no
+    credential is made for it, whatever Secret it names."""
+    objs = _mesh({"mode": "MUTUAL", "credentialName": "partner"},
+                 _secret("partner", "egress", {"tls.crt": CLIENT_CERT, "tls.key": CLIENT_KEY, "ca.crt": pem(CA)}))
+    [rule] = [o for o in objs if o["kind"] == "DestinationRule"]
+    rule["spec"]["host"] = "reviews.apps.svc.cluster.local"      # now for no entry's host
+    assert not _creds(objs)
+
+
 def test_credential_name_with_a_mode_that_reads_none_is_warned() -> None:
     notes = _notes(_mesh({"mode": "DISABLE", "credentialName": "partner"}))
     assert "SIMPLE and MUTUAL only" in notes["spec.trafficPolicy.tls.credentialName"]
