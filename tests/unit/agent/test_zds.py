@@ -34,15 +34,28 @@ def test_message_and_fd_round_trip(tmp_path) -> None:
 def test_the_accept_loop_outlives_running_out_of_descriptors(tmp_path) -> None:
     """ztunnel at its fd limit when the agent (re)connects: accept() fails with EMFILE. That used
     to end the accept loop for good (taken for `close_listener`), so the agent never reached
-    ztunnel again; now it waits and serves the agent once descriptors are free."""
-    import contextlib
-    import gc
+    ztunnel again; now it waits and serves the agent once descriptors are free.
+
+    The scenario runs in a process of its own (`_emfile_scenario`): in the test process, another
+    test's thread closing a socket during the exhausted window freed a descriptor, and accept()
+    succeeded where it had to fail (a flake under `-n 2` even with the collector held off)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", f"from tests.unit.agent.test_zds import _emfile_scenario; "
+                        f"_emfile_scenario({str(tmp_path / 'zds.sock')!r})"],
+                       capture_output=True, text=True, timeout=60, cwd=os.getcwd(),
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(),
+                                                                                    os.environ.get("PYTHONPATH")]))})
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _emfile_scenario(path: str) -> None:
+    """The body of the test above, in a fresh process with no other thread that could free an fd."""
     import logging
     import resource
     import threading
 
     before = backoffs("zds")
-    path = str(tmp_path / "zds.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(8)
@@ -50,26 +63,23 @@ def test_the_accept_loop_outlives_running_out_of_descriptors(tmp_path) -> None:
     agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     fillers: list[int] = []
-    # Garbage of earlier tests (a socket whose finalizer closes its fd) must not free a descriptor
-    # during the window: collected now, and the collector held off until the window ends.
-    gc.collect()
-    gc.disable()
     loop = threading.Thread(target=zds.accept_loop, args=(listener, lambda c: served.set(),
                                                           logging.getLogger("test")), daemon=True)
     try:
         agent.connect(path)                     # waits in the backlog
         highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
         resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
-        with contextlib.suppress(OSError):
+        try:
             while True:
                 fillers.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
         loop.start()
-        assert not served.wait(0.3)             # accept() fails meanwhile
+        assert not served.wait(0.3), "accept() succeeded although no descriptor was free"
     finally:
         for fd in fillers:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        gc.enable()
     assert served.wait(10), "the accept loop gave up at EMFILE"
     zds.close_listener(listener)
     loop.join(5)
