@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from ambit import clusterdomain
+from ambit import clusterdomain, trustdomain
 from ambit.dataplane.cpus import memory_request_mib
 from ambit.dataplane.settings import WATCHDOG_KILL_AFTER
 from controller.sizing import memory_limit_mib
@@ -467,6 +467,28 @@ def _cluster_domain(v: str) -> str:
     return v
 
 
+def _trust_domain(v: str) -> str:
+    """Checked as the controller checks its own --trust-domain (ambit/trustdomain.py): a bad value
+    would render a controller that exits at start and node pods that never get a certificate."""
+    try:
+        return trustdomain.validate(v, "")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(": ")) from None
+
+
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def _namespace(v: str) -> str:
+    """A Kubernetes namespace name (an RFC 1123 label), refused here rather than by the API server
+    half-way through an apply."""
+    if len(v) > 63 or not _NAMESPACE.fullmatch(v):
+        raise argparse.ArgumentTypeError(
+            f"{v!r} is not a namespace name (at most 63 lowercase letters, digits and '-', starting and "
+            f"ending with a letter or digit)")
+    return v
+
+
 def _switch(v: str) -> bool:
     """A true/false install option, as `--set dnsCapture=false` (Helm's spelling) gives it."""
     s = v.strip().lower()
@@ -479,10 +501,13 @@ def _switch(v: str) -> bool:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the manifests instead of applying them")
-    p.add_argument("--namespace", default="ambit-system", help="where the controller and node pods run")
+    p.add_argument("--namespace", type=_namespace, default="ambit-system",
+                   help="where the controller and node pods run")
     p.add_argument("--image", default=default_image(), help="the Ambit image (all components)")
     p.add_argument("--pull-policy", default="IfNotPresent", choices=("IfNotPresent", "Always", "Never"))
-    p.add_argument("--trust-domain", default="cluster.local")
+    p.add_argument("--trust-domain", type=_trust_domain, default=trustdomain.DEFAULT,
+                   help="the mesh's SPIFFE trust domain: workload identities are "
+                        "spiffe://<trust-domain>/ns/<ns>/sa/<sa> (default cluster.local)")
     p.add_argument("--cluster-domain", type=_cluster_domain, default=clusterdomain.DEFAULT, metavar="DOMAIN",
                    help=f"the cluster's DNS domain, as its kubelets' --cluster-domain (default {clusterdomain.DEFAULT}): "
                         "Services are <name>.<ns>.svc.<domain>; given to the controller (and by it to waypoints and "
@@ -728,7 +753,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     u.set_defaults(func=cmd_upgrade)
     x = subparsers.add_parser("uninstall", help="remove every object `ambit install` created (CRDs only with "
                                                 "--purge-crds)")
-    x.add_argument("--namespace", default="ambit-system")
+    x.add_argument("--namespace", type=_namespace, default="ambit-system")
     x.add_argument("--purge-crds", action="store_true",
                    help="also delete Ambit's CRDs, and with them every Ambit resource in the cluster")
     x.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
