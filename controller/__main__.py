@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from ambit.aiotask import wait_set
@@ -156,25 +157,56 @@ def peer_replicas(args: ControllerSettings, ca_servicer: Any) -> Any:
     return Replicas(replica_name(args), args.root_namespace, args.controller_service_account, port, trust)
 
 
-def root_publisher(args: ControllerSettings, pems: list[str], leader: Callable[[], bool] | None
+def root_publisher(args: ControllerSettings, pems: Callable[[], list[str]], leader: Callable[[], bool] | None
                    ) -> tuple[Callable[[Snapshot, Translation], None], Callable[[], None]]:
     """A post-snapshot hook writing the ambit-root-cert ConfigMap (controller/ca/publish.py) to the
     root namespace and each namespace with a waypoint Gateway, once per namespace per leadership
-    term; and the function that starts a new term (the leader may have changed the bundle)."""
+    term and per bundle (`pems()`, the CA's current roots: a reload may change them); and the
+    function that starts a new term (the leader may have changed the bundle)."""
     from controller.ca.publish import publish_root
     from controller.sources.kube import make_api_client
     from controller.waypoints.gateways import is_waypoint
     api = make_api_client(args.kube_host, args.kubeconfig)
     done: set[str] = set()
+    published: list[list[str]] = [[]]
 
     def publish(objects: Snapshot, _tr: Translation) -> None:
         if leader is not None and not leader():
             return
+        bundle = pems()
+        if bundle != published[0]:
+            done.clear()                                            # a reloaded CA: every namespace again
+            published[0] = bundle
         wanted = {args.root_namespace} | {o["metadata"].get("namespace", "default") for o in objects
                                           if o.get("kind") == "Gateway" and is_waypoint(o)}
         if wanted - done:
-            done.update(publish_root(api, wanted - done, pems))     # a failed namespace is retried next time
+            done.update(publish_root(api, wanted - done, bundle))   # a failed namespace is retried next time
     return publish, done.clear
+
+
+def ca_reload(args: ControllerSettings, storage: Any, ca: Any, serving: Any, controller: Controller) -> Any:
+    """The CAReloader (controller/ca/reload.py) reading `storage` every --ca-reload-interval: a CA it
+    takes up re-issues the controller's serving certificate at the next handshake, and new roots
+    are republished (the leader's ambit-root-cert ConfigMaps, through the post-snapshot duties run
+    again; the lab's pinned root file)."""
+    from controller.ca.reload import CAReloader
+
+    def after(root_changed: bool) -> None:
+        serving.renew_now()
+        if root_changed:
+            if args.root_cert_file is not None:
+                write_root_file(args.root_cert_file, ca.trust_bundle().pem_bundle())
+            controller.reapply()
+    return CAReloader(ca, storage.load, getattr(storage, "where", "the CA storage"), after, args.ca_reload_interval)
+
+
+def write_root_file(path: Path, bundle: str) -> None:
+    """The roots where a lab's clients pin them (what the ambit-root-cert ConfigMap is in a
+    cluster), replaced atomically so a reader never sees half a bundle."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(bundle)
+    os.replace(tmp, path)
+    log.info("wrote the mesh root bundle to %s", path)
 
 
 def ca_storage(args: ControllerSettings) -> Any:
@@ -326,7 +358,7 @@ async def amain(args: ControllerSettings) -> int:
             controller.set_tcp_keepalive(first.tcp_keepalive)
             controller.set_ext_authz(first.ext_authz)
 
-    ca_servicer = serving = None
+    ca_servicer = serving = ca_reloader = None
     if args.with_ca:
         from controller.ca import CAConfigError
         from controller.ca_setup import mount_ca
@@ -348,14 +380,15 @@ async def amain(args: ControllerSettings) -> int:
         try:
             from controller.fairness import RequestRate
             ca_rate = RequestRate(args.ca_request_rate, args.ca_request_burst, time.monotonic)
-            ca_servicer = mount_ca(grpc_server, ca_storage(args), args.trust_domain, verifier, controller.pods_on_node,
-                                   ca_rate)
+            storage = ca_storage(args)
+            ca_servicer = mount_ca(grpc_server, storage, args.trust_domain, verifier, controller.pods_on_node, ca_rate)
         except CAConfigError as e:
             log.error("CA: %s", e)
             return 2
         gate.guard(ca_servicer.guards())
         if args.kube:
-            publish, new_term = root_publisher(args, ca_servicer.ca.trust_bundle().pems(), leader)
+            ca = ca_servicer.ca
+            publish, new_term = root_publisher(args, lambda: ca.trust_bundle().pems(), leader)
             hooks.append(publish)
             on_lead.append(new_term)
         # Config stream and CA over TLS, as the controller's own identity (ambit/configclient/tls.py).
@@ -366,6 +399,7 @@ async def amain(args: ControllerSettings) -> int:
         except ValueError as e:
             log.error("--controller-service-account / --serving-host: %s", e)
             return 2
+        ca_reloader = ca_reload(args, storage, ca_servicer.ca, serving, controller)
         if args.insecure_config_stream:
             log.error("--insecure-config-stream with --ca-dir: the node credentials exist, so the config stream "
                       "requires them; drop the flag")
@@ -398,7 +432,7 @@ async def amain(args: ControllerSettings) -> int:
     from prometheus_client import REGISTRY
 
     from controller.health import ControllerHealth
-    REGISTRY.register(ControllerHealth(controller, ca_servicer))
+    REGISTRY.register(ControllerHealth(controller, ca_servicer, ca_reloader=ca_reloader))
     stop_metrics_socket = None
     if args.metrics_port:
         from prometheus_client import start_http_server
@@ -412,6 +446,8 @@ async def amain(args: ControllerSettings) -> int:
         on_lead.extend([controller.reapply, *([resync] if resync else [])])
         elector_thread = elector.start(stop)
     source_thread = controller.run_source(stop)
+    if ca_reloader is not None:
+        ca_reloader.start(stop)
     start_binds(stop, controller)
     controller.run_jwks_refresher(stop)
     from controller.dashboard.wiring import start as start_dashboard

@@ -44,6 +44,7 @@ TOKEN_DIGESTS = "node-token-digests.json"
 
 def mount_ca(server: grpc.aio.Server, storage: CAStorage, trust_domain: str, verifier: NodeCredentialVerifier,
              pods_on_node: PodsOnNode, rate: RequestRate | None = None) -> CertificateServicer:
+    # The caller keeps `storage` to read it again (controller/ca/reload.py).
     """Load (or create, on first start) the CA kept in `storage` (a directory, or a Secret) and
     serve CreateCertificate (`rate`: each credential's request bound; None: the defaults); the servicer (its `.ca`, its issuance counts) is returned for the
     controller's metrics."""
@@ -110,6 +111,10 @@ class ServingCertificate:
         self.issued += 1
         log.info("serving certificate for %s (%s), renewed in %s", self.identity, ", ".join(self.hosts), self.ttl / 2)
         return grpc.ssl_server_certificate_configuration([(key.encode(), "".join(chain).encode())])
+
+    def renew_now(self) -> None:
+        """Issue a new certificate at the next handshake (the CA was reloaded: sign under it)."""
+        self.renew_at = 0.0
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """A new configuration when the current one is past half its life, else None (keep it)."""

@@ -40,10 +40,12 @@ from controller import fairness
 
 
 class ControllerHealth(Collector):
-    def __init__(self, controller: Any, ca_servicer: Any = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, controller: Any, ca_servicer: Any = None, clock: Callable[[], float] = time.time,
+                 ca_reloader: Any = None) -> None:
         self.controller = controller
         self.ca_servicer = ca_servicer
         self.clock = clock
+        self.ca_reloader = ca_reloader
 
     def collect(self) -> Iterator[Metric]:
         c = self.controller
@@ -67,9 +69,35 @@ class ControllerHealth(Collector):
         material = s.ca.material
         certs = [material.cert, *material.chain]
         earliest = min(x.not_valid_after_utc.timestamp() for x in certs)
+        now = self.clock()
         yield GaugeMetricFamily("ambit_certificate_expiry_seconds",
                                 "Seconds until the CA's certificate (or the earliest of its chain) expires",
-                                value=earliest - self.clock())
+                                value=earliest - now)
+        # istiod's names (security/pkg/server/ca/monitoring.go), so its alerts carry over; read at
+        # scrape time, so a reloaded CA (controller/ca/reload.py) shows at once.
+        root = material.root.not_valid_after_utc.timestamp()
+        yield GaugeMetricFamily("citadel_server_root_cert_expiry_timestamp",
+                                "The unix timestamp, in seconds, when the root cert will expire.", value=root)
+        yield GaugeMetricFamily("citadel_server_root_cert_expiry_seconds",
+                                "The time remaining, in seconds, before the root cert will expire. "
+                                "A negative value indicates the cert is expired.", value=root - now)
+        yield GaugeMetricFamily("citadel_server_cert_chain_expiry_timestamp",
+                                "The unix timestamp, in seconds, when the CA's cert chain will expire.",
+                                value=earliest)
+        yield GaugeMetricFamily("citadel_server_cert_chain_expiry_seconds",
+                                "The time remaining, in seconds, before the CA's cert chain will expire. "
+                                "A negative value indicates the cert is expired.", value=earliest - now)
+        r = self.ca_reloader
+        if r is not None:
+            reloads = CounterMetricFamily("ambit_ca_reloads", "Reads of the stored CA that found it changed, by "
+                                          "outcome (applied; refused: against the rotation rules; failed: unreadable "
+                                          "or gone)", labels=["result"])
+            for result, n in r.counts.items():
+                reloads.add_metric([result], float(n))
+            yield reloads
+            yield GaugeMetricFamily("ambit_ca_reload_problem", "1 while the stored CA differs from the one signing "
+                                    "and cannot be taken up (the controller's log says why)",
+                                    value=1.0 if r.problem else 0.0)
         yield CounterMetricFamily("ambit_ca_certificates_issued", "Workload certificates signed", value=s.issued)
         refused = CounterMetricFamily("ambit_ca_requests_refused", "Certificate requests refused, by gRPC status",
                                       labels=["code"])

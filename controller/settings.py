@@ -50,6 +50,14 @@ class ControllerSettings:
     ca_secret: str = option(
         "", "with --kube: keep the CA in this Secret of the root namespace (created on first start, read by every "
             "replica and restart; or a user-provided CA: ca.crt/ca.key, or cert-manager's tls.crt/tls.key/ca.crt)")
+    ca_reload_interval: float = option(
+        30.0, "with --ca-dir or --ca-secret: seconds between reads of the stored CA; a renewed intermediate (e.g. "
+              "by cert-manager) or a rotation step is taken up without a restart, one that would break the proxies' "
+              "trust is refused and logged (docs/operations.md 'Rotating the root'; 0: read only at start)",
+        check=lambda v: None if v == 0 or 1 <= v <= 3600 else "must be 0 (off) or 1..3600")
+    root_cert_file: Path | None = option(
+        help="with --ca-dir: write the CA's roots here whenever a reload changes them (the lab's pinned bundle; a "
+             "cluster's is the ambit-root-cert ConfigMap)")
     leader_elect: bool = option(
         True, "with --kube: elect a leader over the Lease <root-namespace>/ambit-controller; only the leader writes "
               "status, waypoint Deployments and the ambit-root-cert ConfigMap (every replica serves and signs)")

@@ -119,6 +119,8 @@ def controller_process(names: LabNames, base: Path, trust_domain: str = "cluster
         id="controller", component="controller", cgroup=str(cg),
         argv=[sys.executable, "-m", "controller", "--lab-store", str(base / "store.json"),
               "--listen", f"unix:{controller_socket(base)}", "--ca-dir", str(base / "ca"),
+              # a CA edited in base/ca is taken up in seconds, and new roots are written where clients pin them
+              "--ca-reload-interval", "2", "--root-cert-file", str(controller_root_file(base)),
               "--node-token-dir", str(base), "--trust-domain", trust_domain,
               "--controller-service-account", CONTROLLER_SA,
               "--mesh-config", str(mesh_config_file(base)),

@@ -41,6 +41,11 @@ class CSRRejected(ValueError):
         self.reason = reason
 
 
+class CAExpired(RuntimeError):
+    """The CA's own certificate has expired: nothing it signs would verify (the service answers
+    FAILED_PRECONDITION with the message; proxies keep their certificates and retry)."""
+
+
 class CAConfigError(ValueError):
     """User-provided CA material is unusable; the message names the file/field and why."""
 
@@ -170,7 +175,53 @@ def load_user_provided(cert_pem: bytes, key_pem: bytes, chain_pem: bytes = b"") 
             child = parent
         if not _self_signed(chain[-1]):
             raise CAConfigError("CA chain: must end with a self-signed root certificate")
-    return CAMaterial(cert=cert, key=key, chain=chain)
+        _check_path_lengths(chain)
+    material = CAMaterial(cert=cert, key=key, chain=chain)
+    _probe(material)
+    return material
+
+
+PROBE_IDENTITY = "spiffe://probe.invalid/ns/probe/sa/probe"
+
+
+def _probe(material: CAMaterial) -> None:
+    """Sign a throwaway workload certificate and verify it against the material's own root with the
+    data plane's verifier (OpenSSL, strict, as the handshakes run it), at a moment inside every
+    validity window of the chain (expiry is judged apart: controller/ca/reload.py). Rules we do not
+    spell out here (a CA with a path length but no keyCertSign, odd extensions) then fail at load,
+    naming OpenSSL's reason, not in every handshake of the mesh."""
+    from ambit.dataplane.libcrypto.x509 import Certificate
+    certs = [material.cert, *material.chain]
+    start = max(c.not_valid_before_utc for c in certs)
+    end = min(c.not_valid_after_utc for c in certs)
+    if end <= start:
+        raise CAConfigError("CA chain: the validity periods of its certificates do not overlap")
+    at = start + min(dt.timedelta(minutes=10), (end - start) / 2)
+    ttl = min(dt.timedelta(hours=1), end - at)
+    key = ec.generate_private_key(ec.SECP256R1())
+    probe = CertificateAuthority(material, "probe.invalid")
+    chain = probe._issue_leaf(key.public_key(), ident.parse(PROBE_IDENTITY), ttl, at)
+    try:
+        material.trust_bundle().verify([c for p in chain for c in Certificate.load_pems(p)],
+                                       now=at + min(dt.timedelta(seconds=1), ttl / 2))
+    except ValueError as e:
+        raise CAConfigError(f"CA: a certificate it signs does not verify against its own root ({e}); "
+                            "every handshake in the mesh would fail the same way") from None
+
+
+def _check_path_lengths(chain: list[x509.Certificate]) -> None:
+    """Every CA above the signing certificate allows as many CAs below it as the chain puts there
+    (RFC 5280 pathLenConstraint, not counting the leaf): an intermediate under a `pathlen:0` root
+    (such as the root this controller generates) signs certificates every verifier refuses with
+    "path length constraint exceeded"."""
+    for i, parent in enumerate(chain):
+        limit = parent.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+        below = i + 1       # the signing certificate and chain[0..i-1]
+        if limit is not None and below > limit:
+            raise CAConfigError(
+                f"CA chain[{i}] ({parent.subject.rfc4514_string()}): its pathLenConstraint {limit} allows "
+                f"{limit} CA certificate(s) below it, the chain puts {below} there; every certificate signed "
+                f"would fail verification (path length constraint exceeded)")
 
 
 def _require_ca(cert: x509.Certificate, what: str) -> None:
@@ -258,13 +309,14 @@ class CertificateAuthority:
     def _issue_leaf(
         self, pub: ec.EllipticCurvePublicKey, spiffe: ident.SpiffeId, ttl: dt.timedelta, now: dt.datetime
     ) -> list[str]:
+        m = self._signing(now)
         backdate = min(MAX_BACKDATE, ttl / 10)
-        not_after = min(now + ttl, self.material.cert.not_valid_after_utc)
+        not_after = min(now + ttl, m.cert.not_valid_after_utc)
         builder = (
             x509.CertificateBuilder()
             # Empty subject: the SPIFFE URI is the identity, so the SAN must be critical (RFC 5280).
             .subject_name(x509.Name([]))
-            .issuer_name(self.material.cert.subject)
+            .issuer_name(m.cert.subject)
             .public_key(pub)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - backdate)
@@ -284,17 +336,27 @@ class CertificateAuthority:
             )
             .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe))]), critical=True)
         )
-        return self._finish(builder, pub)
+        return self._finish(m, builder, pub)
 
-    def _finish(self, builder: x509.CertificateBuilder, pub: ec.EllipticCurvePublicKey) -> list[str]:
-        ca_ski = _ski_of(self.material.cert)
+    def _signing(self, now: dt.datetime) -> CAMaterial:
+        """The material to sign with, read once per certificate (a reload swaps `material` whole:
+        controller/ca/reload.py), or `CAExpired` when its certificate cannot issue anything valid."""
+        m = self.material
+        if m.cert.not_valid_after_utc <= now:
+            raise CAExpired(f"the CA certificate ({m.cert.subject.rfc4514_string()}) expired at "
+                            f"{m.cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}: renew it where the CA is kept "
+                            f"(it is read again within the reload interval)")
+        return m
+
+    def _finish(self, m: CAMaterial, builder: x509.CertificateBuilder, pub: ec.EllipticCurvePublicKey) -> list[str]:
+        ca_ski = _ski_of(m.cert)
         builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
         )
-        cert = builder.sign(self.material.key, _hash_for(self.material.key))
+        cert = builder.sign(m.key, _hash_for(m.key))
         pem = serialization.Encoding.PEM
-        return [cert.public_bytes(pem).decode()] + [c.public_bytes(pem).decode() for c in self.material.intermediates]
+        return [cert.public_bytes(pem).decode()] + [c.public_bytes(pem).decode() for c in m.intermediates]
 
     def issue_serving_certificate(
         self, hosts: list[str], ttl: dt.timedelta = dt.timedelta(days=365), identity: str = ""
@@ -319,14 +381,15 @@ class CertificateAuthority:
         if identity:
             sans.append(x509.UniformResourceIdentifier(str(ident.parse(identity))))
         now = _now()
+        m = self._signing(now)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-            .issuer_name(self.material.cert.subject)
+            .issuer_name(m.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - MAX_BACKDATE)
-            .not_valid_after(min(now + ttl, self.material.cert.not_valid_after_utc))
+            .not_valid_after(min(now + ttl, m.cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -339,7 +402,7 @@ class CertificateAuthority:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         )
-        chain = self._finish(builder, key.public_key())
+        chain = self._finish(m, builder, key.public_key())
         key_pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode()
@@ -363,6 +426,7 @@ def _describe_key(pub: object) -> str:
 
 __all__ = [
     "CAConfigError",
+    "CAExpired",
     "CAMaterial",
     "CSRRejected",
     "CertificateAuthority",

@@ -21,7 +21,7 @@ from typing import NoReturn
 import grpc
 
 from ambit.api import ca_pb2, ca_pb2_grpc
-from controller.ca.authority import CertificateAuthority, CSRRejected
+from controller.ca.authority import CAExpired, CertificateAuthority, CSRRejected
 from controller.ca.credentials import CredentialCheckBusy, NodeCredentialVerifier, Unauthenticated, scope_of
 from controller.ca.node_auth import authorize, within_scope
 from controller.fairness import Refusal, RequestRate
@@ -101,6 +101,8 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
             chain = self.ca.sign_csr(request.csr_pem, requested, ttl)
         except CSRRejected as e:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, node, requested, e.reason)
+        except CAExpired as e:
+            await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, node, requested, str(e))
         log.info("issued certificate: node=%s identity=%s ttl=%s", node, requested, ttl or self.ca.default_ttl)
         self.issued += 1
         return ca_pb2.CSRResponse(cert_chain=chain, trust_bundle=self.ca.trust_bundle().pems())

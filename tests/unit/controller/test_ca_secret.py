@@ -91,6 +91,9 @@ def test_a_cert_manager_secret_is_a_user_provided_intermediate() -> None:
              .public_key(key.public_key()).serial_number(x509.random_serial_number())
              .not_valid_before(root.cert.not_valid_before_utc).not_valid_after(root.cert.not_valid_after_utc)
              .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root.key.public_key()), critical=False)
              .sign(ca.material.key, ca.material.cert.signature_hash_algorithm))
     data = {"tls.crt": pem(inter), "ca.crt": pem(root.cert),
             "tls.key": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
