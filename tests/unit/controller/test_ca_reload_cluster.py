@@ -23,6 +23,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -170,3 +171,50 @@ def test_an_edited_ca_secret_is_taken_up_without_a_restart(controller: tuple[dic
     assert set(configmap_roots(emu)) == {root_a, other.cert}
     assert metric(metrics, "ambit_ca_reload_problem") == 0.0
     assert asyncio.run(ask(address, trust, "zt-1")) == ("OK", "CN=ambit intermediate 2026")
+
+
+def test_the_labs_ca_directory_is_taken_up_and_new_roots_are_written_where_clients_pin_them(tmp_path: Path) -> None:
+    """The lab keeps its CA in a directory and pins the roots from a file (--root-cert-file, the
+    ConfigMap's stand-in): an intermediate renewed in the directory signs the serving certificate,
+    and a root added for a rotation reaches the pinned file without a restart."""
+    import socket
+
+    from controller.ca.storage import DirectoryStorage
+    root = generate_root(TD, path_length=1)
+    DirectoryStorage(tmp_path / "ca").save(root)
+    (tmp_path / "store.json").write_text("{}")
+    pinned, sock = tmp_path / "root.pem", tmp_path / "ctl.sock"
+    pinned.write_bytes(pem(root.cert))
+    log = open(tmp_path / "ctl.log", "w")  # noqa: SIM115 - closed by stop()
+    proc = subprocess.Popen([sys.executable, "-m", "controller", "--lab-store", str(tmp_path / "store.json"),
+                             "--listen", f"unix:{sock}", "--ca-dir", str(tmp_path / "ca"),
+                             "--node-token-dir", str(tmp_path), "--dashboard-address", "",
+                             "--ca-reload-interval", "1", "--root-cert-file", str(pinned)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+    def issuer() -> str:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.set_alpn_protocols(["h2"])
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(sock))
+            with ctx.wrap_socket(s) as t:
+                der = t.getpeercert(binary_form=True)
+        assert der is not None
+        return x509.load_der_x509_certificate(der).issuer.rfc4514_string()
+    try:
+        wait_for(lambda: sock.exists() and proc.poll() is None, timeout=60, what="controller listening")
+        assert issuer() == root.cert.subject.rfc4514_string()
+        inter = intermediate(root, "lab intermediate")
+        DirectoryStorage(tmp_path / "ca").save(inter)
+        wait_for(lambda: issuer() == "CN=lab intermediate", timeout=15, what="the renewed intermediate serving")
+        assert x509.load_pem_x509_certificates(pinned.read_bytes()) == [root.cert], "same root: file untouched"
+        new_root = generate_root(TD)
+        (tmp_path / "ca" / "extra-roots.crt").write_bytes(pem(new_root.cert))
+        wait_for(lambda: len(x509.load_pem_x509_certificates(pinned.read_bytes())) == 2, timeout=15,
+                 what="the added root written to the pinned file")
+        assert set(x509.load_pem_x509_certificates(pinned.read_bytes())) == {root.cert, new_root.cert}
+        assert proc.poll() is None
+    finally:
+        stop(proc, log)
