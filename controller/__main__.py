@@ -422,7 +422,8 @@ async def amain(args: ControllerSettings) -> int:
             hooks.append(peers.observe)
         debug = DebugServicer(server, debug_readers(args), reports, REPORT_INTERVAL, report_rate=RequestRate(
             args.status_report_rate, args.status_report_burst, time.monotonic, limit="report_rate"),
-            observed=controller.observed, replica=replica_name(args), peers=peers)
+            observed=controller.observed, replica=replica_name(args), peers=peers,
+            ca_problem=ca_reloader.status if ca_reloader is not None else None)
         debug.add_to_server(grpc_server)
         gate.guard(debug.guards())
     except ValueError as e:

@@ -153,17 +153,19 @@ class StatusResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., subscribers: _Optional[_Iterable[_Union[SubscriberStatus, _Mapping]]] = ..., config_errors: _Optional[_Iterable[_Union[ConfigError, _Mapping]]] = ..., replica: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[StatusReplica, _Mapping]]] = ...) -> None: ...
 
 class StatusReplica(_message.Message):
-    __slots__ = ("name", "address", "answered", "error", "version", "subscribers")
+    __slots__ = ("name", "address", "answered", "error", "version", "subscribers", "ca_problem")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
+    CA_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     answered: bool
     error: str
     version: str
     subscribers: int
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., answered: _Optional[bool] = ..., error: _Optional[str] = ..., version: _Optional[str] = ..., subscribers: _Optional[int] = ...) -> None: ...
+    ca_problem: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., answered: _Optional[bool] = ..., error: _Optional[str] = ..., version: _Optional[str] = ..., subscribers: _Optional[int] = ..., ca_problem: _Optional[str] = ...) -> None: ...

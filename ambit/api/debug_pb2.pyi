@@ -169,7 +169,7 @@ class ProxyStatus(_message.Message):
     def __init__(self, node: _Optional[_Union[_config_pb2.Node, _Mapping]] = ..., connected: _Optional[bool] = ..., state: _Optional[str] = ..., acked_version: _Optional[str] = ..., proxy_version: _Optional[str] = ..., report_age: _Optional[float] = ..., report_json: _Optional[bytes] = ..., nack: _Optional[str] = ..., replica: _Optional[str] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("name", "address", "answered", "error", "controller_version", "config_version", "snapshot_applied", "observed", "proxies")
+    __slots__ = ("name", "address", "answered", "error", "controller_version", "config_version", "snapshot_applied", "observed", "proxies", "ca_problem")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +179,7 @@ class ReplicaStatus(_message.Message):
     SNAPSHOT_APPLIED_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_FIELD_NUMBER: _ClassVar[int]
     PROXIES_FIELD_NUMBER: _ClassVar[int]
+    CA_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     answered: bool
@@ -188,7 +189,8 @@ class ReplicaStatus(_message.Message):
     snapshot_applied: bool
     observed: _containers.RepeatedCompositeFieldContainer[ObservedObject]
     proxies: int
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., answered: _Optional[bool] = ..., error: _Optional[str] = ..., controller_version: _Optional[str] = ..., config_version: _Optional[str] = ..., snapshot_applied: _Optional[bool] = ..., observed: _Optional[_Iterable[_Union[ObservedObject, _Mapping]]] = ..., proxies: _Optional[int] = ...) -> None: ...
+    ca_problem: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., answered: _Optional[bool] = ..., error: _Optional[str] = ..., controller_version: _Optional[str] = ..., config_version: _Optional[str] = ..., snapshot_applied: _Optional[bool] = ..., observed: _Optional[_Iterable[_Union[ObservedObject, _Mapping]]] = ..., proxies: _Optional[int] = ..., ca_problem: _Optional[str] = ...) -> None: ...
 
 class ProxyStatusResponse(_message.Message):
     __slots__ = ("controller_version", "config_version", "proxies", "observed", "snapshot_applied", "replica", "replicas")

@@ -4,8 +4,9 @@
 has acknowledged per type, any rejection (NACK) with its message, and the configuration the
 controller itself rejected. With several controller replicas the one asked asks the others and
 merges their answers: each component with the replica it is connected to, each rejection once.
-It exits 1 when a connected component is NACKing, configuration is rejected, or a replica did not
-answer (the answer is partial), so scripts and CI can gate on it.
+It exits 1 when a connected component is NACKing, configuration is rejected, a replica did not
+answer (the answer is partial), or a replica's CA is in trouble (a stored CA it could not take up,
+a signing chain expired or about to), so scripts and CI can gate on it.
 
 `ztunnel-config` reads each node's ztunnel admin endpoint. In the lab that is a unix socket per
 node (`<labdir>/<node>/admin.sock`), reachable from the host without entering the node's netns.
@@ -98,6 +99,11 @@ def format_status(resp: Any, target: str, now: float | None = None) -> str:
         lines += ["   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     if nacks:
         lines += ["", "REJECTED BY COMPONENTS (they keep serving their last good config):", *nacks]
+    ca = [f"  {'controller replica ' + (r.name or '?') + ': ' if several else ''}{r.ca_problem}"
+          for r in resp.replicas if r.ca_problem]
+    if ca:
+        lines += ["", "CA PROBLEM (workload certificates are at risk; docs/operations.md 'Renewing and rotating "
+                      "the CA'):", *ca]
     if resp.config_errors:
         lines += ["", "REJECTED CONFIGURATION (the last good version of each object, if any, stays in force):"]
         for e in resp.config_errors:
@@ -131,7 +137,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in silent:        # a partial answer: the components connected to that replica are not listed
         print(f"error: controller replica {r.name or '?'} did not answer ({r.error or 'no reason given'}); "
               "the components connected to it are missing", file=sys.stderr)
-    return 1 if bad or resp.config_errors or silent else 0
+    ca_problem = any(r.ca_problem for r in resp.replicas)
+    return 1 if bad or resp.config_errors or silent or ca_problem else 0
 
 
 # -- ambit ztunnel-config ------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ BAD_STATES = ("NACK", "STALE")
 def replicas_of(resp: Any) -> list[dict[str, Any]]:
     """What each controller replica serves, and whether it answered (one, for a lone controller)."""
     return [{"name": r.name, "address": r.address, "answered": r.answered, "error": r.error,
-             "config_version": r.config_version, "controller_version": r.controller_version}
+             "config_version": r.config_version, "controller_version": r.controller_version,
+             "ca_problem": r.ca_problem}
             for r in resp.replicas]
 
 
@@ -78,6 +79,10 @@ def format_rows(rows: list[dict[str, Any]], controller_version: str, config_vers
         lines.append("no proxies connected")
     else:
         lines += ["   ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)).rstrip() for t in table]
+    ca = [f"  {'controller replica ' + (x['name'] or '-') + ': ' if several else ''}{x['ca_problem']}"
+          for x in replicas or [] if x.get("ca_problem")]
+    if ca:
+        lines += ["", "CA PROBLEM (workload certificates are at risk):", *ca]
     nacks = [f"  {r['kind']}/{r['name']}: {r['nack']}" for r in rows if r["state"] == "NACK"]
     if nacks:
         lines += ["", "REJECTED (the proxy keeps its last good config):", *nacks]
@@ -111,6 +116,8 @@ def cmd_proxy_status(args: argparse.Namespace) -> int:
             if not r["answered"]:
                 print(f"error: controller replica {r['name'] or '-'} did not answer ({r['error'] or '-'}): "
                       "the list is partial", file=sys.stderr)
+        return 1
+    if any(r["ca_problem"] for r in replicas):
         return 1
     return 1 if any(r["connected"] and r["state"] in BAD_STATES for r in rows) else 0
 

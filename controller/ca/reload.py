@@ -42,7 +42,13 @@ log = logging.getLogger("ambit.controller.ca")
 
 DEFAULT_INTERVAL = 30.0     # seconds between reads of the stored CA (a Secret GET, or four files)
 
+EXPIRY_WARNING = dt.timedelta(days=7)
+
 APPLIED, UNCHANGED, REFUSED, FAILED = "applied", "unchanged", "refused", "failed"
+
+
+def _days(d: dt.timedelta) -> str:
+    return f"{d.days} days" if d.days >= 2 else f"{d.total_seconds() / 3600:.0f} hours"
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,22 @@ class CAReloader:
             except Exception:  # noqa: BLE001 - the swap stands; what follows it is retried by its owners
                 log.exception("after the CA reload")
         return verdict
+
+    def status(self) -> str:
+        """What `ambit status` should say about the CA, "" when nothing: a stored CA not taken up,
+        else a signing chain expired or within EXPIRY_WARNING of it (cert-manager renews with a
+        third of the life left, so this means the renewal did not happen)."""
+        if self.problem:
+            return f"the CA in {self.where} changed but is not taken up: {self.problem}"
+        m, now = self.ca.material, self.clock()
+        end = min(c.not_valid_after_utc for c in [m.cert, *m.chain])
+        if end <= now:
+            return (f"the CA's certificate chain expired at {end:%Y-%m-%dT%H:%M:%SZ}: certificate requests are "
+                    f"refused until it is renewed in {self.where}")
+        if end - now < EXPIRY_WARNING:
+            return (f"the CA's certificate chain expires at {end:%Y-%m-%dT%H:%M:%SZ} (in {_days(end - now)}): "
+                    f"renew it in {self.where}")
+        return ""
 
     def start(self, stop: threading.Event) -> threading.Thread | None:
         """The polling thread (None when `interval` is 0: reload off)."""

@@ -70,8 +70,10 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
                  report_interval: float = 10.0, feeds: FeedHub | None = None,
                  report_rate: RequestRate | None = None,
                  observed: Callable[[list[tuple[str, str, str]]], dict[tuple[str, str, str], str] | None] | None = None,
-                 replica: str = "", peers: Any = None) -> None:
+                 replica: str = "", peers: Any = None, ca_problem: Callable[[], str] | None = None) -> None:
         self.config = config
+        # What is wrong with the CA ("" when nothing: controller/ca/reload.py), for `ambit status`.
+        self.ca_problem = ca_problem
         # This replica's name (its pod's), and the other replicas (controller.debug.fanout.Replicas;
         # None: this controller is the only one, as in the lab).
         self.replica = replica
@@ -217,7 +219,8 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
                             replica=self.replica)
         out.replicas.add(name=self.replica, answered=True, controller_version=VERSION,
                          config_version=out.config_version, snapshot_applied=out.snapshot_applied,
-                         observed=list(out.observed), proxies=len(out.proxies))
+                         observed=list(out.observed), proxies=len(out.proxies),
+                         ca_problem=self.ca_problem() if self.ca_problem is not None else "")
         return out
 
     def _peer_time(self, context: Any) -> float:
@@ -411,7 +414,7 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
     async def status_fanout(self, request: Any, context: Any, own: Any) -> Any:
         """The config service's Status (`ambit status`) for the whole mesh: this replica's answer
         labelled, merged with every other replica's (statusmerge.py); `local_only`: its own."""
-        label_own(own, self.replica)
+        label_own(own, self.replica, self.ca_problem() if self.ca_problem is not None else "")
         peers, skipped = ([], []) if request.local_only or self.peers is None else self.peers.peers()
         if not peers and not skipped:
             return own

@@ -21,12 +21,14 @@ from ambit.api import config_pb2
 from controller.debug.replicas import MAX_MERGED, PeerAnswer, merge_rows, note_unanswered, sift
 
 
-def label_own(resp: Any, me: str) -> Any:
-    """This replica's own answer, labelled: each subscriber's replica, and its `replicas` entry."""
+def label_own(resp: Any, me: str, ca_problem: str = "") -> Any:
+    """This replica's own answer, labelled: each subscriber's replica, and its `replicas` entry
+    (with what is wrong with its CA, if anything)."""
     resp.replica = me
     for s in resp.subscribers:
         s.replica = me
-    resp.replicas.add(name=me, answered=True, version=resp.version, subscribers=len(resp.subscribers))
+    resp.replicas.add(name=me, answered=True, version=resp.version, subscribers=len(resp.subscribers),
+                      ca_problem=ca_problem)
     return resp
 
 
@@ -39,7 +41,8 @@ def merge_status(own: Any, answers: Sequence[PeerAnswer], skipped: Sequence[str]
     sifted = sift(answers, me, out.ByteSize(), lambda r: r.replica, max_bytes)
     taken: list[tuple[str, Any]] = [(me, own)]
     for name, address, r in sifted.taken:
-        out.replicas.add(name=name, address=address, answered=True, version=r.version, subscribers=len(r.subscribers))
+        out.replicas.add(name=name, address=address, answered=True, version=r.version, subscribers=len(r.subscribers),
+                         ca_problem=r.replicas[0].ca_problem if len(r.replicas) else "")
         taken.append((name, r))
     note_unanswered(out.replicas, sifted.left, skipped)
 

@@ -232,3 +232,36 @@ def test_a_ca_whose_certificates_the_data_plane_would_refuse_is_refused_with_its
                            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                              serialization.NoEncryption()),
                            root.cert.public_bytes(serialization.Encoding.PEM))
+
+
+def test_what_ambit_status_is_told_about_the_ca(roots: tuple[CAMaterial, CAMaterial]) -> None:
+    """Nothing while the chain has more than a week; its expiry within a week (cert-manager renews
+    with a third of the life left, so the renewal did not happen), or past; and a stored CA that
+    was not taken up, which says why."""
+    a, b = roots
+    fine = CAReloader(CertificateAuthority(intermediate(a), TD), lambda: None, "Secret ambit-system/ambit-ca")
+    assert fine.status() == ""
+    soon = intermediate(a, start=NOW - dt.timedelta(days=87))          # 3 days left
+    r = CAReloader(CertificateAuthority(soon, TD), lambda: soon, "Secret ambit-system/ambit-ca")
+    assert r.status().startswith("the CA's certificate chain expires at ")
+    assert "(in 2 days" in r.status() or "(in 3 days" in r.status(), r.status()
+    gone = intermediate(a, start=NOW - dt.timedelta(days=91))
+    r = CAReloader(CertificateAuthority(gone, TD), lambda: gone, "Secret ambit-system/ambit-ca")
+    assert "expired at" in r.status() and "requests are refused" in r.status()
+    r = CAReloader(CertificateAuthority(a, TD), lambda: b, "Secret ambit-system/ambit-ca")
+    r.check()
+    assert r.status().startswith("the CA in Secret ambit-system/ambit-ca changed but is not taken up: its roots")
+
+
+def test_ambit_status_lists_each_replicas_ca_problem_and_exits_1() -> None:
+    from ambit.api import config_pb2
+    from ambitctl.commands.mesh import format_status
+    from controller.debug.replicas import Peer, PeerAnswer
+    from controller.debug.statusmerge import label_own, merge_status
+    own = label_own(config_pb2.StatusResponse(version="v1"), "ctl-a")
+    peer = label_own(config_pb2.StatusResponse(version="v1"), "ctl-b", "the CA's certificate chain expired at X")
+    merged = merge_status(own, [PeerAnswer(Peer("ctl-b", "10.0.0.2:15012"), peer)])
+    assert [r.ca_problem for r in merged.replicas] == ["", "the CA's certificate chain expired at X"]
+    text = format_status(merged, "10.0.0.1:15012", now=0)
+    assert "CA PROBLEM" in text and "  controller replica ctl-b: the CA's certificate chain expired at X" in text
+    assert "CA PROBLEM" not in format_status(own, "x", now=0)

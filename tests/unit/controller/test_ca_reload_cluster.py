@@ -176,19 +176,23 @@ def test_an_edited_ca_secret_is_taken_up_without_a_restart(controller: tuple[dic
 def test_the_labs_ca_directory_is_taken_up_and_new_roots_are_written_where_clients_pin_them(tmp_path: Path) -> None:
     """The lab keeps its CA in a directory and pins the roots from a file (--root-cert-file, the
     ConfigMap's stand-in): an intermediate renewed in the directory signs the serving certificate,
-    and a root added for a rotation reaches the pinned file without a restart."""
+    a root added for a rotation reaches the pinned file without a restart, and a stored CA that
+    cannot be taken up is what `ambit status` reports (exit 1) until it is put right."""
+    import os
     import socket
 
+    from ambitctl.lab import components
     from controller.ca.storage import DirectoryStorage
     root = generate_root(TD, path_length=1)
     DirectoryStorage(tmp_path / "ca").save(root)
     (tmp_path / "store.json").write_text("{}")
-    pinned, sock = tmp_path / "root.pem", tmp_path / "ctl.sock"
+    pinned, sock = components.controller_root_file(tmp_path), components.controller_socket(tmp_path)
     pinned.write_bytes(pem(root.cert))
     log = open(tmp_path / "ctl.log", "w")  # noqa: SIM115 - closed by stop()
     proc = subprocess.Popen([sys.executable, "-m", "controller", "--lab-store", str(tmp_path / "store.json"),
                              "--listen", f"unix:{sock}", "--ca-dir", str(tmp_path / "ca"),
                              "--node-token-dir", str(tmp_path), "--dashboard-address", "",
+                             "--debug-token-file", str(components.debug_token_file(tmp_path)),
                              "--ca-reload-interval", "1", "--root-cert-file", str(pinned)],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
@@ -203,18 +207,35 @@ def test_the_labs_ca_directory_is_taken_up_and_new_roots_are_written_where_clien
                 der = t.getpeercert(binary_form=True)
         assert der is not None
         return x509.load_der_x509_certificate(der).issuer.rfc4514_string()
+
+    def status() -> tuple[int, str]:
+        r = subprocess.run([sys.executable, "-m", "ambitctl", "status"], cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, "AMBIT_LAB_DIR": str(tmp_path)}, timeout=60)
+        return r.returncode, r.stdout + r.stderr
     try:
-        wait_for(lambda: sock.exists() and proc.poll() is None, timeout=60, what="controller listening")
+        wait_for(lambda: sock.exists() and components.debug_token_file(tmp_path).exists() and proc.poll() is None,
+                 timeout=60, what="controller listening")
         assert issuer() == root.cert.subject.rfc4514_string()
         inter = intermediate(root, "lab intermediate")
         DirectoryStorage(tmp_path / "ca").save(inter)
         wait_for(lambda: issuer() == "CN=lab intermediate", timeout=15, what="the renewed intermediate serving")
         assert x509.load_pem_x509_certificates(pinned.read_bytes()) == [root.cert], "same root: file untouched"
+        rc, out = status()
+        assert rc == 0 and "CA PROBLEM" not in out, out
         new_root = generate_root(TD)
         (tmp_path / "ca" / "extra-roots.crt").write_bytes(pem(new_root.cert))
         wait_for(lambda: len(x509.load_pem_x509_certificates(pinned.read_bytes())) == 2, timeout=15,
                  what="the added root written to the pinned file")
         assert set(x509.load_pem_x509_certificates(pinned.read_bytes())) == {root.cert, new_root.cert}
+
+        # A key that is not the certificate's: refused, reported by `ambit status`, then put right.
+        (tmp_path / "ca" / "ca.key").write_bytes(key_pem(new_root.key))
+        wait_for(lambda: "CA PROBLEM" in status()[1], timeout=15, what="ambit status reporting the CA")
+        rc, out = status()
+        assert rc == 1 and "not taken up" in out and "does not match" in out, out
+        assert issuer() == "CN=lab intermediate", "still serving under the CA it had"
+        (tmp_path / "ca" / "ca.key").write_bytes(key_pem(inter.key))
+        wait_for(lambda: status()[0] == 0, timeout=15, what="the problem cleared")
         assert proc.poll() is None
     finally:
         stop(proc, log)
