@@ -117,7 +117,9 @@ def test_controller_outage_agent_restart_keeps_capture_and_resyncs_after(lab: La
         lab.ambit("lab", "start", "controller")
         lab.wait_for(lambda: is_captured_now(lab, "legacy/client", "node2", url), timeout=20,
                      what="the outage's change applied after the controller is back")
-        assert agent_status(lab, "node2")["pods"]["legacy/client"]["state"] == "captured"
+        # the agent writes its status file after it has applied the change, so it may trail the capture
+        lab.wait_for(lambda: (agent_status(lab, "node2")["pods"].get("legacy/client") or {}).get("state") == "captured",
+                     timeout=10, what="the agent's status saying legacy/client is captured")
         lab.wait_for(lambda: agents_in_sync(lab), timeout=20, what="agents in sync after the outage")
     finally:
         lab.ambit("lab", "start", "controller", check=False)
