@@ -197,7 +197,8 @@ def ca_reload(args: ControllerSettings, storage: Any, ca: Any, serving: Any, con
             if args.root_cert_file is not None:
                 write_root_file(args.root_cert_file, ca.trust_bundle().pem_bundle())
             controller.reapply()
-    return CAReloader(ca, storage.load, getattr(storage, "where", "the CA storage"), after, args.ca_reload_interval)
+    return CAReloader(ca, storage.load, getattr(storage, "where", "the CA storage"), after, args.ca_reload_interval,
+                      settle=1.0)
 
 
 def write_root_file(path: Path, bundle: str) -> None:

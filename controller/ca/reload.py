@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -117,7 +118,7 @@ def judge(current: CAMaterial, loaded: CAMaterial | None, now: dt.datetime) -> V
 
 class CAReloader:
     """Reads `load()` (the CA's storage) every `interval` seconds in a thread of its own (a Secret
-    GET blocks) and swaps `ca.material` when `judge` says APPLIED, then calls `on_change(root_changed)`
+    GET blocks; a failed read is read again after `settle` seconds before it counts) and swaps `ca.material` when `judge` says APPLIED, then calls `on_change(root_changed)`
     (the serving certificate re-issued, the root republished). Counts each outcome for the metrics
     (`ambit_ca_reloads_total`) and keeps the last refusal or failure (`problem`, logged once per
     distinct reason, cleared by the next APPLIED or UNCHANGED)."""
@@ -125,24 +126,31 @@ class CAReloader:
     def __init__(self, ca: CertificateAuthority, load: Callable[[], CAMaterial | None], where: str,
                  on_change: Callable[[bool], None] = lambda _root_changed: None,
                  interval: float = DEFAULT_INTERVAL,
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC), settle: float = 0.0) -> None:
         self.ca, self.load, self.where, self.on_change = ca, load, where, on_change
-        self.interval, self.clock = interval, clock
+        self.interval, self.clock, self.settle = interval, clock, settle
         self.counts = {APPLIED: 0, REFUSED: 0, FAILED: 0}
         self.problem = ""
 
-    def check(self) -> Verdict:
+    def _read(self) -> tuple[Verdict, CAMaterial | None]:
         try:
             loaded = self.load()
         except CAConfigError as e:
-            verdict = Verdict(FAILED, str(e))
+            return Verdict(FAILED, str(e)), None
         except Exception as e:  # noqa: BLE001 - an API error or a timeout: try again next time
-            verdict = Verdict(FAILED, f"cannot read it: {type(e).__name__}: {e}")
-        else:
-            verdict = judge(self.ca.material, loaded, self.clock())
-            if verdict.result == APPLIED:
-                assert loaded is not None
-                self.ca.material = loaded
+            return Verdict(FAILED, f"cannot read it: {type(e).__name__}: {e}"), None
+        return judge(self.ca.material, loaded, self.clock()), loaded
+
+    def check(self) -> Verdict:
+        verdict, loaded = self._read()
+        if verdict.result == FAILED and self.settle > 0:
+            # A directory is written file by file (a new key beside the old certificate for a moment),
+            # and an API error may be passing: read once more before calling it a problem.
+            time.sleep(self.settle)
+            verdict, loaded = self._read()
+        if verdict.result == APPLIED:
+            assert loaded is not None
+            self.ca.material = loaded
         if verdict.result in self.counts:
             self.counts[verdict.result] += 1
         if verdict.result in (REFUSED, FAILED):

@@ -265,3 +265,21 @@ def test_ambit_status_lists_each_replicas_ca_problem_and_exits_1() -> None:
     text = format_status(merged, "10.0.0.1:15012", now=0)
     assert "CA PROBLEM" in text and "  controller replica ctl-b: the CA's certificate chain expired at X" in text
     assert "CA PROBLEM" not in format_status(own, "x", now=0)
+
+
+def test_a_read_caught_half_written_is_read_again_before_it_counts(roots: tuple[CAMaterial, CAMaterial]) -> None:
+    """A directory is written file by file: the first read may see the new key beside the old
+    certificate. With `settle`, the second read decides, and nothing is logged or counted."""
+    a, _ = roots
+    ca = CertificateAuthority(a, TD)
+    renewed = intermediate(a)
+    reads: list[object] = [CAConfigError("CA key: does not match the CA certificate's public key"), renewed]
+
+    def load() -> CAMaterial | None:
+        x = reads.pop(0)
+        if isinstance(x, Exception):
+            raise x
+        return x  # type: ignore[return-value]
+    r = CAReloader(ca, load, "directory ca", settle=0.01)
+    assert r.check().result == APPLIED and ca.material is renewed
+    assert r.counts == {APPLIED: 1, REFUSED: 0, FAILED: 0} and r.problem == ""
