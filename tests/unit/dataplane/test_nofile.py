@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.spawn import with_rlimit
+
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -36,16 +38,17 @@ def test_the_waypoint_raises_a_runtimes_soft_descriptor_limit_to_the_hard_one() 
     if hard != resource.RLIM_INFINITY and hard <= 1024:
         pytest.skip(f"the hard descriptor limit here is {hard}: nothing to raise to")
 
-    def runtime_default() -> None:      # the child starts as a runtime would start it
-        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
-
-    p = subprocess.Popen([sys.executable, "-m", "waypoint", "--waypoint", "demo/wp", "--pod-name", "wp-0",
-                          "--node", "n1", "--listen", f"127.0.0.1:{_free_port()}", "--admin-address", "",
-                          "--metrics-address", ""],
-                         cwd=REPO, preexec_fn=runtime_default, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True)
+    # the child starts as a runtime would start it: soft limit 1,024
+    argv = [sys.executable, "-m", "waypoint", "--waypoint", "demo/wp", "--pod-name", "wp-0", "--node", "n1",
+            "--listen", f"127.0.0.1:{_free_port()}", "--admin-address", "", "--metrics-address", ""]
+    p = subprocess.Popen(with_rlimit(argv, "RLIMIT_NOFILE", 1024, hard), cwd=REPO, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
+        # the limits read before the wrapper's exec are the wrapper's, not the waypoint's
+        while b"RLIMIT_NOFILE" in Path(f"/proc/{p.pid}/cmdline").read_bytes() and p.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
         while _limits(p.pid)[0] == 1024 and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert p.poll() is None, p.stderr.read() if p.stderr else ""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 from ambit.dataplane import endpoint
+from tests.support.spawn import without_core
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -60,17 +60,11 @@ process.run("wedged", load, amain, sys.argv[1:])
 '''
 
 
-def _no_core() -> None:
-    """In the child: an abort leaves no core file in the checkout, whatever the shell's `ulimit -c`."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
 def _run(tmp_path: Path, kill_after: str, wedge: str, *mode: str) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "wedged.py"         # a file, so the stack shows its source lines
     script.write_text(WEDGED)
-    return subprocess.run([sys.executable, str(script), kill_after, wedge, *mode], cwd=REPO, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          preexec_fn=_no_core)
+    return subprocess.run(without_core([sys.executable, str(script), kill_after, wedge, *mode]), cwd=REPO,
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def test_a_wedged_loop_is_aborted_with_the_blocking_functions_stack(tmp_path: Path) -> None:
@@ -94,8 +88,8 @@ def test_a_loop_wedged_writing_its_log_is_aborted_all_the_same(tmp_path: Path) -
     abort must not wait for it."""
     script = tmp_path / "wedged.py"
     script.write_text(WEDGED)
-    p = subprocess.Popen([sys.executable, str(script), "2", "0", "log"], cwd=REPO, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=_no_core)
+    p = subprocess.Popen(without_core([sys.executable, str(script), "2", "0", "log"]), cwd=REPO,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         assert p.wait(60) == -signal.SIGABRT
     finally:
@@ -186,11 +180,12 @@ def test_a_supervisors_workers_and_itself_are_watched_and_an_aborted_worker_is_r
     both workers' samples and the supervisor's, unlabelled), and a worker that aborts as the
     watchdog aborts it (SIGABRT) is started again while the supervisor's HBONE listener stays open."""
     metrics, admin, port = tmp_path / "metrics.sock", tmp_path / "admin.sock", _free_port()
-    p = subprocess.Popen([sys.executable, "-m", "waypoint", "--waypoint", "demo/wp", "--pod-name", "wp-0",
-                          "--node", "n1", "--listen", f"127.0.0.1:{port}", "--admin-address", "",
-                          "--admin-socket", str(admin), "--metrics-address", "", "--metrics-socket", str(metrics),
-                          "--workers", "2", "--run-dir", str(tmp_path), "--watchdog-kill-after", "30"],
-                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_no_core)
+    p = subprocess.Popen(without_core([sys.executable, "-m", "waypoint", "--waypoint", "demo/wp", "--pod-name", "wp-0",
+                                       "--node", "n1", "--listen", f"127.0.0.1:{port}", "--admin-address", "",
+                                       "--admin-socket", str(admin), "--metrics-address", "", "--metrics-socket",
+                                       str(metrics), "--workers", "2", "--run-dir", str(tmp_path),
+                                       "--watchdog-kill-after", "30"]),
+                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stalls = 'ambit_event_loop_stalls_total{severity="mega_miss"'
     try:
         def watched() -> str | None:
