@@ -190,7 +190,6 @@ def _probe(material: CAMaterial) -> None:
     validity window of the chain (expiry is judged apart: controller/ca/reload.py). Rules we do not
     spell out here (a CA with a path length but no keyCertSign, odd extensions) then fail at load,
     naming OpenSSL's reason, not in every handshake of the mesh."""
-    from ambit.dataplane.libcrypto.x509 import Certificate
     certs = [material.cert, *material.chain]
     start = max(c.not_valid_before_utc for c in certs)
     end = min(c.not_valid_after_utc for c in certs)
@@ -202,8 +201,7 @@ def _probe(material: CAMaterial) -> None:
     probe = CertificateAuthority(material, "probe.invalid")
     chain = probe._issue_leaf(key.public_key(), ident.parse(PROBE_IDENTITY), ttl, at)
     try:
-        material.trust_bundle().verify([c for p in chain for c in Certificate.load_pems(p)],
-                                       now=at + min(dt.timedelta(seconds=1), ttl / 2))
+        material.trust_bundle().verify_pems(chain, now=at + min(dt.timedelta(seconds=1), ttl / 2))
     except ValueError as e:
         raise CAConfigError(f"CA: a certificate it signs does not verify against its own root ({e}); "
                             "every handshake in the mesh would fail the same way") from None
