@@ -13,10 +13,12 @@ demo: setup
 
 # Unit tests share no host state, so they run on 4 workers: on 2 cores, 3 workers left the CPU idle
 # much of the time (they wait on sockets and subprocesses) and took 6 minutes; 4 to 6 keep it busy.
-# Lab and e2e tests build netns labs named by their worker's pid, so two workers run them side by side,
-# a module per worker (a module's lab stays on one worker); the few tests that compare the whole host
-# before and after (marked host_exclusive) run last, alone. LAB_WORKERS=0 runs everything serially.
-LAB_WORKERS ?= 2
+# Lab and e2e tests build netns labs named by their worker's pid, so three workers run them side by
+# side, a module per worker (a module's lab stays on one worker): with two, the CPU was a third idle
+# (labs start, then wait on traffic and timeouts) and the phase took 9-10 minutes, with three 6.6. The
+# few tests that compare the whole host before and after (marked host_exclusive) run last, alone.
+# LAB_WORKERS=0 runs everything serially.
+LAB_WORKERS ?= 3
 test: setup
 	@$(PY) -m pytest tests/unit -n 4 $(PYTEST_ARGS); u=$$?; \
 	$(PY) -m pytest tests/lab tests/e2e -n $(LAB_WORKERS) --dist loadfile -m "not host_exclusive" $(PYTEST_ARGS); l=$$?; \
