@@ -140,9 +140,10 @@ def test_tcp_connections_are_checked_by_the_grpc_provider_on_their_principal(xla
 
 def test_tcp_connections_are_refused_when_the_authorizer_is_gone_unless_fail_open(xlab: Lab) -> None:
     tcp_policy(xlab, "authz-grpc")
-    xlab.ambit("lab", "stop", "authz/ext-authz")
+    xlab.ambit("lab", "stop", "authz/ext-authz")     # the lab's supervisor stops it a moment later
     try:
-        assert tcp(xlab, "default/tcp-client") == ""
+        xlab.wait_for(lambda: tcp(xlab, "default/tcp-client") == "", timeout=30, interval=0.5,
+                      what="the connection refused once the authorizer is gone")
         tcp_policy(xlab, "authz-grpc-open")
         assert tcp(xlab, "default/tcp-client") == "hello ping"
         assert tcp(xlab, "default/frontend") == "hello ping"       # unchecked: failOpen
