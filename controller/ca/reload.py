@@ -118,7 +118,8 @@ def judge(current: CAMaterial, loaded: CAMaterial | None, now: dt.datetime) -> V
 
 class CAReloader:
     """Reads `load()` (the CA's storage) every `interval` seconds in a thread of its own (a Secret
-    GET blocks; a failed read is read again after `settle` seconds before it counts) and swaps `ca.material` when `judge` says APPLIED, then calls `on_change(root_changed)`
+    GET blocks; a change, or a failure, counts only when a second read `settle` seconds later agrees)
+    and swaps `ca.material` when `judge` says APPLIED, then calls `on_change(root_changed)`
     (the serving certificate re-issued, the root republished). Counts each outcome for the metrics
     (`ambit_ca_reloads_total`) and keeps the last refusal or failure (`problem`, logged once per
     distinct reason, cleared by the next APPLIED or UNCHANGED)."""
@@ -143,11 +144,17 @@ class CAReloader:
 
     def check(self) -> Verdict:
         verdict, loaded = self._read()
-        if verdict.result == FAILED and self.settle > 0:
-            # A directory is written file by file (a new key beside the old certificate for a moment),
-            # and an API error may be passing: read once more before calling it a problem.
+        if verdict.result in (FAILED, APPLIED) and self.settle > 0:
+            # A directory is written file by file: a new key beside the old certificate for a moment
+            # (FAILED), or, worse, a readable mix that changes the roots in a way the edit does not
+            # (new signing files beside the old extra-roots.crt). And an API error may be passing.
+            # So a change counts only when a second read, `settle` later, finds the same material.
             time.sleep(self.settle)
-            verdict, loaded = self._read()
+            again, second = self._read()
+            if verdict.result == APPLIED and not (again.result == APPLIED and second is not None
+                                                  and loaded is not None and same(loaded, second)):
+                return Verdict(UNCHANGED, "still being written: taken up at a later read")
+            verdict, loaded = again, second
         if verdict.result == APPLIED:
             assert loaded is not None
             self.ca.material = loaded

@@ -261,6 +261,10 @@ class IdentityManager:
                 "next_attempt": _iso(e.next_attempt) if e.next_attempt else None,
                 "failures": e.failures,
                 "last_error": e.last_error or None,
+                # What a root rotation moves (docs/operations.md "Rotating the root"): the roots this
+                # certificate came with, and its chain (public), to check which root it is under.
+                "roots": c.bundle.fingerprint() if c else None,
+                "chain": list(c.chain_pem) if c else [],
             })
         return out
 

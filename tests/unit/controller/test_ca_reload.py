@@ -283,3 +283,19 @@ def test_a_read_caught_half_written_is_read_again_before_it_counts(roots: tuple[
     r = CAReloader(ca, load, "directory ca", settle=0.01)
     assert r.check().result == APPLIED and ca.material is renewed
     assert r.counts == {APPLIED: 1, REFUSED: 0, FAILED: 0} and r.problem == ""
+
+
+def test_a_change_caught_half_written_is_taken_up_only_once_two_reads_agree(
+        roots: tuple[CAMaterial, CAMaterial]) -> None:
+    """Rotation step 2 written file by file: for a moment the directory holds the new signing root
+    beside the old extra-roots.crt, a mix that drops the old root. A mix never becomes the CA."""
+    a, b = roots
+    step1 = with_extra(a, b)
+    mix = CAMaterial(cert=b.cert, key=b.key, extra_roots=[b.cert])     # step 2's key and cert, step 1's extras
+    step2 = with_extra(b, a)
+    ca = CertificateAuthority(step1, TD)
+    reads = [mix, step2, step2, step2]
+    r = CAReloader(ca, lambda: reads.pop(0), "directory ca", settle=0.01)
+    assert r.check().result == UNCHANGED and ca.material is step1, "the mix is not taken up"
+    assert r.check().result == APPLIED and ca.material.cert == b.cert and len(ca.material.extra_roots) == 1
+    assert r.counts[APPLIED] == 1
