@@ -465,7 +465,14 @@ async def amain(args: ControllerSettings) -> int:
 
     _unlink_stale_socket(args.listen)
     try:
-        await serve(grpc_server, accept, args.listen, serving.credentials() if serving is not None else None)
+        from controller.ca.authority import CAExpired
+        try:
+            credentials = serving.credentials() if serving is not None else None
+        except CAExpired as e:     # nothing it signs verifies: say so, rather than serve TLS no client accepts
+            log.error("CA: %s", e)
+            stop.set()
+            return 2
+        await serve(grpc_server, accept, args.listen, credentials)
     except OSError as e:
         log.error("%s", e)
         stop.set()

@@ -31,10 +31,12 @@ from controller.ca import (
     add_to_server,
     load_or_create,
 )
+from controller.ca.authority import CAExpired
 from controller.ca.service import PodsOnNode
 from controller.fairness import RequestRate
 
 SERVING_TTL = dt.timedelta(days=30)
+EXPIRED_RETRY = 60.0    # seconds before a serving certificate refused by an expired CA is tried again
 
 log = logging.getLogger("ambit.controller.ca")
 
@@ -117,8 +119,17 @@ class ServingCertificate:
         self.renew_at = 0.0
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """A new configuration when the current one is past half its life, else None (keep it)."""
-        return self._issue() if self.clock() >= self.renew_at else None
+        """A new configuration when the current one is past half its life, else None (keep it). A
+        CA that has expired meanwhile issues nothing: the current one is kept, and the next try is
+        a minute later (a reload may bring a renewed CA: controller/ca/reload.py)."""
+        if self.clock() < self.renew_at:
+            return None
+        try:
+            return self._issue()
+        except CAExpired as e:
+            log.error("serving certificate not renewed: %s", e)
+            self.renew_at = self.clock() + EXPIRED_RETRY
+            return None
 
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.dynamic_ssl_server_credentials(self._issue(), self.fetch, require_client_authentication=False)

@@ -299,3 +299,23 @@ def test_a_change_caught_half_written_is_taken_up_only_once_two_reads_agree(
     assert r.check().result == UNCHANGED and ca.material is step1, "the mix is not taken up"
     assert r.check().result == APPLIED and ca.material.cert == b.cert and len(ca.material.extra_roots) == 1
     assert r.counts[APPLIED] == 1
+
+
+def test_an_expired_ca_keeps_the_serving_certificate_it_has_and_tries_again_later(
+        roots: tuple[CAMaterial, CAMaterial], caplog: pytest.LogCaptureFixture) -> None:
+    from controller.ca_setup import EXPIRED_RETRY, ServingCertificate
+    a, _ = roots
+    ca = CertificateAuthority(intermediate(a), TD)
+    now = [1000.0]
+    serving = ServingCertificate(ca, "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller",
+                                 ["ambit-controller.ambit-system.svc"], clock=lambda: now[0])
+    serving.credentials()
+    ca.material = intermediate(a, start=NOW - dt.timedelta(days=100))      # it expired meanwhile
+    serving.renew_now()
+    with caplog.at_level(logging.ERROR, logger="ambit.controller.ca"):
+        assert serving.fetch() is None, "the certificate it has is kept"
+    assert "serving certificate not renewed" in caplog.text and "expired at" in caplog.text
+    assert serving.fetch() is None and serving.renew_at == now[0] + EXPIRED_RETRY
+    ca.material = intermediate(a)           # renewed, taken up by a reload
+    now[0] += EXPIRED_RETRY
+    assert serving.fetch() is not None and serving.issued == 2

@@ -239,3 +239,23 @@ def test_the_labs_ca_directory_is_taken_up_and_new_roots_are_written_where_clien
         assert proc.poll() is None
     finally:
         stop(proc, log)
+
+
+def test_a_controller_whose_ca_has_expired_says_so_and_exits(tmp_path: Path) -> None:
+    """Nothing an expired CA signs verifies, its serving certificate included: the controller says
+    why and exits 2 (it is restarted, and reads the renewed CA then), rather than serve TLS that no
+    client accepts."""
+    import datetime as dt
+
+    from controller.ca.storage import DirectoryStorage
+    from tests.unit.controller.test_ca_reload import intermediate
+    root = generate_root(TD, path_length=1, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=200))
+    DirectoryStorage(tmp_path / "ca").save(intermediate(root, "expired intermediate",
+                                                       start=dt.datetime.now(dt.UTC) - dt.timedelta(days=100)))
+    (tmp_path / "store.json").write_text("{}")
+    p = subprocess.run([sys.executable, "-m", "controller", "--lab-store", str(tmp_path / "store.json"),
+                        "--listen", f"unix:{tmp_path / 'ctl.sock'}", "--ca-dir", str(tmp_path / "ca"),
+                        "--node-token-dir", str(tmp_path), "--dashboard-address", ""],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "CA: the CA certificate (CN=expired intermediate) expired at" in p.stderr, p.stderr[-2000:]
