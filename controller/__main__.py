@@ -204,9 +204,8 @@ def ca_reload(args: ControllerSettings, storage: Any, ca: Any, serving: Any, con
 def write_root_file(path: Path, bundle: str) -> None:
     """The roots where a lab's clients pin them (what the ambit-root-cert ConfigMap is in a
     cluster), replaced atomically so a reader never sees half a bundle."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(bundle)
-    os.replace(tmp, path)
+    from controller.ca.storage import write_atomic
+    write_atomic(path, bundle.encode(), 0o644)
     log.info("wrote the mesh root bundle to %s", path)
 
 

@@ -46,7 +46,6 @@ TOKEN_DIGESTS = "node-token-digests.json"
 
 def mount_ca(server: grpc.aio.Server, storage: CAStorage, trust_domain: str, verifier: NodeCredentialVerifier,
              pods_on_node: PodsOnNode, rate: RequestRate | None = None) -> CertificateServicer:
-    # The caller keeps `storage` to read it again (controller/ca/reload.py).
     """Load (or create, on first start) the CA kept in `storage` (a directory, or a Secret) and
     serve CreateCertificate (`rate`: each credential's request bound; None: the defaults); the servicer (its `.ca`, its issuance counts) is returned for the
     controller's metrics."""

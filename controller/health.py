@@ -67,8 +67,7 @@ class ControllerHealth(Collector):
         if s is None:
             return
         material = s.ca.material
-        certs = [material.cert, *material.chain]
-        earliest = min(x.not_valid_after_utc.timestamp() for x in certs)
+        earliest = material.expires.timestamp()
         now = self.clock()
         yield GaugeMetricFamily("ambit_certificate_expiry_seconds",
                                 "Seconds until the CA's certificate (or the earliest of its chain) expires",

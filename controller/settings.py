@@ -10,6 +10,7 @@ from pathlib import Path
 from ambit import clusterdomain, settings
 from ambit.settings import non_negative, option, parsed_by
 from controller.acceptgate import MAX_CONNECTIONS_PER_PEER
+from controller.ca.reload import DEFAULT_INTERVAL as CA_RELOAD_INTERVAL
 from controller.ca.service import CA_REQUEST_BURST, CA_REQUEST_RATE
 from controller.configserver.server import MAX_CONNECTIONS, MAX_STREAMS_PER_CLIENT
 from controller.debug.service import REPORT_BURST, REPORT_RATE
@@ -51,7 +52,7 @@ class ControllerSettings:
         "", "with --kube: keep the CA in this Secret of the root namespace (created on first start, read by every "
             "replica and restart; or a user-provided CA: ca.crt/ca.key, or cert-manager's tls.crt/tls.key/ca.crt)")
     ca_reload_interval: float = option(
-        30.0, "with --ca-dir or --ca-secret: seconds between reads of the stored CA; a renewed intermediate (e.g. "
+        CA_RELOAD_INTERVAL, "with --ca-dir or --ca-secret: seconds between reads of the stored CA; a renewed intermediate (e.g. "
               "by cert-manager) or a rotation step is taken up without a restart, one that would break the proxies' "
               "trust is refused and logged (docs/operations.md 'Rotating the root'; 0: read only at start)",
         check=lambda v: None if v == 0 or 1 <= v <= 3600 else "must be 0 (off) or 1..3600")
@@ -177,6 +178,11 @@ class ControllerSettings:
             return "--ca-secret needs --kube (the lab keeps its CA in --ca-dir)"
         if self.ca_secret and self.ca_dir:
             return "--ca-secret and --ca-dir both name where the CA lives: pass one"
+        if not self.with_ca and self.ca_reload_interval != CA_RELOAD_INTERVAL:
+            return "--ca-reload-interval is read only with a CA (--ca-dir or --ca-secret)"
+        if self.root_cert_file is not None and self.ca_dir is None:
+            return ("--root-cert-file needs --ca-dir (with --ca-secret the roots are published to the "
+                    "ambit-root-cert ConfigMap)")
         if not self.leader_renew_deadline < self.leader_lease_duration:
             return (f"--leader-renew-deadline {self.leader_renew_deadline} must be shorter than "
                     f"--leader-lease-duration {self.leader_lease_duration}, or two replicas could lead at once")

@@ -67,6 +67,15 @@ def status_to_dict(resp: Any) -> dict[str, Any]:
     return d
 
 
+def ca_problem_lines(replicas: list[tuple[str, str]], several: bool) -> list[str]:
+    """The CA PROBLEM section of `ambit status` and `ambit proxy-status`: (replica, problem) pairs,
+    each replica named when there are several; nothing when no replica has one."""
+    ca = [f"  {'controller replica ' + (name or '?') + ': ' if several else ''}{problem}"
+          for name, problem in replicas if problem]
+    return ["", "CA PROBLEM (workload certificates are at risk; docs/operations.md 'Renewing and rotating "
+                "the CA'):", *ca] if ca else []
+
+
 def format_status(resp: Any, target: str, now: float | None = None) -> str:
     now = time.time() if now is None else now
     lines = [f"controller {target}: config version {resp.version or '-'}"]
@@ -99,11 +108,7 @@ def format_status(resp: Any, target: str, now: float | None = None) -> str:
         lines += ["   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     if nacks:
         lines += ["", "REJECTED BY COMPONENTS (they keep serving their last good config):", *nacks]
-    ca = [f"  {'controller replica ' + (r.name or '?') + ': ' if several else ''}{r.ca_problem}"
-          for r in resp.replicas if r.ca_problem]
-    if ca:
-        lines += ["", "CA PROBLEM (workload certificates are at risk; docs/operations.md 'Renewing and rotating "
-                      "the CA'):", *ca]
+    lines += ca_problem_lines([(r.name, r.ca_problem) for r in resp.replicas], several)
     if resp.config_errors:
         lines += ["", "REJECTED CONFIGURATION (the last good version of each object, if any, stays in force):"]
         for e in resp.config_errors:

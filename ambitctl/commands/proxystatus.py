@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from ambitctl import cluster
+from ambitctl.commands.mesh import ca_problem_lines
 
 BAD_STATES = ("NACK", "STALE")
 
@@ -79,10 +80,7 @@ def format_rows(rows: list[dict[str, Any]], controller_version: str, config_vers
         lines.append("no proxies connected")
     else:
         lines += ["   ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)).rstrip() for t in table]
-    ca = [f"  {'controller replica ' + (x['name'] or '-') + ': ' if several else ''}{x['ca_problem']}"
-          for x in replicas or [] if x.get("ca_problem")]
-    if ca:
-        lines += ["", "CA PROBLEM (workload certificates are at risk):", *ca]
+    lines += ca_problem_lines([(x["name"], x.get("ca_problem", "")) for x in replicas or []], several)
     nacks = [f"  {r['kind']}/{r['name']}: {r['nack']}" for r in rows if r["state"] == "NACK"]
     if nacks:
         lines += ["", "REJECTED (the proxy keeps its last good config):", *nacks]

@@ -68,6 +68,11 @@ class CAMaterial:
         return self.chain[-1] if self.chain else self.cert
 
     @property
+    def expires(self) -> dt.datetime:
+        """When the signing chain stops working: the earliest expiry of the CA and the chain above it."""
+        return min(c.not_valid_after_utc for c in [self.cert, *self.chain])
+
+    @property
     def intermediates(self) -> list[x509.Certificate]:
         """Certificates to send after a leaf: the CA itself and parents, never the root."""
         ordered = [self.cert, *self.chain]

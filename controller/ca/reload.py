@@ -182,8 +182,7 @@ class CAReloader:
         third of the life left, so this means the renewal did not happen)."""
         if self.problem:
             return f"the CA in {self.where} changed but is not taken up: {self.problem}"
-        m, now = self.ca.material, self.clock()
-        end = min(c.not_valid_after_utc for c in [m.cert, *m.chain])
+        end, now = self.ca.material.expires, self.clock()
         if end <= now:
             return (f"the CA's certificate chain expired at {end:%Y-%m-%dT%H:%M:%SZ}: certificate requests are "
                     f"refused until it is renewed in {self.where}")

@@ -33,7 +33,8 @@ def _pem(certs: list[x509.Certificate]) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """`path` replaced whole (fsynced first): a reader sees the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -78,12 +79,12 @@ class DirectoryStorage:
         key_pem = material.key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        _write_atomic(self.dir / KEY_FILE, key_pem, 0o600)
-        _write_atomic(self.dir / CERT_FILE, _pem([material.cert]), 0o644)
+        write_atomic(self.dir / KEY_FILE, key_pem, 0o600)
+        write_atomic(self.dir / CERT_FILE, _pem([material.cert]), 0o644)
         for name, certs in ((CHAIN_FILE, material.chain), (EXTRA_ROOTS_FILE, material.extra_roots)):
             p = self.dir / name
             if certs:
-                _write_atomic(p, _pem(certs), 0o644)
+                write_atomic(p, _pem(certs), 0o644)
             elif p.exists():
                 p.unlink()
 

@@ -319,3 +319,23 @@ def test_an_expired_ca_keeps_the_serving_certificate_it_has_and_tries_again_late
     ca.material = intermediate(a)           # renewed, taken up by a reload
     now[0] += EXPIRED_RETRY
     assert serving.fetch() is not None and serving.issued == 2
+
+
+@pytest.mark.parametrize(("argv", "reason"), [
+    (["--lab-store", "s.json", "--insecure-config-stream", "--ca-reload-interval", "5"], "read only with a CA"),
+    (["--lab-store", "s.json", "--insecure-config-stream", "--root-cert-file", "r.pem"], "needs --ca-dir"),
+    (["--kube", "--ca-secret", "ambit-ca", "--root-cert-file", "r.pem"], "ambit-root-cert ConfigMap"),
+    (["--lab-store", "s.json", "--ca-dir", "ca", "--ca-reload-interval", "0.5"], "0 (off) or 1..3600"),
+])
+def test_reload_flags_that_would_do_nothing_are_refused(argv: list[str], reason: str) -> None:
+    from controller.settings import load
+    with pytest.raises((ValueError, SystemExit)) as e:
+        load(argv, {})
+    assert reason in str(e.value)
+
+
+def test_reload_flags_where_they_act_are_taken() -> None:
+    from controller.settings import load
+    s = load(["--lab-store", "s.json", "--ca-dir", "ca", "--ca-reload-interval", "2", "--root-cert-file", "r.pem"], {})
+    assert s.ca_reload_interval == 2 and str(s.root_cert_file) == "r.pem"
+    assert load(["--lab-store", "s.json", "--insecure-config-stream"], {}).ca_reload_interval == 30
