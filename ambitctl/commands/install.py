@@ -476,16 +476,13 @@ def _trust_domain(v: str) -> str:
         raise argparse.ArgumentTypeError(str(e).removeprefix(": ")) from None
 
 
-_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-
-
 def _namespace(v: str) -> str:
-    """A Kubernetes namespace name (an RFC 1123 label), refused here rather than by the API server
-    half-way through an apply."""
-    if len(v) > 63 or not _NAMESPACE.fullmatch(v):
-        raise argparse.ArgumentTypeError(
-            f"{v!r} is not a namespace name (at most 63 lowercase letters, digits and '-', starting and "
-            f"ending with a letter or digit)")
+    """A Kubernetes namespace name (an RFC 1123 label, as the controller checks one), refused here
+    rather than by the API server half-way through an apply."""
+    from controller.kinds.common import check_label
+    reason = check_label(v)
+    if reason is not None:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a namespace name: it {reason} (at most 63 characters)")
     return v
 
 

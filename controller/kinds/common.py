@@ -152,7 +152,8 @@ def check_subdomain(text: str) -> str | None:
     return None
 
 
-def _check_label(text: str) -> str | None:
+def check_label(text: str) -> str | None:
+    """Why `text` is not an RFC 1123 label (a namespace name, a port name), or None."""
     if len(text) > 63 or not _DNS1123_LABEL.fullmatch(text):
         return f'must be a lowercase RFC 1123 label (a-z, 0-9, "-"), got "{text}"'
     return None
@@ -197,7 +198,7 @@ def label_value_reason(value: Any) -> str | None:
 
 
 Name = Str(valid=check_subdomain)
-NamespaceName = Str(valid=_check_label)
+NamespaceName = Str(valid=check_label)
 Labels = Map(Str(valid=label_value_reason), key=label_key_reason)
 Strings = Arr(Str())
 
