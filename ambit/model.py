@@ -448,6 +448,8 @@ class JwtRule:
     forward_original_token: bool = False
     output_payload_to_header: str = ""
     output_claim_to_headers: list[dict[str, str]] = field(default_factory=list)   # {"header", "claim"}
+    # claims read as space-separated words besides `scope` and `permission` (ambit/jwtclaims.py)
+    space_delimited_claims: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -504,6 +506,9 @@ class HeaderMatch:
     name: str
     match: StringMatch | None = None    # None: the header (or query parameter) must be present
     invert: bool = False                # VirtualService withoutHeaders: must NOT match
+    # a VirtualService `@request.auth.claims` name: the verified JWT's claim at this path is matched
+    # instead of a header (`name` keeps the name as written, for dumps; ambit/jwtclaims.py)
+    claim: list[str] = field(default_factory=list)
 
 
 @dataclass

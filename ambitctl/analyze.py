@@ -43,6 +43,7 @@ from controller.waypoints.advisories import (
     ZTUNNEL_ACCEPTED,
     advisories,
 )
+from controller.waypoints.claim_routes import CLAIMS_NOT_VERIFIED
 from controller.waypoints.class_check import problems as class_problems
 from controller.waypoints.class_defaults import DEFAULTS_FOR_CLASS_LABEL
 from controller.waypoints.gateways import WAYPOINT_CLASSES
@@ -121,6 +122,9 @@ CODES: dict[str, Code] = {c.code: c for c in (
     Code("AMB0131", WARNING, "IngressModeBypassesPolicy",
          "a STRICT PeerAuthentication or an AuthorizationPolicy ztunnel enforces selects a pod in ingress mode "
          "(ambient.istio.io/bypass-inbound-capture): it does not apply to that pod's plaintext inbound"),
+    Code("AMB0132", WARNING, "ClaimsNotVerified",
+         "a VirtualService matches a JWT claim (@request.auth.claims) of a host whose waypoint verifies no "
+         "token for it (no RequestAuthentication applies): the match never holds (withoutHeaders: always)"),
 )}
 # advisory cause -> (code, the kind that must be known to say it: what is elsewhere may exist)
 _PARENT_CODES = {"ParentNotFound": ("AMB0120", "Gateway"), "NotAllowedByListeners": ("AMB0121", ""),
@@ -254,6 +258,10 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             code = "AMB0126"
         elif a.cause == INBOUND_BYPASSED:
             code = "AMB0131"
+        elif a.cause == CLAIMS_NOT_VERIFIED:
+            if not st.knows("RequestAuthentication"):
+                continue            # the RequestAuthentication may well exist outside the files
+            code = "AMB0132"
         elif a.cause == INVALID_CREDENTIAL:
             if not st.knows("Secret"):
                 continue            # the Secrets are not in the files: they may well exist in the cluster

@@ -476,6 +476,8 @@ class WaypointProxy:
             head.headers = authn.headers
         if authn.path is not None:
             head.path = authn.path
+        if authn.user is not None:      # routes may match its claims (`@request.auth.claims`)
+            head.user = authn.user
         cs = v.custom       # (attributes, not `bool(cs)`: no Python call per request without CUSTOM policies)
         if cs.gateway or cs.by_service:
             custom = cs.for_request(head, down, v.trust_domains, authn.user)

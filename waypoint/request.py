@@ -28,6 +28,8 @@ class RequestHead:
     headers: list[tuple[str, str]] = field(default_factory=list)
     version: str = "1.1"                    # "1.0" | "1.1" | "2"
     grpc: bool = False                      # content-type application/grpc*
+    user: EndUser | None = None             # who its verified JWT names (set by RequestAuthentication
+                                            # before routing, so routes may match claims)
 
     def header(self, name: str) -> str | None:
         """All values of `name` joined with "," (RFC 9110 §5.3), or None when absent.

@@ -10,6 +10,7 @@ import binascii
 from typing import Any
 
 from ambit.dataplane.keepalive import MAX_IDLE, MAX_PROBES
+from ambit.jwtclaims import CLAIM_HEADER_PREFIX, routing_claim
 from ambit.resilience import invalid_grpc_status, invalid_retry_on
 from ambit.topology import TOPOLOGY_LABELS
 from controller.kinds.common import (
@@ -26,6 +27,7 @@ from controller.kinds.common import (
     Strings,
     WorkloadSelector,
     check_subdomain,
+    header_name_reason,
     header_ops_checks,
     header_value_reason,
     parse_duration,
@@ -43,12 +45,39 @@ Headers = Obj({
     "response": Obj({"set": HeaderValues, "add": HeaderValues, "remove": Strings}, checks=(header_ops_checks(False),)),
 })
 
+# The pseudo-headers a request match may name (Istio's ValidateHTTPHeaderNameOrJwtClaimRoute, less
+# `:status`, which no request carries: Istio accepts it and the match never holds).
+MATCH_PSEUDO_HEADERS = (":method", ":scheme", ":authority", ":path")
+
+
+def match_header_name_reason(name: Any) -> str | None:
+    """Why `name` cannot key a match's `headers` or `withoutHeaders`, or None: an HTTP header name,
+    one of the request's pseudo-headers, or a verified JWT claim (`@request.auth.claims.a.b`,
+    `@request.auth.claims[a][b]`). Anything else names a header no request can carry, so the
+    match could never hold (Istio refuses it too)."""
+    if not isinstance(name, str):
+        return f"map keys must be strings, got {name!r}"
+    if name.lower().startswith(CLAIM_HEADER_PREFIX):
+        claim = routing_claim(name)
+        if claim is None or not all(claim):
+            return (f'"{name}" names no JWT claim: write {CLAIM_HEADER_PREFIX}.<claim>[.<nested>...] or '
+                    f"{CLAIM_HEADER_PREFIX}[<claim>][<nested>]...")
+        return None
+    if name == ":status":
+        return '":status" is a response pseudo-header: no request carries it, so the match could never hold'
+    if name in MATCH_PSEUDO_HEADERS:
+        return None
+    return header_name_reason(name)
+
+
+MatchHeaders = Map(StringMatch(allow_empty=True), key=match_header_name_reason)
+
 HTTPMatchRequest = Obj({
     "name": Str(),
     "uri": StringMatch(), "scheme": StringMatch(), "method": StringMatch(), "authority": StringMatch(),
-    "headers": Map(StringMatch(allow_empty=True)),
+    "headers": MatchHeaders,
     "queryParams": Map(StringMatch(allow_empty=True)),
-    "withoutHeaders": Map(StringMatch(allow_empty=True)),
+    "withoutHeaders": MatchHeaders,
     "port": Port,
     "sourceLabels": Labels,
     "gateways": Strings,

@@ -203,6 +203,7 @@ class Arr(Schema):
     items: Schema
     min_items: int = 0
     description: str = ""
+    max_items: int = 0          # 0: no bound
 
     def check(self, value: Any, path: str, errs: Errors) -> None:
         if not isinstance(value, list):
@@ -210,6 +211,8 @@ class Arr(Schema):
             return
         if len(value) < self.min_items:
             errs.append((path, f"must have at least {self.min_items} item(s)"))
+        if self.max_items and len(value) > self.max_items:
+            errs.append((path, f"must have at most {self.max_items} items, got {len(value)}"))
         for i, v in enumerate(value):
             self.items.check(v, join(path, i), errs)
 
@@ -223,6 +226,8 @@ class Arr(Schema):
         d: dict[str, Any] = {"type": "array", "items": self.items.openapi()}
         if self.min_items:
             d["minItems"] = self.min_items
+        if self.max_items:
+            d["maxItems"] = self.max_items
         return self._doc(d)
 
 

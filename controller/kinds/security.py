@@ -226,11 +226,12 @@ JwtRule = Obj({
     "outputClaimToHeaders": Arr(ClaimToHeader),
     "jwks_uri": Str(valid=_check_uri, description="The deprecated spelling of jwksUri (jwksUri wins)."),
     "timeout": Duration("How long the controller waits for jwksUri (default 5s).", positive=True),
+    "spaceDelimitedClaims": Arr(Str(min_len=1), max_items=64,
+                                description="Top-level claims read as space-separated words, besides `scope` and "
+                                            "`permission` (always)."),
 }, required=("issuer",), checks=(_check_jwt_rule,), unsupported={
     "presence": "presence is not supported by Ambit yet: tokens are optional (a missing token passes); require "
                 'one with an AuthorizationPolicy, e.g. ALLOW from requestPrincipals: ["*"]',
-    "spaceDelimitedClaims": "spaceDelimitedClaims is not supported by Ambit yet: a claim matches as one string "
-                            "(list claims match by element)",
 })
 
 

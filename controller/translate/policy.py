@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ambit.jwtclaims import DEFAULT_SPACE_DELIMITED
 from ambit.model import (
     AccessLogEntry,
     Authorization,
@@ -269,7 +270,9 @@ def _jwt_rule(r: Obj, jwks: Mapping[str, tuple[str, str]]) -> JwtRule:
         forward_original_token=bool(r.get("forwardOriginalToken")),
         output_payload_to_header=r.get("outputPayloadToHeader") or "",
         output_claim_to_headers=[{"header": c["header"], "claim": c["claim"]}
-                                 for c in r.get("outputClaimToHeaders") or []])
+                                 for c in r.get("outputClaimToHeaders") or []],
+        # the defaults are the waypoint's own: a rule naming only them needs nothing new of it
+        space_delimited_claims=sorted(set(r.get("spaceDelimitedClaims") or ()) - set(DEFAULT_SPACE_DELIMITED)))
 
 
 def translate_request_authn(obj: Obj, root_namespace: str, jwks: Mapping[str, tuple[str, str]]) -> RequestAuthn:

@@ -28,6 +28,7 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ambit.jwtclaims import routing_claim
 from ambit.model import (
     DirectResponse,
     Fault,
@@ -126,7 +127,14 @@ def _string_match(m: Obj | None, ignore_case: bool = False) -> StringMatch | Non
 
 
 def _header_matches(m: Obj | None, invert: bool = False) -> list[HeaderMatch]:
-    return [HeaderMatch(name=k.lower(), match=_string_match(v), invert=invert) for k, v in (m or {}).items()]
+    """Header names are compared without case; a JWT claim (`@request.auth.claims...`) keeps its
+    name as written, since claim names are case-sensitive."""
+    out = []
+    for k, v in (m or {}).items():
+        claim = routing_claim(k)
+        out.append(HeaderMatch(name=k, match=_string_match(v), invert=invert, claim=list(claim)) if claim
+                   else HeaderMatch(name=k.lower(), match=_string_match(v), invert=invert))
+    return out
 
 
 def _query_matches(m: Obj | None) -> list[HeaderMatch]:

@@ -32,6 +32,10 @@ Semantics are Envoy's jwt_authn as Istio configures it (istio/istio pilot/pkg/se
   `outputPayloadToHeader` gets the token's base64url payload;
   `outputClaimToHeaders` gets string/number/boolean claims (dotted names reach nested claims;
   UTF-8; not a claim holding a control character).
+- The user's claims, as AuthorizationPolicy and routes read them: `scope`, `permission` and the
+  rule's `spaceDelimitedClaims`, when they hold a string, are the list of its space-separated
+  words (Envoy's `normalize_payload_in_metadata`, as Istio configures it: ambit/jwtclaims.py).
+  The claim headers get the token's own values.
   Headers named as outputs are always removed from the incoming request first, so a client cannot
   forge them.
 
@@ -52,6 +56,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from ambit.httpfields import wire_value
+from ambit.jwtclaims import DEFAULT_SPACE_DELIMITED, space_delimited
 from ambit.model import JwtRule
 from waypoint.localreply import GRPC_UNAUTHENTICATED, local_reply
 from waypoint.request import EndUser, LocalReply, RequestHead
@@ -412,8 +417,11 @@ def authenticate(ps: tuple[Provider, ...], head: RequestHead, now: float) -> Out
     if len(verified) > 1:
         return Outcome(reply=unauthorized(head, SEVERAL, "invalid_request"), reason=f"jwt: {SEVERAL}")
     if verified:
-        claims = verified[0][2]
-        user = EndUser(f"{claims.get('iss', '')}/{claims.get('sub', '')}", claims)
+        verifier, _, claims = verified[0]
+        # what policies and routes read has the space-delimited claims split; the claim headers
+        # (`_edited`) get the token's own values, as Envoy's claim_to_headers does
+        user = EndUser(f"{claims.get('iss', '')}/{claims.get('sub', '')}",
+                       space_delimited(claims, (*DEFAULT_SPACE_DELIMITED, *verifier.rule.space_delimited_claims)))
         return Outcome(user=user, headers=_edited(verified, head, drop), reason=f"jwt: {user.principal}",
                        path=without_params(head.path, drop_params) if drop_params else None)
     return _scrubbed(head, scrub)

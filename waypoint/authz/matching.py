@@ -38,6 +38,7 @@ import functools
 import re
 from typing import Any
 
+from ambit.jwtclaims import claim_values
 from ambit.policymatch import string_match
 from ambit.regex import compile_re2, full_match
 from waypoint.request import EndUser
@@ -129,14 +130,7 @@ def auth_values(key: str, user: EndUser) -> list[str]:
         return user.audiences
     if key == "request.auth.presenter":
         return [user.presenter] if user.presenter is not None else []
-    cur: Any = user.claims
-    for part in claim_path(key):
-        if not isinstance(cur, dict) or part not in cur:
-            return []
-        cur = cur[part]
-    if isinstance(cur, str):
-        return [cur]
-    return [v for v in cur if isinstance(v, str)] if isinstance(cur, list) else []
+    return claim_values(user.claims, claim_path(key))
 
 
 def _claim(user: EndUser, name: str) -> str:

@@ -12,13 +12,21 @@ Semantics (Envoy's, as Istio and Gateway API configure it; see ../shared/notes/l
   missing header never matches, except inverted (`withoutHeaders`), where it counts as empty,
   so `withoutHeaders` matches a request without the header.
 - Query parameters: the first value of the name (Envoy), decoded.
+- A VirtualService header name may also be a request pseudo-header (`:method`, `:authority`,
+  `:path` with its query, `:scheme`), matched against the request's own, or a verified JWT claim
+  (`@request.auth.claims.group`: `HeaderMatch.claim`), matched as Envoy's metadata list matcher
+  (Istio's `translateMetadataMatch`): a string claim is one value, a list claim matches when one
+  of its string elements does; a request without a verified token, or without the claim, has no
+  value (so it matches a `withoutHeaders` condition). `{}` asks for the claim to be present.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ambit.jwtclaims import claim_values
 from ambit.model import HeaderMatch, HttpMatch, StringMatch
 from ambit.regex import compile_re2, full_match
 from waypoint.request import Downstream, RequestHead
@@ -67,6 +75,7 @@ class NamedMatcher:
     name: str
     matcher: StringMatcher | None    # None: must be present
     invert: bool
+    claim: tuple[str, ...] = ()      # a JWT claim's path instead of a header
 
     @classmethod
     def compile(cls, m: HeaderMatch) -> NamedMatcher:
@@ -74,7 +83,20 @@ class NamedMatcher:
         # Istio: `{}` and regex "*" both mean "present".
         if sm is not None and sm.kind == "regex" and sm.value == "*":
             sm = None
-        return cls(m.name, StringMatcher.compile(sm) if sm is not None else None, m.invert)
+        return cls(m.name, StringMatcher.compile(sm) if sm is not None else None, m.invert, tuple(m.claim))
+
+    @property
+    def special(self) -> bool:
+        """Matched against the request's pseudo-headers or its verified claims, not its headers."""
+        return bool(self.claim) or self.name in _PSEUDO
+
+    def special_matches(self, head: RequestHead) -> bool:
+        if not self.claim:
+            return self.matches(_PSEUDO[self.name](head))
+        user = head.user
+        values = claim_values(user.claims, self.claim) if user is not None else []
+        held = bool(values) if self.matcher is None else any(self.matcher.matches(v) for v in values)
+        return held != self.invert
 
     def matches(self, value: str | None) -> bool:
         if self.invert:
@@ -84,6 +106,12 @@ class NamedMatcher:
         if value is None:
             return False
         return self.matcher is None or self.matcher.matches(value)
+
+
+_PSEUDO: dict[str, Callable[[RequestHead], str]] = {
+    ":method": lambda h: h.method, ":authority": lambda h: h.authority,
+    ":path": lambda h: h.path, ":scheme": lambda h: h.scheme,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,16 +127,18 @@ class RequestMatcher:
     port: int
     source_labels: tuple[tuple[str, str], ...]
     source_namespace: str
+    specials: tuple[NamedMatcher, ...] = ()    # pseudo-header and JWT claim conditions
 
     @classmethod
     def compile(cls, m: HttpMatch) -> RequestMatcher:
         def opt(s: StringMatch | None) -> StringMatcher | None:
             return StringMatcher.compile(s) if s is not None else None
+        named = [NamedMatcher.compile(h) for h in m.headers]
         return cls(path=opt(m.path), method=opt(m.method), authority=opt(m.authority), scheme=opt(m.scheme),
-                   headers=tuple(NamedMatcher.compile(h) for h in m.headers),
+                   headers=tuple(h for h in named if not h.special),
                    query=tuple(NamedMatcher.compile(q) for q in m.query),
                    port=m.port, source_labels=tuple(sorted(m.source_labels.items())),
-                   source_namespace=m.source_namespace)
+                   source_namespace=m.source_namespace, specials=tuple(h for h in named if h.special))
 
     def matches(self, head: RequestHead, down: Downstream) -> bool:
         if self.port and down.destination_port != self.port:
@@ -125,6 +155,9 @@ class RequestMatcher:
             return False
         for h in self.headers:
             if not h.matches(head.header(h.name)):
+                return False
+        for h in self.specials:
+            if not h.special_matches(head):
                 return False
         if self.query:
             params: dict[str, str] = {}
