@@ -349,6 +349,15 @@ def test_an_allow_on_hosts_matches_the_host_curl_sends_whole(wlab: Lab) -> None:
         delete(wlab, f)
 
 
+def myapp_jwt(name: str, server: JwksServer, **rule: object) -> dict:
+    """A RequestAuthentication for myapp whose keys the controller fetches from `server`."""
+    return {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "myapp"}],
+                     "jwtRules": [{"issuer": ISSUER, "audiences": ["myapp"], "jwksUri": f"{server.base}/jwks.json",
+                                   **rule}]}}
+
+
 def test_request_authentication_with_a_jwks_uri_and_a_policy_requiring_a_principal(wlab: Lab) -> None:
     """JWTs checked at the waypoint against keys the controller fetched from the lab host's JWKS
     server (jwksUri): valid admitted, forged/expired/wrong-audience 401, no token passes until a
@@ -356,11 +365,7 @@ def test_request_authentication_with_a_jwks_uri_and_a_policy_requiring_a_princip
     re-fetches every 2 s)."""
     server = JwksServer()
     server.rotate("k1")
-    ra = {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
-          "metadata": {"name": "jwt", "namespace": "default"},
-          "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "myapp"}],
-                   "jwtRules": [{"issuer": ISSUER, "audiences": ["myapp"], "jwksUri": f"{server.base}/jwks.json",
-                                 "outputClaimToHeaders": [{"header": "x-jwt-sub", "claim": "sub"}]}]}}
+    ra = myapp_jwt("jwt", server, outputClaimToHeaders=[{"header": "x-jwt-sub", "claim": "sub"}])
     ap = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
           "metadata": {"name": "require-jwt", "namespace": "default"},
           "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "myapp"}],
@@ -404,6 +409,62 @@ def test_request_authentication_with_a_jwks_uri_and_a_policy_requiring_a_princip
     finally:
         if g is not None:
             delete(wlab, g)
+        delete(wlab, f)
+        server.close()
+
+
+def test_routes_and_policies_read_the_verified_tokens_claims(wlab: Lab) -> None:
+    """Istio's claim-based routing (`@request.auth.claims.group` in a VirtualService match) and an
+    OAuth scope read as its words (`scope: "read write"` has the scope `write`), through a real
+    waypoint: a client cannot reach the canary with a header of the claim's name, nor with an
+    unverified token, and a POST needs a token whose scope includes `write`."""
+    server = JwksServer()
+    server.rotate("k1")
+    ra = myapp_jwt("jwt-claims", server, spaceDelimitedClaims=["roles"],
+                   outputClaimToHeaders=[{"header": "x-jwt-scope", "claim": "scope"}])
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+          "metadata": {"name": "by-claim", "namespace": "default"},
+          "spec": {"hosts": ["myapp"], "http": [
+              {"match": [{"headers": {"@request.auth.claims.group": {"exact": "beta"}}}],
+               "route": [{"destination": {"host": "myapp", "subset": "canary"}}]},
+              {"match": [{"headers": {"@request.auth.claims[roles]": {"exact": "premium"}}}],
+               "route": [{"destination": {"host": "myapp", "subset": "premium"}}]},
+              {"route": [{"destination": {"host": "myapp", "subset": "stable"}}]}]}}
+    ap = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+          "metadata": {"name": "writers", "namespace": "default"},
+          "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "myapp"}],
+                   "rules": [{"to": [{"operation": {"methods": ["GET"]}}]},
+                             {"to": [{"operation": {"methods": ["POST"]}}],
+                              "when": [{"key": "request.auth.claims[scope]", "values": ["write"]}]}]}}
+
+    def version(*opts: str) -> str:
+        return str(wlab.curl("default/frontend", "http://myapp/claims", *opts)["version"])
+
+    def bearer(**claims: object) -> tuple[str, str]:
+        return "-H", f"authorization: Bearer {server.token('k1', **claims)}"
+
+    f = apply(wlab, [SUBSETS, ra, vs, ap], wlab.tmp, "claims")  # type: ignore[attr-defined]
+    try:
+        wlab.wait_for(lambda: version(*bearer(group="beta")) == "v2", timeout=30, interval=0.5,
+                      what="claim routing with the fetched key set in force")
+        assert version(*bearer(group="stable")) == "v1"
+        assert version() == "v1"                                              # no token, no claim
+        # a header of the claim's name is no claim (nor a valid header name: refused, or routed as without it)
+        code, body = status_of(wlab, "default/frontend", "http://myapp/claims", "-H", "@request.auth.claims.group: beta")
+        assert code == 400 or (code == 200 and json.loads(body)["version"] == "v1"), (code, body)
+        assert status_of(wlab, "default/frontend", "http://myapp/claims",
+                         "-H", f"authorization: Bearer {server.token('k1', forge=True, group='beta')}")[0] == 401
+        assert version(*bearer(roles="basic premium")) == "v3"                # spaceDelimitedClaims
+        assert version(*bearer(roles="basicpremium")) == "v1"
+        # the scope's words for the policy; the claim header gets the token's own value
+        r = wlab.curl("default/frontend", "http://myapp/claims", "-X", "POST", "-d", "x", *bearer(scope="read write"))
+        assert r["headers"].get("x-jwt-scope") == "read write"
+        for scope, code in (("read write", 200), ("read", 403), ("write-all", 403)):
+            got = status_of(wlab, "default/frontend", "http://myapp/claims", "-X", "POST", "-d", "x",
+                            *bearer(scope=scope))[0]
+            assert got == code, (scope, got)
+        assert status_of(wlab, "default/frontend", "http://myapp/claims", "-X", "POST", "-d", "x")[0] == 403
+    finally:
         delete(wlab, f)
         server.close()
 

@@ -59,11 +59,12 @@ class JwksServer:
         return self.body.decode()
 
     def token(self, kid: str, *, forge: bool = False, exp: float = 600, aud: str = "myapp",
-              sub: str = "alice") -> str:
+              sub: str = "alice", **claims: Any) -> str:
+        """A token signed with `kid`'s key (`forge`: another key); `claims` are added to its payload."""
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048) if forge else self._key(kid)
         now = time.time()
-        return jwt.encode({"iss": self.issuer, "sub": sub, "aud": aud, "iat": int(now), "exp": int(now + exp)},
-                          key, algorithm="RS256", headers={"kid": kid})
+        return jwt.encode({"iss": self.issuer, "sub": sub, "aud": aud, "iat": int(now), "exp": int(now + exp),
+                           **claims}, key, algorithm="RS256", headers={"kid": kid})
 
     def close(self) -> None:
         self.httpd.shutdown()

@@ -286,3 +286,43 @@ def test_a_claim_match_where_no_token_is_verified_is_warned() -> None:
         if o["kind"] == "RequestAuthentication":
             o["spec"]["targetRefs"] = [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}]
     assert not [a for a in advisories(ra_gw) if a.cause == "ClaimsNotVerified"]
+
+
+def test_an_ingress_gateway_routes_on_claims_too() -> None:
+    """Istio's documented use: claim-based routing at the ingress gateway, with a RequestAuthentication
+    bound to its Gateway."""
+    from tests.unit.controller.test_ingress import BASE
+    from tests.unit.controller.test_istio_gateway import HTTP_8080, INGRESS, istio_gateway
+    from waypoint.ingress_listen import IngressListeners
+
+    both = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "canary", "namespace": "web"},
+            "spec": {"clusterIP": "10.96.0.52", "selector": {"app": "canary"}, "ports": [{"port": 80}]}}
+    route = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+             "metadata": {"name": "edge", "namespace": "web"},
+             "spec": {"hosts": ["*"], "gateways": ["bookinfo-gateway"], "http": [
+                 {"match": [{"headers": {"@request.auth.claims[group]": {"exact": "beta"}}}],
+                  "route": [{"destination": {"host": "canary", "port": {"number": 80}}}]},
+                 {"route": [{"destination": {"host": "echo", "port": {"number": 80}}}]}]}}
+    ra = {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+          "metadata": {"name": "jwt", "namespace": "web"},
+          "spec": {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"}],
+                   "jwtRules": [{"issuer": ISS, "audiences": ["app"], "jwks": JWKS}]}}
+    cfg = WaypointConfig(Waypoint("web", "gw"), "cluster.local")
+    for t, items in translated(BASE + [INGRESS, both, istio_gateway(HTTP_8080), route, ra]).by_type().items():
+        if t in TYPES:
+            state = {r.resource_name: r for r in items}
+            cfg.apply(ConfigUpdate(t, "1", state, frozenset(), state))
+    p = WaypointProxy(load(["--waypoint", "web/gw", "--pod-name", "gw-0", "--node", "node1",
+                            "--gateway-class", "ambit"]), cfg, None)
+    p.wall_clock = lambda: NOW
+    p.ingress = IngressListeners("127.0.0.1", lambda plug, down: None, lambda transport, down, early: None)
+
+    def where(tok: str | None) -> str:
+        head = RequestHead("GET", "/", "shop.example.com", headers=[("authorization", f"Bearer {tok}")] if tok else [])
+        d = p.decide(head, Downstream(source_ip="198.51.100.1", destination_port=8080))
+        return d.service if isinstance(d, Forward) else str(d.status)
+
+    assert where(token(group="beta")) == "web/canary"
+    assert where(token(group="ga")) == "web/echo"
+    assert where(None) == "web/echo"
+    assert where(token(group="beta", aud="other")) == "401"
